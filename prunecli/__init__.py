@@ -1,0 +1,21 @@
+"""prunecli: prune Keras models from the command line or from Python.
+
+Importing this package does not import TensorFlow; the heavy modules load when a run starts.
+"""
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name in ("prune", "PruneResult"):
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    if name in ("build_config", "PruneConfig", "Granularity"):
+        from . import config
+
+        return getattr(config, name)
+    raise AttributeError(name)
+
+
+__all__ = ["__version__", "prune", "PruneResult", "build_config", "PruneConfig", "Granularity"]

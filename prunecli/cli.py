@@ -1,0 +1,175 @@
+"""The command line: parse options, call the library, print. No pruning logic lives here.
+
+TensorFlow is imported only inside command bodies, so `prunecli --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+from . import __version__, scoring
+from .config import ENGINES, SCHEDULES, SCOPES, build_config
+from .errors import ExitCode, PruneCliError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _debug_requested(ctx: click.Context) -> bool:
+    root = ctx.find_root()
+    return bool((root.obj or {}).get("debug")) or os.environ.get("PRUNECLI_DEBUG", "") not in ("", "0")
+
+
+class PruneGroup(click.Group):
+    """Turns every exception into a one-line message and its documented exit code, in one place."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("prunecli: interrupted", err=True)
+            ctx.exit(ExitCode.INTERRUPTED)
+        except PruneCliError as exc:
+            if _debug_requested(ctx):
+                traceback.print_exc()
+            click.echo(f"prunecli: error: {exc.message}", err=True)
+            ctx.exit(exc.exit_code)
+        except Exception as exc:  # a bug: one line, the traceback only with --debug
+            if _debug_requested(ctx):
+                traceback.print_exc()
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            click.echo(
+                f"prunecli: internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
+                err=True,
+            )
+            ctx.exit(ExitCode.INTERNAL)
+
+
+@click.group(cls=PruneGroup, context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "-V", "--version", prog_name="prunecli")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Prune Keras models: score weights, mask them, optionally fine-tune, and report.
+
+    \b
+    Examples:
+      prunecli prune model.h5 --method magnitude --sparsity 0.5
+      prunecli prune model.keras --sparsity 0.8 --scope global -o small.keras --report report.json
+
+    Exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input, 4 quality gate failed,
+    5 output not writable, 6 out of memory, 130 interrupted.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def _methods_epilog() -> str:
+    lines = ["\b", "Methods:"]
+    lines += [f"  {name:<12} {summary}" for name, summary in scoring.describe()]
+    return "\n".join(lines)
+
+
+def prune_options(fn):
+    """Options shared by every command that takes pruning settings (prune, plan, sweep)."""
+    options = [
+        click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=True)),
+        click.option("-m", "--method", type=click.Choice(scoring.available()), help="Scoring strategy (see Methods)."),
+        click.option("-s", "--sparsity", type=float, help="Fraction to prune, in [0, 1) (default 0.5)."),
+        click.option("-t", "--threshold", help="Prune scores below this value, or 'mean' (instead of --sparsity)."),
+        click.option("--scope", type=click.Choice(SCOPES), help="Rank within each layer (default) or globally."),
+        click.option("-g", "--granularity", help="element (default), neuron, block:RxC or n:m=N:M."),
+        click.option("--include", multiple=True, help="Only layers matching this name glob (repeatable)."),
+        click.option("--exclude", multiple=True, help="Skip layers matching this name glob (repeatable)."),
+        click.option("--min-keep", type=float, help="Fraction of each layer always kept (default 0.01)."),
+        click.option("--allow-empty", is_flag=True, default=None, help="Allow a layer to be pruned away entirely."),
+        click.option("-d", "--data", type=click.Path(dir_okay=True), help="Data (.npz with x, y) to evaluate and score."),
+        click.option("--batch-size", type=int, help="Batch size for data (default 64)."),
+        click.option("--seed", type=int, help="Seed for random scores, shuffling and splits (default 0)."),
+        click.option("-c", "--config", "recipe", type=click.Path(), help="YAML recipe; flags override it."),
+        click.option("--unsafe", is_flag=True, default=None, help="Allow Lambda layers (runs code from the file)."),
+        click.option("-q", "--quiet", is_flag=True, default=None, help="No progress or tables; errors only."),
+        click.option("--debug", "cmd_debug", is_flag=True, help="Show tracebacks for errors."),
+    ]
+    for opt in reversed(options):
+        fn = opt(fn)
+    return fn
+
+
+def config_from(ctx: click.Context, params: dict):
+    """A PruneConfig from the flags the user actually gave (so recipe and env values are not masked)."""
+    if params.pop("cmd_debug", False):
+        ctx.find_root().obj["debug"] = True
+    recipe = params.pop("recipe", None)
+    given = {}
+    for name, value in params.items():
+        source = ctx.get_parameter_source(name)
+        if source is not None and source != click.core.ParameterSource.DEFAULT and value is not None:
+            given[name] = list(value) if isinstance(value, tuple) else value
+    for name in ("include", "exclude", "export"):
+        if name in given and not given[name]:
+            del given[name]
+    return build_config(given, recipe=recipe)
+
+
+def _progress(config):
+    if config.quiet:
+        return None
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    return lambda msg: console.print(f"[dim]· {msg}[/]")
+
+
+def _emit_report(report, config) -> None:
+    if config.report:
+        if config.report == "-":
+            click.echo(report.to_json())
+        else:
+            report.write_json(config.report)
+    if not config.quiet and config.report != "-":
+        from rich.console import Console
+
+        from .report import render
+
+        render(report, Console())
+
+
+@main.command(epilog=_methods_epilog(), context_settings=CONTEXT_SETTINGS)
+@prune_options
+@click.option("-o", "--output", type=click.Path(), help="Output model path (default MODEL.pruned.EXT).")
+@click.option("-f", "--force", is_flag=True, default=None, help="Allow the output to overwrite the input.")
+@click.option("-r", "--report", type=click.Path(), help="Write the JSON report here ('-' for stdout).")
+@click.option("--no-sizes", "sizes", flag_value=False, default=None, help="Skip the gzip size of input and output.")
+@click.pass_context
+def prune(ctx: click.Context, **params) -> None:
+    """Prune MODEL (.keras or .h5) and write the pruned model and a report.
+
+    \b
+    Examples:
+      prunecli prune model.h5 --method magnitude --sparsity 0.5
+      prunecli prune model.keras -s 0.8 --scope global -o small.keras --report report.json
+      prunecli prune model.keras -g n:m=2:4 --exclude 'predictions'
+    """
+    config = config_from(ctx, params)
+    from .pipeline import prune as run_prune
+
+    from .pipeline import check_gates
+
+    result = run_prune(config, progress=_progress(config))
+    _emit_report(result.report, config)
+    check_gates(result.report, config)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    main(prog_name="prunecli")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()

@@ -1,0 +1,290 @@
+"""Loading and saving Keras models safely.
+
+Formats: `.keras` (Keras 3 zip) and `.h5` (legacy HDF5, written by Keras 3 or by Keras 2/tf_keras).
+The flavour is read from the file, not guessed from the name. Safe mode stays on, and a model that
+carries serialised Python code (a Lambda layer) is refused before Keras sees it unless `unsafe`.
+Saving is atomic: a temporary file in the target directory, then a rename.
+An `.h5` model whose structure did not change is written by copying the input and replacing the
+weight arrays in place, so a Keras-2 file stays a Keras-2 file that tf_keras can load again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelLoadError, OutputError, ResourceError
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+ZIP_MAGIC = b"PK\x03\x04"
+UNSAFE_CLASSES = ("Lambda",)
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """What the file on disk is, read before loading."""
+
+    path: Path
+    format: str  # "keras" | "h5"
+    flavour: str  # "keras3" | "keras2"
+    keras_version: str | None
+    size_bytes: int
+    config: dict | None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _read_h5_meta(path: Path) -> tuple[str | None, dict | None]:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if "model_config" not in f.attrs:
+                raise ModelLoadError(f"{path} is an HDF5 file but not a saved Keras model (no model_config)")
+            raw = f.attrs["model_config"]
+            version = f.attrs.get("keras_version")
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # h5py raises OSError/KeyError/ValueError on damaged files
+        raise ModelLoadError(f"{path} is not a readable HDF5 model ({_first_line(exc)})") from exc
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    if isinstance(version, bytes):
+        version = version.decode("utf-8", "replace")
+    try:
+        config = json.loads(raw)
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{path} has a corrupt model_config ({_first_line(exc)})") from exc
+    return (str(version) if version is not None else None), config
+
+
+def _read_keras_meta(path: Path) -> tuple[str | None, dict | None]:
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            if "config.json" not in names:
+                raise ModelLoadError(f"{path} is a zip file but not a .keras model (no config.json)")
+            config = json.loads(z.read("config.json"))
+            meta = json.loads(z.read("metadata.json")) if "metadata.json" in names else {}
+    except ModelLoadError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise ModelLoadError(f"{path} is a damaged .keras file ({_first_line(exc)})") from exc
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path} has a corrupt config.json")
+    return meta.get("keras_version"), config
+
+
+def inspect_file(path: str | os.PathLike) -> ModelFile:
+    """Identify a model file by its content; every problem is a one-line ModelLoadError."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelLoadError(f"model file not found: {p}")
+    if p.is_dir():
+        if (p / "saved_model.pb").exists():
+            raise ModelLoadError(f"{p} is a TensorFlow SavedModel; prunecli reads .keras and .h5 files")
+        raise ModelLoadError(f"{p} is a directory, not a model file")
+    size = p.stat().st_size
+    if size == 0:
+        raise ModelLoadError(f"{p} is empty")
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {p} ({_first_line(exc)})") from exc
+    if head.startswith(HDF5_MAGIC):
+        version, config = _read_h5_meta(p)
+        fmt = "h5"
+    elif head.startswith(ZIP_MAGIC):
+        version, config = _read_keras_meta(p)
+        fmt = "keras"
+    else:
+        raise ModelLoadError(f"{p} is not a Keras model (expected a .keras zip or an HDF5 .h5 file)")
+    flavour = "keras2" if version and version.split(".")[0] == "2" else "keras3"
+    return ModelFile(p, fmt, flavour, version, size, config)
+
+
+def _class_names(node: Any):
+    if isinstance(node, dict):
+        if "class_name" in node:
+            yield str(node["class_name"])
+        for v in node.values():
+            yield from _class_names(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _class_names(v)
+
+
+def check_safe(info: ModelFile) -> None:
+    """Refuse layers that carry code (Lambda) before deserialisation can run any of it."""
+    found = sorted({c for c in _class_names(info.config) if c in UNSAFE_CLASSES})
+    if found:
+        raise ModelLoadError(
+            f"{info.path} contains a {found[0]} layer (serialised Python code); "
+            "pass --unsafe only if you trust this file"
+        )
+
+
+def check_memory(info: ModelFile, factor: float = 3.0) -> None:
+    """Fail early, with a message, when the model clearly cannot fit in memory."""
+    import psutil
+
+    available = psutil.virtual_memory().available
+    if info.size_bytes * factor > available:
+        raise ResourceError(
+            f"{info.path} is {info.size_bytes / 2**20:.0f} MiB; pruning needs about "
+            f"{info.size_bytes * factor / 2**20:.0f} MiB but only {available / 2**20:.0f} MiB is free"
+        )
+
+
+def load(path: str | os.PathLike, unsafe: bool = False):
+    """Load a model with Keras 3 (safe_mode on). Returns (model, ModelFile)."""
+    info = inspect_file(path)
+    if not unsafe:
+        check_safe(info)
+    check_memory(info)
+    import keras
+
+    try:
+        with _quiet_keras():
+            model = keras.saving.load_model(info.path, compile=True, safe_mode=not unsafe)
+    except Exception as exc:  # Keras raises TypeError/ValueError/KeyError/OSError for bad files
+        msg = _first_line(exc)
+        if "Lambda" in msg or "safe_mode" in msg:
+            raise ModelLoadError(f"{info.path}: {msg}") from exc
+        raise ModelLoadError(f"cannot load {info.path}: {msg}") from exc
+    if not isinstance(model, keras.Model):
+        raise ModelLoadError(f"{info.path} did not load as a Keras model")
+    _check_finite(model, info.path)
+    return model, info
+
+
+def _check_finite(model, path) -> None:
+    import numpy as np
+
+    for v in model.weights:
+        arr = np.asarray(v)
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ModelLoadError(f"{path}: weight {v.path} contains NaN or Inf values")
+
+
+@contextlib.contextmanager
+def _quiet_keras():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def default_output(path: str | os.PathLike) -> Path:
+    """`model.h5` -> `model.pruned.h5`, next to the input."""
+    p = Path(path)
+    return p.with_name(f"{p.stem}.pruned{p.suffix or '.keras'}")
+
+
+def resolve_output(input_path: str | os.PathLike, output: str | os.PathLike | None, force: bool) -> Path:
+    """Where to write, refusing to overwrite the input unless forced and checking the directory."""
+    out = Path(output) if output else default_output(input_path)
+    if out.suffix not in (".keras", ".h5", ".hdf5"):
+        raise OutputError(f"output {out} must end in .keras or .h5")
+    src = Path(input_path)
+    same = out.resolve() == src.resolve() or (out.exists() and src.exists() and os.path.samefile(out, src))
+    if same and not force:
+        raise OutputError(f"output {out} would overwrite the input; choose another -o or pass --force")
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise OutputError(f"output directory does not exist: {parent}")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"output directory is not writable: {parent}")
+    if out.is_dir():
+        raise OutputError(f"output {out} is a directory")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path):
+    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        raise
+
+
+def save(model, out: Path, source: ModelFile | None = None, structure_changed: bool = False) -> None:
+    """Write the model atomically. An .h5 -> .h5 run with unchanged structure keeps the input's flavour."""
+    try:
+        with atomic_path(out) as tmp:
+            if source is not None and source.format == "h5" and out.suffix in (".h5", ".hdf5") and not structure_changed:
+                shutil.copyfile(source.path, tmp)
+                write_h5_weights(model, tmp)
+            else:
+                tmp.unlink()  # Keras writes the file itself
+                with _quiet_keras():
+                    model.save(tmp)
+    except OSError as exc:
+        raise OutputError(f"cannot write {out}: {_first_line(exc)}") from exc
+
+
+def write_h5_weights(model, h5_path: Path) -> None:
+    """Replace the weight arrays of a legacy-HDF5 model file with the model's current values.
+
+    Follows Keras's legacy layout: the k-th layer that has weights owns `layer_names[k]`, and its
+    weights are stored as trainable + non-trainable, in `weight_names` order. Optimizer state no
+    longer matches the weights, so it is dropped.
+    """
+    import h5py
+    import numpy as np
+
+    with h5py.File(h5_path, "r+") as f:
+        group = f["model_weights"] if "model_weights" in f else f
+        names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["layer_names"]]
+        names = [n for n in names if len(group[n].attrs.get("weight_names", [])) > 0]
+        layers = [layer for layer in model.layers if layer.weights]
+        if len(names) != len(layers):
+            raise OutputError(f"cannot map weights into {h5_path}: {len(layers)} layers vs {len(names)} saved")
+        for name, layer in zip(names, layers):
+            g = group[name]
+            weight_names = [w.decode() if isinstance(w, bytes) else w for w in g.attrs["weight_names"]]
+            variables = list(layer.trainable_weights) + list(layer.non_trainable_weights)
+            if len(weight_names) != len(variables):
+                raise OutputError(f"cannot map weights of layer {name} into {h5_path}")
+            for wname, var in zip(weight_names, variables):
+                value = np.asarray(var)
+                ds = g[wname]
+                if ds.shape != value.shape:
+                    raise OutputError(f"shape of {wname} changed; cannot write it in place")
+                ds[...] = value.astype(ds.dtype)
+        if "optimizer_weights" in f:
+            del f["optimizer_weights"]
+
+
+def file_sizes(path: Path) -> dict[str, int]:
+    """Raw size and gzip -6 size of a file, streamed so large files do not fill memory."""
+    import zlib
+
+    comp = zlib.compressobj(6, zlib.DEFLATED, 31)
+    total = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            total += len(comp.compress(chunk))
+    total += len(comp.flush())
+    return {"bytes": path.stat().st_size, "gzip_bytes": total}

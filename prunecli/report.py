@@ -1,0 +1,148 @@
+"""The report: only what this run measured. JSON for machines, a rich table for people.
+
+Schema (version 1) is documented in the README; `schema_version` changes when a field changes meaning.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+class Timings(dict):
+    """Wall time of each phase, in seconds."""
+
+    @contextmanager
+    def phase(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[name] = self.get(name, 0.0) + time.perf_counter() - start
+
+
+@dataclass
+class LayerStat:
+    name: str
+    layer: str
+    cls: str
+    shape: list[int]
+    params: int
+    nonzeros: int
+    sparsity: float
+    requested_sparsity: float | None = None
+
+
+@dataclass
+class Report:
+    settings: dict
+    input: dict
+    output: dict | None = None
+    totals: dict = field(default_factory=dict)
+    layers: list[LayerStat] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    timings_s: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+    prunecli_version: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(d.pop("extra"))
+        for layer in d["layers"]:
+            layer["class"] = layer.pop("cls")
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False, default=str)
+
+    def write_json(self, path: str | Path) -> None:
+        from .model_io import atomic_path
+
+        target = Path(path)
+        with atomic_path(target) as tmp:
+            tmp.write_text(self.to_json() + "\n", encoding="utf-8")
+
+
+def layer_stats(targets, requested: dict) -> list[LayerStat]:
+    import numpy as np
+
+    stats = []
+    for t in targets:
+        arr = np.asarray(t.variable)
+        nz = int(np.count_nonzero(arr))
+        stats.append(
+            LayerStat(t.name, t.layer_name, t.layer_class, list(t.shape), int(arr.size), nz,
+                      1.0 - nz / arr.size if arr.size else 0.0, requested.get(t.name))
+        )  # fmt: skip
+    return stats
+
+
+def totals(model, stats: list[LayerStat]) -> dict[str, Any]:
+    import numpy as np
+
+    params = nonzeros = 0
+    for v in model.weights:
+        arr = np.asarray(v)
+        params += arr.size
+        nonzeros += int(np.count_nonzero(arr))
+    prunable = sum(s.params for s in stats)
+    prunable_nz = sum(s.nonzeros for s in stats)
+    return {
+        "params": int(params),
+        "nonzeros": int(nonzeros),
+        "sparsity": 1.0 - nonzeros / params if params else 0.0,
+        "prunable_params": int(prunable),
+        "prunable_nonzeros": int(prunable_nz),
+        "prunable_sparsity": 1.0 - prunable_nz / prunable if prunable else 0.0,
+    }
+
+
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"
+
+
+def render(report: Report, console) -> None:
+    """Print the report as rich tables."""
+    from rich.table import Table
+
+    layers = Table(title="Pruned layers", title_justify="left", header_style="bold")
+    for col, just in (("layer weight", "left"), ("class", "left"), ("shape", "left"), ("params", "right"),
+                      ("non-zeros", "right"), ("sparsity", "right"), ("target", "right")):  # fmt: skip
+        layers.add_column(col, justify=just)
+    for s in report.layers:
+        target = "-" if s.requested_sparsity is None else f"{s.requested_sparsity:.1%}"
+        layers.add_row(s.name, s.cls, "x".join(map(str, s.shape)), f"{s.params:,}", f"{s.nonzeros:,}",
+                       f"{s.sparsity:.1%}", target)  # fmt: skip
+    t = report.totals
+    layers.add_row("[bold]prunable total[/]", "", "", f"{t['prunable_params']:,}", f"{t['prunable_nonzeros']:,}",
+                   f"{t['prunable_sparsity']:.1%}", "", end_section=True)  # fmt: skip
+    layers.add_row("[bold]whole model[/]", "", "", f"{t['params']:,}", f"{t['nonzeros']:,}", f"{t['sparsity']:.1%}", "")
+    console.print(layers)
+
+    summary = Table(title="Summary", title_justify="left", show_header=False)
+    summary.add_column("what")
+    summary.add_column("value", justify="right")
+    summary.add_row("input", f"{report.input['path']} ({report.input.get('flavour', '')} {report.input['format']})")
+    if "bytes" in report.input:
+        summary.add_row("input size (raw / gzip)", f"{_mib(report.input['bytes'])} / {_mib(report.input.get('gzip_bytes'))}")
+    if report.output:
+        summary.add_row("output", report.output["path"])
+        summary.add_row("output size (raw / gzip)", f"{_mib(report.output['bytes'])} / {_mib(report.output.get('gzip_bytes'))}")
+    for stage, values in report.metrics.items():
+        parts = [f"loss {values['loss']:.4f}"]
+        if "accuracy" in values:
+            parts.append(f"accuracy {values['accuracy']:.4f}")
+        summary.add_row(f"{stage.replace('_', ' ')}", ", ".join(parts))
+    timing = ", ".join(f"{k} {v:.2f}s" for k, v in report.timings_s.items())
+    summary.add_row("time", timing)
+    console.print(summary)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {note}")

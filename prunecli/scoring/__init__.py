@@ -1,0 +1,8 @@
+"""Scoring strategies: one module each, found and registered automatically.
+
+A new method is one file in this folder that decorates a function with `@register(...)`.
+"""
+
+from .registry import ScoringContext, Strategy, available, describe, get, register
+
+__all__ = ["ScoringContext", "Strategy", "available", "describe", "get", "register"]

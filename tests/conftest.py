@@ -1,0 +1,102 @@
+"""Shared fixtures: tiny models and data, built once per session, and a CLI runner.
+
+Models are small so the whole suite stays within minutes on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_MODEL = ROOT / "examples" / "digits_cnn.keras"
+EXAMPLE_DATA = ROOT / "examples" / "digits.npz"
+
+
+@pytest.fixture(scope="session")
+def example_model() -> Path:
+    return EXAMPLE_MODEL
+
+
+@pytest.fixture(scope="session")
+def example_data() -> Path:
+    return EXAMPLE_DATA
+
+
+def build_mlp(inputs: int = 20, classes: int = 3, seed: int = 0):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((inputs,), name="features")
+    x = keras.layers.Dense(32, activation="relu", name="hidden1")(inp)
+    x = keras.layers.Dense(16, activation="relu", name="hidden2")(x)
+    out = keras.layers.Dense(classes, activation="softmax", name="out")(x)
+    model = keras.Model(inp, out, name="mlp")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def make_tabular(n: int = 400, inputs: int = 20, classes: int = 3, seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, inputs)).astype("float32")
+    y = (np.argmax(x[:, :classes], axis=1)).astype("int32")
+    return x, y
+
+
+@pytest.fixture(scope="session")
+def mlp_files(tmp_path_factory):
+    """A trained tiny MLP saved as .keras and Keras-3 .h5, and its data as .npz."""
+    import numpy as np
+
+    d = tmp_path_factory.mktemp("mlp")
+    x, y = make_tabular()
+    model = build_mlp()
+    model.fit(x, y, epochs=5, batch_size=32, verbose=0)
+    model.save(d / "mlp.keras")
+    model.save(d / "mlp.h5")
+    np.savez(d / "data.npz", x=x, y=y)
+    return {"keras": d / "mlp.keras", "h5": d / "mlp.h5", "data": d / "data.npz", "dir": d}
+
+
+@pytest.fixture(scope="session")
+def keras2_h5(tmp_path_factory):
+    """A model written by tf_keras (Keras 2) as .h5, the legacy format many users still have."""
+    import numpy as np
+    import tf_keras
+
+    d = tmp_path_factory.mktemp("k2")
+    tf_keras.utils.set_random_seed(0)
+    model = tf_keras.Sequential(
+        [
+            tf_keras.layers.Dense(32, activation="relu", input_shape=(20,), name="hidden1"),
+            tf_keras.layers.Dense(3, activation="softmax", name="out"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    x, y = make_tabular()
+    model.fit(x, y, epochs=2, verbose=0)
+    path = d / "k2.h5"
+    model.save(path)
+    np.savez(d / "data.npz", x=x, y=y)
+    return path
+
+
+@pytest.fixture
+def cli():
+    """Invoke the CLI in-process; returns click's Result (exit_code, stdout, stderr)."""
+    from click.testing import CliRunner
+
+    from prunecli.cli import main
+
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
