@@ -12,7 +12,7 @@ import traceback
 import click
 
 from . import __version__, scoring
-from .config import ENGINES, SCHEDULES, SCOPES, build_config
+from .config import ENGINES, NORMALIZATIONS, SCHEDULES, SCOPES, build_config
 from .errors import ExitCode, PruneCliError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -91,6 +91,27 @@ def prune_options(fn):
         click.option("-d", "--data", type=click.Path(dir_okay=True), help="Data (.npz with x, y) to evaluate and score."),
         click.option("--batch-size", type=int, help="Batch size for data (default 64)."),
         click.option("--seed", type=int, help="Seed for random scores, shuffling and splits (default 0)."),
+        click.option("--normalize", type=click.Choice(NORMALIZATIONS), help="Score normalisation for --scope global (default mean)."),
+        click.option("--score-batches", type=int, help="Use at most this many batches for data-driven scores."),
+        click.option("--val-split", type=float, help="Hold out this fraction of --data for evaluation."),
+        click.option("--epochs", type=int, help="Fine-tune for this many epochs with the masks held (default 0)."),
+        click.option("--learning-rate", "--lr", "learning_rate", type=float, help="Fine-tuning learning rate."),
+        click.option("--optimizer", help="Fine-tuning optimizer (default: the model's, else adam)."),
+        click.option("--l1", type=float, help="L1 penalty on prunable weights while fine-tuning."),
+        click.option("--l2", type=float, help="L2 penalty on prunable weights while fine-tuning."),
+        click.option("--schedule", type=click.Choice(SCHEDULES), help="oneshot (default), iterative, polynomial or dynamic."),
+        click.option("--steps", "schedule_steps", type=int, help="Pruning steps for --schedule iterative (default 3)."),
+        click.option("--initial-sparsity", type=float, help="Starting sparsity of gradual schedules (default 0)."),
+        click.option("--early-stopping", type=int, help="Stop fine-tuning after this many epochs without improvement."),
+        click.option("--max-accuracy-drop", type=float, help="Exit 4 when accuracy drops by more than this (absolute)."),
+        click.option("--shrink", is_flag=True, default=None, help="Physically remove pruned neurons/filters/features/layers."),
+        click.option("--keep-features", type=int, help="With -g input: number of input features to keep."),
+        click.option("--remove-layers", type=int, help="With -g layer: number of layers/blocks to remove."),
+        click.option("--feature-names", type=click.Path(), help="Text file with one input feature name per line."),
+        click.option("--repeats", type=int, help="Repeats of permutation importance (default 3)."),
+        click.option("--engine", type=click.Choice(ENGINES), help="native (default) or tfmot (Keras-2 .h5 models)."),
+        click.option("--strategy", help="tf.distribute strategy: default, mirrored, multiworker or tpu."),
+        click.option("--export", multiple=True, help="Also export: tflite, tflite-int8, savedmodel (repeatable)."),
         click.option("-c", "--config", "recipe", type=click.Path(), help="YAML recipe; flags override it."),
         click.option("--unsafe", is_flag=True, default=None, help="Allow Lambda layers (runs code from the file)."),
         click.option("-q", "--quiet", is_flag=True, default=None, help="No progress or tables; errors only."),
@@ -145,6 +166,7 @@ def _emit_report(report, config) -> None:
 @click.option("-o", "--output", type=click.Path(), help="Output model path (default MODEL.pruned.EXT).")
 @click.option("-f", "--force", is_flag=True, default=None, help="Allow the output to overwrite the input.")
 @click.option("-r", "--report", type=click.Path(), help="Write the JSON report here ('-' for stdout).")
+@click.option("--markdown", type=click.Path(), help="Write a Markdown summary here (for CI job summaries).")
 @click.option("--no-sizes", "sizes", flag_value=False, default=None, help="Skip the gzip size of input and output.")
 @click.pass_context
 def prune(ctx: click.Context, **params) -> None:

@@ -44,6 +44,7 @@ class Session:
     notes: list | None = None
     metrics: dict | None = None
     structure_changed: bool = False
+    extras: dict | None = None  # report sections added by optional steps (fine-tuning, shrink, export)
 
 
 def quiet_tensorflow() -> None:
@@ -172,7 +173,7 @@ def build_report(s: Session, out: Path | None) -> Report:
     timings["total"] = sum(timings.values())
     return Report(settings=settings, input=inp, output=outp, totals=totals(s.model, stats), layers=stats,
                   metrics=s.metrics, timings_s={k: round(v, 4) for k, v in timings.items()}, notes=s.notes,
-                  prunecli_version=__version__)  # fmt: skip
+                  extra=dict(s.extras or {}), prunecli_version=__version__)  # fmt: skip
 
 
 def prune(config: PruneConfig, progress: Progress | None = None) -> PruneResult:
@@ -181,23 +182,42 @@ def prune(config: PruneConfig, progress: Progress | None = None) -> PruneResult:
     Quality gates are checked by `check_gates(result.report, config)`, after the report is written.
     """
     quiet_tensorflow()
-    s = Session(config=config, progress=progress or (lambda _msg: None), timings=Timings(), notes=[], metrics={})
+    if config.engine == "tfmot":
+        from .engines import tfmot
+
+        return tfmot.prune(config, progress)
+    s = Session(config=config, progress=progress or (lambda _msg: None), timings=Timings(), notes=[], metrics={},
+                extras={})  # fmt: skip
     load_model_and_data(s)
     pick_targets(s)
     evaluate_into(s, "before")
-    if config.schedule == "oneshot":
+    kind = config.granularity.kind
+    if kind == "input":
+        from . import feature_pruning
+
+        feature_pruning.run(s)  # scores, masks or removes input features
+    elif kind == "layer":
+        from . import layer_pruning
+
+        layer_pruning.run(s)  # scores and removes whole layers / residual branches
+    elif config.schedule == "oneshot":
         score_and_mask(s)
+    if config.schedule == "oneshot" or kind in ("input", "layer"):
         evaluate_into(s, "after_pruning")
     if config.epochs > 0 or config.schedule != "oneshot":
         from . import finetune
 
         finetune.run(s)  # gradual schedules prune while they train
         evaluate_into(s, "after_finetune")
-    if config.shrink:
+    if config.shrink and kind not in ("input", "layer"):
         from . import surgery
 
         surgery.shrink(s)  # replaces s.model with a smaller one that computes the same function
     out = save_output(s)
+    if config.export:
+        from . import export
+
+        export.run(s, out)  # TFLite / SavedModel copies, their sizes and output check go into s.extras
     report = build_report(s, out)
     return PruneResult(report=report, model=s.model, masks=s.masks, output_path=out)
 
