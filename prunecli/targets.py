@@ -22,8 +22,8 @@ PRUNABLE: dict[str, list[tuple[str, int]]] = {
     "Conv1DTranspose": [("kernel", -2)],
     "Conv2DTranspose": [("kernel", -2)],
     "Conv3DTranspose": [("kernel", -2)],
-    "DepthwiseConv1D": [("depthwise_kernel", -2)],
-    "DepthwiseConv2D": [("depthwise_kernel", -2)],
+    "DepthwiseConv1D": [("kernel", -2)],  # Keras 3 names the depthwise weight "kernel"
+    "DepthwiseConv2D": [("kernel", -2)],
     "SeparableConv1D": [("depthwise_kernel", -2), ("pointwise_kernel", -1)],
     "SeparableConv2D": [("depthwise_kernel", -2), ("pointwise_kernel", -1)],
     "Embedding": [("embeddings", -1)],

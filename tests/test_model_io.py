@@ -1,0 +1,123 @@
+"""Loading and saving: formats and flavours, round trips, atomic writes, the input left untouched."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prunecli import model_io
+from prunecli.errors import ModelLoadError, OutputError
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_detects_format_and_flavour(mlp_files, keras2_h5):
+    assert (model_io.inspect_file(mlp_files["keras"]).format, model_io.inspect_file(mlp_files["keras"]).flavour) == (
+        "keras",
+        "keras3",
+    )
+    k3h5 = model_io.inspect_file(mlp_files["h5"])
+    assert (k3h5.format, k3h5.flavour) == ("h5", "keras3")
+    k2 = model_io.inspect_file(keras2_h5)
+    assert (k2.format, k2.flavour) == ("h5", "keras2")
+    assert k2.keras_version.startswith("2.")
+
+
+@pytest.mark.parametrize("fmt", ["keras", "h5"])
+def test_keras3_round_trip(cli, mlp_files, tmp_path, fmt):
+    src = mlp_files[fmt]
+    before = sha(src)
+    out = tmp_path / f"pruned.{fmt}"
+    result = cli("prune", src, "-s", "0.5", "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    assert sha(src) == before
+    model, info = model_io.load(out)
+    assert info.format == fmt and info.flavour == "keras3"
+    kernel = model.get_layer("hidden1").kernel.numpy()
+    assert np.count_nonzero(kernel) == kernel.size // 2
+    assert not list(tmp_path.glob(".*tmp*")), "temporary file left behind"
+
+
+def test_keras2_h5_stays_loadable_by_tf_keras(cli, keras2_h5, tmp_path):
+    import tf_keras
+
+    before = sha(keras2_h5)
+    out = tmp_path / "k2.pruned.h5"
+    result = cli("prune", keras2_h5, "-s", "0.75", "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    assert sha(keras2_h5) == before
+    assert model_io.inspect_file(out).flavour == "keras2"
+    reloaded = tf_keras.models.load_model(out)
+    kernel = reloaded.get_layer("hidden1").get_weights()[0]
+    assert np.count_nonzero(kernel) == kernel.size - round(0.75 * kernel.size)
+    original = tf_keras.models.load_model(keras2_h5)
+    # the kept weights are the original values, untouched
+    orig_kernel = original.get_layer("hidden1").get_weights()[0]
+    kept = kernel != 0
+    np.testing.assert_array_equal(kernel[kept], orig_kernel[kept])
+
+
+def test_default_output_name_is_next_to_input(cli, mlp_files, tmp_path):
+    import shutil
+
+    src = tmp_path / "model.keras"
+    shutil.copy(mlp_files["keras"], src)
+    result = cli("prune", src, "-q")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "model.pruned.keras").is_file()
+
+
+def test_refuses_to_overwrite_input_unless_forced(cli, mlp_files, tmp_path):
+    import shutil
+
+    src = tmp_path / "model.keras"
+    shutil.copy(mlp_files["keras"], src)
+    before = sha(src)
+    result = cli("prune", src, "-o", src, "-q")
+    assert result.exit_code == 5
+    assert "would overwrite the input" in result.stderr
+    assert sha(src) == before
+    result = cli("prune", src, "-o", src, "--force", "-q")
+    assert result.exit_code == 0
+    assert sha(src) != before
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "m.keras"
+    with pytest.raises(RuntimeError):
+        with model_io.atomic_path(target) as tmp:
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("interrupted")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resolve_output_checks_directory(tmp_path):
+    with pytest.raises(OutputError, match="does not exist"):
+        model_io.resolve_output(tmp_path / "in.keras", tmp_path / "nope" / "out.keras", force=False)
+    with pytest.raises(OutputError, match="must end in"):
+        model_io.resolve_output(tmp_path / "in.keras", tmp_path / "out.txt", force=False)
+
+
+def test_lambda_model_refused_without_unsafe(tmp_path):
+    import keras
+
+    inp = keras.Input((4,))
+    out = keras.layers.Dense(2)(keras.layers.Lambda(lambda t: t * 2.0)(inp))
+    path = tmp_path / "lambda.keras"
+    keras.Model(inp, out).save(path)
+    with pytest.raises(ModelLoadError, match="Lambda"):
+        model_io.load(path)
+
+
+def test_file_sizes_reports_gzip(tmp_path):
+    p = tmp_path / "zeros.bin"
+    p.write_bytes(b"\0" * 100_000)
+    sizes = model_io.file_sizes(p)
+    assert sizes["bytes"] == 100_000
+    assert 0 < sizes["gzip_bytes"] < 1_000
