@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
+	mkdir -p out
 	$(BIN)/prunecli prune examples/digits_cnn.keras --method magnitude --sparsity 0.5 \
 		--data examples/digits.npz -o out/digits_cnn.pruned.keras --report out/demo-report.json
 
