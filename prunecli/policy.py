@@ -1,10 +1,24 @@
 """The policy: the one place that turns scores into masks and decides how much is pruned.
 
-Guarantees: with a target sparsity, each layer (scope=layer) or the whole model (scope=global)
-loses exactly round(sparsity * groups) groups, where a group is an element, a unit, a block or
-(for N:M) fixed by N and M; no layer is emptied below `min_keep` unless `allow_empty`. Global
-ranking first divides each layer's scores by that layer's mean score (normalize="mean"), so layers
-with larger weights or more elements do not dominate; normalize="none" ranks raw scores.
+A *group* is what one decision removes: an element, a unit (neuron/filter, along the target's unit
+axis), an RxC block of the (reduction, units) matrix view (edge blocks may be smaller), or for N:M
+one weight of a run of M along the reduction axis.
+
+Guarantees:
+- sparsity s, scope=layer: each layer loses exactly round(s * groups) groups.
+- sparsity s, scope=global: all layers' groups are ranked together and exactly round(s * total
+  groups) are removed. Scores are first divided by their layer's mean score (normalize="mean"), so a
+  layer ranks by how a group compares with the rest of its own layer: a layer whose weights are
+  all small, or whose scores have another scale (gradients of a deep layer), is not wiped out.
+  normalize="none" ranks raw scores, which magnitude pruning papers call "global magnitude".
+- threshold t: groups scoring below t (raw scores), or below their layer's mean score ('mean').
+- N:M: in every run of M consecutive weights along the reduction axis at most N are kept (exactly N
+  in full runs), the layout of tfmot, TFLite and sparse tensor cores. It needs element scores.
+- Overrides (recipe `overrides:`/`layers:`, glob -> sparsity | skip | {sparsity, skip}, the last
+  matching rule wins): a skipped layer is left whole; a layer with its own sparsity is pruned to it
+  exactly, and with scope=global the other layers share the global budget among themselves.
+- No layer keeps fewer than max(1, ceil(min_keep * groups)) groups unless allow_empty. When the floor
+  wins, the layer keeps its floor and, with scope=global, the rest of the budget goes to the others.
 """
 
 from __future__ import annotations
@@ -38,17 +52,36 @@ class _Groups:
     scores: object  # tensor of group scores (any shape)
     floor: int  # groups that must stay
 
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.scores.shape:
+            n *= int(d)
+        return n
 
-def _layer_sparsity(target: Target, config: PruneConfig) -> float | None:
-    chosen = config.effective_sparsity
+
+def override_sparsity(target: Target, config: PruneConfig) -> float | None:
+    """The sparsity the last matching override gives this target, or None."""
+    chosen = None
     for rule in config.overrides:
-        if matches(target, rule.pattern) and rule.sparsity is not None:
+        if rule.sparsity is not None and matches(target, rule.pattern):
             chosen = rule.sparsity
     return chosen
 
 
 def skipped_by_override(target: Target, config: PruneConfig) -> bool:
     return any(rule.skip and matches(target, rule.pattern) for rule in config.overrides)
+
+
+def _check_scores(targets: list[Target], scores: dict, level: str) -> None:
+    """A strategy's result must hold one tensor per target, of the weight's shape or (units,)."""
+    for t in targets:
+        if t.name not in scores:
+            raise ValueError(f"the scoring strategy returned no scores for {t.name}")
+        want = (t.units,) if level == "unit" else t.shape
+        got = tuple(int(d) for d in scores[t.name].shape)
+        if got != want:
+            raise ValueError(f"scores for {t.name} have shape {got}; a {level}-level score needs {want}")
 
 
 def _group_scores(target: Target, score, level: str, gran: Granularity):
@@ -91,48 +124,74 @@ def _floor(n: int, config: PruneConfig) -> int:
 
 
 def build_masks(targets: list[Target], scores: dict, level: str, config: PruneConfig) -> MaskSet:
-    """Turn scores ({target.name: tensor}) into keep-masks following the config's policy."""
+    """Turn scores ({target.name: tensor}, higher = more important) into keep-masks; see the module
+    docstring for what is guaranteed."""
     import tensorflow as tf
 
+    _check_scores(targets, scores, level)
     gran = config.granularity
     result = MaskSet()
+    active = []
+    for t in targets:
+        if skipped_by_override(t, config):
+            result.masks[t.name] = tf.ones(t.shape, tf.bool)
+            result.requested[t.name] = 0.0
+        else:
+            active.append(t)
     if gran.kind == "nm":
-        for t in targets:
-            s = scores[t.name]
-            if level == "unit":
-                s = t.expand_units(s)
-            keep = masking.nm_keep_mask(t.to_matrix(s), gran.rows, gran.cols)
-            result.masks[t.name] = t.from_matrix(keep)
-            result.requested[t.name] = 1.0 - gran.rows / gran.cols
+        _nm_masks(active, scores, level, config, result)
         return result
     if gran.kind not in ("element", "neuron", "block"):
         raise ConfigError(f"granularity {gran} is not a mask policy")
 
     groups = []
-    for t in targets:
+    for t in active:
         g = _group_scores(t, scores[t.name], level, gran)
         groups.append(_Groups(t, g, _floor(int(tf.size(g)), config)))
-
-    if config.threshold is not None:
-        ks = [_threshold_count(g, config) for g in groups]
-        _select_per_layer(groups, ks, result, gran)
-        for g in groups:
-            result.requested[g.target.name] = None
-    elif config.scope == "global":
-        _select_global(groups, config, result, gran)
-    else:
+    own = {g.target.name: override_sparsity(g.target, config) for g in groups}
+    if config.scope == "layer" and config.threshold is None:
         ks = []
         for g in groups:
-            s = _layer_sparsity(g.target, config)
-            n = int(tf.size(g.scores))
-            k = int(round(s * n))
-            if k > n - g.floor:
-                result.notes.append(f"{g.target.name}: kept {g.floor} of {n} groups (min_keep)")
-                k = n - g.floor
-            ks.append(k)
-            result.requested[g.target.name] = s
+            sparsity = own[g.target.name]
+            ks.append(_count(g, config.effective_sparsity if sparsity is None else sparsity, result))
         _select_per_layer(groups, ks, result, gran)
+        return result
+    fixed = [g for g in groups if own[g.target.name] is not None]
+    ranked = [g for g in groups if own[g.target.name] is None]
+    ks = [_count(g, own[g.target.name], result) for g in fixed]
+    if config.threshold is not None:
+        ks += [_threshold_count(g, config) for g in ranked]
+        for g in ranked:
+            result.requested[g.target.name] = None
+        _select_per_layer(fixed + ranked, ks, result, gran)
+    else:
+        _select_per_layer(fixed, ks, result, gran)
+        _select_global(ranked, config, result, gran)
     return result
+
+
+def _count(g: _Groups, sparsity: float, result: MaskSet) -> int:
+    """How many of a layer's groups to prune for this sparsity, held at the layer's floor."""
+    k = int(round(sparsity * g.size))
+    if k > g.size - g.floor:
+        result.notes.append(f"{g.target.name}: kept {g.floor} of {g.size} groups (min_keep)")
+        k = g.size - g.floor
+    result.requested[g.target.name] = sparsity
+    return k
+
+
+def _nm_masks(targets: list[Target], scores: dict, level: str, config: PruneConfig, result: MaskSet) -> None:
+    gran = config.granularity
+    if level == "unit":
+        raise ConfigError(
+            "N:M needs a score per weight; this method gives one per unit (try magnitude, taylor or gradient)"
+        )
+    for t in targets:
+        if override_sparsity(t, config) is not None:
+            raise ConfigError(f"N:M fixes the sparsity at 1 - N/M; the override for {t.layer_name} can only skip it")
+        keep = masking.nm_keep_mask(t.to_matrix(scores[t.name]), gran.rows, gran.cols)
+        result.masks[t.name] = t.from_matrix(keep)
+        result.requested[t.name] = 1.0 - gran.rows / gran.cols
 
 
 def _threshold_count(g: _Groups, config: PruneConfig) -> int:
@@ -143,25 +202,28 @@ def _threshold_count(g: _Groups, config: PruneConfig) -> int:
         limit = tf.reduce_mean(g.scores)
     else:
         limit = tf.constant(config.threshold, tf.float32)
-    n = int(tf.size(g.scores))
     k = int(tf.reduce_sum(tf.cast(g.scores < limit, tf.int32)))
-    return min(k, n - g.floor)
+    return min(k, g.size - g.floor)
 
 
-def _select_per_layer(groups, ks, result: MaskSet, gran: Granularity) -> None:
+def _select_per_layer(groups: list[_Groups], ks: list[int], result: MaskSet, gran: Granularity) -> None:
     import tensorflow as tf
 
+    if not groups:
+        return
     chosen = masking.select_lowest([g.scores for g in groups], ks)
-    for g, sel in zip(groups, chosen):
+    for g, sel in zip(groups, chosen, strict=True):
         keep = tf.logical_not(tf.reshape(sel, g.scores.shape))
         result.masks[g.target.name] = _expand(g.target, keep, gran)
 
 
-def _select_global(groups, config: PruneConfig, result: MaskSet, gran: Granularity) -> None:
+def _select_global(groups: list[_Groups], config: PruneConfig, result: MaskSet, gran: Granularity) -> None:
     """Rank all layers' (normalised) scores together; layers that would fall below their floor keep
     their floor, and the rest of the budget is re-ranked among the other layers, so the total is exact."""
     import tensorflow as tf
 
+    if not groups:
+        return
     sparsity = config.effective_sparsity
     normed = []
     for g in groups:
@@ -170,25 +232,27 @@ def _select_global(groups, config: PruneConfig, result: MaskSet, gran: Granulari
             mean = tf.reduce_mean(s)
             s = s / tf.where(mean > 0, mean, tf.ones_like(mean))
         normed.append(s)
-    sizes = [int(tf.size(s)) for s in normed]
+    sizes = [g.size for g in groups]
     budget = int(round(sparsity * sum(sizes)))
-    fixed: dict[int, int] = {}  # group index -> k, for layers held at their floor
+    at_floor: dict[int, int] = {}  # group index -> k, for layers held at their floor
     while True:
-        free = [i for i in range(len(groups)) if i not in fixed]
-        k_free = max(0, budget - sum(fixed.values()))
+        free = [i for i in range(len(groups)) if i not in at_floor]
+        k_free = max(0, budget - sum(at_floor.values()))
         k_free = min(k_free, sum(sizes[i] - groups[i].floor for i in free))
         chosen = masking.select_lowest_global([normed[i] for i in free], k_free) if free else []
-        counts = {i: int(tf.reduce_sum(tf.cast(c, tf.int32))) for i, c in zip(free, chosen)}
+        counts = {i: int(tf.reduce_sum(tf.cast(c, tf.int32))) for i, c in zip(free, chosen, strict=True)}
         over = [i for i in free if counts[i] > sizes[i] - groups[i].floor]
         if not over:
             break
         for i in over:
-            fixed[i] = sizes[i] - groups[i].floor
+            at_floor[i] = sizes[i] - groups[i].floor
             result.notes.append(f"{groups[i].target.name}: kept {groups[i].floor} of {sizes[i]} groups (min_keep)")
-    selections = dict(zip(free, chosen))
-    if fixed:
-        ids = sorted(fixed)
-        for i, sel in zip(ids, masking.select_lowest([normed[i] for i in ids], [fixed[i] for i in ids])):
+    selections = dict(zip(free, chosen, strict=True))
+    if at_floor:
+        ids = sorted(at_floor)
+        for i, sel in zip(
+            ids, masking.select_lowest([normed[i] for i in ids], [at_floor[i] for i in ids]), strict=True
+        ):
             selections[i] = sel
     for i, g in enumerate(groups):
         keep = tf.logical_not(tf.reshape(selections[i], g.scores.shape))

@@ -11,7 +11,12 @@ from ..errors import ConfigError
 
 @dataclass
 class ScoringContext:
-    """What a strategy may look at. `data` yields (x, y) batches; it is None for data-free methods."""
+    """What a strategy may look at. `data` yields (x, y) batches; it is None for data-free methods.
+
+    `progress(label, total)` returns advance(n), called as batches are read; None shows a rich bar
+    when stderr is a terminal. `extras["jit_compile"]` = True/False forces XLA on or off for the
+    data-driven strategies (default: on GPUs and TPUs only).
+    """
 
     model: Any
     targets: list
@@ -21,6 +26,11 @@ class ScoringContext:
     max_batches: int | None = None
     progress: Callable[[str, int | None], Callable[[int], None]] | None = None
     extras: dict = field(default_factory=dict)
+
+
+def silent_progress(label: str, total: int | None) -> Callable[[int], None]:
+    """A ScoringContext.progress that shows nothing (for --quiet runs)."""
+    return lambda n=1: None
 
 
 @dataclass(frozen=True)

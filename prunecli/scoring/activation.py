@@ -1,0 +1,55 @@
+"""Activation-based unit scores, read from each target layer's output over the data.
+
+`activation`: mean |a| of each unit's output: a unit whose output stays near zero contributes
+little to the next layer. `apoz`: 1 - APoZ, the Average Percentage of Zeros after ReLU (Hu et al.
+2016, "Network Trimming"); a unit that is almost always zero is almost never used. Outputs are read
+after the batch-norm and activation layers that directly follow the layer; values <= 0 count as
+zeros (what a ReLU would make of them) whether or not the layer ends with one.
+"""
+
+from __future__ import annotations
+
+from . import _data
+from .registry import register
+
+
+def _unit_statistic(targets, ctx, method: str, per_value) -> dict:
+    """Mean of per_value(output) over the data, per unit: batch, time and space axes are averaged."""
+    import tensorflow as tf
+
+    _data.require_data(ctx, method)
+    reader, plan = _data.unit_outputs(ctx.model, targets, method)
+    n_outputs = len(reader.outputs)
+    sums = [tf.Variable(tf.zeros([int(o.shape[-1])], tf.float32), trainable=False) for o in reader.outputs]
+    positions = [tf.Variable(0.0, trainable=False) for _ in reader.outputs]
+
+    def step(x, _y):
+        outs = reader(x, training=False)
+        outs = [outs] if n_outputs == 1 and not isinstance(outs, (list, tuple)) else outs
+        for out, total, count in zip(outs, sums, positions, strict=True):
+            values = tf.reshape(per_value(tf.cast(out, tf.float32)), [-1, total.shape[0]])
+            total.assign_add(tf.reduce_sum(values, axis=0))
+            count.assign_add(tf.cast(tf.shape(values)[0], tf.float32))
+
+    _data.run_batches(ctx, method, _data.compile_step(step, ctx))
+    scores = {}
+    for t, (index, multiplier) in zip(targets, plan, strict=True):
+        per_channel = sums[index] / positions[index]
+        # depthwise outputs hold `multiplier` channels per input channel, unit-major
+        scores[t.name] = tf.reduce_mean(tf.reshape(per_channel, [t.units, multiplier]), axis=1)
+    return _data.check_finite(scores, method)
+
+
+@register("activation", "mean |activation| of each unit over --data", level="unit", needs_data=True)
+def mean_activation(targets, ctx):
+    import tensorflow as tf
+
+    return _unit_statistic(targets, ctx, "activation", tf.abs)
+
+
+@register("apoz", "1 - APoZ: share of non-zero ReLU outputs per unit (Hu et al. 2016)", level="unit",
+          needs_data=True)  # fmt: skip
+def apoz(targets, ctx):
+    import tensorflow as tf
+
+    return _unit_statistic(targets, ctx, "apoz", lambda a: tf.cast(a > 0, tf.float32))

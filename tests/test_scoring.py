@@ -1,0 +1,324 @@
+"""Scoring strategies: the contract every registered one keeps, and a case per strategy where the
+obviously important weight or unit must come out on top."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from prunecli import scoring
+from prunecli.config import build_config
+from prunecli.errors import ConfigError, DataError
+
+UNIT_METHODS = {"neuron-mean", "l1-norm", "l2-norm", "activation", "apoz"}
+DATA_METHODS = {"activation", "apoz", "gradient", "taylor"}
+
+
+def tiny_cnn(seed: int = 0):
+    """conv -> batch norm -> ReLU -> dense -> softmax: every kind of target a strategy meets."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((6, 6, 2), name="image")
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inp)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU(name="relu")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(5, activation="relu", name="hidden")(x)
+    out = keras.layers.Dense(3, activation="softmax", name="out")(x)
+    return keras.Model(inp, out)
+
+
+def batches(x, y, batch_size: int = 16):
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
+
+
+@pytest.fixture(scope="module")
+def cnn_case():
+    from prunecli.targets import select
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 6, 6, 2)).astype("float32")  # 3 batches of 16, 16 and 8
+    y = rng.integers(0, 3, 40).astype("int32")
+    model = tiny_cnn()
+    return model, select(model), batches(x, y), x
+
+
+def context(model, targets, data=None, **kw):
+    kw.setdefault("loss_fn", "sparse_categorical_crossentropy")
+    return scoring.ScoringContext(model=model, targets=targets, data=data, **kw)
+
+
+def as_numpy(scores) -> dict:
+    return {k: np.asarray(v) for k, v in scores.items()}
+
+
+def test_registry_lists_every_strategy_with_a_one_line_summary():
+    assert set(scoring.available()) >= {"magnitude", "random"} | UNIT_METHODS | DATA_METHODS
+    for name, summary in scoring.describe():
+        strategy = scoring.get(name)
+        assert summary and "\n" not in summary and len(summary) <= 80
+        assert strategy.level == ("unit" if name in UNIT_METHODS else "element")
+        assert strategy.needs_data == (name in DATA_METHODS)
+        settings = {"model_path": "m.keras", "method": name, "data": "d.npz" if strategy.needs_data else None}
+        assert build_config(settings, environ={}).method == name
+
+
+def test_unknown_method_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match="choose from: .*apoz.*taylor"):
+        scoring.get("nope")
+
+
+@pytest.mark.parametrize("name", scoring.available())
+def test_contract_shape_finite_and_deterministic(cnn_case, name):
+    """Every registered strategy: one score per target, of the weight's shape (element) or (units,)
+    (unit), finite, and the same twice for the same seed."""
+    model, targets, data, _ = cnn_case
+    strategy = scoring.get(name)
+    first = as_numpy(strategy.fn(targets, context(model, targets, data, seed=3)))
+    second = as_numpy(strategy.fn(targets, context(model, targets, data, seed=3)))
+    assert set(first) == {t.name for t in targets}
+    for t in targets:
+        want = (t.units,) if strategy.level == "unit" else t.shape
+        assert first[t.name].shape == want
+        assert np.isfinite(first[t.name]).all()
+        np.testing.assert_array_equal(first[t.name], second[t.name])
+    before = [t.variable.numpy().copy() for t in targets]
+    strategy.fn(targets, context(model, targets, data))
+    for t, w in zip(targets, before, strict=True):
+        np.testing.assert_array_equal(t.variable.numpy(), w)  # scoring never changes the model
+
+
+def test_random_depends_on_the_seed(cnn_case):
+    model, targets, _, _ = cnn_case
+    a = as_numpy(scoring.get("random").fn(targets, context(model, targets, seed=1)))
+    b = as_numpy(scoring.get("random").fn(targets, context(model, targets, seed=2)))
+    assert not np.array_equal(a["conv/kernel"], b["conv/kernel"])
+
+
+@pytest.mark.parametrize("name", ["magnitude", "neuron-mean", "l1-norm", "l2-norm"])
+def test_data_free_methods_rank_the_unit_with_large_weights_first(name):
+    import keras
+
+    from prunecli.targets import select
+
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(6, name="d")])
+    kernel = model.get_layer("d").kernel
+    kernel.assign(kernel.numpy() * np.array([1, 1, 10, 1, 1, 1], "float32"))
+    targets = select(model)
+    scores = np.asarray(scoring.get(name).fn(targets, context(model, targets))["d/kernel"])
+    per_unit = scores if scores.ndim == 1 else scores.mean(axis=0)
+    assert int(np.argmax(per_unit)) == 2
+    expected = {
+        "neuron-mean": np.abs(kernel.numpy()).mean(axis=0),
+        "l1-norm": np.abs(kernel.numpy()).sum(axis=0),
+        "l2-norm": np.sqrt((kernel.numpy() ** 2).sum(axis=0)),
+        "magnitude": np.abs(kernel.numpy()).mean(axis=0),
+    }[name]
+    np.testing.assert_allclose(per_unit, expected, rtol=1e-6)
+
+
+def test_activation_scores_equal_the_mean_after_batch_norm_and_relu(cnn_case):
+    """The conv's output is read after its batch norm and ReLU; compare with a direct computation."""
+    import keras
+
+    model, targets, data, x = cnn_case
+    act = as_numpy(scoring.get("activation").fn(targets, context(model, targets, data)))
+    apoz = as_numpy(scoring.get("apoz").fn(targets, context(model, targets, data)))
+    probe = keras.Model(model.inputs, [model.get_layer("relu").output, model.get_layer("hidden").output])
+    relu_out, hidden_out = (np.asarray(o) for o in probe(x, training=False))
+    np.testing.assert_allclose(act["conv/kernel"], np.abs(relu_out).mean(axis=(0, 1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(act["hidden/kernel"], np.abs(hidden_out).mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(apoz["conv/kernel"], (relu_out > 0).mean(axis=(0, 1, 2)), rtol=1e-6)
+
+
+def test_activation_and_apoz_keep_the_always_active_unit_and_drop_the_dead_one():
+    import keras
+
+    from prunecli.config import Granularity, PruneConfig
+    from prunecli.policy import build_masks
+    from prunecli.targets import select
+
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, activation="relu", name="d"),
+                              keras.layers.Dense(2, name="head")])  # fmt: skip
+    layer = model.get_layer("d")
+    layer.bias.assign(np.array([5.0, 0.0, 0.0, -100.0], "float32"))  # unit 0 always on, unit 3 never
+    x = np.random.default_rng(0).standard_normal((64, 4)).astype("float32")
+    targets = [t for t in select(model) if t.layer_name == "d"]
+    data = batches(x, np.zeros(64, "int32"))
+    act = np.asarray(scoring.get("activation").fn(targets, context(model, targets, data))["d/kernel"])
+    apoz = np.asarray(scoring.get("apoz").fn(targets, context(model, targets, data))["d/kernel"])
+    assert int(np.argmax(act)) == 0 and act[3] == 0.0
+    assert apoz[0] == 1.0 and apoz[3] == 0.0
+    masks = build_masks(
+        targets, {"d/kernel": apoz}, "unit", PruneConfig(sparsity=0.25, granularity=Granularity("neuron"))
+    )
+    assert np.asarray(masks.masks["d/kernel"]).any(axis=0).tolist() == [True, True, True, False]
+
+
+@pytest.mark.parametrize("name", ["gradient", "taylor"])
+def test_gradient_methods_rank_the_informative_input_first(name):
+    import keras
+
+    from prunecli.targets import select
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((256, 6)).astype("float32")
+    y = (x[:, 0] > 0).astype("float32")[:, None]  # only feature 0 carries the label
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(1, activation="sigmoid", name="d")])
+    model.get_layer("d").kernel.assign(np.full((6, 1), 0.05, "float32"))
+    targets = select(model)
+    ctx = context(model, targets, batches(x, y, 64), loss_fn="binary_crossentropy")
+    scores = np.asarray(scoring.get(name).fn(targets, ctx)["d/kernel"])[:, 0]
+    assert int(np.argmax(scores)) == 0
+    assert scores[0] > 3 * np.delete(scores, 0).max()
+
+
+def test_gradient_is_the_mean_absolute_batch_gradient_and_taylor_multiplies_by_w(cnn_case):
+    import keras
+    import tensorflow as tf
+
+    model, targets, data, _ = cnn_case
+    loss = keras.losses.SparseCategoricalCrossentropy()
+    expected = np.zeros(targets[-1].shape, "float32")
+    kernel = model.get_layer("out").kernel
+    for xb, yb in data:
+        with tf.GradientTape() as tape:
+            value = loss(yb, model(xb, training=False))
+        expected += np.abs(tape.gradient(value, kernel.value).numpy()) / 3
+    ctx = context(model, targets, data, loss_fn=loss)  # a Loss object works as well as a name
+    grad = np.asarray(scoring.get("gradient").fn(targets, ctx)["out/kernel"])
+    taylor = np.asarray(scoring.get("taylor").fn(targets, ctx)["out/kernel"])
+    np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(taylor, np.abs(kernel.numpy()) * expected, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["activation", "gradient"])
+def test_xla_and_plain_graphs_agree(cnn_case, name):
+    model, targets, data, _ = cnn_case
+    plain = as_numpy(scoring.get(name).fn(targets, context(model, targets, data, extras={"jit_compile": False})))
+    xla = as_numpy(scoring.get(name).fn(targets, context(model, targets, data, extras={"jit_compile": True})))
+    for key in plain:
+        np.testing.assert_allclose(xla[key], plain[key], rtol=1e-4, atol=1e-6)
+
+
+def test_max_batches_and_progress_callback(cnn_case):
+    model, targets, data, _ = cnn_case
+    calls = []
+
+    def progress(label, total):
+        calls.append((label, total))
+        return lambda n=1: calls.append(n)
+
+    one = as_numpy(scoring.get("gradient").fn(targets, context(model, targets, data, max_batches=1, progress=progress)))
+    assert calls == [("scoring (gradient)", 1), 1]
+    every = as_numpy(scoring.get("gradient").fn(targets, context(model, targets, data)))
+    assert not np.allclose(one["out/kernel"], every["out/kernel"])
+    with pytest.raises(ConfigError, match="score_batches must be >= 1"):
+        scoring.get("gradient").fn(targets, context(model, targets, data, max_batches=0))
+
+
+def test_data_methods_explain_what_is_missing(cnn_case):
+    model, targets, data, _ = cnn_case
+    for name in sorted(DATA_METHODS):
+        with pytest.raises(ConfigError, match="needs data"):
+            scoring.get(name).fn(targets, context(model, targets))
+    with pytest.raises(ConfigError, match="needs a loss"):
+        scoring.get("taylor").fn(targets, context(model, targets, data, loss_fn=None))
+    x_only = data.map(lambda x, y: x)
+    with pytest.raises(DataError, match="needs labels"):
+        scoring.get("gradient").fn(targets, context(model, targets, x_only))
+    assert scoring.get("apoz").fn(targets, context(model, targets, x_only))  # activations need no labels
+
+
+def test_non_finite_scores_are_a_data_error(cnn_case):
+    model, targets, _, x = cnn_case
+    bad = x.copy()
+    bad[0, 0, 0, 0] = np.inf
+    with pytest.raises(DataError, match="not finite"):
+        scoring.get("taylor").fn(targets, context(model, targets, batches(bad, np.zeros(40, "int32"))))
+
+
+def test_depthwise_outputs_are_averaged_per_input_channel_and_separable_halves_refused():
+    import keras
+
+    from prunecli.targets import select
+
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((5, 5, 3))
+    depthwise = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, name="dw")(inp)  # 6 channels, 2 per input
+    separable = keras.layers.SeparableConv2D(4, 3, name="sep")(depthwise)
+    model = keras.Model(inp, keras.layers.GlobalAveragePooling2D()(separable))
+    x = np.random.default_rng(4).standard_normal((8, 5, 5, 3)).astype("float32")
+    data = batches(x, np.zeros(8, "int32"), 4)
+    dw = [t for t in select(model) if t.layer_name == "dw"]
+    scores = np.asarray(scoring.get("activation").fn(dw, context(model, dw, data))["dw/kernel"])
+    outputs = np.abs(np.asarray(keras.Model(inp, depthwise)(x))).mean(axis=(0, 1, 2))
+    np.testing.assert_allclose(scores, outputs.reshape(3, 2).mean(axis=1), rtol=1e-5)
+    with pytest.raises(ConfigError, match="depthwise half of a separable"):
+        scoring.get("apoz").fn(select(model), context(model, select(model), data))
+
+
+def test_unreadable_outputs_are_a_config_error_naming_the_layer():
+    import keras
+
+    from prunecli.targets import select
+
+    inp = keras.Input((5, 3))
+    seq = keras.layers.LSTM(4, name="lstm")(inp)
+    rnn = keras.Model(inp, keras.layers.Dense(2, name="head")(seq))
+    targets = select(rnn)
+    data = batches(np.zeros((8, 5, 3), "float32"), np.zeros(8, "int32"))
+    with pytest.raises(ConfigError, match=r"output of lstm/lstm_cell: .*--exclude 'lstm/lstm_cell'"):
+        scoring.get("apoz").fn(targets, context(rnn, targets, data))
+
+    shared = keras.layers.Dense(3, name="shared")
+    a, b = keras.Input((3,)), keras.Input((3,))
+    twice = keras.Model([a, b], keras.layers.Add()([shared(a), shared(b)]))
+    with pytest.raises(ConfigError, match="called more than once"):
+        scoring.get("activation").fn(select(twice), context(twice, select(twice), data))
+
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.d(x)
+
+    sub = Subclassed()
+    sub(np.zeros((1, 3), "float32"))
+    with pytest.raises(ConfigError, match="Sequential or functional"):
+        scoring.get("activation").fn(select(sub), context(sub, select(sub), data))
+
+
+def test_help_lists_every_method_with_its_summary(cli):
+    result = cli("prune", "--help")
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    for name, summary in scoring.describe():
+        assert f"{name} {summary}" in text
+
+
+@pytest.mark.parametrize("method", ["apoz", "taylor"])
+def test_data_methods_run_end_to_end_on_the_example(cli, example_model, example_data, tmp_path, method):
+    report = tmp_path / "report.json"
+    result = cli("prune", example_model, "-m", method, "-s", "0.5", "-d", example_data, "--score-batches", "4",
+                 "-o", tmp_path / "out.keras", "--report", report, "--no-sizes", "-q")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["totals"]["prunable_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert data["metrics"]["after_pruning"]["accuracy"] > 0.1
+
+
+def test_data_method_without_data_is_a_usage_error(cli, example_model, tmp_path):
+    result = cli("prune", example_model, "-m", "gradient", "-o", tmp_path / "out.keras", "-q")
+    assert result.exit_code == 2
+    assert "needs --data" in result.output
