@@ -1,0 +1,171 @@
+"""Theoretical FLOPs: multiply-adds per example of the layers that hold weight matrices.
+
+Counted from each layer call's input and output shapes in the model graph:
+Dense and EinsumDense, Conv1D/2D/3D (groups included), their transposes, DepthwiseConv, SeparableConv,
+LSTM/GRU/SimpleRNN (per time step), Bidirectional, MultiHeadAttention (projections and both attention
+products). Embedding costs 0 (a lookup). Normalisation, activations, pooling and merges are element-wise
+and usually folded or fused at inference, so they are not counted. `nonzero` counts only the
+multiply-adds of non-zero weights: what a sparse kernel could skip down to. A layer whose cost cannot be
+known (an unknown class with weight matrices, or an unknown spatial size) counts as None and makes the
+total `partial`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+UNIT = "multiply-adds per example"
+_CONV = ("Conv1D", "Conv2D", "Conv3D")
+_TRANSPOSE = ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
+_DEPTHWISE = ("DepthwiseConv1D", "DepthwiseConv2D")
+_SEPARABLE = ("SeparableConv1D", "SeparableConv2D")
+_RNN = ("LSTM", "GRU", "SimpleRNN")
+
+
+def _prod(dims) -> int | None:
+    out = 1
+    for d in dims:
+        if d is None:
+            return None
+        out *= int(d)
+    return out
+
+
+def _positions(shape) -> int | None:
+    """Positions a kernel slides over: every axis but the batch and the channels."""
+    return _prod(tuple(shape)[1:-1])
+
+
+def _nnz(var) -> int:
+    import numpy as np
+
+    return int(np.count_nonzero(np.asarray(var)))
+
+
+def _size(var) -> int:
+    return int(math.prod(var.shape))
+
+
+def _times(positions: int | None, weights: list) -> tuple[int | None, int | None]:
+    """Each position multiplies every weight once: (dense, non-zero) multiply-adds."""
+    if positions is None:
+        return None, None
+    return positions * sum(_size(w) for w in weights), positions * sum(_nnz(w) for w in weights)
+
+
+def _einsum(layer, out_shape) -> tuple[int | None, int | None]:
+    """Output elements times the length of the summed (kernel-only) axes."""
+    elements = _prod(tuple(out_shape)[1:])
+    kernel_spec, out_spec = layer.equation.split(",")[1].split("->")
+    reduced = _prod(d for d, ch in zip(layer.kernel.shape, kernel_spec, strict=False) if ch not in out_spec)
+    if elements is None or reduced is None:
+        return None, None
+    density = _nnz(layer.kernel) / max(_size(layer.kernel), 1)
+    return elements * reduced, round(elements * reduced * density)
+
+
+def _attention(layer, in_shapes) -> tuple[int | None, int | None]:
+    query = in_shapes[0]
+    value = in_shapes[1] if len(in_shapes) > 1 else query
+    key = in_shapes[2] if len(in_shapes) > 2 else value
+    tq, tk, tv = _positions(query), _positions(key), _positions(value)
+    if None in (tq, tk, tv):
+        return None, None
+    heads, kdim, vdim = layer._num_heads, layer._key_dim, layer._value_dim
+    parts = [(tq, layer._query_dense.kernel), (tk, layer._key_dense.kernel), (tv, layer._value_dense.kernel),
+             (tq, layer._output_dense.kernel)]  # fmt: skip
+    scores = tq * tk * heads * (kdim + vdim)  # Q·K^T and softmax(.)·V: no weights, never sparse
+    dense = sum(n * _size(k) for n, k in parts) + scores
+    nonzero = sum(n * _nnz(k) for n, k in parts) + scores
+    return dense, nonzero
+
+
+def _recurrent(layer, in_shape) -> tuple[int | None, int | None]:
+    steps = tuple(in_shape)[1] if len(in_shape) > 2 else 1
+    cell = layer.cell
+    return _times(steps, [cell.kernel, cell.recurrent_kernel])
+
+
+def layer_cost(layer, in_shapes: list, out_shapes: list) -> tuple[int | None, int | None]:
+    """(multiply-adds, non-zero multiply-adds) of one call of `layer`, per example."""
+    cls = type(layer).__name__
+    if cls == "Dense":
+        return _times(_positions(out_shapes[0]), [layer.kernel])
+    if cls == "EinsumDense":
+        return _einsum(layer, out_shapes[0])
+    if cls in _CONV or cls in _DEPTHWISE:
+        return _times(_positions(out_shapes[0]), [layer.kernel])  # Keras 3 names the depthwise weight `kernel`
+    if cls in _TRANSPOSE:
+        return _times(_positions(in_shapes[0]), [layer.kernel])
+    if cls in _SEPARABLE:
+        return _times(_positions(out_shapes[0]), [layer.depthwise_kernel, layer.pointwise_kernel])
+    if cls in _RNN:
+        return _recurrent(layer, in_shapes[0])
+    if cls == "Bidirectional":
+        parts = [_recurrent(sub, in_shapes[0]) for sub in (layer.forward_layer, layer.backward_layer)]
+        if any(p[0] is None for p in parts):
+            return None, None
+        return sum(p[0] for p in parts), sum(p[1] for p in parts)
+    if cls == "MultiHeadAttention":
+        return _attention(layer, in_shapes)
+    if all(len(w.shape) <= 1 for w in layer.weights) or cls == "Embedding":
+        return 0, 0  # element-wise (normalisation, PReLU...) or a lookup
+    return None, None
+
+
+def _graph(model):
+    import keras
+
+    if isinstance(model, keras.Sequential):
+        return getattr(model, "_functional", None)
+    return model if hasattr(model, "_nodes_by_depth") else None
+
+
+def calls(model, prefix: str = ""):
+    """(path, layer, input shapes, output shapes) of every layer call, nested models opened."""
+    graph = _graph(model)
+    if graph is None:
+        return None
+    out = []
+    for depth in sorted(graph._nodes_by_depth, reverse=True):
+        for node in graph._nodes_by_depth[depth]:
+            op = node.operation
+            if op is None or node.is_input or not getattr(op, "weights", None):
+                continue
+            path = f"{prefix}{op.name}"
+            inner = calls(op, f"{path}/") if _graph(op) is not None else None
+            if inner is not None:
+                out.extend(inner)
+                continue
+            out.append((path, op, [t.shape for t in node.input_tensors], [t.shape for t in node.outputs]))
+    return out
+
+
+def count(model) -> dict[str, Any]:
+    """Multiply-adds per example, per layer call and in total (None where unknown)."""
+    found = calls(model)
+    if found is None:  # a subclassed model: no graph to read shapes from
+        return {"unit": UNIT, "total": None, "nonzero": None, "partial": True, "layers": []}
+    layers = []
+    for path, layer, ins, outs in found:
+        dense, nonzero = layer_cost(layer, ins, outs)
+        layers.append({"layer": path, "class": type(layer).__name__, "macs": dense, "nonzero_macs": nonzero})
+    known = [row for row in layers if row["macs"] is not None]
+    return {
+        "unit": UNIT,
+        "total": sum(row["macs"] for row in known),
+        "nonzero": sum(row["nonzero_macs"] for row in known),
+        "partial": len(known) < len(layers),
+        "layers": layers,
+    }
+
+
+def record(session, stage: str) -> None:
+    """Add this stage's totals ("before" or "after") to the report's `flops` section."""
+    found = count(session.model)
+    section = session.extras.setdefault("flops", {"unit": UNIT})
+    section[stage] = found["total"]
+    section[f"{stage}_nonzero"] = found["nonzero"]
+    if found["partial"]:
+        section["partial"] = True

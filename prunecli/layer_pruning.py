@@ -1,0 +1,369 @@
+"""Layer pruning: remove whole residual branches and shape-preserving layers, then rebuild the model.
+
+Candidates, read from the functional graph:
+- a residual branch, `x + f(x)` written as an Add of two tensors where one is an ancestor of the other
+  and nothing outside the branch reads its inside: the block becomes `x`;
+- a single layer with parameters whose output has exactly its input's shape: it becomes the identity.
+Layers that change shape, merge several inputs, are shared, produce a model output or hold no
+parameters are never candidates; the report gives each layer's reason.
+
+Scores (lower = removed first): with --data, the loss increase on up to --score-batches (default 32)
+batches when the candidate is bypassed; without data, the relative change ||out - in|| / ||in|| the
+candidate makes on seeded probe inputs (a branch's output norm relative to its skip, a layer's
+distance from the identity); --method random gives the random baseline. Candidates are then taken
+lowest score first, skipping any that overlap one already taken, until --remove-layers N (or
+--sparsity S of the candidates) are removed. The rebuilt model is a plain functional model.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field
+
+from .errors import ConfigError, InputError
+
+DEFAULT_SCORE_BATCHES = 32
+
+
+# ---- the functional graph (shared with feature pruning) ----
+
+
+def functional_graph(model):
+    """The Functional object that holds the model's graph (a Sequential's inner one)."""
+    import keras
+
+    graph = getattr(model, "_functional", None) if isinstance(model, keras.Sequential) else model
+    if graph is None or not hasattr(graph, "_nodes_by_depth"):
+        raise InputError(f"model {model.name!r} is subclassed: its layer graph cannot be read or rebuilt")
+    return graph
+
+
+def ordered_nodes(graph) -> list:
+    """The graph's calls in execution order (model inputs left out)."""
+    return [node for depth in sorted(graph._nodes_by_depth, reverse=True) for node in graph._nodes_by_depth[depth]
+            if node.operation is not None and not node.is_input]  # fmt: skip
+
+
+def input_name(tensor) -> str:
+    return tensor._keras_history.operation.name
+
+
+def rebuild(model, *, skip=(), bypass=None, replace=None, input_shapes=None):
+    """A functional model from `model`'s graph with some calls changed.
+
+    skip: ids of nodes left out (their outputs must no longer be needed); bypass: {node id: input
+    position} for calls whose output becomes that input; replace: {id(layer): substitute layer};
+    input_shapes: {input position: new batch shape}. Unchanged layers are shared with `model`
+    (cheap, for scoring); `detach` gives the result its own layers.
+    """
+    import keras
+    from keras import tree
+
+    graph = functional_graph(model)
+    bypass, replace, input_shapes = bypass or {}, replace or {}, input_shapes or {}
+    new_inputs = [keras.Input(batch_shape=input_shapes.get(i, x.shape), dtype=x.dtype, name=input_name(x))
+                  for i, x in enumerate(graph.inputs)]  # fmt: skip
+    tensors = {id(x): y for x, y in zip(graph.inputs, new_inputs, strict=True)}
+    for node in ordered_nodes(graph):
+        if id(node) in skip:
+            continue
+        if id(node) in bypass:
+            tensors[id(node.outputs[0])] = tensors[id(node.input_tensors[bypass[id(node)]])]
+            continue
+        if any(id(t) not in tensors for t in node.input_tensors):
+            continue
+        args, kwargs = node.arguments.fill_in(tensors)
+        layer = replace.get(id(node.operation), node.operation)
+        for old, new in zip(node.outputs, tree.flatten(layer(*args, **kwargs)), strict=True):
+            tensors[id(old)] = new
+    outputs = tree.pack_sequence_as(graph._outputs_struct, [tensors[id(x)] for x in graph.outputs])
+    inputs = tree.pack_sequence_as(graph._inputs_struct, new_inputs)
+    return keras.Model(inputs, outputs, name=model.name)
+
+
+def detach(model):
+    """A copy of a rebuilt model with layers of its own, so it saves and trains like a fresh one."""
+    import keras
+
+    copy = keras.Model.from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+# ---- candidates ----
+
+
+@dataclass(eq=False)
+class Candidate:
+    name: str  # the layer, or the Add that closes the residual branch
+    kind: str  # "layer" | "branch"
+    layers: list[str]  # every layer the removal takes out, in graph order
+    skip: set = field(default_factory=set)  # node ids dropped
+    bypass: dict = field(default_factory=dict)  # node id -> input position passed through
+    params: int = 0
+    tensors: tuple = ()  # (input, output) tensors of the original graph, for the probe proxy
+    score: float | None = None
+
+    @property
+    def nodes(self) -> set:
+        return set(self.skip) | set(self.bypass)
+
+
+def _shape(t) -> tuple:
+    return tuple(t.shape)[1:]
+
+
+def _params(layer) -> int:
+    return int(sum(math.prod(w.shape) for w in layer.weights))
+
+
+def _branch(add_node, skip_pos: int, producer: dict, readers: dict, outputs: set):
+    """The nodes of `skip + f(skip)` between the skip tensor and the Add, or None if not a clean branch."""
+    skip_t = add_node.input_tensors[skip_pos]
+    branch_t = add_node.input_tensors[1 - skip_pos]
+    inside, stack = [], [branch_t]
+    seen = set()
+    while stack:  # walk up from the branch output until the skip tensor
+        t = stack.pop()
+        if id(t) == id(skip_t):
+            continue
+        node = producer.get(id(t))
+        if node is None:  # reached a model input without meeting the skip: not a residual
+            return None
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        inside.append(node)
+        stack.extend(node.input_tensors)
+    if not inside:
+        return None
+    for node in inside:  # nothing outside the branch may read what the branch computes
+        for out in node.outputs:
+            if id(out) in outputs:
+                return None
+            for reader in readers.get(id(out), []):
+                if id(reader) not in seen and reader is not add_node:
+                    return None
+    return inside
+
+
+def analyse(model, include=(), exclude=()) -> tuple[list[Candidate], list[dict]]:
+    """Every candidate for removal, and for every layer call whether it is one and why."""
+    graph = functional_graph(model)
+    nodes = ordered_nodes(graph)
+    producer = {id(out): node for node in nodes for out in node.outputs}
+    readers: dict[int, list] = {}
+    for node in nodes:
+        for t in node.input_tensors:
+            readers.setdefault(id(t), []).append(node)
+    outputs = {id(t) for t in graph.outputs}
+    calls = {}
+    for node in nodes:
+        calls[id(node.operation)] = calls.get(id(node.operation), 0) + 1
+    order = {id(node): i for i, node in enumerate(nodes)}
+
+    def allowed(name: str) -> bool:
+        if include and not any(fnmatch.fnmatchcase(name, p) for p in include):
+            return False
+        return not any(fnmatch.fnmatchcase(name, p) for p in exclude)
+
+    candidates: list[Candidate] = []
+    rows: list[dict] = []
+    in_branch: dict[int, str] = {}
+    for node in nodes:
+        if type(node.operation).__name__ != "Add" or len(node.input_tensors) != 2 or calls[id(node.operation)] > 1:
+            continue
+        if _shape(node.input_tensors[0]) != _shape(node.input_tensors[1]):
+            continue
+        for skip_pos in (0, 1):
+            inside = _branch(node, skip_pos, producer, readers, outputs)
+            if inside and allowed(node.operation.name):
+                inside.sort(key=lambda n: order[id(n)])
+                names = [n.operation.name for n in inside] + [node.operation.name]
+                params = sum(_params(n.operation) for n in inside if hasattr(n.operation, "weights"))
+                candidates.append(Candidate(node.operation.name, "branch", names, {id(n) for n in inside},
+                                            {id(node): skip_pos}, params, (node.input_tensors[skip_pos], node.outputs[0])))  # fmt: skip
+                for n in inside:
+                    in_branch.setdefault(id(n), node.operation.name)
+                break
+
+    branch_names = {c.name for c in candidates}
+    for node in nodes:
+        layer = node.operation
+        name, cls = layer.name, type(layer).__name__
+        reason = None
+        if name in branch_names:
+            reason = "closes a residual branch: x + f(x) becomes x"
+        elif calls[id(layer)] > 1:
+            reason = "shared by several calls"
+        elif len(node.input_tensors) != 1 or len(node.outputs) != 1:
+            reason = "takes several inputs" if len(node.input_tensors) != 1 else "has several outputs"
+        elif _shape(node.input_tensors[0]) != _shape(node.outputs[0]):
+            reason = f"changes shape {_shape(node.input_tensors[0])} -> {_shape(node.outputs[0])}"
+        elif id(node.outputs[0]) in outputs:
+            reason = "produces a model output"
+        elif not getattr(layer, "weights", None):
+            reason = "has no parameters (removing it saves nothing)"
+        elif not allowed(name):
+            reason = "left out by --include/--exclude"
+        is_candidate = name in branch_names or reason is None
+        if reason is None:
+            reason = "input and output shapes are equal: replaced by identity"
+            candidates.append(Candidate(name, "layer", [name], set(), {id(node): 0}, _params(layer),
+                                        (node.input_tensors[0], node.outputs[0])))  # fmt: skip
+        if id(node) in in_branch:
+            reason += f"; inside residual branch {in_branch[id(node)]}"
+        rows.append({"layer": name, "class": cls, "candidate": is_candidate, "reason": reason})
+    return candidates, rows
+
+
+# ---- scores ----
+
+
+def _loss_fn(task):
+    """A callable (y, prediction) -> mean loss, whatever form the task's loss was given in."""
+    import keras
+    from keras import ops
+
+    loss = keras.losses.get(task.loss) if isinstance(task.loss, (str, dict)) else task.loss
+    if isinstance(loss, keras.losses.Loss):
+        return loss
+
+    def mean_loss(y, pred):
+        if len(y.shape) == len(pred.shape) - 1 and pred.shape[-1] == 1:  # labels (n,) for outputs (n, 1)
+            y = ops.expand_dims(y, -1)
+        return ops.mean(loss(y, pred))
+
+    return mean_loss
+
+
+def batches(dataset, limit: int | None) -> list:
+    """The first `limit` (x, y) batches as tensors, fixed, so every candidate sees the same data."""
+    out = []
+    for x, y in dataset:
+        out.append((x, y))
+        if len(out) >= (limit or DEFAULT_SCORE_BATCHES):
+            break
+    return out
+
+
+def mean_loss(model, data: list, loss) -> float:
+    total = count = 0
+    for x, y in data:
+        n = int(y.shape[0])
+        total += float(loss(y, model(x, training=False))) * n
+        count += n
+    return total / max(count, 1)
+
+
+def probe_inputs(model, seed: int, batch: int = 64):
+    """Seeded stand-ins for data: standard normal for float inputs, zeros for integer ones."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for x in functional_graph(model).inputs:
+        shape = (batch,) + tuple(d or 1 for d in x.shape[1:])
+        kind = np.dtype(str(x.dtype)).kind if str(x.dtype) != "bfloat16" else "f"
+        out.append(rng.standard_normal(shape).astype(str(x.dtype)) if kind == "f" else np.zeros(shape, str(x.dtype)))
+    return out
+
+
+def _scores_by_probe(model, candidates: list[Candidate], seed: int) -> None:
+    import keras
+    import numpy as np
+
+    graph = functional_graph(model)
+    watched = [t for c in candidates for t in c.tensors]
+    values = keras.Model(list(graph.inputs), watched)(probe_inputs(model, seed), training=False)
+    values = [np.asarray(v, dtype=np.float64) for v in values]
+    for i, c in enumerate(candidates):
+        before, after = values[2 * i], values[2 * i + 1]
+        c.score = float(np.linalg.norm(after - before) / (np.linalg.norm(before) + 1e-12))
+
+
+def score(s, candidates: list[Candidate]) -> str:
+    """Fill in each candidate's score; returns how they were scored (for the report)."""
+    import numpy as np
+
+    c = s.config
+    if c.method == "random":
+        values = np.random.default_rng(c.seed).random(len(candidates))
+        for cand, v in zip(candidates, values, strict=True):
+            cand.score = float(v)
+        return "random"
+    if s.data is None:
+        _scores_by_probe(s.model, candidates, c.seed)
+        return "relative change on probe inputs (no --data)"
+    loss = _loss_fn(s.task)
+    data = batches(s.data.train, c.score_batches)
+    base = mean_loss(s.model, data, loss)
+    for i, cand in enumerate(candidates):
+        s.progress(f"scoring layer candidate {i + 1}/{len(candidates)}: {cand.name}")
+        bypassed = rebuild(s.model, skip=cand.skip, bypass=cand.bypass)
+        cand.score = mean_loss(bypassed, data, loss) - base
+    return "loss increase on --data when bypassed"
+
+
+# ---- decision and rebuild ----
+
+
+def choose(candidates: list[Candidate], config, notes: list) -> list[Candidate]:
+    """Lowest score first (larger removals first on ties), never two overlapping candidates."""
+    wanted = config.remove_layers
+    if wanted is None:
+        wanted = int(round(config.effective_sparsity * len(candidates)))
+    chosen: list[Candidate] = []
+    taken: set = set()
+    for cand in sorted(candidates, key=lambda k: (k.score, -k.params, k.name)):
+        if len(chosen) >= wanted:
+            break
+        if cand.nodes & taken:
+            continue
+        chosen.append(cand)
+        taken |= cand.nodes
+    if len(chosen) < wanted:
+        notes.append(f"asked to remove {wanted} layers/blocks; only {len(chosen)} non-overlapping candidates exist")
+    return chosen
+
+
+def remove(model, chosen: list[Candidate]):
+    """The model without the chosen candidates, as a new functional model with its own layers."""
+    skip, bypass = set(), {}
+    for cand in chosen:
+        skip |= cand.skip
+        bypass.update(cand.bypass)
+    return detach(rebuild(model, skip=skip, bypass=bypass))
+
+
+def run(s) -> None:
+    """Score the candidates, remove the chosen ones, and swap the smaller model into the session."""
+    from . import targets
+
+    c = s.config
+    if c.schedule != "oneshot":
+        raise ConfigError("--granularity layer prunes once: use --schedule oneshot (and --epochs to fine-tune)")
+    with s.timings.phase("score"):
+        candidates, rows = analyse(s.model, c.include, c.exclude)
+        if not candidates:
+            raise InputError(f"{c.model_path}: no layer can be removed (no residual branch or shape-preserving layer)")
+        how = score(s, candidates)
+    chosen = choose(candidates, c, s.notes)
+    s.progress(f"removing {len(chosen)} of {len(candidates)} candidate layers/blocks")
+    with s.timings.phase("rebuild"):
+        s.model = remove(s.model, chosen)
+    s.structure_changed = True
+    s.masks = None
+    s.targets = targets.select(s.model, c.include, c.exclude)
+    removed_names = {cand.name for cand in chosen}
+    gone = {name for cand in chosen for name in cand.layers}
+    for row in rows:
+        row["removed"] = row["layer"] in gone
+    s.extras["removed_layers"] = [row["layer"] for row in rows if row["removed"]]
+    s.extras["layer_pruning"] = {
+        "score": how,
+        "candidates": [{"name": cand.name, "kind": cand.kind, "layers": cand.layers, "params": cand.params,
+                        "score": cand.score, "removed": cand.name in removed_names} for cand in candidates],
+        "layers": rows,
+    }  # fmt: skip

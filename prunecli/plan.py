@@ -1,0 +1,162 @@
+"""`prunecli plan`: what a prune with the same options would remove, computed and shown, nothing written.
+
+The plan runs the very steps `prune` runs (load, score, decide, and the in-memory rebuild for
+--shrink, -g input and -g layer), then compares the model before and after: per layer the
+parameters, live units (neurons/filters with a non-zero weight), theoretical multiply-adds, and
+for structural runs the kept features or the removed layers. Evaluation, fine-tuning and saving
+are left out, so its numbers are those `prune` reaches before fine-tuning.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import ConfigError
+
+
+def _layer_rows(model) -> dict[str, dict[str, Any]]:
+    """Per layer call with weights: class, parameters, non-zeros, live units, multiply-adds."""
+    import numpy as np
+
+    from . import flops, targets
+
+    found = flops.calls(model) or []
+    units_axis = {cls: axis for cls, specs in targets.PRUNABLE.items() for _attr, axis in specs[-1:]}
+    rows = {}
+    for path, layer, ins, outs in found:
+        weights = [np.asarray(w) for w in layer.weights]
+        dense, nonzero = flops.layer_cost(layer, ins, outs)
+        row = {"class": type(layer).__name__, "params": int(sum(w.size for w in weights)),
+               "nonzeros": int(sum(np.count_nonzero(w) for w in weights)), "units": None, "live_units": None,
+               "macs": dense, "nonzero_macs": nonzero}  # fmt: skip
+        axis = units_axis.get(row["class"])
+        kernels = [w for w in weights if w.ndim >= 2]
+        if axis is not None and kernels:
+            kernel = np.moveaxis(kernels[-1], axis, -1).reshape(-1, kernels[-1].shape[axis])
+            row["units"] = int(kernel.shape[1])
+            row["live_units"] = int(np.count_nonzero(np.abs(kernel).sum(0)))
+        rows[path] = row
+    return rows
+
+
+def _totals(model) -> dict[str, Any]:
+    import numpy as np
+
+    from . import flops
+
+    counted = flops.count(model)
+    return {
+        "params": int(model.count_params()),
+        "nonzeros": int(sum(np.count_nonzero(np.asarray(w)) for w in model.weights)),
+        "flops": counted["total"],
+        "flops_nonzero": counted["nonzero"],
+        "flops_partial": counted["partial"],
+    }
+
+
+def _groups(model) -> list[list[str]] | None:
+    """Layers whose units must go together (a residual stream, a shared layer), from prunecli.graph."""
+    try:
+        from . import graph
+    except ImportError:
+        return None
+    try:
+        g = graph.build(model)
+    except graph.GraphUnsupported:
+        return None
+    found = {tuple(g.group_members(root)) for root in g.producers}
+    return [list(members) for members in sorted(found) if len(members) > 1]
+
+
+def make_plan(config, progress=None) -> dict[str, Any]:
+    """Decide what `prune` would remove with `config`, in memory only, and describe it."""
+    from .pipeline import Session, load_model_and_data, pick_targets, quiet_tensorflow, score_and_mask
+    from .report import Timings
+
+    if config.engine != "native":
+        raise ConfigError("plan covers the native engine; drop --engine tfmot")
+    quiet_tensorflow()
+    s = Session(config=config, progress=progress or (lambda _msg: None), timings=Timings(), notes=[], metrics={},
+                extras={})  # fmt: skip
+    load_model_and_data(s)
+    before_rows = _layer_rows(s.model)
+    before = _totals(s.model)
+    groups = _groups(s.model) if config.granularity.kind == "neuron" else None
+    pick_targets(s)
+    kind = config.granularity.kind
+    if kind == "input":
+        from . import feature_pruning
+
+        feature_pruning.run(s)
+    elif kind == "layer":
+        from . import layer_pruning
+
+        layer_pruning.run(s)
+    else:
+        if config.schedule != "oneshot":
+            s.notes.append(f"--schedule {config.schedule} prunes while training; shown: one shot at the final sparsity")
+        score_and_mask(s)
+        if config.shrink:
+            from . import surgery
+
+            surgery.shrink(s)
+    after_rows = _layer_rows(s.model)
+    layers = []
+    for name in list(before_rows) + [n for n in after_rows if n not in before_rows]:
+        b, a = before_rows.get(name), after_rows.get(name)
+        row = {"layer": name, "class": (b or a)["class"], "removed": a is None}
+        for key in ("params", "nonzeros", "units", "live_units", "macs", "nonzero_macs"):
+            row[f"{key}_before"] = None if b is None else b[key]
+            row[f"{key}_after"] = 0 if a is None else a[key]
+        layers.append(row)
+    plan = {
+        "model": str(config.model_path),
+        "granularity": str(config.granularity),
+        "method": config.method,
+        "before": before,
+        "after": _totals(s.model),
+        "layers": layers,
+        "notes": s.notes,
+    }
+    if groups is not None:
+        plan["groups"] = groups
+    for key in ("kept_features", "kept_feature_names", "feature_pruning", "removed_layers", "layer_pruning"):
+        if key in s.extras:
+            plan[key] = s.extras[key]
+    return plan
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def render(plan: dict, console) -> None:
+    """The plan as tables: per layer before -> after, then totals and what is removed."""
+    from rich.table import Table
+
+    table = Table(title=f"Plan: {plan['model']} ({plan['granularity']}, {plan['method']})", title_justify="left",
+                  header_style="bold")  # fmt: skip
+    for col in ("layer", "class", "params", "non-zeros", "units", "multiply-adds"):
+        table.add_column(col, justify="left" if col in ("layer", "class") else "right")
+    for r in plan["layers"]:
+        if r["removed"]:
+            table.add_row(r["layer"], r["class"], "[red]removed[/]", "", "", f"{_num(r['macs_before'])} -> 0")
+            continue
+        units = "" if r["units_after"] is None else f"{_num(r['live_units_before'])} -> {_num(r['live_units_after'])}"
+        table.add_row(r["layer"], r["class"], f"{_num(r['params_before'])} -> {_num(r['params_after'])}",
+                      f"{_num(r['nonzeros_before'])} -> {_num(r['nonzeros_after'])}", units,
+                      f"{_num(r['macs_before'])} -> {_num(r['macs_after'])}")  # fmt: skip
+    console.print(table)
+    b, a = plan["before"], plan["after"]
+    console.print(f"parameters {_num(b['params'])} -> {_num(a['params'])}, non-zeros {_num(b['nonzeros'])} -> "
+                  f"{_num(a['nonzeros'])}; multiply-adds per example {_num(b['flops'])} -> {_num(a['flops'])} "
+                  f"(non-zero {_num(a['flops_nonzero'])})")  # fmt: skip
+    for name, kept in plan.get("kept_features", {}).items():
+        removed = plan["feature_pruning"]["inputs"][name]["removed"]
+        console.print(f"input {name}: keeps {len(kept)} features {kept}, removes {removed}")
+    if "removed_layers" in plan:
+        console.print(f"removes layers: {', '.join(plan['removed_layers']) or 'none'}")
+    for members in plan.get("groups", []):
+        console.print(f"shrink together: {', '.join(members)}")
+    for note in plan["notes"]:
+        console.print(f"[yellow]note:[/] {note}")

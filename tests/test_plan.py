@@ -1,0 +1,119 @@
+"""`prunecli plan` writes nothing and agrees with `prune`; theoretical FLOPs match hand counts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from prunecli import build_config, flops, prune
+from prunecli.plan import make_plan
+
+
+def _snapshot(folder):
+    return sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*"))
+
+
+@pytest.fixture
+def workdir(mlp_files, tmp_path):
+    shutil.copy(mlp_files["keras"], tmp_path / "mlp.keras")
+    shutil.copy(mlp_files["data"], tmp_path / "data.npz")
+    return tmp_path
+
+
+def test_plan_writes_nothing_and_prints_json(cli, workdir):
+    before = _snapshot(workdir)
+    res = cli("plan", workdir / "mlp.keras", "-g", "input", "--keep-features", "5", "--data", workdir / "data.npz",
+              "--shrink", "--json")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    plan = json.loads(res.stdout)
+    assert _snapshot(workdir) == before
+    assert len(plan["kept_features"]["features"]) == 5
+    assert plan["after"]["params"] < plan["before"]["params"]
+    hidden = next(r for r in plan["layers"] if r["layer"] == "hidden1")
+    assert (hidden["params_before"], hidden["params_after"]) == (20 * 32 + 32, 5 * 32 + 32)
+    table = cli("plan", workdir / "mlp.keras", "-g", "layer", "--remove-layers", "1")
+    assert table.exit_code != 0 and "no layer can be removed" in table.output  # a plain MLP has no candidate
+    assert _snapshot(workdir) == before
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"granularity": "input", "keep_features": 6, "shrink": True, "feature_score": "gradient"},
+        {"granularity": "input", "sparsity": 0.5},
+        {"granularity": "neuron", "sparsity": 0.5, "method": "l1-norm"},
+        {"granularity": "element", "sparsity": 0.7, "scope": "global"},
+    ],
+)
+def test_plan_numbers_match_what_prune_does(workdir, options):
+    settings = {"model_path": str(workdir / "mlp.keras"), "data": str(workdir / "data.npz"), **options}
+    plan = make_plan(build_config(settings))
+    result = prune(build_config({**settings, "output": str(workdir / "out.keras")}))
+    report = result.report.to_dict()
+    assert plan["after"]["params"] == report["totals"]["params"]
+    assert plan["after"]["nonzeros"] == report["totals"]["nonzeros"]
+    assert plan["after"]["flops"] == report["flops"]["after"]
+    assert plan["after"]["flops_nonzero"] == report["flops"]["after_nonzero"]
+    assert plan.get("kept_features") == report.get("kept_features")
+    if options["granularity"] == "neuron":
+        hidden = next(r for r in plan["layers"] if r["layer"] == "hidden1")
+        assert (hidden["live_units_before"], hidden["live_units_after"]) == (32, 16)
+
+
+def test_plan_layer_pruning_matches_prune(tmp_path):
+    import keras
+    from test_layer_pruning import build_residual
+
+    model = build_residual()
+    model.save(tmp_path / "res.keras")
+    settings = {"model_path": str(tmp_path / "res.keras"), "granularity": "layer", "remove_layers": 2}
+    plan = make_plan(build_config(settings))
+    report = prune(build_config({**settings, "output": str(tmp_path / "o.keras")})).report.to_dict()
+    assert plan["removed_layers"] == report["removed_layers"] and len(plan["removed_layers"]) >= 2
+    assert plan["after"]["params"] == report["totals"]["params"] == keras.saving.load_model(tmp_path / "o.keras").count_params()
+    assert plan["after"]["flops"] == report["flops"]["after"] < plan["before"]["flops"]
+    gone = {r["layer"] for r in plan["layers"] if r["removed"]}
+    assert gone == {name for name in plan["removed_layers"] if not name.startswith("add")}
+
+
+def test_flops_of_the_example_cnn_by_hand(example_model):
+    import keras
+
+    counted = flops.count(keras.saving.load_model(example_model))
+    per_layer = {row["layer"]: row["macs"] for row in counted["layers"]}
+    assert per_layer == {"conv1": 8 * 8 * 3 * 3 * 1 * 16, "bn1": 0, "conv2": 8 * 8 * 3 * 3 * 16 * 32,
+                         "dense1": 512 * 64, "predictions": 64 * 10}  # fmt: skip
+    assert counted["total"] == sum(per_layer.values()) and counted["partial"] is False
+
+
+def test_flops_formulas_for_other_layers():
+    import keras
+    from keras import layers
+
+    img = keras.Input((8, 8, 4))
+    seq = keras.Input((10,), dtype="int32")
+    parts = {
+        "dw": layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", name="dw")(img),
+        "sep": layers.SeparableConv2D(6, 3, name="sep")(img),
+        "tr": layers.Conv2DTranspose(5, 3, strides=2, name="tr")(img),
+        "grp": layers.Conv2D(8, 1, groups=2, name="grp")(img),
+    }
+    emb = layers.Embedding(50, 8, name="emb")(seq)
+    att = layers.MultiHeadAttention(2, 4, name="att")(emb, emb)
+    rnn = layers.GRU(3, name="gru")(att)
+    ein = layers.EinsumDense("abc,cd->abd", output_shape=(10, 7), name="ein")(emb)
+    outputs = [layers.Flatten()(t) for t in parts.values()] + [rnn, layers.Flatten()(ein)]
+    model = keras.Model([img, seq], outputs)
+    model.get_layer("grp").kernel.assign(np.zeros((1, 1, 2, 8), "float32"))
+    macs = {row["layer"]: (row["macs"], row["nonzero_macs"]) for row in flops.count(model)["layers"]}
+    assert macs["dw"][0] == 64 * 3 * 3 * 4 * 2
+    assert macs["sep"][0] == 36 * (3 * 3 * 4 + 4 * 6)
+    assert macs["tr"][0] == 64 * 3 * 3 * 5 * 4  # every input position meets the whole kernel
+    assert macs["grp"] == (64 * 2 * 8, 0)  # groups: each output reads in/groups channels; all zero here
+    assert macs["emb"] == (0, 0)
+    assert macs["att"][0] == 3 * 10 * 8 * 2 * 4 + 10 * (2 * 4) * 8 + 10 * 10 * 2 * (4 + 4)
+    assert macs["gru"][0] == 10 * (8 * 9 + 3 * 9)
+    assert macs["ein"][0] == 10 * 7 * 8
