@@ -6,14 +6,16 @@ TensorFlow is imported only inside command bodies, so `prunecli --help` stays fa
 from __future__ import annotations
 
 import os
+import re
 import sys
 import traceback
 
 import click
 
 from . import __version__, scoring
-from .config import ENGINES, NORMALIZATIONS, SCHEDULES, SCOPES, build_config
+from .config import ENGINES, FEATURE_SCORES, NORMALIZATIONS, SCHEDULES, SCOPES, build_config
 from .errors import ExitCode, PruneCliError
+from .sweep import DEFAULT_SPARSITIES
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -29,8 +31,14 @@ class PruneGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+        except (click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except click.exceptions.ClickException as exc:  # click's own usage errors, kept to one line too
+            command = getattr(getattr(exc, "ctx", None), "command_path", None)
+            hint = f" (see '{command} --help')" if command and isinstance(exc, click.UsageError) else ""
+            message = " ".join(exc.format_message().split())
+            click.echo(f"prunecli: error: {message}{hint}", err=True)
+            ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("prunecli: interrupted", err=True)
             ctx.exit(ExitCode.INTERRUPTED)
@@ -39,11 +47,15 @@ class PruneGroup(click.Group):
                 traceback.print_exc()
             click.echo(f"prunecli: error: {exc.message}", err=True)
             ctx.exit(exc.exit_code)
-        except Exception as exc:  # a bug: one line, the traceback only with --debug
+        except Exception as exc:
             if _debug_requested(ctx):
                 traceback.print_exc()
             first = (str(exc).strip().splitlines() or [""])[0][:300]
-            click.echo(
+            if isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError":  # TF's OOM
+                oom = re.search(r"OOM when allocating tensor with shape\[[^\]]*\]", first)
+                click.echo(f"prunecli: error: out of memory ({oom.group(0) if oom else first or 'MemoryError'})", err=True)
+                ctx.exit(ExitCode.RESOURCE)
+            click.echo(  # a bug: one line, the traceback only with --debug
                 f"prunecli: internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
                 err=True,
             )
@@ -106,6 +118,8 @@ def prune_options(fn):
         click.option("--max-accuracy-drop", type=float, help="Exit 4 when accuracy drops by more than this (absolute)."),
         click.option("--shrink", is_flag=True, default=None, help="Physically remove pruned neurons/filters/features/layers."),
         click.option("--keep-features", type=int, help="With -g input: number of input features to keep."),
+        click.option("--exclude-features", multiple=True, help="With -g input: a feature that always stays (index, name or INPUT:feature; repeatable)."),
+        click.option("--feature-score", type=click.Choice(FEATURE_SCORES), help="With -g input: how features are scored (default: from --method)."),
         click.option("--remove-layers", type=int, help="With -g layer: number of layers/blocks to remove."),
         click.option("--feature-names", type=click.Path(), help="Text file with one input feature name per line."),
         click.option("--repeats", type=int, help="Repeats of permutation importance (default 3)."),
@@ -132,7 +146,7 @@ def config_from(ctx: click.Context, params: dict):
         source = ctx.get_parameter_source(name)
         if source is not None and source != click.core.ParameterSource.DEFAULT and value is not None:
             given[name] = list(value) if isinstance(value, tuple) else value
-    for name in ("include", "exclude", "export"):
+    for name in ("include", "exclude", "export", "exclude_features"):
         if name in given and not given[name]:
             del given[name]
     return build_config(given, recipe=recipe)
@@ -153,7 +167,14 @@ def _emit_report(report, config) -> None:
             click.echo(report.to_json())
         else:
             report.write_json(config.report)
-    if not config.quiet and config.report != "-":
+    if config.markdown:
+        from .report import render_markdown, write_markdown
+
+        if config.markdown == "-":
+            click.echo(render_markdown(report))
+        else:
+            write_markdown(report, config.markdown)
+    if not config.quiet and "-" not in (config.report, config.markdown):
         from rich.console import Console
 
         from .report import render
@@ -168,6 +189,9 @@ def _emit_report(report, config) -> None:
 @click.option("-r", "--report", type=click.Path(), help="Write the JSON report here ('-' for stdout).")
 @click.option("--markdown", type=click.Path(), help="Write a Markdown summary here (for CI job summaries).")
 @click.option("--no-sizes", "sizes", flag_value=False, default=None, help="Skip the gzip size of input and output.")
+@click.option("--auto", is_flag=True, default=None,
+              help="Choose per-layer sparsities from measured sensitivity: reach --sparsity, or the most "
+                   "within --max-accuracy-drop (default 0.01). Needs --data.")  # fmt: skip
 @click.pass_context
 def prune(ctx: click.Context, **params) -> None:
     """Prune MODEL (.keras or .h5) and write the pruned model and a report.
@@ -179,17 +203,118 @@ def prune(ctx: click.Context, **params) -> None:
       prunecli prune model.keras -g n:m=2:4 --exclude 'predictions'
     """
     config = config_from(ctx, params)
+    from .pipeline import check_gates
     from .pipeline import prune as run_prune
 
-    from .pipeline import check_gates
-
+    if config.auto:
+        from .auto import prune as run_prune
     result = run_prune(config, progress=_progress(config))
     _emit_report(result.report, config)
     check_gates(result.report, config)
 
 
+@main.command(context_settings=CONTEXT_SETTINGS)
+@prune_options
+@click.option("--sparsities", default=",".join(f"{v:g}" for v in DEFAULT_SPARSITIES), show_default=True,
+              help="Comma-separated sparsities to measure.")  # fmt: skip
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False), default="sweep", show_default=True,
+              help="Folder for NAME.json, NAME.csv, NAME.png and NAME.md.")  # fmt: skip
+@click.option("--name", default="sweep", show_default=True, help="File name stem of the outputs.")
+@click.option("--per-layer/--no-per-layer", default=True, help="Also prune each layer alone (default: yes).")
+@click.pass_context
+def sweep(ctx: click.Context, sparsities: str, output_dir: str, name: str, per_layer: bool, **params) -> None:
+    """Measure accuracy and loss of MODEL pruned at several sparsities, overall and layer by layer.
+
+    Prints a table, writes JSON, CSV, a PNG plot and Markdown, and suggests the largest sparsity
+    whose accuracy drop stays within --max-accuracy-drop (default 0.01). With --epochs, each overall
+    point is fine-tuned briefly first.
+
+    \b
+    Examples:
+      prunecli sweep model.keras --data d.npz --sparsities 0.3,0.5,0.7,0.9 -o sweep/
+      prunecli sweep model.keras --data d.npz --scope global --epochs 1 --no-per-layer
+    """
+    from .errors import ConfigError
+    from .sweep import parse_sparsities, render_table, run, write_outputs
+
+    if ctx.get_parameter_source("sparsity") == click.core.ParameterSource.COMMANDLINE:
+        raise ConfigError("sweep takes --sparsities (a list), not --sparsity")
+    config = config_from(ctx, params)
+    result = run(config, parse_sparsities(sparsities), per_layer=per_layer, progress=_progress(config))
+    paths = write_outputs(result, output_dir, name)
+    if not config.quiet:
+        from rich.console import Console
+
+        console = Console()
+        if not console.is_terminal:  # piped or redirected: no terminal to wrap the wide table
+            console.width = max(console.width, 150)
+        render_table(result, console)
+        click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=True))
+@click.option("--include", multiple=True, help="Only layers matching this name glob are targets (repeatable).")
+@click.option("--exclude", multiple=True, help="Layers matching this name glob are not targets (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def inspect(model_path: str, include: tuple, exclude: tuple, as_json: bool) -> None:
+    """Show MODEL's layers and weights: shapes, parameters, non-zeros, sparsity, and whether and how
+    prunecli would prune each weight (or why not). Pruned or not, the file is only read (safe mode).
+
+    \b
+    Examples:
+      prunecli inspect model.keras
+      prunecli inspect model.pruned.keras --json | jq .totals
+    """
+    import json
+
+    from .inspection import inspect_model, render
+
+    result = inspect_model(model_path, include, exclude)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        from rich.console import Console
+
+        console = Console()
+        if not console.is_terminal:  # piped or redirected: no terminal to wrap the wide table
+            console.width = max(console.width, 150)
+        render(result, console)
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@prune_options
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON instead of tables.")
+@click.pass_context
+def plan(ctx: click.Context, as_json: bool, **params) -> None:
+    """Show what `prune` with the same options would remove, per layer, with parameters and
+    multiply-adds before and after. Nothing is written.
+
+    \b
+    Examples:
+      prunecli plan model.keras -g neuron --sparsity 0.5 --shrink
+      prunecli plan model.keras -g input --keep-features 8 --data data.npz --json
+      prunecli plan model.keras -g layer --remove-layers 2 --data data.npz
+    """
+    import json
+
+    from rich.console import Console
+
+    from .plan import make_plan, render
+
+    config = config_from(ctx, params)
+    result = make_plan(config, progress=None if as_json else _progress(config))
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+    else:
+        render(result, Console())
+
+
 def run() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. SIGTERM is handled like Ctrl-C, so a half-written output is removed."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     main(prog_name="prunecli")
 
 

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, OutputError
 
 SCOPES = ("layer", "global")
 NORMALIZATIONS = ("mean", "none")
 SCHEDULES = ("oneshot", "iterative", "polynomial", "dynamic")
 ENGINES = ("native", "tfmot")
+FEATURE_SCORES = ("l1", "l2", "gradient", "taylor", "permutation", "random")  # -g input scores
 
 
 @dataclass(frozen=True)
@@ -103,9 +104,12 @@ class PruneConfig:
     regrow_fraction: float = 0.1
     early_stopping: int = 0  # patience in epochs; 0 = off
     max_accuracy_drop: float | None = None
+    auto: bool = False  # choose per-layer sparsities from measured sensitivity (prunecli/auto.py)
     # structure and engines
     shrink: bool = False
     keep_features: int | None = None
+    exclude_features: tuple[str, ...] = ()  # with -g input: features that always stay (index or name)
+    feature_score: str | None = None  # with -g input: l1, l2, gradient, taylor, permutation, random
     remove_layers: int | None = None
     feature_names: str | None = None
     repeats: int = 3
@@ -132,6 +136,7 @@ class PruneConfig:
 
 FIELD_NAMES = tuple(f.name for f in fields(PruneConfig))
 _RECIPE_ONLY_OK = set(FIELD_NAMES) - {"model_path"}
+ENV_SWITCHES = ("PRUNECLI_DEBUG",)  # read by the CLI itself, not settings of a run
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -143,7 +148,7 @@ def _coerce(name: str, value: Any) -> Any:
             return value if isinstance(value, Granularity) else Granularity.parse(value)
         if name == "overrides":
             return _parse_overrides(value)
-        if name in ("include", "exclude", "export"):
+        if name in ("include", "exclude", "export", "exclude_features"):
             if isinstance(value, str):
                 value = [v for v in re.split(r"[,\s]+", value) if v]
             return tuple(str(v) for v in value)
@@ -203,18 +208,47 @@ def _normalise_key(key: str) -> str:
     return str(key).strip().replace("-", "_")
 
 
+def _safe_yaml(text: str):
+    """yaml.safe_load (no tags that build Python objects), except that a key given twice is an error:
+    PyYAML would silently keep the last value, hiding a typo in a recipe."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _value in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                if not isinstance(key, (str, int, float, bool)):
+                    continue  # PyYAML reports unhashable keys itself
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader subclass: still no Python tags
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """PyYAML's errors span several lines; keep the problem and where it is."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if problem:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else str(problem)
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML recipe with yaml.safe_load (never executes tags); unknown keys are errors."""
+    """Read a YAML recipe safely (never executes tags); unknown and repeated keys are errors."""
     import yaml
 
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"recipe not found: {p}")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = _safe_yaml(p.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"invalid YAML in recipe {p}: {first}") from exc
+        raise ConfigError(f"invalid YAML in recipe {p}: {_yaml_problem(exc)}") from exc
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
@@ -237,6 +271,8 @@ def read_env(environ: Mapping[str, str]) -> dict[str, Any]:
         if not key.startswith("PRUNECLI_"):
             continue
         name = key[len("PRUNECLI_") :].lower()
+        if key in ENV_SWITCHES:
+            continue
         if name not in _RECIPE_ONLY_OK:
             raise ConfigError(f"unknown environment variable {key}")
         out[name] = value
@@ -263,10 +299,23 @@ def build_config(
     return config
 
 
+def _check_destination(path: str | None, what: str) -> None:
+    """A report path that cannot be written fails before the run, not after minutes of pruning."""
+    if not path or path == "-":
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"{what} {p} is a directory")
+    if not p.absolute().parent.is_dir():
+        raise OutputError(f"{what} directory does not exist: {p.absolute().parent}")
+
+
 def validate(c: PruneConfig) -> None:
     """Check option values and combinations; every failure is a one-line ConfigError."""
     from . import scoring
 
+    _check_destination(c.report, "report")
+    _check_destination(c.markdown, "markdown summary")
     if c.sparsity is not None and not 0.0 <= c.sparsity < 1.0:
         raise ConfigError(f"sparsity must be in [0, 1), got {c.sparsity:g}")
     if c.sparsity is not None and c.threshold is not None:
@@ -300,10 +349,20 @@ def validate(c: PruneConfig) -> None:
     for name in ("epochs", "early_stopping"):
         if getattr(c, name) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(c, name)}")
-    if c.l1 < 0 or c.l2 < 0:
+    if not (c.l1 >= 0 and c.l2 >= 0):  # written so that NaN fails too
         raise ConfigError("l1 and l2 penalties must be >= 0")
-    if c.max_accuracy_drop is not None and c.max_accuracy_drop < 0:
+    if c.learning_rate is not None and not c.learning_rate > 0:
+        raise ConfigError(f"learning_rate must be > 0, got {c.learning_rate:g}")
+    if c.max_accuracy_drop is not None and not c.max_accuracy_drop >= 0:
         raise ConfigError("max_accuracy_drop must be >= 0")
+    if c.feature_score is not None and c.feature_score not in FEATURE_SCORES:
+        raise ConfigError(f"feature_score must be one of {', '.join(FEATURE_SCORES)}, got {c.feature_score!r}")
+    if c.auto and not c.data:
+        raise ConfigError("--auto needs --data to measure each layer's sensitivity")
+    if c.auto and (c.threshold is not None or c.granularity.kind not in ("element", "neuron", "block")):
+        raise ConfigError("--auto chooses per-layer sparsities: use it with --sparsity (or none), not --threshold, N:M, input or layer")
+    if c.auto and c.engine != "native":
+        raise ConfigError("--auto runs on the native engine only")
     if c.max_accuracy_drop is not None and not c.data:
         raise ConfigError("--max-accuracy-drop needs --data to measure accuracy")
     strategy = scoring.get(c.method)

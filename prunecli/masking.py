@@ -1,94 +1,207 @@
 """XLA-compiled kernels: exact k-lowest selection, N:M masks, and applying masks to variables.
 
 Selection does not sort. tfmot finds each layer's threshold with a full `tf.math.top_k`; here the
-k-th smallest score is found by a two-pass radix select on the float's bit pattern: a 65,536-bin
-histogram of the top 16 bits locates the bucket that holds the k-th value, a second histogram of
-the low 16 bits inside that bucket gives its exact bits. Ties at the threshold are broken by
-position, so exactly k elements are selected in every segment. Each pass is one read of the
-scores, so the cost is a few passes over memory instead of an O(n log n) sort.
+k-th smallest score of every segment is found by a two-pass radix select on the float's bit pattern:
+a 65,536-bin histogram of the top 16 bits locates the bucket that holds the k-th value, a histogram
+of the low 16 bits of that bucket's elements gives its exact bits. Each pass is one XLA scatter-add
+over the scores, so the cost is a few reads of memory instead of an O(n log n) sort.
+
+Layout. The score tensors are laid end to end in rows of `_ROW` elements, each segment (a tensor, or
+all of them for a global ranking) starting on a fresh row and padded with a key above every real
+score. Per-segment values (threshold, tie cut) then reach an element through its row, a broadcast
+rather than a per-element gather, and the row and segment counts are rounded up to a few sizes, so
+one compiled kernel serves many models. The passes are separate small kernels, which XLA compiles
+several times faster than one large one; the arithmetic on the histograms between them is NumPy.
+Compiled kernels are also kept on disk between runs (see `enable_compile_cache`).
+
+Ties at the threshold are broken by position, so exactly k elements are selected in every segment:
+only when a segment has more tied elements than it may take, one more pass counts them per row and
+the row where the k-th falls is cut at the right column. -0.0 and +0.0 are the same score.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
-_BINS = 65536
+_BINS = 65536  # histogram bins per pass (16 bits of the key)
+_ROW = 1024  # elements per row of the padded layout
+_MAX_SEGMENTS = 64  # segments per kernel call: histograms hold segments x _BINS counters
+_PAD_KEY = 0x7FFFFFFF  # the bits of a NaN that orders after +inf: padding never gets selected
 
 
 def _tf():
+    enable_compile_cache()
     import tensorflow as tf
 
     return tf
 
 
-@functools.lru_cache(maxsize=None)
-def _select_fn():
+@functools.cache
+def enable_compile_cache() -> str | None:
+    """Keep XLA executables on disk (TensorFlow's persistent compilation cache), so a later run on a
+    model of the same size skips the compile, which costs more than the selection itself.
+
+    TensorFlow reads TF_XLA_FLAGS once, at its first XLA compilation, so this only takes effect if it
+    runs before that; a TF_XLA_FLAGS that already names a cache directory is left alone (an empty
+    `--tf_xla_persistent_cache_directory=` turns the cache off). The directory is per TF version.
+    """
+    flags = os.environ.get("TF_XLA_FLAGS", "")
+    if "tf_xla_persistent_cache_directory" in flags:
+        return None
+    import tensorflow as tf
+
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    directory = os.path.join(base, "prunecli", f"xla-tf{tf.__version__}")
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError:
+        return None  # a read-only home: compile every time
+    os.environ["TF_XLA_FLAGS"] = f"{flags} --tf_xla_persistent_cache_directory={directory}".strip()
+    return directory
+
+
+def _round_up(n: int, minimum: int) -> int:
+    """n rounded up to m * 2**e with 16 <= m < 32 (at most 6.25% more), so sizes share compiled kernels."""
+    n = max(n, minimum)
+    step = 1 << max(0, n.bit_length() - 5)
+    return -(-n // step) * step
+
+
+@functools.cache
+def _kernels():
+    """The passes over the scores, each a small XLA kernel (small kernels compile quickly); the
+    arithmetic on histograms between them is done in NumPy."""
     tf = _tf()
+    xla = functools.partial(tf.function, jit_compile=True, autograph=False)
 
     def order_keys(x):
-        x = tf.where(tf.equal(x, 0.0), tf.zeros_like(x), x)  # -0.0 ties with +0.0
-        bits = tf.bitcast(x, tf.int32)
+        """int32 keys that sort like the floats; -0.0 maps to +0.0's key."""
+        bits = tf.bitcast(tf.where(tf.equal(x, 0.0), tf.zeros_like(x), x), tf.int32)
         return tf.where(bits < 0, tf.bitwise.bitwise_xor(bits, tf.constant(0x7FFFFFFF)), bits)
 
-    @tf.function(jit_compile=True)
-    def select(x, seg, ks, starts):
-        """x: (N,) float32 scores of S contiguous segments; seg: (N,) segment ids, or None when S=1;
-        ks: (S,) int32, how many to select per segment; starts: (S,) int32 segment offsets.
+    def histogram(ids, segments: int):  # ids < 0 are dropped
+        counts = tf.math.unsorted_segment_sum(tf.ones_like(ids), ids, segments * _BINS)
+        return tf.reshape(counts, (segments, _BINS))
 
-        Returns (N,) bool, True where an element is among its segment's k lowest.
-        The graph does not depend on how many tensors were joined, so one compile serves a model.
-        """
-        num = int(ks.shape[0])
+    @xla
+    def high_histogram(x, row_segment, ks):
+        """(S, 65536) counts of the keys' top 16 bits, per segment."""
+        hi = tf.bitwise.right_shift(order_keys(x), 16) + 32768  # 0 .. 65535, in score order
+        return histogram((row_segment * _BINS)[:, None] + hi, int(ks.shape[0]))
+
+    @xla
+    def low_histogram(x, row_segment, bucket):
+        """(S, 65536) counts of the low 16 bits of the keys whose top 16 bits are the segment's bucket."""
         key = order_keys(x)
-        hi = tf.bitwise.right_shift(key, 16) + 32768  # 0 .. 65535, in score order
-        lo = tf.bitwise.bitwise_and(key, 0xFFFF)
-        base = 0 if seg is None else seg * _BINS
+        in_bucket = tf.equal(tf.bitwise.right_shift(key, 16) + 32768, tf.gather(bucket, row_segment)[:, None])
+        ids = tf.where(in_bucket, (row_segment * _BINS)[:, None] + tf.bitwise.bitwise_and(key, 0xFFFF), -1)
+        return histogram(ids, int(bucket.shape[0]))
 
-        def per_segment(values):
-            return values[0] if seg is None else tf.gather(values, seg)
+    @xla
+    def ties_per_row(x, row_threshold):
+        return tf.reduce_sum(tf.cast(tf.equal(order_keys(x), row_threshold[:, None]), tf.int32), axis=1)
 
-        h1 = tf.reshape(tf.math.unsorted_segment_sum(tf.ones_like(hi), base + hi, num * _BINS), (num, _BINS))
-        c1 = tf.cumsum(h1, axis=1)
-        bucket = tf.minimum(tf.reduce_sum(tf.cast(c1 < ks[:, None], tf.int32), axis=1), _BINS - 1)
-        below_bucket = tf.gather(c1 - h1, bucket, batch_dims=1)
+    @xla
+    def select(x, row_threshold, row_cut):
+        """Below the row's threshold, or equal to it and left of the row's cut column."""
+        key, t = order_keys(x), row_threshold[:, None]
+        left = tf.range(_ROW)[None, :] < row_cut[:, None]
+        return tf.logical_or(key < t, tf.logical_and(tf.equal(key, t), left))
 
-        in_bucket = tf.cast(tf.equal(hi, per_segment(bucket)), tf.int32)
-        h2 = tf.reshape(tf.math.unsorted_segment_sum(in_bucket, base + lo, num * _BINS), (num, _BINS))
-        c2 = tf.cumsum(h2, axis=1)
-        need = ks - below_bucket
-        low = tf.minimum(tf.reduce_sum(tf.cast(c2 < need[:, None], tf.int32), axis=1), _BINS - 1)
-        below_t = below_bucket + tf.gather(c2 - h2, low, batch_dims=1)
-        at_t = tf.gather(h2, low, batch_dims=1)
-        take_at_t = ks - below_t  # how many elements equal to the threshold are selected
-        thresh = tf.bitwise.bitwise_or(tf.bitwise.left_shift(bucket - 32768, 16), low)
-        active = ks > 0
-
-        t_el, act_el = per_segment(thresh), per_segment(active)
-        below = tf.logical_and(key < t_el, act_el)
-        equal = tf.logical_and(tf.equal(key, t_el), act_el)
-
-        def with_ties():
-            before = tf.cumsum(tf.cast(equal, tf.int32), exclusive=True)
-            rank = before - per_segment(tf.gather(before, starts))
-            return tf.logical_or(below, tf.logical_and(equal, rank < per_segment(take_at_t)))
-
-        ties = tf.reduce_any(tf.logical_and(at_t > take_at_t, active))
-        return tf.cond(ties, with_ties, lambda: tf.logical_or(below, equal))
-
-    return select
+    return high_histogram, low_histogram, ties_per_row, select
 
 
-def _select_joined(flat, ks, per_tensor_segments: bool):
+def _np_keys(x):
+    """order_keys in NumPy, for the few rows where ties are cut."""
+    import numpy as np
+
+    bits = np.where(x == 0, np.float32(0), x).astype(np.float32).view(np.int32)
+    return np.where(bits < 0, bits ^ np.int32(0x7FFFFFFF), bits)
+
+
+def _locate(hist, ks):
+    """Per segment: the bin holding the k-th smallest element, how many lie in lower bins, how many in it."""
+    import numpy as np
+
+    upto = np.cumsum(hist, axis=1, dtype=np.int64)
+    rows = np.arange(hist.shape[0])
+    found = np.minimum((upto < ks[:, None]).sum(axis=1), _BINS - 1)
+    at = hist[rows, found].astype(np.int64)
+    return found, upto[rows, found] - at, at
+
+
+def _select_layout(x, row_segment, first_row, seg_rows, ks):
+    """x: (R, _ROW) scores in the padded layout; returns the (R, _ROW) bool selection."""
+    import numpy as np
+
     tf = _tf()
-    sizes = [int(f.shape[0]) for f in flat]
-    x = tf.concat(flat, axis=0) if len(flat) > 1 else flat[0]
-    if per_tensor_segments and len(flat) > 1:
-        seg = tf.repeat(tf.range(len(flat), dtype=tf.int32), sizes)
-        starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    else:
-        seg, starts = None, [0]
-    chosen = _select_fn()(x, seg, tf.constant(ks, tf.int32), tf.constant(starts, tf.int32))
-    return tf.split(chosen, sizes) if len(flat) > 1 else [chosen]
+    high_histogram, low_histogram, ties_per_row, select = _kernels()
+    ks = np.asarray(ks, np.int64)
+    rs = tf.constant(row_segment, tf.int32)
+    bucket, below_bucket, _ = _locate(np.asarray(high_histogram(x, rs, tf.constant(ks, tf.int32))), ks)
+    low, below_low, at_t = _locate(np.asarray(low_histogram(x, rs, tf.constant(bucket, tf.int32))), ks - below_bucket)
+    thresh = ((bucket - 32768) << 16) | low
+    take = ks - below_bucket - below_low  # how many elements equal to the threshold are selected
+    active = ks > 0
+    row_segment = np.asarray(row_segment)
+    row_threshold = np.where(active, thresh, np.iinfo(np.int32).min)[row_segment].astype(np.int32)
+    row_cut = np.where(active, _ROW, 0)[row_segment].astype(np.int32)  # k = 0: no ties either
+    tied = np.flatnonzero(active & (at_t > take))
+    if tied.size:  # take only the first `take` equal elements of those segments, by position
+        per_row = np.asarray(ties_per_row(x, tf.constant(row_threshold)))
+        for s in tied:
+            first, count = first_row[s], seg_rows[s]
+            upto = np.cumsum(per_row[first : first + count])
+            r = int(np.searchsorted(upto, take[s]))  # the row holding the take-th tied element
+            row_cut[first + r + 1 : first + count] = 0
+            if take[s] == 0:
+                row_cut[first : first + count] = 0
+                continue
+            need = take[s] - (upto[r - 1] if r else 0)
+            equal = np.flatnonzero(_np_keys(np.asarray(x[first + r])) == thresh[s])
+            row_cut[first + r] = equal[need - 1] + 1
+    return select(x, tf.constant(row_threshold), tf.constant(row_cut))
+
+
+@functools.lru_cache(maxsize=64)
+def _padding(n: int):
+    tf = _tf()
+    return tf.fill([n], tf.bitcast(tf.constant(_PAD_KEY, tf.int32), tf.float32))
+
+
+def _select_segments(segments: list[list], ks: list[int]) -> list:
+    """segments: lists of flat float32 tensors, each list ranked together; returns flat bool masks."""
+    tf = _tf()
+    parts, sizes, row_segment, first_row, seg_rows = [], [], [], [], []
+    for s, tensors in enumerate(segments):
+        n = sum(int(t.shape[0]) for t in tensors)
+        rows = max(1, -(-n // _ROW))
+        first_row.append(len(row_segment))
+        seg_rows.append(rows)
+        row_segment.extend([s] * rows)
+        parts += [*tensors, _padding(rows * _ROW - n)]
+        sizes += [*(int(t.shape[0]) for t in tensors), rows * _ROW - n]
+    extra = _round_up(len(row_segment), 16) - len(row_segment)
+    if extra:  # extra rows belong to the last segment and order after its elements
+        parts.append(_padding(extra * _ROW))
+        sizes[-1] += extra * _ROW
+        row_segment.extend([len(segments) - 1] * extra)
+        seg_rows[-1] += extra
+    unused = (1 << (len(segments) - 1).bit_length()) - len(segments)  # segment count padded too
+    x = tf.reshape(tf.concat(parts, axis=0), (len(row_segment), _ROW))
+    chosen = _select_layout(x, row_segment, first_row + [0] * unused, seg_rows + [0] * unused, [*ks] + [0] * unused)
+    pieces = tf.split(tf.reshape(chosen, [-1]), sizes)
+    out, i = [], 0
+    for tensors in segments:
+        out.extend(pieces[i : i + len(tensors)])
+        i += len(tensors) + 1
+    return out
+
+
+def _flat(scores) -> list:
+    tf = _tf()
+    return [tf.reshape(tf.cast(s, tf.float32), [-1]) for s in scores]
 
 
 def select_lowest(scores, ks):
@@ -96,19 +209,28 @@ def select_lowest(scores, ks):
 
     scores: list of tensors; ks: one int per tensor. NaN sorts above +inf (the loader rejects NaN weights).
     """
-    tf = _tf()
-    flat = [tf.reshape(tf.cast(s, tf.float32), [-1]) for s in scores]
-    return _select_joined(flat, [int(k) for k in ks], per_tensor_segments=True)
+    flat = _flat(scores)
+    ks = [int(k) for k in ks]
+    for f, k in zip(flat, ks, strict=True):
+        if not 0 <= k <= int(f.shape[0]):
+            raise ValueError(f"cannot select {k} of {int(f.shape[0])} scores")
+    out = []
+    for i in range(0, len(flat), _MAX_SEGMENTS):
+        out += _select_segments([[f] for f in flat[i : i + _MAX_SEGMENTS]], ks[i : i + _MAX_SEGMENTS])
+    return out
 
 
 def select_lowest_global(scores, k):
     """A flat bool mask per tensor selecting, across all of them together, the k lowest scores."""
-    tf = _tf()
-    flat = [tf.reshape(tf.cast(s, tf.float32), [-1]) for s in scores]
-    return _select_joined(flat, [int(k)], per_tensor_segments=False)
+    flat = _flat(scores)
+    if not flat:
+        return []
+    if not 0 <= int(k) <= sum(int(f.shape[0]) for f in flat):
+        raise ValueError(f"cannot select {k} of {sum(int(f.shape[0]) for f in flat)} scores")
+    return _select_segments([flat], [int(k)])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _nm_fn():
     tf = _tf()
 
@@ -133,25 +255,18 @@ def nm_keep_mask(matrix, n: int, m: int):
     return _nm_fn()(tf.cast(matrix, tf.float32), n, m)
 
 
-@functools.lru_cache(maxsize=None)
-def _apply_fn():
-    tf = _tf()
-
-    @tf.function(jit_compile=True)
-    def apply(variables, masks):
-        for v, m in zip(variables, masks):
-            v.assign(tf.where(m, v, tf.zeros_like(v)))
-        return tf.constant(True)
-
-    return apply
-
-
 def _tf_variable(v):
     return getattr(v, "value", v)
 
 
 def apply_masks(variables, masks) -> None:
-    """Zero every masked-out weight, all variables in one XLA-compiled call (keep where mask is True)."""
-    if not variables:
-        return
-    _apply_fn()([_tf_variable(v) for v in variables], list(masks))
+    """Zero every masked-out weight in place (keep where mask is True).
+
+    Plain TensorFlow ops, one fused where-and-assign per variable: an XLA function over all of a
+    model's variables was compiled afresh for every model and took seconds (ResNet50: about 1.5 s
+    unloaded) for work that takes tens of milliseconds.
+    """
+    tf = _tf()
+    for v, m in zip(variables, masks, strict=True):
+        v = _tf_variable(v)
+        v.assign(tf.where(tf.cast(m, tf.bool), v, tf.zeros_like(v)))

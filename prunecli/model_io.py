@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -89,11 +90,15 @@ def inspect_file(path: str | os.PathLike) -> ModelFile:
     """Identify a model file by its content; every problem is a one-line ModelLoadError."""
     p = Path(path)
     if not p.exists():
+        if p.is_symlink():
+            raise ModelLoadError(f"{p} is a symbolic link that points nowhere (or loops)")
         raise ModelLoadError(f"model file not found: {p}")
     if p.is_dir():
         if (p / "saved_model.pb").exists():
             raise ModelLoadError(f"{p} is a TensorFlow SavedModel; prunecli reads .keras and .h5 files")
         raise ModelLoadError(f"{p} is a directory, not a model file")
+    if not p.is_file():  # a FIFO or device would block or stream forever
+        raise ModelLoadError(f"{p} is not a regular file")
     size = p.stat().st_size
     if size == 0:
         raise ModelLoadError(f"{p} is empty")
@@ -159,7 +164,7 @@ def load(path: str | os.PathLike, unsafe: bool = False):
         with _quiet_keras():
             model = keras.saving.load_model(info.path, compile=True, safe_mode=not unsafe)
     except Exception as exc:  # Keras raises TypeError/ValueError/KeyError/OSError for bad files
-        msg = _first_line(exc)
+        msg = _load_failure(exc)
         if "Lambda" in msg or "safe_mode" in msg:
             raise ModelLoadError(f"{info.path}: {msg}") from exc
         raise ModelLoadError(f"cannot load {info.path}: {msg}") from exc
@@ -167,6 +172,21 @@ def load(path: str | os.PathLike, unsafe: bool = False):
         raise ModelLoadError(f"{info.path} did not load as a Keras model")
     _check_finite(model, info.path)
     return model, info
+
+
+def _load_failure(exc: BaseException) -> str:
+    """The most specific reason Keras gives: it wraps the real cause ("Could not locate class 'X'")
+    in generic "could not be deserialized" errors, so the innermost exception of the chain is used."""
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+        if inner is None:
+            break
+        exc = inner
+    if isinstance(exc, KeyError):
+        return f"missing entry {_first_line(exc)} (the file is incomplete or damaged)"
+    return re.split(r"(?<=\.)\s", _first_line(exc), maxsplit=1)[0]
 
 
 def _check_finite(model, path) -> None:
@@ -193,16 +213,23 @@ def default_output(path: str | os.PathLike) -> Path:
     return p.with_name(f"{p.stem}.pruned{p.suffix or '.keras'}")
 
 
+def _resolved(p: Path) -> Path:
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError):  # a symbolic-link loop; loading reports it
+        return p.absolute()
+
+
 def resolve_output(input_path: str | os.PathLike, output: str | os.PathLike | None, force: bool) -> Path:
     """Where to write, refusing to overwrite the input unless forced and checking the directory."""
     out = Path(output) if output else default_output(input_path)
     if out.suffix not in (".keras", ".h5", ".hdf5"):
         raise OutputError(f"output {out} must end in .keras or .h5")
     src = Path(input_path)
-    same = out.resolve() == src.resolve() or (out.exists() and src.exists() and os.path.samefile(out, src))
+    same = _resolved(out) == _resolved(src) or (out.exists() and src.exists() and os.path.samefile(out, src))
     if same and not force:
         raise OutputError(f"output {out} would overwrite the input; choose another -o or pass --force")
-    parent = out.resolve().parent
+    parent = _resolved(out).parent
     if not parent.is_dir():
         raise OutputError(f"output directory does not exist: {parent}")
     if not os.access(parent, os.W_OK):
@@ -212,17 +239,50 @@ def resolve_output(input_path: str | os.PathLike, output: str | os.PathLike | No
     return out
 
 
+def remove_stale_temps(target: Path) -> list[Path]:
+    """Delete temporary files left beside `target` by runs that were killed (SIGKILL, power loss).
+
+    Temporary names carry the writer's process id (`.STEM.PID.XXXX.tmpEXT`); a file whose process
+    no longer exists is stale. Files of running processes are left alone.
+    """
+    import psutil
+
+    pattern = re.compile(rf"\.{re.escape(target.stem)}\.(\d+)\.[^.]+\.tmp{re.escape(target.suffix)}")
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in target.parent.iterdir():
+            found = pattern.fullmatch(entry.name)
+            if found and int(found.group(1)) != os.getpid() and not psutil.pid_exists(int(found.group(1))):
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+                    removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path):
-    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent)
+    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds.
+
+    An exception or Ctrl-C removes the temporary file; SIGKILL cannot, so the next write to the
+    same target removes what killed runs left (remove_stale_temps).
+    """
+    target = Path(target)
+    remove_stale_temps(target)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.{os.getpid()}.", suffix=f".tmp{target.suffix}",
+                                   dir=target.parent)  # fmt: skip
+    except OSError as exc:
+        raise OutputError(f"cannot write {target}: {_first_line(exc)}") from exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp_path, target)
+        try:
+            os.replace(tmp_path, target)
+        except OSError as exc:
+            raise OutputError(f"cannot write {target}: {_first_line(exc)}") from exc
     except BaseException:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
@@ -261,13 +321,13 @@ def write_h5_weights(model, h5_path: Path) -> None:
         layers = [layer for layer in model.layers if layer.weights]
         if len(names) != len(layers):
             raise OutputError(f"cannot map weights into {h5_path}: {len(layers)} layers vs {len(names)} saved")
-        for name, layer in zip(names, layers):
+        for name, layer in zip(names, layers, strict=True):
             g = group[name]
             weight_names = [w.decode() if isinstance(w, bytes) else w for w in g.attrs["weight_names"]]
             variables = list(layer.trainable_weights) + list(layer.non_trainable_weights)
             if len(weight_names) != len(variables):
                 raise OutputError(f"cannot map weights of layer {name} into {h5_path}")
-            for wname, var in zip(weight_names, variables):
+            for wname, var in zip(weight_names, variables, strict=True):
                 value = np.asarray(var)
                 ds = g[wname]
                 if ds.shape != value.shape:

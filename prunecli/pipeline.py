@@ -45,6 +45,8 @@ class Session:
     metrics: dict | None = None
     structure_changed: bool = False
     extras: dict | None = None  # report sections added by optional steps (fine-tuning, shrink, export)
+    output_path: Path | None = None  # checked before any work, so a bad -o fails fast
+    compiled_optimizer: Any = None  # the file's own optimizer, before evaluation recompiles the model
 
 
 def quiet_tensorflow() -> None:
@@ -88,6 +90,7 @@ def load_model_and_data(s: Session) -> None:
     s.progress(f"loading {c.model_path}")
     with s.timings.phase("load"):
         s.model, s.source = model_io.load(c.model_path, unsafe=c.unsafe)
+        s.compiled_optimizer = getattr(s.model, "optimizer", None)
         if c.data:
             from .metrics import infer_task
 
@@ -124,12 +127,15 @@ def score_and_mask(s: Session, config: PruneConfig | None = None):
     strategy = scoring.get(c.method)
     if strategy.level == "unit" and c.granularity.kind == "element":
         c = c.replace(granularity=Granularity("neuron"))
-        s.notes.append(f"method {c.method} scores whole units; pruned with granularity neuron")
+        note = f"method {c.method} scores whole units; pruned with granularity neuron"
+        if note not in s.notes:
+            s.notes.append(note)
     s.progress(f"scoring with {c.method}")
     with s.timings.phase("score"):
         ctx = scoring.ScoringContext(
             model=s.model, targets=s.targets, data=None if s.data is None else s.data.train,
             loss_fn=None if s.task is None else s.task.loss, seed=c.seed, max_batches=c.score_batches,
+            progress=scoring.registry.silent_progress if c.quiet else None,
         )  # fmt: skip
         scores = strategy.fn(s.targets, ctx)
     s.progress("building and applying masks")
@@ -144,8 +150,7 @@ def score_and_mask(s: Session, config: PruneConfig | None = None):
 def save_output(s: Session) -> Path:
     from . import model_io
 
-    c = s.config
-    out = model_io.resolve_output(c.model_path, c.output, c.force)
+    out = s.output_path
     s.progress(f"saving {out}")
     with s.timings.phase("save"):
         model_io.save(s.model, out, s.source, structure_changed=s.structure_changed)
@@ -188,7 +193,13 @@ def prune(config: PruneConfig, progress: Progress | None = None) -> PruneResult:
         return tfmot.prune(config, progress)
     s = Session(config=config, progress=progress or (lambda _msg: None), timings=Timings(), notes=[], metrics={},
                 extras={})  # fmt: skip
+    from . import model_io
+
+    s.output_path = model_io.resolve_output(config.model_path, config.output, config.force)
     load_model_and_data(s)
+    from . import flops
+
+    flops.record(s, "before")  # theoretical multiply-adds per example, for the report
     pick_targets(s)
     evaluate_into(s, "before")
     kind = config.granularity.kind
@@ -218,6 +229,7 @@ def prune(config: PruneConfig, progress: Progress | None = None) -> PruneResult:
         from . import export
 
         export.run(s, out)  # TFLite / SavedModel copies, their sizes and output check go into s.extras
+    flops.record(s, "after")
     report = build_report(s, out)
     return PruneResult(report=report, model=s.model, masks=s.masks, output_path=out)
 

@@ -146,3 +146,94 @@ def render(report: Report, console) -> None:
     console.print(summary)
     for note in report.notes:
         console.print(f"[yellow]note:[/] {note}")
+
+
+def _md(text: Any) -> str:
+    """A Markdown table cell: pipes escaped, newlines flattened."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _settings_line(settings: dict) -> str:
+    parts = [f"method `{settings.get('method')}`"]
+    if settings.get("auto"):
+        total = settings.get("sparsity")
+        parts.append("per-layer sparsities chosen by `--auto`" + ("" if total is None else f" for a total of `{total:g}`"))
+    elif settings.get("threshold") is not None:
+        parts.append(f"threshold `{settings['threshold']}`")
+    elif settings.get("sparsity") is not None:
+        parts.append(f"sparsity `{settings['sparsity']:g}`")
+    parts += [f"scope `{settings.get('scope')}`", f"granularity `{settings.get('granularity')}`"]
+    if settings.get("epochs"):
+        parts.append(f"{settings['epochs']} fine-tuning epoch(s), schedule `{settings.get('schedule')}`")
+    return ", ".join(parts)
+
+
+def _compact_json(value: Any) -> str:
+    """Indented JSON with innermost lists kept on one line, so tables of numbers stay short."""
+    import re
+
+    text = json.dumps(value, indent=2, default=str)
+    return re.sub(r"\[\n\s*([^\[\]{}]*?)\n\s*\]", lambda m: "[" + re.sub(r"\s*\n\s*", " ", m.group(1)) + "]", text)
+
+
+def render_markdown(report: Report) -> str:
+    """The report as Markdown for a CI job summary: settings, metrics, the per-layer table, sizes, notes.
+
+    Sections other steps add (report.extra) follow as collapsed JSON blocks.
+    """
+    lines = []
+    src = Path(report.input["path"]).name
+    title = f"## prunecli: `{src}`" + (f" → `{Path(report.output['path']).name}`" if report.output else "")
+    t = report.totals
+    lines += [title, "", _settings_line(report.settings) + ".", "",
+              f"Prunable weights: **{t['prunable_sparsity']:.1%} sparse** ({t['prunable_nonzeros']:,} of "
+              f"{t['prunable_params']:,} non-zero); whole model {t['sparsity']:.1%} sparse "
+              f"({t['nonzeros']:,} of {t['params']:,}).", ""]  # fmt: skip
+    if report.metrics:
+        before = report.metrics.get("before", {}).get("accuracy")
+        lines += ["### Metrics", "", "| stage | loss | accuracy | change in accuracy |", "|:---|---:|---:|---:|"]
+        for stage, values in report.metrics.items():
+            acc = values.get("accuracy")
+            change = "" if acc is None or before is None or stage == "before" else f"{acc - before:+.4f}"
+            loss = values.get("loss")
+            lines.append(f"| {stage.replace('_', ' ')} | {'-' if loss is None else f'{loss:.4f}'} | "
+                         f"{'-' if acc is None else f'{acc:.4f}'} | {change} |")  # fmt: skip
+        lines.append("")
+    lines += ["### Layers", "", "| layer weight | class | shape | params | non-zeros | sparsity | target |",
+              "|:---|:---|:---|---:|---:|---:|---:|"]  # fmt: skip
+    for s in report.layers:
+        target = "-" if s.requested_sparsity is None else f"{s.requested_sparsity:.1%}"
+        lines.append(f"| {_md(s.name)} | {s.cls} | {'x'.join(map(str, s.shape))} | {s.params:,} | {s.nonzeros:,} | "
+                     f"{s.sparsity:.1%} | {target} |")  # fmt: skip
+    lines.append(f"| **prunable total** | | | {t['prunable_params']:,} | {t['prunable_nonzeros']:,} | "
+                 f"{t['prunable_sparsity']:.1%} | |")  # fmt: skip
+    lines += [f"| **whole model** | | | {t['params']:,} | {t['nonzeros']:,} | {t['sparsity']:.1%} | |", ""]
+    sized = [(name, part) for name, part in (("input", report.input), ("output", report.output))
+             if part and "bytes" in part]  # fmt: skip
+    if sized:
+        lines += ["### Files", "", "| | path | size | gzip size |", "|:---|:---|---:|---:|"]
+        for name, part in sized:
+            lines.append(f"| {name} | `{_md(part['path'])}` | {_mib(part['bytes'])} | {_mib(part.get('gzip_bytes'))} |")
+        lines.append("")
+    if report.timings_s:
+        lines += ["Time: " + ", ".join(f"{k} {v:.2f} s" for k, v in report.timings_s.items()) + ".", ""]
+    if report.notes:
+        lines += ["### Notes", ""] + [f"- {_md(n)}" for n in report.notes] + [""]
+    for key, value in report.extra.items():
+        body = _compact_json(value)
+        lines += [f"<details><summary>{key}</summary>", "", "```json", body, "```", "", "</details>", ""]
+    lines.append(f"<sub>prunecli {report.prunecli_version}, report schema {report.schema_version}</sub>")
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(report: Report, path: str | Path) -> None:
+    """Write render_markdown(report) atomically."""
+    from .errors import OutputError
+    from .model_io import atomic_path
+
+    target = Path(path)
+    try:
+        with atomic_path(target) as tmp:
+            tmp.write_text(render_markdown(report), encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from exc

@@ -1,0 +1,163 @@
+"""Shared pieces of the benchmarks: timing, child processes with their peak memory, tables, models."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+PRUNECLI = str(Path(sys.executable).with_name("prunecli"))
+
+
+def timed(fn, repeats: int) -> tuple[float, float, list[float]]:
+    """(first call, median of the later calls, all times) in seconds; fn's result is forced to host."""
+    import numpy as np
+
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        out = fn()
+        for item in out if isinstance(out, (list, tuple)) else [out]:
+            np.asarray(item)
+        times.append(time.perf_counter() - start)
+    return times[0], statistics.median(times[1:]), times
+
+
+def run_child(args: list[str], env: dict | None = None, timeout: float = 900) -> dict:
+    """Run a command; its wall time, exit code, output and peak resident memory (max RSS, bytes).
+
+    The command runs under a small Python parent whose only child it is, so RUSAGE_CHILDREN is its own.
+    """
+    probe = (
+        "import json, resource, subprocess, sys, time\n"
+        "t = time.perf_counter(); p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "wall = time.perf_counter() - t\n"
+        "print(json.dumps({'rc': p.returncode, 'wall_s': wall, 'stdout': p.stdout[-4000:], 'stderr': p.stderr[-4000:],"
+        " 'max_rss': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}))\n"
+    )
+    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
+    out = subprocess.run([PYTHON, "-c", probe, *args], capture_output=True, text=True, env=full_env, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"probe failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def child_json(code: str, env: dict | None = None, timeout: float = 900) -> dict:
+    """Run Python code in a fresh interpreter; it prints one JSON line last, which is returned."""
+    res = run_child([PYTHON, "-c", code], env=env, timeout=timeout)
+    if res["rc"] != 0:
+        raise RuntimeError(f"child failed (rc {res['rc']}): {res['stderr'][-1500:]}")
+    data = json.loads(res["stdout"].strip().splitlines()[-1])
+    data["_wall_s"], data["_max_rss"] = res["wall_s"], res["max_rss"]
+    return data
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    if not a or not b:
+        return "-"
+    return f"{a / b:.2f}x"
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:.0f} MiB"
+
+
+def load_average() -> str:
+    try:
+        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def machine() -> dict:
+    import psutil
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory": mib(psutil.virtual_memory().total),
+            "python": platform.python_version()}  # fmt: skip
+
+
+def quiet_tf():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from prunecli.pipeline import quiet_tensorflow
+
+    quiet_tensorflow()
+
+
+def resnet50_kernel_shapes() -> list[tuple[int, ...]]:
+    """The prunable weight shapes of keras.applications.ResNet50 (25.5M weights in 54 tensors)."""
+    import keras
+
+    from prunecli import targets
+
+    model = keras.applications.ResNet50(weights=None)
+    return [t.shape for t in targets.select(model)]
+
+
+def make_resnet50(path: Path) -> Path:
+    """keras.applications.ResNet50(weights=None) saved at `path` (random weights; no download)."""
+    if not path.exists():
+        import keras
+
+        keras.utils.set_random_seed(0)
+        model = keras.applications.ResNet50(weights=None)
+        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+        model.save(path)
+    return path
+
+
+def digits_twin_h5(keras_path: Path, out: Path) -> Path:
+    """The bundled digits CNN rebuilt with tf_keras (Keras 2), same weights, saved as .h5 for tfmot."""
+    import keras
+    import numpy as np
+
+    from prunecli.engines.tfmot import _import_tfmot
+
+    _, tf_keras = _import_tfmot()
+    source = keras.saving.load_model(keras_path)
+    L = tf_keras.layers
+    twin = tf_keras.Sequential(
+        [
+            L.Conv2D(16, 3, padding="same", name="conv1", input_shape=(8, 8, 1)),
+            L.BatchNormalization(name="bn1"),
+            L.ReLU(name="relu1"),
+            L.Conv2D(32, 3, padding="same", activation="relu", name="conv2"),
+            L.MaxPooling2D(2, name="pool"),
+            L.Flatten(name="flatten"),
+            L.Dense(64, activation="relu", name="dense1"),
+            L.Dense(10, activation="softmax", name="predictions"),
+        ],
+        name="digits_cnn",
+    )
+    for layer in twin.layers:
+        layer.set_weights(source.get_layer(layer.name).get_weights())
+    probe = np.random.default_rng(0).random((16, 8, 8, 1), dtype=np.float32)
+    np.testing.assert_allclose(twin(probe).numpy(), np.asarray(source(probe)), atol=1e-5)
+    twin.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    twin.save(out)
+    return out

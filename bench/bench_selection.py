@@ -1,0 +1,156 @@
+"""Mask computation: prunecli's radix select vs tfmot's top_k kernel vs NumPy, layer-wise and global.
+
+Weights follow ResNet50's 54 prunable tensors (He-initialised), scaled to the total size asked for.
+Every approach starts from the weights and ends with boolean masks pruning 50% by magnitude:
+- prunecli: tf.abs per tensor, then masking.select_lowest / select_lowest_global (one XLA call);
+- tfmot: tfmot's own `Pruning._update_mask` (abs, a full tf.math.top_k, threshold, mask) for every
+  tensor in one tf.function, as its training step runs it; "global" applies it to all weights joined
+  (tfmot itself only prunes layer by layer);
+- NumPy: np.abs and np.argpartition per tensor (exactly k, ties in any order).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+
+from bench_common import child_json, quiet_tf, ratio, resnet50_kernel_shapes, table, timed
+
+SPARSITY = 0.5
+
+
+def make_weights(shapes, total: int, seed: int = 0):
+    """Flat float32 weights with ResNet50's relative tensor sizes and He-normal scales."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    full = sum(math.prod(s) for s in shapes)
+    out = []
+    for s in shapes:
+        n = max(1, round(math.prod(s) * total / full))
+        fan_in = math.prod(s[:-1]) or 1
+        out.append((rng.standard_normal(n, dtype=np.float32) * np.float32(math.sqrt(2.0 / fan_in))))
+    return out
+
+
+def prunecli_fns(weights):
+    import tensorflow as tf
+
+    from prunecli import masking
+
+    tensors = [tf.constant(w) for w in weights]
+    ks = [round(SPARSITY * int(t.shape[0])) for t in tensors]
+    k_all = round(SPARSITY * sum(int(t.shape[0]) for t in tensors))
+
+    def layer():
+        return masking.select_lowest([tf.abs(t) for t in tensors], ks)
+
+    def whole():
+        return masking.select_lowest_global([tf.abs(t) for t in tensors], k_all)
+
+    return layer, whole
+
+
+def tfmot_fns(weights):
+    import tensorflow as tf
+
+    from prunecli.engines.tfmot import _import_tfmot
+
+    tfmot, _ = _import_tfmot()
+    from tensorflow_model_optimization.python.core.sparsity.keras import pruning_impl
+
+    pruning = pruning_impl.Pruning(
+        training_step_fn=lambda: tf.constant(0, tf.int64), pruning_vars=[],
+        pruning_schedule=tfmot.sparsity.keras.ConstantSparsity(SPARSITY, begin_step=0),
+        block_size=(1, 1), block_pooling_type="AVG",
+    )  # fmt: skip
+    tensors = [tf.constant(w) for w in weights]
+    joined = tf.concat(tensors, 0)
+
+    @tf.function
+    def layer():
+        return [pruning._update_mask(t)[1] for t in tensors]
+
+    @tf.function
+    def whole():
+        return pruning._update_mask(joined)[1]
+
+    return layer, whole
+
+
+def numpy_fns(weights):
+    import numpy as np
+
+    def lowest(a):
+        k = round(SPARSITY * a.size)
+        keep = np.ones(a.size, bool)
+        keep[np.argpartition(np.abs(a), k)[:k]] = False
+        return keep
+
+    def layer():
+        return [lowest(w) for w in weights]
+
+    def whole():
+        return lowest(np.concatenate(weights))
+
+    return layer, whole
+
+
+FIRST_CALL_CHILD = """
+import json, math, sys, time
+sys.path.insert(0, {bench!r})
+from bench_common import quiet_tf
+quiet_tf()
+import numpy as np, tensorflow as tf
+from bench_selection import make_weights, prunecli_fns
+weights = make_weights({shapes!r}, {total})
+layer, whole = prunecli_fns(weights)
+fn = layer if {scope!r} == "layer" else whole
+t = time.perf_counter(); [np.asarray(m) for m in fn()]; first = time.perf_counter() - t
+print(json.dumps({{"first": first}}))
+"""
+
+
+def first_call_in_new_process(shapes, total: int, scope: str, cache_dir: str) -> float:
+    """Seconds of the first selection in a fresh process whose XLA disk cache is `cache_dir`."""
+    from pathlib import Path
+
+    code = FIRST_CALL_CHILD.format(bench=str(Path(__file__).parent), shapes=shapes, total=total, scope=scope)
+    env = {"TF_XLA_FLAGS": f"--tf_xla_persistent_cache_directory={cache_dir}"}
+    return child_json(code, env=env)["first"]
+
+
+def run(sizes=(1_000_000, 5_000_000, 25_500_000), repeats: int = 7, slow_repeats: int = 2) -> str:
+    quiet_tf()
+    shapes = resnet50_kernel_shapes()
+    rows, notes = [], []
+    for total in sizes:
+        weights = make_weights(shapes, total)
+        n = sum(w.size for w in weights)
+        p_layer, p_whole = prunecli_fns(weights)
+        t_layer, t_whole = tfmot_fns(weights)
+        n_layer, n_whole = numpy_fns(weights)
+        for scope, p, t, npf in (("layer", p_layer, t_layer, n_layer), ("global", p_whole, t_whole, n_whole)):
+            p_first, p_warm, _ = timed(p, repeats)
+            t_first, t_warm, _ = timed(t, slow_repeats if n > 6_000_000 else 3)
+            _, n_warm, _ = timed(npf, 3)
+            rows.append([f"{n / 1e6:.1f}M", scope, p_first, p_warm, t_warm, n_warm, ratio(t_warm, p_warm),
+                         ratio(n_warm, p_warm)])  # fmt: skip
+        del weights
+    out = [table(["weights", "scope", "prunecli first call (s)", "prunecli warm (s)", "tfmot top_k (s)",
+                  "NumPy argpartition (s)", "tfmot / prunecli", "NumPy / prunecli"], rows)]  # fmt: skip
+    out.append(
+        "\nWarm = median of the calls after the first. prunecli's first call in this process includes tracing and"
+        " the XLA compile (this process starts with an empty compile cache)."
+    )
+    big = max(sizes)
+    fresh = []
+    for scope in ("global", "layer"):
+        with tempfile.TemporaryDirectory() as cache:
+            cold = first_call_in_new_process(shapes, big, scope, cache)
+            warm = first_call_in_new_process(shapes, big, scope, cache)
+        fresh.append([scope, cold, warm])
+    out.append(f"\nFirst selection in a new process ({big / 1e6:.1f}M weights), with an empty and with a warm XLA disk cache:\n")
+    out.append(table(["scope", "empty cache (s)", "warm disk cache (s)"], fresh))
+    out.extend(notes)
+    return "\n".join(out)

@@ -1,0 +1,243 @@
+"""tf.distribute for prunecli: which strategy (--strategy), a copy of the model whose variables the
+strategy mirrors for fine-tuning, and reductions across replicas.
+
+Only fine-tuning runs replicated. Scoring, masking (an XLA kernel that needs every variable on one
+device), surgery and saving keep working on the loaded model; `replicated` swaps in a copy built
+inside `strategy.scope()` for the length of fine-tuning and copies its weights back afterwards, so the
+rest of the run never sees a distributed variable. Masks, optimizer slots and shadow weights created
+while that copy is in use are created inside the scope too, so every replica holds its own copy.
+
+A replica computes its loss on its share of each global batch. Keras's optimizer all-reduces the
+gradients with a SUM, so each replica's loss is weighted by its share of the global batch
+(`global_share`): the summed gradient is then the gradient of the mean loss over the global batch,
+the same as on one device.
+
+MultiWorkerMirroredStrategy configures collective ops, which TensorFlow allows only before it has
+run anything: `get_strategy` must be called before the model is loaded, and it caches the strategy,
+so later calls (from fine-tuning) get the same object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import replace
+
+from .errors import ConfigError
+
+STRATEGIES = ("default", "mirrored", "multiworker", "tpu")
+_created: dict = {}
+
+
+def check_strategy(config) -> None:
+    """Fail before any work on an unknown name, on multiworker without a usable TF_CONFIG, or on a
+    gradual schedule under a strategy (its mid-training re-masking is an XLA kernel that needs every
+    variable on one device, and a replicated variable lives on several). TF-free."""
+    name = config.strategy
+    if name not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {name!r}; choose from: {', '.join(STRATEGIES)}")
+    if name == "multiworker":
+        _read_tf_config()
+    if name != "default" and config.schedule != "oneshot":
+        raise ConfigError(f"--strategy {name} fine-tunes with --schedule oneshot only (masks fixed while training)")
+
+
+def _read_tf_config() -> dict:
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw.strip():
+        raise ConfigError("--strategy multiworker needs TF_CONFIG (the cluster's workers and this task's index)")
+    try:
+        spec = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError(f"TF_CONFIG is not valid JSON: {exc}") from exc
+    if (
+        not isinstance(spec, dict)
+        or not isinstance(spec.get("cluster"), dict)
+        or not isinstance(spec.get("task"), dict)
+    ):
+        raise ConfigError('TF_CONFIG needs "cluster" and "task" entries')
+    return spec
+
+
+def get_strategy(name: str = "default"):
+    """The tf.distribute strategy for `name`, created once per process."""
+    if name not in _created:
+        import tensorflow as tf
+
+        if name not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {name!r}; choose from: {', '.join(STRATEGIES)}")
+        if name == "default":
+            _created[name] = tf.distribute.get_strategy()
+        elif name == "mirrored":
+            _created[name] = _mirrored(tf)
+        elif name == "multiworker":
+            _created[name] = _multiworker(tf)
+        else:
+            _created[name] = _tpu(tf)
+    return _created[name]
+
+
+def _mirrored(tf):
+    """All GPUs; without GPUs, every logical CPU device (one replica on an ordinary machine)."""
+    if tf.config.list_logical_devices("GPU"):
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
+
+
+def _multiworker(tf):
+    _read_tf_config()
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    except RuntimeError as exc:
+        if "startup" in str(exc):
+            raise ConfigError(
+                "--strategy multiworker must be set up before TensorFlow runs anything; "
+                "call prunecli.distribute.get_strategy('multiworker') before loading the model"
+            ) from exc
+        raise
+    except ValueError as exc:  # a TF_CONFIG whose cluster or task TensorFlow cannot use
+        raise ConfigError(f"--strategy multiworker: {_first_line(exc)}") from exc
+
+
+def _tpu(tf):
+    """TPUStrategy on the TPU that TPUClusterResolver finds (TPU_NAME, or the local TPU VM)."""
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    except Exception as exc:  # ValueError (no TPU name), NotFoundError (no TPU devices), connection errors
+        raise ConfigError(f"--strategy tpu: no TPU available here ({_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def is_default(strategy) -> bool:
+    """True for TensorFlow's no-op default strategy (TF has no public test for it; its class is private)."""
+    return type(strategy).__name__ == "_DefaultDistributionStrategy"
+
+
+def describe(strategy) -> dict:
+    """What the report says about the strategy: its class, replicas and, across workers, this worker's role."""
+    info = {"strategy": type(strategy).__name__, "replicas": int(strategy.num_replicas_in_sync)}
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is not None and getattr(resolver, "task_type", None):
+        info.update(task_type=resolver.task_type, task_id=int(resolver.task_id), chief=is_chief(strategy))
+    return info
+
+
+def is_chief(strategy) -> bool:
+    """Whether this process should write the outputs: always, except for non-chief multi-worker tasks."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    if not task_type:
+        return True
+    return task_type == "chief" or (task_type == "worker" and int(resolver.task_id) == 0 and
+                                    "chief" not in resolver.cluster_spec().as_dict())  # fmt: skip
+
+
+# ---------------------------------------------------------------- the replicated model
+
+
+@contextlib.contextmanager
+def replicated(session, strategy):
+    """For the block, `session.model` and `session.targets` are a copy built in `strategy.scope()`.
+
+    The copy's weights are copied back into the loaded model when the block ends (also on errors,
+    so the session never keeps a model with distributed variables). The default strategy changes
+    nothing.
+    """
+    if is_default(strategy):
+        yield strategy
+        return
+    check_strategy(session.config)
+    import keras
+
+    original, original_targets = session.model, session.targets
+    with strategy.scope():
+        copy = keras.models.clone_model(original)
+        copy.set_weights(original.get_weights())
+    session.model, session.targets = copy, _targets_in(copy, original, original_targets)
+    try:
+        yield strategy
+    finally:
+        original.set_weights(copy.get_weights())
+        session.model, session.targets = original, original_targets
+
+
+def _targets_in(copy, original, targets) -> list:
+    """The same targets, pointing at the copy's layers and variables (matched by position)."""
+    weight_at = {id(v): i for i, v in enumerate(original.weights)}
+    layer_at = {id(layer): i for i, layer in enumerate(original._flatten_layers())}
+    copy_weights, copy_layers = list(copy.weights), list(copy._flatten_layers())
+    return [
+        replace(t, variable=copy_weights[weight_at[id(t.variable)]],
+                layer=copy_layers[layer_at[id(t.layer)]] if t.layer is not None else None)
+        for t in targets
+    ]  # fmt: skip
+
+
+def distribute_batches(strategy, dataset):
+    """The dataset split across replicas (each global batch into per-replica shares); as is by default.
+
+    Workers shard by element (AutoShardPolicy.DATA): in-memory datasets have no files to shard.
+    """
+    if is_default(strategy):
+        return dataset
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return strategy.experimental_distribute_dataset(dataset.with_options(options))
+
+
+def global_share(local_count):
+    """Inside a replica: local_count / (sum of local_count over all replicas). 1.0 on one device.
+
+    Multiply a replica's mean loss by this, and the SUM of the replicas' gradients is the gradient of
+    the mean loss over the whole global batch, even when the last batch splits unevenly.
+    """
+    import tensorflow as tf
+
+    local = tf.cast(local_count, tf.float32)
+    total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, local)
+    return local / tf.maximum(total, 1.0)
+
+
+def reduce_sum(strategy, per_replica):
+    """Sum a (nest of) per-replica values over all replicas, in cross-replica context."""
+    import tensorflow as tf
+
+    return tf.nest.map_structure(lambda v: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None), per_replica)
+
+
+# ---------------------------------------------------------------- data-driven scoring
+
+
+def sum_over_replicas(strategy, dataset, batch_fn, max_batches: int | None = None):
+    """Sum batch_fn(x, y) over every batch of `dataset`, all replicas included: (total, batches).
+
+    batch_fn runs on each replica's share of a global batch and returns a nest of tensors that are
+    sums over that share (sum of |activation|, count of zeros, number of examples, ...). The result
+    is the sum over the whole dataset, never one replica's share, and equals the single-device sum.
+    For a statistic that is not a sum over examples (|mean gradient| of a batch), return the raw
+    per-replica sums from batch_fn and apply the non-linear part to the reduced total per batch.
+    """
+    import tensorflow as tf
+
+    @tf.function
+    def step(x, y):
+        return reduce_sum(strategy, strategy.run(batch_fn, args=(x, y)))
+
+    total, batches = None, 0
+    for x, y in distribute_batches(strategy, dataset):
+        if max_batches is not None and batches >= max_batches:
+            break
+        part = step(x, y)
+        total = part if total is None else tf.nest.map_structure(tf.add, total, part)
+        batches += 1
+    return total, batches

@@ -1,0 +1,297 @@
+"""The tfmot engine: TensorFlow Model Optimization's magnitude pruning, behind prunecli's config and report.
+
+It exists so that users with Keras-2 models can get the reference implementation's result, and so the
+native engine can be compared with it on the same file (bench/). The path is tfmot's documented one:
+wrap the prunable layers with `prune_low_magnitude` (ConstantSparsity, or PolynomialDecay for
+--schedule polynomial), fine-tune with `UpdatePruningStep` if --epochs, `strip_pruning`, save with
+tf_keras. A one-shot run without fine-tuning computes tfmot's masks once, at step 0, and applies them.
+
+tfmot 0.8.1 only works with tf_keras (Keras 2): importing it sets TF_USE_LEGACY_KERAS=1 and picks
+tf_keras. Keras 3 and tf_keras live side by side in one process as long as `tf.keras` was resolved
+before that import, so the engine resolves it first and puts the variable back afterwards.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from pathlib import Path
+
+from ..config import PruneConfig
+from ..errors import ConfigError, InputError, ModelLoadError, OutputError
+from ..pipeline import PruneResult, Session, build_report
+from ..report import Timings
+
+
+def _import_tfmot():
+    """tfmot and tf_keras, without leaving `tf.keras` or TF_USE_LEGACY_KERAS changed for the process."""
+    import tensorflow as tf
+
+    before = os.environ.get("TF_USE_LEGACY_KERAS")
+    getattr(tf.keras, "version", None)  # resolve tf.keras now, under the user's own setting
+    try:
+        import tensorflow_model_optimization as tfmot
+        import tf_keras
+    finally:
+        if before is None:
+            os.environ.pop("TF_USE_LEGACY_KERAS", None)
+        else:
+            os.environ["TF_USE_LEGACY_KERAS"] = before
+    return tfmot, tf_keras
+
+
+def check_supported(config: PruneConfig) -> None:
+    """Refuse, in one line each, the options tfmot's prune_low_magnitude has no equivalent for."""
+    c = config
+    unsupported = [
+        (c.method != "magnitude", f"method {c.method!r} (tfmot prunes by magnitude only)"),
+        (c.scope != "layer", "--scope global (tfmot ranks each layer separately)"),
+        (c.granularity.kind != "element", f"granularity {c.granularity} (use element)"),
+        (c.threshold is not None, "--threshold (tfmot prunes to a sparsity)"),
+        (c.schedule not in ("oneshot", "polynomial"), f"--schedule {c.schedule} (use oneshot or polynomial)"),
+        (c.l1 > 0 or c.l2 > 0, "--l1/--l2 penalties"),
+        (c.early_stopping > 0, "--early-stopping"),
+        (c.shrink, "--shrink"),
+        (bool(c.export), "--export"),
+        (c.strategy != "default", f"--strategy {c.strategy}"),
+    ]
+    for failed, what in unsupported:
+        if failed:
+            raise ConfigError(f"--engine tfmot does not support {what}; use --engine native")
+    if c.schedule == "polynomial" and c.epochs < 1:
+        raise ConfigError("--schedule polynomial prunes while training: give --epochs and --data")
+    if c.epochs > 0 and not c.data:
+        raise ConfigError("--epochs needs --data to fine-tune on")
+
+
+def _load(config: PruneConfig, tf_keras):
+    from .. import model_io
+
+    info = model_io.inspect_file(config.model_path)
+    if info.flavour != "keras2":
+        raise ModelLoadError(f"{info.path} was written by Keras 3; tfmot needs a Keras-2 .h5 — use --engine native")
+    if not config.unsafe:
+        model_io.check_safe(info)
+    model_io.check_memory(info)
+    try:
+        with model_io._quiet_keras():
+            model = tf_keras.models.load_model(info.path, compile=True)
+    except Exception as exc:  # tf_keras raises ValueError/TypeError/OSError for files it cannot read
+        raise ModelLoadError(f"tf_keras cannot load {info.path}: {model_io._first_line(exc)}") from exc
+    if not isinstance(model, tf_keras.Model):
+        raise ModelLoadError(f"{info.path} did not load as a tf_keras model")
+    model_io._check_finite(model, info.path)
+    return model, info
+
+
+def _matches(name: str, patterns) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _layer_sparsity(name: str, config: PruneConfig) -> float | None:
+    """The sparsity for a top-level layer: the run's, a matching override's, or None when skipped."""
+    chosen = config.effective_sparsity
+    for rule in config.overrides:
+        if _matches(name, [rule.pattern]):
+            if rule.skip:
+                return None
+            if rule.sparsity is not None:
+                chosen = rule.sparsity
+    if config.include and not _matches(name, config.include):
+        return None
+    if config.exclude and _matches(name, config.exclude):
+        return None
+    return chosen
+
+
+def _plan_layers(model, config: PruneConfig, tfmot, notes: list) -> dict[str, float]:
+    """{layer name: sparsity} for every layer tfmot will wrap; errors for layers it cannot prune."""
+    from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
+
+    from .. import targets
+
+    if not getattr(model, "_is_graph_network", False) and type(model).__name__ != "Sequential":
+        raise ModelLoadError("tfmot prunes Sequential and functional models only; use --engine native")
+    plan = {}
+    for target in targets.walk(model):
+        layer_name = target.layer_name.split("/")[0]
+        layer = model.get_layer(layer_name)
+        sparsity = _layer_sparsity(layer_name, config)
+        if sparsity is None or layer_name in plan:
+            continue
+        if isinstance(layer, tfmot.sparsity.keras.PrunableLayer):
+            pass
+        elif hasattr(layer, "layers"):
+            raise ModelLoadError(f"tfmot cannot prune inside the nested model {layer_name}; use --engine native")
+        elif not PruneRegistry.supports(layer):
+            raise ModelLoadError(
+                f"tfmot cannot prune layer {layer_name} ({type(layer).__name__}); "
+                f"use --engine native or --exclude {layer_name}"
+            )
+        if not config.allow_empty and sparsity > 1.0 - config.min_keep:
+            notes.append(f"{layer_name}: sparsity held at {1.0 - config.min_keep:g} (min_keep)")
+            sparsity = 1.0 - config.min_keep
+        plan[layer_name] = sparsity
+    if not plan:
+        raise InputError(f"{config.model_path}: no layers tfmot can prune (after --include/--exclude)")
+    return plan
+
+
+def _schedule(tfmot, config: PruneConfig, sparsity: float, steps_per_epoch: int):
+    """tfmot's schedule matching prunecli's: the same cubic ramp, length and update frequency."""
+    from .. import schedule as schedules
+
+    sk = tfmot.sparsity.keras
+    if config.schedule == "polynomial":
+        plan = schedules.build("polynomial", config.epochs, steps_per_epoch, config.initial_sparsity)
+        frequency = max(1, plan.update_steps[1] - plan.update_steps[0]) if len(plan.update_steps) > 1 else 1
+        # tfmot updates only on multiples of the frequency: end the ramp on one, or the final sparsity is missed
+        end = max(frequency, (plan.ramp_steps // frequency) * frequency)
+        start = min(config.initial_sparsity, sparsity)
+        return sk.PolynomialDecay(start, sparsity, begin_step=0, end_step=end, power=3, frequency=frequency)
+    return sk.ConstantSparsity(sparsity, begin_step=0, end_step=0, frequency=1)  # masks fixed after step 0
+
+
+def _wrap(model, plan: dict[str, float], config: PruneConfig, tfmot, tf_keras, steps_per_epoch: int):
+    def clone(layer):
+        if layer.name in plan:
+            schedule = _schedule(tfmot, config, plan[layer.name], steps_per_epoch)
+            return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
+        return layer  # reused as is, weights included (as tfmot's own whole-model wrapping does)
+
+    try:
+        wrapped = tf_keras.models.clone_model(model, clone_function=clone)
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        raise ModelLoadError(f"tfmot cannot wrap this model: {str(exc).strip().splitlines()[0]}") from exc
+    return wrapped
+
+
+def _wrappers(model, tfmot):
+    from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
+
+    return [layer for layer in model.layers if isinstance(layer, PruneLowMagnitude)]
+
+
+def _mask_once(model, tfmot) -> None:
+    """tfmot's own mask computation (top_k on |w| per layer) at step 0, then the masks applied."""
+    for wrapper in _wrappers(model, tfmot):
+        wrapper.pruning_step.assign(0)
+        wrapper.pruning_obj.conditional_mask_update()
+        wrapper.pruning_obj.weight_mask_op()
+
+
+def _optimizer(config: PruneConfig, tf_keras):
+    name = (config.optimizer or "adam").strip().lower()
+    try:
+        optimizer = tf_keras.optimizers.get(name)
+    except ValueError as exc:
+        raise ConfigError(f"unknown optimizer {config.optimizer!r} for tf_keras") from exc
+    if config.learning_rate is not None:
+        optimizer.learning_rate = config.learning_rate
+    return optimizer
+
+
+def _evaluate(model, dataset, task) -> dict[str, float]:
+    metrics = [task.accuracy] if task.accuracy else []
+    model.compile(optimizer="adam", loss=task.loss, metrics=metrics)
+    values = model.evaluate(dataset, verbose=0, return_dict=True)
+    out = {"loss": float(values["loss"])}
+    acc = [v for k, v in values.items() if k.endswith("accuracy")]
+    if acc:
+        out["accuracy"] = float(acc[0])
+    return out
+
+
+def _pruned(wrapped, plan: dict[str, float], tfmot):
+    """prunecli Targets for the weights tfmot pruned (the variables the stripped model keeps), and a
+    MaskSet of tfmot's final keep-masks and the sparsity requested for each."""
+    import numpy as np
+
+    from ..policy import MaskSet
+    from ..targets import Target
+
+    found, masks = [], MaskSet()
+    for wrapper in _wrappers(wrapped, tfmot):
+        layer = wrapper.layer
+        for weight, mask, _threshold in wrapper.pruning_vars:
+            attr = weight.name.rsplit("/", 1)[-1].split(":")[0]
+            target = Target(f"{layer.name}/{attr}", layer.name, type(layer).__name__, attr, weight,
+                            len(weight.shape) - 1, layer)  # fmt: skip
+            found.append(target)
+            masks.masks[target.name] = np.asarray(mask) != 0
+            masks.requested[target.name] = plan[layer.name]
+    return found, masks
+
+
+def _save(model, out: Path) -> None:
+    from .. import model_io
+
+    try:
+        with model_io.atomic_path(out) as tmp, model_io._quiet_keras():
+            model.save(tmp, save_format="h5")
+    except OSError as exc:
+        raise OutputError(f"cannot write {out}: {model_io._first_line(exc)}") from exc
+
+
+def prune(config: PruneConfig, progress=None) -> PruneResult:
+    """The tfmot run: same config, same report schema as the native engine."""
+    from .. import data as data_mod
+    from .. import model_io
+    from ..metrics import infer_task
+
+    check_supported(config)
+    s = Session(config=config, progress=progress or (lambda _msg: None), timings=Timings(), notes=[], metrics={},
+                extras={})  # fmt: skip
+    out = model_io.resolve_output(config.model_path, config.output, config.force)
+    if out.suffix not in (".h5", ".hdf5"):
+        raise OutputError(f"--engine tfmot writes Keras-2 .h5 files; give an .h5 output instead of {out}")
+    tfmot, tf_keras = _import_tfmot()
+    s.progress(f"loading {config.model_path} with tf_keras")
+    with s.timings.phase("load"):
+        model, s.source = _load(config, tf_keras)
+        compiled = getattr(model, "loss", None) is not None and getattr(model, "optimizer", None) is not None
+        training_setup = (model.loss, tf_keras.optimizers.serialize(model.optimizer)) if compiled else None
+        if config.data:
+            s.data = data_mod.load(config.data, model, config.batch_size, config.val_split, config.seed)
+            s.task = infer_task(model, s.data.y_example)
+    plan = _plan_layers(model, config, tfmot, s.notes)
+    if s.data is not None:
+        s.progress("evaluating (before)")
+        with s.timings.phase("evaluate"):
+            s.metrics["before"] = _evaluate(model, s.data.eval, s.task)
+    steps_per_epoch = int(s.data.train.cardinality()) if s.data is not None else 1
+    s.progress(f"wrapping {len(plan)} layer(s) with tfmot prune_low_magnitude")
+    with s.timings.phase("mask"):
+        wrapped = _wrap(model, plan, config, tfmot, tf_keras, steps_per_epoch)
+        if config.schedule == "oneshot":
+            _mask_once(wrapped, tfmot)
+    if config.schedule == "oneshot" and s.data is not None:
+        with s.timings.phase("evaluate"):
+            s.metrics["after_pruning"] = _evaluate(wrapped, s.data.eval, s.task)
+    if config.epochs > 0:
+        s.progress(f"fine-tuning with tfmot: {config.epochs} epoch(s), schedule {config.schedule}")
+        metrics = [s.task.accuracy] if s.task.accuracy else []
+        wrapped.compile(optimizer=_optimizer(config, tf_keras), loss=s.task.loss, metrics=metrics)
+        with s.timings.phase("finetune"):
+            history = wrapped.fit(s.data.train, epochs=config.epochs, verbose=0,
+                                  callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])  # fmt: skip
+        s.extras["finetune"] = {"schedule": config.schedule, "epochs_run": len(history.history.get("loss", [])),
+                                "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}}  # fmt: skip
+    stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
+    if config.epochs > 0:
+        with s.timings.phase("evaluate"):
+            s.metrics["after_finetune"] = _evaluate(stripped, s.data.eval, s.task)
+    s.model = stripped
+    s.targets, s.masks = _pruned(wrapped, plan, tfmot)
+    s.progress(f"saving {out}")
+    with s.timings.phase("save"):
+        if training_setup is not None:  # the written file keeps the input's loss and optimizer
+            stripped.compile(optimizer=tf_keras.optimizers.deserialize(training_setup[1]), loss=training_setup[0])
+        _save(stripped, out)
+    s.extras["engine"] = {
+        "name": "tfmot",
+        "tfmot_version": tfmot.__version__,
+        "keras": f"tf_keras {tf_keras.__version__}",
+    }
+    report = build_report(s, out)
+    return PruneResult(report=report, model=stripped, masks=s.masks, output_path=out)

@@ -1,0 +1,417 @@
+"""Deployment copies of the pruned model: TFLite (float or full-integer int8) and a TF SavedModel.
+
+Every format is converted from one SavedModel written by Keras 3's `model.export` (the path
+`TFLiteConverter.from_keras_model` itself takes for Keras 3 models, minus its printout on stdout).
+Files land next to the output model: `<stem>.tflite`, `<stem>.int8.tflite`, `<stem>_savedmodel/`,
+each written under a temporary name in the same directory and renamed into place.
+
+Pruned weights are zeros, which a flat TFLite buffer still stores. The converter's
+`Optimize.EXPERIMENTAL_SPARSITY` re-encodes sparse constant tensors (TFLite's sparsity format); it
+pays off on raw bytes only at high sparsity and can make int8 files larger, so when the model holds
+zeros both encodings are converted and the smaller file is kept. The report says which won.
+
+Each TFLite file is checked by running it in the TFLite interpreter on sample inputs (the data's
+evaluation batches, or seeded random inputs without --data) against the Keras model's outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import warnings
+import zlib
+from pathlib import Path
+
+from .errors import ConfigError, OutputError
+
+FORMATS = ("tflite", "tflite-int8", "savedmodel")
+SAMPLE_COUNT = 256  # inputs used to compare the exported model with the Keras model
+CALIBRATION_SAMPLES = 512  # training inputs that calibrate int8 ranges
+
+
+def check_formats(config) -> None:
+    """Fail before any work when an export cannot be done; cheap and TF-free, so config validation may call it."""
+    unknown = [f for f in config.export if f not in FORMATS]
+    if unknown:
+        raise ConfigError(f"unknown export format {unknown[0]!r}; choose from: {', '.join(FORMATS)}")
+    if "tflite-int8" in config.export and not config.data:
+        raise ConfigError("--export tflite-int8 needs --data (training batches calibrate the int8 ranges)")
+
+
+def export_paths(out: Path) -> dict[str, Path]:
+    """Where each format goes, beside the output model."""
+    return {
+        "tflite": out.with_name(f"{out.stem}.tflite"),
+        "tflite-int8": out.with_name(f"{out.stem}.int8.tflite"),
+        "savedmodel": out.with_name(f"{out.stem}_savedmodel"),
+    }
+
+
+def run(session, out_path: Path) -> dict:
+    """Write every format in `session.config.export`; their sizes and output checks go to `session.extras`."""
+    from .model_io import file_sizes
+
+    check_formats(session.config)
+    formats = list(dict.fromkeys(session.config.export))
+    paths = export_paths(Path(out_path))
+    results: dict[str, dict] = {}
+    with session.timings.phase("export"), _staging_dir(paths["savedmodel"].parent) as stage:
+        saved = stage / "savedmodel"
+        session.progress("exporting SavedModel")
+        write_savedmodel(session.model, saved)
+        samples, sample_source = sample_inputs(session, SAMPLE_COUNT)
+        expected = _keras_outputs(session.model, samples)
+        input_names = [str(getattr(t, "name", "")) for t in session.model.inputs]
+        try_sparse = zero_fraction(session.model) > 0
+        for fmt in formats:
+            if fmt == "savedmodel":
+                continue
+            session.progress(f"converting to {fmt}")
+            calibration = calibration_batches(session.data.train) if fmt == "tflite-int8" else None
+            content, encoding = convert_tflite(saved, calibration, try_sparse)
+            with _writing(paths[fmt]), _atomic_file(paths[fmt]) as tmp:
+                tmp.write_bytes(content)
+            entry = {"path": str(paths[fmt]), **file_sizes(paths[fmt]), **encoding}
+            entry.update(compare_tflite(content, samples, expected, input_names), sample_source=sample_source)
+            results[fmt] = entry
+        if "savedmodel" in formats:
+            check = _compare_savedmodel(saved, samples, expected, input_names)
+            _replace_dir(saved, paths["savedmodel"])
+            results["savedmodel"] = {"path": str(paths["savedmodel"]), **dir_sizes(paths["savedmodel"]), **check,
+                                     "sample_source": sample_source}  # fmt: skip
+    session.extras["export"] = {fmt: results[fmt] for fmt in formats}
+    return session.extras["export"]
+
+
+# ---------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def _staging_dir(parent: Path):
+    """A scratch directory beside the outputs, so a finished SavedModel can be renamed into place."""
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=".prunecli-export.", dir=parent))
+    except OSError as exc:
+        raise OutputError(f"cannot write exports in {parent}: {exc.strerror or exc}") from exc
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _writing(target: Path):
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from exc
+
+
+@contextlib.contextmanager
+def _atomic_file(target: Path):
+    """model_io.atomic_path, with the permissions a plain new file would get (mkstemp makes it 0600)."""
+    from .model_io import atomic_path
+
+    if target.is_dir():
+        raise OutputError(f"export target {target} is a directory")
+    umask = os.umask(0)
+    os.umask(umask)
+    with atomic_path(target) as tmp:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~umask)
+
+
+def _replace_dir(src: Path, target: Path) -> None:
+    """Move a finished directory onto `target`; an older export there is removed only after the swap."""
+    with _writing(target):
+        if target.exists() and not target.is_dir():
+            raise OutputError(f"export target {target} exists and is not a directory")
+        old = src.with_name(src.name + ".old")
+        if target.exists():
+            os.replace(target, old)
+        os.replace(src, target)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_savedmodel(model, path: Path) -> None:
+    """Keras 3's own SavedModel export: a `serving_default` signature over the model's inputs."""
+    try:
+        with _quiet():
+            model.export(str(path), format="tf_saved_model", verbose=False)
+    except OSError as exc:
+        raise OutputError(f"cannot write SavedModel: {exc.strerror or exc}") from exc
+    except Exception as exc:  # Keras/TF raise ValueError/TypeError for models that cannot be traced
+        raise OutputError(f"cannot export the model as a SavedModel: {_first_line(exc)}") from exc
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Keep converter chatter out of the CLI's output and JSON: Python warnings and prints, and the
+    lines TFLite's C++ code writes straight to file descriptors 1 and 2. PRUNECLI_DEBUG=1 shows them."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _native_output_silenced():
+        warnings.simplefilter("ignore")
+        yield
+
+
+@contextlib.contextmanager
+def _native_output_silenced():
+    import sys
+
+    if os.environ.get("PRUNECLI_DEBUG", "") not in ("", "0"):
+        yield
+        return
+    for stream in (sys.__stdout__, sys.__stderr__):
+        if stream is not None:
+            stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------- conversion
+
+
+def convert_tflite(saved: Path, calibration=None, try_sparse: bool = True) -> tuple[bytes, dict]:
+    """TFLite flatbuffer from a SavedModel: float, or full-integer int8 when `calibration` is given.
+
+    With `try_sparse`, the sparse encoding is converted too and the smaller flatbuffer is returned.
+    """
+    dense = to_tflite(saved, calibration, sparse=False)
+    encoding = {"encoding": "dense", "dense_encoding_bytes": len(dense), "sparse_encoding_bytes": None}
+    if not try_sparse:
+        return dense, encoding
+    sparse = to_tflite(saved, calibration, sparse=True)
+    encoding["sparse_encoding_bytes"] = len(sparse)
+    if len(sparse) < len(dense):
+        encoding["encoding"] = "sparse"
+        return sparse, encoding
+    return dense, encoding
+
+
+def to_tflite(saved: Path, calibration, sparse: bool) -> bytes:
+    """One conversion; `sparse` adds the converter's EXPERIMENTAL_SPARSITY encoding of constant tensors."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+    optimizations = []
+    if calibration is not None:
+        # full-integer post-training quantisation: int8 weights, activations, inputs and outputs
+        optimizations.append(tf.lite.Optimize.DEFAULT)
+        converter.representative_dataset = calibration
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    if sparse:
+        optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
+    converter.optimizations = optimizations
+    kind = "int8 TFLite" if calibration is not None else "TFLite"
+    try:
+        with _quiet():
+            return converter.convert()
+    except Exception as exc:  # the converter raises ConverterError/ValueError with long MLIR dumps
+        raise OutputError(f"cannot convert the model to {kind}: {_first_line(exc)}") from exc
+
+
+def calibration_batches(dataset):
+    """A representative-dataset callable over the first (x, y) batches of `dataset` (inputs only)."""
+    import numpy as np
+
+    def batches():
+        seen = 0
+        for x, _y in dataset:
+            if seen >= CALIBRATION_SAMPLES:
+                return
+            yield [np.asarray(x, dtype=np.float32)]
+            seen += int(x.shape[0])
+
+    return batches
+
+
+# ---------------------------------------------------------------- checking
+
+
+def zero_fraction(model) -> float:
+    """Fraction of exact zeros among the model's float weight matrices and kernels (rank >= 2)."""
+    import numpy as np
+
+    zeros = total = 0
+    for v in model.weights:
+        if len(v.shape) < 2:
+            continue
+        arr = np.asarray(v)
+        if arr.dtype.kind == "f":
+            zeros += int(arr.size - np.count_nonzero(arr))
+            total += int(arr.size)
+    return zeros / total if total else 0.0
+
+
+def sample_inputs(session, count: int):
+    """(list of input arrays, source): evaluation inputs from --data, else seeded random inputs."""
+    import numpy as np
+
+    if session.data is not None:
+        chunks, seen = [], 0
+        for x, _y in session.data.eval:
+            chunks.append(np.asarray(x))
+            seen += len(chunks[-1])
+            if seen >= count:
+                break
+        return [np.concatenate(chunks)[:count]], "data"
+    rng = np.random.default_rng(session.config.seed)
+    arrays = []
+    for spec in session.model.inputs:
+        shape = [count] + [d if d is not None else 1 for d in spec.shape[1:]]
+        if "int" in str(spec.dtype):
+            arrays.append(rng.integers(0, 2, size=shape).astype(str(spec.dtype)))
+        else:
+            arrays.append(rng.standard_normal(shape).astype(np.float32))
+    return arrays, "random"
+
+
+def _keras_outputs(model, samples) -> list:
+    import keras
+    import numpy as np
+
+    out = model.predict(samples[0] if len(samples) == 1 else samples, verbose=0, batch_size=64)
+    return [np.asarray(o, dtype=np.float32) for o in keras.tree.flatten(out)]
+
+
+def _natural_key(name: str):
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def _matched_inputs(signature_inputs: list[str], model_inputs: list[str], samples) -> dict | None:
+    """Signature input name -> sample array; None when the names cannot be matched to the model's inputs."""
+    if len(signature_inputs) != len(samples):
+        return None
+    if len(samples) == 1:
+        return {signature_inputs[0]: samples[0]}
+    if sorted(signature_inputs) != sorted(model_inputs):
+        return None
+    return dict(zip(model_inputs, samples, strict=True))
+
+
+def compare_tflite(content: bytes, samples, expected, input_names: list[str]) -> dict:
+    """Run the flatbuffer in the TFLite interpreter; max |TFLite - Keras| over all outputs and samples.
+
+    int8 inputs are quantised and int8 outputs dequantised with the tensors' own scale and zero point.
+    """
+    import tensorflow as tf
+
+    with _quiet():
+        interpreter = tf.lite.Interpreter(model_content=content)
+    runner = interpreter.get_signature_runner()
+    in_details = runner.get_input_details()
+    feed = _matched_inputs(list(in_details), input_names, samples)
+    if feed is None:
+        return {"max_abs_diff": None, "samples": 0}
+    with _quiet():
+        result = runner(**{name: quantize(arr, in_details[name]) for name, arr in feed.items()})
+    out_details = runner.get_output_details()
+    got = [dequantize(result[k], out_details[k]) for k in sorted(result, key=_natural_key)]
+    return _differences(got, expected, len(samples[0]))
+
+
+def quantize(arr, detail):
+    """An input array as the TFLite tensor wants it: int8 with the tensor's scale and zero point, else cast."""
+    import numpy as np
+
+    if detail["dtype"] != np.int8:
+        return arr.astype(detail["dtype"])
+    scale, zero = detail["quantization"]
+    return np.clip(np.round(arr / scale + zero), -128, 127).astype(np.int8)
+
+
+def dequantize(arr, detail):
+    """A TFLite output as float32 (int8 outputs mapped back with their scale and zero point)."""
+    import numpy as np
+
+    if detail["dtype"] != np.int8:
+        return np.asarray(arr, dtype=np.float32)
+    scale, zero = detail["quantization"]
+    return (arr.astype(np.float32) - zero) * scale
+
+
+def _differences(got: list, expected: list, count: int) -> dict:
+    import numpy as np
+
+    if len(got) != len(expected):
+        return {"max_abs_diff": None, "samples": 0}
+    diff = max(float(np.max(np.abs(g - e))) if g.size else 0.0 for g, e in zip(got, expected, strict=True))
+    out = {"max_abs_diff": diff, "samples": count}
+    if len(expected) == 1 and expected[0].ndim == 2 and expected[0].shape[-1] > 1:
+        out["top1_agreement"] = float(np.mean(np.argmax(got[0], -1) == np.argmax(expected[0], -1)))
+    return out
+
+
+def _compare_savedmodel(saved: Path, samples, expected, input_names: list[str]) -> dict:
+    """Reload the SavedModel with TensorFlow alone and run its serving signature on the samples."""
+    import tensorflow as tf
+
+    with _quiet():
+        loaded = tf.saved_model.load(str(saved))
+    serve = loaded.signatures["serving_default"]
+    feed = _matched_inputs(list(serve.structured_input_signature[1]), input_names, samples)
+    if feed is None:
+        return {"max_abs_diff": None, "samples": 0}
+    result = serve(**{name: tf.constant(arr) for name, arr in feed.items()})
+    got = [result[k].numpy() for k in sorted(result, key=_natural_key)]
+    return _differences(got, expected, len(samples[0]))
+
+
+# ---------------------------------------------------------------- sizes
+
+
+class _CountingGzip(io.RawIOBase):
+    """A write-only stream that gzips what it is given and only counts the compressed bytes."""
+
+    def __init__(self):
+        self._comp = zlib.compressobj(6, zlib.DEFLATED, 31)
+        self.compressed = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.compressed += len(self._comp.compress(bytes(data)))
+        return len(data)
+
+    def finish(self) -> int:
+        self.compressed += len(self._comp.flush())
+        return self.compressed
+
+
+def dir_sizes(path: Path) -> dict[str, int]:
+    """A directory's size as shipped: the sum of its files' bytes, and the gzip -6 size of a tar of it.
+
+    The tar is deterministic (sorted names, zero mtimes and owners), the same bytes `tar czf` would
+    compress up to header fields, so the figure is what a `.tar.gz` of the SavedModel costs.
+    """
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    raw = sum(p.stat().st_size for p in files)
+    sink = _CountingGzip()
+    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for p in files:
+            info = tar.gettarinfo(str(p), arcname=str(p.relative_to(path.parent)))
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            with open(p, "rb") as fh:
+                tar.addfile(info, fh)
+    return {"bytes": raw, "gzip_bytes": sink.finish(), "files": len(files)}

@@ -1,0 +1,162 @@
+"""`prunecli inspect`: what is in a model and what prunecli would do with each weight.
+
+Works on pruned and unpruned models alike: it only reads the file (safe mode) and counts. For each
+weight it says whether it is a pruning target and how (its units, and whether --shrink can remove
+them physically), or why not (a bias, a normalisation layer, a layer type with no kernel prunecli
+knows, a 1-D weight, or --include/--exclude).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class WeightInfo:
+    name: str  # the attribute, e.g. "kernel"
+    shape: list[int]
+    params: int
+    nonzeros: int
+    sparsity: float
+    target: bool
+    how: str  # for a target: its units and whether they can be removed; otherwise why it is not one
+    zero_units: int | None = None  # targets only: units (neurons/filters) whose weights are all zero
+    units: int | None = None
+    unit_axis: int | None = None
+    shrinkable: bool | None = None  # --shrink can remove its pruned units physically
+
+
+@dataclass
+class LayerInfo:
+    name: str  # path through nested models, e.g. "encoder/dense"
+    cls: str
+    weights: list[WeightInfo] = field(default_factory=list)
+
+
+@dataclass
+class Inspection:
+    model: dict  # path, format, flavour, keras_version, bytes, name
+    layers: list[LayerInfo]
+    totals: dict
+
+    def to_dict(self) -> dict[str, Any]:
+        layers = []
+        for layer in self.layers:
+            d = asdict(layer)
+            d["class"] = d.pop("cls")
+            layers.append(d)
+        return {"schema_version": SCHEMA_VERSION, "kind": "inspect", "model": self.model, "layers": layers,
+                "totals": self.totals}  # fmt: skip
+
+
+def _children(layer) -> list:
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
+def _why_not(layer, variable) -> str:
+    cls = type(layer).__name__
+    name = variable.name.rsplit("/", 1)[-1]
+    if "Normalization" in cls:
+        return "normalisation"
+    if "bias" in name:
+        return "bias"
+    if not getattr(variable, "trainable", True):
+        return "layer state"
+    if len(variable.shape) < 2:
+        return "1-D weight"
+    return f"no kernel known for {cls}"
+
+
+def _how(target) -> str:
+    return f"{target.units} units, " + ("shrinkable" if target.shrinkable else "mask only")
+
+
+def inspect_model(path: str, include=(), exclude=()) -> Inspection:
+    """Load the model in safe mode and describe every layer and weight."""
+    import numpy as np
+
+    from . import model_io, targets
+    from .pipeline import quiet_tensorflow
+
+    quiet_tensorflow()
+    model, info = model_io.load(path)
+    every = {id(t.variable): t for t in targets.walk(model)}
+    chosen = {id(t.variable) for t in targets.select(model, include, exclude)}
+    layers: list[LayerInfo] = []
+    seen: set[int] = set()
+
+    def visit(layer, prefix: str) -> None:
+        path_name = f"{prefix}/{layer.name}" if prefix else layer.name
+        nested = {id(v) for child in _children(layer) for v in child.weights}
+        entry = LayerInfo(path_name, type(layer).__name__)
+        for v in layer.weights:
+            if id(v) in nested or id(v) in seen:
+                continue  # described under the sub-layer that owns it, or already under a shared layer
+            seen.add(id(v))
+            arr = np.asarray(v)
+            nz = int(np.count_nonzero(arr))
+            target = every.get(id(v))
+            w = WeightInfo(v.name.rsplit("/", 1)[-1], [int(d) for d in arr.shape], int(arr.size), nz,
+                           1.0 - nz / arr.size if arr.size else 0.0, target is not None and id(v) in chosen, "")  # fmt: skip
+            if target is None:
+                w.how = _why_not(layer, v)
+            elif id(v) not in chosen:
+                w.how = "excluded (--include/--exclude)"
+            else:
+                w.how = _how(target)
+            if target is not None:
+                moved = np.moveaxis(arr, target.unit_axis, -1).reshape(-1, target.units)
+                w.units, w.unit_axis, w.shrinkable = target.units, target.unit_axis, target.shrinkable
+                w.zero_units = int(np.sum(~moved.any(axis=0)))
+            entry.weights.append(w)
+        layers.append(entry)
+        for child in _children(layer):
+            visit(child, path_name)
+
+    for layer in _children(model):
+        visit(layer, "")
+    all_w = [w for layer in layers for w in layer.weights]
+    tgt = [w for w in all_w if w.target]
+    params, nz = sum(w.params for w in all_w), sum(w.nonzeros for w in all_w)
+    t_params, t_nz = sum(w.params for w in tgt), sum(w.nonzeros for w in tgt)
+    totals = {
+        "params": params, "nonzeros": nz, "sparsity": 1.0 - nz / params if params else 0.0,
+        "target_weights": len(tgt), "prunable_params": t_params, "prunable_nonzeros": t_nz,
+        "prunable_sparsity": 1.0 - t_nz / t_params if t_params else 0.0,
+    }  # fmt: skip
+    meta = {"path": str(info.path), "name": model.name, "format": info.format, "flavour": info.flavour,
+            "keras_version": info.keras_version, "bytes": info.size_bytes}  # fmt: skip
+    return Inspection(meta, layers, totals)
+
+
+def render(result: Inspection, console) -> None:
+    """One row per weight (layers without weights get one row), then the totals."""
+    from rich.table import Table
+
+    m = result.model
+    table = Table(title=f"{Path(m['path']).name}: {m['name']} ({m['flavour']} {m['format']}, Keras {m['keras_version']})",
+                  title_justify="left", header_style="bold")  # fmt: skip
+    for col, just in (("layer", "left"), ("class", "left"), ("weight", "left"), ("shape", "left"),
+                      ("params", "right"), ("non-zeros", "right"), ("sparsity", "right"),
+                      ("dead units", "right"), ("prunecli", "left")):  # fmt: skip
+        table.add_column(col, justify=just)
+    for layer in result.layers:
+        if not layer.weights:
+            table.add_row(layer.name, layer.cls, "-", "", "", "", "", "", "[dim]no kernel (no weights)[/]")
+        for i, w in enumerate(layer.weights):
+            how = f"[green]prune[/] {w.how}" if w.target else f"[dim]skip: {w.how}[/]"
+            zero = "" if w.zero_units is None else f"{w.zero_units}/{w.units}"
+            table.add_row(layer.name if i == 0 else "", layer.cls if i == 0 else "", w.name,
+                          "x".join(map(str, w.shape)), f"{w.params:,}", f"{w.nonzeros:,}", f"{w.sparsity:.1%}",
+                          zero, how)  # fmt: skip
+    t = result.totals
+    table.add_section()
+    table.add_row("[bold]targets[/]", "", str(t["target_weights"]), "", f"{t['prunable_params']:,}",
+                  f"{t['prunable_nonzeros']:,}", f"{t['prunable_sparsity']:.1%}", "", "")  # fmt: skip
+    table.add_row("[bold]whole model[/]", "", "", "", f"{t['params']:,}", f"{t['nonzeros']:,}",
+                  f"{t['sparsity']:.1%}", "", "")  # fmt: skip
+    console.print(table)

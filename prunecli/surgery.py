@@ -1,0 +1,601 @@
+"""Structural pruning: rebuild the model without the units (neurons, filters) that masking killed.
+
+A unit whose kernel slice is all zero outputs a constant: act(bias) for a Dense/Conv unit, then
+whatever the channel-wise layers after it (BatchNormalization, activations, pooling...) make of
+that constant. `shrink` follows these constants through the graph (`graph.py` says which channels
+must go together) and removes a channel class only when every layer that reads it sees a constant it
+can absorb exactly into its bias: a Dense always can (bias += c * W[row]); a convolution can when
+its kernel is 1x1 or its padding is 'valid' (the constant's contribution is then the same at every
+position). Under 'same' padding, zero-padding or a transposed convolution the contribution differs
+at the borders, so only units whose constant is exactly 0 are removed there; the others are kept
+and a note says why. A channel that a reader ignores (its weight rows are all zero, or a depthwise
+filter is all zero) needs no constant at all.
+
+Groups (a residual Add, a shared layer) lose a channel only when it is dead in every member: the
+rebuilt model then computes exactly what the masked model computed, which `shrink` checks on real
+or random inputs before the model is handed on. Constants folded into a layer without a bias go into
+the BatchNormalization that follows it (moving_mean -= delta), which keeps the architecture; when
+there is none, the layer gets a bias.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import PruneCliError
+
+MAX_RELATIVE_DIFF = 1e-4
+UNIFORM_TOLERANCE = 1e-6  # a channel counts as constant when all its values agree this closely
+UNKNOWN_DIM = 8  # size used for spatial dimensions the model leaves open (None)
+
+
+class ShrinkVerificationError(PruneCliError):
+    """The rebuilt model does not compute what the masked model computed: a bug, never saved."""
+
+
+@dataclass
+class Plan:
+    """What to remove and how the surviving weights change."""
+
+    removed: set = field(default_factory=set)  # channel-class roots to remove
+    blocked: dict = field(default_factory=dict)  # root -> why a class with a dead unit is kept
+    dead: set = field(default_factory=set)  # roots that hold at least one dead unit
+    bias_delta: dict = field(default_factory=dict)  # mixer layer name -> (units,) constant contribution
+    bn_shift: dict = field(default_factory=dict)  # BatchNormalization name -> (units,) moving_mean shift
+    add_bias: set = field(default_factory=set)  # mixer layers that need a bias they did not have
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading mixer weights (Dense, Conv, SeparableConv, ConvTranspose)
+
+
+def _weights(layer) -> dict:
+    import numpy as np
+
+    return {v.name: np.asarray(v) for v in layer.weights}
+
+
+def _family(layer) -> str:
+    cls = type(layer).__name__
+    if cls == "Dense":
+        return "dense"
+    if cls.startswith("SeparableConv"):
+        return "separable"
+    if cls.endswith("Transpose"):
+        return "transpose"
+    return "conv"
+
+
+def _unit_kernel(layer, w: dict):
+    """The kernel with the layer's output units on its last axis."""
+    import numpy as np
+
+    family = _family(layer)
+    if family == "separable":
+        return w["pointwise_kernel"]
+    if family == "transpose":
+        return np.swapaxes(w["kernel"], -1, -2)
+    return w["kernel"]
+
+
+def _all_zero_on(array, axis: int):
+    import numpy as np
+
+    moved = np.moveaxis(array, axis, 0)
+    return ~moved.reshape(moved.shape[0], -1).any(axis=1)
+
+
+def dead_units(layer, w: dict):
+    """Bool per output unit: its kernel slice is all zero, so it outputs act(bias), a constant."""
+    return _all_zero_on(_unit_kernel(layer, w), -1)
+
+
+def ignored_inputs(layer, w: dict):
+    """Bool per input channel: every weight that reads it is zero, so its value does not matter."""
+    family = _family(layer)
+    if family == "separable":
+        depth = w["depthwise_kernel"]
+        multiplier = depth.shape[-1]
+        rows = w["pointwise_kernel"].reshape(-1, w["pointwise_kernel"].shape[-1])
+        rows_zero = ~rows.reshape(depth.shape[-2], multiplier, -1).any(axis=(1, 2))
+        return _all_zero_on(depth, -2) | rows_zero
+    if family == "transpose":
+        return _all_zero_on(w["kernel"], -1)
+    return _all_zero_on(w["kernel"], -2)
+
+
+def _spatial_ones(layer) -> bool:
+    return all(int(k) == 1 for k in getattr(layer, "kernel_size", (1,)))
+
+
+def foldable(layer, constant: float) -> bool:
+    """Whether a constant input channel contributes the same value at every output position."""
+    if constant == 0.0:
+        return True
+    family = _family(layer)
+    if family == "dense":
+        return True
+    if family == "transpose":
+        return False
+    return _spatial_ones(layer) or getattr(layer, "padding", "valid") == "valid"
+
+
+def input_contributions(layer, w: dict):
+    """(inputs, units): what a constant of 1.0 on each input channel adds to each unit's pre-activation."""
+    import numpy as np
+
+    family = _family(layer)
+    if family == "dense":
+        return w["kernel"].astype(np.float64)
+    kernel_axes = tuple(range(len(layer.kernel_size)))
+    if family == "separable":
+        depth = w["depthwise_kernel"].astype(np.float64).sum(axis=kernel_axes)  # (inputs, multiplier)
+        point = w["pointwise_kernel"].astype(np.float64).reshape(depth.shape[0], depth.shape[1], -1)
+        return np.einsum("im,imu->iu", depth, point)
+    summed = w["kernel"].astype(np.float64).sum(axis=kernel_axes)  # conv: (inputs, units)
+    return summed.T if family == "transpose" else summed
+
+
+def _bias_or_zeros(w: dict, units: int):
+    import numpy as np
+
+    return w["bias"] if "bias" in w else np.zeros(units, dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Following constants through the graph
+
+
+def _concrete(shape: tuple) -> tuple:
+    return (1,) + tuple(UNKNOWN_DIM if d is None else int(d) for d in shape[1:])
+
+
+def _constant_input(shape: tuple, consts):
+    import numpy as np
+
+    values = np.nan_to_num(consts, nan=0.0).astype(np.float32)
+    return np.broadcast_to(values, _concrete(shape)).copy()
+
+
+def _uniform_channels(out):
+    """Per channel of an evaluated output: (is it the same everywhere, its mean)."""
+    import numpy as np
+
+    flat = np.asarray(out, dtype=np.float64).reshape(-1, out.shape[-1])
+    mean = flat.mean(axis=0)
+    spread = flat.max(axis=0) - flat.min(axis=0)
+    return spread <= UNIFORM_TOLERANCE * np.maximum(1.0, np.abs(mean)), mean
+
+
+def propagate_constants(g, weights: dict):
+    """For every tensor, each channel's constant value, or NaN where it varies with the input.
+
+    Returns (consts, lost): `lost` maps a channel root to the layer where its constant stopped being
+    uniform (zero padding, a 'same'-padded depthwise filter), for the notes.
+    """
+    import numpy as np
+
+    consts: dict = {}
+    lost: dict = {}
+    ch = g.channels
+    for call in g.calls:
+        layer = call.layer
+        if call.kind in ("input", "other"):
+            for k in call.outputs:
+                consts[k] = np.full(len(g.ids[k]), np.nan)
+        elif call.kind == "mixer":
+            w = weights[layer.name]
+            dead = dead_units(layer, w)
+            value = np.full(dead.shape[0], np.nan)
+            if dead.any():
+                bias = _bias_or_zeros(w, dead.shape[0]).astype(np.float32)
+                value[dead] = np.asarray(layer.activation(bias[None, :]), dtype=np.float64)[0][dead]
+            consts[call.outputs[0]] = value
+        elif call.kind == "concat":
+            consts[call.outputs[0]] = np.concatenate([consts[k] for k in call.inputs])
+        elif call.kind == "flatten":
+            consts[call.outputs[0]] = np.tile(
+                consts[call.inputs[0]], len(g.ids[call.outputs[0]]) // len(g.ids[call.inputs[0]])
+            )
+        elif call.kind == "channelwise" and type(layer).__name__ == "Reshape":
+            consts[call.outputs[0]] = consts[call.inputs[0]]
+        else:  # channelwise or merge: evaluate the layer on constant inputs
+            consts[call.outputs[0]] = _evaluate(call, g, consts, lost, ch)
+    return consts, lost
+
+
+def _evaluate(call, g, consts, lost, ch):
+    import numpy as np
+
+    layer = call.layer
+    width = len(g.ids[call.outputs[0]])
+    known = np.ones(width, dtype=bool)
+    for k in call.inputs:
+        c = consts[k]
+        known &= np.isfinite(c) if len(c) == width else np.isfinite(c).all()
+    if type(layer).__name__.startswith("DepthwiseConv"):
+        known |= _all_zero_on(np.asarray(layer.kernel), -2)  # a zero filter outputs its bias, whatever comes in
+    if not known.any():
+        return np.full(width, np.nan)
+    xs = [_constant_input(g.shapes[k], consts[k]) for k in call.inputs]
+    out = np.asarray(layer(xs if call.kind == "merge" else xs[0], training=False))
+    uniform, mean = _uniform_channels(out)
+    for pos in np.flatnonzero(known & ~uniform):
+        lost.setdefault(ch.find(int(g.ids[call.outputs[0]][pos])), call.name)
+    return np.where(known & uniform, mean, np.nan)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Deciding what goes
+
+
+def plan_removal(g, weights: dict) -> Plan:
+    """Which channel classes can be removed exactly, and the constants the readers must absorb."""
+    import numpy as np
+
+    ch = g.channels
+    consts, lost = propagate_constants(g, weights)
+    plan = Plan()
+    blocked: dict[int, str] = dict(ch.pinned())
+    mixer_calls: dict[int, list] = {}
+    for call in g.calls:
+        if call.kind == "mixer":
+            mixer_calls.setdefault(id(call.layer), []).append(call)
+            dead = dead_units(call.layer, weights[call.name])
+            plan.dead.update(ch.roots(g.ids[call.outputs[0]][dead]).tolist())
+        elif type(call.layer).__name__.startswith("DepthwiseConv") and call.kind == "channelwise":
+            ignored = _all_zero_on(np.asarray(call.layer.kernel), -2)
+            plan.dead.update(ch.roots(g.ids[call.outputs[0]][ignored]).tolist())
+    for calls in mixer_calls.values():
+        layer = calls[0].layer
+        ignored = ignored_inputs(layer, weights[layer.name])
+        seen = [consts[c.inputs[0]] for c in calls]
+        roots = ch.roots(g.ids[calls[0].inputs[0]])
+        for pos in np.flatnonzero(~ignored):
+            root = int(roots[pos])
+            if root in blocked:
+                continue
+            values = {float(v[pos]) for v in seen}
+            value = values.pop()
+            if values:
+                blocked[root] = f"shared layer {layer.name} sees different values"
+            elif np.isnan(value):
+                blocked[root] = (
+                    f"its non-zero constant is not uniform after {lost[root]} (padding)" if root in lost else "live"
+                )
+            elif not foldable(layer, value):
+                padding = getattr(layer, "padding", "")
+                blocked[root] = f"its non-zero constant reaches {padding}-padded {layer.name} (border effects)"
+    all_roots = {int(r) for ids in g.ids.values() for r in ch.roots(ids)}
+    plan.removed = all_roots - set(blocked)
+    for ids in g.ids.values():  # never empty a tensor: keep one channel of it
+        roots = ch.roots(ids)
+        if len(roots) and all(int(r) in plan.removed for r in roots):
+            plan.removed.discard(int(roots[0]))
+            blocked[int(roots[0])] = "last channel of a tensor"
+    plan.blocked = {r: why for r, why in blocked.items() if r in plan.dead}
+    _plan_folds(g, weights, consts, mixer_calls, plan)
+    return plan
+
+
+def _plan_folds(g, weights, consts, mixer_calls, plan: Plan) -> None:
+    """Each mixer's bias change from removed constant inputs; into a following BatchNorm when it has no bias."""
+    import numpy as np
+
+    ch = g.channels
+    for calls in mixer_calls.values():
+        call, layer = calls[0], calls[0].layer
+        w = weights[layer.name]
+        roots = ch.roots(g.ids[call.inputs[0]])
+        gone = np.array([int(r) in plan.removed for r in roots]) & ~ignored_inputs(layer, w)
+        if not gone.any():
+            continue
+        delta = consts[call.inputs[0]][gone] @ input_contributions(layer, w)[gone]
+        if not np.any(delta != 0):
+            continue
+        out_roots = ch.roots(g.ids[call.outputs[0]])
+        kept = np.array([int(r) not in plan.removed for r in out_roots])
+        delta = delta[kept]
+        readers = g.consumers.get(call.outputs[0], [])
+        linear = np.allclose(np.asarray(layer.activation(np.array([[-1.0, 2.0]], "float32"))), [[-1.0, 2.0]])
+        bn = readers[0].layer if len(readers) == 1 else None
+        if ("bias" not in w and linear and len(calls) == 1 and bn is not None
+                and type(bn).__name__ == "BatchNormalization" and readers[0].kind == "channelwise"
+                and len(g.calls_of(bn)) == 1 and "moving_mean" in weights[bn.name]):  # fmt: skip
+            plan.bn_shift[bn.name] = delta
+        else:
+            plan.bias_delta[layer.name] = delta
+            if "bias" not in w:
+                plan.add_bias.add(layer.name)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rebuilding
+
+
+def _kept_positions(g, key, removed):
+    import numpy as np
+
+    roots = g.channels.roots(g.ids[key])
+    return np.array([i for i, r in enumerate(roots.tolist()) if r not in removed], dtype=np.int64)
+
+
+@dataclass
+class LayerChange:
+    """How one layer changes: new config values, and the kept input/output positions."""
+
+    config: dict
+    kind: str
+    in_keep: Any
+    out_keep: Any
+    in_width: int
+    out_width: int
+
+
+def layer_changes(g, plan: Plan) -> dict[str, LayerChange]:
+    changes = {}
+    for layer in g.layers():
+        call = g.calls_of(layer)[0]
+        if call.kind not in ("mixer", "channelwise"):
+            continue
+        in_keep = _kept_positions(g, call.inputs[0], plan.removed)
+        out_keep = _kept_positions(g, call.outputs[0], plan.removed)
+        in_width, out_width = len(g.ids[call.inputs[0]]), len(g.ids[call.outputs[0]])
+        if len(in_keep) == in_width and len(out_keep) == out_width and layer.name not in plan.add_bias:
+            if layer.name not in plan.bias_delta and layer.name not in plan.bn_shift:
+                continue
+        config = {}
+        cls = type(layer).__name__
+        if call.kind == "mixer":
+            config["units" if cls == "Dense" else "filters"] = int(len(out_keep))
+            if layer.name in plan.add_bias:
+                config["use_bias"] = True
+        elif cls == "Reshape":
+            config["target_shape"] = tuple(layer.target_shape[:-1]) + (int(len(out_keep)),)
+        changes[layer.name] = LayerChange(config, call.kind, in_keep, out_keep, in_width, out_width)
+    return changes
+
+
+def slice_weight(layer, change: LayerChange, name: str, array):
+    """One weight (or mask) array of `layer` cut down to the kept inputs and units."""
+    import numpy as np
+
+    cls = type(layer).__name__
+    if change.kind == "channelwise":
+        axis = -2 if cls.startswith("DepthwiseConv") and name == "kernel" else -1
+        if array.ndim == 0 or array.shape[axis] != change.in_width:
+            return array  # e.g. a PReLU alpha shared across channels
+        return np.take(array, change.in_keep, axis=axis)
+    family = _family(layer)
+    if name == "bias":
+        return array[change.out_keep]
+    if family == "transpose":
+        return np.take(np.take(array, change.out_keep, axis=-2), change.in_keep, axis=-1)
+    if name == "depthwise_kernel":
+        return np.take(array, change.in_keep, axis=-2)
+    if name == "pointwise_kernel":
+        multiplier = array.shape[-2] // change.in_width
+        rows = (change.in_keep[:, None] * multiplier + np.arange(multiplier)[None, :]).reshape(-1)
+        return np.take(np.take(array, rows, axis=-2), change.out_keep, axis=-1)
+    return np.take(np.take(array, change.in_keep, axis=-2), change.out_keep, axis=-1)
+
+
+def new_weights(layer, change: LayerChange, plan: Plan, weights: dict) -> dict:
+    import numpy as np
+
+    out = {name: slice_weight(layer, change, name, arr) for name, arr in weights.items()}
+    if layer.name in plan.bias_delta:
+        bias = out.get("bias", np.zeros(len(change.out_keep), np.float32))
+        out["bias"] = (bias.astype(np.float64) + plan.bias_delta[layer.name]).astype(np.float32)
+    if layer.name in plan.bn_shift:
+        out["moving_mean"] = (out["moving_mean"].astype(np.float64) - plan.bn_shift[layer.name]).astype(np.float32)
+    return out
+
+
+def rebuild(model, changes: dict[str, LayerChange], plan: Plan, weights: dict):
+    """A new model with the changed layer configs, and every layer's weights copied or sliced."""
+    import keras
+
+    clones: dict[int, Any] = {}
+
+    def clone(layer):
+        if id(layer) not in clones:  # a shared layer is cloned once and stays shared
+            config = layer.get_config()
+            if layer.name in changes:
+                config.update(changes[layer.name].config)
+            clones[id(layer)] = layer.__class__.from_config(config)
+        return clones[id(layer)]
+
+    new = keras.models.clone_model(model, clone_function=clone)
+    for old in model.layers:
+        if not old.weights:
+            continue  # nothing to copy (a cloned InputLayer may also have been renamed)
+        target = new.get_layer(old.name)
+        if old.name in changes:
+            values = new_weights(old, changes[old.name], plan, weights[old.name])
+            for v in target.weights:
+                v.assign(values[v.name])
+        elif old.weights:
+            target.set_weights(old.get_weights())
+    return new
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checking and measuring
+
+
+def example_inputs(model, batch: int, data_x=None, seed: int = 0):
+    """Inputs for the model: the session's data when there is some, otherwise seeded random values."""
+    import numpy as np
+
+    if data_x is not None:
+        reps = -(-batch // len(data_x))
+        return [np.concatenate([data_x] * reps)[:batch]]
+    rng = np.random.default_rng(seed)
+    xs = []
+    for t in model.inputs:
+        shape = (batch,) + tuple(UNKNOWN_DIM * 4 if d is None else int(d) for d in t.shape[1:])
+        if "int" in str(t.dtype):
+            xs.append(rng.integers(0, 10, size=shape).astype(str(t.dtype)))
+        else:
+            xs.append(rng.standard_normal(shape).astype("float32"))
+    return xs
+
+
+def _outputs(model, xs):
+    import numpy as np
+
+    result = model(xs if len(xs) > 1 else xs[0], training=False)
+    items = result.values() if isinstance(result, dict) else result if isinstance(result, (list, tuple)) else [result]
+    return [np.asarray(r, dtype=np.float64) for r in items]
+
+
+def compare(reference, candidate, xs) -> dict:
+    """Largest absolute and relative (to the largest reference output) difference of two models."""
+    import numpy as np
+
+    ref, got = _outputs(reference, xs), _outputs(candidate, xs)
+    max_abs = max(float(np.max(np.abs(a - b))) for a, b in zip(ref, got, strict=True))
+    scale = max(float(np.max(np.abs(a))) for a in ref)
+    return {
+        "samples": int(len(xs[0])),
+        "max_abs_diff": max_abs,
+        "max_rel_diff": max_abs / scale if scale > 0 else max_abs,
+    }
+
+
+def latency_ms(model, xs, budget_s: float = 2.0, max_repeats: int = 30) -> float:
+    """Median wall time of one traced forward pass, in milliseconds."""
+    import numpy as np
+    import tensorflow as tf
+
+    forward = tf.function(lambda inputs: model(inputs, training=False))
+    inputs = [tf.constant(x) for x in xs]
+    arg = inputs if len(inputs) > 1 else inputs[0]
+    for _ in range(2):
+        tf.nest.map_structure(np.asarray, forward(arg))
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_repeats and (len(times) < 3 or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        tf.nest.map_structure(np.asarray, forward(arg))
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The step
+
+
+def _data_sample(session):
+    import numpy as np
+
+    if session.data is None:
+        return None
+    x, _ = next(iter(session.data.eval))
+    return None if isinstance(x, (dict, list, tuple)) else np.asarray(x)[:64]
+
+
+def _group_notes(g, plan: Plan) -> list[dict]:
+    """Dead units that stay, grouped by the layers that make them and the reason."""
+    summary: dict[tuple, int] = {}
+    for root, why in plan.blocked.items():
+        members = tuple(g.group_members(root))
+        if why == "live":
+            why = "dead in only some members (a channel goes only when dead in every member)" if len(members) > 1 \
+                else "still read as a live value"  # fmt: skip
+        summary[(members, why)] = summary.get((members, why), 0) + 1
+    return [{"layers": list(m), "channels": n, "reason": why} for (m, why), n in sorted(summary.items())]
+
+
+def _unshrinkable_targets(session, g) -> list[str]:
+    """Pruned layers surgery cannot cut (nested models, recurrent or unsupported layers): they stay masked."""
+    sliced = {c.name for c in g.calls if c.kind == "mixer" or type(c.layer).__name__.startswith("DepthwiseConv")}
+    return sorted({t.layer_name for t in session.targets or [] if t.layer_name not in sliced})
+
+
+def shrink(session, measure_latency: bool = True) -> None:
+    """Replace session.model by a smaller model that computes the same function (checked), and report.
+
+    `measure_latency=False` skips timing the two models (for callers that only need the structure).
+    """
+    from . import graph, policy, targets
+
+    s = session
+    s.progress("shrinking: removing dead units")
+    with s.timings.phase("shrink"):
+        try:
+            g = graph.build(s.model)
+        except graph.GraphUnsupported as exc:
+            s.notes.append(f"shrink skipped: {exc}; the model keeps its size (pruned units stay masked)")
+            return
+        weights = {layer.name: _weights(layer) for layer in g.layers() if g.calls_of(layer)[0].kind != "input"}
+        plan = plan_removal(g, weights)
+        changes = layer_changes(g, plan)
+        groups = _group_notes(g, plan)
+        for item in groups:
+            members = "+".join(item["layers"]) or "a layer"
+            s.notes.append(f"shrink kept {item['channels']} dead channel(s) of {members}: {item['reason']}")
+        left = ", ".join(_unshrinkable_targets(s, g))
+        if left:
+            s.notes.append(
+                f"shrink cannot slice {left} (nested model or unsupported layer); their pruned units stay masked"
+            )
+        params_before = int(s.model.count_params())
+        info: dict[str, Any] = {"params_before": params_before, "groups_kept_whole": groups}
+        s.extras["shrink"] = info
+        if not changes:
+            info.update(params_after=params_before, layers={})
+            s.notes.append("shrink found no unit that can be removed; the model keeps its structure")
+            return
+        new = rebuild(s.model, changes, plan, weights)
+        data_x = _data_sample(s)
+        check = compare(s.model, new, example_inputs(s.model, 64, data_x, s.config.seed))
+        check["inputs"] = "data" if data_x is not None else "random"
+        if not check["max_rel_diff"] <= MAX_RELATIVE_DIFF:
+            raise ShrinkVerificationError(
+                f"shrink: the rebuilt model differs from the masked model by {check['max_rel_diff']:.2e} "
+                f"(relative, limit {MAX_RELATIVE_DIFF:g}); nothing was saved"
+            )
+        info.update(
+            params_after=int(new.count_params()),
+            layers={name: {"before": ch.out_width, "after": int(len(ch.out_keep))}
+                    for name, ch in changes.items() if ch.kind == "mixer" or len(ch.out_keep) != ch.out_width},
+            verification=check,
+        )  # fmt: skip
+    if measure_latency:
+        s.progress("shrinking: measuring latency")
+        _record_latency(s, new, data_x, info)
+    if s.masks is not None:
+        _slice_masks(s.masks, s.targets, changes)
+    if s.source is not None and s.source.flavour == "keras2":
+        s.notes.append(
+            "shrink changed the structure of a Keras-2 model: the output is written by Keras 3 "
+            "(load it with Keras 3; tf_keras cannot read it)"
+        )
+    s.model = new
+    s.structure_changed = True
+    found = targets.select(new, s.config.include, s.config.exclude)
+    s.targets = [t for t in found if not policy.skipped_by_override(t, s.config)]
+
+
+def _slice_masks(masks, old_targets, changes: dict) -> None:
+    """Keep the MaskSet in step with the new shapes, so later steps see masks that fit the weights."""
+    import numpy as np
+    import tensorflow as tf
+
+    for t in old_targets:
+        if t.layer_name in changes and t.name in masks.masks:
+            arr = np.asarray(masks.masks[t.name])
+            masks.masks[t.name] = tf.constant(slice_weight(t.layer, changes[t.layer_name], t.variable.name, arr))
+
+
+def _record_latency(s, new, data_x, info: dict) -> None:
+    """Median forward time of the masked (original architecture) and the shrunk model, batch 1 and 64."""
+    with s.timings.phase("shrink_latency"):
+        info["latency_ms"] = {
+            label: {f"batch_{n}": round(latency_ms(m, example_inputs(m, n, data_x, s.config.seed)), 4) for n in (1, 64)}
+            for label, m in (("original", s.model), ("shrunk", new))
+        }  # fmt: skip

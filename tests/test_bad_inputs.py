@@ -1,0 +1,155 @@
+"""Every bad input gives the documented exit code and one clear line: no traceback, nothing executed.
+
+The cases are listed in tests/bad_inputs/manifest.yaml; binary ones are built at test time by
+tests/bad_inputs/make_corpus.py into a temporary folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from prunecli import scoring
+from prunecli.cli import main
+from prunecli.errors import ExitCode
+
+HERE = Path(__file__).resolve().parent / "bad_inputs"
+CASES = yaml.safe_load((HERE / "manifest.yaml").read_text(encoding="utf-8"))
+
+
+def _load_corpus_module():
+    spec = importlib.util.spec_from_file_location("make_corpus", HERE / "make_corpus.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    _load_corpus_module().build(d)
+    yield d
+    os.chmod(d / "readonly_dir", 0o755)  # so the temporary folder can be removed
+
+
+@pytest.fixture
+def run_cli(monkeypatch, tmp_path):
+    """Run prunecli in-process from an empty folder, with no PRUNECLI_* variables but `env`."""
+
+    def invoke(args, env=None):
+        for key in list(os.environ):
+            if key.startswith("PRUNECLI_"):
+                monkeypatch.delenv(key)
+        for key, value in (env or {}).items():
+            monkeypatch.setenv(key, str(value))
+        monkeypatch.chdir(tmp_path)
+        return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_manifest_is_well_formed():
+    ids = [c["id"] for c in CASES]
+    assert len(ids) == len(set(ids)), "case ids must be unique"
+    assert len(CASES) >= 30
+    allowed = {"id", "args", "exit", "fragment", "env", "marker", "skip_if_root", "requires_method", "requires_path"}
+    for case in CASES:
+        assert set(case) <= allowed, case["id"]
+        assert case["exit"] in ExitCode.__members__, case["id"]
+        assert case["fragment"].strip(), case["id"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+def test_bad_input(case, corpus, tmp_path, run_cli):
+    if case.get("skip_if_root") and os.geteuid() == 0:
+        pytest.skip("root may write to a read-only folder")
+    if case.get("requires_method") and case["requires_method"] not in scoring.available():
+        pytest.skip(f"method {case['requires_method']} is not registered")
+    if case.get("requires_path") and not Path(case["requires_path"]).exists():
+        pytest.skip(f"{case['requires_path']} does not exist here")
+    places = {"corpus": corpus, "text": HERE / "text", "out": tmp_path}
+    args = [str(a).format(**places) for a in case["args"]] + ["-q"]
+    inputs = {p: _sha256(p) for p in map(Path, args) if p.is_file() and p.is_relative_to(corpus)}
+
+    result = run_cli(args, env=case.get("env"))
+
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got: {result.stderr!r}"
+    assert lines[0].startswith("prunecli: error: "), lines[0]
+    assert case["fragment"] in lines[0]
+    assert result.exit_code == ExitCode[case["exit"]], lines[0]
+    assert result.stdout == ""
+    assert "Traceback" not in result.output
+    if case.get("marker"):
+        assert not Path(case["marker"].format(**places)).exists(), "the file's payload was executed"
+    assert {p: _sha256(p) for p in inputs} == inputs, "an input file was modified"
+
+
+def test_payloads_are_real_when_trust_is_given(corpus, tmp_path, run_cli):
+    """The refusals above matter: with --unsafe the Lambda's code does run, and so would the pickle."""
+    import numpy as np
+
+    result = run_cli(["prune", corpus / "lambda.keras", "--unsafe", "-d", corpus / "good.npz",
+                      "-o", tmp_path / "out.keras", "-q"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "MARKER_lambda").exists()
+
+    marker = corpus / "MARKER_pickle"
+    try:
+        np.load(corpus / "pickled.npz", allow_pickle=True)["x"]
+        assert marker.exists()
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def test_extra_zip_members_are_never_extracted(corpus, tmp_path, run_cli):
+    """A .keras with a member named ../../MARKER_config loads, and nothing is written outside."""
+    result = run_cli(["prune", corpus / "zip_slip.keras", "-o", tmp_path / "out.keras", "-q"])
+    assert result.exit_code == 0, result.output
+    for folder in (tmp_path, tmp_path.parent, tmp_path.parent.parent, corpus.parent, corpus.parent.parent):
+        assert not (folder / "MARKER_config").exists()
+
+
+def test_force_allows_overwriting_the_input(corpus, tmp_path, run_cli):
+    import keras
+
+    model = tmp_path / "model.keras"
+    shutil.copyfile(corpus / "good.keras", model)
+    refused = run_cli(["prune", model, "-o", model, "-q"])
+    assert refused.exit_code == ExitCode.OUTPUT
+    before = _sha256(model)
+
+    result = run_cli(["prune", model, "-o", model, "--force", "-q"])
+
+    assert result.exit_code == 0, result.output
+    assert _sha256(model) != before
+    kernel = keras.saving.load_model(model).get_layer("hidden").kernel.numpy()
+    assert (kernel == 0).mean() == pytest.approx(0.5, abs=0.02)
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name], "a temporary file was left behind"
+
+
+def test_every_data_driven_method_asks_for_data(corpus, run_cli):
+    needing = [name for name in scoring.available() if scoring.get(name).needs_data]
+    for name in needing:
+        result = run_cli(["prune", corpus / "good.keras", "-m", name, "-q"])
+        assert result.exit_code == ExitCode.USAGE, name
+        assert result.stderr.strip() == f"prunecli: error: method {name!r} needs --data"
+
+
+def test_debug_env_var_is_not_a_setting(corpus, tmp_path, run_cli):
+    """PRUNECLI_DEBUG switches tracebacks on; it is not an unknown PRUNECLI_ setting."""
+    result = run_cli(["prune", corpus / "nan_weights.keras", "-q"], env={"PRUNECLI_DEBUG": "1"})
+    assert result.exit_code == ExitCode.BAD_INPUT
+    assert "contains NaN or Inf" in result.stderr.splitlines()[-1]
+    assert "Traceback" in result.stderr  # asked for, so shown

@@ -1,0 +1,279 @@
+"""Data formats: .npz, .npy pairs, image folders and TFRecord, splits, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prunecli import data
+from prunecli.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def mlp(mlp_files):
+    import keras
+
+    arrays = np.load(mlp_files["data"])
+    return keras.saving.load_model(mlp_files["keras"]), arrays["x"], arrays["y"]
+
+
+@pytest.fixture(scope="module")
+def digits(example_model, example_data):
+    import keras
+
+    arrays = dict(np.load(example_data))
+    return keras.saving.load_model(example_model), arrays
+
+
+def rows(dataset):
+    xs, ys = zip(*((np.asarray(x), np.asarray(y)) for x, y in dataset), strict=True)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def same_rows(a, b):
+    """The same examples, in any order."""
+    key = lambda m: m[np.lexsort(m.reshape(len(m), -1).T[::-1])]  # noqa: E731
+    return np.array_equal(key(a.reshape(len(a), -1)), key(b.reshape(len(b), -1)))
+
+
+# --- .npz ---------------------------------------------------------------------------------------
+
+
+def test_npz_test_and_val_sets_and_val_split(mlp, tmp_path):
+    model, x, y = mlp
+    path = tmp_path / "three.npz"
+    np.savez(path, x_train=x[:300], y_train=y[:300], x_test=x[300:350], y_test=y[300:350], x_val=x[350:], y_val=y[350:])
+    d = data.load(str(path), model, batch_size=32)
+    assert (d.n_train, d.n_eval) == (300, 50) and d.eval_held_out
+    assert same_rows(rows(d.val)[0], x[350:])
+    # a test set plus --val-split: the validation share comes out of the training data
+    two = tmp_path / "two.npz"
+    np.savez(two, x_train=x[:300], y_train=y[:300], x_test=x[300:], y_test=y[300:])
+    d = data.load(str(two), model, batch_size=32, val_split=0.2)
+    assert d.n_train == 240 and d.n_eval == 100
+    train_x, val_x = rows(d.train)[0], rows(d.val)[0]
+    assert len(val_x) == 60 and same_rows(np.concatenate([train_x, val_x]), x[:300])
+    # one set: --val-split holds out the evaluation set; without it, evaluation is the training data
+    one = tmp_path / "one.npz"
+    np.savez(one, x=x, y=y)
+    split = data.load(str(one), model, val_split=0.25)
+    assert (split.n_train, split.n_eval, split.eval_held_out, split.val) == (300, 100, True, None)
+    whole = data.load(str(one), model)
+    assert (whole.n_eval, whole.eval_held_out) == (400, False)
+
+
+# --- .npy pairs ---------------------------------------------------------------------------------
+
+
+def test_npy_partner_names():
+    assert data.npy_partner(Path("d/x.npy"), "x", "y") == Path("d/y.npy")
+    assert data.npy_partner(Path("x_train.npy"), "x", "y") == Path("y_train.npy")
+    assert data.npy_partner(Path("digits-X.npy"), "x", "y") == Path("digits-Y.npy")
+    assert data.npy_partner(Path("x_train.npy"), "train", "test") == Path("x_test.npy")
+    assert data.npy_partner(Path("xray.npy"), "x", "y") is None
+
+
+def test_npy_pairs_stream_from_memory_maps(mlp, tmp_path):
+    model, x, y = mlp
+    for name, arr in (("x_train", x[:300]), ("y_train", y[:300]), ("x_test", x[300:]), ("y_test", y[300:])):
+        np.save(tmp_path / f"{name}.npy", arr)
+    d = data.load(str(tmp_path / "x_train.npy"), model, batch_size=64, seed=3)
+    assert (d.n_train, d.n_eval, d.eval_held_out) == (300, 100, True)
+    assert int(d.train.cardinality()) == 5  # known, so schedules can plan in steps
+    epoch1, epoch2 = rows(d.train), rows(d.train)
+    assert same_rows(epoch1[0], x[:300]) and same_rows(epoch2[0], x[:300])
+    assert not np.array_equal(epoch1[0], epoch2[0])  # reshuffled every epoch
+    pairs = {tuple(r): label for r, label in zip(epoch1[0], epoch1[1], strict=True)}
+    assert all(pairs[tuple(r)] == label for r, label in zip(x[:300], y[:300], strict=True))  # rows keep their labels
+    ex, ey = rows(d.eval)
+    assert np.array_equal(ex, x[300:]) and np.array_equal(ey, y[300:])
+    split = data.load(str(tmp_path / "x_test.npy"), model, val_split=0.5)
+    assert (split.n_train, split.n_eval) == (50, 50)
+
+
+def test_npy_errors_are_one_line(mlp, tmp_path):
+    model, x, y = mlp
+    np.save(tmp_path / "inputs.npy", x)
+    with pytest.raises(DataError, match="name the inputs x.npy"):
+        data.load(str(tmp_path / "inputs.npy"), model)
+    np.save(tmp_path / "a_x.npy", x)
+    with pytest.raises(DataError, match="labels file a_y.npy not found"):
+        data.load(str(tmp_path / "a_x.npy"), model)
+    np.save(tmp_path / "a_y.npy", y[:10])
+    with pytest.raises(DataError, match="400 inputs but 10 labels"):
+        data.load(str(tmp_path / "a_x.npy"), model)
+    bad = x.copy()
+    bad[399, 0] = np.nan
+    np.save(tmp_path / "b_x.npy", bad)
+    np.save(tmp_path / "b_y.npy", y)
+    with pytest.raises(DataError, match="NaN or Inf"):
+        data.load(str(tmp_path / "b_x.npy"), model)
+
+
+# --- image folders ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digit_images(digits, tmp_path_factory):
+    """The bundled digits as 8-bit PNGs in train/<class>/ and test/<class>/, with a scale spec."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    _model, arrays = digits
+    for split, (xs, ys) in {"train": (arrays["x_train"][:300], arrays["y_train"][:300]),
+                            "test": (arrays["x_test"], arrays["y_test"])}.items():  # fmt: skip
+        for i, (img, label) in enumerate(zip(xs, ys, strict=True)):
+            folder = root / split / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.round(img[..., 0] * 255).astype(np.uint8), mode="L").save(folder / f"{i}.png")
+    (root / "spec.yaml").write_text("scale: 0.00392156862745098\n")
+    return root
+
+
+def test_image_folder_with_train_and_test(digits, digit_images):
+    model, arrays = digits
+    d = data.load(str(digit_images), model, batch_size=50, seed=1)
+    assert (d.n_train, d.n_eval, d.eval_held_out) == (300, 360, True)
+    ex, ey = rows(d.eval)
+    assert ex.shape == (360, 8, 8, 1) and 0.0 <= ex.min() and ex.max() <= 1.0  # scaled by the spec
+    # the PNG round trip gives back the arrays (class folders sorted as strings: 0..9 here)
+    assert same_rows(np.round(ex * 255), np.round(arrays["x_test"] * 255))
+    accuracy = np.mean(np.argmax(model.predict(ex, verbose=0), axis=1) == ey)
+    assert accuracy > 0.95  # labels follow their folders
+    split = data.load(str(digit_images / "train"), model, val_split=0.2)
+    assert (split.n_train, split.n_eval) == (240, 60)
+
+
+def test_image_folder_errors(digits, mlp, digit_images, tmp_path):
+    model, _arrays = digits
+    import shutil
+
+    shutil.copytree(digit_images / "train" / "1", tmp_path / "few" / "1")
+    shutil.copytree(digit_images / "train" / "2", tmp_path / "few" / "2")
+    with pytest.raises(DataError, match="2 class folders but the model outputs 10 classes"):
+        data.load(str(tmp_path / "few"), model)
+    with pytest.raises(DataError, match="needs a model with a fixed image input"):
+        data.load(str(tmp_path / "few"), mlp[0])
+
+
+def test_fine_tune_from_an_image_folder(cli, example_model, digit_images, tmp_path):
+    report = tmp_path / "r.json"
+    result = cli("prune", example_model, "-d", digit_images, "-s", "0.5", "--epochs", "1", "-r", report,
+                 "-o", tmp_path / "o.keras", "-q")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    written = json.loads(report.read_text())
+    assert written["metrics"]["before"]["accuracy"] > 0.95
+    assert written["finetune"]["epochs_run"] == 1 and written["finetune"]["validation"] == "held-out"
+
+
+# --- TFRecord -----------------------------------------------------------------------------------
+
+
+def write_records(path, x, y, compression=None):
+    import tensorflow as tf
+
+    options = tf.io.TFRecordOptions(compression_type=compression) if compression else None
+    with tf.io.TFRecordWriter(str(path), options) as writer:
+        for features, label in zip(x, y, strict=True):
+            example = tf.train.Example(features=tf.train.Features(feature={
+                "features": tf.train.Feature(float_list=tf.train.FloatList(value=features.ravel())),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+            }))  # fmt: skip
+            writer.write(example.SerializeToString())
+
+
+SPEC = "x: {key: features, dtype: float32, shape: [20]}\ny: {key: label, dtype: int64}\n"
+
+
+def test_tfrecord_with_spec_eval_records_and_split(mlp, tmp_path):
+    model, x, y = mlp
+    write_records(tmp_path / "train.tfrecord", x[:300], y[:300], compression="GZIP")
+    write_records(tmp_path / "test.tfrecord", x[300:], y[300:], compression="GZIP")
+    (tmp_path / "train.spec.yaml").write_text(SPEC + "compression: GZIP\neval: test.tfrecord\n")
+    d = data.load(str(tmp_path / "train.tfrecord"), model, batch_size=64)
+    assert (d.n_train, d.n_eval, d.eval_held_out) == (300, 100, True)
+    assert int(d.train.cardinality()) == 5
+    tx, ty = rows(d.train)
+    assert same_rows(np.column_stack([tx, ty]), np.column_stack([x[:300], y[:300]]))
+    ex, ey = rows(d.eval)
+    assert np.array_equal(ex, x[300:]) and np.array_equal(ey, y[300:])
+    split = data.load(str(tmp_path / "train.tfrecord"), model, val_split=0.3, seed=5)
+    val_x = rows(split.val)[0]
+    assert split.n_train + len(val_x) == 300 and 60 <= len(val_x) <= 120
+    assert same_rows(np.concatenate([rows(split.train)[0], val_x]), x[:300])
+    assert np.array_equal(rows(split.val)[0], val_x)  # the split is the same every time
+
+
+def test_tfrecord_folder_of_png_records(digits, tmp_path):
+    import tensorflow as tf
+
+    model, arrays = digits
+    images = np.round(arrays["x_test"][:40] * 255).astype(np.uint8)
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for shard in range(2):
+        with tf.io.TFRecordWriter(str(folder / f"part-{shard}.tfrecord")) as writer:
+            for img, label in zip(images[shard::2], arrays["y_test"][:40][shard::2], strict=True):
+                png = tf.io.encode_png(img).numpy()
+                writer.write(tf.train.Example(features=tf.train.Features(feature={
+                    "png": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png])),
+                    "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+                })).SerializeToString())  # fmt: skip
+    (folder / "spec.yaml").write_text("x: {key: png, encoding: image}\ny: {key: label}\nscale: 0.00392156862745098\n")
+    d = data.load(str(folder), model, batch_size=16)
+    ex, ey = rows(d.eval)
+    assert d.n_train == 40 and ex.shape == (40, 8, 8, 1)
+    assert same_rows(np.round(ex * 255), images.astype(np.float32))
+    glob_data = data.load(str(folder / "part-*.tfrecord"), model)
+    assert glob_data.n_train == 40
+
+
+def test_tfrecord_errors_are_one_line(mlp, tmp_path):
+    model, x, y = mlp
+    write_records(tmp_path / "d.tfrecord", x, y)
+    with pytest.raises(DataError, match="needs a feature spec: write d.spec.yaml"):
+        data.load(str(tmp_path / "d.tfrecord"), model)
+    (tmp_path / "d.spec.yaml").write_text(SPEC.replace("[20]", "[10]"))
+    with pytest.raises(DataError, match="cannot read the data"):
+        data.load(str(tmp_path / "d.tfrecord"), model)
+    (tmp_path / "d.spec.yaml").write_text(
+        SPEC.replace("features, dtype: float32, shape: [20]", "features, dtype: text")
+    )
+    with pytest.raises(DataError, match="x.dtype must be one of float32, int64"):
+        data.load(str(tmp_path / "d.tfrecord"), model)
+    (tmp_path / "d.spec.yaml").write_text(SPEC + "shuffle: true\n")
+    with pytest.raises(DataError, match="unknown key 'shuffle'"):
+        data.load(str(tmp_path / "d.tfrecord"), model)
+    with pytest.raises(DataError, match="no TFRecord files found"):
+        data.load(str(tmp_path / "none-*.tfrecord"), model)
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    write_records(wrong / "w.tfrecord", np.zeros((5, 20), np.float32), np.full(5, 7))
+    (wrong / "spec.yaml").write_text(SPEC)
+    with pytest.raises(DataError, match="labels range 7..7 but the model has 3 classes"):
+        data.load(str(wrong), model)
+
+
+def test_fine_tune_streams_tfrecords(cli, mlp_files, mlp, tmp_path):
+    _model, x, y = mlp
+    write_records(tmp_path / "train.tfrecord", x, y)
+    (tmp_path / "train.spec.yaml").write_text(SPEC)
+    report = tmp_path / "r.json"
+    result = cli("prune", mlp_files["keras"], "-d", tmp_path / "train.tfrecord", "--val-split", "0.25", "-s", "0.6",
+                 "--epochs", "2", "--schedule", "polynomial", "-r", report, "-o", tmp_path / "o.keras", "-q")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    written = json.loads(report.read_text())
+    assert written["totals"]["prunable_sparsity"] == pytest.approx(0.6, abs=0.002)
+    assert written["finetune"]["validation"] == "held-out" and written["finetune"]["epochs_run"] == 2
+
+
+def test_unsupported_and_missing_paths(mlp, tmp_path):
+    model, _x, _y = mlp
+    (tmp_path / "data.csv").write_text("1,2\n")
+    with pytest.raises(DataError, match="unsupported data format"):
+        data.load(str(tmp_path / "data.csv"), model)
+    with pytest.raises(DataError, match="data file not found"):
+        data.load(str(tmp_path / "nope.npz"), model)

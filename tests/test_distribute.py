@@ -1,0 +1,218 @@
+"""--strategy: the strategy factory, and fine-tuning replicated across devices and worker processes.
+
+TensorFlow fixes its devices when it initialises, so the replicated runs happen in fresh Python
+processes started here: one splits the CPU into two logical devices for MirroredStrategy, two more
+form a MultiWorkerMirroredStrategy cluster on 127.0.0.1. Each compares with a single-device run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prunecli import build_config, distribute
+from prunecli.errors import ConfigError
+
+SETTINGS = {"sparsity": 0.7, "epochs": 2, "l1": 1e-4, "optimizer": "sgd:momentum=0.9", "learning_rate": 0.05}
+RUN_TIMEOUT_S = 240
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    mode, model_path, data_path, out_dir, settings = sys.argv[1:6]
+    settings = json.loads(settings)
+    from prunecli import build_config, distribute, prune
+    from prunecli.pipeline import quiet_tensorflow
+
+    quiet_tensorflow()
+    import tensorflow as tf
+
+    if mode == "mirrored":
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        runs = {"default": "default.keras", "mirrored": "mirrored.keras"}
+    else:
+        distribute.get_strategy("multiworker")  # collective ops: before TensorFlow runs anything
+        index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+        runs = {"multiworker": f"worker{index}.keras"}
+
+    out = {}
+    for strategy, name in runs.items():
+        config = build_config({"model_path": model_path, "data": data_path, "output": os.path.join(out_dir, name),
+                               "strategy": strategy, **settings})
+        result = prune(config)
+        out[strategy] = {"path": str(result.output_path), "metrics": result.report.metrics,
+                         "distribute": result.report.extra["finetune"]["distribute"]}
+
+    if mode == "mirrored":  # a data-driven sum (as scoring makes) over both replicas vs on one device
+        import keras
+        model = keras.saving.load_model(model_path)
+        x = tf.data.Dataset.from_tensor_slices(tf.random.stateless_normal((203, 20), seed=(1, 2))).batch(32)
+        data = tf.data.Dataset.zip(x, x)
+
+        def batch_sums(x, _y):
+            return tf.reduce_sum(tf.abs(model(x))), tf.cast(tf.shape(x)[0], tf.float32)
+
+        for strategy in ("default", "mirrored"):
+            (total, count), batches = distribute.sum_over_replicas(distribute.get_strategy(strategy), data, batch_sums)
+            out[strategy]["scoring_sum"] = [float(total), float(count), batches]
+    print(json.dumps(out))
+    """
+)
+
+
+def _launch(mode: str, files, out_dir: Path, env: dict | None = None) -> subprocess.Popen:
+    args = [
+        sys.executable,
+        "-c",
+        SCRIPT,
+        mode,
+        str(files["keras"]),
+        str(files["data"]),
+        str(out_dir),
+        json.dumps(SETTINGS),
+    ]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})  # fmt: skip
+
+
+def _finish(procs: list[subprocess.Popen]) -> list[dict]:
+    """Wait for every process (bounded); a hung one (a worker whose peer died) is killed."""
+    outputs = []
+    try:
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=RUN_TIMEOUT_S)
+            assert proc.returncode == 0, stderr[-3000:]
+            outputs.append(json.loads(stdout.strip().splitlines()[-1]))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    return outputs
+
+
+def _weights(path) -> list[np.ndarray]:
+    import keras
+
+    return [np.asarray(w) for w in keras.saving.load_model(path).weights]
+
+
+def _kernels(weights: list[np.ndarray]) -> list[np.ndarray]:
+    return [w for w in weights if w.ndim == 2]
+
+
+@pytest.fixture(scope="module")
+def mirrored_runs(mlp_files, tmp_path_factory):
+    """Fine-tuning on one device and under MirroredStrategy over two logical CPUs, same process."""
+    out_dir = tmp_path_factory.mktemp("mirrored")
+    (result,) = _finish([_launch("mirrored", mlp_files, out_dir)])
+    return result
+
+
+def test_mirrored_runs_on_two_replicas(mirrored_runs):
+    assert mirrored_runs["mirrored"]["distribute"] == {"strategy": "MirroredStrategy", "replicas": 2}
+    assert mirrored_runs["default"]["distribute"]["replicas"] == 1
+
+
+def test_mirrored_fine_tuning_holds_the_same_masks(mirrored_runs):
+    single = _kernels(_weights(mirrored_runs["default"]["path"]))
+    mirrored = _kernels(_weights(mirrored_runs["mirrored"]["path"]))
+    for a, b in zip(single, mirrored, strict=True):
+        assert np.array_equal(a == 0, b == 0), "the replicated run pruned or regrew other weights"
+        assert np.count_nonzero(b == 0) == round(SETTINGS["sparsity"] * b.size), "masks not held exactly"
+
+
+def test_mirrored_fine_tuning_matches_one_device(mirrored_runs):
+    """Loss shares weighted by each replica's part of the global batch: the same updates as on one device
+    (the MLP has no batch norm, whose batch statistics would legitimately differ per replica)."""
+    for a, b in zip(
+        _weights(mirrored_runs["default"]["path"]), _weights(mirrored_runs["mirrored"]["path"]), strict=True
+    ):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    single, mirrored = (mirrored_runs[k]["metrics"]["after_finetune"] for k in ("default", "mirrored"))
+    assert mirrored["accuracy"] == pytest.approx(single["accuracy"], abs=1e-6)
+    assert mirrored["loss"] == pytest.approx(single["loss"], rel=1e-4)
+
+
+def test_scoring_sums_cover_every_replica(mirrored_runs):
+    single, mirrored = mirrored_runs["default"]["scoring_sum"], mirrored_runs["mirrored"]["scoring_sum"]
+    assert single[1] == mirrored[1] == 203.0, "examples counted once each, over both replicas"
+    assert mirrored[0] == pytest.approx(single[0], rel=1e-5)
+    assert single[2] == mirrored[2] == 7
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_multiworker_on_localhost_matches_one_device(mlp_files, mirrored_runs, tmp_path):
+    """Two worker processes, one replica each, all-reducing over 127.0.0.1: the workers end with the
+    same weights, and those are the single-device run's."""
+    workers = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]
+    procs = [
+        _launch("multiworker", mlp_files, tmp_path,
+                {"TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})})
+        for i in range(2)
+    ]  # fmt: skip
+    results = _finish(procs)
+    roles = [(r["multiworker"]["distribute"]["task_id"], r["multiworker"]["distribute"]["chief"]) for r in results]
+    assert roles == [(0, True), (1, False)]
+    assert all(r["multiworker"]["distribute"]["replicas"] == 2 for r in results)
+    first, second = (_weights(r["multiworker"]["path"]) for r in results)
+    for a, b, single in zip(first, second, _weights(mirrored_runs["default"]["path"]), strict=True):
+        assert np.array_equal(a, b), "the workers drifted apart"
+        np.testing.assert_allclose(a, single, atol=1e-5)
+
+
+def test_strategy_names_are_checked_before_work(monkeypatch):
+    with pytest.raises(ConfigError, match="unknown strategy 'gpu'"):
+        distribute.check_strategy(build_config({"model_path": "m.keras", "strategy": "gpu"}))
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match="needs TF_CONFIG"):
+        distribute.check_strategy(build_config({"model_path": "m.keras", "strategy": "multiworker"}))
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        distribute.check_strategy(build_config({"model_path": "m.keras", "strategy": "multiworker"}))
+    with pytest.raises(ConfigError, match="--strategy mirrored fine-tunes with --schedule oneshot only"):
+        distribute.check_strategy(
+            build_config({"model_path": "m.keras", "strategy": "mirrored", "schedule": "polynomial"})
+        )
+    distribute.check_strategy(build_config({"model_path": "m.keras", "strategy": "default", "schedule": "polynomial"}))
+
+
+def test_tpu_without_a_tpu_is_one_clear_error(cli, mlp_files, tmp_path):
+    result = cli("prune", mlp_files["keras"], "--data", mlp_files["data"], "--epochs", "1", "--strategy", "tpu",
+                 "-o", tmp_path / "out.keras", "-q")  # fmt: skip
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--strategy tpu: no TPU available here" in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_default_strategy_trains_the_loaded_model_itself(mlp_files):
+    """No copy, no distributed dataset: the default strategy leaves the single-device path as it was."""
+    import tensorflow as tf
+
+    from prunecli.pipeline import Session
+    from prunecli.report import Timings
+
+    strategy = distribute.get_strategy("default")
+    assert distribute.is_default(strategy) and distribute.get_strategy("default") is strategy
+    session = Session(config=build_config({"model_path": "m.keras"}), progress=print, timings=Timings())
+    session.model = object()
+    with distribute.replicated(session, strategy):
+        assert type(session.model) is object
+    dataset = tf.data.Dataset.range(3)
+    assert distribute.distribute_batches(strategy, dataset) is dataset

@@ -1,0 +1,171 @@
+"""--export: TFLite (float and int8) and SavedModel copies beside the output, their sizes and output checks."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prunecli import build_config, export, prune
+from prunecli.errors import ConfigError, OutputError
+
+
+@pytest.fixture(scope="module")
+def exported(example_model, example_data, tmp_path_factory):
+    """The bundled CNN pruned to 80% and exported in all three formats, calibrated on its data."""
+    out = tmp_path_factory.mktemp("export") / "digits.pruned.keras"
+    stale = out.with_name("digits.pruned_savedmodel")
+    stale.mkdir()
+    (stale / "stale.txt").write_text("from an older run")
+    config = build_config(
+        {
+            "model_path": str(example_model),
+            "sparsity": 0.8,
+            "data": str(example_data),
+            "output": str(out),
+            "export": ["tflite", "tflite-int8", "savedmodel"],
+        }  # fmt: skip
+    )
+    return prune(config), out
+
+
+def test_files_land_beside_the_output(exported):
+    result, out = exported
+    paths = {fmt: Path(entry["path"]) for fmt, entry in result.report.extra["export"].items()}
+    assert paths == {
+        "tflite": out.with_name("digits.pruned.tflite"),
+        "tflite-int8": out.with_name("digits.pruned.int8.tflite"),
+        "savedmodel": out.with_name("digits.pruned_savedmodel"),
+    }
+    assert paths["tflite"].is_file() and paths["tflite-int8"].is_file()
+    assert (paths["savedmodel"] / "saved_model.pb").is_file()
+    assert not (paths["savedmodel"] / "stale.txt").exists(), "an older export was merged, not replaced"
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "staging files left behind"
+    assert oct(paths["tflite"].stat().st_mode & 0o777) != oct(0o600), "export kept mkstemp's private mode"
+
+
+def test_sizes_are_the_files_sizes(exported):
+    result, _ = exported
+    entries = result.report.extra["export"]
+    for fmt in ("tflite", "tflite-int8"):
+        path = Path(entries[fmt]["path"])
+        assert entries[fmt]["bytes"] == path.stat().st_size
+        assert 0 < entries[fmt]["gzip_bytes"] < entries[fmt]["bytes"]
+    saved = Path(entries["savedmodel"]["path"])
+    files = [p for p in saved.rglob("*") if p.is_file()]
+    assert entries["savedmodel"]["bytes"] == sum(p.stat().st_size for p in files)
+    assert entries["savedmodel"]["files"] == len(files)
+    assert 0 < entries["savedmodel"]["gzip_bytes"] < entries["savedmodel"]["bytes"]
+
+
+def test_smaller_tflite_encoding_is_kept(exported):
+    """At 80% sparsity both encodings are tried; the file on disk is the smaller of the two."""
+    result, _ = exported
+    for fmt in ("tflite", "tflite-int8"):
+        entry = result.report.extra["export"][fmt]
+        sizes = {"dense": entry["dense_encoding_bytes"], "sparse": entry["sparse_encoding_bytes"]}
+        assert entry["bytes"] == min(sizes.values())
+        assert entry["encoding"] == min(sizes, key=sizes.get)
+    assert result.report.extra["export"]["tflite"]["encoding"] == "sparse"
+
+
+def test_float_tflite_and_savedmodel_compute_the_keras_function(exported):
+    result, _ = exported
+    entries = result.report.extra["export"]
+    for fmt in ("tflite", "savedmodel"):
+        assert entries[fmt]["sample_source"] == "data" and entries[fmt]["samples"] == 256
+        assert entries[fmt]["max_abs_diff"] < 1e-5
+        assert entries[fmt]["top1_agreement"] == 1.0
+
+
+def test_int8_is_fully_integer_and_close(exported, example_data):
+    import tensorflow as tf
+
+    result, _ = exported
+    entry = result.report.extra["export"]["tflite-int8"]
+    interpreter = tf.lite.Interpreter(model_path=entry["path"])
+    assert interpreter.get_input_details()[0]["dtype"] == np.int8
+    assert interpreter.get_output_details()[0]["dtype"] == np.int8
+    float_ops = [d for d in interpreter.get_tensor_details() if d["dtype"] == np.float32]
+    assert not float_ops, "full-integer quantisation left float tensors"
+    assert 0 < entry["max_abs_diff"] < 0.1  # softmax probabilities, int8-quantised
+    assert entry["top1_agreement"] > 0.95
+    assert entry["bytes"] < result.report.extra["export"]["tflite"]["dense_encoding_bytes"] / 3
+
+
+def test_exported_tflite_keeps_the_pruned_zeros(exported):
+    """The float file decodes (densified by the interpreter) to weights as sparse as the Keras model."""
+    import tensorflow as tf
+
+    result, _ = exported
+    interpreter = tf.lite.Interpreter(model_path=result.report.extra["export"]["tflite"]["path"])
+    interpreter.allocate_tensors()
+    dense_kernel = result.model.get_layer("dense1").kernel.numpy()
+    found = []
+    for d in interpreter.get_tensor_details():
+        if tuple(d["shape"]) == dense_kernel.T.shape:
+            with_values = interpreter.get_tensor(d["index"])
+            found.append(np.count_nonzero(with_values))
+    assert np.count_nonzero(dense_kernel) in found
+
+
+def test_savedmodel_serves_without_keras(exported, example_data):
+    import tensorflow as tf
+
+    result, _ = exported
+    loaded = tf.saved_model.load(result.report.extra["export"]["savedmodel"]["path"])
+    x = np.load(example_data)["x_test"][:8]
+    (got,) = loaded.signatures["serving_default"](tf.constant(x)).values()
+    np.testing.assert_allclose(got.numpy(), result.model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_checks_before_work():
+    with pytest.raises(ConfigError, match="tflite-int8 needs --data"):
+        export.check_formats(build_config({"model_path": "m.keras", "export": "tflite-int8"}))
+    with pytest.raises(ConfigError, match="unknown export format 'onnx'"):
+        export.check_formats(build_config({"model_path": "m.keras", "export": ["tflite", "onnx"]}))
+
+
+def _two_input_model(path: Path):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    a, b = keras.Input((6,), name="alpha"), keras.Input((4,), name="beta")
+    x = keras.layers.Concatenate()([keras.layers.Dense(8, name="da")(a), keras.layers.Dense(8, name="db")(b)])
+    model = keras.Model([a, b], keras.layers.Dense(3, name="out")(x))
+    model.save(path)
+
+
+def test_without_data_random_inputs_check_a_two_input_model(cli, tmp_path):
+    """No --data: seeded random inputs, matched to the signature by input name; the CLI's JSON stays clean."""
+    src = tmp_path / "two.keras"
+    _two_input_model(src)
+    result = cli("prune", src, "-s", "0.5", "-o", tmp_path / "two.pruned.keras", "--export", "tflite", "--report", "-")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)  # converter chatter would break this
+    entry = report["export"]["tflite"]
+    assert entry["sample_source"] == "random" and entry["samples"] == export.SAMPLE_COUNT
+    assert entry["max_abs_diff"] is not None and entry["max_abs_diff"] < 1e-5
+    assert Path(entry["path"]) == tmp_path / "two.pruned.tflite"
+
+
+def test_dir_sizes_is_a_deterministic_tar_gzip(tmp_path):
+    d = tmp_path / "sm"
+    (d / "variables").mkdir(parents=True)
+    (d / "saved_model.pb").write_bytes(b"\0" * 50_000)
+    (d / "variables" / "data").write_bytes(os.urandom(2_000))
+    first = export.dir_sizes(d)
+    os.utime(d / "saved_model.pb", (1, 1))
+    assert export.dir_sizes(d) == first, "mtimes leaked into the tar"
+    assert first["bytes"] == 52_000 and first["files"] == 2
+    assert 2_000 < first["gzip_bytes"] < 5_000  # the zeros compress away; the random bytes do not
+
+
+def test_directory_in_the_way_of_a_file_is_an_output_error(tmp_path):
+    target = tmp_path / "m.tflite"
+    target.mkdir()
+    with pytest.raises(OutputError, match="is a directory"), export._atomic_file(target):
+        pass

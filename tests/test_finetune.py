@@ -1,0 +1,245 @@
+"""Fine-tuning: masks held exactly under every optimizer, schedules ending exactly at the target,
+L1 pushing weights to zero, early stopping, progress output and the CI accuracy gate."""
+
+from __future__ import annotations
+
+import io
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from prunecli import build_config, prune
+from prunecli import schedule as schedules
+from prunecli.config import LayerOverride, PruneConfig
+from prunecli.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def mlps(tmp_path_factory):
+    """One trained MLP saved compiled with SGD(momentum), Adam and AdamW(weight decay); its data."""
+    import keras
+    from conftest import build_mlp, make_tabular
+
+    d = tmp_path_factory.mktemp("ft")
+    x, y = make_tabular(n=480)
+    model = build_mlp()
+    model.fit(x, y, epochs=4, batch_size=32, verbose=0)
+    optimizers = {
+        "sgd": keras.optimizers.SGD(0.05, momentum=0.9),
+        "adam": keras.optimizers.Adam(1e-3),
+        "adamw": keras.optimizers.AdamW(1e-3, weight_decay=0.05),
+    }
+    paths = {}
+    for name, opt in optimizers.items():
+        model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        paths[name] = d / f"mlp_{name}.keras"
+        model.save(paths[name])
+    np.savez(d / "data.npz", x_train=x[:360], y_train=y[:360], x_test=x[360:], y_test=y[360:])
+    return {**paths, "data": d / "data.npz", "dir": d}
+
+
+def run(mlps, tmp_path, model="adam", **options):
+    settings = {"model_path": mlps[model], "data": mlps["data"], "output": tmp_path / "out.keras", "quiet": True}
+    settings.update(options)
+    return prune(build_config(settings))
+
+
+def assert_masked_exactly_zero(result, sparsity=None):
+    for target_name, mask in result.masks.masks.items():
+        layer = target_name.split("/")[0]
+        weights = result.model.get_layer(layer).kernel.numpy()
+        keep = np.asarray(mask)
+        assert np.all(weights[~keep] == 0.0), target_name
+        assert np.count_nonzero(weights[keep]) == keep.sum(), target_name  # survivors are real weights
+        if sparsity is not None:
+            assert keep.size - keep.sum() == round(sparsity * keep.size), target_name
+
+
+@pytest.mark.parametrize(
+    "model, optimizer, expected",
+    [
+        ("sgd", None, {"name": "SGD", "from": "model", "momentum": 0.9}),
+        ("sgd", "adam", {"name": "Adam", "from": "options"}),
+        ("adamw", None, {"name": "AdamW", "from": "model", "weight_decay": 0.05}),
+        ("adam", "adamw:weight_decay=0.1", {"name": "AdamW", "from": "options", "weight_decay": 0.1}),
+    ],
+)
+def test_pruned_weights_stay_exactly_zero_under_each_optimizer(mlps, tmp_path, model, optimizer, expected):
+    import keras
+
+    result = run(mlps, tmp_path, model=model, sparsity=0.7, epochs=2, optimizer=optimizer)
+    info = result.report.extra["finetune"]["optimizer"]
+    assert {k: info[k] for k in expected} == pytest.approx(expected)
+    assert_masked_exactly_zero(result, sparsity=0.7)
+    original = keras.saving.load_model(mlps[model]).get_layer("hidden1").kernel.numpy()
+    trained = result.model.get_layer("hidden1").kernel.numpy()
+    keep = np.asarray(result.masks.masks["hidden1/kernel"])
+    assert not np.allclose(original[keep], trained[keep])  # the survivors were trained
+    saved = keras.saving.load_model(result.output_path).get_layer("hidden1").kernel.numpy()
+    assert np.all(saved[~keep] == 0.0)
+    assert list(result.report.metrics) == ["before", "after_pruning", "after_finetune"]
+
+
+@pytest.mark.parametrize("schedule", ["oneshot", "iterative", "polynomial", "dynamic"])
+def test_each_schedule_ends_exactly_at_the_target(mlps, tmp_path, schedule):
+    result = run(mlps, tmp_path, model="sgd", sparsity=0.8, epochs=3, schedule=schedule, schedule_steps=3,
+                 batch_size=16)  # fmt: skip
+    assert_masked_exactly_zero(result, sparsity=0.8)
+    ft = result.report.extra["finetune"]
+    assert ft["final_sparsity"] == pytest.approx(result.report.totals["prunable_sparsity"])
+    sparsities = [h["sparsity"] for h in ft["history"]]
+    assert sparsities[-1] == pytest.approx(result.report.totals["prunable_sparsity"])
+    assert "after_pruning" in result.report.metrics and "after_finetune" in result.report.metrics
+    if schedule == "oneshot":
+        assert ft["mask_updates"] == 0 and sparsities[0] == sparsities[-1]
+    else:
+        assert sparsities[0] < sparsities[-1]  # pruned gradually
+        assert ft["mask_updates"] == 3 if schedule == "iterative" else ft["mask_updates"] > 3
+    if schedule == "dynamic":  # DPF: dense shadows let some pruned weights back in
+        assert ft["regrown_weights"] > 0
+    if schedule == "iterative":  # each round removes the same share of the survivors
+        density = [1 - s for s in sparsities]
+        assert density[1] / density[0] == pytest.approx(density[2] / density[1], rel=0.05)
+
+
+def test_polynomial_global_scope_with_override_is_exact(mlps, tmp_path):
+    result = run(mlps, tmp_path, sparsity=0.9, scope="global", epochs=3, schedule="polynomial",
+                 overrides={"out": 0.5})  # fmt: skip
+    stats = {s.layer: s for s in result.report.layers}
+    assert stats["out"].params - stats["out"].nonzeros == round(0.5 * stats["out"].params)
+    assert_masked_exactly_zero(result)
+
+
+def test_l1_leaves_more_surviving_weights_near_zero(mlps, tmp_path):
+    counts = {}
+    for l1 in (0.0, 0.01):
+        result = run(mlps, tmp_path, sparsity=0.1, epochs=10, batch_size=16, l1=l1)
+        near = result.report.extra["finetune"]["near_zero_weights"]
+        assert near["surviving"] == sum(int(np.asarray(m).sum()) for m in result.masks.masks.values())
+        counts[l1] = near["count"]
+        assert_masked_exactly_zero(result, sparsity=0.1)
+    assert counts[0.01] > counts[0.0] + 50, counts
+
+
+def test_early_stopping_stops_when_validation_loss_stalls(mlps, tmp_path):
+    result = run(mlps, tmp_path, sparsity=0.5, epochs=6, early_stopping=2, optimizer="sgd", learning_rate=1e-12)
+    ft = result.report.extra["finetune"]
+    assert ft["epochs_run"] == 3 and ft["stopped_early"] and ft["best_epoch"] == 1
+    assert ft["validation"] == "held-out"
+
+
+def test_gate_fails_with_exit_4_after_writing_the_report(cli, mlps, tmp_path):
+    report = tmp_path / "r.json"
+    args = [mlps["adam"], "-d", mlps["data"], "-s", "0.97", "--epochs", "2", "--lr", "1e-7", "-r", report,
+            "-o", tmp_path / "o.keras"]  # fmt: skip
+    failed = cli("prune", *args, "--max-accuracy-drop", "0", "-q")
+    assert failed.exit_code == 4, failed.output
+    assert "accuracy dropped by" in failed.stderr and "epoch" not in failed.output  # quiet: no progress
+    written = json.loads(report.read_text())
+    assert written["metrics"]["after_finetune"]["accuracy"] < written["metrics"]["before"]["accuracy"]
+    assert written["finetune"]["epochs_run"] == 2
+    report.unlink()
+    passed = cli("prune", *args, "--max-accuracy-drop", "1")
+    assert passed.exit_code == 0, passed.output
+    assert report.exists()
+    # off a terminal: one progress line per epoch
+    assert "epoch 1/2" in passed.stderr and "epoch 2/2" in passed.stderr and "val_loss" in passed.stderr
+
+
+def test_progress_bar_on_a_terminal():
+    from prunecli.finetune import EpochProgress, _Sums
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    said, screen = [], Terminal()
+    bar = EpochProgress(PruneConfig(epochs=2), said.append, stream=screen)
+    bar.begin(1, 4)
+    for _ in range(4):
+        bar._drawn = 0.0  # draw every step
+        bar.step(_Sums(loss=0.5, accuracy=0.25, count=1.0))
+    bar.end({"loss": 0.5, "accuracy": 0.25, "sparsity": 0.8})
+    out = screen.getvalue()
+    assert out.startswith("Epoch 1/2\n") and "\r4/4 [==============================]" in out
+    assert "loss: 0.5000" in out and "sparsity: 80.0%" in out and out.endswith("\n")
+    assert said == []  # the bar replaces the per-epoch line
+
+
+def fake_session(**config):
+    return SimpleNamespace(config=PruneConfig(**config), data=object())
+
+
+@pytest.mark.parametrize(
+    "config, fragment",
+    [
+        ({"schedule": "polynomial"}, "give --epochs >= 1"),
+        ({"schedule": "iterative", "epochs": 2, "schedule_steps": 3}, "needs --epochs >= 3"),
+        ({"schedule": "dynamic", "epochs": 2, "threshold": 0.1}, "not --threshold"),
+        ({"schedule": "polynomial", "epochs": 2, "granularity": __import__("prunecli").Granularity("nm", 2, 4)},
+         "use --schedule oneshot"),
+    ],
+)  # fmt: skip
+def test_impossible_combinations_are_one_line_config_errors(config, fragment):
+    from prunecli import finetune
+
+    with pytest.raises(ConfigError, match=fragment):
+        finetune.check(fake_session(**config))
+    with pytest.raises(ConfigError, match="needs --data"):
+        finetune.check(SimpleNamespace(config=PruneConfig(epochs=1), data=None))
+
+
+def test_optimizer_option_parsing_and_errors():
+    from prunecli.finetune import make_optimizer, parse_optimizer
+
+    assert parse_optimizer("sgd:momentum=0.9, nesterov=true") == ("sgd", {"momentum": 0.9, "nesterov": True})
+    opt, info = make_optimizer(PruneConfig(optimizer="sgd:momentum=0.8", learning_rate=0.2))
+    assert type(opt).__name__ == "SGD" and info["learning_rate"] == pytest.approx(0.2) and info["momentum"] == 0.8
+    _opt, info = make_optimizer(PruneConfig())
+    assert info == {"name": "Adam", "learning_rate": pytest.approx(1e-3), "from": "options"}
+    with pytest.raises(ConfigError, match="unknown optimizer 'nadamx'"):
+        make_optimizer(PruneConfig(optimizer="nadamx"))
+    with pytest.raises(ConfigError, match="--optimizer sgd:bogus=1"):
+        make_optimizer(PruneConfig(optimizer="sgd:bogus=1"))
+
+
+# --- the schedules' maths (no TensorFlow) -----------------------------------------------------
+
+
+def test_polynomial_follows_zhu_and_gupta_and_ends_at_the_target():
+    plan = schedules.build("polynomial", epochs=6, steps_per_epoch=10, initial_sparsity=0.1)
+    assert plan.ramp_steps == 40 and plan.update_steps[0] == 0 and plan.update_steps[-1] == 40
+    assert all(0 <= s < plan.total_steps for s in plan.update_steps)
+    for t in (0, 10, 25, 40):
+        assert plan.sparsity_at(t, 0.9) == pytest.approx(0.9 + (0.1 - 0.9) * (1 - t / 40) ** 3)
+    assert plan.sparsity_at(55, 0.9) == 0.9
+    values = [plan.sparsity_at(t, 0.9) for t in plan.update_steps]
+    assert values == sorted(values) and values[-1] == 0.9
+
+
+def test_one_epoch_ramp_still_leaves_a_step_to_train():
+    plan = schedules.build("dynamic", epochs=1, steps_per_epoch=5)
+    assert plan.update_steps[-1] == plan.frozen_from == 4 < plan.total_steps
+
+
+def test_iterative_rounds_remove_the_same_share_and_end_at_the_target():
+    plan = schedules.build("iterative", epochs=6, steps_per_epoch=7, rounds=3)
+    assert plan.update_steps == (0, 14, 28)
+    densities = [1 - plan.sparsity_at(s, 0.875) for s in plan.update_steps]
+    assert densities == pytest.approx([0.5, 0.25, 0.125])
+    assert plan.sparsity_at(28, 0.875) == 0.875
+
+
+def test_scheduled_config_moves_overrides_along_the_same_curve():
+    from prunecli.finetune import scheduled_config
+
+    plan = schedules.build("polynomial", epochs=3, steps_per_epoch=10)
+    config = PruneConfig(sparsity=0.8, overrides=(LayerOverride("out", 0.4), LayerOverride("skip*", skip=True)))
+    mid = scheduled_config(config, plan, 10)
+    assert mid.sparsity == pytest.approx(0.8 * (1 - (1 - 10 / 20) ** 3))
+    assert mid.overrides[0].sparsity == pytest.approx(0.4 * (1 - (1 - 10 / 20) ** 3))
+    assert mid.overrides[1].skip
+    end = scheduled_config(config, plan, 20)
+    assert (end.sparsity, end.overrides[0].sparsity) == (0.8, 0.4)

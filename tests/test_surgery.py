@@ -1,0 +1,402 @@
+"""Structural pruning: the shrunk model is smaller, computes what the masked model computed, and reloads.
+
+Models here are masked by hand (chosen units' kernels zeroed, biases and BatchNorm statistics made
+non-trivial) so the tests control exactly which units are dead and which constants they emit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from prunecli import graph, surgery, targets
+from prunecli.config import build_config
+from prunecli.pipeline import Session
+from prunecli.report import Timings
+
+
+def _session(model, path="model.keras", data=None):
+    config = build_config({"model_path": str(path), "granularity": "neuron", "sparsity": 0.5, "shrink": True})
+    return Session(config=config, progress=lambda _m: None, timings=Timings(), model=model, data=data,
+                   targets=targets.select(model), notes=[], metrics={}, extras={})  # fmt: skip
+
+
+def _kill(layer, units) -> None:
+    """Zero the kernel of the given output units, as a neuron mask does."""
+    cls = type(layer).__name__
+    name = "pointwise_kernel" if cls.startswith("SeparableConv") else "kernel"
+    for v in layer.weights:
+        if v.name == name:
+            arr = np.asarray(v).copy()
+            if cls.endswith("Transpose"):  # kernel (..., out, in)
+                arr[..., list(units), :] = 0.0
+            else:
+                arr[..., list(units)] = 0.0
+            v.assign(arr)
+
+
+def _set(layer, **values) -> None:
+    for v in layer.weights:
+        if v.name in values:
+            v.assign(np.asarray(values[v.name], dtype="float32").reshape(v.shape))
+
+
+def _randomise_batchnorms(model, rng) -> None:
+    """Trained-looking statistics, so a dead unit's BatchNorm output is a non-zero constant."""
+    for layer in model.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            n = layer.gamma.shape[0]
+            _set(layer, gamma=rng.uniform(0.5, 1.5, n), beta=rng.normal(0, 0.5, n),
+                 moving_mean=rng.normal(0, 0.5, n), moving_variance=rng.uniform(0.5, 2.0, n))  # fmt: skip
+
+
+def _outputs(model, x):
+    return np.asarray(model(x, training=False))
+
+
+def _check_same_function(masked, s, x, tmp_path):
+    """The shrunk model equals the masked one within 1e-4 relative, also after a save and reload."""
+    import keras
+
+    want = _outputs(masked, x)
+    got = _outputs(s.model, x)
+    scale = np.abs(want).max()
+    assert np.abs(want - got).max() <= 1e-4 * scale
+    assert s.extras["shrink"]["verification"]["max_rel_diff"] <= 1e-4
+    path = tmp_path / "shrunk.keras"
+    s.model.save(path)
+    again = keras.saving.load_model(path)
+    assert np.abs(_outputs(again, x) - want).max() <= 1e-4 * scale
+    return again
+
+
+def _width(model, name):
+    layer = model.get_layer(name)
+    return int((layer.kernel if hasattr(layer, "kernel") else layer.pointwise_kernel).shape[-1])
+
+
+def test_mlp_removes_dead_neurons_and_folds_their_constant_into_the_next_bias(tmp_path):
+    import keras
+    from conftest import build_mlp
+
+    model = build_mlp()
+    rng = np.random.default_rng(0)
+    for layer in model.layers[1:]:
+        _set(layer, bias=rng.normal(0, 0.5, layer.bias.shape[0]))  # relu(b) > 0 for some dead units
+    _kill(model.get_layer("hidden1"), range(0, 32, 2))
+    _kill(model.get_layer("hidden2"), [1, 5, 9, 13])
+    _kill(model.get_layer("out"), [0])
+    masked = keras.models.clone_model(model)
+    masked.set_weights(model.get_weights())
+    s = _session(model)
+    surgery.shrink(s)
+
+    assert s.structure_changed
+    assert (_width(s.model, "hidden1"), _width(s.model, "hidden2"), _width(s.model, "out")) == (16, 12, 3)
+    assert s.model.get_layer("hidden2").kernel.shape == (16, 12)
+    info = s.extras["shrink"]
+    assert info["params_after"] == s.model.count_params() < info["params_before"] == masked.count_params()
+    assert info["layers"]["hidden1"] == {"before": 32, "after": 16}
+    assert {"batch_1", "batch_64"} <= set(info["latency_ms"]["shrunk"])
+    assert any("out" in n and "output" in n or "softmax" in n for n in s.notes)  # output units never go
+    assert [t.shape for t in s.targets if t.layer_name == "hidden2"] == [(16, 12)]
+    x = np.random.default_rng(1).standard_normal((32, 20)).astype("float32")
+    _check_same_function(masked, s, x, tmp_path)
+
+
+def _cnn():
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([
+        keras.Input((10, 10, 3)),
+        layers.Conv2D(8, 3, name="conv1"),  # valid padding: any constant folds
+        layers.BatchNormalization(name="bn1"),
+        layers.ReLU(name="relu1"),
+        layers.Conv2D(12, 3, padding="same", activation="relu", name="conv2"),
+        layers.MaxPooling2D(2, name="pool"),
+        layers.Conv2D(6, 1, padding="same", name="conv3"),  # 1x1: folds whatever the padding
+        layers.BatchNormalization(name="bn3"),
+        layers.Activation("relu", name="act3"),
+        layers.Flatten(name="flatten"),
+        layers.Dense(16, activation="relu", name="dense1"),
+        layers.Dense(10, activation="softmax", name="predictions"),
+    ])  # fmt: skip
+
+
+def test_cnn_with_batchnorm_and_flatten(tmp_path):
+    import keras
+
+    model = _cnn()
+    rng = np.random.default_rng(0)
+    _randomise_batchnorms(model, rng)
+    for name in ("conv2", "dense1"):
+        _set(model.get_layer(name), bias=rng.normal(0, 0.5, model.get_layer(name).bias.shape[0]))
+    # conv1's dead units 0 and 1 emit relu(bn(bias)) > 0 into the 'same'-padded conv2: they must stay.
+    # Units 2 and 3 emit exactly 0 (a negative BN output), so they go.
+    bn1 = model.get_layer("bn1")
+    _set(
+        bn1,
+        beta=[2.0, 2.0, -2.0, -2.0, 0, 0, 0, 0],
+        moving_mean=np.zeros(8),
+        gamma=np.ones(8),
+        moving_variance=np.ones(8),
+    )
+    _set(model.get_layer("conv1"), bias=np.zeros(8))
+    _kill(model.get_layer("conv1"), [0, 1, 2, 3])
+    _kill(model.get_layer("conv2"), [0, 4, 7, 11])  # relu(bias) constants pass pool, then a 1x1 conv
+    _kill(model.get_layer("conv3"), [1, 2])  # BN constant -> Flatten -> 25 Dense rows each
+    _kill(model.get_layer("dense1"), range(8))
+    masked = keras.models.clone_model(model)
+    masked.set_weights(model.get_weights())
+    s = _session(model)
+    surgery.shrink(s, measure_latency=False)
+
+    new = s.model
+    assert [_width(new, n) for n in ("conv1", "conv2", "conv3", "dense1", "predictions")] == [6, 8, 4, 8, 10]
+    assert new.get_layer("bn3").gamma.shape == (4,)
+    assert new.get_layer("dense1").kernel.shape == (4 * 4 * 4, 8)  # Flatten rows follow the kept channels
+    assert any("conv1" in n and "same-padded conv2" in n for n in s.notes)
+    x = np.random.default_rng(1).standard_normal((16, 10, 10, 3)).astype("float32")
+    _check_same_function(masked, s, x, tmp_path)
+
+
+def test_verification_catches_a_wrong_rebuild(monkeypatch):
+    """Folding a constant through 'same' padding ignores the borders: the check must refuse the result."""
+    model = _cnn()
+    _randomise_batchnorms(model, np.random.default_rng(0))
+    _set(model.get_layer("bn1"), beta=np.full(8, 2.0), moving_mean=np.zeros(8))
+    _kill(model.get_layer("conv1"), [0, 1])
+    monkeypatch.setattr(surgery, "foldable", lambda layer, constant: True)
+    s = _session(model)
+    with pytest.raises(surgery.ShrinkVerificationError, match="differs from the masked model"):
+        surgery.shrink(s)
+    assert not s.structure_changed and s.model is model
+
+
+def test_separable_transpose_depthwise_and_squeeze_excite(tmp_path):
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((9, 9, 3))
+    x = layers.SeparableConv2D(8, 3, name="sep")(inp)
+    x = layers.BatchNormalization(name="sep_bn")(x)  # initial statistics: a dead unit stays exactly 0
+    x = layers.ReLU(name="sep_relu")(x)
+    x = layers.Conv2DTranspose(8, 3, padding="same", name="tconv")(x)
+    x = layers.PReLU(name="prelu")(x)
+    x = layers.ZeroPadding2D(1, name="pad")(x)
+    x = layers.DepthwiseConv2D(3, name="dw")(x)
+    x = layers.Conv2D(8, 1, activation="relu", name="pre_se")(x)
+    se = layers.GlobalAveragePooling2D(name="squeeze")(x)
+    se = layers.Dense(4, activation="relu", name="se_down")(se)
+    se = layers.Dense(8, activation="sigmoid", name="se_up")(se)
+    x = layers.Multiply(name="excite")([x, layers.Reshape((1, 1, 8), name="se_shape")(se)])
+    x = layers.Conv2D(6, 1, activation="relu", name="post")(x)
+    x = layers.GlobalMaxPooling2D(name="gmp")(x)
+    model = keras.Model(inp, layers.Dense(3, name="out")(x))
+    rng = np.random.default_rng(0)
+    for name in ("dw", "pre_se", "se_down", "se_up", "post"):
+        _set(model.get_layer(name), bias=rng.normal(0, 0.5, model.get_layer(name).bias.shape[0]))
+    _set(model.get_layer("prelu"), alpha=rng.uniform(0.1, 0.3, (7, 7, 8)))
+    for name, units in (("sep", [0, 1]), ("tconv", [2]), ("pre_se", [0, 3]), ("se_up", [0]), ("post", [1])):
+        _kill(model.get_layer(name), units)
+    masked = keras.models.clone_model(model)
+    masked.set_weights(model.get_weights())
+    s = _session(model)
+    surgery.shrink(s, measure_latency=False)
+
+    new = s.model
+    widths = [_width(new, n) for n in ("sep", "pre_se", "se_down", "se_up", "post", "out")]
+    assert widths == [6, 7, 4, 7, 5, 3]  # pre_se unit 3 stays: se_up's unit 3 is alive and multiplies it
+    assert new.get_layer("tconv").kernel.shape == (3, 3, 7, 6)  # transposed kernel: (h, w, out, in)
+    assert new.get_layer("dw").kernel.shape == (3, 3, 7, 1) and new.get_layer("prelu").alpha.shape == (7, 7, 7)
+    assert new.get_layer("se_shape").target_shape == (1, 1, 7)
+    kept = {tuple(gr["layers"]): gr["channels"] for gr in s.extras["shrink"]["groups_kept_whole"]}
+    assert kept[("pre_se", "se_up")] == 1
+    x = np.random.default_rng(4).standard_normal((8, 9, 9, 3)).astype("float32")
+    _check_same_function(masked, s, x, tmp_path)
+
+
+def test_conv1d_constant_folds_through_valid_padding(tmp_path):
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((12, 2)), layers.Conv1D(6, 3, activation="relu", name="c1"),
+                              layers.Conv1D(5, 3, name="c2"), layers.GlobalAveragePooling1D(),
+                              layers.Dense(3, name="out")])  # fmt: skip
+    _set(model.get_layer("c1"), bias=np.abs(np.random.default_rng(0).normal(0.5, 0.2, 6)))  # relu(b) > 0
+    _kill(model.get_layer("c1"), [1, 4])
+    masked = keras.models.clone_model(model)
+    masked.set_weights(model.get_weights())
+    s = _session(model)
+    surgery.shrink(s, measure_latency=False)
+    assert s.model.get_layer("c2").kernel.shape == (3, 4, 5)
+    x = np.random.default_rng(5).standard_normal((8, 12, 2)).astype("float32")
+    _check_same_function(masked, s, x, tmp_path)
+
+
+def _residual_model():
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((8, 8, 3), name="image")
+    stem = layers.Conv2D(8, 3, padding="same", activation="relu", name="stem")(inp)
+    branch = layers.Conv2D(8, 3, padding="same", use_bias=False, name="branch")(stem)
+    branch = layers.BatchNormalization(name="branch_bn")(branch)
+    added = layers.Add(name="add")([stem, branch])
+    side = layers.Conv2D(6, 1, activation="relu", name="side")(added)
+    joined = layers.Concatenate(name="cat")([added, side])
+    mixed = layers.Conv2D(10, 1, use_bias=False, name="mix")(joined)  # no bias: constants go into mix_bn
+    mixed = layers.BatchNormalization(name="mix_bn")(mixed)
+    pooled = layers.GlobalAveragePooling2D(name="gap")(mixed)
+    shared = layers.Dense(10, activation="relu", name="shared")  # called twice: one set of units
+    twice = layers.Concatenate(name="cat2")([shared(pooled), shared(layers.Dropout(0.2, name="drop")(pooled))])
+    out = layers.Dense(4, name="out")(twice)
+    return keras.Model(inp, out, name="residual")
+
+
+def test_graph_groups_residual_concatenate_and_shared_layers():
+    model = _residual_model()
+    g = graph.build(model)
+    ch = g.channels
+    add_roots = set(ch.roots(g.ids[g.calls_of(model.get_layer("add"))[0].outputs[0]]).tolist())
+    assert g.group_members(min(add_roots)) == ["branch", "stem"]  # residual: one group
+    cat = g.ids[g.calls_of(model.get_layer("cat"))[0].outputs[0]]
+    side = g.ids[g.calls_of(model.get_layer("side"))[0].outputs[0]]
+    assert len(cat) == 14 and list(cat[8:]) == list(side)  # Concatenate keeps each slice's channels
+    first, second = (g.ids[c.outputs[0]] for c in g.calls_of(model.get_layer("shared")))
+    assert list(ch.roots(first)) == list(ch.roots(second))  # a shared layer's calls share units
+    pinned = ch.pinned()
+    out_ids = g.ids[g.calls_of(model.get_layer("out"))[0].outputs[0]]
+    assert all(pinned.get(r) == "network output" for r in ch.roots(out_ids))
+
+
+def test_functional_residual_add_concatenate_and_shared_layer(tmp_path):
+    import keras
+
+    model = _residual_model()
+    rng = np.random.default_rng(0)
+    _randomise_batchnorms(model, rng)
+    _set(model.get_layer("stem"), bias=-np.abs(rng.normal(0, 0.5, 8)))  # relu(negative) = 0 into 'same' branch
+    _set(model.get_layer("side"), bias=rng.normal(0, 0.5, 6))
+    _set(model.get_layer("shared"), bias=rng.normal(0, 0.5, 10))
+    _kill(model.get_layer("stem"), [0, 1, 2, 5])
+    _kill(model.get_layer("branch"), [1, 2, 3, 5])  # dead in both members: 1, 2, 5
+    _kill(model.get_layer("side"), [0, 4])
+    _kill(model.get_layer("mix"), [3])
+    _kill(model.get_layer("shared"), [2, 3, 7])
+    masked = keras.models.clone_model(model)
+    masked.set_weights(model.get_weights())
+    s = _session(model)
+    surgery.shrink(s, measure_latency=False)
+
+    new = s.model
+    assert [_width(new, n) for n in ("stem", "branch", "side", "mix", "shared", "out")] == [5, 5, 4, 9, 7, 4]
+    assert new.get_layer("mix").kernel.shape == (1, 1, 9, 9)  # 5 residual + 4 side channels in, 9 out
+    assert new.get_layer("out").kernel.shape == (14, 4)  # both calls of the shared layer lost the same units
+    assert not new.get_layer("mix").use_bias  # the constants went into mix_bn's moving mean instead
+    kept = {tuple(gr["layers"]): gr for gr in s.extras["shrink"]["groups_kept_whole"]}
+    assert kept[("branch", "stem")]["channels"] == 2 and "every member" in kept[("branch", "stem")]["reason"]
+    x = np.random.default_rng(2).standard_normal((16, 8, 8, 3)).astype("float32")
+    _check_same_function(masked, s, x, tmp_path)
+
+
+def test_mobilenetv2_shrinks_and_reloads(tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), alpha=0.35, classes=10)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if type(layer).__name__ == "Conv2D":
+            n = layer.kernel.shape[-1]
+            _kill(layer, rng.choice(n, n // 2, replace=False))
+        if type(layer).__name__ == "BatchNormalization":  # a quarter get trained-looking stats
+            if rng.random() < 0.25:
+                n = layer.gamma.shape[0]
+                _set(layer, beta=rng.normal(0, 0.3, n), moving_mean=rng.normal(0, 0.3, n))
+    masked = keras.models.clone_model(model)
+    masked.set_weights(model.get_weights())
+    s = _session(model)
+    surgery.shrink(s, measure_latency=False)
+
+    info = s.extras["shrink"]
+    assert info["params_after"] < 0.8 * info["params_before"] and "latency_ms" not in info
+    assert _width(s.model, "predictions") == 10
+    assert info["groups_kept_whole"]  # residual streams keep channels dead in only some blocks
+    x = np.random.default_rng(3).standard_normal((8, 32, 32, 3)).astype("float32")
+    _check_same_function(masked, s, x, tmp_path)
+
+
+def test_nested_model_is_left_whole_and_subclassed_model_is_skipped():
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(0)
+    inner = keras.Sequential([keras.Input((6,)), layers.Dense(5, activation="relu", name="inner_dense")], name="inner")
+    inp = keras.Input((4,))
+    h = layers.Dense(8, activation="relu", name="first")(inp)
+    h = layers.Dense(6, activation="relu", name="before")(h)
+    out = layers.Dense(2, name="after")(inner(h))
+    model = keras.Model(inp, out)
+    for name in ("first", "before"):
+        _kill(model.get_layer(name), [0, 1])
+    _kill(inner.get_layer("inner_dense"), [0])
+    s = _session(model)
+    surgery.shrink(s, measure_latency=False)
+    assert [_width(s.model, n) for n in ("first", "before", "after")] == [6, 6, 2]  # 'before' feeds the nested model
+    assert s.model.get_layer("inner").get_layer("inner_dense").kernel.shape == (6, 5)
+    assert any("inner" in n and "stay masked" in n for n in s.notes)
+
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = layers.Dense(3)
+
+        def call(self, x):
+            return self.dense(x)
+
+    sub = Sub()
+    sub(np.zeros((1, 4), "float32"))
+    s = _session(sub)
+    surgery.shrink(s, measure_latency=False)
+    assert s.model is sub and not s.structure_changed
+    assert any(n.startswith("shrink skipped") for n in s.notes)
+
+
+def test_cli_shrinks_the_example_and_the_report_shows_new_shapes(cli, example_model, example_data, tmp_path):
+    import json
+
+    import keras
+
+    out, report = tmp_path / "small.keras", tmp_path / "report.json"
+    result = cli("prune", example_model, "--granularity", "neuron", "--sparsity", "0.5", "--shrink",
+                 "--data", example_data, "-o", out, "--report", report, "-q")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    shrink = data["shrink"]
+    assert shrink["params_after"] < shrink["params_before"]
+    assert shrink["verification"]["inputs"] == "data" and shrink["verification"]["max_rel_diff"] <= 1e-4
+    small = keras.saving.load_model(out)
+    assert small.count_params() == shrink["params_after"]
+    shapes = {layer["name"]: layer["shape"] for layer in data["layers"]}
+    assert shapes["dense1/kernel"] == list(small.get_layer("dense1").kernel.shape)
+    assert shapes["dense1/kernel"][1] == shrink["layers"]["dense1"]["after"] < 64
+
+
+def test_keras2_h5_is_shrunk_and_written_by_keras3(keras2_h5, tmp_path):
+    import keras
+
+    from prunecli import prune
+
+    out = tmp_path / "small.h5"
+    result = prune(build_config({"model_path": str(keras2_h5), "granularity": "neuron", "sparsity": 0.5,
+                                 "shrink": True, "output": str(out)}))  # fmt: skip
+    assert any("written by Keras 3" in n for n in result.report.notes)
+    small = keras.saving.load_model(out)
+    assert small.get_layer("hidden1").kernel.shape[1] < 32
+    assert small.count_params() == result.report.to_dict()["shrink"]["params_after"]
