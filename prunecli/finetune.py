@@ -39,7 +39,9 @@ def run(s) -> None:
 
     Under a --strategy other than default, training runs on a copy of the model whose variables the
     strategy mirrors (distribute.replicated); the trained weights are copied back at the end."""
-    check(s)
+    check_config(s.config)
+    if s.data is None:
+        raise ConfigError("fine-tuning (--epochs / --schedule) needs --data")
     strategy = distribute.get_strategy(s.config.strategy)
     with distribute.replicated(s, strategy):
         _run(s, strategy)
@@ -74,7 +76,8 @@ def _run(s, strategy) -> None:
                         if step == plan.frozen_from and c.schedule in schedules.GRADUAL:
                             from .pipeline import evaluate_into
 
-                            evaluate_into(s, "after_pruning")
+                            with distribute.loaded_model(s):  # Keras evaluate: on one device
+                                evaluate_into(s, "after_pruning")
                 sums.add(*trainer.train(x, y))
                 step += 1
                 show.step(sums)
@@ -114,11 +117,13 @@ def _run(s, strategy) -> None:
     }
 
 
-def check(s) -> None:
-    """Option combinations fine-tuning cannot honour, as one-line errors."""
-    c = s.config
+def check_config(c: PruneConfig) -> None:
+    """Option combinations fine-tuning cannot honour, as one-line errors. Pure Python (no TensorFlow),
+    so config validation can call it before a model is loaded."""
+    if c.epochs == 0 and c.schedule == "oneshot":
+        return
     gradual = c.schedule in schedules.GRADUAL
-    if s.data is None:
+    if not c.data:
         raise ConfigError("fine-tuning (--epochs / --schedule) needs --data")
     if c.epochs < 1:
         raise ConfigError(f"--schedule {c.schedule} prunes while it trains; give --epochs >= 1")
@@ -149,7 +154,8 @@ def _update_masks(s, trainer: Trainer, plan: schedules.Schedule, step: int, base
     say, s.progress = s.progress, (lambda _msg: None)
     first_new = len(s.notes)
     try:
-        masks = score_and_mask(s, scheduled_config(s.config, plan, step))
+        with distribute.loaded_model(s):  # scoring and masking: on one device, as in the rest of the run
+            masks = score_and_mask(s, scheduled_config(s.config, plan, step))
     finally:
         s.progress = say
     s.notes[:] = base_notes + [n for n in dict.fromkeys(s.notes[first_new:]) if n not in base_notes]
@@ -500,6 +506,7 @@ class EpochProgress:
 
     def begin(self, epoch: int, steps: int) -> None:
         self.epoch, self.steps, self.done, self.start = epoch, steps, 0, time.perf_counter()
+        self._width = 0
         if self.mode == "bar":
             self.stream.write(f"Epoch {epoch}/{self.epochs}\n")
 
@@ -525,7 +532,9 @@ class EpochProgress:
         filled = self.WIDTH * self.done // max(self.steps, 1)
         bar = "=" * max(filled - 1, 0) + (">" if filled < self.WIDTH else "=") + "." * (self.WIDTH - filled)
         width = len(str(self.steps))
-        self.stream.write(f"\r{self.done:>{width}}/{self.steps} [{bar[: self.WIDTH]}] - {timing} - {_format(logs)}")
+        line = f"{self.done:>{width}}/{self.steps} [{bar[: self.WIDTH]}] - {timing} - {_format(logs)}"
+        self.stream.write(f"\r{line}{' ' * max(self._width - len(line), 0)}")  # blank what a longer line left
+        self._width = len(line)
         self.stream.flush()
 
 

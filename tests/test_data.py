@@ -80,6 +80,7 @@ def test_npy_pairs_stream_from_memory_maps(mlp, tmp_path):
     model, x, y = mlp
     for name, arr in (("x_train", x[:300]), ("y_train", y[:300]), ("x_test", x[300:]), ("y_test", y[300:])):
         np.save(tmp_path / f"{name}.npy", arr)
+    assert isinstance(data._open_npy(tmp_path / "x_train.npy"), np.memmap)  # read in batches, not at once
     d = data.load(str(tmp_path / "x_train.npy"), model, batch_size=64, seed=3)
     assert (d.n_train, d.n_eval, d.eval_held_out) == (300, 100, True)
     assert int(d.train.cardinality()) == 5  # known, so schedules can plan in steps

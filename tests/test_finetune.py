@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import io
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from prunecli import build_config, prune
 from prunecli import schedule as schedules
-from prunecli.config import LayerOverride, PruneConfig
+from prunecli.config import Granularity, LayerOverride, PruneConfig
 from prunecli.errors import ConfigError
 
 
@@ -80,6 +79,16 @@ def test_pruned_weights_stay_exactly_zero_under_each_optimizer(mlps, tmp_path, m
     saved = keras.saving.load_model(result.output_path).get_layer("hidden1").kernel.numpy()
     assert np.all(saved[~keep] == 0.0)
     assert list(result.report.metrics) == ["before", "after_pruning", "after_finetune"]
+
+
+def test_masks_hold_inside_an_xla_compiled_step(mlps, tmp_path, monkeypatch):
+    """The XLA path (used on GPUs/TPUs) compiles the same step, re-masking included."""
+    from prunecli import finetune
+
+    monkeypatch.setattr(finetune, "use_xla", lambda model: True)
+    result = run(mlps, tmp_path, model="sgd", sparsity=0.6, epochs=1, schedule="dynamic", batch_size=90)
+    assert result.report.extra["finetune"]["jit_compile"] is True
+    assert_masked_exactly_zero(result, sparsity=0.6)
 
 
 @pytest.mark.parametrize("schedule", ["oneshot", "iterative", "polynomial", "dynamic"])
@@ -168,27 +177,22 @@ def test_progress_bar_on_a_terminal():
     assert said == []  # the bar replaces the per-epoch line
 
 
-def fake_session(**config):
-    return SimpleNamespace(config=PruneConfig(**config), data=object())
-
-
 @pytest.mark.parametrize(
     "config, fragment",
     [
         ({"schedule": "polynomial"}, "give --epochs >= 1"),
         ({"schedule": "iterative", "epochs": 2, "schedule_steps": 3}, "needs --epochs >= 3"),
         ({"schedule": "dynamic", "epochs": 2, "threshold": 0.1}, "not --threshold"),
-        ({"schedule": "polynomial", "epochs": 2, "granularity": __import__("prunecli").Granularity("nm", 2, 4)},
-         "use --schedule oneshot"),
+        ({"schedule": "polynomial", "epochs": 2, "granularity": Granularity("nm", 2, 4)}, "use --schedule oneshot"),
+        ({"epochs": 2, "data": None}, "needs --data"),
     ],
-)  # fmt: skip
+)
 def test_impossible_combinations_are_one_line_config_errors(config, fragment):
     from prunecli import finetune
 
     with pytest.raises(ConfigError, match=fragment):
-        finetune.check(fake_session(**config))
-    with pytest.raises(ConfigError, match="needs --data"):
-        finetune.check(SimpleNamespace(config=PruneConfig(epochs=1), data=None))
+        finetune.check_config(PruneConfig(**{"data": "d.npz", **config}))
+    finetune.check_config(PruneConfig())  # no fine-tuning asked: nothing to check
 
 
 def test_optimizer_option_parsing_and_errors():
