@@ -52,12 +52,12 @@ def run(repeats: int = 3) -> str:
     model = make_resnet50(work / "resnet50.keras")
     size = model.stat().st_size
     keras_runs = [keras_alone(model, work) for _ in range(repeats)]
-    variants = [("prunecli prune -s 0.5 (layer)", ()), ("... --no-sizes", ("--no-sizes",)),
-                ("... --scope global --no-sizes", ("--scope", "global", "--no-sizes"))]  # fmt: skip
+    variants = [("prunecli prune -s 0.5 (layer)", (), repeats), ("... --no-sizes", ("--no-sizes",), repeats),
+                ("... --scope global --no-sizes", ("--scope", "global", "--no-sizes"), 2)]  # fmt: skip
     results = {}
     with tempfile.TemporaryDirectory() as cache:  # XLA compile cache: empty for the very first run only
-        for name, extra in variants:
-            results[name] = [prunecli_run(model, work, cache, *extra) for _ in range(repeats)]
+        for name, extra, runs in variants:
+            results[name] = [prunecli_run(model, work, cache, *extra) for _ in range(runs)]
     first = results[variants[0][0]][0]
     warm = {name: runs[1:] if len(runs) > 1 else runs for name, runs in results.items()}
 
@@ -70,8 +70,8 @@ def run(repeats: int = 3) -> str:
                  statistics.median(r["save"] for r in keras_runs), "-", keras_work, keras_wall,
                  mib(statistics.median(r["_max_rss"] for r in keras_runs))])  # fmt: skip
     out = [f"Model: keras.applications.ResNet50(weights=None), {mib(size)} .keras, 25.6M parameters "
-           f"(25.5M prunable in 54 tensors). Keras: median of {repeats} runs; prunecli: median of runs 2..{repeats} "
-           "of each variant (the very first run, with an empty XLA disk cache, is listed on its own).\n"]  # fmt: skip
+           f"(25.5M prunable in 54 tensors). Keras: median of {repeats} runs; prunecli: median of each variant's "
+           "runs after its first (2 runs for global, {repeats} for the others) (the very first run, with an empty XLA disk cache, is listed on its own).\n"]  # fmt: skip
     out.append(table(["run", *(f"{p} (s)" for p in PHASES), "process wall (s)", "peak RSS"], rows))
     out.append("\nPhases are the report's timings_s; `total` is their sum (no Python/TensorFlow import);"
                " process wall includes the import.\n")  # fmt: skip

@@ -29,7 +29,7 @@ def make_weights(shapes, total: int, seed: int = 0):
     for s in shapes:
         n = max(1, round(math.prod(s) * total / full))
         fan_in = math.prod(s[:-1]) or 1
-        out.append((rng.standard_normal(n, dtype=np.float32) * np.float32(math.sqrt(2.0 / fan_in))))
+        out.append(rng.standard_normal(n, dtype=np.float32) * np.float32(math.sqrt(2.0 / fan_in)))
     return out
 
 
@@ -150,7 +150,9 @@ def run(sizes=(1_000_000, 5_000_000, 25_500_000), repeats: int = 7, slow_repeats
             cold = first_call_in_new_process(shapes, big, scope, cache)
             warm = first_call_in_new_process(shapes, big, scope, cache)
         fresh.append([scope, cold, warm])
-    out.append(f"\nFirst selection in a new process ({big / 1e6:.1f}M weights), with an empty and with a warm XLA disk cache:\n")
+    out.append(
+        f"\nFirst selection in a new process ({big / 1e6:.1f}M weights), with an empty and with a warm XLA disk cache:\n"
+    )
     out.append(table(["scope", "empty cache (s)", "warm disk cache (s)"], fresh))
     out.extend(notes)
     return "\n".join(out)

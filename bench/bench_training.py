@@ -106,7 +106,10 @@ def step_times(twin: Path, sparsity: float = 0.8) -> str:
     for name, seconds in measured.items():
         base = measured.get(dense.get(name, ""))
         rows.append([name, seconds * 1000, f"{seconds / base:.2f}x" if base else "-"])
-    out = [f"Digits CNN (37k parameters), batch {BATCH}, {STEPS} steps after a warm-up pass, {sparsity:.0%} sparsity,"
+    import keras
+
+    params = keras.saving.load_model(EXAMPLE).count_params()
+    out = [f"Digits CNN ({params:,} parameters), batch {BATCH}, {STEPS} steps after a warm-up pass, {sparsity:.0%} sparsity,"
            " Adam; no XLA on CPU for either (prunecli's default on CPU, tf_keras's default). tfmot uses its default"
            " ConstantSparsity frequency (masks recomputed every 100 steps).\n"]  # fmt: skip
     out.append(table(["step", "ms per step", "vs its dense step"], rows))

@@ -365,6 +365,9 @@ def validate(c: PruneConfig) -> None:
         raise ConfigError("--auto runs on the native engine only")
     if c.max_accuracy_drop is not None and not c.data:
         raise ConfigError("--max-accuracy-drop needs --data to measure accuracy")
+    from .finetune import check_config as check_finetune  # pure Python: fails fast, before loading
+
+    check_finetune(c)
     strategy = scoring.get(c.method)
     if strategy.needs_data and not c.data:
         raise ConfigError(f"method {c.method!r} needs --data")

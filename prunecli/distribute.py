@@ -1,11 +1,13 @@
 """tf.distribute for prunecli: which strategy (--strategy), a copy of the model whose variables the
 strategy mirrors for fine-tuning, and reductions across replicas.
 
-Only fine-tuning runs replicated. Scoring, masking (an XLA kernel that needs every variable on one
-device), surgery and saving keep working on the loaded model; `replicated` swaps in a copy built
-inside `strategy.scope()` for the length of fine-tuning and copies its weights back afterwards, so the
-rest of the run never sees a distributed variable. Masks, optimizer slots and shadow weights created
-while that copy is in use are created inside the scope too, so every replica holds its own copy.
+Only the train steps run replicated. `replicated` swaps in a copy of the model built inside
+`strategy.scope()` for the length of fine-tuning and copies its weights back afterwards. Masks,
+optimizer slots and shadow weights made while the copy is in use are made inside the scope too: every
+replica holds its own. Whatever else runs during fine-tuning (a gradual schedule's re-scoring and
+re-masking, the evaluation when the final sparsity is reached) runs under `loaded_model`, on the
+loaded model on one device, as in the rest of the run: Keras's evaluate fails on a model built under
+MultiWorkerMirroredStrategy, and scoring code need not know about distributed variables.
 
 A replica computes its loss on its share of each global batch. Keras's optimizer all-reduces the
 gradients with a SUM, so each replica's loss is weighted by its share of the global batch
@@ -28,19 +30,16 @@ from .errors import ConfigError
 
 STRATEGIES = ("default", "mirrored", "multiworker", "tpu")
 _created: dict = {}
+_loaded: dict[int, tuple] = {}  # id(session) -> (loaded model, its targets) while `replicated` holds a copy
 
 
 def check_strategy(config) -> None:
-    """Fail before any work on an unknown name, on multiworker without a usable TF_CONFIG, or on a
-    gradual schedule under a strategy (its mid-training re-masking is an XLA kernel that needs every
-    variable on one device, and a replicated variable lives on several). TF-free."""
+    """Fail before any work on an unknown name, or on multiworker without a usable TF_CONFIG; TF-free."""
     name = config.strategy
     if name not in STRATEGIES:
         raise ConfigError(f"unknown strategy {name!r}; choose from: {', '.join(STRATEGIES)}")
     if name == "multiworker":
         _read_tf_config()
-    if name != "default" and config.schedule != "oneshot":
-        raise ConfigError(f"--strategy {name} fine-tunes with --schedule oneshot only (masks fixed while training)")
 
 
 def _read_tf_config() -> dict:
@@ -154,7 +153,6 @@ def replicated(session, strategy):
     if is_default(strategy):
         yield strategy
         return
-    check_strategy(session.config)
     import keras
 
     original, original_targets = session.model, session.targets
@@ -162,11 +160,32 @@ def replicated(session, strategy):
         copy = keras.models.clone_model(original)
         copy.set_weights(original.get_weights())
     session.model, session.targets = copy, _targets_in(copy, original, original_targets)
+    _loaded[id(session)] = (original, original_targets)
     try:
         yield strategy
     finally:
+        del _loaded[id(session)]
         original.set_weights(copy.get_weights())
         session.model, session.targets = original, original_targets
+
+
+@contextlib.contextmanager
+def loaded_model(session):
+    """Inside `replicated`: for the block, the session holds the loaded model again, carrying the
+    copy's current weights, and the copy takes the block's changes (new masks) when it ends.
+    Outside `replicated` (the default strategy) it does nothing."""
+    if id(session) not in _loaded:
+        yield
+        return
+    original, original_targets = _loaded[id(session)]
+    copy, copy_targets = session.model, session.targets
+    original.set_weights(copy.get_weights())
+    session.model, session.targets = original, original_targets
+    try:
+        yield
+    finally:
+        copy.set_weights(original.get_weights())
+        session.model, session.targets = copy, copy_targets
 
 
 def _targets_in(copy, original, targets) -> list:

@@ -147,7 +147,7 @@ def _select_layout(x, row_segment, first_row, seg_rows, ks):
     row_segment = np.asarray(row_segment)
     row_threshold = np.where(active, thresh, np.iinfo(np.int32).min)[row_segment].astype(np.int32)
     row_cut = np.where(active, _ROW, 0)[row_segment].astype(np.int32)  # k = 0: no ties either
-    tied = np.flatnonzero(active & (at_t > take))
+    tied = np.flatnonzero(active & (at_t > take))  # k > 0 there, so take >= 1
     if tied.size:  # take only the first `take` equal elements of those segments, by position
         per_row = np.asarray(ties_per_row(x, tf.constant(row_threshold)))
         for s in tied:
@@ -155,9 +155,6 @@ def _select_layout(x, row_segment, first_row, seg_rows, ks):
             upto = np.cumsum(per_row[first : first + count])
             r = int(np.searchsorted(upto, take[s]))  # the row holding the take-th tied element
             row_cut[first + r + 1 : first + count] = 0
-            if take[s] == 0:
-                row_cut[first : first + count] = 0
-                continue
             need = take[s] - (upto[r - 1] if r else 0)
             equal = np.flatnonzero(_np_keys(np.asarray(x[first + r])) == thresh[s])
             row_cut[first + r] = equal[need - 1] + 1
@@ -262,11 +259,11 @@ def _tf_variable(v):
 def apply_masks(variables, masks) -> None:
     """Zero every masked-out weight in place (keep where mask is True).
 
-    Plain TensorFlow ops, one fused where-and-assign per variable: an XLA function over all of a
-    model's variables was compiled afresh for every model and took seconds (ResNet50: about 1.5 s
-    unloaded) for work that takes tens of milliseconds.
+    Plain TensorFlow ops, a where and an assign per variable. One XLA function over all of a model's
+    variables had to be compiled for every model: on ResNet50 that took 1.7-3 s per run (even with
+    the disk cache) for work that takes well under a second without XLA.
     """
     tf = _tf()
     for v, m in zip(variables, masks, strict=True):
         v = _tf_variable(v)
-        v.assign(tf.where(tf.cast(m, tf.bool), v, tf.zeros_like(v)))
+        v.assign(tf.where(tf.cast(m, tf.bool), v, tf.zeros((), v.dtype)))

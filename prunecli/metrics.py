@@ -38,8 +38,15 @@ def compile_for(model, task: Task, optimizer=None) -> None:
 
 
 def evaluate(model, dataset, task: Task) -> dict[str, float]:
-    """Loss and accuracy of the model over the whole dataset (streamed in batches)."""
-    compile_for(model, task, optimizer=getattr(model, "optimizer", None) or "adam")
+    """Loss and accuracy of the model over the whole dataset (streamed in batches).
+
+    The model is compiled for the task once; later calls reuse it (sweeps evaluate dozens of times),
+    unless something else recompiled the model in between (its optimizer object changed).
+    """
+    stamp = getattr(model, "_prunecli_eval_for", None)
+    if stamp is None or stamp[0] is not task or stamp[1] is not getattr(model, "optimizer", None):
+        compile_for(model, task, optimizer=getattr(model, "optimizer", None) or "adam")
+        model._prunecli_eval_for = (task, model.optimizer)
     values = model.evaluate(dataset, verbose=0, return_dict=True)
     out = {"loss": float(values["loss"])}
     if task.accuracy:

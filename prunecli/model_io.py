@@ -11,11 +11,12 @@ weight arrays in place, so a Keras-2 file stays a Keras-2 file that tf_keras can
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from .errors import ModelLoadError, OutputError, ResourceError
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
 UNSAFE_CLASSES = ("Lambda",)
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
 @dataclass(frozen=True)
@@ -161,8 +163,9 @@ def load(path: str | os.PathLike, unsafe: bool = False):
     import keras
 
     try:
-        with _quiet_keras():
-            model = keras.saving.load_model(info.path, compile=True, safe_mode=not unsafe)
+        model = _load_keras(info.path, unsafe)
+    except MemoryError:
+        raise
     except Exception as exc:  # Keras raises TypeError/ValueError/KeyError/OSError for bad files
         msg = _load_failure(exc)
         if "Lambda" in msg or "safe_mode" in msg:
@@ -172,6 +175,20 @@ def load(path: str | os.PathLike, unsafe: bool = False):
         raise ModelLoadError(f"{info.path} did not load as a Keras model")
     _check_finite(model, info.path)
     return model, info
+
+
+def _load_keras(path: Path, unsafe: bool):
+    """Load with the training config, else without it: Keras cannot always restore one (Keras 3.15
+    fails on its own .h5 files compiled with loss="mse"), and pruning needs only structure and weights."""
+    import keras
+
+    with _quiet_keras():
+        try:
+            return keras.saving.load_model(path, compile=True, safe_mode=not unsafe)
+        except MemoryError:
+            raise
+        except Exception:
+            return keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
 
 
 def _load_failure(exc: BaseException) -> str:
@@ -208,9 +225,11 @@ def _quiet_keras():
 
 
 def default_output(path: str | os.PathLike) -> Path:
-    """`model.h5` -> `model.pruned.h5`, next to the input."""
+    """`model.h5` -> `model.pruned.h5`, next to the input; `.keras` for any other name, so that a
+    wrongly named input is reported by the loader, not as a bad output name."""
     p = Path(path)
-    return p.with_name(f"{p.stem}.pruned{p.suffix or '.keras'}")
+    suffix = p.suffix if p.suffix in MODEL_SUFFIXES else ".keras"
+    return p.with_name(f"{p.stem}.pruned{suffix}")
 
 
 def _resolved(p: Path) -> Path:
@@ -223,7 +242,7 @@ def _resolved(p: Path) -> Path:
 def resolve_output(input_path: str | os.PathLike, output: str | os.PathLike | None, force: bool) -> Path:
     """Where to write, refusing to overwrite the input unless forced and checking the directory."""
     out = Path(output) if output else default_output(input_path)
-    if out.suffix not in (".keras", ".h5", ".hdf5"):
+    if out.suffix not in MODEL_SUFFIXES:
         raise OutputError(f"output {out} must end in .keras or .h5")
     src = Path(input_path)
     same = _resolved(out) == _resolved(src) or (out.exists() and src.exists() and os.path.samefile(out, src))
@@ -268,14 +287,12 @@ def atomic_path(target: Path):
     """
     target = Path(target)
     remove_stale_temps(target)
+    tmp_path = target.parent / f".{target.stem}.{os.getpid()}.{secrets.token_hex(6)}.tmp{target.suffix}"
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.{os.getpid()}.", suffix=f".tmp{target.suffix}",
-                                   dir=target.parent)  # fmt: skip
-    except OSError as exc:
-        raise OutputError(f"cannot write {target}: {_first_line(exc)}") from exc
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
+        try:  # created inside the outer try, so a Ctrl-C at any point after this line removes it
+            tmp_path.touch(exist_ok=False)
+        except OSError as exc:
+            raise OutputError(f"cannot write {target}: {_first_line(exc)}") from exc
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -301,6 +318,8 @@ def save(model, out: Path, source: ModelFile | None = None, structure_changed: b
                 with _quiet_keras():
                     model.save(tmp)
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ResourceError(f"not enough disk space to write {out} ({_first_line(exc)})") from exc
         raise OutputError(f"cannot write {out}: {_first_line(exc)}") from exc
 
 

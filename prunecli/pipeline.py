@@ -104,6 +104,15 @@ def pick_targets(s: Session) -> None:
     c = s.config
     found = targets.select(s.model, c.include, c.exclude)
     found = [t for t in found if not policy.skipped_by_override(t, c)]
+    if c.granularity.kind == "neuron":
+        # An output layer's units are the model's outputs (its classes): removing one changes what the
+        # model predicts, not how big it is. Kept unless the user names the layer with --include.
+        outputs = targets.output_layer_names(s.model)
+        kept = [t for t in found if t.layer_name in outputs and not targets.named_in(t, c.include)]
+        if kept:
+            s.notes.append(f"output layer(s) {', '.join(sorted({t.layer_name for t in kept}))} not pruned by neuron "
+                           "(their units are the model's outputs; --include them to prune anyway)")  # fmt: skip
+            found = [t for t in found if t not in kept]
     if not found:
         raise InputError(f"{c.model_path}: no prunable layers (after --include/--exclude)")
     s.targets = found

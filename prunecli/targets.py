@@ -162,5 +162,20 @@ def select(model, include=(), exclude=()) -> list[Target]:
     return targets
 
 
+def output_layer_names(model) -> set[str]:
+    """Names of the top-level layers that produce the model's outputs."""
+    names = set()
+    for tensor in getattr(model, "outputs", None) or []:
+        history = getattr(tensor, "_keras_history", None)
+        if history is not None:
+            names.add(history.operation.name)
+    return names
+
+
+def named_in(target: Target, patterns) -> bool:
+    """Whether the target's layer is matched by one of these globs (used for explicit opt-ins)."""
+    return bool(patterns) and _matches(target.layer_name, patterns)
+
+
 def matches(target: Target, pattern: str) -> bool:
     return _matches(target.layer_name, [pattern])

@@ -139,6 +139,20 @@ def test_force_allows_overwriting_the_input(corpus, tmp_path, run_cli):
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name], "a temporary file was left behind"
 
 
+def test_h5_whose_training_config_keras_cannot_restore_still_prunes(corpus, tmp_path, run_cli):
+    """Keras fails on loss="mse" in its own .h5; the loader retries without the training config."""
+    import keras
+
+    with pytest.raises(ValueError, match="mse"):
+        keras.saving.load_model(corpus / "mse_compiled.h5")
+
+    result = run_cli(["prune", corpus / "mse_compiled.h5", "-o", tmp_path / "out.h5", "-q"])
+
+    assert result.exit_code == 0, result.output
+    kernel = keras.saving.load_model(tmp_path / "out.h5", compile=False).get_layer("hidden").kernel.numpy()
+    assert (kernel == 0).mean() == pytest.approx(0.5, abs=0.02)
+
+
 def test_every_data_driven_method_asks_for_data(corpus, run_cli):
     needing = [name for name in scoring.available() if scoring.get(name).needs_data]
     for name in needing:

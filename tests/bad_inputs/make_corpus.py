@@ -130,6 +130,11 @@ def build(dest: str | os.PathLike) -> dict[str, Path]:
     with h5py.File(d / "h5_missing_layer_weights.h5", "r+") as f:
         del f["model_weights"]["hidden"]
 
+    # Keras 3.15 cannot restore the training config of its own .h5 compiled with loss="mse"
+    mse = _mlp()
+    mse.compile(optimizer="adam", loss="mse")
+    mse.save(path("mse_compiled.h5"))
+
     # --- models that load but cannot be pruned as they are
     for value, name in ((float("nan"), "nan_weights.keras"), (float("inf"), "inf_weights.keras")):
         bad = _mlp()

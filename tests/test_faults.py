@@ -1,0 +1,290 @@
+"""Faults while running: signals during the save, full disks, too little memory, bugs.
+
+The output is written atomically (model_io.atomic_path): whatever stops the run, the output path
+holds either nothing or a complete model, and the input is never touched. Ctrl-C (and SIGTERM)
+exit with 130 and one line; SIGKILL may leave a hidden `.STEM.PID.XXXX.tmp.EXT` file, which the
+next write to the same output removes.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from prunecli import model_io
+from prunecli.cli import main
+from prunecli.errors import ExitCode, OutputError
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A 12 MB model (its save takes long enough to be interrupted) and a tiny one, with data."""
+    import keras
+    import numpy as np
+
+    d = tmp_path_factory.mktemp("faults")
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((512,))
+    x = keras.layers.Dense(2048, name="wide")(inp)
+    x = keras.layers.Dense(1024, name="deep")(x)
+    big = keras.Model(inp, keras.layers.Dense(10, name="out")(x))
+    big.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    big.save(d / "big.keras")
+    big.save(d / "big.h5")
+    inp = keras.Input((6,))
+    small = keras.Model(inp, keras.layers.Dense(3, activation="softmax", name="out")(keras.layers.Dense(8)(inp)))
+    small.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    small.save(d / "small.keras")
+    rng = np.random.default_rng(0)
+    np.savez(d / "data.npz", x=rng.standard_normal((200_000, 6)).astype("float32"), y=rng.integers(0, 3, 200_000))
+    return d
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _temps(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".tmp" in p.name)
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRUNECLI_")}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    return env
+
+
+def _signal_while_saving(args: list, out: Path, sig: int):
+    """Run `prunecli prune`, and send `sig` the moment the output or its temporary file appears."""
+    proc = subprocess.Popen([sys.executable, "-m", "prunecli", "prune", *map(str, args)], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    sent = False
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        names = os.listdir(out.parent)
+        if out.name in names or any(n.startswith(f".{out.stem}.") for n in names):
+            proc.send_signal(sig)
+            sent = True
+            break
+        time.sleep(0.002)
+    if proc.poll() is None and not sent:
+        proc.kill()
+    stdout, stderr = proc.communicate(timeout=120)
+    assert sent, f"the save was never seen (exit {proc.returncode}): {stderr[-2000:]}"
+    return proc.returncode, stdout, stderr
+
+
+def _assert_absent_or_complete(out: Path) -> None:
+    """The output is either not there, or a whole model: loadable, with the pruned weights."""
+    if not out.exists():
+        return
+    import keras
+
+    kernel = keras.saving.load_model(out, compile=False).get_layer("deep").kernel.numpy()
+    assert (kernel == 0).mean() == pytest.approx(0.5, abs=1e-3)
+
+
+def test_sigkill_during_save_leaves_nothing_partial(models, tmp_path):
+    src, out = models / "big.keras", tmp_path / "out.keras"
+    before = _sha256(src)
+
+    code, _stdout, _stderr = _signal_while_saving([src, "-o", out, "--no-sizes", "-q"], out, signal.SIGKILL)
+
+    assert code == -signal.SIGKILL
+    assert _sha256(src) == before
+    _assert_absent_or_complete(out)
+    stale = _temps(tmp_path)  # SIGKILL cannot be caught: a temporary file may stay behind ...
+    assert all(name.startswith(".out.") and name.endswith(".tmp.keras") for name in stale), stale
+
+    rerun = CliRunner().invoke(main, ["prune", str(src), "-o", str(out), "--no-sizes", "-q"], catch_exceptions=False)
+
+    assert rerun.exit_code == 0, rerun.output
+    assert _temps(tmp_path) == []  # ... and the next run writing the same output removes it
+    _assert_absent_or_complete(out)
+    assert out.exists()
+
+
+def test_sigint_during_save_exits_130_and_cleans_up(models, tmp_path):
+    src, out = models / "big.h5", tmp_path / "out.h5"
+    before = _sha256(src)
+
+    code, stdout, stderr = _signal_while_saving([src, "-o", out, "--no-sizes"], out, signal.SIGINT)
+
+    assert code == ExitCode.INTERRUPTED, stderr
+    assert stderr.strip().splitlines()[-1] == "prunecli: interrupted"
+    assert [line for line in stderr.splitlines() if line.startswith("prunecli:")] == ["prunecli: interrupted"]
+    assert "Traceback" not in stderr + stdout
+    assert _sha256(src) == before
+    assert _temps(tmp_path) == []
+    _assert_absent_or_complete(out)
+
+
+def test_sigterm_is_handled_like_ctrl_c(models, tmp_path):
+    """`kill`, `timeout` and CI cancellations send SIGTERM: same clean exit as Ctrl-C."""
+    out = tmp_path / "out.keras"
+    proc = subprocess.Popen([sys.executable, "-m", "prunecli", "prune", str(models / "big.keras"), "-o", str(out)],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    seen = []
+    for line in proc.stderr:  # progress lines: wait until the model is being loaded
+        seen.append(line)
+        if "loading" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    _stdout, rest = proc.communicate(timeout=120)
+    stderr = "".join(seen) + rest
+
+    assert proc.returncode == ExitCode.INTERRUPTED, stderr
+    assert stderr.strip().splitlines()[-1] == "prunecli: interrupted"
+    assert "Traceback" not in stderr
+    assert not out.exists() and _temps(tmp_path) == []
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+class _Memory:
+    def __init__(self, available: int):
+        self.available = available
+        self.total = available
+
+
+def test_model_larger_than_free_memory_is_a_resource_error(models, tmp_path, monkeypatch):
+    import psutil
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: _Memory(1 << 20))  # 1 MiB free
+
+    result = _invoke("prune", models / "big.keras", "-o", tmp_path / "out.keras", "-q")
+
+    assert result.exit_code == ExitCode.RESOURCE
+    assert result.stderr.count("\n") == 1
+    assert "big.keras is 12 MiB; pruning needs about 36 MiB but only 1 MiB is free" in result.stderr
+    assert not (tmp_path / "out.keras").exists()
+
+
+def test_npz_larger_than_free_memory_is_a_resource_error(models, tmp_path, monkeypatch):
+    """The .npz unpacks to about 6 MiB: the small model fits in 4 MiB of free memory, the data does not."""
+    import psutil
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: _Memory(4 << 20))
+
+    result = _invoke("prune", models / "small.keras", "-d", models / "data.npz", "-o", tmp_path / "o.keras", "-q")
+
+    assert result.exit_code == ExitCode.RESOURCE, result.output
+    assert "data.npz unpacks to 6 MiB but only 4 MiB of memory is free" in result.stderr
+    assert ".npy files, which are streamed" in result.stderr
+
+
+def test_out_of_memory_during_the_run_exits_6(models, tmp_path, monkeypatch):
+    import prunecli.pipeline
+
+    def exhausted(_session):
+        raise MemoryError()
+
+    monkeypatch.setattr(prunecli.pipeline, "pick_targets", exhausted)
+
+    result = _invoke("prune", models / "small.keras", "-o", tmp_path / "out.keras", "-q")
+
+    assert result.exit_code == ExitCode.RESOURCE
+    assert result.stderr == "prunecli: error: out of memory (MemoryError)\n"
+
+
+def test_disk_full_while_saving_keeps_the_old_output(models, tmp_path, monkeypatch):
+    import keras
+
+    out = tmp_path / "out.keras"
+    out.write_bytes(b"previous output")
+
+    def full_disk(self, path, *args, **kwargs):
+        Path(path).write_bytes(b"PK\x03\x04 half a model")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(keras.Model, "save", full_disk)
+
+    result = _invoke("prune", models / "small.keras", "-o", out, "-q")
+
+    assert result.exit_code == ExitCode.RESOURCE
+    assert result.stderr.startswith("prunecli: error: not enough disk space to write")
+    assert out.read_bytes() == b"previous output"
+    assert _temps(tmp_path) == []
+
+
+def test_a_bug_is_one_line_without_traceback(models, tmp_path, monkeypatch):
+    import prunecli.pipeline
+
+    def broken(_session):
+        raise RuntimeError("something unexpected\nwith a second line")
+
+    monkeypatch.setattr(prunecli.pipeline, "pick_targets", broken)
+
+    result = _invoke("prune", models / "small.keras", "-o", tmp_path / "out.keras", "-q")
+
+    assert result.exit_code == ExitCode.INTERNAL
+    assert result.stderr == (
+        "prunecli: internal error: RuntimeError: something unexpected (rerun with --debug for the traceback)\n"
+    )
+
+
+def test_ctrl_c_in_process_is_one_line_and_130(models, tmp_path, monkeypatch):
+    import prunecli.pipeline
+
+    def interrupted(_session):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prunecli.pipeline, "pick_targets", interrupted)
+
+    result = _invoke("prune", models / "small.keras", "-o", tmp_path / "out.keras")
+
+    assert result.exit_code == ExitCode.INTERRUPTED
+    assert result.stderr.splitlines()[-1] == "prunecli: interrupted"
+    assert "Traceback" not in result.output
+
+
+def test_atomic_path_keeps_the_target_when_the_write_fails(tmp_path):
+    target = tmp_path / "model.keras"
+    target.write_bytes(b"old")
+
+    with pytest.raises(RuntimeError), model_io.atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("crash while writing")
+
+    assert target.read_bytes() == b"old"
+    assert _temps(tmp_path) == []
+    with model_io.atomic_path(target) as tmp:
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+
+
+def test_atomic_path_reports_an_unwritable_folder(tmp_path):
+    with pytest.raises(OutputError, match="cannot write"), model_io.atomic_path(tmp_path / "gone" / "m.keras"):
+        pass
+
+
+def test_only_temporary_files_of_dead_processes_are_removed(tmp_path):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(finished.stdout)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        target = tmp_path / "model.keras"
+        stale = tmp_path / f".model.{dead}.abc123.tmp.keras"
+        running = tmp_path / f".model.{alive.pid}.def456.tmp.keras"
+        other_target = tmp_path / f".other.{dead}.ghi789.tmp.keras"
+        for p in (stale, running, other_target):
+            p.write_bytes(b"partial")
+
+        removed = model_io.remove_stale_temps(target)
+
+        assert removed == [stale]
+        assert running.exists() and other_target.exists()
+    finally:
+        alive.kill()
+        alive.wait()
