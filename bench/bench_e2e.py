@@ -71,7 +71,7 @@ def run(repeats: int = 3) -> str:
                  mib(statistics.median(r["_max_rss"] for r in keras_runs))])  # fmt: skip
     out = [f"Model: keras.applications.ResNet50(weights=None), {mib(size)} .keras, 25.6M parameters "
            f"(25.5M prunable in 54 tensors). Keras: median of {repeats} runs; prunecli: median of each variant's "
-           "runs after its first (2 runs for global, {repeats} for the others) (the very first run, with an empty XLA disk cache, is listed on its own).\n"]  # fmt: skip
+           f"runs after its first (2 runs for global, {repeats} for the others) (the very first run, with an empty XLA disk cache, is listed on its own).\n"]  # fmt: skip
     out.append(table(["run", *(f"{p} (s)" for p in PHASES), "process wall (s)", "peak RSS"], rows))
     out.append("\nPhases are the report's timings_s; `total` is their sum (no Python/TensorFlow import);"
                " process wall includes the import.\n")  # fmt: skip

@@ -25,19 +25,33 @@ def _debug_requested(ctx: click.Context) -> bool:
     return bool((root.obj or {}).get("debug")) or os.environ.get("PRUNECLI_DEBUG", "") not in ("", "0")
 
 
+def _echo_click_error(exc: click.exceptions.ClickException) -> None:
+    """click's own errors (bad option, missing argument) as one line, like prunecli's."""
+    command = getattr(getattr(exc, "ctx", None), "command_path", None)
+    hint = f" (see '{command} --help')" if command and isinstance(exc, click.UsageError) else ""
+    message = " ".join(exc.format_message().split())
+    click.echo(f"prunecli: error: {message}{hint}", err=True)
+
+
 class PruneGroup(click.Group):
     """Turns every exception into a one-line message and its documented exit code, in one place."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except getattr(click.exceptions, "NoArgsIsHelpError", ()):  # bare `prunecli`: click shows the help
+            raise
+        except click.UsageError as exc:  # an option of the group itself, e.g. `prunecli --bogus`
+            _echo_click_error(exc)
+            raise click.exceptions.Exit(exc.exit_code) from None
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort):
             raise
-        except click.exceptions.ClickException as exc:  # click's own usage errors, kept to one line too
-            command = getattr(getattr(exc, "ctx", None), "command_path", None)
-            hint = f" (see '{command} --help')" if command and isinstance(exc, click.UsageError) else ""
-            message = " ".join(exc.format_message().split())
-            click.echo(f"prunecli: error: {message}{hint}", err=True)
+        except click.exceptions.ClickException as exc:
+            _echo_click_error(exc)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("prunecli: interrupted", err=True)

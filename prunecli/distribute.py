@@ -237,20 +237,23 @@ def reduce_sum(strategy, per_replica):
 # ---------------------------------------------------------------- data-driven scoring
 
 
-def sum_over_replicas(strategy, dataset, batch_fn, max_batches: int | None = None):
+def sum_over_replicas(strategy, dataset, batch_fn, max_batches: int | None = None, then=None):
     """Sum batch_fn(x, y) over every batch of `dataset`, all replicas included: (total, batches).
 
     batch_fn runs on each replica's share of a global batch and returns a nest of tensors that are
     sums over that share (sum of |activation|, count of zeros, number of examples, ...). The result
     is the sum over the whole dataset, never one replica's share, and equals the single-device sum.
-    For a statistic that is not a sum over examples (|mean gradient| of a batch), return the raw
-    per-replica sums from batch_fn and apply the non-linear part to the reduced total per batch.
+    A statistic that is not linear in the examples, such as |gradient of the batch's mean loss|, is
+    split in two: batch_fn returns the replica's linear part (its gradient of loss_sum / global
+    count, see `global_share`), and `then` (here: abs) maps each batch's all-replica sum before it
+    is added to the total.
     """
     import tensorflow as tf
 
     @tf.function
     def step(x, y):
-        return reduce_sum(strategy, strategy.run(batch_fn, args=(x, y)))
+        batch = reduce_sum(strategy, strategy.run(batch_fn, args=(x, y)))
+        return batch if then is None else then(batch)
 
     total, batches = None, 0
     for x, y in distribute_batches(strategy, dataset):

@@ -96,6 +96,23 @@ def test_bad_input(case, corpus, tmp_path, run_cli):
     assert {p: _sha256(p) for p in inputs} == inputs, "an input file was modified"
 
 
+@pytest.mark.parametrize("name, extra", [("custom_layer.h5", []), ("good.keras", ["-d", "wrong_shape.npz"])])
+def test_a_real_process_prints_only_progress_and_the_error(corpus, tmp_path, name, extra):
+    """Out of process, so that whatever TensorFlow or Keras write to the terminal is seen too."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PRUNECLI_", "TF_CPP"))}
+    proc = subprocess.run([sys.executable, "-m", "prunecli", "prune", name, *extra, "-o", str(tmp_path / "o.keras")],
+                          cwd=corpus, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    assert proc.returncode == ExitCode.BAD_INPUT
+    lines = proc.stderr.splitlines()
+    assert lines[-1].startswith("prunecli: error: ")
+    assert all(line.startswith("· ") for line in lines[:-1]), proc.stderr
+    assert proc.stdout == ""
+
+
 def test_payloads_are_real_when_trust_is_given(corpus, tmp_path, run_cli):
     """The refusals above matter: with --unsafe the Lambda's code does run, and so would the pickle."""
     import numpy as np

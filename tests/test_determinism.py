@@ -35,8 +35,13 @@ def _h5_arrays(path) -> dict[str, bytes]:
     import h5py
 
     found = {}
+
+    def collect(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            found[name] = obj[()].tobytes()
+
     with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: found.__setitem__(name, obj[()].tobytes()) if isinstance(obj, h5py.Dataset) else None)
+        f.visititems(collect)
     return found
 
 

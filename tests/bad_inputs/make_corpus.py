@@ -1,7 +1,7 @@
 """Build the binary bad-input corpus into a directory, at test time (no binaries are committed).
 
-Each builder writes one file (or directory) named after the case that uses it; `manifest.yaml`
-refers to them as `{corpus}/NAME`. Models are tiny Dense nets so the corpus builds in seconds.
+Each file (or folder, link, FIFO) is named for what is wrong with it; `manifest.yaml` refers to
+them as `{corpus}/NAME`. Models are tiny Dense nets so the corpus builds in seconds.
 Files that would run code if loaded unsafely create a MARKER_* file when their payload runs (the
 Lambda one in the working directory, the pickle one in the corpus), so a test can prove that
 nothing was executed.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 import sys
 import zipfile
@@ -157,16 +156,19 @@ def build(dest: str | os.PathLike) -> dict[str, Path]:
     # --- untrusted code: a Lambda whose function creates a marker file whenever it runs
     # Only a `lambda` is stored as bytecode (a def is stored by name, and Keras does not restore
     # defaults or closures), so the payload names its marker relative to the working directory.
-    leave_marker = lambda t: (open("MARKER_lambda", "w").close(), t)[1]  # noqa: E731  (a literal: no globals)
+    # The name is a literal: the restored function sees Keras's globals, not this module's.
+    leave_marker = lambda t: (open("MARKER_lambda", "w").close(), t)[1]  # noqa: E731
     cwd = os.getcwd()
-    os.chdir(d)  # building the graph runs the function once: keep that marker inside the corpus
+    os.chdir(d)  # building the graph may run the function: keep that marker inside the corpus
     try:
         inp = keras.Input((INPUTS,))
         hidden = keras.layers.Dense(8, name="hidden")(inp)
-        lam = keras.Model(inp, keras.layers.Dense(CLASSES, name="out")(keras.layers.Lambda(leave_marker, output_shape=(8,))(hidden)))
+        marked = keras.layers.Lambda(leave_marker, output_shape=(8,))(hidden)
+        lam = keras.Model(inp, keras.layers.Dense(CLASSES, name="out")(marked))
         lam.save(path("lambda.keras"))
         lam.save(path("lambda.h5"))
-        inner = keras.Sequential([keras.Input((INPUTS,)), keras.layers.Lambda(leave_marker, output_shape=(INPUTS,), name="inner_lambda")])
+        inner_lambda = keras.layers.Lambda(leave_marker, output_shape=(INPUTS,), name="inner_lambda")
+        inner = keras.Sequential([keras.Input((INPUTS,)), inner_lambda])
         inp = keras.Input((INPUTS,))
         keras.Model(inp, keras.layers.Dense(CLASSES)(inner(inp))).save(path("nested_lambda.keras"))
     finally:
@@ -187,8 +189,7 @@ def build(dest: str | os.PathLike) -> dict[str, Path]:
     np.savez(path("nan_x.npz"), x=x_nan, y=y)
     payload = np.empty(1, dtype=object)
     payload[0] = _WritesMarker(str(d / PICKLE_MARKER))
-    np.savez(path("pickled.npz"), x=payload, y=y)
-    assert pickle.dumps(payload[0])  # the payload is a real pickle
+    np.savez(path("pickled.npz"), x=payload, y=y)  # numpy pickles object arrays inside the .npz
     raw_npz = (d / "good.npz").read_bytes()
     path("truncated.npz").write_bytes(raw_npz[: len(raw_npz) // 2])
 
