@@ -316,11 +316,24 @@ def save(model, out: Path, source: ModelFile | None = None, structure_changed: b
             else:
                 tmp.unlink()  # Keras writes the file itself
                 with _quiet_keras():
+                    _drop_optimizer_state(model)
                     model.save(tmp)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise ResourceError(f"not enough disk space to write {out} ({_first_line(exc)})") from exc
         raise OutputError(f"cannot write {out}: {_first_line(exc)}") from exc
+
+
+def _drop_optimizer_state(model) -> None:
+    """Keep the optimizer's settings but not its slots: Adam's moments no longer match pruned (or
+    shrunk) weights, and saving them can triple the file. The .h5 path drops them the same way."""
+    if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", False):
+        return
+    import keras
+
+    config = model.get_compile_config()
+    if config:  # compile() with a fresh optimizer; compile_from_config would build its slots again
+        model.compile(**keras.saving.deserialize_keras_object(config))
 
 
 def write_h5_weights(model, h5_path: Path) -> None:
