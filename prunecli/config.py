@@ -149,9 +149,12 @@ def _coerce(name: str, value: Any) -> Any:
         if name == "overrides":
             return _parse_overrides(value)
         if name in ("include", "exclude", "export", "exclude_features"):
-            if isinstance(value, str):
-                value = [v for v in re.split(r"[,\s]+", value) if v]
-            return tuple(str(v) for v in value)
+            items = [value] if isinstance(value, str) else list(value)
+            if name in ("export", "exclude_features"):  # "a,b" lists; layer globs are never split on ","
+                items = [part for item in items for part in re.split(r"[,\s]+", str(item)) if part]
+            elif isinstance(value, str):
+                items = [v for v in re.split(r"[,\s]+", value) if v]
+            return tuple(str(v) for v in items)
         if name == "threshold":
             if isinstance(value, str) and value.strip().lower() == "mean":
                 return "mean"
@@ -365,9 +368,16 @@ def validate(c: PruneConfig) -> None:
         raise ConfigError("--auto runs on the native engine only")
     if c.max_accuracy_drop is not None and not c.data:
         raise ConfigError("--max-accuracy-drop needs --data to measure accuracy")
-    from .finetune import check_config as check_finetune  # pure Python: fails fast, before loading
+    # pure Python checks of the optional steps, so a bad option fails before any model is loaded
+    from .distribute import check_strategy
+    from .export import check_formats
+    from .finetune import check_config as check_finetune
 
     check_finetune(c)
+    check_formats(c)
+    check_strategy(c)
+    if c.export and c.engine == "tfmot":
+        raise ConfigError("--export is not available with --engine tfmot; export the pruned .h5 with the native engine")
     strategy = scoring.get(c.method)
     if strategy.needs_data and not c.data:
         raise ConfigError(f"method {c.method!r} needs --data")

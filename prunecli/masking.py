@@ -124,7 +124,7 @@ def _locate(hist, ks):
     """Per segment: the bin holding the k-th smallest element, how many lie in lower bins, how many in it."""
     import numpy as np
 
-    upto = np.cumsum(hist, axis=1, dtype=np.int64)
+    upto = np.cumsum(hist, axis=1, dtype=np.int32)  # counts < 2**31: one segment's elements
     rows = np.arange(hist.shape[0])
     found = np.minimum((upto < ks[:, None]).sum(axis=1), _BINS - 1)
     at = hist[rows, found].astype(np.int64)

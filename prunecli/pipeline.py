@@ -66,8 +66,8 @@ def quiet_tensorflow() -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         try:
             os.dup2(devnull, 2)
-            import tensorflow  # noqa: F401
             import keras  # noqa: F401
+            import tensorflow  # noqa: F401
         finally:
             os.dup2(saved, 2)
             os.close(saved)
@@ -196,6 +196,10 @@ def prune(config: PruneConfig, progress: Progress | None = None) -> PruneResult:
     Quality gates are checked by `check_gates(result.report, config)`, after the report is written.
     """
     quiet_tensorflow()
+    if config.strategy != "default":
+        from . import distribute
+
+        distribute.get_strategy(config.strategy)  # MultiWorker must exist before TensorFlow runs anything
     if config.engine == "tfmot":
         from .engines import tfmot
 

@@ -90,9 +90,8 @@ def test_targets_cover_layer_zoo_and_nested_models():
 
 
 def test_matrix_view_round_trips():
-    import tensorflow as tf
-
     import keras
+    import tensorflow as tf
 
     conv = keras.layers.Conv2DTranspose(3, 2)
     conv.build((None, 5, 5, 4))
