@@ -222,8 +222,11 @@ def select_lowest_global(scores, k):
     flat = _flat(scores)
     if not flat:
         return []
-    if not 0 <= int(k) <= sum(int(f.shape[0]) for f in flat):
-        raise ValueError(f"cannot select {k} of {sum(int(f.shape[0]) for f in flat)} scores")
+    total = sum(int(f.shape[0]) for f in flat)
+    if not 0 <= int(k) <= total:
+        raise ValueError(f"cannot select {k} of {total} scores")
+    if total >= 2**31:
+        raise ValueError(f"{total} scores: the histograms count in int32; rank fewer at a time")
     return _select_segments([flat], [int(k)])
 
 

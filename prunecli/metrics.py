@@ -43,10 +43,11 @@ def evaluate(model, dataset, task: Task) -> dict[str, float]:
     The model is compiled for the task once; later calls reuse it (sweeps evaluate dozens of times),
     unless something else recompiled the model in between (its optimizer object changed).
     """
-    stamp = getattr(model, "_prunecli_eval_for", None)
-    if stamp is None or stamp[0] is not task or stamp[1] is not getattr(model, "optimizer", None):
+    # ids, not objects: Keras tracks objects set as model attributes and would save them with the model
+    stamp = (id(task), id(getattr(model, "optimizer", None)))
+    if getattr(model, "_prunecli_eval_for", None) != stamp:
         compile_for(model, task, optimizer=getattr(model, "optimizer", None) or "adam")
-        model._prunecli_eval_for = (task, model.optimizer)
+        model._prunecli_eval_for = (id(task), id(model.optimizer))
     values = model.evaluate(dataset, verbose=0, return_dict=True)
     out = {"loss": float(values["loss"])}
     if task.accuracy:

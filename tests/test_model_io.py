@@ -121,3 +121,19 @@ def test_file_sizes_reports_gzip(tmp_path):
     sizes = model_io.file_sizes(p)
     assert sizes["bytes"] == 100_000
     assert 0 < sizes["gzip_bytes"] < 1_000
+
+
+def test_output_drops_stale_optimizer_slots(cli, example_model, example_data, tmp_path):
+    """The example file carries Adam's moments (2x the weights); they no longer match pruned weights."""
+    import zipfile
+
+    out = tmp_path / "o.keras"
+    result = cli("prune", example_model, "-s", "0.5", "--data", example_data, "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+
+    def weights_bytes(p):
+        return zipfile.ZipFile(p).getinfo("model.weights.h5").file_size
+
+    assert weights_bytes(out) < 0.5 * weights_bytes(example_model)
+    model, _ = model_io.load(out)
+    assert model.optimizer is not None and type(model.optimizer).__name__ == "Adam"
