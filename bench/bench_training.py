@@ -28,24 +28,58 @@ def batches():
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH).cache()
 
 
-def per_step_fit(model, data, callbacks=()) -> float:
-    """Seconds per step of model.fit over STEPS batches, after one warm-up pass (tracing excluded)."""
-    model.fit(data, epochs=1, verbose=0, callbacks=list(callbacks))
-    start = time.perf_counter()
-    model.fit(data, epochs=1, verbose=0, callbacks=list(callbacks))
-    return (time.perf_counter() - start) / STEPS
+ROUNDS = 7
 
 
-def keras3_dense(data) -> float:
+def fit_pass(model, data, callbacks=()):
+    """A closure running one model.fit epoch over the batches, after one warm-up epoch (tracing)."""
+    model.fit(data, epochs=1, verbose=0, callbacks=list(callbacks))
+    return lambda: model.fit(data, epochs=1, verbose=0, callbacks=list(callbacks))
+
+
+def loop_pass(step, data):
+    """A closure calling a compiled train step on every batch from Python, after one warm-up pass."""
+
+    def one_pass():
+        out = None
+        for x, y in data:
+            out = step(x, y)
+        float(out[0])
+
+    one_pass()
+    return one_pass
+
+
+def keras3_dense_fit(data):
     import keras
 
     model = keras.saving.load_model(EXAMPLE)
     model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss="sparse_categorical_crossentropy",
                   jit_compile=False)  # fmt: skip
-    return per_step_fit(model, data)
+    return fit_pass(model, data)
 
 
-def prunecli_masked(data, sparsity: float) -> float:
+def keras3_dense_loop(data):
+    """The dense step written like prunecli's (GradientTape, apply_gradients, tf.function), masks left out."""
+    import keras
+    import tensorflow as tf
+
+    model = keras.saving.load_model(EXAMPLE)
+    optimizer = keras.optimizers.Adam(LEARNING_RATE)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+
+    @tf.function(autograph=False)
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return (loss,)
+
+    return loop_pass(step, data)
+
+
+def prunecli_masked(data, sparsity: float):
     """prunecli's own fine-tuning step (finetune.Trainer: forward, backward, update, masks re-applied)."""
     import keras
 
@@ -60,25 +94,19 @@ def prunecli_masked(data, sparsity: float) -> float:
     pick_targets(s)
     score_and_mask(s)
     trainer = finetune.Trainer(s, keras.optimizers.Adam(LEARNING_RATE))
-    for x, y in data:  # warm-up: traces the step
-        trainer.train(x, y)
-    start = time.perf_counter()
-    for x, y in data:
-        out = trainer.train(x, y)
-    float(out[0])
-    return (time.perf_counter() - start) / STEPS
+    return loop_pass(trainer.train, data)
 
 
-def tf_keras_dense(twin: Path, data) -> float:
+def tf_keras_dense(twin: Path, data):
     from prunecli.engines.tfmot import _import_tfmot
 
     _, tf_keras = _import_tfmot()
     model = tf_keras.models.load_model(twin)
     model.compile(optimizer=tf_keras.optimizers.Adam(LEARNING_RATE), loss="sparse_categorical_crossentropy")
-    return per_step_fit(model, data)
+    return fit_pass(model, data)
 
 
-def tfmot_masked(twin: Path, data, sparsity: float) -> float:
+def tfmot_masked(twin: Path, data, sparsity: float):
     from prunecli.engines.tfmot import _import_tfmot
 
     tfmot, tf_keras = _import_tfmot()
@@ -86,33 +114,48 @@ def tfmot_masked(twin: Path, data, sparsity: float) -> float:
     model = tf_keras.models.load_model(twin)
     wrapped = sk.prune_low_magnitude(model, pruning_schedule=sk.ConstantSparsity(sparsity, begin_step=0))
     wrapped.compile(optimizer=tf_keras.optimizers.Adam(LEARNING_RATE), loss="sparse_categorical_crossentropy")
-    return per_step_fit(wrapped, data, callbacks=[sk.UpdatePruningStep()])
+    return fit_pass(wrapped, data, callbacks=[sk.UpdatePruningStep()])
 
 
 def step_times(twin: Path, sparsity: float = 0.8) -> str:
+    import statistics
+
     data = batches()
-    rows, notes = [], []
-    measured = {}
-    for name, fn in (("Keras 3 dense (model.fit)", lambda: keras3_dense(data)),
-                     ("prunecli masked (finetune.Trainer)", lambda: prunecli_masked(data, sparsity)),
-                     ("tf_keras dense (model.fit)", lambda: tf_keras_dense(twin, data)),
-                     ("tfmot masked (prune_low_magnitude + fit)", lambda: tfmot_masked(twin, data, sparsity))):  # fmt: skip
+    notes, passes = [], {}
+    variants = (("Keras 3 dense (model.fit)", lambda: keras3_dense_fit(data)),
+                ("Keras 3 dense (tf.function step, prunecli's loop)", lambda: keras3_dense_loop(data)),
+                ("prunecli masked (finetune.Trainer)", lambda: prunecli_masked(data, sparsity)),
+                ("tf_keras dense (model.fit)", lambda: tf_keras_dense(twin, data)),
+                ("tfmot masked (prune_low_magnitude + fit)", lambda: tfmot_masked(twin, data, sparsity)))  # fmt: skip
+    for name, make in variants:
         try:
-            measured[name] = fn()
+            passes[name] = make()
         except Exception as exc:  # another helper's module may be missing or changed: say so, go on
             notes.append(f"- {name}: not measured ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
-    dense = {"prunecli masked (finetune.Trainer)": "Keras 3 dense (model.fit)",
+    times = {name: [] for name in passes}
+    for _ in range(ROUNDS):  # interleaved, so a busy moment hits every variant alike
+        for name, one_pass in passes.items():
+            start = time.perf_counter()
+            one_pass()
+            times[name].append((time.perf_counter() - start) / STEPS)
+    measured = {name: statistics.median(values) for name, values in times.items()}
+    dense = {"prunecli masked (finetune.Trainer)": "Keras 3 dense (tf.function step, prunecli's loop)",
              "tfmot masked (prune_low_magnitude + fit)": "tf_keras dense (model.fit)"}  # fmt: skip
+    rows = []
     for name, seconds in measured.items():
         base = measured.get(dense.get(name, ""))
-        rows.append([name, seconds * 1000, f"{seconds / base:.2f}x" if base else "-"])
+        fastest = min(times[name])
+        base_fastest = min(times[dense[name]]) if base else None
+        rows.append([name, seconds * 1000, fastest * 1000, f"{seconds / base:.2f}x" if base else "-",
+                     f"{fastest / base_fastest:.2f}x" if base else "-"])  # fmt: skip
     import keras
 
     params = keras.saving.load_model(EXAMPLE).count_params()
-    out = [f"Digits CNN ({params:,} parameters), batch {BATCH}, {STEPS} steps after a warm-up pass, {sparsity:.0%} sparsity,"
-           " Adam; no XLA on CPU for either (prunecli's default on CPU, tf_keras's default). tfmot uses its default"
+    out = [f"Digits CNN ({params:,} parameters), batch {BATCH}, {sparsity:.0%} sparsity, Adam; median (and min) over"
+           f" {ROUNDS} interleaved passes of {STEPS} steps each, after a warm-up pass;"
+           " no XLA on CPU for any (prunecli's default on CPU, tf_keras's default). tfmot uses its default"
            " ConstantSparsity frequency (masks recomputed every 100 steps).\n"]  # fmt: skip
-    out.append(table(["step", "ms per step", "vs its dense step"], rows))
+    out.append(table(["step", "ms/step (median)", "ms/step (min)", "vs dense (medians)", "vs dense (mins)"], rows))
     out.extend(notes)
     return "\n".join(out)
 

@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import shutil
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,7 +189,53 @@ def _load_keras(path: Path, unsafe: bool):
         except MemoryError:
             raise
         except Exception:
-            return keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
+            try:
+                return keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
+            except Exception as exc:
+                if path.suffix in (".h5", ".hdf5") and _UNKNOWN_KWARGS.search(_load_failure(exc)):
+                    return _load_h5_dropping_legacy_arguments(path, exc)
+                raise
+
+
+_UNKNOWN_KWARGS = re.compile(r"Unrecognized keyword arguments passed to (\w+): \{(.*)\}")
+
+
+def _load_h5_dropping_legacy_arguments(path: Path, first_error: BaseException):
+    """Keras-2 files carry layer arguments Keras 3 no longer takes (DepthwiseConv2D's `groups` in every
+    tf_keras MobileNet, for example). Drop each argument Keras names from a temporary copy's config and
+    load that copy; the input file is never modified. The checks for code-carrying layers ran before."""
+    import h5py
+    import keras
+
+    config = inspect_file(path).config
+    error: BaseException = first_error
+    with tempfile.TemporaryDirectory(prefix="prunecli-") as scratch:
+        patched = Path(scratch) / path.name
+        shutil.copyfile(path, patched)
+        for _ in range(20):  # Keras names one class's unknown arguments per attempt
+            match = _UNKNOWN_KWARGS.search(_load_failure(error))
+            if not match:
+                raise error
+            _drop_arguments(config, match.group(1), set(re.findall(r"'(\w+)'", match.group(2))))
+            with h5py.File(patched, "r+") as f:
+                f.attrs["model_config"] = json.dumps(config)
+            try:
+                return keras.saving.load_model(patched, compile=False, safe_mode=True)
+            except Exception as exc:  # noqa: BLE001 - examined on the next round
+                error = exc
+    raise first_error
+
+
+def _drop_arguments(node, class_name: str, keys: set[str]) -> None:
+    if isinstance(node, dict):
+        if node.get("class_name") == class_name and isinstance(node.get("config"), dict):
+            for key in keys:
+                node["config"].pop(key, None)
+        for value in node.values():
+            _drop_arguments(value, class_name, keys)
+    elif isinstance(node, list):
+        for value in node:
+            _drop_arguments(value, class_name, keys)
 
 
 def _load_failure(exc: BaseException) -> str:

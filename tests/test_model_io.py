@@ -137,3 +137,19 @@ def test_output_drops_stale_optimizer_slots(cli, example_model, example_data, tm
     assert weights_bytes(out) < 0.5 * weights_bytes(example_model)
     model, _ = model_io.load(out)
     assert model.optimizer is not None and type(model.optimizer).__name__ == "Adam"
+
+
+def test_keras2_mobilenet_with_legacy_arguments(cli, tmp_path):
+    """tf_keras MobileNet files store DepthwiseConv2D(groups=1), an argument Keras 3 rejects."""
+    import tf_keras
+
+    src = tmp_path / "mobilenet.h5"
+    tf_keras.applications.MobileNet(weights=None, input_shape=(32, 32, 3), alpha=0.25, classes=4).save(src)
+    before = sha(src)
+    out = tmp_path / "mobilenet.pruned.h5"
+    result = cli("prune", src, "-s", "0.6", "-o", out, "-q")
+    assert result.exit_code == 0, result.stderr
+    assert sha(src) == before
+    reloaded = tf_keras.models.load_model(out)
+    kernel = reloaded.get_layer("conv_pw_1").get_weights()[0]
+    assert np.count_nonzero(kernel) == kernel.size - round(0.6 * kernel.size)
