@@ -192,31 +192,36 @@ def _load_keras(path: Path, unsafe: bool):
             try:
                 return keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
             except Exception as exc:
-                if path.suffix in (".h5", ".hdf5") and _UNKNOWN_KWARGS.search(_load_failure(exc)):
+                reason = _load_failure(exc)
+                if path.suffix in (".h5", ".hdf5") and (_UNKNOWN_KWARGS.search(reason) or _SLASH_NAME in reason):
                     return _load_h5_dropping_legacy_arguments(path, exc)
                 raise
 
 
 _UNKNOWN_KWARGS = re.compile(r"Unrecognized keyword arguments passed to (\w+): \{(.*)\}")
+_SLASH_NAME = "cannot contain character `/`"
 
 
 def _load_h5_dropping_legacy_arguments(path: Path, first_error: BaseException):
     """Keras-2 files carry layer arguments Keras 3 no longer takes (DepthwiseConv2D's `groups` in every
-    tf_keras MobileNet, for example). Drop each argument Keras names from a temporary copy's config and
-    load that copy; the input file is never modified. The checks for code-carrying layers ran before."""
+    tf_keras MobileNet, for example) and layer names with "/" (tf_keras DenseNet's "conv1/conv"), which
+    Keras 3 refuses. Drop each argument Keras names and replace "/" in names, in a temporary copy's config,
+    and load that copy; the input file is never modified. Weights are matched by position, so renamed
+    layers keep theirs. The checks for code-carrying layers ran before."""
     import h5py
     import keras
 
-    config = inspect_file(path).config
+    config = _without_slashes_in_names(inspect_file(path).config)
     error: BaseException = first_error
     with tempfile.TemporaryDirectory(prefix="prunecli-") as scratch:
         patched = Path(scratch) / path.name
         shutil.copyfile(path, patched)
         for _ in range(20):  # Keras names one class's unknown arguments per attempt
             match = _UNKNOWN_KWARGS.search(_load_failure(error))
-            if not match:
+            if match:
+                _drop_arguments(config, match.group(1), set(re.findall(r"'(\w+)'", match.group(2))))
+            elif error is not first_error:
                 raise error
-            _drop_arguments(config, match.group(1), set(re.findall(r"'(\w+)'", match.group(2))))
             with h5py.File(patched, "r+") as f:
                 f.attrs["model_config"] = json.dumps(config)
             try:
@@ -224,6 +229,15 @@ def _load_h5_dropping_legacy_arguments(path: Path, first_error: BaseException):
             except Exception as exc:  # noqa: BLE001 - examined on the next round
                 error = exc
     raise first_error
+
+
+def _without_slashes_in_names(config: dict) -> dict:
+    layers = (config.get("config") or {}).get("layers") or []
+    names = {layer["config"]["name"] for layer in layers if "/" in str(layer.get("config", {}).get("name", ""))}
+    text = json.dumps(config)
+    for name in sorted(names, key=len, reverse=True):
+        text = text.replace(json.dumps(name), json.dumps(name.replace("/", "_")))
+    return json.loads(text)
 
 
 def _drop_arguments(node, class_name: str, keys: set[str]) -> None:

@@ -153,3 +153,20 @@ def test_keras2_mobilenet_with_legacy_arguments(cli, tmp_path):
     reloaded = tf_keras.models.load_model(out)
     kernel = reloaded.get_layer("conv_pw_1").get_weights()[0]
     assert np.count_nonzero(kernel) == kernel.size - round(0.6 * kernel.size)
+
+
+def test_keras2_layer_names_with_slashes(cli, tmp_path):
+    """tf_keras DenseNet names layers "conv1/conv"; Keras 3 refuses "/" in names."""
+    import tf_keras
+
+    inp = tf_keras.Input((6,))
+    x = tf_keras.layers.Dense(8, activation="relu", name="block1/dense")(inp)
+    out = tf_keras.layers.Dense(2, name="head/logits")(x)
+    src = tmp_path / "slashes.h5"
+    tf_keras.Model(inp, out).save(src)
+    out_path = tmp_path / "slashes.pruned.h5"
+    result = cli("prune", src, "-s", "0.5", "-o", out_path, "-q")
+    assert result.exit_code == 0, result.stderr
+    reloaded = tf_keras.models.load_model(out_path)
+    kernel = reloaded.get_layer("block1/dense").get_weights()[0]
+    assert np.count_nonzero(kernel) == kernel.size // 2
