@@ -46,6 +46,7 @@ class Session:
     structure_changed: bool = False
     extras: dict | None = None  # report sections added by optional steps (fine-tuning, shrink, export)
     output_path: Path | None = None  # checked before any work, so a bad -o fails fast
+    input_sizes: Any = None  # a Future: the input's gzip size, computed on another core while we prune
     compiled_optimizer: Any = None  # the file's own optimizer, before evaluation recompiles the model
 
 
@@ -90,6 +91,12 @@ def load_model_and_data(s: Session) -> None:
     s.progress(f"loading {c.model_path}")
     with s.timings.phase("load"):
         s.model, s.source = model_io.load(c.model_path, unsafe=c.unsafe)
+        if c.sizes:  # zlib releases the GIL, so this overlaps with scoring and masking
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prunecli-sizes")
+            s.input_sizes = pool.submit(model_io.file_sizes, s.source.path)
+            pool.shutdown(wait=False)
         s.compiled_optimizer = getattr(s.model, "optimizer", None)
         if c.data:
             from .metrics import infer_task
@@ -149,7 +156,7 @@ def score_and_mask(s: Session, config: PruneConfig | None = None):
         scores = strategy.fn(s.targets, ctx)
     s.progress("building and applying masks")
     with s.timings.phase("mask"):
-        masks = policy.build_masks(s.targets, scores, strategy.level, c)
+        masks = policy.build_masks(s.targets, scores, strategy.level, c, model=s.model)
         masking.apply_masks([t.variable for t in s.targets], [masks.masks[t.name] for t in s.targets])
     s.notes.extend(masks.notes)
     s.masks = masks
@@ -176,7 +183,7 @@ def build_report(s: Session, out: Path | None) -> Report:
     outp = {"path": str(out), "format": out.suffix.lstrip(".")} if out else None
     with s.timings.phase("sizes"):
         if c.sizes:
-            inp.update(model_io.file_sizes(s.source.path))
+            inp.update(s.input_sizes.result() if s.input_sizes else model_io.file_sizes(s.source.path))
             if out:
                 outp.update(model_io.file_sizes(out))
         elif out:
