@@ -15,12 +15,18 @@ and timed in alternation for several rounds, batch 1 and batch 64, on this machi
 gives the median of its repeats and the table shows the best round, the estimate least disturbed by
 other jobs on a shared machine. Writes bench/SHRINK.md.
 
-    .venv/bin/python bench/shrink_table.py [--rounds 5]
+Neuron masks are group-aware (`prunecli/groups.py`): layers whose channels meet in a residual merge get
+one mask. Each case is pruned a second time with masks chosen layer by layer (the grouping turned off)
+for the `per-layer masks` column; `--per-layer` runs the whole table that way and only prints it.
+
+    .venv/bin/python bench/shrink_table.py [--rounds 5] [--per-layer]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import os
 import platform
 import sys
@@ -54,6 +60,19 @@ def mobilenet_file(directory: Path, trained_bn: bool) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def per_layer_masks():
+    """Masks chosen layer by layer, as before group-aware selection: the policy's fallback path."""
+    from prunecli import groups
+
+    chosen = groups.select_tied
+    groups.select_tied = lambda *_args, **_kwargs: False
+    try:
+        yield
+    finally:
+        groups.select_tied = chosen
+
+
 def prunable_units(model) -> int:
     from prunecli import targets
 
@@ -73,7 +92,8 @@ def timed(original, shrunk, rounds: int) -> dict:
     return {key: min(values) for key, values in samples.items()}
 
 
-def run_case(name: str, model_path: Path, out_dir: Path, rounds: int, data: str | None = None, epochs: int = 0):
+def run_case(name: str, model_path: Path, out_dir: Path, rounds: int, data: str | None = None, epochs: int = 0,
+             compare: bool = True):  # fmt: skip
     import keras
 
     from prunecli import build_config, prune
@@ -92,10 +112,16 @@ def run_case(name: str, model_path: Path, out_dir: Path, rounds: int, data: str 
     latency = timed(original, shrunk, rounds)
     shrink = report["shrink"]
     metrics = report["metrics"]
+    per_layer = shrink["params_after"]
+    if compare:  # the same run with masks chosen layer by layer
+        with per_layer_masks():
+            settings.update(output=str(out.with_suffix(".per_layer.keras")), sizes=False)
+            per_layer = prune(build_config(settings)).report.to_dict()["shrink"]["params_after"]
     return {
         "name": name,
         "units": (prunable_units(original), prunable_units(shrunk)),
         "params": (shrink["params_before"], shrink["params_after"]),
+        "per_layer_params": (shrink["params_before"], per_layer),
         "bytes": (report["input"]["bytes"], report["output"]["bytes"]),
         "gzip": (report["input"].get("gzip_bytes"), report["output"].get("gzip_bytes")),
         "macs": (report.get("flops", {}).get("before"), report.get("flops", {}).get("after")),
@@ -132,14 +158,15 @@ def render(rows: list[dict], rounds: int) -> str:
         "output difference between the masked and the shrunk model, relative to the largest output, on data (the",
         "example) or random inputs (MobileNetV2).",
         "",
-        "| model | units kept | params | params ratio | file ratio (raw / gzip) | MACs ratio "
-        "| batch 1 ms (orig → shrunk) | batch 64 ms (orig → shrunk) | max rel diff | dead channels kept |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | units kept | params | params ratio | params ratio, per-layer masks | file ratio (raw / gzip) "
+        "| MACs ratio | batch 1 ms (orig → shrunk) | batch 64 ms (orig → shrunk) | max rel diff | dead channels kept |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
             f"| {r['name']} | {r['units'][1]:,} / {r['units'][0]:,} | {r['params'][0]:,} → {r['params'][1]:,} "
-            f"| {ratio(r['params'])} | {ratio(r['bytes'])} / {ratio(r['gzip'])} | {ratio(r['macs'])} "
+            f"| {ratio(r['params'])} | {ratio(r['per_layer_params'])} | {ratio(r['bytes'])} / {ratio(r['gzip'])} "
+            f"| {ratio(r['macs'])} "
             f"| {latency_cell(r['latency'], 1)} | {latency_cell(r['latency'], 64)} "
             f"| {r['max_rel_diff']:.1e} | {r['kept_groups']} |"
         )
@@ -165,8 +192,9 @@ def render(rows: list[dict], rounds: int) -> str:
         "  would change the function (a non-zero constant under 'same' or zero padding, a residual group where",
         "  the channel is alive in another member).",
         "- The shrunk model computes the masked model's function, so its accuracy is the last accuracy column.",
-        "- MobileNetV2 units in residual groups are removed only where every member of the group is dead;",
-        "  per-layer masks rarely agree, so most residual-stream channels stay.",
+        "- Layers whose outputs meet in a residual Add are masked as one (same channels, combined score), so",
+        "  a residual stream loses half of its channels. `params ratio, per-layer masks` is the same run with",
+        "  masks chosen layer by layer: a channel then goes only where every block's mask happens to agree.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -174,19 +202,22 @@ def render(rows: list[dict], rounds: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--per-layer", action="store_true", help="masks layer by layer; print, do not write")
     args = parser.parse_args()
     quiet_tensorflow()
     example = ROOT / "examples" / "digits_cnn.keras"
     data = str(ROOT / "examples" / "digits.npz")
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, per_layer_masks() if args.per_layer else contextlib.nullcontext():
         d = Path(tmp)
-        rows.append(run_case("digits CNN", example, d, args.rounds, data=data))
-        rows.append(run_case("digits CNN, --epochs 2", example, d, args.rounds, data=data, epochs=2))
-        rows.append(run_case("MobileNetV2 96x96 (initial BN)", mobilenet_file(d, False), d, args.rounds))
-        rows.append(run_case("MobileNetV2 96x96 (trained-like BN)", mobilenet_file(d, True), d, args.rounds))
+        case = functools.partial(run_case, out_dir=d, rounds=args.rounds, compare=not args.per_layer)
+        rows.append(case("digits CNN", example, data=data))
+        rows.append(case("digits CNN, --epochs 2", example, data=data, epochs=2))
+        rows.append(case("MobileNetV2 96x96 (initial BN)", mobilenet_file(d, False)))
+        rows.append(case("MobileNetV2 96x96 (trained-like BN)", mobilenet_file(d, True)))
     text = render(rows, args.rounds)
-    (ROOT / "bench" / "SHRINK.md").write_text(text, encoding="utf-8")
+    if not args.per_layer:
+        (ROOT / "bench" / "SHRINK.md").write_text(text, encoding="utf-8")
     print(text)
 
 

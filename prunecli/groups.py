@@ -1,12 +1,13 @@
 """Group-aware neuron selection: layers whose channels must shrink together are pruned as one.
 
 Surgery removes a channel only when it is dead in every layer that makes it. `graph.py` finds those
-channel classes: a residual Add/Multiply joins its inputs' channels, a shared layer its calls', a
-Concatenate keeps each slice with the layer that made it, and a depthwise filter sits on the channel
-it reads. Masking these layers one at a time rarely kills the same channels, so little shrinks.
+channel classes and their producers: a residual Add/Multiply joins its inputs' channels, a shared layer
+its calls', and a Concatenate keeps each slice with the layer that made it, so a concatenation that
+meets a merge ties each slice to the layers on the other side. Masking these layers one at a time
+rarely kills the same channels, so little shrinks.
 
-Here the neuron targets whose units fall in the same channel classes form a *tied set*, pruned like
-one layer whose units are the set's channels, the coupling DepGraph (Fang et al., CVPR 2023) prunes by:
+Here the neuron targets that produce the same channel classes form a *tied set*, pruned like one
+layer whose units are the set's channels, as DepGraph (Fang et al., CVPR 2023) prunes coupled layers:
 
 - a channel's score is the mean, over the members that make it, of the member's unit score divided by
   that member's mean score (as scope=global compares layers), so one layer's scale does not decide;
@@ -19,7 +20,10 @@ one layer whose units are the set's channels, the coupling DepGraph (Fang et al.
   selected and do not count; no member keeps fewer units than its min_keep floor: its best-scoring
   channels are reserved before the lowest are selected, which is the layer cap the policy applies.
 
-Targets tied to no other target are selected as policy.py always selects them.
+Depthwise filters are not tied to the layer that makes their channel: where nothing else reads that
+channel, surgery removes it when either the producer's unit or the filter is dead, so independent
+masks remove more channels than one shared mask would (MobileNetV2's expansions). They keep the
+per-layer selection, as do targets tied to no other.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import masking
-from .policy import MaskSet, _floor, override_sparsity
+from .policy import MaskSet, override_sparsity
 
 MAX_NAMED_MEMBERS = 4  # longer sets are named by their first members and a count in notes
 
@@ -113,12 +117,12 @@ def select_tied(model, groups: list, config, result: MaskSet) -> bool:
     if not tied:
         return False
     result.notes.append(
-        f"neuron: {len(tied)} set(s) of layers that share channels (residual merges, concatenations, shared or "
-        "depthwise layers) pruned as one, with the same units masked in every member"
+        f"neuron: {len(tied)} set(s) of layers whose channels meet in a merge (residual Add, Multiply, "
+        "Concatenate slices) pruned as one, with the same units masked in every member"
     )
     for e in tied:
         if e.reasons:
-            why = "; ".join(f"{n} {reason}" for reason, n in sorted(e.reasons.items()))
+            why = "; ".join(f"{reason}: {n}" for reason, n in sorted(e.reasons.items()))
             result.notes.append(f"{e.label}: {e.channels - e.prunable} of {e.channels} shared channels never "
                                 f"pruned ({why})")  # fmt: skip
     own = {id(e): _own_sparsity(e, config, result) for e in entries}
@@ -181,13 +185,9 @@ def _entries(g, groups: list) -> list[Entry]:
 
 
 def _unit_roots(g, call, target):
-    """The channel class of each unit of `target`, or None when its units are not channels of the graph
-    (a nested or unsupported layer, a SeparableConv's depthwise kernel, which reads channels)."""
-    if call is None:
-        return None
-    depthwise = call.kind == "channelwise" and type(call.layer).__name__.startswith("DepthwiseConv")
-    makes_outputs = call.kind == "mixer" and target.attr in ("kernel", "pointwise_kernel")
-    if not (makes_outputs or (depthwise and target.attr == "kernel")):
+    """The channel class of each output unit of a Dense/Conv-like target, or None when its units are not
+    channels the layer makes (a nested or unsupported layer, a depthwise kernel: see the module notes)."""
+    if call is None or call.kind != "mixer" or target.attr not in ("kernel", "pointwise_kernel"):
         return None
     ids = g.ids[call.outputs[0]]
     if len(ids) != target.units:
@@ -212,7 +212,7 @@ def _ranking(e: Entry, config, together: bool) -> np.ndarray:
     number, normalised for a tied set (and for everyone ranked together when normalize='mean')."""
     if together:
         return e.combined(config.normalize == "mean")
-    if isinstance(config.threshold, (int, float)) and not isinstance(config.threshold, bool):
+    if config.threshold not in (None, "mean"):
         return e.combined(False)
     return e.combined(e.tied)
 

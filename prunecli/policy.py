@@ -17,6 +17,8 @@ Guarantees:
 - Overrides (recipe `overrides:`/`layers:`, glob -> sparsity | skip | {sparsity, skip}, the last
   matching rule wins): a skipped layer is left whole; a layer with its own sparsity is pruned to it
   exactly, and with scope=global the other layers share the global budget among themselves.
+- Neuron masks, given the model: layers whose output channels meet in a residual merge are one set
+  that loses round(s * channels) channels, the same in every member (groups.py says how).
 - No layer keeps fewer than max(1, ceil(min_keep * groups)) groups unless allow_empty. When the floor
   wins, the layer keeps its floor and, with scope=global, the rest of the budget goes to the others.
 """
@@ -123,9 +125,10 @@ def _floor(n: int, config: PruneConfig) -> int:
     return min(n, max(1, math.ceil(config.min_keep * n)))
 
 
-def build_masks(targets: list[Target], scores: dict, level: str, config: PruneConfig) -> MaskSet:
+def build_masks(targets: list[Target], scores: dict, level: str, config: PruneConfig, model=None) -> MaskSet:
     """Turn scores ({target.name: tensor}, higher = more important) into keep-masks; see the module
-    docstring for what is guaranteed."""
+    docstring for what is guaranteed. With `model`, neuron masks prune layers whose channels must
+    shrink together (residual merges, concatenations, shared layers) as one set: see groups.py."""
     import tensorflow as tf
 
     _check_scores(targets, scores, level)
@@ -148,6 +151,11 @@ def build_masks(targets: list[Target], scores: dict, level: str, config: PruneCo
     for t in active:
         g = _group_scores(t, scores[t.name], level, gran)
         groups.append(_Groups(t, g, _floor(int(tf.size(g)), config)))
+    if gran.kind == "neuron" and model is not None:
+        from .groups import select_tied
+
+        if select_tied(model, groups, config, result):
+            return result
     own = {g.target.name: override_sparsity(g.target, config) for g in groups}
     if config.scope == "layer" and config.threshold is None:
         ks = []
