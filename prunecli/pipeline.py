@@ -81,6 +81,9 @@ def quiet_tensorflow() -> None:
         absl.logging.set_verbosity(absl.logging.ERROR)
     except ImportError:
         pass
+    from .masking import enable_compile_cache
+
+    enable_compile_cache()  # before any XLA compile (evaluation compiles first when --data is given)
 
 
 def load_model_and_data(s: Session) -> None:
