@@ -171,7 +171,7 @@ def _progress(config):
     from rich.console import Console
 
     console = Console(stderr=True)
-    return lambda msg: console.print(f"[dim]· {msg}[/]")
+    return lambda msg: console.print(f"[dim]· {msg}[/]", soft_wrap=True)  # one line each, even in CI logs
 
 
 def _emit_report(report, config) -> None:
