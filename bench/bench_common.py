@@ -131,6 +131,17 @@ def make_resnet50(path: Path) -> Path:
     return path
 
 
+def _example_module():
+    """examples/make_example.py, which defines the bundled model's architecture once."""
+    import importlib.util
+
+    path = ROOT / "examples" / "make_example.py"
+    spec = importlib.util.spec_from_file_location("make_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def digits_twin_h5(keras_path: Path, out: Path) -> Path:
     """The bundled digits CNN rebuilt with tf_keras (Keras 2), same weights, saved as .h5 for tfmot."""
     import keras
@@ -140,20 +151,7 @@ def digits_twin_h5(keras_path: Path, out: Path) -> Path:
 
     _, tf_keras = _import_tfmot()
     source = keras.saving.load_model(keras_path)
-    L = tf_keras.layers
-    twin = tf_keras.Sequential(
-        [
-            L.Conv2D(16, 3, padding="same", name="conv1", input_shape=(8, 8, 1)),
-            L.BatchNormalization(name="bn1"),
-            L.ReLU(name="relu1"),
-            L.Conv2D(32, 3, padding="same", activation="relu", name="conv2"),
-            L.MaxPooling2D(2, name="pool"),
-            L.Flatten(name="flatten"),
-            L.Dense(64, activation="relu", name="dense1"),
-            L.Dense(10, activation="softmax", name="predictions"),
-        ],
-        name="digits_cnn",
-    )
+    twin = _example_module().build_model(tf_keras)
     for layer in twin.layers:
         layer.set_weights(source.get_layer(layer.name).get_weights())
     probe = np.random.default_rng(0).random((16, 8, 8, 1), dtype=np.float32)

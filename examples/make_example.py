@@ -26,13 +26,16 @@ def load_digits_split(seed: int = 0):
     return x[n_test:], y[n_test:], x[:n_test], y[:n_test]
 
 
-def build_model():
-    import keras
-    from keras import layers
+def build_model(keras_module=None):
+    """The example CNN. `keras_module` defaults to Keras 3; the benchmarks pass tf_keras to build
+    the same architecture for tfmot."""
+    if keras_module is None:
+        import keras as keras_module
+    layers = keras_module.layers
 
-    return keras.Sequential(
+    return keras_module.Sequential(
         [
-            keras.Input((8, 8, 1), name="image"),
+            keras_module.Input((8, 8, 1), name="image"),
             layers.Conv2D(16, 3, padding="same", name="conv1"),
             layers.BatchNormalization(name="bn1"),
             layers.ReLU(name="relu1"),

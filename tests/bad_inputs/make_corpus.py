@@ -6,7 +6,7 @@ Files that would run code if loaded unsafely create a MARKER_* file when their p
 Lambda one in the working directory, the pickle one in the corpus), so a test can prove that
 nothing was executed.
 
-    python tests/bad_inputs/make_corpus.py /tmp/corpus   # to look at the files by hand
+    python tests/bad_inputs/make_corpus.py OUT_DIR   # to look at the files by hand
 """
 
 from __future__ import annotations
