@@ -98,13 +98,17 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory": mib(psutil.virtual_memory().total),
-            "python": platform.python_version()}  # fmt: skip
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory": mib(psutil.virtual_memory().total),
+        "python": platform.python_version(),
+    }
 
 
 def quiet_tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from prunecli.pipeline import quiet_tensorflow
+    from prunecli.run.pipeline import quiet_tensorflow
 
     quiet_tensorflow()
 
@@ -113,7 +117,7 @@ def resnet50_kernel_shapes() -> list[tuple[int, ...]]:
     """The prunable weight shapes of keras.applications.ResNet50 (25.5M weights in 54 tensors)."""
     import keras
 
-    from prunecli import targets
+    from prunecli.selection import targets
 
     model = keras.applications.ResNet50(weights=None)
     return [t.shape for t in targets.select(model)]
@@ -147,7 +151,7 @@ def digits_twin_h5(keras_path: Path, out: Path) -> Path:
     import keras
     import numpy as np
 
-    from prunecli.engines.tfmot import _import_tfmot
+    from prunecli.run.tfmot import _import_tfmot
 
     _, tf_keras = _import_tfmot()
     source = keras.saving.load_model(keras_path)

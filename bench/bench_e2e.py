@@ -32,8 +32,20 @@ def keras_alone(model: Path, work: Path) -> dict:
 
 def prunecli_run(model: Path, work: Path, cache: str, *extra: str) -> dict:
     report = work / "report.json"
-    args = [PRUNECLI, "prune", str(model), "-s", "0.5", "-o", str(work / "p.keras"), "--force", "--report",
-            str(report), "-q", *extra]  # fmt: skip
+    args = [
+        PRUNECLI,
+        "prune",
+        str(model),
+        "-s",
+        "0.5",
+        "-o",
+        str(work / "p.keras"),
+        "--force",
+        "--report",
+        str(report),
+        "-q",
+        *extra,
+    ]
     res = run_child(args, env={"XDG_CACHE_HOME": cache})
     if res["rc"] != 0:
         raise RuntimeError(f"prunecli failed: {res['stderr'][-1500:]}")
@@ -51,8 +63,11 @@ def run(repeats: int = 3) -> str:
     work.mkdir(exist_ok=True)
     model = make_resnet50(work / "resnet50.keras")
     size = model.stat().st_size
-    variants = [("prunecli prune -s 0.5 (layer)", ()), ("... --no-sizes", ("--no-sizes",)),
-                ("... --scope global --no-sizes", ("--scope", "global", "--no-sizes"))]  # fmt: skip
+    variants = [
+        ("prunecli prune -s 0.5 (layer)", ()),
+        ("... --no-sizes", ("--no-sizes",)),
+        ("... --scope global --no-sizes", ("--scope", "global", "--no-sizes")),
+    ]
     keras_runs, results = [], {name: [] for name, _ in variants}
     with tempfile.TemporaryDirectory() as cache:  # XLA compile cache: empty for the very first run only
         for _ in range(repeats + 1):  # rounds: a busy moment on the machine hits Keras and prunecli alike
@@ -62,39 +77,76 @@ def run(repeats: int = 3) -> str:
     first = results[variants[0][0]][0]
     warm = {name: runs[1:] if len(runs) > 1 else runs for name, runs in results.items()}
 
-    rows = [[name, *(med(runs, p) for p in PHASES), med(runs, "wall"), mib(med(runs, "rss"))]
-            for name, runs in warm.items()]  # fmt: skip
+    rows = [
+        [name, *(med(runs, p) for p in PHASES), med(runs, "wall"), mib(med(runs, "rss"))] for name, runs in warm.items()
+    ]
     rows.append(["first run, empty XLA cache", *(first.get(p) for p in PHASES), first["wall"], mib(first["rss"])])
     keras_work = statistics.median(r["load"] + r["save"] for r in keras_runs)
     keras_wall = statistics.median(r["_wall_s"] for r in keras_runs)
-    rows.append(["Keras alone: load_model + save", statistics.median(r["load"] for r in keras_runs), "-", "-",
-                 statistics.median(r["save"] for r in keras_runs), "-", keras_work, keras_wall,
-                 mib(statistics.median(r["_max_rss"] for r in keras_runs))])  # fmt: skip
-    out = [f"Model: keras.applications.ResNet50(weights=None), {mib(size)} .keras, 25.6M parameters "
-           f"(25.5M prunable in 54 tensors). {repeats + 1} rounds, each running Keras alone and then every prunecli"
-           f" variant in a fresh process; medians over the rounds (prunecli: rounds 2..{repeats + 1}; its very first"
-           " run, with an empty XLA disk cache, is listed on its own).\n"]  # fmt: skip
+    rows.append(
+        [
+            "Keras alone: load_model + save",
+            statistics.median(r["load"] for r in keras_runs),
+            "-",
+            "-",
+            statistics.median(r["save"] for r in keras_runs),
+            "-",
+            keras_work,
+            keras_wall,
+            mib(statistics.median(r["_max_rss"] for r in keras_runs)),
+        ]
+    )
+    out = [
+        f"Model: keras.applications.ResNet50(weights=None), {mib(size)} .keras, 25.6M parameters "
+        f"(25.5M prunable in 54 tensors). {repeats + 1} rounds, each running Keras alone and then every prunecli"
+        f" variant in a fresh process; medians over the rounds (prunecli: rounds 2..{repeats + 1}; its very first"
+        " run, with an empty XLA disk cache, is listed on its own).\n"
+    ]
     out.append(table(["run", *(f"{p} (s)" for p in PHASES), "process wall (s)", "peak RSS"], rows))
-    out.append("\nPhases are the report's timings_s; `total` is their sum (no Python/TensorFlow import);"
-               " process wall includes the import.\n")  # fmt: skip
+    out.append(
+        "\nPhases are the report's timings_s; `total` is their sum (no Python/TensorFlow import);"
+        " process wall includes the import.\n"
+    )
     ratio_rows = []
     for name, runs in results.items():
         paired = [r["total"] / (k["load"] + k["save"]) for r, k in zip(runs[1:], keras_runs[1:], strict=True)]
-        ratio_rows.append([name, f"{med(warm[name], 'total') / keras_work:.2f}x",
-                           f"{statistics.median(paired):.2f}x" if paired else "-",
-                           f"{med(warm[name], 'wall') / keras_wall:.2f}x"])  # fmt: skip
-    ratio_rows.append(["first run, empty XLA cache", f"{first['total'] / keras_work:.2f}x",
-                       f"{first['total'] / (keras_runs[0]['load'] + keras_runs[0]['save']):.2f}x",
-                       f"{first['wall'] / keras_wall:.2f}x"])  # fmt: skip
-    out.append(table(["run", "work vs Keras load+save: medians (target <= 1.5x)", "same, paired by round",
-                      "process wall vs Keras process"], ratio_rows))  # fmt: skip
+        ratio_rows.append(
+            [
+                name,
+                f"{med(warm[name], 'total') / keras_work:.2f}x",
+                f"{statistics.median(paired):.2f}x" if paired else "-",
+                f"{med(warm[name], 'wall') / keras_wall:.2f}x",
+            ]
+        )
+    ratio_rows.append(
+        [
+            "first run, empty XLA cache",
+            f"{first['total'] / keras_work:.2f}x",
+            f"{first['total'] / (keras_runs[0]['load'] + keras_runs[0]['save']):.2f}x",
+            f"{first['wall'] / keras_wall:.2f}x",
+        ]
+    )
+    out.append(
+        table(
+            [
+                "run",
+                "work vs Keras load+save: medians (target <= 1.5x)",
+                "same, paired by round",
+                "process wall vs Keras process",
+            ],
+            ratio_rows,
+        )
+    )
     return "\n".join(out)
 
 
 def startup(repeats: int = 5) -> str:
-    cases = [("prunecli --help", [PRUNECLI, "--help"]), ("prunecli prune --help", [PRUNECLI, "prune", "--help"]),
-             ('python -c "import tensorflow"', [PYTHON, "-c", "import tensorflow"]),
-             ('python -c "import keras"', [PYTHON, "-c", "import keras"])]  # fmt: skip
+    cases = [
+        ("prunecli --help", [PRUNECLI, "--help"]),
+        ("prunecli prune --help", [PRUNECLI, "prune", "--help"]),
+        ('python -c "import tensorflow"', [PYTHON, "-c", "import tensorflow"]),
+        ('python -c "import keras"', [PYTHON, "-c", "import keras"]),
+    ]
     rows = []
     for name, args in cases:
         walls = []

@@ -36,7 +36,7 @@ def make_weights(shapes, total: int, seed: int = 0):
 def prunecli_fns(weights):
     import tensorflow as tf
 
-    from prunecli import masking
+    from prunecli.selection import kernels as masking
 
     tensors = [tf.constant(w) for w in weights]
     ks = [round(SPARSITY * int(t.shape[0])) for t in tensors]
@@ -54,16 +54,18 @@ def prunecli_fns(weights):
 def tfmot_fns(weights):
     import tensorflow as tf
 
-    from prunecli.engines.tfmot import _import_tfmot
+    from prunecli.run.tfmot import _import_tfmot
 
     tfmot, _ = _import_tfmot()
     from tensorflow_model_optimization.python.core.sparsity.keras import pruning_impl
 
     pruning = pruning_impl.Pruning(
-        training_step_fn=lambda: tf.constant(0, tf.int64), pruning_vars=[],
+        training_step_fn=lambda: tf.constant(0, tf.int64),
+        pruning_vars=[],
         pruning_schedule=tfmot.sparsity.keras.ConstantSparsity(SPARSITY, begin_step=0),
-        block_size=(1, 1), block_pooling_type="AVG",
-    )  # fmt: skip
+        block_size=(1, 1),
+        block_pooling_type="AVG",
+    )
     tensors = [tf.constant(w) for w in weights]
     joined = tf.concat(tensors, 0)
 
@@ -134,11 +136,34 @@ def run(sizes=(1_000_000, 5_000_000, 25_500_000), repeats: int = 7, slow_repeats
             p_first, p_warm, _ = timed(p, repeats)
             t_first, t_warm, _ = timed(t, slow_repeats if n > 6_000_000 else 3)
             _, n_warm, _ = timed(npf, 3)
-            rows.append([f"{n / 1e6:.1f}M", scope, p_first, p_warm, t_warm, n_warm, ratio(t_warm, p_warm),
-                         ratio(n_warm, p_warm)])  # fmt: skip
+            rows.append(
+                [
+                    f"{n / 1e6:.1f}M",
+                    scope,
+                    p_first,
+                    p_warm,
+                    t_warm,
+                    n_warm,
+                    ratio(t_warm, p_warm),
+                    ratio(n_warm, p_warm),
+                ]
+            )
         del weights
-    out = [table(["weights", "scope", "prunecli first call (s)", "prunecli warm (s)", "tfmot top_k (s)",
-                  "NumPy argpartition (s)", "tfmot / prunecli", "NumPy / prunecli"], rows)]  # fmt: skip
+    out = [
+        table(
+            [
+                "weights",
+                "scope",
+                "prunecli first call (s)",
+                "prunecli warm (s)",
+                "tfmot top_k (s)",
+                "NumPy argpartition (s)",
+                "tfmot / prunecli",
+                "NumPy / prunecli",
+            ],
+            rows,
+        )
+    ]
     out.append(
         "\nWarm = median of the calls after the first. prunecli's first call in this process includes tracing and"
         " the XLA compile (this process starts with an empty compile cache)."

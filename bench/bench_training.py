@@ -54,8 +54,9 @@ def keras3_dense_fit(data):
     import keras
 
     model = keras.saving.load_model(EXAMPLE)
-    model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss="sparse_categorical_crossentropy",
-                  jit_compile=False)  # fmt: skip
+    model.compile(
+        optimizer=keras.optimizers.Adam(LEARNING_RATE), loss="sparse_categorical_crossentropy", jit_compile=False
+    )
     return fit_pass(model, data)
 
 
@@ -83,12 +84,22 @@ def prunecli_masked(data, sparsity: float):
     """prunecli's own fine-tuning step (finetune.Trainer: forward, backward, update, masks re-applied)."""
     import keras
 
-    from prunecli import build_config, finetune
-    from prunecli.pipeline import Session, load_model_and_data, pick_targets, score_and_mask
-    from prunecli.report import Timings
+    from prunecli import build_config
+    from prunecli.outputs.report import Timings
+    from prunecli.run.pipeline import Session, load_model_and_data, pick_targets, score_and_mask
+    from prunecli.training import finetune
 
-    config = build_config({"model_path": str(EXAMPLE), "sparsity": sparsity, "data": str(DATA), "epochs": 1,
-                           "batch_size": BATCH, "quiet": True}, environ={})  # fmt: skip
+    config = build_config(
+        {
+            "model_path": str(EXAMPLE),
+            "sparsity": sparsity,
+            "data": str(DATA),
+            "epochs": 1,
+            "batch_size": BATCH,
+            "quiet": True,
+        },
+        environ={},
+    )
     s = Session(config=config, progress=lambda _m: None, timings=Timings(), notes=[], metrics={}, extras={})
     load_model_and_data(s)
     pick_targets(s)
@@ -98,7 +109,7 @@ def prunecli_masked(data, sparsity: float):
 
 
 def tf_keras_dense(twin: Path, data):
-    from prunecli.engines.tfmot import _import_tfmot
+    from prunecli.run.tfmot import _import_tfmot
 
     _, tf_keras = _import_tfmot()
     model = tf_keras.models.load_model(twin)
@@ -107,7 +118,7 @@ def tf_keras_dense(twin: Path, data):
 
 
 def tfmot_masked(twin: Path, data, sparsity: float):
-    from prunecli.engines.tfmot import _import_tfmot
+    from prunecli.run.tfmot import _import_tfmot
 
     tfmot, tf_keras = _import_tfmot()
     sk = tfmot.sparsity.keras
@@ -122,11 +133,13 @@ def step_times(twin: Path, sparsity: float = 0.8) -> str:
 
     data = batches()
     notes, passes = [], {}
-    variants = (("Keras 3 dense (model.fit)", lambda: keras3_dense_fit(data)),
-                ("Keras 3 dense (tf.function step, prunecli's loop)", lambda: keras3_dense_loop(data)),
-                ("prunecli masked (finetune.Trainer)", lambda: prunecli_masked(data, sparsity)),
-                ("tf_keras dense (model.fit)", lambda: tf_keras_dense(twin, data)),
-                ("tfmot masked (prune_low_magnitude + fit)", lambda: tfmot_masked(twin, data, sparsity)))  # fmt: skip
+    variants = (
+        ("Keras 3 dense (model.fit)", lambda: keras3_dense_fit(data)),
+        ("Keras 3 dense (tf.function step, prunecli's loop)", lambda: keras3_dense_loop(data)),
+        ("prunecli masked (finetune.Trainer)", lambda: prunecli_masked(data, sparsity)),
+        ("tf_keras dense (model.fit)", lambda: tf_keras_dense(twin, data)),
+        ("tfmot masked (prune_low_magnitude + fit)", lambda: tfmot_masked(twin, data, sparsity)),
+    )
     for name, make in variants:
         try:
             passes[name] = make()
@@ -139,22 +152,33 @@ def step_times(twin: Path, sparsity: float = 0.8) -> str:
             one_pass()
             times[name].append((time.perf_counter() - start) / STEPS)
     measured = {name: statistics.median(values) for name, values in times.items()}
-    dense = {"prunecli masked (finetune.Trainer)": "Keras 3 dense (tf.function step, prunecli's loop)",
-             "tfmot masked (prune_low_magnitude + fit)": "tf_keras dense (model.fit)"}  # fmt: skip
+    dense = {
+        "prunecli masked (finetune.Trainer)": "Keras 3 dense (tf.function step, prunecli's loop)",
+        "tfmot masked (prune_low_magnitude + fit)": "tf_keras dense (model.fit)",
+    }
     rows = []
     for name, seconds in measured.items():
         base = measured.get(dense.get(name, ""))
         fastest = min(times[name])
         base_fastest = min(times[dense[name]]) if base else None
-        rows.append([name, seconds * 1000, fastest * 1000, f"{seconds / base:.2f}x" if base else "-",
-                     f"{fastest / base_fastest:.2f}x" if base else "-"])  # fmt: skip
+        rows.append(
+            [
+                name,
+                seconds * 1000,
+                fastest * 1000,
+                f"{seconds / base:.2f}x" if base else "-",
+                f"{fastest / base_fastest:.2f}x" if base else "-",
+            ]
+        )
     import keras
 
     params = keras.saving.load_model(EXAMPLE).count_params()
-    out = [f"Digits CNN ({params:,} parameters), batch {BATCH}, {sparsity:.0%} sparsity, Adam; median (and min) over"
-           f" {ROUNDS} interleaved passes of {STEPS} steps each, after a warm-up pass;"
-           " no XLA on CPU for any (prunecli's default on CPU, tf_keras's default). tfmot uses its default"
-           " ConstantSparsity frequency (masks recomputed every 100 steps).\n"]  # fmt: skip
+    out = [
+        f"Digits CNN ({params:,} parameters), batch {BATCH}, {sparsity:.0%} sparsity, Adam; median (and min) over"
+        f" {ROUNDS} interleaved passes of {STEPS} steps each, after a warm-up pass;"
+        " no XLA on CPU for any (prunecli's default on CPU, tf_keras's default). tfmot uses its default"
+        " ConstantSparsity frequency (masks recomputed every 100 steps).\n"
+    ]
     out.append(table(["step", "ms/step (median)", "ms/step (min)", "vs dense (medians)", "vs dense (mins)"], rows))
     out.extend(notes)
     return "\n".join(out)
@@ -162,33 +186,63 @@ def step_times(twin: Path, sparsity: float = 0.8) -> str:
 
 def accuracy(twin: Path, sparsities=(0.5, 0.8, 0.9, 0.95), epochs: int = 6) -> str:
     from prunecli import build_config
-    from prunecli.pipeline import prune
+    from prunecli.run.pipeline import prune
 
     rows, notes = [], []
     with tempfile.TemporaryDirectory() as work:
         for sparsity in sparsities:
             row = [f"{sparsity:.0%}"]
             for engine, model in (("native", EXAMPLE), ("tfmot", twin)):
-                settings = {"model_path": str(model), "output": str(Path(work) / f"out{model.suffix}"), "force": True,
-                            "sparsity": sparsity, "schedule": "polynomial", "epochs": epochs, "data": str(DATA),
-                            "optimizer": "adam", "learning_rate": LEARNING_RATE, "batch_size": BATCH,
-                            "engine": engine, "quiet": True}  # fmt: skip
+                settings = {
+                    "model_path": str(model),
+                    "output": str(Path(work) / f"out{model.suffix}"),
+                    "force": True,
+                    "sparsity": sparsity,
+                    "schedule": "polynomial",
+                    "epochs": epochs,
+                    "data": str(DATA),
+                    "optimizer": "adam",
+                    "learning_rate": LEARNING_RATE,
+                    "batch_size": BATCH,
+                    "engine": engine,
+                    "quiet": True,
+                }
                 try:
                     start = time.perf_counter()
                     report = prune(build_config(settings, environ={})).report
                     wall = time.perf_counter() - start
                     final = report.metrics.get("after_finetune", {})
-                    row += [report.metrics["before"]["accuracy"], final.get("accuracy"),
-                            report.totals["prunable_sparsity"], wall]  # fmt: skip
+                    row += [
+                        report.metrics["before"]["accuracy"],
+                        final.get("accuracy"),
+                        report.totals["prunable_sparsity"],
+                        wall,
+                    ]
                 except Exception as exc:
                     notes.append(f"- {engine} at {sparsity:.0%}: not measured ({type(exc).__name__}: {str(exc)[:200]})")
                     row += ["-", "-", "-", "-"]
             rows.append(row)
-    out = [f"Bundled digits CNN and data (test split), --schedule polynomial --epochs {epochs}, Adam lr {LEARNING_RATE},"
-           f" batch {BATCH}; tfmot runs on a tf_keras twin of the model with the same weights"
-           " (checked to give the same outputs).\n"]  # fmt: skip
-    out.append(table(["sparsity", "prunecli before", "prunecli after", "prunecli sparsity", "prunecli run (s)",
-                      "tfmot before", "tfmot after", "tfmot sparsity", "tfmot run (s)"], rows))  # fmt: skip
+    out = [
+        f"Bundled digits CNN and data (test split), --schedule polynomial --epochs {epochs}, Adam lr {LEARNING_RATE},"
+        f" batch {BATCH}; tfmot runs on a tf_keras twin of the model with the same weights"
+        " (checked to give the same outputs).\n"
+    ]
+    out.append(
+        table(
+            [
+                "sparsity",
+                "prunecli before",
+                "prunecli after",
+                "prunecli sparsity",
+                "prunecli run (s)",
+                "tfmot before",
+                "tfmot after",
+                "tfmot sparsity",
+                "tfmot run (s)",
+            ],
+            rows,
+        )
+    )
     out.extend(notes)
     return "\n".join(out)
 

@@ -27,11 +27,19 @@ SCHEDULES = ("oneshot", "polynomial", "dynamic")
 def measure(sparsity: float, schedule: str, epochs: int, l1: float, out_dir: Path) -> dict:
     from prunecli import build_config, prune
 
-    config = build_config({
-        "model_path": str(ROOT / "examples" / "digits_cnn.keras"), "data": str(ROOT / "examples" / "digits.npz"),
-        "sparsity": sparsity, "epochs": epochs, "schedule": schedule, "l1": l1, "quiet": True, "sizes": False,
-        "output": str(out_dir / "pruned.keras"),
-    })  # fmt: skip
+    config = build_config(
+        {
+            "model_path": str(ROOT / "examples" / "digits_cnn.keras"),
+            "data": str(ROOT / "examples" / "digits.npz"),
+            "sparsity": sparsity,
+            "epochs": epochs,
+            "schedule": schedule,
+            "l1": l1,
+            "quiet": True,
+            "sizes": False,
+            "output": str(out_dir / "pruned.keras"),
+        }
+    )
     start = time.perf_counter()
     result = prune(config)
     metrics, ft = result.report.metrics, result.report.extra["finetune"]
@@ -56,7 +64,7 @@ def main(argv=None) -> None:
 
     import tempfile
 
-    from prunecli.pipeline import quiet_tensorflow
+    from prunecli.run.pipeline import quiet_tensorflow
 
     quiet_tensorflow()
     import tensorflow as tf
@@ -69,8 +77,11 @@ def main(argv=None) -> None:
                 for l1 in (0.0, args.l1) if schedule != "dynamic" else (0.0,):
                     r = measure(sparsity, schedule, args.epochs, l1, Path(tmp))
                     results[sparsity, schedule, l1] = r
-                    print(f"sparsity {sparsity:.0%} {schedule:<10} l1 {l1:g}: accuracy {r['after_finetune']:.4f} "
-                          f"(train {r['train_seconds']:.1f}s, run {r['seconds']:.1f}s)", flush=True)  # fmt: skip
+                    print(
+                        f"sparsity {sparsity:.0%} {schedule:<10} l1 {l1:g}: accuracy {r['after_finetune']:.4f} "
+                        f"(train {r['train_seconds']:.1f}s, run {r['seconds']:.1f}s)",
+                        flush=True,
+                    )
     total = time.perf_counter() - started
     before = next(iter(results.values()))["before"]
 

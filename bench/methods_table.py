@@ -41,15 +41,19 @@ def timed(fn, *args, **kwargs):
 
 
 def main(out_path: str = str(ROOT / "bench" / "METHODS.md")) -> None:
-    from prunecli.pipeline import quiet_tensorflow
+    from prunecli.run.pipeline import quiet_tensorflow
 
     quiet_tensorflow()
     import numpy as np
     import tensorflow as tf
 
-    from prunecli import data, masking, model_io, policy, scoring, targets
+    from prunecli import scoring
     from prunecli.config import Granularity, PruneConfig
-    from prunecli.metrics import infer_task
+    from prunecli.io import data
+    from prunecli.io import models as model_io
+    from prunecli.selection import kernels as masking
+    from prunecli.selection import policy, targets
+    from prunecli.training.metrics import infer_task
 
     model, _ = model_io.load(ROOT / "examples" / "digits_cnn.keras")
     arrays = np.load(ROOT / "examples" / "digits.npz")
@@ -66,8 +70,15 @@ def main(out_path: str = str(ROOT / "bench" / "METHODS.md")) -> None:
         return data.load(str(ROOT / "examples" / "digits.npz"), model, BATCH_SIZE, seed=0).train
 
     def score(strategy, batches, **extras):
-        ctx = scoring.ScoringContext(model=model, targets=chosen, data=batches, loss_fn=task.loss, seed=0,
-                                     progress=scoring.registry.silent_progress, extras=extras)  # fmt: skip
+        ctx = scoring.ScoringContext(
+            model=model,
+            targets=chosen,
+            data=batches,
+            loss_fn=task.loss,
+            seed=0,
+            progress=scoring.registry.silent_progress,
+            extras=extras,
+        )
         return strategy.fn(chosen, ctx)
 
     rows = []
@@ -118,8 +129,10 @@ def main(out_path: str = str(ROOT / "bench" / "METHODS.md")) -> None:
     for name, strategy, granularity, score_s, xla_s, accs in rows:
         cells = " | ".join(f"{a:.3f}" for a in accs)
         xla = "-" if xla_s is None else f"{xla_s:.2f}"
-        lines.append(f"| `{name}` | {strategy.level} | {granularity} | {'yes' if strategy.needs_data else 'no'} | "
-                     f"{cells} | {score_s:.2f} | {xla} |")  # fmt: skip
+        lines.append(
+            f"| `{name}` | {strategy.level} | {granularity} | {'yes' if strategy.needs_data else 'no'} | "
+            f"{cells} | {score_s:.2f} | {xla} |"
+        )
     Path(out_path).write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {out_path}")
 

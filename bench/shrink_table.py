@@ -15,7 +15,7 @@ and timed in alternation for several rounds, batch 1 and batch 64, on this machi
 gives the median of its repeats and the table shows the best round, the estimate least disturbed by
 other jobs on a shared machine. Writes bench/SHRINK.md.
 
-Neuron masks are group-aware (`prunecli/groups.py`): layers whose channels meet in a residual merge get
+Neuron masks are group-aware (`prunecli/selection/tied.py`): layers whose channels meet in a residual merge get
 one mask. Each case is pruned a second time with masks chosen layer by layer (the grouping turned off)
 for the `per-layer masks` column; `--per-layer` runs the whole table that way and only prints it.
 
@@ -38,7 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from prunecli.pipeline import quiet_tensorflow  # noqa: E402
+from prunecli.run.pipeline import quiet_tensorflow  # noqa: E402
 
 
 def mobilenet_file(directory: Path, trained_bn: bool) -> Path:
@@ -63,7 +63,7 @@ def mobilenet_file(directory: Path, trained_bn: bool) -> Path:
 @contextlib.contextmanager
 def per_layer_masks():
     """Masks chosen layer by layer, as before group-aware selection: the policy's fallback path."""
-    from prunecli import groups
+    from prunecli.selection import tied as groups
 
     chosen = groups.select_tied
     groups.select_tied = lambda *_args, **_kwargs: False
@@ -74,14 +74,14 @@ def per_layer_masks():
 
 
 def prunable_units(model) -> int:
-    from prunecli import targets
+    from prunecli.selection import targets
 
     return sum(t.units for t in targets.select(model) if t.shrinkable and t.attr != "depthwise_kernel")
 
 
 def timed(original, shrunk, rounds: int) -> dict:
     """Latency (ms) of each model at batch 1 and 64: rounds in alternation, the best round's median."""
-    from prunecli import surgery
+    from prunecli.structure import surgery
 
     samples: dict = {(label, n): [] for label in ("original", "shrunk") for n in (1, 64)}
     for _ in range(rounds):
@@ -92,15 +92,30 @@ def timed(original, shrunk, rounds: int) -> dict:
     return {key: min(values) for key, values in samples.items()}
 
 
-def run_case(name: str, model_path: Path, out_dir: Path, rounds: int, data: str | None = None, epochs: int = 0,
-             compare: bool = True):  # fmt: skip
+def run_case(
+    name: str,
+    model_path: Path,
+    out_dir: Path,
+    rounds: int,
+    data: str | None = None,
+    epochs: int = 0,
+    compare: bool = True,
+):
     import keras
 
     from prunecli import build_config, prune
 
     out = out_dir / f"{model_path.stem}.e{epochs}.shrunk.keras"
-    settings = {"model_path": str(model_path), "granularity": "neuron", "sparsity": 0.5, "shrink": True,
-                "exclude": ["predictions"], "output": str(out), "force": True, "epochs": epochs}  # fmt: skip
+    settings = {
+        "model_path": str(model_path),
+        "granularity": "neuron",
+        "sparsity": 0.5,
+        "shrink": True,
+        "exclude": ["predictions"],
+        "output": str(out),
+        "force": True,
+        "epochs": epochs,
+    }
     if data:
         settings["data"] = data
     start = time.perf_counter()
@@ -172,9 +187,13 @@ def render(rows: list[dict], rounds: int) -> str:
         )
     example = [r for r in rows if r["accuracy"]]
     if example:
-        lines += ["", "Accuracy of the digits CNN (360 held-out test images):", "",
-                  "| run | before | after pruning | after fine-tuning (= shrunk model) |",
-                  "| --- | --- | --- | --- |"]  # fmt: skip
+        lines += [
+            "",
+            "Accuracy of the digits CNN (360 held-out test images):",
+            "",
+            "| run | before | after pruning | after fine-tuning (= shrunk model) |",
+            "| --- | --- | --- | --- |",
+        ]
         for r in example:
             acc = r["accuracy"]
             tuned = acc.get("after_finetune")

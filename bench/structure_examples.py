@@ -34,7 +34,9 @@ def tabular(folder: Path):
     order = rng.permutation(len(x))
     x, y = x[order], y[order]
     names = np.array(list(data.feature_names) + [f"noise{i}" for i in range(30)])
-    np.savez(folder / "cancer.npz", x_train=x[:400], y_train=y[:400], x_test=x[400:], y_test=y[400:], feature_names=names)
+    np.savez(
+        folder / "cancer.npz", x_train=x[:400], y_train=y[:400], x_test=x[400:], y_test=y[400:], feature_names=names
+    )
     keras.utils.set_random_seed(0)
     inp = keras.Input((60,), name="features")
     h = keras.layers.Dense(64, activation="relu", name="hidden1")(inp)
@@ -88,42 +90,69 @@ def _pct(v: float) -> str:
 
 def _row(label: str, removed: str, r: dict, params_before: int) -> str:
     m = r["metrics"]
-    return (f"| {label} | {removed} | {params_before:,} → {r['totals']['params']:,} | {r['flops']['before']:,} → "
-            f"{r['flops']['after']:,} | {_pct(m['before']['accuracy'])} | {_pct(m['after_pruning']['accuracy'])} | "
-            f"{_pct(m['after_finetune']['accuracy'])} | {r['wall_s']:.1f} |")  # fmt: skip
+    return (
+        f"| {label} | {removed} | {params_before:,} → {r['totals']['params']:,} | {r['flops']['before']:,} → "
+        f"{r['flops']['after']:,} | {_pct(m['before']['accuracy'])} | {_pct(m['after_pruning']['accuracy'])} | "
+        f"{_pct(m['after_finetune']['accuracy'])} | {r['wall_s']:.1f} |"
+    )
 
 
-HEADER = ("| run | removed | parameters | multiply-adds / example | acc. before | acc. after pruning | "
-          f"acc. after {EPOCHS}-epoch fine-tune | wall s |\n|---|---|---:|---:|---:|---:|---:|---:|")  # fmt: skip
+HEADER = (
+    "| run | removed | parameters | multiply-adds / example | acc. before | acc. after pruning | "
+    f"acc. after {EPOCHS}-epoch fine-tune | wall s |\n|---|---|---:|---:|---:|---:|---:|---:|"
+)
 
 
 def main() -> None:
     import keras
 
-    from prunecli.pipeline import quiet_tensorflow
+    from prunecli.run.pipeline import quiet_tensorflow
 
     quiet_tensorflow()
-    lines = ["# Structured pruning: input features and layers", "",
-             f"Produced by `bench/structure_examples.py` (TensorFlow CPU, 2 cores). Accuracy is on the held-out test "
-             f"split, in %; fine-tuning is {EPOCHS} epochs through `prunecli`'s own fine-tuning. Multiply-adds are "
-             "theoretical (`prunecli/flops.py`).", ""]  # fmt: skip
+    lines = [
+        "# Structured pruning: input features and layers",
+        "",
+        f"Produced by `bench/structure_examples.py` (TensorFlow CPU, 2 cores). Accuracy is on the held-out test "
+        f"split, in %; fine-tuning is {EPOCHS} epochs through `prunecli`'s own fine-tuning. Multiply-adds are "
+        "theoretical (`prunecli/structure/flops.py`).",
+        "",
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         model, data = tabular(folder)
         params = keras.saving.load_model(model).count_params()
-        lines += ["## Tabular: breast cancer (30 real features) + 30 noise features, MLP 60-64-32-2", "",
-                  "`-g input --sparsity 0.5 --shrink` (30 of 60 features removed), per feature score.", "", HEADER]  # fmt: skip
+        lines += [
+            "## Tabular: breast cancer (30 real features) + 30 noise features, MLP 60-64-32-2",
+            "",
+            "`-g input --sparsity 0.5 --shrink` (30 of 60 features removed), per feature score.",
+            "",
+            HEADER,
+        ]
         for score in ("permutation", "gradient", "taylor", "l1", "random"):
-            r = run(model, data, folder / f"t_{score}.keras", granularity="input", sparsity=0.5, shrink=True,
-                    feature_score=score, repeats=3)  # fmt: skip
+            r = run(
+                model,
+                data,
+                folder / f"t_{score}.keras",
+                granularity="input",
+                sparsity=0.5,
+                shrink=True,
+                feature_score=score,
+                repeats=3,
+            )
             kept = r["kept_feature_names"]["features"]
             noise_kept = sum(name.startswith("noise") for name in kept)
             lines.append(_row(f"`{score}`", f"30 features ({noise_kept} noise kept)", r, params))
             print(lines[-1], flush=True)
         model, data = residual(folder)
         params = keras.saving.load_model(model).count_params()
-        lines += ["", "## Residual: digits (64 pixels), MLP with four 64-128-64 residual blocks", "",
-                  "`-g layer --remove-layers N` over 4 residual-branch candidates.", "", HEADER]  # fmt: skip
+        lines += [
+            "",
+            "## Residual: digits (64 pixels), MLP with four 64-128-64 residual blocks",
+            "",
+            "`-g layer --remove-layers N` over 4 residual-branch candidates.",
+            "",
+            HEADER,
+        ]
         for n in (1, 2):
             for label in ("loss on data", "probe, no data", "random"):
                 out = folder / f"r_{n}_{label[:4]}.keras"
@@ -144,7 +173,7 @@ def run_probe(model: Path, data: Path, out: Path, n: int) -> dict:
     """Score without data (the probe proxy), then evaluate and fine-tune on the data like the others:
     the decision comes from a data-free plan, the measurement from a normal run with that decision."""
     from prunecli import build_config
-    from prunecli.plan import make_plan
+    from prunecli.run.plan import make_plan
 
     decided = make_plan(build_config({"model_path": str(model), "granularity": "layer", "remove_layers": n}))
     not_chosen = tuple(c["name"] for c in decided["layer_pruning"]["candidates"] if not c["removed"])

@@ -30,7 +30,7 @@ def tflite_accuracy(content: bytes, x, y) -> float:
     import numpy as np
     import tensorflow as tf
 
-    from prunecli import export
+    from prunecli.outputs import export
 
     runner = tf.lite.Interpreter(model_content=content).get_signature_runner()
     ((name, detail),) = runner.get_input_details().items()
@@ -43,7 +43,9 @@ def measure(work: Path, epochs: int) -> list[dict]:
     import numpy as np
     import tensorflow as tf
 
-    from prunecli import build_config, export, model_io, prune
+    from prunecli import build_config, prune
+    from prunecli.io import models as model_io
+    from prunecli.outputs import export
 
     arrays = np.load(DATA)
     x_test, y_test = arrays["x_test"], arrays["y_test"]
@@ -64,13 +66,20 @@ def measure(work: Path, epochs: int) -> list[dict]:
                 path = work / f"{sparsity}_{kind}_{encoding}.tflite"
                 path.write_bytes(content)
                 check = export.compare_tflite(content, [x_test], expected, ["image"])
-                rows.append({
-                    "sparsity": sparsity, "kind": kind, "encoding": encoding, **model_io.file_sizes(path),
-                    "max_abs_diff": check["max_abs_diff"], "top1_agreement": check["top1_agreement"],
-                    "tflite_accuracy": tflite_accuracy(content, x_test, y_test),
-                    "keras_accuracy": float(np.mean(np.argmax(expected[0], -1) == y_test)),
-                    "keras_bytes": keras_sizes["bytes"], "keras_gzip_bytes": keras_sizes["gzip_bytes"],
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "sparsity": sparsity,
+                        "kind": kind,
+                        "encoding": encoding,
+                        **model_io.file_sizes(path),
+                        "max_abs_diff": check["max_abs_diff"],
+                        "top1_agreement": check["top1_agreement"],
+                        "tflite_accuracy": tflite_accuracy(content, x_test, y_test),
+                        "keras_accuracy": float(np.mean(np.argmax(expected[0], -1) == y_test)),
+                        "keras_bytes": keras_sizes["bytes"],
+                        "keras_gzip_bytes": keras_sizes["gzip_bytes"],
+                    }
+                )
             print(f"sparsity {sparsity:.0%} {kind}: done", file=sys.stderr)
     return rows
 
@@ -101,7 +110,7 @@ def mirrored_child(epochs: int) -> None:
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from prunecli.pipeline import quiet_tensorflow
+    from prunecli.run.pipeline import quiet_tensorflow
 
     quiet_tensorflow()
     import numpy as np
@@ -114,30 +123,46 @@ def mirrored_child(epochs: int) -> None:
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for strategy in ("default", "mirrored"):
-            config = build_config({"model_path": str(MODEL), "data": str(DATA), "sparsity": 0.8, "epochs": epochs,
-                                   "strategy": strategy, "output": f"{tmp}/{strategy}.keras"})  # fmt: skip
+            config = build_config(
+                {
+                    "model_path": str(MODEL),
+                    "data": str(DATA),
+                    "sparsity": 0.8,
+                    "epochs": epochs,
+                    "strategy": strategy,
+                    "output": f"{tmp}/{strategy}.keras",
+                }
+            )
             result = prune(config)
             kernels = [np.asarray(w) for w in result.model.weights if len(w.shape) >= 2]
             runs[strategy] = (result.report, kernels)
     single = runs["default"][1]
     out = []
     for name, (report, kernels) in runs.items():
-        out.append({
-            "name": name, "replicas": report.extra["finetune"]["distribute"]["replicas"],
-            "accuracy": report.metrics["after_finetune"]["accuracy"],
-            "sparsity": report.extra["finetune"]["final_sparsity"],
-            "zeros": sum(int(np.count_nonzero(k == 0)) for k in kernels),
-            "masks_equal": all(np.array_equal(a == 0, b == 0) for a, b in zip(single, kernels, strict=True)),
-            "max_weight_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(single, kernels, strict=True)),
-            "train_seconds": report.extra["finetune"]["train_seconds"],
-            "optimizer": report.extra["finetune"]["optimizer"],
-        })  # fmt: skip
+        out.append(
+            {
+                "name": name,
+                "replicas": report.extra["finetune"]["distribute"]["replicas"],
+                "accuracy": report.metrics["after_finetune"]["accuracy"],
+                "sparsity": report.extra["finetune"]["final_sparsity"],
+                "zeros": sum(int(np.count_nonzero(k == 0)) for k in kernels),
+                "masks_equal": all(np.array_equal(a == 0, b == 0) for a, b in zip(single, kernels, strict=True)),
+                "max_weight_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(single, kernels, strict=True)),
+                "train_seconds": report.extra["finetune"]["train_seconds"],
+                "optimizer": report.extra["finetune"]["optimizer"],
+            }
+        )
     print(json.dumps(out))
 
 
 def mirrored_section(epochs: int) -> str:
-    done = subprocess.run([sys.executable, __file__, "--mirrored-child", "--epochs", str(epochs)],
-                          capture_output=True, text=True, timeout=1800, check=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, __file__, "--mirrored-child", "--epochs", str(epochs)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=True,
+    )
     runs = json.loads(done.stdout.strip().splitlines()[-1])
     lines = [
         f"Example CNN pruned to 80% (magnitude, layer-wise), fine-tuned {epochs} epochs, batch 64, "
@@ -170,7 +195,7 @@ def main() -> None:
         mirrored_child(args.epochs)
         return
 
-    from prunecli.pipeline import quiet_tensorflow
+    from prunecli.run.pipeline import quiet_tensorflow
 
     quiet_tensorflow()
     import tensorflow as tf

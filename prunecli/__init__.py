@@ -8,11 +8,11 @@ __version__ = "0.1.0"
 
 def __getattr__(name):
     if name in ("prune", "PruneResult"):
-        from . import pipeline
+        from prunecli.run import pipeline
 
         return getattr(pipeline, name)
     if name in ("build_config", "PruneConfig", "Granularity"):
-        from . import config
+        from prunecli import config
 
         return getattr(config, name)
     raise AttributeError(name)

@@ -1,3 +1,3 @@
-from .cli import run
+from prunecli.cli import run
 
 run()

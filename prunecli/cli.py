@@ -11,10 +11,10 @@ import traceback
 
 import click
 
-from . import __version__, scoring
-from .config import ENGINES, FEATURE_SCORES, NORMALIZATIONS, SCHEDULES, SCOPES, build_config
-from .errors import ExitCode, PruneCliError
-from .sweep import DEFAULT_SPARSITIES
+from prunecli import __version__, scoring
+from prunecli.config import ENGINES, FEATURE_SCORES, NORMALIZATIONS, SCHEDULES, SCOPES, build_config
+from prunecli.errors import ExitCode, PruneCliError
+from prunecli.run.sweep import DEFAULT_SPARSITIES
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -66,7 +66,9 @@ class PruneGroup(click.Group):
             first = (str(exc).strip().splitlines() or [""])[0][:300]
             if isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError":  # TF's OOM
                 oom = re.search(r"OOM when allocating tensor with shape\[[^\]]*\]", first)
-                click.echo(f"prunecli: error: out of memory ({oom.group(0) if oom else first or 'MemoryError'})", err=True)
+                click.echo(
+                    f"prunecli: error: out of memory ({oom.group(0) if oom else first or 'MemoryError'})", err=True
+                )
                 ctx.exit(ExitCode.RESOURCE)
             click.echo(  # a bug: one line, the traceback only with --debug
                 f"prunecli: internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
@@ -113,10 +115,16 @@ def prune_options(fn):
         click.option("--exclude", multiple=True, help="Skip layers matching this name glob (repeatable)."),
         click.option("--min-keep", type=float, help="Fraction of each layer always kept (default 0.01)."),
         click.option("--allow-empty", is_flag=True, default=None, help="Allow a layer to be pruned away entirely."),
-        click.option("-d", "--data", type=click.Path(dir_okay=True), help="Data (.npz with x, y) to evaluate and score."),
+        click.option(
+            "-d", "--data", type=click.Path(dir_okay=True), help="Data (.npz with x, y) to evaluate and score."
+        ),
         click.option("--batch-size", type=int, help="Batch size for data (default 64)."),
         click.option("--seed", type=int, help="Seed for random scores, shuffling and splits (default 0)."),
-        click.option("--normalize", type=click.Choice(NORMALIZATIONS), help="Score normalisation for --scope global (default mean)."),
+        click.option(
+            "--normalize",
+            type=click.Choice(NORMALIZATIONS),
+            help="Score normalisation for --scope global (default mean).",
+        ),
         click.option("--score-batches", type=int, help="Use at most this many batches for data-driven scores."),
         click.option("--val-split", type=float, help="Hold out this fraction of --data for evaluation."),
         click.option("--epochs", type=int, help="Fine-tune for this many epochs with the masks held (default 0)."),
@@ -124,15 +132,29 @@ def prune_options(fn):
         click.option("--optimizer", help="Fine-tuning optimizer (default: the model's, else adam)."),
         click.option("--l1", type=float, help="L1 penalty on prunable weights while fine-tuning."),
         click.option("--l2", type=float, help="L2 penalty on prunable weights while fine-tuning."),
-        click.option("--schedule", type=click.Choice(SCHEDULES), help="oneshot (default), iterative, polynomial or dynamic."),
+        click.option(
+            "--schedule", type=click.Choice(SCHEDULES), help="oneshot (default), iterative, polynomial or dynamic."
+        ),
         click.option("--steps", "schedule_steps", type=int, help="Pruning steps for --schedule iterative (default 3)."),
         click.option("--initial-sparsity", type=float, help="Starting sparsity of gradual schedules (default 0)."),
         click.option("--early-stopping", type=int, help="Stop fine-tuning after this many epochs without improvement."),
-        click.option("--max-accuracy-drop", type=float, help="Exit 4 when accuracy drops by more than this (absolute)."),
-        click.option("--shrink", is_flag=True, default=None, help="Physically remove pruned neurons/filters/features/layers."),
+        click.option(
+            "--max-accuracy-drop", type=float, help="Exit 4 when accuracy drops by more than this (absolute)."
+        ),
+        click.option(
+            "--shrink", is_flag=True, default=None, help="Physically remove pruned neurons/filters/features/layers."
+        ),
         click.option("--keep-features", type=int, help="With -g input: number of input features to keep."),
-        click.option("--exclude-features", multiple=True, help="With -g input: a feature that always stays (index, name or INPUT:feature; repeatable)."),
-        click.option("--feature-score", type=click.Choice(FEATURE_SCORES), help="With -g input: how features are scored (default: from --method)."),
+        click.option(
+            "--exclude-features",
+            multiple=True,
+            help="With -g input: a feature that always stays (index, name or INPUT:feature; repeatable).",
+        ),
+        click.option(
+            "--feature-score",
+            type=click.Choice(FEATURE_SCORES),
+            help="With -g input: how features are scored (default: from --method).",
+        ),
         click.option("--remove-layers", type=int, help="With -g layer: number of layers/blocks to remove."),
         click.option("--feature-names", type=click.Path(), help="Text file with one input feature name per line."),
         click.option("--repeats", type=int, help="Repeats of permutation importance (default 3)."),
@@ -181,7 +203,7 @@ def _emit_report(report, config) -> None:
         else:
             report.write_json(config.report)
     if config.markdown:
-        from .report import render_markdown, write_markdown
+        from prunecli.outputs.report import render_markdown, write_markdown
 
         if config.markdown == "-":
             click.echo(render_markdown(report))
@@ -190,7 +212,7 @@ def _emit_report(report, config) -> None:
     if not config.quiet and "-" not in (config.report, config.markdown):
         from rich.console import Console
 
-        from .report import render
+        from prunecli.outputs.report import render
 
         render(report, Console())
 
@@ -202,9 +224,13 @@ def _emit_report(report, config) -> None:
 @click.option("-r", "--report", type=click.Path(), help="Write the JSON report here ('-' for stdout).")
 @click.option("--markdown", type=click.Path(), help="Write a Markdown summary here (for CI job summaries).")
 @click.option("--no-sizes", "sizes", flag_value=False, default=None, help="Skip the gzip size of input and output.")
-@click.option("--auto", is_flag=True, default=None,
-              help="Choose per-layer sparsities from measured sensitivity: reach --sparsity, or the most "
-                   "within --max-accuracy-drop (default 0.01). Needs --data.")  # fmt: skip
+@click.option(
+    "--auto",
+    is_flag=True,
+    default=None,
+    help="Choose per-layer sparsities from measured sensitivity: reach --sparsity, or the most "
+    "within --max-accuracy-drop (default 0.01). Needs --data.",
+)
 @click.pass_context
 def prune(ctx: click.Context, **params) -> None:
     """Prune MODEL (.keras or .h5) and write the pruned model and a report.
@@ -216,11 +242,11 @@ def prune(ctx: click.Context, **params) -> None:
       prunecli prune model.keras -g n:m=2:4 --exclude 'predictions'
     """
     config = config_from(ctx, params)
-    from .pipeline import check_gates
-    from .pipeline import prune as run_prune
+    from prunecli.run.pipeline import check_gates
+    from prunecli.run.pipeline import prune as run_prune
 
     if config.auto:
-        from .auto import prune as run_prune
+        from prunecli.run.auto import prune as run_prune
     result = run_prune(config, progress=_progress(config))
     _emit_report(result.report, config)
     check_gates(result.report, config)
@@ -228,10 +254,20 @@ def prune(ctx: click.Context, **params) -> None:
 
 @main.command(context_settings=CONTEXT_SETTINGS)
 @prune_options
-@click.option("--sparsities", default=",".join(f"{v:g}" for v in DEFAULT_SPARSITIES), show_default=True,
-              help="Comma-separated sparsities to measure.")  # fmt: skip
-@click.option("-o", "--output-dir", type=click.Path(file_okay=False), default="sweep", show_default=True,
-              help="Folder for NAME.json, NAME.csv, NAME.png and NAME.md.")  # fmt: skip
+@click.option(
+    "--sparsities",
+    default=",".join(f"{v:g}" for v in DEFAULT_SPARSITIES),
+    show_default=True,
+    help="Comma-separated sparsities to measure.",
+)
+@click.option(
+    "-o",
+    "--output-dir",
+    type=click.Path(file_okay=False),
+    default="sweep",
+    show_default=True,
+    help="Folder for NAME.json, NAME.csv, NAME.png and NAME.md.",
+)
 @click.option("--name", default="sweep", show_default=True, help="File name stem of the outputs.")
 @click.option("--per-layer/--no-per-layer", default=True, help="Also prune each layer alone (default: yes).")
 @click.pass_context
@@ -247,8 +283,8 @@ def sweep(ctx: click.Context, sparsities: str, output_dir: str, name: str, per_l
       prunecli sweep model.keras --data d.npz --sparsities 0.3,0.5,0.7,0.9 -o sweep/
       prunecli sweep model.keras --data d.npz --scope global --epochs 1 --no-per-layer
     """
-    from .errors import ConfigError
-    from .sweep import parse_sparsities, render_table, run, write_outputs
+    from prunecli.errors import ConfigError
+    from prunecli.run.sweep import parse_sparsities, render_table, run, write_outputs
 
     if ctx.get_parameter_source("sparsity") == click.core.ParameterSource.COMMANDLINE:
         raise ConfigError("sweep takes --sparsities (a list), not --sparsity")
@@ -281,7 +317,7 @@ def inspect(model_path: str, include: tuple, exclude: tuple, as_json: bool) -> N
     """
     import json
 
-    from .inspection import inspect_model, render
+    from prunecli.outputs.inspect import inspect_model, render
 
     result = inspect_model(model_path, include, exclude)
     if as_json:
@@ -313,7 +349,7 @@ def plan(ctx: click.Context, as_json: bool, **params) -> None:
 
     from rich.console import Console
 
-    from .plan import make_plan, render
+    from prunecli.run.plan import make_plan, render
 
     config = config_from(ctx, params)
     result = make_plan(config, progress=None if as_json else _progress(config))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, OutputError
+from prunecli.errors import ConfigError, OutputError
 
 SCOPES = ("layer", "global")
 NORMALIZATIONS = ("mean", "none")
@@ -49,9 +49,7 @@ class Granularity:
             if not 0 < n < mm:
                 raise ConfigError(f"N:M needs 0 < N < M, got {text!r}")
             return cls("nm", n, mm)
-        raise ConfigError(
-            f"unknown granularity {text!r}; use element, neuron, block:RxC, n:m=N:M, input or layer"
-        )
+        raise ConfigError(f"unknown granularity {text!r}; use element, neuron, block:RxC, n:m=N:M, input or layer")
 
     def __str__(self) -> str:
         if self.kind == "block":
@@ -104,7 +102,7 @@ class PruneConfig:
     regrow_fraction: float = 0.1
     early_stopping: int = 0  # patience in epochs; 0 = off
     max_accuracy_drop: float | None = None
-    auto: bool = False  # choose per-layer sparsities from measured sensitivity (prunecli/auto.py)
+    auto: bool = False  # choose per-layer sparsities from measured sensitivity (prunecli/run/auto.py)
     # structure and engines
     shrink: bool = False
     keep_features: int | None = None
@@ -315,7 +313,7 @@ def _check_destination(path: str | None, what: str) -> None:
 
 def validate(c: PruneConfig) -> None:
     """Check option values and combinations; every failure is a one-line ConfigError."""
-    from . import scoring
+    from prunecli import scoring
 
     _check_destination(c.report, "report")
     _check_destination(c.markdown, "markdown summary")
@@ -363,15 +361,17 @@ def validate(c: PruneConfig) -> None:
     if c.auto and not c.data:
         raise ConfigError("--auto needs --data to measure each layer's sensitivity")
     if c.auto and (c.threshold is not None or c.granularity.kind not in ("element", "neuron", "block")):
-        raise ConfigError("--auto chooses per-layer sparsities: use it with --sparsity (or none), not --threshold, N:M, input or layer")
+        raise ConfigError(
+            "--auto chooses per-layer sparsities: use it with --sparsity (or none), not --threshold, N:M, input or layer"
+        )
     if c.auto and c.engine != "native":
         raise ConfigError("--auto runs on the native engine only")
     if c.max_accuracy_drop is not None and not c.data:
         raise ConfigError("--max-accuracy-drop needs --data to measure accuracy")
     # pure Python checks of the optional steps, so a bad option fails before any model is loaded
-    from .distribute import check_strategy
-    from .export import check_formats
-    from .finetune import check_config as check_finetune
+    from prunecli.outputs.export import check_formats
+    from prunecli.training.distribute import check_strategy
+    from prunecli.training.finetune import check_config as check_finetune
 
     check_finetune(c)
     check_formats(c)

@@ -103,8 +103,14 @@ def test_a_real_process_prints_only_progress_and_the_error(corpus, tmp_path, nam
     import sys
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PRUNECLI_", "TF_CPP"))}
-    proc = subprocess.run([sys.executable, "-m", "prunecli", "prune", name, *extra, "-o", str(tmp_path / "o.keras")],
-                          cwd=corpus, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "prunecli", "prune", name, *extra, "-o", str(tmp_path / "o.keras")],
+        cwd=corpus,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
     assert proc.returncode == ExitCode.BAD_INPUT
     lines = proc.stderr.splitlines()
@@ -117,8 +123,9 @@ def test_payloads_are_real_when_trust_is_given(corpus, tmp_path, run_cli):
     """The refusals above matter: with --unsafe the Lambda's code does run, and so would the pickle."""
     import numpy as np
 
-    result = run_cli(["prune", corpus / "lambda.keras", "--unsafe", "-d", corpus / "good.npz",
-                      "-o", tmp_path / "out.keras", "-q"])  # fmt: skip
+    result = run_cli(
+        ["prune", corpus / "lambda.keras", "--unsafe", "-d", corpus / "good.npz", "-o", tmp_path / "out.keras", "-q"]
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "MARKER_lambda").exists()
 

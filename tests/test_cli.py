@@ -64,8 +64,9 @@ def test_help_of_every_command_stays_free_of_tensorflow():
     assert proc.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("shell, marker", [("bash", "complete -o nosort -F _prunecli_completion prunecli"),
-                                           ("zsh", "#compdef prunecli")])  # fmt: skip
+@pytest.mark.parametrize(
+    "shell, marker", [("bash", "complete -o nosort -F _prunecli_completion prunecli"), ("zsh", "#compdef prunecli")]
+)
 def test_shell_completion_scripts(shell, marker):
     proc = run_python("-m", "prunecli", env={"_PRUNECLI_COMPLETE": f"{shell}_source"})
     assert proc.returncode == 0 and marker in proc.stdout
@@ -88,8 +89,22 @@ def pruned_run(mlp_files, tmp_path_factory):
     from click.testing import CliRunner
 
     d = tmp_path_factory.mktemp("report")
-    args = ["prune", str(mlp_files["keras"]), "-s", "0.6", "-d", str(mlp_files["data"]), "-o", str(d / "o.keras"),
-            "--report", str(d / "r.json"), "--markdown", str(d / "r.md"), "--exclude", "out"]  # fmt: skip
+    args = [
+        "prune",
+        str(mlp_files["keras"]),
+        "-s",
+        "0.6",
+        "-d",
+        str(mlp_files["data"]),
+        "-o",
+        str(d / "o.keras"),
+        "--report",
+        str(d / "r.json"),
+        "--markdown",
+        str(d / "r.md"),
+        "--exclude",
+        "out",
+    ]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return {"output": result.output, "json": json.loads((d / "r.json").read_text()), "md": (d / "r.md").read_text()}
@@ -102,12 +117,17 @@ def test_report_json_schema(pruned_run):
     assert r["settings"]["sparsity"] == 0.6 and r["settings"]["exclude"] == ["out"]
     assert set(r["input"]) >= {"path", "format", "flavour", "bytes", "gzip_bytes"}
     assert r["output"]["path"].endswith("o.keras") and r["output"]["format"] == "keras"
-    assert set(r["totals"]) == {"params", "nonzeros", "sparsity", "prunable_params", "prunable_nonzeros",
-                                "prunable_sparsity"}  # fmt: skip
+    assert set(r["totals"]) == {
+        "params",
+        "nonzeros",
+        "sparsity",
+        "prunable_params",
+        "prunable_nonzeros",
+        "prunable_sparsity",
+    }
     assert [layer["layer"] for layer in r["layers"]] == ["hidden1", "hidden2"]
     for layer in r["layers"]:
-        assert set(layer) == {"name", "layer", "class", "shape", "params", "nonzeros", "sparsity",
-                              "requested_sparsity"}  # fmt: skip
+        assert set(layer) == {"name", "layer", "class", "shape", "params", "nonzeros", "sparsity", "requested_sparsity"}
         assert layer["params"] - layer["nonzeros"] == round(0.6 * layer["params"])
     assert set(r["metrics"]) >= {"before", "after_pruning"}
     assert set(r["metrics"]["before"]) == {"loss", "accuracy"}
@@ -148,13 +168,27 @@ def test_terminal_table_is_printed_unless_quiet(pruned_run, cli, mlp_files, tmp_
 
 
 def test_auto_flag(cli, mlp_files, tmp_path, monkeypatch):
-    from prunecli import auto
+    from prunecli.run import auto
 
     monkeypatch.setattr(auto, "GRID", (0.4, 0.8))
     monkeypatch.setattr(auto, "PROBES", 3)
     report_path = tmp_path / "r.json"
-    result = cli("prune", mlp_files["keras"], "--auto", "-d", mlp_files["data"], "--max-accuracy-drop", "0.03",
-                 "-o", tmp_path / "o.keras", "-r", report_path, "--markdown", tmp_path / "r.md", "-q")  # fmt: skip
+    result = cli(
+        "prune",
+        mlp_files["keras"],
+        "--auto",
+        "-d",
+        mlp_files["data"],
+        "--max-accuracy-drop",
+        "0.03",
+        "-o",
+        tmp_path / "o.keras",
+        "-r",
+        report_path,
+        "--markdown",
+        tmp_path / "r.md",
+        "-q",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(report_path.read_text())
     assert report["settings"]["auto"] is True and report["auto"]["within_budget"] is True

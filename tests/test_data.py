@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prunecli import data
 from prunecli.errors import DataError
+from prunecli.io import data
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +124,10 @@ def digit_images(digits, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("images")
     _model, arrays = digits
-    for split, (xs, ys) in {"train": (arrays["x_train"][:300], arrays["y_train"][:300]),
-                            "test": (arrays["x_test"], arrays["y_test"])}.items():  # fmt: skip
+    for split, (xs, ys) in {
+        "train": (arrays["x_train"][:300], arrays["y_train"][:300]),
+        "test": (arrays["x_test"], arrays["y_test"]),
+    }.items():
         for i, (img, label) in enumerate(zip(xs, ys, strict=True)):
             folder = root / split / str(label)
             folder.mkdir(parents=True, exist_ok=True)
@@ -162,8 +164,21 @@ def test_image_folder_errors(digits, mlp, digit_images, tmp_path):
 
 def test_fine_tune_from_an_image_folder(cli, example_model, digit_images, tmp_path):
     report = tmp_path / "r.json"
-    result = cli("prune", example_model, "-d", digit_images, "-s", "0.5", "--epochs", "1", "-r", report,
-                 "-o", tmp_path / "o.keras", "-q")  # fmt: skip
+    result = cli(
+        "prune",
+        example_model,
+        "-d",
+        digit_images,
+        "-s",
+        "0.5",
+        "--epochs",
+        "1",
+        "-r",
+        report,
+        "-o",
+        tmp_path / "o.keras",
+        "-q",
+    )
     assert result.exit_code == 0, result.output
     written = json.loads(report.read_text())
     assert written["metrics"]["before"]["accuracy"] > 0.95
@@ -179,10 +194,14 @@ def write_records(path, x, y, compression=None):
     options = tf.io.TFRecordOptions(compression_type=compression) if compression else None
     with tf.io.TFRecordWriter(str(path), options) as writer:
         for features, label in zip(x, y, strict=True):
-            example = tf.train.Example(features=tf.train.Features(feature={
-                "features": tf.train.Feature(float_list=tf.train.FloatList(value=features.ravel())),
-                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
-            }))  # fmt: skip
+            example = tf.train.Example(
+                features=tf.train.Features(
+                    feature={
+                        "features": tf.train.Feature(float_list=tf.train.FloatList(value=features.ravel())),
+                        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+                    }
+                )
+            )
             writer.write(example.SerializeToString())
 
 
@@ -219,10 +238,16 @@ def test_tfrecord_folder_of_png_records(digits, tmp_path):
         with tf.io.TFRecordWriter(str(folder / f"part-{shard}.tfrecord")) as writer:
             for img, label in zip(images[shard::2], arrays["y_test"][:40][shard::2], strict=True):
                 png = tf.io.encode_png(img).numpy()
-                writer.write(tf.train.Example(features=tf.train.Features(feature={
-                    "png": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png])),
-                    "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
-                })).SerializeToString())  # fmt: skip
+                writer.write(
+                    tf.train.Example(
+                        features=tf.train.Features(
+                            feature={
+                                "png": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png])),
+                                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+                            }
+                        )
+                    ).SerializeToString()
+                )
     (folder / "spec.yaml").write_text("x: {key: png, encoding: image}\ny: {key: label}\nscale: 0.00392156862745098\n")
     d = data.load(str(folder), model, batch_size=16)
     ex, ey = rows(d.eval)
@@ -263,8 +288,25 @@ def test_fine_tune_streams_tfrecords(cli, mlp_files, mlp, tmp_path):
     write_records(tmp_path / "train.tfrecord", x, y)
     (tmp_path / "train.spec.yaml").write_text(SPEC)
     report = tmp_path / "r.json"
-    result = cli("prune", mlp_files["keras"], "-d", tmp_path / "train.tfrecord", "--val-split", "0.25", "-s", "0.6",
-                 "--epochs", "2", "--schedule", "polynomial", "-r", report, "-o", tmp_path / "o.keras", "-q")  # fmt: skip
+    result = cli(
+        "prune",
+        mlp_files["keras"],
+        "-d",
+        tmp_path / "train.tfrecord",
+        "--val-split",
+        "0.25",
+        "-s",
+        "0.6",
+        "--epochs",
+        "2",
+        "--schedule",
+        "polynomial",
+        "-r",
+        report,
+        "-o",
+        tmp_path / "o.keras",
+        "-q",
+    )
     assert result.exit_code == 0, result.output
     written = json.loads(report.read_text())
     assert written["totals"]["prunable_sparsity"] == pytest.approx(0.6, abs=0.002)

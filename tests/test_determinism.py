@@ -18,9 +18,18 @@ from prunecli import build_config, prune, scoring
 def _run(mlp_files, method: str, seed: int, out):
     needs_data = scoring.get(method).needs_data
     config = build_config(
-        {"model_path": str(mlp_files["h5"]), "output": str(out), "method": method, "sparsity": 0.6, "seed": seed,
-         "data": str(mlp_files["data"]) if needs_data else None, "score_batches": 2, "batch_size": 32,
-         "quiet": True, "sizes": False},  # fmt: skip
+        {
+            "model_path": str(mlp_files["h5"]),
+            "output": str(out),
+            "method": method,
+            "sparsity": 0.6,
+            "seed": seed,
+            "data": str(mlp_files["data"]) if needs_data else None,
+            "score_batches": 2,
+            "batch_size": 32,
+            "quiet": True,
+            "sizes": False,
+        },
         environ={},
     )
     return prune(config)
@@ -70,8 +79,22 @@ def test_the_seed_changes_random_masks(mlp_files, tmp_path):
 
 def test_cli_runs_repeat_and_report_their_seed(cli, mlp_files, tmp_path):
     for name in ("one", "two"):
-        result = cli("prune", mlp_files["keras"], "-m", "random", "--seed", "3", "-s", "0.7", "-o",
-                     tmp_path / f"{name}.h5", "-r", tmp_path / f"{name}.json", "-q", "--no-sizes")  # fmt: skip
+        result = cli(
+            "prune",
+            mlp_files["keras"],
+            "-m",
+            "random",
+            "--seed",
+            "3",
+            "-s",
+            "0.7",
+            "-o",
+            tmp_path / f"{name}.h5",
+            "-r",
+            tmp_path / f"{name}.json",
+            "-q",
+            "--no-sizes",
+        )
         assert result.exit_code == 0, result.output
 
     assert _h5_arrays(tmp_path / "one.h5") == _h5_arrays(tmp_path / "two.h5")

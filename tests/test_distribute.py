@@ -18,12 +18,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prunecli import build_config, distribute
+from prunecli import build_config
 from prunecli.errors import ConfigError
+from prunecli.training import distribute
 
 # polynomial: masks are re-scored and re-applied while the replicas train, then held
-SETTINGS = {"sparsity": 0.7, "epochs": 2, "schedule": "polynomial", "l1": 1e-4, "optimizer": "sgd:momentum=0.9",
-            "learning_rate": 0.05}  # fmt: skip
+SETTINGS = {
+    "sparsity": 0.7,
+    "epochs": 2,
+    "schedule": "polynomial",
+    "l1": 1e-4,
+    "optimizer": "sgd:momentum=0.9",
+    "learning_rate": 0.05,
+}
 RUN_TIMEOUT_S = 240
 
 SCRIPT = textwrap.dedent(
@@ -32,8 +39,9 @@ SCRIPT = textwrap.dedent(
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     mode, model_path, data_path, out_dir, settings = sys.argv[1:6]
     settings = json.loads(settings)
-    from prunecli import build_config, distribute, prune
-    from prunecli.pipeline import quiet_tensorflow
+    from prunecli import build_config, prune
+    from prunecli.training import distribute
+    from prunecli.run.pipeline import quiet_tensorflow
 
     quiet_tensorflow()
     import tensorflow as tf
@@ -88,8 +96,9 @@ def _launch(mode: str, files, out_dir: Path, env: dict | None = None) -> subproc
         str(out_dir),
         json.dumps(SETTINGS),
     ]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})  # fmt: skip
+    return subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+    )
 
 
 def _finish(procs: list[subprocess.Popen]) -> list[dict]:
@@ -170,10 +179,14 @@ def test_multiworker_on_localhost_matches_one_device(mlp_files, mirrored_runs, t
     same weights, and those are the single-device run's."""
     workers = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]
     procs = [
-        _launch("multiworker", mlp_files, tmp_path,
-                {"TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})})
+        _launch(
+            "multiworker",
+            mlp_files,
+            tmp_path,
+            {"TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})},
+        )
         for i in range(2)
-    ]  # fmt: skip
+    ]
     results = _finish(procs)
     roles = [(r["multiworker"]["distribute"]["task_id"], r["multiworker"]["distribute"]["chief"]) for r in results]
     assert roles == [(0, True), (1, False)]
@@ -196,8 +209,19 @@ def test_strategy_names_are_checked_before_work(monkeypatch):
 
 
 def test_tpu_without_a_tpu_is_one_clear_error(cli, mlp_files, tmp_path):
-    result = cli("prune", mlp_files["keras"], "--data", mlp_files["data"], "--epochs", "1", "--strategy", "tpu",
-                 "-o", tmp_path / "out.keras", "-q")  # fmt: skip
+    result = cli(
+        "prune",
+        mlp_files["keras"],
+        "--data",
+        mlp_files["data"],
+        "--epochs",
+        "1",
+        "--strategy",
+        "tpu",
+        "-o",
+        tmp_path / "out.keras",
+        "-q",
+    )
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--strategy tpu: no TPU available here" in lines[0]
@@ -208,8 +232,8 @@ def test_default_strategy_trains_the_loaded_model_itself(mlp_files):
     """No copy, no distributed dataset: the default strategy leaves the single-device path as it was."""
     import tensorflow as tf
 
-    from prunecli.pipeline import Session
-    from prunecli.report import Timings
+    from prunecli.outputs.report import Timings
+    from prunecli.run.pipeline import Session
 
     strategy = distribute.get_strategy("default")
     assert distribute.is_default(strategy) and distribute.get_strategy("default") is strategy

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prunecli import build_config, export, prune
+from prunecli import build_config, prune
 from prunecli.errors import ConfigError, OutputError
+from prunecli.outputs import export
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def exported(example_model, example_data, tmp_path_factory):
             "data": str(example_data),
             "output": str(out),
             "export": ["tflite", "tflite-int8", "savedmodel"],
-        }  # fmt: skip
+        }
     )
     return prune(config), out
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from prunecli import model_io
 from prunecli.cli import main
 from prunecli.errors import ExitCode, OutputError
+from prunecli.io import models as model_io
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +65,13 @@ def _env() -> dict:
 
 def _signal_while_saving(args: list, out: Path, sig: int):
     """Run `prunecli prune`, and send `sig` the moment the output or its temporary file appears."""
-    proc = subprocess.Popen([sys.executable, "-m", "prunecli", "prune", *map(str, args)], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prunecli", "prune", *map(str, args)],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     sent = False
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
@@ -131,8 +136,13 @@ def test_sigint_during_save_exits_130_and_cleans_up(models, tmp_path):
 def test_sigterm_is_handled_like_ctrl_c(models, tmp_path):
     """`kill`, `timeout` and CI cancellations send SIGTERM: same clean exit as Ctrl-C."""
     out = tmp_path / "out.keras"
-    proc = subprocess.Popen([sys.executable, "-m", "prunecli", "prune", str(models / "big.keras"), "-o", str(out)],
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prunecli", "prune", str(models / "big.keras"), "-o", str(out)],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen = []
     for line in proc.stderr:  # progress lines: wait until the model is being loaded
         seen.append(line)
@@ -185,12 +195,12 @@ def test_npz_larger_than_free_memory_is_a_resource_error(models, tmp_path, monke
 
 
 def test_out_of_memory_during_the_run_exits_6(models, tmp_path, monkeypatch):
-    import prunecli.pipeline
+    import prunecli.run.pipeline
 
     def exhausted(_session):
         raise MemoryError()
 
-    monkeypatch.setattr(prunecli.pipeline, "pick_targets", exhausted)
+    monkeypatch.setattr(prunecli.run.pipeline, "pick_targets", exhausted)
 
     result = _invoke("prune", models / "small.keras", "-o", tmp_path / "out.keras", "-q")
 
@@ -219,12 +229,12 @@ def test_disk_full_while_saving_keeps_the_old_output(models, tmp_path, monkeypat
 
 
 def test_a_bug_is_one_line_without_traceback(models, tmp_path, monkeypatch):
-    import prunecli.pipeline
+    import prunecli.run.pipeline
 
     def broken(_session):
         raise RuntimeError("something unexpected\nwith a second line")
 
-    monkeypatch.setattr(prunecli.pipeline, "pick_targets", broken)
+    monkeypatch.setattr(prunecli.run.pipeline, "pick_targets", broken)
 
     result = _invoke("prune", models / "small.keras", "-o", tmp_path / "out.keras", "-q")
 
@@ -235,12 +245,12 @@ def test_a_bug_is_one_line_without_traceback(models, tmp_path, monkeypatch):
 
 
 def test_ctrl_c_in_process_is_one_line_and_130(models, tmp_path, monkeypatch):
-    import prunecli.pipeline
+    import prunecli.run.pipeline
 
     def interrupted(_session):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(prunecli.pipeline, "pick_targets", interrupted)
+    monkeypatch.setattr(prunecli.run.pipeline, "pick_targets", interrupted)
 
     result = _invoke("prune", models / "small.keras", "-o", tmp_path / "out.keras")
 

@@ -104,16 +104,29 @@ def test_zeroing_and_shrinking_compute_the_same_function(noisy):
 def test_excluded_features_stay_by_index_and_name(noisy, tmp_path):
     names = tmp_path / "names.txt"
     names.write_text("\n".join(f"col{i}" for i in range(N_FEATURES)) + "\n")
-    report = _run(noisy, keep_features=4, exclude_features=("5", "col9"), feature_names=str(names),
-                  output=str(noisy["dir"] / "ex.keras")).report.to_dict()  # fmt: skip
+    report = _run(
+        noisy,
+        keep_features=4,
+        exclude_features=("5", "col9"),
+        feature_names=str(names),
+        output=str(noisy["dir"] / "ex.keras"),
+    ).report.to_dict()
     kept = report["kept_features"]["features"]
     assert {5, 9} <= set(kept) and len(kept) == 4
     assert report["kept_feature_names"]["features"] == [f"col{i}" for i in kept]
     with pytest.raises(ConfigError, match="matches no feature"):
         _run(noisy, keep_features=4, exclude_features=("nope",), output=str(noisy["dir"] / "ex2.keras"))
     with pytest.raises(ConfigError, match="needs --data"):
-        prune(build_config({"model_path": str(noisy["model"]), "granularity": "input", "feature_score": "taylor",
-                            "output": str(noisy["dir"] / "ex3.keras")}))  # fmt: skip
+        prune(
+            build_config(
+                {
+                    "model_path": str(noisy["model"]),
+                    "granularity": "input",
+                    "feature_score": "taylor",
+                    "output": str(noisy["dir"] / "ex3.keras"),
+                }
+            )
+        )
 
 
 def _image_model(seed: int = 0):
@@ -143,8 +156,17 @@ def test_multi_input_channels_are_scored_per_input_and_shrunk_exactly(tmp_path):
     model = _image_model()
     path = tmp_path / "img.keras"
     model.save(path)
-    result = prune(build_config({"model_path": str(path), "granularity": "input", "sparsity": 0.4, "shrink": True,
-                                 "output": str(tmp_path / "img.pruned.keras")}))  # fmt: skip
+    result = prune(
+        build_config(
+            {
+                "model_path": str(path),
+                "granularity": "input",
+                "sparsity": 0.4,
+                "shrink": True,
+                "output": str(tmp_path / "img.pruned.keras"),
+            }
+        )
+    )
     kept = result.report.to_dict()["kept_features"]
     assert len(kept["image"]) == 3 and len(kept["vector"]) == 2  # round(0.4 * 5), round(0.4 * 4) removed
     rng = np.random.default_rng(1)
@@ -178,8 +200,24 @@ def test_untraceable_layer_is_refused_with_its_name(tmp_path):
 
 def test_cli_reports_kept_features_and_flops(cli, noisy, tmp_path):
     report = tmp_path / "r.json"
-    res = cli("prune", noisy["model"], "-g", "input", "--keep-features", "6", "--data", noisy["data"], "--shrink",
-              "--feature-score", "gradient", "-o", tmp_path / "o.keras", "-r", report, "-q")  # fmt: skip
+    res = cli(
+        "prune",
+        noisy["model"],
+        "-g",
+        "input",
+        "--keep-features",
+        "6",
+        "--data",
+        noisy["data"],
+        "--shrink",
+        "--feature-score",
+        "gradient",
+        "-o",
+        tmp_path / "o.keras",
+        "-r",
+        report,
+        "-q",
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(report.read_text())
     assert set(INFORMATIVE) <= set(data["kept_features"]["features"])

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from prunecli import build_config, prune
-from prunecli import schedule as schedules
 from prunecli.config import Granularity, LayerOverride, PruneConfig
 from prunecli.errors import ConfigError
+from prunecli.selection import schedule as schedules
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_pruned_weights_stay_exactly_zero_under_each_optimizer(mlps, tmp_path, m
 
 def test_masks_hold_inside_an_xla_compiled_step(mlps, tmp_path, monkeypatch):
     """The XLA path (used on GPUs/TPUs) compiles the same step, re-masking included."""
-    from prunecli import finetune
+    from prunecli.training import finetune
 
     monkeypatch.setattr(finetune, "use_xla", lambda model: True)
     result = run(mlps, tmp_path, model="sgd", sparsity=0.6, epochs=1, schedule="dynamic", batch_size=90)
@@ -93,8 +93,9 @@ def test_masks_hold_inside_an_xla_compiled_step(mlps, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("schedule", ["oneshot", "iterative", "polynomial", "dynamic"])
 def test_each_schedule_ends_exactly_at_the_target(mlps, tmp_path, schedule):
-    result = run(mlps, tmp_path, model="sgd", sparsity=0.8, epochs=3, schedule=schedule, schedule_steps=3,
-                 batch_size=16)  # fmt: skip
+    result = run(
+        mlps, tmp_path, model="sgd", sparsity=0.8, epochs=3, schedule=schedule, schedule_steps=3, batch_size=16
+    )
     assert_masked_exactly_zero(result, sparsity=0.8)
     ft = result.report.extra["finetune"]
     assert ft["final_sparsity"] == pytest.approx(result.report.totals["prunable_sparsity"])
@@ -114,8 +115,7 @@ def test_each_schedule_ends_exactly_at_the_target(mlps, tmp_path, schedule):
 
 
 def test_polynomial_global_scope_with_override_is_exact(mlps, tmp_path):
-    result = run(mlps, tmp_path, sparsity=0.9, scope="global", epochs=3, schedule="polynomial",
-                 overrides={"out": 0.5})  # fmt: skip
+    result = run(mlps, tmp_path, sparsity=0.9, scope="global", epochs=3, schedule="polynomial", overrides={"out": 0.5})
     stats = {s.layer: s for s in result.report.layers}
     assert stats["out"].params - stats["out"].nonzeros == round(0.5 * stats["out"].params)
     assert_masked_exactly_zero(result)
@@ -141,8 +141,21 @@ def test_early_stopping_stops_when_validation_loss_stalls(mlps, tmp_path):
 
 def test_gate_fails_with_exit_4_after_writing_the_report(cli, mlps, tmp_path):
     report = tmp_path / "r.json"
-    args = [mlps["adam"], "-d", mlps["data"], "-s", "0.97", "--epochs", "2", "--lr", "1e-7", "-r", report,
-            "-o", tmp_path / "o.keras"]  # fmt: skip
+    args = [
+        mlps["adam"],
+        "-d",
+        mlps["data"],
+        "-s",
+        "0.97",
+        "--epochs",
+        "2",
+        "--lr",
+        "1e-7",
+        "-r",
+        report,
+        "-o",
+        tmp_path / "o.keras",
+    ]
     failed = cli("prune", *args, "--max-accuracy-drop", "0", "-q")
     assert failed.exit_code == 4, failed.output
     assert "accuracy dropped by" in failed.stderr and "epoch" not in failed.output  # quiet: no progress
@@ -158,7 +171,7 @@ def test_gate_fails_with_exit_4_after_writing_the_report(cli, mlps, tmp_path):
 
 
 def test_progress_bar_on_a_terminal():
-    from prunecli.finetune import EpochProgress, _Sums
+    from prunecli.training.finetune import EpochProgress, _Sums
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -188,7 +201,7 @@ def test_progress_bar_on_a_terminal():
     ],
 )
 def test_impossible_combinations_are_one_line_config_errors(config, fragment):
-    from prunecli import finetune
+    from prunecli.training import finetune
 
     with pytest.raises(ConfigError, match=fragment):
         finetune.check_config(PruneConfig(**{"data": "d.npz", **config}))
@@ -196,7 +209,7 @@ def test_impossible_combinations_are_one_line_config_errors(config, fragment):
 
 
 def test_optimizer_option_parsing_and_errors():
-    from prunecli.finetune import make_optimizer, parse_optimizer
+    from prunecli.training.finetune import make_optimizer, parse_optimizer
 
     assert parse_optimizer("sgd:momentum=0.9, nesterov=true") == ("sgd", {"momentum": 0.9, "nesterov": True})
     opt, info = make_optimizer(PruneConfig(optimizer="sgd:momentum=0.8", learning_rate=0.2))
@@ -237,7 +250,7 @@ def test_iterative_rounds_remove_the_same_share_and_end_at_the_target():
 
 
 def test_scheduled_config_moves_overrides_along_the_same_curve():
-    from prunecli.finetune import scheduled_config
+    from prunecli.training.finetune import scheduled_config
 
     plan = schedules.build("polynomial", epochs=3, steps_per_epoch=10)
     config = PruneConfig(sparsity=0.8, overrides=(LayerOverride("out", 0.4), LayerOverride("skip*", skip=True)))

@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from prunecli import build_config, prune, targets
+from prunecli import build_config, prune
+from prunecli.selection import targets
 
 
 def nonzeros(model, layer):
@@ -18,7 +19,9 @@ def nonzeros(model, layer):
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.9])
 def test_layerwise_sparsity_is_exact(mlp_files, tmp_path, sparsity):
-    result = prune(build_config({"model_path": mlp_files["keras"], "sparsity": sparsity, "output": tmp_path / "o.keras"}))
+    result = prune(
+        build_config({"model_path": mlp_files["keras"], "sparsity": sparsity, "output": tmp_path / "o.keras"})
+    )
     for stat in result.report.layers:
         expected_pruned = round(sparsity * stat.params)
         assert stat.params - stat.nonzeros == expected_pruned, stat
@@ -26,7 +29,9 @@ def test_layerwise_sparsity_is_exact(mlp_files, tmp_path, sparsity):
 
 def test_global_sparsity_is_exact_and_fair(mlp_files, tmp_path):
     result = prune(
-        build_config({"model_path": mlp_files["keras"], "sparsity": 0.9, "scope": "global", "output": tmp_path / "o.keras"})
+        build_config(
+            {"model_path": mlp_files["keras"], "sparsity": 0.9, "scope": "global", "output": tmp_path / "o.keras"}
+        )
     )
     t = result.report.totals
     assert t["prunable_params"] - t["prunable_nonzeros"] == round(0.9 * t["prunable_params"])
@@ -36,7 +41,7 @@ def test_global_sparsity_is_exact_and_fair(mlp_files, tmp_path):
 
 
 def test_threshold_prunes_only_below(mlp_files, tmp_path):
-    from prunecli import model_io
+    from prunecli.io import models as model_io
 
     original, _ = model_io.load(mlp_files["keras"])
     w = original.get_layer("hidden1").kernel.numpy()
@@ -48,12 +53,16 @@ def test_threshold_prunes_only_below(mlp_files, tmp_path):
 
 def test_include_and_exclude(mlp_files, tmp_path):
     result = prune(
-        build_config({"model_path": mlp_files["keras"], "sparsity": 0.5, "exclude": ["out"], "output": tmp_path / "o.keras"})
+        build_config(
+            {"model_path": mlp_files["keras"], "sparsity": 0.5, "exclude": ["out"], "output": tmp_path / "o.keras"}
+        )
     )
     assert [s.layer for s in result.report.layers] == ["hidden1", "hidden2"]
     assert nonzeros(result.model, "out") == 16 * 3
     result = prune(
-        build_config({"model_path": mlp_files["keras"], "sparsity": 0.5, "include": ["hidden*"], "output": tmp_path / "o.keras"})
+        build_config(
+            {"model_path": mlp_files["keras"], "sparsity": 0.5, "include": ["hidden*"], "output": tmp_path / "o.keras"}
+        )
     )
     assert [s.layer for s in result.report.layers] == ["hidden1", "hidden2"]
 
@@ -78,10 +87,21 @@ def test_targets_cover_layer_zoo_and_nested_models():
     y = inner(layers.Dense(6, name="dense")(y))
     model = keras.Model([img, seq], y)
     found = {t.name: t for t in targets.walk(model)}
-    for name in ["conv/kernel", "dw/kernel", "sep/depthwise_kernel", "sep/pointwise_kernel",
-                 "deconv/kernel", "conv1d/kernel", "lstm/lstm_cell/kernel", "lstm/lstm_cell/recurrent_kernel",
-                 "emb/embeddings", "mha/query/kernel", "mha/attention_output/kernel", "dense/kernel",
-                 "inner/inner_dense/kernel"]:  # fmt: skip
+    for name in [
+        "conv/kernel",
+        "dw/kernel",
+        "sep/depthwise_kernel",
+        "sep/pointwise_kernel",
+        "deconv/kernel",
+        "conv1d/kernel",
+        "lstm/lstm_cell/kernel",
+        "lstm/lstm_cell/recurrent_kernel",
+        "emb/embeddings",
+        "mha/query/kernel",
+        "mha/attention_output/kernel",
+        "dense/kernel",
+        "inner/inner_dense/kernel",
+    ]:
         assert name in found, sorted(found)
     assert not any("bias" in n or "gamma" in n for n in found)
     # unit axes: Dense/Conv last, Conv transpose second to last, depthwise the channel axis

@@ -14,9 +14,12 @@ import math
 import numpy as np
 import pytest
 
-from prunecli import groups, pipeline, policy, surgery, targets
 from prunecli.config import build_config
-from prunecli.report import Timings
+from prunecli.outputs.report import Timings
+from prunecli.run import pipeline
+from prunecli.selection import policy, targets
+from prunecli.selection import tied as groups
+from prunecli.structure import surgery
 
 WIDTHS = {"stem": 8, "a": 5, "b": 3, "hidden": 16}
 
@@ -31,8 +34,9 @@ def _residual(widths=None, seed: int = 0):
     stem = layers.Conv2D(w["stem"], 3, padding="same", activation="relu", name="stem")(inp)
     branch = layers.Conv2D(w["stem"], 3, padding="same", use_bias=False, name="branch")(stem)
     added = layers.Add(name="add")([stem, layers.BatchNormalization(name="branch_bn")(branch)])
-    cat = layers.Concatenate(name="cat")([layers.Conv2D(w["a"], 1, activation="relu", name="a")(added),
-                                          layers.Conv2D(w["b"], 1, name="b")(added)])  # fmt: skip
+    cat = layers.Concatenate(name="cat")(
+        [layers.Conv2D(w["a"], 1, activation="relu", name="a")(added), layers.Conv2D(w["b"], 1, name="b")(added)]
+    )
     mixed = layers.Add(name="mix")([cat, layers.Conv2D(w["a"] + w["b"], 1, name="side")(added)])
     pooled = layers.GlobalAveragePooling2D(name="gap")(mixed)
     hidden = layers.Dense(w["hidden"], activation="relu", name="hidden")(pooled)
@@ -121,10 +125,12 @@ def test_override_on_one_member_applies_to_its_set_and_floors_hold_per_member():
 
 
 def _session(model, **settings):
-    config = build_config({"model_path": "m.keras", "granularity": "neuron", "sparsity": 0.5, "shrink": True,
-                           **settings})  # fmt: skip
-    s = pipeline.Session(config=config, progress=lambda _m: None, timings=Timings(), model=model,
-                         notes=[], metrics={}, extras={})  # fmt: skip
+    config = build_config(
+        {"model_path": "m.keras", "granularity": "neuron", "sparsity": 0.5, "shrink": True, **settings}
+    )
+    s = pipeline.Session(
+        config=config, progress=lambda _m: None, timings=Timings(), model=model, notes=[], metrics={}, extras={}
+    )
     pipeline.pick_targets(s)
     return s
 
@@ -184,8 +190,14 @@ def test_untied_sequential_model_keeps_the_policy_selection(scope):
     import keras
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(10, activation="relu", name="d1"),
-                              keras.layers.Dense(8, activation="relu", name="d2"), keras.layers.Dense(3, name="out")])  # fmt: skip
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(10, activation="relu", name="d1"),
+            keras.layers.Dense(8, activation="relu", name="d2"),
+            keras.layers.Dense(3, name="out"),
+        ]
+    )
     found, result = _masks(model, sparsity=0.5, scope=scope)
     _, alone = _masks(model, model_for_graph=None, sparsity=0.5, scope=scope)
     assert all((np.asarray(result.masks[k]) == np.asarray(alone.masks[k])).all() for k in alone.masks)

@@ -1,4 +1,4 @@
-"""`prunecli inspect` and prunecli.inspection: what is in a model and what prunecli would do with it."""
+"""`prunecli inspect` and prunecli.outputs.inspect: what is in a model and what prunecli would do with it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from prunecli import build_config, prune
-from prunecli.inspection import inspect_model
+from prunecli.outputs.inspect import inspect_model
 
 
 def by_name(result):
@@ -39,8 +39,19 @@ def test_exclude_is_reported_as_the_reason(example_model):
 
 def test_pruned_model_shows_sparsity_and_dead_units(mlp_files, tmp_path):
     out = tmp_path / "neurons.keras"
-    prune(build_config({"model_path": mlp_files["keras"], "sparsity": 0.5, "granularity": "neuron", "output": out,
-                        "exclude": ["out"], "sizes": False}, environ={}))  # fmt: skip
+    prune(
+        build_config(
+            {
+                "model_path": mlp_files["keras"],
+                "sparsity": 0.5,
+                "granularity": "neuron",
+                "output": out,
+                "exclude": ["out"],
+                "sizes": False,
+            },
+            environ={},
+        )
+    )
     layers = by_name(inspect_model(str(out)))
     hidden1 = next(w for w in layers["hidden1"].weights if w.name == "kernel")
     assert hidden1.zero_units == 16 and hidden1.units == 32

@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from prunecli import build_config, layer_pruning, prune
+from prunecli import build_config, prune
 from prunecli.errors import InputError
+from prunecli.structure import layer_removal as layer_pruning
 
 WIDTH = 16
 
@@ -49,8 +50,12 @@ def residual(tmp_path_factory):
 
 
 def _run(residual, **options):
-    settings = {"model_path": str(residual["model"]), "granularity": "layer", "force": True,
-                "output": str(residual["dir"] / "out.keras")}  # fmt: skip
+    settings = {
+        "model_path": str(residual["model"]),
+        "granularity": "layer",
+        "force": True,
+        "output": str(residual["dir"] / "out.keras"),
+    }
     settings.update(options)
     return prune(build_config(settings))
 
@@ -143,8 +148,16 @@ def test_sparsity_counts_candidates_and_overlaps_are_skipped(residual):
 def test_sequential_model_and_no_candidates(example_model, tmp_path):
     import keras
 
-    result = prune(build_config({"model_path": str(example_model), "granularity": "layer", "remove_layers": 1,
-                                 "output": str(tmp_path / "cnn.keras")}))  # fmt: skip
+    result = prune(
+        build_config(
+            {
+                "model_path": str(example_model),
+                "granularity": "layer",
+                "remove_layers": 1,
+                "output": str(tmp_path / "cnn.keras"),
+            }
+        )
+    )
     assert result.report.to_dict()["removed_layers"] == ["bn1"]  # the only shape-preserving layer with weights
     original = keras.saving.load_model(example_model).count_params()
     assert keras.saving.load_model(tmp_path / "cnn.keras").count_params() == original - 4 * 16
@@ -156,7 +169,18 @@ def test_sequential_model_and_no_candidates(example_model, tmp_path):
 
 def test_cli_layer_pruning_report(cli, residual, tmp_path):
     report = tmp_path / "r.json"
-    res = cli("prune", residual["model"], "-g", "layer", "--remove-layers", "1", "-o", tmp_path / "o.keras",
-              "-r", report, "-q")  # fmt: skip
+    res = cli(
+        "prune",
+        residual["model"],
+        "-g",
+        "layer",
+        "--remove-layers",
+        "1",
+        "-o",
+        tmp_path / "o.keras",
+        "-r",
+        report,
+        "-q",
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(report.read_text())["removed_layers"] == ["b1_up", "b1_down", "add1"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from prunecli import masking
+from prunecli.selection import kernels as masking
 
 
 def lowest_reference(values: np.ndarray, k: int) -> np.ndarray:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prunecli import model_io
 from prunecli.errors import ModelLoadError, OutputError
+from prunecli.io import models as model_io
 
 
 def sha(path: Path) -> str:

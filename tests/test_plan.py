@@ -8,8 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
-from prunecli import build_config, flops, prune
-from prunecli.plan import make_plan
+from prunecli import build_config, prune
+from prunecli.run.plan import make_plan
+from prunecli.structure import flops
 
 
 def _snapshot(folder):
@@ -25,8 +26,18 @@ def workdir(mlp_files, tmp_path):
 
 def test_plan_writes_nothing_and_prints_json(cli, workdir):
     before = _snapshot(workdir)
-    res = cli("plan", workdir / "mlp.keras", "-g", "input", "--keep-features", "5", "--data", workdir / "data.npz",
-              "--shrink", "--json")  # fmt: skip
+    res = cli(
+        "plan",
+        workdir / "mlp.keras",
+        "-g",
+        "input",
+        "--keep-features",
+        "5",
+        "--data",
+        workdir / "data.npz",
+        "--shrink",
+        "--json",
+    )
     assert res.exit_code == 0, res.output
     plan = json.loads(res.stdout)
     assert _snapshot(workdir) == before
@@ -73,7 +84,11 @@ def test_plan_layer_pruning_matches_prune(tmp_path):
     plan = make_plan(build_config(settings))
     report = prune(build_config({**settings, "output": str(tmp_path / "o.keras")})).report.to_dict()
     assert plan["removed_layers"] == report["removed_layers"] and len(plan["removed_layers"]) >= 2
-    assert plan["after"]["params"] == report["totals"]["params"] == keras.saving.load_model(tmp_path / "o.keras").count_params()
+    assert (
+        plan["after"]["params"]
+        == report["totals"]["params"]
+        == keras.saving.load_model(tmp_path / "o.keras").count_params()
+    )
     assert plan["after"]["flops"] == report["flops"]["after"] < plan["before"]["flops"]
     gone = {r["layer"] for r in plan["layers"] if r["removed"]}
     assert gone == {name for name in plan["removed_layers"] if not name.startswith("add")}
@@ -84,8 +99,13 @@ def test_flops_of_the_example_cnn_by_hand(example_model):
 
     counted = flops.count(keras.saving.load_model(example_model))
     per_layer = {row["layer"]: row["macs"] for row in counted["layers"]}
-    assert per_layer == {"conv1": 8 * 8 * 3 * 3 * 1 * 16, "bn1": 0, "conv2": 8 * 8 * 3 * 3 * 16 * 32,
-                         "dense1": 512 * 64, "predictions": 64 * 10}  # fmt: skip
+    assert per_layer == {
+        "conv1": 8 * 8 * 3 * 3 * 1 * 16,
+        "bn1": 0,
+        "conv2": 8 * 8 * 3 * 3 * 16 * 32,
+        "dense1": 512 * 64,
+        "predictions": 64 * 10,
+    }
     assert counted["total"] == sum(per_layer.values()) and counted["partial"] is False
 
 

@@ -18,7 +18,7 @@ from prunecli.errors import ConfigError
 def make_target(name: str, shape, seed: int = 0, scale: float = 1.0, unit_axis: int = -1, cls: str = "Dense"):
     import tensorflow as tf
 
-    from prunecli.targets import Target
+    from prunecli.selection.targets import Target
 
     values = np.random.default_rng(seed).standard_normal(shape).astype("float32") * scale
     var = tf.Variable(values)
@@ -30,7 +30,7 @@ def magnitude_scores(targets) -> dict:
 
 
 def build(targets, scores=None, level="element", **settings):
-    from prunecli.policy import build_masks
+    from prunecli.selection.policy import build_masks
 
     config = PruneConfig(**settings)
     return build_masks(targets, scores or magnitude_scores(targets), level, config)
@@ -147,7 +147,7 @@ def test_nm_refuses_unit_scores_and_override_sparsities():
 @pytest.mark.parametrize("granularity", [Granularity(), Granularity("neuron"), Granularity("block", 2, 2)])
 @pytest.mark.parametrize("sparsity", [0.5, 0.9])
 def test_global_scope_prunes_exactly_round_s_of_all_groups(layers, granularity, sparsity):
-    from prunecli.policy import _group_scores
+    from prunecli.selection.policy import _group_scores
 
     result = build(layers, sparsity=sparsity, scope="global", granularity=granularity)
     groups = [_group_scores(t, np.abs(t.variable.numpy()), "element", granularity) for t in layers]
@@ -159,8 +159,11 @@ def test_global_scope_prunes_exactly_round_s_of_all_groups(layers, granularity, 
             removed += int((~mask.any(axis=tuple(range(mask.ndim - 1)))).sum())
         elif granularity.kind == "block":
             matrix = np.asarray(t.to_matrix(mask))
-            removed += sum(not matrix[i : i + 2, j : j + 2].any()
-                           for i in range(0, matrix.shape[0], 2) for j in range(0, matrix.shape[1], 2))  # fmt: skip
+            removed += sum(
+                not matrix[i : i + 2, j : j + 2].any()
+                for i in range(0, matrix.shape[0], 2)
+                for j in range(0, matrix.shape[1], 2)
+            )
         else:
             removed += pruned(mask)
     capacity = total - sum(max(1, math.ceil(0.01 * int(np.size(g)))) for g in groups)  # min_keep floors
@@ -215,10 +218,13 @@ def write_recipe(tmp_path, text: str):
 
 
 def test_recipe_overrides_and_skip_in_layer_scope(tmp_path):
-    from prunecli.policy import build_masks
+    from prunecli.selection.policy import build_masks
 
-    dense1, dense2, head = make_target("dense1", (30, 10), 12), make_target("dense2", (30, 10), 13), make_target(
-        "head", (10, 4), 14)  # fmt: skip
+    dense1, dense2, head = (
+        make_target("dense1", (30, 10), 12),
+        make_target("dense2", (30, 10), 13),
+        make_target("head", (10, 4), 14),
+    )
     recipe = write_recipe(
         tmp_path, "sparsity: 0.5\nlayers:\n  'dense*': 0.8\n  dense2: {sparsity: 0.3}\n  head: skip\n"
     )
@@ -232,7 +238,7 @@ def test_recipe_overrides_and_skip_in_layer_scope(tmp_path):
 
 
 def test_overrides_in_global_scope_and_with_a_threshold(tmp_path):
-    from prunecli.policy import build_masks
+    from prunecli.selection.policy import build_masks
 
     a, b, c = make_target("a", (40, 10), 15), make_target("b", (40, 10), 16, scale=5.0), make_target("c", (20, 10), 17)
     targets = [a, b, c]

@@ -13,9 +13,9 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prunecli import policy
 from prunecli.config import Granularity, PruneConfig
-from prunecli.targets import Target
+from prunecli.selection import policy
+from prunecli.selection.targets import Target
 
 SHAPES = [(6, 4), (5, 3), (16, 8), (3, 3, 2, 4)]  # Dense kernels (in, out) and a Conv2D kernel
 FAST = settings(max_examples=20, deadline=None, derandomize=True, database=None)
@@ -101,8 +101,13 @@ def test_nm_keeps_n_of_every_m_along_the_reduction_axis(shape, seed, nm):
 
 
 @FAST
-@given(layers=layers, sparsity=st.floats(0.9, 0.999), min_keep=st.floats(0.0, 0.5),
-       granularity=st.sampled_from(["element", "neuron"]), scope=st.sampled_from(["layer", "global"]))  # fmt: skip
+@given(
+    layers=layers,
+    sparsity=st.floats(0.9, 0.999),
+    min_keep=st.floats(0.0, 0.5),
+    granularity=st.sampled_from(["element", "neuron"]),
+    scope=st.sampled_from(["layer", "global"]),
+)
 def test_no_layer_is_emptied_unless_allowed(layers, sparsity, min_keep, granularity, scope):
     targets = [_target(f"l{i}", _weights(shape, seed)) for i, (shape, seed) in enumerate(layers)]
     gran = Granularity(granularity)

@@ -34,13 +34,13 @@ def missing_feature(config) -> str | None:
     """Why a recipe cannot run in this tree yet, or None: only for a module or method truly absent."""
     needs = []
     if config.epochs > 0 or config.schedule != "oneshot":
-        needs.append(("prunecli.finetune", "fine-tuning"))
+        needs.append(("prunecli.training.finetune", "fine-tuning"))
     if config.shrink:
-        needs.append(("prunecli.surgery", "--shrink"))
+        needs.append(("prunecli.structure.surgery", "--shrink"))
     if config.export:
-        needs.append(("prunecli.export", "--export"))
+        needs.append(("prunecli.outputs.export", "--export"))
     if config.auto:
-        needs.append(("prunecli.auto", "--auto"))
+        needs.append(("prunecli.run.auto", "--auto"))
     for module, feature in needs:
         if importlib.util.find_spec(module) is None:
             return f"{feature} needs {module}, which is not in this tree yet"
@@ -71,13 +71,26 @@ def test_recipe_runs_on_the_example(recipe, cli, example_model, example_data, tm
         pytest.skip(reason)
     fast = ["--epochs", "1"] if config.epochs > 1 else []
     if config.auto:
-        from prunecli import auto
+        from prunecli.run import auto
 
         monkeypatch.setattr(auto, "GRID", (0.5, 0.9))
         monkeypatch.setattr(auto, "PROBES", 2)
     out, report_path = tmp_path / "out.keras", tmp_path / "report.json"
-    result = cli("prune", example_model, "--config", recipe, "--data", example_data, "-o", out,
-                 "--report", report_path, "--no-sizes", "-q", *fast)  # fmt: skip
+    result = cli(
+        "prune",
+        example_model,
+        "--config",
+        recipe,
+        "--data",
+        example_data,
+        "-o",
+        out,
+        "--report",
+        report_path,
+        "--no-sizes",
+        "-q",
+        *fast,
+    )
     assert result.exit_code == 0, result.output
     assert out.is_file()
     report = json.loads(report_path.read_text())
@@ -101,7 +114,8 @@ def assert_n_of_m(path, pruned_layers, n, m):
     """At most n non-zeros in every run of m consecutive inputs of each output, in every pruned kernel."""
     import numpy as np
 
-    from prunecli import model_io, targets
+    from prunecli.io import models as model_io
+    from prunecli.selection import targets
 
     model, _ = model_io.load(path)
     checked = 0
@@ -142,8 +156,19 @@ def test_precedence_in_build_config(recipe_file):
 def test_precedence_through_the_cli(cli, recipe_file, mlp_files, tmp_path, monkeypatch):
     def run(*flags):
         report = tmp_path / "r.json"
-        result = cli("prune", mlp_files["keras"], "--config", recipe_file, "-o", tmp_path / "o.keras",
-                     "--report", report, "--no-sizes", "-q", *flags)  # fmt: skip
+        result = cli(
+            "prune",
+            mlp_files["keras"],
+            "--config",
+            recipe_file,
+            "-o",
+            tmp_path / "o.keras",
+            "--report",
+            report,
+            "--no-sizes",
+            "-q",
+            *flags,
+        )
         assert result.exit_code == 0, result.output
         return json.loads(report.read_text())
 
@@ -174,9 +199,14 @@ def test_recipe_layer_rules(cli, mlp_files, tmp_path):
 
 @pytest.mark.parametrize(
     "text, message",
-    [("sparsity: [1, 2\n", "invalid YAML"), ("sparsty: 0.5\n", "unknown key 'sparsty'"), ("- 1\n- 2\n", "mapping"),
-     ("sparsity: lots\n", "invalid value for sparsity"), ("model_path: x.keras\n", "unknown key")],
-)  # fmt: skip
+    [
+        ("sparsity: [1, 2\n", "invalid YAML"),
+        ("sparsty: 0.5\n", "unknown key 'sparsty'"),
+        ("- 1\n- 2\n", "mapping"),
+        ("sparsity: lots\n", "invalid value for sparsity"),
+        ("model_path: x.keras\n", "unknown key"),
+    ],
+)
 def test_bad_recipes_are_usage_errors(cli, mlp_files, tmp_path, text, message):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text(text)

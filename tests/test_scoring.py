@@ -39,7 +39,7 @@ def batches(x, y, batch_size: int = 16):
 
 @pytest.fixture(scope="module")
 def cnn_case():
-    from prunecli.targets import select
+    from prunecli.selection.targets import select
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((40, 6, 6, 2)).astype("float32")  # 3 batches of 16, 16 and 8
@@ -104,7 +104,7 @@ def test_random_depends_on_the_seed(cnn_case):
 def test_data_free_methods_rank_the_unit_with_large_weights_first(name):
     import keras
 
-    from prunecli.targets import select
+    from prunecli.selection.targets import select
 
     keras.utils.set_random_seed(1)
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(6, name="d")])
@@ -141,12 +141,13 @@ def test_activation_and_apoz_keep_the_always_active_unit_and_drop_the_dead_one()
     import keras
 
     from prunecli.config import Granularity, PruneConfig
-    from prunecli.policy import build_masks
-    from prunecli.targets import select
+    from prunecli.selection.policy import build_masks
+    from prunecli.selection.targets import select
 
     keras.utils.set_random_seed(2)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, activation="relu", name="d"),
-                              keras.layers.Dense(2, name="head")])  # fmt: skip
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(4, activation="relu", name="d"), keras.layers.Dense(2, name="head")]
+    )
     layer = model.get_layer("d")
     layer.bias.assign(np.array([5.0, 0.0, 0.0, -100.0], "float32"))  # unit 0 always on, unit 3 never
     x = np.random.default_rng(0).standard_normal((64, 4)).astype("float32")
@@ -166,7 +167,7 @@ def test_activation_and_apoz_keep_the_always_active_unit_and_drop_the_dead_one()
 def test_gradient_methods_rank_the_informative_input_first(name):
     import keras
 
-    from prunecli.targets import select
+    from prunecli.selection.targets import select
 
     rng = np.random.default_rng(3)
     x = rng.standard_normal((256, 6)).astype("float32")
@@ -249,7 +250,7 @@ def test_non_finite_scores_are_a_data_error(cnn_case):
 def test_depthwise_outputs_are_averaged_per_input_channel_and_separable_halves_refused():
     import keras
 
-    from prunecli.targets import select
+    from prunecli.selection.targets import select
 
     keras.utils.set_random_seed(4)
     inp = keras.Input((5, 5, 3))
@@ -269,7 +270,7 @@ def test_depthwise_outputs_are_averaged_per_input_channel_and_separable_halves_r
 def test_unreadable_outputs_are_a_config_error_naming_the_layer():
     import keras
 
-    from prunecli.targets import select
+    from prunecli.selection.targets import select
 
     inp = keras.Input((5, 3))
     seq = keras.layers.LSTM(4, name="lstm")(inp)
@@ -310,8 +311,24 @@ def test_help_lists_every_method_with_its_summary(cli):
 @pytest.mark.parametrize("method", ["apoz", "taylor"])
 def test_data_methods_run_end_to_end_on_the_example(cli, example_model, example_data, tmp_path, method):
     report = tmp_path / "report.json"
-    result = cli("prune", example_model, "-m", method, "-s", "0.5", "-d", example_data, "--score-batches", "4",
-                 "-o", tmp_path / "out.keras", "--report", report, "--no-sizes", "-q")  # fmt: skip
+    result = cli(
+        "prune",
+        example_model,
+        "-m",
+        method,
+        "-s",
+        "0.5",
+        "-d",
+        example_data,
+        "--score-batches",
+        "4",
+        "-o",
+        tmp_path / "out.keras",
+        "--report",
+        report,
+        "--no-sizes",
+        "-q",
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(report.read_text())
     assert data["totals"]["prunable_sparsity"] == pytest.approx(0.5, abs=1e-3)

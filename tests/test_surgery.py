@@ -9,16 +9,27 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from prunecli import graph, surgery, targets
 from prunecli.config import build_config
-from prunecli.pipeline import Session
-from prunecli.report import Timings
+from prunecli.outputs.report import Timings
+from prunecli.run.pipeline import Session
+from prunecli.selection import targets
+from prunecli.structure import channels as graph
+from prunecli.structure import surgery
 
 
 def _session(model, path="model.keras", data=None):
     config = build_config({"model_path": str(path), "granularity": "neuron", "sparsity": 0.5, "shrink": True})
-    return Session(config=config, progress=lambda _m: None, timings=Timings(), model=model, data=data,
-                   targets=targets.select(model), notes=[], metrics={}, extras={})  # fmt: skip
+    return Session(
+        config=config,
+        progress=lambda _m: None,
+        timings=Timings(),
+        model=model,
+        data=data,
+        targets=targets.select(model),
+        notes=[],
+        metrics={},
+        extras={},
+    )
 
 
 def _kill(layer, units) -> None:
@@ -46,8 +57,13 @@ def _randomise_batchnorms(model, rng) -> None:
     for layer in model.layers:
         if type(layer).__name__ == "BatchNormalization":
             n = layer.gamma.shape[0]
-            _set(layer, gamma=rng.uniform(0.5, 1.5, n), beta=rng.normal(0, 0.5, n),
-                 moving_mean=rng.normal(0, 0.5, n), moving_variance=rng.uniform(0.5, 2.0, n))  # fmt: skip
+            _set(
+                layer,
+                gamma=rng.uniform(0.5, 1.5, n),
+                beta=rng.normal(0, 0.5, n),
+                moving_mean=rng.normal(0, 0.5, n),
+                moving_variance=rng.uniform(0.5, 2.0, n),
+            )
 
 
 def _outputs(model, x):
@@ -109,20 +125,22 @@ def _cnn():
     from keras import layers
 
     keras.utils.set_random_seed(0)
-    return keras.Sequential([
-        keras.Input((10, 10, 3)),
-        layers.Conv2D(8, 3, name="conv1"),  # valid padding: any constant folds
-        layers.BatchNormalization(name="bn1"),
-        layers.ReLU(name="relu1"),
-        layers.Conv2D(12, 3, padding="same", activation="relu", name="conv2"),
-        layers.MaxPooling2D(2, name="pool"),
-        layers.Conv2D(6, 1, padding="same", name="conv3"),  # 1x1: folds whatever the padding
-        layers.BatchNormalization(name="bn3"),
-        layers.Activation("relu", name="act3"),
-        layers.Flatten(name="flatten"),
-        layers.Dense(16, activation="relu", name="dense1"),
-        layers.Dense(10, activation="softmax", name="predictions"),
-    ])  # fmt: skip
+    return keras.Sequential(
+        [
+            keras.Input((10, 10, 3)),
+            layers.Conv2D(8, 3, name="conv1"),  # valid padding: any constant folds
+            layers.BatchNormalization(name="bn1"),
+            layers.ReLU(name="relu1"),
+            layers.Conv2D(12, 3, padding="same", activation="relu", name="conv2"),
+            layers.MaxPooling2D(2, name="pool"),
+            layers.Conv2D(6, 1, padding="same", name="conv3"),  # 1x1: folds whatever the padding
+            layers.BatchNormalization(name="bn3"),
+            layers.Activation("relu", name="act3"),
+            layers.Flatten(name="flatten"),
+            layers.Dense(16, activation="relu", name="dense1"),
+            layers.Dense(10, activation="softmax", name="predictions"),
+        ]
+    )
 
 
 def test_cnn_with_batchnorm_and_flatten(tmp_path):
@@ -224,9 +242,15 @@ def test_conv1d_constant_folds_through_valid_padding(tmp_path):
     from keras import layers
 
     keras.utils.set_random_seed(3)
-    model = keras.Sequential([keras.Input((12, 2)), layers.Conv1D(6, 3, activation="relu", name="c1"),
-                              layers.Conv1D(5, 3, name="c2"), layers.GlobalAveragePooling1D(),
-                              layers.Dense(3, name="out")])  # fmt: skip
+    model = keras.Sequential(
+        [
+            keras.Input((12, 2)),
+            layers.Conv1D(6, 3, activation="relu", name="c1"),
+            layers.Conv1D(5, 3, name="c2"),
+            layers.GlobalAveragePooling1D(),
+            layers.Dense(3, name="out"),
+        ]
+    )
     _set(model.get_layer("c1"), bias=np.abs(np.random.default_rng(0).normal(0.5, 0.2, 6)))  # relu(b) > 0
     _kill(model.get_layer("c1"), [1, 4])
     masked = keras.models.clone_model(model)
@@ -374,8 +398,22 @@ def test_cli_shrinks_the_example_and_the_report_shows_new_shapes(cli, example_mo
     import keras
 
     out, report = tmp_path / "small.keras", tmp_path / "report.json"
-    result = cli("prune", example_model, "--granularity", "neuron", "--sparsity", "0.5", "--shrink",
-                 "--data", example_data, "-o", out, "--report", report, "-q")  # fmt: skip
+    result = cli(
+        "prune",
+        example_model,
+        "--granularity",
+        "neuron",
+        "--sparsity",
+        "0.5",
+        "--shrink",
+        "--data",
+        example_data,
+        "-o",
+        out,
+        "--report",
+        report,
+        "-q",
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(report.read_text())
     shrink = data["shrink"]
@@ -394,8 +432,11 @@ def test_keras2_h5_is_shrunk_and_written_by_keras3(keras2_h5, tmp_path):
     from prunecli import prune
 
     out = tmp_path / "small.h5"
-    result = prune(build_config({"model_path": str(keras2_h5), "granularity": "neuron", "sparsity": 0.5,
-                                 "shrink": True, "output": str(out)}))  # fmt: skip
+    result = prune(
+        build_config(
+            {"model_path": str(keras2_h5), "granularity": "neuron", "sparsity": 0.5, "shrink": True, "output": str(out)}
+        )
+    )
     assert any("written by Keras 3" in n for n in result.report.notes)
     small = keras.saving.load_model(out)
     assert small.get_layer("hidden1").kernel.shape[1] < 32

@@ -1,4 +1,4 @@
-"""Sensitivity sweeps (prunecli.sweep) and --auto's allocation (prunecli.auto)."""
+"""Sensitivity sweeps (prunecli.run.sweep) and --auto's allocation (prunecli.run.auto)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from prunecli import auto, build_config, prune, sweep
+from prunecli import build_config, prune
 from prunecli.errors import ConfigError
+from prunecli.run import auto, sweep
 
 
 def config_for(files, **extra):
@@ -43,7 +44,9 @@ def test_fine_tuning_sweeps_say_clearly_when_fine_tuning_is_missing(mlp_files, m
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "prunecli.finetune" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "prunecli.training.finetune" else real(name, *a)
+    )
     with pytest.raises(ConfigError, match="fine-tuning is not available"):
         sweep.check_sweepable(config_for(mlp_files, epochs=1))
     sweep.check_sweepable(config_for(mlp_files))  # without --epochs the sweep still runs
@@ -51,10 +54,17 @@ def test_fine_tuning_sweeps_say_clearly_when_fine_tuning_is_missing(mlp_files, m
 
 def synthetic(accuracies: dict[str, list[float]], sparsities=(0.2, 0.5, 0.8), base=0.9, budget=0.01):
     result = sweep.SweepResult(
-        model="m.keras", data="d.npz", method="magnitude", scope="layer", granularity="element", epochs=0,
-        max_accuracy_drop=budget, n_eval=100, baseline={"loss": 0.3, "accuracy": base},
+        model="m.keras",
+        data="d.npz",
+        method="magnitude",
+        scope="layer",
+        granularity="element",
+        epochs=0,
+        max_accuracy_drop=budget,
+        n_eval=100,
+        baseline={"loss": 0.3, "accuracy": base},
         layers=[{"name": n, "classes": ["Dense"], "params": 10} for n in accuracies if n != sweep.ALL],
-    )  # fmt: skip
+    )
     for curve, values in accuracies.items():
         for s, acc in zip(sparsities, values, strict=True):
             result.points.append(sweep.SweepPoint(curve, s, s, {"loss": 1.0 - acc, "accuracy": acc}))
@@ -134,7 +144,7 @@ def test_outputs_json_csv_markdown_and_a_valid_png(mlp_sweep, tmp_path):
 
 
 def test_sweep_with_finetuning_adds_a_finetuned_stage(mlp_files):
-    pytest.importorskip("prunecli.finetune")
+    pytest.importorskip("prunecli.training.finetune")
     result = sweep.run(config_for(mlp_files, epochs=1), sparsities=(0.9,), per_layer=False)
     (point,) = result.points
     assert point.after_finetune is not None and point.after_pruning is not None
@@ -195,8 +205,9 @@ def test_auto_without_target_stays_within_budget_and_prunes(mlp_files, tmp_path)
 
 
 def test_auto_with_target_reaches_the_total_and_respects_fixed_layers(mlp_files, tmp_path):
-    config = config_for(mlp_files, auto=True, sparsity=0.6, overrides={"out": 0.1}, output=tmp_path / "a.keras",
-                        sizes=False)  # fmt: skip
+    config = config_for(
+        mlp_files, auto=True, sparsity=0.6, overrides={"out": 0.1}, output=tmp_path / "a.keras", sizes=False
+    )
     result = auto.prune(config, grid=(0.4, 0.8, 0.95))
     layers = {s.layer: s for s in result.report.layers}
     assert layers["out"].sparsity == pytest.approx(0.1, abs=0.02)
@@ -210,8 +221,10 @@ def test_auto_refuses_what_it_cannot_budget(mlp_files):
     with pytest.raises(ConfigError, match="--auto needs --data"):
         build_config({"model_path": mlp_files["keras"], "auto": True}, environ={})
     with pytest.raises(ConfigError, match="N:M"):
-        build_config({"model_path": mlp_files["keras"], "data": mlp_files["data"], "auto": True, "granularity": "2:4"},
-                     environ={})  # fmt: skip
+        build_config(
+            {"model_path": mlp_files["keras"], "data": mlp_files["data"], "auto": True, "granularity": "2:4"},
+            environ={},
+        )
 
 
 # --- the command ---------------------------------------------------------------------------------
@@ -219,8 +232,20 @@ def test_auto_refuses_what_it_cannot_budget(mlp_files):
 
 def test_sweep_command_writes_everything_and_prints_the_table(cli, mlp_files, tmp_path):
     out = tmp_path / "sw"
-    result = cli("sweep", mlp_files["keras"], "-d", mlp_files["data"], "--sparsities", "0.5,0.9", "-o", out,
-                 "--name", "mlp", "--max-accuracy-drop", "0.05")  # fmt: skip
+    result = cli(
+        "sweep",
+        mlp_files["keras"],
+        "-d",
+        mlp_files["data"],
+        "--sparsities",
+        "0.5,0.9",
+        "-o",
+        out,
+        "--name",
+        "mlp",
+        "--max-accuracy-drop",
+        "0.05",
+    )
     assert result.exit_code == 0, result.output
     assert {p.name for p in out.iterdir()} == {"mlp.json", "mlp.csv", "mlp.png", "mlp.md"}
     assert "Sensitivity sweep" in result.output and "max within budget" in result.output
@@ -230,8 +255,20 @@ def test_sweep_command_writes_everything_and_prints_the_table(cli, mlp_files, tm
 
 
 def test_sweep_command_options(cli, mlp_files, tmp_path):
-    result = cli("sweep", mlp_files["keras"], "-d", mlp_files["data"], "--sparsities", "0.7", "--no-per-layer",
-                 "--scope", "global", "-o", tmp_path, "-q")  # fmt: skip
+    result = cli(
+        "sweep",
+        mlp_files["keras"],
+        "-d",
+        mlp_files["data"],
+        "--sparsities",
+        "0.7",
+        "--no-per-layer",
+        "--scope",
+        "global",
+        "-o",
+        tmp_path,
+        "-q",
+    )
     assert result.exit_code == 0 and result.output == ""
     data = json.loads((tmp_path / "sweep.json").read_text())
     assert [p["curve"] for p in data["points"]] == ["all"] and data["scope"] == "global"

@@ -10,7 +10,7 @@ import pytest
 
 from prunecli import build_config
 from prunecli.errors import ConfigError, ModelLoadError
-from prunecli.pipeline import prune
+from prunecli.run.pipeline import prune
 
 
 def run(path, tmp_path, **options):
@@ -27,7 +27,7 @@ def saved_kernels(path) -> dict[str, np.ndarray]:
 
 
 def test_oneshot_matches_tfmot_counts_and_the_native_masks(keras2_h5, tmp_path):
-    from prunecli import model_io
+    from prunecli.io import models as model_io
 
     result = run(keras2_h5, tmp_path, sparsity=0.5)
     report = result.report
@@ -46,8 +46,12 @@ def test_oneshot_matches_tfmot_counts_and_the_native_masks(keras2_h5, tmp_path):
     assert getattr(reloaded.loss, "__name__", reloaded.loss) == "sparse_categorical_crossentropy"
     assert type(reloaded.optimizer).__name__ == "Adam"
 
-    native = prune(build_config({"model_path": str(keras2_h5), "output": str(tmp_path / "native.h5"),
-                                 "sparsity": 0.5, "quiet": True}, environ={}))  # fmt: skip
+    native = prune(
+        build_config(
+            {"model_path": str(keras2_h5), "output": str(tmp_path / "native.h5"), "sparsity": 0.5, "quiet": True},
+            environ={},
+        )
+    )
     native_kernels = saved_kernels(native.output_path)
     for name, kernel in kernels.items():  # same magnitude criterion, no ties: the same weights survive
         np.testing.assert_array_equal(kernel == 0, native_kernels[name] == 0)
@@ -121,8 +125,9 @@ def test_keras3_keeps_working_in_the_same_process(keras2_h5, tmp_path):
 
 def test_cli_writes_a_normal_report(cli, keras2_h5, tmp_path):
     report_path = tmp_path / "r.json"
-    res = cli("prune", keras2_h5, "--engine", "tfmot", "-s", "0.5", "-o", tmp_path / "o.h5",
-              "--report", report_path, "-q")  # fmt: skip
+    res = cli(
+        "prune", keras2_h5, "--engine", "tfmot", "-s", "0.5", "-o", tmp_path / "o.h5", "--report", report_path, "-q"
+    )
     assert res.exit_code == 0, res.output
     report = json.loads(report_path.read_text())
     assert report["engine"]["name"] == "tfmot"

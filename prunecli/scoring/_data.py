@@ -11,7 +11,7 @@ import contextlib
 import itertools
 import sys
 
-from ..errors import ConfigError, DataError
+from prunecli.errors import ConfigError, DataError
 
 # Layers that act on each channel separately. A unit's output is read after the ones that directly
 # follow it (conv -> batch norm -> ReLU), because that is what the next layer sees and where APoZ

@@ -9,8 +9,8 @@ zeros (what a ReLU would make of them) whether or not the layer ends with one.
 
 from __future__ import annotations
 
-from . import _data
-from .registry import register
+from prunecli.scoring import _data
+from prunecli.scoring.registry import register
 
 
 def _unit_statistic(targets, ctx, method: str, per_value) -> dict:
@@ -47,8 +47,7 @@ def mean_activation(targets, ctx):
     return _unit_statistic(targets, ctx, "activation", tf.abs)
 
 
-@register("apoz", "1 - APoZ: share of non-zero ReLU outputs per unit (Hu et al. 2016)", level="unit",
-          needs_data=True)  # fmt: skip
+@register("apoz", "1 - APoZ: share of non-zero ReLU outputs per unit (Hu et al. 2016)", level="unit", needs_data=True)
 def apoz(targets, ctx):
     import tensorflow as tf
 

@@ -9,8 +9,8 @@ the task.
 
 from __future__ import annotations
 
-from . import _data
-from .registry import register
+from prunecli.scoring import _data
+from prunecli.scoring.registry import register
 
 
 def mean_abs_gradients(targets, ctx, method: str) -> dict:

@@ -1,6 +1,6 @@
 """Magnitude: |w|. The classic data-free criterion (Han et al. 2015) and tfmot's only one."""
 
-from .registry import register
+from prunecli.scoring.registry import register
 
 
 @register("magnitude", "|w| of each weight (data-free; the tfmot criterion)")

@@ -4,7 +4,7 @@ the L1 norm does; across layers (scope global, normalize none) it does not favou
 
 from __future__ import annotations
 
-from .registry import register
+from prunecli.scoring.registry import register
 
 
 @register("neuron-mean", "mean |w| of each neuron/filter (data-free)", level="unit")

@@ -4,7 +4,7 @@ or neuron whose incoming weights are small produces small outputs. Data-free, on
 
 from __future__ import annotations
 
-from .registry import register
+from prunecli.scoring.registry import register
 
 
 @register("l1-norm", "L1 norm of each neuron's/filter's weights (Li et al. 2017)", level="unit")

@@ -1,6 +1,6 @@
 """Random scores: the baseline every pruning paper compares against. Seeded, so runs repeat exactly."""
 
-from .registry import register
+from prunecli.scoring.registry import register
 
 
 @register("random", "uniform random scores from --seed (the baseline)")

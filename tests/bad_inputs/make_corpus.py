@@ -111,8 +111,11 @@ def build(dest: str | os.PathLike) -> dict[str, Path]:
     # a config that names os.system as a layer's activation: must never be called
     config = json.loads(zipfile.ZipFile(d / "good.keras").read("config.json"))
     config["config"]["layers"][1]["config"]["activation"] = {
-        "module": "os", "class_name": "function", "config": "system", "registered_name": "system",
-    }  # fmt: skip
+        "module": "os",
+        "class_name": "function",
+        "config": "system",
+        "registered_name": "system",
+    }
     _rewrite_zip(d / "good.keras", path("os_system_activation.keras"), {"config.json": json.dumps(config).encode()})
     # a member whose name climbs out of any extraction directory
     _rewrite_zip(d / "good.keras", path("zip_slip.keras"), {f"../../{CONFIG_MARKER}": b"escaped"})

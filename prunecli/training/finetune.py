@@ -23,10 +23,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import distribute
-from . import schedule as schedules
-from .config import LayerOverride, PruneConfig
-from .errors import ConfigError
+from prunecli.config import LayerOverride, PruneConfig
+from prunecli.errors import ConfigError
+from prunecli.selection import schedule as schedules
+from prunecli.training import distribute
 
 NEAR_ZERO = 1e-3  # |w| below this counts as "near zero" in the report
 DEFAULT_OPTIMIZER = "adam"
@@ -74,7 +74,7 @@ def _run(s, strategy) -> None:
                         _update_masks(s, trainer, plan, step, base_notes)
                         updates += 1
                         if step == plan.frozen_from and c.schedule in schedules.GRADUAL:
-                            from .pipeline import evaluate_into
+                            from prunecli.run.pipeline import evaluate_into
 
                             with distribute.loaded_model(s):  # Keras evaluate: on one device
                                 evaluate_into(s, "after_pruning")
@@ -148,7 +148,7 @@ def scheduled_config(config: PruneConfig, plan: schedules.Schedule, step: int) -
 
 def _update_masks(s, trainer: Trainer, plan: schedules.Schedule, step: int, base_notes: list) -> None:
     """Re-score and re-mask through the pipeline's policy, quietly; keep only the latest notes."""
-    from .pipeline import score_and_mask
+    from prunecli.run.pipeline import score_and_mask
 
     trainer.before_rescoring()
     say, s.progress = s.progress, (lambda _msg: None)
@@ -261,10 +261,13 @@ class Trainer:
         known = getattr(s.masks, "masks", None) or {}
         self.targets = [t for t in s.targets if id(t.variable) in ids]
         self.masks = [
-            tf.Variable(tf.cast(known[t.name], tf.bool) if t.name in known else tf.ones(t.shape, tf.bool),
-                        trainable=False, name=f"mask_{i}")
+            tf.Variable(
+                tf.cast(known[t.name], tf.bool) if t.name in known else tf.ones(t.shape, tf.bool),
+                trainable=False,
+                name=f"mask_{i}",
+            )
             for i, t in enumerate(self.targets)
-        ]  # fmt: skip
+        ]
         held = [t.variable for t in self.targets]
         shadow_of = {}  # dense copies (not views: keras.Variable(v.value) would share v's storage)
         if dense_shadow:
@@ -377,8 +380,12 @@ class Trainer:
             keep = np.asarray(mask)
             count += int(np.count_nonzero(np.abs(np.asarray(t.variable))[keep] < NEAR_ZERO))
             surviving += int(np.count_nonzero(keep))
-        return {"threshold": NEAR_ZERO, "count": count, "surviving": surviving,
-                "fraction": count / surviving if surviving else 0.0}  # fmt: skip
+        return {
+            "threshold": NEAR_ZERO,
+            "count": count,
+            "surviving": surviving,
+            "fraction": count / surviving if surviving else 0.0,
+        }
 
 
 def use_xla(model) -> bool:

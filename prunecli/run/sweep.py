@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import PruneConfig
-from .errors import ConfigError
+from prunecli.config import PruneConfig
+from prunecli.errors import ConfigError
 
 DEFAULT_SPARSITIES = (0.1, 0.3, 0.5, 0.7, 0.9, 0.95)
 DEFAULT_BUDGET = 0.01
@@ -60,9 +60,13 @@ def check_sweepable(config: PruneConfig) -> None:
         raise ConfigError(f"sweep works on weight masks; granularity {config.granularity.kind} is not supported")
     if config.engine != "native":
         raise ConfigError("sweep runs on the native engine only")
-    if (config.epochs > 0 or config.schedule != "oneshot") and importlib.util.find_spec("prunecli.finetune") is None:
-        raise ConfigError("fine-tuning is not available in this prunecli build (prunecli/finetune.py is missing); "
-                          "sweep without --epochs/--schedule")  # fmt: skip
+    if (config.epochs > 0 or config.schedule != "oneshot") and importlib.util.find_spec(
+        "prunecli.training.finetune"
+    ) is None:
+        raise ConfigError(
+            "fine-tuning is not available in this prunecli build (prunecli/training/finetune.py is missing); "
+            "sweep without --epochs/--schedule"
+        )
 
 
 @dataclass
@@ -125,8 +129,13 @@ class SweepResult:
     def to_dict(self) -> dict[str, Any]:
         points = []
         for p in self.points:
-            d = {"curve": p.curve, "sparsity": p.sparsity, "measured_sparsity": round(p.measured_sparsity, 6),
-                 "after_pruning": p.after_pruning, "accuracy_drop": _finite(self.drop(p))}  # fmt: skip
+            d = {
+                "curve": p.curve,
+                "sparsity": p.sparsity,
+                "measured_sparsity": round(p.measured_sparsity, 6),
+                "after_pruning": p.after_pruning,
+                "accuracy_drop": _finite(self.drop(p)),
+            }
             if p.after_finetune is not None:
                 d["after_finetune"] = p.after_finetune
             points.append(d)
@@ -167,12 +176,13 @@ def _clean(metrics: dict | None) -> dict | None:
 
 def open_session(config: PruneConfig, progress=None):
     """Load model and data once, pick the targets and measure the unpruned baseline."""
-    from .pipeline import Session, evaluate_into, load_model_and_data, pick_targets, quiet_tensorflow
-    from .report import Timings
+    from prunecli.outputs.report import Timings
+    from prunecli.run.pipeline import Session, evaluate_into, load_model_and_data, pick_targets, quiet_tensorflow
 
     quiet_tensorflow()
-    s = Session(config=config, progress=progress or (lambda _msg: None), timings=Timings(), notes=[], metrics={},
-                extras={})  # fmt: skip
+    s = Session(
+        config=config, progress=progress or (lambda _msg: None), timings=Timings(), notes=[], metrics={}, extras={}
+    )
     load_model_and_data(s)
     if s.data is None:
         raise ConfigError("a sensitivity sweep needs --data")
@@ -220,21 +230,23 @@ def prune_point(s, config: PruneConfig, targets) -> dict:
 
     Mirrors the pipeline's one-shot / gradual branches, on the session's in-memory model.
     """
-    from .pipeline import evaluate_into, score_and_mask
+    from prunecli.run.pipeline import evaluate_into, score_and_mask
 
     s.targets, s.config, s.metrics = list(targets), config, {}
     if config.schedule == "oneshot":
         score_and_mask(s)
         evaluate_into(s, "after_pruning")
     if config.epochs > 0 or config.schedule != "oneshot":
-        from . import finetune
+        from prunecli.training import finetune
 
         finetune.run(s)
         evaluate_into(s, "after_finetune")
     return {stage: _clean(values) for stage, values in s.metrics.items()}
 
 
-def layer_sensitivity(s, targets, sparsities, base_config: PruneConfig, snapshot: Snapshot, say=None) -> list[SweepPoint]:
+def layer_sensitivity(
+    s, targets, sparsities, base_config: PruneConfig, snapshot: Snapshot, say=None
+) -> list[SweepPoint]:
     """Prune each layer alone at each sparsity, without fine-tuning; the weights are restored after each."""
     solo = base_config.replace(scope="layer", overrides=(), epochs=0, schedule="oneshot", threshold=None)
     points = []
@@ -251,7 +263,7 @@ def layer_sensitivity(s, targets, sparsities, base_config: PruneConfig, snapshot
 
 def run(config: PruneConfig, sparsities=DEFAULT_SPARSITIES, per_layer: bool = True, progress=None) -> SweepResult:
     """Measure the "all" curve (and, with per_layer, one curve per layer) at each sparsity."""
-    from . import __version__
+    from prunecli import __version__
 
     check_sweepable(config)
     sparsities = parse_sparsities(sparsities)
@@ -263,18 +275,29 @@ def run(config: PruneConfig, sparsities=DEFAULT_SPARSITIES, per_layer: bool = Tr
     snapshot = Snapshot(s.model, all_targets, whole_model=finetuning)
     groups = layers_of(all_targets)
     result = SweepResult(
-        model=str(config.model_path), data=str(config.data), method=config.method, scope=config.scope,
-        granularity=str(config.granularity), epochs=config.epochs,
+        model=str(config.model_path),
+        data=str(config.data),
+        method=config.method,
+        scope=config.scope,
+        granularity=str(config.granularity),
+        epochs=config.epochs,
         max_accuracy_drop=DEFAULT_BUDGET if config.max_accuracy_drop is None else config.max_accuracy_drop,
-        n_eval=s.data.n_eval, baseline=_clean(s.metrics["before"]), prunecli_version=__version__,
-        layers=[{"name": name, "classes": sorted({t.layer_class for t in ts}), "params": sum(t.size for t in ts)}
-                for name, ts in groups.items()],
-    )  # fmt: skip
+        n_eval=s.data.n_eval,
+        baseline=_clean(s.metrics["before"]),
+        prunecli_version=__version__,
+        layers=[
+            {"name": name, "classes": sorted({t.layer_class for t in ts}), "params": sum(t.size for t in ts)}
+            for name, ts in groups.items()
+        ],
+    )
     for sparsity in sparsities:
         say(f"all layers at sparsity {sparsity:g}")
         stages = prune_point(s, config.replace(sparsity=sparsity), all_targets)
-        result.points.append(SweepPoint(ALL, sparsity, measured_sparsity(all_targets),
-                                        stages.get("after_pruning"), stages.get("after_finetune")))  # fmt: skip
+        result.points.append(
+            SweepPoint(
+                ALL, sparsity, measured_sparsity(all_targets), stages.get("after_pruning"), stages.get("after_finetune")
+            )
+        )
         snapshot.restore()
     if per_layer:
         snapshot = Snapshot(s.model, all_targets, whole_model=False)
@@ -367,8 +390,11 @@ def render_table(result: SweepResult, console) -> None:
     from rich.table import Table
 
     header, rows, over = table_rows(result)
-    table = Table(title=f"Sensitivity sweep: {Path(result.model).name} ({result.method}, {result.n_eval} examples)",
-                  title_justify="left", header_style="bold")  # fmt: skip
+    table = Table(
+        title=f"Sensitivity sweep: {Path(result.model).name} ({result.method}, {result.n_eval} examples)",
+        title_justify="left",
+        header_style="bold",
+    )
     for i, name in enumerate(header):
         table.add_column(name, justify="left" if i == 0 else "right")
     for row, flags in zip(rows, over, strict=True):
@@ -386,9 +412,11 @@ def render_markdown(result: SweepResult, plot_name: str | None = None) -> str:
     """Markdown for a CI job summary or the docs: the plot (linked by file name) and the table."""
     header, rows, over = table_rows(result)
     lines = [f"## Sensitivity sweep: `{Path(result.model).name}`", ""]
-    lines.append(f"Method `{result.method}`, scope `{result.scope}`, granularity `{result.granularity}`"
-                 + (f", {result.epochs} fine-tuning epoch(s) per point" if result.epochs else "")
-                 + f"; evaluated on {result.n_eval} examples of `{result.data}`.")  # fmt: skip
+    lines.append(
+        f"Method `{result.method}`, scope `{result.scope}`, granularity `{result.granularity}`"
+        + (f", {result.epochs} fine-tuning epoch(s) per point" if result.epochs else "")
+        + f"; evaluated on {result.n_eval} examples of `{result.data}`."
+    )
     lines += ["", summary_line(result).replace("<=", "≤") + ".", ""]
     if plot_name:
         lines += [f"![accuracy after pruning against sparsity]({plot_name})", ""]
@@ -428,17 +456,28 @@ def plot(result: SweepResult, path: str | Path) -> Path:
         ax.set_xlim(-0.02, 1.0)
         ax.grid(True, alpha=0.3)
         if metric == "accuracy":
-            ax.axhline(base - result.max_accuracy_drop, color="tab:red", linestyle="--", linewidth=1,
-                       label=f"budget: drop {result.max_accuracy_drop:g}")  # fmt: skip
+            ax.axhline(
+                base - result.max_accuracy_drop,
+                color="tab:red",
+                linestyle="--",
+                linewidth=1,
+                label=f"budget: drop {result.max_accuracy_drop:g}",
+            )
 
     ax = axes[0]
     curve = result.curve(ALL)
     xs = [0.0] + [p.sparsity for p in curve]
-    ax.plot(xs, [base] + [(p.after_pruning or {}).get(metric) for p in curve], "o-", color="tab:blue",
-            label="after pruning")  # fmt: skip
+    ax.plot(
+        xs, [base] + [(p.after_pruning or {}).get(metric) for p in curve], "o-", color="tab:blue", label="after pruning"
+    )
     if any(p.after_finetune for p in curve):
-        ax.plot(xs, [base] + [(p.after_finetune or {}).get(metric) for p in curve], "s-", color="tab:green",
-                label=f"after {result.epochs} epoch(s) fine-tuning")  # fmt: skip
+        ax.plot(
+            xs,
+            [base] + [(p.after_finetune or {}).get(metric) for p in curve],
+            "s-",
+            color="tab:green",
+            label=f"after {result.epochs} epoch(s) fine-tuning",
+        )
     suggested = result.suggested_sparsity
     if suggested:
         ax.axvline(suggested, color="tab:gray", linestyle=":", label=f"suggested {suggested:g}")
@@ -448,8 +487,13 @@ def plot(result: SweepResult, path: str | Path) -> Path:
         ax = axes[1]
         for layer in per_layer:
             pts = result.curve(layer["name"])
-            ax.plot([0.0] + [p.sparsity for p in pts], [base] + [p.final.get(metric) for p in pts], "o-",
-                    markersize=4, label=f"{layer['name']} ({layer['params']:,} weights)")  # fmt: skip
+            ax.plot(
+                [0.0] + [p.sparsity for p in pts],
+                [base] + [p.final.get(metric) for p in pts],
+                "o-",
+                markersize=4,
+                label=f"{layer['name']} ({layer['params']:,} weights)",
+            )
         finish(ax, "Each layer pruned alone")
         ax.legend(fontsize=8, loc="lower left")
     if metric == "accuracy":
@@ -467,8 +511,8 @@ def write_outputs(result: SweepResult, out_dir: str | Path, name: str = "sweep")
     """<name>.json, <name>.csv, <name>.png and <name>.md (which links the PNG) in out_dir."""
     import json
 
-    from .errors import OutputError
-    from .model_io import atomic_path
+    from prunecli.errors import OutputError
+    from prunecli.io.models import atomic_path
 
     folder = Path(out_dir)
     try:
@@ -490,8 +534,17 @@ def write_outputs(result: SweepResult, out_dir: str | Path, name: str = "sweep")
                         continue
                     acc = values.get("accuracy")
                     drop = None if acc is None or base_acc is None else base_acc - acc
-                    writer.writerow([p.curve, p.sparsity, f"{p.measured_sparsity:.6f}", stage, values.get("loss"),
-                                     acc, "" if drop is None else f"{drop:.6f}"])  # fmt: skip
+                    writer.writerow(
+                        [
+                            p.curve,
+                            p.sparsity,
+                            f"{p.measured_sparsity:.6f}",
+                            stage,
+                            values.get("loss"),
+                            acc,
+                            "" if drop is None else f"{drop:.6f}",
+                        ]
+                    )
         with atomic_path(paths["png"]) as tmp:
             plot(result, tmp)
         with atomic_path(paths["md"]) as tmp:

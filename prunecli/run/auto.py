@@ -26,9 +26,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .config import LayerOverride, PruneConfig
-from .errors import ConfigError
-from .targets import matches
+from prunecli.config import LayerOverride, PruneConfig
+from prunecli.errors import ConfigError
+from prunecli.selection.targets import matches
 
 GRID = (0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 PROBES = 7  # combined evaluations when searching the highest total sparsity within budget
@@ -55,7 +55,7 @@ class AutoPlan:
     def to_dict(self) -> dict:
         return {
             "algorithm": "least summed solo loss increase per layer (greedy on convex hulls), "
-            "bisection on total sparsity against the combined accuracy drop (see prunecli/auto.py)",
+            "bisection on total sparsity against the combined accuracy drop (see prunecli/run/auto.py)",
             "budget": self.budget,
             "target_sparsity": self.target,
             "total_sparsity": round(self.total_sparsity, 6),
@@ -115,8 +115,10 @@ def total_sparsity(alloc: dict[str, float], sizes: dict[str, int], fixed: dict[s
 def allocation_for(curves, sizes, fixed, target: float) -> dict[str, float]:
     """Per-layer sparsities whose size-weighted total is `target`, at the least summed solo cost."""
     if target > max_total(curves, sizes, fixed) + 1e-9:
-        raise ConfigError(f"--auto: total sparsity {target:g} is above what the probed per-layer sparsities "
-                          f"(up to {max(GRID):g}) reach; lower --sparsity")  # fmt: skip
+        raise ConfigError(
+            f"--auto: total sparsity {target:g} is above what the probed per-layer sparsities "
+            f"(up to {max(GRID):g}) reach; lower --sparsity"
+        )
     remaining = target * sum(sizes.values()) - sum(sizes[n] * s for n, s in fixed.items())
     order = {name: i for i, name in enumerate(curves)}
     segments = []
@@ -149,7 +151,7 @@ def _fixed_layers(groups: dict, config: PruneConfig) -> dict[str, float]:
 
 def plan(config: PruneConfig, progress=None, grid=None, probes: int | None = None) -> AutoPlan:
     """Measure per-layer sensitivity, choose per-layer sparsities and verify them together."""
-    from . import sweep
+    from prunecli.run import sweep
 
     grid, probes = grid or GRID, PROBES if probes is None else probes
 
@@ -184,7 +186,9 @@ def plan(config: PruneConfig, progress=None, grid=None, probes: int | None = Non
         snapshot.restore()
         accuracy = metrics["after_pruning"].get("accuracy")
         drop = 1.0 if accuracy is None else before["accuracy"] - accuracy
-        probed.append({"total_sparsity": round(total_sparsity(alloc, sizes, fixed), 6), "accuracy_drop": round(drop, 6)})
+        probed.append(
+            {"total_sparsity": round(total_sparsity(alloc, sizes, fixed), 6), "accuracy_drop": round(drop, 6)}
+        )
         say(f"all layers at total sparsity {probed[-1]['total_sparsity']:.4f}: accuracy drop {drop:.4f}")
         return drop
 
@@ -193,8 +197,10 @@ def plan(config: PruneConfig, progress=None, grid=None, probes: int | None = Non
         alloc = allocation_for(curves, sizes, fixed, config.sparsity)
         drop = combined_drop(alloc)
         if drop > budget + 1e-9:
-            notes.append(f"auto: at total sparsity {config.sparsity:g} the accuracy drops by {drop:.4f} right after "
-                         f"pruning, more than the budget {budget:g}")  # fmt: skip
+            notes.append(
+                f"auto: at total sparsity {config.sparsity:g} the accuracy drops by {drop:.4f} right after "
+                f"pruning, more than the budget {budget:g}"
+            )
     else:
         alloc = {n: 0.0 for n in free}
         drop = combined_drop(alloc) if fixed else 0.0
@@ -210,17 +216,24 @@ def plan(config: PruneConfig, progress=None, grid=None, probes: int | None = Non
         if not any(alloc.values()):
             notes.append(f"auto: no probed sparsity kept the accuracy drop within {budget:g}; nothing extra pruned")
     chosen = {**alloc, **fixed}
-    return AutoPlan(budget=budget, target=config.sparsity, sparsities={n: chosen[n] for n in groups}, fixed=fixed,
-                    total_sparsity=total_sparsity(alloc, sizes, fixed), combined_drop=drop, probes=probed,
-                    solo={n: [[sp, round(c, 6), d] for sp, c, d in pts] for n, pts in solo.items()},
-                    notes=notes)  # fmt: skip
+    return AutoPlan(
+        budget=budget,
+        target=config.sparsity,
+        sparsities={n: chosen[n] for n in groups},
+        fixed=fixed,
+        total_sparsity=total_sparsity(alloc, sizes, fixed),
+        combined_drop=drop,
+        probes=probed,
+        solo={n: [[sp, round(c, 6), d] for sp, c, d in pts] for n, pts in solo.items()},
+        notes=notes,
+    )
 
 
 def prune(config: PruneConfig, progress=None, grid=None, probes: int | None = None):
     """Plan the per-layer sparsities, then run the ordinary pipeline with them as overrides."""
     import time
 
-    from .pipeline import prune as run_pipeline
+    from prunecli.run.pipeline import prune as run_pipeline
 
     start = time.perf_counter()
     chosen = plan(config, progress, grid, probes)

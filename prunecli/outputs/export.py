@@ -27,7 +27,7 @@ import warnings
 import zlib
 from pathlib import Path
 
-from .errors import ConfigError, OutputError
+from prunecli.errors import ConfigError, OutputError
 
 FORMATS = ("tflite", "tflite-int8", "savedmodel")
 SAMPLE_COUNT = 256  # inputs used to compare the exported model with the Keras model
@@ -54,7 +54,7 @@ def export_paths(out: Path) -> dict[str, Path]:
 
 def run(session, out_path: Path) -> dict:
     """Write every format in `session.config.export`; their sizes and output checks go to `session.extras`."""
-    from .model_io import file_sizes
+    from prunecli.io.models import file_sizes
 
     check_formats(session.config)
     formats = list(dict.fromkeys(session.config.export))
@@ -82,8 +82,12 @@ def run(session, out_path: Path) -> dict:
         if "savedmodel" in formats:
             check = _compare_savedmodel(saved, samples, expected, input_names)
             _replace_dir(saved, paths["savedmodel"])
-            results["savedmodel"] = {"path": str(paths["savedmodel"]), **dir_sizes(paths["savedmodel"]), **check,
-                                     "sample_source": sample_source}  # fmt: skip
+            results["savedmodel"] = {
+                "path": str(paths["savedmodel"]),
+                **dir_sizes(paths["savedmodel"]),
+                **check,
+                "sample_source": sample_source,
+            }
     session.extras["export"] = {fmt: results[fmt] for fmt in formats}
     return session.extras["export"]
 
@@ -115,7 +119,7 @@ def _writing(target: Path):
 @contextlib.contextmanager
 def _atomic_file(target: Path):
     """model_io.atomic_path, with the permissions a plain new file would get (mkstemp makes it 0600)."""
-    from .model_io import atomic_path
+    from prunecli.io.models import atomic_path
 
     if target.is_dir():
         raise OutputError(f"export target {target} is a directory")

@@ -25,11 +25,16 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import FEATURE_SCORES
-from .errors import ConfigError, InputError
+from prunecli.config import FEATURE_SCORES
+from prunecli.errors import ConfigError, InputError
 
-_FROM_METHOD = {"gradient": "gradient", "taylor": "taylor", "random": "random", "permutation": "permutation",
-                "l2-norm": "l2"}  # fmt: skip
+_FROM_METHOD = {
+    "gradient": "gradient",
+    "taylor": "taylor",
+    "random": "random",
+    "permutation": "permutation",
+    "l2-norm": "l2",
+}
 
 # class -> [(weight name, axis, side)]: the weights that read the input's channels. side "in" indexes
 # the layer's input channels; "mid" the depthwise outputs (input channel c -> c*multiplier + m).
@@ -49,21 +54,53 @@ READERS = {
 }
 # Layers that keep channels apart and hold per-channel weights (sliced on --shrink).
 CHANNELWISE = {
-    "BatchNormalization": [("gamma", 0, "in"), ("beta", 0, "in"), ("moving_mean", 0, "in"),
-                           ("moving_variance", 0, "in")],
+    "BatchNormalization": [
+        ("gamma", 0, "in"),
+        ("beta", 0, "in"),
+        ("moving_mean", 0, "in"),
+        ("moving_variance", 0, "in"),
+    ],
     "DepthwiseConv1D": [("kernel", -2, "in"), ("bias", 0, "mid")],
     "DepthwiseConv2D": [("kernel", -2, "in"), ("bias", 0, "mid")],
     "PReLU": [("alpha", -1, "in")],
-}  # fmt: skip
+}
 # Layers without weights that keep each channel where it is.
 PASS_THROUGH = {
-    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise", "GaussianDropout",
-    "AlphaDropout", "Activation", "ReLU", "LeakyReLU", "ELU", "ActivityRegularization", "Identity",
-    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
-    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D", "GlobalAveragePooling1D",
-    "GlobalAveragePooling2D", "GlobalAveragePooling3D", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
-    "Cropping1D", "Cropping2D", "Cropping3D", "UpSampling1D", "UpSampling2D", "UpSampling3D",
-}  # fmt: skip
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "Activation",
+    "ReLU",
+    "LeakyReLU",
+    "ELU",
+    "ActivityRegularization",
+    "Identity",
+    "MaxPooling1D",
+    "MaxPooling2D",
+    "MaxPooling3D",
+    "AveragePooling1D",
+    "AveragePooling2D",
+    "AveragePooling3D",
+    "GlobalMaxPooling1D",
+    "GlobalMaxPooling2D",
+    "GlobalMaxPooling3D",
+    "GlobalAveragePooling1D",
+    "GlobalAveragePooling2D",
+    "GlobalAveragePooling3D",
+    "ZeroPadding1D",
+    "ZeroPadding2D",
+    "ZeroPadding3D",
+    "Cropping1D",
+    "Cropping2D",
+    "Cropping3D",
+    "UpSampling1D",
+    "UpSampling2D",
+    "UpSampling3D",
+}
 
 
 @dataclass(eq=False)
@@ -101,14 +138,18 @@ def _expand(positions: list[int], mult: int) -> list[int]:
 
 def _check_layout(layer, input_name: str) -> None:
     if getattr(layer, "data_format", "channels_last") != "channels_last":
-        raise InputError(f"input {input_name!r}: layer {layer.name} is channels_first; feature pruning needs channels_last")
+        raise InputError(
+            f"input {input_name!r}: layer {layer.name} is channels_first; feature pruning needs channels_last"
+        )
     if int(getattr(layer, "groups", 1) or 1) != 1:
-        raise InputError(f"input {input_name!r}: layer {layer.name} is a grouped convolution; its features cannot be cut")
+        raise InputError(
+            f"input {input_name!r}: layer {layer.name} is a grouped convolution; its features cannot be cut"
+        )
 
 
 def trace(model) -> Trace:
     """Follow every input's features to the layers that read them."""
-    from .layer_pruning import functional_graph, input_name, ordered_nodes
+    from prunecli.structure.layer_removal import functional_graph, input_name, ordered_nodes
 
     graph = functional_graph(model)
     nodes = ordered_nodes(graph)
@@ -333,10 +374,12 @@ def score(s, tr: Trace, kind: str) -> dict[int, list[float]]:
     if kind in ("l1", "l2"):
         return weight_norm_scores(tr, 1 if kind == "l1" else 2)
     if kind == "random":
-        return {inp.index: list(np.random.default_rng([s.config.seed, inp.index]).random(inp.count)) for inp in tr.inputs}
+        return {
+            inp.index: list(np.random.default_rng([s.config.seed, inp.index]).random(inp.count)) for inp in tr.inputs
+        }
     if s.data is None:
         raise ConfigError(f"feature score {kind!r} needs --data")
-    from .layer_pruning import _loss_fn, batches
+    from prunecli.structure.layer_removal import _loss_fn, batches
 
     data = batches(s.data.train, s.config.score_batches)
     loss = _loss_fn(s.task)
@@ -386,8 +429,9 @@ def zero_out(s, tr: Trace, kept: dict):
     """Mask the removed features' outgoing weights; returns the MaskSet (held during fine-tuning)."""
     import numpy as np
 
-    from . import masking, targets
-    from .policy import MaskSet
+    from prunecli.selection import kernels as masking
+    from prunecli.selection import targets
+    from prunecli.selection.policy import MaskSet
 
     by_variable = {id(t.variable): t for t in targets.walk(s.model)}
     masks = MaskSet()
@@ -415,7 +459,7 @@ def shrink(model, tr: Trace, kept: dict):
     """The model rebuilt with the smaller inputs: the readers' and channel-wise layers' weights sliced."""
     import numpy as np
 
-    from .layer_pruning import detach, functional_graph, rebuild
+    from prunecli.structure.layer_removal import detach, functional_graph, rebuild
 
     fresh = {id(layer): type(layer).from_config(layer.get_config()) for layer in tr.path}
     shapes = {}
@@ -456,7 +500,7 @@ def slice_data(data, kept: dict, n_inputs: int):
 
 def run(s) -> None:
     """Score the input features, keep the best, and zero (or, with --shrink, remove) the others."""
-    from . import targets
+    from prunecli.selection import targets
 
     c = s.config
     if c.schedule != "oneshot":
@@ -487,7 +531,13 @@ def run(s) -> None:
     s.extras["feature_pruning"] = {
         "score": kind,
         "shrunk": bool(c.shrink),
-        "inputs": {inp.name: {"features": inp.count, "kept": len(kept[inp.index]),
-                              "removed": [f for f in range(inp.count) if f not in kept[inp.index]],
-                              "scores": [round(float(v), 6) for v in scores[inp.index]]} for inp in tr.inputs},
-    }  # fmt: skip
+        "inputs": {
+            inp.name: {
+                "features": inp.count,
+                "kept": len(kept[inp.index]),
+                "removed": [f for f in range(inp.count) if f not in kept[inp.index]],
+                "scores": [round(float(v), 6) for v in scores[inp.index]],
+            }
+            for inp in tr.inputs
+        },
+    }

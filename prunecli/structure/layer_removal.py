@@ -21,7 +21,7 @@ import fnmatch
 import math
 from dataclasses import dataclass, field
 
-from .errors import ConfigError, InputError
+from prunecli.errors import ConfigError, InputError
 
 DEFAULT_SCORE_BATCHES = 32
 
@@ -41,8 +41,12 @@ def functional_graph(model):
 
 def ordered_nodes(graph) -> list:
     """The graph's calls in execution order (model inputs left out)."""
-    return [node for depth in sorted(graph._nodes_by_depth, reverse=True) for node in graph._nodes_by_depth[depth]
-            if node.operation is not None and not node.is_input]  # fmt: skip
+    return [
+        node
+        for depth in sorted(graph._nodes_by_depth, reverse=True)
+        for node in graph._nodes_by_depth[depth]
+        if node.operation is not None and not node.is_input
+    ]
 
 
 def input_name(tensor) -> str:
@@ -62,8 +66,10 @@ def rebuild(model, *, skip=(), bypass=None, replace=None, input_shapes=None):
 
     graph = functional_graph(model)
     bypass, replace, input_shapes = bypass or {}, replace or {}, input_shapes or {}
-    new_inputs = [keras.Input(batch_shape=input_shapes.get(i, x.shape), dtype=x.dtype, name=input_name(x))
-                  for i, x in enumerate(graph.inputs)]  # fmt: skip
+    new_inputs = [
+        keras.Input(batch_shape=input_shapes.get(i, x.shape), dtype=x.dtype, name=input_name(x))
+        for i, x in enumerate(graph.inputs)
+    ]
     tensors = {id(x): y for x, y in zip(graph.inputs, new_inputs, strict=True)}
     for node in ordered_nodes(graph):
         if id(node) in skip:
@@ -182,8 +188,17 @@ def analyse(model, include=(), exclude=()) -> tuple[list[Candidate], list[dict]]
                 inside.sort(key=lambda n: order[id(n)])
                 names = [n.operation.name for n in inside] + [node.operation.name]
                 params = sum(_params(n.operation) for n in inside if hasattr(n.operation, "weights"))
-                candidates.append(Candidate(node.operation.name, "branch", names, {id(n) for n in inside},
-                                            {id(node): skip_pos}, params, (node.input_tensors[skip_pos], node.outputs[0])))  # fmt: skip
+                candidates.append(
+                    Candidate(
+                        node.operation.name,
+                        "branch",
+                        names,
+                        {id(n) for n in inside},
+                        {id(node): skip_pos},
+                        params,
+                        (node.input_tensors[skip_pos], node.outputs[0]),
+                    )
+                )
                 for n in inside:
                     in_branch.setdefault(id(n), node.operation.name)
                 break
@@ -210,8 +225,17 @@ def analyse(model, include=(), exclude=()) -> tuple[list[Candidate], list[dict]]
         is_candidate = name in branch_names or reason is None
         if reason is None:
             reason = "input and output shapes are equal: replaced by identity"
-            candidates.append(Candidate(name, "layer", [name], set(), {id(node): 0}, _params(layer),
-                                        (node.input_tensors[0], node.outputs[0])))  # fmt: skip
+            candidates.append(
+                Candidate(
+                    name,
+                    "layer",
+                    [name],
+                    set(),
+                    {id(node): 0},
+                    _params(layer),
+                    (node.input_tensors[0], node.outputs[0]),
+                )
+            )
         if id(node) in in_branch:
             reason += f"; inside residual branch {in_branch[id(node)]}"
         rows.append({"layer": name, "class": cls, "candidate": is_candidate, "reason": reason})
@@ -339,7 +363,7 @@ def remove(model, chosen: list[Candidate]):
 
 def run(s) -> None:
     """Score the candidates, remove the chosen ones, and swap the smaller model into the session."""
-    from . import targets
+    from prunecli.selection import targets
 
     c = s.config
     if c.schedule != "oneshot":
@@ -363,7 +387,16 @@ def run(s) -> None:
     s.extras["removed_layers"] = [row["layer"] for row in rows if row["removed"]]
     s.extras["layer_pruning"] = {
         "score": how,
-        "candidates": [{"name": cand.name, "kind": cand.kind, "layers": cand.layers, "params": cand.params,
-                        "score": cand.score, "removed": cand.name in removed_names} for cand in candidates],
+        "candidates": [
+            {
+                "name": cand.name,
+                "kind": cand.kind,
+                "layers": cand.layers,
+                "params": cand.params,
+                "score": cand.score,
+                "removed": cand.name in removed_names,
+            }
+            for cand in candidates
+        ],
         "layers": rows,
-    }  # fmt: skip
+    }

@@ -1,8 +1,8 @@
 """One pruning run, wired from the core modules. This is the Python API:
 
-    from prunecli import build_config, prune
-    result = prune(build_config({"model_path": "model.h5", "sparsity": 0.8, "scope": "global"}))
-    print(result.report.totals["prunable_sparsity"])
+from prunecli import build_config, prune
+result = prune(build_config({"model_path": "model.h5", "sparsity": 0.8, "scope": "global"}))
+print(result.report.totals["prunable_sparsity"])
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import Granularity, PruneConfig
-from .errors import InputError
-from .report import Report, Timings, layer_stats, totals
+from prunecli.config import Granularity, PruneConfig
+from prunecli.errors import InputError
+from prunecli.outputs.report import Report, Timings, layer_stats, totals
 
 Progress = Callable[[str], None]
 
@@ -81,14 +81,14 @@ def quiet_tensorflow() -> None:
         absl.logging.set_verbosity(absl.logging.ERROR)
     except ImportError:
         pass
-    from .masking import enable_compile_cache
+    from prunecli.selection.kernels import enable_compile_cache
 
     enable_compile_cache()  # before any XLA compile (evaluation compiles first when --data is given)
 
 
 def load_model_and_data(s: Session) -> None:
-    from . import data as data_mod
-    from . import model_io
+    from prunecli.io import data as data_mod
+    from prunecli.io import models as model_io
 
     c = s.config
     s.progress(f"loading {c.model_path}")
@@ -102,14 +102,14 @@ def load_model_and_data(s: Session) -> None:
             pool.shutdown(wait=False)
         s.compiled_optimizer = getattr(s.model, "optimizer", None)
         if c.data:
-            from .metrics import infer_task
+            from prunecli.training.metrics import infer_task
 
             s.data = data_mod.load(c.data, s.model, c.batch_size, c.val_split, c.seed)
             s.task = infer_task(s.model, s.data.y_example)
 
 
 def pick_targets(s: Session) -> None:
-    from . import policy, targets
+    from prunecli.selection import policy, targets
 
     c = s.config
     found = targets.select(s.model, c.include, c.exclude)
@@ -120,8 +120,10 @@ def pick_targets(s: Session) -> None:
         outputs = targets.output_layer_names(s.model)
         kept = [t for t in found if t.layer_name in outputs and not targets.named_in(t, c.include)]
         if kept:
-            s.notes.append(f"output layer(s) {', '.join(sorted({t.layer_name for t in kept}))} not pruned by neuron "
-                           "(their units are the model's outputs; --include them to prune anyway)")  # fmt: skip
+            s.notes.append(
+                f"output layer(s) {', '.join(sorted({t.layer_name for t in kept}))} not pruned by neuron "
+                "(their units are the model's outputs; --include them to prune anyway)"
+            )
             found = [t for t in found if t not in kept]
     if not found:
         raise InputError(f"{c.model_path}: no prunable layers (after --include/--exclude)")
@@ -131,7 +133,7 @@ def pick_targets(s: Session) -> None:
 def evaluate_into(s: Session, stage: str) -> None:
     if s.data is None:
         return
-    from .metrics import evaluate
+    from prunecli.training.metrics import evaluate
 
     s.progress(f"evaluating ({stage.replace('_', ' ')})")
     with s.timings.phase("evaluate"):
@@ -140,7 +142,9 @@ def evaluate_into(s: Session, stage: str) -> None:
 
 def score_and_mask(s: Session, config: PruneConfig | None = None):
     """Score the targets with the chosen strategy and apply the policy's masks; returns the MaskSet."""
-    from . import masking, policy, scoring
+    from prunecli import scoring
+    from prunecli.selection import kernels as masking
+    from prunecli.selection import policy
 
     c = config or s.config
     strategy = scoring.get(c.method)
@@ -152,10 +156,14 @@ def score_and_mask(s: Session, config: PruneConfig | None = None):
     s.progress(f"scoring with {c.method}")
     with s.timings.phase("score"):
         ctx = scoring.ScoringContext(
-            model=s.model, targets=s.targets, data=None if s.data is None else s.data.train,
-            loss_fn=None if s.task is None else s.task.loss, seed=c.seed, max_batches=c.score_batches,
+            model=s.model,
+            targets=s.targets,
+            data=None if s.data is None else s.data.train,
+            loss_fn=None if s.task is None else s.task.loss,
+            seed=c.seed,
+            max_batches=c.score_batches,
             progress=scoring.registry.silent_progress if c.quiet else None,
-        )  # fmt: skip
+        )
         scores = strategy.fn(s.targets, ctx)
     s.progress("building and applying masks")
     with s.timings.phase("mask"):
@@ -167,7 +175,7 @@ def score_and_mask(s: Session, config: PruneConfig | None = None):
 
 
 def save_output(s: Session) -> Path:
-    from . import model_io
+    from prunecli.io import models as model_io
 
     out = s.output_path
     s.progress(f"saving {out}")
@@ -177,7 +185,8 @@ def save_output(s: Session) -> Path:
 
 
 def build_report(s: Session, out: Path | None) -> Report:
-    from . import __version__, model_io
+    from prunecli import __version__
+    from prunecli.io import models as model_io
 
     c = s.config
     settings = {k: (str(v) if k == "granularity" else v) for k, v in c.__dict__.items()}
@@ -195,9 +204,18 @@ def build_report(s: Session, out: Path | None) -> Report:
     stats = layer_stats(s.targets, s.masks.requested if s.masks else {})
     timings = dict(s.timings)
     timings["total"] = sum(timings.values())
-    return Report(settings=settings, input=inp, output=outp, totals=totals(s.model, stats), layers=stats,
-                  metrics=s.metrics, timings_s={k: round(v, 4) for k, v in timings.items()}, notes=s.notes,
-                  extra=dict(s.extras or {}), prunecli_version=__version__)  # fmt: skip
+    return Report(
+        settings=settings,
+        input=inp,
+        output=outp,
+        totals=totals(s.model, stats),
+        layers=stats,
+        metrics=s.metrics,
+        timings_s={k: round(v, 4) for k, v in timings.items()},
+        notes=s.notes,
+        extra=dict(s.extras or {}),
+        prunecli_version=__version__,
+    )
 
 
 def prune(config: PruneConfig, progress: Progress | None = None) -> PruneResult:
@@ -207,31 +225,32 @@ def prune(config: PruneConfig, progress: Progress | None = None) -> PruneResult:
     """
     quiet_tensorflow()
     if config.strategy != "default":
-        from . import distribute
+        from prunecli.training import distribute
 
         distribute.get_strategy(config.strategy)  # MultiWorker must exist before TensorFlow runs anything
     if config.engine == "tfmot":
-        from .engines import tfmot
+        from prunecli.run import tfmot
 
         return tfmot.prune(config, progress)
-    s = Session(config=config, progress=progress or (lambda _msg: None), timings=Timings(), notes=[], metrics={},
-                extras={})  # fmt: skip
-    from . import model_io
+    s = Session(
+        config=config, progress=progress or (lambda _msg: None), timings=Timings(), notes=[], metrics={}, extras={}
+    )
+    from prunecli.io import models as model_io
 
     s.output_path = model_io.resolve_output(config.model_path, config.output, config.force)
     load_model_and_data(s)
-    from . import flops
+    from prunecli.structure import flops
 
     flops.record(s, "before")  # theoretical multiply-adds per example, for the report
     pick_targets(s)
     evaluate_into(s, "before")
     kind = config.granularity.kind
     if kind == "input":
-        from . import feature_pruning
+        from prunecli.structure import features as feature_pruning
 
         feature_pruning.run(s)  # scores, masks or removes input features
     elif kind == "layer":
-        from . import layer_pruning
+        from prunecli.structure import layer_removal as layer_pruning
 
         layer_pruning.run(s)  # scores and removes whole layers / residual branches
     elif config.schedule == "oneshot":
@@ -239,17 +258,17 @@ def prune(config: PruneConfig, progress: Progress | None = None) -> PruneResult:
     if config.schedule == "oneshot" or kind in ("input", "layer"):
         evaluate_into(s, "after_pruning")
     if config.epochs > 0 or config.schedule != "oneshot":
-        from . import finetune
+        from prunecli.training import finetune
 
         finetune.run(s)  # gradual schedules prune while they train
         evaluate_into(s, "after_finetune")
     if config.shrink and kind not in ("input", "layer"):
-        from . import surgery
+        from prunecli.structure import surgery
 
         surgery.shrink(s)  # replaces s.model with a smaller one that computes the same function
     out = save_output(s)
     if config.export:
-        from . import export
+        from prunecli.outputs import export
 
         export.run(s, out)  # TFLite / SavedModel copies, their sizes and output check go into s.extras
     flops.record(s, "after")
@@ -259,7 +278,7 @@ def prune(config: PruneConfig, progress: Progress | None = None) -> PruneResult:
 
 def check_gates(report: Report, config: PruneConfig) -> None:
     """Raise GateFailed when the pruned model is worse than the config allows."""
-    from .errors import GateFailed
+    from prunecli.errors import GateFailed
 
     if config.max_accuracy_drop is None:
         return

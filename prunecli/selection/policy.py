@@ -28,10 +28,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from . import masking
-from .config import Granularity, PruneConfig
-from .errors import ConfigError
-from .targets import Target, matches
+from prunecli.config import Granularity, PruneConfig
+from prunecli.errors import ConfigError
+from prunecli.selection import kernels as masking
+from prunecli.selection.targets import Target, matches
 
 
 @dataclass
@@ -152,7 +152,7 @@ def build_masks(targets: list[Target], scores: dict, level: str, config: PruneCo
         g = _group_scores(t, scores[t.name], level, gran)
         groups.append(_Groups(t, g, _floor(int(tf.size(g)), config)))
     if gran.kind == "neuron" and model is not None:
-        from .groups import select_tied
+        from prunecli.selection.tied import select_tied
 
         if select_tied(model, groups, config, result):
             return result

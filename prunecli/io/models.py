@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelLoadError, OutputError, ResourceError
+from prunecli.errors import ModelLoadError, OutputError, ResourceError
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -371,7 +371,12 @@ def save(model, out: Path, source: ModelFile | None = None, structure_changed: b
     """Write the model atomically. An .h5 -> .h5 run with unchanged structure keeps the input's flavour."""
     try:
         with atomic_path(out) as tmp:
-            if source is not None and source.format == "h5" and out.suffix in (".h5", ".hdf5") and not structure_changed:
+            if (
+                source is not None
+                and source.format == "h5"
+                and out.suffix in (".h5", ".hdf5")
+                and not structure_changed
+            ):
                 shutil.copyfile(source.path, tmp)
                 write_h5_weights(model, tmp)
             else:

@@ -17,10 +17,10 @@ import fnmatch
 import os
 from pathlib import Path
 
-from ..config import PruneConfig
-from ..errors import ConfigError, InputError, ModelLoadError, OutputError
-from ..pipeline import PruneResult, Session, build_report
-from ..report import Timings
+from prunecli.config import PruneConfig
+from prunecli.errors import ConfigError, InputError, ModelLoadError, OutputError
+from prunecli.outputs.report import Timings
+from prunecli.run.pipeline import PruneResult, Session, build_report
 
 
 def _import_tfmot():
@@ -65,7 +65,7 @@ def check_supported(config: PruneConfig) -> None:
 
 
 def _load(config: PruneConfig, tf_keras):
-    from .. import model_io
+    from prunecli.io import models as model_io
 
     info = model_io.inspect_file(config.model_path)
     if info.flavour != "keras2":
@@ -108,7 +108,7 @@ def _plan_layers(model, config: PruneConfig, tfmot, notes: list) -> dict[str, fl
     """{layer name: sparsity} for every layer tfmot will wrap; errors for layers it cannot prune."""
     from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
 
-    from .. import targets
+    from prunecli.selection import targets
 
     if not getattr(model, "_is_graph_network", False) and type(model).__name__ != "Sequential":
         raise ModelLoadError("tfmot prunes Sequential and functional models only; use --engine native")
@@ -139,7 +139,7 @@ def _plan_layers(model, config: PruneConfig, tfmot, notes: list) -> dict[str, fl
 
 def _schedule(tfmot, config: PruneConfig, sparsity: float, steps_per_epoch: int):
     """tfmot's schedule matching prunecli's: the same cubic ramp, length and update frequency."""
-    from .. import schedule as schedules
+    from prunecli.selection import schedule as schedules
 
     sk = tfmot.sparsity.keras
     if config.schedule == "polynomial":
@@ -207,16 +207,17 @@ def _pruned(wrapped, plan: dict[str, float], tfmot):
     MaskSet of tfmot's final keep-masks and the sparsity requested for each."""
     import numpy as np
 
-    from ..policy import MaskSet
-    from ..targets import Target
+    from prunecli.selection.policy import MaskSet
+    from prunecli.selection.targets import Target
 
     found, masks = [], MaskSet()
     for wrapper in _wrappers(wrapped, tfmot):
         layer = wrapper.layer
         for weight, mask, _threshold in wrapper.pruning_vars:
             attr = weight.name.rsplit("/", 1)[-1].split(":")[0]
-            target = Target(f"{layer.name}/{attr}", layer.name, type(layer).__name__, attr, weight,
-                            len(weight.shape) - 1, layer)  # fmt: skip
+            target = Target(
+                f"{layer.name}/{attr}", layer.name, type(layer).__name__, attr, weight, len(weight.shape) - 1, layer
+            )
             found.append(target)
             masks.masks[target.name] = np.asarray(mask) != 0
             masks.requested[target.name] = plan[layer.name]
@@ -224,7 +225,7 @@ def _pruned(wrapped, plan: dict[str, float], tfmot):
 
 
 def _save(model, out: Path) -> None:
-    from .. import model_io
+    from prunecli.io import models as model_io
 
     try:
         with model_io.atomic_path(out) as tmp, model_io._quiet_keras():
@@ -235,13 +236,14 @@ def _save(model, out: Path) -> None:
 
 def prune(config: PruneConfig, progress=None) -> PruneResult:
     """The tfmot run: same config, same report schema as the native engine."""
-    from .. import data as data_mod
-    from .. import model_io
-    from ..metrics import infer_task
+    from prunecli.io import data as data_mod
+    from prunecli.io import models as model_io
+    from prunecli.training.metrics import infer_task
 
     check_supported(config)
-    s = Session(config=config, progress=progress or (lambda _msg: None), timings=Timings(), notes=[], metrics={},
-                extras={})  # fmt: skip
+    s = Session(
+        config=config, progress=progress or (lambda _msg: None), timings=Timings(), notes=[], metrics={}, extras={}
+    )
     out = model_io.resolve_output(config.model_path, config.output, config.force)
     if out.suffix not in (".h5", ".hdf5"):
         raise OutputError(f"--engine tfmot writes Keras-2 .h5 files; give an .h5 output instead of {out}")
@@ -273,10 +275,14 @@ def prune(config: PruneConfig, progress=None) -> PruneResult:
         metrics = [s.task.accuracy] if s.task.accuracy else []
         wrapped.compile(optimizer=_optimizer(config, tf_keras), loss=s.task.loss, metrics=metrics)
         with s.timings.phase("finetune"):
-            history = wrapped.fit(s.data.train, epochs=config.epochs, verbose=0,
-                                  callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])  # fmt: skip
-        s.extras["finetune"] = {"schedule": config.schedule, "epochs_run": len(history.history.get("loss", [])),
-                                "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}}  # fmt: skip
+            history = wrapped.fit(
+                s.data.train, epochs=config.epochs, verbose=0, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()]
+            )
+        s.extras["finetune"] = {
+            "schedule": config.schedule,
+            "epochs_run": len(history.history.get("loss", [])),
+            "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        }
     stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
     if config.epochs > 0:
         with s.timings.phase("evaluate"):

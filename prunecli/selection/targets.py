@@ -35,9 +35,18 @@ PRUNABLE: dict[str, list[tuple[str, int]]] = {
 
 # Layers whose units can be removed physically by surgery (the others are masked only).
 SHRINKABLE = {
-    "Dense", "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D",
-    "SeparableConv1D", "SeparableConv2D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",
-}  # fmt: skip
+    "Dense",
+    "Conv1D",
+    "Conv2D",
+    "Conv3D",
+    "DepthwiseConv1D",
+    "DepthwiseConv2D",
+    "SeparableConv1D",
+    "SeparableConv2D",
+    "Conv1DTranspose",
+    "Conv2DTranspose",
+    "Conv3DTranspose",
+}
 
 
 @dataclass(frozen=True, eq=False)

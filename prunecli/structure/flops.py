@@ -73,8 +73,12 @@ def _attention(layer, in_shapes) -> tuple[int | None, int | None]:
     if None in (tq, tk, tv):
         return None, None
     heads, kdim, vdim = layer._num_heads, layer._key_dim, layer._value_dim
-    parts = [(tq, layer._query_dense.kernel), (tk, layer._key_dense.kernel), (tv, layer._value_dense.kernel),
-             (tq, layer._output_dense.kernel)]  # fmt: skip
+    parts = [
+        (tq, layer._query_dense.kernel),
+        (tk, layer._key_dense.kernel),
+        (tv, layer._value_dense.kernel),
+        (tq, layer._output_dense.kernel),
+    ]
     scores = tq * tk * heads * (kdim + vdim)  # Q·K^T and softmax(.)·V: no weights, never sparse
     dense = sum(n * _size(k) for n, k in parts) + scores
     nonzero = sum(n * _nnz(k) for n, k in parts) + scores

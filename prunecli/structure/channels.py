@@ -24,19 +24,57 @@ from typing import Any
 TensorKey = tuple[int, int, int]  # (id(layer), node index, output index): one tensor of the graph
 
 MIXERS = {
-    "Dense", "Conv1D", "Conv2D", "Conv3D", "SeparableConv1D", "SeparableConv2D",
-    "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",
-}  # fmt: skip
+    "Dense",
+    "Conv1D",
+    "Conv2D",
+    "Conv3D",
+    "SeparableConv1D",
+    "SeparableConv2D",
+    "Conv1DTranspose",
+    "Conv2DTranspose",
+    "Conv3DTranspose",
+}
 CHANNELWISE = {
-    "BatchNormalization", "Activation", "ReLU", "LeakyReLU", "ELU", "PReLU",
-    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise", "GaussianDropout",
-    "AlphaDropout", "ActivityRegularization", "Identity",
-    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
-    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
-    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
-    "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D", "Cropping3D",
-    "UpSampling1D", "UpSampling2D", "UpSampling3D", "DepthwiseConv1D", "DepthwiseConv2D", "Reshape",
-}  # fmt: skip
+    "BatchNormalization",
+    "Activation",
+    "ReLU",
+    "LeakyReLU",
+    "ELU",
+    "PReLU",
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "ActivityRegularization",
+    "Identity",
+    "MaxPooling1D",
+    "MaxPooling2D",
+    "MaxPooling3D",
+    "AveragePooling1D",
+    "AveragePooling2D",
+    "AveragePooling3D",
+    "GlobalAveragePooling1D",
+    "GlobalAveragePooling2D",
+    "GlobalAveragePooling3D",
+    "GlobalMaxPooling1D",
+    "GlobalMaxPooling2D",
+    "GlobalMaxPooling3D",
+    "ZeroPadding1D",
+    "ZeroPadding2D",
+    "ZeroPadding3D",
+    "Cropping1D",
+    "Cropping2D",
+    "Cropping3D",
+    "UpSampling1D",
+    "UpSampling2D",
+    "UpSampling3D",
+    "DepthwiseConv1D",
+    "DepthwiseConv2D",
+    "Reshape",
+}
 MERGES = {"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"}
 
 
@@ -249,9 +287,13 @@ def build(model) -> LayerGraph:
         calls.append(call)
         for k in ins:
             consumers.setdefault(k, []).append(call)
-    g = LayerGraph(calls, shapes, consumers,
-                   inputs=[_key(t) for t in _flatten(model.inputs)],
-                   outputs=[_key(t) for t in _flatten(model.outputs)])  # fmt: skip
+    g = LayerGraph(
+        calls,
+        shapes,
+        consumers,
+        inputs=[_key(t) for t in _flatten(model.inputs)],
+        outputs=[_key(t) for t in _flatten(model.outputs)],
+    )
     first_call: dict[int, Call] = {}
     ch = g.channels
     for call in calls:

@@ -26,7 +26,7 @@ import json
 import os
 from dataclasses import replace
 
-from .errors import ConfigError
+from prunecli.errors import ConfigError
 
 STRATEGIES = ("default", "mirrored", "multiworker", "tpu")
 _created: dict = {}
@@ -92,7 +92,7 @@ def _multiworker(tf):
         if "startup" in str(exc):
             raise ConfigError(
                 "--strategy multiworker must be set up before TensorFlow runs anything; "
-                "call prunecli.distribute.get_strategy('multiworker') before loading the model"
+                "call prunecli.training.distribute.get_strategy('multiworker') before loading the model"
             ) from exc
         raise
     except ValueError as exc:  # a TF_CONFIG whose cluster or task TensorFlow cannot use
@@ -135,8 +135,9 @@ def is_chief(strategy) -> bool:
     task_type = getattr(resolver, "task_type", None)
     if not task_type:
         return True
-    return task_type == "chief" or (task_type == "worker" and int(resolver.task_id) == 0 and
-                                    "chief" not in resolver.cluster_spec().as_dict())  # fmt: skip
+    return task_type == "chief" or (
+        task_type == "worker" and int(resolver.task_id) == 0 and "chief" not in resolver.cluster_spec().as_dict()
+    )
 
 
 # ---------------------------------------------------------------- the replicated model
@@ -194,10 +195,13 @@ def _targets_in(copy, original, targets) -> list:
     layer_at = {id(layer): i for i, layer in enumerate(original._flatten_layers())}
     copy_weights, copy_layers = list(copy.weights), list(copy._flatten_layers())
     return [
-        replace(t, variable=copy_weights[weight_at[id(t.variable)]],
-                layer=copy_layers[layer_at[id(t.layer)]] if t.layer is not None else None)
+        replace(
+            t,
+            variable=copy_weights[weight_at[id(t.variable)]],
+            layer=copy_layers[layer_at[id(t.layer)]] if t.layer is not None else None,
+        )
         for t in targets
-    ]  # fmt: skip
+    ]
 
 
 def distribute_batches(strategy, dataset):

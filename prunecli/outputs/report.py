@@ -64,7 +64,7 @@ class Report:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False, default=str)
 
     def write_json(self, path: str | Path) -> None:
-        from .model_io import atomic_path
+        from prunecli.io.models import atomic_path
 
         target = Path(path)
         with atomic_path(target) as tmp:
@@ -79,9 +79,17 @@ def layer_stats(targets, requested: dict) -> list[LayerStat]:
         arr = np.asarray(t.variable)
         nz = int(np.count_nonzero(arr))
         stats.append(
-            LayerStat(t.name, t.layer_name, t.layer_class, list(t.shape), int(arr.size), nz,
-                      1.0 - nz / arr.size if arr.size else 0.0, requested.get(t.name))
-        )  # fmt: skip
+            LayerStat(
+                t.name,
+                t.layer_name,
+                t.layer_class,
+                list(t.shape),
+                int(arr.size),
+                nz,
+                1.0 - nz / arr.size if arr.size else 0.0,
+                requested.get(t.name),
+            )
+        )
     return stats
 
 
@@ -114,16 +122,32 @@ def render(report: Report, console) -> None:
     from rich.table import Table
 
     layers = Table(title="Pruned layers", title_justify="left", header_style="bold")
-    for col, just in (("layer weight", "left"), ("class", "left"), ("shape", "left"), ("params", "right"),
-                      ("non-zeros", "right"), ("sparsity", "right"), ("target", "right")):  # fmt: skip
+    for col, just in (
+        ("layer weight", "left"),
+        ("class", "left"),
+        ("shape", "left"),
+        ("params", "right"),
+        ("non-zeros", "right"),
+        ("sparsity", "right"),
+        ("target", "right"),
+    ):
         layers.add_column(col, justify=just)
     for s in report.layers:
         target = "-" if s.requested_sparsity is None else f"{s.requested_sparsity:.1%}"
-        layers.add_row(s.name, s.cls, "x".join(map(str, s.shape)), f"{s.params:,}", f"{s.nonzeros:,}",
-                       f"{s.sparsity:.1%}", target)  # fmt: skip
+        layers.add_row(
+            s.name, s.cls, "x".join(map(str, s.shape)), f"{s.params:,}", f"{s.nonzeros:,}", f"{s.sparsity:.1%}", target
+        )
     t = report.totals
-    layers.add_row("[bold]prunable total[/]", "", "", f"{t['prunable_params']:,}", f"{t['prunable_nonzeros']:,}",
-                   f"{t['prunable_sparsity']:.1%}", "", end_section=True)  # fmt: skip
+    layers.add_row(
+        "[bold]prunable total[/]",
+        "",
+        "",
+        f"{t['prunable_params']:,}",
+        f"{t['prunable_nonzeros']:,}",
+        f"{t['prunable_sparsity']:.1%}",
+        "",
+        end_section=True,
+    )
     layers.add_row("[bold]whole model[/]", "", "", f"{t['params']:,}", f"{t['nonzeros']:,}", f"{t['sparsity']:.1%}", "")
     console.print(layers)
 
@@ -132,10 +156,14 @@ def render(report: Report, console) -> None:
     summary.add_column("value", justify="right")
     summary.add_row("input", f"{report.input['path']} ({report.input.get('flavour', '')} {report.input['format']})")
     if "bytes" in report.input:
-        summary.add_row("input size (raw / gzip)", f"{_mib(report.input['bytes'])} / {_mib(report.input.get('gzip_bytes'))}")
+        summary.add_row(
+            "input size (raw / gzip)", f"{_mib(report.input['bytes'])} / {_mib(report.input.get('gzip_bytes'))}"
+        )
     if report.output:
         summary.add_row("output", report.output["path"])
-        summary.add_row("output size (raw / gzip)", f"{_mib(report.output['bytes'])} / {_mib(report.output.get('gzip_bytes'))}")
+        summary.add_row(
+            "output size (raw / gzip)", f"{_mib(report.output['bytes'])} / {_mib(report.output.get('gzip_bytes'))}"
+        )
     for stage, values in report.metrics.items():
         parts = [f"loss {values['loss']:.4f}"]
         if "accuracy" in values:
@@ -157,7 +185,9 @@ def _settings_line(settings: dict) -> str:
     parts = [f"method `{settings.get('method')}`"]
     if settings.get("auto"):
         total = settings.get("sparsity")
-        parts.append("per-layer sparsities chosen by `--auto`" + ("" if total is None else f" for a total of `{total:g}`"))
+        parts.append(
+            "per-layer sparsities chosen by `--auto`" + ("" if total is None else f" for a total of `{total:g}`")
+        )
     elif settings.get("threshold") is not None:
         parts.append(f"threshold `{settings['threshold']}`")
     elif settings.get("sparsity") is not None:
@@ -185,10 +215,16 @@ def render_markdown(report: Report) -> str:
     src = Path(report.input["path"]).name
     title = f"## prunecli: `{src}`" + (f" → `{Path(report.output['path']).name}`" if report.output else "")
     t = report.totals
-    lines += [title, "", _settings_line(report.settings) + ".", "",
-              f"Prunable weights: **{t['prunable_sparsity']:.1%} sparse** ({t['prunable_nonzeros']:,} of "
-              f"{t['prunable_params']:,} non-zero); whole model {t['sparsity']:.1%} sparse "
-              f"({t['nonzeros']:,} of {t['params']:,}).", ""]  # fmt: skip
+    lines += [
+        title,
+        "",
+        _settings_line(report.settings) + ".",
+        "",
+        f"Prunable weights: **{t['prunable_sparsity']:.1%} sparse** ({t['prunable_nonzeros']:,} of "
+        f"{t['prunable_params']:,} non-zero); whole model {t['sparsity']:.1%} sparse "
+        f"({t['nonzeros']:,} of {t['params']:,}).",
+        "",
+    ]
     if report.metrics:
         before = report.metrics.get("before", {}).get("accuracy")
         lines += ["### Metrics", "", "| stage | loss | accuracy | change in accuracy |", "|:---|---:|---:|---:|"]
@@ -196,20 +232,31 @@ def render_markdown(report: Report) -> str:
             acc = values.get("accuracy")
             change = "" if acc is None or before is None or stage == "before" else f"{acc - before:+.4f}"
             loss = values.get("loss")
-            lines.append(f"| {stage.replace('_', ' ')} | {'-' if loss is None else f'{loss:.4f}'} | "
-                         f"{'-' if acc is None else f'{acc:.4f}'} | {change} |")  # fmt: skip
+            lines.append(
+                f"| {stage.replace('_', ' ')} | {'-' if loss is None else f'{loss:.4f}'} | "
+                f"{'-' if acc is None else f'{acc:.4f}'} | {change} |"
+            )
         lines.append("")
-    lines += ["### Layers", "", "| layer weight | class | shape | params | non-zeros | sparsity | target |",
-              "|:---|:---|:---|---:|---:|---:|---:|"]  # fmt: skip
+    lines += [
+        "### Layers",
+        "",
+        "| layer weight | class | shape | params | non-zeros | sparsity | target |",
+        "|:---|:---|:---|---:|---:|---:|---:|",
+    ]
     for s in report.layers:
         target = "-" if s.requested_sparsity is None else f"{s.requested_sparsity:.1%}"
-        lines.append(f"| {_md(s.name)} | {s.cls} | {'x'.join(map(str, s.shape))} | {s.params:,} | {s.nonzeros:,} | "
-                     f"{s.sparsity:.1%} | {target} |")  # fmt: skip
-    lines.append(f"| **prunable total** | | | {t['prunable_params']:,} | {t['prunable_nonzeros']:,} | "
-                 f"{t['prunable_sparsity']:.1%} | |")  # fmt: skip
+        lines.append(
+            f"| {_md(s.name)} | {s.cls} | {'x'.join(map(str, s.shape))} | {s.params:,} | {s.nonzeros:,} | "
+            f"{s.sparsity:.1%} | {target} |"
+        )
+    lines.append(
+        f"| **prunable total** | | | {t['prunable_params']:,} | {t['prunable_nonzeros']:,} | "
+        f"{t['prunable_sparsity']:.1%} | |"
+    )
     lines += [f"| **whole model** | | | {t['params']:,} | {t['nonzeros']:,} | {t['sparsity']:.1%} | |", ""]
-    sized = [(name, part) for name, part in (("input", report.input), ("output", report.output))
-             if part and "bytes" in part]  # fmt: skip
+    sized = [
+        (name, part) for name, part in (("input", report.input), ("output", report.output)) if part and "bytes" in part
+    ]
     if sized:
         lines += ["### Files", "", "| | path | size | gzip size |", "|:---|:---|---:|---:|"]
         for name, part in sized:
@@ -228,8 +275,8 @@ def render_markdown(report: Report) -> str:
 
 def write_markdown(report: Report, path: str | Path) -> None:
     """Write render_markdown(report) atomically."""
-    from .errors import OutputError
-    from .model_io import atomic_path
+    from prunecli.errors import OutputError
+    from prunecli.io.models import atomic_path
 
     target = Path(path)
     try:

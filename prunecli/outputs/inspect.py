@@ -49,8 +49,13 @@ class Inspection:
             d = asdict(layer)
             d["class"] = d.pop("cls")
             layers.append(d)
-        return {"schema_version": SCHEMA_VERSION, "kind": "inspect", "model": self.model, "layers": layers,
-                "totals": self.totals}  # fmt: skip
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "inspect",
+            "model": self.model,
+            "layers": layers,
+            "totals": self.totals,
+        }
 
 
 def _children(layer) -> list:
@@ -79,8 +84,9 @@ def inspect_model(path: str, include=(), exclude=()) -> Inspection:
     """Load the model in safe mode and describe every layer and weight."""
     import numpy as np
 
-    from . import model_io, targets
-    from .pipeline import quiet_tensorflow
+    from prunecli.io import models as model_io
+    from prunecli.run.pipeline import quiet_tensorflow
+    from prunecli.selection import targets
 
     quiet_tensorflow()
     model, info = model_io.load(path)
@@ -100,8 +106,15 @@ def inspect_model(path: str, include=(), exclude=()) -> Inspection:
             arr = np.asarray(v)
             nz = int(np.count_nonzero(arr))
             target = every.get(id(v))
-            w = WeightInfo(v.name.rsplit("/", 1)[-1], [int(d) for d in arr.shape], int(arr.size), nz,
-                           1.0 - nz / arr.size if arr.size else 0.0, target is not None and id(v) in chosen, "")  # fmt: skip
+            w = WeightInfo(
+                v.name.rsplit("/", 1)[-1],
+                [int(d) for d in arr.shape],
+                int(arr.size),
+                nz,
+                1.0 - nz / arr.size if arr.size else 0.0,
+                target is not None and id(v) in chosen,
+                "",
+            )
             if target is None:
                 w.how = _why_not(layer, v)
             elif id(v) not in chosen:
@@ -124,12 +137,22 @@ def inspect_model(path: str, include=(), exclude=()) -> Inspection:
     params, nz = sum(w.params for w in all_w), sum(w.nonzeros for w in all_w)
     t_params, t_nz = sum(w.params for w in tgt), sum(w.nonzeros for w in tgt)
     totals = {
-        "params": params, "nonzeros": nz, "sparsity": 1.0 - nz / params if params else 0.0,
-        "target_weights": len(tgt), "prunable_params": t_params, "prunable_nonzeros": t_nz,
+        "params": params,
+        "nonzeros": nz,
+        "sparsity": 1.0 - nz / params if params else 0.0,
+        "target_weights": len(tgt),
+        "prunable_params": t_params,
+        "prunable_nonzeros": t_nz,
         "prunable_sparsity": 1.0 - t_nz / t_params if t_params else 0.0,
-    }  # fmt: skip
-    meta = {"path": str(info.path), "name": model.name, "format": info.format, "flavour": info.flavour,
-            "keras_version": info.keras_version, "bytes": info.size_bytes}  # fmt: skip
+    }
+    meta = {
+        "path": str(info.path),
+        "name": model.name,
+        "format": info.format,
+        "flavour": info.flavour,
+        "keras_version": info.keras_version,
+        "bytes": info.size_bytes,
+    }
     return Inspection(meta, layers, totals)
 
 
@@ -138,11 +161,22 @@ def render(result: Inspection, console) -> None:
     from rich.table import Table
 
     m = result.model
-    table = Table(title=f"{Path(m['path']).name}: {m['name']} ({m['flavour']} {m['format']}, Keras {m['keras_version']})",
-                  title_justify="left", header_style="bold")  # fmt: skip
-    for col, just in (("layer", "left"), ("class", "left"), ("weight", "left"), ("shape", "left"),
-                      ("params", "right"), ("non-zeros", "right"), ("sparsity", "right"),
-                      ("dead units", "right"), ("prunecli", "left")):  # fmt: skip
+    table = Table(
+        title=f"{Path(m['path']).name}: {m['name']} ({m['flavour']} {m['format']}, Keras {m['keras_version']})",
+        title_justify="left",
+        header_style="bold",
+    )
+    for col, just in (
+        ("layer", "left"),
+        ("class", "left"),
+        ("weight", "left"),
+        ("shape", "left"),
+        ("params", "right"),
+        ("non-zeros", "right"),
+        ("sparsity", "right"),
+        ("dead units", "right"),
+        ("prunecli", "left"),
+    ):
         table.add_column(col, justify=just)
     for layer in result.layers:
         if not layer.weights:
@@ -150,13 +184,31 @@ def render(result: Inspection, console) -> None:
         for i, w in enumerate(layer.weights):
             how = f"[green]prune[/] {w.how}" if w.target else f"[dim]skip: {w.how}[/]"
             zero = "" if w.zero_units is None else f"{w.zero_units}/{w.units}"
-            table.add_row(layer.name if i == 0 else "", layer.cls if i == 0 else "", w.name,
-                          "x".join(map(str, w.shape)), f"{w.params:,}", f"{w.nonzeros:,}", f"{w.sparsity:.1%}",
-                          zero, how)  # fmt: skip
+            table.add_row(
+                layer.name if i == 0 else "",
+                layer.cls if i == 0 else "",
+                w.name,
+                "x".join(map(str, w.shape)),
+                f"{w.params:,}",
+                f"{w.nonzeros:,}",
+                f"{w.sparsity:.1%}",
+                zero,
+                how,
+            )
     t = result.totals
     table.add_section()
-    table.add_row("[bold]targets[/]", "", str(t["target_weights"]), "", f"{t['prunable_params']:,}",
-                  f"{t['prunable_nonzeros']:,}", f"{t['prunable_sparsity']:.1%}", "", "")  # fmt: skip
-    table.add_row("[bold]whole model[/]", "", "", "", f"{t['params']:,}", f"{t['nonzeros']:,}",
-                  f"{t['sparsity']:.1%}", "", "")  # fmt: skip
+    table.add_row(
+        "[bold]targets[/]",
+        "",
+        str(t["target_weights"]),
+        "",
+        f"{t['prunable_params']:,}",
+        f"{t['prunable_nonzeros']:,}",
+        f"{t['prunable_sparsity']:.1%}",
+        "",
+        "",
+    )
+    table.add_row(
+        "[bold]whole model[/]", "", "", "", f"{t['params']:,}", f"{t['nonzeros']:,}", f"{t['sparsity']:.1%}", "", ""
+    )
     console.print(table)

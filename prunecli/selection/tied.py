@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import masking
-from .policy import MaskSet, override_sparsity
+from prunecli.selection import kernels as masking
+from prunecli.selection.policy import MaskSet, override_sparsity
 
 MAX_NAMED_MEMBERS = 4  # longer sets are named by their first members and a count in notes
 
@@ -104,13 +104,15 @@ def select_tied(model, groups: list, config, result: MaskSet) -> bool:
 
     Returns False, writing nothing, when no two targets share channels or the model has no layer
     graph; the policy then selects per target as before (with a note in the second case)."""
-    from . import graph
+    from prunecli.structure import channels as graph
 
     try:
         g = graph.build(model)
     except graph.GraphUnsupported as exc:
-        result.notes.append(f"neuron masks chosen layer by layer ({exc}): layers that must shrink together "
-                            "are not grouped, so --shrink may remove little")  # fmt: skip
+        result.notes.append(
+            f"neuron masks chosen layer by layer ({exc}): layers that must shrink together "
+            "are not grouped, so --shrink may remove little"
+        )
         return False
     entries = _entries(g, groups)
     tied = [e for e in entries if e.tied]
@@ -123,8 +125,9 @@ def select_tied(model, groups: list, config, result: MaskSet) -> bool:
     for e in tied:
         if e.reasons:
             why = "; ".join(f"{reason}: {n}" for reason, n in sorted(e.reasons.items()))
-            result.notes.append(f"{e.label}: {e.channels - e.prunable} of {e.channels} shared channels never "
-                                f"pruned ({why})")  # fmt: skip
+            result.notes.append(
+                f"{e.label}: {e.channels - e.prunable} of {e.channels} shared channels never pruned ({why})"
+            )
     own = {id(e): _own_sparsity(e, config, result) for e in entries}
     if config.threshold is None and config.scope == "global":
         fixed = [e for e in entries if own[id(e)] is not None]
@@ -202,8 +205,10 @@ def _own_sparsity(e: Entry, config, result: MaskSet) -> float | None:
     if not values:
         return None
     if e.tied and (len(values) > 1 or None in given.values()):
-        result.notes.append(f"{e.label}: one set of shared channels, pruned at {max(values):g} (the highest "
-                            "override sparsity among its layers)")  # fmt: skip
+        result.notes.append(
+            f"{e.label}: one set of shared channels, pruned at {max(values):g} (the highest "
+            "override sparsity among its layers)"
+        )
     return max(values)
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError, ResourceError
+from prunecli.errors import DataError, ResourceError
 
 TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrec")
 IMAGE_SPLITS = ("test", "val", "validation")
@@ -448,8 +448,14 @@ def _load_images(p: Path, model, batch_size: int, val_split: float, seed: int) -
     label_mode = "binary" if classes == 1 else ("categorical" if _wants_one_hot(model) else "int")
     spec = read_spec(find_spec(str(p)))
     train_dir, eval_dir = _image_layout(p)
-    options = dict(label_mode=label_mode, color_mode=modes[shape[3]], batch_size=batch_size,
-                   image_size=(shape[1], shape[2]), seed=seed, verbose=False)  # fmt: skip
+    options = dict(
+        label_mode=label_mode,
+        color_mode=modes[shape[3]],
+        batch_size=batch_size,
+        image_size=(shape[1], shape[2]),
+        seed=seed,
+        verbose=False,
+    )
 
     def folder(directory, **extra):
         try:

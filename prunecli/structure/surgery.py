@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import PruneCliError
+from prunecli.errors import PruneCliError
 
 MAX_RELATIVE_DIFF = 1e-4
 UNIFORM_TOLERANCE = 1e-6  # a channel counts as constant when all its values agree this closely
@@ -301,9 +301,16 @@ def _plan_folds(g, weights, consts, mixer_calls, plan: Plan) -> None:
         readers = g.consumers.get(call.outputs[0], [])
         linear = np.allclose(np.asarray(layer.activation(np.array([[-1.0, 2.0]], "float32"))), [[-1.0, 2.0]])
         bn = readers[0].layer if len(readers) == 1 else None
-        if ("bias" not in w and linear and len(calls) == 1 and bn is not None
-                and type(bn).__name__ == "BatchNormalization" and readers[0].kind == "channelwise"
-                and len(g.calls_of(bn)) == 1 and "moving_mean" in weights[bn.name]):  # fmt: skip
+        if (
+            "bias" not in w
+            and linear
+            and len(calls) == 1
+            and bn is not None
+            and type(bn).__name__ == "BatchNormalization"
+            and readers[0].kind == "channelwise"
+            and len(g.calls_of(bn)) == 1
+            and "moving_mean" in weights[bn.name]
+        ):
             plan.bn_shift[bn.name] = delta
         else:
             plan.bias_delta[layer.name] = delta
@@ -504,8 +511,11 @@ def _group_notes(g, plan: Plan) -> list[dict]:
     for root, why in plan.blocked.items():
         members = tuple(g.group_members(root))
         if why == "live":
-            why = "dead in only some members (a channel goes only when dead in every member)" if len(members) > 1 \
-                else "still read as a live value"  # fmt: skip
+            why = (
+                "dead in only some members (a channel goes only when dead in every member)"
+                if len(members) > 1
+                else "still read as a live value"
+            )
         summary[(members, why)] = summary.get((members, why), 0) + 1
     return [{"layers": list(m), "channels": n, "reason": why} for (m, why), n in sorted(summary.items())]
 
@@ -521,7 +531,8 @@ def shrink(session, measure_latency: bool = True) -> None:
 
     `measure_latency=False` skips timing the two models (for callers that only need the structure).
     """
-    from . import graph, policy, targets
+    from prunecli.selection import policy, targets
+    from prunecli.structure import channels as graph
 
     s = session
     s.progress("shrinking: removing dead units")
@@ -561,10 +572,13 @@ def shrink(session, measure_latency: bool = True) -> None:
             )
         info.update(
             params_after=int(new.count_params()),
-            layers={name: {"before": ch.out_width, "after": int(len(ch.out_keep))}
-                    for name, ch in changes.items() if ch.kind == "mixer" or len(ch.out_keep) != ch.out_width},
+            layers={
+                name: {"before": ch.out_width, "after": int(len(ch.out_keep))}
+                for name, ch in changes.items()
+                if ch.kind == "mixer" or len(ch.out_keep) != ch.out_width
+            },
             verification=check,
-        )  # fmt: skip
+        )
     if measure_latency:
         s.progress("shrinking: measuring latency")
         _record_latency(s, new, data_x, info)
@@ -598,4 +612,4 @@ def _record_latency(s, new, data_x, info: dict) -> None:
         info["latency_ms"] = {
             label: {f"batch_{n}": round(latency_ms(m, example_inputs(m, n, data_x, s.config.seed)), 4) for n in (1, 64)}
             for label, m in (("original", s.model), ("shrunk", new))
-        }  # fmt: skip
+        }

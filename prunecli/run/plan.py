@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import ConfigError
+from prunecli.errors import ConfigError
 
 
 def _layer_rows(model) -> dict[str, dict[str, Any]]:
     """Per layer call with weights: class, parameters, non-zeros, live units, multiply-adds."""
     import numpy as np
 
-    from . import flops, targets
+    from prunecli.selection import targets
+    from prunecli.structure import flops
 
     found = flops.calls(model) or []
     units_axis = {cls: axis for cls, specs in targets.PRUNABLE.items() for _attr, axis in specs[-1:]}
@@ -26,9 +27,15 @@ def _layer_rows(model) -> dict[str, dict[str, Any]]:
     for path, layer, ins, outs in found:
         weights = [np.asarray(w) for w in layer.weights]
         dense, nonzero = flops.layer_cost(layer, ins, outs)
-        row = {"class": type(layer).__name__, "params": int(sum(w.size for w in weights)),
-               "nonzeros": int(sum(np.count_nonzero(w) for w in weights)), "units": None, "live_units": None,
-               "macs": dense, "nonzero_macs": nonzero}  # fmt: skip
+        row = {
+            "class": type(layer).__name__,
+            "params": int(sum(w.size for w in weights)),
+            "nonzeros": int(sum(np.count_nonzero(w) for w in weights)),
+            "units": None,
+            "live_units": None,
+            "macs": dense,
+            "nonzero_macs": nonzero,
+        }
         axis = units_axis.get(row["class"])
         kernels = [w for w in weights if w.ndim >= 2]
         if axis is not None and kernels:
@@ -42,7 +49,7 @@ def _layer_rows(model) -> dict[str, dict[str, Any]]:
 def _totals(model) -> dict[str, Any]:
     import numpy as np
 
-    from . import flops
+    from prunecli.structure import flops
 
     counted = flops.count(model)
     return {
@@ -55,9 +62,9 @@ def _totals(model) -> dict[str, Any]:
 
 
 def _groups(model) -> list[list[str]] | None:
-    """Layers whose units must go together (a residual stream, a shared layer), from prunecli.graph."""
+    """Layers whose units must go together (a residual stream, a shared layer), from prunecli.structure.channels."""
     try:
-        from . import graph
+        from prunecli.structure import channels as graph
     except ImportError:
         return None
     try:
@@ -70,14 +77,15 @@ def _groups(model) -> list[list[str]] | None:
 
 def make_plan(config, progress=None) -> dict[str, Any]:
     """Decide what `prune` would remove with `config`, in memory only, and describe it."""
-    from .pipeline import Session, load_model_and_data, pick_targets, quiet_tensorflow, score_and_mask
-    from .report import Timings
+    from prunecli.outputs.report import Timings
+    from prunecli.run.pipeline import Session, load_model_and_data, pick_targets, quiet_tensorflow, score_and_mask
 
     if config.engine != "native":
         raise ConfigError("plan covers the native engine; drop --engine tfmot")
     quiet_tensorflow()
-    s = Session(config=config, progress=progress or (lambda _msg: None), timings=Timings(), notes=[], metrics={},
-                extras={})  # fmt: skip
+    s = Session(
+        config=config, progress=progress or (lambda _msg: None), timings=Timings(), notes=[], metrics={}, extras={}
+    )
     load_model_and_data(s)
     before_rows = _layer_rows(s.model)
     before = _totals(s.model)
@@ -85,11 +93,11 @@ def make_plan(config, progress=None) -> dict[str, Any]:
     pick_targets(s)
     kind = config.granularity.kind
     if kind == "input":
-        from . import feature_pruning
+        from prunecli.structure import features as feature_pruning
 
         feature_pruning.run(s)
     elif kind == "layer":
-        from . import layer_pruning
+        from prunecli.structure import layer_removal as layer_pruning
 
         layer_pruning.run(s)
     else:
@@ -97,7 +105,7 @@ def make_plan(config, progress=None) -> dict[str, Any]:
             s.notes.append(f"--schedule {config.schedule} prunes while training; shown: one shot at the final sparsity")
         score_and_mask(s)
         if config.shrink:
-            from . import surgery
+            from prunecli.structure import surgery
 
             surgery.shrink(s)
     after_rows = _layer_rows(s.model)
@@ -134,8 +142,11 @@ def render(plan: dict, console) -> None:
     """The plan as tables: per layer before -> after, then totals and what is removed."""
     from rich.table import Table
 
-    table = Table(title=f"Plan: {plan['model']} ({plan['granularity']}, {plan['method']})", title_justify="left",
-                  header_style="bold")  # fmt: skip
+    table = Table(
+        title=f"Plan: {plan['model']} ({plan['granularity']}, {plan['method']})",
+        title_justify="left",
+        header_style="bold",
+    )
     for col in ("layer", "class", "params", "non-zeros", "units", "multiply-adds"):
         table.add_column(col, justify="left" if col in ("layer", "class") else "right")
     for r in plan["layers"]:
@@ -143,14 +154,21 @@ def render(plan: dict, console) -> None:
             table.add_row(r["layer"], r["class"], "[red]removed[/]", "", "", f"{_num(r['macs_before'])} -> 0")
             continue
         units = "" if r["units_after"] is None else f"{_num(r['live_units_before'])} -> {_num(r['live_units_after'])}"
-        table.add_row(r["layer"], r["class"], f"{_num(r['params_before'])} -> {_num(r['params_after'])}",
-                      f"{_num(r['nonzeros_before'])} -> {_num(r['nonzeros_after'])}", units,
-                      f"{_num(r['macs_before'])} -> {_num(r['macs_after'])}")  # fmt: skip
+        table.add_row(
+            r["layer"],
+            r["class"],
+            f"{_num(r['params_before'])} -> {_num(r['params_after'])}",
+            f"{_num(r['nonzeros_before'])} -> {_num(r['nonzeros_after'])}",
+            units,
+            f"{_num(r['macs_before'])} -> {_num(r['macs_after'])}",
+        )
     console.print(table)
     b, a = plan["before"], plan["after"]
-    console.print(f"parameters {_num(b['params'])} -> {_num(a['params'])}, non-zeros {_num(b['nonzeros'])} -> "
-                  f"{_num(a['nonzeros'])}; multiply-adds per example {_num(b['flops'])} -> {_num(a['flops'])} "
-                  f"(non-zero {_num(a['flops_nonzero'])})")  # fmt: skip
+    console.print(
+        f"parameters {_num(b['params'])} -> {_num(a['params'])}, non-zeros {_num(b['nonzeros'])} -> "
+        f"{_num(a['nonzeros'])}; multiply-adds per example {_num(b['flops'])} -> {_num(a['flops'])} "
+        f"(non-zero {_num(a['flops_nonzero'])})"
+    )
     for name, kept in plan.get("kept_features", {}).items():
         removed = plan["feature_pruning"]["inputs"][name]["removed"]
         console.print(f"input {name}: keeps {len(kept)} features {kept}, removes {removed}")
