@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean example
+.PHONY: install demo test lint bench clean example docs
 
 install: $(STAMP)
 
@@ -27,6 +27,9 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/run.py --output bench/RESULTS.md
+
+docs: install
+	$(BIN)/python -c "import re, pathlib; from prunecli.cli import options_markdown as t; p = pathlib.Path('README.md'); s = p.read_text(); p.write_text(re.sub(r'(<!-- options:start -->\n).*?(<!-- options:end -->)', lambda m: m.group(1) + t() + '\n' + m.group(2), s, flags=re.S))"
 
 example: install
 	$(BIN)/python examples/make_example.py

@@ -5,6 +5,7 @@ TensorFlow is imported only inside command bodies, so `prunecli --help` stays fa
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import traceback
@@ -12,7 +13,7 @@ import traceback
 import click
 
 from prunecli import __version__, scoring
-from prunecli.config import ENGINES, FEATURE_SCORES, NORMALIZATIONS, SCHEDULES, SCOPES, build_config
+from prunecli.config import PruneConfig, build_config, option_flags
 from prunecli.errors import ExitCode, PruneCliError
 from prunecli.run.sweep import DEFAULT_SPARSITIES
 
@@ -102,73 +103,45 @@ def _methods_epilog() -> str:
     return "\n".join(lines)
 
 
-def prune_options(fn):
-    """Options shared by every command that takes pruning settings (prune, plan, sweep)."""
-    options = [
-        click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=True)),
-        click.option("-m", "--method", type=click.Choice(scoring.available()), help="Scoring strategy (see Methods)."),
-        click.option("-s", "--sparsity", type=float, help="Fraction to prune, in [0, 1) (default 0.5)."),
-        click.option("-t", "--threshold", help="Prune scores below this value, or 'mean' (instead of --sparsity)."),
-        click.option("--scope", type=click.Choice(SCOPES), help="Rank within each layer (default) or globally."),
-        click.option("-g", "--granularity", help="element (default), neuron, block:RxC or n:m=N:M."),
-        click.option("--include", multiple=True, help="Only layers matching this name glob (repeatable)."),
-        click.option("--exclude", multiple=True, help="Skip layers matching this name glob (repeatable)."),
-        click.option("--min-keep", type=float, help="Fraction of each layer always kept (default 0.01)."),
-        click.option("--allow-empty", is_flag=True, default=None, help="Allow a layer to be pruned away entirely."),
-        click.option(
-            "-d", "--data", type=click.Path(dir_okay=True), help="Data (.npz with x, y) to evaluate and score."
-        ),
-        click.option("--batch-size", type=int, help="Batch size for data (default 64)."),
-        click.option("--seed", type=int, help="Seed for random scores, shuffling and splits (default 0)."),
-        click.option(
-            "--normalize",
-            type=click.Choice(NORMALIZATIONS),
-            help="Score normalisation for --scope global (default mean).",
-        ),
-        click.option("--score-batches", type=int, help="Use at most this many batches for data-driven scores."),
-        click.option("--val-split", type=float, help="Hold out this fraction of --data for evaluation."),
-        click.option("--epochs", type=int, help="Fine-tune for this many epochs with the masks held (default 0)."),
-        click.option("--learning-rate", "--lr", "learning_rate", type=float, help="Fine-tuning learning rate."),
-        click.option("--optimizer", help="Fine-tuning optimizer (default: the model's, else adam)."),
-        click.option("--l1", type=float, help="L1 penalty on prunable weights while fine-tuning."),
-        click.option("--l2", type=float, help="L2 penalty on prunable weights while fine-tuning."),
-        click.option(
-            "--schedule", type=click.Choice(SCHEDULES), help="oneshot (default), iterative, polynomial or dynamic."
-        ),
-        click.option("--steps", "schedule_steps", type=int, help="Pruning steps for --schedule iterative (default 3)."),
-        click.option("--initial-sparsity", type=float, help="Starting sparsity of gradual schedules (default 0)."),
-        click.option("--early-stopping", type=int, help="Stop fine-tuning after this many epochs without improvement."),
-        click.option(
-            "--max-accuracy-drop", type=float, help="Exit 4 when accuracy drops by more than this (absolute)."
-        ),
-        click.option(
-            "--shrink", is_flag=True, default=None, help="Physically remove pruned neurons/filters/features/layers."
-        ),
-        click.option("--keep-features", type=int, help="With -g input: number of input features to keep."),
-        click.option(
-            "--exclude-features",
-            multiple=True,
-            help="With -g input: a feature that always stays (index, name or INPUT:feature; repeatable).",
-        ),
-        click.option(
-            "--feature-score",
-            type=click.Choice(FEATURE_SCORES),
-            help="With -g input: how features are scored (default: from --method).",
-        ),
-        click.option("--remove-layers", type=int, help="With -g layer: number of layers/blocks to remove."),
-        click.option("--feature-names", type=click.Path(), help="Text file with one input feature name per line."),
-        click.option("--repeats", type=int, help="Repeats of permutation importance (default 3)."),
-        click.option("--engine", type=click.Choice(ENGINES), help="native (default) or tfmot (Keras-2 .h5 models)."),
-        click.option("--strategy", help="tf.distribute strategy: default, mirrored, multiworker or tpu."),
-        click.option("--export", multiple=True, help="Also export: tflite, tflite-int8, savedmodel (repeatable)."),
-        click.option("-c", "--config", "recipe", type=click.Path(), help="YAML recipe; flags override it."),
-        click.option("--unsafe", is_flag=True, default=None, help="Allow Lambda layers (runs code from the file)."),
-        click.option("-q", "--quiet", is_flag=True, default=None, help="No progress or tables; errors only."),
-        click.option("--debug", "cmd_debug", is_flag=True, help="Show tracebacks for errors."),
-    ]
-    for opt in reversed(options):
-        fn = opt(fn)
-    return fn
+def _option(f) -> click.Option:
+    """The click option a PruneConfig field declares in its metadata (config.setting)."""
+    meta = f.metadata
+    decls = [*option_flags(f), f.name]
+    common = {"help": meta["help"], "expose_value": True}
+    if meta["kind"] == "flag":
+        return click.option(*decls, is_flag=True, default=None, **common)
+    if meta["kind"] == "off":
+        return click.option(*decls, flag_value=False, default=None, **common)
+    if meta["kind"] == "multiple":
+        return click.option(*decls, multiple=True, **common)
+    choices = scoring.available() if meta["choices"] == "methods" else meta["choices"]
+    if choices:
+        return click.option(*decls, type=click.Choice(choices), **common)
+    kind = {"int": int, "float": float}
+    text = str(f.type)
+    value_type = next((t for name, t in kind.items() if name in text and "str" not in text), None)
+    if "int" in text and "float" in text:
+        value_type = float
+    path_like = f.name in ("data", "output", "report", "markdown", "feature_names")
+    return click.option(*decls, type=click.Path() if path_like else value_type, **common)
+
+
+def settings_options(command: str):
+    """Every run setting the command takes, generated from PruneConfig's fields, plus MODEL, --config
+    and --debug. An option is declared once, in config.py."""
+
+    def decorate(fn):
+        options = [click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=True))]
+        options += [_option(f) for f in dataclasses.fields(PruneConfig) if command in f.metadata.get("commands", ())]
+        options += [
+            click.option("-c", "--config", "recipe", type=click.Path(), help="YAML recipe; flags override it."),
+            click.option("--debug", "cmd_debug", is_flag=True, help="Show tracebacks for errors."),
+        ]
+        for opt in reversed(options):
+            fn = opt(fn)
+        return fn
+
+    return decorate
 
 
 def config_from(ctx: click.Context, params: dict):
@@ -218,19 +191,7 @@ def _emit_report(report, config) -> None:
 
 
 @main.command(epilog=_methods_epilog(), context_settings=CONTEXT_SETTINGS)
-@prune_options
-@click.option("-o", "--output", type=click.Path(), help="Output model path (default MODEL.pruned.EXT).")
-@click.option("-f", "--force", is_flag=True, default=None, help="Allow the output to overwrite the input.")
-@click.option("-r", "--report", type=click.Path(), help="Write the JSON report here ('-' for stdout).")
-@click.option("--markdown", type=click.Path(), help="Write a Markdown summary here (for CI job summaries).")
-@click.option("--no-sizes", "sizes", flag_value=False, default=None, help="Skip the gzip size of input and output.")
-@click.option(
-    "--auto",
-    is_flag=True,
-    default=None,
-    help="Choose per-layer sparsities from measured sensitivity: reach --sparsity, or the most "
-    "within --max-accuracy-drop (default 0.01). Needs --data.",
-)
+@settings_options("prune")
 @click.pass_context
 def prune(ctx: click.Context, **params) -> None:
     """Prune MODEL (.keras or .h5) and write the pruned model and a report.
@@ -253,7 +214,7 @@ def prune(ctx: click.Context, **params) -> None:
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)
-@prune_options
+@settings_options("sweep")
 @click.option(
     "--sparsities",
     default=",".join(f"{v:g}" for v in DEFAULT_SPARSITIES),
@@ -332,7 +293,7 @@ def inspect(model_path: str, include: tuple, exclude: tuple, as_json: bool) -> N
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)
-@prune_options
+@settings_options("plan")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON instead of tables.")
 @click.pass_context
 def plan(ctx: click.Context, as_json: bool, **params) -> None:
@@ -369,3 +330,16 @@ def run() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     run()
+
+
+def options_markdown() -> str:
+    """The README's option table, made from the same declarations as the CLI (`make docs` writes it)."""
+    rows = ["| option | commands | what it does |", "|---|---|---|"]
+    for f in dataclasses.fields(PruneConfig):
+        commands = f.metadata.get("commands", ())
+        if not commands:
+            continue
+        flags = ", ".join(f"`{flag}`" for flag in option_flags(f))
+        extra = " Command line only." if f.metadata.get("cli_only") else ""
+        rows.append(f"| {flags} | {', '.join(commands)} | {f.metadata['help']}{extra} |")
+    return "\n".join(rows)

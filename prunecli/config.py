@@ -68,58 +68,138 @@ class LayerOverride:
     skip: bool = False
 
 
+PRUNE_ONLY = ("prune",)
+SETTINGS_COMMANDS = ("prune", "plan", "sweep")  # the commands that take a run's settings
+
+
+def setting(
+    default: Any = None,
+    *,
+    help: str,
+    flags: tuple[str, ...] = (),
+    commands=SETTINGS_COMMANDS,
+    choices: tuple[str, ...] | str | None = None,
+    kind: str = "value",
+    cli_only: bool = False,
+    recipe_only: bool = False,
+    factory: Any = None,
+) -> Any:
+    """A PruneConfig field and, in its metadata, how the command line offers it: the one declaration
+    of an option. cli.py builds its click options from these (config.py stays free of click).
+
+    kind: "value" (takes an argument), "flag" (on/off switch), "multiple" (repeatable), "off" (a
+    --no-... switch that sets False). choices: a tuple, or "methods" for the registered scoring
+    methods. cli_only: a recipe or PRUNECLI_* variable may not set it (it unlocks something the user
+    must ask for in this very command). recipe_only: no flag (structured values such as `layers:`)."""
+    meta = {
+        "help": help,
+        "flags": flags,
+        "commands": () if recipe_only else commands,
+        "choices": choices,
+        "kind": kind,
+        "cli_only": cli_only,
+    }
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True)
 class PruneConfig:
-    model_path: str = ""
-    output: str | None = None
-    force: bool = False
+    """Every setting of one run. Each field's metadata declares its command-line option (see `setting`)."""
+
+    model_path: str = setting("", help="The model to prune (.keras or .h5).", recipe_only=True)
+    output: str | None = setting(
+        help="Output model path (default MODEL.pruned.EXT).", flags=("-o", "--output"), commands=PRUNE_ONLY
+    )
+    force: bool = setting(
+        False,
+        help="Allow the output to overwrite the input.",
+        flags=("-f", "--force"),
+        kind="flag",
+        commands=PRUNE_ONLY,
+        cli_only=True,
+    )
     # what is scored and how scores become masks
-    method: str = "magnitude"
-    sparsity: float | None = None
-    threshold: float | str | None = None  # a number, or "mean"
-    scope: str = "layer"
-    granularity: Granularity = field(default_factory=Granularity)
-    normalize: str = "mean"  # how scores are made comparable across layers for scope=global
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    overrides: tuple[LayerOverride, ...] = ()
-    min_keep: float = 0.01  # fraction of each layer's elements/units always kept
-    allow_empty: bool = False
-    seed: int = 0
+    method: str = setting(
+        "magnitude", help="Scoring strategy (see Methods).", flags=("-m", "--method"), choices="methods"
+    )
+    sparsity: float | None = setting(help="Fraction to prune, in [0, 1) (default 0.5).", flags=("-s", "--sparsity"))
+    threshold: float | str | None = setting(
+        help="Prune scores below this value, or 'mean' (instead of --sparsity).", flags=("-t", "--threshold")
+    )
+    scope: str = setting("layer", help="Rank within each layer (default) or globally.", choices=SCOPES)
+    granularity: Granularity = setting(
+        help="element (default), neuron, block:RxC, n:m=N:M, input or layer.",
+        flags=("-g", "--granularity"),
+        factory=Granularity,
+    )
+    normalize: str = setting(
+        "mean", help="Score normalisation for --scope global (default mean).", choices=NORMALIZATIONS
+    )
+    include: tuple[str, ...] = setting((), help="Only layers matching this name glob (repeatable).", kind="multiple")
+    exclude: tuple[str, ...] = setting((), help="Skip layers matching this name glob (repeatable).", kind="multiple")
+    overrides: tuple[LayerOverride, ...] = setting(
+        (), help="Per-layer rules, recipe key `layers:` (glob -> sparsity | skip).", recipe_only=True
+    )
+    min_keep: float = setting(0.01, help="Fraction of each layer always kept (default 0.01).")
+    allow_empty: bool = setting(False, help="Allow a layer to be pruned away entirely.", kind="flag")
+    seed: int = setting(0, help="Seed for random scores, shuffling and splits (default 0).")
     # data, evaluation and fine-tuning
-    data: str | None = None
-    batch_size: int = 64
-    score_batches: int | None = None  # cap on batches used by data-driven scoring
-    val_split: float = 0.0
-    epochs: int = 0
-    learning_rate: float | None = None
-    optimizer: str | None = None
-    l1: float = 0.0
-    l2: float = 0.0
-    schedule: str = "oneshot"
-    schedule_steps: int = 3
-    initial_sparsity: float = 0.0
-    regrow_fraction: float = 0.1
-    early_stopping: int = 0  # patience in epochs; 0 = off
-    max_accuracy_drop: float | None = None
-    auto: bool = False  # choose per-layer sparsities from measured sensitivity (prunecli/run/auto.py)
+    data: str | None = setting(
+        help="Data (.npz with x, y; see README) to evaluate, score and fine-tune.", flags=("-d", "--data")
+    )
+    batch_size: int = setting(64, help="Batch size for data (default 64).")
+    score_batches: int | None = setting(help="Use at most this many batches for data-driven scores.")
+    val_split: float = setting(0.0, help="Hold out this fraction of --data for evaluation.")
+    epochs: int = setting(0, help="Fine-tune for this many epochs with the masks held (default 0).")
+    learning_rate: float | None = setting(help="Fine-tuning learning rate.", flags=("--learning-rate", "--lr"))
+    optimizer: str | None = setting(
+        help="Fine-tuning optimizer, e.g. adamw:weight_decay=0.01 (default: the model's, else adam)."
+    )
+    l1: float = setting(0.0, help="L1 penalty on prunable weights while fine-tuning.")
+    l2: float = setting(0.0, help="L2 penalty on prunable weights while fine-tuning.")
+    schedule: str = setting("oneshot", help="oneshot (default), iterative, polynomial or dynamic.", choices=SCHEDULES)
+    schedule_steps: int = setting(3, help="Pruning steps for --schedule iterative (default 3).", flags=("--steps",))
+    initial_sparsity: float = setting(0.0, help="Starting sparsity of gradual schedules (default 0).")
+    early_stopping: int = setting(0, help="Stop fine-tuning after this many epochs without improvement.")
+    max_accuracy_drop: float | None = setting(help="Exit 4 when accuracy drops by more than this (absolute).")
+    auto: bool = setting(
+        False,
+        kind="flag",
+        commands=PRUNE_ONLY,
+        help="Choose per-layer sparsities from measured sensitivity: reach --sparsity, or the most within "
+        "--max-accuracy-drop (default 0.01). Needs --data.",
+    )
     # structure and engines
-    shrink: bool = False
-    keep_features: int | None = None
-    exclude_features: tuple[str, ...] = ()  # with -g input: features that always stay (index or name)
-    feature_score: str | None = None  # with -g input: l1, l2, gradient, taylor, permutation, random
-    remove_layers: int | None = None
-    feature_names: str | None = None
-    repeats: int = 3
-    engine: str = "native"
-    strategy: str = "default"
-    export: tuple[str, ...] = ()
+    shrink: bool = setting(False, help="Physically remove pruned neurons/filters/features/layers.", kind="flag")
+    keep_features: int | None = setting(help="With -g input: number of input features to keep.")
+    exclude_features: tuple[str, ...] = setting(
+        (),
+        kind="multiple",
+        help="With -g input: a feature that always stays (index, name or INPUT:feature; repeatable).",
+    )
+    feature_score: str | None = setting(
+        help="With -g input: how features are scored (default: from --method).", choices=FEATURE_SCORES
+    )
+    remove_layers: int | None = setting(help="With -g layer: number of layers/blocks to remove.")
+    feature_names: str | None = setting(help="Text file with one input feature name per line.")
+    repeats: int = setting(3, help="Repeats of permutation importance (default 3).")
+    engine: str = setting("native", help="native (default) or tfmot (Keras-2 .h5 models).", choices=ENGINES)
+    strategy: str = setting("default", help="tf.distribute strategy: default, mirrored, multiworker or tpu.")
+    export: tuple[str, ...] = setting(
+        (), help="Also export: tflite, tflite-int8, savedmodel (repeatable).", kind="multiple"
+    )
     # outputs and behaviour
-    report: str | None = None
-    markdown: str | None = None
-    quiet: bool = False
-    unsafe: bool = False
-    sizes: bool = True  # compute gzip sizes of input/output
+    report: str | None = setting(
+        help="Write the JSON report here ('-' for stdout).", flags=("-r", "--report"), commands=PRUNE_ONLY
+    )
+    markdown: str | None = setting(help="Write a Markdown summary here (for CI job summaries).", commands=PRUNE_ONLY)
+    quiet: bool = setting(False, help="No progress or tables; errors only.", flags=("-q", "--quiet"), kind="flag")
+    unsafe: bool = setting(False, help="Allow Lambda layers (runs code from the file).", kind="flag", cli_only=True)
+    sizes: bool = setting(
+        True, help="Skip the gzip size of input and output.", flags=("--no-sizes",), kind="off", commands=PRUNE_ONLY
+    )
 
     @property
     def effective_sparsity(self) -> float | None:
@@ -132,8 +212,14 @@ class PruneConfig:
         return dataclasses.replace(self, **changes)
 
 
+def option_flags(f: dataclasses.Field) -> tuple[str, ...]:
+    """The command-line spellings of a field's option ("--min-keep" unless its metadata names others)."""
+    return f.metadata.get("flags") or (f"--{f.name.replace('_', '-')}",)
+
+
 FIELD_NAMES = tuple(f.name for f in fields(PruneConfig))
-_RECIPE_ONLY_OK = set(FIELD_NAMES) - {"model_path"}
+CLI_ONLY = frozenset(f.name for f in fields(PruneConfig) if f.metadata.get("cli_only"))
+FILE_SETTABLE = set(FIELD_NAMES) - {"model_path"} - CLI_ONLY  # what a recipe or PRUNECLI_* may set
 ENV_SWITCHES = ("PRUNECLI_DEBUG",)  # read by the CLI itself, not settings of a run
 
 
@@ -259,7 +345,9 @@ def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
         name = _normalise_key(key)
         if name == "layers":
             name = "overrides"
-        if name not in _RECIPE_ONLY_OK:
+        if name in CLI_ONLY:
+            raise ConfigError(f"{key!r} in recipe {p}: --{name} can only be given on the command line")
+        if name not in FILE_SETTABLE:
             raise ConfigError(f"unknown key {key!r} in recipe {p}")
         out[name] = value
     return out
@@ -274,7 +362,9 @@ def read_env(environ: Mapping[str, str]) -> dict[str, Any]:
         name = key[len("PRUNECLI_") :].lower()
         if key in ENV_SWITCHES:
             continue
-        if name not in _RECIPE_ONLY_OK:
+        if name in CLI_ONLY:
+            raise ConfigError(f"{key}: --{name} can only be given on the command line")
+        if name not in FILE_SETTABLE:
             raise ConfigError(f"unknown environment variable {key}")
         out[name] = value
     return out
