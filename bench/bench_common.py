@@ -108,7 +108,7 @@ def machine() -> dict:
 
 def quiet_tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from prunecli.run.pipeline import quiet_tensorflow
+    from prunecli.runtime import quiet_tensorflow
 
     quiet_tensorflow()
 
@@ -163,3 +163,30 @@ def digits_twin_h5(keras_path: Path, out: Path) -> Path:
     twin.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     twin.save(out)
     return out
+
+
+def make_dense_conv(path: Path, params: int = 100_000_000) -> Path:
+    """A model of about `params` parameters built from Conv2D and Dense layers (random weights), saved at
+    `path` (.keras or .h5): a 32x32x3 input, two 3x3 convolutions, then square Dense layers of width
+    4096, as many as come nearest to the count. For memory and time measurements on models larger than ResNet50."""
+    if path.exists():
+        return path
+    import keras
+
+    keras.utils.set_random_seed(0)
+    width = 4096
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(64, 3, activation="relu", name="conv1")(inputs)
+    x = keras.layers.Conv2D(64, 3, strides=2, activation="relu", name="conv2")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(width, activation="relu", name="dense0")(x)
+    total, i = 64 * 3 * 9 + 64 + 64 * 64 * 9 + 64 + 64 * width + width, 1
+    while total + (width * width + width) // 2 <= params or i == 1:  # the nearest count of layers
+        x = keras.layers.Dense(width, activation="relu", name=f"dense{i}")(x)
+        total += width * width + width
+        i += 1
+    outputs = keras.layers.Dense(10, name="head")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    model.save(path)
+    return path

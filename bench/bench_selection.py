@@ -1,8 +1,11 @@
-"""Mask computation: prunecli's radix select vs tfmot's top_k kernel vs NumPy, layer-wise and global.
+"""Mask computation: prunecli's two selection paths vs tfmot's top_k kernel vs NumPy, layer-wise and global.
 
 Weights follow ResNet50's 54 prunable tensors (He-initialised), scaled to the total size asked for.
 Every approach starts from the weights and ends with boolean masks pruning 50% by magnitude:
-- prunecli: tf.abs per tensor, then masking.select_lowest / select_lowest_global (one XLA call);
+- prunecli: tf.abs per tensor, then kernels.select on the NumPy path (sampled bracket + partition of
+  the band, what a CPU run uses) or on the XLA path (radix select, one XLA call);
+- prunecli policy: policy.build_masks on the same scores (element granularity, magnitude), the whole
+  selection a one-shot CLI run pays, path chosen by kernels.choose_path;
 - tfmot: tfmot's own `Pruning._update_mask` (abs, a full tf.math.top_k, threshold, mask) for every
   tensor in one tf.function, as its training step runs it; "global" applies it to all weights joined
   (tfmot itself only prunes layer by layer);
@@ -33,22 +36,41 @@ def make_weights(shapes, total: int, seed: int = 0):
     return out
 
 
-def prunecli_fns(weights):
+def prunecli_fns(weights, path: str = "auto"):
     import tensorflow as tf
 
-    from prunecli.selection import kernels as masking
+    from prunecli.selection import kernels
 
     tensors = [tf.constant(w) for w in weights]
     ks = [round(SPARSITY * int(t.shape[0])) for t in tensors]
     k_all = round(SPARSITY * sum(int(t.shape[0]) for t in tensors))
 
     def layer():
-        return masking.select_lowest([tf.abs(t) for t in tensors], ks)
+        return kernels.select([[tf.abs(t)] for t in tensors], ks, path)[0]
 
     def whole():
-        return masking.select_lowest_global([tf.abs(t) for t in tensors], k_all)
+        return kernels.select([[tf.abs(t) for t in tensors]], [k_all], path)[0]
 
     return layer, whole
+
+
+def policy_fns(weights):
+    """policy.build_masks, element granularity, on magnitude scores of these weights."""
+    import tensorflow as tf
+
+    from prunecli.config import PruneConfig
+    from prunecli.selection import policy
+    from prunecli.selection.targets import Target
+
+    targets = [Target(f"w{i}/kernel", f"w{i}", "Dense", "kernel", w.reshape(-1, 1), 0) for i, w in enumerate(weights)]
+    tensors = [tf.constant(w.reshape(-1, 1)) for w in weights]
+
+    def run(scope: str):
+        scores = {t.name: tf.abs(x) for t, x in zip(targets, tensors, strict=True)}
+        result = policy.build_masks(targets, scores, "element", PruneConfig(sparsity=SPARSITY, scope=scope))
+        return list(result.masks.values())
+
+    return (lambda: run("layer")), (lambda: run("global"))
 
 
 def tfmot_fns(weights):
@@ -104,20 +126,25 @@ sys.path.insert(0, {bench!r})
 from bench_common import quiet_tf
 quiet_tf()
 import numpy as np, tensorflow as tf
-from bench_selection import make_weights, prunecli_fns
+from bench_selection import make_weights, policy_fns, prunecli_fns
 weights = make_weights({shapes!r}, {total})
-layer, whole = prunecli_fns(weights)
+if {what!r} == "policy":
+    layer, whole = policy_fns(weights)
+else:
+    layer, whole = prunecli_fns(weights, {what!r})
 fn = layer if {scope!r} == "layer" else whole
 t = time.perf_counter(); [np.asarray(m) for m in fn()]; first = time.perf_counter() - t
-print(json.dumps({{"first": first}}))
+from prunecli.selection import kernels
+print(json.dumps({{"first": first, "seen": len(kernels._SEEN)}}))
 """
 
 
-def first_call_in_new_process(shapes, total: int, scope: str, cache_dir: str) -> float:
-    """Seconds of the first selection in a fresh process whose XLA disk cache is `cache_dir`."""
+def first_call_in_new_process(shapes, total: int, scope: str, cache_dir: str, what: str = "xla") -> float:
+    """Seconds of the first selection in a fresh process whose XLA disk cache is `cache_dir`; `what` is
+    a selection path ("xla", "numpy") or "policy" (build_masks, path chosen automatically)."""
     from pathlib import Path
 
-    code = FIRST_CALL_CHILD.format(bench=str(Path(__file__).parent), shapes=shapes, total=total, scope=scope)
+    code = FIRST_CALL_CHILD.format(bench=str(Path(__file__).parent), shapes=shapes, total=total, scope=scope, what=what)
     env = {"TF_XLA_FLAGS": f"--tf_xla_persistent_cache_directory={cache_dir}"}
     return child_json(code, env=env)["first"]
 
@@ -125,15 +152,20 @@ def first_call_in_new_process(shapes, total: int, scope: str, cache_dir: str) ->
 def run(sizes=(1_000_000, 5_000_000, 25_500_000), repeats: int = 7, slow_repeats: int = 2) -> str:
     quiet_tf()
     shapes = resnet50_kernel_shapes()
-    rows, notes = [], []
+    rows = []
     for total in sizes:
         weights = make_weights(shapes, total)
         n = sum(w.size for w in weights)
-        p_layer, p_whole = prunecli_fns(weights)
+        np_layer, np_whole = prunecli_fns(weights, "numpy")
+        x_layer, x_whole = prunecli_fns(weights, "xla")
         t_layer, t_whole = tfmot_fns(weights)
         n_layer, n_whole = numpy_fns(weights)
-        for scope, p, t, npf in (("layer", p_layer, t_layer, n_layer), ("global", p_whole, t_whole, n_whole)):
+        for scope, p, x, t, npf in (
+            ("layer", np_layer, x_layer, t_layer, n_layer),
+            ("global", np_whole, x_whole, t_whole, n_whole),
+        ):
             p_first, p_warm, _ = timed(p, repeats)
+            x_first, x_warm, _ = timed(x, repeats)
             t_first, t_warm, _ = timed(t, slow_repeats if n > 6_000_000 else 3)
             _, n_warm, _ = timed(npf, 3)
             rows.append(
@@ -142,9 +174,11 @@ def run(sizes=(1_000_000, 5_000_000, 25_500_000), repeats: int = 7, slow_repeats
                     scope,
                     p_first,
                     p_warm,
+                    x_first,
+                    x_warm,
                     t_warm,
                     n_warm,
-                    ratio(t_warm, p_warm),
+                    ratio(x_warm, p_warm),
                     ratio(n_warm, p_warm),
                 ]
             )
@@ -154,30 +188,47 @@ def run(sizes=(1_000_000, 5_000_000, 25_500_000), repeats: int = 7, slow_repeats
             [
                 "weights",
                 "scope",
-                "prunecli first call (s)",
-                "prunecli warm (s)",
+                "NumPy path first call (s)",
+                "NumPy path warm (s)",
+                "XLA path first call (s)",
+                "XLA path warm (s)",
                 "tfmot top_k (s)",
                 "NumPy argpartition (s)",
-                "tfmot / prunecli",
-                "NumPy / prunecli",
+                "XLA / NumPy path",
+                "argpartition / NumPy path",
             ],
             rows,
         )
     ]
     out.append(
-        "\nWarm = median of the calls after the first. prunecli's first call in this process includes tracing and"
-        " the XLA compile (this process starts with an empty compile cache)."
+        "\nWarm = median of the calls after the first. The XLA path's first call in this process includes"
+        " tracing and the XLA compile (this process starts with an empty compile cache). On a CPU,"
+        " kernels.choose_path runs the NumPy path (see kernels.py for the rule)."
     )
     big = max(sizes)
     fresh = []
     for scope in ("global", "layer"):
         with tempfile.TemporaryDirectory() as cache:
-            cold = first_call_in_new_process(shapes, big, scope, cache)
-            warm = first_call_in_new_process(shapes, big, scope, cache)
-        fresh.append([scope, cold, warm])
+            cold = first_call_in_new_process(shapes, big, scope, cache, "xla")
+            warm = first_call_in_new_process(shapes, big, scope, cache, "xla")
+            numpy_path = first_call_in_new_process(shapes, big, scope, cache, "numpy")
+            whole_policy = first_call_in_new_process(shapes, big, scope, cache, "policy")
+        fresh.append([scope, cold, warm, numpy_path, whole_policy])
     out.append(
-        f"\nFirst selection in a new process ({big / 1e6:.1f}M weights), with an empty and with a warm XLA disk cache:\n"
+        f"\nFirst selection in a new process ({big / 1e6:.1f}M weights): the XLA path with an empty and with a"
+        " warm XLA disk cache, the NumPy path, and policy.build_masks as a one-shot CLI run calls it"
+        " (magnitude, element, path chosen automatically):\n"
     )
-    out.append(table(["scope", "empty cache (s)", "warm disk cache (s)"], fresh))
-    out.extend(notes)
+    out.append(
+        table(
+            [
+                "scope",
+                "XLA, empty cache (s)",
+                "XLA, warm disk cache (s)",
+                "NumPy path (s)",
+                "build_masks, auto (s)",
+            ],
+            fresh,
+        )
+    )
     return "\n".join(out)

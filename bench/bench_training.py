@@ -86,7 +86,7 @@ def prunecli_masked(data, sparsity: float):
 
     from prunecli import build_config
     from prunecli.outputs.report import Timings
-    from prunecli.run.pipeline import Session, load_model_and_data, pick_targets, score_and_mask
+    from prunecli.run import steps
     from prunecli.training import finetune
 
     config = build_config(
@@ -100,11 +100,14 @@ def prunecli_masked(data, sparsity: float):
         },
         environ={},
     )
-    s = Session(config=config, progress=lambda _m: None, timings=Timings(), notes=[], metrics={}, extras={})
-    load_model_and_data(s)
-    pick_targets(s)
-    score_and_mask(s)
-    trainer = finetune.Trainer(s, keras.optimizers.Adam(LEARNING_RATE))
+    timings = Timings()
+    state, _sizes = steps.load(config, steps.silent, timings)
+    state = state.after(steps.pick_targets(state.model, config))
+    state = state.after(steps.mask(state, steps.silent, timings))
+    job = finetune.FineTuneJob(
+        config, state.model, list(state.targets), state.masks, state.data, state.task, None, steps.silent
+    )
+    trainer = finetune.Trainer(job, keras.optimizers.Adam(LEARNING_RATE))
     return loop_pass(trainer.train, data)
 
 

@@ -64,7 +64,7 @@ def main(argv=None) -> None:
 
     import tempfile
 
-    from prunecli.run.pipeline import quiet_tensorflow
+    from prunecli.runtime import quiet_tensorflow
 
     quiet_tensorflow()
     import tensorflow as tf

@@ -41,7 +41,7 @@ def timed(fn, *args, **kwargs):
 
 
 def main(out_path: str = str(ROOT / "bench" / "METHODS.md")) -> None:
-    from prunecli.run.pipeline import quiet_tensorflow
+    from prunecli.runtime import quiet_tensorflow
 
     quiet_tensorflow()
     import numpy as np

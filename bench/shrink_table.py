@@ -38,7 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from prunecli.run.pipeline import quiet_tensorflow  # noqa: E402
+from prunecli.runtime import quiet_tensorflow  # noqa: E402
 
 
 def mobilenet_file(directory: Path, trained_bn: bool) -> Path:

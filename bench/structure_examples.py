@@ -106,7 +106,7 @@ HEADER = (
 def main() -> None:
     import keras
 
-    from prunecli.run.pipeline import quiet_tensorflow
+    from prunecli.runtime import quiet_tensorflow
 
     quiet_tensorflow()
     lines = [

@@ -110,7 +110,7 @@ def mirrored_child(epochs: int) -> None:
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from prunecli.run.pipeline import quiet_tensorflow
+    from prunecli.runtime import quiet_tensorflow
 
     quiet_tensorflow()
     import numpy as np
@@ -195,7 +195,7 @@ def main() -> None:
         mirrored_child(args.epochs)
         return
 
-    from prunecli.run.pipeline import quiet_tensorflow
+    from prunecli.runtime import quiet_tensorflow
 
     quiet_tensorflow()
     import tensorflow as tf

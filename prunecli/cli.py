@@ -14,7 +14,7 @@ import click
 
 from prunecli import __version__, scoring
 from prunecli.config import PruneConfig, build_config, option_flags
-from prunecli.errors import ExitCode, PruneCliError
+from prunecli.errors import ConfigError, ExitCode, PruneCliError
 from prunecli.run.sweep import DEFAULT_SPARSITIES
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -25,12 +25,45 @@ def _debug_requested(ctx: click.Context) -> bool:
     return bool((root.obj or {}).get("debug")) or os.environ.get("PRUNECLI_DEBUG", "") not in ("", "0")
 
 
+def _one_line(message: str) -> str:
+    """A message as one line: a newline or control character in a path (or anything else the user
+    supplied) is escaped, so no input can forge a second `prunecli: error:` line."""
+    from prunecli.io.paths import shown
+
+    return shown(message)
+
+
+def _say(line: str) -> None:
+    """The one writer of prunecli's own stderr lines; a closed stderr is not an error of ours."""
+    try:
+        click.echo(line, err=True)
+    except OSError:
+        pass
+
+
 def _echo_click_error(exc: click.exceptions.ClickException) -> None:
     """click's own errors (bad option, missing argument) as one line, like prunecli's."""
     command = getattr(getattr(exc, "ctx", None), "command_path", None)
     hint = f" (see '{command} --help')" if command and isinstance(exc, click.UsageError) else ""
     message = " ".join(exc.format_message().split())
-    click.echo(f"prunecli: error: {message}{hint}", err=True)
+    _say(_one_line(f"prunecli: error: {message}{hint}"))
+
+
+EXIT_SIGPIPE = 128 + 13  # what a shell reports for a process ended by SIGPIPE
+
+
+def _closed_pipe() -> click.exceptions.Exit:
+    """stdout's reader went away (`prunecli inspect m.keras | head -1`): stop quietly, as Unix tools
+    do. stdout is pointed at /dev/null so the interpreter's final flush cannot fail again."""
+    import sys
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return click.exceptions.Exit(EXIT_SIGPIPE)
 
 
 class PruneGroup(click.Group):
@@ -44,36 +77,48 @@ class PruneGroup(click.Group):
         except click.UsageError as exc:  # an option of the group itself, e.g. `prunecli --bogus`
             _echo_click_error(exc)
             raise click.exceptions.Exit(exc.exit_code) from None
+        except BrokenPipeError:  # `prunecli --help | true`
+            raise _closed_pipe() from None
 
     def invoke(self, ctx: click.Context):
+        from prunecli import interrupts
+
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            interrupts.checkpoint()  # a signal whose KeyboardInterrupt Python swallowed still counts
+            return result
         except (click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except BrokenPipeError:
+            raise _closed_pipe() from None
         except click.exceptions.ClickException as exc:
             _echo_click_error(exc)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("prunecli: interrupted", err=True)
+            _say("prunecli: interrupted")
             ctx.exit(ExitCode.INTERRUPTED)
         except PruneCliError as exc:
             if _debug_requested(ctx):
                 traceback.print_exc()
-            click.echo(f"prunecli: error: {exc.message}", err=True)
+            _say(_one_line(f"prunecli: error: {exc.message}"))
             ctx.exit(exc.exit_code)
+        except RecursionError:  # a structure nested beyond what any real input has
+            if _debug_requested(ctx):
+                traceback.print_exc()
+            _say("prunecli: error: the input is nested too deeply to process (RecursionError)")
+            ctx.exit(ExitCode.BAD_INPUT)
         except Exception as exc:
             if _debug_requested(ctx):
                 traceback.print_exc()
             first = (str(exc).strip().splitlines() or [""])[0][:300]
             if isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError":  # TF's OOM
                 oom = re.search(r"OOM when allocating tensor with shape\[[^\]]*\]", first)
-                click.echo(
-                    f"prunecli: error: out of memory ({oom.group(0) if oom else first or 'MemoryError'})", err=True
-                )
+                _say(_one_line(f"prunecli: error: out of memory ({oom.group(0) if oom else first or 'MemoryError'})"))
                 ctx.exit(ExitCode.RESOURCE)
-            click.echo(  # a bug: one line, the traceback only with --debug
-                f"prunecli: internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
-                err=True,
+            _say(  # a bug: one line, the traceback only with --debug
+                _one_line(
+                    f"prunecli: internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)"
+                )
             )
             ctx.exit(ExitCode.INTERNAL)
 
@@ -149,6 +194,11 @@ def config_from(ctx: click.Context, params: dict):
     if params.pop("cmd_debug", False):
         ctx.find_root().obj["debug"] = True
     recipe = params.pop("recipe", None)
+    ctx.meta["prunecli.recipe"] = recipe  # io.paths.plan checks the outputs against it
+    if recipe:
+        from prunecli.io.paths import check_readable
+
+        check_readable(recipe, "recipe", ConfigError)
     given = {}
     for name, value in params.items():
         source = ctx.get_parameter_source(name)
@@ -161,12 +211,22 @@ def config_from(ctx: click.Context, params: dict):
 
 
 def _progress(config):
+    """The progress callback; every call is also a checkpoint where a pending Ctrl-C/SIGTERM stops the run
+    (so it is returned with --quiet too, printing nothing)."""
+    from prunecli import interrupts
+
     if config.quiet:
-        return None
+        return lambda _msg: interrupts.checkpoint()
     from rich.console import Console
+    from rich.markup import escape
 
     console = Console(stderr=True)
-    return lambda msg: console.print(f"[dim]· {msg}[/]", soft_wrap=True)  # one line each, even in CI logs
+
+    def say(msg):
+        interrupts.checkpoint()
+        console.print(f"[dim]· {escape(_one_line(str(msg)))}[/]", soft_wrap=True)  # one line each, even in CI logs
+
+    return say
 
 
 def _emit_report(report, config) -> None:
@@ -203,6 +263,12 @@ def prune(ctx: click.Context, **params) -> None:
       prunecli prune model.keras -g n:m=2:4 --exclude 'predictions'
     """
     config = config_from(ctx, params)
+    from prunecli.io import models as model_io
+    from prunecli.io import paths
+
+    # every read and write checked against each other before TensorFlow is imported
+    output = model_io.resolve_output(config.model_path, config.output, config.force)
+    paths.plan(config, output_model=output, recipe=ctx.meta.get("prunecli.recipe"))
     from prunecli.run.pipeline import check_gates
     from prunecli.run.pipeline import prune as run_prune
 
@@ -250,6 +316,9 @@ def sweep(ctx: click.Context, sparsities: str, output_dir: str, name: str, per_l
     if ctx.get_parameter_source("sparsity") == click.core.ParameterSource.COMMANDLINE:
         raise ConfigError("sweep takes --sparsities (a list), not --sparsity")
     config = config_from(ctx, params)
+    from prunecli.io import paths
+
+    paths.plan(config, sweep_dir=output_dir, sweep_name=name, recipe=ctx.meta.get("prunecli.recipe"))
     result = run(config, parse_sparsities(sparsities), per_layer=per_layer, progress=_progress(config))
     paths = write_outputs(result, output_dir, name)
     if not config.quiet:
@@ -313,6 +382,9 @@ def plan(ctx: click.Context, as_json: bool, **params) -> None:
     from prunecli.run.plan import make_plan, render
 
     config = config_from(ctx, params)
+    from prunecli.io import paths
+
+    paths.plan(config, recipe=ctx.meta.get("prunecli.recipe"))
     result = make_plan(config, progress=None if as_json else _progress(config))
     if as_json:
         click.echo(json.dumps(result, indent=2, default=str))
@@ -321,11 +393,24 @@ def plan(ctx: click.Context, as_json: bool, **params) -> None:
 
 
 def run() -> None:
-    """Console-script entry point. SIGTERM is handled like Ctrl-C, so a half-written output is removed."""
-    import signal
+    """Console-script entry point, and the one owner of the process's exit: SIGTERM is handled like
+    Ctrl-C (a half-written output is removed; see prunecli.interrupts), and a stdout whose reader went
+    away ends the run quietly with 141, without Python's "Exception ignored" lines."""
+    import sys
 
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    main(prog_name="prunecli")
+    from prunecli import interrupts
+
+    interrupts.install()
+    try:
+        main(prog_name="prunecli")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        code = _closed_pipe().exit_code
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -191,3 +191,117 @@ def test_debug_env_var_is_not_a_setting(corpus, tmp_path, run_cli):
     assert result.exit_code == ExitCode.BAD_INPUT
     assert "contains NaN or Inf" in result.stderr.splitlines()[-1]
     assert "Traceback" in result.stderr  # asked for, so shown
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 18: adversarial cases (adversarial.yaml), each in a child process with a memory cap and a
+# timeout; batch cases share one child (one TensorFlow import), which is restarted after a crash.
+
+ADVERSARIAL = yaml.safe_load((HERE / "adversarial.yaml").read_text(encoding="utf-8"))
+
+
+def _runner():
+    spec = importlib.util.spec_from_file_location("run_cases", HERE / "run_cases.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_batches(runner, cases: list, places: dict, work: Path) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    results: dict = {}
+    pending, attempt = list(cases), 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRUNECLI_")}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    while pending:
+        attempt += 1
+        spec, log = work / f"cases{attempt}.json", work / f"results{attempt}.jsonl"
+        spec.write_text(json.dumps({"cases": pending, "places": places}))
+        budget = sum(c.get("timeout", runner.DEFAULT_TIMEOUT) for c in pending) + 120
+        try:
+            proc = subprocess.run(
+                [sys.executable, str(HERE / "run_cases.py"), str(spec), str(log)],
+                env=env,
+                capture_output=True,
+                timeout=budget,
+                preexec_fn=runner.limit_memory,
+            )
+            code = proc.returncode
+        except subprocess.TimeoutExpired:
+            code = None
+        started = []
+        if log.exists():
+            for line in log.read_text().splitlines():
+                entry = json.loads(line)
+                if entry.get("started"):
+                    started.append(entry["id"])
+                else:
+                    results[entry["id"]] = entry
+        for case_id in started:
+            if case_id not in results:  # the child died (or hung beyond its alarm) in this case
+                what = "hang" if code is None else f"child ended with {code}"
+                results[case_id] = {"id": case_id, "exit": code, "problems": [what], "seconds": 0.0}
+        if not started:
+            for case in pending:
+                results[case["id"]] = {"id": case["id"], "exit": code, "problems": ["runner failed"], "seconds": 0}
+        pending = [c for c in pending if c["id"] not in results]
+    return results
+
+
+@pytest.fixture(scope="module")
+def adversarial_results(corpus, tmp_path_factory):
+    runner = _runner()
+    work = tmp_path_factory.mktemp("adversarial")
+    places = {
+        "corpus": str(corpus),
+        "text": str(HERE / "text"),
+        "outroot": str(work / "out"),
+        "nonutf8": os.fsdecode(os.fsencode(str(corpus)) + b"/model_\xff.keras"),
+    }
+    runnable = [c for c in ADVERSARIAL if not c.get("requires") or os.path.lexists(c["requires"].format(**places))]
+    batch = [c for c in runnable if c.get("mode", "batch") == "batch"]
+    results = _run_batches(runner, batch, places, work)
+    for case in runnable:
+        if case.get("mode") == "process":
+            results[case["id"]] = runner.run_process(case, places)
+    rows: dict = {}
+    for case in ADVERSARIAL:
+        verdict = results.get(case["id"])
+        family = rows.setdefault(case["family"], {"cases": 0, "skipped": 0, "failed": 0, "exits": {}})
+        family["cases"] += 1
+        if verdict is None:
+            family["skipped"] += 1
+            continue
+        family["failed"] += bool(verdict["problems"])
+        family["exits"][verdict["exit"]] = family["exits"].get(verdict["exit"], 0) + 1
+    table = ["family         cases  failed  skipped  exit codes (code: count)"]
+    for name, row in rows.items():
+        exits = ", ".join(f"{k}: {v}" for k, v in sorted(row["exits"].items(), key=lambda kv: str(kv[0])))
+        table.append(f"{name:<14} {row['cases']:>5}  {row['failed']:>6}  {row['skipped']:>7}  {exits}")
+    summary = os.environ.get("PRUNECLI_ADVERSARIAL_SUMMARY")
+    if summary:
+        Path(summary).write_text("\n".join(table) + "\n")
+    return results
+
+
+def test_adversarial_manifest_is_well_formed():
+    ids = [c["id"] for c in ADVERSARIAL]
+    assert len(ids) == len(set(ids)), "case ids must be unique"
+    assert not set(ids) & {c["id"] for c in CASES}, "ids must not repeat manifest.yaml's"
+    assert len(ADVERSARIAL) >= 80
+    runner = _runner()
+    for case in ADVERSARIAL:
+        want = case["exit"] if isinstance(case["exit"], list) else [case["exit"]]
+        assert all(w in runner.EXIT_CODES for w in want), case["id"]
+        assert case.get("mode", "batch") in ("batch", "process"), case["id"]
+
+
+@pytest.mark.parametrize("case", ADVERSARIAL, ids=[c["id"] for c in ADVERSARIAL])
+def test_adversarial(case, adversarial_results):
+    verdict = adversarial_results.get(case["id"])
+    if verdict is None:
+        pytest.skip(f"{case.get('requires')} does not exist here")
+    assert verdict["problems"] == [], f"{verdict['problems']} (stderr: {verdict.get('stderr', '')!r})"

@@ -41,7 +41,7 @@ SCRIPT = textwrap.dedent(
     settings = json.loads(settings)
     from prunecli import build_config, prune
     from prunecli.training import distribute
-    from prunecli.run.pipeline import quiet_tensorflow
+    from prunecli.runtime import quiet_tensorflow
 
     quiet_tensorflow()
     import tensorflow as tf
@@ -199,13 +199,13 @@ def test_multiworker_on_localhost_matches_one_device(mlp_files, mirrored_runs, t
 
 def test_strategy_names_are_checked_before_work(monkeypatch):
     with pytest.raises(ConfigError, match="unknown strategy 'gpu'"):
-        distribute.check_strategy(build_config({"model_path": "m.keras", "strategy": "gpu"}))
+        build_config({"model_path": "m.keras", "strategy": "gpu"})
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ConfigError, match="needs TF_CONFIG"):
-        distribute.check_strategy(build_config({"model_path": "m.keras", "strategy": "multiworker"}))
+        build_config({"model_path": "m.keras", "strategy": "multiworker"})
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
-        distribute.check_strategy(build_config({"model_path": "m.keras", "strategy": "multiworker"}))
+        build_config({"model_path": "m.keras", "strategy": "multiworker"})
 
 
 def test_tpu_without_a_tpu_is_one_clear_error(cli, mlp_files, tmp_path):
@@ -230,16 +230,14 @@ def test_tpu_without_a_tpu_is_one_clear_error(cli, mlp_files, tmp_path):
 
 def test_default_strategy_trains_the_loaded_model_itself(mlp_files):
     """No copy, no distributed dataset: the default strategy leaves the single-device path as it was."""
-    import tensorflow as tf
+    from types import SimpleNamespace
 
-    from prunecli.outputs.report import Timings
-    from prunecli.run.pipeline import Session
+    import tensorflow as tf
 
     strategy = distribute.get_strategy("default")
     assert distribute.is_default(strategy) and distribute.get_strategy("default") is strategy
-    session = Session(config=build_config({"model_path": "m.keras"}), progress=print, timings=Timings())
-    session.model = object()
-    with distribute.replicated(session, strategy):
-        assert type(session.model) is object
+    job = SimpleNamespace(model=object(), targets=[])  # what fine-tuning hands to `replicated`
+    with distribute.replicated(job, strategy):
+        assert type(job.model) is object
     dataset = tf.data.Dataset.range(3)
     assert distribute.distribute_batches(strategy, dataset) is dataset

@@ -195,12 +195,12 @@ def test_npz_larger_than_free_memory_is_a_resource_error(models, tmp_path, monke
 
 
 def test_out_of_memory_during_the_run_exits_6(models, tmp_path, monkeypatch):
-    import prunecli.run.pipeline
+    import prunecli.run.steps
 
-    def exhausted(_session):
+    def exhausted(*_args):
         raise MemoryError()
 
-    monkeypatch.setattr(prunecli.run.pipeline, "pick_targets", exhausted)
+    monkeypatch.setattr(prunecli.run.steps, "pick_targets", exhausted)
 
     result = _invoke("prune", models / "small.keras", "-o", tmp_path / "out.keras", "-q")
 
@@ -229,12 +229,12 @@ def test_disk_full_while_saving_keeps_the_old_output(models, tmp_path, monkeypat
 
 
 def test_a_bug_is_one_line_without_traceback(models, tmp_path, monkeypatch):
-    import prunecli.run.pipeline
+    import prunecli.run.steps
 
-    def broken(_session):
+    def broken(*_args):
         raise RuntimeError("something unexpected\nwith a second line")
 
-    monkeypatch.setattr(prunecli.run.pipeline, "pick_targets", broken)
+    monkeypatch.setattr(prunecli.run.steps, "pick_targets", broken)
 
     result = _invoke("prune", models / "small.keras", "-o", tmp_path / "out.keras", "-q")
 
@@ -245,12 +245,12 @@ def test_a_bug_is_one_line_without_traceback(models, tmp_path, monkeypatch):
 
 
 def test_ctrl_c_in_process_is_one_line_and_130(models, tmp_path, monkeypatch):
-    import prunecli.run.pipeline
+    import prunecli.run.steps
 
-    def interrupted(_session):
+    def interrupted(*_args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(prunecli.run.pipeline, "pick_targets", interrupted)
+    monkeypatch.setattr(prunecli.run.steps, "pick_targets", interrupted)
 
     result = _invoke("prune", models / "small.keras", "-o", tmp_path / "out.keras")
 

@@ -194,18 +194,26 @@ def test_progress_bar_on_a_terminal():
     "config, fragment",
     [
         ({"schedule": "polynomial"}, "give --epochs >= 1"),
-        ({"schedule": "iterative", "epochs": 2, "schedule_steps": 3}, "needs --epochs >= 3"),
         ({"schedule": "dynamic", "epochs": 2, "threshold": 0.1}, "not --threshold"),
         ({"schedule": "polynomial", "epochs": 2, "granularity": Granularity("nm", 2, 4)}, "use --schedule oneshot"),
         ({"epochs": 2, "data": None}, "needs --data"),
     ],
 )
 def test_impossible_combinations_are_one_line_config_errors(config, fragment):
-    from prunecli.training import finetune
+    from prunecli.config import validate
 
     with pytest.raises(ConfigError, match=fragment):
-        finetune.check_config(PruneConfig(**{"data": "d.npz", **config}))
-    finetune.check_config(PruneConfig())  # no fine-tuning asked: nothing to check
+        validate(PruneConfig(**{"model_path": "m.keras", "data": "d.npz", **config}))
+    validate(PruneConfig(model_path="m.keras"))  # no fine-tuning asked: nothing to check
+
+
+def test_iterative_rounds_are_spread_over_steps_not_epochs():
+    """Any --steps K works with any --epochs: 5 rounds in 2 epochs of 7 steps."""
+    plan = schedules.build("iterative", epochs=2, steps_per_epoch=7, rounds=5)
+    assert plan.update_steps == (0, 2, 5, 8, 11)
+    assert plan.sparsity_at(plan.update_steps[-1], 0.9) == 0.9
+    with pytest.raises(ConfigError, match="needs at least 20 training steps"):
+        schedules.build("iterative", epochs=2, steps_per_epoch=7, rounds=20)
 
 
 def test_optimizer_option_parsing_and_errors():

@@ -16,7 +16,8 @@ import pytest
 
 from prunecli.config import build_config
 from prunecli.outputs.report import Timings
-from prunecli.run import pipeline
+from prunecli.run import steps
+from prunecli.run.state import RunState
 from prunecli.selection import policy, targets
 from prunecli.selection import tied as groups
 from prunecli.structure import surgery
@@ -128,11 +129,8 @@ def _session(model, **settings):
     config = build_config(
         {"model_path": "m.keras", "granularity": "neuron", "sparsity": 0.5, "shrink": True, **settings}
     )
-    s = pipeline.Session(
-        config=config, progress=lambda _m: None, timings=Timings(), model=model, notes=[], metrics={}, extras={}
-    )
-    pipeline.pick_targets(s)
-    return s
+    s = RunState(config=config, model=model, source=None)
+    return s.after(steps.pick_targets(model, config))
 
 
 def _mask_and_shrink(model, monkeypatch=None):
@@ -142,11 +140,14 @@ def _mask_and_shrink(model, monkeypatch=None):
     if monkeypatch is not None:
         monkeypatch.setattr(groups, "select_tied", lambda *_args, **_kw: False)
     s = _session(model)
-    masks = pipeline.score_and_mask(s)
+    s = s.after(steps.mask(s, steps.silent, Timings()))
+    masks = s.masks
     kept = {t.layer_name: int(np.count_nonzero(_units(masks, s.targets, t.layer_name))) for t in s.targets}
     masked = keras.models.clone_model(s.model)
     masked.set_weights(s.model.get_weights())
-    surgery.shrink(s, measure_latency=False)  # raises ShrinkVerificationError if outputs differ
+    s = s.after(  # raises ShrinkVerificationError if outputs differ
+        surgery.shrink(s.model, s.targets, s.masks, None, None, s.config, steps.silent, Timings(), False)
+    )
     if monkeypatch is not None:
         monkeypatch.undo()
     return s, masked, kept
@@ -157,7 +158,7 @@ def test_shrink_removes_every_tied_channel_and_computes_the_masked_function():
     s, masked, kept = _mask_and_shrink(model)
     assert kept["stem"] == kept["branch"] == 4 and kept["a"] + kept["b"] == kept["side"] == 4
     expected = _residual({"stem": 4, "a": kept["a"], "b": kept["b"], "hidden": 8}).count_params()
-    info = s.extras["shrink"]
+    info = s.sections["shrink"]
     assert info["params_after"] == s.model.count_params() == expected < info["params_before"]
     assert info["groups_kept_whole"] == []  # no masked channel left behind
     x = np.random.default_rng(1).standard_normal((8, 8, 8, 3)).astype("float32")
@@ -174,14 +175,14 @@ def test_mobilenetv2_shrinks_well_below_per_layer_masks(monkeypatch):
 
     per_layer, _, _ = _mask_and_shrink(mobilenet(), monkeypatch)
     grouped, masked, _ = _mask_and_shrink(mobilenet())
-    before = per_layer.extras["shrink"]["params_after"]
-    after = grouped.extras["shrink"]["params_after"]
+    before = per_layer.sections["shrink"]["params_after"]
+    after = grouped.sections["shrink"]["params_after"]
     assert after < 0.9 * before  # measured: 84,020 against 101,748 parameters
     stream = masked.get_layer("block_1_project").filters  # block_1 and block_2 add their outputs
     widths = {t.layer_name: t.units for t in grouped.targets}
     assert widths["block_1_project"] == widths["block_2_project"] == stream - round(0.5 * stream)
-    assert sum(g["channels"] for g in grouped.extras["shrink"]["groups_kept_whole"]) < sum(
-        g["channels"] for g in per_layer.extras["shrink"]["groups_kept_whole"]
+    assert sum(g["channels"] for g in grouped.sections["shrink"]["groups_kept_whole"]) < sum(
+        g["channels"] for g in per_layer.sections["shrink"]["groups_kept_whole"]
     )
 
 

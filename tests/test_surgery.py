@@ -11,7 +11,7 @@ import pytest
 
 from prunecli.config import build_config
 from prunecli.outputs.report import Timings
-from prunecli.run.pipeline import Session
+from prunecli.run.state import RunState
 from prunecli.selection import targets
 from prunecli.structure import channels as graph
 from prunecli.structure import surgery
@@ -19,17 +19,15 @@ from prunecli.structure import surgery
 
 def _session(model, path="model.keras", data=None):
     config = build_config({"model_path": str(path), "granularity": "neuron", "sparsity": 0.5, "shrink": True})
-    return Session(
-        config=config,
-        progress=lambda _m: None,
-        timings=Timings(),
-        model=model,
-        data=data,
-        targets=targets.select(model),
-        notes=[],
-        metrics={},
-        extras={},
+    return RunState(config=config, model=model, source=None, data=data, targets=tuple(targets.select(model)))
+
+
+def _shrink(s: RunState, measure_latency: bool = True) -> RunState:
+    """The shrink step on a run state, as the pipeline calls it."""
+    result = surgery.shrink(
+        s.model, s.targets, s.masks, s.data, s.source, s.config, lambda _m: None, Timings(), measure_latency
     )
+    return s.after(result)
 
 
 def _kill(layer, units) -> None:
@@ -78,7 +76,7 @@ def _check_same_function(masked, s, x, tmp_path):
     got = _outputs(s.model, x)
     scale = np.abs(want).max()
     assert np.abs(want - got).max() <= 1e-4 * scale
-    assert s.extras["shrink"]["verification"]["max_rel_diff"] <= 1e-4
+    assert s.sections["shrink"]["verification"]["max_rel_diff"] <= 1e-4
     path = tmp_path / "shrunk.keras"
     s.model.save(path)
     again = keras.saving.load_model(path)
@@ -105,12 +103,12 @@ def test_mlp_removes_dead_neurons_and_folds_their_constant_into_the_next_bias(tm
     masked = keras.models.clone_model(model)
     masked.set_weights(model.get_weights())
     s = _session(model)
-    surgery.shrink(s)
+    s = _shrink(s)
 
     assert s.structure_changed
     assert (_width(s.model, "hidden1"), _width(s.model, "hidden2"), _width(s.model, "out")) == (16, 12, 3)
     assert s.model.get_layer("hidden2").kernel.shape == (16, 12)
-    info = s.extras["shrink"]
+    info = s.sections["shrink"]
     assert info["params_after"] == s.model.count_params() < info["params_before"] == masked.count_params()
     assert info["layers"]["hidden1"] == {"before": 32, "after": 16}
     assert {"batch_1", "batch_64"} <= set(info["latency_ms"]["shrunk"])
@@ -169,7 +167,7 @@ def test_cnn_with_batchnorm_and_flatten(tmp_path):
     masked = keras.models.clone_model(model)
     masked.set_weights(model.get_weights())
     s = _session(model)
-    surgery.shrink(s, measure_latency=False)
+    s = _shrink(s, measure_latency=False)
 
     new = s.model
     assert [_width(new, n) for n in ("conv1", "conv2", "conv3", "dense1", "predictions")] == [6, 8, 4, 8, 10]
@@ -189,7 +187,7 @@ def test_verification_catches_a_wrong_rebuild(monkeypatch):
     monkeypatch.setattr(surgery, "foldable", lambda layer, constant: True)
     s = _session(model)
     with pytest.raises(surgery.ShrinkVerificationError, match="differs from the masked model"):
-        surgery.shrink(s)
+        s = _shrink(s)
     assert not s.structure_changed and s.model is model
 
 
@@ -223,7 +221,7 @@ def test_separable_transpose_depthwise_and_squeeze_excite(tmp_path):
     masked = keras.models.clone_model(model)
     masked.set_weights(model.get_weights())
     s = _session(model)
-    surgery.shrink(s, measure_latency=False)
+    s = _shrink(s, measure_latency=False)
 
     new = s.model
     widths = [_width(new, n) for n in ("sep", "pre_se", "se_down", "se_up", "post", "out")]
@@ -231,7 +229,7 @@ def test_separable_transpose_depthwise_and_squeeze_excite(tmp_path):
     assert new.get_layer("tconv").kernel.shape == (3, 3, 7, 6)  # transposed kernel: (h, w, out, in)
     assert new.get_layer("dw").kernel.shape == (3, 3, 7, 1) and new.get_layer("prelu").alpha.shape == (7, 7, 7)
     assert new.get_layer("se_shape").target_shape == (1, 1, 7)
-    kept = {tuple(gr["layers"]): gr["channels"] for gr in s.extras["shrink"]["groups_kept_whole"]}
+    kept = {tuple(gr["layers"]): gr["channels"] for gr in s.sections["shrink"]["groups_kept_whole"]}
     assert kept[("pre_se", "se_up")] == 1
     x = np.random.default_rng(4).standard_normal((8, 9, 9, 3)).astype("float32")
     _check_same_function(masked, s, x, tmp_path)
@@ -256,7 +254,7 @@ def test_conv1d_constant_folds_through_valid_padding(tmp_path):
     masked = keras.models.clone_model(model)
     masked.set_weights(model.get_weights())
     s = _session(model)
-    surgery.shrink(s, measure_latency=False)
+    s = _shrink(s, measure_latency=False)
     assert s.model.get_layer("c2").kernel.shape == (3, 4, 5)
     x = np.random.default_rng(5).standard_normal((8, 12, 2)).astype("float32")
     _check_same_function(masked, s, x, tmp_path)
@@ -316,14 +314,14 @@ def test_functional_residual_add_concatenate_and_shared_layer(tmp_path):
     masked = keras.models.clone_model(model)
     masked.set_weights(model.get_weights())
     s = _session(model)
-    surgery.shrink(s, measure_latency=False)
+    s = _shrink(s, measure_latency=False)
 
     new = s.model
     assert [_width(new, n) for n in ("stem", "branch", "side", "mix", "shared", "out")] == [5, 5, 4, 9, 7, 4]
     assert new.get_layer("mix").kernel.shape == (1, 1, 9, 9)  # 5 residual + 4 side channels in, 9 out
     assert new.get_layer("out").kernel.shape == (14, 4)  # both calls of the shared layer lost the same units
     assert not new.get_layer("mix").use_bias  # the constants went into mix_bn's moving mean instead
-    kept = {tuple(gr["layers"]): gr for gr in s.extras["shrink"]["groups_kept_whole"]}
+    kept = {tuple(gr["layers"]): gr for gr in s.sections["shrink"]["groups_kept_whole"]}
     assert kept[("branch", "stem")]["channels"] == 2 and "every member" in kept[("branch", "stem")]["reason"]
     x = np.random.default_rng(2).standard_normal((16, 8, 8, 3)).astype("float32")
     _check_same_function(masked, s, x, tmp_path)
@@ -346,9 +344,9 @@ def test_mobilenetv2_shrinks_and_reloads(tmp_path):
     masked = keras.models.clone_model(model)
     masked.set_weights(model.get_weights())
     s = _session(model)
-    surgery.shrink(s, measure_latency=False)
+    s = _shrink(s, measure_latency=False)
 
-    info = s.extras["shrink"]
+    info = s.sections["shrink"]
     assert info["params_after"] < 0.8 * info["params_before"] and "latency_ms" not in info
     assert _width(s.model, "predictions") == 10
     assert info["groups_kept_whole"]  # residual streams keep channels dead in only some blocks
@@ -371,7 +369,7 @@ def test_nested_model_is_left_whole_and_subclassed_model_is_skipped():
         _kill(model.get_layer(name), [0, 1])
     _kill(inner.get_layer("inner_dense"), [0])
     s = _session(model)
-    surgery.shrink(s, measure_latency=False)
+    s = _shrink(s, measure_latency=False)
     assert [_width(s.model, n) for n in ("first", "before", "after")] == [6, 6, 2]  # 'before' feeds the nested model
     assert s.model.get_layer("inner").get_layer("inner_dense").kernel.shape == (6, 5)
     assert any("inner" in n and "stay masked" in n for n in s.notes)
@@ -387,7 +385,7 @@ def test_nested_model_is_left_whole_and_subclassed_model_is_skipped():
     sub = Sub()
     sub(np.zeros((1, 4), "float32"))
     s = _session(sub)
-    surgery.shrink(s, measure_latency=False)
+    s = _shrink(s, measure_latency=False)
     assert s.model is sub and not s.structure_changed
     assert any(n.startswith("shrink skipped") for n in s.notes)
 

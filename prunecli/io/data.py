@@ -60,11 +60,22 @@ class Data:
 
 def load(path: str, model, batch_size: int = 64, val_split: float = 0.0, seed: int = 0) -> Data:
     """Read the data and return train/eval pipelines checked against the model."""
+    p = Path(path)
+    if not p.exists() and not any(ch in str(path) for ch in "*?["):
+        raise DataError(f"data file not found: {p}")
+    if _is_multi(model) and not (p.suffix == ".npz" and p.is_file()):
+        inputs, outputs = io_names(model)
+        raise DataError(
+            f"{p}: a model with inputs {inputs} and outputs {outputs} reads its data from one .npz "
+            "(x_NAME per input, y_NAME per output; see README, Data)"
+        )
     if any(ch in str(path) for ch in "*?["):
         return _load_tfrecord(str(path), model, batch_size, val_split, seed)
-    p = Path(path)
     if not p.exists():
         raise DataError(f"data file not found: {p}")
+    from prunecli.io.paths import check_readable
+
+    check_readable(p, "data file", DataError)  # a FIFO would block, /dev/zero never ends
     if p.is_dir():
         if _tfrecord_files(p):
             return _load_tfrecord(str(p), model, batch_size, val_split, seed)
@@ -109,9 +120,67 @@ def check_labels(model, y, path) -> None:
         return
     if y.ndim >= 2 and y.shape[-1] not in (1, classes):
         raise DataError(f"{path}: labels have {y.shape[-1]} columns but the model outputs {classes}")
-    if y.ndim == 1 and classes > 1 and y.dtype.kind in "iu":
-        if y.min() < 0 or y.max() >= classes:
-            raise DataError(f"{path}: labels range {y.min()}..{y.max()} but the model has {classes} classes")
+    if (y.ndim == 1 or (y.ndim == 2 and y.shape[-1] == 1 and classes > 1)) and classes > 1 and y.dtype.kind in "iuf":
+        import numpy as np
+
+        flat = np.asarray(y).reshape(-1)
+        if y.dtype.kind == "f":
+            if not np.isfinite(flat).all():
+                raise DataError(f"{path}: labels contain NaN or Inf")
+            if not (flat == np.round(flat)).all():
+                raise DataError(
+                    f"{path}: class labels must be whole numbers 0..{classes - 1}, got {flat[flat != np.round(flat)][0]:g}"
+                )
+        if flat.min() < 0 or flat.max() >= classes:
+            raise DataError(f"{path}: labels range {flat.min():g}..{flat.max():g} but the model has {classes} classes")
+
+
+def _loss_name(model, output: int | None = None) -> str:
+    """The compiled loss's normalised name (of output number `output` for several outputs), or ""."""
+    loss = getattr(model, "loss", None)
+    if output is not None:
+        _inputs, names = io_names(model)
+        if isinstance(loss, dict):
+            loss = loss.get(names[output])
+        elif isinstance(loss, (list, tuple)):
+            loss = loss[output] if output < len(loss) else None
+    if isinstance(loss, (list, tuple, dict)) or loss is None:
+        return ""
+    name = (
+        loss
+        if isinstance(loss, str)
+        else (getattr(loss, "name", None) or getattr(loss, "__name__", None) or type(loss).__name__)
+    )
+    return str(name).lower().replace("_", "")
+
+
+def labels_for_model(model, y, path):
+    """Both label forms Keras users use, fitted to the loss the model was compiled with: one-hot rows
+    for a sparse loss become class numbers, class numbers for a categorical loss become one-hot rows.
+    Soft labels (probabilities) for a sparse loss cannot be converted: one line says so."""
+
+    return _fit_labels(_output_classes(model), _loss_name(model), y, path)
+
+
+def _fit_labels(classes, loss: str, y, path):
+    import numpy as np
+
+    if not classes or classes < 2 or len(y) == 0:
+        return y
+    if loss.startswith("sparsecategorical") and y.ndim == 2 and y.shape[-1] == classes:
+        arr = np.asarray(y)
+        if not (np.isin(arr, (0, 1)).all() and (arr.sum(axis=-1) == 1).all()):
+            raise DataError(
+                f"{path}: labels are {classes} columns of probabilities but the model's loss "
+                "(sparse categorical) takes class numbers; give y as integers 0..{classes - 1} or one-hot rows"
+            )
+        return arr.argmax(axis=-1).astype(np.int32)
+    if loss in ("categoricalcrossentropy", "categoricalfocalcrossentropy") and y.ndim == 1:
+        arr = np.asarray(y).astype(np.int64)
+        return np.eye(classes, dtype=np.float32)[arr]
+    if y.dtype.kind == "f" and y.ndim == 1 and not loss.startswith(("categorical", "binary", "mse", "mae", "mean")):
+        return np.asarray(y).astype(np.int32)  # whole-number float class labels (checked by check_labels)
+    return y
 
 
 def check_shapes(model, x, y, path) -> None:
@@ -127,6 +196,71 @@ def check_shapes(model, x, y, path) -> None:
 def _check_numeric(x, y, path) -> None:
     if x.dtype.kind not in "fiub" or y.dtype.kind not in "fiub":
         raise DataError(f"{path}: x and y must be numeric arrays")
+    if x.ndim == 0 or y.ndim == 0:
+        which = "x" if x.ndim == 0 else "y"
+        raise DataError(f"{path}: {which} is a single number (0-d); it needs one row per example")
+
+
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _as_float32(x, path):
+    """Inputs as float32; values beyond float32's range are an error (not a NaN/Inf after the cast,
+    and not NumPy's overflow warnings on the terminal)."""
+    import numpy as np
+
+    if x.dtype == np.float32:
+        return x
+    if x.dtype.kind == "f" and x.dtype.itemsize > 4 and len(x):
+        with np.errstate(all="ignore"):
+            finite = np.isfinite(x)
+            if finite.all() and np.abs(x).max() > FLOAT32_MAX:
+                raise DataError(f"{path}: inputs exceed the float32 range (largest |x| is {np.abs(x).max():.3g})")
+    with np.errstate(all="ignore"):
+        return x.astype(np.float32)
+
+
+def _check_label_values(y, path) -> None:
+    import numpy as np
+
+    if y.dtype.kind == "f" and len(y):
+        for start in range(0, len(y), FINITE_CHECK_ROWS):
+            if not np.isfinite(y[start : start + FINITE_CHECK_ROWS]).all():
+                raise DataError(f"{path}: labels contain NaN or Inf")
+
+
+def read_feature_names(path) -> list[str]:
+    """--feature-names: one name per line, UTF-8; a special file or undecodable text is one clear line."""
+    import stat
+
+    from prunecli.errors import ConfigError
+    from prunecli.io.paths import shown
+
+    p = Path(path)
+    try:
+        st = p.stat()
+    except (OSError, ValueError):
+        raise ConfigError(f"--feature-names file not found: {shown(p)}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"--feature-names {shown(p)} is not a regular file")
+    if st.st_size > 64 * 2**20:
+        raise ConfigError(f"--feature-names {shown(p)} is larger than 64 MiB")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"--feature-names {shown(p)} is not UTF-8 text (byte {exc.start})") from exc
+    except OSError as exc:
+        raise DataError(f"cannot read --feature-names {shown(p)}: {exc.strerror or exc}") from exc
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _feature_names(arrays: dict, path) -> list[str] | None:
+    if "feature_names" not in arrays:
+        return None
+    names = arrays["feature_names"]
+    if names.ndim != 1 or names.dtype.kind not in "USiu":
+        raise DataError(f"{path}: feature_names must be a 1-d array of names, got shape {names.shape} ({names.dtype})")
+    return [str(n) for n in names]
 
 
 def _check_finite(x, path) -> None:
@@ -136,8 +270,11 @@ def _check_finite(x, path) -> None:
     if x.dtype.kind != "f":
         return
     for start in range(0, len(x), FINITE_CHECK_ROWS):
-        if not np.isfinite(x[start : start + FINITE_CHECK_ROWS]).all():
+        chunk = x[start : start + FINITE_CHECK_ROWS]
+        if not np.isfinite(chunk).all():
             raise DataError(f"{path}: inputs contain NaN or Inf")
+        if x.dtype.itemsize > 4 and len(chunk) and np.abs(chunk).max() > FLOAT32_MAX:
+            raise DataError(f"{path}: inputs exceed the float32 range (largest |x| is {np.abs(chunk).max():.3g})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,20 +326,147 @@ def _pick(arrays: dict, path: Path):
     raise DataError(f"{path} needs arrays x and y (or x_train/y_train and x_test/y_test); found: {sorted(arrays)}")
 
 
-def _load_npz(p: Path, model, batch_size: int, val_split: float, seed: int) -> Data:
+def io_names(model) -> tuple[list[str], list[str]]:
+    """The model's input names (its Input layers) and output names, in order."""
+    inputs = [str(t.name) for t in getattr(model, "inputs", None) or []]
+    outputs = [str(n) for n in getattr(model, "output_names", None) or []]
+    return inputs, outputs
+
+
+def _is_multi(model) -> bool:
+    inputs, outputs = io_names(model)
+    return len(inputs) > 1 or len(outputs) > 1
+
+
+def _keyed(arrays: dict, base: str, names: list[str]):
+    """`base` (one name) or `base_NAME` / `base/NAME` for each name; None when the base is absent."""
+    if len(names) <= 1 and base in arrays:
+        return [arrays[base]]
+    found = []
+    for name in names:
+        key = next((k for k in (f"{base}_{name}", f"{base}/{name}") if k in arrays), None)
+        if key is None:
+            return None if not found else found + [None]
+        found.append(arrays[key])
+    return found
+
+
+def _multi_pick(arrays: dict, inputs: list[str], outputs: list[str], path):
+    """(train, eval, val) as (list of x arrays, list of y arrays) for a multi-input/-output model."""
+
+    def pair(split):
+        xs, ys = _keyed(arrays, f"x{split}", inputs), _keyed(arrays, f"y{split}", outputs)
+        if xs is None and ys is None:
+            return None
+        if xs is None or ys is None or any(a is None for a in [*xs, *ys]):
+            want = [f"x{split}_{n}" for n in inputs] if len(inputs) > 1 else [f"x{split}"]
+            want += [f"y{split}_{n}" for n in outputs] if len(outputs) > 1 else [f"y{split}"]
+            raise DataError(
+                f"{path}: the model has inputs {inputs} and outputs {outputs}; the .npz needs arrays "
+                f"{', '.join(want)} (or NAME/... keys); found: {sorted(arrays)}"
+            )
+        return xs, ys
+
+    train = pair("_train") or pair("")
+    if train is None:
+        pair("")  # raises with the names it needs
+        raise DataError(f"{path}: no x/y arrays for the model's inputs {inputs} and outputs {outputs}")
+    test, val = pair("_test"), pair("_val")
+    return (train, test, val) if test else (train, val, None)
+
+
+def _check_multi(model, xs, ys, path):
+    """Each input and each output checked like a single one; all with the same number of rows."""
     import numpy as np
 
+    inputs, outputs = io_names(model)
+    rows = {len(a) if a.ndim else -1 for a in [*xs, *ys]}
+    for name, a in zip(inputs, xs, strict=True):
+        _check_numeric(a, np.zeros(1), path)
+        want = tuple(model.inputs[inputs.index(name)].shape[1:])
+        got = tuple(a.shape[1:])
+        if not (len(got) == len(want) and all(w is None or w == g for w, g in zip(want, got, strict=True))):
+            raise DataError(f"{path}: input {name!r} has shape {got} per example but the model expects {want}")
+    if len(rows) != 1:
+        raise DataError(f"{path}: the inputs and labels have different numbers of rows: {sorted(rows)}")
+    if rows == {0}:
+        raise DataError(f"{path}: the dataset is empty")
+    xs = [_as_float32(a, path) for a in xs]
+    for a in xs:
+        _check_finite(a, path)
+    fixed = []
+    for i, y in enumerate(ys):
+        _check_numeric(np.zeros(1), y, path)
+        _check_label_values(y, path)
+        classes = model.outputs[i].shape[-1]
+        if classes is not None and y.ndim >= 2 and y.shape[-1] not in (1, classes):
+            raise DataError(f"{path}: labels of output {outputs[i]!r} have {y.shape[-1]} columns but it has {classes}")
+        if classes and classes > 1 and y.ndim == 1:
+            flat = y.astype(np.float64)
+            if (flat != np.round(flat)).any() or flat.min() < 0 or flat.max() >= classes:
+                raise DataError(f"{path}: labels of output {outputs[i]!r} must be classes 0..{classes - 1}")
+            y = y.astype(np.int32)
+        fixed.append(_fit_labels(classes, _loss_name(model, i), y, path))
+    return xs, fixed
+
+
+def _structure(model, xs, ys):
+    """x as {input name: array} (Keras matches them by name), y as one array or a tuple in output order."""
+    inputs, _outputs = io_names(model)
+    return dict(zip(inputs, xs, strict=True)), (ys[0] if len(ys) == 1 else tuple(ys))
+
+
+def _take(struct, idx):
+    import tensorflow as tf
+
+    return tf.nest.map_structure(lambda a: a[idx], struct)
+
+
+def _rows(struct) -> int:
+    import tensorflow as tf
+
+    return len(tf.nest.flatten(struct)[0])
+
+
+def _load_npz_multi(p: Path, arrays: dict, model, batch_size: int, val_split: float, seed: int) -> Data:
+    inputs, outputs = io_names(model)
+    train, evaluation, val = _multi_pick(arrays, inputs, outputs, p)
+    sets = {}
+    for key, pair in (("train", train), ("eval", evaluation), ("val", val)):
+        sets[key] = None if pair is None else _structure(model, *_check_multi(model, *pair, p))
+    parts = _split_indices(_rows(sets["train"][0]), sets, val_split, seed)
+    for key, idx in parts.items():
+        sets[key] = (_take(sets["train"][0], idx), _take(sets["train"][1], idx))
+    ex, ey = sets["eval"] or sets["train"]
+    return Data(
+        train=_batched(*sets["train"], batch_size, shuffle_seed=seed),
+        eval=_batched(ex, ey, batch_size),
+        n_train=_rows(sets["train"][0]),
+        n_eval=_rows(ex),
+        y_example=_take(ey, slice(0, 256)),
+        source=str(p),
+        feature_names=_feature_names(arrays, p),
+        val=None if sets["val"] is None else _batched(*sets["val"], batch_size),
+        eval_held_out=sets["eval"] is not None,
+    )
+
+
+def _load_npz(p: Path, model, batch_size: int, val_split: float, seed: int) -> Data:
     arrays = _read_npz(p)
+    if _is_multi(model):
+        return _load_npz_multi(p, arrays, model, batch_size, val_split, seed)
     train, evaluation, val = _pick(arrays, p)
-    names = [str(n) for n in arrays["feature_names"]] if "feature_names" in arrays else None
+    names = _feature_names(arrays, p)
     sets = {"train": train, "eval": evaluation, "val": val}
     for key, pair in sets.items():
         if pair is not None:
             _check_numeric(*pair, p)
             x, y = pair
-            sets[key] = (x if x.dtype == np.float32 else x.astype(np.float32), y)
+            _check_label_values(y, p)
+            sets[key] = (_as_float32(x, p), y)
             check_shapes(model, *sets[key], p)
             _check_finite(sets[key][0], p)
+            sets[key] = (sets[key][0], labels_for_model(model, sets[key][1], p))
     parts = _split_indices(len(sets["train"][0]), sets, val_split, seed)
     train_x, train_y = sets["train"]
     take = {k: (train_x[idx], train_y[idx]) for k, idx in parts.items()}
@@ -241,7 +505,7 @@ def _batched(x, y, batch_size: int, shuffle_seed: int | None = None):
 
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle_seed is not None:
-        ds = ds.shuffle(min(len(x), SHUFFLE_BUFFER), seed=shuffle_seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(min(_rows(x), SHUFFLE_BUFFER), seed=shuffle_seed, reshuffle_each_iteration=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
@@ -258,9 +522,28 @@ def npy_partner(path: Path, old: str, new: str) -> Path | None:
     return path.with_name("".join(parts) + path.suffix)
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
 def _open_npy(path: Path):
+    import stat
+
     import numpy as np
 
+    from prunecli.io.paths import shown
+
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise DataError(f"{shown(path)} is not a regular file")
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+    except OSError as exc:
+        raise DataError(f"{shown(path)} is not a readable .npy file ({exc.strerror or exc})") from exc
+    if head.startswith(b"PK\x03\x04"):
+        raise DataError(f"{shown(path)} is an .npz archive, not an .npy array; rename it to .npz")
+    if head != NPY_MAGIC:
+        raise DataError(f"{shown(path)} is not an .npy file (no NumPy header)")
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
@@ -280,6 +563,7 @@ def _npy_set(x_path: Path):
         raise DataError(f"{x_path}: labels file {y_path.name} not found beside it")
     x, y = _open_npy(x_path), _open_npy(y_path)
     _check_numeric(x, y, x_path)
+    _check_label_values(y, x_path)
     return x, y
 
 
@@ -381,8 +665,11 @@ def read_spec(path: Path | None) -> dict:
     unknown = set(spec) - {"x", "y", "scale", "compression", "eval"}
     if unknown:
         raise DataError(f"data spec {path}: unknown key {sorted(unknown)[0]!r} (use x, y, scale, compression, eval)")
-    if "scale" in spec and not isinstance(spec["scale"], (int, float)):
-        raise DataError(f"data spec {path}: scale must be a number, got {spec['scale']!r}")
+    scale = spec.get("scale")
+    if "scale" in spec and (
+        isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale == 0
+    ):
+        raise DataError(f"data spec {path}: scale must be a finite non-zero number, got {scale!r}")
     return spec
 
 
@@ -630,7 +917,12 @@ def _load_tfrecord(path: str, model, batch_size: int, val_split: float, seed: in
     train = pipeline(train_records, n_train, shuffle=True)
     held_ds = None if held is None else pipeline(held, n_held, shuffle=False)
     if eval_files:
-        n_eval = _count(records(eval_files))
+        try:
+            n_eval = _count(records(eval_files))
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as exc:
+            raise DataError(f"{spec['eval']}: not a readable TFRecord file ({compression or 'uncompressed'})") from exc
+        if n_eval == 0:
+            raise DataError(f"{spec['eval']}: the evaluation records are empty")
         evaluation, val = pipeline(records(eval_files), n_eval, shuffle=False), held_ds
     elif held_ds is not None:
         evaluation, val, n_eval = held_ds, None, n_held

@@ -27,20 +27,11 @@ import warnings
 import zlib
 from pathlib import Path
 
-from prunecli.errors import ConfigError, OutputError
+from prunecli.errors import OutputError
+from prunecli.results import StepResult
 
-FORMATS = ("tflite", "tflite-int8", "savedmodel")
 SAMPLE_COUNT = 256  # inputs used to compare the exported model with the Keras model
 CALIBRATION_SAMPLES = 512  # training inputs that calibrate int8 ranges
-
-
-def check_formats(config) -> None:
-    """Fail before any work when an export cannot be done; cheap and TF-free, so config validation may call it."""
-    unknown = [f for f in config.export if f not in FORMATS]
-    if unknown:
-        raise ConfigError(f"unknown export format {unknown[0]!r}; choose from: {', '.join(FORMATS)}")
-    if "tflite-int8" in config.export and not config.data:
-        raise ConfigError("--export tflite-int8 needs --data (training batches calibrate the int8 ranges)")
 
 
 def export_paths(out: Path) -> dict[str, Path]:
@@ -52,27 +43,27 @@ def export_paths(out: Path) -> dict[str, Path]:
     }
 
 
-def run(session, out_path: Path) -> dict:
-    """Write every format in `session.config.export`; their sizes and output checks go to `session.extras`."""
+def run(model, out_path: Path, data, config, progress, timings) -> StepResult:
+    """Write every format in `config.export` beside the output model; the report's `export` section
+    has each file's sizes and how closely its outputs match the Keras model's."""
     from prunecli.io.models import file_sizes
 
-    check_formats(session.config)
-    formats = list(dict.fromkeys(session.config.export))
+    formats = list(dict.fromkeys(config.export))
     paths = export_paths(Path(out_path))
     results: dict[str, dict] = {}
-    with session.timings.phase("export"), _staging_dir(paths["savedmodel"].parent) as stage:
+    with timings.phase("export"), _staging_dir(paths["savedmodel"].parent) as stage:
         saved = stage / "savedmodel"
-        session.progress("exporting SavedModel")
-        write_savedmodel(session.model, saved)
-        samples, sample_source = sample_inputs(session, SAMPLE_COUNT)
-        expected = _keras_outputs(session.model, samples)
-        input_names = [str(getattr(t, "name", "")) for t in session.model.inputs]
-        try_sparse = zero_fraction(session.model) > 0
+        progress("exporting SavedModel")
+        write_savedmodel(model, saved)
+        samples, sample_source = sample_inputs(model, data, config.seed, SAMPLE_COUNT)
+        expected = _keras_outputs(model, samples)
+        input_names = [str(getattr(t, "name", "")) for t in model.inputs]
+        try_sparse = zero_fraction(model) > 0
         for fmt in formats:
             if fmt == "savedmodel":
                 continue
-            session.progress(f"converting to {fmt}")
-            calibration = calibration_batches(session.data.train) if fmt == "tflite-int8" else None
+            progress(f"converting to {fmt}")
+            calibration = calibration_batches(data.train) if fmt == "tflite-int8" else None
             content, encoding = convert_tflite(saved, calibration, try_sparse)
             with _writing(paths[fmt]), _atomic_file(paths[fmt]) as tmp:
                 tmp.write_bytes(content)
@@ -88,8 +79,7 @@ def run(session, out_path: Path) -> dict:
                 **check,
                 "sample_source": sample_source,
             }
-    session.extras["export"] = {fmt: results[fmt] for fmt in formats}
-    return session.extras["export"]
+    return StepResult(sections={"export": {fmt: results[fmt] for fmt in formats}})
 
 
 # ---------------------------------------------------------------- writing
@@ -267,21 +257,21 @@ def zero_fraction(model) -> float:
     return zeros / total if total else 0.0
 
 
-def sample_inputs(session, count: int):
+def sample_inputs(model, data, seed: int, count: int):
     """(list of input arrays, source): evaluation inputs from --data, else seeded random inputs."""
     import numpy as np
 
-    if session.data is not None:
+    if data is not None:
         chunks, seen = [], 0
-        for x, _y in session.data.eval:
+        for x, _y in data.eval:
             chunks.append(np.asarray(x))
             seen += len(chunks[-1])
             if seen >= count:
                 break
         return [np.concatenate(chunks)[:count]], "data"
-    rng = np.random.default_rng(session.config.seed)
+    rng = np.random.default_rng(seed)
     arrays = []
-    for spec in session.model.inputs:
+    for spec in model.inputs:
         shape = [count] + [d if d is not None else 1 for d in spec.shape[1:]]
         if "int" in str(spec.dtype):
             arrays.append(rng.integers(0, 2, size=shape).astype(str(spec.dtype)))

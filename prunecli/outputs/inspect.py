@@ -59,7 +59,9 @@ class Inspection:
 
 
 def _children(layer) -> list:
-    return list(layer._flatten_layers(include_self=False, recursive=False))
+    from prunecli.structure.keras_graph import children
+
+    return children(layer)
 
 
 def _why_not(layer, variable) -> str:
@@ -85,7 +87,7 @@ def inspect_model(path: str, include=(), exclude=()) -> Inspection:
     import numpy as np
 
     from prunecli.io import models as model_io
-    from prunecli.run.pipeline import quiet_tensorflow
+    from prunecli.runtime import quiet_tensorflow
     from prunecli.selection import targets
 
     quiet_tensorflow()

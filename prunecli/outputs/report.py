@@ -61,14 +61,35 @@ class Report:
         return d
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=False, default=str)
+        """Always valid JSON (RFC 8259): a NaN or infinite number is written as null (Python's json
+        would write bare NaN/Infinity, which jq and most parsers reject)."""
+        return json.dumps(json_safe(self.to_dict()), indent=2, sort_keys=False, allow_nan=False)
 
     def write_json(self, path: str | Path) -> None:
-        from prunecli.io.models import atomic_path
+        """Atomically to a file; in place to a FIFO or device; '-' is stdout (io.paths.write_text)."""
+        from prunecli.io.paths import write_text
 
-        target = Path(path)
-        with atomic_path(target) as tmp:
-            tmp.write_text(self.to_json() + "\n", encoding="utf-8")
+        write_text(path, self.to_json() + "\n")
+
+
+def json_safe(value: Any) -> Any:
+    """A structure json.dumps(allow_nan=False) accepts: non-finite floats become None, NumPy scalars
+    and arrays plain numbers and lists, anything else unknown its str()."""
+    import math
+
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "tolist") and callable(value.tolist):  # NumPy scalar or array
+        return json_safe(value.tolist())
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
 
 
 def layer_stats(targets, requested: dict) -> list[LayerStat]:
@@ -274,13 +295,11 @@ def render_markdown(report: Report) -> str:
 
 
 def write_markdown(report: Report, path: str | Path) -> None:
-    """Write render_markdown(report) atomically."""
+    """Write render_markdown(report): atomically, or in place to a FIFO/device (io.paths.write_text)."""
     from prunecli.errors import OutputError
-    from prunecli.io.models import atomic_path
+    from prunecli.io.paths import shown, write_text
 
-    target = Path(path)
     try:
-        with atomic_path(target) as tmp:
-            tmp.write_text(render_markdown(report), encoding="utf-8")
+        write_text(path, render_markdown(report))
     except OSError as exc:
-        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from exc
+        raise OutputError(f"cannot write {shown(path)}: {exc.strerror or exc}") from exc

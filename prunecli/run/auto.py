@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 from prunecli.config import LayerOverride, PruneConfig
 from prunecli.errors import ConfigError
+from prunecli.outputs.report import Timings
+from prunecli.run import pipeline, sweep
 from prunecli.selection.targets import matches
 
 GRID = (0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
@@ -151,26 +153,24 @@ def _fixed_layers(groups: dict, config: PruneConfig) -> dict[str, float]:
 
 def plan(config: PruneConfig, progress=None, grid=None, probes: int | None = None) -> AutoPlan:
     """Measure per-layer sensitivity, choose per-layer sparsities and verify them together."""
-    from prunecli.run import sweep
-
     grid, probes = grid or GRID, PROBES if probes is None else probes
 
     say = progress or (lambda _msg: None)
     base = config.replace(auto=False, epochs=0, schedule="oneshot", scope="layer")
-    s = sweep.open_session(base, say)
-    before = s.metrics["before"]
+    state = sweep.open_session(base, say)
+    before = state.metrics["before"]
     if before.get("accuracy") is None:
         raise ConfigError("--auto needs an accuracy to budget; this model's task has none (regression?)")
-    s.progress = lambda _msg: None
-    targets = list(s.targets)
+    targets = list(state.targets)
+    timings = Timings()
     groups = sweep.layers_of(targets)
     fixed = _fixed_layers(groups, config)
     free = {n: g for n, g in groups.items() if n not in fixed}
     if not free:
         raise ConfigError("--auto: every layer's sparsity is fixed by an override; nothing to choose")
     sizes = {n: sum(t.size for t in g) for n, g in groups.items()}
-    snapshot = sweep.Snapshot(s.model, targets, whole_model=False)
-    points = sweep.layer_sensitivity(s, [t for g in free.values() for t in g], grid, base, snapshot, say)
+    snapshot = sweep.Snapshot(state.model, targets, whole_model=False)
+    points = sweep.layer_sensitivity(state, [t for g in free.values() for t in g], grid, base, snapshot, timings, say)
     solo = {n: [] for n in free}
     for p in points:
         after = p.after_pruning or {}
@@ -182,7 +182,9 @@ def plan(config: PruneConfig, progress=None, grid=None, probes: int | None = Non
     probed: list[dict] = []
 
     def combined_drop(alloc: dict[str, float]) -> float:
-        metrics = sweep.prune_point(s, base.replace(overrides=tuple(config.overrides) + overrides_for(alloc)), targets)
+        metrics, _notes = sweep.prune_point(
+            state, base.replace(overrides=tuple(config.overrides) + overrides_for(alloc)), targets, timings
+        )
         snapshot.restore()
         accuracy = metrics["after_pruning"].get("accuracy")
         drop = 1.0 if accuracy is None else before["accuracy"] - accuracy
@@ -233,13 +235,11 @@ def prune(config: PruneConfig, progress=None, grid=None, probes: int | None = No
     """Plan the per-layer sparsities, then run the ordinary pipeline with them as overrides."""
     import time
 
-    from prunecli.run.pipeline import prune as run_pipeline
-
     start = time.perf_counter()
     chosen = plan(config, progress, grid, probes)
     elapsed = time.perf_counter() - start
     overrides = tuple(o for o in config.overrides if o.skip) + chosen.overrides()
-    result = run_pipeline(config.replace(scope="layer", overrides=overrides), progress)
+    result = pipeline.prune(config.replace(scope="layer", overrides=overrides), progress)
     report = result.report
     report.extra["auto"] = chosen.to_dict()
     report.notes.extend(chosen.notes)

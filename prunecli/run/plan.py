@@ -12,17 +12,19 @@ from __future__ import annotations
 from typing import Any
 
 from prunecli.errors import ConfigError
+from prunecli.outputs.report import Timings
+from prunecli.results import StepResult
+from prunecli.run import steps
+from prunecli.runtime import quiet_tensorflow
 
 
 def _layer_rows(model) -> dict[str, dict[str, Any]]:
     """Per layer call with weights: class, parameters, non-zeros, live units, multiply-adds."""
     import numpy as np
 
-    from prunecli.selection import targets
-    from prunecli.structure import flops
+    from prunecli.structure import flops, layers
 
     found = flops.calls(model) or []
-    units_axis = {cls: axis for cls, specs in targets.PRUNABLE.items() for _attr, axis in specs[-1:]}
     rows = {}
     for path, layer, ins, outs in found:
         weights = [np.asarray(w) for w in layer.weights]
@@ -36,7 +38,7 @@ def _layer_rows(model) -> dict[str, dict[str, Any]]:
             "macs": dense,
             "nonzero_macs": nonzero,
         }
-        axis = units_axis.get(row["class"])
+        axis = layers.unit_axis(layer)
         kernels = [w for w in weights if w.ndim >= 2]
         if axis is not None and kernels:
             kernel = np.moveaxis(kernels[-1], axis, -1).reshape(-1, kernels[-1].shape[axis])
@@ -77,38 +79,41 @@ def _groups(model) -> list[list[str]] | None:
 
 def make_plan(config, progress=None) -> dict[str, Any]:
     """Decide what `prune` would remove with `config`, in memory only, and describe it."""
-    from prunecli.outputs.report import Timings
-    from prunecli.run.pipeline import Session, load_model_and_data, pick_targets, quiet_tensorflow, score_and_mask
-
     if config.engine != "native":
         raise ConfigError("plan covers the native engine; drop --engine tfmot")
     quiet_tensorflow()
-    s = Session(
-        config=config, progress=progress or (lambda _msg: None), timings=Timings(), notes=[], metrics={}, extras={}
-    )
-    load_model_and_data(s)
-    before_rows = _layer_rows(s.model)
-    before = _totals(s.model)
-    groups = _groups(s.model) if config.granularity.kind == "neuron" else None
-    pick_targets(s)
+    say, timings = progress or steps.silent, Timings()
+    state, _sizes = steps.load(config.replace(sizes=False), say, timings)
+    before_rows = _layer_rows(state.model)
+    before = _totals(state.model)
+    groups = _groups(state.model) if config.granularity.kind == "neuron" else None
+    state = state.after(steps.pick_targets(state.model, config))
     kind = config.granularity.kind
     if kind == "input":
-        from prunecli.structure import features as feature_pruning
+        from prunecli.structure import features
 
-        feature_pruning.run(s)
+        state = state.after(features.run(state.model, state.data, state.task, config, say, timings))
     elif kind == "layer":
-        from prunecli.structure import layer_removal as layer_pruning
+        from prunecli.structure import layer_removal
 
-        layer_pruning.run(s)
+        state = state.after(layer_removal.run(state.model, state.data, state.task, config, say, timings))
     else:
         if config.schedule != "oneshot":
-            s.notes.append(f"--schedule {config.schedule} prunes while training; shown: one shot at the final sparsity")
-        score_and_mask(s)
+            state = state.after(
+                StepResult(
+                    notes=(
+                        f"--schedule {config.schedule} prunes while training; shown: one shot at the final sparsity",
+                    )
+                )
+            )
+        state = state.after(steps.mask(state, say, timings))
         if config.shrink:
             from prunecli.structure import surgery
 
-            surgery.shrink(s)
-    after_rows = _layer_rows(s.model)
+            state = state.after(
+                surgery.shrink(state.model, state.targets, state.masks, state.data, state.source, config, say, timings)
+            )
+    after_rows = _layer_rows(state.model)
     layers = []
     for name in list(before_rows) + [n for n in after_rows if n not in before_rows]:
         b, a = before_rows.get(name), after_rows.get(name)
@@ -122,15 +127,15 @@ def make_plan(config, progress=None) -> dict[str, Any]:
         "granularity": str(config.granularity),
         "method": config.method,
         "before": before,
-        "after": _totals(s.model),
+        "after": _totals(state.model),
         "layers": layers,
-        "notes": s.notes,
+        "notes": list(state.notes),
     }
     if groups is not None:
         plan["groups"] = groups
     for key in ("kept_features", "kept_feature_names", "feature_pruning", "removed_layers", "layer_pruning"):
-        if key in s.extras:
-            plan[key] = s.extras[key]
+        if key in state.sections:
+            plan[key] = state.sections[key]
     return plan
 
 

@@ -13,6 +13,7 @@ point, which is much faster than reloading the file.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import math
 from dataclasses import dataclass, field
@@ -21,6 +22,10 @@ from typing import Any
 
 from prunecli.config import PruneConfig
 from prunecli.errors import ConfigError
+from prunecli.outputs.report import Timings
+from prunecli.run import steps
+from prunecli.run.state import RunState
+from prunecli.runtime import quiet_tensorflow
 
 DEFAULT_SPARSITIES = (0.1, 0.3, 0.5, 0.7, 0.9, 0.95)
 DEFAULT_BUDGET = 0.01
@@ -174,21 +179,15 @@ def _clean(metrics: dict | None) -> dict | None:
 # measuring
 
 
-def open_session(config: PruneConfig, progress=None):
-    """Load model and data once, pick the targets and measure the unpruned baseline."""
-    from prunecli.outputs.report import Timings
-    from prunecli.run.pipeline import Session, evaluate_into, load_model_and_data, pick_targets, quiet_tensorflow
-
+def open_session(config: PruneConfig, progress=None) -> RunState:
+    """Load model and data once, pick the targets and measure the unpruned baseline ("before")."""
     quiet_tensorflow()
-    s = Session(
-        config=config, progress=progress or (lambda _msg: None), timings=Timings(), notes=[], metrics={}, extras={}
-    )
-    load_model_and_data(s)
-    if s.data is None:
+    say, timings = progress or steps.silent, Timings()
+    state, _sizes = steps.load(config.replace(sizes=False), say, timings)
+    if state.data is None:
         raise ConfigError("a sensitivity sweep needs --data")
-    pick_targets(s)
-    evaluate_into(s, "before")
-    return s
+    state = state.after(steps.pick_targets(state.model, config))
+    return state.after(steps.evaluate(state, "before", say, timings))
 
 
 def layers_of(targets) -> dict[str, list]:
@@ -225,27 +224,21 @@ class Snapshot:
             variable.assign(value)
 
 
-def prune_point(s, config: PruneConfig, targets) -> dict:
-    """Prune `targets` as `config` says (fine-tuning when it asks to); the metrics of each stage.
-
-    Mirrors the pipeline's one-shot / gradual branches, on the session's in-memory model.
-    """
-    from prunecli.run.pipeline import evaluate_into, score_and_mask
-
-    s.targets, s.config, s.metrics = list(targets), config, {}
+def prune_point(state: RunState, config: PruneConfig, targets, timings: Timings) -> tuple[dict, tuple[str, ...]]:
+    """Prune `targets` of the in-memory model as `config` says (fine-tuning when it asks to), quietly:
+    (the metrics of each stage, the notes). The same steps as the pipeline's one-shot / gradual branches."""
+    state = dataclasses.replace(state.with_config(config), targets=tuple(targets), metrics={}, notes=())
     if config.schedule == "oneshot":
-        score_and_mask(s)
-        evaluate_into(s, "after_pruning")
+        state = state.after(steps.mask(state, steps.silent, timings))
+        state = state.after(steps.evaluate(state, "after_pruning", steps.silent, timings))
     if config.epochs > 0 or config.schedule != "oneshot":
-        from prunecli.training import finetune
-
-        finetune.run(s)
-        evaluate_into(s, "after_finetune")
-    return {stage: _clean(values) for stage, values in s.metrics.items()}
+        state = state.after(steps.finetune(state, steps.silent, timings))
+        state = state.after(steps.evaluate(state, "after_finetune", steps.silent, timings))
+    return {stage: _clean(values) for stage, values in state.metrics.items()}, state.notes
 
 
 def layer_sensitivity(
-    s, targets, sparsities, base_config: PruneConfig, snapshot: Snapshot, say=None
+    state: RunState, targets, sparsities, base_config: PruneConfig, snapshot: Snapshot, timings: Timings, say=None
 ) -> list[SweepPoint]:
     """Prune each layer alone at each sparsity, without fine-tuning; the weights are restored after each."""
     solo = base_config.replace(scope="layer", overrides=(), epochs=0, schedule="oneshot", threshold=None)
@@ -254,10 +247,9 @@ def layer_sensitivity(
         if say:
             say(f"layer {layer} alone at sparsity {', '.join(f'{v:g}' for v in sparsities)}")
         for sparsity in sparsities:
-            stages = prune_point(s, solo.replace(sparsity=sparsity), group)
+            stages, _notes = prune_point(state, solo.replace(sparsity=sparsity), group, timings)
             points.append(SweepPoint(layer, sparsity, measured_sparsity(group), stages.get("after_pruning")))
             snapshot.restore()
-    s.targets = list(targets)
     return points
 
 
@@ -268,11 +260,10 @@ def run(config: PruneConfig, sparsities=DEFAULT_SPARSITIES, per_layer: bool = Tr
     check_sweepable(config)
     sparsities = parse_sparsities(sparsities)
     say = progress or (lambda _msg: None)
-    s = open_session(config, say)
-    s.progress = lambda _msg: None  # one line per point, not one per step
-    all_targets = list(s.targets)
+    state = open_session(config, say)  # then one line per point, not one per step
+    all_targets = list(state.targets)
     finetuning = config.epochs > 0 or config.schedule != "oneshot"
-    snapshot = Snapshot(s.model, all_targets, whole_model=finetuning)
+    snapshot = Snapshot(state.model, all_targets, whole_model=finetuning)
     groups = layers_of(all_targets)
     result = SweepResult(
         model=str(config.model_path),
@@ -282,17 +273,19 @@ def run(config: PruneConfig, sparsities=DEFAULT_SPARSITIES, per_layer: bool = Tr
         granularity=str(config.granularity),
         epochs=config.epochs,
         max_accuracy_drop=DEFAULT_BUDGET if config.max_accuracy_drop is None else config.max_accuracy_drop,
-        n_eval=s.data.n_eval,
-        baseline=_clean(s.metrics["before"]),
+        n_eval=state.data.n_eval,
+        baseline=_clean(state.metrics["before"]),
         prunecli_version=__version__,
         layers=[
             {"name": name, "classes": sorted({t.layer_class for t in ts}), "params": sum(t.size for t in ts)}
             for name, ts in groups.items()
         ],
     )
+    timings, notes = Timings(), []
     for sparsity in sparsities:
         say(f"all layers at sparsity {sparsity:g}")
-        stages = prune_point(s, config.replace(sparsity=sparsity), all_targets)
+        stages, point_notes = prune_point(state, config.replace(sparsity=sparsity), all_targets, timings)
+        notes += point_notes
         result.points.append(
             SweepPoint(
                 ALL, sparsity, measured_sparsity(all_targets), stages.get("after_pruning"), stages.get("after_finetune")
@@ -300,14 +293,14 @@ def run(config: PruneConfig, sparsities=DEFAULT_SPARSITIES, per_layer: bool = Tr
         )
         snapshot.restore()
     if per_layer:
-        snapshot = Snapshot(s.model, all_targets, whole_model=False)
-        result.points += layer_sensitivity(s, all_targets, sparsities, config, snapshot, say)
+        snapshot = Snapshot(state.model, all_targets, whole_model=False)
+        result.points += layer_sensitivity(state, all_targets, sparsities, config, snapshot, timings, say)
     if config.shrink or config.export:
         result.notes.append("a sweep measures masked models in memory; --shrink and --export are ignored")
     if finetuning and per_layer:
         result.notes.append("per-layer curves are measured right after pruning, without fine-tuning")
-    result.notes += list(dict.fromkeys(s.notes))
-    result.timings_s = {k: round(v, 3) for k, v in s.timings.items()}
+    result.notes += list(dict.fromkeys(list(state.notes) + notes))
+    result.timings_s = {k: round(v, 3) for k, v in timings.items()}
     return result
 
 

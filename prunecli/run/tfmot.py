@@ -20,7 +20,8 @@ from pathlib import Path
 from prunecli.config import PruneConfig
 from prunecli.errors import ConfigError, InputError, ModelLoadError, OutputError
 from prunecli.outputs.report import Timings
-from prunecli.run.pipeline import PruneResult, Session, build_report
+from prunecli.run import steps
+from prunecli.run.state import PruneResult, RunState
 
 
 def _import_tfmot():
@@ -38,30 +39,6 @@ def _import_tfmot():
         else:
             os.environ["TF_USE_LEGACY_KERAS"] = before
     return tfmot, tf_keras
-
-
-def check_supported(config: PruneConfig) -> None:
-    """Refuse, in one line each, the options tfmot's prune_low_magnitude has no equivalent for."""
-    c = config
-    unsupported = [
-        (c.method != "magnitude", f"method {c.method!r} (tfmot prunes by magnitude only)"),
-        (c.scope != "layer", "--scope global (tfmot ranks each layer separately)"),
-        (c.granularity.kind != "element", f"granularity {c.granularity} (use element)"),
-        (c.threshold is not None, "--threshold (tfmot prunes to a sparsity)"),
-        (c.schedule not in ("oneshot", "polynomial"), f"--schedule {c.schedule} (use oneshot or polynomial)"),
-        (c.l1 > 0 or c.l2 > 0, "--l1/--l2 penalties"),
-        (c.early_stopping > 0, "--early-stopping"),
-        (c.shrink, "--shrink"),
-        (bool(c.export), "--export"),
-        (c.strategy != "default", f"--strategy {c.strategy}"),
-    ]
-    for failed, what in unsupported:
-        if failed:
-            raise ConfigError(f"--engine tfmot does not support {what}; use --engine native")
-    if c.schedule == "polynomial" and c.epochs < 1:
-        raise ConfigError("--schedule polynomial prunes while training: give --epochs and --data")
-    if c.epochs > 0 and not c.data:
-        raise ConfigError("--epochs needs --data to fine-tune on")
 
 
 def _load(config: PruneConfig, tf_keras):
@@ -240,64 +217,78 @@ def prune(config: PruneConfig, progress=None) -> PruneResult:
     from prunecli.io import models as model_io
     from prunecli.training.metrics import infer_task
 
-    check_supported(config)
-    s = Session(
-        config=config, progress=progress or (lambda _msg: None), timings=Timings(), notes=[], metrics={}, extras={}
-    )
+    say = progress or steps.silent
+    timings = Timings()
+    notes: list[str] = []
+    metrics: dict = {}
+    sections: dict = {}
+    data = task = None
     out = model_io.resolve_output(config.model_path, config.output, config.force)
     if out.suffix not in (".h5", ".hdf5"):
         raise OutputError(f"--engine tfmot writes Keras-2 .h5 files; give an .h5 output instead of {out}")
     tfmot, tf_keras = _import_tfmot()
-    s.progress(f"loading {config.model_path} with tf_keras")
-    with s.timings.phase("load"):
-        model, s.source = _load(config, tf_keras)
+    say(f"loading {config.model_path} with tf_keras")
+    with timings.phase("load"):
+        model, source = _load(config, tf_keras)
         compiled = getattr(model, "loss", None) is not None and getattr(model, "optimizer", None) is not None
         training_setup = (model.loss, tf_keras.optimizers.serialize(model.optimizer)) if compiled else None
         if config.data:
-            s.data = data_mod.load(config.data, model, config.batch_size, config.val_split, config.seed)
-            s.task = infer_task(model, s.data.y_example)
-    plan = _plan_layers(model, config, tfmot, s.notes)
-    if s.data is not None:
-        s.progress("evaluating (before)")
-        with s.timings.phase("evaluate"):
-            s.metrics["before"] = _evaluate(model, s.data.eval, s.task)
-    steps_per_epoch = int(s.data.train.cardinality()) if s.data is not None else 1
-    s.progress(f"wrapping {len(plan)} layer(s) with tfmot prune_low_magnitude")
-    with s.timings.phase("mask"):
+            data = data_mod.load(config.data, model, config.batch_size, config.val_split, config.seed)
+            task = infer_task(model, data.y_example)
+    plan = _plan_layers(model, config, tfmot, notes)
+    if data is not None:
+        say("evaluating (before)")
+        with timings.phase("evaluate"):
+            metrics["before"] = _evaluate(model, data.eval, task)
+    steps_per_epoch = int(data.train.cardinality()) if data is not None else 1
+    say(f"wrapping {len(plan)} layer(s) with tfmot prune_low_magnitude")
+    with timings.phase("mask"):
         wrapped = _wrap(model, plan, config, tfmot, tf_keras, steps_per_epoch)
         if config.schedule == "oneshot":
             _mask_once(wrapped, tfmot)
-    if config.schedule == "oneshot" and s.data is not None:
-        with s.timings.phase("evaluate"):
-            s.metrics["after_pruning"] = _evaluate(wrapped, s.data.eval, s.task)
+    if config.schedule == "oneshot" and data is not None:
+        with timings.phase("evaluate"):
+            metrics["after_pruning"] = _evaluate(wrapped, data.eval, task)
     if config.epochs > 0:
-        s.progress(f"fine-tuning with tfmot: {config.epochs} epoch(s), schedule {config.schedule}")
-        metrics = [s.task.accuracy] if s.task.accuracy else []
-        wrapped.compile(optimizer=_optimizer(config, tf_keras), loss=s.task.loss, metrics=metrics)
-        with s.timings.phase("finetune"):
+        say(f"fine-tuning with tfmot: {config.epochs} epoch(s), schedule {config.schedule}")
+        wrapped.compile(
+            optimizer=_optimizer(config, tf_keras), loss=task.loss, metrics=[task.accuracy] if task.accuracy else []
+        )
+        with timings.phase("finetune"):
             history = wrapped.fit(
-                s.data.train, epochs=config.epochs, verbose=0, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()]
+                data.train, epochs=config.epochs, verbose=0, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()]
             )
-        s.extras["finetune"] = {
+        sections["finetune"] = {
             "schedule": config.schedule,
             "epochs_run": len(history.history.get("loss", [])),
             "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
         }
     stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
     if config.epochs > 0:
-        with s.timings.phase("evaluate"):
-            s.metrics["after_finetune"] = _evaluate(stripped, s.data.eval, s.task)
-    s.model = stripped
-    s.targets, s.masks = _pruned(wrapped, plan, tfmot)
-    s.progress(f"saving {out}")
-    with s.timings.phase("save"):
+        with timings.phase("evaluate"):
+            metrics["after_finetune"] = _evaluate(stripped, data.eval, task)
+    targets, masks = _pruned(wrapped, plan, tfmot)
+    say(f"saving {out}")
+    with timings.phase("save"):
         if training_setup is not None:  # the written file keeps the input's loss and optimizer
             stripped.compile(optimizer=tf_keras.optimizers.deserialize(training_setup[1]), loss=training_setup[0])
         _save(stripped, out)
-    s.extras["engine"] = {
+    sections["engine"] = {
         "name": "tfmot",
         "tfmot_version": tfmot.__version__,
         "keras": f"tf_keras {tf_keras.__version__}",
     }
-    report = build_report(s, out)
-    return PruneResult(report=report, model=stripped, masks=s.masks, output_path=out)
+    state = RunState(
+        config=config,
+        model=stripped,
+        source=source,
+        data=data,
+        task=task,
+        targets=tuple(targets),
+        masks=masks,
+        notes=tuple(notes),
+        metrics=metrics,
+        sections=sections,
+    )
+    report = steps.build_report(state, out, timings)
+    return PruneResult(report=report, model=stripped, masks=masks, output_path=out)

@@ -12,11 +12,11 @@ import itertools
 import sys
 
 from prunecli.errors import ConfigError, DataError
+from prunecli.structure import keras_graph, layers
 
-# Layers that act on each channel separately. A unit's output is read after the ones that directly
-# follow it (conv -> batch norm -> ReLU), because that is what the next layer sees and where APoZ
+# A unit's output is read after the point-wise layers that directly follow it (conv -> batch norm ->
+# ReLU; `pointwise` in the layer table), because that is what the next layer sees and where APoZ
 # counts its zeros.
-CHANNELWISE_FOLLOWERS = {"BatchNormalization", "ReLU", "LeakyReLU", "PReLU", "ELU", "Activation", "Dropout"}
 
 
 def require_data(ctx, method: str) -> None:
@@ -142,14 +142,15 @@ def check_finite(scores: dict, method: str) -> dict:
 
 def _graph_nodes(model, method: str) -> list:
     """The call nodes of the model's own graph (a Sequential keeps its graph in a functional twin)."""
-    graph = getattr(model, "_functional", None) or model
-    by_depth = getattr(graph, "_nodes_by_depth", None)
-    if not getattr(model, "inputs", None) or by_depth is None:
+    try:
+        if not getattr(model, "inputs", None):
+            raise keras_graph.GraphUnsupported(model.name)
+        return keras_graph.nodes(model)
+    except keras_graph.GraphUnsupported:
         raise ConfigError(
             f"method {method!r} reads layer outputs, which needs a Sequential or functional model; "
             "use a data-free method (magnitude, l1-norm, ...) for subclassed models"
-        )
-    return [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]]
+        ) from None
 
 
 def _follow_channelwise(tensor, consumers: dict):
@@ -160,9 +161,8 @@ def _follow_channelwise(tensor, consumers: dict):
             return tensor
         node = users[0]
         op = node.operation
-        kind = type(op).__name__
         activation = getattr(getattr(op, "activation", None), "__name__", "")
-        if kind not in CHANNELWISE_FOLLOWERS or "softmax" in activation:
+        if not layers.spec(op).pointwise or "softmax" in activation:
             return tensor
         if len(node.input_tensors) != 1 or len(node.output_tensors) != 1:
             return tensor

@@ -47,12 +47,13 @@ class Strategy:
     fn: Callable[[list, ScoringContext], dict]
     level: str = "element"
     needs_data: bool = False
+    calibrated: bool = False  # one-shot runs prune with prunecli.calibration (layer by layer, with updates)
 
 
 _REGISTRY: dict[str, Strategy] = {}
 
 
-def register(name: str, summary: str, *, level: str = "element", needs_data: bool = False):
+def register(name: str, summary: str, *, level: str = "element", needs_data: bool = False, calibrated: bool = False):
     """Decorator that adds a scoring function to the registry under `name`."""
     if level not in ("element", "unit"):
         raise ValueError(f"level must be 'element' or 'unit', got {level!r}")
@@ -60,7 +61,7 @@ def register(name: str, summary: str, *, level: str = "element", needs_data: boo
     def deco(fn):
         if name in _REGISTRY:
             raise ValueError(f"scoring strategy {name!r} registered twice")
-        _REGISTRY[name] = Strategy(name, summary, fn, level, needs_data)
+        _REGISTRY[name] = Strategy(name, summary, fn, level, needs_data, calibrated)
         return fn
 
     return deco

@@ -22,7 +22,10 @@ the row where the k-th falls is cut at the right column. -0.0 and +0.0 are the s
 from __future__ import annotations
 
 import functools
+import math
 import os
+
+import numpy as np
 
 _BINS = 65536  # histogram bins per pass (16 bits of the key)
 _ROW = 1024  # elements per row of the padded layout
@@ -113,17 +116,20 @@ def _kernels():
 
 
 def _np_keys(x):
-    """order_keys in NumPy, for the few rows where ties are cut."""
-    import numpy as np
+    """order_keys in NumPy: int32 keys that sort like the float32 scores (-0.0 is +0.0, NaN above +inf).
 
-    bits = np.where(x == 0, np.float32(0), x).astype(np.float32).view(np.int32)
-    return np.where(bits < 0, bits ^ np.int32(0x7FFFFFFF), bits)
+    Non-negative scores (magnitudes, most criteria) are their own keys: the bits are viewed, not copied.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    bits = x.view(np.int32)
+    if bits.size and bits.min() < 0:  # a sign bit somewhere: fold -0.0 onto +0.0, flip the negatives
+        bits = np.where(x == 0, np.int32(0), bits)
+        bits = np.where(bits < 0, bits ^ np.int32(0x7FFFFFFF), bits)
+    return bits
 
 
 def _locate(hist, ks):
     """Per segment: the bin holding the k-th smallest element, how many lie in lower bins, how many in it."""
-    import numpy as np
-
     upto = np.cumsum(hist, axis=1, dtype=np.int32)  # counts < 2**31: one segment's elements
     rows = np.arange(hist.shape[0])
     found = np.minimum((upto < ks[:, None]).sum(axis=1), _BINS - 1)
@@ -133,8 +139,6 @@ def _locate(hist, ks):
 
 def _select_layout(x, row_segment, first_row, seg_rows, ks):
     """x: (R, _ROW) scores in the padded layout; returns the (R, _ROW) bool selection."""
-    import numpy as np
-
     tf = _tf()
     high_histogram, low_histogram, ties_per_row, select = _kernels()
     ks = np.asarray(ks, np.int64)
@@ -201,33 +205,179 @@ def _flat(scores) -> list:
     return [tf.reshape(tf.cast(s, tf.float32), [-1]) for s in scores]
 
 
-def select_lowest(scores, ks):
+def _numel(a) -> int:
+    return math.prod(int(d) for d in a.shape)
+
+
+def _check_counts(segments: list[list], ks: list[int]) -> list[int]:
+    ks = [int(k) for k in ks]
+    for arrays, k in zip(segments, ks, strict=True):
+        n = sum(_numel(a) for a in arrays)
+        if not 0 <= k <= n:
+            raise ValueError(f"cannot select {k} of {n} scores")
+        if len(arrays) > 1 and n >= 2**31:
+            raise ValueError(f"{n} scores: the histograms count in int32; rank fewer at a time")
+    return ks
+
+
+def select(segments: list[list], ks: list[int], path: str = "auto", keep: bool = False) -> tuple[list, str]:
+    """The one entry to exact k-lowest selection: `segments` are lists of score arrays, each list ranked
+    together (one array: a layer on its own; several: a global ranking), `ks` how many each loses.
+
+    Returns one flat NumPy bool mask per array, in order (True = selected, or True = kept when `keep`),
+    and the path that ran ("numpy" or "xla"; "auto" asks `choose_path`). Both paths select exactly k,
+    break ties at the threshold by position (earlier first, across a segment's arrays in order), treat
+    -0.0 as +0.0 and order NaN above +inf, so they give identical masks.
+    """
+    ks = _check_counts(segments, ks)
+    if path == "auto":
+        path = choose_path([[_numel(a) for a in arrays] for arrays in segments])
+    if path == "numpy":
+        return _np_select(segments, ks, keep), path
+    if path != "xla":
+        raise ValueError(f"unknown selection path {path!r}")
+    tf = _tf()
+    flat = [[tf.reshape(tf.cast(a, tf.float32), [-1]) for a in arrays] for arrays in segments]
+    out = []
+    for i in range(0, len(flat), _MAX_SEGMENTS):
+        out += _select_segments(flat[i : i + _MAX_SEGMENTS], ks[i : i + _MAX_SEGMENTS])
+    masks = [np.asarray(m) for m in out]
+    return ([np.logical_not(m) for m in masks] if keep else masks), path
+
+
+def select_lowest(scores, ks, path: str = "xla"):
     """For each score tensor, a flat bool mask of its own k lowest scores (exactly k; ties by position).
 
     scores: list of tensors; ks: one int per tensor. NaN sorts above +inf (the loader rejects NaN weights).
     """
-    flat = _flat(scores)
-    ks = [int(k) for k in ks]
-    for f, k in zip(flat, ks, strict=True):
-        if not 0 <= k <= int(f.shape[0]):
-            raise ValueError(f"cannot select {k} of {int(f.shape[0])} scores")
-    out = []
-    for i in range(0, len(flat), _MAX_SEGMENTS):
-        out += _select_segments([[f] for f in flat[i : i + _MAX_SEGMENTS]], ks[i : i + _MAX_SEGMENTS])
-    return out
+    masks, _ = select([[s] for s in scores], ks, path)
+    return masks
 
 
-def select_lowest_global(scores, k):
+def select_lowest_global(scores, k, path: str = "xla"):
     """A flat bool mask per tensor selecting, across all of them together, the k lowest scores."""
-    flat = _flat(scores)
-    if not flat:
+    if not scores:
+        if int(k) != 0:
+            raise ValueError(f"cannot select {k} of 0 scores")
         return []
-    total = sum(int(f.shape[0]) for f in flat)
-    if not 0 <= int(k) <= total:
-        raise ValueError(f"cannot select {k} of {total} scores")
-    if total >= 2**31:
-        raise ValueError(f"{total} scores: the histograms count in int32; rank fewer at a time")
-    return _select_segments([flat], [int(k)])
+    masks, _ = select([list(scores)], [k], path)
+    return masks
+
+
+# --- which path runs ----------------------------------------------------------------------------------
+#
+# Measured on this project's 2-core CPU (bench/bench_selection.py, 25.5M weights in ResNet50's 54
+# tensors): the NumPy path below takes about 0.05-0.08 s for the whole selection, layer-wise or global,
+# on its first call as on later ones, while XLA's first call in a process costs 0.4-0.8 s (compile, or
+# loading it from the disk cache) and its later calls 0.10-0.14 s. On a CPU NumPy wins every time. On an
+# accelerator the XLA kernels are a few passes over device memory, far cheaper than NumPy once compiled,
+# but a one-off selection still pays the compile; so XLA runs there from the second selection of the
+# same layout in a process (a fine-tuning schedule's mask updates), NumPy for the first.
+
+_SEEN: dict[tuple, int] = {}
+
+
+@functools.cache
+def _accelerator() -> bool:
+    """A GPU or TPU is visible to TensorFlow (only asked when TensorFlow is already imported)."""
+    import sys
+
+    if "tensorflow" not in sys.modules:
+        return False
+    import tensorflow as tf
+
+    try:
+        return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+    except RuntimeError:
+        return False
+
+
+def choose_path(sizes: list[list[int]]) -> str:
+    """'numpy' or 'xla' for a selection over segments of these sizes; see the notes above."""
+    key = tuple(tuple(s) for s in sizes)
+    seen = _SEEN.get(key, 0)
+    _SEEN[key] = seen + 1
+    return "xla" if seen and _accelerator() else "numpy"
+
+
+# --- the NumPy path -----------------------------------------------------------------------------------
+#
+# Per segment, the k-th smallest key is found without sorting: up to _EXACT keys are partitioned whole;
+# a larger segment is sampled (a fixed-seed sample, so runs repeat), the sample's quantiles around k/n
+# bracket the k-th key with a wide margin, one pass counts the keys below the bracket and gathers those
+# inside it, and only that band (a few percent of the keys) is partitioned. If the bracket missed (it
+# practically never does), the segment is partitioned whole. Then one comparison per key gives the
+# mask, and only when the k-th key is tied are the first `take` equal keys found by position.
+
+_EXACT = 1 << 16  # segments up to this many keys are partitioned whole
+_SAMPLE = 1 << 16  # keys sampled from a larger segment
+_MARGIN = 6.0  # bracket half-width in standard deviations of the sampled quantile
+
+
+def _kth_key(keys: list, k: int, n: int) -> tuple[int, int, int]:
+    """(t, below, equal): the k-th smallest key (1 <= k <= n) over the arrays together, and how many
+    keys are smaller than t and equal to it."""
+    if n > _EXACT:
+        rng = np.random.default_rng(n)
+        m = min(_SAMPLE, n // 16)
+        sample = np.concatenate([a[rng.integers(0, a.size, -(-a.size * m // n))] for a in keys if a.size])
+        p = k / n
+        spread = _MARGIN * math.sqrt(sample.size * p * (1 - p)) + 2
+        lo_i, hi_i = int(sample.size * p - spread), int(math.ceil(sample.size * p + spread))
+        if lo_i >= 0 or hi_i < sample.size:
+            cut = [i for i in (lo_i, hi_i) if 0 <= i < sample.size]
+            part = np.partition(sample, cut)
+            lo = part[lo_i] if lo_i >= 0 else None
+            hi = part[hi_i] if hi_i < sample.size else None
+            below = 0 if lo is None else sum(int(np.count_nonzero(a < lo)) for a in keys)
+            if below < k:
+                band = np.concatenate([_inside(a, lo, hi) for a in keys])
+                if below + band.size >= k:
+                    return _kth_in(band, k - below, below)
+    joined = np.concatenate(keys) if len(keys) != 1 else keys[0]
+    return _kth_in(joined, k, 0)
+
+
+def _inside(a, lo, hi):
+    """a's keys in [lo, hi] (either bound may be None: open)."""
+    if lo is None:
+        return a[a <= hi]
+    if hi is None:
+        return a[a >= lo]
+    inside = a >= lo
+    inside &= a <= hi
+    return a[inside]
+
+
+def _kth_in(values, k: int, offset: int) -> tuple[int, int, int]:
+    t = np.partition(values, k - 1)[k - 1]
+    return t, offset + int(np.count_nonzero(values < t)), int(np.count_nonzero(values == t))
+
+
+def _np_select(segments: list[list], ks: list[int], keep: bool) -> list:
+    out = []
+    for arrays, k in zip(segments, ks, strict=True):
+        keys = [_np_keys(a) for a in arrays]
+        n = sum(a.size for a in keys)
+        if k == 0 or k == n:
+            out += [np.full(a.size, (k == 0) == keep) for a in keys]
+            continue
+        t, below, equal = _kth_key(keys, k, n)
+        take = k - below  # equal keys selected, the first ones by position
+        if take == equal:
+            masks = [(a > t) if keep else (a <= t) for a in keys]
+        else:
+            masks = [(a > t) if keep else (a < t) for a in keys]
+            left = take
+            for a, mask in zip(keys, masks, strict=True):
+                ties = np.flatnonzero(a == t)
+                if keep:
+                    mask[ties[max(left, 0) :]] = True
+                else:
+                    mask[ties[: max(left, 0)]] = True
+                left -= ties.size
+        out += masks
+    return out
 
 
 @functools.cache

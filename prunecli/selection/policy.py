@@ -7,10 +7,19 @@ one weight of a run of M along the reduction axis.
 Guarantees:
 - sparsity s, scope=layer: each layer loses exactly round(s * groups) groups.
 - sparsity s, scope=global: all layers' groups are ranked together and exactly round(s * total
-  groups) are removed. Scores are first divided by their layer's mean score (normalize="mean"), so a
-  layer ranks by how a group compares with the rest of its own layer: a layer whose weights are
-  all small, or whose scores have another scale (gradients of a deep layer), is not wiped out.
-  normalize="none" ranks raw scores, which magnitude pruning papers call "global magnitude".
+  groups) are removed. How layers are compared is `normalize`:
+  - "mean" (default): scores are first divided by their layer's mean score, so a layer ranks by how a
+    group compares with the rest of its own layer: a layer whose weights are all small, or whose
+    scores have another scale (gradients of a deep layer), is not wiped out.
+  - "none" ranks raw scores, which magnitude pruning papers call "global magnitude".
+  - "lamp": LAMP scores (Lee et al., ICLR 2021): with a layer's scores sorted ascending,
+    score(u) = s_u^2 / sum over v >= u of s_v^2 (for magnitude, the paper's w^2), the share of the
+    layer's remaining squared score that u carries; a layer's best group scores 1. Tied scores share
+    the smallest denominator, so positions do not matter.
+  - "erk": no common ranking; the budget is allocated first, by Erdos-Renyi-Kernel (Evci et al.,
+    ICML 2020, RigL): layer l keeps a density proportional to (sum of its kernel's dims) / (product of
+    its kernel's dims), scaled so that exactly round(s * total groups) go, capped at 1 (the excess is
+    redistributed); then each layer is pruned layer-wise to its share.
 - threshold t: groups scoring below t (raw scores), or below their layer's mean score ('mean').
 - N:M: in every run of M consecutive weights along the reduction axis at most N are kept (exactly N
   in full runs), the layout of tfmot, TFLite and sparse tensor cores. It needs element scores.
@@ -18,9 +27,15 @@ Guarantees:
   matching rule wins): a skipped layer is left whole; a layer with its own sparsity is pruned to it
   exactly, and with scope=global the other layers share the global budget among themselves.
 - Neuron masks, given the model: layers whose output channels meet in a residual merge are one set
-  that loses round(s * channels) channels, the same in every member (groups.py says how).
+  that loses round(s * channels) channels, the same in every member (tied.py says how).
 - No layer keeps fewer than max(1, ceil(min_keep * groups)) groups unless allow_empty. When the floor
   wins, the layer keeps its floor and, with scope=global, the rest of the budget goes to the others.
+
+One selection path. Element, block and neuron pruning all become score sets (tied.ScoreSet: a layer
+on its own is a set of one; a tied channel set is one set shared by its members) and `select_sets`
+ranks them: layer-wise, global, threshold, overrides, pinned positions and floors. The exact k-lowest
+selection under it is kernels.select, NumPy or XLA (the same masks; MaskSet.selection_path says which
+ran). N:M is a per-run constraint, not a ranking: it keeps its own kernel.
 """
 
 from __future__ import annotations
@@ -28,38 +43,33 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from prunecli.config import Granularity, PruneConfig
 from prunecli.errors import ConfigError
 from prunecli.selection import kernels as masking
+from prunecli.selection import tied
 from prunecli.selection.targets import Target, matches
+from prunecli.selection.tied import Member, ScoreSet
 
 
 @dataclass
 class MaskSet:
-    """Boolean keep-masks (True = kept) of each target's shape, and what the policy decided."""
+    """Boolean keep-masks (True = kept) of each target's shape, and what the policy decided.
+
+    `selection_path` is the kernel that ranked the scores: "numpy" or "xla" (kernels.choose_path),
+    "nm" for N:M's own kernel, "" when nothing was ranked."""
 
     masks: dict[str, object] = field(default_factory=dict)
     requested: dict[str, float | None] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    selection_path: str = ""
+    # (variable, keep) pairs: per-channel parameters that follow neuron-masked units (biases, BatchNorm,
+    # PReLU, depthwise filters; structure.channels.follower_masks), held at zero like the masks
+    followers: list = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.masks)
-
-
-@dataclass
-class _Groups:
-    """A target's scores at the chosen granularity: one score per prunable group."""
-
-    target: Target
-    scores: object  # tensor of group scores (any shape)
-    floor: int  # groups that must stay
-
-    @property
-    def size(self) -> int:
-        n = 1
-        for d in self.scores.shape:
-            n *= int(d)
-        return n
 
 
 def override_sparsity(target: Target, config: PruneConfig) -> float | None:
@@ -86,37 +96,50 @@ def _check_scores(targets: list[Target], scores: dict, level: str) -> None:
             raise ValueError(f"scores for {t.name} have shape {got}; a {level}-level score needs {want}")
 
 
-def _group_scores(target: Target, score, level: str, gran: Granularity):
-    import tensorflow as tf
+def _matrix(target: Target, array: np.ndarray) -> np.ndarray:
+    """The (reduction, units) view of a weight-shaped array (targets.Target.to_matrix, in NumPy)."""
+    return np.moveaxis(array, target.unit_axis, -1).reshape(target.rows, target.units)
 
-    score = tf.cast(score, tf.float32)
+
+def _from_matrix(target: Target, matrix: np.ndarray) -> np.ndarray:
+    moved = [target.shape[a] for a in target.perm]
+    return np.ascontiguousarray(np.moveaxis(matrix.reshape(moved), -1, target.unit_axis))
+
+
+def _expand_units(target: Target, values: np.ndarray) -> np.ndarray:
+    shape = [1] * len(target.shape)
+    shape[target.unit_axis] = target.units
+    return np.broadcast_to(values.reshape(shape), target.shape).copy()
+
+
+def _group_scores(target: Target, score, level: str, gran: Granularity) -> np.ndarray:
+    """A target's scores at the chosen granularity: one float32 score per group (any shape)."""
+    score = np.asarray(score, dtype=np.float32)
     if gran.kind == "neuron":
-        if level == "unit":
-            return score
-        return tf.reduce_mean(target.to_matrix(score), axis=0)
+        return score if level == "unit" else _matrix(target, score).mean(axis=0)
     if level == "unit":
-        score = target.expand_units(score)
+        score = _expand_units(target, score)
     if gran.kind == "block":
-        mat = target.to_matrix(score)
+        mat = _matrix(target, score)
         r, c = gran.rows, gran.cols
         pr, pc = (-mat.shape[0]) % r, (-mat.shape[1]) % c
-        padded = tf.pad(mat, [[0, pr], [0, pc]])
-        ones = tf.pad(tf.ones_like(mat), [[0, pr], [0, pc]])
-        shape = (padded.shape[0] // r, r, padded.shape[1] // c, c)
-        return tf.reduce_sum(tf.reshape(padded, shape), (1, 3)) / tf.reduce_sum(tf.reshape(ones, shape), (1, 3))
+        padded = np.pad(mat, [(0, pr), (0, pc)])
+        sums = padded.reshape(padded.shape[0] // r, r, padded.shape[1] // c, c).sum(axis=(1, 3))
+        rows = np.minimum(r, mat.shape[0] - np.arange(0, mat.shape[0], r))  # real elements per block
+        cols = np.minimum(c, mat.shape[1] - np.arange(0, mat.shape[1], c))
+        return (sums / np.outer(rows, cols)).astype(np.float32)
     return score
 
 
-def _expand(target: Target, keep, gran: Granularity):
-    """A group-level keep mask back at the weight's full shape."""
-    import tensorflow as tf
-
+def _expand(target: Target, keep: np.ndarray, gran: Granularity) -> np.ndarray:
+    """A flat group-level keep mask back at the weight's full shape."""
     if gran.kind == "neuron":
-        return target.expand_units(keep)
+        return _expand_units(target, keep)
     if gran.kind == "block":
-        full = tf.repeat(tf.repeat(keep, gran.rows, axis=0), gran.cols, axis=1)
-        return target.from_matrix(full[: target.rows, : target.units])
-    return tf.reshape(keep, target.shape)
+        blocks = keep.reshape(-(-target.rows // gran.rows), -(-target.units // gran.cols))
+        full = np.repeat(np.repeat(blocks, gran.rows, axis=0), gran.cols, axis=1)
+        return _from_matrix(target, full[: target.rows, : target.units])
+    return keep.reshape(target.shape)
 
 
 def _floor(n: int, config: PruneConfig) -> int:
@@ -125,19 +148,20 @@ def _floor(n: int, config: PruneConfig) -> int:
     return min(n, max(1, math.ceil(config.min_keep * n)))
 
 
-def build_masks(targets: list[Target], scores: dict, level: str, config: PruneConfig, model=None) -> MaskSet:
+def build_masks(
+    targets: list[Target], scores: dict, level: str, config: PruneConfig, model=None, path: str = "auto"
+) -> MaskSet:
     """Turn scores ({target.name: tensor}, higher = more important) into keep-masks; see the module
     docstring for what is guaranteed. With `model`, neuron masks prune layers whose channels must
-    shrink together (residual merges, concatenations, shared layers) as one set: see groups.py."""
-    import tensorflow as tf
-
+    shrink together (residual merges, concatenations, shared layers) as one set: see tied.py.
+    `path` picks the selection kernel ("auto", "numpy" or "xla"; the masks are the same)."""
     _check_scores(targets, scores, level)
     gran = config.granularity
     result = MaskSet()
     active = []
     for t in targets:
         if skipped_by_override(t, config):
-            result.masks[t.name] = tf.ones(t.shape, tf.bool)
+            result.masks[t.name] = np.ones(t.shape, bool)
             result.requested[t.name] = 0.0
         else:
             active.append(t)
@@ -147,45 +171,19 @@ def build_masks(targets: list[Target], scores: dict, level: str, config: PruneCo
     if gran.kind not in ("element", "neuron", "block"):
         raise ConfigError(f"granularity {gran} is not a mask policy")
 
-    groups = []
+    members = []
     for t in active:
-        g = _group_scores(t, scores[t.name], level, gran)
-        groups.append(_Groups(t, g, _floor(int(tf.size(g)), config)))
-    if gran.kind == "neuron" and model is not None:
-        from prunecli.selection.tied import select_tied
-
-        if select_tied(model, groups, config, result):
-            return result
-    own = {g.target.name: override_sparsity(g.target, config) for g in groups}
-    if config.scope == "layer" and config.threshold is None:
-        ks = []
-        for g in groups:
-            sparsity = own[g.target.name]
-            ks.append(_count(g, config.effective_sparsity if sparsity is None else sparsity, result))
-        _select_per_layer(groups, ks, result, gran)
-        return result
-    fixed = [g for g in groups if own[g.target.name] is not None]
-    ranked = [g for g in groups if own[g.target.name] is None]
-    ks = [_count(g, own[g.target.name], result) for g in fixed]
-    if config.threshold is not None:
-        ks += [_threshold_count(g, config) for g in ranked]
-        for g in ranked:
-            result.requested[g.target.name] = None
-        _select_per_layer(fixed + ranked, ks, result, gran)
-    else:
-        _select_per_layer(fixed, ks, result, gran)
-        _select_global(ranked, config, result, gran)
+        g = _group_scores(t, scores[t.name], level, gran).reshape(-1)
+        members.append(Member(t, g, _floor(g.size, config)))
+    sets = tied.select_tied(model, members, result.notes) if gran.kind == "neuron" and model is not None else False
+    if not sets:
+        sets = [ScoreSet.single(m) for m in members]
+    keeps = select_sets(sets, config, result, path)
+    for e, keep in zip(sets, keeps, strict=True):
+        for m in e.members:
+            mine = keep if e.index is None else keep[e.index[m.target.name]]
+            result.masks[m.target.name] = _expand(m.target, mine, gran)
     return result
-
-
-def _count(g: _Groups, sparsity: float, result: MaskSet) -> int:
-    """How many of a layer's groups to prune for this sparsity, held at the layer's floor."""
-    k = int(round(sparsity * g.size))
-    if k > g.size - g.floor:
-        result.notes.append(f"{g.target.name}: kept {g.floor} of {g.size} groups (min_keep)")
-        k = g.size - g.floor
-    result.requested[g.target.name] = sparsity
-    return k
 
 
 def _nm_masks(targets: list[Target], scores: dict, level: str, config: PruneConfig, result: MaskSet) -> None:
@@ -200,69 +198,210 @@ def _nm_masks(targets: list[Target], scores: dict, level: str, config: PruneConf
         keep = masking.nm_keep_mask(t.to_matrix(scores[t.name]), gran.rows, gran.cols)
         result.masks[t.name] = t.from_matrix(keep)
         result.requested[t.name] = 1.0 - gran.rows / gran.cols
+    result.selection_path = "nm" if targets else ""
 
 
-def _threshold_count(g: _Groups, config: PruneConfig) -> int:
-    """How many groups score below the threshold (an absolute value, or the layer's mean score)."""
-    import tensorflow as tf
+# --- the one selection ------------------------------------------------------------------------------
 
-    if config.threshold == "mean":
-        limit = tf.reduce_mean(g.scores)
+
+@dataclass(eq=False)
+class _Plan:
+    """One set as the selection sees it: the scores it is ranked by, the positions that may go (None:
+    all of them), how many of those may go at most (the floor), and how many go (None: ranked globally)."""
+
+    set: ScoreSet
+    scores: np.ndarray
+    free: np.ndarray | None
+    cap: int
+    k: int | None = None
+
+    def candidates(self) -> np.ndarray:
+        return self.scores if self.free is None else self.scores[self.free]
+
+
+def lamp_scores(scores: np.ndarray) -> np.ndarray:
+    """LAMP scores (Lee et al., ICLR 2021) of one layer's scores: s_u^2 / sum of s_v^2 over v with
+    s_v >= s_u (so tied scores get the same value), float32; 0 where the denominator is 0."""
+    sq = np.square(np.asarray(scores, dtype=np.float64).reshape(-1))
+    ordered = np.sort(sq)
+    tail = np.cumsum(ordered[::-1])[::-1]  # tail[i] = sum of ordered[i:]
+    denom = tail[np.searchsorted(ordered, sq, side="left")]
+    return np.divide(sq, denom, out=np.zeros_like(sq), where=denom > 0).astype(np.float32)
+
+
+def erk_factor(e: ScoreSet) -> float:
+    """Erdos-Renyi-Kernel's density factor of a set: (sum of the kernel's dims) / (product of its dims),
+    averaged over a tied set's members."""
+    return float(np.mean([sum(m.target.shape) / max(1, math.prod(m.target.shape)) for m in e.members]))
+
+
+def erk_counts(sizes: list[int], factors: list[float], caps: list[int], budget: int) -> tuple[list[int], list[bool]]:
+    """How many groups each layer loses under ERK: layer i keeps a density min(1, eps * factor_i), no
+    less than its floor allows (1 - caps_i / sizes_i), eps chosen so that exactly `budget` go in all
+    (or as many as the caps allow). Returns the counts and which layers their floor held."""
+    n = np.asarray(sizes, dtype=np.float64)
+    f = np.asarray(factors, dtype=np.float64)
+    cap = np.asarray(caps, dtype=np.float64)
+    lo = np.divide(n - cap, n, out=np.ones_like(n), where=n > 0)  # least density the floors allow
+    kept = n.sum() - min(budget, int(cap.sum()))
+
+    def density(eps: float) -> np.ndarray:
+        return np.clip(eps * f, lo, 1.0)
+
+    # total kept, sum n_i * density_i(eps), is piecewise linear and non-decreasing in eps: find the piece
+    live = f > 0
+    knots = np.unique(np.concatenate([[0.0], lo[live] / f[live], 1.0 / f[live]]))
+    totals = np.array([float(n @ density(x)) for x in knots])
+    j = int(np.searchsorted(totals, kept, side="left"))
+    if j == 0:
+        eps = knots[0]
+    elif j >= len(knots):
+        eps = knots[-1]
     else:
-        limit = tf.constant(config.threshold, tf.float32)
-    k = int(tf.reduce_sum(tf.cast(g.scores < limit, tf.int32)))
-    return min(k, g.size - g.floor)
+        a, b = knots[j - 1], knots[j]
+        eps = a + (b - a) * (kept - totals[j - 1]) / (totals[j] - totals[j - 1])
+    real = n * density(eps)
+    keep = np.maximum(np.floor(real + 1e-9), n - cap).astype(np.int64)
+    keep = np.minimum(keep, n.astype(np.int64))
+    short = int(round(kept)) - int(keep.sum())  # whole groups left to hand out, largest remainder first
+    order = np.lexsort((np.arange(len(n)), -(real - keep)))
+    for i in order:
+        if short <= 0:
+            break
+        if keep[i] < n[i]:
+            keep[i] += 1
+            short -= 1
+    held = [bool(cap[i] < n[i] * (1 - eps * f[i]) - 1e-9) for i in range(len(n))]
+    return [int(x) for x in (n.astype(np.int64) - keep)], held
 
 
-def _select_per_layer(groups: list[_Groups], ks: list[int], result: MaskSet, gran: Granularity) -> None:
-    import tensorflow as tf
+def _own_sparsity(e: ScoreSet, config: PruneConfig, result: MaskSet) -> float | None:
+    """The override sparsity of a set: its members' (the highest when they differ), or None."""
+    given = {m.target.layer_name: override_sparsity(m.target, config) for m in e.members}
+    values = {v for v in given.values() if v is not None}
+    if not values:
+        return None
+    if e.tied and (len(values) > 1 or None in given.values()):
+        result.notes.append(
+            f"{e.label}: one set of shared channels, pruned at {max(values):g} (the highest "
+            "override sparsity among its layers)"
+        )
+    return max(values)
 
-    if not groups:
-        return
-    chosen = masking.select_lowest([g.scores for g in groups], ks)
-    for g, sel in zip(groups, chosen, strict=True):
-        keep = tf.logical_not(tf.reshape(sel, g.scores.shape))
-        result.masks[g.target.name] = _expand(g.target, keep, gran)
+
+def _plan(e: ScoreSet, scores: np.ndarray) -> _Plan:
+    """Positions that may go: all but the floor for a set of one (its best, as the selection leaves
+    them), all but pinned and reserved positions for a tied set."""
+    if e.index is None and e.pinned is None:
+        return _Plan(e, scores, None, e.size - e.members[0].floor)
+    blocked = e.reserved(scores)
+    if e.pinned is not None:
+        blocked |= e.pinned
+    free = np.flatnonzero(~blocked)
+    return _Plan(e, scores, free, int(free.size))
 
 
-def _select_global(groups: list[_Groups], config: PruneConfig, result: MaskSet, gran: Granularity) -> None:
-    """Rank all layers' (normalised) scores together; layers that would fall below their floor keep
-    their floor, and the rest of the budget is re-ranked among the other layers, so the total is exact."""
-    import tensorflow as tf
+def _note_floor(e: ScoreSet, result: MaskSet) -> None:
+    if e.tied:
+        result.notes.append(f"{e.label}: pruned less to keep every member's min_keep floor")
+    else:
+        m = e.members[0]
+        result.notes.append(f"{m.target.name}: kept {m.floor} of {e.size} groups (min_keep)")
 
-    if not groups:
-        return
-    sparsity = config.effective_sparsity
-    normed = []
-    for g in groups:
-        s = g.scores
-        if config.normalize == "mean":
-            mean = tf.reduce_mean(s)
-            s = s / tf.where(mean > 0, mean, tf.ones_like(mean))
-        normed.append(s)
-    sizes = [g.size for g in groups]
-    budget = int(round(sparsity * sum(sizes)))
-    at_floor: dict[int, int] = {}  # group index -> k, for layers held at their floor
+
+def _count(p: _Plan, sparsity: float, result: MaskSet) -> int:
+    """How many of a set's prunable positions go at this sparsity, held at its floor."""
+    k = int(round(sparsity * p.set.prunable))
+    if k > p.cap:
+        _note_floor(p.set, result)
+        k = p.cap
+    return k
+
+
+def _ranking(e: ScoreSet, config: PruneConfig, together: bool) -> np.ndarray:
+    """The scores a set is ranked by: raw for a set of one ranked alone or against a threshold number,
+    normalised for a tied set; ranked together, as `normalize` says."""
+    if together:
+        if config.normalize == "lamp":
+            return lamp_scores(e.combined(e.tied))
+        return e.combined(config.normalize == "mean")
+    if config.threshold not in (None, "mean"):
+        return e.combined(False)
+    return e.combined(e.tied)
+
+
+def select_sets(sets: list[ScoreSet], config: PruneConfig, result: MaskSet, path: str = "auto") -> list[np.ndarray]:
+    """The one selection: a flat keep mask (True = kept) over each set's positions.
+
+    Layer-wise (scope=layer, overrides, ERK's shares, thresholds) each set loses its own count; with
+    scope=global the other sets are ranked together and lose exactly round(s * their prunable
+    positions). Pinned positions never go and do not count; floors hold (a set of one keeps its best
+    `floor` groups, a tied set reserves each member's). Writes `requested`, floor notes and
+    `selection_path` into `result`."""
+    own = [_own_sparsity(e, config, result) for e in sets]
+    ranked_together = config.threshold is None and config.scope == "global" and config.normalize != "erk"
+    plans, ranked = [], []
+    for e, sparsity in zip(sets, own, strict=True):
+        together = ranked_together and sparsity is None
+        p = _plan(e, _ranking(e, config, together))
+        if sparsity is not None:
+            p.k, requested = _count(p, sparsity, result), sparsity
+        elif config.threshold is not None:
+            limit = p.scores.mean() if config.threshold == "mean" else np.float32(config.threshold)
+            p.k, requested = min(int(np.count_nonzero(p.candidates() < limit)), p.cap), None
+        elif config.scope == "layer":
+            p.k, requested = _count(p, config.effective_sparsity, result), config.effective_sparsity
+        else:
+            ranked.append(p)
+            requested = config.effective_sparsity
+        for m in e.members:
+            result.requested[m.target.name] = requested
+        plans.append(p)
+    budget = int(round(config.effective_sparsity * sum(p.set.prunable for p in ranked))) if ranked else 0
+    if ranked and config.normalize == "erk":
+        ks, held = erk_counts(
+            [p.set.prunable for p in ranked], [erk_factor(p.set) for p in ranked], [p.cap for p in ranked], budget
+        )
+        for p, k, floor_held in zip(ranked, ks, held, strict=True):
+            p.k = k
+            if floor_held:
+                _note_floor(p.set, result)
+        ranked = []
+    return _run(plans, ranked, budget, result, path)
+
+
+def _run(plans: list[_Plan], ranked: list[_Plan], budget: int, result: MaskSet, path: str) -> list[np.ndarray]:
+    """Select: each plan with a count on its own, the `ranked` ones together with `budget`; a ranked set
+    that would lose more than its cap is held at its cap and the rest of the budget is ranked again."""
+    at_cap: set[int] = set()
     while True:
-        free = [i for i in range(len(groups)) if i not in at_floor]
-        k_free = max(0, budget - sum(at_floor.values()))
-        k_free = min(k_free, sum(sizes[i] - groups[i].floor for i in free))
-        chosen = masking.select_lowest_global([normed[i] for i in free], k_free) if free else []
-        counts = {i: int(tf.reduce_sum(tf.cast(c, tf.int32))) for i, c in zip(free, chosen, strict=True)}
-        over = [i for i in free if counts[i] > sizes[i] - groups[i].floor]
+        alone = [p for p in plans if p.k is not None or id(p) in at_cap]
+        free = [p for p in ranked if id(p) not in at_cap]
+        segments = [[p.candidates()] for p in alone]
+        ks = [p.k if p.k is not None else p.cap for p in alone]
+        if free:
+            held = sum(p.cap for p in ranked if id(p) in at_cap)
+            segments.append([p.candidates() for p in free])
+            ks.append(min(max(0, budget - held), sum(p.cap for p in free)))
+        if path == "auto":
+            path = masking.choose_path([[int(a.size) for a in seg] for seg in segments])
+        keeps, path = masking.select(segments, ks, path, keep=True) if segments else ([], path)
+        chosen = dict(zip([id(p) for p in alone + free], keeps, strict=True))
+        over = [p for p in free if int(chosen[id(p)].size - np.count_nonzero(chosen[id(p)])) > p.cap]
         if not over:
             break
-        for i in over:
-            at_floor[i] = sizes[i] - groups[i].floor
-            result.notes.append(f"{groups[i].target.name}: kept {groups[i].floor} of {sizes[i]} groups (min_keep)")
-    selections = dict(zip(free, chosen, strict=True))
-    if at_floor:
-        ids = sorted(at_floor)
-        for i, sel in zip(
-            ids, masking.select_lowest([normed[i] for i in ids], [at_floor[i] for i in ids]), strict=True
-        ):
-            selections[i] = sel
-    for i, g in enumerate(groups):
-        keep = tf.logical_not(tf.reshape(selections[i], g.scores.shape))
-        result.masks[g.target.name] = _expand(g.target, keep, gran)
-        result.requested[g.target.name] = sparsity
+        for p in over:
+            at_cap.add(id(p))
+            _note_floor(p.set, result)
+    result.selection_path = path if segments else ""
+    out = []
+    for p in plans:
+        keep = chosen[id(p)]
+        if p.free is not None:
+            if p in free and p.free.size and not keep.any() and p.free.size < p.set.prunable:
+                _note_floor(p.set, result)  # a tied set ranked globally lost every position it could
+            full = np.ones(p.set.size, dtype=bool)
+            full[p.free[~keep]] = False
+            keep = full
+        out.append(keep)
+    return out

@@ -5,7 +5,8 @@ step t in [0, total_steps) and maps any final sparsity s_f (the run's, or a per-
 the sparsity wanted at an update, so every layer follows the same curve and all end exactly at s_f:
 
 * oneshot: the pipeline pruned before training; masks never change.
-* iterative (--steps K): K pruning rounds at epoch boundaries, each removing the same fraction of
+* iterative (--steps K): K pruning rounds spread evenly over the training steps (any K with any
+  number of epochs, as long as there are K steps), each removing the same fraction of
   the weights still alive (density d_k = d_i * (d_f / d_i) ** (k / K), as in iterative magnitude
   pruning, Han et al. 2015 / Frankle & Carbin 2019), with fine-tuning between rounds.
 * polynomial: Zhu & Gupta 2017, s_t = s_f + (s_i - s_f) * (1 - t / R) ** 3, masks updated every
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from prunecli.errors import ConfigError
 
 GRADUAL = ("iterative", "polynomial", "dynamic")
 RAMP_SHARE = 2 / 3  # share of the epochs over which polynomial/dynamic schedules raise the sparsity
@@ -60,7 +63,9 @@ def build(kind: str, epochs: int, steps_per_epoch: int, initial_sparsity: float 
     if kind == "oneshot":
         return Schedule(kind, initial_sparsity, total, (), 0)
     if kind == "iterative":
-        starts = tuple(steps_per_epoch * ((k * epochs) // rounds) for k in range(rounds))
+        if rounds > total:
+            raise ConfigError(f"--schedule iterative --steps {rounds} needs at least {rounds} training steps; this run has {total}")
+        starts = tuple((k * total) // rounds for k in range(rounds))
         return Schedule(kind, initial_sparsity, total, starts, starts[-1], rounds)
     if kind in ("polynomial", "dynamic"):
         ramp_epochs = max(1, math.floor(epochs * RAMP_SHARE))

@@ -1,8 +1,9 @@
 """Which weights can be pruned, and how each is laid out (its unit axis and reduction axes).
 
-Like tfmot's prune_registry, a plain table maps a layer class to its prunable weight attributes.
-A custom layer opts in with `get_prunable_weights()`, returning the variables to prune.
-Biases and normalisation layers are never targets.
+Like tfmot's prune_registry, the layer table (structure/layers.py) maps a layer class to its prunable
+weight attributes; `layers.register` teaches it a new class. A custom layer may instead opt in with
+`get_prunable_weights()`, returning the variables to prune. Biases and normalisation layers are never
+targets.
 """
 
 from __future__ import annotations
@@ -11,42 +12,7 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any
 
-# class name -> [(weight attribute, unit axis)]. The unit axis indexes the layer's output units
-# (neurons, filters, channels): pruning "a neuron" removes one index along it.
-PRUNABLE: dict[str, list[tuple[str, int]]] = {
-    "Dense": [("kernel", -1)],
-    "EinsumDense": [("kernel", -1)],
-    "Conv1D": [("kernel", -1)],
-    "Conv2D": [("kernel", -1)],
-    "Conv3D": [("kernel", -1)],
-    "Conv1DTranspose": [("kernel", -2)],
-    "Conv2DTranspose": [("kernel", -2)],
-    "Conv3DTranspose": [("kernel", -2)],
-    "DepthwiseConv1D": [("kernel", -2)],  # Keras 3 names the depthwise weight "kernel"
-    "DepthwiseConv2D": [("kernel", -2)],
-    "SeparableConv1D": [("depthwise_kernel", -2), ("pointwise_kernel", -1)],
-    "SeparableConv2D": [("depthwise_kernel", -2), ("pointwise_kernel", -1)],
-    "Embedding": [("embeddings", -1)],
-    "LSTMCell": [("kernel", -1), ("recurrent_kernel", -1)],
-    "GRUCell": [("kernel", -1), ("recurrent_kernel", -1)],
-    "SimpleRNNCell": [("kernel", -1), ("recurrent_kernel", -1)],
-    "ConvLSTMCell": [("kernel", -1), ("recurrent_kernel", -1)],
-}
-
-# Layers whose units can be removed physically by surgery (the others are masked only).
-SHRINKABLE = {
-    "Dense",
-    "Conv1D",
-    "Conv2D",
-    "Conv3D",
-    "DepthwiseConv1D",
-    "DepthwiseConv2D",
-    "SeparableConv1D",
-    "SeparableConv2D",
-    "Conv1DTranspose",
-    "Conv2DTranspose",
-    "Conv3DTranspose",
-}
+from prunecli.structure import keras_graph, layers
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,23 +82,8 @@ class Target:
 
     @property
     def shrinkable(self) -> bool:
-        return self.layer_class in SHRINKABLE
-
-
-def _children(layer) -> list:
-    return list(layer._flatten_layers(include_self=False, recursive=False))
-
-
-def _layer_weights(layer) -> list[tuple[str, Any, int]]:
-    custom = getattr(layer, "get_prunable_weights", None)
-    if callable(custom):
-        return [(v.name, v, -1) for v in custom()]
-    out = []
-    for attr, axis in PRUNABLE.get(type(layer).__name__, []):
-        var = getattr(layer, attr, None)
-        if var is not None and len(var.shape) >= 2:
-            out.append((attr, var, axis))
-    return out
+        found = layers.spec(self.layer) if self.layer is not None else layers.LAYERS.get(self.layer_class, layers.OTHER)
+        return found.shrinkable
 
 
 def _matches(layer_name: str, patterns) -> bool:
@@ -147,16 +98,16 @@ def walk(model) -> list[Target]:
 
     def visit(layer, prefix: str):
         path = f"{prefix}/{layer.name}" if prefix else layer.name
-        for attr, var, axis in _layer_weights(layer):
+        for attr, var, axis in layers.prunable_weights(layer):
             if id(var) in seen:
                 continue  # a shared layer: prune its weight once
             seen.add(id(var))
             ndim = len(var.shape)
             found.append(Target(f"{path}/{attr}", path, type(layer).__name__, attr, var, axis % ndim, layer))
-        for child in _children(layer):
+        for child in keras_graph.children(layer):
             visit(child, path)
 
-    for layer in _children(model):
+    for layer in keras_graph.children(model):
         visit(layer, "")
     return found
 
@@ -173,12 +124,22 @@ def select(model, include=(), exclude=()) -> list[Target]:
 
 def output_layer_names(model) -> set[str]:
     """Names of the top-level layers that produce the model's outputs."""
-    names = set()
-    for tensor in getattr(model, "outputs", None) or []:
-        history = getattr(tensor, "_keras_history", None)
-        if history is not None:
-            names.add(history.operation.name)
-    return names
+    return keras_graph.output_layer_names(model)
+
+
+def without_output_units(model, found: list[Target], include=()) -> tuple[list[Target], list[str]]:
+    """For neuron pruning: the targets minus the layers whose units are a model output (its classes),
+    found from the channel graph (`channels.protected_output_units`), and a note per protected layer.
+
+    Removing a class changes what the model predicts, not how big it is; a layer named by --include
+    is pruned anyway."""
+    from prunecli.structure import channels
+
+    protected = channels.protected_output_units(model)
+    kept = [t for t in found if t.layer_name in protected and not named_in(t, include)]
+    names = sorted({t.layer_name for t in kept})
+    notes = [f"{name} not pruned by neuron: {protected[name]} (--include it to prune anyway)" for name in names]
+    return [t for t in found if t not in kept], notes
 
 
 def named_in(target: Target, patterns) -> bool:

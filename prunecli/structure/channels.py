@@ -21,65 +21,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-TensorKey = tuple[int, int, int]  # (id(layer), node index, output index): one tensor of the graph
+from prunecli.structure import keras_graph, layers
+from prunecli.structure.keras_graph import GraphUnsupported, TensorKey
 
-MIXERS = {
-    "Dense",
-    "Conv1D",
-    "Conv2D",
-    "Conv3D",
-    "SeparableConv1D",
-    "SeparableConv2D",
-    "Conv1DTranspose",
-    "Conv2DTranspose",
-    "Conv3DTranspose",
-}
-CHANNELWISE = {
-    "BatchNormalization",
-    "Activation",
-    "ReLU",
-    "LeakyReLU",
-    "ELU",
-    "PReLU",
-    "Dropout",
-    "SpatialDropout1D",
-    "SpatialDropout2D",
-    "SpatialDropout3D",
-    "GaussianNoise",
-    "GaussianDropout",
-    "AlphaDropout",
-    "ActivityRegularization",
-    "Identity",
-    "MaxPooling1D",
-    "MaxPooling2D",
-    "MaxPooling3D",
-    "AveragePooling1D",
-    "AveragePooling2D",
-    "AveragePooling3D",
-    "GlobalAveragePooling1D",
-    "GlobalAveragePooling2D",
-    "GlobalAveragePooling3D",
-    "GlobalMaxPooling1D",
-    "GlobalMaxPooling2D",
-    "GlobalMaxPooling3D",
-    "ZeroPadding1D",
-    "ZeroPadding2D",
-    "ZeroPadding3D",
-    "Cropping1D",
-    "Cropping2D",
-    "Cropping3D",
-    "UpSampling1D",
-    "UpSampling2D",
-    "UpSampling3D",
-    "DepthwiseConv1D",
-    "DepthwiseConv2D",
-    "Reshape",
-}
-MERGES = {"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"}
-
-
-class GraphUnsupported(Exception):
-    """The model has no layer graph to walk (a subclassed model, or one never called on inputs)."""
+__all__ = [
+    "GraphUnsupported",
+    "TensorKey",
+    "apply_follower_masks",
+    "build",
+    "classify",
+    "dead_channels",
+    "follower_masks",
+    "protected_output_units",
+]
 
 
 @dataclass(eq=False)
@@ -91,6 +45,7 @@ class Call:
     kind: str
     inputs: list[TensorKey]
     outputs: list[TensorKey]
+    node: Any = None  # the Keras node (keras_graph.call_node runs it again on other inputs)
 
     @property
     def name(self) -> str:
@@ -169,55 +124,6 @@ class LayerGraph:
         return sorted(self.producers.get(root, ()))
 
 
-def _flatten(structure) -> list:
-    if isinstance(structure, (list, tuple)):
-        return [x for item in structure for x in _flatten(item)]
-    if isinstance(structure, dict):
-        return [x for item in structure.values() for x in _flatten(item)]
-    return [structure]
-
-
-def _key(tensor) -> TensorKey:
-    op, node_index, tensor_index = tensor._keras_history
-    return (id(op), node_index, tensor_index)
-
-
-def _walk(model) -> tuple[list[tuple[Any, Any, int]], dict[TensorKey, tuple]]:
-    """The nodes that feed the model's outputs, in topological order (iterative DFS, deep nets are fine)."""
-    try:
-        outputs = model.outputs
-    except (AttributeError, ValueError):  # a Sequential model that was never built
-        outputs = None
-    if not outputs:
-        raise GraphUnsupported(f"model {model.name} has no functional graph (subclassed or never built)")
-    order: list[tuple[Any, Any, int]] = []
-    shapes: dict[TensorKey, tuple] = {}
-    done: set[tuple[int, int]] = set()
-    stack: list[tuple[Any, int, bool]] = []
-    for t in _flatten(outputs):
-        if getattr(t, "_keras_history", None) is None:
-            raise GraphUnsupported(f"model {model.name}: an output has no layer history")
-        op, node_index, _ = t._keras_history
-        stack.append((op, node_index, False))
-    while stack:
-        op, node_index, expanded = stack.pop()
-        if (id(op), node_index) in done:
-            continue
-        node = op._inbound_nodes[node_index]
-        if expanded:
-            done.add((id(op), node_index))
-            order.append((op, node, node_index))
-            for i, t in enumerate(_flatten(node.output_tensors)):
-                shapes[(id(op), node_index, i)] = tuple(t.shape)
-            continue
-        stack.append((op, node_index, True))
-        for t in _flatten(node.input_tensors):
-            parent, parent_index, _ = t._keras_history
-            if (id(parent), parent_index) not in done:
-                stack.append((parent, parent_index, False))
-    return order, shapes
-
-
 def _channels_last(layer) -> bool:
     return getattr(layer, "data_format", "channels_last") in (None, "channels_last")
 
@@ -232,26 +138,44 @@ def is_elementwise(fn) -> bool:
     return whole.shape == x.shape and np.allclose(whole, parts, atol=1e-6)
 
 
-def classify(layer, in_shapes: list[tuple], out_shapes: list[tuple]) -> tuple[str, str | None]:
-    """How channels flow through one call of `layer`, and why it is 'other' when it is."""
+def _scalar(value) -> bool:
+    import numpy as np
+
+    return value is None or isinstance(value, (bool, int, float, str)) or np.ndim(value) == 0
+
+
+def classify(layer, in_shapes: list[tuple], out_shapes: list[tuple], node=None) -> tuple[str, str | None]:
+    """How channels flow through one call of `layer` (a layer or a Keras operation), and why it is
+    'other' when it is. The role comes from the layer table (structure/layers.py)."""
     cls = type(layer).__name__
-    if cls == "InputLayer":
+    record = layers.spec(layer)
+    role = record.role
+    label = f"{layer.name} ({cls})"
+    if role == "input":
         return "input", None
+    if layers.is_operation(layer):
+        label = f"{layer.name} (operation {cls})"
+        if role not in ("channelwise", "merge"):
+            return "other", f"{label} is not an operation the channel graph understands"
+        if node is not None and not all(_scalar(a) for a in keras_graph.constant_arguments(node)):
+            return "other", f"{label} has a constant operand that is not a single number"
+        if role == "merge" and len(in_shapes) == 1:
+            role = "channelwise"  # arithmetic with a number: each channel stays apart
     if not in_shapes or not out_shapes:
-        return "other", f"{layer.name} ({cls}) has no tensor inputs or outputs"
+        return "other", f"{label} has no tensor inputs or outputs"
     if any(len(s) < 2 or s[-1] is None for s in in_shapes + out_shapes):
-        return "other", f"{layer.name} ({cls}) has a tensor without a known channel axis"
+        return "other", f"{label} has a tensor without a known channel axis"
     one_to_one = len(in_shapes) == 1 and len(out_shapes) == 1
     channel_axes = (-1, len(out_shapes[0]) - 1)
-    if cls in MIXERS and one_to_one:
+    if role == "mixer" and one_to_one:
         if not _channels_last(layer) or getattr(layer, "groups", 1) != 1:
-            return "other", f"{layer.name} ({cls}) is channels_first or grouped"
+            return "other", f"{label} is channels_first or grouped"
         return "mixer", None
-    if cls in CHANNELWISE and one_to_one:
+    if role == "channelwise" and one_to_one:
         if not _channels_last(layer):
-            return "other", f"{layer.name} ({cls}) is channels_first"
-        if cls.startswith("DepthwiseConv") and getattr(layer, "depth_multiplier", 1) != 1:
-            return "other", f"{layer.name} ({cls}) has depth_multiplier > 1"
+            return "other", f"{label} is channels_first"
+        if record.family == "depthwise" and getattr(layer, "depth_multiplier", 1) != 1:
+            return "other", f"{label} has depth_multiplier > 1"
         if cls == "BatchNormalization" and layer.axis not in channel_axes:
             return "other", f"{layer.name} (BatchNormalization) normalises a non-channel axis"
         if cls == "Reshape" and in_shapes[0][-1] != out_shapes[0][-1]:
@@ -259,31 +183,34 @@ def classify(layer, in_shapes: list[tuple], out_shapes: list[tuple]) -> tuple[st
         if cls == "Activation" and not is_elementwise(layer.activation):
             return "other", f"{layer.name} (Activation) mixes channels (softmax-like)"
         if in_shapes[0][-1] != out_shapes[0][-1]:
-            return "other", f"{layer.name} ({cls}) changes the channel count"
+            return "other", f"{label} changes the channel count"
         return "channelwise", None
-    if cls in MERGES or cls == "Concatenate":
+    if role in ("merge", "concat"):
         if len(out_shapes) != 1 or len({len(s) for s in in_shapes + out_shapes}) != 1:
-            return "other", f"{layer.name} ({cls}) joins tensors of different ranks"
-        if cls == "Concatenate" and layer.axis in channel_axes:
+            return "other", f"{label} joins tensors of different ranks"
+        if role == "concat" and layer.axis in channel_axes:
             return "concat", None
         return "merge", None
-    if cls == "Flatten" and one_to_one and _channels_last(layer) and all(d is not None for d in in_shapes[0][1:]):
+    if role == "flatten" and one_to_one and _channels_last(layer) and all(d is not None for d in in_shapes[0][1:]):
         return "flatten", None
-    return "other", f"{layer.name} ({cls}) is not a layer surgery can slice"
+    return "other", f"{label} is not a layer surgery can slice"
 
 
 def build(model) -> LayerGraph:
     """Walk the model once: calls in order, tensor shapes, consumers, channel ids and their groups."""
     import numpy as np
 
-    order, shapes = _walk(model)
+    key, flat = keras_graph.key, keras_graph.flatten
+    shapes: dict[TensorKey, tuple] = {}
     calls: list[Call] = []
     consumers: dict[TensorKey, list[Call]] = {}
-    for op, node, node_index in order:
-        ins = [_key(t) for t in _flatten(node.input_tensors)]
-        outs = [(id(op), node_index, i) for i in range(len(_flatten(node.output_tensors)))]
-        kind, _ = classify(op, [shapes[k] for k in ins], [shapes[k] for k in outs])
-        call = Call(op, kind, ins, outs)
+    for node in keras_graph.nodes(model, include_inputs=True):
+        ins = [key(t) for t in flat(node.input_tensors)]
+        outs = [key(t) for t in flat(node.outputs)]
+        for k, t in zip(outs, flat(node.outputs), strict=True):
+            shapes[k] = tuple(t.shape)
+        kind, _ = classify(node.operation, [shapes[k] for k in ins], [shapes[k] for k in outs], node)
+        call = Call(node.operation, kind, ins, outs, node)
         calls.append(call)
         for k in ins:
             consumers.setdefault(k, []).append(call)
@@ -291,8 +218,8 @@ def build(model) -> LayerGraph:
         calls,
         shapes,
         consumers,
-        inputs=[_key(t) for t in _flatten(model.inputs)],
-        outputs=[_key(t) for t in _flatten(model.outputs)],
+        inputs=[key(t) for t in flat(keras_graph.inputs(model))],
+        outputs=[key(t) for t in flat(keras_graph.outputs(model))],
     )
     first_call: dict[int, Call] = {}
     ch = g.channels
@@ -305,7 +232,7 @@ def build(model) -> LayerGraph:
             if call.kind == "input":
                 ch.pin(g.ids[call.outputs[0]], "model input")
             else:
-                reason = classify(call.layer, in_shapes, [shapes[k] for k in call.outputs])[1]
+                reason = classify(call.layer, in_shapes, [shapes[k] for k in call.outputs], call.node)[1]
                 for k in call.inputs + call.outputs:
                     ch.pin(g.ids[k], reason)
         elif call.kind == "mixer":
@@ -345,3 +272,156 @@ def build(model) -> LayerGraph:
             for root in set(ch.roots(g.ids[call.outputs[0]]).tolist()):
                 g.producers.setdefault(root, set()).add(call.name)
     return g
+
+
+# ---------------------------------------------------------------------------------------------------
+# Output units and whole channels
+
+
+def _softmax_like(layer) -> bool:
+    """A layer that normalises over the channels (softmax): its outputs are still the classes it reads."""
+    cls = type(layer).__name__
+    if layers.is_operation(layer):
+        return cls in ("Softmax", "LogSoftmax")
+    if cls in layers.SOFTMAX_LIKE:
+        return True
+    return cls == "Activation" and not is_elementwise(layer.activation)
+
+
+def protected_output_units(model) -> dict[str, str]:
+    """{layer name: why}: layers whose units *are* a model output, so neuron pruning never removes them.
+
+    From each model output the graph is followed back through layers that keep channels apart
+    (activations, softmax, pooling, global pooling, reshape/flatten, dropout, normalisation,
+    cropping/padding, merges, channel concatenation) to the layers with prunable units that make those
+    channels: `Conv2D(7) -> GlobalAveragePooling2D -> Activation('softmax')` protects the conv, as
+    `Dense(10) -> Softmax()` protects the Dense. A depthwise convolution on the way is protected and
+    followed further. Without a layer graph (a subclassed model), the layers that are the outputs.
+    """
+    try:
+        g = build(model)
+    except GraphUnsupported:
+        return {name: "it produces a model output" for name in keras_graph.output_layer_names(model)}
+    made_by = {k: call for call in g.calls for k in call.outputs}
+    found: dict[str, str] = {}
+    for key in g.outputs:
+        output_name = made_by[key].name if key in made_by else "?"
+        stack: list[tuple[TensorKey, tuple[str, ...]]] = [(key, ())]
+        seen: set[TensorKey] = set()
+        while stack:
+            k, via = stack.pop()
+            call = made_by.get(k)
+            if k in seen or call is None:
+                continue
+            seen.add(k)
+            has_units = bool(layers.spec(call.layer).prunable) or callable(
+                getattr(call.layer, "get_prunable_weights", None)
+            )
+            if has_units:
+                route = f" through {' -> '.join(reversed(via))}" if via else ""
+                found.setdefault(call.name, f"its units are the channels of model output {output_name!r}{route}")
+                if call.kind != "channelwise":
+                    continue  # a layer that makes its channels: the output's channels start here
+            elif call.kind not in ("channelwise", "merge", "concat", "flatten") and not _softmax_like(call.layer):
+                continue  # channels are made here by a layer without units (nothing to protect above it)
+            stack.extend((parent, (*via, call.name)) for parent in call.inputs)
+    return found
+
+
+def _unit_keep(target, mask):
+    """Bool per output unit of a neuron-masked target: some weight of the unit is kept."""
+    import numpy as np
+
+    moved = np.moveaxis(np.asarray(mask, dtype=bool), target.unit_axis, -1)
+    return moved.reshape(-1, moved.shape[-1]).any(axis=0)
+
+
+def dead_channels(g: LayerGraph, targets, masks: dict) -> dict[TensorKey, Any]:
+    """Bool per channel of every tensor: its value no longer depends on the input (a removed channel).
+
+    A removed unit of a mixer makes its channel dead; channel-wise layers carry it on (a depthwise
+    filter whose own mask removes it kills it too); a merge's channel is dead when it is dead in every
+    full-width input; concatenation and Flatten move it; anything else makes live channels.
+    """
+    import numpy as np
+
+    by_layer: dict[int, Any] = {}
+    for t in targets:
+        if t.name not in masks:
+            continue
+        record = layers.spec(t.layer)
+        if (record.role == "mixer" and t.attr == record.prunable[-1][0]) or record.family == "depthwise":
+            keep = _unit_keep(t, masks[t.name])
+            by_layer[id(t.layer)] = keep & by_layer.get(id(t.layer), True)
+    dead: dict[TensorKey, Any] = {}
+    for call in g.calls:
+        outs = call.outputs
+        width = [len(g.ids[k]) for k in outs]
+        if call.kind == "mixer":
+            keep = by_layer.get(id(call.layer))
+            dead[outs[0]] = ~keep if keep is not None and len(keep) == width[0] else np.zeros(width[0], bool)
+        elif call.kind == "channelwise":
+            d = dead[call.inputs[0]].copy()
+            keep = by_layer.get(id(call.layer))
+            if keep is not None and len(keep) == len(d):
+                d |= ~keep
+            dead[outs[0]] = d
+        elif call.kind == "merge":
+            full = [dead[k] for k in call.inputs if len(dead[k]) == width[0]]
+            dead[outs[0]] = np.logical_and.reduce(full) if full else np.zeros(width[0], bool)
+        elif call.kind == "concat":
+            dead[outs[0]] = np.concatenate([dead[k] for k in call.inputs])
+        elif call.kind == "flatten":
+            dead[outs[0]] = np.tile(dead[call.inputs[0]], width[0] // max(len(dead[call.inputs[0]]), 1))
+        else:
+            for k, w in zip(outs, width, strict=True):
+                dead[k] = np.zeros(w, bool)
+    return dead
+
+
+def follower_masks(model, targets, masks: dict) -> list[tuple[Any, Any]]:
+    """[(variable, keep)]: the per-channel parameters that follow neuron-masked units, with boolean
+    keep-masks of the variable's shape (False = zeroed), so a removed channel outputs exactly f(0).
+
+    Covers each masked mixer's bias, and the followers (layer table) of every channel-wise layer the
+    dead channel passes before the next mixing layer: BatchNorm gamma, beta and moving statistics
+    (its output becomes 0 instead of beta's shift), PReLU alpha, depthwise filters and biases. A
+    shared layer keeps a position live in any call. Every such variable of the model is listed, with
+    an all-True mask where nothing is removed, so a trainer can allocate its masks once.
+    `masks` maps target name -> keep mask (a MaskSet's `masks`); call it for neuron masks only.
+    """
+    import numpy as np
+
+    try:
+        g = build(model)
+    except GraphUnsupported:
+        return []
+    dead = dead_channels(g, targets, masks)
+    keep_of: dict[int, tuple[Any, Any]] = {}
+
+    def hold(var, axis: int, gone) -> None:
+        if var is None or len(var.shape) == 0 or var.shape[axis] != len(gone):
+            return  # e.g. a PReLU alpha shared across channels
+        shape = [1] * len(var.shape)
+        shape[axis] = len(gone)
+        keep = np.broadcast_to((~gone).reshape(shape), tuple(var.shape))
+        _, before = keep_of.get(id(var), (var, None))
+        keep_of[id(var)] = (var, keep if before is None else before | keep)  # shared: live in any call
+
+    for call in g.calls:
+        record = layers.spec(call.layer)
+        if call.kind == "mixer" and record.bias:
+            hold(getattr(call.layer, record.bias, None), -1, dead[call.outputs[0]])
+        elif call.kind == "channelwise" and record.followers:
+            for attr, axis, side in record.followers:
+                gone = dead[call.inputs[0]] if side == "in" else dead[call.outputs[0]]
+                hold(getattr(call.layer, attr, None), axis, gone)
+    return [(var, np.array(keep)) for var, keep in keep_of.values()]
+
+
+def apply_follower_masks(pairs) -> None:
+    """Zero the masked entries of each (variable, keep) pair, in place."""
+    import numpy as np
+
+    for var, keep in pairs:
+        var.assign(np.where(keep, np.asarray(var), 0).astype(np.asarray(var).dtype))

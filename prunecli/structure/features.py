@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from prunecli.config import FEATURE_SCORES
 from prunecli.errors import ConfigError, InputError
+from prunecli.results import StepResult
+from prunecli.structure import layers as layer_table
 
 _FROM_METHOD = {
     "gradient": "gradient",
@@ -36,71 +37,31 @@ _FROM_METHOD = {
     "l2-norm": "l2",
 }
 
-# class -> [(weight name, axis, side)]: the weights that read the input's channels. side "in" indexes
-# the layer's input channels; "mid" the depthwise outputs (input channel c -> c*multiplier + m).
-READERS = {
-    "Dense": [("kernel", 0, "in")],
-    "Conv1D": [("kernel", -2, "in")],
-    "Conv2D": [("kernel", -2, "in")],
-    "Conv3D": [("kernel", -2, "in")],
-    "Conv1DTranspose": [("kernel", -1, "in")],
-    "Conv2DTranspose": [("kernel", -1, "in")],
-    "Conv3DTranspose": [("kernel", -1, "in")],
-    "SeparableConv1D": [("depthwise_kernel", -2, "in"), ("pointwise_kernel", -2, "mid")],
-    "SeparableConv2D": [("depthwise_kernel", -2, "in"), ("pointwise_kernel", -2, "mid")],
-    "LSTM": [("kernel", 0, "in")],
-    "GRU": [("kernel", 0, "in")],
-    "SimpleRNN": [("kernel", 0, "in")],
-}
-# Layers that keep channels apart and hold per-channel weights (sliced on --shrink).
-CHANNELWISE = {
-    "BatchNormalization": [
-        ("gamma", 0, "in"),
-        ("beta", 0, "in"),
-        ("moving_mean", 0, "in"),
-        ("moving_variance", 0, "in"),
-    ],
-    "DepthwiseConv1D": [("kernel", -2, "in"), ("bias", 0, "mid")],
-    "DepthwiseConv2D": [("kernel", -2, "in"), ("bias", 0, "mid")],
-    "PReLU": [("alpha", -1, "in")],
-}
-# Layers without weights that keep each channel where it is.
-PASS_THROUGH = {
-    "Dropout",
-    "SpatialDropout1D",
-    "SpatialDropout2D",
-    "SpatialDropout3D",
-    "GaussianNoise",
-    "GaussianDropout",
-    "AlphaDropout",
-    "Activation",
-    "ReLU",
-    "LeakyReLU",
-    "ELU",
-    "ActivityRegularization",
-    "Identity",
-    "MaxPooling1D",
-    "MaxPooling2D",
-    "MaxPooling3D",
-    "AveragePooling1D",
-    "AveragePooling2D",
-    "AveragePooling3D",
-    "GlobalMaxPooling1D",
-    "GlobalMaxPooling2D",
-    "GlobalMaxPooling3D",
-    "GlobalAveragePooling1D",
-    "GlobalAveragePooling2D",
-    "GlobalAveragePooling3D",
-    "ZeroPadding1D",
-    "ZeroPadding2D",
-    "ZeroPadding3D",
-    "Cropping1D",
-    "Cropping2D",
-    "Cropping3D",
-    "UpSampling1D",
-    "UpSampling2D",
-    "UpSampling3D",
-}
+# What a layer does with the features comes from the layer table (structure/layers.py): `readers`
+# are the weights that read the input's channels, side "in" indexing the layer's input channels and
+# "mid" the depthwise outputs (input channel c -> c*multiplier + m); channel-wise layers with
+# `followers` hold per-channel weights (sliced on --shrink); those without pass the features on.
+
+
+def _reads(layer) -> tuple:
+    return layer_table.spec(layer).readers
+
+
+def _carries(layer) -> tuple:
+    """Per-channel weights of a channel-wise layer (BatchNorm, DepthwiseConv, PReLU), else ()."""
+    found = layer_table.spec(layer)
+    return found.followers if found.role == "channelwise" else ()
+
+
+def _passes(layer) -> bool:
+    """A weightless layer that keeps every channel where it is (activations, dropout, pooling, padding)."""
+    found = layer_table.spec(layer)
+    return (
+        found.role == "channelwise"
+        and not found.followers
+        and type(layer).__name__ != "Reshape"
+        and not layer_table.is_operation(layer)
+    )
 
 
 @dataclass(eq=False)
@@ -188,18 +149,18 @@ def _follow(node, tensor, positions, i: int, name: str, found: dict, path: dict,
     if calls[id(layer)] > 1:
         raise InputError(f"input {name!r}: layer {layer.name} is shared; its features cannot be cut")
     in_shape = tuple(tensor.shape)
-    if cls in READERS or cls in CHANNELWISE:
+    if _reads(layer) or _carries(layer):
         _check_layout(layer, name)
-        reader = found.setdefault(id(layer), Reader(layer, int(in_shape[-1]), reads=cls in READERS))
+        reader = found.setdefault(id(layer), Reader(layer, int(in_shape[-1]), reads=bool(_reads(layer))))
         reader.positions.setdefault(i, [[] for _ in positions])
         for f, pos in enumerate(positions):
             reader.positions[i][f].extend(pos)
         path[id(layer)] = layer
-        if cls in READERS:
+        if _reads(layer):
             return []
         return [(node.outputs[0], [_expand(p, _multiplier(layer)) for p in positions])]
     path[id(layer)] = layer
-    if cls in PASS_THROUGH or (cls == "Rescaling" and np.ndim(layer.scale) == 0 and np.ndim(layer.offset) == 0):
+    if _passes(layer) or (cls == "Rescaling" and np.ndim(layer.scale) == 0 and np.ndim(layer.offset) == 0):
         _check_layout(layer, name)
         return [(node.outputs[0], positions)]
     if cls == "Flatten":
@@ -226,10 +187,9 @@ def attach_names(tr: Trace, data_names: list[str] | None, names_file: str | None
     """Give the features names from --feature-names (one per line) or the data's feature_names."""
     names = data_names
     if names_file:
-        p = Path(names_file)
-        if not p.is_file():
-            raise ConfigError(f"--feature-names file not found: {p}")
-        names = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        from prunecli.io.data import read_feature_names  # UTF-8, regular file, one clear line otherwise
+
+        names = read_feature_names(names_file)
     if not names:
         return
     total = sum(inp.count for inp in tr.inputs)
@@ -282,7 +242,7 @@ def _weight(layer, name: str):
 
 def _slices(reader: Reader, i: int, f: int):
     """(variable, axis, positions) for every reading weight of feature f of input i."""
-    spec = READERS.get(type(reader.layer).__name__, [])
+    spec = _reads(reader.layer)
     pos = reader.positions[i][f]
     mult = _multiplier(reader.layer)
     for wname, axis, side in spec:
@@ -368,24 +328,22 @@ def permutation_scores(model, data: list, loss, repeats: int, seed: int, n_input
     return out
 
 
-def score(s, tr: Trace, kind: str) -> dict[int, list[float]]:
+def score(model, data, task, config, progress, tr: Trace, kind: str) -> dict[int, list[float]]:
     import numpy as np
 
     if kind in ("l1", "l2"):
         return weight_norm_scores(tr, 1 if kind == "l1" else 2)
     if kind == "random":
-        return {
-            inp.index: list(np.random.default_rng([s.config.seed, inp.index]).random(inp.count)) for inp in tr.inputs
-        }
-    if s.data is None:
+        return {inp.index: list(np.random.default_rng([config.seed, inp.index]).random(inp.count)) for inp in tr.inputs}
+    if data is None:
         raise ConfigError(f"feature score {kind!r} needs --data")
     from prunecli.structure.layer_removal import _loss_fn, batches
 
-    data = batches(s.data.train, s.config.score_batches)
-    loss = _loss_fn(s.task)
+    sample = batches(data.train, config.score_batches)
+    loss = _loss_fn(task)
     if kind == "permutation":
-        return permutation_scores(s.model, data, loss, s.config.repeats, s.config.seed, len(tr.inputs), s.progress)
-    return gradient_scores(s.model, data, loss, kind == "taylor", len(tr.inputs))
+        return permutation_scores(model, sample, loss, config.repeats, config.seed, len(tr.inputs), progress)
+    return gradient_scores(model, sample, loss, kind == "taylor", len(tr.inputs))
 
 
 # ---- policy ----
@@ -425,7 +383,7 @@ def _removed_positions(reader: Reader, kept: dict) -> set[int]:
     return gone
 
 
-def zero_out(s, tr: Trace, kept: dict):
+def zero_out(model, tr: Trace, kept: dict):
     """Mask the removed features' outgoing weights; returns the MaskSet (held during fine-tuning)."""
     import numpy as np
 
@@ -433,7 +391,7 @@ def zero_out(s, tr: Trace, kept: dict):
     from prunecli.selection import targets
     from prunecli.selection.policy import MaskSet
 
-    by_variable = {id(t.variable): t for t in targets.walk(s.model)}
+    by_variable = {id(t.variable): t for t in targets.walk(model)}
     masks = MaskSet()
     chosen = []
     for reader in tr.readers:
@@ -441,7 +399,7 @@ def zero_out(s, tr: Trace, kept: dict):
             continue
         gone = sorted(_removed_positions(reader, kept))
         mult = _multiplier(reader.layer)
-        for wname, axis, side in READERS[type(reader.layer).__name__]:
+        for wname, axis, side in _reads(reader.layer):
             var = _weight(reader.layer, wname)
             target = by_variable[id(var)]
             keep = np.ones(target.shape, bool)
@@ -471,7 +429,7 @@ def shrink(model, tr: Trace, kept: dict):
         gone = _removed_positions(reader, kept)
         stay = [p for p in range(reader.width) if p not in gone]
         mult = _multiplier(reader.layer)
-        spec = {w: (axis, side) for w, axis, side in (READERS | CHANNELWISE)[type(reader.layer).__name__]}
+        spec = {w: (axis, side) for w, axis, side in _reads(reader.layer) + _carries(reader.layer)}
         new_layer = fresh[id(reader.layer)]
         for old, new in zip(reader.layer.weights, new_layer.weights, strict=True):
             value = np.asarray(old)
@@ -498,37 +456,40 @@ def slice_data(data, kept: dict, n_inputs: int):
     return dataclasses.replace(data, train=data.train.map(cut), eval=data.eval.map(cut))
 
 
-def run(s) -> None:
+def run(model, data, task, config, progress, timings) -> StepResult:
     """Score the input features, keep the best, and zero (or, with --shrink, remove) the others."""
     from prunecli.selection import targets
 
-    c = s.config
+    c = config
     if c.schedule != "oneshot":
         raise ConfigError("--granularity input prunes once: use --schedule oneshot (and --epochs to fine-tune)")
-    tr = trace(s.model)
-    attach_names(tr, None if s.data is None else s.data.feature_names, c.feature_names)
+    tr = trace(model)
+    attach_names(tr, None if data is None else data.feature_names, c.feature_names)
     kind = score_kind(c)
-    s.progress(f"scoring input features ({kind})")
-    with s.timings.phase("score"):
-        scores = score(s, tr, kind)
-    kept = choose(tr, scores, c, excluded(tr, c.exclude_features), s.notes)
-    with s.timings.phase("mask"):
-        readers, masks = zero_out(s, tr, kept)
-    s.targets, s.masks = readers, masks
+    notes: list[str] = []
+    progress(f"scoring input features ({kind})")
+    with timings.phase("score"):
+        scores = score(model, data, task, c, progress, tr, kind)
+    kept = choose(tr, scores, c, excluded(tr, c.exclude_features), notes)
+    with timings.phase("mask"):
+        readers, masks = zero_out(model, tr, kept)
+    replaced = {"targets": readers, "masks": masks}
     if c.shrink:
-        s.progress("rebuilding the model with the kept features")
-        with s.timings.phase("shrink"):
-            s.model = shrink(s.model, tr, kept)
-        s.structure_changed = True
-        s.masks = None
+        progress("rebuilding the model with the kept features")
+        with timings.phase("shrink"):
+            model = shrink(model, tr, kept)
         names = {r.layer.name for r in tr.readers if r.reads}
-        s.targets = [t for t in targets.walk(s.model) if t.layer_name.split("/")[0] in names]
-        if s.data is not None:
-            s.data = slice_data(s.data, kept, len(tr.inputs))
-    s.extras["kept_features"] = {inp.name: kept[inp.index] for inp in tr.inputs}
+        replaced = {
+            "model": model,
+            "masks": None,
+            "targets": [t for t in targets.walk(model) if t.layer_name.split("/")[0] in names],
+        }
+        if data is not None:
+            replaced["data"] = slice_data(data, kept, len(tr.inputs))
+    sections: dict = {"kept_features": {inp.name: kept[inp.index] for inp in tr.inputs}}
     if all(inp.names for inp in tr.inputs):
-        s.extras["kept_feature_names"] = {inp.name: [inp.names[f] for f in kept[inp.index]] for inp in tr.inputs}
-    s.extras["feature_pruning"] = {
+        sections["kept_feature_names"] = {inp.name: [inp.names[f] for f in kept[inp.index]] for inp in tr.inputs}
+    sections["feature_pruning"] = {
         "score": kind,
         "shrunk": bool(c.shrink),
         "inputs": {
@@ -541,3 +502,4 @@ def run(s) -> None:
             for inp in tr.inputs
         },
     }
+    return StepResult(sections=sections, notes=tuple(notes), **replaced)

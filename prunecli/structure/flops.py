@@ -15,12 +15,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from prunecli.structure import keras_graph, layers
+
 UNIT = "multiply-adds per example"
-_CONV = ("Conv1D", "Conv2D", "Conv3D")
-_TRANSPOSE = ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
-_DEPTHWISE = ("DepthwiseConv1D", "DepthwiseConv2D")
-_SEPARABLE = ("SeparableConv1D", "SeparableConv2D")
-_RNN = ("LSTM", "GRU", "SimpleRNN")
 
 
 def _prod(dims) -> int | None:
@@ -72,13 +69,8 @@ def _attention(layer, in_shapes) -> tuple[int | None, int | None]:
     tq, tk, tv = _positions(query), _positions(key), _positions(value)
     if None in (tq, tk, tv):
         return None, None
-    heads, kdim, vdim = layer._num_heads, layer._key_dim, layer._value_dim
-    parts = [
-        (tq, layer._query_dense.kernel),
-        (tk, layer._key_dense.kernel),
-        (tv, layer._value_dense.kernel),
-        (tq, layer._output_dense.kernel),
-    ]
+    heads, kdim, vdim, (query_k, key_k, value_k, output_k) = keras_graph.attention_parts(layer)
+    parts = [(tq, query_k), (tk, key_k), (tv, value_k), (tq, output_k)]
     scores = tq * tk * heads * (kdim + vdim)  # Q·K^T and softmax(.)·V: no weights, never sparse
     dense = sum(n * _size(k) for n, k in parts) + scores
     nonzero = sum(n * _nnz(k) for n, k in parts) + scores
@@ -91,58 +83,54 @@ def _recurrent(layer, in_shape) -> tuple[int | None, int | None]:
     return _times(steps, [cell.kernel, cell.recurrent_kernel])
 
 
+def _bidirectional(layer, in_shapes):
+    parts = [_recurrent(sub, in_shapes[0]) for sub in (layer.forward_layer, layer.backward_layer)]
+    if any(p[0] is None for p in parts):
+        return None, None
+    return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+
+# How each rule of the layer table (structure/layers.py, `macs`) counts one call.
+_RULES = {
+    "dense": lambda layer, ins, outs: _times(_positions(outs[0]), [layer.kernel]),
+    "einsum": lambda layer, ins, outs: _einsum(layer, outs[0]),
+    "conv": lambda layer, ins, outs: _times(_positions(outs[0]), [layer.kernel]),  # depthwise too
+    "transpose": lambda layer, ins, outs: _times(_positions(ins[0]), [layer.kernel]),
+    "separable": lambda layer, ins, outs: _times(_positions(outs[0]), [layer.depthwise_kernel, layer.pointwise_kernel]),
+    "rnn": lambda layer, ins, outs: _recurrent(layer, ins[0]),
+    "bidirectional": lambda layer, ins, outs: _bidirectional(layer, ins),
+    "attention": lambda layer, ins, outs: _attention(layer, ins),
+    "zero": lambda layer, ins, outs: (0, 0),
+}
+
+
 def layer_cost(layer, in_shapes: list, out_shapes: list) -> tuple[int | None, int | None]:
     """(multiply-adds, non-zero multiply-adds) of one call of `layer`, per example."""
-    cls = type(layer).__name__
-    if cls == "Dense":
-        return _times(_positions(out_shapes[0]), [layer.kernel])
-    if cls == "EinsumDense":
-        return _einsum(layer, out_shapes[0])
-    if cls in _CONV or cls in _DEPTHWISE:
-        return _times(_positions(out_shapes[0]), [layer.kernel])  # Keras 3 names the depthwise weight `kernel`
-    if cls in _TRANSPOSE:
-        return _times(_positions(in_shapes[0]), [layer.kernel])
-    if cls in _SEPARABLE:
-        return _times(_positions(out_shapes[0]), [layer.depthwise_kernel, layer.pointwise_kernel])
-    if cls in _RNN:
-        return _recurrent(layer, in_shapes[0])
-    if cls == "Bidirectional":
-        parts = [_recurrent(sub, in_shapes[0]) for sub in (layer.forward_layer, layer.backward_layer)]
-        if any(p[0] is None for p in parts):
-            return None, None
-        return sum(p[0] for p in parts), sum(p[1] for p in parts)
-    if cls == "MultiHeadAttention":
-        return _attention(layer, in_shapes)
-    if all(len(w.shape) <= 1 for w in layer.weights) or cls == "Embedding":
-        return 0, 0  # element-wise (normalisation, PReLU...) or a lookup
+    rule = layers.spec(layer).macs
+    if callable(rule):
+        return rule(layer, in_shapes, out_shapes)
+    if rule is not None:
+        return _RULES[rule](layer, in_shapes, out_shapes)
+    if all(len(w.shape) <= 1 for w in getattr(layer, "weights", [])):
+        return 0, 0  # element-wise (normalisation, PReLU...)
     return None, None
-
-
-def _graph(model):
-    import keras
-
-    if isinstance(model, keras.Sequential):
-        return getattr(model, "_functional", None)
-    return model if hasattr(model, "_nodes_by_depth") else None
 
 
 def calls(model, prefix: str = ""):
     """(path, layer, input shapes, output shapes) of every layer call, nested models opened."""
-    graph = _graph(model)
-    if graph is None:
+    if keras_graph.functional(model) is None:
         return None
     out = []
-    for depth in sorted(graph._nodes_by_depth, reverse=True):
-        for node in graph._nodes_by_depth[depth]:
-            op = node.operation
-            if op is None or node.is_input or not getattr(op, "weights", None):
-                continue
-            path = f"{prefix}{op.name}"
-            inner = calls(op, f"{path}/") if _graph(op) is not None else None
-            if inner is not None:
-                out.extend(inner)
-                continue
-            out.append((path, op, [t.shape for t in node.input_tensors], [t.shape for t in node.outputs]))
+    for node in keras_graph.nodes(model):
+        op = node.operation
+        if not getattr(op, "weights", None):
+            continue
+        path = f"{prefix}{op.name}"
+        inner = calls(op, f"{path}/") if keras_graph.functional(op) is not None else None
+        if inner is not None:
+            out.extend(inner)
+            continue
+        out.append((path, op, [t.shape for t in node.input_tensors], [t.shape for t in node.outputs]))
     return out
 
 
@@ -165,11 +153,12 @@ def count(model) -> dict[str, Any]:
     }
 
 
-def record(session, stage: str) -> None:
-    """Add this stage's totals ("before" or "after") to the report's `flops` section."""
-    found = count(session.model)
-    section = session.extras.setdefault("flops", {"unit": UNIT})
-    section[stage] = found["total"]
-    section[f"{stage}_nonzero"] = found["nonzero"]
-    if found["partial"]:
-        section["partial"] = True
+def section(before: dict, after: dict) -> dict[str, Any]:
+    """The report's `flops` section from two `count` results: totals before and after pruning."""
+    out: dict[str, Any] = {"unit": UNIT}
+    for stage, found in (("before", before), ("after", after)):
+        out[stage] = found["total"]
+        out[f"{stage}_nonzero"] = found["nonzero"]
+        if found["partial"]:
+            out["partial"] = True
+    return out

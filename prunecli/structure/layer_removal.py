@@ -22,6 +22,8 @@ import math
 from dataclasses import dataclass, field
 
 from prunecli.errors import ConfigError, InputError
+from prunecli.results import StepResult
+from prunecli.structure import keras_graph
 
 DEFAULT_SCORE_BATCHES = 32
 
@@ -31,38 +33,31 @@ DEFAULT_SCORE_BATCHES = 32
 
 def functional_graph(model):
     """The Functional object that holds the model's graph (a Sequential's inner one)."""
-    import keras
-
-    graph = getattr(model, "_functional", None) if isinstance(model, keras.Sequential) else model
-    if graph is None or not hasattr(graph, "_nodes_by_depth"):
+    graph = keras_graph.functional(model)
+    if graph is None:
         raise InputError(f"model {model.name!r} is subclassed: its layer graph cannot be read or rebuilt")
     return graph
 
 
 def ordered_nodes(graph) -> list:
     """The graph's calls in execution order (model inputs left out)."""
-    return [
-        node
-        for depth in sorted(graph._nodes_by_depth, reverse=True)
-        for node in graph._nodes_by_depth[depth]
-        if node.operation is not None and not node.is_input
-    ]
+    return keras_graph.nodes(graph)
 
 
 def input_name(tensor) -> str:
-    return tensor._keras_history.operation.name
+    return keras_graph.producer_name(tensor)
 
 
-def rebuild(model, *, skip=(), bypass=None, replace=None, input_shapes=None):
+def rebuild(model, *, skip=(), bypass=None, replace=None, input_shapes=None, alias=None):
     """A functional model from `model`'s graph with some calls changed.
 
     skip: ids of nodes left out (their outputs must no longer be needed); bypass: {node id: input
     position} for calls whose output becomes that input; replace: {id(layer): substitute layer};
-    input_shapes: {input position: new batch shape}. Unchanged layers are shared with `model`
+    input_shapes: {input position: new batch shape}; alias: {id(tensor): earlier tensor} for a skipped
+    span whose output becomes its input (a whole Transformer block). Unchanged layers are shared with `model`
     (cheap, for scoring); `detach` gives the result its own layers.
     """
     import keras
-    from keras import tree
 
     graph = functional_graph(model)
     bypass, replace, input_shapes = bypass or {}, replace or {}, input_shapes or {}
@@ -71,7 +66,11 @@ def rebuild(model, *, skip=(), bypass=None, replace=None, input_shapes=None):
         for i, x in enumerate(graph.inputs)
     ]
     tensors = {id(x): y for x, y in zip(graph.inputs, new_inputs, strict=True)}
+    alias = alias or {}
     for node in ordered_nodes(graph):
+        for out_id, source in alias.items():
+            if out_id not in tensors and id(source) in tensors:
+                tensors[out_id] = tensors[id(source)]
         if id(node) in skip:
             continue
         if id(node) in bypass:
@@ -79,12 +78,11 @@ def rebuild(model, *, skip=(), bypass=None, replace=None, input_shapes=None):
             continue
         if any(id(t) not in tensors for t in node.input_tensors):
             continue
-        args, kwargs = node.arguments.fill_in(tensors)
         layer = replace.get(id(node.operation), node.operation)
-        for old, new in zip(node.outputs, tree.flatten(layer(*args, **kwargs)), strict=True):
+        for old, new in zip(node.outputs, keras_graph.call_node(node, tensors, layer), strict=True):
             tensors[id(old)] = new
-    outputs = tree.pack_sequence_as(graph._outputs_struct, [tensors[id(x)] for x in graph.outputs])
-    inputs = tree.pack_sequence_as(graph._inputs_struct, new_inputs)
+    outputs = keras_graph.pack_like(graph, "outputs", [tensors[id(x)] for x in graph.outputs])
+    inputs = keras_graph.pack_like(graph, "inputs", new_inputs)
     return keras.Model(inputs, outputs, name=model.name)
 
 
@@ -110,6 +108,7 @@ class Candidate:
     params: int = 0
     tensors: tuple = ()  # (input, output) tensors of the original graph, for the probe proxy
     score: float | None = None
+    alias: dict = field(default_factory=dict)  # id(span output) -> span input, for a "block" (transformer.py)
 
     @property
     def nodes(self) -> set:
@@ -239,6 +238,21 @@ def analyse(model, include=(), exclude=()) -> tuple[list[Candidate], list[dict]]
         if id(node) in in_branch:
             reason += f"; inside residual branch {in_branch[id(node)]}"
         rows.append({"layer": name, "class": cls, "candidate": is_candidate, "reason": reason})
+    from prunecli.structure import transformer  # whole Transformer blocks (attention + FFN) as one candidate
+
+    for block in transformer.block_candidates(model, allowed):
+        candidates.append(
+            Candidate(
+                block["name"],
+                "block",
+                block["layers"],
+                block["nodes"],
+                {},
+                block["params"],
+                (block["input"], block["output"]),
+                alias={id(block["output"]): block["input"]},
+            )
+        )
     return candidates, rows
 
 
@@ -307,26 +321,25 @@ def _scores_by_probe(model, candidates: list[Candidate], seed: int) -> None:
         c.score = float(np.linalg.norm(after - before) / (np.linalg.norm(before) + 1e-12))
 
 
-def score(s, candidates: list[Candidate]) -> str:
+def score(model, data, task, config, progress, candidates: list[Candidate]) -> str:
     """Fill in each candidate's score; returns how they were scored (for the report)."""
     import numpy as np
 
-    c = s.config
-    if c.method == "random":
-        values = np.random.default_rng(c.seed).random(len(candidates))
+    if config.method == "random":
+        values = np.random.default_rng(config.seed).random(len(candidates))
         for cand, v in zip(candidates, values, strict=True):
             cand.score = float(v)
         return "random"
-    if s.data is None:
-        _scores_by_probe(s.model, candidates, c.seed)
+    if data is None:
+        _scores_by_probe(model, candidates, config.seed)
         return "relative change on probe inputs (no --data)"
-    loss = _loss_fn(s.task)
-    data = batches(s.data.train, c.score_batches)
-    base = mean_loss(s.model, data, loss)
+    loss = _loss_fn(task)
+    sample = batches(data.train, config.score_batches)
+    base = mean_loss(model, sample, loss)
     for i, cand in enumerate(candidates):
-        s.progress(f"scoring layer candidate {i + 1}/{len(candidates)}: {cand.name}")
-        bypassed = rebuild(s.model, skip=cand.skip, bypass=cand.bypass)
-        cand.score = mean_loss(bypassed, data, loss) - base
+        progress(f"scoring layer candidate {i + 1}/{len(candidates)}: {cand.name}")
+        bypassed = rebuild(model, skip=cand.skip, bypass=cand.bypass, alias=cand.alias)
+        cand.score = mean_loss(bypassed, sample, loss) - base
     return "loss increase on --data when bypassed"
 
 
@@ -354,38 +367,36 @@ def choose(candidates: list[Candidate], config, notes: list) -> list[Candidate]:
 
 def remove(model, chosen: list[Candidate]):
     """The model without the chosen candidates, as a new functional model with its own layers."""
-    skip, bypass = set(), {}
+    skip, bypass, alias = set(), {}, {}
     for cand in chosen:
         skip |= cand.skip
         bypass.update(cand.bypass)
-    return detach(rebuild(model, skip=skip, bypass=bypass))
+        alias.update(cand.alias)
+    return detach(rebuild(model, skip=skip, bypass=bypass, alias=alias))
 
 
-def run(s) -> None:
-    """Score the candidates, remove the chosen ones, and swap the smaller model into the session."""
+def run(model, data, task, config, progress, timings) -> StepResult:
+    """Score the candidates and return the model without the chosen ones."""
     from prunecli.selection import targets
 
-    c = s.config
+    c = config
     if c.schedule != "oneshot":
         raise ConfigError("--granularity layer prunes once: use --schedule oneshot (and --epochs to fine-tune)")
-    with s.timings.phase("score"):
-        candidates, rows = analyse(s.model, c.include, c.exclude)
+    with timings.phase("score"):
+        candidates, rows = analyse(model, c.include, c.exclude)
         if not candidates:
             raise InputError(f"{c.model_path}: no layer can be removed (no residual branch or shape-preserving layer)")
-        how = score(s, candidates)
-    chosen = choose(candidates, c, s.notes)
-    s.progress(f"removing {len(chosen)} of {len(candidates)} candidate layers/blocks")
-    with s.timings.phase("rebuild"):
-        s.model = remove(s.model, chosen)
-    s.structure_changed = True
-    s.masks = None
-    s.targets = targets.select(s.model, c.include, c.exclude)
+        how = score(model, data, task, c, progress, candidates)
+    notes: list[str] = []
+    chosen = choose(candidates, c, notes)
+    progress(f"removing {len(chosen)} of {len(candidates)} candidate layers/blocks")
+    with timings.phase("rebuild"):
+        smaller = remove(model, chosen)
     removed_names = {cand.name for cand in chosen}
     gone = {name for cand in chosen for name in cand.layers}
     for row in rows:
         row["removed"] = row["layer"] in gone
-    s.extras["removed_layers"] = [row["layer"] for row in rows if row["removed"]]
-    s.extras["layer_pruning"] = {
+    section = {
         "score": how,
         "candidates": [
             {
@@ -400,3 +411,10 @@ def run(s) -> None:
         ],
         "layers": rows,
     }
+    return StepResult(
+        sections={"removed_layers": [row["layer"] for row in rows if row["removed"]], "layer_pruning": section},
+        notes=tuple(notes),
+        model=smaller,
+        targets=targets.select(smaller, c.include, c.exclude),
+        masks=None,
+    )

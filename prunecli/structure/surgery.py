@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prunecli.errors import PruneCliError
+from prunecli.results import StepResult
+from prunecli.structure import keras_graph, layers
 
 MAX_RELATIVE_DIFF = 1e-4
 UNIFORM_TOLERANCE = 1e-6  # a channel counts as constant when all its values agree this closely
@@ -54,18 +56,16 @@ class Plan:
 def _weights(layer) -> dict:
     import numpy as np
 
-    return {v.name: np.asarray(v) for v in layer.weights}
+    return {v.name: np.asarray(v) for v in getattr(layer, "weights", ())}  # a Keras operation has none
 
 
 def _family(layer) -> str:
-    cls = type(layer).__name__
-    if cls == "Dense":
-        return "dense"
-    if cls.startswith("SeparableConv"):
-        return "separable"
-    if cls.endswith("Transpose"):
-        return "transpose"
-    return "conv"
+    """How the layer table says this layer is sliced: dense | conv | separable | transpose | depthwise."""
+    return layers.spec(layer).family or "conv"
+
+
+def _is_depthwise(layer) -> bool:
+    return layers.spec(layer).family == "depthwise"
 
 
 def _unit_kernel(layer, w: dict):
@@ -215,12 +215,16 @@ def _evaluate(call, g, consts, lost, ch):
     for k in call.inputs:
         c = consts[k]
         known &= np.isfinite(c) if len(c) == width else np.isfinite(c).all()
-    if type(layer).__name__.startswith("DepthwiseConv"):
+    if _is_depthwise(layer):
         known |= _all_zero_on(np.asarray(layer.kernel), -2)  # a zero filter outputs its bias, whatever comes in
     if not known.any():
         return np.full(width, np.nan)
     xs = [_constant_input(g.shapes[k], consts[k]) for k in call.inputs]
-    out = np.asarray(layer(xs if call.kind == "merge" else xs[0], training=False))
+    if layers.is_operation(layer):  # `h + f(h)`, keras.ops.relu(h): run the recorded call on constants
+        fed = {id(t): x for t, x in zip(keras_graph.flatten(call.node.input_tensors), xs, strict=True)}
+        out = np.asarray(keras_graph.call_node(call.node, fed)[0])
+    else:
+        out = np.asarray(layer(xs if call.kind == "merge" else xs[0], training=False))
     uniform, mean = _uniform_channels(out)
     for pos in np.flatnonzero(known & ~uniform):
         lost.setdefault(ch.find(int(g.ids[call.outputs[0]][pos])), call.name)
@@ -245,7 +249,7 @@ def plan_removal(g, weights: dict) -> Plan:
             mixer_calls.setdefault(id(call.layer), []).append(call)
             dead = dead_units(call.layer, weights[call.name])
             plan.dead.update(ch.roots(g.ids[call.outputs[0]][dead]).tolist())
-        elif type(call.layer).__name__.startswith("DepthwiseConv") and call.kind == "channelwise":
+        elif _is_depthwise(call.layer) and call.kind == "channelwise":
             ignored = _all_zero_on(np.asarray(call.layer.kernel), -2)
             plan.dead.update(ch.roots(g.ids[call.outputs[0]][ignored]).tolist())
     for calls in mixer_calls.values():
@@ -319,6 +323,58 @@ def _plan_folds(g, weights, consts, mixer_calls, plan: Plan) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Whole channels: folding a removed channel's constant into its readers
+
+
+def fold_dead_constants(model, targets, masks: dict) -> list[str]:
+    """Add what each removed channel still contributes as a constant to the bias of the layers that read
+    it, before `channels.follower_masks` zeroes the channel (call it after the kernels are masked).
+
+    With the kernel masked, a removed channel outputs a constant (act(bias), then BatchNorm's shift);
+    zeroing its followers changes the readers' input by that constant. Folding it into the reader's
+    bias (or, without one, into the BatchNorm after it) keeps the one-shot function: exactly for Dense,
+    1x1 and 'valid' convolutions, away from the borders for 'same' padding. Returns notes. Whether to
+    fold is decided by bench/SHRINK.md ("Zeroing or folding a removed channel").
+    """
+    import numpy as np
+
+    from prunecli.structure import channels as graph
+
+    try:
+        g = graph.build(model)
+    except graph.GraphUnsupported:
+        return []
+    weights = {layer.name: _weights(layer) for layer in g.layers() if g.calls_of(layer)[0].kind != "input"}
+    consts, _ = propagate_constants(g, weights)
+    dead = graph.dead_channels(g, targets, masks)
+    skipped: list[str] = []
+    for layer in g.layers():
+        calls = g.calls_of(layer)
+        if calls[0].kind != "mixer" or len(calls) != 1:
+            continue
+        call, w = calls[0], weights[layer.name]
+        value = consts[call.inputs[0]]
+        gone = dead[call.inputs[0]] & np.isfinite(value) & ~ignored_inputs(layer, w)
+        if not gone.any():
+            continue
+        delta = value[gone] @ input_contributions(layer, w)[gone]
+        if not np.any(delta != 0):
+            continue
+        readers = g.consumers.get(call.outputs[0], [])
+        bn = readers[0].layer if len(readers) == 1 else None
+        linear = np.allclose(np.asarray(layer.activation(np.array([[-1.0, 2.0]], "float32"))), [[-1.0, 2.0]])
+        if "bias" in w:
+            layer.bias.assign((w["bias"] + delta).astype(w["bias"].dtype))
+        elif linear and bn is not None and type(bn).__name__ == "BatchNormalization" and bn.moving_mean is not None:
+            bn.moving_mean.assign((np.asarray(bn.moving_mean) - delta).astype("float32"))
+        else:
+            skipped.append(layer.name)
+    if skipped:
+        return [f"removed channels' constants not folded into {', '.join(skipped)} (no bias to absorb them)"]
+    return []
+
+
+# ---------------------------------------------------------------------------------------------------
 # Rebuilding
 
 
@@ -345,8 +401,8 @@ def layer_changes(g, plan: Plan) -> dict[str, LayerChange]:
     changes = {}
     for layer in g.layers():
         call = g.calls_of(layer)[0]
-        if call.kind not in ("mixer", "channelwise"):
-            continue
+        if call.kind not in ("mixer", "channelwise") or layers.is_operation(layer):
+            continue  # a Keras operation has no weights or config: the clone re-runs it as recorded
         in_keep = _kept_positions(g, call.inputs[0], plan.removed)
         out_keep = _kept_positions(g, call.outputs[0], plan.removed)
         in_width, out_width = len(g.ids[call.inputs[0]]), len(g.ids[call.outputs[0]])
@@ -356,7 +412,7 @@ def layer_changes(g, plan: Plan) -> dict[str, LayerChange]:
         config = {}
         cls = type(layer).__name__
         if call.kind == "mixer":
-            config["units" if cls == "Dense" else "filters"] = int(len(out_keep))
+            config[layers.spec(layer).width_key or "filters"] = int(len(out_keep))
             if layer.name in plan.add_bias:
                 config["use_bias"] = True
         elif cls == "Reshape":
@@ -369,9 +425,8 @@ def slice_weight(layer, change: LayerChange, name: str, array):
     """One weight (or mask) array of `layer` cut down to the kept inputs and units."""
     import numpy as np
 
-    cls = type(layer).__name__
     if change.kind == "channelwise":
-        axis = -2 if cls.startswith("DepthwiseConv") and name == "kernel" else -1
+        axis = -2 if _is_depthwise(layer) and name == "kernel" else -1
         if array.ndim == 0 or array.shape[axis] != change.in_width:
             return array  # e.g. a PReLU alpha shared across channels
         return np.take(array, change.in_keep, axis=axis)
@@ -496,12 +551,12 @@ def latency_ms(model, xs, budget_s: float = 2.0, max_repeats: int = 30) -> float
 # The step
 
 
-def _data_sample(session):
+def _data_sample(data):
     import numpy as np
 
-    if session.data is None:
+    if data is None:
         return None
-    x, _ = next(iter(session.data.eval))
+    x, _ = next(iter(data.eval))
     return None if isinstance(x, (dict, list, tuple)) else np.asarray(x)[:64]
 
 
@@ -520,50 +575,48 @@ def _group_notes(g, plan: Plan) -> list[dict]:
     return [{"layers": list(m), "channels": n, "reason": why} for (m, why), n in sorted(summary.items())]
 
 
-def _unshrinkable_targets(session, g) -> list[str]:
+def _unshrinkable_targets(targets, g) -> list[str]:
     """Pruned layers surgery cannot cut (nested models, recurrent or unsupported layers): they stay masked."""
-    sliced = {c.name for c in g.calls if c.kind == "mixer" or type(c.layer).__name__.startswith("DepthwiseConv")}
-    return sorted({t.layer_name for t in session.targets or [] if t.layer_name not in sliced})
+    sliced = {c.name for c in g.calls if c.kind == "mixer" or _is_depthwise(c.layer)}
+    return sorted({t.layer_name for t in targets or [] if t.layer_name not in sliced})
 
 
-def shrink(session, measure_latency: bool = True) -> None:
-    """Replace session.model by a smaller model that computes the same function (checked), and report.
+def shrink(model, targets, masks, data, source, config, progress, timings, measure_latency: bool = True) -> StepResult:
+    """A smaller model that computes what the masked `model` computes (checked on `data` or random
+    inputs), with its targets and the masks sliced to the new shapes, and the report's `shrink` section.
 
     `measure_latency=False` skips timing the two models (for callers that only need the structure).
     """
-    from prunecli.selection import policy, targets
+    from prunecli.selection import policy
+    from prunecli.selection import targets as targeting
     from prunecli.structure import channels as graph
 
-    s = session
-    s.progress("shrinking: removing dead units")
-    with s.timings.phase("shrink"):
+    notes: list[str] = []
+    progress("shrinking: removing dead units")
+    with timings.phase("shrink"):
         try:
-            g = graph.build(s.model)
+            g = graph.build(model)
         except graph.GraphUnsupported as exc:
-            s.notes.append(f"shrink skipped: {exc}; the model keeps its size (pruned units stay masked)")
-            return
+            return StepResult(notes=(f"shrink skipped: {exc}; the model keeps its size (pruned units stay masked)",))
         weights = {layer.name: _weights(layer) for layer in g.layers() if g.calls_of(layer)[0].kind != "input"}
         plan = plan_removal(g, weights)
         changes = layer_changes(g, plan)
         groups = _group_notes(g, plan)
         for item in groups:
             members = "+".join(item["layers"]) or "a layer"
-            s.notes.append(f"shrink kept {item['channels']} dead channel(s) of {members}: {item['reason']}")
-        left = ", ".join(_unshrinkable_targets(s, g))
+            notes.append(f"shrink kept {item['channels']} dead channel(s) of {members}: {item['reason']}")
+        left = ", ".join(_unshrinkable_targets(targets, g))
         if left:
-            s.notes.append(
-                f"shrink cannot slice {left} (nested model or unsupported layer); their pruned units stay masked"
-            )
-        params_before = int(s.model.count_params())
+            notes.append(f"shrink cannot slice {left} (nested model or unsupported layer); their pruned units stay masked")
+        params_before = int(model.count_params())
         info: dict[str, Any] = {"params_before": params_before, "groups_kept_whole": groups}
-        s.extras["shrink"] = info
         if not changes:
             info.update(params_after=params_before, layers={})
-            s.notes.append("shrink found no unit that can be removed; the model keeps its structure")
-            return
-        new = rebuild(s.model, changes, plan, weights)
-        data_x = _data_sample(s)
-        check = compare(s.model, new, example_inputs(s.model, 64, data_x, s.config.seed))
+            notes.append("shrink found no unit that can be removed; the model keeps its structure")
+            return StepResult(sections={"shrink": info}, notes=tuple(notes))
+        new = rebuild(model, changes, plan, weights)
+        data_x = _data_sample(data)
+        check = compare(model, new, example_inputs(model, 64, data_x, config.seed))
         check["inputs"] = "data" if data_x is not None else "random"
         if not check["max_rel_diff"] <= MAX_RELATIVE_DIFF:
             raise ShrinkVerificationError(
@@ -580,19 +633,21 @@ def shrink(session, measure_latency: bool = True) -> None:
             verification=check,
         )
     if measure_latency:
-        s.progress("shrinking: measuring latency")
-        _record_latency(s, new, data_x, info)
-    if s.masks is not None:
-        _slice_masks(s.masks, s.targets, changes)
-    if s.source is not None and s.source.flavour == "keras2":
-        s.notes.append(
+        progress("shrinking: measuring latency")
+        with timings.phase("shrink_latency"):
+            info["latency_ms"] = _latency(model, new, data_x, config.seed)
+    if masks is not None:
+        _slice_masks(masks, targets, changes)
+    if source is not None and source.flavour == "keras2":
+        notes.append(
             "shrink changed the structure of a Keras-2 model: the output is written by Keras 3 "
             "(load it with Keras 3; tf_keras cannot read it)"
         )
-    s.model = new
-    s.structure_changed = True
-    found = targets.select(new, s.config.include, s.config.exclude)
-    s.targets = [t for t in found if not policy.skipped_by_override(t, s.config)]
+    found = targeting.select(new, config.include, config.exclude)
+    kept_targets = [t for t in found if not policy.skipped_by_override(t, config)]
+    if masks is not None and getattr(masks, "followers", None):
+        masks.followers = graph.follower_masks(new, kept_targets, masks.masks)  # the new model's variables
+    return StepResult(sections={"shrink": info}, notes=tuple(notes), model=new, targets=kept_targets, masks=masks)
 
 
 def _slice_masks(masks, old_targets, changes: dict) -> None:
@@ -606,10 +661,9 @@ def _slice_masks(masks, old_targets, changes: dict) -> None:
             masks.masks[t.name] = tf.constant(slice_weight(t.layer, changes[t.layer_name], t.variable.name, arr))
 
 
-def _record_latency(s, new, data_x, info: dict) -> None:
+def _latency(original, shrunk, data_x, seed: int) -> dict:
     """Median forward time of the masked (original architecture) and the shrunk model, batch 1 and 64."""
-    with s.timings.phase("shrink_latency"):
-        info["latency_ms"] = {
-            label: {f"batch_{n}": round(latency_ms(m, example_inputs(m, n, data_x, s.config.seed)), 4) for n in (1, 64)}
-            for label, m in (("original", s.model), ("shrunk", new))
-        }
+    return {
+        label: {f"batch_{n}": round(latency_ms(m, example_inputs(m, n, data_x, seed)), 4) for n in (1, 64)}
+        for label, m in (("original", original), ("shrunk", shrunk))
+    }

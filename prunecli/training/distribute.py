@@ -22,41 +22,13 @@ so later calls (from fine-tuning) get the same object.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 from dataclasses import replace
 
+from prunecli.config import STRATEGIES, read_tf_config
 from prunecli.errors import ConfigError
 
-STRATEGIES = ("default", "mirrored", "multiworker", "tpu")
 _created: dict = {}
 _loaded: dict[int, tuple] = {}  # id(session) -> (loaded model, its targets) while `replicated` holds a copy
-
-
-def check_strategy(config) -> None:
-    """Fail before any work on an unknown name, or on multiworker without a usable TF_CONFIG; TF-free."""
-    name = config.strategy
-    if name not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {name!r}; choose from: {', '.join(STRATEGIES)}")
-    if name == "multiworker":
-        _read_tf_config()
-
-
-def _read_tf_config() -> dict:
-    raw = os.environ.get("TF_CONFIG", "")
-    if not raw.strip():
-        raise ConfigError("--strategy multiworker needs TF_CONFIG (the cluster's workers and this task's index)")
-    try:
-        spec = json.loads(raw)
-    except ValueError as exc:
-        raise ConfigError(f"TF_CONFIG is not valid JSON: {exc}") from exc
-    if (
-        not isinstance(spec, dict)
-        or not isinstance(spec.get("cluster"), dict)
-        or not isinstance(spec.get("task"), dict)
-    ):
-        raise ConfigError('TF_CONFIG needs "cluster" and "task" entries')
-    return spec
 
 
 def get_strategy(name: str = "default"):
@@ -85,7 +57,7 @@ def _mirrored(tf):
 
 
 def _multiworker(tf):
-    _read_tf_config()
+    read_tf_config()
     try:
         return tf.distribute.MultiWorkerMirroredStrategy()
     except RuntimeError as exc:
@@ -191,9 +163,11 @@ def loaded_model(session):
 
 def _targets_in(copy, original, targets) -> list:
     """The same targets, pointing at the copy's layers and variables (matched by position)."""
+    from prunecli.structure.keras_graph import all_layers
+
     weight_at = {id(v): i for i, v in enumerate(original.weights)}
-    layer_at = {id(layer): i for i, layer in enumerate(original._flatten_layers())}
-    copy_weights, copy_layers = list(copy.weights), list(copy._flatten_layers())
+    layer_at = {id(layer): i for i, layer in enumerate(all_layers(original))}
+    copy_weights, copy_layers = list(copy.weights), all_layers(copy)
     return [
         replace(
             t,

@@ -20,37 +20,59 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from prunecli.config import LayerOverride, PruneConfig
 from prunecli.errors import ConfigError
+from prunecli.results import StepResult
 from prunecli.selection import schedule as schedules
 from prunecli.training import distribute
+from prunecli.training.metrics import evaluate
 
 NEAR_ZERO = 1e-3  # |w| below this counts as "near zero" in the report
 DEFAULT_OPTIMIZER = "adam"
 DEFAULT_LEARNING_RATE = 1e-3
 
 
-def run(s) -> None:
-    """Fine-tune s.model on s.data.train as s.config says; adds s.extras["finetune"] (and, for gradual
-    schedules, s.metrics["after_pruning"]: the moment the final sparsity was first reached).
+@dataclass
+class FineTuneJob:
+    """What fine-tuning works on. `remask(model, targets, config) -> MaskSet` re-scores and re-masks
+    (gradual schedules call it with the scheduled sparsity); the run's orchestration passes it in, so
+    training never imports the pipeline. Under a --strategy, `distribute.replicated` swaps `model` and
+    `targets` for a mirrored copy for the duration of training only."""
 
-    Under a --strategy other than default, training runs on a copy of the model whose variables the
-    strategy mirrors (distribute.replicated); the trained weights are copied back at the end."""
-    check_config(s.config)
-    if s.data is None:
+    config: PruneConfig
+    model: Any
+    targets: list
+    masks: Any
+    data: Any
+    task: Any
+    remask: Callable
+    progress: Callable[[str], None]
+    compiled_optimizer: Any = None
+    notes: list = field(default_factory=list)
+    mask_notes: list = field(default_factory=list)  # the latest mask update's notes only
+
+
+def run(job: FineTuneJob) -> StepResult:
+    """Fine-tune job.model on job.data.train as job.config says, with the masks held.
+
+    Returns the `finetune` report section, the final masks, and, for gradual schedules, the
+    "after_pruning" metrics (measured when the final sparsity was first reached). Under a --strategy
+    other than default, training runs on a mirrored copy whose weights are copied back at the end."""
+    if job.data is None:
         raise ConfigError("fine-tuning (--epochs / --schedule) needs --data")
-    strategy = distribute.get_strategy(s.config.strategy)
-    with distribute.replicated(s, strategy):
-        _run(s, strategy)
+    strategy = distribute.get_strategy(job.config.strategy)
+    with distribute.replicated(job, strategy):
+        return _run(job, strategy)
 
 
-def _run(s, strategy) -> None:
+def _run(s: FineTuneJob, strategy) -> StepResult:
     c = s.config
     with strategy.scope():  # the optimizer binds to the strategy it is made under; masks, slots: per replica
-        optimizer, optimizer_info = make_optimizer(c, getattr(s, "compiled_optimizer", None))
+        optimizer, optimizer_info = make_optimizer(c, s.compiled_optimizer)
         trainer = Trainer(s, optimizer, dense_shadow=c.schedule == "dynamic", strategy=strategy)
     steps_per_epoch = _steps_per_epoch(s.data.train)
     plan = schedules.build(c.schedule, c.epochs, steps_per_epoch, c.initial_sparsity, c.schedule_steps)
@@ -62,7 +84,7 @@ def _run(s, strategy) -> None:
     history: list[dict] = []
     best = _Best()
     step = updates = 0
-    base_notes = list(s.notes)
+    metrics: dict[str, Any] = {}
     s.progress(f"fine-tuning: {c.epochs} epoch(s), schedule {c.schedule}, {optimizer_info['name']}")
     with clock.running():
         for epoch in range(1, c.epochs + 1):
@@ -71,13 +93,11 @@ def _run(s, strategy) -> None:
             for x, y in distribute.distribute_batches(strategy, s.data.train):
                 if step in plan.update_steps:
                     with clock.paused():
-                        _update_masks(s, trainer, plan, step, base_notes)
+                        _update_masks(s, trainer, plan, step)
                         updates += 1
                         if step == plan.frozen_from and c.schedule in schedules.GRADUAL:
-                            from prunecli.run.pipeline import evaluate_into
-
                             with distribute.loaded_model(s):  # Keras evaluate: on one device
-                                evaluate_into(s, "after_pruning")
+                                metrics["after_pruning"] = evaluate(s.model, s.data.eval, s.task)
                 sums.add(*trainer.train(x, y))
                 step += 1
                 show.step(sums)
@@ -93,8 +113,7 @@ def _run(s, strategy) -> None:
                         break
     if best.weights is not None and best.epoch != history[-1]["epoch"]:
         s.model.set_weights(best.weights)
-    s.timings["finetune"] = s.timings.get("finetune", 0.0) + clock.elapsed
-    s.extras["finetune"] = {
+    section = {
         "schedule": c.schedule,
         "epochs_requested": c.epochs,
         "epochs_run": len(history),
@@ -115,26 +134,13 @@ def _run(s, strategy) -> None:
         "train_seconds": round(clock.elapsed, 3),
         "history": history,
     }
-
-
-def check_config(c: PruneConfig) -> None:
-    """Option combinations fine-tuning cannot honour, as one-line errors. Pure Python (no TensorFlow),
-    so config validation can call it before a model is loaded."""
-    if c.epochs == 0 and c.schedule == "oneshot":
-        return
-    gradual = c.schedule in schedules.GRADUAL
-    if not c.data:
-        raise ConfigError("fine-tuning (--epochs / --schedule) needs --data")
-    if c.epochs < 1:
-        raise ConfigError(f"--schedule {c.schedule} prunes while it trains; give --epochs >= 1")
-    if not gradual:
-        return
-    if c.schedule == "iterative" and c.epochs < c.schedule_steps:
-        raise ConfigError(f"--schedule iterative --steps {c.schedule_steps} needs --epochs >= {c.schedule_steps}")
-    if c.threshold is not None:
-        raise ConfigError(f"--schedule {c.schedule} needs a target --sparsity, not --threshold")
-    if c.granularity.kind in ("nm", "input", "layer"):
-        raise ConfigError(f"granularity {c.granularity} is pruned at once; use --schedule oneshot")
+    return StepResult(
+        sections={"finetune": section},
+        notes=tuple(s.notes + s.mask_notes),
+        metrics=metrics,
+        timings={"finetune": clock.elapsed},
+        masks=s.masks,
+    )
 
 
 def scheduled_config(config: PruneConfig, plan: schedules.Schedule, step: int) -> PruneConfig:
@@ -146,19 +152,14 @@ def scheduled_config(config: PruneConfig, plan: schedules.Schedule, step: int) -
     return config.replace(sparsity=plan.sparsity_at(step, config.effective_sparsity), overrides=overrides)
 
 
-def _update_masks(s, trainer: Trainer, plan: schedules.Schedule, step: int, base_notes: list) -> None:
-    """Re-score and re-mask through the pipeline's policy, quietly; keep only the latest notes."""
-    from prunecli.run.pipeline import score_and_mask
-
+def _update_masks(s: FineTuneJob, trainer: Trainer, plan: schedules.Schedule, step: int) -> None:
+    """Re-score and re-mask at the scheduled sparsity through the run's selection path; the notes of
+    the latest update replace the previous update's."""
     trainer.before_rescoring()
-    say, s.progress = s.progress, (lambda _msg: None)
-    first_new = len(s.notes)
-    try:
-        with distribute.loaded_model(s):  # scoring and masking: on one device, as in the rest of the run
-            masks = score_and_mask(s, scheduled_config(s.config, plan, step))
-    finally:
-        s.progress = say
-    s.notes[:] = base_notes + [n for n in dict.fromkeys(s.notes[first_new:]) if n not in base_notes]
+    with distribute.loaded_model(s):  # scoring and masking: on one device, as in the rest of the run
+        masks = s.remask(s.model, s.targets, scheduled_config(s.config, plan, step))
+    s.masks = masks
+    s.mask_notes[:] = list(dict.fromkeys(masks.notes))
     trainer.set_masks(masks)
 
 
@@ -247,13 +248,25 @@ class Trainer:
     Masks live in boolean tf.Variables that schedules overwrite in place, so a mask update never
     retraces or recompiles the step. With `dense_shadow` (schedule dynamic) the optimizer updates
     dense shadow copies of the prunable weights and the model's weights are shadow * mask.
+
+    With --distill T, `teacher` (a frozen copy of the model taken before pruning, distill.teacher_copy;
+    by default `s.teacher` when the job has one) runs in inference mode inside the same step, and the
+    loss becomes (1 - w) * task + w * T**2 * KL(teacher || student) (training/distill.py).
+    With --lr-schedule cosine the learning rate decays from its start value to 0 over the run's steps.
     """
 
-    def __init__(self, s, optimizer, dense_shadow: bool = False, strategy=None):
+    def __init__(self, s, optimizer, dense_shadow: bool = False, strategy=None, teacher=None):
         import keras
         import tensorflow as tf
 
         c = s.config
+        teacher = teacher if teacher is not None else getattr(s, "teacher", None)
+        temperature = getattr(c, "distill", None)
+        if temperature is not None and teacher is None:
+            raise ConfigError("--distill needs the unpruned model as teacher; none was passed to fine-tuning")
+        self.distilled = temperature is not None
+        self.optimizer = optimizer
+        self.lr_schedule = _set_lr_schedule(optimizer, c, s.data)
         self.model = s.model
         self.strategy = strategy or tf.distribute.get_strategy()
         trainable = list(s.model.trainable_variables)
@@ -276,6 +289,12 @@ class Trainer:
         updated = [shadow_of.get(id(v), v) for v in trainable]
         optimizer.build(updated)
         loss_fn = make_loss(s.task.loss)
+        if self.distilled:
+            from prunecli.training import distill
+
+            distill.check_task(s.task)
+            from_logits = distill.outputs_are_logits(s.task.loss)
+            weight = float(c.distill_weight)
         accuracy_fn = getattr(keras.metrics, s.task.accuracy) if s.task.accuracy else None
         self.has_accuracy = accuracy_fn is not None
         l1, l2 = float(c.l1), float(c.l2)
@@ -286,22 +305,26 @@ class Trainer:
             return loss + tf.add_n(self.model.losses) if self.model.losses else loss
 
         def sums(y, pred, loss):
-            n = tf.cast(tf.shape(pred)[0], tf.float32)
+            n = tf.cast(tf.shape(tf.nest.flatten(pred)[0])[0], tf.float32)
             acc = tf.reduce_mean(tf.cast(accuracy_fn(y, pred), tf.float32)) if accuracy_fn else tf.constant(0.0)
             return loss * n, acc * n, n
 
         def replica_step(x, y):
+            if self.distilled:  # inference mode, outside the tape: no gradient reaches the teacher
+                soft_targets = tf.stop_gradient(teacher(x, training=False))
             with tf.GradientTape() as tape:
                 pred = self.model(x, training=True)
                 loss = data_loss(y, pred)
                 total = loss
+                if self.distilled:
+                    total = distill.combine(loss, distill.soft_kl(soft_targets, pred, temperature, from_logits), weight)
                 if l1:
                     total += l1 * tf.add_n([tf.reduce_sum(tf.abs(v)) for v in held])
                 if l2:
                     total += l2 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in held])
                 # this replica's share of the global batch (1.0 on one device): the optimizer sums the
                 # replicas' gradients, which then are the gradient of the mean loss over the global batch
-                total *= distribute.global_share(tf.shape(pred)[0])
+                total *= distribute.global_share(tf.shape(tf.nest.flatten(pred)[0])[0])
             grads = tape.gradient(total, trainable)
             optimizer.apply_gradients([(g, v) for g, v in zip(grads, updated, strict=True) if g is not None])
             return sums(y, pred, loss)
@@ -388,6 +411,26 @@ class Trainer:
         }
 
 
+def _set_lr_schedule(optimizer, config: PruneConfig, data) -> str:
+    """--lr-schedule cosine: the optimizer's rate becomes a cosine decay from its current value to 0 over
+    the run's epochs * steps (Loshchilov & Hutter 2017, SGDR without restarts). Pruning-then-retraining
+    studies find a decaying rate recovers more than a constant one with the same budget (Renda et al.
+    2020, "Comparing Rewinding and Fine-tuning"). The start value is the model's own rate (or --lr):
+    rewinding to the original rate, not a reduced fine-tuning rate. A rate the model's file already
+    schedules is left alone. Returns the schedule in use ("constant", "cosine" or "model")."""
+    import keras
+
+    wanted = getattr(config, "lr_schedule", "constant")
+    start = _learning_rate(optimizer)
+    if start is None:
+        return "model"
+    if wanted != "cosine":
+        return "constant"
+    steps = max(1, config.epochs * _steps_per_epoch(data.train))
+    optimizer.learning_rate = keras.optimizers.schedules.CosineDecay(start, decay_steps=steps, alpha=0.0)
+    return "cosine"
+
+
 def use_xla(model) -> bool:
     """XLA on a GPU/TPU, when every layer supports it and op determinism is off (as Keras decides).
 
@@ -398,7 +441,9 @@ def use_xla(model) -> bool:
     from tensorflow.python.framework.config import is_op_determinism_enabled
 
     accelerated = bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
-    layers = model._flatten_layers()
+    from prunecli.structure.keras_graph import all_layers
+
+    layers = all_layers(model)
     return accelerated and not is_op_determinism_enabled() and all(getattr(x, "supports_jit", True) for x in layers)
 
 

@@ -14,14 +14,56 @@ from typing import Any
 class Task:
     loss: Any
     accuracy: str | None  # a Keras metric name, or None for regression
+    accuracies: list | None = None  # several outputs: each output's metric name (or None)
+
+
+class MultiOutputLoss:
+    """The loss of a model with several outputs: the sum of each output's mean loss (Keras's default
+    weighting). Callable as (y_true tuple, y_pred list), so fine-tuning and scoring use it like one loss."""
+
+    def __init__(self, losses: list, names: list[str]):
+        self.losses, self.names = list(losses), list(names)
+        self.name = "+".join(str(getattr(fn, "__name__", fn)) for fn in self.losses)
+
+    def __call__(self, y_true, y_pred):
+        import keras
+        import tensorflow as tf
+
+        total = 0.0
+        for fn, t, p in zip(self.losses, tf.nest.flatten(y_true), tf.nest.flatten(y_pred), strict=True):
+            f = keras.losses.get(fn) if isinstance(fn, str) else fn
+            total += tf.reduce_mean(f(t, p))
+        return total
+
+
+def _per_output_losses(compiled, names: list[str]) -> list | None:
+    if isinstance(compiled, dict) and set(compiled) >= set(names):
+        return [compiled[n] for n in names]
+    if isinstance(compiled, (list, tuple)) and len(compiled) == len(names):
+        return list(compiled)
+    return None
 
 
 def infer_task(model, y_example) -> Task:
     import numpy as np
 
-    y = np.asarray(y_example)
-    classes = int(model.outputs[0].shape[-1] or 1)
-    compiled_loss = getattr(model, "loss", None)
+    names = [str(n) for n in getattr(model, "output_names", None) or []]
+    if len(names) > 1:  # one task per output, from its own labels (io.data gives y as a tuple)
+        ys = list(y_example) if isinstance(y_example, (list, tuple)) else [y_example]
+        compiled = _per_output_losses(getattr(model, "loss", None), names)
+        tasks = [
+            _single_task(int(out.shape[-1] or 1), np.asarray(y), None if compiled is None else compiled[i])
+            for i, (out, y) in enumerate(zip(model.outputs, ys, strict=True))
+        ]
+        return Task(MultiOutputLoss([t.loss for t in tasks], names), None, [t.accuracy for t in tasks])
+    return _single_task(int(model.outputs[0].shape[-1] or 1), np.asarray(y_example), getattr(model, "loss", None))
+
+
+def _single_task(classes: int, y, compiled_loss) -> Task:
+    import numpy as np
+
+    if isinstance(compiled_loss, (list, tuple)) and len(compiled_loss) == 1:
+        compiled_loss = compiled_loss[0]
     if classes == 1:
         is_binary = y.size > 0 and np.isin(y, (0, 1)).all()
         loss = compiled_loss or ("binary_crossentropy" if is_binary else "mse")
@@ -33,6 +75,10 @@ def infer_task(model, y_example) -> Task:
 
 
 def compile_for(model, task: Task, optimizer=None) -> None:
+    if isinstance(task.loss, MultiOutputLoss):  # Keras evaluates each output with its own loss and metric
+        metrics = [[acc] if acc else [] for acc in getattr(task, "accuracies", None) or []]
+        model.compile(optimizer=optimizer or "adam", loss=task.loss.losses, metrics=metrics, jit_compile="auto")
+        return
     metrics = [task.accuracy] if task.accuracy else []
     model.compile(optimizer=optimizer or "adam", loss=task.loss, metrics=metrics, jit_compile="auto")
 
@@ -54,4 +100,8 @@ def evaluate(model, dataset, task: Task) -> dict[str, float]:
         acc = [v for k, v in values.items() if k.endswith("accuracy")]
         if acc:
             out["accuracy"] = float(acc[0])
+    elif any(getattr(task, "accuracies", None) or []):  # several outputs: the mean of their accuracies
+        acc = [float(v) for k, v in values.items() if k.endswith("accuracy")]
+        if acc:
+            out["accuracy"] = sum(acc) / len(acc)
     return out

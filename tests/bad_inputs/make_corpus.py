@@ -213,6 +213,159 @@ def build(dest: str | os.PathLike) -> dict[str, Path]:
     os.chmod(d / "readonly_dir", 0o555)
     path("a_file")  # a regular file used as if it were a directory
     (d / "a_file").write_text("plain file\n")
+    made.update(build_adversarial(d, good=good, x=x, y=y))
+    return made
+
+
+def _patch_central_size(zip_path: Path, member: str, size: int) -> None:
+    """Make the central directory claim `member` expands to `size` bytes (a zip bomb's header)."""
+    raw = bytearray(zip_path.read_bytes())
+    name = member.encode()
+    at = 0
+    while True:
+        at = raw.find(b"PK\x01\x02", at)
+        if at < 0:
+            raise ValueError(member)
+        name_len = int.from_bytes(raw[at + 28 : at + 30], "little")
+        if raw[at + 46 : at + 46 + name_len] == name:
+            raw[at + 24 : at + 28] = size.to_bytes(4, "little")
+            zip_path.write_bytes(bytes(raw))
+            return
+        at += 4
+
+
+def build_adversarial(d: Path, good, x, y) -> dict[str, Path]:
+    """Issue 18's families: declared sizes, nesting, metadata, labels, special files, collisions."""
+    import socket
+
+    import h5py
+    import keras
+    import numpy as np
+
+    made: dict[str, Path] = {}
+
+    def path(name: str) -> Path:
+        made[name] = d / name
+        return d / name
+
+    config = json.loads(zipfile.ZipFile(d / "good.keras").read("config.json"))
+    # --- declared sizes: a tiny file that declares gigabytes
+    huge = json.loads(json.dumps(config))
+    huge["config"]["layers"][1]["config"]["units"] = 2_000_000_000  # 6 inputs x 2e9 units x 4 bytes
+    _rewrite_zip(d / "good.keras", path("huge_units.keras"), {"config.json": json.dumps(huge).encode()})
+    shutil.copyfile(d / "good.keras", path("zip_bomb_header.keras"))
+    with zipfile.ZipFile(d / "zip_bomb_header.keras", "a") as z:
+        z.writestr("padding.bin", b"\0" * 1024)
+    _patch_central_size(d / "zip_bomb_header.keras", "padding.bin", 0xFFFFFFF0)
+    shutil.copyfile(d / "good.h5", path("h5_declares_10gb.h5"))
+    with h5py.File(d / "h5_declares_10gb.h5", "r+") as f:  # chunked and never written: costs no disk
+        f.create_dataset("extra/never_written", shape=(50_000, 50_000), dtype="float32", chunks=(100, 100))
+    bomb = {"class_name": "Sequential", "config": {"name": "bomb", "layers": []}}
+    bomb["config"]["layers"].append({"class_name": "InputLayer", "config": {"batch_shape": [None, 6], "name": "in"}})
+    for i in range(8000):
+        bomb["config"]["layers"].append({"class_name": "Dense", "config": {"name": f"d{i}", "units": 6}})
+    _rewrite_zip(d / "good.keras", path("config_bomb.keras"), {"config.json": json.dumps(bomb).encode()})
+    # --- nesting and metadata
+    text = '{"class_name": "Functional", "config": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    _rewrite_zip(d / "good.keras", path("deep_config.keras"), {"config.json": text.encode()})
+    deep_h5 = json.loads(json.dumps(config))
+    deep_h5["config"]["deep"] = json.loads("[" * 500 + "]" * 500)
+    _rewrite_zip(d / "good.keras", path("deep_500_config.keras"), {"config.json": json.dumps(deep_h5).encode()})
+    _rewrite_zip(d / "good.keras", path("metadata_list.keras"), {"metadata.json": b"[1, 2]"})
+    _rewrite_zip(d / "good.keras", path("metadata_int_version.keras"), {"metadata.json": b'{"keras_version": 3}'})
+    shutil.copyfile(d / "good.h5", path("deep_model_config.h5"))
+    with h5py.File(d / "deep_model_config.h5", "r+") as f:
+        f.attrs["model_config"] = '{"class_name": "Functional", "config": ' + "[" * 100_000 + "]" * 100_000 + "}"
+
+    # --- labels and arrays that do not fit the model
+    np.savez(path("y_0d.npz"), x=x, y=np.array(3))
+    np.savez(path("x_0d.npz"), x=np.array(1.5), y=y)
+    np.savez(path("names_0d.npz"), x=x, y=y, feature_names=np.array("a"))
+    np.savez(path("float_labels_out_of_range.npz"), x=x, y=(y + 3).astype("float32"))
+    np.savez(path("float_labels_negative.npz"), x=x, y=(y - 5).astype("float32"))
+    y_nan = y.astype("float32")
+    y_nan[4] = np.nan
+    np.savez(path("float_labels_nan.npz"), x=x, y=y_nan)
+    np.savez(path("float_labels_fractional.npz"), x=x, y=y.astype("float32") + 0.5)
+    np.savez(path("float_labels_whole.npz"), x=x, y=y.astype("float32"))
+    np.savez(path("one_hot_labels.npz"), x=x, y=np.eye(CLASSES, dtype="float32")[y])
+    soft = np.full((len(y), CLASSES), 1.0 / CLASSES, dtype="float32")
+    np.savez(path("soft_labels.npz"), x=x, y=soft)
+    np.savez(path("huge_float64.npz"), x=np.full(x.shape, 1e300), y=y)
+    np.savez(path("float64_ok.npz"), x=x.astype("float64"), y=y)
+    shutil.copyfile(d / "good.npz", path("npz_named_x.npy"))
+    np.save(d / "npz_named_y.npy", y)
+    path("text_x.npy").write_text("1 2 3\n")
+    np.save(d / "text_y.npy", y)
+    path("names_not_utf8.txt").write_bytes(b"\xff\xfe\n" * INPUTS)
+    cat = _mlp("cat")
+    cat.compile(optimizer="adam", loss="categorical_crossentropy")
+    cat.save(path("categorical_loss.keras"))
+    # --- TFRecord: a corrupt evaluation file, a NaN scale
+    import tensorflow as tf
+
+    def records(target: Path):
+        with tf.io.TFRecordWriter(str(target)) as w:
+            for row, label in zip(x, y, strict=True):
+                ex = tf.train.Example(
+                    features=tf.train.Features(
+                        feature={
+                            "x": tf.train.Feature(float_list=tf.train.FloatList(value=row.tolist())),
+                            "y": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+                        }
+                    )
+                )
+                w.write(ex.SerializeToString())
+
+    (d / "tfr_bad_eval").mkdir()
+    records(path("tfr_bad_eval/train.tfrecord"))
+    (d / "tfr_bad_eval" / "test.tfrecords.bin").write_bytes(b"\x00garbage" * 50)
+    (d / "tfr_bad_eval" / "train.spec.yaml").write_text(
+        "x: {key: x, dtype: float32, shape: [6]}\ny: {key: y, dtype: int64}\neval: test.tfrecords.bin\n"
+    )
+    (d / "tfr_nan_scale").mkdir()
+    records(path("tfr_nan_scale/train.tfrecord"))
+    (d / "tfr_nan_scale" / "train.spec.yaml").write_text(
+        "x: {key: x, dtype: float32, shape: [6]}\ny: {key: y, dtype: int64}\nscale: .nan\n"
+    )
+    # --- several inputs: the data must name each one
+    a, b = keras.Input((INPUTS,), name="a"), keras.Input((2,), name="b")
+    h = keras.layers.Dense(8, activation="relu", name="hidden")(keras.layers.Concatenate()([a, b]))
+    two = keras.Model([a, b], keras.layers.Dense(CLASSES, activation="softmax", name="out")(h))
+    two.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    two.save(path("two_inputs.keras"))
+    np.savez(path("two_inputs.npz"), x_a=x, x_b=x[:, :2], y=y)
+    np.savez(path("two_inputs_wrong_b.npz"), x_a=x, x_b=x[:, :3], y=y)
+
+    # --- special files and links for the path checks
+    os.mkfifo(path("fifo.npz"))
+    os.mkfifo(path("fifo_out.keras"))
+    os.mkfifo(path("fifo_out.json"))
+    os.mkfifo(path("fifo.yaml"))
+    os.mkfifo(path("fifo_names.txt"))
+    path("other.json").write_text("{}\n")
+    os.symlink(d / "other.json", path("link_to_other.json"))
+    path("other.keras").write_bytes((d / "good.keras").read_bytes())
+    os.symlink(d / "other.keras", path("link_to_other.keras"))
+    os.link(d / "good.npz", path("hardlink_of_data.npz"))
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(path("socket.json")))
+    except OSError:  # a path too long for AF_UNIX: the case is skipped
+        made.pop("socket.json")
+    finally:
+        sock.close()
+    path("recipe.md").write_text("sparsity: 0.5\n")
+    path("recipe_out.yaml").write_text("sparsity: 0.5\n")
+    path("sweep_is_file").write_text("a file\n")
+    (d / "sweep_with_link").mkdir()
+    os.symlink(d / "other.json", path("sweep_with_link/sweep.json"))
+    # recipes too big or too deep to parse
+    path("too_big.yaml").write_text("# padding\n" + ("# " + "x" * 98 + "\n") * 12_000 + "sparsity: 0.5\n")
+    path("deep_nesting.yaml").write_text("sparsity: " + "[" * 20_000 + "]" * 20_000 + "\n")
+    # a model whose file name is not UTF-8
+    nonutf8 = os.fsencode(d) + b"/model_\xff.keras"
+    shutil.copyfile(d / "good.keras", nonutf8)
     return made
 
 

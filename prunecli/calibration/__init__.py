@@ -1,0 +1,24 @@
+"""Calibrated one-shot pruning without retraining: Wanda, SparseGPT and layer-wise reconstruction.
+
+`prune_calibrated(model, targets, calibration_x, config, progress)` prunes layer by layer on a few
+hundred unlabelled examples (see oneshot.py); `reconstruct(...)` refits any method's survivors;
+`take_examples(dataset, n)` picks the calibration inputs from a batched dataset.
+"""
+
+from prunecli.calibration.capture import take_examples
+from prunecli.calibration.oneshot import (
+    CALIBRATED_METHODS,
+    CalibrationResult,
+    prune_calibrated,
+    reconstruct,
+    strategy_scores,
+)
+
+__all__ = [
+    "CALIBRATED_METHODS",
+    "CalibrationResult",
+    "prune_calibrated",
+    "reconstruct",
+    "strategy_scores",
+    "take_examples",
+]

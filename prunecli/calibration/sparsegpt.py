@@ -1,0 +1,166 @@
+"""SparseGPT (Frantar & Alistarh 2023, "SparseGPT: Massive Language Models Can Be Accurately Pruned
+in One-Shot", Algorithm 1): prune a layer column by column and update the remaining weights so the
+layer's output on the calibration data moves as little as possible.
+
+Notation of the paper: W is (d_out, d_in) (one row per output unit), H = X^T X / n is (d_in, d_in).
+- Dampening: H + lambda I with lambda = 1% of mean(diag H) (the paper's default), which makes H
+  positive definite when some inputs are (nearly) collinear; inputs that are always zero get
+  H_ii = 1. If H is still not positive definite, `DataError` says which layer.
+- U = upper Cholesky factor of H^-1. Pruning column j of a row with error e_j = (w_j - q_j) / U_jj
+  is compensated by w_{j:} -= e_j U_{j, j:} (the OBS update restricted to the not-yet-pruned columns).
+- Lazy batches: columns are processed in blocks of B = 128; inside a block the updates touch only the
+  block, and the block's accumulated errors reach the later columns with one matrix product.
+- Mask selection: element sparsity chooses each block's mask adaptively (Section 3.2) from
+  w^2 / U_jj^2 over the block, pruning the block's share of the layer's total (so the layer loses
+  exactly round(s * size) weights); N:M chooses, at every M-th column, the N largest of
+  w^2 / U_jj^2 in the next M columns of each row, using the already updated weights.
+Everything runs in float32. The block step is a compiled tf.function (`jit_compile` is the caller's
+choice; see bench/ONESHOT.md for the measured effect).
+"""
+
+from __future__ import annotations
+
+import functools
+
+from prunecli.errors import DataError
+
+BLOCK = 128
+DAMPENING = 0.01
+
+
+def inverse_factor(hessian, name: str, dampening: float = DAMPENING):
+    """(U, H') with U the upper Cholesky factor of (H')^-1, H' = H dampened; DataError if H' is not
+    positive definite."""
+    import tensorflow as tf
+
+    h = tf.cast(hessian, tf.float32)
+    diag = tf.linalg.diag_part(h)
+    dead = diag <= 0
+    h = tf.linalg.set_diag(h, tf.where(dead, tf.ones_like(diag), diag))
+    live = tf.boolean_mask(diag, tf.logical_not(dead))
+    mean = tf.reduce_mean(live) if int(tf.size(live)) else tf.constant(1.0)
+    h = h + dampening * mean * tf.eye(int(h.shape[0]))
+    try:
+        lower = tf.linalg.cholesky(h)
+        ok = bool(tf.reduce_all(tf.math.is_finite(lower)))
+        if ok:
+            inverse = tf.linalg.cholesky_solve(lower, tf.eye(int(h.shape[0])))
+            upper = tf.transpose(tf.linalg.cholesky(inverse))
+            ok = bool(tf.reduce_all(tf.math.is_finite(upper)))
+    except tf.errors.InvalidArgumentError:
+        ok = False
+    if not ok:
+        raise DataError(
+            f"sparsegpt: the input Hessian of {name} is not positive definite after {dampening:.0%} "
+            "dampening (are the calibration inputs finite and varied?)"
+        )
+    return upper, h
+
+
+@functools.cache
+def _block_fn(n: int, m: int, jit: bool):
+    """The compiled inner loop of one block. n, m > 0: N:M masks chosen inside the loop."""
+    import tensorflow as tf
+
+    def block(w1, u1, keep1):
+        cols = tf.shape(w1)[1]
+        diag = tf.linalg.diag_part(u1)
+        err1 = tf.zeros_like(w1)
+
+        def body(i, w1, err1, keep1):
+            if m:
+
+                def choose():
+                    sub = tf.slice(w1, [0, i], [-1, m])
+                    d = tf.slice(diag, [i], [m])
+                    score = tf.square(sub) / tf.square(d)[None, :]
+                    order = tf.argsort(-score, axis=1, stable=True)
+                    rank = tf.argsort(order, axis=1, stable=True)
+                    # place the group's (rows, M) mask at columns i..i+M (a product with one-hot
+                    # rows, which XLA compiles, unlike a concat of dynamic slices)
+                    place = tf.one_hot(i + tf.range(m), cols)
+                    chosen = tf.matmul(tf.cast(rank < n, tf.float32), place) > 0.5
+                    span = tf.reduce_sum(place, axis=0) > 0.5
+                    return tf.where(span[None, :], chosen, keep1)
+
+                keep1 = tf.cond(tf.equal(i % m, 0), choose, lambda: keep1)
+            w = w1[:, i]
+            q = tf.where(keep1[:, i], w, tf.zeros_like(w))
+            err = (w - q) / diag[i]
+            # U is upper triangular: the update leaves columns < i alone, and sets column i to q
+            w1 = w1 - err[:, None] * u1[i][None, :]
+            err1 = err1 + err[:, None] * tf.one_hot(i, cols)[None, :]
+            return i + 1, w1, err1, keep1
+
+        _, w1, err1, keep1 = tf.while_loop(
+            lambda i, *_: i < cols, body, (tf.constant(0), w1, err1, keep1), parallel_iterations=1
+        )
+        w1 = tf.where(keep1, w1, tf.zeros_like(w1))  # exact zeros, whatever the rounding
+        return w1, err1, keep1
+
+    return tf.function(block, jit_compile=jit, reduce_retracing=True)
+
+
+def _block_masks(w1, diag, k: int):
+    """Element sparsity: prune the k lowest w^2 / U_jj^2 of the block (ties by position)."""
+    import tensorflow as tf
+
+    if k <= 0:
+        return tf.ones_like(w1, tf.bool)
+    score = tf.reshape(tf.square(w1) / tf.square(diag)[None, :], [-1])
+    order = tf.argsort(score, stable=True)
+    pruned = tf.scatter_nd(order[:k, None], tf.ones([k], tf.bool), tf.shape(score))
+    return tf.reshape(tf.logical_not(pruned), tf.shape(w1))
+
+
+def prune_matrix(w, hessian, name: str, *, prune_count: int = 0, nm: tuple[int, int] | None = None, jit=False):
+    """SparseGPT on one layer. w: (d_in, d_out) matrix view (rows = inputs, as in prunecli), H: (d_in, d_in).
+
+    Returns (new w, keep mask), both (d_in, d_out); pruned weights are exactly 0. prune_count is the
+    number of weights to prune (element sparsity); nm = (N, M) keeps N of every M inputs per output."""
+    import tensorflow as tf
+
+    n, m = nm or (0, 0)
+    rows = int(w.shape[0])
+    pad = (-rows) % m if m else 0
+    if pad:  # a last, partial run of M: dummy inputs with zero weight and no correlation fill it
+        hessian = tf.pad(tf.cast(hessian, tf.float32), [[0, pad], [0, pad]])
+        hessian = tf.linalg.set_diag(hessian, tf.concat([tf.linalg.diag_part(hessian)[:rows], tf.ones([pad])], 0))
+        w = tf.pad(tf.cast(w, tf.float32), [[0, pad], [0, 0]])
+    upper, _ = inverse_factor(hessian, name)
+    wt = tf.transpose(tf.cast(w, tf.float32))  # (d_out, d_in): the paper's layout
+    d_out, d_in = int(wt.shape[0]), int(wt.shape[1])
+    size = d_in * d_out
+    block = BLOCK if not m else max(m, (BLOCK // m) * m)
+    step = _block_fn(n, m, bool(jit))
+    q_blocks, keep_blocks = [], []
+    done = 0  # weights pruned so far (element sparsity): each block takes its share of prune_count
+    for start in range(0, d_in, block):
+        end = min(start + block, d_in)
+        w1 = wt[:, start:end]
+        u1 = upper[start:end, start:end]
+        if m:
+            keep1 = tf.ones_like(w1, tf.bool)
+        else:
+            share = int(round(prune_count * (end * d_out) / size)) - done
+            keep1 = _block_masks(w1, tf.linalg.diag_part(u1), share)
+            done += share
+        q1, err1, keep1 = step(w1, u1, keep1)
+        q_blocks.append(q1)
+        keep_blocks.append(keep1)
+        if end < d_in:
+            rest = wt[:, end:] - tf.matmul(err1, upper[start:end, end:])
+            wt = tf.concat([wt[:, :end], rest], axis=1)
+    q = tf.concat(q_blocks, axis=1)[:, :rows]
+    keep = tf.concat(keep_blocks, axis=1)[:, :rows]
+    return tf.transpose(q), tf.transpose(keep)
+
+
+def obs_scores(w, hessian, name: str):
+    """The OBS saliency w^2 / [H^-1]_jj of each weight (the data-aware score SparseGPT's mask is chosen
+    from), of the matrix view's shape; for runs that need plain scores (global scope, schedules)."""
+    import tensorflow as tf
+
+    upper, _ = inverse_factor(hessian, name)
+    inv_diag = tf.reduce_sum(tf.square(upper), axis=0)  # H^-1 = U^T U, so (H^-1)_jj = sum_k U_kj^2
+    return tf.square(tf.cast(w, tf.float32)) / inv_diag[:, None]

@@ -1,0 +1,46 @@
+"""Ctrl-C and SIGTERM: one clean stop (exit 130, no partial output), however the signal arrives.
+
+Why a flag as well as an exception: a signal handler's KeyboardInterrupt can be raised where Python
+swallows it (inside importlib's module-lock callback: "Exception ignored in: <function
+_get_module_lock.<locals>.cb>"), and the run would go on and exit 0. The handler records the signal,
+so the run stops at its next checkpoint (each progress line, each atomic rename) even then. A second
+signal while the first is being handled is only recorded: raising again inside cleanup code is what
+printed "Exception ignored".
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+_stop = threading.Event()
+
+
+def requested() -> bool:
+    return _stop.is_set()
+
+
+def checkpoint() -> None:
+    """Raise KeyboardInterrupt if a stop was requested (call between steps; cheap)."""
+    if _stop.is_set():
+        raise KeyboardInterrupt
+
+
+def _handler(signum, _frame) -> None:
+    if _stop.is_set():
+        return  # already stopping: cleanup must not be interrupted again
+    _stop.set()
+    raise KeyboardInterrupt
+
+
+def install() -> None:
+    """SIGTERM and SIGINT both raise KeyboardInterrupt once and set the stop flag (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, _handler)
+
+
+def reset() -> None:
+    """For tests running several commands in one process."""
+    _stop.clear()

@@ -1,0 +1,357 @@
+"""Every path one run reads and writes, planned and checked in one place before any work is done.
+
+Why one place: the model output was checked against the input, but `--report` naming the input, the
+data or the recipe overwrote it with JSON, and a FIFO, a device node or a symbolic link named as an
+output was replaced by the temp-and-rename write. Here every write is compared with every read and
+with every other write, before TensorFlow is imported.
+
+Decisions (documented in the README, "Outputs"):
+  * Two paths are the same file when their resolved paths are equal, or `os.path.samefile` says so
+    (hard links, `dir/../x`, symbolic links). A write onto a read is refused (exit 5); only the model
+    output may replace the input model, and only with `--force` on the command line.
+  * A write target that is a symbolic link is refused: the rename would replace the link, and writing
+    through it would change a file the user did not name. Name the real file instead.
+  * A special file (FIFO, device, socket) is never replaced. The model, exports and sweep outputs
+    need a regular file and refuse it. The report and the Markdown summary may be written *in place*
+    to a character device or a FIFO (`--report /dev/null`, `--report /dev/stdout`): opened without
+    O_CREAT, never renamed over; a FIFO without a reader is refused (O_NONBLOCK), never waited on.
+    `-` means stdout.
+  * Reads: a FIFO, device or socket given as the model, `--data`, the recipe or `--feature-names`
+    is refused (reading it would block or never end).
+  * `sweep --name` is a file name, not a path: `/`, `..` and NUL are refused, so nothing is written
+    outside `-o`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prunecli.errors import ConfigError, DataError, ModelLoadError, OutputError, UsageError
+
+STDOUT = "-"
+SWEEP_KINDS = ("json", "csv", "png", "md")
+
+
+def shown(path) -> str:
+    """A path for a one-line message: control characters (a newline could forge a second
+    `prunecli: error:` line) and undecodable bytes are escaped."""
+    text = os.fsdecode(path) if isinstance(path, bytes) else str(path)
+    return "".join(ch if ch.isprintable() and not 0xDC80 <= ord(ch) <= 0xDCFF else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    return ch.encode("unicode_escape").decode("ascii")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One file the run writes. `in_place`: a special file written without temp-and-rename."""
+
+    role: str
+    path: Path
+    in_place: bool = False
+    is_dir: bool = False
+
+
+@dataclass
+class PathPlan:
+    """What the run reads and writes, after `plan()` checked them."""
+
+    reads: dict[str, list[Path]] = field(default_factory=dict)
+    writes: dict[str, Target] = field(default_factory=dict)
+    stdout_roles: list[str] = field(default_factory=list)
+
+    def write(self, role: str) -> Path | None:
+        t = self.writes.get(role)
+        return None if t is None else t.path
+
+
+def _lstat(p: Path):
+    try:
+        return os.lstat(p)
+    except (OSError, ValueError):
+        return None
+
+
+def _stat(p: Path):
+    try:
+        return os.stat(p)
+    except (OSError, ValueError):
+        return None
+
+
+def _resolved(p: Path) -> Path:
+    try:
+        return Path(os.path.realpath(p))
+    except (OSError, ValueError):
+        return Path(os.path.abspath(p))
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Same resolved path, or the same inode (hard links): both checks, as either may miss."""
+    if _resolved(a) == _resolved(b):
+        return True
+    sa, sb = _stat(a), _stat(b)
+    return bool(sa and sb and (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino))
+
+
+def _kind(mode: int) -> str | None:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return None
+
+
+def check_readable(path, role: str, error=DataError) -> None:
+    """A special file as an input is refused: a FIFO blocks, /dev/zero never ends."""
+    st = _stat(Path(path))
+    if st is not None:
+        what = _kind(st.st_mode)
+        if what:
+            raise error(f"{role} {shown(path)} is not a regular file (it is {what})")
+
+
+def _data_reads(data: str) -> list[Path]:
+    """The files `--data` names directly (a glob or folder is matched by the data loader)."""
+    if any(ch in data for ch in "*?["):
+        return []
+    p = Path(data)
+    out = [p]
+    if p.suffix == ".npy":
+        from prunecli.io.data import npy_partner
+
+        partner = npy_partner(p, "x", "y")
+        if partner is not None:
+            out.append(partner)
+    if p.is_file() and p.suffix in (".tfrecord", ".tfrecords", ".tfrec"):
+        from prunecli.io.data import find_spec
+
+        spec = find_spec(str(p))
+        if spec is not None:
+            out.append(spec)
+    return out
+
+
+def _check_write(role: str, path: Path, allow_special: bool) -> Target:
+    """A write target: not a symbolic link, not a directory, a special file only in place."""
+    lst = _lstat(path)
+    if lst is not None and stat.S_ISLNK(lst.st_mode):
+        real = _stat(path)
+        if allow_special and real is not None and _kind(real.st_mode) in ("a FIFO", "a device"):
+            return _special_target(role, path, real)
+        raise OutputError(
+            f"{role} {shown(path)} is a symbolic link; prunecli does not replace links or write through them "
+            "(name the file itself)"
+        )
+    if lst is not None:
+        if stat.S_ISDIR(lst.st_mode):
+            raise OutputError(f"{role} {shown(path)} is a directory")
+        what = _kind(lst.st_mode)
+        if what:
+            if allow_special and what in ("a FIFO", "a device"):
+                return _special_target(role, path, lst)
+            raise OutputError(f"{role} {shown(path)} is {what}; prunecli writes {role}s to regular files only")
+    parent = Path(os.path.abspath(path)).parent
+    if not parent.is_dir():
+        raise OutputError(f"{role} directory does not exist: {shown(parent)}")
+    name_max = _name_max(parent)
+    if len(os.fsencode(path.name)) > name_max:
+        raise OutputError(f"{role} file name is longer than {name_max} bytes: {shown(path.name)[:60]}...")
+    return Target(role, path)
+
+
+def _special_target(role: str, path: Path, st) -> Target:
+    if stat.S_ISFIFO(st.st_mode):
+        try:  # a FIFO with no reader: ENXIO at once, instead of blocking until someone reads
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                raise OutputError(f"{role} {shown(path)} is a FIFO that nobody reads") from exc
+            raise OutputError(f"cannot write {role} {shown(path)}: {exc.strerror}") from exc
+        os.close(fd)
+    elif not os.access(path, os.W_OK):
+        raise OutputError(f"{role} {shown(path)} is a device that is not writable")
+    return Target(role, path, in_place=True)
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def check_sweep_name(name: str) -> None:
+    """A file name stem: nothing that climbs out of -o or names another folder."""
+    if not name or name in (".", "..") or "/" in name or os.sep in name or "\0" in name:
+        raise ConfigError(f"--name {shown(name)!r} must be a plain file name (no '/', not '.' or '..')")
+    if (os.altsep and os.altsep in name) or not shown(name) == name:
+        raise ConfigError(f"--name {shown(name)!r} must be a plain file name of printable characters")
+
+
+def plan(
+    config,
+    *,
+    output_model: str | os.PathLike | None = None,
+    sweep_dir: str | os.PathLike | None = None,
+    sweep_name: str | None = None,
+    recipe: str | os.PathLike | None = None,
+) -> PathPlan:
+    """Resolve and check every path of a run; raises a one-line error (exit 2, 3 or 5) or returns the plan.
+
+    `output_model`: the resolved model output for `prune` (io.models.resolve_output's answer, or None
+    for plan/sweep); `sweep_dir`/`sweep_name`: the sweep's -o and --name; `recipe`: the -c file.
+    Checks, in order: reads are not special files; writes are not links, directories or (except
+    report/markdown, in place) special files; no write is the same file as a read or another write
+    (the model output may be the input model only with --force).
+    """
+    p = PathPlan()
+    model = Path(config.model_path) if config.model_path else None
+    if model is not None:
+        check_readable(model, "model file", ModelLoadError)
+        p.reads["model"] = [model]
+    if config.data:
+        check_readable(config.data, "data file", DataError)
+        p.reads["data"] = _data_reads(str(config.data))
+    if recipe:
+        check_readable(recipe, "recipe", UsageError)
+        p.reads["recipe"] = [Path(recipe)]
+    if config.feature_names:
+        check_readable(config.feature_names, "feature names file", DataError)
+        p.reads["feature_names"] = [Path(config.feature_names)]
+
+    if output_model is not None:
+        out = Path(output_model)
+        p.writes["output"] = _check_write("output", out, allow_special=False)
+        for fmt in config.export or ():
+            from prunecli.outputs.export import export_paths
+
+            target = export_paths(out).get(fmt)
+            if target is not None:
+                is_dir = fmt == "savedmodel"
+                if not is_dir:
+                    p.writes[f"export {fmt}"] = _check_write(f"export {fmt}", target, allow_special=False)
+                else:
+                    lst = _lstat(target)
+                    if lst is not None and (stat.S_ISLNK(lst.st_mode) or not stat.S_ISDIR(lst.st_mode)):
+                        raise OutputError(f"export savedmodel {shown(target)} exists and is not a folder")
+                    p.writes[f"export {fmt}"] = Target(f"export {fmt}", target, is_dir=True)
+    for role, value in (("report", config.report), ("markdown summary", config.markdown)):
+        if not value:
+            continue
+        if value == STDOUT:
+            p.stdout_roles.append(role)
+            continue
+        p.writes[role] = _check_write(role, Path(value), allow_special=True)
+    if sweep_dir is not None:
+        check_sweep_name(sweep_name or "sweep")
+        folder = Path(sweep_dir)
+        lst = _lstat(folder)
+        if lst is not None and not stat.S_ISDIR(lst.st_mode):
+            real = _stat(folder)
+            if real is None or not stat.S_ISDIR(real.st_mode):
+                raise OutputError(f"sweep output folder {shown(folder)} exists and is not a folder")
+        for kind in SWEEP_KINDS:
+            target = folder / f"{sweep_name or 'sweep'}.{kind}"
+            if _lstat(folder) is None:  # the folder is created later; its files cannot exist yet
+                p.writes[f"sweep {kind}"] = Target(f"sweep {kind}", target)
+            else:
+                p.writes[f"sweep {kind}"] = _check_write(f"sweep {kind}", target, allow_special=False)
+    if len(p.stdout_roles) > 1:
+        raise UsageError("--report - and --markdown - would both write to stdout; send one to a file")
+
+    _check_collisions(p, model, force=bool(getattr(config, "force", False)))
+    return p
+
+
+def _check_collisions(p: PathPlan, model: Path | None, force: bool) -> None:
+    reads = [(role, path) for role, paths in p.reads.items() for path in paths]
+    writes = [t for t in p.writes.values() if not t.in_place]
+    for t in writes:
+        for role, path in reads:
+            if same_file(t.path, path):
+                if t.role == "output" and role == "model" and force:
+                    continue
+                hint = "; choose another -o or pass --force" if (t.role, role) == ("output", "model") else ""
+                raise OutputError(f"{t.role} {shown(t.path)} would overwrite the {_read_name(role)}{hint}")
+    for i, a in enumerate(writes):
+        for b in writes[i + 1 :]:
+            if same_file(a.path, b.path):
+                raise OutputError(f"{a.role} and {b.role} are the same file: {shown(a.path)}")
+
+
+def _read_name(role: str) -> str:
+    return {"model": "input", "data": "data file", "recipe": "recipe", "feature_names": "feature names file"}.get(
+        role, role
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write text to `path`: '-' is stdout, a FIFO or device is written in place (never replaced),
+    anything else atomically (temporary file beside it, then rename). Text that holds undecodable
+    file-name bytes (surrogate escapes) is written with U+FFFD in their place: valid UTF-8 always."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if str(path) == STDOUT:  # a closed pipe is handled once, by the CLI's entry point
+        import sys
+
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.flush()
+        return
+    target = Path(path)
+    st = _stat(target)
+    if st is not None and _kind(st.st_mode) in ("a FIFO", "a device"):
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError as exc:
+            raise OutputError(f"cannot write {shown(target)}: {exc.strerror or exc}") from exc
+        return
+    if _lstat(target) is not None and stat.S_ISLNK(_lstat(target).st_mode):
+        raise OutputError(f"{shown(target)} is a symbolic link; prunecli does not replace links")
+    from prunecli.io.models import atomic_path
+
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def all_or_nothing(targets):
+    """For outputs that belong together (sweep's four files): yield {target: temp path}; on success
+    rename them all, on any exception or Ctrl-C/SIGTERM remove every temporary file and every target
+    already renamed in this block, so an interrupted run leaves none of them half-done."""
+    from prunecli.io.models import temp_name
+
+    targets = [Path(t) for t in targets]
+    temps = {t: t.parent / temp_name(t) for t in targets}
+    done: list[Path] = []
+    try:
+        for tmp in temps.values():
+            tmp.touch(exist_ok=False)
+        yield temps
+        for t, tmp in temps.items():
+            os.replace(tmp, t)
+            done.append(t)
+    except BaseException:
+        for tmp in temps.values():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        for t in done:
+            with contextlib.suppress(OSError):
+                t.unlink()
+        raise

@@ -1,0 +1,61 @@
+"""RunState: what one run has so far. Frozen: the orchestration folds each step's StepResult into a
+new state (`after`), so every change to the model, targets, masks or data is visible in run/."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prunecli.config import PruneConfig
+from prunecli.results import UNCHANGED, StepResult
+
+
+@dataclass(frozen=True)
+class RunState:
+    """model/source: the loaded (or rebuilt) Keras model and what the file was (io.models.Source);
+    data/task: the loaded --data and the loss/metrics inferred for it (None without --data);
+    targets/masks: the prunable weights and the MaskSet chosen for them; compiled_optimizer: the
+    file's own optimizer, taken before evaluation recompiles the model (fine-tuning starts from it)."""
+
+    config: PruneConfig
+    model: Any
+    source: Any
+    data: Any = None
+    task: Any = None
+    compiled_optimizer: Any = None
+    targets: tuple = ()
+    masks: Any = None
+    structure_changed: bool = False
+    notes: tuple[str, ...] = ()
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    sections: Mapping[str, Any] = field(default_factory=dict)
+
+    def after(self, result: StepResult) -> RunState:
+        """This state with a step's result folded in: replacements taken, sections/notes/metrics added."""
+        changes: dict[str, Any] = {
+            "notes": self.notes + tuple(n for n in result.notes if n not in self.notes),
+            "metrics": {**self.metrics, **result.metrics},
+            "sections": {**self.sections, **result.sections},
+        }
+        for name in ("model", "targets", "masks", "data"):
+            value = getattr(result, name)
+            if value is not UNCHANGED:
+                changes[name] = tuple(value) if name == "targets" else value
+        if result.structure_changed:
+            changes["structure_changed"] = True
+        return dataclasses.replace(self, **changes)
+
+    def with_config(self, config: PruneConfig) -> RunState:
+        return dataclasses.replace(self, config=config)
+
+
+@dataclass
+class PruneResult:
+    """What a prune run gives back: the report, the pruned model and its masks, and where it was written."""
+
+    report: Any
+    model: Any
+    masks: Any
+    output_path: Any

@@ -1,0 +1,189 @@
+"""The steps of a run that prunecli's orchestrations (prune, plan, sweep, auto, the tfmot engine) share.
+
+Each takes plain values and returns what it made: a RunState for `load`, a StepResult (report
+section, notes, replacements) for the others, a MaskSet for `score_and_mask`. None of them imports the
+pipeline, and none writes into another step's state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+
+from prunecli import __version__, scoring
+from prunecli.config import Granularity, PruneConfig
+from prunecli.errors import InputError
+from prunecli.outputs.report import Report, Timings, layer_stats, totals
+from prunecli.results import StepResult
+from prunecli.run.state import RunState
+
+Progress = Callable[[str], None]
+
+
+def silent(_message: str) -> None:
+    """A progress callback that shows nothing."""
+
+
+def load(config: PruneConfig, progress: Progress, timings: Timings) -> tuple[RunState, Future | None]:
+    """The model (safe mode unless --unsafe) and --data, the task inferred from them, and, with
+    sizes on, a Future of the input's gzip size computed on another core while the run goes on."""
+    from prunecli.io import data as data_mod
+    from prunecli.io import models as model_io
+    from prunecli.training.metrics import infer_task
+
+    progress(f"loading {config.model_path}")
+    input_sizes = None
+    with timings.phase("load"):
+        model, source = model_io.load(config.model_path, unsafe=config.unsafe)
+        if config.sizes:  # compression releases the GIL, so this overlaps with scoring and masking
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prunecli-sizes")
+            input_sizes = pool.submit(model_io.file_sizes, source.path)
+            pool.shutdown(wait=False)
+        compiled_optimizer = getattr(model, "optimizer", None)
+        data = task = None
+        if config.data:
+            data = data_mod.load(config.data, model, config.batch_size, config.val_split, config.seed)
+            task = infer_task(model, data.y_example)
+    state = RunState(
+        config=config, model=model, source=source, data=data, task=task, compiled_optimizer=compiled_optimizer
+    )
+    return state, input_sizes
+
+
+def pick_targets(model, config: PruneConfig) -> StepResult:
+    """The prunable weights the options select; for neuron pruning, not the model's output units."""
+    from prunecli.selection import policy, targets
+
+    found = targets.select(model, config.include, config.exclude)
+    found = [t for t in found if not policy.skipped_by_override(t, config)]
+    notes = []
+    if config.granularity.kind == "neuron":
+        # An output layer's units are the model's outputs (its classes): removing one changes what the
+        # model predicts, not how big it is. Kept unless the user names the layer with --include.
+        outputs = targets.output_layer_names(model)
+        kept = [t for t in found if t.layer_name in outputs and not targets.named_in(t, config.include)]
+        if kept:
+            notes.append(
+                f"output layer(s) {', '.join(sorted({t.layer_name for t in kept}))} not pruned by neuron "
+                "(their units are the model's outputs; --include them to prune anyway)"
+            )
+            found = [t for t in found if t not in kept]
+    if not found:
+        raise InputError(f"{config.model_path}: no prunable layers (after --include/--exclude)")
+    return StepResult(targets=found, notes=tuple(notes))
+
+
+def evaluate(state: RunState, stage: str, progress: Progress, timings: Timings) -> StepResult:
+    """Loss and accuracy on the evaluation data at `stage` ("before", "after_pruning", ...); nothing without --data."""
+    if state.data is None:
+        return StepResult()
+    from prunecli.training.metrics import evaluate as measure
+
+    progress(f"evaluating ({stage.replace('_', ' ')})")
+    with timings.phase("evaluate"):
+        return StepResult(metrics={stage: measure(state.model, state.data.eval, state.task)})
+
+
+def score_and_mask(model, targets, data, task, config: PruneConfig, progress: Progress, timings: Timings):
+    """Score the targets with the configured method and apply the policy's masks; returns the MaskSet."""
+    from prunecli.selection import kernels, policy
+
+    strategy = scoring.get(config.method)
+    notes = []
+    if strategy.level == "unit" and config.granularity.kind == "element":
+        config = config.replace(granularity=Granularity("neuron"))
+        notes.append(f"method {config.method} scores whole units; pruned with granularity neuron")
+    progress(f"scoring with {config.method}")
+    with timings.phase("score"):
+        ctx = scoring.ScoringContext(
+            model=model,
+            targets=list(targets),
+            data=None if data is None else data.train,
+            loss_fn=None if task is None else task.loss,
+            seed=config.seed,
+            max_batches=config.score_batches,
+            progress=scoring.registry.silent_progress if config.quiet or progress is silent else None,
+        )
+        scores = strategy.fn(list(targets), ctx)
+    progress("building and applying masks")
+    with timings.phase("mask"):
+        masks = policy.build_masks(list(targets), scores, strategy.level, config, model=model)
+        kernels.apply_masks([t.variable for t in targets], [masks.masks[t.name] for t in targets])
+    masks.notes[:0] = notes
+    return masks
+
+
+def mask(state: RunState, progress: Progress, timings: Timings) -> StepResult:
+    """The one-shot pruning step: score, select and apply, at the configured sparsity."""
+    masks = score_and_mask(state.model, state.targets, state.data, state.task, state.config, progress, timings)
+    return StepResult(masks=masks, notes=tuple(masks.notes))
+
+
+def finetune(state: RunState, progress: Progress, timings: Timings) -> StepResult:
+    """Fine-tune with the masks held; gradual schedules re-mask through `score_and_mask` as they go."""
+    from prunecli.training import finetune as training
+
+    def remask(model, targets, config):
+        return score_and_mask(model, targets, state.data, state.task, config, silent, timings)
+
+    job = training.FineTuneJob(
+        config=state.config,
+        model=state.model,
+        targets=list(state.targets),
+        masks=state.masks,
+        data=state.data,
+        task=state.task,
+        remask=remask,
+        progress=progress,
+        compiled_optimizer=state.compiled_optimizer,
+    )
+    result = training.run(job)
+    for phase, seconds in result.timings.items():
+        timings[phase] = timings.get(phase, 0.0) + seconds
+    return result
+
+
+def save(state: RunState, out: Path, progress: Progress, timings: Timings) -> None:
+    from prunecli.io import models as model_io
+
+    progress(f"saving {out}")
+    with timings.phase("save"):
+        model_io.save(state.model, out, state.source, structure_changed=state.structure_changed)
+
+
+def build_report(state: RunState, out: Path | None, timings: Timings, input_sizes: Future | None = None) -> Report:
+    """The report of a finished run: settings, input/output files and sizes, per-layer sparsity,
+    metrics, timings, notes and every section the steps returned."""
+    from prunecli.io import models as model_io
+
+    c = state.config
+    settings = {k: (str(v) if k == "granularity" else v) for k, v in c.__dict__.items()}
+    settings["overrides"] = [o.__dict__ for o in c.overrides]
+    inp = {"path": str(state.source.path), "format": state.source.format, "flavour": state.source.flavour}
+    outp = {"path": str(out), "format": out.suffix.lstrip(".")} if out else None
+    with timings.phase("sizes"):
+        if c.sizes:
+            inp.update(input_sizes.result() if input_sizes else model_io.file_sizes(state.source.path))
+            if out:
+                outp.update(model_io.file_sizes(out))
+        elif out:
+            outp["bytes"] = out.stat().st_size
+            inp["bytes"] = state.source.size_bytes
+    stats = layer_stats(state.targets, state.masks.requested if state.masks else {})
+    spent = dict(timings)
+    spent["total"] = sum(spent.values())
+    return Report(
+        settings=settings,
+        input=inp,
+        output=outp,
+        totals=totals(state.model, stats),
+        layers=stats,
+        metrics=dict(state.metrics),
+        timings_s={k: round(v, 4) for k, v in spent.items()},
+        notes=list(state.notes),
+        extra=dict(state.sections),
+        prunecli_version=__version__,
+    )

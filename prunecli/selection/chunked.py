@@ -1,0 +1,81 @@
+"""Masks built and applied a chunk of layers at a time, so memory holds one chunk's scores, not the model's.
+
+A one-shot prune that scores every tensor first holds a float32 copy of all prunable weights (the
+scores) and, while selecting, the selection's own concatenated copy of them: on a 100M-parameter
+model that is 0.8 GB above what Keras needs to load and save it. Whenever each layer's mask depends
+only on that layer's scores (scope=layer, or a threshold; element, block or N:M granularity; no tied
+channel sets), the policy gives the same masks whether it sees all layers at once or a few at a time,
+so this module feeds it consecutive chunks of targets (at most CHUNK_ELEMENTS weights each, or one
+larger tensor alone), applies each chunk's masks and drops its scores before scoring the next.
+Global ranking and tied neuron sets compare layers with each other and keep the all-at-once path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prunecli.config import PruneConfig
+from prunecli.selection import policy
+
+CHUNK_ELEMENTS = 8 << 20  # 8M scores: 32 MiB of float32 per chunk, a few selection calls per model
+
+
+def chunks(targets: list, limit: int = CHUNK_ELEMENTS) -> list[list]:
+    """Consecutive runs of targets holding at most `limit` weights each (a larger tensor goes alone)."""
+    out: list[list] = []
+    current: list = []
+    held = 0
+    for t in targets:
+        size = int(t.size)
+        if current and held + size > limit:
+            out.append(current)
+            current, held = [], 0
+        current.append(t)
+        held += size
+    if current:
+        out.append(current)
+    return out
+
+
+def layer_independent(config: PruneConfig, model=None) -> bool:
+    """Whether every layer's mask depends on its own scores only, so chunks give today's masks exactly.
+
+    scope=layer and thresholds decide per layer; a global ranking does not (unless there is nothing
+    to rank globally). Neuron granularity with the model ties layers whose channels meet in residual
+    merges into sets ranked together (selection/tied.py), so it is not chunked either.
+    """
+    kind = config.granularity.kind
+    if kind not in ("element", "block", "nm", "neuron"):
+        return False
+    if kind == "neuron" and model is not None:
+        return False
+    return kind == "nm" or config.scope == "layer" or config.threshold is not None
+
+
+def mask_in_chunks(
+    targets: list,
+    score_chunk: Callable[[list], dict],
+    level: str,
+    config: PruneConfig,
+    apply: Callable[[list, list], None],
+    limit: int = CHUNK_ELEMENTS,
+) -> policy.MaskSet:
+    """Score, select and apply masks chunk by chunk; returns the same MaskSet as policy.build_masks
+    on all targets (masks, requested sparsities and notes, in target order) when
+    `layer_independent(config)` holds.
+
+    score_chunk(chunk) -> {target.name: score} for those targets only: a per-layer strategy's own
+    function on the chunk (magnitude, norms), or the chunk's part of scores computed once
+    (`lambda ts: {t.name: scores.pop(t.name) for t in ts}` frees each part once used).
+    apply(variables, masks) zeroes the masked weights (kernels.apply_masks).
+    """
+    result = policy.MaskSet()
+    for chunk in chunks(targets, limit):
+        scores = score_chunk(chunk)
+        part = policy.build_masks(chunk, scores, level, config)
+        del scores
+        apply([t.variable for t in chunk], [part.masks[t.name] for t in chunk])
+        result.masks.update(part.masks)
+        result.requested.update(part.requested)
+        result.notes.extend(part.notes)
+    return result

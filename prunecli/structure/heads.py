@@ -1,0 +1,493 @@
+"""Attention-head pruning: score each head of every attention layer and remove whole heads.
+
+A head of `keras.layers.MultiHeadAttention` owns one slice of four kernels: query, key and value
+(shape (d_model, heads, head_dim), the head on axis 1), their biases ((heads, head_dim), axis 0) and
+the output projection ((heads, head_dim, d_model), axis 0). The layer's output is the sum over heads
+of each head's attention result times its output slice, plus the output bias, so a head whose output
+slice is zero contributes exactly nothing: masking the head (all four slices, biases included) and
+deleting it (MultiHeadAttention(num_heads=kept) with the slices cut out) compute the same function.
+Michel et al. 2019 ("Are Sixteen Heads Really Better than One?") and Voita et al. 2019 showed that
+most heads of a trained Transformer can go this way at little cost.
+
+Grouped-query attention (KerasHub's Llama, Qwen, Mistral... layers with `num_query_heads` and
+`num_key_value_heads`) shares one key/value head between G = query/kv query heads. The unit removed
+there is a whole group: its key/value head and its G query heads, so the ratio stays whole.
+
+Scores, one per unit (head or group), lower = removed first: `magnitude`, `neuron-mean`, `l1-norm`:
+mean |w| over the unit's slices; `l2-norm`: their L2 norm; `random`: seeded; `taylor`: sum |w * dL/dw|
+and `gradient`: sum |dL/dw| over the slices, accumulated over `--score-batches` batches of `--data`
+(Molchanov et al. 2019, applied to heads as in Michel et al.'s head-importance score).
+
+`--shrink` rebuilds keras.layers.MultiHeadAttention layers of a functional model with fewer heads.
+KerasHub's layers compute the head size as hidden_dim // num_heads when they build, so a config with
+fewer heads would change the head size as well: their heads are masked (exactly zero, held while
+fine-tuning), not deleted, and the notes say so.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from typing import Any
+
+from prunecli.errors import ConfigError, InputError
+from prunecli.structure.transformer import (  # noqa: F401 - find/HeadLayer/block_macs are this module's API too
+    HeadLayer,
+    Part,
+    _attention_cost,
+    block_macs,
+    find,
+    find_in_layer,
+)
+
+MAX_RELATIVE_DIFF = 1e-4
+DATA_METHODS = ("taylor", "gradient")
+MEAN_METHODS = ("magnitude", "neuron-mean", "l1-norm")
+METHODS = MEAN_METHODS + ("l2-norm", "random") + DATA_METHODS
+
+
+def _allowed(path: str, config) -> bool:
+    leaf = path.rsplit("/", 1)[-1]
+
+    def hit(patterns):
+        return any(fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(leaf, p) for p in patterns)
+
+    if config.include and not hit(config.include):
+        return False
+    if config.exclude and hit(config.exclude):
+        return False
+    return not any(rule.skip and hit([rule.pattern]) for rule in config.overrides)
+
+
+def _override(path: str, config) -> float | None:
+    leaf = path.rsplit("/", 1)[-1]
+    chosen = None
+    for rule in config.overrides:
+        if rule.sparsity is not None and (
+            fnmatch.fnmatchcase(path, rule.pattern) or fnmatch.fnmatchcase(leaf, rule.pattern)
+        ):
+            chosen = rule.sparsity
+    return chosen
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scores
+
+
+def _unit_sums(hl: HeadLayer, arrays: list, fn) -> Any:
+    """Per unit: (sum of fn(slice), element count) over all parts."""
+    import numpy as np
+
+    totals = np.zeros(hl.units)
+    counts = np.zeros(hl.units)
+    for part, arr in zip(hl.parts, arrays, strict=True):
+        moved = np.moveaxis(np.asarray(arr, dtype=np.float64), part.axis, 0)
+        per_head = fn(moved.reshape(moved.shape[0], -1)).sum(axis=1)
+        size = moved[0].size
+        if part.role == "q":
+            per_head = per_head.reshape(hl.units, hl.group).sum(axis=1)
+            size *= hl.group
+        totals += per_head
+        counts += size
+    return totals, counts
+
+
+def weight_scores(hl: HeadLayer, method: str):
+    """(units,) scores from the weights alone."""
+    import numpy as np
+
+    arrays = [np.asarray(p.variable) for p in hl.parts]
+    if method == "l2-norm":
+        sq, _ = _unit_sums(hl, arrays, np.square)
+        return np.sqrt(sq)
+    total, count = _unit_sums(hl, arrays, np.abs)
+    return total / np.maximum(count, 1)
+
+
+def data_scores(model, layers: list[HeadLayer], data, loss_fn, method: str, max_batches: int | None):
+    """{path: (units,) scores}: Taylor |w*g| or gradient |g| summed over each unit's slices."""
+    import numpy as np
+    import tensorflow as tf
+
+    if data is None or loss_fn is None:
+        raise ConfigError(f"-g head with --method {method} needs --data")
+    from prunecli.structure.layer_removal import batches
+
+    variables = [p.variable for hl in layers for p in hl.parts]
+    sums = [np.zeros(tuple(v.shape)) for v in variables]
+    for x, y in batches(data, max_batches):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=False))
+        grads = tape.gradient(loss, [v.value if hasattr(v, "value") else v for v in variables])
+        for i, (v, g) in enumerate(zip(variables, grads, strict=True)):
+            if g is None:
+                continue
+            g = np.asarray(g, dtype=np.float64)
+            sums[i] += np.abs(g * np.asarray(v)) if method == "taylor" else np.abs(g)
+    out, i = {}, 0
+    for hl in layers:
+        arrays = sums[i : i + len(hl.parts)]
+        i += len(hl.parts)
+        out[hl.path] = _unit_sums(hl, arrays, lambda a: a)[0]
+    return out
+
+
+def score(model, layers: list[HeadLayer], config, data=None, loss_fn=None) -> dict[str, Any]:
+    """{layer path: (units,) scores} with the method the config names."""
+    import numpy as np
+
+    method = config.method
+    if method not in METHODS:
+        raise ConfigError(f"-g head scores with {', '.join(METHODS)}; got --method {method}")
+    if method == "random":
+        rng = np.random.default_rng(config.seed)
+        return {hl.path: rng.random(hl.units) for hl in layers}
+    if method in DATA_METHODS:
+        return data_scores(model, layers, data, loss_fn, method, config.score_batches)
+    return {hl.path: weight_scores(hl, method) for hl in layers}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Choosing heads
+
+
+def _floor(hl: HeadLayer, config) -> int:
+    """Units a layer always keeps: --min-keep of them, and never fewer than one (a layer with no head
+    left would be a constant; remove the whole block with -g layer instead)."""
+    return max(1, math.ceil(config.min_keep * hl.units)) if not config.allow_empty else 1
+
+
+def _wanted(hl: HeadLayer, config) -> int:
+    sparsity = _override(hl.path, config)
+    if sparsity is None and config.remove_heads is not None:
+        return config.remove_heads // hl.group if hl.group > 1 else config.remove_heads
+    s = sparsity if sparsity is not None else config.effective_sparsity
+    return int(round((s or 0.0) * hl.units))
+
+
+def choose(layers: list[HeadLayer], scores: dict, config, notes: list) -> dict[str, list[int]]:
+    """{layer path: sorted removed units}. Per layer (--scope layer) or ranked over all layers
+    (--scope global, scores divided by their layer's mean under --normalize mean)."""
+    import numpy as np
+
+    removed: dict[str, list[int]] = {hl.path: [] for hl in layers}
+    floors = {hl.path: _floor(hl, config) for hl in layers}
+    if config.threshold is not None:
+        for hl in layers:
+            sc = np.asarray(scores[hl.path], dtype=np.float64)
+            cut = sc.mean() if config.threshold == "mean" else float(config.threshold)
+            order = [int(u) for u in np.argsort(sc, kind="stable") if sc[u] < cut]
+            removed[hl.path] = sorted(order[: hl.units - floors[hl.path]])
+        return removed
+    if config.scope == "global":
+        pool = []
+        for hl in layers:
+            sc = np.asarray(scores[hl.path], dtype=np.float64)
+            if config.normalize == "mean" and sc.mean() > 0:
+                sc = sc / sc.mean()
+            pool += [(float(v), hl.path, u, hl.group) for u, v in enumerate(sc)]
+        total_heads = sum(hl.num_heads for hl in layers)
+        if config.remove_heads is not None:
+            budget = config.remove_heads
+        else:
+            budget = int(round((config.effective_sparsity or 0.0) * total_heads))
+        taken = 0
+        left = {hl.path: hl.units for hl in layers}
+        for _v, path, unit, group in sorted(pool, key=lambda r: (r[0], r[1], r[2])):
+            if taken + group > budget:
+                continue
+            if left[path] - 1 < floors[path]:
+                continue
+            removed[path].append(unit)
+            left[path] -= 1
+            taken += group
+        if taken < budget:
+            notes.append(f"asked to remove {budget} heads; {taken} removed (every layer keeps at least one)")
+    else:
+        for hl in layers:
+            want = _wanted(hl, config)
+            allowed = min(want, hl.units - floors[hl.path])
+            if allowed < want:
+                notes.append(f"{hl.path}: {want} of {hl.units} heads asked, {allowed} removed (floor)")
+            order = np.argsort(np.asarray(scores[hl.path], dtype=np.float64), kind="stable")
+            removed[hl.path] = [int(u) for u in order[:allowed]]
+    return {k: sorted(v) for k, v in removed.items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Masks and surgery
+
+
+def head_masks(layers: list[HeadLayer], removed: dict[str, list[int]]) -> dict[str, Any]:
+    """{part name: boolean keep-mask of the weight's shape} for every q/k/v/o kernel and q/k/v bias."""
+    import numpy as np
+
+    out = {}
+    for hl in layers:
+        gone = removed.get(hl.path, [])
+        for part in hl.parts:
+            mask = np.ones(tuple(int(d) for d in part.variable.shape), dtype=bool)
+            idx = hl.slice_index(part, gone)
+            if idx:
+                index = [slice(None)] * mask.ndim
+                index[part.axis] = idx
+                mask[tuple(index)] = False
+            out[part.name] = mask
+    return out
+
+
+def apply(masks: dict[str, Any], layers: list[HeadLayer]) -> None:
+    """Zero the masked slices in place."""
+    import numpy as np
+
+    for hl in layers:
+        for part in hl.parts:
+            m = masks.get(part.name)
+            if m is not None:
+                part.variable.assign(np.where(m, np.asarray(part.variable), 0).astype(part.variable.dtype))
+
+
+def _smaller_attention(hl: HeadLayer, removed_units: list[int]):
+    """A MultiHeadAttention like hl.layer with only the kept heads, and the weights it must get
+    (assigned once the rebuilt graph has built it)."""
+    import numpy as np
+
+    layer = hl.layer
+    kept_units = [u for u in range(hl.units) if u not in set(removed_units)]
+    config = layer.get_config()
+    config["num_heads"] = len(hl.heads_of(kept_units))
+    new = type(layer).from_config(config)
+    by_id = {id(p.variable): p for p in hl.parts}
+    values = []
+    for v in layer.weights:
+        arr = np.asarray(v)
+        part = by_id.get(id(v))
+        if part is not None:
+            arr = np.take(arr, hl.slice_index(part, kept_units), axis=part.axis)
+        values.append(arr)
+    return new, values
+
+
+def shrink(model, layers: list[HeadLayer], removed: dict[str, list[int]]):
+    """A new functional model whose plain MultiHeadAttention layers have only their kept heads.
+    Layers with a shrink_blocker (and layers with nothing removed) are left as they are."""
+    from prunecli.structure import layer_removal
+
+    replace, fill = {}, []
+    for hl in layers:
+        gone = removed.get(hl.path, [])
+        if not gone or hl.shrink_blocker is not None:
+            continue
+        new, values = _smaller_attention(hl, gone)
+        replace[id(hl.layer)] = new
+        fill.append((new, values))
+    if not replace:
+        return model
+    rebuilt = layer_removal.rebuild(model, replace=replace)
+    for new, values in fill:
+        if len(new.weights) != len(values):
+            raise InputError(f"rebuilt attention layer {new.name!r} has an unexpected set of weights")
+        new.set_weights(values)
+    return layer_removal.detach(rebuilt)
+
+
+def verify(reference, candidate, xs) -> dict:
+    """Largest difference between the masked and the shrunk model on these inputs."""
+    from prunecli.structure import surgery
+
+    result = surgery.compare(reference, candidate, xs)
+    if result["max_rel_diff"] > MAX_RELATIVE_DIFF:
+        raise surgery.ShrinkVerificationError(
+            f"the model with heads removed differs from the masked model by {result['max_rel_diff']:.3g} "
+            f"(relative; limit {MAX_RELATIVE_DIFF:g}); not saved"
+        )
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# Summaries for plan, inspect and the report
+
+
+def heads_per_layer(model) -> dict[str, dict]:
+    """{attention layer path: {"heads", "kv_heads", "head_dim", "live_heads"}}. A head is live while
+    its output slice holds a non-zero weight (a masked head is not)."""
+    import numpy as np
+
+    out = {}
+    for hl in find(model):
+        o = next(p for p in hl.parts if p.axis == 0 and len(p.variable.shape) == 3)
+        arr = np.moveaxis(np.asarray(o.variable), 0, 0).reshape(hl.num_heads, -1)
+        out[hl.path] = {
+            "class": type(hl.layer).__name__,
+            "heads": hl.num_heads,
+            "kv_heads": hl.num_kv_heads,
+            "head_dim": int(o.variable.shape[1]),
+            "live_heads": int(np.count_nonzero(np.any(arr != 0, axis=1))),
+        }
+    return out
+
+
+def preview(model, config) -> list[dict]:
+    """For `prunecli plan -g head`: per attention layer, heads now, the heads -g head would remove
+    (data-free methods; taylor/gradient are planned with mean |w|) and heads left. Changes nothing."""
+    found = [hl for hl in find(model) if _allowed(hl.path, config)]
+    method = "magnitude" if config.method in DATA_METHODS or config.method not in METHODS else config.method
+    scores = score(model, found, config.replace(method=method))
+    removed = choose(found, scores, config, [])
+    return [
+        {
+            "layer": hl.path,
+            "class": type(hl.layer).__name__,
+            "heads": hl.num_heads,
+            "kv_heads": hl.num_kv_heads,
+            "remove": hl.heads_of(removed[hl.path]),
+            "heads_after": hl.num_heads - len(hl.heads_of(removed[hl.path])),
+            "deletable": hl.shrink_blocker is None,
+        }
+        for hl in found
+    ]
+
+
+def heads_table(before: dict, after: dict) -> list[dict]:
+    """Rows for the report/inspect: heads per attention layer before and after."""
+    rows = []
+    for path, b in before.items():
+        a = after.get(path, {})
+        rows.append(
+            {
+                "layer": path,
+                "heads_before": b["heads"],
+                "heads_after": a.get("heads", b["heads"]),
+                "live_heads_after": a.get("live_heads", b["live_heads"]),
+            }
+        )
+    return rows
+
+
+def macs_at(model, seq_len: int) -> dict[str, int]:
+    """{attention layer path: multiply-adds per example at `seq_len` tokens} for every attention
+    layer, whatever sequence length the model was built for (use for `--seq-len` in plan/FLOPs)."""
+    return {hl.path: _attention_cost(hl, seq_len) for hl in find(model)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The step
+
+
+def run_heads(model, targets, config, *, data=None, loss_fn=None, sample_x=None, progress=None):
+    """Score, choose and mask (or, with config.shrink, delete) attention heads.
+
+    Returns (model, masks, section, notes):
+    - model: the same model with the heads masked, or a new, smaller functional model (--shrink);
+    - masks: {target name: boolean keep-mask} for every target (all True outside attention): hold them
+      while fine-tuning; after --shrink they are those of the new model's targets (heads gone, all True);
+    - section: the report's `heads` section (per layer: heads before/after, removed heads, scores);
+    - notes: one line each, for the report's notes.
+    data: a dataset of (x, y) batches, loss_fn(y, pred) -> scalar (only for taylor/gradient);
+    sample_x: inputs for the shrink check (random inputs when None).
+    """
+    import numpy as np
+
+    from prunecli.selection import targets as targets_mod
+
+    say = progress or (lambda _m: None)
+    notes: list[str] = []
+    found = [hl for hl in find(model, targets) if _allowed(hl.path, config)]
+    if not found:
+        raise InputError(f"{config.model_path or 'model'}: no attention layer with prunable heads")
+    say(f"scoring the heads of {len(found)} attention layer(s) with {config.method}")
+    scores = score(model, found, config, data, loss_fn)
+    removed = choose(found, scores, config, notes)
+    masks = head_masks(found, removed)
+    apply(masks, found)
+    section: dict[str, Any] = {
+        "score": config.method,
+        "heads_before": sum(hl.num_heads for hl in found),
+        "heads_removed": sum(len(hl.heads_of(removed[hl.path])) for hl in found),
+        "layers": [],
+    }
+    for hl in found:
+        gone = removed[hl.path]
+        section["layers"].append(
+            {
+                "layer": hl.path,
+                "class": type(hl.layer).__name__,
+                "heads_before": hl.num_heads,
+                "kv_heads_before": hl.num_kv_heads,
+                "removed_heads": hl.heads_of(gone),
+                "heads_after": hl.num_heads - len(hl.heads_of(gone)),
+                "scores": [round(float(v), 6) for v in np.asarray(scores[hl.path])],
+                "deleted": False,
+            }
+        )
+    kernel_masks = {t.name: masks.get(t.name, np.ones(t.shape, dtype=bool)) for t in targets or []}
+    seq_len = config.seq_len or _model_seq_len(model)
+    if seq_len:
+        section["seq_len"] = seq_len
+        section["attention_macs_before"] = sum(macs_at(model, seq_len).values())
+    if not config.shrink:
+        return model, kernel_masks, section, notes
+    blocked = sorted({hl.path for hl in found if hl.shrink_blocker and removed[hl.path]})
+    for hl in found:
+        if hl.path in blocked:
+            notes.append(f"heads of {hl.path} masked, not deleted: {hl.shrink_blocker}")
+    say("rebuilding attention layers with fewer heads")
+    from prunecli.structure import surgery
+
+    new = shrink(model, found, removed)
+    if new is model:
+        return model, kernel_masks, section, notes
+    xs = surgery.example_inputs(model, 16, sample_x, config.seed)
+    section["verification"] = verify(model, new, xs)
+    for row in section["layers"]:
+        row["deleted"] = row["layer"] not in blocked and bool(row["removed_heads"])
+    new_targets = targets_mod.select(new, config.include, config.exclude)
+    new_found = {hl.path: hl for hl in find(new, new_targets)}
+    new_masks = head_masks([h for p, h in new_found.items() if p in blocked], removed)
+    kernel_masks = {t.name: new_masks.get(t.name, np.ones(t.shape, dtype=bool)) for t in new_targets}
+    section["params_before"] = int(model.count_params())
+    section["params_after"] = int(new.count_params())
+    if seq_len:
+        section["attention_macs_after"] = sum(macs_at(new, seq_len).values())
+    return new, kernel_masks, section, notes
+
+
+def _model_seq_len(model) -> int | None:
+    """The sequence length the model's first input fixes (token ids (batch, seq)), or None."""
+    try:
+        shape = tuple(model.inputs[0].shape)
+    except (AttributeError, IndexError, TypeError):
+        return None
+    return int(shape[1]) if len(shape) == 2 and shape[1] is not None else None
+
+
+def run(model, data, task, config, progress, timings, sample_x=None):
+    """The `-g head` step in the run's StepResult form (like layer_removal.run and features.run).
+
+    data: the run's Data (its .train batches score taylor/gradient) or None; task: metrics.Task or None.
+    masks: a MaskSet over the (new) model's targets, held while fine-tuning."""
+    from prunecli.results import StepResult
+    from prunecli.selection import policy
+    from prunecli.selection import targets as targets_mod
+
+    found_targets = targets_mod.select(model, config.include, config.exclude)
+    loss_fn = None
+    if task is not None and config.method in DATA_METHODS:
+        from prunecli.structure.layer_removal import _loss_fn
+
+        loss_fn = _loss_fn(task)
+    train = None if data is None else data.train
+    with timings.phase("score"):
+        new, masks, section, notes = run_heads(
+            model, found_targets, config, data=train, loss_fn=loss_fn, sample_x=sample_x, progress=progress
+        )
+    new_targets = found_targets if new is model else targets_mod.select(new, config.include, config.exclude)
+    requested = {}
+    for t in new_targets:
+        m = masks.get(t.name)
+        requested[t.name] = None if m is None else round(1.0 - float(m.mean()), 6)
+    mask_set = policy.MaskSet(masks=masks, requested=requested, notes=list(notes))
+    replaced = {"targets": new_targets, "masks": mask_set}
+    if new is not model:
+        replaced["model"] = new
+    return StepResult(sections={"heads": section}, notes=tuple(notes), **replaced)

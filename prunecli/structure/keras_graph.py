@@ -1,0 +1,140 @@
+"""The one adapter to Keras' private graph attributes: every other module reads the graph through it.
+
+Keras 3 keeps a functional model's graph in private attributes (`_nodes_by_depth`, a tensor's
+`_keras_history`, a Sequential's `_functional`, the nested structures `_inputs_struct` and
+`_outputs_struct`) and lists sub-layers with `_flatten_layers`. They change between Keras releases;
+keeping them here means one file to fix. `tests/test_architecture.py` fails when another module
+reads one.
+
+A *node* is one call of a layer or Keras operation: `node.operation`, `node.input_tensors`,
+`node.outputs` and `node.arguments` are public Keras API.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+TensorKey = tuple[int, int, int]  # (id(operation), node index, output index): one tensor of the graph
+
+
+class GraphUnsupported(Exception):
+    """The model has no layer graph to walk (a subclassed model, or one never called on inputs)."""
+
+
+def functional(model):
+    """The Functional object holding the model's graph (a Sequential's inner one), or None."""
+    import keras
+
+    graph = getattr(model, "_functional", None) if isinstance(model, keras.Sequential) else model
+    return graph if graph is not None and hasattr(graph, "_nodes_by_depth") else None
+
+
+def require(model):
+    """functional(model), or GraphUnsupported naming the model."""
+    graph = functional(model)
+    if graph is None or not getattr(graph, "outputs", None):
+        raise GraphUnsupported(f"model {model.name} has no functional graph (subclassed or never built)")
+    return graph
+
+
+def nodes(model, include_inputs: bool = False) -> list:
+    """The one graph walker: every call node of the model's own graph in execution order (by depth,
+    deepest first), the model inputs' nodes only with `include_inputs`. Nested models are one node each."""
+    graph = require(model)
+    by_depth = graph._nodes_by_depth
+    return [
+        node
+        for depth in sorted(by_depth, reverse=True)
+        for node in by_depth[depth]
+        if node.operation is not None and (include_inputs or not node.is_input)
+    ]
+
+
+def inputs(model) -> list:
+    return list(require(model).inputs)
+
+
+def outputs(model) -> list:
+    return list(require(model).outputs)
+
+
+def flatten(structure) -> list:
+    if isinstance(structure, (list, tuple)):
+        return [x for item in structure for x in flatten(item)]
+    if isinstance(structure, dict):
+        return [x for item in structure.values() for x in flatten(item)]
+    return [structure]
+
+
+def history(tensor):
+    """(operation, node index, output index) that produced a symbolic tensor, or None."""
+    return getattr(tensor, "_keras_history", None)
+
+
+def key(tensor) -> TensorKey:
+    """A hashable name for a symbolic tensor, stable while the model lives."""
+    op, node_index, tensor_index = tensor._keras_history
+    return (id(op), node_index, tensor_index)
+
+
+def producer_name(tensor) -> str:
+    """The name of the layer (or input) that produced a symbolic tensor."""
+    return tensor._keras_history.operation.name
+
+
+def output_layer_names(model) -> set[str]:
+    """Names of the top-level layers that produce the model's outputs."""
+    names = set()
+    for tensor in getattr(model, "outputs", None) or []:
+        found = history(tensor)
+        if found is not None:
+            names.add(found.operation.name)
+    return names
+
+
+def children(layer) -> list:
+    """The layer's direct sub-layers (a model's layers, a wrapper's inner layer, an RNN's cell); none for
+    a Keras operation (keras.ops.*), which holds no layers."""
+    flatten_layers = getattr(layer, "_flatten_layers", None)
+    return list(flatten_layers(include_self=False, recursive=False)) if flatten_layers else []
+
+
+def all_layers(model) -> list:
+    """The model and every layer inside it, recursively, in Keras' own order."""
+    return list(model._flatten_layers())
+
+
+def pack_like(model, which: str, flat: list):
+    """`flat` tensors packed in the nested structure of the model's inputs or outputs (`which`)."""
+    from keras import tree
+
+    graph = require(model)
+    return tree.pack_sequence_as(graph._inputs_struct if which == "inputs" else graph._outputs_struct, flat)
+
+
+def call_node(node, values: dict, operation=None):
+    """Run one node on new inputs: `values` maps id(original input tensor) to its new value; the node's
+    other arguments (Python numbers, keyword options) are passed as recorded. Returns the flat outputs."""
+    from keras import tree
+
+    args, kwargs = node.arguments.fill_in(values)
+    return tree.flatten((operation or node.operation)(*args, **kwargs))
+
+
+def constant_arguments(node) -> list[Any]:
+    """The node's arguments that are not graph tensors (a scalar in `h * 2.0`)."""
+    import keras
+
+    items = flatten(list(node.arguments.args)) + flatten(dict(node.arguments.kwargs))
+    return [a for a in items if not isinstance(a, keras.KerasTensor)]
+
+
+def attention_parts(layer) -> tuple[int, int, int, list]:
+    """MultiHeadAttention's heads, key and value sizes, and its four projection kernels (q, k, v, out)."""
+    kernels = [
+        layer._query_dense.kernel,
+        layer._key_dense.kernel,
+        layer._value_dense.kernel,
+        layer._output_dense.kernel,
+    ]
+    return layer._num_heads, layer._key_dim, layer._value_dim, kernels

@@ -1,0 +1,294 @@
+"""The one table of what prunecli knows about each Keras layer class.
+
+Every module that needs to know how a layer treats channels reads this table: which weights are pruned
+and along which axis (selection/targets.py), how channels flow through it (structure/channels.py), which
+per-channel parameters follow a removed channel and how the layer is sliced (structure/surgery.py,
+structure/features.py), which layers data-driven scoring may read past (scoring/_data.py), and how its
+multiply-adds are counted (structure/flops.py). A new layer type is one `register(...)` call.
+
+Roles (how one call moves the channels of its input's last axis):
+  input        a model input
+  mixer        weights that mix channels into new ones (Dense, Conv, SeparableConv, ConvTranspose)
+  channelwise  keeps each channel apart, position for position (BatchNorm, activations, pooling,
+               padding, dropout, DepthwiseConv); Reshape when its last axis is unchanged
+  merge        joins same-shape tensors element by element (Add, Multiply, ...); a channel of the
+               output is the same channel in every input
+  concat       joins tensors along an axis (Concatenate)
+  flatten      flattens spatial positions and channels into one axis (Flatten)
+  weights      holds prunable weights the channel graph does not slice (Embedding, EinsumDense, RNN
+               cells, attention): pruned by masks, never shrunk
+  other        anything else: channels through it are left alone
+
+Keras operations that are graph nodes but not layers (`h + f(h)`, `keras.ops.relu(h)`) have their own
+table, `OPS`, keyed by the operation's class name; element-wise unary operations are channelwise and
+binary arithmetic is a merge (or channelwise when the other operand is a Python number).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+ROLES = ("input", "mixer", "channelwise", "merge", "concat", "flatten", "weights", "other")
+MACS_RULES = ("dense", "einsum", "conv", "transpose", "separable", "rnn", "bidirectional", "attention", "zero")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What prunecli knows about one layer class.
+
+    prunable   (weight attribute, unit axis): the weights pruned, the axis that indexes output units
+    bias       the attribute holding one value per output unit of a mixer ("" when none)
+    followers  per-channel parameters of a channelwise layer, (attribute, axis, side): side "in" is
+               indexed by the input channel, "mid" by the output channel (depthwise: c * multiplier + m).
+               A removed channel removes these slices; masks zero them so the channel is exactly f(0).
+    readers    weights that read the input's channels, (attribute, axis, side); side "mid" indexes the
+               depthwise outputs of a separable convolution (input c -> c * multiplier + m)
+    family     how surgery slices it (dense | conv | separable | transpose | depthwise); None: not sliced
+    width_key  the config key of its output width (units, filters)
+    macs       rule counting its multiply-adds (one of MACS_RULES), or a callable
+               (layer, in_shapes, out_shapes) -> (dense, nonzero); None: 0 if it has no weight matrix
+    pointwise  acts on each value alone without changing the shape (activations, BatchNorm, dropout):
+               data-driven scoring may read a unit's output after it
+    """
+
+    role: str
+    prunable: tuple[tuple[str, int], ...] = ()
+    bias: str = ""
+    followers: tuple[tuple[str, int, str], ...] = ()
+    readers: tuple[tuple[str, int, str], ...] = ()
+    family: str | None = None
+    width_key: str | None = None
+    macs: str | Callable | None = None
+    pointwise: bool = False
+
+    @property
+    def shrinkable(self) -> bool:
+        """Surgery can remove this layer's units physically (the others stay masked)."""
+        return self.family is not None
+
+
+OTHER = LayerSpec("other")
+
+_BN = LayerSpec(
+    "channelwise",
+    followers=(("gamma", 0, "in"), ("beta", 0, "in"), ("moving_mean", 0, "in"), ("moving_variance", 0, "in")),
+    pointwise=True,
+)
+_POINTWISE = LayerSpec("channelwise", pointwise=True)
+_PLACE = LayerSpec("channelwise")  # keeps channels apart, changes positions (pooling, padding, cropping)
+
+
+def _dense() -> LayerSpec:
+    return LayerSpec(
+        "mixer",
+        prunable=(("kernel", -1),),
+        bias="bias",
+        readers=(("kernel", 0, "in"),),
+        family="dense",
+        width_key="units",
+        macs="dense",
+    )
+
+
+def _conv() -> LayerSpec:
+    return LayerSpec(
+        "mixer",
+        prunable=(("kernel", -1),),
+        bias="bias",
+        readers=(("kernel", -2, "in"),),
+        family="conv",
+        width_key="filters",
+        macs="conv",
+    )
+
+
+def _transpose() -> LayerSpec:
+    return LayerSpec(
+        "mixer",
+        prunable=(("kernel", -2),),
+        bias="bias",
+        readers=(("kernel", -1, "in"),),
+        family="transpose",
+        width_key="filters",
+        macs="transpose",
+    )
+
+
+def _separable() -> LayerSpec:
+    return LayerSpec(
+        "mixer",
+        prunable=(("depthwise_kernel", -2), ("pointwise_kernel", -1)),
+        bias="bias",
+        readers=(("depthwise_kernel", -2, "in"), ("pointwise_kernel", -2, "mid")),
+        family="separable",
+        width_key="filters",
+        macs="separable",
+    )
+
+
+def _depthwise() -> LayerSpec:
+    # Keras 3 names the depthwise weight "kernel"
+    return LayerSpec(
+        "channelwise",
+        prunable=(("kernel", -2),),
+        followers=(("kernel", -2, "in"), ("bias", 0, "mid")),
+        family="depthwise",
+        macs="conv",
+    )
+
+
+def _recurrent_cell() -> LayerSpec:
+    return LayerSpec("weights", prunable=(("kernel", -1), ("recurrent_kernel", -1)))
+
+
+def _recurrent() -> LayerSpec:
+    return LayerSpec("other", readers=(("kernel", 0, "in"),), macs="rnn")
+
+
+LAYERS: dict[str, LayerSpec] = {
+    "InputLayer": LayerSpec("input"),
+    "Dense": _dense(),
+    "EinsumDense": LayerSpec("weights", prunable=(("kernel", -1),), macs="einsum"),
+    "Embedding": LayerSpec("weights", prunable=(("embeddings", -1),), macs="zero"),
+    "LSTMCell": _recurrent_cell(),
+    "GRUCell": _recurrent_cell(),
+    "SimpleRNNCell": _recurrent_cell(),
+    "ConvLSTMCell": _recurrent_cell(),
+    "LSTM": _recurrent(),
+    "GRU": _recurrent(),
+    "SimpleRNN": _recurrent(),
+    "Bidirectional": LayerSpec("other", macs="bidirectional"),
+    "MultiHeadAttention": LayerSpec("other", macs="attention"),
+    "BatchNormalization": _BN,
+    "PReLU": LayerSpec("channelwise", followers=(("alpha", -1, "in"),), pointwise=True),
+    "Reshape": LayerSpec("channelwise"),  # only while its last axis is unchanged (channels.classify)
+    "Flatten": LayerSpec("flatten"),
+    "Concatenate": LayerSpec("concat"),
+    "Softmax": LayerSpec("other"),  # mixes the channels it normalises over
+}
+for _d in ("1D", "2D", "3D"):
+    LAYERS[f"Conv{_d}"] = _conv()
+    LAYERS[f"Conv{_d}Transpose"] = _transpose()
+    for _name in ("MaxPooling", "AveragePooling", "GlobalAveragePooling", "GlobalMaxPooling"):
+        LAYERS[f"{_name}{_d}"] = _PLACE
+    for _name in ("ZeroPadding", "Cropping", "UpSampling"):
+        LAYERS[f"{_name}{_d}"] = _PLACE
+    LAYERS[f"SpatialDropout{_d}"] = _POINTWISE
+for _d in ("1D", "2D"):
+    LAYERS[f"SeparableConv{_d}"] = _separable()
+    LAYERS[f"DepthwiseConv{_d}"] = _depthwise()
+for _name in (
+    "Activation",  # only element-wise activations (channels.classify checks; softmax mixes)
+    "ReLU",
+    "LeakyReLU",
+    "ELU",
+    "Dropout",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "ActivityRegularization",
+    "Identity",
+):
+    LAYERS[_name] = _POINTWISE
+for _name in ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"):
+    LAYERS[_name] = LayerSpec("merge")
+
+# Keras operations (keras.ops.*) recorded as graph nodes; element-wise unary ones keep channels apart.
+OPS: dict[str, LayerSpec] = {name: LayerSpec("merge") for name in ("Add", "Subtract", "Multiply", "Maximum", "Minimum")}
+for _name in (
+    "Relu",
+    "Relu6",
+    "Sigmoid",
+    "Softplus",
+    "Softsign",
+    "Silu",
+    "LogSigmoid",
+    "LeakyRelu",
+    "HardSigmoid",
+    "HardSilu",
+    "Elu",
+    "Selu",
+    "Gelu",
+    "Celu",
+    "HardTanh",
+    "Tanh",
+    "Absolute",
+    "Abs",
+    "Negative",
+    "Square",
+):
+    OPS[_name] = _POINTWISE
+
+# Layers whose activation normalises over the channels: their output units are classes (softmax).
+SOFTMAX_LIKE = {"Softmax"}
+
+
+def _is_layer(op) -> bool:
+    import keras
+
+    return isinstance(op, keras.layers.Layer)
+
+
+def spec(layer) -> LayerSpec:
+    """The record of this layer (or Keras operation); OTHER when it is unknown."""
+    name = type(layer).__name__
+    if _is_layer(layer):
+        return LAYERS.get(name, OTHER)
+    return OPS.get(name, OTHER)
+
+
+def is_operation(op) -> bool:
+    """A Keras operation recorded in the graph that is not a layer (no weights, no config)."""
+    return not _is_layer(op)
+
+
+def register(layer_class, record: LayerSpec | None = None, *, like: str | None = None, **fields: Any) -> LayerSpec:
+    """Teach prunecli a layer class, once: by a full LayerSpec, or `like` a known class with changes.
+
+    `register(MyDense, like="Dense")` makes a layer with Dense's weights, slicing and cost known to
+    targets, the channel graph, surgery, feature pruning, scoring and FLOPs. `layer_class` may be the
+    class or its name.
+    """
+    name = layer_class if isinstance(layer_class, str) else layer_class.__name__
+    if record is None:
+        if like is None:
+            record = LayerSpec(**fields)
+        else:
+            if like not in LAYERS:
+                raise KeyError(f"register: unknown layer class {like!r} to copy")
+            record = replace(LAYERS[like], **fields)
+    elif fields or like:
+        record = replace(record, **fields)
+    if record.role not in ROLES:
+        raise ValueError(f"register: role {record.role!r} is not one of {', '.join(ROLES)}")
+    if isinstance(record.macs, str) and record.macs not in MACS_RULES:
+        raise ValueError(f"register: macs rule {record.macs!r} is not one of {', '.join(MACS_RULES)}")
+    LAYERS[name] = record
+    return record
+
+
+def unregister(layer_class) -> None:
+    """Forget a registration (tests)."""
+    LAYERS.pop(layer_class if isinstance(layer_class, str) else layer_class.__name__, None)
+
+
+def prunable_weights(layer) -> list[tuple[str, Any, int]]:
+    """(attribute, variable, unit axis) of each prunable weight; `get_prunable_weights()` opts a custom
+    layer in (tfmot's convention; unit axis -1)."""
+    custom = getattr(layer, "get_prunable_weights", None)
+    if callable(custom):
+        return [(v.name, v, -1) for v in custom()]
+    out = []
+    for attr, axis in spec(layer).prunable:
+        var = getattr(layer, attr, None)
+        if var is not None and len(var.shape) >= 2:
+            out.append((attr, var, axis))
+    return out
+
+
+def unit_axis(layer) -> int | None:
+    """The unit axis of the layer's last prunable weight (its output units), or None."""
+    found = spec(layer).prunable
+    return found[-1][1] if found else None

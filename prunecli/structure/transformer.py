@@ -1,0 +1,400 @@
+"""Transformer structure in a functional Keras graph: feed-forward pairs and whole blocks.
+
+- FFN neurons (`-g neuron` on a Transformer): a block's feed-forward network is Dense(d_ff, act) ->
+  Dense(d_model). Its d_ff intermediate units are independent neurons: removing one deletes a column of
+  the first kernel and a row of the second, and surgery (structure/surgery.py) already slices that pair.
+  Every other width of a Transformer is the residual stream (embedding size, attention output, the
+  second FFN Dense, LayerNormalization): its channels meet in every residual Add and are read by every
+  LayerNormalization, whose mean and variance mix them, so removing one changes every block. On a
+  model with attention layers `-g neuron` therefore prunes the FFN intermediate units only, and keeps
+  the residual stream whole (`ffn_only`).
+- Depth (`-g layer`): a Transformer block, attention sub-block and FFN sub-block together, is one
+  span of the graph from the block's input tensor to its output tensor of the same shape that nothing
+  outside reads into. `block_candidates` offers each such span to layer removal: the block's output
+  becomes its input (Fan et al. 2019 "LayerDrop"; Sajjad et al. 2023 drop top blocks of BERT).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from prunecli.structure import keras_graph
+
+# How attention layers hold their projections: (attribute names tried in order, role, head axis of
+# the kernel, head axis of the bias). Role "q": indexed by query head; "kv": by key/value head.
+_PROJECTIONS = (
+    (("_query_dense", "query_dense"), "q", 1, 0),
+    (("_key_dense", "key_dense"), "kv", 1, 0),
+    (("_value_dense", "value_dense"), "kv", 1, 0),
+    (("_output_dense", "output_dense", "_o_proj"), "q", 0, None),
+)
+
+
+@dataclass
+class Part:
+    """One weight that holds a slice per head."""
+
+    name: str  # the target name ("block/mha/query/kernel") or the variable path for a bias
+    variable: Any
+    axis: int  # the head axis
+    role: str  # "q" (query heads) or "kv" (key/value heads)
+
+
+@dataclass
+class HeadLayer:
+    """One attention layer whose heads can be pruned."""
+
+    path: str  # "mha", or "encoder_0/self_attention_layer" inside a KerasHub layer
+    layer: Any
+    owner: Any  # the top-level layer of the model that holds it (itself for a plain MHA)
+    num_heads: int  # query heads
+    num_kv_heads: int  # key/value heads (== num_heads without grouped-query attention)
+    parts: list[Part] = field(default_factory=list)
+    shrink_blocker: str | None = None  # why --shrink cannot delete its heads (None: it can)
+
+    @property
+    def group(self) -> int:
+        """Query heads per key/value head."""
+        return self.num_heads // self.num_kv_heads
+
+    @property
+    def units(self) -> int:
+        """Prunable units: heads, or key/value groups under grouped-query attention."""
+        return self.num_kv_heads
+
+    def heads_of(self, units) -> list[int]:
+        """The query heads of these units."""
+        return [u * self.group + i for u in units for i in range(self.group)]
+
+    def slice_index(self, part: Part, units) -> list[int]:
+        return self.heads_of(units) if part.role == "q" else list(units)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Finding attention layers
+
+
+def _sublayers(layer) -> list:
+    return keras_graph.children(layer)  # none for Keras operations (keras.ops.*)
+
+
+def _attr(layer, names):
+    for n in names:
+        sub = getattr(layer, n, None)
+        if sub is not None:
+            return sub
+    return None
+
+
+def _var_path(var) -> str:
+    return str(getattr(var, "path", None) or var.name)
+
+
+def _describe(layer, path: str, owner, target_names: dict) -> HeadLayer | None:
+    """A HeadLayer for an attention layer, or None when `layer` is not one we understand."""
+    import keras
+
+    if isinstance(layer, keras.layers.MultiHeadAttention):
+        heads = kv = int(layer._num_heads)
+    elif hasattr(layer, "num_query_heads") and hasattr(layer, "num_key_value_heads"):
+        heads, kv = int(layer.num_query_heads), int(layer.num_key_value_heads)
+        if kv <= 0 or heads % kv:
+            return None
+    else:
+        return None
+    parts: list[Part] = []
+    for names, role, k_axis, b_axis in _PROJECTIONS:
+        sub = _attr(layer, names)
+        if sub is None or getattr(sub, "kernel", None) is None:
+            return None
+        want = heads if role == "q" else kv
+        kernel = sub.kernel
+        if len(kernel.shape) != 3 or int(kernel.shape[k_axis]) != want:
+            return None  # a layout we do not know (for example a fused QKV kernel)
+        parts.append(Part(target_names.get(id(kernel), _var_path(kernel)), kernel, k_axis, role))
+        bias = getattr(sub, "bias", None)
+        if b_axis is not None and bias is not None and len(bias.shape) == 2 and int(bias.shape[b_axis]) == want:
+            parts.append(Part(target_names.get(id(bias), _var_path(bias)), bias, b_axis, role))
+    blocker = None
+    if layer is not owner:
+        blocker = f"inside {type(owner).__name__} {owner.name!r}, which derives its head size from num_heads"
+    elif type(layer).__name__ not in ("MultiHeadAttention", "CachedMultiHeadAttention"):
+        blocker = f"{type(layer).__name__} is not keras.layers.MultiHeadAttention"
+    elif getattr(layer, "_use_gate", False):
+        blocker = "gated attention (use_gate=True) is not rebuilt"
+    return HeadLayer(path, layer, owner, heads, kv, parts, blocker)
+
+
+def find(model, targets=None) -> list[HeadLayer]:
+    """Every attention layer of the model whose heads can be scored, nested layers opened, each once.
+
+    `targets` (from selection.targets.select) names the kernels as the rest of prunecli does."""
+    names = {id(t.variable): t.name for t in (targets or [])}
+    found: list[HeadLayer] = []
+    seen: set[int] = set()
+
+    def visit(layer, prefix: str, owner):
+        path = f"{prefix}/{layer.name}" if prefix else layer.name
+        if id(layer) in seen:
+            return
+        seen.add(id(layer))
+        described = _describe(layer, path, owner, names)
+        if described is not None:
+            found.append(described)
+            return
+        for child in _sublayers(layer):
+            visit(child, path, owner)
+
+    for top in _sublayers(model):
+        visit(top, "", top)
+    return found
+
+
+def find_in_layer(layer) -> list[HeadLayer]:
+    """The attention layers of one layer: itself, or those nested inside it (a KerasHub block)."""
+    found = _describe(layer, layer.name, layer, {})
+    if found is not None:
+        return [found]
+    return [hl for child in _sublayers(layer) for hl in find_in_layer(child)]
+
+
+_PASS_THROUGH = ("Activation", "Dropout", "ReLU", "LeakyReLU", "ELU", "GaussianDropout", "GaussianNoise")
+
+
+def _graph_nodes(model):
+    graph = keras_graph.functional(model)
+    if graph is None:
+        return None, []
+    return graph, keras_graph.nodes(graph)
+
+
+def _is_attention(layer) -> bool:
+    return bool(find_in_layer(layer))
+
+
+def has_attention(model) -> bool:
+    """Whether the model holds an attention layer (it is a Transformer, for -g neuron and -g layer)."""
+    return bool(find(model))
+
+
+def ffn_pairs(model) -> list[tuple[str, str]]:
+    """(first Dense, second Dense) names of each feed-forward pair: a Dense on a sequence (rank >= 3)
+    whose output, through activations/dropout only, is read by one Dense that maps back to the first
+    Dense's input width."""
+    graph, nodes = _graph_nodes(model)
+    if graph is None:
+        return []
+    readers: dict[int, list] = {}
+    for node in nodes:
+        for t in node.input_tensors:
+            readers.setdefault(id(t), []).append(node)
+    pairs = []
+    for node in nodes:
+        first = node.operation
+        if type(first).__name__ != "Dense" or len(node.input_tensors) != 1:
+            continue
+        if len(node.input_tensors[0].shape) < 3:
+            continue
+        t = node.outputs[0]
+        second = None
+        while True:
+            nxt = readers.get(id(t), [])
+            if len(nxt) != 1:
+                break
+            op = nxt[0].operation
+            if type(op).__name__ == "Dense":
+                second = op
+                break
+            if type(op).__name__ not in _PASS_THROUGH or len(nxt[0].outputs) != 1:
+                break
+            t = nxt[0].outputs[0]
+        if second is not None and int(second.units) == int(node.input_tensors[0].shape[-1]):
+            pairs.append((first.name, second.name))
+    return pairs
+
+
+def ffn_only(model, targets, include=()) -> tuple[list, list[str]]:
+    """The targets `-g neuron` prunes on a Transformer: the first Dense of each FFN pair (and any
+    layer the user names with --include). Returns (targets, notes); a model without attention layers
+    gets its targets back unchanged."""
+    from prunecli.selection import targets as targets_mod
+
+    if not has_attention(model):
+        return list(targets), []
+    firsts = {first for first, _second in ffn_pairs(model)}
+    kept = [t for t in targets if t.layer_name in firsts or targets_mod.named_in(t, include)]
+    left = sorted({t.layer_name for t in targets} - {t.layer_name for t in kept})
+    notes = []
+    if left:
+        notes.append(
+            "Transformer: -g neuron prunes the feed-forward intermediate units only; the residual stream "
+            f"and attention stay whole ({', '.join(left[:8])}{' ...' if len(left) > 8 else ''}; "
+            "-g head prunes attention heads, --include forces a layer)"
+        )
+    return kept, notes
+
+
+def block_candidates(model, allowed=lambda _name: True) -> list:
+    """One dict per whole Transformer block of the functional graph, for layer_removal.analyse:
+    {"name", "layers" (names in graph order), "nodes" (node ids), "input", "output" (tensors), "params"}.
+
+    A block starts at the skip input of the residual Add that closes an attention sub-block and ends
+    where the next block starts (the last block: at the Add closing its last residual sub-block, plus
+    a LayerNormalization right after it in post-norm models). The span must keep the shape, must not
+    produce a model output, and nothing outside it may read a tensor inside it."""
+    graph, nodes = _graph_nodes(model)
+    if graph is None:
+        return []
+    producer = {id(out): node for node in nodes for out in node.outputs}
+    readers: dict[int, list] = {}
+    for node in nodes:
+        for t in node.input_tensors:
+            readers.setdefault(id(t), []).append(node)
+    order = {id(node): i for i, node in enumerate(nodes)}
+    model_outputs = {id(t) for t in graph.outputs}
+
+    def ancestors(tensor, stop) -> set:
+        """Node ids between `stop` (exclusive) and `tensor`; None if a path misses `stop`."""
+        seen, stack = set(), [tensor]
+        while stack:
+            t = stack.pop()
+            if id(t) == id(stop):
+                continue
+            node = producer.get(id(t))
+            if node is None:
+                return None
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            stack.extend(node.input_tensors)
+        return seen
+
+    # residual Adds in graph order: (add node, skip tensor, holds attention)
+    residuals = []
+    for node in nodes:
+        if type(node.operation).__name__ != "Add" or len(node.input_tensors) != 2:
+            continue
+        for skip_pos in (0, 1):
+            skip_t, branch_t = node.input_tensors[skip_pos], node.input_tensors[1 - skip_pos]
+            inside = ancestors(branch_t, skip_t)
+            if inside:
+                attn = any(_is_attention(n.operation) for n in nodes if id(n) in inside)
+                residuals.append((node, skip_t, attn))
+                break
+    starts = [i for i, r in enumerate(residuals) if r[2]]
+    out = []
+    for k, i in enumerate(starts):
+        start_t = residuals[i][1]
+        if k + 1 < len(starts):
+            end_t = residuals[starts[k + 1]][1]
+        else:
+            end_t = residuals[-1][0].outputs[0]
+            after = readers.get(id(end_t), [])
+            first_add_readers = readers.get(id(residuals[i][0].outputs[0]), [])
+            post_norm = any(type(n.operation).__name__ == "LayerNormalization" for n in first_add_readers)
+            if post_norm and len(after) == 1 and type(after[0].operation).__name__ == "LayerNormalization":
+                end_t = after[0].outputs[0]
+        span = ancestors(end_t, start_t)
+        if not span or tuple(start_t.shape[1:]) != tuple(end_t.shape[1:]) or id(end_t) in model_outputs:
+            continue
+        clean = True
+        for node in nodes:
+            if id(node) not in span:
+                continue
+            for o in node.outputs:
+                if id(o) in model_outputs and id(o) != id(end_t):
+                    clean = False
+                if id(o) == id(end_t):
+                    continue
+                if any(id(r) not in span for r in readers.get(id(o), [])):
+                    clean = False
+        if not clean:
+            continue
+        inner = sorted((n for n in nodes if id(n) in span), key=lambda n: order[id(n)])
+        names = [n.operation.name for n in inner]
+        attn_name = next(n.operation.name for n in inner if _is_attention(n.operation))
+        name = f"block:{attn_name}"
+        if not allowed(attn_name):
+            continue
+        params = sum(int(math.prod(w.shape)) for n in inner for w in (getattr(n.operation, "weights", None) or []))
+        out.append(
+            {
+                "name": name,
+                "layers": names,
+                "nodes": {id(n) for n in inner},
+                "input": start_t,
+                "output": end_t,
+                "params": params,
+            }
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# The layer table: KerasHub Transformer blocks have a cost flops.py can count
+
+HUB_BLOCKS = (
+    "TransformerEncoder",
+    "TransformerDecoder",
+    "LlamaTransformerDecoder",
+    "MistralTransformerDecoder",
+    "QwenTransformerDecoder",
+    "GemmaDecoderBlock",
+    "ViTEncoderBlock",
+)
+
+
+def block_macs(layer, in_shapes, out_shapes) -> tuple[int | None, int | None]:
+    """(multiply-adds, non-zero multiply-adds) per example of one call of a Transformer block layer
+    (a KerasHub TransformerEncoder...): its attention layers at the input's sequence length, and every
+    other 2-D kernel (the FFN) once per position. None when the sequence length is open."""
+    import numpy as np
+
+    shape = tuple(in_shapes[0]) if in_shapes else ()
+    if len(shape) != 3 or shape[1] is None:
+        return None, None
+    seq = int(shape[1])
+    dense = nonzero = 0
+    inside: set[int] = set()
+    for hl in find_in_layer(layer):
+        cost = _attention_cost(hl, seq)
+        kernels = [p.variable for p in hl.parts if len(p.variable.shape) == 3]
+        density = sum(int(np.count_nonzero(np.asarray(k))) for k in kernels) / max(
+            sum(int(np.prod(k.shape)) for k in kernels), 1
+        )
+        dense += cost
+        nonzero += round(cost * density)
+        inside |= {id(w) for w in hl.layer.weights}
+    for w in layer.weights:
+        if id(w) in inside or len(w.shape) != 2 or "embedding" in str(getattr(w, "path", w.name)):
+            continue
+        size = int(np.prod(w.shape))
+        dense += seq * size
+        nonzero += seq * int(np.count_nonzero(np.asarray(w)))
+    return dense, nonzero
+
+
+def _attention_cost(hl: HeadLayer, seq_len: int) -> int:
+    q = hl.parts[0].variable
+    o = next(p for p in hl.parts if p.axis == 0 and len(p.variable.shape) == 3).variable
+    d_model, head_dim, value_dim = int(q.shape[0]), int(q.shape[2]), int(o.shape[1])
+    proj_q = seq_len * d_model * hl.num_heads * head_dim
+    proj_kv = seq_len * d_model * hl.num_kv_heads * (head_dim + value_dim)
+    proj_o = seq_len * hl.num_heads * value_dim * int(o.shape[2])
+    products = seq_len * seq_len * hl.num_heads * (head_dim + value_dim)
+    return proj_q + proj_kv + proj_o + products
+
+
+def register_layers() -> None:
+    """Teach the layer table (structure/layers.py) the cost of KerasHub's Transformer blocks and that
+    KerasHub's CachedMultiHeadAttention is a MultiHeadAttention."""
+    from prunecli.structure import layers
+
+    layers.register("CachedMultiHeadAttention", like="MultiHeadAttention")
+    for name in HUB_BLOCKS:
+        layers.register(name, layers.LayerSpec("other", macs=block_macs))
+
+
+register_layers()

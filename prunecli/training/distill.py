@@ -1,0 +1,93 @@
+"""Knowledge distillation while fine-tuning a pruned model: the dense original is the teacher.
+
+Hinton, Vinyals & Dean 2015 ("Distilling the Knowledge in a Neural Network"): the student is trained on
+
+    loss = (1 - alpha) * task_loss + alpha * T**2 * KL(softmax(z_t / T) || softmax(z_s / T))
+
+where z_t, z_s are the teacher's and student's logits and T the temperature. The T**2 keeps the soft
+term's gradient on the same scale as the task loss whatever T is (the soft gradients shrink as 1/T**2).
+Pruning papers use it to recover accuracy with the same data and epochs (e.g. Sanh et al. 2020,
+"Movement Pruning"; Kurtic et al. 2022, "The Optimal BERT Surgeon"): the teacher's soft outputs say
+which wrong classes are nearly right, which one-hot labels do not.
+
+The loss is computed inside the Trainer's own compiled masked step (finetune.Trainer), not with Keras'
+`Distiller` model: that one trains through `fit`, which would leave out the masks that the step
+re-applies after every update. The teacher runs in inference mode (training=False: batch-norm
+statistics and dropout of the dense model), and no gradient flows into it.
+
+Models whose outputs are probabilities (the task loss has from_logits False, Keras' default) are
+turned back into logits with log(p): softmax(log p / T) is exactly the tempered distribution. A single
+sigmoid output is the two-class case [1 - p, p].
+"""
+
+from __future__ import annotations
+
+from prunecli.errors import ConfigError
+
+EPSILON = 1e-7  # probabilities are clipped to [EPSILON, 1] before the log
+
+
+def teacher_copy(model):
+    """A frozen copy of `model` (architecture and current weights), taken before pruning changes it.
+
+    The copy has its own variables, so the masks and the optimizer never touch it."""
+    import keras
+
+    try:
+        teacher = keras.models.clone_model(model)
+    except Exception:  # subclassed models without a clone path: rebuild from the serialized config
+        teacher = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+    teacher.set_weights(model.get_weights())
+    teacher.trainable = False
+    return teacher
+
+
+def outputs_are_logits(loss) -> bool:
+    """Whether the task loss reads the model's outputs as logits (from_logits=True) or probabilities."""
+    if isinstance(loss, str):
+        return False  # a loss named by string uses Keras' default, from_logits=False
+    config = {}
+    try:
+        config = loss.get_config()
+    except Exception:  # plain functions have no config
+        pass
+    return bool(config.get("from_logits", getattr(loss, "from_logits", False)))
+
+
+def check_task(task) -> None:
+    """Distillation matches class distributions: a regression model has none to match."""
+    if task is None or not task.accuracy:
+        raise ConfigError("--distill needs a classifier (softmax or sigmoid outputs); this model's task is regression")
+
+
+def as_logits(pred, from_logits: bool):
+    """Class logits (last axis) from a model's outputs; one sigmoid unit becomes two classes [0, z]."""
+    import tensorflow as tf
+
+    pred = tf.cast(pred, tf.float32)
+    if pred.shape[-1] == 1:
+        if from_logits:
+            z = pred
+        else:
+            p = tf.clip_by_value(pred, EPSILON, 1.0 - EPSILON)
+            z = tf.math.log(p) - tf.math.log(1.0 - p)
+        return tf.concat([tf.zeros_like(z), z], axis=-1)
+    if from_logits:
+        return pred
+    return tf.math.log(tf.clip_by_value(pred, EPSILON, 1.0))
+
+
+def soft_kl(teacher_pred, student_pred, temperature: float, from_logits: bool):
+    """T**2 * KL(softmax(z_t / T) || softmax(z_s / T)), summed over classes, averaged over the batch."""
+    import tensorflow as tf
+
+    t = tf.nn.log_softmax(as_logits(teacher_pred, from_logits) / temperature, axis=-1)
+    s = tf.nn.log_softmax(as_logits(student_pred, from_logits) / temperature, axis=-1)
+    per_example = tf.reduce_sum(tf.exp(t) * (t - s), axis=-1)
+    per_example = tf.reshape(per_example, [tf.shape(per_example)[0], -1])  # sequence outputs: mean over steps
+    return temperature * temperature * tf.reduce_mean(per_example)
+
+
+def combine(task_loss, kl, weight: float):
+    """(1 - weight) * task loss + weight * the (already T**2-scaled) soft term."""
+    return (1.0 - weight) * task_loss + weight * kl

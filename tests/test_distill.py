@@ -1,0 +1,174 @@
+"""--distill: the soft loss against a direct NumPy computation, the distilled masked step's update
+against its closed-form gradient, masks exactly zero after distilled steps, and the option's errors."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from prunecli.config import PruneConfig, validate
+from prunecli.errors import ConfigError
+from prunecli.training.metrics import Task
+
+
+def np_softmax(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def np_soft_kl(teacher_logits, student_logits, t):
+    """T**2 * mean over examples of sum_c p_t log(p_t / p_s), with p = softmax(z / T)."""
+    pt, ps = np_softmax(teacher_logits / t), np_softmax(student_logits / t)
+    return t * t * np.mean(np.sum(pt * (np.log(pt) - np.log(ps)), axis=-1))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 5.0])
+def test_soft_loss_equals_numpy_for_logits_and_probabilities(temperature):
+    from prunecli.training import distill
+
+    rng = np.random.default_rng(0)
+    zt, zs = rng.normal(size=(6, 5)) * 3, rng.normal(size=(6, 5)) * 3
+    expected = np_soft_kl(zt, zs, temperature)
+    from_logits = float(distill.soft_kl(zt.astype("float32"), zs.astype("float32"), temperature, True))
+    # softmax outputs: log p recovers the logits up to a per-example constant, which softmax ignores
+    probs = float(
+        distill.soft_kl(np_softmax(zt).astype("float32"), np_softmax(zs).astype("float32"), temperature, False)
+    )
+    assert from_logits == pytest.approx(expected, rel=1e-4)
+    assert probs == pytest.approx(expected, rel=1e-3)
+    assert float(distill.soft_kl(zt.astype("float32"), zt.astype("float32"), temperature, True)) == pytest.approx(
+        0.0, abs=1e-6
+    )
+    assert float(distill.combine(2.0, 4.0, 0.25)) == pytest.approx(0.75 * 2.0 + 0.25 * 4.0)
+
+
+def test_single_sigmoid_output_is_the_two_class_case():
+    from prunecli.training import distill
+
+    pt, ps = np.array([[0.9], [0.2]], "float32"), np.array([[0.6], [0.5]], "float32")
+    logit = lambda p: np.log(p) - np.log(1 - p)  # noqa: E731
+    expected = np_soft_kl(np.hstack([0 * pt, logit(pt)]), np.hstack([0 * ps, logit(ps)]), 3.0)
+    assert float(distill.soft_kl(pt, ps, 3.0, False)) == pytest.approx(expected, rel=1e-3)
+
+
+def test_outputs_are_logits_follows_the_task_loss():
+    import keras
+
+    from prunecli.training import distill
+
+    assert not distill.outputs_are_logits("sparse_categorical_crossentropy")
+    assert distill.outputs_are_logits(keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert not distill.outputs_are_logits(keras.losses.SparseCategoricalCrossentropy())
+
+
+def softmax_model(kernel, bias):
+    import keras
+
+    model = keras.Sequential([keras.Input((kernel.shape[0],)), keras.layers.Dense(kernel.shape[1], activation="softmax")])
+    model.layers[0].set_weights([kernel, bias])
+    return model
+
+
+def job(model, mask, x, y, **config):
+    """What finetune.Trainer reads from the run: config, model, targets, masks, task, data."""
+    import tensorflow as tf
+
+    from prunecli.selection import targets
+
+    found = targets.select(model)
+    return SimpleNamespace(
+        config=PruneConfig(model_path="m.keras", data="d.npz", epochs=1, **config),
+        model=model,
+        targets=found,
+        masks=SimpleNamespace(masks={found[0].name: mask}),
+        task=Task("sparse_categorical_crossentropy", "sparse_categorical_accuracy"),
+        data=SimpleNamespace(train=tf.data.Dataset.from_tensor_slices((x, y)).batch(len(x))),
+    )
+
+
+@pytest.mark.parametrize("temperature, weight", [(2.0, 0.5), (4.0, 0.9), (1.0, 1.0)])
+def test_distilled_step_follows_the_closed_form_gradient_and_keeps_masks(temperature, weight):
+    """Softmax regression z = xW + b: d/dz [(1-a) CE + a T^2 KL(p_t^T || p_s^T)] = (1-a)(p - onehot)
+    + a T (p_s^T - p_t^T). One SGD step of the Trainer must equal W - lr x^T G / n, re-masked."""
+    import keras
+
+    from prunecli.training import distill
+    from prunecli.training.finetune import Trainer
+
+    rng = np.random.default_rng(1)
+    n, d, k, lr = 16, 6, 4, 0.5
+    x = rng.normal(size=(n, d)).astype("float32")
+    y = rng.integers(0, k, size=n).astype("int32")
+    mask = rng.random((d, k)) > 0.5
+    w0 = (rng.normal(size=(d, k)) * mask).astype("float32")
+    b0 = rng.normal(size=k).astype("float32") * 0.1
+    teacher_w, teacher_b = rng.normal(size=(d, k)).astype("float32"), rng.normal(size=k).astype("float32")
+    student = softmax_model(w0, b0)
+    teacher = distill.teacher_copy(softmax_model(teacher_w, teacher_b))
+    s = job(student, mask, x, y, distill=temperature, distill_weight=weight)
+    trainer = Trainer(s, keras.optimizers.SGD(lr), teacher=teacher)
+    for xb, yb in s.data.train:
+        trainer.train(xb, yb)
+
+    z, zt = x @ w0 + b0, x @ teacher_w + teacher_b
+    onehot = np.eye(k)[y]
+    grad_z = (1 - weight) * (np_softmax(z) - onehot) + weight * temperature * (
+        np_softmax(z / temperature) - np_softmax(zt / temperature)
+    )
+    expected_w = (w0 - lr * x.T @ grad_z / n) * mask
+    expected_b = b0 - lr * grad_z.mean(axis=0)
+    kernel, bias = (v.numpy() for v in student.layers[0].weights)
+    np.testing.assert_allclose(kernel, expected_w, atol=2e-5)
+    np.testing.assert_allclose(bias, expected_b, atol=2e-5)
+    assert np.all(kernel[~mask] == 0.0)
+    np.testing.assert_array_equal(teacher.layers[0].kernel.numpy(), teacher_w)  # the teacher never trains
+
+
+def test_masks_stay_exactly_zero_after_distilled_adam_steps():
+    import keras
+
+    from prunecli.training import distill
+    from prunecli.training.finetune import Trainer
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(64, 8)).astype("float32")
+    y = rng.integers(0, 3, size=64).astype("int32")
+    dense = softmax_model(rng.normal(size=(8, 3)).astype("float32"), np.zeros(3, "float32"))
+    teacher = distill.teacher_copy(dense)
+    mask = np.zeros((8, 3), bool)
+    mask[::2] = True
+    dense.layers[0].kernel.assign(dense.layers[0].kernel.numpy() * mask)
+    s = job(dense, mask, x, y, distill=2.0)
+    s.data = SimpleNamespace(train=s.data.train.unbatch().batch(8))
+    trainer = Trainer(s, keras.optimizers.Adam(0.05), teacher=teacher)
+    for _ in range(3):
+        for xb, yb in s.data.train:
+            trainer.train(xb, yb)
+    kernel = dense.layers[0].kernel.numpy()
+    assert np.all(kernel[~mask] == 0.0)
+    assert np.count_nonzero(kernel[mask]) == mask.sum()
+    assert trainer.distilled
+
+
+def test_distill_errors_are_one_line_config_errors():
+    import keras
+
+    from prunecli.training.finetune import Trainer
+
+    for config, fragment in (
+        ({"distill": 0.0, "epochs": 1}, "distill temperature must be > 0"),
+        ({"distill": 2.0, "distill_weight": 1.5, "epochs": 1}, "distill_weight must be in"),
+        ({"distill": 2.0}, "give --epochs"),
+    ):
+        with pytest.raises(ConfigError, match=fragment):
+            validate(PruneConfig(model_path="m.keras", data="d.npz", **config))
+    model = softmax_model(np.ones((3, 2), "float32"), np.zeros(2, "float32"))
+    x, y = np.ones((4, 3), "float32"), np.zeros(4, "int32")
+    with pytest.raises(ConfigError, match="needs the unpruned model as teacher"):
+        Trainer(job(model, np.ones((3, 2), bool), x, y, distill=2.0), keras.optimizers.SGD(0.1))
+    regression = job(model, np.ones((3, 2), bool), x, y, distill=2.0)
+    regression.task = Task("mse", None)
+    with pytest.raises(ConfigError, match="needs a classifier"):
+        Trainer(regression, keras.optimizers.SGD(0.1), teacher=model)

@@ -1,0 +1,350 @@
+"""Attention heads: scored, masked and deleted whole (-g head), FFN neurons and Transformer blocks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from prunecli.config import build_config  # noqa: E402
+from prunecli.selection import targets as targets_mod  # noqa: E402
+from prunecli.structure import heads  # noqa: E402
+
+
+def _block(x, name: str, heads_n: int = 4, key_dim: int = 4, d_ff: int = 32, pre_norm: bool = False):
+    d = int(x.shape[-1])
+    h = keras.layers.LayerNormalization(name=f"{name}_ln1")(x) if pre_norm else x
+    a = keras.layers.MultiHeadAttention(heads_n, key_dim, name=f"{name}_mha")(h, h)
+    x = keras.layers.Add(name=f"{name}_add1")([x, a])
+    if not pre_norm:
+        x = keras.layers.LayerNormalization(name=f"{name}_ln1")(x)
+    h = keras.layers.LayerNormalization(name=f"{name}_ln2")(x) if pre_norm else x
+    h = keras.layers.Dense(d_ff, activation="gelu", name=f"{name}_ff1")(h)
+    h = keras.layers.Dense(d, name=f"{name}_ff2")(h)
+    x = keras.layers.Add(name=f"{name}_add2")([x, h])
+    if not pre_norm:
+        x = keras.layers.LayerNormalization(name=f"{name}_ln2")(x)
+    return x
+
+
+def bert_like(blocks: int = 2, seq: int = 12, vocab: int = 40, d: int = 16, seed: int = 0):
+    keras.utils.set_random_seed(seed)
+    ids = keras.Input((seq,), dtype="int32", name="ids")
+    x = keras.layers.Embedding(vocab, d, name="tokens")(ids)
+    for i in range(blocks):
+        x = _block(x, f"b{i}")
+    x = keras.layers.GlobalAveragePooling1D(name="pool")(x)
+    return keras.Model(ids, keras.layers.Dense(3, name="cls")(x), name="bert_like")
+
+
+def vit_like(blocks: int = 2, seed: int = 1):
+    keras.utils.set_random_seed(seed)
+    img = keras.Input((16, 16, 3), name="image")
+    x = keras.layers.Conv2D(16, 4, strides=4, name="patches")(img)
+    x = keras.layers.Reshape((16, 16), name="tokens")(x)
+    for i in range(blocks):
+        x = _block(x, f"b{i}", heads_n=4, key_dim=8, pre_norm=True)
+    x = keras.layers.LayerNormalization(name="final_ln")(x)
+    x = keras.layers.GlobalAveragePooling1D(name="pool")(x)
+    return keras.Model(img, keras.layers.Dense(5, name="cls")(x), name="vit_like")
+
+
+def _config(**kw):
+    base = {"model_path": "m.keras", "granularity": "head"}
+    base.update(kw)
+    return build_config(base, environ={})
+
+
+def _inputs(model, n=8, seed=3):
+    rng = np.random.default_rng(seed)
+    x = model.inputs[0]
+    if "int" in str(x.dtype):
+        return rng.integers(0, 40, size=(n, *x.shape[1:])).astype("int32")
+    return rng.standard_normal((n, *x.shape[1:])).astype("float32")
+
+
+def test_find_sees_every_head_and_its_slices():
+    model = bert_like()
+    found = heads.find(model, targets_mod.select(model))
+    assert [hl.path for hl in found] == ["b0_mha", "b1_mha"]
+    hl = found[0]
+    assert (hl.num_heads, hl.num_kv_heads, hl.units) == (4, 4, 4)
+    # q/k/v kernels + biases, output kernel: 7 parts, kernels named like selection.targets names them
+    assert len(hl.parts) == 7
+    assert "b0_mha/query/kernel" in {p.name for p in hl.parts}
+
+
+@pytest.mark.parametrize("builder", [bert_like, vit_like])
+def test_masked_heads_are_zero_and_shrunk_model_matches(builder, tmp_path):
+    model = builder()
+    x = _inputs(model)
+    tg = targets_mod.select(model)
+    masked, masks, section, _notes = heads.run_heads(model, tg, _config(sparsity=0.5))
+    assert masked is model
+    assert section["heads_removed"] == 4  # 2 of 4 heads in each of 2 layers
+    q = model.get_layer("b0_mha")._query_dense.kernel
+    gone = section["layers"][0]["removed_heads"]
+    assert len(gone) == 2
+    assert np.all(np.asarray(q)[:, gone, :] == 0)
+    assert not masks["b0_mha/query/kernel"][:, gone, :].any()
+    assert masks["b0_mha/query/kernel"][:, [h for h in range(4) if h not in gone], :].all()
+    reference = np.asarray(model(x))
+
+    model2 = builder()
+    small, masks2, section2, _ = heads.run_heads(model2, targets_mod.select(model2), _config(sparsity=0.5, shrink=True))
+    assert small is not model2
+    assert small.get_layer("b0_mha")._num_heads == 2
+    assert small.get_layer("b1_mha").get_config()["num_heads"] == 2
+    np.testing.assert_allclose(np.asarray(small(x)), reference, rtol=1e-4, atol=1e-5)
+    assert section2["verification"]["max_rel_diff"] <= 1e-4
+    assert section2["params_after"] < section2["params_before"]
+    # every head parameter gone: 2 layers * 2 heads * (3 * (d*kd + kd) + kd*d)
+    d, kd = (16, 4) if builder is bert_like else (16, 8)
+    assert section2["params_before"] - section2["params_after"] == 2 * 2 * (3 * (d * kd + kd) + kd * d)
+    assert all(m.all() for m in masks2.values())
+    path = tmp_path / "small.keras"
+    small.save(path)
+    back = keras.saving.load_model(path)
+    np.testing.assert_allclose(np.asarray(back(x)), reference, rtol=1e-4, atol=1e-5)
+
+
+def test_remove_heads_per_layer_and_global():
+    model = bert_like(blocks=3)
+    tg = targets_mod.select(model)
+    _, _, section, _ = heads.run_heads(model, tg, _config(remove_heads=1))
+    assert [len(r["removed_heads"]) for r in section["layers"]] == [1, 1, 1]
+    model = bert_like(blocks=3)
+    _, _, section, _ = heads.run_heads(model, targets_mod.select(model), _config(remove_heads=5, scope="global"))
+    assert section["heads_removed"] == 5
+    assert all(r["heads_after"] >= 1 for r in section["layers"])
+
+
+def test_lowest_magnitude_head_goes_first():
+    model = bert_like(blocks=1)
+    layer = model.get_layer("b0_mha")
+    for sub in (layer._query_dense, layer._key_dense, layer._value_dense):
+        k = np.asarray(sub.kernel)
+        k[:, 2, :] *= 1e-3
+        sub.kernel.assign(k)
+    o = np.asarray(layer._output_dense.kernel)
+    o[2] *= 1e-3
+    layer._output_dense.kernel.assign(o)
+    _, _, section, _ = heads.run_heads(model, targets_mod.select(model), _config(remove_heads=1))
+    assert section["layers"][0]["removed_heads"] == [2]
+
+
+def test_taylor_scores_need_data_and_use_it():
+    model = bert_like(blocks=1)
+    tg = targets_mod.select(model)
+    with pytest.raises(Exception, match="needs --data"):
+        heads.run_heads(model, tg, _config(method="taylor", data="d.npz", remove_heads=1))
+    x = _inputs(model, 16)
+    y = np.arange(16) % 3
+    import tensorflow as tf
+
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    _, _, section, _ = heads.run_heads(
+        model, tg, _config(method="taylor", data="d.npz", remove_heads=1), data=data, loss_fn=loss
+    )
+    assert len(section["layers"][0]["removed_heads"]) == 1
+    assert any(s > 0 for s in section["layers"][0]["scores"])
+
+
+def test_heads_summary_and_flops_drop():
+    from prunecli.structure import flops
+
+    model = bert_like()
+    before = heads.heads_per_layer(model)
+    assert before["b0_mha"]["heads"] == 4 and before["b0_mha"]["live_heads"] == 4
+    macs_before = flops.count(model)["total"]
+    seq_before = heads.macs_at(model, 128)
+    small, *_ = heads.run_heads(model, targets_mod.select(model), _config(sparsity=0.5, shrink=True))
+    after = heads.heads_per_layer(small)
+    assert after["b0_mha"]["heads"] == 2
+    rows = heads.heads_table(before, after)
+    assert rows[0]["heads_before"] == 4 and rows[0]["heads_after"] == 2
+    assert flops.count(small)["total"] < macs_before
+    seq_after = heads.macs_at(small, 128)
+    assert seq_after["b0_mha"] * 2 == seq_before["b0_mha"]  # every term of attention is linear in heads
+
+
+def test_config_knows_head_granularity():
+    c = _config(remove_heads=2)
+    assert c.granularity.kind == "head" and c.remove_heads == 2
+    with pytest.raises(Exception, match="--granularity head"):
+        build_config({"model_path": "m.keras", "remove_heads": 2}, environ={})
+
+
+def test_neuron_on_transformer_prunes_ffn_only_and_shrinks():
+    from prunecli.structure import transformer
+
+    model = bert_like()
+    assert transformer.ffn_pairs(model) == [("b0_ff1", "b0_ff2"), ("b1_ff1", "b1_ff2")]
+    tg = targets_mod.select(model)
+    kept, notes = transformer.ffn_only(model, tg)
+    assert sorted(t.layer_name for t in kept) == ["b0_ff1", "b1_ff1"]
+    assert notes and "residual stream" in notes[0]
+    # a plain MLP is left alone
+    inp = keras.Input((4,))
+    mlp = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Dense(8)(inp)))
+    assert len(transformer.ffn_only(mlp, targets_mod.select(mlp))[0]) == 2
+
+
+def test_ffn_neurons_masked_then_removed_for_real(tmp_path):
+    from prunecli.structure import ffn
+
+    model = bert_like()
+    x = _inputs(model)
+    scores = ffn.ffn_scores(model)
+    assert set(scores) == {"b0_ff1", "b1_ff1"} and scores["b0_ff1"].shape == (32,)
+    removed = {name: sorted(int(u) for u in np.argsort(sc)[:16]) for name, sc in scores.items()}
+    masks = ffn.mask_ffn(model, removed)
+    assert masks["b0_ff1/kernel"].shape == (16, 32) and not masks["b0_ff2/kernel"][removed["b0_ff1"]].any()
+    masked_out = np.asarray(model(x))
+    small = ffn.shrink_ffn(model, removed)
+    assert small.get_layer("b0_ff1").units == 16 and small.get_layer("b0_ff2").units == 16
+    assert small.get_layer("b0_ff2").kernel.shape == (16, 16)
+    np.testing.assert_allclose(np.asarray(small(x)), masked_out, rtol=1e-5, atol=1e-6)
+    assert model.count_params() - small.count_params() == 2 * 16 * (16 + 1 + 16)
+    small.save(tmp_path / "ffn.keras")
+    back = keras.saving.load_model(tmp_path / "ffn.keras")
+    np.testing.assert_allclose(np.asarray(back(x)), masked_out, rtol=1e-5, atol=1e-6)
+
+
+def test_run_step_returns_mask_set_and_new_model():
+    from prunecli.outputs.report import Timings
+
+    model = bert_like()
+    result = heads.run(model, None, None, _config(sparsity=0.5, shrink=True), lambda _m: None, Timings())
+    assert result.model is not model and result.model.get_layer("b0_mha")._num_heads == 2
+    assert result.sections["heads"]["heads_removed"] == 4
+    assert {t.name for t in result.targets} == set(result.masks.masks)
+    masked = heads.run(bert_like(), None, None, _config(sparsity=0.5), lambda _m: None, Timings())
+    assert not masked.structure_changed
+    assert masked.masks.requested["b0_mha/query/kernel"] == 0.5
+
+
+def test_whole_blocks_are_layer_candidates():
+    from prunecli.structure import layer_removal
+
+    for builder in (bert_like, vit_like):
+        model = builder(blocks=3)
+        candidates, _rows = layer_removal.analyse(model)
+        blocks = [c for c in candidates if c.kind == "block"]
+        assert [c.name for c in blocks] == ["block:b0_mha", "block:b1_mha", "block:b2_mha"]
+        smaller = layer_removal.remove(model, [blocks[1]])
+        names = {layer.name for layer in smaller.layers}
+        assert "b1_mha" not in names and "b1_ff1" not in names and "b0_mha" in names and "b2_mha" in names
+        x = _inputs(model)
+        # the removed block is the identity: the model equals the original with block 1 skipped
+        assert np.asarray(smaller(x)).shape == np.asarray(model(x)).shape
+        expected = keras.Model(model.inputs, model.outputs)  # same function when block 1's output = its input
+        assert smaller.count_params() == expected.count_params() - blocks[1].params
+
+
+def test_block_removal_matches_manual_skip():
+    from prunecli.structure import layer_removal
+
+    model = bert_like(blocks=2)
+    blocks = [c for c in layer_removal.analyse(model)[0] if c.kind == "block"]
+    smaller = layer_removal.remove(model, [blocks[0]])
+    # manual: run block 1 (post-norm) and the head on the embedding output
+    x = _inputs(model)
+    h = model.get_layer("tokens")(x)
+    a = model.get_layer("b1_mha")(h, h)
+    h = model.get_layer("b1_ln1")(h + a)
+    f = model.get_layer("b1_ff2")(model.get_layer("b1_ff1")(h))
+    h = model.get_layer("b1_ln2")(h + f)
+    want = model.get_layer("cls")(model.get_layer("pool")(h))
+    np.testing.assert_allclose(np.asarray(smaller(x)), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+keras_hub = pytest.importorskip("keras_hub") if False else None
+
+
+def _hub():
+    try:
+        import keras_hub as kh
+    except ImportError:
+        pytest.skip("keras-hub is not installed (pip install prunecli[hub])")
+    return kh
+
+
+def _hub_inputs(n=4, seq=12, vocab=50, seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "token_ids": rng.integers(1, vocab, size=(n, seq)).astype("int32"),
+        "padding_mask": np.ones((n, seq), "int32"),
+    }
+
+
+def test_keras_hub_bert_heads_masked_and_model_reloads(tmp_path):
+    kh = _hub()
+    keras.utils.set_random_seed(0)
+    model = kh.models.BertBackbone(
+        vocabulary_size=50, num_layers=2, num_heads=4, hidden_dim=16, intermediate_dim=32, max_sequence_length=12
+    )
+    xs = dict(_hub_inputs(), segment_ids=np.zeros((4, 12), "int32"))
+    dense_out = np.asarray(model(xs)["sequence_output"])
+    tg = targets_mod.select(model)
+    same, masks, section, notes = heads.run_heads(model, tg, _config(remove_heads=2, shrink=True))
+    assert same is model  # KerasHub derives head size from num_heads: masked, not deleted
+    assert any("masked, not deleted" in n for n in notes)
+    assert section["heads_removed"] == 4
+    live = heads.heads_per_layer(model)
+    assert [v["live_heads"] for v in live.values()] == [2, 2]
+    masked_out = np.asarray(model(xs)["sequence_output"])
+    assert not np.allclose(masked_out, dense_out)
+    name = "transformer_layer_0/self_attention_layer/attention_output/kernel"
+    assert masks[name].shape == (4, 4, 16) and masks[name].sum() == 2 * 4 * 16
+    path = tmp_path / "bert.keras"
+    model.save(path)
+    back = keras.saving.load_model(path)
+    np.testing.assert_allclose(np.asarray(back(xs)["sequence_output"]), masked_out, rtol=1e-5, atol=1e-5)
+
+
+def test_keras_hub_grouped_query_attention_removes_whole_groups():
+    kh = _hub()
+    keras.utils.set_random_seed(0)
+    model = kh.models.LlamaBackbone(
+        vocabulary_size=50, num_layers=1, num_query_heads=4, num_key_value_heads=2, hidden_dim=16, intermediate_dim=32
+    )
+    (hl,) = heads.find(model)
+    assert (hl.num_heads, hl.num_kv_heads, hl.group) == (4, 2, 2)
+    _, masks, section, _ = heads.run_heads(model, targets_mod.select(model), _config(remove_heads=2))
+    row = section["layers"][0]
+    assert row["heads_after"] == 2 and len(row["removed_heads"]) == 2
+    group = row["removed_heads"][0] // 2
+    assert row["removed_heads"] == [2 * group, 2 * group + 1]
+    key = np.asarray(hl.layer._key_dense.kernel)
+    assert np.all(key[:, group, :] == 0) and np.any(key[:, 1 - group, :] != 0)
+    query = np.asarray(hl.layer._query_dense.kernel)
+    assert np.all(query[:, row["removed_heads"], :] == 0)
+    model(_hub_inputs())  # still runs
+
+
+def test_keras_hub_block_cost_counts_heads_and_drops_when_masked():
+    kh = _hub()
+    keras.utils.set_random_seed(0)
+    model = kh.models.BertBackbone(
+        vocabulary_size=50, num_layers=1, num_heads=4, hidden_dim=16, intermediate_dim=32, max_sequence_length=12
+    )
+    block = model.get_layer("transformer_layer_0")
+    dense, nonzero = heads.block_macs(block, [(None, 12, 16)], [(None, 12, 16)])
+    # 4 projections 12*16*16 each + 2 products 12*12*4*(4+4)/... + FFN 12*(16*32 + 32*16)
+    want = 4 * 12 * 16 * 16 + 12 * 12 * 4 * (4 + 4) + 12 * (16 * 32 + 32 * 16)
+    assert dense == want and nonzero == want
+    assert heads.block_macs(block, [(None, None, 16)], [(None, None, 16)]) == (None, None)
+    heads.run_heads(model, targets_mod.select(model), _config(remove_heads=2))
+    _, after = heads.block_macs(block, [(None, 12, 16)], [(None, 12, 16)])
+    assert after == want - 4 * 12 * 16 * 16 // 2 - 12 * 12 * 4 * (4 + 4) // 2
+
+
+def test_preview_changes_nothing():
+    model = bert_like()
+    q = np.asarray(model.get_layer("b0_mha")._query_dense.kernel).copy()
+    rows = heads.preview(model, _config(remove_heads=1))
+    assert [r["heads_after"] for r in rows] == [3, 3] and all(r["deletable"] for r in rows)
+    np.testing.assert_array_equal(np.asarray(model.get_layer("b0_mha")._query_dense.kernel), q)
