@@ -396,7 +396,11 @@ def run_tfmot(paths: dict, sparsity: float, seed: int, schedule: str, lr: float,
     accuracy = stripped.evaluate(x_test, y_test, batch_size=256, verbose=0)[1]
     kernels = [w for layer in stripped.layers for w in layer.get_weights() if w.ndim >= 2]
     zeros = sum(int(np.count_nonzero(w == 0)) for w in kernels)
-    return {"dense": float(dense), "accuracy": float(accuracy), "measured_sparsity": zeros / sum(w.size for w in kernels)}
+    return {
+        "dense": float(dense),
+        "accuracy": float(accuracy),
+        "measured_sparsity": zeros / sum(w.size for w in kernels),
+    }
 
 
 def load_results(path: Path) -> dict:
@@ -428,7 +432,11 @@ def measure(args, results: dict, plan: list, work: Path) -> None:
                         if key in results:
                             continue
                         start = time.perf_counter()
-                        settings = {k: v for k, v in what.items() if k not in ("sparsities", "seeds")} if engine == "prunecli" else what
+                        settings = (
+                            {k: v for k, v in what.items() if k not in ("sparsities", "seeds")}
+                            if engine == "prunecli"
+                            else what
+                        )
                         try:
                             if engine == "tfmot":
                                 r = run_tfmot(paths, sparsity, seed, settings, lr, work)

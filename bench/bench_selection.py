@@ -126,16 +126,27 @@ sys.path.insert(0, {bench!r})
 from bench_common import quiet_tf
 quiet_tf()
 import numpy as np, tensorflow as tf
-from bench_selection import make_weights, policy_fns, prunecli_fns
+from bench_selection import SPARSITY, make_weights
+from prunecli.config import PruneConfig
+from prunecli.selection import kernels, policy
+from prunecli.selection.targets import Target
 weights = make_weights({shapes!r}, {total})
+scores = [tf.abs(tf.constant(w)) for w in weights]  # as scoring leaves them; TF has run ops already
+[np.asarray(s) for s in scores]
+t = time.perf_counter()
 if {what!r} == "policy":
-    layer, whole = policy_fns(weights)
+    targets = [Target(f"w{{i}}/kernel", f"w{{i}}", "Dense", "kernel", w, 0) for i, w in enumerate(weights)]
+    result = policy.build_masks(
+        targets, dict(zip([t.name for t in targets], scores)), "element", PruneConfig(sparsity=SPARSITY, scope={scope!r})
+    )
+    masks, path = list(result.masks.values()), result.selection_path
+elif {scope!r} == "layer":
+    masks, path = kernels.select([[s] for s in scores], [round(SPARSITY * w.size) for w in weights], {what!r})
 else:
-    layer, whole = prunecli_fns(weights, {what!r})
-fn = layer if {scope!r} == "layer" else whole
-t = time.perf_counter(); [np.asarray(m) for m in fn()]; first = time.perf_counter() - t
-from prunecli.selection import kernels
-print(json.dumps({{"first": first, "seen": len(kernels._SEEN)}}))
+    masks, path = kernels.select([scores], [round(SPARSITY * sum(w.size for w in weights))], {what!r})
+[np.asarray(m) for m in masks]
+first = time.perf_counter() - t
+print(json.dumps({{"first": first, "path": path}}))
 """
 
 
@@ -147,6 +158,26 @@ def first_call_in_new_process(shapes, total: int, scope: str, cache_dir: str, wh
     code = FIRST_CALL_CHILD.format(bench=str(Path(__file__).parent), shapes=shapes, total=total, scope=scope, what=what)
     env = {"TF_XLA_FLAGS": f"--tf_xla_persistent_cache_directory={cache_dir}"}
     return child_json(code, env=env)["first"]
+
+
+def fresh_process_table(shapes, total: int) -> str:
+    """The first selection in new processes: XLA with an empty and a warm disk cache, NumPy, build_masks."""
+    fresh = []
+    for scope in ("global", "layer"):
+        with tempfile.TemporaryDirectory() as cache:
+            cold = first_call_in_new_process(shapes, total, scope, cache, "xla")
+            warm = first_call_in_new_process(shapes, total, scope, cache, "xla")
+            numpy_path = first_call_in_new_process(shapes, total, scope, cache, "numpy")
+            whole_policy = first_call_in_new_process(shapes, total, scope, cache, "policy")
+        fresh.append([scope, cold, warm, numpy_path, whole_policy])
+    heading = (
+        f"\nFirst selection in a new process ({total / 1e6:.1f}M weights; the scores are computed before the"
+        " clock starts, as scoring leaves them in a CLI run): the XLA path with an empty and with a warm XLA"
+        " disk cache, the NumPy path, and policy.build_masks as a one-shot run calls it (magnitude scores,"
+        " element granularity, path chosen automatically: NumPy on a CPU):\n"
+    )
+    headers = ["scope", "XLA, empty cache (s)", "XLA, warm disk cache (s)", "NumPy path (s)", "build_masks, auto (s)"]
+    return heading + "\n" + table(headers, fresh)
 
 
 def run(sizes=(1_000_000, 5_000_000, 25_500_000), repeats: int = 7, slow_repeats: int = 2) -> str:
@@ -205,30 +236,5 @@ def run(sizes=(1_000_000, 5_000_000, 25_500_000), repeats: int = 7, slow_repeats
         " tracing and the XLA compile (this process starts with an empty compile cache). On a CPU,"
         " kernels.choose_path runs the NumPy path (see kernels.py for the rule)."
     )
-    big = max(sizes)
-    fresh = []
-    for scope in ("global", "layer"):
-        with tempfile.TemporaryDirectory() as cache:
-            cold = first_call_in_new_process(shapes, big, scope, cache, "xla")
-            warm = first_call_in_new_process(shapes, big, scope, cache, "xla")
-            numpy_path = first_call_in_new_process(shapes, big, scope, cache, "numpy")
-            whole_policy = first_call_in_new_process(shapes, big, scope, cache, "policy")
-        fresh.append([scope, cold, warm, numpy_path, whole_policy])
-    out.append(
-        f"\nFirst selection in a new process ({big / 1e6:.1f}M weights): the XLA path with an empty and with a"
-        " warm XLA disk cache, the NumPy path, and policy.build_masks as a one-shot CLI run calls it"
-        " (magnitude, element, path chosen automatically):\n"
-    )
-    out.append(
-        table(
-            [
-                "scope",
-                "XLA, empty cache (s)",
-                "XLA, warm disk cache (s)",
-                "NumPy path (s)",
-                "build_masks, auto (s)",
-            ],
-            fresh,
-        )
-    )
+    out.append(fresh_process_table(shapes, max(sizes)))
     return "\n".join(out)

@@ -3,8 +3,11 @@
     python bench/run.py --output bench/RESULTS.md            # everything (about 10-20 minutes on 2 cores)
     python bench/run.py --only selection e2e --quick         # a quick look at two sections
 
-Sections: selection (mask computation), e2e (prune ResNet50 vs Keras load+save, peak memory), startup,
-steps (masked vs dense training step), accuracy (prunecli vs tfmot after the same gradual schedule).
+Sections: selection (mask computation, first call beside NumPy: bench_selection.py), e2e (prune
+ResNet50 vs Keras load+save, with and without sizes, peak memory), memory (peak RSS vs Keras on ResNet50
+and a 100M-parameter model), multiworker (data-driven scores over two local workers vs one device),
+startup, steps (masked vs dense training step), accuracy (prunecli vs tfmot after the same gradual
+schedule), bigger (a 2 GB .keras and .h5; not run unless named with --only).
 Each section's failure is reported in the results instead of stopping the others.
 """
 
@@ -19,7 +22,8 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-SECTIONS = ("selection", "e2e", "startup", "steps", "accuracy")
+SECTIONS = ("selection", "e2e", "memory", "multiworker", "startup", "steps", "accuracy", "bigger")
+DEFAULT_SKIP = ("bigger",)  # builds a 2 GB model twice: run it with --only bigger
 HERE = Path(__file__).resolve().parent
 
 
@@ -41,7 +45,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import bench_common
 
-    chosen = [s for s in (args.only or SECTIONS) if s not in args.skip]
+    chosen = [s for s in (args.only or [x for x in SECTIONS if x not in DEFAULT_SKIP]) if s not in args.skip]
     quick = args.quick
     started = time.perf_counter()
     load_before = bench_common.load_average()
@@ -71,6 +75,21 @@ def main(argv=None) -> int:
 
         return bench_e2e.run(repeats=2 if quick else 3)
 
+    def memory():
+        import bench_e2e
+
+        return bench_e2e.memory(repeats=1 if quick else 2)
+
+    def multiworker():
+        import bench_e2e
+
+        return bench_e2e.multiworker_scoring()
+
+    def bigger():
+        import bench_e2e
+
+        return bench_e2e.bigger(gigabytes=2.0)
+
     def startup():
         import bench_e2e
 
@@ -93,6 +112,9 @@ def main(argv=None) -> int:
 
     section("selection", "Mask computation: prunecli vs tfmot's top_k vs NumPy", selection)
     section("e2e", "prunecli prune on ResNet50 vs Keras alone (time and peak memory)", e2e)
+    section("memory", "Peak memory: prunecli prune vs Keras load+save (ResNet50, 100M parameters)", memory)
+    section("multiworker", "Data-driven scoring over two workers vs one device", multiworker)
+    section("bigger", "A 2 GB model (.keras and .h5)", bigger)
     section("startup", "Start-up time", startup)
     section("steps", "Fine-tuning step: masked vs dense, prunecli vs tfmot", steps)
     section("accuracy", "Accuracy after the same gradual schedule: prunecli vs tfmot", accuracy)

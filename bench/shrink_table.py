@@ -40,6 +40,8 @@ sys.path.insert(0, str(ROOT))
 
 from prunecli.runtime import quiet_tensorflow  # noqa: E402
 
+WHOLE_CHANNELS = "## Zeroing or folding a removed channel"  # written by bench/whole_channels.py
+
 
 def mobilenet_file(directory: Path, trained_bn: bool) -> Path:
     import keras
@@ -236,7 +238,10 @@ def main() -> None:
         rows.append(case("MobileNetV2 96x96 (trained-like BN)", mobilenet_file(d, True)))
     text = render(rows, args.rounds)
     if not args.per_layer:
-        (ROOT / "bench" / "SHRINK.md").write_text(text, encoding="utf-8")
+        out = ROOT / "bench" / "SHRINK.md"
+        kept = out.read_text(encoding="utf-8").split(WHOLE_CHANNELS, 1) if out.exists() else [""]
+        tail = WHOLE_CHANNELS + kept[1] if len(kept) > 1 else ""  # bench/whole_channels.py's section stays
+        out.write_text(text.rstrip() + "\n\n" + tail if tail else text, encoding="utf-8")
     print(text)
 
 

@@ -149,7 +149,7 @@ def prune_ffn(model, fraction: float, x_check):
         removed[name] = sorted(int(u) for u in np.argsort(sc, kind="stable")[: int(round(fraction * len(sc)))])
     ffn.mask_ffn(model, removed)
     small = ffn.shrink_ffn(model, removed)
-    return small, heads.verify(model, small, [x_check])["max_rel_diff"]
+    return small, heads.verify(model, small, x_check)["max_rel_diff"]
 
 
 def main() -> None:
@@ -195,7 +195,7 @@ def main() -> None:
         print(row, flush=True)
 
     ft = 1 if args.quick else 2
-    measure("dense", fresh(), None, 0)
+    measure("dense", fresh(), None, ft)  # its fine-tuned column: the same 2 extra epochs, unpruned
     for frac in (0.25, 0.5):
         small, diff = prune_heads(fresh(), frac)
         measure(f"heads -{int(frac * 100)}%", small, diff, ft)
@@ -221,8 +221,9 @@ def write(out, rows, n_train, n_test, epochs, ft, wall) -> None:
         "Heads: `-g head --sparsity S --shrink` (mean |w| of each head's q/k/v/o slices, per layer), "
         "MultiHeadAttention rebuilt with num_heads = kept. FFN: the intermediate units of each block's "
         "Dense(128)->Dense(64) pair with the lowest mean |w| over their two kernel slices "
-        "(`structure/transformer.py`), both kernels sliced; the residual stream (64) stays whole. "
-        f"Fine-tuning: {ft} epochs, Adam 5e-4, of the shrunk model. `check`: largest relative "
+        "(`structure/ffn.py`), both kernels sliced; the residual stream (64) stays whole. "
+        f"Fine-tuning: {ft} epochs, Adam 5e-4, of the shrunk model (the dense row: of the dense model, the "
+        "fair baseline for the fine-tuned column). `check`: largest relative "
         "difference between the shrunk and the masked model's outputs (limit 1e-4). Latency: fastest of 30 "
         "traced forward passes on this shared 2-core CPU (noisy: compare within a column); TFLite: float32 "
         "interpreter, 1 thread, batch 1.",

@@ -28,7 +28,7 @@ def _debug_requested(ctx: click.Context) -> bool:
 def _one_line(message: str) -> str:
     """A message as one line: a newline or control character in a path (or anything else the user
     supplied) is escaped, so no input can forge a second `prunecli: error:` line."""
-    from prunecli.io.paths import shown
+    from prunecli.messages import shown
 
     return shown(message)
 
@@ -47,6 +47,19 @@ def _echo_click_error(exc: click.exceptions.ClickException) -> None:
     hint = f" (see '{command} --help')" if command and isinstance(exc, click.UsageError) else ""
     message = " ".join(exc.format_message().split())
     _say(_one_line(f"prunecli: error: {message}{hint}"))
+
+
+def _console(**options):
+    """A rich Console whose closed pipe is ours to handle: rich's own handler exits 1 with no message
+    (and that is what `prunecli inspect m.keras | head -1` did), this one raises BrokenPipeError,
+    which PruneGroup turns into a quiet exit 141."""
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            raise BrokenPipeError
+
+    return _Console(**options)
 
 
 EXIT_SIGPIPE = 128 + 13  # what a shell reports for a process ended by SIGPIPE
@@ -135,8 +148,8 @@ def main(ctx: click.Context, debug: bool) -> None:
       prunecli prune model.h5 --method magnitude --sparsity 0.5
       prunecli prune model.keras --sparsity 0.8 --scope global -o small.keras --report report.json
 
-    Exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input, 4 quality gate failed,
-    5 output not writable, 6 out of memory, 130 interrupted.
+    Exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input, 4 quality gate failed (or the weights
+    became NaN/Inf), 5 output not writable, 6 out of memory, 130 interrupted, 141 stdout closed.
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
@@ -159,6 +172,9 @@ def _option(f) -> click.Option:
         return click.option(*decls, flag_value=False, default=None, **common)
     if meta["kind"] == "multiple":
         return click.option(*decls, multiple=True, **common)
+    if meta["kind"] == "optional":  # `--distill` alone means flag_value; `--distill 4` gives the value
+        value = meta["flag_value"]
+        return click.option(*decls, type=type(value), is_flag=False, flag_value=value, default=None, **common)
     choices = scoring.available() if meta["choices"] == "methods" else meta["choices"]
     if choices:
         return click.option(*decls, type=click.Choice(choices), **common)
@@ -210,6 +226,20 @@ def config_from(ctx: click.Context, params: dict):
     return build_config(given, recipe=recipe)
 
 
+def _plan_extras(ctx: click.Context, config, output=None) -> dict:
+    """What io.paths.plan needs besides the config: the recipe, the data's companion files, the exports."""
+    extras = {"recipe": ctx.meta.get("prunecli.recipe")}
+    if config.data:
+        from prunecli.io.data import files_read
+
+        extras["extra_reads"] = files_read(config.data)
+    if output is not None and config.export:
+        from prunecli.outputs.export import export_paths
+
+        extras["exports"] = export_paths(output)
+    return extras
+
+
 def _progress(config):
     """The progress callback; every call is also a checkpoint where a pending Ctrl-C/SIGTERM stops the run
     (so it is returned with --quiet too, printing nothing)."""
@@ -217,10 +247,9 @@ def _progress(config):
 
     if config.quiet:
         return lambda _msg: interrupts.checkpoint()
-    from rich.console import Console
     from rich.markup import escape
 
-    console = Console(stderr=True)
+    console = _console(stderr=True)
 
     def say(msg):
         interrupts.checkpoint()
@@ -243,11 +272,9 @@ def _emit_report(report, config) -> None:
         else:
             write_markdown(report, config.markdown)
     if not config.quiet and "-" not in (config.report, config.markdown):
-        from rich.console import Console
-
         from prunecli.outputs.report import render
 
-        render(report, Console())
+        render(report, _console())
 
 
 @main.command(epilog=_methods_epilog(), context_settings=CONTEXT_SETTINGS)
@@ -268,7 +295,7 @@ def prune(ctx: click.Context, **params) -> None:
 
     # every read and write checked against each other before TensorFlow is imported
     output = model_io.resolve_output(config.model_path, config.output, config.force)
-    paths.plan(config, output_model=output, recipe=ctx.meta.get("prunecli.recipe"))
+    paths.plan(config, output_model=output, **_plan_extras(ctx, config, output))
     from prunecli.run.pipeline import check_gates
     from prunecli.run.pipeline import prune as run_prune
 
@@ -318,13 +345,11 @@ def sweep(ctx: click.Context, sparsities: str, output_dir: str, name: str, per_l
     config = config_from(ctx, params)
     from prunecli.io import paths
 
-    paths.plan(config, sweep_dir=output_dir, sweep_name=name, recipe=ctx.meta.get("prunecli.recipe"))
+    paths.plan(config, sweep_dir=output_dir, sweep_name=name, **_plan_extras(ctx, config))
     result = run(config, parse_sparsities(sparsities), per_layer=per_layer, progress=_progress(config))
     paths = write_outputs(result, output_dir, name)
     if not config.quiet:
-        from rich.console import Console
-
-        console = Console()
+        console = _console()
         if not console.is_terminal:  # piped or redirected: no terminal to wrap the wide table
             console.width = max(console.width, 150)
         render_table(result, console)
@@ -351,11 +376,11 @@ def inspect(model_path: str, include: tuple, exclude: tuple, as_json: bool) -> N
 
     result = inspect_model(model_path, include, exclude)
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
-    else:
-        from rich.console import Console
+        from prunecli.outputs.report import json_safe
 
-        console = Console()
+        click.echo(json.dumps(json_safe(result.to_dict()), indent=2, allow_nan=False))  # valid JSON: NaN -> null
+    else:
+        console = _console()
         if not console.is_terminal:  # piped or redirected: no terminal to wrap the wide table
             console.width = max(console.width, 150)
         render(result, console)
@@ -377,19 +402,19 @@ def plan(ctx: click.Context, as_json: bool, **params) -> None:
     """
     import json
 
-    from rich.console import Console
-
     from prunecli.run.plan import make_plan, render
 
     config = config_from(ctx, params)
     from prunecli.io import paths
 
-    paths.plan(config, recipe=ctx.meta.get("prunecli.recipe"))
+    paths.plan(config, **_plan_extras(ctx, config))
     result = make_plan(config, progress=None if as_json else _progress(config))
     if as_json:
-        click.echo(json.dumps(result, indent=2, default=str))
+        from prunecli.outputs.report import json_safe
+
+        click.echo(json.dumps(json_safe(result), indent=2, allow_nan=False))  # valid JSON: NaN -> null
     else:
-        render(result, Console())
+        render(result, _console())
 
 
 def run() -> None:

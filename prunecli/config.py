@@ -114,12 +114,14 @@ def setting(
     cli_only: bool = False,
     recipe_only: bool = False,
     factory: Any = None,
+    flag_value: Any = None,
 ) -> Any:
     """A PruneConfig field and, in its metadata, how the command line offers it: the one declaration
     of an option. cli.py builds its click options from these (config.py stays free of click).
 
     kind: "value" (takes an argument), "flag" (on/off switch), "multiple" (repeatable), "off" (a
-    --no-... switch that sets False). choices: a tuple, or "methods" for the registered scoring
+    --no-... switch that sets False), "optional" (an optional argument: the bare flag means
+    `flag_value`). choices: a tuple, or "methods" for the registered scoring
     methods. cli_only: a recipe or PRUNECLI_* variable may not set it (it unlocks something the user
     must ask for in this very command). recipe_only: no flag (structured values such as `layers:`)."""
     meta = {
@@ -129,6 +131,7 @@ def setting(
         "choices": choices,
         "kind": kind,
         "cli_only": cli_only,
+        "flag_value": flag_value,
     }
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
@@ -211,7 +214,9 @@ class PruneConfig:
         choices=LR_SCHEDULES,
     )
     distill: float | None = setting(
-        help="Fine-tune with the unpruned model as teacher, at this softmax temperature (e.g. 2).",
+        help="Fine-tune with the unpruned model as teacher: --distill [T], softmax temperature T (bare: 2).",
+        kind="optional",
+        flag_value=2.0,
     )
     distill_weight: float = setting(0.5, help="Weight of the teacher's soft loss with --distill (default 0.5).")
     max_accuracy_drop: float | None = setting(help="Exit 4 when accuracy drops by more than this (absolute).")
@@ -317,7 +322,8 @@ def _coerce(name: str, value: Any) -> Any:
         ftype = {f.name: f.type for f in fields(PruneConfig)}[name]
         if "bool" in ftype:
             return _as_bool(value)
-        if isinstance(value, (list, dict, Mapping)) or (isinstance(value, tuple) and name != "overrides"):
+        scalar = not any(word in ftype for word in ("tuple", "list", "dict", "Mapping"))
+        if scalar and isinstance(value, (list, tuple, dict, Mapping)):  # `batch_size: [1, 2]` in a recipe
             raise TypeError(value)
         if "int" in ftype and "float" not in ftype:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
@@ -452,7 +458,7 @@ def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
 
     import yaml
 
-    from prunecli.io.paths import shown
+    from prunecli.messages import shown
 
     p = Path(path)
     try:
@@ -583,12 +589,28 @@ OPTIMIZER_NUMBERS = (
 OPTIMIZER_FLAGS = ("nesterov", "amsgrad", "centered", "use_ema")
 
 
+def parse_optimizer(text: str) -> tuple[str, dict]:
+    """'sgd' or 'sgd:momentum=0.9,nesterov=true' -> ('sgd', {'momentum': 0.9, 'nesterov': True}).
+    (The same parse as training.finetune.parse_optimizer, here so config stays free of training.)"""
+    import yaml
+
+    name, _, rest = str(text).partition(":")
+    options = {}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--optimizer options are key=value pairs, got {item!r}")
+        try:
+            options[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--optimizer {key.strip()}: {value!r} is not a value") from exc
+    return name.strip(), options
+
+
 def _check_optimizer(text: str) -> None:
     """--optimizer NAME:key=value,...: numbers finite (learning_rate=.nan wrote a NaN model), flags
     true/false, no lists or mappings: the types Keras's optimizers take, checked before any work."""
     import math
-
-    from prunecli.training.finetune import parse_optimizer
 
     _name, options = parse_optimizer(text)
     for key, value in options.items():

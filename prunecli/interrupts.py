@@ -30,6 +30,10 @@ def _handler(signum, _frame) -> None:
     if _stop.is_set():
         return  # already stopping: cleanup must not be interrupted again
     _stop.set()
+    # Later signals are ignored by the kernel, not by a Python handler: Python puts its handlers back
+    # to the default action while it shuts down, when a second SIGTERM would kill the process (-15).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -39,6 +43,12 @@ def install() -> None:
         return
     signal.signal(signal.SIGTERM, _handler)
     signal.signal(signal.SIGINT, _handler)
+
+
+def request() -> None:
+    """Record a stop as the handler does, without raising (for code that must not be interrupted
+    mid-way, and for tests that simulate a swallowed KeyboardInterrupt)."""
+    _stop.set()
 
 
 def reset() -> None:

@@ -263,10 +263,13 @@ def adversarial_results(corpus, tmp_path_factory):
     }
     runnable = [c for c in ADVERSARIAL if not c.get("requires") or os.path.lexists(c["requires"].format(**places))]
     batch = [c for c in runnable if c.get("mode", "batch") == "batch"]
-    results = _run_batches(runner, batch, places, work)
-    for case in runnable:
-        if case.get("mode") == "process":
-            results[case["id"]] = runner.run_process(case, places)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=3) as pool:  # the batch child and two real processes at a time
+        batch_results = pool.submit(_run_batches, runner, batch, places, work)
+        single = [pool.submit(runner.run_process, c, places) for c in runnable if c.get("mode") == "process"]
+        results = batch_results.result()
+        results.update({f.result()["id"]: f.result() for f in single})
     rows: dict = {}
     for case in ADVERSARIAL:
         verdict = results.get(case["id"])
@@ -281,8 +284,10 @@ def adversarial_results(corpus, tmp_path_factory):
     for name, row in rows.items():
         exits = ", ".join(f"{k}: {v}" for k, v in sorted(row["exits"].items(), key=lambda kv: str(kv[0])))
         table.append(f"{name:<14} {row['cases']:>5}  {row['failed']:>6}  {row['skipped']:>7}  {exits}")
-    summary = os.environ.get("PRUNECLI_ADVERSARIAL_SUMMARY")
+    summary = os.environ.get("PRUNECLI_ADVERSARIAL_SUMMARY")  # for the closing note
     if summary:
+        slowest = sorted(results.values(), key=lambda v: -v["seconds"])[:12]
+        table += ["", "slowest:"] + [f"  {v['id']}: {v['seconds']:.1f} s" for v in slowest]
         Path(summary).write_text("\n".join(table) + "\n")
     return results
 

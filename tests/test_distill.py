@@ -66,7 +66,9 @@ def test_outputs_are_logits_follows_the_task_loss():
 def softmax_model(kernel, bias):
     import keras
 
-    model = keras.Sequential([keras.Input((kernel.shape[0],)), keras.layers.Dense(kernel.shape[1], activation="softmax")])
+    model = keras.Sequential(
+        [keras.Input((kernel.shape[0],)), keras.layers.Dense(kernel.shape[1], activation="softmax")]
+    )
     model.layers[0].set_weights([kernel, bias])
     return model
 

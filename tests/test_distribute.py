@@ -53,7 +53,7 @@ SCRIPT = textwrap.dedent(
     else:
         distribute.get_strategy("multiworker")  # collective ops: before TensorFlow runs anything
         index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
-        runs = {"multiworker": f"worker{index}.keras"}
+        runs = {"multiworker": "model.keras"}  # both workers are given the same output: only the chief writes
 
     out = {}
     for strategy, name in runs.items():
@@ -62,6 +62,30 @@ SCRIPT = textwrap.dedent(
         result = prune(config)
         out[strategy] = {"path": str(result.output_path), "metrics": result.report.metrics,
                          "distribute": result.report.extra["finetune"]["distribute"]}
+
+    if mode == "multiworker":  # this worker's weights, and data-driven scores over both workers vs on one device
+        import numpy as np
+        from prunecli.io import data as data_mod
+        from prunecli.scoring import get, ScoringContext
+        from prunecli.selection import targets as targets_mod
+        from prunecli.io.models import load
+
+        np.savez(os.path.join(out_dir, f"weights{index}.npz"), *[np.asarray(w) for w in result.model.weights])
+        out["chief"] = distribute.is_chief()
+        model, _ = load(model_path)
+        data = data_mod.load(data_path, model, 32, 0.0, 0)
+        from prunecli.training.metrics import infer_task
+        loss = infer_task(model, data.y_example).loss
+        found = targets_mod.select(model)
+        scores = {}
+        for method in ("gradient", "taylor", "activation", "apoz"):
+            for where, strategy in (("single", None), ("workers", distribute.get_strategy("multiworker"))):
+                data = data_mod.load(data_path, model, 32, 0.0, 0)  # a fresh pipeline: its first shuffle
+                ctx = ScoringContext(model=model, targets=found, data=data.train, loss_fn=loss, max_batches=5,
+                                     extras={} if strategy is None else {"strategy": strategy})
+                result_scores = get(method).fn(found, ctx)
+                scores[f"{method}/{where}"] = {k: np.asarray(v).ravel().tolist() for k, v in result_scores.items()}
+        out["scores"] = scores
 
     if mode == "mirrored":  # a data-driven sum (as scoring makes) over both replicas vs on one device
         import keras
@@ -174,27 +198,60 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_multiworker_on_localhost_matches_one_device(mlp_files, mirrored_runs, tmp_path):
-    """Two worker processes, one replica each, all-reducing over 127.0.0.1: the workers end with the
-    same weights, and those are the single-device run's."""
+@pytest.fixture(scope="module")
+def multiworker_runs(mlp_files, tmp_path_factory):
+    """Two worker processes, one replica each, all-reducing over 127.0.0.1, given the same -o."""
+    out_dir = tmp_path_factory.mktemp("multiworker")
     workers = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]
     procs = [
         _launch(
             "multiworker",
             mlp_files,
-            tmp_path,
+            out_dir,
             {"TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})},
         )
         for i in range(2)
     ]
-    results = _finish(procs)
+    return {"results": _finish(procs), "dir": out_dir}
+
+
+def test_multiworker_on_localhost_matches_one_device(multiworker_runs, mirrored_runs):
+    """The workers end with the same weights, and those are the single-device run's."""
+    results, out_dir = multiworker_runs["results"], multiworker_runs["dir"]
     roles = [(r["multiworker"]["distribute"]["task_id"], r["multiworker"]["distribute"]["chief"]) for r in results]
     assert roles == [(0, True), (1, False)]
+    assert [r["chief"] for r in results] == [True, False]
     assert all(r["multiworker"]["distribute"]["replicas"] == 2 for r in results)
-    first, second = (_weights(r["multiworker"]["path"]) for r in results)
+    first, second = (list(np.load(out_dir / f"weights{i}.npz").values()) for i in range(2))
     for a, b, single in zip(first, second, _weights(mirrored_runs["default"]["path"]), strict=True):
         assert np.array_equal(a, b), "the workers drifted apart"
         np.testing.assert_allclose(a, single, atol=1e-5)
+
+
+def test_multiworker_only_the_chief_writes(multiworker_runs):
+    """Both workers were given the same output path; worker 1 writes nothing and says so by returning
+    no output path; the chief's file holds the trained weights."""
+    results, out_dir = multiworker_runs["results"], multiworker_runs["dir"]
+    assert [r["multiworker"]["path"] for r in results] == [str(out_dir / "model.keras"), "None"]
+    assert sorted(p.name for p in out_dir.iterdir() if p.suffix != ".npz") == ["model.keras"]
+    chief = list(np.load(out_dir / "weights0.npz").values())
+    for a, b in zip(_weights(out_dir / "model.keras"), chief, strict=True):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("method", ["gradient", "taylor", "activation", "apoz"])
+def test_multiworker_scoring_equals_one_device(multiworker_runs, method):
+    """Each worker scores half of every global batch; the all-reduced statistics are the whole data's,
+    on both workers, and equal the single-device scores within 1e-6."""
+    for result in multiworker_runs["results"]:
+        single, workers = result["scores"][f"{method}/single"], result["scores"][f"{method}/workers"]
+        assert single.keys() == workers.keys()
+        for name in single:
+            a, b = np.asarray(single[name]), np.asarray(workers[name])
+            assert np.abs(a).max() > 0, "a statistic that is all zero would prove nothing"
+            np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6 * np.abs(a).max(), err_msg=name)
+    first, second = (r["scores"] for r in multiworker_runs["results"])
+    assert first == second, "both workers end with the same scores"
 
 
 def test_strategy_names_are_checked_before_work(monkeypatch):

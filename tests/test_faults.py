@@ -298,3 +298,34 @@ def test_only_temporary_files_of_dead_processes_are_removed(tmp_path):
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_a_swallowed_interrupt_still_stops_the_run(models, tmp_path, monkeypatch):
+    """A SIGTERM whose KeyboardInterrupt Python swallows (inside importlib's module-lock callback:
+    "Exception ignored in: <function _get_module_lock.<locals>.cb>") used to let the run finish with
+    exit 0: the handler now records the signal, and the next checkpoint stops the run (exit 130,
+    nothing written). Simulated deterministically by swallowing the handler's exception ourselves."""
+    from prunecli import interrupts
+
+    real = model_io.check_memory
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def swallowed(info, *args, **kwargs):
+        try:
+            interrupts._handler(signal.SIGTERM, None)
+        except KeyboardInterrupt:
+            pass  # what importlib's callback does
+        return real(info, *args, **kwargs)
+
+    monkeypatch.setattr(model_io, "check_memory", swallowed)
+    out = tmp_path / "out.keras"
+    try:
+        result = _invoke("prune", models / "small.keras", "-o", out, "-q")
+    finally:
+        interrupts.reset()
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+    assert result.exit_code == ExitCode.INTERRUPTED, result.output
+    assert result.stderr.strip() == "prunecli: interrupted"
+    assert not out.exists() and _temps(tmp_path) == []

@@ -268,3 +268,63 @@ def test_scheduled_config_moves_overrides_along_the_same_curve():
     assert mid.overrides[1].skip
     end = scheduled_config(config, plan, 20)
     assert (end.sparsity, end.overrides[0].sparsity) == (0.8, 0.4)
+
+
+# --- learning-rate schedule (--lr-schedule) ----------------------------------------------------
+
+
+def test_cosine_learning_rate_decays_to_zero_over_the_run(mlps, tmp_path):
+    """The rate starts at the model's own (Adam 1e-3 here: rewound, not reduced) and follows
+    lr_0 * (1 + cos(pi * t / T)) / 2 over the run's T = epochs * steps_per_epoch steps."""
+    import math
+    from types import SimpleNamespace
+
+    import keras
+    import tensorflow as tf
+
+    from prunecli.selection import targets
+    from prunecli.training.finetune import Trainer
+
+    model = keras.saving.load_model(mlps["adam"])
+    found = targets.select(model)
+    with np.load(mlps["data"]) as z:
+        x, y = z["x_train"][:80].astype("float32"), z["y_train"][:80]
+    train = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)  # 5 steps per epoch
+    masks = {t.name: np.abs(t.variable.numpy()) > np.median(np.abs(t.variable.numpy())) for t in found}
+    for t in found:
+        t.variable.assign(t.variable.numpy() * masks[t.name])
+    job = SimpleNamespace(
+        config=PruneConfig(model_path="m.keras", data="d.npz", epochs=2, lr_schedule="cosine"),
+        model=model,
+        targets=found,
+        masks=SimpleNamespace(masks=masks),
+        data=SimpleNamespace(train=train),
+        task=SimpleNamespace(loss="sparse_categorical_crossentropy", accuracy="sparse_categorical_accuracy"),
+    )
+    optimizer = keras.optimizers.Adam(1e-3)
+    trainer = Trainer(job, optimizer)
+    assert trainer.lr_schedule == "cosine"
+    seen = []
+    for _epoch in range(2):
+        for xb, yb in train:
+            seen.append(float(optimizer.learning_rate))  # the rate the next step uses
+            trainer.train(xb, yb)
+    expected = [1e-3 * (1 + math.cos(math.pi * t / 10)) / 2 for t in range(10)]
+    assert seen == pytest.approx(expected, rel=1e-5)
+    assert float(optimizer.learning_rate) == pytest.approx(0.0, abs=1e-12)
+    for t in found:
+        assert np.all(t.variable.numpy()[~masks[t.name]] == 0.0)
+
+    constant = keras.optimizers.Adam(1e-3)
+    job.config = job.config.replace(lr_schedule="constant")
+    assert Trainer(job, constant).lr_schedule == "constant"
+    assert float(constant.learning_rate) == pytest.approx(1e-3)
+
+
+def test_lr_schedule_is_validated():
+    from prunecli.config import validate
+
+    with pytest.raises(ConfigError, match="lr_schedule must be one of constant, cosine"):
+        validate(PruneConfig(model_path="m.keras", lr_schedule="step"))
+    config = build_config({"model_path": "m.keras", "data": "d.npz", "epochs": 1, "lr_schedule": "cosine"})
+    assert config.lr_schedule == "cosine"

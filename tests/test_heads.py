@@ -261,9 +261,6 @@ def test_block_removal_matches_manual_skip():
     np.testing.assert_allclose(np.asarray(smaller(x)), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
-keras_hub = pytest.importorskip("keras_hub") if False else None
-
-
 def _hub():
     try:
         import keras_hub as kh
@@ -280,29 +277,38 @@ def _hub_inputs(n=4, seq=12, vocab=50, seed=0):
     }
 
 
-def test_keras_hub_bert_heads_masked_and_model_reloads(tmp_path):
+def test_keras_hub_bert_heads_deleted_and_model_reloads(tmp_path):
     kh = _hub()
+    from prunecli.structure import transformer
+
     keras.utils.set_random_seed(0)
     model = kh.models.BertBackbone(
         vocabulary_size=50, num_layers=2, num_heads=4, hidden_dim=16, intermediate_dim=32, max_sequence_length=12
     )
     xs = dict(_hub_inputs(), segment_ids=np.zeros((4, 12), "int32"))
     dense_out = np.asarray(model(xs)["sequence_output"])
-    tg = targets_mod.select(model)
-    same, masks, section, notes = heads.run_heads(model, tg, _config(remove_heads=2, shrink=True))
-    assert same is model  # KerasHub derives head size from num_heads: masked, not deleted
-    assert any("masked, not deleted" in n for n in notes)
-    assert section["heads_removed"] == 4
-    live = heads.heads_per_layer(model)
-    assert [v["live_heads"] for v in live.values()] == [2, 2]
-    masked_out = np.asarray(model(xs)["sequence_output"])
+    small, masks, section, notes = heads.run_heads(
+        model, targets_mod.select(model), _config(remove_heads=2, shrink=True)
+    )
+    assert section["heads_removed"] == 4 and not notes
+    masked_out = np.asarray(model(xs)["sequence_output"])  # the input model keeps its heads, masked
     assert not np.allclose(masked_out, dense_out)
-    name = "transformer_layer_0/self_attention_layer/attention_output/kernel"
-    assert masks[name].shape == (4, 4, 16) and masks[name].sum() == 2 * 4 * 16
+    assert [v["live_heads"] for v in heads.heads_per_layer(model).values()] == [2, 2]
+    block = small.get_layer("transformer_layer_0")
+    assert type(block).__name__ == "HeadPrunedTransformerEncoder" and block.num_heads == 2
+    assert block._self_attention_layer._key_dim == 4  # the original head size, not 16 // 2
+    assert model.count_params() - small.count_params() == 2 * 2 * (3 * (16 * 4 + 4) + 4 * 16)
+    np.testing.assert_allclose(np.asarray(small(xs)["sequence_output"]), masked_out, rtol=1e-4, atol=1e-5)
+    assert section["verification"]["max_rel_diff"] <= 1e-4
+    assert all(m.all() for m in masks.values())
     path = tmp_path / "bert.keras"
-    model.save(path)
+    small.save(path)
+    assert transformer.register_for_file(path)  # what loading must call first (imports keras-hub)
+    plain = tmp_path / "plain.keras"
+    bert_like().save(plain)
+    assert not transformer.register_for_file(plain)
     back = keras.saving.load_model(path)
-    np.testing.assert_allclose(np.asarray(back(xs)["sequence_output"]), masked_out, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(back(xs)["sequence_output"]), masked_out, rtol=1e-4, atol=1e-5)
 
 
 def test_keras_hub_grouped_query_attention_removes_whole_groups():
@@ -323,6 +329,8 @@ def test_keras_hub_grouped_query_attention_removes_whole_groups():
     query = np.asarray(hl.layer._query_dense.kernel)
     assert np.all(query[:, row["removed_heads"], :] == 0)
     model(_hub_inputs())  # still runs
+    same, _, _, notes = heads.run_heads(model, targets_mod.select(model), _config(remove_heads=2, shrink=True))
+    assert same is model and any("masked, not deleted" in n for n in notes)  # Llama blocks: masked only
 
 
 def test_keras_hub_block_cost_counts_heads_and_drops_when_masked():

@@ -1,4 +1,5 @@
-"""The XLA kernels against plain NumPy references: exact counts, ties by position, -0.0 == +0.0."""
+"""Both selection paths (XLA kernels, NumPy) against plain NumPy references: exact counts, ties by
+position, -0.0 == +0.0."""
 
 from __future__ import annotations
 
@@ -33,80 +34,89 @@ def random_tensor(rng, n: int, kind: str) -> np.ndarray:
 
 
 KINDS = ("normal", "few_values", "rounded", "abs")
-SIZES = (1, 2, 7, 1023, 1024, 1025, 4096, 30_001)
+SIZES = (1, 2, 7, 1023, 1024, 1025, 4096, 30_001, 200_003)  # the last is sampled on the NumPy path
+PATHS = ("xla", "numpy")
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("kind", KINDS)
-def test_layerwise_matches_stable_sort(n, kind):
+def test_layerwise_matches_stable_sort(n, kind, path):
     rng = np.random.default_rng(n)
     x = random_tensor(rng, n, kind)
     for k in sorted({0, 1, n // 3, n // 2, n - 1, n} - {-1}):
-        (got,) = as_numpy(masking.select_lowest([x], [k]))
+        (got,) = as_numpy(masking.select_lowest([x], [k], path))
         assert got.sum() == k
         np.testing.assert_array_equal(got, lowest_reference(x, k))
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_several_segments_at_once(kind):
+def test_several_segments_at_once(kind, path):
     rng = np.random.default_rng(7)
     sizes = [5, 1024, 3000, 1, 777, 2048, 0, 12]
     xs = [random_tensor(rng, n, kind).reshape(-1, 1) if n else np.zeros((0,), np.float32) for n in sizes]
     ks = [int(rng.integers(0, n + 1)) for n in sizes]
-    got = as_numpy(masking.select_lowest(xs, ks))
+    got = as_numpy(masking.select_lowest(xs, ks, path))
     for x, k, g in zip(xs, ks, got, strict=True):
         assert g.shape == (x.size,)
         np.testing.assert_array_equal(g, lowest_reference(x, k))
 
 
-def test_more_segments_than_one_kernel_call_holds():
+@pytest.mark.parametrize("path", PATHS)
+def test_more_segments_than_one_kernel_call_holds(path):
     rng = np.random.default_rng(3)
     xs = [random_tensor(rng, int(n), "rounded") for n in rng.integers(1, 300, 150)]
     ks = [int(rng.integers(0, x.size + 1)) for x in xs]
-    for x, k, g in zip(xs, ks, as_numpy(masking.select_lowest(xs, ks)), strict=True):
+    for x, k, g in zip(xs, ks, as_numpy(masking.select_lowest(xs, ks, path)), strict=True):
         np.testing.assert_array_equal(g, lowest_reference(x, k))
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_global_ranks_all_tensors_together(kind):
+def test_global_ranks_all_tensors_together(kind, path):
     rng = np.random.default_rng(11)
     xs = [random_tensor(rng, n, kind) for n in (100, 5000, 1024, 3)]
     joined = np.concatenate(xs)
     for k in (0, 1, 2500, joined.size - 1, joined.size):
-        got = np.concatenate(as_numpy(masking.select_lowest_global(xs, k)))
+        got = np.concatenate(as_numpy(masking.select_lowest_global(xs, k, path)))
         assert got.sum() == k
         np.testing.assert_array_equal(got, lowest_reference(joined, k))
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("value", [0.0, 1.5, -2.0])
-def test_constant_tensor_selects_the_first_k(value):
+def test_constant_tensor_selects_the_first_k(value, path):
     x = np.full(5000, value, np.float32)
     for k in (0, 1, 2999, 5000):
-        (got,) = as_numpy(masking.select_lowest([x], [k]))
+        (got,) = as_numpy(masking.select_lowest([x], [k], path))
         np.testing.assert_array_equal(got, np.arange(5000) < k)
 
 
-def test_negative_zero_ties_with_positive_zero():
+@pytest.mark.parametrize("path", PATHS)
+def test_negative_zero_ties_with_positive_zero(path):
     x = np.array([0.0, -0.0, 0.0, -0.0, -1.0, 1.0], np.float32)
-    (got,) = as_numpy(masking.select_lowest([x], [3]))
+    (got,) = as_numpy(masking.select_lowest([x], [3], path))
     np.testing.assert_array_equal(got, [True, True, False, False, True, False])
 
 
-def test_order_across_signs_and_extremes():
+@pytest.mark.parametrize("path", PATHS)
+def test_order_across_signs_and_extremes(path):
     x = np.array([3.0, -np.inf, -1e-30, np.inf, -3.0, 1e-30, 0.0, np.float32(3.4e38)], np.float32)
     order = []
     for k in range(1, x.size + 1):
-        (got,) = as_numpy(masking.select_lowest([x], [k]))
+        (got,) = as_numpy(masking.select_lowest([x], [k], path))
         order.append(int(np.flatnonzero(got & ~np.isin(np.arange(x.size), order))[0]))
     assert order == [1, 4, 2, 6, 5, 0, 7, 3]
 
 
-def test_zero_sized_and_bad_counts():
-    assert masking.select_lowest_global([], 0) == []
+@pytest.mark.parametrize("path", PATHS)
+def test_zero_sized_and_bad_counts(path):
+    assert masking.select_lowest_global([], 0, path) == []
     with pytest.raises(ValueError):
-        masking.select_lowest([np.ones(4, np.float32)], [5])
+        masking.select_lowest([np.ones(4, np.float32)], [5], path)
     with pytest.raises(ValueError):
-        masking.select_lowest_global([np.ones(4, np.float32)], -1)
+        masking.select_lowest_global([np.ones(4, np.float32)], -1, path)
 
 
 def test_compiled_kernel_is_shared_across_sizes():

@@ -50,7 +50,8 @@ def _run(*args):
 
 
 @pytest.mark.parametrize(
-    "model, data", [("two_in.keras", "two_in.npz"), ("two_in.keras", "two_in_slash.npz"), ("two_out.keras", "two_out.npz")]
+    "model, data",
+    [("two_in.keras", "two_in.npz"), ("two_in.keras", "two_in_slash.npz"), ("two_out.keras", "two_out.npz")],
 )
 def test_prune_evaluate_and_finetune_from_one_npz(files, tmp_path, model, data):
     out, report = tmp_path / "out.keras", tmp_path / "r.json"

@@ -3,8 +3,8 @@ calibration inputs comes as close as possible to the dense layer's output on the
 
 For each output unit o with kept inputs S_o the least-squares problem min ||X w_S - X w_dense||^2 has
 the normal equations H_SS w_S = (H w_dense)_S with H = X^T X / n, the Hessian the capture already
-holds, so no activations are kept. All outputs are solved together by conjugate gradients restricted
-to each output's kept inputs (one (d_in x d_in) @ (d_in x d_out) product per iteration, compiled),
+holds, so no activations are kept. All outputs are solved together by conjugate gradients (Jacobi-preconditioned, at most 100
+iterations or a relative residual of 1e-5) restricted to each output's kept inputs (one (d_in x d_in) @ (d_in x d_out) product per iteration, compiled),
 on H dampened by 0.1% of its mean diagonal towards the dense weights (a ridge term that keeps the
 refit from over-fitting a few hundred examples; SparseGPT's 1% cost a fifth of the gain on
 scale-varying inputs, see tests/test_calibration.py). This is the layer-wise objective of SparseGPT/OBC, solved
@@ -19,8 +19,8 @@ from __future__ import annotations
 import functools
 
 DAMPENING = 1e-3
-ITERATIONS = 200
-TOLERANCE = 1e-6  # relative residual at which every output has converged
+ITERATIONS = 100
+TOLERANCE = 1e-5  # relative residual at which every output has converged
 
 
 def relative_error(w, w_dense, hessian) -> float:
@@ -39,26 +39,31 @@ def _cg_fn():
 
     @tf.function(reduce_retracing=True)
     def solve(h, b, keep, x0, iterations, tol):
+        """Conjugate gradients with a Jacobi (diagonal) preconditioner, one system per output column,
+        each restricted to that column's kept inputs."""
         keep = tf.cast(keep, tf.float32)
+        inv_diag = 1.0 / tf.linalg.diag_part(h)[:, None]
         x = x0 * keep
         r = (b - tf.matmul(h, x)) * keep
-        p = r
-        rs = tf.reduce_sum(r * r, axis=0)
+        z = r * inv_diag
+        p = z
+        rz = tf.reduce_sum(r * z, axis=0)
         stop = tol * tol * tf.maximum(tf.reduce_sum(b * b * keep, axis=0), 1e-30)
 
-        def cond(i, x, r, p, rs):
-            return tf.logical_and(i < iterations, tf.reduce_any(rs > stop))
+        def cond(i, x, r, p, rz):
+            return tf.logical_and(i < iterations, tf.reduce_any(tf.reduce_sum(r * r, axis=0) > stop))
 
-        def body(i, x, r, p, rs):
+        def body(i, x, r, p, rz):
             hp = tf.matmul(h, p) * keep
-            alpha = tf.math.divide_no_nan(rs, tf.reduce_sum(p * hp, axis=0))
+            alpha = tf.math.divide_no_nan(rz, tf.reduce_sum(p * hp, axis=0))
             x = x + alpha[None, :] * p
             r = r - alpha[None, :] * hp
-            new = tf.reduce_sum(r * r, axis=0)
-            p = r + tf.math.divide_no_nan(new, rs)[None, :] * p
+            z = r * inv_diag
+            new = tf.reduce_sum(r * z, axis=0)
+            p = z + tf.math.divide_no_nan(new, rz)[None, :] * p
             return i + 1, x, r, p, new
 
-        _, x, *_ = tf.while_loop(cond, body, (tf.constant(0), x, r, p, rs))
+        _, x, *_ = tf.while_loop(cond, body, (tf.constant(0), x, r, p, rz))
         return x * keep
 
     return solve

@@ -128,7 +128,11 @@ def prune_matrix(w, hessian, name: str, *, prune_count: int = 0, nm: tuple[int, 
         hessian = tf.linalg.set_diag(hessian, tf.concat([tf.linalg.diag_part(hessian)[:rows], tf.ones([pad])], 0))
         w = tf.pad(tf.cast(w, tf.float32), [[0, pad], [0, 0]])
     upper, _ = inverse_factor(hessian, name)
-    wt = tf.transpose(tf.cast(w, tf.float32))  # (d_out, d_in): the paper's layout
+    # an input that is zero on every calibration example contributes nothing: its weights go first
+    # (the paper's W[:, dead] = 0), rather than looking important through the H_jj = 1 put there
+    dead = tf.linalg.diag_part(tf.cast(hessian, tf.float32)) <= 0
+    w = tf.where(dead[:, None], tf.zeros_like(w), tf.cast(w, tf.float32))
+    wt = tf.transpose(w)  # (d_out, d_in): the paper's layout
     d_out, d_in = int(wt.shape[0]), int(wt.shape[1])
     size = d_in * d_out
     block = BLOCK if not m else max(m, (BLOCK // m) * m)

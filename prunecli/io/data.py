@@ -234,7 +234,7 @@ def read_feature_names(path) -> list[str]:
     import stat
 
     from prunecli.errors import ConfigError
-    from prunecli.io.paths import shown
+    from prunecli.messages import shown
 
     p = Path(path)
     try:
@@ -451,6 +451,24 @@ def _load_npz_multi(p: Path, arrays: dict, model, batch_size: int, val_split: fl
     )
 
 
+def files_read(data: str) -> dict[str, list[Path]]:
+    """Files `--data` reads besides itself, for io.paths.plan: the labels .npy beside x.npy and a
+    TFRecord's spec (an output must not overwrite them either)."""
+    p = Path(str(data))
+    if any(ch in str(data) for ch in "*?["):
+        return {}
+    out = []
+    if p.suffix == ".npy":
+        partner = npy_partner(p, "x", "y")
+        if partner is not None:
+            out.append(partner)
+    if p.is_file() and p.suffix in TFRECORD_SUFFIXES:
+        spec = find_spec(str(p))
+        if spec is not None:
+            out.append(spec)
+    return {"data": out} if out else {}
+
+
 def _load_npz(p: Path, model, batch_size: int, val_split: float, seed: int) -> Data:
     arrays = _read_npz(p)
     if _is_multi(model):
@@ -530,7 +548,7 @@ def _open_npy(path: Path):
 
     import numpy as np
 
-    from prunecli.io.paths import shown
+    from prunecli.messages import shown
 
     try:
         st = path.stat()

@@ -32,23 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prunecli.errors import ConfigError, DataError, ModelLoadError, OutputError, UsageError
+from prunecli.messages import shown
 
 STDOUT = "-"
 SWEEP_KINDS = ("json", "csv", "png", "md")
-
-
-def shown(path) -> str:
-    """A path for a one-line message: control characters (a newline could forge a second
-    `prunecli: error:` line) and undecodable bytes are escaped."""
-    text = os.fsdecode(path) if isinstance(path, bytes) else str(path)
-    return "".join(ch if ch.isprintable() and not 0xDC80 <= ord(ch) <= 0xDCFF else _escape(ch) for ch in text)
-
-
-def _escape(ch: str) -> str:
-    code = ord(ch)
-    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
-        return f"\\x{code - 0xDC00:02x}"
-    return ch.encode("unicode_escape").decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -122,27 +109,6 @@ def check_readable(path, role: str, error=DataError) -> None:
             raise error(f"{role} {shown(path)} is not a regular file (it is {what})")
 
 
-def _data_reads(data: str) -> list[Path]:
-    """The files `--data` names directly (a glob or folder is matched by the data loader)."""
-    if any(ch in data for ch in "*?["):
-        return []
-    p = Path(data)
-    out = [p]
-    if p.suffix == ".npy":
-        from prunecli.io.data import npy_partner
-
-        partner = npy_partner(p, "x", "y")
-        if partner is not None:
-            out.append(partner)
-    if p.is_file() and p.suffix in (".tfrecord", ".tfrecords", ".tfrec"):
-        from prunecli.io.data import find_spec
-
-        spec = find_spec(str(p))
-        if spec is not None:
-            out.append(spec)
-    return out
-
-
 def _check_write(role: str, path: Path, allow_special: bool) -> Target:
     """A write target: not a symbolic link, not a directory, a special file only in place."""
     lst = _lstat(path)
@@ -179,10 +145,17 @@ def _special_target(role: str, path: Path, st) -> Target:
             if exc.errno == errno.ENXIO:
                 raise OutputError(f"{role} {shown(path)} is a FIFO that nobody reads") from exc
             raise OutputError(f"cannot write {role} {shown(path)}: {exc.strerror}") from exc
-        os.close(fd)
+        # kept open until write_text: closing it now would give the reader its end of file
+        old = _held_fifos.pop(os.path.abspath(path), None)
+        if old is not None:
+            os.close(old)
+        _held_fifos[os.path.abspath(path)] = fd
     elif not os.access(path, os.W_OK):
         raise OutputError(f"{role} {shown(path)} is a device that is not writable")
     return Target(role, path, in_place=True)
+
+
+_held_fifos: dict[str, int] = {}  # FIFO outputs opened by plan(), written by write_text()
 
 
 def _name_max(folder: Path) -> int:
@@ -207,11 +180,15 @@ def plan(
     sweep_dir: str | os.PathLike | None = None,
     sweep_name: str | None = None,
     recipe: str | os.PathLike | None = None,
+    extra_reads: dict | None = None,
+    exports: dict | None = None,
 ) -> PathPlan:
     """Resolve and check every path of a run; raises a one-line error (exit 2, 3 or 5) or returns the plan.
 
     `output_model`: the resolved model output for `prune` (io.models.resolve_output's answer, or None
-    for plan/sweep); `sweep_dir`/`sweep_name`: the sweep's -o and --name; `recipe`: the -c file.
+    for plan/sweep); `sweep_dir`/`sweep_name`: the sweep's -o and --name; `recipe`: the -c file;
+    `extra_reads`: {role: [paths]} the data loader reads besides --data (io.data.files_read: the .npy
+    labels file, a TFRecord spec); `exports`: {format: path} (outputs.export.export_paths(output)).
     Checks, in order: reads are not special files; writes are not links, directories or (except
     report/markdown, in place) special files; no write is the same file as a read or another write
     (the model output may be the input model only with --force).
@@ -223,7 +200,9 @@ def plan(
         p.reads["model"] = [model]
     if config.data:
         check_readable(config.data, "data file", DataError)
-        p.reads["data"] = _data_reads(str(config.data))
+        p.reads["data"] = [] if any(ch in str(config.data) for ch in "*?[") else [Path(config.data)]
+    for role, paths in (extra_reads or {}).items():
+        p.reads.setdefault(role, []).extend(Path(x) for x in paths)
     if recipe:
         check_readable(recipe, "recipe", UsageError)
         p.reads["recipe"] = [Path(recipe)]
@@ -235,9 +214,7 @@ def plan(
         out = Path(output_model)
         p.writes["output"] = _check_write("output", out, allow_special=False)
         for fmt in config.export or ():
-            from prunecli.outputs.export import export_paths
-
-            target = export_paths(out).get(fmt)
+            target = (exports or {}).get(fmt)
             if target is not None:
                 is_dir = fmt == "savedmodel"
                 if not is_dir:
@@ -255,7 +232,8 @@ def plan(
             continue
         p.writes[role] = _check_write(role, Path(value), allow_special=True)
     if sweep_dir is not None:
-        check_sweep_name(sweep_name or "sweep")
+        sweep_name = "sweep" if sweep_name is None else sweep_name
+        check_sweep_name(sweep_name)
         folder = Path(sweep_dir)
         lst = _lstat(folder)
         if lst is not None and not stat.S_ISDIR(lst.st_mode):
@@ -263,7 +241,7 @@ def plan(
             if real is None or not stat.S_ISDIR(real.st_mode):
                 raise OutputError(f"sweep output folder {shown(folder)} exists and is not a folder")
         for kind in SWEEP_KINDS:
-            target = folder / f"{sweep_name or 'sweep'}.{kind}"
+            target = folder / f"{sweep_name}.{kind}"
             if _lstat(folder) is None:  # the folder is created later; its files cannot exist yet
                 p.writes[f"sweep {kind}"] = Target(f"sweep {kind}", target)
             else:
@@ -316,7 +294,10 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     st = _stat(target)
     if st is not None and _kind(st.st_mode) in ("a FIFO", "a device"):
         try:
-            fd = os.open(target, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+            fd = _held_fifos.pop(os.path.abspath(target), None)
+            if fd is None:
+                fd = os.open(target, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+            os.set_blocking(fd, True)  # a reader slower than us is waited for, not an error
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(text)
         except OSError as exc:
@@ -335,15 +316,20 @@ def all_or_nothing(targets):
     """For outputs that belong together (sweep's four files): yield {target: temp path}; on success
     rename them all, on any exception or Ctrl-C/SIGTERM remove every temporary file and every target
     already renamed in this block, so an interrupted run leaves none of them half-done."""
-    from prunecli.io.models import temp_name
+    from prunecli.io.models import remove_stale_temps, temp_name
 
     targets = [Path(t) for t in targets]
+    for t in targets:
+        remove_stale_temps(t)  # what runs killed with SIGKILL left
     temps = {t: t.parent / temp_name(t) for t in targets}
     done: list[Path] = []
     try:
         for tmp in temps.values():
             tmp.touch(exist_ok=False)
         yield temps
+        from prunecli import interrupts
+
+        interrupts.checkpoint()  # a signal swallowed earlier still stops the renames
         for t, tmp in temps.items():
             os.replace(tmp, t)
             done.append(t)

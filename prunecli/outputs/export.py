@@ -23,6 +23,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import time
 import warnings
 import zlib
 from pathlib import Path
@@ -43,9 +44,11 @@ def export_paths(out: Path) -> dict[str, Path]:
     }
 
 
-def run(model, out_path: Path, data, config, progress, timings) -> StepResult:
+def run(model, out_path: Path, data, config, progress, timings, baseline=None) -> StepResult:
     """Write every format in `config.export` beside the output model; the report's `export` section
-    has each file's sizes and how closely its outputs match the Keras model's."""
+    has each file's sizes, how closely its outputs match the Keras model's and, for TFLite, the
+    interpreter's latency at batch 1. With `baseline` (the masked model before --shrink), its float
+    TFLite conversion is timed too, so the speed-up of shrinking is measured where it is deployed."""
     from prunecli.io.models import file_sizes
 
     formats = list(dict.fromkeys(config.export))
@@ -69,6 +72,13 @@ def run(model, out_path: Path, data, config, progress, timings) -> StepResult:
                 tmp.write_bytes(content)
             entry = {"path": str(paths[fmt]), **file_sizes(paths[fmt]), **encoding}
             entry.update(compare_tflite(content, samples, expected, input_names), sample_source=sample_source)
+            entry["latency_ms_batch_1"] = tflite_latency_ms(content, samples)
+            if fmt == "tflite" and baseline is not None:
+                progress("timing the unshrunk model in TFLite")
+                reference = stage / "baseline_savedmodel"
+                write_savedmodel(baseline, reference)
+                baseline_content, _ = convert_tflite(reference, None, try_sparse=False)
+                entry["baseline_latency_ms_batch_1"] = tflite_latency_ms(baseline_content, samples)
             results[fmt] = entry
         if "savedmodel" in formats:
             check = _compare_savedmodel(saved, samples, expected, input_names)
@@ -322,6 +332,32 @@ def compare_tflite(content: bytes, samples, expected, input_names: list[str]) ->
     out_details = runner.get_output_details()
     got = [dequantize(result[k], out_details[k]) for k in sorted(result, key=_natural_key)]
     return _differences(got, expected, len(samples[0]))
+
+
+def tflite_latency_ms(content: bytes, samples, budget_s: float = 1.0, max_repeats: int = 50) -> float | None:
+    """Median wall time of one interpreter invocation on the first sample (batch 1), in milliseconds;
+    None when the flatbuffer's inputs cannot be fed from the samples."""
+    import numpy as np
+    import tensorflow as tf
+
+    with _quiet():
+        interpreter = tf.lite.Interpreter(model_content=content, num_threads=1)
+    details = interpreter.get_input_details()
+    if len(details) != len(samples):
+        return None
+    for detail, arr in zip(details, samples, strict=True):
+        interpreter.resize_tensor_input(detail["index"], [1, *arr.shape[1:]])
+    interpreter.allocate_tensors()
+    for detail, arr in zip(interpreter.get_input_details(), samples, strict=True):
+        interpreter.set_tensor(detail["index"], quantize(arr[:1], detail))
+    interpreter.invoke()  # warm-up
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_repeats and (len(times) < 5 or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        interpreter.invoke()
+        times.append(time.perf_counter() - t0)
+    return round(float(np.median(times)) * 1000.0, 4)
 
 
 def quantize(arr, detail):

@@ -297,7 +297,8 @@ def render_markdown(report: Report) -> str:
 def write_markdown(report: Report, path: str | Path) -> None:
     """Write render_markdown(report): atomically, or in place to a FIFO/device (io.paths.write_text)."""
     from prunecli.errors import OutputError
-    from prunecli.io.paths import shown, write_text
+    from prunecli.io.paths import write_text
+    from prunecli.messages import shown
 
     try:
         write_text(path, render_markdown(report))

@@ -53,14 +53,20 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
         from prunecli.structure import layer_removal
 
         state = state.after(layer_removal.run(state.model, state.data, state.task, config, say, timings))
+    elif kind == "head":
+        from prunecli.structure import heads
+
+        state = state.after(heads.run(state.model, state.data, state.task, config, say, timings))  # shrinks too
     elif config.schedule == "oneshot":
         state = state.after(steps.mask(state, say, timings))
-    if config.schedule == "oneshot" or kind in ("input", "layer"):
+    removes_at_once = kind in ("input", "layer", "head")  # these steps score, select and (with --shrink) remove
+    if config.schedule == "oneshot" or removes_at_once:
         state = state.after(steps.evaluate(state, "after_pruning", say, timings))
     if config.epochs > 0 or config.schedule != "oneshot":
         state = state.after(steps.finetune(state, say, timings))  # gradual schedules prune while they train
         state = state.after(steps.evaluate(state, "after_finetune", say, timings))
-    if config.shrink and kind not in ("input", "layer"):
+    masked_model = state.model  # before --shrink: the export step times it in TFLite beside the shrunk one
+    if config.shrink and not removes_at_once:
         from prunecli.structure import surgery
 
         state = state.after(
@@ -71,7 +77,8 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
     if config.export:
         from prunecli.outputs import export
 
-        state = state.after(export.run(state.model, out, state.data, config, say, timings))
+        baseline = masked_model if state.model is not masked_model else None
+        state = state.after(export.run(state.model, out, state.data, config, say, timings, baseline))
     state = state.after(StepResult(sections={"flops": flops.section(flops_before, flops.count(state.model))}))
     report = steps.build_report(state, out, timings, input_sizes)
     return PruneResult(report=report, model=state.model, masks=state.masks, output_path=out)

@@ -61,16 +61,14 @@ def pick_targets(model, config: PruneConfig) -> StepResult:
     found = [t for t in found if not policy.skipped_by_override(t, config)]
     notes = []
     if config.granularity.kind == "neuron":
-        # An output layer's units are the model's outputs (its classes): removing one changes what the
-        # model predicts, not how big it is. Kept unless the user names the layer with --include.
-        outputs = targets.output_layer_names(model)
-        kept = [t for t in found if t.layer_name in outputs and not targets.named_in(t, config.include)]
-        if kept:
-            notes.append(
-                f"output layer(s) {', '.join(sorted({t.layer_name for t in kept}))} not pruned by neuron "
-                "(their units are the model's outputs; --include them to prune anyway)"
-            )
-            found = [t for t in found if t not in kept]
+        # A unit whose channel reaches a model output through layers that do not mix channels is a
+        # class (or an output value): removing it changes what the model predicts. Kept unless --include.
+        found, output_notes = targets.without_output_units(model, found, config.include)
+        notes.extend(output_notes)
+        from prunecli.structure import transformer
+
+        found, ffn_notes = transformer.ffn_only(model, found, config.include)  # Transformers: FFN units only
+        notes.extend(ffn_notes)
     if not found:
         raise InputError(f"{config.model_path}: no prunable layers (after --include/--exclude)")
     return StepResult(targets=found, notes=tuple(notes))
@@ -112,6 +110,12 @@ def score_and_mask(model, targets, data, task, config: PruneConfig, progress: Pr
     with timings.phase("mask"):
         masks = policy.build_masks(list(targets), scores, strategy.level, config, model=model)
         kernels.apply_masks([t.variable for t in targets], [masks.masks[t.name] for t in targets])
+        if config.granularity.kind == "neuron":  # a pruned unit goes whole: bias, BN, PReLU, depthwise
+            from prunecli.structure import channels, surgery
+
+            masks.notes += surgery.fold_dead_constants(model, list(targets), masks.masks)
+            masks.followers = channels.follower_masks(model, list(targets), masks.masks)
+            channels.apply_follower_masks(masks.followers)
     masks.notes[:0] = notes
     return masks
 

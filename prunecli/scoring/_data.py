@@ -128,6 +128,61 @@ def _is_infinite(data) -> bool:
     return isinstance(data, tf.data.Dataset) and int(data.cardinality()) == int(tf.data.INFINITE_CARDINALITY)
 
 
+def accumulate(ctx, method: str, batch_fn, needs_labels: bool = False, then=None):
+    """Sum a statistic over the data: (total, batches), where total is the sum over batches of
+    then(batch_fn(x, y) summed over the batch's replicas).
+
+    batch_fn(x, y) returns a nest of tensors that are sums over the examples it is given (sum of
+    |activation|, count of positive outputs, positions read), or, for a statistic that is not linear
+    in the examples, the linear part: the gradient of the loss weighted by `distribute.global_share`
+    (the replica's mean loss times its share of the global batch), whose replica sum is the gradient
+    of the global batch's mean loss; `then` (abs, for |dL/dw|) is applied to that sum, per batch.
+
+    With ctx.extras["strategy"] a tf.distribute strategy other than the default one (MirroredStrategy,
+    MultiWorkerMirroredStrategy), each global batch is split over the replicas and workers and their
+    sums are all-reduced, so every worker gets the statistic of the whole data, equal to the
+    single-device one up to float summation order. Otherwise batch_fn runs as one compiled step
+    (`compile_step`), on one device. Memory: one batch's activations and gradients plus the totals.
+    """
+    import tensorflow as tf
+
+    require_data(ctx, method)
+    if ctx.max_batches is not None and ctx.max_batches < 1:
+        raise ConfigError(f"score_batches must be >= 1, got {ctx.max_batches}")
+    total_batches = _batch_count(ctx)
+    if total_batches is None and _is_infinite(ctx.data):
+        raise ConfigError(f"method {method!r}: the data never ends; cap it with --score-batches")
+    strategy = ctx.extras.get("strategy")
+    from prunecli.training import distribute
+
+    if strategy is None or distribute.is_default(strategy):
+        data = ctx.data
+        step = compile_step(lambda x, y: batch_fn(x, y) if then is None else then(batch_fn(x, y)), ctx)
+    else:
+        if not isinstance(ctx.data, tf.data.Dataset):
+            raise ConfigError(f"method {method!r}: scoring across replicas needs a tf.data dataset")
+        data = distribute.distribute_batches(strategy, ctx.data)
+
+        @tf.function
+        def step(x, y):
+            batch = distribute.reduce_sum(strategy, strategy.run(batch_fn, args=(x, y)))
+            return batch if then is None else then(batch)
+
+    total, count = None, 0
+    with progress(ctx, f"scoring ({method})", total_batches) as advance:
+        for batch in itertools.islice(data, ctx.max_batches):
+            x, y = _split(batch)
+            if needs_labels and y is None:
+                raise DataError(f"method {method!r} needs labels: the data must yield (x, y) batches")
+            part = step(x, y)
+            total = part if total is None else tf.nest.map_structure(tf.add, total, part)
+            count += 1
+            advance(1)
+    if count == 0:
+        raise DataError(f"method {method!r}: the data yielded no batches")
+    return total, count
+
+
 def check_finite(scores: dict, method: str) -> dict:
     import tensorflow as tf
 

@@ -20,18 +20,19 @@ def _unit_statistic(targets, ctx, method: str, per_value) -> dict:
     _data.require_data(ctx, method)
     reader, plan = _data.unit_outputs(ctx.model, targets, method)
     n_outputs = len(reader.outputs)
-    sums = [tf.Variable(tf.zeros([int(o.shape[-1])], tf.float32), trainable=False) for o in reader.outputs]
-    positions = [tf.Variable(0.0, trainable=False) for _ in reader.outputs]
 
-    def step(x, _y):
+    def batch_sums(x, _y):
+        """Per output: the sum of per_value over this batch's positions, per channel, and their count."""
         outs = reader(x, training=False)
         outs = [outs] if n_outputs == 1 and not isinstance(outs, (list, tuple)) else outs
-        for out, total, count in zip(outs, sums, positions, strict=True):
-            values = tf.reshape(per_value(tf.cast(out, tf.float32)), [-1, total.shape[0]])
-            total.assign_add(tf.reduce_sum(values, axis=0))
-            count.assign_add(tf.cast(tf.shape(values)[0], tf.float32))
+        totals, counts = [], []
+        for out in outs:
+            values = tf.reshape(per_value(tf.cast(out, tf.float32)), [-1, int(out.shape[-1])])
+            totals.append(tf.reduce_sum(values, axis=0))
+            counts.append(tf.cast(tf.shape(values)[0], tf.float32))
+        return totals, counts
 
-    _data.run_batches(ctx, method, _data.compile_step(step, ctx))
+    (sums, positions), _ = _data.accumulate(ctx, method, batch_sums)
     scores = {}
     for t, (index, multiplier) in zip(targets, plan, strict=True):
         per_channel = sums[index] / positions[index]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from prunecli.scoring import _data
 from prunecli.scoring.registry import register
+from prunecli.training import distribute
 
 
 def mean_abs_gradients(targets, ctx, method: str) -> dict:
@@ -21,18 +22,21 @@ def mean_abs_gradients(targets, ctx, method: str) -> dict:
     loss_fn = _data.loss_function(ctx, method)
     model = ctx.model
     weights = [getattr(t.variable, "value", t.variable) for t in targets]  # the tf.Variable under a Keras one
-    sums = [tf.Variable(tf.zeros(t.shape, tf.float32), trainable=False) for t in targets]
 
-    def step(x, y):
+    def batch_gradients(x, y):
+        """This replica's part of the gradient of the global batch's mean loss (all of it on one device)."""
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             for w in weights:
                 tape.watch(w)
-            loss = tf.reduce_mean(tf.cast(loss_fn(y, model(x, training=False)), tf.float32))
+            losses = loss_fn(y, model(x, training=False))
+            loss = distribute.global_mean_part(losses, tf.shape(tf.nest.flatten(x)[0])[0])
         grads = tape.gradient(loss, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        for total, g in zip(sums, grads, strict=True):
-            total.assign_add(tf.abs(tf.cast(g, tf.float32)))
+        return [tf.cast(g, tf.float32) for g in grads]
 
-    batches = _data.run_batches(ctx, method, _data.compile_step(step, ctx), needs_labels=True)
+    # |.| is taken of each global batch's gradient, after the replicas' parts are summed
+    sums, batches = _data.accumulate(
+        ctx, method, batch_gradients, needs_labels=True, then=lambda gs: [tf.abs(g) for g in gs]
+    )
     return {t.name: total / batches for t, total in zip(targets, sums, strict=True)}
 
 

@@ -19,6 +19,11 @@ from prunecli.selection import policy
 
 CHUNK_ELEMENTS = 8 << 20  # 8M scores: 32 MiB of float32 per chunk, a few selection calls per model
 
+# Methods whose scores for a target depend on that target's weights only, so they can be computed a
+# chunk at a time (`random` seeds each tensor by its position in the list, and data-driven methods read
+# the data once for all targets: both are scored once, then masked chunk by chunk from those scores).
+PER_LAYER_METHODS = ("magnitude", "l1-norm", "l2-norm", "neuron-mean")
+
 
 def chunks(targets: list, limit: int = CHUNK_ELEMENTS) -> list[list]:
     """Consecutive runs of targets holding at most `limit` weights each (a larger tensor goes alone)."""

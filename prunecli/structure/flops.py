@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from prunecli.structure import keras_graph, layers
+from prunecli.structure import keras_graph, layers, transformer  # noqa: F401  (transformer registers KerasHub block costs)
 
 UNIT = "multiply-adds per example"
 

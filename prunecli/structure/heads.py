@@ -18,10 +18,13 @@ mean |w| over the unit's slices; `l2-norm`: their L2 norm; `random`: seeded; `ta
 and `gradient`: sum |dL/dw| over the slices, accumulated over `--score-batches` batches of `--data`
 (Molchanov et al. 2019, applied to heads as in Michel et al.'s head-importance score).
 
-`--shrink` rebuilds keras.layers.MultiHeadAttention layers of a functional model with fewer heads.
-KerasHub's layers compute the head size as hidden_dim // num_heads when they build, so a config with
-fewer heads would change the head size as well: their heads are masked (exactly zero, held while
-fine-tuning), not deleted, and the notes say so.
+`--shrink` rebuilds keras.layers.MultiHeadAttention layers of a functional model with fewer heads,
+and KerasHub's TransformerEncoder blocks (BERT, RoBERTa, DistilBERT... backbones) as
+HeadPrunedTransformerEncoder (structure/transformer.py): KerasHub computes the head size as
+hidden_dim // num_heads when a block builds, which a config with fewer heads would change. Other
+KerasHub blocks (Llama/Qwen/Mistral decoders, grouped-query attention) derive it the same way inside
+their own attention classes: their heads are masked (exactly zero, held while fine-tuning), not
+deleted, and the notes say so. The shrunk model is a plain functional keras.Model.
 """
 
 from __future__ import annotations
@@ -247,29 +250,36 @@ def apply(masks: dict[str, Any], layers: list[HeadLayer]) -> None:
                 part.variable.assign(np.where(m, np.asarray(part.variable), 0).astype(part.variable.dtype))
 
 
-def _smaller_attention(hl: HeadLayer, removed_units: list[int]):
-    """A MultiHeadAttention like hl.layer with only the kept heads, and the weights it must get
-    (assigned once the rebuilt graph has built it)."""
+def _smaller_layer(hl: HeadLayer, removed_units: list[int]):
+    """The replacement of hl.owner with only the kept heads, and its weights by variable path
+    (assigned once the rebuilt graph has built it). A plain MultiHeadAttention is rebuilt from its
+    config with num_heads = kept; a KerasHub TransformerEncoder becomes HeadPrunedTransformerEncoder."""
     import numpy as np
 
-    layer = hl.layer
+    from prunecli.structure import transformer
+
+    owner = hl.owner
     kept_units = [u for u in range(hl.units) if u not in set(removed_units)]
-    config = layer.get_config()
+    config = owner.get_config()
     config["num_heads"] = len(hl.heads_of(kept_units))
-    new = type(layer).from_config(config)
+    if owner is hl.layer:
+        new = type(owner).from_config(config)
+    else:
+        config["key_dim"] = int(hl.layer._key_dim)
+        new = transformer.register_hub_layers()["TransformerEncoder"].from_config(config)
     by_id = {id(p.variable): p for p in hl.parts}
-    values = []
-    for v in layer.weights:
+    values = {}
+    for v in owner.weights:
         arr = np.asarray(v)
         part = by_id.get(id(v))
         if part is not None:
             arr = np.take(arr, hl.slice_index(part, kept_units), axis=part.axis)
-        values.append(arr)
+        values[str(v.path)] = arr
     return new, values
 
 
 def shrink(model, layers: list[HeadLayer], removed: dict[str, list[int]]):
-    """A new functional model whose plain MultiHeadAttention layers have only their kept heads.
+    """A new functional model whose attention layers have only their kept heads.
     Layers with a shrink_blocker (and layers with nothing removed) are left as they are."""
     from prunecli.structure import layer_removal
 
@@ -278,24 +288,63 @@ def shrink(model, layers: list[HeadLayer], removed: dict[str, list[int]]):
         gone = removed.get(hl.path, [])
         if not gone or hl.shrink_blocker is not None:
             continue
-        new, values = _smaller_attention(hl, gone)
-        replace[id(hl.layer)] = new
+        new, values = _smaller_layer(hl, gone)
+        replace[id(hl.owner)] = new
         fill.append((new, values))
     if not replace:
         return model
     rebuilt = layer_removal.rebuild(model, replace=replace)
     for new, values in fill:
-        if len(new.weights) != len(values):
+        paths = [str(w.path) for w in new.weights]
+        if sorted(paths) != sorted(values):
             raise InputError(f"rebuilt attention layer {new.name!r} has an unexpected set of weights")
-        new.set_weights(values)
+        new.set_weights([values[p] for p in paths])
     return layer_removal.detach(rebuilt)
 
 
+def example_inputs(model, batch: int = 16, sample_x=None, seed: int = 0):
+    """Inputs for the shrink check, in the structure the model takes (a dict for KerasHub backbones):
+    the run's data when given, else seeded values: token ids in [0, 10) for an integer input named like
+    token ids, [0, 2) for other integer inputs (segment ids), ones for a mask, standard normal for float ones; open lengths become 8 (short enough
+    for any position embedding)."""
+    import numpy as np
+
+    if sample_x is not None:
+        return sample_x
+    rng = np.random.default_rng(seed)
+    names = [getattr(t, "name", "") or "" for t in model.inputs]
+    values = []
+    for t, name in zip(model.inputs, names, strict=True):
+        shape = (batch,) + tuple(8 if d is None else int(d) for d in t.shape[1:])
+        if "int" in str(t.dtype) or "bool" in str(t.dtype):
+            high = 10 if "token" in name or name == "ids" else 2  # segment ids and the like: 2 values
+            v = np.ones(shape) if "mask" in name else rng.integers(0, high, size=shape)
+            values.append(v.astype(str(t.dtype)))
+        else:
+            values.append(rng.standard_normal(shape).astype(str(t.dtype)))
+    from prunecli.structure.keras_graph import input_structure
+
+    struct = input_structure(model)
+    if isinstance(struct, dict):
+        by_name = dict(zip(names, values, strict=True))
+        return {
+            key: by_name.get(getattr(t, "name", key), v) for (key, t), v in zip(struct.items(), values, strict=True)
+        }
+    return values if len(values) > 1 else values[0]
+
+
 def verify(reference, candidate, xs) -> dict:
-    """Largest difference between the masked and the shrunk model on these inputs."""
+    """Largest difference between the masked and the shrunk model on these inputs (any structure)."""
+    import numpy as np
+    from keras import tree
+
     from prunecli.structure import surgery
 
-    result = surgery.compare(reference, candidate, xs)
+    ref = [np.asarray(a, dtype=np.float64) for a in tree.flatten(reference(xs, training=False))]
+    got = [np.asarray(a, dtype=np.float64) for a in tree.flatten(candidate(xs, training=False))]
+    max_abs = max(float(np.max(np.abs(a - b))) for a, b in zip(ref, got, strict=True))
+    scale = max(float(np.max(np.abs(a))) for a in ref)
+    result = {"max_abs_diff": max_abs, "max_rel_diff": max_abs / scale if scale > 0 else max_abs}
     if result["max_rel_diff"] > MAX_RELATIVE_DIFF:
         raise surgery.ShrinkVerificationError(
             f"the model with heads removed differs from the masked model by {result['max_rel_diff']:.3g} "
@@ -432,13 +481,11 @@ def run_heads(model, targets, config, *, data=None, loss_fn=None, sample_x=None,
         if hl.path in blocked:
             notes.append(f"heads of {hl.path} masked, not deleted: {hl.shrink_blocker}")
     say("rebuilding attention layers with fewer heads")
-    from prunecli.structure import surgery
 
     new = shrink(model, found, removed)
     if new is model:
         return model, kernel_masks, section, notes
-    xs = surgery.example_inputs(model, 16, sample_x, config.seed)
-    section["verification"] = verify(model, new, xs)
+    section["verification"] = verify(model, new, example_inputs(model, 16, sample_x, config.seed))
     for row in section["layers"]:
         row["deleted"] = row["layer"] not in blocked and bool(row["removed_heads"])
     new_targets = targets_mod.select(new, config.include, config.exclude)

@@ -104,6 +104,11 @@ def all_layers(model) -> list:
     return list(model._flatten_layers())
 
 
+def input_structure(model):
+    """The nested structure the model's inputs were declared in (a dict for named inputs), or None."""
+    return getattr(model, "_inputs_struct", None)
+
+
 def pack_like(model, which: str, flat: list):
     """`flat` tensors packed in the nested structure of the model's inputs or outputs (`which`)."""
     from keras import tree

@@ -226,9 +226,11 @@ SOFTMAX_LIKE = {"Softmax"}
 
 
 def _is_layer(op) -> bool:
+    """A layer of Keras 3 or of tf_keras (the tfmot engine walks tf_keras models); a Keras 3
+    operation that is not a layer (keras.ops.add in a functional graph) is not one."""
     import keras
 
-    return isinstance(op, keras.layers.Layer)
+    return isinstance(op, keras.layers.Layer) or not isinstance(op, keras.Operation)
 
 
 def spec(layer) -> LayerSpec:

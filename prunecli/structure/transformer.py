@@ -118,7 +118,9 @@ def _describe(layer, path: str, owner, target_names: dict) -> HeadLayer | None:
         if b_axis is not None and bias is not None and len(bias.shape) == 2 and int(bias.shape[b_axis]) == want:
             parts.append(Part(target_names.get(id(bias), _var_path(bias)), bias, b_axis, role))
     blocker = None
-    if layer is not owner:
+    if layer is not owner and not (
+        type(owner).__name__ in HUB_ENCODERS and getattr(owner, "_self_attention_layer", None) is layer
+    ):
         blocker = f"inside {type(owner).__name__} {owner.name!r}, which derives its head size from num_heads"
     elif type(layer).__name__ not in ("MultiHeadAttention", "CachedMultiHeadAttention"):
         blocker = f"{type(layer).__name__} is not keras.layers.MultiHeadAttention"
@@ -398,3 +400,79 @@ def register_layers() -> None:
 
 
 register_layers()
+
+
+# ---------------------------------------------------------------------------------------------------
+# KerasHub encoders with fewer heads
+
+# KerasHub encoder blocks whose self-attention `--shrink` can rebuild with fewer heads: their config
+# sets num_heads and they compute key_dim = hidden_dim // num_heads, so the rebuilt block is
+# HeadPrunedTransformerEncoder, which takes the original key_dim from its own config.
+HUB_ENCODERS = ("TransformerEncoder", "HeadPrunedTransformerEncoder")
+_HUB_CLASSES: dict[str, Any] = {}
+
+
+def register_hub_layers() -> dict[str, Any]:
+    """Define and register (once) prunecli's KerasHub block subclasses; {} without keras-hub.
+
+    Call it before loading a model prunecli shrank from a KerasHub backbone (its file names
+    `prunecli>HeadPrunedTransformerEncoder`)."""
+    if _HUB_CLASSES:
+        return _HUB_CLASSES
+    try:
+        import keras_hub
+    except ImportError:
+        return {}
+    import keras
+
+    @keras.saving.register_keras_serializable(package="prunecli")
+    class HeadPrunedTransformerEncoder(keras_hub.layers.TransformerEncoder):
+        """keras_hub.layers.TransformerEncoder with `num_heads` heads of `key_dim` each: the encoder
+        derives key_dim = hidden_dim // num_heads, which is wrong once heads were removed."""
+
+        def __init__(self, key_dim, **kwargs):
+            super().__init__(**kwargs)
+            self.key_dim = int(key_dim)
+
+        def build(self, inputs_shape):
+            super().build(inputs_shape)
+            old = self._self_attention_layer  # built with the derived key_dim: forget it
+            self._tracker.untrack(old)
+            del self._self_attention_layer
+            attention = keras.layers.MultiHeadAttention(
+                num_heads=self.num_heads,
+                key_dim=self.key_dim,
+                dropout=self.dropout,
+                kernel_initializer=keras.initializers.get(self.kernel_initializer),
+                bias_initializer=keras.initializers.get(self.bias_initializer),
+                dtype=self.dtype_policy,
+                name="self_attention_layer",
+            )
+            attention.build(query_shape=inputs_shape, value_shape=inputs_shape)
+            self._self_attention_layer = attention
+
+        def get_config(self):
+            return {**super().get_config(), "key_dim": self.key_dim}
+
+    _HUB_CLASSES["TransformerEncoder"] = HeadPrunedTransformerEncoder
+    return _HUB_CLASSES
+
+
+def register_for_file(path) -> bool:
+    """Before loading a .keras file: when its config names KerasHub classes or prunecli's
+    HeadPrunedTransformerEncoder, import keras-hub and register our subclasses (Keras finds a
+    class only once its package was imported). Returns whether the file needs keras-hub."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            text = archive.read("config.json").decode("utf-8", "replace")
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return False
+    if "keras_hub" not in text and "HeadPrunedTransformerEncoder" not in text:
+        return False
+    if not register_hub_layers():
+        from prunecli.errors import InputError
+
+        raise InputError(f"{path} holds KerasHub layers: pip install 'prunecli[hub]'")
+    return True

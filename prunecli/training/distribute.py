@@ -101,8 +101,19 @@ def describe(strategy) -> dict:
     return info
 
 
-def is_chief(strategy) -> bool:
-    """Whether this process should write the outputs: always, except for non-chief multi-worker tasks."""
+def is_chief(strategy=None) -> bool:
+    """Whether this process writes the outputs (model, report, exports): always, except for the
+    non-chief tasks of a multi-worker cluster.
+
+    The chief is the task of type "chief", or worker 0 when the cluster names no chief (Keras's and
+    TensorFlow's convention). With a strategy, its cluster resolver says which task this is; without
+    one, the MultiWorkerMirroredStrategy this process created (if any), else nothing: a process that
+    runs no multi-worker strategy writes its outputs whatever TF_CONFIG says.
+    """
+    if strategy is None:
+        strategy = _created.get("multiworker")
+        if strategy is None:
+            return True
     resolver = getattr(strategy, "cluster_resolver", None)
     task_type = getattr(resolver, "task_type", None)
     if not task_type:
@@ -110,6 +121,14 @@ def is_chief(strategy) -> bool:
     return task_type == "chief" or (
         task_type == "worker" and int(resolver.task_id) == 0 and "chief" not in resolver.cluster_spec().as_dict()
     )
+
+
+def non_chief_note(strategy=None) -> str:
+    """The one line a non-chief worker prints instead of writing (it exits 0: its work was the all-reduce)."""
+    strategy = strategy if strategy is not None else _created.get("multiworker")
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task = f"{getattr(resolver, 'task_type', 'worker')} {getattr(resolver, 'task_id', '?')}"
+    return f"{task} is not the chief: the chief writes the model, the report and the exports"
 
 
 # ---------------------------------------------------------------- the replicated model
@@ -203,6 +222,23 @@ def global_share(local_count):
     local = tf.cast(local_count, tf.float32)
     total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, local)
     return local / tf.maximum(total, 1.0)
+
+
+def global_mean_part(losses, local_count):
+    """Inside a replica: its part of the global batch's mean loss, sum(its losses) / global count.
+
+    Summed over the replicas (and so are its gradients) this is the mean loss of the whole global
+    batch; on one device it is the batch mean. A replica that got no examples of a short last batch
+    contributes 0 (a mean of its empty share would be NaN). `losses` may be per example, or already
+    a mean (a scalar), which stands for local_count equal losses.
+    """
+    import tensorflow as tf
+
+    local = tf.cast(local_count, tf.float32)
+    losses = tf.cast(losses, tf.float32)
+    loss_sum = tf.reduce_sum(losses) if losses.shape.rank else losses * local
+    total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, local)
+    return loss_sum / tf.maximum(total, 1.0)
 
 
 def reduce_sum(strategy, per_replica):

@@ -17,6 +17,7 @@ large comes back. At the end of the ramp the masks are frozen and training conti
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -71,6 +72,11 @@ def run(job: FineTuneJob) -> StepResult:
 
 def _run(s: FineTuneJob, strategy) -> StepResult:
     c = s.config
+    if not distribute.is_default(strategy) and getattr(s.masks, "followers", None):
+        from prunecli.structure import channels
+
+        # the mirrored copy has its own bias/BN variables: the followers' masks must point at them
+        s.masks = dataclasses.replace(s.masks, followers=channels.follower_masks(s.model, s.targets, s.masks.masks))
     with strategy.scope():  # the optimizer binds to the strategy it is made under; masks, slots: per replica
         optimizer, optimizer_info = make_optimizer(c, s.compiled_optimizer)
         trainer = Trainer(s, optimizer, dense_shadow=c.schedule == "dynamic", strategy=strategy)
@@ -281,6 +287,13 @@ class Trainer:
             )
             for i, t in enumerate(self.targets)
         ]
+        # the per-channel parameters that follow a pruned unit (bias, BN, PReLU, depthwise): held at 0 too
+        followers = list(getattr(s.masks, "followers", None) or [])
+        self.followers = [v for v, _ in followers]
+        self.follower_keep = [
+            tf.Variable(tf.constant(keep, tf.bool), trainable=False, name=f"follower_mask_{i}")
+            for i, (_, keep) in enumerate(followers)
+        ]
         held = [t.variable for t in self.targets]
         shadow_of = {}  # dense copies (not views: keras.Variable(v.value) would share v's storage)
         if dense_shadow:
@@ -333,6 +346,8 @@ class Trainer:
             out = self.strategy.run(replica_step, args=(x, y))
             for v, source, mask in zip(held, sources, self.masks, strict=True):  # on every replica
                 v.assign(tf.where(mask, source, tf.zeros_like(v)))
+            for v, keep in zip(self.followers, self.follower_keep, strict=True):
+                v.assign(tf.where(keep, v, tf.zeros_like(v)))
             return distribute.reduce_sum(self.strategy, out)
 
         def eval_step(x, y):
@@ -386,6 +401,9 @@ class Trainer:
             new = tf.cast(mask_set.masks[t.name], tf.bool)
             self.regrown += int(tf.math.count_nonzero(tf.logical_and(new, tf.logical_not(mask))))
             mask.assign(new)
+        kept = {id(v): keep for v, keep in getattr(mask_set, "followers", None) or []}
+        for v, keep in zip(self.followers, self.follower_keep, strict=True):
+            keep.assign(tf.cast(kept[id(v)], tf.bool) if id(v) in kept else tf.ones(v.shape, tf.bool))
 
     def mask_sparsity(self) -> float:
         import tensorflow as tf
@@ -422,7 +440,7 @@ def _set_lr_schedule(optimizer, config: PruneConfig, data) -> str:
 
     wanted = getattr(config, "lr_schedule", "constant")
     start = _learning_rate(optimizer)
-    if start is None:
+    if start is None or callable(getattr(optimizer, "_learning_rate", None)):  # a schedule from the model's file
         return "model"
     if wanted != "cosine":
         return "constant"

@@ -272,7 +272,13 @@ def run_process(case: dict, places: dict) -> dict:
         out, err, code = "", "", None
     stderr = "".join(seen) + (err or "")
     found = problems(case, p, code, out or "", stderr, before, None)
-    return {"id": case["id"], "exit": code, "problems": found, "seconds": time.perf_counter() - start, "stderr": stderr[-400:]}
+    return {
+        "id": case["id"],
+        "exit": code,
+        "problems": found,
+        "seconds": time.perf_counter() - start,
+        "stderr": stderr[-400:],
+    }
 
 
 if __name__ == "__main__":

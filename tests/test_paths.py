@@ -1,0 +1,154 @@
+"""io.paths: every write checked against every read and every other write; special files and links
+are never replaced; names and messages (issue 18). Pure Python: no TensorFlow here."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from prunecli.config import build_config
+from prunecli.errors import ConfigError, DataError, OutputError
+from prunecli.io import paths
+from prunecli.io.models import atomic_path, temp_name
+from prunecli.messages import shown
+
+
+@pytest.fixture
+def files(tmp_path):
+    for name in ("m.keras", "d.npz", "r.yaml", "names.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    return tmp_path
+
+
+def _config(files, **cli):
+    return build_config({"model_path": str(files / "m.keras"), **cli}, environ={})
+
+
+@pytest.mark.parametrize(
+    "option, target, message",
+    [
+        ("report", "m.keras", "would overwrite the input"),
+        ("report", "d.npz", "would overwrite the data file"),
+        ("markdown", "r.yaml", "would overwrite the recipe"),
+        ("markdown", "names.txt", "would overwrite the feature names file"),
+        ("report", "out.keras", "output and report are the same file"),
+    ],
+)
+def test_a_write_onto_a_read_or_another_write_is_refused(files, option, target, message):
+    c = _config(
+        files, data=str(files / "d.npz"), feature_names=str(files / "names.txt"), **{option: str(files / target)}
+    )
+    with pytest.raises(OutputError, match=message):
+        paths.plan(c, output_model=files / "out.keras", recipe=files / "r.yaml")
+
+
+def test_hard_links_and_other_spellings_are_the_same_file(files):
+    os.link(files / "d.npz", files / "alias.npz")
+    (files / "sub").mkdir()
+    c = _config(files, data=str(files / "d.npz"), report=str(files / "alias.npz"))
+    with pytest.raises(OutputError, match="data file"):
+        paths.plan(c, output_model=files / "o.keras")
+    c = _config(files, report=str(files / "sub" / ".." / "m.keras"))
+    with pytest.raises(OutputError, match="input"):
+        paths.plan(c, output_model=files / "o.keras")
+
+
+def test_force_lets_only_the_model_output_replace_the_input(files):
+    c = _config(files, force=True)
+    assert paths.plan(c, output_model=files / "m.keras").write("output") == files / "m.keras"
+    c = _config(files, force=True, report=str(files / "m.keras"))
+    with pytest.raises(OutputError, match="would overwrite the input"):
+        paths.plan(c, output_model=files / "o.keras")
+
+
+def test_links_are_never_replaced_or_written_through(files):
+    os.symlink(files / "names.txt", files / "link.json")
+    c = _config(files, report=str(files / "link.json"))
+    with pytest.raises(OutputError, match="symbolic link"):
+        paths.plan(c, output_model=files / "o.keras")
+    assert (files / "link.json").is_symlink() and (files / "names.txt").read_bytes() == b"x"
+
+
+def test_a_fifo_without_reader_is_refused_at_once_and_one_with_a_reader_is_written_in_place(files):
+    fifo = files / "pipe.json"
+    os.mkfifo(fifo)
+    c = _config(files, report=str(fifo))
+    with pytest.raises(OutputError, match="nobody reads"):
+        paths.plan(c, output_model=files / "o.keras")
+
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    for _ in range(200):  # the reader's open() must come first, or the writer would see no reader
+        try:
+            plan = paths.plan(c, output_model=files / "o.keras")
+            break
+        except OutputError:
+            threading.Event().wait(0.01)
+    assert plan.writes["report"].in_place
+    paths.write_text(fifo, '{"ok": true}\n')
+    reader.join(5)
+    assert json.loads(got[0]) == {"ok": True}
+    assert fifo.is_fifo()
+
+
+def test_dev_null_is_written_in_place_and_never_replaced():
+    target = Path("/dev/null")
+    if not target.exists():
+        pytest.skip("no /dev/null")
+    paths.write_text(target, "report\n")
+    assert target.is_char_device()
+
+
+def test_special_files_as_inputs_are_refused_not_read(files):
+    os.mkfifo(files / "fifo.npz")
+    with pytest.raises(DataError, match="not a regular file"):
+        paths.plan(_config(files, data=str(files / "fifo.npz")))
+
+
+@pytest.mark.parametrize("name", ["../x", "../../escaped", "a/b", "..", ".", "", "bad\nname"])
+def test_a_sweep_name_is_a_file_name(files, name):
+    with pytest.raises(ConfigError, match="plain file name"):
+        paths.plan(_config(files), sweep_dir=files / "sw", sweep_name=name)
+
+
+def test_messages_escape_newlines_and_undecodable_bytes():
+    assert shown("a\nprunecli: error: fake") == "a\\nprunecli: error: fake"
+    assert shown(os.fsdecode(b"model_\xff.keras")) == "model_\\xff.keras"
+
+
+def test_a_242_byte_name_gets_a_temporary_name_within_the_limit(tmp_path):
+    target = tmp_path / ("n" * 236 + ".keras")
+    assert len(target.name) == 242
+    assert len(temp_name(target)) <= 255
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"model")
+    assert target.read_bytes() == b"model"
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_all_or_nothing_leaves_none_of_the_files_after_an_interrupt(tmp_path):
+    targets = [tmp_path / f"sweep.{kind}" for kind in ("json", "csv", "png", "md")]
+    with pytest.raises(KeyboardInterrupt):
+        with paths.all_or_nothing(targets) as temps:
+            for t in targets[:2]:
+                temps[t].write_text("half")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+    with paths.all_or_nothing(targets) as temps:
+        for t in targets:
+            temps[t].write_text(t.suffix)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(t.name for t in targets)
+
+
+def test_the_report_is_valid_json_with_null_for_nan():
+    from prunecli.outputs.report import Report
+
+    report = Report(settings={"lr": float("inf")}, input={}, metrics={"after": {"loss": float("nan")}})
+    text = report.to_json()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text)["metrics"]["after"]["loss"] is None
