@@ -591,7 +591,7 @@ OPTIMIZER_FLAGS = ("nesterov", "amsgrad", "centered", "use_ema")
 
 def parse_optimizer(text: str) -> tuple[str, dict]:
     """'sgd' or 'sgd:momentum=0.9,nesterov=true' -> ('sgd', {'momentum': 0.9, 'nesterov': True}).
-    (The same parse as training.finetune.parse_optimizer, here so config stays free of training.)"""
+    Config validation checks the options with it; fine-tuning builds the optimizer from it."""
     import yaml
 
     name, _, rest = str(text).partition(":")

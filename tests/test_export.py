@@ -170,3 +170,26 @@ def test_directory_in_the_way_of_a_file_is_an_output_error(tmp_path):
     target.mkdir()
     with pytest.raises(OutputError, match="is a directory"), export._atomic_file(target):
         pass
+
+
+def test_shrunk_tflite_is_timed_beside_the_unshrunk_one(cli, example_model, tmp_path):
+    """--shrink with --export tflite: the interpreter's batch-1 latency of the shrunk and the masked model."""
+    out = tmp_path / "small.keras"
+    result = cli(
+        "prune",
+        example_model,
+        "-g",
+        "neuron",
+        "-s",
+        "0.5",
+        "--shrink",
+        "--export",
+        "tflite",
+        "-o",
+        out,
+        "--report",
+        "-",
+    )
+    assert result.exit_code == 0, result.output
+    entry = json.loads(result.stdout)["export"]["tflite"]
+    assert entry["latency_ms_batch_1"] > 0 and entry["baseline_latency_ms_batch_1"] > 0

@@ -217,7 +217,8 @@ def test_iterative_rounds_are_spread_over_steps_not_epochs():
 
 
 def test_optimizer_option_parsing_and_errors():
-    from prunecli.training.finetune import make_optimizer, parse_optimizer
+    from prunecli.config import parse_optimizer
+    from prunecli.training.finetune import make_optimizer
 
     assert parse_optimizer("sgd:momentum=0.9, nesterov=true") == ("sgd", {"momentum": 0.9, "nesterov": True})
     opt, info = make_optimizer(PruneConfig(optimizer="sgd:momentum=0.8", learning_rate=0.2))

@@ -13,7 +13,7 @@ from prunecli.config import build_config
 from prunecli.errors import ConfigError, DataError
 
 UNIT_METHODS = {"neuron-mean", "l1-norm", "l2-norm", "activation", "apoz"}
-DATA_METHODS = {"activation", "apoz", "gradient", "taylor"}
+DATA_METHODS = {"activation", "apoz", "gradient", "taylor", "wanda", "sparsegpt"}
 
 
 def tiny_cnn(seed: int = 0):

@@ -122,8 +122,36 @@ def score_and_mask(model, targets, data, task, config: PruneConfig, progress: Pr
 
 def mask(state: RunState, progress: Progress, timings: Timings) -> StepResult:
     """The one-shot pruning step: score, select and apply, at the configured sparsity."""
+    if scoring.get(state.config.method).calibrated or state.config.reconstruct:
+        return calibrated_mask(state, progress, timings)
     masks = score_and_mask(state.model, state.targets, state.data, state.task, state.config, progress, timings)
     return StepResult(masks=masks, notes=tuple(masks.notes))
+
+
+def calibrated_mask(state: RunState, progress: Progress, timings: Timings) -> StepResult:
+    """--method wanda/sparsegpt (layer by layer on calibration examples, with SparseGPT's updates) and
+    --reconstruct for any method (masks from the policy, then each layer's survivors refit)."""
+    import numpy as np
+
+    from prunecli import calibration
+
+    config = state.config
+    examples = calibration.take_examples(state.data.train, config.calibration_samples)
+    if scoring.get(config.method).calibrated:
+        progress(f"calibrating {config.method} on {config.calibration_samples} examples")
+        with timings.phase("calibrate"):
+            result = calibration.prune_calibrated(state.model, list(state.targets), examples, config, progress)
+        masks = result.mask_set()
+        return StepResult(masks=masks, notes=tuple(masks.notes), sections={"calibration": result.section})
+    dense = {t.name: np.array(t.variable) for t in state.targets}  # score_and_mask zeroes the pruned weights
+    masks = score_and_mask(state.model, state.targets, state.data, state.task, config, progress, timings)
+    progress("reconstructing each layer's surviving weights")
+    with timings.phase("reconstruct"):
+        section = calibration.reconstruct(
+            state.model, list(state.targets), masks.masks, examples, progress, dense=dense
+        )
+    notes = tuple(masks.notes) + tuple(section.pop("notes", ()))
+    return StepResult(masks=masks, notes=notes, sections={"calibration": section})
 
 
 def finetune(state: RunState, progress: Progress, timings: Timings) -> StepResult:

@@ -268,6 +268,7 @@ def prune(config: PruneConfig, progress=None) -> PruneResult:
         with timings.phase("evaluate"):
             metrics["after_finetune"] = _evaluate(stripped, data.eval, task)
     targets, masks = _pruned(wrapped, plan, tfmot)
+    model_io.check_finite(stripped, "fine-tuning")  # a NaN model is an error, never a saved file
     say(f"saving {out}")
     with timings.phase("save"):
         if training_setup is not None:  # the written file keeps the input's loss and optimizer

@@ -22,7 +22,7 @@ def wanda(targets, ctx):
 
 @register(
     "sparsegpt",
-    "OBS pruning with weight updates, layer by layer on --data (Frantar & Alistarh 2023)",
+    "OBS pruning with weight updates, layer by layer (Frantar & Alistarh 2023)",
     needs_data=True,
     calibrated=True,
 )

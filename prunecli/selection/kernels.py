@@ -270,13 +270,16 @@ def select_lowest_global(scores, k, path: str = "xla"):
 
 # --- which path runs ----------------------------------------------------------------------------------
 #
-# Measured on this project's 2-core CPU (bench/bench_selection.py, 25.5M weights in ResNet50's 54
-# tensors): the NumPy path below takes about 0.05-0.08 s for the whole selection, layer-wise or global,
-# on its first call as on later ones, while XLA's first call in a process costs 0.4-0.8 s (compile, or
-# loading it from the disk cache) and its later calls 0.10-0.14 s. On a CPU NumPy wins every time. On an
-# accelerator the XLA kernels are a few passes over device memory, far cheaper than NumPy once compiled,
-# but a one-off selection still pays the compile; so XLA runs there from the second selection of the
-# same layout in a process (a fine-tuning schedule's mask updates), NumPy for the first.
+# Measured with bench/bench_selection.py on this project's 2-core CPU (25.5M weights in ResNet50's 54
+# tensors, 50% by magnitude; the machine was shared, load 10-14, so absolute times are several times
+# inflated, the side-by-side ratios hold): the first selection in a new process, scores given, took
+# 0.16 s global / 0.25 s layer-wise on the NumPy path against 2.2 / 2.9 s for XLA with an empty disk
+# cache and 1.7 / 1.1 s with a warm one; warm repeated calls in one process, NumPy 0.31 / 0.51 s and XLA
+# 0.49 / 0.49 s. On a CPU the NumPy path is never slower, so it always runs there. On an accelerator
+# the XLA kernels are a few passes over device memory, far cheaper than NumPy once compiled, but a
+# one-off selection still pays the compile; so XLA runs there from the second selection of the same
+# layout in a process (a fine-tuning schedule's mask updates), NumPy for the first. (The accelerator
+# side is reasoned, not measured: no GPU was available when this was written.)
 
 _SEEN: dict[tuple, int] = {}
 

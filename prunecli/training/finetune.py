@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prunecli.config import LayerOverride, PruneConfig
+from prunecli.config import LayerOverride, PruneConfig, parse_optimizer
 from prunecli.errors import ConfigError
 from prunecli.results import StepResult
 from prunecli.selection import schedule as schedules
@@ -171,20 +171,6 @@ def _update_masks(s: FineTuneJob, trainer: Trainer, plan: schedules.Schedule, st
 
 # ---------------------------------------------------------------------------------------------
 # optimizer and loss
-
-
-def parse_optimizer(text: str) -> tuple[str, dict]:
-    """'sgd' or 'sgd:momentum=0.9,nesterov=true' -> ('sgd', {'momentum': 0.9, 'nesterov': True})."""
-    import yaml
-
-    name, _, rest = text.partition(":")
-    options = {}
-    for item in filter(None, (p.strip() for p in rest.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--optimizer options are key=value pairs, got {item!r}")
-        options[key.strip()] = yaml.safe_load(value)
-    return name.strip(), options
 
 
 def make_optimizer(config: PruneConfig, compiled=None):
