@@ -326,13 +326,16 @@ print(json.dumps({"chief": distribute.is_chief(), "diff": out}))
 
 def multiworker_scoring() -> str:
     """gradient/taylor/activation/apoz scores over two local worker processes (127.0.0.1) vs one device."""
+    with tempfile.TemporaryDirectory(prefix="prunecli-mw-") as tmp:
+        return _multiworker_scoring(Path(tmp))
+
+
+def _multiworker_scoring(work: Path) -> str:
     import socket
     import subprocess
 
-    import numpy as np
-
-    work = Path(tempfile.mkdtemp(prefix="prunecli-mw-"))
     import keras
+    import numpy as np
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((20,))

@@ -302,6 +302,11 @@ def prune(ctx: click.Context, **params) -> None:
     if config.auto:
         from prunecli.run.auto import prune as run_prune
     result = run_prune(config, progress=_progress(config))
+    if result.output_path is None and config.strategy == "multiworker":  # a worker other than the chief
+        from prunecli.training import distribute
+
+        _say(f"prunecli: {distribute.non_chief_note()}")
+        return
     _emit_report(result.report, config)
     check_gates(result.report, config)
 

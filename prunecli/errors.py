@@ -59,3 +59,10 @@ class OutputError(PruneCliError):
 
 class ResourceError(PruneCliError):
     exit_code = ExitCode.RESOURCE
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (or its class name), cut to `limit` characters: the
+    part of a library's multi-line error that a one-line message can carry."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

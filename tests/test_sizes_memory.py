@@ -128,6 +128,7 @@ def test_chunked_masks_equal_all_at_once(small_model, settings, tied):
             assert np.array_equal(np.asarray(applied[id(t.variable)]), np.asarray(whole.masks[t.name]))
         assert result.requested == whole.requested
         assert result.notes == whole.notes
+        assert result.selection_path == whole.selection_path
 
 
 def test_chunked_masking_zeroes_the_same_weights(small_model):
@@ -163,3 +164,21 @@ def test_global_ranking_and_tied_sets_are_not_chunked(small_model):
     neuron = build_config({"model_path": "m.keras", "granularity": "neuron"})
     assert not chunked.layer_independent(neuron, model=small_model)
     assert chunked.layer_independent(neuron, model=None)
+
+
+def test_packed_masks_give_back_the_same_bool_tensors():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(1)
+    masks = chunked.PackedMasks()
+    shapes = {"a": (3, 5, 7), "b": (13,), "c": (1, 1)}
+    originals = {name: rng.random(shape) < 0.4 for name, shape in shapes.items()}
+    for name, mask in originals.items():
+        masks[name] = tf.constant(mask)
+    assert list(masks) == list(shapes) and len(masks) == 3
+    for name, mask in originals.items():
+        got = masks[name]
+        assert got.dtype == tf.bool and tuple(got.shape) == shapes[name]
+        assert np.array_equal(np.asarray(got), mask)
+    del masks["b"]
+    assert "b" not in masks and list(masks) == ["a", "c"]

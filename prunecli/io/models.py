@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prunecli.errors import ModelLoadError, OutputError, ResourceError
+from prunecli.errors import ModelLoadError, OutputError, ResourceError, first_line
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -41,11 +41,6 @@ class ModelFile:
     keras_version: str | None
     size_bytes: int
     config: dict | None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 MAX_CONFIG_BYTES = 64 * 2**20  # a model's config.json / model_config; real ones are kilobytes
@@ -79,7 +74,7 @@ def _read_h5_meta(path: Path) -> tuple[str | None, dict | None]:
     except ModelLoadError:
         raise
     except Exception as exc:  # h5py raises OSError/KeyError/ValueError on damaged files
-        raise ModelLoadError(f"{path} is not a readable HDF5 model ({_first_line(exc)})") from exc
+        raise ModelLoadError(f"{path} is not a readable HDF5 model ({first_line(exc)})") from exc
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8", "replace")
     if isinstance(version, bytes):
@@ -91,7 +86,7 @@ def _read_h5_meta(path: Path) -> tuple[str | None, dict | None]:
     except RecursionError as exc:
         raise ModelLoadError(f"{path} has a config nested too deeply to read") from exc
     except (TypeError, ValueError) as exc:
-        raise ModelLoadError(f"{path} has a corrupt model_config ({_first_line(exc)})") from exc
+        raise ModelLoadError(f"{path} has a corrupt model_config ({first_line(exc)})") from exc
     if not isinstance(config, dict):
         raise ModelLoadError(f"{path} has a corrupt model_config (not an object)")
     _check_depth(config, path)
@@ -117,7 +112,7 @@ def _read_keras_meta(path: Path) -> tuple[str | None, dict | None]:
     except RecursionError as exc:
         raise ModelLoadError(f"{path} has a config nested too deeply to read") from exc
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError) as exc:
-        raise ModelLoadError(f"{path} is a damaged .keras file ({_first_line(exc)})") from exc
+        raise ModelLoadError(f"{path} is a damaged .keras file ({first_line(exc)})") from exc
     if not isinstance(config, dict):
         raise ModelLoadError(f"{path} has a corrupt config.json")
     _check_depth(config, path)
@@ -146,7 +141,7 @@ def inspect_file(path: str | os.PathLike) -> ModelFile:
         with open(p, "rb") as fh:
             head = fh.read(8)
     except OSError as exc:
-        raise ModelLoadError(f"cannot read {p} ({_first_line(exc)})") from exc
+        raise ModelLoadError(f"cannot read {p} ({first_line(exc)})") from exc
     if head.startswith(HDF5_MAGIC):
         version, config = _read_h5_meta(p)
         fmt = "h5"
@@ -410,8 +405,8 @@ def _load_failure(exc: BaseException) -> str:
             break
         exc = inner
     if isinstance(exc, KeyError):
-        return f"missing entry {_first_line(exc)} (the file is incomplete or damaged)"
-    return re.split(r"(?<=\.)\s", _first_line(exc), maxsplit=1)[0]
+        return f"missing entry {first_line(exc)} (the file is incomplete or damaged)"
+    return re.split(r"(?<=\.)\s", first_line(exc), maxsplit=1)[0]
 
 
 def _check_finite(model, path) -> None:
@@ -545,7 +540,7 @@ def atomic_path(target: Path):
         try:  # created inside the outer try, so a Ctrl-C at any point after this line removes it
             tmp_path.touch(exist_ok=False)
         except OSError as exc:
-            raise OutputError(f"cannot write {target}: {_first_line(exc)}") from exc
+            raise OutputError(f"cannot write {target}: {first_line(exc)}") from exc
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -555,7 +550,7 @@ def atomic_path(target: Path):
         try:
             os.replace(tmp_path, target)
         except OSError as exc:
-            raise OutputError(f"cannot write {target}: {_first_line(exc)}") from exc
+            raise OutputError(f"cannot write {target}: {first_line(exc)}") from exc
     except BaseException:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
@@ -583,8 +578,8 @@ def save(model, out: Path, source: ModelFile | None = None, structure_changed: b
                     model.save(tmp)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise ResourceError(f"not enough disk space to write {out} ({_first_line(exc)})") from exc
-        raise OutputError(f"cannot write {out}: {_first_line(exc)}") from exc
+            raise ResourceError(f"not enough disk space to write {out} ({first_line(exc)})") from exc
+        raise OutputError(f"cannot write {out}: {first_line(exc)}") from exc
 
 
 def _drop_optimizer_state(model) -> None:
@@ -627,7 +622,7 @@ def write_h5_weights(model, h5_path: Path) -> None:
                 ds = g[wname]
                 if ds.shape != value.shape:
                     raise OutputError(f"shape of {wname} changed; cannot write it in place")
-                ds[...] = value.astype(ds.dtype)
+                ds[...] = value if value.dtype == ds.dtype else value.astype(ds.dtype)  # no second copy
         if "optimizer_weights" in f:
             del f["optimizer_weights"]
 

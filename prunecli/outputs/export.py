@@ -28,7 +28,7 @@ import warnings
 import zlib
 from pathlib import Path
 
-from prunecli.errors import OutputError
+from prunecli.errors import OutputError, first_line
 from prunecli.results import StepResult
 
 SAMPLE_COUNT = 256  # inputs used to compare the exported model with the Keras model
@@ -150,7 +150,7 @@ def write_savedmodel(model, path: Path) -> None:
     except OSError as exc:
         raise OutputError(f"cannot write SavedModel: {exc.strerror or exc}") from exc
     except Exception as exc:  # Keras/TF raise ValueError/TypeError for models that cannot be traced
-        raise OutputError(f"cannot export the model as a SavedModel: {_first_line(exc)}") from exc
+        raise OutputError(f"cannot export the model as a SavedModel: {first_line(exc)}") from exc
 
 
 @contextlib.contextmanager
@@ -183,11 +183,6 @@ def _native_output_silenced():
         os.dup2(saved[1], 2)
         for fd in (*saved, devnull):
             os.close(fd)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------- conversion
@@ -231,7 +226,7 @@ def to_tflite(saved: Path, calibration, sparse: bool) -> bytes:
         with _quiet():
             return converter.convert()
     except Exception as exc:  # the converter raises ConverterError/ValueError with long MLIR dumps
-        raise OutputError(f"cannot convert the model to {kind}: {_first_line(exc)}") from exc
+        raise OutputError(f"cannot convert the model to {kind}: {first_line(exc)}") from exc
 
 
 def calibration_batches(dataset):
@@ -279,15 +274,9 @@ def sample_inputs(model, data, seed: int, count: int):
             if seen >= count:
                 break
         return [np.concatenate(chunks)[:count]], "data"
-    rng = np.random.default_rng(seed)
-    arrays = []
-    for spec in model.inputs:
-        shape = [count] + [d if d is not None else 1 for d in spec.shape[1:]]
-        if "int" in str(spec.dtype):
-            arrays.append(rng.integers(0, 2, size=shape).astype(str(spec.dtype)))
-        else:
-            arrays.append(rng.standard_normal(shape).astype(np.float32))
-    return arrays, "random"
+    from prunecli.structure import probes
+
+    return probes.seeded_inputs(model, count, seed), "random"
 
 
 def _keras_outputs(model, samples) -> list:

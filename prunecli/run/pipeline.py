@@ -73,8 +73,13 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
             surgery.shrink(state.model, state.targets, state.masks, state.data, state.source, config, say, timings)
         )  # a smaller model that computes the same function (verified)
 
-    steps.save(state, out, say, timings)
-    if config.export:
+    from prunecli.training import distribute
+
+    if distribute.is_chief():
+        steps.save(state, out, say, timings)
+    else:  # a multi-worker run: only the chief writes the model, the report and the exports
+        out = None
+    if config.export and out is not None:
         from prunecli.outputs import export
 
         baseline = masked_model if state.model is not masked_model else None

@@ -36,12 +36,8 @@ def load(config: PruneConfig, progress: Progress, timings: Timings) -> tuple[Run
     input_sizes = None
     with timings.phase("load"):
         model, source = model_io.load(config.model_path, unsafe=config.unsafe)
-        if config.sizes:  # compression releases the GIL, so this overlaps with scoring and masking
-            from concurrent.futures import ThreadPoolExecutor
-
-            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prunecli-sizes")
-            input_sizes = pool.submit(model_io.file_sizes, source.path)
-            pool.shutdown(wait=False)
+        if config.sizes:  # igzip releases the GIL, so this overlaps with scoring and masking
+            input_sizes = model_io.sizes_in_background(source.path)
         compiled_optimizer = getattr(model, "optimizer", None)
         data = task = None
         if config.data:
@@ -87,7 +83,7 @@ def evaluate(state: RunState, stage: str, progress: Progress, timings: Timings) 
 
 def score_and_mask(model, targets, data, task, config: PruneConfig, progress: Progress, timings: Timings):
     """Score the targets with the configured method and apply the policy's masks; returns the MaskSet."""
-    from prunecli.selection import kernels, policy
+    from prunecli.selection import chunked, kernels, policy
 
     strategy = scoring.get(config.method)
     notes = []
@@ -95,21 +91,46 @@ def score_and_mask(model, targets, data, task, config: PruneConfig, progress: Pr
         config = config.replace(granularity=Granularity("neuron"))
         notes.append(f"method {config.method} scores whole units; pruned with granularity neuron")
     progress(f"scoring with {config.method}")
-    with timings.phase("score"):
-        ctx = scoring.ScoringContext(
-            model=model,
-            targets=list(targets),
-            data=None if data is None else data.train,
-            loss_fn=None if task is None else task.loss,
-            seed=config.seed,
-            max_batches=config.score_batches,
-            progress=scoring.registry.silent_progress if config.quiet or progress is silent else None,
-        )
-        scores = strategy.fn(list(targets), ctx)
-    progress("building and applying masks")
+    extras = {}
+    if config.strategy != "default":  # data-driven statistics summed over every replica and worker
+        from prunecli.training import distribute
+
+        extras["strategy"] = distribute.get_strategy(config.strategy)
+    targets = list(targets)
+    ctx = scoring.ScoringContext(
+        model=model,
+        targets=targets,
+        data=None if data is None else data.train,
+        loss_fn=None if task is None else task.loss,
+        seed=config.seed,
+        max_batches=config.score_batches,
+        progress=scoring.registry.silent_progress if config.quiet or progress is silent else None,
+        extras=extras,
+    )
+    per_chunk = chunked.layer_independent(config, model)  # each layer's mask depends on its scores only
+    if per_chunk and config.method in chunked.PER_LAYER_METHODS:
+        # each chunk of layers is scored, selected and applied, and its scores dropped, before the next
+        with timings.phase("mask"):
+            masks = chunked.mask_in_chunks(
+                targets, lambda ts: strategy.fn(ts, ctx), strategy.level, config, kernels.apply_masks
+            )
+    else:
+        with timings.phase("score"):
+            scores = strategy.fn(targets, ctx)
+        progress("building and applying masks")
+        with timings.phase("mask"):
+            if per_chunk:  # the statistics are held once; each chunk's scores are freed once applied
+                masks = chunked.mask_in_chunks(
+                    targets,
+                    lambda ts: {t.name: scores.pop(t.name) for t in ts},
+                    strategy.level,
+                    config,
+                    kernels.apply_masks,
+                )
+            else:
+                masks = policy.build_masks(targets, scores, strategy.level, config, model=model)
+                kernels.apply_masks([t.variable for t in targets], [masks.masks[t.name] for t in targets])
     with timings.phase("mask"):
-        masks = policy.build_masks(list(targets), scores, strategy.level, config, model=model)
-        kernels.apply_masks([t.variable for t in targets], [masks.masks[t.name] for t in targets])
         if config.granularity.kind == "neuron":  # a pruned unit goes whole: bias, BN, PReLU, depthwise
             from prunecli.structure import channels, surgery
 
@@ -125,7 +146,7 @@ def mask(state: RunState, progress: Progress, timings: Timings) -> StepResult:
     if scoring.get(state.config.method).calibrated or state.config.reconstruct:
         return calibrated_mask(state, progress, timings)
     masks = score_and_mask(state.model, state.targets, state.data, state.task, state.config, progress, timings)
-    return StepResult(masks=masks, notes=tuple(masks.notes))
+    return StepResult(masks=masks, notes=tuple(masks.notes), sections={"selection": {"path": masks.selection_path}})
 
 
 def calibrated_mask(state: RunState, progress: Progress, timings: Timings) -> StepResult:

@@ -13,15 +13,15 @@ before that import, so the engine resolves it first and puts the variable back a
 
 from __future__ import annotations
 
-import fnmatch
 import os
 from pathlib import Path
 
 from prunecli.config import PruneConfig
-from prunecli.errors import ConfigError, InputError, ModelLoadError, OutputError
+from prunecli.errors import ConfigError, InputError, ModelLoadError, OutputError, first_line
 from prunecli.outputs.report import Timings
 from prunecli.run import steps
 from prunecli.run.state import PruneResult, RunState
+from prunecli.selection.targets import name_matches
 
 
 def _import_tfmot():
@@ -54,29 +54,25 @@ def _load(config: PruneConfig, tf_keras):
         with model_io._quiet_keras():
             model = tf_keras.models.load_model(info.path, compile=True)
     except Exception as exc:  # tf_keras raises ValueError/TypeError/OSError for files it cannot read
-        raise ModelLoadError(f"tf_keras cannot load {info.path}: {model_io._first_line(exc)}") from exc
+        raise ModelLoadError(f"tf_keras cannot load {info.path}: {first_line(exc)}") from exc
     if not isinstance(model, tf_keras.Model):
         raise ModelLoadError(f"{info.path} did not load as a tf_keras model")
     model_io._check_finite(model, info.path)
     return model, info
 
 
-def _matches(name: str, patterns) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
 def _layer_sparsity(name: str, config: PruneConfig) -> float | None:
     """The sparsity for a top-level layer: the run's, a matching override's, or None when skipped."""
     chosen = config.effective_sparsity
     for rule in config.overrides:
-        if _matches(name, [rule.pattern]):
+        if name_matches(name, [rule.pattern]):
             if rule.skip:
                 return None
             if rule.sparsity is not None:
                 chosen = rule.sparsity
-    if config.include and not _matches(name, config.include):
+    if config.include and not name_matches(name, config.include):
         return None
-    if config.exclude and _matches(name, config.exclude):
+    if config.exclude and name_matches(name, config.exclude):
         return None
     return chosen
 
@@ -208,7 +204,7 @@ def _save(model, out: Path) -> None:
         with model_io.atomic_path(out) as tmp, model_io._quiet_keras():
             model.save(tmp, save_format="h5")
     except OSError as exc:
-        raise OutputError(f"cannot write {out}: {model_io._first_line(exc)}") from exc
+        raise OutputError(f"cannot write {out}: {first_line(exc)}") from exc
 
 
 def prune(config: PruneConfig, progress=None) -> PruneResult:

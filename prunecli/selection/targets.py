@@ -86,7 +86,7 @@ class Target:
         return found.shrinkable
 
 
-def _matches(layer_name: str, patterns) -> bool:
+def name_matches(layer_name: str, patterns) -> bool:
     leaf = layer_name.rsplit("/", 1)[-1]
     return any(fnmatch.fnmatchcase(layer_name, p) or fnmatch.fnmatchcase(leaf, p) for p in patterns)
 
@@ -116,9 +116,9 @@ def select(model, include=(), exclude=()) -> list[Target]:
     """The targets to prune: all prunable weights, narrowed by include/exclude layer-name globs."""
     targets = walk(model)
     if include:
-        targets = [t for t in targets if _matches(t.layer_name, include)]
+        targets = [t for t in targets if name_matches(t.layer_name, include)]
     if exclude:
-        targets = [t for t in targets if not _matches(t.layer_name, exclude)]
+        targets = [t for t in targets if not name_matches(t.layer_name, exclude)]
     return targets
 
 
@@ -144,8 +144,8 @@ def without_output_units(model, found: list[Target], include=()) -> tuple[list[T
 
 def named_in(target: Target, patterns) -> bool:
     """Whether the target's layer is matched by one of these globs (used for explicit opt-ins)."""
-    return bool(patterns) and _matches(target.layer_name, patterns)
+    return bool(patterns) and name_matches(target.layer_name, patterns)
 
 
 def matches(target: Target, pattern: str) -> bool:
-    return _matches(target.layer_name, [pattern])
+    return name_matches(target.layer_name, [pattern])

@@ -29,11 +29,11 @@ deleted, and the notes say so. The shrunk model is a plain functional keras.Mode
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from typing import Any
 
 from prunecli.errors import ConfigError, InputError
+from prunecli.selection.targets import name_matches
 from prunecli.structure.transformer import (  # noqa: F401 - find/HeadLayer/block_macs are this module's API too
     HeadLayer,
     Part,
@@ -50,10 +50,8 @@ METHODS = MEAN_METHODS + ("l2-norm", "random") + DATA_METHODS
 
 
 def _allowed(path: str, config) -> bool:
-    leaf = path.rsplit("/", 1)[-1]
-
     def hit(patterns):
-        return any(fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(leaf, p) for p in patterns)
+        return name_matches(path, patterns)
 
     if config.include and not hit(config.include):
         return False
@@ -63,12 +61,9 @@ def _allowed(path: str, config) -> bool:
 
 
 def _override(path: str, config) -> float | None:
-    leaf = path.rsplit("/", 1)[-1]
     chosen = None
     for rule in config.overrides:
-        if rule.sparsity is not None and (
-            fnmatch.fnmatchcase(path, rule.pattern) or fnmatch.fnmatchcase(leaf, rule.pattern)
-        ):
+        if rule.sparsity is not None and name_matches(path, [rule.pattern]):
             chosen = rule.sparsity
     return chosen
 
@@ -303,34 +298,13 @@ def shrink(model, layers: list[HeadLayer], removed: dict[str, list[int]]):
 
 
 def example_inputs(model, batch: int = 16, sample_x=None, seed: int = 0):
-    """Inputs for the shrink check, in the structure the model takes (a dict for KerasHub backbones):
-    the run's data when given, else seeded values: token ids in [0, 10) for an integer input named like
-    token ids, [0, 2) for other integer inputs (segment ids), ones for a mask, standard normal for float ones; open lengths become 8 (short enough
-    for any position embedding)."""
-    import numpy as np
-
+    """Inputs for the shrink check, in the structure the model takes: the run's data when given, else
+    seeded stand-ins (probes.py: valid token ids, segment ids and masks for text models)."""
     if sample_x is not None:
         return sample_x
-    rng = np.random.default_rng(seed)
-    names = [getattr(t, "name", "") or "" for t in model.inputs]
-    values = []
-    for t, name in zip(model.inputs, names, strict=True):
-        shape = (batch,) + tuple(8 if d is None else int(d) for d in t.shape[1:])
-        if "int" in str(t.dtype) or "bool" in str(t.dtype):
-            high = 10 if "token" in name or name == "ids" else 2  # segment ids and the like: 2 values
-            v = np.ones(shape) if "mask" in name else rng.integers(0, high, size=shape)
-            values.append(v.astype(str(t.dtype)))
-        else:
-            values.append(rng.standard_normal(shape).astype(str(t.dtype)))
-    from prunecli.structure.keras_graph import input_structure
+    from prunecli.structure import probes
 
-    struct = input_structure(model)
-    if isinstance(struct, dict):
-        by_name = dict(zip(names, values, strict=True))
-        return {
-            key: by_name.get(getattr(t, "name", key), v) for (key, t), v in zip(struct.items(), values, strict=True)
-        }
-    return values if len(values) > 1 else values[0]
+    return probes.packed(model, probes.seeded_inputs(model, batch, seed, open_dim=8))
 
 
 def verify(reference, candidate, xs) -> dict:

@@ -17,13 +17,13 @@ lowest score first, skipping any that overlap one already taken, until --remove-
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from dataclasses import dataclass, field
 
 from prunecli.errors import ConfigError, InputError
 from prunecli.results import StepResult
-from prunecli.structure import keras_graph
+from prunecli.selection.targets import name_matches
+from prunecli.structure import keras_graph, probes
 
 DEFAULT_SCORE_BATCHES = 32
 
@@ -169,9 +169,9 @@ def analyse(model, include=(), exclude=()) -> tuple[list[Candidate], list[dict]]
     order = {id(node): i for i, node in enumerate(nodes)}
 
     def allowed(name: str) -> bool:
-        if include and not any(fnmatch.fnmatchcase(name, p) for p in include):
+        if include and not name_matches(name, include):
             return False
-        return not any(fnmatch.fnmatchcase(name, p) for p in exclude)
+        return not name_matches(name, exclude)
 
     candidates: list[Candidate] = []
     rows: list[dict] = []
@@ -295,26 +295,13 @@ def mean_loss(model, data: list, loss) -> float:
     return total / max(count, 1)
 
 
-def probe_inputs(model, seed: int, batch: int = 64):
-    """Seeded stand-ins for data: standard normal for float inputs, zeros for integer ones."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for x in functional_graph(model).inputs:
-        shape = (batch,) + tuple(d or 1 for d in x.shape[1:])
-        kind = np.dtype(str(x.dtype)).kind if str(x.dtype) != "bfloat16" else "f"
-        out.append(rng.standard_normal(shape).astype(str(x.dtype)) if kind == "f" else np.zeros(shape, str(x.dtype)))
-    return out
-
-
 def _scores_by_probe(model, candidates: list[Candidate], seed: int) -> None:
     import keras
     import numpy as np
 
     graph = functional_graph(model)
     watched = [t for c in candidates for t in c.tensors]
-    values = keras.Model(list(graph.inputs), watched)(probe_inputs(model, seed), training=False)
+    values = keras.Model(list(graph.inputs), watched)(probes.seeded_inputs(model, 64, seed), training=False)
     values = [np.asarray(v, dtype=np.float64) for v in values]
     for i, c in enumerate(candidates):
         before, after = values[2 * i], values[2 * i + 1]

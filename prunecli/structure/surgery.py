@@ -489,21 +489,15 @@ def rebuild(model, changes: dict[str, LayerChange], plan: Plan, weights: dict):
 
 
 def example_inputs(model, batch: int, data_x=None, seed: int = 0):
-    """Inputs for the model: the session's data when there is some, otherwise seeded random values."""
+    """Inputs for the model: the run's data when there is some, otherwise seeded stand-ins (probes.py)."""
     import numpy as np
 
     if data_x is not None:
         reps = -(-batch // len(data_x))
         return [np.concatenate([data_x] * reps)[:batch]]
-    rng = np.random.default_rng(seed)
-    xs = []
-    for t in model.inputs:
-        shape = (batch,) + tuple(UNKNOWN_DIM * 4 if d is None else int(d) for d in t.shape[1:])
-        if "int" in str(t.dtype):
-            xs.append(rng.integers(0, 10, size=shape).astype(str(t.dtype)))
-        else:
-            xs.append(rng.standard_normal(shape).astype("float32"))
-    return xs
+    from prunecli.structure import probes
+
+    return probes.seeded_inputs(model, batch, seed)
 
 
 def _outputs(model, xs):
@@ -607,7 +601,9 @@ def shrink(model, targets, masks, data, source, config, progress, timings, measu
             notes.append(f"shrink kept {item['channels']} dead channel(s) of {members}: {item['reason']}")
         left = ", ".join(_unshrinkable_targets(targets, g))
         if left:
-            notes.append(f"shrink cannot slice {left} (nested model or unsupported layer); their pruned units stay masked")
+            notes.append(
+                f"shrink cannot slice {left} (nested model or unsupported layer); their pruned units stay masked"
+            )
         params_before = int(model.count_params())
         info: dict[str, Any] = {"params_before": params_before, "groups_kept_whole": groups}
         if not changes:

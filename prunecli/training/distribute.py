@@ -25,7 +25,7 @@ import contextlib
 from dataclasses import replace
 
 from prunecli.config import STRATEGIES, read_tf_config
-from prunecli.errors import ConfigError
+from prunecli.errors import ConfigError, first_line
 
 _created: dict = {}
 _loaded: dict[int, tuple] = {}  # id(session) -> (loaded model, its targets) while `replicated` holds a copy
@@ -68,7 +68,7 @@ def _multiworker(tf):
             ) from exc
         raise
     except ValueError as exc:  # a TF_CONFIG whose cluster or task TensorFlow cannot use
-        raise ConfigError(f"--strategy multiworker: {_first_line(exc)}") from exc
+        raise ConfigError(f"--strategy multiworker: {first_line(exc)}") from exc
 
 
 def _tpu(tf):
@@ -79,12 +79,7 @@ def _tpu(tf):
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
     except Exception as exc:  # ValueError (no TPU name), NotFoundError (no TPU devices), connection errors
-        raise ConfigError(f"--strategy tpu: no TPU available here ({_first_line(exc)})") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+        raise ConfigError(f"--strategy tpu: no TPU available here ({first_line(exc)})") from exc
 
 
 def is_default(strategy) -> bool:

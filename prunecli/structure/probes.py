@@ -1,0 +1,45 @@
+"""Seeded stand-in inputs for a model, when there is no --data to run it on.
+
+Shrink verification, latency timing, head pruning's check, layer scoring without data and the export
+check all need "some inputs the model accepts". One builder serves them, so an integer input (token
+ids, segment ids, masks) gets valid values everywhere, not only in the step that first met it.
+"""
+
+from __future__ import annotations
+
+OPEN_DIM = 32  # size given to dimensions the model leaves open (None): short enough for any position table
+
+
+def seeded_inputs(model, batch: int, seed: int = 0, open_dim: int = OPEN_DIM) -> list:
+    """One array per model input, in `model.inputs` order: standard normal for float inputs; for integer
+    (or bool) inputs, ones for a mask, ids in [0, 10) for token ids, [0, 2) otherwise (segment ids and
+    the like); open dimensions become `open_dim`."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    values = []
+    for t in model.inputs:
+        name = getattr(t, "name", "") or ""
+        shape = (batch,) + tuple(open_dim if d is None else int(d) for d in t.shape[1:])
+        dtype = str(t.dtype)
+        if "int" in dtype or "bool" in dtype:
+            high = 10 if "token" in name or name == "ids" else 2
+            v = np.ones(shape) if "mask" in name else rng.integers(0, high, size=shape)
+            values.append(v.astype(dtype))
+        else:
+            values.append(rng.standard_normal(shape).astype("float32" if dtype == "bfloat16" else dtype))
+    return values
+
+
+def packed(model, values: list):
+    """`values` (one per input, as seeded_inputs gives them) in the structure the model is called with:
+    a dict for named inputs (KerasHub backbones), the array itself for one input, else the list."""
+    from prunecli.structure.keras_graph import input_structure
+
+    struct = input_structure(model)
+    if isinstance(struct, dict):
+        by_name = {getattr(t, "name", ""): v for t, v in zip(model.inputs, values, strict=True)}
+        return {
+            key: by_name.get(getattr(t, "name", key), v) for (key, t), v in zip(struct.items(), values, strict=True)
+        }
+    return values if len(values) > 1 else values[0]
