@@ -28,7 +28,7 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/run.py --output bench/RESULTS.md
-	$(BIN)/python bench/accuracy.py --out bench/ACCURACY.md  # about 2 h on 2 shared cores; --quick: minutes
+	$(BIN)/python bench/accuracy.py --out bench/ACCURACY.md  # 1-2 h on 2 shared cores; --quick: minutes
 
 docs: install
 	$(BIN)/python -c "import re, pathlib; from prunecli.cli import options_markdown as t; p = pathlib.Path('README.md'); s = p.read_text(); p.write_text(re.sub(r'(<!-- options:start -->\n).*?(<!-- options:end -->)', lambda m: m.group(1) + t() + '\n' + m.group(2), s, flags=re.S))"

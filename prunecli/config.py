@@ -80,7 +80,9 @@ class Granularity:
             if mm > MAX_GROUP:  # a group is a row of M weights: M beyond any layer only costs memory
                 raise ConfigError(f"N:M needs M <= {MAX_GROUP}, got {text!r}")
             return cls("nm", n, mm)
-        raise ConfigError(f"unknown granularity {text!r}; use element, neuron, block:RxC, n:m=N:M, input, layer or head")
+        raise ConfigError(
+            f"unknown granularity {text!r}; use element, neuron, block:RxC, n:m=N:M, input, layer or head"
+        )
 
     def __str__(self) -> str:
         if self.kind == "block":
@@ -486,12 +488,17 @@ def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
         name = _normalise_key(key)
         if name == "layers":
             name = "overrides"
-        if name in CLI_ONLY:
-            raise ConfigError(f"{key!r} in recipe {p}: --{name} can only be given on the command line")
-        if name not in FILE_SETTABLE:
-            raise ConfigError(f"unknown key {key!r} in recipe {p}")
-        out[name] = value
+        out[_file_settable(name, f"{key!r} in recipe {p}", f"unknown key {key!r} in recipe {p}")] = value
     return out
+
+
+def _file_settable(name: str, where: str, unknown: str) -> str:
+    """`name` if a recipe or PRUNECLI_* variable may set it; a one-line error saying why not otherwise."""
+    if name in CLI_ONLY:
+        raise ConfigError(f"{where}: --{name} can only be given on the command line")
+    if name not in FILE_SETTABLE:
+        raise ConfigError(unknown)
+    return name
 
 
 def read_env(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -503,11 +510,7 @@ def read_env(environ: Mapping[str, str]) -> dict[str, Any]:
         name = key[len("PRUNECLI_") :].lower()
         if key in ENV_SWITCHES:
             continue
-        if name in CLI_ONLY:
-            raise ConfigError(f"{key}: --{name} can only be given on the command line")
-        if name not in FILE_SETTABLE:
-            raise ConfigError(f"unknown environment variable {key}")
-        out[name] = value
+        out[_file_settable(name, key, f"unknown environment variable {key}")] = value
     return out
 
 
@@ -725,7 +728,9 @@ def _check_calibration(c: PruneConfig) -> None:
     if c.method not in CALIBRATED_METHODS or c.schedule != "oneshot":
         return
     if c.granularity.kind not in ("element", "nm"):
-        raise ConfigError(f"--method {c.method} prunes single weights: use granularity element or n:m, not {c.granularity}")
+        raise ConfigError(
+            f"--method {c.method} prunes single weights: use granularity element or n:m, not {c.granularity}"
+        )
     if c.threshold is not None:
         raise ConfigError(f"--method {c.method} needs a --sparsity (or N:M), not --threshold")
     if c.method == "sparsegpt" and c.scope != "layer":
@@ -774,7 +779,11 @@ def read_tf_config() -> dict:
         spec = json.loads(raw)
     except ValueError as exc:
         raise ConfigError(f"TF_CONFIG is not valid JSON: {exc}") from exc
-    if not isinstance(spec, dict) or not isinstance(spec.get("cluster"), dict) or not isinstance(spec.get("task"), dict):
+    if (
+        not isinstance(spec, dict)
+        or not isinstance(spec.get("cluster"), dict)
+        or not isinstance(spec.get("task"), dict)
+    ):
         raise ConfigError('TF_CONFIG needs "cluster" and "task" entries')
     return spec
 

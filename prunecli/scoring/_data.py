@@ -100,28 +100,6 @@ def compile_step(fn, ctx):
     return step
 
 
-def run_batches(ctx, method: str, step, needs_labels: bool = False) -> int:
-    """Feed each batch of ctx.data, at most ctx.max_batches of them, to step(x, y); return the count."""
-    require_data(ctx, method)
-    if ctx.max_batches is not None and ctx.max_batches < 1:
-        raise ConfigError(f"score_batches must be >= 1, got {ctx.max_batches}")
-    total = _batch_count(ctx)
-    if total is None and _is_infinite(ctx.data):
-        raise ConfigError(f"method {method!r}: the data never ends; cap it with --score-batches")
-    count = 0
-    with progress(ctx, f"scoring ({method})", total) as advance:
-        for batch in itertools.islice(ctx.data, ctx.max_batches):
-            x, y = _split(batch)
-            if needs_labels and y is None:
-                raise DataError(f"method {method!r} needs labels: the data must yield (x, y) batches")
-            step(x, y)
-            count += 1
-            advance(1)
-    if count == 0:
-        raise DataError(f"method {method!r}: the data yielded no batches")
-    return count
-
-
 def _is_infinite(data) -> bool:
     import tensorflow as tf
 

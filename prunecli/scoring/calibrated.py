@@ -7,26 +7,23 @@ w^2 / [H^-1]_jj that SparseGPT chooses its masks by, read from the model as it i
 
 from prunecli.scoring.registry import register
 
-
-@register(
-    "wanda",
-    "|w| x input norm, per output, layer by layer on --data (Sun et al. 2023)",
-    needs_data=True,
-    calibrated=True,
-)
-def wanda(targets, ctx):
-    from prunecli.calibration import strategy_scores
-
-    return strategy_scores("wanda", targets, ctx)
+SUMMARIES = {
+    "wanda": "|w| x input norm, per output, layer by layer on --data (Sun et al. 2023)",
+    "sparsegpt": "OBS pruning with weight updates, layer by layer (Frantar & Alistarh 2023)",
+}
 
 
-@register(
-    "sparsegpt",
-    "OBS pruning with weight updates, layer by layer (Frantar & Alistarh 2023)",
-    needs_data=True,
-    calibrated=True,
-)
-def sparsegpt(targets, ctx):
-    from prunecli.calibration import strategy_scores
+def _scores_of(method: str):
+    """The registry's function for a calibrated method: its plain element scores on the model as it is."""
 
-    return strategy_scores("sparsegpt", targets, ctx)
+    def scores(targets, ctx):
+        from prunecli.calibration import strategy_scores
+
+        return strategy_scores(method, targets, ctx)
+
+    scores.__name__ = method
+    return scores
+
+
+for _method, _summary in SUMMARIES.items():
+    register(_method, _summary, needs_data=True, calibrated=True)(_scores_of(_method))
