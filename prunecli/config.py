@@ -17,9 +17,11 @@ from typing import Any
 from prunecli.errors import ConfigError, OutputError
 from prunecli.selection.schedule import GRADUAL
 
-SCOPES = ("layer", "global")
+SCOPES = ("auto", "layer", "global")
+GLOBAL_BY_DEFAULT = ("element", "block")  # granularities --scope auto ranks globally (bench/ACCURACY.md)
 NORMALIZATIONS = ("mean", "none", "lamp", "erk")  # selection/policy.py says what each does
-SCHEDULES = ("oneshot", "iterative", "polynomial", "dynamic")
+SCHEDULES = ("auto", "oneshot", "iterative", "polynomial", "dynamic")
+CALIBRATED_METHODS = ("wanda", "sparsegpt")  # pruned layer by layer by prunecli.calibration
 LR_SCHEDULES = ("constant", "cosine")  # fine-tuning learning rate (training/finetune.py)
 ENGINES = ("native", "tfmot")
 STRATEGIES = ("default", "mirrored", "multiworker", "tpu")  # tf.distribute strategies (training/distribute.py)
@@ -164,16 +166,22 @@ class PruneConfig:
     threshold: float | str | None = setting(
         help="Prune scores below this value, or 'mean' (instead of --sparsity).", flags=("-t", "--threshold")
     )
-    scope: str = setting("layer", help="Rank within each layer (default) or globally.", choices=SCOPES)
+    scope: str = setting(
+        "auto",
+        help="Rank within each layer or globally; auto (default): global for element and block pruning on"
+        " the native engine (it won at every sparsity in bench/ACCURACY.md), layer otherwise.",
+        choices=SCOPES,
+    )
     granularity: Granularity = setting(
         help="element (default), neuron, block:RxC, n:m=N:M, input, layer or head.",
         flags=("-g", "--granularity"),
         factory=Granularity,
     )
     normalize: str = setting(
-        "mean",
-        help="How --scope global compares layers: mean (scores over their layer's mean; default), none (raw"
-        " scores), lamp (LAMP scores, Lee et al. 2021) or erk (Erdos-Renyi-Kernel per-layer budget, Evci et al. 2020).",
+        "lamp",
+        help="How --scope global compares layers: lamp (LAMP scores, Lee et al. 2021; default, best in"
+        " bench/ACCURACY.md), mean (scores over their layer's mean), none (raw scores) or erk"
+        " (Erdos-Renyi-Kernel per-layer budget, Evci et al. 2020).",
         choices=NORMALIZATIONS,
     )
     include: tuple[str, ...] = setting((), help="Only layers matching this name glob (repeatable).", kind="multiple")
@@ -206,7 +214,12 @@ class PruneConfig:
     )
     l1: float = setting(0.0, help="L1 penalty on prunable weights while fine-tuning.")
     l2: float = setting(0.0, help="L2 penalty on prunable weights while fine-tuning.")
-    schedule: str = setting("oneshot", help="oneshot (default), iterative, polynomial or dynamic.", choices=SCHEDULES)
+    schedule: str = setting(
+        "auto",
+        help="oneshot, iterative, polynomial or dynamic; auto (default): polynomial when element or block"
+        " pruning fine-tunes on the native engine (best at 98% in bench/ACCURACY.md), oneshot otherwise.",
+        choices=SCHEDULES,
+    )
     schedule_steps: int = setting(3, help="Pruning steps for --schedule iterative (default 3).", flags=("--steps",))
     initial_sparsity: float = setting(0.0, help="Starting sparsity of gradual schedules (default 0).")
     early_stopping: int = setting(0, help="Stop fine-tuning after this many epochs without improvement.")
@@ -262,6 +275,19 @@ class PruneConfig:
     sizes: bool = setting(
         True, help="Skip the gzip size of input and output.", flags=("--no-sizes",), kind="off", commands=PRUNE_ONLY
     )
+
+    def __post_init__(self) -> None:
+        """--scope auto and --schedule auto become the measured best for this run: for element and block
+        pruning on the native engine, global ranking, and the polynomial ramp when it fine-tunes; layer-wise
+        and one-shot for the rest (units, N:M, tfmot, calibrated methods, --reconstruct, --auto)."""
+        kind = self.granularity.kind if isinstance(self.granularity, Granularity) else "element"
+        # what bench/ACCURACY.md measured; calibrated methods work layer by layer, as their papers do
+        measured = kind in GLOBAL_BY_DEFAULT and self.engine == "native" and self.method not in CALIBRATED_METHODS
+        if self.scope == "auto":
+            object.__setattr__(self, "scope", "global" if measured else "layer")
+        if self.schedule == "auto":
+            gradual = measured and self.epochs > 0 and self.threshold is None and not self.reconstruct and not self.auto
+            object.__setattr__(self, "schedule", "polynomial" if gradual else "oneshot")
 
     @property
     def effective_sparsity(self) -> float | None:
@@ -712,9 +738,6 @@ def validate(c: PruneConfig) -> None:
     _check_calibration(c)
 
 
-CALIBRATED_METHODS = ("wanda", "sparsegpt")  # pruned layer by layer by prunecli.calibration
-
-
 def _check_calibration(c: PruneConfig) -> None:
     """What the calibrated one-shot methods (and --reconstruct) can honour."""
     if c.calibration_samples < 1:
@@ -801,6 +824,9 @@ def _check_tfmot(c: PruneConfig) -> None:
         (c.shrink, "--shrink"),
         (bool(c.export), "--export"),
         (c.strategy != "default", f"--strategy {c.strategy}"),
+        (c.distill is not None, "--distill"),
+        (c.lr_schedule != "constant", f"--lr-schedule {c.lr_schedule}"),
+        (c.reconstruct, "--reconstruct"),
     ]
     for failed, what in unsupported:
         if failed:

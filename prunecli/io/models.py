@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import os
 import re
@@ -254,6 +255,52 @@ def _config_declared(config) -> tuple[int, int]:
     return params, layers
 
 
+class _StoredMember(io.RawIOBase):
+    """A stored (uncompressed) zip member read in place, by offset, without zipfile's CRC pass: h5py
+    reads a few KB of dataset headers, where `ZipFile.open` would re-read and checksum the whole member
+    on every backward seek (2 s of a ResNet50 load)."""
+
+    def __init__(self, raw, start: int, size: int):
+        self._raw, self._start, self._size, self._pos = raw, start, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        want = max(0, min(len(buffer), self._size - self._pos))
+        self._raw.seek(self._start + self._pos)
+        got = self._raw.readinto(memoryview(buffer)[:want])
+        self._pos += got
+        return got
+
+
+@contextlib.contextmanager
+def _member_headers(path: Path, item: zipfile.ZipInfo):
+    """The member as a seekable file when it is stored uncompressed (Keras stores its weights so),
+    else None (its expanded size still counts)."""
+    if item.compress_type != zipfile.ZIP_STORED:
+        yield None
+        return
+    with open(path, "rb") as raw:
+        raw.seek(item.header_offset)
+        header = raw.read(30)  # the local file header: its name and extra lengths give the data offset
+        start = (
+            item.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+        )
+        yield _StoredMember(raw, start, item.file_size)
+
+
 def declared_bytes(info: ModelFile) -> tuple[int, int]:
     """(weight bytes, layer count) the file declares: dataset shapes, expanded archive members and
     layer configs, read without building the model."""
@@ -265,8 +312,10 @@ def declared_bytes(info: ModelFile) -> tuple[int, int]:
             with zipfile.ZipFile(info.path) as z:
                 expanded = sum(item.file_size for item in z.infolist())
                 if "model.weights.h5" in z.namelist():
-                    with z.open("model.weights.h5") as fh, h5py.File(fh, "r") as h5:
-                        weights = _h5_declared_bytes(h5)
+                    with _member_headers(info.path, z.getinfo("model.weights.h5")) as fh:
+                        if fh is not None:
+                            with h5py.File(fh, "r") as h5:
+                                weights = _h5_declared_bytes(h5)
                 weights = max(weights, expanded)
         else:
             with h5py.File(info.path, "r") as h5:

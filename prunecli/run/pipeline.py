@@ -43,6 +43,11 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
     flops_before = flops.count(state.model)  # theoretical multiply-adds per example, for the report
     state = state.after(steps.pick_targets(state.model, config))
     state = state.after(steps.evaluate(state, "before", say, timings))
+    teacher = None
+    if config.distill is not None:  # the dense model teaches the pruned one: copied before anything is pruned
+        from prunecli.training import distill
+
+        teacher = distill.teacher_copy(state.model)
 
     kind = config.granularity.kind
     if kind == "input":
@@ -63,7 +68,7 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
     if config.schedule == "oneshot" or removes_at_once:
         state = state.after(steps.evaluate(state, "after_pruning", say, timings))
     if config.epochs > 0 or config.schedule != "oneshot":
-        state = state.after(steps.finetune(state, say, timings))  # gradual schedules prune while they train
+        state = state.after(steps.finetune(state, say, timings, teacher))  # gradual schedules prune as they train
         state = state.after(steps.evaluate(state, "after_finetune", say, timings))
     masked_model = state.model  # before --shrink: the export step times it in TFLite beside the shrunk one
     if config.shrink and not removes_at_once:

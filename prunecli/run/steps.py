@@ -181,8 +181,9 @@ def calibrated_mask(state: RunState, progress: Progress, timings: Timings) -> St
     return StepResult(masks=masks, notes=notes, sections={"calibration": section})
 
 
-def finetune(state: RunState, progress: Progress, timings: Timings) -> StepResult:
-    """Fine-tune with the masks held; gradual schedules re-mask through `score_and_mask` as they go."""
+def finetune(state: RunState, progress: Progress, timings: Timings, teacher=None) -> StepResult:
+    """Fine-tune with the masks held; gradual schedules re-mask through `score_and_mask` as they go.
+    `teacher` (--distill): the unpruned model, copied by the orchestration before anything was pruned."""
     from prunecli.training import finetune as training
 
     def remask(model, targets, config):
@@ -198,6 +199,7 @@ def finetune(state: RunState, progress: Progress, timings: Timings) -> StepResul
         remask=remask,
         progress=progress,
         compiled_optimizer=state.compiled_optimizer,
+        teacher=teacher,
     )
     result = training.run(job)
     for phase, seconds in result.timings.items():

@@ -518,7 +518,9 @@ def write_outputs(result: SweepResult, out_dir: str | Path, name: str = "sweep")
             temps[paths["json"]].write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
             with open(temps[paths["csv"]], "w", newline="", encoding="utf-8") as fh:
                 writer = csv.writer(fh)
-                writer.writerow(["curve", "sparsity", "measured_sparsity", "stage", "loss", "accuracy", "accuracy_drop"])
+                writer.writerow(
+                    ["curve", "sparsity", "measured_sparsity", "stage", "loss", "accuracy", "accuracy_drop"]
+                )
                 base_acc = result.baseline.get("accuracy")
                 for p in result.points:
                     for stage in ("after_pruning", "after_finetune"):

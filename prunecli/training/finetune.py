@@ -53,6 +53,7 @@ class FineTuneJob:
     remask: Callable
     progress: Callable[[str], None]
     compiled_optimizer: Any = None
+    teacher: Any = None  # --distill: a frozen copy of the model taken before pruning (distill.teacher_copy)
     notes: list = field(default_factory=list)
     mask_notes: list = field(default_factory=list)  # the latest mask update's notes only
 
@@ -131,6 +132,8 @@ def _run(s: FineTuneJob, strategy) -> StepResult:
         "l1": c.l1,
         "l2": c.l2,
         "jit_compile": trainer.jit_compile,
+        "lr_schedule": trainer.lr_schedule,
+        "distill": {"temperature": c.distill, "weight": c.distill_weight} if trainer.distilled else None,
         "distribute": distribute.describe(strategy),
         "validation": "held-out" if held_out else "training data",
         "mask_updates": updates,
