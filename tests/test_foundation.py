@@ -20,7 +20,9 @@ def nonzeros(model, layer):
 @pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.9])
 def test_layerwise_sparsity_is_exact(mlp_files, tmp_path, sparsity):
     result = prune(
-        build_config({"model_path": mlp_files["keras"], "sparsity": sparsity, "output": tmp_path / "o.keras"})
+        build_config(
+            {"model_path": mlp_files["keras"], "sparsity": sparsity, "scope": "layer", "output": tmp_path / "o.keras"}
+        )
     )
     for stat in result.report.layers:
         expected_pruned = round(sparsity * stat.params)

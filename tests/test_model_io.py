@@ -33,7 +33,7 @@ def test_keras3_round_trip(cli, mlp_files, tmp_path, fmt):
     src = mlp_files[fmt]
     before = sha(src)
     out = tmp_path / f"pruned.{fmt}"
-    result = cli("prune", src, "-s", "0.5", "-o", out, "-q")
+    result = cli("prune", src, "-s", "0.5", "--scope", "layer", "-o", out, "-q")
     assert result.exit_code == 0, result.output
     assert sha(src) == before
     model, info = model_io.load(out)
@@ -48,7 +48,7 @@ def test_keras2_h5_stays_loadable_by_tf_keras(cli, keras2_h5, tmp_path):
 
     before = sha(keras2_h5)
     out = tmp_path / "k2.pruned.h5"
-    result = cli("prune", keras2_h5, "-s", "0.75", "-o", out, "-q")
+    result = cli("prune", keras2_h5, "-s", "0.75", "--scope", "layer", "-o", out, "-q")
     assert result.exit_code == 0, result.output
     assert sha(keras2_h5) == before
     assert model_io.inspect_file(out).flavour == "keras2"
@@ -147,7 +147,7 @@ def test_keras2_mobilenet_with_legacy_arguments(cli, tmp_path):
     tf_keras.applications.MobileNet(weights=None, input_shape=(32, 32, 3), alpha=0.25, classes=4).save(src)
     before = sha(src)
     out = tmp_path / "mobilenet.pruned.h5"
-    result = cli("prune", src, "-s", "0.6", "-o", out, "-q")
+    result = cli("prune", src, "-s", "0.6", "--scope", "layer", "-o", out, "-q")
     assert result.exit_code == 0, result.stderr
     assert sha(src) == before
     reloaded = tf_keras.models.load_model(out)
@@ -165,7 +165,7 @@ def test_keras2_layer_names_with_slashes(cli, tmp_path):
     src = tmp_path / "slashes.h5"
     tf_keras.Model(inp, out).save(src)
     out_path = tmp_path / "slashes.pruned.h5"
-    result = cli("prune", src, "-s", "0.5", "-o", out_path, "-q")
+    result = cli("prune", src, "-s", "0.5", "--scope", "layer", "-o", out_path, "-q")
     assert result.exit_code == 0, result.stderr
     reloaded = tf_keras.models.load_model(out_path)
     kernel = reloaded.get_layer("block1/dense").get_weights()[0]

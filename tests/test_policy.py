@@ -52,7 +52,7 @@ def layers():
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.77, 0.9])
 def test_element_layer_scope_prunes_exactly_round_s_n_in_each_layer(layers, sparsity):
-    result = build(layers, sparsity=sparsity)
+    result = build(layers, sparsity=sparsity, scope="layer")
     for t in layers:
         mask = np.asarray(result.masks[t.name])
         assert mask.shape == t.shape
@@ -64,9 +64,11 @@ def test_element_layer_scope_prunes_exactly_round_s_n_in_each_layer(layers, spar
 
 def test_ties_still_give_the_exact_count(layers):
     flat = {t.name: np.ones(t.shape, "float32") for t in layers}
-    result = build(layers, flat, sparsity=0.6)
+    result = build(layers, flat, sparsity=0.6, scope="layer")
     for t in layers:
         assert pruned(result.masks[t.name]) == round(0.6 * t.size)
+    overall = build(layers, flat, sparsity=0.6)  # the default, global: exact over all layers
+    assert sum(pruned(overall.masks[t.name]) for t in layers) == round(0.6 * sum(t.size for t in layers))
 
 
 @pytest.mark.parametrize("sparsity", [0.25, 0.5, 0.9])
@@ -90,7 +92,7 @@ def test_neuron_granularity_keeps_the_unit_with_the_largest_weights():
 
 @pytest.mark.parametrize("rows,cols", [(2, 2), (4, 1), (3, 5)])
 def test_block_granularity_removes_exactly_round_s_blocks(layers, rows, cols):
-    result = build(layers, sparsity=0.5, granularity=Granularity("block", rows, cols))
+    result = build(layers, sparsity=0.5, scope="layer", granularity=Granularity("block", rows, cols))
     for t in layers:
         matrix = np.asarray(t.to_matrix(result.masks[t.name]))
         n_blocks = math.ceil(matrix.shape[0] / rows) * math.ceil(matrix.shape[1] / cols)
@@ -174,11 +176,16 @@ def test_global_magnitude_at_90_percent_does_not_wipe_out_a_small_layer():
     big = make_target("big", (200, 50), seed=9)
     small = make_target("small", (20, 10), seed=10, scale=0.01)  # 100x smaller weights
     targets = [big, small]
-    normalised = build(targets, sparsity=0.9, scope="global")
+    normalised = build(targets, sparsity=0.9, scope="global", normalize="mean")
     small_sparsity = pruned(normalised.masks[small.name]) / small.size
     assert 0.5 < small_sparsity < 0.97, "ranked against its own layer's mean, the small layer is pruned like the rest"
     assert pruned(normalised.masks[big.name]) + pruned(normalised.masks[small.name]) == round(0.9 * 10_200)
     assert not normalised.notes
+
+    lamp = build(targets, sparsity=0.9, scope="global")  # the default normalisation: LAMP is scale-free too
+    assert pruned(lamp.masks[small.name]) / small.size < 0.97
+    assert pruned(lamp.masks[big.name]) + pruned(lamp.masks[small.name]) == round(0.9 * 10_200)
+    assert not lamp.notes
 
     raw = build(targets, sparsity=0.9, scope="global", normalize="none")
     assert int(np.count_nonzero(np.asarray(raw.masks[small.name]))) == 2  # only the 1% floor survives
@@ -199,13 +206,16 @@ def test_threshold_prunes_the_scores_below_it(layers):
         assert np.array_equal(kept_units, unit_means >= unit_means.mean())
 
 
-def test_min_keep_floor_and_allow_empty():
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_min_keep_floor_and_allow_empty(scope):
     t = make_target("tiny", (5, 2), seed=11)  # 10 weights; 0.96 rounds to all 10
-    floored = build([t], sparsity=0.96)
+    floored = build([t], sparsity=0.96, scope=scope)
     assert int(np.count_nonzero(np.asarray(floored.masks[t.name]))) == 1
     assert floored.notes == ["tiny/kernel: kept 1 of 10 groups (min_keep)"]
-    assert int(np.count_nonzero(np.asarray(build([t], sparsity=0.96, allow_empty=True).masks[t.name]))) == 0
-    wide_floor = build([t], sparsity=0.9, min_keep=0.35)
+    emptied = build([t], sparsity=0.96, allow_empty=True, scope=scope)
+    assert int(np.count_nonzero(np.asarray(emptied.masks[t.name]))) == 0
+    assert not emptied.notes
+    wide_floor = build([t], sparsity=0.9, min_keep=0.35, scope=scope)
     assert int(np.count_nonzero(np.asarray(wide_floor.masks[t.name]))) == 4  # ceil(0.35 * 10)
     high_threshold = build([t], threshold=1e9, granularity=Granularity("neuron"))
     assert int(np.asarray(high_threshold.masks[t.name]).any(axis=0).sum()) == 1
@@ -276,7 +286,10 @@ def test_cli_recipe_overrides_on_the_example(cli, example_model, tmp_path):
     layers = {row["layer"]: row for row in json.loads(report.read_text())["layers"]}
     assert "conv1" not in layers
     assert layers["dense1"]["sparsity"] == pytest.approx(round(0.9 * 32768) / 32768)
-    assert layers["conv2"]["sparsity"] == pytest.approx(round(0.6 * 4608) / 4608)
+    # the default scope is global: the layers without an override share round(0.6 * their weights)
+    rest = [layers["conv2"], layers["predictions"]]
+    assert sum(row["params"] - row["nonzeros"] for row in rest) == round(0.6 * (4608 + 640))
+    assert layers["conv2"]["sparsity"] != pytest.approx(round(0.6 * 4608) / 4608)  # not layer by layer
 
 
 def test_cli_nm_on_the_example_holds_the_pattern(cli, example_model, tmp_path):

@@ -47,7 +47,7 @@ layers = st.lists(st.tuples(st.sampled_from(SHAPES), st.integers(0, 2**16)), min
 def test_each_layer_loses_exactly_its_share(layers, sparsity):
     targets = [_target(f"l{i}", _weights(shape, seed)) for i, (shape, seed) in enumerate(layers)]
 
-    masks = _masks(targets, PruneConfig(sparsity=sparsity, allow_empty=True))
+    masks = _masks(targets, PruneConfig(sparsity=sparsity, scope="layer", allow_empty=True))
 
     for t in targets:
         assert masks[t.name].shape == t.shape
@@ -55,7 +55,7 @@ def test_each_layer_loses_exactly_its_share(layers, sparsity):
 
 
 @FAST
-@given(layers=layers, sparsity=st.floats(0.0, 0.99), normalize=st.sampled_from(["mean", "none"]))
+@given(layers=layers, sparsity=st.floats(0.0, 0.99), normalize=st.sampled_from(["lamp", "mean", "none", "erk"]))
 def test_global_scope_removes_exactly_the_budget(layers, sparsity, normalize):
     targets = [_target(f"l{i}", _weights(shape, seed)) for i, (shape, seed) in enumerate(layers)]
 

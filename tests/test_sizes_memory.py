@@ -104,7 +104,7 @@ CONFIGS = [
 @pytest.mark.parametrize("settings", CONFIGS, ids=[str(c) for c in CONFIGS])
 @pytest.mark.parametrize("tied", [False, True], ids=["distinct", "ties"])
 def test_chunked_masks_equal_all_at_once(small_model, settings, tied):
-    config = build_config({"model_path": "m.keras", **settings})
+    config = build_config({"model_path": "m.keras", "scope": "layer", **settings})
     found = targets_mod.select(small_model)
     assert chunked.layer_independent(config, model=None)
     scores = _scores(found, tied)
@@ -135,7 +135,7 @@ def test_chunked_masking_zeroes_the_same_weights(small_model):
     """Applied for real with kernels.apply_masks, on a copy of the weights."""
     import keras
 
-    config = build_config({"model_path": "m.keras", "sparsity": 0.75})
+    config = build_config({"model_path": "m.keras", "sparsity": 0.75, "scope": "layer"})
     found = targets_mod.select(small_model)
     expected = policy.build_masks(found, _scores(found, False), "element", config)
     saved = small_model.get_weights()
@@ -160,6 +160,7 @@ def test_chunks_keep_order_and_put_a_large_tensor_alone(small_model):
 
 def test_global_ranking_and_tied_sets_are_not_chunked(small_model):
     assert not chunked.layer_independent(build_config({"model_path": "m.keras", "scope": "global"}))
+    assert not chunked.layer_independent(build_config({"model_path": "m.keras"}))  # the default: global
     assert chunked.layer_independent(build_config({"model_path": "m.keras", "scope": "global", "threshold": 0.1}))
     neuron = build_config({"model_path": "m.keras", "granularity": "neuron"})
     assert not chunked.layer_independent(neuron, model=small_model)

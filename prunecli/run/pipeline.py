@@ -64,6 +64,8 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
         state = state.after(heads.run(state.model, state.data, state.task, config, say, timings))  # shrinks too
     elif config.schedule == "oneshot":
         state = state.after(steps.mask(state, say, timings))
+        if kind == "neuron":  # channels removed: BatchNorm's statistics re-estimated on the pruned model
+            state = state.after(steps.recalibrate_batchnorm(state, say, timings))
     removes_at_once = kind in ("input", "layer", "head")  # these steps score, select and (with --shrink) remove
     if config.schedule == "oneshot" or removes_at_once:
         state = state.after(steps.evaluate(state, "after_pruning", say, timings))

@@ -181,6 +181,19 @@ def calibrated_mask(state: RunState, progress: Progress, timings: Timings) -> St
     return StepResult(masks=masks, notes=notes, sections={"calibration": section})
 
 
+def recalibrate_batchnorm(state: RunState, progress: Progress, timings: Timings) -> StepResult:
+    """After neuron pruning with --data: BatchNorm's moving statistics re-estimated on the pruned
+    model (training/batchnorm.py), the masks and followers held."""
+    from prunecli.training import batchnorm
+
+    if state.data is None or not batchnorm.batchnorm_layers(state.model):
+        return StepResult()
+    progress("re-estimating BatchNorm statistics of the pruned model")
+    with timings.phase("recalibrate"):
+        count = batchnorm.recalibrate(state.model, state.data.train, getattr(state.masks, "followers", None))
+    return StepResult(sections={"batchnorm_recalibrated": {"layers": count, "samples": batchnorm.SAMPLES}})
+
+
 def finetune(state: RunState, progress: Progress, timings: Timings, teacher=None) -> StepResult:
     """Fine-tune with the masks held; gradual schedules re-mask through `score_and_mask` as they go.
     `teacher` (--distill): the unpruned model, copied by the orchestration before anything was pruned."""

@@ -8,14 +8,14 @@ Guarantees:
 - sparsity s, scope=layer: each layer loses exactly round(s * groups) groups.
 - sparsity s, scope=global: all layers' groups are ranked together and exactly round(s * total
   groups) are removed. How layers are compared is `normalize`:
-  - "mean" (default): scores are first divided by their layer's mean score, so a layer ranks by how a
+  - "mean": scores are first divided by their layer's mean score, so a layer ranks by how a
     group compares with the rest of its own layer: a layer whose weights are all small, or whose
     scores have another scale (gradients of a deep layer), is not wiped out.
   - "none" ranks raw scores, which magnitude pruning papers call "global magnitude".
-  - "lamp": LAMP scores (Lee et al., ICLR 2021): with a layer's scores sorted ascending,
-    score(u) = s_u^2 / sum over v >= u of s_v^2 (for magnitude, the paper's w^2), the share of the
-    layer's remaining squared score that u carries; a layer's best group scores 1. Tied scores share
-    the smallest denominator, so positions do not matter.
+  - "lamp" (default; best in bench/ACCURACY.md): LAMP scores (Lee et al., ICLR 2021): with a
+    layer's scores sorted ascending, score(u) = s_u^2 / sum over v >= u of s_v^2 (for magnitude, the
+    paper's w^2), the share of the layer's remaining squared score that u carries; a layer's best
+    group scores 1. Tied scores share the smallest denominator, so positions do not matter.
   - "erk": no common ranking; the budget is allocated first, by Erdos-Renyi-Kernel (Evci et al.,
     ICML 2020, RigL): layer l keeps a density proportional to (sum of its kernel's dims) / (product of
     its kernel's dims), scaled so that exactly round(s * total groups) go, capped at 1 (the excess is
@@ -393,6 +393,11 @@ def _run(plans: list[_Plan], ranked: list[_Plan], budget: int, result: MaskSet, 
         for p in over:
             at_cap.add(id(p))
             _note_floor(p.set, result)
+    if free and budget - sum(p.cap for p in ranked if id(p) in at_cap) > sum(p.cap for p in free):
+        # the budget outran every remaining set's capacity: each is held at its floor (tied sets are noted below)
+        for p in free:
+            if p.free is None and p.cap < p.set.size:
+                _note_floor(p.set, result)
     result.selection_path = path if segments else ""
     out = []
     for p in plans:
