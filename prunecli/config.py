@@ -22,6 +22,7 @@ GLOBAL_BY_DEFAULT = ("element", "block")  # granularities --scope auto ranks glo
 NORMALIZATIONS = ("mean", "none", "lamp", "erk")  # selection/policy.py says what each does
 SCHEDULES = ("auto", "oneshot", "iterative", "polynomial", "dynamic")
 CALIBRATED_METHODS = ("wanda", "sparsegpt")  # pruned layer by layer by prunecli.calibration
+UNIT_METHODS = ("activation", "apoz", "l1-norm", "l2-norm", "neuron-mean")  # score whole units: pruned as neurons
 LR_SCHEDULES = ("constant", "cosine")  # fine-tuning learning rate (training/finetune.py)
 ENGINES = ("native", "tfmot")
 STRATEGIES = ("default", "mirrored", "multiworker", "tpu")  # tf.distribute strategies (training/distribute.py)
@@ -282,7 +283,12 @@ class PruneConfig:
         and one-shot for the rest (units, N:M, tfmot, calibrated methods, --reconstruct, --auto)."""
         kind = self.granularity.kind if isinstance(self.granularity, Granularity) else "element"
         # what bench/ACCURACY.md measured; calibrated methods work layer by layer, as their papers do
-        measured = kind in GLOBAL_BY_DEFAULT and self.engine == "native" and self.method not in CALIBRATED_METHODS
+        measured = (
+            kind in GLOBAL_BY_DEFAULT
+            and self.engine == "native"
+            and self.method not in CALIBRATED_METHODS
+            and self.method not in UNIT_METHODS  # run as neuron pruning (run/steps.py)
+        )
         if self.scope == "auto":
             object.__setattr__(self, "scope", "global" if measured else "layer")
         if self.schedule == "auto":

@@ -128,7 +128,10 @@ def test_report_json_schema(pruned_run):
     assert [layer["layer"] for layer in r["layers"]] == ["hidden1", "hidden2"]
     for layer in r["layers"]:
         assert set(layer) == {"name", "layer", "class", "shape", "params", "nonzeros", "sparsity", "requested_sparsity"}
-        assert layer["params"] - layer["nonzeros"] == round(0.6 * layer["params"])
+        assert layer["requested_sparsity"] == 0.6
+    totals = r["totals"]  # the default scope for element pruning is global: exact over all pruned layers
+    assert totals["prunable_params"] - totals["prunable_nonzeros"] == round(0.6 * totals["prunable_params"])
+    assert totals["prunable_params"] == sum(layer["params"] for layer in r["layers"])
     assert set(r["metrics"]) >= {"before", "after_pruning"}
     assert set(r["metrics"]["before"]) == {"loss", "accuracy"}
     assert r["timings_s"]["total"] >= r["timings_s"]["evaluate"] > 0
@@ -140,7 +143,8 @@ def test_markdown_summary_has_metrics_and_the_layer_table(pruned_run):
     assert "### Metrics" in md and "| before |" in md and "| after pruning |" in md
     change = r["metrics"]["after_pruning"]["accuracy"] - r["metrics"]["before"]["accuracy"]
     assert f"{change:+.4f}" in md
-    assert "| hidden1/kernel | Dense | 20x32 | 640 | 256 | 60.0% | 60.0% |" in md
+    hidden1 = r["layers"][0]
+    assert f"| hidden1/kernel | Dense | 20x32 | 640 | {hidden1['nonzeros']} | {hidden1['sparsity']:.1%} | 60.0% |" in md
     assert "**prunable total**" in md and "### Files" in md
     assert "out/kernel" not in md  # excluded layers are not in the table
 

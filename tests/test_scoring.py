@@ -339,3 +339,12 @@ def test_data_method_without_data_is_a_usage_error(cli, example_model, tmp_path)
     result = cli("prune", example_model, "-m", "gradient", "-o", tmp_path / "out.keras", "-q")
     assert result.exit_code == 2
     assert "needs --data" in result.output
+
+
+def test_unit_methods_resolve_auto_like_neuron_pruning():
+    """Methods that score whole units are run as neuron pruning: --scope/--schedule auto treat them so."""
+    from prunecli.config import UNIT_METHODS, PruneConfig
+
+    assert set(UNIT_METHODS) == {n for n in scoring.available() if scoring.get(n).level == "unit"}
+    c = PruneConfig(method="apoz", data="d.npz", epochs=2)
+    assert (c.scope, c.schedule) == ("layer", "oneshot")
