@@ -154,7 +154,7 @@ def test_force_allows_overwriting_the_input(corpus, tmp_path, run_cli):
     assert refused.exit_code == ExitCode.OUTPUT
     before = _sha256(model)
 
-    result = run_cli(["prune", model, "-o", model, "--force", "-q"])
+    result = run_cli(["prune", model, "-o", model, "--force", "--scope", "layer", "-q"])
 
     assert result.exit_code == 0, result.output
     assert _sha256(model) != before
@@ -170,7 +170,7 @@ def test_h5_whose_training_config_keras_cannot_restore_still_prunes(corpus, tmp_
     with pytest.raises(ValueError, match="mse"):
         keras.saving.load_model(corpus / "mse_compiled.h5")
 
-    result = run_cli(["prune", corpus / "mse_compiled.h5", "-o", tmp_path / "out.h5", "-q"])
+    result = run_cli(["prune", corpus / "mse_compiled.h5", "-o", tmp_path / "out.h5", "--scope", "layer", "-q"])
 
     assert result.exit_code == 0, result.output
     kernel = keras.saving.load_model(tmp_path / "out.h5", compile=False).get_layer("hidden").kernel.numpy()

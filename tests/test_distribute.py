@@ -23,7 +23,8 @@ from prunecli.errors import ConfigError
 from prunecli.training import distribute
 
 # polynomial: masks are re-scored and re-applied while the replicas train, then held
-SETTINGS = {
+SETTINGS = {  # layer-wise, so each kernel's zeros can be counted exactly
+    "scope": "layer",
     "sparsity": 0.7,
     "epochs": 2,
     "schedule": "polynomial",

@@ -66,7 +66,7 @@ def _env() -> dict:
 def _signal_while_saving(args: list, out: Path, sig: int):
     """Run `prunecli prune`, and send `sig` the moment the output or its temporary file appears."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "prunecli", "prune", *map(str, args)],
+        [sys.executable, "-m", "prunecli", "prune", "--scope", "layer", *map(str, args)],
         env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -89,7 +89,7 @@ def _signal_while_saving(args: list, out: Path, sig: int):
 
 
 def _assert_absent_or_complete(out: Path) -> None:
-    """The output is either not there, or a whole model: loadable, with the pruned weights."""
+    """The output is either not there, or a whole model: loadable, with the pruned weights (layer-wise 50%)."""
     if not out.exists():
         return
     import keras
@@ -110,7 +110,9 @@ def test_sigkill_during_save_leaves_nothing_partial(models, tmp_path):
     stale = _temps(tmp_path)  # SIGKILL cannot be caught: a temporary file may stay behind ...
     assert all(name.startswith(".out.") and name.endswith(".tmp.keras") for name in stale), stale
 
-    rerun = CliRunner().invoke(main, ["prune", str(src), "-o", str(out), "--no-sizes", "-q"], catch_exceptions=False)
+    rerun = CliRunner().invoke(
+        main, ["prune", str(src), "--scope", "layer", "-o", str(out), "--no-sizes", "-q"], catch_exceptions=False
+    )
 
     assert rerun.exit_code == 0, rerun.output
     assert _temps(tmp_path) == []  # ... and the next run writing the same output removes it

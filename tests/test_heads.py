@@ -356,3 +356,15 @@ def test_preview_changes_nothing():
     rows = heads.preview(model, _config(remove_heads=1))
     assert [r["heads_after"] for r in rows] == [3, 3] and all(r["deletable"] for r in rows)
     np.testing.assert_array_equal(np.asarray(model.get_layer("b0_mha")._query_dense.kernel), q)
+
+
+def test_plan_shows_heads_before_and_after(tmp_path):
+    """`prunecli plan -g head` runs head selection in memory and lists heads per layer, writing nothing."""
+    from prunecli import build_config
+    from prunecli.run.plan import make_plan
+
+    path = tmp_path / "vit.keras"
+    vit_like().save(path)
+    plan = make_plan(build_config({"model_path": str(path), "granularity": "head", "sparsity": 0.5}))
+    assert plan["heads"] and all(row["live_heads_after"] < row["heads_before"] for row in plan["heads"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vit.keras"]

@@ -97,6 +97,14 @@ def make_plan(config, progress=None) -> dict[str, Any]:
         from prunecli.structure import layer_removal
 
         state = state.after(layer_removal.run(state.model, state.data, state.task, config, say, timings))
+    elif kind == "head":
+        from prunecli.structure import heads
+
+        heads_before = heads.heads_per_layer(state.model)
+        state = state.after(heads.run(state.model, state.data, state.task, config, say, timings))
+        state = state.after(
+            StepResult(sections={"heads": heads.heads_table(heads_before, heads.heads_per_layer(state.model))})
+        )
     else:
         if config.schedule != "oneshot":
             state = state.after(
@@ -133,7 +141,7 @@ def make_plan(config, progress=None) -> dict[str, Any]:
     }
     if groups is not None:
         plan["groups"] = groups
-    for key in ("kept_features", "kept_feature_names", "feature_pruning", "removed_layers", "layer_pruning"):
+    for key in ("kept_features", "kept_feature_names", "feature_pruning", "removed_layers", "layer_pruning", "heads"):
         if key in state.sections:
             plan[key] = state.sections[key]
     return plan

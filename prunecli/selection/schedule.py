@@ -64,7 +64,9 @@ def build(kind: str, epochs: int, steps_per_epoch: int, initial_sparsity: float 
         return Schedule(kind, initial_sparsity, total, (), 0)
     if kind == "iterative":
         if rounds > total:
-            raise ConfigError(f"--schedule iterative --steps {rounds} needs at least {rounds} training steps; this run has {total}")
+            raise ConfigError(
+                f"--schedule iterative --steps {rounds} needs at least {rounds} training steps; this run has {total}"
+            )
         starts = tuple((k * total) // rounds for k in range(rounds))
         return Schedule(kind, initial_sparsity, total, starts, starts[-1], rounds)
     if kind in ("polynomial", "dynamic"):
