@@ -50,23 +50,13 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
         teacher = distill.teacher_copy(state.model)
 
     kind = config.granularity.kind
-    if kind == "input":
-        from prunecli.structure import features
-
-        state = state.after(features.run(state.model, state.data, state.task, config, say, timings))
-    elif kind == "layer":
-        from prunecli.structure import layer_removal
-
-        state = state.after(layer_removal.run(state.model, state.data, state.task, config, say, timings))
-    elif kind == "head":
-        from prunecli.structure import heads
-
-        state = state.after(heads.run(state.model, state.data, state.task, config, say, timings))  # shrinks too
+    removes_at_once = kind in steps.STRUCTURAL  # input features, layers, heads: scored, chosen, removed
+    if removes_at_once:
+        state = state.after(steps.remove_structure(state, say, timings))
     elif config.schedule == "oneshot":
         state = state.after(steps.mask(state, say, timings))
         if kind == "neuron":  # channels removed: BatchNorm's statistics re-estimated on the pruned model
             state = state.after(steps.recalibrate_batchnorm(state, say, timings))
-    removes_at_once = kind in ("input", "layer", "head")  # these steps score, select and (with --shrink) remove
     if config.schedule == "oneshot" or removes_at_once:
         state = state.after(steps.evaluate(state, "after_pruning", say, timings))
     if config.epochs > 0 or config.schedule != "oneshot":

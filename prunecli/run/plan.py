@@ -16,6 +16,7 @@ from prunecli.outputs.report import Timings
 from prunecli.results import StepResult
 from prunecli.run import steps
 from prunecli.runtime import quiet_tensorflow
+from prunecli.structure import heads
 
 
 def _layer_rows(model) -> dict[str, dict[str, Any]]:
@@ -89,22 +90,12 @@ def make_plan(config, progress=None) -> dict[str, Any]:
     groups = _groups(state.model) if config.granularity.kind == "neuron" else None
     state = state.after(steps.pick_targets(state.model, config))
     kind = config.granularity.kind
-    if kind == "input":
-        from prunecli.structure import features
-
-        state = state.after(features.run(state.model, state.data, state.task, config, say, timings))
-    elif kind == "layer":
-        from prunecli.structure import layer_removal
-
-        state = state.after(layer_removal.run(state.model, state.data, state.task, config, say, timings))
-    elif kind == "head":
-        from prunecli.structure import heads
-
-        heads_before = heads.heads_per_layer(state.model)
-        state = state.after(heads.run(state.model, state.data, state.task, config, say, timings))
-        state = state.after(
-            StepResult(sections={"heads": heads.heads_table(heads_before, heads.heads_per_layer(state.model))})
-        )
+    if kind in steps.STRUCTURAL:
+        heads_before = heads.heads_per_layer(state.model) if kind == "head" else None
+        state = state.after(steps.remove_structure(state, say, timings))
+        if kind == "head":
+            after = heads.heads_per_layer(state.model)
+            state = state.after(StepResult(sections={"heads": heads.heads_table(heads_before, after)}))
     else:
         if config.schedule != "oneshot":
             state = state.after(

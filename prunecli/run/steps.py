@@ -147,6 +147,28 @@ def score_and_mask(model, targets, data, task, config: PruneConfig, progress: Pr
     return masks
 
 
+STRUCTURAL = ("input", "layer", "head")  # granularities whose step scores, selects and removes at once
+
+
+def remove_structure(state: RunState, progress: Progress, timings: Timings) -> StepResult:
+    """-g input, -g layer and -g head: input features, whole layers or attention heads scored, chosen
+    and removed (zeroed, or cut out with --shrink) by their own step."""
+    kind, args = state.config.granularity.kind, (state.model, state.data, state.task, state.config, progress, timings)
+    if kind == "input":
+        from prunecli.structure import features
+
+        return features.run(*args)
+    if kind == "layer":
+        from prunecli.structure import layer_removal
+
+        return layer_removal.run(*args)
+    if kind == "head":
+        from prunecli.structure import heads
+
+        return heads.run(*args)
+    raise ValueError(f"granularity {kind} is not removed by a structural step")
+
+
 def mask(state: RunState, progress: Progress, timings: Timings) -> StepResult:
     """The one-shot pruning step: score, select and apply, at the configured sparsity."""
     if scoring.get(state.config.method).calibrated or state.config.reconstruct:
