@@ -186,3 +186,21 @@ def test_overrides_and_erk_share_the_rest_of_the_budget():
     }
     assert pruned["conv"] == round(0.25 * 432)
     assert pruned["big"] + pruned["small"] == round(0.8 * (2400 + 21))
+
+
+def test_lamp_counts_equal_ranking_every_lamp_score():
+    """The per-layer counts from a global LAMP threshold are those of ranking every element's LAMP score."""
+    from prunecli.selection import policy
+
+    rng = np.random.default_rng(3)
+    layers = [np.round(rng.standard_normal(n), 1).astype("float32") for n in (50, 400, 7, 1000)]  # with ties
+    caps = [49, 396, 6, 990]
+    for budget in (0, 1, 100, 700, 1400):
+        counts = policy.lamp_counts(layers, caps, budget)
+        assert sum(counts) == min(budget, sum(caps)) and all(c <= cap for c, cap in zip(counts, caps, strict=True))
+        every = np.concatenate([policy.lamp_scores(x) for x in layers])
+        threshold = np.sort(every)[min(budget, sum(caps)) - 1] if budget else -1.0
+        for x, c, cap in zip(layers, counts, caps, strict=True):
+            lamp = policy.lamp_scores(x)
+            below, upto = np.count_nonzero(lamp < threshold), np.count_nonzero(lamp <= threshold)
+            assert min(below, cap) <= c <= min(upto, cap)

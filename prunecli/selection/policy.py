@@ -221,12 +221,83 @@ class _Plan:
 
 def lamp_scores(scores: np.ndarray) -> np.ndarray:
     """LAMP scores (Lee et al., ICLR 2021) of one layer's scores: s_u^2 / sum of s_v^2 over v with
-    s_v >= s_u (so tied scores get the same value), float32; 0 where the denominator is 0."""
-    sq = np.square(np.asarray(scores, dtype=np.float64).reshape(-1))
-    ordered = np.sort(sq)
-    tail = np.cumsum(ordered[::-1])[::-1]  # tail[i] = sum of ordered[i:]
-    denom = tail[np.searchsorted(ordered, sq, side="left")]
-    return np.divide(sq, denom, out=np.zeros_like(sq), where=denom > 0).astype(np.float32)
+    s_v >= s_u (so tied scores get the same value), float32; 0 where the denominator is 0.
+
+    One argsort of the squares, a reversed cumulative sum for the tails, and each tie run mapped to
+    the tail at its first element, all in sorted order and scattered back once (a searchsorted of
+    every element into the sorted copy cost 7 of 9 s on ResNet50)."""
+    sq = np.square(np.asarray(scores, dtype=np.float32).reshape(-1))
+    order = np.argsort(sq, kind="stable")
+    ordered = sq[order]
+    tail = np.cumsum(ordered[::-1], dtype=np.float64)[::-1]  # tail[i] = sum of ordered[i:]
+    n = ordered.size
+    run_start = np.ones(n, dtype=bool)
+    run_start[1:] = ordered[1:] != ordered[:-1]
+    first = np.maximum.accumulate(np.where(run_start, np.arange(n), 0))  # the first index of each tie run
+    denom = tail[first]
+    out = np.zeros(n, dtype=np.float32)
+    out[order] = np.divide(ordered, denom, out=np.zeros(n, dtype=np.float64), where=denom > 0)
+    return out
+
+
+class _LampCurve:
+    """A layer's LAMP values in ascending order of its scores, evaluated where asked: the sorted squares
+    and their tail sums are all it holds (no per-element LAMP array)."""
+
+    def __init__(self, scores: np.ndarray):
+        self.sq = np.sort(np.square(np.asarray(scores, dtype=np.float32).reshape(-1)))
+        self.tail = np.cumsum(self.sq[::-1], dtype=np.float64)[::-1]  # tail[i] = sum of sq[i:]
+
+    def at(self, i: int) -> float:
+        """LAMP of the i-th smallest score; tied scores share the tail of their run's first element."""
+        first = int(np.searchsorted(self.sq, self.sq[i], side="left"))
+        denom = float(self.tail[first])
+        return float(self.sq[i]) / denom if denom > 0 else 0.0
+
+    def count(self, value: float, side: str) -> int:
+        """How many LAMP values are < value (side "left") or <= value ("right"): LAMP is non-decreasing."""
+        lo, hi = 0, int(self.sq.size)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            v = self.at(mid)
+            if v < value or (side == "right" and v == value):
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+
+def lamp_counts(scores: list[np.ndarray], caps: list[int], budget: int) -> list[int]:
+    """How many positions each layer loses when `budget` positions of the lowest LAMP score are taken
+    over all layers together, each layer at most its cap, ties across layers taken in layer order.
+
+    Within a layer LAMP is non-decreasing in the layer's own score, so a global LAMP threshold is a
+    count per layer, and each layer can then select its lowest scores on its own: one sort per layer
+    instead of ranking every element of the model by its LAMP value (ResNet50: 4 s -> well under 1 s)."""
+    curves = [_LampCurve(s) for s in scores]
+    budget = min(budget, sum(caps))
+
+    def taken(value: float, side: str) -> list[int]:
+        return [min(c.count(value, side), cap) for c, cap in zip(curves, caps, strict=True)]
+
+    if budget <= 0:
+        return [0] * len(curves)
+    lo, hi = 0, int(np.float64(np.inf).view(np.int64))  # LAMP values are >= 0: search their bit patterns
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if sum(taken(float(np.int64(mid).view(np.float64)), "right")) >= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    value = float(np.int64(lo).view(np.float64))
+    counts = taken(value, "left")
+    at_value = taken(value, "right")
+    left = budget - sum(counts)
+    for i, more in enumerate(at_value):
+        extra = min(more - counts[i], left)
+        counts[i] += extra
+        left -= extra
+    return counts
 
 
 def erk_factor(e: ScoreSet) -> float:
@@ -322,8 +393,12 @@ def _ranking(e: ScoreSet, config: PruneConfig, together: bool) -> np.ndarray:
     """The scores a set is ranked by: raw for a set of one ranked alone or against a threshold number,
     normalised for a tied set; ranked together, as `normalize` says."""
     if together:
-        if config.normalize == "lamp":
-            return lamp_scores(e.combined(e.tied))
+        if config.normalize == "lamp":  # a set of one ranks by its own scores: lamp_counts maps the threshold
+            return (
+                e.combined(False)
+                if not e.tied and e.pinned is None and e.index is None
+                else lamp_scores(e.combined(e.tied))
+            )
         return e.combined(config.normalize == "mean")
     if config.threshold not in (None, "mean"):
         return e.combined(False)
@@ -358,6 +433,14 @@ def select_sets(sets: list[ScoreSet], config: PruneConfig, result: MaskSet, path
             result.requested[m.target.name] = requested
         plans.append(p)
     budget = int(round(config.effective_sparsity * sum(p.set.prunable for p in ranked))) if ranked else 0
+    if ranked and config.normalize == "lamp" and all(p.free is None for p in ranked):
+        # sets of one ranked by LAMP: the global threshold becomes a count per set (lamp_counts)
+        counts = lamp_counts([p.scores for p in ranked], [p.cap for p in ranked], budget)
+        for p, k in zip(ranked, counts, strict=True):
+            p.k = k
+            if k == p.cap and p.cap < p.set.prunable and budget > 0:
+                _note_floor(p.set, result)
+        ranked = []
     if ranked and config.normalize == "erk":
         ks, held = erk_counts(
             [p.set.prunable for p in ranked], [erk_factor(p.set) for p in ranked], [p.cap for p in ranked], budget
