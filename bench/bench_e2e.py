@@ -65,9 +65,9 @@ def run(repeats: int = 3) -> str:
     model = make_resnet50(work / "resnet50.keras")
     size = model.stat().st_size
     variants = [
-        ("prunecli prune -s 0.5 (layer)", ()),
+        ("prunecli prune -s 0.5 (default: global LAMP)", ()),
         ("... --no-sizes", ("--no-sizes",)),
-        ("... --scope global --no-sizes", ("--scope", "global", "--no-sizes")),
+        ("... --scope layer --no-sizes", ("--scope", "layer", "--no-sizes")),
     ]
     keras_runs, results = [], {name: [] for name, _ in variants}
     with tempfile.TemporaryDirectory() as cache:  # XLA compile cache: empty for the very first run only

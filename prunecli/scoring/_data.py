@@ -247,20 +247,3 @@ def unit_outputs(model, targets, method: str):
             outputs.append(_follow_channelwise(own[0].output_tensors[0], consumers))
         plan.append((index_of_layer[id(t.layer)], int(outputs[index_of_layer[id(t.layer)]].shape[-1]) // t.units))
     return keras.Model(model.inputs, outputs), plan
-
-
-def loss_function(ctx, method: str):
-    """The loss as a callable (y_true, y_pred) -> per-example or scalar loss, from a name or object."""
-    import keras
-
-    if ctx.loss_fn is None:
-        raise ConfigError(f"method {method!r} needs a loss: give --data so the task (and its loss) is known")
-    if isinstance(ctx.loss_fn, (dict, list, tuple)):
-        raise ConfigError(f"method {method!r} supports single-output models with one loss")
-    try:
-        fn = keras.losses.get(ctx.loss_fn)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"method {method!r}: unknown loss {ctx.loss_fn!r}") from exc
-    if fn is None:
-        raise ConfigError(f"method {method!r}: unknown loss {ctx.loss_fn!r}")
-    return fn

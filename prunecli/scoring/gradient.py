@@ -12,6 +12,7 @@ from __future__ import annotations
 from prunecli.scoring import _data
 from prunecli.scoring.registry import register
 from prunecli.training import distribute
+from prunecli.training.metrics import loss_callable
 
 
 def mean_abs_gradients(targets, ctx, method: str) -> dict:
@@ -19,7 +20,7 @@ def mean_abs_gradients(targets, ctx, method: str) -> dict:
     import tensorflow as tf
 
     _data.require_data(ctx, method)
-    loss_fn = _data.loss_function(ctx, method)
+    loss_fn = loss_callable(ctx.loss_fn, f"method {method!r}")
     model = ctx.model
     weights = [getattr(t.variable, "value", t.variable) for t in targets]  # the tf.Variable under a Keras one
 

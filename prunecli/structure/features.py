@@ -337,10 +337,11 @@ def score(model, data, task, config, progress, tr: Trace, kind: str) -> dict[int
         return {inp.index: list(np.random.default_rng([config.seed, inp.index]).random(inp.count)) for inp in tr.inputs}
     if data is None:
         raise ConfigError(f"feature score {kind!r} needs --data")
-    from prunecli.structure.layer_removal import _loss_fn, batches
+    from prunecli.structure.layer_removal import batches
+    from prunecli.training.metrics import loss_callable
 
     sample = batches(data.train, config.score_batches)
-    loss = _loss_fn(task)
+    loss = loss_callable(task.loss, f"feature score {kind!r}")
     if kind == "permutation":
         return permutation_scores(model, sample, loss, config.repeats, config.seed, len(tr.inputs), progress)
     return gradient_scores(model, sample, loss, kind == "taylor", len(tr.inputs))

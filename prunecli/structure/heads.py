@@ -494,9 +494,9 @@ def run(model, data, task, config, progress, timings, sample_x=None):
     found_targets = targets_mod.select(model, config.include, config.exclude)
     loss_fn = None
     if task is not None and config.method in DATA_METHODS:
-        from prunecli.structure.layer_removal import _loss_fn
+        from prunecli.training.metrics import loss_callable
 
-        loss_fn = _loss_fn(task)
+        loss_fn = loss_callable(task.loss, "head scoring")
     train = None if data is None else data.train
     with timings.phase("score"):
         new, masks, section, notes = run_heads(

@@ -24,6 +24,7 @@ from prunecli.errors import ConfigError, InputError
 from prunecli.results import StepResult
 from prunecli.selection.targets import name_matches
 from prunecli.structure import keras_graph, probes
+from prunecli.training.metrics import loss_callable
 
 DEFAULT_SCORE_BATCHES = 32
 
@@ -259,23 +260,6 @@ def analyse(model, include=(), exclude=()) -> tuple[list[Candidate], list[dict]]
 # ---- scores ----
 
 
-def _loss_fn(task):
-    """A callable (y, prediction) -> mean loss, whatever form the task's loss was given in."""
-    import keras
-    from keras import ops
-
-    loss = keras.losses.get(task.loss) if isinstance(task.loss, (str, dict)) else task.loss
-    if isinstance(loss, keras.losses.Loss):
-        return loss
-
-    def mean_loss(y, pred):
-        if len(y.shape) == len(pred.shape) - 1 and pred.shape[-1] == 1:  # labels (n,) for outputs (n, 1)
-            y = ops.expand_dims(y, -1)
-        return ops.mean(loss(y, pred))
-
-    return mean_loss
-
-
 def batches(dataset, limit: int | None) -> list:
     """The first `limit` (x, y) batches as tensors, fixed, so every candidate sees the same data."""
     out = []
@@ -320,7 +304,7 @@ def score(model, data, task, config, progress, candidates: list[Candidate]) -> s
     if data is None:
         _scores_by_probe(model, candidates, config.seed)
         return "relative change on probe inputs (no --data)"
-    loss = _loss_fn(task)
+    loss = loss_callable(task.loss, "layer scoring")
     sample = batches(data.train, config.score_batches)
     base = mean_loss(model, sample, loss)
     for i, cand in enumerate(candidates):

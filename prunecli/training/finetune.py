@@ -30,7 +30,7 @@ from prunecli.errors import ConfigError
 from prunecli.results import StepResult
 from prunecli.selection import schedule as schedules
 from prunecli.training import distribute
-from prunecli.training.metrics import evaluate
+from prunecli.training.metrics import evaluate, loss_callable
 
 NEAR_ZERO = 1e-3  # |w| below this counts as "near zero" in the report
 DEFAULT_OPTIMIZER = "adam"
@@ -218,21 +218,6 @@ def _name_of(thing) -> str:
     return thing if isinstance(thing, str) else getattr(thing, "name", None) or type(thing).__name__
 
 
-def make_loss(loss):
-    """A callable (y_true, y_pred) -> per-example or mean loss, from a compiled loss or a name."""
-    import keras
-
-    if isinstance(loss, (list, tuple, dict)):
-        raise ConfigError("fine-tuning supports models with one output and one loss")
-    try:
-        fn = keras.losses.get(loss) if isinstance(loss, str) else loss
-    except ValueError:
-        raise ConfigError(f"unknown loss {loss!r} in the model's compile config") from None
-    if not callable(fn):
-        raise ConfigError(f"cannot use the loss {loss!r} for fine-tuning")
-    return fn
-
-
 # ---------------------------------------------------------------------------------------------
 # the compiled steps
 
@@ -290,7 +275,7 @@ class Trainer:
         self.shadows = list(shadow_of.values())
         updated = [shadow_of.get(id(v), v) for v in trainable]
         optimizer.build(updated)
-        loss_fn = make_loss(s.task.loss)
+        loss_fn = loss_callable(s.task.loss, "fine-tuning")
         if self.distilled:
             from prunecli.training import distill
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from prunecli.errors import ConfigError
+
 
 @dataclass
 class Task:
@@ -34,6 +36,36 @@ class MultiOutputLoss:
             f = keras.losses.get(fn) if isinstance(fn, str) else fn
             total += tf.reduce_mean(f(t, p))
         return total
+
+
+def loss_callable(loss, purpose: str):
+    """The task's loss as one callable (y_true, y_pred) -> mean over the batch, whatever form it came
+    in (a name, a Keras Loss, a plain function, a MultiOutputLoss). Labels shaped (n,) for outputs
+    (n, 1) are given their last axis. `purpose` ("fine-tuning", "method 'taylor'") names the step in
+    the one-line error. Fine-tuning, data-driven scoring, feature, layer and head scoring share it."""
+    import keras
+    from keras import ops
+
+    if loss is None:
+        raise ConfigError(f"{purpose} needs a loss: give --data so the task (and its loss) is known")
+    if isinstance(loss, (list, tuple, dict)):
+        raise ConfigError(f"{purpose} supports models whose loss is one function (got {type(loss).__name__})")
+    try:
+        fn = keras.losses.get(loss) if isinstance(loss, str) else loss
+    except (ValueError, TypeError):
+        raise ConfigError(f"{purpose}: unknown loss {loss!r} in the model's compile config") from None
+    if not callable(fn):
+        raise ConfigError(f"{purpose}: cannot use the loss {loss!r}")
+
+    def mean(y, pred):
+        if getattr(y, "shape", None) is not None and getattr(pred, "shape", None) is not None:
+            if len(y.shape) == len(pred.shape) - 1 and pred.shape[-1] == 1:
+                y = ops.expand_dims(y, -1)
+        per = ops.convert_to_tensor(fn(y, pred), dtype="float32")
+        return ops.sum(per) / ops.maximum(ops.cast(ops.size(per), "float32"), 1.0)  # an empty share: 0, not NaN
+
+    mean.__name__ = str(getattr(fn, "__name__", getattr(fn, "name", "loss")))
+    return mean
 
 
 def _per_output_losses(compiled, names: list[str]) -> list | None:
