@@ -368,3 +368,12 @@ def test_plan_shows_heads_before_and_after(tmp_path):
     plan = make_plan(build_config({"model_path": str(path), "granularity": "head", "sparsity": 0.5}))
     assert plan["heads"] and all(row["live_heads_after"] < row["heads_before"] for row in plan["heads"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vit.keras"]
+
+
+def test_inspect_lists_attention_heads(tmp_path):
+    from prunecli.outputs.inspect import inspect_model
+
+    path = tmp_path / "vit.keras"
+    vit_like().save(path)
+    found = inspect_model(str(path)).to_dict()["heads"]
+    assert found and all(h["heads"] == h["live_heads"] == 4 for h in found.values())

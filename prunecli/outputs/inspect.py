@@ -42,6 +42,7 @@ class Inspection:
     model: dict  # path, format, flavour, keras_version, bytes, name
     layers: list[LayerInfo]
     totals: dict
+    heads: dict = field(default_factory=dict)  # attention layer -> heads, kv_heads, head_dim, live_heads
 
     def to_dict(self) -> dict[str, Any]:
         layers = []
@@ -55,6 +56,7 @@ class Inspection:
             "model": self.model,
             "layers": layers,
             "totals": self.totals,
+            "heads": self.heads,
         }
 
 
@@ -155,7 +157,9 @@ def inspect_model(path: str, include=(), exclude=()) -> Inspection:
         "keras_version": info.keras_version,
         "bytes": info.size_bytes,
     }
-    return Inspection(meta, layers, totals)
+    from prunecli.structure import heads
+
+    return Inspection(meta, layers, totals, heads.heads_per_layer(model))
 
 
 def render(result: Inspection, console) -> None:
@@ -214,3 +218,6 @@ def render(result: Inspection, console) -> None:
         "[bold]whole model[/]", "", "", "", f"{t['params']:,}", f"{t['nonzeros']:,}", f"{t['sparsity']:.1%}", "", ""
     )
     console.print(table)
+    for name, h in result.heads.items():  # attention layers: what -g head would work on
+        kv = f", {h['kv_heads']} key/value groups" if h.get("kv_heads") not in (None, h["heads"]) else ""
+        console.print(f"attention {name}: {h['live_heads']} of {h['heads']} heads live (head size {h['head_dim']}{kv})")
