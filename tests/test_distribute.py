@@ -102,8 +102,10 @@ SCRIPT = textwrap.dedent(
             return sums[0], sums[1], tf.abs(sums[2])
 
         for strategy in ("default", "mirrored"):
-            totals, batches = distribute.sum_over_replicas(distribute.get_strategy(strategy), data, batch_sums,
-                                                           then=per_batch)
+            from prunecli.scoring import ScoringContext
+            from prunecli.scoring._data import accumulate
+            ctx = ScoringContext(model=model, targets=[], data=data, extras={"strategy": distribute.get_strategy(strategy)})
+            totals, batches = accumulate(ctx, "scoring", batch_sums, then=per_batch)
             out[strategy]["scoring_sum"] = [float(t) for t in totals] + [batches]
     print(json.dumps(out))
     """

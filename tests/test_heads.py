@@ -350,14 +350,6 @@ def test_keras_hub_block_cost_counts_heads_and_drops_when_masked():
     assert after == want - 4 * 12 * 16 * 16 // 2 - 12 * 12 * 4 * (4 + 4) // 2
 
 
-def test_preview_changes_nothing():
-    model = bert_like()
-    q = np.asarray(model.get_layer("b0_mha")._query_dense.kernel).copy()
-    rows = heads.preview(model, _config(remove_heads=1))
-    assert [r["heads_after"] for r in rows] == [3, 3] and all(r["deletable"] for r in rows)
-    np.testing.assert_array_equal(np.asarray(model.get_layer("b0_mha")._query_dense.kernel), q)
-
-
 def test_plan_shows_heads_before_and_after(tmp_path):
     """`prunecli plan -g head` runs head selection in memory and lists heads per layer, writing nothing."""
     from prunecli import build_config

@@ -9,6 +9,22 @@ import pytest
 from prunecli.selection import kernels as masking
 
 
+def select_lowest(scores, ks, path: str = "xla"):
+    """Each tensor's own k lowest scores, through kernels.select (one segment per tensor)."""
+    masks, _ = masking.select([[s] for s in scores], ks, path)
+    return masks
+
+
+def select_lowest_global(scores, k, path: str = "xla"):
+    """The k lowest scores across all tensors together, through kernels.select (one segment)."""
+    if not scores:
+        if int(k) != 0:
+            raise ValueError(f"cannot select {k} of 0 scores")
+        return []
+    masks, _ = masking.select([list(scores)], [k], path)
+    return masks
+
+
 def lowest_reference(values: np.ndarray, k: int) -> np.ndarray:
     """The k lowest by a stable sort: ties go to the earlier position; -0.0 is +0.0."""
     flat = np.where(values == 0, np.float32(0), values).astype(np.float32).ravel()
@@ -45,7 +61,7 @@ def test_layerwise_matches_stable_sort(n, kind, path):
     rng = np.random.default_rng(n)
     x = random_tensor(rng, n, kind)
     for k in sorted({0, 1, n // 3, n // 2, n - 1, n} - {-1}):
-        (got,) = as_numpy(masking.select_lowest([x], [k], path))
+        (got,) = as_numpy(select_lowest([x], [k], path))
         assert got.sum() == k
         np.testing.assert_array_equal(got, lowest_reference(x, k))
 
@@ -57,7 +73,7 @@ def test_several_segments_at_once(kind, path):
     sizes = [5, 1024, 3000, 1, 777, 2048, 0, 12]
     xs = [random_tensor(rng, n, kind).reshape(-1, 1) if n else np.zeros((0,), np.float32) for n in sizes]
     ks = [int(rng.integers(0, n + 1)) for n in sizes]
-    got = as_numpy(masking.select_lowest(xs, ks, path))
+    got = as_numpy(select_lowest(xs, ks, path))
     for x, k, g in zip(xs, ks, got, strict=True):
         assert g.shape == (x.size,)
         np.testing.assert_array_equal(g, lowest_reference(x, k))
@@ -68,7 +84,7 @@ def test_more_segments_than_one_kernel_call_holds(path):
     rng = np.random.default_rng(3)
     xs = [random_tensor(rng, int(n), "rounded") for n in rng.integers(1, 300, 150)]
     ks = [int(rng.integers(0, x.size + 1)) for x in xs]
-    for x, k, g in zip(xs, ks, as_numpy(masking.select_lowest(xs, ks, path)), strict=True):
+    for x, k, g in zip(xs, ks, as_numpy(select_lowest(xs, ks, path)), strict=True):
         np.testing.assert_array_equal(g, lowest_reference(x, k))
 
 
@@ -79,7 +95,7 @@ def test_global_ranks_all_tensors_together(kind, path):
     xs = [random_tensor(rng, n, kind) for n in (100, 5000, 1024, 3)]
     joined = np.concatenate(xs)
     for k in (0, 1, 2500, joined.size - 1, joined.size):
-        got = np.concatenate(as_numpy(masking.select_lowest_global(xs, k, path)))
+        got = np.concatenate(as_numpy(select_lowest_global(xs, k, path)))
         assert got.sum() == k
         np.testing.assert_array_equal(got, lowest_reference(joined, k))
 
@@ -89,14 +105,14 @@ def test_global_ranks_all_tensors_together(kind, path):
 def test_constant_tensor_selects_the_first_k(value, path):
     x = np.full(5000, value, np.float32)
     for k in (0, 1, 2999, 5000):
-        (got,) = as_numpy(masking.select_lowest([x], [k], path))
+        (got,) = as_numpy(select_lowest([x], [k], path))
         np.testing.assert_array_equal(got, np.arange(5000) < k)
 
 
 @pytest.mark.parametrize("path", PATHS)
 def test_negative_zero_ties_with_positive_zero(path):
     x = np.array([0.0, -0.0, 0.0, -0.0, -1.0, 1.0], np.float32)
-    (got,) = as_numpy(masking.select_lowest([x], [3], path))
+    (got,) = as_numpy(select_lowest([x], [3], path))
     np.testing.assert_array_equal(got, [True, True, False, False, True, False])
 
 
@@ -105,26 +121,26 @@ def test_order_across_signs_and_extremes(path):
     x = np.array([3.0, -np.inf, -1e-30, np.inf, -3.0, 1e-30, 0.0, np.float32(3.4e38)], np.float32)
     order = []
     for k in range(1, x.size + 1):
-        (got,) = as_numpy(masking.select_lowest([x], [k], path))
+        (got,) = as_numpy(select_lowest([x], [k], path))
         order.append(int(np.flatnonzero(got & ~np.isin(np.arange(x.size), order))[0]))
     assert order == [1, 4, 2, 6, 5, 0, 7, 3]
 
 
 @pytest.mark.parametrize("path", PATHS)
 def test_zero_sized_and_bad_counts(path):
-    assert masking.select_lowest_global([], 0, path) == []
+    assert select_lowest_global([], 0, path) == []
     with pytest.raises(ValueError):
-        masking.select_lowest([np.ones(4, np.float32)], [5], path)
+        select_lowest([np.ones(4, np.float32)], [5], path)
     with pytest.raises(ValueError):
-        masking.select_lowest_global([np.ones(4, np.float32)], -1, path)
+        select_lowest_global([np.ones(4, np.float32)], -1, path)
 
 
 def test_compiled_kernel_is_shared_across_sizes():
     """Sizes that round to the same padded layout reuse one trace (one XLA compilation)."""
     fn = masking._kernels()[0]
-    masking.select_lowest([np.arange(40_000, dtype=np.float32)], [5])
+    select_lowest([np.arange(40_000, dtype=np.float32)], [5])
     traces = fn.experimental_get_tracing_count()
-    masking.select_lowest([np.arange(39_000, dtype=np.float32)], [7])
+    select_lowest([np.arange(39_000, dtype=np.float32)], [7])
     assert fn.experimental_get_tracing_count() == traces
 
 

@@ -140,11 +140,7 @@ def accumulate(ctx, method: str, batch_fn, needs_labels: bool = False, then=None
         if not isinstance(ctx.data, tf.data.Dataset):
             raise ConfigError(f"method {method!r}: scoring across replicas needs a tf.data dataset")
         data = distribute.distribute_batches(strategy, ctx.data)
-
-        @tf.function
-        def step(x, y):
-            batch = distribute.reduce_sum(strategy, strategy.run(batch_fn, args=(x, y)))
-            return batch if then is None else then(batch)
+        step = distribute.summed_step(strategy, batch_fn, then)
 
     total, count = None, 0
     with progress(ctx, f"scoring ({method})", total_batches) as advance:

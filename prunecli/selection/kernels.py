@@ -204,11 +204,6 @@ def _select_segments(segments: list[list], ks: list[int]) -> list:
     return out
 
 
-def _flat(scores) -> list:
-    tf = _tf()
-    return [tf.reshape(tf.cast(s, tf.float32), [-1]) for s in scores]
-
-
 def _numel(a) -> int:
     return math.prod(int(d) for d in a.shape)
 
@@ -247,25 +242,6 @@ def select(segments: list[list], ks: list[int], path: str = "auto", keep: bool =
         out += _select_segments(flat[i : i + _MAX_SEGMENTS], ks[i : i + _MAX_SEGMENTS])
     masks = [np.asarray(m) for m in out]
     return ([np.logical_not(m) for m in masks] if keep else masks), path
-
-
-def select_lowest(scores, ks, path: str = "xla"):
-    """For each score tensor, a flat bool mask of its own k lowest scores (exactly k; ties by position).
-
-    scores: list of tensors; ks: one int per tensor. NaN sorts above +inf (the loader rejects NaN weights).
-    """
-    masks, _ = select([[s] for s in scores], ks, path)
-    return masks
-
-
-def select_lowest_global(scores, k, path: str = "xla"):
-    """A flat bool mask per tensor selecting, across all of them together, the k lowest scores."""
-    if not scores:
-        if int(k) != 0:
-            raise ValueError(f"cannot select {k} of 0 scores")
-        return []
-    masks, _ = select([list(scores)], [k], path)
-    return masks
 
 
 # --- which path runs ----------------------------------------------------------------------------------

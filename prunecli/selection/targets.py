@@ -72,14 +72,6 @@ class Target:
             inv[a] = i
         return tf.transpose(tf.reshape(matrix, moved), inv)
 
-    def expand_units(self, unit_values):
-        """Broadcast a per-unit vector (units,) to the weight's full shape."""
-        import tensorflow as tf
-
-        shape = [1] * len(self.shape)
-        shape[self.unit_axis] = self.units
-        return tf.broadcast_to(tf.reshape(unit_values, shape), self.shape)
-
     @property
     def shrinkable(self) -> bool:
         found = layers.spec(self.layer) if self.layer is not None else layers.LAYERS.get(self.layer_class, layers.OTHER)
@@ -120,11 +112,6 @@ def select(model, include=(), exclude=()) -> list[Target]:
     if exclude:
         targets = [t for t in targets if not name_matches(t.layer_name, exclude)]
     return targets
-
-
-def output_layer_names(model) -> set[str]:
-    """Names of the top-level layers that produce the model's outputs."""
-    return keras_graph.output_layer_names(model)
 
 
 def without_output_units(model, found: list[Target], include=()) -> tuple[list[Target], list[str]]:

@@ -350,27 +350,6 @@ def heads_per_layer(model) -> dict[str, dict]:
     return out
 
 
-def preview(model, config) -> list[dict]:
-    """For `prunecli plan -g head`: per attention layer, heads now, the heads -g head would remove
-    (data-free methods; taylor/gradient are planned with mean |w|) and heads left. Changes nothing."""
-    found = [hl for hl in find(model) if _allowed(hl.path, config)]
-    method = "magnitude" if config.method in DATA_METHODS or config.method not in METHODS else config.method
-    scores = score(model, found, config.replace(method=method))
-    removed = choose(found, scores, config, [])
-    return [
-        {
-            "layer": hl.path,
-            "class": type(hl.layer).__name__,
-            "heads": hl.num_heads,
-            "kv_heads": hl.num_kv_heads,
-            "remove": hl.heads_of(removed[hl.path]),
-            "heads_after": hl.num_heads - len(hl.heads_of(removed[hl.path])),
-            "deletable": hl.shrink_blocker is None,
-        }
-        for hl in found
-    ]
-
-
 def heads_table(before: dict, after: dict) -> list[dict]:
     """Rows for the report/inspect: heads per attention layer before and after."""
     rows = []

@@ -246,17 +246,14 @@ def reduce_sum(strategy, per_replica):
 # ---------------------------------------------------------------- data-driven scoring
 
 
-def sum_over_replicas(strategy, dataset, batch_fn, max_batches: int | None = None, then=None):
-    """Sum batch_fn(x, y) over every batch of `dataset`, all replicas included: (total, batches).
+def summed_step(strategy, batch_fn, then=None):
+    """A compiled step over one global batch: batch_fn(x, y) on each replica's share, the nest of
+    per-replica sums summed over all replicas (and workers), then `then` applied to that sum.
 
-    batch_fn runs on each replica's share of a global batch and returns a nest of tensors that are
-    sums over that share (sum of |activation|, count of zeros, number of examples, ...). The result
-    is the sum over the whole dataset, never one replica's share, and equals the single-device sum.
-    A statistic that is not linear in the examples, such as |gradient of the batch's mean loss|, is
-    split in two: batch_fn returns the replica's linear part (its gradient of loss_sum / global
-    count, see `global_share`), and `then` (here: abs) maps each batch's all-replica sum before it
-    is added to the total.
-    """
+    batch_fn returns sums over the examples it gets (sum of |activation|, counts, ...), or, for a
+    statistic not linear in the examples such as |gradient of the batch's mean loss|, the replica's
+    linear part (its gradient of loss_sum / global count, see `global_share`); `then` (abs) maps the
+    all-replica sum, so the result equals the single-device statistic of the global batch."""
     import tensorflow as tf
 
     @tf.function
@@ -264,11 +261,4 @@ def sum_over_replicas(strategy, dataset, batch_fn, max_batches: int | None = Non
         batch = reduce_sum(strategy, strategy.run(batch_fn, args=(x, y)))
         return batch if then is None else then(batch)
 
-    total, batches = None, 0
-    for x, y in distribute_batches(strategy, dataset):
-        if max_batches is not None and batches >= max_batches:
-            break
-        part = step(x, y)
-        total = part if total is None else tf.nest.map_structure(tf.add, total, part)
-        batches += 1
-    return total, batches
+    return step
