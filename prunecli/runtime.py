@@ -1,4 +1,5 @@
-"""The process around a run: TensorFlow imported quietly, and the XLA compile cache enabled first."""
+"""The process around a run: TensorFlow imported quietly, the XLA compile cache enabled first, and
+weights read without copying them."""
 
 from __future__ import annotations
 
@@ -38,3 +39,16 @@ def quiet_tensorflow() -> None:
     from prunecli.selection.kernels import enable_compile_cache
 
     enable_compile_cache()  # before any XLA compile (evaluation compiles first when --data is given)
+
+
+def weight_values(variable):
+    """A read-only NumPy view of a variable's current values, for reading them once (counting, checking).
+
+    np.asarray(keras_variable) copies every weight (0.9 s on a 100M-parameter model); the tensor that
+    TensorFlow reads the variable into shares its buffer with NumPy. Not for values kept past the
+    variable's next assignment.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    return np.asarray(tf.convert_to_tensor(variable))

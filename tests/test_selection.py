@@ -188,19 +188,71 @@ def test_overrides_and_erk_share_the_rest_of_the_budget():
     assert pruned["big"] + pruned["small"] == round(0.8 * (2400 + 21))
 
 
-def test_lamp_counts_equal_ranking_every_lamp_score():
-    """The per-layer counts from a global LAMP threshold are those of ranking every element's LAMP score."""
-    from prunecli.selection import policy
+def _lamp_reference(layers, caps, budget):
+    """Per layer, the range of counts that ranking every element's LAMP score allows: the threshold is
+    the smallest LAMP value v at which the layers, each held at its cap, reach the budget; ties at v
+    may go either way."""
+    from prunecli.selection import lamp
+
+    budget = min(budget, sum(caps))
+    values = [np.sort(lamp.lamp_scores(x)) for x in layers]
+    candidates = np.unique(np.concatenate(values))
+    reached = np.zeros(candidates.size, dtype=np.int64)
+    for v, cap in zip(values, caps, strict=True):
+        reached += np.minimum(np.searchsorted(v, candidates, side="right"), cap)
+    threshold = candidates[np.searchsorted(reached, budget)] if budget else -1.0
+    return [
+        (
+            min(int(np.searchsorted(v, threshold, side="left")), cap),
+            min(int(np.searchsorted(v, threshold, side="right")), cap),
+        )
+        for v, cap in zip(values, caps, strict=True)
+    ]
+
+
+@pytest.mark.parametrize("sizes", [(50, 400, 7, 1000), (50, 40_000, 70_000, 7, 200_000)], ids=["small", "sampled"])
+def test_lamp_counts_equal_ranking_every_lamp_score(sizes):
+    """The per-layer counts from a global LAMP threshold are those of ranking every element's LAMP score,
+    for small layers (sorted whole) and large ones (sampled, then a band around the cut sorted)."""
+    from prunecli.selection import lamp
 
     rng = np.random.default_rng(3)
-    layers = [np.round(rng.standard_normal(n), 1).astype("float32") for n in (50, 400, 7, 1000)]  # with ties
-    caps = [49, 396, 6, 990]
-    for budget in (0, 1, 100, 700, 1400):
-        counts = policy.lamp_counts(layers, caps, budget)
+    layers = [np.round(rng.standard_normal(n) * (i + 1), 1).astype("float32") for i, n in enumerate(sizes)]  # ties
+    caps = [n - 1 - n // 100 for n in sizes]
+    for budget in (0, 1, 100, 700, sum(caps) // 3, sum(caps) - 1, sum(caps) + 10):
+        counts = lamp.lamp_counts(lambda: iter(layers), caps, budget)
         assert sum(counts) == min(budget, sum(caps)) and all(c <= cap for c, cap in zip(counts, caps, strict=True))
-        every = np.concatenate([policy.lamp_scores(x) for x in layers])
-        threshold = np.sort(every)[min(budget, sum(caps)) - 1] if budget else -1.0
-        for x, c, cap in zip(layers, counts, caps, strict=True):
-            lamp = policy.lamp_scores(x)
-            below, upto = np.count_nonzero(lamp < threshold), np.count_nonzero(lamp <= threshold)
-            assert min(below, cap) <= c <= min(upto, cap)
+        for c, (low, high) in zip(counts, _lamp_reference(layers, caps, budget), strict=True):
+            assert low <= c <= high
+
+
+def test_lamp_counts_widen_a_band_that_missed(monkeypatch):
+    """With no margin around the sampled cut, bands miss; the layers whose bounds fail are scanned
+    again whole, and the counts are still exact."""
+    from prunecli.selection import lamp
+
+    monkeypatch.setattr(lamp, "Z", 0.0)
+    monkeypatch.setattr(lamp, "SLACK", 0.0)
+    whole = []
+    scan = lamp._scan
+
+    def counting(scores, lo, hi):
+        if lo is None and hi is None and scores.size > lamp.EXACT:
+            whole.append(scores.size)
+        return scan(scores, lo, hi)
+
+    monkeypatch.setattr(lamp, "_scan", counting)
+    rng = np.random.default_rng(7)
+    layers = [
+        np.abs(rng.laplace(size=n) * s).astype("float32") for n, s in ((60_000, 1.0), (90_000, 0.1), (50_000, 3.0))
+    ]
+    caps = [n - 1 for n in (60_000, 90_000, 50_000)]
+    missed = 0
+    for budget in (20_000, 100_000, 150_000, 190_000):
+        whole.clear()
+        counts = lamp.lamp_counts(lambda: iter(layers), caps, budget)
+        missed += len(whole)
+        assert sum(counts) == budget
+        for c, (low, high) in zip(counts, _lamp_reference(layers, caps, budget), strict=True):
+            assert low <= c <= high
+    assert missed, "with no margin some band should have missed"

@@ -16,7 +16,15 @@ SCHEMA_VERSION = 1
 
 
 class Timings(dict):
-    """Wall time of each phase, in seconds."""
+    """Wall time of each phase, in seconds, and when the run began (`wall()`: seconds since), so the
+    report's total is the run's wall time, not only the phases'."""
+
+    def __init__(self):
+        super().__init__()
+        self.started = time.perf_counter()
+
+    def wall(self) -> float:
+        return time.perf_counter() - self.started
 
     @contextmanager
     def phase(self, name: str):
@@ -93,21 +101,21 @@ def json_safe(value: Any) -> Any:
 
 
 def layer_stats(targets, requested: dict) -> list[LayerStat]:
-    import numpy as np
+    from prunecli.structure.flops import nonzeros
 
     stats = []
     for t in targets:
-        arr = np.asarray(t.variable)
-        nz = int(np.count_nonzero(arr))
+        size = int(t.size)
+        nz = nonzeros(t.variable)
         stats.append(
             LayerStat(
                 t.name,
                 t.layer_name,
                 t.layer_class,
                 list(t.shape),
-                int(arr.size),
+                size,
                 nz,
-                1.0 - nz / arr.size if arr.size else 0.0,
+                1.0 - nz / size if size else 0.0,
                 requested.get(t.name),
             )
         )
@@ -115,13 +123,14 @@ def layer_stats(targets, requested: dict) -> list[LayerStat]:
 
 
 def totals(model, stats: list[LayerStat]) -> dict[str, Any]:
-    import numpy as np
+    import math
+
+    from prunecli.structure import flops
 
     params = nonzeros = 0
     for v in model.weights:
-        arr = np.asarray(v)
-        params += arr.size
-        nonzeros += int(np.count_nonzero(arr))
+        params += math.prod(int(d) for d in v.shape)
+        nonzeros += flops.nonzeros(v)
     prunable = sum(s.params for s in stats)
     prunable_nz = sum(s.nonzeros for s in stats)
     return {

@@ -72,8 +72,9 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
 
     from prunecli.training import distribute
 
+    output_sizes = None
     if distribute.is_chief():
-        steps.save(state, out, say, timings)
+        output_sizes = steps.save(state, out, say, timings)
     else:  # a multi-worker run: only the chief writes the model, the report and the exports
         out = None
     if config.export and out is not None:
@@ -82,7 +83,7 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
         baseline = masked_model if state.model is not masked_model else None
         state = state.after(export.run(state.model, out, state.data, config, say, timings, baseline))
     state = state.after(StepResult(sections={"flops": flops.section(flops_before, flops.count(state.model))}))
-    report = steps.build_report(state, out, timings, input_sizes)
+    report = steps.build_report(state, out, timings, input_sizes, output_sizes)
     return PruneResult(report=report, model=state.model, masks=state.masks, output_path=out)
 
 

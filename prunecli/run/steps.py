@@ -128,10 +128,11 @@ def score_and_mask(model, targets, data, task, config: PruneConfig, progress: Pr
             if per_chunk:  # the statistics are held once; each chunk's scores are freed once applied
                 masks = chunked.mask_in_chunks(
                     targets,
-                    lambda ts: {t.name: scores.pop(t.name) for t in ts},
+                    lambda ts: {t.name: scores[t.name] for t in ts},
                     strategy.level,
                     config,
                     kernels.apply_masks,
+                    done=lambda ts: [scores.pop(t.name) for t in ts],
                 )
             else:
                 masks = policy.build_masks(targets, scores, strategy.level, config, model=model)
@@ -242,17 +243,27 @@ def finetune(state: RunState, progress: Progress, timings: Timings, teacher=None
     return result
 
 
-def save(state: RunState, out: Path, progress: Progress, timings: Timings) -> None:
+def save(state: RunState, out: Path, progress: Progress, timings: Timings) -> Future | None:
+    """Write the output; with sizes on, returns a Future of its gzip size, computed on another core
+    while the run finishes (exports, FLOPs, the report)."""
     from prunecli.io import models as model_io
 
     progress(f"saving {out}")
     with timings.phase("save"):
-        model_io.save(state.model, out, state.source, structure_changed=state.structure_changed)
+        return model_io.save(
+            state.model, out, state.source, structure_changed=state.structure_changed, sizes=state.config.sizes
+        )
 
 
-def build_report(state: RunState, out: Path | None, timings: Timings, input_sizes: Future | None = None) -> Report:
-    """The report of a finished run: settings, input/output files and sizes, per-layer sparsity,
-    metrics, timings, notes and every section the steps returned."""
+def build_report(
+    state: RunState,
+    out: Path | None,
+    timings: Timings,
+    input_sizes: Future | None = None,
+    output_sizes: Future | None = None,
+) -> Report:
+    """The report of a finished run: settings, input/output files and sizes (the Futures of `load` and
+    `save` when given), per-layer sparsity, metrics, timings, notes and every section the steps returned."""
     from prunecli.io import models as model_io
 
     c = state.config
@@ -260,16 +271,18 @@ def build_report(state: RunState, out: Path | None, timings: Timings, input_size
     settings["overrides"] = [o.__dict__ for o in c.overrides]
     inp = {"path": str(state.source.path), "format": state.source.format, "flavour": state.source.flavour}
     outp = {"path": str(out), "format": out.suffix.lstrip(".")} if out else None
-    with timings.phase("sizes"):
+    stats = layer_stats(state.targets, state.masks.requested if state.masks else {})
+    with timings.phase("sizes"):  # last, so that the sizes computed in the background had the most time
         if c.sizes:
             inp.update(input_sizes.result() if input_sizes else model_io.file_sizes(state.source.path))
             if out:
-                outp.update(model_io.file_sizes(out))
+                outp.update(output_sizes.result() if output_sizes else model_io.file_sizes(out))
         elif out:
             outp["bytes"] = out.stat().st_size
             inp["bytes"] = state.source.size_bytes
-    stats = layer_stats(state.targets, state.masks.requested if state.masks else {})
     spent = dict(timings)
+    # the rest of the run's wall time: targets, FLOPs, per-layer statistics, the report itself
+    spent["other"] = max(0.0, timings.wall() - sum(spent.values()))
     spent["total"] = sum(spent.values())
     return Report(
         settings=settings,

@@ -49,6 +49,7 @@ from prunecli.config import Granularity, PruneConfig
 from prunecli.errors import ConfigError
 from prunecli.selection import kernels as masking
 from prunecli.selection import tied
+from prunecli.selection.lamp import lamp_counts, lamp_scores
 from prunecli.selection.targets import Target, matches
 from prunecli.selection.tied import Member, ScoreSet
 
@@ -142,6 +143,15 @@ def _expand(target: Target, keep: np.ndarray, gran: Granularity) -> np.ndarray:
     return keep.reshape(target.shape)
 
 
+def _group_count(target: Target, gran: Granularity) -> int:
+    """How many groups _group_scores gives a target, without its scores."""
+    if gran.kind == "neuron":
+        return int(target.units)
+    if gran.kind == "block":
+        return -(-target.rows // gran.rows) * -(-target.units // gran.cols)
+    return int(target.size)
+
+
 def _floor(n: int, config: PruneConfig) -> int:
     if config.allow_empty:
         return 0
@@ -149,12 +159,19 @@ def _floor(n: int, config: PruneConfig) -> int:
 
 
 def build_masks(
-    targets: list[Target], scores: dict, level: str, config: PruneConfig, model=None, path: str = "auto"
+    targets: list[Target],
+    scores: dict,
+    level: str,
+    config: PruneConfig,
+    model=None,
+    path: str = "auto",
+    counts: dict[str, tuple[int, bool]] | None = None,
 ) -> MaskSet:
     """Turn scores ({target.name: tensor}, higher = more important) into keep-masks; see the module
     docstring for what is guaranteed. With `model`, neuron masks prune layers whose channels must
     shrink together (residual merges, concatenations, shared layers) as one set: see tied.py.
-    `path` picks the selection kernel ("auto", "numpy" or "xla"; the masks are the same)."""
+    `path` picks the selection kernel ("auto", "numpy" or "xla"; the masks are the same); `counts`
+    (from `layer_counts` over more targets) fixes what a global LAMP/ERK ranking takes from each."""
     _check_scores(targets, scores, level)
     gran = config.granularity
     result = MaskSet()
@@ -178,7 +195,7 @@ def build_masks(
     sets = tied.select_tied(model, members, result.notes) if gran.kind == "neuron" and model is not None else False
     if not sets:
         sets = [ScoreSet.single(m) for m in members]
-    keeps = select_sets(sets, config, result, path)
+    keeps = select_sets(sets, config, result, path, counts)
     for e, keep in zip(sets, keeps, strict=True):
         for m in e.members:
             mine = keep if e.index is None else keep[e.index[m.target.name]]
@@ -219,91 +236,15 @@ class _Plan:
         return self.scores if self.free is None else self.scores[self.free]
 
 
-def lamp_scores(scores: np.ndarray) -> np.ndarray:
-    """LAMP scores (Lee et al., ICLR 2021) of one layer's scores: s_u^2 / sum of s_v^2 over v with
-    s_v >= s_u (so tied scores get the same value), float32; 0 where the denominator is 0.
-
-    One argsort of the squares, a reversed cumulative sum for the tails, and each tie run mapped to
-    the tail at its first element, all in sorted order and scattered back once (a searchsorted of
-    every element into the sorted copy cost 7 of 9 s on ResNet50)."""
-    sq = np.square(np.asarray(scores, dtype=np.float32).reshape(-1))
-    order = np.argsort(sq, kind="stable")
-    ordered = sq[order]
-    tail = np.cumsum(ordered[::-1], dtype=np.float64)[::-1]  # tail[i] = sum of ordered[i:]
-    n = ordered.size
-    run_start = np.ones(n, dtype=bool)
-    run_start[1:] = ordered[1:] != ordered[:-1]
-    first = np.maximum.accumulate(np.where(run_start, np.arange(n), 0))  # the first index of each tie run
-    denom = tail[first]
-    out = np.zeros(n, dtype=np.float32)
-    out[order] = np.divide(ordered, denom, out=np.zeros(n, dtype=np.float64), where=denom > 0)
-    return out
-
-
-class _LampCurve:
-    """A layer's LAMP values in ascending order of its scores, evaluated where asked: the sorted squares
-    and their tail sums are all it holds (no per-element LAMP array)."""
-
-    def __init__(self, scores: np.ndarray):
-        self.sq = np.sort(np.square(np.asarray(scores, dtype=np.float32).reshape(-1)))
-        self.tail = np.cumsum(self.sq[::-1], dtype=np.float64)[::-1]  # tail[i] = sum of sq[i:]
-
-    def at(self, i: int) -> float:
-        """LAMP of the i-th smallest score; tied scores share the tail of their run's first element."""
-        first = int(np.searchsorted(self.sq, self.sq[i], side="left"))
-        denom = float(self.tail[first])
-        return float(self.sq[i]) / denom if denom > 0 else 0.0
-
-    def count(self, value: float, side: str) -> int:
-        """How many LAMP values are < value (side "left") or <= value ("right"): LAMP is non-decreasing."""
-        lo, hi = 0, int(self.sq.size)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            v = self.at(mid)
-            if v < value or (side == "right" and v == value):
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo
-
-
-def lamp_counts(scores: list[np.ndarray], caps: list[int], budget: int) -> list[int]:
-    """How many positions each layer loses when `budget` positions of the lowest LAMP score are taken
-    over all layers together, each layer at most its cap, ties across layers taken in layer order.
-
-    Within a layer LAMP is non-decreasing in the layer's own score, so a global LAMP threshold is a
-    count per layer, and each layer can then select its lowest scores on its own: one sort per layer
-    instead of ranking every element of the model by its LAMP value (ResNet50: 4 s -> well under 1 s)."""
-    curves = [_LampCurve(s) for s in scores]
-    budget = min(budget, sum(caps))
-
-    def taken(value: float, side: str) -> list[int]:
-        return [min(c.count(value, side), cap) for c, cap in zip(curves, caps, strict=True)]
-
-    if budget <= 0:
-        return [0] * len(curves)
-    lo, hi = 0, int(np.float64(np.inf).view(np.int64))  # LAMP values are >= 0: search their bit patterns
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if sum(taken(float(np.int64(mid).view(np.float64)), "right")) >= budget:
-            hi = mid
-        else:
-            lo = mid + 1
-    value = float(np.int64(lo).view(np.float64))
-    counts = taken(value, "left")
-    at_value = taken(value, "right")
-    left = budget - sum(counts)
-    for i, more in enumerate(at_value):
-        extra = min(more - counts[i], left)
-        counts[i] += extra
-        left -= extra
-    return counts
+def _erk_factor(shapes: list) -> float:
+    """Erdos-Renyi-Kernel's density factor: (sum of a kernel's dims) / (product of its dims), averaged
+    over the kernels given."""
+    return float(np.mean([sum(shape) / max(1, math.prod(shape)) for shape in shapes]))
 
 
 def erk_factor(e: ScoreSet) -> float:
-    """Erdos-Renyi-Kernel's density factor of a set: (sum of the kernel's dims) / (product of its dims),
-    averaged over a tied set's members."""
-    return float(np.mean([sum(m.target.shape) / max(1, math.prod(m.target.shape)) for m in e.members]))
+    """ERK's density factor of a set: its members' factors averaged."""
+    return _erk_factor([m.target.shape for m in e.members])
 
 
 def erk_counts(sizes: list[int], factors: list[float], caps: list[int], budget: int) -> tuple[list[int], list[bool]]:
@@ -405,20 +346,88 @@ def _ranking(e: ScoreSet, config: PruneConfig, together: bool) -> np.ndarray:
     return e.combined(e.tied)
 
 
-def select_sets(sets: list[ScoreSet], config: PruneConfig, result: MaskSet, path: str = "auto") -> list[np.ndarray]:
+def allocated_per_layer(config: PruneConfig) -> bool:
+    """Whether a global ranking is decided as a count per layer before any mask is built (LAMP and
+    ERK over sets of one), so that the masks can then be built a few layers at a time with `counts`."""
+    return (
+        config.threshold is None
+        and config.scope == "global"
+        and config.normalize in ("lamp", "erk")
+        and config.granularity.kind in ("element", "block", "neuron")
+    )
+
+
+def _allocate(keys, caps, prunables, factors, scores, config: PruneConfig, budget: int) -> dict[str, tuple[int, bool]]:
+    """{key: (how many positions that set loses, whether its floor held it)} for the sets ranked
+    together, when the ranking is a count per set: LAMP (`scores()` gives each set's scores in order,
+    again per pass) or ERK (`factors`, no scores). Empty for the others (ranked in one selection)."""
+    if config.normalize == "lamp" and scores is not None:
+        ks = lamp_counts(scores, caps, budget)
+        held = [k == cap and cap < n and budget > 0 for k, cap, n in zip(ks, caps, prunables, strict=True)]
+    elif config.normalize == "erk":
+        ks, held = erk_counts(prunables, factors, caps, budget)
+    else:
+        return {}
+    return dict(zip(keys, zip(ks, held, strict=True), strict=True))
+
+
+def layer_counts(targets: list[Target], scores_of, level: str, config: PruneConfig) -> dict[str, tuple[int, bool]]:
+    """select_sets' global allocation for untied targets, computed before any mask: `scores_of()` yields
+    (target, scores) for `targets` in order and is called once per pass, so scores may be computed
+    again instead of held. Building each target's masks with these `counts` (build_masks) then gives
+    the masks of all targets selected at once, a few targets at a time (selection/chunked.py)."""
+    gran = config.granularity
+    ranked = [t for t in targets if not skipped_by_override(t, config) and override_sparsity(t, config) is None]
+    names = {t.name for t in ranked}
+    groups = [_group_count(t, gran) for t in ranked]
+    caps = [n - _floor(n, config) for n in groups]
+    budget = int(round(config.effective_sparsity * sum(groups)))
+
+    def scores():
+        for t, score in scores_of():
+            if t.name in names:
+                yield _group_scores(t, score, level, gran)
+
+    factors = [_erk_factor([t.shape]) for t in ranked]
+    return _allocate([t.name for t in ranked], caps, groups, factors, scores, config, budget)
+
+
+def select_sets(
+    sets: list[ScoreSet],
+    config: PruneConfig,
+    result: MaskSet,
+    path: str = "auto",
+    counts: dict[str, tuple[int, bool]] | None = None,
+) -> list[np.ndarray]:
     """The one selection: a flat keep mask (True = kept) over each set's positions.
 
     Layer-wise (scope=layer, overrides, ERK's shares, thresholds) each set loses its own count; with
     scope=global the other sets are ranked together and lose exactly round(s * their prunable
     positions). Pinned positions never go and do not count; floors hold (a set of one keeps its best
     `floor` groups, a tied set reserves each member's). Writes `requested`, floor notes and
-    `selection_path` into `result`."""
+    `selection_path` into `result`. `counts` ({first member's name: (count, held by its floor)},
+    from `layer_counts`) gives the sets ranked together their share of a global LAMP/ERK budget
+    decided beforehand over more targets than these."""
     own = [_own_sparsity(e, config, result) for e in sets]
-    ranked_together = config.threshold is None and config.scope == "global" and config.normalize != "erk"
-    plans, ranked = [], []
-    for e, sparsity in zip(sets, own, strict=True):
-        together = ranked_together and sparsity is None
-        p = _plan(e, _ranking(e, config, together))
+    ranked_together = config.threshold is None and config.scope == "global"
+    plans = [
+        _plan(e, _ranking(e, config, ranked_together and sparsity is None and config.normalize != "erk"))
+        for e, sparsity in zip(sets, own, strict=True)
+    ]
+    ranked = [p for p, sparsity in zip(plans, own, strict=True) if ranked_together and sparsity is None]
+    budget = int(round(config.effective_sparsity * sum(p.set.prunable for p in ranked))) if ranked else 0
+    if counts is None and ranked:
+        counts = _allocate(
+            [p.set.members[0].target.name for p in ranked],
+            [p.cap for p in ranked],
+            [p.set.prunable for p in ranked],
+            [erk_factor(p.set) for p in ranked],
+            (lambda: (p.scores for p in ranked)) if all(p.free is None for p in ranked) else None,
+            config,
+            budget,
+        )
+    for p, sparsity in zip(plans, own, strict=True):
+        name = p.set.members[0].target.name
         if sparsity is not None:
             p.k, requested = _count(p, sparsity, result), sparsity
         elif config.threshold is not None:
@@ -427,30 +436,14 @@ def select_sets(sets: list[ScoreSet], config: PruneConfig, result: MaskSet, path
         elif config.scope == "layer":
             p.k, requested = _count(p, config.effective_sparsity, result), config.effective_sparsity
         else:
-            ranked.append(p)
             requested = config.effective_sparsity
-        for m in e.members:
+            if counts and name in counts:
+                p.k, held = counts[name]
+                if held:
+                    _note_floor(p.set, result)
+        for m in p.set.members:
             result.requested[m.target.name] = requested
-        plans.append(p)
-    budget = int(round(config.effective_sparsity * sum(p.set.prunable for p in ranked))) if ranked else 0
-    if ranked and config.normalize == "lamp" and all(p.free is None for p in ranked):
-        # sets of one ranked by LAMP: the global threshold becomes a count per set (lamp_counts)
-        counts = lamp_counts([p.scores for p in ranked], [p.cap for p in ranked], budget)
-        for p, k in zip(ranked, counts, strict=True):
-            p.k = k
-            if k == p.cap and p.cap < p.set.prunable and budget > 0:
-                _note_floor(p.set, result)
-        ranked = []
-    if ranked and config.normalize == "erk":
-        ks, held = erk_counts(
-            [p.set.prunable for p in ranked], [erk_factor(p.set) for p in ranked], [p.cap for p in ranked], budget
-        )
-        for p, k, floor_held in zip(ranked, ks, held, strict=True):
-            p.k = k
-            if floor_held:
-                _note_floor(p.set, result)
-        ranked = []
-    return _run(plans, ranked, budget, result, path)
+    return _run(plans, [p for p in ranked if p.k is None], budget, result, path)
 
 
 def _run(plans: list[_Plan], ranked: list[_Plan], budget: int, result: MaskSet, path: str) -> list[np.ndarray]:

@@ -34,10 +34,13 @@ def _positions(shape) -> int | None:
     return _prod(tuple(shape)[1:-1])
 
 
-def _nnz(var) -> int:
+def nonzeros(var) -> int:
+    """Non-zero entries of a variable (or array), read in place (runtime.weight_values)."""
     import numpy as np
 
-    return int(np.count_nonzero(np.asarray(var)))
+    from prunecli.runtime import weight_values
+
+    return int(np.count_nonzero(weight_values(var)))
 
 
 def _size(var) -> int:
@@ -48,7 +51,7 @@ def _times(positions: int | None, weights: list) -> tuple[int | None, int | None
     """Each position multiplies every weight once: (dense, non-zero) multiply-adds."""
     if positions is None:
         return None, None
-    return positions * sum(_size(w) for w in weights), positions * sum(_nnz(w) for w in weights)
+    return positions * sum(_size(w) for w in weights), positions * sum(nonzeros(w) for w in weights)
 
 
 def _einsum(layer, out_shape) -> tuple[int | None, int | None]:
@@ -58,7 +61,7 @@ def _einsum(layer, out_shape) -> tuple[int | None, int | None]:
     reduced = _prod(d for d, ch in zip(layer.kernel.shape, kernel_spec, strict=False) if ch not in out_spec)
     if elements is None or reduced is None:
         return None, None
-    density = _nnz(layer.kernel) / max(_size(layer.kernel), 1)
+    density = nonzeros(layer.kernel) / max(_size(layer.kernel), 1)
     return elements * reduced, round(elements * reduced * density)
 
 
@@ -73,7 +76,7 @@ def _attention(layer, in_shapes) -> tuple[int | None, int | None]:
     parts = [(tq, query_k), (tk, key_k), (tv, value_k), (tq, output_k)]
     scores = tq * tk * heads * (kdim + vdim)  # Q·K^T and softmax(.)·V: no weights, never sparse
     dense = sum(n * _size(k) for n, k in parts) + scores
-    nonzero = sum(n * _nnz(k) for n, k in parts) + scores
+    nonzero = sum(n * nonzeros(k) for n, k in parts) + scores
     return dense, nonzero
 
 
