@@ -106,7 +106,7 @@ def run(repeats: int = 3) -> str:
     ]
     out.append(table(["run", *(f"{p} (s)" for p in PHASES), "process wall (s)", "peak RSS"], rows))
     out.append(
-        "\nPhases are the report's timings_s; `total` is their sum (no Python/TensorFlow import);"
+        "\nPhases are the report's timings_s; `total` is the run's wall time (phases plus `other`; no Python/TensorFlow import);"
         " process wall includes the import.\n"
     )
     ratio_rows = []
