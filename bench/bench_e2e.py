@@ -304,7 +304,7 @@ import numpy as np
 from prunecli.io import data as data_mod
 from prunecli.io.models import load
 from prunecli.scoring import ScoringContext, get
-from prunecli.selection import targets as targets_mod
+from prunecli.structure import targets as targets_mod
 from prunecli.training.metrics import infer_task
 model, _ = load(model_path)
 data = data_mod.load(data_path, model, 32, 0.0, 0)

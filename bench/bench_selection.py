@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import tempfile
 
-from bench_common import child_json, quiet_tf, ratio, resnet50_kernel_shapes, table, timed
+from bench_common import child_json, quiet_tf, ratio, resnet50_kernel_shapes, table, tfmot_modules, timed
 
 SPARSITY = 0.5
 
@@ -60,7 +60,7 @@ def policy_fns(weights):
 
     from prunecli.config import PruneConfig
     from prunecli.selection import policy
-    from prunecli.selection.targets import Target
+    from prunecli.structure.targets import Target
 
     targets = [Target(f"w{i}/kernel", f"w{i}", "Dense", "kernel", w.reshape(-1, 1), 0) for i, w in enumerate(weights)]
     tensors = [tf.constant(w.reshape(-1, 1)) for w in weights]
@@ -76,9 +76,7 @@ def policy_fns(weights):
 def tfmot_fns(weights):
     import tensorflow as tf
 
-    from prunecli.run.tfmot import _import_tfmot
-
-    tfmot, _ = _import_tfmot()
+    tfmot, _ = tfmot_modules()
     from tensorflow_model_optimization.python.core.sparsity.keras import pruning_impl
 
     pruning = pruning_impl.Pruning(
@@ -129,7 +127,7 @@ import numpy as np, tensorflow as tf
 from bench_selection import SPARSITY, make_weights
 from prunecli.config import PruneConfig
 from prunecli.selection import kernels, policy
-from prunecli.selection.targets import Target
+from prunecli.structure.targets import Target
 weights = make_weights({shapes!r}, {total})
 scores = [tf.abs(tf.constant(w)) for w in weights]  # as scoring leaves them; TF has run ops already
 [np.asarray(s) for s in scores]

@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import ROOT, digits_twin_h5, quiet_tf, table
+from bench_common import ROOT, digits_twin_h5, quiet_tf, table, tfmot_modules
 
 EXAMPLE = ROOT / "examples" / "digits_cnn.keras"
 DATA = ROOT / "examples" / "digits.npz"
@@ -112,18 +112,14 @@ def prunecli_masked(data, sparsity: float):
 
 
 def tf_keras_dense(twin: Path, data):
-    from prunecli.run.tfmot import _import_tfmot
-
-    _, tf_keras = _import_tfmot()
+    _, tf_keras = tfmot_modules()
     model = tf_keras.models.load_model(twin)
     model.compile(optimizer=tf_keras.optimizers.Adam(LEARNING_RATE), loss="sparse_categorical_crossentropy")
     return fit_pass(model, data)
 
 
 def tfmot_masked(twin: Path, data, sparsity: float):
-    from prunecli.run.tfmot import _import_tfmot
-
-    tfmot, tf_keras = _import_tfmot()
+    tfmot, tf_keras = tfmot_modules()
     sk = tfmot.sparsity.keras
     model = tf_keras.models.load_model(twin)
     wrapped = sk.prune_low_magnitude(model, pruning_schedule=sk.ConstantSparsity(sparsity, begin_step=0))
@@ -187,9 +183,9 @@ def step_times(twin: Path, sparsity: float = 0.8) -> str:
     return "\n".join(out)
 
 
-def accuracy(twin: Path, sparsities=(0.5, 0.8, 0.9, 0.95), epochs: int = 6) -> str:
-    from prunecli import build_config
-    from prunecli.run.pipeline import prune
+def accuracy_table(twin: Path, sparsities=(0.5, 0.8, 0.9, 0.95), epochs: int = 6) -> str:
+    """The Markdown of run.py's accuracy section: prunecli's native and tfmot engines, same gradual schedule."""
+    from prunecli import build_config, prune
 
     rows, notes = [], []
     with tempfile.TemporaryDirectory() as work:

@@ -19,6 +19,9 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_common import quiet_tf  # noqa: E402
 
 SPARSITIES = (0.8, 0.9, 0.95)
 SCHEDULES = ("oneshot", "polynomial", "dynamic")
@@ -64,9 +67,7 @@ def main(argv=None) -> None:
 
     import tempfile
 
-    from prunecli.runtime import quiet_tensorflow
-
-    quiet_tensorflow()
+    quiet_tf()
     import tensorflow as tf
 
     results = {}

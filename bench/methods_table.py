@@ -22,16 +22,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_common import accuracy, quiet_tf  # noqa: E402
+
 SPARSITIES = (0.5, 0.8, 0.9)
 EXCLUDE = ("predictions",)
 BATCH_SIZE = 64
-
-
-def accuracy(model, x, y) -> float:
-    import numpy as np
-
-    predictions = np.asarray(model(x, training=False))
-    return float((predictions.argmax(axis=1) == y).mean())
 
 
 def timed(fn, *args, **kwargs):
@@ -41,9 +36,7 @@ def timed(fn, *args, **kwargs):
 
 
 def main(out_path: str = str(ROOT / "bench" / "METHODS.md")) -> None:
-    from prunecli.runtime import quiet_tensorflow
-
-    quiet_tensorflow()
+    quiet_tf()
     import numpy as np
     import tensorflow as tf
 
@@ -52,7 +45,8 @@ def main(out_path: str = str(ROOT / "bench" / "METHODS.md")) -> None:
     from prunecli.io import data
     from prunecli.io import models as model_io
     from prunecli.selection import kernels as masking
-    from prunecli.selection import policy, targets
+    from prunecli.selection import policy
+    from prunecli.structure import targets
     from prunecli.training.metrics import infer_task
 
     model, _ = model_io.load(ROOT / "examples" / "digits_cnn.keras")
@@ -92,7 +86,7 @@ def main(out_path: str = str(ROOT / "bench" / "METHODS.md")) -> None:
         for sparsity in SPARSITIES:
             for t, w in zip(chosen, original, strict=True):
                 t.variable.assign(w)
-            config = PruneConfig(sparsity=sparsity, granularity=granularity)
+            config = PruneConfig(sparsity=sparsity, granularity=granularity, scope="layer")  # per layer, as the table says
             masks = policy.build_masks(chosen, scores, strategy.level, config)
             masking.apply_masks([t.variable for t in chosen], [masks.masks[t.name] for t in chosen])
             zeros = sum(int(np.size(m) - np.count_nonzero(np.asarray(m))) for m in masks.masks.values())
@@ -138,4 +132,8 @@ def main(out_path: str = str(ROOT / "bench" / "METHODS.md")) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", default=str(ROOT / "bench" / "METHODS.md"), help="Markdown file to write")
+    main(parser.parse_args().out)

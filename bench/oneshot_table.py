@@ -19,6 +19,7 @@ Usage: .venv/bin/python bench/oneshot_table.py [--quick] [--skip-resnet] [--outp
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import ROOT, load_average, machine, mib, table  # noqa: E402
+from bench_common import ROOT, accuracy, load_average, machine, mib, table  # noqa: E402
 
 SETTINGS = ("0.5", "0.7", "0.8", "2:4")
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -72,13 +73,8 @@ def prune_once(model, targets, calibration, method: str, setting: str, reconstru
 
 
 def _accuracy_fn(x, y):
-    import numpy as np
-
-    def accuracy(model):
-        pred = np.concatenate([np.asarray(model(x[i : i + 512], training=False)) for i in range(0, len(x), 512)])
-        return float(np.mean(np.argmax(pred, -1) == y))
-
-    return accuracy
+    """The metric of a classifier: bench_common.accuracy on this test split."""
+    return functools.partial(accuracy, x=x, y=y)
 
 
 def _calibration(x_train, n=SAMPLES):
@@ -262,7 +258,7 @@ def transformer_model(quick: bool):
 def measure_model(spec, settings, log) -> dict:
     import numpy as np
 
-    from prunecli.selection import targets as targets_mod
+    from prunecli.structure import targets as targets_mod
 
     model = spec["model"]
     dense = [np.asarray(v).copy() for v in model.weights]
@@ -333,7 +329,7 @@ x = np.random.default_rng(0).normal(size=(samples, size, size, 3)).astype("float
 cal = [x[i:i + 32] for i in range(0, samples, 32)]
 sys.path.insert(0, sys.argv[5])
 from oneshot_table import prune_once
-from prunecli.selection import targets
+from prunecli.structure import targets
 ts = targets.select(model)
 rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 start = time.perf_counter()

@@ -103,12 +103,12 @@ def main(argv=None) -> int:
         twin.setdefault("path", bench_training.make_twin())
         return bench_training.step_times(twin["path"])
 
-    def accuracy():
+    def accuracy_table():
         import bench_training
 
         twin.setdefault("path", bench_training.make_twin())
         sparsities = (0.5, 0.9) if quick else (0.5, 0.8, 0.9, 0.95)
-        return bench_training.accuracy(twin["path"], sparsities=sparsities, epochs=3 if quick else 6)
+        return bench_training.accuracy_table(twin["path"], sparsities=sparsities, epochs=3 if quick else 6)
 
     section("selection", "Mask computation: prunecli vs tfmot's top_k vs NumPy", selection)
     section("e2e", "prunecli prune on ResNet50 vs Keras alone (time and peak memory)", e2e)
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     section("bigger", "A 2 GB model (.keras and .h5)", bigger)
     section("startup", "Start-up time", startup)
     section("steps", "Fine-tuning step: masked vs dense, prunecli vs tfmot", steps)
-    section("accuracy", "Accuracy after the same gradual schedule: prunecli vs tfmot", accuracy)
+    section("accuracy", "Accuracy after the same gradual schedule: prunecli vs tfmot", accuracy_table)
 
     import tensorflow as tf
 

@@ -18,6 +18,10 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_common import quiet_tf  # noqa: E402
+
 EPOCHS = 3
 
 
@@ -106,9 +110,7 @@ HEADER = (
 def main() -> None:
     import keras
 
-    from prunecli.runtime import quiet_tensorflow
-
-    quiet_tensorflow()
+    quiet_tf()
     lines = [
         "# Structured pruning: input features and layers",
         "",

@@ -20,6 +20,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_common import quiet_tf, top1  # noqa: E402
+
 MODEL = ROOT / "examples" / "digits_cnn.keras"
 DATA = ROOT / "examples" / "digits.npz"
 SPARSITIES = (0.0, 0.5, 0.8, 0.9)
@@ -27,7 +31,6 @@ SPARSITIES = (0.0, 0.5, 0.8, 0.9)
 
 def tflite_accuracy(content: bytes, x, y) -> float:
     """Top-1 accuracy of a TFLite file over (x, y), int8 inputs/outputs (de)quantised as export does."""
-    import numpy as np
     import tensorflow as tf
 
     from prunecli.outputs import export
@@ -36,7 +39,7 @@ def tflite_accuracy(content: bytes, x, y) -> float:
     ((name, detail),) = runner.get_input_details().items()
     ((out_name, out_detail),) = runner.get_output_details().items()
     got = export.dequantize(runner(**{name: export.quantize(x, detail)})[out_name], out_detail)
-    return float(np.mean(np.argmax(got, -1) == y))
+    return top1(got, y)
 
 
 def measure(work: Path, epochs: int) -> list[dict]:
@@ -62,7 +65,7 @@ def measure(work: Path, epochs: int) -> list[dict]:
         keras_sizes = model_io.file_sizes(out)
         for kind, cal in (("float", None), ("int8", export.calibration_batches(calibration))):
             for encoding in ("dense", "sparse"):
-                content = export.to_tflite(saved, cal, sparse=encoding == "sparse")
+                content, _ops = export.to_tflite(saved, cal, sparse=encoding == "sparse")
                 path = work / f"{sparsity}_{kind}_{encoding}.tflite"
                 path.write_bytes(content)
                 check = export.compare_tflite(content, [x_test], expected, ["image"])
@@ -75,7 +78,7 @@ def measure(work: Path, epochs: int) -> list[dict]:
                         "max_abs_diff": check["max_abs_diff"],
                         "top1_agreement": check["top1_agreement"],
                         "tflite_accuracy": tflite_accuracy(content, x_test, y_test),
-                        "keras_accuracy": float(np.mean(np.argmax(expected[0], -1) == y_test)),
+                        "keras_accuracy": top1(expected[0], y_test),
                         "keras_bytes": keras_sizes["bytes"],
                         "keras_gzip_bytes": keras_sizes["gzip_bytes"],
                     }
@@ -107,12 +110,8 @@ def keras_table(rows: list[dict]) -> str:
 
 def mirrored_child(epochs: int) -> None:
     """Fine-tune the example pruned to 80% on one device, then under MirroredStrategy on two logical CPUs."""
-    import os
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from prunecli.runtime import quiet_tensorflow
-
-    quiet_tensorflow()
+    quiet_tf()
     import numpy as np
     import tensorflow as tf
 
@@ -195,9 +194,7 @@ def main() -> None:
         mirrored_child(args.epochs)
         return
 
-    from prunecli.runtime import quiet_tensorflow
-
-    quiet_tensorflow()
+    quiet_tf()
     import tensorflow as tf
 
     with tempfile.TemporaryDirectory() as tmp:

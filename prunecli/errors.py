@@ -6,6 +6,7 @@ The exit codes are part of the command-line interface and are documented in the 
 from __future__ import annotations
 
 import enum
+import errno
 
 
 class ExitCode(enum.IntEnum):
@@ -16,6 +17,7 @@ class ExitCode(enum.IntEnum):
     GATE_FAILED = 4  # a quality gate such as --max-accuracy-drop failed (the report is still written)
     OUTPUT = 5  # the output cannot be written, or would overwrite the input
     RESOURCE = 6  # not enough memory or disk for the job
+    EXPORT = 7  # the model cannot be converted to an --export format (nothing is saved)
     INTERRUPTED = 130  # Ctrl-C / SIGINT
 
 
@@ -61,8 +63,26 @@ class ResourceError(PruneCliError):
     exit_code = ExitCode.RESOURCE
 
 
+class ExportError(PruneCliError):
+    """A converter refused the model (an op the format lacks); the message names the ops."""
+
+    exit_code = ExitCode.EXPORT
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message (or its class name), cut to `limit` characters: the
     part of a library's multi-line error that a one-line message can carry."""
     text = str(exc).strip()
     return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # no room on the disk, over a quota or a file-size limit
+
+
+def write_error(target, exc: OSError) -> PruneCliError:
+    """The error for a failed write of the user's `target` (never the temporary name it was written
+    under): exit 6 when the disk, a quota or a file-size limit is full, else exit 5."""
+    reason = exc.strerror or first_line(exc)
+    if exc.errno in DISK_FULL:
+        return ResourceError(f"not enough disk space to write {target} ({reason})")
+    return OutputError(f"cannot write {target}: {reason}")

@@ -45,12 +45,6 @@ def install() -> None:
     signal.signal(signal.SIGINT, _handler)
 
 
-def request() -> None:
-    """Record a stop as the handler does, without raising (for code that must not be interrupted
-    mid-way, and for tests that simulate a swallowed KeyboardInterrupt)."""
-    _stop.set()
-
-
 def reset() -> None:
     """For tests running several commands in one process."""
     _stop.clear()

@@ -3,6 +3,8 @@ weights read without copying them."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import sys
@@ -36,9 +38,32 @@ def quiet_tensorflow() -> None:
         absl.logging.set_verbosity(absl.logging.ERROR)
     except ImportError:
         pass
-    from prunecli.selection.kernels import enable_compile_cache
-
     enable_compile_cache()  # before any XLA compile (evaluation compiles first when --data is given)
+
+
+@functools.cache
+def enable_compile_cache() -> str | None:
+    """Keep XLA executables on disk (TensorFlow's persistent compilation cache), so a later run on a
+    model of the same size skips the compile (for the selection kernels it costs more than the selection
+    itself). Here, in the base floor, because quiet_tensorflow turns it on before a run's first compile.
+
+    TensorFlow reads TF_XLA_FLAGS once, at its first XLA compilation, so this only takes effect if it
+    runs before that; a TF_XLA_FLAGS that already names a cache directory is left alone (an empty
+    `--tf_xla_persistent_cache_directory=` turns the cache off). The directory is per TF version.
+    """
+    flags = os.environ.get("TF_XLA_FLAGS", "")
+    if "tf_xla_persistent_cache_directory" in flags:
+        return None
+    import tensorflow as tf
+
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    directory = os.path.join(base, "prunecli", f"xla-tf{tf.__version__}")
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError:
+        return None  # a read-only home: compile every time
+    os.environ["TF_XLA_FLAGS"] = f"{flags} --tf_xla_persistent_cache_directory={directory}".strip()
+    return directory
 
 
 def weight_values(variable):
@@ -52,3 +77,34 @@ def weight_values(variable):
     import tensorflow as tf
 
     return np.asarray(tf.convert_to_tensor(variable))
+
+
+_owned_tempdirs: list[str] = []  # the folders owned_tempdir made, innermost last
+
+
+@contextlib.contextmanager
+def owned_tempdir():
+    """Point Python's and TensorFlow's temporary files (Keras' save staging and its assets/ folder,
+    autograph's generated modules, the TFLite converter's scratch) at a folder this run creates and
+    removes at the end, success or failure, instead of leaving them in the user's $TMPDIR.
+    Nested use (the CLI around the Python API) keeps the outer folder."""
+    import shutil
+    import tempfile
+
+    if _owned_tempdirs and tempfile.gettempdir() == _owned_tempdirs[-1]:
+        yield
+        return
+    saved_env, saved_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
+    base = tempfile.mkdtemp(prefix="prunecli-")
+    _owned_tempdirs.append(base)
+    tempfile.tempdir = os.environ["TMPDIR"] = base  # TMPDIR too: TensorFlow's C++ side reads it
+    try:
+        yield
+    finally:
+        _owned_tempdirs.remove(base)
+        tempfile.tempdir = saved_tempdir
+        if saved_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_env
+        shutil.rmtree(base, ignore_errors=True)

@@ -30,9 +30,23 @@ PRIVATE_NAMES = (
     "_outputs_struct",
     "_inputs_struct",
     "_self_tracked_trackables",
+    "_is_graph_network",
+    # attention layer internals (keras.layers.MultiHeadAttention, KerasHub blocks) and optimizer state
+    "_num_heads",
+    "_key_dim",
+    "_value_dim",
+    "_query_dense",
+    "_key_dense",
+    "_value_dense",
+    "_output_dense",
+    "_o_proj",
+    "_self_attention_layer",
+    "_use_gate",
+    "_learning_rate",
 )
-# read as an attribute (x._keras_history) or by name (getattr(x, "_keras_history"))
-PRIVATE_GRAPH = re.compile(r"(\.|[\"'])(" + "|".join(PRIVATE_NAMES) + r")\b")
+# read as an attribute (x._keras_history) or by name (getattr(x, "_keras_history")); a subclass of a
+# Keras layer setting its own inherited attribute (self._self_attention_layer) is not a read of Keras'
+PRIVATE_GRAPH = re.compile(r"(?<!self)(\.|[\"'])(" + "|".join(PRIVATE_NAMES) + r")\b")
 
 
 def test_only_the_adapter_reads_private_keras_graph_attributes():
@@ -142,6 +156,73 @@ def test_the_import_graph_has_no_cycle():
     )
 
 
+# Floors, bottom to top (../shared/DESIGN.md): a module imports only modules of its own package or of a
+# package on a lower floor. Packages on one floor do not import each other.
+FLOORS = (
+    ("base",),  # errors, results, messages, interrupts, runtime
+    ("config",),
+    ("structure",),
+    ("selection", "io"),
+    ("training", "calibration"),
+    ("scoring",),
+    ("removal",),
+    ("outputs",),
+    ("run",),
+    ("face",),  # cli, __main__, the package's own __init__ (prunecli.prune, __version__)
+)
+BASE = {"errors", "results", "messages", "interrupts", "runtime"}
+FLOOR_OF = {package: level for level, packages in enumerate(FLOORS) for package in packages}
+
+
+def _package(module: str) -> str:
+    """The floor package of a dotted module name (prunecli.structure.channels -> structure)."""
+    parts = module.split(".")[1:]
+    first = parts[0] if parts else ""
+    if first in BASE:
+        return "base"
+    if first in ("", "cli", "__main__"):
+        return "face"
+    return first
+
+
+def _upward_imports(edges: dict[str, set[str]]) -> list[str]:
+    found = []
+    for source, targets in sorted(edges.items()):
+        for target in sorted(targets):
+            a, b = _package(source), _package(target)
+            if a != b and not FLOOR_OF[b] < FLOOR_OF[a] and target != "prunecli":
+                found.append(f"{source} ({a}) -> {target} ({b})")
+    return found
+
+
+def test_every_package_has_a_floor():
+    assert {_package(name) for name in _modules()} <= set(FLOOR_OF)
+
+
+def test_the_floor_check_finds_an_upward_import():
+    assert _upward_imports({"prunecli.structure.surgery": {"prunecli.selection.policy"}}) == [
+        "prunecli.structure.surgery (structure) -> prunecli.selection.policy (selection)"
+    ]
+    assert _upward_imports({"prunecli.io.paths": {"prunecli.selection.kernels"}})  # one floor: no import either way
+
+
+def test_no_package_imports_upward():
+    """A lower floor never imports a higher one, function-local imports included; so no loop between
+    packages can form either (checked too, as the tools/package_floors.py script does)."""
+    modules = _modules()
+    edges = {name: _imports(name, path, modules) for name, path in modules.items()}
+    assert _upward_imports(edges) == []
+    packages: dict[str, set[str]] = {}
+    for source, targets in edges.items():
+        packages.setdefault(_package(source), set()).update(
+            _package(t) for t in targets if _package(t) != _package(source)
+        )
+    for package in list(packages.values()):
+        for target in package:
+            packages.setdefault(target, set())
+    assert _cycles(packages) == []
+
+
 # ---- one registration ------------------------------------------------------------------------------
 
 
@@ -175,8 +256,9 @@ def test_a_custom_layer_plugs_in_by_one_registration():
 
     from prunecli.config import build_config
     from prunecli.outputs.report import Timings
-    from prunecli.selection import kernels, targets
-    from prunecli.structure import channels, flops, layers, surgery
+    from prunecli.removal import channels as shrink_step
+    from prunecli.selection import kernels
+    from prunecli.structure import channels, flops, layers, targets
 
     ScaledDense = _custom_layer()
     keras.utils.set_random_seed(0)
@@ -204,7 +286,7 @@ def test_a_custom_layer_plugs_in_by_one_registration():
         x = np.random.default_rng(0).standard_normal((4, 6)).astype("float32")
         want = np.asarray(m(x))
         config = build_config({"model_path": "m.keras", "granularity": "neuron", "sparsity": 0.5, "shrink": True})
-        result = surgery.shrink(m, [t], None, None, None, config, lambda _m: None, Timings(), False)
+        result = shrink_step.shrink(m, [t], None, None, None, config.seed, lambda _m: None, Timings(), False)
         assert result.model.get_layer("custom").kernel.shape == (6, 5)
         assert np.abs(np.asarray(result.model(x)) - want).max() < 1e-5
     finally:

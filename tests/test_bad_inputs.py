@@ -96,6 +96,7 @@ def test_bad_input(case, corpus, tmp_path, run_cli):
     assert {p: _sha256(p) for p in inputs} == inputs, "an input file was modified"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, extra", [("custom_layer.h5", []), ("good.keras", ["-d", "wrong_shape.npz"])])
 def test_a_real_process_prints_only_progress_and_the_error(corpus, tmp_path, name, extra):
     """Out of process, so that whatever TensorFlow or Keras write to the terminal is seen too."""
@@ -304,6 +305,7 @@ def test_adversarial_manifest_is_well_formed():
         assert case.get("mode", "batch") in ("batch", "process"), case["id"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ADVERSARIAL, ids=[c["id"] for c in ADVERSARIAL])
 def test_adversarial(case, adversarial_results):
     verdict = adversarial_results.get(case["id"])

@@ -17,7 +17,7 @@ def _config(method="sparsegpt", **kw):
 
 
 def _targets(model, exclude=()):
-    from prunecli.selection import targets
+    from prunecli.structure import targets
 
     return targets.select(model, (), exclude)
 
@@ -129,12 +129,12 @@ def test_im2col_views_match_the_layers():
     import keras
     import tensorflow as tf
 
-    from prunecli.calibration import capture
+    from prunecli.calibration import capture, views
 
     model = _conv_model()
     x = np.random.default_rng(0).normal(size=(3, 12, 12, 3)).astype("float32")
     for t in _targets(model):
-        view = capture.view_of(t)
+        view = views.view_of(t)
         assert not isinstance(view, str), view
         seen = []
         with capture._Wrapped(t.layer, seen.append):
@@ -150,10 +150,10 @@ def test_im2col_views_match_the_layers():
     seq = np.random.default_rng(1).normal(size=(2, 5, 6)).astype("float32")
     mha(seq, seq)
     for layer in (mha._query_dense, mha._output_dense):
-        from prunecli.selection.targets import Target
+        from prunecli.structure.targets import Target
 
         t = Target("q/kernel", "q", "EinsumDense", "kernel", layer.kernel, len(layer.kernel.shape) - 1, layer)
-        view = capture.view_of(t)
+        view = views.view_of(t)
         xin = seq if layer is mha._query_dense else np.random.default_rng(2).normal(size=(2, 5, 2, 4)).astype("float32")
         ref = tf.reshape(layer(xin) - (layer.bias if layer.bias is not None else 0), (-1, view.d_out))
         got = tf.matmul(view.inputs(xin), view.to_matrix(layer.kernel))
@@ -285,6 +285,7 @@ def test_not_positive_definite_is_one_line_error():
         sparsegpt.inverse_factor(indefinite, "fc/kernel")
 
 
+@pytest.mark.slow
 def test_example_model_sparsegpt_keeps_accuracy():
     """On the bundled example, one-shot SparseGPT at 2:4 loses at most a third of magnitude's loss."""
     import keras
@@ -320,6 +321,7 @@ def _pipeline_wired() -> bool:
     return any("prune_calibrated" in p.read_text(encoding="utf-8") for p in run.glob("*.py"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _pipeline_wired(), reason="prunecli/run does not call prune_calibrated yet")
 def test_cli_sparsegpt_end_to_end(tmp_path):
     import json

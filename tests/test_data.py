@@ -80,7 +80,7 @@ def test_npy_pairs_stream_from_memory_maps(mlp, tmp_path):
     model, x, y = mlp
     for name, arr in (("x_train", x[:300]), ("y_train", y[:300]), ("x_test", x[300:]), ("y_test", y[300:])):
         np.save(tmp_path / f"{name}.npy", arr)
-    assert isinstance(data._open_npy(tmp_path / "x_train.npy"), np.memmap)  # read in batches, not at once
+    assert isinstance(data.npy._open_npy(tmp_path / "x_train.npy"), np.memmap)  # read in batches, not at once
     d = data.load(str(tmp_path / "x_train.npy"), model, batch_size=64, seed=3)
     assert (d.n_train, d.n_eval, d.eval_held_out) == (300, 100, True)
     assert int(d.train.cardinality()) == 5  # known, so schedules can plan in steps
@@ -162,6 +162,7 @@ def test_image_folder_errors(digits, mlp, digit_images, tmp_path):
         data.load(str(tmp_path / "few"), mlp[0])
 
 
+@pytest.mark.slow
 def test_fine_tune_from_an_image_folder(cli, example_model, digit_images, tmp_path):
     report = tmp_path / "r.json"
     result = cli(
@@ -283,6 +284,7 @@ def test_tfrecord_errors_are_one_line(mlp, tmp_path):
         data.load(str(wrong), model)
 
 
+@pytest.mark.slow
 def test_fine_tune_streams_tfrecords(cli, mlp_files, mlp, tmp_path):
     _model, x, y = mlp
     write_records(tmp_path / "train.tfrecord", x, y)

@@ -54,6 +54,7 @@ def _h5_arrays(path) -> dict[str, bytes]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", scoring.available())
 def test_same_seed_same_masks_and_weights(mlp_files, tmp_path, method):
     first = _run(mlp_files, method, 7, tmp_path / "first.h5")

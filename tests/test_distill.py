@@ -77,7 +77,7 @@ def job(model, mask, x, y, **config):
     """What finetune.Trainer reads from the run: config, model, targets, masks, task, data."""
     import tensorflow as tf
 
-    from prunecli.selection import targets
+    from prunecli.structure import targets
 
     found = targets.select(model)
     return SimpleNamespace(

@@ -68,7 +68,7 @@ SCRIPT = textwrap.dedent(
         import numpy as np
         from prunecli.io import data as data_mod
         from prunecli.scoring import get, ScoringContext
-        from prunecli.selection import targets as targets_mod
+        from prunecli.structure import targets as targets_mod
         from prunecli.io.models import load
 
         np.savez(os.path.join(out_dir, f"weights{index}.npz"), *[np.asarray(w) for w in result.model.weights])
@@ -162,11 +162,13 @@ def mirrored_runs(mlp_files, tmp_path_factory):
     return result
 
 
+@pytest.mark.slow
 def test_mirrored_runs_on_two_replicas(mirrored_runs):
     assert mirrored_runs["mirrored"]["distribute"] == {"strategy": "MirroredStrategy", "replicas": 2}
     assert mirrored_runs["default"]["distribute"]["replicas"] == 1
 
 
+@pytest.mark.slow
 def test_mirrored_fine_tuning_holds_the_same_masks(mirrored_runs):
     single = _kernels(_weights(mirrored_runs["default"]["path"]))
     mirrored = _kernels(_weights(mirrored_runs["mirrored"]["path"]))
@@ -175,6 +177,7 @@ def test_mirrored_fine_tuning_holds_the_same_masks(mirrored_runs):
         assert np.count_nonzero(b == 0) == round(SETTINGS["sparsity"] * b.size), "masks not held exactly"
 
 
+@pytest.mark.slow
 def test_mirrored_fine_tuning_matches_one_device(mirrored_runs):
     """Loss shares weighted by each replica's part of the global batch: the same updates as on one device
     (the MLP has no batch norm, whose batch statistics would legitimately differ per replica)."""
@@ -187,6 +190,7 @@ def test_mirrored_fine_tuning_matches_one_device(mirrored_runs):
     assert mirrored["loss"] == pytest.approx(single["loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_scoring_sums_cover_every_replica(mirrored_runs):
     single, mirrored = mirrored_runs["default"]["scoring_sum"], mirrored_runs["mirrored"]["scoring_sum"]
     assert single[1] == mirrored[1] == 203.0, "examples counted once each, over both replicas"
@@ -218,6 +222,7 @@ def multiworker_runs(mlp_files, tmp_path_factory):
     return {"results": _finish(procs), "dir": out_dir}
 
 
+@pytest.mark.slow
 def test_multiworker_on_localhost_matches_one_device(multiworker_runs, mirrored_runs):
     """The workers end with the same weights, and those are the single-device run's."""
     results, out_dir = multiworker_runs["results"], multiworker_runs["dir"]
@@ -231,6 +236,7 @@ def test_multiworker_on_localhost_matches_one_device(multiworker_runs, mirrored_
         np.testing.assert_allclose(a, single, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_multiworker_only_the_chief_writes(multiworker_runs):
     """Both workers were given the same output path; worker 1 writes nothing and says so by returning
     no output path; the chief's file holds the trained weights."""
@@ -242,6 +248,7 @@ def test_multiworker_only_the_chief_writes(multiworker_runs):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["gradient", "taylor", "activation", "apoz"])
 def test_multiworker_scoring_equals_one_device(multiworker_runs, method):
     """Each worker scores half of every global batch; the all-reduced statistics are the whole data's,

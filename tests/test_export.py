@@ -21,6 +21,7 @@ def exported(example_model, example_data, tmp_path_factory):
     stale = out.with_name("digits.pruned_savedmodel")
     stale.mkdir()
     (stale / "stale.txt").write_text("from an older run")
+    (stale / ".prunecli-export").write_text("an earlier export of prunecli's")
     config = build_config(
         {
             "model_path": str(example_model),
@@ -33,6 +34,7 @@ def exported(example_model, example_data, tmp_path_factory):
     return prune(config), out
 
 
+@pytest.mark.slow
 def test_files_land_beside_the_output(exported):
     result, out = exported
     paths = {fmt: Path(entry["path"]) for fmt, entry in result.report.extra["export"].items()}
@@ -48,6 +50,7 @@ def test_files_land_beside_the_output(exported):
     assert oct(paths["tflite"].stat().st_mode & 0o777) != oct(0o600), "export kept mkstemp's private mode"
 
 
+@pytest.mark.slow
 def test_sizes_are_the_files_sizes(exported):
     result, _ = exported
     entries = result.report.extra["export"]
@@ -62,6 +65,7 @@ def test_sizes_are_the_files_sizes(exported):
     assert 0 < entries["savedmodel"]["gzip_bytes"] < entries["savedmodel"]["bytes"]
 
 
+@pytest.mark.slow
 def test_smaller_tflite_encoding_is_kept(exported):
     """At 80% sparsity both encodings are tried; the file on disk is the smaller of the two."""
     result, _ = exported
@@ -73,6 +77,7 @@ def test_smaller_tflite_encoding_is_kept(exported):
     assert result.report.extra["export"]["tflite"]["encoding"] == "sparse"
 
 
+@pytest.mark.slow
 def test_float_tflite_and_savedmodel_compute_the_keras_function(exported):
     result, _ = exported
     entries = result.report.extra["export"]
@@ -82,6 +87,7 @@ def test_float_tflite_and_savedmodel_compute_the_keras_function(exported):
         assert entries[fmt]["top1_agreement"] == 1.0
 
 
+@pytest.mark.slow
 def test_int8_is_fully_integer_and_close(exported, example_data):
     import tensorflow as tf
 
@@ -97,6 +103,7 @@ def test_int8_is_fully_integer_and_close(exported, example_data):
     assert entry["bytes"] < result.report.extra["export"]["tflite"]["dense_encoding_bytes"] / 3
 
 
+@pytest.mark.slow
 def test_exported_tflite_keeps_the_pruned_zeros(exported):
     """The float file decodes (densified by the interpreter) to weights as sparse as the Keras model."""
     import tensorflow as tf
@@ -113,6 +120,7 @@ def test_exported_tflite_keeps_the_pruned_zeros(exported):
     assert np.count_nonzero(dense_kernel) in found
 
 
+@pytest.mark.slow
 def test_savedmodel_serves_without_keras(exported, example_data):
     import tensorflow as tf
 
@@ -172,6 +180,7 @@ def test_directory_in_the_way_of_a_file_is_an_output_error(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_shrunk_tflite_is_timed_beside_the_unshrunk_one(cli, example_model, tmp_path):
     """--shrink with --export tflite: the interpreter's batch-1 latency of the shrunk and the masked model."""
     out = tmp_path / "small.keras"
@@ -193,3 +202,86 @@ def test_shrunk_tflite_is_timed_beside_the_unshrunk_one(cli, example_model, tmp_
     assert result.exit_code == 0, result.output
     entry = json.loads(result.stdout)["export"]["tflite"]
     assert entry["latency_ms_batch_1"] > 0 and entry["baseline_latency_ms_batch_1"] > 0
+
+
+def _lstm_model(path: Path) -> None:
+    import keras
+
+    inp = keras.Input((6, 3))
+    out = keras.layers.Dense(2, activation="softmax")(keras.layers.LSTM(4)(inp))
+    keras.Model(inp, out).save(path)
+
+
+def test_a_model_the_converter_refuses_leaves_no_output_and_names_the_ops(tmp_path, monkeypatch):
+    """Outputs are committed together: an export that fails (exit 7, the ops named) leaves no pruned
+    model either; the float conversion first retries with select TensorFlow ops."""
+    from prunecli.errors import ExportError
+
+    model = tmp_path / "m.keras"
+    _lstm_model(model)
+    tried = []
+
+    def refuses(saved, calibration, sparse, select_tf_ops):
+        tried.append(select_tf_ops)
+        raise ExportError("cannot convert the model to TFLite: unsupported op(s) tf.TensorListReserve")
+
+    monkeypatch.setattr(export, "_convert", refuses)
+    out = tmp_path / "small.keras"
+    config = build_config({"model_path": str(model), "output": str(out), "export": ["tflite"]}, environ={})
+    with pytest.raises(ExportError, match="tf.TensorListReserve") as caught:
+        prune(config)
+    assert caught.value.exit_code == 7
+    assert tried == [False, True]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras"], "nothing of the failed run is left"
+
+
+def test_converter_messages_name_the_unsupported_ops():
+    message = "error: 'tf.TensorListReserve' op is neither a custom op nor a flex op\n tf.TensorListSetItem ... tf.TensorListReserve"
+    assert export._unsupported_ops(message) == ["tf.TensorListReserve", "tf.TensorListSetItem"]
+
+
+@pytest.mark.slow
+def test_an_lstm_exports_to_tflite_with_the_select_ops_fallback(tmp_path):
+    model = tmp_path / "m.keras"
+    _lstm_model(model)
+    config = build_config(
+        {"model_path": str(model), "output": str(tmp_path / "o.keras"), "export": ["tflite"]}, environ={}
+    )
+    result = prune(config)
+    entry = result.report.extra["export"]["tflite"]
+    assert Path(entry["path"]).is_file() and entry["ops"] == export.SELECT_OPS
+    assert any("select TensorFlow ops" in n for n in result.report.notes)
+
+
+def test_a_full_disk_is_exit_6_naming_the_users_path(tmp_path, monkeypatch):
+    import errno
+
+    from prunecli.errors import ResourceError
+    from prunecli.io import models as model_io
+
+    target = tmp_path / "out.keras"
+    with pytest.raises(ResourceError, match=r"out\.keras \(No space left on device\)") as caught:
+        with model_io.atomic_path(target):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert caught.value.exit_code == 6 and list(tmp_path.iterdir()) == []
+    with pytest.raises(ResourceError, match="out.keras"):
+        with model_io.atomic_path(target):
+            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+
+
+@pytest.mark.slow
+def test_keras_and_tensorflow_temporary_files_do_not_outlive_the_run(tmp_path, monkeypatch, example_model):
+    """Autograph's generated modules and Keras' save staging go to a folder the run owns and removes."""
+    import tempfile
+
+    users_tmp = tmp_path / "tmp"
+    users_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(users_tmp))
+    monkeypatch.setenv("TMPDIR", str(users_tmp))
+    out = tmp_path / "o.keras"
+    config = build_config(
+        {"model_path": str(example_model), "output": str(out), "export": ["tflite", "savedmodel"]}, environ={}
+    )
+    prune(config)
+    assert out.is_file() and list(users_tmp.iterdir()) == []
+    assert tempfile.tempdir == str(users_tmp)

@@ -98,6 +98,7 @@ def _assert_absent_or_complete(out: Path) -> None:
     assert (kernel == 0).mean() == pytest.approx(0.5, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_sigkill_during_save_leaves_nothing_partial(models, tmp_path):
     src, out = models / "big.keras", tmp_path / "out.keras"
     before = _sha256(src)
@@ -120,6 +121,7 @@ def test_sigkill_during_save_leaves_nothing_partial(models, tmp_path):
     assert out.exists()
 
 
+@pytest.mark.slow
 def test_sigint_during_save_exits_130_and_cleans_up(models, tmp_path):
     src, out = models / "big.h5", tmp_path / "out.h5"
     before = _sha256(src)
@@ -135,6 +137,7 @@ def test_sigint_during_save_exits_130_and_cleans_up(models, tmp_path):
     _assert_absent_or_complete(out)
 
 
+@pytest.mark.slow
 def test_sigterm_is_handled_like_ctrl_c(models, tmp_path):
     """`kill`, `timeout` and CI cancellations send SIGTERM: same clean exit as Ctrl-C."""
     out = tmp_path / "out.keras"
@@ -287,16 +290,24 @@ def test_only_temporary_files_of_dead_processes_are_removed(tmp_path):
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         target = tmp_path / "model.keras"
-        stale = tmp_path / f".model.{dead}.abc123.tmp.keras"
-        running = tmp_path / f".model.{alive.pid}.def456.tmp.keras"
-        other_target = tmp_path / f".other.{dead}.ghi789.tmp.keras"
-        for p in (stale, running, other_target):
+        stale = tmp_path / f".model.{dead}.0123456789ab.tmp.keras"
+        running = tmp_path / f".model.{alive.pid}.def456def456.tmp.keras"
+        other_target = tmp_path / f".other.{dead}.0123456789ab.tmp.keras"
+        # a user's files that only look like ours: not the exact shape temp_name makes
+        users = [
+            tmp_path / ".model.99999999.backup.tmp.keras",
+            tmp_path / f".model.{dead}.0123456789AB.tmp.keras",
+            tmp_path / f".model.{dead}.0123456789a.tmp.keras",
+            tmp_path / f".model.0{dead}.0123456789ab.tmp.keras",
+        ]
+        for p in (stale, running, other_target, *users):
             p.write_bytes(b"partial")
 
         removed = model_io.remove_stale_temps(target)
 
         assert removed == [stale]
-        assert running.exists() and other_target.exists()
+        assert running.exists() and other_target.exists() and all(p.exists() for p in users)
+        assert model_io.temp_name(target).split(".")[3] != "" and len(model_io.temp_name(target).split(".")[3]) == 12
     finally:
         alive.kill()
         alive.wait()

@@ -47,6 +47,7 @@ def _run(noisy, **options):
     return prune(build_config(settings))
 
 
+@pytest.mark.slow
 def test_permutation_keeps_informative_features_and_shrunk_model_keeps_accuracy(noisy):
     """The brief's acceptance test: 50% of the features go, all informative ones stay, and the smaller
     model (fine-tuned 3 epochs by the pipeline's own fine-tuning) is within 1 point of the original."""
@@ -70,12 +71,14 @@ def test_permutation_keeps_informative_features_and_shrunk_model_keeps_accuracy(
     assert report["flops"]["after"] < report["flops"]["before"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("score", ["gradient", "taylor", "l1"])
 def test_other_scores_rank_informative_features_first(noisy, score):
     result = _run(noisy, feature_score=score, keep_features=3, output=str(noisy["dir"] / f"{score}.keras"))
     assert result.report.to_dict()["kept_features"]["features"] == list(INFORMATIVE)
 
 
+@pytest.mark.slow
 def test_method_maps_to_a_feature_score_and_random_is_seeded(noisy):
     r1 = _run(noisy, method="random", seed=3, keep_features=4, output=str(noisy["dir"] / "r1.keras")).report.to_dict()
     r2 = _run(noisy, method="random", seed=3, keep_features=4, output=str(noisy["dir"] / "r2.keras")).report.to_dict()

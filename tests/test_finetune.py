@@ -63,6 +63,7 @@ def assert_masked_exactly_zero(result, sparsity=None, scope="global"):
         assert pruned == round(sparsity * total)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "model, optimizer, expected",
     [
@@ -88,6 +89,7 @@ def test_pruned_weights_stay_exactly_zero_under_each_optimizer(mlps, tmp_path, m
     assert list(result.report.metrics) == ["before", "after_pruning", "after_finetune"]
 
 
+@pytest.mark.slow
 def test_masks_hold_inside_an_xla_compiled_step(mlps, tmp_path, monkeypatch):
     """The XLA path (used on GPUs/TPUs) compiles the same step, re-masking included."""
     from prunecli.training import finetune
@@ -98,6 +100,7 @@ def test_masks_hold_inside_an_xla_compiled_step(mlps, tmp_path, monkeypatch):
     assert_masked_exactly_zero(result, sparsity=0.6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["oneshot", "iterative", "polynomial", "dynamic"])
 def test_each_schedule_ends_exactly_at_the_target(mlps, tmp_path, schedule):
     result = run(
@@ -128,6 +131,7 @@ def test_polynomial_global_scope_with_override_is_exact(mlps, tmp_path):
     assert_masked_exactly_zero(result)
 
 
+@pytest.mark.slow
 def test_l1_leaves_more_surviving_weights_near_zero(mlps, tmp_path):
     counts = {}
     for l1 in (0.0, 0.01):
@@ -139,6 +143,7 @@ def test_l1_leaves_more_surviving_weights_near_zero(mlps, tmp_path):
     assert counts[0.01] > counts[0.0] + 50, counts
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_when_validation_loss_stalls(mlps, tmp_path):
     options = {"sparsity": 0.5, "epochs": 6, "early_stopping": 2, "optimizer": "sgd", "learning_rate": 1e-12}
     result = run(mlps, tmp_path, schedule="oneshot", **options)
@@ -152,6 +157,7 @@ def test_early_stopping_stops_when_validation_loss_stalls(mlps, tmp_path):
     assert_masked_exactly_zero(ramped, sparsity=0.5)
 
 
+@pytest.mark.slow
 def test_gate_fails_with_exit_4_after_writing_the_report(cli, mlps, tmp_path):
     report = tmp_path / "r.json"
     args = [
@@ -296,7 +302,7 @@ def test_cosine_learning_rate_decays_to_zero_over_the_run(mlps, tmp_path):
     import keras
     import tensorflow as tf
 
-    from prunecli.selection import targets
+    from prunecli.structure import targets
     from prunecli.training.finetune import Trainer
 
     model = keras.saving.load_model(mlps["adam"])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from prunecli import build_config, prune
-from prunecli.selection import targets
+from prunecli.structure import targets
 
 
 def nonzeros(model, layer):

@@ -8,8 +8,8 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from prunecli.config import build_config  # noqa: E402
-from prunecli.selection import targets as targets_mod  # noqa: E402
-from prunecli.structure import heads  # noqa: E402
+from prunecli.removal import heads  # noqa: E402
+from prunecli.structure import targets as targets_mod  # noqa: E402
 
 
 def _block(x, name: str, heads_n: int = 4, key_dim: int = 4, d_ff: int = 32, pre_norm: bool = False):
@@ -192,42 +192,51 @@ def test_neuron_on_transformer_prunes_ffn_only_and_shrinks():
     assert len(transformer.ffn_only(mlp, targets_mod.select(mlp))[0]) == 2
 
 
-def test_ffn_neurons_masked_then_removed_for_real(tmp_path):
-    from prunecli.structure import ffn
+@pytest.mark.slow
+def test_ffn_units_removed_for_real_and_the_report_keeps_the_runs_targets(tmp_path):
+    """-g neuron --shrink on a Transformer: FFN units go for real (both kernels sliced), the saved model
+    computes what the masked one did, and the report lists the run's targets: FFN-only before the
+    rebuild and after it (the attention and residual-stream layers are not re-selected)."""
+    import keras
+
+    from prunecli import prune
 
     model = bert_like()
-    x = _inputs(model)
-    scores = ffn.ffn_scores(model)
-    assert set(scores) == {"b0_ff1", "b1_ff1"} and scores["b0_ff1"].shape == (32,)
-    removed = {name: sorted(int(u) for u in np.argsort(sc)[:16]) for name, sc in scores.items()}
-    masks = ffn.mask_ffn(model, removed)
-    assert masks["b0_ff1/kernel"].shape == (16, 32) and not masks["b0_ff2/kernel"][removed["b0_ff1"]].any()
-    masked_out = np.asarray(model(x))
-    small = ffn.shrink_ffn(model, removed)
-    assert small.get_layer("b0_ff1").units == 16 and small.get_layer("b0_ff2").units == 16
-    assert small.get_layer("b0_ff2").kernel.shape == (16, 16)
-    np.testing.assert_allclose(np.asarray(small(x)), masked_out, rtol=1e-5, atol=1e-6)
+    path = tmp_path / "bert.keras"
+    model.save(path)
+    config = build_config(
+        {"model_path": str(path), "granularity": "neuron", "sparsity": 0.5, "scope": "layer", "shrink": True},
+        environ={},
+    )
+    result = prune(config)
+    small = result.model
+    assert small.get_layer("b0_ff1").units == 16 and small.get_layer("b0_ff2").kernel.shape == (16, 16)
     assert model.count_params() - small.count_params() == 2 * 16 * (16 + 1 + 16)
-    small.save(tmp_path / "ffn.keras")
-    back = keras.saving.load_model(tmp_path / "ffn.keras")
-    np.testing.assert_allclose(np.asarray(back(x)), masked_out, rtol=1e-5, atol=1e-6)
+    assert sorted(row.layer for row in result.report.layers) == ["b0_ff1", "b1_ff1"]
+    assert result.report.to_dict()["shrink"]["verification"]["max_rel_diff"] <= 1e-4
+    back = keras.saving.load_model(result.output_path)
+    x = _inputs(small)
+    np.testing.assert_allclose(np.asarray(back(x)), np.asarray(small(x)), rtol=1e-5, atol=1e-6)
 
 
 def test_run_step_returns_mask_set_and_new_model():
     from prunecli.outputs.report import Timings
 
     model = bert_like()
-    result = heads.run(model, None, None, _config(sparsity=0.5, shrink=True), lambda _m: None, Timings())
+    result = heads.run(
+        model, targets_mod.select(model), None, None, _config(sparsity=0.5, shrink=True), lambda _m: None, Timings()
+    )
     assert result.model is not model and result.model.get_layer("b0_mha")._num_heads == 2
     assert result.sections["heads"]["heads_removed"] == 4
     assert {t.name for t in result.targets} == set(result.masks.masks)
-    masked = heads.run(bert_like(), None, None, _config(sparsity=0.5), lambda _m: None, Timings())
+    plain = bert_like()
+    masked = heads.run(plain, targets_mod.select(plain), None, None, _config(sparsity=0.5), lambda _m: None, Timings())
     assert not masked.structure_changed
     assert masked.masks.requested["b0_mha/query/kernel"] == 0.5
 
 
 def test_whole_blocks_are_layer_candidates():
-    from prunecli.structure import layer_removal
+    from prunecli.removal import layers as layer_removal
 
     for builder in (bert_like, vit_like):
         model = builder(blocks=3)
@@ -245,7 +254,7 @@ def test_whole_blocks_are_layer_candidates():
 
 
 def test_block_removal_matches_manual_skip():
-    from prunecli.structure import layer_removal
+    from prunecli.removal import layers as layer_removal
 
     model = bert_like(blocks=2)
     blocks = [c for c in layer_removal.analyse(model)[0] if c.kind == "block"]
@@ -277,6 +286,7 @@ def _hub_inputs(n=4, seq=12, vocab=50, seed=0):
     }
 
 
+@pytest.mark.slow
 def test_keras_hub_bert_heads_deleted_and_model_reloads(tmp_path):
     kh = _hub()
     from prunecli.structure import transformer

@@ -9,7 +9,7 @@ import pytest
 
 from prunecli import build_config, prune
 from prunecli.errors import InputError
-from prunecli.structure import layer_removal as layer_pruning
+from prunecli.removal import layers as layer_pruning
 
 WIDTH = 16
 
@@ -110,6 +110,7 @@ def test_identity_replacement_gives_exactly_the_rebuilt_models_outputs(residual)
     assert np.array_equal(np.asarray(rebuilt(x)), np.asarray(by_hand(x)))
 
 
+@pytest.mark.slow
 def test_rebuilt_model_saves_reloads_and_fine_tunes(residual):
     import keras
 

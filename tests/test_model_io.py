@@ -139,6 +139,7 @@ def test_output_drops_stale_optimizer_slots(cli, example_model, example_data, tm
     assert model.optimizer is not None and type(model.optimizer).__name__ == "Adam"
 
 
+@pytest.mark.slow
 def test_keras2_mobilenet_with_legacy_arguments(cli, tmp_path):
     """tf_keras MobileNet files store DepthwiseConv2D(groups=1), an argument Keras 3 rejects."""
     import tf_keras

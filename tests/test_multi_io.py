@@ -49,6 +49,7 @@ def _run(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "model, data",
     [("two_in.keras", "two_in.npz"), ("two_in.keras", "two_in_slash.npz"), ("two_out.keras", "two_out.npz")],

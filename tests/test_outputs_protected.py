@@ -14,8 +14,9 @@ import pytest
 
 from prunecli.config import build_config
 from prunecli.outputs.report import Timings
-from prunecli.selection import kernels, policy, targets
-from prunecli.structure import channels, surgery
+from prunecli.removal import channels as shrink_step
+from prunecli.selection import kernels, policy
+from prunecli.structure import channels, surgery, targets
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -61,7 +62,7 @@ def prune(model, sparsity: float = 0.5, include=(), whole_channels: bool = True,
 
     masked = keras.models.clone_model(model)
     masked.set_weights(model.get_weights())
-    result = surgery.shrink(model, found, masks, None, None, config, lambda _m: None, Timings(), False)
+    result = shrink_step.shrink(model, found, masks, None, None, config.seed, lambda _m: None, Timings(), False)
     return masked, result, found, notes
 
 
@@ -226,6 +227,7 @@ def test_every_pruned_channel_is_removed_and_the_function_kept(build, tmp_path):
     _assert_same_function(masked, saved)
 
 
+@pytest.mark.slow
 def test_the_prune_command_removes_whole_channels_and_keeps_the_classes(tmp_path):
     """`prunecli prune model.keras -g neuron -s 0.5 --shrink` end to end, on the mini-Xception file."""
     import keras
@@ -319,6 +321,7 @@ def test_fold_keeps_a_dense_reader_exact():
 # ---- applications ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["MobileNetV2", "ResNet50"])
 def test_keras_applications_shrink_with_no_dead_channel_kept(name):
     import keras

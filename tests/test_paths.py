@@ -152,3 +152,53 @@ def test_the_report_is_valid_json_with_null_for_nan():
     text = report.to_json()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text)["metrics"]["after"]["loss"] is None
+
+
+def _savedmodel_plan(model: Path, out: Path, **cli):
+    from prunecli.run.preflight import plan_prune
+
+    config = build_config({"model_path": str(model), "output": str(out), "export": ["savedmodel"], **cli}, environ={})
+    return plan_prune(config)
+
+
+def test_a_savedmodel_folder_holding_the_input_is_refused(tmp_path):
+    """The export replaces its folder whole: the input model (or data) inside it would go with it."""
+    folder = tmp_path / "out_savedmodel"
+    folder.mkdir()
+    (folder / paths.EXPORT_MARKER).write_text("ours")
+    model = folder / "in.keras"
+    model.write_bytes(b"x")
+    with pytest.raises(OutputError, match="replaced whole, and the input is inside it"):
+        _savedmodel_plan(model, tmp_path / "out.keras")
+    with pytest.raises(OutputError, match="inside it"):
+        _savedmodel_plan(model, tmp_path / "out.keras", force=True)  # --force never allows deleting a read file
+
+
+def test_a_savedmodel_folder_prunecli_did_not_write_needs_force(tmp_path):
+    model = tmp_path / "in.keras"
+    model.write_bytes(b"x")
+    folder = tmp_path / "out_savedmodel"
+    folder.mkdir()
+    (folder / "precious.txt").write_text("the user's")
+    with pytest.raises(OutputError, match="prunecli did not write"):
+        _savedmodel_plan(model, tmp_path / "out.keras")
+    _savedmodel_plan(model, tmp_path / "out.keras", force=True)
+    (folder / paths.EXPORT_MARKER).write_text("an earlier export")
+    _savedmodel_plan(model, tmp_path / "out.keras")
+    assert (folder / "precious.txt").exists(), "planning removes nothing"
+
+
+def test_the_python_api_plans_the_paths_the_cli_plans(tmp_path):
+    """prune() refuses what the CLI refuses, before any work: a report onto the feature-names file."""
+    from prunecli import prune
+
+    model, names = tmp_path / "in.keras", tmp_path / "names.txt"
+    model.write_bytes(b"x")
+    names.write_text("a\nb\n")
+    config = build_config(
+        {"model_path": str(model), "granularity": "input", "feature_names": str(names), "report": str(names)},
+        environ={},
+    )
+    with pytest.raises(OutputError, match="would overwrite the feature names file"):
+        prune(config)
+    assert names.read_text() == "a\nb\n"

@@ -50,6 +50,7 @@ def test_plan_writes_nothing_and_prints_json(cli, workdir):
     assert _snapshot(workdir) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "options",
     [

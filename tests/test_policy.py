@@ -18,7 +18,7 @@ from prunecli.errors import ConfigError
 def make_target(name: str, shape, seed: int = 0, scale: float = 1.0, unit_axis: int = -1, cls: str = "Dense"):
     import tensorflow as tf
 
-    from prunecli.selection.targets import Target
+    from prunecli.structure.targets import Target
 
     values = np.random.default_rng(seed).standard_normal(shape).astype("float32") * scale
     var = tf.Variable(values)

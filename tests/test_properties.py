@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from prunecli.config import Granularity, PruneConfig
 from prunecli.selection import policy
-from prunecli.selection.targets import Target
+from prunecli.structure.targets import Target
 
 SHAPES = [(6, 4), (5, 3), (16, 8), (3, 3, 2, 4)]  # Dense kernels (in, out) and a Conv2D kernel
 FAST = settings(max_examples=20, deadline=None, derandomize=True, database=None)

@@ -36,7 +36,7 @@ def missing_feature(config) -> str | None:
     if config.epochs > 0 or config.schedule != "oneshot":
         needs.append(("prunecli.training.finetune", "fine-tuning"))
     if config.shrink:
-        needs.append(("prunecli.structure.surgery", "--shrink"))
+        needs.append(("prunecli.removal.channels", "--shrink"))
     if config.export:
         needs.append(("prunecli.outputs.export", "--export"))
     if config.auto:
@@ -60,6 +60,7 @@ def test_recipe_is_commented_and_valid(recipe, example_model, example_data):
             assert getattr(config, key) == value, key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_runs_on_the_example(recipe, cli, example_model, example_data, tmp_path, monkeypatch):
     raw = read_recipe(recipe)
@@ -115,7 +116,7 @@ def assert_n_of_m(path, pruned_layers, n, m):
     import numpy as np
 
     from prunecli.io import models as model_io
-    from prunecli.selection import targets
+    from prunecli.structure import targets
 
     model, _ = model_io.load(path)
     checked = 0

@@ -39,7 +39,7 @@ def batches(x, y, batch_size: int = 16):
 
 @pytest.fixture(scope="module")
 def cnn_case():
-    from prunecli.selection.targets import select
+    from prunecli.structure.targets import select
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((40, 6, 6, 2)).astype("float32")  # 3 batches of 16, 16 and 8
@@ -104,7 +104,7 @@ def test_random_depends_on_the_seed(cnn_case):
 def test_data_free_methods_rank_the_unit_with_large_weights_first(name):
     import keras
 
-    from prunecli.selection.targets import select
+    from prunecli.structure.targets import select
 
     keras.utils.set_random_seed(1)
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(6, name="d")])
@@ -142,7 +142,7 @@ def test_activation_and_apoz_keep_the_always_active_unit_and_drop_the_dead_one()
 
     from prunecli.config import Granularity, PruneConfig
     from prunecli.selection.policy import build_masks
-    from prunecli.selection.targets import select
+    from prunecli.structure.targets import select
 
     keras.utils.set_random_seed(2)
     model = keras.Sequential(
@@ -167,7 +167,7 @@ def test_activation_and_apoz_keep_the_always_active_unit_and_drop_the_dead_one()
 def test_gradient_methods_rank_the_informative_input_first(name):
     import keras
 
-    from prunecli.selection.targets import select
+    from prunecli.structure.targets import select
 
     rng = np.random.default_rng(3)
     x = rng.standard_normal((256, 6)).astype("float32")
@@ -201,6 +201,7 @@ def test_gradient_is_the_mean_absolute_batch_gradient_and_taylor_multiplies_by_w
     np.testing.assert_allclose(taylor, np.abs(kernel.numpy()) * expected, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["activation", "gradient"])
 def test_xla_and_plain_graphs_agree(cnn_case, name):
     model, targets, data, _ = cnn_case
@@ -250,7 +251,7 @@ def test_non_finite_scores_are_a_data_error(cnn_case):
 def test_depthwise_outputs_are_averaged_per_input_channel_and_separable_halves_refused():
     import keras
 
-    from prunecli.selection.targets import select
+    from prunecli.structure.targets import select
 
     keras.utils.set_random_seed(4)
     inp = keras.Input((5, 5, 3))
@@ -270,7 +271,7 @@ def test_depthwise_outputs_are_averaged_per_input_channel_and_separable_halves_r
 def test_unreadable_outputs_are_a_config_error_naming_the_layer():
     import keras
 
-    from prunecli.selection.targets import select
+    from prunecli.structure.targets import select
 
     inp = keras.Input((5, 3))
     seq = keras.layers.LSTM(4, name="lstm")(inp)
@@ -308,6 +309,7 @@ def test_help_lists_every_method_with_its_summary(cli):
         assert f"{name} {summary}" in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["apoz", "taylor"])
 def test_data_methods_run_end_to_end_on_the_example(cli, example_model, example_data, tmp_path, method):
     report = tmp_path / "report.json"

@@ -10,7 +10,7 @@ import pytest
 
 from prunecli.config import Granularity, PruneConfig
 from prunecli.selection import kernels, policy
-from prunecli.selection.targets import Target
+from prunecli.structure.targets import Target
 
 
 def _target(name: str, values: np.ndarray, cls: str = "Dense") -> Target:

@@ -16,7 +16,7 @@ import pytest
 from prunecli import build_config
 from prunecli.io import models as model_io
 from prunecli.selection import chunked, kernels, policy
-from prunecli.selection import targets as targets_mod
+from prunecli.structure import targets as targets_mod
 
 
 def _sample_file(tmp_path, size: int = 3 * (8 << 20) + 12345):

@@ -11,10 +11,10 @@ import pytest
 
 from prunecli.config import build_config
 from prunecli.outputs.report import Timings
+from prunecli.removal import channels as shrink_step
 from prunecli.run.state import RunState
-from prunecli.selection import targets
 from prunecli.structure import channels as graph
-from prunecli.structure import surgery
+from prunecli.structure import equivalence, surgery, targets
 
 
 def _session(model, path="model.keras", data=None):
@@ -24,8 +24,8 @@ def _session(model, path="model.keras", data=None):
 
 def _shrink(s: RunState, measure_latency: bool = True) -> RunState:
     """The shrink step on a run state, as the pipeline calls it."""
-    result = surgery.shrink(
-        s.model, s.targets, s.masks, s.data, s.source, s.config, lambda _m: None, Timings(), measure_latency
+    result = shrink_step.shrink(
+        s.model, s.targets, s.masks, s.data, s.source, s.config.seed, lambda _m: None, Timings(), measure_latency
     )
     return s.after(result)
 
@@ -186,7 +186,7 @@ def test_verification_catches_a_wrong_rebuild(monkeypatch):
     _kill(model.get_layer("conv1"), [0, 1])
     monkeypatch.setattr(surgery, "foldable", lambda layer, constant: True)
     s = _session(model)
-    with pytest.raises(surgery.ShrinkVerificationError, match="differs from the masked model"):
+    with pytest.raises(equivalence.ShrinkVerificationError, match="differs from the masked model"):
         s = _shrink(s)
     assert not s.structure_changed and s.model is model
 
@@ -327,6 +327,7 @@ def test_functional_residual_add_concatenate_and_shared_layer(tmp_path):
     _check_same_function(masked, s, x, tmp_path)
 
 
+@pytest.mark.slow
 def test_mobilenetv2_shrinks_and_reloads(tmp_path):
     import keras
 
@@ -390,6 +391,7 @@ def test_nested_model_is_left_whole_and_subclassed_model_is_skipped():
     assert any(n.startswith("shrink skipped") for n in s.notes)
 
 
+@pytest.mark.slow
 def test_cli_shrinks_the_example_and_the_report_shows_new_shapes(cli, example_model, example_data, tmp_path):
     import json
 

@@ -109,6 +109,7 @@ def test_sweep_measures_every_curve_at_every_sparsity(mlp_sweep):
     assert [layer["params"] for layer in mlp_sweep.layers] == [20 * 32, 32 * 16, 16 * 3]
 
 
+@pytest.mark.slow
 def test_each_point_starts_from_the_original_weights(mlp_files, mlp_sweep, tmp_path):
     """A point must equal a fresh prune of the file: proof that the weights were restored in between."""
     fresh = prune(config_for(mlp_files, sparsity=0.9, output=tmp_path / "a.keras", sizes=False))
@@ -143,6 +144,7 @@ def test_outputs_json_csv_markdown_and_a_valid_png(mlp_sweep, tmp_path):
     assert "| sparsity |" in md and "hidden1: accuracy" in md
 
 
+@pytest.mark.slow
 def test_sweep_with_finetuning_adds_a_finetuned_stage(mlp_files):
     pytest.importorskip("prunecli.training.finetune")
     result = sweep.run(config_for(mlp_files, epochs=1), sparsities=(0.9,), per_layer=False)
@@ -230,6 +232,7 @@ def test_auto_refuses_what_it_cannot_budget(mlp_files):
 # --- the command ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sweep_command_writes_everything_and_prints_the_table(cli, mlp_files, tmp_path):
     out = tmp_path / "sw"
     result = cli(
@@ -254,6 +257,7 @@ def test_sweep_command_writes_everything_and_prints_the_table(cli, mlp_files, tm
     assert data["max_accuracy_drop"] == 0.05 and len(data["points"]) == 8
 
 
+@pytest.mark.slow
 def test_sweep_command_options(cli, mlp_files, tmp_path):
     result = cli(
         "sweep",

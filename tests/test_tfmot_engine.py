@@ -26,6 +26,7 @@ def saved_kernels(path) -> dict[str, np.ndarray]:
     return {f"{layer.name}/kernel": np.asarray(layer.kernel) for layer in model.layers if hasattr(layer, "kernel")}
 
 
+@pytest.mark.slow
 def test_oneshot_matches_tfmot_counts_and_the_native_masks(keras2_h5, tmp_path):
     from prunecli.io import models as model_io
 
@@ -63,6 +64,7 @@ def test_oneshot_matches_tfmot_counts_and_the_native_masks(keras2_h5, tmp_path):
         np.testing.assert_array_equal(kernel == 0, native_kernels[name] == 0)
 
 
+@pytest.mark.slow
 def test_polynomial_schedule_reaches_the_final_sparsity_while_training(keras2_h5, tmp_path):
     data = keras2_h5.parent / "data.npz"
     report = run(keras2_h5, tmp_path, sparsity=0.9, schedule="polynomial", epochs=3, data=str(data)).report
@@ -73,6 +75,7 @@ def test_polynomial_schedule_reaches_the_final_sparsity_while_training(keras2_h5
     assert report.timings_s["finetune"] > 0
 
 
+@pytest.mark.slow
 def test_include_exclude_and_skip_leave_layers_whole(keras2_h5, tmp_path):
     result = run(keras2_h5, tmp_path, sparsity=0.5, exclude=["out"])
     assert [s.name for s in result.report.layers] == ["hidden1/kernel"]
@@ -101,6 +104,7 @@ def test_options_tfmot_lacks_are_config_errors(keras2_h5, tmp_path, options, wor
         run(keras2_h5, tmp_path, **{k: v for k, v in settings.items() if v is not None})
 
 
+@pytest.mark.slow
 def test_a_layer_tfmot_cannot_prune_is_named(tmp_path):
     import tf_keras
 
@@ -115,6 +119,7 @@ def test_a_layer_tfmot_cannot_prune_is_named(tmp_path):
     assert [s.name for s in report.layers] == ["head/kernel"]
 
 
+@pytest.mark.slow
 def test_keras3_keeps_working_in_the_same_process(keras2_h5, tmp_path):
     import keras
     import tensorflow as tf
@@ -129,6 +134,7 @@ def test_keras3_keeps_working_in_the_same_process(keras2_h5, tmp_path):
     assert isinstance(model, keras.Model)
 
 
+@pytest.mark.slow
 def test_cli_writes_a_normal_report(cli, keras2_h5, tmp_path):
     report_path = tmp_path / "r.json"
     res = cli(

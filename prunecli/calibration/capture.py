@@ -1,141 +1,59 @@
 """Reading one layer's inputs on calibration data, and the matrix views calibration works in.
 
-Calibration needs, for the layer being pruned, the statistics of what the layer sees: the Hessian
-H = X^T X / n of its inputs (X has one row per input vector: per example for Dense, per output
-position for a convolution, per token for EinsumDense). It is accumulated batch by batch, so memory
-is one (d_in x d_in) matrix plus one batch, never the dataset's activations.
+Calibration needs, for the layer being pruned, statistics of what the layer sees, accumulated block
+by block so that the dataset's activations are never held: X has one row per input vector (per
+example for Dense, per output position for a convolution, per token for EinsumDense).
+- Wanda reads only the per-input sum of squares sum_r x_rj^2 (the Hessian's diagonal): d_in floats.
+- SparseGPT and --reconstruct need the full H = X^T X / n: d_in x d_in floats, sized and checked
+  against free memory before it is allocated (oneshot.check_memory).
+Every capture also keeps, per input, the smallest and largest value, the largest |x|, whether all
+values were finite and the row count: `InputStats.degenerate` reads from them whether the layer's
+inputs carry information (not all zero, not denormal, not the same vector on every row, finite).
+
+Scale: when a layer's inputs are far outside [2^-16, 2^16], they are multiplied by a power of two
+(exact) chosen from the first block, so their squares neither underflow nor overflow float32. Every
+use of the statistics is invariant to that scale (rankings within a layer, SparseGPT's updates, the
+refit, relative errors); `InputStats.norms` undoes it where absolute values matter.
+
+Blocks: a convolution's im2col rows are never materialised for more than `max_rows` rows at once
+(PATCH_BYTES of patches): a forward pass's layer input is cut into groups of examples, and one
+example's output positions into tiles of rows/columns whose receptive fields are extracted alone.
 
 How the inputs are read: the layer's `call` is wrapped for the duration of the capture (the generic
 hook Keras' own GPTQ uses for the same job: it works for Sequential, functional and subclassed models
 and for layers inside nested models, without rebuilding any graph). The wrapper feeds the input to a
 compiled accumulation step and, once the layer has been called as often as it is per forward pass,
 stops the forward pass with an exception: nothing after the layer runs.
-
-Matrix views (`LayerView`): a kernel becomes W of shape (d_in, d_out), rows = the reduction axis, so
-the layer computes X @ W. For Dense and Conv this is `Target.to_matrix` (a conv kernel's rows are
-kh*kw*c_in with the input channel fastest, the order of `tf.image.extract_patches`), so N:M groups
-run along the same axis as everywhere else in prunecli. For EinsumDense the reduction axes are read
-from the equation (an attention query kernel (d_model, heads, head_dim) is (d_model, heads*head_dim)).
+Matrix views of a layer: views.py.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-# Layers calibrated through their inputs. Everything else (depthwise and separable convs, transposed
-# convs, Conv3D, Embedding, RNN cells, custom prunable weights) falls back to magnitude.
-CALIBRATED = ("Dense", "Conv1D", "Conv2D", "EinsumDense")
-CHUNK = 32  # examples per forward pass: bounds one batch's activations and im2col patches
+from prunecli.calibration.views import LayerView
+from prunecli.structure import keras_graph
+
+CHUNK = 32  # examples per forward pass, at most: bounds one pass's activations
+INPUT_BYTES = 256 * 2**20  # a pass's layer input, at most (fewer examples per pass when larger)
+PATCH_BYTES = 64 * 2**20  # one block of im2col rows (or input rows) fed to the accumulation
+FLOAT32_TINY = 1.1754944e-38  # smallest normal float32: below it, values are denormal (flushed to 0)
+SCALE_RANGE = 2.0**16  # inputs whose largest |x| is outside [1/SCALE_RANGE, SCALE_RANGE] are rescaled
+CONSTANT_TOLERANCE = 1e-6  # relative spread under which every row is the same vector
 
 
 class _Stop(Exception):
     """Raised by a wrapped layer once it has seen all its inputs of a forward pass."""
 
 
-@dataclass
-class LayerView:
-    """How one target's kernel and its layer's inputs map to the (d_in, d_out) matrix view."""
-
-    target: Any
-    kind: str  # dense | conv | einsum
-    d_in: int
-    d_out: int
-    perm: list[int] = field(default_factory=list)  # einsum: kernel axes -> (reduction..., output...)
-    input_spec: str = ""  # einsum: "abc->abc" reordering of the input, reduction axes last
-
-    def to_matrix(self, kernel):
-        import tensorflow as tf
-
-        if self.kind != "einsum":
-            return self.target.to_matrix(kernel)
-        return tf.reshape(tf.transpose(kernel, self.perm), (self.d_in, self.d_out))
-
-    def from_matrix(self, matrix):
-        import tensorflow as tf
-
-        if self.kind != "einsum":
-            return self.target.from_matrix(matrix)
-        shape = self.target.shape
-        moved = [shape[a] for a in self.perm]
-        inverse = [self.perm.index(a) for a in range(len(shape))]
-        return tf.transpose(tf.reshape(matrix, moved), inverse)
-
-    def inputs(self, x):
-        """The layer's input batch as X of shape (rows, d_in), float32."""
-        import tensorflow as tf
-
-        x = tf.cast(x, tf.float32)
-        layer = self.target.layer
-        if self.kind == "dense":
-            return tf.reshape(x, (-1, self.d_in))
-        if self.kind == "einsum":
-            return tf.reshape(tf.einsum(self.input_spec, x), (-1, self.d_in))
-        rank = len(layer.kernel_size)
-        ks, st, dil = list(layer.kernel_size), list(layer.strides), list(layer.dilation_rate)
-        padding = layer.padding.upper()
-        if rank == 1:  # a 1-D conv is a 2-D conv of height 1
-            if padding == "CAUSAL":
-                x = tf.pad(x, [[0, 0], [dil[0] * (ks[0] - 1), 0], [0, 0]])
-                padding = "VALID"
-            x = x[:, None]
-            ks, st, dil = [1, *ks], [1, *st], [1, *dil]
-        patches = tf.image.extract_patches(x, [1, *ks, 1], [1, *st, 1], [1, *dil, 1], padding)
-        return tf.reshape(patches, (-1, self.d_in))
-
-
-def _einsum_view(target) -> LayerView | str:
-    layer = target.layer
-    equation = str(getattr(layer, "equation", "")).replace(" ", "")
-    if "->" not in equation or equation.count(",") != 1:
-        return f"equation {equation!r} is not of the form input,kernel->output"
-    lhs, out = equation.split("->")
-    inp, ker = lhs.split(",")
-    ell = "..." in inp
-    inp_c, ker_c, out_c = inp.replace("...", ""), ker.replace("...", ""), out.replace("...", "")
-    if "..." in ker or len(ker_c) != len(target.shape):
-        return f"kernel of equation {equation!r} does not match its shape"
-    red = [c for c in ker_c if c in inp_c and c not in out_c]
-    outk = [c for c in ker_c if c in out_c and c not in inp_c]
-    if not red or len(red) + len(outk) != len(ker_c):
-        return f"equation {equation!r} shares kernel axes between its input and output"
-    perm = [ker_c.index(c) for c in red + outk]
-    others = "".join(c for c in inp_c if c not in red)
-    spec = f"{inp}->{'...' if ell else ''}{others}{''.join(red)}"
-    d_in = math.prod(target.shape[ker_c.index(c)] for c in red)
-    return LayerView(target, "einsum", d_in, target.size // d_in, perm, spec)
-
-
-def view_of(target) -> LayerView | str:
-    """The target's LayerView, or the reason it cannot be calibrated (it then falls back to magnitude)."""
-    layer, kind = target.layer, target.layer_class
-    if target.attr != "kernel" or kind not in CALIBRATED or layer is None:
-        if kind in ("DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D"):
-            why = "a depthwise kernel acts on each channel alone"
-        elif kind == "Embedding":
-            why = "an embedding is a lookup, not a product with its inputs"
-        elif kind.endswith("Cell"):
-            why = "recurrent cells are not calibrated"
-        else:
-            why = f"{kind} layers are not calibrated"
-        return why
-    if kind == "EinsumDense":
-        return _einsum_view(target)
-    if kind == "Dense":
-        return LayerView(target, "dense", target.rows, target.units)
-    if getattr(layer, "groups", 1) != 1:
-        return "grouped convolutions are not calibrated"
-    if getattr(layer, "data_format", "channels_last") != "channels_last":
-        return "channels_first convolutions are not calibrated"
-    return LayerView(target, "conv", target.rows, target.units)
-
-
 def take_examples(dataset, n: int) -> list:
     """The first n examples of a batched dataset ((x, y) or x batches) as a list of input batches.
 
     `s.data.train` is already shuffled with --seed, so this is a seeded selection; x may be an array
-    or a list/tuple/dict of arrays (multi-input models), and is sliced alike."""
+    or a list/tuple/dict of arrays (multi-input models), and is sliced alike. Labels are never read."""
     import numpy as np
     import tensorflow as tf
 
@@ -152,10 +70,19 @@ def take_examples(dataset, n: int) -> list:
     return out
 
 
-def chunks(batches, size: int = CHUNK) -> list:
-    """Re-split calibration batches into forward passes of at most `size` examples."""
+def chunks(batches, size: int = CHUNK, exact: bool = False) -> list:
+    """Re-split calibration batches into forward passes of at most `size` examples (exactly `size`
+    with `exact`, for a model with a fixed batch size: a last, shorter pass is dropped)."""
+    import numpy as np
     import tensorflow as tf
 
+    if exact:  # passes may then straddle the given batches
+        flat = [tf.nest.map_structure(np.asarray, x) for x in batches]
+        if not flat:
+            return []
+        whole = tf.nest.map_structure(lambda *a: np.concatenate(a), *flat) if len(flat) > 1 else flat[0]
+        n = len(tf.nest.flatten(whole)[0])
+        return [tf.nest.map_structure(lambda a, i=i: a[i : i + size], whole) for i in range(0, n - size + 1, size)]
     out = []
     for x in batches:
         n = len(tf.nest.flatten(x)[0])
@@ -202,17 +129,27 @@ class _Wrapped:
         return False
 
 
-def call_order(model, layers: list, x) -> dict[int, tuple[int, int]]:
-    """{id(layer): (position of its first call, calls per forward pass)} from one forward pass on x.
+@dataclass(frozen=True)
+class Call:
+    """How a forward pass calls a layer: position of its first call, calls per pass, input shape."""
+
+    first: int
+    calls: int
+    input_shape: tuple
+
+
+def call_order(model, layers: list, x) -> dict[int, Call]:
+    """{id(layer): Call} from one forward pass on x.
 
     Execution order is graph order for any model (nested and subclassed ones too); a layer never
     called (an RNN cell inside a loop is called per step, so it is simply counted often) is absent."""
-    seen: dict[int, list[int]] = {}
+    seen: dict[int, list] = {}
     counter = [0]
 
     def hook_for(layer):
-        def hook(_x):
-            entry = seen.setdefault(id(layer), [counter[0], 0])
+        def hook(x):
+            shape = tuple(getattr(x, "shape", ()) or ())
+            entry = seen.setdefault(id(layer), [counter[0], 0, shape])
             entry[1] += 1
             counter[0] += 1
 
@@ -227,54 +164,277 @@ def call_order(model, layers: list, x) -> dict[int, tuple[int, int]]:
     finally:
         for w in wrappers:
             w.__exit__(None, None, None)
-    return {k: (v[0], v[1]) for k, v in seen.items()}
+    return {k: Call(v[0], v[1], tuple(None if d is None else int(d) for d in v[2])) for k, v in seen.items()}
+
+
+def stateful_layers(model) -> list[str]:
+    """Names of the model's stateful layers (an RNN with stateful=True): a forward pass changes them."""
+    found = []
+    for layer in keras_graph.all_layers(model)[1:]:  # the model itself first, then every layer inside
+        if getattr(layer, "stateful", False) is True:
+            found.append(layer.name)
+    return found
+
+
+def fixed_batch(model) -> int | None:
+    """The batch size a model's inputs are declared with (Input(batch_size=...)), or None."""
+    for t in getattr(model, "inputs", None) or []:
+        shape = getattr(t, "shape", None)
+        if shape is not None and len(shape) and shape[0] is not None:
+            return int(shape[0])
+    return None
+
+
+@dataclass
+class InputStats:
+    """What a capture read of one layer's inputs; see the module docstring. Accumulators are in the
+    scaled units (inputs multiplied by `scale`); `hessian` (full captures only) is H / rows."""
+
+    d_in: int
+    rows: int
+    sumsq: Any  # numpy (d_in,): sum over rows of (scale * x_j)^2
+    spread: float  # largest (max - min) of one input over the rows, scaled
+    largest: float  # largest |x|, unscaled (meaningful when finite)
+    finite: bool
+    scale: float
+    hessian: Any = None
+
+    @property
+    def diag(self):
+        """The Hessian's diagonal, scaled (what Wanda ranks by)."""
+        import numpy as np
+
+        return np.asarray(self.sumsq, np.float64) / max(self.rows, 1)
+
+    def norms(self):
+        """||x_j||_2 over the calibration rows, unscaled (float64)."""
+        import numpy as np
+
+        return np.sqrt(np.maximum(np.asarray(self.sumsq, np.float64), 0.0)) / self.scale
+
+    def degenerate(self) -> str | None:
+        """Why the inputs carry no usable information for calibration, or None.
+
+        All zero, denormal (TensorFlow flushes those to zero), non-finite, a Hessian that overflows,
+        or the same input vector on every row (a rank-1 Hessian: any weights that reproduce one
+        output vector fit it, so neither SparseGPT's updates nor a refit mean anything)."""
+        import numpy as np
+
+        if self.rows == 0:
+            return "the forward pass gave it no input rows"
+        if not self.finite:
+            return "its calibration inputs contain NaN or Inf"
+        if self.largest == 0:
+            return "its calibration inputs are all zero (or denormal, which TensorFlow flushes to zero)"
+        if self.largest < FLOAT32_TINY:
+            return (
+                f"its calibration inputs are denormal (largest |x| is {self.largest:.3g}, below float32's "
+                f"smallest normal {FLOAT32_TINY:.3g}), so their statistics underflow"
+            )
+        sumsq = np.asarray(self.sumsq, np.float64)
+        if not np.isfinite(sumsq).all() or (self.hessian is not None and not _all_finite(self.hessian)):
+            return f"its input statistics overflow float32 (inputs up to {self.largest:.3g})"
+        if not (sumsq > 0).any():
+            return "its calibration inputs are all zero after float32 rounding"
+        if self.rows < 2:
+            return "it saw a single input row, so its input Hessian has rank 1"
+        if self.spread <= CONSTANT_TOLERANCE * self.largest * self.scale:
+            return f"its input is the same vector on all {self.rows} rows (constant), so its input Hessian has rank 1"
+        return None
+
+
+def _all_finite(t) -> bool:
+    import tensorflow as tf
+
+    return bool(tf.reduce_all(tf.math.is_finite(t)))
+
+
+@functools.cache
+def _accumulate_fn(full: bool):
+    """The compiled accumulation step (one per mode, shared by all layers: the variables are arguments)."""
+    import tensorflow as tf
+
+    low, high = 1.0 / SCALE_RANGE, SCALE_RANGE
+
+    @tf.function(reduce_retracing=True, autograph=False)
+    def accumulate(acc, m):
+        sumsq, lo, hi, rows, finite, largest, scale = acc[:7]
+        a = tf.abs(m)
+        # one reduction each: the sum of |x| is finite iff every value is (short of ~1e38 overflow)
+        finite.assign(tf.logical_and(finite, tf.math.is_finite(tf.reduce_sum(a))))
+        top = tf.maximum(tf.reduce_max(a), 0.0)  # NaN/Inf only where `finite` is already False
+        largest.assign(tf.maximum(largest, top))
+        # the scale is fixed by the first block holding a normal value, and 1 inside [low, high]
+        exponent = tf.clip_by_value(tf.floor(tf.math.log(tf.maximum(top, FLOAT32_TINY)) / math.log(2.0)), -126.0, 126.0)
+        wanted = tf.where(tf.logical_and(top >= low, top <= high), 1.0, tf.pow(2.0, -exponent))
+        fixed = tf.where(scale > 0, scale, tf.where(top >= FLOAT32_TINY, wanted, 0.0))
+        scale.assign(fixed)
+        ms = m * tf.where(fixed > 0, fixed, 1.0)
+        sumsq.assign_add(tf.reduce_sum(tf.square(ms), axis=0))
+        lo.assign(tf.minimum(lo, tf.reduce_min(ms, axis=0)))
+        hi.assign(tf.maximum(hi, tf.reduce_max(ms, axis=0)))
+        rows.assign_add(tf.shape(m, out_type=tf.int64)[0])
+        if full:
+            acc[7].assign_add(tf.matmul(ms, ms, transpose_a=True))
+
+    return accumulate
 
 
 class HessianCapture:
-    """H = X^T X / n of one layer's inputs over the calibration batches, the only big buffer alive.
+    """The statistics of one layer's inputs over the calibration batches (`InputStats`): with
+    `full`, H = X^T X / n (d_in^2 floats, the only big buffer alive); without, only its diagonal.
 
     `live` counts captures holding a Hessian (at most one at a time, which the tests assert);
-    `peak_floats` is the largest Hessian held (d_in^2 floats)."""
+    `peak_floats` is the largest Hessian held (d_in^2 floats); `peak_accumulator_floats` the largest
+    accumulator of any capture (d_in for a diagonal-only one); `peak_block_rows` the most rows of X
+    fed at once."""
 
     live = 0
     max_live = 0
     peak_floats = 0
+    peak_accumulator_floats = 0
+    peak_block_rows = 0
 
-    def __init__(self, view: LayerView, calls_per_pass: int):
+    def __init__(self, view: LayerView, calls_per_pass: int, full: bool = True, max_rows: int | None = None):
         self.view = view
         self.calls = calls_per_pass
+        self.full = full
+        self.max_rows = max_rows or max(1, PATCH_BYTES // (4 * view.d_in))
 
-    def run(self, model, batches):
-        import tensorflow as tf
-
+    def run(self, model, batches, riders: tuple = ()) -> InputStats:
+        """Accumulate over the batches; `riders` (ErrorMeters of layers called earlier in the pass)
+        are fed by the same forward passes."""
         view = self.view
         d = view.d_in
         cls = HessianCapture
         cls.live += 1
         cls.max_live = max(cls.max_live, cls.live)
-        cls.peak_floats = max(cls.peak_floats, d * d)
+        cls.peak_accumulator_floats = max(cls.peak_accumulator_floats, d * d if self.full else d)
+        if self.full:
+            cls.peak_floats = max(cls.peak_floats, d * d)
         try:
-            hessian = tf.Variable(tf.zeros((d, d), tf.float32), trainable=False)
-            rows = tf.Variable(0.0, trainable=False)
-
-            @tf.function(reduce_retracing=True)
-            def accumulate(x):
-                m = view.inputs(x)
-                hessian.assign_add(tf.matmul(m, m, transpose_a=True))
-                rows.assign_add(tf.cast(tf.shape(m)[0], tf.float32))
-
+            acc = _accumulators(d, self.full)
+            accumulate = _accumulate_fn(self.full)
             state = {"calls": 0}
 
             def hook(x):
-                accumulate(x)
+                for block in view.blocks(x, self.max_rows):
+                    cls.peak_block_rows = max(cls.peak_block_rows, int(block.shape[0]))
+                    accumulate(acc, block)
                 state["calls"] += 1
                 if state["calls"] % self.calls == 0:
                     raise _Stop()
 
-            with _Wrapped(view.target.layer, hook):
-                for x in batches:
-                    _forward(model, x)
-            n = float(rows.numpy())
-            return hessian.read_value() / max(n, 1.0), n
+            wrappers = [_Wrapped(r.view.target.layer, r.hook) for r in riders]
+            for w in wrappers:
+                w.__enter__()
+            try:
+                with _Wrapped(view.target.layer, hook):
+                    for x in batches:
+                        _forward(model, x)
+            finally:
+                for w in wrappers:
+                    w.__exit__(None, None, None)
+            return _input_stats(acc, d, self.full)
         finally:
             cls.live -= 1
+
+
+def _accumulators(d: int, full: bool) -> list:
+    """The running statistics of one layer's inputs, in the order _accumulate_fn updates them: sum of
+    squares, per-input min and max, rows, all finite, largest |x|, the fixed scale (0 until set), and
+    with `full` the d x d sum of outer products."""
+    import numpy as np
+    import tensorflow as tf
+
+    acc = [
+        tf.Variable(tf.zeros((d,), tf.float32), trainable=False),
+        tf.Variable(tf.fill((d,), np.float32(np.inf)), trainable=False),
+        tf.Variable(tf.fill((d,), np.float32(-np.inf)), trainable=False),
+        tf.Variable(tf.constant(0, tf.int64), trainable=False),
+        tf.Variable(True, trainable=False),
+        tf.Variable(0.0, trainable=False),
+        tf.Variable(0.0, trainable=False),
+    ]
+    if full:
+        acc.append(tf.Variable(tf.zeros((d, d), tf.float32), trainable=False))
+    return acc
+
+
+def _input_stats(acc: list, d: int, full: bool) -> InputStats:
+    """The accumulated statistics as InputStats; the Hessian is averaged in place (no second d x d)."""
+    import numpy as np
+
+    rows = int(acc[3].numpy())
+    lo, hi = acc[1].numpy(), acc[2].numpy()
+    spread = float(np.max(hi - lo)) if rows else 0.0
+    hessian = None
+    if full:
+        acc[7].assign(acc[7] * (1.0 / max(rows, 1)))
+        hessian = acc[7].read_value()
+    return InputStats(
+        d_in=d,
+        rows=rows,
+        sumsq=acc[0].numpy(),
+        spread=spread if np.isfinite(spread) else float("inf"),
+        largest=float(acc[5].numpy()),
+        finite=bool(acc[4].numpy()),
+        scale=float(acc[6].numpy()) or 1.0,
+        hessian=hessian,
+    )
+
+
+@functools.cache
+def _meter_fn():
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True, autograph=False)
+    def sums(m, diff, w):
+        return tf.reduce_sum(tf.square(tf.matmul(m, diff))), tf.reduce_sum(tf.square(tf.matmul(m, w)))
+
+    return sums
+
+
+class ErrorMeter:
+    """A layer's relative output error ||X (W - W_dense)||_F / ||X W_dense||_F on its calibration
+    inputs, read block by block while another capture's forward pass goes through the layer (or in a
+    pass of its own, `measure`): for methods that keep no Hessian (Wanda), with O(d_in x d_out) memory."""
+
+    def __init__(self, view: LayerView, w_new, w_dense, calls_per_pass: int):
+        import tensorflow as tf
+
+        self.view, self.calls = view, calls_per_pass
+        self.w = tf.cast(w_dense, tf.float32)
+        self.diff = tf.cast(w_new, tf.float32) - self.w
+        self.num = self.den = 0.0
+        self.seen = 0
+        self.max_rows = max(1, PATCH_BYTES // (4 * view.d_in))
+
+    def hook(self, x):
+        fn = _meter_fn()
+        for block in self.view.blocks(x, self.max_rows):
+            num, den = fn(block, self.diff, self.w)
+            self.num += float(num)
+            self.den += float(den)
+        self.seen += 1
+
+    def error(self, passes: int) -> float | None:
+        """The relative error, or None when the layer was not seen on every call of every pass."""
+        if self.seen != self.calls * passes or not math.isfinite(self.num + self.den):
+            return None
+        return math.sqrt(self.num / self.den) if self.den > 0 else 0.0
+
+
+def measure(model, batches, meter: ErrorMeter) -> None:
+    """One (truncated) forward pass over the batches that only feeds `meter`."""
+    state = {"calls": 0}
+
+    def hook(x):
+        meter.hook(x)
+        state["calls"] += 1
+        if state["calls"] % meter.calls == 0:
+            raise _Stop()
+
+    with _Wrapped(meter.view.target.layer, hook):
+        for x in batches:
+            _forward(model, x)

@@ -3,24 +3,29 @@
 Sequential calibration, as both papers do: the calibratable layers are visited in the order the
 model calls them, and each layer's inputs are read from the model whose earlier layers are already
 pruned (and updated), so a layer compensates for the error that reaches it instead of the error
-compounding unseen. Only one layer's Hessian (d_in x d_in) exists at a time, accumulated batch by
-batch; the cost is one (truncated) forward pass over the calibration examples per layer.
+compounding unseen. Only one layer's Hessian (d_in x d_in) exists at a time, accumulated block by
+block (Wanda keeps only its diagonal: d_in floats), and every layer's buffers are sized against free
+memory before the first is allocated (`check_memory`, exit 6); the cost is one (truncated) forward
+pass over the calibration examples per layer, linear in the number of examples.
 
-Layers that cannot be calibrated (depthwise, embedding, RNN cells, ...; see capture.view_of) are
+Degenerate inputs never give a silently wrong layer: a layer whose calibration inputs are all zero,
+denormal, non-finite or the same vector on every row (capture.InputStats.degenerate), whose Hessian
+cannot be factored, or whose result is not finite or has more zeros than its mask prunes (plus the
+weights already zero) is pruned by magnitude instead, with a note naming the layer and the reason.
+
+Layers that cannot be calibrated (depthwise, embedding, RNN cells, ...; see views.view_of) are
 pruned by magnitude first, with a note, so the calibrated layers see their pruned outputs.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from prunecli.calibration import capture, refit, sparsegpt, wanda
-from prunecli.errors import ConfigError, DataError
-
-CALIBRATED_METHODS = ("wanda", "sparsegpt")
+from prunecli.calibration import capture, refit, sparsegpt, views, wanda
+from prunecli.config import CALIBRATED_METHODS
+from prunecli.errors import ConfigError, DataError, ResourceError
 
 
 @dataclass
@@ -53,49 +58,172 @@ def _say(progress, message: str) -> None:
         progress(message)
 
 
-def _plan(model, targets, batches, notes, fallback):
-    """(calibrated [(view, calls per pass)] in call order, fallback targets)."""
-    views, rest = [], []
+# Buffers of d_in x d_in floats alive at once besides the captured Hessian's accumulation, per use
+# (sparsegpt.inverse_factor: H, H dampened, its factor, the identity, H^-1; refit: H, H dampened, H W)
+HESSIAN_COPIES = {"sparsegpt": 5, "refit": 3}
+BLOCK_COPIES = 3  # one block of X rows, its squares and |x| inside the accumulation step
+
+
+@dataclass
+class _Plan:
+    """Calibrated layers [(view, capture.Call)] in call order, the targets pruned by magnitude, the
+    forward passes (lists of input batches) and the examples per pass."""
+
+    layers: list
+    rest: list
+    batches: list
+    per_pass: int
+
+
+def _plan(model, targets, calibration_x, notes, fallback) -> _Plan:
+    """The calibrated layers in call order and the forward passes over the calibration inputs.
+
+    A pass holds at most capture.CHUNK examples, fewer when a calibrated layer's input is large
+    (capture.INPUT_BYTES per pass), exactly the model's batch size when its inputs declare one; a
+    model with stateful layers is not calibrated (a pass would change their states)."""
+    import math
+
+    import tensorflow as tf
+
+    batches = _check_batches(calibration_x)
+    seen, rest = [], []
     for t in targets:
-        v = capture.view_of(t)
+        v = views.view_of(t)
         if isinstance(v, str):
             fallback[t.name] = v
             rest.append(t)
         else:
-            views.append(v)
-    if views:
-        import tensorflow as tf
-
-        probe = tf.nest.map_structure(lambda a: a[:2], batches[0])
-        order = capture.call_order(model, [v.target.layer for v in views], probe)
+            seen.append(v)
+    n = capture.count_examples(batches)
+    fixed = capture.fixed_batch(model)
+    stateful = capture.stateful_layers(model)
+    why = None
+    if seen and stateful:
+        why = f"the model has stateful layers ({', '.join(stateful[:3])}) whose states a calibration pass would change"
+    elif seen and fixed and n < fixed:
+        why = f"the model takes batches of exactly {fixed} examples and there are {n} calibration examples"
+    if why:
+        for v in seen:
+            fallback[v.target.name] = why
+            rest.append(v.target)
+        seen = []
+    plan, per_pass = [], capture.CHUNK
+    if seen:
+        if fixed:
+            batches, per_pass = capture.chunks(calibration_x, fixed, exact=True), fixed
+            if n % fixed:
+                notes.append(f"calibration: {n % fixed} of {n} examples left out (the model takes batches of {fixed})")
+            probe = batches[0]
+        else:
+            probe = tf.nest.map_structure(lambda a: a[:2], batches[0])
+        order = capture.call_order(model, [v.target.layer for v in seen], probe)
         called = []
-        for v in views:
+        for v in seen:
             if id(v.target.layer) in order:
                 called.append(v)
             else:
                 fallback[v.target.name] = "the model's forward pass never calls the layer"
                 rest.append(v.target)
-        views = sorted(called, key=lambda v: order[id(v.target.layer)][0])
-        plan = [(v, order[id(v.target.layer)][1]) for v in views]
-    else:
-        plan = []
+        seen = sorted(called, key=lambda v: order[id(v.target.layer)].first)
+        plan = [(v, order[id(v.target.layer)]) for v in seen]
+        if not fixed:
+            per_example = max((4 * math.prod(c.input_shape[1:]) for _, c in plan if c.input_shape), default=0)
+            per_pass = max(1, min(capture.CHUNK, capture.INPUT_BYTES // max(per_example, 1)))
+            if per_pass != capture.CHUNK:
+                batches = capture.chunks(calibration_x, per_pass)
     for t in rest:
         notes.append(f"{t.layer_name}: not calibrated ({fallback[t.name]}); pruned by magnitude")
-    return plan, rest
+    return _Plan(plan, rest, batches, per_pass)
+
+
+def _available_memory() -> int:
+    """Free memory, as the model loader reads it (lowered by ulimit -v / a container's rlimit)."""
+    try:
+        from prunecli.io.models.memory import available_memory
+    except ImportError:  # the loader's helpers moved: psutil's figure alone
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    return int(available_memory())
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
+def check_memory(plan: _Plan, copies: int, purpose: str) -> None:
+    """Size every calibrated layer's buffers before any is allocated: the d_in x d_in input Hessian
+    (4 d_in^2 bytes, `copies` of them while `purpose`; none for Wanda), one block of im2col/input
+    rows, one pass's layer input and the layer's weight matrices. ResourceError (exit 6) naming the
+    first layer that does not fit in free memory, before any work is done."""
+    import math
+
+    available = None
+    for view, call in plan.layers:
+        d = view.d_in
+        shape = call.input_shape
+        per_example = math.prod(shape[1:]) if shape else d
+        input_bytes = 4 * plan.per_pass * per_example
+        rows = plan.per_pass * (view.rows_per_example(shape) if shape else 1)
+        block_bytes = BLOCK_COPIES * 4 * d * min(rows, max(1, capture.PATCH_BYTES // (4 * d)))
+        hessian_bytes = 4 * d * d
+        need = input_bytes + block_bytes + copies * hessian_bytes + 8 * 4 * d * view.d_out + 16 * d
+        available = _available_memory() if available is None else available
+        if need <= available:
+            continue
+        name = view.target.layer_name
+        if copies:
+            what = f"its {d} x {d} input Hessian is {_size(hessian_bytes)}, {copies} of them while {purpose}; "
+            hint = f"exclude it (--exclude {name}) or use --method wanda, which keeps only the Hessian's diagonal"
+        else:
+            what = ""
+            hint = f"exclude it (--exclude {name})"
+        raise ResourceError(
+            f"calibration: layer {name} needs about {_size(need)} ({what}input rows {_size(block_bytes)}, "
+            f"layer input per pass {_size(input_bytes)}) but only {_size(available)} of memory is free; {hint}"
+        )
+
+
+def _check_outcome(w_new, w_dense, keep, k) -> str | None:
+    """Why a calibrated layer's weights cannot be kept, or None: not finite, a mask that prunes other
+    than the k weights asked (k None: N:M, any), pruned weights not zero, or more zeros than the mask
+    prunes plus the weights that were zero already (an update or refit must not zero a kept weight)."""
+    import numpy as np
+
+    w = np.asarray(w_new)
+    keep = np.asarray(keep, bool)
+    dense = np.asarray(w_dense)
+    if not np.isfinite(w).all():
+        return "its calibrated weights are not finite"
+    pruned = int((~keep).sum())
+    if k is not None and pruned != k:
+        return f"its mask prunes {pruned} weights, not the {k} asked"
+    if (w[~keep] != 0).any():
+        return "its pruned weights are not zero"
+    allowed = pruned + int((keep & (dense == 0)).sum())
+    zeros = int((w == 0).sum())
+    if zeros > allowed:
+        return f"it would end with {zeros} of {w.size} weights zero where {allowed} were asked"
+    return None
+
+
+def _fall_back(target, why: str, config, result, fallback: dict) -> None:
+    """Prune one calibrated target by magnitude instead, with a note saying why."""
+    fallback[target.name] = why
+    result.notes.append(f"{target.layer_name}: calibration fell back to magnitude ({why})")
+    _magnitude([target], config, result)
 
 
 def _prune_count(target, config, requested, notes) -> int:
-    from prunecli.selection.policy import override_sparsity
+    from prunecli.selection import policy
 
-    own = override_sparsity(target, config)
+    own = config.rule_for(target.layer_name).sparsity
     s = config.effective_sparsity if own is None else own
     requested[target.name] = s
-    size = target.size
-    floor = 0 if config.allow_empty else min(size, max(1, math.ceil(config.min_keep * size)))
-    k = int(round(s * size))
-    if k > size - floor:
-        notes.append(f"{target.name}: kept {floor} of {size} groups (min_keep)")
-        k = size - floor
+    keep = policy.floor(target.size, config)
+    k, held = policy.removal_count(target.size, s, keep)
+    if held:
+        notes.append(f"{target.name}: kept {keep} of {target.size} groups (min_keep)")
     return k
 
 
@@ -128,6 +256,57 @@ def _check_batches(calibration_x):
     return batches
 
 
+def _calibrate(view, stats, method: str, k, nm, reconstruct: bool, jit: bool):
+    """One layer: (new weights, keep mask, report entry, dense weights, notes), all matrix views, or
+    the reason it falls back to magnitude (degenerate inputs, a failed factorisation, a result that
+    is not finite or has more zeros than asked)."""
+    import tensorflow as tf
+
+    from prunecli.selection import kernels
+
+    why = stats.degenerate()
+    if why:
+        return why
+    t = view.target
+    w_dense = view.to_matrix(tf.cast(tf.convert_to_tensor(t.variable), tf.float32))
+    hessian = stats.hessian
+    if method == "wanda":
+        score = wanda.scores(w_dense, stats.diag)
+        keep = kernels.nm_keep_mask(score, *nm) if nm else wanda.per_output_keep(score, k)
+        w_new = tf.where(keep, w_dense, tf.zeros_like(w_dense))
+    else:
+        try:
+            w_new, keep = sparsegpt.prune_matrix(w_dense, hessian, t.name, prune_count=k or 0, nm=nm, jit=jit)
+        except DataError:
+            return "its input Hessian is not positive definite after dampening"
+    why = _check_outcome(w_new, w_dense, keep, k)
+    if why:
+        return why
+    entry = {"d_in": view.d_in, "rows": int(stats.rows), "error_before": None, "error_after": None}
+    notes = []
+    if hessian is not None:
+        masked = tf.where(keep, w_dense, tf.zeros_like(w_dense))
+        entry["error_before"] = round(refit.relative_error(masked, w_dense, hessian), 6)
+        entry["error_after"] = round(refit.relative_error(w_new, w_dense, hessian), 6)
+    if reconstruct:
+        refitted = refit.refit(w_new, w_dense, keep, hessian)
+        why = _check_outcome(refitted, w_dense, keep, k)
+        if why:
+            notes.append(f"{t.layer_name}: not refit ({why})")
+        else:
+            entry["error_before_refit"] = entry["error_after"]
+            w_new = refitted
+            entry["error_after"] = round(refit.relative_error(w_new, w_dense, hessian), 6)
+    return w_new, keep, entry, w_dense, notes
+
+
+def _finish_meter(pending, layers: dict, passes: int) -> None:
+    name, meter = pending
+    error = meter.error(passes)
+    if error is not None:
+        layers[name]["error_before"] = layers[name]["error_after"] = round(error, 6)
+
+
 def prune_calibrated(
     model, targets: list, calibration_x: list, config, progress: Callable[[str], None] | None = None
 ) -> CalibrationResult:
@@ -140,9 +319,6 @@ def prune_calibrated(
     `error_before` with the mask applied to the original weights, `error_after` once updated and, with
     --reconstruct, refit; `error_before_refit` then holds the error before the refit).
     """
-    import tensorflow as tf
-
-    from prunecli.selection import kernels
 
     method = config.method
     if method not in CALIBRATED_METHODS:
@@ -150,75 +326,34 @@ def prune_calibrated(
     gran = config.granularity
     if gran.kind not in ("element", "nm"):
         raise ConfigError(f"--method {method} supports granularity element and n:m, not {gran}")
+    ranked_together = method == "wanda" and config.scope == "global"
+    if not ranked_together and config.scope != "layer":
+        raise ConfigError(f"--method {method} supports --scope layer only")
     start = time.perf_counter()
-    batches = _check_batches(calibration_x)
-    samples = capture.count_examples(batches)
     result = CalibrationResult()
     fallback: dict[str, str] = {}
-    plan, rest = _plan(model, targets, batches, result.notes, fallback)
-    _magnitude(rest, config, result)
-    jit = use_xla()
-    layers: dict[str, dict] = {}
-    nm = (gran.rows, gran.cols) if gran.kind == "nm" else None
-
-    if method == "wanda" and config.scope == "global":
-        from prunecli.selection import policy
-
-        calibrated = [v.target for v, _ in plan]
-        _say(progress, f"calibrating wanda on {len(calibrated)} layers (global ranking)")
-        scores = layer_scores("wanda", plan, model, batches)
-        ms = policy.build_masks(calibrated, scores, "element", config)
-        if config.reconstruct:  # refits (and masks) layer by layer from the dense weights
-            layers.update(reconstruct(model, calibrated, ms.masks, calibration_x, progress)["layers"])
-        else:
-            kernels.apply_masks([t.variable for t in calibrated], [ms.masks[t.name] for t in calibrated])
-        result.masks.update(ms.masks)
-        result.requested.update(ms.requested)
-        result.notes.extend(ms.notes)
-        result.notes.append("wanda with --scope global ranks all layers at once, so it is not sequential")
+    p = _plan(model, targets, calibration_x, result.notes, fallback)
+    full = method == "sparsegpt" or bool(config.reconstruct)  # Wanda alone: the Hessian's diagonal only
+    if method == "sparsegpt":
+        check_memory(p, HESSIAN_COPIES["sparsegpt"], "SparseGPT factors it")
     else:
-        if config.scope != "layer":
-            raise ConfigError(f"--method {method} supports --scope layer only")
-        for i, (view, calls) in enumerate(plan):
-            t = view.target
-            _say(progress, f"calibrating {t.layer_name} ({i + 1}/{len(plan)}, {method})")
-            hessian, rows = capture.HessianCapture(view, calls).run(model, batches)
-            w_dense = view.to_matrix(tf.cast(tf.convert_to_tensor(t.variable), tf.float32))
-            if nm:
-                result.requested[t.name] = 1.0 - nm[0] / nm[1]
-                k = 0
-            else:
-                k = _prune_count(t, config, result.requested, result.notes)
-            if method == "wanda":
-                score = wanda.scores(w_dense, tf.linalg.diag_part(hessian))
-                keep = kernels.nm_keep_mask(score, *nm) if nm else wanda.per_output_keep(score, k)
-                w_new = tf.where(keep, w_dense, tf.zeros_like(w_dense))
-            else:
-                w_new, keep = sparsegpt.prune_matrix(w_dense, hessian, t.name, prune_count=k, nm=nm, jit=jit)
-            masked = tf.where(keep, w_dense, tf.zeros_like(w_dense))
-            entry = {
-                "d_in": view.d_in,
-                "rows": int(rows),
-                "error_before": round(refit.relative_error(masked, w_dense, hessian), 6),
-                "error_after": round(refit.relative_error(w_new, w_dense, hessian), 6),
-            }
-            if config.reconstruct:
-                entry["error_before_refit"] = entry["error_after"]
-                w_new = refit.refit(w_new, w_dense, keep, hessian)
-                entry["error_after"] = round(refit.relative_error(w_new, w_dense, hessian), 6)
-            _assign(view, w_new)
-            result.masks[t.name] = view.from_matrix(keep)
-            layers[t.name] = entry
-            del hessian
+        check_memory(p, HESSIAN_COPIES["refit"] if full else 0, "refitting")
+    _magnitude(p.rest, config, result)
+    jit = use_xla()
+    if ranked_together:
+        layers = _wanda_global(model, p, calibration_x, config, result, fallback, progress)
+    else:
+        layers = _sequential(model, p, config, result, fallback, full, jit, progress)
     result.section = {
         "method": method,
-        "samples": samples,
-        "sequential": not (method == "wanda" and config.scope == "global"),
+        "samples": capture.count_examples(p.batches),
+        "sequential": not ranked_together,
         "dampening": sparsegpt.DAMPENING if method == "sparsegpt" else None,
         "refit_dampening": refit.DAMPENING if config.reconstruct else None,
         "block_size": sparsegpt.BLOCK if method == "sparsegpt" else None,
         "reconstruct": bool(config.reconstruct),
         "xla": jit,
+        "examples_per_pass": p.per_pass,
         "time_s": round(time.perf_counter() - start, 3),
         "layers": layers,
         "fallback": fallback,
@@ -226,41 +361,148 @@ def prune_calibrated(
     return result
 
 
-def layer_scores(method: str, plan, model, batches) -> dict:
+def _wanda_global(model, p: _Plan, calibration_x, config, result, fallback: dict, progress) -> dict[str, dict]:
+    """Wanda ranked over all calibrated layers at once (the policy's global ranking of its scores), then
+    masked, or refit layer by layer with --reconstruct. Not sequential: every layer is scored on the
+    dense model's inputs."""
+    from prunecli.selection import kernels, policy
+
+    calibrated = [v.target for v, _ in p.layers]
+    _say(progress, f"calibrating wanda on {len(calibrated)} layers (global ranking)")
+    scores = layer_scores("wanda", p, model, result.notes, fallback)
+    ms = policy.build_masks(calibrated, scores, "element", config)
+    layers: dict[str, dict] = {}
+    if config.reconstruct:  # refits (and masks) layer by layer from the dense weights
+        refit_section = reconstruct(model, calibrated, ms.masks, calibration_x, progress)
+        layers.update(refit_section["layers"])
+        result.notes.extend(refit_section["notes"])
+        fallback.update(refit_section["fallback"])
+    else:
+        kernels.apply_masks([t.variable for t in calibrated], [ms.masks[t.name] for t in calibrated])
+    result.masks.update(ms.masks)
+    result.requested.update(ms.requested)
+    result.notes.extend(ms.notes)
+    result.notes.append("wanda with --scope global ranks all layers at once, so it is not sequential")
+    return layers
+
+
+def _sequential(model, p: _Plan, config, result, fallback: dict, full: bool, jit: bool, progress) -> dict[str, dict]:
+    """Layer by layer in call order, each calibrated on the inputs the model pruned so far gives it
+    (SparseGPT's and Wanda's own procedure); a layer whose calibration cannot be trusted falls back to
+    magnitude with a note. Returns the report's per-layer entries."""
+    method, gran = config.method, config.granularity
+    nm = (gran.rows, gran.cols) if gran.kind == "nm" else None
+    layers: dict[str, dict] = {}
+    pending = None  # (name, ErrorMeter) of a Wanda layer: measured by the next layer's passes
+    for i, (view, call) in enumerate(p.layers):
+        t = view.target
+        _say(progress, f"calibrating {t.layer_name} ({i + 1}/{len(p.layers)}, {method})")
+        riders = (pending[1],) if pending else ()
+        stats = capture.HessianCapture(view, call.calls, full=full).run(model, p.batches, riders)
+        if pending:
+            _finish_meter(pending, layers, len(p.batches))
+            pending = None
+        layer_notes: list[str] = []
+        if nm:
+            result.requested[t.name] = 1.0 - nm[0] / nm[1]
+            k = None
+        else:
+            k = _prune_count(t, config, result.requested, layer_notes)
+        outcome = _calibrate(view, stats, method, k, nm, bool(config.reconstruct), jit)
+        del stats
+        if isinstance(outcome, str):
+            _fall_back(t, outcome, config, result, fallback)
+            continue
+        w_new, keep, entry, w_dense, notes = outcome
+        result.notes.extend(layer_notes + notes)
+        _assign(view, w_new)
+        result.masks[t.name] = view.from_matrix(keep)
+        layers[t.name] = entry
+        if entry["error_after"] is None:
+            pending = (t.name, capture.ErrorMeter(view, w_new, w_dense, call.calls))
+    if pending:
+        capture.measure(model, p.batches, pending[1])
+        _finish_meter(pending, layers, len(p.batches))
+    return layers
+
+
+def layer_scores(method: str, plan: _Plan, model, notes: list | None = None, fallback: dict | None = None) -> dict:
     """Element scores of the weight's shape per calibrated target, each layer read from the model as
-    it is (no pruning between layers): Wanda's |w| * ||x||, or SparseGPT's OBS saliency w^2/[H^-1]_jj."""
+    it is (no pruning between layers): Wanda's |w| * ||x|| (the RMS of each input over the rows), or
+    SparseGPT's OBS saliency w^2/[H^-1]_jj. A layer whose inputs are degenerate (or whose Hessian
+    cannot be factored) is scored by |w|, with a note."""
+    import math
+
     import tensorflow as tf
 
     out = {}
-    for view, calls in plan:
+    for view, call in plan.layers:
         t = view.target
-        hessian, _ = capture.HessianCapture(view, calls).run(model, batches)
+        stats = capture.HessianCapture(view, call.calls, full=method != "wanda").run(model, plan.batches)
         w = view.to_matrix(tf.cast(tf.convert_to_tensor(t.variable), tf.float32))
-        if method == "wanda":
-            score = wanda.scores(w, tf.linalg.diag_part(hessian))
-        else:
-            score = sparsegpt.obs_scores(w, hessian, t.name)
+        why = stats.degenerate()
+        score = None
+        if why is None and method == "wanda":
+            score = wanda.norm_scores(w, stats.norms() / math.sqrt(stats.rows))
+        elif why is None:
+            try:  # the saliency scales with H: undo the capture's input scale
+                score = sparsegpt.obs_scores(w, stats.hessian, t.name) / (stats.scale * stats.scale)
+            except DataError:
+                why = "its input Hessian is not positive definite after dampening"
+        if why is not None:
+            score = tf.abs(w)
+            if fallback is not None:
+                fallback[t.name] = why
+            if notes is not None:
+                notes.append(f"{t.layer_name}: calibration fell back to magnitude ({why})")
         out[t.name] = view.from_matrix(score)
-        del hessian
+        del stats
     return out
 
 
 def strategy_scores(method: str, targets, ctx) -> dict:
     """The registry's entry point (scoring.get("wanda").fn): plain element scores for the generic
     policy (global scope, gradual schedules, plan/sweep), with |w| for layers that cannot be
-    calibrated. The pipeline's one-shot path calls prune_calibrated instead (sequential, updates)."""
+    calibrated. The pipeline's one-shot path calls prune_calibrated instead (sequential, updates).
+    Reads only the inputs of --data: labels are neither needed nor read."""
     import tensorflow as tf
 
     if ctx.data is None:
         raise ConfigError(f"method {method!r} needs data (--data)")
     n = int(ctx.extras.get("calibration_samples", 128))
-    batches = _check_batches(capture.take_examples(ctx.data, n))
     fallback: dict[str, str] = {}
-    plan, rest = _plan(ctx.model, targets, batches, [], fallback)
-    scores = layer_scores(method, plan, ctx.model, batches)
-    for t in rest:
+    p = _plan(ctx.model, targets, capture.take_examples(ctx.data, n), [], fallback)
+    check_memory(p, HESSIAN_COPIES["sparsegpt"] if method == "sparsegpt" else 0, "SparseGPT factors it")
+    scores = layer_scores(method, p, ctx.model)
+    for t in p.rest:
         scores[t.name] = tf.abs(tf.cast(tf.convert_to_tensor(t.variable), tf.float32))
     return scores
+
+
+def _refit_layer(model, p: _Plan, view, call, dense, mask) -> dict | str:
+    """One layer of --reconstruct: its inputs captured from the model pruned so far, its kept weights
+    refit to the dense layer's output and assigned. Returns the report entry, or why the layer keeps
+    its plain mask (degenerate inputs, a refit that fails its checks), the mask then assigned."""
+    import tensorflow as tf
+
+    stats = capture.HessianCapture(view, call.calls, full=True).run(model, p.batches)
+    w_dense = view.to_matrix(tf.cast(tf.convert_to_tensor(dense), tf.float32))
+    keep = view.to_matrix(tf.cast(mask, tf.bool))
+    masked_w = tf.where(keep, w_dense, tf.zeros_like(w_dense))
+    why = stats.degenerate()
+    if why is None:
+        w_new = refit.refit(masked_w, w_dense, keep, stats.hessian)
+        why = _check_outcome(w_new, w_dense, keep, None)
+    if why is not None:
+        _assign(view, masked_w)
+        return why
+    _assign(view, w_new)
+    return {
+        "d_in": view.d_in,
+        "rows": int(stats.rows),
+        "error_before": round(refit.relative_error(masked_w, w_dense, stats.hessian), 6),
+        "error_after": round(refit.relative_error(w_new, w_dense, stats.hessian), 6),
+    }
 
 
 def reconstruct(
@@ -279,43 +521,35 @@ def reconstruct(
 
     The dense weights are the variables' current values, so call this *instead of* applying the
     masks (before they zero anything), or pass `dense` {target.name: array}. Layers that cannot be
-    calibrated are masked without a refit.
+    calibrated, whose inputs are degenerate or whose refit fails its checks (not finite, more zeros
+    than the mask) are masked without a refit, with a note.
     """
     import numpy as np
-    import tensorflow as tf
 
     from prunecli.selection import kernels
 
     start = time.perf_counter()
-    batches = _check_batches(calibration_x)
     dense = dict(dense or {})
     for t in targets:
         if t.name not in dense:
             dense[t.name] = np.asarray(t.variable)
     fallback: dict[str, str] = {}
     notes: list[str] = []
-    plan, rest = _plan(model, targets, batches, notes, fallback)
-    kernels.apply_masks([t.variable for t in rest], [masks[t.name] for t in rest])
+    p = _plan(model, targets, calibration_x, notes, fallback)
+    check_memory(p, HESSIAN_COPIES["refit"], "refitting")
+    kernels.apply_masks([t.variable for t in p.rest], [masks[t.name] for t in p.rest])
     layers = {}
-    for i, (view, calls) in enumerate(plan):
-        t = view.target
-        _say(progress, f"reconstructing {t.layer_name} ({i + 1}/{len(plan)})")
-        hessian, rows = capture.HessianCapture(view, calls).run(model, batches)
-        w_dense = view.to_matrix(tf.cast(tf.convert_to_tensor(dense[t.name]), tf.float32))
-        keep = view.to_matrix(tf.cast(masks[t.name], tf.bool))
-        masked_w = tf.where(keep, w_dense, tf.zeros_like(w_dense))
-        w_new = refit.refit(masked_w, w_dense, keep, hessian)
-        layers[t.name] = {
-            "d_in": view.d_in,
-            "rows": int(rows),
-            "error_before": round(refit.relative_error(masked_w, w_dense, hessian), 6),
-            "error_after": round(refit.relative_error(w_new, w_dense, hessian), 6),
-        }
-        _assign(view, w_new)
-        del hessian
+    for i, (view, call) in enumerate(p.layers):
+        _say(progress, f"reconstructing {view.target.layer_name} ({i + 1}/{len(p.layers)})")
+        entry = _refit_layer(model, p, view, call, dense[view.target.name], masks[view.target.name])
+        if isinstance(entry, str):
+            fallback[view.target.name] = entry
+            notes.append(f"{view.target.layer_name}: not refit ({entry}); its mask is applied as it is")
+        else:
+            layers[view.target.name] = entry
     return {
         "method": "reconstruct",
-        "samples": capture.count_examples(batches),
+        "samples": capture.count_examples(p.batches),
         "refit_dampening": refit.DAMPENING,
         "time_s": round(time.perf_counter() - start, 3),
         "layers": layers,

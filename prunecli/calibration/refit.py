@@ -76,9 +76,10 @@ def refit(w_start, w_dense, keep, hessian, dampening: float = DAMPENING):
 
     h = tf.cast(hessian, tf.float32)
     diag = tf.linalg.diag_part(h)
-    lam = dampening * tf.reduce_mean(diag)
+    # the same lambda on both sides (a Hessian of all zeros is refused before: oneshot falls back)
+    lam = tf.maximum(dampening * tf.reduce_mean(diag), 1e-12)
     target = tf.matmul(h, tf.cast(w_dense, tf.float32))  # (H w_dense): the dense output's projection
-    damped = tf.linalg.set_diag(h, diag + tf.maximum(lam, 1e-12))
+    damped = tf.linalg.set_diag(h, diag + lam)
     # the ridge pulls towards w_dense, not 0: (H + lam I) w = H w_dense + lam w_dense on the kept inputs
     b = target + lam * tf.cast(w_dense, tf.float32)
     x = _cg_fn()(damped, b, tf.cast(keep, tf.bool), tf.cast(w_start, tf.float32), ITERATIONS, TOLERANCE)

@@ -4,8 +4,12 @@ layer's output on the calibration data moves as little as possible.
 
 Notation of the paper: W is (d_out, d_in) (one row per output unit), H = X^T X / n is (d_in, d_in).
 - Dampening: H + lambda I with lambda = 1% of mean(diag H) (the paper's default), which makes H
-  positive definite when some inputs are (nearly) collinear; inputs that are always zero get
-  H_ii = 1. If H is still not positive definite, `DataError` says which layer.
+  positive definite when some inputs are (nearly) collinear; inputs that are always zero ("dead")
+  get H_ii = 1. If H is still not positive definite, `DataError` says which layer.
+- Dead inputs: their weights are pruned first (they change nothing on the calibration data, the
+  paper's W[:, dead] = 0) but only as many as the layer's count allows: a dead weight that is kept
+  keeps its value (H has no off-diagonal entry for it, so no update reaches it), and the layer never
+  ends with more zeros than it was asked for.
 - U = upper Cholesky factor of H^-1. Pruning column j of a row with error e_j = (w_j - q_j) / U_jj
   is compensated by w_{j:} -= e_j U_{j, j:} (the OBS update restricted to the not-yet-pruned columns).
 - Lazy batches: columns are processed in blocks of B = 128; inside a block the updates touch only the
@@ -36,16 +40,19 @@ def inverse_factor(hessian, name: str, dampening: float = DAMPENING):
     h = tf.cast(hessian, tf.float32)
     diag = tf.linalg.diag_part(h)
     dead = diag <= 0
-    h = tf.linalg.set_diag(h, tf.where(dead, tf.ones_like(diag), diag))
     live = tf.boolean_mask(diag, tf.logical_not(dead))
     mean = tf.reduce_mean(live) if int(tf.size(live)) else tf.constant(1.0)
-    h = h + dampening * mean * tf.eye(int(h.shape[0]))
+    # H + lambda I, written on the diagonal alone (no d x d identity, one d x d copy of H)
+    h = tf.linalg.set_diag(h, tf.where(dead, tf.ones_like(diag), diag) + dampening * mean)
+    upper = None
     try:
         lower = tf.linalg.cholesky(h)
         ok = bool(tf.reduce_all(tf.math.is_finite(lower)))
-        if ok:
+        if ok:  # the d x d temporaries are dropped as soon as they are used (oneshot sizes them)
             inverse = tf.linalg.cholesky_solve(lower, tf.eye(int(h.shape[0])))
+            del lower
             upper = tf.transpose(tf.linalg.cholesky(inverse))
+            del inverse
             ok = bool(tf.reduce_all(tf.math.is_finite(upper)))
     except tf.errors.InvalidArgumentError:
         ok = False
@@ -62,8 +69,9 @@ def _block_fn(n: int, m: int, jit: bool):
     """The compiled inner loop of one block. n, m > 0: N:M masks chosen inside the loop."""
     import tensorflow as tf
 
-    def block(w1, u1, keep1):
+    def block(w1, u1, keep1, live1):
         cols = tf.shape(w1)[1]
+        shape = w1.shape  # static where known: a block of one column must stay (rows, 1) in the loop
         diag = tf.linalg.diag_part(u1)
         err1 = tf.zeros_like(w1)
 
@@ -73,7 +81,7 @@ def _block_fn(n: int, m: int, jit: bool):
                 def choose():
                     sub = tf.slice(w1, [0, i], [-1, m])
                     d = tf.slice(diag, [i], [m])
-                    score = tf.square(sub) / tf.square(d)[None, :]
+                    score = tf.square(sub) * tf.slice(live1, [i], [m])[None, :] / tf.square(d)[None, :]
                     order = tf.argsort(-score, axis=1, stable=True)
                     rank = tf.argsort(order, axis=1, stable=True)
                     # place the group's (rows, M) mask at columns i..i+M (a product with one-hot
@@ -88,9 +96,9 @@ def _block_fn(n: int, m: int, jit: bool):
             q = tf.where(keep1[:, i], w, tf.zeros_like(w))
             err = (w - q) / diag[i]
             # U is upper triangular: the update leaves columns < i alone, and sets column i to q
-            w1 = w1 - err[:, None] * u1[i][None, :]
-            err1 = err1 + err[:, None] * tf.one_hot(i, cols)[None, :]
-            return i + 1, w1, err1, keep1
+            w1 = tf.ensure_shape(w1 - err[:, None] * u1[i][None, :], shape)
+            err1 = tf.ensure_shape(err1 + err[:, None] * tf.one_hot(i, cols)[None, :], shape)
+            return i + 1, w1, err1, tf.ensure_shape(keep1, shape)
 
         _, w1, err1, keep1 = tf.while_loop(
             lambda i, *_: i < cols, body, (tf.constant(0), w1, err1, keep1), parallel_iterations=1
@@ -101,13 +109,17 @@ def _block_fn(n: int, m: int, jit: bool):
     return tf.function(block, jit_compile=jit, reduce_retracing=True)
 
 
-def _block_masks(w1, diag, k: int):
-    """Element sparsity: prune the k lowest w^2 / U_jj^2 of the block (ties by position)."""
+def _block_masks(w1, diag, k: int, live1=None):
+    """Element sparsity: prune the k lowest w^2 / U_jj^2 of the block (ties by position); dead
+    inputs (live1 = 0) score 0, so they go first."""
     import tensorflow as tf
 
     if k <= 0:
         return tf.ones_like(w1, tf.bool)
-    score = tf.reshape(tf.square(w1) / tf.square(diag)[None, :], [-1])
+    score = tf.square(w1) / tf.square(diag)[None, :]
+    if live1 is not None:
+        score = score * live1[None, :]
+    score = tf.reshape(score, [-1])
     order = tf.argsort(score, stable=True)
     pruned = tf.scatter_nd(order[:k, None], tf.ones([k], tf.bool), tf.shape(score))
     return tf.reshape(tf.logical_not(pruned), tf.shape(w1))
@@ -129,10 +141,12 @@ def prune_matrix(w, hessian, name: str, *, prune_count: int = 0, nm: tuple[int, 
         w = tf.pad(tf.cast(w, tf.float32), [[0, pad], [0, 0]])
     upper, _ = inverse_factor(hessian, name)
     # an input that is zero on every calibration example contributes nothing: its weights go first
-    # (the paper's W[:, dead] = 0), rather than looking important through the H_jj = 1 put there
-    dead = tf.linalg.diag_part(tf.cast(hessian, tf.float32)) <= 0
-    w = tf.where(dead[:, None], tf.zeros_like(w), tf.cast(w, tf.float32))
-    wt = tf.transpose(w)  # (d_out, d_in): the paper's layout
+    # (the paper's W[:, dead] = 0), rather than looking important through the H_jj = 1 put there,
+    # but a dead weight the count keeps keeps its value (no update reaches it: see the docstring)
+    live = tf.cast(tf.linalg.diag_part(tf.cast(hessian, tf.float32)) > 0, tf.float32)
+    if pad:
+        live = tf.concat([live[:rows], tf.zeros([pad])], 0)  # dummy inputs go first in their group
+    wt = tf.transpose(tf.cast(w, tf.float32))  # (d_out, d_in): the paper's layout
     d_out, d_in = int(wt.shape[0]), int(wt.shape[1])
     size = d_in * d_out
     block = BLOCK if not m else max(m, (BLOCK // m) * m)
@@ -147,9 +161,9 @@ def prune_matrix(w, hessian, name: str, *, prune_count: int = 0, nm: tuple[int, 
             keep1 = tf.ones_like(w1, tf.bool)
         else:
             share = int(round(prune_count * (end * d_out) / size)) - done
-            keep1 = _block_masks(w1, tf.linalg.diag_part(u1), share)
+            keep1 = _block_masks(w1, tf.linalg.diag_part(u1), share, live[start:end])
             done += share
-        q1, err1, keep1 = step(w1, u1, keep1)
+        q1, err1, keep1 = step(w1, u1, keep1, live[start:end])
         q_blocks.append(q1)
         keep_blocks.append(keep1)
         if end < d_in:
@@ -167,4 +181,5 @@ def obs_scores(w, hessian, name: str):
 
     upper, _ = inverse_factor(hessian, name)
     inv_diag = tf.reduce_sum(tf.square(upper), axis=0)  # H^-1 = U^T U, so (H^-1)_jj = sum_k U_kj^2
-    return tf.square(tf.cast(w, tf.float32)) / inv_diag[:, None]
+    live = tf.cast(tf.linalg.diag_part(tf.cast(hessian, tf.float32)) > 0, tf.float32)  # dead inputs: 0
+    return tf.square(tf.cast(w, tf.float32)) * live[:, None] / inv_diag[:, None]

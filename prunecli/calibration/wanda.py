@@ -3,7 +3,8 @@ Models"): score each weight by |w_ij| * ||x_j||_2, the weight's magnitude times 
 feature over the calibration data, and compare within each output (per output row, Section 3 of the
 paper: "comparison group" per output), with no weight update.
 
-||x_j||^2 is n * H_jj, so the score needs only the diagonal of the Hessian the capture accumulates
+||x_j||^2 is n * H_jj, so the score needs only the diagonal of the input Hessian: the capture keeps
+the per-input sum of squares (d_in floats, streamed over blocks of rows), never the d_in x d_in matrix
 (scaling by n does not change any ranking). N:M keeps the N best of every M consecutive inputs of each
 output, along the reduction axis like the rest of prunecli.
 """
@@ -12,11 +13,18 @@ from __future__ import annotations
 
 
 def scores(w, hessian_diag):
-    """|w| * ||x_j|| on the (d_in, d_out) matrix view."""
+    """|w| * ||x_j|| on the (d_in, d_out) matrix view, from the Hessian's diagonal (or anything
+    proportional to it, such as the per-input sum of squares)."""
+    import numpy as np
+
+    return norm_scores(w, np.sqrt(np.maximum(np.asarray(hessian_diag, np.float64), 0.0)))
+
+
+def norm_scores(w, norms):
+    """|w| * norms[j] on the (d_in, d_out) matrix view."""
     import tensorflow as tf
 
-    norms = tf.sqrt(tf.maximum(tf.cast(hessian_diag, tf.float32), 0.0))
-    return tf.abs(tf.cast(w, tf.float32)) * norms[:, None]
+    return tf.abs(tf.cast(w, tf.float32)) * tf.cast(norms, tf.float32)[:, None]
 
 
 def row_counts(d_in: int, d_out: int, prune_count: int) -> list[int]:

@@ -39,7 +39,7 @@ SWEEP_KINDS = ("json", "csv", "png", "md")
 
 
 @dataclass(frozen=True)
-class Target:
+class PlannedWrite:
     """One file the run writes. `in_place`: a special file written without temp-and-rename."""
 
     role: str
@@ -53,7 +53,7 @@ class PathPlan:
     """What the run reads and writes, after `plan()` checked them."""
 
     reads: dict[str, list[Path]] = field(default_factory=dict)
-    writes: dict[str, Target] = field(default_factory=dict)
+    writes: dict[str, PlannedWrite] = field(default_factory=dict)
     stdout_roles: list[str] = field(default_factory=list)
 
     def write(self, role: str) -> Path | None:
@@ -109,7 +109,7 @@ def check_readable(path, role: str, error=DataError) -> None:
             raise error(f"{role} {shown(path)} is not a regular file (it is {what})")
 
 
-def _check_write(role: str, path: Path, allow_special: bool) -> Target:
+def _check_write(role: str, path: Path, allow_special: bool) -> PlannedWrite:
     """A write target: not a symbolic link, not a directory, a special file only in place."""
     lst = _lstat(path)
     if lst is not None and stat.S_ISLNK(lst.st_mode):
@@ -134,10 +134,10 @@ def _check_write(role: str, path: Path, allow_special: bool) -> Target:
     name_max = _name_max(parent)
     if len(os.fsencode(path.name)) > name_max:
         raise OutputError(f"{role} file name is longer than {name_max} bytes: {shown(path.name)[:60]}...")
-    return Target(role, path)
+    return PlannedWrite(role, path)
 
 
-def _special_target(role: str, path: Path, st) -> Target:
+def _special_target(role: str, path: Path, st) -> PlannedWrite:
     if stat.S_ISFIFO(st.st_mode):
         try:  # a FIFO with no reader: ENXIO at once, instead of blocking until someone reads
             fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
@@ -152,7 +152,7 @@ def _special_target(role: str, path: Path, st) -> Target:
         _held_fifos[os.path.abspath(path)] = fd
     elif not os.access(path, os.W_OK):
         raise OutputError(f"{role} {shown(path)} is a device that is not writable")
-    return Target(role, path, in_place=True)
+    return PlannedWrite(role, path, in_place=True)
 
 
 _held_fifos: dict[str, int] = {}  # FIFO outputs opened by plan(), written by write_text()
@@ -173,6 +173,15 @@ def check_sweep_name(name: str) -> None:
         raise ConfigError(f"--name {shown(name)!r} must be a plain file name of printable characters")
 
 
+def export_paths(out: Path) -> dict[str, Path]:
+    """Where each --export format goes, beside the output model."""
+    return {
+        "tflite": out.with_name(f"{out.stem}.tflite"),
+        "tflite-int8": out.with_name(f"{out.stem}.int8.tflite"),
+        "savedmodel": out.with_name(f"{out.stem}_savedmodel"),
+    }
+
+
 def plan(
     config,
     *,
@@ -188,12 +197,28 @@ def plan(
     `output_model`: the resolved model output for `prune` (io.models.resolve_output's answer, or None
     for plan/sweep); `sweep_dir`/`sweep_name`: the sweep's -o and --name; `recipe`: the -c file;
     `extra_reads`: {role: [paths]} the data loader reads besides --data (io.data.files_read: the .npy
-    labels file, a TFRecord spec); `exports`: {format: path} (outputs.export.export_paths(output)).
+    labels file, a TFRecord spec); `exports`: {format: path} (export_paths(output)).
     Checks, in order: reads are not special files; writes are not links, directories or (except
     report/markdown, in place) special files; no write is the same file as a read or another write
     (the model output may be the input model only with --force).
     """
     p = PathPlan()
+    model = _plan_reads(p, config, recipe, extra_reads)
+    if output_model is not None:
+        _plan_model_writes(p, config, Path(output_model), exports or {})
+    _plan_reports(p, config)
+    if sweep_dir is not None:
+        _plan_sweep(p, Path(sweep_dir), "sweep" if sweep_name is None else sweep_name)
+    if len(p.stdout_roles) > 1:
+        raise UsageError("--report - and --markdown - would both write to stdout; send one to a file")
+
+    _check_collisions(p, model, force=bool(getattr(config, "force", False)))
+    return p
+
+
+def _plan_reads(p: PathPlan, config, recipe, extra_reads: dict | None) -> Path | None:
+    """Record every file the run reads, refusing special files; returns the input model's path.
+    A --data glob is recorded with no paths: it names no single file to compare the writes with."""
     model = Path(config.model_path) if config.model_path else None
     if model is not None:
         check_readable(model, "model file", ModelLoadError)
@@ -209,21 +234,52 @@ def plan(
     if config.feature_names:
         check_readable(config.feature_names, "feature names file", DataError)
         p.reads["feature_names"] = [Path(config.feature_names)]
+    return model
 
-    if output_model is not None:
-        out = Path(output_model)
-        p.writes["output"] = _check_write("output", out, allow_special=False)
-        for fmt in config.export or ():
-            target = (exports or {}).get(fmt)
-            if target is not None:
-                is_dir = fmt == "savedmodel"
-                if not is_dir:
-                    p.writes[f"export {fmt}"] = _check_write(f"export {fmt}", target, allow_special=False)
-                else:
-                    lst = _lstat(target)
-                    if lst is not None and (stat.S_ISLNK(lst.st_mode) or not stat.S_ISDIR(lst.st_mode)):
-                        raise OutputError(f"export savedmodel {shown(target)} exists and is not a folder")
-                    p.writes[f"export {fmt}"] = Target(f"export {fmt}", target, is_dir=True)
+
+def _plan_model_writes(p: PathPlan, config, out: Path, exports: dict) -> None:
+    """The model output and each --export beside it: regular files, except the SavedModel folder."""
+    p.writes["output"] = _check_write("output", out, allow_special=False)
+    if getattr(config, "save_plan", None):
+        p.writes["plan"] = _check_write("plan", Path(config.save_plan), allow_special=False)
+    for fmt in config.export or ():
+        target = exports.get(fmt)
+        if target is None:
+            continue
+        role = f"export {fmt}"
+        if fmt == "savedmodel":
+            p.writes[role] = _savedmodel_target(role, target, bool(getattr(config, "force", False)))
+        else:
+            p.writes[role] = _check_write(role, target, allow_special=False)
+
+
+EXPORT_MARKER = ".prunecli-export"  # inside every SavedModel folder prunecli writes: it may replace it again
+
+
+def _savedmodel_target(role: str, target: Path, force: bool) -> PlannedWrite:
+    """A SavedModel is a folder, and an export replaces it whole: an existing path there must be a real
+    folder that prunecli wrote (its EXPORT_MARKER inside), or --force says the user's may go."""
+    lst = _lstat(target)
+    if lst is not None and (stat.S_ISLNK(lst.st_mode) or not stat.S_ISDIR(lst.st_mode)):
+        raise OutputError(f"export savedmodel {shown(target)} exists and is not a folder")
+    if lst is not None and not force and _lstat(target / EXPORT_MARKER) is None:
+        raise OutputError(
+            f"export savedmodel {shown(target)} is a folder prunecli did not write, and the export would "
+            "replace it whole; move it away or pass --force"
+        )
+    return PlannedWrite(role, target, is_dir=True)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path` lies inside `folder` (links resolved), so replacing the folder would remove it."""
+    try:
+        return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+    except (OSError, ValueError):
+        return False
+
+
+def _plan_reports(p: PathPlan, config) -> None:
+    """--report and --markdown: `-` is stdout; a FIFO or a device is written in place."""
     for role, value in (("report", config.report), ("markdown summary", config.markdown)):
         if not value:
             continue
@@ -231,26 +287,22 @@ def plan(
             p.stdout_roles.append(role)
             continue
         p.writes[role] = _check_write(role, Path(value), allow_special=True)
-    if sweep_dir is not None:
-        sweep_name = "sweep" if sweep_name is None else sweep_name
-        check_sweep_name(sweep_name)
-        folder = Path(sweep_dir)
-        lst = _lstat(folder)
-        if lst is not None and not stat.S_ISDIR(lst.st_mode):
-            real = _stat(folder)
-            if real is None or not stat.S_ISDIR(real.st_mode):
-                raise OutputError(f"sweep output folder {shown(folder)} exists and is not a folder")
-        for kind in SWEEP_KINDS:
-            target = folder / f"{sweep_name}.{kind}"
-            if _lstat(folder) is None:  # the folder is created later; its files cannot exist yet
-                p.writes[f"sweep {kind}"] = Target(f"sweep {kind}", target)
-            else:
-                p.writes[f"sweep {kind}"] = _check_write(f"sweep {kind}", target, allow_special=False)
-    if len(p.stdout_roles) > 1:
-        raise UsageError("--report - and --markdown - would both write to stdout; send one to a file")
 
-    _check_collisions(p, model, force=bool(getattr(config, "force", False)))
-    return p
+
+def _plan_sweep(p: PathPlan, folder: Path, name: str) -> None:
+    """The sweep's files in -o (a folder, or a link to one; created later when missing), one per kind."""
+    check_sweep_name(name)
+    lst = _lstat(folder)
+    if lst is not None and not stat.S_ISDIR(lst.st_mode):
+        real = _stat(folder)
+        if real is None or not stat.S_ISDIR(real.st_mode):
+            raise OutputError(f"sweep output folder {shown(folder)} exists and is not a folder")
+    for kind in SWEEP_KINDS:
+        target = folder / f"{name}.{kind}"
+        if _lstat(folder) is None:  # the folder is created later; its files cannot exist yet
+            p.writes[f"sweep {kind}"] = PlannedWrite(f"sweep {kind}", target)
+        else:
+            p.writes[f"sweep {kind}"] = _check_write(f"sweep {kind}", target, allow_special=False)
 
 
 def _check_collisions(p: PathPlan, model: Path | None, force: bool) -> None:
@@ -258,6 +310,10 @@ def _check_collisions(p: PathPlan, model: Path | None, force: bool) -> None:
     writes = [t for t in p.writes.values() if not t.in_place]
     for t in writes:
         for role, path in reads:
+            if t.is_dir and _inside(path, t.path):
+                raise OutputError(
+                    f"{t.role} {shown(t.path)} is replaced whole, and the {_read_name(role)} is inside it"
+                )
             if same_file(t.path, path):
                 if t.role == "output" and role == "model" and force:
                     continue
@@ -270,9 +326,13 @@ def _check_collisions(p: PathPlan, model: Path | None, force: bool) -> None:
 
 
 def _read_name(role: str) -> str:
-    return {"model": "input", "data": "data file", "recipe": "recipe", "feature_names": "feature names file"}.get(
-        role, role
-    )
+    return {
+        "model": "input",
+        "data": "data file",
+        "recipe": "recipe",
+        "feature_names": "feature names file",
+        "plan": "plan file",
+    }.get(role, role)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,20 +28,11 @@ import warnings
 import zlib
 from pathlib import Path
 
-from prunecli.errors import OutputError, first_line
+from prunecli.errors import ExportError, OutputError, first_line, write_error
 from prunecli.results import StepResult
 
 SAMPLE_COUNT = 256  # inputs used to compare the exported model with the Keras model
 CALIBRATION_SAMPLES = 512  # training inputs that calibrate int8 ranges
-
-
-def export_paths(out: Path) -> dict[str, Path]:
-    """Where each format goes, beside the output model."""
-    return {
-        "tflite": out.with_name(f"{out.stem}.tflite"),
-        "tflite-int8": out.with_name(f"{out.stem}.int8.tflite"),
-        "savedmodel": out.with_name(f"{out.stem}_savedmodel"),
-    }
 
 
 def run(model, out_path: Path, data, config, progress, timings, baseline=None) -> StepResult:
@@ -52,12 +43,16 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None) -
     from prunecli.io.models import file_sizes
 
     formats = list(dict.fromkeys(config.export))
+    from prunecli.io.paths import EXPORT_MARKER, export_paths
+
     paths = export_paths(Path(out_path))
     results: dict[str, dict] = {}
+    notes: list[str] = []
     with timings.phase("export"), _staging_dir(paths["savedmodel"].parent) as stage:
         saved = stage / "savedmodel"
         progress("exporting SavedModel")
         write_savedmodel(model, saved)
+        (saved / EXPORT_MARKER).write_text("written by prunecli: a later --export savedmodel may replace this folder\n")
         samples, sample_source = sample_inputs(model, data, config.seed, SAMPLE_COUNT)
         expected = _keras_outputs(model, samples)
         input_names = [str(getattr(t, "name", "")) for t in model.inputs]
@@ -71,6 +66,13 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None) -
             with _writing(paths[fmt]), _atomic_file(paths[fmt]) as tmp:
                 tmp.write_bytes(content)
             entry = {"path": str(paths[fmt]), **file_sizes(paths[fmt]), **encoding}
+            if encoding["ops"] != BUILTIN_OPS:  # the interpreter here has no Flex delegate to run it
+                notes.append(
+                    f"{paths[fmt].name} uses select TensorFlow ops: it runs where the TFLite Flex delegate is "
+                    "linked; its outputs and latency were not checked here"
+                )
+                results[fmt] = entry
+                continue
             entry.update(compare_tflite(content, samples, expected, input_names), sample_source=sample_source)
             entry["latency_ms_batch_1"] = tflite_latency_ms(content, samples, input_names)
             if fmt == "tflite" and baseline is not None:
@@ -89,7 +91,19 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None) -
                 **check,
                 "sample_source": sample_source,
             }
-    return StepResult(sections={"export": {fmt: results[fmt] for fmt in formats}})
+    return StepResult(sections={"export": {fmt: results[fmt] for fmt in formats}}, notes=tuple(notes))
+
+
+def discard(section: dict) -> None:
+    """Remove the files an export step wrote (its report section's paths): the run failed after them,
+    and outputs are committed together or not at all."""
+    for entry in section.values():
+        path = Path(entry["path"])
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 # ---------------------------------------------------------------- writing
@@ -113,7 +127,7 @@ def _writing(target: Path):
     try:
         yield
     except OSError as exc:
-        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from exc
+        raise write_error(target, exc) from exc
 
 
 @contextlib.contextmanager
@@ -148,9 +162,9 @@ def write_savedmodel(model, path: Path) -> None:
         with _quiet():
             model.export(str(path), format="tf_saved_model", verbose=False)
     except OSError as exc:
-        raise OutputError(f"cannot write SavedModel: {exc.strerror or exc}") from exc
+        raise write_error(path, exc) from exc
     except Exception as exc:  # Keras/TF raise ValueError/TypeError for models that cannot be traced
-        raise OutputError(f"cannot export the model as a SavedModel: {first_line(exc)}") from exc
+        raise ExportError(f"cannot export the model as a SavedModel: {first_line(exc)}") from exc
 
 
 @contextlib.contextmanager
@@ -193,11 +207,11 @@ def convert_tflite(saved: Path, calibration=None, try_sparse: bool = True) -> tu
 
     With `try_sparse`, the sparse encoding is converted too and the smaller flatbuffer is returned.
     """
-    dense = to_tflite(saved, calibration, sparse=False)
-    encoding = {"encoding": "dense", "dense_encoding_bytes": len(dense), "sparse_encoding_bytes": None}
+    dense, ops = to_tflite(saved, calibration, sparse=False)
+    encoding = {"encoding": "dense", "dense_encoding_bytes": len(dense), "sparse_encoding_bytes": None, "ops": ops}
     if not try_sparse:
         return dense, encoding
-    sparse = to_tflite(saved, calibration, sparse=True)
+    sparse, _ops = to_tflite(saved, calibration, sparse=True)
     encoding["sparse_encoding_bytes"] = len(sparse)
     if len(sparse) < len(dense):
         encoding["encoding"] = "sparse"
@@ -205,11 +219,37 @@ def convert_tflite(saved: Path, calibration=None, try_sparse: bool = True) -> tu
     return dense, encoding
 
 
-def to_tflite(saved: Path, calibration, sparse: bool) -> bytes:
-    """One conversion; `sparse` adds the converter's EXPERIMENTAL_SPARSITY encoding of constant tensors."""
+def _unsupported_ops(message: str) -> list[str]:
+    """The TensorFlow ops a converter error names (tf.TensorListReserve, ...), each once."""
+    return list(dict.fromkeys(re.findall(r"\btf\.[A-Z][A-Za-z0-9_]+", message)))
+
+
+BUILTIN_OPS = "builtins"  # the report's `ops` of a TFLite file any interpreter runs
+SELECT_OPS = "builtins+select-tf"  # ... of one that needs the Flex delegate
+
+
+def to_tflite(saved: Path, calibration, sparse: bool) -> tuple[bytes, str]:
+    """One conversion; `sparse` adds the converter's EXPERIMENTAL_SPARSITY encoding of constant tensors.
+
+    A float model with ops TFLite's builtins lack (an LSTM's TensorList ops, ...) is converted again
+    with select TensorFlow ops, which a TFLite runtime runs through its Flex delegate (TensorFlow 2.21's
+    own interpreter does not link it: such a file is written, not checked); int8 has no such fallback. What still fails is an
+    ExportError (exit 7) naming the ops. Returns the flatbuffer and which ops it uses."""
+    try:
+        return _convert(saved, calibration, sparse, select_tf_ops=False), BUILTIN_OPS
+    except ExportError:
+        if calibration is not None:
+            raise
+        return _convert(saved, calibration, sparse, select_tf_ops=True), SELECT_OPS
+
+
+def _convert(saved: Path, calibration, sparse: bool, select_tf_ops: bool) -> bytes:
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+    if select_tf_ops:
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+        converter._experimental_lower_tensor_list_ops = False  # keep TensorList ops whole, for the Flex delegate
     optimizations = []
     if calibration is not None:
         # full-integer post-training quantisation: int8 weights, activations, inputs and outputs
@@ -226,7 +266,10 @@ def to_tflite(saved: Path, calibration, sparse: bool) -> bytes:
         with _quiet():
             return converter.convert()
     except Exception as exc:  # the converter raises ConverterError/ValueError with long MLIR dumps
-        raise OutputError(f"cannot convert the model to {kind}: {first_line(exc)}") from exc
+        ops = _unsupported_ops(str(exc))
+        what = f"unsupported op(s) {', '.join(ops[:6])}" if ops else first_line(exc)
+        tried = " (also with select TensorFlow ops)" if select_tf_ops else ""
+        raise ExportError(f"cannot convert the model to {kind}{tried}: {what}") from exc
 
 
 def calibration_batches(dataset):

@@ -86,16 +86,31 @@ def _how(target) -> str:
 
 def inspect_model(path: str, include=(), exclude=()) -> Inspection:
     """Load the model in safe mode and describe every layer and weight."""
-    import numpy as np
-
     from prunecli.io import models as model_io
     from prunecli.runtime import quiet_tensorflow
-    from prunecli.selection import targets
+    from prunecli.structure import targets
 
     quiet_tensorflow()
     model, info = model_io.load(path)
     every = {id(t.variable): t for t in targets.walk(model)}
     chosen = {id(t.variable) for t in targets.select(model, include, exclude)}
+    layers = _describe_layers(model, every, chosen)
+    meta = {
+        "path": str(info.path),
+        "name": model.name,
+        "format": info.format,
+        "flavour": info.flavour,
+        "keras_version": info.keras_version,
+        "bytes": info.size_bytes,
+    }
+    from prunecli.removal import heads
+
+    return Inspection(meta, layers, _totals(layers), heads.heads_per_layer(model))
+
+
+def _describe_layers(model, every: dict, chosen: set) -> list[LayerInfo]:
+    """Every layer, depth first through nested models (named by its path), with the weights it owns:
+    a sub-layer's weights are described under the sub-layer, a shared layer's only at its first place."""
     layers: list[LayerInfo] = []
     seen: set[int] = set()
 
@@ -107,40 +122,49 @@ def inspect_model(path: str, include=(), exclude=()) -> Inspection:
             if id(v) in nested or id(v) in seen:
                 continue  # described under the sub-layer that owns it, or already under a shared layer
             seen.add(id(v))
-            arr = np.asarray(v)
-            nz = int(np.count_nonzero(arr))
-            target = every.get(id(v))
-            w = WeightInfo(
-                v.name.rsplit("/", 1)[-1],
-                [int(d) for d in arr.shape],
-                int(arr.size),
-                nz,
-                1.0 - nz / arr.size if arr.size else 0.0,
-                target is not None and id(v) in chosen,
-                "",
-            )
-            if target is None:
-                w.how = _why_not(layer, v)
-            elif id(v) not in chosen:
-                w.how = "excluded (--include/--exclude)"
-            else:
-                w.how = _how(target)
-            if target is not None:
-                moved = np.moveaxis(arr, target.unit_axis, -1).reshape(-1, target.units)
-                w.units, w.unit_axis, w.shrinkable = target.units, target.unit_axis, target.shrinkable
-                w.zero_units = int(np.sum(~moved.any(axis=0)))
-            entry.weights.append(w)
+            entry.weights.append(_weight_info(layer, v, every.get(id(v)), id(v) in chosen))
         layers.append(entry)
         for child in _children(layer):
             visit(child, path_name)
 
     for layer in _children(model):
         visit(layer, "")
+    return layers
+
+
+def _weight_info(layer, v, target, chosen: bool) -> WeightInfo:
+    """One weight's counts, and whether and how it is pruned (`target`: its Target, None if it is not
+    one; `chosen`: --include/--exclude keep it); a target also gets its units and how many are all zero."""
+    import numpy as np
+
+    arr = np.asarray(v)
+    nz = int(np.count_nonzero(arr))
+    w = WeightInfo(
+        v.name.rsplit("/", 1)[-1],
+        [int(d) for d in arr.shape],
+        int(arr.size),
+        nz,
+        1.0 - nz / arr.size if arr.size else 0.0,
+        target is not None and chosen,
+        "",
+    )
+    if target is None:
+        w.how = _why_not(layer, v)
+        return w
+    w.how = _how(target) if chosen else "excluded (--include/--exclude)"
+    moved = np.moveaxis(arr, target.unit_axis, -1).reshape(-1, target.units)
+    w.units, w.unit_axis, w.shrinkable = target.units, target.unit_axis, target.shrinkable
+    w.zero_units = int(np.sum(~moved.any(axis=0)))
+    return w
+
+
+def _totals(layers: list[LayerInfo]) -> dict:
+    """Parameter and non-zero counts over every weight, and over the pruning targets."""
     all_w = [w for layer in layers for w in layer.weights]
     tgt = [w for w in all_w if w.target]
     params, nz = sum(w.params for w in all_w), sum(w.nonzeros for w in all_w)
     t_params, t_nz = sum(w.params for w in tgt), sum(w.nonzeros for w in tgt)
-    totals = {
+    return {
         "params": params,
         "nonzeros": nz,
         "sparsity": 1.0 - nz / params if params else 0.0,
@@ -149,17 +173,6 @@ def inspect_model(path: str, include=(), exclude=()) -> Inspection:
         "prunable_nonzeros": t_nz,
         "prunable_sparsity": 1.0 - t_nz / t_params if t_params else 0.0,
     }
-    meta = {
-        "path": str(info.path),
-        "name": model.name,
-        "format": info.format,
-        "flavour": info.flavour,
-        "keras_version": info.keras_version,
-        "bytes": info.size_bytes,
-    }
-    from prunecli.structure import heads
-
-    return Inspection(meta, layers, totals, heads.heads_per_layer(model))
 
 
 def render(result: Inspection, console) -> None:

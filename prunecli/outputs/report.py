@@ -241,11 +241,28 @@ def render_markdown(report: Report) -> str:
 
     Sections other steps add (report.extra) follow as collapsed JSON blocks.
     """
-    lines = []
+    lines = _md_header(report)
+    if report.metrics:
+        lines += _md_metrics(report.metrics)
+    lines += _md_layers(report)
+    lines += _md_files(report)
+    if report.timings_s:
+        lines += ["Time: " + ", ".join(f"{k} {v:.2f} s" for k, v in report.timings_s.items()) + ".", ""]
+    if report.notes:
+        lines += ["### Notes", ""] + [f"- {_md(n)}" for n in report.notes] + [""]
+    for key, value in report.extra.items():
+        body = _compact_json(value)
+        lines += [f"<details><summary>{key}</summary>", "", "```json", body, "```", "", "</details>", ""]
+    lines.append(f"<sub>prunecli {report.prunecli_version}, report schema {report.schema_version}</sub>")
+    return "\n".join(lines) + "\n"
+
+
+def _md_header(report: Report) -> list[str]:
+    """The title (input → output), the settings line and the sparsity summary."""
     src = Path(report.input["path"]).name
     title = f"## prunecli: `{src}`" + (f" → `{Path(report.output['path']).name}`" if report.output else "")
     t = report.totals
-    lines += [
+    return [
         title,
         "",
         _settings_line(report.settings) + ".",
@@ -255,19 +272,28 @@ def render_markdown(report: Report) -> str:
         f"({t['nonzeros']:,} of {t['params']:,}).",
         "",
     ]
-    if report.metrics:
-        before = report.metrics.get("before", {}).get("accuracy")
-        lines += ["### Metrics", "", "| stage | loss | accuracy | change in accuracy |", "|:---|---:|---:|---:|"]
-        for stage, values in report.metrics.items():
-            acc = values.get("accuracy")
-            change = "" if acc is None or before is None or stage == "before" else f"{acc - before:+.4f}"
-            loss = values.get("loss")
-            lines.append(
-                f"| {stage.replace('_', ' ')} | {'-' if loss is None else f'{loss:.4f}'} | "
-                f"{'-' if acc is None else f'{acc:.4f}'} | {change} |"
-            )
-        lines.append("")
-    lines += [
+
+
+def _md_metrics(metrics: dict) -> list[str]:
+    """One row per measured stage, with the change in accuracy from `before`."""
+    before = metrics.get("before", {}).get("accuracy")
+    lines = ["### Metrics", "", "| stage | loss | accuracy | change in accuracy |", "|:---|---:|---:|---:|"]
+    for stage, values in metrics.items():
+        acc = values.get("accuracy")
+        change = "" if acc is None or before is None or stage == "before" else f"{acc - before:+.4f}"
+        loss = values.get("loss")
+        lines.append(
+            f"| {stage.replace('_', ' ')} | {'-' if loss is None else f'{loss:.4f}'} | "
+            f"{'-' if acc is None else f'{acc:.4f}'} | {change} |"
+        )
+    lines.append("")
+    return lines
+
+
+def _md_layers(report: Report) -> list[str]:
+    """One row per pruned weight, then the prunable and whole-model totals."""
+    t = report.totals
+    lines = [
         "### Layers",
         "",
         "| layer weight | class | shape | params | non-zeros | sparsity | target |",
@@ -284,23 +310,21 @@ def render_markdown(report: Report) -> str:
         f"{t['prunable_sparsity']:.1%} | |"
     )
     lines += [f"| **whole model** | | | {t['params']:,} | {t['nonzeros']:,} | {t['sparsity']:.1%} | |", ""]
+    return lines
+
+
+def _md_files(report: Report) -> list[str]:
+    """The input and output files' sizes, when they were measured; nothing otherwise."""
     sized = [
         (name, part) for name, part in (("input", report.input), ("output", report.output)) if part and "bytes" in part
     ]
-    if sized:
-        lines += ["### Files", "", "| | path | size | gzip size |", "|:---|:---|---:|---:|"]
-        for name, part in sized:
-            lines.append(f"| {name} | `{_md(part['path'])}` | {_mib(part['bytes'])} | {_mib(part.get('gzip_bytes'))} |")
-        lines.append("")
-    if report.timings_s:
-        lines += ["Time: " + ", ".join(f"{k} {v:.2f} s" for k, v in report.timings_s.items()) + ".", ""]
-    if report.notes:
-        lines += ["### Notes", ""] + [f"- {_md(n)}" for n in report.notes] + [""]
-    for key, value in report.extra.items():
-        body = _compact_json(value)
-        lines += [f"<details><summary>{key}</summary>", "", "```json", body, "```", "", "</details>", ""]
-    lines.append(f"<sub>prunecli {report.prunecli_version}, report schema {report.schema_version}</sub>")
-    return "\n".join(lines) + "\n"
+    if not sized:
+        return []
+    lines = ["### Files", "", "| | path | size | gzip size |", "|:---|:---|---:|---:|"]
+    for name, part in sized:
+        lines.append(f"| {name} | `{_md(part['path'])}` | {_mib(part['bytes'])} | {_mib(part.get('gzip_bytes'))} |")
+    lines.append("")
+    return lines
 
 
 def write_markdown(report: Report, path: str | Path) -> None:

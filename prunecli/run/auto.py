@@ -30,12 +30,10 @@ from prunecli.config import LayerOverride, PruneConfig
 from prunecli.errors import ConfigError
 from prunecli.outputs.report import Timings
 from prunecli.run import pipeline, sweep
-from prunecli.selection.targets import matches
 
 GRID = (0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 PROBES = 7  # combined evaluations when searching the highest total sparsity within budget
 BIG = 1e9  # the cost of a point whose loss was not finite
-DEFAULT_BUDGET = 0.01
 
 
 @dataclass
@@ -145,9 +143,9 @@ def _fixed_layers(groups: dict, config: PruneConfig) -> dict[str, float]:
     """Layers a recipe override gives a sparsity: auto leaves them at it (the last match wins, as in the policy)."""
     fixed = {}
     for name, group in groups.items():
-        for rule in config.overrides:
-            if rule.sparsity is not None and matches(group[0], rule.pattern):
-                fixed[name] = rule.sparsity
+        sparsity = config.rule_for(group[0].layer_name).sparsity
+        if sparsity is not None:
+            fixed[name] = sparsity
     return fixed
 
 
@@ -171,52 +169,15 @@ def plan(config: PruneConfig, progress=None, grid=None, probes: int | None = Non
     sizes = {n: sum(t.size for t in g) for n, g in groups.items()}
     snapshot = sweep.Snapshot(state.model, targets, whole_model=False)
     points = sweep.layer_sensitivity(state, [t for g in free.values() for t in g], grid, base, snapshot, timings, say)
-    solo = {n: [] for n in free}
-    for p in points:
-        after = p.after_pruning or {}
-        loss_up = BIG if after.get("loss") is None else after["loss"] - before["loss"]
-        acc_drop = None if after.get("accuracy") is None else round(before["accuracy"] - after["accuracy"], 6)
-        solo[p.curve].append((p.sparsity, loss_up, acc_drop))
+    solo = _solo_costs(points, before, free)
     curves = {n: cost_curve([(sp, cost) for sp, cost, _ in pts]) for n, pts in solo.items()}
-    budget = DEFAULT_BUDGET if config.max_accuracy_drop is None else config.max_accuracy_drop
-    probed: list[dict] = []
-
-    def combined_drop(alloc: dict[str, float]) -> float:
-        metrics, _notes = sweep.prune_point(
-            state, base.replace(overrides=tuple(config.overrides) + overrides_for(alloc)), targets, timings
-        )
-        snapshot.restore()
-        accuracy = metrics["after_pruning"].get("accuracy")
-        drop = 1.0 if accuracy is None else before["accuracy"] - accuracy
-        probed.append(
-            {"total_sparsity": round(total_sparsity(alloc, sizes, fixed), 6), "accuracy_drop": round(drop, 6)}
-        )
-        say(f"all layers at total sparsity {probed[-1]['total_sparsity']:.4f}: accuracy drop {drop:.4f}")
-        return drop
-
+    budget = sweep.DEFAULT_BUDGET if config.max_accuracy_drop is None else config.max_accuracy_drop
+    probe = _CombinedProbe(state, base, config, targets, timings, snapshot, before, sizes, fixed, say)
     notes = [] if config.scope == "layer" else ["auto: per-layer sparsities are applied with scope layer"]
     if config.sparsity is not None:
-        alloc = allocation_for(curves, sizes, fixed, config.sparsity)
-        drop = combined_drop(alloc)
-        if drop > budget + 1e-9:
-            notes.append(
-                f"auto: at total sparsity {config.sparsity:g} the accuracy drops by {drop:.4f} right after "
-                f"pruning, more than the budget {budget:g}"
-            )
+        alloc, drop = _at_target(curves, sizes, fixed, config.sparsity, budget, probe, notes)
     else:
-        alloc = {n: 0.0 for n in free}
-        drop = combined_drop(alloc) if fixed else 0.0
-        lo, hi = total_sparsity(alloc, sizes, fixed), max_total(curves, sizes, fixed)
-        for _ in range(probes):
-            guess = (lo + hi) / 2
-            trial = allocation_for(curves, sizes, fixed, guess)
-            trial_drop = combined_drop(trial)
-            if trial_drop <= budget + 1e-9:
-                lo, alloc, drop = guess, trial, trial_drop
-            else:
-                hi = guess
-        if not any(alloc.values()):
-            notes.append(f"auto: no probed sparsity kept the accuracy drop within {budget:g}; nothing extra pruned")
+        alloc, drop = _largest_within_budget(curves, sizes, fixed, free, probes, budget, probe, notes)
     chosen = {**alloc, **fixed}
     return AutoPlan(
         budget=budget,
@@ -225,10 +186,79 @@ def plan(config: PruneConfig, progress=None, grid=None, probes: int | None = Non
         fixed=fixed,
         total_sparsity=total_sparsity(alloc, sizes, fixed),
         combined_drop=drop,
-        probes=probed,
+        probes=probe.probed,
         solo={n: [[sp, round(c, 6), d] for sp, c, d in pts] for n, pts in solo.items()},
         notes=notes,
     )
+
+
+def _solo_costs(points, before: dict, free: dict) -> dict[str, list[tuple]]:
+    """Per free layer, (sparsity, loss increase, accuracy drop) of pruning it alone at each grid point;
+    a loss that was not finite costs BIG."""
+    solo = {n: [] for n in free}
+    for p in points:
+        after = p.after_pruning or {}
+        loss_up = BIG if after.get("loss") is None else after["loss"] - before["loss"]
+        acc_drop = None if after.get("accuracy") is None else round(before["accuracy"] - after["accuracy"], 6)
+        solo[p.curve].append((p.sparsity, loss_up, acc_drop))
+    return solo
+
+
+class _CombinedProbe:
+    """Measures an allocation with all layers pruned together (then restores the weights), and keeps
+    every probe for the report."""
+
+    def __init__(self, state, base, config, targets, timings, snapshot, before, sizes, fixed, say):
+        self.state, self.base, self.config, self.targets = state, base, config, targets
+        self.timings, self.snapshot, self.before = timings, snapshot, before
+        self.sizes, self.fixed, self.say = sizes, fixed, say
+        self.probed: list[dict] = []
+
+    def drop(self, alloc: dict[str, float]) -> float:
+        """The accuracy drop right after pruning with `alloc` (1.0 when no accuracy was measured)."""
+        overrides = tuple(self.config.overrides) + overrides_for(alloc)
+        metrics, _notes = sweep.prune_point(
+            self.state, self.base.replace(overrides=overrides), self.targets, self.timings
+        )
+        self.snapshot.restore()
+        accuracy = metrics["after_pruning"].get("accuracy")
+        drop = 1.0 if accuracy is None else self.before["accuracy"] - accuracy
+        total = round(total_sparsity(alloc, self.sizes, self.fixed), 6)
+        self.probed.append({"total_sparsity": total, "accuracy_drop": round(drop, 6)})
+        self.say(f"all layers at total sparsity {total:.4f}: accuracy drop {drop:.4f}")
+        return drop
+
+
+def _at_target(curves, sizes, fixed, target: float, budget: float, probe: _CombinedProbe, notes: list):
+    """--sparsity given: its cheapest allocation and combined drop; a note when the drop is over budget."""
+    alloc = allocation_for(curves, sizes, fixed, target)
+    drop = probe.drop(alloc)
+    if drop > budget + 1e-9:
+        notes.append(
+            f"auto: at total sparsity {target:g} the accuracy drops by {drop:.4f} right after "
+            f"pruning, more than the budget {budget:g}"
+        )
+    return alloc, drop
+
+
+def _largest_within_budget(curves, sizes, fixed, free, probes: int, budget: float, probe: _CombinedProbe, notes: list):
+    """No --sparsity: bisect the total sparsity over [fixed layers only, the largest probed] with
+    `probes` combined measurements; the largest allocation within budget wins (none: free layers stay
+    dense, and a note says so). Returns (allocation, its combined drop)."""
+    alloc = {n: 0.0 for n in free}
+    drop = probe.drop(alloc) if fixed else 0.0
+    lo, hi = total_sparsity(alloc, sizes, fixed), max_total(curves, sizes, fixed)
+    for _ in range(probes):
+        guess = (lo + hi) / 2
+        trial = allocation_for(curves, sizes, fixed, guess)
+        trial_drop = probe.drop(trial)
+        if trial_drop <= budget + 1e-9:
+            lo, alloc, drop = guess, trial, trial_drop
+        else:
+            hi = guess
+    if not any(alloc.values()):
+        notes.append(f"auto: no probed sparsity kept the accuracy drop within {budget:g}; nothing extra pruned")
+    return alloc, drop
 
 
 def prune(config: PruneConfig, progress=None, grid=None, probes: int | None = None):

@@ -10,36 +10,36 @@ training/, outputs/); the state of the run changes only here, by folding those r
 
 from __future__ import annotations
 
+from prunecli import __version__, removal
 from prunecli.config import PruneConfig
-from prunecli.errors import GateFailed
+from prunecli.errors import ConfigError, GateFailed
+from prunecli.io import plan_file
 from prunecli.outputs.report import Report, Timings
 from prunecli.results import StepResult
 from prunecli.run import steps
 from prunecli.run.state import PruneResult
-from prunecli.runtime import quiet_tensorflow
+from prunecli.runtime import owned_tempdir, quiet_tensorflow
 from prunecli.structure import flops
 
 
+@owned_tempdir()  # the API's run too: Keras' and TensorFlow's temporary files in a folder it removes
 def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneResult:
     """Load, score, mask, [fine-tune], [shrink], evaluate, save and report, as the config says.
 
     Quality gates are checked by `check_gates(result.report, config)`, after the report is written.
+    It stays one long function on purpose: it is the whole flow of a run, read top to bottom, and each
+    line is one step whose result is folded into the run state.
     """
-    quiet_tensorflow()
-    if config.strategy != "default":
-        from prunecli.training import distribute
-
-        distribute.get_strategy(config.strategy)  # MultiWorker must exist before TensorFlow runs anything
+    out = _start(config)  # every path planned and the options checked, as the CLI does, before any work
     if config.engine == "tfmot":
         from prunecli.run import tfmot
 
         return tfmot.prune(config, progress)
-    from prunecli.io import models as model_io
 
     say = progress or steps.silent
     timings = Timings()
-    out = model_io.resolve_output(config.model_path, config.output, config.force)  # a bad -o fails before any work
     state, input_sizes = steps.load(config, say, timings)
+    source_print = plan_file.fingerprint(state.model) if config.save_plan else None  # before any weight changes
     flops_before = flops.count(state.model)  # theoretical multiply-adds per example, for the report
     state = state.after(steps.pick_targets(state.model, config))
     state = state.after(steps.evaluate(state, "before", say, timings))
@@ -50,7 +50,7 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
         teacher = distill.teacher_copy(state.model)
 
     kind = config.granularity.kind
-    removes_at_once = kind in steps.STRUCTURAL  # input features, layers, heads: scored, chosen, removed
+    removes_at_once = kind in removal.STRUCTURAL  # input features, layers, heads: scored, chosen, removed
     if removes_at_once:
         state = state.after(steps.remove_structure(state, say, timings))
     elif config.schedule == "oneshot":
@@ -63,28 +63,89 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
         state = state.after(steps.finetune(state, say, timings, teacher))  # gradual schedules prune as they train
         state = state.after(steps.evaluate(state, "after_finetune", say, timings))
     masked_model = state.model  # before --shrink: the export step times it in TFLite beside the shrunk one
+    masked = state  # the targets and masks the plan file records (--shrink replaces them)
     if config.shrink and not removes_at_once:
-        from prunecli.structure import surgery
+        from prunecli.removal import channels as shrink_step
 
         state = state.after(
-            surgery.shrink(state.model, state.targets, state.masks, state.data, state.source, config, say, timings)
+            shrink_step.shrink(
+                state.model, state.targets, state.masks, state.data, state.source, config.seed, say, timings
+            )
         )  # a smaller model that computes the same function (verified)
 
-    from prunecli.training import distribute
+    plan_bytes = _plan_bytes(masked, state, config, source_print)  # --save-plan: the masks before --shrink
+    if plan_bytes is not None:
+        state = state.after(StepResult(sections={"plan": plan_file.plan_section(config.save_plan, plan_bytes)}))
+    if config.quantize:  # Keras' own int8/int4/float8 layers, every pruned zero checked (outputs/quantize.py)
+        from prunecli.outputs import quantize
 
-    output_sizes = None
-    if distribute.is_chief():
-        output_sizes = steps.save(state, out, say, timings)
-    else:  # a multi-worker run: only the chief writes the model, the report and the exports
-        out = None
-    if config.export and out is not None:
-        from prunecli.outputs import export
-
-        baseline = masked_model if state.model is not masked_model else None
-        state = state.after(export.run(state.model, out, state.data, config, say, timings, baseline))
+        final = state.metrics.get("after_finetune") or state.metrics.get("after_pruning")
+        state = state.after(
+            quantize.run(state.model, state.targets, state.masks, state.data, state.task, config, final, say, timings)
+        )
+    with plan_file.committed_with(config.save_plan, plan_bytes):  # renamed only when the model is saved
+        state, out, output_sizes = write_outputs(state, config, out, masked_model, say, timings)
+    state = state.after(StepResult(sections={"reproducibility": plan_file.reproducibility(config)}))
     state = state.after(StepResult(sections={"flops": flops.section(flops_before, flops.count(state.model))}))
     report = steps.build_report(state, out, timings, input_sizes, output_sizes)
     return PruneResult(report=report, model=state.model, masks=state.masks, output_path=out)
+
+
+def _start(config: PruneConfig):
+    """Checks and plans that come before any work; returns the output model's path. The method is
+    checked again for a config built without prunecli.build_config; a multi-worker strategy must exist
+    before TensorFlow runs anything."""
+    from prunecli.run.preflight import plan_prune
+    from prunecli.scoring.checks import check_method
+
+    check_method(config.method, bool(config.data))
+    out, _plan = plan_prune(config)
+    if config.engine == "tfmot" and config.save_plan:
+        raise ConfigError("--save-plan needs the native engine (the tfmot engine keeps no masks)")
+    quiet_tensorflow()
+    if config.strategy != "default":
+        from prunecli.training import distribute
+
+        distribute.get_strategy(config.strategy)
+    return out
+
+
+def _plan_bytes(masked, state, config: PruneConfig, source_print) -> bytes | None:
+    """The --save-plan file's bytes: the masks and targets as masking left them (`masked`, before
+    --shrink), the run's structural sections, and the input's fingerprint; None without --save-plan,
+    or on a worker that is not the chief (only the chief writes)."""
+    from prunecli.training import distribute
+
+    if source_print is None or not distribute.is_chief():
+        return None
+    settings = plan_file.settings_of(config)
+    return plan_file.build(
+        masked.targets, masked.masks, settings, source_print, version=__version__, sections=state.sections
+    )
+
+
+def write_outputs(state, config: PruneConfig, out, masked_model, say, timings):
+    """Export (--export) and save the model; returns (state, output path, output sizes).
+
+    Exports go first, so a model that cannot be exported leaves no pruned model behind, and a failed
+    save discards the exports. In a multi-worker run only the chief writes: the others get (state,
+    None, None), which the report reads as "nothing written"."""
+    from prunecli.training import distribute
+
+    if not distribute.is_chief():
+        return state, None, None
+    if not config.export:
+        return state, out, steps.save(state, out, say, timings)
+    from prunecli.outputs import export
+
+    baseline = masked_model if state.model is not masked_model else None  # timed in TFLite beside the shrunk one
+    exported = export.run(state.model, out, state.data, config, say, timings, baseline)
+    state = state.after(exported)
+    try:
+        return state, out, steps.save(state, out, say, timings)
+    except BaseException:
+        export.discard(exported.sections["export"])
+        raise
 
 
 def check_gates(report: Report, config: PruneConfig) -> None:

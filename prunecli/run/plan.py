@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from prunecli import removal
 from prunecli.errors import ConfigError
 from prunecli.outputs.report import Timings
+from prunecli.removal import heads
 from prunecli.results import StepResult
 from prunecli.run import steps
 from prunecli.runtime import quiet_tensorflow
-from prunecli.structure import heads
 
 
 def _layer_rows(model) -> dict[str, dict[str, Any]]:
@@ -71,7 +72,7 @@ def _groups(model) -> list[list[str]] | None:
     except ImportError:
         return None
     try:
-        g = graph.build(model)
+        g = graph.graph_of(model)
     except graph.GraphUnsupported:
         return None
     found = {tuple(g.group_members(root)) for root in g.producers}
@@ -90,7 +91,7 @@ def make_plan(config, progress=None) -> dict[str, Any]:
     groups = _groups(state.model) if config.granularity.kind == "neuron" else None
     state = state.after(steps.pick_targets(state.model, config))
     kind = config.granularity.kind
-    if kind in steps.STRUCTURAL:
+    if kind in removal.STRUCTURAL:
         heads_before = heads.heads_per_layer(state.model) if kind == "head" else None
         state = state.after(steps.remove_structure(state, say, timings))
         if kind == "head":
@@ -107,10 +108,12 @@ def make_plan(config, progress=None) -> dict[str, Any]:
             )
         state = state.after(steps.mask(state, say, timings))
         if config.shrink:
-            from prunecli.structure import surgery
+            from prunecli.removal import channels as shrink_step
 
             state = state.after(
-                surgery.shrink(state.model, state.targets, state.masks, state.data, state.source, config, say, timings)
+                shrink_step.shrink(
+                    state.model, state.targets, state.masks, state.data, state.source, config.seed, say, timings
+                )
             )
     after_rows = _layer_rows(state.model)
     layers = []

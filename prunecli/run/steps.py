@@ -14,7 +14,7 @@ from pathlib import Path
 
 from prunecli import __version__, scoring
 from prunecli.config import Granularity, PruneConfig
-from prunecli.errors import InputError
+from prunecli.errors import DataError, InputError
 from prunecli.outputs.report import Report, Timings, layer_stats, totals
 from prunecli.results import StepResult
 from prunecli.run.state import RunState
@@ -43,19 +43,43 @@ def load(config: PruneConfig, progress: Progress, timings: Timings) -> tuple[Run
         data = task = None
         if config.data:
             data = data_mod.load(config.data, model, config.batch_size, config.val_split, config.seed)
-            task = infer_task(model, data.y_example)
+            check_labels(config, data)
+            task = infer_task(model, data.y_example) if data.labelled else None
     state = RunState(
         config=config, model=model, source=source, data=data, task=task, compiled_optimizer=compiled_optimizer
     )
     return state, input_sizes
 
 
+def needs_labels(config: PruneConfig) -> str | None:
+    """What in this run needs labelled --data (a loss or an accuracy), or None."""
+    if config.epochs > 0 or config.schedule != "oneshot":
+        return "fine-tuning"
+    if config.method in ("gradient", "taylor"):
+        return f"--method {config.method}"
+    if config.max_accuracy_drop is not None or config.auto:
+        return "--max-accuracy-drop" if not config.auto else "--auto"
+    if config.distill is not None:
+        return "--distill"
+    if config.granularity.kind == "input" and (config.feature_score or "") in ("gradient", "taylor", "permutation"):
+        return f"--feature-score {config.feature_score}"
+    return None
+
+
+def check_labels(config: PruneConfig, data) -> None:
+    """Inputs without labels serve the methods that read inputs only (wanda, sparsegpt, --reconstruct,
+    activation, apoz, layer scores); anything that needs a loss or an accuracy is refused, by name."""
+    wanted = None if data.labelled else needs_labels(config)
+    if wanted:
+        raise DataError(f"{config.data} has inputs but no labels (y): {wanted} needs them")
+
+
 def pick_targets(model, config: PruneConfig) -> StepResult:
     """The prunable weights the options select; for neuron pruning, not the model's output units."""
-    from prunecli.selection import policy, targets
+    from prunecli.structure import targets
 
     found = targets.select(model, config.include, config.exclude)
-    found = [t for t in found if not policy.skipped_by_override(t, config)]
+    found = [t for t in found if not config.rule_for(t.layer_name).skip]
     notes = []
     if config.granularity.kind == "neuron":
         # A unit whose channel reaches a model output through layers that do not mix channels is a
@@ -75,6 +99,9 @@ def evaluate(state: RunState, stage: str, progress: Progress, timings: Timings) 
     """Loss and accuracy on the evaluation data at `stage` ("before", "after_pruning", ...); nothing without --data."""
     if state.data is None:
         return StepResult()
+    if state.task is None:  # inputs without labels: nothing to measure against
+        note = f"{state.config.data} has no labels (y): loss and accuracy were not measured"
+        return StepResult(notes=(note,) if stage == "before" else ())
     from prunecli.training.metrics import evaluate as measure
 
     progress(f"evaluating ({stage.replace('_', ' ')})")
@@ -84,7 +111,7 @@ def evaluate(state: RunState, stage: str, progress: Progress, timings: Timings) 
 
 def score_and_mask(model, targets, data, task, config: PruneConfig, progress: Progress, timings: Timings):
     """Score the targets with the configured method and apply the policy's masks; returns the MaskSet."""
-    from prunecli.selection import chunked, kernels, policy
+    from prunecli.selection import chunked
 
     strategy = scoring.get(config.method)
     notes = []
@@ -92,51 +119,13 @@ def score_and_mask(model, targets, data, task, config: PruneConfig, progress: Pr
         config = config.replace(granularity=Granularity("neuron"))
         notes.append(f"method {config.method} scores whole units; pruned with granularity neuron")
     progress(f"scoring with {config.method}")
-    extras = {}
-    if config.strategy != "default":  # data-driven statistics summed over every replica and worker
-        from prunecli.training import distribute
-
-        extras["strategy"] = distribute.get_strategy(config.strategy)
     targets = list(targets)
-    ctx = scoring.ScoringContext(
-        model=model,
-        targets=targets,
-        data=None if data is None else data.train,
-        loss_fn=None if task is None else task.loss,
-        seed=config.seed,
-        max_batches=config.score_batches,
-        progress=scoring.registry.silent_progress if config.quiet or progress is silent else None,
-        extras=extras,
-    )
+    ctx = _scoring_context(model, targets, data, task, config, progress)
     per_chunk = chunked.layer_independent(config, model)  # each layer's mask depends on its scores only
     if per_chunk and config.method in chunked.PER_LAYER_METHODS:
-        # each chunk of layers is scored, selected and applied, and its scores dropped, before the next;
-        # the time spent scoring is reported as "score", the rest as "mask", as on the other path
-        def score_chunk(chunk):
-            with timings.phase("score"):
-                return strategy.fn(chunk, ctx)
-
-        scored_before, start = timings.get("score", 0.0), time.perf_counter()
-        masks = chunked.mask_in_chunks(targets, score_chunk, strategy.level, config, kernels.apply_masks)
-        spent = time.perf_counter() - start - (timings.get("score", 0.0) - scored_before)
-        timings["mask"] = timings.get("mask", 0.0) + spent
+        masks = _score_and_mask_by_chunk(targets, strategy, ctx, config, timings)
     else:
-        with timings.phase("score"):
-            scores = strategy.fn(targets, ctx)
-        progress("building and applying masks")
-        with timings.phase("mask"):
-            if per_chunk:  # the statistics are held once; each chunk's scores are freed once applied
-                masks = chunked.mask_in_chunks(
-                    targets,
-                    lambda ts: {t.name: scores[t.name] for t in ts},
-                    strategy.level,
-                    config,
-                    kernels.apply_masks,
-                    done=lambda ts: [scores.pop(t.name) for t in ts],
-                )
-            else:
-                masks = policy.build_masks(targets, scores, strategy.level, config, model=model)
-                kernels.apply_masks([t.variable for t in targets], [masks.masks[t.name] for t in targets])
+        masks = _score_then_mask(model, targets, strategy, ctx, config, per_chunk, progress, timings)
     with timings.phase("mask"):
         if config.granularity.kind == "neuron":  # a pruned unit goes whole: bias, BN, PReLU, depthwise
             from prunecli.structure import channels, surgery
@@ -148,26 +137,74 @@ def score_and_mask(model, targets, data, task, config: PruneConfig, progress: Pr
     return masks
 
 
-STRUCTURAL = ("input", "layer", "head")  # granularities whose step scores, selects and removes at once
+def _scoring_context(model, targets: list, data, task, config: PruneConfig, progress: Progress):
+    """What a scoring method reads: the model, its targets, the training data and loss, the batch
+    budget; under a --strategy the distribution strategy, so data-driven statistics are summed over
+    every replica and worker."""
+    extras = {}
+    if config.strategy != "default":
+        from prunecli.training import distribute
+
+        extras["strategy"] = distribute.get_strategy(config.strategy)
+    return scoring.ScoringContext(
+        model=model,
+        targets=targets,
+        data=None if data is None else data.train,
+        loss_fn=None if task is None else task.loss,
+        seed=config.seed,
+        max_batches=config.score_batches,
+        progress=scoring.registry.silent_progress if config.quiet or progress is silent else None,
+        extras=extras,
+    )
+
+
+def _score_and_mask_by_chunk(targets: list, strategy, ctx, config: PruneConfig, timings: Timings):
+    """A per-layer method on layer-independent masks: each chunk of layers is scored, selected and
+    applied, and its scores dropped, before the next, so only one chunk's scores are held at a time.
+    The time spent scoring is reported as "score", the rest as "mask", as on the other path."""
+    from prunecli.selection import chunked, kernels
+
+    def score_chunk(chunk):
+        with timings.phase("score"):
+            return strategy.fn(chunk, ctx)
+
+    scored_before, start = timings.get("score", 0.0), time.perf_counter()
+    masks = chunked.mask_in_chunks(targets, score_chunk, strategy.level, config, kernels.apply_masks)
+    spent = time.perf_counter() - start - (timings.get("score", 0.0) - scored_before)
+    timings["mask"] = timings.get("mask", 0.0) + spent
+    return masks
+
+
+def _score_then_mask(model, targets: list, strategy, ctx, config: PruneConfig, per_chunk: bool, progress, timings):
+    """Score every target at once, then build and apply the masks: chunk by chunk when the masks are
+    layer-independent (each chunk's scores freed once applied), else through the policy in one go."""
+    from prunecli.selection import chunked, kernels, policy
+
+    with timings.phase("score"):
+        scores = strategy.fn(targets, ctx)
+    progress("building and applying masks")
+    with timings.phase("mask"):
+        if per_chunk:
+            return chunked.mask_in_chunks(
+                targets,
+                lambda ts: {t.name: scores[t.name] for t in ts},
+                strategy.level,
+                config,
+                kernels.apply_masks,
+                done=lambda ts: [scores.pop(t.name) for t in ts],
+            )
+        masks = policy.build_masks(targets, scores, strategy.level, config, model=model)
+        kernels.apply_masks([t.variable for t in targets], [masks.masks[t.name] for t in targets])
+        return masks
 
 
 def remove_structure(state: RunState, progress: Progress, timings: Timings) -> StepResult:
     """-g input, -g layer and -g head: input features, whole layers or attention heads scored, chosen
     and removed (zeroed, or cut out with --shrink) by their own step."""
-    kind, args = state.config.granularity.kind, (state.model, state.data, state.task, state.config, progress, timings)
-    if kind == "input":
-        from prunecli.structure import features
+    from prunecli import removal
 
-        return features.run(*args)
-    if kind == "layer":
-        from prunecli.structure import layer_removal
-
-        return layer_removal.run(*args)
-    if kind == "head":
-        from prunecli.structure import heads
-
-        return heads.run(*args)
-    raise ValueError(f"granularity {kind} is not removed by a structural step")
+    step = removal.step_for(state.config.granularity.kind)
+    return step(state.model, state.targets, state.data, state.task, state.config, progress, timings)
 
 
 def mask(state: RunState, progress: Progress, timings: Timings) -> StepResult:
@@ -280,6 +317,10 @@ def build_report(
         elif out:
             outp["bytes"] = out.stat().st_size
             inp["bytes"] = state.source.size_bytes
+        if out:  # which file this report describes: `prunecli verify` checks it
+            from prunecli.io.plan_file import file_sha256
+
+            outp["sha256"] = file_sha256(out)
     spent = dict(timings)
     # the rest of the run's wall time: targets, FLOPs, per-layer statistics, the report itself
     spent["other"] = max(0.0, timings.wall() - sum(spent.values()))
@@ -292,7 +333,17 @@ def build_report(
         layers=stats,
         metrics=dict(state.metrics),
         timings_s={k: round(v, 4) for k, v in spent.items()},
-        notes=list(state.notes),
+        notes=list(state.notes) + _flavour_note(state, out),
         extra=dict(state.sections),
         prunecli_version=__version__,
     )
+
+
+def _flavour_note(state: RunState, out: Path | None) -> list[str]:
+    """A Keras-2 `.h5` written back as a Keras-2 `.h5` keeps its flavour (tf_keras reads it, as it read
+    the input); Keras 3 may not read such a file (an LSTM's `time_major`, a Reshape-first Sequential)."""
+    if out is None or out.suffix not in (".h5", ".hdf5") or state.source.flavour != "keras2" or state.structure_changed:
+        return []
+    return [
+        f"{out.name} keeps the input's Keras-2 format (load it with tf_keras or prunecli; -o NAME.keras for Keras 3)"
+    ]

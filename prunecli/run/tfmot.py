@@ -14,14 +14,15 @@ before that import, so the engine resolves it first and puts the variable back a
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from prunecli.config import PruneConfig
+from prunecli.config import PruneConfig, name_matches
 from prunecli.errors import ConfigError, InputError, ModelLoadError, OutputError, first_line
 from prunecli.outputs.report import Timings
 from prunecli.run import steps
 from prunecli.run.state import PruneResult, RunState
-from prunecli.selection.targets import name_matches
 
 
 def _import_tfmot():
@@ -51,25 +52,22 @@ def _load(config: PruneConfig, tf_keras):
         model_io.check_safe(info)
     model_io.check_memory(info)
     try:
-        with model_io._quiet_keras():
+        with model_io.quiet_keras():
             model = tf_keras.models.load_model(info.path, compile=True)
     except Exception as exc:  # tf_keras raises ValueError/TypeError/OSError for files it cannot read
         raise ModelLoadError(f"tf_keras cannot load {info.path}: {first_line(exc)}") from exc
     if not isinstance(model, tf_keras.Model):
         raise ModelLoadError(f"{info.path} did not load as a tf_keras model")
-    model_io._check_finite(model, info.path)
+    model_io.check_finite(model, "load", info.path)
     return model, info
 
 
 def _layer_sparsity(name: str, config: PruneConfig) -> float | None:
     """The sparsity for a top-level layer: the run's, a matching override's, or None when skipped."""
-    chosen = config.effective_sparsity
-    for rule in config.overrides:
-        if name_matches(name, [rule.pattern]):
-            if rule.skip:
-                return None
-            if rule.sparsity is not None:
-                chosen = rule.sparsity
+    rule = config.rule_for(name)
+    if rule.skip:
+        return None
+    chosen = config.effective_sparsity if rule.sparsity is None else rule.sparsity
     if config.include and not name_matches(name, config.include):
         return None
     if config.exclude and name_matches(name, config.exclude):
@@ -81,9 +79,9 @@ def _plan_layers(model, config: PruneConfig, tfmot, notes: list) -> dict[str, fl
     """{layer name: sparsity} for every layer tfmot will wrap; errors for layers it cannot prune."""
     from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
 
-    from prunecli.selection import targets
+    from prunecli.structure import keras_graph, targets
 
-    if not getattr(model, "_is_graph_network", False) and type(model).__name__ != "Sequential":
+    if not keras_graph.is_graph_network(model) and type(model).__name__ != "Sequential":
         raise ModelLoadError("tfmot prunes Sequential and functional models only; use --engine native")
     plan = {}
     for target in targets.walk(model):
@@ -181,7 +179,7 @@ def _pruned(wrapped, plan: dict[str, float], tfmot):
     import numpy as np
 
     from prunecli.selection.policy import MaskSet
-    from prunecli.selection.targets import Target
+    from prunecli.structure.targets import Target
 
     found, masks = [], MaskSet()
     for wrapper in _wrappers(wrapped, tfmot):
@@ -197,11 +195,15 @@ def _pruned(wrapped, plan: dict[str, float], tfmot):
     return found, masks
 
 
-def _save(model, out: Path) -> None:
+def _save(model, out: Path, training_setup, tf_keras) -> None:
+    """Write the stripped model as a Keras-2 .h5, atomically; the file keeps the input's loss and
+    optimizer (`training_setup`) when the input was compiled."""
     from prunecli.io import models as model_io
 
+    if training_setup is not None:
+        model.compile(optimizer=tf_keras.optimizers.deserialize(training_setup[1]), loss=training_setup[0])
     try:
-        with model_io.atomic_path(out) as tmp, model_io._quiet_keras():
+        with model_io.atomic_path(out) as tmp, model_io.quiet_keras():
             model.save(tmp, save_format="h5")
     except OSError as exc:
         raise OutputError(f"cannot write {out}: {first_line(exc)}") from exc
@@ -209,28 +211,19 @@ def _save(model, out: Path) -> None:
 
 def prune(config: PruneConfig, progress=None) -> PruneResult:
     """The tfmot run: same config, same report schema as the native engine."""
-    from prunecli.io import data as data_mod
     from prunecli.io import models as model_io
-    from prunecli.training.metrics import infer_task
 
     say = progress or steps.silent
     timings = Timings()
     notes: list[str] = []
     metrics: dict = {}
     sections: dict = {}
-    data = task = None
     out = model_io.resolve_output(config.model_path, config.output, config.force)
     if out.suffix not in (".h5", ".hdf5"):
         raise OutputError(f"--engine tfmot writes Keras-2 .h5 files; give an .h5 output instead of {out}")
     tfmot, tf_keras = _import_tfmot()
-    say(f"loading {config.model_path} with tf_keras")
-    with timings.phase("load"):
-        model, source = _load(config, tf_keras)
-        compiled = getattr(model, "loss", None) is not None and getattr(model, "optimizer", None) is not None
-        training_setup = (model.loss, tf_keras.optimizers.serialize(model.optimizer)) if compiled else None
-        if config.data:
-            data = data_mod.load(config.data, model, config.batch_size, config.val_split, config.seed)
-            task = infer_task(model, data.y_example)
+    loaded = _load_all(config, tf_keras, say, timings)
+    model, data, task = loaded.model, loaded.data, loaded.task
     plan = _plan_layers(model, config, tfmot, notes)
     if data is not None:
         say("evaluating (before)")
@@ -246,19 +239,7 @@ def prune(config: PruneConfig, progress=None) -> PruneResult:
         with timings.phase("evaluate"):
             metrics["after_pruning"] = _evaluate(wrapped, data.eval, task)
     if config.epochs > 0:
-        say(f"fine-tuning with tfmot: {config.epochs} epoch(s), schedule {config.schedule}")
-        wrapped.compile(
-            optimizer=_optimizer(config, tf_keras), loss=task.loss, metrics=[task.accuracy] if task.accuracy else []
-        )
-        with timings.phase("finetune"):
-            history = wrapped.fit(
-                data.train, epochs=config.epochs, verbose=0, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()]
-            )
-        sections["finetune"] = {
-            "schedule": config.schedule,
-            "epochs_run": len(history.history.get("loss", [])),
-            "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
-        }
+        sections["finetune"] = _finetune(wrapped, config, loaded, tfmot, tf_keras, say, timings)
     stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
     if config.epochs > 0:
         with timings.phase("evaluate"):
@@ -267,9 +248,7 @@ def prune(config: PruneConfig, progress=None) -> PruneResult:
     model_io.check_finite(stripped, "fine-tuning")  # a NaN model is an error, never a saved file
     say(f"saving {out}")
     with timings.phase("save"):
-        if training_setup is not None:  # the written file keeps the input's loss and optimizer
-            stripped.compile(optimizer=tf_keras.optimizers.deserialize(training_setup[1]), loss=training_setup[0])
-        _save(stripped, out)
+        _save(stripped, out, loaded.training_setup, tf_keras)
     sections["engine"] = {
         "name": "tfmot",
         "tfmot_version": tfmot.__version__,
@@ -278,7 +257,7 @@ def prune(config: PruneConfig, progress=None) -> PruneResult:
     state = RunState(
         config=config,
         model=stripped,
-        source=source,
+        source=loaded.source,
         data=data,
         task=task,
         targets=tuple(targets),
@@ -289,3 +268,50 @@ def prune(config: PruneConfig, progress=None) -> PruneResult:
     )
     report = steps.build_report(state, out, timings)
     return PruneResult(report=report, model=stripped, masks=masks, output_path=out)
+
+
+@dataclass
+class _Loaded:
+    """The input model as tf_keras loaded it, its file, its training setup (loss, serialised optimizer)
+    when it was compiled, and the data with the task inferred from it (None without --data)."""
+
+    model: Any
+    source: Any
+    training_setup: tuple | None
+    data: Any = None
+    task: Any = None
+
+
+def _load_all(config: PruneConfig, tf_keras, say, timings) -> _Loaded:
+    """The load phase: the model with tf_keras, the training setup the saved file keeps, and the data."""
+    from prunecli.io import data as data_mod
+    from prunecli.training.metrics import infer_task
+
+    say(f"loading {config.model_path} with tf_keras")
+    with timings.phase("load"):
+        model, source = _load(config, tf_keras)
+        compiled = getattr(model, "loss", None) is not None and getattr(model, "optimizer", None) is not None
+        training_setup = (model.loss, tf_keras.optimizers.serialize(model.optimizer)) if compiled else None
+        loaded = _Loaded(model, source, training_setup)
+        if config.data:
+            loaded.data = data_mod.load(config.data, model, config.batch_size, config.val_split, config.seed)
+            loaded.task = infer_task(model, loaded.data.y_example)
+    return loaded
+
+
+def _finetune(wrapped, config: PruneConfig, loaded: _Loaded, tfmot, tf_keras, say, timings) -> dict:
+    """Fine-tune the wrapped model with Keras fit and tfmot's UpdatePruningStep; the `finetune` section."""
+    task = loaded.task
+    say(f"fine-tuning with tfmot: {config.epochs} epoch(s), schedule {config.schedule}")
+    wrapped.compile(
+        optimizer=_optimizer(config, tf_keras), loss=task.loss, metrics=[task.accuracy] if task.accuracy else []
+    )
+    with timings.phase("finetune"):
+        history = wrapped.fit(
+            loaded.data.train, epochs=config.epochs, verbose=0, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()]
+        )
+    return {
+        "schedule": config.schedule,
+        "epochs_run": len(history.history.get("loss", [])),
+        "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+    }

@@ -74,7 +74,7 @@ def _load_all() -> None:
     from . import __path__ as pkg_path
 
     for mod in sorted(pkgutil.iter_modules(pkg_path), key=lambda m: m.name):
-        if mod.name != "registry" and not mod.name.startswith("_"):
+        if mod.name not in ("registry", "checks") and not mod.name.startswith("_"):
             importlib.import_module(f"{__package__}.{mod.name}")
 
 

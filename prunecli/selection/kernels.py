@@ -16,7 +16,7 @@ score. Per-segment values (threshold, tie cut) then reach an element through its
 rather than a per-element gather, and the row and segment counts are rounded up to a few sizes, so
 one compiled kernel serves many models. The passes are separate small kernels, which XLA compiles
 several times faster than one large one; the arithmetic on the histograms between them is NumPy.
-Compiled kernels are also kept on disk between runs (see `enable_compile_cache`).
+Compiled kernels are also kept on disk between runs (see `prunecli.runtime.enable_compile_cache`).
 
 Ties at the threshold are broken by position, so exactly k elements are selected in every segment:
 only when a segment has more tied elements than it may take, one more pass counts them per row and
@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import numpy as np
+
+from prunecli.runtime import enable_compile_cache
 
 _BINS = 65536  # histogram bins per pass (16 bits of the key)
 _ROW = 1024  # elements per row of the padded layout
@@ -42,30 +43,6 @@ def _tf():
     import tensorflow as tf
 
     return tf
-
-
-@functools.cache
-def enable_compile_cache() -> str | None:
-    """Keep XLA executables on disk (TensorFlow's persistent compilation cache), so a later run on a
-    model of the same size skips the compile, which costs more than the selection itself.
-
-    TensorFlow reads TF_XLA_FLAGS once, at its first XLA compilation, so this only takes effect if it
-    runs before that; a TF_XLA_FLAGS that already names a cache directory is left alone (an empty
-    `--tf_xla_persistent_cache_directory=` turns the cache off). The directory is per TF version.
-    """
-    flags = os.environ.get("TF_XLA_FLAGS", "")
-    if "tf_xla_persistent_cache_directory" in flags:
-        return None
-    import tensorflow as tf
-
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    directory = os.path.join(base, "prunecli", f"xla-tf{tf.__version__}")
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError:
-        return None  # a read-only home: compile every time
-    os.environ["TF_XLA_FLAGS"] = f"{flags} --tf_xla_persistent_cache_directory={directory}".strip()
-    return directory
 
 
 def _round_up(n: int, minimum: int) -> int:

@@ -50,8 +50,8 @@ from prunecli.errors import ConfigError
 from prunecli.selection import kernels as masking
 from prunecli.selection import tied
 from prunecli.selection.lamp import lamp_counts, lamp_scores
-from prunecli.selection.targets import Target, matches
 from prunecli.selection.tied import Member, ScoreSet
+from prunecli.structure.targets import Target
 
 
 @dataclass
@@ -71,19 +71,6 @@ class MaskSet:
 
     def __len__(self) -> int:
         return len(self.masks)
-
-
-def override_sparsity(target: Target, config: PruneConfig) -> float | None:
-    """The sparsity the last matching override gives this target, or None."""
-    chosen = None
-    for rule in config.overrides:
-        if rule.sparsity is not None and matches(target, rule.pattern):
-            chosen = rule.sparsity
-    return chosen
-
-
-def skipped_by_override(target: Target, config: PruneConfig) -> bool:
-    return any(rule.skip and matches(target, rule.pattern) for rule in config.overrides)
 
 
 def _check_scores(targets: list[Target], scores: dict, level: str) -> None:
@@ -152,10 +139,53 @@ def _group_count(target: Target, gran: Granularity) -> int:
     return int(target.size)
 
 
-def _floor(n: int, config: PruneConfig) -> int:
-    if config.allow_empty:
-        return 0
-    return min(n, max(1, math.ceil(config.min_keep * n)))
+def floor(n: int, config: PruneConfig, at_least: int = 0) -> int:
+    """Groups of n a layer always keeps: max(1, ceil(min_keep * n)), none with allow_empty, and never
+    fewer than `at_least` (a step whose unit cannot all go, such as the last head of a layer)."""
+    kept = 0 if config.allow_empty else max(1, math.ceil(config.min_keep * n))
+    return min(n, max(kept, at_least))
+
+
+def removal_count(n: int, sparsity: float, keep: int) -> tuple[int, bool]:
+    """(groups of n removed at `sparsity`, whether holding `keep` of them cut that count): round(s * n)."""
+    wanted = int(round(sparsity * n))
+    return min(wanted, n - keep), wanted > n - keep
+
+
+@dataclass(frozen=True)
+class UnitLayer:
+    """A layer as the policy sees it when its units are not weights: attention heads, key/value groups.
+    It stands where a Target stands in a ScoreSet (its name, layer name for overrides and notes, and
+    shape for ERK's factor)."""
+
+    name: str
+    units: int
+
+    @property
+    def layer_name(self) -> str:
+        return self.name
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.units,)
+
+
+def select_units(
+    scores: dict[str, np.ndarray], config: PruneConfig, notes: list, at_least: int = 0, sparsity: float | None = None
+) -> dict[str, list[int]]:
+    """{layer: removed units, ascending} for per-unit scores that are not a weight's (heads, groups),
+    through the same selection as every weight: layer-wise or global with the run's normalisation,
+    threshold, overrides and floors. `sparsity` replaces the run's (a count asked as --remove-heads)."""
+    if sparsity is not None:
+        config = config.replace(sparsity=sparsity, threshold=None)
+    result = MaskSet()
+    sets = [
+        ScoreSet.single(Member(UnitLayer(name, len(s)), np.asarray(s, np.float32), floor(len(s), config, at_least)))
+        for name, s in scores.items()
+    ]
+    keeps = select_sets(sets, config, result)
+    notes.extend(result.notes)
+    return {name: [int(u) for u in np.flatnonzero(~keep)] for name, keep in zip(scores, keeps, strict=True)}
 
 
 def build_masks(
@@ -177,7 +207,7 @@ def build_masks(
     result = MaskSet()
     active = []
     for t in targets:
-        if skipped_by_override(t, config):
+        if config.rule_for(t.layer_name).skip:
             result.masks[t.name] = np.ones(t.shape, bool)
             result.requested[t.name] = 0.0
         else:
@@ -191,7 +221,7 @@ def build_masks(
     members = []
     for t in active:
         g = _group_scores(t, scores[t.name], level, gran).reshape(-1)
-        members.append(Member(t, g, _floor(g.size, config)))
+        members.append(Member(t, g, floor(g.size, config)))
     sets = tied.select_tied(model, members, result.notes) if gran.kind == "neuron" and model is not None else False
     if not sets:
         sets = [ScoreSet.single(m) for m in members]
@@ -210,7 +240,7 @@ def _nm_masks(targets: list[Target], scores: dict, level: str, config: PruneConf
             "N:M needs a score per weight; this method gives one per unit (try magnitude, taylor or gradient)"
         )
     for t in targets:
-        if override_sparsity(t, config) is not None:
+        if config.rule_for(t.layer_name).sparsity is not None:
             raise ConfigError(f"N:M fixes the sparsity at 1 - N/M; the override for {t.layer_name} can only skip it")
         keep = masking.nm_keep_mask(t.to_matrix(scores[t.name]), gran.rows, gran.cols)
         result.masks[t.name] = t.from_matrix(keep)
@@ -222,7 +252,7 @@ def _nm_masks(targets: list[Target], scores: dict, level: str, config: PruneConf
 
 
 @dataclass(eq=False)
-class _Plan:
+class _SetSelection:
     """One set as the selection sees it: the scores it is ranked by, the positions that may go (None:
     all of them), how many of those may go at most (the floor), and how many go (None: ranked globally)."""
 
@@ -289,7 +319,7 @@ def erk_counts(sizes: list[int], factors: list[float], caps: list[int], budget: 
 
 def _own_sparsity(e: ScoreSet, config: PruneConfig, result: MaskSet) -> float | None:
     """The override sparsity of a set: its members' (the highest when they differ), or None."""
-    given = {m.target.layer_name: override_sparsity(m.target, config) for m in e.members}
+    given = {m.target.layer_name: config.rule_for(m.target.layer_name).sparsity for m in e.members}
     values = {v for v in given.values() if v is not None}
     if not values:
         return None
@@ -301,16 +331,16 @@ def _own_sparsity(e: ScoreSet, config: PruneConfig, result: MaskSet) -> float | 
     return max(values)
 
 
-def _plan(e: ScoreSet, scores: np.ndarray) -> _Plan:
+def _selection_of(e: ScoreSet, scores: np.ndarray) -> _SetSelection:
     """Positions that may go: all but the floor for a set of one (its best, as the selection leaves
     them), all but pinned and reserved positions for a tied set."""
     if e.index is None and e.pinned is None:
-        return _Plan(e, scores, None, e.size - e.members[0].floor)
+        return _SetSelection(e, scores, None, e.size - e.members[0].floor)
     blocked = e.reserved(scores)
     if e.pinned is not None:
         blocked |= e.pinned
     free = np.flatnonzero(~blocked)
-    return _Plan(e, scores, free, int(free.size))
+    return _SetSelection(e, scores, free, int(free.size))
 
 
 def _note_floor(e: ScoreSet, result: MaskSet) -> None:
@@ -321,12 +351,11 @@ def _note_floor(e: ScoreSet, result: MaskSet) -> None:
         result.notes.append(f"{m.target.name}: kept {m.floor} of {e.size} groups (min_keep)")
 
 
-def _count(p: _Plan, sparsity: float, result: MaskSet) -> int:
+def _count(p: _SetSelection, sparsity: float, result: MaskSet) -> int:
     """How many of a set's prunable positions go at this sparsity, held at its floor."""
-    k = int(round(sparsity * p.set.prunable))
-    if k > p.cap:
+    k, held = removal_count(p.set.prunable, sparsity, p.set.prunable - p.cap)
+    if held:
         _note_floor(p.set, result)
-        k = p.cap
     return k
 
 
@@ -377,10 +406,12 @@ def layer_counts(targets: list[Target], scores_of, level: str, config: PruneConf
     again instead of held. Building each target's masks with these `counts` (build_masks) then gives
     the masks of all targets selected at once, a few targets at a time (selection/chunked.py)."""
     gran = config.granularity
-    ranked = [t for t in targets if not skipped_by_override(t, config) and override_sparsity(t, config) is None]
+    ranked = [
+        t for t in targets if not config.rule_for(t.layer_name).skip and config.rule_for(t.layer_name).sparsity is None
+    ]
     names = {t.name for t in ranked}
     groups = [_group_count(t, gran) for t in ranked]
-    caps = [n - _floor(n, config) for n in groups]
+    caps = [n - floor(n, config) for n in groups]
     budget = int(round(config.effective_sparsity * sum(groups)))
 
     def scores():
@@ -410,11 +441,11 @@ def select_sets(
     decided beforehand over more targets than these."""
     own = [_own_sparsity(e, config, result) for e in sets]
     ranked_together = config.threshold is None and config.scope == "global"
-    plans = [
-        _plan(e, _ranking(e, config, ranked_together and sparsity is None and config.normalize != "erk"))
+    selections = [
+        _selection_of(e, _ranking(e, config, ranked_together and sparsity is None and config.normalize != "erk"))
         for e, sparsity in zip(sets, own, strict=True)
     ]
-    ranked = [p for p, sparsity in zip(plans, own, strict=True) if ranked_together and sparsity is None]
+    ranked = [p for p, sparsity in zip(selections, own, strict=True) if ranked_together and sparsity is None]
     budget = int(round(config.effective_sparsity * sum(p.set.prunable for p in ranked))) if ranked else 0
     if counts is None and ranked:
         counts = _allocate(
@@ -426,7 +457,7 @@ def select_sets(
             config,
             budget,
         )
-    for p, sparsity in zip(plans, own, strict=True):
+    for p, sparsity in zip(selections, own, strict=True):
         name = p.set.members[0].target.name
         if sparsity is not None:
             p.k, requested = _count(p, sparsity, result), sparsity
@@ -443,15 +474,17 @@ def select_sets(
                     _note_floor(p.set, result)
         for m in p.set.members:
             result.requested[m.target.name] = requested
-    return _run(plans, [p for p in ranked if p.k is None], budget, result, path)
+    return _run(selections, [p for p in ranked if p.k is None], budget, result, path)
 
 
-def _run(plans: list[_Plan], ranked: list[_Plan], budget: int, result: MaskSet, path: str) -> list[np.ndarray]:
+def _run(
+    selections: list[_SetSelection], ranked: list[_SetSelection], budget: int, result: MaskSet, path: str
+) -> list[np.ndarray]:
     """Select: each plan with a count on its own, the `ranked` ones together with `budget`; a ranked set
     that would lose more than its cap is held at its cap and the rest of the budget is ranked again."""
     at_cap: set[int] = set()
     while True:
-        alone = [p for p in plans if p.k is not None or id(p) in at_cap]
+        alone = [p for p in selections if p.k is not None or id(p) in at_cap]
         free = [p for p in ranked if id(p) not in at_cap]
         segments = [[p.candidates()] for p in alone]
         ks = [p.k if p.k is not None else p.cap for p in alone]
@@ -476,7 +509,7 @@ def _run(plans: list[_Plan], ranked: list[_Plan], budget: int, result: MaskSet, 
                 _note_floor(p.set, result)
     result.selection_path = path if segments else ""
     out = []
-    for p in plans:
+    for p in selections:
         keep = chosen[id(p)]
         if p.free is not None:
             if p in free and p.free.size and not keep.any() and p.free.size < p.set.prunable:

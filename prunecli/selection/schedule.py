@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 from prunecli.errors import ConfigError
 
-GRADUAL = ("iterative", "polynomial", "dynamic")
 RAMP_SHARE = 2 / 3  # share of the epochs over which polynomial/dynamic schedules raise the sparsity
 UPDATES_PER_RAMP = 16  # about how many mask updates a polynomial/dynamic ramp makes
 

@@ -44,7 +44,7 @@ MAX_NAMED_MEMBERS = 4  # longer sets are named by their first members and a coun
 class Member:
     """One target's part in a set: its group scores (flat float32) and the groups it must keep."""
 
-    target: object  # selection.targets.Target
+    target: object  # structure.targets.Target
     scores: np.ndarray
     floor: int
 
@@ -133,7 +133,7 @@ def select_tied(model, members: list[Member], notes: list[str]) -> list[ScoreSet
     from prunecli.structure import channels as graph
 
     try:
-        g = graph.build(model)
+        g = graph.graph_of(model)
     except graph.GraphUnsupported as exc:
         notes.append(
             f"neuron masks chosen layer by layer ({exc}): layers that must shrink together "

@@ -196,10 +196,48 @@ def classify(layer, in_shapes: list[tuple], out_shapes: list[tuple], node=None) 
     return "other", f"{label} is not a layer surgery can slice"
 
 
+_GRAPHS: dict[int, tuple[Any, Any]] = {}  # id(model) -> (weak reference to it, its LayerGraph or GraphUnsupported)
+
+
+def graph_of(model) -> LayerGraph:
+    """The model's channel graph, built once per model object and reused until the model is rebuilt.
+
+    The graph holds structure only (calls, shapes, channel classes), never weights, and nothing
+    mutates it after `build`, so every consumer in a run (output units, tied sets, followers, constant
+    folding, shrink, plan) and every mask update of a gradual schedule shares one. A rebuilt model is a
+    new object and gets its own graph. A model the graph cannot read raises GraphUnsupported each time,
+    without walking it again."""
+    import weakref
+
+    key = id(model)
+    entry = _GRAPHS.get(key)
+    if entry is None or entry[0]() is not model:
+        try:
+            found = build(model)
+        except GraphUnsupported as exc:
+            found = exc
+        entry = _GRAPHS[key] = (weakref.ref(model, lambda _ref: _GRAPHS.pop(key, None)), found)
+    if isinstance(entry[1], GraphUnsupported):
+        raise entry[1]
+    return entry[1]
+
+
 def build(model) -> LayerGraph:
     """Walk the model once: calls in order, tensor shapes, consumers, channel ids and their groups."""
-    import numpy as np
+    g = _walk_calls(model)
+    first_call: dict[int, Call] = {}
+    for call in g.calls:
+        _assign_ids(g, call)
+        _tie_shared_call(g, first_call.setdefault(id(call.layer), call), call)
+    for k in g.outputs:
+        g.channels.pin(g.ids[k], "network output", first=True)
+    _record_producers(g)
+    return g
 
+
+def _walk_calls(model) -> LayerGraph:
+    """The graph's calls in topological order, each classified, with every tensor's shape and consumers;
+    no channel ids yet."""
     key, flat = keras_graph.key, keras_graph.flatten
     shapes: dict[TensorKey, tuple] = {}
     calls: list[Call] = []
@@ -214,64 +252,83 @@ def build(model) -> LayerGraph:
         calls.append(call)
         for k in ins:
             consumers.setdefault(k, []).append(call)
-    g = LayerGraph(
+    return LayerGraph(
         calls,
         shapes,
         consumers,
         inputs=[key(t) for t in flat(keras_graph.inputs(model))],
         outputs=[key(t) for t in flat(keras_graph.outputs(model))],
     )
-    first_call: dict[int, Call] = {}
+
+
+def _assign_ids(g: LayerGraph, call: Call) -> None:
+    """Give the call's outputs their channel ids by how channels flow through its kind: fresh ids from
+    inputs, mixers and layers we cannot slice (the last two pinned with the reason), the input's ids
+    through channel-wise layers, joined by Concatenate, repeated by Flatten, shared by merges."""
+    import numpy as np
+
+    shapes, ch = g.shapes, g.channels
+    in_shapes = [shapes[k] for k in call.inputs]
+    width = [int(shapes[k][-1]) if len(shapes[k]) >= 2 and shapes[k][-1] is not None else 0 for k in call.outputs]
+    if call.kind in ("input", "other"):
+        for k, w in zip(call.outputs, width, strict=True):
+            g.ids[k] = ch.fresh(w)
+        if call.kind == "input":
+            ch.pin(g.ids[call.outputs[0]], "model input")
+        else:
+            reason = classify(call.layer, in_shapes, [shapes[k] for k in call.outputs], call.node)[1]
+            for k in call.inputs + call.outputs:
+                ch.pin(g.ids[k], reason)
+    elif call.kind == "mixer":
+        out = g.ids[call.outputs[0]] = ch.fresh(width[0])
+        activation = getattr(call.layer, "activation", None)
+        if activation is not None and not is_elementwise(activation):
+            ch.pin(out, f"{call.name} has a softmax-like activation")
+    elif call.kind == "channelwise":
+        g.ids[call.outputs[0]] = g.ids[call.inputs[0]]
+    elif call.kind == "concat":
+        g.ids[call.outputs[0]] = np.concatenate([g.ids[k] for k in call.inputs])
+    elif call.kind == "flatten":
+        spatial = int(np.prod(in_shapes[0][1:-1], dtype=np.int64))
+        g.ids[call.outputs[0]] = np.tile(g.ids[call.inputs[0]], spatial)
+    else:
+        _merge_ids(g, call, width[0])
+
+
+def _merge_ids(g: LayerGraph, call: Call, width: int) -> None:
+    """A merge layer: inputs as wide as the output share their channels (one residual group); a
+    broadcast (narrower) input is pinned, and an output made of broadcasts only gets fresh pinned ids."""
     ch = g.channels
-    for call in calls:
-        in_shapes = [shapes[k] for k in call.inputs]
-        width = [int(shapes[k][-1]) if len(shapes[k]) >= 2 and shapes[k][-1] is not None else 0 for k in call.outputs]
-        if call.kind in ("input", "other"):
-            for k, w in zip(call.outputs, width, strict=True):
-                g.ids[k] = ch.fresh(w)
-            if call.kind == "input":
-                ch.pin(g.ids[call.outputs[0]], "model input")
-            else:
-                reason = classify(call.layer, in_shapes, [shapes[k] for k in call.outputs], call.node)[1]
-                for k in call.inputs + call.outputs:
-                    ch.pin(g.ids[k], reason)
-        elif call.kind == "mixer":
-            out = g.ids[call.outputs[0]] = ch.fresh(width[0])
-            activation = getattr(call.layer, "activation", None)
-            if activation is not None and not is_elementwise(activation):
-                ch.pin(out, f"{call.name} has a softmax-like activation")
-        elif call.kind == "channelwise":
-            g.ids[call.outputs[0]] = g.ids[call.inputs[0]]
-        elif call.kind == "concat":
-            g.ids[call.outputs[0]] = np.concatenate([g.ids[k] for k in call.inputs])
-        elif call.kind == "flatten":
-            spatial = int(np.prod(in_shapes[0][1:-1], dtype=np.int64))
-            g.ids[call.outputs[0]] = np.tile(g.ids[call.inputs[0]], spatial)
-        else:  # merge: inputs as wide as the output share channels; a broadcast (width 1) input is pinned
-            full = [k for k in call.inputs if shapes[k][-1] == width[0]]
-            for k in call.inputs:
-                if k not in full:
-                    ch.pin(g.ids[k], f"{call.name} broadcasts a narrower tensor")
-            out = g.ids[call.outputs[0]] = g.ids[full[0]] if full else ch.fresh(width[0])
-            for k in full[1:]:
-                ch.union(out, g.ids[k])
-            if not full:
-                ch.pin(out, f"{call.name} broadcasts all of its inputs")
-        shared = first_call.setdefault(id(call.layer), call)
-        if shared is not call:  # a shared layer: its weight rows and units are the same for every call
-            for a, b in zip(shared.inputs + shared.outputs, call.inputs + call.outputs, strict=False):
-                if len(g.ids[a]) == len(g.ids[b]):
-                    ch.union(g.ids[a], g.ids[b])
-                else:
-                    ch.pin(g.ids[a], f"{call.name} is shared between tensors of different widths")
-                    ch.pin(g.ids[b], f"{call.name} is shared between tensors of different widths")
-    for k in g.outputs:
-        ch.pin(g.ids[k], "network output", first=True)
-    for call in calls:
+    full = [k for k in call.inputs if g.shapes[k][-1] == width]
+    for k in call.inputs:
+        if k not in full:
+            ch.pin(g.ids[k], f"{call.name} broadcasts a narrower tensor")
+    out = g.ids[call.outputs[0]] = g.ids[full[0]] if full else ch.fresh(width)
+    for k in full[1:]:
+        ch.union(out, g.ids[k])
+    if not full:
+        ch.pin(out, f"{call.name} broadcasts all of its inputs")
+
+
+def _tie_shared_call(g: LayerGraph, first: Call, call: Call) -> None:
+    """A shared layer's weight rows and units are the same for every call: its later calls' channels
+    join the first call's, position by position (pinned where the widths differ)."""
+    if first is call:
+        return
+    for a, b in zip(first.inputs + first.outputs, call.inputs + call.outputs, strict=False):
+        if len(g.ids[a]) == len(g.ids[b]):
+            g.channels.union(g.ids[a], g.ids[b])
+        else:
+            g.channels.pin(g.ids[a], f"{call.name} is shared between tensors of different widths")
+            g.channels.pin(g.ids[b], f"{call.name} is shared between tensors of different widths")
+
+
+def _record_producers(g: LayerGraph) -> None:
+    """For each channel class, the names of the mixer layers that make it (the group's members)."""
+    for call in g.calls:
         if call.kind == "mixer":
-            for root in set(ch.roots(g.ids[call.outputs[0]]).tolist()):
+            for root in set(g.channels.roots(g.ids[call.outputs[0]]).tolist()):
                 g.producers.setdefault(root, set()).add(call.name)
-    return g
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -299,7 +356,7 @@ def protected_output_units(model) -> dict[str, str]:
     followed further. Without a layer graph (a subclassed model), the layers that are the outputs.
     """
     try:
-        g = build(model)
+        g = graph_of(model)
     except GraphUnsupported:
         return {name: "it produces a model output" for name in keras_graph.output_layer_names(model)}
     made_by = {k: call for call in g.calls for k in call.outputs}
@@ -393,7 +450,7 @@ def follower_masks(model, targets, masks: dict) -> list[tuple[Any, Any]]:
     import numpy as np
 
     try:
-        g = build(model)
+        g = graph_of(model)
     except GraphUnsupported:
         return []
     dead = dead_channels(g, targets, masks)

@@ -143,3 +143,55 @@ def attention_parts(layer) -> tuple[int, int, int, list]:
         layer._output_dense.kernel,
     ]
     return layer._num_heads, layer._key_dim, layer._value_dim, kernels
+
+
+# How attention layers hold their projections: (attribute names tried in order, role, head axis of
+# the kernel, head axis of the bias). Role "q": indexed by query head; "kv": by key/value head.
+# keras.layers.MultiHeadAttention keeps them private (_query_dense...); KerasHub's layers name them.
+ATTENTION_PROJECTIONS = (
+    (("_query_dense", "query_dense"), "q", 1, 0),
+    (("_key_dense", "key_dense"), "kv", 1, 0),
+    (("_value_dense", "value_dense"), "kv", 1, 0),
+    (("_output_dense", "output_dense", "_o_proj"), "q", 0, None),
+)
+
+
+def attention_projections(layer) -> list[tuple[Any, str, int, int | None]] | None:
+    """[(projection sublayer, role, kernel head axis, bias head axis)] for q, k, v and the output, or
+    None when the layer lacks one of them."""
+    found = []
+    for names, role, k_axis, b_axis in ATTENTION_PROJECTIONS:
+        sub = next((s for s in (getattr(layer, n, None) for n in names) if s is not None), None)
+        if sub is None:
+            return None
+        found.append((sub, role, k_axis, b_axis))
+    return found
+
+
+def attention_head_count(layer) -> int:
+    """keras.layers.MultiHeadAttention's number of heads (its config's num_heads, held privately)."""
+    return int(layer._num_heads)
+
+
+def attention_key_dim(layer) -> int:
+    return int(layer._key_dim)
+
+
+def hub_self_attention(block):
+    """The self-attention layer of a KerasHub Transformer block, or None."""
+    return getattr(block, "_self_attention_layer", None)
+
+
+def gated_attention(layer) -> bool:
+    """Whether a MultiHeadAttention gates its heads (use_gate=True), which head removal does not rebuild."""
+    return bool(getattr(layer, "_use_gate", False))
+
+
+def scheduled_learning_rate(optimizer) -> bool:
+    """Whether the optimizer's rate is a schedule (a callable) from the model's file, not a number."""
+    return callable(getattr(optimizer, "_learning_rate", None))
+
+
+def is_graph_network(model) -> bool:
+    """A tf_keras functional model (tfmot prunes those and Sequential ones only)."""
+    return bool(getattr(model, "_is_graph_network", False))

@@ -10,10 +10,18 @@ from __future__ import annotations
 OPEN_DIM = 32  # size given to dimensions the model leaves open (None): short enough for any position table
 
 
+LONGER_OPEN_DIMS = (256, 2048, 16384)  # tried in turn when the model cannot run at the first size
+
+
 def seeded_inputs(model, batch: int, seed: int = 0, open_dim: int = OPEN_DIM) -> list:
     """One array per model input, in `model.inputs` order: standard normal for float inputs; for integer
     (or bool) inputs, ones for a mask, ids in [0, 10) for token ids, [0, 2) otherwise (segment ids and
-    the like); open dimensions become `open_dim`."""
+    the like); open dimensions become `open_dim`, or the first longer size the model runs on (a crop of
+    5000 positions per side needs an input longer than 10000)."""
+    return _values(model, batch, seed, _runnable_open_dim(model, open_dim))
+
+
+def _values(model, batch: int, seed: int, open_dim: int) -> list:
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -29,6 +37,33 @@ def seeded_inputs(model, batch: int, seed: int = 0, open_dim: int = OPEN_DIM) ->
         else:
             values.append(rng.standard_normal(shape).astype("float32" if dtype == "bfloat16" else dtype))
     return values
+
+
+_RUNNABLE: dict[tuple[int, int], tuple] = {}  # (id(model), asked) -> (weak reference, the size that runs)
+
+
+def _runnable_open_dim(model, wanted: int) -> int:
+    """`wanted`, or the first of LONGER_OPEN_DIMS a one-example forward pass of the model accepts, found
+    once per model; `wanted` when the model has no open dimension or none of the sizes runs (the caller's
+    own call then reports why)."""
+    import weakref
+
+    if not any(d is None for t in model.inputs for d in t.shape[1:]):
+        return wanted
+    key = (id(model), wanted)
+    cached = _RUNNABLE.get(key)
+    if cached is not None and cached[0]() is model:
+        return cached[1]
+    found = wanted
+    for size in (wanted, *(d for d in LONGER_OPEN_DIMS if d > wanted)):
+        try:
+            model(packed(model, _values(model, 1, 0, size)), training=False)
+        except Exception:  # noqa: BLE001 - too short for a crop or a valid convolution: try a longer one
+            continue
+        found = size
+        break
+    _RUNNABLE[key] = (weakref.ref(model, lambda _ref: _RUNNABLE.pop(key, None)), found)
+    return found
 
 
 def packed(model, values: list):

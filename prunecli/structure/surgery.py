@@ -20,25 +20,18 @@ there is none, the layer gets a bias.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from prunecli.errors import PruneCliError
-from prunecli.results import StepResult
 from prunecli.structure import keras_graph, layers
 
-MAX_RELATIVE_DIFF = 1e-4
 UNIFORM_TOLERANCE = 1e-6  # a channel counts as constant when all its values agree this closely
-UNKNOWN_DIM = 8  # size used for spatial dimensions the model leaves open (None)
-
-
-class ShrinkVerificationError(PruneCliError):
-    """The rebuilt model does not compute what the masked model computed: a bug, never saved."""
+OPEN_DIMS = (8, 256, 16384)  # sizes tried, in turn, for dimensions the model leaves open (None): a crop or
+# a valid convolution needs a long enough input, and short ones are cheap
 
 
 @dataclass
-class Plan:
+class ChannelCuts:
     """What to remove and how the surviving weights change."""
 
     removed: set = field(default_factory=set)  # channel-class roots to remove
@@ -53,7 +46,7 @@ class Plan:
 # Reading mixer weights (Dense, Conv, SeparableConv, ConvTranspose)
 
 
-def _weights(layer) -> dict:
+def layer_weights(layer) -> dict:
     import numpy as np
 
     return {v.name: np.asarray(v) for v in getattr(layer, "weights", ())}  # a Keras operation has none
@@ -64,7 +57,7 @@ def _family(layer) -> str:
     return layers.spec(layer).family or "conv"
 
 
-def _is_depthwise(layer) -> bool:
+def is_depthwise(layer) -> bool:
     return layers.spec(layer).family == "depthwise"
 
 
@@ -148,15 +141,33 @@ def _bias_or_zeros(w: dict, units: int):
 # Following constants through the graph
 
 
-def _concrete(shape: tuple) -> tuple:
-    return (1,) + tuple(UNKNOWN_DIM if d is None else int(d) for d in shape[1:])
+def _concrete(shape: tuple, open_dim: int) -> tuple:
+    return (1,) + tuple(open_dim if d is None else int(d) for d in shape[1:])
 
 
-def _constant_input(shape: tuple, consts):
+def _constant_input(shape: tuple, consts, open_dim: int):
     import numpy as np
 
     values = np.nan_to_num(consts, nan=0.0).astype(np.float32)
-    return np.broadcast_to(values, _concrete(shape)).copy()
+    return np.broadcast_to(values, _concrete(shape, open_dim)).copy()
+
+
+def _run_on_constants(call, g, consts):
+    """The layer's output on inputs that hold each channel's constant everywhere, or None when the
+    layer cannot run on any stand-in size (its channels then count as varying: they are kept)."""
+    import numpy as np
+
+    layer = call.layer
+    for open_dim in OPEN_DIMS:
+        xs = [_constant_input(g.shapes[k], consts[k], open_dim) for k in call.inputs]
+        try:
+            if layers.is_operation(layer):  # `h + f(h)`, keras.ops.relu(h): run the recorded call on constants
+                fed = {id(t): x for t, x in zip(keras_graph.flatten(call.node.input_tensors), xs, strict=True)}
+                return np.asarray(keras_graph.call_node(call.node, fed)[0])
+            return np.asarray(layer(xs if call.kind == "merge" else xs[0], training=False))
+        except Exception:  # noqa: BLE001 - a crop longer than the stand-in, a fixed-size reshape: try a longer one
+            continue
+    return None
 
 
 def _uniform_channels(out):
@@ -215,19 +226,20 @@ def _evaluate(call, g, consts, lost, ch):
     for k in call.inputs:
         c = consts[k]
         known &= np.isfinite(c) if len(c) == width else np.isfinite(c).all()
-    if _is_depthwise(layer):
+    if is_depthwise(layer):
         known |= _all_zero_on(np.asarray(layer.kernel), -2)  # a zero filter outputs its bias, whatever comes in
     if not known.any():
         return np.full(width, np.nan)
-    xs = [_constant_input(g.shapes[k], consts[k]) for k in call.inputs]
-    if layers.is_operation(layer):  # `h + f(h)`, keras.ops.relu(h): run the recorded call on constants
-        fed = {id(t): x for t, x in zip(keras_graph.flatten(call.node.input_tensors), xs, strict=True)}
-        out = np.asarray(keras_graph.call_node(call.node, fed)[0])
-    else:
-        out = np.asarray(layer(xs if call.kind == "merge" else xs[0], training=False))
+    out = _run_on_constants(call, g, consts)
+    if out is None:
+        for pos in np.flatnonzero(known):
+            lost.setdefault(
+                ch.find(int(g.ids[call.outputs[0]][pos])), f"{call.name} (it cannot run on stand-in inputs)"
+            )
+        return np.full(width, np.nan)
     uniform, mean = _uniform_channels(out)
     for pos in np.flatnonzero(known & ~uniform):
-        lost.setdefault(ch.find(int(g.ids[call.outputs[0]][pos])), call.name)
+        lost.setdefault(ch.find(int(g.ids[call.outputs[0]][pos])), f"{call.name} (padding)")
     return np.where(known & uniform, mean, np.nan)
 
 
@@ -235,23 +247,23 @@ def _evaluate(call, g, consts, lost, ch):
 # Deciding what goes
 
 
-def plan_removal(g, weights: dict) -> Plan:
+def decide_cuts(g, weights: dict) -> ChannelCuts:
     """Which channel classes can be removed exactly, and the constants the readers must absorb."""
     import numpy as np
 
     ch = g.channels
     consts, lost = propagate_constants(g, weights)
-    plan = Plan()
+    cuts = ChannelCuts()
     blocked: dict[int, str] = dict(ch.pinned())
     mixer_calls: dict[int, list] = {}
     for call in g.calls:
         if call.kind == "mixer":
             mixer_calls.setdefault(id(call.layer), []).append(call)
             dead = dead_units(call.layer, weights[call.name])
-            plan.dead.update(ch.roots(g.ids[call.outputs[0]][dead]).tolist())
-        elif _is_depthwise(call.layer) and call.kind == "channelwise":
+            cuts.dead.update(ch.roots(g.ids[call.outputs[0]][dead]).tolist())
+        elif is_depthwise(call.layer) and call.kind == "channelwise":
             ignored = _all_zero_on(np.asarray(call.layer.kernel), -2)
-            plan.dead.update(ch.roots(g.ids[call.outputs[0]][ignored]).tolist())
+            cuts.dead.update(ch.roots(g.ids[call.outputs[0]][ignored]).tolist())
     for calls in mixer_calls.values():
         layer = calls[0].layer
         ignored = ignored_inputs(layer, weights[layer.name])
@@ -266,25 +278,23 @@ def plan_removal(g, weights: dict) -> Plan:
             if values:
                 blocked[root] = f"shared layer {layer.name} sees different values"
             elif np.isnan(value):
-                blocked[root] = (
-                    f"its non-zero constant is not uniform after {lost[root]} (padding)" if root in lost else "live"
-                )
+                blocked[root] = f"its non-zero constant is not uniform after {lost[root]}" if root in lost else "live"
             elif not foldable(layer, value):
                 padding = getattr(layer, "padding", "")
                 blocked[root] = f"its non-zero constant reaches {padding}-padded {layer.name} (border effects)"
     all_roots = {int(r) for ids in g.ids.values() for r in ch.roots(ids)}
-    plan.removed = all_roots - set(blocked)
+    cuts.removed = all_roots - set(blocked)
     for ids in g.ids.values():  # never empty a tensor: keep one channel of it
         roots = ch.roots(ids)
-        if len(roots) and all(int(r) in plan.removed for r in roots):
-            plan.removed.discard(int(roots[0]))
+        if len(roots) and all(int(r) in cuts.removed for r in roots):
+            cuts.removed.discard(int(roots[0]))
             blocked[int(roots[0])] = "last channel of a tensor"
-    plan.blocked = {r: why for r, why in blocked.items() if r in plan.dead}
-    _plan_folds(g, weights, consts, mixer_calls, plan)
-    return plan
+    cuts.blocked = {r: why for r, why in blocked.items() if r in cuts.dead}
+    _decide_folds(g, weights, consts, mixer_calls, cuts)
+    return cuts
 
 
-def _plan_folds(g, weights, consts, mixer_calls, plan: Plan) -> None:
+def _decide_folds(g, weights, consts, mixer_calls, cuts: ChannelCuts) -> None:
     """Each mixer's bias change from removed constant inputs; into a following BatchNorm when it has no bias."""
     import numpy as np
 
@@ -293,14 +303,14 @@ def _plan_folds(g, weights, consts, mixer_calls, plan: Plan) -> None:
         call, layer = calls[0], calls[0].layer
         w = weights[layer.name]
         roots = ch.roots(g.ids[call.inputs[0]])
-        gone = np.array([int(r) in plan.removed for r in roots]) & ~ignored_inputs(layer, w)
+        gone = np.array([int(r) in cuts.removed for r in roots]) & ~ignored_inputs(layer, w)
         if not gone.any():
             continue
         delta = consts[call.inputs[0]][gone] @ input_contributions(layer, w)[gone]
         if not np.any(delta != 0):
             continue
         out_roots = ch.roots(g.ids[call.outputs[0]])
-        kept = np.array([int(r) not in plan.removed for r in out_roots])
+        kept = np.array([int(r) not in cuts.removed for r in out_roots])
         delta = delta[kept]
         readers = g.consumers.get(call.outputs[0], [])
         linear = np.allclose(np.asarray(layer.activation(np.array([[-1.0, 2.0]], "float32"))), [[-1.0, 2.0]])
@@ -315,11 +325,11 @@ def _plan_folds(g, weights, consts, mixer_calls, plan: Plan) -> None:
             and len(g.calls_of(bn)) == 1
             and "moving_mean" in weights[bn.name]
         ):
-            plan.bn_shift[bn.name] = delta
+            cuts.bn_shift[bn.name] = delta
         else:
-            plan.bias_delta[layer.name] = delta
+            cuts.bias_delta[layer.name] = delta
             if "bias" not in w:
-                plan.add_bias.add(layer.name)
+                cuts.add_bias.add(layer.name)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -341,10 +351,10 @@ def fold_dead_constants(model, targets, masks: dict) -> list[str]:
     from prunecli.structure import channels as graph
 
     try:
-        g = graph.build(model)
+        g = graph.graph_of(model)
     except graph.GraphUnsupported:
         return []
-    weights = {layer.name: _weights(layer) for layer in g.layers() if g.calls_of(layer)[0].kind != "input"}
+    weights = {layer.name: layer_weights(layer) for layer in g.layers() if g.calls_of(layer)[0].kind != "input"}
     consts, _ = propagate_constants(g, weights)
     dead = graph.dead_channels(g, targets, masks)
     skipped: list[str] = []
@@ -397,23 +407,23 @@ class LayerChange:
     out_width: int
 
 
-def layer_changes(g, plan: Plan) -> dict[str, LayerChange]:
+def layer_changes(g, cuts: ChannelCuts) -> dict[str, LayerChange]:
     changes = {}
     for layer in g.layers():
         call = g.calls_of(layer)[0]
         if call.kind not in ("mixer", "channelwise") or layers.is_operation(layer):
             continue  # a Keras operation has no weights or config: the clone re-runs it as recorded
-        in_keep = _kept_positions(g, call.inputs[0], plan.removed)
-        out_keep = _kept_positions(g, call.outputs[0], plan.removed)
+        in_keep = _kept_positions(g, call.inputs[0], cuts.removed)
+        out_keep = _kept_positions(g, call.outputs[0], cuts.removed)
         in_width, out_width = len(g.ids[call.inputs[0]]), len(g.ids[call.outputs[0]])
-        if len(in_keep) == in_width and len(out_keep) == out_width and layer.name not in plan.add_bias:
-            if layer.name not in plan.bias_delta and layer.name not in plan.bn_shift:
+        if len(in_keep) == in_width and len(out_keep) == out_width and layer.name not in cuts.add_bias:
+            if layer.name not in cuts.bias_delta and layer.name not in cuts.bn_shift:
                 continue
         config = {}
         cls = type(layer).__name__
         if call.kind == "mixer":
             config[layers.spec(layer).width_key or "filters"] = int(len(out_keep))
-            if layer.name in plan.add_bias:
+            if layer.name in cuts.add_bias:
                 config["use_bias"] = True
         elif cls == "Reshape":
             config["target_shape"] = tuple(layer.target_shape[:-1]) + (int(len(out_keep)),)
@@ -426,7 +436,7 @@ def slice_weight(layer, change: LayerChange, name: str, array):
     import numpy as np
 
     if change.kind == "channelwise":
-        axis = -2 if _is_depthwise(layer) and name == "kernel" else -1
+        axis = -2 if is_depthwise(layer) and name == "kernel" else -1
         if array.ndim == 0 or array.shape[axis] != change.in_width:
             return array  # e.g. a PReLU alpha shared across channels
         return np.take(array, change.in_keep, axis=axis)
@@ -444,19 +454,19 @@ def slice_weight(layer, change: LayerChange, name: str, array):
     return np.take(np.take(array, change.in_keep, axis=-2), change.out_keep, axis=-1)
 
 
-def new_weights(layer, change: LayerChange, plan: Plan, weights: dict) -> dict:
+def new_weights(layer, change: LayerChange, cuts: ChannelCuts, weights: dict) -> dict:
     import numpy as np
 
     out = {name: slice_weight(layer, change, name, arr) for name, arr in weights.items()}
-    if layer.name in plan.bias_delta:
+    if layer.name in cuts.bias_delta:
         bias = out.get("bias", np.zeros(len(change.out_keep), np.float32))
-        out["bias"] = (bias.astype(np.float64) + plan.bias_delta[layer.name]).astype(np.float32)
-    if layer.name in plan.bn_shift:
-        out["moving_mean"] = (out["moving_mean"].astype(np.float64) - plan.bn_shift[layer.name]).astype(np.float32)
+        out["bias"] = (bias.astype(np.float64) + cuts.bias_delta[layer.name]).astype(np.float32)
+    if layer.name in cuts.bn_shift:
+        out["moving_mean"] = (out["moving_mean"].astype(np.float64) - cuts.bn_shift[layer.name]).astype(np.float32)
     return out
 
 
-def rebuild(model, changes: dict[str, LayerChange], plan: Plan, weights: dict):
+def rebuild(model, changes: dict[str, LayerChange], cuts: ChannelCuts, weights: dict):
     """A new model with the changed layer configs, and every layer's weights copied or sliced."""
     import keras
 
@@ -476,190 +486,9 @@ def rebuild(model, changes: dict[str, LayerChange], plan: Plan, weights: dict):
             continue  # nothing to copy (a cloned InputLayer may also have been renamed)
         target = new.get_layer(old.name)
         if old.name in changes:
-            values = new_weights(old, changes[old.name], plan, weights[old.name])
+            values = new_weights(old, changes[old.name], cuts, weights[old.name])
             for v in target.weights:
                 v.assign(values[v.name])
         elif old.weights:
             target.set_weights(old.get_weights())
     return new
-
-
-# ---------------------------------------------------------------------------------------------------
-# Checking and measuring
-
-
-def example_inputs(model, batch: int, data_x=None, seed: int = 0):
-    """Inputs for the model: the run's data when there is some, otherwise seeded stand-ins (probes.py)."""
-    import numpy as np
-
-    if data_x is not None:
-        reps = -(-batch // len(data_x))
-        return [np.concatenate([data_x] * reps)[:batch]]
-    from prunecli.structure import probes
-
-    return probes.seeded_inputs(model, batch, seed)
-
-
-def _outputs(model, xs):
-    import numpy as np
-
-    result = model(xs if len(xs) > 1 else xs[0], training=False)
-    items = result.values() if isinstance(result, dict) else result if isinstance(result, (list, tuple)) else [result]
-    return [np.asarray(r, dtype=np.float64) for r in items]
-
-
-def compare(reference, candidate, xs) -> dict:
-    """Largest absolute and relative (to the largest reference output) difference of two models."""
-    import numpy as np
-
-    ref, got = _outputs(reference, xs), _outputs(candidate, xs)
-    max_abs = max(float(np.max(np.abs(a - b))) for a, b in zip(ref, got, strict=True))
-    scale = max(float(np.max(np.abs(a))) for a in ref)
-    return {
-        "samples": int(len(xs[0])),
-        "max_abs_diff": max_abs,
-        "max_rel_diff": max_abs / scale if scale > 0 else max_abs,
-    }
-
-
-def latency_ms(model, xs, budget_s: float = 2.0, max_repeats: int = 30) -> float:
-    """Median wall time of one traced forward pass, in milliseconds."""
-    import numpy as np
-    import tensorflow as tf
-
-    forward = tf.function(lambda inputs: model(inputs, training=False))
-    inputs = [tf.constant(x) for x in xs]
-    arg = inputs if len(inputs) > 1 else inputs[0]
-    for _ in range(2):
-        tf.nest.map_structure(np.asarray, forward(arg))
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < max_repeats and (len(times) < 3 or time.perf_counter() - start < budget_s):
-        t0 = time.perf_counter()
-        tf.nest.map_structure(np.asarray, forward(arg))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1000.0)
-
-
-# ---------------------------------------------------------------------------------------------------
-# The step
-
-
-def _data_sample(data):
-    import numpy as np
-
-    if data is None:
-        return None
-    x, _ = next(iter(data.eval))
-    return None if isinstance(x, (dict, list, tuple)) else np.asarray(x)[:64]
-
-
-def _group_notes(g, plan: Plan) -> list[dict]:
-    """Dead units that stay, grouped by the layers that make them and the reason."""
-    summary: dict[tuple, int] = {}
-    for root, why in plan.blocked.items():
-        members = tuple(g.group_members(root))
-        if why == "live":
-            why = (
-                "dead in only some members (a channel goes only when dead in every member)"
-                if len(members) > 1
-                else "still read as a live value"
-            )
-        summary[(members, why)] = summary.get((members, why), 0) + 1
-    return [{"layers": list(m), "channels": n, "reason": why} for (m, why), n in sorted(summary.items())]
-
-
-def _unshrinkable_targets(targets, g) -> list[str]:
-    """Pruned layers surgery cannot cut (nested models, recurrent or unsupported layers): they stay masked."""
-    sliced = {c.name for c in g.calls if c.kind == "mixer" or _is_depthwise(c.layer)}
-    return sorted({t.layer_name for t in targets or [] if t.layer_name not in sliced})
-
-
-def shrink(model, targets, masks, data, source, config, progress, timings, measure_latency: bool = True) -> StepResult:
-    """A smaller model that computes what the masked `model` computes (checked on `data` or random
-    inputs), with its targets and the masks sliced to the new shapes, and the report's `shrink` section.
-
-    `measure_latency=False` skips timing the two models (for callers that only need the structure).
-    """
-    from prunecli.selection import policy
-    from prunecli.selection import targets as targeting
-    from prunecli.structure import channels as graph
-
-    notes: list[str] = []
-    progress("shrinking: removing dead units")
-    with timings.phase("shrink"):
-        try:
-            g = graph.build(model)
-        except graph.GraphUnsupported as exc:
-            return StepResult(notes=(f"shrink skipped: {exc}; the model keeps its size (pruned units stay masked)",))
-        weights = {layer.name: _weights(layer) for layer in g.layers() if g.calls_of(layer)[0].kind != "input"}
-        plan = plan_removal(g, weights)
-        changes = layer_changes(g, plan)
-        groups = _group_notes(g, plan)
-        for item in groups:
-            members = "+".join(item["layers"]) or "a layer"
-            notes.append(f"shrink kept {item['channels']} dead channel(s) of {members}: {item['reason']}")
-        left = ", ".join(_unshrinkable_targets(targets, g))
-        if left:
-            notes.append(
-                f"shrink cannot slice {left} (nested model or unsupported layer); their pruned units stay masked"
-            )
-        params_before = int(model.count_params())
-        info: dict[str, Any] = {"params_before": params_before, "groups_kept_whole": groups}
-        if not changes:
-            info.update(params_after=params_before, layers={})
-            notes.append("shrink found no unit that can be removed; the model keeps its structure")
-            return StepResult(sections={"shrink": info}, notes=tuple(notes))
-        new = rebuild(model, changes, plan, weights)
-        data_x = _data_sample(data)
-        check = compare(model, new, example_inputs(model, 64, data_x, config.seed))
-        check["inputs"] = "data" if data_x is not None else "random"
-        if not check["max_rel_diff"] <= MAX_RELATIVE_DIFF:
-            raise ShrinkVerificationError(
-                f"shrink: the rebuilt model differs from the masked model by {check['max_rel_diff']:.2e} "
-                f"(relative, limit {MAX_RELATIVE_DIFF:g}); nothing was saved"
-            )
-        info.update(
-            params_after=int(new.count_params()),
-            layers={
-                name: {"before": ch.out_width, "after": int(len(ch.out_keep))}
-                for name, ch in changes.items()
-                if ch.kind == "mixer" or len(ch.out_keep) != ch.out_width
-            },
-            verification=check,
-        )
-    if measure_latency:
-        progress("shrinking: measuring latency")
-        with timings.phase("shrink_latency"):
-            info["latency_ms"] = _latency(model, new, data_x, config.seed)
-    if masks is not None:
-        _slice_masks(masks, targets, changes)
-    if source is not None and source.flavour == "keras2":
-        notes.append(
-            "shrink changed the structure of a Keras-2 model: the output is written by Keras 3 "
-            "(load it with Keras 3; tf_keras cannot read it)"
-        )
-    found = targeting.select(new, config.include, config.exclude)
-    kept_targets = [t for t in found if not policy.skipped_by_override(t, config)]
-    if masks is not None and getattr(masks, "followers", None):
-        masks.followers = graph.follower_masks(new, kept_targets, masks.masks)  # the new model's variables
-    return StepResult(sections={"shrink": info}, notes=tuple(notes), model=new, targets=kept_targets, masks=masks)
-
-
-def _slice_masks(masks, old_targets, changes: dict) -> None:
-    """Keep the MaskSet in step with the new shapes, so later steps see masks that fit the weights."""
-    import numpy as np
-    import tensorflow as tf
-
-    for t in old_targets:
-        if t.layer_name in changes and t.name in masks.masks:
-            arr = np.asarray(masks.masks[t.name])
-            masks.masks[t.name] = tf.constant(slice_weight(t.layer, changes[t.layer_name], t.variable.name, arr))
-
-
-def _latency(original, shrunk, data_x, seed: int) -> dict:
-    """Median forward time of the masked (original architecture) and the shrunk model, batch 1 and 64."""
-    return {
-        label: {f"batch_{n}": round(latency_ms(m, example_inputs(m, n, data_x, seed)), 4) for n in (1, 64)}
-        for label, m in (("original", original), ("shrunk", shrunk))
-    }

@@ -22,15 +22,6 @@ from typing import Any
 
 from prunecli.structure import keras_graph
 
-# How attention layers hold their projections: (attribute names tried in order, role, head axis of
-# the kernel, head axis of the bias). Role "q": indexed by query head; "kv": by key/value head.
-_PROJECTIONS = (
-    (("_query_dense", "query_dense"), "q", 1, 0),
-    (("_key_dense", "key_dense"), "kv", 1, 0),
-    (("_value_dense", "value_dense"), "kv", 1, 0),
-    (("_output_dense", "output_dense", "_o_proj"), "q", 0, None),
-)
-
 
 @dataclass
 class Part:
@@ -80,14 +71,6 @@ def _sublayers(layer) -> list:
     return keras_graph.children(layer)  # none for Keras operations (keras.ops.*)
 
 
-def _attr(layer, names):
-    for n in names:
-        sub = getattr(layer, n, None)
-        if sub is not None:
-            return sub
-    return None
-
-
 def _var_path(var) -> str:
     return str(getattr(var, "path", None) or var.name)
 
@@ -97,17 +80,19 @@ def _describe(layer, path: str, owner, target_names: dict) -> HeadLayer | None:
     import keras
 
     if isinstance(layer, keras.layers.MultiHeadAttention):
-        heads = kv = int(layer._num_heads)
+        heads = kv = keras_graph.attention_head_count(layer)
     elif hasattr(layer, "num_query_heads") and hasattr(layer, "num_key_value_heads"):
         heads, kv = int(layer.num_query_heads), int(layer.num_key_value_heads)
         if kv <= 0 or heads % kv:
             return None
     else:
         return None
+    projections = keras_graph.attention_projections(layer)
+    if projections is None:
+        return None
     parts: list[Part] = []
-    for names, role, k_axis, b_axis in _PROJECTIONS:
-        sub = _attr(layer, names)
-        if sub is None or getattr(sub, "kernel", None) is None:
+    for sub, role, k_axis, b_axis in projections:
+        if getattr(sub, "kernel", None) is None:
             return None
         want = heads if role == "q" else kv
         kernel = sub.kernel
@@ -119,12 +104,12 @@ def _describe(layer, path: str, owner, target_names: dict) -> HeadLayer | None:
             parts.append(Part(target_names.get(id(bias), _var_path(bias)), bias, b_axis, role))
     blocker = None
     if layer is not owner and not (
-        type(owner).__name__ in HUB_ENCODERS and getattr(owner, "_self_attention_layer", None) is layer
+        type(owner).__name__ in HUB_ENCODERS and keras_graph.hub_self_attention(owner) is layer
     ):
         blocker = f"inside {type(owner).__name__} {owner.name!r}, which derives its head size from num_heads"
     elif type(layer).__name__ not in ("MultiHeadAttention", "CachedMultiHeadAttention"):
         blocker = f"{type(layer).__name__} is not keras.layers.MultiHeadAttention"
-    elif getattr(layer, "_use_gate", False):
+    elif keras_graph.gated_attention(layer):
         blocker = "gated attention (use_gate=True) is not rebuilt"
     return HeadLayer(path, layer, owner, heads, kv, parts, blocker)
 
@@ -132,7 +117,7 @@ def _describe(layer, path: str, owner, target_names: dict) -> HeadLayer | None:
 def find(model, targets=None) -> list[HeadLayer]:
     """Every attention layer of the model whose heads can be scored, nested layers opened, each once.
 
-    `targets` (from selection.targets.select) names the kernels as the rest of prunecli does."""
+    `targets` (from structure.targets.select) names the kernels as the rest of prunecli does."""
     names = {id(t.variable): t.name for t in (targets or [])}
     found: list[HeadLayer] = []
     seen: set[int] = set()
@@ -221,7 +206,7 @@ def ffn_only(model, targets, include=()) -> tuple[list, list[str]]:
     """The targets `-g neuron` prunes on a Transformer: the first Dense of each FFN pair (and any
     layer the user names with --include). Returns (targets, notes); a model without attention layers
     gets its targets back unchanged."""
-    from prunecli.selection import targets as targets_mod
+    from prunecli.structure import targets as targets_mod
 
     if not has_attention(model):
         return list(targets), []
@@ -239,7 +224,7 @@ def ffn_only(model, targets, include=()) -> tuple[list, list[str]]:
 
 
 def block_candidates(model, allowed=lambda _name: True) -> list:
-    """One dict per whole Transformer block of the functional graph, for layer_removal.analyse:
+    """One dict per whole Transformer block of the functional graph, for removal.layers.analyse:
     {"name", "layers" (names in graph order), "nodes" (node ids), "input", "output" (tensors), "params"}.
 
     A block starts at the skip input of the residual Add that closes an attention sub-block and ends
@@ -249,22 +234,50 @@ def block_candidates(model, allowed=lambda _name: True) -> list:
     graph, nodes = _graph_nodes(model)
     if graph is None:
         return []
-    producer = {id(out): node for node in nodes for out in node.outputs}
-    readers: dict[int, list] = {}
-    for node in nodes:
-        for t in node.input_tensors:
-            readers.setdefault(id(t), []).append(node)
-    order = {id(node): i for i, node in enumerate(nodes)}
-    model_outputs = {id(t) for t in graph.outputs}
+    g = _Wiring(graph, nodes)
+    residuals = _residual_adds(g)
+    starts = [i for i, r in enumerate(residuals) if r[2]]
+    out = []
+    for k, i in enumerate(starts):
+        start_t = residuals[i][1]
+        end_t = residuals[starts[k + 1]][1] if k + 1 < len(starts) else _last_block_end(g, residuals, i)
+        span = g.ancestors(end_t, start_t)
+        if not span or tuple(start_t.shape[1:]) != tuple(end_t.shape[1:]) or id(end_t) in g.model_outputs:
+            continue
+        if not _span_is_closed(g, span, end_t):
+            continue
+        inner = sorted((n for n in nodes if id(n) in span), key=lambda n: g.order[id(n)])
+        attn_name = next(n.operation.name for n in inner if _is_attention(n.operation))
+        if allowed(attn_name):
+            out.append(_block(inner, attn_name, start_t, end_t))
+    return out
 
-    def ancestors(tensor, stop) -> set:
+
+class _Wiring:
+    """Who produces and who reads each tensor of a functional graph, the nodes' order, and the model's
+    outputs: what finding Transformer blocks asks of the graph over and over."""
+
+    def __init__(self, graph, nodes):
+        self.nodes = nodes
+        self.producer = {id(out): node for node in nodes for out in node.outputs}
+        self.readers: dict[int, list] = {}
+        for node in nodes:
+            for t in node.input_tensors:
+                self.readers.setdefault(id(t), []).append(node)
+        self.order = {id(node): i for i, node in enumerate(nodes)}
+        self.model_outputs = {id(t) for t in graph.outputs}
+
+    def readers_of(self, tensor) -> list:
+        return self.readers.get(id(tensor), [])
+
+    def ancestors(self, tensor, stop) -> set | None:
         """Node ids between `stop` (exclusive) and `tensor`; None if a path misses `stop`."""
         seen, stack = set(), [tensor]
         while stack:
             t = stack.pop()
             if id(t) == id(stop):
                 continue
-            node = producer.get(id(t))
+            node = self.producer.get(id(t))
             if node is None:
                 return None
             if id(node) in seen:
@@ -273,65 +286,62 @@ def block_candidates(model, allowed=lambda _name: True) -> list:
             stack.extend(node.input_tensors)
         return seen
 
-    # residual Adds in graph order: (add node, skip tensor, holds attention)
+
+def _residual_adds(g: _Wiring) -> list[tuple]:
+    """The residual Adds in graph order, as (add node, skip tensor, whether the branch holds attention):
+    a two-input Add one of whose inputs (the branch) is computed from the other (the skip) alone."""
     residuals = []
-    for node in nodes:
+    for node in g.nodes:
         if type(node.operation).__name__ != "Add" or len(node.input_tensors) != 2:
             continue
         for skip_pos in (0, 1):
             skip_t, branch_t = node.input_tensors[skip_pos], node.input_tensors[1 - skip_pos]
-            inside = ancestors(branch_t, skip_t)
+            inside = g.ancestors(branch_t, skip_t)
             if inside:
-                attn = any(_is_attention(n.operation) for n in nodes if id(n) in inside)
+                attn = any(_is_attention(n.operation) for n in g.nodes if id(n) in inside)
                 residuals.append((node, skip_t, attn))
                 break
-    starts = [i for i, r in enumerate(residuals) if r[2]]
-    out = []
-    for k, i in enumerate(starts):
-        start_t = residuals[i][1]
-        if k + 1 < len(starts):
-            end_t = residuals[starts[k + 1]][1]
-        else:
-            end_t = residuals[-1][0].outputs[0]
-            after = readers.get(id(end_t), [])
-            first_add_readers = readers.get(id(residuals[i][0].outputs[0]), [])
-            post_norm = any(type(n.operation).__name__ == "LayerNormalization" for n in first_add_readers)
-            if post_norm and len(after) == 1 and type(after[0].operation).__name__ == "LayerNormalization":
-                end_t = after[0].outputs[0]
-        span = ancestors(end_t, start_t)
-        if not span or tuple(start_t.shape[1:]) != tuple(end_t.shape[1:]) or id(end_t) in model_outputs:
+    return residuals
+
+
+def _last_block_end(g: _Wiring, residuals: list[tuple], start: int):
+    """Where the last block ends: the output of the last residual Add, or of the LayerNormalization
+    read right after it when the model is post-norm (its first Add of the block feeds a LayerNormalization)."""
+    end_t = residuals[-1][0].outputs[0]
+    after = g.readers_of(end_t)
+    post_norm = any(
+        type(n.operation).__name__ == "LayerNormalization" for n in g.readers_of(residuals[start][0].outputs[0])
+    )
+    if post_norm and len(after) == 1 and type(after[0].operation).__name__ == "LayerNormalization":
+        end_t = after[0].outputs[0]
+    return end_t
+
+
+def _span_is_closed(g: _Wiring, span: set, end_t) -> bool:
+    """Whether the span's only way out is `end_t`: no tensor inside it (other than `end_t`) is a model
+    output or is read by a node outside it, so bypassing the span leaves the rest of the graph intact."""
+    for node in g.nodes:
+        if id(node) not in span:
             continue
-        clean = True
-        for node in nodes:
-            if id(node) not in span:
+        for o in node.outputs:
+            if id(o) == id(end_t):
                 continue
-            for o in node.outputs:
-                if id(o) in model_outputs and id(o) != id(end_t):
-                    clean = False
-                if id(o) == id(end_t):
-                    continue
-                if any(id(r) not in span for r in readers.get(id(o), [])):
-                    clean = False
-        if not clean:
-            continue
-        inner = sorted((n for n in nodes if id(n) in span), key=lambda n: order[id(n)])
-        names = [n.operation.name for n in inner]
-        attn_name = next(n.operation.name for n in inner if _is_attention(n.operation))
-        name = f"block:{attn_name}"
-        if not allowed(attn_name):
-            continue
-        params = sum(int(math.prod(w.shape)) for n in inner for w in (getattr(n.operation, "weights", None) or []))
-        out.append(
-            {
-                "name": name,
-                "layers": names,
-                "nodes": {id(n) for n in inner},
-                "input": start_t,
-                "output": end_t,
-                "params": params,
-            }
-        )
-    return out
+            if id(o) in g.model_outputs or any(id(r) not in span for r in g.readers_of(o)):
+                return False
+    return True
+
+
+def _block(inner: list, attn_name: str, start_t, end_t) -> dict:
+    """The block_candidates entry of one span: its nodes in graph order, named after its attention layer."""
+    params = sum(int(math.prod(w.shape)) for n in inner for w in (getattr(n.operation, "weights", None) or []))
+    return {
+        "name": f"block:{attn_name}",
+        "layers": [n.operation.name for n in inner],
+        "nodes": {id(n) for n in inner},
+        "input": start_t,
+        "output": end_t,
+        "params": params,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -19,18 +19,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prunecli.config import LayerOverride, PruneConfig, parse_optimizer
+from prunecli.config import GRADUAL, LayerOverride, PruneConfig, parse_optimizer
 from prunecli.errors import ConfigError
 from prunecli.results import StepResult
 from prunecli.selection import schedule as schedules
 from prunecli.training import distribute
 from prunecli.training.metrics import evaluate, loss_callable
+from prunecli.training.progress import EpochProgress, Stopwatch
 
 NEAR_ZERO = 1e-3  # |w| below this counts as "near zero" in the report
 DEFAULT_OPTIMIZER = "adam"
@@ -72,61 +71,116 @@ def run(job: FineTuneJob) -> StepResult:
 
 
 def _run(s: FineTuneJob, strategy) -> StepResult:
+    """The fine-tuning run on the strategy's device(s): build the trainer and the schedule, train the
+    epochs, restore the best epoch's weights under early stopping, and report."""
     c = s.config
-    if not distribute.is_default(strategy) and getattr(s.masks, "followers", None):
-        from prunecli.structure import channels
-
-        # the mirrored copy has its own bias/BN variables: the followers' masks must point at them
-        s.masks = dataclasses.replace(s.masks, followers=channels.follower_masks(s.model, s.targets, s.masks.masks))
-    with strategy.scope():  # the optimizer binds to the strategy it is made under; masks, slots: per replica
-        optimizer, optimizer_info = make_optimizer(c, s.compiled_optimizer)
-        trainer = Trainer(s, optimizer, dense_shadow=c.schedule == "dynamic", strategy=strategy)
+    trainer, optimizer_info = _make_trainer(s, strategy)
     steps_per_epoch = _steps_per_epoch(s.data.train)
     plan = schedules.build(c.schedule, c.epochs, steps_per_epoch, c.initial_sparsity, c.schedule_steps)
     validation, held_out = _validation_data(s)
     if c.early_stopping and not held_out:
         s.notes.append("early stopping watches the training loss (no held-out data; give --val-split)")
-    show = EpochProgress(c, s.progress)
     clock = Stopwatch()
-    history: list[dict] = []
-    best = _Best()
-    step = updates = 0
-    metrics: dict[str, Any] = {}
     s.progress(f"fine-tuning: {c.epochs} epoch(s), schedule {c.schedule}, {optimizer_info['name']}")
     with clock.running():
-        for epoch in range(1, c.epochs + 1):
-            show.begin(epoch, steps_per_epoch)
-            epoch_start, sums = step, trainer.new_sums()
-            for x, y in distribute.distribute_batches(strategy, s.data.train):
-                if step in plan.update_steps:
-                    with clock.paused():
-                        _update_masks(s, trainer, plan, step)
-                        updates += 1
-                        if step == plan.frozen_from and c.schedule in schedules.GRADUAL:
-                            with distribute.loaded_model(s):  # Keras evaluate: on one device
-                                metrics["after_pruning"] = evaluate(s.model, s.data.eval, s.task)
-                sums.add(*trainer.train(x, y))
-                step += 1
-                show.step(sums)
-            logs = sums.logs()
-            if validation is not None:
-                logs.update({f"val_{k}": v for k, v in trainer.evaluate(validation).logs().items()})
-            logs["sparsity"] = trainer.mask_sparsity()
-            history.append({"epoch": epoch, **logs})
-            show.end(logs)
-            if c.early_stopping and epoch_start >= plan.frozen_from:  # the masks were final all epoch
-                if not best.improved(logs.get("val_loss", logs["loss"]), epoch, s.model):
-                    if epoch - best.epoch >= c.early_stopping:
-                        break
-    if best.weights is not None and best.epoch != history[-1]["epoch"]:
-        s.model.set_weights(best.weights)
-    section = {
+        loop = _train_epochs(s, trainer, plan, strategy, validation, steps_per_epoch, clock)
+    if loop.best.weights is not None and loop.best.epoch != loop.history[-1]["epoch"]:
+        s.model.set_weights(loop.best.weights)
+    section = _finetune_section(s, trainer, loop, optimizer_info, strategy, held_out, clock)
+    return StepResult(
+        sections={"finetune": section},
+        notes=tuple(s.notes + s.mask_notes),
+        metrics=loop.metrics,
+        timings={"finetune": clock.elapsed},
+        masks=s.masks,
+    )
+
+
+def _make_trainer(s: FineTuneJob, strategy) -> tuple[Trainer, dict]:
+    """The optimizer and the compiled trainer, made under the strategy's scope: the optimizer binds to
+    the strategy it is made under, and masks and slots live per replica. A mirrored copy has its own
+    bias/BN variables, so the followers' masks are first pointed at them."""
+    c = s.config
+    if not distribute.is_default(strategy) and getattr(s.masks, "followers", None):
+        from prunecli.structure import channels
+
+        s.masks = dataclasses.replace(s.masks, followers=channels.follower_masks(s.model, s.targets, s.masks.masks))
+    with strategy.scope():
+        optimizer, optimizer_info = make_optimizer(c, s.compiled_optimizer)
+        trainer = Trainer(s, optimizer, dense_shadow=c.schedule == "dynamic", strategy=strategy)
+    return trainer, optimizer_info
+
+
+@dataclass
+class _Loop:
+    """What the epoch loop leaves behind: one log per epoch run, the best epoch for early stopping,
+    the steps taken, the mask updates made, and the metrics measured when the final sparsity was first
+    reached (gradual schedules)."""
+
+    history: list[dict] = field(default_factory=list)
+    best: _Best = field(default_factory=lambda: _Best())
+    step: int = 0
+    updates: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _train_epochs(s: FineTuneJob, trainer: Trainer, plan, strategy, validation, steps_per_epoch: int, clock) -> _Loop:
+    """Train epoch by epoch, logging each (with the held-out loss when there is validation data),
+    until the last epoch or until early stopping sees no improvement for --early-stopping epochs."""
+    c = s.config
+    show = EpochProgress(c, s.progress)
+    loop = _Loop()
+    for epoch in range(1, c.epochs + 1):
+        show.begin(epoch, steps_per_epoch)
+        epoch_start = loop.step
+        sums = _train_one_epoch(s, trainer, plan, strategy, clock, loop, show)
+        logs = _epoch_logs(trainer, sums, validation)
+        loop.history.append({"epoch": epoch, **logs})
+        show.end(logs)
+        if c.early_stopping and epoch_start >= plan.frozen_from:  # the masks were final all epoch
+            if not loop.best.improved(logs.get("val_loss", logs["loss"]), epoch, s.model):
+                if epoch - loop.best.epoch >= c.early_stopping:
+                    break
+    return loop
+
+
+def _train_one_epoch(s: FineTuneJob, trainer: Trainer, plan, strategy, clock, loop: _Loop, show) -> _Sums:
+    """One pass over the training data, updating the masks at the steps the schedule names (off the
+    training clock). Gradual schedules measure the model once when the final sparsity is reached."""
+    sums = trainer.new_sums()
+    for x, y in distribute.distribute_batches(strategy, s.data.train):
+        if loop.step in plan.update_steps:
+            with clock.paused():
+                _update_masks(s, trainer, plan, loop.step)
+                loop.updates += 1
+                if loop.step == plan.frozen_from and s.config.schedule in GRADUAL:
+                    with distribute.loaded_model(s):  # Keras evaluate: on one device
+                        loop.metrics["after_pruning"] = evaluate(s.model, s.data.eval, s.task)
+        sums.add(*trainer.train(x, y))
+        loop.step += 1
+        show.step(sums)
+    return sums
+
+
+def _epoch_logs(trainer: Trainer, sums: _Sums, validation) -> dict:
+    """The epoch's training loss (and accuracy), the validation ones prefixed `val_`, and the sparsity."""
+    logs = sums.logs()
+    if validation is not None:
+        logs.update({f"val_{k}": v for k, v in trainer.evaluate(validation).logs().items()})
+    logs["sparsity"] = trainer.mask_sparsity()
+    return logs
+
+
+def _finetune_section(s: FineTuneJob, trainer: Trainer, loop: _Loop, optimizer_info, strategy, held_out, clock) -> dict:
+    """The report's `finetune` section: the settings in effect and what the run measured."""
+    c = s.config
+    return {
         "schedule": c.schedule,
         "epochs_requested": c.epochs,
-        "epochs_run": len(history),
-        "stopped_early": len(history) < c.epochs,
-        "best_epoch": best.epoch,
-        "steps": step,
+        "epochs_run": len(loop.history),
+        "stopped_early": len(loop.history) < c.epochs,
+        "best_epoch": loop.best.epoch,
+        "steps": loop.step,
         "optimizer": optimizer_info,
         "loss": _name_of(s.task.loss),
         "l1": c.l1,
@@ -136,20 +190,13 @@ def _run(s: FineTuneJob, strategy) -> StepResult:
         "distill": {"temperature": c.distill, "weight": c.distill_weight} if trainer.distilled else None,
         "distribute": distribute.describe(strategy),
         "validation": "held-out" if held_out else "training data",
-        "mask_updates": updates,
+        "mask_updates": loop.updates,
         **({"regrown_weights": trainer.regrown} if c.schedule == "dynamic" else {}),
         "final_sparsity": trainer.mask_sparsity(),
         "near_zero_weights": trainer.near_zero(),
         "train_seconds": round(clock.elapsed, 3),
-        "history": history,
+        "history": loop.history,
     }
-    return StepResult(
-        sections={"finetune": section},
-        notes=tuple(s.notes + s.mask_notes),
-        metrics=metrics,
-        timings={"finetune": clock.elapsed},
-        masks=s.masks,
-    )
 
 
 def scheduled_config(config: PruneConfig, plan: schedules.Schedule, step: int) -> PruneConfig:
@@ -236,7 +283,6 @@ class Trainer:
     """
 
     def __init__(self, s, optimizer, dense_shadow: bool = False, strategy=None, teacher=None):
-        import keras
         import tensorflow as tf
 
         c = s.config
@@ -250,6 +296,20 @@ class Trainer:
         self.model = s.model
         self.strategy = strategy or tf.distribute.get_strategy()
         trainable = list(s.model.trainable_variables)
+        self._hold_masks(s, trainable)
+        updated = self._make_shadows(trainable, dense_shadow)
+        optimizer.build(updated)
+        self._train_py, self._eval_py = self._make_steps(s, teacher, temperature, trainable, updated)
+        self.regrown = 0
+        self.jit_compile = use_xla(s.model) and distribute.is_default(self.strategy)  # XLA: one device
+        self._compile()
+
+    def _hold_masks(self, s, trainable: list) -> None:
+        """The masks as boolean variables (all-ones for a target without one), one per trainable target,
+        and the keep-masks of the per-channel parameters that follow a pruned unit (bias, BN, PReLU,
+        depthwise), which are held at 0 too. Variables, so a mask update never retraces the step."""
+        import tensorflow as tf
+
         ids = {id(v) for v in trainable}
         known = getattr(s.masks, "masks", None) or {}
         self.targets = [t for t in s.targets if id(t.variable) in ids]
@@ -261,54 +321,45 @@ class Trainer:
             )
             for i, t in enumerate(self.targets)
         ]
-        # the per-channel parameters that follow a pruned unit (bias, BN, PReLU, depthwise): held at 0 too
         followers = list(getattr(s.masks, "followers", None) or [])
         self.followers = [v for v, _ in followers]
         self.follower_keep = [
             tf.Variable(tf.constant(keep, tf.bool), trainable=False, name=f"follower_mask_{i}")
             for i, (_, keep) in enumerate(followers)
         ]
-        held = [t.variable for t in self.targets]
+
+    def _make_shadows(self, trainable: list, dense_shadow: bool) -> list:
+        """With `dense_shadow` (schedule dynamic), dense copies of the held weights that the optimizer
+        updates instead of them; returns the variables the optimizer updates, in `trainable`'s order."""
+        import keras
+        import tensorflow as tf
+
         shadow_of = {}  # dense copies (not views: keras.Variable(v.value) would share v's storage)
         if dense_shadow:
+            held = [t.variable for t in self.targets]
             shadow_of = {id(v): keras.Variable(tf.identity(v.value), name=f"dense_{i}") for i, v in enumerate(held)}
         self.shadows = list(shadow_of.values())
-        updated = [shadow_of.get(id(v), v) for v in trainable]
-        optimizer.build(updated)
+        return [shadow_of.get(id(v), v) for v in trainable]
+
+    def _make_steps(self, s, teacher, temperature, trainable: list, updated: list):
+        """The Python train and eval steps that `_compile` turns into tf.functions. The train step runs
+        the gradient step on every replica, then writes source * mask into each held weight (the source
+        is its dense shadow under schedule dynamic) and zeroes the pruned followers, all in one step."""
+        import tensorflow as tf
+
         loss_fn = loss_callable(s.task.loss, "fine-tuning")
-        if self.distilled:
-            from prunecli.training import distill
-
-            distill.check_task(s.task)
-            from_logits = distill.outputs_are_logits(s.task.loss)
-            weight = float(c.distill_weight)
-        accuracy_fn = getattr(keras.metrics, s.task.accuracy) if s.task.accuracy else None
-        self.has_accuracy = accuracy_fn is not None
-        l1, l2 = float(c.l1), float(c.l2)
+        teacher_targets, objective = self._objective(s.config, s.task, teacher, temperature)
+        data_loss, sums = self._task_measures(s.task, loss_fn)
+        held = [t.variable for t in self.targets]
         sources = self.shadows or held
-
-        def data_loss(y, pred):
-            loss = tf.reduce_mean(loss_fn(y, pred))
-            return loss + tf.add_n(self.model.losses) if self.model.losses else loss
-
-        def sums(y, pred, loss):
-            n = tf.cast(tf.shape(tf.nest.flatten(pred)[0])[0], tf.float32)
-            acc = tf.reduce_mean(tf.cast(accuracy_fn(y, pred), tf.float32)) if accuracy_fn else tf.constant(0.0)
-            return loss * n, acc * n, n
+        optimizer = self.optimizer
 
         def replica_step(x, y):
-            if self.distilled:  # inference mode, outside the tape: no gradient reaches the teacher
-                soft_targets = tf.stop_gradient(teacher(x, training=False))
+            soft_targets = teacher_targets(x)
             with tf.GradientTape() as tape:
                 pred = self.model(x, training=True)
                 loss = data_loss(y, pred)
-                total = loss
-                if self.distilled:
-                    total = distill.combine(loss, distill.soft_kl(soft_targets, pred, temperature, from_logits), weight)
-                if l1:
-                    total += l1 * tf.add_n([tf.reduce_sum(tf.abs(v)) for v in held])
-                if l2:
-                    total += l2 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in held])
+                total = objective(loss, soft_targets, pred)
                 # this replica's share of the global batch (1.0 on one device): the optimizer sums the
                 # replicas' gradients, which then are the gradient of the mean loss over the global batch
                 total *= distribute.global_share(tf.shape(tf.nest.flatten(pred)[0])[0])
@@ -328,10 +379,57 @@ class Trainer:
             pred = self.model(x, training=False)
             return sums(y, pred, data_loss(y, pred))
 
-        self._train_py, self._eval_py = train_step, eval_step
-        self.regrown = 0
-        self.jit_compile = use_xla(s.model) and distribute.is_default(self.strategy)  # XLA: one device
-        self._compile()
+        return train_step, eval_step
+
+    def _objective(self, c, task, teacher, temperature):
+        """(teacher_targets(x), objective(loss, soft_targets, pred)): what the gradient follows. The task
+        loss, blended with the teacher's soft targets under --distill, plus the L1/L2 penalties on the
+        held weights. The teacher runs in inference mode outside the tape: no gradient reaches it."""
+        import tensorflow as tf
+
+        if self.distilled:
+            from prunecli.training import distill
+
+            distill.check_task(task)
+            from_logits = distill.outputs_are_logits(task.loss)
+            weight = float(c.distill_weight)
+        l1, l2 = float(c.l1), float(c.l2)
+        held = [t.variable for t in self.targets]
+
+        def teacher_targets(x):
+            return tf.stop_gradient(teacher(x, training=False)) if self.distilled else None
+
+        def objective(loss, soft_targets, pred):
+            total = loss
+            if self.distilled:
+                total = distill.combine(loss, distill.soft_kl(soft_targets, pred, temperature, from_logits), weight)
+            if l1:
+                total += l1 * tf.add_n([tf.reduce_sum(tf.abs(v)) for v in held])
+            if l2:
+                total += l2 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in held])
+            return total
+
+        return teacher_targets, objective
+
+    def _task_measures(self, task, loss_fn):
+        """(data_loss(y, pred), sums(y, pred, loss)): the task loss with the model's own losses added,
+        and the batch's loss, accuracy (when the task has one) and size, weighted by the batch size."""
+        import keras
+        import tensorflow as tf
+
+        accuracy_fn = getattr(keras.metrics, task.accuracy) if task.accuracy else None
+        self.has_accuracy = accuracy_fn is not None
+
+        def data_loss(y, pred):
+            loss = tf.reduce_mean(loss_fn(y, pred))
+            return loss + tf.add_n(self.model.losses) if self.model.losses else loss
+
+        def sums(y, pred, loss):
+            n = tf.cast(tf.shape(tf.nest.flatten(pred)[0])[0], tf.float32)
+            acc = tf.reduce_mean(tf.cast(accuracy_fn(y, pred), tf.float32)) if accuracy_fn else tf.constant(0.0)
+            return loss * n, acc * n, n
+
+        return data_loss, sums
 
     def _compile(self) -> None:
         import tensorflow as tf
@@ -412,9 +510,11 @@ def _set_lr_schedule(optimizer, config: PruneConfig, data) -> str:
     schedules is left alone. Returns the schedule in use ("constant", "cosine" or "model")."""
     import keras
 
+    from prunecli.structure import keras_graph
+
     wanted = getattr(config, "lr_schedule", "constant")
     start = _learning_rate(optimizer)
-    if start is None or callable(getattr(optimizer, "_learning_rate", None)):  # a schedule from the model's file
+    if start is None or keras_graph.scheduled_learning_rate(optimizer):  # a schedule from the model's file
         return "model"
     if wanted != "cosine":
         return "constant"
@@ -440,7 +540,7 @@ def use_xla(model) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# small helpers: data, sums, early stopping, clock, progress
+# small helpers: data, sums, early stopping
 
 
 def _steps_per_epoch(dataset) -> int:
@@ -498,92 +598,3 @@ class _Best:
             self.value, self.epoch, self.weights = value, epoch, model.get_weights()
             return True
         return False
-
-
-class Stopwatch:
-    """Training time only: mask re-scoring and stage evaluations are timed by their own phases."""
-
-    def __init__(self):
-        self.elapsed = 0.0
-        self._since: float | None = None
-
-    def _stop(self) -> None:
-        if self._since is not None:
-            self.elapsed += time.perf_counter() - self._since
-            self._since = None
-
-    def running(self):
-        return _Span(self, pause=False)
-
-    def paused(self):
-        return _Span(self, pause=True)
-
-
-class _Span:
-    def __init__(self, watch: Stopwatch, pause: bool):
-        self.watch, self.pause = watch, pause
-
-    def __enter__(self):
-        if self.pause:
-            self.watch._stop()
-        else:
-            self.watch._since = time.perf_counter()
-
-    def __exit__(self, *exc):
-        if self.pause:
-            self.watch._since = time.perf_counter()
-        else:
-            self.watch._stop()
-
-
-class EpochProgress:
-    """A Keras-like progress bar on a terminal; one line per epoch (through `say`) otherwise; --quiet: nothing."""
-
-    WIDTH = 30
-
-    def __init__(self, config: PruneConfig, say, stream=None):
-        self.stream = stream or sys.stderr
-        self.epochs = config.epochs
-        self.say = say
-        self.mode = "off" if config.quiet else ("bar" if self.stream.isatty() else "line")
-        self._drawn = 0.0
-
-    def begin(self, epoch: int, steps: int) -> None:
-        self.epoch, self.steps, self.done, self.start = epoch, steps, 0, time.perf_counter()
-        self._width = 0
-        if self.mode == "bar":
-            self.stream.write(f"Epoch {epoch}/{self.epochs}\n")
-
-    def step(self, sums: _Sums) -> None:
-        self.done += 1
-        now = time.perf_counter()
-        if self.mode == "bar" and now - self._drawn > 0.1:
-            self._drawn = now
-            elapsed = now - self.start
-            eta = elapsed / self.done * max(self.steps - self.done, 0)
-            self._draw(f"ETA: {eta:.0f}s", sums.logs())
-
-    def end(self, logs: dict) -> None:
-        seconds = time.perf_counter() - self.start
-        if self.mode == "bar":
-            self._draw(f"{seconds:.0f}s {1000 * seconds / max(self.done, 1):.0f}ms/step", logs)
-            self.stream.write("\n")
-            self.stream.flush()
-        elif self.mode == "line":
-            self.say(f"epoch {self.epoch}/{self.epochs} - {seconds:.1f}s - {_format(logs)}")
-
-    def _draw(self, timing: str, logs: dict) -> None:
-        filled = self.WIDTH * self.done // max(self.steps, 1)
-        bar = "=" * max(filled - 1, 0) + (">" if filled < self.WIDTH else "=") + "." * (self.WIDTH - filled)
-        width = len(str(self.steps))
-        line = f"{self.done:>{width}}/{self.steps} [{bar[: self.WIDTH]}] - {timing} - {_format(logs)}"
-        self.stream.write(f"\r{line}{' ' * max(self._width - len(line), 0)}")  # blank what a longer line left
-        self._width = len(line)
-        self.stream.flush()
-
-
-def _format(logs: dict) -> str:
-    parts = []
-    for key, value in logs.items():
-        parts.append(f"{key}: {value:.1%}" if key == "sparsity" else f"{key}: {value:.4f}")
-    return " - ".join(parts)

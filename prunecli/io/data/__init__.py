@@ -1,0 +1,115 @@
+"""Data for scoring, evaluation and fine-tuning, as batched tf.data pipelines.
+
+Formats (`--data`), one module each: `npz`, `npy`, `images`, `tfrecord`. `checks` and `labels` hold
+what every format runs against the model, `multi_io` the arrays of a model with several inputs or
+outputs, `batches` the Data they all return. This package is the public API:
+  * `.npz`: arrays `x`/`y`, or `x_train`/`y_train` with `x_test`/`y_test` and/or `x_val`/`y_val`.
+    Read with allow_pickle=False (a pickle inside an .npz could run code) and held in memory.
+  * `.npy` pairs: the inputs file has an `x` in its name, the labels file is the same name with
+    that `x` as `y`: `x.npy` + `y.npy`, `x_train.npy` + `y_train.npy`, `digits_x.npy` + `digits_y.npy`.
+    With `train` in the name, `x_test.npy`/`y_test.npy` (and `x_val`/`y_val`) beside it are used too.
+    Memory-mapped and streamed in batches, so they may be larger than memory.
+  * an image folder: one sub-folder per class (`DIR/cat/*.png`), or `DIR/train/<class>/` with
+    `DIR/test/<class>/` (or `val/`); images are resized to the model's input.
+  * TFRecord: a `.tfrecord` file, a folder of them, or a glob, described by a spec file (below).
+Image folders and TFRecords stream from disk. A spec is a small YAML/JSON file beside the data,
+`NAME.spec.yaml` for `NAME.tfrecord`, or `spec.yaml` in the folder:
+
+    x: {key: pixels, dtype: float32, shape: [8, 8, 1]}   # or {key: png, encoding: image},
+                                                          # or {key: raw, encoding: raw, dtype: uint8, shape: [...]}
+    y: {key: label, dtype: int64}
+    scale: 0.00392156862745098     # optional: multiply the inputs (images too)
+    compression: GZIP              # optional (TFRecord)
+    eval: test.tfrecord            # optional (TFRecord): evaluation records, relative to the spec
+
+Shapes and labels are checked against the model before anything runs, so a mismatch is one clear
+line, not a stack trace from inside Keras. `--val-split` holds out a share of the training data:
+for evaluation when only one set is given, for validation (early stopping) when a test set exists.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prunecli.errors import DataError
+from prunecli.io.data.batches import Data
+from prunecli.io.data.checks import io_names, is_multi_io
+from prunecli.io.data.images import load_images
+from prunecli.io.data.npy import load_npy, npy_partner
+from prunecli.io.data.npz import load_npz
+from prunecli.io.data.spec import find_spec
+from prunecli.io.data.tfrecord import TFRECORD_SUFFIXES, load_tfrecord, tfrecord_files
+
+
+def load(path: str, model, batch_size: int = 64, val_split: float = 0.0, seed: int = 0) -> Data:
+    """Read the data and return train/eval pipelines checked against the model."""
+    p = Path(path)
+    if not p.exists() and not any(ch in str(path) for ch in "*?["):
+        raise DataError(f"data file not found: {p}")
+    if is_multi_io(model) and not (p.suffix == ".npz" and p.is_file()):
+        inputs, outputs = io_names(model)
+        raise DataError(
+            f"{p}: a model with inputs {inputs} and outputs {outputs} reads its data from one .npz "
+            "(x_NAME per input, y_NAME per output; see README, Data)"
+        )
+    if any(ch in str(path) for ch in "*?["):
+        return load_tfrecord(str(path), model, batch_size, val_split, seed)
+    if not p.exists():
+        raise DataError(f"data file not found: {p}")
+    from prunecli.io.paths import check_readable
+
+    check_readable(p, "data file", DataError)  # a FIFO would block, /dev/zero never ends
+    if p.is_dir():
+        if tfrecord_files(p):
+            return load_tfrecord(str(p), model, batch_size, val_split, seed)
+        return load_images(p, model, batch_size, val_split, seed)
+    if p.suffix == ".npz":
+        return load_npz(p, model, batch_size, val_split, seed)
+    if p.suffix == ".npy":
+        return load_npy(p, model, batch_size, val_split, seed)
+    if p.suffix in TFRECORD_SUFFIXES:
+        return load_tfrecord(str(p), model, batch_size, val_split, seed)
+    raise DataError(f"{p}: unsupported data format (use .npz, x/y .npy files, an image folder or .tfrecord)")
+
+
+def files_read(data: str) -> dict[str, list[Path]]:
+    """Files `--data` reads besides itself, for io.paths.plan: the labels .npy beside x.npy and a
+    TFRecord's spec (an output must not overwrite them either)."""
+    p = Path(str(data))
+    if any(ch in str(data) for ch in "*?["):
+        return {}
+    out = []
+    if p.suffix == ".npy":
+        partner = npy_partner(p, "x", "y")
+        if partner is not None:
+            out.append(partner)
+    if p.is_file() and p.suffix in TFRECORD_SUFFIXES:
+        spec = find_spec(str(p))
+        if spec is not None:
+            out.append(spec)
+    return {"data": out} if out else {}
+
+
+def read_feature_names(path) -> list[str]:
+    """--feature-names: one name per line, UTF-8; a special file or undecodable text is one clear line."""
+    import stat
+
+    from prunecli.errors import ConfigError
+    from prunecli.messages import shown
+
+    p = Path(path)
+    try:
+        st = p.stat()
+    except (OSError, ValueError):
+        raise ConfigError(f"--feature-names file not found: {shown(p)}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"--feature-names {shown(p)} is not a regular file")
+    if st.st_size > 64 * 2**20:
+        raise ConfigError(f"--feature-names {shown(p)} is larger than 64 MiB")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"--feature-names {shown(p)} is not UTF-8 text (byte {exc.start})") from exc
+    except OSError as exc:
+        raise DataError(f"cannot read --feature-names {shown(p)}: {exc.strerror or exc}") from exc
+    return [line.strip() for line in text.splitlines() if line.strip()]

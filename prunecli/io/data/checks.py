@@ -1,0 +1,156 @@
+"""What the model expects of its data, and the checks of arrays against it.
+
+Every format runs these before anything trains or scores, so a mismatch is one clear line naming
+the file, not a stack trace from inside Keras.
+"""
+
+from __future__ import annotations
+
+from prunecli.errors import DataError
+
+FINITE_CHECK_ROWS = 4096  # rows per chunk when checking a memory-mapped file for NaN/Inf
+
+
+def model_input_shape(model):
+    """The single input's shape (batch first); None with several inputs, which multi_io checks by name."""
+    shapes = [tuple(t.shape) for t in model.inputs] if getattr(model, "inputs", None) else []
+    return shapes[0] if len(shapes) == 1 else None
+
+
+def output_classes(model) -> int | None:
+    """The first output's width (a classifier's class count), or None when the model leaves it open."""
+    out = model.outputs[0].shape if getattr(model, "outputs", None) else None
+    return None if out is None or out[-1] is None else int(out[-1])
+
+
+def io_names(model) -> tuple[list[str], list[str]]:
+    """The model's input names (its Input layers) and output names, in order."""
+    inputs = [str(t.name) for t in getattr(model, "inputs", None) or []]
+    outputs = [str(n) for n in getattr(model, "output_names", None) or []]
+    return inputs, outputs
+
+
+def is_multi_io(model) -> bool:
+    """Several inputs or outputs: their arrays can only come keyed by name, from one .npz."""
+    inputs, outputs = io_names(model)
+    return len(inputs) > 1 or len(outputs) > 1
+
+
+def check_inputs(model, per_example: tuple, path) -> None:
+    """The per-example input shape must match the model's input shape (None matches anything)."""
+    expected = model_input_shape(model)
+    if expected is None:
+        return
+    got, want = tuple(per_example), tuple(expected[1:])
+    if not (len(got) == len(want) and all(w is None or w == g for w, g in zip(want, got, strict=True))):
+        raise DataError(f"{path}: inputs have shape {got} per example but the model expects {want}")
+
+
+def output_shape(model) -> tuple | None:
+    """The first output's shape per example ((classes,), or (positions, classes) for a per-position
+    output), None where the model leaves a dimension open."""
+    out = model.outputs[0].shape if getattr(model, "outputs", None) else None
+    return None if out is None else tuple(out[1:])
+
+
+def per_position_classes(model, y) -> bool:
+    """Labels that give one class number per position of a per-position output: y (N, L) for an
+    output (N, L, C), as sequence taggers and per-frame models are trained."""
+    shape = output_shape(model)
+    return (
+        shape is not None
+        and len(shape) >= 2
+        and y.ndim == len(shape)
+        and all(a is None or a == b for a, b in zip(shape[:-1], y.shape[1:], strict=True))
+    )
+
+
+def check_labels(model, y, path) -> None:
+    """Labels must fit the model's output: as many columns, class numbers in range (one per example,
+    or one per position of a per-position output); anything else is refused naming both shapes."""
+    classes = output_classes(model)
+    if classes is None or len(y) == 0:
+        return
+    positions = per_position_classes(model, y)
+    if y.ndim >= 2 and y.shape[-1] not in (1, classes) and not positions:
+        raise DataError(
+            f"{path}: labels of shape {tuple(y.shape[1:])} per example do not fit the model's output "
+            f"{output_shape(model)}: give class numbers {tuple(y.shape[1:-1]) or ''} or rows of {classes}"
+        )
+    if (
+        (positions or y.ndim == 1 or (y.ndim == 2 and y.shape[-1] == 1 and classes > 1))
+        and classes > 1
+        and y.dtype.kind in "iuf"
+    ):
+        import numpy as np
+
+        flat = np.asarray(y).reshape(-1)
+        if y.dtype.kind == "f":
+            if not np.isfinite(flat).all():
+                raise DataError(f"{path}: labels contain NaN or Inf")
+            if not (flat == np.round(flat)).all():
+                raise DataError(
+                    f"{path}: class labels must be whole numbers 0..{classes - 1}, got {flat[flat != np.round(flat)][0]:g}"
+                )
+        if flat.min() < 0 or flat.max() >= classes:
+            raise DataError(f"{path}: labels range {flat.min():g}..{flat.max():g} but the model has {classes} classes")
+
+
+def check_shapes(model, x, y, path) -> None:
+    """Inputs must match the model's input shape; labels must match the output's batch size."""
+    check_inputs(model, x.shape[1:], path)
+    if len(x) != len(y):
+        raise DataError(f"{path}: {len(x)} inputs but {len(y)} labels")
+    if len(x) == 0:
+        raise DataError(f"{path}: the dataset is empty")
+    check_labels(model, y, path)
+
+
+def check_numeric(x, y, path) -> None:
+    if x.dtype.kind not in "fiub" or y.dtype.kind not in "fiub":
+        raise DataError(f"{path}: x and y must be numeric arrays")
+    if x.ndim == 0 or y.ndim == 0:
+        which = "x" if x.ndim == 0 else "y"
+        raise DataError(f"{path}: {which} is a single number (0-d); it needs one row per example")
+
+
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def as_float32(x, path):
+    """Inputs as float32; values beyond float32's range are an error (not a NaN/Inf after the cast,
+    and not NumPy's overflow warnings on the terminal)."""
+    import numpy as np
+
+    if x.dtype == np.float32:
+        return x
+    if x.dtype.kind == "f" and x.dtype.itemsize > 4 and len(x):
+        with np.errstate(all="ignore"):
+            finite = np.isfinite(x)
+            if finite.all() and np.abs(x).max() > FLOAT32_MAX:
+                raise DataError(f"{path}: inputs exceed the float32 range (largest |x| is {np.abs(x).max():.3g})")
+    with np.errstate(all="ignore"):
+        return x.astype(np.float32)
+
+
+def check_label_values(y, path) -> None:
+    import numpy as np
+
+    if y.dtype.kind == "f" and len(y):
+        for start in range(0, len(y), FINITE_CHECK_ROWS):
+            if not np.isfinite(y[start : start + FINITE_CHECK_ROWS]).all():
+                raise DataError(f"{path}: labels contain NaN or Inf")
+
+
+def check_finite(x, path) -> None:
+    """NaN/Inf check in chunks, so a memory-mapped file is never read into memory at once."""
+    import numpy as np
+
+    if x.dtype.kind != "f":
+        return
+    for start in range(0, len(x), FINITE_CHECK_ROWS):
+        chunk = x[start : start + FINITE_CHECK_ROWS]
+        if not np.isfinite(chunk).all():
+            raise DataError(f"{path}: inputs contain NaN or Inf")
+        if x.dtype.itemsize > 4 and len(chunk) and np.abs(chunk).max() > FLOAT32_MAX:
+            raise DataError(f"{path}: inputs exceed the float32 range (largest |x| is {np.abs(chunk).max():.3g})")

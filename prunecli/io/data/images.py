@@ -1,0 +1,87 @@
+"""Image folders: one sub-folder per class (`DIR/cat/*.png`), or `DIR/train/<class>/` with
+`DIR/test/<class>/` (or `val/`); streamed from disk and resized to the model's input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prunecli.errors import DataError
+from prunecli.io.data.batches import Data, first_labels
+from prunecli.io.data.checks import model_input_shape, output_classes
+from prunecli.io.data.spec import find_spec, read_spec, scaled
+
+IMAGE_SPLITS = ("test", "val", "validation")
+
+
+def load_images(p: Path, model, batch_size: int, val_split: float, seed: int) -> Data:
+    import keras
+    import numpy as np
+
+    shape = model_input_shape(model)
+    if shape is None or len(shape) != 4 or shape[1] is None or shape[2] is None:
+        raise DataError(f"{p}: an image folder needs a model with a fixed image input (height, width, channels)")
+    modes = {1: "grayscale", 3: "rgb", 4: "rgba"}
+    if shape[3] not in modes:
+        raise DataError(f"{p}: the model's input has {shape[3]} channels; image folders give 1, 3 or 4")
+    classes = output_classes(model) or 1
+    label_mode = "binary" if classes == 1 else ("categorical" if _wants_one_hot(model) else "int")
+    spec = read_spec(find_spec(str(p)))
+    train_dir, eval_dir = _image_layout(p)
+    options = dict(
+        label_mode=label_mode,
+        color_mode=modes[shape[3]],
+        batch_size=batch_size,
+        image_size=(shape[1], shape[2]),
+        seed=seed,
+        verbose=False,
+    )
+
+    def folder(directory, **extra):
+        try:
+            return keras.utils.image_dataset_from_directory(str(directory), **options, **extra)
+        except ValueError as exc:
+            raise DataError(f"{directory}: {str(exc).splitlines()[0]}") from exc
+
+    if val_split > 0:
+        train, held = folder(train_dir, shuffle=True, validation_split=val_split, subset="both")
+    else:
+        train, held = folder(train_dir, shuffle=True), None
+    names = list(train.class_names)
+    want = 2 if classes == 1 else classes
+    if len(names) != want:
+        raise DataError(f"{p}: {len(names)} class folders but the model outputs {want} classes")
+    if eval_dir is not None:
+        evaluation, val = folder(eval_dir, shuffle=False, class_names=names), held
+    else:
+        evaluation, val = held, None
+    held_out = evaluation is not None
+    evaluation = evaluation if held_out else train
+    n_train, n_eval = len(train.file_paths), len(evaluation.file_paths)
+    scale = spec.get("scale")
+    train, evaluation = scaled(train, scale), scaled(evaluation, scale)
+    _x, y_example = first_labels(evaluation, path=p)
+    return Data(
+        train=train,
+        eval=evaluation,
+        n_train=n_train,
+        n_eval=n_eval,
+        y_example=np.asarray(y_example),
+        source=str(p),
+        val=None if val is None else scaled(val, scale),
+        eval_held_out=held_out,
+    )
+
+
+def _image_layout(p: Path):
+    """(train folder, evaluation folder or None) for DIR/<class>/ or DIR/train/<class>/ + DIR/test/<class>/."""
+    subdirs = {d.name for d in p.iterdir() if d.is_dir()}
+    if "train" in subdirs and subdirs <= {"train", *IMAGE_SPLITS}:
+        held = next((p / name for name in IMAGE_SPLITS if name in subdirs), None)
+        return p / "train", held
+    return p, None
+
+
+def _wants_one_hot(model) -> bool:
+    loss = getattr(model, "loss", None)
+    name = loss if isinstance(loss, str) else type(loss).__name__
+    return str(name).lower().replace("_", "") in ("categoricalcrossentropy", "categoricalfocalcrossentropy")

@@ -1,0 +1,102 @@
+"""A model with several inputs or outputs: its arrays, keyed by name in one .npz, checked and
+arranged the way Keras matches them (x by input name, y in output order)."""
+
+from __future__ import annotations
+
+from prunecli.errors import DataError
+from prunecli.io.data.checks import (
+    as_float32,
+    check_finite,
+    check_label_values,
+    check_numeric,
+    io_names,
+)
+from prunecli.io.data.labels import fit_labels, loss_name
+
+
+def multi_io_sets(arrays: dict, model, path) -> dict:
+    """{"train", "eval", "val"}: (x by input name, y in output order), checked; the last two may be None."""
+    inputs, outputs = io_names(model)
+    train, evaluation, val = _multi_pick(arrays, inputs, outputs, path)
+    sets = {}
+    for key, pair in (("train", train), ("eval", evaluation), ("val", val)):
+        sets[key] = None if pair is None else _structure(model, *_check_multi(model, *pair, path))
+    return sets
+
+
+def _keyed(arrays: dict, base: str, names: list[str]):
+    """`base` (one name) or `base_NAME` / `base/NAME` for each name; None when the base is absent."""
+    if len(names) <= 1 and base in arrays:
+        return [arrays[base]]
+    found = []
+    for name in names:
+        key = next((k for k in (f"{base}_{name}", f"{base}/{name}") if k in arrays), None)
+        if key is None:
+            return None if not found else found + [None]
+        found.append(arrays[key])
+    return found
+
+
+def _multi_pick(arrays: dict, inputs: list[str], outputs: list[str], path):
+    """(train, eval, val) as (list of x arrays, list of y arrays) for a multi-input/-output model."""
+
+    def pair(split):
+        xs, ys = _keyed(arrays, f"x{split}", inputs), _keyed(arrays, f"y{split}", outputs)
+        if xs is None and ys is None:
+            return None
+        if xs is None or ys is None or any(a is None for a in [*xs, *ys]):
+            want = [f"x{split}_{n}" for n in inputs] if len(inputs) > 1 else [f"x{split}"]
+            want += [f"y{split}_{n}" for n in outputs] if len(outputs) > 1 else [f"y{split}"]
+            raise DataError(
+                f"{path}: the model has inputs {inputs} and outputs {outputs}; the .npz needs arrays "
+                f"{', '.join(want)} (or NAME/... keys); found: {sorted(arrays)}"
+            )
+        return xs, ys
+
+    train = pair("_train") or pair("")
+    if train is None:
+        pair("")  # raises with the names it needs
+        raise DataError(f"{path}: no x/y arrays for the model's inputs {inputs} and outputs {outputs}")
+    test, val = pair("_test"), pair("_val")
+    return (train, test, val) if test else (train, val, None)
+
+
+def _check_multi(model, xs, ys, path):
+    """Each input and each output checked like a single one; all with the same number of rows."""
+    import numpy as np
+
+    inputs, outputs = io_names(model)
+    rows = {len(a) if a.ndim else -1 for a in [*xs, *ys]}
+    for name, a in zip(inputs, xs, strict=True):
+        check_numeric(a, np.zeros(1), path)
+        want = tuple(model.inputs[inputs.index(name)].shape[1:])
+        got = tuple(a.shape[1:])
+        if not (len(got) == len(want) and all(w is None or w == g for w, g in zip(want, got, strict=True))):
+            raise DataError(f"{path}: input {name!r} has shape {got} per example but the model expects {want}")
+    if len(rows) != 1:
+        raise DataError(f"{path}: the inputs and labels have different numbers of rows: {sorted(rows)}")
+    if rows == {0}:
+        raise DataError(f"{path}: the dataset is empty")
+    xs = [as_float32(a, path) for a in xs]
+    for a in xs:
+        check_finite(a, path)
+    fixed = []
+    for i, y in enumerate(ys):
+        check_numeric(np.zeros(1), y, path)
+        check_label_values(y, path)
+        classes = model.outputs[i].shape[-1]
+        if classes is not None and y.ndim >= 2 and y.shape[-1] not in (1, classes):
+            raise DataError(f"{path}: labels of output {outputs[i]!r} have {y.shape[-1]} columns but it has {classes}")
+        if classes and classes > 1 and y.ndim == 1:
+            flat = y.astype(np.float64)
+            if (flat != np.round(flat)).any() or flat.min() < 0 or flat.max() >= classes:
+                raise DataError(f"{path}: labels of output {outputs[i]!r} must be classes 0..{classes - 1}")
+            y = y.astype(np.int32)
+        fixed.append(fit_labels(classes, loss_name(model, i), y, path))
+    return xs, fixed
+
+
+def _structure(model, xs, ys):
+    """x as {input name: array} (Keras matches them by name), y as one array or a tuple in output order."""
+    inputs, _outputs = io_names(model)
+    return dict(zip(inputs, xs, strict=True)), (ys[0] if len(ys) == 1 else tuple(ys))

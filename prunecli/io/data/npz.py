@@ -1,0 +1,161 @@
+""".npz data: arrays `x`/`y`, or `x_train`/`y_train` with `x_test`/`y_test` and/or `x_val`/`y_val`.
+
+Read with allow_pickle=False (a pickle inside an .npz could run code) and held in memory, after
+checking that it fits.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+from prunecli.errors import DataError, ResourceError
+from prunecli.io.data.batches import Data, batched, row_count, split_indices, take_rows
+from prunecli.io.data.checks import (
+    as_float32,
+    check_finite,
+    check_inputs,
+    check_label_values,
+    check_numeric,
+    check_shapes,
+    is_multi_io,
+)
+from prunecli.io.data.labels import labels_for_model
+from prunecli.io.data.multi_io import multi_io_sets
+
+
+def load_npz(p: Path, model, batch_size: int, val_split: float, seed: int) -> Data:
+    """Every array checked and its labels fitted to the model before the batches are built."""
+    arrays = _read_npz(p)
+    if is_multi_io(model):
+        return _load_npz_multi(p, arrays, model, batch_size, val_split, seed)
+    train, evaluation, val = _pick(arrays, p)
+    names = _feature_names(arrays, p)
+    sets = {"train": train, "eval": evaluation, "val": val}
+    labelled = train[1] is not None
+    for key, pair in sets.items():
+        if pair is not None and not labelled:
+            sets[key] = _unlabelled(model, pair[0], p)
+        elif pair is not None:
+            check_numeric(*pair, p)
+            x, y = pair
+            check_label_values(y, p)
+            sets[key] = (as_float32(x, p), y)
+            check_shapes(model, *sets[key], p)
+            check_finite(sets[key][0], p)
+            sets[key] = (sets[key][0], labels_for_model(model, sets[key][1], p))
+    parts = split_indices(len(sets["train"][0]), sets, val_split, seed)
+    train_x, train_y = sets["train"]
+    take = {k: (train_x[idx], train_y[idx]) for k, idx in parts.items()}
+    sets.update(take)
+    ex, ey = sets["eval"] or sets["train"]
+    return Data(
+        train=batched(*sets["train"], batch_size, shuffle_seed=seed),
+        eval=batched(ex, ey, batch_size),
+        n_train=len(sets["train"][0]),
+        n_eval=len(ex),
+        y_example=ey[:256],
+        source=str(p),
+        feature_names=names,
+        val=None if sets["val"] is None else batched(*sets["val"], batch_size),
+        eval_held_out=sets["eval"] is not None,
+        labelled=labelled,
+    )
+
+
+def _unlabelled(model, x, path: Path):
+    """Inputs without labels, checked as labelled inputs are, with placeholder labels (zeros, one per
+    example) so that every batch keeps the (x, y) shape; Data.labelled says they mean nothing."""
+    import numpy as np
+
+    if x.dtype.kind not in "fiub" or x.ndim == 0:
+        raise DataError(f"{path}: x must be a numeric array with one row per example")
+    x = as_float32(x, path)
+    check_inputs(model, x.shape[1:], path)
+    if len(x) == 0:
+        raise DataError(f"{path}: the dataset is empty")
+    check_finite(x, path)
+    return x, np.zeros(len(x), np.float32)
+
+
+def _load_npz_multi(p: Path, arrays: dict, model, batch_size: int, val_split: float, seed: int) -> Data:
+    """As load_npz, with x and y as structures keyed by the model's input and output names."""
+    sets = multi_io_sets(arrays, model, p)
+    parts = split_indices(row_count(sets["train"][0]), sets, val_split, seed)
+    for key, idx in parts.items():
+        sets[key] = (take_rows(sets["train"][0], idx), take_rows(sets["train"][1], idx))
+    ex, ey = sets["eval"] or sets["train"]
+    return Data(
+        train=batched(*sets["train"], batch_size, shuffle_seed=seed),
+        eval=batched(ex, ey, batch_size),
+        n_train=row_count(sets["train"][0]),
+        n_eval=row_count(ex),
+        y_example=take_rows(ey, slice(0, 256)),
+        source=str(p),
+        feature_names=_feature_names(arrays, p),
+        val=None if sets["val"] is None else batched(*sets["val"], batch_size),
+        eval_held_out=sets["eval"] is not None,
+    )
+
+
+def _check_fits_in_memory(path: Path, nbytes: int) -> None:
+    """An .npz is unpacked into memory (compressed ones can be far larger than the file): fail early."""
+    import psutil
+
+    available = psutil.virtual_memory().available
+    if 2 * nbytes > available:
+        raise ResourceError(
+            f"{path} unpacks to {nbytes / 2**20:.0f} MiB but only {available / 2**20:.0f} MiB of memory is free; "
+            "save x and y as .npy files, which are streamed"
+        )
+
+
+def _read_npz(path: Path) -> dict:
+    import numpy as np
+
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"PK\x03\x04":  # otherwise numpy would try it as .npy or pickle
+            raise DataError(f"{path} is not a readable .npz file (not a zip archive of .npy arrays)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            _check_fits_in_memory(path, sum(info.file_size for info in z.zip.infolist()))
+            return {k: z[k] for k in z.files}
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise DataError(f"{path} holds pickled objects; prunecli only reads plain numeric arrays") from exc
+        raise DataError(f"{path} is not a readable .npz file ({exc})") from exc
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{path} is not a readable .npz file ({exc})") from exc
+
+
+def _pick(arrays: dict, path: Path):
+    """(train, evaluation, validation) pairs from the arrays' names; the last two may be None. Inputs
+    without any labels (x, or x_train with x_test) give pairs whose y is None: enough for the methods
+    that read inputs only (wanda, sparsegpt, --reconstruct, activation, apoz)."""
+    has_labels = any(k == "y" or k.startswith("y_") for k in arrays)
+
+    def pair(name):
+        xk, yk = (f"x_{name}", f"y_{name}") if name else ("x", "y")
+        if xk not in arrays:
+            return None
+        if not has_labels:
+            return arrays[xk], None
+        return (arrays[xk], arrays[yk]) if yk in arrays else None
+
+    if pair("train"):
+        test, val = pair("test"), pair("val")
+        return (pair("train"), test, val) if test else (pair("train"), val, None)
+    if pair(""):
+        return pair(""), None, None
+    raise DataError(
+        f"{path} needs an array x (with labels y), or x_train/y_train and x_test/y_test; found: {sorted(arrays)}"
+    )
+
+
+def _feature_names(arrays: dict, path) -> list[str] | None:
+    if "feature_names" not in arrays:
+        return None
+    names = arrays["feature_names"]
+    if names.ndim != 1 or names.dtype.kind not in "USiu":
+        raise DataError(f"{path}: feature_names must be a 1-d array of names, got shape {names.shape} ({names.dtype})")
+    return [str(n) for n in names]

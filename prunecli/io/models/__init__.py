@@ -1,0 +1,50 @@
+"""Loading and saving Keras models safely.
+
+Formats: `.keras` (Keras 3 zip) and `.h5` (legacy HDF5, written by Keras 3 or by Keras 2/tf_keras).
+The flavour is read from the file, not guessed from the name. Safe mode stays on, and a model that
+carries serialised Python code (a Lambda layer) is refused before Keras sees it unless `unsafe`.
+
+One job per module: `metadata` identifies a file from its bytes, `memory` judges from what it
+declares whether it fits, `read` loads it with Keras, `write` plans and commits the output
+atomically, `sizes` measures a file for the report. This package is the public API.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prunecli.io.models.memory import check_memory
+from prunecli.io.models.metadata import check_safe, inspect_file
+from prunecli.io.models.read import check_finite, quiet_keras, read_model
+from prunecli.io.models.sizes import file_sizes, sizes_in_background
+from prunecli.io.models.write import atomic_path, remove_stale_temps, resolve_output, save, temp_name
+
+__all__ = [
+    "atomic_path",
+    "check_finite",
+    "check_memory",
+    "check_safe",
+    "file_sizes",
+    "inspect_file",
+    "load",
+    "quiet_keras",
+    "remove_stale_temps",
+    "resolve_output",
+    "save",
+    "sizes_in_background",
+    "temp_name",
+]
+
+
+def load(path: str | os.PathLike, unsafe: bool = False):
+    """Load a model with Keras 3 (safe_mode on). Returns (model, ModelFile).
+
+    Every check runs before Keras reads anything it could be harmed by: the file's identity, code
+    in its config, the memory it declares; the loaded weights must then be finite."""
+    info = inspect_file(path)
+    if not unsafe:
+        check_safe(info)
+    check_memory(info)
+    model = read_model(info, unsafe)
+    check_finite(model, "load", info.path)  # NaN/Inf in the input file: a load error (exit 3)
+    return model, info

@@ -1,0 +1,163 @@
+"""What a model file is, read from its bytes before Keras sees it.
+
+The format and the Keras flavour come from the content, not the name; a config too large or too
+deeply nested to read, and a layer that carries code (Lambda), are refused here, before Keras
+deserialises anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prunecli.errors import ModelLoadError, ResourceError, first_line
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+ZIP_MAGIC = b"PK\x03\x04"
+UNSAFE_CLASSES = ("Lambda",)
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """What the file on disk is, read before loading."""
+
+    path: Path
+    format: str  # "keras" | "h5"
+    flavour: str  # "keras3" | "keras2"
+    keras_version: str | None
+    size_bytes: int
+    config: dict | None
+
+
+MAX_CONFIG_BYTES = 64 * 2**20  # a model's config.json / model_config; real ones are kilobytes
+MAX_CONFIG_DEPTH = 100  # nesting of the config (Keras recurses on it: a deep one is a RecursionError)
+
+
+def _check_depth(config, path) -> None:
+    """Iteratively, so a hostile depth cannot overflow the stack here either."""
+    stack = [(config, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_CONFIG_DEPTH:
+            raise ModelLoadError(f"{path} has a config nested more than {MAX_CONFIG_DEPTH} levels deep")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+
+
+def _read_h5_meta(path: Path) -> tuple[str | None, dict | None]:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if "model_config" not in f.attrs:
+                raise ModelLoadError(f"{path} is an HDF5 file but not a saved Keras model (no model_config)")
+            raw = f.attrs["model_config"]
+            version = f.attrs.get("keras_version")
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # h5py raises OSError/KeyError/ValueError on damaged files
+        raise ModelLoadError(f"{path} is not a readable HDF5 model ({first_line(exc)})") from exc
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    if isinstance(version, bytes):
+        version = version.decode("utf-8", "replace")
+    if isinstance(raw, str) and len(raw) > MAX_CONFIG_BYTES:
+        raise ResourceError(f"{path}: model_config is {len(raw) / 2**20:.0f} MiB (more than prunecli reads)")
+    try:
+        config = json.loads(raw)
+    except RecursionError as exc:
+        raise ModelLoadError(f"{path} has a config nested too deeply to read") from exc
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{path} has a corrupt model_config ({first_line(exc)})") from exc
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path} has a corrupt model_config (not an object)")
+    _check_depth(config, path)
+    return (str(version) if version is not None else None), config
+
+
+def _read_keras_meta(path: Path) -> tuple[str | None, dict | None]:
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            if "config.json" not in names:
+                raise ModelLoadError(f"{path} is a zip file but not a .keras model (no config.json)")
+            for member in ("config.json", "metadata.json"):
+                if member in names and z.getinfo(member).file_size > MAX_CONFIG_BYTES:
+                    raise ResourceError(
+                        f"{path}: {member} expands to {z.getinfo(member).file_size / 2**20:.0f} MiB "
+                        f"(more than the {MAX_CONFIG_BYTES / 2**20:.0f} MiB prunecli reads)"
+                    )
+            config = json.loads(z.read("config.json"))
+            meta = json.loads(z.read("metadata.json")) if "metadata.json" in names else {}
+    except (ModelLoadError, ResourceError):
+        raise
+    except RecursionError as exc:
+        raise ModelLoadError(f"{path} has a config nested too deeply to read") from exc
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError) as exc:
+        raise ModelLoadError(f"{path} is a damaged .keras file ({first_line(exc)})") from exc
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path} has a corrupt config.json")
+    _check_depth(config, path)
+    if not isinstance(meta, dict) or not isinstance(meta.get("keras_version", ""), str):
+        raise ModelLoadError(f"{path} has a corrupt metadata.json (expected an object with a string keras_version)")
+    return meta.get("keras_version"), config
+
+
+def inspect_file(path: str | os.PathLike) -> ModelFile:
+    """Identify a model file by its content; every problem is a one-line ModelLoadError."""
+    p = Path(path)
+    if not p.exists():
+        if p.is_symlink():
+            raise ModelLoadError(f"{p} is a symbolic link that points nowhere (or loops)")
+        raise ModelLoadError(f"model file not found: {p}")
+    if p.is_dir():
+        if (p / "saved_model.pb").exists():
+            raise ModelLoadError(f"{p} is a TensorFlow SavedModel; prunecli reads .keras and .h5 files")
+        raise ModelLoadError(f"{p} is a directory, not a model file")
+    if not p.is_file():  # a FIFO or device would block or stream forever
+        raise ModelLoadError(f"{p} is not a regular file")
+    size = p.stat().st_size
+    if size == 0:
+        raise ModelLoadError(f"{p} is empty")
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {p} ({first_line(exc)})") from exc
+    if head.startswith(HDF5_MAGIC):
+        version, config = _read_h5_meta(p)
+        fmt = "h5"
+    elif head.startswith(ZIP_MAGIC):
+        version, config = _read_keras_meta(p)
+        fmt = "keras"
+    else:
+        raise ModelLoadError(f"{p} is not a Keras model (expected a .keras zip or an HDF5 .h5 file)")
+    flavour = "keras2" if version and version.split(".")[0] == "2" else "keras3"
+    return ModelFile(p, fmt, flavour, version, size, config)
+
+
+def _class_names(node: Any):
+    if isinstance(node, dict):
+        if "class_name" in node:
+            yield str(node["class_name"])
+        for v in node.values():
+            yield from _class_names(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _class_names(v)
+
+
+def check_safe(info: ModelFile) -> None:
+    """Refuse layers that carry code (Lambda) before deserialisation can run any of it."""
+    found = sorted({c for c in _class_names(info.config) if c in UNSAFE_CLASSES})
+    if found:
+        raise ModelLoadError(
+            f"{info.path} contains a {found[0]} layer (serialised Python code); "
+            "pass --unsafe only if you trust this file"
+        )

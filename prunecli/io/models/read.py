@@ -1,0 +1,199 @@
+"""Loading a model file with Keras 3, and the checks a loaded model must pass.
+
+Keras' failures become one line naming the file; a Keras-2 `.h5` whose layer arguments or names
+Keras 3 refuses is loaded from a patched temporary copy, never by changing the input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from prunecli.errors import ModelLoadError, first_line
+from prunecli.io.models.metadata import ModelFile, inspect_file
+
+
+def read_model(info: ModelFile, unsafe: bool):
+    """The Keras model in an inspected file (safe_mode on unless `unsafe`); a failure is one line."""
+    import keras
+
+    try:
+        model = _load_keras(info.path, unsafe)
+    except MemoryError:
+        raise
+    except Exception as exc:  # Keras raises TypeError/ValueError/KeyError/OSError for bad files
+        msg = _load_failure(exc)
+        if "Lambda" in msg or "safe_mode" in msg:
+            raise ModelLoadError(f"{info.path}: {msg}") from exc
+        raise ModelLoadError(f"cannot load {info.path}: {msg}") from exc
+    if not isinstance(model, keras.Model):
+        raise ModelLoadError(f"{info.path} did not load as a Keras model")
+    return model
+
+
+def _load_keras(path: Path, unsafe: bool):
+    """Load with the training config, else without it: Keras cannot always restore one (Keras 3.15
+    fails on its own .h5 files compiled with loss="mse"), and pruning needs only structure and weights."""
+    import keras
+
+    if path.suffix == ".keras":
+        from prunecli.structure.transformer import register_for_file
+
+        register_for_file(path)  # KerasHub classes are known to Keras once keras-hub is imported
+    elif path.suffix in (".h5", ".hdf5"):
+        declared = _with_explicit_input(inspect_file(path).config or {})
+        if declared is not None:  # read as the Keras version that wrote it reads it
+            with quiet_keras():
+                return _load_patched_h5(path, declared, None)
+    with quiet_keras():
+        try:
+            return keras.saving.load_model(path, compile=True, safe_mode=not unsafe)
+        except MemoryError:
+            raise
+        except Exception:
+            try:
+                return keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
+            except Exception as exc:
+                reason = _load_failure(exc)
+                if path.suffix in (".h5", ".hdf5") and (_UNKNOWN_KWARGS.search(reason) or _SLASH_NAME in reason):
+                    return _load_patched_h5(path, inspect_file(path).config, exc)
+                raise
+
+
+_UNKNOWN_KWARGS = re.compile(r"Unrecognized keyword arguments passed to (\w+): \{(.*)\}")
+_SLASH_NAME = "cannot contain character `/`"
+
+
+def _with_explicit_input(config: dict) -> dict | None:
+    """A Keras-2 Sequential that declares its input on its first layer (`batch_input_shape`, as Keras
+    up to 2.3 wrote them, a Reshape first in speech models) gets an explicit InputLayer of that shape,
+    as tf_keras builds one: Keras 3 reads the bare argument as an input shape without the batch axis
+    and makes a model that takes one axis too many, refusing the model's own real inputs. Returns
+    None when the config needs no change."""
+    if config.get("class_name") != "Sequential":
+        return None
+    inner = config.get("config")
+    layers = inner if isinstance(inner, list) else (inner or {}).get("layers") or []
+    first = layers[0] if layers and isinstance(layers[0], dict) else {}
+    first_config = first.get("config") if isinstance(first.get("config"), dict) else {}
+    if first.get("class_name") == "InputLayer" or "batch_input_shape" not in first_config:
+        return None
+    patched = json.loads(json.dumps(config))
+    inner = patched["config"]
+    layers = inner if isinstance(inner, list) else inner["layers"]
+    declared = layers[0]["config"].pop("batch_input_shape")
+    input_layer = {
+        "class_name": "InputLayer",
+        "config": {
+            "batch_input_shape": declared,
+            "dtype": layers[0]["config"].get("dtype") or "float32",
+            "sparse": False,
+            "name": f"{layers[0]['config'].get('name', 'layer')}_input",
+        },
+    }
+    layers.insert(0, input_layer)
+    if isinstance(inner, list):  # Keras 2.0-2.1 wrote a Sequential's config as the bare list of layers
+        patched["config"] = {"name": config.get("name", "sequential"), "layers": layers}
+    return patched
+
+
+def _load_patched_h5(path: Path, config: dict, first_error: BaseException | None):
+    """Load a Keras-2 `.h5` from a temporary copy whose config Keras 3 can read; the input file is
+    never modified, and the checks for code-carrying layers ran before. Keras-2 files carry layer
+    arguments Keras 3 no longer takes (DepthwiseConv2D's `groups` in every tf_keras MobileNet) and
+    layer names with "/" (tf_keras DenseNet's "conv1/conv"), which Keras 3 refuses: each argument
+    Keras names is dropped, "/" in names replaced. Weights are matched by position, so renamed layers
+    keep theirs. `first_error`: the plain load's failure, or None when `config` was patched up front."""
+    import h5py
+    import keras
+
+    config = _without_slashes_in_names(config)
+    error: BaseException | None = first_error
+    with tempfile.TemporaryDirectory(prefix="prunecli-") as scratch:
+        patched = Path(scratch) / path.name
+        shutil.copyfile(path, patched)
+        for _ in range(20):  # Keras names one class's unknown arguments per attempt
+            match = _UNKNOWN_KWARGS.search(_load_failure(error)) if error is not None else None
+            if match:
+                _drop_arguments(config, match.group(1), set(re.findall(r"'(\w+)'", match.group(2))))
+            elif error is not first_error:
+                raise error
+            with h5py.File(patched, "r+") as f:
+                f.attrs["model_config"] = json.dumps(config)
+            try:
+                return keras.saving.load_model(patched, compile=False, safe_mode=True)
+            except Exception as exc:  # noqa: BLE001 - examined on the next round
+                error = exc
+    raise first_error or error
+
+
+def _without_slashes_in_names(config: dict) -> dict:
+    layers = (config.get("config") or {}).get("layers") or []
+    names = {layer["config"]["name"] for layer in layers if "/" in str(layer.get("config", {}).get("name", ""))}
+    text = json.dumps(config)
+    for name in sorted(names, key=len, reverse=True):
+        text = text.replace(json.dumps(name), json.dumps(name.replace("/", "_")))
+    return json.loads(text)
+
+
+def _drop_arguments(node, class_name: str, keys: set[str]) -> None:
+    if isinstance(node, dict):
+        if node.get("class_name") == class_name and isinstance(node.get("config"), dict):
+            for key in keys:
+                node["config"].pop(key, None)
+        for value in node.values():
+            _drop_arguments(value, class_name, keys)
+    elif isinstance(node, list):
+        for value in node:
+            _drop_arguments(value, class_name, keys)
+
+
+def _load_failure(exc: BaseException) -> str:
+    """The most specific reason Keras gives: it wraps the real cause ("Could not locate class 'X'")
+    in generic "could not be deserialized" errors, so the innermost exception of the chain is used."""
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+        if inner is None:
+            break
+        exc = inner
+    if isinstance(exc, KeyError):
+        return f"missing entry {first_line(exc)} (the file is incomplete or damaged)"
+    return re.split(r"(?<=\.)\s", first_line(exc), maxsplit=1)[0]
+
+
+def check_finite(model, stage: str, path=None) -> None:
+    """Every floating-point weight is finite; else one line and nothing is saved.
+
+    stage "load": the input file holds NaN/Inf (exit 3). Any other stage ("fine-tuning", "pruning",
+    "shrink", "before saving"): a step made the weights non-finite, for example --lr inf (exit 4,
+    like a failed quality gate: the run worked, the model it made is unusable)."""
+    import numpy as np
+
+    from prunecli.errors import GateFailed
+    from prunecli.runtime import weight_values
+
+    for v in model.weights:
+        arr = weight_values(v)
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            if stage == "load":
+                raise ModelLoadError(f"{path}: weight {v.path} contains NaN or Inf values")
+            raise GateFailed(
+                f"weight {v.path} is NaN or Inf after {stage}; nothing was saved "
+                "(a smaller --lr or --optimizer setting may help)"
+            )
+
+
+@contextlib.contextmanager
+def quiet_keras():
+    """Keras' warnings while loading and saving (deprecations, compile state) are not the user's to act on."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield

@@ -1,0 +1,76 @@
+"""Raw and gzip sizes of a model file, for the report: streamed, and on other cores when asked."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+GZIP_LEVEL = 1
+GZIP_BLOCK = 1 << 20  # bytes per independently compressed block (each primed with the previous 32 KiB)
+
+
+def file_sizes(path: Path, level: int = GZIP_LEVEL, threads: int = 2) -> dict:
+    """Raw size and gzip size of a file, streamed a block at a time so large files do not fill memory.
+
+    The gzip stream is made by ISA-L's igzip (python-isal), level 1 of its 0-3: it is gzip, read by
+    any gunzip, but about 12x faster than zlib -1 on float weights (ResNet50's 98 MiB .keras: 0.22 s
+    against 2.8 s for zlib -1, 3.5 s for GNU gzip -1 here), and a little smaller (92.9 MB against
+    93.4 MB for gzip -1). The file is compressed in 1 MiB blocks, each primed with the 32 KiB before
+    it, as pigz does (python-isal's igzip_threaded), so `threads` cores share the work: the stream
+    is the same whatever the thread count, and 0.006% larger than one igzip stream of the whole file
+    (385 MiB: 217,550,412 against 217,536,964 bytes; 0.61 s on 2 threads against 1.0 s). The bytes
+    differ from GNU gzip's (another deflate search), so the report states the codec (`gzip_codec`).
+    """
+    with open(path, "rb") as fh:
+        return _sizes_of(fh, level, threads)
+
+
+class _Counter(io.RawIOBase):
+    """A sink that only counts the bytes written to it."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        n = memoryview(data).nbytes
+        self.count += n
+        return n
+
+
+def _sizes_of(fh, level: int = GZIP_LEVEL, threads: int = 2) -> dict:
+    """file_sizes of an open binary file, read from its start (it may be renamed meanwhile)."""
+    from isal import igzip_threaded
+
+    sink = _Counter()
+    buffer = bytearray(GZIP_BLOCK)  # one write per block: the stream depends on how it is fed
+    view = memoryview(buffer)
+    fh.seek(0)
+    with igzip_threaded.open(sink, "wb", compresslevel=level, threads=threads, block_size=GZIP_BLOCK) as gz:
+        while n := fh.readinto(buffer):
+            gz.write(view[:n])
+    codec = f"ISA-L igzip level {level}, {GZIP_BLOCK >> 20} MiB blocks"
+    return {"bytes": os.fstat(fh.fileno()).st_size, "gzip_bytes": sink.count, "gzip_codec": codec}
+
+
+def sizes_in_background(path: Path, threads: int = 1):
+    """A Future of file_sizes(path), computed on `threads` threads besides this one (igzip releases the
+    GIL, so on other cores). The file is opened here, so the figures are those of this file even if it
+    is renamed meanwhile."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fh = open(path, "rb")  # noqa: SIM115 - closed by the thread once read
+
+    def measure() -> dict:
+        with fh:
+            return _sizes_of(fh, threads=threads)
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prunecli-sizes")
+    try:
+        return pool.submit(measure)
+    finally:
+        pool.shutdown(wait=False)

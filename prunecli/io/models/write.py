@@ -1,0 +1,228 @@
+"""Writing a model: where to (never the input unless forced), and atomically.
+
+Saving is atomic: a temporary file in the target directory, then a rename. An `.h5` model whose
+structure did not change is written by copying the input and replacing the weight arrays in place,
+so a Keras-2 file stays a Keras-2 file that tf_keras can load again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+from pathlib import Path
+
+from prunecli.errors import DISK_FULL, OutputError, first_line, write_error
+from prunecli.io.models.metadata import ModelFile
+from prunecli.io.models.read import check_finite, quiet_keras
+from prunecli.io.models.sizes import sizes_in_background
+
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+def default_output(path: str | os.PathLike) -> Path:
+    """`model.h5` -> `model.pruned.h5`, next to the input; `.keras` for any other name, so that a
+    wrongly named input is reported by the loader, not as a bad output name."""
+    p = Path(path)
+    suffix = p.suffix if p.suffix in MODEL_SUFFIXES else ".keras"
+    return p.with_name(f"{p.stem}.pruned{suffix}")
+
+
+def _resolved(p: Path) -> Path:
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError):  # a symbolic-link loop; loading reports it
+        return p.absolute()
+
+
+def resolve_output(input_path: str | os.PathLike, output: str | os.PathLike | None, force: bool) -> Path:
+    """Where to write, refusing to overwrite the input unless forced and checking the directory."""
+    out = Path(output) if output else default_output(input_path)
+    try:
+        return _resolve_output(input_path, out, force)
+    except OSError as exc:  # a name longer than the file system allows, a path through a file
+        from prunecli.messages import shown
+
+        raise OutputError(f"output {shown(out)}: {exc.strerror or exc}") from exc
+
+
+def _resolve_output(input_path, out: Path, force: bool) -> Path:
+    if out.suffix not in MODEL_SUFFIXES:
+        raise OutputError(f"output {out} must end in .keras or .h5")
+    src = Path(input_path)
+    same = _resolved(out) == _resolved(src) or (out.exists() and src.exists() and os.path.samefile(out, src))
+    if same and not force:
+        raise OutputError(f"output {out} would overwrite the input; choose another -o or pass --force")
+    parent = _resolved(out).parent
+    if not parent.is_dir():
+        raise OutputError(f"output directory does not exist: {parent}")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"output directory is not writable: {parent}")
+    if out.is_dir():
+        raise OutputError(f"output {out} is a directory")
+    return out
+
+
+TOKEN_HEX = 12  # hex digits of the random part of a temporary name: remove_stale_temps matches exactly these
+
+
+def remove_stale_temps(target: Path) -> list[Path]:
+    """Delete temporary files left beside `target` by runs that were killed (SIGKILL, power loss).
+
+    Temporary names carry the writer's process id and a random token of exactly TOKEN_HEX lowercase
+    hex digits (`.STEM.PID.TOKEN.tmpEXT`, as temp_name makes them); a file of that exact shape whose
+    process no longer exists is stale. Anything else, a user's `.out.99999999.backup.tmp.keras`
+    included, is never touched, nor are files of running processes.
+    """
+    import psutil
+
+    pattern = re.compile(
+        rf"\.{re.escape(_temp_stem(target))}\.([1-9]\d{{0,9}})\.[0-9a-f]{{{TOKEN_HEX}}}\.tmp{re.escape(target.suffix)}"
+    )
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in target.parent.iterdir():
+            found = pattern.fullmatch(entry.name)
+            if (
+                found
+                and entry.is_file()
+                and int(found.group(1)) != os.getpid()
+                and not psutil.pid_exists(int(found.group(1)))
+            ):
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+                    removed.append(entry)
+    return removed
+
+
+def _temp_stem(target: Path) -> str:
+    """The target's stem, cut so that the temporary name fits the file-system's name limit: a legal
+    242-byte output name must not fail because its temporary name is 30 bytes longer."""
+    try:
+        name_max = os.pathconf(target.parent if str(target.parent) else ".", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    room = name_max - len(os.fsencode(f"..{os.getpid()}.{'0' * TOKEN_HEX}.tmp{target.suffix}"))
+    stem = target.stem
+    while len(os.fsencode(stem)) > max(room, 1):
+        stem = stem[:-1]
+    return stem
+
+
+def temp_name(target: Path) -> str:
+    """`.STEM.PID.RANDOM.tmpEXT`: hidden, beside the target, recognisably ours (remove_stale_temps)."""
+    target = Path(target)
+    return f".{_temp_stem(target)}.{os.getpid()}.{secrets.token_hex(TOKEN_HEX // 2)}.tmp{target.suffix}"
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path):
+    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds.
+
+    An exception or Ctrl-C removes the temporary file; SIGKILL cannot, so the next write to the
+    same target removes what killed runs left (remove_stale_temps).
+    """
+    target = Path(target)
+    remove_stale_temps(target)
+    tmp_path = target.parent / temp_name(target)
+    try:
+        try:  # created inside the outer try, so a Ctrl-C at any point after this line removes it
+            tmp_path.touch(exist_ok=False)
+        except OSError as exc:
+            raise OutputError(f"cannot write {target}: {first_line(exc)}") from exc
+        try:
+            yield tmp_path
+            with open(tmp_path, "rb+") as fh:
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            if exc.errno in DISK_FULL:  # named by the user's path, not the temporary one
+                raise write_error(target, exc) from exc
+            raise
+        from prunecli import interrupts
+
+        interrupts.checkpoint()  # a signal swallowed earlier (see interrupts.py) still stops the rename
+        try:
+            os.replace(tmp_path, target)
+        except OSError as exc:
+            raise OutputError(f"cannot write {target}: {first_line(exc)}") from exc
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        raise
+
+
+def save(model, out: Path, source: ModelFile | None = None, structure_changed: bool = False, sizes: bool = False):
+    """Write the model atomically. An .h5 -> .h5 run with unchanged structure keeps the input's flavour.
+    Weights that are NaN or Inf are never written (check_finite: exit 4, nothing saved).
+
+    With `sizes`, returns a Future of the written file's file_sizes, started as soon as its bytes are
+    written, so the compression runs while the file is synced and the report is built; else None."""
+    check_finite(model, "the run")
+    measured = None
+    try:
+        with atomic_path(out) as tmp:
+            if (
+                source is not None
+                and source.format == "h5"
+                and out.suffix in (".h5", ".hdf5")
+                and not structure_changed
+            ):
+                shutil.copyfile(source.path, tmp)
+                write_h5_weights(model, tmp)
+            else:
+                tmp.unlink()  # Keras writes the file itself
+                with quiet_keras():
+                    _drop_optimizer_state(model)
+                    model.save(tmp)
+            if sizes:  # nothing else is left to do but the report: every core compresses
+                measured = sizes_in_background(tmp, threads=min(8, os.cpu_count() or 1))
+    except OSError as exc:
+        raise write_error(out, exc) from exc
+    return measured
+
+
+def _drop_optimizer_state(model) -> None:
+    """Keep the optimizer's settings but not its slots: Adam's moments no longer match pruned (or
+    shrunk) weights, and saving them can triple the file. The .h5 path drops them the same way."""
+    if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", False):
+        return
+    import keras
+
+    config = model.get_compile_config()
+    if config:  # compile() with a fresh optimizer; compile_from_config would build its slots again
+        model.compile(**keras.saving.deserialize_keras_object(config))
+
+
+def write_h5_weights(model, h5_path: Path) -> None:
+    """Replace the weight arrays of a legacy-HDF5 model file with the model's current values.
+
+    Follows Keras's legacy layout: the k-th layer that has weights owns `layer_names[k]`, and its
+    weights are stored as trainable + non-trainable, in `weight_names` order. Optimizer state no
+    longer matches the weights, so it is dropped.
+    """
+    import h5py
+    import numpy as np
+
+    with h5py.File(h5_path, "r+") as f:
+        group = f["model_weights"] if "model_weights" in f else f
+        names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["layer_names"]]
+        names = [n for n in names if len(group[n].attrs.get("weight_names", [])) > 0]
+        layers = [layer for layer in model.layers if layer.weights]
+        if len(names) != len(layers):
+            raise OutputError(f"cannot map weights into {h5_path}: {len(layers)} layers vs {len(names)} saved")
+        for name, layer in zip(names, layers, strict=True):
+            g = group[name]
+            weight_names = [w.decode() if isinstance(w, bytes) else w for w in g.attrs["weight_names"]]
+            variables = list(layer.trainable_weights) + list(layer.non_trainable_weights)
+            if len(weight_names) != len(variables):
+                raise OutputError(f"cannot map weights of layer {name} into {h5_path}")
+            for wname, var in zip(weight_names, variables, strict=True):
+                value = np.asarray(var)
+                ds = g[wname]
+                if ds.shape != value.shape:
+                    raise OutputError(f"shape of {wname} changed; cannot write it in place")
+                ds[...] = value if value.dtype == ds.dtype else value.astype(ds.dtype)  # no second copy
+        if "optimizer_weights" in f:
+            del f["optimizer_weights"]

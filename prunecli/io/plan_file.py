@@ -1,0 +1,336 @@
+"""The plan file (`prune --save-plan PLAN`): what one run decided, as a small portable file.
+
+Format (version 1), documented in the README ("Plans: prune once, apply to every checkpoint"): a zip
+archive, no pickle anywhere, written deterministically (entries in a fixed order, every timestamp
+1980-01-01 00:00:00, fixed permissions, JSON with sorted keys), so the same run gives the same bytes.
+
+    plan.json          the manifest (UTF-8 JSON)
+    masks/0000.bits    target 0's keep mask: numpy.packbits of the mask flattened in C order
+    masks/0001.bits    (1 = kept, most significant bit first, the last byte zero-padded)
+    ...
+
+The manifest holds `format` ("prunecli-plan"), `version` (1), `prunecli_version`, `settings` (the
+run's options, as in the report), `granularity`, `architecture` ({"layers": [[name, class]...],
+"weights": [[path, shape, dtype]...], "sha256": of those two}), `weights_sha256` (of the weights
+the masks were computed from: each weight's path, dtype, shape and bytes in model order), `targets`
+(one per pruned tensor: name, layer, class, shape, unit_axis, size, kept, requested_sparsity, mask
+entry and, for neuron pruning, `removed_units`), and `structure` (what a structural run removed:
+kept features, removed layers, heads), present when the run removed structure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import math
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from prunecli.errors import InputError, OutputError, first_line
+from prunecli.messages import shown
+
+FORMAT = "prunecli-plan"
+VERSION = 1
+MANIFEST = "plan.json"
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can carry: no clock in the bytes
+MAX_MANIFEST_BYTES = 256 << 20  # a manifest larger than this is not one prunecli wrote
+STRUCTURE_SECTIONS = ("kept_features", "kept_feature_names", "removed_layers", "heads", "layer_candidates")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A plan file read back: its manifest and its packed masks ({target name: bytes})."""
+
+    path: Path
+    manifest: dict
+    packed: dict
+    sha256: str
+
+    @property
+    def granularity(self) -> str:
+        return str(self.manifest.get("granularity", "element"))
+
+    @property
+    def targets(self) -> list[dict]:
+        return list(self.manifest.get("targets", []))
+
+    def mask(self, name: str):
+        """Target `name`'s boolean keep mask, in its shape."""
+        import numpy as np
+
+        entry = next(t for t in self.targets if t["name"] == name)
+        size = int(entry["size"])
+        bits = np.unpackbits(np.frombuffer(self.packed[name], dtype=np.uint8), count=size)
+        return bits.astype(bool).reshape(tuple(entry["shape"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# fingerprints
+
+
+def architecture(model) -> dict:
+    """Layer names and classes (Keras' own order, nested models included) and every weight's path,
+    shape and dtype, with a sha256 of both: what two checkpoints of one architecture share."""
+    from prunecli.structure import keras_graph
+
+    layers = [[str(layer.name), type(layer).__name__] for layer in keras_graph.all_layers(model) if layer is not model]
+    weights = [[_path(v), [int(d) for d in v.shape], _dtype(v)] for v in model.weights]
+    body = {"layers": layers, "weights": weights}
+    return {**body, "sha256": hashlib.sha256(_canonical(body)).hexdigest()}
+
+
+def weights_sha256(model) -> str:
+    """A hash of the model's weight values (path, dtype, shape and bytes of each, in model order)."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for v in model.weights:
+        value = np.ascontiguousarray(np.asarray(v))
+        h.update(f"{_path(v)}\0{value.dtype.str}\0{value.shape}\0".encode())
+        h.update(value.tobytes())
+    return h.hexdigest()
+
+
+def fingerprint(model) -> dict:
+    """Both fingerprints of a model as loaded: take it before anything changes the weights."""
+    return {"architecture": architecture(model), "weights_sha256": weights_sha256(model)}
+
+
+def first_mismatch(expected: dict, model) -> str | None:
+    """The first difference between a plan's architecture and the model's, in words, or None."""
+    found = architecture(model)
+    if found["sha256"] == expected.get("sha256"):
+        return None
+    for kind in ("layers", "weights"):
+        a, b = expected.get(kind, []), found[kind]
+        for i, (x, y) in enumerate(zip(a, b, strict=False)):
+            if list(x) != list(y):
+                return f"{kind[:-1]} {i}: the plan has {_describe(kind, x)}, the model {_describe(kind, y)}"
+        if len(a) != len(b):
+            extra = _describe(kind, (b if len(b) > len(a) else a)[min(len(a), len(b))])
+            return f"the plan has {len(a)} {kind}, the model {len(b)} (first unmatched: {extra})"
+    return "the architecture fingerprints differ"
+
+
+def _describe(kind: str, entry) -> str:
+    if kind == "layers":
+        return f"{shown(entry[0])!r} ({entry[1]})"
+    return f"{shown(entry[0])!r} {tuple(entry[1])} {entry[2]}"
+
+
+def _path(v) -> str:
+    return str(getattr(v, "path", None) or getattr(v, "name", ""))
+
+
+def _dtype(v) -> str:
+    dtype = getattr(v, "dtype", "")
+    return str(getattr(dtype, "name", dtype))
+
+
+def _canonical(value) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+def build(targets, masks, settings: dict, source_print: dict, *, version: str = "", sections=None) -> bytes:
+    """The plan file's bytes: `targets` (structure.targets.Target) and `masks` (a MaskSet or None) of
+    the run, its `settings` (the report's), the input's `fingerprint`, and the structural report
+    `sections` the run produced. Deterministic: the same inputs give the same bytes."""
+    import numpy as np
+
+    entries = []
+    blobs = []
+    masked = [t for t in targets if masks is not None and masks.masks.get(t.name) is not None]
+    for i, t in enumerate(masked):  # a structural run (-g input/layer/head) has no masks: `structure` says it
+        keep = np.asarray(masks.masks[t.name]).astype(bool).reshape(t.shape)
+        entry = {
+            "name": t.name,
+            "layer": t.layer_name,
+            "class": t.layer_class,
+            "shape": list(t.shape),
+            "unit_axis": int(t.unit_axis),
+            "size": int(t.size),
+            "kept": int(keep.sum()),
+            "requested_sparsity": None if masks is None else _plain(masks.requested.get(t.name)),
+            "mask": f"masks/{i:04d}.bits",
+        }
+        if settings.get("granularity") == "neuron" and keep.ndim:
+            alive = np.moveaxis(keep, t.unit_axis, -1).reshape(-1, t.units).any(axis=0)
+            entry["removed_units"] = [int(u) for u in np.flatnonzero(~alive)]
+        entries.append(entry)
+        blobs.append((entry["mask"], np.packbits(keep.reshape(-1)).tobytes()))
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "prunecli_version": version,
+        "settings": _plain(settings),
+        "granularity": str(settings.get("granularity", "element")),
+        "architecture": source_print["architecture"],
+        "weights_sha256": source_print["weights_sha256"],
+        "targets": entries,
+    }
+    structure = {k: _plain(v) for k, v in (sections or {}).items() if k in STRUCTURE_SECTIONS}
+    if structure:
+        manifest["structure"] = structure
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        text = json.dumps(manifest, sort_keys=True, indent=1, ensure_ascii=True, allow_nan=False) + "\n"
+        z.writestr(_zip_info(MANIFEST), text.encode("ascii"), compresslevel=9)
+        for name, blob in blobs:
+            z.writestr(_zip_info(name), blob, compresslevel=9)
+    return out.getvalue()
+
+
+def _plain(value):
+    """JSON-ready: tuples as lists, NumPy scalars as numbers, non-finite floats as None, else str()."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist"):
+        return _plain(value.tolist())
+    return str(value)
+
+
+def _zip_info(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = 0o644 << 16
+    info.create_system = 3  # Unix, whatever system writes it
+    return info
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read 1 MiB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def committed_with(path: str | os.PathLike | None, data: bytes | None):
+    """Write the plan to a temporary file now and rename it onto `path` only when the block (the
+    model's save) succeeds: a failed save leaves the old plan file, or none, never a new plan beside
+    an old model. Nothing happens when `path` or `data` is None."""
+    if not path or data is None:
+        yield
+        return
+    from prunecli.io.models import atomic_path
+
+    with atomic_path(Path(path)) as tmp:
+        try:
+            tmp.write_bytes(data)
+        except OSError as exc:
+            from prunecli.errors import write_error
+
+            raise write_error(path, exc) from exc
+        yield
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def read(path: str | os.PathLike) -> Plan:
+    """A plan file, checked: a zip with a version-1 manifest and one mask of the right length per
+    target. Anything else is an InputError (exit 3) that says what is wrong."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read plan {shown(p)}: {exc.strerror or first_line(exc)}") from exc
+    digest = hashlib.sha256(raw).hexdigest()
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as z:
+            info = z.getinfo(MANIFEST)
+            if info.file_size > MAX_MANIFEST_BYTES:
+                raise InputError(f"plan {shown(p)}: its manifest declares {info.file_size} bytes")
+            manifest = json.loads(z.read(MANIFEST).decode("utf-8"))
+            _check_manifest(p, manifest)
+            packed = {}
+            for t in manifest["targets"]:
+                want = math.ceil(int(t["size"]) / 8)
+                entry = z.getinfo(t["mask"])
+                if entry.file_size != want:
+                    raise InputError(
+                        f"plan {shown(p)}: mask of {shown(t['name'])} holds {entry.file_size} bytes, not {want}"
+                    )
+                packed[t["name"]] = z.read(t["mask"])
+    except InputError:
+        raise
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{shown(p)} is not a prunecli plan file ({first_line(exc)})") from exc
+    return Plan(path=p, manifest=manifest, packed=packed, sha256=digest)
+
+
+def _check_manifest(p: Path, manifest) -> None:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise InputError(f"{shown(p)} is not a prunecli plan file (no '{FORMAT}' manifest)")
+    if manifest.get("version") != VERSION:
+        raise InputError(f"plan {shown(p)} has version {manifest.get('version')!r}; this prunecli reads {VERSION}")
+    for t in manifest.get("targets", []):
+        shape = [int(d) for d in t["shape"]]
+        if math.prod(shape) != int(t["size"]) or not isinstance(t["mask"], str):
+            raise InputError(f"plan {shown(p)}: target {shown(t.get('name'))} has an inconsistent shape or mask")
+
+
+def write(path: str | os.PathLike, data: bytes) -> None:
+    """Write plan bytes atomically (for tools; a run writes its plan with `committed_with`)."""
+    from prunecli.io.models import atomic_path
+
+    try:
+        with atomic_path(Path(path)) as tmp:
+            tmp.write_bytes(data)
+    except OSError as exc:
+        raise OutputError(f"cannot write plan {shown(path)}: {exc.strerror or first_line(exc)}") from exc
+
+
+def settings_of(config) -> dict:
+    """The run's options as the plan (and the report) record them: the granularity as text, the
+    per-layer rules as dicts."""
+    settings = {k: (str(v) if k == "granularity" else v) for k, v in config.__dict__.items()}
+    settings["overrides"] = [dict(o.__dict__) for o in config.overrides]
+    return _plain(settings)
+
+
+def reproducibility(config) -> dict:
+    """What a rerun of the same command, seed and data reproduces bit for bit (the report's
+    `reproducibility` section)."""
+    data_free = config.method in ("magnitude", "random", "l1-norm", "l2-norm", "neuron-mean")
+    trains = config.epochs > 0 or config.schedule != "oneshot"
+    gradual = config.schedule != "oneshot"
+    masks = "bitwise" if data_free and not gradual else "expected, not guaranteed"
+    why = []
+    if not data_free:
+        why.append("data-driven scores are sums computed by multi-threaded TensorFlow kernels")
+    if gradual:
+        why.append("a gradual schedule re-scores weights while they are being fine-tuned")
+    if trains:
+        why.append(
+            "fine-tuning runs multi-threaded: the order of floating-point sums, hence the last bits "
+            "of the weights, can differ between runs"
+        )
+    return {
+        "masks": masks,
+        "plan_file": masks,
+        "weights": "not bitwise" if trains else masks,
+        "why": why,
+    }
+
+
+def plan_section(path, data: bytes) -> dict:
+    """The report's `plan` section of a run that saved its plan."""
+    return {"path": str(path), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}

@@ -1,0 +1,334 @@
+"""`--quantize int8|int4|float8`: the pruned model quantized by Keras 3's own `Model.quantize`, with every
+pruned weight checked to be exactly zero afterwards.
+
+Why the zeros survive (Keras 3.15, keras/src/quantizers/quantizers.py and layers/core/dense.py):
+- int8: per-output-channel symmetric abs-max, `q = round(w * s)` with `s = 127 / (max|w| + eps)`,
+  read back as `q / s`. `round(0 * s) = 0`, and `0 / s = 0` for the finite, positive `s`.
+- int4: Keras' default `Int4QuantizationConfig` groups 128 rows of the input side and quantizes each
+  group asymmetrically: `q = round(w / s) + z`, `z = round(-min / s) - 8`, read back as `(q - z) * s`.
+  A group that holds a pruned zero has `min <= 0 <= max`, so `z` is inside [-8, 7] and not clipped:
+  a zero becomes `q = z` and is read back as exactly 0. (Per-channel int4, block_size -1, is
+  symmetric like int8.) Two codes share a byte.
+- float8: the kernel stays float32 in the file and is cast to float8_e4m3fn with a scale at every call
+  (delayed scaling, `kernel_scale` starts at 1); 0 is a float8 value, so it stays 0. No file is smaller.
+
+Rather than trusting this, each quantized kernel is read back (its integer codes and zero points, or the
+float8 round trip) and compared with the masks: a pruned weight that is not exactly zero stops the run
+before anything is written. Keras 3.15 quantizes Dense and EinsumDense (and embeddings) only; every
+other layer, convolutions included, stays float and the section says why.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+
+from prunecli.errors import ConfigError, ExitCode, PruneCliError, first_line
+from prunecli.results import StepResult
+
+SAMPLES = 256  # inputs the quantized model is compared on with the float pruned model
+QUANTIZED_CLASSES = ("Dense", "EinsumDense")  # Keras classes whose quantized kernels prunecli reads back
+SCHEMES = {
+    "int8": "int8 weights, per-output-channel symmetric abs-max; inputs quantized per row at run time",
+    "int4": "int4 weights (2 per byte), groups of 128 input rows, asymmetric with integer zero points; float inputs",
+    "float8": "float8_e4m3fn weights and inputs with delayed scaling at run time; float32 kernels in the file",
+}
+
+
+class QuantizeVerificationError(PruneCliError):
+    """The quantized model moved a pruned zero, or does not reload as it was saved: the model is not
+    what was asked for, so nothing is saved (exit 4, like weights that became NaN)."""
+
+    exit_code = ExitCode.GATE_FAILED
+
+
+def run(model, targets, masks, data, task, config, float_metrics, progress, timings) -> StepResult:
+    """Quantize `model` in place with Keras' `Model.quantize(config.quantize)`, verify the zeros, the
+    outputs and a save/reload round trip, and return the report's `quantize` section."""
+
+    mode = config.quantize
+    chosen, left_float = _choose_layers(model, targets)
+    if not chosen:
+        raise ConfigError(
+            f"--quantize {mode}: no layer of this model can be quantized by Keras "
+            f"(it quantizes {' and '.join(QUANTIZED_CLASSES)} layers; this model's prunable layers are "
+            f"{', '.join(sorted({e['class'] for e in left_float})) or 'none'})"
+        )
+    pruned = _pruned_positions(chosen, targets, masks)
+    inputs, source = _probe_inputs(model, data, config.seed)
+    reference = _outputs(model, inputs)
+    section: dict = {"mode": mode, "scheme": SCHEMES[mode]}
+    with tempfile.TemporaryDirectory(prefix="prunecli-quantize-") as tmp:
+        sizes: dict = {}
+        if config.sizes:
+            sizes["float_pruned"] = _saved_sizes(model, Path(tmp) / "float.keras")
+        progress(f"quantizing ({mode})")
+        with timings.phase("quantize"):
+            _quantize(model, mode, chosen)
+        layers = [_verify_layer(layer, mode, pruned[id(layer)]) for layer in chosen]
+        quantized = _outputs(model, inputs)
+        reload = _reload_check(model, Path(tmp) / "quantized.keras", inputs, quantized)
+        if config.sizes:
+            sizes["quantized"] = reload.pop("sizes")
+        else:
+            reload.pop("sizes")
+    moved = [entry for entry in layers if entry["pruned_nonzero"]]
+    if moved:
+        first = moved[0]
+        raise QuantizeVerificationError(
+            f"--quantize {mode} moved {first['pruned_nonzero']} pruned weight(s) of layer {first['layer']} "
+            "away from zero; nothing was saved"
+        )
+    section.update(layers_quantized=layers, left_float=left_float, zeros=_zeros(layers), reload=reload)
+    section["output_difference"] = {"sample_source": source, **_differences(reference, quantized)}
+    if sizes:
+        section["sizes"] = sizes
+    if data is not None and task is not None:
+        from prunecli.training.metrics import evaluate
+
+        progress("evaluating (quantized)")
+        with timings.phase("evaluate"):
+            section["metrics"] = {
+                "float_pruned": dict(float_metrics or {}),
+                "quantized": evaluate(model, data.eval, task),
+            }
+    notes = []
+    if left_float:
+        names = ", ".join(e["layer"] for e in left_float[:6]) + (", ..." if len(left_float) > 6 else "")
+        notes.append(
+            f"--quantize {mode}: {len(left_float)} prunable layer(s) left float ({names}): see quantize.left_float"
+        )
+    if mode == "float8":
+        notes.append("--quantize float8 keeps float32 kernels in the file (cast to float8 at run time): no size saving")
+    return StepResult(sections={"quantize": section}, notes=tuple(notes), model=model)
+
+
+def _zeros(layers: list[dict]) -> dict:
+    """The pruned weights of the quantized layers: all of them must still be zero (pruned_nonzero 0)."""
+    return {
+        "pruned_weights": int(sum(e["pruned_weights"] for e in layers)),
+        "kept_zero": int(sum(e["pruned_weights"] - e["pruned_nonzero"] for e in layers)),
+        "pruned_nonzero": int(sum(e["pruned_nonzero"] for e in layers)),
+        "new_zeros_from_rounding": int(sum(e["new_zeros"] for e in layers)),
+    }
+
+
+# ------------------------------------------------------------------ which layers
+
+
+def _choose_layers(model, targets) -> tuple[list, list[dict]]:
+    """The layers Keras will quantize and prunecli can read back (Keras' own Dense and EinsumDense, not
+    subclasses, not already quantized, without LoRA), and, for every other layer holding a prunable
+    weight, why it stays float."""
+    import keras
+
+    from prunecli.structure import keras_graph
+
+    classes = tuple(getattr(keras.layers, name) for name in QUANTIZED_CLASSES)
+    chosen, seen = [], set()
+    for layer in keras_graph.all_layers(model):
+        if type(layer) in classes and layer.built and not _already_quantized(layer) and not _lora(layer):
+            chosen.append(layer)
+            seen.add(id(layer))
+    left, listed = [], set()
+    for t in targets:
+        layer = t.layer
+        if layer is None or id(layer) in seen or id(layer) in listed:
+            continue
+        listed.add(id(layer))
+        left.append({"layer": t.layer_name, "class": t.layer_class, "why": _why_float(layer, classes)})
+    return chosen, left
+
+
+def _already_quantized(layer) -> bool:
+    return getattr(layer.dtype_policy, "quantization_mode", None) is not None
+
+
+def _lora(layer) -> bool:
+    return bool(getattr(layer, "lora_enabled", False))
+
+
+def _why_float(layer, classes) -> str:
+    import keras
+
+    if isinstance(layer, classes):
+        return f"a subclass of {type(layer).__mro__[1].__name__}: Keras quantizes only its own classes"
+    if _already_quantized(layer):
+        return "already quantized"
+    if _lora(layer):
+        return "has LoRA weights"
+    if isinstance(layer, keras.layers.Embedding):
+        return "Keras can quantize embeddings, but prunecli does not read their codes back yet"
+    return f"Keras {keras.__version__} has no quantized {type(layer).__name__}"
+
+
+def _pruned_positions(chosen: list, targets, masks) -> dict[int, object]:
+    """Per chosen layer, a boolean array of its kernel's pruned positions: the mask's pruned entries
+    when the run has a mask of the kernel's shape, else the kernel's exact zeros (after --shrink, or a
+    layer the run did not prune)."""
+    import numpy as np
+
+    by_layer = {id(t.layer): t for t in targets if t.layer is not None and t.attr == "kernel"}
+    out = {}
+    for layer in chosen:
+        kernel = np.asarray(layer.kernel)
+        zeros = kernel == 0
+        t = by_layer.get(id(layer))
+        keep = masks.masks.get(t.name) if (masks is not None and t is not None) else None
+        if keep is not None and tuple(np.shape(keep)) == kernel.shape:
+            zeros = ~np.asarray(keep, dtype=bool)
+        out[id(layer)] = (zeros, kernel)
+    return out
+
+
+# ------------------------------------------------------------------ quantize and read back
+
+
+def _quantize(model, mode: str, chosen: list) -> None:
+    wanted = {id(layer) for layer in chosen}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Layer X does not have a quantize method", numpy copy= notices
+            model.quantize(mode, filters=lambda layer: id(layer) in wanted)
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        raise ConfigError(f"--quantize {mode}: Keras cannot quantize this model: {first_line(exc)}") from exc
+
+
+def _verify_layer(layer, mode: str, pruned_and_float) -> dict:
+    """Read a quantized kernel back: which of its pruned weights are exactly zero, how many kept
+    weights rounded to zero, and the largest |dequantized - float| where the layout is known."""
+    import numpy as np
+
+    pruned, float_kernel = pruned_and_float
+    dequantized, is_zero = _read_back(layer, mode, float_kernel)
+    entry = {
+        "layer": layer.path if hasattr(layer, "path") else layer.name,
+        "class": type(layer).__name__,
+        "policy": layer.dtype_policy.name,
+        "kernel_shape": list(float_kernel.shape),
+        "pruned_weights": int(pruned.sum()),
+        "pruned_nonzero": int((pruned & ~is_zero).sum()),
+        "new_zeros": int((~pruned & (float_kernel != 0) & is_zero).sum()),
+        "max_abs_dequant_error": None,
+    }
+    if dequantized is not None:
+        entry["max_abs_dequant_error"] = float(np.max(np.abs(dequantized - float_kernel))) if float_kernel.size else 0.0
+    return entry
+
+
+def _read_back(layer, mode: str, float_kernel):
+    """(dequantized kernel or None, boolean array: entry is exactly zero), in the float kernel's layout.
+
+    int8/int4: `layer.kernel` is the integer codes in the original layout (Keras unpacks int4 itself);
+    a code is zero when it equals its zero point (0 when symmetric), the scales being finite and > 0.
+    int4 groups run along the flattened input rows (`g_idx`), the layout Keras quantized them in."""
+    import numpy as np
+
+    if mode == "float8":
+        from keras import quantizers
+
+        kernel = np.asarray(layer.kernel, dtype=np.float32)
+        scale = np.asarray(layer.kernel_scale, dtype=np.float32)
+        back = np.asarray(quantizers.quantize_and_dequantize(kernel, scale, "float8_e4m3fn", "float32"))
+        return back, back == 0
+    codes = np.asarray(layer.kernel).astype(np.int32)
+    scale = np.asarray(layer.kernel_scale, dtype=np.float32)
+    if not np.all(np.isfinite(scale)) or not np.all(scale != 0):
+        raise QuantizeVerificationError(f"layer {layer.name}: Keras wrote a zero or non-finite quantization scale")
+    zero_point = getattr(layer, "kernel_zero", None)
+    if zero_point is not None:  # grouped asymmetric int4: (q - z[g]) * s[g] over (rows, columns)
+        groups = np.asarray(layer.g_idx).astype(np.int64)
+        flat = codes.reshape(len(groups), -1)
+        z = np.asarray(zero_point).astype(np.int32)[groups]
+        back = ((flat - z) * scale[groups]).reshape(codes.shape)
+        return back, (flat == z).reshape(codes.shape)
+    import keras
+
+    is_zero = codes == 0
+    columns = scale.size
+    if isinstance(layer, keras.layers.Dense) or mode == "int4":  # codes / s per output column
+        if codes.size % columns == 0:
+            return (codes.reshape(-1, columns) / scale.reshape(columns)).reshape(codes.shape), is_zero
+    return None, is_zero  # EinsumDense int8: scales are laid out for the output; zeros read from the codes
+
+
+# ------------------------------------------------------------------ outputs, reload, sizes
+
+
+def _probe_inputs(model, data, seed: int):
+    """Up to SAMPLES evaluation inputs from --data, else seeded probe inputs; and which it was."""
+    import keras
+    import numpy as np
+
+    if data is not None:
+        batches, count = [], 0
+        for x, _y in data.eval:
+            batches.append(keras.tree.map_structure(np.asarray, x))
+            count += len(keras.tree.flatten(batches[-1])[0])
+            if count >= SAMPLES:
+                break
+        if batches:
+            joined = keras.tree.map_structure(lambda *parts: np.concatenate(parts)[:SAMPLES], *batches)
+            return joined, "data"
+    from prunecli.structure.equivalence import example_inputs
+
+    return example_inputs(model, SAMPLES, seed=seed), "random"
+
+
+def _outputs(model, inputs) -> list:
+    import keras
+    import numpy as np
+
+    out = model.predict(inputs, verbose=0, batch_size=64)
+    return [np.asarray(o, dtype=np.float64) for o in keras.tree.flatten(out)]
+
+
+def _differences(reference: list, got: list) -> dict:
+    import numpy as np
+
+    max_abs = max(float(np.max(np.abs(a - b))) for a, b in zip(reference, got, strict=True))
+    mean_abs = float(np.mean([np.mean(np.abs(a - b)) for a, b in zip(reference, got, strict=True)]))
+    scale = max(float(np.max(np.abs(a))) for a in reference)
+    out = {
+        "samples": int(len(reference[0])),
+        "max_abs_diff": max_abs,
+        "mean_abs_diff": mean_abs,
+        "max_rel_diff": max_abs / scale if scale > 0 else max_abs,
+    }
+    first, second = reference[0], got[0]
+    if first.ndim == 2 and first.shape[1] > 1:  # class scores: how often the top class is the same
+        out["top1_agreement"] = float(np.mean(first.argmax(-1) == second.argmax(-1)))
+    return out
+
+
+def _saved_sizes(model, path: Path) -> dict:
+    from prunecli.io import models as model_io
+
+    model_io.save(model, path)
+    return model_io.file_sizes(path)
+
+
+def _reload_check(model, path: Path, inputs, expected: list) -> dict:
+    """Save the quantized model as the run will, load it back with keras.saving.load_model and compare
+    its outputs with the quantized model's; a file that does not reload (or computes something else)
+    stops the run before the real output is written."""
+    import keras
+    import numpy as np
+
+    from prunecli.io import models as model_io
+
+    model_io.save(model, path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            again = keras.saving.load_model(path)
+    except Exception as exc:  # Keras raises many kinds on a file it cannot rebuild
+        raise QuantizeVerificationError(f"the quantized model does not reload: {first_line(exc)}") from exc
+    got = _outputs(again, inputs)
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(expected, got, strict=True))
+    if not diff <= 1e-6 * max(1.0, max(float(np.max(np.abs(a))) for a in expected)):
+        raise QuantizeVerificationError(
+            f"the reloaded quantized model differs from it by {diff:.3g}; nothing was saved"
+        )
+    return {"loads": True, "max_abs_diff": diff, "sizes": model_io.file_sizes(path)}

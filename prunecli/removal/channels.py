@@ -1,0 +1,143 @@
+"""The `--shrink` step for neurons and filters: cut the units masking killed, prove the result equal.
+
+Model knowledge (which channels go together, how each layer is sliced, constants folded into the
+next layer's bias) is structure/surgery.py's; this step runs it on the run's model, checks the
+rebuilt model against the masked one (structure/equivalence.py), measures latency, and hands the
+run its targets carried over by name: never a re-selection, so a layer the run kept out of pruning
+(an output unit, a non-FFN Transformer layer) stays out on the smaller model too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prunecli.results import StepResult
+from prunecli.structure import channels, equivalence, surgery, targets
+
+
+def _data_sample(data):
+    import numpy as np
+
+    if data is None:
+        return None
+    x, _ = next(iter(data.eval))
+    return None if isinstance(x, (dict, list, tuple)) else np.asarray(x)[:64]
+
+
+def _group_notes(g, cuts: surgery.ChannelCuts) -> list[dict]:
+    """Dead units that stay, grouped by the layers that make them and the reason."""
+    summary: dict[tuple, int] = {}
+    for root, why in cuts.blocked.items():
+        members = tuple(g.group_members(root))
+        if why == "live":
+            why = (
+                "dead in only some members (a channel goes only when dead in every member)"
+                if len(members) > 1
+                else "still read as a live value"
+            )
+        summary[(members, why)] = summary.get((members, why), 0) + 1
+    return [{"layers": list(m), "channels": n, "reason": why} for (m, why), n in sorted(summary.items())]
+
+
+def _unshrinkable_targets(run_targets, g) -> list[str]:
+    """Pruned layers surgery cannot cut (nested models, recurrent or unsupported layers): they stay masked."""
+    sliced = {c.name for c in g.calls if c.kind == "mixer" or surgery.is_depthwise(c.layer)}
+    return sorted({t.layer_name for t in run_targets or [] if t.layer_name not in sliced})
+
+
+def _plan_notes(g, cuts: surgery.ChannelCuts, run_targets) -> tuple[list[dict], list[str]]:
+    groups = _group_notes(g, cuts)
+    notes = [
+        f"shrink kept {item['channels']} dead channel(s) of {'+'.join(item['layers']) or 'a layer'}: {item['reason']}"
+        for item in groups
+    ]
+    left = ", ".join(_unshrinkable_targets(run_targets, g))
+    if left:
+        notes.append(f"shrink cannot slice {left} (nested model or unsupported layer); their pruned units stay masked")
+    return groups, notes
+
+
+def shrink(
+    model, run_targets, masks, data, source, seed: int, progress, timings, measure_latency: bool = True
+) -> StepResult:
+    """A smaller model that computes what the masked `model` computes (checked on `data` or seeded
+    inputs), with the run's targets and masks carried over to the new shapes, and the report's
+    `shrink` section.
+
+    `measure_latency=False` skips timing the two models (for callers that only need the structure).
+    """
+    progress("shrinking: removing dead units")
+    with timings.phase("shrink"):
+        try:
+            g = channels.graph_of(model)  # the run's graph of this model, built once
+        except channels.GraphUnsupported as exc:
+            return StepResult(notes=(f"shrink skipped: {exc}; the model keeps its size (pruned units stay masked)",))
+        weights = {
+            layer.name: surgery.layer_weights(layer) for layer in g.layers() if g.calls_of(layer)[0].kind != "input"
+        }
+        cuts = surgery.decide_cuts(g, weights)
+        changes = surgery.layer_changes(g, cuts)
+        groups, notes = _plan_notes(g, cuts, run_targets)
+        params_before = int(model.count_params())
+        info: dict[str, Any] = {"params_before": params_before, "groups_kept_whole": groups}
+        if not changes:
+            info.update(params_after=params_before, layers={})
+            notes.append("shrink found no unit that can be removed; the model keeps its structure")
+            return StepResult(sections={"shrink": info}, notes=tuple(notes))
+        new = surgery.rebuild(model, changes, cuts, weights)
+        data_x = _data_sample(data)
+        batch = equivalence.fitting_batch(model, 64, data_x)
+        check = equivalence.check_equivalent(
+            model, new, equivalence.example_inputs(model, batch, data_x, seed), "shrink: the rebuilt model"
+        )
+        check["inputs"] = "data" if data_x is not None else "random"
+        info.update(
+            params_after=int(new.count_params()),
+            layers={
+                name: {"before": ch.out_width, "after": int(len(ch.out_keep))}
+                for name, ch in changes.items()
+                if ch.kind == "mixer" or len(ch.out_keep) != ch.out_width
+            },
+            verification=check,
+        )
+    if measure_latency:
+        progress("shrinking: measuring latency")
+        with timings.phase("shrink_latency"):
+            info["latency_ms"] = _latency(model, new, data_x, seed)
+    if masks is not None:
+        _slice_masks(masks, run_targets, changes)
+    if source is not None and source.flavour == "keras2":
+        notes.append(
+            "shrink changed the structure of a Keras-2 model: the output is written by Keras 3 "
+            "(load it with Keras 3; tf_keras cannot read it)"
+        )
+    kept_targets = targets.carry_over(run_targets or [], new)
+    if masks is not None and getattr(masks, "followers", None):
+        masks.followers = channels.follower_masks(new, kept_targets, masks.masks)  # the new model's variables
+    return StepResult(sections={"shrink": info}, notes=tuple(notes), model=new, targets=kept_targets, masks=masks)
+
+
+def _slice_masks(masks, old_targets, changes: dict) -> None:
+    """Keep the MaskSet in step with the new shapes, so later steps see masks that fit the weights."""
+    import numpy as np
+    import tensorflow as tf
+
+    for t in old_targets:
+        if t.layer_name in changes and t.name in masks.masks:
+            arr = np.asarray(masks.masks[t.name])
+            masks.masks[t.name] = tf.constant(
+                surgery.slice_weight(t.layer, changes[t.layer_name], t.variable.name, arr)
+            )
+
+
+def _latency(original, shrunk, data_x, seed: int) -> dict:
+    """Median forward time of the masked (original architecture) and the shrunk model, batch 1 and 64
+    (or the largest batch equivalence.fitting_batch allows, named by its size)."""
+    sizes = sorted({1, equivalence.fitting_batch(original, 64, data_x)})
+    return {
+        label: {
+            f"batch_{n}": round(equivalence.latency_ms(m, equivalence.example_inputs(m, n, data_x, seed)), 4)
+            for n in sizes
+        }
+        for label, m in (("original", original), ("shrunk", shrunk))
+    }

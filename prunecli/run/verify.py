@@ -1,0 +1,294 @@
+"""`prunecli verify MODEL [--report R] [--plan P] [--data D]`: is this file what the report or plan says?
+
+    from prunecli.run.verify import verify
+    result = verify("model.pruned.keras", report="report.json", plan="plan.zip")  # GateFailed if a claim fails
+
+Every claim is recomputed from the model file, never taken from the report:
+  report: the file's sha256 (`output.sha256`), each layer's shape, parameters, non-zeros and sparsity,
+          the totals, N:M validity in every group when the run was N:M, and, with --data, the final
+          accuracy within `tolerance` (absolute; default 1e-3) on the data the run evaluated on
+          (same batch size, --val-split and seed).
+  plan:   the architecture fingerprint (unless the plan's run shrank the model), every weight the plan
+          prunes is exactly zero, and for a shrunk model, each layer keeps as many units as the plan.
+A claim that does not hold is a line of `VerifyResult.failures`; any raises GateFailed (exit 4),
+whose message is the first and whose `failures` attribute holds them all.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prunecli.errors import ConfigError, GateFailed, InputError, first_line
+from prunecli.io import plan_file
+from prunecli.messages import shown
+
+TOLERANCE = 1e-3  # accuracy, absolute
+SPARSITY_TOLERANCE = 1e-9  # a reported sparsity against the one its non-zeros give
+
+
+@dataclass
+class VerifyResult:
+    """What was checked (`checked`: one line per claim that holds) and what failed (`failures`)."""
+
+    model: str
+    checked: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def claim(self, holds: bool, ok_text: str, failure: str) -> None:
+        (self.checked if holds else self.failures).append(ok_text if holds else failure)
+
+
+def verify(
+    model_path: str | os.PathLike,
+    report: str | os.PathLike | None = None,
+    plan: str | os.PathLike | None = None,
+    data: str | os.PathLike | None = None,
+    tolerance: float = TOLERANCE,
+    unsafe: bool = False,
+    raise_on_failure: bool = True,
+) -> VerifyResult:
+    """Check MODEL against the report and/or plan; raises GateFailed (exit 4) listing the claims that
+    fail unless `raise_on_failure` is False. A report or plan that cannot be read is an InputError."""
+    from prunecli.io import models as model_io
+    from prunecli.io import paths
+    from prunecli.runtime import quiet_tensorflow
+
+    if report is None and plan is None:
+        raise ConfigError("verify needs --report, --plan or both: the claims to check")
+    if not (tolerance >= 0 and math.isfinite(tolerance)):
+        raise ConfigError(f"--tolerance must be a finite number >= 0, got {tolerance}")
+    for role, p, err in (
+        ("model file", model_path, InputError),
+        ("report", report, InputError),
+        ("plan", plan, InputError),
+    ):
+        if p is not None:
+            paths.check_readable(p, role, err)
+    claims = _read_report(report) if report is not None else None
+    saved_plan = plan_file.read(plan) if plan is not None else None
+    if data is not None and claims is None:
+        raise ConfigError("--data checks the report's accuracy: give --report too")
+    result = VerifyResult(model=str(model_path))
+    if claims is not None:
+        _check_hash(result, claims, model_path)
+    quiet_tensorflow()
+    model, _source = model_io.load(model_path, unsafe=unsafe)
+    from prunecli.structure import targets as targets_mod
+
+    found = {t.name: t for t in targets_mod.walk(model)}
+    if claims is not None:
+        _check_layers(result, claims, found)
+        _check_totals(result, claims, model, found)
+        _check_nm(result, claims.get("settings", {}).get("granularity"), claims.get("layers", []), found)
+        if data is not None:
+            _check_accuracy(result, claims, model, data, tolerance)
+    if saved_plan is not None:
+        shrunk = bool((claims or {}).get("settings", {}).get("shrink"))
+        _check_plan(result, saved_plan, model, found, shrunk)
+    if result.failures and raise_on_failure:
+        error = GateFailed(result.failures[0])
+        error.failures = list(result.failures)
+        error.result = result
+        raise error
+    return result
+
+
+def _read_report(path) -> dict:
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read report {shown(path)}: {first_line(exc)}") from exc
+    if not isinstance(value, dict) or "layers" not in value:
+        raise InputError(f"{shown(path)} is not a prunecli report (no 'layers')")
+    return value
+
+
+def _check_hash(result: VerifyResult, claims: dict, model_path) -> None:
+    said = (claims.get("output") or {}).get("sha256")
+    if said is None:
+        result.failures.append("output sha256: the report records none (written by an older prunecli?)")
+        return
+    actual = plan_file.file_sha256(model_path)
+    result.claim(
+        actual == said,
+        f"output sha256 {actual[:12]}",
+        f"output sha256: the report says {said[:12]}..., {shown(model_path)} is {actual[:12]}... (another file, or "
+        "changed since the run)",
+    )
+
+
+def _nonzeros(variable) -> int:
+    import numpy as np
+
+    return int(np.count_nonzero(np.asarray(variable)))
+
+
+def _check_layers(result: VerifyResult, claims: dict, found: dict) -> None:
+    for layer in claims.get("layers", []):
+        name = layer.get("name")
+        t = found.get(name)
+        if t is None:
+            result.failures.append(f"layer {shown(name)}: not in the model")
+            continue
+        shape = list(t.shape)
+        if shape != list(layer.get("shape", [])):
+            result.failures.append(
+                f"layer {shown(name)}: shape {tuple(shape)}, the report says {tuple(layer.get('shape', []))}"
+            )
+            continue
+        nz, size = _nonzeros(t.variable), t.size
+        sparsity = 1.0 - nz / size if size else 0.0
+        result.claim(
+            layer.get("params") == size and layer.get("nonzeros") == nz,
+            f"layer {name}: {nz} non-zeros of {size}",
+            f"layer {shown(name)}: {nz} non-zeros of {size}, the report says {layer.get('nonzeros')} of {layer.get('params')}",
+        )
+        said = layer.get("sparsity")
+        result.claim(
+            isinstance(said, (int, float)) and abs(said - sparsity) <= SPARSITY_TOLERANCE,
+            f"layer {name}: sparsity {sparsity:.6f}",
+            f"layer {shown(name)}: sparsity {sparsity:.6f}, the report says {said}",
+        )
+
+
+def _check_totals(result: VerifyResult, claims: dict, model, found: dict) -> None:
+    totals = claims.get("totals") or {}
+    params = sum(math.prod(int(d) for d in v.shape) for v in model.weights)
+    nonzeros = sum(_nonzeros(v) for v in model.weights)
+    names = [layer.get("name") for layer in claims.get("layers", []) if layer.get("name") in found]
+    p_params = sum(found[n].size for n in names)
+    p_nz = sum(_nonzeros(found[n].variable) for n in names)
+    actual = {
+        "params": params,
+        "nonzeros": nonzeros,
+        "prunable_params": p_params,
+        "prunable_nonzeros": p_nz,
+        "sparsity": 1.0 - nonzeros / params if params else 0.0,
+        "prunable_sparsity": 1.0 - p_nz / p_params if p_params else 0.0,
+    }
+    for key, value in actual.items():
+        if key not in totals:
+            continue
+        said = totals[key]
+        holds = (
+            said == value
+            if isinstance(value, int)
+            else isinstance(said, (int, float)) and abs(said - value) <= SPARSITY_TOLERANCE
+        )
+        shown_value = value if isinstance(value, int) else f"{value:.6f}"
+        result.claim(holds, f"totals {key}: {shown_value}", f"totals {key}: {shown_value}, the report says {said}")
+
+
+def _nm_of(granularity) -> tuple[int, int] | None:
+    if not granularity or not str(granularity).startswith("n:m="):
+        return None
+    n, m = str(granularity)[4:].split(":")
+    return int(n), int(m)
+
+
+def nm_violations(array, unit_axis: int, n: int, m: int) -> tuple[int, str]:
+    """Groups of M consecutive weights along the reduction axis (per unit) holding more than N
+    non-zeros: (count, where the first one is)."""
+    import numpy as np
+
+    a = np.moveaxis(np.asarray(array), unit_axis, -1)
+    matrix = a.reshape(-1, a.shape[-1]) != 0  # (reduction, units), as structure.targets lays it out
+    rows, units = matrix.shape
+    padded = np.zeros((-(-rows // m) * m, units), dtype=bool)
+    padded[:rows] = matrix
+    counts = padded.reshape(-1, m, units).sum(axis=1)  # (groups, units)
+    bad = np.argwhere(counts > n)
+    if not len(bad):
+        return 0, ""
+    g, u = (int(x) for x in bad[0])
+    return len(bad), f"unit {u}, rows {g * m}..{g * m + m - 1} hold {int(counts[g, u])} non-zeros"
+
+
+def _check_nm(result: VerifyResult, granularity, layers: list, found: dict) -> None:
+    nm = _nm_of(granularity)
+    if nm is None:
+        return
+    n, m = nm
+    for layer in layers:
+        t = found.get(layer.get("name"))
+        if t is None or list(t.shape) != list(layer.get("shape", [])):
+            continue  # reported above
+        count, first = nm_violations(t.variable, t.unit_axis, n, m)
+        result.claim(
+            count == 0,
+            f"layer {t.name}: {n}:{m} in every group",
+            f"layer {shown(t.name)}: {n}:{m} broken in {count} group(s) (first: {first})",
+        )
+
+
+def _final_accuracy(claims: dict):
+    metrics = claims.get("metrics") or {}
+    stage = "after_finetune" if "after_finetune" in metrics else "after_pruning"
+    return stage, (metrics.get(stage) or {}).get("accuracy")
+
+
+def _check_accuracy(result: VerifyResult, claims: dict, model, data, tolerance: float) -> None:
+    from prunecli.io import data as data_mod
+    from prunecli.training.metrics import evaluate, infer_task
+
+    stage, said = _final_accuracy(claims)
+    if said is None:
+        result.failures.append("accuracy: the report records none to check (run without labelled --data?)")
+        return
+    s = claims.get("settings", {})
+    loaded = data_mod.load(
+        str(data), model, int(s.get("batch_size") or 64), float(s.get("val_split") or 0.0), int(s.get("seed") or 0)
+    )
+    if not loaded.labelled:
+        raise InputError(f"{shown(data)} has no labels (y): verify cannot measure accuracy on it")
+    measured = evaluate(model, loaded.eval, infer_task(model, loaded.y_example)).get("accuracy")
+    holds = measured is not None and abs(measured - said) <= tolerance
+    result.claim(
+        holds,
+        f"accuracy {measured:.4f} (report {said:.4f}, {stage})" if measured is not None else "",
+        f"accuracy: {measured} on {shown(data)}, the report says {said} ({stage}; tolerance {tolerance:g})",
+    )
+
+
+def _check_plan(result: VerifyResult, plan: plan_file.Plan, model, found: dict, shrunk: bool = False) -> None:
+    """The plan's claims; `shrunk`: the report says the run removed units (--shrink), so shapes
+    differ from the plan's and each layer's unit count is checked instead."""
+    import numpy as np
+
+    shrunk = shrunk or bool(plan.manifest.get("settings", {}).get("shrink"))
+    if not shrunk:
+        mismatch = plan_file.first_mismatch(plan.manifest.get("architecture", {}), model)
+        result.claim(mismatch is None, "plan architecture", f"plan architecture: {mismatch}")
+    for entry in plan.targets:
+        name = entry["name"]
+        t = found.get(name)
+        if t is None:
+            result.failures.append(f"plan target {shown(name)}: not in the model")
+            continue
+        if list(t.shape) == list(entry["shape"]):
+            pruned = ~plan.mask(name)
+            alive = int(np.count_nonzero(np.asarray(t.variable)[pruned]))
+            result.claim(
+                alive == 0,
+                f"plan target {name}: {int(pruned.sum())} pruned weights are zero",
+                f"plan target {shown(name)}: {alive} weight(s) the plan prunes are non-zero",
+            )
+        elif shrunk and "removed_units" in entry:
+            want = int(entry["shape"][entry["unit_axis"]]) - len(entry["removed_units"])
+            result.claim(
+                t.units == want,
+                f"plan target {name}: {want} units kept",
+                f"plan target {shown(name)}: {t.units} units, the plan keeps {want}",
+            )
+        else:
+            result.failures.append(
+                f"plan target {shown(name)}: shape {tuple(t.shape)}, the plan {tuple(entry['shape'])}"
+            )

@@ -1,0 +1,102 @@
+"""Does a rebuilt model compute what the masked model computed? Inputs, comparison and timing.
+
+Every step that rebuilds a model (neuron/filter shrink, head removal) proves the rebuilt model
+equals the masked one on the run's data, or on seeded stand-ins (probes.py), before anything is
+saved; one comparison serves them all, whatever structure the model's inputs and outputs have.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prunecli.errors import PruneCliError
+
+MAX_RELATIVE_DIFF = 1e-4  # largest output difference, relative to the largest output, a rebuild may make
+MAX_PROBE_ELEMENTS = 1 << 20  # input values one check or timing feeds at once: a 10,000-step sequence model
+# (a crop of 5,000 per side) gets a few examples, not 64 (17 GB on a real one)
+
+
+class ShrinkVerificationError(PruneCliError):
+    """The rebuilt model does not compute what the masked model computed (a bug: exit 1)."""
+
+
+def example_inputs(model, batch: int, data_x=None, seed: int = 0, open_dim: int | None = None):
+    """Inputs in the structure the model is called with: `batch` rows of the run's data (an array is
+    repeated to fill them; a dict or list of arrays is taken as it is), else seeded stand-ins."""
+    from prunecli.structure import probes
+
+    if data_x is not None:
+        if isinstance(data_x, (dict, list, tuple)):
+            return data_x
+        import numpy as np
+
+        reps = -(-batch // len(data_x))
+        return np.concatenate([data_x] * reps)[:batch]
+    dims = {} if open_dim is None else {"open_dim": open_dim}
+    return probes.packed(model, probes.seeded_inputs(model, batch, seed, **dims))
+
+
+def fitting_batch(model, wanted: int, data_x=None) -> int:
+    """`wanted`, or fewer examples when that many would feed more than MAX_PROBE_ELEMENTS input values
+    (long open dimensions: probes.py sizes them so every layer applies); at least one."""
+    import numpy as np
+
+    from prunecli.structure import probes
+
+    if data_x is not None and not isinstance(data_x, (dict, list, tuple)):
+        per_example = int(np.prod(np.shape(data_x)[1:], dtype=np.int64))
+    else:
+        per_example = sum(int(np.prod(v.shape[1:], dtype=np.int64)) for v in probes.seeded_inputs(model, 1))
+    return max(1, min(wanted, MAX_PROBE_ELEMENTS // max(per_example, 1)))
+
+
+def _outputs(model, inputs) -> list:
+    import numpy as np
+    from keras import tree
+
+    return [np.asarray(a, dtype=np.float64) for a in tree.flatten(model(inputs, training=False))]
+
+
+def compare(reference, candidate, inputs) -> dict:
+    """Largest absolute and relative (to the largest reference output) difference of two models."""
+    import numpy as np
+    from keras import tree
+
+    ref, got = _outputs(reference, inputs), _outputs(candidate, inputs)
+    max_abs = max(float(np.max(np.abs(a - b))) for a, b in zip(ref, got, strict=True))
+    scale = max(float(np.max(np.abs(a))) for a in ref)
+    return {
+        "samples": int(len(tree.flatten(inputs)[0])),
+        "max_abs_diff": max_abs,
+        "max_rel_diff": max_abs / scale if scale > 0 else max_abs,
+    }
+
+
+def check_equivalent(reference, candidate, inputs, what: str) -> dict:
+    """`compare`, raising ShrinkVerificationError when `what` (the rebuilt model) is off by more than
+    MAX_RELATIVE_DIFF: nothing is saved then."""
+    result = compare(reference, candidate, inputs)
+    if not result["max_rel_diff"] <= MAX_RELATIVE_DIFF:
+        raise ShrinkVerificationError(
+            f"{what} differs from the masked model by {result['max_rel_diff']:.2e} "
+            f"(relative, limit {MAX_RELATIVE_DIFF:g}); nothing was saved"
+        )
+    return result
+
+
+def latency_ms(model, inputs, budget_s: float = 2.0, max_repeats: int = 30) -> float:
+    """Median wall time of one traced forward pass, in milliseconds."""
+    import numpy as np
+    import tensorflow as tf
+
+    forward = tf.function(lambda xs: model(xs, training=False))
+    arg = tf.nest.map_structure(tf.constant, inputs)
+    for _ in range(2):
+        tf.nest.map_structure(np.asarray, forward(arg))
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_repeats and (len(times) < 3 or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        tf.nest.map_structure(np.asarray, forward(arg))
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000.0)

@@ -1,0 +1,74 @@
+"""Rebuilding a functional model with some calls changed: skipped, bypassed or replaced.
+
+Layer removal, input-feature removal and head removal all end by rebuilding the model's graph; the
+graph walk itself is keras_graph's, this module only decides what each call becomes.
+"""
+
+from __future__ import annotations
+
+from prunecli.errors import InputError
+from prunecli.structure import keras_graph
+
+
+def functional_graph(model):
+    """The Functional object that holds the model's graph (a Sequential's inner one)."""
+    graph = keras_graph.functional(model)
+    if graph is None:
+        raise InputError(f"model {model.name!r} is subclassed: its layer graph cannot be read or rebuilt")
+    return graph
+
+
+def ordered_nodes(graph) -> list:
+    """The graph's calls in execution order (model inputs left out)."""
+    return keras_graph.nodes(graph)
+
+
+def input_name(tensor) -> str:
+    return keras_graph.producer_name(tensor)
+
+
+def rebuild(model, *, skip=(), bypass=None, replace=None, input_shapes=None, alias=None):
+    """A functional model from `model`'s graph with some calls changed.
+
+    skip: ids of nodes left out (their outputs must no longer be needed); bypass: {node id: input
+    position} for calls whose output becomes that input; replace: {id(layer): substitute layer};
+    input_shapes: {input position: new batch shape}; alias: {id(tensor): earlier tensor} for a skipped
+    span whose output becomes its input (a whole Transformer block). Unchanged layers are shared with `model`
+    (cheap, for scoring); `detach` gives the result its own layers.
+    """
+    import keras
+
+    graph = functional_graph(model)
+    bypass, replace, input_shapes = bypass or {}, replace or {}, input_shapes or {}
+    new_inputs = [
+        keras.Input(batch_shape=input_shapes.get(i, x.shape), dtype=x.dtype, name=input_name(x))
+        for i, x in enumerate(graph.inputs)
+    ]
+    tensors = {id(x): y for x, y in zip(graph.inputs, new_inputs, strict=True)}
+    alias = alias or {}
+    for node in ordered_nodes(graph):
+        for out_id, source in alias.items():
+            if out_id not in tensors and id(source) in tensors:
+                tensors[out_id] = tensors[id(source)]
+        if id(node) in skip:
+            continue
+        if id(node) in bypass:
+            tensors[id(node.outputs[0])] = tensors[id(node.input_tensors[bypass[id(node)]])]
+            continue
+        if any(id(t) not in tensors for t in node.input_tensors):
+            continue
+        layer = replace.get(id(node.operation), node.operation)
+        for old, new in zip(node.outputs, keras_graph.call_node(node, tensors, layer), strict=True):
+            tensors[id(old)] = new
+    outputs = keras_graph.pack_like(graph, "outputs", [tensors[id(x)] for x in graph.outputs])
+    inputs = keras_graph.pack_like(graph, "inputs", new_inputs)
+    return keras.Model(inputs, outputs, name=model.name)
+
+
+def detach(model):
+    """A copy of a rebuilt model with layers of its own, so it saves and trains like a fresh one."""
+    import keras
+
+    copy = keras.Model.from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    return copy

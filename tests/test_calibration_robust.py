@@ -1,0 +1,312 @@
+"""Calibrated one-shot pruning stays bounded in memory and is never silently wrong: Wanda keeps only
+the Hessian's diagonal, convolutions feed bounded blocks of im2col rows, the Hessian is sized before
+it is allocated (exit 6), degenerate calibration inputs fall back to magnitude with a note, and no
+calibrated layer ends with more zeros than asked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from prunecli.config import build_config
+from prunecli.errors import ExitCode, ResourceError
+
+EXAMPLE = "examples/digits_cnn.keras"
+DATA = "examples/digits.npz"
+
+
+def _config(method="sparsegpt", **kw):
+    return build_config({"model_path": EXAMPLE, "method": method, "data": DATA, **kw}, environ={})
+
+
+def _targets(model):
+    from prunecli.structure import targets
+
+    return targets.select(model, (), ())
+
+
+def _dense_model(d_in=16, hidden=8, out=3, seed=0):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((d_in,))
+    h = keras.layers.Dense(hidden, activation="relu", name="d1", bias_initializer="ones")(inp)
+    return keras.Model(inp, keras.layers.Dense(out, name="d2")(h))
+
+
+def _conv_model(seed=1):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((10, 3))
+    h = keras.layers.Conv1D(6, 3, padding="valid", name="c1", activation="relu", bias_initializer="ones")(inp)
+    h = keras.layers.Flatten()(h)
+    return keras.Model(inp, keras.layers.Dense(4, name="fc")(h))
+
+
+def _zero_fraction(t) -> float:
+    return float(np.mean(np.asarray(t.variable) == 0))
+
+
+# --- memory ---------------------------------------------------------------------------------------
+
+
+def test_wanda_keeps_only_the_diagonal(monkeypatch):
+    """Wanda never builds a d_in x d_in array, and its masks are those of |w| * ||x_j|| per output."""
+    import tensorflow as tf
+
+    from prunecli.calibration import capture, prune_calibrated
+
+    d_in = 256
+    model = _dense_model(d_in, 6, 2)
+    x = (np.random.default_rng(0).normal(size=(96, d_in)) * np.linspace(0.1, 5, d_in)).astype("float32")
+    w0 = np.asarray(model.get_layer("d1").kernel)
+    shapes = []
+    for name in ("zeros", "fill", "eye"):
+        original = getattr(tf, name)
+
+        def spy(*args, _original=original, **kw):
+            out = _original(*args, **kw)
+            shapes.append(tuple(out.shape))
+            return out
+
+        monkeypatch.setattr(tf, name, spy)
+    capture.HessianCapture.peak_floats = 0
+    capture.HessianCapture.peak_accumulator_floats = 0
+    res = prune_calibrated(model, _targets(model), [x], _config("wanda", sparsity=0.5))
+    assert (d_in, d_in) not in shapes
+    assert capture.HessianCapture.peak_floats == 0
+    assert capture.HessianCapture.peak_accumulator_floats == d_in  # O(d_in), not d_in^2
+    norms = np.sqrt((x.astype(np.float64) ** 2).sum(0))
+    score = np.abs(w0) * norms[:, None]
+    expected = np.argsort(np.argsort(score, axis=0, kind="stable"), axis=0, kind="stable") >= d_in // 2
+    np.testing.assert_array_equal(np.asarray(res.masks["d1/kernel"]), expected)
+    entry = res.section["layers"]["d1/kernel"]  # measured on the next pass, without a Hessian
+    assert entry["error_after"] is not None and 0 < entry["error_after"] < 1
+
+
+def test_conv_blocks_are_bounded_and_exact():
+    """A conv layer's X^T X from blocks of at most 7 im2col rows equals the one from all rows at once
+    (same, valid, causal, strided and dilated convolutions), and no block is larger."""
+    import keras
+
+    from prunecli.calibration import capture, views
+
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((9, 9, 3))
+    h = keras.layers.Conv2D(4, 3, strides=2, padding="same", name="a")(inp)
+    h = keras.layers.Conv2D(4, 2, dilation_rate=2, padding="valid", name="b")(h)
+    h = keras.layers.Reshape((-1, 4))(h)
+    h = keras.layers.Conv1D(5, 3, padding="causal", dilation_rate=2, name="c")(h)
+    model = keras.Model(inp, h)
+    x = np.random.default_rng(0).normal(size=(5, 9, 9, 3)).astype("float32")
+    batches = capture.chunks([x], 2)
+    for t in _targets(model):
+        view = views.view_of(t)
+        whole = capture.HessianCapture(view, 1, full=True, max_rows=10**9).run(model, batches)
+        capture.HessianCapture.peak_block_rows = 0
+        small = capture.HessianCapture(view, 1, full=True, max_rows=7).run(model, batches)
+        assert capture.HessianCapture.peak_block_rows <= 7, t.name
+        assert small.rows == whole.rows > 7
+        np.testing.assert_allclose(np.asarray(small.hessian), np.asarray(whole.hessian), rtol=1e-4, atol=1e-5)
+
+
+def test_hessian_too_big_for_memory_is_exit_6_before_any_work(monkeypatch):
+    from prunecli.calibration import capture, oneshot, prune_calibrated, reconstruct
+
+    model = _dense_model(1024, 4, 2)
+    x = np.random.default_rng(0).normal(size=(8, 1024)).astype("float32")
+    before = [np.asarray(v).copy() for v in model.weights]
+    monkeypatch.setattr(oneshot, "_available_memory", lambda: 2 * 2**20)  # 2 MiB; H is 4 MiB
+    capture.HessianCapture.max_live = 0
+    with pytest.raises(ResourceError) as info:
+        prune_calibrated(model, _targets(model), [x], _config("sparsegpt", sparsity=0.5))
+    assert info.value.exit_code == ExitCode.RESOURCE == 6
+    message = info.value.message
+    assert "d1" in message and "1024 x 1024" in message and "4.0 MiB" in message and "\n" not in message
+    assert capture.HessianCapture.max_live == 0  # nothing was captured
+    for a, b in zip(before, model.weights, strict=True):
+        np.testing.assert_array_equal(a, np.asarray(b))  # nothing was pruned
+    with pytest.raises(ResourceError, match="d1"):
+        reconstruct(model, _targets(model), {t.name: np.ones(t.shape, bool) for t in _targets(model)}, [x])
+    # Wanda needs only O(d_in): the same budget is enough
+    res = prune_calibrated(model, _targets(model), [x], _config("wanda", sparsity=0.5))
+    assert _zero_fraction(_targets(model)[0]) == pytest.approx(0.5)
+    assert not res.section["fallback"]
+
+
+# --- degenerate inputs ------------------------------------------------------------------------------
+
+
+def _degenerate(kind, shape):
+    rng = np.random.default_rng(0)
+    if kind == "zeros":
+        return np.zeros(shape, "float32")
+    if kind == "tiny":
+        return (rng.normal(size=shape) * 1e-40).astype("float32")
+    return np.full(shape, 0.7, "float32")  # every value the same: constant rows, conv patches too
+
+
+@pytest.mark.parametrize("kind", ["zeros", "tiny", "constant"])
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda", "sparsegpt+reconstruct"])
+@pytest.mark.parametrize("arch", ["dense", "conv"])
+def test_degenerate_inputs_fall_back_with_the_requested_sparsity(kind, method, arch):
+    from prunecli.calibration import prune_calibrated
+
+    model = _dense_model() if arch == "dense" else _conv_model()
+    x = _degenerate(kind, (48, 16) if arch == "dense" else (48, 10, 3))
+    ts = _targets(model)
+    name, reconstruct = method.split("+")[0], method.endswith("reconstruct")
+    res = prune_calibrated(model, ts, [x], _config(name, sparsity=0.5, reconstruct=reconstruct))
+    first = ts[0]
+    assert first.name in res.section["fallback"]
+    assert any(n.startswith(f"{first.layer_name}: calibration fell back to magnitude (") for n in res.notes)
+    for t in ts:
+        kernel = np.asarray(t.variable)
+        assert np.mean(kernel == 0) == pytest.approx(0.5, abs=1 / kernel.size), t.name  # not 1.0
+        assert np.isfinite(kernel).all()
+
+
+def test_reconstruct_on_zero_inputs_keeps_the_mask_and_notes_it():
+    """Before: the refit on an all-zero Hessian zeroed every kept weight (82 of 83 weights 0)."""
+    import tensorflow as tf
+
+    from prunecli.calibration import reconstruct
+    from prunecli.selection import policy
+
+    model = _dense_model()
+    ts = _targets(model)
+    ms = policy.build_masks(ts, {t.name: tf.abs(t.variable) for t in ts}, "element", _config(sparsity=0.5))
+    dense = {t.name: np.asarray(t.variable).copy() for t in ts}
+    section = reconstruct(model, ts, ms.masks, [np.zeros((32, 16), "float32")])
+    for t in ts:
+        keep = np.asarray(ms.masks[t.name])
+        np.testing.assert_array_equal(np.asarray(t.variable), np.where(keep, dense[t.name], 0))
+    assert "d1/kernel" in section["fallback"] and not section["layers"].get("d1/kernel")
+    assert any(n.startswith("d1: not refit (") for n in section["notes"])
+
+
+def test_tiny_but_normal_inputs_are_rescaled_not_zeroed():
+    """Inputs of 2^-70 (squares below float32's range) calibrate like the same inputs at scale 1."""
+    from prunecli.calibration import prune_calibrated
+
+    x = np.random.default_rng(0).normal(size=(64, 16)).astype("float32")
+    masks, kernels = [], []
+    for scale in (1.0, 2.0**-70):
+        model = _dense_model()
+        ts = _targets(model)
+        res = prune_calibrated(model, ts[:1], [x * np.float32(scale)], _config("sparsegpt", sparsity=0.5))
+        assert not res.section["fallback"]
+        masks.append(np.asarray(res.masks["d1/kernel"]))
+        kernels.append(np.asarray(ts[0].variable))
+    np.testing.assert_array_equal(masks[0], masks[1])
+    np.testing.assert_allclose(kernels[0], kernels[1], rtol=1e-3, atol=1e-5)
+
+
+def test_dead_inputs_never_add_zeros():
+    """SparseGPT prunes inputs that are always zero first, but a layer with 75% dead inputs pruned to
+    50% keeps the rest of them (before: every dead weight was zeroed, 75% sparsity)."""
+    from prunecli.calibration import prune_calibrated
+
+    model = _dense_model(16, 8, 3)
+    x = np.random.default_rng(0).normal(size=(64, 16)).astype("float32")
+    x[:, 4:] = 0
+    ts = _targets(model)
+    res = prune_calibrated(model, ts[:1], [x], _config("sparsegpt", sparsity=0.5))
+    assert "d1/kernel" in res.section["layers"] and not res.section["fallback"]
+    kernel, keep = np.asarray(ts[0].variable), np.asarray(res.masks["d1/kernel"])
+    assert np.sum(kernel == 0) == 64 == np.sum(~keep)
+    assert (~keep[4:]).sum() == 64  # the pruned weights are all dead ones
+
+
+def test_result_with_more_zeros_than_asked_falls_back(monkeypatch):
+    """The per-layer check after calibration: an update that zeroes kept weights is not kept."""
+    import tensorflow as tf
+
+    from prunecli.calibration import prune_calibrated, sparsegpt
+
+    real = sparsegpt.prune_matrix
+
+    def zeroing(w, hessian, name, **kw):
+        _, keep = real(w, hessian, name, **kw)
+        return tf.zeros_like(w), keep
+
+    monkeypatch.setattr(sparsegpt, "prune_matrix", zeroing)
+    model = _dense_model()
+    ts = _targets(model)
+    x = np.random.default_rng(0).normal(size=(32, 16)).astype("float32")
+    res = prune_calibrated(model, ts, [x], _config("sparsegpt", sparsity=0.5))
+    for t in ts:
+        assert _zero_fraction(t) == pytest.approx(0.5, abs=1 / t.size)
+        assert "zero where" in res.section["fallback"][t.name]
+
+
+# --- models that could not be calibrated --------------------------------------------------------------
+
+
+def test_stateful_rnn_falls_back_and_single_weight_works():
+    import keras
+
+    from prunecli.calibration import prune_calibrated, sparsegpt
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((5, 4), batch_size=8)
+    h = keras.layers.SimpleRNN(6, stateful=True, name="rnn")(inp)
+    model = keras.Model(inp, keras.layers.Dense(3, name="fc")(h))
+    x = np.random.default_rng(0).normal(size=(20, 5, 4)).astype("float32")
+    ts = _targets(model)
+    res = prune_calibrated(model, ts, [x], _config("sparsegpt", sparsity=0.5))
+    assert "stateful" in res.section["fallback"]["fc/kernel"]
+    assert _zero_fraction(next(t for t in ts if t.name == "fc/kernel")) == pytest.approx(0.5)
+
+    # one input column: the block loop used to fail to trace (exit 1)
+    w, keep = sparsegpt.prune_matrix(
+        np.array([[1.0, -2.0, 3.0]], "float32"), np.eye(1, dtype="float32"), "w", prune_count=1
+    )
+    assert np.sum(np.asarray(w) == 0) == 1 and np.sum(~np.asarray(keep)) == 1
+    inp = keras.Input((1,))
+    model = keras.Model(inp, keras.layers.Dense(1, use_bias=False, name="w")(inp))
+    res = prune_calibrated(model, _targets(model), [x[:, 0, :1]], _config("sparsegpt", sparsity=0.5))
+    assert "w/kernel" in res.masks
+
+
+def test_fixed_batch_model_is_fed_whole_batches():
+    import keras
+
+    from prunecli.calibration import prune_calibrated
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16,), batch_size=8)
+    model = keras.Model(inp, keras.layers.Dense(4, name="fc")(inp))
+    x = np.random.default_rng(0).normal(size=(20, 16)).astype("float32")
+    res = prune_calibrated(model, _targets(model), [x], _config("sparsegpt", sparsity=0.5))
+    assert res.section["layers"]["fc/kernel"]["rows"] == 16  # two whole batches of 8
+    assert any("4 of 20 examples left out" in n for n in res.notes)
+
+
+# --- labels are never needed --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_inputs_only_data(method):
+    """Calibration reads x alone: a dataset of inputs without labels works for both the one-shot path
+    and the registry's scores."""
+    import tensorflow as tf
+
+    from prunecli import scoring
+    from prunecli.calibration import prune_calibrated, take_examples
+    from prunecli.scoring.registry import ScoringContext
+
+    x = np.random.default_rng(0).normal(size=(40, 16)).astype("float32")
+    dataset = tf.data.Dataset.from_tensor_slices(x).batch(16)  # no y anywhere
+    examples = take_examples(dataset, 40)
+    assert sum(len(b) for b in examples) == 40
+    model = _dense_model()
+    ts = _targets(model)
+    res = prune_calibrated(model, ts, examples, _config(method, sparsity=0.5))
+    assert set(res.section["layers"]) == {t.name for t in ts}
+    assert all(_zero_fraction(t) == pytest.approx(0.5, abs=1 / t.size) for t in ts)
+    model = _dense_model()
+    ts = _targets(model)
+    scores = scoring.get(method).fn(ts, ScoringContext(model=model, targets=ts, data=dataset))
+    assert {k: tuple(v.shape) for k, v in scores.items()} == {t.name: tuple(t.shape) for t in ts}

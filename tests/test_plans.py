@@ -1,0 +1,268 @@
+"""Plan files (`prune --save-plan`), `prunecli apply` and `prunecli verify` (issue 29)."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from conftest import build_mlp, make_tabular
+
+from prunecli.errors import ConfigError, GateFailed, InputError
+from prunecli.io import plan_file
+
+
+def _weights(path) -> dict:
+    import keras
+
+    from prunecli.structure import targets
+
+    model = keras.saving.load_model(path, compile=False)
+    return {t.name: np.asarray(t.variable) for t in targets.walk(model)}
+
+
+@pytest.fixture(scope="module")
+def retrained(mlp_files, tmp_path_factory):
+    """Another checkpoint of the MLP's architecture: other initial weights, other data."""
+    d = tmp_path_factory.mktemp("retrained")
+    x, y = make_tabular(seed=7)
+    model = build_mlp(seed=3)
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    model.save(d / "retrained.keras")
+    return d / "retrained.keras"
+
+
+@pytest.fixture(scope="module")
+def pruned(mlp_files, tmp_path_factory):
+    """One run with a plan and a report: (output, plan, report)."""
+    from click.testing import CliRunner
+
+    from prunecli.cli import main
+
+    d = tmp_path_factory.mktemp("pruned")
+    out, plan, report = d / "out.keras", d / "plan.zip", d / "report.json"
+    args = ["prune", mlp_files["keras"], "-s", "0.6", "-o", out, "--save-plan", plan, "-r", report, "-q"]
+    args += ["--data", mlp_files["data"]]
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out, plan, report
+
+
+def test_plan_file_is_a_documented_zip_without_pickle(pruned):
+    out, plan, report = pruned
+    with zipfile.ZipFile(plan) as z:
+        names = z.namelist()
+        assert names[0] == "plan.json" and all(n.startswith("masks/") for n in names[1:])
+        assert {i.date_time for i in z.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+        manifest = json.loads(z.read("plan.json"))
+    assert manifest["format"] == "prunecli-plan" and manifest["version"] == 1
+    assert manifest["settings"]["sparsity"] == 0.6 and manifest["granularity"] == "element"
+    assert [w[0] for w in manifest["architecture"]["weights"]][:2] == ["hidden1/kernel", "hidden1/bias"]
+    assert len(manifest["weights_sha256"]) == 64
+    r = json.loads(report.read_text())
+    assert r["plan"]["sha256"] == plan_file.read(plan).sha256
+    assert r["output"]["sha256"] == plan_file.file_sha256(out)
+    assert r["reproducibility"]["masks"] == "bitwise"
+    # the plan's masks are the output's zeros
+    saved = plan_file.read(plan)
+    weights = _weights(out)
+    for t in saved.targets:
+        assert np.array_equal(saved.mask(t["name"]), weights[t["name"]] != 0)
+
+
+def test_same_command_gives_the_same_plan_bytes(mlp_files, tmp_path, cli, pruned):
+    plan = tmp_path / "plan.zip"
+    args = ["prune", mlp_files["keras"], "-s", "0.6", "-o", tmp_path / "o.keras", "--save-plan", plan, "-q"]
+    args += ["--data", mlp_files["data"]]
+    assert cli(*args).exit_code == 0
+    first = plan.read_bytes()
+    assert cli(*args).exit_code == 0
+    assert plan.read_bytes() == first
+    # the masks are those of the earlier run with other output paths
+    assert plan_file.read(plan).packed == plan_file.read(pruned[1]).packed
+
+
+def test_apply_to_the_same_model_gives_identical_masks(mlp_files, pruned, tmp_path):
+    from prunecli.run.apply import apply_plan
+
+    out, plan, _ = pruned
+    result = apply_plan(plan, mlp_files["keras"], output=str(tmp_path / "again.keras"), quiet=True)
+    a, b = _weights(out), _weights(tmp_path / "again.keras")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert np.array_equal(a[name] != 0, b[name] != 0)
+        assert np.array_equal(a[name], b[name])  # the same weights too: nothing was fine-tuned
+    assert result.report.to_dict()["plan"]["same_weights"] is True
+
+
+def test_apply_to_a_retrained_checkpoint_gives_the_plans_masks(pruned, retrained, tmp_path, cli):
+    out, plan, _ = pruned
+    target = tmp_path / "retrained.pruned.keras"
+    report = tmp_path / "r.json"
+    result = cli("apply", plan, retrained, "-o", target, "-r", report, "-q")
+    assert result.exit_code == 0, result.output
+    saved = plan_file.read(plan)
+    original, applied = _weights(retrained), _weights(target)
+    for t in saved.targets:
+        keep = saved.mask(t["name"])
+        assert np.array_equal(applied[t["name"]] != 0, keep & (original[t["name"]] != 0))
+        assert np.array_equal(applied[t["name"]][keep], original[t["name"]][keep])  # the kept weights untouched
+    r = json.loads(report.read_text())
+    assert r["plan"]["same_weights"] is False and any("differ from those the plan" in n for n in r["notes"])
+    assert cli("verify", target, "-r", report, "--plan", plan).exit_code == 0
+
+
+def test_apply_then_fine_tune_holds_the_plans_masks(mlp_files, pruned, retrained, tmp_path):
+    from prunecli.run.apply import apply_plan
+
+    _, plan, _ = pruned
+    target = tmp_path / "ft.keras"
+    apply_plan(plan, retrained, output=str(target), data=str(mlp_files["data"]), epochs=1, quiet=True)
+    saved = plan_file.read(plan)
+    applied = _weights(target)
+    for t in saved.targets:
+        assert not applied[t["name"]][~saved.mask(t["name"])].any()
+
+
+def test_a_different_architecture_is_refused_naming_the_first_mismatch(pruned, tmp_path, cli):
+    import keras
+
+    _, plan, _ = pruned
+    inp = keras.Input((20,), name="features")
+    x = keras.layers.Dense(32, activation="relu", name="hidden1")(inp)
+    x = keras.layers.Dense(24, activation="relu", name="hidden2")(x)  # 24 units, not 16
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax", name="out")(x), name="mlp")
+    other = tmp_path / "other.keras"
+    model.save(other)
+    result = cli("apply", plan, other, "-o", tmp_path / "x.keras", "-q")
+    assert result.exit_code == 3
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "does not fit" in lines[0] and "'hidden2/kernel' (20, 24)" not in lines[0]
+    assert "hidden2/kernel" in lines[0] and "(32, 16)" in lines[0] and "(32, 24)" in lines[0]
+    assert not (tmp_path / "x.keras").exists()
+
+
+def test_verify_passes_on_the_runs_own_output(pruned, mlp_files, cli):
+    from prunecli.run.verify import verify
+
+    out, plan, report = pruned
+    result = cli("verify", out, "-r", report, "--plan", plan, "--data", mlp_files["data"])
+    assert result.exit_code == 0, result.output
+    assert "claims hold" in result.stdout
+    checked = verify(out, report=report, plan=plan, data=mlp_files["data"])
+    assert any(c.startswith("accuracy") for c in checked.checked) and any("sha256" in c for c in checked.checked)
+
+
+def test_verify_fails_on_weights_altered_after_the_run(pruned, tmp_path, cli):
+    import keras
+
+    out, plan, report = pruned
+    model = keras.saving.load_model(out, compile=False)
+    kernel = model.get_layer("hidden1").kernel
+    value = np.asarray(kernel).copy()
+    value[value == 0] = 0.5  # pruned weights brought back
+    kernel.assign(value)
+    altered = tmp_path / "altered.keras"
+    model.save(altered)
+    result = cli("verify", altered, "-r", report, "--plan", plan)
+    assert result.exit_code == 4
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("prunecli: error: output sha256")
+    assert any("hidden1/kernel" in line and "non-zeros" in line for line in lines)
+    assert any("weight(s) the plan prunes are non-zero" in line for line in lines)
+    with pytest.raises(GateFailed) as caught:
+        from prunecli.run.verify import verify
+
+        verify(altered, report=report)
+    assert caught.value.exit_code == 4 and len(caught.value.failures) > 1
+
+
+def test_verify_fails_on_an_edited_report(pruned, tmp_path, cli):
+    out, plan, report = pruned
+    r = json.loads(report.read_text())
+    r["layers"][0]["sparsity"] = 0.9
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(r))
+    result = cli("verify", out, "-r", edited)
+    assert result.exit_code == 4
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "hidden1/kernel: sparsity" in lines[0] and "report says 0.9" in lines[0]
+
+
+def test_verify_fails_on_a_broken_2_4_group(mlp_files, tmp_path, cli):
+    import keras
+
+    out, report = tmp_path / "nm.keras", tmp_path / "nm.json"
+    args = ["prune", mlp_files["keras"], "-g", "n:m=2:4", "-o", out, "-r", report, "-q"]
+    assert cli(*args).exit_code == 0
+    assert cli("verify", out, "-r", report).exit_code == 0
+    model = keras.saving.load_model(out, compile=False)
+    kernel = model.get_layer("hidden2").kernel
+    value = np.asarray(kernel).copy()
+    row = int(np.flatnonzero(value[:4, 5] == 0)[0])
+    value[row, 5] = 1.0  # group rows 0..3 of unit 5 now holds 3 non-zeros
+    kernel.assign(value)
+    broken = tmp_path / "broken.keras"
+    model.save(broken)
+    result = cli("verify", broken, "-r", report)
+    assert result.exit_code == 4
+    assert "hidden2/kernel: 2:4 broken in 1 group(s) (first: unit 5, rows 0..3 hold 3 non-zeros)" in result.stderr
+
+
+def test_structural_plans_are_refused_by_apply(mlp_files, tmp_path, cli):
+    plan = tmp_path / "layer.zip"
+    args = ["prune", mlp_files["keras"], "-g", "input", "--keep-features", "10", "-o", tmp_path / "i.keras"]
+    assert cli(*args, "--save-plan", plan, "-q").exit_code == 0
+    result = cli("apply", plan, mlp_files["keras"], "-o", tmp_path / "a.keras")
+    assert result.exit_code == 2 and "removes structure (-g input)" in result.stderr
+
+
+def test_neuron_plan_applies_to_a_retrained_checkpoint(mlp_files, retrained, tmp_path, cli):
+    from prunecli import build_config, prune
+    from prunecli.run.apply import apply_plan
+
+    plan = tmp_path / "neuron.zip"
+    settings = {"model_path": str(mlp_files["keras"]), "granularity": "neuron", "sparsity": 0.5, "quiet": True}
+    prune(build_config({**settings, "output": str(tmp_path / "n.keras"), "save_plan": str(plan)}))
+    saved = plan_file.read(plan)
+    assert saved.targets and all(t["removed_units"] for t in saved.targets)
+    result = apply_plan(plan, retrained, output=str(tmp_path / "rn.keras"), quiet=True)
+    applied = _weights(tmp_path / "rn.keras")
+    for t in saved.targets:
+        assert np.array_equal(np.asarray(result.masks.masks[t["name"]]), saved.mask(t["name"]))
+        assert not applied[t["name"]][..., t["removed_units"]].any()
+    report = tmp_path / "s.json"
+    shrunk = tmp_path / "shrunk.keras"
+    result = cli("apply", plan, retrained, "-o", shrunk, "--shrink", "-r", report, "-q")
+    assert result.exit_code == 0, result.output
+    assert json.loads(report.read_text())["shrink"]
+    assert cli("verify", shrunk, "-r", report, "--plan", plan).exit_code == 0
+
+
+def test_plan_paths_are_planned_before_any_work(mlp_files, tmp_path, cli):
+    import shutil
+
+    model, data = tmp_path / "m.keras", tmp_path / "d.npz"
+    shutil.copy(mlp_files["keras"], model)
+    shutil.copy(mlp_files["data"], data)
+    before = data.read_bytes()
+    result = cli("prune", model, "-o", tmp_path / "o.keras", "--data", data, "--save-plan", data)
+    assert result.exit_code == 5 and "plan" in result.stderr and "data file" in result.stderr
+    assert data.read_bytes() == before
+    result = cli("prune", model, "-o", tmp_path / "o.keras", "--save-plan", model)
+    assert result.exit_code == 5 and "would overwrite the input" in result.stderr
+    result = cli("prune", mlp_files["keras"], "-o", tmp_path / "o.keras", "--save-plan", tmp_path / "o.keras")
+    assert result.exit_code == 5 and not (tmp_path / "o.keras").exists()
+
+
+def test_bad_plan_files_are_input_errors(tmp_path, mlp_files):
+    from prunecli.run.apply import apply_plan
+    from prunecli.run.verify import verify
+
+    bogus = tmp_path / "bogus.zip"
+    bogus.write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="not a prunecli plan file"):
+        apply_plan(bogus, mlp_files["keras"], output=str(tmp_path / "x.keras"))
+    with pytest.raises(ConfigError):
+        verify(mlp_files["keras"])

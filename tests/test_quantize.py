@@ -1,0 +1,158 @@
+"""--quantize int8|int4|float8: Keras 3's own quantized layers, with every pruned weight still exactly 0.
+
+The saved file is read back here independently of prunecli/outputs/quantize.py: each quantized Dense
+kernel is dequantized from its stored codes, scales and zero points, and its pruned positions (the
+run's masks) must be exactly 0.0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from prunecli import build_config, prune
+from prunecli.errors import ConfigError
+
+# largest |quantized - float pruned| output over 256 inputs, relative to the largest float output
+TOLERANCE = {"int8": 0.05, "int4": 0.3, "float8": 0.15}
+
+
+@pytest.fixture(scope="module")
+def conv_dense(tmp_path_factory):
+    """Conv2D -> Dense(288 -> 32) -> Dense(4): the first Dense spans three int4 groups of 128 rows."""
+    import keras
+
+    d = tmp_path_factory.mktemp("quant")
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((512, 8, 8, 1)).astype("float32")
+    y = (x[:, :4, :4, 0].mean(axis=(1, 2)) > 0).astype("int32") + 2 * (x[:, 4:, 4:, 0].mean(axis=(1, 2)) > 0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(8, 3, activation="relu", name="conv"),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(32, activation="relu", name="dense1"),
+            keras.layers.Dense(4, activation="softmax", name="out"),
+        ]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=3, verbose=0)
+    model.save(d / "model.keras")
+    np.savez(d / "data.npz", x_train=x[:384], y_train=y[:384], x_test=x[384:], y_test=y[384:])
+    return d
+
+
+def _dequantized_kernel(layer) -> np.ndarray:
+    """A quantized Dense kernel as the float values its call computes with, from the stored variables."""
+    mode = layer.quantization_mode
+    if mode == "float8":
+        from keras import quantizers
+
+        return np.asarray(
+            quantizers.quantize_and_dequantize(layer.kernel, layer.kernel_scale, "float8_e4m3fn", "float32")
+        )
+    codes = np.asarray(layer.kernel).astype(np.int32)  # int4: Keras unpacks the nibbles, shape (in, out)
+    scale = np.asarray(layer.kernel_scale, dtype=np.float64)
+    if hasattr(layer, "kernel_zero"):  # grouped int4: (q - z[g]) * s[g]
+        groups = np.asarray(layer.g_idx).astype(int)
+        return (codes - np.asarray(layer.kernel_zero).astype(np.int32)[groups]) * scale[groups]
+    return codes / scale  # symmetric: q / s per output column
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4", "float8"])
+@pytest.mark.parametrize("amount", [{"sparsity": 0.5}, {"granularity": "n:m=2:4"}], ids=["50%", "2:4"])
+def test_pruned_weights_stay_exactly_zero_after_quantization(conv_dense, tmp_path, mode, amount):
+    import keras
+
+    out = tmp_path / f"q-{mode}.keras"
+    settings = {"model_path": str(conv_dense / "model.keras"), "data": str(conv_dense / "data.npz")}
+    result = prune(build_config({**settings, **amount, "quantize": mode, "output": str(out), "quiet": True}))
+    section = result.report.extra["quantize"]
+
+    assert [e["layer"] for e in section["layers_quantized"]] == ["dense1", "out"]
+    assert section["left_float"] == [{"layer": "conv", "class": "Conv2D", "why": section["left_float"][0]["why"]}]
+    assert "no quantized Conv2D" in section["left_float"][0]["why"]
+    zeros = section["zeros"]
+    assert zeros["pruned_nonzero"] == 0
+    assert zeros["kept_zero"] == zeros["pruned_weights"] > 0
+
+    # the saved file, read back without prunecli: every pruned weight dequantizes to exactly 0.0
+    saved = keras.saving.load_model(out)
+    for name in ("dense1", "out"):
+        layer = saved.get_layer(name)
+        assert layer.quantization_mode == mode
+        if mode != "float8":
+            assert "int8" in {str(w.dtype) for w in layer.weights}  # codes stored as int8 (int4: two per byte)
+        pruned = ~np.asarray(result.masks.masks[f"{name}/kernel"], dtype=bool)
+        weights = _dequantized_kernel(layer)
+        assert pruned.sum() > 0
+        assert np.count_nonzero(weights[pruned]) == 0, f"{name}: pruned weights moved away from zero"
+
+    # outputs within the stated tolerance of the float pruned model, and the file computes the same
+    diff = section["output_difference"]
+    assert diff["sample_source"] == "data" and diff["samples"] == 128  # the whole test split
+    assert diff["max_rel_diff"] <= TOLERANCE[mode]
+    assert section["reload"] == {"loads": True, "max_abs_diff": 0.0}
+    x = np.load(conv_dense / "data.npz")["x_test"]
+    np.testing.assert_array_equal(saved.predict(x, verbose=0), result.model.predict(x, verbose=0))
+    assert set(section["metrics"]) == {"float_pruned", "quantized"}
+    if mode in ("int8", "int4"):  # Dense kernels stored in 8 or 4 bits: the file shrinks
+        assert section["sizes"]["quantized"]["bytes"] < section["sizes"]["float_pruned"]["bytes"]
+    assert result.report.output["bytes"] == section["sizes"]["quantized"]["bytes"]
+
+
+def test_a_zero_the_scheme_would_move_stops_the_run_and_nothing_is_saved(conv_dense, tmp_path, monkeypatch):
+    from prunecli.outputs import quantize
+
+    real = quantize._read_back
+
+    def moved_one(layer, mode, float_kernel):
+        back, is_zero = real(layer, mode, float_kernel)
+        is_zero = is_zero.copy()
+        is_zero.flat[np.flatnonzero(is_zero)[0]] = False  # pretend one pruned zero was read back non-zero
+        return back, is_zero
+
+    monkeypatch.setattr(quantize, "_read_back", moved_one)
+    out = tmp_path / "never.keras"
+    config = build_config({"model_path": str(conv_dense / "model.keras"), "quantize": "int8", "output": str(out)})
+    with pytest.raises(quantize.QuantizeVerificationError, match=r"moved 1 pruned weight\(s\) of layer dense1"):
+        prune(config)
+    assert not out.exists()
+
+
+def test_a_model_keras_cannot_quantize_is_a_one_line_error(cli, tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="only_conv")])
+    model.save(tmp_path / "conv.keras")
+    out = tmp_path / "out.keras"
+    result = cli("prune", tmp_path / "conv.keras", "--quantize", "int8", "-o", out, "-q")
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "no layer of this model can be quantized" in result.stderr and "Conv2D" in result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--engine", "tfmot"], "--quantize is not available with --engine tfmot"),
+        (["-o", "pruned.h5"], "an .h5 file cannot hold"),
+        (["--export", "tflite-int8", "--data", "d.npz"], "--quantize and --export together"),
+    ],
+)
+def test_bad_combinations_fail_in_one_line_before_any_work(cli, tmp_path, args, message):
+    """The model does not exist: exit 2 (not 3) shows the combination was refused before loading it."""
+    result = cli("prune", tmp_path / "missing.keras", "--quantize", "int8", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+
+
+def test_config_checks_without_the_cli():
+    with pytest.raises(ConfigError, match="an .h5 file cannot hold"):
+        build_config({"model_path": "model.h5", "quantize": "int4"})  # default output: model.pruned.h5
+    with pytest.raises(ConfigError, match="quantize must be one of int8, int4, float8"):
+        build_config({"model_path": "model.keras", "quantize": "int2"})
+    assert build_config({"model_path": "model.h5", "quantize": "int8", "output": "o.keras"}).quantize == "int8"

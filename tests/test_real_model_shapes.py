@@ -1,0 +1,193 @@
+"""Shapes real pretrained files have and our own test models did not (bench/ZOO.md found them):
+a Keras-2 Sequential that declares its input on its first layer, a variable-length Conv1D model whose
+Cropping1D needs a longer input than a fixed stand-in gives. Each is built here, small, so CI guards
+the class of failure without the network."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from prunecli import build_config, prune
+
+
+@pytest.fixture(scope="module")
+def keras2_reshape_first(tmp_path_factory):
+    """A speech-style CNN written as Keras <= 2.3 wrote Sequentials: no InputLayer in the config, the
+    input declared by `batch_input_shape` on the first layer (a Reshape)."""
+    import h5py
+    import tf_keras as k2
+
+    folder = tmp_path_factory.mktemp("keras2")
+    k2.utils.set_random_seed(0)
+    model = k2.Sequential(
+        [
+            k2.layers.Reshape((12, 8, 1), input_shape=(12, 8)),
+            k2.layers.Conv2D(6, 3, activation="relu"),
+            k2.layers.Flatten(),
+            k2.layers.Dense(8, activation="relu"),
+            k2.layers.Dense(3, activation="softmax"),
+        ]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    path = folder / "speech.h5"
+    model.save(path)
+    with h5py.File(path, "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        config["config"]["layers"] = config["config"]["layers"][1:]  # drop the InputLayer, as Keras 2.3 did
+        f.attrs["model_config"] = json.dumps(config)
+        f.attrs["keras_version"] = "2.3.1"
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(48, 12, 8)).astype("float32")
+    np.savez(folder / "d.npz", x=x, y=rng.integers(0, 3, 48))
+    return path, folder / "d.npz", x, model.predict(x[:8], verbose=0)
+
+
+def test_a_keras2_sequential_is_read_with_the_input_its_writer_declared(keras2_reshape_first):
+    from prunecli.io import models as model_io
+
+    path, _data, x, expected = keras2_reshape_first
+    model, _info = model_io.load(path)
+    assert tuple(model.input_shape) == (None, 12, 8)
+    np.testing.assert_allclose(np.asarray(model(x[:8])), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("extra", [{}, {"granularity": "neuron", "shrink": True}])
+def test_pruned_keras2_sequential_takes_the_original_inputs(keras2_reshape_first, tmp_path, extra):
+    import keras
+
+    path, data, x, _expected = keras2_reshape_first
+    out = tmp_path / "out.keras"
+    config = build_config({"model_path": str(path), "data": str(data), "output": str(out), **extra}, environ={})
+    result = prune(config)
+    back = keras.saving.load_model(out)
+    assert tuple(back.input_shape) == (None, 12, 8) and np.asarray(back(x[:4])).shape == (4, 3)
+    assert result.report.metrics["before"]["accuracy"] is not None
+
+
+@pytest.fixture(scope="module")
+def cropped_sequence_model(tmp_path_factory):
+    """SpliceAI-like: variable-length input, dilated Conv1D with residual adds, a crop longer than any
+    small stand-in input (50 each side), a per-position softmax."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((None, 4))
+    h = keras.layers.Conv1D(8, 1, name="stem")(inp)
+    for i, rate in enumerate((1, 2, 4)):
+        branch = keras.layers.Conv1D(8, 3, dilation_rate=rate, padding="same", activation="relu", name=f"c{i}")(h)
+        h = keras.layers.Add()([h, branch])
+    h = keras.layers.Cropping1D((50, 50))(h)
+    out = keras.layers.Conv1D(3, 1, activation="softmax", name="per_position")(h)
+    model = keras.Model(inp, out)
+    folder = tmp_path_factory.mktemp("crop")
+    path = folder / "splice.keras"
+    model.save(path)
+    return path, np.random.default_rng(1).normal(size=(2, 160, 4)).astype("float32")
+
+
+def test_neuron_shrink_runs_past_a_long_crop_on_a_variable_length_model(cropped_sequence_model, tmp_path):
+    import keras
+
+    path, x = cropped_sequence_model
+    out = tmp_path / "small.keras"
+    config = build_config(
+        {"model_path": str(path), "granularity": "neuron", "sparsity": 0.5, "shrink": True, "output": str(out)},
+        environ={},
+    )
+    result = prune(config)
+    shrink = result.report.to_dict()["shrink"]
+    assert shrink["params_after"] < shrink["params_before"]
+    back = keras.saving.load_model(out)
+    assert np.asarray(back(x)).shape == (2, 60, 3)  # the original input still fits, any length
+
+
+def test_plan_on_a_variable_length_model(cropped_sequence_model):
+    from prunecli.run.plan import make_plan
+
+    path, _x = cropped_sequence_model
+    settings = {"model_path": str(path), "granularity": "neuron", "sparsity": 0.5, "shrink": True}
+    plan = make_plan(build_config(settings, environ={}))
+    assert plan["after"]["params"] < plan["before"]["params"]
+
+
+@pytest.fixture(scope="module")
+def label_shapes(tmp_path_factory):
+    """A pitch-estimator-like sigmoid multi-label output, a per-position tagger, and their data in the
+    forms users have: class numbers, multi-hot rows, one class per position, inputs without labels."""
+    import keras
+
+    folder = tmp_path_factory.mktemp("labels")
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((10,))
+    hidden = keras.layers.Dense(16, activation="relu")(inp)
+    multi = keras.Model(inp, keras.layers.Dense(5, activation="sigmoid")(hidden))
+    multi.save(folder / "multi.keras")  # uncompiled: the sigmoid output alone says multi-label
+    seq_in = keras.Input((12, 3))
+    tagger = keras.Model(seq_in, keras.layers.Conv1D(4, 3, padding="same", activation="softmax")(seq_in))
+    tagger.compile("adam", "sparse_categorical_crossentropy")
+    tagger.save(folder / "tagger.keras")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 10)).astype("float32")
+    np.savez(folder / "multi_classes.npz", x=x, y=rng.integers(0, 5, 64))
+    np.savez(folder / "multi_hot.npz", x=x, y=(rng.random((64, 5)) > 0.5).astype("float32"))
+    np.savez(folder / "x_only.npz", x=x)
+    seq_x = rng.normal(size=(64, 12, 3)).astype("float32")
+    np.savez(folder / "per_position.npz", x=seq_x, y=rng.integers(0, 4, (64, 12)))
+    np.savez(folder / "wrong_positions.npz", x=seq_x, y=rng.integers(0, 4, (64, 7)))
+    return folder
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda"])
+@pytest.mark.parametrize("data", ["multi_classes", "multi_hot"])
+def test_sigmoid_multi_label_takes_class_numbers_and_multi_hot_rows(label_shapes, tmp_path, method, data):
+    settings = {
+        "model_path": str(label_shapes / "multi.keras"),
+        "data": str(label_shapes / f"{data}.npz"),
+        "method": method,
+        "calibration_samples": 32,
+        "output": str(tmp_path / "o.keras"),
+    }
+    result = prune(build_config(settings, environ={}))
+    assert 0.0 <= result.report.metrics["after_pruning"]["accuracy"] <= 1.0
+    assert result.report.totals["prunable_sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_per_position_class_labels_fit_a_per_position_output(label_shapes, tmp_path):
+    settings = {"model_path": str(label_shapes / "tagger.keras"), "data": str(label_shapes / "per_position.npz")}
+    result = prune(build_config({**settings, "output": str(tmp_path / "o.keras")}, environ={}))
+    assert result.report.metrics["before"]["accuracy"] is not None
+
+
+def test_labels_that_fit_no_output_are_refused_naming_both_shapes(label_shapes, tmp_path):
+    from prunecli.errors import DataError
+
+    settings = {"model_path": str(label_shapes / "tagger.keras"), "data": str(label_shapes / "wrong_positions.npz")}
+    with pytest.raises(DataError, match=r"labels of shape \(7,\) per example do not fit the model's output \(12, 4\)"):
+        prune(build_config({**settings, "output": str(tmp_path / "o.keras")}, environ={}))
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_calibrated_methods_need_inputs_only(label_shapes, tmp_path, method):
+    settings = {
+        "model_path": str(label_shapes / "multi.keras"),
+        "data": str(label_shapes / "x_only.npz"),
+        "method": method,
+        "calibration_samples": 32,
+        "output": str(tmp_path / "o.keras"),
+    }
+    result = prune(build_config(settings, environ={}))
+    assert result.report.metrics == {}
+    assert any("no labels" in note for note in result.report.notes)
+    assert result.report.totals["prunable_sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_what_needs_labels_is_refused_by_name_without_them(label_shapes, tmp_path):
+    from prunecli.errors import DataError
+
+    settings = {"model_path": str(label_shapes / "multi.keras"), "data": str(label_shapes / "x_only.npz")}
+    with pytest.raises(DataError, match="no labels .*fine-tuning needs them") as caught:
+        prune(build_config({**settings, "epochs": 1, "output": str(tmp_path / "o.keras")}, environ={}))
+    assert caught.value.exit_code == 3 and not (tmp_path / "o.keras").exists()
