@@ -170,7 +170,7 @@ def mirrored_section(epochs: int) -> str:
         "batch-norm layer normalises each replica's half batch with that half's own statistics (with "
         "`BatchNormalization(synchronized=True)` the gap measured 2.9e-3 instead of 7.4e-3; the rest "
         "was not pinned down). On an MLP without batch norm the runs agree to 1e-7 "
-        "(tests/test_distribute.py).",
+        "(tests/test_training_distribute.py).",
         "",
         "| run | replicas | test accuracy | mask sparsity | zero kernel weights | zero pattern = single-device | "
         "max abs kernel diff vs single-device | train s |",

@@ -77,7 +77,7 @@ def test_plan_numbers_match_what_prune_does(workdir, options):
 
 def test_plan_layer_pruning_matches_prune(tmp_path):
     import keras
-    from test_layer_pruning import build_residual
+    from test_removal_layers import build_residual
 
     model = build_residual()
     model.save(tmp_path / "res.keras")
