@@ -39,7 +39,8 @@ from prunecli.structure import keras_graph
 
 CHUNK = 32  # examples per forward pass, at most: bounds one pass's activations
 INPUT_BYTES = 256 * 2**20  # a pass's layer input, at most (fewer examples per pass when larger)
-PATCH_BYTES = 64 * 2**20  # one block of im2col rows (or input rows) fed to the accumulation
+PATCH_BYTES = 16 * 2**20  # one block of im2col rows fed to the accumulation (64 MiB: 4.6 GB peak on a
+# 13-layer dilated Conv1D at 32 x 10100 steps; 16 MiB: 3.3 GB, as fast)
 FLOAT32_TINY = 1.1754944e-38  # smallest normal float32: below it, values are denormal (flushed to 0)
 SCALE_RANGE = 2.0**16  # inputs whose largest |x| is outside [1/SCALE_RANGE, SCALE_RANGE] are rescaled
 CONSTANT_TOLERANCE = 1e-6  # relative spread under which every row is the same vector

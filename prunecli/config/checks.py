@@ -74,8 +74,9 @@ def _check_numbers(c: PruneConfig) -> None:
         value = getattr(c, name, None)
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")
-    if c.remove_heads is not None and c.granularity.kind != "head":
-        raise ConfigError("--remove-heads needs --granularity head")
+    for name, kind in (("remove_heads", "head"), ("keep_features", "input"), ("remove_layers", "layer")):
+        if getattr(c, name) is not None and c.granularity.kind != kind:  # else silently ignored
+            raise ConfigError(f"--{name.replace('_', '-')} needs --granularity {kind}")
     if c.remove_heads is not None and (c.sparsity is not None or c.threshold is not None):
         raise ConfigError("give either --remove-heads or --sparsity/--threshold, not both")
 
@@ -331,6 +332,18 @@ def read_tf_config() -> dict:
         or not isinstance(spec.get("task"), dict)
     ):
         raise ConfigError('TF_CONFIG needs "cluster" and "task" entries')
+    for job, tasks in spec["cluster"].items():  # else TensorFlow's TypeError or KeyError: exit 1
+        if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) and t for t in tasks):
+            raise ConfigError(f'TF_CONFIG cluster "{job}" must be a non-empty list of "host:port" strings')
+    kind, index = spec["task"].get("type"), spec["task"].get("index")
+    if kind not in ("chief", "worker"):
+        raise ConfigError(f'TF_CONFIG task type must be "chief" or "worker" (prunecli trains on every task), got {kind!r}')
+    if kind not in spec["cluster"]:
+        raise ConfigError(f'TF_CONFIG task type "{kind}" has no entry in its cluster')
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(spec["cluster"][kind]):
+        raise ConfigError(
+            f'TF_CONFIG task index must be an integer in [0, {len(spec["cluster"][kind])}) for "{kind}", got {index!r}'
+        )
     return spec
 
 

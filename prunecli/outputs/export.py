@@ -224,6 +224,16 @@ def _unsupported_ops(message: str) -> list[str]:
     return list(dict.fromkeys(re.findall(r"\btf\.[A-Z][A-Za-z0-9_]+", message)))
 
 
+def _failed_lowering(message: str) -> str | None:
+    """'op BatchMatMulV3 (int8_1/hidden_1/MatMul) cannot become tfl.fully_connected: operand #0 must be ...'
+    from an MLIR error whose first line is a location dump (Keras' int8 layers), or None."""
+    lowered = re.search(r"'(tfl\.\w+)' op ([^\n]+)", message)
+    where = re.search(r'fused\["(\w+):", "([^"@]+)', message)
+    if not lowered or not where:
+        return None
+    return f"op {where.group(1)} ({where.group(2)}) cannot become {lowered.group(1)}: {lowered.group(2)}"
+
+
 BUILTIN_OPS = "builtins"  # the report's `ops` of a TFLite file any interpreter runs
 SELECT_OPS = "builtins+select-tf"  # ... of one that needs the Flex delegate
 
@@ -267,7 +277,7 @@ def _convert(saved: Path, calibration, sparse: bool, select_tf_ops: bool) -> byt
             return converter.convert()
     except Exception as exc:  # the converter raises ConverterError/ValueError with long MLIR dumps
         ops = _unsupported_ops(str(exc))
-        what = f"unsupported op(s) {', '.join(ops[:6])}" if ops else first_line(exc)
+        what = f"unsupported op(s) {', '.join(ops[:6])}" if ops else _failed_lowering(str(exc)) or first_line(exc)
         tried = " (also with select TensorFlow ops)" if select_tf_ops else ""
         raise ExportError(f"cannot convert the model to {kind}{tried}: {what}") from exc
 

@@ -43,6 +43,11 @@ from prunecli.io.data.tfrecord import TFRECORD_SUFFIXES, load_tfrecord, tfrecord
 
 def load(path: str, model, batch_size: int = 64, val_split: float = 0.0, seed: int = 0) -> Data:
     """Read the data and return train/eval pipelines checked against the model."""
+    fixed = sorted({int(t.shape[0]) for t in getattr(model, "inputs", None) or [] if t.shape and t.shape[0]})
+    if fixed and fixed != [batch_size]:  # a stateful RNN, or an Input(batch_shape=...): else Keras fails mid-run
+        from prunecli.errors import ConfigError
+
+        raise ConfigError(f"the model's inputs have a fixed batch size of {fixed[0]}; give --batch-size {fixed[0]}")
     p = Path(path)
     if not p.exists() and not any(ch in str(path) for ch in "*?["):
         raise DataError(f"data file not found: {p}")

@@ -68,6 +68,9 @@ def _resolve_output(input_path, out: Path, force: bool) -> Path:
 TOKEN_HEX = 12  # hex digits of the random part of a temporary name: remove_stale_temps matches exactly these
 
 
+PID_MAX = 4_194_304  # Linux's PID_MAX_LIMIT (2**22); psutil.pid_exists overflows above 2**31 - 1
+
+
 def remove_stale_temps(target: Path) -> list[Path]:
     """Delete temporary files left beside `target` by runs that were killed (SIGKILL, power loss).
 
@@ -89,6 +92,7 @@ def remove_stale_temps(target: Path) -> list[Path]:
                 found
                 and entry.is_file()
                 and int(found.group(1)) != os.getpid()
+                and int(found.group(1)) <= PID_MAX  # a larger "pid" is no process's: not a name we made
                 and not psutil.pid_exists(int(found.group(1)))
             ):
                 with contextlib.suppress(OSError):
