@@ -191,3 +191,24 @@ def test_what_needs_labels_is_refused_by_name_without_them(label_shapes, tmp_pat
     with pytest.raises(DataError, match="no labels .*fine-tuning needs them") as caught:
         prune(build_config({**settings, "epochs": 1, "output": str(tmp_path / "o.keras")}, environ={}))
     assert caught.value.exit_code == 3 and not (tmp_path / "o.keras").exists()
+
+
+@pytest.mark.parametrize("extra", [{"engine": "tfmot"}, {"command": "sweep"}])
+def test_inputs_without_labels_are_never_measured_against_placeholders(label_shapes, tmp_path, extra):
+    """tfmot and the sweep evaluate accuracy: without labels they measure nothing, or refuse by name."""
+    import tf_keras
+
+    from prunecli.errors import DataError
+
+    model = tf_keras.Sequential([tf_keras.layers.Dense(8, input_shape=(10,)), tf_keras.layers.Dense(5)])
+    path = tmp_path / "k2.h5"
+    model.save(path)
+    data = str(label_shapes / "x_only.npz")
+    if extra.get("command") == "sweep":
+        from prunecli.run import sweep
+
+        with pytest.raises(DataError, match="no labels"):
+            sweep.open_session(build_config({"model_path": str(path), "data": data}, environ={}))
+        return
+    settings = {"model_path": str(path), "data": data, "output": str(tmp_path / "o.h5"), **extra}
+    assert prune(build_config(settings, environ={})).report.metrics == {}

@@ -17,7 +17,7 @@ import dataclasses
 import importlib.util
 
 from prunecli.config import PruneConfig
-from prunecli.errors import ConfigError
+from prunecli.errors import ConfigError, DataError
 from prunecli.outputs.report import Timings
 from prunecli.run import steps
 from prunecli.run.state import RunState
@@ -109,6 +109,10 @@ def open_session(config: PruneConfig, progress=None) -> RunState:
     state, _sizes = steps.load(config.replace(sizes=False), say, timings)
     if state.data is None:
         raise ConfigError("a sensitivity sweep needs --data")
+    if state.task is None:
+        raise DataError(
+            f"{config.data} has inputs but no labels (y): sweep and --auto measure accuracy, which needs them"
+        )
     state = state.after(steps.pick_targets(state.model, config))
     return state.after(steps.evaluate(state, "before", say, timings))
 

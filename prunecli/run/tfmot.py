@@ -225,7 +225,7 @@ def prune(config: PruneConfig, progress=None) -> PruneResult:
     loaded = _load_all(config, tf_keras, say, timings)
     model, data, task = loaded.model, loaded.data, loaded.task
     plan = _plan_layers(model, config, tfmot, notes)
-    if data is not None:
+    if task is not None:
         say("evaluating (before)")
         with timings.phase("evaluate"):
             metrics["before"] = _evaluate(model, data.eval, task)
@@ -235,7 +235,7 @@ def prune(config: PruneConfig, progress=None) -> PruneResult:
         wrapped = _wrap(model, plan, config, tfmot, tf_keras, steps_per_epoch)
         if config.schedule == "oneshot":
             _mask_once(wrapped, tfmot)
-    if config.schedule == "oneshot" and data is not None:
+    if config.schedule == "oneshot" and task is not None:
         with timings.phase("evaluate"):
             metrics["after_pruning"] = _evaluate(wrapped, data.eval, task)
     if config.epochs > 0:
@@ -295,7 +295,8 @@ def _load_all(config: PruneConfig, tf_keras, say, timings) -> _Loaded:
         loaded = _Loaded(model, source, training_setup)
         if config.data:
             loaded.data = data_mod.load(config.data, model, config.batch_size, config.val_split, config.seed)
-            loaded.task = infer_task(model, loaded.data.y_example)
+            steps.check_labels(config, loaded.data)  # inputs alone: nothing is measured against placeholders
+            loaded.task = infer_task(model, loaded.data.y_example) if loaded.data.labelled else None
     return loaded
 
 
