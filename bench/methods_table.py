@@ -86,7 +86,9 @@ def main(out_path: str = str(ROOT / "bench" / "METHODS.md")) -> None:
         for sparsity in SPARSITIES:
             for t, w in zip(chosen, original, strict=True):
                 t.variable.assign(w)
-            config = PruneConfig(sparsity=sparsity, granularity=granularity, scope="layer")  # per layer, as the table says
+            config = PruneConfig(
+                sparsity=sparsity, granularity=granularity, scope="layer"
+            )  # per layer, as the table says
             masks = policy.build_masks(chosen, scores, strategy.level, config)
             masking.apply_masks([t.variable for t in chosen], [masks.masks[t.name] for t in chosen])
             zeros = sum(int(np.size(m) - np.count_nonzero(np.asarray(m))) for m in masks.masks.values())
