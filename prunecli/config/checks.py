@@ -337,7 +337,9 @@ def read_tf_config() -> dict:
             raise ConfigError(f'TF_CONFIG cluster "{job}" must be a non-empty list of "host:port" strings')
     kind, index = spec["task"].get("type"), spec["task"].get("index")
     if kind not in ("chief", "worker"):
-        raise ConfigError(f'TF_CONFIG task type must be "chief" or "worker" (prunecli trains on every task), got {kind!r}')
+        raise ConfigError(
+            f'TF_CONFIG task type must be "chief" or "worker" (prunecli trains on every task), got {kind!r}'
+        )
     if kind not in spec["cluster"]:
         raise ConfigError(f'TF_CONFIG task type "{kind}" has no entry in its cluster')
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(spec["cluster"][kind]):

@@ -196,7 +196,9 @@ def attach_names(tr: Trace, data_names: list[str] | None, names_file: str | None
     if len(names) != total:
         counts = ", ".join(f"{inp.name}: {inp.count}" for inp in tr.inputs)
         source = names_file or "the data's feature_names"  # an input file that does not match the model: exit 3
-        raise InputError(f"{source}: {len(names)} feature names but the model's inputs have {total} features ({counts})")
+        raise InputError(
+            f"{source}: {len(names)} feature names but the model's inputs have {total} features ({counts})"
+        )
     start = 0
     for inp in tr.inputs:
         inp.names = list(names[start : start + inp.count])
@@ -363,7 +365,9 @@ def choose(tr: Trace, scores: dict, config, keep_always: dict, notes: list) -> d
         if config.keep_features is not None:
             removals = n - min(max(config.keep_features, 1), n)
             if config.keep_features >= n:
-                notes.append(f"input {inp.name}: --keep-features {config.keep_features}, but it has {n} features; all kept")
+                notes.append(
+                    f"input {inp.name}: --keep-features {config.keep_features}, but it has {n} features; all kept"
+                )
         else:  # an input keeps at least one feature (and its --min-keep share), as a layer keeps its floor
             removals, _held = policy.removal_count(n, config.effective_sparsity, policy.floor(n, config, at_least=1))
         must = keep_always[inp.index]

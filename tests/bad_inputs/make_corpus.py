@@ -214,6 +214,8 @@ def build(dest: str | os.PathLike) -> dict[str, Path]:
     path("a_file")  # a regular file used as if it were a directory
     (d / "a_file").write_text("plain file\n")
     made.update(build_adversarial(d, good=good, x=x, y=y))
+    made.update(build_architectures(d, x=x, y=y))
+    made.update(build_plans(d))
     return made
 
 
@@ -366,6 +368,151 @@ def build_adversarial(d: Path, good, x, y) -> dict[str, Path]:
     # a model whose file name is not UTF-8
     nonutf8 = os.fsencode(d) + b"/model_\xff.keras"
     shutil.copyfile(d / "good.keras", nonutf8)
+    return made
+
+
+def build_architectures(d: Path, x, y) -> dict[str, Path]:
+    """Issue 31's architectures, each tiny: every one is pruned by default, -g neuron --shrink and sparsegpt."""
+    import keras
+    import numpy as np
+
+    made: dict[str, Path] = {}
+    layers = keras.layers
+
+    def save(model, name: str) -> None:
+        made[name] = d / name
+        model.save(d / name)
+
+    def head(h, name: str = "out"):
+        return layers.Dense(CLASSES, activation="softmax", name=name)(h)
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(1)
+    inp = keras.Input((INPUTS,))
+    shared = layers.Dense(INPUTS, activation="relu", name="shared")
+    save(keras.Model(inp, head(shared(shared(inp)))), "shared_twice.keras")
+
+    inp = keras.Input((INPUTS,))
+    a = keras.Sequential([keras.Input((INPUTS,)), layers.Dense(8, name="dense")], name="block_a")
+    b = keras.Sequential([keras.Input((8,)), layers.Dense(8, name="dense")], name="block_b")
+    save(keras.Model(inp, head(b(a(inp)))), "nested_same_names.keras")
+
+    for policy in ("mixed_float16", "mixed_bfloat16", "float16"):
+        keras.config.set_dtype_policy(policy)
+        try:
+            model = _mlp(policy)
+        finally:
+            keras.config.set_dtype_policy("float32")
+        save(model, f"{policy}.keras")
+
+    quantized = _mlp("int8")
+    quantized.quantize("int8")
+    save(quantized, "keras_int8.keras")
+
+    seq = rng.standard_normal((40, 5, 4)).astype("float32")
+    np.savez(d / "seq.npz", x=seq, y=y)
+    made["seq.npz"] = d / "seq.npz"
+    inp = keras.Input((5, 4))
+    save(keras.Model(inp, head(layers.Bidirectional(layers.LSTM(6), name="bi")(inp))), "bidirectional.keras")
+    inp = keras.Input((5, 4))
+    td = layers.TimeDistributed(layers.Dense(6, activation="relu"), name="td")(inp)
+    save(keras.Model(inp, head(layers.Flatten()(td))), "timedistributed.keras")
+    inp = keras.Input(batch_shape=(4, 5, 4))
+    save(keras.Model(inp, head(layers.LSTM(6, stateful=True, name="lstm")(inp))), "stateful_rnn.keras")
+
+    inp = keras.Input((3, 6, 6, 2))
+    conv = layers.ConvLSTM2D(4, 3, name="convlstm")(inp)
+    save(keras.Model(inp, head(layers.Flatten()(conv))), "convlstm2d.keras")
+    np.savez(d / "convlstm.npz", x=rng.standard_normal((24, 3, 6, 6, 2)).astype("float32"), y=y[:24])
+    made["convlstm.npz"] = d / "convlstm.npz"
+    inp = keras.Input((6, 6, 6, 2))
+    conv = layers.Conv3D(4, 3, activation="relu", name="conv3d")(inp)
+    save(keras.Model(inp, head(layers.Flatten()(conv))), "conv3d.keras")
+    np.savez(d / "conv3d.npz", x=rng.standard_normal((24, 6, 6, 6, 2)).astype("float32"), y=y[:24])
+    made["conv3d.npz"] = d / "conv3d.npz"
+
+    inp = keras.Input((INPUTS,))
+    h = layers.Dense(8, activation="relu", name="hidden")(inp)
+    outputs = {"cls": head(h, "cls"), "reg": layers.Dense(1, name="reg")(h)}
+    save(keras.Model(inp, outputs), "dict_outputs.keras")
+    np.savez(d / "x_only.npz", x=x)
+    np.savez(d / "dict_outputs.npz", x=x, y_cls=y, y_reg=x[:, :1])
+    made["dict_outputs.npz"] = d / "dict_outputs.npz"
+    made["x_only.npz"] = d / "x_only.npz"
+
+    inp = keras.Input((INPUTS,))
+    save(keras.Model(inp, layers.Activation("relu")(inp)), "weightless.keras")
+    inp = keras.Input((1,))
+    save(keras.Model(inp, layers.Dense(1, use_bias=False, name="one")(inp)), "one_weight.keras")
+    np.savez(d / "one_input.npz", x=x[:, :1], y=x[:, 1:2])
+    made["one_input.npz"] = d / "one_input.npz"
+
+    inp = keras.Input((4, 8))
+    att = layers.MultiHeadAttention(num_heads=2, key_dim=4, name="mha")(inp, inp)
+    save(keras.Model(inp, head(layers.Flatten()(att))), "attention.keras")
+    np.savez(d / "attention.npz", x=rng.standard_normal((40, 4, 8)).astype("float32"), y=y)
+    made["attention.npz"] = d / "attention.npz"
+    inp = keras.Input((INPUTS,))
+    x1 = layers.Dense(8, activation="relu", name="stem")(inp)
+    branch = layers.Dense(8, name="b1_down")(layers.Dense(4, activation="relu", name="b1_up")(x1))
+    save(keras.Model(inp, head(layers.Add(name="add1")([x1, branch]))), "residual.keras")
+    regression = _mlp("regression")
+    regression = keras.Model(regression.input, layers.Dense(1, name="value")(regression.get_layer("hidden").output))
+    regression.compile(optimizer="adam", loss="mse")
+    save(regression, "regression.keras")
+    np.savez(d / "regression.npz", x=x, y=x[:, :1])
+    made["regression.npz"] = d / "regression.npz"
+    return made
+
+
+def build_plans(d: Path) -> dict[str, Path]:
+    """A real plan, report and pruned model (made by prunecli itself), and damaged copies of them."""
+    from click.testing import CliRunner
+
+    from prunecli.cli import main
+
+    made: dict[str, Path] = {}
+
+    def path(name: str) -> Path:
+        made[name] = d / name
+        return d / name
+
+    run = CliRunner().invoke(
+        main,
+        [
+            "prune",
+            str(d / "good.keras"),
+            "-o",
+            str(path("pruned.keras")),
+            "-r",
+            str(path("report.json")),
+            "--save-plan",
+            str(path("plan.zip")),
+            "--no-sizes",
+            "-q",
+        ],
+        env={k: None for k in os.environ if k.startswith("PRUNECLI_")},  # e.g. PRUNECLI_ADVERSARIAL_SUMMARY
+        catch_exceptions=False,
+    )
+    if run.exit_code != 0:
+        raise RuntimeError(f"building the plan failed: {run.output}")
+    report = json.loads((d / "report.json").read_text())
+    tampered = json.loads(json.dumps(report))
+    tampered["output"]["sha256"] = "0" * 64
+    path("report_wrong_sha.json").write_text(json.dumps(tampered))
+    tampered = json.loads(json.dumps(report))
+    for layer in tampered["layers"]:
+        layer["sparsity"] = 0.9
+    path("report_wrong_sparsity.json").write_text(json.dumps(tampered))
+    path("report_truncated.json").write_text((d / "report.json").read_text()[:200])
+    path("report_list.json").write_text("[1, 2]")
+    path("report_nan.json").write_text((d / "report.json").read_text().replace('"sparsity": 0.5', '"sparsity": NaN', 1))
+    raw = (d / "plan.zip").read_bytes()
+    path("plan_truncated.zip").write_bytes(raw[: len(raw) // 2])
+    path("plan_text.zip").write_text("not a plan\n")
+    path("plan_dir.zip").mkdir()
+    _rewrite_zip(d / "plan.zip", path("plan_bad_manifest.zip"), {"plan.json": b"{not json"})
+    _rewrite_zip(d / "plan.zip", path("plan_format.zip"), {"plan.json": b'{"format": "other", "version": 1}'})
     return made
 
 

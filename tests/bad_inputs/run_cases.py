@@ -29,6 +29,7 @@ EXIT_CODES = {
     "GATE_FAILED": 4,
     "OUTPUT": 5,
     "RESOURCE": 6,
+    "EXPORT": 7,
     "INTERRUPTED": 130,
     "PIPE": 141,
 }
@@ -56,6 +57,20 @@ def case_places(places: dict, case_id: str) -> dict:
     p["long242"] = str(out / ("n" * 236 + ".keras"))
     p["long300"] = str(out / ("n" * 294 + ".keras"))
     return p
+
+
+def prepare(case: dict, places: dict) -> dict:
+    """Copy the case's `setup` files ({dest: source}: the user's own files, placed before the run) and
+    return their hashes, which `problems` checks afterwards (all but those the case lists as `absent`)."""
+    import shutil
+
+    hashes = {}
+    for dest, source in (case.get("setup") or {}).items():
+        dest, source = Path(expand(dest, places)), Path(expand(source, places))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, dest)
+        hashes[str(dest)] = hashlib.sha256(dest.read_bytes()).hexdigest()
+    return hashes
 
 
 def args_of(case: dict, places: dict) -> list[str]:
@@ -110,9 +125,12 @@ def _finite_model(path: Path) -> bool:
         return True  # not a model we can read: the loader tests cover damaged outputs
 
 
-def problems(case: dict, places: dict, code, stdout: str, stderr: str, before: dict, escaped: str | None) -> list:
+def problems(
+    case: dict, places: dict, code, stdout: str, stderr: str, before: dict, escaped: str | None, setup=None
+) -> list:
     """Everything wrong with one run: [] when the case behaved."""
     found = []
+    setup = setup or {}
     want = case["exit"] if isinstance(case["exit"], list) else [case["exit"]]
     codes = [EXIT_CODES[w] for w in want]
     if escaped:
@@ -134,6 +152,8 @@ def problems(case: dict, places: dict, code, stdout: str, stderr: str, before: d
     if case.get("one_line", failing):
         if len(lines) != 1 or not lines[0].startswith(("prunecli: error: ", "prunecli: interrupted")):
             found.append(f"expected one error line, got {lines[:3]!r}")
+    elif case.get("silent", not failing) and code == 0 and lines:  # a success prints nothing but progress under -q
+        found.append(f"stderr not empty on success: {lines[:3]!r}")
     if case.get("fragment"):
         fragment = expand(case["fragment"], places)
         if not lines or fragment not in lines[-1]:
@@ -156,10 +176,16 @@ def problems(case: dict, places: dict, code, stdout: str, stderr: str, before: d
     for p in absent:
         if os.path.lexists(expand(p, places)):
             found.append(f"{expand(p, places)} exists")
+    gone = {expand(p, places) for p in absent}
+    for p, digest in setup.items():
+        if p in gone:
+            continue
+        if not os.path.isfile(p) or hashlib.sha256(Path(p).read_bytes()).hexdigest() != digest:
+            found.append(f"the user's file {p} was changed or removed")
     for folder in (places["corpus"], places["out"]):
         for root, _dirs, files in os.walk(folder):
             for name in files:
-                if TEMP_NAME.search(name):
+                if TEMP_NAME.search(name) and os.path.join(root, name) not in setup:
                     found.append(f"temporary file left: {os.path.join(root, name)}")
                 if name.startswith("MARKER_"):
                     found.append(f"payload ran: {os.path.join(root, name)}")
@@ -206,6 +232,7 @@ def run_batch(cases: list, places: dict, results: Path) -> None:
             log.flush()
             p = case_places(places, case["id"])
             before = snapshot(p["corpus"], p["text"])
+            setup = prepare(case, p)
             os.chdir(p["out"])
             interrupts.reset()
             env = {k: expand(v, p) for k, v in (case.get("env") or {}).items()}
@@ -221,7 +248,7 @@ def run_batch(cases: list, places: dict, results: Path) -> None:
                 code = None
             finally:
                 signal.alarm(0)
-            found = problems(case, p, code, stdout, stderr, before, escaped)
+            found = problems(case, p, code, stdout, stderr, before, escaped, setup)
             verdict = {"id": case["id"], "exit": code, "problems": found, "seconds": time.perf_counter() - start}
             verdict["stderr"] = stderr[-400:]
             log.write(json.dumps(verdict) + "\n")
@@ -232,6 +259,7 @@ def run_process(case: dict, places: dict) -> dict:
     """One case as a real `python -m prunecli`, for closed pipes and signals."""
     p = case_places(places, case["id"])
     before = snapshot(p["corpus"], p["text"])
+    setup = prepare(case, p)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRUNECLI_")}
     env.update({k: expand(v, p) for k, v in (case.get("env") or {}).items()})
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -271,7 +299,7 @@ def run_process(case: dict, places: dict) -> dict:
         proc.wait()
         out, err, code = "", "", None
     stderr = "".join(seen) + (err or "")
-    found = problems(case, p, code, out or "", stderr, before, None)
+    found = problems(case, p, code, out or "", stderr, before, None, setup)
     return {
         "id": case["id"],
         "exit": code,
