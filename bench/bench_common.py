@@ -160,21 +160,10 @@ def trained_like_batchnorm(model, seed: int = 0):
 
 
 def tfmot_modules():
-    """(tensorflow_model_optimization, tf_keras), imported as prunecli's tfmot engine imports them: with
-    `tf.keras` resolved first and TF_USE_LEGACY_KERAS left as it was, so Keras 3 stays `tf.keras`."""
-    import tensorflow as tf
+    """(tensorflow_model_optimization, tf_keras), imported as prunecli's tfmot engine imports them."""
+    from prunecli.run.tfmot import import_tfmot
 
-    before = os.environ.get("TF_USE_LEGACY_KERAS")
-    getattr(tf.keras, "version", None)
-    try:
-        import tensorflow_model_optimization as tfmot
-        import tf_keras
-    finally:
-        if before is None:
-            os.environ.pop("TF_USE_LEGACY_KERAS", None)
-        else:
-            os.environ["TF_USE_LEGACY_KERAS"] = before
-    return tfmot, tf_keras
+    return import_tfmot()
 
 
 def replace_section(path: Path, heading: str | None, text: str) -> None:

@@ -162,7 +162,8 @@ def run_one(argv, timeout):
         "rc": "timeout" if timed_out else p.returncode,
         "wall_s": round(wall, 1),
         "rss_mb": round(rusage.ru_maxrss / 1024) if rusage else None,
-        "error": errline.strip()[:300] if (timed_out or p.returncode) else "",
+        # paths relative to the checkout, so ZOO.md names no machine's folders
+        "error": errline.strip().replace(f"{ROOT}/", "")[:300] if (timed_out or p.returncode) else "",
     }
 
 

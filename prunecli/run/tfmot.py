@@ -25,7 +25,7 @@ from prunecli.run import steps
 from prunecli.run.state import PruneResult, RunState
 
 
-def _import_tfmot():
+def import_tfmot():
     """tfmot and tf_keras, without leaving `tf.keras` or TF_USE_LEGACY_KERAS changed for the process."""
     import tensorflow as tf
 
@@ -221,7 +221,7 @@ def prune(config: PruneConfig, progress=None) -> PruneResult:
     out = model_io.resolve_output(config.model_path, config.output, config.force)
     if out.suffix not in (".h5", ".hdf5"):
         raise OutputError(f"--engine tfmot writes Keras-2 .h5 files; give an .h5 output instead of {out}")
-    tfmot, tf_keras = _import_tfmot()
+    tfmot, tf_keras = import_tfmot()
     loaded = _load_all(config, tf_keras, say, timings)
     model, data, task = loaded.model, loaded.data, loaded.task
     plan = _plan_layers(model, config, tfmot, notes)
