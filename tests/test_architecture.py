@@ -43,6 +43,15 @@ PRIVATE_NAMES = (
     "_self_attention_layer",
     "_use_gate",
     "_learning_rate",
+    # KerasHub decoder internals (Llama/Mistral/Qwen: grouped-query attention, SwiGLU FFN)
+    "_num_query_heads",
+    "_num_key_value_heads",
+    "_feedforward_gate_dense",
+    "_feedforward_intermediate_dense",
+    "_feedforward_output_dense",
+    # calling one functional node alone (calibration's cached passes)
+    "_call_context_args",
+    "_standardize_inputs",
 )
 # read as an attribute (x._keras_history) or by name (getattr(x, "_keras_history")); a subclass of a
 # Keras layer setting its own inherited attribute (self._self_attention_layer) is not a read of Keras'

@@ -164,3 +164,24 @@ def test_apply_masks_zeroes_exactly_the_masked_weights():
     mask = np.arange(12).reshape(3, 4) % 3 == 0
     masking.apply_masks([v], [mask])
     np.testing.assert_array_equal(np.asarray(v), np.where(mask, np.arange(1, 13).reshape(3, 4), 0))
+
+
+def test_masks_broken_names_a_pruned_weight_a_step_wrote_into_and_an_emptied_target():
+    import keras
+
+    from prunecli.structure import targets as targets_mod
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d")])
+    (t,) = [x for x in targets_mod.select(model) if x.layer_name == "d"]
+    keep = np.ones(t.shape, bool)
+    keep[0, :] = False
+    masking.apply_masks([t.variable], [keep])
+    assert masking.masks_broken([t], {t.name: keep}, allow_empty=False) is None
+    values = np.asarray(t.variable)
+    values[0, 1] = 0.5  # a step that wrote into a pruned position
+    t.variable.assign(values)
+    assert masking.masks_broken([t], {t.name: keep}, allow_empty=False) == f"1 pruned weights of {t.name} are not zero"
+    nothing = np.zeros(t.shape, bool)
+    masking.apply_masks([t.variable], [nothing])
+    assert "prunes all of it" in masking.masks_broken([t], {t.name: nothing}, allow_empty=False)
+    assert masking.masks_broken([t], {t.name: nothing}, allow_empty=True) is None

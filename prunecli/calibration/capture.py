@@ -24,6 +24,9 @@ hook Keras' own GPTQ uses for the same job: it works for Sequential, functional 
 and for layers inside nested models, without rebuilding any graph). The wrapper feeds the input to a
 compiled accumulation step and, once the layer has been called as often as it is per forward pass,
 stops the forward pass with an exception: nothing after the layer runs.
+What a "forward pass" is here is the caller's: the model from its inputs (each layer then costs a
+pass through every layer before it), or, from frontier.py, the one graph node that calls the layer,
+run on activations cached from a single walk of the graph (each layer then runs once per pass).
 Matrix views of a layer: views.py.
 """
 
@@ -304,7 +307,9 @@ class HessianCapture:
 
     def run(self, model, batches, riders: tuple = ()) -> InputStats:
         """Accumulate over the batches; `riders` (ErrorMeters of layers called earlier in the pass)
-        are fed by the same forward passes."""
+        are fed by the same forward passes. `model` is anything called as model(x, training=False)
+        once per batch: the model itself on input batches, or frontier's one-node runner on one
+        pass's cached activations."""
         view = self.view
         d = view.d_in
         cls = HessianCapture
@@ -396,6 +401,37 @@ def _meter_fn():
     return sums
 
 
+def _conv_kernels(view: LayerView, diff, w):
+    """(diff, W) as 4-D convolution kernels for ErrorMeter.conv_sums, or None (not a conv, or a strided
+    and dilated one, which TensorFlow's convolution does not take: its blocks of rows are read)."""
+    import tensorflow as tf
+
+    if view.kind != "conv":
+        return None
+    layer = view.target.layer
+    if max(layer.strides) > 1 and max(layer.dilation_rate) > 1:
+        return None
+
+    def kernel(m):
+        k = tf.cast(view.from_matrix(m), tf.float32)
+        return k[:, None] if len(layer.kernel_size) == 1 else k
+
+    return kernel(diff), kernel(w)
+
+
+@functools.cache
+def _conv_meter_fn():
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True, autograph=False)
+    def sums(x, k_diff, k_w, strides, dilations):
+        num = tf.nn.conv2d(x, k_diff, strides, "VALID", dilations=dilations)
+        den = tf.nn.conv2d(x, k_w, strides, "VALID", dilations=dilations)
+        return tf.reduce_sum(tf.square(num)), tf.reduce_sum(tf.square(den))
+
+    return sums
+
+
 class ErrorMeter:
     """A layer's relative output error ||X (W - W_dense)||_F / ||X W_dense||_F on its calibration
     inputs, read block by block while another capture's forward pass goes through the layer (or in a
@@ -410,14 +446,40 @@ class ErrorMeter:
         self.num = self.den = 0.0
         self.seen = 0
         self.max_rows = max(1, PATCH_BYTES // (4 * view.d_in))
+        self.kernels = _conv_kernels(view, self.diff, self.w)
 
     def hook(self, x):
-        fn = _meter_fn()
-        for block in self.view.blocks(x, self.max_rows):
-            num, den = fn(block, self.diff, self.w)
-            self.num += float(num)
-            self.den += float(den)
+        num, den = self.conv_sums(x) if self.kernels is not None else self.block_sums(x)
+        self.num += num
+        self.den += den
         self.seen += 1
+
+    def block_sums(self, x) -> tuple[float, float]:
+        """(||X diff||^2, ||X W||^2) over one layer input, from blocks of X (im2col rows for a conv)."""
+        fn = _meter_fn()
+        num = den = 0.0
+        for block in self.view.blocks(x, self.max_rows):
+            n, d = fn(block, self.diff, self.w)
+            num += float(n)
+            den += float(d)
+        return num, den
+
+    def conv_sums(self, x) -> tuple[float, float]:
+        """The same sums for a convolution, without its im2col rows: X @ M over every row is the input,
+        padded as the view pads it, convolved (VALID) with M as a kernel. Two convolutions of the size
+        of the layer's own, instead of materialising kernel-size times its input."""
+        import tensorflow as tf
+
+        x = tf.cast(x, tf.float32)
+        if len(self.view.target.layer.kernel_size) == 1:
+            x = x[:, :, None, :]
+        pads, _, strides, dilations, outs = self.view._conv_geometry([int(x.shape[1]), int(x.shape[2])])
+        if 0 in outs:
+            return 0.0, 0.0
+        if any(p for pair in pads for p in pair):
+            x = tf.pad(x, [[0, 0], list(pads[0]), list(pads[1]), [0, 0]])
+        num, den = _conv_meter_fn()(x, *self.kernels, [1, *strides, 1], [1, *dilations, 1])
+        return float(num), float(den)
 
     def error(self, passes: int) -> float | None:
         """The relative error, or None when the layer was not seen on every call of every pass."""
@@ -427,7 +489,8 @@ class ErrorMeter:
 
 
 def measure(model, batches, meter: ErrorMeter) -> None:
-    """One (truncated) forward pass over the batches that only feeds `meter`."""
+    """One (truncated) forward pass over the batches that only feeds `meter` (`model` as in
+    HessianCapture.run)."""
     state = {"calls": 0}
 
     def hook(x):

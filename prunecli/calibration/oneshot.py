@@ -5,8 +5,11 @@ model calls them, and each layer's inputs are read from the model whose earlier 
 pruned (and updated), so a layer compensates for the error that reaches it instead of the error
 compounding unseen. Only one layer's Hessian (d_in x d_in) exists at a time, accumulated block by
 block (Wanda keeps only its diagonal: d_in floats), and every layer's buffers are sized against free
-memory before the first is allocated (`check_memory`, exit 6); the cost is one (truncated) forward
-pass over the calibration examples per layer, linear in the number of examples.
+memory before the first is allocated (`check_memory`, exit 6). Where a layer's inputs come from
+(frontier.py): a functional model's graph is walked once, its live activations cached for every
+calibration example, so each layer runs about once per calibration pass (linear in depth); models
+whose graph cannot be walked, or whose activations do not fit the budget, get one truncated forward
+pass per layer instead (quadratic in depth). The report's `passes` says which ran.
 
 Degenerate inputs never give a silently wrong layer: a layer whose calibration inputs are all zero,
 denormal, non-finite or the same vector on every row (capture.InputStats.degenerate), whose Hessian
@@ -23,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from prunecli.calibration import capture, refit, sparsegpt, views, wanda
+from prunecli.calibration import capture, frontier, refit, sparsegpt, views, wanda
 from prunecli.config import CALIBRATED_METHODS
 from prunecli.errors import ConfigError, DataError, ResourceError
 
@@ -145,6 +148,27 @@ def _available_memory() -> int:
 
         return int(psutil.virtual_memory().available)
     return int(available_memory())
+
+
+def frontier_budget() -> int:
+    """Bytes the cached calibration activations may take: frontier.FRONTIER_BYTES, and at most a
+    quarter of free memory (the captures, Hessians and the model need the rest)."""
+    return max(0, min(frontier.FRONTIER_BYTES, _available_memory() // 4))
+
+
+def _passes(model, plan: _Plan):
+    """The source of the plan's layer inputs (frontier.passes): the cached graph walk or prefix passes."""
+    return frontier.passes(model, plan, frontier_budget())
+
+
+def _passes_section(src) -> dict:
+    """The report's word on where the layer inputs came from: "cached" (one walk of the graph) or
+    "prefix" (a forward pass per layer), why, and the cached activations' estimated peak bytes."""
+    return {
+        "passes": None if src is None else src.kind,
+        "passes_note": None if src is None else src.note,
+        "frontier_bytes": None if src is None else src.frontier_bytes,
+    }
 
 
 def _size(nbytes: float) -> str:
@@ -340,10 +364,11 @@ def prune_calibrated(
         check_memory(p, HESSIAN_COPIES["refit"] if full else 0, "refitting")
     _magnitude(p.rest, config, result)
     jit = use_xla()
+    src = _passes(model, p)
     if ranked_together:
-        layers = _wanda_global(model, p, calibration_x, config, result, fallback, progress)
+        layers = _wanda_global(model, p, src, calibration_x, config, result, fallback, progress)
     else:
-        layers = _sequential(model, p, config, result, fallback, full, jit, progress)
+        layers = _sequential(p, src, config, result, fallback, full, jit, progress)
     result.section = {
         "method": method,
         "samples": capture.count_examples(p.batches),
@@ -354,6 +379,7 @@ def prune_calibrated(
         "reconstruct": bool(config.reconstruct),
         "xla": jit,
         "examples_per_pass": p.per_pass,
+        **_passes_section(src),
         "time_s": round(time.perf_counter() - start, 3),
         "layers": layers,
         "fallback": fallback,
@@ -361,7 +387,7 @@ def prune_calibrated(
     return result
 
 
-def _wanda_global(model, p: _Plan, calibration_x, config, result, fallback: dict, progress) -> dict[str, dict]:
+def _wanda_global(model, p: _Plan, src, calibration_x, config, result, fallback: dict, progress) -> dict[str, dict]:
     """Wanda ranked over all calibrated layers at once (the policy's global ranking of its scores), then
     masked, or refit layer by layer with --reconstruct. Not sequential: every layer is scored on the
     dense model's inputs."""
@@ -369,7 +395,7 @@ def _wanda_global(model, p: _Plan, calibration_x, config, result, fallback: dict
 
     calibrated = [v.target for v, _ in p.layers]
     _say(progress, f"calibrating wanda on {len(calibrated)} layers (global ranking)")
-    scores = layer_scores("wanda", p, model, result.notes, fallback)
+    scores = layer_scores("wanda", p, model, result.notes, fallback, src)
     ms = policy.build_masks(calibrated, scores, "element", config)
     layers: dict[str, dict] = {}
     if config.reconstruct:  # refits (and masks) layer by layer from the dense weights
@@ -386,10 +412,11 @@ def _wanda_global(model, p: _Plan, calibration_x, config, result, fallback: dict
     return layers
 
 
-def _sequential(model, p: _Plan, config, result, fallback: dict, full: bool, jit: bool, progress) -> dict[str, dict]:
+def _sequential(p: _Plan, src, config, result, fallback: dict, full: bool, jit: bool, progress) -> dict[str, dict]:
     """Layer by layer in call order, each calibrated on the inputs the model pruned so far gives it
-    (SparseGPT's and Wanda's own procedure); a layer whose calibration cannot be trusted falls back to
-    magnitude with a note. Returns the report's per-layer entries."""
+    (SparseGPT's and Wanda's own procedure), read from `src` (frontier.passes: the cached graph walk
+    computes a layer's outputs only after its weights are assigned here); a layer whose calibration
+    cannot be trusted falls back to magnitude with a note. Returns the report's per-layer entries."""
     method, gran = config.method, config.granularity
     nm = (gran.rows, gran.cols) if gran.kind == "nm" else None
     layers: dict[str, dict] = {}
@@ -398,7 +425,7 @@ def _sequential(model, p: _Plan, config, result, fallback: dict, full: bool, jit
         t = view.target
         _say(progress, f"calibrating {t.layer_name} ({i + 1}/{len(p.layers)}, {method})")
         riders = (pending[1],) if pending else ()
-        stats = capture.HessianCapture(view, call.calls, full=full).run(model, p.batches, riders)
+        stats = src.capture(view, call.calls, full, riders)
         if pending:
             _finish_meter(pending, layers, len(p.batches))
             pending = None
@@ -421,24 +448,29 @@ def _sequential(model, p: _Plan, config, result, fallback: dict, full: bool, jit
         if entry["error_after"] is None:
             pending = (t.name, capture.ErrorMeter(view, w_new, w_dense, call.calls))
     if pending:
-        capture.measure(model, p.batches, pending[1])
+        src.measure(pending[1])
         _finish_meter(pending, layers, len(p.batches))
     return layers
 
 
-def layer_scores(method: str, plan: _Plan, model, notes: list | None = None, fallback: dict | None = None) -> dict:
+def layer_scores(
+    method: str, plan: _Plan, model, notes: list | None = None, fallback: dict | None = None, src=None
+) -> dict:
     """Element scores of the weight's shape per calibrated target, each layer read from the model as
     it is (no pruning between layers): Wanda's |w| * ||x|| (the RMS of each input over the rows), or
     SparseGPT's OBS saliency w^2/[H^-1]_jj. A layer whose inputs are degenerate (or whose Hessian
-    cannot be factored) is scored by |w|, with a note."""
+    cannot be factored) is scored by |w|, with a note. `src`: where the inputs are read
+    (frontier.passes, one sweep; chosen here when not given)."""
     import math
 
     import tensorflow as tf
 
     out = {}
+    if src is None and plan.layers:
+        src = _passes(model, plan)
     for view, call in plan.layers:
         t = view.target
-        stats = capture.HessianCapture(view, call.calls, full=method != "wanda").run(model, plan.batches)
+        stats = src.capture(view, call.calls, method != "wanda")
         w = view.to_matrix(tf.cast(tf.convert_to_tensor(t.variable), tf.float32))
         why = stats.degenerate()
         score = None
@@ -479,13 +511,13 @@ def strategy_scores(method: str, targets, ctx) -> dict:
     return scores
 
 
-def _refit_layer(model, p: _Plan, view, call, dense, mask) -> dict | str:
-    """One layer of --reconstruct: its inputs captured from the model pruned so far, its kept weights
-    refit to the dense layer's output and assigned. Returns the report entry, or why the layer keeps
-    its plain mask (degenerate inputs, a refit that fails its checks), the mask then assigned."""
+def _refit_layer(src, view, call, dense, mask) -> dict | str:
+    """One layer of --reconstruct: its inputs captured from the model pruned so far (`src`), its kept
+    weights refit to the dense layer's output and assigned. Returns the report entry, or why the layer
+    keeps its plain mask (degenerate inputs, a refit that fails its checks), the mask then assigned."""
     import tensorflow as tf
 
-    stats = capture.HessianCapture(view, call.calls, full=True).run(model, p.batches)
+    stats = src.capture(view, call.calls, True)
     w_dense = view.to_matrix(tf.cast(tf.convert_to_tensor(dense), tf.float32))
     keep = view.to_matrix(tf.cast(mask, tf.bool))
     masked_w = tf.where(keep, w_dense, tf.zeros_like(w_dense))
@@ -538,10 +570,11 @@ def reconstruct(
     p = _plan(model, targets, calibration_x, notes, fallback)
     check_memory(p, HESSIAN_COPIES["refit"], "refitting")
     kernels.apply_masks([t.variable for t in p.rest], [masks[t.name] for t in p.rest])
+    src = _passes(model, p)
     layers = {}
     for i, (view, call) in enumerate(p.layers):
         _say(progress, f"reconstructing {view.target.layer_name} ({i + 1}/{len(p.layers)})")
-        entry = _refit_layer(model, p, view, call, dense[view.target.name], masks[view.target.name])
+        entry = _refit_layer(src, view, call, dense[view.target.name], masks[view.target.name])
         if isinstance(entry, str):
             fallback[view.target.name] = entry
             notes.append(f"{view.target.layer_name}: not refit ({entry}); its mask is applied as it is")
@@ -551,6 +584,7 @@ def reconstruct(
         "method": "reconstruct",
         "samples": capture.count_examples(p.batches),
         "refit_dampening": refit.DAMPENING,
+        **_passes_section(src),
         "time_s": round(time.perf_counter() - start, 3),
         "layers": layers,
         "fallback": fallback,

@@ -26,6 +26,7 @@ from prunecli.config.fields import (
     STRATEGIES,
     PruneConfig,
 )
+from prunecli.config.target import check_target
 from prunecli.errors import ConfigError, OutputError
 
 MAX_SEED = 2**32 - 1  # NumPy and TensorFlow seeds are unsigned 32-bit
@@ -160,6 +161,7 @@ def validate(c: PruneConfig) -> None:
     _check_exports(c)
     _check_quantize(c)
     _check_strategy(c)
+    check_target(c)  # before tfmot's: a target is refused there as a target
     if c.engine == "tfmot":
         _check_tfmot(c)
     _check_calibration(c)
@@ -218,8 +220,32 @@ def _check_ranges(c: PruneConfig) -> None:
         raise ConfigError(f"distill_weight must be in [0, 1], got {c.distill_weight:g}")
     if c.distill is not None and c.epochs < 1:
         raise ConfigError("--distill fine-tunes against the unpruned model; give --epochs and --data")
+    _check_unused_training(c)
     if c.max_accuracy_drop is not None and not c.max_accuracy_drop >= 0:
         raise ConfigError("max_accuracy_drop must be >= 0")
+
+
+def _check_unused_training(c: PruneConfig) -> None:
+    """Fine-tuning settings on a run that does not fine-tune are refused by name: a user who passes
+    --lr without --epochs believes a learning rate was used, and nothing in the report would say not."""
+    if c.epochs > 0:
+        return
+    defaults = {f.name: f.default for f in fields(PruneConfig)}
+    unused = [
+        flag
+        for name, flag in (
+            ("learning_rate", "--lr"),
+            ("optimizer", "--optimizer"),
+            ("l1", "--l1"),
+            ("l2", "--l2"),
+            ("early_stopping", "--early-stopping"),
+            ("lr_schedule", "--lr-schedule"),
+            ("distill_weight", "--distill-weight"),
+        )
+        if getattr(c, name) != defaults[name]
+    ]
+    if unused:
+        raise ConfigError(f"{unused[0]} sets fine-tuning, which this run does not do; give --epochs N (N >= 1)")
 
 
 def _check_auto(c: PruneConfig) -> None:

@@ -243,6 +243,17 @@ class PruneConfig:
     )
     # structure and engines
     shrink: bool = setting(False, help="Physically remove pruned neurons/filters/features/layers.", kind="flag")
+    target: str | None = setting(
+        help="Make the shrunk model fit: params=F or flops=F (a fraction of the dense model's parameters or"
+        " multiply-adds) or size=200KB (the saved file); channels are allocated across layers to land within"
+        " 2% under it. Implies -g neuron and --shrink.",
+        commands=("prune", "plan"),
+    )
+    round_to: int | None = setting(
+        help="With --target: every layer keeps a multiple of this many channels (a layer narrower than that"
+        " is not rounded; never zero).",
+        commands=("prune", "plan"),
+    )
     keep_features: int | None = setting(help="With -g input: number of input features to keep.")
     exclude_features: tuple[str, ...] = setting(
         (),
@@ -289,7 +300,15 @@ class PruneConfig:
     def __post_init__(self) -> None:
         """--scope auto and --schedule auto become the measured best for this run: for element and block
         pruning on the native engine, global ranking, and the polynomial ramp when it fine-tunes; layer-wise
-        and one-shot for the rest (units, N:M, tfmot, calibrated methods, --reconstruct, --auto)."""
+        and one-shot for the rest (units, N:M, tfmot, calibrated methods, --reconstruct, --auto).
+        --target allocates whole channels across layers: it implies neuron granularity, --shrink and a
+        global ranking (config/target.py)."""
+        if self.target is not None:
+            if isinstance(self.granularity, Granularity) and self.granularity.kind == "element":
+                object.__setattr__(self, "granularity", Granularity("neuron"))
+            object.__setattr__(self, "shrink", True)
+            if self.scope == "auto":
+                object.__setattr__(self, "scope", "global")
         kind = self.granularity.kind if isinstance(self.granularity, Granularity) else "element"
         # what bench/ACCURACY.md measured; calibrated methods work layer by layer, as their papers do
         measured = (

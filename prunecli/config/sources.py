@@ -54,6 +54,8 @@ def _coerce(name: str, value: Any) -> Any:
         if name in ("include", "exclude", "export", "exclude_features"):
             items = [value] if isinstance(value, str) else list(value)
             if name in ("export", "exclude_features"):  # "a,b" lists; layer globs are never split on ","
+                if any(not str(item).strip(" ,\t\n") for item in items):  # `--export ""` asks for nothing
+                    raise ConfigError(f"{name} was given an empty value; name what it should be")
                 items = [part for item in items for part in re.split(r"[,\s]+", str(item)) if part]
             elif isinstance(value, str):
                 items = [v for v in re.split(r"[,\s]+", value) if v]
@@ -78,6 +80,8 @@ def _coerce(name: str, value: Any) -> Any:
             if isinstance(value, bool):
                 raise ValueError(value)
             return float(value)
+        if isinstance(value, (bytes, bytearray)):  # a recipe's `!!binary` value: text was meant
+            raise TypeError(value)
         return str(value)
     except (TypeError, ValueError, OverflowError) as exc:
         if isinstance(value, str) and len(value) > 80:
@@ -272,6 +276,11 @@ def build_config(
     if unknown:
         raise ConfigError(f"unknown option {sorted(unknown)[0]!r}")
     values = {k: _coerce(k, v) for k, v in merged.items()}
+    if values.get("target") is not None:  # what --target implies, refused when given otherwise
+        if "granularity" in values and values["granularity"].kind == "element":
+            raise ConfigError("--target removes whole channels: use granularity neuron (or leave -g out), not element")
+        if values.get("shrink") is False:
+            raise ConfigError("--target is the size of the shrunk model: it cannot be combined with shrink off")
     config = PruneConfig(**values)
     validate(config)
     return config

@@ -11,12 +11,33 @@ from __future__ import annotations
 # granularity -> the module whose `run` scores, selects and removes that structure at once
 STEPS = {"input": "prunecli.removal.features", "layer": "prunecli.removal.layers", "head": "prunecli.removal.heads"}
 STRUCTURAL = tuple(STEPS)
+# granularity -> the module whose `run` removes it at once on the models its `applies(model)` accepts:
+# -g neuron on KerasHub decoder blocks, whose SwiGLU units span three kernels inside one layer
+MODEL_STEPS = {"neuron": "prunecli.removal.ffn"}
 
 
-def step_for(granularity: str):
+def _model_step(granularity: str, model):
+    import importlib
+
+    if model is None or granularity not in MODEL_STEPS:
+        return None
+    module = importlib.import_module(MODEL_STEPS[granularity])
+    return module if module.applies(model) else None
+
+
+def structural(granularity: str, model=None) -> bool:
+    """Whether a structural step removes this granularity on this model (input features, layers and
+    heads always; neuron on a model with KerasHub decoder blocks)."""
+    return granularity in STEPS or _model_step(granularity, model) is not None
+
+
+def step_for(granularity: str, model=None):
     """The step that removes this granularity's structures (imported on demand: each pulls in Keras)."""
     import importlib
 
+    found = _model_step(granularity, model)
+    if found is not None:
+        return found.run
     if granularity not in STEPS:
         raise ValueError(f"granularity {granularity} is not removed by a structural step")
     return importlib.import_module(STEPS[granularity]).run

@@ -19,12 +19,14 @@ and `gradient`: sum |dL/dw| over the slices, accumulated over `--score-batches` 
 (Molchanov et al. 2019, applied to heads as in Michel et al.'s head-importance score).
 
 `--shrink` rebuilds keras.layers.MultiHeadAttention layers of a functional model with fewer heads,
-and KerasHub's TransformerEncoder blocks (BERT, RoBERTa, DistilBERT... backbones) as
-HeadPrunedTransformerEncoder (structure/transformer.py): KerasHub computes the head size as
-hidden_dim // num_heads when a block builds, which a config with fewer heads would change. Other
-KerasHub blocks (Llama/Qwen/Mistral decoders, grouped-query attention) derive it the same way inside
-their own attention classes: their heads are masked (exactly zero, held while fine-tuning), not
-deleted, and the notes say so. The shrunk model is a plain functional keras.Model.
+KerasHub's TransformerEncoder blocks (BERT, RoBERTa, DistilBERT... backbones) as
+HeadPrunedTransformerEncoder (structure/transformer.py), and KerasHub's Llama/Mistral/Qwen decoder
+blocks as PrunedLlamaTransformerDecoder... (structure/decoders.py) with whole key/value groups and
+their query heads gone: KerasHub computes the head size as hidden_dim // num_heads when a block
+builds, which a config with fewer heads would change, so the rebuilt blocks carry the original head
+size in their config. Attention layers nested anywhere else are masked (exactly zero, held while
+fine-tuning), not deleted, and the notes say so. The shrunk model is a plain functional keras.Model
+(a KerasHub causal LM stays one, its generate() working: structure/decoders.py).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 
 from prunecli.config import name_matches
 from prunecli.errors import ConfigError, InputError
-from prunecli.structure import equivalence, keras_graph
+from prunecli.structure import decoders, equivalence, keras_graph
 from prunecli.structure.transformer import (  # noqa: F401 - find/HeadLayer/block_macs are this module's API too
     HeadLayer,
     Part,
@@ -198,13 +200,16 @@ def apply(masks: dict[str, Any], layers: list[HeadLayer]) -> None:
 def _smaller_layer(hl: HeadLayer, removed_units: list[int]):
     """The replacement of hl.owner with only the kept heads, and its weights by variable path
     (assigned once the rebuilt graph has built it). A plain MultiHeadAttention is rebuilt from its
-    config with num_heads = kept; a KerasHub TransformerEncoder becomes HeadPrunedTransformerEncoder."""
+    config with num_heads = kept; a KerasHub TransformerEncoder becomes HeadPrunedTransformerEncoder, a
+    KerasHub decoder block prunecli's decoder block (structure/decoders.py)."""
     import numpy as np
 
     from prunecli.structure import transformer
 
     owner = hl.owner
     kept_units = [u for u in range(hl.units) if u not in set(removed_units)]
+    if decoders.is_decoder(owner):  # grouped-query attention: whole groups, the head size kept
+        return decoders.smaller(owner, hl.heads_of(kept_units), kept_units)
     config = owner.get_config()
     config["num_heads"] = len(hl.heads_of(kept_units))
     if owner is hl.layer:
@@ -225,26 +230,21 @@ def _smaller_layer(hl: HeadLayer, removed_units: list[int]):
 
 def shrink(model, layers: list[HeadLayer], removed: dict[str, list[int]]):
     """A new functional model whose attention layers have only their kept heads.
-    Layers with a shrink_blocker (and layers with nothing removed) are left as they are."""
-    from prunecli.structure import rebuild as graph_rebuild
-
-    replace, fill = {}, []
+    Layers with a shrink_blocker (and layers with nothing removed) are left as they are, except
+    KerasHub decoder blocks: once one is rebuilt, all are (as prunecli's blocks, so the model saves)."""
+    swaps = []
     for hl in layers:
         gone = removed.get(hl.path, [])
         if not gone or hl.shrink_blocker is not None:
             continue
         new, values = _smaller_layer(hl, gone)
-        replace[id(hl.owner)] = new
-        fill.append((new, values))
-    if not replace:
+        swaps.append((hl.owner, new, values))
+    if not swaps:
         return model
-    rebuilt = graph_rebuild.rebuild(model, replace=replace)
-    for new, values in fill:
-        paths = [str(w.path) for w in new.weights]
-        if sorted(paths) != sorted(values):
-            raise InputError(f"rebuilt attention layer {new.name!r} has an unexpected set of weights")
-        new.set_weights([values[p] for p in paths])
-    return graph_rebuild.detach(rebuilt)
+    changed = {id(old) for old, _new, _values in swaps}
+    if any(decoders.is_decoder(old) for old, _new, _values in swaps):
+        swaps += decoders.swaps_for(model, skip=changed)
+    return decoders.rebuild_with(model, swaps)
 
 
 # ---------------------------------------------------------------------------------------------------

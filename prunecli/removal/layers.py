@@ -289,12 +289,17 @@ def choose(candidates: list[Candidate], config, notes: list) -> list[Candidate]:
 
 
 def remove(model, chosen: list[Candidate]):
-    """The model without the chosen candidates, as a new functional model with its own layers."""
+    """The model without the chosen candidates, as a new functional model with its own layers
+    (KerasHub decoder blocks rebuilt as prunecli's, which save: structure/decoders.py)."""
+    from prunecli.structure import decoders
+
     skip, bypass, alias = set(), {}, {}
     for cand in chosen:
         skip |= cand.skip
         bypass.update(cand.bypass)
         alias.update(cand.alias)
+    if decoders.blocks(model):
+        return decoders.rebuild_with(model, decoders.swaps_for(model), skip=skip, bypass=bypass, alias=alias)
     return detach(rebuild(model, skip=skip, bypass=bypass, alias=alias))
 
 

@@ -16,7 +16,7 @@ from prunecli.errors import ConfigError, GateFailed
 from prunecli.io import plan_file
 from prunecli.outputs.report import Report, Timings
 from prunecli.results import StepResult
-from prunecli.run import steps
+from prunecli.run import steps, target
 from prunecli.run.state import PruneResult
 from prunecli.runtime import owned_tempdir, quiet_tensorflow
 from prunecli.structure import flops
@@ -50,11 +50,13 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
         teacher = distill.teacher_copy(state.model)
 
     kind = config.granularity.kind
-    removes_at_once = kind in removal.STRUCTURAL  # input features, layers, heads: scored, chosen, removed
+    # input features, layers, heads (and neuron on KerasHub decoder blocks): scored, chosen, removed
+    removes_at_once = removal.structural(kind, state.model)
     if removes_at_once:
         state = state.after(steps.remove_structure(state, say, timings))
     elif config.schedule == "oneshot":
-        state = state.after(steps.mask(state, say, timings))
+        mask_step = target.mask if config.target else steps.mask  # --target: channels allocated to fit
+        state = state.after(mask_step(state, say, timings))
         if kind == "neuron":  # channels removed: BatchNorm's statistics re-estimated on the pruned model
             state = state.after(steps.recalibrate_batchnorm(state, say, timings))
     if config.schedule == "oneshot" or removes_at_once:
@@ -85,6 +87,8 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
         )
     with plan_file.committed_with(config.save_plan, plan_bytes):  # renamed only when the model is saved
         state, out, output_sizes = write_outputs(state, config, out, masked_model, say, timings)
+    if config.target:  # what the shrunk model (and the written file) really reached
+        state = state.after(target.achieved(state, out))
     state = state.after(StepResult(sections={"reproducibility": plan_file.reproducibility(config)}))
     state = state.after(StepResult(sections={"flops": flops.section(flops_before, flops.count(state.model))}))
     report = steps.build_report(state, out, timings, input_sizes, output_sizes)

@@ -16,7 +16,7 @@ from prunecli.errors import ConfigError
 from prunecli.outputs.report import Timings
 from prunecli.removal import heads
 from prunecli.results import StepResult
-from prunecli.run import steps
+from prunecli.run import steps, target
 from prunecli.runtime import quiet_tensorflow
 
 
@@ -91,7 +91,7 @@ def make_plan(config, progress=None) -> dict[str, Any]:
     groups = _groups(state.model) if config.granularity.kind == "neuron" else None
     state = state.after(steps.pick_targets(state.model, config))
     kind = config.granularity.kind
-    if kind in removal.STRUCTURAL:
+    if removal.structural(kind, state.model):
         heads_before = heads.heads_per_layer(state.model) if kind == "head" else None
         state = state.after(steps.remove_structure(state, say, timings))
         if kind == "head":
@@ -106,7 +106,8 @@ def make_plan(config, progress=None) -> dict[str, Any]:
                     )
                 )
             )
-        state = state.after(steps.mask(state, say, timings))
+        mask_step = target.mask if config.target else steps.mask  # --target: channels allocated to fit
+        state = state.after(mask_step(state, say, timings))
         if config.shrink:
             from prunecli.removal import channels as shrink_step
 
@@ -115,6 +116,8 @@ def make_plan(config, progress=None) -> dict[str, Any]:
                     state.model, state.targets, state.masks, state.data, state.source, config.seed, say, timings
                 )
             )
+    if config.target:  # the allocation and what the shrunk model has (size=: predicted, nothing is written)
+        state = state.after(target.achieved(state))
     after_rows = _layer_rows(state.model)
     layers = []
     for name in list(before_rows) + [n for n in after_rows if n not in before_rows]:
@@ -135,7 +138,15 @@ def make_plan(config, progress=None) -> dict[str, Any]:
     }
     if groups is not None:
         plan["groups"] = groups
-    for key in ("kept_features", "kept_feature_names", "feature_pruning", "removed_layers", "layer_pruning", "heads"):
+    for key in (
+        "kept_features",
+        "kept_feature_names",
+        "feature_pruning",
+        "removed_layers",
+        "layer_pruning",
+        "heads",
+        "target",
+    ):
         if key in state.sections:
             plan[key] = state.sections[key]
     return plan
@@ -181,7 +192,22 @@ def render(plan: dict, console) -> None:
         console.print(f"input {name}: keeps {len(kept)} features {kept}, removes {removed}")
     if "removed_layers" in plan:
         console.print(f"removes layers: {', '.join(plan['removed_layers']) or 'none'}")
+    if "target" in plan:
+        _render_target(plan["target"], console)
     for members in plan.get("groups", []):
         console.print(f"shrink together: {', '.join(members)}")
     for note in plan["notes"]:
         console.print(f"[yellow]note:[/] {note}")
+
+
+def _render_target(section: dict, console) -> None:
+    """--target in a plan: the channels each layer keeps, and the predicted cost against the request."""
+    kept = ", ".join(f"{name} {v['before']}->{v['after']}" for name, v in section["layers"].items())
+    console.print(f"target {section['kind']}={section['requested']:g}: channels kept per layer: {kept}")
+    if section["kind"] == "size":
+        console.print(f"predicted file size {section['predicted_bytes']:,} bytes (nothing is written)")
+    else:
+        console.print(
+            f"predicted {section['predicted_fraction']:.4f} of the dense model's {section['counted']} "
+            f"({section['predicted']:,} of {section['dense']:,})"
+        )

@@ -203,7 +203,7 @@ def remove_structure(state: RunState, progress: Progress, timings: Timings) -> S
     and removed (zeroed, or cut out with --shrink) by their own step."""
     from prunecli import removal
 
-    step = removal.step_for(state.config.granularity.kind)
+    step = removal.step_for(state.config.granularity.kind, state.model)
     return step(state.model, state.targets, state.data, state.task, state.config, progress, timings)
 
 
@@ -283,8 +283,14 @@ def finetune(state: RunState, progress: Progress, timings: Timings, teacher=None
 def save(state: RunState, out: Path, progress: Progress, timings: Timings) -> Future | None:
     """Write the output; with sizes on, returns a Future of its gzip size, computed on another core
     while the run finishes (exports, FLOPs, the report)."""
+    from prunecli.errors import GateFailed
     from prunecli.io import models as model_io
+    from prunecli.selection import kernels
 
+    if state.masks is not None:
+        broken = kernels.masks_broken(state.targets, state.masks.masks, state.config.allow_empty)
+        if broken:
+            raise GateFailed(f"{broken} after the run; nothing was saved")
     progress(f"saving {out}")
     with timings.phase("save"):
         return model_io.save(

@@ -408,3 +408,28 @@ def apply_masks(variables, masks) -> None:
     for v, m in zip(variables, masks, strict=True):
         v = _tf_variable(v)
         v.assign(tf.where(tf.cast(m, tf.bool), v, tf.zeros((), v.dtype)))
+
+
+def masks_broken(targets, masks: dict, allow_empty: bool) -> str | None:
+    """Why the weights no longer keep the masks' promise, or None: a pruned position that is not
+    exactly zero (a step wrote into it), or, unless allow_empty, a mask that keeps nothing of its
+    target. Checked before a model is saved, so a run that went wrong leaves no file that lies.
+    (A weight that was zero in the input file is not the run's doing, so values are not asked to be
+    nonzero.)"""
+    import numpy as np
+
+    from prunecli.runtime import weight_values
+
+    for t in targets:
+        keep = masks.get(t.name)
+        if keep is None:
+            continue
+        keep = np.asarray(keep, bool)
+        if not allow_empty and keep.size and not keep.any():
+            return f"the mask of {t.name} prunes all of it (give --allow-empty to allow that)"
+        values = weight_values(t.variable)
+        if keep.shape == values.shape:
+            stray = int(np.count_nonzero(values[~keep]))
+            if stray:
+                return f"{stray} pruned weights of {t.name} are not zero"
+    return None

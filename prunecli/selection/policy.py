@@ -218,19 +218,43 @@ def build_masks(
     if gran.kind not in ("element", "neuron", "block"):
         raise ConfigError(f"granularity {gran} is not a mask policy")
 
-    members = []
-    for t in active:
-        g = _group_scores(t, scores[t.name], level, gran).reshape(-1)
-        members.append(Member(t, g, floor(g.size, config)))
-    sets = tied.select_tied(model, members, result.notes) if gran.kind == "neuron" and model is not None else False
-    if not sets:
-        sets = [ScoreSet.single(m) for m in members]
+    sets = score_sets(active, scores, level, config, model, result.notes)
     keeps = select_sets(sets, config, result, path, counts)
     for e, keep in zip(sets, keeps, strict=True):
         for m in e.members:
             mine = keep if e.index is None else keep[e.index[m.target.name]]
             result.masks[m.target.name] = _expand(m.target, mine, gran)
     return result
+
+
+def score_sets(
+    targets: list[Target], scores: dict, level: str, config: PruneConfig, model, notes: list
+) -> list[ScoreSet]:
+    """The score sets `build_masks` ranks for these (not skipped) targets: one per target, or, for
+    neuron masks given the model, one per group of targets whose channels are tied (tied.py).
+    Exposed so that a budget search (selection/budget.py) sees the very sets the masks come from."""
+    gran = config.granularity
+    members = []
+    for t in targets:
+        g = _group_scores(t, scores[t.name], level, gran).reshape(-1)
+        members.append(Member(t, g, floor(g.size, config)))
+    sets = tied.select_tied(model, members, notes) if gran.kind == "neuron" and model is not None else False
+    return sets or [ScoreSet.single(m) for m in members]
+
+
+def removal_order(e: ScoreSet, config: PruneConfig) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """(positions, ranking, own count) of a set under a global selection with `counts`: the positions
+    `select_sets` may remove, in the order it removes them (lowest ranking score first, ties by
+    position), the scores it ranks every position by, and the count its own override sparsity fixes
+    (None: the caller chooses). The first k of `positions` are what `counts` = k removes."""
+    ranking = _ranking(e, config, True)
+    p = _selection_of(e, ranking)
+    if p.free is None:
+        order = np.argsort(ranking, kind="stable")[: p.cap]
+    else:
+        order = p.free[np.argsort(ranking[p.free], kind="stable")]
+    own = _own_sparsity(e, config, MaskSet())
+    return order, ranking, None if own is None else _count(p, own, MaskSet())
 
 
 def _nm_masks(targets: list[Target], scores: dict, level: str, config: PruneConfig, result: MaskSet) -> None:

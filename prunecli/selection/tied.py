@@ -217,3 +217,19 @@ def _unit_roots(g, call, target):
     if len(ids) != target.units:
         return None
     return g.channels.roots(ids)
+
+
+def position_roots(g, e: ScoreSet) -> np.ndarray | None:
+    """The channel class (root) of each position of a set, as `_sets` matched them, or None when its
+    positions are not channels the graph knows (a nested or unsupported layer): what a budget search
+    (selection/budget.py) hands the cost model for each channel the set may lose."""
+    calls = {}
+    for call in g.calls:
+        calls.setdefault(id(call.layer), call)
+    out = np.full(e.size, -1, dtype=np.int64)
+    for m in e.members:
+        found = _unit_roots(g, calls.get(id(m.target.layer)), m.target)
+        if found is None:
+            return None
+        out[np.arange(e.size) if e.index is None else e.index[m.target.name]] = found
+    return out

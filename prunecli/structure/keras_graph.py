@@ -117,13 +117,31 @@ def pack_like(model, which: str, flat: list):
     return tree.pack_sequence_as(graph._inputs_struct if which == "inputs" else graph._outputs_struct, flat)
 
 
-def call_node(node, values: dict, operation=None):
+def call_node(node, values: dict, operation=None, training=None):
     """Run one node on new inputs: `values` maps id(original input tensor) to its new value; the node's
-    other arguments (Python numbers, keyword options) are passed as recorded. Returns the flat outputs."""
+    other arguments (Python numbers, keyword options) are passed as recorded. Returns the flat outputs.
+
+    `training` (not None) is passed to the operations that take it, as a functional model's own call
+    passes its `training` to each node (the layer's registered call-context arguments)."""
     from keras import tree
 
     args, kwargs = node.arguments.fill_in(values)
-    return tree.flatten((operation or node.operation)(*args, **kwargs))
+    operation = operation or node.operation
+    if training is not None and "training" in getattr(operation, "_call_context_args", ()):
+        kwargs = {**kwargs, "training": training}
+    return tree.flatten(operation(*args, **kwargs))
+
+
+def flat_inputs(model, x) -> list:
+    """`x`, as the model is called with it (an array, a list, a dict of named inputs), as one tensor per
+    model input in the order of `inputs(model)`, converted as the model's own call converts it."""
+    graph = require(model)
+    standardize = getattr(graph, "_standardize_inputs", None)
+    if standardize is None:  # a Keras without the method: the structure's own flat order
+        from keras import tree
+
+        return list(tree.flatten(x))
+    return list(standardize(x))
 
 
 def constant_arguments(node) -> list[Any]:
@@ -180,6 +198,26 @@ def attention_key_dim(layer) -> int:
 def hub_self_attention(block):
     """The self-attention layer of a KerasHub Transformer block, or None."""
     return getattr(block, "_self_attention_layer", None)
+
+
+def grouped_head_counts(layer) -> tuple[int, int] | None:
+    """(query heads, key/value heads) of a grouped-query attention layer, or None: KerasHub's Llama and
+    Qwen attention name them publicly (num_query_heads), Mistral's privately (_num_query_heads)."""
+    for q, kv in (("num_query_heads", "num_key_value_heads"), ("_num_query_heads", "_num_key_value_heads")):
+        if hasattr(layer, q) and hasattr(layer, kv):
+            return int(getattr(layer, q)), int(getattr(layer, kv))
+    return None
+
+
+def hub_swiglu(block) -> tuple | None:
+    """(gate, up, down) Dense layers of a KerasHub decoder block's SwiGLU feed-forward network
+    (down(silu(gate(x)) * up(x)), Llama/Mistral/Qwen), or None."""
+    found = (
+        getattr(block, "_feedforward_gate_dense", None),
+        getattr(block, "_feedforward_intermediate_dense", None),
+        getattr(block, "_feedforward_output_dense", None),
+    )
+    return None if any(f is None for f in found) else found
 
 
 def gated_attention(layer) -> bool:

@@ -81,8 +81,8 @@ def _describe(layer, path: str, owner, target_names: dict) -> HeadLayer | None:
 
     if isinstance(layer, keras.layers.MultiHeadAttention):
         heads = kv = keras_graph.attention_head_count(layer)
-    elif hasattr(layer, "num_query_heads") and hasattr(layer, "num_key_value_heads"):
-        heads, kv = int(layer.num_query_heads), int(layer.num_key_value_heads)
+    elif keras_graph.grouped_head_counts(layer) is not None:
+        heads, kv = keras_graph.grouped_head_counts(layer)
         if kv <= 0 or heads % kv:
             return None
     else:
@@ -102,22 +102,35 @@ def _describe(layer, path: str, owner, target_names: dict) -> HeadLayer | None:
         bias = getattr(sub, "bias", None)
         if b_axis is not None and bias is not None and len(bias.shape) == 2 and int(bias.shape[b_axis]) == want:
             parts.append(Part(target_names.get(id(bias), _var_path(bias)), bias, b_axis, role))
-    blocker = None
-    if layer is not owner and not (
-        type(owner).__name__ in HUB_ENCODERS and keras_graph.hub_self_attention(owner) is layer
-    ):
-        blocker = f"inside {type(owner).__name__} {owner.name!r}, which derives its head size from num_heads"
-    elif type(layer).__name__ not in ("MultiHeadAttention", "CachedMultiHeadAttention"):
-        blocker = f"{type(layer).__name__} is not keras.layers.MultiHeadAttention"
-    elif keras_graph.gated_attention(layer):
-        blocker = "gated attention (use_gate=True) is not rebuilt"
-    return HeadLayer(path, layer, owner, heads, kv, parts, blocker)
+    return HeadLayer(path, layer, owner, heads, kv, parts, _shrink_blocker(layer, owner))
+
+
+def _shrink_blocker(layer, owner) -> str | None:
+    """Why --shrink cannot delete this attention layer's heads (None: it can). A KerasHub decoder block
+    (Llama, Mistral, Qwen) is rebuilt whole by structure/decoders.py, a KerasHub TransformerEncoder as
+    HeadPrunedTransformerEncoder, a plain MultiHeadAttention from its config."""
+    from prunecli.structure import decoders
+
+    own_attention = keras_graph.hub_self_attention(owner) is layer
+    if layer is not owner and own_attention and decoders.is_decoder(owner):
+        return decoders.shrink_blocker(owner)
+    if layer is not owner and not (type(owner).__name__ in HUB_ENCODERS and own_attention):
+        return f"inside {type(owner).__name__} {owner.name!r}, which derives its head size from num_heads"
+    if type(layer).__name__ not in ("MultiHeadAttention", "CachedMultiHeadAttention"):
+        return f"{type(layer).__name__} is not keras.layers.MultiHeadAttention"
+    if keras_graph.gated_attention(layer):
+        return "gated attention (use_gate=True) is not rebuilt"
+    return None
 
 
 def find(model, targets=None) -> list[HeadLayer]:
     """Every attention layer of the model whose heads can be scored, nested layers opened, each once.
 
-    `targets` (from structure.targets.select) names the kernels as the rest of prunecli does."""
+    `targets` (from structure.targets.select) names the kernels as the rest of prunecli does. A layer's
+    owner is the model's own layer that holds it, or the KerasHub decoder block that does (inside the
+    backbone of a causal LM: structure/decoders.py rebuilds both)."""
+    from prunecli.structure import decoders
+
     names = {id(t.variable): t.name for t in (targets or [])}
     found: list[HeadLayer] = []
     seen: set[int] = set()
@@ -132,7 +145,7 @@ def find(model, targets=None) -> list[HeadLayer]:
             found.append(described)
             return
         for child in _sublayers(layer):
-            visit(child, path, owner)
+            visit(child, path, layer if decoders.is_decoder(layer) else owner)
 
     for top in _sublayers(model):
         visit(top, "", top)
@@ -206,12 +219,16 @@ def ffn_only(model, targets, include=()) -> tuple[list, list[str]]:
     """The targets `-g neuron` prunes on a Transformer: the first Dense of each FFN pair (and any
     layer the user names with --include). Returns (targets, notes); a model without attention layers
     gets its targets back unchanged."""
+    from prunecli.structure import decoders
     from prunecli.structure import targets as targets_mod
 
     if not has_attention(model):
         return list(targets), []
     firsts = {first for first, _second in ffn_pairs(model)}
-    kept = [t for t in targets if t.layer_name in firsts or targets_mod.named_in(t, include)]
+    swiglu = decoders.ffn_kernel_ids(model)  # KerasHub decoders: gate, up and down, one unit across the three
+    kept = [
+        t for t in targets if t.layer_name in firsts or id(t.variable) in swiglu or targets_mod.named_in(t, include)
+    ]
     left = sorted({t.layer_name for t in targets} - {t.layer_name for t in kept})
     notes = []
     if left:
@@ -230,14 +247,18 @@ def block_candidates(model, allowed=lambda _name: True) -> list:
     A block starts at the skip input of the residual Add that closes an attention sub-block and ends
     where the next block starts (the last block: at the Add closing its last residual sub-block, plus
     a LayerNormalization right after it in post-norm models). The span must keep the shape, must not
-    produce a model output, and nothing outside it may read a tensor inside it."""
+    produce a model output, and nothing outside it may read a tensor inside it.
+
+    A KerasHub block (BERT's TransformerEncoder, Llama's decoder...) is one layer call whose residual
+    Adds are inside it: it is a candidate of its own, its output becoming its sequence input (its
+    other inputs, the padding mask, stay for the blocks that read them too)."""
     graph, nodes = _graph_nodes(model)
     if graph is None:
         return []
     g = _Wiring(graph, nodes)
+    out = [_block([n], n.operation.name, *span) for n, span in _hub_block_spans(g) if allowed(n.operation.name)]
     residuals = _residual_adds(g)
     starts = [i for i, r in enumerate(residuals) if r[2]]
-    out = []
     for k, i in enumerate(starts):
         start_t = residuals[i][1]
         end_t = residuals[starts[k + 1]][1] if k + 1 < len(starts) else _last_block_end(g, residuals, i)
@@ -285,6 +306,24 @@ class _Wiring:
             seen.add(id(node))
             stack.extend(node.input_tensors)
         return seen
+
+
+def _hub_block_spans(g: _Wiring) -> list[tuple]:
+    """(node, (sequence input, output)) of every call of a KerasHub Transformer block layer that keeps
+    its sequence input's shape and does not produce a model output."""
+    from prunecli.structure import decoders
+
+    found = []
+    for node in g.nodes:
+        layer = node.operation
+        if type(layer).__name__ not in HUB_BLOCKS and not decoders.is_decoder(layer):
+            continue
+        if len(node.outputs) != 1 or not node.input_tensors:
+            continue
+        x, y = node.input_tensors[0], node.outputs[0]
+        if tuple(x.shape[1:]) == tuple(y.shape[1:]) and id(y) not in g.model_outputs:
+            found.append((node, (x, y)))
+    return found
 
 
 def _residual_adds(g: _Wiring) -> list[tuple]:
@@ -353,6 +392,10 @@ HUB_BLOCKS = (
     "LlamaTransformerDecoder",
     "MistralTransformerDecoder",
     "QwenTransformerDecoder",
+    "PrunedLlamaTransformerDecoder",
+    "PrunedMistralTransformerDecoder",
+    "PrunedQwenTransformerDecoder",
+    "HeadPrunedTransformerEncoder",
     "GemmaDecoderBlock",
     "ViTEncoderBlock",
 )
@@ -426,7 +469,7 @@ def register_hub_layers() -> dict[str, Any]:
     """Define and register (once) prunecli's KerasHub block subclasses; {} without keras-hub.
 
     Call it before loading a model prunecli shrank from a KerasHub backbone (its file names
-    `prunecli>HeadPrunedTransformerEncoder`)."""
+    `prunecli>HeadPrunedTransformerEncoder`, `prunecli>PrunedLlamaTransformerDecoder`...)."""
     if _HUB_CLASSES:
         return _HUB_CLASSES
     try:
@@ -434,6 +477,10 @@ def register_hub_layers() -> dict[str, Any]:
     except ImportError:
         return {}
     import keras
+
+    from prunecli.structure import decoders
+
+    decoders.register()  # Llama/Mistral/Qwen blocks with fewer heads or feed-forward units
 
     @keras.saving.register_keras_serializable(package="prunecli")
     class HeadPrunedTransformerEncoder(keras_hub.layers.TransformerEncoder):
@@ -479,7 +526,10 @@ def register_for_file(path) -> bool:
             text = archive.read("config.json").decode("utf-8", "replace")
     except (OSError, KeyError, zipfile.BadZipFile):
         return False
-    if "keras_hub" not in text and "HeadPrunedTransformerEncoder" not in text:
+    from prunecli.structure import decoders
+
+    ours = ("HeadPrunedTransformerEncoder",) + decoders.CLASS_NAMES
+    if "keras_hub" not in text and not any(name in text for name in ours):
         return False
     if not register_hub_layers():
         from prunecli.errors import InputError

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import sys
 import zipfile
@@ -438,6 +439,14 @@ def build_architectures(d: Path, x, y) -> dict[str, Path]:
     np.savez(d / "x_only.npz", x=x)
     np.savez(d / "dict_outputs.npz", x=x, y_cls=y, y_reg=x[:, :1])
     made["dict_outputs.npz"] = d / "dict_outputs.npz"
+    with zipfile.ZipFile(d / "pickle_member.npz", "w") as z:  # a member that is a pickle stream, not .npy
+        z.writestr("x.npy", pickle.dumps({"payload": 1}))
+        z.writestr("y.npy", pickle.dumps([0, 1]))
+    made["pickle_member.npz"] = d / "pickle_member.npz"
+    np.savez(d / "dict_outputs_x_only.npz", x=x)  # inputs without labels: calibration needs no more
+    made["dict_outputs_x_only.npz"] = d / "dict_outputs_x_only.npz"
+    np.savez(d / "dict_outputs_half_labelled.npz", x_train=x, x_test=x, y_test_cls=y, y_test_reg=x[:, :1])
+    made["dict_outputs_half_labelled.npz"] = d / "dict_outputs_half_labelled.npz"
     made["x_only.npz"] = d / "x_only.npz"
 
     inp = keras.Input((INPUTS,))

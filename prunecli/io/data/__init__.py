@@ -48,6 +48,38 @@ def load(path: str, model, batch_size: int = 64, val_split: float = 0.0, seed: i
         from prunecli.errors import ConfigError
 
         raise ConfigError(f"the model's inputs have a fixed batch size of {fixed[0]}; give --batch-size {fixed[0]}")
+    data = _read(path, model, batch_size, val_split, seed)
+    return _whole_batches(data, batch_size) if fixed else data
+
+
+def _whole_batches(data: Data, size: int) -> Data:
+    """A model with a fixed batch size takes no shorter last batch: every pipeline keeps whole batches
+    only, and the example counts say how many are used. A split smaller than one batch is refused."""
+    import dataclasses
+
+    counts = {"train": data.n_train, "eval": data.n_eval}
+    for name, n in counts.items():
+        if n < size:
+            raise DataError(
+                f"the {name} split has {n} examples, fewer than the model's fixed batch size {size}; "
+                "give more data or a smaller --val-split"
+            )
+
+    def whole(ds):
+        return None if ds is None else ds.unbatch().batch(size, drop_remainder=True)
+
+    return dataclasses.replace(
+        data,
+        train=whole(data.train),
+        eval=whole(data.eval),
+        val=whole(data.val),
+        n_train=data.n_train - data.n_train % size,
+        n_eval=data.n_eval - data.n_eval % size,
+    )
+
+
+def _read(path: str, model, batch_size: int, val_split: float, seed: int) -> Data:
+    """The data in the format `path` names (see the module docstring)."""
     p = Path(path)
     if not p.exists() and not any(ch in str(path) for ch in "*?["):
         raise DataError(f"data file not found: {p}")

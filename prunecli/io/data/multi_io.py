@@ -14,14 +14,20 @@ from prunecli.io.data.checks import (
 from prunecli.io.data.labels import fit_labels, loss_name
 
 
-def multi_io_sets(arrays: dict, model, path) -> dict:
-    """{"train", "eval", "val"}: (x by input name, y in output order), checked; the last two may be None."""
+def multi_io_sets(arrays: dict, model, path) -> tuple[dict, bool]:
+    """({"train", "eval", "val"}: (x by input name, y in output order), checked; the last two may be
+    None), and whether the arrays hold labels. Without any y array (inputs only, as calibration and
+    label-free scoring need), y is a placeholder of zeros, one per example, which nothing reads."""
     inputs, outputs = io_names(model)
     train, evaluation, val = _multi_pick(arrays, inputs, outputs, path)
+    present = [pair for pair in (train, evaluation, val) if pair is not None]
+    labelled = train[1] is not None
+    if any((pair[1] is not None) != labelled for pair in present):
+        raise DataError(f"{path}: some splits have labels (y arrays) and others do not; give labels for all or none")
     sets = {}
     for key, pair in (("train", train), ("eval", evaluation), ("val", val)):
         sets[key] = None if pair is None else _structure(model, *_check_multi(model, *pair, path))
-    return sets
+    return sets, labelled
 
 
 def _keyed(arrays: dict, base: str, names: list[str]):
@@ -44,6 +50,8 @@ def _multi_pick(arrays: dict, inputs: list[str], outputs: list[str], path):
         xs, ys = _keyed(arrays, f"x{split}", inputs), _keyed(arrays, f"y{split}", outputs)
         if xs is None and ys is None:
             return None
+        if xs is not None and ys is None and all(a is not None for a in xs):  # inputs only: no labels
+            return xs, None
         if xs is None or ys is None or any(a is None for a in [*xs, *ys]):
             want = [f"x{split}_{n}" for n in inputs] if len(inputs) > 1 else [f"x{split}"]
             want += [f"y{split}_{n}" for n in outputs] if len(outputs) > 1 else [f"y{split}"]
@@ -66,7 +74,7 @@ def _check_multi(model, xs, ys, path):
     import numpy as np
 
     inputs, outputs = io_names(model)
-    rows = {len(a) if a.ndim else -1 for a in [*xs, *ys]}
+    rows = {len(a) if a.ndim else -1 for a in [*xs, *(ys or [])]}
     for name, a in zip(inputs, xs, strict=True):
         check_numeric(a, np.zeros(1), path)
         want = tuple(model.inputs[inputs.index(name)].shape[1:])
@@ -80,6 +88,8 @@ def _check_multi(model, xs, ys, path):
     xs = [as_float32(a, path) for a in xs]
     for a in xs:
         check_finite(a, path)
+    if ys is None:
+        return xs, None
     fixed = []
     for i, y in enumerate(ys):
         check_numeric(np.zeros(1), y, path)
@@ -98,5 +108,10 @@ def _check_multi(model, xs, ys, path):
 
 def _structure(model, xs, ys):
     """x as {input name: array} (Keras matches them by name), y as one array or a tuple in output order."""
+    import numpy as np
+
     inputs, _outputs = io_names(model)
-    return dict(zip(inputs, xs, strict=True)), (ys[0] if len(ys) == 1 else tuple(ys))
+    x = dict(zip(inputs, xs, strict=True))
+    if ys is None:
+        return x, np.zeros(len(xs[0]), np.float32)
+    return x, (ys[0] if len(ys) == 1 else tuple(ys))

@@ -80,7 +80,7 @@ def _unlabelled(model, x, path: Path):
 
 def _load_npz_multi(p: Path, arrays: dict, model, batch_size: int, val_split: float, seed: int) -> Data:
     """As load_npz, with x and y as structures keyed by the model's input and output names."""
-    sets = multi_io_sets(arrays, model, p)
+    sets, labelled = multi_io_sets(arrays, model, p)
     parts = split_indices(row_count(sets["train"][0]), sets, val_split, seed)
     for key, idx in parts.items():
         sets[key] = (take_rows(sets["train"][0], idx), take_rows(sets["train"][1], idx))
@@ -95,6 +95,7 @@ def _load_npz_multi(p: Path, arrays: dict, model, batch_size: int, val_split: fl
         feature_names=_feature_names(arrays, p),
         val=None if sets["val"] is None else batched(*sets["val"], batch_size),
         eval_held_out=sets["eval"] is not None,
+        labelled=labelled,
     )
 
 
@@ -119,13 +120,17 @@ def _read_npz(path: Path) -> dict:
     try:
         with np.load(path, allow_pickle=False) as z:
             _check_fits_in_memory(path, sum(info.file_size for info in z.zip.infolist()))
-            return {k: z[k] for k in z.files}
+            arrays = {k: z[k] for k in z.files}
     except ValueError as exc:
         if "pickle" in str(exc).lower():
             raise DataError(f"{path} holds pickled objects; prunecli only reads plain numeric arrays") from exc
         raise DataError(f"{path} is not a readable .npz file ({exc})") from exc
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"{path} is not a readable .npz file ({exc})") from exc
+    raw = sorted(k for k, v in arrays.items() if not isinstance(v, np.ndarray))
+    if raw:  # NumPy hands back the bytes of a member that is not in .npy format (a pickle stream...)
+        raise DataError(f"{path}: member {raw[0]!r} is not a .npy array; prunecli only reads plain numeric arrays")
+    return arrays
 
 
 def _pick(arrays: dict, path: Path):

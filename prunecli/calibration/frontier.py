@@ -1,0 +1,332 @@
+"""Where sequential calibration reads each layer's inputs: a cached walk of the graph, or prefix passes.
+
+Sequential calibration visits the calibrated layers in call order, and each must see the inputs that
+the model, pruned (and updated) up to that layer, gives it. Two sources give exactly that:
+
+- `PrefixPasses` (the original path, capture.py): per layer, a forward pass from the model's inputs,
+  stopped once the layer has been called. Works for any model, but the work is quadratic in depth:
+  a 39-conv SpliceAI on 32 x 10100 positions ran ~20 convolutions per calibrated layer.
+- `CachedPasses`: for a functional (or Sequential) model, the graph is walked once in execution
+  order, keeping for every calibration example the *frontier*: the tensors computed so far that a
+  later node still reads. At a calibrated layer's node the capture runs that one node on the cached
+  inputs (the same capture hook stops it before the layer computes anything); the node's outputs
+  are computed only at the next capture, after the layer's weights were updated. Each node then runs
+  about once per calibration pass: linear in depth. Nodes no calibrated layer depends on never run.
+
+`passes(model, plan, budget)` picks the source. The cached walk is used only when it is known to
+reproduce the model: the graph is walked once on a probe of two examples and its outputs compared
+with the model's own (a layer that behaves differently when called alone is caught there), every
+calibrated layer belongs to exactly one top-level node (a shared layer, called by several nodes,
+would need its inputs from all of them), and the frontier, sized from the probe's per-example bytes
+times the calibration examples, fits the byte budget. Otherwise the prefix source runs, and the
+report says which (`passes`) and why (`passes_note`).
+
+A calibrated layer inside a nested model (or inside a wrapper such as MultiHeadAttention) is read by
+running that one top-level node on its cached inputs, stopped at the layer: the prefix path within
+the nested model only, with the walk still linear outside it.
+
+Everything about the graph goes through structure/keras_graph.py (the adapter to Keras' private
+graph attributes); the capture itself is capture.HessianCapture, fed through `_NodeRun`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from prunecli.calibration import capture
+from prunecli.structure import keras_graph
+
+FRONTIER_BYTES = 2 * 2**30  # the cached activations, at most (oneshot also caps it by free memory)
+PROBE_EXAMPLES = 2  # examples the graph walk is checked on against the model's own forward pass
+PROBE_RTOL = 1e-4  # the walk's outputs must match the model's to this (relative to the largest |y|)
+
+
+class _NodeRun:
+    """One top-level node called like a model: `runner(values, training=False)` runs the node on one
+    pass's cached values ({id(symbolic tensor): value}); capture's forward passes call it so."""
+
+    def __init__(self, node):
+        self.node = node
+
+    def __call__(self, values, training=False):
+        return keras_graph.call_node(self.node, values, training=training)
+
+
+class PrefixPasses:
+    """Each capture is a forward pass from the model's inputs, stopped after the layer (capture.py)."""
+
+    kind = "prefix"
+
+    def __init__(self, model, batches: list, note: str | None = None):
+        self.model, self.batches, self.note = model, batches, note
+        self.frontier_bytes = None
+
+    def capture(self, view, calls: int, full: bool, riders: tuple = ()):
+        return capture.HessianCapture(view, calls, full=full).run(self.model, self.batches, riders)
+
+    def measure(self, meter) -> None:
+        capture.measure(self.model, self.batches, meter)
+
+
+@dataclass
+class _Schedule:
+    """The top-level nodes calibration needs, in execution order, and when each cached tensor dies.
+
+    steps: the nodes; owner: {id(calibrated layer): index of the step that calls it}; inputs: the
+    model inputs' ids (flat, in model order); keep: ids of the tensors some step reads; freed: per
+    step, the ids read for the last time there; nested: the names of the nested nodes (a sub-model,
+    a wrapper) that hold calibrated layers."""
+
+    steps: list
+    owner: dict
+    inputs: list
+    keep: set
+    freed: list
+    nested: list = field(default_factory=list)
+
+
+class CachedPasses:
+    """The graph walked once, its frontier kept for every calibration pass (see the module docstring).
+
+    `values[i]` holds pass i's frontier; `done` counts the steps computed. A capture first computes
+    every step before the layer's own (with `riders`, the error meters of earlier layers, fed when
+    their layer runs), then runs the layer's step on the cached inputs, stopped at the layer."""
+
+    kind = "cached"
+
+    def __init__(self, model, batches: list, schedule: _Schedule, frontier_bytes: int, note: str | None = None):
+        self.model, self.batches, self.schedule = model, batches, schedule
+        self.frontier_bytes = frontier_bytes
+        self.note = note
+        self.done = 0
+        self.values = [dict(zip(schedule.inputs, keras_graph.flat_inputs(model, x), strict=True)) for x in batches]
+        for values in self.values:  # inputs no step reads (an unused model input) are not kept
+            for k in [k for k in values if k not in schedule.keep]:
+                del values[k]
+
+    def _step_of(self, layer) -> int:
+        step = self.schedule.owner[id(layer)]
+        if step < self.done:
+            raise RuntimeError(f"calibration: layer {layer.name} is read after the graph walk passed it")
+        return step
+
+    def _advance(self, stop: int, riders: tuple) -> None:
+        """Compute steps done..stop-1 on every pass (the model as it is now), dropping dead tensors."""
+        if self.done >= stop:
+            return
+        wrappers = [capture._Wrapped(r.view.target.layer, r.hook) for r in riders]
+        for w in wrappers:
+            w.__enter__()
+        try:
+            for s in range(self.done, stop):
+                node, keep, freed = self.schedule.steps[s], self.schedule.keep, self.schedule.freed[s]
+                for values in self.values:
+                    outs = keras_graph.call_node(node, values, training=False)
+                    for t, v in zip(node.outputs, outs, strict=True):
+                        if id(t) in keep:
+                            values[id(t)] = v
+                    for k in freed:
+                        values.pop(k, None)
+                self.done = s + 1
+        finally:
+            for w in wrappers:
+                w.__exit__(None, None, None)
+
+    def capture(self, view, calls: int, full: bool, riders: tuple = ()):
+        step = self._step_of(view.target.layer)
+        self._advance(step, riders)
+        runner = _NodeRun(self.schedule.steps[step])
+        return capture.HessianCapture(view, calls, full=full).run(runner, self.values, riders)
+
+    def measure(self, meter) -> None:
+        step = self._step_of(meter.view.target.layer)
+        self._advance(step, ())
+        capture.measure(_NodeRun(self.schedule.steps[step]), self.values, meter)
+
+
+def passes(model, plan, budget: int | None = None):
+    """The source of the plan's calibration inputs: CachedPasses when the graph walk is possible,
+    reproduces the model and fits `budget` bytes (FRONTIER_BYTES by default), else PrefixPasses with
+    a note saying why; None for a plan with no calibrated layer (nothing is read)."""
+    if not plan.layers:
+        return None
+    budget = FRONTIER_BYTES if budget is None else int(budget)
+    schedule = _schedule(model, plan.layers)
+    if isinstance(schedule, str):
+        return PrefixPasses(model, plan.batches, schedule)
+    sizes = _probe(model, plan.batches, schedule)
+    if isinstance(sizes, str):
+        return PrefixPasses(model, plan.batches, sizes)
+    peak = _peak_bytes(schedule, sizes, capture.count_examples(plan.batches), len(plan.batches))
+    if peak > budget:
+        why = (
+            f"the cached activations would take about {_size(peak)}, over the budget of {_size(budget)}; "
+            "each layer's inputs are read by a forward pass of their own"
+        )
+        return PrefixPasses(model, plan.batches, why)
+    note = None
+    if schedule.nested:
+        names = ", ".join(schedule.nested[:3])
+        note = f"layers inside {names} are read by passes through that node alone"
+    return CachedPasses(model, plan.batches, schedule, peak, note)
+
+
+def _contained(layer) -> set[int]:
+    """ids of the layer and of every layer inside it (a nested model's layers, a wrapper's)."""
+    found, todo = set(), [layer]
+    while todo:
+        item = todo.pop()
+        if id(item) in found:
+            continue
+        found.add(id(item))
+        todo.extend(keras_graph.children(item))
+    return found
+
+
+def _schedule(model, layers: list) -> _Schedule | str:
+    """The steps that compute every calibrated layer's inputs, or why the graph cannot be walked."""
+    if keras_graph.functional(model) is None:
+        return "the model has no layer graph to walk (subclassed); each layer's inputs are read by a pass of its own"
+    nodes = keras_graph.nodes(model)
+    holders: dict[int, list[int]] = {}
+    for index, node in enumerate(nodes):
+        for lid in _contained(node.operation):
+            holders.setdefault(lid, []).append(index)
+    owner, nested = {}, []
+    for view, call in layers:
+        layer = view.target.layer
+        found = holders.get(id(layer), [])
+        if len(found) != 1:
+            return (
+                f"layer {layer.name} is called by {len(found)} nodes of the graph (a shared layer); "
+                "each layer's inputs are read by a pass of its own"
+            )
+        op = nodes[found[0]].operation
+        if op is layer and call.calls != 1:
+            return f"layer {layer.name} is called {call.calls} times per pass; each layer's inputs are read by a pass of its own"
+        if op is not layer and op.name not in nested:
+            nested.append(op.name)
+        owner[id(layer)] = found[0]
+    order = [owner[id(view.target.layer)] for view, _ in layers]
+    if order != sorted(order):  # calibrated in call order: the walk must meet them in that order
+        return "the graph's node order differs from the call order; each layer's inputs are read by a pass of its own"
+    producer = {id(t): index for index, node in enumerate(nodes) for t in node.outputs}
+    needed, todo = set(), sorted(set(order))
+    while todo:
+        index = todo.pop()
+        if index in needed:
+            continue
+        needed.add(index)
+        todo.extend(producer[id(t)] for t in nodes[index].input_tensors if id(t) in producer)
+    kept = sorted(needed)
+    position = {index: s for s, index in enumerate(kept)}
+    steps = [nodes[i] for i in kept]
+    last: dict[int, int] = {}
+    for s, node in enumerate(steps):
+        for t in node.input_tensors:
+            last[id(t)] = s
+    freed: list[list[int]] = [[] for _ in steps]
+    for k, s in last.items():
+        freed[s].append(k)
+    return _Schedule(
+        steps=steps,
+        owner={lid: position[index] for lid, index in owner.items()},
+        inputs=[id(t) for t in keras_graph.inputs(model)],
+        keep=set(last),
+        freed=freed,
+        nested=nested,
+    )
+
+
+def _nbytes(value) -> tuple[int, int | None]:
+    """(bytes, leading dimension or None) of one computed value; 0 bytes for a non-tensor."""
+    import tensorflow as tf
+
+    shape = getattr(value, "shape", None)
+    dtype = getattr(value, "dtype", None)
+    if shape is None or dtype is None:
+        return 0, None
+    dims = [int(d) for d in shape]
+    try:
+        item = tf.as_dtype(dtype).size or 8
+    except TypeError:
+        item = 8
+    return math.prod(dims) * item, (dims[0] if dims else None)
+
+
+def _probe(model, batches: list, schedule: _Schedule) -> dict | str:
+    """Walk the whole graph on the first examples and compare with the model's own outputs.
+
+    Returns {id(tensor): (bytes per example, bytes per pass)} for the tensors the schedule keeps,
+    or why the walk cannot stand in for the model (it fails, or its outputs differ)."""
+    import numpy as np
+    import tensorflow as tf
+    from keras import tree
+
+    fixed = capture.fixed_batch(model)
+    first = batches[0]
+    probe = first if fixed else tf.nest.map_structure(lambda a: a[:PROBE_EXAMPLES], first)
+    n = capture.count_examples([probe])
+    try:
+        values = dict(zip(schedule.inputs, keras_graph.flat_inputs(model, probe), strict=True))
+        for node in keras_graph.nodes(model):
+            if any(id(t) not in values for t in node.input_tensors):
+                continue  # not computable from the inputs, as the model's own call skips it
+            outs = keras_graph.call_node(node, values, training=False)
+            for t, v in zip(node.outputs, outs, strict=True):
+                values[id(t)] = v
+        if any(id(t) not in values for node in schedule.steps for t in node.outputs):
+            return "a node calibration needs cannot be computed from the model's inputs alone; each layer's inputs are read by a pass of its own"
+        walked = [np.asarray(values[id(t)]) for t in keras_graph.outputs(model)]
+        reference = [np.asarray(y) for y in tree.flatten(model(probe, training=False))]
+    except Exception as exc:  # noqa: BLE001 - any failure of the walk: the prefix path still works
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"walking the graph node by node failed ({first_line[:120]}); each layer's inputs are read by a pass of its own"
+    if len(walked) != len(reference) or not all(_close(a, b) for a, b in zip(walked, reference, strict=False)):
+        return "walking the graph node by node does not reproduce the model's outputs; each layer's inputs are read by a pass of its own"
+    sizes = {}
+    for k in schedule.keep:
+        nbytes, lead = _nbytes(values.get(k))
+        sizes[k] = (nbytes / n, 0) if lead == n and n else (0, nbytes)
+    return sizes
+
+
+def _close(a, b) -> bool:
+    import numpy as np
+
+    if a.shape != b.shape:
+        return False
+    if not np.issubdtype(a.dtype, np.number) or not np.issubdtype(b.dtype, np.number):
+        return bool(np.array_equal(a, b))
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    finite = np.isfinite(b64)
+    if not np.array_equal(finite, np.isfinite(a64)) or not np.array_equal(a64[~finite], b64[~finite]):
+        return False
+    scale = float(np.max(np.abs(b64[finite]))) if finite.any() else 0.0
+    return bool(np.all(np.abs(a64[finite] - b64[finite]) <= PROBE_RTOL * scale + 1e-30))
+
+
+def _peak_bytes(schedule: _Schedule, sizes: dict, examples: int, passes_: int) -> int:
+    """The most bytes the frontier holds at once over the walk: the model inputs, then per step its
+    kept outputs added before the tensors it read last are dropped."""
+
+    def size(k):
+        per_example, per_pass = sizes.get(k, (0, 0))
+        return per_example * examples + per_pass * passes_
+
+    live = sum(size(k) for k in schedule.inputs if k in schedule.keep)
+    peak = live
+    for s, node in enumerate(schedule.steps):
+        live += sum(size(id(t)) for t in node.outputs if id(t) in schedule.keep)
+        peak = max(peak, live)
+        live -= sum(size(k) for k in schedule.freed[s])
+    return int(math.ceil(peak))
+
+
+def _size(nbytes: float) -> str:
+    if nbytes >= 2**30:
+        return f"{nbytes / 2**30:.1f} GiB"
+    if nbytes >= 2**20:
+        return f"{nbytes / 2**20:.1f} MiB"
+    return f"{int(nbytes)} bytes"

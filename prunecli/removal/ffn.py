@@ -1,0 +1,262 @@
+"""`-g neuron` on KerasHub decoders (Llama, Mistral, Qwen): SwiGLU feed-forward units scored, chosen and
+removed whole.
+
+A decoder block's feed-forward network is down(silu(gate(x)) * up(x)); its unit j is gate column j,
+up column j and down row j, all inside one Keras layer. The channel graph sees the block as one node
+and the mask path would rank the three kernels as unrelated layers, so on a model with such blocks
+`-g neuron` is a structural step, like `-g head` (Torch-Pruning's coupled group, done by hand):
+
+- one score per unit, read from all three slices;
+- one selection (selection/policy.select_units: per block, or global with the run's normalisation,
+  thresholds, overrides and floors; a block always keeps one unit);
+- the unit masked in all three kernels (the masked model is the model that ships; fine-tuning holds
+  the masks), and with --shrink every block rebuilt with its kept units only (structure/decoders.py),
+  checked against the masked model before anything is saved.
+
+Scores, lower = removed first:
+- `magnitude`, `neuron-mean`, `l1-norm`: the geometric mean over gate, up and down of the slice's mean
+  |w|; `l2-norm`: the geometric mean of their L2 norms. A unit adds silu(x.g_j) (x.u_j) d_j, a
+  product: scaling the up or down projection by c scales every unit alike, which leaves a product of
+  per-projection magnitudes ranked as before, where a sum would let the largest projection decide.
+- `random`: seeded.
+- `taylor`: sum |w * dL/dw|, `gradient`: sum |dL/dw| over the three slices, accumulated over
+  `--score-batches` batches of `--data` (as `-g head` scores heads).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prunecli.errors import ConfigError, InputError
+from prunecli.structure import decoders, equivalence
+
+DATA_METHODS = ("taylor", "gradient")
+MEAN_METHODS = ("magnitude", "neuron-mean", "l1-norm")
+METHODS = MEAN_METHODS + ("l2-norm", "random") + DATA_METHODS
+
+
+def applies(model) -> bool:
+    """Whether `-g neuron` on this model is this step: it holds KerasHub decoder blocks."""
+    return bool(decoders.ffns(model))
+
+
+def find(model, targets=None) -> list[decoders.Ffn]:
+    """The decoder blocks' SwiGLU networks whose three kernels are all among `targets` (all without)."""
+    found = decoders.ffns(model)
+    if targets is None:
+        return found
+    chosen = {id(t.variable) for t in targets}
+    return [f for f in found if all(id(var) in chosen for var, _axis in f.slices())]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scores
+
+
+def _per_unit(arrays: list, axes: list[int], fn) -> list:
+    """fn applied to each unit's slice of each array: one (units,) vector per array."""
+    import numpy as np
+
+    out = []
+    for arr, axis in zip(arrays, axes, strict=True):
+        moved = np.moveaxis(np.asarray(arr, dtype=np.float64), axis, 0)
+        out.append(fn(moved.reshape(moved.shape[0], -1)))
+    return out
+
+
+def weight_scores(ffn: decoders.Ffn, method: str):
+    """(units,) scores from the weights alone: a geometric mean over the three projections."""
+    import numpy as np
+
+    arrays, axes = zip(*[(np.asarray(var), axis) for var, axis in ffn.slices()], strict=True)
+    if method == "l2-norm":
+        parts = _per_unit(list(arrays), list(axes), lambda m: np.sqrt(np.square(m).sum(axis=1)))
+    else:
+        parts = _per_unit(list(arrays), list(axes), lambda m: np.abs(m).mean(axis=1))
+    return np.exp(np.mean([np.log(np.maximum(p, 1e-30)) for p in parts], axis=0))
+
+
+def data_scores(model, found: list[decoders.Ffn], data, loss_fn, method: str, max_batches: int | None):
+    """{block: (units,) scores}: Taylor |w*g| or gradient |g| summed over each unit's three slices."""
+    import numpy as np
+    import tensorflow as tf
+
+    if data is None or loss_fn is None:
+        raise ConfigError(f"-g neuron on decoder blocks with --method {method} needs --data")
+    from prunecli.removal.layers import batches
+
+    variables = [var for f in found for var, _axis in f.slices()]
+    sums = [np.zeros(tuple(v.shape)) for v in variables]
+    for x, y in batches(data, max_batches):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=False))
+        grads = tape.gradient(loss, [v.value if hasattr(v, "value") else v for v in variables])
+        for i, (v, g) in enumerate(zip(variables, grads, strict=True)):
+            if g is not None:
+                g = np.asarray(g, dtype=np.float64)
+                sums[i] += np.abs(g * np.asarray(v)) if method == "taylor" else np.abs(g)
+    out, i = {}, 0
+    for f in found:
+        axes = [axis for _var, axis in f.slices()]
+        out[f.path] = np.sum(_per_unit(sums[i : i + 3], axes, lambda m: m.sum(axis=1)), axis=0)
+        i += 3
+    return out
+
+
+def score(model, found: list[decoders.Ffn], config, data=None, loss_fn=None) -> dict[str, Any]:
+    """{block: (units,) scores} with the method the config names."""
+    import numpy as np
+
+    method = config.method
+    if method not in METHODS:
+        raise ConfigError(
+            f"-g neuron on KerasHub decoder blocks scores with {', '.join(METHODS)}; got --method {method}"
+        )
+    if method == "random":
+        rng = np.random.default_rng(config.seed)
+        return {f.path: rng.random(f.units) for f in found}
+    if method in DATA_METHODS:
+        return data_scores(model, found, data, loss_fn, method, config.score_batches)
+    return {f.path: weight_scores(f, method) for f in found}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Masks
+
+
+def unit_masks(found: list[decoders.Ffn], removed: dict[str, list[int]], names: dict[int, str]) -> dict[str, Any]:
+    """{target name: boolean keep-mask of the kernel's shape}: a removed unit's gate and up columns and
+    its down row are False. `names` maps id(kernel) to its target name."""
+    import numpy as np
+
+    out = {}
+    for f in found:
+        gone = removed.get(f.path, [])
+        for var, axis in f.slices():
+            mask = np.ones(tuple(int(d) for d in var.shape), dtype=bool)
+            if gone:
+                index: list[Any] = [slice(None)] * mask.ndim
+                index[axis] = gone
+                mask[tuple(index)] = False
+            out[names.get(id(var), str(var.path))] = mask
+    return out
+
+
+def apply(found: list[decoders.Ffn], removed: dict[str, list[int]]) -> None:
+    """Zero the removed units' slices in place (gate and up columns, down rows)."""
+    import numpy as np
+
+    masks = unit_masks(found, removed, {})
+    for f in found:
+        for var, _axis in f.slices():
+            m = masks[str(var.path)]
+            var.assign(np.where(m, np.asarray(var), 0).astype(var.dtype))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The step
+
+
+def run_ffn(model, targets, config, *, data=None, loss_fn=None, sample_x=None, progress=None):
+    """Score, choose and mask (or, with config.shrink, delete) SwiGLU units of the decoder blocks.
+
+    Returns (model, masks, section, notes) as removal.heads.run_heads does: the same model masked, or a
+    new, smaller functional model (--shrink); {target name: keep-mask} for every target; the report's
+    `ffn` section; notes."""
+    import numpy as np
+
+    from prunecli.selection import policy
+    from prunecli.structure import targets as targets_mod
+
+    if config.schedule != "oneshot":  # a gradual schedule re-masks through the per-kernel mask path
+        raise ConfigError("-g neuron on KerasHub decoder blocks removes units at once: use --schedule oneshot")
+    say = progress or (lambda _m: None)
+    notes: list[str] = []
+    targets = list(targets or [])
+    found = find(model, targets or None)
+    if not found:
+        raise InputError(f"{config.model_path or 'model'}: no decoder feed-forward network to prune")
+    say(f"scoring the feed-forward units of {len(found)} decoder block(s) with {config.method}")
+    scores = score(model, found, config, data, loss_fn)
+    removed = policy.select_units(scores, config, notes, at_least=1)
+    apply(found, removed)
+    names = {id(t.variable): t.name for t in targets}
+    masks = unit_masks(found, removed, names)
+    ours = set(masks)
+    others = sorted({t.layer_name for t in targets if t.name not in ours})
+    if others:
+        notes.append(
+            "-g neuron on KerasHub decoder blocks prunes their feed-forward units only; "
+            f"{', '.join(others[:8])}{' ...' if len(others) > 8 else ''} left whole"
+        )
+    kernel_masks = {t.name: masks.get(t.name, np.ones(t.shape, dtype=bool)) for t in targets}
+    section = _section(found, scores, removed, config.method)
+    if not config.shrink:
+        return model, kernel_masks, section, notes
+    blocked = [f for f in found if decoders.shrink_blocker(f.block)]
+    if blocked:  # every block is rebuilt, or none is
+        notes.append(
+            f"feed-forward units masked, not deleted: {blocked[0].path}: {decoders.shrink_blocker(blocked[0].block)}"
+        )
+        return model, kernel_masks, section, notes
+    say("rebuilding decoder blocks with fewer feed-forward units")
+    kept = {id(f.block): [u for u in range(f.units) if u not in set(removed[f.path])] for f in found}
+    new = decoders.rebuild_with(model, decoders.swaps_for(model, units=kept))
+    inputs = equivalence.example_inputs(model, 16, sample_x, config.seed, open_dim=8)
+    section["verification"] = equivalence.check_equivalent(
+        model, new, inputs, "the model with feed-forward units removed"
+    )
+    for row in section["layers"]:
+        row["deleted"] = True
+    new_targets = targets_mod.carry_over(targets, new)
+    kernel_masks = {t.name: np.ones(t.shape, dtype=bool) for t in new_targets}
+    section["params_before"] = int(model.count_params())
+    section["params_after"] = int(new.count_params())
+    return new, kernel_masks, section, notes
+
+
+def _section(found: list[decoders.Ffn], scores: dict, removed: dict, method: str) -> dict[str, Any]:
+    layers = [
+        {
+            "layer": f.path,
+            "class": type(f.block).__name__,
+            "units_before": f.units,
+            "units_after": f.units - len(removed[f.path]),
+            "removed_units": list(removed[f.path]),
+            "deleted": False,
+        }
+        for f in found
+    ]
+    return {
+        "score": method,
+        "units_before": sum(f.units for f in found),
+        "units_removed": sum(len(removed[f.path]) for f in found),
+        "layers": layers,
+    }
+
+
+def run(model, run_targets, data, task, config, progress, timings, sample_x=None):
+    """The step in the run's StepResult form (like removal.heads.run): the `ffn` section, a MaskSet over
+    the (new) model's targets held while fine-tuning, and the new model after --shrink."""
+    from prunecli.results import StepResult
+    from prunecli.selection import policy
+    from prunecli.structure import targets as targets_mod
+
+    found_targets = list(run_targets)
+    loss_fn = None
+    if task is not None and config.method in DATA_METHODS:
+        from prunecli.training.metrics import loss_callable
+
+        loss_fn = loss_callable(task.loss, "feed-forward unit scoring")
+    train = None if data is None else data.train
+    with timings.phase("score"):
+        new, masks, section, notes = run_ffn(
+            model, found_targets, config, data=train, loss_fn=loss_fn, sample_x=sample_x, progress=progress
+        )
+    new_targets = found_targets if new is model else targets_mod.carry_over(found_targets, new)
+    requested = {t.name: round(1.0 - float(masks[t.name].mean()), 6) for t in new_targets if t.name in masks}
+    mask_set = policy.MaskSet(masks=masks, requested=requested, notes=list(notes))
+    replaced = {"targets": new_targets, "masks": mask_set}
+    if new is not model:
+        replaced["model"] = new
+    return StepResult(sections={"ffn": section}, notes=tuple(notes), **replaced)

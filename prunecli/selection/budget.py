@@ -1,0 +1,325 @@
+"""A budget instead of a sparsity: how many channels each layer keeps so the shrunk model fits a target.
+
+`--target params=0.3` (or flops=F) asks for a shrunk model with 30% of the dense model's parameters.
+One uniform sparsity cannot say that (a layer's cost depends on its neighbours' widths) and spends the
+budget badly (a 3x3 conv with 256 inputs costs 2,304 parameters per channel, a Dense head 32). So the
+channels of all layers are ranked together and removed one step at a time, cheapest importance per
+unit of cost first, until the model fits:
+
+- Units. A step removes channels of one score set (policy.score_sets): a layer on its own, or a tied
+  set (residual Adds, depthwise blocks) whose channels go together and count once. Inside a set the
+  channels go in exactly the order `policy.select_sets` removes them (policy.removal_order), so the
+  counts found here give, through `policy.build_masks(..., counts=...)`, the very masks searched.
+- Importance. Each channel's score is normalised within its set as `--normalize` says: lamp (LAMP,
+  a share of the set's remaining squared score), mean (score over the set's mean) or none (raw).
+- Cost. What a step saves is exact, from structure/costs.py: removing an output channel of layer A
+  also removes the matching input slice of every layer that reads it, its BatchNorm parameters, and
+  the multiply-adds of all of them, at the widths the other layers have *now*. A step's priority is
+  its importance over what it saves; the lowest goes first, and the savings of the sets next to it
+  are brought up to date.
+- Landing. The walk stops at the first allocation at or under the goal. Near the goal, a step that
+  would fall more than TOLERANCE (2%) below it is passed over for the best step that stays inside
+  the band, so the result lands in [goal * (1 - TOLERANCE), goal] whenever single steps allow it.
+- Floors. A set never loses more than policy allows (each layer's --min-keep floor, pinned channels,
+  output units); --round-to R makes every set keep a multiple of R channels (a set narrower than R
+  is not rounded; it never keeps none). A goal under what the floors allow is refused, naming the
+  best achievable value.
+
+A set whose channels surgery could not cut anyway (an unsupported layer, a channel pinned by the graph
+or also made by a layer that is not pruned) is left whole: masking it would cost accuracy and save
+nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from prunecli.config import PruneConfig
+from prunecli.config.target import TOLERANCE
+from prunecli.errors import ConfigError
+from prunecli.selection import policy, tied
+from prunecli.selection.lamp import lamp_scores
+from prunecli.selection.policy import MaskSet
+from prunecli.structure import costs
+
+
+@dataclass(eq=False)
+class Track:
+    """One score set as the walk sees it: its positions in removal order, the cost-model class of each
+    (-1: its removal saves nothing), their normalised importance, and the removal counts it may stop at."""
+
+    key: str
+    label: str
+    size: int
+    classes: np.ndarray
+    weight: np.ndarray
+    stops: list[int]
+    step: int = 0  # index into stops: the set has lost stops[step] channels
+    why_whole: str = ""
+
+    @property
+    def removed(self) -> int:
+        return self.stops[self.step]
+
+    def next_block(self) -> np.ndarray | None:
+        if self.step + 1 >= len(self.stops):
+            return None
+        return np.arange(self.stops[self.step], self.stops[self.step + 1])
+
+
+@dataclass
+class Allocation:
+    """What the walk decided: per set the channels it loses (`counts`, select_sets' form), the cost
+    the shrunk model will have (`cost`, exact), the dense cost and the goal, the least cost the floors
+    allow (`lowest`), and notes."""
+
+    counts: dict[str, tuple[int, bool]]
+    cost: int
+    dense: int
+    goal: int
+    lowest: int
+    tracks: list[Track] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def stops(size: int, cap: int, round_to: int | None) -> list[int]:
+    """The removal counts a set of `size` channels that may lose at most `cap` can stop at: every one,
+    or with round_to R (and size >= R) those that leave a multiple of R, besides losing none."""
+    if not round_to or round_to <= 1 or size < round_to:
+        return list(range(cap + 1))
+    least = size - cap
+    kept = [k for k in range(round_to * (size // round_to), 0, -round_to) if least <= k < size]
+    return [0] + [size - k for k in kept]
+
+
+def _normalised(e, ranking: np.ndarray, config: PruneConfig) -> np.ndarray:
+    """Each position's importance on the scale sets are compared on. The ranking select_sets uses is
+    already that scale except for LAMP on a plain set of one, which it ranks by raw scores (the same
+    order); non-finite scores count as 0 (they go first, as they would anyway)."""
+    plain = not e.tied and e.pinned is None and e.index is None
+    weight = lamp_scores(ranking) if config.normalize == "lamp" and plain else ranking
+    return np.nan_to_num(np.asarray(weight, dtype=np.float64), nan=0.0, posinf=1e30, neginf=0.0).clip(min=0.0)
+
+
+def _tracks(sets, config: PruneConfig, cost: costs.ChannelCosts, round_to: int | None) -> list[Track]:
+    g = cost.graph
+    pins = g.channels.pinned()
+    out = []
+    for e in sets:
+        order, ranking, own = policy.removal_order(e, config)
+        key = e.members[0].target.name
+        roots = tied.position_roots(g, e)
+        why = ""
+        if roots is None:
+            why = "its units are not channels surgery can cut"
+        else:
+            makers = {m.target.layer_name for m in e.members}
+            chosen = roots[order]
+            pinned = [pins[int(r)] for r in chosen if int(r) in pins]
+            foreign = [r for r in chosen.tolist() if not set(g.group_members(int(r))) <= makers]
+            if pinned:
+                why = f"its channels are kept by the graph ({pinned[0]})"
+            elif foreign:
+                others = sorted(set(g.group_members(int(foreign[0]))) - makers)
+                why = f"its channels are also made by {', '.join(others)}, which is not pruned"
+        weight = _normalised(e, ranking, config)[order]
+        classes = cost.index(roots[order]) if roots is not None else np.full(order.size, -1)
+        if own is not None:
+            allowed = [own]
+        elif why:
+            allowed = [0]
+        else:
+            allowed = stops(e.size, int(order.size), round_to)
+        label = e.label if e.tied else key  # a set of one by its weight: a SeparableConv has two
+        out.append(Track(key, label, e.size, classes, weight, allowed, why_whole="" if own is not None else why))
+    return out
+
+
+def _lowest(tracks: list[Track], cost: costs.ChannelCosts) -> int:
+    """The cost with every set at its last stop: the least the floors allow."""
+    keep = np.ones(len(cost.roots), dtype=bool)
+    for t in tracks:
+        gone = t.classes[: t.stops[-1]]
+        keep[gone[gone >= 0]] = False
+    return cost.total(keep)
+
+
+class _Walk:
+    """The state of a walk: tensor widths, the cost now, and each set's next step (its drop, exact
+    saving and priority), kept up to date for the sets next to every change."""
+
+    def __init__(self, tracks: list[Track], cost: costs.ChannelCosts):
+        self.tracks, self.cost = tracks, cost
+        self.widths = cost.full.copy()
+        self.total = cost.dense
+        n = len(tracks)
+        self.saves = np.zeros(n, dtype=np.int64)
+        self.prio = np.full(n, np.inf)
+        self.drops: list[dict[int, int]] = [{} for _ in tracks]
+        self.touching: dict[int, set[int]] = {}
+        for j, t in enumerate(tracks):
+            for c in t.classes[: t.stops[-1]].tolist():
+                for tensor, _count in cost.holds.get(c, ()):
+                    self.touching.setdefault(tensor, set()).add(j)
+
+    def refresh(self, j: int) -> None:
+        t = self.tracks[j]
+        block = t.next_block()
+        if block is None:
+            self.saves[j], self.prio[j], self.drops[j] = 0, np.inf, {}
+            return
+        self.drops[j] = self.cost.drop(t.classes[block])
+        self.saves[j] = self.cost.saving(self.widths, self.drops[j])
+        self.prio[j] = float(t.weight[block].sum()) / self.saves[j] if self.saves[j] > 0 else np.inf
+
+    def _moved(self, drop: dict[int, int], sign: int) -> None:
+        for tensor, lost in drop.items():
+            self.widths[tensor] -= sign * lost
+        for k in set().union(*(self.touching.get(tensor, ()) for tensor in self.cost.neighbours(drop))):
+            self.refresh(k)
+
+    def take(self, j: int) -> None:
+        """Set j takes its next step."""
+        drop, saved = self.drops[j], int(self.saves[j])
+        self.tracks[j].step += 1
+        self.total -= saved
+        self._moved(drop, 1)
+        self.refresh(j)
+
+    def last_step(self, j: int) -> tuple[dict[int, int], int] | None:
+        """(drop, what giving it back costs) of set j's last step, or None."""
+        t = self.tracks[j]
+        if t.step == 0:
+            return None
+        drop = self.cost.drop(t.classes[t.stops[t.step - 1] : t.stops[t.step]])
+        grown = self.widths.copy()
+        for tensor, lost in drop.items():
+            grown[tensor] += lost
+        return drop, self.cost.saving(grown, drop)
+
+    def give_back(self, j: int) -> None:
+        """Set j undoes its last step."""
+        drop, cost = self.last_step(j)
+        self.tracks[j].step -= 1
+        self.total += cost
+        self._moved(drop, -1)
+        self.refresh(j)
+
+
+def walk(tracks: list[Track], cost: costs.ChannelCosts, goal: int, low: int | None = None) -> int:
+    """Remove steps until the cost is at most `goal`; returns the cost reached (exact). Each track's
+    `step` says where it stopped. See the module docstring for the order and the landing rule; the
+    band is [low, goal], low by default TOLERANCE under the goal."""
+    w = _Walk(tracks, cost)
+    low = goal - int(TOLERANCE * goal) if low is None else low
+    for j, t in enumerate(tracks):  # fixed counts (an override's own sparsity) first
+        if len(t.stops) == 1 and t.stops[0] > 0:
+            t.stops = [0, t.stops[0]]
+            w.refresh(j)
+            w.take(j)
+            t.stops, t.step = t.stops[1:], 0
+    for j in range(len(tracks)):
+        w.refresh(j)
+    while w.total > goal:
+        valid = w.saves > 0
+        if not valid.any():
+            break
+        j = int(np.argmin(np.where(valid, w.prio, np.inf)))
+        last = False
+        if w.total - w.saves[j] < low:  # this step would overshoot the band: the best one that stays in it
+            fits = valid & (w.total - w.saves >= low)
+            if fits.any():
+                j = int(np.argmin(np.where(fits, w.prio, np.inf)))
+            else:  # every step overshoots: the smallest, and stop
+                j = int(np.argmin(np.where(valid, w.saves, np.iinfo(np.int64).max)))
+                last = True
+        w.take(j)
+        if last:
+            break
+    if w.total < low:  # coarse steps (--round-to, a tiny model) jumped over the band
+        _swap_into_band(w, low, goal)
+    return w.total
+
+
+def _swap_into_band(w: _Walk, low: int, goal: int) -> None:
+    """Give one set back its last step and let another take its next step instead, when that lands in
+    [low, goal]; the pair landing highest is tried first. The second step's saving is exact only once
+    the first is undone (neighbours interact), so a pair that then misses is undone and set aside."""
+    n = len(w.tracks)
+    tried: set[tuple[int, int]] = set()
+    for _ in range(4 * n):
+        back = np.full(n, -1, dtype=np.int64)
+        for a in range(n):
+            found = w.last_step(a) if len(w.tracks[a].stops) > 1 else None
+            if found is not None:
+                back[a] = found[1]
+        landing = w.total + back[:, None] - w.saves[None, :]
+        ok = (back[:, None] >= 0) & (w.saves[None, :] > 0) & (landing >= low) & (landing <= goal)
+        np.fill_diagonal(ok, False)
+        for a, b in tried:
+            ok[a, b] = False
+        if not ok.any():
+            return
+        a, b = (int(i) for i in np.unravel_index(int(np.argmax(np.where(ok, landing, -1))), ok.shape))
+        tried.add((a, b))
+        w.give_back(a)
+        if low <= w.total - w.saves[b] <= goal:
+            w.take(b)
+            return
+        w.take(a)  # the pair interacts and misses: back to where it was
+
+
+def allocate(
+    sets, config: PruneConfig, cost: costs.ChannelCosts, goal: int, what: str, low: int | None = None
+) -> Allocation:
+    """The channel counts per set that bring `cost` to at most `goal` (see the module docstring).
+    `what` names the target in messages ("params=0.3"). Raises a one-line ConfigError when the floors
+    keep the model above the goal, naming the least cost they allow."""
+    tracks = _tracks(sets, config, cost, config.round_to)
+    lowest = _lowest(tracks, cost)
+    if lowest > goal:
+        raise ConfigError(
+            f"--target {what} cannot be met: the layers never pruned and the --min-keep floors"
+            f"{' (with --round-to)' if config.round_to else ''} keep at least {lowest / cost.dense:.4f} of the"
+            f" dense model's {_unit(cost.kind)} ({lowest:,} of {cost.dense:,})"
+        )
+    reached = walk(tracks, cost, goal, low)
+    counts = {t.key: (t.removed, False) for t in tracks}
+    notes = [f"--target: {t.label} not pruned: {t.why_whole}" for t in tracks if t.why_whole]
+    return Allocation(counts, reached, cost.dense, goal, lowest, tracks, notes)
+
+
+def _unit(kind: str) -> str:
+    return "parameters" if kind == "params" else "multiply-adds per example"
+
+
+def select(
+    targets,
+    scores: dict,
+    level: str,
+    config: PruneConfig,
+    model,
+    cost: costs.ChannelCosts,
+    goal: int,
+    what: str,
+    low: int | None = None,
+) -> tuple[MaskSet, Allocation]:
+    """Masks for `targets` that meet the budget: the allocation, then `policy.build_masks` with its
+    counts (the one selection path), each target's `requested` set to the share of units it loses."""
+    active = [t for t in targets if not config.rule_for(t.layer_name).skip]
+    sets = policy.score_sets(active, scores, level, config, model, [])
+    found = allocate(sets, config, cost, goal, what, low)
+    masks = policy.build_masks(targets, scores, level, config, model=model, counts=found.counts)
+    masks.notes.extend(found.notes)
+    for t in targets:
+        kept = kept_units(t, masks.masks[t.name])
+        masks.requested[t.name] = 1.0 - kept / t.units if t.units else 0.0
+    return masks, found
+
+
+def kept_units(target, mask) -> int:
+    """Units (along the target's unit axis) with any weight kept."""
+    moved = np.moveaxis(np.asarray(mask, dtype=bool), target.unit_axis, -1)
+    return int(np.count_nonzero(moved.reshape(-1, moved.shape[-1]).any(axis=0)))

@@ -1,0 +1,518 @@
+"""KerasHub decoder blocks (Llama, Mistral, Qwen): their grouped-query heads and SwiGLU units, rebuilt smaller.
+
+One block is `x + attn(norm(x))`, then `x + down(silu(gate(norm(x))) * up(norm(x)))`, all inside one
+Keras layer (LlamaTransformerDecoder...), so the functional graph sees one node per block and the
+channel graph cannot slice what is inside. This module reads the block (through keras_graph, the one
+adapter for private attributes) and rebuilds it with fewer heads and fewer feed-forward units:
+
+- Heads. Grouped-query attention shares key/value head k between the query heads k*G ... k*G+G-1
+  (KerasHub repeats each key/value head G times). Removing whole groups keeps that mapping, so the
+  block is rebuilt with num_query_heads = G * kept groups and num_key_value_heads = kept groups, the
+  kept slices of q/k/v (and Qwen's q/k/v biases) and of the output projection, in order.
+- Head size. Llama's and Qwen's attention compute head_dim = hidden_dim // num_query_heads when they
+  build, which a block with fewer heads would change. The rebuilt block is a registered subclass
+  (PrunedLlamaTransformerDecoder, PrunedQwenTransformerDecoder) whose config carries `head_dim`; its
+  attention is the family's own class with the projections rebuilt at that size (so `call`, RoPE,
+  masks and the decoding cache stay KerasHub's). Mistral's attention takes `head_dim` already.
+- SwiGLU units. Unit j is gate column j, up column j and down row j: its contribution to the output is
+  silu(x.gate_j) * (x.up_j) * down_j, exactly zero when any of the three slices is zero (silu(0) = 0),
+  so masking a unit in any of them and deleting it compute the same function.
+
+Every decoder block of a rebuilt model becomes a Pruned* block, changed or not: KerasHub 0.32's
+LlamaTransformerDecoder.get_config reads an attribute it never sets (rope_scaling_factor) and Qwen's
+leaves out its sliding-window settings, so a plain functional model holding them could not be saved;
+the Pruned* classes write their config from their constructor's own arguments.
+
+A backbone comes back as a plain functional model. A causal LM (LlamaCausalLM... around its backbone)
+comes back as one, so `generate()` keeps working: PrunedLlamaCausalLM... around a
+PrunedDecoderBackbone, which takes its layers as they are (blocks may differ in heads and units, as
+a global selection leaves them). KerasHub's task sizes its key/value cache from the backbone's
+num_key_value_heads and hidden_dim // num_query_heads, one for all blocks; the Pruned* task sizes it
+for the widest block at the kept head size and hands each block the heads it has.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from prunecli.errors import InputError
+from prunecli.structure import keras_graph
+
+# KerasHub decoder blocks with grouped-query attention and a SwiGLU feed-forward network, by class name
+# (the module keras_hub defines each in)
+FAMILIES = {
+    "LlamaTransformerDecoder": "keras_hub.src.models.llama.llama_decoder",
+    "MistralTransformerDecoder": "keras_hub.src.models.mistral.mistral_transformer_decoder",
+    "QwenTransformerDecoder": "keras_hub.src.models.qwen.qwen_decoder",
+}
+# KerasHub causal LMs around such a backbone: token_embedding, transformer_layers, layer_norm, one cache
+CAUSAL_LMS = ("LlamaCausalLM", "MistralCausalLM", "QwenCausalLM")
+# how a saved model names prunecli's classes
+CLASS_NAMES = tuple(f"Pruned{name}" for name in (*FAMILIES, *CAUSAL_LMS)) + ("PrunedDecoderBackbone",)
+
+_CLASSES: dict[str, Any] = {}  # family or task name -> prunecli's registered subclass; "backbone"
+_ATTENTION: dict[type, type] = {}  # KerasHub attention class -> its subclass with a fixed head size
+
+
+def family(layer) -> str | None:
+    """The KerasHub decoder class this layer is (or subclasses), or None."""
+    for cls in type(layer).__mro__:
+        if cls.__name__ in FAMILIES:
+            return cls.__name__
+    return None
+
+
+def _family_class(layer):
+    return next(cls for cls in type(layer).__mro__ if cls.__name__ in FAMILIES)
+
+
+def is_decoder(layer) -> bool:
+    return family(layer) is not None
+
+
+def _own_blocks(model) -> list:
+    return [layer for layer in keras_graph.children(model) if is_decoder(layer)]
+
+
+def host(model):
+    """The functional model whose graph calls the decoder blocks: the model itself (a backbone), or the
+    backbone a KerasHub task (LlamaCausalLM...) holds; None without decoder blocks."""
+    if _own_blocks(model):
+        return model
+    inner = getattr(model, "backbone", None)
+    return inner if inner is not None and _own_blocks(inner) else None
+
+
+def blocks(model) -> list:
+    """The decoder blocks of the model (or of the backbone its task holds), in the graph's order."""
+    found = host(model)
+    return [] if found is None else _own_blocks(found)
+
+
+def attention(block):
+    return keras_graph.hub_self_attention(block)
+
+
+def shrink_blocker(block) -> str | None:
+    """Why a decoder block cannot be rebuilt smaller, or None when it can."""
+    if not register():
+        return "keras-hub's decoder classes could not be imported"
+    if family(block) not in _CLASSES:
+        return f"{family(block)} is not defined by this keras-hub"
+    if keras_graph.hub_swiglu(block) is None or attention(block) is None:
+        return f"{type(block).__name__} {block.name!r} is not laid out as KerasHub's decoders are"
+    if getattr(getattr(block, "dtype_policy", None), "quantization_mode", None) is not None:
+        return f"{block.name!r} is quantized by Keras (per-unit scales are not sliced)"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Feed-forward units
+
+
+@dataclass
+class Ffn:
+    """The SwiGLU feed-forward network of one decoder block: unit j is gate[:, j], up[:, j], down[j, :]."""
+
+    path: str  # the block's name (in a causal LM: "backbone name/block name", as targets name it)
+    block: Any
+    gate: Any  # Dense layers
+    up: Any
+    down: Any
+
+    @property
+    def units(self) -> int:
+        return int(self.gate.kernel.shape[-1])
+
+    def slices(self) -> list[tuple[Any, int]]:
+        """(kernel, unit axis) of the three projections."""
+        return [(self.gate.kernel, 1), (self.up.kernel, 1), (self.down.kernel, 0)]
+
+
+def ffns(model) -> list[Ffn]:
+    """The SwiGLU networks of the model's decoder blocks, in order."""
+    inner = host(model)
+    prefix = "" if inner is None or inner is model else f"{inner.name}/"
+    found = []
+    for block in blocks(model):
+        parts = keras_graph.hub_swiglu(block)
+        if parts is not None:
+            found.append(Ffn(prefix + block.name, block, *parts))
+    return found
+
+
+def ffn_kernel_ids(model) -> set[int]:
+    """id() of every gate/up/down kernel of the model's decoder blocks (the targets of -g neuron)."""
+    return {id(var) for f in ffns(model) for var, _axis in f.slices()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# prunecli's block classes
+
+
+class _FixedHeadDim:
+    """Mixed into a KerasHub attention class: build it as the family does, then rebuild the four
+    projections at `head_dim` (the family derives hidden_dim // num_query_heads) and rescale scores."""
+
+    def __init__(self, *args, head_dim, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fixed_head_dim = int(head_dim)
+
+    def build(self, inputs_shape):
+        super().build(inputs_shape)
+        hd, heads = self.fixed_head_dim, int(self.num_query_heads)
+        self._query_dense = self._resized(self._query_dense, inputs_shape, hd)
+        self._key_dense = self._resized(self._key_dense, inputs_shape, hd)
+        self._value_dense = self._resized(self._value_dense, inputs_shape, hd)
+        self._output_dense = self._resized(self._output_dense, (None, None, heads, hd), None)
+        self._inv_norm_factor = 1.0 / math.sqrt(hd)
+
+    def _resized(self, old, input_shape, head_dim):
+        """An EinsumDense like `old` (same equation, name, bias axes), built for `input_shape`, with its
+        last output axis `head_dim` (None: the output shape as it was)."""
+        import keras
+
+        config = old.get_config()
+        if head_dim is not None:
+            config["output_shape"] = (*tuple(config["output_shape"])[:-1], head_dim)
+        new = keras.layers.EinsumDense.from_config(config)
+        new.build(input_shape)
+        self._tracker.untrack(old)
+        return new
+
+
+def _with_head_dim(cls):
+    if cls not in _ATTENTION:
+        _ATTENTION[cls] = type(f"{cls.__name__}WithHeadDim", (_FixedHeadDim, cls), {"__doc__": _FixedHeadDim.__doc__})
+    return _ATTENTION[cls]
+
+
+def _own_arguments(cls, obj, skip=()) -> dict[str, Any]:
+    """The constructor arguments of `cls` that `obj` holds as attributes of the same name."""
+    out = {}
+    for name, p in inspect.signature(cls.__init__).parameters.items():
+        if name == "self" or name in skip or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if hasattr(obj, name):
+            out[name] = getattr(obj, name)
+    return out
+
+
+def block_config(block) -> dict[str, Any]:
+    """A decoder block's config from its constructor's arguments (KerasHub's own get_config of these
+    blocks is broken or incomplete, see the module docstring), plus `head_dim` on prunecli's blocks."""
+    import keras
+
+    config = keras.layers.Layer.get_config(block)  # name, trainable, dtype
+    values = _own_arguments(_family_class(block), block)
+    if getattr(block, "head_dim", None) is not None:
+        values["head_dim"] = block.head_dim
+    for name, value in values.items():
+        if isinstance(value, keras.initializers.Initializer):
+            value = keras.initializers.serialize(value)
+        elif callable(value):
+            value = keras.activations.serialize(value)
+        config[name] = value
+    return config
+
+
+class _PrunedDecoder:
+    """Mixed into a KerasHub decoder class: the block with `head_dim` in its config. Families whose
+    attention derives the head size (_native_head_dim False) get their attention rebuilt at it."""
+
+    _native_head_dim = False
+
+    def __init__(self, *args, head_dim=None, **kwargs):
+        if self._native_head_dim:
+            super().__init__(*args, head_dim=head_dim, **kwargs)
+        else:
+            super().__init__(*args, **kwargs)
+            self.head_dim = None if head_dim is None else int(head_dim)
+
+    def build(self, decoder_sequence_shape):
+        super().build(decoder_sequence_shape)
+        hidden = int(decoder_sequence_shape[-1])
+        if self._native_head_dim or self.head_dim is None or hidden // int(self.num_query_heads) == self.head_dim:
+            return
+        old = self._self_attention_layer  # built at the derived head size: replaced
+        cls = type(old)
+        arguments = _own_arguments(cls, self, skip=("dtype", "name", "head_dim"))
+        new = _with_head_dim(cls)(head_dim=self.head_dim, dtype=self.dtype_policy, name=old.name, **arguments)
+        new.build(decoder_sequence_shape)
+        self._tracker.untrack(old)
+        del self._self_attention_layer
+        self._self_attention_layer = new
+
+    def get_config(self):
+        return block_config(self)
+
+
+class _PrunedCausalLM:
+    """Mixed into a KerasHub causal LM: the key/value cache sized for the widest block (the backbone's
+    num_key_value_heads) at the backbone's head_dim, each block handed its own heads' slice of it."""
+
+    def _build_cache(self, token_ids):
+        from keras import ops
+
+        b = self.backbone
+        shape = [ops.shape(token_ids)[0], b.num_layers, 2, ops.shape(token_ids)[1], b.num_key_value_heads, b.head_dim]
+        cache = ops.zeros(shape, dtype=self.compute_dtype)
+        _, hidden_states, cache = self.call_with_cache(token_ids, cache, 0)
+        return hidden_states, cache
+
+    def call_with_cache(self, token_ids, cache, cache_update_index):
+        from keras import ops
+
+        b = self.backbone
+        x = b.token_embedding(token_ids)
+        updated = []
+        for i, block in enumerate(b.transformer_layers):
+            kv = int(block.num_key_value_heads)
+            x, next_cache = block(
+                x, self_attention_cache=cache[:, i, :, :, :kv, :], self_attention_cache_update_index=cache_update_index
+            )
+            if kv < b.num_key_value_heads:
+                next_cache = ops.pad(next_cache, [[0, 0], [0, 0], [0, 0], [0, b.num_key_value_heads - kv], [0, 0]])
+            updated.append(next_cache)
+        cache = ops.stack(updated, axis=1)
+        hidden_states = x = b.layer_norm(x)
+        return b.token_embedding(x, reverse=True), hidden_states, cache
+
+
+def _backbone_class():
+    """PrunedDecoderBackbone: a KerasHub Backbone made of the layers it is given (see the module docstring)."""
+    import keras
+    from keras_hub.models import Backbone
+
+    class PrunedDecoderBackbone(Backbone):
+        """token_embedding -> transformer_layers (each with the padding mask) -> layer_norm, as
+        LlamaBackbone, MistralBackbone and QwenBackbone wire them, from layers (or their configs): blocks
+        may differ in heads and feed-forward units. Its attributes are what KerasHub's causal LMs read."""
+
+        def __init__(self, token_embedding, transformer_layers, layer_norm, dtype=None, **kwargs):
+            def layer(value):
+                return keras.layers.deserialize(value) if isinstance(value, dict) else value
+
+            self.token_embedding = layer(token_embedding)
+            self.transformer_layers = [layer(v) for v in transformer_layers]
+            self.layer_norm = layer(layer_norm)
+            token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+            padding_mask = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
+            x = self.token_embedding(token_ids)
+            for block in self.transformer_layers:
+                x = block(x, decoder_padding_mask=padding_mask)
+            outputs = self.layer_norm(x)
+            super().__init__(
+                inputs={"token_ids": token_ids, "padding_mask": padding_mask}, outputs=outputs, dtype=dtype, **kwargs
+            )
+            self.vocabulary_size = int(self.token_embedding.input_dim)
+            self.hidden_dim = int(self.token_embedding.output_dim)
+            self.num_layers = len(self.transformer_layers)
+            self.num_query_heads = max(int(b.num_query_heads) for b in self.transformer_layers)
+            self.num_key_value_heads = max(int(b.num_key_value_heads) for b in self.transformer_layers)
+            sizes = {head_size(b) for b in self.transformer_layers}
+            if len(sizes) != 1:
+                raise ValueError(f"decoder blocks with different head sizes {sorted(sizes)}")
+            self.head_dim = sizes.pop()
+
+        def get_config(self):
+            return {
+                **super().get_config(),
+                "token_embedding": keras.layers.serialize(self.token_embedding),
+                "transformer_layers": [keras.layers.serialize(b) for b in self.transformer_layers],
+                "layer_norm": keras.layers.serialize(self.layer_norm),
+            }
+
+    PrunedDecoderBackbone.__module__ = __name__
+    return keras.saving.register_keras_serializable(package="prunecli")(PrunedDecoderBackbone)
+
+
+def register() -> dict[str, Any]:
+    """Define and register (once) prunecli's decoder classes for the families this keras-hub has:
+    blocks by family name, "backbone", and causal LMs by task name; {} without keras-hub. Loading a
+    model prunecli shrank needs them (transformer.register_for_file)."""
+    if _CLASSES:
+        return _CLASSES
+    try:
+        import keras_hub
+    except ImportError:
+        return {}
+    import importlib
+
+    import keras
+
+    _CLASSES["backbone"] = _backbone_class()
+    for name in CAUSAL_LMS:
+        base = getattr(keras_hub.models, name, None)
+        if base is None:
+            continue
+        cls = type(
+            f"Pruned{name}",
+            (_PrunedCausalLM, base),
+            {"__doc__": f"keras_hub's {name} around a PrunedDecoderBackbone.", "__module__": __name__},
+        )
+        _CLASSES[name] = keras.saving.register_keras_serializable(package="prunecli", name=f"Pruned{name}")(cls)
+
+    for name, module in FAMILIES.items():
+        try:
+            base = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        native = "head_dim" in inspect.signature(base.__init__).parameters
+        cls = type(
+            f"Pruned{name}",
+            (_PrunedDecoder, base),
+            {
+                "__doc__": f"keras_hub's {name} with `head_dim` in its config, rebuilt by prunecli with fewer "
+                "heads or feed-forward units.",
+                "_native_head_dim": native,
+                "__module__": __name__,
+            },
+        )
+        _CLASSES[name] = keras.saving.register_keras_serializable(package="prunecli", name=f"Pruned{name}")(cls)
+    return _CLASSES
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rebuilding
+
+
+def head_size(block) -> int:
+    """The block's attention head size (its query kernel's last axis)."""
+    return int(keras_graph.attention_projections(attention(block))[0][0].kernel.shape[-1])
+
+
+def smaller(block, q_heads=None, kv_heads=None, units=None):
+    """(prunecli's block with only these query heads, key/value heads and SwiGLU units, in this order;
+    its weights by variable path, assigned once the rebuilt graph has built it). None keeps them all.
+
+    `q_heads` must be the query heads of `kv_heads`, group by group: key/value head k serves the G
+    query heads k*G ... k*G+G-1, and the rebuilt block repeats its new head i for its new heads
+    i*G ... i*G+G-1."""
+    import numpy as np
+
+    classes = register()
+    blocker = shrink_blocker(block)
+    if blocker:
+        raise InputError(f"decoder block {block.name!r} cannot be rebuilt: {blocker}")
+    attn = attention(block)
+    heads, kv = keras_graph.grouped_head_counts(attn)
+    group = heads // kv
+    kv_heads = list(range(kv)) if kv_heads is None else [int(k) for k in kv_heads]
+    q_heads = [k * group + g for k in kv_heads for g in range(group)] if q_heads is None else list(q_heads)
+    if [int(h) for h in q_heads] != [k * group + g for k in kv_heads for g in range(group)]:
+        raise ValueError(f"{block.name}: query heads {q_heads} are not the groups of key/value heads {kv_heads}")
+    gate, up, down = keras_graph.hub_swiglu(block)
+    units = list(range(int(gate.kernel.shape[-1]))) if units is None else [int(u) for u in units]
+    cut: dict[int, tuple[int, list[int]]] = {}
+    for sub, role, k_axis, b_axis in keras_graph.attention_projections(attn):
+        keep = q_heads if role == "q" else kv_heads
+        cut[id(sub.kernel)] = (k_axis, keep)
+        bias = getattr(sub, "bias", None)
+        if bias is not None and b_axis is not None:
+            cut[id(bias)] = (b_axis, keep)
+    for dense, axis in ((gate, 1), (up, 1), (down, 0)):
+        cut[id(dense.kernel)] = (axis, units)
+    for dense in (gate, up):  # a SwiGLU with biases: theirs follow the unit
+        if getattr(dense, "bias", None) is not None:
+            cut[id(dense.bias)] = (0, units)
+    config = block_config(block)
+    config.update(
+        num_query_heads=len(q_heads),
+        num_key_value_heads=len(kv_heads),
+        head_dim=head_size(block),
+        intermediate_dim=len(units),
+    )
+    new = classes[family(block)].from_config(config)
+    values = {}
+    for v in block.weights:
+        arr = np.asarray(v)
+        if id(v) in cut:
+            axis, keep = cut[id(v)]
+            arr = np.take(arr, keep, axis=axis)
+        values[str(v.path)] = arr
+    return new, values
+
+
+def swaps_for(model, heads: dict | None = None, units: dict | None = None, skip=()) -> list[tuple]:
+    """[(block, smaller block, its weights)] for every decoder block of the model but those whose id()
+    is in `skip`: the kept query and key/value heads `heads[id(block)] = (q_heads, kv_heads)` and SwiGLU
+    units `units[id(block)]`; a block named in neither is rebuilt whole (so the model saves, see the
+    module docstring)."""
+    heads, units = heads or {}, units or {}
+    out = []
+    for block in blocks(model):
+        if id(block) in skip:
+            continue
+        q, kv = heads.get(id(block), (None, None))
+        new, values = smaller(block, q, kv, units.get(id(block)))
+        out.append((block, new, values))
+    return out
+
+
+def rebuild_with(model, swaps: list[tuple], **changes):
+    """A new functional model with each (old layer, new layer, weights by path) swapped in, its weights
+    assigned, detached from `model` (layers of its own, so it saves and trains like a fresh one).
+    `changes`: rebuild.rebuild's skip/bypass/alias (a swapped layer whose call is skipped is left out)."""
+    from prunecli.structure import rebuild as graph_rebuild
+
+    inner = host(model)
+    if inner is not None and inner is not model:
+        if changes:
+            raise InputError(
+                f"{type(model).__name__}: layers inside its backbone cannot be removed; prune the backbone"
+            )
+        return _rebuilt_task(model, inner, swaps)
+    rebuilt = graph_rebuild.rebuild(model, replace={id(old): new for old, new, _values in swaps}, **changes)
+    present = {id(layer) for layer in keras_graph.children(rebuilt)}
+    _fill([(new, values) for _old, new, values in swaps if id(new) in present])
+    return graph_rebuild.detach(rebuilt)
+
+
+def _fill(built: list[tuple]) -> None:
+    """Assign each built layer its weights by variable path."""
+    for new, values in built:
+        paths = [str(w.path) for w in new.weights]
+        if sorted(paths) != sorted(values):
+            raise InputError(f"rebuilt layer {new.name!r} has an unexpected set of weights")
+        new.set_weights([values[p] for p in paths])
+
+
+def _task_class(model):
+    """prunecli's class for this KerasHub causal LM (itself when it is one already), or None."""
+    classes = register()
+    for cls in type(model).__mro__:
+        if cls.__name__ in CAUSAL_LMS:
+            return classes.get(cls.__name__)
+    return None
+
+
+def _rebuilt_task(model, backbone, swaps: list[tuple]):
+    """The causal LM `model` around a PrunedDecoderBackbone of the swapped blocks, with fresh copies of
+    the backbone's embedding and final norm (weights copied), and the task's preprocessor."""
+    task_cls = _task_class(model)
+    missing = [a for a in ("token_embedding", "layer_norm") if getattr(backbone, a, None) is None]
+    if task_cls is None or missing:
+        raise InputError(
+            f"{type(model).__name__} around {type(backbone).__name__} is not rebuilt by prunecli "
+            f"(causal LMs: {', '.join(CAUSAL_LMS)}); prune its backbone"
+        )
+    by_old = {id(old): (new, values) for old, new, values in swaps}
+    order = blocks(model)
+    if any(id(b) not in by_old for b in order):
+        raise InputError(f"{type(model).__name__}: every decoder block must be rebuilt at once")
+    copies = [type(lay).from_config(lay.get_config()) for lay in (backbone.token_embedding, backbone.layer_norm)]
+    new_backbone = register()["backbone"](
+        token_embedding=copies[0],
+        transformer_layers=[by_old[id(b)][0] for b in order],
+        layer_norm=copies[1],
+        dtype=backbone.dtype_policy,
+        name=backbone.name,
+    )
+    for copy, old in zip(copies, (backbone.token_embedding, backbone.layer_norm), strict=True):
+        copy.set_weights(old.get_weights())
+    _fill([by_old[id(b)] for b in order])
+    return task_cls(backbone=new_backbone, preprocessor=getattr(model, "preprocessor", None), name=model.name)

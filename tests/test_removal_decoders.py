@@ -1,0 +1,281 @@
+"""KerasHub decoders (Llama, Mistral, Qwen): key/value groups and SwiGLU units deleted for real.
+
+Tiny configs built with keras_hub (no download): each shrunk model is checked against the masked model
+it came from, after a save/load round trip too, and its parameter count against the slices removed.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+kh = pytest.importorskip("keras_hub")
+
+from prunecli.config import build_config  # noqa: E402
+from prunecli.removal import ffn, heads  # noqa: E402
+from prunecli.structure import decoders, keras_graph, transformer  # noqa: E402
+from prunecli.structure import targets as targets_mod  # noqa: E402
+
+D, HQ, HKV, FF, VOCAB = 16, 4, 2, 32, 50
+HD = D // HQ  # the head size every rebuilt block must keep
+SIZES = dict(vocabulary_size=VOCAB, num_query_heads=HQ, num_key_value_heads=HKV, hidden_dim=D, intermediate_dim=FF)
+FAMILIES = {
+    "llama": lambda layers: kh.models.LlamaBackbone(num_layers=layers, **SIZES),
+    "mistral": lambda layers: kh.models.MistralBackbone(num_layers=layers, sliding_window=8, **SIZES),
+    "qwen": lambda layers: kh.models.QwenBackbone(num_layers=layers, **SIZES),
+}
+
+
+def backbone(family: str = "llama", layers: int = 2, seed: int = 0):
+    keras.utils.set_random_seed(seed)
+    model = FAMILIES[family](layers)
+    rng = np.random.default_rng(seed + 1)
+    for w in model.weights:  # distinct scales, and Qwen's q/k/v biases non-zero (they follow their head)
+        w.assign((np.asarray(w) * rng.uniform(0.5, 2.0) + (0.05 * rng.standard_normal(w.shape))).astype("float32"))
+    return model
+
+
+def inputs(n: int = 3, seq: int = 10, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    mask = np.ones((n, seq), "int32")
+    mask[0, -3:] = 0  # padding is masked as KerasHub masks it
+    return {"token_ids": rng.integers(1, VOCAB, size=(n, seq)).astype("int32"), "padding_mask": mask}
+
+
+def _config(granularity: str, **kw):
+    return build_config({"model_path": "m.keras", "granularity": granularity, **kw}, environ={})
+
+
+def _reloaded(model, tmp_path, name="small.keras"):
+    path = tmp_path / name
+    model.save(path)
+    assert transformer.register_for_file(path)
+    return keras.saving.load_model(path)
+
+
+def _close(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max(), np.abs(a - b).max()
+
+
+def _attention_shapes(block):
+    q, k, v, o = (sub.kernel.shape for sub, *_ in keras_graph.attention_projections(decoders.attention(block)))
+    return tuple(q), tuple(k), tuple(v), tuple(o)
+
+
+def test_gqa_groups_and_their_query_heads_are_deleted(tmp_path):
+    model = backbone()
+    x = inputs()
+    small, masks, section, notes = heads.run_heads(
+        model, targets_mod.select(model), _config("head", sparsity=0.5, shrink=True)
+    )
+    assert not notes and small is not model
+    masked = np.asarray(model(x))  # run_heads masked the input model in place
+    for row in section["layers"]:
+        g = row["removed_heads"][0] // 2  # one whole group of 2 query heads per block
+        assert row["removed_heads"] == [2 * g, 2 * g + 1] and row["deleted"]
+    for i in range(2):
+        block = small.get_layer(f"transformer_layer_{i}")
+        assert type(block).__name__ == "PrunedLlamaTransformerDecoder"
+        assert (block.num_query_heads, block.num_key_value_heads, block.head_dim) == (2, 1, HD)
+        assert _attention_shapes(block) == ((D, 2, HD), (D, 1, HD), (D, 1, HD), (2, HD, D))
+    per_block = D * 2 * HD + 2 * D * HD + 2 * HD * D  # q, k, v and output slices of one group
+    assert model.count_params() - small.count_params() == 2 * per_block
+    assert section["params_before"] - section["params_after"] == 2 * per_block
+    _close(small(x), masked)
+    assert section["verification"]["max_rel_diff"] <= 1e-4
+    assert all(m.all() for m in masks.values())
+    _close(_reloaded(small, tmp_path)(x), masked)
+    assert [v["heads"] for v in heads.heads_per_layer(small).values()] == [2, 2]
+
+
+def test_swiglu_units_go_from_gate_up_and_down_together(tmp_path):
+    model = backbone()
+    x = inputs()
+    tg, _notes = transformer.ffn_only(model, targets_mod.select(model))
+    assert sorted({t.layer_name.split("/")[-1] for t in tg}) == [
+        "feedforward_gate_dense",
+        "feedforward_intermediate_dense",
+        "feedforward_output_dense",
+    ]
+    same, masks, section, _ = ffn.run_ffn(model, tg, _config("neuron", sparsity=0.5))
+    assert same is model and section["units_removed"] == 2 * FF // 2
+    gone = section["layers"][0]["removed_units"]
+    block = model.get_layer("transformer_layer_0")
+    gate, up, down = keras_graph.hub_swiglu(block)
+    assert not np.asarray(gate.kernel)[:, gone].any() and not np.asarray(up.kernel)[:, gone].any()
+    assert not np.asarray(down.kernel)[gone].any()
+    assert not masks["transformer_layer_0/feedforward_output_dense/kernel"][gone].any()
+    masked = np.asarray(model(x))
+
+    model2 = backbone()
+    tg2, _ = transformer.ffn_only(model2, targets_mod.select(model2))
+    small, masks2, section2, _ = ffn.run_ffn(model2, tg2, _config("neuron", sparsity=0.5, shrink=True))
+    block = small.get_layer("transformer_layer_0")
+    assert type(block).__name__ == "PrunedLlamaTransformerDecoder" and block.intermediate_dim == FF // 2
+    assert [tuple(d.kernel.shape) for d in keras_graph.hub_swiglu(block)] == [(D, 16), (D, 16), (16, D)]
+    assert model2.count_params() - small.count_params() == 2 * (FF // 2) * 3 * D
+    _close(small(x), masked)  # the same units went: scores are deterministic
+    assert section2["verification"]["max_rel_diff"] <= 1e-4 and all(m.all() for m in masks2.values())
+    assert {t.name for t in targets_mod.carry_over(tg2, small)} == set(masks2)
+    _close(_reloaded(small, tmp_path)(x), masked)
+
+
+def test_a_unit_is_scored_by_all_three_projections():
+    """A unit small in one projection only is removed first: it adds silu(x.g) (x.u) d, a product."""
+    for which in range(3):
+        model = backbone(layers=1)
+        f = ffn.find(model)[0]
+        var, axis = f.slices()[which]
+        arr = np.asarray(var)
+        index = [slice(None)] * 2
+        index[axis] = 5
+        arr[tuple(index)] *= 1e-3
+        var.assign(arr)
+        tg, _ = transformer.ffn_only(model, targets_mod.select(model))
+        _, _, section, _ = ffn.run_ffn(model, tg, _config("neuron", sparsity=1 / FF))
+        assert section["layers"][0]["removed_units"] == [5], which
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen"])
+def test_other_families_lose_groups_and_units_for_real(family, tmp_path):
+    model = backbone(family, layers=1)
+    x = inputs()
+    assert [(hl.num_heads, hl.num_kv_heads, hl.shrink_blocker) for hl in heads.find(model)] == [(HQ, HKV, None)]
+    small, _, section, notes = heads.run_heads(
+        model, targets_mod.select(model), _config("head", remove_heads=2, shrink=True)
+    )
+    assert not notes and section["heads_removed"] == 2
+    tg, _ = transformer.ffn_only(small, targets_mod.select(small))
+    smaller, _, _, _ = ffn.run_ffn(small, tg, _config("neuron", sparsity=0.25, shrink=True))
+    masked = np.asarray(small(x))  # heads and units masked in `model`/`small`, deleted in `smaller`
+    block = smaller.get_layer("transformer_layer_0")
+    assert (block.num_query_heads, block.num_key_value_heads, block.intermediate_dim) == (2, 1, 24)
+    assert _attention_shapes(block)[0] == (D, 2, HD)
+    _close(smaller(x), masked)
+    _close(_reloaded(smaller, tmp_path)(x), masked)
+
+
+def test_global_scope_gives_blocks_different_widths():
+    model = backbone(layers=2)
+    f1 = ffn.find(model)[1]
+    for var, _axis in f1.slices():  # block 1's units all weaker than block 0's
+        var.assign(np.asarray(var) * 1e-2)
+    x = inputs()
+    tg, _ = transformer.ffn_only(model, targets_mod.select(model))
+    small, _, section, _ = ffn.run_ffn(
+        model, tg, _config("neuron", sparsity=0.5, scope="global", normalize="none", shrink=True)
+    )
+    widths = [small.get_layer(f"transformer_layer_{i}").intermediate_dim for i in range(2)]
+    assert sum(widths) == FF and widths[1] < widths[0], widths
+    _close(small(x), model(x))
+
+
+def test_neuron_on_decoders_is_a_structural_step():
+    from prunecli import removal
+
+    llama = backbone(layers=1)
+    assert removal.structural("neuron", llama) and removal.step_for("neuron", llama) is ffn.run
+    assert removal.structural("head", llama) and not removal.structural("element", llama)
+    plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    assert not removal.structural("neuron", plain) and not removal.structural("neuron")
+    with pytest.raises(Exception, match="scores with"):
+        tg, _ = transformer.ffn_only(llama, targets_mod.select(llama))
+        ffn.run_ffn(llama, tg, _config("neuron", sparsity=0.5, method="activation", data="d.npz"))
+
+
+def test_taylor_scores_read_the_data():
+    import tensorflow as tf
+
+    model = backbone(layers=1)
+    x = inputs(8)
+    y = np.asarray(model(x)) * 0  # regress towards zero: any non-trivial loss will do
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    tg, _ = transformer.ffn_only(model, targets_mod.select(model))
+    _, _, section, _ = ffn.run_ffn(
+        model,
+        tg,
+        _config("neuron", sparsity=0.25, method="taylor", data="d.npz"),
+        data=data,
+        loss_fn=keras.losses.MeanSquaredError(),
+    )
+    assert section["units_removed"] == 8
+
+
+@pytest.mark.parametrize("granularity", ["head", "neuron"])
+def test_cli_shrinks_a_saved_llama(cli, tmp_path, granularity):
+    model = backbone()
+    path = tmp_path / "llama.keras"
+    model.save(path)
+    out, report = tmp_path / "out.keras", tmp_path / "r.json"
+    res = cli("prune", path, "-g", granularity, "-s", "0.5", "--shrink", "-o", out, "-r", report, "-q")
+    assert res.exit_code == 0, res.output
+    transformer.register_for_file(out)
+    small = keras.saving.load_model(out)
+    written = json.loads(report.read_text())
+    section = written["heads" if granularity == "head" else "ffn"]
+    assert section["verification"]["max_rel_diff"] <= 1e-4
+    block = small.get_layer("transformer_layer_1")
+    if granularity == "head":
+        assert (block.num_query_heads, block.num_key_value_heads) == (2, 1)
+    else:
+        assert block.intermediate_dim == FF // 2
+    assert small.count_params() < model.count_params()
+    assert np.isfinite(np.asarray(small(inputs()))).all()
+
+
+def test_whole_decoder_blocks_are_layer_candidates(tmp_path):
+    from prunecli.removal import layers as layer_removal
+
+    model = backbone(layers=3)
+    x = inputs()
+    blocks = [c for c in layer_removal.analyse(model)[0] if c.kind == "block"]
+    assert [c.name for c in blocks] == [f"block:transformer_layer_{i}" for i in range(3)]
+    smaller = layer_removal.remove(model, [blocks[1]])
+    assert [b.name for b in decoders.blocks(smaller)] == ["transformer_layer_0", "transformer_layer_2"]
+    assert smaller.count_params() == model.count_params() - blocks[1].params
+    # block 1 skipped by hand: block 2 reads block 0's output
+    h = model.get_layer("token_embedding")(x["token_ids"])
+    for i in (0, 2):
+        h = model.get_layer(f"transformer_layer_{i}")(h, decoder_padding_mask=x["padding_mask"])
+    want = model.get_layer("sequence_output_layernorm")(h)
+    _close(smaller(x), want)
+    _close(_reloaded(smaller, tmp_path)(x), want)
+
+
+def _greedy(lm, prompt):
+    lm.compile(sampler="greedy")
+    return np.asarray(lm.generate(prompt, stop_token_ids=None)["token_ids"])
+
+
+def test_causal_lm_keeps_generating_after_groups_and_units_go(tmp_path):
+    """LlamaCausalLM around a backbone built from a config: after a global head selection (blocks keep
+    different key/value groups) and a unit shrink, it is still a LlamaCausalLM whose generate() gives
+    the masked model's tokens, before and after a save/load round trip."""
+    lm = kh.models.LlamaCausalLM(backbone=backbone(layers=2), preprocessor=None)
+    attn = decoders.attention(lm.backbone.get_layer("transformer_layer_1"))
+    for sub, *_ in keras_graph.attention_projections(attn):  # block 1's heads weaker: it loses a group
+        sub.kernel.assign(np.asarray(sub.kernel) * 0.1)
+    config = _config("head", sparsity=0.25, scope="global", normalize="none", shrink=True)
+    small, _, section, notes = heads.run_heads(lm, targets_mod.select(lm), config)
+    assert not notes and isinstance(small, kh.models.LlamaCausalLM) and type(small).__name__ == "PrunedLlamaCausalLM"
+    assert [int(b.num_key_value_heads) for b in small.backbone.transformer_layers] == [2, 1]
+    prompt = {"token_ids": np.zeros((2, 9), "int32"), "padding_mask": np.zeros((2, 9), bool)}
+    prompt["token_ids"][:, :3] = [[3, 4, 5], [7, 8, 9]]
+    prompt["padding_mask"][:, :3] = True
+    # KerasHub's own cache on the masked model, ours (one slice per block) on the smaller one
+    np.testing.assert_array_equal(_greedy(small, prompt), _greedy(lm, prompt))
+    tg, _ = transformer.ffn_only(small, targets_mod.select(small))
+    smaller, _, _, _ = ffn.run_ffn(small, tg, _config("neuron", sparsity=0.5, shrink=True))
+    assert [int(b.intermediate_dim) for b in smaller.backbone.transformer_layers] == [FF // 2] * 2
+    x = inputs()
+    _close(smaller(x), small(x))  # `small` is masked where `smaller` lost its units
+    want = _greedy(small, prompt)
+    assert (want[:, 3:] != 0).any()  # it generated something
+    np.testing.assert_array_equal(_greedy(smaller, prompt), want)
+    back = _reloaded(smaller, tmp_path, "lm.keras")
+    assert type(back).__name__ == "PrunedLlamaCausalLM"
+    np.testing.assert_array_equal(_greedy(back, prompt), want)

@@ -1,0 +1,235 @@
+"""--target: channels allocated across layers so the shrunk model fits a budget (selection/budget.py),
+costed exactly without rebuilding (structure/costs.py), and checked against a real --shrink.
+
+Each target kind is met within 2% under the request on an MLP, a BatchNorm CNN with 'same' padding, a
+residual CNN with Adds and a MobileNet-style depthwise block; the predicted cost is the shrunk model's
+own count_params() or flops.py's count, to the parameter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from prunecli import build_config, prune
+from prunecli.config.target import TOLERANCE, parse_target
+from prunecli.errors import ConfigError
+from prunecli.selection import budget
+from prunecli.structure import costs, flops
+
+
+def mlp():
+    import keras
+
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((40,))
+    x = keras.layers.Dense(96, activation="relu", name="d1")(inp)
+    x = keras.layers.Dense(64, activation="relu", name="d2")(x)
+    x = keras.layers.Dense(48, activation="relu", name="d3")(x)
+    return keras.Model(inp, keras.layers.Dense(5, activation="softmax", name="out")(x))
+
+
+def bn_cnn(width: int = 1):
+    import keras
+
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((16, 16, 3))
+    x = inp
+    for i, filters in enumerate((24 * width, 40 * width, 48 * width)):
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"c{i}")(x)
+        x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
+        x = keras.layers.ReLU(name=f"r{i}")(x)
+        if i < 2:
+            x = keras.layers.MaxPooling2D(name=f"p{i}")(x)
+    x = keras.layers.Flatten(name="flat")(x)
+    x = keras.layers.Dense(32 * width, activation="relu", name="fc")(x)
+    return keras.Model(inp, keras.layers.Dense(5, activation="softmax", name="out")(x))
+
+
+def residual_cnn():
+    import keras
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(32, 3, padding="same", name="stem")(inp)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.ReLU()(x)
+    for b in range(2):
+        y = keras.layers.Conv2D(48, 3, padding="same", name=f"b{b}_c1")(x)
+        y = keras.layers.BatchNormalization(name=f"b{b}_bn1")(y)
+        y = keras.layers.ReLU()(y)
+        y = keras.layers.Conv2D(32, 3, padding="same", name=f"b{b}_c2")(y)
+        y = keras.layers.BatchNormalization(name=f"b{b}_bn2")(y)
+        x = keras.layers.ReLU()(keras.layers.Add(name=f"b{b}_add")([x, y]))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inp, keras.layers.Dense(4, name="out")(x))
+
+
+def mobile_block():
+    import keras
+
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((12, 12, 8))
+    x = keras.layers.Conv2D(24, 1, name="stem")(inp)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU(6.0)(x)
+    y = keras.layers.Conv2D(96, 1, name="expand")(x)
+    y = keras.layers.BatchNormalization()(y)
+    y = keras.layers.ReLU(6.0)(y)
+    y = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(y)
+    y = keras.layers.BatchNormalization()(y)
+    y = keras.layers.ReLU(6.0)(y)
+    y = keras.layers.Conv2D(24, 1, name="project")(y)
+    y = keras.layers.BatchNormalization()(y)
+    x = keras.layers.Add()([x, y])
+    x = keras.layers.SeparableConv2D(40, 3, padding="same", name="sep")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inp, keras.layers.Dense(3, name="out")(x))
+
+
+BUILDERS = {"mlp": mlp, "bn_cnn": bn_cnn, "residual": residual_cnn, "mobile": mobile_block}
+
+
+@pytest.fixture(scope="session")
+def model_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("target_models")
+    out = {}
+    for name, build in BUILDERS.items():
+        model = build()
+        _trained_looking_batchnorm(model)
+        out[name] = folder / f"{name}.keras"
+        model.save(out[name])
+    return out
+
+
+def _trained_looking_batchnorm(model) -> None:
+    """Non-trivial BatchNorm statistics: a removed channel must still cost exactly what it did."""
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            n = layer.gamma.shape[0]
+            layer.gamma.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
+            layer.beta.assign(rng.normal(0, 0.2, n).astype("float32"))
+            layer.moving_mean.assign(rng.normal(0, 0.2, n).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, n).astype("float32"))
+
+
+def _run(path, tmp_path, **settings):
+    config = build_config(
+        {"model_path": str(path), "output": str(tmp_path / "out.keras"), "sizes": False, "quiet": True, **settings}
+    )
+    return prune(config)
+
+
+def _measured(model, kind: str) -> int:
+    return int(model.count_params()) if kind == "params" else int(flops.count(model)["total"])
+
+
+@pytest.mark.parametrize("kind", ["params", "flops"])
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_target_is_met_within_tolerance_and_predicted_exactly(model_files, tmp_path, name, kind):
+    import keras
+
+    fraction = 0.3 if kind == "params" else 0.5
+    result = _run(model_files[name], tmp_path, target=f"{kind}={fraction}")
+    section = result.report.to_dict()["target"]
+    dense = _measured(keras.saving.load_model(model_files[name]), kind)
+    real = _measured(result.model, kind)
+    assert section["dense"] == dense
+    assert section["predicted"] == real  # the cost model is exact: no rebuild was needed to know it
+    assert section["achieved_value"] == real
+    assert fraction * (1 - TOLERANCE) <= real / dense <= fraction
+    assert section["within_tolerance"] is True
+    assert section["kind"] == kind and section["requested"] == fraction
+    # the shrunk model's widths are the allocation's counts
+    for layer, counts in section["layers"].items():
+        assert result.model.get_layer(layer).output.shape[-1] == counts["after"], layer
+    assert "out" not in section["layers"]  # output units are never pruned
+
+
+def test_cost_model_matches_real_surgery_for_any_cut(model_files):
+    """Random masks (not the allocation's): the predicted params and FLOPs of the cut surgery decides
+    are the rebuilt model's."""
+    import keras
+
+    from prunecli.structure import channels, surgery, targets
+
+    rng = np.random.default_rng(0)
+    for name in ("residual", "mobile"):
+        model = keras.saving.load_model(model_files[name])
+        found, _ = targets.without_output_units(model, targets.select(model))
+        for t in found:
+            if t.attr == "kernel":
+                arr = np.moveaxis(np.asarray(t.variable).copy(), t.unit_axis, -1)
+                arr[..., rng.random(t.units) < 0.4] = 0.0
+                t.variable.assign(np.moveaxis(arr, -1, t.unit_axis))
+        g = channels.graph_of(model)
+        weights = {la.name: surgery.layer_weights(la) for la in g.layers() if g.calls_of(la)[0].kind != "input"}
+        cuts = surgery.decide_cuts(g, weights)
+        new = surgery.rebuild(model, surgery.layer_changes(g, cuts), cuts, weights)
+        for kind in costs.KINDS:
+            c = costs.ChannelCosts(model, kind)
+            keep = np.array([int(r) not in cuts.removed for r in c.roots])
+            assert c.total(keep) == _measured(new, kind), (name, kind)
+            assert c.total(np.ones(len(c.roots), bool)) == c.dense
+
+
+def test_round_to_keeps_multiples_of_eight(tmp_path):
+    import keras
+
+    model = bn_cnn(width=2)
+    model.save(tmp_path / "wide.keras")
+    result = _run(tmp_path / "wide.keras", tmp_path, target="params=0.4", round_to=8)
+    section = result.report.to_dict()["target"]
+    for layer in ("c0", "c1", "c2", "fc"):
+        width = result.model.get_layer(layer).output.shape[-1]
+        assert width % 8 == 0 and width > 0, (layer, width)
+        assert section["layers"][layer]["after"] == width
+    dense = keras.saving.load_model(tmp_path / "wide.keras").count_params()
+    assert 0.4 * (1 - TOLERANCE) <= result.model.count_params() / dense <= 0.4
+
+
+def test_stops_round_and_never_empty():
+    assert budget.stops(20, 19, None) == list(range(20))
+    assert budget.stops(20, 19, 8) == [0, 4, 12]  # keeps 20, 16 or 8
+    assert budget.stops(64, 60, 8) == [0, 8, 16, 24, 32, 40, 48, 56]  # never under the floor of 4 -> 8
+    assert budget.stops(6, 5, 8) == list(range(6))  # narrower than 8: not rounded, keeps at least 1
+    assert budget.stops(16, 3, 8) == [0]  # the floor keeps 13: no multiple of 8 in reach
+
+
+def test_unreachable_target_names_the_best_value(model_files, tmp_path):
+    with pytest.raises(ConfigError, match=r"cannot be met: .* keep at least 0\.\d{4} of the dense model's parameters"):
+        _run(model_files["mlp"], tmp_path, target="params=0.01", min_keep=0.5)
+    assert not (tmp_path / "out.keras").exists()
+
+
+def test_parse_target():
+    assert parse_target("params=0.3").value == 0.3
+    assert parse_target(" FLOPS = 0.5").kind == "flops"
+    assert parse_target("size=200KB").value == 200_000
+    assert parse_target("size=1.5MiB").value == 1.5 * 2**20
+    for bad in ("params", "params=1.2", "params=0", "speed=0.5", "size=12 parsecs", "flops=nan"):
+        with pytest.raises(ConfigError):
+            parse_target(bad)
+
+
+def test_target_implies_neuron_shrink_and_global(model_files):
+    c = build_config({"model_path": str(model_files["mlp"]), "target": "params=0.5"})
+    assert (c.granularity.kind, c.shrink, c.scope, c.schedule) == ("neuron", True, "global", "oneshot")
+
+
+def test_override_sparsity_is_fixed_and_the_rest_fits(model_files, tmp_path):
+    """A recipe's own sparsity for a layer holds exactly; the other layers share what is left."""
+    from prunecli.config import LayerOverride
+
+    result = _run(model_files["mlp"], tmp_path, target="params=0.4", overrides=(LayerOverride("d2", sparsity=0.25),))
+    section = result.report.to_dict()["target"]
+    assert section["layers"]["d2"]["after"] == 48
+    assert 0.4 * (1 - TOLERANCE) <= section["achieved"] <= 0.4
+
+
+def test_residual_stream_is_one_unit(model_files, tmp_path):
+    result = _run(model_files["residual"], tmp_path, target="flops=0.35")
+    kept = result.report.to_dict()["target"]["layers"]
+    assert kept["stem"]["after"] == kept["b0_c2"]["after"] == kept["b1_c2"]["after"]
+    assert any(v["after"] < v["before"] for v in kept.values())
