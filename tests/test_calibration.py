@@ -13,7 +13,10 @@ DATA = "examples/digits.npz"
 
 
 def _config(method="sparsegpt", **kw):
-    return build_config({"model_path": EXAMPLE, "method": method, "data": DATA, **kw}, environ={})
+    """Layer scope unless a test asks otherwise: these tests check each layer's own calibration against
+    its own sparsity; the global allocation (the default) is tested by name."""
+    values = {"model_path": EXAMPLE, "method": method, "data": DATA, "scope": "layer", **kw}
+    return build_config(values, environ={})
 
 
 def _targets(model, exclude=()):
@@ -53,15 +56,14 @@ def test_registered_and_validated():
     assert _config(calibration_samples=64, reconstruct=True).calibration_samples == 64
     with pytest.raises(ConfigError, match="needs --data"):
         build_config({"model_path": EXAMPLE, "method": "wanda"}, environ={})
-    with pytest.raises(ConfigError, match="scope layer"):
-        _config(scope="global")
+    default = build_config({"model_path": EXAMPLE, "method": "wanda", "data": DATA}, environ={})
+    assert default.scope == "global" and _config().scope == "layer"  # global is the measured default
     with pytest.raises(ConfigError, match="element or n:m"):
         _config(granularity="neuron")
     with pytest.raises(ConfigError, match="calibration_samples"):
         _config(calibration_samples=0)
     with pytest.raises(ConfigError, match="--reconstruct needs --data"):
         build_config({"model_path": EXAMPLE, "reconstruct": True}, environ={})
-    assert _config("wanda", scope="global").scope == "global"  # wanda ranks globally (not sequential)
 
 
 def test_wanda_keeps_small_weight_on_large_input():
@@ -218,7 +220,7 @@ def test_sequential_and_one_hessian_at_a_time():
 
     capture.HessianCapture.max_live = 0
     capture.HessianCapture.peak_floats = 0
-    res = prune_calibrated(model, ts, [x], _config(sparsity=0.5), progress)
+    res = prune_calibrated(model, ts, [x], _config(sparsity=0.5, scope="layer"), progress)
     assert order == ["c1", "c2", "c3", "inner/inner_fc"]
     for i, fractions in enumerate(zeros_before):  # earlier layers already pruned, later ones not yet
         assert all(f == pytest.approx(0.5, abs=0.01) for f in fractions[:i])
@@ -339,3 +341,29 @@ def test_cli_sparsegpt_end_to_end(tmp_path):
     assert section["method"] == "sparsegpt" and section["samples"] == 128
     assert all(e["error_after"] <= e["error_before"] + 1e-6 for e in section["layers"].values())
     assert data["metrics"]["after_pruning"]["accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_global_scope_gives_each_layer_its_share_of_one_budget(method):
+    """The default (--scope global): the run's LAMP ranking of Wanda scores decides each layer's count on
+    the dense model; the layers then lose different shares, exactly the budget in all, and each layer is
+    still calibrated in call order within its share."""
+    from prunecli.calibration import oneshot, prune_calibrated
+    from prunecli.selection import policy
+
+    model = _conv_model()
+    ts = _targets(model)
+    x = np.random.default_rng(0).normal(size=(40, 12, 12, 3)).astype("float32")
+    config = _config(method, sparsity=0.7, scope="auto")
+    assert config.scope == "global"
+    plan = oneshot._plan(model, ts, [x], [], {})
+    scores = oneshot.layer_scores("wanda", plan, model)
+    want = policy.layer_counts(ts, lambda: ((t, scores[t.name]) for t in ts), "element", config)
+    order = []
+    res = prune_calibrated(model, ts, [x], config, lambda m: order.append(m.split()[1]))
+    assert order[-4:] == ["c1", "c2", "c3", "inner/inner_fc"]
+    pruned = {t.name: int(np.sum(np.asarray(t.variable) == 0)) for t in ts}
+    assert pruned == {name: k for name, (k, _held) in want.items()}
+    assert sum(pruned.values()) == round(0.7 * sum(t.size for t in ts))
+    assert len(set(round(pruned[t.name] / t.size, 2) for t in ts)) > 1  # not one sparsity for all
+    assert res.section["allocation"].startswith("global (lamp")

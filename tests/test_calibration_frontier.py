@@ -14,7 +14,10 @@ DATA = "examples/digits.npz"
 
 
 def _config(method="sparsegpt", **kw):
-    return build_config({"model_path": EXAMPLE, "method": method, "data": DATA, **kw}, environ={})
+    """Layer scope unless a test asks otherwise: these tests check each layer's own calibration against
+    its own sparsity; the global allocation (the default) is tested by name."""
+    values = {"model_path": EXAMPLE, "method": method, "data": DATA, "scope": "layer", **kw}
+    return build_config(values, environ={})
 
 
 def _targets(model):

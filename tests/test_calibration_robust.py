@@ -16,7 +16,10 @@ DATA = "examples/digits.npz"
 
 
 def _config(method="sparsegpt", **kw):
-    return build_config({"model_path": EXAMPLE, "method": method, "data": DATA, **kw}, environ={})
+    """Layer scope unless a test asks otherwise: these tests check each layer's own calibration against
+    its own sparsity; the global allocation (the default) is tested by name."""
+    values = {"model_path": EXAMPLE, "method": method, "data": DATA, "scope": "layer", **kw}
+    return build_config(values, environ={})
 
 
 def _targets(model):
@@ -310,3 +313,19 @@ def test_inputs_only_data(method):
     ts = _targets(model)
     scores = scoring.get(method).fn(ts, ScoringContext(model=model, targets=ts, data=dataset))
     assert {k: tuple(v.shape) for k, v in scores.items()} == {t.name: tuple(t.shape) for t in ts}
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_degenerate_inputs_under_the_global_allocation_keep_the_whole_budget(method):
+    """With --scope global (the default), layers whose inputs are all zero are ranked by |w| and fall
+    back to magnitude inside their share: the run still prunes exactly the budget, empties no layer."""
+    from prunecli.calibration import prune_calibrated
+
+    model = _conv_model()
+    ts = _targets(model)
+    x = _degenerate("zeros", (16, *model.inputs[0].shape[1:]))
+    res = prune_calibrated(model, ts, [x], _config(method, sparsity=0.6, scope="global"))
+    pruned = sum(int(np.sum(np.asarray(t.variable) == 0)) for t in ts)
+    assert pruned == round(0.6 * sum(t.size for t in ts))
+    assert all(_zero_fraction(t) < 1.0 for t in ts)
+    assert res.section["fallback"] and res.section["allocation"].startswith("global")

@@ -346,6 +346,31 @@ class HessianCapture:
             cls.live -= 1
 
 
+def row_stats(blocks, d_in: int, full: bool = True) -> InputStats:
+    """InputStats of rows the caller builds (blocks of X, each (rows, d_in), float32), accumulated by
+    the same compiled step as a HessianCapture: for statistics of something other than one layer's own
+    input (channel_refit.py stacks the pruned and the dense model's inputs side by side)."""
+    acc = _accumulators(d_in, full)
+    accumulate = _accumulate_fn(full)
+    for block in blocks:
+        accumulate(acc, block)
+    return _input_stats(acc, d_in, full)
+
+
+def layer_input(model, layer, x):
+    """What `layer` receives on its first call when `model` runs on x (the pass stops there), or None
+    when the pass never calls it."""
+    seen = []
+
+    def hook(value):
+        seen.append(value)
+        raise _Stop()
+
+    with _Wrapped(layer, hook):
+        _forward(model, x)
+    return seen[0] if seen else None
+
+
 def _accumulators(d: int, full: bool) -> list:
     """The running statistics of one layer's inputs, in the order _accumulate_fn updates them: sum of
     squares, per-input min and max, rows, all finite, largest |x|, the fixed scale (0 until set), and

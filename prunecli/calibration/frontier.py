@@ -21,9 +21,13 @@ would need its inputs from all of them), and the frontier, sized from the probe'
 times the calibration examples, fits the byte budget. Otherwise the prefix source runs, and the
 report says which (`passes`) and why (`passes_note`).
 
-A calibrated layer inside a nested model (or inside a wrapper such as MultiHeadAttention) is read by
-running that one top-level node on its cached inputs, stopped at the layer: the prefix path within
-the nested model only, with the walk still linear outside it.
+A nested functional model whose call is Keras' own graph run (a KerasHub backbone inside its causal
+LM, a functional block inside a model) is walked node by node in place of its node (`_steps`): an
+entry step hands its inputs to the nested graph, an exit step its outputs back, so layers deep inside
+it cost one pass each as well. A calibrated layer inside any other nested layer (a Transformer block,
+a wrapper such as MultiHeadAttention, a subclassed model) is read by running that one node on its
+cached inputs, stopped at the layer: the prefix path within that node only, with the walk still
+linear outside it.
 
 Everything about the graph goes through structure/keras_graph.py (the adapter to Keras' private
 graph attributes); the capture itself is capture.HessianCapture, fed through `_NodeRun`.
@@ -42,15 +46,69 @@ PROBE_EXAMPLES = 2  # examples the graph walk is checked on against the model's 
 PROBE_RTOL = 1e-4  # the walk's outputs must match the model's to this (relative to the largest |y|)
 
 
-class _NodeRun:
-    """One top-level node called like a model: `runner(values, training=False)` runs the node on one
-    pass's cached values ({id(symbolic tensor): value}); capture's forward passes call it so."""
+class _Node:
+    """One step of the walk: a node of the graph. `operation` holds the layers the step runs,
+    `input_tensors` and `outputs` are the symbolic tensors it reads and computes, and `run(values)`
+    computes the outputs from one pass's cached values ({id(symbolic tensor): value})."""
 
     def __init__(self, node):
         self.node = node
+        self.operation = node.operation
+        self.input_tensors = list(node.input_tensors)
+        self.outputs = list(node.outputs)
+
+    def run(self, values, training=False):
+        return keras_graph.call_node(self.node, values, training=training)
+
+
+class _Enter:
+    """The entry into an inlined nested model: its input tensors from the arguments of its node."""
+
+    operation = None
+
+    def __init__(self, node):
+        self.node = node
+        self.input_tensors = list(node.input_tensors)
+        self.outputs = keras_graph.inputs(node.operation)
+
+    def run(self, values, training=False):
+        return keras_graph.nested_inputs(self.node, values)
+
+
+class _Exit:
+    """The exit from an inlined nested model: its node's outputs are the nested graph's outputs."""
+
+    operation = None
+
+    def __init__(self, node):
+        self.input_tensors = keras_graph.outputs(node.operation)
+        self.outputs = list(node.outputs)
+
+    def run(self, values, training=False):
+        return [values[id(t)] for t in self.input_tensors]
+
+
+def _steps(model) -> list:
+    """The walk's steps in execution order: the model's nodes, each inlinable nested functional model
+    replaced by its entry, its own steps (recursively) and its exit."""
+    found = []
+    for node in keras_graph.nodes(model):
+        if keras_graph.inlinable(node) and len(keras_graph.outputs(node.operation)) == len(node.outputs):
+            found += [_Enter(node), *_steps(node.operation), _Exit(node)]
+        else:
+            found.append(_Node(node))
+    return found
+
+
+class _NodeRun:
+    """One step called like a model: `runner(values, training=False)` runs the step on one pass's
+    cached values ({id(symbolic tensor): value}); capture's forward passes call it so."""
+
+    def __init__(self, step):
+        self.step = step
 
     def __call__(self, values, training=False):
-        return keras_graph.call_node(self.node, values, training=training)
+        return self.step.run(values, training=training)
 
 
 class PrefixPasses:
@@ -122,7 +180,7 @@ class CachedPasses:
             for s in range(self.done, stop):
                 node, keep, freed = self.schedule.steps[s], self.schedule.keep, self.schedule.freed[s]
                 for values in self.values:
-                    outs = keras_graph.call_node(node, values, training=False)
+                    outs = node.run(values, training=False)
                     for t, v in zip(node.outputs, outs, strict=True):
                         if id(t) in keep:
                             values[id(t)] = v
@@ -188,10 +246,10 @@ def _schedule(model, layers: list) -> _Schedule | str:
     """The steps that compute every calibrated layer's inputs, or why the graph cannot be walked."""
     if keras_graph.functional(model) is None:
         return "the model has no layer graph to walk (subclassed); each layer's inputs are read by a pass of its own"
-    nodes = keras_graph.nodes(model)
+    nodes = _steps(model)
     holders: dict[int, list[int]] = {}
     for index, node in enumerate(nodes):
-        for lid in _contained(node.operation):
+        for lid in _contained(node.operation) if node.operation is not None else ():
             holders.setdefault(lid, []).append(index)
     owner, nested = {}, []
     for view, call in layers:
@@ -270,10 +328,10 @@ def _probe(model, batches: list, schedule: _Schedule) -> dict | str:
     n = capture.count_examples([probe])
     try:
         values = dict(zip(schedule.inputs, keras_graph.flat_inputs(model, probe), strict=True))
-        for node in keras_graph.nodes(model):
+        for node in _steps(model):
             if any(id(t) not in values for t in node.input_tensors):
                 continue  # not computable from the inputs, as the model's own call skips it
-            outs = keras_graph.call_node(node, values, training=False)
+            outs = node.run(values, training=False)
             for t, v in zip(node.outputs, outs, strict=True):
                 values[id(t)] = v
         if any(id(t) not in values for node in schedule.steps for t in node.outputs):

@@ -283,8 +283,6 @@ def _check_calibration(c: PruneConfig) -> None:
         )
     if c.threshold is not None:
         raise ConfigError(f"--method {c.method} needs a --sparsity (or N:M), not --threshold")
-    if c.method == "sparsegpt" and c.scope != "layer":
-        raise ConfigError("--method sparsegpt updates each layer in turn: use --scope layer")
 
 
 def _check_finetuning(c: PruneConfig) -> None:

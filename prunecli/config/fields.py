@@ -310,16 +310,17 @@ class PruneConfig:
             if self.scope == "auto":
                 object.__setattr__(self, "scope", "global")
         kind = self.granularity.kind if isinstance(self.granularity, Granularity) else "element"
-        # what bench/ACCURACY.md measured; calibrated methods work layer by layer, as their papers do
-        measured = (
+        # what bench/ACCURACY.md measured for magnitude-like scores, and bench/ONESHOT.md for the
+        # calibrated methods: a global allocation, each calibrated layer then pruned to its share
+        ranked_globally = (
             kind in GLOBAL_BY_DEFAULT
             and self.engine == "native"
-            and self.method not in CALIBRATED_METHODS
             and self.method not in UNIT_METHODS  # run as neuron pruning (run/steps.py)
         )
         if self.scope == "auto":
-            object.__setattr__(self, "scope", "global" if measured else "layer")
+            object.__setattr__(self, "scope", "global" if ranked_globally else "layer")
         if self.schedule == "auto":
+            measured = ranked_globally and self.method not in CALIBRATED_METHODS  # calibrated: one shot
             gradual = measured and self.epochs > 0 and self.threshold is None and not self.reconstruct and not self.auto
             object.__setattr__(self, "schedule", "polynomial" if gradual else "oneshot")
 

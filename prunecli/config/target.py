@@ -79,7 +79,6 @@ def check_target(c) -> None:
         (c.normalize == "erk", "--normalize erk (a target ranks channels: lamp, mean or none)"),
         (c.schedule != "oneshot", f"--schedule {c.schedule} (the allocation is made once: oneshot)"),
         (c.auto, "--auto (it chooses per-layer sparsities itself)"),
-        (c.reconstruct, "--reconstruct"),
     ]
     for failed, what in refused:
         if failed:

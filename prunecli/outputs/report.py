@@ -196,6 +196,8 @@ def render(report: Report, console) -> None:
         )
     for stage, values in report.metrics.items():
         parts = [f"loss {values['loss']:.4f}"]
+        if "perplexity" in values:
+            parts.append(f"perplexity {values['perplexity']:.4g}")
         if "accuracy" in values:
             parts.append(f"accuracy {values['accuracy']:.4f}")
         summary.add_row(f"{stage.replace('_', ' ')}", ", ".join(parts))
@@ -275,15 +277,20 @@ def _md_header(report: Report) -> list[str]:
 
 
 def _md_metrics(metrics: dict) -> list[str]:
-    """One row per measured stage, with the change in accuracy from `before`."""
+    """One row per measured stage, with the change in accuracy from `before`; a perplexity column
+    when a causal LM's was measured."""
     before = metrics.get("before", {}).get("accuracy")
-    lines = ["### Metrics", "", "| stage | loss | accuracy | change in accuracy |", "|:---|---:|---:|---:|"]
+    perplexity = any("perplexity" in values for values in metrics.values())
+    head = "| stage | loss |" + (" perplexity |" if perplexity else "") + " accuracy | change in accuracy |"
+    lines = ["### Metrics", "", head, "|:---|---:|" + ("---:|" if perplexity else "") + "---:|---:|"]
     for stage, values in metrics.items():
         acc = values.get("accuracy")
         change = "" if acc is None or before is None or stage == "before" else f"{acc - before:+.4f}"
         loss = values.get("loss")
+        ppl = values.get("perplexity")
+        ppl_cell = (" - |" if ppl is None else f" {ppl:.4g} |") if perplexity else ""
         lines.append(
-            f"| {stage.replace('_', ' ')} | {'-' if loss is None else f'{loss:.4f}'} | "
+            f"| {stage.replace('_', ' ')} | {'-' if loss is None else f'{loss:.4f}'} |{ppl_cell} "
             f"{'-' if acc is None else f'{acc:.4f}'} | {change} |"
         )
     lines.append("")

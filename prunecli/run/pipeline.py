@@ -56,7 +56,14 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
         state = state.after(steps.remove_structure(state, say, timings))
     elif config.schedule == "oneshot":
         mask_step = target.mask if config.target else steps.mask  # --target: channels allocated to fit
+        dense = None
+        if kind == "neuron" and config.reconstruct:  # the dense model each refit layer reproduces
+            from prunecli.training import distill
+
+            dense = teacher if teacher is not None else distill.teacher_copy(state.model)
         state = state.after(mask_step(state, say, timings))
+        if dense is not None:  # the layers after the removed channels refit to the dense outputs
+            state = state.after(steps.refit_channels(state, dense, say, timings))
         if kind == "neuron":  # channels removed: BatchNorm's statistics re-estimated on the pruned model
             state = state.after(steps.recalibrate_batchnorm(state, say, timings))
     if config.schedule == "oneshot" or removes_at_once:

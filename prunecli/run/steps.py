@@ -44,7 +44,7 @@ def load(config: PruneConfig, progress: Progress, timings: Timings) -> tuple[Run
         if config.data:
             data = data_mod.load(config.data, model, config.batch_size, config.val_split, config.seed)
             check_labels(config, data)
-            task = infer_task(model, data.y_example) if data.labelled else None
+            task = infer_task(model, data.y_example, data.next_token) if data.labelled else None
     state = RunState(
         config=config, model=model, source=source, data=data, task=task, compiled_optimizer=compiled_optimizer
     )
@@ -75,12 +75,14 @@ def check_labels(config: PruneConfig, data) -> None:
 
 
 def pick_targets(model, config: PruneConfig) -> StepResult:
-    """The prunable weights the options select; for neuron pruning, not the model's output units."""
-    from prunecli.structure import targets
+    """The prunable weights the options select; not a language model's token embedding and head
+    (unless --include names them); for neuron pruning, not the model's output units."""
+    from prunecli.structure import language, targets
 
     found = targets.select(model, config.include, config.exclude)
     found = [t for t in found if not config.rule_for(t.layer_name).skip]
-    notes = []
+    found, notes = language.without_lm_ends(model, found, config.include)
+    notes = list(notes)
     if config.granularity.kind == "neuron":
         # A unit whose channel reaches a model output through layers that do not mix channels is a
         # class (or an output value): removing it changes what the model predicts. Kept unless --include.
@@ -209,7 +211,8 @@ def remove_structure(state: RunState, progress: Progress, timings: Timings) -> S
 
 def mask(state: RunState, progress: Progress, timings: Timings) -> StepResult:
     """The one-shot pruning step: score, select and apply, at the configured sparsity."""
-    if scoring.get(state.config.method).calibrated or state.config.reconstruct:
+    neuron = state.config.granularity.kind == "neuron"  # --reconstruct refits channels after the mask (refit_channels)
+    if scoring.get(state.config.method).calibrated or (state.config.reconstruct and not neuron):
         return calibrated_mask(state, progress, timings)
     masks = score_and_mask(state.model, state.targets, state.data, state.task, state.config, progress, timings)
     return StepResult(masks=masks, notes=tuple(masks.notes), sections={"selection": {"path": masks.selection_path}})
@@ -239,6 +242,20 @@ def calibrated_mask(state: RunState, progress: Progress, timings: Timings) -> St
         )
     notes = tuple(masks.notes) + tuple(section.pop("notes", ()))
     return StepResult(masks=masks, notes=notes, sections={"calibration": section})
+
+
+def refit_channels(state: RunState, dense_model, progress: Progress, timings: Timings) -> StepResult:
+    """--reconstruct after neuron masks: every layer the removed channels reach is refit, on calibration
+    examples of --data, to the output the dense model (`dense_model`, copied before masking) gives it."""
+    from prunecli.calibration import channel_refit, take_examples
+
+    examples = take_examples(state.data.train, state.config.calibration_samples)
+    progress(f"refitting the layers after removed channels on {state.config.calibration_samples} examples")
+    with timings.phase("reconstruct"):
+        section = channel_refit.refit_channels(
+            state.model, dense_model, list(state.targets), state.masks.masks, examples, progress
+        )
+    return StepResult(notes=tuple(section.pop("notes")), sections={"calibration": section})
 
 
 def recalibrate_batchnorm(state: RunState, progress: Progress, timings: Timings) -> StepResult:

@@ -249,7 +249,7 @@ def _check_accuracy(result: VerifyResult, claims: dict, model, data, tolerance: 
     )
     if not loaded.labelled:
         raise InputError(f"{shown(data)} has no labels (y): verify cannot measure accuracy on it")
-    measured = evaluate(model, loaded.eval, infer_task(model, loaded.y_example)).get("accuracy")
+    measured = evaluate(model, loaded.eval, infer_task(model, loaded.y_example, loaded.next_token)).get("accuracy")
     holds = measured is not None and abs(measured - said) <= tolerance
     result.claim(
         holds,

@@ -132,6 +132,29 @@ def call_node(node, values: dict, operation=None, training=None):
     return tree.flatten(operation(*args, **kwargs))
 
 
+def inlinable(node) -> bool:
+    """Whether a node calls a nested functional model that can be walked node by node in its place:
+    its class keeps Keras' own graph run (Functional.call), and the call passes it one input structure
+    and no masks (a `mask` argument of Nones, as Keras records one, is none)."""
+    from keras import tree
+    from keras.src.models.functional import Functional
+
+    op = node.operation
+    if not isinstance(op, Functional) or type(op).call is not Functional.call or functional(op) is None:
+        return False
+    kwargs = dict(node.arguments.kwargs)
+    masks = kwargs.pop("mask", None)
+    kwargs.pop("training", None)
+    return len(node.arguments.args) == 1 and not kwargs and all(m is None for m in tree.flatten(masks))
+
+
+def nested_inputs(node, values: dict) -> list:
+    """The values an `inlinable` node passes to its nested model, one per input of that model, in the
+    order of `inputs(node.operation)`, converted as the model's own call converts them."""
+    args, _kwargs = node.arguments.fill_in(values)
+    return flat_inputs(node.operation, args[0])
+
+
 def flat_inputs(model, x) -> list:
     """`x`, as the model is called with it (an array, a list, a dict of named inputs), as one tensor per
     model input in the order of `inputs(model)`, converted as the model's own call converts it."""

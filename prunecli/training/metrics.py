@@ -68,6 +68,66 @@ def loss_callable(loss, purpose: str):
     return mean
 
 
+class NextTokenLoss:
+    """A causal LM's loss: the mean cross-entropy of each position's prediction of the next token over
+    the positions that have one (label >= 0; io/data/tokens.py labels the rest NO_TOKEN, -1). One
+    scalar per batch, so `loss_callable`'s mean keeps it; fine-tuning and gradient scores use it as
+    any loss. Perplexity is exp of the same mean taken over the whole dataset (`evaluate`)."""
+
+    __name__ = "next_token_crossentropy"
+    name = "next_token_crossentropy"
+
+    def __init__(self, from_logits: bool = True):
+        self.from_logits = bool(from_logits)
+
+    def __call__(self, y_true, y_pred):
+        import tensorflow as tf
+
+        total, count, _correct = next_token_sums(y_true, y_pred, self.from_logits)
+        return total / tf.maximum(count, 1.0)
+
+
+def next_token_sums(y_true, y_pred, from_logits: bool = True):
+    """(summed cross-entropy, labelled positions, correct top-1 predictions) of one batch of next-token
+    labels (N, T) against scores (N, T, vocabulary); positions labelled below 0 count for nothing."""
+    import tensorflow as tf
+
+    y = tf.cast(y_true, tf.int32)
+    valid = y >= 0
+    scores = tf.cast(y_pred, tf.float32)
+    logits = scores if from_logits else tf.math.log(tf.maximum(scores, 1e-12))  # softmax(log p) = p
+    nll = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.where(valid, y, 0), logits=logits)
+    weight = tf.cast(valid, tf.float32)
+    hits = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y), tf.float32)
+    return tf.reduce_sum(nll * weight), tf.reduce_sum(weight), tf.reduce_sum(hits * weight)
+
+
+def _next_token_metrics(model, dataset, from_logits: bool) -> dict[str, float]:
+    """Loss (mean next-token cross-entropy over every labelled position of the dataset, not a mean of
+    batch means), perplexity exp(loss) and next-token accuracy. The model is called directly, not
+    through Keras' evaluate: a KerasHub task would run its text preprocessor on the token batches."""
+    import math
+
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def sums(x, y):
+        return next_token_sums(y, model(x, training=False), from_logits)
+
+    total = count = correct = 0.0
+    for x, y in dataset:
+        t, c, k = sums(x, y)
+        total, count, correct = total + float(t), count + float(c), correct + float(k)
+    if count == 0:
+        return {}
+    loss = total / count
+    return {
+        "loss": loss,
+        "perplexity": math.exp(loss) if loss < 700 else float("inf"),
+        "accuracy": correct / count,
+    }
+
+
 def _per_output_losses(compiled, names: list[str]) -> list | None:
     if isinstance(compiled, dict) and set(compiled) >= set(names):
         return [compiled[n] for n in names]
@@ -76,8 +136,15 @@ def _per_output_losses(compiled, names: list[str]) -> list | None:
     return None
 
 
-def infer_task(model, y_example) -> Task:
+def infer_task(model, y_example, next_token: bool = False) -> Task:
+    """The loss and accuracy to measure the model by. `next_token`: the data's labels are a causal
+    LM's next tokens (Data.next_token), measured by NextTokenLoss and perplexity."""
     import numpy as np
+
+    if next_token:
+        from prunecli.structure import language
+
+        return Task(NextTokenLoss(language.outputs_are_logits(model)), None)
 
     names = [str(n) for n in getattr(model, "output_names", None) or []]
     if len(names) > 1:  # one task per output, from its own labels (io.data gives y as a tuple)
@@ -121,11 +188,14 @@ def compile_for(model, task: Task, optimizer=None) -> None:
 
 
 def evaluate(model, dataset, task: Task) -> dict[str, float]:
-    """Loss and accuracy of the model over the whole dataset (streamed in batches).
+    """Loss and accuracy of the model over the whole dataset (streamed in batches); for a causal LM's
+    next-token data, its perplexity too (`_next_token_metrics`).
 
     The model is compiled for the task once; later calls reuse it (sweeps evaluate dozens of times),
     unless something else recompiled the model in between (its optimizer object changed).
     """
+    if isinstance(task.loss, NextTokenLoss):
+        return _next_token_metrics(model, dataset, task.loss.from_logits)
     # ids, not objects: Keras tracks objects set as model attributes and would save them with the model
     stamp = (id(task), id(getattr(model, "optimizer", None)))
     if getattr(model, "_prunecli_eval_for", None) != stamp:

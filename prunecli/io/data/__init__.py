@@ -12,6 +12,8 @@ outputs, `batches` the Data they all return. This package is the public API:
   * an image folder: one sub-folder per class (`DIR/cat/*.png`), or `DIR/train/<class>/` with
     `DIR/test/<class>/` (or `val/`); images are resized to the model's input.
   * TFRecord: a `.tfrecord` file, a folder of them, or a glob, described by a spec file (below).
+  * language models (`tokens`): an `.npz` with `token_ids` (+ `padding_mask`), or a `.txt` file
+    tokenised by the model's own tokenizer; a causal LM's labels are the next tokens.
 Image folders and TFRecords stream from disk. A spec is a small YAML/JSON file beside the data,
 `NAME.spec.yaml` for `NAME.tfrecord`, or `spec.yaml` in the folder:
 
@@ -39,6 +41,7 @@ from prunecli.io.data.npy import load_npy, npy_partner
 from prunecli.io.data.npz import load_npz
 from prunecli.io.data.spec import find_spec
 from prunecli.io.data.tfrecord import TFRECORD_SUFFIXES, load_tfrecord, tfrecord_files
+from prunecli.io.data.tokens import load_text
 
 
 def load(path: str, model, batch_size: int = 64, val_split: float = 0.0, seed: int = 0) -> Data:
@@ -83,6 +86,8 @@ def _read(path: str, model, batch_size: int, val_split: float, seed: int) -> Dat
     p = Path(path)
     if not p.exists() and not any(ch in str(path) for ch in "*?["):
         raise DataError(f"data file not found: {p}")
+    if p.suffix == ".txt" and p.is_file():  # a language model's text, tokenised by its own tokenizer
+        return load_text(p, model, batch_size, val_split, seed)
     if is_multi_io(model) and not (p.suffix == ".npz" and p.is_file()):
         inputs, outputs = io_names(model)
         raise DataError(
@@ -106,7 +111,9 @@ def _read(path: str, model, batch_size: int, val_split: float, seed: int) -> Dat
         return load_npy(p, model, batch_size, val_split, seed)
     if p.suffix in TFRECORD_SUFFIXES:
         return load_tfrecord(str(p), model, batch_size, val_split, seed)
-    raise DataError(f"{p}: unsupported data format (use .npz, x/y .npy files, an image folder or .tfrecord)")
+    raise DataError(
+        f"{p}: unsupported data format (use .npz, x/y .npy files, an image folder, .tfrecord, or .txt for a language model)"
+    )
 
 
 def files_read(data: str) -> dict[str, list[Path]]:

@@ -27,6 +27,9 @@ class Data:
     # False for inputs without labels (an .npz with x only): batches then carry placeholder zeros as
     # y, which nothing reads; only steps that need no labels run (run/steps.check_labels)
     labelled: bool = True
+    # True for a causal LM's token data (io/data/tokens.py): each label is the next token, NO_TOKEN (-1)
+    # where there is none, and evaluation measures the next-token loss and perplexity
+    next_token: bool = False
 
 
 def split_indices(n: int, sets: dict, val_split: float, seed: int) -> dict:

@@ -22,11 +22,14 @@ from prunecli.io.data.checks import (
 )
 from prunecli.io.data.labels import labels_for_model
 from prunecli.io.data.multi_io import multi_io_sets
+from prunecli.io.data.tokens import is_token_npz, load_token_npz
 
 
 def load_npz(p: Path, model, batch_size: int, val_split: float, seed: int) -> Data:
     """Every array checked and its labels fitted to the model before the batches are built."""
     arrays = _read_npz(p)
+    if is_token_npz(arrays):  # a language model's token ids (io/data/tokens.py)
+        return load_token_npz(p, arrays, model, batch_size, val_split, seed)
     if is_multi_io(model):
         return _load_npz_multi(p, arrays, model, batch_size, val_split, seed)
     train, evaluation, val = _pick(arrays, p)

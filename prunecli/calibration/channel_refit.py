@@ -1,0 +1,226 @@
+"""One-shot channel removal that survives: after neuron masks, refit the later layers to the dense output.
+
+Removing a channel takes an input away from every layer that reads it; with the plain mask those layers
+keep weights fitted to inputs that no longer come, and the error compounds down the network (a BN CNN
+at half its parameters lost 20 points before fine-tuning, bench/TARGET.md). ThiNet (Luo et al., ICCV
+2017) and "Channel Pruning" (He et al., ICCV 2017) refit the reading layer instead: least squares on
+its kept input channels so that, on calibration data, it reproduces what the dense layer computed.
+
+For one layer in the (d_in, d_out) matrix view of views.py, with X_p its inputs in the pruned model (the
+layers before it already refit) and X_d the dense model's inputs to the same layer on the same examples,
+each output unit solves
+
+    min || X_p[:, S] w_S + b - (X_d w_dense + b_dense) ||^2   (+ a small ridge towards w_dense)
+
+S the live input rows, b the bias (a column of ones appended to X, for layers that have one). The normal
+equations need H_pp = X_p^T X_p / n and H_pd = X_p^T X_d / n: both are blocks of the Hessian of the
+stacked rows [X_p | X_d], which capture.row_stats accumulates with the same compiled step and input
+scaling as every other capture ((2 d_in)^2 floats, one layer at a time), and refit.refit solves them
+with H_pd as its cross term. Inputs from the *pruned* model make it channel pruning's objective, not
+ThiNet's: an error a layer's refit cannot remove reaches the next layer's refit, which compensates.
+
+- The rows of a removed input channel are set to 0: the channel is exactly 0 in the masked model (its
+  bias and BatchNorm parameters follow the mask), so nothing changes, and --shrink deletes them. A
+  removed channel that still carries a constant (a bias-only unit through an activation with f(0) != 0)
+  keeps its rows, fitted like the others.
+- A unit the layer's own mask removes stays removed: its column (and bias) stays 0.
+- Layers whose inputs pruning did not change are skipped (their refit is the identity), and so are
+  layers called more than once per pass, grouped or channels_first convolutions, depthwise layers and
+  what views.py cannot see as X @ W: they keep the plain mask, with a note when pruning reached them.
+- A refit that is not finite, or does not lower the layer's output error, is not assigned.
+
+BatchNorm statistics are re-estimated afterwards by the caller (training/batchnorm.py), on the refit
+model.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+from prunecli.calibration import capture, refit, views
+from prunecli.structure import channels, keras_graph
+from prunecli.structure import targets as structure_targets
+
+REFIT_CLASSES = ("Dense", "Conv1D", "Conv2D")
+HESSIAN_COPIES = 4  # (2 d_in)^2 floats: the stacked Hessian, its three blocks in use, the damped copy
+
+
+def _say(progress, message: str) -> None:
+    if progress is not None:
+        progress(message)
+
+
+def _paired_layers(model, dense_model) -> dict[int, object]:
+    """{id(layer of model): the same layer of dense_model}, paired by position (a clone has the same
+    layers in the same order, with the same names)."""
+    mine, theirs = keras_graph.all_layers(model)[1:], keras_graph.all_layers(dense_model)[1:]  # [0]: the model
+    if len(mine) != len(theirs) or any(a.name != b.name for a, b in zip(mine, theirs, strict=True)):
+        raise ValueError("the dense model is not a copy of the pruned model (its layers differ)")
+    return {id(a): b for a, b in zip(mine, theirs, strict=True)}
+
+
+def _changed_inputs(g, dead) -> dict:
+    """{tensor key: whether pruning changed it}: a mixer or depthwise layer with a removed unit changes
+    its output, and whatever reads a changed tensor changes too."""
+    changed: dict = {}
+    for call in g.calls:
+        hit = any(changed.get(k, False) for k in call.inputs)
+        if call.kind == "mixer":
+            hit = hit or bool(dead[call.outputs[0]].any())
+        elif call.kind == "channelwise":  # a depthwise filter removed by its own mask
+            hit = hit or bool((dead[call.outputs[0]] & ~dead[call.inputs[0]]).any())
+        for k in call.outputs:
+            changed[k] = hit
+    return changed
+
+
+def _why_not(call, g, kernel_targets) -> str | None:
+    """Why a layer that reads a changed tensor cannot be refit, or None."""
+    layer = call.layer
+    name = type(layer).__name__
+    if name not in REFIT_CLASSES:
+        return f"{name} layers are not refit"
+    if len(g.calls_of(layer)) != 1:
+        return "it is called more than once"
+    t = kernel_targets.get(id(layer))
+    if t is None:
+        return "its kernel is not a weight prunecli reads"
+    view = views.view_of(t)
+    return view if isinstance(view, str) else None
+
+
+def _row_keep(view, live, width: int):
+    """Bool per row of the (d_in, d_out) view: the input channel of that row is live (a conv's rows are
+    kh*kw*c_in with the channel fastest)."""
+    import numpy as np
+
+    return np.tile(np.asarray(live, bool), view.d_in // max(width, 1))
+
+
+def _stacked_rows(model, dense_model, layer, dense_layer, view, batches, bias: bool):
+    """Blocks of [X_p (1) | X_d (1)]: the layer's inputs in the pruned and in the dense model on the
+    same examples, row by row (a ones column after each with a bias)."""
+    import tensorflow as tf
+
+    d = view.d_in + int(bias)
+    max_rows = max(1, capture.PATCH_BYTES // (4 * 2 * d))
+    for x in batches:
+        x_p = capture.layer_input(model, layer, x)
+        x_d = capture.layer_input(dense_model, dense_layer, x)
+        if x_p is None or x_d is None:
+            return
+        for bp, bd in zip(view.blocks(x_p, max_rows), view.blocks(x_d, max_rows), strict=True):
+            if bias:
+                ones = tf.ones((int(bp.shape[0]), 1), tf.float32)
+                yield tf.concat([bp, ones, bd, ones], axis=1)
+            else:
+                yield tf.concat([bp, bd], axis=1)
+
+
+def _refit_one(model, dense_model, call, dense_layer, view, batches, live, units) -> dict | str:
+    """Refit one layer in place; its report entry, or why it keeps its weights."""
+    import numpy as np
+    import tensorflow as tf
+
+    layer = call.layer
+    bias_var = getattr(layer, "bias", None) if getattr(layer, "use_bias", False) else None
+    has_bias = bias_var is not None
+    d = view.d_in + int(has_bias)
+    stats = capture.row_stats(
+        _stacked_rows(model, dense_model, layer, dense_layer, view, batches, has_bias), 2 * d, full=True
+    )
+    why = stats.degenerate()
+    if why is not None:
+        return why
+    h = stats.hessian
+    h_pp, h_pd, h_dd = h[:d, :d], h[:d, d:], h[d:, d:]
+    w_now = view.to_matrix(tf.cast(tf.convert_to_tensor(view.target.variable), tf.float32))
+    w_dense = view.to_matrix(tf.cast(tf.convert_to_tensor(dense_layer.kernel), tf.float32))
+    if has_bias:
+        w_now = tf.concat([w_now, tf.cast(bias_var, tf.float32)[None, :]], axis=0)
+        w_dense = tf.concat([w_dense, tf.cast(dense_layer.bias, tf.float32)[None, :]], axis=0)
+    rows = _row_keep(view, live, len(live))
+    # a removed channel that is not exactly 0 on the calibration data still carries a constant: fit it
+    rows |= np.asarray(tf.linalg.diag_part(h_pp))[: view.d_in] > 0
+    if has_bias:
+        rows = np.append(rows, True)
+    keep = np.outer(rows, np.asarray(units, bool))  # a unit the layer's own mask removed stays removed
+    start = tf.where(keep, w_now, tf.zeros_like(w_now))
+    w_new = refit.refit(start, w_dense, keep, h_pp, cross=h_pd)
+    kept = np.flatnonzero(units)  # the error of the units that remain (a removed unit's output is gone)
+
+    def error(w) -> float:
+        return refit.output_error(tf.gather(w, kept, axis=1), tf.gather(w_dense, kept, axis=1), h_pp, h_pd, h_dd)
+
+    before, after = error(w_now), error(w_new)
+    if not bool(tf.reduce_all(tf.math.is_finite(w_new))) or not math.isfinite(after):
+        return "its refit weights are not finite"
+    if after >= before:
+        return f"the refit did not lower its output error ({before:.4g} -> {after:.4g})"
+    kernel = w_new[: view.d_in]
+    view.target.variable.assign(tf.cast(view.from_matrix(kernel), view.target.variable.dtype))
+    if has_bias:
+        bias_var.assign(tf.cast(w_new[view.d_in], bias_var.dtype))
+    return {
+        "d_in": view.d_in,
+        "rows": int(stats.rows),
+        "inputs_removed": int((~np.asarray(live, bool)).sum()),
+        "error_before": round(before, 6),
+        "error_after": round(after, 6),
+    }
+
+
+def refit_channels(
+    model,
+    dense_model,
+    run_targets: list,
+    masks: dict,
+    calibration_x: list,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Refit, in call order, every layer whose inputs neuron pruning changed, to the dense model's
+    output of that layer on `calibration_x` (see the module docstring). `model` holds the masks (and
+    their followers) already; `dense_model` is its unpruned copy (same layers, same names), taken
+    before masking; `masks` are the run's keep-masks by target name. Weights change in place; the
+    masks stay exact (removed units and removed input rows are 0).
+
+    Returns the report section: per refit layer `error_before` (the mask alone, relative to the dense
+    output, on the calibration inputs) and `error_after`; `skipped` {layer: why}; `notes`.
+    """
+    start = time.perf_counter()
+    section: dict = {"method": "channel refit", "layers": {}, "skipped": {}, "notes": []}
+    try:
+        g = channels.graph_of(model)
+    except channels.GraphUnsupported as exc:
+        section["notes"].append(f"--reconstruct: channels not refit ({exc})")
+        return section
+    pairs = _paired_layers(model, dense_model)
+    dead = channels.dead_channels(g, run_targets, masks)
+    changed = _changed_inputs(g, dead)
+    kernel_targets = {id(t.layer): t for t in structure_targets.walk(model) if t.attr == "kernel"}
+    batches = capture.chunks(calibration_x)
+    todo = []
+    for call in g.calls:
+        if call.kind != "mixer" or not call.inputs or not changed.get(call.inputs[0], False):
+            continue
+        why = _why_not(call, g, kernel_targets)
+        if why is not None:
+            section["skipped"][call.name] = why
+            continue
+        todo.append((call, views.view_of(kernel_targets[id(call.layer)])))
+    for i, (call, view) in enumerate(todo):
+        _say(progress, f"refitting {call.name} to the dense output ({i + 1}/{len(todo)})")
+        live, units = ~dead[call.inputs[0]], ~dead[call.outputs[0]]
+        entry = _refit_one(model, dense_model, call, pairs[id(call.layer)], view, batches, live, units)
+        if isinstance(entry, str):
+            section["skipped"][call.name] = entry
+        else:
+            section["layers"][call.name] = entry
+    for name, why in section["skipped"].items():
+        section["notes"].append(f"{name}: not refit to the dense output ({why}); it keeps the plain mask")
+    section["samples"] = capture.count_examples(batches)
+    section["refit_dampening"] = refit.DAMPENING
+    section["time_s"] = round(time.perf_counter() - start, 3)
+    return section
