@@ -44,6 +44,9 @@ from prunecli.structure import channels, keras_graph
 from prunecli.structure import targets as structure_targets
 
 REFIT_CLASSES = ("Dense", "Conv1D", "Conv2D")
+DAMPENING = refit.DAMPENING  # the ridge, relative to the mean diagonal of H_pp, at least
+UNDERDETERMINED = 0.25  # and this times inputs per calibration row: a Dense head read from a Flatten
+# has more inputs than 128 examples give rows, and a weak ridge then fits them exactly (bench/STRUCTURED.md)
 HESSIAN_COPIES = 4  # (2 d_in)^2 floats: the stacked Hessian, its three blocks in use, the damped copy
 
 
@@ -53,10 +56,14 @@ def _say(progress, message: str) -> None:
 
 
 def _paired_layers(model, dense_model) -> dict[int, object]:
-    """{id(layer of model): the same layer of dense_model}, paired by position (a clone has the same
-    layers in the same order, with the same names)."""
+    """{id(layer of model): the same layer of dense_model}, paired by position: a clone has the same
+    layers in the same order (of the same classes and weight shapes; an unnamed layer may be renamed)."""
+
+    def shape(layer):
+        return type(layer), [tuple(w.shape) for w in layer.weights]
+
     mine, theirs = keras_graph.all_layers(model)[1:], keras_graph.all_layers(dense_model)[1:]  # [0]: the model
-    if len(mine) != len(theirs) or any(a.name != b.name for a, b in zip(mine, theirs, strict=True)):
+    if len(mine) != len(theirs) or any(shape(a) != shape(b) for a, b in zip(mine, theirs, strict=True)):
         raise ValueError("the dense model is not a copy of the pruned model (its layers differ)")
     return {id(a): b for a, b in zip(mine, theirs, strict=True)}
 
@@ -148,7 +155,8 @@ def _refit_one(model, dense_model, call, dense_layer, view, batches, live, units
         rows = np.append(rows, True)
     keep = np.outer(rows, np.asarray(units, bool))  # a unit the layer's own mask removed stays removed
     start = tf.where(keep, w_now, tf.zeros_like(w_now))
-    w_new = refit.refit(start, w_dense, keep, h_pp, cross=h_pd)
+    dampening = max(DAMPENING, UNDERDETERMINED * d / max(int(stats.rows), 1))
+    w_new = refit.refit(start, w_dense, keep, h_pp, dampening=dampening, cross=h_pd)
     kept = np.flatnonzero(units)  # the error of the units that remain (a removed unit's output is gone)
 
     def error(w) -> float:
@@ -166,6 +174,7 @@ def _refit_one(model, dense_model, call, dense_layer, view, batches, live, units
     return {
         "d_in": view.d_in,
         "rows": int(stats.rows),
+        "dampening": round(dampening, 6),
         "inputs_removed": int((~np.asarray(live, bool)).sum()),
         "error_before": round(before, 6),
         "error_after": round(after, 6),
@@ -221,6 +230,6 @@ def refit_channels(
     for name, why in section["skipped"].items():
         section["notes"].append(f"{name}: not refit to the dense output ({why}); it keeps the plain mask")
     section["samples"] = capture.count_examples(batches)
-    section["refit_dampening"] = refit.DAMPENING
+    section["refit_dampening"] = DAMPENING
     section["time_s"] = round(time.perf_counter() - start, 3)
     return section

@@ -42,6 +42,13 @@ def load_token_npz(p: Path, arrays: dict, model, batch_size: int, val_split: flo
     """The .npz's token splits, checked against the model, as batches (see the module docstring)."""
     _check_model(model, p)
     split = "token_ids_train" in arrays
+    read = {f"{kind}{suffix}" for kind in ("token_ids", "padding_mask") for _, suffix in SPLITS} if split else set()
+    unread = sorted(set(arrays) - (read or {"token_ids", "padding_mask"}))
+    if unread:  # a split member beside unsplit ids, or labels: token data is labelled by its own next tokens
+        raise DataError(
+            f"{p}: {', '.join(unread)} is not read with token data (token_ids and padding_mask"
+            f"{', with _train/_test/_val suffixes' if split else ''}); remove it"
+        )
     sets = {}
     for key, suffix in SPLITS:
         suffix = suffix if split else ("" if key == "train" else None)
@@ -225,12 +232,28 @@ def _tokenize(tokenizer, text: str, path):
             from prunecli.errors import first_line
 
             raise DataError(f"{path}: the model's tokenizer failed on the text ({first_line(exc)})") from exc
-        flat = out.flat_values if isinstance(out, tf.RaggedTensor) else tf.reshape(out, [-1])
-        parts.append(np.asarray(flat, np.int64))
+        parts.append(_flat_ids(out))
     ids = np.concatenate(parts) if parts else np.zeros(0, np.int64)
     if ids.size == 0:
         raise DataError(f"{path}: the text gives no tokens")
     return ids
+
+
+def _flat_ids(out):
+    """A tokenizer's output for a batch of lines (a ragged or dense tensor, or nested lists, as
+    KerasHub hands back for Python inputs) as one flat int64 array, in order."""
+    import numpy as np
+    import tensorflow as tf
+
+    if isinstance(out, tf.RaggedTensor):
+        return np.asarray(out.flat_values, np.int64)
+    if isinstance(out, (list, tuple)):
+        flat = [
+            np.asarray(_flat_ids(item) if isinstance(item, (list, tuple)) else item, np.int64).reshape(-1)
+            for item in out
+        ]
+        return np.concatenate(flat) if flat else np.zeros(0, np.int64)
+    return np.asarray(out, np.int64).reshape(-1)
 
 
 def _rows(ids, length: int, start, pad: int):

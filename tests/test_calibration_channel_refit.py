@@ -1,0 +1,226 @@
+"""--reconstruct after neuron masks (calibration/channel_refit.py): the layers that read removed channels
+are refit to the dense model's output, measured here independently of the refit's own figures, through
+Conv2D -> BN -> Conv2D, Dense -> Dense and a residual set; the CLI's --reconstruct -g neuron --shrink
+writes a shrunk model equal to the masked one."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from prunecli.outputs.report import Timings
+
+
+def _linear_model(kind: str):
+    """Small models whose refit layers have no activation of their own, so a layer's output is the
+    linear output the refit reproduces."""
+    import keras
+    from keras import layers as L
+
+    keras.utils.set_random_seed(0)
+    if kind == "dense":
+        inp = keras.Input((12,))
+        x = L.Dense(24, name="a")(inp)
+        x = L.ReLU()(x)
+        x = L.Dense(16, name="b")(x)
+        x = L.ReLU()(x)
+        out = L.Dense(3, activation="softmax", name="out")(x)
+        return keras.Model(inp, out)
+    inp = keras.Input((10, 10, 3))
+    if kind == "conv":
+        x = L.Conv2D(16, 3, padding="same", use_bias=False, name="a")(inp)
+        x = L.BatchNormalization(name="bn_a")(x)
+        x = L.ReLU()(x)
+        x = L.Conv2D(12, 3, padding="same", name="b")(x)
+    else:  # a residual set: stem and the branch's last conv share their channels through the Add
+        s = L.Conv2D(16, 3, padding="same", use_bias=False, name="stem")(inp)
+        s = L.BatchNormalization(name="stem_bn")(s)
+        s = L.ReLU()(s)
+        y = L.Conv2D(16, 3, padding="same", use_bias=False, name="c1")(s)
+        y = L.BatchNormalization(name="c1_bn")(y)
+        y = L.ReLU()(y)
+        y = L.Conv2D(16, 1, use_bias=False, name="c2")(y)
+        y = L.BatchNormalization(name="c2_bn")(y)
+        x = L.Add()([s, y])
+        x = L.ReLU()(x)
+        x = L.Conv2D(12, 3, padding="same", name="b")(x)
+    x = L.ReLU()(x)
+    x = L.GlobalAveragePooling2D()(x)
+    return keras.Model(inp, L.Dense(3, activation="softmax", name="out")(x))
+
+
+def _inputs(model, n: int = 96):
+    """Inputs driven by a few latent factors (as real features are), so that the channels a layer
+    makes are redundant and the kept ones can stand in for the removed ones."""
+    rng = np.random.default_rng(1)
+    *space, channels = model.input_shape[1:]
+    z = rng.normal(size=(n, *space, 2))
+    return (z @ rng.normal(size=(2, channels)) + 0.05 * rng.normal(size=(n, *space, channels))).astype("float32")
+
+
+def _with_moving_statistics(model, x):
+    """BatchNorm statistics of data rather than 0/1, as a trained model has."""
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0
+    model(x, training=True)
+
+
+def _prune(model, sparsity: float, exclude=("b",)):
+    """Neuron magnitude masks at `sparsity` with their followers applied, as a run applies them; returns
+    (targets, masks, the dense copy taken before masking). `b`, whose output is measured, keeps its units."""
+    from prunecli import build_config
+    from prunecli.run import steps
+    from prunecli.training.distill import teacher_copy
+
+    settings = {"model_path": "m.keras", "granularity": "neuron", "sparsity": sparsity, "exclude": list(exclude)}
+    config = build_config(settings)
+    targets = steps.pick_targets(model, config).targets
+    dense = teacher_copy(model)
+    masks = steps.score_and_mask(model, targets, None, None, config, steps.silent, Timings())
+    return targets, masks.masks, dense
+
+
+def _output_error(model, dense, name: str, x) -> float:
+    """||layer output in model - layer output in dense|| / ||layer output in dense||, on x."""
+    import keras
+
+    def out(m):
+        return np.asarray(keras.Model(m.inputs, m.get_layer(name).output)(x, training=False))
+
+    got, want = out(model), out(dense)
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+@pytest.mark.parametrize(("kind", "sparsity"), [("conv", 0.5), ("dense", 0.5), ("residual", 0.4)])
+def test_refit_lowers_the_next_layers_output_error(kind, sparsity):
+    from prunecli.calibration import channel_refit
+
+    model = _linear_model(kind)
+    x = _inputs(model)
+    _with_moving_statistics(model, x)
+    targets, masks, dense = _prune(model, sparsity)
+    before = _output_error(model, dense, "b", x)
+    section = channel_refit.refit_channels(model, dense, targets, masks, [x])
+    after = _output_error(model, dense, "b", x)
+    assert before > 0.05
+    assert after < 0.7 * before, (before, after)
+    entry = section["layers"]["b"]
+    assert entry["error_after"] < entry["error_before"]
+    assert entry["error_after"] == pytest.approx(after, rel=1e-3)
+    if kind != "residual":  # there c1 and c2 are refit first, which changes b's inputs before its refit
+        assert entry["error_before"] == pytest.approx(before, rel=1e-3)
+    # the masks hold: removed units and the rows that read removed channels are exactly 0
+    for t in targets:
+        w = np.asarray(t.variable)
+        assert not w[~np.asarray(masks[t.name])].any()
+    dead_rows = ~np.asarray(masks[targets[0].name]).any(axis=tuple(range(len(targets[0].shape) - 1)))
+    assert dead_rows.any()
+    if kind != "residual":  # `a` feeds `b` directly
+        b = np.asarray(model.get_layer("b").kernel)
+        assert not b[..., dead_rows, :].any()
+
+
+def test_residual_set_refits_every_reader_and_keeps_the_set_whole():
+    """A channel of the residual stream goes from stem and c2 together; c1 and b both read the stream and
+    are refit; a layer whose inputs pruning did not change (stem) is left alone."""
+    from prunecli.calibration import channel_refit
+
+    model = _linear_model("residual")
+    x = _inputs(model)
+    _with_moving_statistics(model, x)
+    targets, masks, dense = _prune(model, 0.4)
+    stem = np.asarray(model.get_layer("stem").kernel)
+    section = channel_refit.refit_channels(model, dense, targets, masks, [x])
+    assert {"c1", "c2", "b", "out"} <= set(section["layers"])
+    assert "stem" not in section["layers"] and "stem" not in section["skipped"]
+    np.testing.assert_array_equal(np.asarray(model.get_layer("stem").kernel), stem)
+    gone_stem = ~np.asarray(model.get_layer("stem").kernel).any(axis=(0, 1, 2))
+    gone_c2 = ~np.asarray(model.get_layer("c2").kernel).any(axis=(0, 1, 2))
+    assert gone_stem.any() and (gone_stem == gone_c2).all()
+
+
+def test_a_layer_whose_output_units_go_keeps_them_removed_and_its_bias_zero():
+    from prunecli.calibration import channel_refit
+
+    model = _linear_model("dense")
+    x = _inputs(model)
+    targets, masks, dense = _prune(model, 0.5, exclude=())
+    channel_refit.refit_channels(model, dense, targets, masks, [x])
+    b = model.get_layer("b")
+    gone = ~np.asarray(masks["b/kernel"]).any(axis=0)
+    assert gone.any()
+    assert not np.asarray(b.kernel)[:, gone].any() and not np.asarray(b.bias)[gone].any()
+    assert np.asarray(b.kernel)[:, ~gone].any()
+
+
+@pytest.fixture(scope="module")
+def cnn_files(tmp_path_factory):
+    """A BN CNN trained a little on a separable task, and its data."""
+    import keras
+    from keras import layers as L
+
+    folder = tmp_path_factory.mktemp("channel_refit")
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 600).astype("int32")
+    x = rng.normal(size=(600, 10, 10, 3)).astype("float32") * 0.5
+    x[np.arange(600), :, :, y] += 1.0
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((10, 10, 3))
+    h = L.Conv2D(16, 3, padding="same", use_bias=False, name="c0")(inp)
+    h = L.BatchNormalization(name="bn0")(h)
+    h = L.ReLU()(h)
+    h = L.Conv2D(16, 3, padding="same", use_bias=False, name="c1")(h)
+    h = L.BatchNormalization(name="bn1")(h)
+    h = L.ReLU()(h)
+    h = L.GlobalAveragePooling2D()(h)
+    h = L.Dense(16, activation="relu", name="fc")(h)
+    model = keras.Model(inp, L.Dense(3, activation="softmax", name="out")(h))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=2, batch_size=64, verbose=0)
+    model.save(folder / "cnn.keras")
+    np.savez(folder / "d.npz", x=x, y=y)
+    return folder
+
+
+def test_cli_reconstruct_neuron_shrink_equals_the_masked_model(cli, cnn_files, tmp_path):
+    out, report = tmp_path / "o.keras", tmp_path / "r.json"
+    args = ["prune", cnn_files / "cnn.keras", "-d", cnn_files / "d.npz", "-g", "neuron", "-s", "0.5"]
+    result = cli(*args, "--shrink", "--reconstruct", "-o", out, "-r", report, "-q", "--no-sizes")
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    section = data["calibration"]
+    assert section["method"] == "channel refit" and section["samples"] == 128
+    assert {"c1", "fc"} <= set(section["layers"])
+    assert all(e["error_after"] < e["error_before"] for e in section["layers"].values())
+    check = data["shrink"]["verification"]  # the shrunk model against the masked, refit one
+    assert check["inputs"] == "data" and check["max_rel_diff"] <= 1e-4
+    assert data["shrink"]["params_after"] < data["shrink"]["params_before"]
+    assert data["batchnorm_recalibrated"]["layers"] == 2
+    import keras
+
+    shrunk = keras.saving.load_model(out)
+    assert shrunk.get_layer("c0").kernel.shape[-1] < 16
+
+
+def test_target_takes_reconstruct(cnn_files, tmp_path):
+    from prunecli import build_config, prune
+
+    config = build_config(
+        {
+            "model_path": str(cnn_files / "cnn.keras"),
+            "data": str(cnn_files / "d.npz"),
+            "target": "params=0.5",
+            "reconstruct": True,
+            "output": str(tmp_path / "o.keras"),
+            "quiet": True,
+            "sizes": False,
+        }
+    )
+    report = prune(config).report.to_dict()
+    assert report["calibration"]["layers"] and report["target"]["within_tolerance"]
+    assert report["shrink"]["verification"]["max_rel_diff"] <= 1e-4
