@@ -1,12 +1,15 @@
 """Pruned and quantized together: accuracy and file sizes of float dense, float pruned, pruned + int8 and
-pruned + int4 (Keras 3's own `Model.quantize`, through `prunecli prune --quantize`). Writes bench/QUANT.md.
+pruned + int4, each post-training (PTQ: prune -> fine-tune -> quantize) and quantisation-aware (QAT: prune
+-> fine-tune through Keras' quantisation grid -> quantize), all through `prunecli prune --quantize MODE
+--qat off|on` (Keras 3's own `Model.quantize`). Writes bench/QUANT.md.
 
     .venv/bin/python bench/quant_table.py [--seeds 3] [--epochs 2] [--models digits_cnn,mnist_mlp]
 
 Every pruned model is the default command with `--epochs 2` (global LAMP, polynomial schedule; 2:4 is
-one-shot then fine-tuned), run once per quantization mode; the float pruned figures come from the
-same runs (the report's `quantize.metrics.float_pruned` and `quantize.sizes.float_pruned`), so each
-row compares the same weights. Accuracy is top-1 on the held-out test split.
+one-shot then fine-tuned), run once per (mode, qat); PTQ and QAT start from the same model, seed,
+schedule and number of steps, so they differ only in the fine-tuning's forward pass. The float pruned
+figures come from the PTQ int8 runs (the report's `quantize.metrics.float_pruned` and
+`quantize.sizes.float_pruned`). Accuracy is top-1 on the held-out test split.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from bench_common import accuracy, mnist_subset, quiet_tf, replace_section, tabl
 DIGITS = ROOT / "examples" / "digits_cnn.keras"
 DIGITS_DATA = ROOT / "examples" / "digits.npz"
 POINTS = ("0.5", "0.8", "0.9", "2:4")
-MODES = ("int8", "int4")
+VARIANTS = {"int8": ("int8", "off"), "int8-qat": ("int8", "on"), "int4": ("int4", "off"), "int4-qat": ("int4", "on")}
 
 
 def mnist_mlp(seed: int, folder: Path) -> tuple[Path, Path]:
@@ -56,17 +59,19 @@ def mnist_mlp(seed: int, folder: Path) -> tuple[Path, Path]:
     return model_path, data_path
 
 
-def run_point(model_path: Path, data_path: Path, point: str, mode: str, seed: int, epochs: int, work: Path) -> dict:
+def run_point(model_path: Path, data_path: Path, point: str, variant: str, seed: int, epochs: int, work: Path) -> dict:
     from prunecli import build_config, prune
 
+    mode, qat = VARIANTS[variant]
     amount = {"granularity": "n:m=2:4"} if point == "2:4" else {"sparsity": float(point)}
-    out = work / f"{model_path.stem}-{point.replace(':', 'of')}-{mode}-{seed}.keras"
+    out = work / f"{model_path.stem}-{point.replace(':', 'of')}-{variant}-{seed}.keras"
     settings = {
         "model_path": str(model_path),
         "data": str(data_path),
         "epochs": epochs,
         "seed": seed,
         "quantize": mode,
+        "qat": qat,
         "output": str(out),
         "quiet": True,
         **amount,
@@ -74,6 +79,7 @@ def run_point(model_path: Path, data_path: Path, point: str, mode: str, seed: in
     result = prune(build_config(settings))
     q = result.report.extra["quantize"]
     out.unlink()
+    assert q["after_qat"] == (qat == "on"), q["after_qat"]
     return {
         "float_acc": q["metrics"]["float_pruned"]["accuracy"],
         "quant_acc": q["metrics"]["quantized"]["accuracy"],
@@ -115,16 +121,37 @@ def kib(n: float) -> str:
     return f"{n / 1024:.1f}"
 
 
+def qat_verdict(rows: list[dict], mode: str) -> str:
+    """QAT against PTQ for `mode` over every (model, point, seed) pair: the mean accuracy difference in
+    points, and how many pairs each side wins."""
+    ptq = {(r["model"], r["point"], r["seed"]): r["quant_acc"] for r in rows if r["mode"] == mode}
+    qat = {(r["model"], r["point"], r["seed"]): r["quant_acc"] for r in rows if r["mode"] == f"{mode}-qat"}
+    pairs = [(ptq[k], qat[k]) for k in ptq if k in qat]
+    if not pairs:
+        return ""
+    diffs = [100 * (b - a) for a, b in pairs]
+    return (
+        f"- {mode} QAT - PTQ over {len(pairs)} (model, sparsity, seed) runs: mean {mean(diffs):+.2f} points "
+        f"(min {min(diffs):+.2f}, max {max(diffs):+.2f}); QAT ahead in {sum(d > 0 for d in diffs)}, "
+        f"behind in {sum(d < 0 for d in diffs)}, tied in {sum(d == 0 for d in diffs)}."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--models", default="digits_cnn,mnist_mlp")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="of: " + ", ".join(VARIANTS))
     parser.add_argument("--json", type=Path, default=None, help="also write the raw rows here")
     args = parser.parse_args()
     quiet_tf()
     import keras
 
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or "int8" not in variants:
+        parser.error(f"--variants: {', '.join(unknown) or 'int8 (PTQ) is required'}; of {', '.join(VARIANTS)}")
     started = time.time()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,9 +164,9 @@ def main() -> None:
                     model_path, data_path = mnist_mlp(seed, work)
                 dense = dense_row(model_path, data_path, work)
                 for point in POINTS:
-                    for mode in MODES:
-                        r = run_point(model_path, data_path, point, mode, seed, args.epochs, work)
-                        rows.append({"model": name, "seed": seed, "point": point, "mode": mode, "dense": dense, **r})
+                    for variant in variants:
+                        r = run_point(model_path, data_path, point, variant, seed, args.epochs, work)
+                        rows.append({"model": name, "seed": seed, "point": point, "mode": variant, "dense": dense, **r})
                         print(json.dumps(rows[-1]), flush=True)
     elapsed = time.time() - started
     if args.json:
@@ -150,36 +177,27 @@ def main() -> None:
         "sparsity",
         "float dense",
         "float pruned",
-        "pruned + int8",
-        "pruned + int4",
-        "KiB raw: dense / pruned / int8 / int4",
-        "KiB gzip: dense / pruned / int8 / int4",
+        *(f"pruned + {v.replace('-qat', ' QAT') if 'qat' in v else v + ' PTQ'}" for v in variants),
+        "KiB raw: dense / pruned / " + " / ".join(variants),
+        "KiB gzip: dense / pruned / " + " / ".join(variants),
         "pruned ≠ 0 after quant",
     ]
     body = []
     for name in args.models.split(","):
         for point in POINTS:
             cell = {
-                m: [r for r in rows if r["model"] == name and r["point"] == point and r["mode"] == m] for m in MODES
+                v: [r for r in rows if r["model"] == name and r["point"] == point and r["mode"] == v] for v in variants
             }
             if not cell["int8"]:
                 continue
             dense = cell["int8"][0]["dense"]
             fl = [r["float_acc"] for r in cell["int8"]]
-            raw = [
-                dense["sizes"]["bytes"],
-                mean([r["float_sizes"]["bytes"] for r in cell["int8"]]),
-                mean([r["quant_sizes"]["bytes"] for r in cell["int8"]]),
-                mean([r["quant_sizes"]["bytes"] for r in cell["int4"]]),
-            ]
-            gz = [
-                dense["sizes"]["gzip_bytes"],
-                mean([r["float_sizes"]["gzip_bytes"] for r in cell["int8"]]),
-                mean([r["quant_sizes"]["gzip_bytes"] for r in cell["int8"]]),
-                mean([r["quant_sizes"]["gzip_bytes"] for r in cell["int4"]]),
-            ]
-            moved = sum(r["pruned_nonzero"] for m in MODES for r in cell[m])
-            checked = sum(r["pruned_weights"] for m in MODES for r in cell[m])
+            raw = [dense["sizes"]["bytes"], mean([r["float_sizes"]["bytes"] for r in cell["int8"]])]
+            raw += [mean([r["quant_sizes"]["bytes"] for r in cell[v]]) for v in variants]
+            gz = [dense["sizes"]["gzip_bytes"], mean([r["float_sizes"]["gzip_bytes"] for r in cell["int8"]])]
+            gz += [mean([r["quant_sizes"]["gzip_bytes"] for r in cell[v]]) for v in variants]
+            moved = sum(r["pruned_nonzero"] for v in variants for r in cell[v])
+            checked = sum(r["pruned_weights"] for v in variants for r in cell[v])
             label = "2:4" if point == "2:4" else f"{float(point):.0%}"
             body.append(
                 [
@@ -187,13 +205,13 @@ def main() -> None:
                     label,
                     spread([dense["acc"]]),
                     spread(fl),
-                    spread([r["quant_acc"] for r in cell["int8"]]),
-                    spread([r["quant_acc"] for r in cell["int4"]]),
+                    *(spread([r["quant_acc"] for r in cell[v]]) for v in variants),
                     " / ".join(kib(v) for v in raw),
                     " / ".join(kib(v) for v in gz),
                     f"{moved} of {checked:,}",
                 ]
             )
+    verdicts = [qat_verdict(rows, mode) for mode in ("int8", "int4") if mode in variants and f"{mode}-qat" in variants]
     left = sorted({f"{r['model']}: {', '.join(r['left_float']) or 'none'}" for r in rows})
     text = "\n".join(
         [
@@ -209,6 +227,8 @@ def main() -> None:
             "",
             "Layers left float (Keras 3.15 quantizes Dense/EinsumDense/Embedding, not convolutions): "
             + "; ".join(left),
+            "",
+            *verdicts,
         ]
     )
     replace_section(

@@ -16,6 +16,16 @@ Each row is run for every seed (fine-tuning's shuffling) and shows mean and spre
 are the shrunk model's own count_params() and flops.py's count, as fractions of the dense model.
 
     .venv/bin/python bench/target_table.py [--seeds 0 1 2] [--out bench/TARGET.md]
+
+`--latency` writes only the section LATENCY_TABLE instead: the same CNN (trained --train-epochs on the
+same 4,000 images) pruned with `--target latency=F` for each F in LATENCY_FRACTIONS, at batch 64 (the
+--batch-size default) and batch 1, no fine-tuning. Per row: the dense model's time and the goal, the
+time the search measured for the candidate it chose, the final model timed again at the end of the
+run (the report's `achieved`), the candidates timed, FLOPs and params reached, the search's wall time,
+and the 1-minute load average before and after the run (the machine is shared: timings move with it).
+Then the final model is timed REPEATS more times with the same timer, to show how much one timing moves.
+
+    .venv/bin/python bench/target_table.py --latency [--train-epochs 3]
 """
 
 from __future__ import annotations
@@ -37,6 +47,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_common import mnist_subset, replace_section  # noqa: E402
 
 TABLE = "## Accuracy at the same parameter count"
+LATENCY_TABLE = "## `--target latency=F`: requested against reached"
+LATENCY_FRACTIONS = (0.75, 0.5, 0.3)
+REPEATS = 5
 
 FRACTIONS = (0.5, 0.25)
 EPOCHS = 2
@@ -142,7 +155,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--train-epochs", type=int, default=20)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "TARGET.md")
+    parser.add_argument("--latency", action="store_true", help="write only the latency= section")
     args = parser.parse_args()
+    if args.latency:
+        latency_main(args)
+        return
 
     import numpy as np
     from bench_common import accuracy
@@ -201,6 +218,124 @@ def main() -> None:
             )
     replace_section(args.out, TABLE, render(rows, dense_acc, dense_params, args))  # "## Reading" stays
     print(f"wrote {args.out}")
+
+
+def latency_main(args) -> None:
+    """The `--latency` section (see the module docstring)."""
+    import numpy as np
+    from bench_common import accuracy
+
+    from prunecli import build_config, prune
+    from prunecli.errors import ConfigError
+    from prunecli.run import target
+    from prunecli.structure import equivalence
+
+    x, y = mnist_subset(0)
+    x = x.reshape(-1, 28, 28, 1)
+    (xt, yt), (xv, yv) = (x[:4000], y[:4000]), (x[4000:], y[4000:])
+    folder = Path(tempfile.mkdtemp(prefix="target-latency-"))
+    data = folder / "mnist.npz"
+    np.savez(data, x_train=xt, y_train=yt, x_test=xv, y_test=yv)
+    model = cnn()
+    model.fit(xt, yt, epochs=args.train_epochs, batch_size=64, verbose=0)
+    dense_acc = accuracy(model, xv, yv)
+    model_path = folder / "cnn.keras"
+    model.save(model_path)
+    rows = []
+    for batch in (64, 1):
+        for fraction in LATENCY_FRACTIONS:
+            load_before = os.getloadavg()[0]
+            config = build_config(
+                {
+                    "model_path": str(model_path),
+                    "data": str(data),
+                    "output": str(folder / "out.keras"),
+                    "force": True,
+                    "quiet": True,
+                    "sizes": False,
+                    "batch_size": batch,
+                    "target": f"latency={fraction}",
+                }
+            )
+            start = time.perf_counter()
+            try:
+                result = prune(config)
+            except ConfigError as exc:  # unreachable as timed now: a row that says so
+                rows.append(
+                    {
+                        "fraction": fraction,
+                        "batch": batch,
+                        "refused": str(exc),
+                        "load": (load_before, os.getloadavg()[0]),
+                    }
+                )
+                print(rows[-1], flush=True)
+                continue
+            seconds = time.perf_counter() - start
+            report = result.report.to_dict()
+            section, lat = report["target"], report["target"]["latency"]
+            inputs = equivalence.example_inputs(result.model, lat["batch"], xv[:64])
+            again = [
+                target._timed(equivalence.latency_ms, result.model, inputs) / lat["dense_ms"] for _ in range(REPEATS)
+            ]
+            row = {
+                "fraction": fraction,
+                "batch": lat["batch"],
+                "dense_ms": lat["dense_ms"],
+                "dense_after": lat["dense_ms_after_search"] / lat["dense_ms"],
+                "goal_ms": lat["goal_ms"],
+                "chosen": lat["chosen_ms"] / lat["dense_ms"],
+                "final": section["achieved"],
+                "within": section["within_tolerance"],
+                "again": (min(again), max(again)),
+                "timed": lat["timed"],
+                "flops": report["flops"]["after"] / report["flops"]["before"],
+                "params": report["shrink"]["params_after"] / report["shrink"]["params_before"],
+                "accuracy": report["metrics"]["after_pruning"]["accuracy"],
+                "search_s": report.get("timings_s", {}).get("target_latency", float("nan")),
+                "seconds": seconds,
+                "load": (load_before, os.getloadavg()[0]),
+            }
+            rows.append(row)
+            print(row, flush=True)
+    replace_section(args.out, LATENCY_TABLE, render_latency(rows, dense_acc, args))
+    print(f"wrote {args.out}")
+
+
+def render_latency(rows, dense_acc: float, args) -> str:
+    lines = [
+        LATENCY_TABLE,
+        "",
+        "Written by `bench/target_table.py --latency` (see its docstring). The CNN above, trained",
+        f"{args.train_epochs} epochs ({dense_acc:.4f} held out), pruned by `--target latency=F` (neuron magnitude,",
+        "lamp, no fine-tuning). Times are Keras forward passes on the run's data, the least of 3 medians of",
+        "timed passes after warm-up (structure/equivalence.latency_ms, as run/target.py times), as fractions of the dense model's time",
+        "measured at the start of the same run. chosen: the candidate the search kept, as it timed it;",
+        "final: the written model timed again at the end (the report's `achieved`); again: the final model",
+        f"timed {REPEATS} more times afterwards, as the run times it (min-max); dense after search: the dense model timed again",
+        "after the search, over its first timing. load: the 1-minute load average before / after the run.",
+        "",
+        "| target | batch | dense ms | dense after search | goal ms | chosen | final | within 5% | again (min-max) | candidates | FLOPs | params | accuracy one-shot | search s | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "refused" in r:
+            lines.append(
+                f"| latency={r['fraction']} | {r['batch']} | refused (exit 2): {r['refused'].split(': ', 1)[-1]}"
+                f" ||||||||||||| {r['load'][0]:.1f} / {r['load'][1]:.1f} |"
+            )
+            continue
+        lines.append(
+            f"| latency={r['fraction']} | {r['batch']} | {r['dense_ms']:.2f} | {r['dense_after']:.3f} | {r['goal_ms']:.2f} | {r['chosen']:.3f} |"
+            f" {r['final']:.3f} | {'yes' if r['within'] else 'no'} | {r['again'][0]:.3f}-{r['again'][1]:.3f} |"
+            f" {r['timed']} | {r['flops']:.3f} | {r['params']:.3f} | {r['accuracy']:.4f} | {r['search_s']:.1f} |"
+            f" {r['load'][0]:.1f} / {r['load'][1]:.1f} |"
+        )
+    lines += [
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), Python {platform.python_version()}.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _flat_refresh(original):

@@ -10,6 +10,7 @@ printed "Exception ignored".
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 
@@ -48,3 +49,18 @@ def install() -> None:
 def reset() -> None:
     """For tests running several commands in one process."""
     _stop.clear()
+
+
+@contextlib.contextmanager
+def handlers_kept():
+    """Put prunecli's SIGTERM and SIGINT handlers back after native code that replaces them:
+    TensorFlow's coordination service (--strategy multiworker) installs its own SIGTERM handler for
+    preemption notices, which only records the signal, so a later SIGTERM would never stop the run."""
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in kept.items():
+                if handler is not None:
+                    signal.signal(sig, handler)

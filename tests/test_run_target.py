@@ -1,5 +1,8 @@
 """--target on the command line: the report's `target` section, `plan --target` (nothing written), the
-size= target against the written file, and the combinations refused in one line with exit 2."""
+size= target against the written file, and the combinations refused in one line with exit 2.
+
+latency= is tested with a fake timer (latency = a constant + the model's multiply-adds), so the search,
+the report and the refusals are checked without timing noise; one slow test times for real."""
 
 from __future__ import annotations
 
@@ -107,3 +110,116 @@ def test_size_target_is_the_written_file(cli, files, tmp_path):
     assert section["achieved_bytes"] == out.stat().st_size
     assert want * (1 - TOLERANCE) <= out.stat().st_size <= want
     assert section["within_tolerance"] is True
+
+
+def _fake_latency(base_ms: float):
+    """A timer whose latency is base_ms plus one ms per million multiply-adds: deterministic, so the
+    search's landing is tested without timing noise."""
+    from prunecli.structure import flops
+
+    def latency_ms(model, inputs, *args, **kwargs):
+        return base_ms + flops.count(model)["total"] / 1e6
+
+    return latency_ms
+
+
+@pytest.fixture
+def fake_timer(monkeypatch):
+    from prunecli.structure import equivalence
+
+    def use(base_ms: float = 0.5):
+        monkeypatch.setattr(equivalence, "latency_ms", _fake_latency(base_ms))
+
+    return use
+
+
+@pytest.mark.parametrize("round_to", [None, 8])
+def test_latency_target_lands_in_its_band(cli, files, tmp_path, fake_timer, round_to):
+    from prunecli.config.target import LATENCY_TOLERANCE
+    from prunecli.selection.budget import MAX_TIMED
+
+    fake_timer()
+    out, report = tmp_path / "o.keras", tmp_path / "r.json"
+    extra = ["--round-to", str(round_to)] if round_to else []
+    result = cli("prune", files / "cnn.keras", "--target", "latency=0.5", *extra, "-o", out, "-r", report)
+    assert result.exit_code == 0, result.output
+    section = json.loads(report.read_text())["target"]
+    lat = section["latency"]
+    assert section["kind"] == "latency" and lat["batch"] == 64 and lat["inputs"] == "random"
+    assert 0.5 * (1 - LATENCY_TOLERANCE) <= section["achieved"] <= 0.5 and section["within_tolerance"] is True
+    assert lat["final_ms"] == section["achieved_ms"] == pytest.approx(lat["chosen_ms"])
+    assert 2 <= lat["timed"] <= MAX_TIMED - 1 and len(lat["candidates"]) == lat["timed"] + 1
+    assert lat["candidates"][0] == {"flops_fraction": 1.0, "latency_ms": round(lat["dense_ms"], 4)}
+    if round_to:
+        assert all(v["after"] % 8 == 0 for v in section["layers"].values())
+    said = " ".join(result.output.split())  # the console wraps long notes
+    assert "--target latency: achieved" in said and "measured on this machine" in said
+    assert lat["dense_ms_after_search"] == lat["dense_ms"] and "approximate" not in said
+
+
+def test_absolute_latency_target(cli, files, tmp_path, fake_timer):
+    fake_timer()
+    out, report = tmp_path / "o.keras", tmp_path / "r.json"
+    result = cli("prune", files / "cnn.keras", "--target", "latency=2ms", "-o", out, "-r", report, "-q")
+    assert result.exit_code == 0, result.output
+    section = json.loads(report.read_text())["target"]
+    assert section["unit"] == "ms" and section["requested"] == 2.0
+    assert 2.0 * 0.95 <= section["achieved"] == section["achieved_ms"] <= 2.0
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("latency=0.3", "--target latency=0.3 cannot be met: with every channel the floors allow removed"),
+        ("latency=50ms", "--target latency=50ms: the dense model already takes"),
+    ],
+)
+def test_unreachable_latency_exits_2_in_one_line(cli, files, tmp_path, fake_timer, target, message):
+    fake_timer(3.0)  # 3 ms that no channel removes: the floors' model is 0.44 of the dense one
+    result = cli("prune", files / "cnn.keras", "--target", target, "-o", tmp_path / "o.keras", "-q")
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o.keras").exists()
+
+
+def test_plan_latency_target_writes_nothing(cli, files, fake_timer):
+    fake_timer()
+    before = _snapshot(files)
+    result = cli("plan", files / "cnn.keras", "--target", "latency=0.5", "--json")
+    assert result.exit_code == 0, result.output
+    section = json.loads(result.stdout)["target"]
+    assert section["latency"]["chosen_ms"] <= section["latency"]["goal_ms"] and section["within_tolerance"]
+    table = cli("plan", files / "cnn.keras", "--target", "latency=0.5")
+    assert table.exit_code == 0 and "latency at batch 64 on this machine: dense" in table.output
+    assert _snapshot(files) == before
+
+
+@pytest.mark.slow
+def test_latency_target_end_to_end_with_the_real_timer(cli, files, tmp_path):
+    """Timed for real: what is asserted holds whatever the machine's load (the search never picks a
+    candidate it measured over the goal); whether the final model's own timing lands is reported."""
+    out, report = tmp_path / "o.keras", tmp_path / "r.json"
+    result = cli("prune", files / "cnn.keras", "--target", "latency=0.6", "-o", out, "-r", report, "-q")
+    assert result.exit_code == 0, result.output
+    section = json.loads(report.read_text())["target"]
+    lat = section["latency"]
+    assert lat["chosen_ms"] <= lat["goal_ms"] == pytest.approx(0.6 * lat["dense_ms"])
+    assert lat["timed"] >= 1 and section["predicted_fraction"] < 1.0
+    assert section["achieved_ms"] == lat["final_ms"] > 0 and isinstance(section["within_tolerance"], bool)
+    assert out.exists()
+
+
+def test_a_moving_dense_time_is_said():
+    from prunecli.run.target import drift_note
+
+    assert drift_note({"dense_ms": 10.0, "dense_ms_after_search": 10.4}) is None
+    note = drift_note({"dense_ms": 10.0, "dense_ms_after_search": 13.0})
+    assert "10 ms before the search and 13 ms after it" in note and "approximate" in note
+
+
+def test_each_model_keeps_its_least_timing():
+    """A slower call of the timer is other processes taking the cores: the least of TIMING_REPEATS counts."""
+    from prunecli.run.target import TIMING_REPEATS, _timed
+
+    times = iter([5.0, 3.0, 4.0, 1.0])
+    assert TIMING_REPEATS == 3 and _timed(lambda model, inputs: next(times), None, None) == 3.0

@@ -3,7 +3,9 @@ costed exactly without rebuilding (structure/costs.py), and checked against a re
 
 Each target kind is met within 2% under the request on an MLP, a BatchNorm CNN with 'same' padding, a
 residual CNN with Adds and a MobileNet-style depthwise block; the predicted cost is the shrunk model's
-own count_params() or flops.py's count, to the parameter.
+own count_params() or flops.py's count, to the parameter. The latency search (search_latency) is
+checked on injected latency curves: it lands in the band, never keeps a candidate over the goal, is
+monotone in the goal, stays within its budget and refuses an unreachable goal.
 """
 
 from __future__ import annotations
@@ -233,3 +235,98 @@ def test_residual_stream_is_one_unit(model_files, tmp_path):
     kept = result.report.to_dict()["target"]["layers"]
     assert kept["stem"]["after"] == kept["b0_c2"]["after"] == kept["b1_c2"]["after"]
     assert any(v["after"] < v["before"] for v in kept.values())
+
+
+def test_parse_latency_target():
+    assert parse_target("latency=0.5") == parse_target(" LATENCY = 0.5")
+    assert (parse_target("latency=0.5").value, parse_target("latency=0.5").absolute) == (0.5, False)
+    assert (parse_target("latency=3ms").value, parse_target("latency=3ms").absolute) == (3.0, True)
+    assert parse_target("latency=0.002s").value == pytest.approx(2.0)
+    assert parse_target("latency=900us").value == pytest.approx(0.9)
+    assert str(parse_target("latency=3ms")) == "latency=3ms" and str(parse_target("latency=0.5")) == "latency=0.5"
+    for bad in ("latency=1.5", "latency=0", "latency=3min", "latency=fast", "latency=0ms", "latency="):
+        with pytest.raises(ConfigError):
+            parse_target(bad)
+
+
+def _curve(fn, calls=None):
+    """A fake measurement: the cost is the FLOPs fraction in thousandths, the latency fn(fraction)."""
+
+    def measure(fraction):
+        if calls is not None:
+            calls.append(fraction)
+        return int(round(fraction * 1000)), float(fn(fraction))
+
+    return measure
+
+
+def _search(fn, goal_ms, lowest=0.02, calls=None, **kw):
+    dense = budget.Timed(1.0, 1000, float(fn(1.0)))
+    low = goal_ms * (1 - 0.05)
+    return budget.search_latency(_curve(fn, calls), dense, lowest, goal_ms, low, "latency=x", "here", **kw)
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda f: 1.0 + 9.0 * f,  # linear
+        lambda f: 1.0 + 9.0 * f**2,  # convex: the secant overshoots
+        lambda f: 1.0 + 9.0 * np.sqrt(f),  # concave
+        lambda f: 1.0 + 9.0 * np.floor(f * 100) / 100,  # steps narrower than the band
+    ],
+    ids=["linear", "convex", "concave", "steps"],
+)
+def test_latency_search_lands_in_the_band_under_the_goal(fn):
+    for goal in (3.0, 5.0, 8.0):
+        calls: list[float] = []
+        found = _search(fn, goal, calls=calls)
+        assert goal * 0.95 <= found.chosen.ms <= goal  # in the band, never over
+        assert found.chosen.ms == fn(found.chosen.fraction)
+        assert len({round(c * 1000) for c in calls}) <= budget.MAX_TIMED - 1  # the dense model is not re-timed
+        assert found.timed[0].fraction == 1.0 and found.lowest.fraction == 0.02
+
+
+def test_latency_search_is_monotone_in_the_goal():
+    fn = lambda f: 0.5 + 4.0 * f**1.5  # noqa: E731
+    chosen = [_search(fn, g).chosen.fraction for g in np.linspace(0.8, 4.2, 12)]
+    assert chosen == sorted(chosen)
+
+
+def test_latency_search_never_returns_a_candidate_over_the_goal():
+    """A curve that is not monotone (noise, kernels that prefer some widths): whatever it lands on was
+    measured at or under the goal, and is the largest FLOPs goal so measured."""
+    rng = np.random.default_rng(0)
+    bumps = rng.uniform(-0.8, 0.8, 1001)
+    fn = lambda f: 1.0 + 9.0 * f + bumps[int(round(f * 1000))]  # noqa: E731
+    for goal in (2.5, 4.0, 6.5):
+        found = _search(fn, goal)
+        assert found.chosen.ms <= goal
+        assert all(t.fraction <= found.chosen.fraction or t.ms > goal for t in found.timed)
+
+
+def test_latency_search_stops_at_its_resolution_and_budget():
+    jump = lambda f: 1.0 if f < 0.5 else 10.0  # noqa: E731 - no width lands in the band
+    calls: list[float] = []
+    found = _search(jump, 5.0, calls=calls)
+    assert found.chosen.ms == 1.0 and found.chosen.fraction < 0.5
+    assert len(calls) <= budget.MAX_TIMED - 1
+    found = _search(jump, 5.0, resolution=1e-9, max_timed=40)
+    assert 0.5 - found.chosen.fraction < 1e-3  # bisection toward the jump when allowed
+
+
+def test_latency_search_refuses_an_unreachable_goal():
+    with pytest.raises(
+        ConfigError, match=r"latency=x cannot be met: .* still takes 1\.18 ms, 0\.12 of the dense .* here"
+    ):
+        _search(lambda f: 1.0 + 9.0 * f, 1.1)
+    calls: list[float] = []
+    found = _search(lambda f: 1.0 + 9.0 * f, 1.2, calls=calls)  # the floors' own model is fast enough
+    assert found.chosen.ms <= 1.2
+
+
+def test_latency_search_looks_past_a_fast_enough_floor():
+    """When the floors' model is already in the band (a time that does not fall with FLOPs below some
+    width), a wider model that is as fast is kept instead."""
+    fn = lambda f: max(3.0, 1.0 + 9.0 * f)  # noqa: E731
+    found = _search(fn, 3.1)
+    assert found.chosen.ms <= 3.1 and found.chosen.fraction > found.lowest.fraction

@@ -308,3 +308,51 @@ def test_default_strategy_trains_the_loaded_model_itself(mlp_files):
         assert type(job.model) is object
     dataset = tf.data.Dataset.range(3)
     assert distribute.distribute_batches(strategy, dataset) is dataset
+
+
+def _lonely_worker(mlp_files, tmp_path, *extra: str) -> subprocess.Popen:
+    """Worker 1 of a two-worker cluster whose worker 0 (the leader) never starts."""
+    cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
+    env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}})}
+    args = [sys.executable, "-m", "prunecli", "prune", str(mlp_files["keras"]), "--strategy", "multiworker"]
+    args += ["--data", str(mlp_files["data"]), "--epochs", "1", "-o", str(tmp_path / "out.keras"), *extra]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+
+
+def _last_line(proc: subprocess.Popen, timeout: float) -> tuple[int, str]:
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    prunecli_lines = [line for line in stderr.splitlines() if line.startswith("prunecli:")]
+    return proc.returncode, prunecli_lines[-1] if prunecli_lines else stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_worker_whose_peers_never_start_stops_at_worker_wait(mlp_files, tmp_path):
+    """TensorFlow waits an hour by default for a task that never comes; --worker-wait bounds it."""
+    code, line = _last_line(_lonely_worker(mlp_files, tmp_path, "--worker-wait", "3"), RUN_TIMEOUT_S)
+    assert code == 2, line
+    assert 'the cluster\'s leader ("worker" 0 at 127.0.0.1:' in line and "within 3 s (--worker-wait)" in line
+    assert not (tmp_path / "out.keras").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_worker_waiting_for_its_leader(mlp_files, tmp_path):
+    """SIGTERM during the wait for the cluster's leader ends the run at once: exit 130, nothing written
+    (TensorFlow's own wait is native code where Python's handlers do not run; prunecli waits first)."""
+    import signal
+    import time
+
+    proc = _lonely_worker(mlp_files, tmp_path)
+    waiting = ""
+    while proc.poll() is None and "waiting up to" not in waiting:  # the progress line says it waits
+        waiting = proc.stderr.readline()
+    assert proc.poll() is None, "the worker ended before it waited for its leader"
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    code, line = _last_line(proc, 30)
+    assert code == 130 and line == "prunecli: interrupted", line
+    assert not (tmp_path / "out.keras").exists()

@@ -20,6 +20,8 @@ from prunecli.config.fields import (
     GRADUAL,
     LR_SCHEDULES,
     NORMALIZATIONS,
+    QAT_CHOICES,
+    QAT_MODES,
     QUANTIZE_MODES,
     SCHEDULES,
     SCOPES,
@@ -44,6 +46,7 @@ INT_LIMITS = {
     "remove_layers": 100_000,
     "remove_heads": 100_000,
     "seq_len": 2**24,
+    "worker_wait": 7 * 24 * 3600,
 }
 
 
@@ -202,7 +205,7 @@ def _check_ranges(c: PruneConfig) -> None:
     for o in c.overrides:
         if o.sparsity is not None and not 0.0 <= o.sparsity < 1.0:
             raise ConfigError(f"override sparsity for {o.pattern!r} must be in [0, 1), got {o.sparsity:g}")
-    for name in ("batch_size", "schedule_steps", "repeats"):
+    for name in ("batch_size", "schedule_steps", "repeats", "worker_wait"):
         if getattr(c, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(c, name)}")
     for name in ("epochs", "early_stopping"):
@@ -313,7 +316,9 @@ def _check_exports(c: PruneConfig) -> None:
 
 def _check_quantize(c: PruneConfig) -> None:
     """--quantize writes Keras 3 quantized layers: a .keras output, the native engine, no --export
-    (TFLite's converter cannot read Keras' int8 matmuls; --export tflite-int8 quantizes for TFLite itself)."""
+    (TFLite's converter cannot read Keras' int8 matmuls; --export tflite-int8 quantizes for TFLite itself).
+    --qat on needs an int8/int4 --quantize and fine-tuning to run through."""
+    _check_qat(c)
     if c.quantize is None:
         return
     if c.quantize not in QUANTIZE_MODES:
@@ -332,6 +337,22 @@ def _check_quantize(c: PruneConfig) -> None:
             "--quantize and --export together are not supported: TFLite cannot convert Keras' quantized layers; "
             "use --export tflite-int8 without --quantize"
         )
+
+
+def _check_qat(c: PruneConfig) -> None:
+    if c.qat not in QAT_CHOICES:
+        raise ConfigError(f"qat must be one of {', '.join(QAT_CHOICES)}, got {c.qat!r}")
+    if c.qat != "on":
+        return
+    if c.quantize is None:
+        raise ConfigError("--qat on fine-tunes through quantisation: give --quantize int8 or --quantize int4")
+    if c.quantize not in QAT_MODES:
+        raise ConfigError(
+            f"--qat on: no quantisation-aware fine-tuning for --quantize {c.quantize} "
+            f"(only {' and '.join(QAT_MODES)}); use --qat off"
+        )
+    if c.epochs <= 0:
+        raise ConfigError("--qat on needs fine-tuning: give --epochs N (and --data)")
 
 
 def _check_strategy(c: PruneConfig) -> None:

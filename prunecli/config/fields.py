@@ -27,6 +27,9 @@ ENGINES = ("native", "tfmot")
 STRATEGIES = ("default", "mirrored", "multiworker", "tpu")  # tf.distribute strategies (training/distribute.py)
 EXPORT_FORMATS = ("tflite", "tflite-int8", "savedmodel")  # outputs/export.py
 QUANTIZE_MODES = ("int8", "int4", "float8")  # Keras 3 Model.quantize modes (outputs/quantize.py)
+QAT_CHOICES = ("auto", "on", "off")  # quantisation-aware fine-tuning with --quantize (training/fake_quant.py)
+QAT_MODES = ("int8", "int4")  # the --quantize modes with a fake quantisation to fine-tune through
+QAT_BY_DEFAULT = {"int8": False, "int4": False}  # --qat auto: what bench/QUANT.md measured (PTQ vs QAT)
 FEATURE_SCORES = ("l1", "l2", "gradient", "taylor", "permutation", "random")  # -g input scores
 MAX_GROUP = 1024  # largest block side and N:M group size (-g n:m=1:99999999 once took 13.5 GB)
 
@@ -246,7 +249,8 @@ class PruneConfig:
     target: str | None = setting(
         help="Make the shrunk model fit: params=F or flops=F (a fraction of the dense model's parameters or"
         " multiply-adds) or size=200KB (the saved file); channels are allocated across layers to land within"
-        " 2% under it. Implies -g neuron and --shrink.",
+        " 2% under it. latency=F or latency=3ms: the forward time at --batch-size, measured on this machine"
+        " (searched, within 5% under). Implies -g neuron and --shrink.",
         commands=("prune", "plan"),
     )
     round_to: int | None = setting(
@@ -272,6 +276,10 @@ class PruneConfig:
     repeats: int = setting(3, help="Repeats of permutation importance (default 3).")
     engine: str = setting("native", help="native (default) or tfmot (Keras-2 .h5 models).", choices=ENGINES)
     strategy: str = setting("default", help="tf.distribute strategy: default, mirrored, multiworker or tpu.")
+    worker_wait: int = setting(
+        600,
+        help="--strategy multiworker: seconds to wait for every task of TF_CONFIG's cluster to start (default 600).",
+    )
     export: tuple[str, ...] = setting(
         (), help="Also export: tflite, tflite-int8, savedmodel (repeatable).", kind="multiple"
     )
@@ -279,6 +287,13 @@ class PruneConfig:
         help="After pruning, quantize with Keras' own Model.quantize: int8, int4 or float8 (.keras output;"
         " pruned weights checked to stay exactly 0).",
         choices=QUANTIZE_MODES,
+        commands=PRUNE_ONLY,
+    )
+    qat: str = setting(
+        "auto",
+        help="With --quantize int8 or int4 and fine-tuning: fine-tune through Keras' quantisation grid (weights; int8 inputs too;"
+        " masks held). auto (default: off, as bench/QUANT.md measured), on or off.",
+        choices=QAT_CHOICES,
         commands=PRUNE_ONLY,
     )
     # outputs and behaviour
@@ -330,6 +345,14 @@ class PruneConfig:
         if self.sparsity is None and self.threshold is None and self.granularity.kind != "nm":
             return 0.5
         return self.sparsity
+
+    @property
+    def qat_active(self) -> bool:
+        """Fine-tuning runs through fake quantisation: --qat on, or --qat auto where bench/QUANT.md found
+        QAT ahead of post-training quantisation for the --quantize mode."""
+        if self.quantize not in QAT_MODES or self.qat == "off":
+            return False
+        return self.qat == "on" or QAT_BY_DEFAULT.get(self.quantize, False)
 
     def replace(self, **changes: Any) -> PruneConfig:
         return dataclasses.replace(self, **changes)

@@ -26,9 +26,9 @@ from pathlib import Path
 
 from prunecli.errors import ConfigError, ExitCode, PruneCliError, first_line
 from prunecli.results import StepResult
+from prunecli.training.fake_quant import QUANTIZED_CLASSES, already_quantized, has_lora
 
 SAMPLES = 256  # inputs the quantized model is compared on with the float pruned model
-QUANTIZED_CLASSES = ("Dense", "EinsumDense")  # Keras classes whose quantized kernels prunecli reads back
 SCHEMES = {
     "int8": "int8 weights, per-output-channel symmetric abs-max; inputs quantized per row at run time",
     "int4": "int4 weights (2 per byte), groups of 128 input rows, asymmetric with integer zero points; float inputs",
@@ -58,7 +58,7 @@ def run(model, targets, masks, data, task, config, float_metrics, progress, timi
     pruned = _pruned_positions(chosen, targets, masks)
     inputs, source = _probe_inputs(model, data, config.seed)
     reference = _outputs(model, inputs)
-    section: dict = {"mode": mode, "scheme": SCHEMES[mode]}
+    section: dict = {"mode": mode, "scheme": SCHEMES[mode], "after_qat": _after_qat(config)}
     with tempfile.TemporaryDirectory(prefix="prunecli-quantize-") as tmp:
         sizes: dict = {}
         if config.sizes:
@@ -104,6 +104,11 @@ def run(model, targets, masks, data, task, config, float_metrics, progress, timi
     return StepResult(sections={"quantize": section}, notes=tuple(notes), model=model)
 
 
+def _after_qat(config) -> bool:
+    """Whether fine-tuning ran through this mode's fake quantisation (training/fake_quant.py)."""
+    return bool(config.qat_active and (config.epochs > 0 or config.schedule != "oneshot"))
+
+
 def _zeros(layers: list[dict]) -> dict:
     """The pruned weights of the quantized layers: all of them must still be zero (pruned_nonzero 0)."""
     return {
@@ -119,18 +124,15 @@ def _zeros(layers: list[dict]) -> dict:
 
 def _choose_layers(model, targets) -> tuple[list, list[dict]]:
     """The layers Keras will quantize and prunecli can read back (Keras' own Dense and EinsumDense, not
-    subclasses, not already quantized, without LoRA), and, for every other layer holding a prunable
-    weight, why it stays float."""
+    subclasses, not already quantized, without LoRA: the layers QAT fine-tunes through), and, for every
+    other layer holding a prunable weight, why it stays float."""
     import keras
 
-    from prunecli.structure import keras_graph
+    from prunecli.training.fake_quant import quantizable_layers
 
     classes = tuple(getattr(keras.layers, name) for name in QUANTIZED_CLASSES)
-    chosen, seen = [], set()
-    for layer in keras_graph.all_layers(model):
-        if type(layer) in classes and layer.built and not _already_quantized(layer) and not _lora(layer):
-            chosen.append(layer)
-            seen.add(id(layer))
+    chosen = quantizable_layers(model)
+    seen = {id(layer) for layer in chosen}
     left, listed = [], set()
     for t in targets:
         layer = t.layer
@@ -141,22 +143,14 @@ def _choose_layers(model, targets) -> tuple[list, list[dict]]:
     return chosen, left
 
 
-def _already_quantized(layer) -> bool:
-    return getattr(layer.dtype_policy, "quantization_mode", None) is not None
-
-
-def _lora(layer) -> bool:
-    return bool(getattr(layer, "lora_enabled", False))
-
-
 def _why_float(layer, classes) -> str:
     import keras
 
     if isinstance(layer, classes):
         return f"a subclass of {type(layer).__mro__[1].__name__}: Keras quantizes only its own classes"
-    if _already_quantized(layer):
+    if already_quantized(layer):
         return "already quantized"
-    if _lora(layer):
+    if has_lora(layer):
         return "has LoRA weights"
     if isinstance(layer, keras.layers.Embedding):
         return "Keras can quantize embeddings, but prunecli does not read their codes back yet"

@@ -15,7 +15,9 @@ from prunecli.results import StepResult
 from prunecli.structure import channels, equivalence, surgery, targets
 
 
-def _data_sample(data):
+def data_sample(data):
+    """Up to 64 evaluation inputs the shrink step (and --target latency=) times and compares models on;
+    None without data or for multi-input models (they get seeded stand-ins)."""
     import numpy as np
 
     if data is None:
@@ -97,7 +99,7 @@ def shrink(
             notes.append("shrink found no unit that can be removed; the model keeps its structure")
             return StepResult(sections={"shrink": info}, notes=tuple(notes))
         new = surgery.rebuild(model, changes, cuts, weights)
-        data_x = _data_sample(data)
+        data_x = data_sample(data)
         batch = equivalence.fitting_batch(model, 64, data_x)
         check = equivalence.check_equivalent(
             model, new, equivalence.example_inputs(model, batch, data_x, seed), "shrink: the rebuilt model"

@@ -30,7 +30,9 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
     It stays one long function on purpose: it is the whole flow of a run, read top to bottom, and each
     line is one step whose result is folded into the run state.
     """
-    out = _start(config)  # every path planned and the options checked, as the CLI does, before any work
+    out = _start(
+        config, progress or steps.silent
+    )  # every path planned and the options checked, as the CLI does, before any work
     if config.engine == "tfmot":
         from prunecli.run import tfmot
 
@@ -102,7 +104,7 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
     return PruneResult(report=report, model=state.model, masks=state.masks, output_path=out)
 
 
-def _start(config: PruneConfig):
+def _start(config: PruneConfig, progress: steps.Progress):
     """Checks and plans that come before any work; returns the output model's path. The method is
     checked again for a config built without prunecli.build_config; a multi-worker strategy must exist
     before TensorFlow runs anything."""
@@ -117,7 +119,7 @@ def _start(config: PruneConfig):
     if config.strategy != "default":
         from prunecli.training import distribute
 
-        distribute.get_strategy(config.strategy)
+        distribute.get_strategy(config.strategy, config.worker_wait, progress)
     return out
 
 

@@ -204,6 +204,12 @@ def _render_target(section: dict, console) -> None:
     """--target in a plan: the channels each layer keeps, and the predicted cost against the request."""
     kept = ", ".join(f"{name} {v['before']}->{v['after']}" for name, v in section["layers"].items())
     console.print(f"target {section['kind']}={section['requested']:g}: channels kept per layer: {kept}")
+    if "latency" in section:  # latency=: the timed search, then its FLOPs allocation below
+        lat = section["latency"]
+        console.print(
+            f"latency at batch {lat['batch']} on this machine: dense {lat['dense_ms']:.3g} ms, goal"
+            f" {lat['goal_ms']:.3g} ms, chosen {lat['chosen_ms']:.3g} ms ({lat['timed']} candidates timed)"
+        )
     if section["kind"] == "size":
         console.print(f"predicted file size {section['predicted_bytes']:,} bytes (nothing is written)")
     else:

@@ -147,7 +147,7 @@ def _scoring_context(model, targets: list, data, task, config: PruneConfig, prog
     if config.strategy != "default":
         from prunecli.training import distribute
 
-        extras["strategy"] = distribute.get_strategy(config.strategy)
+        extras["strategy"] = distribute.get_strategy(config.strategy, config.worker_wait)
     return scoring.ScoringContext(
         model=model,
         targets=targets,

@@ -6,6 +6,14 @@ model against the exact costs of structure/costs.py, and apply the masks with ev
 removed unit (bias, BatchNorm, depthwise filters), as the plain mask step does. Its report section
 `target` says what was asked, the allocation per layer and the predicted cost; `achieved` adds what
 the shrunk model (and, for size=, the written file) really has, once it exists.
+
+`latency=F` is the same allocation as flops=, its FLOPs goal searched (selection/budget.search_latency)
+by timing shrunk candidates: each one is masked on the run's model, shrunk by the run's own shrink step
+and timed by the run's own timer (structure/equivalence.latency_ms, the one behind the report's
+`shrink.latency_ms`) at --batch-size, then the dense weights are put back. `achieved` times the final
+model the same way. Latency is measured on this machine, under whatever else it runs: each model is
+timed TIMING_REPEATS times and the least of the medians kept, as timeit's `repeat` advises (a slower
+repeat is other processes taking the cores, not the model).
 """
 
 from __future__ import annotations
@@ -14,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from prunecli import scoring
-from prunecli.config.target import FRACTION_KINDS, TOLERANCE, TargetSpec, parse_target
+from prunecli.config.target import FRACTION_KINDS, LATENCY_TOLERANCE, TOLERANCE, TargetSpec, parse_target
 from prunecli.errors import ConfigError
+from prunecli.outputs.report import Timings
 from prunecli.results import StepResult
 from prunecli.run import steps
 
+TIMING_REPEATS = 3  # latency=: each model is timed this many times and its least median kept (below)
 SIZE_MARGIN = 0.005  # an HDF5 file's headers move by a few hundred bytes as widths change: size= aims this much under
 KEPT_ATTRS = ("kernel", "pointwise_kernel")  # targets whose units are a layer's output channels
 
@@ -73,27 +83,33 @@ def goal_of(spec: TargetSpec, model, cost, config) -> tuple[int, int, dict[str, 
     return params, min(low, params), {"dense_bytes": size, "bytes_per_param": per_param}
 
 
-def mask(state, progress, timings) -> StepResult:
-    """Score, allocate against the target, mask: the one-shot mask step of a --target run."""
+def mask(state, progress, timings, latency_ms=None) -> StepResult:
+    """Score, allocate against the target, mask: the one-shot mask step of a --target run.
+    `latency_ms(model, inputs)` times a model for latency= (default: structure/equivalence.latency_ms)."""
     from prunecli.selection import budget, kernels
     from prunecli.structure import channels, costs, surgery
 
     config = state.config
     spec = parse_target(config.target)
-    kind = "params" if spec.kind == "size" else spec.kind
+    kind = {"size": "params", "latency": "flops"}.get(spec.kind, spec.kind)
     try:
         cost = costs.ChannelCosts(state.model, kind)
     except channels.GraphUnsupported as exc:
         raise ConfigError(f"--target needs a model whose channels can be cut ({exc})") from None
     if kind == "flops" and not cost.dense:
-        raise ConfigError("--target flops= needs a model whose multiply-adds can be counted (none were)")
-    goal, low, extra = goal_of(spec, state.model, cost, config)
+        raise ConfigError(f"--target {spec.kind}= needs a model whose multiply-adds can be counted (none were)")
+    if spec.kind != "latency":
+        goal, low, extra = goal_of(spec, state.model, cost, config)
     strategy = scoring.get(config.method)
     targets = list(state.targets)
     progress(f"scoring with {config.method}")
     with timings.phase("score"):
         ctx = steps._scoring_context(state.model, targets, state.data, state.task, config, progress)
         scores = strategy.fn(targets, ctx)
+    if spec.kind == "latency":
+        progress(f"timing shrunk candidates for --target {config.target}")
+        with timings.phase("target_latency"):
+            goal, low, extra = latency_goal(state, spec, cost, scores, strategy.level, progress, latency_ms)
     progress(f"allocating channels for --target {config.target}")
     with timings.phase("mask"):
         masks, found = budget.select(
@@ -106,9 +122,9 @@ def mask(state, progress, timings) -> StepResult:
     section = {
         "kind": spec.kind,
         "requested": spec.value,
-        "unit": "bytes" if spec.kind == "size" else "fraction of the dense model",  # of requested, achieved
+        "unit": _requested_unit(spec),  # of requested, achieved
         "counted": "parameters" if kind == "params" else "multiply-adds per example",  # of dense, goal, predicted
-        "tolerance": TOLERANCE,
+        "tolerance": LATENCY_TOLERANCE if spec.kind == "latency" else TOLERANCE,
         "normalize": config.normalize,
         "round_to": config.round_to,
         "dense": cost.dense,
@@ -128,6 +144,118 @@ def mask(state, progress, timings) -> StepResult:
     )
 
 
+def _requested_unit(spec: TargetSpec) -> str:
+    if spec.kind == "size":
+        return "bytes"
+    if spec.kind == "latency":
+        return "ms" if spec.absolute else "fraction of the dense model's latency"
+    return "fraction of the dense model"
+
+
+def timing_inputs(model, state) -> tuple[Any, int, str]:
+    """What latency= times a model on: --batch-size rows (fewer for huge inputs, as the shrink step's
+    timing) of the run's data, else seeded stand-ins; the batch and where the rows came from."""
+    from prunecli.removal.channels import data_sample
+    from prunecli.structure import equivalence
+
+    data_x = data_sample(state.data)
+    batch = equivalence.fitting_batch(model, state.config.batch_size, data_x)
+    inputs = equivalence.example_inputs(model, batch, data_x, state.config.seed)
+    return inputs, batch, "data" if data_x is not None else "random"
+
+
+def _timed(timer, model, inputs) -> float:
+    """The least of TIMING_REPEATS calls of the timer (each a median of timed passes), in ms."""
+    return min(float(timer(model, inputs)) for _ in range(TIMING_REPEATS))
+
+
+def latency_goal(state, spec: TargetSpec, cost, scores, level: str, progress, latency_ms=None):
+    """(FLOPs goal, bottom of its band, the section's `latency` entry) for latency=: time the dense
+    model, then let budget.search_latency pick the FLOPs goal whose shrunk candidate runs at or under
+    the target. A candidate is the run's model masked for that goal, shrunk by the shrink step and timed;
+    the dense weights are restored after each, and an allocation already timed is not timed again."""
+    from prunecli.removal import channels as shrink_step
+    from prunecli.selection import budget, kernels
+    from prunecli.structure import channels, equivalence, surgery
+
+    timer = latency_ms or equivalence.latency_ms
+    config, model, targets = state.config, state.model, list(state.targets)
+    inputs, batch, source = timing_inputs(model, state)
+    dense_ms = _timed(timer, model, inputs)
+    goal_ms = spec.value if spec.absolute else spec.value * dense_ms
+    low_ms = goal_ms * (1.0 - LATENCY_TOLERANCE)
+    if spec.absolute and goal_ms >= dense_ms:
+        raise ConfigError(
+            f"--target {spec}: the dense model already takes {dense_ms:.3g} ms at batch {batch} on this machine"
+        )
+    dense_weights = model.get_weights()
+    timed: dict[tuple, tuple[int, float]] = {}
+
+    def measure(fraction: float) -> tuple[int, float]:
+        goal = _flops_goal(fraction, cost.dense)
+        masks, found = budget.select(targets, scores, level, config, model, cost, goal, str(spec))
+        key = tuple(sorted((k, v[0]) for k, v in found.counts.items()))
+        if key in timed:
+            return timed[key]
+        progress(f"--target {spec}: timing candidate {len(timed) + 1} at {found.cost / cost.dense:.3f} of the FLOPs")
+        try:
+            kernels.apply_masks([t.variable for t in targets], [masks.masks[t.name] for t in targets])
+            surgery.fold_dead_constants(model, targets, masks.masks)
+            channels.apply_follower_masks(channels.follower_masks(model, targets, masks.masks))
+            result = shrink_step.shrink(
+                model, targets, None, state.data, None, config.seed, steps.silent, Timings(), measure_latency=False
+            )
+            if result.model is None:
+                why = result.notes[0] if result.notes else "shrink removed nothing"
+                raise ConfigError(f"--target {spec} needs a model --shrink can make smaller ({why})")
+            ms = _timed(timer, result.model, inputs)
+        finally:
+            model.set_weights(dense_weights)
+        timed[key] = (found.cost, ms)
+        return timed[key]
+
+    lowest = budget.lowest_cost(targets, scores, level, config, model, cost)
+    where = f"at batch {batch} on this machine"
+    dense = budget.Timed(1.0, cost.dense, dense_ms)
+    found = budget.search_latency(measure, dense, lowest / cost.dense, goal_ms, low_ms, str(spec), where)
+    dense_after = _timed(timer, model, inputs)  # the dense model again: how far the machine's load moved
+    entry = {
+        "batch": batch,
+        "inputs": source,
+        "dense_ms": dense_ms,
+        "dense_ms_after_search": dense_after,
+        "goal_ms": goal_ms,
+        "chosen_ms": found.chosen.ms,
+        "chosen_flops_fraction": found.chosen.cost / cost.dense,
+        "timed": len(timed),  # candidates masked, shrunk and timed (the dense model is timed too, not counted)
+        "candidates": [
+            {"flops_fraction": round(t.cost / cost.dense, 6), "latency_ms": round(t.ms, 4)} for t in found.timed
+        ],
+        "measured": f"Keras forward pass on this machine: the least of {TIMING_REPEATS} medians of timed traced"
+        " passes after warm-up",
+    }
+    goal = _flops_goal(found.chosen.fraction, cost.dense)
+    return goal, goal - int(TOLERANCE * goal), {"latency": entry}
+
+
+def drift_note(entry: dict) -> str | None:
+    """A note when the dense model's time moved more than the tolerance during the search: the load
+    of this machine changed under the timings, and the latency reached is approximate."""
+    before, after = entry["dense_ms"], entry["dense_ms_after_search"]
+    if abs(after / before - 1.0) <= LATENCY_TOLERANCE:
+        return None
+    return (
+        f"--target latency: the dense model timed {before:.3g} ms before the search and {after:.3g} ms after it;"
+        f" this machine's load moved the timings by more than {LATENCY_TOLERANCE:.0%}, so the latency reached is"
+        " approximate"
+    )
+
+
+def _flops_goal(fraction: float, dense: int) -> int:
+    """A FLOPs fraction as a goal in multiply-adds (rounded, so the floors' own fraction gives them back)."""
+    return max(round(fraction * dense), 1)
+
+
 def kept_per_layer(targets, masks) -> dict[str, dict[str, int]]:
     """{layer: {"before": channels, "after": channels kept}} for the layers whose output channels are pruned."""
     from prunecli.selection.budget import kept_units
@@ -139,16 +267,19 @@ def kept_per_layer(targets, masks) -> dict[str, dict[str, int]]:
     }
 
 
-def achieved(state, written: Path | None = None) -> StepResult:
+def achieved(state, written: Path | None = None, latency_ms=None) -> StepResult:
     """The `target` section completed with what the final model has (parameters, or multiply-adds as
-    flops.py counts them; for size=, the bytes of the written file), whether that is within the
-    tolerance under the request, and a one-line note saying so."""
+    flops.py counts them; for size=, the bytes of the written file; for latency=, its time measured now,
+    as the search timed its candidates), whether that is within the tolerance under the request, and a
+    one-line note saying so."""
     from prunecli.structure import flops
 
     section = dict(state.sections.get("target") or {})
     if not section:
         return StepResult()
     kind, dense = section["kind"], section["dense"]
+    if kind == "latency":
+        return _achieved_latency(state, section, latency_ms)
     if kind == "params":
         value = int(state.model.count_params())
     elif kind == "flops":
@@ -175,6 +306,29 @@ def achieved(state, written: Path | None = None) -> StepResult:
     verdict = "within" if within else "outside"
     note = f"--target {kind}: achieved {what}, {verdict} {TOLERANCE:.0%} under the request"
     return StepResult(sections={"target": section}, notes=(note,))
+
+
+def _achieved_latency(state, section: dict, latency_ms=None) -> StepResult:
+    """latency=: the final model timed as the candidates were (same inputs, batch and timer)."""
+    from prunecli.structure import equivalence
+
+    timer = latency_ms or equivalence.latency_ms
+    entry = dict(section["latency"])
+    inputs, batch, _source = timing_inputs(state.model, state)
+    ms = _timed(timer, state.model, inputs)
+    fraction = ms / entry["dense_ms"]
+    absolute = section["unit"] == "ms"
+    within = 1.0 - LATENCY_TOLERANCE - 1e-12 <= ms / entry["goal_ms"] <= 1.0 + 1e-12
+    entry["final_ms"] = ms
+    section.update(latency=entry, achieved=ms if absolute else fraction, achieved_ms=ms, within_tolerance=within)
+    requested = f"{section['requested']:g} ms" if absolute else f"{section['requested']:g}"
+    note = (
+        f"--target latency: achieved {ms:.3g} ms, {fraction:.3f} of the dense model's {entry['dense_ms']:.3g} ms,"
+        f" for {requested} requested, {'within' if within else 'outside'} {LATENCY_TOLERANCE:.0%} under it"
+        f" (Keras at batch {batch}, measured on this machine; {entry['timed']} candidates timed)"
+    )
+    drift = drift_note(entry)
+    return StepResult(sections={"target": section}, notes=(note,) if drift is None else (note, drift))
 
 
 def _unit(kind: str) -> str:

@@ -25,6 +25,16 @@ unit of cost first, until the model fits:
   is not rounded; it never keeps none). A goal under what the floors allow is refused, naming the
   best achievable value.
 
+Latency. `--target latency=F` is not additive per channel in a way the cost model could know, so it is
+searched: `search_latency` moves one knob, the FLOPs goal of this very allocation, and times the shrunk
+candidate each goal gives (the caller measures; this module only decides where to look). It brackets
+the goal between the most the floors allow to remove (must be fast enough, else the target is refused)
+and the dense model, and narrows the bracket by the secant through its two ends (kept inside its middle
+80%, halving when one end sticks), aiming at the middle of the latency band, until a candidate lands
+in the band (the floors' own model does not count: a wider one may run as fast), the bracket is
+narrower than RESOLUTION of the FLOPs, or MAX_TIMED candidates were timed.
+It returns the largest FLOPs goal timed at or under the target: never a candidate measured slower.
+
 A set whose channels surgery could not cut anyway (an unsupported layer, a channel pinned by the graph
 or also made by a layer that is not pruned) is left whole: masking it would cost accuracy and save
 nothing.
@@ -32,6 +42,7 @@ nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -319,7 +330,85 @@ def select(
     return masks, found
 
 
+def lowest_cost(targets, scores: dict, level: str, config: PruneConfig, model, cost: costs.ChannelCosts) -> int:
+    """The least cost the floors allow for these targets (every set at its last stop), as select sees them."""
+    active = [t for t in targets if not config.rule_for(t.layer_name).skip]
+    sets = policy.score_sets(active, scores, level, config, model, [])
+    return _lowest(_tracks(sets, config, cost, config.round_to), cost)
+
+
 def kept_units(target, mask) -> int:
     """Units (along the target's unit axis) with any weight kept."""
     moved = np.moveaxis(np.asarray(mask, dtype=bool), target.unit_axis, -1)
     return int(np.count_nonzero(moved.reshape(-1, moved.shape[-1]).any(axis=0)))
+
+
+MAX_TIMED = 8  # candidates a latency search times, the two ends included
+RESOLUTION = 0.005  # a latency search stops when its FLOPs bracket is narrower than this fraction
+
+
+@dataclass(frozen=True)
+class Timed:
+    """One latency candidate: the FLOPs goal asked (`fraction` of the dense model's), the exact cost
+    the allocation reached for it, and its measured latency in ms."""
+
+    fraction: float
+    cost: int
+    ms: float
+
+
+@dataclass
+class LatencySearch:
+    """What a latency search found: the candidate chosen (the largest FLOPs goal measured at or under
+    the goal), every candidate in the order timed (the dense model first), and the fastest allocation
+    the floors allow."""
+
+    chosen: Timed
+    timed: list[Timed]
+    lowest: Timed
+
+
+def search_latency(
+    measure: Callable[[float], tuple[int, float]],
+    dense: Timed,
+    lowest_fraction: float,
+    goal_ms: float,
+    low_ms: float,
+    what: str,
+    where: str = "",
+    max_timed: int = MAX_TIMED,
+    resolution: float = RESOLUTION,
+) -> LatencySearch:
+    """Search the FLOPs goal whose shrunk model runs in [low_ms, goal_ms] (see the module docstring).
+    `measure(fraction)` allocates channels for that FLOPs fraction and returns (exact cost, measured
+    ms); a caller that caches by allocation makes repeated goals free. `dense` is the unpruned model,
+    fraction 1. Raises a one-line ConfigError when even `lowest_fraction` (every channel the floors
+    allow removed) is slower than `goal_ms`; `what` and `where` name the target and the measurement."""
+    cost, ms = measure(lowest_fraction)
+    lowest = lo = Timed(lowest_fraction, cost, ms)
+    timed = [dense, lowest]
+    if lowest.ms > goal_ms:
+        raise ConfigError(
+            f"--target {what} cannot be met: with every channel the floors allow removed the shrunk model"
+            f" still takes {lowest.ms:.3g} ms, {lowest.ms / dense.ms:.2f} of the dense model's {dense.ms:.3g} ms"
+            f"{' ' + where if where else ''}"
+        )
+    hi, aim, stuck = dense, (low_ms + goal_ms) / 2.0, 0
+    seen = {dense.cost, lowest.cost}
+    for _ in range(4 * max_timed):
+        landed = lo.ms >= low_ms and lo is not lowest  # the floors' model in the band: look for a wider one
+        if landed or hi.fraction - lo.fraction <= resolution or len(seen) >= max_timed:
+            break
+        t = (aim - lo.ms) / (hi.ms - lo.ms) if hi.ms > lo.ms else 0.5
+        t = 0.5 if abs(stuck) >= 2 else min(max(t, 0.1), 0.9)
+        fraction = lo.fraction + t * (hi.fraction - lo.fraction)
+        cost, ms = measure(fraction)
+        probe = Timed(fraction, cost, ms)
+        if cost not in seen:
+            seen.add(cost)
+            timed.append(probe)
+        if ms <= goal_ms:
+            lo, stuck = probe, (max(stuck, 0) + 1)
+        else:
+            hi, stuck = probe, (min(stuck, 0) - 1)
+    return LatencySearch(lo, timed, lowest)

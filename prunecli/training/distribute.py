@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import replace
 
+from prunecli import interrupts
 from prunecli.config import STRATEGIES, read_tf_config
 from prunecli.errors import ConfigError, first_line
 
@@ -31,8 +32,9 @@ _created: dict = {}
 _loaded: dict[int, tuple] = {}  # id(session) -> (loaded model, its targets) while `replicated` holds a copy
 
 
-def get_strategy(name: str = "default"):
-    """The tf.distribute strategy for `name`, created once per process."""
+def get_strategy(name: str = "default", worker_wait_s: int = 600, progress=None):
+    """The tf.distribute strategy for `name`, created once per process. `worker_wait_s`
+    (--worker-wait): how long a multi-worker task waits for the others to start; `progress` says so."""
     if name not in _created:
         import tensorflow as tf
 
@@ -43,7 +45,7 @@ def get_strategy(name: str = "default"):
         elif name == "mirrored":
             _created[name] = _mirrored(tf)
         elif name == "multiworker":
-            _created[name] = _multiworker(tf)
+            _created[name] = _multiworker(tf, worker_wait_s, progress)
         else:
             _created[name] = _tpu(tf)
     return _created[name]
@@ -56,10 +58,20 @@ def _mirrored(tf):
     return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
 
 
-def _multiworker(tf):
-    read_tf_config()
+def _multiworker(tf, wait_s: int, progress):
+    """MultiWorkerMirroredStrategy, with the wait for the other tasks bounded by `wait_s` and
+    interruptible where it can be (see _wait_for_leader)."""
+    spec = read_tf_config()
+    _wait_for_leader(spec, wait_s, progress)
+    _bound_the_wait_for_peers(spec, wait_s)
     try:
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        with interrupts.handlers_kept():  # TensorFlow blocks here until every task has registered
+            return tf.distribute.MultiWorkerMirroredStrategy()
+    except tf.errors.DeadlineExceededError as exc:
+        raise ConfigError(
+            f"--strategy multiworker: not every task of TF_CONFIG's cluster started within {wait_s} s "
+            f"(--worker-wait): {first_line(exc)}"
+        ) from exc
     except RuntimeError as exc:
         if "startup" in str(exc):
             raise ConfigError(
@@ -69,6 +81,71 @@ def _multiworker(tf):
         raise
     except ValueError as exc:  # a TF_CONFIG whose cluster or task TensorFlow cannot use
         raise ConfigError(f"--strategy multiworker: {first_line(exc)}") from exc
+
+
+def _leader(cluster: dict) -> tuple[str, str]:
+    """The task that runs TensorFlow's coordination service: the chief, else worker 0 (as the strategy
+    chooses it), as (job, "host:port")."""
+    job = "chief" if "chief" in cluster else "worker"
+    return job, cluster[job][0]
+
+
+def _wait_for_leader(spec: dict, wait_s: int, progress) -> None:
+    """A task other than the leader waits here, in Python, until the leader's server accepts connections.
+
+    TensorFlow's own wait is native code that holds the interpreter: Ctrl-C and SIGTERM are not handled
+    until it returns (a worker whose chief never started ran 46 minutes under `timeout 60`). Waiting
+    for the leader's port first keeps that wait interruptible (exit 130) and bounded (--worker-wait);
+    once the leader is up, registering with it takes moments. The leader itself waits for the others
+    inside TensorFlow, bounded by the same deadline (_bound_the_wait_for_peers)."""
+    import socket
+    import time
+
+    job, address = _leader(spec["cluster"])
+    if spec["task"]["type"] == job and spec["task"]["index"] == 0:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f'TF_CONFIG address {address!r} of "{job}" 0 is not "host:port"')
+    if progress is not None:
+        progress(f'waiting up to {wait_s} s for the cluster\'s leader ("{job}" 0 at {address}) to start')
+    deadline = time.monotonic() + wait_s
+    while True:
+        interrupts.checkpoint()
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                return
+        except OSError:
+            pass
+        if time.monotonic() >= deadline:
+            raise ConfigError(
+                f'--strategy multiworker: the cluster\'s leader ("{job}" 0 at {address}) did not start within '
+                f"{wait_s} s (--worker-wait)"
+            )
+        time.sleep(0.5)
+
+
+def _bound_the_wait_for_peers(spec: dict, wait_s: int) -> None:
+    """Configure TensorFlow's coordination service as MultiWorkerMirroredStrategy would (the chief, or
+    worker 0, leads; chief and worker tasks are coordinated), with a registration deadline: TensorFlow's
+    own default waits an hour for a task that never starts. The strategy keeps a service configured
+    before it."""
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.eager import context
+
+    cluster = spec["cluster"]
+    leader, _address = _leader(cluster)
+    jobs = [
+        coordination_config_pb2.CoordinatedJob(name=job, num_tasks=len(cluster[job]))
+        for job in ("chief", "worker")
+        if job in cluster
+    ]
+    context.context().configure_coordination_service(
+        service_type="standalone",
+        service_leader=f"/job:{leader}/replica:0/task:0",
+        coordinated_jobs=jobs,
+        cluster_register_timeout_in_ms=wait_s * 1000,
+    )
 
 
 def _tpu(tf):

@@ -17,6 +17,7 @@ large comes back. At the end of the ramp the masks are frozen and training conti
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable
@@ -65,7 +66,7 @@ def run(job: FineTuneJob) -> StepResult:
     other than default, training runs on a mirrored copy whose weights are copied back at the end."""
     if job.data is None:
         raise ConfigError("fine-tuning (--epochs / --schedule) needs --data")
-    strategy = distribute.get_strategy(job.config.strategy)
+    strategy = distribute.get_strategy(job.config.strategy, job.config.worker_wait)
     with distribute.replicated(job, strategy):
         return _run(job, strategy)
 
@@ -188,6 +189,7 @@ def _finetune_section(s: FineTuneJob, trainer: Trainer, loop: _Loop, optimizer_i
         "jit_compile": trainer.jit_compile,
         "lr_schedule": trainer.lr_schedule,
         "distill": {"temperature": c.distill, "weight": c.distill_weight} if trainer.distilled else None,
+        "qat": trainer.fake_quant.describe() if trainer.fake_quant else None,
         "distribute": distribute.describe(strategy),
         "validation": "held-out" if held_out else "training data",
         "mask_updates": loop.updates,
@@ -280,6 +282,9 @@ class Trainer:
     by default `s.teacher` when the job has one) runs in inference mode inside the same step, and the
     loss becomes (1 - w) * task + w * T**2 * KL(teacher || student) (training/distill.py).
     With --lr-schedule cosine the learning rate decays from its start value to 0 over the run's steps.
+    With --quantize int8|int4 and QAT (config.qat_active), the student's forward pass in both steps
+    computes with Keras' quantisation grid, straight-through gradients (training/fake_quant.py); the
+    masks are held exactly as without it.
     """
 
     def __init__(self, s, optimizer, dense_shadow: bool = False, strategy=None, teacher=None):
@@ -295,6 +300,16 @@ class Trainer:
         self.lr_schedule = _set_lr_schedule(optimizer, c, s.data)
         self.model = s.model
         self.strategy = strategy or tf.distribute.get_strategy()
+        self.fake_quant = None
+        if getattr(c, "qat_active", False):
+            from prunecli.training import fake_quant
+
+            self.fake_quant = fake_quant.for_run(s.model, c.quantize)
+            if self.fake_quant.skipped:
+                s.notes.append(
+                    f"--qat {c.quantize}: {len(self.fake_quant.skipped)} layer(s) fine-tuned without fake "
+                    "quantisation (int4 QAT covers Dense only): see finetune.qat"
+                )
         trainable = list(s.model.trainable_variables)
         self._hold_masks(s, trainable)
         updated = self._make_shadows(trainable, dense_shadow)
@@ -353,11 +368,13 @@ class Trainer:
         held = [t.variable for t in self.targets]
         sources = self.shadows or held
         optimizer = self.optimizer
+        quantized = self.fake_quant.active if self.fake_quant else contextlib.nullcontext  # QAT: while traced
 
         def replica_step(x, y):
             soft_targets = teacher_targets(x)
             with tf.GradientTape() as tape:
-                pred = self.model(x, training=True)
+                with quantized():
+                    pred = self.model(x, training=True)
                 loss = data_loss(y, pred)
                 total = objective(loss, soft_targets, pred)
                 # this replica's share of the global batch (1.0 on one device): the optimizer sums the
@@ -376,7 +393,8 @@ class Trainer:
             return distribute.reduce_sum(self.strategy, out)
 
         def eval_step(x, y):
-            pred = self.model(x, training=False)
+            with quantized():
+                pred = self.model(x, training=False)
             return sums(y, pred, data_loss(y, pred))
 
         return train_step, eval_step

@@ -1,0 +1,211 @@
+"""Quantisation-aware fine-tuning: the Dense/EinsumDense layers that `--quantize` will hand to Keras'
+`Model.quantize` compute, inside the compiled masked step, with the weights (and inputs) Keras will
+use after quantisation, so fine-tuning learns the quantisation error.
+
+What Keras 3.15 offers, and what is used here: there is no int8/int4 QAT in Keras 3.15 (its quantized
+Dense trains only the bias and LoRA; float8 trains with delayed scaling). `keras.quantizers` has
+`abs_max_quantize` and `abs_max_quantize_grouped_with_zero_point`, the very functions
+`Dense.quantize` / `EinsumDense.quantize` call, and `fake_quant_with_min_max_vars` (TF-style,
+asymmetric with a nudged zero point: not the grid `Model.quantize` writes). So the fake quantisation
+here calls Keras' own quantizers with the axes and ranges Keras' layers use, dequantizes, and passes
+the gradient straight through (`w + stop_gradient(dequant(quant(w)) - w)`):
+
+- int8 weights: per output channel, symmetric abs-max over the reduction axis (Dense: axis 0;
+  EinsumDense: Keras' `_kernel_reduced_axes`), `q = round(w * 127 / (max|w| + eps))`, read as `q / s`.
+- int8 inputs: as Keras' int8 layers do at run time, per row (Dense: the last axis; EinsumDense:
+  Keras' `_input_reduced_axes`), symmetric abs-max, straight-through like Keras' own input gradient.
+- int4 (Dense only): Keras' default `Int4QuantizationConfig`, groups of 128 input rows, asymmetric
+  with an integer zero point; inputs stay float (Keras' int4 is weight-only).
+
+Pruned weights: `quant(0) = 0` on both grids (see outputs/quantize.py), the abs-max scales depend on the
+kept weights only, and the masks are re-applied after every optimizer step as without QAT, so a pruned
+weight is exactly 0 before and after `Model.quantize`. N:M layouts are untouched: nothing here moves
+a mask.
+
+The fake quantisation is installed only while the compiled step is traced (`active`): the float
+model outside the step (scoring, evaluation, saving) is the plain Keras model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from prunecli.config.fields import QAT_MODES
+from prunecli.errors import ConfigError
+
+QUANTIZED_CLASSES = ("Dense", "EinsumDense")  # the Keras classes Model.quantize quantizes and prunecli reads back
+INT4_BLOCK = 128  # Keras 3.15's Int4QuantizationConfig default block_size
+
+
+def quantizable_layers(model) -> list:
+    """The layers Keras will quantize and prunecli can read back: Keras' own Dense and EinsumDense (not
+    subclasses), built, not already quantized, without LoRA."""
+    import keras
+
+    from prunecli.structure import keras_graph
+
+    classes = tuple(getattr(keras.layers, name) for name in QUANTIZED_CLASSES)
+    return [
+        layer
+        for layer in keras_graph.all_layers(model)
+        if type(layer) in classes and layer.built and not already_quantized(layer) and not has_lora(layer)
+    ]
+
+
+def already_quantized(layer) -> bool:
+    return getattr(layer.dtype_policy, "quantization_mode", None) is not None
+
+
+def has_lora(layer) -> bool:
+    return bool(getattr(layer, "lora_enabled", False))
+
+
+def for_run(model, mode: str) -> FakeQuant:
+    """The fake quantisation of `model` for `--quantize mode`; a model with no layer it applies to is a
+    one-line ConfigError before any training."""
+    fake = FakeQuant(quantizable_layers(model), mode)
+    if not fake.layers:
+        kinds = "Dense" if mode == "int4" else " and ".join(QUANTIZED_CLASSES)
+        raise ConfigError(
+            f"--qat with --quantize {mode}: no layer of this model takes it (Keras quantizes {kinds} layers "
+            f"for {mode}; this model has none); use --qat off"
+        )
+    return fake
+
+
+class FakeQuant:
+    """The fake-quantized forward pass of `layers` for `mode`, installed by `active()`.
+
+    Args:
+        layers: the layers to fake-quantize (`quantizable_layers`); for int4, Dense layers only (the
+            others are listed in `skipped`).
+        mode: "int8" or "int4".
+    """
+
+    def __init__(self, layers: list, mode: str):
+        import keras
+
+        if mode not in QAT_MODES:
+            raise ValueError(f"no fake quantisation for {mode!r}")
+        self.mode = mode
+        self.layers, self.skipped = [], []
+        for layer in layers:
+            if mode == "int4" and type(layer) is not keras.layers.Dense:
+                self.skipped.append(layer)
+            else:
+                self.layers.append(layer)
+
+    @contextlib.contextmanager
+    def active(self):
+        """Within this block (the compiled step's forward pass, while it is traced), each layer calls
+        its fake-quantized version; the layers' own `call` is back afterwards."""
+        installed = []
+        try:
+            for layer in self.layers:
+                layer.call = _fake_call(layer, self.mode)
+                installed.append(layer)
+            yield
+        finally:
+            for layer in installed:
+                del layer.call
+
+    def describe(self) -> dict:
+        return {
+            "mode": self.mode,
+            "layers": [layer.name for layer in self.layers],
+            "weights": WEIGHT_SCHEMES[self.mode],
+            "inputs": INPUT_SCHEMES[self.mode],
+            "gradient": "straight-through (identity) for weights and inputs",
+            **({"not_fake_quantized": [layer.name for layer in self.skipped]} if self.skipped else {}),
+        }
+
+
+WEIGHT_SCHEMES = {
+    "int8": "keras.quantizers.abs_max_quantize per output channel (the grid Model.quantize('int8') writes)",
+    "int4": "keras.quantizers.abs_max_quantize_grouped_with_zero_point, 128-row groups (Model.quantize('int4'))",
+}
+INPUT_SCHEMES = {
+    "int8": "abs-max per row at run time, as Keras' int8 layers quantize their inputs",
+    "int4": "float (Keras' int4 is weight-only)",
+}
+
+
+def _fake_call(layer, mode: str):
+    """A replacement for `layer.call` computing with fake-quantized kernel and inputs; bias and activation
+    as in Keras' Dense/EinsumDense.call."""
+    import keras
+    from keras import ops
+
+    if type(layer) is keras.layers.EinsumDense:
+        layer._set_quantization_info()  # Keras' own reduction axes for this equation (what quantize() uses)
+        kernel_axes = tuple(layer._kernel_reduced_axes)
+        input_axes = tuple(layer._input_reduced_axes)
+
+        def product(inputs, kernel):
+            return ops.einsum(layer.equation, inputs, kernel)
+    else:
+        kernel_axes, input_axes = (0,), (-1,)
+
+        def product(inputs, kernel):
+            return ops.matmul(inputs, kernel)
+
+    def call(inputs, training=None):
+        kernel = layer.kernel
+        if mode == "int8":
+            kernel = straight_through(kernel, int8_weights(kernel, kernel_axes))
+            inputs = straight_through(inputs, int8_inputs(inputs, input_axes))
+        else:
+            kernel = straight_through(kernel, int4_weights(kernel))
+        x = product(inputs, kernel)
+        if layer.bias is not None:
+            x = ops.add(x, layer.bias)
+        if layer.activation is not None:
+            x = layer.activation(x)
+        return x
+
+    return call
+
+
+def straight_through(x, quantized):
+    """`quantized` forward, identity backward."""
+    from keras import ops
+
+    return ops.add(x, ops.stop_gradient(ops.subtract(quantized, x)))
+
+
+def int8_weights(kernel, axes):
+    """The kernel as Keras' int8 layer computes with it: `abs_max_quantize` codes over `axes` (the
+    reduction axes: one scale per output channel), divided by their scale."""
+    from keras import ops, quantizers
+
+    codes, scale = quantizers.abs_max_quantize(kernel, axis=axes, dtype=kernel.dtype)
+    return ops.divide(codes, scale)
+
+
+def int8_inputs(inputs, axes):
+    """The inputs as Keras' int8 layer quantizes them at run time (AbsMaxQuantizer over `axes`)."""
+    from keras import ops, quantizers
+
+    codes, scale = quantizers.abs_max_quantize(inputs, axis=axes, dtype=inputs.dtype)
+    return ops.divide(codes, scale)
+
+
+def int4_weights(kernel, block_size: int = INT4_BLOCK):
+    """A Dense kernel (in, out) as Keras' default int4 layer computes with it: groups of `block_size`
+    input rows (the last one padded with zeros), asymmetric over the group's min and max, 16 levels,
+    an integer zero point in [-8, 7]; read back as `(q - z) * s`. The arithmetic of the NumPy path of
+    Keras 3.15's `abs_max_quantize_grouped_with_zero_point` (the one `Dense.quantize` takes), written
+    with static shapes: Keras' tensor path tests a symbolic size in Python and cannot be traced in a
+    tf.function. A fully pruned group reads back as 0 (`s = eps / 15`, `q = z = -8`)."""
+    from keras import backend, ops
+
+    rows, columns = int(kernel.shape[0]), int(kernel.shape[1])
+    groups = -(-rows // block_size)
+    padded = ops.pad(kernel, [[0, groups * block_size - rows], [0, 0]])
+    grouped = ops.reshape(padded, (groups, block_size, columns))
+    low, high = ops.min(grouped, axis=1, keepdims=True), ops.max(grouped, axis=1, keepdims=True)
+    scale = ops.divide(ops.subtract(high, low) + backend.epsilon(), 15.0)
+    zero = ops.clip(ops.round(ops.divide(ops.negative(low), scale)) - 8.0, -8.0, 7.0)
+    codes = ops.clip(ops.round(ops.divide(grouped, scale)) + zero, -8.0, 7.0)
+    back = ops.multiply(ops.subtract(codes, zero), scale)
+    return ops.reshape(back, (groups * block_size, columns))[:rows]
