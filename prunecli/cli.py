@@ -80,12 +80,37 @@ def _closed_pipe() -> click.exceptions.Exit:
     return click.exceptions.Exit(EXIT_SIGPIPE)
 
 
+_NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?|-?(nan|inf)", re.IGNORECASE)
+
+
+def _negative_values_joined(args: list[str]) -> list[str]:
+    """`--distill -2` read as the value -2. An option whose value is optional (`--distill` alone means
+    T = 2) takes the next word as its value only if it does not start with "-" (also when written
+    `--distill=-2`), so click read "-2" as an unknown option. A negative number after such an option
+    is its value: it is passed with a leading space, which click's number types accept (Python's
+    float() strips it) and its option parser does not take for an option, and the range checks then
+    refuse it with the option's own message."""
+    optional = {
+        flag
+        for f in dataclasses.fields(PruneConfig)
+        if f.metadata.get("kind") == "optional"
+        for flag in option_flags(f)
+    }
+    out: list[str] = []
+    for arg in args:
+        if out and out[-1] in optional and _NUMBER.fullmatch(arg):
+            out.append(f" {arg}")
+        else:
+            out.append(arg)
+    return out
+
+
 class PruneGroup(click.Group):
     """Turns every exception into a one-line message and its documented exit code, in one place."""
 
     def make_context(self, info_name, args, parent=None, **extra):
         try:
-            return super().make_context(info_name, args, parent=parent, **extra)
+            return super().make_context(info_name, _negative_values_joined(args), parent=parent, **extra)
         except getattr(click.exceptions, "NoArgsIsHelpError", ()):  # bare `prunecli`: click shows the help
             raise
         except click.UsageError as exc:  # an option of the group itself, e.g. `prunecli --bogus`
