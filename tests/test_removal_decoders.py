@@ -279,3 +279,43 @@ def test_causal_lm_keeps_generating_after_groups_and_units_go(tmp_path):
     back = _reloaded(smaller, tmp_path, "lm.keras")
     assert type(back).__name__ == "PrunedLlamaCausalLM"
     np.testing.assert_array_equal(_greedy(back, prompt), want)
+
+
+def test_whole_blocks_leave_a_causal_lm(cli, tmp_path):
+    """-g layer on a LlamaCausalLM: its backbone's blocks are the candidates, the ones chosen leave the
+    backbone's list, and the smaller causal LM computes what the kept blocks compute by hand and keeps
+    generating after a save/load round trip. Anything else inside the backbone is refused."""
+    from prunecli.errors import InputError
+    from prunecli.removal import layers as layer_removal
+
+    lm = kh.models.LlamaCausalLM(backbone=backbone(layers=3), preprocessor=None)
+    candidates = layer_removal.analyse(lm)[0]
+    blocks = [c for c in candidates if c.kind == "block"]
+    assert [c.name for c in blocks] == [f"block:transformer_layer_{i}" for i in range(3)]
+    smaller = layer_removal.remove(lm, [blocks[1]])
+    assert type(smaller).__name__ == "PrunedLlamaCausalLM"
+    assert [b.name for b in smaller.backbone.transformer_layers] == ["transformer_layer_0", "transformer_layer_2"]
+    assert smaller.count_params() == lm.count_params() - blocks[1].params
+    x = inputs()
+    h = lm.backbone.get_layer("token_embedding")(x["token_ids"])
+    for i in (0, 2):
+        h = lm.backbone.get_layer(f"transformer_layer_{i}")(h, decoder_padding_mask=x["padding_mask"])
+    h = lm.backbone.get_layer("sequence_output_layernorm")(h)
+    want = lm.backbone.get_layer("token_embedding")(h, reverse=True)  # tied LM head
+    _close(smaller(x), want)
+    others = [c for c in candidates if c.kind != "block"]
+    if others:  # e.g. the final norm: not a block, not removed from a task's backbone
+        with pytest.raises(InputError, match="only whole decoder blocks"):
+            layer_removal.remove(lm, [others[0]])
+
+    path, out, report = tmp_path / "lm.keras", tmp_path / "out.keras", tmp_path / "r.json"
+    lm.save(path)
+    res = cli("prune", path, "-g", "layer", "--remove-layers", "1", "-o", out, "-r", report, "-q")
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(report.read_text())["removed_layers"]) == 1
+    transformer.register_for_file(out)
+    back = keras.saving.load_model(out)
+    assert len(back.backbone.transformer_layers) == 2
+    prompt = {"token_ids": np.zeros((1, 8), "int32"), "padding_mask": np.zeros((1, 8), bool)}
+    prompt["token_ids"][:, :2], prompt["padding_mask"][:, :2] = [3, 4], True
+    assert _greedy(back, prompt).shape == (1, 8)

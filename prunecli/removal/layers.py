@@ -170,6 +170,14 @@ def _not_removable(node, g: _GraphIndex, allowed) -> str | None:
     return None
 
 
+def _graph_host(model):
+    """The functional model whose graph holds the removable layers: a KerasHub task (LlamaCausalLM...)
+    calls its backbone as one node, so its decoder blocks are candidates of the backbone's graph."""
+    from prunecli.structure import decoders
+
+    return decoders.host(model) or model
+
+
 def analyse(model, include=(), exclude=()) -> tuple[list[Candidate], list[dict]]:
     """Every candidate for removal (residual branches, identity-shaped layers, whole Transformer
     blocks), and for every layer call whether it is one and why."""
@@ -180,6 +188,7 @@ def analyse(model, include=(), exclude=()) -> tuple[list[Candidate], list[dict]]
             return False
         return not name_matches(name, exclude)
 
+    model = _graph_host(model)
     g = _index(model)
     candidates, in_branch = _branch_candidates(g, allowed)
     branch_names = {c.name for c in candidates}
@@ -233,9 +242,10 @@ def _scores_by_probe(model, candidates: list[Candidate], seed: int) -> None:
     import keras
     import numpy as np
 
-    graph = functional_graph(model)
+    host = _graph_host(model)
+    graph = functional_graph(host)
     watched = [t for c in candidates for t in c.tensors]
-    values = keras.Model(list(graph.inputs), watched)(probes.seeded_inputs(model, 64, seed), training=False)
+    values = keras.Model(list(graph.inputs), watched)(probes.seeded_inputs(host, 64, seed), training=False)
     values = [np.asarray(v, dtype=np.float64) for v in values]
     for i, c in enumerate(candidates):
         before, after = values[2 * i], values[2 * i + 1]
@@ -259,8 +269,7 @@ def score(model, data, task, config, progress, candidates: list[Candidate]) -> s
     base = mean_loss(model, sample, loss)
     for i, cand in enumerate(candidates):
         progress(f"scoring layer candidate {i + 1}/{len(candidates)}: {cand.name}")
-        bypassed = rebuild(model, skip=cand.skip, bypass=cand.bypass, alias=cand.alias)
-        cand.score = mean_loss(bypassed, sample, loss) - base
+        cand.score = mean_loss(_without(model, [cand]), sample, loss) - base
     return "loss increase on --data when bypassed"
 
 
@@ -288,9 +297,10 @@ def choose(candidates: list[Candidate], config, notes: list) -> list[Candidate]:
     return chosen
 
 
-def remove(model, chosen: list[Candidate]):
-    """The model without the chosen candidates, as a new functional model with its own layers
-    (KerasHub decoder blocks rebuilt as prunecli's, which save: structure/decoders.py)."""
+def _without(model, chosen: list[Candidate]):
+    """The model with the chosen candidates bypassed, sharing the remaining layers with `model` (for
+    scoring); a model holding KerasHub decoder blocks is rebuilt around them (structure/decoders.py),
+    its task (a CausalLM) around the rebuilt backbone."""
     from prunecli.structure import decoders
 
     skip, bypass, alias = set(), {}, {}
@@ -300,7 +310,16 @@ def remove(model, chosen: list[Candidate]):
         alias.update(cand.alias)
     if decoders.blocks(model):
         return decoders.rebuild_with(model, decoders.swaps_for(model), skip=skip, bypass=bypass, alias=alias)
-    return detach(rebuild(model, skip=skip, bypass=bypass, alias=alias))
+    return rebuild(model, skip=skip, bypass=bypass, alias=alias)
+
+
+def remove(model, chosen: list[Candidate]):
+    """The model without the chosen candidates, as a new functional model with its own layers
+    (KerasHub decoder blocks rebuilt as prunecli's, which save: structure/decoders.py)."""
+    from prunecli.structure import decoders
+
+    smaller = _without(model, chosen)
+    return smaller if decoders.blocks(model) else detach(smaller)
 
 
 def run(model, run_targets, data, task, config, progress, timings) -> StepResult:

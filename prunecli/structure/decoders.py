@@ -461,15 +461,29 @@ def rebuild_with(model, swaps: list[tuple], **changes):
 
     inner = host(model)
     if inner is not None and inner is not model:
-        if changes:
-            raise InputError(
-                f"{type(model).__name__}: layers inside its backbone cannot be removed; prune the backbone"
-            )
-        return _rebuilt_task(model, inner, swaps)
+        return _rebuilt_task(model, inner, swaps, _dropped_blocks(model, inner, changes))
     rebuilt = graph_rebuild.rebuild(model, replace={id(old): new for old, new, _values in swaps}, **changes)
     present = {id(layer) for layer in keras_graph.children(rebuilt)}
     _fill([(new, values) for _old, new, values in swaps if id(new) in present])
     return graph_rebuild.detach(rebuilt)
+
+
+def _dropped_blocks(model, backbone, changes: dict) -> set[int]:
+    """id() of the decoder blocks whose calls `changes` skips (-g layer on a causal LM: whole blocks
+    leave the backbone's list). Anything else inside the backbone (a norm, a residual branch inside a
+    block) is not removed from a task's backbone: refused."""
+    from prunecli.structure import rebuild as graph_rebuild
+
+    skip, bypass = set(changes.get("skip") or ()), changes.get("bypass") or {}
+    layers = {
+        id(node): node.operation for node in graph_rebuild.ordered_nodes(graph_rebuild.functional_graph(backbone))
+    }
+    dropped = [layers.get(node_id) for node_id in skip]
+    if bypass or any(layer is None or not is_decoder(layer) for layer in dropped):
+        raise InputError(
+            f"{type(model).__name__}: only whole decoder blocks can be removed inside its backbone; prune the backbone"
+        )
+    return {id(layer) for layer in dropped}
 
 
 def _fill(built: list[tuple]) -> None:
@@ -490,9 +504,10 @@ def _task_class(model):
     return None
 
 
-def _rebuilt_task(model, backbone, swaps: list[tuple]):
-    """The causal LM `model` around a PrunedDecoderBackbone of the swapped blocks, with fresh copies of
-    the backbone's embedding and final norm (weights copied), and the task's preprocessor."""
+def _rebuilt_task(model, backbone, swaps: list[tuple], dropped: set[int] = frozenset()):
+    """The causal LM `model` around a PrunedDecoderBackbone of the swapped blocks but the `dropped`
+    ones, with fresh copies of the backbone's embedding and final norm (weights copied), and the
+    task's preprocessor."""
     task_cls = _task_class(model)
     missing = [a for a in ("token_embedding", "layer_norm") if getattr(backbone, a, None) is None]
     if task_cls is None or missing:
@@ -501,7 +516,9 @@ def _rebuilt_task(model, backbone, swaps: list[tuple]):
             f"(causal LMs: {', '.join(CAUSAL_LMS)}); prune its backbone"
         )
     by_old = {id(old): (new, values) for old, new, values in swaps}
-    order = blocks(model)
+    order = [b for b in blocks(model) if id(b) not in dropped]
+    if not order:
+        raise InputError(f"{type(model).__name__}: removing every decoder block leaves no model")
     if any(id(b) not in by_old for b in order):
         raise InputError(f"{type(model).__name__}: every decoder block must be rebuilt at once")
     copies = [type(lay).from_config(lay.get_config()) for lay in (backbone.token_embedding, backbone.layer_norm)]
