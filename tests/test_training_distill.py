@@ -174,3 +174,40 @@ def test_distill_errors_are_one_line_config_errors():
     regression.task = Task("mse", None)
     with pytest.raises(ConfigError, match="needs a classifier"):
         Trainer(regression, keras.optimizers.SGD(0.1), teacher=model)
+
+
+@pytest.mark.slow
+def test_a_causal_lm_is_distilled_on_its_next_token_distributions(tmp_path):
+    """A KerasHub LlamaCausalLM: the teacher is a full copy (Keras' clone_model of it has 2 weights
+    fewer), the next-token task is accepted as a class distribution per position, and the distilled
+    run trains: its loss goes down with the masks held."""
+    import json
+
+    keras = pytest.importorskip("keras")
+    kh = pytest.importorskip("keras_hub")
+    from click.testing import CliRunner
+
+    from prunecli.cli import main
+    from prunecli.training import distill
+
+    keras.utils.set_random_seed(0)
+    backbone = kh.models.LlamaBackbone(
+        vocabulary_size=48, num_layers=2, num_query_heads=4, num_key_value_heads=2, hidden_dim=16, intermediate_dim=32
+    )
+    lm = kh.models.LlamaCausalLM(backbone=backbone, preprocessor=None)
+    teacher = distill.teacher_copy(lm)
+    assert [w.shape for w in teacher.weights] == [w.shape for w in lm.weights] and not teacher.trainable
+    x = {"token_ids": np.arange(24, dtype="int32").reshape(2, 12) % 48, "padding_mask": np.ones((2, 12), "int32")}
+    np.testing.assert_allclose(np.asarray(teacher(x)), np.asarray(lm(x)), rtol=1e-5, atol=1e-6)
+
+    path, tokens, report = tmp_path / "lm.keras", tmp_path / "tokens.npz", tmp_path / "r.json"
+    lm.save(path)
+    rng = np.random.default_rng(0)
+    np.savez(tokens, token_ids=rng.integers(0, 48, size=(32, 12)), padding_mask=np.ones((32, 12), "int32"))
+    args = ["prune", str(path), "-s", "0.5", "--data", str(tokens), "--epochs", "2", "--lr", "1e-2", "--distill"]
+    result = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "out.keras"), "-r", str(report), "-q"])
+    assert result.exit_code == 0, result.output
+    r = json.loads(report.read_text())
+    assert r["finetune"]["distill"]
+    assert r["metrics"]["after_finetune"]["loss"] < r["metrics"]["after_pruning"]["loss"]
+    assert r["totals"]["prunable_sparsity"] == pytest.approx(0.5, abs=0.01)

@@ -22,7 +22,7 @@ sigmoid output is the two-class case [1 - p, p].
 
 from __future__ import annotations
 
-from prunecli.errors import ConfigError
+from prunecli.errors import ConfigError, InputError, first_line
 
 EPSILON = 1e-7  # probabilities are clipped to [EPSILON, 1] before the log
 
@@ -33,13 +33,25 @@ def teacher_copy(model):
     The copy has its own variables, so the masks and the optimizer never touch it."""
     import keras
 
-    try:
-        teacher = keras.models.clone_model(model)
-    except Exception:  # subclassed models without a clone path: rebuild from the serialized config
-        teacher = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
-    teacher.set_weights(model.get_weights())
-    teacher.trainable = False
-    return teacher
+    def cloned():
+        return keras.models.clone_model(model)
+
+    def from_config():  # subclassed models, and KerasHub tasks whose clone_model copy has other weights
+        return keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+
+    shapes = [tuple(w.shape) for w in model.weights]
+    why = "no copy had the model's weights"
+    for make in (cloned, from_config):
+        try:
+            teacher = make()
+        except Exception as exc:  # Keras raises many types here; the next way is tried
+            why = first_line(exc)
+            continue
+        if [tuple(w.shape) for w in teacher.weights] == shapes:  # a LlamaCausalLM's clone has 2 fewer
+            teacher.set_weights(model.get_weights())
+            teacher.trainable = False
+            return teacher
+    raise InputError(f"--distill cannot copy this model as its teacher ({why})")
 
 
 def outputs_are_logits(loss) -> bool:
@@ -55,7 +67,12 @@ def outputs_are_logits(loss) -> bool:
 
 
 def check_task(task) -> None:
-    """Distillation matches class distributions: a regression model has none to match."""
+    """Distillation matches class distributions: a classifier's, or a causal LM's next-token
+    distribution at every position (KerasHub decoders); a regression model has none to match."""
+    from prunecli.training.metrics import NextTokenLoss
+
+    if task is not None and isinstance(task.loss, NextTokenLoss):
+        return
     if task is None or not task.accuracy:
         raise ConfigError("--distill needs a classifier (softmax or sigmoid outputs); this model's task is regression")
 
