@@ -319,3 +319,16 @@ def test_whole_blocks_leave_a_causal_lm(cli, tmp_path):
     prompt = {"token_ids": np.zeros((1, 8), "int32"), "padding_mask": np.zeros((1, 8), bool)}
     prompt["token_ids"][:, :2], prompt["padding_mask"][:, :2] = [3, 4], True
     assert _greedy(back, prompt).shape == (1, 8)
+
+
+def test_a_plan_of_decoder_units_is_refused_by_apply(cli, tmp_path):
+    """-g neuron on decoder blocks removes SwiGLU units in one rebuild (a structural step): apply does
+    not replay it, and says so in one line (exit 2) instead of a shape mismatch."""
+    path, plan = tmp_path / "llama.keras", tmp_path / "plan.zip"
+    backbone().save(path)
+    res = cli("prune", path, "-g", "neuron", "-s", "0.5", "--save-plan", plan, "-o", tmp_path / "p.keras", "-q")
+    assert res.exit_code == 0, res.output
+    res = cli("apply", plan, path, "-o", tmp_path / "a.keras", "-q")
+    assert res.exit_code == 2, res.output
+    assert "removes structure (-g neuron on KerasHub decoder blocks)" in res.output
+    assert not (tmp_path / "a.keras").exists()

@@ -8,7 +8,8 @@ and classes, weight paths, shapes and dtypes; the first difference is an InputEr
 applied as saved. Then the ordinary steps of a run: neuron plans fold and zero the dead channels'
 followers as `prune` does, BatchNorm statistics are re-estimated, fine-tuning (--epochs, masks held),
 --shrink, --export, the model and the report. Plans of structural runs (-g input, layer, head) are
-refused (exit 2): their removal is a model rebuild that this command does not replay yet.
+refused (exit 2), and so are neuron plans of KerasHub decoder blocks (their units leave gate, up and
+down projections in one rebuild): a model rebuild that this command does not replay yet.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ def apply_config(plan: plan_file.Plan, model_path, **options):
     from prunecli.scoring.checks import build_config
 
     kind = plan.granularity.split("=")[0].split(":")[0]
-    if kind in removal.STRUCTURAL:
+    if kind not in removal.STRUCTURAL and "ffn" in plan.manifest.get("structure", {}):
+        kind = "neuron on KerasHub decoder blocks"  # SwiGLU units deleted from gate, up and down at once
+    if kind in removal.STRUCTURAL or kind.startswith("neuron on"):
         raise ConfigError(
             f"plan {shown(plan.path)} removes structure (-g {kind}); apply replays element, block, N:M "
             "and neuron plans only: run `prunecli prune` with the plan's options on this model instead"
