@@ -211,3 +211,21 @@ def test_fine_tuning_on_next_token_loss_holds_the_masks(files, tmp_path):
     # wanda allocates globally: the layers' shares differ, the prunable total is what was asked, after training
     assert r["totals"]["prunable_sparsity"] == pytest.approx(0.5, abs=0.005)
     assert all(layer["sparsity"] > 0.2 for layer in r["layers"])
+
+
+def test_sparsegpt_inverse_factor_is_the_upper_cholesky_factor_of_the_inverse():
+    """U (one Cholesky of the reversed Hessian, one triangular inverse) is upper triangular with a positive
+    diagonal and U^T U = (H + lambda I)^-1, as the factor-solve-factor route gave; on a wide, rank-deficient
+    Hessian (fewer calibration rows than inputs), as a decoder's FFN projection gets."""
+    from prunecli.calibration import sparsegpt
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((48, 96)).astype("float32") * rng.uniform(0.1, 3.0, 96).astype("float32")
+    x[:, 5] = 0.0  # a dead input
+    h = x.T @ x / len(x)
+    upper, damped = sparsegpt.inverse_factor(h, "ffn/kernel")
+    u, hd = np.asarray(upper, "float64"), np.asarray(damped, "float64")
+    assert np.allclose(u, np.triu(u)) and (np.diag(u) > 0).all()
+    np.testing.assert_allclose(u.T @ u, np.linalg.inv(hd), rtol=1e-3, atol=1e-3 * np.abs(np.linalg.inv(hd)).max())
+    reference = np.linalg.cholesky(np.linalg.inv(hd)).T  # the upper factor of H^-1, computed directly
+    np.testing.assert_allclose(u, reference, rtol=1e-3, atol=1e-4 * np.abs(reference).max())

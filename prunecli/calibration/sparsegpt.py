@@ -10,8 +10,9 @@ Notation of the paper: W is (d_out, d_in) (one row per output unit), H = X^T X /
   paper's W[:, dead] = 0) but only as many as the layer's count allows: a dead weight that is kept
   keeps its value (H has no off-diagonal entry for it, so no update reaches it), and the layer never
   ends with more zeros than it was asked for.
-- U = upper Cholesky factor of H^-1. Pruning column j of a row with error e_j = (w_j - q_j) / U_jj
-  is compensated by w_{j:} -= e_j U_{j, j:} (the OBS update restricted to the not-yet-pruned columns).
+- U = upper Cholesky factor of H^-1, computed as R^-1 for the upper triangular R with H = R R^T (one
+  Cholesky of the reversed H). Pruning column j of a row with error e_j = (w_j - q_j) / U_jj is
+  compensated by w_{j:} -= e_j U_{j, j:} (the OBS update restricted to the not-yet-pruned columns).
 - Lazy batches: columns are processed in blocks of B = 128; inside a block the updates touch only the
   block, and the block's accumulated errors reach the later columns with one matrix product.
 - Mask selection: element sparsity chooses each block's mask adaptively (Section 3.2) from
@@ -46,13 +47,17 @@ def inverse_factor(hessian, name: str, dampening: float = DAMPENING):
     h = tf.linalg.set_diag(h, tf.where(dead, tf.ones_like(diag), diag) + dampening * mean)
     upper = None
     try:
-        lower = tf.linalg.cholesky(h)
+        # one Cholesky and one triangular inverse (about 4/3 d^3 flops, not the 8/3 d^3 of factor,
+        # solve against I, factor again): with J the reversal, J H J = M M^T gives H = R R^T for the
+        # upper triangular R = J M J, so H^-1 = R^-T R^-1 and U = R^-1 (upper, positive diagonal).
+        # On the 8192-input FFN projection of a 1B decoder this step dominated the layer's time.
+        lower = tf.linalg.cholesky(tf.reverse(h, [0, 1]))
         ok = bool(tf.reduce_all(tf.math.is_finite(lower)))
         if ok:  # the d x d temporaries are dropped as soon as they are used (oneshot sizes them)
-            inverse = tf.linalg.cholesky_solve(lower, tf.eye(int(h.shape[0])))
+            factor = tf.reverse(lower, [0, 1])
             del lower
-            upper = tf.transpose(tf.linalg.cholesky(inverse))
-            del inverse
+            upper = tf.linalg.triangular_solve(factor, tf.eye(int(h.shape[0])), lower=False)
+            del factor
             ok = bool(tf.reduce_all(tf.math.is_finite(upper)))
     except tf.errors.InvalidArgumentError:
         ok = False
