@@ -109,17 +109,22 @@ def _forward(model, x):
 
 
 class _Wrapped:
-    """Replace layer.call by hook(args) + the original call, for the duration of a `with` block."""
+    """Replace layer.call by hook(input) + the original call, for the duration of a `with` block; with
+    `masked`, hook(input, kwargs): the call's keyword arguments too (a Keras mask, an initial state)."""
 
-    def __init__(self, layer, hook):
-        self.layer, self.hook = layer, hook
+    def __init__(self, layer, hook, masked: bool = False):
+        self.layer, self.hook, self.masked = layer, hook, masked
 
     def __enter__(self):
         original = self.layer.call
-        hook = self.hook
+        hook, masked = self.hook, self.masked
 
         def call(*args, **kwargs):
-            hook(args[0] if args else next(iter(kwargs.values())))
+            x = args[0] if args else next(iter(kwargs.values()))
+            if masked:
+                hook(x, kwargs)
+            else:
+                hook(x)
             return original(*args, **kwargs)
 
         object.__setattr__(self.layer, "call", call)
@@ -323,27 +328,35 @@ class HessianCapture:
             accumulate = _accumulate_fn(self.full)
             state = {"calls": 0}
 
-            def hook(x):
-                for block in view.blocks(x, self.max_rows):
+            def hook(x, call=None):
+                for block in view.blocks(x, self.max_rows, call):
                     cls.peak_block_rows = max(cls.peak_block_rows, int(block.shape[0]))
                     accumulate(acc, block)
                 state["calls"] += 1
                 if state["calls"] % self.calls == 0:
                     raise _Stop()
 
-            wrappers = [_Wrapped(r.view.target.layer, r.hook) for r in riders]
+            # the layer's own hook innermost: a rider on the same layer (a recurrent layer's input kernel,
+            # measured while its recurrent kernel is captured) is fed before the pass stops there
+            wrappers = [wrap(view, hook), *(wrap(r.view, r.hook) for r in riders)]
             for w in wrappers:
                 w.__enter__()
             try:
-                with _Wrapped(view.target.layer, hook):
-                    for x in batches:
-                        _forward(model, x)
+                for x in batches:
+                    _forward(model, x)
             finally:
-                for w in wrappers:
+                for w in reversed(wrappers):
                     w.__exit__(None, None, None)
             return _input_stats(acc, d, self.full)
         finally:
             cls.live -= 1
+
+
+def wrap(view: LayerView, hook) -> _Wrapped:
+    """The capture hook on the layer whose call receives the view's X (view.layer), called as
+    hook(input, kwargs) for a view that reads the call's keyword arguments (a recurrent layer's mask
+    and initial state)."""
+    return _Wrapped(view.layer, hook, masked=view.masked)
 
 
 def row_stats(blocks, d_in: int, full: bool = True) -> InputStats:
@@ -473,17 +486,17 @@ class ErrorMeter:
         self.max_rows = max(1, PATCH_BYTES // (4 * view.d_in))
         self.kernels = _conv_kernels(view, self.diff, self.w)
 
-    def hook(self, x):
-        num, den = self.conv_sums(x) if self.kernels is not None else self.block_sums(x)
+    def hook(self, x, call=None):
+        num, den = self.conv_sums(x) if self.kernels is not None else self.block_sums(x, call)
         self.num += num
         self.den += den
         self.seen += 1
 
-    def block_sums(self, x) -> tuple[float, float]:
+    def block_sums(self, x, call=None) -> tuple[float, float]:
         """(||X diff||^2, ||X W||^2) over one layer input, from blocks of X (im2col rows for a conv)."""
         fn = _meter_fn()
         num = den = 0.0
-        for block in self.view.blocks(x, self.max_rows):
+        for block in self.view.blocks(x, self.max_rows, call):
             n, d = fn(block, self.diff, self.w)
             num += float(n)
             den += float(d)
@@ -518,12 +531,12 @@ def measure(model, batches, meter: ErrorMeter) -> None:
     HessianCapture.run)."""
     state = {"calls": 0}
 
-    def hook(x):
-        meter.hook(x)
+    def hook(x, call=None):
+        meter.hook(x, call)
         state["calls"] += 1
         if state["calls"] % meter.calls == 0:
             raise _Stop()
 
-    with _Wrapped(meter.view.target.layer, hook):
+    with wrap(meter.view, hook):
         for x in batches:
             _forward(model, x)

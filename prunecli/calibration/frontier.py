@@ -173,7 +173,7 @@ class CachedPasses:
         """Compute steps done..stop-1 on every pass (the model as it is now), dropping dead tensors."""
         if self.done >= stop:
             return
-        wrappers = [capture._Wrapped(r.view.target.layer, r.hook) for r in riders]
+        wrappers = [capture.wrap(r.view, r.hook) for r in riders]
         for w in wrappers:
             w.__enter__()
         try:
@@ -192,13 +192,13 @@ class CachedPasses:
                 w.__exit__(None, None, None)
 
     def capture(self, view, calls: int, full: bool, riders: tuple = ()):
-        step = self._step_of(view.target.layer)
+        step = self._step_of(view.layer)
         self._advance(step, riders)
         runner = _NodeRun(self.schedule.steps[step])
         return capture.HessianCapture(view, calls, full=full).run(runner, self.values, riders)
 
     def measure(self, meter) -> None:
-        step = self._step_of(meter.view.target.layer)
+        step = self._step_of(meter.view.layer)
         self._advance(step, ())
         capture.measure(_NodeRun(self.schedule.steps[step]), self.values, meter)
 
@@ -253,7 +253,7 @@ def _schedule(model, layers: list) -> _Schedule | str:
             holders.setdefault(lid, []).append(index)
     owner, nested = {}, []
     for view, call in layers:
-        layer = view.target.layer
+        layer = view.layer  # the layer whose call receives X (an RNN's, for its cell's kernel)
         found = holders.get(id(layer), [])
         if len(found) != 1:
             return (
@@ -266,7 +266,7 @@ def _schedule(model, layers: list) -> _Schedule | str:
         if op is not layer and op.name not in nested:
             nested.append(op.name)
         owner[id(layer)] = found[0]
-    order = [owner[id(view.target.layer)] for view, _ in layers]
+    order = [owner[id(view.layer)] for view, _ in layers]
     if order != sorted(order):  # calibrated in call order: the walk must meet them in that order
         return "the graph's node order differs from the call order; each layer's inputs are read by a pass of its own"
     producer = {id(t): index for index, node in enumerate(nodes) for t in node.outputs}

@@ -16,7 +16,7 @@ denormal, non-finite or the same vector on every row (capture.InputStats.degener
 cannot be factored, or whose result is not finite or has more zeros than its mask prunes (plus the
 weights already zero) is pruned by magnitude instead, with a note naming the layer and the reason.
 
-Layers that cannot be calibrated (depthwise, embedding, RNN cells, ...; see views.view_of) are
+Layers that cannot be calibrated (depthwise, embedding, recurrent kernels, ...; see views.view_of) are
 pruned by magnitude first, with a note, so the calibrated layers see their pruned outputs.
 """
 
@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from prunecli.calibration import capture, frontier, refit, sparsegpt, views, wanda
+from prunecli.calibration import capture, depthwise, frontier, refit, sparsegpt, views, wanda
 from prunecli.config import CALIBRATED_METHODS
 from prunecli.errors import ConfigError, DataError, ResourceError
 
@@ -62,7 +62,7 @@ def _say(progress, message: str) -> None:
 
 
 # Buffers of d_in x d_in floats alive at once besides the captured Hessian's accumulation, per use
-# (sparsegpt.inverse_factor: H, H dampened, its factor, the identity, H^-1; refit: H, H dampened, H W)
+# (sparsegpt.inverse_factor: H, H dampened, its factor, the identity, U; refit: H, H dampened, H W)
 HESSIAN_COPIES = {"sparsegpt": 5, "refit": 3}
 BLOCK_COPIES = 3  # one block of X rows, its squares and |x| inside the accumulation step
 
@@ -91,7 +91,7 @@ def _plan(model, targets, calibration_x, notes, fallback) -> _Plan:
     batches = _check_batches(calibration_x)
     seen, rest = [], []
     for t in targets:
-        v = views.view_of(t)
+        v = views.view_of(t, model)
         if isinstance(v, str):
             fallback[t.name] = v
             rest.append(t)
@@ -119,16 +119,16 @@ def _plan(model, targets, calibration_x, notes, fallback) -> _Plan:
             probe = batches[0]
         else:
             probe = tf.nest.map_structure(lambda a: a[:2], batches[0])
-        order = capture.call_order(model, [v.target.layer for v in seen], probe)
+        order = capture.call_order(model, [v.layer for v in seen], probe)
         called = []
         for v in seen:
-            if id(v.target.layer) in order:
+            if id(v.layer) in order:
                 called.append(v)
             else:
                 fallback[v.target.name] = "the model's forward pass never calls the layer"
                 rest.append(v.target)
-        seen = sorted(called, key=lambda v: order[id(v.target.layer)].first)
-        plan = [(v, order[id(v.target.layer)]) for v in seen]
+        seen = sorted(called, key=lambda v: order[id(v.layer)].first)
+        plan = [(v, order[id(v.layer)]) for v in seen]
         if not fixed:
             per_example = max((4 * math.prod(c.input_shape[1:]) for _, c in plan if c.input_shape), default=0)
             per_pass = max(1, min(capture.CHUNK, capture.INPUT_BYTES // max(per_example, 1)))
@@ -308,7 +308,13 @@ def _calibrate(view, stats, method: str, k, nm, reconstruct: bool, jit: bool):
     t = view.target
     w_dense = view.to_matrix(tf.cast(tf.convert_to_tensor(t.variable), tf.float32))
     hessian = stats.hessian
-    if method == "wanda":
+    if view.kind == "depthwise":  # per channel (depthwise.py); its block-diagonal view's zeros count as pruned
+        outcome = depthwise.prune(view, w_dense, stats, method, k, nm, jit)
+        if isinstance(outcome, str):
+            return outcome
+        w_new, keep = outcome
+        k = None if k is None else k + view.off_block
+    elif method == "wanda":
         score = wanda.scores(w_dense, stats.diag)
         keep = kernels.nm_keep_mask(score, *nm) if nm else wanda.per_output_keep(score, k)
         w_new = tf.where(keep, w_dense, tf.zeros_like(w_dense))
@@ -506,7 +512,9 @@ def layer_scores(
             score = wanda.norm_scores(w, stats.norms() / math.sqrt(stats.rows))
         elif why is None:
             try:  # the saliency scales with H: undo the capture's input scale
-                score = sparsegpt.obs_scores(w, stats.hessian, t.name) / (stats.scale * stats.scale)
+                score = sparsegpt.obs_scores(w, view.within_channels(stats.hessian), t.name) / (
+                    stats.scale * stats.scale
+                )
             except DataError:
                 why = "its input Hessian is not positive definite after dampening"
         if why is not None:
