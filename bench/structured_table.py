@@ -401,11 +401,11 @@ def main() -> None:
             mct = mct_rows(h5, data, folder, [0.5, 0.25], seeds, xt, yt, xv, yv)
             print(f"{label}: MCT {mct}", flush=True)
         results.append((label, dense, rows, mct))
-    elapsed = time.perf_counter() - began
-    replace_section(args.out, TABLE, render(results, args, seeds, elapsed))
-    if args.raw:
-        args.raw.write_text(json.dumps(_jsonable(results), indent=1))
-    print(f"wrote {args.out} in {elapsed / 60:.1f} min")
+        elapsed = time.perf_counter() - began  # written after every model: a stopped run keeps what it measured
+        replace_section(args.out, TABLE, render(results, args, seeds, elapsed))
+        if args.raw:
+            args.raw.write_text(json.dumps(_jsonable(results), indent=1))
+        print(f"wrote {args.out} ({len(results)} of {len(args.models)} models) in {elapsed / 60:.1f} min", flush=True)
 
 
 def _flops(model) -> int:
