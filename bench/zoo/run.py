@@ -189,11 +189,13 @@ def fmt_check(c, kind):
         return "**rejects original x**"
     if not c.get("shape_ok", True):
         return f"**out shape {c.get('out_shape')}≠{c.get('dense_shape')}**"
+    via = f" (via {c['loader']})" if c.get("loader") not in (None, "keras") else ""
     if "agreement" in c:
-        return f"{100 * c['agreement']:.1f}% top-1" if kind != "binary" else f"{100 * c['agreement']:.1f}% agree"
+        what = "top-1" if kind != "binary" else "agree"
+        return f"{100 * c['agreement']:.1f}% {what}{via}"
     if "rel_err" in c:
-        return f"rel.err {c['rel_err']:.3g}"
-    return "loads+runs"
+        return f"rel.err {c['rel_err']:.3g}{via}"
+    return "loads+runs" + via
 
 
 def write_md(results, entries, path, quick, started):
@@ -204,7 +206,8 @@ def write_md(results, entries, path, quick, started):
         + f"), {time.strftime('%Y-%m-%d', time.localtime(started))}, on a shared 2-core machine, one command at a time, "
         "300 s per command. Models come from pinned packages (`bench/zoo/models.py`); nothing is committed.",
         "",
-        "Agreement = the output model loaded with Keras 3 and run on the model's ORIGINAL inputs (first 64 "
+        "Agreement = the output model loaded with Keras 3 (else tf_keras, else prunecli's reader for a Keras-2 "
+        "CuDNN .h5; `via` names it when not Keras 3) and run on the model's ORIGINAL inputs (first 64 "
         "examples of the .npz), compared with the dense model: top-1 agreement (per position for sequence "
         "outputs), decision agreement for the sigmoid model, relative output error for regressors. "
         "`sweep` runs `--no-per-layer` at 0.5,0.9; wanda/sparsegpt use `--calibration-samples 32 "

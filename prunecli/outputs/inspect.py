@@ -102,6 +102,7 @@ def inspect_model(path: str, include=(), exclude=()) -> Inspection:
         "flavour": info.flavour,
         "keras_version": info.keras_version,
         "bytes": info.size_bytes,
+        "notes": list(model_io.read_notes(info)),  # how the file was read (CuDNN layers as plain ones)
     }
     from prunecli.removal import heads
 
@@ -231,6 +232,8 @@ def render(result: Inspection, console) -> None:
         "[bold]whole model[/]", "", "", "", f"{t['params']:,}", f"{t['nonzeros']:,}", f"{t['sparsity']:.1%}", "", ""
     )
     console.print(table)
+    for note in m.get("notes", ()):
+        console.print(f"note: {note}", markup=False)
     for name, h in result.heads.items():  # attention layers: what -g head would work on
         kv = f", {h['kv_heads']} key/value groups" if h.get("kv_heads") not in (None, h["heads"]) else ""
         console.print(f"attention {name}: {h['live_heads']} of {h['heads']} heads live (head size {h['head_dim']}{kv})")

@@ -46,7 +46,13 @@ def load(config: PruneConfig, progress: Progress, timings: Timings) -> tuple[Run
             check_labels(config, data)
             task = infer_task(model, data.y_example, data.next_token) if data.labelled else None
     state = RunState(
-        config=config, model=model, source=source, data=data, task=task, compiled_optimizer=compiled_optimizer
+        config=config,
+        model=model,
+        source=source,
+        data=data,
+        task=task,
+        compiled_optimizer=compiled_optimizer,
+        notes=model_io.read_notes(source),  # how the file was read (CuDNN layers as their plain equivalents)
     )
     return state, input_sizes
 

@@ -6,13 +6,15 @@ carries serialised Python code (a Lambda layer) is refused before Keras sees it 
 
 One job per module: `metadata` identifies a file from its bytes, `memory` judges from what it
 declares whether it fits, `read` loads it with Keras, `write` plans and commits the output
-atomically, `sizes` measures a file for the report. This package is the public API.
+atomically, `sizes` measures a file for the report, `cudnn` reads Keras-2 CuDNNGRU/CuDNNLSTM layers as the plain
+layers they equal. This package is the public API.
 """
 
 from __future__ import annotations
 
 import os
 
+from prunecli.io.models.cudnn import read_notes as _cudnn_notes
 from prunecli.io.models.memory import check_memory
 from prunecli.io.models.metadata import check_safe, inspect_file
 from prunecli.io.models.read import check_finite, quiet_keras, read_model
@@ -28,12 +30,19 @@ __all__ = [
     "inspect_file",
     "load",
     "quiet_keras",
+    "read_notes",
     "remove_stale_temps",
     "resolve_output",
     "save",
     "sizes_in_background",
     "temp_name",
 ]
+
+
+def read_notes(info) -> tuple[str, ...]:
+    """What the report and `inspect` say about how the file was read (CuDNN layers read as their
+    plain equivalents); empty for most files."""
+    return _cudnn_notes(info.config) if info.format == "h5" else ()
 
 
 def load(path: str | os.PathLike, unsafe: bool = False):

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from prunecli.errors import ModelLoadError, first_line
+from prunecli.io.models import cudnn
 from prunecli.io.models.metadata import ModelFile, inspect_file
 
 
@@ -23,7 +24,7 @@ def read_model(info: ModelFile, unsafe: bool):
 
     try:
         model = _load_keras(info.path, unsafe)
-    except MemoryError:
+    except (MemoryError, ModelLoadError):
         raise
     except Exception as exc:  # Keras raises TypeError/ValueError/KeyError/OSError for bad files
         msg = _load_failure(exc)
@@ -45,10 +46,14 @@ def _load_keras(path: Path, unsafe: bool):
 
         register_for_file(path)  # KerasHub classes are known to Keras once keras-hub is imported
     elif path.suffix in (".h5", ".hdf5"):
-        declared = _with_explicit_input(inspect_file(path).config or {})
-        if declared is not None:  # read as the Keras version that wrote it reads it
+        stored = inspect_file(path).config or {}
+        cudnn_config = stored if cudnn.cudnn_layers(stored) else None
+        config = stored if cudnn_config is None else cudnn.translate_config(stored, path)  # the plain layers they equal
+        config = _without_initializer_dtype(config)
+        config = _with_explicit_input(config) or config
+        if config is not stored:  # read as the Keras version that wrote it reads it
             with quiet_keras():
-                return _load_patched_h5(path, declared, None)
+                return _load_patched_h5(path, config, None, cudnn_config)
     with quiet_keras():
         try:
             return keras.saving.load_model(path, compile=True, safe_mode=not unsafe)
@@ -66,6 +71,34 @@ def _load_keras(path: Path, unsafe: bool):
 
 _UNKNOWN_KWARGS = re.compile(r"Unrecognized keyword arguments passed to (\w+): \{(.*)\}")
 _SLASH_NAME = "cannot contain character `/`"
+
+
+_OBJECT_KEYS = ("_initializer", "_regularizer", "_constraint")
+
+
+def _without_initializer_dtype(config: dict) -> dict:
+    """Keras 2.2.4-tf (TensorFlow 1.x) wrote `dtype` into initializer configs (GlorotUniform,
+    Orthogonal, Zeros), which Keras 3 initializers refuse; the loaded weights replace whatever an
+    initializer would draw, so the argument is dropped. Returns `config` itself when nothing changed."""
+    found = False
+
+    def strip(node):
+        nonlocal found
+        if isinstance(node, dict):
+            out = {}
+            for key, value in node.items():
+                inner = value.get("config") if isinstance(value, dict) else None
+                if isinstance(key, str) and key.endswith(_OBJECT_KEYS) and isinstance(inner, dict) and "dtype" in inner:
+                    found = True
+                    value = {**value, "config": {k: v for k, v in inner.items() if k != "dtype"}}
+                out[key] = strip(value)
+            return out
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    patched = strip(config)
+    return patched if found else config
 
 
 def _with_explicit_input(config: dict) -> dict | None:
@@ -101,13 +134,15 @@ def _with_explicit_input(config: dict) -> dict | None:
     return patched
 
 
-def _load_patched_h5(path: Path, config: dict, first_error: BaseException | None):
+def _load_patched_h5(path: Path, config: dict, first_error: BaseException | None, cudnn_config: dict | None = None):
     """Load a Keras-2 `.h5` from a temporary copy whose config Keras 3 can read; the input file is
     never modified, and the checks for code-carrying layers ran before. Keras-2 files carry layer
     arguments Keras 3 no longer takes (DepthwiseConv2D's `groups` in every tf_keras MobileNet) and
     layer names with "/" (tf_keras DenseNet's "conv1/conv"), which Keras 3 refuses: each argument
     Keras names is dropped, "/" in names replaced. Weights are matched by position, so renamed layers
-    keep theirs. `first_error`: the plain load's failure, or None when `config` was patched up front."""
+    keep theirs. `first_error`: the plain load's failure, or None when `config` was patched up front.
+    `cudnn_config`: the file's own config when it has CuDNN layers, whose weights are converted in the
+    copy to the plain layers' layout (io/models/cudnn.py)."""
     import h5py
     import keras
 
@@ -116,6 +151,9 @@ def _load_patched_h5(path: Path, config: dict, first_error: BaseException | None
     with tempfile.TemporaryDirectory(prefix="prunecli-") as scratch:
         patched = Path(scratch) / path.name
         shutil.copyfile(path, patched)
+        if cudnn_config is not None:
+            with h5py.File(patched, "r+") as f:
+                cudnn.convert_file_weights(f, cudnn_config, path)
         for _ in range(20):  # Keras names one class's unknown arguments per attempt
             match = _UNKNOWN_KWARGS.search(_load_failure(error)) if error is not None else None
             if match:

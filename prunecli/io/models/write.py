@@ -8,6 +8,7 @@ so a Keras-2 file stays a Keras-2 file that tf_keras can load again.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -15,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from prunecli.errors import DISK_FULL, OutputError, first_line, write_error
+from prunecli.io.models import cudnn
 from prunecli.io.models.metadata import ModelFile
 from prunecli.io.models.read import check_finite, quiet_keras
 from prunecli.io.models.sizes import sizes_in_background
@@ -203,14 +205,18 @@ def write_h5_weights(model, h5_path: Path) -> None:
     """Replace the weight arrays of a legacy-HDF5 model file with the model's current values.
 
     Follows Keras's legacy layout: the k-th layer that has weights owns `layer_names[k]`, and its
-    weights are stored as trainable + non-trainable, in `weight_names` order. Optimizer state no
-    longer matches the weights, so it is dropped.
+    weights are stored as trainable + non-trainable, in `weight_names` order; a Keras-2 CuDNN layer's
+    are written back in its own layout (cudnn.to_cudnn). Optimizer state no longer matches the
+    weights, so it is dropped.
     """
     import h5py
     import numpy as np
 
     with h5py.File(h5_path, "r+") as f:
         group = f["model_weights"] if "model_weights" in f else f
+        raw = f.attrs.get("model_config")
+        config = json.loads(raw.decode() if isinstance(raw, bytes) else raw) if raw is not None else None
+        config = config if isinstance(config, dict) and cudnn.cudnn_layers(config) else None
         names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["layer_names"]]
         names = [n for n in names if len(group[n].attrs.get("weight_names", [])) > 0]
         layers = [layer for layer in model.layers if layer.weights]
@@ -222,8 +228,10 @@ def write_h5_weights(model, h5_path: Path) -> None:
             variables = list(layer.trainable_weights) + list(layer.non_trainable_weights)
             if len(weight_names) != len(variables):
                 raise OutputError(f"cannot map weights of layer {name} into {h5_path}")
-            for wname, var in zip(weight_names, variables, strict=True):
-                value = np.asarray(var)
+            values = {wname: np.asarray(var) for wname, var in zip(weight_names, variables, strict=True)}
+            if config is not None:  # a Keras-2 CuDNN layer's weights go back in the file's own layout
+                values = cudnn.write_back(values, config, name, weight_names, h5_path)
+            for wname, value in values.items():
                 ds = g[wname]
                 if ds.shape != value.shape:
                     raise OutputError(f"shape of {wname} changed; cannot write it in place")
