@@ -91,8 +91,10 @@ def test_straight_through_gradient_is_the_identity():
 # ------------------------------------------------------------------ through prune(): masks and zeros
 
 
-@pytest.mark.parametrize("mode", ["int8", "int4"])
-@pytest.mark.parametrize("amount", [{"sparsity": 0.7}, {"granularity": "n:m=2:4"}], ids=["70%", "2:4"])
+@pytest.mark.parametrize("mode", ["int8", pytest.param("int4", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "amount", [{"sparsity": 0.7}, pytest.param({"granularity": "n:m=2:4"}, marks=pytest.mark.slow)], ids=["70%", "2:4"]
+)
 def test_qat_holds_the_masks_through_training_and_quantisation(mlp_files, tmp_path, monkeypatch, mode, amount):
     """QAT on: the float weights handed to Model.quantize are exactly 0 where the masks prune (the
     compiled step re-masks after every update), the quantized codes still read back as 0, and 2:4
