@@ -231,3 +231,6 @@ def test_sparsegpt_inverse_factor_is_the_upper_cholesky_factor_of_the_inverse():
     np.testing.assert_allclose(u.T @ u, np.linalg.inv(hd), rtol=1e-3, atol=1e-3 * np.abs(np.linalg.inv(hd)).max())
     reference = np.linalg.cholesky(np.linalg.inv(hd)).T  # the upper factor of H^-1, computed directly
     np.testing.assert_allclose(u, reference, rtol=1e-3, atol=1e-4 * np.abs(reference).max())
+
+
+pytestmark = pytest.mark.slow  # whole module in the full suite only: the fast subset stays under 2 minutes

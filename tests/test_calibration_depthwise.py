@@ -191,3 +191,6 @@ def test_global_scores_nm_fallback_and_reconstruct():
         assert entry["error_after"] < entry["error_before"], (name, entry)
     for t in targets:
         assert (np.asarray(t.variable)[~masks[t.name]] == 0).all()
+
+
+pytestmark = pytest.mark.slow  # whole module in the full suite only: the fast subset stays under 2 minutes

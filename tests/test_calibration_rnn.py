@@ -387,3 +387,6 @@ def test_sparsegpt_beats_magnitude_on_an_lstm_recurrent_kernel(sparsity, recurre
             assert entry["rows"] == 64 * T and entry["error_after"] < entry["error_before"]
         errors[method] = _output_error(lstm, x, dense_out)
     assert errors["sparsegpt"] < errors["magnitude"], errors
+
+
+pytestmark = pytest.mark.slow  # whole module in the full suite only: the fast subset stays under 2 minutes

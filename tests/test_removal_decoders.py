@@ -251,6 +251,7 @@ def _greedy(lm, prompt):
     return np.asarray(lm.generate(prompt, stop_token_ids=None)["token_ids"])
 
 
+@pytest.mark.slow
 def test_causal_lm_keeps_generating_after_groups_and_units_go(tmp_path):
     """LlamaCausalLM around a backbone built from a config: after a global head selection (blocks keep
     different key/value groups) and a unit shrink, it is still a LlamaCausalLM whose generate() gives

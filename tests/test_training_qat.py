@@ -251,3 +251,6 @@ def test_config_qat_without_the_cli():
     assert build_config({**base, "quantize": "float8"}).qat_active is False  # auto: no float8 QAT
     with pytest.raises(ConfigError, match="qat must be one of auto, on, off"):
         build_config({**base, "quantize": "int8", "qat": "yes"})
+
+
+pytestmark = pytest.mark.slow  # whole module in the full suite only: the fast subset stays under 2 minutes
