@@ -272,6 +272,11 @@ def heading(args) -> str:
 
 
 def render(res: dict, args) -> str:
+    """The section for `res`; paths under --work are written as $WORK (the folder is this machine's)."""
+    return _render(res, args).replace(str(Path(args.work).resolve()), "$WORK").replace(str(args.work), "$WORK")
+
+
+def _render(res: dict, args) -> str:
     gib = lambda n: f"{n / 2**30:.1f} GiB" if n else "-"  # noqa: E731
     b, k, p = res["build"], res.get("keras") or {}, res["prune"]
     rep = res.get("report") or {}
