@@ -271,6 +271,7 @@ def test_pruned_h5_keeps_the_cudnn_layout(cli, cudnn_h5, tmp_path):
     np.testing.assert_allclose(reread.predict(x, verbose=0), reference.predict(x, verbose=0), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_calibrated_methods_on_a_cudnn_file(cli, cudnn_h5, tmp_path):
     path, _, _ = cudnn_h5
     data = path.with_suffix(".npz")

@@ -60,7 +60,9 @@ def _dequantized_kernel(layer) -> np.ndarray:
     return codes / scale  # symmetric: q / s per output column
 
 
-@pytest.mark.parametrize("mode", ["int8", "int4", "float8"])
+@pytest.mark.parametrize(
+    "mode", ["int8", pytest.param("int4", marks=pytest.mark.slow), pytest.param("float8", marks=pytest.mark.slow)]
+)
 @pytest.mark.parametrize("amount", [{"sparsity": 0.5}, {"granularity": "n:m=2:4"}], ids=["50%", "2:4"])
 def test_pruned_weights_stay_exactly_zero_after_quantization(conv_dense, tmp_path, mode, amount):
     import keras

@@ -282,6 +282,7 @@ def test_causal_lm_keeps_generating_after_groups_and_units_go(tmp_path):
     np.testing.assert_array_equal(_greedy(back, prompt), want)
 
 
+@pytest.mark.slow
 def test_whole_blocks_leave_a_causal_lm(cli, tmp_path):
     """-g layer on a LlamaCausalLM: its backbone's blocks are the candidates, the ones chosen leave the
     backbone's list, and the smaller causal LM computes what the kept blocks compute by hand and keeps
