@@ -14,6 +14,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 PRUNECLI = str(Path(sys.executable).with_name("prunecli"))
+# bench/DECODERS.md: written by decoder_oneshot.py and decoder_1b.py, each replacing its own section
+DECODERS_MD = ROOT / "bench" / "DECODERS.md"
+DECODERS_TITLE = """# KerasHub decoders: calibrated one-shot pruning (issue 30)
+
+Written by `bench/decoder_oneshot.py` (small decoders trained here: perplexity by method, scope and
+sparsity) and `bench/decoder_1b.py` (a 1.1B-parameter Llama-style decoder: time and memory of
+SparseGPT 2:4). Each script replaces only its own section."""
 
 
 def timed(fn, repeats: int) -> tuple[float, float, list[float]]:
@@ -142,6 +149,66 @@ def mnist_subset(seed: int = 0):
     x, y = mnist_data()  # sorted by class
     order = np.random.default_rng(seed).permutation(len(x))
     return (x[order] / 255.0).astype("float32"), y[order].astype("int64")
+
+
+def uniform_sparsity(model_path: Path, kind: str, goal: int) -> float:
+    """The smallest layer-wise neuron sparsity whose shrunk model costs at most `goal` (parameters or
+    multiply-adds), by bisection on the exact cost of each layer's kept count (structure/costs.py)."""
+    import keras
+    import numpy as np
+
+    from prunecli import build_config
+    from prunecli.run import steps
+    from prunecli.selection import policy
+    from prunecli.structure import channels, costs
+
+    model = keras.saving.load_model(model_path)
+    config = build_config({"model_path": str(model_path), "granularity": "neuron", "sparsity": 0.5})
+    found = steps.pick_targets(model, config).targets
+    cost = costs.ChannelCosts(model, kind)
+    g = channels.graph_of(model)
+    calls = {c.name: c for c in g.calls}
+
+    def cost_at(s: float) -> int:
+        keep = np.ones(len(cost.roots), dtype=bool)
+        for t in found:
+            if t.layer_name not in calls or t.attr not in ("kernel", "pointwise_kernel"):
+                continue
+            gone, _ = policy.removal_count(t.units, s, policy.floor(t.units, config))
+            roots = g.channels.roots(g.ids[calls[t.layer_name].outputs[0]])
+            keep[cost.index(roots[:gone])] = False
+        return cost.total(keep)
+
+    lo, hi = 0.0, 0.99
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if cost_at(mid) <= goal:
+            hi = mid
+        else:
+            lo = mid
+    return round(hi, 6)
+
+
+def stdlib_sources() -> list[Path]:
+    """The Python standard library's top-level .py files, sorted: the text the language benchmarks
+    train and calibrate on (shipped with Python, nothing downloaded)."""
+    import sysconfig
+
+    return sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+
+
+def save_token_npz(path: Path, train, test) -> None:
+    """Token rows as a user gives them to `--data` for a KerasHub causal LM: token ids and an all-ones
+    padding mask; training rows (the calibration pool) and held-out test rows."""
+    import numpy as np
+
+    np.savez(
+        path,
+        token_ids_train=train,
+        padding_mask_train=np.ones_like(train),
+        token_ids_test=test,
+        padding_mask_test=np.ones_like(test),
+    )
 
 
 def trained_like_batchnorm(model, seed: int = 0):

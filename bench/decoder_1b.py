@@ -32,14 +32,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_common import PRUNECLI, PYTHON, ROOT, load_average, machine, replace_section  # noqa: E402
+from bench.bench_common import (  # noqa: E402
+    DECODERS_MD as OUT,
+)
+from bench.bench_common import (
+    DECODERS_TITLE as TITLE,
+)
+from bench.bench_common import (
+    PRUNECLI,
+    PYTHON,
+    load_average,
+    machine,
+    replace_section,
+    save_token_npz,
+    stdlib_sources,
+)
 
-OUT = ROOT / "bench" / "DECODERS.md"
-TITLE = """# KerasHub decoders: calibrated one-shot pruning (issue 30)
-
-Written by `bench/decoder_oneshot.py` (small decoders trained here: perplexity by method, scope and
-sparsity) and `bench/decoder_1b.py` (a 1.1B-parameter Llama-style decoder: time and memory of
-SparseGPT 2:4). Each script replaces only its own section."""
 HEADING = "## 1B decoder: SparseGPT 2:4 cost"
 
 
@@ -66,28 +74,18 @@ print(json.dumps({{"params": int(n), "build_s": built, "save_s": time.perf_count
 
 def tokens(args, path: Path) -> None:
     """Byte ids of the standard library's source: --samples calibration rows, --test held-out rows."""
-    import sysconfig
-
     import numpy as np
 
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
     need = (args.samples + args.test) * args.seq
     chunks, have = [], 0
-    for p in sorted(stdlib.glob("*.py")):
+    for p in stdlib_sources():
         data = p.read_bytes()
         chunks.append(np.frombuffer(data, np.uint8))
         have += len(data)
         if have >= need:
             break
     stream = np.concatenate(chunks)[:need].astype(np.int32).reshape(-1, args.seq)
-    train, test = stream[: args.samples], stream[args.samples :]
-    np.savez(
-        path,
-        token_ids_train=train,
-        padding_mask_train=np.ones_like(train),
-        token_ids_test=test,
-        padding_mask_test=np.ones_like(test),
-    )
+    save_token_npz(path, stream[: args.samples], stream[args.samples :])
 
 
 def monitored(cmd: list[str], args, log: Path) -> dict:

@@ -40,14 +40,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_common import ROOT, load_average, machine, replace_section, table  # noqa: E402
+from bench.bench_common import (  # noqa: E402
+    DECODERS_MD as OUT,
+)
+from bench.bench_common import (
+    DECODERS_TITLE as TITLE,
+)
+from bench.bench_common import (
+    load_average,
+    machine,
+    replace_section,
+    save_token_npz,
+    stdlib_sources,
+    table,
+)
 
-OUT = ROOT / "bench" / "DECODERS.md"
-TITLE = """# KerasHub decoders: calibrated one-shot pruning (issue 30)
-
-Written by `bench/decoder_oneshot.py` (small decoders trained here: perplexity by method, scope and
-sparsity) and `bench/decoder_1b.py` (a 1.1B-parameter Llama-style decoder: time and memory of
-SparseGPT 2:4). Each script replaces only its own section."""
 HEADING = "## Small decoders: one-shot perplexity"
 SEQ = 128
 VOCAB = 256
@@ -75,13 +82,10 @@ FAMILIES = {
 
 def corpus():
     """(training stream, held-out stream) of byte ids: the stdlib's top-level .py files, every tenth held out."""
-    import sysconfig
-
     import numpy as np
 
-    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
     train, test = [], []
-    for i, p in enumerate(files):
+    for i, p in enumerate(stdlib_sources()):
         (test if i % 10 == 5 else train).append(np.frombuffer(p.read_bytes(), np.uint8))
     return np.concatenate(train).astype(np.int32), np.concatenate(test).astype(np.int32)
 
@@ -101,14 +105,7 @@ def token_file(cache: Path) -> Path:
         rng = np.random.default_rng(0)
         pool = rows(train)
         pool = pool[rng.choice(len(pool), CALIBRATION_ROWS, replace=False)]
-        held = rows(test, TEST_ROWS)
-        np.savez(
-            path,
-            token_ids_train=pool,
-            padding_mask_train=np.ones_like(pool),
-            token_ids_test=held,
-            padding_mask_test=np.ones_like(held),
-        )
+        save_token_npz(path, pool, rows(test, TEST_ROWS))
     return path
 
 

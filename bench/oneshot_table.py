@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import ROOT, accuracy, load_average, machine, mib, table  # noqa: E402
+from bench_common import ROOT, accuracy, load_average, machine, mib, stdlib_sources, table  # noqa: E402
 
 SETTINGS = ("0.5", "0.7", "0.8", "2:4")
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -189,9 +189,7 @@ SEQ = 64
 def _stdlib_text(limit_train: int, limit_test: int) -> tuple[bytes, bytes]:
     """Python standard library source, character level (bytes clipped to ASCII), files in sorted order;
     training text from the first 90% of the files, held-out text from the last 10%."""
-    import sysconfig
-
-    files = sorted(p for p in Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+    files = stdlib_sources()
     cut = int(0.9 * len(files))
 
     def read(paths, limit):

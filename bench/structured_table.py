@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_common import mnist_subset, replace_section  # noqa: E402
+from bench_common import mnist_subset, replace_section, uniform_sparsity  # noqa: E402
 
 TABLE = "## Accuracy, size and latency"
 TARGETS = ("params=0.5", "params=0.25", "flops=0.5")
@@ -223,44 +223,6 @@ def run(model_path: Path, data: Path, out: Path, seed: int, epochs: int, latency
         "refit_s": report["timings_s"].get("reconstruct"),
         "seconds": time.perf_counter() - start,
     }
-
-
-def uniform_sparsity(model_path: Path, kind: str, goal: int) -> float:
-    """The smallest layer-wise neuron sparsity whose shrunk model costs at most `goal` (parameters or
-    multiply-adds), by bisection on the exact cost of each layer's kept count (structure/costs.py)."""
-    import keras
-    import numpy as np
-
-    from prunecli import build_config
-    from prunecli.run import steps
-    from prunecli.selection import policy
-    from prunecli.structure import channels, costs
-
-    model = keras.saving.load_model(model_path)
-    config = build_config({"model_path": str(model_path), "granularity": "neuron", "sparsity": 0.5})
-    found = steps.pick_targets(model, config).targets
-    cost = costs.ChannelCosts(model, kind)
-    g = channels.graph_of(model)
-    calls = {c.name: c for c in g.calls}
-
-    def cost_at(s: float) -> int:
-        keep = np.ones(len(cost.roots), dtype=bool)
-        for t in found:
-            if t.layer_name not in calls or t.attr not in ("kernel", "pointwise_kernel"):
-                continue
-            gone, _ = policy.removal_count(t.units, s, policy.floor(t.units, config))
-            roots = g.channels.roots(g.ids[calls[t.layer_name].outputs[0]])
-            keep[cost.index(roots[:gone])] = False
-        return cost.total(keep)
-
-    lo, hi = 0.0, 0.99
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        if cost_at(mid) <= goal:
-            hi = mid
-        else:
-            lo = mid
-    return round(hi, 6)
 
 
 def _ms(values) -> str:

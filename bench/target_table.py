@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_common import mnist_subset, replace_section  # noqa: E402
+from bench_common import mnist_subset, replace_section, uniform_sparsity  # noqa: E402
 
 TABLE = "## Accuracy at the same parameter count"
 LATENCY_TABLE = "## `--target latency=F`: requested against reached"
@@ -77,41 +77,24 @@ def cnn():
     return model
 
 
-def uniform_sparsity(model_path: Path, params_goal: int) -> float:
-    """The smallest neuron sparsity (layer-wise, --min-keep default) whose shrunk model has at most
-    `params_goal` parameters, by bisection on the exact cost of each layer's kept count."""
-    import keras
+def trained_cnn(epochs: int, prefix: str):
+    """The dense CNN every row starts from, trained on 4,000 of the MNIST subset's images and saved with
+    its data in a new temporary folder: (folder, data .npz, model path, model, held-out accuracy,
+    held-out images)."""
     import numpy as np
+    from bench_common import accuracy
 
-    from prunecli import build_config
-    from prunecli.run import steps
-    from prunecli.selection import policy
-    from prunecli.structure import channels, costs
-
-    model = keras.saving.load_model(model_path)
-    config = build_config({"model_path": str(model_path), "granularity": "neuron", "sparsity": 0.5})
-    found = steps.pick_targets(model, config).targets
-    cost = costs.ChannelCosts(model, "params")
-    g = channels.graph_of(model)
-    calls = {c.name: c for c in g.calls}
-
-    def params_at(s: float) -> int:
-        keep = np.ones(len(cost.roots), dtype=bool)
-        for t in found:
-            n = t.units
-            gone, _ = policy.removal_count(n, s, policy.floor(n, config))
-            roots = g.channels.roots(g.ids[calls[t.layer_name].outputs[0]])
-            keep[cost.index(roots[:gone])] = False
-        return cost.total(keep)
-
-    lo, hi = 0.0, 0.99
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if params_at(mid) <= params_goal:
-            hi = mid
-        else:
-            lo = mid
-    return round(hi, 6)
+    x, y = mnist_subset(0)
+    x = x.reshape(-1, 28, 28, 1)
+    (xt, yt), (xv, yv) = (x[:4000], y[:4000]), (x[4000:], y[4000:])
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    data = folder / "mnist.npz"
+    np.savez(data, x_train=xt, y_train=yt, x_test=xv, y_test=yv)
+    model = cnn()
+    model.fit(xt, yt, epochs=epochs, batch_size=64, verbose=0)
+    model_path = folder / "cnn.keras"
+    model.save(model_path)
+    return folder, data, model_path, model, accuracy(model, xv, yv), xv
 
 
 def run(model_path: Path, data: Path, out: Path, seed: int, **settings) -> dict:
@@ -161,22 +144,9 @@ def main() -> None:
         latency_main(args)
         return
 
-    import numpy as np
-    from bench_common import accuracy
-
     from prunecli.selection import budget
 
-    x, y = mnist_subset(0)
-    x = x.reshape(-1, 28, 28, 1)
-    (xt, yt), (xv, yv) = (x[:4000], y[:4000]), (x[4000:], y[4000:])
-    folder = Path(tempfile.mkdtemp(prefix="target-table-"))
-    data = folder / "mnist.npz"
-    np.savez(data, x_train=xt, y_train=yt, x_test=xv, y_test=yv)
-    model = cnn()
-    model.fit(xt, yt, epochs=args.train_epochs, batch_size=64, verbose=0)
-    dense_acc = accuracy(model, xv, yv)
-    model_path = folder / "cnn.keras"
-    model.save(model_path)
+    folder, data, model_path, model, dense_acc, _ = trained_cnn(args.train_epochs, "target-table-")
     dense_params = model.count_params()
 
     variants = [
@@ -192,7 +162,7 @@ def main() -> None:
             results = []
             for seed in args.seeds:
                 if spec is None:
-                    s = uniform_sparsity(model_path, reached)
+                    s = uniform_sparsity(model_path, "params", reached)
                     settings = {"granularity": "neuron", "sparsity": s, "shrink": True}
                     label_s = f"uniform `-s {s:.3f}`"
                 else:
@@ -222,25 +192,13 @@ def main() -> None:
 
 def latency_main(args) -> None:
     """The `--latency` section (see the module docstring)."""
-    import numpy as np
-    from bench_common import accuracy
 
     from prunecli import build_config, prune
     from prunecli.errors import ConfigError
     from prunecli.run import target
     from prunecli.structure import equivalence
 
-    x, y = mnist_subset(0)
-    x = x.reshape(-1, 28, 28, 1)
-    (xt, yt), (xv, yv) = (x[:4000], y[:4000]), (x[4000:], y[4000:])
-    folder = Path(tempfile.mkdtemp(prefix="target-latency-"))
-    data = folder / "mnist.npz"
-    np.savez(data, x_train=xt, y_train=yt, x_test=xv, y_test=yv)
-    model = cnn()
-    model.fit(xt, yt, epochs=args.train_epochs, batch_size=64, verbose=0)
-    dense_acc = accuracy(model, xv, yv)
-    model_path = folder / "cnn.keras"
-    model.save(model_path)
+    folder, data, model_path, model, dense_acc, xv = trained_cnn(args.train_epochs, "target-latency-")
     rows = []
     for batch in (64, 1):
         for fraction in LATENCY_FRACTIONS:
