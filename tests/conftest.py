@@ -49,6 +49,23 @@ def make_tabular(n: int = 400, inputs: int = 20, classes: int = 3, seed: int = 0
     return x, y
 
 
+def calibration_config(method: str = "sparsegpt", **values):
+    """The example CNN and digits data with `method`, layer scope unless a test asks otherwise: the
+    calibration tests check each layer's own calibration against its own sparsity (the global
+    allocation, the default, is tested by name)."""
+    from prunecli.config import build_config
+
+    settings = {"model_path": "examples/digits_cnn.keras", "method": method, "data": "examples/digits.npz"}
+    return build_config({**settings, "scope": "layer", **values}, environ={})
+
+
+def every_target(model, exclude=()):
+    """Every prunable weight of `model` (nothing included by name), less `exclude`."""
+    from prunecli.structure import targets
+
+    return targets.select(model, (), exclude)
+
+
 @pytest.fixture(scope="session")
 def mlp_files(tmp_path_factory):
     """A trained tiny MLP saved as .keras and Keras-3 .h5, and its data as .npz."""

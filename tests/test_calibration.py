@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import calibration_config, every_target
 
 from prunecli.config import build_config
 from prunecli.errors import ConfigError, DataError
 
 EXAMPLE = "examples/digits_cnn.keras"
 DATA = "examples/digits.npz"
-
-
-def _config(method="sparsegpt", **kw):
-    """Layer scope unless a test asks otherwise: these tests check each layer's own calibration against
-    its own sparsity; the global allocation (the default) is tested by name."""
-    values = {"model_path": EXAMPLE, "method": method, "data": DATA, "scope": "layer", **kw}
-    return build_config(values, environ={})
-
-
-def _targets(model, exclude=()):
-    from prunecli.structure import targets
-
-    return targets.select(model, (), exclude)
 
 
 def _dense_model(d_in=32, d_out=16, seed=0):
@@ -53,15 +41,15 @@ def test_registered_and_validated():
 
     assert {"wanda", "sparsegpt"} <= set(scoring.available())
     assert scoring.get("sparsegpt").calibrated and scoring.get("sparsegpt").needs_data
-    assert _config(calibration_samples=64, reconstruct=True).calibration_samples == 64
+    assert calibration_config(calibration_samples=64, reconstruct=True).calibration_samples == 64
     with pytest.raises(ConfigError, match="needs --data"):
         build_config({"model_path": EXAMPLE, "method": "wanda"}, environ={})
     default = build_config({"model_path": EXAMPLE, "method": "wanda", "data": DATA}, environ={})
-    assert default.scope == "global" and _config().scope == "layer"  # global is the measured default
+    assert default.scope == "global" and calibration_config().scope == "layer"  # global is the measured default
     with pytest.raises(ConfigError, match="element or n:m"):
-        _config(granularity="neuron")
+        calibration_config(granularity="neuron")
     with pytest.raises(ConfigError, match="calibration_samples"):
-        _config(calibration_samples=0)
+        calibration_config(calibration_samples=0)
     with pytest.raises(ConfigError, match="--reconstruct needs --data"):
         build_config({"model_path": EXAMPLE, "reconstruct": True}, environ={})
 
@@ -77,7 +65,7 @@ def test_wanda_keeps_small_weight_on_large_input():
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(64, 2)) * np.array([0.01, 10.0])).astype("float32")
     dense_out = np.asarray(model(x))
-    res = prune_calibrated(model, _targets(model), [x], _config("wanda", sparsity=0.5))
+    res = prune_calibrated(model, every_target(model), [x], calibration_config("wanda", sparsity=0.5))
     keep = np.asarray(res.masks["fc/kernel"])[:, 0]
     assert keep.tolist() == [False, True]  # magnitude would keep [True, False]
     assert _output_error(model, dense_out, x) < 0.01
@@ -95,8 +83,8 @@ def test_sparsegpt_beats_magnitude_and_wanda_on_random_layer():
     for method in ("magnitude", "wanda", "sparsegpt"):
         model = _dense_model(64, 24)
         dense_out = np.asarray(model(x))
-        ts = _targets(model)
-        cfg = _config("wanda" if method == "magnitude" else method, sparsity=0.6)
+        ts = every_target(model)
+        cfg = calibration_config("wanda" if method == "magnitude" else method, sparsity=0.6)
         if method == "magnitude":
             ms = policy.build_masks(ts, {t.name: tf.abs(t.variable) for t in ts}, "element", cfg)
             kernels.apply_masks([t.variable for t in ts], [ms.masks[t.name] for t in ts])
@@ -135,7 +123,7 @@ def test_im2col_views_match_the_layers():
 
     model = _conv_model()
     x = np.random.default_rng(0).normal(size=(3, 12, 12, 3)).astype("float32")
-    for t in _targets(model):
+    for t in every_target(model):
         view = views.view_of(t)
         assert not isinstance(view, str), view
         seen = []
@@ -169,8 +157,8 @@ def test_nm_masks_are_valid(method):
 
     model = _conv_model()
     x = np.random.default_rng(0).normal(size=(16, 12, 12, 3)).astype("float32")
-    ts = _targets(model)
-    res = prune_calibrated(model, ts, [x], _config(method, granularity="2:4"))
+    ts = every_target(model)
+    res = prune_calibrated(model, ts, [x], calibration_config(method, granularity="2:4"))
     for t in ts:
         keep = np.asarray(t.to_matrix(res.masks[t.name]))
         rows = keep.shape[0]
@@ -196,7 +184,9 @@ def test_deterministic_and_seeded():
         data = data_mod.load(DATA, model, 64, 0.0, 7)
         cal = take_examples(data.train, 100)
         assert sum(len(b) for b in cal) == 100
-        res = prune_calibrated(model, _targets(model), cal, _config(sparsity=0.5, calibration_samples=100))
+        res = prune_calibrated(
+            model, every_target(model), cal, calibration_config(sparsity=0.5, calibration_samples=100)
+        )
         runs.append(([np.asarray(v) for v in model.weights], {k: np.asarray(m) for k, m in res.masks.items()}))
     for a, b in zip(runs[0][0], runs[1][0], strict=True):
         np.testing.assert_array_equal(a, b)
@@ -209,7 +199,7 @@ def test_sequential_and_one_hessian_at_a_time():
     from prunecli.calibration import capture, prune_calibrated
 
     model = _conv_model()
-    ts = _targets(model)
+    ts = every_target(model)
     x = np.random.default_rng(0).normal(size=(40, 12, 12, 3)).astype("float32")
     order, zeros_before = [], []
 
@@ -220,7 +210,7 @@ def test_sequential_and_one_hessian_at_a_time():
 
     capture.HessianCapture.max_live = 0
     capture.HessianCapture.peak_floats = 0
-    res = prune_calibrated(model, ts, [x], _config(sparsity=0.5, scope="layer"), progress)
+    res = prune_calibrated(model, ts, [x], calibration_config(sparsity=0.5, scope="layer"), progress)
     assert order == ["c1", "c2", "c3", "inner/inner_fc"]
     for i, fractions in enumerate(zeros_before):  # earlier layers already pruned, later ones not yet
         assert all(f == pytest.approx(0.5, abs=0.01) for f in fractions[:i])
@@ -245,8 +235,8 @@ def test_uncalibratable_layers_fall_back_to_magnitude():
     out = keras.layers.Dense(3, name="fc")(keras.layers.Flatten()(h))
     model = keras.Model(inp, out)
     x = np.random.default_rng(0).integers(0, 50, size=(24, 10)).astype("int32")
-    ts = _targets(model)
-    res = prune_calibrated(model, ts, [x], _config(sparsity=0.5))
+    ts = every_target(model)
+    res = prune_calibrated(model, ts, [x], calibration_config(sparsity=0.5))
     assert set(res.section["fallback"]) == {"emb/embeddings"}  # depthwise is calibrated per channel
     assert set(res.section["layers"]) == {"conv/kernel", "dw/kernel", "fc/kernel"}
     assert any("emb: not calibrated" in n and "magnitude" in n for n in res.notes)
@@ -263,8 +253,8 @@ def test_reconstruct_refits_any_mask():
     x = _correlated(256, 32, seed=3)
     model = _dense_model(32, 8)
     dense_out = np.asarray(model(x))
-    ts = _targets(model)
-    ms = policy.build_masks(ts, {t.name: tf.abs(t.variable) for t in ts}, "element", _config(sparsity=0.7))
+    ts = every_target(model)
+    ms = policy.build_masks(ts, {t.name: tf.abs(t.variable) for t in ts}, "element", calibration_config(sparsity=0.7))
     masked = np.asarray(ts[0].variable) * np.asarray(ms.masks["fc/kernel"])
     section = reconstruct(model, ts, ms.masks, [x])
     entry = section["layers"]["fc/kernel"]
@@ -305,14 +295,14 @@ def test_example_model_sparsegpt_keeps_accuracy():
 
     model = keras.models.load_model(EXAMPLE)
     dense = accuracy(model)
-    cfg = _config(granularity="2:4")
-    ts = _targets(model, exclude=("predictions",))
+    cfg = calibration_config(granularity="2:4")
+    ts = every_target(model, exclude=("predictions",))
     ms = policy.build_masks(ts, {t.name: tf.abs(t.variable) for t in ts}, "element", cfg)
     kernels.apply_masks([t.variable for t in ts], [ms.masks[t.name] for t in ts])
     magnitude_loss = dense - accuracy(model)
     model = keras.models.load_model(EXAMPLE)
     cal = take_examples(data_mod.load(DATA, model, 64, 0.0, 0).train, 128)
-    prune_calibrated(model, _targets(model, exclude=("predictions",)), cal, cfg)
+    prune_calibrated(model, every_target(model, exclude=("predictions",)), cal, cfg)
     assert dense - accuracy(model) <= max(magnitude_loss / 3, 0.003)
 
 
@@ -352,9 +342,9 @@ def test_global_scope_gives_each_layer_its_share_of_one_budget(method):
     from prunecli.selection import policy
 
     model = _conv_model()
-    ts = _targets(model)
+    ts = every_target(model)
     x = np.random.default_rng(0).normal(size=(40, 12, 12, 3)).astype("float32")
-    config = _config(method, sparsity=0.7, scope="auto")
+    config = calibration_config(method, sparsity=0.7, scope="auto")
     assert config.scope == "global"
     plan = oneshot._plan(model, ts, [x], [], {})
     scores = oneshot.layer_scores("wanda", plan, model)

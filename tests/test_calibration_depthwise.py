@@ -7,25 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from prunecli.config import build_config
-
-
-def _config(method="sparsegpt", **kw):
-    values = {
-        "model_path": "examples/digits_cnn.keras",
-        "method": method,
-        "data": "examples/digits.npz",
-        "scope": "layer",
-        **kw,
-    }
-    return build_config(values, environ={})
-
-
-def _targets(model):
-    from prunecli.structure import targets
-
-    return targets.select(model, (), ())
+from conftest import calibration_config, every_target
 
 
 def _model():
@@ -69,7 +51,7 @@ def test_block_diagonal_view_reproduces_the_layer(cls, kwargs, shape):
     x = np.random.default_rng(1).normal(size=(2, *shape)).astype("float32")
     layer(x)
     model = keras.Sequential([keras.Input(shape), layer])
-    t = next(t for t in _targets(model) if t.attr != "pointwise_kernel")
+    t = next(t for t in every_target(model) if t.attr != "pointwise_kernel")
     view = views.view_of(t, model)
     assert view.kind == "depthwise" and view.d_in == t.size // t.shape[-1] and view.off_block > 0
     got = tf.matmul(view.inputs(x), view.to_matrix(t.variable))
@@ -97,9 +79,9 @@ def test_wanda_scores_are_weight_times_tap_norms():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((12, 5)), keras.layers.DepthwiseConv1D(3, depth_multiplier=2, name="dw")])
     x = np.random.default_rng(0).normal(size=(16, 12, 5)).astype("float32") * np.arange(1, 6, dtype="float32")
-    t = _targets(model)[0]
+    t = every_target(model)[0]
     w = np.asarray(t.variable).copy()  # (3, 5, 2)
-    res = prune_calibrated(model, [t], [x], _config("wanda", sparsity=0.5))
+    res = prune_calibrated(model, [t], [x], calibration_config("wanda", sparsity=0.5))
     assert res.section["fallback"] == {} and res.section["layers"][t.name]["rows"] == 16 * 10
     norms = np.stack([np.sqrt((x[:, j : j + 10, :].astype(np.float64) ** 2).sum((0, 1))) for j in range(3)])  # (3, 5)
     score = (np.abs(w) * norms[:, :, None]).reshape(-1)
@@ -124,7 +106,7 @@ def test_sparsegpt_beats_magnitude_on_depthwise_output(sparsity):
         model = keras.Sequential(
             [keras.Input((10, 10, 3)), keras.layers.DepthwiseConv2D(3, depth_multiplier=4, use_bias=False)]
         )
-        t = _targets(model)[0]
+        t = every_target(model)[0]
         dense_out = np.asarray(model(x))
         w_dense = np.asarray(t.variable).copy()
         k = int(round(sparsity * w_dense.size))
@@ -133,7 +115,7 @@ def test_sparsegpt_beats_magnitude_on_depthwise_output(sparsity):
             flat[np.argsort(np.abs(flat), kind="stable")[:k]] = 0
             t.variable.assign(flat.reshape(w_dense.shape))
         else:
-            res = prune_calibrated(model, [t], [x], _config("sparsegpt", sparsity=sparsity))
+            res = prune_calibrated(model, [t], [x], calibration_config("sparsegpt", sparsity=sparsity))
             keep = np.asarray(res.masks[t.name])
             assert res.section["fallback"] == {} and int((~keep).sum()) == k
             assert (np.asarray(t.variable)[~keep] == 0).all()
@@ -152,8 +134,8 @@ def test_depthwise_and_separable_are_calibrated_with_exact_counts(method, monkey
     for budget in (2**30, 0):  # the cached walk and the prefix passes agree
         monkeypatch.setattr(frontier, "FRONTIER_BYTES", budget)
         model = _model()
-        targets = _targets(model)
-        res = prune_calibrated(model, targets, [_images()], _config(method, sparsity=0.6))
+        targets = every_target(model)
+        res = prune_calibrated(model, targets, [_images()], calibration_config(method, sparsity=0.6))
         outcomes.append((res, [np.asarray(w) for w in model.weights]))
         assert set(res.section["fallback"]) == {"sep/pointwise_kernel"}
         assert "pointwise" in res.section["fallback"]["sep/pointwise_kernel"]
@@ -175,15 +157,17 @@ def test_global_scores_nm_fallback_and_reconstruct():
     from prunecli.calibration import prune_calibrated, reconstruct
 
     model = _model()
-    targets = _targets(model)
-    res = prune_calibrated(model, targets, [_images()], _config("sparsegpt", granularity="2:4"))
+    targets = every_target(model)
+    res = prune_calibrated(model, targets, [_images()], calibration_config("sparsegpt", granularity="2:4"))
     assert "N:M" in res.section["fallback"]["dw/kernel"]
     model = _model()
-    res = prune_calibrated(model, _targets(model), [_images()], _config("wanda", sparsity=0.6, scope="global"))
+    res = prune_calibrated(
+        model, every_target(model), [_images()], calibration_config("wanda", sparsity=0.6, scope="global")
+    )
     assert "dw/kernel" in res.section["layers"]
 
     model = _model()
-    targets = _targets(model)
+    targets = every_target(model)
     masks = {t.name: np.abs(np.asarray(t.variable)) > np.median(np.abs(np.asarray(t.variable))) for t in targets}
     section = reconstruct(model, targets, masks, [_images()])
     for name in ("dw/kernel", "sep/depthwise_kernel"):

@@ -6,24 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from prunecli.config import build_config
+from conftest import calibration_config, every_target
 
 EXAMPLE = "examples/digits_cnn.keras"
 DATA = "examples/digits.npz"
-
-
-def _config(method="sparsegpt", **kw):
-    """Layer scope unless a test asks otherwise: these tests check each layer's own calibration against
-    its own sparsity; the global allocation (the default) is tested by name."""
-    values = {"model_path": EXAMPLE, "method": method, "data": DATA, "scope": "layer", **kw}
-    return build_config(values, environ={})
-
-
-def _targets(model):
-    from prunecli.structure import targets
-
-    return targets.select(model, (), ())
 
 
 def _residual_conv():
@@ -118,7 +104,7 @@ def _prune(build, budget, monkeypatch, **config):
 
     monkeypatch.setattr(frontier, "FRONTIER_BYTES", budget)
     model, batches = build()
-    res = prune_calibrated(model, _targets(model), batches, _config(sparsity=0.5, **config))
+    res = prune_calibrated(model, every_target(model), batches, calibration_config(sparsity=0.5, **config))
     return res, [np.asarray(w) for w in model.weights]
 
 
@@ -164,8 +150,10 @@ def test_reconstruct_and_global_wanda_equal_prefix(arch, monkeypatch):
     for budget in (2**30, 0):
         monkeypatch.setattr(frontier, "FRONTIER_BYTES", budget)
         model, batches = MODELS[arch]()
-        ts = _targets(model)
-        ms = policy.build_masks(ts, {t.name: tf.abs(t.variable) for t in ts}, "element", _config(sparsity=0.6))
+        ts = every_target(model)
+        ms = policy.build_masks(
+            ts, {t.name: tf.abs(t.variable) for t in ts}, "element", calibration_config(sparsity=0.6)
+        )
         section = reconstruct(model, ts, ms.masks, batches)
         out[budget] = section, [np.asarray(w) for w in model.weights]
     (cached, w_cached), (prefix, w_prefix) = out[2**30], out[0]
@@ -210,7 +198,7 @@ def test_layer_calls_are_linear_in_depth(method, monkeypatch):
         monkeypatch.setattr(frontier, "FRONTIER_BYTES", budget)
         for depth in (3, 9):
             model, calls = _counted_chain(depth)
-            res = prune_calibrated(model, _targets(model), batches, _config(method, sparsity=0.5))
+            res = prune_calibrated(model, every_target(model), batches, calibration_config(method, sparsity=0.5))
             assert res.section["passes"] == path
             most[path, depth] = max(calls.values())
             if path == "cached":  # call order + walk check + model check probes, then once per pass
@@ -227,7 +215,7 @@ def test_over_budget_falls_back_and_says_so(monkeypatch):
     res, _ = _prune(_residual_conv, 1000, monkeypatch, method="sparsegpt")
     assert res.section["passes"] == "prefix" and res.section["frontier_bytes"] is None
     assert "over the budget of 1000 bytes" in res.section["passes_note"]
-    assert set(res.section["layers"]) == {t.name for t in _targets(_residual_conv()[0])}
+    assert set(res.section["layers"]) == {t.name for t in every_target(_residual_conv()[0])}
     res, _ = _prune(_residual_conv, 2**30, monkeypatch, method="sparsegpt")
     assert res.section["passes"] == "cached" and 0 < res.section["frontier_bytes"] <= 2**30
     monkeypatch.setattr(frontier, "FRONTIER_BYTES", 2**30)
@@ -248,7 +236,7 @@ def test_shared_subclassed_and_unreproducible_models_use_prefix_passes(monkeypat
     shared = keras.layers.Dense(8, activation="tanh", name="shared")
     inp = keras.Input((8,))
     model = keras.Model(inp, keras.layers.Dense(2, name="out")(shared(shared(inp))))
-    res = prune_calibrated(model, _targets(model), [x], _config("sparsegpt", sparsity=0.5))
+    res = prune_calibrated(model, every_target(model), [x], calibration_config("sparsegpt", sparsity=0.5))
     assert res.section["passes"] == "prefix" and "shared" in res.section["passes_note"]
     assert set(res.section["layers"]) == {"shared/kernel", "out/kernel"}
 
@@ -263,7 +251,7 @@ def test_shared_subclassed_and_unreproducible_models_use_prefix_passes(monkeypat
 
     model = Sub()
     model(x[:2])
-    res = prune_calibrated(model, _targets(model), [x], _config("sparsegpt", sparsity=0.5))
+    res = prune_calibrated(model, every_target(model), [x], calibration_config("sparsegpt", sparsity=0.5))
     assert res.section["passes"] == "prefix" and "subclassed" in res.section["passes_note"]
     assert len(res.section["layers"]) == 2
 
@@ -273,7 +261,7 @@ def test_shared_subclassed_and_unreproducible_models_use_prefix_passes(monkeypat
 
     inp = keras.Input((8,))
     model = keras.Model(inp, keras.layers.Dense(2, name="out")(Noise()(keras.layers.Dense(8, name="d")(inp))))
-    res = prune_calibrated(model, _targets(model), [x], _config("wanda", sparsity=0.5))
+    res = prune_calibrated(model, every_target(model), [x], calibration_config("wanda", sparsity=0.5))
     assert res.section["passes"] == "prefix" and "reproduce" in res.section["passes_note"]
 
 
@@ -307,7 +295,7 @@ def test_conv_error_meter_equals_its_im2col_rows():
     model = keras.Model(inp, h)
     x = np.random.default_rng(0).normal(size=(5, 9, 9, 3)).astype("float32")
     rng = np.random.default_rng(1)
-    for t in _targets(model):
+    for t in every_target(model):
         view = views.view_of(t)
         seen = []
         with capture._Wrapped(t.layer, seen.append):

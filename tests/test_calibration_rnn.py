@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from prunecli.config import build_config
+from conftest import calibration_config, every_target
 
 T, D, UNITS = 9, 6, 5
 CELLS = ("LSTM", "GRU", "SimpleRNN")
@@ -29,23 +28,6 @@ def recurrent_on(monkeypatch):
     from prunecli.calibration import views
 
     monkeypatch.setattr(views, "CALIBRATE_RECURRENT_KERNEL", True)
-
-
-def _config(method="sparsegpt", **kw):
-    values = {
-        "model_path": "examples/digits_cnn.keras",
-        "method": method,
-        "data": "examples/digits.npz",
-        "scope": "layer",
-        **kw,
-    }
-    return build_config(values, environ={})
-
-
-def _targets(model):
-    from prunecli.structure import targets
-
-    return targets.select(model, (), ())
 
 
 def _sequences(n=48, seed=0):
@@ -89,8 +71,8 @@ def _tokens(n=40, seed=0):
 
 
 def _target(model, suffix):
-    found = [t for t in _targets(model) if t.name.endswith(suffix)]
-    assert len(found) == 1, [t.name for t in _targets(model)]
+    found = [t for t in every_target(model) if t.name.endswith(suffix)]
+    assert len(found) == 1, [t.name for t in every_target(model)]
     return found[0]
 
 
@@ -107,7 +89,7 @@ def test_views_of_recurrent_kernels(recurrent_on):
     from prunecli.calibration import views
 
     model = _float_model("LSTM", bidirectional=True)
-    for t in _targets(model):
+    for t in every_target(model):
         v = views.view_of(t, model)
         assert not isinstance(v, str), (t.name, v)
         expected = (
@@ -139,7 +121,7 @@ def test_wanda_scores_are_weight_times_input_sequence_norms():
     x = _sequences()
     t = _target(model, "rnn/lstm_cell/kernel")
     w = np.asarray(t.variable).copy()
-    res = prune_calibrated(model, _targets(model), [x[:20], x[20:]], _config("wanda", sparsity=0.5))
+    res = prune_calibrated(model, every_target(model), [x[:20], x[20:]], calibration_config("wanda", sparsity=0.5))
     assert t.name not in res.section["fallback"]
     assert res.section["layers"][t.name]["rows"] == x.shape[0] * T
     norms = np.sqrt((x.reshape(-1, D).astype(np.float64) ** 2).sum(0))
@@ -263,7 +245,7 @@ def test_sparsegpt_beats_magnitude_on_an_lstm_input_kernel(sparsity):
             w[order[:k]] = 0
             t.variable.assign(w.reshape(w_dense.shape))
         else:
-            res = prune_calibrated(model, [t], [x], _config("sparsegpt", sparsity=sparsity))
+            res = prune_calibrated(model, [t], [x], calibration_config("sparsegpt", sparsity=sparsity))
             assert res.section["fallback"] == {}
             keep = np.asarray(res.masks[t.name])
             assert int((~keep).sum()) == int(round(sparsity * w_dense.size))
@@ -282,8 +264,8 @@ def test_every_cell_is_calibrated_with_exact_sparsity(cell, bidirectional, retur
 
     model = _float_model(cell, bidirectional, return_sequences)
     x = _sequences(32)
-    targets = _targets(model)
-    res = prune_calibrated(model, targets, [x], _config("sparsegpt", sparsity=0.6))
+    targets = every_target(model)
+    res = prune_calibrated(model, targets, [x], calibration_config("sparsegpt", sparsity=0.6))
     kernels = [t for t in targets if t.attr == "kernel" and t.layer_class.endswith("Cell")]
     assert len(kernels) == (2 if bidirectional else 1)
     for t in kernels:
@@ -315,8 +297,8 @@ def test_cached_walk_equals_prefix_passes_on_masked_rnns(method, recurrent, monk
         monkeypatch.setattr(frontier, "FRONTIER_BYTES", budget)
         model = _token_model()
         x = _tokens()
-        targets = _targets(model)
-        res = prune_calibrated(model, targets, [x[:24], x[24:]], _config(method, sparsity=0.5))
+        targets = every_target(model)
+        res = prune_calibrated(model, targets, [x[:24], x[24:]], calibration_config(method, sparsity=0.5))
         outcomes.append((res, [np.asarray(w) for w in model.weights]))
     (cached, wc), (prefix, wp) = outcomes
     assert cached.section["passes"] == "cached" and prefix.section["passes"] == "prefix"
@@ -339,8 +321,8 @@ def test_global_wanda_and_reconstruct_on_rnn():
 
     model = _token_model()
     x = _tokens()
-    targets = _targets(model)
-    res = prune_calibrated(model, targets, [x], _config("wanda", sparsity=0.6, scope="global"))
+    targets = every_target(model)
+    res = prune_calibrated(model, targets, [x], calibration_config("wanda", sparsity=0.6, scope="global"))
     assert res.section["allocation"].startswith("global")
     total = sum(t.size for t in targets)
     pruned = sum(int((~np.asarray(res.masks[t.name])).sum()) for t in targets)
@@ -348,7 +330,7 @@ def test_global_wanda_and_reconstruct_on_rnn():
     assert "gru/gru_cell/kernel" in res.section["layers"]
 
     model = _token_model()
-    targets = _targets(model)
+    targets = every_target(model)
     masks = {t.name: np.abs(np.asarray(t.variable)) > np.median(np.abs(np.asarray(t.variable))) for t in targets}
     section = reconstruct(model, targets, masks, [x])
     entry = section["layers"][_target(model, "gru_cell/kernel").name]
@@ -379,7 +361,7 @@ def test_sparsegpt_beats_magnitude_on_an_lstm_recurrent_kernel(sparsity, recurre
             w[np.argsort(np.abs(w), kind="stable")[:k]] = 0
             t.variable.assign(w.reshape(w_dense.shape))
         else:
-            res = prune_calibrated(model, [t], [x], _config("sparsegpt", sparsity=sparsity))
+            res = prune_calibrated(model, [t], [x], calibration_config("sparsegpt", sparsity=sparsity))
             keep = np.asarray(res.masks[t.name])
             assert res.section["fallback"] == {} and int((~keep).sum()) == k
             assert (np.asarray(t.variable)[~keep] == 0).all()

@@ -7,25 +7,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import calibration_config, every_target
 
-from prunecli.config import build_config
 from prunecli.errors import ExitCode, ResourceError
 
 EXAMPLE = "examples/digits_cnn.keras"
 DATA = "examples/digits.npz"
-
-
-def _config(method="sparsegpt", **kw):
-    """Layer scope unless a test asks otherwise: these tests check each layer's own calibration against
-    its own sparsity; the global allocation (the default) is tested by name."""
-    values = {"model_path": EXAMPLE, "method": method, "data": DATA, "scope": "layer", **kw}
-    return build_config(values, environ={})
-
-
-def _targets(model):
-    from prunecli.structure import targets
-
-    return targets.select(model, (), ())
 
 
 def _dense_model(d_in=16, hidden=8, out=3, seed=0):
@@ -76,7 +63,7 @@ def test_wanda_keeps_only_the_diagonal(monkeypatch):
         monkeypatch.setattr(tf, name, spy)
     capture.HessianCapture.peak_floats = 0
     capture.HessianCapture.peak_accumulator_floats = 0
-    res = prune_calibrated(model, _targets(model), [x], _config("wanda", sparsity=0.5))
+    res = prune_calibrated(model, every_target(model), [x], calibration_config("wanda", sparsity=0.5))
     assert (d_in, d_in) not in shapes
     assert capture.HessianCapture.peak_floats == 0
     assert capture.HessianCapture.peak_accumulator_floats == d_in  # O(d_in), not d_in^2
@@ -104,7 +91,7 @@ def test_conv_blocks_are_bounded_and_exact():
     model = keras.Model(inp, h)
     x = np.random.default_rng(0).normal(size=(5, 9, 9, 3)).astype("float32")
     batches = capture.chunks([x], 2)
-    for t in _targets(model):
+    for t in every_target(model):
         view = views.view_of(t)
         whole = capture.HessianCapture(view, 1, full=True, max_rows=10**9).run(model, batches)
         capture.HessianCapture.peak_block_rows = 0
@@ -123,7 +110,7 @@ def test_hessian_too_big_for_memory_is_exit_6_before_any_work(monkeypatch):
     monkeypatch.setattr(oneshot, "_available_memory", lambda: 2 * 2**20)  # 2 MiB; H is 4 MiB
     capture.HessianCapture.max_live = 0
     with pytest.raises(ResourceError) as info:
-        prune_calibrated(model, _targets(model), [x], _config("sparsegpt", sparsity=0.5))
+        prune_calibrated(model, every_target(model), [x], calibration_config("sparsegpt", sparsity=0.5))
     assert info.value.exit_code == ExitCode.RESOURCE == 6
     message = info.value.message
     assert "d1" in message and "1024 x 1024" in message and "4.0 MiB" in message and "\n" not in message
@@ -131,10 +118,10 @@ def test_hessian_too_big_for_memory_is_exit_6_before_any_work(monkeypatch):
     for a, b in zip(before, model.weights, strict=True):
         np.testing.assert_array_equal(a, np.asarray(b))  # nothing was pruned
     with pytest.raises(ResourceError, match="d1"):
-        reconstruct(model, _targets(model), {t.name: np.ones(t.shape, bool) for t in _targets(model)}, [x])
+        reconstruct(model, every_target(model), {t.name: np.ones(t.shape, bool) for t in every_target(model)}, [x])
     # Wanda needs only O(d_in): the same budget is enough
-    res = prune_calibrated(model, _targets(model), [x], _config("wanda", sparsity=0.5))
-    assert _zero_fraction(_targets(model)[0]) == pytest.approx(0.5)
+    res = prune_calibrated(model, every_target(model), [x], calibration_config("wanda", sparsity=0.5))
+    assert _zero_fraction(every_target(model)[0]) == pytest.approx(0.5)
     assert not res.section["fallback"]
 
 
@@ -158,9 +145,9 @@ def test_degenerate_inputs_fall_back_with_the_requested_sparsity(kind, method, a
 
     model = _dense_model() if arch == "dense" else _conv_model()
     x = _degenerate(kind, (48, 16) if arch == "dense" else (48, 10, 3))
-    ts = _targets(model)
+    ts = every_target(model)
     name, reconstruct = method.split("+")[0], method.endswith("reconstruct")
-    res = prune_calibrated(model, ts, [x], _config(name, sparsity=0.5, reconstruct=reconstruct))
+    res = prune_calibrated(model, ts, [x], calibration_config(name, sparsity=0.5, reconstruct=reconstruct))
     first = ts[0]
     assert first.name in res.section["fallback"]
     assert any(n.startswith(f"{first.layer_name}: calibration fell back to magnitude (") for n in res.notes)
@@ -178,8 +165,8 @@ def test_reconstruct_on_zero_inputs_keeps_the_mask_and_notes_it():
     from prunecli.selection import policy
 
     model = _dense_model()
-    ts = _targets(model)
-    ms = policy.build_masks(ts, {t.name: tf.abs(t.variable) for t in ts}, "element", _config(sparsity=0.5))
+    ts = every_target(model)
+    ms = policy.build_masks(ts, {t.name: tf.abs(t.variable) for t in ts}, "element", calibration_config(sparsity=0.5))
     dense = {t.name: np.asarray(t.variable).copy() for t in ts}
     section = reconstruct(model, ts, ms.masks, [np.zeros((32, 16), "float32")])
     for t in ts:
@@ -197,8 +184,8 @@ def test_tiny_but_normal_inputs_are_rescaled_not_zeroed():
     masks, kernels = [], []
     for scale in (1.0, 2.0**-70):
         model = _dense_model()
-        ts = _targets(model)
-        res = prune_calibrated(model, ts[:1], [x * np.float32(scale)], _config("sparsegpt", sparsity=0.5))
+        ts = every_target(model)
+        res = prune_calibrated(model, ts[:1], [x * np.float32(scale)], calibration_config("sparsegpt", sparsity=0.5))
         assert not res.section["fallback"]
         masks.append(np.asarray(res.masks["d1/kernel"]))
         kernels.append(np.asarray(ts[0].variable))
@@ -214,8 +201,8 @@ def test_dead_inputs_never_add_zeros():
     model = _dense_model(16, 8, 3)
     x = np.random.default_rng(0).normal(size=(64, 16)).astype("float32")
     x[:, 4:] = 0
-    ts = _targets(model)
-    res = prune_calibrated(model, ts[:1], [x], _config("sparsegpt", sparsity=0.5))
+    ts = every_target(model)
+    res = prune_calibrated(model, ts[:1], [x], calibration_config("sparsegpt", sparsity=0.5))
     assert "d1/kernel" in res.section["layers"] and not res.section["fallback"]
     kernel, keep = np.asarray(ts[0].variable), np.asarray(res.masks["d1/kernel"])
     assert np.sum(kernel == 0) == 64 == np.sum(~keep)
@@ -236,9 +223,9 @@ def test_result_with_more_zeros_than_asked_falls_back(monkeypatch):
 
     monkeypatch.setattr(sparsegpt, "prune_matrix", zeroing)
     model = _dense_model()
-    ts = _targets(model)
+    ts = every_target(model)
     x = np.random.default_rng(0).normal(size=(32, 16)).astype("float32")
-    res = prune_calibrated(model, ts, [x], _config("sparsegpt", sparsity=0.5))
+    res = prune_calibrated(model, ts, [x], calibration_config("sparsegpt", sparsity=0.5))
     for t in ts:
         assert _zero_fraction(t) == pytest.approx(0.5, abs=1 / t.size)
         assert "zero where" in res.section["fallback"][t.name]
@@ -257,8 +244,8 @@ def test_stateful_rnn_falls_back_and_single_weight_works():
     h = keras.layers.SimpleRNN(6, stateful=True, name="rnn")(inp)
     model = keras.Model(inp, keras.layers.Dense(3, name="fc")(h))
     x = np.random.default_rng(0).normal(size=(20, 5, 4)).astype("float32")
-    ts = _targets(model)
-    res = prune_calibrated(model, ts, [x], _config("sparsegpt", sparsity=0.5))
+    ts = every_target(model)
+    res = prune_calibrated(model, ts, [x], calibration_config("sparsegpt", sparsity=0.5))
     assert "stateful" in res.section["fallback"]["fc/kernel"]
     assert _zero_fraction(next(t for t in ts if t.name == "fc/kernel")) == pytest.approx(0.5)
 
@@ -269,7 +256,7 @@ def test_stateful_rnn_falls_back_and_single_weight_works():
     assert np.sum(np.asarray(w) == 0) == 1 and np.sum(~np.asarray(keep)) == 1
     inp = keras.Input((1,))
     model = keras.Model(inp, keras.layers.Dense(1, use_bias=False, name="w")(inp))
-    res = prune_calibrated(model, _targets(model), [x[:, 0, :1]], _config("sparsegpt", sparsity=0.5))
+    res = prune_calibrated(model, every_target(model), [x[:, 0, :1]], calibration_config("sparsegpt", sparsity=0.5))
     assert "w/kernel" in res.masks
 
 
@@ -282,7 +269,7 @@ def test_fixed_batch_model_is_fed_whole_batches():
     inp = keras.Input((16,), batch_size=8)
     model = keras.Model(inp, keras.layers.Dense(4, name="fc")(inp))
     x = np.random.default_rng(0).normal(size=(20, 16)).astype("float32")
-    res = prune_calibrated(model, _targets(model), [x], _config("sparsegpt", sparsity=0.5))
+    res = prune_calibrated(model, every_target(model), [x], calibration_config("sparsegpt", sparsity=0.5))
     assert res.section["layers"]["fc/kernel"]["rows"] == 16  # two whole batches of 8
     assert any("4 of 20 examples left out" in n for n in res.notes)
 
@@ -305,12 +292,12 @@ def test_inputs_only_data(method):
     examples = take_examples(dataset, 40)
     assert sum(len(b) for b in examples) == 40
     model = _dense_model()
-    ts = _targets(model)
-    res = prune_calibrated(model, ts, examples, _config(method, sparsity=0.5))
+    ts = every_target(model)
+    res = prune_calibrated(model, ts, examples, calibration_config(method, sparsity=0.5))
     assert set(res.section["layers"]) == {t.name for t in ts}
     assert all(_zero_fraction(t) == pytest.approx(0.5, abs=1 / t.size) for t in ts)
     model = _dense_model()
-    ts = _targets(model)
+    ts = every_target(model)
     scores = scoring.get(method).fn(ts, ScoringContext(model=model, targets=ts, data=dataset))
     assert {k: tuple(v.shape) for k, v in scores.items()} == {t.name: tuple(t.shape) for t in ts}
 
@@ -322,9 +309,9 @@ def test_degenerate_inputs_under_the_global_allocation_keep_the_whole_budget(met
     from prunecli.calibration import prune_calibrated
 
     model = _conv_model()
-    ts = _targets(model)
+    ts = every_target(model)
     x = _degenerate("zeros", (16, *model.inputs[0].shape[1:]))
-    res = prune_calibrated(model, ts, [x], _config(method, sparsity=0.6, scope="global"))
+    res = prune_calibrated(model, ts, [x], calibration_config(method, sparsity=0.6, scope="global"))
     pruned = sum(int(np.sum(np.asarray(t.variable) == 0)) for t in ts)
     assert pruned == round(0.6 * sum(t.size for t in ts))
     assert all(_zero_fraction(t) < 1.0 for t in ts)

@@ -221,7 +221,7 @@ def test_a_model_the_converter_refuses_leaves_no_output_and_names_the_ops(tmp_pa
     _lstm_model(model)
     tried = []
 
-    def refuses(saved, calibration, sparse, select_tf_ops):
+    def refuses(saved, calibration, sparse, select_tf_ops, int8_weights):
         tried.append(select_tf_ops)
         raise ExportError("cannot convert the model to TFLite: unsupported op(s) tf.TensorListReserve")
 

@@ -141,7 +141,8 @@ def test_a_model_keras_cannot_quantize_is_a_one_line_error(cli, tmp_path):
     [
         (["--engine", "tfmot"], "--quantize is not available with --engine tfmot"),
         (["-o", "pruned.h5"], "an .h5 file cannot hold"),
-        (["--export", "tflite-int8", "--data", "d.npz"], "--quantize and --export together"),
+        (["--quantize", "int4", "--export", "tflite"], "TFLite has no int4 weights"),
+        (["--quantize", "float8", "--export", "tflite-int8", "--data", "d.npz"], "TFLite has no float8 weights"),
     ],
 )
 def test_bad_combinations_fail_in_one_line_before_any_work(cli, tmp_path, args, message):
@@ -158,3 +159,30 @@ def test_config_checks_without_the_cli():
     with pytest.raises(ConfigError, match="quantize must be one of int8, int4, float8"):
         build_config({"model_path": "model.keras", "quantize": "int2"})
     assert build_config({"model_path": "model.h5", "quantize": "int8", "output": "o.keras"}).quantize == "int8"
+
+
+def test_int8_model_exports_to_tflite_with_its_zeros(conv_dense, tmp_path):
+    """--quantize int8 --export: the TFLite files come from the float pruned model (TFLite cannot read
+    Keras' int8 layers): `tflite` with int8 weights on the same symmetric grid, `tflite-int8` fully
+    integer. Both are checked against the quantized Keras model, and their int8 weights keep every zero."""
+    from pathlib import Path
+
+    out = tmp_path / "q.keras"
+    settings = {"model_path": str(conv_dense / "model.keras"), "data": str(conv_dense / "data.npz")}
+    config = {**settings, "sparsity": 0.7, "quantize": "int8", "output": str(out), "quiet": True}
+    result = prune(build_config({**config, "export": ["tflite", "tflite-int8", "savedmodel"]}))
+    export = result.report.to_dict()["export"]
+
+    masks = result.masks.masks
+    pruned = {name: int((~np.asarray(masks[f"{name}/kernel"], dtype=bool)).sum()) for name in ("conv", "dense1", "out")}
+    for fmt in ("tflite", "tflite-int8"):
+        entry = export[fmt]
+        assert Path(entry["path"]).exists()
+        counts = entry["int8_weights"]
+        assert counts["nonzero_zero_points"] == 0
+        assert entry["max_abs_diff"] <= 0.05, (fmt, entry)  # softmax outputs against the Keras int8 model
+    # dynamic range quantizes the kernels of 1,024 values or more (dense1); full integer quantizes all
+    assert export["tflite"]["int8_weights"]["zeros"] >= pruned["dense1"] > 0
+    assert export["tflite-int8"]["int8_weights"]["zeros"] >= sum(pruned.values())
+    assert export["tflite"]["int8_weights"]["values"] < export["tflite-int8"]["int8_weights"]["values"]
+    assert export["savedmodel"]["max_abs_diff"] <= 1e-5  # the quantized Keras model itself

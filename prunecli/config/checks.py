@@ -85,6 +85,17 @@ def _check_numbers(c: PruneConfig) -> None:
         raise ConfigError("give either --remove-heads or --sparsity/--threshold, not both")
 
 
+def _check_hidden(c: PruneConfig) -> None:
+    """-g hidden deletes residual channels at once: a masked model fine-tuned would grow them back
+    through the token embedding and norm scales, which hold no mask (removal/hidden.py)."""
+    if c.granularity.kind != "hidden":
+        return
+    if not c.shrink:
+        raise ConfigError("-g hidden removes residual channels for real: add --shrink")
+    if c.schedule != "oneshot":
+        raise ConfigError("-g hidden removes residual channels at once: use --schedule oneshot")
+
+
 def _short(value: Any) -> str:
     text = str(value)
     return text if len(text) <= 24 else f"{text[:10]}...({len(text)} digits)"
@@ -155,6 +166,7 @@ def validate(c: PruneConfig) -> None:
     _check_choices(c)
     _check_ranges(c)
     _check_numbers(c)
+    _check_hidden(c)
     if c.optimizer:
         _check_optimizer(c.optimizer)
     if c.feature_score is not None and c.feature_score not in FEATURE_SCORES:
@@ -274,7 +286,7 @@ def _check_calibration(c: PruneConfig) -> None:
         raise ConfigError(f"calibration_samples must be >= 1, got {c.calibration_samples}")
     if c.reconstruct and not c.data:
         raise ConfigError("--reconstruct needs --data (the calibration examples)")
-    if c.reconstruct and c.granularity.kind in ("input", "layer", "head"):
+    if c.reconstruct and c.granularity.kind in ("input", "layer", "head", "hidden"):
         raise ConfigError(f"--reconstruct refits weights under a mask; granularity {c.granularity} has none")
     if c.reconstruct and c.schedule != "oneshot":
         raise ConfigError("--reconstruct refits once after one-shot pruning; use --schedule oneshot")
@@ -300,7 +312,7 @@ def _check_finetuning(c: PruneConfig) -> None:
         return
     if c.threshold is not None:
         raise ConfigError(f"--schedule {c.schedule} needs a target --sparsity, not --threshold")
-    if c.granularity.kind in ("nm", "input", "layer", "head"):
+    if c.granularity.kind in ("nm", "input", "layer", "head", "hidden"):
         raise ConfigError(f"granularity {c.granularity} is pruned at once; use --schedule oneshot")
 
 
@@ -315,8 +327,9 @@ def _check_exports(c: PruneConfig) -> None:
 
 
 def _check_quantize(c: PruneConfig) -> None:
-    """--quantize writes Keras 3 quantized layers: a .keras output, the native engine, no --export
-    (TFLite's converter cannot read Keras' int8 matmuls; --export tflite-int8 quantizes for TFLite itself).
+    """--quantize writes Keras 3 quantized layers: a .keras output, the native engine. Its TFLite
+    exports are converted from the float pruned model (TFLite's converter cannot read Keras' int8
+    matmuls), which is the same model only for int8: TFLite has no int4 or float8 weight grid to match.
     --qat on needs an int8/int4 --quantize and fine-tuning to run through."""
     _check_qat(c)
     if c.quantize is None:
@@ -332,10 +345,11 @@ def _check_quantize(c: PruneConfig) -> None:
         raise ConfigError(
             f"--quantize {c.quantize} writes Keras 3 quantized layers, which an .h5 file cannot hold; give -o NAME.keras"
         )
-    if c.export:
+    tflite = [fmt for fmt in c.export if fmt != "savedmodel"]
+    if tflite and c.quantize != "int8":
         raise ConfigError(
-            "--quantize and --export together are not supported: TFLite cannot convert Keras' quantized layers; "
-            "use --export tflite-int8 without --quantize"
+            f"--export {tflite[0]} with --quantize {c.quantize}: TFLite has no {c.quantize} weights to match "
+            "Keras' layers; use --quantize int8, or --export savedmodel"
         )
 
 

@@ -35,11 +35,17 @@ SAMPLE_COUNT = 256  # inputs used to compare the exported model with the Keras m
 CALIBRATION_SAMPLES = 512  # training inputs that calibrate int8 ranges
 
 
-def run(model, out_path: Path, data, config, progress, timings, baseline=None) -> StepResult:
+def run(model, out_path: Path, data, config, progress, timings, baseline=None, unquantized=None) -> StepResult:
     """Write every format in `config.export` beside the output model; the report's `export` section
     has each file's sizes, how closely its outputs match the Keras model's and, for TFLite, the
     interpreter's latency at batch 1. With `baseline` (the masked model before --shrink), its float
-    TFLite conversion is timed too, so the speed-up of shrinking is measured where it is deployed."""
+    TFLite conversion is timed too, so the speed-up of shrinking is measured where it is deployed.
+
+    With `unquantized` (the float pruned model that --quantize int8 quantized into `model`), TFLite's
+    converter, which cannot read Keras' int8 matmuls, converts the float model instead: `tflite` as
+    int8 weights on the grid Keras uses (symmetric, per output channel) with activations quantized at
+    run time, as Keras' int8 layers do; `tflite-int8` fully integer. Both are compared with the
+    quantized Keras model's outputs; the SavedModel is the quantized model itself."""
     from prunecli.io.models import file_sizes
 
     formats = list(dict.fromkeys(config.export))
@@ -53,19 +59,29 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None) -
         progress("exporting SavedModel")
         write_savedmodel(model, saved)
         (saved / EXPORT_MARKER).write_text("written by prunecli: a later --export savedmodel may replace this folder\n")
+        source = saved
+        if unquantized is not None and any(fmt != "savedmodel" for fmt in formats):
+            source = stage / "float_savedmodel"
+            write_savedmodel(unquantized, source)
         samples, sample_source = sample_inputs(model, data, config.seed, SAMPLE_COUNT)
         expected = _keras_outputs(model, samples)
         input_names = [str(getattr(t, "name", "")) for t in model.inputs]
-        try_sparse = zero_fraction(model) > 0
+        try_sparse = zero_fraction(unquantized if unquantized is not None else model) > 0
         for fmt in formats:
             if fmt == "savedmodel":
                 continue
             progress(f"converting to {fmt}")
             calibration = calibration_batches(data.train) if fmt == "tflite-int8" else None
-            content, encoding = convert_tflite(saved, calibration, try_sparse)
+            int8_weights = unquantized is not None and fmt == "tflite"
+            content, encoding = convert_tflite(source, calibration, try_sparse, int8_weights)
             with _writing(paths[fmt]), _atomic_file(paths[fmt]) as tmp:
                 tmp.write_bytes(content)
             entry = {"path": str(paths[fmt]), **file_sizes(paths[fmt]), **encoding}
+            if "sparse_refused" in encoding:
+                notes.append(
+                    f"{paths[fmt].name}: dense encoding kept; the sparse one ({encoding['sparse_encoding_bytes']:,} "
+                    "bytes) does not run in TFLite's default XNNPack delegate (see export.*.sparse_refused)"
+                )
             if encoding["ops"] != BUILTIN_OPS:  # the interpreter here has no Flex delegate to run it
                 notes.append(
                     f"{paths[fmt].name} uses select TensorFlow ops: it runs where the TFLite Flex delegate is "
@@ -202,21 +218,79 @@ def _native_output_silenced():
 # ---------------------------------------------------------------- conversion
 
 
-def convert_tflite(saved: Path, calibration=None, try_sparse: bool = True) -> tuple[bytes, dict]:
-    """TFLite flatbuffer from a SavedModel: float, or full-integer int8 when `calibration` is given.
+def convert_tflite(
+    saved: Path, calibration=None, try_sparse: bool = True, int8_weights: bool = False
+) -> tuple[bytes, dict]:
+    """TFLite flatbuffer from a SavedModel: float; full-integer int8 when `calibration` is given; int8
+    weights with float activations (TFLite's dynamic-range quantization) with `int8_weights`.
 
-    With `try_sparse`, the sparse encoding is converted too and the smaller flatbuffer is returned.
+    With `try_sparse`, the sparse encoding is converted too and the smaller flatbuffer is returned, if
+    the interpreter with its default delegate (XNNPack) runs it: TFLite 2.21's XNNPack refuses a sparse
+    int8-weight FULLY_CONNECTED, and a file that only runs with the delegate off is no deployment.
+    An int8 file's weight tensors are counted (`int8_weights`): values, zeros, and how many channels
+    have a zero point other than 0 (none, for TFLite's symmetric weight grid: a pruned 0 stays 0).
     """
-    dense, ops = to_tflite(saved, calibration, sparse=False)
+    dense, ops = to_tflite(saved, calibration, sparse=False, int8_weights=int8_weights)
     encoding = {"encoding": "dense", "dense_encoding_bytes": len(dense), "sparse_encoding_bytes": None, "ops": ops}
+    if calibration is not None or int8_weights:
+        encoding["int8_weights"] = int8_weight_counts(dense)
     if not try_sparse:
         return dense, encoding
-    sparse, _ops = to_tflite(saved, calibration, sparse=True)
+    sparse, _ops = to_tflite(saved, calibration, sparse=True, int8_weights=int8_weights)
     encoding["sparse_encoding_bytes"] = len(sparse)
     if len(sparse) < len(dense):
-        encoding["encoding"] = "sparse"
-        return sparse, encoding
+        refused = _default_interpreter_refuses(sparse) if ops == BUILTIN_OPS else None
+        if refused is None:
+            encoding["encoding"] = "sparse"
+            return sparse, encoding
+        encoding["sparse_refused"] = refused
     return dense, encoding
+
+
+def _default_interpreter_refuses(content: bytes) -> str | None:
+    """Why TFLite's interpreter, as a runtime builds it by default (XNNPack on), cannot run this
+    flatbuffer on one all-zero example; None when it can. (The delegate prepares its nodes at the
+    first call after a resize, so only a call tells.)"""
+    import numpy as np
+    import tensorflow as tf
+
+    try:
+        with _quiet():
+            runner = tf.lite.Interpreter(model_content=content).get_signature_runner()
+            feed = {
+                name: np.zeros([d if d > 0 else 1 for d in detail["shape_signature"]], detail["dtype"])
+                for name, detail in runner.get_input_details().items()
+            }
+            runner(**feed)
+    except (RuntimeError, ValueError) as exc:  # TFLite runs its messages together: "node #2failed to ..."
+        return re.sub(r"(#\d+)(?=[A-Z]|failed)", r"\1; ", first_line(exc))
+    return None
+
+
+def int8_weight_counts(content: bytes) -> dict[str, int]:
+    """Constant int8 tensors of a flatbuffer (the quantized weights): how many values, how many are 0,
+    and how many per-channel zero points are not 0 (a non-zero one would move a pruned weight)."""
+    import numpy as np
+    import tensorflow as tf
+
+    with _quiet():
+        interpreter = tf.lite.Interpreter(
+            model_content=content,
+            experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        )
+        interpreter.allocate_tensors()
+    ops = interpreter._get_ops_details()  # TFLite's Python API names no constant tensors: derive them
+    produced = {i for op in ops for i in op["outputs"]} | {d["index"] for d in interpreter.get_input_details()}
+    constant = {i for op in ops for i in op["inputs"] if i >= 0} - produced
+    values = zeros = moved = 0
+    for detail in interpreter.get_tensor_details():
+        if detail["index"] not in constant or detail["dtype"] != np.int8:
+            continue
+        tensor = interpreter.get_tensor(detail["index"])
+        values += int(tensor.size)
+        zeros += int(np.count_nonzero(tensor == 0))
+        moved += int(np.count_nonzero(detail["quantization_parameters"]["zero_points"]))
+    return {"values": values, "zeros": zeros, "nonzero_zero_points": moved}
 
 
 def _unsupported_ops(message: str) -> list[str]:
@@ -238,7 +312,7 @@ BUILTIN_OPS = "builtins"  # the report's `ops` of a TFLite file any interpreter 
 SELECT_OPS = "builtins+select-tf"  # ... of one that needs the Flex delegate
 
 
-def to_tflite(saved: Path, calibration, sparse: bool) -> tuple[bytes, str]:
+def to_tflite(saved: Path, calibration, sparse: bool, int8_weights: bool = False) -> tuple[bytes, str]:
     """One conversion; `sparse` adds the converter's EXPERIMENTAL_SPARSITY encoding of constant tensors.
 
     A float model with ops TFLite's builtins lack (an LSTM's TensorList ops, ...) is converted again
@@ -246,14 +320,14 @@ def to_tflite(saved: Path, calibration, sparse: bool) -> tuple[bytes, str]:
     own interpreter does not link it: such a file is written, not checked); int8 has no such fallback. What still fails is an
     ExportError (exit 7) naming the ops. Returns the flatbuffer and which ops it uses."""
     try:
-        return _convert(saved, calibration, sparse, select_tf_ops=False), BUILTIN_OPS
+        return _convert(saved, calibration, sparse, False, int8_weights), BUILTIN_OPS
     except ExportError:
         if calibration is not None:
             raise
-        return _convert(saved, calibration, sparse, select_tf_ops=True), SELECT_OPS
+        return _convert(saved, calibration, sparse, True, int8_weights), SELECT_OPS
 
 
-def _convert(saved: Path, calibration, sparse: bool, select_tf_ops: bool) -> bytes:
+def _convert(saved: Path, calibration, sparse: bool, select_tf_ops: bool, int8_weights: bool = False) -> bytes:
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
@@ -268,10 +342,12 @@ def _convert(saved: Path, calibration, sparse: bool, select_tf_ops: bool) -> byt
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
+    elif int8_weights:  # dynamic range: int8 weights (symmetric, per output channel), float activations
+        optimizations.append(tf.lite.Optimize.DEFAULT)
     if sparse:
         optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
     converter.optimizations = optimizations
-    kind = "int8 TFLite" if calibration is not None else "TFLite"
+    kind = "int8 TFLite" if calibration is not None else "int8-weight TFLite" if int8_weights else "TFLite"
     try:
         with _quiet():
             return converter.convert()

@@ -87,6 +87,11 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
     plan_bytes = _plan_bytes(masked, state, config, source_print)  # --save-plan: the masks before --shrink
     if plan_bytes is not None:
         state = state.after(StepResult(sections={"plan": plan_file.plan_section(config.save_plan, plan_bytes)}))
+    unquantized = None  # --quantize quantizes in place; TFLite converts a float copy (it cannot read Keras' int8)
+    if config.quantize and any(fmt != "savedmodel" for fmt in config.export):
+        from prunecli.training import distill
+
+        unquantized = distill.teacher_copy(state.model)
     if config.quantize:  # Keras' own int8/int4/float8 layers, every pruned zero checked (outputs/quantize.py)
         from prunecli.outputs import quantize
 
@@ -95,7 +100,7 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
             quantize.run(state.model, state.targets, state.masks, state.data, state.task, config, final, say, timings)
         )
     with plan_file.committed_with(config.save_plan, plan_bytes):  # renamed only when the model is saved
-        state, out, output_sizes = write_outputs(state, config, out, masked_model, say, timings)
+        state, out, output_sizes = write_outputs(state, config, out, masked_model, say, timings, unquantized)
     if config.target:  # what the shrunk model (and the written file) really reached
         state = state.after(target.achieved(state, out))
     state = state.after(StepResult(sections={"reproducibility": plan_file.reproducibility(config)}))
@@ -137,8 +142,9 @@ def _plan_bytes(masked, state, config: PruneConfig, source_print) -> bytes | Non
     )
 
 
-def write_outputs(state, config: PruneConfig, out, masked_model, say, timings):
-    """Export (--export) and save the model; returns (state, output path, output sizes).
+def write_outputs(state, config: PruneConfig, out, masked_model, say, timings, unquantized=None):
+    """Export (--export) and save the model; returns (state, output path, output sizes). `unquantized`
+    is a float copy of the model --quantize started from, for TFLite (None without --quantize).
 
     Exports go first, so a model that cannot be exported leaves no pruned model behind, and a failed
     save discards the exports. In a multi-worker run only the chief writes: the others get (state,
@@ -152,7 +158,7 @@ def write_outputs(state, config: PruneConfig, out, masked_model, say, timings):
     from prunecli.outputs import export
 
     baseline = masked_model if state.model is not masked_model else None  # timed in TFLite beside the shrunk one
-    exported = export.run(state.model, out, state.data, config, say, timings, baseline)
+    exported = export.run(state.model, out, state.data, config, say, timings, baseline, unquantized)
     state = state.after(exported)
     try:
         return state, out, steps.save(state, out, say, timings)
