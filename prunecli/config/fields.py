@@ -38,14 +38,14 @@ MAX_GROUP = 1024  # largest block side and N:M group size (-g n:m=1:99999999 onc
 class Granularity:
     """What one pruning decision removes: an element, a unit (neuron/filter), an RxC block, or N of M."""
 
-    kind: str = "element"  # element | neuron | block | nm | input | layer | head
+    kind: str = "element"  # element | neuron | block | nm | input | layer | head | hidden
     rows: int = 1  # block rows, or N for n:m
     cols: int = 1  # block cols, or M for n:m
 
     @classmethod
     def parse(cls, text: str) -> Granularity:
         t = str(text).strip().lower()
-        if t in ("element", "neuron", "input", "layer", "head"):
+        if t in ("element", "neuron", "input", "layer", "head", "hidden"):
             return cls(t)
         if t == "heads":
             return cls("head")
@@ -68,7 +68,7 @@ class Granularity:
                 raise ConfigError(f"N:M needs M <= {MAX_GROUP}, got {text!r}")
             return cls("nm", n, mm)
         raise ConfigError(
-            f"unknown granularity {text!r}; use element, neuron, block:RxC, n:m=N:M, input, layer or head"
+            f"unknown granularity {text!r}; use element, neuron, block:RxC, n:m=N:M, input, layer, head or hidden"
         )
 
     def __str__(self) -> str:
@@ -175,7 +175,8 @@ class PruneConfig:
         choices=SCOPES,
     )
     granularity: Granularity = setting(
-        help="element (default), neuron, block:RxC, n:m=N:M, input, layer or head.",
+        help="element (default), neuron, block:RxC, n:m=N:M, input, layer, head or hidden (the residual"
+        " channels of KerasHub decoders; needs --shrink).",
         flags=("-g", "--granularity"),
         factory=Granularity,
     )

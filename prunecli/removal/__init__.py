@@ -1,4 +1,4 @@
-"""Whole structural steps: input features, layers and attention heads scored, chosen and removed.
+"""Whole structural steps: input features, layers, attention heads and residual channels scored, chosen and removed.
 
 Each step takes the run's model, its targets (picked once by run/steps.pick_targets), data, task,
 settings, progress and timings, and returns a StepResult; the channels module is the `--shrink` of
@@ -9,7 +9,12 @@ and floors come from selection/policy, as for weights.
 from __future__ import annotations
 
 # granularity -> the module whose `run` scores, selects and removes that structure at once
-STEPS = {"input": "prunecli.removal.features", "layer": "prunecli.removal.layers", "head": "prunecli.removal.heads"}
+STEPS = {
+    "input": "prunecli.removal.features",
+    "layer": "prunecli.removal.layers",
+    "head": "prunecli.removal.heads",
+    "hidden": "prunecli.removal.hidden",  # residual channels of KerasHub decoders; refused on other models
+}
 STRUCTURAL = tuple(STEPS)
 # granularity -> the module whose `run` removes it at once on the models its `applies(model)` accepts:
 # -g neuron on KerasHub decoder blocks, whose SwiGLU units span three kernels inside one layer
@@ -26,8 +31,8 @@ def _model_step(granularity: str, model):
 
 
 def structural(granularity: str, model=None) -> bool:
-    """Whether a structural step removes this granularity on this model (input features, layers and
-    heads always; neuron on a model with KerasHub decoder blocks)."""
+    """Whether a structural step removes this granularity on this model (input features, layers, heads
+    and hidden channels always; neuron on a model with KerasHub decoder blocks)."""
     return granularity in STEPS or _model_step(granularity, model) is not None
 
 

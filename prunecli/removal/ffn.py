@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from prunecli.errors import ConfigError, InputError
+from prunecli.removal import units
 from prunecli.structure import decoders, equivalence
 
 DATA_METHODS = ("taylor", "gradient")
@@ -53,54 +54,15 @@ def find(model, targets=None) -> list[decoders.Ffn]:
 # Scores
 
 
-def _per_unit(arrays: list, axes: list[int], fn) -> list:
-    """fn applied to each unit's slice of each array: one (units,) vector per array."""
-    import numpy as np
-
-    out = []
-    for arr, axis in zip(arrays, axes, strict=True):
-        moved = np.moveaxis(np.asarray(arr, dtype=np.float64), axis, 0)
-        out.append(fn(moved.reshape(moved.shape[0], -1)))
-    return out
-
-
-def weight_scores(ffn: decoders.Ffn, method: str):
-    """(units,) scores from the weights alone: a geometric mean over the three projections."""
-    import numpy as np
-
-    arrays, axes = zip(*[(np.asarray(var), axis) for var, axis in ffn.slices()], strict=True)
-    if method == "l2-norm":
-        parts = _per_unit(list(arrays), list(axes), lambda m: np.sqrt(np.square(m).sum(axis=1)))
-    else:
-        parts = _per_unit(list(arrays), list(axes), lambda m: np.abs(m).mean(axis=1))
-    return np.exp(np.mean([np.log(np.maximum(p, 1e-30)) for p in parts], axis=0))
-
-
 def data_scores(model, found: list[decoders.Ffn], data, loss_fn, method: str, max_batches: int | None):
     """{block: (units,) scores}: Taylor |w*g| or gradient |g| summed over each unit's three slices."""
     import numpy as np
-    import tensorflow as tf
 
     if data is None or loss_fn is None:
         raise ConfigError(f"-g neuron on decoder blocks with --method {method} needs --data")
-    from prunecli.removal.layers import batches
-
-    variables = [var for f in found for var, _axis in f.slices()]
-    sums = [np.zeros(tuple(v.shape)) for v in variables]
-    for x, y in batches(data, max_batches):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=False))
-        grads = tape.gradient(loss, [v.value if hasattr(v, "value") else v for v in variables])
-        for i, (v, g) in enumerate(zip(variables, grads, strict=True)):
-            if g is not None:
-                g = np.asarray(g, dtype=np.float64)
-                sums[i] += np.abs(g * np.asarray(v)) if method == "taylor" else np.abs(g)
-    out, i = {}, 0
-    for f in found:
-        axes = [axis for _var, axis in f.slices()]
-        out[f.path] = np.sum(_per_unit(sums[i : i + 3], axes, lambda m: m.sum(axis=1)), axis=0)
-        i += 3
-    return out
+    slices = [sl for f in found for sl in f.slices()]
+    per_slice = units.gradient_scores(model, slices, data, loss_fn, method, max_batches)
+    return {f.path: np.sum(per_slice[3 * i : 3 * i + 3], axis=0) for i, f in enumerate(found)}
 
 
 def score(model, found: list[decoders.Ffn], config, data=None, loss_fn=None) -> dict[str, Any]:
@@ -117,7 +79,7 @@ def score(model, found: list[decoders.Ffn], config, data=None, loss_fn=None) -> 
         return {f.path: rng.random(f.units) for f in found}
     if method in DATA_METHODS:
         return data_scores(model, found, data, loss_fn, method, config.score_batches)
-    return {f.path: weight_scores(f, method) for f in found}
+    return {f.path: units.weight_scores(f.slices(), method) for f in found}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -235,28 +197,6 @@ def _section(found: list[decoders.Ffn], scores: dict, removed: dict, method: str
     }
 
 
-def run(model, run_targets, data, task, config, progress, timings, sample_x=None):
-    """The step in the run's StepResult form (like removal.heads.run): the `ffn` section, a MaskSet over
-    the (new) model's targets held while fine-tuning, and the new model after --shrink."""
-    from prunecli.results import StepResult
-    from prunecli.selection import policy
-    from prunecli.structure import targets as targets_mod
-
-    found_targets = list(run_targets)
-    loss_fn = None
-    if task is not None and config.method in DATA_METHODS:
-        from prunecli.training.metrics import loss_callable
-
-        loss_fn = loss_callable(task.loss, "feed-forward unit scoring")
-    train = None if data is None else data.train
-    with timings.phase("score"):
-        new, masks, section, notes = run_ffn(
-            model, found_targets, config, data=train, loss_fn=loss_fn, sample_x=sample_x, progress=progress
-        )
-    new_targets = found_targets if new is model else targets_mod.carry_over(found_targets, new)
-    requested = {t.name: round(1.0 - float(masks[t.name].mean()), 6) for t in new_targets if t.name in masks}
-    mask_set = policy.MaskSet(masks=masks, requested=requested, notes=list(notes))
-    replaced = {"targets": new_targets, "masks": mask_set}
-    if new is not model:
-        replaced["model"] = new
-    return StepResult(sections={"ffn": section}, notes=tuple(notes), **replaced)
+# the step in the run's StepResult form (like removal.heads.run): the `ffn` section, a MaskSet over the
+# (new) model's targets held while fine-tuning, and the new model after --shrink
+run = units.step_result(run_ffn, "ffn", "feed-forward unit scoring", DATA_METHODS)

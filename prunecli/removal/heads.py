@@ -35,6 +35,7 @@ from typing import Any
 
 from prunecli.config import name_matches
 from prunecli.errors import ConfigError, InputError
+from prunecli.removal import units
 from prunecli.structure import decoders, equivalence, keras_graph
 from prunecli.structure.transformer import (  # noqa: F401 - find/HeadLayer/block_macs are this module's API too
     HeadLayer,
@@ -389,33 +390,7 @@ def _model_seq_len(model) -> int | None:
     return int(shape[1]) if len(shape) == 2 and shape[1] is not None else None
 
 
-def run(model, run_targets, data, task, config, progress, timings, sample_x=None):
-    """The `-g head` step in the run's StepResult form (like removal.layers.run and removal.features.run).
-
-    data: the run's Data (its .train batches score taylor/gradient) or None; task: metrics.Task or None.
-    masks: a MaskSet over the (new) model's targets, held while fine-tuning."""
-    from prunecli.results import StepResult
-    from prunecli.selection import policy
-    from prunecli.structure import targets as targets_mod
-
-    found_targets = list(run_targets)
-    loss_fn = None
-    if task is not None and config.method in DATA_METHODS:
-        from prunecli.training.metrics import loss_callable
-
-        loss_fn = loss_callable(task.loss, "head scoring")
-    train = None if data is None else data.train
-    with timings.phase("score"):
-        new, masks, section, notes = run_heads(
-            model, found_targets, config, data=train, loss_fn=loss_fn, sample_x=sample_x, progress=progress
-        )
-    new_targets = found_targets if new is model else targets_mod.carry_over(found_targets, new)
-    requested = {}
-    for t in new_targets:
-        m = masks.get(t.name)
-        requested[t.name] = None if m is None else round(1.0 - float(m.mean()), 6)
-    mask_set = policy.MaskSet(masks=masks, requested=requested, notes=list(notes))
-    replaced = {"targets": new_targets, "masks": mask_set}
-    if new is not model:
-        replaced["model"] = new
-    return StepResult(sections={"heads": section}, notes=tuple(notes), **replaced)
+# The `-g head` step in the run's StepResult form (like removal.layers.run and removal.features.run):
+# data is the run's Data (its .train batches score taylor/gradient) or None; task a metrics.Task or
+# None; the masks a MaskSet over the (new) model's targets, held while fine-tuning.
+run = units.step_result(run_heads, "heads", "head scoring", DATA_METHODS)

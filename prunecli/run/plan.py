@@ -145,6 +145,7 @@ def make_plan(config, progress=None) -> dict[str, Any]:
         "removed_layers",
         "layer_pruning",
         "heads",
+        "hidden",
         "target",
     ):
         if key in state.sections:
@@ -192,6 +193,9 @@ def render(plan: dict, console) -> None:
         console.print(f"input {name}: keeps {len(kept)} features {kept}, removes {removed}")
     if "removed_layers" in plan:
         console.print(f"removes layers: {', '.join(plan['removed_layers']) or 'none'}")
+    if "hidden" in plan:
+        h = plan["hidden"]
+        console.print(f"residual channels {h['hidden_before']} -> {h['hidden_after']}, removes {h['removed_channels']}")
     if "target" in plan:
         _render_target(plan["target"], console)
     for members in plan.get("groups", []):

@@ -17,6 +17,9 @@ adapter for private attributes) and rebuilds it with fewer heads and fewer feed-
 - SwiGLU units. Unit j is gate column j, up column j and down row j: its contribution to the output is
   silu(x.gate_j) * (x.up_j) * down_j, exactly zero when any of the three slices is zero (silu(0) = 0),
   so masking a unit in any of them and deleting it compute the same function.
+- Hidden channels. Channel c of the residual stream is the token embedding's column c and its slice of
+  every norm, projection and the final norm (stream_slices); `narrower` rebuilds the whole model with
+  fewer of them, each RMSNorm's scale and epsilon corrected for the channels it no longer averages over.
 
 Every decoder block of a rebuilt model becomes a Pruned* block, changed or not: KerasHub 0.32's
 LlamaTransformerDecoder.get_config reads an attribute it never sets (rope_scaling_factor) and Qwen's
@@ -521,7 +524,8 @@ def _rebuilt_task(model, backbone, swaps: list[tuple], dropped: set[int] = froze
         raise InputError(f"{type(model).__name__}: removing every decoder block leaves no model")
     if any(id(b) not in by_old for b in order):
         raise InputError(f"{type(model).__name__}: every decoder block must be rebuilt at once")
-    copies = [type(lay).from_config(lay.get_config()) for lay in (backbone.token_embedding, backbone.layer_norm)]
+    ends = (backbone.token_embedding, backbone.layer_norm)  # swapped when the residual stream narrows
+    copies = [by_old[id(lay)][0] if id(lay) in by_old else type(lay).from_config(lay.get_config()) for lay in ends]
     new_backbone = register()["backbone"](
         token_embedding=copies[0],
         transformer_layers=[by_old[id(b)][0] for b in order],
@@ -529,7 +533,144 @@ def _rebuilt_task(model, backbone, swaps: list[tuple], dropped: set[int] = froze
         dtype=backbone.dtype_policy,
         name=backbone.name,
     )
-    for copy, old in zip(copies, (backbone.token_embedding, backbone.layer_norm), strict=True):
-        copy.set_weights(old.get_weights())
-    _fill([by_old[id(b)] for b in order])
+    for copy, old in zip(copies, ends, strict=True):
+        if id(old) not in by_old:
+            copy.set_weights(old.get_weights())
+    _fill([by_old[id(b)] for b in order] + [by_old[id(lay)] for lay in ends if id(lay) in by_old])
     return task_cls(backbone=new_backbone, preprocessor=getattr(model, "preprocessor", None), name=model.name)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The residual stream (hidden channels)
+
+# KerasHub's RMSNorms over the residual stream: x * rsqrt(mean(x^2) + epsilon) * scale, all three alike
+# (Gemma's (1 + scale) would need another correction: not listed)
+RMS_NORMS = ("LlamaLayerNorm", "MistralLayerNormalization", "QwenLayerNorm")
+
+
+def _is_rms_norm(layer) -> bool:
+    return any(cls.__name__ in RMS_NORMS for cls in type(layer).__mro__)
+
+
+def residual_norms(block) -> list:
+    """The block's two RMSNorms over the residual stream (before attention, before the feed-forward network)."""
+    return keras_graph.hub_block_norms(block)
+
+
+def residual_slices(block) -> list[tuple[Any, int]]:
+    """(variable, channel axis) of everything in a decoder block indexed by residual channel c: the two
+    norm scales, the q/k/v kernels' input rows, the attention output kernel's last axis (and a bias over
+    it), the gate/up kernels' input rows and the down kernel's columns (and a bias over them). Qwen's
+    q/k/v biases run over heads, not channels: they are not listed."""
+    out = [(norm.scale, 0) for norm in residual_norms(block)]
+    *qkv, (output, *_rest) = keras_graph.attention_projections(attention(block))
+    out += [(sub.kernel, 0) for sub, *_ in qkv]
+    out.append((output.kernel, len(output.kernel.shape) - 1))
+    gate, up, down = keras_graph.hub_swiglu(block)
+    out += [(gate.kernel, 0), (up.kernel, 0), (down.kernel, 1)]
+    for dense in (output, down):
+        if getattr(dense, "bias", None) is not None:
+            out.append((dense.bias, len(dense.bias.shape) - 1))
+    return out
+
+
+def stream_ends(model) -> tuple[Any, Any]:
+    """(token embedding, final RMSNorm) around the decoder blocks of the model (or of its task's
+    backbone). InputError when the backbone holds anything else: the residual stream would reach a
+    layer that is not rebuilt with it."""
+    import keras
+
+    inner = host(model)
+    if inner is None:
+        raise InputError(f"{model.name}: no KerasHub decoder blocks (Llama, Mistral, Qwen) to narrow")
+    others = [
+        layer
+        for layer in keras_graph.children(inner)
+        if not is_decoder(layer) and not isinstance(layer, keras.layers.InputLayer)
+    ]
+    embeddings = [layer for layer in others if isinstance(layer, keras.layers.Embedding)]
+    norms = [layer for layer in others if _is_rms_norm(layer)]
+    if len(embeddings) != 1 or len(norms) != 1 or len(others) != 2:
+        names = ", ".join(f"{type(layer).__name__} {layer.name!r}" for layer in others)
+        raise InputError(
+            f"{inner.name}: the residual stream is not token embedding -> decoder blocks -> RMSNorm ({names})"
+        )
+    return embeddings[0], norms[0]
+
+
+def stream_slices(model) -> list[tuple[Any, int]]:
+    """(variable, channel axis) of every slice of the model's residual stream: the token embedding's
+    columns (and, untied, the reverse embedding's rows), every block's residual_slices, the final norm's
+    scale."""
+    embedding, final = stream_ends(model)
+    out = [(embedding.embeddings, 1)]
+    if getattr(embedding, "reverse_embeddings", None) is not None:
+        out.append((embedding.reverse_embeddings, 0))
+    for block in blocks(model):
+        out += residual_slices(block)
+    out.append((final.scale, 0))
+    return out
+
+
+def narrow_blocker(model) -> str | None:
+    """Why the model's residual stream cannot be narrowed, or None when it can."""
+    embedding, _final = stream_ends(model)
+    if getattr(getattr(embedding, "dtype_policy", None), "quantization_mode", None) is not None:
+        return f"{embedding.name!r} is quantized by Keras"
+    for block in blocks(model):
+        blocker = shrink_blocker(block)
+        if blocker:
+            return blocker
+        if not all(_is_rms_norm(norm) for norm in residual_norms(block)):
+            return f"{block.name!r} does not normalise with {' or '.join(RMS_NORMS)}"
+    return None
+
+
+def narrower(model, channels: list[int]):
+    """A new model whose residual stream has only these channels (ascending), computing what `model`
+    computes once every other channel is zero in all its slices (stream_slices).
+
+    Such a channel is zero all along the stream: the embedding writes 0 into it, and so does every
+    attention and feed-forward output. Every RMSNorm then reads D channels of which only the D' kept
+    are non-zero: with m' = mean of x^2 over the kept ones, its mean over all D is (D'/D) m', and
+
+        x_c / sqrt((D'/D) m' + eps) * scale_c = x_c / sqrt(m' + eps D/D') * (scale_c sqrt(D/D')).
+
+    So each norm of the narrower model (which averages over D' channels) gets scale' = scale sqrt(D/D')
+    and epsilon' = epsilon D/D', and computes exactly the same; keeping epsilon would be off by the
+    relative eps (D/D' - 1) / (m' + eps), i.e. equal up to epsilon. The blocks keep their heads, head size
+    and feed-forward units (head_dim is in prunecli's block config; RoPE and the cache read head_dim)."""
+    import numpy as np
+
+    embedding, final = stream_ends(model)
+    blocker = narrow_blocker(model)
+    if blocker:
+        raise InputError(f"the residual stream of {host(model).name!r} cannot be narrowed: {blocker}")
+    channels = [int(c) for c in channels]
+    factor = int(embedding.output_dim) / len(channels)
+    swaps = []
+    for block in blocks(model):
+        new, values = smaller(block)
+        config = new.get_config()
+        config["layer_norm_epsilon"] = float(block.layer_norm_epsilon) * factor
+        new = type(new).from_config(config)
+        axes = {str(var.path): axis for var, axis in residual_slices(block)}
+        scales = {str(norm.scale.path) for norm in residual_norms(block)}
+        for path, axis in axes.items():
+            values[path] = np.take(values[path], channels, axis=axis)
+            if path in scales:
+                values[path] = values[path] * math.sqrt(factor)
+        swaps.append((block, new, values))
+    config = embedding.get_config()
+    config["output_dim"] = len(channels)
+    values = {str(embedding.embeddings.path): np.take(np.asarray(embedding.embeddings), channels, axis=1)}
+    if getattr(embedding, "reverse_embeddings", None) is not None:
+        values[str(embedding.reverse_embeddings.path)] = np.take(
+            np.asarray(embedding.reverse_embeddings), channels, axis=0
+        )
+    swaps.append((embedding, type(embedding).from_config(config), values))
+    config = final.get_config()
+    config["epsilon"] = float(final.epsilon) * factor
+    scale = np.take(np.asarray(final.scale), channels) * math.sqrt(factor)
+    swaps.append((final, type(final).from_config(config), {str(final.scale.path): scale}))
+    return rebuild_with(model, swaps)

@@ -243,6 +243,12 @@ def hub_swiglu(block) -> tuple | None:
     return None if any(f is None for f in found) else found
 
 
+def hub_block_norms(block) -> list:
+    """The two norms over the residual stream of a KerasHub decoder block (before attention, before the
+    feed-forward network; Llama/Mistral/Qwen name them alike); None where one is missing."""
+    return [getattr(block, "_self_attention_layernorm", None), getattr(block, "_feedforward_layernorm", None)]
+
+
 def gated_attention(layer) -> bool:
     """Whether a MultiHeadAttention gates its heads (use_gate=True), which head removal does not rebuild."""
     return bool(getattr(layer, "_use_gate", False))

@@ -1,0 +1,97 @@
+"""What the one-shot steps that remove units inside layers share (-g head, -g neuron on KerasHub
+decoder blocks, -g hidden): per-unit scores read from every slice a unit owns, and the step's
+StepResult.
+
+A unit here is one index along an axis of several variables at once (a SwiGLU unit: a gate column, an
+up column, a down row; a residual channel: a slice of every projection, norm and the embedding), given
+as `slices`, a list of (variable, axis).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def per_unit(arrays: list, axes: list[int], fn) -> list:
+    """fn applied to each unit's slice of each array (fn gets a (units, rest) matrix): one (units,)
+    vector per array."""
+    import numpy as np
+
+    out = []
+    for arr, axis in zip(arrays, axes, strict=True):
+        moved = np.moveaxis(np.asarray(arr, dtype=np.float64), axis, 0)
+        out.append(fn(moved.reshape(moved.shape[0], -1)))
+    return out
+
+
+def weight_scores(slices: list[tuple[Any, int]], method: str):
+    """(units,) scores from the weights alone: the geometric mean over the slices of each slice's mean
+    |w| (`l2-norm`: its L2 norm). A unit's contribution is a product of its slices, so scaling one
+    projection by c scales every unit alike and leaves a product's ranking as it was, where a sum would
+    let the largest projection decide."""
+    import numpy as np
+
+    arrays, axes = [np.asarray(var) for var, _axis in slices], [axis for _var, axis in slices]
+    if method == "l2-norm":
+        parts = per_unit(arrays, axes, lambda m: np.sqrt(np.square(m).sum(axis=1)))
+    else:
+        parts = per_unit(arrays, axes, lambda m: np.abs(m).mean(axis=1))
+    return np.exp(np.mean([np.log(np.maximum(p, 1e-30)) for p in parts], axis=0))
+
+
+def gradient_scores(model, slices: list[tuple[Any, int]], data, loss_fn, method: str, max_batches: int | None):
+    """One (units,) vector per slice: `taylor` sum |w * dL/dw|, `gradient` sum |dL/dw| over each unit's
+    slice, accumulated over `max_batches` batches of `data`."""
+    import numpy as np
+    import tensorflow as tf
+
+    from prunecli.removal.layers import batches
+
+    variables = [var for var, _axis in slices]
+    sums = [np.zeros(tuple(v.shape)) for v in variables]
+    for x, y in batches(data, max_batches):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=False))
+        grads = tape.gradient(loss, [v.value if hasattr(v, "value") else v for v in variables])
+        for i, (v, g) in enumerate(zip(variables, grads, strict=True)):
+            if g is not None:  # an embedding's gradient comes as IndexedSlices: made dense
+                g = np.asarray(tf.convert_to_tensor(g), dtype=np.float64)
+                sums[i] += np.abs(g * np.asarray(v)) if method == "taylor" else np.abs(g)
+    return per_unit(sums, [axis for _var, axis in slices], lambda m: m.sum(axis=1))
+
+
+def step_result(run_step, section: str, what: str, data_methods: tuple[str, ...]):
+    """The step `run_step` (model, targets, config, data=, loss_fn=, sample_x=, progress=) ->
+    (model, masks, section, notes) in the run's form: run(model, run_targets, data, task, config,
+    progress, timings, sample_x) -> StepResult with the report's `section`, a MaskSet over the (new)
+    model's targets held while fine-tuning, and the new model when the step rebuilt it. `what` names the
+    scoring in a loss that cannot be used."""
+
+    def run(model, run_targets, data, task, config, progress, timings, sample_x=None):
+        from prunecli.results import StepResult
+        from prunecli.selection import policy
+        from prunecli.structure import targets as targets_mod
+
+        found_targets = list(run_targets)
+        loss_fn = None
+        if task is not None and config.method in data_methods:
+            from prunecli.training.metrics import loss_callable
+
+            loss_fn = loss_callable(task.loss, what)
+        train = None if data is None else data.train
+        with timings.phase("score"):
+            new, masks, body, notes = run_step(
+                model, found_targets, config, data=train, loss_fn=loss_fn, sample_x=sample_x, progress=progress
+            )
+        new_targets = found_targets if new is model else targets_mod.carry_over(found_targets, new)
+        requested = {
+            t.name: None if masks.get(t.name) is None else round(1.0 - float(masks[t.name].mean()), 6)
+            for t in new_targets
+        }
+        mask_set = policy.MaskSet(masks=masks, requested=requested, notes=list(notes))
+        replaced = {"targets": new_targets, "masks": mask_set}
+        if new is not model:
+            replaced["model"] = new
+        return StepResult(sections={section: body}, notes=tuple(notes), **replaced)
+
+    return run
