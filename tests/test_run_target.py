@@ -12,6 +12,7 @@ import os
 import pytest
 from test_selection_budget import bn_cnn, mlp
 
+from prunecli.config import build_config
 from prunecli.config.target import TOLERANCE
 
 
@@ -207,6 +208,40 @@ def test_latency_target_end_to_end_with_the_real_timer(cli, files, tmp_path):
     assert lat["timed"] >= 1 and section["predicted_fraction"] < 1.0
     assert section["achieved_ms"] == lat["final_ms"] > 0 and isinstance(section["within_tolerance"], bool)
     assert out.exists()
+
+
+def test_tflite_clock_converts_each_model_once_and_times_batch_1(monkeypatch):
+    """With --export tflite, latency= is measured where the file will run: TFLite's interpreter, batch 1."""
+    import keras
+    import numpy as np
+
+    from prunecli.run import target
+
+    config = build_config({"model_path": "m.keras", "target": "latency=0.5", "export": ["tflite"]}, environ={})
+    clock = target.clock_for(config)
+    assert clock.batch == 1 and "TFLite" in clock.measured
+    assert target.clock_for(build_config({"model_path": "m.keras", "target": "latency=0.5"}, environ={})).batch is None
+    converted = []
+    convert = target.TfliteTimer._convert
+    monkeypatch.setattr(target.TfliteTimer, "_convert", staticmethod(lambda m: converted.append(m) or convert(m)))
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
+    x = np.ones((8, 6), "float32")
+    times = [clock.time(model, x) for _ in range(3)]
+    assert all(t > 0 for t in times) and converted == [model]
+
+
+@pytest.mark.slow
+def test_latency_target_timed_in_tflite_with_export_tflite(cli, files, tmp_path):
+    out, report = tmp_path / "o.keras", tmp_path / "r.json"
+    args = ("--target", "latency=0.6", "--export", "tflite", "-o", out, "-r", report, "-q")
+    result = cli("prune", files / "cnn.keras", *args)
+    assert result.exit_code == 0, result.output
+    saved = json.loads(report.read_text())
+    lat = saved["target"]["latency"]
+    assert lat["batch"] == 1 and "TFLite" in lat["measured"]
+    assert lat["chosen_ms"] <= lat["goal_ms"] == pytest.approx(0.6 * lat["dense_ms"])
+    assert saved["target"]["achieved_ms"] == lat["final_ms"] > 0
+    assert (tmp_path / "o.tflite").exists()
 
 
 def test_a_moving_dense_time_is_said():

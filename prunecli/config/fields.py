@@ -250,8 +250,9 @@ class PruneConfig:
     target: str | None = setting(
         help="Make the shrunk model fit: params=F or flops=F (a fraction of the dense model's parameters or"
         " multiply-adds) or size=200KB (the saved file); channels are allocated across layers to land within"
-        " 2% under it. latency=F or latency=3ms: the forward time at --batch-size, measured on this machine"
-        " (searched, within 5% under). Implies -g neuron and --shrink.",
+        " 2% under it. latency=F or latency=3ms: the forward time at --batch-size (with --export tflite:"
+        " TFLite's interpreter at batch 1), measured on this machine (searched, within 5% under). Implies -g"
+        " neuron and --shrink.",
         commands=("prune", "plan"),
     )
     round_to: int | None = setting(

@@ -10,7 +10,8 @@ the shrunk model (and, for size=, the written file) really has, once it exists.
 `latency=F` is the same allocation as flops=, its FLOPs goal searched (selection/budget.search_latency)
 by timing shrunk candidates: each one is masked on the run's model, shrunk by the run's own shrink step
 and timed by the run's own timer (structure/equivalence.latency_ms, the one behind the report's
-`shrink.latency_ms`) at --batch-size, then the dense weights are put back. `achieved` times the final
+`shrink.latency_ms`) at --batch-size, then the dense weights are put back; with --export tflite each
+candidate is converted to float TFLite and timed in TFLite's interpreter at batch 1 instead (Clock). `achieved` times the final
 model the same way. Latency is measured on this machine, under whatever else it runs: each model is
 timed TIMING_REPEATS times and the least of the medians kept, as timeit's `repeat` advises (a slower
 repeat is other processes taking the cores, not the model).
@@ -18,6 +19,8 @@ repeat is other processes taking the cores, not the model).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +172,80 @@ def _timed(timer, model, inputs) -> float:
     return min(float(timer(model, inputs)) for _ in range(TIMING_REPEATS))
 
 
+@dataclass(frozen=True)
+class Clock:
+    """How latency= times a model: `time(model, inputs)` in ms, at `batch` rows (None: the run's
+    timing batch, --batch-size), and the report's words for it."""
+
+    time: Callable[[Any, Any], float]
+    batch: int | None
+    measured: str
+
+
+def clock_for(config, latency_ms=None) -> Clock:
+    """The Keras forward pass at --batch-size; with --export tflite, the TFLite interpreter at batch 1,
+    where the exported file will run; `latency_ms` (a test's timer) replaces the Keras one."""
+    from prunecli.structure import equivalence
+
+    if latency_ms is None and "tflite" in config.export:
+        return Clock(
+            TfliteTimer(),
+            1,
+            f"the float TFLite conversion in TFLite's interpreter, batch 1, one thread, on this machine: the least"
+            f" of {TIMING_REPEATS} medians of timed calls after warm-up",
+        )
+    return Clock(
+        latency_ms or equivalence.latency_ms,
+        None,
+        f"Keras forward pass on this machine: the least of {TIMING_REPEATS} medians of timed traced passes after"
+        " warm-up",
+    )
+
+
+class TfliteTimer:
+    """Times a model as --export tflite deploys it: converted to float TFLite (once per model: the
+    flatbuffer is kept while the model lives) and run at batch 1 in TFLite's interpreter."""
+
+    def __init__(self) -> None:
+        import weakref
+
+        self._converted: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def __call__(self, model, inputs) -> float:
+        from prunecli.outputs import export
+
+        content = self._converted.get(model)
+        if content is None:
+            content = self._convert(model)
+            self._converted[model] = content
+        names = [str(getattr(t, "name", "")) for t in model.inputs]
+        if isinstance(inputs, dict):
+            samples = [inputs[name] for name in names] if set(names) <= set(inputs) else list(inputs.values())
+        else:
+            samples = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        ms = export.tflite_latency_ms(content, samples, names)
+        if ms is None:
+            raise ConfigError("--target latency with --export tflite: TFLite's interpreter could not run the model")
+        return ms
+
+    @staticmethod
+    def _convert(model) -> bytes:
+        import tempfile
+
+        from prunecli.outputs import export
+
+        with tempfile.TemporaryDirectory(prefix="prunecli-latency-") as folder:
+            saved = Path(folder) / "savedmodel"
+            export.write_savedmodel(model, saved)
+            content, encoding = export.convert_tflite(saved, None, try_sparse=False)
+        if encoding["ops"] != export.BUILTIN_OPS:
+            raise ConfigError(
+                "--target latency with --export tflite: the model needs select TensorFlow ops, which the"
+                " interpreter here cannot run to time it"
+            )
+        return content
+
+
 def latency_goal(state, spec: TargetSpec, cost, scores, level: str, progress, latency_ms=None):
     """(FLOPs goal, bottom of its band, the section's `latency` entry) for latency=: time the dense
     model, then let budget.search_latency pick the FLOPs goal whose shrunk candidate runs at or under
@@ -176,11 +253,13 @@ def latency_goal(state, spec: TargetSpec, cost, scores, level: str, progress, la
     the dense weights are restored after each, and an allocation already timed is not timed again."""
     from prunecli.removal import channels as shrink_step
     from prunecli.selection import budget, kernels
-    from prunecli.structure import channels, equivalence, surgery
+    from prunecli.structure import channels, surgery
 
-    timer = latency_ms or equivalence.latency_ms
     config, model, targets = state.config, state.model, list(state.targets)
+    clock = clock_for(config, latency_ms)
+    timer = clock.time
     inputs, batch, source = timing_inputs(model, state)
+    batch = clock.batch or batch
     dense_ms = _timed(timer, model, inputs)
     goal_ms = spec.value if spec.absolute else spec.value * dense_ms
     low_ms = goal_ms * (1.0 - LATENCY_TOLERANCE)
@@ -231,8 +310,7 @@ def latency_goal(state, spec: TargetSpec, cost, scores, level: str, progress, la
         "candidates": [
             {"flops_fraction": round(t.cost / cost.dense, 6), "latency_ms": round(t.ms, 4)} for t in found.timed
         ],
-        "measured": f"Keras forward pass on this machine: the least of {TIMING_REPEATS} medians of timed traced"
-        " passes after warm-up",
+        "measured": clock.measured,
     }
     goal = _flops_goal(found.chosen.fraction, cost.dense)
     return goal, goal - int(TOLERANCE * goal), {"latency": entry}
@@ -310,12 +388,11 @@ def achieved(state, written: Path | None = None, latency_ms=None) -> StepResult:
 
 def _achieved_latency(state, section: dict, latency_ms=None) -> StepResult:
     """latency=: the final model timed as the candidates were (same inputs, batch and timer)."""
-    from prunecli.structure import equivalence
-
-    timer = latency_ms or equivalence.latency_ms
+    clock = clock_for(state.config, latency_ms)
     entry = dict(section["latency"])
     inputs, batch, _source = timing_inputs(state.model, state)
-    ms = _timed(timer, state.model, inputs)
+    batch = clock.batch or batch
+    ms = _timed(clock.time, state.model, inputs)
     fraction = ms / entry["dense_ms"]
     absolute = section["unit"] == "ms"
     within = 1.0 - LATENCY_TOLERANCE - 1e-12 <= ms / entry["goal_ms"] <= 1.0 + 1e-12
@@ -325,7 +402,8 @@ def _achieved_latency(state, section: dict, latency_ms=None) -> StepResult:
     note = (
         f"--target latency: achieved {ms:.3g} ms, {fraction:.3f} of the dense model's {entry['dense_ms']:.3g} ms,"
         f" for {requested} requested, {'within' if within else 'outside'} {LATENCY_TOLERANCE:.0%} under it"
-        f" (Keras at batch {batch}, measured on this machine; {entry['timed']} candidates timed)"
+        f" ({'TFLite' if clock.batch else 'Keras'} at batch {batch}, measured on this machine;"
+        f" {entry['timed']} candidates timed)"
     )
     drift = drift_note(entry)
     return StepResult(sections={"target": section}, notes=(note,) if drift is None else (note, drift))
