@@ -334,3 +334,40 @@ def test_a_plan_of_decoder_units_is_refused_by_apply(cli, tmp_path):
     assert res.exit_code == 2, res.output
     assert "removes structure (-g neuron on KerasHub decoder blocks)" in res.output
     assert not (tmp_path / "a.keras").exists()
+
+
+@pytest.mark.slow
+def test_report_shows_each_block_before_and_after_and_tokens_per_second(cli, tmp_path):
+    """--shrink on a causal LM: the `decoder` section lists every block's heads, groups, units, width,
+    parameters and multiply-adds before and after, and prefill/decode tokens/s measured on both."""
+    from prunecli.outputs import decoder_blocks
+
+    lm = kh.models.LlamaCausalLM(backbone=backbone(), preprocessor=None)
+    path = tmp_path / "lm.keras"
+    lm.save(path)
+    out, report = tmp_path / "out.keras", tmp_path / "r.json"
+    res = cli("prune", path, "-g", "head", "-s", "0.5", "--shrink", "--seq-len", "32", "-o", out, "-r", report)
+    assert res.exit_code == 0, res.output
+    assert "Decoder blocks (multiply-adds at 32 tokens)" in res.output and "tokens/s" in res.output
+    section = json.loads(report.read_text())["decoder"]
+    assert section["seq_len"] == 32 and len(section["blocks"]) == 2
+    for row in section["blocks"]:
+        before, after = row["before"], row["after"]
+        assert (before["query_heads"], before["kv_groups"], after["query_heads"], after["kv_groups"]) == (4, 2, 2, 1)
+        assert before["head_dim"] == after["head_dim"] == HD and before["ffn_units"] == after["ffn_units"] == FF
+        assert after["params"] < before["params"]
+        assert after["macs"] == decoder_blocks.block_macs(after, 32) < before["macs"]
+    assert section["params_after"] == sum(r["after"]["params"] for r in section["blocks"]) < section["params_before"]
+    for kind in ("prefill", "decode"):
+        speed = section["tokens_per_s"][kind]
+        assert speed["before"] > 0 and speed["after"] > 0
+        assert speed["ratio"] == pytest.approx(speed["after"] / speed["before"], rel=1e-2)
+
+
+def test_block_macs_count_projections_products_and_the_ffn():
+    from prunecli.outputs import decoder_blocks
+
+    shape = {"query_heads": 4, "kv_groups": 2, "head_dim": 8, "ffn_units": 64, "hidden": 32}
+    seq = 10
+    projections = seq * 32 * 8 * (4 + 2 + 2 + 4)  # q, k, v, o
+    assert decoder_blocks.block_macs(shape, seq) == projections + 2 * seq * seq * 4 * 8 + 3 * seq * 32 * 64

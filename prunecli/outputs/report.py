@@ -180,6 +180,8 @@ def render(report: Report, console) -> None:
     )
     layers.add_row("[bold]whole model[/]", "", "", f"{t['params']:,}", f"{t['nonzeros']:,}", f"{t['sparsity']:.1%}", "")
     console.print(layers)
+    if "decoder" in report.extra:
+        _render_decoder(report.extra["decoder"], console)
 
     summary = Table(title="Summary", title_justify="left", show_header=False)
     summary.add_column("what")
@@ -206,6 +208,28 @@ def render(report: Report, console) -> None:
     console.print(summary)
     for note in report.notes:
         console.print(f"[yellow]note:[/] {note}")
+
+
+def _render_decoder(section: dict, console) -> None:
+    """The `decoder` section (outputs/decoder_blocks.py): each block before -> after, and tokens/s."""
+    from rich.table import Table
+
+    table = Table(
+        title=f"Decoder blocks (multiply-adds at {section['seq_len']} tokens)",
+        title_justify="left",
+        header_style="bold",
+    )
+    keys = ("query_heads", "kv_groups", "ffn_units", "hidden", "params", "macs")
+    table.add_column("block")
+    for key in keys:
+        table.add_column(key.replace("_", " "), justify="right")
+    for row in section["blocks"]:
+        before, after = row["before"], row["after"]
+        cells = [f"{before[k]:,}" + ("" if after is None else f" -> {after[k]:,}") for k in keys]
+        table.add_row(row["block"] + (" (removed)" if after is None else ""), *cells)
+    console.print(table)
+    for kind, speed in section["tokens_per_s"].items():
+        console.print(f"{kind}: {speed['before']:,.0f} -> {speed['after']:,.0f} tokens/s ({speed['ratio']:.2f}x)")
 
 
 def _md(text: Any) -> str:

@@ -43,6 +43,7 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
     state, input_sizes = steps.load(config, say, timings)
     source_print = plan_file.fingerprint(state.model) if config.save_plan else None  # before any weight changes
     flops_before = flops.count(state.model)  # theoretical multiply-adds per example, for the report
+    decoder_before = _decoder_view(state.model, config, say, timings)  # KerasHub decoders: blocks and tokens/s
     state = state.after(steps.pick_targets(state.model, config))
     state = state.after(steps.evaluate(state, "before", say, timings))
     teacher = None
@@ -105,8 +106,28 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
         state = state.after(target.achieved(state, out))
     state = state.after(StepResult(sections={"reproducibility": plan_file.reproducibility(config)}))
     state = state.after(StepResult(sections={"flops": flops.section(flops_before, flops.count(state.model))}))
+    if decoder_before is not None:
+        from prunecli.outputs import decoder_blocks
+
+        after = _decoder_view(state.model, config, say, timings)
+        seq_len = config.seq_len or decoder_blocks.DEFAULT_SEQ_LEN
+        state = state.after(StepResult(sections={"decoder": decoder_blocks.section(decoder_before, after, seq_len)}))
     report = steps.build_report(state, out, timings, input_sizes, output_sizes)
     return PruneResult(report=report, model=state.model, masks=state.masks, output_path=out)
+
+
+def _decoder_view(model, config: PruneConfig, say, timings) -> dict | None:
+    """A KerasHub decoder's blocks and tokens/s (outputs/decoder_blocks.py) when this run rebuilds its
+    blocks (--shrink, -g layer, -g hidden); None otherwise, or when the model has no such blocks."""
+    from prunecli.structure import decoders
+
+    if not (config.shrink or config.granularity.kind in ("layer", "hidden")) or not decoders.blocks(model):
+        return None
+    from prunecli.outputs import decoder_blocks
+
+    say("measuring the decoder's tokens per second")
+    with timings.phase("decoder_speed"):
+        return decoder_blocks.measure(model, config.seq_len or decoder_blocks.DEFAULT_SEQ_LEN, config.seed)
 
 
 def _start(config: PruneConfig, progress: steps.Progress):

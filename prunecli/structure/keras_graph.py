@@ -249,6 +249,12 @@ def hub_block_norms(block) -> list:
     return [getattr(block, "_self_attention_layernorm", None), getattr(block, "_feedforward_layernorm", None)]
 
 
+def hub_empty_cache(causal_lm, token_ids):
+    """(hidden states, key/value cache) of a KerasHub causal LM for `token_ids` (batch, length): the
+    cache its generate() loop starts from, filled for those tokens (the task's private _build_cache)."""
+    return causal_lm._build_cache(token_ids)
+
+
 def gated_attention(layer) -> bool:
     """Whether a MultiHeadAttention gates its heads (use_gate=True), which head removal does not rebuild."""
     return bool(getattr(layer, "_use_gate", False))
