@@ -371,3 +371,14 @@ def test_block_macs_count_projections_products_and_the_ffn():
     seq = 10
     projections = seq * 32 * 8 * (4 + 2 + 2 + 4)  # q, k, v, o
     assert decoder_blocks.block_macs(shape, seq) == projections + 2 * seq * seq * 4 * 8 + 3 * seq * 32 * 64
+
+
+def test_target_on_decoder_blocks_is_refused_not_ignored(cli, tmp_path):
+    """--target allocates channels through the channel graph; -g neuron on KerasHub decoder blocks is the
+    SwiGLU step, which has no target: one line, exit 2, nothing written (it once ran at -s 0.5 silently)."""
+    path, out = tmp_path / "llama.keras", tmp_path / "out.keras"
+    backbone().save(path)
+    res = cli("prune", path, "--target", "params=0.75", "-o", out, "-q")
+    assert res.exit_code == 2, res.output
+    assert "decoder blocks are not allocated by --target" in res.stderr and res.stderr.strip().count("\n") == 0
+    assert not out.exists()
