@@ -219,17 +219,29 @@ def _render_decoder(section: dict, console) -> None:
         title_justify="left",
         header_style="bold",
     )
-    keys = ("query_heads", "kv_groups", "ffn_units", "hidden", "params", "macs")
-    table.add_column("block")
-    for key in keys:
-        table.add_column(key.replace("_", " "), justify="right")
+    columns = {"query_heads": "q heads", "kv_groups": "kv", "ffn_units": "ffn", "hidden": "width"}
+    columns.update(params="params", macs="MACs")
+    table.add_column("block", overflow="fold")
+    for label in columns.values():
+        table.add_column(label, justify="right")
     for row in section["blocks"]:
         before, after = row["before"], row["after"]
-        cells = [f"{before[k]:,}" + ("" if after is None else f" -> {after[k]:,}") for k in keys]
+        cells = [
+            _short(before[k]) if after is None or after[k] == before[k] else f"{_short(before[k])}→{_short(after[k])}"
+            for k in columns
+        ]
         table.add_row(row["block"] + (" (removed)" if after is None else ""), *cells)
     console.print(table)
     for kind, speed in section["tokens_per_s"].items():
         console.print(f"{kind}: {speed['before']:,.0f} -> {speed['after']:,.0f} tokens/s ({speed['ratio']:.2f}x)")
+
+
+def _short(n: int) -> str:
+    """A count in at most four significant characters: 9280 -> 9.28k, 851968 -> 852k."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{suffix}"
+    return str(n)
 
 
 def _md(text: Any) -> str:
