@@ -373,12 +373,22 @@ def test_block_macs_count_projections_products_and_the_ffn():
     assert decoder_blocks.block_macs(shape, seq) == projections + 2 * seq * seq * 4 * 8 + 3 * seq * 32 * 64
 
 
-def test_target_on_decoder_blocks_is_refused_not_ignored(cli, tmp_path):
-    """--target allocates channels through the channel graph; -g neuron on KerasHub decoder blocks is the
-    SwiGLU step, which has no target: one line, exit 2, nothing written (it once ran at -s 0.5 silently)."""
-    path, out = tmp_path / "llama.keras", tmp_path / "out.keras"
-    backbone().save(path)
-    res = cli("prune", path, "--target", "params=0.75", "-o", out, "-q")
-    assert res.exit_code == 2, res.output
-    assert "decoder blocks are not allocated by --target" in res.stderr and res.stderr.strip().count("\n") == 0
-    assert not out.exists()
+def test_params_target_on_decoder_blocks_removes_units_to_fit(cli, tmp_path):
+    """--target params=F on KerasHub decoder blocks: -g neuron's SwiGLU step picks the sparsity whose
+    removed units fit (it once ran at the default sparsity, the target silently ignored); the report's
+    target section says what was reached. Other target kinds are one line, exit 2, nothing written."""
+    from prunecli.config.target import TOLERANCE
+
+    path, out, report = tmp_path / "llama.keras", tmp_path / "out.keras", tmp_path / "r.json"
+    dense = backbone(layers=3)
+    dense.save(path)
+    res = cli("prune", path, "--target", "params=0.8", "-o", out, "-r", report, "-q")
+    assert res.exit_code == 0, res.output
+    section = json.loads(report.read_text())["target"]
+    transformer.register_for_file(out)
+    params = keras.saving.load_model(out).count_params()
+    assert section["achieved_value"] == params == section["predicted"]
+    assert 0.8 * (1 - TOLERANCE) <= params / dense.count_params() <= 0.8 and section["within_tolerance"]
+    refused = cli("prune", path, "--target", "flops=0.5", "-o", tmp_path / "no.keras", "-q")
+    assert refused.exit_code == 2 and "take params=F only" in refused.stderr
+    assert refused.stderr.strip().count("\n") == 0 and not (tmp_path / "no.keras").exists()

@@ -224,3 +224,15 @@ def test_a_model_without_decoder_blocks_is_refused(cli, tmp_path):
     res = cli("prune", path, "-g", "hidden", "-s", "0.25", "--shrink", "-o", tmp_path / "o.keras", "-q")
     assert res.exit_code == 3 and "needs KerasHub decoder blocks" in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_params_target_narrows_the_stream_to_fit():
+    """-g hidden --target params=F: the fewest channels (in steps of ALIGN) whose removal leaves at most F."""
+    model = backbone("llama")
+    config = build_config({"model_path": "m.keras", "granularity": "hidden", "target": "params=0.85"}, environ={})
+    new, _masks, section, _notes = hidden.run_hidden(model, targets_mod.select(model), config)
+    target = section["target"]
+    assert target["predicted"] == new.count_params() <= 0.85 * model.count_params()
+    fewer = len(section["removed_channels"]) - hidden.ALIGN  # one step less would not fit
+    per_channel = (model.count_params() - new.count_params()) // len(section["removed_channels"])
+    assert model.count_params() - fewer * per_channel > 0.85 * model.count_params()

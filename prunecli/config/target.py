@@ -101,7 +101,10 @@ def check_target(c) -> None:
     refused = [
         (c.sparsity is not None, "--sparsity (the target decides how much goes)"),
         (c.threshold is not None, "--threshold (the target decides how much goes)"),
-        (c.granularity.kind != "neuron", f"granularity {c.granularity} (a target removes whole channels: neuron)"),
+        (
+            c.granularity.kind not in ("neuron", "hidden"),
+            f"granularity {c.granularity} (a target removes whole channels: neuron, or hidden on KerasHub decoders)",
+        ),
         (c.engine != "native", f"--engine {c.engine} (it prunes elements to a sparsity)"),
         (not c.shrink, "shrink off (the target is the size of the shrunk model)"),
         (c.scope == "layer", "--scope layer (a target ranks channels across layers)"),

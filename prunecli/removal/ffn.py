@@ -140,7 +140,17 @@ def run_ffn(model, targets, config, *, data=None, loss_fn=None, sample_x=None, p
         raise InputError(f"{config.model_path or 'model'}: no decoder feed-forward network to prune")
     say(f"scoring the feed-forward units of {len(found)} decoder block(s) with {config.method}")
     scores = score(model, found, config, data, loss_fn)
-    removed = policy.select_units(scores, config, notes, at_least=1)
+    sparsity, target = None, None
+    if config.target:  # the sparsity whose removed units meet params=F
+        cost = {f.path: units.unit_params(f.slices()) for f in found}
+
+        def removed_params(s: float) -> int:
+            chosen = policy.select_units(scores, config, [], at_least=1, sparsity=s)
+            return sum(cost[path] * len(gone) for path, gone in chosen.items())
+
+        what = "the feed-forward units of KerasHub decoder blocks"
+        sparsity, target = units.params_target(config, int(model.count_params()), removed_params, what)
+    removed = policy.select_units(scores, config, notes, at_least=1, sparsity=sparsity)
     apply(found, removed)
     names = {id(t.variable): t.name for t in targets}
     masks = unit_masks(found, removed, names)
@@ -153,6 +163,8 @@ def run_ffn(model, targets, config, *, data=None, loss_fn=None, sample_x=None, p
         )
     kernel_masks = {t.name: masks.get(t.name, np.ones(t.shape, dtype=bool)) for t in targets}
     section = _section(found, scores, removed, config.method)
+    if target is not None:
+        section["target"] = target
     if not config.shrink:
         return model, kernel_masks, section, notes
     blocked = [f for f in found if decoders.shrink_blocker(f.block)]

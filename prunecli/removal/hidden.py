@@ -128,14 +128,14 @@ def score(model, slices: list[tuple[Any, int]], config, data=None, loss_fn=None)
     return units.weight_scores(slices, method)
 
 
-def choose(scores, config, notes: list) -> list[int]:
+def choose(scores, config, notes: list, sparsity: float | None = None) -> list[int]:
     """The channels removed, ascending: the policy's choice over one set of D, at least MIN_CHANNELS
     kept, and when D is a multiple of ALIGN the removed count rounded down to one (the lowest-scored
     of the policy's choice go)."""
     from prunecli.selection import policy
 
     width = len(scores)
-    removed = policy.select_units({NAME: scores}, config, notes, at_least=min(MIN_CHANNELS, width))[NAME]
+    removed = policy.select_units({NAME: scores}, config, notes, min(MIN_CHANNELS, width), sparsity)[NAME]
     if width % ALIGN == 0 and len(removed) % ALIGN:
         wanted = len(removed) - len(removed) % ALIGN
         notes.append(
@@ -187,7 +187,16 @@ def run_hidden(model, targets, config, *, data=None, loss_fn=None, sample_x=None
     width = int(slices[0][0].shape[1])
     say(f"scoring the {width} residual channels of {len(decoders.blocks(model))} decoder block(s) with {config.method}")
     scores = score(model, slices, config, data, loss_fn)
-    removed = choose(scores, config, notes)
+    sparsity, target = None, None
+    if config.target:  # the sparsity whose removed channels meet params=F
+        per_channel = units.unit_params(slices)
+        sparsity, target = units.params_target(
+            config,
+            int(model.count_params()),
+            lambda s: per_channel * len(choose(scores, config, [], s)),
+            "residual channels",
+        )
+    removed = choose(scores, config, notes, sparsity)
     section = {
         "score": config.method,
         "hidden_before": width,
@@ -196,6 +205,8 @@ def run_hidden(model, targets, config, *, data=None, loss_fn=None, sample_x=None
         "params_before": int(model.count_params()),
         "params_after": int(model.count_params()),
     }
+    if target is not None:
+        section["target"] = target
     targets = list(targets or [])
     if not removed:
         notes.append("-g hidden removed no residual channel")

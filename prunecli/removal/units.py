@@ -9,6 +9,7 @@ as `slices`, a list of (variable, axis).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -60,6 +61,55 @@ def gradient_scores(model, slices: list[tuple[Any, int]], data, loss_fn, method:
     return per_unit(sums, [axis for _var, axis in slices], lambda m: m.sum(axis=1))
 
 
+def unit_params(slices: list[tuple[Any, int]]) -> int:
+    """Parameters one unit holds: its slice of every variable (all slices index the same units)."""
+    import math
+
+    return sum(math.prod(int(d) for d in var.shape) // int(var.shape[axis]) for var, axis in slices)
+
+
+def params_target(config, dense_params: int, removed_params: Callable[[float], int], what: str):
+    """(--sparsity for this step, the report's `target` section) for `--target params=F`: the smallest
+    sparsity whose removed units leave at most F of the model's parameters, by bisection on the exact
+    count `removed_params(sparsity)` (the step's own selection at that sparsity, floors included, so
+    the count only grows with it). `what` names the units in a one-line refusal."""
+    from prunecli.config.target import TOLERANCE, parse_target
+    from prunecli.errors import ConfigError
+
+    spec = parse_target(config.target)
+    if spec.kind != "params":
+        raise ConfigError(f"--target {spec}: {what} take params=F only")
+    goal = int(spec.value * dense_params)
+    if dense_params - removed_params(1.0) > goal:
+        least = dense_params - removed_params(1.0)
+        raise ConfigError(
+            f"--target {spec} cannot be met: with every one of {what} the floors allow removed, "
+            f"{least / dense_params:.3f} of the parameters stay"
+        )
+    low, high = 0.0, 1.0
+    for _ in range(40):
+        mid = (low + high) / 2
+        if dense_params - removed_params(mid) <= goal:
+            high = mid
+        else:
+            low = mid
+    predicted = dense_params - removed_params(high)
+    section = {
+        "kind": "params",
+        "requested": spec.value,
+        "unit": "fraction of the dense model",
+        "counted": "parameters",
+        "tolerance": TOLERANCE,
+        "dense": dense_params,
+        "goal": goal,
+        "predicted": predicted,
+        "predicted_fraction": predicted / dense_params,
+        "allocated": what,
+        "sparsity": round(high, 6),
+    }
+    return high, section
+
+
 def step_result(run_step, section: str, what: str, data_methods: tuple[str, ...]):
     """The step `run_step` (model, targets, config, data=, loss_fn=, sample_x=, progress=) ->
     (model, masks, section, notes) in the run's form: run(model, run_targets, data, task, config,
@@ -83,6 +133,9 @@ def step_result(run_step, section: str, what: str, data_methods: tuple[str, ...]
             new, masks, body, notes = run_step(
                 model, found_targets, config, data=train, loss_fn=loss_fn, sample_x=sample_x, progress=progress
             )
+        sections = {section: body}
+        if "target" in body:  # --target params=F: the step chose its sparsity to fit (params_target)
+            sections["target"] = body.pop("target")
         new_targets = found_targets if new is model else targets_mod.carry_over(found_targets, new)
         requested = {
             t.name: None if masks.get(t.name) is None else round(1.0 - float(masks[t.name].mean()), 6)
@@ -92,6 +145,6 @@ def step_result(run_step, section: str, what: str, data_methods: tuple[str, ...]
         replaced = {"targets": new_targets, "masks": mask_set}
         if new is not model:
             replaced["model"] = new
-        return StepResult(sections={section: body}, notes=tuple(notes), **replaced)
+        return StepResult(sections=sections, notes=tuple(notes), **replaced)
 
     return run

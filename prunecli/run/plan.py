@@ -206,8 +206,14 @@ def render(plan: dict, console) -> None:
 
 def _render_target(section: dict, console) -> None:
     """--target in a plan: the channels each layer keeps, and the predicted cost against the request."""
-    kept = ", ".join(f"{name} {v['before']}->{v['after']}" for name, v in section["layers"].items())
-    console.print(f"target {section['kind']}={section['requested']:g}: channels kept per layer: {kept}")
+    if "layers" in section:
+        kept = ", ".join(f"{name} {v['before']}->{v['after']}" for name, v in section["layers"].items())
+        console.print(f"target {section['kind']}={section['requested']:g}: channels kept per layer: {kept}")
+    else:  # a unit step (KerasHub decoders) met the target with one sparsity: its own section lists the units
+        console.print(
+            f"target {section['kind']}={section['requested']:g}: {section['allocated']} removed at sparsity"
+            f" {section['sparsity']:g}"
+        )
     if "latency" in section:  # latency=: the timed search, then its FLOPs allocation below
         lat = section["latency"]
         console.print(

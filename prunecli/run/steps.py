@@ -14,7 +14,7 @@ from pathlib import Path
 
 from prunecli import __version__, scoring
 from prunecli.config import Granularity, PruneConfig
-from prunecli.errors import ConfigError, DataError, InputError
+from prunecli.errors import DataError, InputError
 from prunecli.outputs.report import Report, Timings, layer_stats, totals
 from prunecli.results import StepResult
 from prunecli.run.state import RunState
@@ -211,11 +211,6 @@ def remove_structure(state: RunState, progress: Progress, timings: Timings) -> S
     and removed (zeroed, or cut out with --shrink) by their own step."""
     from prunecli import removal
 
-    if state.config.target:  # only neuron granularity reaches here with a target: on KerasHub decoder blocks
-        raise ConfigError(
-            f"--target {state.config.target}: the model's KerasHub decoder blocks are not allocated by --target; "
-            "prune them with -g neuron, -g head or -g hidden and -s (the report's decoder section gives the parameters)"
-        )
     step = removal.step_for(state.config.granularity.kind, state.model)
     return step(state.model, state.targets, state.data, state.task, state.config, progress, timings)
 
