@@ -392,3 +392,35 @@ def test_params_target_on_decoder_blocks_removes_units_to_fit(cli, tmp_path):
     refused = cli("prune", path, "--target", "flops=0.5", "-o", tmp_path / "no.keras", "-q")
     assert refused.exit_code == 2 and "take params=F only" in refused.stderr
     assert refused.stderr.strip().count("\n") == 0 and not (tmp_path / "no.keras").exists()
+
+
+@pytest.mark.parametrize("granularity", ["neuron", "head"])
+def test_activation_scores_read_what_each_unit_outputs(granularity):
+    """--method activation (Minitron): a unit whose output is silent on the data scores 0 and goes first,
+    whatever its weights; a loud one stays. FFN unit: the down projection's input; key/value group: its
+    query heads' outputs, the output projection's input. The wrapped calls are put back."""
+    import tensorflow as tf
+
+    model = backbone(layers=1)
+    block = decoders.blocks(model)[0]
+    x = inputs(8)
+    data = tf.data.Dataset.from_tensor_slices((x, np.zeros((8, 10, D), "float32"))).batch(4)
+    config = _config(granularity, sparsity=0.25, method="activation", data="d.npz", scope="layer")
+    if granularity == "neuron":
+        gate, _up, down = keras_graph.hub_swiglu(block)
+        kernel = np.array(gate.kernel)
+        kernel[:, 5] = 0.0  # silu(0) = 0: unit 5 never fires
+        gate.kernel.assign(kernel)
+        found = ffn.find(model)
+        scores = ffn.score(model, found, config, data)[found[0].path]
+        watched = [down]
+    else:
+        _q, _k, value, output = (sub for sub, *_ in keras_graph.attention_projections(decoders.attention(block)))
+        kernel = np.array(value.kernel)
+        kernel[:, 1, :] = 0.0  # group 1's values are 0: its query heads output 0
+        value.kernel.assign(kernel)
+        found = heads.find(model)
+        scores = heads.score(model, found, config, data)[found[0].path]
+        watched = [output]
+    assert scores.argmin() == (5 if granularity == "neuron" else 1) and scores.min() == 0.0 < np.sort(scores)[1]
+    assert all("call" not in vars(layer) for layer in watched)

@@ -380,3 +380,22 @@ def test_inspect_lists_attention_heads(tmp_path):
     vit_like().save(path)
     found = inspect_model(str(path)).to_dict()["heads"]
     assert found and all(h["heads"] == h["live_heads"] == 4 for h in found.values())
+
+
+def test_activation_scores_find_a_silent_head_of_a_keras_mha():
+    """--method activation on keras.layers.MultiHeadAttention: a head whose values are zero outputs 0
+    on every token and scores 0 (the output projection's input, per head)."""
+    import tensorflow as tf
+
+    model = bert_like(blocks=1)
+    layer = model.get_layer("b0_mha")
+    v = np.asarray(layer._value_dense.kernel).copy()
+    v[:, 3, :] = 0.0
+    layer._value_dense.kernel.assign(v)
+    x = _inputs(model, 16)
+    data = tf.data.Dataset.from_tensor_slices((x, np.arange(16) % 3)).batch(8)
+    config = _config(method="activation", data="d.npz", remove_heads=1)
+    _, _, section, _ = heads.run_heads(model, targets_mod.select(model), config, data=data)
+    scores = section["layers"][0]["scores"]
+    assert section["layers"][0]["removed_heads"] == [3] and scores[3] == 0.0 < min(scores[:3])
+    assert "call" not in vars(layer._output_dense)

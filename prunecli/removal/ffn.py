@@ -20,7 +20,9 @@ Scores, lower = removed first:
   per-projection magnitudes ranked as before, where a sum would let the largest projection decide.
 - `random`: seeded.
 - `taylor`: sum |w * dL/dw|, `gradient`: sum |dL/dw| over the three slices, accumulated over
-  `--score-batches` batches of `--data` (as `-g head` scores heads).
+  `--score-batches` batches of `--data` (as `-g head` scores heads);
+- `activation`: the mean |silu(x.g_j) (x.u_j)| over the tokens of `--score-batches` batches of
+  `--data` (the down projection's input, padding left out): Minitron's neuron importance.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from prunecli.structure import decoders, equivalence
 
 DATA_METHODS = ("taylor", "gradient")
 MEAN_METHODS = ("magnitude", "neuron-mean", "l1-norm")
-METHODS = MEAN_METHODS + ("l2-norm", "random") + DATA_METHODS
+METHODS = MEAN_METHODS + ("l2-norm", "random", "activation") + DATA_METHODS
 
 
 def applies(model) -> bool:
@@ -77,6 +79,11 @@ def score(model, found: list[decoders.Ffn], config, data=None, loss_fn=None) -> 
     if method == "random":
         rng = np.random.default_rng(config.seed)
         return {f.path: rng.random(f.units) for f in found}
+    if method == "activation":  # Minitron: the mean |silu(gate x) * up x| of each unit, the down projection's input
+        if data is None:
+            raise ConfigError("-g neuron on decoder blocks with --method activation needs --data")
+        means = units.mean_abs_inputs(model, [f.down for f in found], data, config.score_batches)
+        return {f.path: mean for f, mean in zip(found, means, strict=True)}
     if method in DATA_METHODS:
         return data_scores(model, found, data, loss_fn, method, config.score_batches)
     return {f.path: units.weight_scores(f.slices(), method) for f in found}

@@ -48,7 +48,7 @@ from prunecli.structure.transformer import (  # noqa: F401 - find/HeadLayer/bloc
 
 DATA_METHODS = ("taylor", "gradient")
 MEAN_METHODS = ("magnitude", "neuron-mean", "l1-norm")
-METHODS = MEAN_METHODS + ("l2-norm", "random") + DATA_METHODS
+METHODS = MEAN_METHODS + ("l2-norm", "random", "activation") + DATA_METHODS
 
 
 def _allowed(path: str, config) -> bool:
@@ -95,30 +95,28 @@ def weight_scores(hl: HeadLayer, method: str):
 
 def data_scores(model, layers: list[HeadLayer], data, loss_fn, method: str, max_batches: int | None):
     """{path: (units,) scores}: Taylor |w*g| or gradient |g| summed over each unit's slices."""
-    import numpy as np
-    import tensorflow as tf
-
     if data is None or loss_fn is None:
         raise ConfigError(f"-g head with --method {method} needs --data")
-    from prunecli.removal.layers import batches
-
-    variables = [p.variable for hl in layers for p in hl.parts]
-    sums = [np.zeros(tuple(v.shape)) for v in variables]
-    for x, y in batches(data, max_batches):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=False))
-        grads = tape.gradient(loss, [v.value if hasattr(v, "value") else v for v in variables])
-        for i, (v, g) in enumerate(zip(variables, grads, strict=True)):
-            if g is None:
-                continue
-            g = np.asarray(g, dtype=np.float64)
-            sums[i] += np.abs(g * np.asarray(v)) if method == "taylor" else np.abs(g)
+    slices = [(p.variable, p.axis) for hl in layers for p in hl.parts]
+    per_slice = units.gradient_scores(model, slices, data, loss_fn, method, max_batches)
     out, i = {}, 0
     for hl in layers:
-        arrays = sums[i : i + len(hl.parts)]
+        total = 0.0
+        for part, per_index in zip(hl.parts, per_slice[i : i + len(hl.parts)], strict=True):
+            total = total + (per_index.reshape(hl.units, hl.group).sum(axis=1) if part.role == "q" else per_index)
+        out[hl.path] = total
         i += len(hl.parts)
-        out[hl.path] = _unit_sums(hl, arrays, lambda a: a)[0]
     return out
+
+
+def activation_scores(model, layers: list[HeadLayer], data, max_batches: int | None) -> dict[str, Any]:
+    """{path: (units,) scores}: the mean |output| of each query head (the output projection's input,
+    per head), summed over a key/value group's query heads: Minitron's head importance."""
+    if data is None:
+        raise ConfigError("-g head with --method activation needs --data")
+    outputs = [keras_graph.attention_projections(hl.layer)[-1][0] for hl in layers]  # q, k, v, output
+    means = units.mean_abs_inputs(model, outputs, data, max_batches, unit_axis=-2)
+    return {hl.path: m.reshape(hl.units, hl.group).sum(axis=1) for hl, m in zip(layers, means, strict=True)}
 
 
 def score(model, layers: list[HeadLayer], config, data=None, loss_fn=None) -> dict[str, Any]:
@@ -131,6 +129,8 @@ def score(model, layers: list[HeadLayer], config, data=None, loss_fn=None) -> di
     if method == "random":
         rng = np.random.default_rng(config.seed)
         return {hl.path: rng.random(hl.units) for hl in layers}
+    if method == "activation":
+        return activation_scores(model, layers, data, config.score_batches)
     if method in DATA_METHODS:
         return data_scores(model, layers, data, loss_fn, method, config.score_batches)
     return {hl.path: weight_scores(hl, method) for hl in layers}

@@ -66,50 +66,14 @@ def data_scores(model, slices: list[tuple[Any, int]], data, loss_fn, method: str
 
 def activation_scores(model, data, max_batches: int | None):
     """(channels,) mean |x_c| of the stream at every RMSNorm's input over the batches' tokens, summed
-    over the norms. Each norm's `call` is wrapped for the duration (eager calls, so its input is a
-    value); the blocks' own code, masks and cache stay untouched."""
+    over the norms (units.mean_abs_inputs)."""
     import numpy as np
-
-    from prunecli.removal.layers import batches
 
     if data is None:
         raise ConfigError("-g hidden with --method activation needs --data")
     norms = [norm for block in decoders.blocks(model) for norm in decoders.residual_norms(block)]
-    embedding, final = decoders.stream_ends(model)
-    norms.append(final)
-    width = int(embedding.output_dim)
-    total, weight = np.zeros(width), {"tokens": None}
-
-    def recording(original):
-        def call(x, *args, **kwargs):
-            values = np.abs(np.asarray(x, dtype=np.float64)).reshape(-1, width)
-            tokens = weight["tokens"]
-            total[:] += (values if tokens is None else values * tokens[:, None]).sum(axis=0)
-            return original(x, *args, **kwargs)
-
-        return call
-
-    count = 0.0
-    for norm in norms:
-        object.__setattr__(norm, "call", recording(norm.call))
-    try:
-        for x, _y in batches(data, max_batches):
-            mask = x.get("padding_mask") if isinstance(x, dict) else None
-            weight["tokens"] = None if mask is None else np.asarray(mask, dtype=np.float64).reshape(-1)
-            model(x, training=False)
-            count += float(weight["tokens"].sum()) if mask is not None else _tokens(x)
-    finally:
-        for norm in norms:
-            object.__delattr__(norm, "call")
-    return total / max(count, 1.0)
-
-
-def _tokens(x) -> float:
-    """Tokens in a batch without a padding mask: the positions of its first input."""
-    import numpy as np
-    from keras import tree
-
-    return float(np.prod(np.shape(tree.flatten(x)[0])[:2]))
+    norms.append(decoders.stream_ends(model)[1])
+    return np.sum(units.mean_abs_inputs(model, norms, data, max_batches), axis=0)
 
 
 def score(model, slices: list[tuple[Any, int]], config, data=None, loss_fn=None):

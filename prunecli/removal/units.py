@@ -61,6 +61,53 @@ def gradient_scores(model, slices: list[tuple[Any, int]], data, loss_fn, method:
     return per_unit(sums, [axis for _var, axis in slices], lambda m: m.sum(axis=1))
 
 
+def mean_abs_inputs(model, layers: list, data, max_batches: int | None, unit_axis: int = -1) -> list:
+    """Per layer, (units,): the mean |x| of the input each layer's `call` receives, per unit along
+    `unit_axis` (averaged over the axes between the tokens and it, such as a head's size), over the tokens
+    of `max_batches` batches of `data` (a `padding_mask` input leaves padding out): Minitron's activation
+    importance. Each `call` is wrapped while the batches run (eager, so inputs are values) and always
+    put back; the layers' code, masks and caches are untouched."""
+    import numpy as np
+
+    from prunecli.removal.layers import batches
+
+    totals: list = [None] * len(layers)
+    state: dict[str, Any] = {"tokens": None}
+
+    def recording(i, original):
+        def call(x, *args, **kwargs):
+            values = np.moveaxis(np.abs(np.asarray(x, dtype=np.float64)), unit_axis, -1)
+            per_token = values.reshape(int(np.prod(values.shape[:2])), -1, values.shape[-1]).mean(axis=1)
+            if state["tokens"] is not None:
+                per_token = per_token * state["tokens"][:, None]
+            totals[i] = per_token.sum(axis=0) + (0.0 if totals[i] is None else totals[i])
+            return original(x, *args, **kwargs)
+
+        return call
+
+    count = 0.0
+    for i, layer in enumerate(layers):
+        object.__setattr__(layer, "call", recording(i, layer.call))
+    try:
+        for x, _y in batches(data, max_batches):
+            mask = x.get("padding_mask") if isinstance(x, dict) else None
+            state["tokens"] = None if mask is None else np.asarray(mask, dtype=np.float64).reshape(-1)
+            model(x, training=False)
+            count += float(state["tokens"].sum()) if mask is not None else _tokens(x)
+    finally:
+        for layer in layers:
+            object.__delattr__(layer, "call")
+    return [np.zeros(1) if t is None else t / max(count, 1.0) for t in totals]
+
+
+def _tokens(x) -> float:
+    """Tokens in a batch without a padding mask: the batch and sequence positions of its first input."""
+    import numpy as np
+    from keras import tree
+
+    return float(np.prod(np.shape(tree.flatten(x)[0])[:2]))
+
+
 def unit_params(slices: list[tuple[Any, int]]) -> int:
     """Parameters one unit holds: its slice of every variable (all slices index the same units)."""
     import math
