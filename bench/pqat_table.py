@@ -1,0 +1,437 @@
+"""prunecli's pruned + int8 (PTQ and QAT) side by side with tfmot's pruning-preserving QAT (PQAT) on tf_keras
+twins with the same starting weights (issue 27). Writes its own section of bench/QUANT.md.
+
+    .venv/bin/python bench/pqat_table.py [--seeds 3] [--epochs 2] [--qat-epochs 1] [--points 0.9,2:4]
+
+Per (model, sparsity, seed):
+
+* prunecli: the default `prunecli prune MODEL --sparsity S --data D --epochs 2 --quantize int8` through the
+  library API (`--qat off`, PTQ, the default; and `--qat on`), as bench/quant_table.py runs it; the float
+  pruned and int8 accuracies are the report's `quantize.metrics`.
+* tfmot: on a tf_keras twin with the same weights, its documented pruning path as bench/accuracy.py's
+  `run_tfmot` drives it (prune_low_magnitude on the whole model, PolynomialDecay over prunecli's polynomial
+  ramp, Adam at the model's own learning rate, batch 64, UpdatePruningStep, strip_pruning; 2:4 =
+  `sparsity_m_by_n=(2, 4)` with the masks computed once at step 0, as prunecli's 2:4 is one-shot), then the
+  PQAT guide's recipe: `quantize_annotate_model` + `quantize_apply(...,
+  tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme())`, fine-tuned `--qat-epochs` epochs
+  (the guide: 1) with the same optimizer, learning rate, batch and data order, then
+  `TFLiteConverter.from_keras_model` with `Optimize.DEFAULT` (the guide's deployment: int8 weights and
+  activations, float input and output), evaluated in the TFLite interpreter on the test split. Its
+  sparsity after PQAT is read from the int8 kernels of the TFLite file (and from the float kernels
+  before conversion, against the positions pruning had zeroed: tfmot #979).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_common import (  # noqa: E402
+    accuracy,
+    digits_twin_h5,
+    load_average,
+    machine,
+    quiet_tf,
+    replace_section,
+    table,
+    tfmot_modules,
+)
+from quant_table import DIGITS, DIGITS_DATA, mnist_mlp, run_point  # noqa: E402
+
+HEADING = "## Side by side: tfmot PQAT (Default8BitPrunePreserveQuantizeScheme) on tf_keras twins"
+BATCH = 64
+
+
+def mlp_twin_h5(model_path: Path, out: Path) -> Path:
+    """The MNIST MLP rebuilt with tf_keras, same weights, saved as .h5 for tfmot."""
+    import keras
+    import numpy as np
+    from accuracy import build
+
+    _, tf_keras = tfmot_modules()
+    source = keras.saving.load_model(model_path)
+    twin = build("mnist_mlp", tf_keras)
+    for layer in twin.layers:
+        layer.set_weights(source.get_layer(layer.name).get_weights())
+    probe = np.random.default_rng(0).random((16, 784), dtype=np.float32)
+    np.testing.assert_allclose(twin(probe).numpy(), np.asarray(source(probe)), atol=1e-5)
+    twin.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    twin.save(out)
+    return out
+
+
+def kernels(model) -> dict:
+    """Float kernels (rank >= 2 weights named kernel) by variable name."""
+    out = {}
+    for layer in model.layers:
+        for w in layer.weights:
+            if "kernel" in w.name and len(w.shape) >= 2:
+                out[w.name.split(":")[0]] = w.numpy()
+    return out
+
+
+def tflite_eval(content: bytes, x, y) -> dict:
+    """Top-1 accuracy in the TFLite interpreter (one batch of the whole test split) and the zeros of the
+    int8 kernels of its convolutions and fully connected layers."""
+    import numpy as np
+    import tensorflow as tf
+    from bench_common import top1
+
+    interpreter = tf.lite.Interpreter(model_content=content)
+    inp = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(inp["index"], [len(x), *x.shape[1:]])
+    interpreter.allocate_tensors()
+    zeros = size = 0
+    weight_dtypes = set()
+    for op in interpreter._get_ops_details():
+        if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED", "DEPTHWISE_CONV_2D"):
+            w = interpreter.get_tensor(op["inputs"][1])
+            weight_dtypes.add(str(w.dtype))
+            zeros += int(np.count_nonzero(w == 0))
+            size += w.size
+    io_dtype = str(inp["dtype"].__name__)
+    interpreter.set_tensor(inp["index"], x.astype(inp["dtype"]))
+    interpreter.invoke()
+    out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    return {
+        "acc": top1(out, y),
+        "int8_zeros": zeros / size if size else None,
+        "weight_dtypes": sorted(weight_dtypes),
+        "io_dtype": io_dtype,
+        "bytes": len(content),
+    }
+
+
+def run_tfmot_pqat(h5: Path, data_path: Path, point: str, seed: int, epochs: int, qat_epochs: int, lr: float) -> dict:
+    import numpy as np
+    import tensorflow as tf
+
+    from prunecli.run.tfmot import _mask_once
+    from prunecli.selection import schedule as schedules
+
+    tfmot, tf_keras = tfmot_modules()
+    sk = tfmot.sparsity.keras
+    with np.load(data_path) as z:
+        x_train, y_train, x_test, y_test = (z[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+    x_train, x_test = x_train.astype("float32"), x_test.astype("float32")
+    train = tf.data.Dataset.from_tensor_slices((x_train, y_train))
+    train = train.shuffle(min(len(x_train), 10_000), seed=seed, reshuffle_each_iteration=True).batch(BATCH)
+    steps = int(train.cardinality())
+    extra = {}
+    if point == "2:4":
+        pruning = sk.ConstantSparsity(0.5, begin_step=0, end_step=0, frequency=1)
+        extra = {"sparsity_m_by_n": (2, 4)}
+    else:  # copied from accuracy.run_tfmot: prunecli's polynomial ramp, on tfmot's update multiples
+        plan = schedules.build("polynomial", epochs, steps)
+        frequency = max(1, plan.update_steps[1] - plan.update_steps[0]) if len(plan.update_steps) > 1 else 1
+        end = max(frequency, (plan.ramp_steps // frequency) * frequency)
+        pruning = sk.PolynomialDecay(0.0, float(point), begin_step=0, end_step=end, power=3, frequency=frequency)
+    metrics = ["sparse_categorical_accuracy"]
+    out = {}
+    start = time.perf_counter()
+    tf_keras.utils.set_random_seed(seed)
+    model = tf_keras.models.load_model(h5)
+    wrapped = sk.prune_low_magnitude(model, pruning_schedule=pruning, **extra)
+    if point == "2:4":
+        _mask_once(wrapped, tfmot)
+    wrapped.compile(optimizer=tf_keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=metrics)
+    wrapped.fit(train, epochs=epochs, verbose=0, callbacks=[sk.UpdatePruningStep()])
+    stripped = sk.strip_pruning(wrapped)
+    stripped.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=metrics)
+    out["pruned_acc"] = float(stripped.evaluate(x_test, y_test, batch_size=256, verbose=0)[1])
+    pruned = kernels(stripped)
+    out["pruned_sparsity"] = sum(int((w == 0).sum()) for w in pruned.values()) / sum(w.size for w in pruned.values())
+    out["prune_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    try:
+        quantize = tfmot.quantization.keras
+        annotated = quantize.quantize_annotate_model(stripped)
+        pqat = quantize.quantize_apply(annotated, tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme())
+        pqat.compile(optimizer=tf_keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=metrics)
+        pqat.fit(train, epochs=qat_epochs, verbose=0)
+        out["pqat_keras_acc"] = float(pqat.evaluate(x_test, y_test, batch_size=256, verbose=0)[1])
+        after = kernels(pqat)
+        common = [k for k in pruned if k in after]
+        out["float_sparsity_after"] = sum(int((after[k] == 0).sum()) for k in common) / sum(
+            after[k].size for k in common
+        )
+        out["pruned_moved"] = sum(int(((pruned[k] == 0) & (after[k] != 0)).sum()) for k in common)
+        out["pruned_zeros"] = sum(int((pruned[k] == 0).sum()) for k in common)
+        converter = tf.lite.TFLiteConverter.from_keras_model(pqat)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        content = converter.convert()
+        out["pqat_s"] = time.perf_counter() - start
+        lite = tflite_eval(content, x_test, y_test)
+        out.update(pqat_acc=lite.pop("acc"), tflite=lite)
+    except Exception as exc:  # a result too: recorded and shown in the section
+        out["pqat_error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc) else ''}"
+        out["pqat_s"] = time.perf_counter() - start
+    return out
+
+
+def model_learning_rate(path: Path) -> float:
+    import keras
+
+    return float(keras.saving.load_model(path).optimizer.learning_rate)
+
+
+def mean(values) -> float:
+    return sum(values) / len(values)
+
+
+def spread(values, scale: float = 100.0, digits: int = 1) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    text = f"{scale * mean(values):.{digits}f}"
+    return text + (f" ±{scale * (max(values) - min(values)) / 2:.{digits}f}" if len(values) > 1 else "")
+
+
+def render(args, rows: list[dict], elapsed: float, info: dict) -> str:
+    import keras
+    import tensorflow as tf
+
+    tfmot, tf_keras = tfmot_modules()
+    headers = [
+        "model",
+        "sparsity",
+        "seeds",
+        "dense float",
+        "prunecli float pruned",
+        "prunecli int8 PTQ",
+        "prunecli int8 QAT",
+        "tfmot pruned float",
+        "tfmot PQAT int8 (Keras fake-quant)",
+        "tfmot PQAT int8 (TFLite)",
+        "tfmot sparsity: pruned / after PQAT (float) / int8 TFLite kernels",
+        "tfmot pruned weights moved off 0 by PQAT",
+        "seconds: prunecli PTQ / QAT / tfmot prune + PQAT",
+    ]
+    body, verdicts, errors, met = [], [], set(), {}
+    for name in args.models:
+        for point in args.points:
+            cell = [r for r in rows if r["model"] == name and r["point"] == point]
+            if not cell:
+                continue
+            tf_ok = [r for r in cell if "pqat_acc" in r["tfmot"]]
+            errors |= {r["tfmot"]["pqat_error"] for r in cell if "pqat_error" in r["tfmot"]}
+            sp = "/".join(
+                [
+                    spread([r["tfmot"]["pruned_sparsity"] for r in cell]),
+                    spread([r["tfmot"].get("float_sparsity_after") for r in cell]),
+                    spread([r["tfmot"].get("tflite", {}).get("int8_zeros") for r in cell]),
+                ]
+            )
+            moved = f"{sum(r['tfmot']['pruned_moved'] for r in tf_ok)} of {sum(r['tfmot']['pruned_zeros'] for r in tf_ok):,}"
+            secs = " / ".join(
+                [
+                    spread([r["ptq"]["seconds"] for r in cell], 1, 0),
+                    spread([r["qat"]["seconds"] for r in cell], 1, 0),
+                    spread([r["tfmot"]["prune_s"] + r["tfmot"]["pqat_s"] for r in cell], 1, 0),
+                ]
+            )
+            body.append(
+                [
+                    name,
+                    "2:4" if point == "2:4" else f"{float(point):.0%}",
+                    len(cell),
+                    spread([r["dense"] for r in cell]),
+                    spread([r["ptq"]["float_acc"] for r in cell]),
+                    spread([r["ptq"]["quant_acc"] for r in cell]),
+                    spread([r["qat"]["quant_acc"] for r in cell]),
+                    spread([r["tfmot"]["pruned_acc"] for r in cell]),
+                    spread([r["tfmot"].get("pqat_keras_acc") for r in cell]),
+                    spread([r["tfmot"].get("pqat_acc") for r in cell]),
+                    sp.replace("/", " / "),
+                    moved if tf_ok else "-",
+                    secs,
+                ]
+            )
+            label = "2:4" if point == "2:4" else f"{float(point):.0%}"
+            fl = mean([100 * r["ptq"]["float_acc"] for r in cell])
+            for variant, key in (("PTQ", "ptq"), ("QAT", "qat")):
+                q = mean([100 * r[key]["quant_acc"] for r in cell])
+                goal = point == "0.9"  # the issue's goal is stated at 90%; other points are for reference
+                text = f"- {name} {label} + int8 {variant}: {q:.1f} against float pruned {fl:.1f} ({q - fl:+.1f} point"
+                text += f", goal >= -0.5: {'met' if q - fl >= -0.5 else 'missed'})" if goal else ")"
+                if tf_ok:
+                    pairs = [
+                        100 * (r[key]["quant_acc"] - r["tfmot"]["pqat_acc"]) for r in cell if "pqat_acc" in r["tfmot"]
+                    ]
+                    t = mean([100 * r["tfmot"]["pqat_acc"] for r in tf_ok])
+                    text += (
+                        f"; against tfmot PQAT TFLite {t:.1f}: {mean(pairs):+.1f} points on average over "
+                        f"{len(pairs)} seed(s) (per seed {min(pairs):+.1f} to {max(pairs):+.1f}"
+                        + (f"; goal >= +1: {'met' if mean(pairs) >= 1.0 else 'missed'})" if goal else ")")
+                    )
+                    if goal:
+                        met[(name, variant)] = q - fl >= -0.5 and mean(pairs) >= 1.0
+                    if key == "ptq":
+                        own = mean([100 * (r["tfmot"]["pqat_acc"] - r["tfmot"]["pruned_acc"]) for r in tf_ok])
+                        text += f"; tfmot PQAT - tfmot float pruned: {own:+.1f} points"
+                else:
+                    text += "; tfmot PQAT: no result (error below)"
+                verdicts.append(text + ".")
+    digits_note = (
+        "prunecli's int8 is Keras 3.15's `Model.quantize`, which quantizes Dense layers only: on the digits CNN"
+        " its two convolutions (4.8k of 38k prunable weights) stay float32, while tfmot's TFLite file is int8"
+        " throughout (convolutions and activations too), so on that model the comparison favours prunecli by"
+        " that much; the MNIST MLP is Dense only and int8 throughout on both sides (prunecli's activations are"
+        " quantized per row at run time, tfmot's with ranges learned in PQAT)."
+    )
+    seeds_done = sorted({r["seed"] for r in rows})
+    lrs = ", ".join(f"{m} {lr:g}" for m, lr in sorted({(r["model"], r["lr"]) for r in rows}))
+    lines = [
+        HEADING,
+        "",
+        f"`.venv/bin/python bench/pqat_table.py --seeds {args.seeds} --epochs {args.epochs} --qat-epochs "
+        f"{args.qat_epochs} --points {','.join(args.points)}` ({elapsed / 60:.1f} min on this machine: "
+        f"{info['cpu']}, {info['cores']} cores shared with other jobs, load average at the end "
+        f"{load_average()}; Python {info['python']}, Keras {keras.__version__}, TensorFlow {tf.__version__}, "
+        f"tf_keras {tf_keras.__version__}, tfmot {tfmot.__version__}). Seeds run: "
+        f"{', '.join(map(str, seeds_done))} (column `seeds`: per cell). Accuracy % on the test split, mean "
+        "±half-range over seeds (seed = pruning/fine-tuning seed and data order; the MLP is also retrained per seed"
+        ", as in bench/quant_table.py).",
+        "",
+        "- **prunecli**: the default `prunecli prune MODEL --sparsity 0.9 (2:4: --granularity n:m=2:4) --data D --epochs "
+        f"{args.epochs} --quantize int8` (library API; global LAMP, polynomial schedule; PTQ = `--qat off`, "
+        "the default for int8) and the same with `--qat on`; float pruned and int8 accuracy from the "
+        "report's `quantize.metrics` (the float pruned column is the PTQ run's).",
+        "- **tfmot** on a tf_keras twin with the same starting weights: `prune_low_magnitude` on the whole"
+        " model with PolynomialDecay over prunecli's polynomial ramp (as `bench/accuracy.py`'s `run_tfmot`),"
+        f" {args.epochs} epochs, batch {BATCH}, Adam at the model's own learning rate ({lrs}), same shuffle seed; `strip_pruning`; then the PQAT guide's recipe: `quantize_annotate_model` +"
+        " `quantize_apply(..., tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme())`,"
+        f" fine-tuned {args.qat_epochs} epoch(s) (the guide's PQAT step: 1 epoch) with the same optimizer,"
+        " learning rate, batch and data order; `TFLiteConverter.from_keras_model` + `Optimize.DEFAULT` (the"
+        " guide's deployment: int8 weights and activations, float input/output), evaluated in the TFLite"
+        " interpreter on the whole test split.",
+        f"- **Budget**: tfmot gets {args.epochs} pruning + {args.qat_epochs} PQAT epoch(s) = "
+        f"{args.epochs + args.qat_epochs} epochs of fine-tuning; prunecli gets {args.epochs} (PTQ adds no"
+        f" training; `--qat on` trains through the int8 grid within the same {args.epochs}). The budget favours"
+        " tfmot.",
+        f"- {digits_note}",
+        "- Allocation differs by design and is part of what is compared: tfmot's `prune_low_magnitude` prunes every"
+        " layer to the target (on the digits CNN the 144-weight first convolution keeps 14 weights), prunecli's"
+        " default allocates the sparsity globally (LAMP). bench/ACCURACY.md measures that gap without"
+        " quantization.",
+        "- tfmot sparsity: the share of zeros in the prunable kernels after pruning, in the same float kernels"
+        " after PQAT, and in the int8 weights of the TFLite file's CONV_2D / FULLY_CONNECTED ops; `moved off 0`"
+        " counts weights zero after pruning and non-zero after PQAT (tfmot #979 reports such drift for plain"
+        " QAT; PRs #720/#721 are unmerged). Seconds: wall time per run (prunecli: the whole `prune` call incl."
+        " evaluation and save; tfmot: loading the twin, pruning, PQAT fit and TFLite conversion), mean"
+        " ±half-range.",
+        "",
+        table(headers, body),
+        "",
+    ]
+    if errors:
+        lines += ["tfmot PQAT errors (exact):", "", *(f"- `{e}`" for e in sorted(errors)), ""]
+    lines += ["Reading it (goal: at 90% + int8, within 0.5 point of the float pruned model and at least 1 point"]
+    lines += ["ahead of tfmot's PQAT):", "", *verdicts]
+    for name in args.models:
+        cell = [r for r in rows if r["model"] == name and r["point"] == "2:4"]
+        if cell:
+            t = cell[0]["tfmot"]
+            total = round(t["pruned_zeros"] / t["pruned_sparsity"]) if t.get("pruned_zeros") else None
+            if total:
+                mine = round(cell[0]["ptq"]["sparsity"] * total)
+                lines += [
+                    "",
+                    f"2:4 on {name}: tfmot zeroed {t['pruned_zeros']:,} of {total:,} prunable weights, prunecli "
+                    f"{mine:,}"
+                    + (
+                        " (tfmot's `sparsity_m_by_n` groups 4 consecutive input channels and zero-pads the last group,"
+                        " so the 1-channel first convolution, each group one weight and three padding zeros, keeps"
+                        " all 144 weights; prunecli's 2:4 prunes it too). What is pruned"
+                        " differs, so the 2:4 rows compare the two tools' 2:4 as each does it, not one mask."
+                        if mine != t["pruned_zeros"]
+                        else " (the same count)."
+                    ),
+                ]
+    if met:
+        both = [f"{m} {v}" for (m, v), ok in met.items() if ok]
+        missed = [f"{m} {v}" for (m, v), ok in met.items() if not ok]
+        lines += [
+            "",
+            f"Both goals at 90% + int8 (mean over seeds): met for {', '.join(both) or 'none'}; "
+            f"missed for {', '.join(missed) or 'none'}. Run-to-run noise: one test image is 0.28 point on the digits"
+            " set (360 images) and 0.1 on the MLP's (1,000); fine-tuning on CPU is not bitwise repeatable. The first"
+            " prunecli run of the process also pays one-off start-up (tracing, imports) in its seconds.",
+        ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--qat-epochs", type=int, default=1, help="tfmot PQAT epochs (the PQAT guide: 1)")
+    parser.add_argument("--points", default="0.9", help="comma-separated: sparsities and/or 2:4")
+    parser.add_argument("--models", default="digits_cnn,mnist_mlp")
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw rows here (JSON lines)")
+    parser.add_argument("--no-write", action="store_true", help="print the section, do not write QUANT.md")
+    parser.add_argument("--render", type=Path, default=None, help="only rewrite the section from this --json file")
+    args = parser.parse_args()
+    args.models = args.models.split(",")
+    args.points = args.points.split(",")
+    quiet_tf()
+    import numpy as np
+
+    info = machine()
+    if args.render:
+        rows = [json.loads(line) for line in args.render.read_text().splitlines() if line.strip()]
+        text = render(args, rows, max(r["elapsed_s"] for r in rows), info)
+        if not args.no_write:
+            replace_section(ROOT / "bench" / "QUANT.md", HEADING, text)
+        print(text)
+        return
+    started = time.time()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for seed in range(args.seeds):  # seed 0 of every model first, so a cut-short run has every cell
+            for name in args.models:
+                if name == "digits_cnn":
+                    model_path, data_path = DIGITS, DIGITS_DATA
+                    h5 = work / "digits.h5"
+                    if not h5.exists():
+                        digits_twin_h5(model_path, h5)
+                else:
+                    model_path, data_path = mnist_mlp(seed, work)
+                    h5 = mlp_twin_h5(model_path, work / f"mlp-{seed}.h5")
+                import keras
+
+                with np.load(data_path) as z:
+                    dense = accuracy(keras.saving.load_model(model_path), z["x_test"], z["y_test"])
+                lr = model_learning_rate(model_path)
+                for point in args.points:
+                    row = {"model": name, "seed": seed, "point": point, "dense": dense, "lr": lr}
+                    for key, variant in (("ptq", "int8"), ("qat", "int8-qat")):
+                        t = time.perf_counter()
+                        row[key] = run_point(model_path, data_path, point, variant, seed, args.epochs, work)
+                        row[key]["seconds"] = time.perf_counter() - t
+                    row["tfmot"] = run_tfmot_pqat(h5, data_path, point, seed, args.epochs, args.qat_epochs, lr)
+                    row["elapsed_s"] = time.time() - started
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                    if args.json:
+                        with open(args.json, "a", encoding="utf-8") as f:
+                            f.write(json.dumps(row) + "\n")
+            # rewritten after every seed: the section always holds what has been measured so far
+            text = render(args, rows, time.time() - started, info)
+            if not args.no_write:
+                replace_section(ROOT / "bench" / "QUANT.md", HEADING, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
