@@ -64,6 +64,11 @@ def mnist_mlp(seed: int, folder: Path) -> tuple[Path, Path]:
     return model_path, data_path
 
 
+def model_files(name: str, seed: int, work: Path) -> tuple[Path, Path]:
+    """(model, data) of a table's model: the bundled digits CNN, or the MLP trained for this seed."""
+    return (DIGITS, DIGITS_DATA) if name == "digits_cnn" else mnist_mlp(seed, work)
+
+
 def run_point(model_path: Path, data_path: Path, point: str, variant: str, seed: int, epochs: int, work: Path) -> dict:
     from prunecli import build_config, prune
 
@@ -157,10 +162,7 @@ def litert_main(args) -> None:
         work = Path(tmp)
         for name in args.models.split(","):
             for seed in range(args.seeds):
-                if name == "digits_cnn":
-                    model_path, data_path = DIGITS, DIGITS_DATA
-                else:
-                    model_path, data_path = mnist_mlp(seed, work)
+                model_path, data_path = model_files(name, seed, work)
                 dense = {"keras": dense_row(model_path, data_path, work), "tflite": dense_tflite(model_path, work)}
                 for point in POINTS:
                     r = litert_point(model_path, data_path, point, seed, args.epochs, work)
@@ -294,10 +296,7 @@ def main() -> None:
         work = Path(tmp)
         for name in args.models.split(","):
             for seed in range(args.seeds):
-                if name == "digits_cnn":
-                    model_path, data_path = DIGITS, DIGITS_DATA
-                else:
-                    model_path, data_path = mnist_mlp(seed, work)
+                model_path, data_path = model_files(name, seed, work)
                 dense = dense_row(model_path, data_path, work)
                 for point in POINTS:
                     for variant in variants:
