@@ -338,7 +338,7 @@ def main() -> None:
                 [
                     name,
                     label,
-                    spread([dense["acc"]]),
+                    spread([r["dense"]["acc"] for r in cell["int8"]]),  # the MLP is retrained per seed
                     spread(fl),
                     *(spread([r["quant_acc"] for r in cell[v]]) for v in variants),
                     " / ".join(kib(v) for v in raw),
