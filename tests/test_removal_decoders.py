@@ -182,9 +182,10 @@ def test_neuron_on_decoders_is_a_structural_step():
     assert removal.structural("head", llama) and not removal.structural("element", llama)
     plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     assert not removal.structural("neuron", plain) and not removal.structural("neuron")
+    tg, _ = transformer.ffn_only(llama, targets_mod.select(llama))
+    config = _config("neuron", sparsity=0.5, method="activation", data="d.npz")
     with pytest.raises(Exception, match="scores with"):
-        tg, _ = transformer.ffn_only(llama, targets_mod.select(llama))
-        ffn.run_ffn(llama, tg, _config("neuron", sparsity=0.5, method="activation", data="d.npz"))
+        ffn.run_ffn(llama, tg, config.replace(method="apoz"))  # a method the SwiGLU step does not know
 
 
 def test_taylor_scores_read_the_data():
