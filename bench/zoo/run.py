@@ -32,7 +32,7 @@ CAL = ["--calibration-samples", "32", "--score-batches", "2", "--batch-size", "3
 
 def matrix(e, m, x, xy, out, reduced=False):
     """(name, argv, output model or None) for one model."""
-    o = lambda name: str(out / f"{name}.h5")  # noqa: E731
+    o = lambda name: str(out / f"{name}{e['suffix']}")  # noqa: E731
     r = lambda name: ["-r", str(out / f"{name}.json"), "-q"]  # noqa: E731
     if e["expect"] == "refused":
         return [("prune -s 0.5", ["prune", m, "-s", "0.5", "-o", o("p50"), *r("p50")], o("p50"))]
@@ -304,7 +304,7 @@ def main(argv=None):
     if args.only and (cache / "results.json").exists():  # --only adds to the previous run's results
         results = json.loads((cache / "results.json").read_text())
     for e in entries:
-        m = str(cache / "models" / f"{e['id']}.h5")
+        m = str(cache / "models" / f"{e['id']}{e['suffix']}")
         x = str(cache / "data" / f"{e['id']}.x.npz")
         xy = cache / "data" / f"{e['id']}.xy.npz"
         xy = str(xy) if xy.exists() else None

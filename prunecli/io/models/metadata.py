@@ -159,5 +159,5 @@ def check_safe(info: ModelFile) -> None:
     if found:
         raise ModelLoadError(
             f"{info.path} contains a {found[0]} layer (serialised Python code); "
-            "pass --unsafe only if you trust this file"
+            "prune, plan and sweep take --unsafe: pass it only if you trust this file"
         )
