@@ -69,12 +69,12 @@ def _paired_layers(model, dense_model) -> dict[int, object]:
 
 
 def _changed_inputs(g, dead) -> dict:
-    """{tensor key: whether pruning changed it}: a mixer or depthwise layer with a removed unit changes
+    """{tensor key: whether pruning changed it}: a mixer, recurrent or depthwise layer with a removed unit changes
     its output, and whatever reads a changed tensor changes too."""
     changed: dict = {}
     for call in g.calls:
         hit = any(changed.get(k, False) for k in call.inputs)
-        if call.kind == "mixer":
+        if call.kind in ("mixer", "recurrent"):  # an RNN's removed units are channels of its output too
             hit = hit or bool(dead[call.outputs[0]].any())
         elif call.kind == "channelwise":  # a depthwise filter removed by its own mask
             hit = hit or bool((dead[call.outputs[0]] & ~dead[call.inputs[0]]).any())

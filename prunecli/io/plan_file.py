@@ -38,7 +38,15 @@ VERSION = 1
 MANIFEST = "plan.json"
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can carry: no clock in the bytes
 MAX_MANIFEST_BYTES = 256 << 20  # a manifest larger than this is not one prunecli wrote
-STRUCTURE_SECTIONS = ("kept_features", "kept_feature_names", "removed_layers", "heads", "layer_candidates", "ffn", "hidden")
+STRUCTURE_SECTIONS = (
+    "kept_features",
+    "kept_feature_names",
+    "removed_layers",
+    "heads",
+    "layer_candidates",
+    "ffn",
+    "hidden",
+)
 
 
 @dataclass(frozen=True)

@@ -80,8 +80,16 @@ def _why_not(layer, variable) -> str:
     return f"no kernel known for {cls}"
 
 
+def _gates(target) -> int:
+    """Gate blocks on a recurrent cell's unit axis (LSTMCell 4, GRUCell 3: a unit owns one column of
+    each, structure/layers.py); 1 for every other weight."""
+    from prunecli.structure import layers
+
+    return layers.LAYERS.get(target.layer_class.removesuffix("Cell"), layers.OTHER).gates
+
+
 def _how(target) -> str:
-    return f"{target.units} units, " + ("shrinkable" if target.shrinkable else "mask only")
+    return f"{target.units // _gates(target)} units, " + ("shrinkable" if target.shrinkable else "mask only")
 
 
 def inspect_model(path: str, include=(), exclude=()) -> Inspection:
@@ -153,9 +161,10 @@ def _weight_info(layer, v, target, chosen: bool) -> WeightInfo:
         w.how = _why_not(layer, v)
         return w
     w.how = _how(target) if chosen else "excluded (--include/--exclude)"
-    moved = np.moveaxis(arr, target.unit_axis, -1).reshape(-1, target.units)
-    w.units, w.unit_axis, w.shrinkable = target.units, target.unit_axis, target.shrinkable
-    w.zero_units = int(np.sum(~moved.any(axis=0)))
+    gates = _gates(target)
+    moved = np.moveaxis(arr, target.unit_axis, -1).reshape(-1, gates, target.units // gates)
+    w.units, w.unit_axis, w.shrinkable = target.units // gates, target.unit_axis, target.shrinkable
+    w.zero_units = int(np.sum(~moved.any(axis=(0, 1))))  # a recurrent unit: all its gate columns
     return w
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from prunecli.results import StepResult
-from prunecli.structure import channels, equivalence, surgery, targets
+from prunecli.structure import channels, equivalence, layers, surgery, targets
 
 
 def data_sample(data):
@@ -41,10 +41,32 @@ def _group_notes(g, cuts: surgery.ChannelCuts) -> list[dict]:
     return [{"layers": list(m), "channels": n, "reason": why} for (m, why), n in sorted(summary.items())]
 
 
-def _unshrinkable_targets(run_targets, g) -> list[str]:
-    """Pruned layers surgery cannot cut (nested models, recurrent or unsupported layers): they stay masked."""
-    sliced = {c.name for c in g.calls if c.kind == "mixer" or surgery.is_depthwise(c.layer)}
-    return sorted({t.layer_name for t in run_targets or [] if t.layer_name not in sliced})
+def _unshrinkable_targets(run_targets, g, explained: set) -> list[str]:
+    """Pruned layers surgery cannot cut (nested models, unsupported layers; recurrent layers with a
+    given state are `explained` by their own note): they stay masked."""
+    sliced = {
+        key
+        for key, c in channels.unit_calls(g).items()
+        if c.kind in ("mixer", "recurrent") or surgery.is_depthwise(c.layer)
+    }
+    return sorted({t.layer_name for t in run_targets or [] if id(t.layer) not in sliced | explained})
+
+
+def _recurrent_kept(g, run_targets) -> tuple[list[str], set]:
+    """Why each pruned recurrent layer stays whole (a given initial state, stateful, returning its
+    state), and the ids of the cells these notes cover."""
+    pruned = {id(t.layer) for t in run_targets or []}
+    notes, cells = [], set()
+    for call in g.calls:
+        if call.kind != "other" or layers.spec(call.layer).role != "recurrent":
+            continue
+        mine = {id(getattr(part, "cell", None)) for part in channels.recurrent_parts(call.layer)} & pruned
+        if mine and not mine <= cells:
+            cells |= mine
+            shapes = [g.shapes[k] for k in call.inputs], [g.shapes[k] for k in call.outputs]
+            why = channels.classify(call.layer, *shapes, call.node)[1]
+            notes.append(f"shrink keeps the units of {call.name} whole ({why}); its pruned units stay masked")
+    return notes, cells
 
 
 def _plan_notes(g, cuts: surgery.ChannelCuts, run_targets) -> tuple[list[dict], list[str]]:
@@ -53,7 +75,9 @@ def _plan_notes(g, cuts: surgery.ChannelCuts, run_targets) -> tuple[list[dict], 
         f"shrink kept {item['channels']} dead channel(s) of {'+'.join(item['layers']) or 'a layer'}: {item['reason']}"
         for item in groups
     ]
-    left = ", ".join(_unshrinkable_targets(run_targets, g))
+    recurrent, explained = _recurrent_kept(g, run_targets)
+    notes += recurrent
+    left = ", ".join(_unshrinkable_targets(run_targets, g, explained))
     if left:
         notes.append(f"shrink cannot slice {left} (nested model or unsupported layer); their pruned units stay masked")
     return groups, notes
@@ -110,7 +134,7 @@ def shrink(
             layers={
                 name: {"before": ch.out_width, "after": int(len(ch.out_keep))}
                 for name, ch in changes.items()
-                if ch.kind == "mixer" or len(ch.out_keep) != ch.out_width
+                if ch.kind in ("mixer", "recurrent") or len(ch.out_keep) != ch.out_width
             },
             verification=check,
         )
@@ -119,7 +143,7 @@ def shrink(
         with timings.phase("shrink_latency"):
             info["latency_ms"] = _latency(model, new, data_x, seed)
     if masks is not None:
-        _slice_masks(masks, run_targets, changes)
+        _slice_masks(masks, run_targets, changes, channels.unit_calls(g))
     if source is not None and source.flavour == "keras2":
         notes.append(
             "shrink changed the structure of a Keras-2 model: the output is written by Keras 3 "
@@ -131,14 +155,23 @@ def shrink(
     return StepResult(sections={"shrink": info}, notes=tuple(notes), model=new, targets=kept_targets, masks=masks)
 
 
-def _slice_masks(masks, old_targets, changes: dict) -> None:
-    """Keep the MaskSet in step with the new shapes, so later steps see masks that fit the weights."""
+def _slice_masks(masks, old_targets, changes: dict, calls: dict) -> None:
+    """Keep the MaskSet in step with the new shapes, so later steps see masks that fit the weights (a
+    recurrent cell's are sliced as the layer that runs it)."""
     import numpy as np
     import tensorflow as tf
 
     for t in old_targets:
-        if t.layer_name in changes and t.name in masks.masks:
-            arr = np.asarray(masks.masks[t.name])
+        call = calls.get(id(t.layer))
+        if t.name not in masks.masks:
+            continue
+        arr = np.asarray(masks.masks[t.name])
+        if call is not None and call.kind == "recurrent" and call.layer is not t.layer:
+            if call.name in changes:
+                index = [id(p.cell) for p in channels.recurrent_parts(call.layer)].index(id(t.layer))
+                sliced = surgery.slice_recurrent(call.layer, changes[call.name], index, t.variable.name, arr)
+                masks.masks[t.name] = tf.constant(sliced)
+        elif t.layer_name in changes:
             masks.masks[t.name] = tf.constant(
                 surgery.slice_weight(t.layer, changes[t.layer_name], t.variable.name, arr)
             )

@@ -29,6 +29,11 @@ A depthwise convolution (multiplier 1) is tied to the layers that make the chann
 (MobileNet's expand -> depthwise -> project): its filter c and the producer's unit c are one channel,
 scored together and removed together, so exactly round(s * channels) of the block's channels go rather
 than the union of two independent selections. Targets tied to no other stay sets of one.
+
+A recurrent layer's unit is one channel too: its cell's kernel and recurrent kernel hold one column per
+gate for it (structure/layers.py, role "recurrent"), so both weights are members of one set whose
+position j gathers unit j's columns of every gate (a member's unit score there is the mean over its
+columns), and a removed unit loses all of them.
 """
 
 from __future__ import annotations
@@ -144,10 +149,13 @@ def select_tied(model, members: list[Member], notes: list[str]) -> list[ScoreSet
     tied = [e for e in sets if e.tied]
     if not tied:
         return False
-    notes.append(
-        f"neuron: {len(tied)} set(s) of layers whose channels meet in a merge (residual Add, Multiply, "
-        "Concatenate slices) pruned as one, with the same units masked in every member"
-    )
+    makers = graph_calls(g)  # a recurrent layer's kernels (both directions of a Bidirectional) are one maker
+    merged = [e for e in tied if len({id(makers.get(id(m.target.layer))) for m in e.members}) > 1]
+    if merged:
+        notes.append(
+            f"neuron: {len(merged)} set(s) of layers whose channels meet in a merge (residual Add, Multiply, "
+            "Concatenate slices) pruned as one, with the same units masked in every member"
+        )
     for e in tied:
         if e.reasons:
             why = "; ".join(f"{reason}: {n}" for reason, n in sorted(e.reasons.items()))
@@ -157,9 +165,7 @@ def select_tied(model, members: list[Member], notes: list[str]) -> list[ScoreSet
 
 def _sets(g, members: list[Member]) -> list[ScoreSet]:
     """Targets joined into sets wherever their units reach the same channel class."""
-    first_call: dict[int, object] = {}
-    for call in g.calls:
-        first_call.setdefault(id(call.layer), call)
+    first_call = graph_calls(g)
     ch = g.channels
     roots = {}
     for m in members:
@@ -191,6 +197,12 @@ def _sets(g, members: list[Member]) -> list[ScoreSet]:
             continue
         channel_roots = np.unique(np.concatenate([roots[m.target.name] for m in chosen]))
         index = {m.target.name: np.searchsorted(channel_roots, roots[m.target.name]) for m in chosen}
+        makers = {id(first_call.get(id(m.target.layer))) for m in chosen}
+        if len(makers) == 1 and first_call[id(chosen[0].target.layer)].kind == "recurrent":
+            # one recurrent layer's kernels: pruned like a layer of its own, pins or not (as a Dense
+            # is; --shrink then keeps the pinned units masked and says why)
+            sets.append(ScoreSet(chosen, len(channel_roots), index))
+            continue
         why = [pins.get(int(r)) for r in channel_roots]
         reasons: dict[str, int] = {}
         for reason in why:
@@ -201,14 +213,29 @@ def _sets(g, members: list[Member]) -> list[ScoreSet]:
     return sets
 
 
+def graph_calls(g) -> dict[int, object]:
+    """id(layer) -> the call that makes its units (a recurrent cell's: the layer that runs it)."""
+    from prunecli.structure import channels
+
+    return channels.unit_calls(g)
+
+
 def _unit_roots(g, call, target):
     """The channel class of each output unit of a Dense/Conv-like target (for a depthwise kernel, of the
-    channel each filter reads), or None when its units are not channels (a nested or unsupported layer)."""
+    channel each filter reads; for a recurrent cell's kernels, of the unit each gate column belongs to),
+    or None when its units are not channels (a nested or unsupported layer)."""
     from prunecli.structure import layers
 
     if call is None:
         return None
-    if call.kind == "channelwise" and layers.spec(call.layer).family == "depthwise" and target.attr == "kernel":
+    if call.kind == "recurrent" and target.attr in ("kernel", "recurrent_kernel"):
+        from prunecli.structure import channels
+
+        parts = channels.recurrent_parts(call.layer)
+        index = [id(p.cell) for p in parts].index(id(target.layer))
+        out = g.ids[call.outputs[0]]
+        ids = np.tile(out[channels.part_positions(call.layer, index, len(out))], layers.spec(parts[index]).gates)
+    elif call.kind == "channelwise" and layers.spec(call.layer).family == "depthwise" and target.attr == "kernel":
         ids = g.ids[call.inputs[0]]
     elif call.kind != "mixer" or target.attr not in ("kernel", "pointwise_kernel"):
         return None
@@ -221,14 +248,17 @@ def _unit_roots(g, call, target):
 
 def position_roots(g, e: ScoreSet) -> np.ndarray | None:
     """The channel class (root) of each position of a set, as `_sets` matched them, or None when its
-    positions are not channels the graph knows (a nested or unsupported layer): what a budget search
-    (selection/budget.py) hands the cost model for each channel the set may lose."""
-    calls = {}
-    for call in g.calls:
-        calls.setdefault(id(call.layer), call)
+    positions are not channels the graph knows (a nested or unsupported layer) or are a recurrent
+    layer's units, whose gates' square recurrent kernel the cost model (structure/costs.py) does not
+    price: what a budget search (selection/budget.py) hands the cost model for each channel the set
+    may lose."""
+    calls = graph_calls(g)
     out = np.full(e.size, -1, dtype=np.int64)
     for m in e.members:
-        found = _unit_roots(g, calls.get(id(m.target.layer)), m.target)
+        call = calls.get(id(m.target.layer))
+        if call is not None and call.kind == "recurrent":
+            return None
+        found = _unit_roots(g, call, m.target)
         if found is None:
             return None
         out[np.arange(e.size) if e.index is None else e.index[m.target.name]] = found

@@ -12,6 +12,14 @@ granularity of single channels):
 - a shared layer makes position k of each of its calls the same channel (one weight row or unit);
 - Concatenate on the channel axis keeps each input's ids, so its slices follow their producers.
 
+A recurrent layer (LSTM, GRU, SimpleRNN; layer table role "recurrent") makes fresh ids, one per unit,
+like a mixer; its cell's kernel and recurrent kernel hold `gates` columns per unit (`unit_calls` finds
+the call of the layer that runs a cell). One that takes an initial state, returns its state or is
+stateful is 'other': its units' state does not start at zero, so a dead unit is not proven to stay 0.
+A Bidirectional layer runs two (`recurrent_parts`): with merge_mode "concat" its output holds the
+forward units then the backward ones, and forward unit j and backward unit j are joined (Keras builds
+both directions with one width, so they go together); with "sum", "ave" or "mul" they are one channel.
+
 A channel class is *pinned* (never removed) when it reaches the network output, comes from a model
 input, or touches a layer whose weights or semantics we cannot slice; the reason is kept for the report.
 """
@@ -39,7 +47,7 @@ __all__ = [
 @dataclass(eq=False)
 class Call:
     """One application of a layer in the graph. `kind` says how channels flow through it:
-    input | mixer | channelwise | merge | concat | flatten | other."""
+    input | mixer | recurrent | channelwise | merge | concat | flatten | other."""
 
     layer: Any
     kind: str
@@ -124,6 +132,58 @@ class LayerGraph:
         return sorted(self.producers.get(root, ()))
 
 
+def unit_calls(g: LayerGraph) -> dict[int, Call]:
+    """id(layer) -> its first call, for every layer of the graph and for the cell of each recurrent
+    call (the cell holds the weights a target names; the recurrent layer's call makes its units)."""
+    found: dict[int, Call] = {}
+    for call in g.calls:
+        found.setdefault(id(call.layer), call)
+        if call.kind == "recurrent":
+            for part in recurrent_parts(call.layer):
+                found.setdefault(id(part.cell), call)
+    return found
+
+
+def recurrent_parts(layer) -> list:
+    """The LSTM/GRU/SimpleRNN layers a recurrent layer runs: itself, or a Bidirectional's forward and
+    backward layers (in the order of their outputs)."""
+    if type(layer).__name__ == "Bidirectional":
+        return [layer.forward_layer, layer.backward_layer]
+    return [layer]
+
+
+def concatenates(layer) -> bool:
+    """A Bidirectional layer whose output holds each direction's units side by side."""
+    return type(layer).__name__ == "Bidirectional" and layer.merge_mode == "concat"
+
+
+def part_positions(layer, index: int, width: int) -> slice:
+    """The output positions of part `index` of a recurrent layer `width` wide."""
+    if concatenates(layer):
+        half = width // 2
+        return slice(index * half, (index + 1) * half)
+    return slice(None)
+
+
+def join_parts(layer, arrays: list, both: bool):
+    """Per-part bool arrays as one per output position: side by side for a concatenating Bidirectional;
+    else a position is True when it is in both parts (`both`) or in either."""
+    import numpy as np
+
+    if len(arrays) == 1:
+        return arrays[0]
+    if concatenates(layer):
+        return np.concatenate(arrays)
+    return np.logical_and.reduce(arrays) if both else np.logical_or.reduce(arrays)
+
+
+def recurrent_silent(layer) -> bool:
+    """Whether a recurrent unit whose state-gate slices are zero outputs exactly 0: act(0) == 0."""
+    import numpy as np
+
+    return bool(np.all(np.asarray(layer.activation(np.zeros((1, 1), "float32"))) == 0))
+
+
 def _channels_last(layer) -> bool:
     return getattr(layer, "data_format", "channels_last") in (None, "channels_last")
 
@@ -171,6 +231,21 @@ def classify(layer, in_shapes: list[tuple], out_shapes: list[tuple], node=None) 
         if not _channels_last(layer) or getattr(layer, "groups", 1) != 1:
             return "other", f"{label} is channels_first or grouped"
         return "mixer", None
+    if role == "recurrent":
+        parts = recurrent_parts(layer)
+        if len(parts) > 1 and any(layers.spec(p).role != "recurrent" or len(recurrent_parts(p)) > 1 for p in parts):
+            return "other", f"{label} wraps a layer surgery cannot slice"
+        if len(parts) > 1 and layer.merge_mode not in ("concat", "sum", "ave", "mul"):
+            return "other", f"{label} returns each direction apart (merge_mode {layer.merge_mode})"
+        if len(in_shapes) != 1:
+            return "other", f"{label} takes an initial state (its units do not start at zero)"
+        if len(out_shapes) != 1:
+            return "other", f"{label} returns its state"
+        if any(getattr(p, "stateful", False) for p in parts):
+            return "other", f"{label} is stateful (its units' state carries over between batches)"
+        if len(in_shapes[0]) != 3 or len(out_shapes[0]) not in (2, 3):
+            return "other", f"{label} has an input that is not (batch, steps, features)"
+        return "recurrent", None
     if role == "channelwise" and one_to_one:
         if not _channels_last(layer):
             return "other", f"{label} is channels_first"
@@ -279,6 +354,10 @@ def _assign_ids(g: LayerGraph, call: Call) -> None:
             reason = classify(call.layer, in_shapes, [shapes[k] for k in call.outputs], call.node)[1]
             for k in call.inputs + call.outputs:
                 ch.pin(g.ids[k], reason)
+    elif call.kind == "recurrent":
+        out = g.ids[call.outputs[0]] = ch.fresh(width[0])
+        if concatenates(call.layer):  # forward unit j and backward unit j go together (one width)
+            ch.union(out[: width[0] // 2], out[width[0] // 2 :])
     elif call.kind == "mixer":
         out = g.ids[call.outputs[0]] = ch.fresh(width[0])
         activation = getattr(call.layer, "activation", None)
@@ -324,9 +403,9 @@ def _tie_shared_call(g: LayerGraph, first: Call, call: Call) -> None:
 
 
 def _record_producers(g: LayerGraph) -> None:
-    """For each channel class, the names of the mixer layers that make it (the group's members)."""
+    """For each channel class, the names of the mixer and recurrent layers that make it (the group's members)."""
     for call in g.calls:
-        if call.kind == "mixer":
+        if call.kind in ("mixer", "recurrent"):
             for root in set(g.channels.roots(g.ids[call.outputs[0]]).tolist()):
                 g.producers.setdefault(root, set()).add(call.name)
 
@@ -410,11 +489,17 @@ def dead_channels(g: LayerGraph, targets, masks: dict) -> dict[TensorKey, Any]:
         if (record.role == "mixer" and t.attr == record.prunable[-1][0]) or record.family == "depthwise":
             keep = _unit_keep(t, masks[t.name])
             by_layer[id(t.layer)] = keep & by_layer.get(id(t.layer), True)
+    by_layer.update(_recurrent_keep(g, targets, masks))
     dead: dict[TensorKey, Any] = {}
     for call in g.calls:
         outs = call.outputs
         width = [len(g.ids[k]) for k in outs]
-        if call.kind == "mixer":
+        if call.kind == "recurrent":
+            parts = recurrent_parts(call.layer)
+            keeps = [by_layer.get(id(p.cell), np.ones(int(p.units), bool)) for p in parts]
+            keep = join_parts(call.layer, keeps, both=False)
+            dead[outs[0]] = ~keep if len(keep) == width[0] else np.zeros(width[0], bool)
+        elif call.kind == "mixer":
             keep = by_layer.get(id(call.layer))
             dead[outs[0]] = ~keep if keep is not None and len(keep) == width[0] else np.zeros(width[0], bool)
         elif call.kind == "channelwise":
@@ -436,15 +521,44 @@ def dead_channels(g: LayerGraph, targets, masks: dict) -> dict[TensorKey, Any]:
     return dead
 
 
+def _recurrent_keep(g: LayerGraph, targets, masks: dict) -> dict[int, Any]:
+    """id(cell) -> bool per unit of each recurrent layer: the unit is live. A unit is dead when its
+    state-gate column is masked in both the kernel and the recurrent kernel (and act(0) = 0): with its
+    state-gate bias zeroed too (follower_masks) it outputs exactly 0 at every step."""
+    import numpy as np
+
+    owners = {id(p.cell): p for c in g.calls if c.kind == "recurrent" for p in recurrent_parts(c.layer)}
+    seen: dict[int, dict[str, Any]] = {}
+    for t in targets:
+        if id(t.layer) in owners and t.name in masks and t.attr in ("kernel", "recurrent_kernel"):
+            seen.setdefault(id(t.layer), {})[t.attr] = t
+    out: dict[int, Any] = {}
+    for cell_id, found in seen.items():
+        layer = owners[cell_id]
+        record, units = layers.spec(layer), int(layer.units)
+        if len(found) < 2 or not recurrent_silent(layer):
+            continue  # a weight left unmasked keeps every unit live
+        keep = np.zeros(units, dtype=bool)
+        for t in found.values():
+            cols = _unit_keep(t, masks[t.name])
+            if len(cols) != record.gates * units:
+                keep[:] = True
+                break
+            keep |= cols.reshape(record.gates, units)[record.state_gate]
+        out[cell_id] = keep
+    return out
+
+
 def follower_masks(model, targets, masks: dict) -> list[tuple[Any, Any]]:
     """[(variable, keep)]: the per-channel parameters that follow neuron-masked units, with boolean
     keep-masks of the variable's shape (False = zeroed), so a removed channel outputs exactly f(0).
 
-    Covers each masked mixer's bias, and the followers (layer table) of every channel-wise layer the
-    dead channel passes before the next mixing layer: BatchNorm gamma, beta and moving statistics
-    (its output becomes 0 instead of beta's shift), PReLU alpha, depthwise filters and biases. A
-    shared layer keeps a position live in any call. Every such variable of the model is listed, with
-    an all-True mask where nothing is removed, so a trainer can allocate its masks once.
+    Covers each masked mixer's bias (a recurrent layer's: every gate's entry of a dead unit), and the
+    followers (layer table) of every channel-wise layer the dead channel passes before the next mixing
+    layer: BatchNorm gamma, beta and moving statistics (its output becomes 0 instead of beta's
+    shift), PReLU alpha, depthwise filters and biases. A shared layer keeps a position live in any
+    call. Every such variable of the model is listed, with an all-True mask where nothing is removed,
+    so a trainer can allocate its masks once.
     `masks` maps target name -> keep mask (a MaskSet's `masks`); call it for neuron masks only.
     """
     import numpy as np
@@ -469,6 +583,11 @@ def follower_masks(model, targets, masks: dict) -> list[tuple[Any, Any]]:
         record = layers.spec(call.layer)
         if call.kind == "mixer" and record.bias:
             hold(getattr(call.layer, record.bias, None), -1, dead[call.outputs[0]])
+        elif call.kind == "recurrent":
+            out = dead[call.outputs[0]]
+            for i, part in enumerate(recurrent_parts(call.layer)):
+                gone = out[part_positions(call.layer, i, len(out))]
+                hold(getattr(part.cell, "bias", None), -1, np.tile(gone, layers.spec(part).gates))
         elif call.kind == "channelwise" and record.followers:
             for attr, axis, side in record.followers:
                 gone = dead[call.inputs[0]] if side == "in" else dead[call.outputs[0]]

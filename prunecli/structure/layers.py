@@ -15,8 +15,16 @@ Roles (how one call moves the channels of its input's last axis):
                output is the same channel in every input
   concat       joins tensors along an axis (Concatenate)
   flatten      flattens spatial positions and channels into one axis (Flatten)
-  weights      holds prunable weights the channel graph does not slice (Embedding, EinsumDense, RNN
-               cells, attention): pruned by masks, never shrunk
+  recurrent    a recurrent layer (LSTM, GRU, SimpleRNN, Bidirectional of one) that makes new channels,
+               its units, from its input and its own previous output; its cell holds the weights
+               (the cell's record: role weights, family rnn). The unit axis of each
+               weight holds `gates` blocks of `units` columns in Keras' gate order (LSTM i f c o, GRU
+               z r h): unit j owns column g*units + j of every block of kernel, recurrent_kernel and
+               bias (the last axis of GRU's (2, 3*units) bias), and recurrent_kernel row j. With the
+               `state_gate` block's column and bias zero and act(0) = 0, the unit outputs exactly 0 at
+               every step from a zero initial state, so it can be cut out
+  weights      holds prunable weights the channel graph does not slice itself (Embedding, EinsumDense,
+               attention: pruned by masks, never shrunk; an RNN cell, sliced through its recurrent layer)
   other        anything else: channels through it are left alone
 
 Keras operations that are graph nodes but not layers (`h + f(h)`, `keras.ops.relu(h)`) have their own
@@ -30,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-ROLES = ("input", "mixer", "channelwise", "merge", "concat", "flatten", "weights", "other")
+ROLES = ("input", "mixer", "channelwise", "merge", "concat", "flatten", "recurrent", "weights", "other")
 MACS_RULES = ("dense", "einsum", "conv", "transpose", "separable", "rnn", "bidirectional", "attention", "zero")
 
 
@@ -45,12 +53,16 @@ class LayerSpec:
                A removed channel removes these slices; masks zero them so the channel is exactly f(0).
     readers    weights that read the input's channels, (attribute, axis, side); side "mid" indexes the
                depthwise outputs of a separable convolution (input c -> c * multiplier + m)
-    family     how surgery slices it (dense | conv | separable | transpose | depthwise); None: not sliced
+    family     how surgery slices it (dense | conv | separable | transpose | depthwise | rnn); None: not
+               sliced (a recurrent cell is sliced through the layer that runs it)
     width_key  the config key of its output width (units, filters)
     macs       rule counting its multiply-adds (one of MACS_RULES), or a callable
                (layer, in_shapes, out_shapes) -> (dense, nonzero); None: 0 if it has no weight matrix
     pointwise  acts on each value alone without changing the shape (activations, BatchNorm, dropout):
                data-driven scoring may read a unit's output after it
+    gates      recurrent: blocks of `units` columns on the unit axis (LSTM 4, GRU 3, SimpleRNN 1)
+    state_gate recurrent: the block whose zero slices make a unit output exactly act(0) (LSTM's
+               candidate c, GRU's candidate h)
     """
 
     role: str
@@ -62,6 +74,8 @@ class LayerSpec:
     width_key: str | None = None
     macs: str | Callable | None = None
     pointwise: bool = False
+    gates: int = 1
+    state_gate: int = 0
 
     @property
     def shrinkable(self) -> bool:
@@ -139,12 +153,22 @@ def _depthwise() -> LayerSpec:
     )
 
 
-def _recurrent_cell() -> LayerSpec:
-    return LayerSpec("weights", prunable=(("kernel", -1), ("recurrent_kernel", -1)))
+def _recurrent_cell(family: str | None = "rnn") -> LayerSpec:
+    # the cell's units are sliced through the LSTM/GRU/SimpleRNN layer that runs it (family "rnn")
+    return LayerSpec("weights", prunable=(("kernel", -1), ("recurrent_kernel", -1)), family=family)
 
 
-def _recurrent() -> LayerSpec:
-    return LayerSpec("other", readers=(("kernel", 0, "in"),), macs="rnn")
+def _recurrent(gates: int, state_gate: int) -> LayerSpec:
+    return LayerSpec(
+        "recurrent",
+        bias="bias",
+        readers=(("kernel", 0, "in"),),
+        family="rnn",
+        width_key="units",
+        macs="rnn",
+        gates=gates,
+        state_gate=state_gate,
+    )
 
 
 LAYERS: dict[str, LayerSpec] = {
@@ -155,11 +179,11 @@ LAYERS: dict[str, LayerSpec] = {
     "LSTMCell": _recurrent_cell(),
     "GRUCell": _recurrent_cell(),
     "SimpleRNNCell": _recurrent_cell(),
-    "ConvLSTMCell": _recurrent_cell(),
-    "LSTM": _recurrent(),
-    "GRU": _recurrent(),
-    "SimpleRNN": _recurrent(),
-    "Bidirectional": LayerSpec("other", macs="bidirectional"),
+    "ConvLSTMCell": _recurrent_cell(None),
+    "LSTM": _recurrent(4, 2),  # gates i, f, c, o
+    "GRU": _recurrent(3, 2),  # gates z, r, h
+    "SimpleRNN": _recurrent(1, 0),
+    "Bidirectional": LayerSpec("recurrent", family="rnn", macs="bidirectional"),  # its parts are LSTM/GRU/SimpleRNN
     "MultiHeadAttention": LayerSpec("other", macs="attention"),
     "BatchNormalization": _BN,
     "PReLU": LayerSpec("channelwise", followers=(("alpha", -1, "in"),), pointwise=True),
@@ -288,6 +312,15 @@ def prunable_weights(layer) -> list[tuple[str, Any, int]]:
         if var is not None and len(var.shape) >= 2:
             out.append((attr, var, axis))
     return out
+
+
+def recurrent_columns(record: LayerSpec, units, width: int):
+    """The columns of a recurrent weight's unit axis (`gates` blocks of `width`) that `units` own, in
+    gate order: what slicing a recurrent layer to these units keeps of kernel, recurrent_kernel, bias."""
+    import numpy as np
+
+    units = np.asarray(units, dtype=np.int64)
+    return (np.arange(record.gates)[:, None] * width + units[None, :]).reshape(-1)
 
 
 def unit_axis(layer) -> int | None:

@@ -16,6 +16,14 @@ rebuilt model then computes exactly what the masked model computed, which `shrin
 or random inputs before the model is handed on. Constants folded into a layer without a bias go into
 the BatchNormalization that follows it (moving_mean -= delta), which keeps the architecture; when
 there is none, the layer gets a bias.
+
+A recurrent layer (LSTM, GRU, SimpleRNN) is sliced like a Dense whose unit axis holds one column per
+gate for each unit (structure/layers.py, role "recurrent"): a unit whose state-gate columns and bias
+are zero outputs exactly 0 at every step, so it goes with all of its gates' columns, its bias entries
+and its recurrent_kernel row; a removed input channel's constant is added to the input bias (every
+step adds the same x_c * kernel[c]). A live unit stays while its own recurrent row reads it. A
+Bidirectional layer's two directions are sliced each on its own, forward unit j and backward unit j
+together (structure/channels.py joins them); its weights are keyed "0/kernel", "1/kernel"...
 """
 
 from __future__ import annotations
@@ -46,14 +54,37 @@ class ChannelCuts:
 # Reading mixer weights (Dense, Conv, SeparableConv, ConvTranspose)
 
 
+def weight_keys(layer) -> list:
+    """(key, variable) of each weight of the layer: its name, or for a Bidirectional layer "i/name"
+    with i the direction (0 forward, 1 backward), whose variables share names."""
+    if type(layer).__name__ == "Bidirectional":
+        from prunecli.structure.channels import recurrent_parts
+
+        return [(f"{i}/{v.name}", v) for i, part in enumerate(recurrent_parts(layer)) for v in part.weights]
+    return [(v.name, v) for v in getattr(layer, "weights", ())]  # a Keras operation has none
+
+
 def layer_weights(layer) -> dict:
     import numpy as np
 
-    return {v.name: np.asarray(v) for v in getattr(layer, "weights", ())}  # a Keras operation has none
+    return {key: np.asarray(v) for key, v in weight_keys(layer)}
+
+
+def recurrent_parts(layer, w: dict) -> list:
+    """[(LSTM/GRU/SimpleRNN layer, its weights by name)] of a recurrent layer: itself, or a
+    Bidirectional's two directions."""
+    from prunecli.structure.channels import recurrent_parts as parts
+
+    found = parts(layer)
+    if len(found) == 1:
+        return [(layer, w)]
+    return [
+        (part, {k.split("/", 1)[1]: v for k, v in w.items() if k.startswith(f"{i}/")}) for i, part in enumerate(found)
+    ]
 
 
 def _family(layer) -> str:
-    """How the layer table says this layer is sliced: dense | conv | separable | transpose | depthwise."""
+    """How the layer table says this layer is sliced: dense | conv | separable | transpose | depthwise | rnn."""
     return layers.spec(layer).family or "conv"
 
 
@@ -80,14 +111,46 @@ def _all_zero_on(array, axis: int):
     return ~moved.reshape(moved.shape[0], -1).any(axis=1)
 
 
+def _gate_block(layer, array, gate: int):
+    """A recurrent weight's columns of one gate (the last axis holds `gates` blocks of `units`)."""
+    units = int(layer.units)
+    return array[..., gate * units : (gate + 1) * units]
+
+
 def dead_units(layer, w: dict):
-    """Bool per output unit: its kernel slice is all zero, so it outputs act(bias), a constant."""
+    """Bool per output unit: its kernel slice is all zero, so it outputs act(bias), a constant. A
+    recurrent unit is dead when its state-gate columns (kernel and recurrent kernel) and bias are zero
+    and act(0) = 0: it then outputs exactly 0 at every step."""
+    import numpy as np
+
+    if _family(layer) == "rnn":
+        from prunecli.structure.channels import join_parts, recurrent_silent
+
+        found = []
+        for part, pw in recurrent_parts(layer, w):
+            gate = layers.spec(part).state_gate
+            blocks = [_gate_block(part, pw[n], gate) for n in ("kernel", "recurrent_kernel", "bias") if n in pw]
+            dead = np.logical_and.reduce([_all_zero_on(a.reshape(-1, a.shape[-1]), -1) for a in blocks])
+            found.append(dead & recurrent_silent(part))
+        return join_parts(layer, found, both=True)
     return _all_zero_on(_unit_kernel(layer, w), -1)
+
+
+def recurrent_readers(layer, w: dict):
+    """Bool per unit of a recurrent layer: its recurrent_kernel row reads it back (some weight non-zero)."""
+    from prunecli.structure.channels import join_parts
+
+    rows = [~_all_zero_on(pw["recurrent_kernel"], 0) for _, pw in recurrent_parts(layer, w)]
+    return join_parts(layer, rows, both=False)
 
 
 def ignored_inputs(layer, w: dict):
     """Bool per input channel: every weight that reads it is zero, so its value does not matter."""
+    import numpy as np
+
     family = _family(layer)
+    if family == "rnn":
+        return np.logical_and.reduce([_all_zero_on(pw["kernel"], -2) for _, pw in recurrent_parts(layer, w)])
     if family == "separable":
         depth = w["depthwise_kernel"]
         multiplier = depth.shape[-1]
@@ -108,7 +171,7 @@ def foldable(layer, constant: float) -> bool:
     if constant == 0.0:
         return True
     family = _family(layer)
-    if family == "dense":
+    if family in ("dense", "rnn"):
         return True
     if family == "transpose":
         return False
@@ -120,6 +183,8 @@ def input_contributions(layer, w: dict):
     import numpy as np
 
     family = _family(layer)
+    if family == "rnn":  # (inputs, gates * units) of each direction in turn: added to the input bias at every step
+        return np.concatenate([pw["kernel"] for _, pw in recurrent_parts(layer, w)], axis=1).astype(np.float64)
     if family == "dense":
         return w["kernel"].astype(np.float64)
     kernel_axes = tuple(range(len(layer.kernel_size)))
@@ -196,6 +261,10 @@ def propagate_constants(g, weights: dict):
         if call.kind in ("input", "other"):
             for k in call.outputs:
                 consts[k] = np.full(len(g.ids[k]), np.nan)
+        elif call.kind == "recurrent":
+            value = np.full(len(g.ids[call.outputs[0]]), np.nan)
+            value[dead_units(layer, weights[layer.name])] = 0.0
+            consts[call.outputs[0]] = value
         elif call.kind == "mixer":
             w = weights[layer.name]
             dead = dead_units(layer, w)
@@ -257,10 +326,14 @@ def decide_cuts(g, weights: dict) -> ChannelCuts:
     blocked: dict[int, str] = dict(ch.pinned())
     mixer_calls: dict[int, list] = {}
     for call in g.calls:
-        if call.kind == "mixer":
+        if call.kind in ("mixer", "recurrent"):
             mixer_calls.setdefault(id(call.layer), []).append(call)
             dead = dead_units(call.layer, weights[call.name])
             cuts.dead.update(ch.roots(g.ids[call.outputs[0]][dead]).tolist())
+            if call.kind == "recurrent":  # its recurrent row reads each unit back: a live one stays
+                live = ~dead & recurrent_readers(call.layer, weights[call.name])
+                for root in ch.roots(g.ids[call.outputs[0]][live]).tolist():
+                    blocked.setdefault(int(root), "live")
         elif is_depthwise(call.layer) and call.kind == "channelwise":
             ignored = _all_zero_on(np.asarray(call.layer.kernel), -2)
             cuts.dead.update(ch.roots(g.ids[call.outputs[0]][ignored]).tolist())
@@ -308,6 +381,11 @@ def _decide_folds(g, weights, consts, mixer_calls, cuts: ChannelCuts) -> None:
             continue
         delta = consts[call.inputs[0]][gone] @ input_contributions(layer, w)[gone]
         if not np.any(delta != 0):
+            continue
+        if call.kind == "recurrent":  # the whole input bias change, sliced with the weights (new_weights)
+            cuts.bias_delta[layer.name] = delta
+            if any("bias" not in pw for _, pw in recurrent_parts(layer, w)):
+                cuts.add_bias.add(layer.name)
             continue
         out_roots = ch.roots(g.ids[call.outputs[0]])
         kept = np.array([int(r) not in cuts.removed for r in out_roots])
@@ -360,7 +438,7 @@ def fold_dead_constants(model, targets, masks: dict) -> list[str]:
     skipped: list[str] = []
     for layer in g.layers():
         calls = g.calls_of(layer)
-        if calls[0].kind != "mixer" or len(calls) != 1:
+        if calls[0].kind not in ("mixer", "recurrent") or len(calls) != 1:
             continue
         call, w = calls[0], weights[layer.name]
         value = consts[call.inputs[0]]
@@ -369,6 +447,16 @@ def fold_dead_constants(model, targets, masks: dict) -> list[str]:
             continue
         delta = value[gone] @ input_contributions(layer, w)[gone]
         if not np.any(delta != 0):
+            continue
+        if call.kind == "recurrent":
+            start = 0
+            for part, pw in recurrent_parts(layer, w):
+                width = pw["kernel"].shape[-1]
+                if "bias" in pw:
+                    part.cell.bias.assign(add_input_bias(pw["bias"], delta[start : start + width]))
+                elif np.any(delta[start : start + width] != 0):
+                    skipped.append(part.name)
+                start += width
             continue
         readers = g.consumers.get(call.outputs[0], [])
         bn = readers[0].layer if len(readers) == 1 else None
@@ -382,6 +470,19 @@ def fold_dead_constants(model, targets, masks: dict) -> list[str]:
     if skipped:
         return [f"removed channels' constants not folded into {', '.join(skipped)} (no bias to absorb them)"]
     return []
+
+
+def add_input_bias(bias, delta):
+    """A recurrent bias plus a constant input's contribution: GRU's (2, 3*units) bias (reset_after)
+    takes it in its input row, the first; the others are one row."""
+    import numpy as np
+
+    out = np.array(bias, dtype=np.float64)
+    if out.ndim == 2:
+        out[0] += delta
+    else:
+        out += delta
+    return out.astype(np.asarray(bias).dtype)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -411,7 +512,7 @@ def layer_changes(g, cuts: ChannelCuts) -> dict[str, LayerChange]:
     changes = {}
     for layer in g.layers():
         call = g.calls_of(layer)[0]
-        if call.kind not in ("mixer", "channelwise") or layers.is_operation(layer):
+        if call.kind not in ("mixer", "recurrent", "channelwise") or layers.is_operation(layer):
             continue  # a Keras operation has no weights or config: the clone re-runs it as recorded
         in_keep = _kept_positions(g, call.inputs[0], cuts.removed)
         out_keep = _kept_positions(g, call.outputs[0], cuts.removed)
@@ -421,7 +522,9 @@ def layer_changes(g, cuts: ChannelCuts) -> dict[str, LayerChange]:
                 continue
         config = {}
         cls = type(layer).__name__
-        if call.kind == "mixer":
+        if call.kind == "recurrent":
+            config = _recurrent_config(layer, len(out_keep), layer.name in cuts.add_bias)
+        elif call.kind == "mixer":
             config[layers.spec(layer).width_key or "filters"] = int(len(out_keep))
             if layer.name in cuts.add_bias:
                 config["use_bias"] = True
@@ -429,6 +532,54 @@ def layer_changes(g, cuts: ChannelCuts) -> dict[str, LayerChange]:
             config["target_shape"] = tuple(layer.target_shape[:-1]) + (int(len(out_keep)),)
         changes[layer.name] = LayerChange(config, call.kind, in_keep, out_keep, in_width, out_width)
     return changes
+
+
+def _recurrent_config(layer, kept: int, add_bias: bool) -> dict:
+    """The config changes of a recurrent layer keeping `kept` output positions (a Bidirectional's
+    directions keep half each when they are concatenated)."""
+    import copy
+
+    from prunecli.structure.channels import concatenates
+
+    if type(layer).__name__ != "Bidirectional":
+        return {"units": int(kept), **({"use_bias": True} if add_bias else {})}
+    units = kept // 2 if concatenates(layer) else kept
+    config = copy.deepcopy(layer.get_config())
+    out = {}
+    for key in ("layer", "backward_layer"):
+        if key in config:
+            config[key]["config"]["units"] = int(units)
+            config[key].pop("build_config", None)  # built again on the narrower input
+            if add_bias:
+                config[key]["config"]["use_bias"] = True
+            out[key] = config[key]
+    return out
+
+
+def part_units(layer, change: LayerChange, index: int):
+    """The kept units of direction `index` of a recurrent layer (0 for a plain LSTM/GRU/SimpleRNN)."""
+    from prunecli.structure.channels import part_positions
+
+    window = part_positions(layer, index, change.out_width)
+    if window.start is None:
+        return change.out_keep
+    inside = (change.out_keep >= window.start) & (change.out_keep < window.stop)
+    return change.out_keep[inside] - window.start
+
+
+def slice_recurrent(layer, change: LayerChange, index: int, name: str, array):
+    """A weight (or mask) of direction `index` of a recurrent layer cut to the kept inputs and units:
+    kernel (in, gates*units), recurrent_kernel (units, gates*units), bias (..., gates*units)."""
+    import numpy as np
+
+    from prunecli.structure.channels import recurrent_parts as parts
+
+    part = parts(layer)[index]
+    units = part_units(layer, change, index)
+    cols = layers.recurrent_columns(layers.spec(part), units, int(part.units))
+    rows = {"kernel": change.in_keep, "recurrent_kernel": units}.get(name)
+    out = np.take(array, cols, axis=-1)
+    return out if rows is None else np.take(out, rows, axis=0)
 
 
 def slice_weight(layer, change: LayerChange, name: str, array):
@@ -441,6 +592,9 @@ def slice_weight(layer, change: LayerChange, name: str, array):
             return array  # e.g. a PReLU alpha shared across channels
         return np.take(array, change.in_keep, axis=axis)
     family = _family(layer)
+    if family == "rnn":  # a Bidirectional's weights are named "i/name" (weight_keys)
+        index, _, name = name.rpartition("/")
+        return slice_recurrent(layer, change, int(index or 0), name, array)
     if name == "bias":
         return array[change.out_keep]
     if family == "transpose":
@@ -458,7 +612,16 @@ def new_weights(layer, change: LayerChange, cuts: ChannelCuts, weights: dict) ->
     import numpy as np
 
     out = {name: slice_weight(layer, change, name, arr) for name, arr in weights.items()}
-    if layer.name in cuts.bias_delta:
+    if layer.name in cuts.bias_delta and _family(layer) == "rnn":
+        delta, start, bidirectional = cuts.bias_delta[layer.name], 0, type(layer).__name__ == "Bidirectional"
+        for i, (part, pw) in enumerate(recurrent_parts(layer, weights)):
+            width = pw["kernel"].shape[-1]
+            key = f"{i}/bias" if bidirectional else "bias"
+            mine = slice_recurrent(layer, change, i, "bias", delta[start : start + width])
+            shape = (2, len(mine)) if getattr(part, "reset_after", False) else (len(mine),)  # GRU: input row first
+            out[key] = add_input_bias(out.get(key, np.zeros(shape, np.float32)), mine)
+            start += width
+    elif layer.name in cuts.bias_delta:
         bias = out.get("bias", np.zeros(len(change.out_keep), np.float32))
         out["bias"] = (bias.astype(np.float64) + cuts.bias_delta[layer.name]).astype(np.float32)
     if layer.name in cuts.bn_shift:
@@ -487,8 +650,8 @@ def rebuild(model, changes: dict[str, LayerChange], cuts: ChannelCuts, weights: 
         target = new.get_layer(old.name)
         if old.name in changes:
             values = new_weights(old, changes[old.name], cuts, weights[old.name])
-            for v in target.weights:
-                v.assign(values[v.name])
+            for key, v in weight_keys(target):
+                v.assign(values[key])
         elif old.weights:
             target.set_weights(old.get_weights())
     return new
