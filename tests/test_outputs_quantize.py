@@ -161,6 +161,7 @@ def test_config_checks_without_the_cli():
     assert build_config({"model_path": "model.h5", "quantize": "int8", "output": "o.keras"}).quantize == "int8"
 
 
+@pytest.mark.slow
 def test_int8_model_exports_to_tflite_with_its_zeros(conv_dense, tmp_path):
     """--quantize int8 --export: the TFLite files come from the float pruned model (TFLite cannot read
     Keras' int8 layers): `tflite` with int8 weights on the same symmetric grid, `tflite-int8` fully

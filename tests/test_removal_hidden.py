@@ -191,6 +191,7 @@ def test_causal_lm_keeps_generating_after_channels_go(tmp_path):
     np.testing.assert_array_equal(_greedy(back, prompt), want)
 
 
+@pytest.mark.slow
 def test_cli_writes_a_narrower_model_and_its_report(cli, tmp_path):
     model = backbone()
     path, out, report = tmp_path / "llama.keras", tmp_path / "out.keras", tmp_path / "r.json"

@@ -89,7 +89,14 @@ def _same_outputs(a, b, shape) -> None:
 
 @pytest.mark.parametrize(
     ("kind", "return_sequences"),
-    [("LSTM", False), ("LSTM", True), ("GRU", False), ("GRU", True), ("SimpleRNN", False), ("SimpleRNN", True)],
+    [
+        ("LSTM", False),
+        pytest.param("LSTM", True, marks=pytest.mark.slow),
+        pytest.param("GRU", False, marks=pytest.mark.slow),
+        ("GRU", True),
+        pytest.param("SimpleRNN", False, marks=pytest.mark.slow),
+        ("SimpleRNN", True),
+    ],
 )
 def test_recurrent_units_are_cut_and_the_function_kept(cli, tmp_path, kind, return_sequences):
     model = _model(kind, return_sequences)
@@ -106,6 +113,7 @@ def test_recurrent_units_are_cut_and_the_function_kept(cli, tmp_path, kind, retu
     _same_outputs(masked, shrunk, (STEPS, FEATURES))
 
 
+@pytest.mark.slow
 def test_gru_with_the_reset_gate_before_the_product(cli, tmp_path):
     """GRU(reset_after=False): one bias row, the reset gate multiplies h before the candidate's matmul."""
     model = _model("GRU", True, reset_after=False)
@@ -115,6 +123,7 @@ def test_gru_with_the_reset_gate_before_the_product(cli, tmp_path):
     _same_outputs(masked, shrunk, (STEPS, FEATURES))
 
 
+@pytest.mark.slow
 def test_stacked_lstms_both_shrink(cli, tmp_path):
     model = _model("stacked", return_sequences=True)
     masked, shrunk, report = _prune_both(cli, model, tmp_path)
@@ -218,7 +227,13 @@ def test_a_recurrent_unit_with_a_non_zero_rest_value_is_kept():
 
 
 @pytest.mark.parametrize(
-    ("kind", "merge_mode"), [("GRU", "concat"), ("LSTM", "concat"), ("GRU", "sum"), ("GRU", "mul")]
+    ("kind", "merge_mode"),
+    [
+        ("GRU", "concat"),
+        pytest.param("LSTM", "concat", marks=pytest.mark.slow),
+        ("GRU", "sum"),
+        pytest.param("GRU", "mul", marks=pytest.mark.slow),
+    ],
 )
 def test_bidirectional_directions_are_cut_together(cli, tmp_path, kind, merge_mode):
     """Forward unit j and backward unit j go together (Keras builds both directions one width): with
@@ -243,6 +258,7 @@ def test_bidirectional_directions_are_cut_together(cli, tmp_path, kind, merge_mo
     _same_outputs(masked, shrunk, (STEPS, FEATURES))
 
 
+@pytest.mark.slow
 def test_keras2_conv_bigru_genomics_shape(cli, tmp_path):
     """The real shape: a Keras-2 .h5 of Conv1D -> MaxPooling1D -> Bidirectional(GRU) -> Dense (one-hot DNA)."""
     import keras
