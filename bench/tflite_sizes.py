@@ -63,7 +63,7 @@ def measure(work: Path, epochs: int) -> list[dict]:
         export.write_savedmodel(model, saved)
         expected = [model.predict(x_test, verbose=0)]
         keras_sizes = model_io.file_sizes(out)
-        for kind, cal in (("float", None), ("int8", export.calibration_batches(calibration))):
+        for kind, cal in (("float", None), ("int8", export.calibration_batches(calibration, model))):
             for encoding in ("dense", "sparse"):
                 content, _ops = export.to_tflite(saved, cal, sparse=encoding == "sparse")
                 path = work / f"{sparsity}_{kind}_{encoding}.tflite"

@@ -285,3 +285,29 @@ def test_keras_and_tensorflow_temporary_files_do_not_outlive_the_run(tmp_path, m
     prune(config)
     assert out.is_file() and list(users_tmp.iterdir()) == []
     assert tempfile.tempdir == str(users_tmp)
+
+
+def test_a_two_input_model_exports_with_its_data(tmp_path):
+    """--export with --data on a model of several inputs: the samples and int8 calibration batches come
+    per input (the batches are dicts), compared by input name. It once ended in an internal error."""
+    import keras
+    import numpy as np
+
+    from prunecli import build_config, prune
+
+    a, b = keras.Input((6,), name="a"), keras.Input((4,), name="b")
+    h = keras.layers.Dense(16, activation="relu", name="h")(keras.layers.Concatenate()([a, b]))
+    model = keras.Model([a, b], keras.layers.Dense(1, name="out")(h))
+    model.save(tmp_path / "two.keras")
+    rng = np.random.default_rng(0)
+    x = {"a": rng.random((64, 6), dtype=np.float32), "b": rng.random((64, 4), dtype=np.float32)}
+    y = rng.random((64, 1), dtype=np.float32)
+    np.savez(tmp_path / "d.npz", x_a=x["a"], x_b=x["b"], y=y)
+    out = tmp_path / "o.keras"
+    settings = {"model_path": str(tmp_path / "two.keras"), "data": str(tmp_path / "d.npz"), "output": str(out)}
+    result = prune(build_config({**settings, "export": ["tflite", "tflite-int8"], "quiet": True}))
+    export = result.report.to_dict()["export"]
+    for fmt in ("tflite", "tflite-int8"):
+        assert export[fmt]["sample_source"] == "data" and export[fmt]["samples"] == 64
+        assert export[fmt]["max_abs_diff"] is not None
+    assert export["tflite"]["max_abs_diff"] <= 1e-4

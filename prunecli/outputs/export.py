@@ -71,7 +71,7 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
             if fmt == "savedmodel":
                 continue
             progress(f"converting to {fmt}")
-            calibration = calibration_batches(data.train) if fmt == "tflite-int8" else None
+            calibration = calibration_batches(data.train, model) if fmt == "tflite-int8" else None
             int8_weights = unquantized is not None and fmt == "tflite"
             content, encoding = convert_tflite(source, calibration, try_sparse, int8_weights)
             with _writing(paths[fmt]), _atomic_file(paths[fmt]) as tmp:
@@ -358,17 +358,22 @@ def _convert(saved: Path, calibration, sparse: bool, select_tf_ops: bool, int8_w
         raise ExportError(f"cannot convert the model to {kind}{tried}: {what}") from exc
 
 
-def calibration_batches(dataset):
-    """A representative-dataset callable over the first (x, y) batches of `dataset` (inputs only)."""
+def calibration_batches(dataset, model):
+    """A representative-dataset callable over the first (x, y) batches of `dataset` (inputs only): one
+    input as a list, several as a dict keyed by input name (the SavedModel signature's names); float
+    inputs as float32, integer ones (token ids) as they are."""
     import numpy as np
+
+    names = [str(getattr(t, "name", "")) for t in model.inputs]
 
     def batches():
         seen = 0
         for x, _y in dataset:
             if seen >= CALIBRATION_SAMPLES:
                 return
-            yield [np.asarray(x, dtype=np.float32)]
-            seen += int(x.shape[0])
+            arrays = [a.astype(np.float32) if a.dtype.kind == "f" else a for a in _input_arrays(model, x)]
+            yield arrays if len(arrays) == 1 else dict(zip(names, arrays, strict=True))
+            seen += len(arrays[0])
 
     return batches
 
@@ -398,14 +403,27 @@ def sample_inputs(model, data, seed: int, count: int):
     if data is not None:
         chunks, seen = [], 0
         for x, _y in data.eval:
-            chunks.append(np.asarray(x))
-            seen += len(chunks[-1])
+            chunks.append(_input_arrays(model, x))
+            seen += len(chunks[-1][0])
             if seen >= count:
                 break
-        return [np.concatenate(chunks)[:count]], "data"
+        return [np.concatenate(parts)[:count] for parts in zip(*chunks, strict=True)], "data"
     from prunecli.structure import probes
 
     return probes.seeded_inputs(model, count, seed), "random"
+
+
+def _input_arrays(model, x) -> list:
+    """One batch's inputs as arrays in the order of model.inputs: a multi-input model's batch comes as a
+    dict keyed by input name (or a list), a single input's as one array."""
+    import numpy as np
+
+    if isinstance(x, dict):
+        names = [str(getattr(t, "name", "")) for t in model.inputs]
+        return [np.asarray(x[name]) for name in names] if set(names) <= set(x) else [np.asarray(v) for v in x.values()]
+    if isinstance(x, (list, tuple)):
+        return [np.asarray(v) for v in x]
+    return [np.asarray(x)]
 
 
 def _keras_outputs(model, samples) -> list:
