@@ -101,28 +101,37 @@ def test_conv_blocks_are_bounded_and_exact():
         np.testing.assert_allclose(np.asarray(small.hessian), np.asarray(whole.hessian), rtol=1e-4, atol=1e-5)
 
 
-def test_hessian_too_big_for_memory_is_exit_6_before_any_work(monkeypatch):
-    from prunecli.calibration import capture, oneshot, prune_calibrated, reconstruct
+def test_a_hessian_too_big_for_memory_leaves_its_layer_to_magnitude(monkeypatch):
+    """A layer whose input Hessian does not fit in free memory (a Dense after a wide Flatten) is pruned
+    by magnitude, with the reason in the report and a note; the run goes on. Only a layer whose input
+    rows alone do not fit ends the run (exit 6, one line), before anything is captured or pruned."""
+    from prunecli.calibration import oneshot, prune_calibrated, reconstruct
 
     model = _dense_model(1024, 4, 2)
     x = np.random.default_rng(0).normal(size=(8, 1024)).astype("float32")
     before = [np.asarray(v).copy() for v in model.weights]
     monkeypatch.setattr(oneshot, "_available_memory", lambda: 2 * 2**20)  # 2 MiB; H is 4 MiB
-    capture.HessianCapture.max_live = 0
-    with pytest.raises(ResourceError) as info:
-        prune_calibrated(model, every_target(model), [x], calibration_config("sparsegpt", sparsity=0.5))
-    assert info.value.exit_code == ExitCode.RESOURCE == 6
-    message = info.value.message
-    assert "d1" in message and "1024 x 1024" in message and "4.0 MiB" in message and "\n" not in message
-    assert capture.HessianCapture.max_live == 0  # nothing was captured
-    for a, b in zip(before, model.weights, strict=True):
-        np.testing.assert_array_equal(a, np.asarray(b))  # nothing was pruned
-    with pytest.raises(ResourceError, match="d1"):
-        reconstruct(model, every_target(model), {t.name: np.ones(t.shape, bool) for t in every_target(model)}, [x])
-    # Wanda needs only O(d_in): the same budget is enough
-    res = prune_calibrated(model, every_target(model), [x], calibration_config("wanda", sparsity=0.5))
+    res = prune_calibrated(model, every_target(model), [x], calibration_config("sparsegpt", sparsity=0.5))
+    why = res.section["fallback"]["d1/kernel"]
+    assert "1024 x 1024 input Hessian is 4.0 MiB" in why and "2.0 MiB of memory is free" in why
+    assert any(n.startswith("d1: not calibrated (its 1024 x 1024") for n in res.notes)
     assert _zero_fraction(every_target(model)[0]) == pytest.approx(0.5)
+    assert "d2/kernel" not in res.section["fallback"]  # the layer that fits is still calibrated
+    kept = np.asarray(every_target(model)[0].variable) != 0  # d1 pruned by |w|
+    assert np.abs(before[0][kept]).min() >= np.abs(before[0][~kept]).max()
+    masks = {t.name: np.ones(t.shape, bool) for t in every_target(model)}
+    assert "d1/kernel" in reconstruct(model, every_target(model), masks, [x])["fallback"]
+    # Wanda needs only O(d_in): the same budget is enough
+    fresh = _dense_model(1024, 4, 2)
+    res = prune_calibrated(fresh, every_target(fresh), [x], calibration_config("wanda", sparsity=0.5))
+    assert _zero_fraction(every_target(fresh)[0]) == pytest.approx(0.5)
     assert not res.section["fallback"]
+    monkeypatch.setattr(oneshot, "_available_memory", lambda: 1024)  # not even one block of input rows
+    fresh = _dense_model(1024, 4, 2)
+    with pytest.raises(ResourceError) as info:
+        prune_calibrated(fresh, every_target(fresh), [x], calibration_config("sparsegpt", sparsity=0.5))
+    assert info.value.exit_code == ExitCode.RESOURCE == 6
+    assert "d1" in info.value.message and "\n" not in info.value.message
 
 
 # --- degenerate inputs ------------------------------------------------------------------------------

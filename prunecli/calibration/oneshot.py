@@ -175,15 +175,17 @@ def _size(nbytes: float) -> str:
     return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
-def check_memory(plan: _Plan, copies: int, purpose: str) -> None:
+def check_memory(plan: _Plan, copies: int, purpose: str, fallback: dict, notes: list) -> None:
     """Size every calibrated layer's buffers before any is allocated: the d_in x d_in input Hessian
     (4 d_in^2 bytes, `copies` of them while `purpose`; none for Wanda), one block of im2col/input
-    rows, one pass's layer input and the layer's weight matrices. ResourceError (exit 6) naming the
-    first layer that does not fit in free memory, before any work is done."""
+    rows, one pass's layer input and the layer's weight matrices. A layer whose Hessian does not fit in
+    free memory (a Dense after a wide Flatten: 61,952 inputs is a 14 GiB Hessian) leaves the plan for
+    magnitude pruning, with its reason in `fallback` and a note, so the other layers are still
+    calibrated; one whose input rows alone do not fit is a ResourceError (exit 6), before any work."""
     import math
 
     available = None
-    for view, call in plan.layers:
+    for view, call in list(plan.layers):
         d = view.d_in
         shape = call.input_shape
         per_example = math.prod(shape[1:]) if shape else d
@@ -191,20 +193,25 @@ def check_memory(plan: _Plan, copies: int, purpose: str) -> None:
         rows = plan.per_pass * (view.rows_per_example(shape) if shape else 1)
         block_bytes = BLOCK_COPIES * 4 * d * min(rows, max(1, capture.PATCH_BYTES // (4 * d)))
         hessian_bytes = 4 * d * d
-        need = input_bytes + block_bytes + copies * hessian_bytes + 8 * 4 * d * view.d_out + 16 * d
+        base = input_bytes + block_bytes + 8 * 4 * d * view.d_out + 16 * d
         available = _available_memory() if available is None else available
-        if need <= available:
+        if base + copies * hessian_bytes <= available:
             continue
         name = view.target.layer_name
-        if copies:
-            what = f"its {d} x {d} input Hessian is {_size(hessian_bytes)}, {copies} of them while {purpose}; "
-            hint = f"exclude it (--exclude {name}) or use --method wanda, which keeps only the Hessian's diagonal"
-        else:
-            what = ""
-            hint = f"exclude it (--exclude {name})"
+        if base <= available:  # the Hessian is what does not fit: this layer alone goes by magnitude
+            why = (
+                f"its {d} x {d} input Hessian is {_size(hessian_bytes)}, {copies} of them while {purpose}, "
+                f"and {_size(available)} of memory is free"
+            )
+            fallback[view.target.name] = why
+            notes.append(f"{name}: not calibrated ({why}); pruned by magnitude")
+            plan.layers.remove((view, call))
+            plan.rest.append(view.target)
+            continue
         raise ResourceError(
-            f"calibration: layer {name} needs about {_size(need)} ({what}input rows {_size(block_bytes)}, "
-            f"layer input per pass {_size(input_bytes)}) but only {_size(available)} of memory is free; {hint}"
+            f"calibration: layer {name} needs about {_size(base)} (input rows {_size(block_bytes)}, "
+            f"layer input per pass {_size(input_bytes)}) but only {_size(available)} of memory is free; "
+            f"exclude it (--exclude {name})"
         )
 
 
@@ -378,9 +385,9 @@ def prune_calibrated(
     p = _plan(model, targets, calibration_x, result.notes, fallback)
     full = method == "sparsegpt" or bool(config.reconstruct)  # Wanda alone: the Hessian's diagonal only
     if method == "sparsegpt":
-        check_memory(p, HESSIAN_COPIES["sparsegpt"], "SparseGPT factors it")
+        check_memory(p, HESSIAN_COPIES["sparsegpt"], "SparseGPT factors it", fallback, result.notes)
     else:
-        check_memory(p, HESSIAN_COPIES["refit"] if full else 0, "refitting")
+        check_memory(p, HESSIAN_COPIES["refit"] if full else 0, "refitting", fallback, result.notes)
     counts = _allocation(model, p, config, progress)
     _magnitude(p.rest, config, result, counts)
     jit = use_xla()
@@ -540,7 +547,7 @@ def strategy_scores(method: str, targets, ctx) -> dict:
     n = int(ctx.extras.get("calibration_samples", 128))
     fallback: dict[str, str] = {}
     p = _plan(ctx.model, targets, capture.take_examples(ctx.data, n), [], fallback)
-    check_memory(p, HESSIAN_COPIES["sparsegpt"] if method == "sparsegpt" else 0, "SparseGPT factors it")
+    check_memory(p, HESSIAN_COPIES["sparsegpt"] if method == "sparsegpt" else 0, "SparseGPT factors it", fallback, [])
     scores = layer_scores(method, p, ctx.model)
     for t in p.rest:
         scores[t.name] = tf.abs(tf.cast(tf.convert_to_tensor(t.variable), tf.float32))
@@ -604,7 +611,7 @@ def reconstruct(
     fallback: dict[str, str] = {}
     notes: list[str] = []
     p = _plan(model, targets, calibration_x, notes, fallback)
-    check_memory(p, HESSIAN_COPIES["refit"], "refitting")
+    check_memory(p, HESSIAN_COPIES["refit"], "refitting", fallback, notes)
     kernels.apply_masks([t.variable for t in p.rest], [masks[t.name] for t in p.rest])
     src = _passes(model, p)
     layers = {}
