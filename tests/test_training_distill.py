@@ -211,3 +211,37 @@ def test_a_causal_lm_is_distilled_on_its_next_token_distributions(tmp_path):
     assert r["finetune"]["distill"]
     assert r["metrics"]["after_finetune"]["loss"] < r["metrics"]["after_pruning"]["loss"]
     assert r["totals"]["prunable_sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_a_chain_of_runs_distills_from_the_dense_model(cli, mlp_files, tmp_path):
+    """--teacher: a run that prunes an earlier run's output distils from the dense model named, not from
+    its own (already pruned) input. A teacher whose outputs differ, --teacher without --distill, and an
+    output that would overwrite the teacher are each one line, with nothing written."""
+    import json
+
+    import keras
+    from conftest import build_mlp
+
+    dense, data = mlp_files["keras"], mlp_files["data"]
+    step1, step2, report = tmp_path / "step1.keras", tmp_path / "step2.keras", tmp_path / "r.json"
+    assert cli("prune", dense, "-s", "0.5", "-o", step1, "-q").exit_code == 0
+    args = ("--distill", "--epochs", "1", "-d", data, "-s", "0.7", "-q")
+    result = cli("prune", step1, *args, "--teacher", dense, "-o", step2, "-r", report)
+    assert result.exit_code == 0, result.output
+    assert json.loads(report.read_text())["finetune"]["distill"]["teacher"] == str(dense)
+    other = tmp_path / "other.keras"
+    build_mlp(classes=5).save(other)
+    for extra, code, fragment in (
+        (("--teacher", other), 3, "are not the pruned model's"),
+        (("--teacher", dense, "--distill", "0"), 2, "distill temperature must be > 0"),
+    ):
+        bad = cli("prune", step1, *args, *extra, "-o", tmp_path / "bad.keras")
+        assert bad.exit_code == code and fragment in bad.stderr and bad.stderr.strip().count("\n") == 0, bad.output
+        assert not (tmp_path / "bad.keras").exists()
+    plain = cli("prune", step1, "-s", "0.7", "--teacher", dense, "-o", tmp_path / "bad.keras", "-q")
+    assert plain.exit_code == 2 and "add --distill" in plain.stderr
+    before = dense.read_bytes()
+    clash = cli("prune", step1, *args, "--teacher", dense, "-o", dense, "--force")
+    assert clash.exit_code != 0 and "would overwrite the teacher model file" in clash.stderr
+    assert dense.read_bytes() == before
+    assert keras.saving.load_model(step2).count_params() == keras.saving.load_model(dense).count_params()

@@ -233,6 +233,8 @@ def _check_ranges(c: PruneConfig) -> None:
         raise ConfigError(f"distill temperature must be > 0, got {c.distill:g}")
     if not 0.0 <= c.distill_weight <= 1.0:  # written so that NaN fails too
         raise ConfigError(f"distill_weight must be in [0, 1], got {c.distill_weight:g}")
+    if c.teacher is not None and c.distill is None:
+        raise ConfigError("--teacher is the teacher of --distill; add --distill")
     if c.distill is not None and c.epochs < 1:
         raise ConfigError("--distill fine-tunes against the unpruned model; give --epochs and --data")
     _check_unused_training(c)

@@ -237,6 +237,11 @@ class PruneConfig:
         flag_value=2.0,
     )
     distill_weight: float = setting(0.5, help="Weight of the teacher's soft loss with --distill (default 0.5).")
+    teacher: str | None = setting(
+        help="With --distill: the teacher's model file (default: the model being pruned, as loaded), e.g. the"
+        " dense model when this run prunes the output of an earlier one.",
+        commands=PRUNE_ONLY,
+    )
     max_accuracy_drop: float | None = setting(help="Exit 4 when accuracy drops by more than this (absolute).")
     auto: bool = setting(
         False,

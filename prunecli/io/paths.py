@@ -234,6 +234,9 @@ def _plan_reads(p: PathPlan, config, recipe, extra_reads: dict | None) -> Path |
     if config.feature_names:
         check_readable(config.feature_names, "feature names file", DataError)
         p.reads["feature_names"] = [Path(config.feature_names)]
+    if getattr(config, "teacher", None):
+        check_readable(config.teacher, "teacher model file", ModelLoadError)
+        p.reads["teacher"] = [Path(config.teacher)]
     return model
 
 
@@ -332,6 +335,7 @@ def _read_name(role: str) -> str:
         "recipe": "recipe",
         "feature_names": "feature names file",
         "plan": "plan file",
+        "teacher": "teacher model file",
     }.get(role, role)
 
 

@@ -50,7 +50,10 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
     if config.distill is not None:  # the dense model teaches the pruned one: copied before anything is pruned
         from prunecli.training import distill
 
-        teacher = distill.teacher_copy(state.model)
+        if config.teacher:  # a chain of runs: the dense model the first one started from
+            teacher = distill.teacher_from_file(config.teacher, state.model, config.unsafe)
+        else:
+            teacher = distill.teacher_copy(state.model)
 
     kind = config.granularity.kind
     # input features, layers, heads (and neuron on KerasHub decoder blocks): scored, chosen, removed

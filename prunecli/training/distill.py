@@ -54,6 +54,26 @@ def teacher_copy(model):
     raise InputError(f"--distill cannot copy this model as its teacher ({why})")
 
 
+def teacher_from_file(path, student, unsafe: bool = False):
+    """The --teacher model, frozen, read as any input model is; InputError (one line) when its outputs
+    are not shaped as the student's (the soft loss compares them position by position)."""
+    from keras import tree
+
+    from prunecli.io import models as model_io
+
+    teacher, _info = model_io.load(path, unsafe=unsafe)
+
+    def shapes(model):
+        return [tuple(t.shape[1:]) for t in tree.flatten(model.outputs)]
+
+    if shapes(teacher) != shapes(student):
+        raise InputError(
+            f"--teacher {path}: its outputs {shapes(teacher)} are not the pruned model's {shapes(student)}"
+        )
+    teacher.trainable = False
+    return teacher
+
+
 def outputs_are_logits(loss) -> bool:
     """Whether the task loss reads the model's outputs as logits (from_logits=True) or probabilities."""
     if isinstance(loss, str):

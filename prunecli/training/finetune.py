@@ -188,7 +188,9 @@ def _finetune_section(s: FineTuneJob, trainer: Trainer, loop: _Loop, optimizer_i
         "l2": c.l2,
         "jit_compile": trainer.jit_compile,
         "lr_schedule": trainer.lr_schedule,
-        "distill": {"temperature": c.distill, "weight": c.distill_weight} if trainer.distilled else None,
+        "distill": {"temperature": c.distill, "weight": c.distill_weight, "teacher": c.teacher or "the input model"}
+        if trainer.distilled
+        else None,
         "qat": trainer.fake_quant.describe() if trainer.fake_quant else None,
         "distribute": distribute.describe(strategy),
         "validation": "held-out" if held_out else "training data",
