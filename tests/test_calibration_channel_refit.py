@@ -187,6 +187,7 @@ def cnn_files(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_cli_reconstruct_neuron_shrink_equals_the_masked_model(cli, cnn_files, tmp_path):
     out, report = tmp_path / "o.keras", tmp_path / "r.json"
     args = ["prune", cnn_files / "cnn.keras", "-d", cnn_files / "d.npz", "-g", "neuron", "-s", "0.5"]

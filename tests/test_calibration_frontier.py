@@ -134,7 +134,7 @@ def test_cached_walk_equals_prefix_passes(arch, method, monkeypatch):
         assert "inner" in cached[0].section["passes_note"]
 
 
-@pytest.mark.parametrize("arch", ["residual_conv", "multi_input"])
+@pytest.mark.parametrize("arch", [pytest.param("residual_conv", marks=pytest.mark.slow), "multi_input"])
 def test_reconstruct_and_global_wanda_equal_prefix(arch, monkeypatch):
     """--reconstruct of another method's masks, and Wanda ranked globally, read the same inputs."""
     import tensorflow as tf

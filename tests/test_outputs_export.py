@@ -287,6 +287,7 @@ def test_keras_and_tensorflow_temporary_files_do_not_outlive_the_run(tmp_path, m
     assert tempfile.tempdir == str(users_tmp)
 
 
+@pytest.mark.slow
 def test_a_two_input_model_exports_with_its_data(tmp_path):
     """--export with --data on a model of several inputs: the samples and int8 calibration batches come
     per input (the batches are dicts), compared by input name. It once ended in an internal error."""

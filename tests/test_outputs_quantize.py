@@ -63,7 +63,13 @@ def _dequantized_kernel(layer) -> np.ndarray:
 @pytest.mark.parametrize(
     "mode", ["int8", pytest.param("int4", marks=pytest.mark.slow), pytest.param("float8", marks=pytest.mark.slow)]
 )
-@pytest.mark.parametrize("amount", [{"sparsity": 0.5}, {"granularity": "n:m=2:4"}], ids=["50%", "2:4"])
+@pytest.mark.parametrize(
+    "amount",
+    [
+        pytest.param({"sparsity": 0.5}, id="50%"),
+        pytest.param({"granularity": "n:m=2:4"}, id="2:4", marks=pytest.mark.slow),
+    ],
+)
 def test_pruned_weights_stay_exactly_zero_after_quantization(conv_dense, tmp_path, mode, amount):
     import keras
 

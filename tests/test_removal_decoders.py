@@ -206,7 +206,7 @@ def test_taylor_scores_read_the_data():
     assert section["units_removed"] == 8
 
 
-@pytest.mark.parametrize("granularity", ["head", "neuron"])
+@pytest.mark.parametrize("granularity", ["head", pytest.param("neuron", marks=pytest.mark.slow)])
 def test_cli_shrinks_a_saved_llama(cli, tmp_path, granularity):
     model = backbone()
     path = tmp_path / "llama.keras"
@@ -374,6 +374,7 @@ def test_block_macs_count_projections_products_and_the_ffn():
     assert decoder_blocks.block_macs(shape, seq) == projections + 2 * seq * seq * 4 * 8 + 3 * seq * 32 * 64
 
 
+@pytest.mark.slow
 def test_params_target_on_decoder_blocks_removes_units_to_fit(cli, tmp_path):
     """--target params=F on KerasHub decoder blocks: -g neuron's SwiGLU step picks the sparsity whose
     removed units fit (it once ran at the default sparsity, the target silently ignored); the report's
@@ -396,6 +397,7 @@ def test_params_target_on_decoder_blocks_removes_units_to_fit(cli, tmp_path):
 
 
 @pytest.mark.parametrize("granularity", ["neuron", "head"])
+@pytest.mark.slow
 def test_activation_scores_read_what_each_unit_outputs(granularity):
     """--method activation (Minitron): a unit whose output is silent on the data scores 0 and goes first,
     whatever its weights; a loud one stays. FFN unit: the down projection's input; key/value group: its

@@ -72,7 +72,15 @@ def _greedy(lm, prompt):
     return np.asarray(lm.generate(prompt, stop_token_ids=None)["token_ids"])
 
 
-@pytest.mark.parametrize(("family", "tied"), [("llama", False), ("llama", True), ("qwen", True), ("mistral", False)])
+@pytest.mark.parametrize(
+    ("family", "tied"),
+    [
+        ("llama", False),
+        pytest.param("llama", True, marks=pytest.mark.slow),
+        ("qwen", True),
+        pytest.param("mistral", False, marks=pytest.mark.slow),
+    ],
+)
 def test_narrowed_model_equals_the_masked_one(family, tied, tmp_path):
     model = backbone(family, tied)
     x = inputs()
@@ -127,6 +135,7 @@ def test_a_channel_is_scored_by_all_its_slices():
         var.assign(arr)
 
 
+@pytest.mark.slow
 def test_every_method_scores_and_the_norms_are_unhooked():
     import tensorflow as tf
 
@@ -227,6 +236,7 @@ def test_a_model_without_decoder_blocks_is_refused(cli, tmp_path):
     assert len(res.output.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_params_target_narrows_the_stream_to_fit():
     """-g hidden --target params=F: the fewest channels (in steps of ALIGN) whose removal leaves at most F."""
     model = backbone("llama")

@@ -95,7 +95,7 @@ def _same_outputs(a, b, shape) -> None:
         pytest.param("GRU", False, marks=pytest.mark.slow),
         ("GRU", True),
         pytest.param("SimpleRNN", False, marks=pytest.mark.slow),
-        ("SimpleRNN", True),
+        pytest.param("SimpleRNN", True, marks=pytest.mark.slow),
     ],
 )
 def test_recurrent_units_are_cut_and_the_function_kept(cli, tmp_path, kind, return_sequences):
@@ -231,7 +231,7 @@ def test_a_recurrent_unit_with_a_non_zero_rest_value_is_kept():
     [
         ("GRU", "concat"),
         pytest.param("LSTM", "concat", marks=pytest.mark.slow),
-        ("GRU", "sum"),
+        pytest.param("GRU", "sum", marks=pytest.mark.slow),
         pytest.param("GRU", "mul", marks=pytest.mark.slow),
     ],
 )
@@ -296,6 +296,7 @@ def test_keras2_conv_bigru_genomics_shape(cli, tmp_path):
     np.testing.assert_allclose(np.asarray(masked(onehot)), np.asarray(shrunk(onehot)), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_units_read_by_an_unsliceable_layer_are_masked_not_cut(cli, tmp_path):
     """LSTM -> TimeDistributed(Dense): the LSTM still loses half its units to the masks (one score per
     unit, as before this layer could shrink), but --shrink keeps them and says why."""
@@ -314,6 +315,7 @@ def test_units_read_by_an_unsliceable_layer_are_masked_not_cut(cli, tmp_path):
     _same_outputs(masked, shrunk, (STEPS, FEATURES))
 
 
+@pytest.mark.slow
 def test_embedding_lstm_at_the_default_scope(cli, tmp_path):
     """Embedding -> LSTM(64) -> Dense(3) at the defaults (global LAMP): the LSTM loses units for real."""
     import keras

@@ -127,7 +127,7 @@ def _measured(model, kind: str) -> int:
     return int(model.count_params()) if kind == "params" else int(flops.count(model)["total"])
 
 
-@pytest.mark.parametrize("kind", ["params", "flops"])
+@pytest.mark.parametrize("kind", ["params", pytest.param("flops", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_target_is_met_within_tolerance_and_predicted_exactly(model_files, tmp_path, name, kind):
     import keras

@@ -213,6 +213,7 @@ def test_a_causal_lm_is_distilled_on_its_next_token_distributions(tmp_path):
     assert r["totals"]["prunable_sparsity"] == pytest.approx(0.5, abs=0.01)
 
 
+@pytest.mark.slow
 def test_a_chain_of_runs_distills_from_the_dense_model(cli, mlp_files, tmp_path):
     """--teacher: a run that prunes an earlier run's output distils from the dense model named, not from
     its own (already pruned) input. A teacher whose outputs differ, --teacher without --distill, and an
