@@ -123,7 +123,9 @@ def _assert_same(cached, prefix):
             assert res_c.section["layers"][name][key] == pytest.approx(value, rel=1e-4, abs=1e-6), (name, key)
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize(
+    "method", [m if m != "sparsegpt+reconstruct" else pytest.param(m, marks=pytest.mark.slow) for m in METHODS]
+)
 @pytest.mark.parametrize("arch", list(MODELS))
 def test_cached_walk_equals_prefix_passes(arch, method, monkeypatch):
     build = MODELS[arch]
@@ -185,7 +187,7 @@ def _counted_chain(depth: int):
     return model, Count.calls
 
 
-@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+@pytest.mark.parametrize("method", [pytest.param("wanda", marks=pytest.mark.slow), "sparsegpt"])
 def test_layer_calls_are_linear_in_depth(method, monkeypatch):
     """Per calibration, every layer runs a fixed number of times (once per pass, plus the probes) on
     the cached walk, whatever the depth; the prefix passes run layer i once per later layer."""

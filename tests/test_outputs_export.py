@@ -148,6 +148,7 @@ def _two_input_model(path: Path):
     model.save(path)
 
 
+@pytest.mark.slow
 def test_without_data_random_inputs_check_a_two_input_model(cli, tmp_path):
     """No --data: seeded random inputs, matched to the signature by input name; the CLI's JSON stays clean."""
     src = tmp_path / "two.keras"

@@ -75,7 +75,7 @@ def test_find_sees_every_head_and_its_slices():
     assert "b0_mha/query/kernel" in {p.name for p in hl.parts}
 
 
-@pytest.mark.parametrize("builder", [bert_like, vit_like])
+@pytest.mark.parametrize("builder", [bert_like, pytest.param(vit_like, marks=pytest.mark.slow)])
 def test_masked_heads_are_zero_and_shrunk_model_matches(builder, tmp_path):
     model = builder()
     x = _inputs(model)

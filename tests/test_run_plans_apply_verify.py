@@ -113,6 +113,7 @@ def test_apply_to_a_retrained_checkpoint_gives_the_plans_masks(pruned, retrained
     assert cli("verify", target, "-r", report, "--plan", plan).exit_code == 0
 
 
+@pytest.mark.slow
 def test_apply_then_fine_tune_holds_the_plans_masks(mlp_files, pruned, retrained, tmp_path):
     from prunecli.run.apply import apply_plan
 

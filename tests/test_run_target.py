@@ -183,6 +183,7 @@ def test_unreachable_latency_exits_2_in_one_line(cli, files, tmp_path, fake_time
     assert not (tmp_path / "o.keras").exists()
 
 
+@pytest.mark.slow
 def test_plan_latency_target_writes_nothing(cli, files, fake_timer):
     fake_timer()
     before = _snapshot(files)
