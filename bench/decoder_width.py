@@ -38,10 +38,11 @@ explicitly: without --optimizer the report says Adam at 2e-5 "from model", Keras
 saved KerasHub causal LM does not restore its compile config), with `--distill` (T 2, weight 0.5) or
 without. A dense row fine-tuned the same way (`-s 0`) is the fair baseline for the fine-tuned columns.
 
-Speed: prefill only: one traced (tf.function) forward pass of the causal LM over a fixed batch of 32 x 128
-held-out tokens; the models interleaved over rounds, the minimum over all passes reported. Decode
-(token-by-token generation with a cache) is not measured. Speed depends on the shapes only, so it is
-measured on the first seed's files.
+Speed: prefill, one traced (tf.function) forward pass of the causal LM over a fixed batch of 32 x 128
+held-out tokens, the models interleaved over rounds, the minimum over all passes reported; decode, as
+prunecli's report measures it (outputs/decoder_blocks.py: 32 cached greedy steps at batch 1, one traced
+`call_with_cache` per token), the best of two. Speed depends on the shapes only, so it is measured on
+the first seed's files.
 
 Results are cached as they come (JSON under --cache), so a stopped run resumes; `--until HH:MM` (UTC)
 starts no run after that time and writes the table of what was measured (cells with fewer seeds say n=).
@@ -258,10 +259,17 @@ def prefill_speed(paths: dict[str, Path], rows, rounds: int = SPEED_ROUNDS, repe
                 np.asarray(fn(x))
                 times[name].append(time.perf_counter() - t0)
     tokens = rows.size
-    return {
+    out = {
         name: {"tokens_per_s": tokens / min(t), "median_s": sorted(t)[len(t) // 2], "min_s": min(t)}
         for name, t in times.items()
     }
+    from prunecli.outputs import decoder_blocks
+
+    for _ in range(2):  # decode as prunecli's report measures it (cached steps at batch 1), the best of two
+        for name, (model, _fn) in fns.items():
+            rate = decoder_blocks.tokens_per_second(model, 128, 0)["decode"]
+            out[name]["decode_tokens_per_s"] = max(rate or 0.0, out[name].get("decode_tokens_per_s", 0.0))
+    return out
 
 
 # ---- the table -----------------------------------------------------------------------------------------
@@ -300,6 +308,7 @@ def render(results: dict, meta: dict, speed: dict, rows: list[dict], seeds: list
     dense_bytes = _vals(results, "dense", "plain", "bytes")
     dense_bytes = dense_bytes[0] if dense_bytes else None
     dense_tps = speed.get("dense", {}).get("tokens_per_s")
+    dense_decode = speed.get("dense", {}).get("decode_tokens_per_s")
     cmd = "`.venv/bin/python bench/decoder_width.py" + "".join(
         f" {flag} {value}" for flag, value in (("--seeds", args.seeds), ("--until", args.until)) if value
     )
@@ -359,6 +368,7 @@ def render(results: dict, meta: dict, speed: dict, rows: list[dict], seeds: list
         "distill / dense",
         "MACs/token (x dense)",
         "prefill tokens/s (x dense)",
+        "decode tokens/s (x dense)",
     ]
     body = [
         [
@@ -372,6 +382,7 @@ def render(results: dict, meta: dict, speed: dict, rows: list[dict], seeds: list
             "1.00",
             f"{dense_macs / 1e6:.3f}M (1.00x)",
             f"{dense_tps:,.0f} (1.00x)" if dense_tps else "-",
+            f"{dense_decode:,.0f} (1.00x)" if dense_decode else "-",
         ]
     ]
     for row in rows:
@@ -379,12 +390,13 @@ def render(results: dict, meta: dict, speed: dict, rows: list[dict], seeds: list
             continue
         params = _vals(results, row["key"], "distill", "params") or _vals(results, row["key"], "plain", "params")
         if not params:
-            body.append([row["label"], f"{row['target']:.2f}x"] + ["not run"] + ["-"] * 7)
+            body.append([row["label"], f"{row['target']:.2f}x"] + ["not run"] + ["-"] * 8)
             continue
         nbytes = _vals(results, row["key"], "distill", "bytes") or _vals(results, row["key"], "plain", "bytes")
         oneshot_ppl = _vals(results, row["key"], "plain", "after") or _vals(results, row["key"], "distill", "after")
         distilled = _stat(_vals(results, row["key"], "distill", "finetuned"))
         tps = speed.get(row["key"], {}).get("tokens_per_s")
+        dec = speed.get(row["key"], {}).get("decode_tokens_per_s")
         body.append(
             [
                 row["label"],
@@ -397,6 +409,7 @@ def render(results: dict, meta: dict, speed: dict, rows: list[dict], seeds: list
                 f"{distilled[0] / dense_ppl:.2f}" if distilled else "-",
                 f"{macs_per_token(row, params[0]) / 1e6:.3f}M ({macs_per_token(row, params[0]) / dense_macs:.2f}x)",
                 f"{tps:,.0f} ({tps / dense_tps:.2f}x)" if tps and dense_tps else "-",
+                f"{dec:,.0f} ({dec / dense_decode:.2f}x)" if dec and dense_decode else "-",
             ]
         )
     lines.append(table(headers, body))
@@ -404,8 +417,9 @@ def render(results: dict, meta: dict, speed: dict, rows: list[dict], seeds: list
     if speed:
         lines.append(
             f"Prefill: {speed.get('_batch', SPEED_BATCH)} x 128 tokens per pass, fastest of {speed.get('_passes', '?')} traced passes "
-            "per model, models interleaved; the first seed's distilled files. Decode speed (generation with a "
-            "cache) is not measured." + _previous_timings(speed)
+            "per model, models interleaved; the first seed's distilled files. Decode: 32 cached greedy steps at "
+            "batch 1 after a 16-token prompt, one traced `call_with_cache` per token (prunecli's `decoder` "
+            "report), best of two." + _previous_timings(speed)
         )
         lines.append("")
     lines += reading(results, rows, dense_ppl, dense_params, speed, len(seeds))
