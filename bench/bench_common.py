@@ -23,6 +23,13 @@ sparsity) and `bench/decoder_1b.py` (a 1.1B-parameter Llama-style decoder: time 
 SparseGPT 2:4). Each script replaces only its own section."""
 
 
+def write_decoders_section(heading: str, text: str) -> None:
+    """Replace one script's section of bench/DECODERS.md, writing the file's title first if it is new."""
+    if not DECODERS_MD.exists():
+        replace_section(DECODERS_MD, None, DECODERS_TITLE)
+    replace_section(DECODERS_MD, heading, text)
+
+
 def timed(fn, repeats: int) -> tuple[float, float, list[float]]:
     """(first call, median of the later calls, all times) in seconds; fn's result is forced to host."""
     import numpy as np
@@ -187,6 +194,14 @@ def uniform_sparsity(model_path: Path, kind: str, goal: int) -> float:
         else:
             lo = mid
     return round(hi, 6)
+
+
+def scratch(name: str) -> Path:
+    """The default folder for a benchmark's large files (trained models, tokens, pruned outputs): `name`
+    under the system's temporary folder, never in the repository."""
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / name
 
 
 def stdlib_sources() -> list[Path]:

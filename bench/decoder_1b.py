@@ -5,7 +5,7 @@ command a user runs, next to Keras' own load + save of the same file.
     .venv/bin/python bench/decoder_1b.py --samples 8 --layers 2   # a quick check of the harness
 
 The model is a keras_hub.models.LlamaCausalLM built from its config (random weights, nothing
-downloaded), saved once under --work (default /tmp/prunecli_1b, never in the repository). The tokens
+downloaded), saved once under --work (default prunecli_1b in the system temporary folder, never in the repository). The tokens
 are bytes of the Python standard library's own source (ids 0..255 of the 32,000-token vocabulary), cut
 into --samples rows of --seq tokens, with held-out rows for perplexity. Then, each in its own process:
 
@@ -33,19 +33,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_common import (  # noqa: E402
-    DECODERS_MD as OUT,
-)
-from bench.bench_common import (
-    DECODERS_TITLE as TITLE,
-)
-from bench.bench_common import (
     PRUNECLI,
     PYTHON,
     load_average,
     machine,
-    replace_section,
     save_token_npz,
+    scratch,
     stdlib_sources,
+    write_decoders_section,
 )
 
 HEADING = "## 1B decoder: SparseGPT 2:4 cost"
@@ -169,7 +164,7 @@ print(json.dumps({{"load_s": load, "save_s": time.perf_counter() - t}}))
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", default="/tmp/prunecli_1b", help="where the model, tokens and outputs go")
+    ap.add_argument("--work", default=str(scratch("prunecli_1b")), help="where the model, tokens and outputs go")
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--layers", type=int, default=16)
@@ -198,9 +193,7 @@ def main(argv=None) -> int:
         text = render(results, args)
         print(text)
         if not args.no_write:
-            if not OUT.exists():
-                replace_section(OUT, None, TITLE)
-            replace_section(OUT, heading(args), text)
+            write_decoders_section(heading(args), text)
         return 0
     results = {"load_average_start": load_average(), "machine": machine()}
     if not model_path.exists() or not info_path.exists():
@@ -237,9 +230,7 @@ def main(argv=None) -> int:
     (work / f"result_{tag}.json").write_text(json.dumps(results, indent=1, default=str))
     print("prune:", json.dumps({k: run.get(k) for k in ("rc", "wall_s", "max_rss", "sampled_peak", "killed")}))
     if not args.no_write:
-        if not OUT.exists():
-            replace_section(OUT, None, TITLE)
-        replace_section(OUT, heading(args), render(results, args))
+        write_decoders_section(heading(args), render(results, args))
     return 0 if run["rc"] == 0 else 1
 
 
@@ -288,7 +279,7 @@ def _render(res: dict, args) -> str:
         f"LlamaCausalLM from its config (hidden {args.hidden}, {args.layers} layers, {args.heads} query / "
         f"{args.kv_heads} key-value heads, SwiGLU FFN {args.ffn}, vocabulary {args.vocab}, random weights), "
         f"**{b['params'] / 1e9:.2f}B parameters** (`model.count_params()`), a {gib(res['file_bytes'])} .keras file "
-        f"under /tmp. Calibration: {args.samples} sequences of {args.seq} tokens (bytes of the standard "
+        f"under --work. Calibration: {args.samples} sequences of {args.seq} tokens (bytes of the standard "
         f"library's source), {args.test} held-out sequences for perplexity. Machine: {res['machine']['cpu']}, "
         f"{res['machine']['cores']} cores, {res['machine']['memory']}, shared with other jobs: load average "
         f"(1/5/15 min) {res['load_average_before_prune']} before the prune, {res['load_average_end']} after.",

@@ -15,7 +15,7 @@ is shared, so a time limit keeps the run bounded; the steps reached are reported
 The text is the Python standard library's own source (the top-level `*.py` files of
 `sysconfig.get_paths()["stdlib"]`), as bytes: vocabulary 256, rows of 128 tokens. Every tenth file is
 held out; its rows are `token_ids_test`, on which perplexity is measured. Trained models and the token
-.npz are cached under --cache (default /tmp/prunecli_decoders); results are written as they come to
+.npz are cached under --cache (default prunecli_decoders in the system temporary folder); results are written as they come to
 a JSON there (one per process: `--families llama` and `--families gpt2` can run side by side and
 the table merges both), so a stopped run resumes; `--until HH:MM` (UTC) starts no run after that time
 and writes the table of what was measured (cells with fewer seeds say n=).
@@ -41,18 +41,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_common import (  # noqa: E402
-    DECODERS_MD as OUT,
-)
-from bench.bench_common import (
-    DECODERS_TITLE as TITLE,
-)
-from bench.bench_common import (
     load_average,
     machine,
-    replace_section,
     save_token_npz,
+    scratch,
     stdlib_sources,
     table,
+    write_decoders_section,
 )
 
 HEADING = "## Small decoders: one-shot perplexity"
@@ -231,7 +226,7 @@ def prune_once(model_path: Path, data: Path, work: Path, method: str, scope, set
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="50%%, 70%% and 2:4, one seed, shorter training")
-    ap.add_argument("--cache", default="/tmp/prunecli_decoders", help="trained models, tokens and results")
+    ap.add_argument("--cache", default=str(scratch("prunecli_decoders")), help="trained models, tokens and results")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default 1500, --quick 300)")
     ap.add_argument("--seeds", type=int, default=None, help="calibration seeds (default 3, --quick 1)")
     ap.add_argument("--families", default="llama,gpt2")
@@ -289,9 +284,7 @@ def main(argv=None) -> int:
     text = render(results, meta, settings, seeds, args)
     print(text)
     if not args.no_write:
-        if not OUT.exists():
-            replace_section(OUT, None, TITLE)
-        replace_section(OUT, HEADING, text)
+        write_decoders_section(HEADING, text)
     return 0
 
 

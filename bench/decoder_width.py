@@ -62,7 +62,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import decoder_oneshot as oneshot  # noqa: E402
-from bench.bench_common import ROOT, load_average, machine, replace_section, table  # noqa: E402
+from bench.bench_common import ROOT, load_average, machine, replace_section, scratch, table  # noqa: E402
 
 OUT = ROOT / "bench" / "TRANSFORMER.md"
 HEADING = "## KerasHub decoder shrunk for real: width and depth (issue 28)"
@@ -578,7 +578,9 @@ def observations(results, rows, dense_ppl) -> list[str]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cache", default="/tmp/prunecli_width", help="trained model, tokens, pruned files, results")
+    ap.add_argument(
+        "--cache", default=str(scratch("prunecli_width")), help="trained model, tokens, pruned files, results"
+    )
     ap.add_argument("--steps", type=int, default=3000, help="training steps of the dense model (at most)")
     ap.add_argument("--train-seconds", type=float, default=540.0, help="stop training after this long")
     ap.add_argument("--seeds", type=int, default=3, help="pruning/fine-tuning seeds")
