@@ -66,6 +66,66 @@ def every_target(model, exclude=()):
     return targets.select(model, (), exclude)
 
 
+def prune_one_target(method: str, model, target, x, sparsity: float):
+    """Prune one target to `sparsity`: by magnitude (its k smallest |w|), or by calibrated SparseGPT on
+    inputs `x`, checked to have pruned exactly k weights to zero with no fallback. Returns SparseGPT's
+    report entry for the layer (None for magnitude)."""
+    import numpy as np
+
+    from prunecli.calibration import prune_calibrated
+
+    w_dense = np.asarray(target.variable).copy()
+    k = int(round(sparsity * w_dense.size))
+    if method == "magnitude":
+        flat = w_dense.reshape(-1).copy()
+        flat[np.argsort(np.abs(flat), kind="stable")[:k]] = 0
+        target.variable.assign(flat.reshape(w_dense.shape))
+        return None
+    res = prune_calibrated(model, [target], [x], calibration_config("sparsegpt", sparsity=sparsity))
+    keep = np.asarray(res.masks[target.name])
+    assert res.section["fallback"] == {} and int((~keep).sum()) == k
+    assert (np.asarray(target.variable)[~keep] == 0).all()
+    return res.section["layers"][target.name]
+
+
+def token_inputs(vocab: int, n: int = 3, seq: int = 10, seed: int = 0) -> dict:
+    """A KerasHub decoder's inputs: seeded token ids in [1, vocab) and a padding mask whose first row ends
+    in three padding positions, masked as KerasHub masks them."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    mask = np.ones((n, seq), "int32")
+    mask[0, -3:] = 0
+    return {"token_ids": rng.integers(1, vocab, size=(n, seq)).astype("int32"), "padding_mask": mask}
+
+
+def reloaded_hub(model, path):
+    """`model` saved to `path` and loaded back with prunecli's KerasHub classes registered."""
+    import keras
+
+    from prunecli.structure import transformer
+
+    model.save(path)
+    assert transformer.register_for_file(path)
+    return keras.saving.load_model(path)
+
+
+def assert_close_rel(a, b, rel: float = 1e-4) -> None:
+    """|a - b| at most `rel` of b's largest magnitude, everywhere."""
+    import numpy as np
+
+    a, b = np.asarray(a), np.asarray(b)
+    assert np.abs(a - b).max() <= rel * np.abs(b).max(), np.abs(a - b).max()
+
+
+def greedy_tokens(lm, prompt):
+    """A KerasHub causal LM's greedy continuation of `prompt` (token ids and padding mask)."""
+    import numpy as np
+
+    lm.compile(sampler="greedy")
+    return np.asarray(lm.generate(prompt, stop_token_ids=None)["token_ids"])
+
+
 @pytest.fixture(scope="session")
 def mlp_files(tmp_path_factory):
     """A trained tiny MLP saved as .keras and Keras-3 .h5, and its data as .npz."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import calibration_config, every_target
+from conftest import calibration_config, every_target, prune_one_target
 
 
 def _model():
@@ -97,8 +97,6 @@ def test_sparsegpt_beats_magnitude_on_depthwise_output(sparsity):
     import keras
     import tensorflow as tf
 
-    from prunecli.calibration import prune_calibrated
-
     x = _images(48)
     errors = {}
     for method in ("magnitude", "sparsegpt"):
@@ -108,18 +106,8 @@ def test_sparsegpt_beats_magnitude_on_depthwise_output(sparsity):
         )
         t = every_target(model)[0]
         dense_out = np.asarray(model(x))
-        w_dense = np.asarray(t.variable).copy()
-        k = int(round(sparsity * w_dense.size))
-        if method == "magnitude":
-            flat = w_dense.reshape(-1).copy()
-            flat[np.argsort(np.abs(flat), kind="stable")[:k]] = 0
-            t.variable.assign(flat.reshape(w_dense.shape))
-        else:
-            res = prune_calibrated(model, [t], [x], calibration_config("sparsegpt", sparsity=sparsity))
-            keep = np.asarray(res.masks[t.name])
-            assert res.section["fallback"] == {} and int((~keep).sum()) == k
-            assert (np.asarray(t.variable)[~keep] == 0).all()
-            entry = res.section["layers"][t.name]
+        entry = prune_one_target(method, model, t, x, sparsity)
+        if entry is not None:
             assert entry["error_after"] < entry["error_before"]
         out = np.asarray(model(x))
         errors[method] = float(tf.norm(out - dense_out) / tf.norm(dense_out))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import calibration_config, every_target
+from conftest import calibration_config, every_target, prune_one_target
 
 T, D, UNITS = 9, 6, 5
 CELLS = ("LSTM", "GRU", "SimpleRNN")
@@ -345,27 +345,15 @@ def test_sparsegpt_beats_magnitude_on_an_lstm_recurrent_kernel(sparsity, recurre
     error and the LSTM's output error below magnitude's."""
     import keras
 
-    from prunecli.calibration import prune_calibrated
-
     x = _sequences(64)
     errors = {}
     for method in ("magnitude", "sparsegpt"):
         model = _float_model("LSTM", return_sequences=True)
         t = _target(model, "rnn/lstm_cell/recurrent_kernel")
-        w_dense = np.asarray(t.variable).copy()
         lstm = keras.Model(model.inputs, model.get_layer("rnn").output)
         dense_out = np.asarray(lstm(x, training=False))
-        k = int(round(sparsity * w_dense.size))
-        if method == "magnitude":
-            w = w_dense.reshape(-1).copy()
-            w[np.argsort(np.abs(w), kind="stable")[:k]] = 0
-            t.variable.assign(w.reshape(w_dense.shape))
-        else:
-            res = prune_calibrated(model, [t], [x], calibration_config("sparsegpt", sparsity=sparsity))
-            keep = np.asarray(res.masks[t.name])
-            assert res.section["fallback"] == {} and int((~keep).sum()) == k
-            assert (np.asarray(t.variable)[~keep] == 0).all()
-            entry = res.section["layers"][t.name]
+        entry = prune_one_target(method, model, t, x, sparsity)
+        if entry is not None:
             assert entry["rows"] == 64 * T and entry["error_after"] < entry["error_before"]
         errors[method] = _output_error(lstm, x, dense_out)
     assert errors["sparsegpt"] < errors["magnitude"], errors

@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import assert_close_rel, greedy_tokens, reloaded_hub, token_inputs
 
 keras = pytest.importorskip("keras")
 kh = pytest.importorskip("keras_hub")
@@ -39,26 +40,11 @@ def backbone(family: str = "llama", layers: int = 2, seed: int = 0):
 
 
 def inputs(n: int = 3, seq: int = 10, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    mask = np.ones((n, seq), "int32")
-    mask[0, -3:] = 0  # padding is masked as KerasHub masks it
-    return {"token_ids": rng.integers(1, VOCAB, size=(n, seq)).astype("int32"), "padding_mask": mask}
+    return token_inputs(VOCAB, n, seq, seed)
 
 
 def _config(granularity: str, **kw):
     return build_config({"model_path": "m.keras", "granularity": granularity, **kw}, environ={})
-
-
-def _reloaded(model, tmp_path, name="small.keras"):
-    path = tmp_path / name
-    model.save(path)
-    assert transformer.register_for_file(path)
-    return keras.saving.load_model(path)
-
-
-def _close(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max(), np.abs(a - b).max()
 
 
 def _attention_shapes(block):
@@ -85,10 +71,10 @@ def test_gqa_groups_and_their_query_heads_are_deleted(tmp_path):
     per_block = D * 2 * HD + 2 * D * HD + 2 * HD * D  # q, k, v and output slices of one group
     assert model.count_params() - small.count_params() == 2 * per_block
     assert section["params_before"] - section["params_after"] == 2 * per_block
-    _close(small(x), masked)
+    assert_close_rel(small(x), masked)
     assert section["verification"]["max_rel_diff"] <= 1e-4
     assert all(m.all() for m in masks.values())
-    _close(_reloaded(small, tmp_path)(x), masked)
+    assert_close_rel(reloaded_hub(small, tmp_path / "small.keras")(x), masked)
     assert [v["heads"] for v in heads.heads_per_layer(small).values()] == [2, 2]
 
 
@@ -118,10 +104,10 @@ def test_swiglu_units_go_from_gate_up_and_down_together(tmp_path):
     assert type(block).__name__ == "PrunedLlamaTransformerDecoder" and block.intermediate_dim == FF // 2
     assert [tuple(d.kernel.shape) for d in keras_graph.hub_swiglu(block)] == [(D, 16), (D, 16), (16, D)]
     assert model2.count_params() - small.count_params() == 2 * (FF // 2) * 3 * D
-    _close(small(x), masked)  # the same units went: scores are deterministic
+    assert_close_rel(small(x), masked)  # the same units went: scores are deterministic
     assert section2["verification"]["max_rel_diff"] <= 1e-4 and all(m.all() for m in masks2.values())
     assert {t.name for t in targets_mod.carry_over(tg2, small)} == set(masks2)
-    _close(_reloaded(small, tmp_path)(x), masked)
+    assert_close_rel(reloaded_hub(small, tmp_path / "small.keras")(x), masked)
 
 
 def test_a_unit_is_scored_by_all_three_projections():
@@ -155,8 +141,8 @@ def test_other_families_lose_groups_and_units_for_real(family, tmp_path):
     block = smaller.get_layer("transformer_layer_0")
     assert (block.num_query_heads, block.num_key_value_heads, block.intermediate_dim) == (2, 1, 24)
     assert _attention_shapes(block)[0] == (D, 2, HD)
-    _close(smaller(x), masked)
-    _close(_reloaded(smaller, tmp_path)(x), masked)
+    assert_close_rel(smaller(x), masked)
+    assert_close_rel(reloaded_hub(smaller, tmp_path / "small.keras")(x), masked)
 
 
 def test_global_scope_gives_blocks_different_widths():
@@ -171,7 +157,7 @@ def test_global_scope_gives_blocks_different_widths():
     )
     widths = [small.get_layer(f"transformer_layer_{i}").intermediate_dim for i in range(2)]
     assert sum(widths) == FF and widths[1] < widths[0], widths
-    _close(small(x), model(x))
+    assert_close_rel(small(x), model(x))
 
 
 def test_neuron_on_decoders_is_a_structural_step():
@@ -243,13 +229,8 @@ def test_whole_decoder_blocks_are_layer_candidates(tmp_path):
     for i in (0, 2):
         h = model.get_layer(f"transformer_layer_{i}")(h, decoder_padding_mask=x["padding_mask"])
     want = model.get_layer("sequence_output_layernorm")(h)
-    _close(smaller(x), want)
-    _close(_reloaded(smaller, tmp_path)(x), want)
-
-
-def _greedy(lm, prompt):
-    lm.compile(sampler="greedy")
-    return np.asarray(lm.generate(prompt, stop_token_ids=None)["token_ids"])
+    assert_close_rel(smaller(x), want)
+    assert_close_rel(reloaded_hub(smaller, tmp_path / "small.keras")(x), want)
 
 
 @pytest.mark.slow
@@ -269,18 +250,18 @@ def test_causal_lm_keeps_generating_after_groups_and_units_go(tmp_path):
     prompt["token_ids"][:, :3] = [[3, 4, 5], [7, 8, 9]]
     prompt["padding_mask"][:, :3] = True
     # KerasHub's own cache on the masked model, ours (one slice per block) on the smaller one
-    np.testing.assert_array_equal(_greedy(small, prompt), _greedy(lm, prompt))
+    np.testing.assert_array_equal(greedy_tokens(small, prompt), greedy_tokens(lm, prompt))
     tg, _ = transformer.ffn_only(small, targets_mod.select(small))
     smaller, _, _, _ = ffn.run_ffn(small, tg, _config("neuron", sparsity=0.5, shrink=True))
     assert [int(b.intermediate_dim) for b in smaller.backbone.transformer_layers] == [FF // 2] * 2
     x = inputs()
-    _close(smaller(x), small(x))  # `small` is masked where `smaller` lost its units
-    want = _greedy(small, prompt)
+    assert_close_rel(smaller(x), small(x))  # `small` is masked where `smaller` lost its units
+    want = greedy_tokens(small, prompt)
     assert (want[:, 3:] != 0).any()  # it generated something
-    np.testing.assert_array_equal(_greedy(smaller, prompt), want)
-    back = _reloaded(smaller, tmp_path, "lm.keras")
+    np.testing.assert_array_equal(greedy_tokens(smaller, prompt), want)
+    back = reloaded_hub(smaller, tmp_path / "lm.keras")
     assert type(back).__name__ == "PrunedLlamaCausalLM"
-    np.testing.assert_array_equal(_greedy(back, prompt), want)
+    np.testing.assert_array_equal(greedy_tokens(back, prompt), want)
 
 
 @pytest.mark.slow
@@ -305,7 +286,7 @@ def test_whole_blocks_leave_a_causal_lm(cli, tmp_path):
         h = lm.backbone.get_layer(f"transformer_layer_{i}")(h, decoder_padding_mask=x["padding_mask"])
     h = lm.backbone.get_layer("sequence_output_layernorm")(h)
     want = lm.backbone.get_layer("token_embedding")(h, reverse=True)  # tied LM head
-    _close(smaller(x), want)
+    assert_close_rel(smaller(x), want)
     others = [c for c in candidates if c.kind != "block"]
     if others:  # e.g. the final norm: not a block, not removed from a task's backbone
         with pytest.raises(InputError, match="only whole decoder blocks"):
@@ -321,7 +302,7 @@ def test_whole_blocks_leave_a_causal_lm(cli, tmp_path):
     assert len(back.backbone.transformer_layers) == 2
     prompt = {"token_ids": np.zeros((1, 8), "int32"), "padding_mask": np.zeros((1, 8), bool)}
     prompt["token_ids"][:, :2], prompt["padding_mask"][:, :2] = [3, 4], True
-    assert _greedy(back, prompt).shape == (1, 8)
+    assert greedy_tokens(back, prompt).shape == (1, 8)
 
 
 def test_a_plan_of_decoder_units_is_refused_by_apply(cli, tmp_path):

@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import assert_close_rel, greedy_tokens, reloaded_hub, token_inputs
 
 keras = pytest.importorskip("keras")
 kh = pytest.importorskip("keras_hub")
@@ -41,10 +42,7 @@ def backbone(family: str = "llama", tied: bool = False, layers: int = 2, seed: i
 
 
 def inputs(n: int = 3, seq: int = 10, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    mask = np.ones((n, seq), "int32")
-    mask[0, -3:] = 0
-    return {"token_ids": rng.integers(1, VOCAB, size=(n, seq)).astype("int32"), "padding_mask": mask}
+    return token_inputs(VOCAB, n, seq, seed)
 
 
 def _config(**kw):
@@ -53,23 +51,6 @@ def _config(**kw):
 
 def _narrowed(model, **kw):
     return hidden.run_hidden(model, targets_mod.select(model), _config(**kw))
-
-
-def _reloaded(model, tmp_path, name="narrow.keras"):
-    path = tmp_path / name
-    model.save(path)
-    assert transformer.register_for_file(path)
-    return keras.saving.load_model(path)
-
-
-def _close(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max(), np.abs(a - b).max()
-
-
-def _greedy(lm, prompt):
-    lm.compile(sampler="greedy")
-    return np.asarray(lm.generate(prompt, stop_token_ids=None)["token_ids"])
 
 
 @pytest.mark.parametrize(
@@ -112,10 +93,10 @@ def test_narrowed_model_equals_the_masked_one(family, tied, tmp_path):
     per_channel = VOCAB * (1 if tied else 2) + 2 * per_block + 1
     assert model.count_params() - small.count_params() == 8 * per_channel
     assert section["params_before"] - section["params_after"] == 8 * per_channel
-    _close(np.asarray(small(x)), masked[..., kept])
+    assert_close_rel(np.asarray(small(x)), masked[..., kept])
     assert section["verification"]["max_rel_diff"] <= 1e-4
     assert masks and all(m.all() for m in masks.values())
-    _close(np.asarray(_reloaded(small, tmp_path)(x)), masked[..., kept])
+    assert_close_rel(np.asarray(reloaded_hub(small, tmp_path / "narrow.keras")(x)), masked[..., kept])
 
 
 def test_a_channel_is_scored_by_all_its_slices():
@@ -188,16 +169,16 @@ def test_causal_lm_keeps_generating_after_channels_go(tmp_path):
     assert type(small).__name__ == "PrunedLlamaCausalLM" and small.backbone.hidden_dim == 24
     assert small.backbone.head_dim == HD
     x = inputs()
-    _close(small(x), lm(x))  # logits: the vocabulary is whole
+    assert_close_rel(small(x), lm(x))  # logits: the vocabulary is whole
     prompt = {"token_ids": np.zeros((2, 9), "int32"), "padding_mask": np.zeros((2, 9), bool)}
     prompt["token_ids"][:, :3] = [[3, 4, 5], [7, 8, 9]]
     prompt["padding_mask"][:, :3] = True
-    want = _greedy(lm, prompt)
+    want = greedy_tokens(lm, prompt)
     assert (want[:, 3:] != 0).any()
-    np.testing.assert_array_equal(_greedy(small, prompt), want)
-    back = _reloaded(small, tmp_path, "lm.keras")
+    np.testing.assert_array_equal(greedy_tokens(small, prompt), want)
+    back = reloaded_hub(small, tmp_path / "lm.keras")
     assert type(back).__name__ == "PrunedLlamaCausalLM"
-    np.testing.assert_array_equal(_greedy(back, prompt), want)
+    np.testing.assert_array_equal(greedy_tokens(back, prompt), want)
 
 
 @pytest.mark.slow
