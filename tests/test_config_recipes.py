@@ -57,7 +57,7 @@ def test_recipe_is_commented_and_valid(recipe, example_model, example_data):
     config = build_config({"model_path": str(example_model), "data": str(example_data)}, recipe=recipe, environ={})
     for key, value in raw.items():
         if key not in ("granularity", "exclude", "include", "overrides"):
-            assert getattr(config, key) == value, key
+            assert getattr(config, key) == (tuple(value) if isinstance(value, list) else value), key
 
 
 @pytest.mark.slow
