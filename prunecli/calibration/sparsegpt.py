@@ -160,7 +160,7 @@ def prune_matrix(w, hessian, name: str, *, prune_count: int = 0, nm: tuple[int, 
     done = 0  # weights pruned so far (element sparsity): each block takes its share of prune_count
     for start in range(0, d_in, block):
         end = min(start + block, d_in)
-        w1 = wt[:, start:end]
+        w1 = wt[:, : end - start]  # wt holds only the columns not yet done: no copy of the finished ones
         u1 = upper[start:end, start:end]
         if m:
             keep1 = tf.ones_like(w1, tf.bool)
@@ -172,8 +172,7 @@ def prune_matrix(w, hessian, name: str, *, prune_count: int = 0, nm: tuple[int, 
         q_blocks.append(q1)
         keep_blocks.append(keep1)
         if end < d_in:
-            rest = wt[:, end:] - tf.matmul(err1, upper[start:end, end:])
-            wt = tf.concat([wt[:, :end], rest], axis=1)
+            wt = wt[:, end - start :] - tf.matmul(err1, upper[start:end, end:])
     q = tf.concat(q_blocks, axis=1)[:, :rows]
     keep = tf.concat(keep_blocks, axis=1)[:, :rows]
     return tf.transpose(q), tf.transpose(keep)
