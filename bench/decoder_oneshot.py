@@ -57,7 +57,7 @@ TEST_ROWS = 64  # held-out rows of SEQ tokens (8,192 tokens)
 CALIBRATION_ROWS = 2048  # training rows in the .npz, from which --seed draws the calibration set
 SETTINGS = ("0.5", "0.7", "2:4", "0.6", "0.8")  # in the order they run
 QUICK_SETTINGS = ("0.5", "0.7", "2:4")
-# (label, method, scope); scope None: the default (auto)
+# (label, method, scope); scope None: the default (auto); owl: --scope global --normalize owl
 RUNS = (
     ("magnitude layer", "magnitude", "layer"),
     ("magnitude default", "magnitude", None),
@@ -65,6 +65,8 @@ RUNS = (
     ("wanda default (global)", "wanda", None),
     ("sparsegpt layer", "sparsegpt", "layer"),
     ("sparsegpt default (global)", "sparsegpt", None),
+    ("wanda owl", "wanda", "owl"),
+    ("sparsegpt owl", "sparsegpt", "owl"),
 )
 FAMILIES = {
     "llama": {"hidden": 128, "layers": 4, "heads": 4, "kv_heads": 2, "ffn": 384},
@@ -205,7 +207,9 @@ def prune_once(model_path: Path, data: Path, work: Path, method: str, scope, set
         "quiet": True,
         "sizes": False,
     }
-    if scope:
+    if scope == "owl":
+        values.update(scope="global", normalize="owl")
+    elif scope:
         values["scope"] = scope
     if setting == "2:4":
         values["granularity"] = "n:m=2:4"
@@ -261,7 +265,7 @@ def main(argv=None) -> int:
             for family in families:
                 model_path = cache / f"{family}_{steps}.keras"
                 for label, method, scope in RUNS:
-                    if setting == "2:4" and scope is None:
+                    if setting == "2:4" and scope in (None, "owl"):
                         continue  # N:M is the same in every layer: one row per method
                     if method == "magnitude" and seed != seeds[0]:
                         continue  # data-free: the seed changes nothing
@@ -323,7 +327,7 @@ def _goals(results, family: str, dense: float, settings) -> list[str]:
         )
     out.append(f"- {family}, 50% within 15% of dense ({dense:.3f}, limit {1.15 * dense:.3f}): " + "; ".join(parts))
     uni, parts = get("0.7", "wanda layer (uniform)"), []
-    for label in calibrated:
+    for label in (*calibrated, "wanda owl", "sparsegpt owl"):
         v = get("0.7", label)
         if v is None or uni is None:
             parts.append(f"{label} not measured")
@@ -332,7 +336,7 @@ def _goals(results, family: str, dense: float, settings) -> list[str]:
                 f"{label} {v:.3f} ({abs(1 - v / uni):.0%} {'lower' if v <= uni else 'higher'}) {'met' if v <= 0.8 * uni else 'NOT met'}"
             )
     shown = "not measured" if uni is None else f"{uni:.3f}"
-    out.append(f"- {family}, 70%: global at least 20% lower than uniform Wanda ({shown}): " + "; ".join(parts))
+    out.append(f"- {family}, 70%: an allocation at least 20% lower than uniform Wanda ({shown}): " + "; ".join(parts))
     for label in calibrated:
         worse, missing = [], []
         for s in settings:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from prunecli.config import Granularity, PruneConfig
-from prunecli.selection import kernels, policy
+from prunecli.selection import kernels, layer_budgets, policy
 from prunecli.structure.targets import Target
 
 
@@ -127,15 +127,15 @@ def test_lamp_global_ranking_matches_its_definition():
 def test_erk_densities_of_two_known_shapes():
     # A: Dense 100x100 (factor 200/10000 = 0.02), B: Dense 20x50 (factor 70/1000 = 0.07), 90% of 11,000
     # go: 10000 * 0.02 e + 1000 * 0.07 e = 1100 kept, e = 1100 / 270; A keeps 814.8, B 285.2
-    ks, held = policy.erk_counts([10_000, 1000], [0.02, 0.07], [9999, 999], 9900)
+    ks, held = layer_budgets.erk_counts([10_000, 1000], [0.02, 0.07], [9999, 999], 9900)
     assert ks == [10_000 - 815, 1000 - 285] and held == [False, False]
     assert sum(ks) == 9900
     # a tiny layer whose ERK density would pass 1 stays dense; its share goes to the other
-    ks, _ = policy.erk_counts([10_000, 6], [0.02, 5 / 6], [9999, 5], round(0.5 * 10_006))
+    ks, _ = layer_budgets.erk_counts([10_000, 6], [0.02, 5 / 6], [9999, 5], round(0.5 * 10_006))
     assert ks[1] == 0 and ks[0] == round(0.5 * 10_006)
     # a floor above the ERK share holds, and the rest of the budget goes elsewhere
     # (A's ERK density, 0.002 * 25 = 0.05, is below the 0.5 its floor needs: B keeps 0.02 * 25 = 0.5)
-    ks, held = policy.erk_counts([1000, 1000], [0.002, 0.02], [500, 999], 1000)
+    ks, held = layer_budgets.erk_counts([1000, 1000], [0.002, 0.02], [500, 999], 1000)
     assert ks == [500, 500] and held == [True, False]
 
 
@@ -153,7 +153,7 @@ def test_erk_through_the_policy_on_hand_made_layers():
     assert result.requested[a.name] == result.requested[b.name] == 0.9
 
 
-@pytest.mark.parametrize("normalize", ["mean", "none", "lamp", "erk"])
+@pytest.mark.parametrize("normalize", ["mean", "none", "lamp", "erk", "owl"])
 @pytest.mark.parametrize("granularity", [Granularity(), Granularity("neuron")])
 def test_every_normalisation_removes_the_exact_budget_and_keeps_the_floors(normalize, granularity):
     targets = _layers(4)

@@ -17,7 +17,8 @@ from prunecli.errors import ConfigError
 
 SCOPES = ("auto", "layer", "global")
 GLOBAL_BY_DEFAULT = ("element", "block")  # granularities --scope auto ranks globally (bench/ACCURACY.md)
-NORMALIZATIONS = ("mean", "none", "lamp", "erk")  # selection/policy.py says what each does
+NORMALIZATIONS = ("mean", "none", "lamp", "erk", "owl")  # selection/policy.py says what each does
+PER_LAYER_BUDGETS = ("erk", "owl")  # normalizations that share the budget out per layer, with no common ranking
 SCHEDULES = ("auto", "oneshot", "iterative", "polynomial", "dynamic")
 GRADUAL = ("iterative", "polynomial", "dynamic")  # schedules that prune while fine-tuning (selection/schedule.py)
 CALIBRATED_METHODS = ("wanda", "sparsegpt")  # pruned layer by layer by prunecli.calibration
@@ -183,8 +184,9 @@ class PruneConfig:
     normalize: str = setting(
         "lamp",
         help="How --scope global compares layers: lamp (LAMP scores, Lee et al. 2021; default, best in"
-        " bench/ACCURACY.md), mean (scores over their layer's mean), none (raw scores) or erk"
-        " (Erdos-Renyi-Kernel per-layer budget, Evci et al. 2020).",
+        " bench/ACCURACY.md), mean (scores over their layer's mean), none (raw scores), erk"
+        " (Erdos-Renyi-Kernel per-layer budget, Evci et al. 2020) or owl (more kept where a block's"
+        " scores hold more outliers, Yin et al. 2024).",
         choices=NORMALIZATIONS,
     )
     include: tuple[str, ...] = setting((), help="Only layers matching this name glob (repeatable).", kind="multiple")

@@ -16,6 +16,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from prunecli.config.fields import PER_LAYER_BUDGETS
 from prunecli.errors import ConfigError
 
 TARGET_KINDS = ("params", "flops", "size", "latency")
@@ -108,7 +109,7 @@ def check_target(c) -> None:
         (c.engine != "native", f"--engine {c.engine} (it prunes elements to a sparsity)"),
         (not c.shrink, "shrink off (the target is the size of the shrunk model)"),
         (c.scope == "layer", "--scope layer (a target ranks channels across layers)"),
-        (c.normalize == "erk", "--normalize erk (a target ranks channels: lamp, mean or none)"),
+        (c.normalize in PER_LAYER_BUDGETS, f"--normalize {c.normalize} (a target ranks channels: lamp, mean or none)"),
         (c.schedule != "oneshot", f"--schedule {c.schedule} (the allocation is made once: oneshot)"),
         (c.auto, "--auto (it chooses per-layer sparsities itself)"),
     ]

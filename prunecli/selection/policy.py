@@ -20,6 +20,9 @@ Guarantees:
     ICML 2020, RigL): layer l keeps a density proportional to (sum of its kernel's dims) / (product of
     its kernel's dims), scaled so that exactly round(s * total groups) go, capped at 1 (the excess is
     redistributed); then each layer is pruned layer-wise to its share.
+  - "owl": no common ranking either; OWL's budget (Yin et al., ICML 2024): a block whose scores
+    hold more outliers keeps more, all blocks' densities within 2 x 0.08 of each other
+    (selection/layer_budgets.py); then each layer is pruned layer-wise to its share.
 - threshold t: groups scoring below t (raw scores), or below their layer's mean score ('mean').
 - N:M: in every run of M consecutive weights along the reduction axis at most N are kept (exactly N
   in full runs), the layout of tfmot, TFLite and sparse tensor cores. It needs element scores.
@@ -45,11 +48,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from prunecli.config import Granularity, PruneConfig
+from prunecli.config import PER_LAYER_BUDGETS, Granularity, PruneConfig
 from prunecli.errors import ConfigError
 from prunecli.selection import kernels as masking
 from prunecli.selection import tied
 from prunecli.selection.lamp import lamp_counts, lamp_scores
+from prunecli.selection.layer_budgets import erk_counts, owl_counts
 from prunecli.selection.tied import Member, ScoreSet
 from prunecli.structure.targets import Target
 
@@ -163,6 +167,10 @@ class UnitLayer:
 
     @property
     def layer_name(self) -> str:
+        return self.name
+
+    @property
+    def block(self) -> str:
         return self.name
 
     @property
@@ -301,46 +309,6 @@ def erk_factor(e: ScoreSet) -> float:
     return _erk_factor([m.target.shape for m in e.members])
 
 
-def erk_counts(sizes: list[int], factors: list[float], caps: list[int], budget: int) -> tuple[list[int], list[bool]]:
-    """How many groups each layer loses under ERK: layer i keeps a density min(1, eps * factor_i), no
-    less than its floor allows (1 - caps_i / sizes_i), eps chosen so that exactly `budget` go in all
-    (or as many as the caps allow). Returns the counts and which layers their floor held."""
-    n = np.asarray(sizes, dtype=np.float64)
-    f = np.asarray(factors, dtype=np.float64)
-    cap = np.asarray(caps, dtype=np.float64)
-    lo = np.divide(n - cap, n, out=np.ones_like(n), where=n > 0)  # least density the floors allow
-    kept = n.sum() - min(budget, int(cap.sum()))
-
-    def density(eps: float) -> np.ndarray:
-        return np.clip(eps * f, lo, 1.0)
-
-    # total kept, sum n_i * density_i(eps), is piecewise linear and non-decreasing in eps: find the piece
-    live = f > 0
-    knots = np.unique(np.concatenate([[0.0], lo[live] / f[live], 1.0 / f[live]]))
-    totals = np.array([float(n @ density(x)) for x in knots])
-    j = int(np.searchsorted(totals, kept, side="left"))
-    if j == 0:
-        eps = knots[0]
-    elif j >= len(knots):
-        eps = knots[-1]
-    else:
-        a, b = knots[j - 1], knots[j]
-        eps = a + (b - a) * (kept - totals[j - 1]) / (totals[j] - totals[j - 1])
-    real = n * density(eps)
-    keep = np.maximum(np.floor(real + 1e-9), n - cap).astype(np.int64)
-    keep = np.minimum(keep, n.astype(np.int64))
-    short = int(round(kept)) - int(keep.sum())  # whole groups left to hand out, largest remainder first
-    order = np.lexsort((np.arange(len(n)), -(real - keep)))
-    for i in order:
-        if short <= 0:
-            break
-        if keep[i] < n[i]:
-            keep[i] += 1
-            short -= 1
-    held = [bool(cap[i] < n[i] * (1 - eps * f[i]) - 1e-9) for i in range(len(n))]
-    return [int(x) for x in (n.astype(np.int64) - keep)], held
-
-
 def _own_sparsity(e: ScoreSet, config: PruneConfig, result: MaskSet) -> float | None:
     """The override sparsity of a set: its members' (the highest when they differ), or None."""
     given = {m.target.layer_name: config.rule_for(m.target.layer_name).sparsity for m in e.members}
@@ -405,20 +373,25 @@ def allocated_per_layer(config: PruneConfig) -> bool:
     return (
         config.threshold is None
         and config.scope == "global"
-        and config.normalize in ("lamp", "erk")
+        and config.normalize in ("lamp", *PER_LAYER_BUDGETS)
         and config.granularity.kind in ("element", "block", "neuron")
     )
 
 
-def _allocate(keys, caps, prunables, factors, scores, config: PruneConfig, budget: int) -> dict[str, tuple[int, bool]]:
+def _allocate(
+    keys, caps, prunables, factors, scores, config: PruneConfig, budget: int, blocks: list[str]
+) -> dict[str, tuple[int, bool]]:
     """{key: (how many positions that set loses, whether its floor held it)} for the sets ranked
     together, when the ranking is a count per set: LAMP (`scores()` gives each set's scores in order,
-    again per pass) or ERK (`factors`, no scores). Empty for the others (ranked in one selection)."""
+    again per pass), ERK (`factors`, no scores) or OWL (scores and the sets' `blocks`). Empty for the
+    others (ranked in one selection)."""
     if config.normalize == "lamp" and scores is not None:
         ks = lamp_counts(scores, caps, budget)
         held = [k == cap and cap < n and budget > 0 for k, cap, n in zip(ks, caps, prunables, strict=True)]
     elif config.normalize == "erk":
         ks, held = erk_counts(prunables, factors, caps, budget)
+    elif config.normalize == "owl" and scores is not None:
+        ks, held = owl_counts(scores, prunables, caps, budget, blocks)
     else:
         return {}
     return dict(zip(keys, zip(ks, held, strict=True), strict=True))
@@ -444,7 +417,16 @@ def layer_counts(targets: list[Target], scores_of, level: str, config: PruneConf
                 yield _group_scores(t, score, level, gran)
 
     factors = [_erk_factor([t.shape]) for t in ranked]
-    return _allocate([t.name for t in ranked], caps, groups, factors, scores, config, budget)
+    blocks = [t.block for t in ranked]
+    return _allocate([t.name for t in ranked], caps, groups, factors, scores, config, budget, blocks)
+
+
+def _allocation_scores(ranked: list[_SetSelection], config: PruneConfig):
+    """What `_allocate` ranks by, given again per pass: LAMP needs whole sets (None when a set has
+    pinned positions: they are then ranked in one selection); OWL counts outliers in what may go."""
+    if config.normalize == "owl":
+        return lambda: (p.candidates() for p in ranked)
+    return (lambda: (p.scores for p in ranked)) if all(p.free is None for p in ranked) else None
 
 
 def select_sets(
@@ -466,7 +448,9 @@ def select_sets(
     own = [_own_sparsity(e, config, result) for e in sets]
     ranked_together = config.threshold is None and config.scope == "global"
     selections = [
-        _selection_of(e, _ranking(e, config, ranked_together and sparsity is None and config.normalize != "erk"))
+        _selection_of(
+            e, _ranking(e, config, ranked_together and sparsity is None and config.normalize not in PER_LAYER_BUDGETS)
+        )
         for e, sparsity in zip(sets, own, strict=True)
     ]
     ranked = [p for p, sparsity in zip(selections, own, strict=True) if ranked_together and sparsity is None]
@@ -477,9 +461,10 @@ def select_sets(
             [p.cap for p in ranked],
             [p.set.prunable for p in ranked],
             [erk_factor(p.set) for p in ranked],
-            (lambda: (p.scores for p in ranked)) if all(p.free is None for p in ranked) else None,
+            _allocation_scores(ranked, config),
             config,
             budget,
+            [p.set.members[0].target.block for p in ranked],
         )
     for p, sparsity in zip(selections, own, strict=True):
         name = p.set.members[0].target.name

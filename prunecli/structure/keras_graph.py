@@ -92,6 +92,13 @@ def output_layer_names(model) -> set[str]:
     return names
 
 
+def is_model(layer) -> bool:
+    """Whether the layer is a whole model (Functional, Sequential, a KerasHub backbone), not a block in one."""
+    import keras
+
+    return isinstance(layer, keras.Model)
+
+
 def children(layer) -> list:
     """The layer's direct sub-layers (a model's layers, a wrapper's inner layer, an RNN's cell); none for
     a Keras operation (keras.ops.*), which holds no layers."""

@@ -31,6 +31,7 @@ class Target:
     variable: Any
     unit_axis: int
     layer: Any = None
+    block_name: str = ""  # set by walk(); see `block`
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -42,6 +43,12 @@ class Target:
         for d in self.shape:
             n *= d
         return n
+
+    @property
+    def block(self) -> str:
+        """The outermost layer holding this weight that is not a model: a Transformer block for its
+        projections, the layer itself in a plain model (OWL gives a block one density)."""
+        return self.block_name or self.layer_name
 
     @property
     def units(self) -> int:
@@ -83,19 +90,20 @@ def walk(model) -> list[Target]:
     found: list[Target] = []
     seen: set[int] = set()
 
-    def visit(layer, prefix: str):
+    def visit(layer, prefix: str, block: str):
         path = f"{prefix}/{layer.name}" if prefix else layer.name
+        block = block or ("" if keras_graph.is_model(layer) else path)
         for attr, var, axis in layers.prunable_weights(layer):
             if id(var) in seen:
                 continue  # a shared layer: prune its weight once
             seen.add(id(var))
             ndim = len(var.shape)
-            found.append(Target(f"{path}/{attr}", path, type(layer).__name__, attr, var, axis % ndim, layer))
+            found.append(Target(f"{path}/{attr}", path, type(layer).__name__, attr, var, axis % ndim, layer, block))
         for child in keras_graph.children(layer):
-            visit(child, path)
+            visit(child, path, block)
 
     for layer in keras_graph.children(model):
-        visit(layer, "")
+        visit(layer, "", "")
     return found
 
 
