@@ -440,11 +440,11 @@ def _meter_fn():
 
 
 def _conv_kernels(view: LayerView, diff, w):
-    """(diff, W) as 4-D convolution kernels for ErrorMeter.conv_sums, or None (not a conv, or a strided
-    and dilated one, which TensorFlow's convolution does not take: its blocks of rows are read)."""
+    """(diff, W) as 4-D convolution kernels for ErrorMeter.conv_sums, or None (not a 1-D/2-D conv, or a
+    strided and dilated one, which TensorFlow's convolution does not take: its blocks of rows are read)."""
     import tensorflow as tf
 
-    if view.kind != "conv":
+    if view.kind != "conv" or len(view.target.layer.kernel_size) == 3:
         return None
     layer = view.target.layer
     if max(layer.strides) > 1 and max(layer.dilation_rate) > 1:

@@ -32,13 +32,14 @@ entries matter (`within_channels`); pruning runs per channel (depthwise.py).
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-# Layers calibrated through their inputs. Everything else (depthwise and separable convs, transposed
-# convs, Conv3D, Embedding, recurrent kernels, custom prunable weights) falls back to magnitude.
-CALIBRATED = ("Dense", "Conv1D", "Conv2D", "EinsumDense")
+# Layers calibrated through their inputs (Conv3D undilated: TensorFlow's volume patches take no
+# dilation). Everything else (transposed convs, Embedding, custom prunable weights) falls back to magnitude.
+CALIBRATED = ("Dense", "Conv1D", "Conv2D", "Conv3D", "EinsumDense")
 # Recurrent cells whose input `kernel` is calibrated on the RNN layer's input sequence.
 RECURRENT_CELLS = ("LSTMCell", "GRUCell", "SimpleRNNCell")
 CALIBRATE_RECURRENT_KERNEL = False  # see the module docstring: measured worse than magnitude at 70%
@@ -182,32 +183,33 @@ class LayerView:
             return
         if len(self.target.layer.kernel_size) == 1:
             x = x[:, :, None, :]
-        pads, ks, st, dil, (oh, ow) = self._conv_geometry([int(x.shape[1]), int(x.shape[2])])
-        if oh == 0 or ow == 0:
+        pads, ks, st, dil, outs = self._conv_geometry([int(d) for d in x.shape[1:-1]])
+        if 0 in outs:
             return
         if any(p for pair in pads for p in pair):
-            x = tf.pad(x, [[0, 0], list(pads[0]), list(pads[1]), [0, 0]])
+            x = tf.pad(x, [[0, 0], *[list(p) for p in pads], [0, 0]])
         eff = [(k - 1) * d + 1 for k, d in zip(ks, dil, strict=True)]
 
         def patches(part):
-            p = tf.image.extract_patches(part, [1, *ks, 1], [1, *st, 1], [1, *dil, 1], "VALID")
+            if len(ks) == 3:  # Conv3D (undilated: view_of refuses the others)
+                p = tf.extract_volume_patches(part, [1, *ks, 1], [1, *st, 1], "VALID")
+            else:
+                p = tf.image.extract_patches(part, [1, *ks, 1], [1, *st, 1], [1, *dil, 1], "VALID")
             return tf.reshape(p, (-1, self.d_in))
 
-        batch = int(x.shape[0])
-        if oh * ow <= max_rows:  # whole examples per block
-            step = max(1, max_rows // (oh * ow))
+        batch, per_example = int(x.shape[0]), math.prod(outs)
+        if per_example <= max_rows:  # whole examples per block
+            step = max(1, max_rows // per_example)
             for i in range(0, batch, step):
                 yield patches(x[i : i + step])
             return
-        th = max(1, max_rows // ow)  # tiles of th output rows x tw output columns of one example
-        tw = ow if th > 1 or ow <= max_rows else max_rows
+        tile = _tile(outs, max_rows)
         for i in range(batch):
-            for r0 in range(0, oh, th):
-                r1 = min(oh, r0 + th)
-                for c0 in range(0, ow, tw):
-                    c1 = min(ow, c0 + tw)
-                    part = x[i : i + 1, r0 * st[0] : (r1 - 1) * st[0] + eff[0], c0 * st[1] : (c1 - 1) * st[1] + eff[1]]
-                    yield patches(part)
+            for origin in itertools.product(*[range(0, o, t) for o, t in zip(outs, tile, strict=True)]):
+                index = [slice(i, i + 1)]
+                for o0, t, o, s, e in zip(origin, tile, outs, st, eff, strict=True):
+                    index.append(slice(o0 * s, (min(o, o0 + t) - 1) * s + e))
+                yield patches(x[tuple(index)])
 
     def _hidden_states(self, x, mask, initial_state):
         """The recurrent kernel's X: h_(t-1) before each unmasked step t, (rows, units), from the RNN
@@ -246,6 +248,18 @@ class LayerView:
 
         parts = list(self.blocks(x, 2**62, call))  # one block: all rows fit
         return parts[0] if parts else tf.zeros((0, self.d_in), tf.float32)
+
+
+def _tile(outs: list[int], max_rows: int) -> list[int]:
+    """Output positions per tile along each spatial axis so a tile has at most max_rows (at least one
+    position): whole trailing axes while they fit, then part of one axis, then 1 along the leading ones."""
+    tile, room = [1] * len(outs), max_rows
+    for axis in reversed(range(len(outs))):
+        if outs[axis] > room:
+            tile[axis] = max(1, room)
+            break
+        tile[axis], room = outs[axis], room // outs[axis]
+    return tile
 
 
 def _first(mask):
@@ -354,6 +368,8 @@ def view_of(target, model=None) -> LayerView | str:
         return LayerView(target, "dense", target.rows, target.units)
     if getattr(layer, "groups", 1) != 1:
         return "grouped convolutions are not calibrated"
+    if kind == "Conv3D" and max(layer.dilation_rate) > 1:
+        return "dilated Conv3D layers are not calibrated (TensorFlow's volume patches take no dilation)"
     if getattr(layer, "data_format", "channels_last") != "channels_last":
         return "channels_first convolutions are not calibrated"
     return LayerView(target, "conv", target.rows, target.units)
