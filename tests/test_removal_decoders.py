@@ -408,3 +408,27 @@ def test_activation_scores_read_what_each_unit_outputs(granularity):
         watched = [output]
     assert scores.argmin() == (5 if granularity == "neuron" else 1) and scores.min() == 0.0 < np.sort(scores)[1]
     assert all("call" not in vars(layer) for layer in watched)
+
+
+def test_head_params_target_removes_whole_groups_to_fit():
+    """-g head --target params=F: the fewest key/value groups (with their query heads) whose removal
+    leaves at most F of the parameters; one group fewer would not fit."""
+    model = backbone("llama", layers=3)
+    dense = model.count_params()
+    config = build_config({"model_path": "m.keras", "granularity": "head", "target": "params=0.95"}, environ={})
+    assert config.shrink and config.scope == "global"
+    new, _masks, section, _notes = heads.run_heads(model, targets_mod.select(model), config)
+    target = section["target"]
+    assert target["predicted"] == new.count_params() <= 0.95 * dense
+    per_group = heads.unit_params(heads.find(model, targets_mod.select(model))[0])
+    assert per_group == 2 * D * HD + D * HD + D * HD + 2 * HD * D  # q of 2 heads, k, v, o rows of 2 heads
+    removed = sum(len(row["removed_heads"]) for row in section["layers"]) // (HQ // HKV)
+    assert dense - new.count_params() == removed * per_group
+    assert dense - (removed - 1) * per_group > 0.95 * dense  # one group fewer would not fit
+
+
+def test_head_target_refuses_remove_heads(cli, tmp_path):
+    result = cli(
+        "prune", "m.keras", "-g", "head", "--target", "params=0.9", "--remove-heads", "2", "-o", tmp_path / "o.keras"
+    )
+    assert result.exit_code == 2 and "--target cannot be combined with --remove-heads" in result.stderr

@@ -259,7 +259,7 @@ class PruneConfig:
         " multiply-adds) or size=200KB (the saved file); channels are allocated across layers to land within"
         " 2% under it. latency=F or latency=3ms: the forward time at --batch-size (with --export tflite:"
         " TFLite's interpreter at batch 1), measured on this machine (searched, within 5% under). Implies -g"
-        " neuron and --shrink.",
+        " neuron (or give -g head / -g hidden: params= only) and --shrink.",
         commands=("prune", "plan"),
     )
     round_to: int | None = setting(

@@ -103,9 +103,11 @@ def check_target(c) -> None:
         (c.sparsity is not None, "--sparsity (the target decides how much goes)"),
         (c.threshold is not None, "--threshold (the target decides how much goes)"),
         (
-            c.granularity.kind not in ("neuron", "hidden"),
-            f"granularity {c.granularity} (a target removes whole channels: neuron, or hidden on KerasHub decoders)",
+            c.granularity.kind not in ("neuron", "hidden", "head"),
+            f"granularity {c.granularity} (a target removes whole channels: neuron, head, or hidden on KerasHub"
+            " decoders)",
         ),
+        (c.remove_heads is not None, "--remove-heads (the target decides how many heads go)"),
         (c.engine != "native", f"--engine {c.engine} (it prunes elements to a sparsity)"),
         (not c.shrink, "shrink off (the target is the size of the shrunk model)"),
         (c.scope == "layer", "--scope layer (a target ranks channels across layers)"),

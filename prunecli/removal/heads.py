@@ -140,7 +140,16 @@ def score(model, layers: list[HeadLayer], config, data=None, loss_fn=None) -> di
 # Choosing heads
 
 
-def choose(layers: list[HeadLayer], scores: dict, config, notes: list) -> dict[str, list[int]]:
+def unit_params(hl: HeadLayer) -> int:
+    """Parameters one unit (a head, or a key/value group with its query heads) holds in its layer:
+    its slices of the query, key, value and output kernels and biases."""
+    _, counts = _unit_sums(hl, [p.variable for p in hl.parts], lambda a: a)
+    return int(counts[0]) if len(counts) else 0
+
+
+def choose(
+    layers: list[HeadLayer], scores: dict, config, notes: list, sparsity: float | None = None
+) -> dict[str, list[int]]:
     """{layer path: sorted removed units}, from the one selection path (selection/policy.select_units):
     per layer (--scope layer) or ranked over all layers with the run's --normalize (LAMP by default),
     thresholds, overrides and floors as for weights. A layer always keeps one unit (a layer with no
@@ -148,12 +157,13 @@ def choose(layers: list[HeadLayer], scores: dict, config, notes: list) -> dict[s
 
     --remove-heads N is a count of heads: per layer, N // G units of a layer whose unit is a key/value
     group of G query heads; with --scope global, the share N / all heads of every layer's units (the
-    same N when all layers share one group size, as the KerasHub decoders do)."""
+    same N when all layers share one group size, as the KerasHub decoders do). `sparsity` (--target's
+    bisection) replaces the run's --sparsity."""
     from prunecli.selection import policy
 
     by_path = {hl.path: scores[hl.path] for hl in layers}
     if config.remove_heads is None or config.threshold is not None:
-        return policy.select_units(by_path, config, notes, at_least=1)
+        return policy.select_units(by_path, config, notes, at_least=1, sparsity=sparsity)
     if config.scope == "global":
         share = min(1.0, config.remove_heads / max(1, sum(hl.num_heads for hl in layers)))
         return policy.select_units(by_path, config, notes, at_least=1, sparsity=share)
@@ -320,10 +330,22 @@ def run_heads(model, targets, config, *, data=None, loss_fn=None, sample_x=None,
         raise InputError(f"{config.model_path or 'model'}: no attention layer with prunable heads")
     say(f"scoring the heads of {len(found)} attention layer(s) with {config.method}")
     scores = score(model, found, config, data, loss_fn)
-    removed = choose(found, scores, config, notes)
+    sparsity, target = None, None
+    if config.target:  # the sparsity whose removed heads (or key/value groups) meet params=F
+        cost = {hl.path: unit_params(hl) for hl in found}
+
+        def removed_params(s: float) -> int:
+            chosen = choose(found, scores, config, [], sparsity=s)
+            return sum(cost[path] * len(gone) for path, gone in chosen.items())
+
+        what = "the attention heads"
+        sparsity, target = units.params_target(config, int(model.count_params()), removed_params, what)
+    removed = choose(found, scores, config, notes, sparsity=sparsity)
     masks = head_masks(found, removed)
     apply(masks, found)
     section = _section(found, scores, removed, config.method)
+    if target is not None:
+        section["target"] = target
     kernel_masks = {t.name: masks.get(t.name, np.ones(t.shape, dtype=bool)) for t in targets or []}
     seq_len = config.seq_len or _model_seq_len(model)
     if seq_len:
