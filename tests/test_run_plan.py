@@ -138,3 +138,31 @@ def test_flops_formulas_for_other_layers():
     assert macs["att"][0] == 3 * 10 * 8 * 2 * 4 + 10 * (2 * 4) * 8 + 10 * 10 * 2 * (4 + 4)
     assert macs["gru"][0] == 10 * (8 * 9 + 3 * 9)
     assert macs["ein"][0] == 10 * 7 * 8
+
+
+def test_an_open_sequence_length_is_counted_at_seq_len_or_said_to_be_unknown(cli, tmp_path):
+    """A KerasHub causal LM leaves its sequence length open: without --seq-len the plan says its
+    multiply-adds are not counted (never "0 -> 0"); with it, every block and the tied LM head are
+    counted at that length (block: q/k/v/o projections, both attention products, the SwiGLU FFN)."""
+    keras_hub = pytest.importorskip("keras_hub")
+    d, heads, groups, ffn, vocab, layers, seq = 16, 4, 2, 32, 50, 2, 12
+    backbone = keras_hub.models.LlamaBackbone(
+        vocabulary_size=vocab,
+        num_layers=layers,
+        num_query_heads=heads,
+        num_key_value_heads=groups,
+        hidden_dim=d,
+        intermediate_dim=ffn,
+    )
+    lm = keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None)
+    assert flops.count(lm)["total"] is None and flops.count(lm)["partial"]
+    hd = d // heads
+    block = seq * d * hd * (2 * heads + 2 * groups) + 2 * seq * seq * heads * hd + 3 * seq * d * ffn
+    counted = flops.count(lm, seq)
+    assert not counted["partial"] and counted["total"] == layers * block + seq * d * vocab
+    path = tmp_path / "lm.keras"
+    lm.save(path)
+    out = cli("plan", path, "-s", "0.5").output
+    assert "not counted (an open input length: give --seq-len)" in " ".join(out.split())
+    out = cli("plan", path, "-s", "0.5", "--seq-len", str(seq)).output
+    assert f"{layers * block + seq * d * vocab:,} ->" in " ".join(out.split())

@@ -92,7 +92,7 @@ def apply_plan(plan_path: str | os.PathLike, model_path: str | os.PathLike, prog
     timings = Timings()
     state, input_sizes = steps.load(config, say, timings)
     state = state.after(_check_fit(plan, state.model, config))
-    flops_before = flops.count(state.model)
+    flops_before = flops.count(state.model, state.config.seq_len)
     state = state.after(_targets(plan, state.model))
     state = state.after(steps.evaluate(state, "before", say, timings))
     say(f"applying the plan's masks ({len(plan.targets)} tensors)")
@@ -114,7 +114,7 @@ def apply_plan(plan_path: str | os.PathLike, model_path: str | os.PathLike, prog
             )
         )
     state, out, output_sizes = write_outputs(state, config, out, masked_model, say, timings)
-    sections = {"flops": flops.section(flops_before, flops.count(state.model))}
+    sections = {"flops": flops.section(flops_before, flops.count(state.model, state.config.seq_len))}
     sections["reproducibility"] = plan_file.reproducibility(config)
     state = state.after(StepResult(sections=sections))
     report = steps.build_report(state, out, timings, input_sizes, output_sizes)

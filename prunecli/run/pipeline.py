@@ -42,7 +42,7 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
     timings = Timings()
     state, input_sizes = steps.load(config, say, timings)
     source_print = plan_file.fingerprint(state.model) if config.save_plan else None  # before any weight changes
-    flops_before = flops.count(state.model)  # theoretical multiply-adds per example, for the report
+    flops_before = flops.count(state.model, config.seq_len)  # theoretical multiply-adds per example, for the report
     decoder_before = _decoder_view(state.model, config, say, timings)  # KerasHub decoders: blocks and tokens/s
     state = state.after(steps.pick_targets(state.model, config))
     state = state.after(steps.evaluate(state, "before", say, timings))
@@ -108,7 +108,9 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
     if config.target:  # what the shrunk model (and the written file) really reached
         state = state.after(target.achieved(state, out))
     state = state.after(StepResult(sections={"reproducibility": plan_file.reproducibility(config)}))
-    state = state.after(StepResult(sections={"flops": flops.section(flops_before, flops.count(state.model))}))
+    state = state.after(
+        StepResult(sections={"flops": flops.section(flops_before, flops.count(state.model, config.seq_len))})
+    )
     if decoder_before is not None:
         from prunecli.outputs import decoder_blocks
 

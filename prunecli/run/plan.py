@@ -20,13 +20,14 @@ from prunecli.run import steps, target
 from prunecli.runtime import quiet_tensorflow
 
 
-def _layer_rows(model) -> dict[str, dict[str, Any]]:
-    """Per layer call with weights: class, parameters, non-zeros, live units, multiply-adds."""
+def _layer_rows(model, seq_len: int | None) -> dict[str, dict[str, Any]]:
+    """Per layer call with weights: class, parameters, non-zeros, live units, multiply-adds (open sequence
+    lengths at --seq-len)."""
     import numpy as np
 
     from prunecli.structure import flops, layers
 
-    found = flops.calls(model) or []
+    found = flops.calls(model, seq_len=seq_len) or []
     rows = {}
     for path, layer, ins, outs in found:
         weights = [np.asarray(w) for w in layer.weights]
@@ -50,12 +51,12 @@ def _layer_rows(model) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def _totals(model) -> dict[str, Any]:
+def _totals(model, seq_len: int | None) -> dict[str, Any]:
     import numpy as np
 
     from prunecli.structure import flops
 
-    counted = flops.count(model)
+    counted = flops.count(model, seq_len)
     return {
         "params": int(model.count_params()),
         "nonzeros": int(sum(np.count_nonzero(np.asarray(w)) for w in model.weights)),
@@ -86,8 +87,8 @@ def make_plan(config, progress=None) -> dict[str, Any]:
     quiet_tensorflow()
     say, timings = progress or steps.silent, Timings()
     state, _sizes = steps.load(config.replace(sizes=False), say, timings)
-    before_rows = _layer_rows(state.model)
-    before = _totals(state.model)
+    before_rows = _layer_rows(state.model, config.seq_len)
+    before = _totals(state.model, config.seq_len)
     groups = _groups(state.model) if config.granularity.kind == "neuron" else None
     state = state.after(steps.pick_targets(state.model, config))
     kind = config.granularity.kind
@@ -118,7 +119,7 @@ def make_plan(config, progress=None) -> dict[str, Any]:
             )
     if config.target:  # the allocation and what the shrunk model has (size=: predicted, nothing is written)
         state = state.after(target.achieved(state))
-    after_rows = _layer_rows(state.model)
+    after_rows = _layer_rows(state.model, config.seq_len)
     layers = []
     for name in list(before_rows) + [n for n in after_rows if n not in before_rows]:
         b, a = before_rows.get(name), after_rows.get(name)
@@ -132,7 +133,7 @@ def make_plan(config, progress=None) -> dict[str, Any]:
         "granularity": str(config.granularity),
         "method": config.method,
         "before": before,
-        "after": _totals(state.model),
+        "after": _totals(state.model, config.seq_len),
         "layers": layers,
         "notes": list(state.notes),
     }
@@ -155,6 +156,18 @@ def make_plan(config, progress=None) -> dict[str, Any]:
 
 def _num(value) -> str:
     return "-" if value is None else f"{value:,}"
+
+
+def _macs_line(before: dict, after: dict) -> str:
+    """The multiply-adds part of the totals line: counted, partly counted, or not counted at all (an
+    open sequence length without --seq-len), never a count of 0 standing for "unknown"."""
+    if before.get("flops_partial") and not before["flops"]:
+        return "multiply-adds per example not counted (an open input length: give --seq-len)"
+    partial = " (partial: layers of unknown cost left out)" if before.get("flops_partial") else ""
+    return (
+        f"multiply-adds per example {_num(before['flops'])} -> {_num(after['flops'])} "
+        f"(non-zero {_num(after['flops_nonzero'])}){partial}"
+    )
 
 
 def render(plan: dict, console) -> None:
@@ -185,8 +198,7 @@ def render(plan: dict, console) -> None:
     b, a = plan["before"], plan["after"]
     console.print(
         f"parameters {_num(b['params'])} -> {_num(a['params'])}, non-zeros {_num(b['nonzeros'])} -> "
-        f"{_num(a['nonzeros'])}; multiply-adds per example {_num(b['flops'])} -> {_num(a['flops'])} "
-        f"(non-zero {_num(a['flops_nonzero'])})"
+        f"{_num(a['nonzeros'])}; {_macs_line(b, a)}"
     )
     for name, kept in plan.get("kept_features", {}).items():
         removed = plan["feature_pruning"]["inputs"][name]["removed"]

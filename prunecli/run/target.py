@@ -361,7 +361,7 @@ def achieved(state, written: Path | None = None, latency_ms=None) -> StepResult:
     if kind == "params":
         value = int(state.model.count_params())
     elif kind == "flops":
-        value = flops.count(state.model)["total"]
+        value = flops.count(state.model, state.config.seq_len)["total"]
     else:
         value = written.stat().st_size if written is not None and Path(written).is_file() else None
     if value is None:

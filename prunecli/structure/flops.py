@@ -119,8 +119,17 @@ def layer_cost(layer, in_shapes: list, out_shapes: list) -> tuple[int | None, in
     return None, None
 
 
-def calls(model, prefix: str = ""):
-    """(path, layer, input shapes, output shapes) of every layer call, nested models opened."""
+def _closed(shape, seq_len: int | None):
+    """The shape with its open sequence axes (any open axis between the batch and the last) at seq_len."""
+    dims = tuple(shape)
+    if seq_len is None or len(dims) < 3:
+        return dims
+    return (dims[0], *(seq_len if d is None else d for d in dims[1:-1]), dims[-1])
+
+
+def calls(model, prefix: str = "", seq_len: int | None = None):
+    """(path, layer, input shapes, output shapes) of every layer call, nested models opened; open
+    sequence lengths read as `seq_len` when given (--seq-len)."""
     if keras_graph.functional(model) is None:
         return None
     out = []
@@ -129,17 +138,19 @@ def calls(model, prefix: str = ""):
         if not getattr(op, "weights", None):
             continue
         path = f"{prefix}{op.name}"
-        inner = calls(op, f"{path}/") if keras_graph.functional(op) is not None else None
+        inner = calls(op, f"{path}/", seq_len) if keras_graph.functional(op) is not None else None
         if inner is not None:
             out.extend(inner)
             continue
-        out.append((path, op, [t.shape for t in node.input_tensors], [t.shape for t in node.outputs]))
+        ins = [_closed(t.shape, seq_len) for t in node.input_tensors]
+        out.append((path, op, ins, [_closed(t.shape, seq_len) for t in node.outputs]))
     return out
 
 
-def count(model) -> dict[str, Any]:
-    """Multiply-adds per example, per layer call and in total (None where unknown)."""
-    found = calls(model)
+def count(model, seq_len: int | None = None) -> dict[str, Any]:
+    """Multiply-adds per example, per layer call and in total (None where unknown; an open sequence
+    length counts as `seq_len` when given)."""
+    found = calls(model, seq_len=seq_len)
     if found is None:  # a subclassed model: no graph to read shapes from
         return {"unit": UNIT, "total": None, "nonzero": None, "partial": True, "layers": []}
     layers = []
@@ -147,11 +158,13 @@ def count(model) -> dict[str, Any]:
         dense, nonzero = layer_cost(layer, ins, outs)
         layers.append({"layer": path, "class": type(layer).__name__, "macs": dense, "nonzero_macs": nonzero})
     known = [row for row in layers if row["macs"] is not None]
+    partial = len(known) < len(layers)
+    unknown = partial and not any(row["macs"] for row in known)  # nothing counted: no total, not a 0
     return {
         "unit": UNIT,
-        "total": sum(row["macs"] for row in known),
-        "nonzero": sum(row["nonzero_macs"] for row in known),
-        "partial": len(known) < len(layers),
+        "total": None if unknown else sum(row["macs"] for row in known),
+        "nonzero": None if unknown else sum(row["nonzero_macs"] for row in known),
+        "partial": partial,
         "layers": layers,
     }
 

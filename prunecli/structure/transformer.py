@@ -442,12 +442,31 @@ def _attention_cost(hl: HeadLayer, seq_len: int) -> int:
     return proj_q + proj_kv + proj_o + products
 
 
+def reversible_embedding_macs(layer, in_shapes, out_shapes) -> tuple[int | None, int | None]:
+    """KerasHub's ReversibleEmbedding: a lookup (0) when it embeds token ids, the tied LM head when it
+    is called in reverse on hidden states (every position times the (vocabulary, width) matrix)."""
+    import numpy as np
+
+    shape = tuple(in_shapes[0]) if in_shapes else ()
+    if len(shape) < 3:  # token ids (batch, sequence): a lookup
+        return 0, 0
+    positions = 1
+    for d in shape[1:-1]:
+        if d is None:
+            return None, None
+        positions *= int(d)
+    table = layer.embeddings
+    return positions * int(np.prod(table.shape)), positions * int(np.count_nonzero(np.asarray(table)))
+
+
 def register_layers() -> None:
-    """Teach the layer table (structure/layers.py) the cost of KerasHub's Transformer blocks and that
-    KerasHub's CachedMultiHeadAttention is a MultiHeadAttention."""
+    """Teach the layer table (structure/layers.py) the cost of KerasHub's Transformer blocks and tied
+    embeddings (the ends stay out of pruning: role other), and that KerasHub's CachedMultiHeadAttention
+    is a MultiHeadAttention."""
     from prunecli.structure import layers
 
     layers.register("CachedMultiHeadAttention", like="MultiHeadAttention")
+    layers.register("ReversibleEmbedding", layers.LayerSpec("other", macs=reversible_embedding_macs))
     for name in HUB_BLOCKS:
         layers.register(name, layers.LayerSpec("other", macs=block_macs))
 
