@@ -232,14 +232,15 @@ def test_uncalibratable_layers_fall_back_to_magnitude():
     h = keras.layers.Reshape((10, 8, 1))(h)
     h = keras.layers.Conv2D(4, 3, name="conv")(h)
     h = keras.layers.DepthwiseConv2D(3, name="dw")(h)
+    h = keras.layers.Conv2DTranspose(2, 2, name="up")(h)
     out = keras.layers.Dense(3, name="fc")(keras.layers.Flatten()(h))
     model = keras.Model(inp, out)
     x = np.random.default_rng(0).integers(0, 50, size=(24, 10)).astype("int32")
     ts = every_target(model)
     res = prune_calibrated(model, ts, [x], calibration_config(sparsity=0.5))
-    assert set(res.section["fallback"]) == {"emb/embeddings"}  # depthwise is calibrated per channel
-    assert set(res.section["layers"]) == {"conv/kernel", "dw/kernel", "fc/kernel"}
-    assert any("emb: not calibrated" in n and "magnitude" in n for n in res.notes)
+    assert set(res.section["fallback"]) == {"up/kernel"}  # depthwise per channel, the embedding by token counts
+    assert set(res.section["layers"]) == {"emb/embeddings", "conv/kernel", "dw/kernel", "fc/kernel"}
+    assert any("up: not calibrated" in n and "magnitude" in n for n in res.notes)
     for t in ts:
         assert np.mean(np.asarray(t.variable) == 0) == pytest.approx(0.5, abs=0.02), t.name
 

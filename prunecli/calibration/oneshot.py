@@ -192,7 +192,7 @@ def check_memory(plan: _Plan, copies: int, purpose: str, fallback: dict, notes: 
         input_bytes = 4 * plan.per_pass * per_example
         rows = plan.per_pass * (view.rows_per_example(shape) if shape else 1)
         block_bytes = BLOCK_COPIES * 4 * d * min(rows, max(1, capture.PATCH_BYTES // (4 * d)))
-        hessian_bytes = 4 * d * d
+        hessian_bytes = 0 if view.diagonal else 4 * d * d  # an embedding's is diagonal: never built
         base = input_bytes + block_bytes + 8 * 4 * d * view.d_out + 16 * d
         available = _available_memory() if available is None else available
         if base + copies * hessian_bytes <= available:
@@ -321,6 +321,10 @@ def _calibrate(view, stats, method: str, k, nm, reconstruct: bool, jit: bool):
             return outcome
         w_new, keep = outcome
         k = None if k is None else k + view.off_block
+    elif view.diagonal:  # an embedding: Wanda's and SparseGPT's rankings agree, no update applies
+        score = wanda.norm_scores(w_dense, view.weighted_norms(stats.norms()))
+        keep = kernels.nm_keep_mask(score, *nm) if nm else _lowest_pruned(score, k)
+        w_new = tf.where(keep, w_dense, tf.zeros_like(w_dense))
     elif method == "wanda":
         score = wanda.scores(w_dense, stats.diag)
         keep = kernels.nm_keep_mask(score, *nm) if nm else wanda.per_output_keep(score, k)
@@ -334,12 +338,14 @@ def _calibrate(view, stats, method: str, k, nm, reconstruct: bool, jit: bool):
     if why:
         return why
     entry = {"d_in": view.d_in, "rows": int(stats.rows), "error_before": None, "error_after": None}
+    if view.diagonal:
+        entry["inputs"] = "token ids (one-hot: a diagonal Hessian of token counts)"
     notes = []
     if hessian is not None:
         masked = tf.where(keep, w_dense, tf.zeros_like(w_dense))
         entry["error_before"] = round(refit.relative_error(masked, w_dense, hessian), 6)
         entry["error_after"] = round(refit.relative_error(w_new, w_dense, hessian), 6)
-    if reconstruct:
+    if reconstruct and not view.diagonal:  # a diagonal Hessian: each row's refit is its own kept weights
         refitted = refit.refit(w_new, w_dense, keep, hessian)
         why = _check_outcome(refitted, w_dense, keep, k)
         if why:
@@ -349,6 +355,16 @@ def _calibrate(view, stats, method: str, k, nm, reconstruct: bool, jit: bool):
             w_new = refitted
             entry["error_after"] = round(refit.relative_error(w_new, w_dense, hessian), 6)
     return w_new, keep, entry, w_dense, notes
+
+
+def _lowest_pruned(score, k: int):
+    """Keep mask of the matrix view: the k lowest scores over the whole layer pruned (ties by position)."""
+    import tensorflow as tf
+
+    flat = tf.reshape(score, [-1])
+    order = tf.argsort(flat, stable=True)
+    pruned = tf.scatter_nd(order[:k, None], tf.ones([k], tf.bool), tf.shape(flat))
+    return tf.reshape(tf.logical_not(pruned), tf.shape(score))
 
 
 def _finish_meter(pending, layers: dict, passes: int) -> None:
@@ -440,7 +456,11 @@ def _allocation(model, p: _Plan, config, progress) -> dict[str, tuple[int, bool]
 def _note_few_rows(layers: dict, notes: list) -> None:
     """One note naming the layers whose Hessian had fewer calibration rows than inputs (rank-deficient:
     only the dampening keeps it invertible), and the --calibration-samples that would cover the widest."""
-    short = [(name, e["rows"], e["d_in"]) for name, e in layers.items() if e.get("rows") and e["rows"] < e["d_in"]]
+    short = [
+        (name, e["rows"], e["d_in"])
+        for name, e in layers.items()
+        if e.get("rows") and e["rows"] < e["d_in"] and "inputs" not in e  # an embedding's Hessian is diagonal
+    ]
     if not short:
         return
     name, rows, inputs = max(short, key=lambda r: r[2] / r[1])
@@ -466,7 +486,7 @@ def _sequential(
         t = view.target
         _say(progress, f"calibrating {t.layer_name} ({i + 1}/{len(p.layers)}, {method})")
         riders = (pending[1],) if pending else ()
-        stats = src.capture(view, call.calls, full, riders)
+        stats = src.capture(view, call.calls, full and not view.diagonal, riders)
         if pending:
             _finish_meter(pending, layers, len(p.batches))
             pending = None
@@ -511,12 +531,14 @@ def layer_scores(
         src = _passes(model, plan)
     for view, call in plan.layers:
         t = view.target
-        stats = src.capture(view, call.calls, method != "wanda")
+        stats = src.capture(view, call.calls, method != "wanda" and not view.diagonal)
         w = view.to_matrix(tf.cast(tf.convert_to_tensor(t.variable), tf.float32))
         why = stats.degenerate()
         score = None
-        if why is None and method == "wanda":
-            score = wanda.norm_scores(w, stats.norms() / math.sqrt(stats.rows))
+        if why is None and (method == "wanda" or view.diagonal):
+            score = wanda.norm_scores(w, view.weighted_norms(stats.norms()) / math.sqrt(stats.rows))
+            if method != "wanda":  # SparseGPT's saliency w^2 H_vv on a diagonal Hessian
+                score = tf.square(score)
         elif why is None:
             try:  # the saliency scales with H: undo the capture's input scale
                 score = sparsegpt.obs_scores(w, view.within_channels(stats.hessian), t.name) / (

@@ -22,6 +22,15 @@ how an error compounds through the recurrence, and at 70% the model collapsed (t
 the dense model 0.14 with sparsegpt, 0.51 with wanda, against 0.89 with the recurrent kernel on
 magnitude); at 50% it helped (0.953 against 0.945).
 
+Embeddings: the layer's input is token ids, a one-hot row x_v per token, so X @ W looks each row up and
+the input Hessian is diagonal: H_vv counts how often token v occurred. Wanda's score |w| ||x_v|| and
+SparseGPT's saliency w^2 H_vv then rank the same way, and no update can compensate (no two rows share
+an input), so both prune by |w| sqrt(count) with no update (`diagonal`). A token the calibration never
+saw would score 0 and lose its whole row: every count gets the mean count added (`weighted_norms`).
+Measured on the zoo's name LSTM (ethnicolr census2000, the embedding alone pruned, top-1 agreement with
+the dense model on 128 held-out names): at 70% 0.24 by magnitude, 0.93 by raw counts, 0.95 with the mean
+added; on its nc_name twin (magnitude already 1.0) raw counts fell to 0.84, the smoothed ones stayed 1.0.
+
 Depthwise convolutions (DepthwiseConv1D/2D, a SeparableConv's depthwise kernel): channel c's kh*kw taps
 see only channel c's patches. X is the layer input's im2col rows (taps*C columns, channel fastest, as
 for Conv), and the kernel (kh, kw, C, dm) is seen as the block-diagonal matrix (taps*C, C*dm) whose
@@ -38,7 +47,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Layers calibrated through their inputs (Conv3D undilated: TensorFlow's volume patches take no
-# dilation). Everything else (transposed convs, Embedding, custom prunable weights) falls back to magnitude.
+# dilation), and Embedding through its token counts. Everything else (transposed convs, custom prunable
+# weights) falls back to magnitude.
 CALIBRATED = ("Dense", "Conv1D", "Conv2D", "Conv3D", "EinsumDense")
 # Recurrent cells whose input `kernel` is calibrated on the RNN layer's input sequence.
 RECURRENT_CELLS = ("LSTMCell", "GRUCell", "SimpleRNNCell")
@@ -54,7 +64,7 @@ class LayerView:
     """How one target's kernel and its layer's inputs map to the (d_in, d_out) matrix view."""
 
     target: Any
-    kind: str  # dense | conv | einsum | rnn | recurrent | depthwise
+    kind: str  # dense | conv | einsum | rnn | recurrent | depthwise | embedding
     d_in: int
     d_out: int
     perm: list[int] = field(default_factory=list)  # einsum: kernel axes -> (reduction..., output...)
@@ -72,6 +82,22 @@ class LayerView:
         """Whether X is read with the hooked call's keyword arguments (a recurrent layer's Keras mask,
         whose padding timesteps are left out, and initial state)."""
         return self.kind in ("rnn", "recurrent")
+
+    @property
+    def diagonal(self) -> bool:
+        """Whether the input Hessian is diagonal by construction (an embedding's one-hot token inputs):
+        only its diagonal is captured, and no calibration update applies."""
+        return self.kind == "embedding"
+
+    def weighted_norms(self, norms):
+        """The input norms Wanda weighs |w| by: ||x_j|| as captured, or for an embedding sqrt(count +
+        mean count), so a token the calibration never saw is not emptied (module docstring)."""
+        import numpy as np
+
+        if self.kind != "embedding":
+            return norms
+        counts = np.square(np.asarray(norms, np.float64))
+        return np.sqrt(counts + counts.mean())
 
     @property
     def off_block(self) -> int:
@@ -152,6 +178,8 @@ class LayerView:
     def rows_per_example(self, in_shape) -> int:
         """Rows of X one example gives, from the layer's input shape (batch axis first)."""
         per = math.prod(int(d) for d in in_shape[1:])
+        if self.kind == "embedding":
+            return per  # one row per token id
         if self.kind not in ("conv", "depthwise"):
             return max(per // self.d_in, 1)
         *_, outs = self._conv_geometry([int(d) for d in in_shape[1:-1]])
@@ -164,6 +192,11 @@ class LayerView:
         timesteps are dropped, and the initial state."""
         import tensorflow as tf
 
+        if self.kind == "embedding":  # one-hot rows of the token ids, max_rows at a time
+            ids = tf.reshape(tf.cast(x, tf.int32), (-1,))
+            for i in range(0, int(ids.shape[0]), max(int(max_rows), 1)):
+                yield tf.one_hot(ids[i : i + max(int(max_rows), 1)], self.d_in, dtype=tf.float32)
+            return
         mask = _first((call or {}).get("mask"))
         if self.kind == "recurrent":
             x = self._hidden_states(x, mask, (call or {}).get("initial_state"))
@@ -352,11 +385,11 @@ def view_of(target, model=None) -> LayerView | str:
         return _rnn_view(target, model)
     if kind in DEPTHWISE and layer is not None:
         return _depthwise_view(target)
+    if kind == "Embedding" and target.attr == "embeddings" and layer is not None:
+        return LayerView(target, "embedding", target.rows, target.units)
     if target.attr != "kernel" or kind not in CALIBRATED or layer is None:
         if kind in ("DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D"):
             why = "a depthwise kernel acts on each channel alone"
-        elif kind == "Embedding":
-            why = "an embedding is a lookup, not a product with its inputs"
         elif kind.endswith("Cell"):
             why = "recurrent cells are not calibrated"
         else:
