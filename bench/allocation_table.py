@@ -142,11 +142,40 @@ def section(spec, result) -> tuple[list[str], list[list], list[list]]:
     return lines, goals, halves
 
 
+def lstm_model():
+    """The zoo's name LSTM (ethnicolr census2000: Embedding -> LSTM -> Dense, written by Keras 2.5), as
+    `make zoo` caches it; None when the zoo was not fetched. Its 256 real names: calibration drawn from
+    the first 160, the metric top-1 agreement with the dense model on the other 96."""
+    import numpy as np
+
+    from prunecli.io.models import load
+
+    cache = ROOT / "bench" / "zoo" / ".cache"
+    model_path, data_path = cache / "models" / "ethnicolr_census2000.h5", cache / "data" / "ethnicolr_census2000.x.npz"
+    if not (model_path.exists() and data_path.exists()):
+        return None
+    model, _info = load(model_path)
+    x = np.load(data_path)["x"]
+    held = x[160:]
+    dense = np.asarray(model.predict(held, verbose=0)).argmax(-1)
+
+    def agreement(m) -> float:
+        return float(np.mean(np.asarray(m.predict(held, verbose=0)).argmax(-1) == dense))
+
+    return {
+        "name": "name LSTM (zoo: ethnicolr census2000, Embedding -> LSTM -> Dense)",
+        "model": model,
+        "train_x": x[:160],
+        "metric": ("top-1 agreement with dense", agreement),
+        "exclude": (),
+    }
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=str(ROOT / "bench" / "ALLOCATION.md"))
     parser.add_argument("--quick", action="store_true", help="a shorter Transformer training")
-    parser.add_argument("--models", default="mlp,example,cnn,transformer")
+    parser.add_argument("--models", default="mlp,example,cnn,transformer,lstm")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import numpy as np
@@ -160,12 +189,16 @@ def main(argv=None) -> None:
         "mlp": models.mlp_model,
         "cnn": models.cnn_model,
         "transformer": lambda: models.transformer_model(args.quick),
+        "lstm": lstm_model,
     }
     started = time.perf_counter()
     body, goals, halves = [], [], []
     for key in args.models.split(","):
         log(f"{key}: building")
         spec = builders[key]()
+        if spec is None:
+            log(f"{key}: skipped (its files are not cached: run `make zoo`)")
+            continue
         lines, model_goals, model_halves = section(spec, measure(spec, np.asarray(spec["train_x"]), log))
         body += lines
         goals += model_goals
