@@ -394,7 +394,7 @@ def xla_section(log) -> list[str]:
             times = []
             for _ in range(3):
                 start = time.perf_counter()
-                sparsegpt.prune_matrix(w, h, "bench", prune_count=w.size // 2, jit=jit)
+                sparsegpt.prune_matrix(w, h, "bench", prune_count=w.size // 2, jit=jit)[0]
                 times.append(time.perf_counter() - start)
             row += [f"{times[0]:.2f}", f"{min(times[1:]):.2f}"]
         log(f"  XLA {row}")

@@ -273,7 +273,7 @@ def test_not_positive_definite_is_one_line_error():
     bad = np.full((4, 4), np.nan, "float32")
     with pytest.raises(DataError, match="not positive definite"):
         sparsegpt.inverse_factor(bad, "fc/kernel")
-    indefinite = np.array([[1.0, 2.0], [2.0, 1.0]], "float32")  # eigenvalues 3 and -1: 1% cannot fix it
+    indefinite = np.array([[1.0, 3.0], [3.0, 1.0]], "float32")  # eigenvalues 4 and -2: even 100% cannot fix it
     with pytest.raises(DataError, match="fc/kernel"):
         sparsegpt.inverse_factor(indefinite, "fc/kernel")
 
@@ -358,3 +358,16 @@ def test_global_scope_gives_each_layer_its_share_of_one_budget(method):
     assert sum(pruned.values()) == round(0.7 * sum(t.size for t in ts))
     assert len(set(round(pruned[t.name] / t.size, 2) for t in ts)) > 1  # not one sparsity for all
     assert res.section["allocation"].startswith("global (lamp")
+
+
+def test_dampening_rises_where_float32_cannot_factor_the_hessian():
+    """A Hessian that 1% dampening leaves indefinite in float32 is factored at 10% (or 100%), and the
+    dampening used is returned; a NaN Hessian is still refused."""
+    from prunecli.calibration import sparsegpt
+
+    nearly = np.array([[1.0, 1.05], [1.05, 1.0]], "float32")  # eigenvalues 2.05 and -0.05: 1% is too little
+    upper, damped, used = sparsegpt.inverse_factor(nearly, "fc/kernel")
+    assert used == pytest.approx(10 * sparsegpt.DAMPENING)
+    np.testing.assert_allclose(np.asarray(upper).T @ np.asarray(upper) @ np.asarray(damped), np.eye(2), atol=1e-4)
+    w, keep, used = sparsegpt.prune_matrix(np.ones((2, 3), "float32"), nearly, "fc/kernel", prune_count=3)
+    assert used == pytest.approx(0.1) and int((~np.asarray(keep)).sum()) == 3

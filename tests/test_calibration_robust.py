@@ -227,8 +227,8 @@ def test_result_with_more_zeros_than_asked_falls_back(monkeypatch):
     real = sparsegpt.prune_matrix
 
     def zeroing(w, hessian, name, **kw):
-        _, keep = real(w, hessian, name, **kw)
-        return tf.zeros_like(w), keep
+        _, keep, used = real(w, hessian, name, **kw)
+        return tf.zeros_like(w), keep, used
 
     monkeypatch.setattr(sparsegpt, "prune_matrix", zeroing)
     model = _dense_model()
@@ -259,7 +259,7 @@ def test_stateful_rnn_falls_back_and_single_weight_works():
     assert _zero_fraction(next(t for t in ts if t.name == "fc/kernel")) == pytest.approx(0.5)
 
     # one input column: the block loop used to fail to trace (exit 1)
-    w, keep = sparsegpt.prune_matrix(
+    w, keep, _ = sparsegpt.prune_matrix(
         np.array([[1.0, -2.0, 3.0]], "float32"), np.eye(1, dtype="float32"), "w", prune_count=1
     )
     assert np.sum(np.asarray(w) == 0) == 1 and np.sum(~np.asarray(keep)) == 1

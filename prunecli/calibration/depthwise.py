@@ -56,7 +56,7 @@ def prune(view, w_dense, stats, method: str, k: int | None, nm, jit: bool):
                 if counts[c] == 0:
                     new_w[:, c, :] = w[:, c, :]
                     continue
-                q, kp = sparsegpt.prune_matrix(
+                q, kp, _dampening = sparsegpt.prune_matrix(
                     w[:, c, :], blocks[c], f"{name}[{c}]", prune_count=int(counts[c]), jit=jit
                 )
                 new_w[:, c, :], keep_w[:, c, :] = np.asarray(q), np.asarray(kp)

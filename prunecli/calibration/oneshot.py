@@ -315,6 +315,7 @@ def _calibrate(view, stats, method: str, k, nm, reconstruct: bool, jit: bool):
     t = view.target
     w_dense = view.to_matrix(tf.cast(tf.convert_to_tensor(t.variable), tf.float32))
     hessian = stats.hessian
+    dampening = None  # SparseGPT's, when it had to raise it
     if view.kind == "depthwise":  # per channel (depthwise.py); its block-diagonal view's zeros count as pruned
         outcome = depthwise.prune(view, w_dense, stats, method, k, nm, jit)
         if isinstance(outcome, str):
@@ -331,7 +332,9 @@ def _calibrate(view, stats, method: str, k, nm, reconstruct: bool, jit: bool):
         w_new = tf.where(keep, w_dense, tf.zeros_like(w_dense))
     else:
         try:
-            w_new, keep = sparsegpt.prune_matrix(w_dense, hessian, t.name, prune_count=k or 0, nm=nm, jit=jit)
+            w_new, keep, dampening = sparsegpt.prune_matrix(
+                w_dense, hessian, t.name, prune_count=k or 0, nm=nm, jit=jit
+            )
         except DataError:
             return "its input Hessian is not positive definite after dampening"
     why = _check_outcome(w_new, w_dense, keep, k)
@@ -341,6 +344,9 @@ def _calibrate(view, stats, method: str, k, nm, reconstruct: bool, jit: bool):
     if view.diagonal:
         entry["inputs"] = "token ids (one-hot: a diagonal Hessian of token counts)"
     notes = []
+    if dampening not in (None, sparsegpt.DAMPENING):
+        entry["dampening"] = dampening
+        notes.append(f"{t.layer_name}: its input Hessian needed {dampening:.0%} dampening to factor (float32)")
     if hessian is not None:
         masked = tf.where(keep, w_dense, tf.zeros_like(w_dense))
         entry["error_before"] = round(refit.relative_error(masked, w_dense, hessian), 6)

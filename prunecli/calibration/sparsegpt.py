@@ -5,7 +5,8 @@ layer's output on the calibration data moves as little as possible.
 Notation of the paper: W is (d_out, d_in) (one row per output unit), H = X^T X / n is (d_in, d_in).
 - Dampening: H + lambda I with lambda = 1% of mean(diag H) (the paper's default), which makes H
   positive definite when some inputs are (nearly) collinear; inputs that are always zero ("dead")
-  get H_ii = 1. If H is still not positive definite, `DataError` says which layer.
+  get H_ii = 1. Where float32 still cannot factor it, 10% and then 100% (the layer's report entry
+  says which); past that, `DataError` says which layer.
 - Dead inputs: their weights are pruned first (they change nothing on the calibration data, the
   paper's W[:, dead] = 0) but only as many as the layer's count allows: a dead weight that is kept
   keeps its value (H has no off-diagonal entry for it, so no update reaches it), and the layer never
@@ -34,39 +35,49 @@ DAMPENING = 0.01
 
 
 def inverse_factor(hessian, name: str, dampening: float = DAMPENING):
-    """(U, H') with U the upper Cholesky factor of (H')^-1, H' = H dampened; DataError if H' is not
-    positive definite."""
+    """(U, H', lambda) with U the upper Cholesky factor of (H')^-1 and H' = H + lambda mean(diag H) I:
+    lambda = `dampening`, or 10x and 100x that when float32 cannot factor the less dampened H (a
+    Hessian is never indefinite in exact arithmetic, but a badly conditioned one can be in float32).
+    DataError if none is positive definite."""
     import tensorflow as tf
 
-    h = tf.cast(hessian, tf.float32)
-    diag = tf.linalg.diag_part(h)
+    h0 = tf.cast(hessian, tf.float32)
+    diag = tf.linalg.diag_part(h0)
     dead = diag <= 0
     live = tf.boolean_mask(diag, tf.logical_not(dead))
     mean = tf.reduce_mean(live) if int(tf.size(live)) else tf.constant(1.0)
-    # H + lambda I, written on the diagonal alone (no d x d identity, one d x d copy of H)
-    h = tf.linalg.set_diag(h, tf.where(dead, tf.ones_like(diag), diag) + dampening * mean)
-    upper = None
+    for used in (dampening, 10 * dampening, 100 * dampening):
+        # H + lambda I, written on the diagonal alone (no d x d identity, one d x d copy of H)
+        h = tf.linalg.set_diag(h0, tf.where(dead, tf.ones_like(diag), diag) + used * mean)
+        upper = _upper_inverse_factor(h)
+        if upper is not None:
+            return upper, h, used
+    raise DataError(
+        f"sparsegpt: the input Hessian of {name} is not positive definite even after {100 * dampening:.0%} "
+        "dampening (are the calibration inputs finite and varied?)"
+    )
+
+
+def _upper_inverse_factor(h):
+    """U, the upper Cholesky factor of h^-1, or None when float32 cannot factor h.
+
+    One Cholesky and one triangular inverse (about 4/3 d^3 flops, not the 8/3 d^3 of factor, solve
+    against I, factor again): with J the reversal, J h J = M M^T gives h = R R^T for the upper
+    triangular R = J M J, so h^-1 = R^-T R^-1 and U = R^-1 (upper, positive diagonal). On the
+    8192-input FFN projection of a 1B decoder this step dominated the layer's time."""
+    import tensorflow as tf
+
     try:
-        # one Cholesky and one triangular inverse (about 4/3 d^3 flops, not the 8/3 d^3 of factor,
-        # solve against I, factor again): with J the reversal, J H J = M M^T gives H = R R^T for the
-        # upper triangular R = J M J, so H^-1 = R^-T R^-1 and U = R^-1 (upper, positive diagonal).
-        # On the 8192-input FFN projection of a 1B decoder this step dominated the layer's time.
         lower = tf.linalg.cholesky(tf.reverse(h, [0, 1]))
-        ok = bool(tf.reduce_all(tf.math.is_finite(lower)))
-        if ok:  # the d x d temporaries are dropped as soon as they are used (oneshot sizes them)
-            factor = tf.reverse(lower, [0, 1])
-            del lower
-            upper = tf.linalg.triangular_solve(factor, tf.eye(int(h.shape[0])), lower=False)
-            del factor
-            ok = bool(tf.reduce_all(tf.math.is_finite(upper)))
+        if not bool(tf.reduce_all(tf.math.is_finite(lower))):
+            return None
+        factor = tf.reverse(lower, [0, 1])  # the d x d temporaries are dropped as soon as they are used
+        del lower
+        upper = tf.linalg.triangular_solve(factor, tf.eye(int(h.shape[0])), lower=False)
+        del factor
     except tf.errors.InvalidArgumentError:
-        ok = False
-    if not ok:
-        raise DataError(
-            f"sparsegpt: the input Hessian of {name} is not positive definite after {dampening:.0%} "
-            "dampening (are the calibration inputs finite and varied?)"
-        )
-    return upper, h
+        return None
+    return upper if bool(tf.reduce_all(tf.math.is_finite(upper))) else None
 
 
 @functools.cache
@@ -133,8 +144,9 @@ def _block_masks(w1, diag, k: int, live1=None):
 def prune_matrix(w, hessian, name: str, *, prune_count: int = 0, nm: tuple[int, int] | None = None, jit=False):
     """SparseGPT on one layer. w: (d_in, d_out) matrix view (rows = inputs, as in prunecli), H: (d_in, d_in).
 
-    Returns (new w, keep mask), both (d_in, d_out); pruned weights are exactly 0. prune_count is the
-    number of weights to prune (element sparsity); nm = (N, M) keeps N of every M inputs per output."""
+    Returns (new w, keep mask, the dampening used), w and the mask (d_in, d_out); pruned weights are
+    exactly 0. prune_count is the number of weights to prune (element sparsity); nm = (N, M) keeps N
+    of every M inputs per output."""
     import tensorflow as tf
 
     n, m = nm or (0, 0)
@@ -144,7 +156,7 @@ def prune_matrix(w, hessian, name: str, *, prune_count: int = 0, nm: tuple[int, 
         hessian = tf.pad(tf.cast(hessian, tf.float32), [[0, pad], [0, pad]])
         hessian = tf.linalg.set_diag(hessian, tf.concat([tf.linalg.diag_part(hessian)[:rows], tf.ones([pad])], 0))
         w = tf.pad(tf.cast(w, tf.float32), [[0, pad], [0, 0]])
-    upper, _ = inverse_factor(hessian, name)
+    upper, _, used = inverse_factor(hessian, name)
     # an input that is zero on every calibration example contributes nothing: its weights go first
     # (the paper's W[:, dead] = 0), rather than looking important through the H_jj = 1 put there,
     # but a dead weight the count keeps keeps its value (no update reaches it: see the docstring)
@@ -175,7 +187,7 @@ def prune_matrix(w, hessian, name: str, *, prune_count: int = 0, nm: tuple[int, 
             wt = wt[:, end - start :] - tf.matmul(err1, upper[start:end, end:])
     q = tf.concat(q_blocks, axis=1)[:, :rows]
     keep = tf.concat(keep_blocks, axis=1)[:, :rows]
-    return tf.transpose(q), tf.transpose(keep)
+    return tf.transpose(q), tf.transpose(keep), used
 
 
 def obs_scores(w, hessian, name: str):
@@ -183,7 +195,7 @@ def obs_scores(w, hessian, name: str):
     from), of the matrix view's shape; for runs that need plain scores (global scope, schedules)."""
     import tensorflow as tf
 
-    upper, _ = inverse_factor(hessian, name)
+    upper, _, _ = inverse_factor(hessian, name)
     inv_diag = tf.reduce_sum(tf.square(upper), axis=0)  # H^-1 = U^T U, so (H^-1)_jj = sum_k U_kj^2
     live = tf.cast(tf.linalg.diag_part(tf.cast(hessian, tf.float32)) > 0, tf.float32)  # dead inputs: 0
     return tf.square(tf.cast(w, tf.float32)) * live[:, None] / inv_diag[:, None]
