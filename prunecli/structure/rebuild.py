@@ -66,9 +66,31 @@ def rebuild(model, *, skip=(), bypass=None, replace=None, input_shapes=None, ali
 
 
 def detach(model):
-    """A copy of a rebuilt model with layers of its own, so it saves and trains like a fresh one."""
+    """A copy of a rebuilt model with layers of its own, so it saves and trains like a fresh one.
+    InputError naming the layer when one cannot describe itself (a layer without get_config, such as
+    KerasHub's Gemma RMSNormalization): such a model could not be saved either."""
     import keras
 
-    copy = keras.Model.from_config(model.get_config())
+    try:
+        config = model.get_config()
+    except NotImplementedError as exc:
+        inner = [lay for lay in keras_graph.all_layers(model) if not keras_graph.is_model(lay)]
+        layer = next((lay for lay in inner if _unconfigurable(lay)), None)
+        what = f"layer {layer.name!r} ({type(layer).__name__})" if layer is not None else "a layer"
+        raise InputError(
+            f"{model.name}: {what} has no get_config, so the rebuilt model could not be saved; "
+            "this granularity cannot remove structure from it (-g element prunes it in place)"
+        ) from exc
+    copy = keras.Model.from_config(config)
     copy.set_weights(model.get_weights())
     return copy
+
+
+def _unconfigurable(layer) -> bool:
+    try:
+        layer.get_config()
+    except NotImplementedError:
+        return True
+    except Exception:  # noqa: BLE001 - any other failure is not this one
+        return False
+    return False

@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from prunecli.errors import InputError
 from prunecli.structure import keras_graph
 
 
@@ -115,7 +116,11 @@ def _shrink_blocker(layer, owner) -> str | None:
     if layer is not owner and own_attention and decoders.is_decoder(owner):
         return decoders.shrink_blocker(owner)
     if layer is not owner and not (type(owner).__name__ in HUB_ENCODERS and own_attention):
-        return f"inside {type(owner).__name__} {owner.name!r}, which derives its head size from num_heads"
+        return (
+            f"inside {type(owner).__name__} {owner.name!r}, which prunecli cannot rebuild with fewer heads (it"
+            " rebuilds KerasHub's Llama, Mistral and Qwen decoder blocks, TransformerEncoder blocks and"
+            " functional models' MultiHeadAttention)"
+        )
     if type(layer).__name__ not in ("MultiHeadAttention", "CachedMultiHeadAttention"):
         return f"{type(layer).__name__} is not keras.layers.MultiHeadAttention"
     if keras_graph.gated_attention(layer):
@@ -175,8 +180,26 @@ def _is_attention(layer) -> bool:
 
 
 def has_attention(model) -> bool:
-    """Whether the model holds an attention layer (it is a Transformer, for -g neuron and -g layer)."""
-    return bool(find(model))
+    """Whether the model holds an attention layer (it is a Transformer, for -g neuron): one whose heads
+    prunecli reads, or one whose layout it does not know (`unread_attention`)."""
+    return bool(find(model)) or bool(unread_attention(model))
+
+
+def unread_attention(model) -> list[str]:
+    """Class names of the layers that call themselves attention and hold projection matrices (KerasHub's
+    GemmaAttention, BloomAttention, FalconAttention...) but whose heads `find` cannot read: a
+    Transformer all the same, whose residual stream -g neuron must not cut. (keras.layers.Attention and
+    AdditiveAttention hold no matrix: a model using them is not a Transformer here.)"""
+    read = {id(hl.layer) for hl in find(model)}
+    return sorted(
+        {
+            type(layer).__name__
+            for layer in keras_graph.all_layers(model)
+            if "Attention" in type(layer).__name__
+            and id(layer) not in read
+            and any(len(w.shape) >= 2 for w in layer.weights)
+        }
+    )
 
 
 def ffn_pairs(model) -> list[tuple[str, str]]:
@@ -229,6 +252,14 @@ def ffn_only(model, targets, include=()) -> tuple[list, list[str]]:
     kept = [
         t for t in targets if t.layer_name in firsts or id(t.variable) in swiglu or targets_mod.named_in(t, include)
     ]
+    if targets and not kept:  # a Transformer whose feed-forward layers are not found: never its residual stream
+        layout = ", ".join([type(model).__name__, *unread_attention(model)[:3]])
+        raise InputError(
+            f"-g neuron on a Transformer prunes feed-forward units, and none were found in {model.name} "
+            f"({layout}: a layout prunecli does not know; it knows functional Keras "
+            "Transformers and KerasHub's Llama, Mistral and Qwen decoders); use -g element, or --include to "
+            "force a layer"
+        )
     left = sorted({t.layer_name for t in targets} - {t.layer_name for t in kept})
     notes = []
     if left:

@@ -1,0 +1,460 @@
+"""How prunecli's CLI behaves on KerasHub decoder families, tiny random models, one table.
+
+    .venv/bin/python bench/decoder_families.py all            # build, run the CLI, check outputs, write the table
+    .venv/bin/python bench/decoder_families.py build          # tiny models + token data under --dir
+    .venv/bin/python bench/decoder_families.py run [-j 2]     # every command on every family (subprocesses)
+    .venv/bin/python bench/decoder_families.py check          # load each exit-0 output, feed tokens, generate()
+    .venv/bin/python bench/decoder_families.py table          # print the Markdown table (also written to RESULTS.md)
+    ... --families Gemma,Qwen3 --commands head,neuron         # a subset
+
+Each family is a KerasHub <Family>Backbone built from its config (hidden 32, 2 layers, vocabulary 128,
+4 query heads / 2 key-value heads where the family has grouped-query attention, FFN 64; random weights,
+nothing downloaded) wrapped in <Family>CausalLM(preprocessor=None) and saved as <dir>/<family>.keras.
+Token data: <dir>/tokens_<vocab>.npz with token_ids (32 x 16 int32) and padding_mask (ones).
+
+Each command runs `prunecli ...` in a subprocess (300 s limit); the exit code, wall time and last stderr
+line are kept in <dir>/results.json. `check` loads every exit-0 output (keras_hub imported, prunecli's
+hub layers registered), calls it on {"token_ids", "padding_mask"}, compares parameter counts for
+shrinking commands, calls generate() through the causal LM, and reads the report's sparsity/shrink/
+verification fields, flagging a run that exits 0 but changed nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.bench_common import PRUNECLI, PYTHON, ROOT, machine, scratch, write_decoders_section  # noqa: E402
+
+DEFAULT_DIR = scratch("decoder_families")
+HEADING = "## KerasHub decoder families: every command on a tiny model of each"
+
+HIDDEN, LAYERS, VOCAB, FFN, HEADS, KV, HEAD_DIM = 32, 2, 128, 64, 4, 2, 8
+N_ROWS, SEQ = 32, 16
+
+
+def _configs() -> dict[str, dict]:
+    """Backbone keyword arguments per family (KerasHub 0.32 signatures)."""
+    common = {"vocabulary_size": VOCAB, "num_layers": LAYERS, "hidden_dim": HIDDEN, "intermediate_dim": FFN}
+    gqa = {**common, "num_query_heads": HEADS, "num_key_value_heads": KV}
+    mha = {**common, "num_heads": HEADS}
+    return {
+        "Llama": {**gqa},
+        "Mistral": {**gqa, "sliding_window": 16},
+        "Qwen": {**gqa},
+        "Qwen3": {**gqa, "head_dim": HEAD_DIM},
+        "Gemma": {**gqa, "head_dim": HEAD_DIM},
+        "Gemma3": {**gqa, "head_dim": HEAD_DIM, "image_size": 16, "vision_encoder": None},
+        "Phi3": {**gqa},
+        "GPT2": {**mha, "max_sequence_length": 64},
+        "OPT": {**mha, "max_sequence_length": 64},
+        "Bloom": {**mha},
+        "GPTNeoX": {**mha, "max_sequence_length": 64},
+        "Falcon": {**common, "num_attention_heads": HEADS},
+        "SmolLM3": {
+            **common,
+            "num_attention_heads": HEADS,
+            "num_key_value_heads": KV,
+            "attention_bias": False,
+            "attention_dropout": 0.0,
+            "rope_layer_enabled_list": [True] * LAYERS,
+            "layer_types": ["full_attention"] * LAYERS,
+            "mlp_bias": False,
+            "layer_norm_epsilon": 1e-6,
+            "max_position_embeddings": 64,
+            "rope_theta": 10000.0,
+            "partial_rotary_factor": 1.0,
+        },
+    }
+
+
+FAMILIES = list(_configs())
+
+# name -> (argv after `prunecli`, with M/T/OUT/R placeholders; shrinks?; asks for pruning?)
+COMMANDS = {
+    "magnitude": (["prune", "M", "-s", "0.5", "-o", "OUT", "--data", "T", "--report", "R"], False, True),
+    "wanda": (
+        ["prune", "M", "--method", "wanda", "-s", "0.5", "--data", "T", "-o", "OUT", "--report", "R"],
+        False,
+        True,
+    ),
+    "sparsegpt": (
+        ["prune", "M", "--method", "sparsegpt", "-g", "n:m=2:4", "--data", "T", "-o", "OUT", "--report", "R"],
+        False,
+        True,
+    ),
+    "head": (
+        ["prune", "M", "-g", "head", "-s", "0.5", "--shrink", "--data", "T", "-o", "OUT", "--report", "R"],
+        True,
+        True,
+    ),
+    "neuron": (
+        ["prune", "M", "-g", "neuron", "-s", "0.5", "--shrink", "--data", "T", "-o", "OUT", "--report", "R"],
+        True,
+        True,
+    ),
+    "hidden": (
+        ["prune", "M", "-g", "hidden", "-s", "0.25", "--shrink", "--data", "T", "-o", "OUT", "--report", "R"],
+        True,
+        True,
+    ),
+    "layer": (
+        ["prune", "M", "-g", "layer", "-s", "0.5", "--shrink", "--data", "T", "-o", "OUT", "--report", "R"],
+        True,
+        True,
+    ),
+    "target": (
+        ["prune", "M", "-g", "neuron", "--target", "params=0.8", "--data", "T", "-o", "OUT", "--report", "R"],
+        True,
+        True,
+    ),
+    "plan": (["plan", "M", "-g", "head", "-s", "0.5"], False, False),
+    "inspect": (["inspect", "M"], False, False),
+}
+
+
+def _paths(d: Path, family: str, command: str) -> dict[str, Path]:
+    out = d / "out" / family
+    return {
+        "M": d / f"{family}.keras",
+        "T": d / f"tokens_{VOCAB}.npz",
+        "OUT": out / f"{command}.keras",
+        "R": out / f"{command}.json",
+        "LOG": out / f"{command}.log",
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# build
+
+
+def build(d: Path, families: list[str]) -> dict[str, str]:
+    import keras
+    import keras_hub
+    import numpy as np
+
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, VOCAB, size=(N_ROWS, SEQ)).astype("int32")
+    np.savez(d / f"tokens_{VOCAB}.npz", token_ids=ids, padding_mask=np.ones_like(ids))
+    status = {}
+    for fam in families:
+        keras.utils.set_random_seed(0)
+        try:
+            backbone = getattr(keras_hub.models, f"{fam}Backbone")(**_configs()[fam])
+            lm = getattr(keras_hub.models, f"{fam}CausalLM")(backbone=backbone, preprocessor=None)
+            lm({"token_ids": ids[:2], "padding_mask": np.ones_like(ids[:2])})
+            lm.save(d / f"{fam}.keras")
+            status[fam] = f"built, {lm.count_params()} params"
+        except Exception as e:  # noqa: BLE001 - record and go on
+            status[fam] = f"build failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        print(fam, status[fam], flush=True)
+    (d / "build.json").write_text(json.dumps(status, indent=1))
+    return status
+
+
+# ---------------------------------------------------------------------------------------------------
+# run
+
+
+def _last_error_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith("prunecli:"):
+            return ln
+    # skip TF/absl log noise
+    lines = [ln for ln in lines if not ln.startswith(("I0000", "W0000", "WARNING: All log", "To enable"))]
+    return lines[-1] if lines else ""
+
+
+def run_one(d: Path, family: str, command: str, timeout: int = 300) -> dict:
+    p = _paths(d, family, command)
+    if not p["M"].exists():
+        return {"family": family, "command": command, "rc": None, "seconds": 0.0, "message": "model not built"}
+    p["OUT"].parent.mkdir(parents=True, exist_ok=True)
+    for k in ("OUT", "R"):
+        p[k].unlink(missing_ok=True)
+    argv = [PRUNECLI] + [str(p[a]) if a in p else a for a in COMMANDS[command][0]]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(ROOT))
+        rc, out, err = proc.returncode, proc.stdout, proc.stderr
+    except subprocess.TimeoutExpired as e:
+        rc, out, err = "timeout", (e.stdout or b"").decode(errors="replace"), (e.stderr or b"").decode(errors="replace")
+    seconds = time.perf_counter() - start
+    p["LOG"].write_text(f"$ {' '.join(argv)}\n--- stdout\n{out}\n--- stderr\n{err}\n")
+    msg = _last_error_line(err) if rc != 0 else ""
+    row = {"family": family, "command": command, "rc": rc, "seconds": round(seconds, 1), "message": msg}
+    print(f"{family:8s} {command:10s} rc={rc} {seconds:6.1f}s {msg[:160]}", flush=True)
+    return row
+
+
+def run(d: Path, families: list[str], commands: list[str], jobs: int) -> None:
+    results_path = d / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    tasks = [(f, c) for f in families for c in commands]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for row in pool.map(lambda fc: run_one(d, *fc), tasks):
+            results.setdefault(row["family"], {})[row["command"]] = row
+            results_path.write_text(json.dumps(results, indent=1))
+
+
+# ---------------------------------------------------------------------------------------------------
+# check (one subprocess per family: `check-family`)
+
+
+def _find(obj, keys, path=""):
+    """[(path, value)] of every entry in a nested dict/list whose key contains one of `keys`."""
+    found = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            sub = f"{path}.{k}" if path else k
+            if any(key in k.lower() for key in keys):
+                found.append((sub, v if not isinstance(v, (dict, list)) else json.dumps(v)[:160]))
+            found += _find(v, keys, sub)
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj[:50]):
+            found += _find(v, keys, f"{path}[{i}]")
+    return found
+
+
+def check_family(d: Path, family: str, commands: list[str]) -> dict:
+    import keras
+    import keras_hub  # noqa: F401 - registers KerasHub classes
+    import numpy as np
+
+    try:
+        from prunecli.structure.transformer import register_hub_layers
+
+        register_hub_layers()
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        from prunecli.structure import decoders
+
+        decoders.register()
+    except Exception:  # noqa: BLE001
+        pass
+
+    data = np.load(d / f"tokens_{VOCAB}.npz")
+    ids, mask = data["token_ids"][:2], data["padding_mask"][:2]
+    base = keras.saving.load_model(d / f"{family}.keras", compile=False)
+    base_params = base.count_params()
+    results = json.loads((d / "results.json").read_text())
+    checks = {"_base_generate": _generate(base, ids)}
+    for command in commands:
+        row = results.get(family, {}).get(command)
+        if not row or row["rc"] != 0 or not COMMANDS[command][2]:
+            continue
+        p = _paths(d, family, command)
+        c = {"problems": []}
+        report = json.loads(p["R"].read_text()) if p["R"].exists() else None
+        if report is None:
+            c["problems"].append("no report written")
+        else:
+            totals = report.get("totals", {})
+            c["sparsity"] = totals.get("prunable_sparsity")
+            shrink = report.get("shrink") or {}
+            c["verification"] = [f"{k}={v}" for k, v in _find(report, ("verif", "equival", "max_diff", "difference"))][
+                :6
+            ]
+            if shrink:
+                c["report_params"] = [shrink.get("params_before"), shrink.get("params_after")]
+        if not p["OUT"].exists():
+            c["problems"].append("exit 0 but no output file")
+            checks[command] = c
+            continue
+        try:
+            model = keras.saving.load_model(p["OUT"], compile=False)
+        except Exception as e:  # noqa: BLE001
+            c["problems"].append(f"load failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            checks[command] = c
+            continue
+        c["class"] = type(model).__name__
+        c["params"] = [base_params, model.count_params()]
+        try:
+            y = model({"token_ids": ids, "padding_mask": mask})
+            y = np.asarray(y)
+            c["output_shape"] = list(y.shape)
+            if not np.all(np.isfinite(y)):
+                c["problems"].append("non-finite logits")
+        except Exception as e:  # noqa: BLE001
+            c["problems"].append(f"call failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        shrinks = COMMANDS[command][1]
+        if shrinks and not model.count_params() < base_params:
+            c["problems"].append(f"not smaller: {base_params} -> {model.count_params()} params")
+        if not shrinks:
+            weights_changed = _zero_fraction(model) - _zero_fraction(base)
+            c["zero_fraction_gain"] = round(weights_changed, 3)
+            if weights_changed < 0.05:
+                c["problems"].append(f"no new zeros in the weights (+{weights_changed:.3f})")
+        if hasattr(model, "generate"):
+            c["generate"] = _generate(model, ids)
+            if c["generate"].startswith("failed"):
+                same = c["generate"] == checks["_base_generate"]
+                c["problems"].append(
+                    "generate " + c["generate"] + (" (the unpruned model fails alike)" if same else "")
+                )
+        else:
+            c["generate"] = "no generate (not a CausalLM)"
+            c["problems"].append(f"output is {type(model).__name__}, not a CausalLM: no generate()")
+        checks[command] = c
+    return checks
+
+
+def _generate(model, ids) -> str:
+    """generate() through the causal LM (no preprocessor): 8 prompt tokens, 8 to fill."""
+    import numpy as np
+
+    try:
+        gen_ids = np.array(ids)
+        gen_mask = np.zeros_like(gen_ids)
+        gen_mask[:, :8] = 1
+        gen_ids[:, 8:] = 0
+        out = model.generate({"token_ids": gen_ids, "padding_mask": gen_mask}, stop_token_ids=None)
+        got = np.asarray(out["token_ids"] if isinstance(out, dict) else out)
+        return f"ok {list(got.shape)}"
+    except Exception as e:  # noqa: BLE001
+        return f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+
+
+def _zero_fraction(model) -> float:
+    import numpy as np
+
+    total = zeros = 0
+    for w in model.weights:
+        if len(w.shape) >= 2:
+            a = np.asarray(w)
+            total += a.size
+            zeros += int((a == 0).sum())
+    return zeros / max(total, 1)
+
+
+def check(d: Path, families: list[str], commands: list[str]) -> None:
+    path = d / "checks.json"
+    allchecks = json.loads(path.read_text()) if path.exists() else {}
+    for fam in families:
+        argv = [PYTHON, __file__, "check-family", fam, "--dir", str(d), "--commands", ",".join(commands)]
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=900)
+        try:
+            got = json.loads(proc.stdout.strip().splitlines()[-1])
+        except Exception:  # noqa: BLE001
+            got = {"_error": _last_error_line(proc.stderr)}
+        allchecks.setdefault(fam, {}).update(got)
+        path.write_text(json.dumps(allchecks, indent=1))
+        print(fam, json.dumps(got)[:600], flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# table
+
+
+def _short(message: str) -> str:
+    """The error line without the `prunecli: error: <model path>:` prefix, cut at 110 characters."""
+    text = message.removeprefix("prunecli: error: ")
+    if text.startswith("/") and ": " in text:
+        text = text.split(": ", 1)[1]
+    return text if len(text) <= 110 else text[:107] + "..."
+
+
+def _problem(text: str) -> str:
+    if text.startswith("not smaller"):
+        return "NOT shrunk"
+    if text.startswith("generate failed"):
+        return "generate() fails" + (" (unpruned too)" if "unpruned" in text else "")
+    return text
+
+
+def table(d: Path, families: list[str], commands: list[str]) -> str:
+    results = json.loads((d / "results.json").read_text()) if (d / "results.json").exists() else {}
+    checks = json.loads((d / "checks.json").read_text()) if (d / "checks.json").exists() else {}
+    build_status = json.loads((d / "build.json").read_text()) if (d / "build.json").exists() else {}
+    lines = ["| family | " + " | ".join(commands) + " |", "|---|" + "---|" * len(commands)]
+    for fam in families:
+        cells = []
+        for cmd in commands:
+            row = results.get(fam, {}).get(cmd)
+            if row is None:
+                cells.append("-")
+                continue
+            if row["rc"] != 0:
+                cells.append(f"**{row['rc']}**, {row['seconds']:.0f}s: {_short(row['message'])}".replace("|", "/"))
+                continue
+            c = checks.get(fam, {}).get(cmd, {})
+            text = "ok"
+            if c.get("params") and COMMANDS[cmd][1]:
+                a, b = c["params"]
+                text = f"ok, shrunk {a} -> {b} params" if b < a else f"ok but NOT shrunk ({a} params)"
+            problems = [_problem(p) for p in c.get("problems", []) if not p.startswith("not smaller")]
+            if problems:
+                text += " **" + "; ".join(problems) + "**"
+            cells.append(f"0, {row['seconds']:.0f}s: {text}".replace("|", "/"))
+        lines.append(f"| {fam} | " + " | ".join(cells) + " |")
+    notes = [f"- {f}: {s}" for f, s in build_status.items() if f in families]
+    text = (
+        "\n".join(lines)
+        + ("\n\nBuild (hidden 32, 2 layers, vocab 128, FFN 64):\n" + "\n".join(notes) if notes else "")
+        + "\n"
+    )
+    return text
+
+
+def section(text: str) -> str:
+    m = machine()
+    return "\n".join(
+        [
+            HEADING,
+            "",
+            f"`.venv/bin/python bench/decoder_families.py all` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())};"
+            f" {m['cpu']}, {m['cores']} cores, shared). One tiny random causal LM per KerasHub family (the module"
+            " docstring says how it is built); each command is `prunecli prune|plan|inspect` in a subprocess; an"
+            " exit-0 output is loaded, fed tokens and asked to generate(). Bold: an exit code other than 0, or an"
+            " exit 0 that did not do what was asked. Exit 2/3 with a one-line message is a refusal.",
+            "",
+            text,
+        ]
+    )
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("step", choices=["all", "build", "run", "check", "check-family", "table"])
+    ap.add_argument("family", nargs="?")
+    ap.add_argument("--dir", type=Path, default=DEFAULT_DIR)
+    ap.add_argument("--families", default=",".join(FAMILIES))
+    ap.add_argument("--commands", default=",".join(COMMANDS))
+    ap.add_argument("-j", "--jobs", type=int, default=1)
+    ap.add_argument("--no-write", action="store_true", help="print, do not write bench/DECODERS.md")
+    args = ap.parse_args(argv)
+    families = [f for f in args.families.split(",") if f]
+    commands = [c for c in args.commands.split(",") if c]
+    if args.step == "check-family":
+        print(json.dumps(check_family(args.dir, args.family, commands), default=str))
+        return 0
+    if args.step in ("all", "build"):
+        build(args.dir, families)
+    if args.step in ("all", "run"):
+        run(args.dir, families, commands, args.jobs)
+    if args.step in ("all", "check"):
+        check(args.dir, families, commands)
+    if args.step in ("all", "table", "check"):
+        text = table(args.dir, FAMILIES, list(COMMANDS))  # every family run so far
+        (args.dir / "RESULTS.md").write_text(text)
+        print(text)
+        if not args.no_write:
+            write_decoders_section(HEADING, section(text))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
