@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from prunecli.config import name_matches
 from prunecli.errors import ConfigError, InputError
 from prunecli.results import StepResult
-from prunecli.structure import probes
+from prunecli.structure import keras_graph, probes
 from prunecli.structure.rebuild import detach, functional_graph, ordered_nodes, rebuild
 from prunecli.training.metrics import loss_callable
 
@@ -322,6 +322,21 @@ def remove(model, chosen: list[Candidate]):
     return smaller if decoders.blocks(model) else detach(smaller)
 
 
+def _why_none(model) -> str:
+    """Why no candidate was found: a KerasHub model whose blocks prunecli cannot take out (its task or
+    backbone is one node of the graph read), or a graph with no residual branch or shape-preserving layer."""
+    from prunecli.structure import decoders
+
+    hub = [layer for layer in keras_graph.children(model) if type(layer).__module__.startswith("keras_hub")]
+    if hub and keras_graph.is_model(hub[0]) and decoders.host(model) is None:
+        inner = hub[0]
+        return (
+            f"{type(inner).__name__} is one node of {model.name}'s graph, and prunecli takes whole blocks out of "
+            "KerasHub's Llama, Mistral and Qwen decoders and of functional models only"
+        )
+    return "no residual branch or shape-preserving layer"
+
+
 def run(model, run_targets, data, task, config, progress, timings) -> StepResult:
     """Score the candidates and return the model without the chosen ones."""
     from prunecli.structure import targets
@@ -332,7 +347,7 @@ def run(model, run_targets, data, task, config, progress, timings) -> StepResult
     with timings.phase("score"):
         candidates, rows = analyse(model, c.include, c.exclude)
         if not candidates:
-            raise InputError(f"{c.model_path}: no layer can be removed (no residual branch or shape-preserving layer)")
+            raise InputError(f"{c.model_path}: no layer can be removed ({_why_none(model)})")
         how = score(model, data, task, c, progress, candidates)
     notes: list[str] = []
     chosen = choose(candidates, c, notes)
