@@ -65,4 +65,4 @@ def test_a_layer_without_get_config_is_a_refusal_when_rebuilding(cli, gemma, tmp
 def test_whole_blocks_of_an_unknown_family_are_refused_naming_why(cli, gemma, tmp_path):
     result = cli("prune", gemma / "lm.keras", "-g", "layer", "-s", "0.5", "--shrink", "-o", tmp_path / "o.keras")
     assert result.exit_code == 3, result.output
-    assert "GemmaBackbone is one node" in result.stderr and "Llama, Mistral and Qwen" in result.stderr
+    assert "GemmaBackbone is one node" in result.stderr and "Llama, Mistral, Qwen and Qwen3" in result.stderr

@@ -1,4 +1,4 @@
-"""KerasHub decoders (Llama, Mistral, Qwen): key/value groups and SwiGLU units deleted for real.
+"""KerasHub decoders (Llama, Mistral, Qwen, Qwen3): key/value groups and SwiGLU units deleted for real.
 
 Tiny configs built with keras_hub (no download): each shrunk model is checked against the masked model
 it came from, after a save/load round trip too, and its parameter count against the slices removed.
@@ -27,6 +27,7 @@ FAMILIES = {
     "llama": lambda layers: kh.models.LlamaBackbone(num_layers=layers, **SIZES),
     "mistral": lambda layers: kh.models.MistralBackbone(num_layers=layers, sliding_window=8, **SIZES),
     "qwen": lambda layers: kh.models.QwenBackbone(num_layers=layers, **SIZES),
+    "qwen3": lambda layers: kh.models.Qwen3Backbone(num_layers=layers, head_dim=HD, **SIZES),
 }
 
 
@@ -126,7 +127,7 @@ def test_a_unit_is_scored_by_all_three_projections():
         assert section["layers"][0]["removed_units"] == [5], which
 
 
-@pytest.mark.parametrize("family", ["mistral", "qwen"])
+@pytest.mark.parametrize("family", ["mistral", "qwen", "qwen3"])
 def test_other_families_lose_groups_and_units_for_real(family, tmp_path):
     model = backbone(family, layers=1)
     x = inputs()

@@ -32,6 +32,8 @@ def backbone(family: str = "llama", tied: bool = False, layers: int = 2, seed: i
     keras.utils.set_random_seed(seed)
     if family == "mistral":  # no tied embeddings; head_dim is its own argument
         model = kh.models.MistralBackbone(num_layers=layers, sliding_window=8, **SIZES)
+    elif family == "qwen3":  # head_dim its own argument; query/key norms over one head
+        model = kh.models.Qwen3Backbone(num_layers=layers, head_dim=D // HQ, tie_word_embeddings=tied, **SIZES)
     else:
         cls = {"llama": kh.models.LlamaBackbone, "qwen": kh.models.QwenBackbone}[family]
         model = cls(num_layers=layers, tie_word_embeddings=tied, **SIZES)
@@ -60,6 +62,7 @@ def _narrowed(model, **kw):
         pytest.param("llama", True, marks=pytest.mark.slow),
         ("qwen", True),
         pytest.param("mistral", False, marks=pytest.mark.slow),
+        pytest.param("qwen3", True, marks=pytest.mark.slow),
     ],
 )
 def test_narrowed_model_equals_the_masked_one(family, tied, tmp_path):

@@ -1,4 +1,4 @@
-"""`-g neuron` on KerasHub decoders (Llama, Mistral, Qwen): SwiGLU feed-forward units scored, chosen and
+"""`-g neuron` on KerasHub decoders (Llama, Mistral, Qwen, Qwen3): SwiGLU feed-forward units scored, chosen and
 removed whole.
 
 A decoder block's feed-forward network is down(silu(gate(x)) * up(x)); its unit j is gate column j,

@@ -1,4 +1,4 @@
-"""`-g hidden` on KerasHub decoders (Llama, Mistral, Qwen): residual-stream (hidden) channels scored,
+"""`-g hidden` on KerasHub decoders (Llama, Mistral, Qwen, Qwen3): residual-stream (hidden) channels scored,
 chosen and removed for real.
 
 Channel c of the residual stream is the token embedding's column c (untied: the reverse embedding's
@@ -140,7 +140,7 @@ def run_hidden(model, targets, config, *, data=None, loss_fn=None, sample_x=None
     notes: list[str] = []
     if not applies(model):
         raise InputError(
-            f"{config.model_path or 'model'}: -g hidden needs KerasHub decoder blocks (Llama, Mistral, Qwen)"
+            f"{config.model_path or 'model'}: -g hidden needs KerasHub decoder blocks (Llama, Mistral, Qwen, Qwen3)"
         )
     blocker = decoders.narrow_blocker(model)
     if blocker:

@@ -332,7 +332,7 @@ def _why_none(model) -> str:
         inner = hub[0]
         return (
             f"{type(inner).__name__} is one node of {model.name}'s graph, and prunecli takes whole blocks out of "
-            "KerasHub's Llama, Mistral and Qwen decoders and of functional models only"
+            "KerasHub's Llama, Mistral, Qwen and Qwen3 decoders and of functional models only"
         )
     return "no residual branch or shape-preserving layer"
 

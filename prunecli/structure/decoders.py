@@ -1,4 +1,4 @@
-"""KerasHub decoder blocks (Llama, Mistral, Qwen): their grouped-query heads and SwiGLU units, rebuilt smaller.
+"""KerasHub decoder blocks (Llama, Mistral, Qwen, Qwen3): their grouped-query heads and SwiGLU units, rebuilt smaller.
 
 One block is `x + attn(norm(x))`, then `x + down(silu(gate(norm(x))) * up(norm(x)))`, all inside one
 Keras layer (LlamaTransformerDecoder...), so the functional graph sees one node per block and the
@@ -13,7 +13,8 @@ adapter for private attributes) and rebuilds it with fewer heads and fewer feed-
   build, which a block with fewer heads would change. The rebuilt block is a registered subclass
   (PrunedLlamaTransformerDecoder, PrunedQwenTransformerDecoder) whose config carries `head_dim`; its
   attention is the family's own class with the projections rebuilt at that size (so `call`, RoPE,
-  masks and the decoding cache stay KerasHub's). Mistral's attention takes `head_dim` already.
+  masks and the decoding cache stay KerasHub's). Mistral's and Qwen3's attention take `head_dim` already
+  (Qwen3's query/key norms act over one head's dimensions, so they are kept whole).
 - SwiGLU units. Unit j is gate column j, up column j and down row j: its contribution to the output is
   silu(x.gate_j) * (x.up_j) * down_j, exactly zero when any of the three slices is zero (silu(0) = 0),
   so masking a unit in any of them and deleting it compute the same function.
@@ -50,9 +51,10 @@ FAMILIES = {
     "LlamaTransformerDecoder": "keras_hub.src.models.llama.llama_decoder",
     "MistralTransformerDecoder": "keras_hub.src.models.mistral.mistral_transformer_decoder",
     "QwenTransformerDecoder": "keras_hub.src.models.qwen.qwen_decoder",
+    "Qwen3TransformerDecoder": "keras_hub.src.models.qwen3.qwen3_decoder",
 }
 # KerasHub causal LMs around such a backbone: token_embedding, transformer_layers, layer_norm, one cache
-CAUSAL_LMS = ("LlamaCausalLM", "MistralCausalLM", "QwenCausalLM")
+CAUSAL_LMS = ("LlamaCausalLM", "MistralCausalLM", "QwenCausalLM", "Qwen3CausalLM")
 # how a saved model names prunecli's classes
 CLASS_NAMES = tuple(f"Pruned{name}" for name in (*FAMILIES, *CAUSAL_LMS)) + ("PrunedDecoderBackbone",)
 
@@ -545,7 +547,7 @@ def _rebuilt_task(model, backbone, swaps: list[tuple], dropped: set[int] = froze
 
 # KerasHub's RMSNorms over the residual stream: x * rsqrt(mean(x^2) + epsilon) * scale, all three alike
 # (Gemma's (1 + scale) would need another correction: not listed)
-RMS_NORMS = ("LlamaLayerNorm", "MistralLayerNormalization", "QwenLayerNorm")
+RMS_NORMS = ("LlamaLayerNorm", "MistralLayerNormalization", "QwenLayerNorm", "Qwen3LayerNorm")
 
 
 def _is_rms_norm(layer) -> bool:
@@ -582,7 +584,7 @@ def stream_ends(model) -> tuple[Any, Any]:
 
     inner = host(model)
     if inner is None:
-        raise InputError(f"{model.name}: no KerasHub decoder blocks (Llama, Mistral, Qwen) to narrow")
+        raise InputError(f"{model.name}: no KerasHub decoder blocks (Llama, Mistral, Qwen, Qwen3) to narrow")
     others = [
         layer
         for layer in keras_graph.children(inner)

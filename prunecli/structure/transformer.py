@@ -108,7 +108,7 @@ def _describe(layer, path: str, owner, target_names: dict) -> HeadLayer | None:
 
 def _shrink_blocker(layer, owner) -> str | None:
     """Why --shrink cannot delete this attention layer's heads (None: it can). A KerasHub decoder block
-    (Llama, Mistral, Qwen) is rebuilt whole by structure/decoders.py, a KerasHub TransformerEncoder as
+    (Llama, Mistral, Qwen, Qwen3) is rebuilt whole by structure/decoders.py, a KerasHub TransformerEncoder as
     HeadPrunedTransformerEncoder, a plain MultiHeadAttention from its config."""
     from prunecli.structure import decoders
 
@@ -118,7 +118,7 @@ def _shrink_blocker(layer, owner) -> str | None:
     if layer is not owner and not (type(owner).__name__ in HUB_ENCODERS and own_attention):
         return (
             f"inside {type(owner).__name__} {owner.name!r}, which prunecli cannot rebuild with fewer heads (it"
-            " rebuilds KerasHub's Llama, Mistral and Qwen decoder blocks, TransformerEncoder blocks and"
+            " rebuilds KerasHub's Llama, Mistral, Qwen and Qwen3 decoder blocks, TransformerEncoder blocks and"
             " functional models' MultiHeadAttention)"
         )
     if type(layer).__name__ not in ("MultiHeadAttention", "CachedMultiHeadAttention"):
@@ -257,7 +257,7 @@ def ffn_only(model, targets, include=()) -> tuple[list, list[str]]:
         raise InputError(
             f"-g neuron on a Transformer prunes feed-forward units, and none were found in {model.name} "
             f"({layout}: a layout prunecli does not know; it knows functional Keras "
-            "Transformers and KerasHub's Llama, Mistral and Qwen decoders); use -g element, or --include to "
+            "Transformers and KerasHub's Llama, Mistral, Qwen and Qwen3 decoders); use -g element, or --include to "
             "force a layer"
         )
     left = sorted({t.layer_name for t in targets} - {t.layer_name for t in kept})
