@@ -57,7 +57,7 @@ def test_volume_patches_reproduce_each_conv3d_and_tiles_give_the_same_hessian():
         np.testing.assert_allclose(np.asarray(small.hessian), np.asarray(whole.hessian), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("sparsity", [0.5, 0.7])
+@pytest.mark.parametrize("sparsity", [0.5, pytest.param(0.7, marks=pytest.mark.slow)])
 def test_sparsegpt_beats_magnitude_on_a_conv3d(sparsity):
     import keras
     import tensorflow as tf

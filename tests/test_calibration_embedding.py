@@ -74,6 +74,7 @@ def test_a_token_the_calibration_never_saw_is_ranked_as_a_token_of_mean_count():
 
 
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+@pytest.mark.slow
 def test_an_embedding_model_is_calibrated_end_to_end(method):
     from prunecli.calibration import prune_calibrated
 

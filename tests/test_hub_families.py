@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 kh = pytest.importorskip("keras_hub")
+pytestmark = pytest.mark.slow  # builds and saves KerasHub models: the full suite runs it
 
 VOCAB = 64
 

@@ -127,7 +127,7 @@ def test_a_unit_is_scored_by_all_three_projections():
         assert section["layers"][0]["removed_units"] == [5], which
 
 
-@pytest.mark.parametrize("family", ["mistral", "qwen", "qwen3"])
+@pytest.mark.parametrize("family", ["mistral", "qwen", pytest.param("qwen3", marks=pytest.mark.slow)])
 def test_other_families_lose_groups_and_units_for_real(family, tmp_path):
     model = backbone(family, layers=1)
     x = inputs()
@@ -411,6 +411,7 @@ def test_activation_scores_read_what_each_unit_outputs(granularity):
     assert all("call" not in vars(layer) for layer in watched)
 
 
+@pytest.mark.slow
 def test_head_params_target_removes_whole_groups_to_fit():
     """-g head --target params=F: the fewest key/value groups (with their query heads) whose removal
     leaves at most F of the parameters; one group fewer would not fit."""

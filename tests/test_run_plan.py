@@ -140,6 +140,7 @@ def test_flops_formulas_for_other_layers():
     assert macs["ein"][0] == 10 * 7 * 8
 
 
+@pytest.mark.slow
 def test_an_open_sequence_length_is_counted_at_seq_len_or_said_to_be_unknown(cli, tmp_path):
     """A KerasHub causal LM leaves its sequence length open: without --seq-len the plan says its
     multiply-adds are not counted (never "0 -> 0"); with it, every block and the tied LM head are
