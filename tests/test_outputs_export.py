@@ -313,3 +313,33 @@ def test_a_two_input_model_exports_with_its_data(tmp_path):
         assert export[fmt]["sample_source"] == "data" and export[fmt]["samples"] == 64
         assert export[fmt]["max_abs_diff"] is not None
     assert export["tflite"]["max_abs_diff"] <= 1e-4
+
+
+@pytest.mark.slow
+def test_int8_export_of_a_token_model_is_calibrated_with_integer_ids(cli, tmp_path):
+    """The .npz loader reads every x as float32; the int8 converter's calibration must feed a token
+    model's int32 input as int32 (it ended in exit 7: 'Got value of type FLOAT32 but expected INT32')."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((12,), dtype="int32")
+    h = keras.layers.Embedding(50, 8)(inp)
+    h = keras.layers.Conv1D(8, 3, activation="relu")(h)
+    out = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling1D()(h))
+    model = keras.Model(inp, out)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.save(tmp_path / "tokens.keras")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.integers(0, 50, (64, 12)).astype("int32"), y=rng.integers(0, 3, 64))
+    result = cli(
+        "prune",
+        tmp_path / "tokens.keras",
+        "-d",
+        tmp_path / "d.npz",
+        "--export",
+        "tflite-int8",
+        "-o",
+        tmp_path / "o.keras",
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "o.int8.tflite").is_file()

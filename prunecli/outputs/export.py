@@ -360,18 +360,23 @@ def _convert(saved: Path, calibration, sparse: bool, select_tf_ops: bool, int8_w
 
 def calibration_batches(dataset, model):
     """A representative-dataset callable over the first (x, y) batches of `dataset` (inputs only): one
-    input as a list, several as a dict keyed by input name (the SavedModel signature's names); float
-    inputs as float32, integer ones (token ids) as they are."""
+    input as a list, several as a dict keyed by input name (the SavedModel signature's names); each in
+    its model input's kind: integer inputs (token ids) as that integer type, even though the data
+    loader reads every `x` as float32, float inputs as float32."""
     import numpy as np
 
     names = [str(getattr(t, "name", "")) for t in model.inputs]
+    kinds = [np.dtype(str(getattr(t, "dtype", "float32"))) for t in model.inputs]
+
+    def as_input(a, kind):
+        return a.astype(kind) if kind.kind in "iu" else a.astype(np.float32)
 
     def batches():
         seen = 0
         for x, _y in dataset:
             if seen >= CALIBRATION_SAMPLES:
                 return
-            arrays = [a.astype(np.float32) if a.dtype.kind == "f" else a for a in _input_arrays(model, x)]
+            arrays = [as_input(a, k) for a, k in zip(_input_arrays(model, x), kinds, strict=True)]
             yield arrays if len(arrays) == 1 else dict(zip(names, arrays, strict=True))
             seen += len(arrays[0])
 

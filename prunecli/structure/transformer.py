@@ -253,7 +253,14 @@ def ffn_only(model, targets, include=()) -> tuple[list, list[str]]:
         t for t in targets if t.layer_name in firsts or id(t.variable) in swiglu or targets_mod.named_in(t, include)
     ]
     if targets and not kept:  # a Transformer whose feed-forward layers are not found: never its residual stream
-        layout = ", ".join([type(model).__name__, *unread_attention(model)[:3]])
+        unread = unread_attention(model)
+        if not unread:
+            raise InputError(
+                f"-g neuron on a Transformer prunes feed-forward units only, and {model.name} has none (a Dense "
+                "on a sequence read by one Dense back to its width); use -g element or -g head, or --include "
+                "to force a layer"
+            )
+        layout = ", ".join([type(model).__name__, *unread[:3]])
         raise InputError(
             f"-g neuron on a Transformer prunes feed-forward units, and none were found in {model.name} "
             f"({layout}: a layout prunecli does not know; it knows functional Keras "
