@@ -5,6 +5,11 @@ pruned + int4, each post-training (PTQ: prune -> fine-tune -> quantize) and quan
 
     .venv/bin/python bench/quant_table.py [--seeds 3] [--epochs 2] [--models digits_cnn,mnist_mlp]
     .venv/bin/python bench/quant_table.py --litert [--seeds 3]   # only the LiteRT section
+    .venv/bin/python bench/quant_table.py --models text [--first-seed 1 --seeds 2 --merge rows.json]
+
+The image models (digits_cnn, mnist_mlp) and the text model (a byte-level Transformer classifier on the
+standard library's source, `text_model`) each have their own QUANT.md section, so running one group
+leaves the other's rows alone; `--merge` tables earlier rows (`--json`) with new seeds.
 
 `--litert` runs `--quantize int8 --export tflite,tflite-int8` (PTQ) at each point and tables the two
 TFLite files against the dense float ones: sizes, encoding, agreement with the quantized Keras model,
@@ -29,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_common import accuracy, mnist_subset, quiet_tf, replace_section, table  # noqa: E402
+from bench_common import accuracy, mnist_subset, quiet_tf, replace_section, scratch, table  # noqa: E402
 
 DIGITS = ROOT / "examples" / "digits_cnn.keras"
 DIGITS_DATA = ROOT / "examples" / "digits.npz"
@@ -64,8 +69,123 @@ def mnist_mlp(seed: int, folder: Path) -> tuple[Path, Path]:
     return model_path, data_path
 
 
+# The text model: which standard-library package a 64-byte window of its source comes from.
+TEXT_PACKAGES = (
+    "asyncio",
+    "distutils",
+    "email",
+    "idlelib",
+    "importlib",
+    "lib2to3",
+    "multiprocessing",
+    "tkinter",
+    "unittest",
+    "xml",
+)
+TEXT_SEQ = 64
+TEXT_WINDOWS = (3000, 300)  # (train, test) windows per class
+TEXT_FINETUNE = 10_000  # training windows in the .npz prunecli fine-tunes on
+TEXT_CACHE = scratch("prunecli-quant-text")
+
+
+def text_data(rng) -> dict:
+    """64-byte windows (byte ids 0..255, int32) of the .py files of ten standard-library packages, the
+    label the package. A file is skipped when its name or one of its two folders starts with `test` or
+    `idle_test` (9 small files deeper down, in lib2to3/tests/data/fixers/, stay in); each package's files
+    are split by file, about 20% of its bytes held out for the test windows. Balanced: TEXT_WINDOWS windows per package."""
+    import sysconfig
+
+    import numpy as np
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    parts = {"x_train": [], "y_train": [], "x_test": [], "y_test": []}
+    for label, package in enumerate(TEXT_PACKAGES):
+        files = sorted(
+            f
+            for f in (stdlib / package).rglob("*.py")
+            if not any(p.startswith(("test", "idle_test")) for p in f.parts[-3:])
+        )
+        files = [files[i] for i in rng.permutation(len(files))]
+        texts = [np.frombuffer(f.read_bytes(), np.uint8) for f in files]
+        total, held, cut = sum(map(len, texts)), 0, 0
+        while cut < len(texts) - 1 and held < 0.2 * total:
+            held += len(texts[cut])
+            cut += 1
+        for split, chunk, n in (("test", texts[:cut], TEXT_WINDOWS[1]), ("train", texts[cut:], TEXT_WINDOWS[0])):
+            text = np.concatenate(chunk).astype("int32")
+            starts = rng.integers(0, len(text) - TEXT_SEQ, size=n)
+            parts[f"x_{split}"].append(np.stack([text[s : s + TEXT_SEQ] for s in starts]))
+            parts[f"y_{split}"].append(np.full(n, label, "int32"))
+    out = {k: np.concatenate(v) for k, v in parts.items()}
+    order = rng.permutation(len(out["x_train"]))
+    out["x_train"], out["y_train"] = out["x_train"][order], out["y_train"][order]
+    return out
+
+
+def self_attention(x, heads: int, name: str):
+    """Multi-head self-attention from four Dense projections and keras.ops, as MultiHeadAttention computes it.
+    Not keras.layers.MultiHeadAttention: Keras 3.15 quantizes its EinsumDense sublayers but the saved
+    `.keras` does not reload (`Layer 'key' expected 2 variables, but received 0 variables during loading`),
+    so `prunecli prune --quantize` stops at its reload check (exit 4)."""
+    import keras
+    from keras import ops
+
+    d = x.shape[-1]
+
+    def split(t):  # (batch, seq, d) -> (batch, heads, seq, d // heads)
+        return ops.transpose(ops.reshape(t, (-1, t.shape[1], heads, d // heads)), (0, 2, 1, 3))
+
+    q, k, v = (split(keras.layers.Dense(d, name=f"{name}_{p}")(x)) for p in ("query", "key", "value"))
+    weights = ops.softmax(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) / float((d // heads) ** 0.5), axis=-1)
+    merged = ops.reshape(ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3)), (-1, x.shape[1], d))
+    return keras.layers.Dense(d, name=f"{name}_output")(merged)
+
+
+def text_model(folder: Path = TEXT_CACHE) -> tuple[Path, Path]:
+    """A one-block Transformer classifier on bytes: Embedding(256, 64) -> Conv1D(64, 5) (local order; there
+    is no position embedding) -> pre-norm self-attention (4 heads of 16, `self_attention`) and a 128-wide GELU MLP, both
+    residual -> global average pooling -> Dense(10, softmax). Trained once (seed 0, 6 epochs, 30k
+    windows; the .npz keeps 10k of them to fine-tune on) and cached in `folder`; every seed prunes the same model, as with the bundled digits CNN."""
+    import keras
+    import numpy as np
+
+    model_path, data_path = folder / "text_cls.keras", folder / "text_cls.npz"
+    if model_path.exists() and data_path.exists():
+        return model_path, data_path
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = text_data(np.random.default_rng(0))
+    # prunecli fine-tunes on the .npz's training split: a third of the windows keeps 2 epochs short
+    np.savez(
+        data_path,
+        **{**arrays, "x_train": arrays["x_train"][:TEXT_FINETUNE], "y_train": arrays["y_train"][:TEXT_FINETUNE]},
+    )
+    keras.utils.set_random_seed(0)
+    d = 64
+    inputs = keras.Input((TEXT_SEQ,), dtype="int32", name="bytes")
+    h = keras.layers.Embedding(256, d, name="byte_embedding")(inputs)
+    h = keras.layers.Conv1D(d, 5, padding="same", activation="gelu", name="conv")(h)
+    a = keras.layers.LayerNormalization(name="ln_attn")(h)
+    h = keras.layers.Add(name="res_attn")([h, self_attention(a, heads=4, name="attn")])
+    f = keras.layers.LayerNormalization(name="ln_mlp")(h)
+    f = keras.layers.Dense(2 * d, activation="gelu", name="mlp_up")(f)
+    h = keras.layers.Add(name="res_mlp")([h, keras.layers.Dense(d, name="mlp_down")(f)])
+    h = keras.layers.GlobalAveragePooling1D(name="pool")(keras.layers.LayerNormalization(name="ln_out")(h))
+    outputs = keras.layers.Dense(len(TEXT_PACKAGES), activation="softmax", name="predictions")(h)
+    model = keras.Model(inputs, outputs, name="stdlib_package_transformer")
+    model.compile(keras.optimizers.Adam(2e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    started = time.time()
+    model.fit(arrays["x_train"], arrays["y_train"], epochs=6, batch_size=64, verbose=0)
+    model.save(model_path)
+    acc = accuracy(model, arrays["x_test"], arrays["y_test"])
+    print(json.dumps({"text_model": str(model_path), "train_s": round(time.time() - started, 1), "test_acc": acc}))
+    return model_path, data_path
+
+
 def model_files(name: str, seed: int, work: Path) -> tuple[Path, Path]:
-    """(model, data) of a table's model: the bundled digits CNN, or the MLP trained for this seed."""
+    """(model, data) of a table's model: the bundled digits CNN, the MLP trained for this seed, or the
+    text Transformer (trained once, cached)."""
+    if name == "text":
+        return text_model()
     return (DIGITS, DIGITS_DATA) if name == "digits_cnn" else mnist_mlp(seed, work)
 
 
@@ -120,6 +240,7 @@ def dense_row(model_path: Path, data_path: Path, work: Path) -> dict:
 
 
 LITERT = "## LiteRT files of the pruned int8 model (`--quantize int8 --export tflite,tflite-int8`)"
+TEXT_LITERT = "## LiteRT files of the pruned int8 text model (`--litert --models text`)"
 
 
 def litert_point(model_path: Path, data_path: Path, point: str, seed: int, epochs: int, work: Path) -> dict:
@@ -154,8 +275,6 @@ def dense_tflite(model_path: Path, work: Path) -> dict:
 
 
 def litert_main(args) -> None:
-    import keras
-
     started = time.time()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -169,6 +288,15 @@ def litert_main(args) -> None:
                     rows.append({"model": name, "seed": seed, "point": point, "dense": dense, **r})
                     print(json.dumps(rows[-1]), flush=True)
     elapsed = time.time() - started
+    for heading in (LITERT, TEXT_LITERT):
+        names = [m for m in args.models.split(",") if section_of(m, (LITERT, TEXT_LITERT)) == heading]
+        if names:
+            write_litert_section(heading, names, [r for r in rows if r["model"] in names], args, elapsed)
+
+
+def write_litert_section(heading: str, names: list[str], rows: list[dict], args, elapsed: float) -> None:
+    import keras
+
     headers = [
         "model",
         "sparsity",
@@ -182,7 +310,7 @@ def litert_main(args) -> None:
         "int8 weight zeros ≥ pruned; zero points ≠ 0",
     ]
     body = []
-    for name in args.models.split(","):
+    for name in names:
         for point in POINTS:
             cell = [r for r in rows if r["model"] == name and r["point"] == point]
             if not cell:
@@ -223,9 +351,10 @@ def litert_main(args) -> None:
     )
     text = "\n".join(
         [
-            LITERT,
+            heading,
             "",
-            f"`.venv/bin/python bench/quant_table.py --litert --seeds {args.seeds} --epochs {args.epochs}` "
+            f"`.venv/bin/python bench/quant_table.py --litert {'--models text ' if heading == TEXT_LITERT else ''}"
+            f"--seeds {args.seeds} --epochs {args.epochs}` "
             f"(Keras {keras.__version__}, {elapsed / 60:.1f} min on this machine). Each point is one `prunecli prune "
             "--quantize int8 --export tflite,tflite-int8` per seed (PTQ); sizes are means over seeds, differences "
             "the largest and agreements the smallest over seeds, on 256 inputs of the test split. `tflite`: int8 "
@@ -239,7 +368,7 @@ def litert_main(args) -> None:
             f"TFLite's default XNNPack delegate cannot run them (`export.*.sparse_refused`): {refused}.",
         ]
     )
-    replace_section(ROOT / "bench" / "QUANT.md", LITERT, text)
+    replace_section(ROOT / "bench" / "QUANT.md", heading, text)
     print(text)
 
 
@@ -271,41 +400,140 @@ def qat_verdict(rows: list[dict], mode: str) -> str:
     )
 
 
+QUANT = "## Pruned + quantized (Keras 3 `Model.quantize`, `prunecli prune --quantize`)"
+TEXT_QUANT = "## Pruned + quantized: a text model (stdlib package of a 64-byte window, `--models text`)"
+IMAGE_MODELS = ("digits_cnn", "mnist_mlp")
+TEXT_INTRO = (
+    "The text model (`text_model`): which of ten standard-library packages (asyncio, distutils, email, "
+    "idlelib, importlib, lib2to3, multiprocessing, tkinter, unittest, xml; test files skipped) a 64-byte window "
+    "of its `.py` source comes from, byte ids 0..255 as tokens; test windows from held-out files "
+    "(about 20% of each package's bytes), 300 per package. Embedding(256, 64) -> Conv1D(64, 5) -> one "
+    "pre-norm Transformer block (4-head self-attention from four Dense projections, 128-wide GELU MLP) -> "
+    "average pooling -> Dense(10); trained once (seed 0, 6 epochs on 30,000 windows); prunecli fine-tunes "
+    "on 10,000 of them (48.2% test accuracy, chance 10%; 145 s to train here). Every seed prunes the same "
+    "dense model. The attention is not `keras.layers.MultiHeadAttention`: Keras 3.15 quantizes its "
+    "EinsumDense sublayers, but the quantized `.keras` does not reload (`Layer 'key' expected 2 variables, "
+    "but received 0 variables during loading`; a bare MultiHeadAttention model does the same in plain Keras), "
+    "so `prunecli prune --quantize` stops at its reload check (exit 4)."
+)
+
+
+TEXT_LITERT_NOTE = (
+    "**LiteRT (`--litert --models text`) does not run yet.** `--export tflite-int8` stops with exit 7: "
+    "`cannot convert the model to int8 TFLite: Cannot set tensor: Got value of type FLOAT32 but expected type "
+    "INT32 for input 0, name: serving_default_bytes:0`. The `.npz` loader casts every `x` to float32 "
+    "(prunecli/io/data/checks.py `as_float32`), so the converter's representative dataset "
+    "(export.calibration_batches) feeds float32 token ids to the model's int32 input. `--export tflite` "
+    "alone works (one run, 90%, seed 0: 105.6 KiB raw / 30.9 KiB gzip against 269.7 KiB gzip for the dense "
+    "float `.tflite`; dense encoding kept, the sparse one refused by XNNPack; 62,983 of 69,632 int8 weights "
+    "zero, ≥ the 28,107 pruned in the quantized Dense layers; zero points all 0; top-1 agreement with the "
+    "Keras int8 model 0.980 on 256 test windows, max abs diff 0.020)."
+)
+
+
+def section_of(name: str, headings: tuple[str, str]) -> str:
+    """The QUANT.md section a model's rows go to: the image models share one, the text model has its own,
+    so `--models text` rewrites only the text rows (and `--models digits_cnn,mnist_mlp` only the image ones)."""
+    return headings[0] if name in IMAGE_MODELS else headings[1]
+
+
+def load_rows(paths: list[Path]) -> list[dict]:
+    """Rows saved by `--json` (a JSON list) or the JSON lines the script prints while it runs."""
+    rows = []
+    for path in paths:
+        text = path.read_text()
+        if text.lstrip().startswith("["):
+            rows += json.loads(text)
+        else:
+            rows += [json.loads(line) for line in text.splitlines() if line.startswith('{"model"')]
+    return rows
+
+
+def qat_float(rows: list[dict], names: list[str], variants: list[str]) -> list[str]:
+    """The QAT runs' own float pruned accuracy (before `Model.quantize`) next to the PTQ runs' (the
+    "float pruned" column): where QAT trails PTQ, whether it was the fine-tuning or the quantisation."""
+    qats = [v for v in variants if v.endswith("-qat")]
+    if not qats:
+        return []
+    cells = []
+    for name in names:
+        for point in POINTS:
+            got = {
+                v: [r["float_acc"] for r in rows if (r["model"], r["point"], r["mode"]) == (name, point, v)]
+                for v in ["int8", *qats]
+            }
+            if all(got.values()):
+                label = "2:4" if point == "2:4" else f"{float(point):.0%}"
+                cells.append(f"{name} {label}: " + " / ".join(f"{100 * mean(got[v]):.1f}" for v in got))
+    return [
+        "- Float pruned accuracy before quantisation, PTQ / " + " / ".join(qats) + " runs: " + "; ".join(cells) + "."
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="run seeds FIRST .. FIRST+SEEDS-1")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--models", default="digits_cnn,mnist_mlp")
+    parser.add_argument("--models", default="digits_cnn,mnist_mlp", help="of: digits_cnn, mnist_mlp, text")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="of: " + ", ".join(VARIANTS))
     parser.add_argument("--json", type=Path, default=None, help="also write the raw rows here")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        action="append",
+        default=[],
+        help="earlier rows (a --json file, or the script's printed JSON lines) tabled with this run's; a row of "
+        "this run replaces an earlier one of the same model, seed, point and variant. With --seeds 0: table only",
+    )
     parser.add_argument("--litert", action="store_true", help="write only the LiteRT section")
     args = parser.parse_args()
     quiet_tf()
     if args.litert:
         litert_main(args)
         return
-    import keras
 
     variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or "int8" not in variants:
         parser.error(f"--variants: {', '.join(unknown) or 'int8 (PTQ) is required'}; of {', '.join(VARIANTS)}")
+    models = [m for m in args.models.split(",") if m]
     started = time.time()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for name in args.models.split(","):
-            for seed in range(args.seeds):
+        for name in models:
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 model_path, data_path = model_files(name, seed, work)
                 dense = dense_row(model_path, data_path, work)
                 for point in POINTS:
                     for variant in variants:
+                        begun = time.time()
                         r = run_point(model_path, data_path, point, variant, seed, args.epochs, work)
+                        r["wall_s"] = round(time.time() - begun, 1)
                         rows.append({"model": name, "seed": seed, "point": point, "mode": variant, "dense": dense, **r})
                         print(json.dumps(rows[-1]), flush=True)
     elapsed = time.time() - started
+    key = lambda r: (r["model"], r["seed"], r["point"], r["mode"])  # noqa: E731
+    fresh = {key(r) for r in rows}
+    rows = [r for r in load_rows(args.merge) if key(r) not in fresh] + rows
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
+    for heading in (QUANT, TEXT_QUANT):
+        names = [
+            m
+            for m in dict.fromkeys([*models, *(r["model"] for r in rows)])
+            if section_of(m, (QUANT, TEXT_QUANT)) == heading
+        ]
+        part = [r for r in rows if r["model"] in names and r["mode"] in variants]
+        if part:
+            write_quant_section(heading, names, part, variants, args, elapsed)
+
+
+def write_quant_section(
+    heading: str, names: list[str], rows: list[dict], variants: list[str], args, elapsed: float
+) -> None:
+    import keras
 
     headers = [
         "model",
@@ -318,7 +546,7 @@ def main() -> None:
         "pruned ≠ 0 after quant",
     ]
     body = []
-    for name in args.models.split(","):
+    for name in names:
         for point in POINTS:
             cell = {
                 v: [r for r in rows if r["model"] == name and r["point"] == point and r["mode"] == v] for v in variants
@@ -348,14 +576,27 @@ def main() -> None:
             )
     verdicts = [qat_verdict(rows, mode) for mode in ("int8", "int4") if mode in variants and f"{mode}-qat" in variants]
     left = sorted({f"{r['model']}: {', '.join(r['left_float']) or 'none'}" for r in rows})
+    seeds = sorted({r["seed"] for r in rows})
+    if all("wall_s" in r for r in rows):  # merged runs: the prunecli runs' own time, summed
+        elapsed = sum(r["wall_s"] for r in rows)
+    command = f"--models {','.join(names)} " if heading == TEXT_QUANT else ""
+    command += f"--seeds {len(seeds)} --epochs {args.epochs}"
+    if len(seeds) and seeds != list(range(len(seeds))):
+        command += f" (seeds {', '.join(map(str, seeds))})"
     text = "\n".join(
         [
-            "## Pruned + quantized (Keras 3 `Model.quantize`, `prunecli prune --quantize`)",
+            heading,
             "",
-            f"`.venv/bin/python bench/quant_table.py --seeds {args.seeds} --epochs {args.epochs}` "
+            *([TEXT_INTRO, ""] if heading == TEXT_QUANT else []),
+            f"`.venv/bin/python bench/quant_table.py {command}` "
             f"(Keras {keras.__version__}, {elapsed / 60:.1f} min on this machine). Accuracy % on the test split, mean "
-            f"±half-range over {args.seeds} seed(s) (seed = pruning/fine-tuning seed; the MLP is also retrained "
-            "per seed). Sizes are the saved `.keras` file (the dense one re-saved without optimizer slots, as prunecli saves), "
+            f"±half-range over {len(seeds)} seed(s) (seed = pruning/fine-tuning seed; "
+            + (
+                "every seed prunes the same dense model"
+                if heading == TEXT_QUANT
+                else "the MLP is also retrained per seed"
+            )
+            + "). Sizes are the saved `.keras` file (the dense one re-saved without optimizer slots, as prunecli saves), "
             "mean over seeds; gzip is ISA-L level 1 as in the report.",
             "",
             table(headers, body),
@@ -364,13 +605,11 @@ def main() -> None:
             + "; ".join(left),
             "",
             *verdicts,
+            *qat_float(rows, names, variants),
+            *(["", TEXT_LITERT_NOTE] if heading == TEXT_QUANT else []),
         ]
     )
-    replace_section(
-        ROOT / "bench" / "QUANT.md",
-        "## Pruned + quantized (Keras 3 `Model.quantize`, `prunecli prune --quantize`)",
-        text,
-    )
+    replace_section(ROOT / "bench" / "QUANT.md", heading, text)
     print(text)
 
 
