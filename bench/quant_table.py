@@ -418,19 +418,6 @@ TEXT_INTRO = (
 )
 
 
-TEXT_LITERT_NOTE = (
-    "**LiteRT (`--litert --models text`) does not run yet.** `--export tflite-int8` stops with exit 7: "
-    "`cannot convert the model to int8 TFLite: Cannot set tensor: Got value of type FLOAT32 but expected type "
-    "INT32 for input 0, name: serving_default_bytes:0`. The `.npz` loader casts every `x` to float32 "
-    "(prunecli/io/data/checks.py `as_float32`), so the converter's representative dataset "
-    "(export.calibration_batches) feeds float32 token ids to the model's int32 input. `--export tflite` "
-    "alone works (one run, 90%, seed 0: 105.6 KiB raw / 30.9 KiB gzip against 269.7 KiB gzip for the dense "
-    "float `.tflite`; dense encoding kept, the sparse one refused by XNNPack; 62,983 of 69,632 int8 weights "
-    "zero, ≥ the 28,107 pruned in the quantized Dense layers; zero points all 0; top-1 agreement with the "
-    "Keras int8 model 0.980 on 256 test windows, max abs diff 0.020)."
-)
-
-
 def section_of(name: str, headings: tuple[str, str]) -> str:
     """The QUANT.md section a model's rows go to: the image models share one, the text model has its own,
     so `--models text` rewrites only the text rows (and `--models digits_cnn,mnist_mlp` only the image ones)."""
@@ -606,7 +593,6 @@ def write_quant_section(
             "",
             *verdicts,
             *qat_float(rows, names, variants),
-            *(["", TEXT_LITERT_NOTE] if heading == TEXT_QUANT else []),
         ]
     )
     replace_section(ROOT / "bench" / "QUANT.md", heading, text)
