@@ -67,3 +67,9 @@ def test_whole_blocks_of_an_unknown_family_are_refused_naming_why(cli, gemma, tm
     result = cli("prune", gemma / "lm.keras", "-g", "layer", "-s", "0.5", "--shrink", "-o", tmp_path / "o.keras")
     assert result.exit_code == 3, result.output
     assert "GemmaBackbone is one node" in result.stderr and "Llama, Mistral, Qwen and Qwen3" in result.stderr
+
+
+def test_heads_of_an_unknown_layout_are_refused_naming_the_attention_class(cli, gemma, tmp_path):
+    result = cli("prune", gemma / "lm.keras", "-g", "head", "-s", "0.5", "-o", tmp_path / "o.keras")
+    assert result.exit_code == 3, result.output
+    assert "no attention layer with prunable heads" in result.stderr and "GemmaAttention" in result.stderr

@@ -44,6 +44,7 @@ from prunecli.structure.transformer import (  # noqa: F401 - find/HeadLayer/bloc
     block_macs,
     find,
     find_in_layer,
+    unread_attention,
 )
 
 DATA_METHODS = ("taylor", "gradient")
@@ -327,7 +328,9 @@ def run_heads(model, targets, config, *, data=None, loss_fn=None, sample_x=None,
     notes: list[str] = []
     found = [hl for hl in find(model, targets) if _allowed(hl.path, config)]
     if not found:
-        raise InputError(f"{config.model_path or 'model'}: no attention layer with prunable heads")
+        unread = unread_attention(model)
+        why = f" ({', '.join(unread[:3])}: a layout whose heads prunecli does not read)" if unread else ""
+        raise InputError(f"{config.model_path or 'model'}: no attention layer with prunable heads{why}")
     say(f"scoring the heads of {len(found)} attention layer(s) with {config.method}")
     scores = score(model, found, config, data, loss_fn)
     sparsity, target = None, None
