@@ -254,7 +254,11 @@ def ffn_only(model, targets, include=()) -> tuple[list, list[str]]:
     ]
     if targets and not kept:  # a Transformer whose feed-forward layers are not found: never its residual stream
         unread = unread_attention(model)
-        if not unread:
+        hub = any(
+            type(layer).__module__.startswith("keras_hub") and not keras_graph.is_model(layer)
+            for layer in keras_graph.all_layers(model)
+        )
+        if not unread and not hub:
             raise InputError(
                 f"-g neuron on a Transformer prunes feed-forward units only, and {model.name} has none (a Dense "
                 "on a sequence read by one Dense back to its width); use -g element or -g head, or --include "
