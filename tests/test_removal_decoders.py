@@ -434,3 +434,25 @@ def test_head_target_refuses_remove_heads(cli, tmp_path):
         "prune", "m.keras", "-g", "head", "--target", "params=0.9", "--remove-heads", "2", "-o", tmp_path / "o.keras"
     )
     assert result.exit_code == 2 and "--target cannot be combined with --remove-heads" in result.stderr
+
+
+@pytest.mark.slow
+def test_head_flops_target_counts_as_the_report_does():
+    """-g head --target flops=F --seq-len N: what the bisection predicts is the shrunk model's count
+    (structure/flops.py at N tokens), at most F of the dense one, and one group fewer would not fit."""
+    from prunecli.structure import flops
+
+    model = backbone("llama", layers=3)
+    seq = 12
+    dense = flops.count(model, seq)["total"]
+    config = build_config(
+        {"model_path": "m.keras", "granularity": "head", "target": "flops=0.9", "seq_len": seq}, environ={}
+    )
+    new, _masks, section, _notes = heads.run_heads(model, targets_mod.select(model), config)
+    target = section["target"]
+    assert target["kind"] == "flops" and target["dense"] == dense
+    assert target["predicted"] == flops.count(new, seq)["total"] <= 0.9 * dense
+    per_group = (dense - target["predicted"]) // (
+        sum(len(r["removed_heads"]) for r in section["layers"]) // (HQ // HKV)
+    )
+    assert target["predicted"] + per_group > 0.9 * dense

@@ -141,6 +141,25 @@ def score(model, layers: list[HeadLayer], config, data=None, loss_fn=None) -> di
 # Choosing heads
 
 
+def _target_costs(model, found: list[HeadLayer], config) -> tuple[int, dict[str, int]]:
+    """(the dense model's count, {layer path: what one of its units costs}) for --target: parameters,
+    or for flops= the multiply-adds per example at --seq-len (or the model's fixed length), counted as
+    the report counts them (structure/flops.py); a unit's share is exact, every term of an attention
+    layer's cost growing with its heads."""
+    from prunecli.config.target import parse_target
+    from prunecli.structure import flops
+
+    if parse_target(config.target).kind != "flops":
+        return int(model.count_params()), {hl.path: unit_params(hl) for hl in found}
+    seq_len = config.seq_len or _model_seq_len(model)
+    if seq_len is None:
+        raise ConfigError("--target flops= on attention heads needs --seq-len: the model's sequence length is open")
+    dense = flops.count(model, config.seq_len)["total"]
+    if not dense:
+        raise ConfigError(f"--target {config.target}: the model's multiply-adds cannot be counted")
+    return int(dense), {hl.path: _attention_cost(hl, seq_len) // hl.units for hl in found}
+
+
 def unit_params(hl: HeadLayer) -> int:
     """Parameters one unit (a head, or a key/value group with its query heads) holds in its layer:
     its slices of the query, key, value and output kernels and biases."""
@@ -334,15 +353,15 @@ def run_heads(model, targets, config, *, data=None, loss_fn=None, sample_x=None,
     say(f"scoring the heads of {len(found)} attention layer(s) with {config.method}")
     scores = score(model, found, config, data, loss_fn)
     sparsity, target = None, None
-    if config.target:  # the sparsity whose removed heads (or key/value groups) meet params=F
-        cost = {hl.path: unit_params(hl) for hl in found}
+    if config.target:  # the sparsity whose removed heads (or key/value groups) meet params=F or flops=F
+        dense, cost = _target_costs(model, found, config)
 
-        def removed_params(s: float) -> int:
+        def removed_cost(s: float) -> int:
             chosen = choose(found, scores, config, [], sparsity=s)
             return sum(cost[path] * len(gone) for path, gone in chosen.items())
 
         what = "the attention heads"
-        sparsity, target = units.params_target(config, int(model.count_params()), removed_params, what)
+        sparsity, target = units.params_target(config, dense, removed_cost, what, kinds=("params", "flops"))
     removed = choose(found, scores, config, notes, sparsity=sparsity)
     masks = head_masks(found, removed)
     apply(masks, found)

@@ -115,42 +115,44 @@ def unit_params(slices: list[tuple[Any, int]]) -> int:
     return sum(math.prod(int(d) for d in var.shape) // int(var.shape[axis]) for var, axis in slices)
 
 
-def params_target(config, dense_params: int, removed_params: Callable[[float], int], what: str):
-    """(--sparsity for this step, the report's `target` section) for `--target params=F`: the smallest
-    sparsity whose removed units leave at most F of the model's parameters, by bisection on the exact
-    count `removed_params(sparsity)` (the step's own selection at that sparsity, floors included, so
-    the count only grows with it). `what` names the units in a one-line refusal."""
+def params_target(config, dense: int, removed: Callable[[float], int], what: str, kinds: tuple[str, ...] = ("params",)):
+    """(--sparsity for this step, the report's `target` section) for `--target params=F` (or flops=F
+    where `kinds` allows it): the smallest sparsity whose removed units leave at most F of the dense
+    model's count, by bisection on the exact count `removed(sparsity)` (the step's own selection at
+    that sparsity, floors included, so the count only grows with it). `dense` is the model's count of
+    the same kind. `what` names the units in a one-line refusal."""
     from prunecli.config.target import TOLERANCE, parse_target
     from prunecli.errors import ConfigError
 
     spec = parse_target(config.target)
-    if spec.kind != "params":
-        raise ConfigError(f"--target {spec}: {what} take params=F only")
-    goal = int(spec.value * dense_params)
-    if dense_params - removed_params(1.0) > goal:
-        least = dense_params - removed_params(1.0)
+    if spec.kind not in kinds:
+        raise ConfigError(f"--target {spec}: {what} take {' or '.join(f'{k}=F' for k in kinds)} only")
+    counted = "parameters" if spec.kind == "params" else "multiply-adds per example"
+    goal = int(spec.value * dense)
+    if dense - removed(1.0) > goal:
+        least = dense - removed(1.0)
         raise ConfigError(
             f"--target {spec} cannot be met: with every one of {what} the floors allow removed, "
-            f"{least / dense_params:.3f} of the parameters stay"
+            f"{least / dense:.3f} of the {counted} stay"
         )
     low, high = 0.0, 1.0
     for _ in range(40):
         mid = (low + high) / 2
-        if dense_params - removed_params(mid) <= goal:
+        if dense - removed(mid) <= goal:
             high = mid
         else:
             low = mid
-    predicted = dense_params - removed_params(high)
+    predicted = dense - removed(high)
     section = {
-        "kind": "params",
+        "kind": spec.kind,
         "requested": spec.value,
         "unit": "fraction of the dense model",
-        "counted": "parameters",
+        "counted": counted,
         "tolerance": TOLERANCE,
-        "dense": dense_params,
+        "dense": dense,
         "goal": goal,
         "predicted": predicted,
-        "predicted_fraction": predicted / dense_params,
+        "predicted_fraction": predicted / dense,
         "allocated": what,
         "sparsity": round(high, 6),
     }
