@@ -373,9 +373,15 @@ def test_params_target_on_decoder_blocks_removes_units_to_fit(cli, tmp_path):
     params = keras.saving.load_model(out).count_params()
     assert section["achieved_value"] == params == section["predicted"]
     assert 0.8 * (1 - TOLERANCE) <= params / dense.count_params() <= 0.8 and section["within_tolerance"]
-    refused = cli("prune", path, "--target", "flops=0.5", "-o", tmp_path / "no.keras", "-q")
+    refused = cli("prune", path, "-g", "hidden", "--target", "flops=0.5", "-o", tmp_path / "no.keras", "-q")
     assert refused.exit_code == 2 and "take params=F only" in refused.stderr
     assert refused.stderr.strip().count("\n") == 0 and not (tmp_path / "no.keras").exists()
+    open_length = cli("prune", path, "--target", "flops=0.5", "-o", tmp_path / "no.keras", "-q")
+    assert open_length.exit_code == 2 and "needs --seq-len" in open_length.stderr
+    res = cli("prune", path, "--target", "flops=0.8", "--seq-len", "12", "-o", out, "-r", report, "-q")
+    assert res.exit_code == 0, res.output
+    section = json.loads(report.read_text())["target"]  # SwiGLU units: exactly what the report counts
+    assert section["predicted"] == section["achieved_value"] <= 0.8 * section["dense"] and section["within_tolerance"]
 
 
 @pytest.mark.parametrize("granularity", ["neuron", "head"])

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from prunecli.config.target import parse_target
 from prunecli.errors import ConfigError, InputError
 from prunecli.removal import units
 from prunecli.structure import decoders, equivalence
@@ -148,15 +149,18 @@ def run_ffn(model, targets, config, *, data=None, loss_fn=None, sample_x=None, p
     say(f"scoring the feed-forward units of {len(found)} decoder block(s) with {config.method}")
     scores = score(model, found, config, data, loss_fn)
     sparsity, target = None, None
-    if config.target:  # the sparsity whose removed units meet params=F
-        cost = {f.path: units.unit_params(f.slices()) for f in found}
+    if config.target:  # the sparsity whose removed units meet params=F or flops=F
+        what = "the feed-forward units of KerasHub decoder blocks"
+        dense, per_weight = int(model.count_params()), 1
+        if parse_target(config.target).kind == "flops":  # every position multiplies each kernel weight once
+            per_weight, dense = units.counted_at_length(model, config, what)
+        cost = {f.path: per_weight * units.unit_params(f.slices()) for f in found}
 
-        def removed_params(s: float) -> int:
+        def removed_cost(s: float) -> int:
             chosen = policy.select_units(scores, config, [], at_least=1, sparsity=s)
             return sum(cost[path] * len(gone) for path, gone in chosen.items())
 
-        what = "the feed-forward units of KerasHub decoder blocks"
-        sparsity, target = units.params_target(config, int(model.count_params()), removed_params, what)
+        sparsity, target = units.params_target(config, dense, removed_cost, what, kinds=("params", "flops"))
     removed = policy.select_units(scores, config, notes, at_least=1, sparsity=sparsity)
     apply(found, removed)
     names = {id(t.variable): t.name for t in targets}

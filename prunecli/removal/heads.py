@@ -147,17 +147,11 @@ def _target_costs(model, found: list[HeadLayer], config) -> tuple[int, dict[str,
     the report counts them (structure/flops.py); a unit's share is exact, every term of an attention
     layer's cost growing with its heads."""
     from prunecli.config.target import parse_target
-    from prunecli.structure import flops
 
     if parse_target(config.target).kind != "flops":
         return int(model.count_params()), {hl.path: unit_params(hl) for hl in found}
-    seq_len = config.seq_len or _model_seq_len(model)
-    if seq_len is None:
-        raise ConfigError("--target flops= on attention heads needs --seq-len: the model's sequence length is open")
-    dense = flops.count(model, config.seq_len)["total"]
-    if not dense:
-        raise ConfigError(f"--target {config.target}: the model's multiply-adds cannot be counted")
-    return int(dense), {hl.path: _attention_cost(hl, seq_len) // hl.units for hl in found}
+    seq_len, dense = units.counted_at_length(model, config, "attention heads", _model_seq_len(model))
+    return dense, {hl.path: _attention_cost(hl, seq_len) // hl.units for hl in found}
 
 
 def unit_params(hl: HeadLayer) -> int:

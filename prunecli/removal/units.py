@@ -115,6 +115,22 @@ def unit_params(slices: list[tuple[Any, int]]) -> int:
     return sum(math.prod(int(d) for d in var.shape) // int(var.shape[axis]) for var, axis in slices)
 
 
+def counted_at_length(model, config, what: str, fixed_len: int | None = None) -> tuple[int, int]:
+    """(sequence length, the dense model's multiply-adds per example at it) for `--target flops=` on a
+    sequence model: --seq-len, else the model's own fixed length; a one-line refusal without either,
+    or when the model's cost cannot be counted (structure/flops.py)."""
+    from prunecli.errors import ConfigError
+    from prunecli.structure import flops
+
+    seq_len = config.seq_len or fixed_len
+    if seq_len is None:
+        raise ConfigError(f"--target flops= on {what} needs --seq-len: the model's sequence length is open")
+    dense = flops.count(model, seq_len)["total"]
+    if not dense:
+        raise ConfigError(f"--target {config.target}: the model's multiply-adds cannot be counted")
+    return int(seq_len), int(dense)
+
+
 def params_target(config, dense: int, removed: Callable[[float], int], what: str, kinds: tuple[str, ...] = ("params",)):
     """(--sparsity for this step, the report's `target` section) for `--target params=F` (or flops=F
     where `kinds` allows it): the smallest sparsity whose removed units leave at most F of the dense
