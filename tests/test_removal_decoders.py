@@ -357,7 +357,7 @@ def test_block_macs_count_projections_products_and_the_ffn():
 
 
 @pytest.mark.slow
-def test_params_target_on_decoder_blocks_removes_units_to_fit(cli, tmp_path):
+def test_fit_target_on_decoder_blocks_removes_units_to_fit(cli, tmp_path):
     """--target params=F on KerasHub decoder blocks: -g neuron's SwiGLU step picks the sparsity whose
     removed units fit (it once ran at the default sparsity, the target silently ignored); the report's
     target section says what was reached. Other target kinds are one line, exit 2, nothing written."""
@@ -418,7 +418,7 @@ def test_activation_scores_read_what_each_unit_outputs(granularity):
 
 
 @pytest.mark.slow
-def test_head_params_target_removes_whole_groups_to_fit():
+def test_head_fit_target_removes_whole_groups_to_fit():
     """-g head --target params=F: the fewest key/value groups (with their query heads) whose removal
     leaves at most F of the parameters; one group fewer would not fit."""
     model = backbone("llama", layers=3)

@@ -221,7 +221,7 @@ def test_a_model_without_decoder_blocks_is_refused(cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_params_target_narrows_the_stream_to_fit():
+def test_fit_target_narrows_the_stream_to_fit():
     """-g hidden --target params=F: the fewest channels (in steps of ALIGN) whose removal leaves at most F."""
     model = backbone("llama")
     config = build_config({"model_path": "m.keras", "granularity": "hidden", "target": "params=0.85"}, environ={})

@@ -160,7 +160,7 @@ def run_ffn(model, targets, config, *, data=None, loss_fn=None, sample_x=None, p
             chosen = policy.select_units(scores, config, [], at_least=1, sparsity=s)
             return sum(cost[path] * len(gone) for path, gone in chosen.items())
 
-        sparsity, target = units.params_target(config, dense, removed_cost, what, kinds=("params", "flops"))
+        sparsity, target = units.fit_target(config, dense, removed_cost, what, kinds=("params", "flops"))
     removed = policy.select_units(scores, config, notes, at_least=1, sparsity=sparsity)
     apply(found, removed)
     names = {id(t.variable): t.name for t in targets}

@@ -34,6 +34,7 @@ from __future__ import annotations
 from typing import Any
 
 from prunecli.config import name_matches
+from prunecli.config.target import parse_target
 from prunecli.errors import ConfigError, InputError
 from prunecli.removal import units
 from prunecli.structure import decoders, equivalence, keras_graph
@@ -146,8 +147,6 @@ def _target_costs(model, found: list[HeadLayer], config) -> tuple[int, dict[str,
     or for flops= the multiply-adds per example at --seq-len (or the model's fixed length), counted as
     the report counts them (structure/flops.py); a unit's share is exact, every term of an attention
     layer's cost growing with its heads."""
-    from prunecli.config.target import parse_target
-
     if parse_target(config.target).kind != "flops":
         return int(model.count_params()), {hl.path: unit_params(hl) for hl in found}
     seq_len, dense = units.counted_at_length(model, config, "attention heads", _model_seq_len(model))
@@ -355,7 +354,7 @@ def run_heads(model, targets, config, *, data=None, loss_fn=None, sample_x=None,
             return sum(cost[path] * len(gone) for path, gone in chosen.items())
 
         what = "the attention heads"
-        sparsity, target = units.params_target(config, dense, removed_cost, what, kinds=("params", "flops"))
+        sparsity, target = units.fit_target(config, dense, removed_cost, what, kinds=("params", "flops"))
     removed = choose(found, scores, config, notes, sparsity=sparsity)
     masks = head_masks(found, removed)
     apply(masks, found)

@@ -154,7 +154,7 @@ def run_hidden(model, targets, config, *, data=None, loss_fn=None, sample_x=None
     sparsity, target = None, None
     if config.target:  # the sparsity whose removed channels meet params=F
         per_channel = units.unit_params(slices)
-        sparsity, target = units.params_target(
+        sparsity, target = units.fit_target(
             config,
             int(model.count_params()),
             lambda s: per_channel * len(choose(scores, config, [], s)),

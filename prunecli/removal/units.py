@@ -131,7 +131,7 @@ def counted_at_length(model, config, what: str, fixed_len: int | None = None) ->
     return int(seq_len), int(dense)
 
 
-def params_target(config, dense: int, removed: Callable[[float], int], what: str, kinds: tuple[str, ...] = ("params",)):
+def fit_target(config, dense: int, removed: Callable[[float], int], what: str, kinds: tuple[str, ...] = ("params",)):
     """(--sparsity for this step, the report's `target` section) for `--target params=F` (or flops=F
     where `kinds` allows it): the smallest sparsity whose removed units leave at most F of the dense
     model's count, by bisection on the exact count `removed(sparsity)` (the step's own selection at
@@ -199,7 +199,7 @@ def step_result(run_step, section: str, what: str, data_methods: tuple[str, ...]
                 model, found_targets, config, data=train, loss_fn=loss_fn, sample_x=sample_x, progress=progress
             )
         sections = {section: body}
-        if "target" in body:  # --target params=F: the step chose its sparsity to fit (params_target)
+        if "target" in body:  # --target params=F: the step chose its sparsity to fit (fit_target)
             sections["target"] = body.pop("target")
         new_targets = found_targets if new is model else targets_mod.carry_over(found_targets, new)
         requested = {
