@@ -69,6 +69,17 @@ def test_sizes_in_background_gives_the_same_figures(tmp_path):
     assert model_io.sizes_in_background(path).result() == model_io.file_sizes(path)
 
 
+def test_the_output_digest_comes_from_the_same_read(tmp_path):
+    """The report's sha256 of the output (what `prunecli verify` checks) is read with its sizes."""
+    from prunecli.io.plan_file import file_sha256
+
+    path, _ = _sample_file(tmp_path, size=(3 << 20) + 17)  # blocks of 1 MiB and a partial one
+    both = model_io.sizes_in_background(path, threads=2, sha256=True).result()
+    assert both == {**model_io.file_sizes(path), "sha256": file_sha256(path)}
+    alone = model_io.sizes_in_background(path, gzip=False, sha256=True).result()
+    assert alone == {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
 # ---- masks a chunk at a time -------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ pipeline, and none writes into another step's state.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -303,9 +304,9 @@ def finetune(state: RunState, progress: Progress, timings: Timings, teacher=None
     return result
 
 
-def save(state: RunState, out: Path, progress: Progress, timings: Timings) -> Future | None:
-    """Write the output; with sizes on, returns a Future of its gzip size, computed on another core
-    while the run finishes (exports, FLOPs, the report)."""
+def save(state: RunState, out: Path, progress: Progress, timings: Timings) -> Future:
+    """Write the output; returns a Future of its sha256 and bytes (and gzip size with sizes on),
+    computed on another core while the run finishes (exports, FLOPs, the report)."""
     from prunecli.errors import GateFailed
     from prunecli.io import models as model_io
     from prunecli.selection import kernels
@@ -316,9 +317,9 @@ def save(state: RunState, out: Path, progress: Progress, timings: Timings) -> Fu
             raise GateFailed(f"{broken} after the run; nothing was saved")
     progress(f"saving {out}")
     with timings.phase("save"):
-        return model_io.save(
-            state.model, out, state.source, structure_changed=state.structure_changed, sizes=state.config.sizes
-        )
+        model_io.save(state.model, out, state.source, structure_changed=state.structure_changed)
+    # one read of the new file, while the run finishes: nothing else is left but the report, so every core compresses
+    return model_io.sizes_in_background(out, threads=min(8, os.cpu_count() or 1), gzip=state.config.sizes, sha256=True)
 
 
 def build_report(
@@ -328,8 +329,8 @@ def build_report(
     input_sizes: Future | None = None,
     output_sizes: Future | None = None,
 ) -> Report:
-    """The report of a finished run: settings, input/output files and sizes (the Futures of `load` and
-    `save` when given), per-layer sparsity, metrics, timings, notes and every section the steps returned."""
+    """The report of a finished run: settings, input/output files and sizes (the Futures of `load`, when
+    given, and of `save`, which a run with `out` has), per-layer sparsity, metrics, timings, notes and every section the steps returned."""
     from prunecli.io import models as model_io
 
     c = state.config
@@ -341,15 +342,10 @@ def build_report(
     with timings.phase("sizes"):  # last, so that the sizes computed in the background had the most time
         if c.sizes:
             inp.update(input_sizes.result() if input_sizes else model_io.file_sizes(state.source.path))
-            if out:
-                outp.update(output_sizes.result() if output_sizes else model_io.file_sizes(out))
-        elif out:
-            outp["bytes"] = out.stat().st_size
+        else:
             inp["bytes"] = state.source.size_bytes
-        if out:  # which file this report describes: `prunecli verify` checks it
-            from prunecli.io.plan_file import file_sha256
-
-            outp["sha256"] = file_sha256(out)
+        if out:  # bytes, gzip size with sizes on, and sha256: which file this report describes (`prunecli verify`)
+            outp.update(output_sizes.result())
     spent = dict(timings)
     # the rest of the run's wall time: targets, FLOPs, per-layer statistics, the report itself
     spent["other"] = max(0.0, timings.wall() - sum(spent.values()))

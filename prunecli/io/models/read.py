@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from prunecli.errors import ModelLoadError, first_line
-from prunecli.io.models import cudnn
+from prunecli.io.models import archive, cudnn
 from prunecli.io.models.metadata import ModelFile, inspect_file
 
 
@@ -39,7 +39,6 @@ def read_model(info: ModelFile, unsafe: bool):
 def _load_keras(path: Path, unsafe: bool):
     """Load with the training config, else without it: Keras cannot always restore one (Keras 3.15
     fails on its own .h5 files compiled with loss="mse"), and pruning needs only structure and weights."""
-    import keras
 
     if path.suffix == ".keras":
         from prunecli.structure.transformer import register_for_file
@@ -56,17 +55,29 @@ def _load_keras(path: Path, unsafe: bool):
                 return _load_patched_h5(path, config, None, cudnn_config)
     with quiet_keras():
         try:
-            return keras.saving.load_model(path, compile=True, safe_mode=not unsafe)
+            return _keras_load(path, compile=True, safe_mode=not unsafe)
         except MemoryError:
             raise
         except Exception:
             try:
-                return keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
+                return _keras_load(path, compile=False, safe_mode=not unsafe)
             except Exception as exc:
                 reason = _load_failure(exc)
                 if path.suffix in (".h5", ".hdf5") and (_UNKNOWN_KWARGS.search(reason) or _SLASH_NAME in reason):
                     return _load_patched_h5(path, inspect_file(path).config, exc)
                 raise
+
+
+def _keras_load(path: Path, compile: bool, safe_mode: bool):
+    """keras.saving.load_model, with a `.keras` archive's weights read in place (archive.py) when its
+    layout allows: the same model, without a copy of the whole weights file in memory."""
+    import keras
+
+    if path.suffix == ".keras":
+        model = archive.load(path, compile=compile, safe_mode=safe_mode)
+        if model is not None:
+            return model
+    return keras.saving.load_model(path, compile=compile, safe_mode=safe_mode)
 
 
 _UNKNOWN_KWARGS = re.compile(r"Unrecognized keyword arguments passed to (\w+): \{(.*)\}")

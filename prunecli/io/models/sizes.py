@@ -1,7 +1,10 @@
-"""Raw and gzip sizes of a model file, for the report: streamed, and on other cores when asked."""
+"""Raw and gzip sizes of a model file, and its sha256, for the report: streamed in one read, and on
+other cores when asked."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import os
 from pathlib import Path
@@ -42,32 +45,46 @@ class _Counter(io.RawIOBase):
         return n
 
 
-def _sizes_of(fh, level: int = GZIP_LEVEL, threads: int = 2) -> dict:
-    """file_sizes of an open binary file, read from its start (it may be renamed meanwhile)."""
+def _sizes_of(fh, level: int = GZIP_LEVEL, threads: int = 2, gzip: bool = True, sha256: bool = False) -> dict:
+    """file_sizes of an open binary file, read from its start (it may be renamed meanwhile); without
+    `gzip`, only its bytes; with `sha256`, its digest too, from the same read."""
     from isal import igzip_threaded
 
     sink = _Counter()
+    digest = hashlib.sha256() if sha256 else None
     buffer = bytearray(GZIP_BLOCK)  # one write per block: the stream depends on how it is fed
     view = memoryview(buffer)
     fh.seek(0)
-    with igzip_threaded.open(sink, "wb", compresslevel=level, threads=threads, block_size=GZIP_BLOCK) as gz:
+    with contextlib.ExitStack() as stack:
+        gz = None
+        if gzip:
+            opened = igzip_threaded.open(sink, "wb", compresslevel=level, threads=threads, block_size=GZIP_BLOCK)
+            gz = stack.enter_context(opened)
         while n := fh.readinto(buffer):
-            gz.write(view[:n])
-    codec = f"ISA-L igzip level {level}, {GZIP_BLOCK >> 20} MiB blocks"
-    return {"bytes": os.fstat(fh.fileno()).st_size, "gzip_bytes": sink.count, "gzip_codec": codec}
+            if digest is not None:
+                digest.update(view[:n])  # releases the GIL, as igzip does
+            if gz is not None:
+                gz.write(view[:n])
+    found = {"bytes": os.fstat(fh.fileno()).st_size}
+    if gzip:
+        found.update(gzip_bytes=sink.count, gzip_codec=f"ISA-L igzip level {level}, {GZIP_BLOCK >> 20} MiB blocks")
+    if digest is not None:
+        found["sha256"] = digest.hexdigest()
+    return found
 
 
-def sizes_in_background(path: Path, threads: int = 1):
-    """A Future of file_sizes(path), computed on `threads` threads besides this one (igzip releases the
-    GIL, so on other cores). The file is opened here, so the figures are those of this file even if it
-    is renamed meanwhile."""
+def sizes_in_background(path: Path, threads: int = 1, gzip: bool = True, sha256: bool = False):
+    """A Future of file_sizes(path) (only the bytes without `gzip`; with `sha256`, the file's digest
+    from the same read), computed on `threads` threads besides this one (igzip and hashlib release
+    the GIL, so on other cores). The file is opened here, so the figures are those of this file even
+    if it is renamed meanwhile."""
     from concurrent.futures import ThreadPoolExecutor
 
     fh = open(path, "rb")  # noqa: SIM115 - closed by the thread once read
 
     def measure() -> dict:
         with fh:
-            return _sizes_of(fh, threads=threads)
+            return _sizes_of(fh, threads=threads, gzip=gzip, sha256=sha256)
 
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prunecli-sizes")
     try:

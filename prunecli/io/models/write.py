@@ -19,7 +19,6 @@ from prunecli.errors import DISK_FULL, OutputError, first_line, write_error
 from prunecli.io.models import cudnn
 from prunecli.io.models.metadata import ModelFile
 from prunecli.io.models.read import check_finite, quiet_keras
-from prunecli.io.models.sizes import sizes_in_background
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 
@@ -159,14 +158,10 @@ def atomic_path(target: Path):
         raise
 
 
-def save(model, out: Path, source: ModelFile | None = None, structure_changed: bool = False, sizes: bool = False):
+def save(model, out: Path, source: ModelFile | None = None, structure_changed: bool = False) -> None:
     """Write the model atomically. An .h5 -> .h5 run with unchanged structure keeps the input's flavour.
-    Weights that are NaN or Inf are never written (check_finite: exit 4, nothing saved).
-
-    With `sizes`, returns a Future of the written file's file_sizes, started as soon as its bytes are
-    written, so the compression runs while the file is synced and the report is built; else None."""
+    Weights that are NaN or Inf are never written (check_finite: exit 4, nothing saved)."""
     check_finite(model, "the run")
-    measured = None
     try:
         with atomic_path(out) as tmp:
             if (
@@ -182,11 +177,8 @@ def save(model, out: Path, source: ModelFile | None = None, structure_changed: b
                 with quiet_keras():
                     _drop_optimizer_state(model)
                     model.save(tmp)
-            if sizes:  # nothing else is left to do but the report: every core compresses
-                measured = sizes_in_background(tmp, threads=min(8, os.cpu_count() or 1))
     except OSError as exc:
         raise write_error(out, exc) from exc
-    return measured
 
 
 def _drop_optimizer_state(model) -> None:
