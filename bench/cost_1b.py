@@ -34,20 +34,35 @@ def main(argv=None) -> int:
     ap.add_argument("--min-free", type=float, default=3.0, help="kill a run below this much available memory (GiB)")
     ap.add_argument("--no-write", action="store_true", help="print, do not write bench/DECODERS.md")
     args = ap.parse_args(argv)
-    # decoder_1b's model shape (its defaults): build() reads these from args
-    args.vocab, args.hidden, args.layers, args.heads, args.kv_heads, args.ffn = 32000, 2048, 16, 32, 8, 8192
-    work = Path(args.work)
+    res = measure(Path(args.work), args.rounds, args.min_free)
+    if res is None:
+        return 1
+    text = render(res, args.rounds).replace(str(Path(args.work).resolve()), "$WORK").replace(str(args.work), "$WORK")
+    print(text)
+    if not args.no_write:
+        write_decoders_section(HEADING, text)
+    return 0 if all(r["prune"]["rc"] == 0 for r in res["rounds"]) else 1
+
+
+def measure(work: Path, rounds: int, min_free: float = 3.0) -> dict | None:
+    """Alternating rounds of Keras load + save and the default command, each in a fresh process (the
+    model built under `work` first if absent); None when the model could not be built. Also called by
+    bench/run.py's `e2e_1b` section (bench/COST.md)."""
+    # decoder_1b's model shape (its defaults): build() and monitored() read these from args
+    args = argparse.Namespace(
+        work=str(work), min_free=min_free, vocab=32000, hidden=2048, layers=16, heads=32, kv_heads=8, ffn=8192
+    )
     work.mkdir(parents=True, exist_ok=True)
     model = work / "llama_h2048_l16_q32_kv8_f8192_v32000.keras"
     if not model.exists():
         built = build(args, model)
         if built["rc"] != 0:
             print(json.dumps(built, indent=1))
-            return 1
+            return None
     out, report = work / "default_pruned.keras", work / "default_report.json"
     cmd = [PRUNECLI, "prune", str(model), "-s", "0.5", "-o", str(out), "--report", str(report)]
     res = {"machine": machine(), "load_before": load_average(), "file_bytes": model.stat().st_size, "rounds": []}
-    for i in range(args.rounds):
+    for i in range(rounds):
         keras = keras_roundtrip(args, model, work / "resaved.keras")
         out.unlink(missing_ok=True)
         prune = monitored(cmd, args, work / "default_prune.log")
@@ -55,27 +70,24 @@ def main(argv=None) -> int:
         res["rounds"].append({"keras": _keep(keras), "prune": _keep(prune), "timings": timings})
         print(f"round {i + 1}:", json.dumps(res["rounds"][-1], default=str), flush=True)
         (work / "cost_1b.json").write_text(json.dumps(res, indent=1, default=str))
+    for leftover in (out, work / "resaved.keras"):  # 4 GiB each
+        leftover.unlink(missing_ok=True)
     res["load_end"] = load_average()
     (work / "cost_1b.json").write_text(json.dumps(res, indent=1, default=str))
-    text = render(res, args).replace(str(work.resolve()), "$WORK").replace(str(args.work), "$WORK")
-    print(text)
-    if not args.no_write:
-        write_decoders_section(HEADING, text)
-    return 0 if all(r["prune"]["rc"] == 0 for r in res["rounds"]) else 1
+    return res
 
 
 def _keep(run: dict) -> dict:
     return {k: run.get(k) for k in ("rc", "wall_s", "max_rss", "load_s", "save_s", "killed")}
 
 
-def render(res: dict, args) -> str:
+def render(res: dict, rounds: int, heading: bool = True) -> str:
     gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
     rows = res["rounds"]
     ok = [r for r in rows if r["prune"]["rc"] == 0 and r["keras"]["rc"] == 0]
-    lines = [
-        HEADING,
-        "",
-        f"`.venv/bin/python bench/cost_1b.py --work $WORK --rounds {args.rounds}`: decoder_1b.py's KerasHub "
+    lines = [HEADING, ""] if heading else []
+    lines += [
+        f"`.venv/bin/python bench/cost_1b.py --work $WORK --rounds {rounds}`: decoder_1b.py's KerasHub "
         f"LlamaCausalLM (1.10B parameters, random weights, a {res['file_bytes'] / 2**30:.1f} GiB .keras file). "
         "Each round, each in a fresh process: Keras `load_model` + `save`, then the default command "
         "(magnitude, global LAMP, sizes on):",

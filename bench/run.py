@@ -4,7 +4,8 @@
     python bench/run.py --only selection e2e --quick         # a quick look at two sections
 
 Sections: selection (mask computation, first call beside NumPy: bench_selection.py), e2e (prune
-ResNet50 vs Keras load+save, with and without sizes, peak memory), memory (peak RSS vs Keras on ResNet50
+ResNet50 vs Keras load+save, with and without sizes, peak memory), e2e_1b (the same on a 1.1B-parameter
+KerasHub decoder: bench/cost_1b.py; not run unless named with --only), memory (peak RSS vs Keras on ResNet50
 and a 100M-parameter model), multiworker (data-driven scores over two local workers vs one device),
 startup, steps (masked vs dense training step), accuracy (prunecli vs tfmot after the same gradual
 schedule), bigger (a 2 GB .keras and .h5; not run unless named with --only).
@@ -22,8 +23,10 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-SECTIONS = ("selection", "e2e", "memory", "multiworker", "startup", "steps", "accuracy", "bigger")
-DEFAULT_SKIP = ("bigger",)  # builds a 2 GB model twice: run it with --only bigger
+SECTIONS = ("selection", "e2e", "e2e_1b", "memory", "multiworker", "startup", "steps", "accuracy", "bigger")
+# bigger builds a 2 GB model twice; e2e_1b builds (once, kept in --work-1b) a 4.4 GB model and needs ~14 GiB:
+# run them with --only
+DEFAULT_SKIP = ("bigger", "e2e_1b")
 HERE = Path(__file__).resolve().parent
 
 
@@ -33,6 +36,12 @@ def parse(argv=None):
     p.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
     p.add_argument("--skip", nargs="+", choices=SECTIONS, default=[], help="leave these sections out")
     p.add_argument("--quick", action="store_true", help="fewer repeats and sizes (1M and 5M weights only)")
+    p.add_argument(
+        "--work-1b",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "prunecli_1b",
+        help="where e2e_1b keeps its 4.4 GB model between runs (default: prunecli_1b in the temporary folder)",
+    )
     return p.parse_args(argv)
 
 
@@ -75,6 +84,15 @@ def main(argv=None) -> int:
 
         return bench_e2e.run(repeats=2 if quick else 3)
 
+    def e2e_1b():
+        import cost_1b
+
+        rounds = 1 if quick else 2
+        res = cost_1b.measure(args.work_1b, rounds)
+        if res is None:
+            raise RuntimeError(f"the 1.1B model could not be built in {args.work_1b}")
+        return cost_1b.render(res, rounds, heading=False).replace(str(args.work_1b.resolve()), "$WORK")
+
     def memory():
         import bench_e2e
 
@@ -112,6 +130,7 @@ def main(argv=None) -> int:
 
     section("selection", "Mask computation: prunecli vs tfmot's top_k vs NumPy", selection)
     section("e2e", "prunecli prune on ResNet50 vs Keras alone (time and peak memory)", e2e)
+    section("e2e_1b", "1B decoder: the default command vs Keras load + save", e2e_1b)
     section("memory", "Peak memory: prunecli prune vs Keras load+save (ResNet50, 100M parameters)", memory)
     section("multiworker", "Data-driven scoring over two workers vs one device", multiworker)
     section("bigger", "A 2 GB model (.keras and .h5)", bigger)

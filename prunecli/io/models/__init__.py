@@ -5,7 +5,8 @@ The flavour is read from the file, not guessed from the name. Safe mode stays on
 carries serialised Python code (a Lambda layer) is refused before Keras sees it unless `unsafe`.
 
 One job per module: `metadata` identifies a file from its bytes, `memory` judges from what it
-declares whether it fits, `read` loads it with Keras, `write` plans and commits the output
+declares whether it fits, `read` loads it with Keras (`archive`: a `.keras` file's weights read in
+place, without Keras' in-memory copy of them), `write` plans and commits the output
 atomically, `sizes` measures a file for the report, `cudnn` reads Keras-2 CuDNNGRU/CuDNNLSTM layers as the plain
 layers they equal. This package is the public API.
 """
