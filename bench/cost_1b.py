@@ -87,7 +87,8 @@ def render(res: dict, rounds: int, heading: bool = True) -> str:
     ok = [r for r in rows if r["prune"]["rc"] == 0 and r["keras"]["rc"] == 0]
     lines = [HEADING, ""] if heading else []
     lines += [
-        f"`.venv/bin/python bench/cost_1b.py --work $WORK --rounds {rounds}`: decoder_1b.py's KerasHub "
+        f"bench/cost_1b.py, {rounds} round(s) (`.venv/bin/python bench/cost_1b.py --work $WORK --rounds {rounds}`, or "
+        "bench/run.py's e2e_1b section): decoder_1b.py's KerasHub "
         f"LlamaCausalLM (1.10B parameters, random weights, a {res['file_bytes'] / 2**30:.1f} GiB .keras file). "
         "Each round, each in a fresh process: Keras `load_model` + `save`, then the default command "
         "(magnitude, global LAMP, sizes on):",

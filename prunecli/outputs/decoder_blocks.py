@@ -31,12 +31,14 @@ DECODE_ROUNDS = 2
 
 def block_shape(block) -> dict[str, int]:
     """Query heads, key/value groups, head size, feed-forward units and residual width of one block."""
-    q, k, _v, o = (sub.kernel for sub, *_ in keras_graph.attention_projections(decoders.attention(block)))
+    attention = decoders.attention(block)
+    q, _k, _v, o = (sub.kernel for sub, *_ in keras_graph.attention_projections(attention))
+    heads, groups = keras_graph.grouped_head_counts(attention)  # the kernels' head axis differs by family
     gate, _up, _down = keras_graph.hub_swiglu(block)
     return {
-        "query_heads": int(q.shape[1]),
-        "kv_groups": int(k.shape[1]),
-        "head_dim": int(q.shape[2]),
+        "query_heads": heads,
+        "kv_groups": groups,
+        "head_dim": int(q.shape[-1]),  # (hidden, heads, head_dim) in Llama, (heads, hidden, head_dim) in Gemma
         "ffn_units": int(gate.kernel.shape[-1]),
         "hidden": int(o.shape[-1]),
         "params": int(block.count_params()),

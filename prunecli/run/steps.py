@@ -318,8 +318,15 @@ def save(state: RunState, out: Path, progress: Progress, timings: Timings) -> Fu
     progress(f"saving {out}")
     with timings.phase("save"):
         model_io.save(state.model, out, state.source, structure_changed=state.structure_changed)
-    # one read of the new file, while the run finishes: nothing else is left but the report, so every core compresses
-    return model_io.sizes_in_background(out, threads=min(8, os.cpu_count() or 1), gzip=state.config.sizes, sha256=True)
+    return measure_output(out, state.config)
+
+
+def measure_output(out: Path, config: PruneConfig) -> Future:
+    """A Future of the written output's bytes and sha256 (and gzip size with sizes on), from one read of
+    the file on other cores: nothing is left but the report, so every core compresses."""
+    from prunecli.io import models as model_io
+
+    return model_io.sizes_in_background(out, threads=min(8, os.cpu_count() or 1), gzip=config.sizes, sha256=True)
 
 
 def build_report(
