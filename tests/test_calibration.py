@@ -151,6 +151,39 @@ def test_im2col_views_match_the_layers():
         np.testing.assert_array_equal(view.from_matrix(view.to_matrix(layer.kernel)), layer.kernel)
 
 
+@pytest.mark.parametrize(
+    ("shape", "ks", "st", "dil"),
+    [((17, 1, 3), (5, 1), (1, 1), (4, 1)), ((13, 11, 4), (3, 3), (2, 1), (1, 2)), ((9, 9, 2), (2, 3), (3, 2), (2, 1))],
+)
+def test_strided_patches_equal_tensorflows(shape, ks, st, dil):
+    """The im2col rows cut by strided slices are extract_patches' rows, in the kernel's (kh, kw, C) order."""
+    import tensorflow as tf
+
+    from prunecli.calibration.views import _patches_2d
+
+    x = tf.constant(np.random.default_rng(0).normal(size=(2, *shape)).astype("float32"))
+    want = tf.image.extract_patches(x, [1, *ks, 1], [1, *st, 1], [1, *dil, 1], "VALID")
+    np.testing.assert_array_equal(_patches_2d(x, list(ks), list(st), list(dil)), want)
+
+
+@pytest.mark.parametrize("padding", ["same", "causal", "valid"])
+def test_dilated_strided_conv1d_views_match_the_layer(padding):
+    """X @ W reproduces a dilated Conv1D (SpliceAI's shape of layer) and a strided one."""
+    import keras
+    import tensorflow as tf
+
+    from prunecli.calibration import views
+    from prunecli.structure.targets import Target
+
+    x = np.random.default_rng(3).normal(size=(2, 40, 3)).astype("float32")
+    for strides, dilation in ((1, 4), (3, 1)):
+        layer = keras.layers.Conv1D(5, 4, strides=strides, dilation_rate=dilation, padding=padding, use_bias=False)
+        out = layer(x)
+        view = views.view_of(Target("c/kernel", "c", "Conv1D", "kernel", layer.kernel, 2, layer))
+        got = tf.matmul(view.inputs(x), view.to_matrix(layer.kernel))
+        np.testing.assert_allclose(got, tf.reshape(out, (-1, 5)), atol=1e-5)
+
+
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
 def test_nm_masks_are_valid(method):
     from prunecli.calibration import prune_calibrated
