@@ -26,6 +26,7 @@ from prunecli.config.fields import (
     SCHEDULES,
     SCOPES,
     STRATEGIES,
+    STRUCTURAL_KINDS,
     PruneConfig,
 )
 from prunecli.config.target import check_target
@@ -288,7 +289,7 @@ def _check_calibration(c: PruneConfig) -> None:
         raise ConfigError(f"calibration_samples must be >= 1, got {c.calibration_samples}")
     if c.reconstruct and not c.data:
         raise ConfigError("--reconstruct needs --data (the calibration examples)")
-    if c.reconstruct and c.granularity.kind in ("input", "layer", "head", "hidden"):
+    if c.reconstruct and c.granularity.kind in STRUCTURAL_KINDS:
         raise ConfigError(f"--reconstruct refits weights under a mask; granularity {c.granularity} has none")
     if c.reconstruct and c.schedule != "oneshot":
         raise ConfigError("--reconstruct refits once after one-shot pruning; use --schedule oneshot")
@@ -314,7 +315,7 @@ def _check_finetuning(c: PruneConfig) -> None:
         return
     if c.threshold is not None:
         raise ConfigError(f"--schedule {c.schedule} needs a target --sparsity, not --threshold")
-    if c.granularity.kind in ("nm", "input", "layer", "head", "hidden"):
+    if c.granularity.kind == "nm" or c.granularity.kind in STRUCTURAL_KINDS:
         raise ConfigError(f"granularity {c.granularity} is pruned at once; use --schedule oneshot")
 
 

@@ -16,6 +16,8 @@ from typing import Any
 from prunecli.errors import ConfigError
 
 SCOPES = ("auto", "layer", "global")
+# granularities removed at once by a structural step (prunecli/removal: STEPS has one module each)
+STRUCTURAL_KINDS = ("input", "layer", "head", "hidden", "transformer")
 GLOBAL_BY_DEFAULT = ("element", "block")  # granularities --scope auto ranks globally (bench/ACCURACY.md)
 NORMALIZATIONS = ("mean", "none", "lamp", "erk", "owl")  # selection/policy.py says what each does
 PER_LAYER_BUDGETS = ("erk", "owl")  # normalizations that share the budget out per layer, with no common ranking
@@ -39,14 +41,14 @@ MAX_GROUP = 1024  # largest block side and N:M group size (-g n:m=1:99999999 onc
 class Granularity:
     """What one pruning decision removes: an element, a unit (neuron/filter), an RxC block, or N of M."""
 
-    kind: str = "element"  # element | neuron | block | nm | input | layer | head | hidden
+    kind: str = "element"  # element | neuron | block | nm | input | layer | head | hidden | transformer
     rows: int = 1  # block rows, or N for n:m
     cols: int = 1  # block cols, or M for n:m
 
     @classmethod
     def parse(cls, text: str) -> Granularity:
         t = str(text).strip().lower()
-        if t in ("element", "neuron", "input", "layer", "head", "hidden"):
+        if t in ("element", "neuron", "input", "layer", "head", "hidden", "transformer"):
             return cls(t)
         if t == "heads":
             return cls("head")
@@ -69,7 +71,8 @@ class Granularity:
                 raise ConfigError(f"N:M needs M <= {MAX_GROUP}, got {text!r}")
             return cls("nm", n, mm)
         raise ConfigError(
-            f"unknown granularity {text!r}; use element, neuron, block:RxC, n:m=N:M, input, layer, head or hidden"
+            f"unknown granularity {text!r}; use element, neuron, block:RxC, n:m=N:M, input, layer, head, hidden"
+            " or transformer"
         )
 
     def __str__(self) -> str:
@@ -176,8 +179,10 @@ class PruneConfig:
         choices=SCOPES,
     )
     granularity: Granularity = setting(
-        help="element (default), neuron, block:RxC, n:m=N:M, input, layer, head or hidden (the residual"
-        " channels of KerasHub decoders; needs --shrink).",
+        help="element (default), neuron, block:RxC, n:m=N:M, input, layer, head, hidden (the residual"
+        " channels of KerasHub decoders; needs --shrink) or transformer (named for the model it takes: a"
+        " Transformer's heads, FFN units and whole blocks at once, the split of --target params=F or"
+        " flops=F between them measured on --data).",
         flags=("-g", "--granularity"),
         factory=Granularity,
     )
@@ -259,7 +264,8 @@ class PruneConfig:
         " multiply-adds) or size=200KB (the saved file); channels are allocated across layers to land within"
         " 2% under it. latency=F or latency=3ms: the forward time at --batch-size (with --export tflite:"
         " TFLite's interpreter at batch 1), measured on this machine (searched, within 5% under). Implies -g"
-        " neuron (or give -g head / -g hidden: params= only) and --shrink.",
+        " neuron (or give -g head / -g hidden: params= only; -g transformer: params= or flops= split across"
+        " heads, FFN units and blocks) and --shrink.",
         commands=("prune", "plan"),
     )
     round_to: int | None = setting(

@@ -8,6 +8,8 @@
 
 A target is a budget the run allocates channels to (selection/budget.py), never a sparsity: it implies
 neuron granularity and --shrink, and ranks channels globally. The run reports what it reached.
+`-g transformer` splits a params= or flops= target across a Transformer's heads, FFN units and whole
+blocks (removal/split.py); it needs a target, and takes no other kind.
 """
 
 from __future__ import annotations
@@ -96,16 +98,24 @@ def check_target(c) -> None:
             raise ConfigError("--round-to rounds the channel counts --target allocates; give --target")
         if not 1 <= c.round_to <= MAX_ROUND_TO:
             raise ConfigError(f"round_to must be in [1, {MAX_ROUND_TO}], got {c.round_to}")
+    if c.granularity.kind == "transformer" and c.target is None:
+        raise ConfigError(
+            "-g transformer spends a budget across heads, FFN units and blocks: give --target params=F or flops=F"
+        )
     if c.target is None:
         return
-    parse_target(c.target)
+    spec = parse_target(c.target)
+    if c.granularity.kind == "transformer" and spec.kind not in FRACTION_KINDS:
+        raise ConfigError(
+            f"-g transformer splits --target params=F or flops=F across heads, FFN units and blocks, not {spec.kind}="
+        )
     refused = [
         (c.sparsity is not None, "--sparsity (the target decides how much goes)"),
         (c.threshold is not None, "--threshold (the target decides how much goes)"),
         (
-            c.granularity.kind not in ("neuron", "hidden", "head"),
-            f"granularity {c.granularity} (a target removes whole channels: neuron, head, or hidden on KerasHub"
-            " decoders)",
+            c.granularity.kind not in ("neuron", "hidden", "head", "transformer"),
+            f"granularity {c.granularity} (a target removes whole channels: neuron, head, transformer, or hidden"
+            " on KerasHub decoders)",
         ),
         (c.remove_heads is not None, "--remove-heads (the target decides how many heads go)"),
         (c.engine != "native", f"--engine {c.engine} (it prunes elements to a sparsity)"),

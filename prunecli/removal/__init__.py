@@ -1,4 +1,5 @@
-"""Whole structural steps: input features, layers, attention heads and residual channels scored, chosen and removed.
+"""Whole structural steps: input features, layers, attention heads and residual channels scored, chosen and removed;
+a --target split across a Transformer's heads, feed-forward units and blocks (split.py).
 
 Each step takes the run's model, its targets (picked once by run/steps.pick_targets), data, task,
 settings, progress and timings, and returns a StepResult; the channels module is the `--shrink` of
@@ -8,14 +9,17 @@ and floors come from selection/policy, as for weights.
 
 from __future__ import annotations
 
+from prunecli.config.fields import STRUCTURAL_KINDS
+
 # granularity -> the module whose `run` scores, selects and removes that structure at once
 STEPS = {
     "input": "prunecli.removal.features",
     "layer": "prunecli.removal.layers",
     "head": "prunecli.removal.heads",
     "hidden": "prunecli.removal.hidden",  # residual channels of KerasHub decoders; refused on other models
+    "transformer": "prunecli.removal.split",  # a --target split across heads, FFN units and whole blocks
 }
-STRUCTURAL = tuple(STEPS)
+STRUCTURAL = STRUCTURAL_KINDS
 # granularity -> the module whose `run` removes it at once on the models its `applies(model)` accepts:
 # -g neuron on KerasHub decoder blocks, whose SwiGLU units span three kernels inside one layer
 MODEL_STEPS = {"neuron": "prunecli.removal.ffn"}

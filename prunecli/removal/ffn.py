@@ -1,10 +1,11 @@
-"""`-g neuron` on KerasHub decoders (Llama, Mistral, Qwen, Qwen3): SwiGLU feed-forward units scored, chosen and
-removed whole.
+"""`-g neuron` on KerasHub decoders (Llama, Mistral, Qwen, Qwen3, Gemma): gated feed-forward units scored,
+chosen and removed whole.
 
-A decoder block's feed-forward network is down(silu(gate(x)) * up(x)); its unit j is gate column j,
-up column j and down row j, all inside one Keras layer. The channel graph sees the block as one node
-and the mask path would rank the three kernels as unrelated layers, so on a model with such blocks
-`-g neuron` is a structural step, like `-g head` (Torch-Pruning's coupled group, done by hand):
+A decoder block's feed-forward network is down(act(gate(x)) * up(x)) (SwiGLU; Gemma's GeGLU); its unit j
+is gate column j, up column j and down row j, all inside one Keras layer. The channel graph sees the
+block as one node and the mask path would rank the three kernels as unrelated layers, so on a model
+with such blocks `-g neuron` is a structural step, like `-g head` (Torch-Pruning's coupled group, done
+by hand):
 
 - one score per unit, read from all three slices;
 - one selection (selection/policy.select_units: per block, or global with the run's normalisation,
@@ -15,13 +16,13 @@ and the mask path would rank the three kernels as unrelated layers, so on a mode
 
 Scores, lower = removed first:
 - `magnitude`, `neuron-mean`, `l1-norm`: the geometric mean over gate, up and down of the slice's mean
-  |w|; `l2-norm`: the geometric mean of their L2 norms. A unit adds silu(x.g_j) (x.u_j) d_j, a
+  |w|; `l2-norm`: the geometric mean of their L2 norms. A unit adds act(x.g_j) (x.u_j) d_j, a
   product: scaling the up or down projection by c scales every unit alike, which leaves a product of
   per-projection magnitudes ranked as before, where a sum would let the largest projection decide.
 - `random`: seeded.
 - `taylor`: sum |w * dL/dw|, `gradient`: sum |dL/dw| over the three slices, accumulated over
   `--score-batches` batches of `--data` (as `-g head` scores heads);
-- `activation`: the mean |silu(x.g_j) (x.u_j)| over the tokens of `--score-batches` batches of
+- `activation`: the mean |act(x.g_j) (x.u_j)| over the tokens of `--score-batches` batches of
   `--data` (the down projection's input, padding left out): Minitron's neuron importance.
 """
 
@@ -45,7 +46,7 @@ def applies(model) -> bool:
 
 
 def find(model, targets=None) -> list[decoders.Ffn]:
-    """The decoder blocks' SwiGLU networks whose three kernels are all among `targets` (all without)."""
+    """The decoder blocks' feed-forward networks whose three kernels are all among `targets` (all without)."""
     found = decoders.ffns(model)
     if targets is None:
         return found
@@ -58,14 +59,20 @@ def find(model, targets=None) -> list[decoders.Ffn]:
 
 
 def data_scores(model, found: list[decoders.Ffn], data, loss_fn, method: str, max_batches: int | None):
-    """{block: (units,) scores}: Taylor |w*g| or gradient |g| summed over each unit's three slices."""
+    """{block: (units,) scores}: Taylor |w*g| or gradient |g| summed over each unit's slices (three of a
+    gated network, two of a plain Dense pair: removal/split.DenseFfn)."""
     import numpy as np
 
     if data is None or loss_fn is None:
         raise ConfigError(f"-g neuron on decoder blocks with --method {method} needs --data")
     slices = [sl for f in found for sl in f.slices()]
     per_slice = units.gradient_scores(model, slices, data, loss_fn, method, max_batches)
-    return {f.path: np.sum(per_slice[3 * i : 3 * i + 3], axis=0) for i, f in enumerate(found)}
+    out, start = {}, 0
+    for f in found:
+        count = len(f.slices())
+        out[f.path] = np.sum(per_slice[start : start + count], axis=0)
+        start += count
+    return out
 
 
 def score(model, found: list[decoders.Ffn], config, data=None, loss_fn=None) -> dict[str, Any]:
@@ -80,7 +87,7 @@ def score(model, found: list[decoders.Ffn], config, data=None, loss_fn=None) -> 
     if method == "random":
         rng = np.random.default_rng(config.seed)
         return {f.path: rng.random(f.units) for f in found}
-    if method == "activation":  # Minitron: the mean |silu(gate x) * up x| of each unit, the down projection's input
+    if method == "activation":  # Minitron: the mean |act(gate x) * up x| of each unit, the down projection's input
         if data is None:
             raise ConfigError("-g neuron on decoder blocks with --method activation needs --data")
         means = units.mean_abs_inputs(model, [f.down for f in found], data, config.score_batches)
@@ -128,7 +135,7 @@ def apply(found: list[decoders.Ffn], removed: dict[str, list[int]]) -> None:
 
 
 def run_ffn(model, targets, config, *, data=None, loss_fn=None, sample_x=None, progress=None):
-    """Score, choose and mask (or, with config.shrink, delete) SwiGLU units of the decoder blocks.
+    """Score, choose and mask (or, with config.shrink, delete) feed-forward units of the decoder blocks.
 
     Returns (model, masks, section, notes) as removal.heads.run_heads does: the same model masked, or a
     new, smaller functional model (--shrink); {target name: keep-mask} for every target; the report's

@@ -9,9 +9,12 @@ deleting it (MultiHeadAttention(num_heads=kept) with the slices cut out) compute
 Michel et al. 2019 ("Are Sixteen Heads Really Better than One?") and Voita et al. 2019 showed that
 most heads of a trained Transformer can go this way at little cost.
 
-Grouped-query attention (KerasHub's Llama, Qwen, Mistral... layers with `num_query_heads` and
+Grouped-query attention (KerasHub's Llama, Qwen, Mistral, Gemma... layers with `num_query_heads` and
 `num_key_value_heads`) shares one key/value head between G = query/kv query heads. The unit removed
-there is a whole group: its key/value head and its G query heads, so the ratio stays whole.
+there is a whole group: its key/value head and its G query heads, so the ratio stays whole. Under
+multi-query attention (one key/value head, as Gemma 2B has) the unit is a query head: removing its
+query and output slices leaves the shared key/value head serving the others, and that head stays
+(structure/transformer.HeadLayer).
 
 Scores, one per unit (head or group), lower = removed first: `magnitude`, `neuron-mean`, `l1-norm`:
 mean |w| over the unit's slices; `l2-norm`: their L2 norm; `random`: seeded; `taylor`: sum |w * dL/dw|
@@ -20,11 +23,10 @@ and `gradient`: sum |dL/dw| over the slices, accumulated over `--score-batches` 
 
 `--shrink` rebuilds keras.layers.MultiHeadAttention layers of a functional model with fewer heads,
 KerasHub's TransformerEncoder blocks (BERT, RoBERTa, DistilBERT... backbones) as
-HeadPrunedTransformerEncoder (structure/transformer.py), and KerasHub's Llama/Mistral/Qwen decoder
-blocks as PrunedLlamaTransformerDecoder... (structure/decoders.py) with whole key/value groups and
-their query heads gone: KerasHub computes the head size as hidden_dim // num_heads when a block
-builds, which a config with fewer heads would change, so the rebuilt blocks carry the original head
-size in their config. Attention layers nested anywhere else are masked (exactly zero, held while
+HeadPrunedTransformerEncoder (structure/transformer.py), and KerasHub's Llama/Mistral/Qwen/Gemma
+decoder blocks as PrunedLlamaTransformerDecoder... (structure/decoders.py) with their units' heads
+gone: KerasHub computes the head size as hidden_dim // num_heads when a block builds, which a config
+with fewer heads would change, so the rebuilt blocks carry the original head size in their config. Attention layers nested anywhere else are masked (exactly zero, held while
 fine-tuning), not deleted, and the notes say so. The shrunk model is a plain functional keras.Model
 (a KerasHub causal LM stays one, its generate() working: structure/decoders.py).
 """
@@ -45,6 +47,7 @@ from prunecli.structure.transformer import (  # noqa: F401 - find/HeadLayer/bloc
     block_macs,
     find,
     find_in_layer,
+    unit_attention_cost,
     unread_attention,
 )
 
@@ -53,7 +56,8 @@ MEAN_METHODS = ("magnitude", "neuron-mean", "l1-norm")
 METHODS = MEAN_METHODS + ("l2-norm", "random", "activation") + DATA_METHODS
 
 
-def _allowed(path: str, config) -> bool:
+def allowed_by_rules(path: str, config) -> bool:
+    """Whether --include/--exclude and the per-layer rules leave this layer's units to the step."""
     if config.include and not name_matches(path, config.include):
         return False
     if config.exclude and name_matches(path, config.exclude):
@@ -71,7 +75,7 @@ def _unit_sums(hl: HeadLayer, arrays: list, fn) -> Any:
 
     totals = np.zeros(hl.units)
     counts = np.zeros(hl.units)
-    for part, arr in zip(hl.parts, arrays, strict=True):
+    for part, arr in zip(hl.unit_parts, arrays, strict=True):
         moved = np.moveaxis(np.asarray(arr, dtype=np.float64), part.axis, 0)
         per_head = fn(moved.reshape(moved.shape[0], -1)).sum(axis=1)
         size = moved[0].size
@@ -87,7 +91,7 @@ def weight_scores(hl: HeadLayer, method: str):
     """(units,) scores from the weights alone."""
     import numpy as np
 
-    arrays = [np.asarray(p.variable) for p in hl.parts]
+    arrays = [np.asarray(p.variable) for p in hl.unit_parts]
     if method == "l2-norm":
         sq, _ = _unit_sums(hl, arrays, np.square)
         return np.sqrt(sq)
@@ -99,15 +103,16 @@ def data_scores(model, layers: list[HeadLayer], data, loss_fn, method: str, max_
     """{path: (units,) scores}: Taylor |w*g| or gradient |g| summed over each unit's slices."""
     if data is None or loss_fn is None:
         raise ConfigError(f"-g head with --method {method} needs --data")
-    slices = [(p.variable, p.axis) for hl in layers for p in hl.parts]
+    slices = [(p.variable, p.axis) for hl in layers for p in hl.unit_parts]
     per_slice = units.gradient_scores(model, slices, data, loss_fn, method, max_batches)
     out, i = {}, 0
     for hl in layers:
         total = 0.0
-        for part, per_index in zip(hl.parts, per_slice[i : i + len(hl.parts)], strict=True):
+        parts = hl.unit_parts
+        for part, per_index in zip(parts, per_slice[i : i + len(parts)], strict=True):
             total = total + (per_index.reshape(hl.units, hl.group).sum(axis=1) if part.role == "q" else per_index)
         out[hl.path] = total
-        i += len(hl.parts)
+        i += len(parts)
     return out
 
 
@@ -149,14 +154,14 @@ def _target_costs(model, found: list[HeadLayer], config) -> tuple[int, dict[str,
     layer's cost growing with its heads."""
     if parse_target(config.target).kind != "flops":
         return int(model.count_params()), {hl.path: unit_params(hl) for hl in found}
-    seq_len, dense = units.counted_at_length(model, config, "attention heads", _model_seq_len(model))
-    return dense, {hl.path: _attention_cost(hl, seq_len) // hl.units for hl in found}
+    seq_len, dense = units.counted_at_length(model, config, "attention heads", model_seq_len(model))
+    return dense, {hl.path: unit_attention_cost(hl, seq_len) for hl in found}
 
 
 def unit_params(hl: HeadLayer) -> int:
     """Parameters one unit (a head, or a key/value group with its query heads) holds in its layer:
     its slices of the query, key, value and output kernels and biases."""
-    _, counts = _unit_sums(hl, [p.variable for p in hl.parts], lambda a: a)
+    _, counts = _unit_sums(hl, [p.variable for p in hl.unit_parts], lambda a: a)
     return int(counts[0]) if len(counts) else 0
 
 
@@ -221,7 +226,7 @@ def apply(masks: dict[str, Any], layers: list[HeadLayer]) -> None:
                 part.variable.assign(np.where(m, np.asarray(part.variable), 0).astype(part.variable.dtype))
 
 
-def _smaller_layer(hl: HeadLayer, removed_units: list[int]):
+def smaller_layer(hl: HeadLayer, removed_units: list[int]):
     """The replacement of hl.owner with only the kept heads, and its weights by variable path
     (assigned once the rebuilt graph has built it). A plain MultiHeadAttention is rebuilt from its
     config with num_heads = kept; a KerasHub TransformerEncoder becomes HeadPrunedTransformerEncoder, a
@@ -233,7 +238,7 @@ def _smaller_layer(hl: HeadLayer, removed_units: list[int]):
     owner = hl.owner
     kept_units = [u for u in range(hl.units) if u not in set(removed_units)]
     if decoders.is_decoder(owner):  # grouped-query attention: whole groups, the head size kept
-        return decoders.smaller(owner, hl.heads_of(kept_units), kept_units)
+        return decoders.smaller(owner, *hl.kept_heads(kept_units))
     config = owner.get_config()
     config["num_heads"] = len(hl.heads_of(kept_units))
     if owner is hl.layer:
@@ -261,7 +266,7 @@ def shrink(model, layers: list[HeadLayer], removed: dict[str, list[int]]):
         gone = removed.get(hl.path, [])
         if not gone or hl.shrink_blocker is not None:
             continue
-        new, values = _smaller_layer(hl, gone)
+        new, values = smaller_layer(hl, gone)
         swaps.append((hl.owner, new, values))
     if not swaps:
         return model
@@ -282,13 +287,13 @@ def heads_per_layer(model) -> dict[str, dict]:
 
     out = {}
     for hl in find(model):
-        o = next(p for p in hl.parts if p.axis == 0 and len(p.variable.shape) == 3)
-        arr = np.moveaxis(np.asarray(o.variable), 0, 0).reshape(hl.num_heads, -1)
+        o = hl.output_kernel
+        arr = np.asarray(o).reshape(hl.num_heads, -1)
         out[hl.path] = {
             "class": type(hl.layer).__name__,
             "heads": hl.num_heads,
             "kv_heads": hl.num_kv_heads,
-            "head_dim": int(o.variable.shape[1]),
+            "head_dim": int(o.shape[1]),
             "live_heads": int(np.count_nonzero(np.any(arr != 0, axis=1))),
         }
     return out
@@ -338,7 +343,7 @@ def run_heads(model, targets, config, *, data=None, loss_fn=None, sample_x=None,
 
     say = progress or (lambda _m: None)
     notes: list[str] = []
-    found = [hl for hl in find(model, targets) if _allowed(hl.path, config)]
+    found = [hl for hl in find(model, targets) if allowed_by_rules(hl.path, config)]
     if not found:
         unread = unread_attention(model)
         why = f" ({', '.join(unread[:3])}: a layout whose heads prunecli does not read)" if unread else ""
@@ -362,7 +367,7 @@ def run_heads(model, targets, config, *, data=None, loss_fn=None, sample_x=None,
     if target is not None:
         section["target"] = target
     kernel_masks = {t.name: masks.get(t.name, np.ones(t.shape, dtype=bool)) for t in targets or []}
-    seq_len = config.seq_len or _model_seq_len(model)
+    seq_len = config.seq_len or model_seq_len(model)
     if seq_len:
         section["seq_len"] = seq_len
         section["attention_macs_before"] = sum(macs_at(model, seq_len).values())
@@ -418,7 +423,7 @@ def _section(found: list[HeadLayer], scores: dict, removed: dict, method: str) -
     }
 
 
-def _model_seq_len(model) -> int | None:
+def model_seq_len(model) -> int | None:
     """The sequence length the model's first input fixes (token ids (batch, seq)), or None."""
     try:
         shape = tuple(model.inputs[0].shape)

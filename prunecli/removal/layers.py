@@ -269,7 +269,7 @@ def score(model, data, task, config, progress, candidates: list[Candidate]) -> s
     base = mean_loss(model, sample, loss)
     for i, cand in enumerate(candidates):
         progress(f"scoring layer candidate {i + 1}/{len(candidates)}: {cand.name}")
-        cand.score = mean_loss(_without(model, [cand]), sample, loss) - base
+        cand.score = mean_loss(bypassed(model, [cand]), sample, loss) - base
     return "loss increase on --data when bypassed"
 
 
@@ -283,6 +283,15 @@ def choose(candidates: list[Candidate], config, notes: list) -> list[Candidate]:
     wanted = config.remove_layers
     if wanted is None:
         wanted, _held = policy.removal_count(len(candidates), config.effective_sparsity, keep=0)
+    chosen = lowest_first(candidates, wanted)
+    if len(chosen) < wanted:
+        notes.append(f"asked to remove {wanted} layers/blocks; only {len(chosen)} non-overlapping candidates exist")
+    return chosen
+
+
+def lowest_first(candidates: list[Candidate], wanted: int) -> list[Candidate]:
+    """Up to `wanted` candidates, lowest score first (larger removals first on ties), never two that
+    overlap: the order -g layer removes in, and -g transformer's blocks (removal/split.py)."""
     chosen: list[Candidate] = []
     taken: set = set()
     for cand in sorted(candidates, key=lambda k: (k.score, -k.params, k.name)):
@@ -292,25 +301,29 @@ def choose(candidates: list[Candidate], config, notes: list) -> list[Candidate]:
             continue
         chosen.append(cand)
         taken |= cand.nodes
-    if len(chosen) < wanted:
-        notes.append(f"asked to remove {wanted} layers/blocks; only {len(chosen)} non-overlapping candidates exist")
     return chosen
 
 
-def _without(model, chosen: list[Candidate]):
-    """The model with the chosen candidates bypassed, sharing the remaining layers with `model` (for
-    scoring); a model holding KerasHub decoder blocks is rebuilt around them (structure/decoders.py),
-    its task (a CausalLM) around the rebuilt backbone."""
-    from prunecli.structure import decoders
-
+def graph_changes(chosen: list[Candidate]) -> dict:
+    """structure/rebuild.rebuild's skip, bypass and alias that take the chosen candidates out."""
     skip, bypass, alias = set(), {}, {}
     for cand in chosen:
         skip |= cand.skip
         bypass.update(cand.bypass)
         alias.update(cand.alias)
+    return {"skip": skip, "bypass": bypass, "alias": alias}
+
+
+def bypassed(model, chosen: list[Candidate]):
+    """The model with the chosen candidates bypassed, sharing the remaining layers with `model` (for
+    scoring); a model holding KerasHub decoder blocks is rebuilt around them (structure/decoders.py),
+    its task (a CausalLM) around the rebuilt backbone."""
+    from prunecli.structure import decoders
+
+    changes = graph_changes(chosen)
     if decoders.blocks(model):
-        return decoders.rebuild_with(model, decoders.swaps_for(model), skip=skip, bypass=bypass, alias=alias)
-    return rebuild(model, skip=skip, bypass=bypass, alias=alias)
+        return decoders.rebuild_with(model, decoders.swaps_for(model), **changes)
+    return rebuild(model, **changes)
 
 
 def remove(model, chosen: list[Candidate]):
@@ -318,7 +331,7 @@ def remove(model, chosen: list[Candidate]):
     (KerasHub decoder blocks rebuilt as prunecli's, which save: structure/decoders.py)."""
     from prunecli.structure import decoders
 
-    smaller = _without(model, chosen)
+    smaller = bypassed(model, chosen)
     return smaller if decoders.blocks(model) else detach(smaller)
 
 
@@ -332,7 +345,7 @@ def _why_none(model) -> str:
         inner = hub[0]
         return (
             f"{type(inner).__name__} is one node of {model.name}'s graph, and prunecli takes whole blocks out of "
-            "KerasHub's Llama, Mistral, Qwen and Qwen3 decoders and of functional models only"
+            "KerasHub's Llama, Mistral, Qwen, Qwen3 and Gemma decoders and of functional models only"
         )
     return "no residual branch or shape-preserving layer"
 

@@ -2,9 +2,9 @@
 decoder blocks, -g hidden): per-unit scores read from every slice a unit owns, and the step's
 StepResult.
 
-A unit here is one index along an axis of several variables at once (a SwiGLU unit: a gate column, an
-up column, a down row; a residual channel: a slice of every projection, norm and the embedding), given
-as `slices`, a list of (variable, axis).
+A unit here is one index along an axis of several variables at once (a gated feed-forward unit: a gate
+column, an up column, a down row; a residual channel: a slice of every projection, norm and the
+embedding), given as `slices`, a list of (variable, axis).
 """
 
 from __future__ import annotations
@@ -131,6 +131,23 @@ def counted_at_length(model, config, what: str, fixed_len: int | None = None) ->
     return int(seq_len), int(dense)
 
 
+BISECTION_STEPS = 40  # halvings of [0, 1]: far finer than one unit of any layer
+
+
+def sparsity_for(removed: Callable[[float], int], amount: int, reach: bool) -> float:
+    """The sparsity whose removed count `removed(sparsity)` (a step's own selection, floors included,
+    so it only grows with the sparsity) is the nearest to `amount`: with `reach`, the smallest that
+    removes at least `amount` (1.0 when none does); without, the largest that removes at most it."""
+    low, high = 0.0, 1.0
+    for _ in range(BISECTION_STEPS):
+        mid = (low + high) / 2
+        if (removed(mid) >= amount) if reach else (removed(mid) > amount):
+            high = mid
+        else:
+            low = mid
+    return high if reach else low
+
+
 def fit_target(config, dense: int, removed: Callable[[float], int], what: str, kinds: tuple[str, ...] = ("params",)):
     """(--sparsity for this step, the report's `target` section) for `--target params=F` (or flops=F
     where `kinds` allows it): the smallest sparsity whose removed units leave at most F of the dense
@@ -151,13 +168,7 @@ def fit_target(config, dense: int, removed: Callable[[float], int], what: str, k
             f"--target {spec} cannot be met: with every one of {what} the floors allow removed, "
             f"{least / dense:.3f} of the {counted} stay"
         )
-    low, high = 0.0, 1.0
-    for _ in range(40):
-        mid = (low + high) / 2
-        if dense - removed(mid) <= goal:
-            high = mid
-        else:
-            low = mid
+    high = sparsity_for(removed, dense - goal, reach=True)
     predicted = dense - removed(high)
     section = {
         "kind": spec.kind,

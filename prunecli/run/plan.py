@@ -147,6 +147,7 @@ def make_plan(config, progress=None) -> dict[str, Any]:
         "layer_pruning",
         "heads",
         "hidden",
+        "transformer_split",
         "target",
     ):
         if key in state.sections:
@@ -221,6 +222,9 @@ def _render_target(section: dict, console) -> None:
     if "layers" in section:
         kept = ", ".join(f"{name} {v['before']}->{v['after']}" for name, v in section["layers"].items())
         console.print(f"target {section['kind']}={section['requested']:g}: channels kept per layer: {kept}")
+    elif "split" in section:  # -g transformer: the split of the removal across the axes, searched or default
+        shares = ", ".join(f"{axis} {share:g}" for axis, share in section["split"].items())
+        console.print(f"target {section['kind']}={section['requested']:g}: {section['allocated']} removed ({shares})")
     else:  # a unit step (KerasHub decoders) met the target with one sparsity: its own section lists the units
         console.print(
             f"target {section['kind']}={section['requested']:g}: {section['allocated']} removed at sparsity"

@@ -1,38 +1,56 @@
-"""KerasHub decoder blocks (Llama, Mistral, Qwen, Qwen3): their grouped-query heads and SwiGLU units, rebuilt smaller.
+"""KerasHub decoder blocks (Llama, Mistral, Qwen, Qwen3, Gemma): their grouped-query heads and gated
+feed-forward units, rebuilt smaller.
 
-One block is `x + attn(norm(x))`, then `x + down(silu(gate(norm(x))) * up(norm(x)))`, all inside one
-Keras layer (LlamaTransformerDecoder...), so the functional graph sees one node per block and the
-channel graph cannot slice what is inside. This module reads the block (through keras_graph, the one
-adapter for private attributes) and rebuilds it with fewer heads and fewer feed-forward units:
+One block is `x + attn(norm(x))`, then `x + down(act(gate(norm(x))) * up(norm(x)))`, all inside one
+Keras layer (LlamaTransformerDecoder, GemmaDecoderBlock...), so the functional graph sees one node per
+block and the channel graph cannot slice what is inside. This module reads the block (through
+keras_graph, the one adapter for private attributes: it knows where each family keeps its attention,
+projections and norms, and reads where a projection kernel holds its heads from its einsum equation)
+and rebuilds it with fewer heads and fewer feed-forward units. FAMILIES holds what else differs between
+families: the causal LM around the backbone, the blocks' call arguments, Gemma's scaled embedding and
+its config's intermediate_dim (both gates: twice the units).
 
 - Heads. Grouped-query attention shares key/value head k between the query heads k*G ... k*G+G-1
   (KerasHub repeats each key/value head G times). Removing whole groups keeps that mapping, so the
   block is rebuilt with num_query_heads = G * kept groups and num_key_value_heads = kept groups, the
-  kept slices of q/k/v (and Qwen's q/k/v biases) and of the output projection, in order.
+  kept slices of q/k/v (and Qwen's q/k/v biases) and of the output projection, in order. With one
+  key/value head (multi-query attention, Gemma 2B) any query heads can go alone: the key/value head
+  stays, and the block is rebuilt with the kept query heads around it (transformer.HeadLayer says
+  which unit each layout scores). Llama's q/k/v kernels are (hidden, heads, head_dim), Gemma's
+  (heads, hidden, head_dim); both take the output projection as (heads, head_dim, hidden).
 - Head size. Llama's and Qwen's attention compute head_dim = hidden_dim // num_query_heads when they
   build, which a block with fewer heads would change. The rebuilt block is a registered subclass
   (PrunedLlamaTransformerDecoder, PrunedQwenTransformerDecoder) whose config carries `head_dim`; its
   attention is the family's own class with the projections rebuilt at that size (so `call`, RoPE,
-  masks and the decoding cache stay KerasHub's). Mistral's and Qwen3's attention take `head_dim` already
-  (Qwen3's query/key norms act over one head's dimensions, so they are kept whole).
-- SwiGLU units. Unit j is gate column j, up column j and down row j: its contribution to the output is
-  silu(x.gate_j) * (x.up_j) * down_j, exactly zero when any of the three slices is zero (silu(0) = 0),
-  so masking a unit in any of them and deleting it compute the same function.
+  masks and the decoding cache stay KerasHub's). Mistral's, Qwen3's and Gemma's blocks take `head_dim`
+  already (Qwen3's query/key norms act over one head's dimensions, so they are kept whole; Gemma's block
+  always has its attention scale scores by 1/sqrt(head_dim), not by the hidden size per query head).
+- Feed-forward units. Unit j is gate column j, up column j and down row j: its contribution to the
+  output is act(x.gate_j) * (x.up_j) * down_j, with act SiLU (SwiGLU: Llama, Mistral, Qwen) or
+  tanh-approximated GeLU (GeGLU: Gemma's gating_ffw; gating_ffw_2 is its up projection), exactly zero
+  when any of the three slices is zero (silu(0) = gelu(0) = 0), so masking a unit in any of them and
+  deleting it compute the same function.
 - Hidden channels. Channel c of the residual stream is the token embedding's column c and its slice of
   every norm, projection and the final norm (stream_slices); `narrower` rebuilds the whole model with
-  fewer of them, each RMSNorm's scale and epsilon corrected for the channels it no longer averages over.
+  fewer of them, each RMSNorm's scale and epsilon corrected for the channels it no longer averages over
+  (Gemma's multiply by 1 + scale, Gemma 2's options add norms after attention and the feed-forward
+  network: the same correction on 1 + scale), and Gemma's sqrt(hidden_dim) embedding factor kept at the
+  dense model's.
 
 Every decoder block of a rebuilt model becomes a Pruned* block, changed or not: KerasHub 0.32's
 LlamaTransformerDecoder.get_config reads an attribute it never sets (rope_scaling_factor) and Qwen's
 leaves out its sliding-window settings, so a plain functional model holding them could not be saved;
-the Pruned* classes write their config from their constructor's own arguments.
+the Pruned* classes write their config from their constructor's own arguments (`own_config`). Gemma's
+RMSNormalization has no get_config, and Keras cannot make one for it once it was built with a dtype
+policy object (as GemmaBackbone and loading do), so a rebuilt model's final norm becomes
+PrunedRMSNormalization, configured the same way; the norms inside a block are the block's own.
 
-A backbone comes back as a plain functional model. A causal LM (LlamaCausalLM... around its backbone)
-comes back as one, so `generate()` keeps working: PrunedLlamaCausalLM... around a
+A backbone comes back as a plain functional model. A causal LM (LlamaCausalLM, GemmaCausalLM... around
+its backbone) comes back as one, so `generate()` keeps working: PrunedLlamaCausalLM... around a
 PrunedDecoderBackbone, which takes its layers as they are (blocks may differ in heads and units, as
-a global selection leaves them). KerasHub's task sizes its key/value cache from the backbone's
-num_key_value_heads and hidden_dim // num_query_heads, one for all blocks; the Pruned* task sizes it
-for the widest block at the kept head size and hands each block the heads it has.
+a global selection leaves them) and wires them as the family's backbone does. KerasHub's task sizes its
+key/value cache from the backbone's num_key_value_heads and head size, one for all blocks; the Pruned*
+task sizes it for the widest block at the kept head size and hands each block the heads it has.
 """
 
 from __future__ import annotations
@@ -45,20 +63,47 @@ from typing import Any
 from prunecli.errors import InputError
 from prunecli.structure import keras_graph
 
-# KerasHub decoder blocks with grouped-query attention and a SwiGLU feed-forward network, by class name
-# (the module keras_hub defines each in)
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between KerasHub's decoder families around the block (keras_graph finds the block's
+    own parts, and reads the head axis of each projection from its equation)."""
+
+    module: str  # the module keras_hub defines the block class in
+    causal_lm: str  # the task class around its backbone
+    # the block's call arguments: the padding mask, its key/value cache, the cache position it updates
+    padding_mask: str = "decoder_padding_mask"
+    cache: str = "self_attention_cache"
+    cache_index: str = "self_attention_cache_update_index"
+    scaled_embedding: bool = False  # the backbone multiplies the token embedding by sqrt(hidden_dim)
+    intermediate_per_unit: int = 1  # the block config's intermediate_dim per feed-forward unit
+    norm: str | None = None  # "module.Class" of the family's RMSNorm when that class has no get_config
+
+
+# KerasHub decoder blocks with grouped-query attention and a gated feed-forward network, by class name
 FAMILIES = {
-    "LlamaTransformerDecoder": "keras_hub.src.models.llama.llama_decoder",
-    "MistralTransformerDecoder": "keras_hub.src.models.mistral.mistral_transformer_decoder",
-    "QwenTransformerDecoder": "keras_hub.src.models.qwen.qwen_decoder",
-    "Qwen3TransformerDecoder": "keras_hub.src.models.qwen3.qwen3_decoder",
+    "LlamaTransformerDecoder": Family("keras_hub.src.models.llama.llama_decoder", "LlamaCausalLM"),
+    "MistralTransformerDecoder": Family("keras_hub.src.models.mistral.mistral_transformer_decoder", "MistralCausalLM"),
+    "QwenTransformerDecoder": Family("keras_hub.src.models.qwen.qwen_decoder", "QwenCausalLM"),
+    "Qwen3TransformerDecoder": Family("keras_hub.src.models.qwen3.qwen3_decoder", "Qwen3CausalLM"),
+    "GemmaDecoderBlock": Family(
+        "keras_hub.src.models.gemma.gemma_decoder_block",
+        "GemmaCausalLM",
+        padding_mask="padding_mask",
+        cache="cache",
+        cache_index="cache_update_index",
+        scaled_embedding=True,
+        intermediate_per_unit=2,  # its gate and up projections have intermediate_dim // 2 units each
+        norm="keras_hub.src.models.gemma.rms_normalization.RMSNormalization",
+    ),
 }
 # KerasHub causal LMs around such a backbone: token_embedding, transformer_layers, layer_norm, one cache
-CAUSAL_LMS = ("LlamaCausalLM", "MistralCausalLM", "QwenCausalLM", "Qwen3CausalLM")
+CAUSAL_LMS = tuple(f.causal_lm for f in FAMILIES.values())
+_NORMS = tuple(f.norm.rsplit(".", 1)[1] for f in FAMILIES.values() if f.norm)
 # how a saved model names prunecli's classes
-CLASS_NAMES = tuple(f"Pruned{name}" for name in (*FAMILIES, *CAUSAL_LMS)) + ("PrunedDecoderBackbone",)
+CLASS_NAMES = tuple(f"Pruned{name}" for name in (*FAMILIES, *CAUSAL_LMS, *_NORMS)) + ("PrunedDecoderBackbone",)
 
-_CLASSES: dict[str, Any] = {}  # family or task name -> prunecli's registered subclass; "backbone"
+_CLASSES: dict[str, Any] = {}  # KerasHub class name -> prunecli's registered subclass; "backbone"
 _ATTENTION: dict[type, type] = {}  # KerasHub attention class -> its subclass with a fixed head size
 
 
@@ -70,8 +115,13 @@ def family(layer) -> str | None:
     return None
 
 
-def _family_class(layer):
-    return next(cls for cls in type(layer).__mro__ if cls.__name__ in FAMILIES)
+def _hub_class(layer):
+    """The KerasHub class a layer is: its own, or the one prunecli's subclass extends."""
+    return next(cls for cls in type(layer).__mro__ if cls.__module__ != __name__)
+
+
+def _family_of(block) -> Family:
+    return FAMILIES[family(block)]
 
 
 def is_decoder(layer) -> bool:
@@ -120,7 +170,7 @@ def shrink_blocker(block) -> str | None:
 
 @dataclass
 class Ffn:
-    """The SwiGLU feed-forward network of one decoder block: unit j is gate[:, j], up[:, j], down[j, :]."""
+    """The gated feed-forward network of one decoder block: unit j is gate[:, j], up[:, j], down[j, :]."""
 
     path: str  # the block's name (in a causal LM: "backbone name/block name", as targets name it)
     block: Any
@@ -138,7 +188,7 @@ class Ffn:
 
 
 def ffns(model) -> list[Ffn]:
-    """The SwiGLU networks of the model's decoder blocks, in order."""
+    """The gated feed-forward networks of the model's decoder blocks, in order."""
     inner = host(model)
     prefix = "" if inner is None or inner is model else f"{inner.name}/"
     found = []
@@ -206,16 +256,18 @@ def _own_arguments(cls, obj, skip=()) -> dict[str, Any]:
     return out
 
 
-def block_config(block) -> dict[str, Any]:
-    """A decoder block's config from its constructor's arguments (KerasHub's own get_config of these
-    blocks is broken or incomplete, see the module docstring), plus `head_dim` on prunecli's blocks."""
+def own_config(layer) -> dict[str, Any]:
+    """A KerasHub layer's config from its class's constructor arguments, as the layer holds them:
+    KerasHub's own get_config of some decoder blocks is broken or incomplete, and Gemma's RMSNormalization
+    has none (see the module docstring)."""
     import keras
 
-    config = keras.layers.Layer.get_config(block)  # name, trainable, dtype
-    values = _own_arguments(_family_class(block), block)
-    if getattr(block, "head_dim", None) is not None:
-        values["head_dim"] = block.head_dim
-    for name, value in values.items():
+    config = {
+        "name": layer.name,
+        "trainable": layer.trainable,
+        "dtype": keras.dtype_policies.serialize(layer.dtype_policy),
+    }
+    for name, value in _own_arguments(_hub_class(layer), layer).items():
         if isinstance(value, keras.initializers.Initializer):
             value = keras.initializers.serialize(value)
         elif callable(value):
@@ -224,7 +276,14 @@ def block_config(block) -> dict[str, Any]:
     return config
 
 
-class _PrunedDecoder:
+class _OwnConfig:
+    """Mixed into a KerasHub layer class: its config is `own_config`."""
+
+    def get_config(self):
+        return own_config(self)
+
+
+class _PrunedDecoder(_OwnConfig):
     """Mixed into a KerasHub decoder class: the block with `head_dim` in its config. Families whose
     attention derives the head size (_native_head_dim False) get their attention rebuilt at it."""
 
@@ -252,7 +311,7 @@ class _PrunedDecoder:
         self._self_attention_layer = new
 
     def get_config(self):
-        return block_config(self)
+        return {**own_config(self), "head_dim": self.head_dim}
 
 
 class _PrunedCausalLM:
@@ -272,13 +331,12 @@ class _PrunedCausalLM:
         from keras import ops
 
         b = self.backbone
-        x = b.token_embedding(token_ids)
+        calls = _family_of(b.transformer_layers[0])
+        x = b.embed(token_ids)
         updated = []
         for i, block in enumerate(b.transformer_layers):
             kv = int(block.num_key_value_heads)
-            x, next_cache = block(
-                x, self_attention_cache=cache[:, i, :, :, :kv, :], self_attention_cache_update_index=cache_update_index
-            )
+            x, next_cache = block(x, **{calls.cache: cache[:, i, :, :, :kv, :], calls.cache_index: cache_update_index})
             if kv < b.num_key_value_heads:
                 next_cache = ops.pad(next_cache, [[0, 0], [0, 0], [0, 0], [0, b.num_key_value_heads - kv], [0, 0]])
             updated.append(next_cache)
@@ -294,21 +352,24 @@ def _backbone_class():
 
     class PrunedDecoderBackbone(Backbone):
         """token_embedding -> transformer_layers (each with the padding mask) -> layer_norm, as
-        LlamaBackbone, MistralBackbone and QwenBackbone wire them, from layers (or their configs): blocks
-        may differ in heads and feed-forward units. Its attributes are what KerasHub's causal LMs read."""
+        LlamaBackbone, MistralBackbone, QwenBackbone and GemmaBackbone wire them (Gemma's scales the
+        embedding), from layers (or their configs): blocks may differ in heads and feed-forward units. Its
+        attributes are what KerasHub's causal LMs read."""
 
-        def __init__(self, token_embedding, transformer_layers, layer_norm, dtype=None, **kwargs):
+        def __init__(self, token_embedding, transformer_layers, layer_norm, embedding_scale=None, dtype=None, **kwargs):
             def layer(value):
                 return keras.layers.deserialize(value) if isinstance(value, dict) else value
 
             self.token_embedding = layer(token_embedding)
             self.transformer_layers = [layer(v) for v in transformer_layers]
             self.layer_norm = layer(layer_norm)
+            self.embedding_scale = embedding_scale
             token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
             padding_mask = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
-            x = self.token_embedding(token_ids)
+            x = self.embed(token_ids)
+            calls = _family_of(self.transformer_layers[0])
             for block in self.transformer_layers:
-                x = block(x, decoder_padding_mask=padding_mask)
+                x = block(x, **{calls.padding_mask: padding_mask})
             outputs = self.layer_norm(x)
             super().__init__(
                 inputs={"token_ids": token_ids, "padding_mask": padding_mask}, outputs=outputs, dtype=dtype, **kwargs
@@ -323,12 +384,23 @@ def _backbone_class():
                 raise ValueError(f"decoder blocks with different head sizes {sorted(sizes)}")
             self.head_dim = sizes.pop()
 
+        def embed(self, token_ids):
+            """The blocks' input: the token embedding, times `embedding_scale` where the family scales it
+            (Gemma: sqrt of the dense model's hidden size, which a narrowed residual stream keeps)."""
+            from keras import ops
+
+            x = self.token_embedding(token_ids)
+            if self.embedding_scale is not None:
+                x = x * ops.cast(self.embedding_scale, x.dtype)
+            return x
+
         def get_config(self):
             return {
                 **super().get_config(),
                 "token_embedding": keras.layers.serialize(self.token_embedding),
                 "transformer_layers": [keras.layers.serialize(b) for b in self.transformer_layers],
                 "layer_norm": keras.layers.serialize(self.layer_norm),
+                "embedding_scale": self.embedding_scale,
             }
 
     PrunedDecoderBackbone.__module__ = __name__
@@ -336,9 +408,10 @@ def _backbone_class():
 
 
 def register() -> dict[str, Any]:
-    """Define and register (once) prunecli's decoder classes for the families this keras-hub has:
-    blocks by family name, "backbone", and causal LMs by task name; {} without keras-hub. Loading a
-    model prunecli shrank needs them (transformer.register_for_file)."""
+    """Define and register (once) prunecli's decoder classes for the families this keras-hub has, by the
+    KerasHub class each extends: blocks, causal LMs and norms without a get_config; "backbone" the
+    PrunedDecoderBackbone; {} without keras-hub. Loading a model prunecli shrank needs them
+    (transformer.register_for_file)."""
     if _CLASSES:
         return _CLASSES
     try:
@@ -347,37 +420,35 @@ def register() -> dict[str, Any]:
         return {}
     import importlib
 
+    def hub_class(module: str, name: str):
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            return None
+
+    def subclass(base, mixin, doc: str, **attributes) -> None:
+        cls = type(f"Pruned{base.__name__}", (mixin, base), {"__doc__": doc, "__module__": __name__, **attributes})
+        _CLASSES[base.__name__] = keras.saving.register_keras_serializable(package="prunecli", name=cls.__name__)(cls)
+
     import keras
 
     _CLASSES["backbone"] = _backbone_class()
-    for name in CAUSAL_LMS:
-        base = getattr(keras_hub.models, name, None)
-        if base is None:
-            continue
-        cls = type(
-            f"Pruned{name}",
-            (_PrunedCausalLM, base),
-            {"__doc__": f"keras_hub's {name} around a PrunedDecoderBackbone.", "__module__": __name__},
-        )
-        _CLASSES[name] = keras.saving.register_keras_serializable(package="prunecli", name=f"Pruned{name}")(cls)
-
-    for name, module in FAMILIES.items():
-        try:
-            base = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            continue
-        native = "head_dim" in inspect.signature(base.__init__).parameters
-        cls = type(
-            f"Pruned{name}",
-            (_PrunedDecoder, base),
-            {
-                "__doc__": f"keras_hub's {name} with `head_dim` in its config, rebuilt by prunecli with fewer "
-                "heads or feed-forward units.",
-                "_native_head_dim": native,
-                "__module__": __name__,
-            },
-        )
-        _CLASSES[name] = keras.saving.register_keras_serializable(package="prunecli", name=f"Pruned{name}")(cls)
+    for name, fam in FAMILIES.items():
+        task = getattr(keras_hub.models, fam.causal_lm, None)
+        if task is not None:
+            subclass(task, _PrunedCausalLM, f"keras_hub's {task.__name__} around a PrunedDecoderBackbone.")
+        norm = hub_class(*fam.norm.rsplit(".", 1)) if fam.norm else None
+        if norm is not None:
+            subclass(norm, _OwnConfig, f"keras_hub's {norm.__name__} with a config, so a model holding it saves.")
+        block = hub_class(fam.module, name)
+        if block is not None:
+            subclass(
+                block,
+                _PrunedDecoder,
+                f"keras_hub's {name} with `head_dim` in its config, rebuilt by prunecli with fewer heads or "
+                "feed-forward units.",
+                _native_head_dim="head_dim" in inspect.signature(block.__init__).parameters,
+            )
     return _CLASSES
 
 
@@ -391,12 +462,13 @@ def head_size(block) -> int:
 
 
 def smaller(block, q_heads=None, kv_heads=None, units=None):
-    """(prunecli's block with only these query heads, key/value heads and SwiGLU units, in this order;
-    its weights by variable path, assigned once the rebuilt graph has built it). None keeps them all.
+    """(prunecli's block with only these query heads, key/value heads and feed-forward units, in this
+    order; its weights by variable path, assigned once the rebuilt graph has built it). None keeps them all.
 
     `q_heads` must be the query heads of `kv_heads`, group by group: key/value head k serves the G
     query heads k*G ... k*G+G-1, and the rebuilt block repeats its new head i for its new heads
-    i*G ... i*G+G-1."""
+    i*G ... i*G+G-1. A block with one key/value head (multi-query attention) keeps it and any of its
+    query heads."""
     import numpy as np
 
     classes = register()
@@ -407,8 +479,10 @@ def smaller(block, q_heads=None, kv_heads=None, units=None):
     heads, kv = keras_graph.grouped_head_counts(attn)
     group = heads // kv
     kv_heads = list(range(kv)) if kv_heads is None else [int(k) for k in kv_heads]
-    q_heads = [k * group + g for k in kv_heads for g in range(group)] if q_heads is None else list(q_heads)
-    if [int(h) for h in q_heads] != [k * group + g for k in kv_heads for g in range(group)]:
+    groups = [k * group + g for k in kv_heads for g in range(group)]
+    q_heads = groups if q_heads is None else [int(h) for h in q_heads]
+    shared = kv == 1 and kv_heads == [0] and q_heads == sorted(set(q_heads)) and set(q_heads) <= set(groups)
+    if not q_heads or (q_heads != groups and not shared):
         raise ValueError(f"{block.name}: query heads {q_heads} are not the groups of key/value heads {kv_heads}")
     gate, up, down = keras_graph.hub_swiglu(block)
     units = list(range(int(gate.kernel.shape[-1]))) if units is None else [int(u) for u in units]
@@ -421,15 +495,15 @@ def smaller(block, q_heads=None, kv_heads=None, units=None):
             cut[id(bias)] = (b_axis, keep)
     for dense, axis in ((gate, 1), (up, 1), (down, 0)):
         cut[id(dense.kernel)] = (axis, units)
-    for dense in (gate, up):  # a SwiGLU with biases: theirs follow the unit
+    for dense in (gate, up):  # a gated network with biases: theirs follow the unit
         if getattr(dense, "bias", None) is not None:
             cut[id(dense.bias)] = (0, units)
-    config = block_config(block)
+    config = own_config(block)
     config.update(
         num_query_heads=len(q_heads),
         num_key_value_heads=len(kv_heads),
         head_dim=head_size(block),
-        intermediate_dim=len(units),
+        intermediate_dim=len(units) * _family_of(block).intermediate_per_unit,
     )
     new = classes[family(block)].from_config(config)
     values = {}
@@ -444,7 +518,7 @@ def smaller(block, q_heads=None, kv_heads=None, units=None):
 
 def swaps_for(model, heads: dict | None = None, units: dict | None = None, skip=()) -> list[tuple]:
     """[(block, smaller block, its weights)] for every decoder block of the model but those whose id()
-    is in `skip`: the kept query and key/value heads `heads[id(block)] = (q_heads, kv_heads)` and SwiGLU
+    is in `skip`: the kept query and key/value heads `heads[id(block)] = (q_heads, kv_heads)` and feed-forward
     units `units[id(block)]`; a block named in neither is rebuilt whole (so the model saves, see the
     module docstring)."""
     heads, units = heads or {}, units or {}
@@ -467,10 +541,24 @@ def rebuild_with(model, swaps: list[tuple], **changes):
     inner = host(model)
     if inner is not None and inner is not model:
         return _rebuilt_task(model, inner, swaps, _dropped_blocks(model, inner, changes))
+    swaps = swaps + _norm_swaps(model, {id(old) for old, _new, _values in swaps})
     rebuilt = graph_rebuild.rebuild(model, replace={id(old): new for old, new, _values in swaps}, **changes)
     present = {id(layer) for layer in keras_graph.children(rebuilt)}
     _fill([(new, values) for _old, new, values in swaps if id(new) in present])
     return graph_rebuild.detach(rebuilt)
+
+
+def _norm_swaps(model, swapped: set[int]) -> list[tuple]:
+    """(norm, prunecli's copy, its weights) for each of the model's own layers that is a KerasHub norm
+    without get_config (Gemma's final RMSNormalization) and not swapped already: without the copy, the
+    rebuilt model could not be saved."""
+    import numpy as np
+
+    return [
+        (layer, _fresh_copy(layer), {str(w.path): np.asarray(w) for w in layer.weights})
+        for layer in keras_graph.children(model)
+        if id(layer) not in swapped and type(layer).__module__ != __name__ and _hub_class(layer).__name__ in _NORMS
+    ]
 
 
 def _dropped_blocks(model, backbone, changes: dict) -> set[int]:
@@ -509,6 +597,13 @@ def _task_class(model):
     return None
 
 
+def _fresh_copy(layer):
+    """A new layer like `layer`, unbuilt: prunecli's subclass of its KerasHub class where there is one
+    (Gemma's RMSNormalization, which has no get_config), so the rebuilt model saves."""
+    ours = register().get(_hub_class(layer).__name__)
+    return type(layer).from_config(layer.get_config()) if ours is None else ours.from_config(own_config(layer))
+
+
 def _rebuilt_task(model, backbone, swaps: list[tuple], dropped: set[int] = frozenset()):
     """The causal LM `model` around a PrunedDecoderBackbone of the swapped blocks but the `dropped`
     ones, with fresh copies of the backbone's embedding and final norm (weights copied), and the
@@ -527,11 +622,12 @@ def _rebuilt_task(model, backbone, swaps: list[tuple], dropped: set[int] = froze
     if any(id(b) not in by_old for b in order):
         raise InputError(f"{type(model).__name__}: every decoder block must be rebuilt at once")
     ends = (backbone.token_embedding, backbone.layer_norm)  # swapped when the residual stream narrows
-    copies = [by_old[id(lay)][0] if id(lay) in by_old else type(lay).from_config(lay.get_config()) for lay in ends]
+    copies = [by_old[id(lay)][0] if id(lay) in by_old else _fresh_copy(lay) for lay in ends]
     new_backbone = register()["backbone"](
         token_embedding=copies[0],
         transformer_layers=[by_old[id(b)][0] for b in order],
         layer_norm=copies[1],
+        embedding_scale=_embedding_scale(backbone),
         dtype=backbone.dtype_policy,
         name=backbone.name,
     )
@@ -542,32 +638,55 @@ def _rebuilt_task(model, backbone, swaps: list[tuple], dropped: set[int] = froze
     return task_cls(backbone=new_backbone, preprocessor=getattr(model, "preprocessor", None), name=model.name)
 
 
+def _embedding_scale(backbone) -> float | None:
+    """What the backbone multiplies its token embedding by, or None: Gemma's sqrt(hidden_dim) of the
+    dense model (a PrunedDecoderBackbone holds it, narrowed or not)."""
+    if getattr(backbone, "embedding_scale", None) is not None:
+        return float(backbone.embedding_scale)
+    own = _own_blocks(backbone)
+    return math.sqrt(int(backbone.hidden_dim)) if own and _family_of(own[0]).scaled_embedding else None
+
+
 # ---------------------------------------------------------------------------------------------------
 # The residual stream (hidden channels)
 
-# KerasHub's RMSNorms over the residual stream: x * rsqrt(mean(x^2) + epsilon) * scale, all three alike
-# (Gemma's (1 + scale) would need another correction: not listed)
-RMS_NORMS = ("LlamaLayerNorm", "MistralLayerNormalization", "QwenLayerNorm", "Qwen3LayerNorm")
+# KerasHub's RMSNorms over the residual stream, x * rsqrt(mean(x^2) + epsilon) * (offset + scale), by
+# class name: offset 0 (Llama, Mistral, Qwen, Qwen3), or 1 (Gemma's, whose scale starts at zero), by
+# "module.Class" (its class name is Keras' own RMSNormalization's, which has no offset)
+RMS_NORMS = {"LlamaLayerNorm": 0.0, "MistralLayerNormalization": 0.0, "QwenLayerNorm": 0.0, "Qwen3LayerNorm": 0.0}
+OFFSET_RMS_NORMS = {"keras_hub.src.models.gemma.rms_normalization.RMSNormalization": 1.0}
 
 
-def _is_rms_norm(layer) -> bool:
-    return any(cls.__name__ in RMS_NORMS for cls in type(layer).__mro__)
+def _norm_offset(layer) -> float | None:
+    """The offset a residual-stream RMSNorm adds to its scale (0 or 1), or None for any other layer."""
+    for cls in type(layer).__mro__:
+        if cls.__name__ in RMS_NORMS:
+            return RMS_NORMS[cls.__name__]
+        if f"{cls.__module__}.{cls.__name__}" in OFFSET_RMS_NORMS:
+            return OFFSET_RMS_NORMS[f"{cls.__module__}.{cls.__name__}"]
+    return None
+
+
+def _norm_names() -> str:
+    return ", ".join([*RMS_NORMS, *(path.rsplit(".", 3)[-3] + " RMSNormalization" for path in OFFSET_RMS_NORMS)])
 
 
 def residual_norms(block) -> list:
-    """The block's two RMSNorms over the residual stream (before attention, before the feed-forward network)."""
-    return keras_graph.hub_block_norms(block)
+    """The block's RMSNorms over the residual stream: before attention and before the feed-forward
+    network, and Gemma 2's after each where the block has them."""
+    return keras_graph.hub_block_norms(block) + keras_graph.hub_block_post_norms(block)
 
 
 def residual_slices(block) -> list[tuple[Any, int]]:
     """(variable, channel axis) of everything in a decoder block indexed by residual channel c: the two
-    norm scales, the q/k/v kernels' input rows, the attention output kernel's last axis (and a bias over
+    norm scales, the q/k/v kernels' model axis (Llama's first, Gemma's second), the attention output kernel's last axis (and a bias over
     it), the gate/up kernels' input rows and the down kernel's columns (and a bias over them). Qwen's
     q/k/v biases run over heads, not channels: they are not listed."""
     out = [(norm.scale, 0) for norm in residual_norms(block)]
     *qkv, (output, *_rest) = keras_graph.attention_projections(attention(block))
-    out += [(sub.kernel, 0) for sub, *_ in qkv]
-    out.append((output.kernel, len(output.kernel.shape) - 1))
+    out += [(sub.kernel, keras_graph.einsum_model_axis(sub, False, 0)) for sub, *_ in qkv]
+    last = len(output.kernel.shape) - 1
+    out.append((output.kernel, keras_graph.einsum_model_axis(output, True, last)))
     gate, up, down = keras_graph.hub_swiglu(block)
     out += [(gate.kernel, 0), (up.kernel, 0), (down.kernel, 1)]
     for dense in (output, down):
@@ -584,18 +703,19 @@ def stream_ends(model) -> tuple[Any, Any]:
 
     inner = host(model)
     if inner is None:
-        raise InputError(f"{model.name}: no KerasHub decoder blocks (Llama, Mistral, Qwen, Qwen3) to narrow")
+        raise InputError(f"{model.name}: no KerasHub decoder blocks (Llama, Mistral, Qwen, Qwen3, Gemma) to narrow")
     others = [
         layer
         for layer in keras_graph.children(inner)
         if not is_decoder(layer) and not isinstance(layer, keras.layers.InputLayer)
     ]
     embeddings = [layer for layer in others if isinstance(layer, keras.layers.Embedding)]
-    norms = [layer for layer in others if _is_rms_norm(layer)]
+    norms = [layer for layer in others if _norm_offset(layer) is not None]
     if len(embeddings) != 1 or len(norms) != 1 or len(others) != 2:
         names = ", ".join(f"{type(layer).__name__} {layer.name!r}" for layer in others)
         raise InputError(
-            f"{inner.name}: the residual stream is not token embedding -> decoder blocks -> RMSNorm ({names})"
+            f"{inner.name}: the residual stream is not token embedding -> decoder blocks -> an RMSNorm whose "
+            f"scale prunecli corrects ({_norm_names()}): {names}"
         )
     return embeddings[0], norms[0]
 
@@ -623,8 +743,8 @@ def narrow_blocker(model) -> str | None:
         blocker = shrink_blocker(block)
         if blocker:
             return blocker
-        if not all(_is_rms_norm(norm) for norm in residual_norms(block)):
-            return f"{block.name!r} does not normalise with {' or '.join(RMS_NORMS)}"
+        if not all(_norm_offset(norm) is not None for norm in residual_norms(block)):
+            return f"{block.name!r} does not normalise with one of {_norm_names()}"
     return None
 
 
@@ -640,8 +760,10 @@ def narrower(model, channels: list[int]):
 
     So each norm of the narrower model (which averages over D' channels) gets scale' = scale sqrt(D/D')
     and epsilon' = epsilon D/D', and computes exactly the same; keeping epsilon would be off by the
-    relative eps (D/D' - 1) / (m' + eps), i.e. equal up to epsilon. The blocks keep their heads, head size
-    and feed-forward units (head_dim is in prunecli's block config; RoPE and the cache read head_dim)."""
+    relative eps (D/D' - 1) / (m' + eps), i.e. equal up to epsilon. Gemma's norms multiply by (1 + scale),
+    so there (1 + scale') = (1 + scale) sqrt(D/D'). The blocks keep their heads, head size and feed-forward
+    units (head_dim is in prunecli's block config; RoPE and the cache read head_dim), and Gemma's token
+    embedding keeps its sqrt(D) factor (PrunedDecoderBackbone's embedding_scale)."""
     import numpy as np
 
     embedding, final = stream_ends(model)
@@ -655,13 +777,15 @@ def narrower(model, channels: list[int]):
         new, values = smaller(block)
         config = new.get_config()
         config["layer_norm_epsilon"] = float(block.layer_norm_epsilon) * factor
+        if "hidden_dim" in config:  # Gemma's block sizes its output projection from it
+            config["hidden_dim"] = len(channels)
         new = type(new).from_config(config)
         axes = {str(var.path): axis for var, axis in residual_slices(block)}
-        scales = {str(norm.scale.path) for norm in residual_norms(block)}
+        offsets = {str(norm.scale.path): _norm_offset(norm) for norm in residual_norms(block)}
         for path, axis in axes.items():
             values[path] = np.take(values[path], channels, axis=axis)
-            if path in scales:
-                values[path] = values[path] * math.sqrt(factor)
+            if path in offsets:
+                values[path] = _corrected_scale(values[path], offsets[path], factor)
         swaps.append((block, new, values))
     config = embedding.get_config()
     config["output_dim"] = len(channels)
@@ -673,6 +797,11 @@ def narrower(model, channels: list[int]):
     swaps.append((embedding, type(embedding).from_config(config), values))
     config = final.get_config()
     config["epsilon"] = float(final.epsilon) * factor
-    scale = np.take(np.asarray(final.scale), channels) * math.sqrt(factor)
+    scale = _corrected_scale(np.take(np.asarray(final.scale), channels), _norm_offset(final), factor)
     swaps.append((final, type(final).from_config(config), {str(final.scale.path): scale}))
     return rebuild_with(model, swaps)
+
+
+def _corrected_scale(scale, offset: float, factor: float):
+    """A narrowed RMSNorm's scale: (offset + scale) sqrt(D/D') - offset (see `narrower`)."""
+    return (offset + scale) * math.sqrt(factor) - offset

@@ -12,6 +12,7 @@ A *node* is one call of a layer or Keras operation: `node.operation`, `node.inpu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 TensorKey = tuple[int, int, int]  # (id(operation), node index, output index): one tensor of the graph
@@ -196,6 +197,9 @@ def attention_parts(layer) -> tuple[int, int, int, list]:
 # How attention layers hold their projections: (attribute names tried in order, role, head axis of
 # the kernel, head axis of the bias). Role "q": indexed by query head; "kv": by key/value head.
 # keras.layers.MultiHeadAttention keeps them private (_query_dense...); KerasHub's layers name them.
+# The kernel's head axis given here is Keras' and Llama's layout ((hidden, heads, head_dim) in,
+# (heads, head_dim, hidden) out); an EinsumDense says where its heads are in its equation (Gemma's
+# q/k/v kernels are (heads, hidden, head_dim)), read by `_einsum_head_axis`.
 ATTENTION_PROJECTIONS = (
     (("_query_dense", "query_dense"), "q", 1, 0),
     (("_key_dense", "key_dense"), "kv", 1, 0),
@@ -208,12 +212,41 @@ def attention_projections(layer) -> list[tuple[Any, str, int, int | None]] | Non
     """[(projection sublayer, role, kernel head axis, bias head axis)] for q, k, v and the output, or
     None when the layer lacks one of them."""
     found = []
-    for names, role, k_axis, b_axis in ATTENTION_PROJECTIONS:
+    for i, (names, role, k_axis, b_axis) in enumerate(ATTENTION_PROJECTIONS):
         sub = next((s for s in (getattr(layer, n, None) for n in names) if s is not None), None)
         if sub is None:
             return None
-        found.append((sub, role, k_axis, b_axis))
+        is_output = i == len(ATTENTION_PROJECTIONS) - 1
+        found.append((sub, role, _einsum_head_axis(sub, is_output, k_axis), b_axis))
     return found
+
+
+def _einsum_head_axis(projection, is_output: bool, default: int) -> int:
+    """The kernel axis holding the heads, read from an EinsumDense's equation: the heads are the
+    second-to-last axis of a q/k/v projection's output ("btd,ndh->btnh": n, kernel axis 0) and of the
+    output projection's input ("btnh,nhd->btd": n, axis 0). `default` for anything else."""
+    equation = str(getattr(projection, "equation", "") or "")
+    if equation.count(",") != 1 or equation.count("->") != 1:
+        return default
+    inputs, output = equation.split("->")
+    given, kernel = inputs.split(",")
+    heads_side = given if is_output else output
+    if len(heads_side) < 2 or heads_side[-2] not in kernel:
+        return default
+    return kernel.index(heads_side[-2])
+
+
+def einsum_model_axis(projection, is_output: bool, default: int) -> int:
+    """The kernel axis over the model's (residual) channels, read from an EinsumDense's equation: the
+    last axis of a q/k/v projection's input ("btd,ndh->btnh": d, kernel axis 1 in Gemma, 0 in Llama's
+    "btd,dnh->btnh") or of the output projection's output. `default` for anything else."""
+    equation = str(getattr(projection, "equation", "") or "")
+    if equation.count(",") != 1 or equation.count("->") != 1:
+        return default
+    inputs, output = equation.split("->")
+    given, kernel = inputs.split(",")
+    channels = (output if is_output else given)[-1:]
+    return kernel.index(channels) if channels and channels in kernel else default
 
 
 def attention_head_count(layer) -> int:
@@ -225,9 +258,43 @@ def attention_key_dim(layer) -> int:
     return int(layer._key_dim)
 
 
+@dataclass(frozen=True)
+class HubBlockParts:
+    """Where a KerasHub Transformer block keeps its parts (attribute names)."""
+
+    attention: str  # the self-attention layer
+    ffn: tuple[str, str, str]  # the gated feed-forward network: activated gate, up, down projections
+    norms: tuple[str, str]  # the norms before attention and before the feed-forward network
+    post_norms: tuple[str, ...] = ()  # norms of the attention and feed-forward outputs, where a block may have them
+
+
+# KerasHub's usual names (TransformerEncoder's attention; Llama, Mistral and Qwen decoders) ...
+HUB_BLOCK_PARTS = HubBlockParts(
+    "_self_attention_layer",
+    ("_feedforward_gate_dense", "_feedforward_intermediate_dense", "_feedforward_output_dense"),
+    ("_self_attention_layernorm", "_feedforward_layernorm"),
+)
+# ... and the blocks that name them otherwise, by class name (a subclass finds its base's entry)
+HUB_BLOCK_PARTS_BY_CLASS = {
+    "GemmaDecoderBlock": HubBlockParts(
+        "attention",
+        ("gating_ffw", "gating_ffw_2", "ffw_linear"),
+        ("pre_attention_norm", "pre_ffw_norm"),
+        ("post_attention_norm", "post_ffw_norm"),  # Gemma 2's options
+    ),
+}
+
+
+def _hub_block_parts(block) -> HubBlockParts:
+    for cls in type(block).__mro__:
+        if cls.__name__ in HUB_BLOCK_PARTS_BY_CLASS:
+            return HUB_BLOCK_PARTS_BY_CLASS[cls.__name__]
+    return HUB_BLOCK_PARTS
+
+
 def hub_self_attention(block):
     """The self-attention layer of a KerasHub Transformer block, or None."""
-    return getattr(block, "_self_attention_layer", None)
+    return getattr(block, _hub_block_parts(block).attention, None)
 
 
 def grouped_head_counts(layer) -> tuple[int, int] | None:
@@ -240,20 +307,24 @@ def grouped_head_counts(layer) -> tuple[int, int] | None:
 
 
 def hub_swiglu(block) -> tuple | None:
-    """(gate, up, down) Dense layers of a KerasHub decoder block's SwiGLU feed-forward network
-    (down(silu(gate(x)) * up(x)), Llama/Mistral/Qwen), or None."""
-    found = (
-        getattr(block, "_feedforward_gate_dense", None),
-        getattr(block, "_feedforward_intermediate_dense", None),
-        getattr(block, "_feedforward_output_dense", None),
-    )
+    """(gate, up, down) projections of a KerasHub decoder block's gated feed-forward network,
+    down(act(gate(x)) * up(x)): SwiGLU in Llama/Mistral/Qwen (Dense), GeGLU in Gemma (EinsumDense,
+    kernels (hidden, units) and (units, hidden) alike); None where one is missing."""
+    found = tuple(getattr(block, name, None) for name in _hub_block_parts(block).ffn)
     return None if any(f is None for f in found) else found
 
 
 def hub_block_norms(block) -> list:
     """The two norms over the residual stream of a KerasHub decoder block (before attention, before the
-    feed-forward network; Llama/Mistral/Qwen name them alike); None where one is missing."""
-    return [getattr(block, "_self_attention_layernorm", None), getattr(block, "_feedforward_layernorm", None)]
+    feed-forward network); None where one is missing."""
+    return [getattr(block, name, None) for name in _hub_block_parts(block).norms]
+
+
+def hub_block_post_norms(block) -> list:
+    """The norms a KerasHub decoder block applies to its attention and feed-forward outputs before
+    adding them to the residual stream (Gemma 2's options), those it has."""
+    found = (getattr(block, name, None) for name in _hub_block_parts(block).post_norms)
+    return [norm for norm in found if norm is not None]
 
 
 def hub_empty_cache(causal_lm, token_ids):

@@ -68,7 +68,8 @@ def rebuild(model, *, skip=(), bypass=None, replace=None, input_shapes=None, ali
 def detach(model):
     """A copy of a rebuilt model with layers of its own, so it saves and trains like a fresh one.
     InputError naming the layer when one cannot describe itself (a layer without get_config, such as
-    KerasHub's Gemma RMSNormalization): such a model could not be saved either."""
+    KerasHub's Gemma RMSNormalization once loaded, which structure/decoders.py swaps for its own where it
+    rebuilds Gemma): such a model could not be saved either."""
     import keras
 
     try:

@@ -32,11 +32,17 @@ class Part:
     variable: Any
     axis: int  # the head axis
     role: str  # "q" (query heads) or "kv" (key/value heads)
+    projection: str  # "query", "key", "value" or "output"
 
 
 @dataclass
 class HeadLayer:
-    """One attention layer whose heads can be pruned."""
+    """One attention layer whose heads can be pruned.
+
+    Its unit (what is scored and removed whole) is a head of multi-head attention; under grouped-query
+    attention a key/value head with the G query heads it serves (a group), so every key/value head keeps
+    G query heads; under multi-query attention (one key/value head for all query heads) a query head
+    alone: the shared key/value head stays while any query head does, and belongs to no unit."""
 
     path: str  # "mha", or "encoder_0/self_attention_layer" inside a KerasHub layer
     layer: Any
@@ -47,21 +53,45 @@ class HeadLayer:
     shrink_blocker: str | None = None  # why --shrink cannot delete its heads (None: it can)
 
     @property
-    def group(self) -> int:
-        """Query heads per key/value head."""
-        return self.num_heads // self.num_kv_heads
+    def shared_kv(self) -> bool:
+        """Multi-query attention: one key/value head serves several query heads, each its own unit."""
+        return self.num_kv_heads == 1 and self.num_heads > 1
 
     @property
     def units(self) -> int:
-        """Prunable units: heads, or key/value groups under grouped-query attention."""
-        return self.num_kv_heads
+        """Prunable units: heads, key/value groups under grouped-query attention, query heads under
+        multi-query attention."""
+        return self.num_heads if self.shared_kv else self.num_kv_heads
+
+    @property
+    def group(self) -> int:
+        """Query heads per unit."""
+        return self.num_heads // self.units
+
+    @property
+    def unit_parts(self) -> list[Part]:
+        """The parts sliced by unit: all, but the shared key/value head's under multi-query attention."""
+        return [p for p in self.parts if p.role == "q" or not self.shared_kv]
+
+    @property
+    def output_kernel(self):
+        return next(p.variable for p in self.parts if p.projection == "output")
 
     def heads_of(self, units) -> list[int]:
         """The query heads of these units."""
         return [u * self.group + i for u in units for i in range(self.group)]
 
+    def kv_heads_of(self, units) -> list[int]:
+        """The key/value heads of these units (none under multi-query attention)."""
+        return [] if self.shared_kv else list(units)
+
     def slice_index(self, part: Part, units) -> list[int]:
-        return self.heads_of(units) if part.role == "q" else list(units)
+        return self.heads_of(units) if part.role == "q" else self.kv_heads_of(units)
+
+    def kept_heads(self, kept_units) -> tuple[list[int], list[int]]:
+        """(query heads, key/value heads) left with these units: the shared key/value head stays."""
+        kv = list(range(self.num_kv_heads)) if self.shared_kv else list(kept_units)
+        return self.heads_of(kept_units), kv
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -92,24 +122,24 @@ def _describe(layer, path: str, owner, target_names: dict) -> HeadLayer | None:
     if projections is None:
         return None
     parts: list[Part] = []
-    for sub, role, k_axis, b_axis in projections:
+    for (sub, role, k_axis, b_axis), projection in zip(projections, ("query", "key", "value", "output"), strict=True):
         if getattr(sub, "kernel", None) is None:
             return None
         want = heads if role == "q" else kv
         kernel = sub.kernel
         if len(kernel.shape) != 3 or int(kernel.shape[k_axis]) != want:
             return None  # a layout we do not know (for example a fused QKV kernel)
-        parts.append(Part(target_names.get(id(kernel), _var_path(kernel)), kernel, k_axis, role))
+        parts.append(Part(target_names.get(id(kernel), _var_path(kernel)), kernel, k_axis, role, projection))
         bias = getattr(sub, "bias", None)
         if b_axis is not None and bias is not None and len(bias.shape) == 2 and int(bias.shape[b_axis]) == want:
-            parts.append(Part(target_names.get(id(bias), _var_path(bias)), bias, b_axis, role))
+            parts.append(Part(target_names.get(id(bias), _var_path(bias)), bias, b_axis, role, projection))
     return HeadLayer(path, layer, owner, heads, kv, parts, _shrink_blocker(layer, owner))
 
 
 def _shrink_blocker(layer, owner) -> str | None:
     """Why --shrink cannot delete this attention layer's heads (None: it can). A KerasHub decoder block
-    (Llama, Mistral, Qwen, Qwen3) is rebuilt whole by structure/decoders.py, a KerasHub TransformerEncoder as
-    HeadPrunedTransformerEncoder, a plain MultiHeadAttention from its config."""
+    (Llama, Mistral, Qwen, Qwen3, Gemma) is rebuilt whole by structure/decoders.py, a KerasHub
+    TransformerEncoder as HeadPrunedTransformerEncoder, a plain MultiHeadAttention from its config."""
     from prunecli.structure import decoders
 
     own_attention = keras_graph.hub_self_attention(owner) is layer
@@ -118,7 +148,7 @@ def _shrink_blocker(layer, owner) -> str | None:
     if layer is not owner and not (type(owner).__name__ in HUB_ENCODERS and own_attention):
         return (
             f"inside {type(owner).__name__} {owner.name!r}, which prunecli cannot rebuild with fewer heads (it"
-            " rebuilds KerasHub's Llama, Mistral, Qwen and Qwen3 decoder blocks, TransformerEncoder blocks and"
+            " rebuilds KerasHub's Llama, Mistral, Qwen, Qwen3 and Gemma decoder blocks, TransformerEncoder blocks and"
             " functional models' MultiHeadAttention)"
         )
     if type(layer).__name__ not in ("MultiHeadAttention", "CachedMultiHeadAttention"):
@@ -268,8 +298,8 @@ def ffn_only(model, targets, include=()) -> tuple[list, list[str]]:
         raise InputError(
             f"-g neuron on a Transformer prunes feed-forward units, and none were found in {model.name} "
             f"({layout}: a layout prunecli does not know; it knows functional Keras "
-            "Transformers and KerasHub's Llama, Mistral, Qwen and Qwen3 decoders); use -g element, or --include to "
-            "force a layer"
+            "Transformers and KerasHub's Llama, Mistral, Qwen, Qwen3 and Gemma decoders); use -g element, or "
+            "--include to force a layer"
         )
     left = sorted({t.layer_name for t in targets} - {t.layer_name for t in kept})
     notes = []
@@ -437,6 +467,7 @@ HUB_BLOCKS = (
     "PrunedLlamaTransformerDecoder",
     "PrunedMistralTransformerDecoder",
     "PrunedQwenTransformerDecoder",
+    "PrunedGemmaDecoderBlock",
     "HeadPrunedTransformerEncoder",
     "GemmaDecoderBlock",
     "ViTEncoderBlock",
@@ -473,15 +504,26 @@ def block_macs(layer, in_shapes, out_shapes) -> tuple[int | None, int | None]:
     return dense, nonzero
 
 
-def _attention_cost(hl: HeadLayer, seq_len: int) -> int:
-    q = hl.parts[0].variable
-    o = next(p for p in hl.parts if p.axis == 0 and len(p.variable.shape) == 3).variable
-    d_model, head_dim, value_dim = int(q.shape[0]), int(q.shape[2]), int(o.shape[1])
-    proj_q = seq_len * d_model * hl.num_heads * head_dim
-    proj_kv = seq_len * d_model * hl.num_kv_heads * (head_dim + value_dim)
-    proj_o = seq_len * hl.num_heads * value_dim * int(o.shape[2])
-    products = seq_len * seq_len * hl.num_heads * (head_dim + value_dim)
+def _attention_cost(hl: HeadLayer, seq_len: int, heads: int | None = None, kv_heads: int | None = None) -> int:
+    """Multiply-adds of one attention layer over `seq_len` tokens, with all its heads or `heads` query and
+    `kv_heads` key/value heads: the four projections and the two products."""
+    heads = hl.num_heads if heads is None else heads
+    kv_heads = hl.num_kv_heads if kv_heads is None else kv_heads
+    q = hl.parts[0]
+    d_model, head_dim = (int(d) for i, d in enumerate(q.variable.shape) if i != q.axis)
+    o = hl.output_kernel
+    value_dim = int(o.shape[1])
+    proj_q = seq_len * d_model * heads * head_dim
+    proj_kv = seq_len * d_model * kv_heads * (head_dim + value_dim)
+    proj_o = seq_len * heads * value_dim * int(o.shape[2])
+    products = seq_len * seq_len * heads * (head_dim + value_dim)
     return proj_q + proj_kv + proj_o + products
+
+
+def unit_attention_cost(hl: HeadLayer, seq_len: int) -> int:
+    """What one unit of the layer costs over `seq_len` tokens (every term is linear in the heads)."""
+    kv_left = hl.num_kv_heads - len(hl.kv_heads_of([0]))  # a unit owns one key/value head, or none when shared
+    return _attention_cost(hl, seq_len) - _attention_cost(hl, seq_len, hl.num_heads - hl.group, kv_left)
 
 
 def reversible_embedding_macs(layer, in_shapes, out_shapes) -> tuple[int | None, int | None]:
@@ -541,7 +583,7 @@ def register_hub_layers() -> dict[str, Any]:
 
     from prunecli.structure import decoders
 
-    decoders.register()  # Llama/Mistral/Qwen blocks with fewer heads or feed-forward units
+    decoders.register()  # Llama/Mistral/Qwen/Gemma blocks with fewer heads or feed-forward units
 
     @keras.saving.register_keras_serializable(package="prunecli")
     class HeadPrunedTransformerEncoder(keras_hub.layers.TransformerEncoder):
