@@ -166,6 +166,52 @@ def test_strided_patches_equal_tensorflows(shape, ks, st, dil):
     np.testing.assert_array_equal(_patches_2d(x, list(ks), list(st), list(dil)), want)
 
 
+@pytest.mark.parametrize(
+    "layer_args",
+    [
+        ("Conv1D", dict(filters=4, kernel_size=5, dilation_rate=3, padding="same")),
+        ("Conv1D", dict(filters=4, kernel_size=3, strides=2, padding="causal")),
+        ("Conv2D", dict(filters=4, kernel_size=(3, 2), dilation_rate=(2, 2), padding="same")),
+        ("Conv2D", dict(filters=4, kernel_size=3, strides=(2, 3), padding="valid")),
+    ],
+)
+def test_diagonal_from_window_sums_equals_the_one_from_patches(layer_args):
+    """A diagonal-only capture of a conv layer reads per-column statistics from window reductions of
+    its input; they equal those accumulated from X's rows (Wanda's norms, the spread checks)."""
+    import keras
+
+    from prunecli.calibration import capture, views
+    from prunecli.structure.targets import Target
+
+    cls, kwargs = layer_args
+    shape = (2, 30, 3) if cls == "Conv1D" else (2, 9, 8, 3)
+    x = np.random.default_rng(4).normal(size=shape).astype("float32")
+    if kwargs.get("padding") == "valid":
+        x *= 1e6  # past SCALE_RANGE: both paths fix the same power-of-two scale
+    layer = getattr(keras.layers, cls)(**kwargs)
+    model = keras.Sequential([keras.Input(shape[1:]), layer])
+    view = views.view_of(Target("c/kernel", "c", cls, "kernel", layer.kernel, len(layer.kernel.shape) - 1, layer))
+    assert view.column_statistics
+
+    def stats(by_columns: bool):
+        cap = capture.HessianCapture(view, calls_per_pass=1, full=False)
+        if not by_columns:  # the rows of X, as every other view is read
+            view_type = type(view)
+            original = view_type.column_statistics
+            view_type.column_statistics = property(lambda self: False)
+            try:
+                return cap.run(model, [x, x[:1]])
+            finally:
+                view_type.column_statistics = original
+        return cap.run(model, [x, x[:1]])
+
+    rows, cols = stats(False), stats(True)
+    assert cols.rows == rows.rows and cols.scale == rows.scale and cols.finite
+    np.testing.assert_allclose(cols.sumsq, rows.sumsq, rtol=1e-5)
+    np.testing.assert_allclose(cols.norms(), rows.norms(), rtol=1e-5)
+    assert cols.spread == pytest.approx(rows.spread) and cols.largest == pytest.approx(rows.largest)
+
+
 @pytest.mark.parametrize("padding", ["same", "causal", "valid"])
 def test_dilated_strided_conv1d_views_match_the_layer(padding):
     """X @ W reproduces a dilated Conv1D (SpliceAI's shape of layer) and a strided one."""

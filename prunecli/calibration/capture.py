@@ -258,27 +258,35 @@ def _all_finite(t) -> bool:
     return bool(tf.reduce_all(tf.math.is_finite(t)))
 
 
+def _fixed_scale(acc, top, all_finite):
+    """Fold one block's largest |x| (`top`) and finiteness into the running statistics, fix the scale
+    on the first block holding a normal value (1 inside [1/SCALE_RANGE, SCALE_RANGE]), and return the
+    factor the block's values are multiplied by (tf ops, traced into the accumulation steps)."""
+    import tensorflow as tf
+
+    finite, largest, scale = acc[4], acc[5], acc[6]
+    finite.assign(tf.logical_and(finite, all_finite))
+    largest.assign(tf.maximum(largest, top))
+    exponent = tf.clip_by_value(tf.floor(tf.math.log(tf.maximum(top, FLOAT32_TINY)) / math.log(2.0)), -126.0, 126.0)
+    inside = tf.logical_and(top >= 1.0 / SCALE_RANGE, top <= SCALE_RANGE)
+    wanted = tf.where(inside, 1.0, tf.pow(2.0, -exponent))
+    fixed = tf.where(scale > 0, scale, tf.where(top >= FLOAT32_TINY, wanted, 0.0))
+    scale.assign(fixed)
+    return tf.where(fixed > 0, fixed, 1.0)
+
+
 @functools.cache
 def _accumulate_fn(full: bool):
     """The compiled accumulation step (one per mode, shared by all layers: the variables are arguments)."""
     import tensorflow as tf
 
-    low, high = 1.0 / SCALE_RANGE, SCALE_RANGE
-
     @tf.function(reduce_retracing=True, autograph=False)
     def accumulate(acc, m):
-        sumsq, lo, hi, rows, finite, largest, scale = acc[:7]
+        sumsq, lo, hi, rows = acc[:4]
         a = tf.abs(m)
         # one reduction each: the sum of |x| is finite iff every value is (short of ~1e38 overflow)
-        finite.assign(tf.logical_and(finite, tf.math.is_finite(tf.reduce_sum(a))))
-        top = tf.maximum(tf.reduce_max(a), 0.0)  # NaN/Inf only where `finite` is already False
-        largest.assign(tf.maximum(largest, top))
-        # the scale is fixed by the first block holding a normal value, and 1 inside [low, high]
-        exponent = tf.clip_by_value(tf.floor(tf.math.log(tf.maximum(top, FLOAT32_TINY)) / math.log(2.0)), -126.0, 126.0)
-        wanted = tf.where(tf.logical_and(top >= low, top <= high), 1.0, tf.pow(2.0, -exponent))
-        fixed = tf.where(scale > 0, scale, tf.where(top >= FLOAT32_TINY, wanted, 0.0))
-        scale.assign(fixed)
-        ms = m * tf.where(fixed > 0, fixed, 1.0)
+        top = tf.maximum(tf.reduce_max(a), 0.0)  # NaN/Inf only where `finite` turns False
+        ms = m * _fixed_scale(acc, top, tf.math.is_finite(tf.reduce_sum(a)))
         sumsq.assign_add(tf.reduce_sum(tf.square(ms), axis=0))
         lo.assign(tf.minimum(lo, tf.reduce_min(ms, axis=0)))
         hi.assign(tf.maximum(hi, tf.reduce_max(ms, axis=0)))
@@ -287,6 +295,38 @@ def _accumulate_fn(full: bool):
             acc[7].assign_add(tf.matmul(ms, ms, transpose_a=True))
 
     return accumulate
+
+
+@functools.cache
+def _accumulate_columns_fn():
+    """The diagonal-only accumulation step fed a call's per-column statistics (LayerView.column_stats)
+    instead of blocks of X: the same running statistics, scaled the same way."""
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True, autograph=False)
+    def accumulate(acc, sumsq_part, lo_part, hi_part, rows_part, top, all_finite):
+        sumsq, lo, hi, rows = acc[:4]
+        factor = _fixed_scale(acc, top, all_finite)
+        sumsq.assign_add(sumsq_part * factor * factor)
+        lo.assign(tf.minimum(lo, lo_part * factor))
+        hi.assign(tf.maximum(hi, hi_part * factor))
+        rows.assign_add(rows_part)
+
+    return accumulate
+
+
+def _accumulate_columns(acc, stats: dict) -> None:
+    import numpy as np
+
+    _accumulate_columns_fn()(
+        acc,
+        np.asarray(stats["sumsq"], np.float32),
+        np.asarray(stats["lo"], np.float32),
+        np.asarray(stats["hi"], np.float32),
+        np.int64(stats["rows"]),
+        np.float32(stats["largest"]),
+        np.bool_(stats["finite"]),
+    )
 
 
 class HessianCapture:
@@ -329,9 +369,12 @@ class HessianCapture:
             state = {"calls": 0}
 
             def hook(x, call=None):
-                for block in view.blocks(x, self.max_rows, call):
-                    cls.peak_block_rows = max(cls.peak_block_rows, int(block.shape[0]))
-                    accumulate(acc, block)
+                if not self.full and view.column_statistics:  # the diagonal from window sums, X never built
+                    _accumulate_columns(acc, view.column_stats(x))
+                else:
+                    for block in view.blocks(x, self.max_rows, call):
+                        cls.peak_block_rows = max(cls.peak_block_rows, int(block.shape[0]))
+                        accumulate(acc, block)
                 state["calls"] += 1
                 if state["calls"] % self.calls == 0:
                     raise _Stop()

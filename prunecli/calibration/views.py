@@ -215,14 +215,9 @@ class LayerView:
             for i in range(0, n, max_rows):
                 yield m[i : i + max_rows]
             return
-        if len(self.target.layer.kernel_size) == 1:
-            x = x[:, :, None, :]
-        pads, ks, st, dil, outs = self._conv_geometry([int(d) for d in x.shape[1:-1]])
+        x, ks, st, dil, outs = self._padded(x)
         if 0 in outs:
             return
-        if any(p for pair in pads for p in pair):
-            x = tf.pad(x, [[0, 0], *[list(p) for p in pads], [0, 0]])
-        x = np.asarray(x)  # tiles and patches are NumPy views: an eager op per tile cost more than the copy
         eff = [(k - 1) * d + 1 for k, d in zip(ks, dil, strict=True)]
 
         def patches(part):
@@ -245,6 +240,58 @@ class LayerView:
                 for o0, t, o, s, e in zip(origin, tile, outs, st, eff, strict=True):
                     index.append(slice(o0 * s, (min(o, o0 + t) - 1) * s + e))
                 yield patches(x[tuple(index)])
+
+    def _padded(self, x):
+        """A conv layer's input as a NumPy array padded for VALID patches, a 1-D conv's with a width axis
+        of 1, and (kernel, strides, dilations, output sizes): tiles and patches are NumPy views (an
+        eager op per tile cost more than the copy)."""
+        import numpy as np
+        import tensorflow as tf
+
+        x = tf.cast(x, tf.float32)
+        if len(self.target.layer.kernel_size) == 1:
+            x = x[:, :, None, :]
+        pads, ks, st, dil, outs = self._conv_geometry([int(d) for d in x.shape[1:-1]])
+        if any(p for pair in pads for p in pair):
+            x = tf.pad(x, [[0, 0], *[list(p) for p in pads], [0, 0]])
+        return np.asarray(x), ks, st, dil, outs
+
+    @property
+    def column_statistics(self) -> bool:
+        """Whether `column_stats` gives this view's per-column statistics without building X: a 1-D or
+        2-D convolution, whose column (tap, channel) runs over one strided window of the input."""
+        return self.kind == "conv" and len(self.target.layer.kernel_size) <= 2
+
+    def column_stats(self, x) -> dict:
+        """Per column of X: the sum of squares (float64), min and max, and the rows, the largest |x|
+        and whether every value is finite, from window reductions of the padded input instead of its
+        patches (kh * kw times fewer values read; what a diagonal-only capture needs, in X's column
+        order: tap (kh, kw), then channel)."""
+        import numpy as np
+
+        x, ks, st, dil, outs = self._padded(x)
+        rows, cols = outs
+        squares = np.square(x, dtype=np.float64).sum(axis=0)  # (H, W, C): the batch summed first
+        low, high = x.min(axis=0), x.max(axis=0)
+        sumsq, lo, hi = [], [], []
+        for i in range(ks[0]):
+            for j in range(ks[1]):
+                window = (
+                    slice(i * dil[0], i * dil[0] + (rows - 1) * st[0] + 1, st[0]),
+                    slice(j * dil[1], j * dil[1] + (cols - 1) * st[1] + 1, st[1]),
+                )
+                sumsq.append(squares[window].sum(axis=(0, 1)))
+                lo.append(low[window].min(axis=(0, 1)))
+                hi.append(high[window].max(axis=(0, 1)))
+        sumsq, lo, hi = np.concatenate(sumsq), np.concatenate(lo), np.concatenate(hi)
+        return {
+            "sumsq": sumsq,
+            "lo": lo,
+            "hi": hi,
+            "rows": int(x.shape[0]) * rows * cols,
+            "largest": float(max(np.abs(lo).max(), np.abs(hi).max())),
+            "finite": bool(np.isfinite(sumsq).all() and np.isfinite(lo).all() and np.isfinite(hi).all()),
+        }
 
     def _hidden_states(self, x, mask, initial_state):
         """The recurrent kernel's X: h_(t-1) before each unmasked step t, (rows, units), from the RNN
