@@ -100,3 +100,11 @@ def test_window_reads_only_its_range(tmp_path):
         window.seek(0)
         buffer = bytearray(50)
         assert window.readinto(buffer) == 20 and bytes(buffer[:20]) == bytes(range(10, 30))
+
+
+def test_a_model_folder_is_left_to_keras(tmp_path):
+    """A model folder (Keras' zipped=False format) renamed to .keras: not an archive to window."""
+    folder, path = tmp_path / "folder", tmp_path / "folder.keras"
+    _model().save(folder, zipped=False)
+    folder.rename(path)
+    assert archive.load(path, compile=False, safe_mode=True) is None

@@ -142,7 +142,7 @@ def load(path: Path, compile: bool, safe_mode: bool):
     is not one this applies to (the caller then uses keras.saving.load_model). Raises what Keras'
     load_model raises for the same file (a bad config, weights that do not fit, a damaged member)."""
     saving_lib = _keras_functions()
-    if saving_lib is None:
+    if saving_lib is None or not Path(path).is_file():  # a Keras model folder (zipped=False) is Keras' to read
         return None
     with open(path, "rb") as fh:
         try:
