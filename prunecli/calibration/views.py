@@ -271,7 +271,9 @@ class LayerView:
 
         x, ks, st, dil, outs = self._padded(x)
         rows, cols = outs
-        squares = np.square(x, dtype=np.float64).sum(axis=0)  # (H, W, C): the batch summed first
+        squares = np.zeros(x.shape[1:], np.float64)  # (H, W, C): the batch summed first, an example at a
+        for example in x:  # time so the float64 copy stays one example's size
+            squares += np.square(example, dtype=np.float64)
         low, high = x.min(axis=0), x.max(axis=0)
         sumsq, lo, hi = [], [], []
         for i in range(ks[0]):
