@@ -43,6 +43,7 @@ def test_in_place_load_equals_keras_load(tmp_path):
     assert fast.compiled and fast.loss == "sparse_categorical_crossentropy"
 
 
+@pytest.mark.slow  # an edge case of the format: the full suite's
 def test_assets_are_loaded_too(tmp_path):
     """A StringLookup keeps its vocabulary in the archive's assets folder."""
     lookup = keras.layers.StringLookup(name="lookup")
@@ -75,6 +76,7 @@ def test_a_damaged_weights_member_is_refused(tmp_path):
         model_io.load(path)  # the CLI's path: exit 3, one line
 
 
+@pytest.mark.slow  # an edge case of the format: the full suite's
 def test_a_compressed_member_goes_to_keras(tmp_path):
     """An archive rewritten with deflate (a user's zip tool) cannot be read in place: None, and
     prunecli's loader still loads it through Keras."""
@@ -102,6 +104,7 @@ def test_window_reads_only_its_range(tmp_path):
         assert window.readinto(buffer) == 20 and bytes(buffer[:20]) == bytes(range(10, 30))
 
 
+@pytest.mark.slow  # an edge case of the format: the full suite's
 def test_a_model_folder_is_left_to_keras(tmp_path):
     """A model folder (Keras' zipped=False format) renamed to .keras: not an archive to window."""
     folder, path = tmp_path / "folder", tmp_path / "folder.keras"
