@@ -114,18 +114,6 @@ def choose(scores, config, notes: list, sparsity: float | None = None) -> list[i
 # The step
 
 
-def apply(slices: list[tuple[Any, int]], removed: list[int]) -> None:
-    """Zero the removed channels in every slice, in place: the masked model the narrower one must equal."""
-    import numpy as np
-
-    for var, axis in slices:
-        arr = np.array(var)
-        index: list[Any] = [slice(None)] * arr.ndim
-        index[axis] = removed
-        arr[tuple(index)] = 0
-        var.assign(arr.astype(var.dtype))
-
-
 def run_hidden(model, targets, config, *, data=None, loss_fn=None, sample_x=None, progress=None):
     """Score and choose residual channels, zero them in `model` (in place) and rebuild it without them.
 
@@ -175,7 +163,7 @@ def run_hidden(model, targets, config, *, data=None, loss_fn=None, sample_x=None
     if not removed:
         notes.append("-g hidden removed no residual channel")
         return model, {t.name: np.ones(t.shape, dtype=bool) for t in targets}, section, notes
-    apply(slices, removed)
+    units.zero_units(slices, removed)  # the masked model the narrower one must equal
     say(f"rebuilding the model with {width - len(removed)} residual channels")
     kept = [c for c in range(width) if c not in set(removed)]
     new = decoders.narrower(model, kept)

@@ -271,20 +271,12 @@ def default_split(axes: Axes) -> dict[str, float]:
 
 def mask(model, axes: Axes, choice: Choice) -> None:
     """Zero the split's heads and feed-forward units in place (blocks are bypassed, not masked)."""
-    import numpy as np
-
     removed_heads = choice.removed.get("heads", {})
     heads.apply(heads.head_masks(axes.head_layers, removed_heads), axes.head_layers)
     for f in axes.ffns:
         gone = choice.removed.get("ffn", {}).get(f.path)
-        if not gone:
-            continue
-        for var, axis in _owned(f):
-            arr = np.array(var)
-            index: list[Any] = [slice(None)] * arr.ndim
-            index[axis] = gone
-            arr[tuple(index)] = 0
-            var.assign(arr)
+        if gone:
+            units.zero_units(_owned(f), gone)
 
 
 def masked_model(model, axes: Axes, choice: Choice):

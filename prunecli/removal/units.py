@@ -108,6 +108,18 @@ def _tokens(x) -> float:
     return float(np.prod(np.shape(tree.flatten(x)[0])[:2]))
 
 
+def zero_units(slices: list[tuple[Any, int]], removed: list[int]) -> None:
+    """Zero the removed units in every (variable, unit axis) slice, in place."""
+    import numpy as np
+
+    for var, axis in slices:
+        arr = np.array(var)
+        index: list[Any] = [slice(None)] * arr.ndim
+        index[axis] = removed
+        arr[tuple(index)] = 0
+        var.assign(arr.astype(var.dtype))
+
+
 def unit_params(slices: list[tuple[Any, int]]) -> int:
     """Parameters one unit holds: its slice of every variable (all slices index the same units)."""
     import math

@@ -146,32 +146,37 @@ def load(path: Path, compile: bool, safe_mode: bool):
         return None
     with open(path, "rb") as fh:
         try:
-            with zipfile.ZipFile(fh) as archive:
-                info = archive.getinfo(WEIGHTS_MEMBER)
-                config_json = saving_lib._safe_zip_read(archive, CONFIG_MEMBER)  # Keras' bomb check
+            archive = zipfile.ZipFile(fh)
+        except zipfile.BadZipFile:
+            return None  # not a Keras archive: load_model says what it is
+        with archive:
+            if WEIGHTS_MEMBER not in archive.namelist():
+                return None  # sharded or .npz weights: Keras' own path
+            info = archive.getinfo(WEIGHTS_MEMBER)
+            stored = info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1
+            start = _data_start(fh, info) if stored and info.compress_size == info.file_size else None
+            if start is None:
+                return None
+            config_json = saving_lib._safe_zip_read(archive, CONFIG_MEMBER)  # Keras' bomb check
+            # the CRC thread reads with pread, which leaves the position the archive reads from alone
+            checksum = _crc_in_background(fh.fileno(), start, info.file_size)
+            try:
+                model = saving_lib._model_from_config(config_json, None, compile, safe_mode)
                 has_assets = len(archive.namelist()) > 3  # Keras' own test: metadata, config, weights
-        except (KeyError, zipfile.BadZipFile):
-            return None  # not a Keras archive of this layout: load_model says what it is
-        stored = info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1
-        start = _data_start(fh, info) if stored and info.compress_size == info.file_size else None
-        if start is None:
-            return None
-        checksum = _crc_in_background(fh.fileno(), start, info.file_size)
-        try:
-            model = saving_lib._model_from_config(config_json, None, compile, safe_mode)
-            _load_weights(saving_lib, model, path, _MemberWindow(fh, start, info.file_size), has_assets)
-        finally:
-            crc = checksum.result()  # the thread reads `fh`: it must finish before the file closes
+                _load_weights(
+                    saving_lib, model, _MemberWindow(fh, start, info.file_size), archive if has_assets else None
+                )
+            finally:
+                crc = checksum.result()  # the thread reads `fh`: it must finish before the file closes
     if crc != info.CRC:
         raise zipfile.BadZipFile(f"Bad CRC-32 for file {WEIGHTS_MEMBER!r}")
     return model
 
 
-def _load_weights(saving_lib, model, path: Path, window: _MemberWindow, has_assets: bool) -> None:
-    """Keras' _load_state from the weights in `window` (and the archive's assets, which Keras
+def _load_weights(saving_lib, model, window: _MemberWindow, archive: zipfile.ZipFile | None) -> None:
+    """Keras' _load_state from the weights in `window` (and the assets of `archive`, which Keras
     extracts to a temporary folder); Keras' own error when an object could not be loaded."""
     weights = saving_lib.H5IOStore(window, mode="r")
-    archive = zipfile.ZipFile(path) if has_assets else None
     assets = saving_lib.DiskIOStore(ASSETS_FOLDER, archive=archive, mode="r") if archive else None
     failed, errors = set(), {}
     try:
@@ -188,7 +193,5 @@ def _load_weights(saving_lib, model, path: Path, window: _MemberWindow, has_asse
         weights.close()
         if assets is not None:
             assets.close()
-        if archive is not None:
-            archive.close()
     if failed:
         saving_lib._raise_loading_failure(errors)
