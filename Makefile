@@ -20,7 +20,7 @@ demo: install
 		--data examples/digits.npz -o out/digits_cnn.pruned.keras --report out/demo-report.json
 
 test: install
-	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m pytest -q -n 2
+	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m pytest -q
 
 lint: install
 	$(BIN)/python -m ruff check prunecli tests bench examples

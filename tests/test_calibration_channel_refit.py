@@ -96,7 +96,9 @@ def _output_error(model, dense, name: str, x) -> float:
     return float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
 
-@pytest.mark.parametrize(("kind", "sparsity"), [("conv", 0.5), ("dense", 0.5), ("residual", 0.4)])
+@pytest.mark.parametrize(
+    ("kind", "sparsity"), [("conv", 0.5), ("dense", 0.5), pytest.param("residual", 0.4, marks=pytest.mark.slow)]
+)
 def test_refit_lowers_the_next_layers_output_error(kind, sparsity):
     from prunecli.calibration import channel_refit
 
@@ -208,6 +210,7 @@ def test_cli_reconstruct_neuron_shrink_equals_the_masked_model(cli, cnn_files, t
     assert shrunk.get_layer("c0").kernel.shape[-1] < 16
 
 
+@pytest.mark.slow
 def test_target_takes_reconstruct(cnn_files, tmp_path):
     from prunecli import build_config, prune
 

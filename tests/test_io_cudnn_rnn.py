@@ -236,6 +236,7 @@ def test_inspect_says_how_cudnn_layers_were_read(cli, cudnn_h5):
     assert "read CuDNNGRU as GRU" in " ".join(table.stdout.split())
 
 
+@pytest.mark.slow
 def test_cudnn_file_prunes_and_runs_on_cpu(cli, cudnn_h5, tmp_path):
     import keras
 
@@ -251,6 +252,7 @@ def test_cudnn_file_prunes_and_runs_on_cpu(cli, cudnn_h5, tmp_path):
     assert 0.3 < 1 - np.count_nonzero(kernel) / kernel.size < 0.7
 
 
+@pytest.mark.slow
 def test_pruned_h5_keeps_the_cudnn_layout(cli, cudnn_h5, tmp_path):
     """.h5 -> .h5 writes the pruned weights back in the file's CuDNN layout: the file still names
     CuDNN layers (as the input did), and reading it again gives the pruned network exactly."""
@@ -280,6 +282,7 @@ def test_calibrated_methods_on_a_cudnn_file(cli, cudnn_h5, tmp_path):
         assert result.exit_code == 0, result.output
 
 
+@pytest.mark.slow
 def test_time_major_cudnn_layer_is_refused_by_name(cli, tmp_path):
     path = tmp_path / "tm.h5"
     write_cudnn_h5(path, time_major=True)

@@ -181,6 +181,7 @@ def test_text_without_a_tokenizer_is_refused_in_one_line(tmp_path, gpt2_file):
     assert not (tmp_path / "out.keras").exists()
 
 
+@pytest.mark.slow
 def test_cli_reports_perplexity_before_and_after(tmp_path, gpt2_file):
     ids, mask = token_arrays()
     tokens = tmp_path / "tokens.npz"

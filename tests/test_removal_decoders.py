@@ -127,7 +127,9 @@ def test_a_unit_is_scored_by_all_three_projections():
         assert section["layers"][0]["removed_units"] == [5], which
 
 
-@pytest.mark.parametrize("family", ["mistral", "qwen", pytest.param("qwen3", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "family", [pytest.param(f, marks=pytest.mark.slow) if f != "qwen" else f for f in ("mistral", "qwen", "qwen3")]
+)
 def test_other_families_lose_groups_and_units_for_real(family, tmp_path):
     model = backbone(family, layers=1)
     x = inputs()
@@ -193,7 +195,8 @@ def test_taylor_scores_read_the_data():
     assert section["units_removed"] == 8
 
 
-@pytest.mark.parametrize("granularity", ["head", pytest.param("neuron", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("granularity", ["head", "neuron"])
 def test_cli_shrinks_a_saved_llama(cli, tmp_path, granularity):
     model = backbone()
     path = tmp_path / "llama.keras"

@@ -58,7 +58,7 @@ def _narrowed(model, **kw):
 @pytest.mark.parametrize(
     ("family", "tied"),
     [
-        ("llama", False),
+        pytest.param("llama", False, marks=pytest.mark.slow),
         pytest.param("llama", True, marks=pytest.mark.slow),
         ("qwen", True),
         pytest.param("mistral", False, marks=pytest.mark.slow),

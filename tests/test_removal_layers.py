@@ -60,7 +60,7 @@ def _run(residual, **options):
     return prune(build_config(settings))
 
 
-@pytest.mark.parametrize("with_data", [True, False])
+@pytest.mark.parametrize("with_data", [pytest.param(True, marks=pytest.mark.slow), False])
 def test_near_identity_block_is_removed_first_and_outputs_barely_change(residual, with_data):
     import keras
 

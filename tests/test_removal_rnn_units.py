@@ -93,7 +93,7 @@ def _same_outputs(a, b, shape) -> None:
         ("LSTM", False),
         pytest.param("LSTM", True, marks=pytest.mark.slow),
         pytest.param("GRU", False, marks=pytest.mark.slow),
-        ("GRU", True),
+        pytest.param("GRU", True, marks=pytest.mark.slow),
         pytest.param("SimpleRNN", False, marks=pytest.mark.slow),
         pytest.param("SimpleRNN", True, marks=pytest.mark.slow),
     ],

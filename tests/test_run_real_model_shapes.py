@@ -193,7 +193,7 @@ def test_what_needs_labels_is_refused_by_name_without_them(label_shapes, tmp_pat
     assert caught.value.exit_code == 3 and not (tmp_path / "o.keras").exists()
 
 
-@pytest.mark.parametrize("extra", [{"engine": "tfmot"}, {"command": "sweep"}])
+@pytest.mark.parametrize("extra", [pytest.param({"engine": "tfmot"}, marks=pytest.mark.slow), {"command": "sweep"}])
 def test_inputs_without_labels_are_never_measured_against_placeholders(label_shapes, tmp_path, extra):
     """tfmot and the sweep evaluate accuracy: without labels they measure nothing, or refuse by name."""
     import tf_keras

@@ -124,6 +124,7 @@ def test_each_schedule_ends_exactly_at_the_target(mlps, tmp_path, schedule):
         assert density[1] / density[0] == pytest.approx(density[2] / density[1], rel=0.05)
 
 
+@pytest.mark.slow
 def test_polynomial_global_scope_with_override_is_exact(mlps, tmp_path):
     result = run(mlps, tmp_path, sparsity=0.9, scope="global", epochs=3, schedule="polynomial", overrides={"out": 0.5})
     stats = {s.layer: s for s in result.report.layers}
