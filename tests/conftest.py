@@ -126,6 +126,43 @@ def greedy_tokens(lm, prompt):
     return np.asarray(lm.generate(prompt, stop_token_ids=None)["token_ids"])
 
 
+def spread_weights(backbone, seed: int) -> None:
+    """Every weight of a KerasHub backbone (biases and norm offsets included) scaled and jittered, so a
+    removed head's or unit's bias, left at its zero initialiser, could not pass for deleted."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed + 1)
+    for w in backbone.weights:
+        w.assign((np.asarray(w) * rng.uniform(0.5, 2.0) + 0.05 * rng.standard_normal(w.shape)).astype("float32"))
+
+
+def hub_prompt():
+    """Two 3-token prompts padded to 9: what greedy_tokens continues."""
+    import numpy as np
+
+    prompt = {"token_ids": np.zeros((2, 9), "int32"), "padding_mask": np.zeros((2, 9), bool)}
+    prompt["token_ids"][:, :3] = [[3, 4, 5], [7, 8, 9]]
+    prompt["padding_mask"][:, :3] = True
+    return prompt
+
+
+def check_shrunk_lm(masked_lm, small, tmp_path, vocab: int, class_name: str) -> None:
+    """`small` computes and generates what `masked_lm` does (KerasHub's own cache loop on the masked one,
+    prunecli's on the smaller one), and so does it after a save/load round trip as `class_name`."""
+    import numpy as np
+
+    x = token_inputs(vocab)
+    want = np.asarray(masked_lm(x))
+    assert_close_rel(small(x), want)
+    tokens = greedy_tokens(masked_lm, hub_prompt())
+    assert (tokens[:, 3:] != 0).any()  # it generated something
+    np.testing.assert_array_equal(greedy_tokens(small, hub_prompt()), tokens)
+    back = reloaded_hub(small, tmp_path / "small.keras")
+    assert type(back).__name__ == class_name
+    assert_close_rel(back(x), want)
+    np.testing.assert_array_equal(greedy_tokens(back, hub_prompt()), tokens)
+
+
 @pytest.fixture(scope="session")
 def mlp_files(tmp_path_factory):
     """A trained tiny MLP saved as .keras and Keras-3 .h5, and its data as .npz."""

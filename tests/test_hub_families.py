@@ -74,7 +74,10 @@ def test_a_layer_without_get_config_is_a_refusal_when_rebuilding():
 def test_whole_blocks_of_an_unknown_family_are_refused_naming_why(cli, bloom, tmp_path):
     result = cli("prune", bloom / "lm.keras", "-g", "layer", "-s", "0.5", "--shrink", "-o", tmp_path / "o.keras")
     assert result.exit_code == 3, result.output
-    assert "BloomBackbone is one node" in result.stderr and "Llama, Mistral, Qwen, Qwen3 and Gemma" in result.stderr
+    assert (
+        "BloomBackbone is one node" in result.stderr
+        and "Llama, Mistral, Qwen, Qwen3, Gemma, GPT-2 and OPT" in result.stderr
+    )
 
 
 def test_heads_of_an_unknown_layout_are_refused_naming_the_attention_class(cli, bloom, tmp_path):

@@ -13,7 +13,15 @@ import json
 
 import numpy as np
 import pytest
-from conftest import assert_close_rel, greedy_tokens, reloaded_hub, token_inputs
+from conftest import (
+    assert_close_rel,
+    check_shrunk_lm,
+    greedy_tokens,
+    hub_prompt,
+    reloaded_hub,
+    spread_weights,
+    token_inputs,
+)
 
 keras = pytest.importorskip("keras")
 kh = pytest.importorskip("keras_hub")
@@ -53,9 +61,7 @@ def gemma_lm(kv_heads: int = 2, layers: int = 2, seed: int = 0, **options):
         head_dim=HD,
         **options,
     )
-    rng = np.random.default_rng(seed + 1)
-    for w in backbone.weights:
-        w.assign((np.asarray(w) * rng.uniform(0.5, 2.0) + (0.05 * rng.standard_normal(w.shape))).astype("float32"))
+    spread_weights(backbone, seed)
     return kh.models.GemmaCausalLM(backbone=backbone, preprocessor=None)
 
 
@@ -63,29 +69,8 @@ def _config(granularity: str, **kw):
     return build_config({"model_path": "m.keras", "granularity": granularity, **kw}, environ={})
 
 
-def _prompt():
-    prompt = {"token_ids": np.zeros((2, 9), "int32"), "padding_mask": np.zeros((2, 9), bool)}
-    prompt["token_ids"][:, :3] = [[3, 4, 5], [7, 8, 9]]
-    prompt["padding_mask"][:, :3] = True
-    return prompt
-
-
 def _attention_shapes(block):
     return [tuple(sub.kernel.shape) for sub, *_ in keras_graph.attention_projections(decoders.attention(block))]
-
-
-def _check_against_masked(masked_lm, small, tmp_path):
-    """`small` computes and generates what `masked_lm` does, and so does it after a save/load round trip."""
-    x = token_inputs(VOCAB)
-    want = np.asarray(masked_lm(x))
-    assert_close_rel(small(x), want)
-    tokens = greedy_tokens(masked_lm, _prompt())
-    assert (tokens[:, 3:] != 0).any()  # it generated something
-    np.testing.assert_array_equal(greedy_tokens(small, _prompt()), tokens)
-    back = reloaded_hub(small, tmp_path / "small.keras")
-    assert type(back).__name__ == "PrunedGemmaCausalLM"
-    assert_close_rel(back(x), want)
-    np.testing.assert_array_equal(greedy_tokens(back, _prompt()), tokens)
 
 
 @pytest.mark.parametrize(
@@ -128,7 +113,7 @@ def test_key_value_groups_and_their_query_heads_are_deleted(tmp_path, options):
     per_block = 2 * D * HD * 2 + 2 * D * HD  # two query heads (q and output slices), one key and value head
     assert lm.count_params() - small.count_params() == 2 * per_block
     assert section["verification"]["max_rel_diff"] <= 1e-4 and all(m.all() for m in masks.values())
-    _check_against_masked(lm, small, tmp_path)  # run_heads masked `lm` in place
+    check_shrunk_lm(lm, small, tmp_path, VOCAB, "PrunedGemmaCausalLM")  # run_heads masked `lm` in place
 
 
 def test_multi_query_heads_go_one_by_one_and_the_shared_head_stays(tmp_path):
@@ -149,7 +134,7 @@ def test_multi_query_heads_go_one_by_one_and_the_shared_head_stays(tmp_path):
     q_old = keras_graph.attention_projections(decoders.attention(block))[0][0].kernel
     np.testing.assert_array_equal(np.asarray(q_new), np.asarray(q_old)[kept])
     assert lm.count_params() - small.count_params() == 2 * 3 * 2 * D * HD  # q and output slices only
-    _check_against_masked(lm, small, tmp_path)
+    check_shrunk_lm(lm, small, tmp_path, VOCAB, "PrunedGemmaCausalLM")
 
 
 def test_geglu_units_go_from_both_gates_and_the_down_projection(tmp_path):
@@ -168,7 +153,7 @@ def test_geglu_units_go_from_both_gates_and_the_down_projection(tmp_path):
         assert [tuple(d.kernel.shape) for d in keras_graph.hub_swiglu(block)] == [(D, 8), (D, 8), (8, D)]
     assert lm.count_params() - small.count_params() == 2 * (UNITS // 2) * 3 * D
     assert section["verification"]["max_rel_diff"] <= 1e-4 and all(m.all() for m in masks.values())
-    _check_against_masked(lm, small, tmp_path)
+    check_shrunk_lm(lm, small, tmp_path, VOCAB, "PrunedGemmaCausalLM")
 
 
 def test_a_gemma_backbone_loses_heads_and_units_and_saves(tmp_path):
@@ -207,7 +192,7 @@ def test_cli_shrinks_a_saved_gemma_causal_lm(cli, tmp_path, granularity):
     transformer.register_for_file(out)
     small = keras.saving.load_model(out)
     assert type(small).__name__ == "PrunedGemmaCausalLM" and small.count_params() < lm.count_params()
-    assert greedy_tokens(small, _prompt()).shape == (2, 9)
+    assert greedy_tokens(small, hub_prompt()).shape == (2, 9)
 
 
 @pytest.mark.parametrize("options", [{}, GEMMA2], ids=["gemma", "gemma2-options"])
@@ -226,4 +211,4 @@ def test_hidden_channels_go_through_one_plus_scale_norms_and_the_scaled_embeddin
     assert small.backbone.hidden_dim == D - 8 and small.backbone.embedding_scale == pytest.approx(np.sqrt(D))
     for block in small.backbone.transformer_layers:
         assert block.hidden_dim == D - 8 and _attention_shapes(block)[0] == (HQ, D - 8, HD)
-    _check_against_masked(lm, small, tmp_path)  # `lm` was masked in place by run_hidden
+    check_shrunk_lm(lm, small, tmp_path, VOCAB, "PrunedGemmaCausalLM")  # `lm` was masked in place by run_hidden

@@ -13,7 +13,8 @@ this machine before and after:
   here a Python loop, so each token also pays one dispatch), the least of DECODE_ROUNDS rounds.
 
 Multiply-adds count the four attention projections, the two attention products at full length (as
-structure/transformer.py counts them for MultiHeadAttention) and the three SwiGLU kernels.
+structure/transformer.py counts them for MultiHeadAttention) and the feed-forward kernels (three
+SwiGLU ones, two in GPT-2's and OPT's un-gated network).
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ def block_shape(block) -> dict[str, int]:
     attention = decoders.attention(block)
     q, _k, _v, o = (sub.kernel for sub, *_ in keras_graph.attention_projections(attention))
     heads, groups = keras_graph.grouped_head_counts(attention)  # the kernels' head axis differs by family
-    gate, _up, _down = keras_graph.hub_swiglu(block)
+    gate, up, _down = keras_graph.hub_ffn(block)
     return {
         "query_heads": heads,
         "kv_groups": groups,
         "head_dim": int(q.shape[-1]),  # (hidden, heads, head_dim) in Llama, (heads, hidden, head_dim) in Gemma
-        "ffn_units": int(gate.kernel.shape[-1]),
+        "ffn_units": int(up.kernel.shape[-1]),
+        "ffn_kernels": 2 if gate is None else 3,
         "hidden": int(o.shape[-1]),
         "params": int(block.count_params()),
     }
@@ -50,7 +52,7 @@ def block_macs(shape: dict[str, int], seq_len: int) -> int:
     d, hd, h, g, f = shape["hidden"], shape["head_dim"], shape["query_heads"], shape["kv_groups"], shape["ffn_units"]
     projections = seq_len * d * hd * (2 * h + 2 * g)  # q and o over query heads, k and v over groups
     products = 2 * seq_len * seq_len * h * hd  # q.k and attention.v
-    return projections + products + 3 * seq_len * d * f
+    return projections + products + shape.get("ffn_kernels", 3) * seq_len * d * f
 
 
 def blocks_table(model, seq_len: int) -> dict[str, dict[str, int]]:
@@ -74,6 +76,7 @@ def tokens_per_second(model, seq_len: int, seed: int) -> dict[str, float | None]
     from prunecli.structure import equivalence
 
     rng = np.random.default_rng(seed)
+    seq_len = min(seq_len, decoders.max_length(model) or seq_len)  # GPT-2's and OPT's learned positions end
     ids = rng.integers(1, _vocabulary(model), size=(1, seq_len)).astype("int32")
     inputs = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
     prefill = seq_len / (equivalence.latency_ms(model, inputs) / 1000.0)
@@ -90,21 +93,24 @@ def _decode_rate(causal_lm, rng) -> float:
     import numpy as np
     import tensorflow as tf
 
-    total = DECODE_PROMPT + DECODE_TOKENS
+    prompt, total = DECODE_PROMPT, DECODE_PROMPT + DECODE_TOKENS
+    limit = decoders.max_length(causal_lm)
+    if limit is not None and limit < total:  # learned positions (GPT-2, OPT) shorter than prompt and steps
+        prompt, total = limit // 3, limit
     ids = rng.integers(1, _vocabulary(causal_lm), size=(1, total)).astype("int32")
     step = tf.function(lambda token, cache, index: causal_lm.call_with_cache(token, cache, index))
     best = float("inf")
     for _ in range(DECODE_ROUNDS):
         _hidden, cache = keras_graph.hub_empty_cache(causal_lm, tf.constant(ids))
-        token = tf.constant(ids[:, DECODE_PROMPT - 1 : DECODE_PROMPT])
-        logits, _h, cache = step(token, cache, tf.constant(DECODE_PROMPT - 1))  # traced outside the clock
+        token = tf.constant(ids[:, prompt - 1 : prompt])
+        logits, _h, cache = step(token, cache, tf.constant(prompt - 1))  # traced outside the clock
         start = time.perf_counter()
-        for index in range(DECODE_PROMPT, total):
+        for index in range(prompt, total):
             token = tf.cast(tf.argmax(logits[:, -1:, :], axis=-1), "int32")
             logits, _h, cache = step(token, cache, tf.constant(index))
         np.asarray(logits)
         best = min(best, time.perf_counter() - start)
-    return DECODE_TOKENS / best
+    return (total - prompt) / best
 
 
 def measure(model, seq_len: int, seed: int) -> dict[str, Any]:

@@ -1,29 +1,32 @@
-"""`-g neuron` on KerasHub decoders (Llama, Mistral, Qwen, Qwen3, Gemma): gated feed-forward units scored,
-chosen and removed whole.
+"""`-g neuron` on KerasHub decoders (Llama, Mistral, Qwen, Qwen3, Gemma, GPT-2, OPT): feed-forward units
+scored, chosen and removed whole.
 
 A decoder block's feed-forward network is down(act(gate(x)) * up(x)) (SwiGLU; Gemma's GeGLU); its unit j
-is gate column j, up column j and down row j, all inside one Keras layer. The channel graph sees the
-block as one node and the mask path would rank the three kernels as unrelated layers, so on a model
-with such blocks `-g neuron` is a structural step, like `-g head` (Torch-Pruning's coupled group, done
-by hand):
+is gate column j, up column j and down row j, all inside one Keras layer. GPT-2's and OPT's
+TransformerDecoder has no gate: down(act(up(x) + b)) (GeLU, ReLU), unit j being up column j, bias j and
+down row j; it is the same network with the gate left out (structure/decoders.Ffn), and a unit whose
+down row is zero adds nothing whatever its bias. The channel graph sees the block as one node and the
+mask path would rank the kernels as unrelated layers, so on a model with such blocks `-g neuron` is a
+structural step, like `-g head` (Torch-Pruning's coupled group, done by hand):
 
-- one score per unit, read from all three slices;
+- one score per unit, read from all its kernels' slices;
 - one selection (selection/policy.select_units: per block, or global with the run's normalisation,
   thresholds, overrides and floors; a block always keeps one unit);
-- the unit masked in all three kernels (the masked model is the model that ships; fine-tuning holds
-  the masks), and with --shrink every block rebuilt with its kept units only (structure/decoders.py),
-  checked against the masked model before anything is saved.
+- the unit masked in all its kernels and biases (the masked model is the model that ships; fine-tuning
+  holds the kernels' masks), and with --shrink every block rebuilt with its kept units only
+  (structure/decoders.py), checked against the masked model before anything is saved.
 
 Scores, lower = removed first:
-- `magnitude`, `neuron-mean`, `l1-norm`: the geometric mean over gate, up and down of the slice's mean
-  |w|; `l2-norm`: the geometric mean of their L2 norms. A unit adds act(x.g_j) (x.u_j) d_j, a
+- `magnitude`, `neuron-mean`, `l1-norm`: the geometric mean over gate (where there is one), up and down
+  of the slice's mean |w|; `l2-norm`: the geometric mean of their L2 norms. A unit adds act(x.g_j) (x.u_j) d_j, a
   product: scaling the up or down projection by c scales every unit alike, which leaves a product of
   per-projection magnitudes ranked as before, where a sum would let the largest projection decide.
 - `random`: seeded.
-- `taylor`: sum |w * dL/dw|, `gradient`: sum |dL/dw| over the three slices, accumulated over
+- `taylor`: sum |w * dL/dw|, `gradient`: sum |dL/dw| over the kernels' slices, accumulated over
   `--score-batches` batches of `--data` (as `-g head` scores heads);
-- `activation`: the mean |act(x.g_j) (x.u_j)| over the tokens of `--score-batches` batches of
-  `--data` (the down projection's input, padding left out): Minitron's neuron importance.
+- `activation`: the mean |act(x.g_j) (x.u_j)| (un-gated: |act(x.u_j + b_j)|) over the tokens of
+  `--score-batches` batches of `--data` (the down projection's input, padding left out): Minitron's
+  neuron importance.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ def applies(model) -> bool:
 
 
 def find(model, targets=None) -> list[decoders.Ffn]:
-    """The decoder blocks' feed-forward networks whose three kernels are all among `targets` (all without)."""
+    """The decoder blocks' feed-forward networks whose kernels are all among `targets` (all without)."""
     found = decoders.ffns(model)
     if targets is None:
         return found
@@ -59,8 +62,8 @@ def find(model, targets=None) -> list[decoders.Ffn]:
 
 
 def data_scores(model, found: list[decoders.Ffn], data, loss_fn, method: str, max_batches: int | None):
-    """{block: (units,) scores}: Taylor |w*g| or gradient |g| summed over each unit's slices (three of a
-    gated network, two of a plain Dense pair: removal/split.DenseFfn)."""
+    """{block: (units,) scores}: Taylor |w*g| or gradient |g| summed over each unit's kernel slices (three
+    of a gated network, two of an un-gated one or of a plain Dense pair: removal/split.DenseFfn)."""
     import numpy as np
 
     if data is None or loss_fn is None:
@@ -87,7 +90,7 @@ def score(model, found: list[decoders.Ffn], config, data=None, loss_fn=None) -> 
     if method == "random":
         rng = np.random.default_rng(config.seed)
         return {f.path: rng.random(f.units) for f in found}
-    if method == "activation":  # Minitron: the mean |act(gate x) * up x| of each unit, the down projection's input
+    if method == "activation":  # Minitron: each unit's mean |act(gate x) * up x| (|act(up x)|), the down input
         if data is None:
             raise ConfigError("-g neuron on decoder blocks with --method activation needs --data")
         means = units.mean_abs_inputs(model, [f.down for f in found], data, config.score_batches)
@@ -120,14 +123,11 @@ def unit_masks(found: list[decoders.Ffn], removed: dict[str, list[int]], names: 
 
 
 def apply(found: list[decoders.Ffn], removed: dict[str, list[int]]) -> None:
-    """Zero the removed units' slices in place (gate and up columns, down rows)."""
-    import numpy as np
-
-    masks = unit_masks(found, removed, {})
+    """Zero the removed units' slices in place: gate and up columns, down rows, and their entries of the
+    gate's and up's biases (a unit is pruned whole)."""
     for f in found:
-        for var, _axis in f.slices():
-            m = masks[str(var.path)]
-            var.assign(np.where(m, np.asarray(var), 0).astype(var.dtype))
+        if removed.get(f.path):
+            units.zero_units(f.all_slices(), removed[f.path])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -158,10 +158,12 @@ def run_ffn(model, targets, config, *, data=None, loss_fn=None, sample_x=None, p
     sparsity, target = None, None
     if config.target:  # the sparsity whose removed units meet params=F or flops=F
         what = "the feed-forward units of KerasHub decoder blocks"
-        dense, per_weight = int(model.count_params()), 1
         if parse_target(config.target).kind == "flops":  # every position multiplies each kernel weight once
             per_weight, dense = units.counted_at_length(model, config, what)
-        cost = {f.path: per_weight * units.unit_params(f.slices()) for f in found}
+            cost = {f.path: per_weight * units.unit_params(f.slices()) for f in found}
+        else:  # parameters: the unit's biases too
+            dense = int(model.count_params())
+            cost = {f.path: units.unit_params(f.all_slices()) for f in found}
 
         def removed_cost(s: float) -> int:
             chosen = policy.select_units(scores, config, [], at_least=1, sparsity=s)

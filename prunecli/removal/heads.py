@@ -24,11 +24,13 @@ and `gradient`: sum |dL/dw| over the slices, accumulated over `--score-batches` 
 `--shrink` rebuilds keras.layers.MultiHeadAttention layers of a functional model with fewer heads,
 KerasHub's TransformerEncoder blocks (BERT, RoBERTa, DistilBERT... backbones) as
 HeadPrunedTransformerEncoder (structure/transformer.py), and KerasHub's Llama/Mistral/Qwen/Gemma
-decoder blocks as PrunedLlamaTransformerDecoder... (structure/decoders.py) with their units' heads
-gone: KerasHub computes the head size as hidden_dim // num_heads when a block builds, which a config
-with fewer heads would change, so the rebuilt blocks carry the original head size in their config. Attention layers nested anywhere else are masked (exactly zero, held while
-fine-tuning), not deleted, and the notes say so. The shrunk model is a plain functional keras.Model
-(a KerasHub causal LM stays one, its generate() working: structure/decoders.py).
+decoder blocks and GPT-2's and OPT's TransformerDecoder blocks as PrunedLlamaTransformerDecoder...,
+PrunedTransformerDecoder (structure/decoders.py) with their units' heads gone: KerasHub computes the
+head size as hidden_dim // num_heads when a block builds, which a config with fewer heads would
+change, so the rebuilt blocks carry the original head size in their config. Attention layers nested
+anywhere else are masked (exactly zero, held while fine-tuning), not deleted, and the notes say so.
+The shrunk model is a plain functional keras.Model (a KerasHub causal LM stays one, its generate()
+working: structure/decoders.py).
 """
 
 from __future__ import annotations

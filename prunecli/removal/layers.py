@@ -25,7 +25,7 @@ from prunecli.errors import ConfigError, InputError
 from prunecli.results import StepResult
 from prunecli.structure import keras_graph, probes
 from prunecli.structure.rebuild import detach, functional_graph, ordered_nodes, rebuild
-from prunecli.training.metrics import loss_callable
+from prunecli.training.metrics import loss_callable, mean_loss
 
 DEFAULT_SCORE_BATCHES = 32
 
@@ -180,8 +180,13 @@ def _graph_host(model):
 
 def analyse(model, include=(), exclude=()) -> tuple[list[Candidate], list[dict]]:
     """Every candidate for removal (residual branches, identity-shaped layers, whole Transformer
-    blocks), and for every layer call whether it is one and why."""
-    from prunecli.structure import transformer  # whole Transformer blocks (attention + FFN) as one candidate
+    blocks), and for every layer call whether it is one and why.
+
+    Around KerasHub decoder blocks the candidates are the blocks only: the backbone's other layers are
+    its embeddings and final norm, and the shapes that make GPT-2's position embedding look like an
+    identity-shaped layer (and adding it like a residual branch) do not make it one (dropping it would
+    feed the blocks the token embedding twice, or without positions)."""
+    from prunecli.structure import decoders, transformer  # whole Transformer blocks (attention + FFN) as one
 
     def allowed(name: str) -> bool:
         if include and not name_matches(name, include):
@@ -190,16 +195,28 @@ def analyse(model, include=(), exclude=()) -> tuple[list[Candidate], list[dict]]
 
     model = _graph_host(model)
     g = _index(model)
-    candidates, in_branch = _branch_candidates(g, allowed)
+    blocks_only = bool(decoders.blocks(model))
+    candidates, in_branch = ([], {}) if blocks_only else _branch_candidates(g, allowed)
     branch_names = {c.name for c in candidates}
     rows: list[dict] = []
     for node in g.nodes:
         layer = node.operation
         if layer.name in branch_names:
             reason = "closes a residual branch: x + f(x) becomes x"
+        elif blocks_only:
+            reason = (
+                (
+                    "a whole decoder block: its output becomes its input"
+                    if allowed(layer.name)
+                    else "left out by --include/--exclude"
+                )
+                if decoders.is_decoder(layer)
+                else "not a decoder block (around KerasHub decoder blocks, whole blocks are the candidates)"
+            )
         else:
             reason = _not_removable(node, g, allowed)
-        is_candidate = layer.name in branch_names or reason is None
+        whole_block = blocks_only and decoders.is_decoder(layer) and allowed(layer.name)
+        is_candidate = layer.name in branch_names or reason is None or whole_block
         if reason is None:
             reason = "input and output shapes are equal: replaced by identity"
             span = (node.input_tensors[0], node.outputs[0])
@@ -208,6 +225,8 @@ def analyse(model, include=(), exclude=()) -> tuple[list[Candidate], list[dict]]
             reason += f"; inside residual branch {in_branch[id(node)]}"
         rows.append({"layer": layer.name, "class": type(layer).__name__, "candidate": is_candidate, "reason": reason})
     for block in transformer.block_candidates(model, allowed):
+        if blocks_only and len(block["layers"]) != 1:  # a span of several calls: not one decoder block
+            continue
         span = (block["input"], block["output"])
         alias = {id(block["output"]): block["input"]}
         candidates.append(
@@ -227,15 +246,6 @@ def batches(dataset, limit: int | None) -> list:
         if len(out) >= (limit or DEFAULT_SCORE_BATCHES):
             break
     return out
-
-
-def mean_loss(model, data: list, loss) -> float:
-    total = count = 0
-    for x, y in data:
-        n = int(y.shape[0])
-        total += float(loss(y, model(x, training=False))) * n
-        count += n
-    return total / max(count, 1)
 
 
 def _scores_by_probe(model, candidates: list[Candidate], seed: int) -> None:
@@ -345,7 +355,7 @@ def _why_none(model) -> str:
         inner = hub[0]
         return (
             f"{type(inner).__name__} is one node of {model.name}'s graph, and prunecli takes whole blocks out of "
-            "KerasHub's Llama, Mistral, Qwen, Qwen3 and Gemma decoders and of functional models only"
+            "KerasHub's Llama, Mistral, Qwen, Qwen3, Gemma, GPT-2 and OPT decoders and of functional models only"
         )
     return "no residual branch or shape-preserving layer"
 

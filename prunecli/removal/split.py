@@ -122,8 +122,8 @@ def _dense_ffns(model) -> list[DenseFfn]:
 
 
 def _owned(f) -> list[tuple[Any, int]]:
-    """Every (variable, unit axis) a feed-forward unit owns: a plain pair's bias too."""
-    return f.all_slices() if isinstance(f, DenseFfn) else f.slices()
+    """Every (variable, unit axis) a feed-forward unit owns, its biases too (a plain pair's, GPT-2's)."""
+    return f.all_slices()
 
 
 def _owner(f) -> str:
@@ -295,11 +295,12 @@ def loss_meter(model, data, task, config):
 
     sample = layers.batches(data.train, config.score_batches)
     if task is not None:
-        from prunecli.training.metrics import NextTokenLoss, loss_callable
+        from prunecli.training.metrics import NextTokenLoss, loss_callable, loss_step, mean_loss
 
         loss = loss_callable(task.loss, "-g transformer's search")
         what = "next-token loss" if isinstance(task.loss, NextTokenLoss) else "loss"
-        return what, len(sample), lambda m: layers.mean_loss(m, sample, loss)
+        step = loss_step(model, loss, sample)  # a split without blocks is this model, masked in place
+        return what, len(sample), lambda m: mean_loss(m, sample, loss, step if m is model else None)
 
     def outputs(m) -> list:
         return [np.asarray(o, np.float64) for x, _y in sample for o in tree.flatten(m(x, training=False))]

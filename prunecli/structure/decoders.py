@@ -1,14 +1,16 @@
-"""KerasHub decoder blocks (Llama, Mistral, Qwen, Qwen3, Gemma): their grouped-query heads and gated
-feed-forward units, rebuilt smaller.
+"""KerasHub decoder blocks (Llama, Mistral, Qwen, Qwen3, Gemma; GPT-2's and OPT's TransformerDecoder):
+their attention heads and feed-forward units, rebuilt smaller.
 
-One block is `x + attn(norm(x))`, then `x + down(act(gate(norm(x))) * up(norm(x)))`, all inside one
-Keras layer (LlamaTransformerDecoder, GemmaDecoderBlock...), so the functional graph sees one node per
-block and the channel graph cannot slice what is inside. This module reads the block (through
-keras_graph, the one adapter for private attributes: it knows where each family keeps its attention,
-projections and norms, and reads where a projection kernel holds its heads from its einsum equation)
-and rebuilds it with fewer heads and fewer feed-forward units. FAMILIES holds what else differs between
-families: the causal LM around the backbone, the blocks' call arguments, Gemma's scaled embedding and
-its config's intermediate_dim (both gates: twice the units).
+One block is `x + attn(norm(x))`, then `x + down(act(gate(norm(x))) * up(norm(x)))` (GPT-2 and OPT:
+`x + down(act(up(norm(x))))`, no gate), all inside one Keras layer (LlamaTransformerDecoder,
+GemmaDecoderBlock, TransformerDecoder...), so the functional graph sees one node per block and the
+channel graph cannot slice what is inside. This module reads the block (through keras_graph, the one
+adapter for private attributes: it knows where each family keeps its attention, projections and norms,
+and reads where a projection kernel holds its heads from its einsum equation) and rebuilds it with
+fewer heads and fewer feed-forward units. FAMILIES holds what else differs between families: the causal
+LMs around the backbone, the blocks' call and head arguments, Gemma's scaled embedding and its config's
+intermediate_dim (both gates: twice the units). TransformerDecoder is KerasHub's generic block: only the
+class itself, without cross-attention (BART's), is a family; Whisper's and Moonshine's subclasses are not.
 
 - Heads. Grouped-query attention shares key/value head k between the query heads k*G ... k*G+G-1
   (KerasHub repeats each key/value head G times). Removing whole groups keeps that mapping, so the
@@ -16,26 +18,33 @@ its config's intermediate_dim (both gates: twice the units).
   kept slices of q/k/v (and Qwen's q/k/v biases) and of the output projection, in order. With one
   key/value head (multi-query attention, Gemma 2B) any query heads can go alone: the key/value head
   stays, and the block is rebuilt with the kept query heads around it (transformer.HeadLayer says
-  which unit each layout scores). Llama's q/k/v kernels are (hidden, heads, head_dim), Gemma's
-  (heads, hidden, head_dim); both take the output projection as (heads, head_dim, hidden).
+  which unit each layout scores). GPT-2's and OPT's multi-head attention is the case G = 1: every head
+  its own unit, its q/k/v biases going with it. Llama's and GPT-2's q/k/v kernels are (hidden, heads,
+  head_dim), Gemma's (heads, hidden, head_dim); all take the output projection as (heads, head_dim,
+  hidden).
 - Head size. Llama's and Qwen's attention compute head_dim = hidden_dim // num_query_heads when they
-  build, which a block with fewer heads would change. The rebuilt block is a registered subclass
-  (PrunedLlamaTransformerDecoder, PrunedQwenTransformerDecoder) whose config carries `head_dim`; its
-  attention is the family's own class with the projections rebuilt at that size (so `call`, RoPE,
-  masks and the decoding cache stay KerasHub's). Mistral's, Qwen3's and Gemma's blocks take `head_dim`
-  already (Qwen3's query/key norms act over one head's dimensions, so they are kept whole; Gemma's block
-  always has its attention scale scores by 1/sqrt(head_dim), not by the hidden size per query head).
+  build, and TransformerDecoder key_dim = hidden_dim // num_heads, which a block with fewer heads would
+  change. The rebuilt block is a registered subclass (PrunedLlamaTransformerDecoder,
+  PrunedTransformerDecoder...) whose config carries `head_dim`; its attention is the family's own class
+  with the projections rebuilt at that size (CachedMultiHeadAttention takes it as key_dim and
+  value_dim), so `call`, RoPE, masks and the decoding cache stay KerasHub's. Mistral's, Qwen3's and
+  Gemma's blocks take `head_dim` already (Qwen3's query/key norms act over one head's dimensions, so
+  they are kept whole; Gemma's block always has its attention scale scores by 1/sqrt(head_dim), not by
+  the hidden size per query head).
 - Feed-forward units. Unit j is gate column j, up column j and down row j: its contribution to the
   output is act(x.gate_j) * (x.up_j) * down_j, with act SiLU (SwiGLU: Llama, Mistral, Qwen) or
   tanh-approximated GeLU (GeGLU: Gemma's gating_ffw; gating_ffw_2 is its up projection), exactly zero
   when any of the three slices is zero (silu(0) = gelu(0) = 0), so masking a unit in any of them and
-  deleting it compute the same function.
+  deleting it compute the same function. GPT-2's and OPT's network is the same with the gate left out
+  (Ffn.gate None): unit j adds act(x.up_j + b_j) down_j (GeLU, ReLU), zero once its down row is, whatever
+  its bias b_j, which is masked and deleted with it.
 - Hidden channels. Channel c of the residual stream is the token embedding's column c and its slice of
   every norm, projection and the final norm (stream_slices); `narrower` rebuilds the whole model with
   fewer of them, each RMSNorm's scale and epsilon corrected for the channels it no longer averages over
   (Gemma's multiply by 1 + scale, Gemma 2's options add norms after attention and the feed-forward
   network: the same correction on 1 + scale), and Gemma's sqrt(hidden_dim) embedding factor kept at the
-  dense model's.
+  dense model's. GPT-2's and OPT's LayerNormalization subtracts the mean over all channels, which no
+  correction undoes: refused (`centred_norm_reason`).
 
 Every decoder block of a rebuilt model becomes a Pruned* block, changed or not: KerasHub 0.32's
 LlamaTransformerDecoder.get_config reads an attribute it never sets (rope_scaling_factor) and Qwen's
@@ -48,7 +57,8 @@ PrunedRMSNormalization, configured the same way; the norms inside a block are th
 A backbone comes back as a plain functional model. A causal LM (LlamaCausalLM, GemmaCausalLM... around
 its backbone) comes back as one, so `generate()` keeps working: PrunedLlamaCausalLM... around a
 PrunedDecoderBackbone, which takes its layers as they are (blocks may differ in heads and units, as
-a global selection leaves them) and wires them as the family's backbone does. KerasHub's task sizes its
+a global selection leaves them) and wires them as the family's backbone does (GPT-2's and OPT's learned
+positions added to the token embedding, from the cache's index when decoding). KerasHub's task sizes its
 key/value cache from the backbone's num_key_value_heads and head size, one for all blocks; the Pruned*
 task sizes it for the widest block at the kept head size and hands each block the heads it has.
 """
@@ -70,7 +80,7 @@ class Family:
     own parts, and reads the head axis of each projection from its equation)."""
 
     module: str  # the module keras_hub defines the block class in
-    causal_lm: str  # the task class around its backbone
+    causal_lms: tuple[str, ...]  # the task classes around its backbones
     # the block's call arguments: the padding mask, its key/value cache, the cache position it updates
     padding_mask: str = "decoder_padding_mask"
     cache: str = "self_attention_cache"
@@ -78,17 +88,24 @@ class Family:
     scaled_embedding: bool = False  # the backbone multiplies the token embedding by sqrt(hidden_dim)
     intermediate_per_unit: int = 1  # the block config's intermediate_dim per feed-forward unit
     norm: str | None = None  # "module.Class" of the family's RMSNorm when that class has no get_config
+    query_heads: str = "num_query_heads"  # the block's argument for its query heads
+    kv_heads: str | None = "num_key_value_heads"  # ... for its key/value heads; None: one per query head
+    subclasses: bool = True  # whether KerasHub's subclasses of the block class belong to the family
 
 
-# KerasHub decoder blocks with grouped-query attention and a gated feed-forward network, by class name
+# KerasHub decoder blocks by class name: grouped-query attention and a gated feed-forward network (Llama,
+# Mistral, Qwen, Qwen3, Gemma), or multi-head attention and an un-gated one (GPT-2's and OPT's
+# TransformerDecoder)
 FAMILIES = {
-    "LlamaTransformerDecoder": Family("keras_hub.src.models.llama.llama_decoder", "LlamaCausalLM"),
-    "MistralTransformerDecoder": Family("keras_hub.src.models.mistral.mistral_transformer_decoder", "MistralCausalLM"),
-    "QwenTransformerDecoder": Family("keras_hub.src.models.qwen.qwen_decoder", "QwenCausalLM"),
-    "Qwen3TransformerDecoder": Family("keras_hub.src.models.qwen3.qwen3_decoder", "Qwen3CausalLM"),
+    "LlamaTransformerDecoder": Family("keras_hub.src.models.llama.llama_decoder", ("LlamaCausalLM",)),
+    "MistralTransformerDecoder": Family(
+        "keras_hub.src.models.mistral.mistral_transformer_decoder", ("MistralCausalLM",)
+    ),
+    "QwenTransformerDecoder": Family("keras_hub.src.models.qwen.qwen_decoder", ("QwenCausalLM",)),
+    "Qwen3TransformerDecoder": Family("keras_hub.src.models.qwen3.qwen3_decoder", ("Qwen3CausalLM",)),
     "GemmaDecoderBlock": Family(
         "keras_hub.src.models.gemma.gemma_decoder_block",
-        "GemmaCausalLM",
+        ("GemmaCausalLM",),
         padding_mask="padding_mask",
         cache="cache",
         cache_index="cache_update_index",
@@ -96,9 +113,18 @@ FAMILIES = {
         intermediate_per_unit=2,  # its gate and up projections have intermediate_dim // 2 units each
         norm="keras_hub.src.models.gemma.rms_normalization.RMSNormalization",
     ),
+    "TransformerDecoder": Family(
+        "keras_hub.src.layers.modeling.transformer_decoder",
+        ("GPT2CausalLM", "OPTCausalLM"),
+        query_heads="num_heads",
+        kv_heads=None,
+        # Whisper's and Moonshine's decoder blocks extend it with cross-attention and calls of their own
+        subclasses=False,
+    ),
 }
-# KerasHub causal LMs around such a backbone: token_embedding, transformer_layers, layer_norm, one cache
-CAUSAL_LMS = tuple(f.causal_lm for f in FAMILIES.values())
+# KerasHub causal LMs around such a backbone: token_embedding (and GPT-2's and OPT's learned positions),
+# transformer_layers, layer_norm, one cache
+CAUSAL_LMS = tuple(lm for f in FAMILIES.values() for lm in f.causal_lms)
 _NORMS = tuple(f.norm.rsplit(".", 1)[1] for f in FAMILIES.values() if f.norm)
 # how a saved model names prunecli's classes
 CLASS_NAMES = tuple(f"Pruned{name}" for name in (*FAMILIES, *CAUSAL_LMS, *_NORMS)) + ("PrunedDecoderBackbone",)
@@ -108,10 +134,17 @@ _ATTENTION: dict[type, type] = {}  # KerasHub attention class -> its subclass wi
 
 
 def family(layer) -> str | None:
-    """The KerasHub decoder class this layer is (or subclasses), or None."""
-    for cls in type(layer).__mro__:
-        if cls.__name__ in FAMILIES:
-            return cls.__name__
+    """The KerasHub decoder class this layer is (or subclasses, where the family takes subclasses), or
+    None. A block holding cross-attention (an encoder-decoder's: BART's TransformerDecoder) is none:
+    its call reads the encoder's output, which the rebuilt backbones do not carry."""
+    hub = _hub_class(layer)
+    for cls in hub.__mro__:
+        fam = FAMILIES.get(cls.__name__)
+        if fam is None:
+            continue
+        if not fam.subclasses and (cls is not hub or cls.__module__ != fam.module):
+            return None
+        return None if keras_graph.hub_cross_attention(layer) is not None else cls.__name__
     return None
 
 
@@ -151,13 +184,19 @@ def attention(block):
     return keras_graph.hub_self_attention(block)
 
 
+def head_counts(block) -> tuple[int, int]:
+    """(query heads, key/value heads) of the block's attention (equal under multi-head attention)."""
+    return keras_graph.grouped_head_counts(attention(block))
+
+
 def shrink_blocker(block) -> str | None:
     """Why a decoder block cannot be rebuilt smaller, or None when it can."""
     if not register():
         return "keras-hub's decoder classes could not be imported"
     if family(block) not in _CLASSES:
         return f"{family(block)} is not defined by this keras-hub"
-    if keras_graph.hub_swiglu(block) is None or attention(block) is None:
+    attn = attention(block)
+    if keras_graph.hub_ffn(block) is None or attn is None or keras_graph.grouped_head_counts(attn) is None:
         return f"{type(block).__name__} {block.name!r} is not laid out as KerasHub's decoders are"
     if getattr(getattr(block, "dtype_policy", None), "quantization_mode", None) is not None:
         return f"{block.name!r} is quantized by Keras (per-unit scales are not sliced)"
@@ -170,30 +209,39 @@ def shrink_blocker(block) -> str | None:
 
 @dataclass
 class Ffn:
-    """The gated feed-forward network of one decoder block: unit j is gate[:, j], up[:, j], down[j, :]."""
+    """The feed-forward network of one decoder block: unit j is gate[:, j], up[:, j], down[j, :] (and the
+    gate's and up's bias j where they have one). Un-gated (gate None: GPT-2, OPT), unit j adds
+    act(x.up_j + b_j) down_j; a gated one act(x.gate_j) (x.up_j) down_j."""
 
     path: str  # the block's name (in a causal LM: "backbone name/block name", as targets name it)
     block: Any
-    gate: Any  # Dense layers
+    gate: Any  # Dense layers (EinsumDense in Gemma); None for an un-gated network
     up: Any
     down: Any
 
     @property
     def units(self) -> int:
-        return int(self.gate.kernel.shape[-1])
+        return int(self.up.kernel.shape[-1])
 
     def slices(self) -> list[tuple[Any, int]]:
-        """(kernel, unit axis) of the three projections."""
-        return [(self.gate.kernel, 1), (self.up.kernel, 1), (self.down.kernel, 0)]
+        """(kernel, unit axis) of the projections (two or three): what scores and multiply-adds read."""
+        gate = [] if self.gate is None else [(self.gate.kernel, 1)]
+        return gate + [(self.up.kernel, 1), (self.down.kernel, 0)]
+
+    def all_slices(self) -> list[tuple[Any, int]]:
+        """Everything a unit owns, the gate's and up's biases included: what is masked and counted as
+        parameters (a bias over units follows its unit; the down projection's is over channels)."""
+        biases = [(d.bias, 0) for d in (self.gate, self.up) if d is not None and getattr(d, "bias", None) is not None]
+        return self.slices() + biases
 
 
 def ffns(model) -> list[Ffn]:
-    """The gated feed-forward networks of the model's decoder blocks, in order."""
+    """The feed-forward networks of the model's decoder blocks, in order."""
     inner = host(model)
     prefix = "" if inner is None or inner is model else f"{inner.name}/"
     found = []
     for block in blocks(model):
-        parts = keras_graph.hub_swiglu(block)
+        parts = keras_graph.hub_ffn(block)
         if parts is not None:
             found.append(Ffn(prefix + block.name, block, *parts))
     return found
@@ -285,7 +333,9 @@ class _OwnConfig:
 
 class _PrunedDecoder(_OwnConfig):
     """Mixed into a KerasHub decoder class: the block with `head_dim` in its config. Families whose
-    attention derives the head size (_native_head_dim False) get their attention rebuilt at it."""
+    attention derives the head size (_native_head_dim False) get their attention rebuilt at it:
+    keras.layers.MultiHeadAttention (TransformerDecoder's) from its own config with key_dim = value_dim
+    = head_dim, the others as _FixedHeadDim."""
 
     _native_head_dim = False
 
@@ -297,15 +347,22 @@ class _PrunedDecoder(_OwnConfig):
             self.head_dim = None if head_dim is None else int(head_dim)
 
     def build(self, decoder_sequence_shape):
+        import keras
+
         super().build(decoder_sequence_shape)
         hidden = int(decoder_sequence_shape[-1])
-        if self._native_head_dim or self.head_dim is None or hidden // int(self.num_query_heads) == self.head_dim:
+        heads = int(getattr(self, _family_of(self).query_heads))
+        if self._native_head_dim or self.head_dim is None or hidden // heads == self.head_dim:
             return
         old = self._self_attention_layer  # built at the derived head size: replaced
         cls = type(old)
-        arguments = _own_arguments(cls, self, skip=("dtype", "name", "head_dim"))
-        new = _with_head_dim(cls)(head_dim=self.head_dim, dtype=self.dtype_policy, name=old.name, **arguments)
-        new.build(decoder_sequence_shape)
+        if isinstance(old, keras.layers.MultiHeadAttention):
+            new = cls.from_config({**old.get_config(), "key_dim": self.head_dim, "value_dim": self.head_dim})
+            new.build(query_shape=decoder_sequence_shape, value_shape=decoder_sequence_shape)
+        else:
+            arguments = _own_arguments(cls, self, skip=("dtype", "name", "head_dim"))
+            new = _with_head_dim(cls)(head_dim=self.head_dim, dtype=self.dtype_policy, name=old.name, **arguments)
+            new.build(decoder_sequence_shape)
         self._tracker.untrack(old)
         del self._self_attention_layer
         self._self_attention_layer = new
@@ -332,10 +389,10 @@ class _PrunedCausalLM:
 
         b = self.backbone
         calls = _family_of(b.transformer_layers[0])
-        x = b.embed(token_ids)
+        x = b.embed(token_ids, start_index=cache_update_index)
         updated = []
         for i, block in enumerate(b.transformer_layers):
-            kv = int(block.num_key_value_heads)
+            kv = head_counts(block)[1]
             x, next_cache = block(x, **{calls.cache: cache[:, i, :, :, :kv, :], calls.cache_index: cache_update_index})
             if kv < b.num_key_value_heads:
                 next_cache = ops.pad(next_cache, [[0, 0], [0, 0], [0, 0], [0, b.num_key_value_heads - kv], [0, 0]])
@@ -353,10 +410,21 @@ def _backbone_class():
     class PrunedDecoderBackbone(Backbone):
         """token_embedding -> transformer_layers (each with the padding mask) -> layer_norm, as
         LlamaBackbone, MistralBackbone, QwenBackbone and GemmaBackbone wire them (Gemma's scales the
-        embedding), from layers (or their configs): blocks may differ in heads and feed-forward units. Its
-        attributes are what KerasHub's causal LMs read."""
+        embedding; GPT-2's and OPT's add a learned `position_embedding`, GPT-2's then drops out
+        `embedding_dropout` of it while training), from layers (or their configs): blocks may differ in
+        heads and feed-forward units. Its attributes are what KerasHub's causal LMs read."""
 
-        def __init__(self, token_embedding, transformer_layers, layer_norm, embedding_scale=None, dtype=None, **kwargs):
+        def __init__(
+            self,
+            token_embedding,
+            transformer_layers,
+            layer_norm,
+            embedding_scale=None,
+            position_embedding=None,
+            embedding_dropout=0.0,
+            dtype=None,
+            **kwargs,
+        ):
             def layer(value):
                 return keras.layers.deserialize(value) if isinstance(value, dict) else value
 
@@ -364,6 +432,13 @@ def _backbone_class():
             self.transformer_layers = [layer(v) for v in transformer_layers]
             self.layer_norm = layer(layer_norm)
             self.embedding_scale = embedding_scale
+            self.position_embedding = None if position_embedding is None else layer(position_embedding)
+            self.embedding_dropout = float(embedding_dropout)
+            self.embeddings_dropout = (
+                keras.layers.Dropout(self.embedding_dropout, dtype=dtype, name="embeddings_dropout")
+                if self.embedding_dropout
+                else None
+            )
             token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
             padding_mask = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
             x = self.embed(token_ids)
@@ -377,30 +452,39 @@ def _backbone_class():
             self.vocabulary_size = int(self.token_embedding.input_dim)
             self.hidden_dim = int(self.token_embedding.output_dim)
             self.num_layers = len(self.transformer_layers)
-            self.num_query_heads = max(int(b.num_query_heads) for b in self.transformer_layers)
-            self.num_key_value_heads = max(int(b.num_key_value_heads) for b in self.transformer_layers)
+            self.num_query_heads = max(head_counts(b)[0] for b in self.transformer_layers)
+            self.num_key_value_heads = max(head_counts(b)[1] for b in self.transformer_layers)
             sizes = {head_size(b) for b in self.transformer_layers}
             if len(sizes) != 1:
                 raise ValueError(f"decoder blocks with different head sizes {sorted(sizes)}")
             self.head_dim = sizes.pop()
 
-        def embed(self, token_ids):
+        def embed(self, token_ids, start_index=0):
             """The blocks' input: the token embedding, times `embedding_scale` where the family scales it
-            (Gemma: sqrt of the dense model's hidden size, which a narrowed residual stream keeps)."""
+            (Gemma: sqrt of the dense model's hidden size, which a narrowed residual stream keeps), plus
+            the learned positions from `start_index` on where it has them (GPT-2, OPT; decoding with a
+            cache starts at the cache's index), then the embedding dropout."""
             from keras import ops
 
             x = self.token_embedding(token_ids)
             if self.embedding_scale is not None:
                 x = x * ops.cast(self.embedding_scale, x.dtype)
+            if self.position_embedding is not None:
+                x = x + self.position_embedding(x, start_index=start_index)
+            if self.embeddings_dropout is not None:
+                x = self.embeddings_dropout(x)
             return x
 
         def get_config(self):
+            position = self.position_embedding
             return {
                 **super().get_config(),
                 "token_embedding": keras.layers.serialize(self.token_embedding),
                 "transformer_layers": [keras.layers.serialize(b) for b in self.transformer_layers],
                 "layer_norm": keras.layers.serialize(self.layer_norm),
                 "embedding_scale": self.embedding_scale,
+                "position_embedding": None if position is None else keras.layers.serialize(position),
+                "embedding_dropout": self.embedding_dropout,
             }
 
     PrunedDecoderBackbone.__module__ = __name__
@@ -434,9 +518,9 @@ def register() -> dict[str, Any]:
 
     _CLASSES["backbone"] = _backbone_class()
     for name, fam in FAMILIES.items():
-        task = getattr(keras_hub.models, fam.causal_lm, None)
-        if task is not None:
-            subclass(task, _PrunedCausalLM, f"keras_hub's {task.__name__} around a PrunedDecoderBackbone.")
+        for task in (getattr(keras_hub.models, lm, None) for lm in fam.causal_lms):
+            if task is not None:
+                subclass(task, _PrunedCausalLM, f"keras_hub's {task.__name__} around a PrunedDecoderBackbone.")
         norm = hub_class(*fam.norm.rsplit(".", 1)) if fam.norm else None
         if norm is not None:
             subclass(norm, _OwnConfig, f"keras_hub's {norm.__name__} with a config, so a model holding it saves.")
@@ -476,7 +560,7 @@ def smaller(block, q_heads=None, kv_heads=None, units=None):
     if blocker:
         raise InputError(f"decoder block {block.name!r} cannot be rebuilt: {blocker}")
     attn = attention(block)
-    heads, kv = keras_graph.grouped_head_counts(attn)
+    heads, kv = head_counts(block)
     group = heads // kv
     kv_heads = list(range(kv)) if kv_heads is None else [int(k) for k in kv_heads]
     groups = [k * group + g for k in kv_heads for g in range(group)]
@@ -484,8 +568,8 @@ def smaller(block, q_heads=None, kv_heads=None, units=None):
     shared = kv == 1 and kv_heads == [0] and q_heads == sorted(set(q_heads)) and set(q_heads) <= set(groups)
     if not q_heads or (q_heads != groups and not shared):
         raise ValueError(f"{block.name}: query heads {q_heads} are not the groups of key/value heads {kv_heads}")
-    gate, up, down = keras_graph.hub_swiglu(block)
-    units = list(range(int(gate.kernel.shape[-1]))) if units is None else [int(u) for u in units]
+    gate, up, down = keras_graph.hub_ffn(block)
+    units = list(range(int(up.kernel.shape[-1]))) if units is None else [int(u) for u in units]
     cut: dict[int, tuple[int, list[int]]] = {}
     for sub, role, k_axis, b_axis in keras_graph.attention_projections(attn):
         keep = q_heads if role == "q" else kv_heads
@@ -494,17 +578,17 @@ def smaller(block, q_heads=None, kv_heads=None, units=None):
         if bias is not None and b_axis is not None:
             cut[id(bias)] = (b_axis, keep)
     for dense, axis in ((gate, 1), (up, 1), (down, 0)):
-        cut[id(dense.kernel)] = (axis, units)
-    for dense in (gate, up):  # a gated network with biases: theirs follow the unit
+        if dense is not None:
+            cut[id(dense.kernel)] = (axis, units)
+    for dense in (gate, up):  # biases over units (GPT-2's and OPT's intermediate Dense) follow the unit
         if getattr(dense, "bias", None) is not None:
             cut[id(dense.bias)] = (0, units)
+    fam = _family_of(block)
     config = own_config(block)
-    config.update(
-        num_query_heads=len(q_heads),
-        num_key_value_heads=len(kv_heads),
-        head_dim=head_size(block),
-        intermediate_dim=len(units) * _family_of(block).intermediate_per_unit,
-    )
+    config[fam.query_heads] = len(q_heads)
+    if fam.kv_heads is not None:
+        config[fam.kv_heads] = len(kv_heads)
+    config.update(head_dim=head_size(block), intermediate_dim=len(units) * fam.intermediate_per_unit)
     new = classes[family(block)].from_config(config)
     values = {}
     for v in block.weights:
@@ -606,8 +690,8 @@ def _fresh_copy(layer):
 
 def _rebuilt_task(model, backbone, swaps: list[tuple], dropped: set[int] = frozenset()):
     """The causal LM `model` around a PrunedDecoderBackbone of the swapped blocks but the `dropped`
-    ones, with fresh copies of the backbone's embedding and final norm (weights copied), and the
-    task's preprocessor."""
+    ones, with fresh copies of the backbone's embeddings (token and, GPT-2's and OPT's, position) and
+    final norm (weights copied), its embedding dropout, and the task's preprocessor."""
     task_cls = _task_class(model)
     missing = [a for a in ("token_embedding", "layer_norm") if getattr(backbone, a, None) is None]
     if task_cls is None or missing:
@@ -622,12 +706,16 @@ def _rebuilt_task(model, backbone, swaps: list[tuple], dropped: set[int] = froze
     if any(id(b) not in by_old for b in order):
         raise InputError(f"{type(model).__name__}: every decoder block must be rebuilt at once")
     ends = (backbone.token_embedding, backbone.layer_norm)  # swapped when the residual stream narrows
+    positions = _position_embedding(backbone)
+    ends += () if positions is None else (positions,)
     copies = [by_old[id(lay)][0] if id(lay) in by_old else _fresh_copy(lay) for lay in ends]
     new_backbone = register()["backbone"](
         token_embedding=copies[0],
         transformer_layers=[by_old[id(b)][0] for b in order],
         layer_norm=copies[1],
         embedding_scale=_embedding_scale(backbone),
+        position_embedding=copies[2] if positions is not None else None,
+        embedding_dropout=getattr(getattr(backbone, "embeddings_dropout", None), "rate", 0.0),
         dtype=backbone.dtype_policy,
         name=backbone.name,
     )
@@ -636,6 +724,22 @@ def _rebuilt_task(model, backbone, swaps: list[tuple], dropped: set[int] = froze
             copy.set_weights(old.get_weights())
     _fill([by_old[id(b)] for b in order] + [by_old[id(lay)] for lay in ends if id(lay) in by_old])
     return task_cls(backbone=new_backbone, preprocessor=getattr(model, "preprocessor", None), name=model.name)
+
+
+def _position_embedding(backbone):
+    """The learned position embedding the backbone adds to its token embedding, or None: GPT-2's (and a
+    PrunedDecoderBackbone's) own, OPT's inside its TokenAndPositionEmbedding (whose call is exactly
+    token_embedding(ids) + position_embedding(...), what PrunedDecoderBackbone.embed computes)."""
+    found = getattr(backbone, "position_embedding", None)
+    return found if found is not None else getattr(getattr(backbone, "embeddings", None), "position_embedding", None)
+
+
+def max_length(model) -> int | None:
+    """The most tokens the model (or its task's backbone) reads at once: its learned position embedding's
+    length (GPT-2, OPT), or None (rotary positions set no length of their own)."""
+    inner = host(model)
+    positions = None if inner is None else _position_embedding(inner)
+    return None if positions is None else int(positions.sequence_length)
 
 
 def _embedding_scale(backbone) -> float | None:
@@ -679,16 +783,17 @@ def residual_norms(block) -> list:
 
 def residual_slices(block) -> list[tuple[Any, int]]:
     """(variable, channel axis) of everything in a decoder block indexed by residual channel c: the two
-    norm scales, the q/k/v kernels' model axis (Llama's first, Gemma's second), the attention output kernel's last axis (and a bias over
-    it), the gate/up kernels' input rows and the down kernel's columns (and a bias over them). Qwen's
-    q/k/v biases run over heads, not channels: they are not listed."""
+    norm scales, the q/k/v kernels' model axis (Llama's first, Gemma's second), the attention output
+    kernel's last axis (and a bias over it), the gate (where there is one) and up kernels' input rows and
+    the down kernel's columns (and a bias over them). Qwen's q/k/v biases run over heads, not channels:
+    they are not listed."""
     out = [(norm.scale, 0) for norm in residual_norms(block)]
     *qkv, (output, *_rest) = keras_graph.attention_projections(attention(block))
     out += [(sub.kernel, keras_graph.einsum_model_axis(sub, False, 0)) for sub, *_ in qkv]
     last = len(output.kernel.shape) - 1
     out.append((output.kernel, keras_graph.einsum_model_axis(output, True, last)))
-    gate, up, down = keras_graph.hub_swiglu(block)
-    out += [(gate.kernel, 0), (up.kernel, 0), (down.kernel, 1)]
+    gate, up, down = keras_graph.hub_ffn(block)
+    out += [(dense.kernel, 0) for dense in (gate, up) if dense is not None] + [(down.kernel, 1)]
     for dense in (output, down):
         if getattr(dense, "bias", None) is not None:
             out.append((dense.bias, len(dense.bias.shape) - 1))
@@ -735,7 +840,12 @@ def stream_slices(model) -> list[tuple[Any, int]]:
 
 
 def narrow_blocker(model) -> str | None:
-    """Why the model's residual stream cannot be narrowed, or None when it can."""
+    """Why the model's residual stream cannot be narrowed, or None when it can. A block normalising with
+    LayerNormalization (GPT-2, OPT) cannot be: see `centred_norm_reason`."""
+    for block in blocks(model):
+        reason = centred_norm_reason(block)
+        if reason:
+            return reason
     embedding, _final = stream_ends(model)
     if getattr(getattr(embedding, "dtype_policy", None), "quantization_mode", None) is not None:
         return f"{embedding.name!r} is quantized by Keras"
@@ -745,6 +855,23 @@ def narrow_blocker(model) -> str | None:
             return blocker
         if not all(_norm_offset(norm) is not None for norm in residual_norms(block)):
             return f"{block.name!r} does not normalise with one of {_norm_names()}"
+    return None
+
+
+def centred_norm_reason(block) -> str | None:
+    """Why no narrower model computes what this block computes once residual channels are zero, or None:
+    a LayerNormalization (GPT-2's, OPT's) subtracts the mean over all D channels, zero ones included,
+    and divides by their spread around it; over D' channels it would subtract a mean D/D' times larger,
+    which no correction of its scale, offset or epsilon undoes (an RMSNorm divides only, see `narrower`)."""
+    import keras
+
+    for norm in residual_norms(block):
+        if isinstance(norm, keras.layers.LayerNormalization) and not norm.get_config().get("rms_scaling"):
+            return (
+                f"{type(block).__name__} {block.name!r} normalises with LayerNormalization, which subtracts the "
+                "mean over all channels: deleting channels changes every block's output (-g hidden narrows RMSNorm "
+                "decoders: Llama, Mistral, Qwen, Qwen3, Gemma)"
+            )
     return None
 
 

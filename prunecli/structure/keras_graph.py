@@ -263,9 +263,12 @@ class HubBlockParts:
     """Where a KerasHub Transformer block keeps its parts (attribute names)."""
 
     attention: str  # the self-attention layer
-    ffn: tuple[str, str, str]  # the gated feed-forward network: activated gate, up, down projections
+    # the feed-forward network: activated gate, up, down projections; no gate (None): down(act(up(x))), the
+    # activation being the up projection's own (TransformerDecoder's intermediate Dense)
+    ffn: tuple[str | None, str, str]
     norms: tuple[str, str]  # the norms before attention and before the feed-forward network
     post_norms: tuple[str, ...] = ()  # norms of the attention and feed-forward outputs, where a block may have them
+    cross_attention: str | None = None  # the attention over an encoder's output, where a block may have one
 
 
 # KerasHub's usual names (TransformerEncoder's attention; Llama, Mistral and Qwen decoders) ...
@@ -282,6 +285,13 @@ HUB_BLOCK_PARTS_BY_CLASS = {
         ("pre_attention_norm", "pre_ffw_norm"),
         ("post_attention_norm", "post_ffw_norm"),  # Gemma 2's options
     ),
+    # the generic block of GPT-2 and OPT: multi-head attention, an un-gated feed-forward network, LayerNorms
+    "TransformerDecoder": HubBlockParts(
+        "_self_attention_layer",
+        (None, "_feedforward_intermediate_dense", "_feedforward_output_dense"),
+        ("_self_attention_layer_norm", "_feedforward_layer_norm"),
+        cross_attention="_cross_attention_layer",  # built when the block is first called with an encoder sequence
+    ),
 }
 
 
@@ -297,21 +307,43 @@ def hub_self_attention(block):
     return getattr(block, _hub_block_parts(block).attention, None)
 
 
+def hub_cross_attention(block):
+    """The attention a KerasHub decoder block pays to an encoder's output (BART's), or None."""
+    name = _hub_block_parts(block).cross_attention
+    return None if name is None else getattr(block, name, None)
+
+
 def grouped_head_counts(layer) -> tuple[int, int] | None:
     """(query heads, key/value heads) of a grouped-query attention layer, or None: KerasHub's Llama and
-    Qwen attention name them publicly (num_query_heads), Mistral's privately (_num_query_heads)."""
+    Qwen attention name them publicly (num_query_heads), Mistral's privately (_num_query_heads);
+    keras.layers.MultiHeadAttention (GPT-2's and OPT's CachedMultiHeadAttention) has one key/value head
+    per query head."""
+    import keras
+
+    if isinstance(layer, keras.layers.MultiHeadAttention):
+        heads = attention_head_count(layer)
+        return heads, heads
     for q, kv in (("num_query_heads", "num_key_value_heads"), ("_num_query_heads", "_num_key_value_heads")):
         if hasattr(layer, q) and hasattr(layer, kv):
             return int(getattr(layer, q)), int(getattr(layer, kv))
     return None
 
 
+def hub_ffn(block) -> tuple | None:
+    """(gate, up, down) projections of a KerasHub decoder block's feed-forward network: gated,
+    down(act(gate(x)) * up(x)) (SwiGLU in Llama/Mistral/Qwen (Dense), GeGLU in Gemma (EinsumDense, kernels
+    (hidden, units) and (units, hidden) alike)), or un-gated, down(act(up(x))) with gate None
+    (TransformerDecoder: GPT-2, OPT); None where a projection the layout names is missing."""
+    names = _hub_block_parts(block).ffn
+    found = tuple(None if name is None else getattr(block, name, None) for name in names)
+    missing = any(f is None for f, name in zip(found, names, strict=True) if name is not None)
+    return None if missing else found
+
+
 def hub_swiglu(block) -> tuple | None:
-    """(gate, up, down) projections of a KerasHub decoder block's gated feed-forward network,
-    down(act(gate(x)) * up(x)): SwiGLU in Llama/Mistral/Qwen (Dense), GeGLU in Gemma (EinsumDense,
-    kernels (hidden, units) and (units, hidden) alike); None where one is missing."""
-    found = tuple(getattr(block, name, None) for name in _hub_block_parts(block).ffn)
-    return None if any(f is None for f in found) else found
+    """hub_ffn's (gate, up, down) of a gated feed-forward network; None for an un-gated one."""
+    found = hub_ffn(block)
+    return None if found is None or found[0] is None else found
 
 
 def hub_block_norms(block) -> list:

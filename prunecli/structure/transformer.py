@@ -468,6 +468,7 @@ HUB_BLOCKS = (
     "PrunedMistralTransformerDecoder",
     "PrunedQwenTransformerDecoder",
     "PrunedGemmaDecoderBlock",
+    "PrunedTransformerDecoder",
     "HeadPrunedTransformerEncoder",
     "GemmaDecoderBlock",
     "ViTEncoderBlock",

@@ -68,6 +68,36 @@ def loss_callable(loss, purpose: str):
     return mean
 
 
+# Tracing a forward pass costs about what four eager calls do (a 4-block KerasHub decoder, 32 x 128
+# tokens: 2.1 s against 0.59 s each); a traced call then runs 2.8x faster. Fewer batches run eagerly.
+TRACE_FROM_BATCHES = 4
+
+
+def loss_step(model, loss, batches: list):
+    """fn(x, y) -> the batch's mean loss on `model`, traced when there are enough batches to repay the
+    trace. A model masked in place between measurements keeps its step: variables are read at each call."""
+    import tensorflow as tf
+
+    def step(x, y):
+        return loss(y, model(x, training=False))
+
+    return tf.function(step, reduce_retracing=True) if len(batches) >= TRACE_FROM_BATCHES else step
+
+
+def mean_loss(model, batches: list, loss, step=None) -> float:
+    """The example-weighted mean of `loss` (a loss_callable) over fixed (x, y) batches: what layer,
+    block and split candidates are scored by. `step`: the model's loss_step, when the caller keeps one."""
+    import tensorflow as tf
+
+    step = step or loss_step(model, loss, batches)
+    total = count = 0
+    for x, y in batches:
+        n = int(tf.nest.flatten(y)[0].shape[0])
+        total += float(step(x, y)) * n
+        count += n
+    return total / max(count, 1)
+
+
 class NextTokenLoss:
     """A causal LM's loss: the mean cross-entropy of each position's prediction of the next token over
     the positions that have one (label >= 0; io/data/tokens.py labels the rest NO_TOKEN, -1). One

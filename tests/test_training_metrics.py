@@ -1,0 +1,51 @@
+"""training/metrics.mean_loss: the loss layer, block and split candidates are scored by."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from prunecli.training import metrics  # noqa: E402
+
+
+def _model_and_batches(sizes):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((5,))
+    model = keras.Model(inp, keras.layers.Dense(3)(inp))
+    rng = np.random.default_rng(0)
+    batches = [(rng.standard_normal((n, 5)).astype("float32"), rng.integers(0, 3, n).astype("int32")) for n in sizes]
+    return model, batches
+
+
+def _by_hand(model, batches) -> float:
+    """Every example's cross-entropy, averaged over all examples (not a mean of batch means)."""
+    losses = []
+    for x, y in batches:
+        logits = np.asarray(model(x), np.float64)
+        logits -= logits.max(axis=1, keepdims=True)
+        log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        losses.extend(-log_p[np.arange(len(y)), y])
+    return float(np.mean(losses))
+
+
+@pytest.mark.parametrize("sizes", [(7, 2), (8, 8, 8, 3, 1)], ids=["eager", "traced"])
+def test_mean_loss_weights_each_example_once_traced_or_not(sizes):
+    model, batches = _model_and_batches(sizes)
+    loss = metrics.loss_callable(keras.losses.SparseCategoricalCrossentropy(from_logits=True), "test")
+    step = metrics.loss_step(model, loss, batches)
+    assert hasattr(step, "get_concrete_function") == (len(batches) >= metrics.TRACE_FROM_BATCHES)
+    assert metrics.mean_loss(model, batches, loss) == pytest.approx(_by_hand(model, batches), rel=1e-5)
+
+
+def test_a_kept_step_reads_the_weights_as_they_are_now():
+    """A model masked in place between measurements (-g transformer's splits) keeps one traced step."""
+    model, batches = _model_and_batches((8, 8, 8, 8))
+    loss = metrics.loss_callable(keras.losses.SparseCategoricalCrossentropy(from_logits=True), "test")
+    step = metrics.loss_step(model, loss, batches)
+    before = metrics.mean_loss(model, batches, loss, step)
+    kernel = model.layers[-1].kernel
+    kernel.assign(np.zeros(kernel.shape, "float32"))
+    after = metrics.mean_loss(model, batches, loss, step)
+    assert after != pytest.approx(before) and after == pytest.approx(_by_hand(model, batches), rel=1e-5)
