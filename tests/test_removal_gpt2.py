@@ -27,6 +27,7 @@ from conftest import (
 keras = pytest.importorskip("keras")
 kh = pytest.importorskip("keras_hub")
 
+from prunecli import prune  # noqa: E402
 from prunecli.config import build_config  # noqa: E402
 from prunecli.errors import InputError  # noqa: E402
 from prunecli.removal import ffn, heads, hidden  # noqa: E402
@@ -222,6 +223,11 @@ def test_hidden_channels_are_refused_because_layer_norm_centres(cli, tmp_path):
     res = cli("prune", path, "-g", "hidden", "-s", "0.5", "--shrink", "-o", out, "-q")
     assert res.exit_code == 3 and "LayerNormalization, which subtracts the mean" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not out.exists()
+    said: list[str] = []  # refused before the run times tokens/s or evaluates anything
+    settings = {"model_path": str(path), "granularity": "hidden", "sparsity": 0.5, "shrink": True, "output": str(out)}
+    with pytest.raises(InputError, match="LayerNormalization"):
+        prune(build_config(settings, environ={}), progress=said.append)
+    assert said and not any("tokens per second" in line for line in said)
 
 
 @pytest.mark.slow

@@ -40,6 +40,18 @@ def structural(granularity: str, model=None) -> bool:
     return granularity in STEPS or _model_step(granularity, model) is not None
 
 
+def refusal(granularity: str, model, targets, config) -> str | None:
+    """Why the structural step for this granularity cannot run on this model (its one-line error), found
+    before any work (the run measures, evaluates and copies a teacher first), or None. Steps without such
+    a check (no `refusal` in their module) find out in their run."""
+    import importlib
+
+    if granularity not in STEPS:
+        return None
+    check = getattr(importlib.import_module(STEPS[granularity]), "refusal", None)
+    return None if check is None else check(model, targets, config)
+
+
 def step_for(granularity: str, model=None):
     """The step that removes this granularity's structures (imported on demand: each pulls in Keras)."""
     import importlib

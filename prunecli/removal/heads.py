@@ -327,6 +327,19 @@ def macs_at(model, seq_len: int) -> dict[str, int]:
 # The step
 
 
+def _allowed(model, targets, config) -> list:
+    return [hl for hl in find(model, targets) if allowed_by_rules(hl.path, config)]
+
+
+def refusal(model, targets, config) -> str | None:
+    """Why -g head cannot run on this model (the one-line error), or None: checked before any work."""
+    if _allowed(model, targets, config):
+        return None
+    unread = unread_attention(model)
+    why = f" ({', '.join(unread[:3])}: a layout whose heads prunecli does not read)" if unread else ""
+    return f"{config.model_path or 'model'}: no attention layer with prunable heads{why}"
+
+
 def run_heads(model, targets, config, *, data=None, loss_fn=None, sample_x=None, progress=None):
     """Score, choose and mask (or, with config.shrink, delete) attention heads.
 
@@ -345,11 +358,9 @@ def run_heads(model, targets, config, *, data=None, loss_fn=None, sample_x=None,
 
     say = progress or (lambda _m: None)
     notes: list[str] = []
-    found = [hl for hl in find(model, targets) if allowed_by_rules(hl.path, config)]
+    found = _allowed(model, targets, config)
     if not found:
-        unread = unread_attention(model)
-        why = f" ({', '.join(unread[:3])}: a layout whose heads prunecli does not read)" if unread else ""
-        raise InputError(f"{config.model_path or 'model'}: no attention layer with prunable heads{why}")
+        raise InputError(refusal(model, targets, config))
     say(f"scoring the heads of {len(found)} attention layer(s) with {config.method}")
     scores = score(model, found, config, data, loss_fn)
     sparsity, target = None, None

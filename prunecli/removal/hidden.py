@@ -51,6 +51,14 @@ def applies(model) -> bool:
     return bool(decoders.blocks(model))
 
 
+def refusal(model, targets, config) -> str | None:
+    """Why -g hidden cannot run on this model (the one-line error), or None: checked before any work."""
+    if not applies(model):
+        return f"{config.model_path or 'model'}: -g hidden needs KerasHub decoder blocks (Llama, Mistral, Qwen, Qwen3)"
+    blocker = decoders.narrow_blocker(model)
+    return f"{config.model_path or 'model'}: the residual stream cannot be narrowed: {blocker}" if blocker else None
+
+
 # ---------------------------------------------------------------------------------------------------
 # Scores
 
@@ -126,13 +134,9 @@ def run_hidden(model, targets, config, *, data=None, loss_fn=None, sample_x=None
 
     say = progress or (lambda _m: None)
     notes: list[str] = []
-    if not applies(model):
-        raise InputError(
-            f"{config.model_path or 'model'}: -g hidden needs KerasHub decoder blocks (Llama, Mistral, Qwen, Qwen3)"
-        )
-    blocker = decoders.narrow_blocker(model)
-    if blocker:
-        raise InputError(f"{config.model_path or 'model'}: the residual stream cannot be narrowed: {blocker}")
+    why = refusal(model, targets, config)
+    if why:
+        raise InputError(why)
     if config.include or config.exclude:
         notes.append("-g hidden narrows every slice of the residual stream: --include/--exclude do not apply")
     slices = decoders.stream_slices(model)

@@ -360,6 +360,15 @@ def _why_none(model) -> str:
     return "no residual branch or shape-preserving layer"
 
 
+def _none_removable(model, config) -> str:
+    return f"{config.model_path}: no layer can be removed ({_why_none(model)})"
+
+
+def refusal(model, targets, config) -> str | None:
+    """Why -g layer cannot run on this model (the one-line error), or None: checked before any work."""
+    return None if analyse(model, config.include, config.exclude)[0] else _none_removable(model, config)
+
+
 def run(model, run_targets, data, task, config, progress, timings) -> StepResult:
     """Score the candidates and return the model without the chosen ones."""
     from prunecli.structure import targets
@@ -370,7 +379,7 @@ def run(model, run_targets, data, task, config, progress, timings) -> StepResult
     with timings.phase("score"):
         candidates, rows = analyse(model, c.include, c.exclude)
         if not candidates:
-            raise InputError(f"{c.model_path}: no layer can be removed ({_why_none(model)})")
+            raise InputError(_none_removable(model, c))
         how = score(model, data, task, c, progress, candidates)
     notes: list[str] = []
     chosen = choose(candidates, c, notes)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from prunecli import __version__, removal
 from prunecli.config import PruneConfig
-from prunecli.errors import ConfigError, GateFailed
+from prunecli.errors import ConfigError, GateFailed, InputError
 from prunecli.io import plan_file
 from prunecli.outputs.report import Report, Timings
 from prunecli.results import StepResult
@@ -43,8 +43,11 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
     state, input_sizes = steps.load(config, say, timings)
     source_print = plan_file.fingerprint(state.model) if config.save_plan else None  # before any weight changes
     flops_before = flops.count(state.model, config.seq_len)  # theoretical multiply-adds per example, for the report
-    decoder_before = _decoder_view(state.model, config, say, timings)  # KerasHub decoders: blocks and tokens/s
     state = state.after(steps.pick_targets(state.model, config))
+    refused = removal.refusal(config.granularity.kind, state.model, state.targets, config)
+    if refused:  # a structural step this model cannot take: said before any measuring
+        raise InputError(refused)
+    decoder_before = _decoder_view(state.model, config, say, timings)  # KerasHub decoders: blocks and tokens/s
     state = state.after(steps.evaluate(state, "before", say, timings))
     teacher = None
     if config.distill is not None:  # the dense model teaches the pruned one: copied before anything is pruned
