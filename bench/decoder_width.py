@@ -5,6 +5,7 @@ plainly or distilled from the dense model: held-out perplexity, parameters, file
     .venv/bin/python bench/decoder_width.py                    # 3 seeds
     .venv/bin/python bench/decoder_width.py --seeds 2 --until 12:25
     .venv/bin/python bench/decoder_width.py --render-only      # the table again from the cached results
+    .venv/bin/python bench/decoder_width.py --family gpt2 --seeds 1   # the GPT-2-style subsection
 
 The dense model is built and trained once by bench/decoder_oneshot.py's own `build`/`train`/`token_file`
 (keras_hub LlamaBackbone from its config, nothing downloaded: hidden 128, 4 layers, 8 query / 4
@@ -47,6 +48,16 @@ the first seed's files.
 Results are cached as they come (JSON under --cache), so a stopped run resumes; `--until HH:MM` (UTC)
 starts no run after that time and writes the table of what was measured (cells with fewer seeds say n=).
 Results go to bench/TRANSFORMER.md, section "## KerasHub decoder shrunk for real: width and depth (issue 28)".
+
+`--family gpt2` measures decoder_oneshot's GPT-2-style decoder instead (keras_hub GPT2Backbone: hidden 128,
+4 layers, 4 heads of 32 with q/k/v/output biases, GELU FFN 512 with biases, LayerNorm, learned positions,
+LM head tied to the token embedding) and writes only the subsection "### GPT-2-style decoder" at the end of
+that section (a Llama run keeps that subsection as it is). Its rows: dense, FFN units and whole blocks at
+0.75x and 0.5x, heads (3 of 4 per block, the most prunecli removes: 0.765x); no hidden row (`-g hidden` is
+refused for GPT-2: LayerNorm centres the residual stream) and so no Minitron-style row. The parameter
+formulas count the biases (a head: 4 x 128 x 32 kernel entries + 3 x 32 q/k/v biases per block; an FFN unit:
+2 x 128 + 1) and are checked against every report's parameter count in the subsection. Its cache files are
+gpt2_width_results.json, gpt2_width_speed.json and out_gpt2/ beside the Llama ones.
 """
 
 from __future__ import annotations
@@ -73,6 +84,10 @@ FINETUNE = {"epochs": 1, "optimizer": "adamw:weight_decay=0.01", "learning_rate"
 DISTILL_T = 2.0
 SPEED_BATCH = 32  # rows of 128 tokens in the timed prefill batch
 GOAL_PPL, GOAL_SPEED = 1.10, 1.25  # issue 28 at 0.75x parameters
+FAMILY = "llama"  # the decoder this run measures (set by main: --family)
+GPT2 = dict(oneshot.FAMILIES["gpt2"])  # decoder_oneshot's GPT-2-style widths: hidden 128, 4 layers, 4 heads, FFN 512
+GPT2_HEAD_DIM = GPT2["hidden"] // GPT2["heads"]
+GPT2_HEADING = "### GPT-2-style decoder"
 
 
 # ---- what to run ---------------------------------------------------------------------------------------
@@ -86,6 +101,8 @@ def _attention_params(hidden: int, kv_groups: int) -> int:
 
 
 def _block_params(hidden: int) -> int:
+    if FAMILY == "gpt2":
+        return _gpt2_block_params(GPT2["heads"], GPT2["ffn"])
     return _attention_params(hidden, ARCH["kv_heads"]) + 3 * hidden * ARCH["ffn"] + 2 * hidden
 
 
@@ -93,6 +110,8 @@ def macs_per_token(row: dict, params: int) -> float:
     """Theoretical multiply-adds per token of a prefill at 128 tokens: every projection, the LM head
     (untied) and the two attention products over all 128 positions (as Keras computes them, mask or not).
     The kept FFN width is solved from the parameter count; hidden, groups and blocks from the row."""
+    if FAMILY == "gpt2":
+        return gpt2_macs_per_token(row)
     h, n_layers, groups = ARCH["hidden"], ARCH["layers"], ARCH["kv_heads"]
     for step in row["steps"]:
         if step["granularity"] == "hidden":
@@ -155,6 +174,82 @@ def runs(dense_params: int) -> list[dict]:
     return out
 
 
+# ---- GPT-2-style (--family gpt2) ---------------------------------------------------------------------
+
+
+def _gpt2_attention_params(heads: int) -> int:
+    """q, k, v kernels and biases of `heads` heads of 32 (head size kept), the output kernel's rows of
+    them, and the output bias (hidden, kept whatever the heads)."""
+    h, d = GPT2["hidden"], GPT2_HEAD_DIM
+    return heads * (4 * h * d + 3 * d) + h
+
+
+def _gpt2_block_params(heads: int, ffn: int) -> int:
+    """One TransformerDecoder block: attention, two LayerNorms (gamma, beta), the un-gated FFN (intermediate
+    kernel and bias per unit, output kernel row per unit, output bias)."""
+    h = GPT2["hidden"]
+    return _gpt2_attention_params(heads) + 4 * h + 2 * h * ffn + ffn + h
+
+
+def gpt2_shape(row: dict) -> tuple[int, int, int]:
+    """(heads, FFN units, blocks) a row leaves: `--sparsity` removes round(S x units) per block, at most
+    all but one head."""
+    heads, ffn, n_layers = GPT2["heads"], GPT2["ffn"], GPT2["layers"]
+    for step in row["steps"]:
+        if step["granularity"] == "head":
+            heads -= min(round(step["sparsity"] * heads), heads - 1)
+        elif step["granularity"] == "neuron":
+            ffn -= round(step["sparsity"] * ffn)
+        elif step["granularity"] == "layer":
+            n_layers -= step["remove_layers"]
+    return heads, ffn, n_layers
+
+
+def gpt2_params(row: dict) -> int:
+    """The parameters a row should leave: token embedding (tied with the LM head), learned positions
+    (128 x hidden), the final LayerNorm, and the blocks; checked against prunecli's report."""
+    h = GPT2["hidden"]
+    heads, ffn, n_layers = gpt2_shape(row)
+    return VOCAB * h + oneshot.SEQ * h + 2 * h + n_layers * _gpt2_block_params(heads, ffn)
+
+
+def gpt2_macs_per_token(row: dict) -> float:
+    """Multiply-adds per token of a prefill at 128 tokens: q/k/v/output projections, the FFN, the tied LM
+    head and the two attention products over all 128 positions (biases and norms not counted)."""
+    h = GPT2["hidden"]
+    heads, ffn, n_layers = gpt2_shape(row)
+    width = heads * GPT2_HEAD_DIM
+    return h * VOCAB + n_layers * (4 * h * width + 2 * h * ffn + 2 * oneshot.SEQ * width)
+
+
+def gpt2_runs(dense_params: int) -> list[dict]:
+    """The GPT-2 rows: FFN units, heads (3 of 4, the most) and whole blocks; no hidden row (refused)."""
+    h, n_layers, ffn = GPT2["hidden"], GPT2["layers"], GPT2["ffn"]
+    out = [{"key": "dense", "label": "dense, fine-tuned the same way (`-s 0`)", "target": 1.0, "steps": []}]
+
+    def ffn_row(t):
+        r = math.ceil((1 - t) * dense_params / ((2 * h + 1) * n_layers))  # kernel column, bias, kernel row
+        return {"granularity": "neuron", "sparsity": round(r / ffn, 6), "shrink": True}
+
+    def depth_row(t):
+        n = max(1, round((1 - t) * dense_params / _gpt2_block_params(GPT2["heads"], ffn)))
+        return {"granularity": "layer", "remove_layers": n, "shrink": True, "score_batches": 4}
+
+    for t in (0.75, 0.5):
+        out.append({"key": f"ffn{t}", "label": "FFN units", "target": t, "steps": [ffn_row(t)]})
+        if t == 0.75:
+            out.append(
+                {
+                    "key": "heads",
+                    "label": "heads (3 of 4: the most)",
+                    "target": 0.75,
+                    "steps": [{"granularity": "head", "sparsity": 0.75, "shrink": True}],
+                }
+            )
+        out.append({"key": f"depth{t}", "label": "whole blocks", "target": t, "steps": [depth_row(t)]})
+    return out
+
+
 def command(step: dict, model: str, variant: str | None, seed) -> str:
     flags = {
         "granularity": "-g",
@@ -212,18 +307,18 @@ def prune_step(model_path: Path, data: Path, out: Path, step: dict, variant: str
     }
 
 
-def run_row(row: dict, dense: Path, data: Path, cache: Path, variant: str, seed: int, results: dict) -> dict:
+def run_row(row: dict, dense: Path, data: Path, out_dir: Path, variant: str, seed: int, results: dict) -> dict:
     """Run a row's steps (the earlier ones one-shot, cached across seeds and variants: magnitude scores are
     seed-free), the last fine-tuned as `variant`."""
     steps = row["steps"] or [{"granularity": "element", "sparsity": 0.0}]
     src = dense
     for i, step in enumerate(steps[:-1]):
-        out = cache / "out" / f"{row['key']}_step{i}.keras"
+        out = out_dir / f"{row['key']}_step{i}.keras"
         key = f"{row['key']}|step{i}"
         if key not in results or not out.exists():
             results[key] = prune_step(src, data, out, step, None, 0)
         src = out
-    out = cache / "out" / f"{row['key']}_{variant}_s{seed}.keras"
+    out = out_dir / f"{row['key']}_{variant}_s{seed}.keras"
     res = prune_step(src, data, out, steps[-1], variant, seed)
     if len(steps) > 1:
         res["before"] = results[f"{row['key']}|step0"]["before"]  # the dense model's, not the step's input
@@ -301,26 +396,12 @@ def _cell(vals, seeds: int, fmt: str = "{:.3f}") -> str:
     return text if n == seeds else f"{text} (n={n})"
 
 
-def render(results: dict, meta: dict, speed: dict, rows: list[dict], seeds: list[int], args):
-    first = next((v for k, v in results.items() if "|plain|" in k or "|distill|" in k), None)
-    dense_ppl = first["before"] if first else float("nan")
-    dense_params = meta["params"]
-    dense_bytes = _vals(results, "dense", "plain", "bytes")
-    dense_bytes = dense_bytes[0] if dense_bytes else None
-    dense_tps = speed.get("dense", {}).get("tokens_per_s")
-    dense_decode = speed.get("dense", {}).get("decode_tokens_per_s")
-    cmd = "`.venv/bin/python bench/decoder_width.py" + "".join(
-        f" {flag} {value}" for flag, value in (("--seeds", args.seeds), ("--until", args.until)) if value
-    )
-    cmd += "`"
-    run_s = sum(v.get("seconds", 0) for v in results.values())
-    dense_macs = macs_per_token(rows[0], dense_params)
-    m = machine()
-    lines = [
+def _llama_intro(meta, seeds, cmd, run_s, n_results, dense_params) -> list[str]:
+    return [
         HEADING,
         "",
         f"{cmd} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-        + (f"; its {len(results)} prune runs took {run_s / 60:.0f} min in all" if run_s else "")
+        + (f"; its {n_results} prune runs took {run_s / 60:.0f} min in all" if run_s else "")
         + "). A KerasHub Llama-style causal LM built from its config (keras_hub LlamaBackbone: hidden 128, "
         "4 layers, 8 query / 4 key-value heads of 16 (GQA), SwiGLU FFN 512, RMSNorm, rotary positions; "
         f"byte vocabulary 256; {dense_params:,} parameters), trained here once by "
@@ -337,6 +418,38 @@ def render(results: dict, meta: dict, speed: dict, rows: list[dict], seeds: list
         "reading the previous output, only the last fine-tuned):",
         "",
     ]
+
+
+def _gpt2_intro(meta, seeds, cmd, run_s, n_results, dense_params) -> list[str]:
+    g = GPT2
+    return [
+        GPT2_HEADING,
+        "",
+        f"{cmd} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+        + (f"; its {n_results} prune runs took {run_s / 60:.0f} min in all" if run_s else "")
+        + f"). The same measurement for a KerasHub GPT-2-style causal LM built from its config (keras_hub "
+        'GPT2Backbone, `bench/decoder_oneshot.py`\'s "gpt2" family: '
+        f"hidden {g['hidden']}, {g['layers']} layers, "
+        f"{g['heads']} heads of {GPT2_HEAD_DIM} with q/k/v/output biases, GELU FFN {g['ffn']} with biases, "
+        "LayerNorm, learned positions (128), LM head tied to the token embedding; byte vocabulary 256; "
+        f"{dense_params:,} parameters), trained here once by `bench/decoder_oneshot.py`'s `train` "
+        f"({meta['steps']} steps of {meta['batch']} x 128 tokens, {meta['train_s']:.0f} s, AdamW 2e-3), then "
+        "shrunk and fine-tuned exactly as the Llama table above (same data, optimizer, epoch, `--distill "
+        f"{DISTILL_T:g}`). One seed only ({seeds}; the Llama table has three), so the cells carry no spread. "
+        "No hidden-channel row: `-g hidden` is refused for GPT-2 (its LayerNorms centre the residual stream, "
+        "so residual channels cannot be removed exactly), and no Minitron-style row, which needs it. Heads "
+        "are removed with their q/k/v bias slices and the output kernel's rows, the head size kept; FFN units "
+        "with their intermediate column and bias and the output row. The sparsity for each target is "
+        "computed from the architecture with the biases counted (a head is 4 x 128 x 32 + 3 x 32 = 16,480 "
+        "parameters per block, an FFN unit 2 x 128 + 1 = 257), and the resulting count is checked against "
+        "prunecli's report below the table.",
+        "",
+        "Commands (model = the trained dense .keras):",
+        "",
+    ]
+
+
+def _commands(lines: list[str], rows, m, meta) -> None:
     shown = set()
     lines.append(
         "- dense, fine-tuned the same way: `prunecli prune model.keras -s 0 --data tokens.npz --seed N --epochs 1 "
@@ -357,6 +470,34 @@ def render(results: dict, meta: dict, speed: dict, rows: list[dict], seeds: list
         f"the end {load_average()} (training: {meta['load_average']}).",
         "",
     ]
+
+
+def render(results: dict, meta: dict, speed: dict, rows: list[dict], seeds: list[int], args):
+    first = next((v for k, v in results.items() if "|plain|" in k or "|distill|" in k), None)
+    dense_ppl = first["before"] if first else float("nan")
+    dense_params = meta["params"]
+    dense_bytes = _vals(results, "dense", "plain", "bytes")
+    dense_bytes = dense_bytes[0] if dense_bytes else None
+    dense_tps = speed.get("dense", {}).get("tokens_per_s")
+    dense_decode = speed.get("dense", {}).get("decode_tokens_per_s")
+    cmd = "`.venv/bin/python bench/decoder_width.py" + "".join(
+        f" {flag} {value}"
+        for flag, value in (
+            ("--family", "gpt2" if FAMILY == "gpt2" else None),
+            ("--seeds", args.seeds),
+            ("--until", args.until),
+        )
+        if value
+    )
+    cmd += "`"
+    run_s = sum(v.get("seconds", 0) for v in results.values())
+    dense_macs = macs_per_token(rows[0], dense_params)
+    m = machine()
+    if FAMILY == "gpt2":
+        lines = _gpt2_intro(meta, seeds, cmd, run_s, len(results), dense_params)
+    else:
+        lines = _llama_intro(meta, seeds, cmd, run_s, len(results), dense_params)
+    _commands(lines, rows, m, meta)
     headers = [
         "run",
         "target",
@@ -414,7 +555,17 @@ def render(results: dict, meta: dict, speed: dict, rows: list[dict], seeds: list
         )
     lines.append(table(headers, body))
     lines.append("")
-    if speed:
+    if speed and FAMILY == "gpt2":
+        lines.append(
+            f"Prefill: {speed.get('_batch', SPEED_BATCH)} x 128 tokens per pass, fastest of "
+            f"{speed.get('_passes', '?')} traced passes per model, models interleaved; the distilled files. "
+            "Decode: 32 cached greedy steps at batch 1 after a 16-token prompt, one traced `call_with_cache` "
+            "per token (prunecli's `decoder` report), best of two; at this size a step is mostly per-step "
+            "overhead, so the decode ratios are within noise (see the Llama table's note)." + _previous_timings(speed)
+        )
+        lines.append("")
+        lines += gpt2_param_check(results, rows, meta["params"])
+    elif speed:
         lines.append(
             f"Prefill: {speed.get('_batch', SPEED_BATCH)} x 128 tokens per pass, fastest of {speed.get('_passes', '?')} traced passes "
             "per model, models interleaved; the first seed's distilled files. Decode: 32 cached greedy steps at "
@@ -564,7 +715,17 @@ def observations(results, rows, dense_ppl) -> list[str]:
             "(not measured here). That likely explains why its distilled figure trails its plain one."
         )
     heads = _stat(_vals(results, "heads", "plain", "after"))
-    if heads:
+    if heads and FAMILY == "gpt2":
+        attn = GPT2["layers"] * _gpt2_attention_params(GPT2["heads"])
+        total = gpt2_params({"steps": []})
+        left = gpt2_params(next(r for r in rows if r["key"] == "heads")) / total
+        out.append(
+            f"- Heads alone cannot quite reach 0.75x here: attention (q, k, v, output, with biases) is "
+            f"{attn:,} of {total:,} parameters ({attn / total:.0%}), and prunecli keeps at least one head per "
+            f"block, so removing 3 of the 4 heads per block (the most) leaves {left:.3f}x, at a one-shot "
+            f"perplexity of {heads[0]:.3f}."
+        )
+    elif heads:
         out.append(
             f"- Heads alone cannot reach 0.75x here: attention (q, k, v, o) is 196,608 of 1,049,728 parameters "
             f"(19%), so removing 3 of the 4 key/value groups per block (and 6 of 8 query heads) leaves 0.86x, at "
@@ -573,7 +734,51 @@ def observations(results, rows, dense_ppl) -> list[str]:
     return out
 
 
+def gpt2_param_check(results, rows, dense_params) -> list[str]:
+    """The parameter formulas (biases counted) against the counts prunecli's reports gave."""
+    checks, bad = [], []
+    for row in rows:
+        got = _vals(results, row["key"], "distill", "params") + _vals(results, row["key"], "plain", "params")
+        if row["key"] == "dense":
+            got = got or [dense_params]
+        if not got:
+            continue
+        want = gpt2_params(row)
+        checks.append(row["key"])
+        if any(g != want for g in got):
+            bad.append(f"{row['label']} {row['target']:g}x: formula {want:,}, report {sorted(set(got))}")
+    if not checks:
+        return []
+    if bad:
+        return ["Parameter check: the formulas and prunecli's reports DIFFER: " + "; ".join(bad) + ".", ""]
+    return [
+        f"Parameter check: for all {len(checks)} rows the count in prunecli's report equals the formula "
+        "(token embedding + 128 learned positions + final LayerNorm + per block: heads x (4 x 128 x 32 + "
+        "3 x 32) + output bias + 2 LayerNorms + units x (2 x 128 + 1) + output bias).",
+        "",
+    ]
+
+
 # ---- main ----------------------------------------------------------------------------------------------
+
+
+def write(text: str) -> None:
+    """Llama: the section up to the GPT-2 subsection (kept as it is); gpt2: that subsection only (the
+    Llama text above it kept byte for byte). The section runs to the next `## ` heading."""
+    lines = OUT.read_text(encoding="utf-8").splitlines() if OUT.exists() else []
+    if HEADING not in lines:
+        section = []
+    else:
+        begin = lines.index(HEADING)
+        end = next((i for i in range(begin + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        section = lines[begin:end]
+    cut = section.index(GPT2_HEADING) if GPT2_HEADING in section else len(section)
+    llama, gpt2 = "\n".join(section[:cut]).strip("\n"), "\n".join(section[cut:]).strip("\n")
+    if FAMILY == "gpt2":
+        gpt2 = text.strip("\n")
+    else:
+        llama = text.strip("\n")
+    replace_section(OUT, HEADING, llama + ("\n\n" + gpt2 if gpt2 else ""))
 
 
 def main(argv=None) -> int:
@@ -590,22 +795,32 @@ def main(argv=None) -> int:
         "--table-seeds", type=int, default=None, help="show only the first N seeds (where --until cut the last short)"
     )
     ap.add_argument("--no-write", action="store_true", help="print, do not write bench/TRANSFORMER.md")
+    ap.add_argument(
+        "--family",
+        choices=("llama", "gpt2"),
+        default="llama",
+        help="llama: the section's main table; gpt2: its subsection " + repr(GPT2_HEADING),
+    )
     args = ap.parse_args(argv)
+    global FAMILY
+    FAMILY = args.family
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from prunecli.runtime import quiet_tensorflow
 
     quiet_tensorflow()
     oneshot.FAMILIES["llama"] = dict(ARCH)  # decoder_oneshot's builder, this bench's widths
     cache = Path(args.cache)
-    (cache / "out").mkdir(parents=True, exist_ok=True)
-    store, speed_file = cache / "width_results.json", cache / "width_speed.json"
+    out_dir = cache / "out" if FAMILY == "llama" else cache / "out_gpt2"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prefix = "" if FAMILY == "llama" else "gpt2_"
+    store, speed_file = cache / f"{prefix}width_results.json", cache / f"{prefix}width_speed.json"
     results = json.loads(store.read_text()) if store.exists() else {}
     seeds = list(range(args.seeds))
     SEEDS[:] = seeds[: args.table_seeds] if args.table_seeds else seeds
     data = oneshot.token_file(cache)
-    dense, meta = oneshot.train("llama", cache, args.steps, args.train_seconds)
+    dense, meta = oneshot.train(FAMILY, cache, args.steps, args.train_seconds)
     print("dense:", json.dumps(meta), flush=True)
-    rows = runs(meta["params"])
+    rows = runs(meta["params"]) if FAMILY == "llama" else gpt2_runs(meta["params"])
     if not args.render_only:
         stop = False
         for seed in seeds:  # every row at the first seed before any second seed
@@ -621,7 +836,7 @@ def main(argv=None) -> int:
                         stop = True
                         break
                     try:
-                        results[key] = run_row(row, dense, data, cache, variant, seed, results)
+                        results[key] = run_row(row, dense, data, out_dir, variant, seed, results)
                     except Exception as exc:  # a prunecli failure is a finding: keep it and go on
                         results[key] = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
                     store.write_text(json.dumps(results, indent=0))
@@ -632,7 +847,7 @@ def main(argv=None) -> int:
                 break
         paths = {"dense": dense}
         for row in rows:
-            path = cache / "out" / f"{row['key']}_distill_s{seeds[0]}.keras"
+            path = out_dir / f"{row['key']}_distill_s{seeds[0]}.keras"
             if row["key"] != "dense" and path.exists():
                 paths[row["key"]] = path
         import numpy as np
@@ -660,7 +875,7 @@ def main(argv=None) -> int:
         text += "\n\nRuns that failed (prunecli errors):\n\n" + "\n".join(f"- `{k}`: {v}" for k, v in errors.items())
     print(text)
     if not args.no_write:
-        replace_section(OUT, HEADING, text)
+        write(text)
     return 0
 
 
