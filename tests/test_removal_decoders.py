@@ -353,7 +353,7 @@ def test_report_shows_each_block_before_and_after_and_tokens_per_second(cli, tmp
 def test_block_macs_count_projections_products_and_the_ffn():
     from prunecli.outputs import decoder_blocks
 
-    shape = {"query_heads": 4, "kv_groups": 2, "head_dim": 8, "ffn_units": 64, "hidden": 32}
+    shape = {"query_heads": 4, "kv_groups": 2, "head_dim": 8, "ffn_units": 64, "ffn_kernels": 3, "hidden": 32}
     seq = 10
     projections = seq * 32 * 8 * (4 + 2 + 2 + 4)  # q, k, v, o
     assert decoder_blocks.block_macs(shape, seq) == projections + 2 * seq * seq * 4 * 8 + 3 * seq * 32 * 64

@@ -52,7 +52,7 @@ def block_macs(shape: dict[str, int], seq_len: int) -> int:
     d, hd, h, g, f = shape["hidden"], shape["head_dim"], shape["query_heads"], shape["kv_groups"], shape["ffn_units"]
     projections = seq_len * d * hd * (2 * h + 2 * g)  # q and o over query heads, k and v over groups
     products = 2 * seq_len * seq_len * h * hd  # q.k and attention.v
-    return projections + products + shape.get("ffn_kernels", 3) * seq_len * d * f
+    return projections + products + shape["ffn_kernels"] * seq_len * d * f
 
 
 def blocks_table(model, seq_len: int) -> dict[str, dict[str, int]]:

@@ -63,7 +63,7 @@ def find(model, targets=None) -> list[decoders.Ffn]:
 
 def data_scores(model, found: list[decoders.Ffn], data, loss_fn, method: str, max_batches: int | None):
     """{block: (units,) scores}: Taylor |w*g| or gradient |g| summed over each unit's kernel slices (three
-    of a gated network, two of an un-gated one or of a plain Dense pair: removal/split.DenseFfn)."""
+    of a gated network, two of an un-gated one or of a plain Dense pair: removal/split._dense_ffns)."""
     import numpy as np
 
     if data is None or loss_fn is None:

@@ -12,7 +12,7 @@ that sums to one (15 with three axes), and each split is realised through each a
 - then heads (removal/heads.py: scores, the one selection path, a layer keeps one unit) of the blocks
   left, the most whose cost stays within their share;
 - then feed-forward units (KerasHub decoders' gated units, removal/ffn.py; a plain Keras Transformer's
-  Dense pairs, DenseFfn below) the same way.
+  Dense pairs, as decoders.Ffn without a gate or block) the same way.
 
 The finest axis given a share fills the rest: it removes at least what is left, so every split lands at
 or under the goal (a split that cannot is listed as unreachable). Each split is masked on the model
@@ -42,30 +42,6 @@ from prunecli.structure import decoders, equivalence, keras_graph, transformer
 GRID_STEP = 0.25  # the share of the removal each axis may take moves in quarters, as the issue asked
 FILL_ORDER = ("blocks", "heads", "ffn")  # coarse to fine: the finest axis with a share fills the rest
 WHAT = "heads, feed-forward units and blocks"
-
-
-@dataclass
-class DenseFfn:
-    """A plain Keras Transformer's feed-forward pair (transformer.ffn_pairs): unit j is the first
-    Dense's kernel column j and bias j and the second Dense's kernel row j. Shaped like decoders.Ffn
-    (path, units, slices, down) so removal/ffn.py scores it."""
-
-    path: str
-    first: Any
-    down: Any
-
-    @property
-    def units(self) -> int:
-        return int(self.first.kernel.shape[-1])
-
-    def slices(self) -> list[tuple[Any, int]]:
-        """(kernel, unit axis) of the two projections: what scores and multiply-adds read."""
-        return [(self.first.kernel, 1), (self.down.kernel, 0)]
-
-    def all_slices(self) -> list[tuple[Any, int]]:
-        """Everything a unit owns, its bias included: what is masked and counted as parameters."""
-        bias = [(self.first.bias, 0)] if self.first.use_bias else []
-        return self.slices() + bias
 
 
 @dataclass
@@ -116,19 +92,19 @@ def grid(axes: tuple[str, ...]) -> list[dict[str, float]]:
 # What can go
 
 
-def _dense_ffns(model) -> list[DenseFfn]:
+def _dense_ffns(model) -> list[decoders.Ffn]:
+    """A plain Keras Transformer's feed-forward pairs (transformer.ffn_pairs) as un-gated networks outside
+    any decoder block: unit j is the first Dense's kernel column j and bias j and the second's row j."""
     by_name = {layer.name: layer for layer in keras_graph.all_layers(model)}
-    return [DenseFfn(first, by_name[first], by_name[second]) for first, second in transformer.ffn_pairs(model)]
+    return [
+        decoders.Ffn(first, block=None, gate=None, up=by_name[first], down=by_name[second])
+        for first, second in transformer.ffn_pairs(model)
+    ]
 
 
-def _owned(f) -> list[tuple[Any, int]]:
-    """Every (variable, unit axis) a feed-forward unit owns, its biases too (a plain pair's, GPT-2's)."""
-    return f.all_slices()
-
-
-def _owner(f) -> str:
+def _owner(f: decoders.Ffn) -> str:
     """The layer of the model's graph that holds the feed-forward network (what a block lists)."""
-    return f.first.name if isinstance(f, DenseFfn) else f.block.name
+    return f.up.name if f.block is None else f.block.name
 
 
 def find_axes(model, targets, data, task, config, progress) -> tuple[Axes, int, int]:
@@ -160,7 +136,7 @@ def find_axes(model, targets, data, task, config, progress) -> tuple[Axes, int, 
     else:
         dense = int(model.count_params())
         head_cost = {hl.path: heads.unit_params(hl) for hl in found}
-        ffn_cost = {f.path: units.unit_params(_owned(f)) for f in ffns}
+        ffn_cost = {f.path: units.unit_params(f.all_slices()) for f in ffns}
     loss_fn = None
     if task is not None and config.method in heads.DATA_METHODS:
         from prunecli.training.metrics import loss_callable
@@ -276,7 +252,7 @@ def mask(model, axes: Axes, choice: Choice) -> None:
     for f in axes.ffns:
         gone = choice.removed.get("ffn", {}).get(f.path)
         if gone:
-            units.zero_units(_owned(f), gone)
+            units.zero_units(f.all_slices(), gone)
 
 
 def masked_model(model, axes: Axes, choice: Choice):
@@ -408,18 +384,18 @@ def search(model, axes: Axes, dense: int, goal: int, data, task, config, progres
 # Removal for real
 
 
-def _smaller_ffn(f: DenseFfn, kept: list[int]) -> list[tuple]:
+def _smaller_ffn(f: decoders.Ffn, kept: list[int]) -> list[tuple]:
     """(old, new, weights) swaps of a plain feed-forward pair with only its kept units: the first Dense
     rebuilt with `units` = kept, the second from its own config (it reads the narrower input)."""
     import numpy as np
 
-    config = f.first.get_config()
+    config = f.up.get_config()
     config["units"] = len(kept)
-    first = type(f.first).from_config(config)
+    first = type(f.up).from_config(config)
     down = type(f.down).from_config(f.down.get_config())
     cut = {id(var): axis for var, axis in f.all_slices()}
     swaps = []
-    for old, new in ((f.first, first), (f.down, down)):
+    for old, new in ((f.up, first), (f.down, down)):
         values = {}
         for v in old.weights:
             arr = np.asarray(v)

@@ -211,10 +211,11 @@ def shrink_blocker(block) -> str | None:
 class Ffn:
     """The feed-forward network of one decoder block: unit j is gate[:, j], up[:, j], down[j, :] (and the
     gate's and up's bias j where they have one). Un-gated (gate None: GPT-2, OPT), unit j adds
-    act(x.up_j + b_j) down_j; a gated one act(x.gate_j) (x.up_j) down_j."""
+    act(x.up_j + b_j) down_j; a gated one act(x.gate_j) (x.up_j) down_j. A plain Keras Transformer's
+    Dense pair is the un-gated network outside any block (block None: removal/split._dense_ffns)."""
 
     path: str  # the block's name (in a causal LM: "backbone name/block name", as targets name it)
-    block: Any
+    block: Any  # None for a plain Dense pair
     gate: Any  # Dense layers (EinsumDense in Gemma); None for an un-gated network
     up: Any
     down: Any
