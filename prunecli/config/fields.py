@@ -181,8 +181,8 @@ class PruneConfig:
     granularity: Granularity = setting(
         help="element (default), neuron, block:RxC, n:m=N:M, input, layer, head, hidden (the residual"
         " channels of KerasHub decoders; needs --shrink) or transformer (named for the model it takes: a"
-        " Transformer's heads, FFN units and whole blocks at once, the split of --target params=F or"
-        " flops=F between them measured on --data).",
+        " Transformer's heads, FFN units and whole blocks at once, the split of --target params=F,"
+        " flops=F or size= between them measured on --data).",
         flags=("-g", "--granularity"),
         factory=Granularity,
     )
@@ -264,8 +264,8 @@ class PruneConfig:
         " multiply-adds) or size=200KB (the saved file); channels are allocated across layers to land within"
         " 2% under it. latency=F or latency=3ms: the forward time at --batch-size (with --export tflite:"
         " TFLite's interpreter at batch 1), measured on this machine (searched, within 5% under). Implies -g"
-        " neuron (or give -g head / -g hidden: params= only; -g transformer: params= or flops= split across"
-        " heads, FFN units and blocks) and --shrink.",
+        " neuron (or give -g head: the heads; -g hidden: the residual width, not flops=; -g transformer: split"
+        " across heads, FFN units and blocks, not latency=) and --shrink.",
         commands=("prune", "plan"),
     )
     round_to: int | None = setting(

@@ -100,14 +100,16 @@ def check_target(c) -> None:
             raise ConfigError(f"round_to must be in [1, {MAX_ROUND_TO}], got {c.round_to}")
     if c.granularity.kind == "transformer" and c.target is None:
         raise ConfigError(
-            "-g transformer spends a budget across heads, FFN units and blocks: give --target params=F or flops=F"
+            "-g transformer spends a budget across heads, FFN units and blocks: give --target params=F, flops=F or"
+            " size="
         )
     if c.target is None:
         return
     spec = parse_target(c.target)
-    if c.granularity.kind == "transformer" and spec.kind not in FRACTION_KINDS:
+    if c.granularity.kind == "transformer" and spec.kind == "latency":
         raise ConfigError(
-            f"-g transformer splits --target params=F or flops=F across heads, FFN units and blocks, not {spec.kind}="
+            "-g transformer splits --target params=F, flops=F or size= across heads, FFN units and blocks, not"
+            " latency= (each split would be searched and timed)"
         )
     refused = [
         (c.sparsity is not None, "--sparsity (the target decides how much goes)"),

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from prunecli.errors import ConfigError
+
 
 def per_unit(arrays: list, axes: list[int], fn) -> list:
     """fn applied to each unit's slice of each array (fn gets a (units, rest) matrix): one (units,)
@@ -131,7 +133,6 @@ def counted_at_length(model, config, what: str, fixed_len: int | None = None) ->
     """(sequence length, the dense model's multiply-adds per example at it) for `--target flops=` on a
     sequence model: --seq-len, else the model's own fixed length; a one-line refusal without either,
     or when the model's cost cannot be counted (structure/flops.py)."""
-    from prunecli.errors import ConfigError
     from prunecli.structure import flops
 
     seq_len = config.seq_len or fixed_len
@@ -160,6 +161,15 @@ def sparsity_for(removed: Callable[[float], int], amount: int, reach: bool) -> f
     return high if reach else low
 
 
+class TargetUnreachable(ConfigError):
+    """--target asks for less than the floors leave: `least` of the `dense` count stays with every
+    unit the floors allow removed (run/target.py's latency search starts from that model)."""
+
+    def __init__(self, message: str, least: int, dense: int) -> None:
+        super().__init__(message)
+        self.least, self.dense = least, dense
+
+
 def fit_target(config, dense: int, removed: Callable[[float], int], what: str, kinds: tuple[str, ...] = ("params",)):
     """(--sparsity for this step, the report's `target` section) for `--target params=F` (or flops=F
     where `kinds` allows it): the smallest sparsity whose removed units leave at most F of the dense
@@ -167,7 +177,6 @@ def fit_target(config, dense: int, removed: Callable[[float], int], what: str, k
     that sparsity, floors included, so the count only grows with it). `dense` is the model's count of
     the same kind. `what` names the units in a one-line refusal."""
     from prunecli.config.target import TOLERANCE, parse_target
-    from prunecli.errors import ConfigError
 
     spec = parse_target(config.target)
     if spec.kind not in kinds:
@@ -176,9 +185,11 @@ def fit_target(config, dense: int, removed: Callable[[float], int], what: str, k
     goal = int(spec.value * dense)
     if dense - removed(1.0) > goal:
         least = dense - removed(1.0)
-        raise ConfigError(
+        raise TargetUnreachable(
             f"--target {spec} cannot be met: with every one of {what} the floors allow removed, "
-            f"{least / dense:.3f} of the {counted} stay"
+            f"{least / dense:.3f} of the {counted} stay",
+            least,
+            dense,
         )
     high = sparsity_for(removed, dense - goal, reach=True)
     predicted = dense - removed(high)

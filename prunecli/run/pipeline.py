@@ -61,8 +61,9 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
     kind = config.granularity.kind
     # input features, layers, heads (and neuron on KerasHub decoder blocks): scored, chosen, removed
     removes_at_once = removal.structural(kind, state.model)
-    if removes_at_once:
-        state = state.after(steps.remove_structure(state, say, timings))
+    if removes_at_once:  # --target: size= and latency= become the fraction the step fits
+        remove_step = target.remove_structure if config.target else steps.remove_structure
+        state = state.after(remove_step(state, say, timings))
     elif config.schedule == "oneshot":
         mask_step = target.mask if config.target else steps.mask  # --target: channels allocated to fit
         dense = None

@@ -94,7 +94,8 @@ def make_plan(config, progress=None) -> dict[str, Any]:
     kind = config.granularity.kind
     if removal.structural(kind, state.model):
         heads_before = heads.heads_per_layer(state.model) if kind == "head" else None
-        state = state.after(steps.remove_structure(state, say, timings))
+        remove_step = target.remove_structure if config.target else steps.remove_structure
+        state = state.after(remove_step(state, say, timings))
         if kind == "head":
             after = heads.heads_per_layer(state.model)
             state = state.after(StepResult(sections={"heads": heads.heads_table(heads_before, after)}))

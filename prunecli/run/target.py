@@ -19,6 +19,7 @@ repeat is other processes taking the cores, not the model).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,11 +44,11 @@ def _size_model(model, suffix: str) -> tuple[int, float]:
     copy, in the run's own temporary folder, so the run's model and optimizer are untouched."""
     import tempfile
 
-    import keras
     import numpy as np
 
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
+    from prunecli.training import distill
+
+    copy = distill.teacher_copy(model, "--target size=")  # KerasHub tasks too: clone_model's copy lacks weights
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"dense{suffix}"
         copy.save(path)
@@ -145,6 +146,135 @@ def mask(state, progress, timings, latency_ms=None) -> StepResult:
         notes=tuple(masks.notes),
         sections={"selection": {"path": masks.selection_path}, "target": section},
     )
+
+
+@dataclass(frozen=True)
+class _DenseCount:
+    """goal_of's view of a cost model when a structural step counts its own: the dense parameters."""
+
+    dense: int
+
+
+def remove_structure(state, progress, timings, latency_ms=None) -> StepResult:
+    """A structural step (-g head, -g hidden, -g neuron on KerasHub decoders, -g transformer) to
+    --target. params= and flops= the step fits itself (its own selection at the sparsity that meets
+    them); size= becomes the parameter fraction whose file has that size (goal_of, as for channels);
+    latency= the parameter fraction whose shrunk model runs in time, searched as for channels
+    (budget.search_latency), each candidate the step run on a copy of the model, shrunk and timed.
+    Removing heads, units or channels in score order, a parameter fraction fixes which go, whichever
+    count the step ranks them by. The report's `target` section says what was asked and the fraction
+    it was fitted as; `achieved` adds what the final model (or the written file) has."""
+    from prunecli.removal import units
+
+    config = state.config
+    spec = parse_target(config.target)
+    if spec.kind in FRACTION_KINDS:
+        return steps.remove_structure(state, progress, timings)
+    dense = int(state.model.count_params())
+    if spec.kind == "size":
+        goal, _low, extra = goal_of(spec, state.model, _DenseCount(dense), config)
+        fraction = goal / dense
+    else:
+        progress(f"timing shrunk candidates for --target {config.target}")
+        with timings.phase("target_latency"):
+            fraction, extra = _structural_latency(state, spec, dense, progress, latency_ms)
+    fitted = f"params={fraction!r}"
+    try:
+        result = steps.remove_structure(state.with_config(config.replace(target=fitted)), progress, timings)
+    except units.TargetUnreachable as floors:  # size= only: latency= searched down from the floors' model
+        least = int(extra["dense_bytes"] + extra["bytes_per_param"] * (floors.least - floors.dense))
+        raise ConfigError(
+            f"--target {spec} cannot be met: with every unit the floors allow removed, the file would still be"
+            f" about {least:,} bytes"
+        ) from None
+    kept = int(result.model.count_params()) if result.structure_changed else dense
+    section = {
+        **result.sections.get("target", {}),  # what the step fitted: its units, sparsity or split, goal
+        "kind": spec.kind,
+        "requested": spec.value,
+        "unit": _requested_unit(spec),
+        "counted": "parameters",
+        "tolerance": LATENCY_TOLERANCE if spec.kind == "latency" else TOLERANCE,
+        "fitted_as": fitted,
+        "dense": dense,
+        "predicted": kept,
+        "predicted_fraction": kept / dense,
+        **extra,
+    }
+    if spec.kind == "size":
+        section["predicted_bytes"] = int(extra["dense_bytes"] + extra["bytes_per_param"] * (kept - dense))
+    return dataclasses.replace(result, sections={**result.sections, "target": section})
+
+
+def _structural_latency(state, spec: TargetSpec, dense: int, progress, latency_ms=None) -> tuple[float, dict]:
+    """(parameter fraction, the section's `latency` entry) for latency= on a structural step: the dense
+    model timed, then each candidate fraction the search asks for run through the step on a copy of the
+    model (its masks, shrink and check as the real run), the copy's shrunk model timed. The fastest
+    candidate is the floors' (the step says what they leave when asked for less)."""
+    from prunecli.removal import units
+    from prunecli.selection import budget
+    from prunecli.training import distill
+
+    config, model = state.config, state.model
+    clock = clock_for(config, latency_ms)
+    inputs, batch, source = timing_inputs(model, state)
+    batch = clock.batch or batch
+    dense_ms = _timed(clock.time, model, inputs)
+    goal_ms = _goal_ms(spec, dense_ms, batch)
+    timed: dict[int, tuple[int, float]] = {}
+
+    def measure(fraction: float) -> tuple[int, float]:
+        copy = distill.teacher_copy(model, f"--target {spec}")
+        copy.trainable = True  # the step's rebuilt layers take the copy's trainability
+        run_state = dataclasses.replace(state, model=copy).after(steps.pick_targets(copy, config))
+        run_state = run_state.with_config(config.replace(target=f"params={fraction!r}"))
+        result = steps.remove_structure(run_state, steps.silent, Timings())
+        small = result.model if result.structure_changed else copy
+        cost = int(small.count_params())
+        if cost not in timed:
+            progress(f"--target {spec}: timing candidate {len(timed) + 1} at {cost / dense:.3f} of the parameters")
+            timed[cost] = (cost, _timed(clock.time, small, inputs))
+        return timed[cost]
+
+    try:
+        measure(1.0 / dense)  # one parameter: below any floor, so the step says what the floors leave
+        raise ConfigError(f"--target {spec}: the step removed everything it was asked to; nothing to search")
+    except units.TargetUnreachable as unreachable:
+        lowest = (unreachable.least + 0.5) / unreachable.dense  # rounds back to the floors' own count
+    found = budget.search_latency(
+        measure,
+        budget.Timed(1.0, dense, dense_ms),
+        lowest,
+        goal_ms,
+        goal_ms * (1.0 - LATENCY_TOLERANCE),
+        str(spec),
+        f"at batch {batch} on this machine",
+    )
+    entry = {
+        "batch": batch,
+        "inputs": source,
+        "dense_ms": dense_ms,
+        "dense_ms_after_search": _timed(clock.time, model, inputs),
+        "goal_ms": goal_ms,
+        "chosen_ms": found.chosen.ms,
+        "chosen_params_fraction": found.chosen.cost / dense,
+        "timed": len(timed),
+        "candidates": [
+            {"params_fraction": round(t.cost / dense, 6), "latency_ms": round(t.ms, 4)} for t in found.timed
+        ],
+        "measured": clock.measured,
+    }
+    return (found.chosen.cost + 0.5) / dense, {"latency": entry}
+
+
+def _goal_ms(spec: TargetSpec, dense_ms: float, batch: int) -> float:
+    """latency= as milliseconds: a fraction of the dense model's time, or the time asked for (refused
+    in one line when the dense model already runs within it)."""
+    if spec.absolute and spec.value >= dense_ms:
+        raise ConfigError(
+            f"--target {spec}: the dense model already takes {dense_ms:.3g} ms at batch {batch} on this machine"
+        )
+    return spec.value if spec.absolute else spec.value * dense_ms
 
 
 def _requested_unit(spec: TargetSpec) -> str:
@@ -261,12 +391,8 @@ def latency_goal(state, spec: TargetSpec, cost, scores, level: str, progress, la
     inputs, batch, source = timing_inputs(model, state)
     batch = clock.batch or batch
     dense_ms = _timed(timer, model, inputs)
-    goal_ms = spec.value if spec.absolute else spec.value * dense_ms
+    goal_ms = _goal_ms(spec, dense_ms, batch)
     low_ms = goal_ms * (1.0 - LATENCY_TOLERANCE)
-    if spec.absolute and goal_ms >= dense_ms:
-        raise ConfigError(
-            f"--target {spec}: the dense model already takes {dense_ms:.3g} ms at batch {batch} on this machine"
-        )
     dense_weights = model.get_weights()
     timed: dict[tuple, tuple[int, float]] = {}
 

@@ -27,10 +27,11 @@ from prunecli.errors import ConfigError, InputError, first_line
 EPSILON = 1e-7  # probabilities are clipped to [EPSILON, 1] before the log
 
 
-def teacher_copy(model):
+def teacher_copy(model, needed_by: str = "--distill"):
     """A frozen copy of `model` (architecture and current weights), taken before pruning changes it.
 
-    The copy has its own variables, so the masks and the optimizer never touch it."""
+    The copy has its own variables, so the masks and the optimizer never touch it. `needed_by` names
+    what asked for it in the one-line error when no copy can be made."""
     import keras
 
     def cloned():
@@ -51,7 +52,7 @@ def teacher_copy(model):
             teacher.set_weights(model.get_weights())
             teacher.trainable = False
             return teacher
-    raise InputError(f"--distill cannot copy this model as its teacher ({why})")
+    raise InputError(f"{needed_by} cannot copy this model ({why})")
 
 
 def teacher_from_file(path, student, unsafe: bool = False):
