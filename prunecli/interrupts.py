@@ -1,4 +1,6 @@
-"""Ctrl-C and SIGTERM: one clean stop (exit 130, no partial output), however the signal arrives.
+"""Ctrl-C, SIGTERM and SIGHUP: one clean stop (exit 130, no partial output, the run's temporary folder
+removed), however the signal arrives. SIGHUP is a closed terminal or a dropped ssh session, whose
+default action kills the process where it stands; under `nohup` (SIGHUP ignored) it stays ignored.
 
 Why a flag as well as an exception: a signal handler's KeyboardInterrupt can be raised where Python
 swallows it (inside importlib's module-lock callback: "Exception ignored in: <function
@@ -15,6 +17,7 @@ import signal
 import threading
 
 _stop = threading.Event()
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))
 
 
 def requested() -> bool:
@@ -33,17 +36,19 @@ def _handler(signum, _frame) -> None:
     _stop.set()
     # Later signals are ignored by the kernel, not by a Python handler: Python puts its handlers back
     # to the default action while it shuts down, when a second SIGTERM would kill the process (-15).
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
 def install() -> None:
-    """SIGTERM and SIGINT both raise KeyboardInterrupt once and set the stop flag (main thread only)."""
+    """Each stop signal raises KeyboardInterrupt once and sets the stop flag (main thread only); a
+    signal already ignored (SIGHUP under nohup) stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         return
-    signal.signal(signal.SIGTERM, _handler)
-    signal.signal(signal.SIGINT, _handler)
+    for sig in STOP_SIGNALS:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _handler)
 
 
 def reset() -> None:
@@ -53,10 +58,10 @@ def reset() -> None:
 
 @contextlib.contextmanager
 def handlers_kept():
-    """Put prunecli's SIGTERM and SIGINT handlers back after native code that replaces them:
+    """Put prunecli's stop-signal handlers back after native code that replaces them:
     TensorFlow's coordination service (--strategy multiworker) installs its own SIGTERM handler for
     preemption notices, which only records the signal, so a later SIGTERM would never stop the run."""
-    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    kept = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     try:
         yield
     finally:

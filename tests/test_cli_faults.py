@@ -138,12 +138,16 @@ def test_sigint_during_save_exits_130_and_cleans_up(models, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_is_handled_like_ctrl_c(models, tmp_path):
-    """`kill`, `timeout` and CI cancellations send SIGTERM: same clean exit as Ctrl-C."""
-    out = tmp_path / "out.keras"
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_stop_signals_are_handled_like_ctrl_c(models, tmp_path, sig):
+    """`kill`, `timeout` and CI cancellations send SIGTERM, a closed terminal or dropped ssh session
+    SIGHUP: same clean exit as Ctrl-C, and the run's own temporary folder is gone (SIGHUP's default
+    action used to leave it in $TMPDIR)."""
+    out, scratch = tmp_path / "out.keras", tmp_path / "tmp"
+    scratch.mkdir()
     proc = subprocess.Popen(
         [sys.executable, "-m", "prunecli", "prune", str(models / "big.keras"), "-o", str(out)],
-        env=_env(),
+        env={**_env(), "TMPDIR": str(scratch)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -152,7 +156,7 @@ def test_sigterm_is_handled_like_ctrl_c(models, tmp_path):
     for line in proc.stderr:  # progress lines: wait until the model is being loaded
         seen.append(line)
         if "loading" in line:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(sig)
             break
     _stdout, rest = proc.communicate(timeout=120)
     stderr = "".join(seen) + rest
@@ -160,7 +164,23 @@ def test_sigterm_is_handled_like_ctrl_c(models, tmp_path):
     assert proc.returncode == ExitCode.INTERRUPTED, stderr
     assert stderr.strip().splitlines()[-1] == "prunecli: interrupted"
     assert "Traceback" not in stderr
-    assert not out.exists() and _temps(tmp_path) == []
+    assert not out.exists() and _temps(tmp_path) == [] and list(scratch.iterdir()) == []
+
+
+def test_a_hangup_ignored_by_nohup_stays_ignored(monkeypatch):
+    """Under `nohup` SIGHUP is ignored before prunecli starts: installing the stop handlers keeps it so."""
+    from prunecli import interrupts
+
+    saved = {sig: signal.getsignal(sig) for sig in interrupts.STOP_SIGNALS}
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        interrupts.install()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is interrupts._handler
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def _invoke(*args):
@@ -321,7 +341,7 @@ def test_a_swallowed_interrupt_still_stops_the_run(models, tmp_path, monkeypatch
     from prunecli import interrupts
 
     real = model_io.check_memory
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    saved = {sig: signal.getsignal(sig) for sig in interrupts.STOP_SIGNALS}
 
     def swallowed(info, *args, **kwargs):
         try:
