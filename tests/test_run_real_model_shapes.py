@@ -212,3 +212,28 @@ def test_inputs_without_labels_are_never_measured_against_placeholders(label_sha
         return
     settings = {"model_path": str(path), "data": data, "output": str(tmp_path / "o.h5"), **extra}
     assert prune(build_config(settings, environ={})).report.metrics == {}
+
+
+def test_stand_in_inputs_fit_a_position_table_shorter_than_the_default(tmp_path):
+    """A small GPT-2 learns 16 positions; seeded stand-ins for its open length were 32 long, so -g layer
+    without --data (blocks scored on stand-ins) ended in an internal error. The stand-in length now
+    halves until the model runs."""
+    kh = pytest.importorskip("keras_hub")
+    import keras
+
+    from prunecli.structure import probes
+
+    backbone = kh.models.GPT2Backbone(
+        vocabulary_size=64, num_layers=3, num_heads=2, hidden_dim=16, intermediate_dim=32, max_sequence_length=16
+    )
+    lm = kh.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    ids = dict(zip(["token_ids", "padding_mask"], probes.seeded_inputs(lm, 2), strict=True))
+    assert ids["token_ids"].shape == (2, 16)
+    path, out = tmp_path / "gpt2.keras", tmp_path / "o.keras"
+    lm.save(path)
+    config = build_config(
+        {"model_path": str(path), "granularity": "layer", "sparsity": 0.3, "output": str(out)}, environ={}
+    )
+    result = prune(config)
+    assert len(result.report.to_dict()["removed_layers"]) == 1
+    assert len(keras.saving.load_model(out).backbone.transformer_layers) == 2

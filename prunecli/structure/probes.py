@@ -11,6 +11,7 @@ OPEN_DIM = 32  # size given to dimensions the model leaves open (None): short en
 
 
 LONGER_OPEN_DIMS = (256, 2048, 16384)  # tried in turn when the model cannot run at the first size
+# or shorter: a learned position table of fewer than OPEN_DIM positions (a small GPT-2 or OPT)
 
 
 def seeded_inputs(model, batch: int, seed: int = 0, open_dim: int = OPEN_DIM) -> list:
@@ -43,9 +44,10 @@ _RUNNABLE: dict[tuple[int, int], tuple] = {}  # (id(model), asked) -> (weak refe
 
 
 def _runnable_open_dim(model, wanted: int) -> int:
-    """`wanted`, or the first of LONGER_OPEN_DIMS a one-example forward pass of the model accepts, found
-    once per model; `wanted` when the model has no open dimension or none of the sizes runs (the caller's
-    own call then reports why)."""
+    """`wanted`, or the first other size a one-example forward pass of the model accepts, found once per
+    model: halvings of `wanted` (a position table shorter than it; a too-short input fails at once),
+    then LONGER_OPEN_DIMS (a crop or a valid convolution longer than it); `wanted` when the model has
+    no open dimension or none of the sizes runs (the caller's own call then reports why)."""
     import weakref
 
     if not any(d is None for t in model.inputs for d in t.shape[1:]):
@@ -55,10 +57,11 @@ def _runnable_open_dim(model, wanted: int) -> int:
     if cached is not None and cached[0]() is model:
         return cached[1]
     found = wanted
-    for size in (wanted, *(d for d in LONGER_OPEN_DIMS if d > wanted)):
+    shorter = [wanted >> k for k in range(1, wanted.bit_length())]
+    for size in (wanted, *shorter, *(d for d in LONGER_OPEN_DIMS if d > wanted)):
         try:
             model(packed(model, _values(model, 1, 0, size)), training=False)
-        except Exception:  # noqa: BLE001 - too short for a crop or a valid convolution: try a longer one
+        except Exception:  # noqa: BLE001 - too long for a position table, too short for a crop: try another
             continue
         found = size
         break
