@@ -343,3 +343,28 @@ def test_int8_export_of_a_token_model_is_calibrated_with_integer_ids(cli, tmp_pa
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "o.int8.tflite").is_file()
+
+
+def test_exported_models_are_checked_a_few_rows_at_a_time(monkeypatch):
+    """The interpreter holds one call's activations at once (256 stand-ins of a 16,384-step sequence
+    model in one call took more than 20 GB): the check feeds at most MAX_PROBE_ELEMENTS input values
+    per call, and its outputs are the one-call outputs, in order."""
+    import keras
+
+    from prunecli.structure import equivalence
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 4))
+    model = keras.Model(inp, keras.layers.Dense(3)(keras.layers.Conv1D(5, 3, padding="same")(inp)))
+    samples = [np.random.default_rng(0).normal(size=(23, 6, 4)).astype("float32")]
+    expected = [np.asarray(model(samples[0]))]
+    calls = []
+
+    def run(chunk):
+        calls.append(len(chunk["x"]))
+        return [np.asarray(model(chunk["x"]))]
+
+    monkeypatch.setattr(equivalence, "MAX_PROBE_ELEMENTS", 5 * 24)  # five examples of 6 x 4 values
+    got = export._in_chunks(run, {"x": samples[0]})
+    assert calls == [5, 5, 5, 5, 3]
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-5, atol=1e-6)

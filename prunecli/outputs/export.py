@@ -435,7 +435,10 @@ def _keras_outputs(model, samples) -> list:
     import keras
     import numpy as np
 
-    out = model.predict(samples[0] if len(samples) == 1 else samples, verbose=0, batch_size=64)
+    from prunecli.structure.equivalence import fitting_batch
+
+    batch = fitting_batch(model, 64, samples[0] if len(samples) == 1 else None)
+    out = model.predict(samples[0] if len(samples) == 1 else samples, verbose=0, batch_size=batch)
     return [np.asarray(o, dtype=np.float32) for o in keras.tree.flatten(out)]
 
 
@@ -468,11 +471,29 @@ def compare_tflite(content: bytes, samples, expected, input_names: list[str]) ->
     feed = _matched_inputs(list(in_details), input_names, samples)
     if feed is None:
         return {"max_abs_diff": None, "samples": 0}
-    with _quiet():
-        result = runner(**{name: quantize(arr, in_details[name]) for name, arr in feed.items()})
     out_details = runner.get_output_details()
-    got = [dequantize(result[k], out_details[k]) for k in sorted(result, key=_natural_key)]
-    return _differences(got, expected, len(samples[0]))
+
+    def run(chunk: dict) -> list:
+        with _quiet():
+            result = runner(**{name: quantize(arr, in_details[name]) for name, arr in chunk.items()})
+        return [dequantize(result[k], out_details[k]) for k in sorted(result, key=_natural_key)]
+
+    return _differences(_in_chunks(run, feed), expected, len(samples[0]))
+
+
+def _in_chunks(run, feed: dict) -> list:
+    """run(chunk) over the samples a few rows at a time, its outputs joined: at most MAX_PROBE_ELEMENTS
+    input values per call. The interpreter (and TensorFlow) hold a whole call's activations at once: 256
+    examples of a 16,384-step convolutional sequence model in one call took more than 20 GB."""
+    import numpy as np
+
+    from prunecli.structure.equivalence import MAX_PROBE_ELEMENTS
+
+    arrays = list(feed.values())
+    per_example = sum(int(np.prod(a.shape[1:], dtype=np.int64)) for a in arrays)
+    rows = max(1, MAX_PROBE_ELEMENTS // max(per_example, 1))
+    parts = [run({k: a[start : start + rows] for k, a in feed.items()}) for start in range(0, len(arrays[0]), rows)]
+    return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
 
 
 def tflite_latency_ms(content: bytes, samples, input_names: list[str], budget_s: float = 1.0) -> float | None:
@@ -546,9 +567,12 @@ def _compare_savedmodel(saved: Path, samples, expected, input_names: list[str]) 
     feed = _matched_inputs(list(serve.structured_input_signature[1]), input_names, samples)
     if feed is None:
         return {"max_abs_diff": None, "samples": 0}
-    result = serve(**{name: tf.constant(arr) for name, arr in feed.items()})
-    got = [result[k].numpy() for k in sorted(result, key=_natural_key)]
-    return _differences(got, expected, len(samples[0]))
+
+    def run(chunk: dict) -> list:
+        result = serve(**{name: tf.constant(arr) for name, arr in chunk.items()})
+        return [result[k].numpy() for k in sorted(result, key=_natural_key)]
+
+    return _differences(_in_chunks(run, feed), expected, len(samples[0]))
 
 
 # ---------------------------------------------------------------- sizes
