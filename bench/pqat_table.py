@@ -48,6 +48,11 @@ from quant_table import DIGITS, DIGITS_DATA, mnist_mlp, run_point  # noqa: E402
 
 HEADING = "## Side by side: tfmot PQAT (Default8BitPrunePreserveQuantizeScheme) on tf_keras twins"
 BATCH = 64
+GROUPS_NOTE = (
+    ": both group 2:4 along the input channels of one kernel tap and let a tap's short last group keep up to 2"
+    " weights, tfmot by zero-padding it to 4 and prunecli by never letting a group cross a tap; the 1-channel"
+    " first convolution, each group one weight, keeps all 144 weights on both sides"
+)
 
 
 def mlp_twin_h5(model_path: Path, out: Path) -> Path:
@@ -344,18 +349,16 @@ def render(args, rows: list[dict], elapsed: float, info: dict) -> str:
             total = round(t["pruned_zeros"] / t["pruned_sparsity"]) if t.get("pruned_zeros") else None
             if total:
                 mine = round(cell[0]["ptq"]["sparsity"] * total)
+                why = (
+                    " (the same count" + (GROUPS_NOTE if name == "digits_cnn" else "") + ")."
+                    if mine == t["pruned_zeros"]
+                    else ": what is pruned differs, so the 2:4 rows compare the two tools' 2:4 as each does it, not"
+                    " one mask."
+                )
                 lines += [
                     "",
                     f"2:4 on {name}: tfmot zeroed {t['pruned_zeros']:,} of {total:,} prunable weights, prunecli "
-                    f"{mine:,}"
-                    + (
-                        " (tfmot's `sparsity_m_by_n` groups 4 consecutive input channels and zero-pads the last group,"
-                        " so the 1-channel first convolution, each group one weight and three padding zeros, keeps"
-                        " all 144 weights; prunecli's 2:4 prunes it too). What is pruned"
-                        " differs, so the 2:4 rows compare the two tools' 2:4 as each does it, not one mask."
-                        if mine != t["pruned_zeros"]
-                        else " (the same count)."
-                    ),
+                    f"{mine:,}{why}",
                 ]
     if met:
         both = [f"{m} {v}" for (m, v), ok in met.items() if ok]

@@ -112,10 +112,10 @@ def test_recipe_runs_on_the_example(recipe, cli, example_model, example_data, tm
 
 
 def assert_n_of_m(path, pruned_layers, n, m):
-    """At most n non-zeros in every run of m consecutive inputs of each output, in every pruned kernel."""
-    import numpy as np
-
+    """At most n non-zeros in every N:M group (m consecutive input channels of one tap) of each output,
+    in every pruned kernel, as the verifier reads it."""
     from prunecli.io import models as model_io
+    from prunecli.run.verify import nm_violations
     from prunecli.structure import targets
 
     model, _ = model_io.load(path)
@@ -123,10 +123,7 @@ def assert_n_of_m(path, pruned_layers, n, m):
     for t in targets.walk(model):
         if t.layer_name not in pruned_layers:
             continue
-        matrix = np.moveaxis(np.asarray(t.variable), t.unit_axis, -1).reshape(-1, t.units)
-        matrix = np.pad(matrix, [(0, (-matrix.shape[0]) % m), (0, 0)])
-        groups = np.count_nonzero(matrix.reshape(-1, m, t.units), axis=1)
-        assert groups.max() <= n, t.name
+        assert nm_violations(t, n, m) == (0, ""), t.name
         checked += 1
     assert checked == len(pruned_layers)
 

@@ -144,17 +144,24 @@ def test_compiled_kernel_is_shared_across_sizes():
     assert fn.experimental_get_tracing_count() == traces
 
 
-def test_nm_keep_mask_keeps_n_highest_per_group():
+@pytest.mark.parametrize("channels_per_tap", [None, 5])
+def test_nm_keep_mask_keeps_n_highest_per_group(channels_per_tap):
+    """None: one run of 10 rows (groups 0..3, 4..7, 8..9); 5: two taps of 5 channels (0..3, 4 | 5..8, 9),
+    a group never crossing from one tap into the next."""
+    from prunecli.structure.targets import nm_groups
+
     rng = np.random.default_rng(5)
     m = np.round(rng.standard_normal((10, 6)), 1).astype(np.float32)
-    keep = np.asarray(masking.nm_keep_mask(m, 2, 4))
+    keep = np.asarray(masking.nm_keep_mask(m, 2, nm_groups(10, 4, channels_per_tap)))
+    run = channels_per_tap or 10
+    spans = [(tap + s, min(tap + s + 4, tap + run)) for tap in range(0, 10, run) for s in range(0, run, 4)]
     for col in range(6):
-        for start in range(0, 10, 4):
-            block = m[start : start + 4, col]
+        for start, end in spans:
+            block = m[start:end, col]
             order = np.argsort(-block, kind="stable")[:2]
             want = np.zeros(block.size, bool)
             want[order] = True
-            np.testing.assert_array_equal(keep[start : start + 4, col], want)
+            np.testing.assert_array_equal(keep[start:end, col], want)
 
 
 def test_apply_masks_zeroes_exactly_the_masked_weights():

@@ -91,9 +91,13 @@ def test_nm_keeps_n_of_every_m_along_the_reduction_axis(shape, seed, nm):
 
     kept, scores = np.asarray(target.to_matrix(keep)), np.abs(np.asarray(target.to_matrix(target.variable)))
     rows = kept.shape[0]
-    for start in range(0, rows, m):
-        run, run_scores = kept[start : start + m], scores[start : start + m]
-        assert (run.sum(axis=0) == min(n, len(run))).all()  # exactly N in a full run of M
+    channels = shape[-2] if len(shape) == 4 else rows  # a conv's groups stay inside one tap's channels
+    spans = [
+        (tap + s, min(tap + s + m, tap + channels)) for tap in range(0, rows, channels) for s in range(0, channels, m)
+    ]
+    for start, end in spans:
+        run, run_scores = kept[start:end], scores[start:end]
+        assert (run.sum(axis=0) == min(n, len(run))).all()  # exactly N in a full group of M
         for col in range(run.shape[1]):  # the kept ones are the run's highest scores
             kept_col, dropped_col = run_scores[run[:, col], col], run_scores[~run[:, col], col]
             if dropped_col.size:

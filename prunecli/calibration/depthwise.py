@@ -34,7 +34,7 @@ def prune(view, w_dense, stats, method: str, k: int | None, nm, jit: bool):
     from prunecli.errors import DataError
 
     if nm:
-        return "N:M groups on a depthwise kernel's few taps are pruned by magnitude"
+        return "a depthwise kernel reads one channel per tap, so N:M groups along the channels keep it whole"
     k = int(k or 0)
     taps, channels, mult = view._depthwise_dims()
     w = np.asarray(tf.reshape(view.from_matrix(w_dense), (taps, channels, mult)), np.float32)

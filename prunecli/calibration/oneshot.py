@@ -324,16 +324,16 @@ def _calibrate(view, stats, method: str, k, nm, reconstruct: bool, jit: bool):
         k = None if k is None else k + view.off_block
     elif view.diagonal:  # an embedding: Wanda's and SparseGPT's rankings agree, no update applies
         score = wanda.norm_scores(w_dense, view.weighted_norms(stats.norms()))
-        keep = kernels.nm_keep_mask(score, *nm) if nm else _lowest_pruned(score, k)
+        keep = kernels.nm_keep_mask(score, nm[0], _nm_groups(view, nm)) if nm else _lowest_pruned(score, k)
         w_new = tf.where(keep, w_dense, tf.zeros_like(w_dense))
     elif method == "wanda":
         score = wanda.scores(w_dense, stats.diag)
-        keep = kernels.nm_keep_mask(score, *nm) if nm else wanda.per_output_keep(score, k)
+        keep = kernels.nm_keep_mask(score, nm[0], _nm_groups(view, nm)) if nm else wanda.per_output_keep(score, k)
         w_new = tf.where(keep, w_dense, tf.zeros_like(w_dense))
     else:
         try:
             w_new, keep, dampening = sparsegpt.prune_matrix(
-                w_dense, hessian, t.name, prune_count=k or 0, nm=nm, jit=jit
+                w_dense, hessian, t.name, prune_count=k or 0, nm=nm, channels_per_tap=t.channels_per_tap, jit=jit
             )
         except DataError:
             return "its input Hessian is not positive definite after dampening"
@@ -361,6 +361,14 @@ def _calibrate(view, stats, method: str, k, nm, reconstruct: bool, jit: bool):
             w_new = refitted
             entry["error_after"] = round(refit.relative_error(w_new, w_dense, hessian), 6)
     return w_new, keep, entry, w_dense, notes
+
+
+def _nm_groups(view, nm):
+    """The N:M groups of the view's (d_in, d_out) matrix: the target's, along the channels of one tap (an
+    EinsumDense view's rows are its reduction axes, one run)."""
+    from prunecli.structure.targets import nm_groups
+
+    return nm_groups(view.d_in, nm[1], view.target.channels_per_tap)
 
 
 def _lowest_pruned(score, k: int):
@@ -484,6 +492,8 @@ def _sequential(
     computes a layer's outputs only after its weights are assigned here), each to its own count
     (`counts`: a global allocation) or sparsity; a layer whose calibration cannot be trusted falls back
     to magnitude with a note. Returns the report's per-layer entries."""
+    from prunecli.selection import policy
+
     method, gran = config.method, config.granularity
     nm = (gran.rows, gran.cols) if gran.kind == "nm" else None
     layers: dict[str, dict] = {}
@@ -498,7 +508,7 @@ def _sequential(
             pending = None
         layer_notes: list[str] = []
         if nm:
-            result.requested[t.name] = 1.0 - nm[0] / nm[1]
+            result.requested[t.name] = policy.nm_requested(t, *nm, layer_notes)
             k = None
         else:
             k = _prune_count(t, config, result.requested, layer_notes, counts)

@@ -19,7 +19,10 @@ Notation of the paper: W is (d_out, d_in) (one row per output unit), H = X^T X /
 - Mask selection: element sparsity chooses each block's mask adaptively (Section 3.2) from
   w^2 / U_jj^2 over the block, pruning the block's share of the layer's total (so the layer loses
   exactly round(s * size) weights); N:M chooses, at every M-th column, the N largest of
-  w^2 / U_jj^2 in the next M columns of each row, using the already updated weights.
+  w^2 / U_jj^2 in the next M columns of each row, using the already updated weights. The columns are
+  laid out in the groups every N:M mask uses (structure.targets.NmGroups): a group never spans two
+  taps of a convolution, and a tap's short last group is filled with dummy inputs (zero weight, no
+  correlation with any input, never live), which rank last and which no update reaches.
 Everything runs in float32. The block step is a compiled tf.function (`jit_compile` is the caller's
 choice; see bench/ONESHOT.md for the measured effect).
 """
@@ -29,6 +32,7 @@ from __future__ import annotations
 import functools
 
 from prunecli.errors import DataError
+from prunecli.structure.targets import NmGroups, nm_groups
 
 BLOCK = 128
 DAMPENING = 0.01
@@ -141,29 +145,36 @@ def _block_masks(w1, diag, k: int, live1=None):
     return tf.reshape(tf.logical_not(pruned), tf.shape(w1))
 
 
-def prune_matrix(w, hessian, name: str, *, prune_count: int = 0, nm: tuple[int, int] | None = None, jit=False):
+def prune_matrix(
+    w,
+    hessian,
+    name: str,
+    *,
+    prune_count: int = 0,
+    nm: tuple[int, int] | None = None,
+    channels_per_tap: int | None = None,
+    jit=False,
+):
     """SparseGPT on one layer. w: (d_in, d_out) matrix view (rows = inputs, as in prunecli), H: (d_in, d_in).
 
     Returns (new w, keep mask, the dampening used), w and the mask (d_in, d_out); pruned weights are
     exactly 0. prune_count is the number of weights to prune (element sparsity); nm = (N, M) keeps N
-    of every M inputs per output."""
+    of every group of M inputs per output, groups never spanning a run of `channels_per_tap` inputs
+    (Target.channels_per_tap; None: one run)."""
     import tensorflow as tf
 
     n, m = nm or (0, 0)
     rows = int(w.shape[0])
-    pad = (-rows) % m if m else 0
-    if pad:  # a last, partial run of M: dummy inputs with zero weight and no correlation fill it
-        hessian = tf.pad(tf.cast(hessian, tf.float32), [[0, pad], [0, pad]])
-        hessian = tf.linalg.set_diag(hessian, tf.concat([tf.linalg.diag_part(hessian)[:rows], tf.ones([pad])], 0))
-        w = tf.pad(tf.cast(w, tf.float32), [[0, pad], [0, 0]])
-    upper, _, used = inverse_factor(hessian, name)
+    hessian, w = tf.cast(hessian, tf.float32), tf.cast(w, tf.float32)
     # an input that is zero on every calibration example contributes nothing: its weights go first
     # (the paper's W[:, dead] = 0), rather than looking important through the H_jj = 1 put there,
     # but a dead weight the count keeps keeps its value (no update reaches it: see the docstring)
-    live = tf.cast(tf.linalg.diag_part(tf.cast(hessian, tf.float32)) > 0, tf.float32)
-    if pad:
-        live = tf.concat([live[:rows], tf.zeros([pad])], 0)  # dummy inputs go first in their group
-    wt = tf.transpose(tf.cast(w, tf.float32))  # (d_out, d_in): the paper's layout
+    live = tf.cast(tf.linalg.diag_part(hessian) > 0, tf.float32)
+    groups = nm_groups(rows, m, channels_per_tap) if m else None
+    if groups is not None and groups.padded:
+        hessian, w, live = _laid_out_in_groups(hessian, w, live, groups)
+    upper, _, used = inverse_factor(hessian, name)
+    wt = tf.transpose(w)  # (d_out, d_in): the paper's layout
     d_out, d_in = int(wt.shape[0]), int(wt.shape[1])
     size = d_in * d_out
     block = BLOCK if not m else max(m, (BLOCK // m) * m)
@@ -185,9 +196,24 @@ def prune_matrix(w, hessian, name: str, *, prune_count: int = 0, nm: tuple[int, 
         keep_blocks.append(keep1)
         if end < d_in:
             wt = wt[:, end - start :] - tf.matmul(err1, upper[start:end, end:])
-    q = tf.concat(q_blocks, axis=1)[:, :rows]
-    keep = tf.concat(keep_blocks, axis=1)[:, :rows]
+    q, keep = tf.concat(q_blocks, axis=1), tf.concat(keep_blocks, axis=1)
+    if groups is not None and groups.padded:
+        q, keep = tf.gather(q, groups.row_slots, axis=1), tf.gather(keep, groups.row_slots, axis=1)
     return tf.transpose(q), tf.transpose(keep), used
+
+
+def _laid_out_in_groups(hessian, w, live, groups: NmGroups):
+    """(H, w, live) with one input per slot of `groups`: the real inputs in order, a dummy input in each
+    padding slot (zero weight, zero correlation with every input, H_jj = 1, not live)."""
+    import numpy as np
+    import tensorflow as tf
+
+    slots = groups.slots.reshape(-1)
+    dummy = slots < 0
+    source = tf.constant(np.where(dummy, int(w.shape[0]), slots), tf.int32)  # a dummy reads the zero row
+    h = tf.gather(tf.gather(tf.pad(hessian, [[0, 1], [0, 1]]), source, axis=0), source, axis=1)
+    h = tf.linalg.set_diag(h, tf.where(tf.constant(dummy), 1.0, tf.linalg.diag_part(h)))
+    return h, tf.gather(tf.pad(w, [[0, 1], [0, 0]]), source), tf.gather(tf.pad(live, [[0, 1]]), source)
 
 
 def obs_scores(w, hessian, name: str):

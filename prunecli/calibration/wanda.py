@@ -5,8 +5,9 @@ paper: "comparison group" per output), with no weight update.
 
 ||x_j||^2 is n * H_jj, so the score needs only the diagonal of the input Hessian: the capture keeps
 the per-input sum of squares (d_in floats, streamed over blocks of rows), never the d_in x d_in matrix
-(scaling by n does not change any ranking). N:M keeps the N best of every M consecutive inputs of each
-output, along the reduction axis like the rest of prunecli.
+(scaling by n does not change any ranking). N:M keeps the N best of every group of M inputs of each
+output, in the groups every N:M mask of prunecli uses (structure.targets.NmGroups: along the input
+channels of one convolution tap, never across taps).
 """
 
 from __future__ import annotations

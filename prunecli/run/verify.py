@@ -5,9 +5,11 @@
 
 Every claim is recomputed from the model file, never taken from the report:
   report: the file's sha256 (`output.sha256`), each layer's shape, parameters, non-zeros and sparsity,
-          the totals, N:M validity in every group when the run was N:M, and, with --data, the final
-          accuracy within `tolerance` (absolute; default 1e-3) on the data the run evaluated on
-          (same batch size, --val-split and seed).
+          the totals, when the run was N:M at most N non-zeros in every group (along the input
+          channels of one convolution tap) and each layer's requested sparsity being what the
+          pattern prunes of it (below 1 - N/M where a tap's channels are not a multiple of M), and,
+          with --data, the final accuracy within `tolerance` (absolute; default 1e-3) on the data
+          the run evaluated on (same batch size, --val-split and seed).
   plan:   the architecture fingerprint (unless the plan's run shrank the model), every weight the plan
           prunes is exactly zero, and for a shrunk model, each layer keeps as many units as the plan.
 A claim that does not hold is a line of `VerifyResult.failures`; any raises GateFailed (exit 4),
@@ -194,25 +196,29 @@ def _nm_of(granularity) -> tuple[int, int] | None:
     return int(n), int(m)
 
 
-def nm_violations(array, unit_axis: int, n: int, m: int) -> tuple[int, str]:
-    """Groups of M consecutive weights along the reduction axis (per unit) holding more than N
-    non-zeros: (count, where the first one is)."""
+def nm_violations(target, n: int, m: int) -> tuple[int, str]:
+    """Groups of the target's N:M layout (structure.targets.NmGroups: along the input channels of one
+    convolution tap, never across taps) holding more than N non-zeros in some unit: (count, where the
+    first one is, as rows of the (reduction, units) matrix view)."""
     import numpy as np
 
-    a = np.moveaxis(np.asarray(array), unit_axis, -1)
+    a = np.moveaxis(np.asarray(target.variable), target.unit_axis, -1)
     matrix = a.reshape(-1, a.shape[-1]) != 0  # (reduction, units), as structure.targets lays it out
-    rows, units = matrix.shape
-    padded = np.zeros((-(-rows // m) * m, units), dtype=bool)
-    padded[:rows] = matrix
-    counts = padded.reshape(-1, m, units).sum(axis=1)  # (groups, units)
+    slots = target.nm_groups(m).slots
+    padded = np.concatenate([matrix, np.zeros((1, matrix.shape[1]), bool)])  # a padding slot reads a zero
+    counts = padded[np.where(slots < 0, matrix.shape[0], slots)].sum(axis=1)  # (groups, units)
     bad = np.argwhere(counts > n)
     if not len(bad):
         return 0, ""
     g, u = (int(x) for x in bad[0])
-    return len(bad), f"unit {u}, rows {g * m}..{g * m + m - 1} hold {int(counts[g, u])} non-zeros"
+    rows = slots[g][slots[g] >= 0]
+    return len(bad), f"unit {u}, rows {rows[0]}..{rows[-1]} hold {int(counts[g, u])} non-zeros"
 
 
 def _check_nm(result: VerifyResult, granularity, layers: list, found: dict) -> None:
+    """Every group keeps at most N (more zeros are allowed: a weight zero in the input stays zero), and a
+    layer's requested sparsity, where the report gives one other than 0 (a skipped layer), is what the
+    pattern prunes of it: less than 1 - N/M when a convolution's channels per tap are not a multiple of M."""
     nm = _nm_of(granularity)
     if nm is None:
         return
@@ -221,12 +227,20 @@ def _check_nm(result: VerifyResult, granularity, layers: list, found: dict) -> N
         t = found.get(layer.get("name"))
         if t is None or list(t.shape) != list(layer.get("shape", [])):
             continue  # reported above
-        count, first = nm_violations(t.variable, t.unit_axis, n, m)
+        count, first = nm_violations(t, n, m)
+        share = t.nm_sparsity(n, m)
         result.claim(
             count == 0,
-            f"layer {t.name}: {n}:{m} in every group",
+            f"layer {t.name}: {n}:{m} in every group (the pattern prunes {share:.6f} of it)",
             f"layer {shown(t.name)}: {n}:{m} broken in {count} group(s) (first: {first})",
         )
+        said = layer.get("requested_sparsity")
+        if said:
+            result.claim(
+                isinstance(said, (int, float)) and abs(said - share) <= SPARSITY_TOLERANCE,
+                f"layer {t.name}: requested sparsity {share:.6f}, what {n}:{m} prunes of it",
+                f"layer {shown(t.name)}: the report requests sparsity {said}, {n}:{m} prunes {share:.6f} of it",
+            )
 
 
 def _final_accuracy(claims: dict):

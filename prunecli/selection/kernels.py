@@ -373,24 +373,24 @@ def _nm_fn():
     tf = _tf()
 
     @tf.function(jit_compile=True)
-    def keep_n_of_m(matrix, n, m):
+    def keep_n_of_m(matrix, n, slots, row_slots):
         rows, cols = matrix.shape
-        pad = (-rows) % m
-        x = tf.pad(matrix, [[0, pad], [0, 0]], constant_values=float("-inf"))
-        groups = tf.reshape(x, ((rows + pad) // m, m, cols))
-        # rank within each group, highest score first, ties broken by position
+        # a padding slot reads a row of -inf: it ranks after every real score of its group
+        padded = tf.concat([matrix, tf.fill([1, cols], float("-inf"))], 0)
+        groups = tf.gather(padded, tf.where(slots < 0, rows, slots))  # (groups, M, cols)
+        # rank within each group, highest score first, ties broken by position (padding last)
         order = tf.argsort(-groups, axis=1, stable=True)
         rank = tf.argsort(order, axis=1, stable=True)
-        keep = tf.reshape(rank < n, (rows + pad, cols))
-        return keep[:rows]
+        return tf.gather(tf.reshape(rank < n, (-1, cols)), row_slots)
 
     return keep_n_of_m
 
 
-def nm_keep_mask(matrix, n: int, m: int):
-    """Keep the N highest scores in every run of M consecutive rows of each column."""
+def nm_keep_mask(matrix, n: int, groups):
+    """Keep the N highest scores of every N:M group (structure.targets.NmGroups) of each column of the
+    matrix view; a short group of L < M keeps min(N, L)."""
     tf = _tf()
-    return _nm_fn()(tf.cast(matrix, tf.float32), n, m)
+    return _nm_fn()(tf.cast(matrix, tf.float32), n, tf.constant(groups.slots, tf.int32), groups.row_slots)
 
 
 def _tf_variable(v):

@@ -24,8 +24,12 @@ Guarantees:
     hold more outliers keeps more, all blocks' densities within 2 x 0.08 of each other
     (selection/layer_budgets.py); then each layer is pruned layer-wise to its share.
 - threshold t: groups scoring below t (raw scores), or below their layer's mean score ('mean').
-- N:M: in every run of M consecutive weights along the reduction axis at most N are kept (exactly N
-  in full runs), the layout of tfmot, TFLite and sparse tensor cores. It needs element scores.
+- N:M: in every group of M consecutive weights along the reduction axis exactly N are kept, the
+  layout of tfmot, TFLite and sparse tensor cores. A group never spans two taps of a convolution
+  kernel: it runs along the input channels of one tap, and when they are not a multiple of M each
+  tap's last group is short (L < M) and keeps min(N, L), as if zero-padded (structure.targets.NmGroups).
+  Such a layer loses less than 1 - N/M (a 1-channel convolution under 2:4: nothing); its requested
+  sparsity is what the pattern gives, and a note says so. It needs element scores.
 - Overrides (recipe `overrides:`/`layers:`, glob -> sparsity | skip | {sparsity, skip}, the last
   matching rule wins): a skipped layer is left whole; a layer with its own sparsity is pruned to it
   exactly, and with scope=global the other layers share the global budget among themselves.
@@ -274,10 +278,28 @@ def _nm_masks(targets: list[Target], scores: dict, level: str, config: PruneConf
     for t in targets:
         if config.rule_for(t.layer_name).sparsity is not None:
             raise ConfigError(f"N:M fixes the sparsity at 1 - N/M; the override for {t.layer_name} can only skip it")
-        keep = masking.nm_keep_mask(t.to_matrix(scores[t.name]), gran.rows, gran.cols)
+        keep = masking.nm_keep_mask(t.to_matrix(scores[t.name]), gran.rows, t.nm_groups(gran.cols))
         result.masks[t.name] = t.from_matrix(keep)
-        result.requested[t.name] = 1.0 - gran.rows / gran.cols
+        result.requested[t.name] = nm_requested(t, gran.rows, gran.cols, result.notes)
     result.selection_path = "nm" if targets else ""
+
+
+def nm_requested(target: Target, n: int, m: int, notes: list) -> float:
+    """The sparsity an N:M mask gives this target (Target.nm_sparsity), with a note when its runs (a
+    convolution's channels per tap, else its inputs) are not a multiple of M, so that it loses less
+    than 1 - N/M."""
+    share = target.nm_sparsity(n, m)
+    c = target.channels_per_tap
+    if (c or target.rows) % m:  # a short group keeps a larger share than N of M
+        short = (
+            f"{target.rows} inputs, not a multiple of {m}, so the last group is short"
+            if c is None
+            else f"{c} input channel(s) per kernel tap and groups do not cross taps, so each tap's last group is short"
+        )
+        notes.append(
+            f"{target.name}: {short} (keeps at most {n}): {n}:{m} prunes {share:.1%} of it, not {1 - n / m:.1%}"
+        )
+    return share
 
 
 # --- the one selection ------------------------------------------------------------------------------

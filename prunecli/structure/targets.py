@@ -80,9 +80,87 @@ class Target:
         return tf.transpose(tf.reshape(matrix, moved), inv)
 
     @property
+    def _record(self) -> layers.LayerSpec:
+        return layers.spec(self.layer) if self.layer is not None else layers.LAYERS.get(self.layer_class, layers.OTHER)
+
+    @property
     def shrinkable(self) -> bool:
-        found = layers.spec(self.layer) if self.layer is not None else layers.LAYERS.get(self.layer_class, layers.OTHER)
-        return found.shrinkable
+        return self._record.shrinkable
+
+    @property
+    def channels_per_tap(self) -> int | None:
+        """The input channels one output reads at one tap (one kernel position) of a convolution: the
+        matrix view's rows are taps x this, channel fastest. c_in (c_in / groups when grouped) for Conv,
+        ConvTranspose, ConvLSTM and a separable conv's pointwise kernel; 1 for a depthwise kernel, whose
+        outputs read one channel per tap. None for a weight without taps (Dense, EinsumDense, Embedding,
+        recurrent kernels): its whole reduction axis is one run."""
+        if len(self.shape) < 3:
+            return None
+        family = self._record.family
+        if family == "depthwise" or self.attr == "depthwise_kernel":
+            return 1
+        if family in CONVOLUTION_FAMILIES or getattr(self.layer, "kernel_size", None) is not None:
+            return self.shape[self.perm[-2]]
+        return None
+
+    def nm_groups(self, m: int) -> NmGroups:
+        """Where this weight's N:M groups of M lie in its matrix view (`nm_groups`)."""
+        return nm_groups(self.rows, m, self.channels_per_tap)
+
+    def nm_sparsity(self, n: int, m: int) -> float:
+        """The fraction of this weight an N:M mask prunes: 1 - N/M, less when a tap's channels are not a
+        multiple of M (`nm_sparsity`)."""
+        return nm_sparsity(n, m, self.channels_per_tap or self.rows)
+
+
+CONVOLUTION_FAMILIES = ("conv", "transpose", "separable")  # structure/layers.py families with taps
+
+
+@dataclass(frozen=True, eq=False)
+class NmGroups:
+    """The N:M groups of a (rows, units) matrix view, the one layout that selection, Wanda, SparseGPT and
+    verification share. `slots` (groups, M) holds the row in each slot of each group, -1 where a run's
+    last, short group is padded: a group never spans two runs (two taps of a convolution), the way
+    sparse tensor cores (NVIDIA's ASP permutes a conv kernel so groups run along C at each tap) and
+    tfmot's `sparsity_m_by_n` lay N:M out. A short group of L < M weights keeps min(N, L) of them, as if
+    zero-padded to M."""
+
+    slots: Any
+
+    @property
+    def padded(self) -> bool:
+        """Whether some group is short (the layout is not just consecutive runs of M rows)."""
+        return bool((self.slots < 0).any())
+
+    @property
+    def row_slots(self):
+        """The slot of each row in `slots.reshape(-1)`, in row order (slots list the rows in order)."""
+        import numpy as np
+
+        return np.flatnonzero(self.slots.reshape(-1) >= 0)
+
+
+def nm_groups(rows: int, m: int, channels_per_tap: int | None = None) -> NmGroups:
+    """The groups of M consecutive rows inside each run of `channels_per_tap` rows (None: one run of all
+    rows), each run's last group padded when the run is not a multiple of M."""
+    import numpy as np
+
+    run = channels_per_tap or rows
+    if rows % run:
+        raise ValueError(f"{rows} rows are not whole runs of {run} channels")
+    per_run = -(-run // m) * m
+    offsets = np.arange(per_run)
+    starts = np.arange(rows // run)[:, None] * run
+    slots = np.where(offsets < run, starts + offsets, -1)
+    return NmGroups(slots.reshape(-1, m))
+
+
+def nm_sparsity(n: int, m: int, run: int) -> float:
+    """The fraction an N:M mask prunes of runs of `run` rows: full groups keep N of M, the last, short
+    group of L = run % M rows keeps min(N, L). 1 - N/M when M divides the run; a run of at most N rows
+    (a 1-channel convolution under 2:4, a depthwise kernel) loses nothing."""
+    kept = (run // m) * n + min(n, run % m)
+    return (run - kept) / run
 
 
 def walk(model) -> list[Target]:
