@@ -214,6 +214,7 @@ def test_inputs_without_labels_are_never_measured_against_placeholders(label_sha
     assert prune(build_config(settings, environ={})).report.metrics == {}
 
 
+@pytest.mark.slow
 def test_stand_in_inputs_fit_a_position_table_shorter_than_the_default(tmp_path):
     """A small GPT-2 learns 16 positions; seeded stand-ins for its open length were 32 long, so -g layer
     without --data (blocks scored on stand-ins) ended in an internal error. The stand-in length now

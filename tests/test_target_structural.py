@@ -149,6 +149,7 @@ def test_decoder_ffn_latency_target_shrinks_a_causal_lm(tmp_path, params_timer):
     assert np.isfinite(logits).all()
 
 
+@pytest.mark.slow
 def test_transformer_size_target_splits_to_the_file(cli, tmp_path):
     """-g transformer --target size=: the split (no --data: heads and FFN units in proportion to their
     cost) fitted to the parameter fraction whose file has that size."""
