@@ -205,10 +205,11 @@ def test_shrunk_tflite_is_timed_beside_the_unshrunk_one(cli, example_model, tmp_
     assert entry["latency_ms_batch_1"] > 0 and entry["baseline_latency_ms_batch_1"] > 0
 
 
-def _lstm_model(path: Path) -> None:
+def _lstm_model(path: Path, steps: int | None = None) -> None:
+    """An LSTM classifier; its length open by default (the loop stays: select TF ops)."""
     import keras
 
-    inp = keras.Input((6, 3))
+    inp = keras.Input((steps, 3))
     out = keras.layers.Dense(2, activation="softmax")(keras.layers.LSTM(4)(inp))
     keras.Model(inp, out).save(path)
 
@@ -368,3 +369,43 @@ def test_exported_models_are_checked_a_few_rows_at_a_time(monkeypatch):
     got = export._in_chunks(run, {"x": samples[0]})
     assert calls == [5, 5, 5, 5, 3]
     np.testing.assert_allclose(got[0], expected[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_recurrent_layers_of_a_fixed_length_export_to_builtin_and_int8_tflite(tmp_path):
+    """Keras 3's looped LSTM/GRU become TensorList ops in TFLite (select TF ops; int8 refused, exit 7, on
+    three real name classifiers in bench/ZOO.md): with a fixed length they are converted unrolled, so
+    both files run on builtins, the float one computing the Keras function."""
+    import keras
+
+    from prunecli.structure import rebuild
+
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((12,), dtype="int32")
+    x = keras.layers.Embedding(30, 8)(ids)
+    x = keras.layers.Bidirectional(keras.layers.GRU(6, return_sequences=True))(x)
+    out = keras.layers.Dense(3, activation="softmax")(keras.layers.LSTM(5)(x))
+    model = keras.Model(ids, out)
+    tokens = np.random.default_rng(0).integers(0, 30, size=(40, 12)).astype("int32")
+    twin = rebuild.unrolled(model, export.MAX_UNROLLED_STEPS)
+    assert all(getattr(lay, "unroll", True) for lay in twin.layers if isinstance(lay, keras.layers.RNN))
+    np.testing.assert_allclose(np.asarray(twin(tokens)), np.asarray(model(tokens)), rtol=1e-5, atol=1e-6)
+    assert rebuild.unrolled(model, 11) is None  # longer than the limit: the loop stays
+
+    path, data = tmp_path / "m.keras", tmp_path / "d.npz"
+    model.save(path)
+    np.savez(data, x=tokens, y=np.random.default_rng(1).integers(0, 3, 40))
+    config = build_config(
+        {
+            "model_path": str(path),
+            "output": str(tmp_path / "o.keras"),
+            "data": str(data),
+            "export": ["tflite", "tflite-int8"],
+        },
+        environ={},
+    )
+    result = prune(config)
+    entries = result.report.extra["export"]
+    assert entries["tflite"]["ops"] == entries["tflite-int8"]["ops"] == export.BUILTIN_OPS
+    assert entries["tflite"]["max_abs_diff"] < 1e-5 and entries["tflite-int8"]["samples"] > 0
+    assert any("converted unrolled" in n for n in result.report.notes)

@@ -32,6 +32,7 @@ from prunecli.errors import ExportError, OutputError, first_line, write_error
 from prunecli.results import StepResult
 
 SAMPLE_COUNT = 256  # inputs used to compare the exported model with the Keras model
+MAX_UNROLLED_STEPS = 256  # a recurrent layer over more steps keeps its loop (select TF ops): its graph would grow too large
 CALIBRATION_SAMPLES = 512  # training inputs that calibrate int8 ranges
 
 
@@ -47,6 +48,7 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
     run time, as Keras' int8 layers do; `tflite-int8` fully integer. Both are compared with the
     quantized Keras model's outputs; the SavedModel is the quantized model itself."""
     from prunecli.io.models import file_sizes
+    from prunecli.structure import rebuild
 
     formats = list(dict.fromkeys(config.export))
     from prunecli.io.paths import EXPORT_MARKER, export_paths
@@ -60,9 +62,18 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
         write_savedmodel(model, saved)
         (saved / EXPORT_MARKER).write_text("written by prunecli: a later --export savedmodel may replace this folder\n")
         source = saved
-        if unquantized is not None and any(fmt != "savedmodel" for fmt in formats):
-            source = stage / "float_savedmodel"
-            write_savedmodel(unquantized, source)
+        if any(fmt != "savedmodel" for fmt in formats):
+            converted = unquantized if unquantized is not None else model
+            twin = rebuild.unrolled(converted, MAX_UNROLLED_STEPS)  # recurrent layers as TFLite builtins
+            if twin is not None:
+                notes.append(
+                    f"TFLite: the recurrent layers were converted unrolled over their time steps (at most"
+                    f" {MAX_UNROLLED_STEPS}), so the file runs on TFLite's builtin ops and int8 kernels"
+                )
+                converted = twin
+            if converted is not model:
+                source = stage / "float_savedmodel"
+                write_savedmodel(converted, source)
         samples, sample_source = sample_inputs(model, data, config.seed, SAMPLE_COUNT)
         expected = _keras_outputs(model, samples)
         input_names = [str(getattr(t, "name", "")) for t in model.inputs]

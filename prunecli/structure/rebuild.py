@@ -65,6 +65,44 @@ def rebuild(model, *, skip=(), bypass=None, replace=None, input_shapes=None, ali
     return keras.Model(inputs, outputs, name=model.name)
 
 
+def unrolled(model, max_steps: int):
+    """A model computing what `model` does with its recurrent layers (LSTM, GRU, SimpleRNN, and
+    Bidirectional ones) unrolled over their time steps, sharing every other layer and holding the
+    recurrent layers' weights; None when it has no recurrent call in its top-level graph, a recurrent
+    input's length is open or longer than `max_steps`, or the graph cannot be read.
+
+    Why: TensorFlow's converter turns Keras 3's looped RNN into TensorList ops, which TFLite runs only
+    with the select-TF-ops (Flex) delegate and int8 quantization refuses; unrolled, the same layer is
+    fully connected ops, logistic/tanh and element-wise products, all TFLite builtins with int8 kernels."""
+    import keras
+
+    graph = keras_graph.functional(model)
+    if graph is None:
+        return None
+    twins: dict[int, tuple] = {}
+    for node in ordered_nodes(graph):
+        layer = node.operation
+        if not isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional)) or id(layer) in twins:
+            continue
+        steps = node.input_tensors[0].shape[1] if node.input_tensors else None
+        if steps is None or steps > max_steps:
+            return None
+        config = layer.get_config()
+        if isinstance(layer, keras.layers.Bidirectional):
+            for part in ("layer", "backward_layer"):
+                if config.get(part):
+                    config[part]["config"]["unroll"] = True
+        else:
+            config["unroll"] = True
+        twins[id(layer)] = (layer, layer.__class__.from_config(config))
+    if not twins:
+        return None
+    new = rebuild(model, replace={key: twin for key, (_layer, twin) in twins.items()})
+    for layer, twin in twins.values():
+        twin.set_weights(layer.get_weights())
+    return new
+
+
 def detach(model):
     """A copy of a rebuilt model with layers of its own, so it saves and trains like a fresh one.
     InputError naming the layer when one cannot describe itself (a layer without get_config, such as
