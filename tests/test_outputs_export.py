@@ -101,6 +101,8 @@ def test_int8_is_fully_integer_and_close(exported, example_data):
     assert 0 < entry["max_abs_diff"] < 0.1  # softmax probabilities, int8-quantised
     assert entry["top1_agreement"] > 0.95
     assert entry["bytes"] < result.report.extra["export"]["tflite"]["dense_encoding_bytes"] / 3
+    noted = any(n.startswith("digits.pruned.int8.tflite agrees with the Keras model") for n in result.report.notes)
+    assert noted == (entry["top1_agreement"] < export.AGREEMENT_NOTED_BELOW)  # said where it is below 99%
 
 
 @pytest.mark.slow
@@ -372,7 +374,7 @@ def test_exported_models_are_checked_a_few_rows_at_a_time(monkeypatch):
 
 
 @pytest.mark.slow
-def test_recurrent_layers_of_a_fixed_length_export_to_builtin_and_int8_tflite(tmp_path):
+def test_recurrent_layers_of_a_fixed_length_export_to_builtin_and_int8_tflite(tmp_path, monkeypatch):
     """Keras 3's looped LSTM/GRU become TensorList ops in TFLite (select TF ops; int8 refused, exit 7, on
     three real name classifiers in bench/ZOO.md): with a fixed length they are converted unrolled, so
     both files run on builtins, the float one computing the Keras function."""
@@ -404,8 +406,13 @@ def test_recurrent_layers_of_a_fixed_length_export_to_builtin_and_int8_tflite(tm
         },
         environ={},
     )
+    monkeypatch.setattr(export, "AGREEMENT_NOTED_BELOW", 1.01)  # every agreement is then said in a note
     result = prune(config)
     entries = result.report.extra["export"]
     assert entries["tflite"]["ops"] == entries["tflite-int8"]["ops"] == export.BUILTIN_OPS
+    agreement = entries["tflite-int8"]["top1_agreement"]
+    assert f"o.int8.tflite agrees with the Keras model on the top class of {agreement:.1%} of 40" in " ".join(
+        result.report.notes
+    )
     assert entries["tflite"]["max_abs_diff"] < 1e-5 and entries["tflite-int8"]["samples"] > 0
     assert any("converted unrolled" in n for n in result.report.notes)

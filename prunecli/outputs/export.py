@@ -32,6 +32,7 @@ from prunecli.errors import ExportError, OutputError, first_line, write_error
 from prunecli.results import StepResult
 
 SAMPLE_COUNT = 256  # inputs used to compare the exported model with the Keras model
+AGREEMENT_NOTED_BELOW = 0.99  # an exported classifier agreeing less with Keras is said in a note, not only in JSON
 MAX_UNROLLED_STEPS = 256  # a recurrent layer over more steps keeps its loop (select TF ops): its graph would grow too large
 CALIBRATION_SAMPLES = 512  # training inputs that calibrate int8 ranges
 
@@ -101,6 +102,12 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
                 results[fmt] = entry
                 continue
             entry.update(compare_tflite(content, samples, expected, input_names), sample_source=sample_source)
+            agreement = entry.get("top1_agreement")
+            if agreement is not None and agreement < AGREEMENT_NOTED_BELOW:
+                notes.append(
+                    f"{paths[fmt].name} agrees with the Keras model on the top class of {agreement:.1%} of"
+                    f" {entry['samples']} {sample_source} examples (report export.{fmt})"
+                )
             entry["latency_ms_batch_1"] = tflite_latency_ms(content, samples, input_names)
             if fmt == "tflite" and baseline is not None:
                 progress("timing the unshrunk model in TFLite")
