@@ -33,7 +33,9 @@ from prunecli.results import StepResult
 
 SAMPLE_COUNT = 256  # inputs used to compare the exported model with the Keras model
 AGREEMENT_NOTED_BELOW = 0.99  # an exported classifier agreeing less with Keras is said in a note, not only in JSON
-MAX_UNROLLED_STEPS = 256  # a recurrent layer over more steps keeps its loop (select TF ops): its graph would grow too large
+MAX_UNROLLED_STEPS = (
+    256  # a recurrent layer over more steps keeps its loop (select TF ops): its graph would grow too large
+)
 CALIBRATION_SAMPLES = 512  # training inputs that calibrate int8 ranges
 
 
@@ -49,7 +51,6 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
     run time, as Keras' int8 layers do; `tflite-int8` fully integer. Both are compared with the
     quantized Keras model's outputs; the SavedModel is the quantized model itself."""
     from prunecli.io.models import file_sizes
-    from prunecli.structure import rebuild
 
     formats = list(dict.fromkeys(config.export))
     from prunecli.io.paths import EXPORT_MARKER, export_paths
@@ -64,14 +65,12 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
         (saved / EXPORT_MARKER).write_text("written by prunecli: a later --export savedmodel may replace this folder\n")
         source = saved
         if any(fmt != "savedmodel" for fmt in formats):
-            converted = unquantized if unquantized is not None else model
-            twin = rebuild.unrolled(converted, MAX_UNROLLED_STEPS)  # recurrent layers as TFLite builtins
-            if twin is not None:
+            converted = for_tflite(unquantized if unquantized is not None else model)
+            if converted is not model and converted is not unquantized:
                 notes.append(
                     f"TFLite: the recurrent layers were converted unrolled over their time steps (at most"
                     f" {MAX_UNROLLED_STEPS}), so the file runs on TFLite's builtin ops and int8 kernels"
                 )
-                converted = twin
             if converted is not model:
                 source = stage / "float_savedmodel"
                 write_savedmodel(converted, source)
@@ -112,7 +111,7 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
             if fmt == "tflite" and baseline is not None:
                 progress("timing the unshrunk model in TFLite")
                 reference = stage / "baseline_savedmodel"
-                write_savedmodel(baseline, reference)
+                write_savedmodel(for_tflite(baseline), reference)
                 baseline_content, _ = convert_tflite(reference, None, try_sparse=False)
                 entry["baseline_latency_ms_batch_1"] = tflite_latency_ms(baseline_content, samples, input_names)
             results[fmt] = entry
@@ -126,6 +125,16 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
                 "sample_source": sample_source,
             }
     return StepResult(sections={"export": {fmt: results[fmt] for fmt in formats}}, notes=tuple(notes))
+
+
+def for_tflite(model):
+    """The model TFLite's converter is given: `model`, or its twin with the recurrent layers unrolled
+    where their length is fixed and at most MAX_UNROLLED_STEPS (structure/rebuild.unrolled: builtin
+    ops and int8 kernels instead of select-TF TensorList ops)."""
+    from prunecli.structure import rebuild
+
+    twin = rebuild.unrolled(model, MAX_UNROLLED_STEPS)
+    return model if twin is None else twin
 
 
 def discard(section: dict) -> None:

@@ -366,7 +366,7 @@ class TfliteTimer:
 
         with tempfile.TemporaryDirectory(prefix="prunecli-latency-") as folder:
             saved = Path(folder) / "savedmodel"
-            export.write_savedmodel(model, saved)
+            export.write_savedmodel(export.for_tflite(model), saved)  # recurrent layers timed as exported
             content, encoding = export.convert_tflite(saved, None, try_sparse=False)
         if encoding["ops"] != export.BUILTIN_OPS:
             raise ConfigError(
