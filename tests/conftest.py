@@ -163,6 +163,39 @@ def check_shrunk_lm(masked_lm, small, tmp_path, vocab: int, class_name: str) -> 
     np.testing.assert_array_equal(greedy_tokens(back, hub_prompt()), tokens)
 
 
+# the prune commands every decoder family's CLI test runs on a saved causal LM (cli_shrinks)
+SHRINK_COMMANDS = pytest.mark.parametrize(
+    "command",
+    [
+        ["-g", "head", "-s", "0.5", "--shrink"],
+        ["-g", "neuron", "-s", "0.5", "--shrink"],
+        ["-g", "layer", "-s", "0.5"],
+        ["-g", "neuron", "--target", "params=0.8"],
+    ],
+    ids=["head", "neuron", "layer", "target"],
+)
+
+
+def cli_shrinks(cli, lm, tmp_path, command: list, class_name: str):
+    """`prunecli prune` on `lm` saved: exit 0, the output loads as `class_name`, the parameters it lost
+    are the report's `decoder` section's, and a --target params=0.8 is met. The loaded model."""
+    import json
+
+    from prunecli.io.models import load
+
+    path, out, report = tmp_path / "lm.keras", tmp_path / "out.keras", tmp_path / "r.json"
+    lm.save(path)
+    res = cli("prune", path, *command, "-o", out, "-r", report, "-q")
+    assert res.exit_code == 0, res.output
+    decoder = json.loads(report.read_text())["decoder"]
+    small, _info = load(out)
+    assert type(small).__name__ == class_name
+    assert lm.count_params() - small.count_params() == decoder["params_before"] - decoder["params_after"] > 0
+    if "--target" in command:
+        assert small.count_params() <= 0.8 * lm.count_params()
+    return small
+
+
 @pytest.fixture(scope="session")
 def mlp_files(tmp_path_factory):
     """A trained tiny MLP saved as .keras and Keras-3 .h5, and its data as .npz."""

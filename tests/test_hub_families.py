@@ -1,7 +1,8 @@
-"""KerasHub decoder families whose layout prunecli does not know (Bloom here; Falcon, GPT-NeoX, SmolLM3
-are alike: bench/decoder_families.py runs them all): element pruning works, and the structural
+"""KerasHub decoder families whose layout prunecli does not know (Bloom here; Falcon and GPT-NeoX are
+alike: bench/decoder_families.py runs them all): element pruning works, and the structural
 granularities refuse in one line instead of cutting the wrong slices or ending in an internal error.
-(Gemma was one of them: tests/test_removal_gemma.py shrinks it now.)"""
+(Gemma, Phi-3 and SmolLM3 were among them: tests/test_removal_gemma.py, test_removal_phi3.py and
+test_removal_smollm3.py shrink them now.)"""
 
 from __future__ import annotations
 

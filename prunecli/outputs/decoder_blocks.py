@@ -33,13 +33,13 @@ DECODE_ROUNDS = 2
 def block_shape(block) -> dict[str, int]:
     """Query heads, key/value groups, head size, feed-forward units and residual width of one block."""
     attention = decoders.attention(block)
-    q, _k, _v, o = (sub.kernel for sub, *_ in keras_graph.attention_projections(attention))
+    o = keras_graph.attention_projections(attention)[-1][0].kernel
     heads, groups = keras_graph.grouped_head_counts(attention)  # the kernels' head axis differs by family
     gate, up, _down = keras_graph.hub_ffn(block)
     return {
         "query_heads": heads,
         "kv_groups": groups,
-        "head_dim": int(q.shape[-1]),  # (hidden, heads, head_dim) in Llama, (heads, hidden, head_dim) in Gemma
+        "head_dim": int(o.shape[1]),  # (heads, head_dim, hidden) in every family
         "ffn_units": int(up.kernel.shape[-1]),
         "ffn_kernels": 2 if gate is None else 3,
         "hidden": int(o.shape[-1]),

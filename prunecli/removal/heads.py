@@ -79,8 +79,9 @@ def _unit_sums(hl: HeadLayer, arrays: list, fn) -> Any:
     counts = np.zeros(hl.units)
     for part, arr in zip(hl.unit_parts, arrays, strict=True):
         moved = np.moveaxis(np.asarray(arr, dtype=np.float64), part.axis, 0)
-        per_head = fn(moved.reshape(moved.shape[0], -1)).sum(axis=1)
-        size = moved[0].size
+        heads = moved.shape[0] // part.width  # a flattened head is `width` consecutive entries
+        per_head = fn(moved.reshape(heads, -1)).sum(axis=1)
+        size = moved.size // heads
         if part.role == "q":
             per_head = per_head.reshape(hl.units, hl.group).sum(axis=1)
             size *= hl.group
@@ -112,6 +113,7 @@ def data_scores(model, layers: list[HeadLayer], data, loss_fn, method: str, max_
         total = 0.0
         parts = hl.unit_parts
         for part, per_index in zip(parts, per_slice[i : i + len(parts)], strict=True):
+            per_index = per_index.reshape(-1, part.width).sum(axis=1)  # per head
             total = total + (per_index.reshape(hl.units, hl.group).sum(axis=1) if part.role == "q" else per_index)
         out[hl.path] = total
         i += len(parts)

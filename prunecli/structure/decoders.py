@@ -1,55 +1,73 @@
-"""KerasHub decoder blocks (Llama, Mistral, Qwen, Qwen3, Gemma; GPT-2's and OPT's TransformerDecoder):
-their attention heads and feed-forward units, rebuilt smaller.
+"""KerasHub decoder blocks (Llama, Mistral, Qwen, Qwen3, Gemma, Gemma3, Phi-3, SmolLM3; GPT-2's and OPT's
+TransformerDecoder): their attention heads and feed-forward units, rebuilt smaller.
 
 One block is `x + attn(norm(x))`, then `x + down(act(gate(norm(x))) * up(norm(x)))` (GPT-2 and OPT:
 `x + down(act(up(norm(x))))`, no gate), all inside one Keras layer (LlamaTransformerDecoder,
-GemmaDecoderBlock, TransformerDecoder...), so the functional graph sees one node per block and the
-channel graph cannot slice what is inside. This module reads the block (through keras_graph, the one
-adapter for private attributes: it knows where each family keeps its attention, projections and norms,
-and reads where a projection kernel holds its heads from its einsum equation) and rebuilds it with
-fewer heads and fewer feed-forward units. FAMILIES holds what else differs between families: the causal
-LMs around the backbone, the blocks' call and head arguments, Gemma's scaled embedding and its config's
-intermediate_dim (both gates: twice the units). TransformerDecoder is KerasHub's generic block: only the
-class itself, without cross-attention (BART's), is a family; Whisper's and Moonshine's subclasses are not.
+GemmaDecoderBlock, Phi3Decoder, SmolLM3DecoderLayer, TransformerDecoder...), so the functional graph sees
+one node per block and the channel graph cannot slice what is inside. This module reads the block
+(through keras_graph, the one adapter for private attributes: it knows where each family keeps its
+attention, projections and norms, SmolLM3's feed-forward network inside its SmolLM3MLP, and reads where a
+projection kernel holds its heads from its einsum equation) and rebuilds it with fewer heads and fewer
+feed-forward units. FAMILIES holds what else differs between families: the causal LMs around the
+backbone, the blocks' call and head arguments, Gemma's and Gemma3's scaled embedding, SmolLM3's argument
+names, Gemma3's cache (one (key, value) pair per block); a block's intermediate size per feed-forward
+unit is read from its own config (Gemma's counts both gates, Gemma3's one). TransformerDecoder is
+KerasHub's generic block:
+only the class itself, without cross-attention (BART's), is a family; Whisper's and Moonshine's subclasses
+are not.
 
 - Heads. Grouped-query attention shares key/value head k between the query heads k*G ... k*G+G-1
   (KerasHub repeats each key/value head G times). Removing whole groups keeps that mapping, so the
   block is rebuilt with num_query_heads = G * kept groups and num_key_value_heads = kept groups, the
-  kept slices of q/k/v (and Qwen's q/k/v biases) and of the output projection, in order. With one
-  key/value head (multi-query attention, Gemma 2B) any query heads can go alone: the key/value head
-  stays, and the block is rebuilt with the kept query heads around it (transformer.HeadLayer says
+  kept slices of q/k/v (and Qwen's and SmolLM3's q/k/v biases) and of the output projection, in order.
+  With one key/value head (multi-query attention, Gemma 2B) any query heads can go alone: the key/value
+  head stays, and the block is rebuilt with the kept query heads around it (transformer.HeadLayer says
   which unit each layout scores). GPT-2's and OPT's multi-head attention is the case G = 1: every head
-  its own unit, its q/k/v biases going with it. Llama's and GPT-2's q/k/v kernels are (hidden, heads,
-  head_dim), Gemma's (heads, hidden, head_dim); all take the output projection as (heads, head_dim,
-  hidden).
-- Head size. Llama's and Qwen's attention compute head_dim = hidden_dim // num_query_heads when they
-  build, and TransformerDecoder key_dim = hidden_dim // num_heads, which a block with fewer heads would
-  change. The rebuilt block is a registered subclass (PrunedLlamaTransformerDecoder,
-  PrunedTransformerDecoder...) whose config carries `head_dim`; its attention is the family's own class
-  with the projections rebuilt at that size (CachedMultiHeadAttention takes it as key_dim and
-  value_dim), so `call`, RoPE, masks and the decoding cache stay KerasHub's. Mistral's, Qwen3's and
-  Gemma's blocks take `head_dim` already (Qwen3's query/key norms act over one head's dimensions, so
-  they are kept whole; Gemma's block always has its attention scale scores by 1/sqrt(head_dim), not by
-  the hidden size per query head).
+  its own unit, its q/k/v biases going with it. Llama's, Phi-3's and GPT-2's q/k/v kernels are (hidden,
+  heads, head_dim), Gemma's (heads, hidden, head_dim), SmolLM3's Dense kernels (hidden, heads * head_dim)
+  with head h in columns h*head_dim ... (h+1)*head_dim-1 (keras_graph's head width); all take the output
+  projection as (heads, head_dim, hidden), which is where the head size is read.
+- Head size. Llama's, Qwen's and Phi-3's attention compute head_dim = hidden_dim // num_query_heads when
+  they build, SmolLM3's hidden_size // num_attention_heads when it is constructed, and TransformerDecoder
+  key_dim = hidden_dim // num_heads, which a block with fewer heads would change. The rebuilt block is a
+  registered subclass (PrunedLlamaTransformerDecoder, PrunedPhi3Decoder, PrunedTransformerDecoder...)
+  whose config carries `head_dim`; its attention is the family's own class made at that size, so `call`,
+  RoPE, masks and the decoding cache stay KerasHub's: built at the hidden size that derives head_dim
+  (everything sized by the head is then right: the score scale, RoPE, Phi-3's su-scaled RoPE factors,
+  which must hold head_dim / 2 entries each), then its projections rebuilt for the real hidden size
+  (_FixedHeadDim; SmolLM3's, made in its block's constructor, by `_made_at_head_dim`);
+  CachedMultiHeadAttention takes it as key_dim and value_dim. Phi-3's block checks those factors against
+  the derived head size when it builds its own attention, which is replaced: they are withheld from that
+  build (Family.head_size_checks). Mistral's, Qwen3's, Gemma's and Gemma3's blocks take `head_dim`
+  already (Qwen3's and Gemma3's query/key norms act over one head's dimensions, so they are kept whole;
+  Gemma's and Gemma3's blocks always have their attention scale scores by 1/sqrt(head_dim), not by the
+  hidden size per query head). What differs between a family's blocks is each block's own config, so it
+  stays with the block, also when others are removed: SmolLM3's layers without RoPE
+  (rope_layer_enabled_list, read by the block's layer_idx), Gemma3's sliding windows and RoPE
+  wavelengths (five local blocks, then a global one).
 - Feed-forward units. Unit j is gate column j, up column j and down row j: its contribution to the
-  output is act(x.gate_j) * (x.up_j) * down_j, with act SiLU (SwiGLU: Llama, Mistral, Qwen) or
-  tanh-approximated GeLU (GeGLU: Gemma's gating_ffw; gating_ffw_2 is its up projection), exactly zero
-  when any of the three slices is zero (silu(0) = gelu(0) = 0), so masking a unit in any of them and
-  deleting it compute the same function. GPT-2's and OPT's network is the same with the gate left out
-  (Ffn.gate None): unit j adds act(x.up_j + b_j) down_j (GeLU, ReLU), zero once its down row is, whatever
-  its bias b_j, which is masked and deleted with it.
+  output is act(x.gate_j) * (x.up_j) * down_j, with act SiLU (SwiGLU: Llama, Mistral, Qwen, Phi-3,
+  SmolLM3, whose gate and up are two Dense layers, not one fused kernel) or tanh-approximated GeLU (GeGLU:
+  Gemma's gating_ffw; gating_ffw_2 is its up projection), exactly zero when any of the three slices is
+  zero (silu(0) = gelu(0) = 0), so masking a unit in any of them and deleting it compute the same
+  function; SmolLM3's gate and up biases (mlp_bias) go with their unit. GPT-2's and OPT's network is the
+  same with the gate left out (Ffn.gate None): unit j adds act(x.up_j + b_j) down_j (GeLU, ReLU), zero
+  once its down row is, whatever its bias b_j, which is masked and deleted with it.
 - Hidden channels. Channel c of the residual stream is the token embedding's column c and its slice of
   every norm, projection and the final norm (stream_slices); `narrower` rebuilds the whole model with
   fewer of them, each RMSNorm's scale and epsilon corrected for the channels it no longer averages over
-  (Gemma's multiply by 1 + scale, Gemma 2's options add norms after attention and the feed-forward
-  network: the same correction on 1 + scale), and Gemma's sqrt(hidden_dim) embedding factor kept at the
-  dense model's. GPT-2's and OPT's LayerNormalization subtracts the mean over all channels, which no
-  correction undoes: refused (`centred_norm_reason`).
+  (Phi3LayerNorm and SmolLM3's Keras RMSNormalization are RMSNorms too; Gemma's multiply by 1 + scale,
+  Gemma 2's options add norms after attention and the feed-forward network: the same correction on
+  1 + scale), and Gemma's sqrt(hidden_dim) embedding factor kept at the dense model's. GPT-2's and OPT's
+  LayerNormalization subtracts the mean over all channels, which no correction undoes: refused
+  (`centred_norm_reason`).
 
 Every decoder block of a rebuilt model becomes a Pruned* block, changed or not: KerasHub 0.32's
-LlamaTransformerDecoder.get_config reads an attribute it never sets (rope_scaling_factor) and Qwen's
-leaves out its sliding-window settings, so a plain functional model holding them could not be saved;
-the Pruned* classes write their config from their constructor's own arguments (`own_config`). Gemma's
+LlamaTransformerDecoder.get_config reads an attribute it never sets (rope_scaling_factor), Qwen's
+leaves out its sliding-window settings and SmolLM3's decoder layer has none of its own (its arguments
+live in its sublayers), so a plain functional model holding them could not be saved; the Pruned*
+classes write their config from their constructor's own arguments (`own_config`: the block's attributes
+of those names, else the arguments Keras recorded when it constructed the block). Gemma's
 RMSNormalization has no get_config, and Keras cannot make one for it once it was built with a dtype
 policy object (as GemmaBackbone and loading do), so a rebuilt model's final norm becomes
 PrunedRMSNormalization, configured the same way; the norms inside a block are the block's own.
@@ -58,9 +76,12 @@ A backbone comes back as a plain functional model. A causal LM (LlamaCausalLM, G
 its backbone) comes back as one, so `generate()` keeps working: PrunedLlamaCausalLM... around a
 PrunedDecoderBackbone, which takes its layers as they are (blocks may differ in heads and units, as
 a global selection leaves them) and wires them as the family's backbone does (GPT-2's and OPT's learned
-positions added to the token embedding, from the cache's index when decoding). KerasHub's task sizes its
-key/value cache from the backbone's num_key_value_heads and head size, one for all blocks; the Pruned*
-task sizes it for the widest block at the kept head size and hands each block the heads it has.
+positions added to the token embedding, from the cache's index when decoding; SmolLM3's final norm is
+its backbone's `norm`, the PrunedDecoderBackbone's `layer_norm`). KerasHub's task sizes its key/value
+cache from the backbone's num_key_value_heads and head size, one for all blocks; the Pruned* task sizes
+it for the widest block at the kept head size and hands each block the heads it has (Gemma3's task, whose
+cache is a pair per block, sizes each pair for its block). Gemma3 is rebuilt text-only: a backbone with a
+vision encoder is refused.
 """
 
 from __future__ import annotations
@@ -86,16 +107,21 @@ class Family:
     cache: str = "self_attention_cache"
     cache_index: str = "self_attention_cache_update_index"
     scaled_embedding: bool = False  # the backbone multiplies the token embedding by sqrt(hidden_dim)
-    intermediate_per_unit: int = 1  # the block config's intermediate_dim per feed-forward unit
-    norm: str | None = None  # "module.Class" of the family's RMSNorm when that class has no get_config
+    intermediate: str = "intermediate_dim"  # the block's argument for its intermediate size
+    hidden: str = "hidden_dim"  # the block's argument for the residual width, where it takes one
     query_heads: str = "num_query_heads"  # the block's argument for its query heads
     kv_heads: str | None = "num_key_value_heads"  # ... for its key/value heads; None: one per query head
     subclasses: bool = True  # whether KerasHub's subclasses of the block class belong to the family
+    # the block's arguments that make the attention it builds check its sizes against the head size it
+    # derives (Phi-3's su-scaled RoPE factors, one per pair of a head's dimensions): None while the block's
+    # own build makes that attention, which a block with a head size of its own then replaces
+    head_size_checks: tuple[str, ...] = ()
+    cache_per_block: bool = False  # the task's cache is one (key, value) pair per block (Gemma3's), not one tensor
 
 
 # KerasHub decoder blocks by class name: grouped-query attention and a gated feed-forward network (Llama,
-# Mistral, Qwen, Qwen3, Gemma), or multi-head attention and an un-gated one (GPT-2's and OPT's
-# TransformerDecoder)
+# Mistral, Qwen, Qwen3, Gemma, Gemma3, Phi-3, SmolLM3), or multi-head attention and an un-gated one (GPT-2's
+# and OPT's TransformerDecoder)
 FAMILIES = {
     "LlamaTransformerDecoder": Family("keras_hub.src.models.llama.llama_decoder", ("LlamaCausalLM",)),
     "MistralTransformerDecoder": Family(
@@ -110,8 +136,29 @@ FAMILIES = {
         cache="cache",
         cache_index="cache_update_index",
         scaled_embedding=True,
-        intermediate_per_unit=2,  # its gate and up projections have intermediate_dim // 2 units each
-        norm="keras_hub.src.models.gemma.rms_normalization.RMSNormalization",
+    ),
+    "Gemma3DecoderBlock": Family(
+        "keras_hub.src.models.gemma3.gemma3_decoder_block",
+        ("Gemma3CausalLM",),
+        padding_mask="padding_mask",
+        cache="cache",
+        cache_index="cache_update_index",
+        scaled_embedding=True,
+        cache_per_block=True,
+    ),
+    "Phi3Decoder": Family(
+        "keras_hub.src.models.phi3.phi3_decoder",
+        ("Phi3CausalLM",),
+        cache="attention_cache",
+        cache_index="attention_cache_update_index",
+        head_size_checks=("rope_scaling_type",),
+    ),
+    "SmolLM3DecoderLayer": Family(
+        "keras_hub.src.models.smollm3.smollm3_layers",
+        ("SmolLM3CausalLM",),
+        query_heads="num_attention_heads",
+        intermediate="intermediate_size",
+        hidden="hidden_size",
     ),
     "TransformerDecoder": Family(
         "keras_hub.src.layers.modeling.transformer_decoder",
@@ -123,13 +170,18 @@ FAMILIES = {
     ),
 }
 # KerasHub causal LMs around such a backbone: token_embedding (and GPT-2's and OPT's learned positions),
-# transformer_layers, layer_norm, one cache
+# transformer_layers, layer_norm (SmolLM3's `norm`), one cache (Gemma3's: a pair per block)
 CAUSAL_LMS = tuple(lm for f in FAMILIES.values() for lm in f.causal_lms)
-_NORMS = tuple(f.norm.rsplit(".", 1)[1] for f in FAMILIES.values() if f.norm)
+# KerasHub's norms without a get_config ("module.Class"; Gemma's, Gemma3's and Keras' own share a class
+# name), and the names prunecli registers its subclasses with a config under
+_NORMS = {
+    "keras_hub.src.models.gemma.rms_normalization.RMSNormalization": "PrunedRMSNormalization",
+    "keras_hub.src.models.gemma3.gemma3_layers.RMSNormalization": "PrunedGemma3RMSNormalization",
+}
 # how a saved model names prunecli's classes
-CLASS_NAMES = tuple(f"Pruned{name}" for name in (*FAMILIES, *CAUSAL_LMS, *_NORMS)) + ("PrunedDecoderBackbone",)
+CLASS_NAMES = (*(f"Pruned{name}" for name in (*FAMILIES, *CAUSAL_LMS)), *_NORMS.values(), "PrunedDecoderBackbone")
 
-_CLASSES: dict[str, Any] = {}  # KerasHub class name -> prunecli's registered subclass; "backbone"
+_CLASSES: dict[str, Any] = {}  # KerasHub class name ("module.Class" for a norm) -> prunecli's subclass; "backbone"
 _ATTENTION: dict[type, type] = {}  # KerasHub attention class -> its subclass with a fixed head size
 
 
@@ -151,6 +203,10 @@ def family(layer) -> str | None:
 def _hub_class(layer):
     """The KerasHub class a layer is: its own, or the one prunecli's subclass extends."""
     return next(cls for cls in type(layer).__mro__ if cls.__module__ != __name__)
+
+
+def _class_path(cls) -> str:
+    return f"{cls.__module__}.{cls.__name__}"
 
 
 def _family_of(block) -> Family:
@@ -258,34 +314,51 @@ def ffn_kernel_ids(model) -> set[int]:
 
 
 class _FixedHeadDim:
-    """Mixed into a KerasHub attention class: build it as the family does, then rebuild the four
-    projections at `head_dim` (the family derives hidden_dim // num_query_heads) and rescale scores."""
+    """Mixed into a KerasHub attention class that derives its head size as hidden_dim // num_query_heads
+    when it builds: it builds as the family does at the hidden size that derives `head_dim` (so what is
+    sized by the head, the score scale, RoPE and Phi-3's su factors, is right), then rebuilds the q/k/v
+    projections for the real input and the output projection to the real hidden size."""
 
     def __init__(self, *args, head_dim, **kwargs):
         super().__init__(*args, **kwargs)
         self.fixed_head_dim = int(head_dim)
 
     def build(self, inputs_shape):
-        super().build(inputs_shape)
-        hd, heads = self.fixed_head_dim, int(self.num_query_heads)
-        self._query_dense = self._resized(self._query_dense, inputs_shape, hd)
-        self._key_dense = self._resized(self._key_dense, inputs_shape, hd)
-        self._value_dense = self._resized(self._value_dense, inputs_shape, hd)
-        self._output_dense = self._resized(self._output_dense, (None, None, heads, hd), None)
-        self._inv_norm_factor = 1.0 / math.sqrt(hd)
+        hd, heads = self.fixed_head_dim, int(keras_graph.grouped_head_counts(self)[0])
+        super().build((*tuple(inputs_shape)[:-1], heads * hd))
+        *qkv, output = keras_graph.attention_projection_names(self)
+        for name in qkv:
+            setattr(self, name, _resized(self, getattr(self, name), inputs_shape, None))
+        setattr(self, output, _resized(self, getattr(self, output), (None, None, heads, hd), int(inputs_shape[-1])))
 
-    def _resized(self, old, input_shape, head_dim):
-        """An EinsumDense like `old` (same equation, name, bias axes), built for `input_shape`, with its
-        last output axis `head_dim` (None: the output shape as it was)."""
-        import keras
 
-        config = old.get_config()
-        if head_dim is not None:
-            config["output_shape"] = (*tuple(config["output_shape"])[:-1], head_dim)
-        new = keras.layers.EinsumDense.from_config(config)
-        new.build(input_shape)
-        self._tracker.untrack(old)
-        return new
+def _resized(owner, old, input_shape, last_axis):
+    """An EinsumDense like `old` (same equation, name, bias axes), built for `input_shape`, with its last
+    output axis `last_axis` (None: the output shape as it was), in place of `old` in `owner`'s weights."""
+    import keras
+
+    config = old.get_config()
+    if last_axis is not None:
+        config["output_shape"] = (*tuple(config["output_shape"])[:-1], last_axis)
+    new = keras.layers.EinsumDense.from_config(config)
+    new.build(input_shape)
+    keras_graph.untrack(owner, old)
+    return new
+
+
+def _made_at_head_dim(block, old):
+    """The block's attention like `old`, at the block's head_dim, for an attention class that derives its
+    head size as hidden_size // heads in its constructor and makes its output projection and RoPE there
+    (SmolLM3's): constructed at hidden_size = heads * head_dim, its output projection then remade to the
+    real hidden size (its q/k/v Dense layers, heads * head_dim wide, build for whatever input they get)."""
+    cls, fam = type(old), _family_of(block)
+    arguments = _own_arguments(cls, block, skip=("dtype", "name", "head_dim"))
+    hidden, heads, hd = int(arguments[fam.hidden]), int(arguments[fam.query_heads]), int(block.head_dim)
+    new = cls(**{**arguments, fam.hidden: heads * hd}, dtype=old.dtype_policy, name=old.name)
+    output = keras_graph.attention_projection_names(new)[-1]
+    setattr(new, output, _resized(new, getattr(new, output), (None, None, heads, hd), hidden))
+    setattr(new, fam.hidden, hidden)
+    return new
 
 
 def _with_head_dim(cls):
@@ -295,13 +368,17 @@ def _with_head_dim(cls):
 
 
 def _own_arguments(cls, obj, skip=()) -> dict[str, Any]:
-    """The constructor arguments of `cls` that `obj` holds as attributes of the same name."""
+    """The constructor arguments of `cls` that `obj` holds as attributes of the same name, or else was
+    constructed with (SmolLM3's decoder layer keeps most of its arguments in its sublayers only)."""
+    recorded = keras_graph.recorded_arguments(obj)
     out = {}
     for name, p in inspect.signature(cls.__init__).parameters.items():
         if name == "self" or name in skip or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         if hasattr(obj, name):
             out[name] = getattr(obj, name)
+        elif name in recorded:
+            out[name] = recorded[name]
     return out
 
 
@@ -336,26 +413,40 @@ class _PrunedDecoder(_OwnConfig):
     """Mixed into a KerasHub decoder class: the block with `head_dim` in its config. Families whose
     attention derives the head size (_native_head_dim False) get their attention rebuilt at it:
     keras.layers.MultiHeadAttention (TransformerDecoder's) from its own config with key_dim = value_dim
-    = head_dim, the others as _FixedHeadDim."""
+    = head_dim, one the block makes when it builds as _FixedHeadDim, one it makes in its constructor
+    (SmolLM3's) by `_made_at_head_dim`."""
 
     _native_head_dim = False
 
     def __init__(self, *args, head_dim=None, **kwargs):
         if self._native_head_dim:
             super().__init__(*args, head_dim=head_dim, **kwargs)
-        else:
-            super().__init__(*args, **kwargs)
-            self.head_dim = None if head_dim is None else int(head_dim)
+            return
+        super().__init__(*args, **kwargs)
+        self.head_dim = None if head_dim is None else int(head_dim)
+        made = attention(self)  # SmolLM3's block makes its attention here, at the derived head size
+        if made is not None and self.head_dim is not None and _attention_head_size(made) != self.head_dim:
+            keras_graph.replace_hub_self_attention(self, _made_at_head_dim(self, made))
 
     def build(self, decoder_sequence_shape):
         import keras
 
-        super().build(decoder_sequence_shape)
+        fam = _family_of(self)
         hidden = int(decoder_sequence_shape[-1])
-        heads = int(getattr(self, _family_of(self).query_heads))
-        if self._native_head_dim or self.head_dim is None or hidden // heads == self.head_dim:
+        heads = int(_own_arguments(_hub_class(self), self)[fam.query_heads])
+        made = attention(self) is not None  # in the constructor (SmolLM3's), at the head size already
+        if self._native_head_dim or self.head_dim is None or made or hidden // heads == self.head_dim:
+            super().build(decoder_sequence_shape)
             return
-        old = self._self_attention_layer  # built at the derived head size: replaced
+        checked = {name: getattr(self, name) for name in fam.head_size_checks}
+        for name in checked:
+            setattr(self, name, None)
+        try:
+            super().build(decoder_sequence_shape)
+        finally:
+            for name, value in checked.items():
+                setattr(self, name, value)
+        old = attention(self)  # built at the derived head size: replaced
         cls = type(old)
         if isinstance(old, keras.layers.MultiHeadAttention):
             new = cls.from_config({**old.get_config(), "key_dim": self.head_dim, "value_dim": self.head_dim})
@@ -364,9 +455,7 @@ class _PrunedDecoder(_OwnConfig):
             arguments = _own_arguments(cls, self, skip=("dtype", "name", "head_dim"))
             new = _with_head_dim(cls)(head_dim=self.head_dim, dtype=self.dtype_policy, name=old.name, **arguments)
             new.build(decoder_sequence_shape)
-        self._tracker.untrack(old)
-        del self._self_attention_layer
-        self._self_attention_layer = new
+        keras_graph.replace_hub_self_attention(self, new)
 
     def get_config(self):
         return {**own_config(self), "head_dim": self.head_dim}
@@ -382,7 +471,9 @@ class _PrunedCausalLM:
         b = self.backbone
         shape = [ops.shape(token_ids)[0], b.num_layers, 2, ops.shape(token_ids)[1], b.num_key_value_heads, b.head_dim]
         cache = ops.zeros(shape, dtype=self.compute_dtype)
-        _, hidden_states, cache = self.call_with_cache(token_ids, cache, 0)
+        # a tensor, as in every later step: SmolLM3's blocks take the cache and its index as **kwargs,
+        # which Keras refuses to hold a tensor and a Python number together
+        _, hidden_states, cache = self.call_with_cache(token_ids, cache, ops.convert_to_tensor(0, "int32"))
         return hidden_states, cache
 
     def call_with_cache(self, token_ids, cache, cache_update_index):
@@ -401,6 +492,42 @@ class _PrunedCausalLM:
         cache = ops.stack(updated, axis=1)
         hidden_states = x = b.layer_norm(x)
         return b.token_embedding(x, reverse=True), hidden_states, cache
+
+
+class _PrunedPerBlockCacheLM:
+    """Mixed into a KerasHub causal LM whose cache is one (key, value) pair per block (Gemma3CausalLM):
+    each pair sized for its block's own key/value heads, the embedding as the PrunedDecoderBackbone makes
+    it. Text only: the PrunedDecoderBackbone has no vision encoder (`_rebuilt_task` refuses one)."""
+
+    def _build_cache(self, token_ids, img_embeddings=None, vision_mask=None, padding_mask=None, vision_indices=None):
+        from keras import ops
+
+        b = self.backbone
+        batch, length = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
+        cache = tuple(
+            tuple(ops.zeros([batch, length, head_counts(block)[1], b.head_dim], dtype=self.compute_dtype) for _ in "kv")
+            for block in b.transformer_layers
+        )
+        _, hidden_states, cache = self.call_with_cache(token_ids, cache, 0, padding_mask=padding_mask)
+        return hidden_states, cache
+
+    def call_with_cache(
+        self, token_ids, cache, cache_update_index, padding_mask=None, cache_update_mask=None, **_vision
+    ):
+        b = self.backbone
+        calls = _family_of(b.transformer_layers[0])
+        x = b.embed(token_ids, start_index=cache_update_index)
+        updated = []
+        for block, block_cache in zip(b.transformer_layers, cache, strict=True):
+            x, block_cache = block(
+                x,
+                padding_mask=padding_mask,
+                cache_update_mask=cache_update_mask,
+                **{calls.cache: block_cache, calls.cache_index: cache_update_index},
+            )
+            updated.append(block_cache)
+        hidden_states = x = b.layer_norm(x)
+        return b.token_embedding(x, reverse=True), hidden_states, tuple(updated)
 
 
 def _backbone_class():
@@ -459,6 +586,7 @@ def _backbone_class():
             if len(sizes) != 1:
                 raise ValueError(f"decoder blocks with different head sizes {sorted(sizes)}")
             self.head_dim = sizes.pop()
+            self.text_only_model = True  # no vision encoder: what Gemma3's task asks before generating
 
         def embed(self, token_ids, start_index=0):
             """The blocks' input: the token embedding, times `embedding_scale` where the family scales it
@@ -511,20 +639,24 @@ def register() -> dict[str, Any]:
         except (ImportError, AttributeError):
             return None
 
-    def subclass(base, mixin, doc: str, **attributes) -> None:
-        cls = type(f"Pruned{base.__name__}", (mixin, base), {"__doc__": doc, "__module__": __name__, **attributes})
-        _CLASSES[base.__name__] = keras.saving.register_keras_serializable(package="prunecli", name=cls.__name__)(cls)
+    def subclass(base, mixin, doc: str, key: str | None = None, name: str | None = None, **attributes) -> None:
+        name = name or f"Pruned{base.__name__}"
+        cls = type(name, (mixin, base), {"__doc__": doc, "__module__": __name__, **attributes})
+        _CLASSES[key or base.__name__] = keras.saving.register_keras_serializable(package="prunecli", name=name)(cls)
 
     import keras
 
     _CLASSES["backbone"] = _backbone_class()
+    for path, ours in _NORMS.items():
+        norm = hub_class(*path.rsplit(".", 1))
+        if norm is not None:
+            doc = f"{path} with a config, so a model holding it saves."
+            subclass(norm, _OwnConfig, doc, key=path, name=ours)
     for name, fam in FAMILIES.items():
+        mixin = _PrunedPerBlockCacheLM if fam.cache_per_block else _PrunedCausalLM
         for task in (getattr(keras_hub.models, lm, None) for lm in fam.causal_lms):
             if task is not None:
-                subclass(task, _PrunedCausalLM, f"keras_hub's {task.__name__} around a PrunedDecoderBackbone.")
-        norm = hub_class(*fam.norm.rsplit(".", 1)) if fam.norm else None
-        if norm is not None:
-            subclass(norm, _OwnConfig, f"keras_hub's {norm.__name__} with a config, so a model holding it saves.")
+                subclass(task, mixin, f"keras_hub's {task.__name__} around a PrunedDecoderBackbone.")
         block = hub_class(fam.module, name)
         if block is not None:
             subclass(
@@ -542,8 +674,14 @@ def register() -> dict[str, Any]:
 
 
 def head_size(block) -> int:
-    """The block's attention head size (its query kernel's last axis)."""
-    return int(keras_graph.attention_projections(attention(block))[0][0].kernel.shape[-1])
+    """The block's attention head size."""
+    return _attention_head_size(attention(block))
+
+
+def _attention_head_size(attn) -> int:
+    """An attention layer's head size: its output kernel's middle axis ((heads, head_dim, hidden) in
+    every family; SmolLM3's query kernel holds the heads flattened)."""
+    return int(keras_graph.attention_projections(attn)[-1][0].kernel.shape[1])
 
 
 def smaller(block, q_heads=None, kv_heads=None, units=None):
@@ -572,8 +710,8 @@ def smaller(block, q_heads=None, kv_heads=None, units=None):
     gate, up, down = keras_graph.hub_ffn(block)
     units = list(range(int(up.kernel.shape[-1]))) if units is None else [int(u) for u in units]
     cut: dict[int, tuple[int, list[int]]] = {}
-    for sub, role, k_axis, b_axis in keras_graph.attention_projections(attn):
-        keep = q_heads if role == "q" else kv_heads
+    for sub, role, k_axis, b_axis, width in keras_graph.attention_projections(attn):
+        keep = [h * width + i for h in (q_heads if role == "q" else kv_heads) for i in range(width)]
         cut[id(sub.kernel)] = (k_axis, keep)
         bias = getattr(sub, "bias", None)
         if bias is not None and b_axis is not None:
@@ -589,7 +727,8 @@ def smaller(block, q_heads=None, kv_heads=None, units=None):
     config[fam.query_heads] = len(q_heads)
     if fam.kv_heads is not None:
         config[fam.kv_heads] = len(kv_heads)
-    config.update(head_dim=head_size(block), intermediate_dim=len(units) * fam.intermediate_per_unit)
+    per_unit = int(config[fam.intermediate]) // int(up.kernel.shape[-1])  # Gemma's counts both gates: 2
+    config.update({"head_dim": head_size(block), fam.intermediate: len(units) * per_unit})
     new = classes[family(block)].from_config(config)
     values = {}
     for v in block.weights:
@@ -642,7 +781,7 @@ def _norm_swaps(model, swapped: set[int]) -> list[tuple]:
     return [
         (layer, _fresh_copy(layer), {str(w.path): np.asarray(w) for w in layer.weights})
         for layer in keras_graph.children(model)
-        if id(layer) not in swapped and type(layer).__module__ != __name__ and _hub_class(layer).__name__ in _NORMS
+        if id(layer) not in swapped and type(layer).__module__ != __name__ and _class_path(_hub_class(layer)) in _NORMS
     ]
 
 
@@ -682,11 +821,14 @@ def _task_class(model):
     return None
 
 
-def _fresh_copy(layer):
-    """A new layer like `layer`, unbuilt: prunecli's subclass of its KerasHub class where there is one
-    (Gemma's RMSNormalization, which has no get_config), so the rebuilt model saves."""
-    ours = register().get(_hub_class(layer).__name__)
-    return type(layer).from_config(layer.get_config()) if ours is None else ours.from_config(own_config(layer))
+def _fresh_copy(layer, **changes):
+    """A new layer like `layer` (with these config `changes`), unbuilt: prunecli's subclass of its KerasHub
+    class where there is one (Gemma's and Gemma3's RMSNormalization, which have no get_config), so the
+    rebuilt model saves."""
+    ours = register().get(_class_path(_hub_class(layer)))
+    if ours is None:
+        return type(layer).from_config({**layer.get_config(), **changes})
+    return ours.from_config({**own_config(layer), **changes})
 
 
 def _rebuilt_task(model, backbone, swaps: list[tuple], dropped: set[int] = frozenset()):
@@ -694,11 +836,15 @@ def _rebuilt_task(model, backbone, swaps: list[tuple], dropped: set[int] = froze
     ones, with fresh copies of the backbone's embeddings (token and, GPT-2's and OPT's, position) and
     final norm (weights copied), its embedding dropout, and the task's preprocessor."""
     task_cls = _task_class(model)
-    missing = [a for a in ("token_embedding", "layer_norm") if getattr(backbone, a, None) is None]
-    if task_cls is None or missing:
+    final_norm = _final_norm(backbone)
+    if task_cls is None or getattr(backbone, "token_embedding", None) is None or final_norm is None:
         raise InputError(
             f"{type(model).__name__} around {type(backbone).__name__} is not rebuilt by prunecli "
             f"(causal LMs: {', '.join(CAUSAL_LMS)}); prune its backbone"
+        )
+    if getattr(backbone, "vision_encoder", None) is not None:
+        raise InputError(
+            f"{type(model).__name__}: its vision encoder is not rebuilt by prunecli; prune a text-only model"
         )
     by_old = {id(old): (new, values) for old, new, values in swaps}
     order = [b for b in blocks(model) if id(b) not in dropped]
@@ -706,7 +852,7 @@ def _rebuilt_task(model, backbone, swaps: list[tuple], dropped: set[int] = froze
         raise InputError(f"{type(model).__name__}: removing every decoder block leaves no model")
     if any(id(b) not in by_old for b in order):
         raise InputError(f"{type(model).__name__}: every decoder block must be rebuilt at once")
-    ends = (backbone.token_embedding, backbone.layer_norm)  # swapped when the residual stream narrows
+    ends = (backbone.token_embedding, final_norm)  # swapped when the residual stream narrows
     positions = _position_embedding(backbone)
     ends += () if positions is None else (positions,)
     copies = [by_old[id(lay)][0] if id(lay) in by_old else _fresh_copy(lay) for lay in ends]
@@ -725,6 +871,12 @@ def _rebuilt_task(model, backbone, swaps: list[tuple], dropped: set[int] = froze
             copy.set_weights(old.get_weights())
     _fill([by_old[id(b)] for b in order] + [by_old[id(lay)] for lay in ends if id(lay) in by_old])
     return task_cls(backbone=new_backbone, preprocessor=getattr(model, "preprocessor", None), name=model.name)
+
+
+def _final_norm(backbone):
+    """The norm a backbone applies after its last block: KerasHub's usual `layer_norm` (a
+    PrunedDecoderBackbone's too), SmolLM3's `norm`; None without one."""
+    return next((n for n in (getattr(backbone, a, None) for a in ("layer_norm", "norm")) if n is not None), None)
 
 
 def _position_embedding(backbone):
@@ -756,10 +908,21 @@ def _embedding_scale(backbone) -> float | None:
 # The residual stream (hidden channels)
 
 # KerasHub's RMSNorms over the residual stream, x * rsqrt(mean(x^2) + epsilon) * (offset + scale), by
-# class name: offset 0 (Llama, Mistral, Qwen, Qwen3), or 1 (Gemma's, whose scale starts at zero), by
-# "module.Class" (its class name is Keras' own RMSNormalization's, which has no offset)
-RMS_NORMS = {"LlamaLayerNorm": 0.0, "MistralLayerNormalization": 0.0, "QwenLayerNorm": 0.0, "Qwen3LayerNorm": 0.0}
-OFFSET_RMS_NORMS = {"keras_hub.src.models.gemma.rms_normalization.RMSNormalization": 1.0}
+# class name: offset 0 (Llama, Mistral, Qwen, Qwen3, Phi-3) ...
+RMS_NORMS = {
+    "LlamaLayerNorm": 0.0,
+    "MistralLayerNormalization": 0.0,
+    "QwenLayerNorm": 0.0,
+    "Qwen3LayerNorm": 0.0,
+    "Phi3LayerNorm": 0.0,
+}
+# ... and by "module.Class" where classes share a name: Gemma's and Gemma3's RMSNormalization, offset 1
+# (their scale starts at zero), and Keras' own, offset 0 (SmolLM3's)
+OFFSET_RMS_NORMS = {
+    "keras_hub.src.models.gemma.rms_normalization.RMSNormalization": 1.0,
+    "keras_hub.src.models.gemma3.gemma3_layers.RMSNormalization": 1.0,
+    "keras.src.layers.normalization.rms_normalization.RMSNormalization": 0.0,
+}
 
 
 def _norm_offset(layer) -> float | None:
@@ -767,13 +930,13 @@ def _norm_offset(layer) -> float | None:
     for cls in type(layer).__mro__:
         if cls.__name__ in RMS_NORMS:
             return RMS_NORMS[cls.__name__]
-        if f"{cls.__module__}.{cls.__name__}" in OFFSET_RMS_NORMS:
-            return OFFSET_RMS_NORMS[f"{cls.__module__}.{cls.__name__}"]
+        if _class_path(cls) in OFFSET_RMS_NORMS:
+            return OFFSET_RMS_NORMS[_class_path(cls)]
     return None
 
 
 def _norm_names() -> str:
-    return ", ".join([*RMS_NORMS, *(path.rsplit(".", 3)[-3] + " RMSNormalization" for path in OFFSET_RMS_NORMS)])
+    return ", ".join([*RMS_NORMS, *OFFSET_RMS_NORMS])
 
 
 def residual_norms(block) -> list:
@@ -809,7 +972,9 @@ def stream_ends(model) -> tuple[Any, Any]:
 
     inner = host(model)
     if inner is None:
-        raise InputError(f"{model.name}: no KerasHub decoder blocks (Llama, Mistral, Qwen, Qwen3, Gemma) to narrow")
+        raise InputError(
+            f"{model.name}: no KerasHub decoder blocks (Llama, Mistral, Qwen, Qwen3, Gemma, Gemma3, Phi-3, SmolLM3) to narrow"
+        )
     others = [
         layer
         for layer in keras_graph.children(inner)
@@ -871,7 +1036,7 @@ def centred_norm_reason(block) -> str | None:
             return (
                 f"{type(block).__name__} {block.name!r} normalises with LayerNormalization, which subtracts the "
                 "mean over all channels: deleting channels changes every block's output (-g hidden narrows RMSNorm "
-                "decoders: Llama, Mistral, Qwen, Qwen3, Gemma)"
+                "decoders: Llama, Mistral, Qwen, Qwen3, Gemma, Gemma3, Phi-3, SmolLM3)"
             )
     return None
 
@@ -904,9 +1069,10 @@ def narrower(model, channels: list[int]):
     for block in blocks(model):
         new, values = smaller(block)
         config = new.get_config()
-        config["layer_norm_epsilon"] = float(block.layer_norm_epsilon) * factor
-        if "hidden_dim" in config:  # Gemma's block sizes its output projection from it
-            config["hidden_dim"] = len(channels)
+        config["layer_norm_epsilon"] = float(config["layer_norm_epsilon"]) * factor
+        hidden = _family_of(block).hidden
+        if hidden in config:  # Gemma's, Phi-3's and SmolLM3's blocks size their output projections from it
+            config[hidden] = len(channels)
         new = type(new).from_config(config)
         axes = {str(var.path): axis for var, axis in residual_slices(block)}
         offsets = {str(norm.scale.path): _norm_offset(norm) for norm in residual_norms(block)}
@@ -923,10 +1089,8 @@ def narrower(model, channels: list[int]):
             np.asarray(embedding.reverse_embeddings), channels, axis=0
         )
     swaps.append((embedding, type(embedding).from_config(config), values))
-    config = final.get_config()
-    config["epsilon"] = float(final.epsilon) * factor
     scale = _corrected_scale(np.take(np.asarray(final.scale), channels), _norm_offset(final), factor)
-    swaps.append((final, type(final).from_config(config), {str(final.scale.path): scale}))
+    swaps.append((final, _fresh_copy(final, epsilon=float(final.epsilon) * factor), {str(final.scale.path): scale}))
     return rebuild_with(model, swaps)
 
 

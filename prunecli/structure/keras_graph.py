@@ -199,25 +199,47 @@ def attention_parts(layer) -> tuple[int, int, int, list]:
 # keras.layers.MultiHeadAttention keeps them private (_query_dense...); KerasHub's layers name them.
 # The kernel's head axis given here is Keras' and Llama's layout ((hidden, heads, head_dim) in,
 # (heads, head_dim, hidden) out); an EinsumDense says where its heads are in its equation (Gemma's
-# q/k/v kernels are (heads, hidden, head_dim)), read by `_einsum_head_axis`.
+# q/k/v kernels are (heads, hidden, head_dim)), read by `_einsum_head_axis`. SmolLM3's q/k/v are Dense
+# layers whose (hidden, heads * head_dim) kernels hold the heads one after another on axis 1
+# (`head_width`).
 ATTENTION_PROJECTIONS = (
-    (("_query_dense", "query_dense"), "q", 1, 0),
-    (("_key_dense", "key_dense"), "kv", 1, 0),
-    (("_value_dense", "value_dense"), "kv", 1, 0),
-    (("_output_dense", "output_dense", "_o_proj"), "q", 0, None),
+    (("_query_dense", "query_dense", "q_proj"), "q", 1, 0),
+    (("_key_dense", "key_dense", "k_proj"), "kv", 1, 0),
+    (("_value_dense", "value_dense", "v_proj"), "kv", 1, 0),
+    (("_output_dense", "output_dense", "_o_proj", "o_proj"), "q", 0, None),
 )
 
 
-def attention_projections(layer) -> list[tuple[Any, str, int, int | None]] | None:
-    """[(projection sublayer, role, kernel head axis, bias head axis)] for q, k, v and the output, or
-    None when the layer lacks one of them."""
+def attention_projection_names(layer) -> list[str] | None:
+    """The attribute names the layer keeps its q, k, v and output projections under, or None when it
+    lacks one of them."""
     found = []
-    for i, (names, role, k_axis, b_axis) in enumerate(ATTENTION_PROJECTIONS):
-        sub = next((s for s in (getattr(layer, n, None) for n in names) if s is not None), None)
-        if sub is None:
+    for names, *_layout in ATTENTION_PROJECTIONS:
+        name = next((n for n in names if getattr(layer, n, None) is not None), None)
+        if name is None:
             return None
+        found.append(name)
+    return found
+
+
+def attention_projections(layer) -> list[tuple[Any, str, int, int | None, int]] | None:
+    """[(projection sublayer, role, kernel head axis, bias head axis, head width)] for q, k, v and the
+    output, or None when the layer lacks one of them or its head counts. The head width is how many
+    consecutive entries of the head axis one head holds: 1 where the heads have an axis of their own,
+    the head size where a Dense holds them flattened (SmolLM3's (hidden, heads * head_dim) q/k/v)."""
+    names = attention_projection_names(layer)
+    counts = grouped_head_counts(layer)
+    if names is None or counts is None:
+        return None
+    found = []
+    for i, (name, (_names, role, k_axis, b_axis)) in enumerate(zip(names, ATTENTION_PROJECTIONS, strict=True)):
+        sub = getattr(layer, name)
         is_output = i == len(ATTENTION_PROJECTIONS) - 1
-        found.append((sub, role, _einsum_head_axis(sub, is_output, k_axis), b_axis))
+        heads = counts[0] if role == "q" else counts[1]
+        kernel = getattr(sub, "kernel", None)
+        flat = kernel is not None and len(kernel.shape) == 2 and not is_output
+        width = int(kernel.shape[k_axis]) // heads if flat else 1
+        found.append((sub, role, _einsum_head_axis(sub, is_output, k_axis), b_axis, width))
     return found
 
 
@@ -278,12 +300,24 @@ HUB_BLOCK_PARTS = HubBlockParts(
     ("_self_attention_layernorm", "_feedforward_layernorm"),
 )
 # ... and the blocks that name them otherwise, by class name (a subclass finds its base's entry)
+_GEMMA_BLOCK_PARTS = HubBlockParts(
+    "attention",
+    ("gating_ffw", "gating_ffw_2", "ffw_linear"),
+    ("pre_attention_norm", "pre_ffw_norm"),
+    ("post_attention_norm", "post_ffw_norm"),  # Gemma 2's and Gemma3's options
+)
 HUB_BLOCK_PARTS_BY_CLASS = {
-    "GemmaDecoderBlock": HubBlockParts(
+    "GemmaDecoderBlock": _GEMMA_BLOCK_PARTS,
+    "Gemma3DecoderBlock": _GEMMA_BLOCK_PARTS,
+    "SmolLM3DecoderLayer": HubBlockParts(
+        "self_attn",
+        ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),  # inside its SmolLM3MLP
+        ("input_layernorm", "post_attention_layernorm"),
+    ),
+    "Phi3Decoder": HubBlockParts(
         "attention",
-        ("gating_ffw", "gating_ffw_2", "ffw_linear"),
-        ("pre_attention_norm", "pre_ffw_norm"),
-        ("post_attention_norm", "post_ffw_norm"),  # Gemma 2's options
+        ("feedforward_gate_dense", "feedforward_intermediate_dense", "feedforward_output_dense"),
+        ("pre_attention_layernorm", "post_attention_layernorm"),
     ),
     # the generic block of GPT-2 and OPT: multi-head attention, an un-gated feed-forward network, LayerNorms
     "TransformerDecoder": HubBlockParts(
@@ -307,6 +341,20 @@ def hub_self_attention(block):
     return getattr(block, _hub_block_parts(block).attention, None)
 
 
+def replace_hub_self_attention(block, new) -> None:
+    """Put `new` in place of the block's self-attention layer (its weights no longer the block's)."""
+    name = _hub_block_parts(block).attention
+    untrack(block, getattr(block, name))
+    delattr(block, name)
+    setattr(block, name, new)
+
+
+def untrack(owner, layer) -> None:
+    """Make `layer` no longer one of `owner`'s sublayers (nor its weights `owner`'s), before another
+    takes its attribute."""
+    owner._tracker.untrack(layer)
+
+
 def hub_cross_attention(block):
     """The attention a KerasHub decoder block pays to an encoder's output (BART's), or None."""
     name = _hub_block_parts(block).cross_attention
@@ -315,7 +363,8 @@ def hub_cross_attention(block):
 
 def grouped_head_counts(layer) -> tuple[int, int] | None:
     """(query heads, key/value heads) of a grouped-query attention layer, or None: KerasHub's Llama and
-    Qwen attention name them publicly (num_query_heads), Mistral's privately (_num_query_heads);
+    Qwen attention name them publicly (num_query_heads), Mistral's privately (_num_query_heads), SmolLM3's
+    num_attention_heads;
     keras.layers.MultiHeadAttention (GPT-2's and OPT's CachedMultiHeadAttention) has one key/value head
     per query head."""
     import keras
@@ -323,10 +372,30 @@ def grouped_head_counts(layer) -> tuple[int, int] | None:
     if isinstance(layer, keras.layers.MultiHeadAttention):
         heads = attention_head_count(layer)
         return heads, heads
-    for q, kv in (("num_query_heads", "num_key_value_heads"), ("_num_query_heads", "_num_key_value_heads")):
+    names = (
+        ("num_query_heads", "num_key_value_heads"),
+        ("_num_query_heads", "_num_key_value_heads"),
+        ("num_attention_heads", "num_key_value_heads"),  # SmolLM3's
+    )
+    for q, kv in names:
         if hasattr(layer, q) and hasattr(layer, kv):
             return int(getattr(layer, q)), int(getattr(layer, kv))
     return None
+
+
+def _attribute(obj, dotted: str):
+    """obj.a.b for "a.b" (a part kept inside a sublayer of the block), or None where one is missing."""
+    for name in dotted.split("."):
+        obj = getattr(obj, name, None)
+    return obj
+
+
+def recorded_arguments(layer) -> dict[str, Any]:
+    """The keyword arguments Keras recorded when it constructed the layer (what its default get_config
+    returns; {} where an argument was not a plain value): a KerasHub block that keeps its arguments in
+    its sublayers only (SmolLM3's decoder layer) has its config there."""
+    recorded = getattr(layer, "_auto_config", None)
+    return dict(getattr(recorded, "config", None) or {})
 
 
 def hub_ffn(block) -> tuple | None:
@@ -335,7 +404,7 @@ def hub_ffn(block) -> tuple | None:
     (hidden, units) and (units, hidden) alike)), or un-gated, down(act(up(x))) with gate None
     (TransformerDecoder: GPT-2, OPT); None where a projection the layout names is missing."""
     names = _hub_block_parts(block).ffn
-    found = tuple(None if name is None else getattr(block, name, None) for name in names)
+    found = tuple(None if name is None else _attribute(block, name) for name in names)
     missing = any(f is None for f, name in zip(found, names, strict=True) if name is not None)
     return None if missing else found
 

@@ -33,6 +33,7 @@ class Part:
     axis: int  # the head axis
     role: str  # "q" (query heads) or "kv" (key/value heads)
     projection: str  # "query", "key", "value" or "output"
+    width: int = 1  # entries of the head axis per head: the head size where a Dense holds heads flattened
 
 
 @dataclass
@@ -86,7 +87,9 @@ class HeadLayer:
         return [] if self.shared_kv else list(units)
 
     def slice_index(self, part: Part, units) -> list[int]:
-        return self.heads_of(units) if part.role == "q" else self.kv_heads_of(units)
+        """The entries of the part's head axis that these units hold (each head's `width` of them)."""
+        heads = self.heads_of(units) if part.role == "q" else self.kv_heads_of(units)
+        return [h * part.width + i for h in heads for i in range(part.width)]
 
     def kept_heads(self, kept_units) -> tuple[list[int], list[int]]:
         """(query heads, key/value heads) left with these units: the shared key/value head stays."""
@@ -122,17 +125,21 @@ def _describe(layer, path: str, owner, target_names: dict) -> HeadLayer | None:
     if projections is None:
         return None
     parts: list[Part] = []
-    for (sub, role, k_axis, b_axis), projection in zip(projections, ("query", "key", "value", "output"), strict=True):
+    for (sub, role, k_axis, b_axis, width), projection in zip(
+        projections, ("query", "key", "value", "output"), strict=True
+    ):
         if getattr(sub, "kernel", None) is None:
             return None
-        want = heads if role == "q" else kv
+        want = (heads if role == "q" else kv) * width
         kernel = sub.kernel
-        if len(kernel.shape) != 3 or int(kernel.shape[k_axis]) != want:
+        flat = width > 1  # heads one after another on one axis (SmolLM3's Dense q/k/v)
+        if len(kernel.shape) != (2 if flat else 3) or int(kernel.shape[k_axis]) != want:
             return None  # a layout we do not know (for example a fused QKV kernel)
-        parts.append(Part(target_names.get(id(kernel), _var_path(kernel)), kernel, k_axis, role, projection))
+        parts.append(Part(target_names.get(id(kernel), _var_path(kernel)), kernel, k_axis, role, projection, width))
         bias = getattr(sub, "bias", None)
-        if b_axis is not None and bias is not None and len(bias.shape) == 2 and int(bias.shape[b_axis]) == want:
-            parts.append(Part(target_names.get(id(bias), _var_path(bias)), bias, b_axis, role, projection))
+        rank = 1 if flat else 2
+        if b_axis is not None and bias is not None and len(bias.shape) == rank and int(bias.shape[b_axis]) == want:
+            parts.append(Part(target_names.get(id(bias), _var_path(bias)), bias, b_axis, role, projection, width))
     return HeadLayer(path, layer, owner, heads, kv, parts, _shrink_blocker(layer, owner))
 
 
@@ -148,7 +155,7 @@ def _shrink_blocker(layer, owner) -> str | None:
     if layer is not owner and not (type(owner).__name__ in HUB_ENCODERS and own_attention):
         return (
             f"inside {type(owner).__name__} {owner.name!r}, which prunecli cannot rebuild with fewer heads (it"
-            " rebuilds KerasHub's Llama, Mistral, Qwen, Qwen3 and Gemma decoder blocks, TransformerEncoder blocks and"
+            " rebuilds KerasHub's Llama, Mistral, Qwen, Qwen3, Gemma, Gemma3, Phi-3 and SmolLM3 decoder blocks, TransformerEncoder blocks and"
             " functional models' MultiHeadAttention)"
         )
     if type(layer).__name__ not in ("MultiHeadAttention", "CachedMultiHeadAttention"):
@@ -298,7 +305,7 @@ def ffn_only(model, targets, include=()) -> tuple[list, list[str]]:
         raise InputError(
             f"-g neuron on a Transformer prunes feed-forward units, and none were found in {model.name} "
             f"({layout}: a layout prunecli does not know; it knows functional Keras "
-            "Transformers and KerasHub's Llama, Mistral, Qwen, Qwen3 and Gemma decoders); use -g element, or "
+            "Transformers and KerasHub's Llama, Mistral, Qwen, Qwen3, Gemma, Gemma3, Phi-3 and SmolLM3 decoders); use -g element, or "
             "--include to force a layer"
         )
     left = sorted({t.layer_name for t in targets} - {t.layer_name for t in kept})
@@ -511,7 +518,8 @@ def _attention_cost(hl: HeadLayer, seq_len: int, heads: int | None = None, kv_he
     heads = hl.num_heads if heads is None else heads
     kv_heads = hl.num_kv_heads if kv_heads is None else kv_heads
     q = hl.parts[0]
-    d_model, head_dim = (int(d) for i, d in enumerate(q.variable.shape) if i != q.axis)
+    d_model, *own_axis = (int(d) for i, d in enumerate(q.variable.shape) if i != q.axis)
+    head_dim = own_axis[0] if own_axis else q.width  # no axis of its own where the heads are flattened
     o = hl.output_kernel
     value_dim = int(o.shape[1])
     proj_q = seq_len * d_model * heads * head_dim
