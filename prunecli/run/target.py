@@ -249,6 +249,7 @@ def _structural_latency(state, spec: TargetSpec, dense: int, progress, latency_m
         goal_ms * (1.0 - LATENCY_TOLERANCE),
         str(spec),
         f"at batch {batch} on this machine",
+        units="unit",
     )
     entry = {
         "batch": batch,

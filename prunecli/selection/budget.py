@@ -378,18 +378,20 @@ def search_latency(
     where: str = "",
     max_timed: int = MAX_TIMED,
     resolution: float = RESOLUTION,
+    units: str = "channel",
 ) -> LatencySearch:
     """Search the FLOPs goal whose shrunk model runs in [low_ms, goal_ms] (see the module docstring).
     `measure(fraction)` allocates channels for that FLOPs fraction and returns (exact cost, measured
     ms); a caller that caches by allocation makes repeated goals free. `dense` is the unpruned model,
     fraction 1. Raises a one-line ConfigError when even `lowest_fraction` (every channel the floors
-    allow removed) is slower than `goal_ms`; `what` and `where` name the target and the measurement."""
+    allow removed) is slower than `goal_ms`; `what`, `where` and `units` name the target, the
+    measurement and what the floors keep (channels; heads or units for a structural step)."""
     cost, ms = measure(lowest_fraction)
     lowest = lo = Timed(lowest_fraction, cost, ms)
     timed = [dense, lowest]
     if lowest.ms > goal_ms:
         raise ConfigError(
-            f"--target {what} cannot be met: with every channel the floors allow removed the shrunk model"
+            f"--target {what} cannot be met: with every {units} the floors allow removed the shrunk model"
             f" still takes {lowest.ms:.3g} ms, {lowest.ms / dense.ms:.2f} of the dense model's {dense.ms:.3g} ms"
             f"{' ' + where if where else ''}"
         )
