@@ -42,12 +42,14 @@ def _handler(signum, _frame) -> None:
 
 
 def install() -> None:
-    """Each stop signal raises KeyboardInterrupt once and sets the stop flag (main thread only); a
-    signal already ignored (SIGHUP under nohup) stays ignored."""
+    """Each stop signal raises KeyboardInterrupt once and sets the stop flag (main thread only). SIGHUP
+    already ignored (nohup) stays ignored; SIGINT and SIGTERM are taken even when ignored, as a shell
+    ignores SIGINT for a command it runs in the background (`prunecli ... &`) and `kill -INT` must
+    still stop it."""
     if threading.current_thread() is not threading.main_thread():
         return
     for sig in STOP_SIGNALS:
-        if signal.getsignal(sig) is not signal.SIG_IGN:
+        if sig != getattr(signal, "SIGHUP", None) or signal.getsignal(sig) is not signal.SIG_IGN:
             signal.signal(sig, _handler)
 
 

@@ -148,6 +148,7 @@ def test_stop_signals_are_handled_like_ctrl_c(models, tmp_path, sig):
     proc = subprocess.Popen(
         [sys.executable, "-m", "prunecli", "prune", str(models / "big.keras"), "-o", str(out)],
         env={**_env(), "TMPDIR": str(scratch)},
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),  # a terminal's session, not nohup's
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -168,16 +169,17 @@ def test_stop_signals_are_handled_like_ctrl_c(models, tmp_path, sig):
 
 
 def test_a_hangup_ignored_by_nohup_stays_ignored(monkeypatch):
-    """Under `nohup` SIGHUP is ignored before prunecli starts: installing the stop handlers keeps it so."""
+    """Under `nohup` SIGHUP is ignored before prunecli starts: installing the stop handlers keeps it so.
+    SIGINT ignored (a shell's background job) is taken all the same: `kill -INT` still stops the run."""
     from prunecli import interrupts
 
     saved = {sig: signal.getsignal(sig) for sig in interrupts.STOP_SIGNALS}
     try:
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for sig in interrupts.STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
         interrupts.install()
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
-        assert signal.getsignal(signal.SIGTERM) is interrupts._handler
+        assert signal.getsignal(signal.SIGTERM) is signal.getsignal(signal.SIGINT) is interrupts._handler
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
