@@ -39,7 +39,7 @@ def block_shape(block) -> dict[str, int]:
     return {
         "query_heads": heads,
         "kv_groups": groups,
-        "head_dim": int(o.shape[1]),  # (heads, head_dim, hidden) in every family
+        "head_dim": decoders.head_size(block),  # o: (heads, head_dim, hidden), or (heads * head_dim, hidden)
         "ffn_units": int(up.kernel.shape[-1]),
         "ffn_kernels": 2 if gate is None else 3,
         "hidden": int(o.shape[-1]),

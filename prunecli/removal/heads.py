@@ -24,8 +24,10 @@ and `gradient`: sum |dL/dw| over the slices, accumulated over `--score-batches` 
 `--shrink` rebuilds keras.layers.MultiHeadAttention layers of a functional model with fewer heads,
 KerasHub's TransformerEncoder blocks (BERT, RoBERTa, DistilBERT... backbones) as
 HeadPrunedTransformerEncoder (structure/transformer.py), and KerasHub's Llama/Mistral/Qwen/Gemma
-decoder blocks and GPT-2's and OPT's TransformerDecoder blocks as PrunedLlamaTransformerDecoder...,
-PrunedTransformerDecoder (structure/decoders.py) with their units' heads gone: KerasHub computes the
+decoder blocks, GPT-2's and OPT's TransformerDecoder blocks and GPT-NeoX's, Falcon's and Bloom's blocks
+as PrunedLlamaTransformerDecoder..., PrunedTransformerDecoder, PrunedGPTNeoXDecoder...
+(structure/decoders.py) with their units' heads gone (GPT-NeoX's head h is entry h of its fused q/k/v
+kernel's head axis, its q, k and v side by side): KerasHub computes the
 head size as hidden_dim // num_heads when a block builds, which a config with fewer heads would
 change, so the rebuilt blocks carry the original head size in their config. Attention layers nested
 anywhere else are masked (exactly zero, held while fine-tuning), not deleted, and the notes say so.
@@ -125,9 +127,23 @@ def activation_scores(model, layers: list[HeadLayer], data, max_batches: int | N
     per head), summed over a key/value group's query heads: Minitron's head importance."""
     if data is None:
         raise ConfigError("-g head with --method activation needs --data")
-    outputs = [keras_graph.attention_projections(hl.layer)[-1][0] for hl in layers]  # q, k, v, output
-    means = units.mean_abs_inputs(model, outputs, data, max_batches, unit_axis=-2)
-    return {hl.path: m.reshape(hl.units, hl.group).sum(axis=1) for hl, m in zip(layers, means, strict=True)}
+    out = {}
+    # the output projection's input is (..., heads, head_dim), or (..., heads * head_dim) where its kernel
+    # holds the heads flattened (GPT-NeoX): each head's mean is then over its `width` entries
+    for flat in (False, True):
+        chosen = [hl for hl in layers if (_output_part(hl).width > 1) == flat]
+        if not chosen:
+            continue
+        outputs = [keras_graph.attention_projections(hl.layer)[-1][0] for hl in chosen]
+        means = units.mean_abs_inputs(model, outputs, data, max_batches, unit_axis=-1 if flat else -2)
+        for hl, m in zip(chosen, means, strict=True):
+            per_head = m.reshape(hl.num_heads, -1).mean(axis=1)
+            out[hl.path] = per_head.reshape(hl.units, hl.group).sum(axis=1)
+    return out
+
+
+def _output_part(hl: HeadLayer) -> Part:
+    return next(p for p in hl.parts if p.projection == "output")
 
 
 def score(model, layers: list[HeadLayer], config, data=None, loss_fn=None) -> dict[str, Any]:
@@ -291,13 +307,13 @@ def heads_per_layer(model) -> dict[str, dict]:
 
     out = {}
     for hl in find(model):
-        o = hl.output_kernel
-        arr = np.asarray(o).reshape(hl.num_heads, -1)
+        o = _output_part(hl)
+        arr = np.asarray(o.variable).reshape(hl.num_heads, -1)  # (heads, head_dim, hidden), or flattened heads
         out[hl.path] = {
             "class": type(hl.layer).__name__,
             "heads": hl.num_heads,
             "kv_heads": hl.num_kv_heads,
-            "head_dim": int(o.shape[1]),
+            "head_dim": o.width if o.width > 1 else int(o.variable.shape[1]),
             "live_heads": int(np.count_nonzero(np.any(arr != 0, axis=1))),
         }
     return out

@@ -355,7 +355,7 @@ def _why_none(model) -> str:
         inner = hub[0]
         return (
             f"{type(inner).__name__} is one node of {model.name}'s graph, and prunecli takes whole blocks out of "
-            "KerasHub's Llama, Mistral, Qwen, Qwen3, Gemma, GPT-2 and OPT decoders and of functional models only"
+            f"functional models and of the KerasHub decoders it knows ({', '.join(decoders.CAUSAL_LMS)}) only"
         )
     return "no residual branch or shape-preserving layer"
 

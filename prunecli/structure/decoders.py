@@ -1,9 +1,10 @@
 """KerasHub decoder blocks (Llama, Mistral, Qwen, Qwen3, Gemma, Gemma3, Phi-3, SmolLM3; GPT-2's and OPT's
-TransformerDecoder): their attention heads and feed-forward units, rebuilt smaller.
+TransformerDecoder; GPT-NeoX, Falcon, Bloom): their attention heads and feed-forward units, rebuilt smaller.
 
-One block is `x + attn(norm(x))`, then `x + down(act(gate(norm(x))) * up(norm(x)))` (GPT-2 and OPT:
-`x + down(act(up(norm(x))))`, no gate), all inside one Keras layer (LlamaTransformerDecoder,
-GemmaDecoderBlock, Phi3Decoder, SmolLM3DecoderLayer, TransformerDecoder...), so the functional graph sees
+One block is `x + attn(norm(x))`, then `x + down(act(gate(norm(x))) * up(norm(x)))` (GPT-2, OPT, GPT-NeoX,
+Falcon, Bloom: `x + down(act(up(norm(x))))`, no gate; GPT-NeoX adds both to the same x, a parallel
+residual), all inside one Keras layer (LlamaTransformerDecoder, GemmaDecoderBlock, Phi3Decoder,
+SmolLM3DecoderLayer, TransformerDecoder, GPTNeoXDecoder...), so the functional graph sees
 one node per block and the channel graph cannot slice what is inside. This module reads the block
 (through keras_graph, the one adapter for private attributes: it knows where each family keeps its
 attention, projections and norms, SmolLM3's feed-forward network inside its SmolLM3MLP, and reads where a
@@ -23,10 +24,14 @@ are not.
   With one key/value head (multi-query attention, Gemma 2B) any query heads can go alone: the key/value
   head stays, and the block is rebuilt with the kept query heads around it (transformer.HeadLayer says
   which unit each layout scores). GPT-2's and OPT's multi-head attention is the case G = 1: every head
-  its own unit, its q/k/v biases going with it. Llama's, Phi-3's and GPT-2's q/k/v kernels are (hidden,
-  heads, head_dim), Gemma's (heads, hidden, head_dim), SmolLM3's Dense kernels (hidden, heads * head_dim)
-  with head h in columns h*head_dim ... (h+1)*head_dim-1 (keras_graph's head width); all take the output
-  projection as (heads, head_dim, hidden), which is where the head size is read.
+  its own unit, its q/k/v biases going with it; so are GPT-NeoX's, Falcon's and Bloom's. Llama's, Phi-3's,
+  GPT-2's, Falcon's and Bloom's q/k/v kernels are (hidden, heads, head_dim), Gemma's (heads, hidden,
+  head_dim), SmolLM3's Dense kernels (hidden, heads * head_dim) with head h in columns h*head_dim ...
+  (h+1)*head_dim-1 (keras_graph's head width), GPT-NeoX's one fused kernel (hidden, heads, 3 * head_dim),
+  which its attention splits along the head's own axis: head h's q, k and v are all in entry h of the
+  head axis (and of its (heads, 3 * head_dim) bias), so removing the entry removes the three. The output
+  projection is (heads, head_dim, hidden), or (heads * head_dim, hidden) with head h in rows h*head_dim ...
+  (GPT-NeoX, Falcon, Bloom): the head size is read there.
 - Head size. Llama's, Qwen's and Phi-3's attention compute head_dim = hidden_dim // num_query_heads when
   they build, SmolLM3's hidden_size // num_attention_heads when it is constructed, and TransformerDecoder
   key_dim = hidden_dim // num_heads, which a block with fewer heads would change. The rebuilt block is a
@@ -35,7 +40,10 @@ are not.
   RoPE, masks and the decoding cache stay KerasHub's: built at the hidden size that derives head_dim
   (everything sized by the head is then right: the score scale, RoPE, Phi-3's su-scaled RoPE factors,
   which must hold head_dim / 2 entries each), then its projections rebuilt for the real hidden size
-  (_FixedHeadDim; SmolLM3's, made in its block's constructor, by `_made_at_head_dim`);
+  (_FixedHeadDim; SmolLM3's, made in its block's constructor, by `_made_at_head_dim`; GPT-NeoX's, which
+  derives it from the hidden_dim it is constructed with, constructed with heads * head_dim, so the rotary
+  part of each head, rotary_percentage of its size, stays as it was; Falcon's and Bloom's output Dense
+  rebuilt like an EinsumDense);
   CachedMultiHeadAttention takes it as key_dim and value_dim. Phi-3's block checks those factors against
   the derived head size when it builds its own attention, which is replaced: they are withheld from that
   build (Family.head_size_checks). Mistral's, Qwen3's, Gemma's and Gemma3's blocks take `head_dim`
@@ -44,23 +52,33 @@ are not.
   hidden size per query head). What differs between a family's blocks is each block's own config, so it
   stays with the block, also when others are removed: SmolLM3's layers without RoPE
   (rope_layer_enabled_list, read by the block's layer_idx), Gemma3's sliding windows and RoPE
-  wavelengths (five local blocks, then a global one).
+  wavelengths (five local blocks, then a global one). Bloom's block refuses, when it builds, a hidden
+  size its heads do not divide (Family.heads_divide_hidden: it builds with one head, whose attention is
+  replaced).
+- ALiBi (Falcon, Bloom). Each head's slope comes from the number of heads alone (Falcon's block computes
+  them on every call, Bloom's attention's AlibiBias layer from the scores' head axis), so a block with
+  fewer heads would give the kept ones other slopes and compute another function. The rebuilt block
+  carries the kept heads' original slopes in its config (`alibi_slopes`, read by keras_graph.alibi_slopes)
+  and adds those: Falcon's block class mixes in keras_graph.KeptAlibiSlopes, Bloom's attention gets an
+  AlibiBias that does (keras_graph.keep_alibi_slopes).
 - Feed-forward units. Unit j is gate column j, up column j and down row j: its contribution to the
   output is act(x.gate_j) * (x.up_j) * down_j, with act SiLU (SwiGLU: Llama, Mistral, Qwen, Phi-3,
   SmolLM3, whose gate and up are two Dense layers, not one fused kernel) or tanh-approximated GeLU (GeGLU:
   Gemma's gating_ffw; gating_ffw_2 is its up projection), exactly zero when any of the three slices is
   zero (silu(0) = gelu(0) = 0), so masking a unit in any of them and deleting it compute the same
   function; SmolLM3's gate and up biases (mlp_bias) go with their unit. GPT-2's and OPT's network is the
-  same with the gate left out (Ffn.gate None): unit j adds act(x.up_j + b_j) down_j (GeLU, ReLU), zero
-  once its down row is, whatever its bias b_j, which is masked and deleted with it.
+  same with the gate left out (Ffn.gate None), and so are GPT-NeoX's, Falcon's (dense_h_to_4h ->
+  dense_4h_to_h) and Bloom's (whose block applies the GeLU between its two Dense layers): unit j adds
+  act(x.up_j + b_j) down_j (GeLU, ReLU), zero once its down row is, whatever its bias b_j, which is masked
+  and deleted with it.
 - Hidden channels. Channel c of the residual stream is the token embedding's column c and its slice of
   every norm, projection and the final norm (stream_slices); `narrower` rebuilds the whole model with
   fewer of them, each RMSNorm's scale and epsilon corrected for the channels it no longer averages over
   (Phi3LayerNorm and SmolLM3's Keras RMSNormalization are RMSNorms too; Gemma's multiply by 1 + scale,
   Gemma 2's options add norms after attention and the feed-forward network: the same correction on
-  1 + scale), and Gemma's sqrt(hidden_dim) embedding factor kept at the dense model's. GPT-2's and OPT's
-  LayerNormalization subtracts the mean over all channels, which no correction undoes: refused
-  (`centred_norm_reason`).
+  1 + scale), and Gemma's sqrt(hidden_dim) embedding factor kept at the dense model's. GPT-2's, OPT's,
+  GPT-NeoX's, Falcon's and Bloom's LayerNormalization subtracts the mean over all channels, which no
+  correction undoes: refused (`centred_norm_reason`).
 
 Every decoder block of a rebuilt model becomes a Pruned* block, changed or not: KerasHub 0.32's
 LlamaTransformerDecoder.get_config reads an attribute it never sets (rope_scaling_factor), Qwen's
@@ -77,7 +95,8 @@ its backbone) comes back as one, so `generate()` keeps working: PrunedLlamaCausa
 PrunedDecoderBackbone, which takes its layers as they are (blocks may differ in heads and units, as
 a global selection leaves them) and wires them as the family's backbone does (GPT-2's and OPT's learned
 positions added to the token embedding, from the cache's index when decoding; SmolLM3's final norm is
-its backbone's `norm`, the PrunedDecoderBackbone's `layer_norm`). KerasHub's task sizes its key/value
+its backbone's `norm`, Falcon's its `final_layernorm`, the PrunedDecoderBackbone's `layer_norm`; Bloom's
+LayerNorm of the token embedding, embeddings_layer_norm, is the PrunedDecoderBackbone's `embedding_norm`). KerasHub's task sizes its key/value
 cache from the backbone's num_key_value_heads and head size, one for all blocks; the Pruned* task sizes
 it for the widest block at the kept head size and hands each block the heads it has (Gemma3's task, whose
 cache is a pair per block, sizes each pair for its block). Gemma3 is rebuilt text-only: a backbone with a
@@ -116,7 +135,11 @@ class Family:
     # derives (Phi-3's su-scaled RoPE factors, one per pair of a head's dimensions): None while the block's
     # own build makes that attention, which a block with a head size of its own then replaces
     head_size_checks: tuple[str, ...] = ()
+    # the block's build refuses a residual width its heads do not divide (Bloom's): it builds with one head
+    # while its attention, then replaced, is made
+    heads_divide_hidden: bool = False
     cache_per_block: bool = False  # the task's cache is one (key, value) pair per block (Gemma3's), not one tensor
+    alibi_in_block: bool = False  # the block computes its heads' ALiBi slopes (Falcon's), not its attention (Bloom's)
 
 
 # KerasHub decoder blocks by class name: grouped-query attention and a gated feed-forward network (Llama,
@@ -168,6 +191,27 @@ FAMILIES = {
         # Whisper's and Moonshine's decoder blocks extend it with cross-attention and calls of their own
         subclasses=False,
     ),
+    "GPTNeoXDecoder": Family(
+        "keras_hub.src.models.gpt_neo_x.gpt_neo_x_decoder", ("GPTNeoXCausalLM",), query_heads="num_heads", kv_heads=None
+    ),
+    "FalconTransformerDecoder": Family(
+        "keras_hub.src.models.falcon.falcon_transformer_decoder",
+        ("FalconCausalLM",),
+        cache="attention_cache",
+        cache_index="attention_cache_update_index",
+        query_heads="num_attention_heads",
+        kv_heads=None,
+        alibi_in_block=True,
+    ),
+    "BloomDecoder": Family(
+        "keras_hub.src.models.bloom.bloom_decoder",
+        ("BloomCausalLM",),
+        cache="cache",
+        cache_index="cache_update_index",
+        query_heads="num_heads",
+        kv_heads=None,
+        heads_divide_hidden=True,
+    ),
 }
 # KerasHub causal LMs around such a backbone: token_embedding (and GPT-2's and OPT's learned positions),
 # transformer_layers, layer_norm (SmolLM3's `norm`), one cache (Gemma3's: a pair per block)
@@ -201,8 +245,8 @@ def family(layer) -> str | None:
 
 
 def _hub_class(layer):
-    """The KerasHub class a layer is: its own, or the one prunecli's subclass extends."""
-    return next(cls for cls in type(layer).__mro__ if cls.__module__ != __name__)
+    """The KerasHub class a layer is: its own, or the one prunecli's subclass extends (past its mixins)."""
+    return next(cls for cls in type(layer).__mro__ if cls.__module__.split(".")[0] != "prunecli")
 
 
 def _class_path(cls) -> str:
@@ -329,18 +373,27 @@ class _FixedHeadDim:
         *qkv, output = keras_graph.attention_projection_names(self)
         for name in qkv:
             setattr(self, name, _resized(self, getattr(self, name), inputs_shape, None))
-        setattr(self, output, _resized(self, getattr(self, output), (None, None, heads, hd), int(inputs_shape[-1])))
+        head_outputs = _head_outputs_shape(self, heads, hd)
+        setattr(self, output, _resized(self, getattr(self, output), head_outputs, int(inputs_shape[-1])))
+
+
+def _head_outputs_shape(attn, heads: int, head_dim: int) -> tuple:
+    """The shape of what an attention's output projection reads: (batch, tokens, heads, head_dim), or the
+    heads flattened where its kernel holds them one after another (GPT-NeoX's, Falcon's, Bloom's)."""
+    width = keras_graph.attention_projections(attn)[-1][-1]
+    return (None, None, heads * head_dim) if width > 1 else (None, None, heads, head_dim)
 
 
 def _resized(owner, old, input_shape, last_axis):
-    """An EinsumDense like `old` (same equation, name, bias axes), built for `input_shape`, with its last
-    output axis `last_axis` (None: the output shape as it was), in place of `old` in `owner`'s weights."""
-    import keras
-
+    """An EinsumDense or Dense like `old` (same equation, name, bias axes), built for `input_shape`, with
+    its last output axis `last_axis` (None: the output shape as it was), in place of `old` in `owner`'s
+    weights."""
     config = old.get_config()
-    if last_axis is not None:
+    if last_axis is not None and "units" in config:
+        config["units"] = last_axis
+    elif last_axis is not None:
         config["output_shape"] = (*tuple(config["output_shape"])[:-1], last_axis)
-    new = keras.layers.EinsumDense.from_config(config)
+    new = type(old).from_config(config)
     new.build(input_shape)
     keras_graph.untrack(owner, old)
     return new
@@ -418,7 +471,8 @@ class _PrunedDecoder(_OwnConfig):
 
     _native_head_dim = False
 
-    def __init__(self, *args, head_dim=None, **kwargs):
+    def __init__(self, *args, head_dim=None, alibi_slopes=None, **kwargs):
+        self.alibi_slopes = None if alibi_slopes is None else [float(v) for v in alibi_slopes]
         if self._native_head_dim:
             super().__init__(*args, head_dim=head_dim, **kwargs)
             return
@@ -429,6 +483,11 @@ class _PrunedDecoder(_OwnConfig):
             keras_graph.replace_hub_self_attention(self, _made_at_head_dim(self, made))
 
     def build(self, decoder_sequence_shape):
+        self._build_at_head_dim(decoder_sequence_shape)
+        if self.alibi_slopes is not None:  # Bloom's attention derives them from its heads: the kept ones' stay
+            keras_graph.keep_alibi_slopes(attention(self), self.alibi_slopes)
+
+    def _build_at_head_dim(self, decoder_sequence_shape):
         import keras
 
         fam = _family_of(self)
@@ -438,9 +497,12 @@ class _PrunedDecoder(_OwnConfig):
         if self._native_head_dim or self.head_dim is None or made or hidden // heads == self.head_dim:
             super().build(decoder_sequence_shape)
             return
-        checked = {name: getattr(self, name) for name in fam.head_size_checks}
-        for name in checked:
-            setattr(self, name, None)
+        withheld = {name: None for name in fam.head_size_checks}
+        if fam.heads_divide_hidden:
+            withheld[fam.query_heads] = 1
+        checked = {name: getattr(self, name) for name in withheld}
+        for name, value in withheld.items():
+            setattr(self, name, value)
         try:
             super().build(decoder_sequence_shape)
         finally:
@@ -452,13 +514,18 @@ class _PrunedDecoder(_OwnConfig):
             new = cls.from_config({**old.get_config(), "key_dim": self.head_dim, "value_dim": self.head_dim})
             new.build(query_shape=decoder_sequence_shape, value_shape=decoder_sequence_shape)
         else:
-            arguments = _own_arguments(cls, self, skip=("dtype", "name", "head_dim"))
+            skip = ("dtype", "name", "head_dim")
+            # the block's arguments, else the attention's own (Falcon's block names its heads otherwise)
+            arguments = {**_own_arguments(cls, old, skip=skip), **_own_arguments(cls, self, skip=skip)}
+            if "hidden_dim" in arguments:  # GPT-NeoX's attention derives its head size from it when constructed
+                arguments["hidden_dim"] = heads * self.head_dim
             new = _with_head_dim(cls)(head_dim=self.head_dim, dtype=self.dtype_policy, name=old.name, **arguments)
             new.build(decoder_sequence_shape)
         keras_graph.replace_hub_self_attention(self, new)
 
     def get_config(self):
-        return {**own_config(self), "head_dim": self.head_dim}
+        slopes = {} if self.alibi_slopes is None else {"alibi_slopes": self.alibi_slopes}
+        return {**own_config(self), "head_dim": self.head_dim, **{k: list(v) for k, v in slopes.items()}}
 
 
 class _PrunedCausalLM:
@@ -550,6 +617,7 @@ def _backbone_class():
             embedding_scale=None,
             position_embedding=None,
             embedding_dropout=0.0,
+            embedding_norm=None,
             dtype=None,
             **kwargs,
         ):
@@ -561,6 +629,7 @@ def _backbone_class():
             self.layer_norm = layer(layer_norm)
             self.embedding_scale = embedding_scale
             self.position_embedding = None if position_embedding is None else layer(position_embedding)
+            self.embedding_norm = None if embedding_norm is None else layer(embedding_norm)
             self.embedding_dropout = float(embedding_dropout)
             self.embeddings_dropout = (
                 keras.layers.Dropout(self.embedding_dropout, dtype=dtype, name="embeddings_dropout")
@@ -600,12 +669,14 @@ def _backbone_class():
                 x = x * ops.cast(self.embedding_scale, x.dtype)
             if self.position_embedding is not None:
                 x = x + self.position_embedding(x, start_index=start_index)
+            if self.embedding_norm is not None:
+                x = self.embedding_norm(x)
             if self.embeddings_dropout is not None:
                 x = self.embeddings_dropout(x)
             return x
 
         def get_config(self):
-            position = self.position_embedding
+            position, norm = self.position_embedding, self.embedding_norm
             return {
                 **super().get_config(),
                 "token_embedding": keras.layers.serialize(self.token_embedding),
@@ -614,6 +685,7 @@ def _backbone_class():
                 "embedding_scale": self.embedding_scale,
                 "position_embedding": None if position is None else keras.layers.serialize(position),
                 "embedding_dropout": self.embedding_dropout,
+                "embedding_norm": None if norm is None else keras.layers.serialize(norm),
             }
 
     PrunedDecoderBackbone.__module__ = __name__
@@ -639,9 +711,9 @@ def register() -> dict[str, Any]:
         except (ImportError, AttributeError):
             return None
 
-    def subclass(base, mixin, doc: str, key: str | None = None, name: str | None = None, **attributes) -> None:
+    def subclass(base, mixins, doc: str, key: str | None = None, name: str | None = None, **attributes) -> None:
         name = name or f"Pruned{base.__name__}"
-        cls = type(name, (mixin, base), {"__doc__": doc, "__module__": __name__, **attributes})
+        cls = type(name, (*mixins, base), {"__doc__": doc, "__module__": __name__, **attributes})
         _CLASSES[key or base.__name__] = keras.saving.register_keras_serializable(package="prunecli", name=name)(cls)
 
     import keras
@@ -651,17 +723,18 @@ def register() -> dict[str, Any]:
         norm = hub_class(*path.rsplit(".", 1))
         if norm is not None:
             doc = f"{path} with a config, so a model holding it saves."
-            subclass(norm, _OwnConfig, doc, key=path, name=ours)
+            subclass(norm, (_OwnConfig,), doc, key=path, name=ours)
     for name, fam in FAMILIES.items():
         mixin = _PrunedPerBlockCacheLM if fam.cache_per_block else _PrunedCausalLM
         for task in (getattr(keras_hub.models, lm, None) for lm in fam.causal_lms):
             if task is not None:
-                subclass(task, mixin, f"keras_hub's {task.__name__} around a PrunedDecoderBackbone.")
+                subclass(task, (mixin,), f"keras_hub's {task.__name__} around a PrunedDecoderBackbone.")
         block = hub_class(fam.module, name)
         if block is not None:
             subclass(
                 block,
-                _PrunedDecoder,
+                # Falcon's block computes its ALiBi slopes from its number of heads: the kept heads' stay
+                (keras_graph.KeptAlibiSlopes, _PrunedDecoder) if fam.alibi_in_block else (_PrunedDecoder,),
                 f"keras_hub's {name} with `head_dim` in its config, rebuilt by prunecli with fewer heads or "
                 "feed-forward units.",
                 _native_head_dim="head_dim" in inspect.signature(block.__init__).parameters,
@@ -679,9 +752,10 @@ def head_size(block) -> int:
 
 
 def _attention_head_size(attn) -> int:
-    """An attention layer's head size: its output kernel's middle axis ((heads, head_dim, hidden) in
-    every family; SmolLM3's query kernel holds the heads flattened)."""
-    return int(keras_graph.attention_projections(attn)[-1][0].kernel.shape[1])
+    """An attention layer's head size: its output kernel's middle axis ((heads, head_dim, hidden)), or the
+    entries one head holds where that kernel is (heads * head_dim, hidden) (GPT-NeoX, Falcon, Bloom)."""
+    output, _role, _axis, _bias_axis, width = keras_graph.attention_projections(attn)[-1]
+    return width if len(output.kernel.shape) == 2 else int(output.kernel.shape[1])
 
 
 def smaller(block, q_heads=None, kv_heads=None, units=None):
@@ -729,6 +803,9 @@ def smaller(block, q_heads=None, kv_heads=None, units=None):
         config[fam.kv_heads] = len(kv_heads)
     per_unit = int(config[fam.intermediate]) // int(up.kernel.shape[-1])  # Gemma's counts both gates: 2
     config.update({"head_dim": head_size(block), fam.intermediate: len(units) * per_unit})
+    slopes = keras_graph.alibi_slopes(block)  # ALiBi (Falcon, Bloom): each kept head keeps its own slope
+    if slopes is not None:
+        config["alibi_slopes"] = [slopes[h] for h in q_heads]
     new = classes[family(block)].from_config(config)
     values = {}
     for v in block.weights:
@@ -853,16 +930,18 @@ def _rebuilt_task(model, backbone, swaps: list[tuple], dropped: set[int] = froze
     if any(id(b) not in by_old for b in order):
         raise InputError(f"{type(model).__name__}: every decoder block must be rebuilt at once")
     ends = (backbone.token_embedding, final_norm)  # swapped when the residual stream narrows
-    positions = _position_embedding(backbone)
-    ends += () if positions is None else (positions,)
+    positions, embedding_norm = _position_embedding(backbone), _embedding_norm(backbone)
+    ends += tuple(lay for lay in (positions, embedding_norm) if lay is not None)
     copies = [by_old[id(lay)][0] if id(lay) in by_old else _fresh_copy(lay) for lay in ends]
+    by_end = dict(zip(map(id, ends), copies, strict=True))
     new_backbone = register()["backbone"](
         token_embedding=copies[0],
         transformer_layers=[by_old[id(b)][0] for b in order],
         layer_norm=copies[1],
         embedding_scale=_embedding_scale(backbone),
-        position_embedding=copies[2] if positions is not None else None,
+        position_embedding=None if positions is None else by_end[id(positions)],
         embedding_dropout=getattr(getattr(backbone, "embeddings_dropout", None), "rate", 0.0),
+        embedding_norm=None if embedding_norm is None else by_end[id(embedding_norm)],
         dtype=backbone.dtype_policy,
         name=backbone.name,
     )
@@ -875,8 +954,16 @@ def _rebuilt_task(model, backbone, swaps: list[tuple], dropped: set[int] = froze
 
 def _final_norm(backbone):
     """The norm a backbone applies after its last block: KerasHub's usual `layer_norm` (a
-    PrunedDecoderBackbone's too), SmolLM3's `norm`; None without one."""
-    return next((n for n in (getattr(backbone, a, None) for a in ("layer_norm", "norm")) if n is not None), None)
+    PrunedDecoderBackbone's too), SmolLM3's `norm`, Falcon's `final_layernorm`; None without one."""
+    names = ("layer_norm", "norm", "final_layernorm")
+    return next((n for n in (getattr(backbone, a, None) for a in names) if n is not None), None)
+
+
+def _embedding_norm(backbone):
+    """The norm the backbone applies to its token embedding before the first block (Bloom's
+    embeddings_layer_norm, a PrunedDecoderBackbone's embedding_norm), or None."""
+    found = getattr(backbone, "embedding_norm", None)
+    return found if found is not None else getattr(backbone, "embeddings_layer_norm", None)
 
 
 def _position_embedding(backbone):

@@ -200,7 +200,8 @@ def attention_parts(layer) -> tuple[int, int, int, list]:
 # The kernel's head axis given here is Keras' and Llama's layout ((hidden, heads, head_dim) in,
 # (heads, head_dim, hidden) out); an EinsumDense says where its heads are in its equation (Gemma's
 # q/k/v kernels are (heads, hidden, head_dim)), read by `_einsum_head_axis`. SmolLM3's q/k/v are Dense
-# layers whose (hidden, heads * head_dim) kernels hold the heads one after another on axis 1
+# layers whose (hidden, heads * head_dim) kernels hold the heads one after another on axis 1, and
+# GPT-NeoX's, Falcon's and Bloom's output projections (heads * head_dim, hidden) kernels on axis 0
 # (`head_width`).
 ATTENTION_PROJECTIONS = (
     (("_query_dense", "query_dense", "q_proj"), "q", 1, 0),
@@ -208,39 +209,59 @@ ATTENTION_PROJECTIONS = (
     (("_value_dense", "value_dense", "v_proj"), "kv", 1, 0),
     (("_output_dense", "output_dense", "_o_proj", "o_proj"), "q", 0, None),
 )
+# ... and an attention whose q, k and v are one fused projection (GPT-NeoX's query_key_value, kernel
+# (hidden, heads, 3 * head_dim)): head h's q, k and v are its entry h of the head axis, the fused
+# output being split into them along the head's own axis (q, then k, then v), so slicing heads there
+# slices all three at once. Multi-head only: its heads are query heads.
+FUSED_ATTENTION_PROJECTIONS = (
+    (("_qkv_dense",), "q", 1, 0),
+    (("_output_dense",), "q", 0, None),
+)
+
+
+def _projection_layout(layer) -> tuple[list[str], tuple] | None:
+    """(attribute names, layout) of the layer's projections: q, k, v and output, or fused q/k/v and output."""
+    for layout in (ATTENTION_PROJECTIONS, FUSED_ATTENTION_PROJECTIONS):
+        found = [next((n for n in names if getattr(layer, n, None) is not None), None) for names, *_ in layout]
+        if None not in found:
+            return found, layout
+    return None
 
 
 def attention_projection_names(layer) -> list[str] | None:
-    """The attribute names the layer keeps its q, k, v and output projections under, or None when it
-    lacks one of them."""
-    found = []
-    for names, *_layout in ATTENTION_PROJECTIONS:
-        name = next((n for n in names if getattr(layer, n, None) is not None), None)
-        if name is None:
-            return None
-        found.append(name)
-    return found
+    """The attribute names the layer keeps its projections under (q, k, v and output; or the fused q/k/v
+    and output), or None when it lacks one of them."""
+    found = _projection_layout(layer)
+    return None if found is None else found[0]
 
 
 def attention_projections(layer) -> list[tuple[Any, str, int, int | None, int]] | None:
     """[(projection sublayer, role, kernel head axis, bias head axis, head width)] for q, k, v and the
-    output, or None when the layer lacks one of them or its head counts. The head width is how many
-    consecutive entries of the head axis one head holds: 1 where the heads have an axis of their own,
-    the head size where a Dense holds them flattened (SmolLM3's (hidden, heads * head_dim) q/k/v)."""
-    names = attention_projection_names(layer)
+    output (or the fused q/k/v and the output), or None when the layer lacks one of them or its head
+    counts. The head width is how many consecutive entries of the head axis one head holds: 1 where the
+    heads have an axis of their own, the head size where a Dense holds them flattened (SmolLM3's (hidden,
+    heads * head_dim) q/k/v, GPT-NeoX's, Falcon's and Bloom's (heads * head_dim, hidden) output)."""
+    layout = _projection_layout(layer)
     counts = grouped_head_counts(layer)
-    if names is None or counts is None:
+    if layout is None or counts is None:
         return None
+    names, projections = layout
     found = []
-    for i, (name, (_names, role, k_axis, b_axis)) in enumerate(zip(names, ATTENTION_PROJECTIONS, strict=True)):
+    for i, (name, (_names, role, k_axis, b_axis)) in enumerate(zip(names, projections, strict=True)):
         sub = getattr(layer, name)
-        is_output = i == len(ATTENTION_PROJECTIONS) - 1
+        is_output = i == len(projections) - 1
         heads = counts[0] if role == "q" else counts[1]
         kernel = getattr(sub, "kernel", None)
-        flat = kernel is not None and len(kernel.shape) == 2 and not is_output
+        flat = kernel is not None and len(kernel.shape) == 2
         width = int(kernel.shape[k_axis]) // heads if flat else 1
         found.append((sub, role, _einsum_head_axis(sub, is_output, k_axis), b_axis, width))
     return found
+
+
+def fused_qkv(layer) -> bool:
+    """Whether the attention layer computes q, k and v with one fused projection (GPT-NeoX's)."""
+    found = _projection_layout(layer)
+    return found is not None and found[1] is FUSED_ATTENTION_PROJECTIONS
 
 
 def _einsum_head_axis(projection, is_output: bool, default: int) -> int:
@@ -326,7 +347,71 @@ HUB_BLOCK_PARTS_BY_CLASS = {
         ("_self_attention_layer_norm", "_feedforward_layer_norm"),
         cross_attention="_cross_attention_layer",  # built when the block is first called with an encoder sequence
     ),
+    "FalconTransformerDecoder": HubBlockParts(
+        "attention_layer",
+        (None, "dense_h_to_4h", "dense_4h_to_h"),
+        ("input_layernorm", "post_attention_layernorm"),
+    ),
+    "BloomDecoder": HubBlockParts(
+        "_self_attention_layer",
+        (None, "_mlp_intermediate_dense", "_mlp_output_dense"),  # GeLU applied between them, by the block
+        ("_pre_attention_layernorm", "_post_attention_layernorm"),
+    ),
+    # GPT-NeoX's: the same names and network, its attention's q/k/v one fused projection, and a parallel
+    # residual (x + attn(norm1(x)) + ffn(norm2(x))), which changes nothing here
+    "GPTNeoXDecoder": HubBlockParts(
+        "_self_attention_layer",
+        (None, "_feedforward_intermediate_dense", "_feedforward_output_dense"),
+        ("_self_attention_layer_norm", "_feedforward_layer_norm"),
+    ),
 }
+
+
+def alibi_slopes(block) -> list[float] | None:
+    """The ALiBi slope of each head of a KerasHub decoder block, in head order, or None for a block without
+    ALiBi: Falcon's block computes them (its private _get_slopes), Bloom's attention's AlibiBias layer does.
+    Both derive them from the number of heads alone, so a block with fewer heads would give its kept heads
+    other slopes: prunecli's blocks keep these (`KeptAlibiSlopes`, `keep_alibi_slopes`)."""
+    attn = hub_self_attention(block)
+    counts = None if attn is None else grouped_head_counts(attn)
+    source = block if hasattr(block, "_build_alibi_tensor") else getattr(attn, "_alibi_layer", None)
+    if counts is None or not hasattr(source, "_get_slopes"):
+        return None
+    return [float(v) for v in source._get_slopes(counts[0])]
+
+
+class KeptAlibiSlopes:
+    """Mixed into a KerasHub layer that computes ALiBi slopes from a number of heads (Falcon's decoder
+    block, KerasHub's AlibiBias): where it holds `alibi_slopes`, those are its heads' slopes."""
+
+    alibi_slopes = None
+
+    def _get_slopes(self, num_heads):
+        if self.alibi_slopes is None:
+            return super()._get_slopes(num_heads)
+        if len(self.alibi_slopes) != num_heads:
+            raise ValueError(f"{len(self.alibi_slopes)} ALiBi slopes for {num_heads} heads")
+        return list(self.alibi_slopes)
+
+
+def keep_alibi_slopes(attn, slopes: list[float]) -> None:
+    """Make a built Bloom attention add ALiBi with these slopes, one per head (its AlibiBias layer derives
+    them from the number of heads); nothing for an attention without ALiBi."""
+    old = getattr(attn, "_alibi_layer", None)
+    if old is None:
+        return
+    new = type(f"Kept{type(old).__name__}", (KeptAlibiSlopes, type(old)), {})(
+        alibi_bias_max=old.alibi_bias_max, dtype=old.dtype_policy, name=old.name
+    )
+    new.alibi_slopes = list(slopes)
+    locked = attn._tracker.locked  # a built layer takes no new sublayer unless its tracker is unlocked
+    attn._tracker.unlock()
+    try:
+        untrack(attn, old)
+        attn._alibi_layer = new
+    finally:
+        if locked:
+            attn._tracker.lock()
 
 
 def _hub_block_parts(block) -> HubBlockParts:
@@ -364,9 +449,9 @@ def hub_cross_attention(block):
 def grouped_head_counts(layer) -> tuple[int, int] | None:
     """(query heads, key/value heads) of a grouped-query attention layer, or None: KerasHub's Llama and
     Qwen attention name them publicly (num_query_heads), Mistral's privately (_num_query_heads), SmolLM3's
-    num_attention_heads;
-    keras.layers.MultiHeadAttention (GPT-2's and OPT's CachedMultiHeadAttention) has one key/value head
-    per query head."""
+    num_attention_heads; keras.layers.MultiHeadAttention (GPT-2's and OPT's CachedMultiHeadAttention) and
+    KerasHub's attention layers with num_heads alone (GPT-NeoX, Falcon, Bloom) have one key/value head per
+    query head."""
     import keras
 
     if isinstance(layer, keras.layers.MultiHeadAttention):
@@ -376,10 +461,12 @@ def grouped_head_counts(layer) -> tuple[int, int] | None:
         ("num_query_heads", "num_key_value_heads"),
         ("_num_query_heads", "_num_key_value_heads"),
         ("num_attention_heads", "num_key_value_heads"),  # SmolLM3's
+        ("num_heads", None),  # multi-head: GPT-NeoX's, Falcon's and Bloom's attention
     )
     for q, kv in names:
-        if hasattr(layer, q) and hasattr(layer, kv):
-            return int(getattr(layer, q)), int(getattr(layer, kv))
+        if hasattr(layer, q) and (kv is None or hasattr(layer, kv)):
+            heads = int(getattr(layer, q))
+            return heads, heads if kv is None else int(getattr(layer, kv))
     return None
 
 

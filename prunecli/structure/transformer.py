@@ -101,6 +101,11 @@ class HeadLayer:
 # Finding attention layers
 
 
+# what an attention layer's projections are called in a HeadLayer's parts, in keras_graph's order
+PROJECTIONS = ("query", "key", "value", "output")
+FUSED_PROJECTIONS = ("query_key_value", "output")  # GPT-NeoX's one q/k/v projection: head h's q, k and v
+
+
 def _sublayers(layer) -> list:
     return keras_graph.children(layer)  # none for Keras operations (keras.ops.*)
 
@@ -125,16 +130,15 @@ def _describe(layer, path: str, owner, target_names: dict) -> HeadLayer | None:
     if projections is None:
         return None
     parts: list[Part] = []
-    for (sub, role, k_axis, b_axis, width), projection in zip(
-        projections, ("query", "key", "value", "output"), strict=True
-    ):
+    names = FUSED_PROJECTIONS if keras_graph.fused_qkv(layer) else PROJECTIONS
+    for (sub, role, k_axis, b_axis, width), projection in zip(projections, names, strict=True):
         if getattr(sub, "kernel", None) is None:
             return None
         want = (heads if role == "q" else kv) * width
         kernel = sub.kernel
-        flat = width > 1  # heads one after another on one axis (SmolLM3's Dense q/k/v)
+        flat = width > 1  # heads one after another on one axis (SmolLM3's Dense q/k/v, GPT-NeoX's output)
         if len(kernel.shape) != (2 if flat else 3) or int(kernel.shape[k_axis]) != want:
-            return None  # a layout we do not know (for example a fused QKV kernel)
+            return None  # a layout we do not know
         parts.append(Part(target_names.get(id(kernel), _var_path(kernel)), kernel, k_axis, role, projection, width))
         bias = getattr(sub, "bias", None)
         rank = 1 if flat else 2
@@ -155,7 +159,8 @@ def _shrink_blocker(layer, owner) -> str | None:
     if layer is not owner and not (type(owner).__name__ in HUB_ENCODERS and own_attention):
         return (
             f"inside {type(owner).__name__} {owner.name!r}, which prunecli cannot rebuild with fewer heads (it"
-            " rebuilds KerasHub's Llama, Mistral, Qwen, Qwen3, Gemma, Gemma3, Phi-3 and SmolLM3 decoder blocks, TransformerEncoder blocks and"
+            " rebuilds KerasHub's Llama, Mistral, Qwen, Qwen3, Gemma, Gemma3, Phi-3, SmolLM3, GPT-2, OPT, GPT-NeoX, Falcon and Bloom"
+            " decoder blocks, TransformerEncoder blocks and"
             " functional models' MultiHeadAttention)"
         )
     if type(layer).__name__ not in ("MultiHeadAttention", "CachedMultiHeadAttention"):
@@ -305,7 +310,8 @@ def ffn_only(model, targets, include=()) -> tuple[list, list[str]]:
         raise InputError(
             f"-g neuron on a Transformer prunes feed-forward units, and none were found in {model.name} "
             f"({layout}: a layout prunecli does not know; it knows functional Keras "
-            "Transformers and KerasHub's Llama, Mistral, Qwen, Qwen3, Gemma, Gemma3, Phi-3 and SmolLM3 decoders); use -g element, or "
+            "Transformers and KerasHub's Llama, Mistral, Qwen, Qwen3, Gemma, Gemma3, Phi-3, SmolLM3, GPT-2, OPT, GPT-NeoX, "
+            "Falcon and Bloom decoders); use -g element, or "
             "--include to force a layer"
         )
     left = sorted({t.layer_name for t in targets} - {t.layer_name for t in kept})
@@ -399,8 +405,11 @@ def _hub_block_spans(g: _Wiring) -> list[tuple]:
             continue
         if len(node.outputs) != 1 or not node.input_tensors:
             continue
-        x, y = node.input_tensors[0], node.outputs[0]
-        if tuple(x.shape[1:]) == tuple(y.shape[1:]) and id(y) not in g.model_outputs:
+        y = node.outputs[0]
+        # the sequence: the block's input shaped as its output (Falcon's backbone passes it by keyword, after
+        # the padding mask in the node's tensors)
+        x = next((t for t in node.input_tensors if tuple(t.shape[1:]) == tuple(y.shape[1:])), None)
+        if x is not None and id(y) not in g.model_outputs:
             found.append((node, (x, y)))
     return found
 
@@ -476,6 +485,8 @@ HUB_BLOCKS = (
     "PrunedQwenTransformerDecoder",
     "PrunedGemmaDecoderBlock",
     "PrunedTransformerDecoder",
+    "GPTNeoXDecoder",
+    "PrunedGPTNeoXDecoder",
     "HeadPrunedTransformerEncoder",
     "GemmaDecoderBlock",
     "ViTEncoderBlock",
@@ -520,11 +531,15 @@ def _attention_cost(hl: HeadLayer, seq_len: int, heads: int | None = None, kv_he
     q = hl.parts[0]
     d_model, *own_axis = (int(d) for i, d in enumerate(q.variable.shape) if i != q.axis)
     head_dim = own_axis[0] if own_axis else q.width  # no axis of its own where the heads are flattened
-    o = hl.output_kernel
-    value_dim = int(o.shape[1])
+    if q.projection == "query_key_value":  # one head's q, k and v side by side
+        head_dim //= 3
+    output = next(p for p in hl.parts if p.projection == "output")
+    o = output.variable
+    flat = len(o.shape) == 2  # (heads * head_dim, hidden): the heads one after another
+    value_dim = output.width if flat else int(o.shape[1])
     proj_q = seq_len * d_model * heads * head_dim
     proj_kv = seq_len * d_model * kv_heads * (head_dim + value_dim)
-    proj_o = seq_len * heads * value_dim * int(o.shape[2])
+    proj_o = seq_len * heads * value_dim * int(o.shape[-1])
     products = seq_len * seq_len * heads * (head_dim + value_dim)
     return proj_q + proj_kv + proj_o + products
 
