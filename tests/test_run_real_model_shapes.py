@@ -238,3 +238,44 @@ def test_stand_in_inputs_fit_a_position_table_shorter_than_the_default(tmp_path)
     result = prune(config)
     assert len(result.report.to_dict()["removed_layers"]) == 1
     assert len(keras.saving.load_model(out).backbone.transformer_layers) == 2
+
+
+def test_an_adapted_normalization_survives_every_copy(tmp_path):
+    """An adapted Normalization (a real 21M-parameter skin-lesion model starts with one) computes with the
+    mean and variance it derives in finalize_state(): copies given weights by set_weights alone computed
+    with mean 0 and variance 1, so --shrink was refused (0.97 relative difference on real data) and the
+    --distill teacher was silently another function. Each copy now computes what the model does."""
+    import keras
+
+    from prunecli.structure import rebuild
+    from prunecli.training import distill
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(64, 6)) * 40 + 100).astype("float32")  # raw features far from mean 0, variance 1
+    keras.utils.set_random_seed(0)
+    norm = keras.layers.Normalization()
+    norm.adapt(x)
+    inp = keras.Input((6,))
+    hidden = keras.layers.Dense(8, activation="relu", name="d1")(norm(inp))
+    model = keras.Model(inp, keras.layers.Dense(3, name="d2")(hidden))
+    want = np.asarray(model(x))
+    np.testing.assert_allclose(np.asarray(distill.teacher_copy(model)(x)), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(rebuild.detach(model)(x)), want, rtol=1e-5, atol=1e-5)
+
+    path, data, out = tmp_path / "m.keras", tmp_path / "d.npz", tmp_path / "o.keras"
+    model.save(path)
+    np.savez(data, x=x, y=rng.integers(0, 3, 64))
+    config = build_config(
+        {
+            "model_path": str(path),
+            "granularity": "neuron",
+            "sparsity": 0.5,
+            "shrink": True,
+            "data": str(data),
+            "output": str(out),
+            "include": ("d1",),
+        },
+        environ={},
+    )
+    shrink = prune(config).report.to_dict()["shrink"]
+    assert shrink["params_after"] < shrink["params_before"]

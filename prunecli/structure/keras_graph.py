@@ -112,6 +112,19 @@ def all_layers(model) -> list:
     return list(model._flatten_layers())
 
 
+def copy_weights(source, target) -> None:
+    """`target` (a copy of `source`: cloned, rebuilt or deserialised) given `source`'s weights, and the
+    state Keras derives from weights settled: an adapted Normalization (IndexLookup, TextVectorization
+    alike) computes the mean and variance its `call` uses only in `finalize_state()`, so a copy given
+    weights by set_weights alone computes with mean 0 and variance 1 (a real 21M-parameter image model's
+    shrunk copy differed by 0.97 relative)."""
+    target.set_weights(source.get_weights())
+    for layer in all_layers(target):
+        settle = getattr(layer, "finalize_state", None)
+        if callable(settle) and layer.built:
+            settle()
+
+
 def input_structure(model):
     """The nested structure the model's inputs were declared in (a dict for named inputs), or None."""
     return getattr(model, "_inputs_struct", None)

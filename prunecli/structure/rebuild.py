@@ -121,7 +121,7 @@ def detach(model):
             "this granularity cannot remove structure from it (-g element prunes it in place)"
         ) from exc
     copy = keras.Model.from_config(config)
-    copy.set_weights(model.get_weights())
+    keras_graph.copy_weights(model, copy)
     return copy
 
 

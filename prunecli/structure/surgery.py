@@ -653,5 +653,5 @@ def rebuild(model, changes: dict[str, LayerChange], cuts: ChannelCuts, weights: 
             for key, v in weight_keys(target):
                 v.assign(values[key])
         elif old.weights:
-            target.set_weights(old.get_weights())
+            keras_graph.copy_weights(old, target)
     return new

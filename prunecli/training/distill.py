@@ -23,6 +23,7 @@ sigmoid output is the two-class case [1 - p, p].
 from __future__ import annotations
 
 from prunecli.errors import ConfigError, InputError, first_line
+from prunecli.structure import keras_graph
 
 EPSILON = 1e-7  # probabilities are clipped to [EPSILON, 1] before the log
 
@@ -49,7 +50,7 @@ def teacher_copy(model, needed_by: str = "--distill"):
             why = first_line(exc)
             continue
         if [tuple(w.shape) for w in teacher.weights] == shapes:  # a LlamaCausalLM's clone has 2 fewer
-            teacher.set_weights(model.get_weights())
+            keras_graph.copy_weights(model, teacher)
             teacher.trainable = False
             return teacher
     raise InputError(f"{needed_by} cannot copy this model ({why})")

@@ -27,6 +27,7 @@ from dataclasses import replace
 from prunecli import interrupts
 from prunecli.config import STRATEGIES, read_tf_config
 from prunecli.errors import ConfigError, first_line
+from prunecli.structure import keras_graph
 
 _created: dict = {}
 _loaded: dict[int, tuple] = {}  # id(session) -> (loaded model, its targets) while `replicated` holds a copy
@@ -222,7 +223,7 @@ def replicated(session, strategy):
     original, original_targets = session.model, session.targets
     with strategy.scope():
         copy = keras.models.clone_model(original)
-        copy.set_weights(original.get_weights())
+        keras_graph.copy_weights(original, copy)
     session.model, session.targets = copy, _targets_in(copy, original, original_targets)
     _loaded[id(session)] = (original, original_targets)
     try:
