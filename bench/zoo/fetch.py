@@ -19,6 +19,7 @@ import glob
 import io
 import json
 import os
+import pickle
 import subprocess
 import sys
 import tarfile
@@ -35,6 +36,34 @@ DEFAULT_CACHE = HERE / ".cache"
 RNG = np.random.default_rng(0)
 
 
+def index_download(pkg: str, spec: dict, dl: Path) -> Path:
+    """The pinned file (`index_file`, checked against `sha256`) of a package pip cannot download: pip
+    prepares an sdist's metadata even with --no-deps, and an sdist whose setup.py imports its own
+    dependencies (Python-2-era packages) fails there. The file is read from the same package index
+    pip uses, through its simple API (PEP 691 JSON)."""
+    import hashlib
+    import urllib.request
+
+    name, want = spec["index_file"], spec["sha256"]
+    req = urllib.request.Request(
+        f"https://pypi.org/simple/{pkg}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+    )
+    print(f"+ index file {pkg} {name}", flush=True)
+    with urllib.request.urlopen(req, timeout=60) as r:
+        files = json.load(r)["files"]
+    url = next((f["url"] for f in files if f["filename"] == name), None)
+    if url is None:
+        raise SystemExit(f"{pkg}: the index lists no file {name}")
+    with urllib.request.urlopen(url, timeout=600) as r:
+        blob = r.read()
+    got = hashlib.sha256(blob).hexdigest()
+    if got != want:
+        raise SystemExit(f"{pkg}: {name} has sha256 {got}, models.py pins {want}")
+    dl.mkdir(parents=True, exist_ok=True)
+    (dl / name).write_bytes(blob)
+    return dl / name
+
+
 def pip_download(pkg: str, spec: dict, dl: Path) -> Path:
     ver = spec["version"]
     norm = pkg.lower().replace("-", "_")
@@ -42,6 +71,8 @@ def pip_download(pkg: str, spec: dict, dl: Path) -> Path:
         n = f.name.lower().replace("-", "_")
         if n.startswith(f"{norm}_{ver}") or n.startswith(f"{norm}-{ver}"):
             return f
+    if spec.get("index_file"):
+        return index_download(pkg, spec, dl)
     dl.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", f"{pkg}=={ver}", "-d", str(dl)]
     cmd += spec.get("pip_args", [])
@@ -326,6 +357,62 @@ def build_faces_emotion(ctx):
     """emotion-model reads grey images with cv2 and divides by 255; 96x96x1."""
     x = face_images(ctx, 96, True)
     return {"x": x / 255.0}, None, None
+
+
+def build_faces_sklesion(ctx, n=64):
+    """sklesion's two inputs: a 254x254 RGB image in raw 0-255 (its Normalization layer holds the
+    training set's mean/variance), and a 10-d metadata vector = sex one-hot + location one-hot + age/age_max
+    + age_missing. The wheel does not ship the model_props.pkl that fixes the one-hot split, so the
+    metadata rows are synthetic: one 1 in columns 0-2, one in 3-7, an age fraction, age present."""
+    x = face_images(ctx, 254, False, n=n)
+    n = len(x)
+    meta = np.zeros((n, 10), np.float32)
+    meta[np.arange(n), RNG.integers(0, 3, n)] = 1.0
+    meta[np.arange(n), RNG.integers(3, 8, n)] = 1.0
+    meta[:, 8] = RNG.uniform(0.2, 0.9, n)
+    names = keras3_input_names(ctx["model_path"])  # image input first, metadata second
+    return {f"x_{names[0]}": x, f"x_{names[1]}": meta}, None, None
+
+
+class _NoGlobals(pickle.Unpickler):
+    """Reads a pickle of plain containers (dict/list/str/int) without running code: any class or
+    function reference in it is refused."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"refusing {module}.{name} in a data pickle")
+
+
+SHAKKALA_HARAKAT = {chr(c) for c in (1611, 1612, 1613, 1614, 1615, 1616, 1617, 1618)}  # its helper.harakat
+
+
+def build_arabic_shakkala(ctx, n=64, maxlen=315):
+    """Shakkala's input: one index per character (its input_vocab_to_int.pickle, read without running
+    code), post-padded with 0 to 315. The package ships little Arabic: its README's example sentences
+    (vocalised; the harakat are stripped as Shakkala's clear_tashkel does). Each sample is a random
+    sequence of those real words filled to 280-315 characters, so padding is at most 35 positions."""
+    arc = ctx["archive"]("shakkala")
+    vocab = _NoGlobals(io.BytesIO(read_member(arc, "shakkala/dictionary/input_vocab_to_int.pickle"))).load()
+    meta = read_member(arc, "shakkala-1.7.dist-info/METADATA").decode()
+    text = "".join(ch for ch in meta if "\u0600" <= ch <= "\u06ff" or ch.isspace())
+    words = sorted({w for w in "".join(ch for ch in text if ch not in SHAKKALA_HARAKAT).split() if len(w) > 1})
+    x = np.zeros((n, maxlen), np.int32)
+    for i in range(n):
+        target, sent = RNG.integers(280, maxlen + 1), ""
+        while True:
+            w = words[RNG.integers(len(words))]
+            if len(sent) + len(w) + 1 > target:
+                break
+            sent = f"{sent} {w}" if sent else w
+        x[i, : len(sent)] = [vocab.get(ch, vocab["<UNK>"]) for ch in sent]
+    return {"x": x}, None, None
+
+
+def build_tokens_ugc(ctx):
+    return {"x": RNG.integers(1, 43224, (64, 80)).astype(np.int32)}, None, None
+
+
+def build_tada(ctx):
+    return {"x": RNG.standard_normal((64, 36, 42)).astype(np.float32)}, None, None
 
 
 def build_rna_dm3loc(ctx, n=64):

