@@ -279,3 +279,47 @@ def test_an_adapted_normalization_survives_every_copy(tmp_path):
     )
     shrink = prune(config).report.to_dict()["shrink"]
     assert shrink["params_after"] < shrink["params_before"]
+
+
+def test_a_keras_2_1_bidirectional_gru_file_loads_as_it_was_written(tmp_path):
+    """Keras 2.0-2.1 wrote a wrapped layer without a module (Keras 3 then could not locate 'LSTM': a real
+    Arabic diacritiser from the package index, bench/ZOO.md) and a GRU without `reset_after` (the
+    reset-before GRU of those versions; Keras 3's default would not even fit its bias)."""
+    import h5py
+    import tf_keras as k2
+
+    from prunecli.io import models as model_io
+
+    k2.utils.set_random_seed(0)
+    model = k2.Sequential(
+        [
+            k2.layers.Bidirectional(k2.layers.LSTM(6, return_sequences=True), input_shape=(7, 5)),
+            k2.layers.Bidirectional(k2.layers.GRU(4, reset_after=False, return_sequences=True)),
+            k2.layers.TimeDistributed(k2.layers.Dense(3, activation="softmax")),
+        ]
+    )
+    path = tmp_path / "old.h5"
+    model.save(path)
+    x = np.random.default_rng(0).normal(size=(4, 7, 5)).astype("float32")
+    expected = model.predict(x, verbose=0)
+
+    def as_keras_2_1(node):
+        if isinstance(node, dict):
+            if node.get("class_name") == "GRU":
+                node["config"].pop("reset_after", None)
+            wrapped = node.get("config", {}).get("layer") if isinstance(node.get("config"), dict) else None
+            if isinstance(wrapped, dict):
+                wrapped.pop("module", None)
+            for value in node.values():
+                as_keras_2_1(value)
+        elif isinstance(node, list):
+            for value in node:
+                as_keras_2_1(value)
+
+    with h5py.File(path, "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        as_keras_2_1(config)
+        f.attrs["model_config"] = json.dumps(config)
+        f.attrs["keras_version"] = "2.1.6"
+    loaded, _info = model_io.load(path)
+    np.testing.assert_allclose(np.asarray(loaded(x)), expected, rtol=1e-5, atol=1e-6)

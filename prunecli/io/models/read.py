@@ -49,6 +49,7 @@ def _load_keras(path: Path, unsafe: bool):
         cudnn_config = stored if cudnn.cudnn_layers(stored) else None
         config = stored if cudnn_config is None else cudnn.translate_config(stored, path)  # the plain layers they equal
         config = _without_initializer_dtype(config)
+        config = _with_keras2_defaults(config)
         config = _with_explicit_input(config) or config
         if config is not stored:  # read as the Keras version that wrote it reads it
             with quiet_keras():
@@ -110,6 +111,46 @@ def _without_initializer_dtype(config: dict) -> dict:
 
     patched = strip(config)
     return patched if found else config
+
+
+def _with_keras2_defaults(config: dict) -> dict:
+    """What Keras 2.0-2.1 configs leave implicit, said as Keras 3 needs it: a layer wrapped by
+    Bidirectional or TimeDistributed names no module (Keras 3 finds a wrapped standard layer only by
+    module: "Could not locate class 'LSTM'"), and a GRU without `reset_after` is the reset-before GRU
+    those versions had (Keras 3's default is True, whose bias has another shape). Returns `config`
+    itself when nothing changed."""
+    import keras
+
+    patched = json.loads(json.dumps(config))
+    changed = False
+    for node in _config_nodes(patched):
+        inner = node.get("config")
+        if not isinstance(inner, dict):
+            continue
+        wrapped = inner.get("layer")
+        if (
+            node.get("class_name") in ("Bidirectional", "TimeDistributed")
+            and isinstance(wrapped, dict)
+            and "module" not in wrapped
+            and hasattr(keras.layers, str(wrapped.get("class_name")))
+        ):
+            wrapped["module"] = "keras.layers"
+            changed = True
+        if node.get("class_name") == "GRU" and "reset_after" not in inner:
+            inner["reset_after"] = False
+            changed = True
+    return patched if changed else config
+
+
+def _config_nodes(node):
+    """Every dict in a config tree, depth first (a layer, its wrapped layer, a nested model's layers)."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _config_nodes(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _config_nodes(value)
 
 
 def _with_explicit_input(config: dict) -> dict | None:
