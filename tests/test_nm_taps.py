@@ -88,6 +88,7 @@ def test_magnitude_keeps_the_largest_of_each_tap_group():
     np.testing.assert_array_equal(keep, np.arange(3)[None, None, :, None] != smallest[:, :, None, :])
 
 
+@pytest.mark.slow  # imports tfmot; the tap layout itself is checked by the fast tests above
 @pytest.mark.parametrize("channels", [1, 3, 6, 8])
 def test_magnitude_masks_equal_tfmots_m_by_n(channels):
     """tfmot lays a Conv2D kernel out as (c_out*kh*kw, c_in), groups 4 consecutive input channels and

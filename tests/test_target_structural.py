@@ -73,6 +73,7 @@ def test_head_size_target_is_the_written_file(cli, heads_file, tmp_path):
     assert keras.saving.load_model(out).count_params() == section["predicted"]
 
 
+@pytest.mark.slow
 def test_head_latency_target_lands_in_its_band(cli, heads_file, tmp_path, params_timer):
     from prunecli.selection.budget import MAX_TIMED
 
