@@ -64,9 +64,10 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
         write_savedmodel(model, saved)
         (saved / EXPORT_MARKER).write_text("written by prunecli: a later --export savedmodel may replace this folder\n")
         source = saved
+        float_model = unquantized if unquantized is not None else model  # what TFLite converts
         if any(fmt != "savedmodel" for fmt in formats):
-            converted = for_tflite(unquantized if unquantized is not None else model)
-            if converted is not model and converted is not unquantized:
+            converted = for_tflite(float_model)
+            if converted is not float_model:
                 notes.append(
                     f"TFLite: the recurrent layers were converted unrolled over their time steps (at most"
                     f" {MAX_UNROLLED_STEPS}), so the file runs on TFLite's builtin ops and int8 kernels"
@@ -77,7 +78,7 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
         samples, sample_source = sample_inputs(model, data, config.seed, SAMPLE_COUNT)
         expected = _keras_outputs(model, samples)
         input_names = [str(getattr(t, "name", "")) for t in model.inputs]
-        try_sparse = zero_fraction(unquantized if unquantized is not None else model) > 0
+        try_sparse = zero_fraction(float_model) > 0
         for fmt in formats:
             if fmt == "savedmodel":
                 continue

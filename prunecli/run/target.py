@@ -236,11 +236,11 @@ def _structural_latency(state, spec: TargetSpec, dense: int, progress, latency_m
             timed[cost] = (cost, _timed(clock.time, small, inputs))
         return timed[cost]
 
+    lowest = 1.0 / dense  # one parameter: below any floor, so the step says what the floors leave
     try:
-        measure(1.0 / dense)  # one parameter: below any floor, so the step says what the floors leave
-        raise ConfigError(f"--target {spec}: the step removed everything it was asked to; nothing to search")
-    except units.TargetUnreachable as unreachable:
-        lowest = (unreachable.least + 0.5) / unreachable.dense  # rounds back to the floors' own count
+        measure(lowest)
+    except units.TargetUnreachable as floors:
+        lowest = (floors.least + 0.5) / floors.dense  # rounds back to the floors' own count
     found = budget.search_latency(
         measure,
         budget.Timed(1.0, dense, dense_ms),

@@ -7,7 +7,7 @@ graph walk itself is keras_graph's, this module only decides what each call beco
 from __future__ import annotations
 
 from prunecli.errors import InputError
-from prunecli.structure import keras_graph
+from prunecli.structure import keras_graph, layers
 
 
 def functional_graph(model):
@@ -74,21 +74,19 @@ def unrolled(model, max_steps: int):
     Why: TensorFlow's converter turns Keras 3's looped RNN into TensorList ops, which TFLite runs only
     with the select-TF-ops (Flex) delegate and int8 quantization refuses; unrolled, the same layer is
     fully connected ops, logistic/tanh and element-wise products, all TFLite builtins with int8 kernels."""
-    import keras
-
     graph = keras_graph.functional(model)
     if graph is None:
         return None
     twins: dict[int, tuple] = {}
     for node in ordered_nodes(graph):
         layer = node.operation
-        if not isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional)) or id(layer) in twins:
+        if layers.spec(layer).role != "recurrent" or id(layer) in twins:  # the layer table's LSTM, GRU...
             continue
         steps = node.input_tensors[0].shape[1] if node.input_tensors else None
         if steps is None or steps > max_steps:
             return None
         config = layer.get_config()
-        if isinstance(layer, keras.layers.Bidirectional):
+        if "layer" in config:  # Bidirectional: its forward (and backward) layer
             for part in ("layer", "backward_layer"):
                 if config.get(part):
                     config[part]["config"]["unroll"] = True
