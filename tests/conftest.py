@@ -88,6 +88,13 @@ def prune_one_target(method: str, model, target, x, sparsity: float):
     return res.section["layers"][target.name]
 
 
+def step_config(granularity: str, **values):
+    """A run's configuration for `granularity` as the CLI would build it, without the environment."""
+    from prunecli.config import build_config
+
+    return build_config({"model_path": "m.keras", "granularity": granularity, **values}, environ={})
+
+
 def token_inputs(vocab: int, n: int = 3, seq: int = 10, seed: int = 0) -> dict:
     """A KerasHub decoder's inputs: seeded token ids in [1, vocab) and a padding mask whose first row ends
     in three padding positions, masked as KerasHub masks them."""
@@ -161,6 +168,47 @@ def check_shrunk_lm(masked_lm, small, tmp_path, vocab: int, class_name: str) -> 
     assert type(back).__name__ == class_name
     assert_close_rel(back(x), want)
     np.testing.assert_array_equal(greedy_tokens(back, hub_prompt()), tokens)
+
+
+def check_block_removed(
+    lm, tmp_path, vocab: int, class_name: str, drop: int, *, embed=None, final_norm="layer_norm", decode="forward"
+):
+    """-g layer on a KerasHub causal LM: its blocks are its only candidates, and removing block `drop`
+    leaves a `class_name` with the other blocks, as many parameters fewer as the candidate said, that
+    computes embedding -> kept blocks -> final norm -> tied head, before and after a save/load round trip.
+    `embed(backbone, token_ids)` when the embedding is more than the token embedding. `decode`: "forward"
+    checks that cached decoding picks what the full forward pass picks; "same" only that the reloaded
+    model decodes as the smaller one (for families whose KerasHub cache path differs from the forward
+    pass in the last bits). The smaller model and the reloaded one."""
+    import numpy as np
+
+    from prunecli.removal import layers as layer_removal
+
+    blocks = len(lm.backbone.transformer_layers)
+    candidates, rows = layer_removal.analyse(lm)
+    assert [(c.kind, c.name) for c in candidates] == [("block", f"block:transformer_layer_{i}") for i in range(blocks)]
+    assert not any(r["candidate"] for r in rows if not r["layer"].startswith("transformer_layer"))
+    smaller = layer_removal.remove(lm, [candidates[drop]])
+    kept = [i for i in range(blocks) if i != drop]
+    assert type(smaller).__name__ == class_name
+    assert [b.name for b in smaller.backbone.transformer_layers] == [f"transformer_layer_{i}" for i in kept]
+    assert smaller.count_params() == lm.count_params() - candidates[drop].params
+    x = token_inputs(vocab)
+    b = lm.backbone
+    h = embed(b, x["token_ids"]) if embed else b.token_embedding(x["token_ids"])
+    for i in kept:
+        h = b.transformer_layers[i](h, decoder_padding_mask=x["padding_mask"])
+    want = b.token_embedding(getattr(b, final_norm)(h), reverse=True)  # the tied LM head
+    assert_close_rel(smaller(x), want)
+    back = reloaded_hub(smaller, tmp_path / "small.keras")
+    assert_close_rel(back(x), want)
+    tokens = greedy_tokens(back, hub_prompt())
+    if decode == "forward":  # token i at cache index i: the full pass over the tokens picks the same ones
+        full = np.asarray(back({"token_ids": tokens, "padding_mask": np.ones_like(tokens)}))
+        np.testing.assert_array_equal(full[:, 2:-1].argmax(axis=-1), tokens[:, 3:])
+    else:
+        np.testing.assert_array_equal(tokens, greedy_tokens(smaller, hub_prompt()))
+    return smaller, back
 
 
 # the prune commands every decoder family's CLI test runs on a saved causal LM (cli_shrinks)

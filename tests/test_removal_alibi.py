@@ -21,22 +21,20 @@ import pytest
 from conftest import (
     SHRINK_COMMANDS,
     assert_close_rel,
+    check_block_removed,
     check_shrunk_lm,
     cli_shrinks,
     greedy_tokens,
     hub_prompt,
-    reloaded_hub,
     spread_weights,
-    token_inputs,
+    step_config,
 )
 
 keras = pytest.importorskip("keras")
 kh = pytest.importorskip("keras_hub")
 
-from prunecli.config import build_config  # noqa: E402
 from prunecli.errors import InputError  # noqa: E402
 from prunecli.removal import ffn, heads, hidden  # noqa: E402
-from prunecli.removal import layers as layer_removal  # noqa: E402
 from prunecli.structure import decoders, keras_graph, transformer  # noqa: E402
 from prunecli.structure import targets as targets_mod  # noqa: E402
 
@@ -94,10 +92,6 @@ FALCON = Family(
 FAMILIES = pytest.mark.parametrize("fam", [BLOOM, FALCON], ids=lambda f: f.name)
 
 
-def _config(granularity: str, **kw):
-    return build_config({"model_path": "m.keras", "granularity": granularity, **kw}, environ={})
-
-
 @FAMILIES
 def test_a_block_is_read_as_multi_head_alibi_attention_and_an_ungated_network(fam):
     lm = fam.lm(layers=1)
@@ -143,7 +137,7 @@ def test_kept_heads_keep_their_head_size_and_their_own_alibi_slopes(fam):
 def test_heads_go_with_their_biases_and_their_slopes_stay(fam, tmp_path):
     lm = fam.lm()
     small, masks, section, notes = heads.run_heads(
-        lm, targets_mod.select(lm), _config("head", sparsity=0.5, shrink=True)
+        lm, targets_mod.select(lm), step_config("head", sparsity=0.5, shrink=True)
     )
     assert not notes and type(small).__name__ == fam.causal_lm
     for row, block in zip(section["layers"], small.backbone.transformer_layers, strict=True):
@@ -167,7 +161,7 @@ def test_ungated_units_go_from_both_dense_layers_and_the_bias(fam, tmp_path):
     lm = fam.lm()
     tg, _notes = transformer.ffn_only(lm, targets_mod.select(lm))
     assert sorted({t.layer_name.split("/")[-1] for t in tg}) == sorted(fam.ffn)
-    small, masks, section, _ = ffn.run_ffn(lm, tg, _config("neuron", sparsity=0.5, shrink=True))
+    small, masks, section, _ = ffn.run_ffn(lm, tg, step_config("neuron", sparsity=0.5, shrink=True))
     assert section["units_before"] == 2 * FF and section["units_removed"] == FF
     f = ffn.find(lm)[0]
     gone = section["layers"][0]["removed_units"]
@@ -183,24 +177,14 @@ def test_ungated_units_go_from_both_dense_layers_and_the_bias(fam, tmp_path):
 @pytest.mark.slow
 @FAMILIES
 def test_whole_blocks_leave_and_the_rest_compute_as_before(fam, tmp_path):
+    def embed(backbone, token_ids):  # Bloom normalises the token embedding: kept by the rebuilt backbone
+        h = backbone.token_embedding(token_ids)
+        return getattr(backbone, fam.embedding_norm)(h) if fam.embedding_norm else h
+
     lm = fam.lm(layers=3)
-    candidates, _rows = layer_removal.analyse(lm)
-    assert [(c.kind, c.name) for c in candidates] == [("block", f"block:transformer_layer_{i}") for i in range(3)]
-    smaller = layer_removal.remove(lm, [candidates[1]])
-    assert type(smaller).__name__ == fam.causal_lm
-    assert smaller.count_params() == lm.count_params() - candidates[1].params
-    x = token_inputs(VOCAB)
-    b = lm.backbone
-    h = b.token_embedding(x["token_ids"])
-    if fam.embedding_norm:  # Bloom's: kept by the rebuilt backbone
-        h = getattr(b, fam.embedding_norm)(h)
-    for i in (0, 2):
-        h = b.transformer_layers[i](h, decoder_padding_mask=x["padding_mask"])
-    want = b.token_embedding(getattr(b, fam.final_norm)(h), reverse=True)
-    assert_close_rel(smaller(x), want)
-    back = reloaded_hub(smaller, tmp_path / "small.keras")
-    assert_close_rel(back(x), want)
-    np.testing.assert_array_equal(greedy_tokens(back, hub_prompt()), greedy_tokens(smaller, hub_prompt()))
+    check_block_removed(
+        lm, tmp_path, VOCAB, fam.causal_lm, drop=1, embed=embed, final_norm=fam.final_norm, decode="same"
+    )
 
 
 @pytest.mark.slow
@@ -208,7 +192,7 @@ def test_whole_blocks_leave_and_the_rest_compute_as_before(fam, tmp_path):
 def test_hidden_channels_are_refused_because_layer_norm_centres(fam):
     lm = fam.lm(layers=1)
     with pytest.raises(InputError, match="normalises with LayerNormalization"):
-        hidden.run_hidden(lm, targets_mod.select(lm), _config("hidden", sparsity=0.5, shrink=True))
+        hidden.run_hidden(lm, targets_mod.select(lm), step_config("hidden", sparsity=0.5, shrink=True))
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import assert_close_rel, greedy_tokens, reloaded_hub, token_inputs
+from conftest import assert_close_rel, greedy_tokens, reloaded_hub, step_config, token_inputs
 
 keras = pytest.importorskip("keras")
 kh = pytest.importorskip("keras_hub")
@@ -44,10 +44,6 @@ def inputs(n: int = 3, seq: int = 10, seed: int = 0):
     return token_inputs(VOCAB, n, seq, seed)
 
 
-def _config(granularity: str, **kw):
-    return build_config({"model_path": "m.keras", "granularity": granularity, **kw}, environ={})
-
-
 def _attention_shapes(block):
     q, k, v, o = (sub.kernel.shape for sub, *_ in keras_graph.attention_projections(decoders.attention(block)))
     return tuple(q), tuple(k), tuple(v), tuple(o)
@@ -57,7 +53,7 @@ def test_gqa_groups_and_their_query_heads_are_deleted(tmp_path):
     model = backbone()
     x = inputs()
     small, masks, section, notes = heads.run_heads(
-        model, targets_mod.select(model), _config("head", sparsity=0.5, shrink=True)
+        model, targets_mod.select(model), step_config("head", sparsity=0.5, shrink=True)
     )
     assert not notes and small is not model
     masked = np.asarray(model(x))  # run_heads masked the input model in place
@@ -88,7 +84,7 @@ def test_swiglu_units_go_from_gate_up_and_down_together(tmp_path):
         "feedforward_intermediate_dense",
         "feedforward_output_dense",
     ]
-    same, masks, section, _ = ffn.run_ffn(model, tg, _config("neuron", sparsity=0.5))
+    same, masks, section, _ = ffn.run_ffn(model, tg, step_config("neuron", sparsity=0.5))
     assert same is model and section["units_removed"] == 2 * FF // 2
     gone = section["layers"][0]["removed_units"]
     block = model.get_layer("transformer_layer_0")
@@ -100,7 +96,7 @@ def test_swiglu_units_go_from_gate_up_and_down_together(tmp_path):
 
     model2 = backbone()
     tg2, _ = transformer.ffn_only(model2, targets_mod.select(model2))
-    small, masks2, section2, _ = ffn.run_ffn(model2, tg2, _config("neuron", sparsity=0.5, shrink=True))
+    small, masks2, section2, _ = ffn.run_ffn(model2, tg2, step_config("neuron", sparsity=0.5, shrink=True))
     block = small.get_layer("transformer_layer_0")
     assert type(block).__name__ == "PrunedLlamaTransformerDecoder" and block.intermediate_dim == FF // 2
     assert [tuple(d.kernel.shape) for d in keras_graph.hub_swiglu(block)] == [(D, 16), (D, 16), (16, D)]
@@ -123,7 +119,7 @@ def test_a_unit_is_scored_by_all_three_projections():
         arr[tuple(index)] *= 1e-3
         var.assign(arr)
         tg, _ = transformer.ffn_only(model, targets_mod.select(model))
-        _, _, section, _ = ffn.run_ffn(model, tg, _config("neuron", sparsity=1 / FF))
+        _, _, section, _ = ffn.run_ffn(model, tg, step_config("neuron", sparsity=1 / FF))
         assert section["layers"][0]["removed_units"] == [5], which
 
 
@@ -135,11 +131,11 @@ def test_other_families_lose_groups_and_units_for_real(family, tmp_path):
     x = inputs()
     assert [(hl.num_heads, hl.num_kv_heads, hl.shrink_blocker) for hl in heads.find(model)] == [(HQ, HKV, None)]
     small, _, section, notes = heads.run_heads(
-        model, targets_mod.select(model), _config("head", remove_heads=2, shrink=True)
+        model, targets_mod.select(model), step_config("head", remove_heads=2, shrink=True)
     )
     assert not notes and section["heads_removed"] == 2
     tg, _ = transformer.ffn_only(small, targets_mod.select(small))
-    smaller, _, _, _ = ffn.run_ffn(small, tg, _config("neuron", sparsity=0.25, shrink=True))
+    smaller, _, _, _ = ffn.run_ffn(small, tg, step_config("neuron", sparsity=0.25, shrink=True))
     masked = np.asarray(small(x))  # heads and units masked in `model`/`small`, deleted in `smaller`
     block = smaller.get_layer("transformer_layer_0")
     assert (block.num_query_heads, block.num_key_value_heads, block.intermediate_dim) == (2, 1, 24)
@@ -156,7 +152,7 @@ def test_global_scope_gives_blocks_different_widths():
     x = inputs()
     tg, _ = transformer.ffn_only(model, targets_mod.select(model))
     small, _, section, _ = ffn.run_ffn(
-        model, tg, _config("neuron", sparsity=0.5, scope="global", normalize="none", shrink=True)
+        model, tg, step_config("neuron", sparsity=0.5, scope="global", normalize="none", shrink=True)
     )
     widths = [small.get_layer(f"transformer_layer_{i}").intermediate_dim for i in range(2)]
     assert sum(widths) == FF and widths[1] < widths[0], widths
@@ -172,7 +168,7 @@ def test_neuron_on_decoders_is_a_structural_step():
     plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     assert not removal.structural("neuron", plain) and not removal.structural("neuron")
     tg, _ = transformer.ffn_only(llama, targets_mod.select(llama))
-    config = _config("neuron", sparsity=0.5, method="activation", data="d.npz")
+    config = step_config("neuron", sparsity=0.5, method="activation", data="d.npz")
     with pytest.raises(Exception, match="scores with"):
         ffn.run_ffn(llama, tg, config.replace(method="apoz"))  # a method the SwiGLU step does not know
 
@@ -188,7 +184,7 @@ def test_taylor_scores_read_the_data():
     _, _, section, _ = ffn.run_ffn(
         model,
         tg,
-        _config("neuron", sparsity=0.25, method="taylor", data="d.npz"),
+        step_config("neuron", sparsity=0.25, method="taylor", data="d.npz"),
         data=data,
         loss_fn=keras.losses.MeanSquaredError(),
     )
@@ -246,7 +242,7 @@ def test_causal_lm_keeps_generating_after_groups_and_units_go(tmp_path):
     attn = decoders.attention(lm.backbone.get_layer("transformer_layer_1"))
     for sub, *_ in keras_graph.attention_projections(attn):  # block 1's heads weaker: it loses a group
         sub.kernel.assign(np.asarray(sub.kernel) * 0.1)
-    config = _config("head", sparsity=0.25, scope="global", normalize="none", shrink=True)
+    config = step_config("head", sparsity=0.25, scope="global", normalize="none", shrink=True)
     small, _, section, notes = heads.run_heads(lm, targets_mod.select(lm), config)
     assert not notes and isinstance(small, kh.models.LlamaCausalLM) and type(small).__name__ == "PrunedLlamaCausalLM"
     assert [int(b.num_key_value_heads) for b in small.backbone.transformer_layers] == [2, 1]
@@ -256,7 +252,7 @@ def test_causal_lm_keeps_generating_after_groups_and_units_go(tmp_path):
     # KerasHub's own cache on the masked model, ours (one slice per block) on the smaller one
     np.testing.assert_array_equal(greedy_tokens(small, prompt), greedy_tokens(lm, prompt))
     tg, _ = transformer.ffn_only(small, targets_mod.select(small))
-    smaller, _, _, _ = ffn.run_ffn(small, tg, _config("neuron", sparsity=0.5, shrink=True))
+    smaller, _, _, _ = ffn.run_ffn(small, tg, step_config("neuron", sparsity=0.5, shrink=True))
     assert [int(b.intermediate_dim) for b in smaller.backbone.transformer_layers] == [FF // 2] * 2
     x = inputs()
     assert_close_rel(smaller(x), small(x))  # `small` is masked where `smaller` lost its units
@@ -399,7 +395,7 @@ def test_activation_scores_read_what_each_unit_outputs(granularity):
     block = decoders.blocks(model)[0]
     x = inputs(8)
     data = tf.data.Dataset.from_tensor_slices((x, np.zeros((8, 10, D), "float32"))).batch(4)
-    config = _config(granularity, sparsity=0.25, method="activation", data="d.npz", scope="layer")
+    config = step_config(granularity, sparsity=0.25, method="activation", data="d.npz", scope="layer")
     if granularity == "neuron":
         gate, _up, down = keras_graph.hub_swiglu(block)
         kernel = np.array(gate.kernel)

@@ -20,6 +20,7 @@ from conftest import (
     hub_prompt,
     reloaded_hub,
     spread_weights,
+    step_config,
     token_inputs,
 )
 
@@ -27,7 +28,6 @@ keras = pytest.importorskip("keras")
 kh = pytest.importorskip("keras_hub")
 pytestmark = pytest.mark.slow  # builds, shrinks and saves KerasHub models
 
-from prunecli.config import build_config  # noqa: E402
 from prunecli.removal import ffn, heads  # noqa: E402
 from prunecli.structure import decoders, keras_graph, transformer  # noqa: E402
 from prunecli.structure import targets as targets_mod  # noqa: E402
@@ -65,10 +65,6 @@ def gemma_lm(kv_heads: int = 2, layers: int = 2, seed: int = 0, **options):
     return kh.models.GemmaCausalLM(backbone=backbone, preprocessor=None)
 
 
-def _config(granularity: str, **kw):
-    return build_config({"model_path": "m.keras", "granularity": granularity, **kw}, environ={})
-
-
 def _attention_shapes(block):
     return [tuple(sub.kernel.shape) for sub, *_ in keras_graph.attention_projections(decoders.attention(block))]
 
@@ -100,7 +96,7 @@ def test_the_unit_of_a_gemma_attention_layer(kv_heads, units, group):
 def test_key_value_groups_and_their_query_heads_are_deleted(tmp_path, options):
     lm = gemma_lm(kv_heads=2, **options)
     small, masks, section, notes = heads.run_heads(
-        lm, targets_mod.select(lm), _config("head", sparsity=0.5, shrink=True)
+        lm, targets_mod.select(lm), step_config("head", sparsity=0.5, shrink=True)
     )
     assert not notes and type(small).__name__ == "PrunedGemmaCausalLM"
     for row in section["layers"]:
@@ -121,7 +117,9 @@ def test_multi_query_heads_go_one_by_one_and_the_shared_head_stays(tmp_path):
     block = lm.backbone.transformer_layers[0]
     _q, key, value, _o = (sub.kernel for sub, *_ in keras_graph.attention_projections(decoders.attention(block)))
     key_before, value_before = np.asarray(key), np.asarray(value)
-    small, _, section, notes = heads.run_heads(lm, targets_mod.select(lm), _config("head", remove_heads=3, shrink=True))
+    small, _, section, notes = heads.run_heads(
+        lm, targets_mod.select(lm), step_config("head", remove_heads=3, shrink=True)
+    )
     assert not notes and section["heads_removed"] == 2 * 3
     np.testing.assert_array_equal(np.asarray(key), key_before)  # masking leaves the shared head whole
     np.testing.assert_array_equal(np.asarray(value), value_before)
@@ -141,7 +139,7 @@ def test_geglu_units_go_from_both_gates_and_the_down_projection(tmp_path):
     lm = gemma_lm(kv_heads=1)
     tg, _notes = transformer.ffn_only(lm, targets_mod.select(lm))
     assert sorted({t.layer_name.split("/")[-1] for t in tg}) == ["ffw_gating", "ffw_gating_2", "ffw_linear"]
-    small, masks, section, _ = ffn.run_ffn(lm, tg, _config("neuron", sparsity=0.5, shrink=True))
+    small, masks, section, _ = ffn.run_ffn(lm, tg, step_config("neuron", sparsity=0.5, shrink=True))
     assert section["units_before"] == 2 * UNITS and section["units_removed"] == UNITS
     gone = section["layers"][0]["removed_units"]
     gate, up, down = keras_graph.hub_swiglu(lm.backbone.transformer_layers[0])  # masked in place
@@ -164,10 +162,10 @@ def test_a_gemma_backbone_loses_heads_and_units_and_saves(tmp_path):
     transformer.register_for_file(tmp_path / "backbone.keras")
     backbone = keras.saving.load_model(tmp_path / "backbone.keras")
     small, _, _, notes = heads.run_heads(
-        backbone, targets_mod.select(backbone), _config("head", sparsity=0.5, shrink=True)
+        backbone, targets_mod.select(backbone), step_config("head", sparsity=0.5, shrink=True)
     )
     tg, _ = transformer.ffn_only(small, targets_mod.select(small))
-    smaller, _, _, _ = ffn.run_ffn(small, tg, _config("neuron", sparsity=0.5, shrink=True))
+    smaller, _, _, _ = ffn.run_ffn(small, tg, step_config("neuron", sparsity=0.5, shrink=True))
     assert not notes and type(smaller.get_layer("final_normalization")).__name__ == "PrunedRMSNormalization"
     x = token_inputs(VOCAB)
     want = np.asarray(small(x))  # heads deleted, units masked
@@ -204,7 +202,7 @@ def test_hidden_channels_go_through_one_plus_scale_norms_and_the_scaled_embeddin
 
     lm = gemma_lm(kv_heads=2, **options)
     small, _masks, section, notes = hidden.run_hidden(
-        lm, targets_mod.select(lm), _config("hidden", sparsity=0.5, shrink=True)
+        lm, targets_mod.select(lm), step_config("hidden", sparsity=0.5, shrink=True)
     )
     assert not notes and (section["hidden_before"], section["hidden_after"]) == (D, D - 8)
     assert section["verification"]["max_rel_diff"] <= 1e-4

@@ -22,13 +22,13 @@ from conftest import (
     hub_prompt,
     reloaded_hub,
     spread_weights,
+    step_config,
     token_inputs,
 )
 
 keras = pytest.importorskip("keras")
 kh = pytest.importorskip("keras_hub")
 
-from prunecli.config import build_config  # noqa: E402
 from prunecli.removal import ffn, heads, hidden  # noqa: E402
 from prunecli.removal import layers as layer_removal  # noqa: E402
 from prunecli.structure import decoders, keras_graph, transformer  # noqa: E402
@@ -61,10 +61,6 @@ def gemma3_lm(layers: int = LAYERS, seed: int = 0):
     )
     spread_weights(backbone, seed)
     return kh.models.Gemma3CausalLM(backbone=backbone, preprocessor=None)
-
-
-def _config(granularity: str, **kw):
-    return build_config({"model_path": "m.keras", "granularity": granularity, **kw}, environ={})
 
 
 def _greedy(lm) -> np.ndarray:
@@ -113,7 +109,7 @@ def test_key_value_groups_go_and_each_block_keeps_its_window(tmp_path):
     lm = gemma3_lm()
     assert _windows(lm) == list(zip(SLIDING, WAVELENGTHS, strict=True))
     small, masks, section, notes = heads.run_heads(
-        lm, targets_mod.select(lm), _config("head", sparsity=0.5, shrink=True)
+        lm, targets_mod.select(lm), step_config("head", sparsity=0.5, shrink=True)
     )
     assert not notes and type(small).__name__ == "PrunedGemma3CausalLM"
     for block in small.backbone.transformer_layers:
@@ -129,7 +125,7 @@ def test_key_value_groups_go_and_each_block_keeps_its_window(tmp_path):
 def test_geglu_units_go_from_both_gates_and_the_down_projection(tmp_path):
     lm = gemma3_lm()
     tg, _notes = transformer.ffn_only(lm, targets_mod.select(lm))
-    small, masks, section, _ = ffn.run_ffn(lm, tg, _config("neuron", sparsity=0.5, shrink=True))
+    small, masks, section, _ = ffn.run_ffn(lm, tg, step_config("neuron", sparsity=0.5, shrink=True))
     assert section["units_before"] == LAYERS * FF and section["units_removed"] == LAYERS * FF // 2
     for block in small.backbone.transformer_layers:
         assert block.intermediate_dim == FF // 2  # Gemma3's config counts one gate's units
@@ -143,7 +139,7 @@ def test_geglu_units_go_from_both_gates_and_the_down_projection(tmp_path):
 def test_hidden_channels_go_through_one_plus_scale_norms_and_the_scaled_embedding(tmp_path):
     lm = gemma3_lm()
     small, _masks, section, notes = hidden.run_hidden(
-        lm, targets_mod.select(lm), _config("hidden", sparsity=0.5, shrink=True)
+        lm, targets_mod.select(lm), step_config("hidden", sparsity=0.5, shrink=True)
     )
     assert not notes and (section["hidden_before"], section["hidden_after"]) == (D, D - 8)
     assert section["verification"]["max_rel_diff"] <= 1e-4

@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 from conftest import (
     assert_close_rel,
+    check_block_removed,
     check_shrunk_lm,
     greedy_tokens,
     hub_prompt,
     reloaded_hub,
     spread_weights,
+    step_config,
     token_inputs,
 )
 
@@ -31,7 +33,6 @@ from prunecli import prune  # noqa: E402
 from prunecli.config import build_config  # noqa: E402
 from prunecli.errors import InputError  # noqa: E402
 from prunecli.removal import ffn, heads, hidden  # noqa: E402
-from prunecli.removal import layers as layer_removal  # noqa: E402
 from prunecli.structure import decoders, keras_graph, transformer  # noqa: E402
 from prunecli.structure import targets as targets_mod  # noqa: E402
 
@@ -61,10 +62,6 @@ def causal_lm(family: str = "gpt2", layers: int = 2, seed: int = 0):
     )
     spread_weights(backbone, seed)
     return lm_cls(backbone=backbone, preprocessor=None)
-
-
-def _config(granularity: str, **kw):
-    return build_config({"model_path": "m.keras", "granularity": granularity, **kw}, environ={})
 
 
 def _attention_shapes(block):
@@ -101,7 +98,7 @@ def test_a_decoder_only_transformer_decoder_is_a_family_and_others_are_not():
 def test_heads_are_deleted_with_their_biases_and_the_head_size_kept(family, tmp_path):
     lm = causal_lm(family)
     small, masks, section, notes = heads.run_heads(
-        lm, targets_mod.select(lm), _config("head", sparsity=0.5, shrink=True)
+        lm, targets_mod.select(lm), step_config("head", sparsity=0.5, shrink=True)
     )
     assert not notes and type(small).__name__ == f"Pruned{FAMILIES[family][1]}"
     assert all(row["deleted"] and len(row["removed_heads"]) == 2 for row in section["layers"])
@@ -127,7 +124,7 @@ def test_blocks_left_with_different_heads_share_one_cache():
     attn = decoders.attention(lm.backbone.transformer_layers[1])
     for sub, *_ in keras_graph.attention_projections(attn):  # block 1's heads weaker: they go first
         sub.kernel.assign(np.asarray(sub.kernel) * 0.1)
-    config = _config("head", sparsity=0.25, scope="global", normalize="none", shrink=True)
+    config = step_config("head", sparsity=0.25, scope="global", normalize="none", shrink=True)
     small, _, _, notes = heads.run_heads(lm, targets_mod.select(lm), config)
     assert not notes and [b.num_heads for b in small.backbone.transformer_layers] == [H, H - 2]
     assert small.backbone.num_key_value_heads == H and small.backbone.head_dim == HD
@@ -145,7 +142,7 @@ def test_ungated_units_go_from_both_dense_layers_and_the_bias(family, tmp_path):
     ]
     f = ffn.find(lm)[0]
     assert f.gate is None and f.units == FF and len(f.slices()) == 2 and len(f.all_slices()) == 3
-    small, masks, section, _ = ffn.run_ffn(lm, tg, _config("neuron", sparsity=0.5, shrink=True))
+    small, masks, section, _ = ffn.run_ffn(lm, tg, step_config("neuron", sparsity=0.5, shrink=True))
     assert section["units_before"] == 2 * FF and section["units_removed"] == FF
     gone = section["layers"][0]["removed_units"]
     assert not np.asarray(f.up.kernel)[:, gone].any() and not np.asarray(f.up.bias)[gone].any()
@@ -167,30 +164,15 @@ def test_whole_blocks_leave_and_the_positions_stay(family, tmp_path):
     """-g layer: the blocks are the only candidates (GPT-2's position embedding and its Add are shaped like
     an identity layer and a residual branch, and are neither); the kept blocks read the same embeddings,
     positions included, and the smaller causal LM decodes with its cache as its full forward pass says."""
+
+    def embed(backbone, token_ids):
+        if family == "gpt2":
+            tokens = backbone.token_embedding(token_ids)
+            return tokens + backbone.position_embedding(tokens)
+        return backbone.embeddings(token_ids)
+
     lm = causal_lm(family, layers=3)
-    candidates, rows = layer_removal.analyse(lm)
-    assert [(c.kind, c.name) for c in candidates] == [("block", f"block:transformer_layer_{i}") for i in range(3)]
-    assert not any(r["candidate"] for r in rows if not r["layer"].startswith("transformer_layer"))
-    smaller = layer_removal.remove(lm, [candidates[1]])
-    assert type(smaller).__name__ == f"Pruned{FAMILIES[family][1]}"
-    assert [b.name for b in smaller.backbone.transformer_layers] == ["transformer_layer_0", "transformer_layer_2"]
-    assert smaller.count_params() == lm.count_params() - candidates[1].params
-    x = token_inputs(VOCAB)
-    b = lm.backbone
-    if family == "gpt2":
-        tokens = b.token_embedding(x["token_ids"])
-        h = tokens + b.position_embedding(tokens)
-    else:
-        h = b.embeddings(x["token_ids"])
-    for i in (0, 2):
-        h = b.transformer_layers[i](h, decoder_padding_mask=x["padding_mask"])
-    want = b.token_embedding(b.layer_norm(h), reverse=True)  # the tied LM head
-    assert_close_rel(smaller(x), want)
-    back = reloaded_hub(smaller, tmp_path / "small.keras")
-    assert_close_rel(back(x), want)
-    tokens = greedy_tokens(back, hub_prompt())  # cached decoding: token i at cache index i, with position i
-    full = np.asarray(back({"token_ids": tokens, "padding_mask": np.ones_like(tokens)}))
-    np.testing.assert_array_equal(full[:, 2:-1].argmax(axis=-1), tokens[:, 3:])
+    check_block_removed(lm, tmp_path, VOCAB, f"Pruned{FAMILIES[family][1]}", drop=1, embed=embed)
 
 
 @pytest.mark.slow
@@ -199,10 +181,10 @@ def test_a_gpt2_backbone_alone_loses_heads_and_units_and_saves(tmp_path):
     position embedding, Add and dropout."""
     backbone = causal_lm("gpt2", layers=1).backbone
     small, _, _, notes = heads.run_heads(
-        backbone, targets_mod.select(backbone), _config("head", sparsity=0.5, shrink=True)
+        backbone, targets_mod.select(backbone), step_config("head", sparsity=0.5, shrink=True)
     )
     tg, _ = transformer.ffn_only(small, targets_mod.select(small))
-    smaller, _, _, _ = ffn.run_ffn(small, tg, _config("neuron", sparsity=0.5, shrink=True))
+    smaller, _, _, _ = ffn.run_ffn(small, tg, step_config("neuron", sparsity=0.5, shrink=True))
     assert not notes and backbone.count_params() - smaller.count_params() == 2 * PER_HEAD + FF // 2 * PER_UNIT
     x = token_inputs(VOCAB)
     want = np.asarray(small(x))  # heads deleted, units masked
@@ -217,7 +199,7 @@ def test_hidden_channels_are_refused_because_layer_norm_centres(cli, tmp_path):
     lm = causal_lm("opt", layers=1)
     assert "subtracts the mean" in decoders.narrow_blocker(lm)
     with pytest.raises(InputError, match="normalises with LayerNormalization"):
-        hidden.run_hidden(lm, targets_mod.select(lm), _config("hidden", sparsity=0.5, shrink=True))
+        hidden.run_hidden(lm, targets_mod.select(lm), step_config("hidden", sparsity=0.5, shrink=True))
     path, out = tmp_path / "opt.keras", tmp_path / "out.keras"
     lm.save(path)
     res = cli("prune", path, "-g", "hidden", "-s", "0.5", "--shrink", "-o", out, "-q")

@@ -18,22 +18,21 @@ import pytest
 from conftest import (
     SHRINK_COMMANDS,
     assert_close_rel,
+    check_block_removed,
     check_shrunk_lm,
     cli_shrinks,
     greedy_tokens,
     hub_prompt,
-    reloaded_hub,
     spread_weights,
+    step_config,
     token_inputs,
 )
 
 keras = pytest.importorskip("keras")
 kh = pytest.importorskip("keras_hub")
 
-from prunecli.config import build_config  # noqa: E402
 from prunecli.errors import InputError  # noqa: E402
 from prunecli.removal import ffn, heads, hidden  # noqa: E402
-from prunecli.removal import layers as layer_removal  # noqa: E402
 from prunecli.structure import decoders, keras_graph, transformer  # noqa: E402
 from prunecli.structure import targets as targets_mod  # noqa: E402
 
@@ -58,10 +57,6 @@ def neox_lm(layers: int = 2, seed: int = 0):
     )
     spread_weights(backbone, seed)
     return kh.models.GPTNeoXCausalLM(backbone=backbone, preprocessor=None)
-
-
-def _config(granularity: str, **kw):
-    return build_config({"model_path": "m.keras", "granularity": granularity, **kw}, environ={})
 
 
 def test_a_head_is_its_own_q_k_and_v_in_the_fused_projection_and_its_output_rows():
@@ -108,7 +103,7 @@ def test_a_masked_head_contributes_nothing():
 def test_heads_go_with_their_fused_q_k_v_and_bias_and_the_partial_rotary_stays(tmp_path):
     lm = neox_lm()
     small, masks, section, notes = heads.run_heads(
-        lm, targets_mod.select(lm), _config("head", sparsity=0.5, shrink=True)
+        lm, targets_mod.select(lm), step_config("head", sparsity=0.5, shrink=True)
     )
     assert not notes and type(small).__name__ == "PrunedGPTNeoXCausalLM"
     assert all(row["deleted"] and len(row["removed_heads"]) == 2 for row in section["layers"])
@@ -133,7 +128,7 @@ def test_ungated_units_go_from_both_dense_layers_and_the_bias(tmp_path):
         "feedforward_intermediate_dense",
         "feedforward_output_dense",
     ]
-    small, masks, section, _ = ffn.run_ffn(lm, tg, _config("neuron", sparsity=0.5, shrink=True))
+    small, masks, section, _ = ffn.run_ffn(lm, tg, step_config("neuron", sparsity=0.5, shrink=True))
     assert section["units_before"] == 2 * FF and section["units_removed"] == FF
     f = ffn.find(lm)[0]
     gone = section["layers"][0]["removed_units"]
@@ -155,30 +150,14 @@ def test_ungated_units_go_from_both_dense_layers_and_the_bias(tmp_path):
 
 @pytest.mark.slow
 def test_whole_blocks_leave_and_the_rest_compute_as_before(tmp_path):
-    lm = neox_lm(layers=3)
-    candidates, _rows = layer_removal.analyse(lm)
-    assert [(c.kind, c.name) for c in candidates] == [("block", f"block:transformer_layer_{i}") for i in range(3)]
-    smaller = layer_removal.remove(lm, [candidates[1]])
-    assert type(smaller).__name__ == "PrunedGPTNeoXCausalLM"
-    assert [b.name for b in smaller.backbone.transformer_layers] == ["transformer_layer_0", "transformer_layer_2"]
-    assert smaller.count_params() == lm.count_params() - candidates[1].params
-    x = token_inputs(VOCAB)
-    b = lm.backbone
-    h = b.token_embedding(x["token_ids"])
-    for i in (0, 2):
-        h = b.transformer_layers[i](h, decoder_padding_mask=x["padding_mask"])
-    want = b.token_embedding(b.layer_norm(h), reverse=True)
-    assert_close_rel(smaller(x), want)
-    back = reloaded_hub(smaller, tmp_path / "small.keras")
-    assert_close_rel(back(x), want)
-    np.testing.assert_array_equal(greedy_tokens(back, hub_prompt()), greedy_tokens(smaller, hub_prompt()))
+    check_block_removed(neox_lm(layers=3), tmp_path, VOCAB, "PrunedGPTNeoXCausalLM", drop=1, decode="same")
 
 
 @pytest.mark.slow
 def test_hidden_channels_are_refused_because_layer_norm_centres():
     lm = neox_lm(layers=1)
     with pytest.raises(InputError, match="normalises with LayerNormalization"):
-        hidden.run_hidden(lm, targets_mod.select(lm), _config("hidden", sparsity=0.5, shrink=True))
+        hidden.run_hidden(lm, targets_mod.select(lm), step_config("hidden", sparsity=0.5, shrink=True))
 
 
 @pytest.mark.slow

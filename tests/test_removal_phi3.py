@@ -16,22 +16,19 @@ import numpy as np
 import pytest
 from conftest import (
     SHRINK_COMMANDS,
-    assert_close_rel,
+    check_block_removed,
     check_shrunk_lm,
     cli_shrinks,
     greedy_tokens,
     hub_prompt,
-    reloaded_hub,
     spread_weights,
-    token_inputs,
+    step_config,
 )
 
 keras = pytest.importorskip("keras")
 kh = pytest.importorskip("keras_hub")
 
-from prunecli.config import build_config  # noqa: E402
 from prunecli.removal import ffn, heads, hidden  # noqa: E402
-from prunecli.removal import layers as layer_removal  # noqa: E402
 from prunecli.structure import decoders, keras_graph, transformer  # noqa: E402
 from prunecli.structure import targets as targets_mod  # noqa: E402
 
@@ -71,10 +68,6 @@ def phi3_lm(layers: int = 2, seed: int = 0, su: bool = True):
     return kh.models.Phi3CausalLM(backbone=backbone, preprocessor=None)
 
 
-def _config(granularity: str, **kw):
-    return build_config({"model_path": "m.keras", "granularity": granularity, **kw}, environ={})
-
-
 def _attention_shapes(block):
     return [tuple(sub.kernel.shape) for sub, *_ in keras_graph.attention_projections(decoders.attention(block))]
 
@@ -99,7 +92,7 @@ def test_a_phi3_block_is_read_as_a_grouped_query_swiglu_rms_norm_decoder():
 def test_key_value_groups_go_and_the_su_scaled_rope_stays(tmp_path):
     lm = phi3_lm()
     small, masks, section, notes = heads.run_heads(
-        lm, targets_mod.select(lm), _config("head", sparsity=0.5, shrink=True)
+        lm, targets_mod.select(lm), step_config("head", sparsity=0.5, shrink=True)
     )
     assert not notes and type(small).__name__ == "PrunedPhi3CausalLM"
     for row in section["layers"]:
@@ -126,7 +119,7 @@ def test_swiglu_units_go_from_gate_up_and_down(tmp_path):
         "feedforward_intermediate_dense",
         "feedforward_output_dense",
     ]
-    small, masks, section, _ = ffn.run_ffn(lm, tg, _config("neuron", sparsity=0.5, shrink=True))
+    small, masks, section, _ = ffn.run_ffn(lm, tg, step_config("neuron", sparsity=0.5, shrink=True))
     assert section["units_before"] == 2 * FF and section["units_removed"] == FF
     gone = section["layers"][0]["removed_units"]
     gate, up, down = keras_graph.hub_ffn(lm.backbone.transformer_layers[0])  # masked in place
@@ -145,25 +138,7 @@ def test_whole_blocks_leave_and_the_rest_compute_as_before(tmp_path):
     """The kept blocks compute as they did, and the smaller causal LM decodes with its cache as its full
     forward pass says (without su scaling: su picks its factors by the length of what it is given, 9
     tokens at once but 1 at a time when decoding, so the two differ in KerasHub's Phi-3 itself)."""
-    lm = phi3_lm(layers=3, su=False)
-    candidates, _rows = layer_removal.analyse(lm)
-    assert [(c.kind, c.name) for c in candidates] == [("block", f"block:transformer_layer_{i}") for i in range(3)]
-    smaller = layer_removal.remove(lm, [candidates[1]])
-    assert type(smaller).__name__ == "PrunedPhi3CausalLM"
-    assert [b.name for b in smaller.backbone.transformer_layers] == ["transformer_layer_0", "transformer_layer_2"]
-    assert smaller.count_params() == lm.count_params() - candidates[1].params
-    x = token_inputs(VOCAB)
-    b = lm.backbone
-    h = b.token_embedding(x["token_ids"])
-    for i in (0, 2):
-        h = b.transformer_layers[i](h, decoder_padding_mask=x["padding_mask"])
-    want = b.token_embedding(b.layer_norm(h), reverse=True)
-    assert_close_rel(smaller(x), want)
-    back = reloaded_hub(smaller, tmp_path / "small.keras")
-    assert_close_rel(back(x), want)
-    tokens = greedy_tokens(back, hub_prompt())  # cached decoding agrees with the full forward pass
-    full = np.asarray(back({"token_ids": tokens, "padding_mask": np.ones_like(tokens)}))
-    np.testing.assert_array_equal(full[:, 2:-1].argmax(axis=-1), tokens[:, 3:])
+    check_block_removed(phi3_lm(layers=3, su=False), tmp_path, VOCAB, "PrunedPhi3CausalLM", drop=1)
 
 
 @pytest.mark.slow
@@ -172,7 +147,7 @@ def test_hidden_channels_go_through_phi3_layer_norm_and_the_head_size_stays(tmp_
     (and the su factors sized by it), each Phi3LayerNorm its scale and epsilon corrected."""
     lm = phi3_lm()
     small, _masks, section, notes = hidden.run_hidden(
-        lm, targets_mod.select(lm), _config("hidden", sparsity=0.25, shrink=True)
+        lm, targets_mod.select(lm), step_config("hidden", sparsity=0.25, shrink=True)
     )
     assert not notes and (section["hidden_before"], section["hidden_after"]) == (D, D - 8)
     assert section["verification"]["max_rel_diff"] <= 1e-4

@@ -11,26 +11,22 @@ relative), after a save/load round trip too, and generate() gives the masked mod
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from conftest import (
     SHRINK_COMMANDS,
-    assert_close_rel,
+    check_block_removed,
     check_shrunk_lm,
     cli_shrinks,
     greedy_tokens,
     hub_prompt,
-    reloaded_hub,
     spread_weights,
-    token_inputs,
+    step_config,
 )
 
 keras = pytest.importorskip("keras")
 kh = pytest.importorskip("keras_hub")
 
-from prunecli.config import build_config  # noqa: E402
 from prunecli.removal import ffn, heads, hidden  # noqa: E402
-from prunecli.removal import layers as layer_removal  # noqa: E402
 from prunecli.structure import decoders, keras_graph, transformer  # noqa: E402
 from prunecli.structure import targets as targets_mod  # noqa: E402
 
@@ -61,10 +57,6 @@ def smollm3_lm(kv_heads: int = 2, seed: int = 0):
     )
     spread_weights(backbone, seed)
     return kh.models.SmolLM3CausalLM(backbone=backbone, preprocessor=None)
-
-
-def _config(granularity: str, **kw):
-    return build_config({"model_path": "m.keras", "granularity": granularity, **kw}, environ={})
 
 
 def _attention_shapes(block):
@@ -109,7 +101,7 @@ def test_smollm3_heads_are_read_from_flattened_dense_kernels():
 def test_heads_go_with_their_bias_entries_and_each_layer_keeps_its_rope_setting(tmp_path, kv_heads):
     lm = smollm3_lm(kv_heads)
     small, masks, section, notes = heads.run_heads(
-        lm, targets_mod.select(lm), _config("head", sparsity=0.5, shrink=True)
+        lm, targets_mod.select(lm), step_config("head", sparsity=0.5, shrink=True)
     )
     assert not notes and type(small).__name__ == "PrunedSmolLM3CausalLM"
     kept_kv = 1  # half of 2 groups, or the shared key/value head with half of the 4 query heads
@@ -131,7 +123,7 @@ def test_swiglu_units_go_from_the_mlp_with_their_biases(tmp_path):
     lm = smollm3_lm()
     tg, _notes = transformer.ffn_only(lm, targets_mod.select(lm))
     assert sorted({t.layer_name.split("/")[-1] for t in tg}) == ["down_proj", "gate_proj", "up_proj"]
-    small, masks, section, _ = ffn.run_ffn(lm, tg, _config("neuron", sparsity=0.5, shrink=True))
+    small, masks, section, _ = ffn.run_ffn(lm, tg, step_config("neuron", sparsity=0.5, shrink=True))
     assert section["units_before"] == LAYERS * FF and section["units_removed"] == LAYERS * FF // 2
     for block in small.backbone.transformer_layers:
         gate, up, down = keras_graph.hub_ffn(block)
@@ -148,32 +140,17 @@ def test_whole_blocks_leave_and_the_rest_keep_their_rope_setting(tmp_path):
     """Removing the first block leaves the NoPE block without rotary positions and the last with them (each
     block reads its own entry of rope_layer_enabled_list); the smaller causal LM computes what the kept
     blocks did, and decodes with its cache as its full forward pass says."""
-    lm = smollm3_lm()
-    candidates, _rows = layer_removal.analyse(lm)
-    assert [c.name for c in candidates] == [f"block:transformer_layer_{i}" for i in range(LAYERS)]
-    smaller = layer_removal.remove(lm, [candidates[0]])
-    assert type(smaller).__name__ == "PrunedSmolLM3CausalLM" and _rope_flags(smaller) == ROPE[1:]
-    assert smaller.count_params() == lm.count_params() - candidates[0].params
-    x = token_inputs(VOCAB)
-    b = lm.backbone
-    h = b.token_embedding(x["token_ids"])
-    for i in (1, 2):
-        h = b.transformer_layers[i](h, decoder_padding_mask=x["padding_mask"])
-    want = b.token_embedding(b.norm(h), reverse=True)
-    assert_close_rel(smaller(x), want)
-    back = reloaded_hub(smaller, tmp_path / "small.keras")
-    assert_close_rel(back(x), want)
-    assert _rope_flags(back) == ROPE[1:]
-    tokens = greedy_tokens(back, hub_prompt())
-    full = np.asarray(back({"token_ids": tokens, "padding_mask": np.ones_like(tokens)}))
-    np.testing.assert_array_equal(full[:, 2:-1].argmax(axis=-1), tokens[:, 3:])
+    smaller, back = check_block_removed(
+        smollm3_lm(), tmp_path, VOCAB, "PrunedSmolLM3CausalLM", drop=0, final_norm="norm"
+    )
+    assert _rope_flags(smaller) == _rope_flags(back) == ROPE[1:]
 
 
 @pytest.mark.slow
 def test_hidden_channels_go_through_keras_rms_normalization_and_the_head_size_stays(tmp_path):
     lm = smollm3_lm()
     small, _masks, section, notes = hidden.run_hidden(
-        lm, targets_mod.select(lm), _config("hidden", sparsity=0.25, shrink=True)
+        lm, targets_mod.select(lm), step_config("hidden", sparsity=0.25, shrink=True)
     )
     assert not notes and (section["hidden_before"], section["hidden_after"]) == (D, D - 8)
     assert section["verification"]["max_rel_diff"] <= 1e-4

@@ -21,8 +21,13 @@ def batchnorm_layers(model) -> list:
 def recalibrate(model, train, followers, samples: int = SAMPLES) -> int:
     """Set every BatchNorm's moving statistics to their average over `samples` training examples run
     through the pruned model (training mode, the layers' momentum set aside), then re-apply the
-    followers' masks so removed channels stay exactly zero. Returns the number of layers updated."""
+    followers' masks so removed channels stay exactly zero. Returns the number of layers updated.
+
+    The forward pass is a traced graph, not an eager call: eagerly, a 21M-parameter Xception at batch 32
+    on 254x254 images peaked at 6.8 GB where its graph needs 2.0 GB (TensorFlow keeps each eager op's
+    buffers until Python drops them), and the moving-statistics updates run as the graph's own ops."""
     import numpy as np
+    import tensorflow as tf
     from keras import tree
 
     norms = batchnorm_layers(model)
@@ -31,11 +36,12 @@ def recalibrate(model, train, followers, samples: int = SAMPLES) -> int:
     sums = {id(bn): [np.zeros(bn.moving_mean.shape), np.zeros(bn.moving_variance.shape)] for bn in norms}
     momenta = [bn.momentum for bn in norms]
     seen = batches = 0
+    forward = tf.function(lambda x: model(x, training=True), reduce_retracing=True, autograph=False)
     try:
         for bn in norms:
             bn.momentum = 0.0  # each batch's statistics replace the moving ones; we average them below
         for x, _y in train:
-            model(x, training=True)
+            forward(x)
             for bn in norms:
                 sums[id(bn)][0] += np.asarray(bn.moving_mean)
                 sums[id(bn)][1] += np.asarray(bn.moving_variance)
