@@ -168,6 +168,11 @@ def check_shrunk_lm(masked_lm, small, tmp_path, vocab: int, class_name: str) -> 
     assert type(back).__name__ == class_name
     assert_close_rel(back(x), want)
     np.testing.assert_array_equal(greedy_tokens(back, hub_prompt()), tokens)
+    if hasattr(masked_lm, "score"):  # KerasHub's score() on the masked model, prunecli's on the rebuilt one
+        scored = {"token_ids": x["token_ids"], "padding_mask": x["padding_mask"]}
+        assert_close_rel(back.score(**scored), masked_lm.score(**scored))
+        loss = masked_lm.score(**scored, scoring_mode="loss", target_ids=x["token_ids"])
+        assert_close_rel(back.score(**scored, scoring_mode="loss", target_ids=x["token_ids"]), loss)
 
 
 def check_block_removed(

@@ -528,6 +528,36 @@ class _PrunedDecoder(_OwnConfig):
         return {**own_config(self), "head_dim": self.head_dim, **{k: list(v) for k, v in slopes.items()}}
 
 
+class _ScoredThroughBackbone:
+    """Mixed into a rebuilt causal LM whose KerasHub task has `score()`: KerasHub's reads the dense
+    backbone's own attributes (GPT-2's `embeddings_add`, SmolLM3's `norm`, Gemma's sqrt(hidden_dim)
+    embedding scale, which a narrowed residual stream changes), so the rebuilt model scores through the
+    PrunedDecoderBackbone's own path instead: the same arguments, modes and errors as KerasHub's."""
+
+    def score(self, token_ids, padding_mask=None, scoring_mode="logits", layer_intercept_fn=None, target_ids=None):
+        """Logits, or the per-token loss against `target_ids`, of `token_ids`; `layer_intercept_fn(x, i)`
+        sees (and may replace) the blocks' input (i = -1) and each block's output (i = 0, 1, ...)."""
+        import keras
+        from keras import ops
+
+        if scoring_mode not in ("logits", "loss"):
+            raise ValueError("Unsupported scoring_mode. Must be one of 'logits' or 'loss'.")
+        if scoring_mode == "loss" and target_ids is None:
+            raise ValueError("Cannot compute loss without targets: pass the target token ids as target_ids.")
+        if padding_mask is None:
+            padding_mask = ops.ones(ops.shape(token_ids)[:2], dtype="int32")
+        intercept = layer_intercept_fn or (lambda x, _i: x)
+        b = self.backbone
+        calls = _family_of(b.transformer_layers[0])
+        x = intercept(b.embed(token_ids), -1)
+        for i, block in enumerate(b.transformer_layers):
+            x = intercept(block(x, **{calls.padding_mask: padding_mask}), i)
+        logits = b.token_embedding(b.layer_norm(x), reverse=True)
+        if scoring_mode == "logits":
+            return logits
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")(target_ids, logits)
+
+
 class _PrunedCausalLM:
     """Mixed into a KerasHub causal LM: the key/value cache sized for the widest block (the backbone's
     num_key_value_heads) at the backbone's head_dim, each block handed its own heads' slice of it."""
@@ -728,7 +758,8 @@ def register() -> dict[str, Any]:
         mixin = _PrunedPerBlockCacheLM if fam.cache_per_block else _PrunedCausalLM
         for task in (getattr(keras_hub.models, lm, None) for lm in fam.causal_lms):
             if task is not None:
-                subclass(task, (mixin,), f"keras_hub's {task.__name__} around a PrunedDecoderBackbone.")
+                mixins = (_ScoredThroughBackbone, mixin) if hasattr(task, "score") else (mixin,)
+                subclass(task, mixins, f"keras_hub's {task.__name__} around a PrunedDecoderBackbone.")
         block = hub_class(fam.module, name)
         if block is not None:
             subclass(
