@@ -1,5 +1,5 @@
 """--target size= and latency= on the structural steps (-g head; -g neuron on KerasHub decoders; -g
-hidden; size= on -g transformer): translated by run/target.remove_structure into the parameter fraction
+hidden; -g transformer): translated by run/target.remove_structure into the parameter fraction
 the step fits itself, the final model checked against the request as for channels.
 
 latency= is tested with a fake timer (a constant plus one ms per thousand parameters), so the search
@@ -166,3 +166,29 @@ def test_transformer_size_target_splits_to_the_file(cli, tmp_path):
     assert sum(section["split"].values()) == pytest.approx(1.0)  # the split's own fields kept
     assert section["achieved_bytes"] == out.stat().st_size <= want
     assert keras.saving.load_model(out).count_params() == section["predicted"] < section["dense"]
+
+
+@pytest.mark.slow
+def test_transformer_latency_target_searches_a_split_per_candidate(cli, tmp_path, params_timer):
+    """-g transformer --target latency=: each timed candidate is the step at a parameter fraction, its
+    split searched on --data; the fastest candidate is found even where no split reaches the floors'
+    own count exactly (each share of a smaller removal is smaller), and the run lands in its band."""
+    from test_removal_heads import bert_like
+
+    params_timer()
+    path, data, out, report = tmp_path / "bert.keras", tmp_path / "d.npz", tmp_path / "o.keras", tmp_path / "r.json"
+    model = bert_like(blocks=3, d=32)
+    model.save(path)
+    rng = np.random.default_rng(0)
+    np.savez(data, x=rng.integers(0, 40, (64, 12)).astype("int32"), y=rng.integers(0, 3, 64))
+    result = cli(
+        "prune", path, "-g", "transformer", "--target", "latency=0.6", "--data", data, "-o", out, "-r", report, "-q"
+    )
+    assert result.exit_code == 0, result.output
+    written = json.loads(report.read_text())
+    section, lat = written["target"], written["target"]["latency"]
+    assert section["kind"] == "latency" and section["fitted_as"].startswith("params=")
+    assert 0.6 * (1 - LATENCY_TOLERANCE) <= section["achieved"] <= 0.6 and section["within_tolerance"] is True
+    assert written["transformer_split"]["searched"] and sum(section["split"].values()) == pytest.approx(1.0)
+    assert lat["candidates"][1]["params_fraction"] == min(c["params_fraction"] for c in lat["candidates"])
+    assert keras.saving.load_model(out).count_params() == section["predicted"] < model.count_params()

@@ -83,7 +83,6 @@ def test_every_structural_granularity_has_its_step():
     ("args", "message"),
     [
         ((), "-g transformer spends a budget across heads, FFN units and blocks: give --target"),
-        (("--target", "latency=0.5"), "-g transformer splits --target params=F, flops=F or size= across"),
         (("--target", "params=0.5", "-s", "0.5"), "--target cannot be combined with --sparsity"),
     ],
 )

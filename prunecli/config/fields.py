@@ -265,7 +265,7 @@ class PruneConfig:
         " 2% under it. latency=F or latency=3ms: the forward time at --batch-size (with --export tflite:"
         " TFLite's interpreter at batch 1), measured on this machine (searched, within 5% under). Implies -g"
         " neuron (or give -g head: the heads; -g hidden: the residual width, not flops=; -g transformer: split"
-        " across heads, FFN units and blocks, not latency=) and --shrink.",
+        " across heads, FFN units and blocks) and --shrink.",
         commands=("prune", "plan"),
     )
     round_to: int | None = setting(

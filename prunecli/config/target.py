@@ -8,8 +8,9 @@
 
 A target is a budget the run allocates channels to (selection/budget.py), never a sparsity: it implies
 neuron granularity and --shrink, and ranks channels globally. The run reports what it reached.
-`-g transformer` splits a params= or flops= target across a Transformer's heads, FFN units and whole
-blocks (removal/split.py); it needs a target, and takes no other kind.
+`-g transformer` splits a target across a Transformer's heads, FFN units and whole blocks
+(removal/split.py); it needs one. size= and latency= become a params= fraction (run/target.py), each
+latency candidate with its own split searched.
 """
 
 from __future__ import annotations
@@ -100,17 +101,12 @@ def check_target(c) -> None:
             raise ConfigError(f"round_to must be in [1, {MAX_ROUND_TO}], got {c.round_to}")
     if c.granularity.kind == "transformer" and c.target is None:
         raise ConfigError(
-            "-g transformer spends a budget across heads, FFN units and blocks: give --target params=F, flops=F or"
-            " size="
+            "-g transformer spends a budget across heads, FFN units and blocks: give --target params=F, flops=F,"
+            " size= or latency="
         )
     if c.target is None:
         return
-    spec = parse_target(c.target)
-    if c.granularity.kind == "transformer" and spec.kind == "latency":
-        raise ConfigError(
-            "-g transformer splits --target params=F, flops=F or size= across heads, FFN units and blocks, not"
-            " latency= (each split would be searched and timed)"
-        )
+    parse_target(c.target)  # a malformed target is refused here, before any work
     refused = [
         (c.sparsity is not None, "--sparsity (the target decides how much goes)"),
         (c.threshold is not None, "--threshold (the target decides how much goes)"),

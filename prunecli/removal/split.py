@@ -355,10 +355,12 @@ def search(model, axes: Axes, dense: int, goal: int, data, task, config, progres
             rows.append(_row(choice, dense, goal, low, loss, next_token))
             choices.append(choice)
     measured_rows = [i for i, row in enumerate(rows) if row["reachable"]]
-    if not measured_rows:
-        raise ConfigError(
+    if not measured_rows:  # the least any split leaves: where run/target.py's latency search starts
+        raise units.TargetUnreachable(
             f"--target {config.target} cannot be met by -g transformer: every split leaves more than"
-            f" {goal:,} of {dense:,} (a layer keeps one head and one unit, the model one block)"
+            f" {goal:,} of {dense:,} (a layer keeps one head and one unit, the model one block)",
+            min(row["achieved"] for row in rows),
+            dense,
         )
     within = [i for i in measured_rows if rows[i]["within_tolerance"]] or measured_rows
     best = min(within, key=lambda i: (rows[i]["loss"] or 0.0, i))  # without --data: the one default split

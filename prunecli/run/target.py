@@ -32,6 +32,8 @@ from prunecli.outputs.report import Timings
 from prunecli.results import StepResult
 from prunecli.run import steps
 
+FLOOR_PROBES = 8  # latency= on a structural step: tries at finding the fastest candidate the floors allow
+FLOOR_STEP = 0.02  # ... each retry asking for this much more of the dense model's parameters
 TIMING_REPEATS = 3  # latency=: each model is timed this many times and its least median kept (below)
 SIZE_MARGIN = 0.005  # an HDF5 file's headers move by a few hundred bytes as widths change: size= aims this much under
 KEPT_ATTRS = ("kernel", "pointwise_kernel")  # targets whose units are a layer's output channels
@@ -237,10 +239,19 @@ def _structural_latency(state, spec: TargetSpec, dense: int, progress, latency_m
         return timed[cost]
 
     lowest = 1.0 / dense  # one parameter: below any floor, so the step says what the floors leave
-    try:
-        measure(lowest)
-    except units.TargetUnreachable as floors:
-        lowest = (floors.least + 0.5) / floors.dense  # rounds back to the floors' own count
+    for attempt in range(FLOOR_PROBES):
+        try:
+            measure(lowest)
+            break
+        except units.TargetUnreachable as floors:
+            if attempt == FLOOR_PROBES - 1:
+                raise ConfigError(
+                    f"--target {spec} cannot be searched: the step built no model near what its floors leave"
+                    f" ({floors.least:,} of {floors.dense:,} parameters) to time as the fastest candidate"
+                ) from None
+            # the floors' own count; -g transformer's splits may not reach it exactly (each share of a
+            # smaller removal is smaller), so a repeated refusal moves up FLOOR_STEP of the dense model
+            lowest = max((floors.least + 0.5) / floors.dense, lowest + FLOOR_STEP if attempt else 0.0)
     found = budget.search_latency(
         measure,
         budget.Timed(1.0, dense, dense_ms),
