@@ -203,11 +203,14 @@ def test_cli_reconstruct_neuron_shrink_equals_the_masked_model(cli, cnn_files, t
     check = data["shrink"]["verification"]  # the shrunk model against the masked, refit one
     assert check["inputs"] == "data" and check["max_rel_diff"] <= 1e-4
     assert data["shrink"]["params_after"] < data["shrink"]["params_before"]
-    assert data["batchnorm_recalibrated"]["layers"] == 2
+    assert "batchnorm_recalibrated" not in data  # the refit layers reproduce what the dense statistics describe
     import keras
 
-    shrunk = keras.saving.load_model(out)
+    shrunk, dense = keras.saving.load_model(out), keras.saving.load_model(cnn_files / "cnn.keras")
     assert shrunk.get_layer("c0").kernel.shape[-1] < 16
+    for stat in ("moving_mean", "moving_variance"):  # bn0's kept channels keep the dense statistics, exactly
+        kept = np.asarray(getattr(shrunk.get_layer("bn0"), stat))  # (bn1's absorb what c0's removed units
+        assert np.isin(kept, np.asarray(getattr(dense.get_layer("bn0"), stat))).all(), stat  # left constant)
 
 
 @pytest.mark.slow
