@@ -121,6 +121,45 @@ def test_each_point_starts_from_the_original_weights(mlp_files, mlp_sweep, tmp_p
     assert point.after_pruning["loss"] == pytest.approx(alone.report.metrics["after_pruning"]["loss"], rel=1e-5)
 
 
+@pytest.fixture(scope="module")
+def bn_cnn_files(tmp_path_factory):
+    """A BatchNorm CNN trained a little, and 56 examples: one batch of --batch-size 64, so BatchNorm's
+    re-estimated statistics do not depend on the order a point's pass reads them in."""
+    import keras
+    from keras import layers as L
+
+    folder = tmp_path_factory.mktemp("sweep_bn")
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 70).astype("int32")
+    x = rng.normal(size=(70, 8, 8, 3)).astype("float32") * 0.5
+    x[np.arange(70), :, :, y] += 1.0
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    h = L.ReLU()(L.BatchNormalization(name="bn0")(L.Conv2D(12, 3, padding="same", name="c0")(inp)))
+    h = L.ReLU()(L.BatchNormalization(name="bn1")(L.Conv2D(12, 3, padding="same", name="c1")(h)))
+    model = keras.Model(inp, L.Dense(3, activation="softmax", name="out")(L.GlobalAveragePooling2D()(h)))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=3, batch_size=16, verbose=0)
+    model.save(folder / "cnn.keras")
+    np.savez(folder / "d.npz", x=x, y=y)
+    return {"keras": str(folder / "cnn.keras"), "data": str(folder / "d.npz")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reconstruct", [False, True], ids=["batchnorm", "reconstruct"])
+def test_a_channel_sweep_point_is_what_prune_writes(bn_cnn_files, tmp_path, reconstruct):
+    """-g neuron: each point re-estimates BatchNorm (or refits with --reconstruct) as prune does, and
+    starts from every original weight: the 0.3 point's zeroed followers and re-estimated statistics are
+    gone when the 0.5 point is measured, which then equals a fresh prune at 0.5."""
+    settings = {"granularity": "neuron", "reconstruct": reconstruct, "val_split": 0.2, "batch_size": 64}
+    result = sweep.run(config_for(bn_cnn_files, **settings), sparsities=(0.3, 0.5), per_layer=False)
+    fresh = prune(config_for(bn_cnn_files, sparsity=0.5, output=tmp_path / "p.keras", sizes=False, **settings))
+    report = fresh.report.to_dict()
+    assert ("batchnorm_recalibrated" in report) is not reconstruct and ("calibration" in report) is reconstruct
+    point = next(p for p in result.points if p.sparsity == 0.5)
+    assert point.after_pruning["loss"] == pytest.approx(report["metrics"]["after_pruning"]["loss"], rel=1e-5)
+
+
 def test_outputs_json_csv_markdown_and_a_valid_png(mlp_sweep, tmp_path):
     from matplotlib import image
 

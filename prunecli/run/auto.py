@@ -167,7 +167,7 @@ def plan(config: PruneConfig, progress=None, grid=None, probes: int | None = Non
     if not free:
         raise ConfigError("--auto: every layer's sparsity is fixed by an override; nothing to choose")
     sizes = {n: sum(t.size for t in g) for n, g in groups.items()}
-    snapshot = sweep.Snapshot(state.model, targets, whole_model=False)
+    snapshot = sweep.Snapshot.for_config(state.model, targets, base)
     points = sweep.layer_sensitivity(state, [t for g in free.values() for t in g], grid, base, snapshot, timings, say)
     solo = _solo_costs(points, before, free)
     curves = {n: cost_curve([(sp, cost) for sp, cost, _ in pts]) for n, pts in solo.items()}

@@ -71,13 +71,7 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
             from prunecli.training import distill
 
             dense = teacher if teacher is not None else distill.teacher_copy(state.model)
-        state = state.after(mask_step(state, say, timings))
-        if dense is not None:  # the layers after the removed channels refit to the dense outputs
-            state = state.after(steps.refit_channels(state, dense, say, timings))
-        elif kind == "neuron":  # channels removed: BatchNorm's statistics re-estimated on the pruned model
-            # (not after a refit: the refit layers reproduce the dense outputs the dense statistics
-            # describe, and re-estimating them undid the refit, bench/STRUCTURED.md)
-            state = state.after(steps.recalibrate_batchnorm(state, say, timings))
+        state = steps.prune_oneshot(state, say, timings, mask_step, dense)
     if config.schedule == "oneshot" or removes_at_once:
         state = state.after(steps.evaluate(state, "after_pruning", say, timings))
     if config.epochs > 0 or config.schedule != "oneshot":

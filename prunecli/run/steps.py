@@ -225,6 +225,20 @@ def mask(state: RunState, progress: Progress, timings: Timings) -> StepResult:
     return StepResult(masks=masks, notes=tuple(masks.notes), sections={"selection": {"path": masks.selection_path}})
 
 
+def prune_oneshot(state: RunState, progress: Progress, timings: Timings, mask_step=None, dense_model=None) -> RunState:
+    """The one-shot branch of every run (prune, each sweep and --auto point), so that what a sweep
+    measures is what prune writes: `mask_step` (default `mask`), then after channel masks either the
+    refit of --reconstruct against `dense_model` (the unpruned copy), or BatchNorm's moving statistics
+    re-estimated on the pruned model. Not both: the refit layers reproduce the dense outputs that the
+    dense statistics describe, and re-estimating them undid the refit (bench/STRUCTURED.md)."""
+    state = state.after((mask_step or mask)(state, progress, timings))
+    if dense_model is not None:
+        return state.after(refit_channels(state, dense_model, progress, timings))
+    if state.config.granularity.kind == "neuron":
+        return state.after(recalibrate_batchnorm(state, progress, timings))
+    return state
+
+
 def calibrated_mask(state: RunState, progress: Progress, timings: Timings) -> StepResult:
     """--method wanda/sparsegpt (layer by layer on calibration examples, with SparseGPT's updates) and
     --reconstruct for any method (masks from the policy, then each layer's survivors refit)."""

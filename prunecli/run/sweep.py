@@ -134,7 +134,8 @@ def measured_sparsity(targets) -> float:
 
 
 class Snapshot:
-    """The original weights, restored in place between points (no file reload, no new model)."""
+    """The original weights, restored in place between points (no file reload, no new model): the
+    targets' alone, or every weight when the points change more than the targets (`for_config`)."""
 
     def __init__(self, model, targets, whole_model: bool):
         import numpy as np
@@ -142,6 +143,14 @@ class Snapshot:
         self.model = model
         self.whole = model.get_weights() if whole_model else None
         self.targets = {t.name: (t.variable, np.array(t.variable)) for t in targets}
+
+    @classmethod
+    def for_config(cls, model, targets, config: PruneConfig) -> Snapshot:
+        """Every weight when the points fine-tune, or mask channels: those also zero their followers
+        (biases, BatchNorm entries), fold a removed unit's constant into the next layer and re-estimate
+        BatchNorm's statistics, which restoring only the kernels left behind for the next point."""
+        changes_more = config.epochs > 0 or config.schedule != "oneshot" or config.granularity.kind == "neuron"
+        return cls(model, targets, whole_model=changes_more)
 
     def restore(self) -> None:
         if self.whole is not None:
@@ -156,7 +165,12 @@ def prune_point(state: RunState, config: PruneConfig, targets, timings: Timings)
     (the metrics of each stage, the notes). The same steps as the pipeline's one-shot / gradual branches."""
     state = dataclasses.replace(state.with_config(config), targets=tuple(targets), metrics={}, notes=())
     if config.schedule == "oneshot":
-        state = state.after(steps.mask(state, steps.silent, timings))
+        dense = None
+        if config.granularity.kind == "neuron" and config.reconstruct:  # what the refit layers reproduce
+            from prunecli.training import distill
+
+            dense = distill.teacher_copy(state.model)
+        state = steps.prune_oneshot(state, steps.silent, timings, dense_model=dense)
         state = state.after(steps.evaluate(state, "after_pruning", steps.silent, timings))
     if config.epochs > 0 or config.schedule != "oneshot":
         state = state.after(steps.finetune(state, steps.silent, timings))
@@ -190,7 +204,7 @@ def run(config: PruneConfig, sparsities=DEFAULT_SPARSITIES, per_layer: bool = Tr
     state = open_session(config, say)  # then one line per point, not one per step
     all_targets = list(state.targets)
     finetuning = config.epochs > 0 or config.schedule != "oneshot"
-    snapshot = Snapshot(state.model, all_targets, whole_model=finetuning)
+    snapshot = Snapshot.for_config(state.model, all_targets, config)
     groups = layers_of(all_targets)
     result = SweepResult(
         model=str(config.model_path),
@@ -220,7 +234,8 @@ def run(config: PruneConfig, sparsities=DEFAULT_SPARSITIES, per_layer: bool = Tr
         )
         snapshot.restore()
     if per_layer:
-        snapshot = Snapshot(state.model, all_targets, whole_model=False)
+        solo = config.replace(epochs=0, schedule="oneshot")  # per-layer points do not fine-tune
+        snapshot = Snapshot.for_config(state.model, all_targets, solo)
         result.points += layer_sensitivity(state, all_targets, sparsities, config, snapshot, timings, say)
     if config.shrink or config.export:
         result.notes.append("a sweep measures masked models in memory; --shrink and --export are ignored")
