@@ -251,6 +251,9 @@ def test_causal_lm_keeps_generating_after_groups_and_units_go(tmp_path):
     prompt["padding_mask"][:, :3] = True
     # KerasHub's own cache on the masked model, ours (one slice per block) on the smaller one
     np.testing.assert_array_equal(greedy_tokens(small, prompt), greedy_tokens(lm, prompt))
+    # score() through the rebuilt backbone (blocks with different key/value groups), as KerasHub's on `lm`
+    scored = {"token_ids": inputs()["token_ids"], "padding_mask": inputs()["padding_mask"]}
+    assert_close_rel(small.score(**scored), lm.score(**scored))
     tg, _ = transformer.ffn_only(small, targets_mod.select(small))
     smaller, _, _, _ = ffn.run_ffn(small, tg, step_config("neuron", sparsity=0.5, shrink=True))
     assert [int(b.intermediate_dim) for b in smaller.backbone.transformer_layers] == [FF // 2] * 2
