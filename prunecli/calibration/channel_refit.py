@@ -29,7 +29,7 @@ ThiNet's: an error a layer's refit cannot remove reaches the next layer's refit,
   what views.py cannot see as X @ W: they keep the plain mask, with a note when pruning reached them.
 - A refit that is not finite, or does not lower the layer's output error, is not assigned.
 
-BatchNorm statistics are NOT re-estimated afterwards (run/pipeline.py), as they are after a plain
+BatchNorm statistics are NOT re-estimated afterwards (run/steps.prune_oneshot), as they are after a plain
 channel mask: every layer whose inputs changed is refit to reproduce its dense output, so the dense
 statistics of the BatchNorm after it describe what it now receives, and a layer the refit skips is
 compensated by the next refit layer, which was fitted with those statistics in place. Re-estimating
