@@ -79,6 +79,27 @@ def test_near_identity_block_is_removed_first_and_outputs_barely_change(residual
     assert report["flops"]["after"] == report["flops"]["before"] - (16 * 32 + 32 * 16)
 
 
+def test_probe_scores_fed_a_few_stand_ins_at_a_time_equal_one_pass(residual, monkeypatch):
+    """Without labelled data the candidates are scored on 64 stand-ins fed in chunks that fit
+    MAX_PROBE_ELEMENTS input values: chunks of one give the scores of one pass over all 64."""
+    import keras
+
+    from prunecli.structure import equivalence
+
+    model = keras.saving.load_model(residual["model"])
+    whole, _ = layer_pruning.analyse(model)
+    layer_pruning._scores_by_probe(model, whole, seed=0)
+    monkeypatch.setattr(equivalence, "MAX_PROBE_ELEMENTS", 1)  # one stand-in per call
+    calls = []
+    real_call = keras.Model.__call__
+    monkeypatch.setattr(keras.Model, "__call__", lambda self, *a, **k: calls.append(1) or real_call(self, *a, **k))
+    chunked, _ = layer_pruning.analyse(model)
+    layer_pruning._scores_by_probe(model, chunked, seed=0)
+    assert len(calls) >= layer_pruning.PROBE_EXAMPLES
+    assert [c.name for c in chunked] == [c.name for c in whole]
+    np.testing.assert_allclose([c.score for c in chunked], [c.score for c in whole], rtol=1e-9)
+
+
 def test_report_says_why_each_layer_is_or_is_not_a_candidate(residual):
     report = _run(residual, remove_layers=1).report.to_dict()
     rows = {r["layer"]: r for r in report["layer_pruning"]["layers"]}

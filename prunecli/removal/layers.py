@@ -28,6 +28,7 @@ from prunecli.structure.rebuild import detach, functional_graph, ordered_nodes, 
 from prunecli.training.metrics import loss_callable, mean_loss
 
 DEFAULT_SCORE_BATCHES = 32
+PROBE_EXAMPLES = 64  # seeded stand-ins the candidates are scored on without labelled --data
 
 
 # ---- candidates ----
@@ -249,17 +250,28 @@ def batches(dataset, limit: int | None) -> list:
 
 
 def _scores_by_probe(model, candidates: list[Candidate], seed: int) -> None:
+    """Each candidate's relative change |after - before| / |before| over PROBE_EXAMPLES seeded stand-ins,
+    fed a few at a time (structure/equivalence.fitting_batch): all 64 at once through a 21M-parameter
+    Xception on 254x254 images, every candidate's tensors watched, peaked at 12.8 GB."""
     import keras
     import numpy as np
 
+    from prunecli.structure import equivalence
+
     host = _graph_host(model)
     graph = functional_graph(host)
-    watched = [t for c in candidates for t in c.tensors]
-    values = keras.Model(list(graph.inputs), watched)(probes.seeded_inputs(host, 64, seed), training=False)
-    values = [np.asarray(v, dtype=np.float64) for v in values]
-    for i, c in enumerate(candidates):
-        before, after = values[2 * i], values[2 * i + 1]
-        c.score = float(np.linalg.norm(after - before) / (np.linalg.norm(before) + 1e-12))
+    watched = keras.Model(list(graph.inputs), [t for c in candidates for t in c.tensors])
+    inputs = probes.seeded_inputs(host, PROBE_EXAMPLES, seed)
+    step = equivalence.fitting_batch(host, PROBE_EXAMPLES)
+    changed, base = np.zeros(len(candidates)), np.zeros(len(candidates))  # sums of squares over the chunks
+    for start in range(0, PROBE_EXAMPLES, step):
+        values = watched([v[start : start + step] for v in inputs], training=False)
+        for i in range(len(candidates)):
+            before, after = (np.asarray(values[2 * i + j], dtype=np.float64) for j in (0, 1))
+            changed[i] += float(np.sum((after - before) ** 2))
+            base[i] += float(np.sum(before**2))
+    for c, moved, size in zip(candidates, changed, base, strict=True):
+        c.score = float(np.sqrt(moved) / (np.sqrt(size) + 1e-12))
 
 
 def score(model, data, task, config, progress, candidates: list[Candidate]) -> str:
