@@ -39,6 +39,20 @@ def test_mean_loss_weights_each_example_once_traced_or_not(sizes):
     assert metrics.mean_loss(model, batches, loss) == pytest.approx(_by_hand(model, batches), rel=1e-5)
 
 
+def test_a_single_large_batch_is_traced(monkeypatch):
+    """Few batches run eagerly (tracing would not pay) unless a batch holds more input values than
+    MAX_PROBE_ELEMENTS: then memory decides, and the step is traced; the loss is the same."""
+    from prunecli.structure import equivalence
+
+    model, batches = _model_and_batches((7,))
+    loss = metrics.loss_callable(keras.losses.SparseCategoricalCrossentropy(from_logits=True), "test")
+    assert not hasattr(metrics.loss_step(model, loss, batches), "get_concrete_function")
+    monkeypatch.setattr(equivalence, "MAX_PROBE_ELEMENTS", 7 * 5 - 1)  # one value fewer than the batch holds
+    step = metrics.loss_step(model, loss, batches)
+    assert hasattr(step, "get_concrete_function")
+    assert metrics.mean_loss(model, batches, loss, step) == pytest.approx(_by_hand(model, batches), rel=1e-5)
+
+
 def test_a_kept_step_reads_the_weights_as_they_are_now():
     """A model masked in place between measurements (-g transformer's splits) keeps one traced step."""
     model, batches = _model_and_batches((8, 8, 8, 8))

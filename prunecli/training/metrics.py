@@ -69,19 +69,27 @@ def loss_callable(loss, purpose: str):
 
 
 # Tracing a forward pass costs about what four eager calls do (a 4-block KerasHub decoder, 32 x 128
-# tokens: 2.1 s against 0.59 s each); a traced call then runs 2.8x faster. Fewer batches run eagerly.
+# tokens: 2.1 s against 0.59 s each); a traced call then runs 2.8x faster. Fewer batches run eagerly,
+# unless a batch is large: eagerly, one batch of 64 254x254 images through a 21M-parameter Xception
+# peaked at 12.8 GB, traced at about 2.5 GB.
 TRACE_FROM_BATCHES = 4
 
 
 def loss_step(model, loss, batches: list):
     """fn(x, y) -> the batch's mean loss on `model`, traced when there are enough batches to repay the
-    trace. A model masked in place between measurements keeps its step: variables are read at each call."""
+    trace, or when a batch holds more than MAX_PROBE_ELEMENTS input values (memory, not time). A model
+    masked in place between measurements keeps its step: variables are read at each call."""
+    import numpy as np
     import tensorflow as tf
+
+    from prunecli.structure.equivalence import MAX_PROBE_ELEMENTS
 
     def step(x, y):
         return loss(y, model(x, training=False))
 
-    return tf.function(step, reduce_retracing=True) if len(batches) >= TRACE_FROM_BATCHES else step
+    values = max((sum(int(np.prod(t.shape)) for t in tf.nest.flatten(x)) for x, _y in batches), default=0)
+    traced = len(batches) >= TRACE_FROM_BATCHES or values > MAX_PROBE_ELEMENTS
+    return tf.function(step, reduce_retracing=True) if traced else step
 
 
 def mean_loss(model, batches: list, loss, step=None) -> float:
