@@ -95,6 +95,31 @@ def step_config(granularity: str, **values):
     return build_config({"model_path": "m.keras", "granularity": granularity, **values}, environ={})
 
 
+def write_bn_cnn(folder, n: int = 600, side: int = 10):
+    """A BatchNorm CNN (c0 -> bn0 -> c1 -> bn1 -> pooling -> fc -> out) trained a little on `n` examples
+    of a separable task (class = the channel with an offset), saved as folder/cnn.keras with its data as
+    folder/d.npz; returns `folder`."""
+    import keras
+    import numpy as np
+    from keras import layers as L
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, n).astype("int32")
+    x = rng.normal(size=(n, side, side, 3)).astype("float32") * 0.5
+    x[np.arange(n), :, :, y] += 1.0
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((side, side, 3))
+    h = L.ReLU()(L.BatchNormalization(name="bn0")(L.Conv2D(16, 3, padding="same", use_bias=False, name="c0")(inp)))
+    h = L.ReLU()(L.BatchNormalization(name="bn1")(L.Conv2D(16, 3, padding="same", use_bias=False, name="c1")(h)))
+    h = L.Dense(16, activation="relu", name="fc")(L.GlobalAveragePooling2D()(h))
+    model = keras.Model(inp, L.Dense(3, activation="softmax", name="out")(h))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=2, batch_size=64, verbose=0)
+    model.save(folder / "cnn.keras")
+    np.savez(folder / "d.npz", x=x, y=y)
+    return folder
+
+
 def token_inputs(vocab: int, n: int = 3, seq: int = 10, seed: int = 0) -> dict:
     """A KerasHub decoder's inputs: seeded token ids in [1, vocab) and a padding mask whose first row ends
     in three padding positions, masked as KerasHub masks them."""

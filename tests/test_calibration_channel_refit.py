@@ -163,30 +163,9 @@ def test_a_layer_whose_output_units_go_keeps_them_removed_and_its_bias_zero():
 @pytest.fixture(scope="module")
 def cnn_files(tmp_path_factory):
     """A BN CNN trained a little on a separable task, and its data."""
-    import keras
-    from keras import layers as L
+    from conftest import write_bn_cnn
 
-    folder = tmp_path_factory.mktemp("channel_refit")
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 3, 600).astype("int32")
-    x = rng.normal(size=(600, 10, 10, 3)).astype("float32") * 0.5
-    x[np.arange(600), :, :, y] += 1.0
-    keras.utils.set_random_seed(0)
-    inp = keras.Input((10, 10, 3))
-    h = L.Conv2D(16, 3, padding="same", use_bias=False, name="c0")(inp)
-    h = L.BatchNormalization(name="bn0")(h)
-    h = L.ReLU()(h)
-    h = L.Conv2D(16, 3, padding="same", use_bias=False, name="c1")(h)
-    h = L.BatchNormalization(name="bn1")(h)
-    h = L.ReLU()(h)
-    h = L.GlobalAveragePooling2D()(h)
-    h = L.Dense(16, activation="relu", name="fc")(h)
-    model = keras.Model(inp, L.Dense(3, activation="softmax", name="out")(h))
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x, y, epochs=2, batch_size=64, verbose=0)
-    model.save(folder / "cnn.keras")
-    np.savez(folder / "d.npz", x=x, y=y)
-    return folder
+    return write_bn_cnn(tmp_path_factory.mktemp("channel_refit"))
 
 
 @pytest.mark.slow

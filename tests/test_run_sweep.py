@@ -123,25 +123,11 @@ def test_each_point_starts_from_the_original_weights(mlp_files, mlp_sweep, tmp_p
 
 @pytest.fixture(scope="module")
 def bn_cnn_files(tmp_path_factory):
-    """A BatchNorm CNN trained a little, and 56 examples: one batch of --batch-size 64, so BatchNorm's
+    """A BatchNorm CNN and 70 examples, 56 to train on: one batch of --batch-size 64, so BatchNorm's
     re-estimated statistics do not depend on the order a point's pass reads them in."""
-    import keras
-    from keras import layers as L
+    from conftest import write_bn_cnn
 
-    folder = tmp_path_factory.mktemp("sweep_bn")
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 3, 70).astype("int32")
-    x = rng.normal(size=(70, 8, 8, 3)).astype("float32") * 0.5
-    x[np.arange(70), :, :, y] += 1.0
-    keras.utils.set_random_seed(0)
-    inp = keras.Input((8, 8, 3))
-    h = L.ReLU()(L.BatchNormalization(name="bn0")(L.Conv2D(12, 3, padding="same", name="c0")(inp)))
-    h = L.ReLU()(L.BatchNormalization(name="bn1")(L.Conv2D(12, 3, padding="same", name="c1")(h)))
-    model = keras.Model(inp, L.Dense(3, activation="softmax", name="out")(L.GlobalAveragePooling2D()(h)))
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x, y, epochs=3, batch_size=16, verbose=0)
-    model.save(folder / "cnn.keras")
-    np.savez(folder / "d.npz", x=x, y=y)
+    folder = write_bn_cnn(tmp_path_factory.mktemp("sweep_bn"), n=70, side=8)
     return {"keras": str(folder / "cnn.keras"), "data": str(folder / "d.npz")}
 
 

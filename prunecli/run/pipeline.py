@@ -66,12 +66,7 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
         state = state.after(remove_step(state, say, timings))
     elif config.schedule == "oneshot":
         mask_step = target.mask if config.target else steps.mask  # --target: channels allocated to fit
-        dense = None
-        if kind == "neuron" and config.reconstruct:  # the dense model each refit layer reproduces
-            from prunecli.training import distill
-
-            dense = teacher if teacher is not None else distill.teacher_copy(state.model)
-        state = steps.prune_oneshot(state, say, timings, mask_step, dense)
+        state = steps.prune_oneshot(state, say, timings, mask_step, dense_model=teacher)
     if config.schedule == "oneshot" or removes_at_once:
         state = state.after(steps.evaluate(state, "after_pruning", say, timings))
     if config.epochs > 0 or config.schedule != "oneshot":

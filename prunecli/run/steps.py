@@ -228,13 +228,20 @@ def mask(state: RunState, progress: Progress, timings: Timings) -> StepResult:
 def prune_oneshot(state: RunState, progress: Progress, timings: Timings, mask_step=None, dense_model=None) -> RunState:
     """The one-shot branch of every run (prune, each sweep and --auto point), so that what a sweep
     measures is what prune writes: `mask_step` (default `mask`), then after channel masks either the
-    refit of --reconstruct against `dense_model` (the unpruned copy), or BatchNorm's moving statistics
+    refit of --reconstruct against the unpruned model (`dense_model` where the run already holds one,
+    the --distill teacher; else copied here before masking), or BatchNorm's moving statistics
     re-estimated on the pruned model. Not both: the refit layers reproduce the dense outputs that the
     dense statistics describe, and re-estimating them undid the refit (bench/STRUCTURED.md)."""
+    channels = state.config.granularity.kind == "neuron"
+    refit = channels and state.config.reconstruct
+    if refit and dense_model is None:
+        from prunecli.training import distill
+
+        dense_model = distill.teacher_copy(state.model)
     state = state.after((mask_step or mask)(state, progress, timings))
-    if dense_model is not None:
+    if refit:
         return state.after(refit_channels(state, dense_model, progress, timings))
-    if state.config.granularity.kind == "neuron":
+    if channels:
         return state.after(recalibrate_batchnorm(state, progress, timings))
     return state
 

@@ -165,12 +165,7 @@ def prune_point(state: RunState, config: PruneConfig, targets, timings: Timings)
     (the metrics of each stage, the notes). The same steps as the pipeline's one-shot / gradual branches."""
     state = dataclasses.replace(state.with_config(config), targets=tuple(targets), metrics={}, notes=())
     if config.schedule == "oneshot":
-        dense = None
-        if config.granularity.kind == "neuron" and config.reconstruct:  # what the refit layers reproduce
-            from prunecli.training import distill
-
-            dense = distill.teacher_copy(state.model)
-        state = steps.prune_oneshot(state, steps.silent, timings, dense_model=dense)
+        state = steps.prune_oneshot(state, steps.silent, timings)
         state = state.after(steps.evaluate(state, "after_pruning", steps.silent, timings))
     if config.epochs > 0 or config.schedule != "oneshot":
         state = state.after(steps.finetune(state, steps.silent, timings))
