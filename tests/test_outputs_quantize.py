@@ -1,8 +1,8 @@
 """--quantize int8|int4|float8: Keras 3's own quantized layers, with every pruned weight still exactly 0.
 
-The saved file is read back here independently of prunecli/outputs/quantize.py: each quantized Dense
-kernel is dequantized from its stored codes, scales and zero points, and its pruned positions (the
-run's masks) must be exactly 0.0.
+The saved file is read back here independently of prunecli/outputs/quantize.py: each quantized kernel
+(Dense; for int8 also prunecli's int8 convolutions) is dequantized from its stored codes, scales and zero
+points, and its pruned positions (the run's masks) must be exactly 0.0.
 """
 
 from __future__ import annotations
@@ -52,12 +52,13 @@ def _dequantized_kernel(layer) -> np.ndarray:
         return np.asarray(
             quantizers.quantize_and_dequantize(layer.kernel, layer.kernel_scale, "float8_e4m3fn", "float32")
         )
-    codes = np.asarray(layer.kernel).astype(np.int32)  # int4: Keras unpacks the nibbles, shape (in, out)
+    stored = layer.kernel_codes if hasattr(layer, "kernel_codes") else layer.kernel  # Int8Conv: .kernel is float
+    codes = np.asarray(stored).astype(np.int32)  # int4: Keras unpacks the nibbles, shape (in, out)
     scale = np.asarray(layer.kernel_scale, dtype=np.float64)
     if hasattr(layer, "kernel_zero"):  # grouped int4: (q - z[g]) * s[g]
         groups = np.asarray(layer.g_idx).astype(int)
         return (codes - np.asarray(layer.kernel_zero).astype(np.int32)[groups]) * scale[groups]
-    return codes / scale  # symmetric: q / s per output column
+    return codes / scale  # symmetric: q / s per output channel (the last axis)
 
 
 @pytest.mark.parametrize(
@@ -78,23 +79,28 @@ def test_pruned_weights_stay_exactly_zero_after_quantization(conv_dense, tmp_pat
     result = prune(build_config({**settings, **amount, "quantize": mode, "output": str(out), "quiet": True}))
     section = result.report.extra["quantize"]
 
-    assert [e["layer"] for e in section["layers_quantized"]] == ["dense1", "out"]
-    assert section["left_float"] == [{"layer": "conv", "class": "Conv2D", "why": section["left_float"][0]["why"]}]
-    assert "no quantized Conv2D" in section["left_float"][0]["why"]
+    quantized = ["conv", "dense1", "out"] if mode == "int8" else ["dense1", "out"]  # convolutions: int8 only
+    assert [e["layer"] for e in section["layers_quantized"]] == quantized
+    if mode == "int8":
+        assert section["left_float"] == []
+        assert any("Int8Conv" in note for note in result.report.notes)
+    else:
+        assert section["left_float"] == [{"layer": "conv", "class": "Conv2D", "why": section["left_float"][0]["why"]}]
+        assert "int8 only" in section["left_float"][0]["why"]
     zeros = section["zeros"]
     assert zeros["pruned_nonzero"] == 0
     assert zeros["kept_zero"] == zeros["pruned_weights"] > 0
 
     # the saved file, read back without prunecli: every pruned weight dequantizes to exactly 0.0
     saved = keras.saving.load_model(out)
-    for name in ("dense1", "out"):
+    for name in quantized:
         layer = saved.get_layer(name)
         assert layer.quantization_mode == mode
         if mode != "float8":
             assert "int8" in {str(w.dtype) for w in layer.weights}  # codes stored as int8 (int4: two per byte)
         pruned = ~np.asarray(result.masks.masks[f"{name}/kernel"], dtype=bool)
         weights = _dequantized_kernel(layer)
-        assert pruned.sum() > 0
+        assert pruned.sum() > 0 or (name == "conv" and "granularity" in amount)  # 2:4 keeps a 1-channel conv
         assert np.count_nonzero(weights[pruned]) == 0, f"{name}: pruned weights moved away from zero"
 
     # outputs within the stated tolerance of the float pruned model, and the file computes the same
@@ -124,22 +130,60 @@ def test_a_zero_the_scheme_would_move_stops_the_run_and_nothing_is_saved(conv_de
     monkeypatch.setattr(quantize, "_read_back", moved_one)
     out = tmp_path / "never.keras"
     config = build_config({"model_path": str(conv_dense / "model.keras"), "quantize": "int8", "output": str(out)})
-    with pytest.raises(quantize.QuantizeVerificationError, match=r"moved 1 pruned weight\(s\) of layer dense1"):
+    with pytest.raises(quantize.QuantizeVerificationError, match=r"moved 1 pruned weight\(s\) of layer conv"):
         prune(config)
     assert not out.exists()
 
 
-def test_a_model_keras_cannot_quantize_is_a_one_line_error(cli, tmp_path):
+def test_a_model_no_mode_can_quantize_is_a_one_line_error(cli, tmp_path):
     import keras
 
     model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="only_conv")])
     model.save(tmp_path / "conv.keras")
     out = tmp_path / "out.keras"
-    result = cli("prune", tmp_path / "conv.keras", "--quantize", "int8", "-o", out, "-q")
+    result = cli("prune", tmp_path / "conv.keras", "--quantize", "int4", "-o", out, "-q")
     assert result.exit_code == 2
     assert result.stderr.strip().count("\n") == 0
     assert "no layer of this model can be quantized" in result.stderr and "Conv2D" in result.stderr
     assert not out.exists()
+
+
+def test_int8_convolutions_store_int8_codes_and_reload_exactly(tmp_path):
+    """Conv1D, Conv2D and Conv3D (Keras 3.15 quantizes none of them) become prunecli's Int8Conv layers:
+    the file holds int8 codes and is smaller, the reloaded model computes what the quantized one did, each
+    kernel is within half a grid step of the float one, and a channel-first Conv2D keeps its layout."""
+    import keras
+
+    from prunecli.structure import int8_conv
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((12, 12, 12, 2))
+    x = keras.layers.Conv3D(4, 3, name="c3")(inputs)  # (10, 10, 10, 4)
+    x = keras.layers.Reshape((100, 40))(x)
+    x = keras.layers.Conv1D(8, 3, activation="relu", name="c1")(x)  # (98, 8)
+    x = keras.layers.Reshape((8, 98, 1))(x)
+    x = keras.layers.Conv2D(6, 3, data_format="channels_first", name="c2")(keras.layers.Permute((3, 1, 2))(x))
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D(data_format="channels_first")(x))
+    floats = {name: np.asarray(model.get_layer(name).kernel) for name in ("c1", "c2", "c3")}
+    model.save(tmp_path / "float.keras")
+    data = np.random.default_rng(0).standard_normal((4, 12, 12, 12, 2)).astype("float32")
+    reference = np.asarray(model(data))
+    for name in floats:
+        int8_conv.make_quantizable(model.get_layer(name))
+    np.testing.assert_array_equal(np.asarray(model(data)), reference)  # only methods were added
+    model.quantize("int8")
+    quantized = np.asarray(model(data))
+    assert 0 < np.abs(quantized - reference).max() <= 0.05 * np.abs(reference).max()
+    model.save(tmp_path / "int8.keras")
+    assert (tmp_path / "int8.keras").stat().st_size < (tmp_path / "float.keras").stat().st_size
+    again = keras.saving.load_model(tmp_path / "int8.keras")
+    np.testing.assert_array_equal(np.asarray(again(data)), quantized)
+    for name, kernel in floats.items():
+        layer = again.get_layer(name)
+        assert type(layer).__name__ == f"Int8Conv{name[1]}D" and layer.quantization_mode == "int8"
+        assert layer.kernel_codes.dtype == "int8"
+        step = np.abs(kernel).reshape(-1, kernel.shape[-1]).max(axis=0) / 127
+        assert np.all(np.abs(np.asarray(layer.kernel) - kernel) <= step / 2 + 1e-6)
 
 
 @pytest.mark.parametrize(

@@ -46,7 +46,7 @@ def test_int8_fake_quantisation_computes_what_keras_quantized_layers_compute():
     kernel[np.abs(kernel) < 0.1] = 0.0  # pruned
     model.get_layer("dense").kernel.assign(kernel)
     x = np.random.default_rng(0).standard_normal((32, 40)).astype("float32")
-    fake = fake_quant.FakeQuant(fake_quant.quantizable_layers(model), "int8")
+    fake = fake_quant.FakeQuant(fake_quant.quantizable_layers(model, "int8"), "int8")
     assert [layer.name for layer in fake.layers] == ["dense", "einsum"]
     with fake.active():
         faked = np.asarray(model(x))
@@ -56,6 +56,36 @@ def test_int8_fake_quantisation_computes_what_keras_quantized_layers_compute():
     quantized = np.asarray(model(x))
     assert np.abs(floating - quantized).max() > 1e-3  # quantisation does change the outputs...
     np.testing.assert_allclose(faked, quantized, atol=1e-5)  # ...exactly as the fake quantisation did
+
+
+def test_int8_fake_quantised_convolutions_compute_what_the_int8_convolutions_compute():
+    import keras
+
+    from prunecli.structure import int8_conv
+    from prunecli.training import fake_quant
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((10, 10, 3)),
+            keras.layers.Conv2D(5, 3, activation="relu", name="conv2d"),
+            keras.layers.Reshape((64, 5)),
+            keras.layers.Conv1D(4, 2, name="conv1d"),
+        ]
+    )
+    x = np.random.default_rng(0).standard_normal((8, 10, 10, 3)).astype("float32")
+    fake = fake_quant.FakeQuant(fake_quant.quantizable_layers(model, "int8"), "int8")
+    assert [layer.name for layer in fake.layers] == ["conv2d", "conv1d"]
+    assert fake_quant.quantizable_layers(model, "int4") == []  # convolutions: int8 only
+    with fake.active():
+        faked = np.asarray(model(x))
+    floating = np.asarray(model(x))
+    for layer in fake.layers:
+        int8_conv.make_quantizable(layer)
+    model.quantize("int8")
+    quantized = np.asarray(model(x))
+    assert np.abs(floating - quantized).max() > 1e-4
+    np.testing.assert_allclose(faked, quantized, atol=1e-5)
 
 
 def test_int4_fake_weights_are_keras_int4_weights_inside_a_compiled_function():

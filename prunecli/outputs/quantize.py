@@ -14,8 +14,9 @@ Why the zeros survive (Keras 3.15, keras/src/quantizers/quantizers.py and layers
 
 Rather than trusting this, each quantized kernel is read back (its integer codes and zero points, or the
 float8 round trip) and compared with the masks: a pruned weight that is not exactly zero stops the run
-before anything is written. Keras 3.15 quantizes Dense and EinsumDense (and embeddings) only; every
-other layer, convolutions included, stays float and the section says why.
+before anything is written. Keras 3.15 quantizes Dense and EinsumDense (and embeddings) only; for int8,
+Conv1D/2D/3D are quantized too, by prunecli's own int8 convolutions on the same grid
+(structure/int8_conv.py, weight-only); every other layer stays float and the section says why.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from pathlib import Path
 
 from prunecli.errors import ConfigError, ExitCode, PruneCliError, first_line
 from prunecli.results import StepResult
-from prunecli.training.fake_quant import QUANTIZED_CLASSES, already_quantized, has_lora
+from prunecli.structure import int8_conv
+from prunecli.training.fake_quant import QUANTIZED_CLASSES, already_quantized, has_lora, quantized_kinds
 
 SAMPLES = 256  # inputs the quantized model is compared on with the float pruned model
 SCHEMES = {
-    "int8": "int8 weights, per-output-channel symmetric abs-max; inputs quantized per row at run time",
+    "int8": "int8 weights, per-output-channel symmetric abs-max; Dense/EinsumDense inputs quantized per row at "
+    "run time; Conv1D/2D/3D weight-only (prunecli's Int8Conv layers, float inputs)",
     "int4": "int4 weights (2 per byte), groups of 128 input rows, asymmetric with integer zero points; float inputs",
     "float8": "float8_e4m3fn weights and inputs with delayed scaling at run time; float32 kernels in the file",
 }
@@ -48,11 +51,11 @@ def run(model, targets, masks, data, task, config, float_metrics, progress, timi
     outputs and a save/reload round trip, and return the report's `quantize` section."""
 
     mode = config.quantize
-    chosen, left_float = _choose_layers(model, targets)
+    chosen, left_float = _choose_layers(model, targets, mode)
     if not chosen:
         raise ConfigError(
-            f"--quantize {mode}: no layer of this model can be quantized by Keras "
-            f"(it quantizes {' and '.join(QUANTIZED_CLASSES)} layers; this model's prunable layers are "
+            f"--quantize {mode}: no layer of this model can be quantized "
+            f"({mode} takes {quantized_kinds(mode)} layers; this model's prunable layers are "
             f"{', '.join(sorted({e['class'] for e in left_float})) or 'none'})"
         )
     pruned = _pruned_positions(chosen, targets, masks)
@@ -99,6 +102,12 @@ def run(model, targets, masks, data, task, config, float_metrics, progress, timi
         notes.append(
             f"--quantize {mode}: {len(left_float)} prunable layer(s) left float ({names}): see quantize.left_float"
         )
+    convs = [e["layer"] for e in layers if e["class"] in {c.__name__ for c in int8_conv.INT8_CLASSES.values()}]
+    if convs:
+        notes.append(
+            f"--quantize int8: {len(convs)} convolution(s) saved as prunecli's Int8Conv layers: load the file "
+            "with keras.saving.load_model after `import prunecli.structure.int8_conv`"
+        )
     if mode == "float8":
         notes.append("--quantize float8 keeps float32 kernels in the file (cast to float8 at run time): no size saving")
     return StepResult(sections={"quantize": section}, notes=tuple(notes), model=model)
@@ -122,16 +131,16 @@ def _zeros(layers: list[dict]) -> dict:
 # ------------------------------------------------------------------ which layers
 
 
-def _choose_layers(model, targets) -> tuple[list, list[dict]]:
-    """The layers Keras will quantize and prunecli can read back (Keras' own Dense and EinsumDense, not
-    subclasses, not already quantized, without LoRA: the layers QAT fine-tunes through), and, for every
-    other layer holding a prunable weight, why it stays float."""
+def _choose_layers(model, targets, mode: str) -> tuple[list, list[dict]]:
+    """The layers `mode` quantizes and prunecli can read back (Keras' own Dense and EinsumDense, for int8
+    also Conv1D/2D/3D; not subclasses, not already quantized, without LoRA: the layers QAT fine-tunes
+    through), and, for every other layer holding a prunable weight, why it stays float."""
     import keras
 
     from prunecli.training.fake_quant import quantizable_layers
 
     classes = tuple(getattr(keras.layers, name) for name in QUANTIZED_CLASSES)
-    chosen = quantizable_layers(model)
+    chosen = quantizable_layers(model, mode)
     seen = {id(layer) for layer in chosen}
     left, listed = [], set()
     for t in targets:
@@ -139,13 +148,15 @@ def _choose_layers(model, targets) -> tuple[list, list[dict]]:
         if layer is None or id(layer) in seen or id(layer) in listed:
             continue
         listed.add(id(layer))
-        left.append({"layer": t.layer_name, "class": t.layer_class, "why": _why_float(layer, classes)})
+        left.append({"layer": t.layer_name, "class": t.layer_class, "why": _why_float(layer, classes, mode)})
     return chosen, left
 
 
-def _why_float(layer, classes) -> str:
+def _why_float(layer, classes, mode: str) -> str:
     import keras
 
+    if type(layer) in int8_conv.INT8_CLASSES and mode != "int8":
+        return f"prunecli quantizes convolutions to int8 only (Keras {keras.__version__} has no quantized one)"
     if isinstance(layer, classes):
         return f"a subclass of {type(layer).__mro__[1].__name__}: Keras quantizes only its own classes"
     if already_quantized(layer):
@@ -154,7 +165,10 @@ def _why_float(layer, classes) -> str:
         return "has LoRA weights"
     if isinstance(layer, keras.layers.Embedding):
         return "Keras can quantize embeddings, but prunecli does not read their codes back yet"
-    return f"Keras {keras.__version__} has no quantized {type(layer).__name__}"
+    return (
+        f"Keras {keras.__version__} has no quantized {type(layer).__name__} "
+        "(prunecli's int8 convolutions cover Conv1D/2D/3D only)"
+    )
 
 
 def _pruned_positions(chosen: list, targets, masks) -> dict[int, object]:
@@ -181,6 +195,9 @@ def _pruned_positions(chosen: list, targets, masks) -> dict[int, object]:
 
 def _quantize(model, mode: str, chosen: list) -> None:
     wanted = {id(layer) for layer in chosen}
+    for layer in chosen:
+        if int8_conv.quantizable(layer):  # Keras' float convolution gains the int8 `quantize` Model.quantize calls
+            int8_conv.make_quantizable(layer)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Layer X does not have a quantize method", numpy copy= notices
@@ -226,7 +243,8 @@ def _read_back(layer, mode: str, float_kernel):
         scale = np.asarray(layer.kernel_scale, dtype=np.float32)
         back = np.asarray(quantizers.quantize_and_dequantize(kernel, scale, "float8_e4m3fn", "float32"))
         return back, back == 0
-    codes = np.asarray(layer.kernel).astype(np.int32)
+    conv = int8_conv.is_int8_conv(layer)
+    codes = np.asarray(layer.kernel_codes if conv else layer.kernel).astype(np.int32)
     scale = np.asarray(layer.kernel_scale, dtype=np.float32)
     if not np.all(np.isfinite(scale)) or not np.all(scale != 0):
         raise QuantizeVerificationError(f"layer {layer.name}: Keras wrote a zero or non-finite quantization scale")
@@ -241,7 +259,7 @@ def _read_back(layer, mode: str, float_kernel):
 
     is_zero = codes == 0
     columns = scale.size
-    if isinstance(layer, keras.layers.Dense) or mode == "int4":  # codes / s per output column
+    if isinstance(layer, keras.layers.Dense) or conv or mode == "int4":  # codes / s per output column (last axis)
         if codes.size % columns == 0:
             return (codes.reshape(-1, columns) / scale.reshape(columns)).reshape(codes.shape), is_zero
     return None, is_zero  # EinsumDense int8: scales are laid out for the output; zeros read from the codes

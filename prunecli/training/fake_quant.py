@@ -1,5 +1,5 @@
-"""Quantisation-aware fine-tuning: the Dense/EinsumDense layers that `--quantize` will hand to Keras'
-`Model.quantize` compute, inside the compiled masked step, with the weights (and inputs) Keras will
+"""Quantisation-aware fine-tuning: the layers that `--quantize` will hand to `Model.quantize` (Keras'
+Dense/EinsumDense, and for int8 the convolutions structure/int8_conv.py quantizes) compute, inside the compiled masked step, with the weights (and inputs) Keras will
 use after quantisation, so fine-tuning learns the quantisation error.
 
 What Keras 3.15 offers, and what is used here: there is no int8/int4 QAT in Keras 3.15 (its quantized
@@ -14,6 +14,8 @@ the gradient straight through (`w + stop_gradient(dequant(quant(w)) - w)`):
   EinsumDense: Keras' `_kernel_reduced_axes`), `q = round(w * 127 / (max|w| + eps))`, read as `q / s`.
 - int8 inputs: as Keras' int8 layers do at run time, per row (Dense: the last axis; EinsumDense:
   Keras' `_input_reduced_axes`), symmetric abs-max, straight-through like Keras' own input gradient.
+- int8 convolutions (Conv1D/2D/3D, prunecli's own int8 layers: structure/int8_conv.py): the kernel per
+  output channel over every other axis, on the same grid; inputs stay float (those layers are weight-only).
 - int4 (Dense only): Keras' default `Int4QuantizationConfig`, groups of 128 input rows, asymmetric
   with an integer zero point; inputs stay float (Keras' int4 is weight-only).
 
@@ -37,19 +39,27 @@ QUANTIZED_CLASSES = ("Dense", "EinsumDense")  # the Keras classes Model.quantize
 INT4_BLOCK = 128  # Keras 3.15's Int4QuantizationConfig default block_size
 
 
-def quantizable_layers(model) -> list:
-    """The layers Keras will quantize and prunecli can read back: Keras' own Dense and EinsumDense (not
-    subclasses), built, not already quantized, without LoRA."""
+def quantizable_layers(model, mode: str) -> list:
+    """The layers `--quantize mode` quantizes and prunecli can read back: Keras' own Dense and
+    EinsumDense (not subclasses) and, for int8, Keras' Conv1D/2D/3D (prunecli's int8 convolutions,
+    structure/int8_conv.py); built, not already quantized, without LoRA."""
     import keras
 
-    from prunecli.structure import keras_graph
+    from prunecli.structure import int8_conv, keras_graph
 
     classes = tuple(getattr(keras.layers, name) for name in QUANTIZED_CLASSES)
     return [
         layer
         for layer in keras_graph.all_layers(model)
-        if type(layer) in classes and layer.built and not already_quantized(layer) and not has_lora(layer)
+        if (type(layer) in classes and layer.built and not already_quantized(layer) and not has_lora(layer))
+        or (mode == "int8" and int8_conv.quantizable(layer))
     ]
+
+
+def quantized_kinds(mode: str) -> str:
+    """The layer classes `--quantize mode` takes, for messages."""
+    kinds = " and ".join(QUANTIZED_CLASSES)
+    return f"{', '.join(QUANTIZED_CLASSES)} and Conv1D/2D/3D" if mode == "int8" else kinds
 
 
 def already_quantized(layer) -> bool:
@@ -63,9 +73,9 @@ def has_lora(layer) -> bool:
 def for_run(model, mode: str) -> FakeQuant:
     """The fake quantisation of `model` for `--quantize mode`; a model with no layer it applies to is a
     one-line ConfigError before any training."""
-    fake = FakeQuant(quantizable_layers(model), mode)
+    fake = FakeQuant(quantizable_layers(model, mode), mode)
     if not fake.layers:
-        kinds = "Dense" if mode == "int4" else " and ".join(QUANTIZED_CLASSES)
+        kinds = "Dense" if mode == "int4" else quantized_kinds(mode)
         raise ConfigError(
             f"--qat with --quantize {mode}: no layer of this model takes it (Keras quantizes {kinds} layers "
             f"for {mode}; this model has none); use --qat off"
@@ -125,7 +135,7 @@ WEIGHT_SCHEMES = {
     "int4": "keras.quantizers.abs_max_quantize_grouped_with_zero_point, 128-row groups (Model.quantize('int4'))",
 }
 INPUT_SCHEMES = {
-    "int8": "abs-max per row at run time, as Keras' int8 layers quantize their inputs",
+    "int8": "abs-max per row at run time, as Keras' int8 layers quantize their inputs (convolutions: float)",
     "int4": "float (Keras' int4 is weight-only)",
 }
 
@@ -136,6 +146,10 @@ def _fake_call(layer, mode: str):
     import keras
     from keras import ops
 
+    from prunecli.structure import int8_conv
+
+    if type(layer) in int8_conv.INT8_CLASSES:
+        return _fake_conv_call(layer)
     if type(layer) is keras.layers.EinsumDense:
         layer._set_quantization_info()  # Keras' own reduction axes for this equation (what quantize() uses)
         kernel_axes = tuple(layer._kernel_reduced_axes)
@@ -159,6 +173,27 @@ def _fake_call(layer, mode: str):
         x = product(inputs, kernel)
         if layer.bias is not None:
             x = ops.add(x, layer.bias)
+        if layer.activation is not None:
+            x = layer.activation(x)
+        return x
+
+    return call
+
+
+def _fake_conv_call(layer):
+    """A Conv1D/2D/3D's `call` with its kernel on the int8 grid of structure/int8_conv.py (per output
+    channel, over every other axis); inputs stay float, as that layer's are (weight-only)."""
+    from keras import ops
+
+    axes = tuple(range(len(layer.kernel.shape) - 1))
+    channels_last = layer.data_format == "channels_last"
+    bias_shape = (1,) * (layer.rank + 1) + (layer.filters,) if channels_last else (1, layer.filters) + (1,) * layer.rank
+
+    def call(inputs):
+        kernel = straight_through(layer.kernel, int8_weights(layer.kernel, axes))
+        x = layer.convolution_op(inputs, kernel)
+        if layer.use_bias:
+            x = ops.add(x, ops.reshape(layer.bias, bias_shape))
         if layer.activation is not None:
             x = layer.activation(x)
         return x

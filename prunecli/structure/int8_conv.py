@@ -1,0 +1,153 @@
+"""int8 convolutions: Conv1D, Conv2D and Conv3D whose kernels are stored as int8 codes with one scale per
+output channel, so that `--quantize int8` shrinks a CNN's file and not only its Dense layers.
+
+Why this exists: Keras 3.15's `Model.quantize` quantizes Dense, EinsumDense and embeddings only; a
+convolution has no `quantize` method and stays float32. These classes add one, in Keras' own shape:
+`quantize("int8")` replaces the float kernel by int8 codes and a `kernel_scale` variable and sets the
+`int8_from_<policy>` dtype policy, so Keras saves, loads and calls the layer through its quantization
+hooks (`quantized_call` -> `_int8_call`) as it does its int8 Dense.
+
+The grid is the one Keras' int8 Dense writes: symmetric abs-max per output channel,
+`q = round(w * s)`, `s = 127 / (max|w| + eps)` over every axis but the last (the kernel's
+`(*window, c_in / groups, filters)` layout puts output channels last for both data formats), read back
+as `q / s`. A pruned 0 stays exactly 0 (`round(0 * s) = 0`). Unlike Keras' int8 Dense, the inputs are
+not quantized: the kernel is dequantized at each call and the convolution runs in float (weight-only,
+as Keras' int4 Dense is), because the backends' convolutions have no int8 x int8 path Keras exposes.
+
+A model's float convolutions become these classes in place (`make_quantizable`): the subclass adds
+methods only, so the layer keeps its variables, its place in the graph and its name, and
+`Model.quantize(filters=...)` then quantizes it with the Dense layers. The saved file names the class
+`prunecli>Int8Conv2D`: loading it needs `import prunecli` (registration is in this module), as the
+KerasHub decoders prunecli rebuilds do.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+INT8_SCHEME = "int8 weights per output channel, dequantized at each call (weight-only: inputs stay float)"
+
+
+class _Int8Kernel:
+    """The int8 behaviour shared by the three convolution ranks (a mixin before the Keras class)."""
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if self.quantization_mode == "int8":  # loading a saved int8 layer: its codes replace the float kernel
+            shape = tuple(self._kernel.shape)
+            del self._kernel
+            self._int8_variables(shape)
+            self._is_quantized = True
+
+    def _int8_variables(self, kernel_shape) -> None:
+        self._kernel = self.add_weight(
+            name="kernel", shape=kernel_shape, initializer="zeros", dtype="int8", trainable=False
+        )
+        self.kernel_scale = self.add_weight(
+            name="kernel_scale", shape=(self.filters,), initializer="ones", trainable=False
+        )
+
+    @property
+    def kernel(self):
+        """The float kernel the convolution computes with: the stored one, or int8 codes / scale."""
+        if self.quantization_mode != "int8":
+            return super().kernel
+        return ops.divide(ops.cast(self._kernel, self.compute_dtype), self.kernel_scale)
+
+    @property
+    def kernel_codes(self):
+        """The stored int8 codes (the kernel's layout)."""
+        if self.quantization_mode != "int8":
+            raise AttributeError(f"layer {self.name} is not quantized to int8")
+        return self._kernel
+
+    def _int8_stored(self) -> list:
+        """The variables a saved int8 layer holds, in file order: codes, bias, scales."""
+        return [self._kernel, *([self.bias] if self.use_bias else []), self.kernel_scale]
+
+    def save_own_variables(self, store):
+        """BaseConv saves `self.kernel`, which here is the dequantized float kernel: save the codes."""
+        if self.quantization_mode != "int8":
+            return super().save_own_variables(store)
+        for i, variable in enumerate(self._int8_stored()):
+            store[str(i)] = variable
+
+    def load_own_variables(self, store):
+        if self.quantization_mode != "int8":
+            return super().load_own_variables(store)
+        self._check_load_own_variables(store)
+        for i, variable in enumerate(self._int8_stored()):
+            variable.assign(store[str(i)])
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        """Keras' layer hook, called by `Model.quantize`: int8 only (no int4/float8 convolution here)."""
+        del type_check  # the classes are ours: a subclass of them is as quantizable as they are
+        if mode != "int8" or getattr(config, "weight_quantizer", None) is not None:
+            raise NotImplementedError(f"{type(self).__name__} quantizes to int8 with the default grid only")
+        self._check_quantize_args(mode, self.compute_dtype)
+        from keras import dtype_policies, quantizers
+
+        shape = tuple(self._kernel.shape)
+        codes, scale = quantizers.abs_max_quantize(self._kernel, axis=tuple(range(len(shape) - 1)), to_numpy=True)
+        del self._kernel
+        self._int8_variables(shape)
+        self._kernel.assign(codes)
+        self.kernel_scale.assign(ops.reshape(scale, (self.filters,)))
+        self._is_quantized = True  # before the policy: its setter would quantize again
+        self.dtype_policy = dtype_policies.get(f"int8_from_{self.dtype_policy.name}")
+
+    def _int8_call(self, inputs):
+        return self.call(inputs)
+
+
+@keras.saving.register_keras_serializable(package="prunecli")
+class Int8Conv1D(_Int8Kernel, keras.layers.Conv1D):
+    """Conv1D with an int8 kernel after `quantize("int8")`."""
+
+
+@keras.saving.register_keras_serializable(package="prunecli")
+class Int8Conv2D(_Int8Kernel, keras.layers.Conv2D):
+    """Conv2D with an int8 kernel after `quantize("int8")`."""
+
+
+@keras.saving.register_keras_serializable(package="prunecli")
+class Int8Conv3D(_Int8Kernel, keras.layers.Conv3D):
+    """Conv3D with an int8 kernel after `quantize("int8")`."""
+
+
+INT8_CLASSES = {keras.layers.Conv1D: Int8Conv1D, keras.layers.Conv2D: Int8Conv2D, keras.layers.Conv3D: Int8Conv3D}
+
+
+def quantizable(layer) -> bool:
+    """A built Keras Conv1D/2D/3D (the exact class), float, without LoRA: what `make_quantizable` takes."""
+    return (
+        type(layer) in INT8_CLASSES
+        and layer.built
+        and layer.quantization_mode is None
+        and not getattr(layer, "lora_enabled", False)
+    )
+
+
+def make_quantizable(layer) -> None:
+    """Give a float Keras convolution its int8 `quantize` method, in place (the same variables, name and
+    graph position; only methods are added), so `Model.quantize` can take it."""
+    if not quantizable(layer):
+        raise ValueError(f"layer {layer.name} ({type(layer).__name__}) is not a float Conv1D/2D/3D")
+    layer.__class__ = INT8_CLASSES[type(layer)]
+    # Keras' Layer.__new__ bound the float class's `quantize` to the instance inside a wrapper that unlocks
+    # the variable tracker around it (quantizing adds variables to a built layer): bind ours the same way.
+    ours = type(layer).quantize.__get__(layer)
+
+    def quantize(mode=None, config=None, **kwargs):
+        layer._tracker.unlock()
+        try:
+            ours(mode=mode, config=config, **kwargs)
+        finally:
+            layer._tracker.lock()
+
+    layer.quantize = quantize
+
+
+def is_int8_conv(layer) -> bool:
+    return isinstance(layer, _Int8Kernel) and layer.quantization_mode == "int8"
