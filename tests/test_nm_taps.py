@@ -153,7 +153,7 @@ def test_sparsegpt_padding_inputs_change_nothing_when_taps_are_whole_groups():
     q, keep, _ = sparsegpt.prune_matrix(w, hessian, "t", nm=(2, 4), channels_per_tap=3)
     keep = np.asarray(keep)
     assert (keep.reshape(9, 3, 5).sum(axis=1) == 2).all()
-    assert nm_groups(27, 4, 3).padded
+    assert not nm_groups(27, 4, 3).in_row_order
     error = lambda v: float(np.linalg.norm(x @ (np.asarray(v) - w)))  # noqa: E731
     assert error(q) < error(np.where(keep, w, 0))  # the update compensates for what was pruned
 
@@ -197,3 +197,56 @@ def test_verify_accepts_tap_groups_and_rejects_a_group_keeping_more_than_n(tmp_p
     failed = cli("verify", out, "-r", lying)
     assert failed.exit_code == 4
     assert "conv/kernel: the report requests sparsity 0.5, 2:4 prunes 0.333333 of it" in failed.stderr
+
+
+# ------------------------------------------------------------------ EinsumDense: along the contracted axes
+
+
+def _attention_model(seed: int = 0):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((6, 16))
+    h = keras.layers.MultiHeadAttention(4, 8, name="mha")(inp, inp)
+    return keras.Model(inp, keras.layers.Dense(3, name="fc")(keras.layers.GlobalAveragePooling1D()(h)))
+
+
+def _kept_along_contracted(name: str, keep: np.ndarray, m: int) -> np.ndarray:
+    """Kept count per group of M consecutive inputs of the product, written out per kernel: the q/k/v
+    kernels (d_model=16, heads=4, head_dim=8) contract d_model; the output kernel (heads, head_dim,
+    d_model) contracts heads x head_dim (flattened, head_dim fastest)."""
+    if name.endswith("attention_output/kernel"):
+        return keep.reshape(32 // m, m, 16).sum(axis=1)
+    return keep.reshape(16 // m, m, 4, 8).sum(axis=1)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_einsum_groups_run_along_the_contracted_axes_and_verify_agrees(method):
+    """A query projection's (d_model, heads, head_dim) kernel has its units on head_dim, so its matrix
+    view's consecutive rows are different heads (different outputs of the product): 2:4 there is not the
+    pattern sparse tensor cores run, and the calibrated methods, which read the product's inputs, laid
+    their groups out differently, so `verify` rejected their output. Every path now groups the inputs."""
+    from conftest import calibration_config
+
+    from prunecli.calibration import prune_calibrated
+    from prunecli.run.verify import nm_violations
+    from prunecli.structure import targets
+
+    model = _attention_model(seed=4)
+    found = [t for t in targets.walk(model) if t.name.startswith("mha/")]
+    assert len(found) == 4
+    if method == "magnitude":
+        _found, result = _magnitude_masks(model, 2, 4)
+        masks = result.masks
+        for t in found:
+            t.variable.assign(np.where(np.asarray(masks[t.name]), np.asarray(t.variable), 0))
+    else:
+        x = np.random.default_rng(1).normal(size=(32, 6, 16)).astype("float32")
+        res = prune_calibrated(model, targets.walk(model), [x], calibration_config(method, granularity="2:4"))
+        assert res.section["fallback"] == {}
+        masks = res.masks
+    for t in found:
+        kept = _kept_along_contracted(t.name, np.asarray(masks[t.name], dtype=bool), 4)
+        assert (kept == 2).all(), (t.name, np.unique(kept))
+        assert nm_violations(t, 2, 4)[0] == 0, t.name
+        assert t.nm_sparsity(2, 4) == 0.5

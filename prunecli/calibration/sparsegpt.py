@@ -171,7 +171,7 @@ def prune_matrix(
     # but a dead weight the count keeps keeps its value (no update reaches it: see the docstring)
     live = tf.cast(tf.linalg.diag_part(hessian) > 0, tf.float32)
     groups = nm_groups(rows, m, channels_per_tap) if m else None
-    if groups is not None and groups.padded:
+    if groups is not None and not groups.in_row_order:
         hessian, w, live = _laid_out_in_groups(hessian, w, live, groups)
     upper, _, used = inverse_factor(hessian, name)
     wt = tf.transpose(w)  # (d_out, d_in): the paper's layout
@@ -197,7 +197,7 @@ def prune_matrix(
         if end < d_in:
             wt = wt[:, end - start :] - tf.matmul(err1, upper[start:end, end:])
     q, keep = tf.concat(q_blocks, axis=1), tf.concat(keep_blocks, axis=1)
-    if groups is not None and groups.padded:
+    if groups is not None and not groups.in_row_order:
         q, keep = tf.gather(q, groups.row_slots, axis=1), tf.gather(keep, groups.row_slots, axis=1)
     return tf.transpose(q), tf.transpose(keep), used
 

@@ -290,9 +290,9 @@ def nm_requested(target: Target, n: int, m: int, notes: list) -> float:
     than 1 - N/M."""
     share = target.nm_sparsity(n, m)
     c = target.channels_per_tap
-    if (c or target.rows) % m:  # a short group keeps a larger share than N of M
+    if target.nm_run % m:  # a short group keeps a larger share than N of M
         short = (
-            f"{target.rows} inputs, not a multiple of {m}, so the last group is short"
+            f"{target.nm_run} inputs, not a multiple of {m}, so the last group is short"
             if c is None
             else f"{c} input channel(s) per kernel tap and groups do not cross taps, so each tap's last group is short"
         )

@@ -305,6 +305,21 @@ def einsum_model_axis(projection, is_output: bool, default: int) -> int:
     return kernel.index(channels) if channels and channels in kernel else default
 
 
+def einsum_reduction_axes(layer) -> tuple[int, ...] | None:
+    """The kernel axes an EinsumDense contracts with its input (in its input, not in its output), in
+    kernel order: "btd,dnh->btnh" gives (0,), "btnh,nhd->btd" gives (0, 1). None when the equation is
+    not a plain `input,kernel->output` one or its kernel has an ellipsis."""
+    equation = str(getattr(layer, "equation", "") or "").replace(" ", "")
+    if equation.count(",") != 1 or equation.count("->") != 1:
+        return None
+    inputs, output = equation.split("->")
+    given, kernel = inputs.split(",")
+    if "..." in kernel:
+        return None
+    axes = tuple(i for i, c in enumerate(kernel) if c in given and c not in output)
+    return axes or None
+
+
 def attention_head_count(layer) -> int:
     """keras.layers.MultiHeadAttention's number of heads (its config's num_heads, held privately)."""
     return int(layer._num_heads)

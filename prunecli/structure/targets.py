@@ -8,6 +8,7 @@ targets.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,14 +104,47 @@ class Target:
             return self.shape[self.perm[-2]]
         return None
 
+    @property
+    def _contracted_axes(self) -> tuple[int, ...] | None:
+        """An EinsumDense kernel's axes contracted with its input, when they are not the unit axis: the
+        axes its N:M groups run along. A query projection's (d_model, heads, head_dim) kernel has units
+        on head_dim and contracts d_model only, so its matrix view's rows, (d_model, heads) with heads
+        fastest, are not one run: consecutive rows there are different heads (different outputs)."""
+        if self.attr != "kernel" or self.layer_class != "EinsumDense":
+            return None
+        axes = keras_graph.einsum_reduction_axes(self.layer)
+        if axes is None or self.unit_axis in axes or len(self.shape) < 3:
+            return None
+        return axes
+
+    @property
+    def nm_run(self) -> int:
+        """How many rows one N:M run holds: a convolution tap's input channels, an EinsumDense kernel's
+        contracted axes, else every row (the whole input)."""
+        contracted = self._contracted_axes
+        if contracted is not None:
+            return math.prod(self.shape[a] for a in contracted)
+        return self.channels_per_tap or self.rows
+
     def nm_groups(self, m: int) -> NmGroups:
-        """Where this weight's N:M groups of M lie in its matrix view (`nm_groups`)."""
-        return nm_groups(self.rows, m, self.channels_per_tap)
+        """Where this weight's N:M groups of M lie in its matrix view (`nm_groups`): along the inputs a
+        unit reads, as sparse tensor cores need them (the reduction of the product)."""
+        contracted = self._contracted_axes
+        if contracted is None:
+            return nm_groups(self.rows, m, self.channels_per_tap)
+        import numpy as np
+
+        rows_axes = [a for a in range(len(self.shape)) if a != self.unit_axis]  # the matrix view's row order
+        index = np.arange(self.rows).reshape([self.shape[a] for a in rows_axes])
+        order = [i for i, a in enumerate(rows_axes) if a not in contracted] + [
+            i for i, a in enumerate(rows_axes) if a in contracted
+        ]
+        return runs_to_groups(index.transpose(order).reshape(-1, self.nm_run), m)
 
     def nm_sparsity(self, n: int, m: int) -> float:
-        """The fraction of this weight an N:M mask prunes: 1 - N/M, less when a tap's channels are not a
-        multiple of M (`nm_sparsity`)."""
-        return nm_sparsity(n, m, self.channels_per_tap or self.rows)
+        """The fraction of this weight an N:M mask prunes: 1 - N/M, less when a run (a tap's channels,
+        the contracted inputs) is not a multiple of M (`nm_sparsity`)."""
+        return nm_sparsity(n, m, self.nm_run)
 
 
 CONVOLUTION_FAMILIES = ("conv", "transpose", "separable")  # structure/layers.py families with taps
@@ -128,16 +162,24 @@ class NmGroups:
     slots: Any
 
     @property
-    def padded(self) -> bool:
-        """Whether some group is short (the layout is not just consecutive runs of M rows)."""
-        return bool((self.slots < 0).any())
+    def in_row_order(self) -> bool:
+        """Whether the slots are just the rows in order (no short group, no rows taken out of order),
+        so that a matrix needs no re-layout to be read group by group."""
+        import numpy as np
+
+        flat = self.slots.reshape(-1)
+        return bool(np.array_equal(flat, np.arange(len(flat))))
 
     @property
     def row_slots(self):
-        """The slot of each row in `slots.reshape(-1)`, in row order (slots list the rows in order)."""
+        """The slot of each row in `slots.reshape(-1)`, in row order."""
         import numpy as np
 
-        return np.flatnonzero(self.slots.reshape(-1) >= 0)
+        flat = self.slots.reshape(-1)
+        filled = np.flatnonzero(flat >= 0)
+        out = np.empty(len(filled), dtype=np.int64)
+        out[flat[filled]] = filled
+        return out
 
 
 def nm_groups(rows: int, m: int, channels_per_tap: int | None = None) -> NmGroups:
@@ -148,10 +190,18 @@ def nm_groups(rows: int, m: int, channels_per_tap: int | None = None) -> NmGroup
     run = channels_per_tap or rows
     if rows % run:
         raise ValueError(f"{rows} rows are not whole runs of {run} channels")
+    return runs_to_groups(np.arange(rows).reshape(-1, run), m)
+
+
+def runs_to_groups(runs, m: int) -> NmGroups:
+    """Groups of M along each run: `runs` (count, length) lists the rows of each run in group order;
+    a run's last group is padded (-1) when its length is not a multiple of M."""
+    import numpy as np
+
+    count, run = runs.shape
     per_run = -(-run // m) * m
-    offsets = np.arange(per_run)
-    starts = np.arange(rows // run)[:, None] * run
-    slots = np.where(offsets < run, starts + offsets, -1)
+    slots = np.full((count, per_run), -1, dtype=np.int64)
+    slots[:, :run] = runs
     return NmGroups(slots.reshape(-1, m))
 
 
