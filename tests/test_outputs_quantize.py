@@ -237,3 +237,24 @@ def test_int8_model_exports_to_tflite_with_its_zeros(conv_dense, tmp_path):
     assert export["tflite-int8"]["int8_weights"]["zeros"] >= sum(pruned.values())
     assert export["tflite"]["int8_weights"]["values"] < export["tflite-int8"]["int8_weights"]["values"]
     assert export["savedmodel"]["max_abs_diff"] <= 1e-5  # the quantized Keras model itself
+
+
+def test_verify_checks_a_quantized_model_against_its_report_and_plan(conv_dense, tmp_path, cli):
+    """The quantized file holds int8 codes (and prunecli's Int8Conv2D) where the plan's float model held
+    float kernels: verify still finds every reported layer under its name, reads its zeros from the codes,
+    and matches the plan by layer names; a model with another layer is still refused."""
+    import keras
+
+    out, report, plan = tmp_path / "q.keras", tmp_path / "r.json", tmp_path / "plan.zip"
+    args = ["prune", conv_dense / "model.keras", "-s", "0.7", "--quantize", "int8", "-o", out, "-q"]
+    assert cli(*args, "-r", report, "--save-plan", plan).exit_code == 0
+    result = cli("verify", out, "-r", report, "--plan", plan)
+    assert result.exit_code == 0, result.stderr
+    assert "claims hold" in result.stdout
+
+    other = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, name="renamed")])
+    other.save(tmp_path / "other.keras")
+    refused = cli("verify", tmp_path / "other.keras", "--plan", plan)
+    assert refused.exit_code == 4
+    assert "plan architecture: layer 0: the plan has" in refused.stderr
+    assert "plan target conv/kernel: not in the model" in refused.stderr

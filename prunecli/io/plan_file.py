@@ -108,11 +108,18 @@ def fingerprint(model) -> dict:
     return {"architecture": architecture(model), "weights_sha256": weights_sha256(model)}
 
 
-def first_mismatch(expected: dict, model) -> str | None:
-    """The first difference between a plan's architecture and the model's, in words, or None."""
+def first_mismatch(expected: dict, model, names_only: bool = False) -> str | None:
+    """The first difference between a plan's architecture and the model's, in words, or None;
+    `names_only`: compare the layers' names alone (a quantized model's classes and weights differ)."""
     found = architecture(model)
     if found["sha256"] == expected.get("sha256"):
         return None
+    if names_only:
+        a, b = [entry[0] for entry in expected.get("layers", [])], [entry[0] for entry in found["layers"]]
+        for i, (x, y) in enumerate(zip(a, b, strict=False)):
+            if x != y:
+                return f"layer {i}: the plan has {shown(x)!r}, the model {shown(y)!r}"
+        return None if len(a) == len(b) else f"the plan has {len(a)} layers, the model {len(b)}"
     for kind in ("layers", "weights"):
         a, b = expected.get(kind, []), found[kind]
         for i, (x, y) in enumerate(zip(a, b, strict=False)):

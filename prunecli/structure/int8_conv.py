@@ -62,6 +62,12 @@ class _Int8Kernel:
             raise AttributeError(f"layer {self.name} is not quantized to int8")
         return self._kernel
 
+    def get_prunable_weights(self) -> list:
+        """The kernel variable as prunecli's targets read it (structure/layers.prunable_weights): the
+        int8 codes once quantized (a code is 0 exactly where the weight is), so `verify` checks a
+        quantized model's zeros and N:M groups under the same names ("conv/kernel") as the float one."""
+        return [self._kernel]
+
     def _int8_stored(self) -> list:
         """The variables a saved int8 layer holds, in file order: codes, bias, scales."""
         return [self._kernel, *([self.bias] if self.use_bias else []), self.kernel_scale]
