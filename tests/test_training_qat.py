@@ -70,7 +70,7 @@ def test_int8_fake_quantised_convolutions_compute_what_the_int8_convolutions_com
             keras.Input((10, 10, 3)),
             keras.layers.Conv2D(5, 3, activation="relu", name="conv2d"),
             keras.layers.Reshape((64, 5)),
-            keras.layers.Conv1D(4, 2, name="conv1d"),
+            keras.layers.Conv1D(4, 2, padding="causal", dilation_rate=2, name="conv1d"),
         ]
     )
     x = np.random.default_rng(0).standard_normal((8, 10, 10, 3)).astype("float32")

@@ -189,9 +189,24 @@ def _fake_conv_call(layer):
     channels_last = layer.data_format == "channels_last"
     bias_shape = (1,) * (layer.rank + 1) + (layer.filters,) if channels_last else (1, layer.filters) + (1,) * layer.rank
 
+    padding = layer.padding
+    if padding == "causal":  # Conv1D pads its input on the left itself (Conv1D.call), then convolves VALID
+        left = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
+        pads = [[0, 0], [left, 0], [0, 0]] if channels_last else [[0, 0], [0, 0], [left, 0]]
+        padding = "valid"
+
     def call(inputs):
         kernel = straight_through(layer.kernel, int8_weights(layer.kernel, axes))
-        x = layer.convolution_op(inputs, kernel)
+        if layer.padding == "causal":
+            inputs = ops.pad(inputs, pads)
+        x = ops.conv(
+            inputs,
+            kernel,
+            strides=list(layer.strides),
+            padding=padding,
+            dilation_rate=layer.dilation_rate,
+            data_format=layer.data_format,
+        )
         if layer.use_bias:
             x = ops.add(x, ops.reshape(layer.bias, bias_shape))
         if layer.activation is not None:
