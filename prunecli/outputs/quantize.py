@@ -102,7 +102,7 @@ def run(model, targets, masks, data, task, config, float_metrics, progress, timi
         notes.append(
             f"--quantize {mode}: {len(left_float)} prunable layer(s) left float ({names}): see quantize.left_float"
         )
-    convs = [e["layer"] for e in layers if e["class"] in {c.__name__ for c in int8_conv.INT8_CLASSES.values()}]
+    convs = [layer for layer in chosen if int8_conv.is_int8_conv(layer)]
     if convs:
         notes.append(
             f"--quantize int8: {len(convs)} convolution(s) saved as prunecli's Int8Conv layers: load the file "

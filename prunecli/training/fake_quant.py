@@ -58,8 +58,8 @@ def quantizable_layers(model, mode: str) -> list:
 
 def quantized_kinds(mode: str) -> str:
     """The layer classes `--quantize mode` takes, for messages."""
-    kinds = " and ".join(QUANTIZED_CLASSES)
-    return f"{', '.join(QUANTIZED_CLASSES)} and Conv1D/2D/3D" if mode == "int8" else kinds
+    kinds = list(QUANTIZED_CLASSES) + (["Conv1D/2D/3D"] if mode == "int8" else [])
+    return ", ".join(kinds[:-1]) + " and " + kinds[-1]
 
 
 def already_quantized(layer) -> bool:
@@ -189,15 +189,14 @@ def _fake_conv_call(layer):
     channels_last = layer.data_format == "channels_last"
     bias_shape = (1,) * (layer.rank + 1) + (layer.filters,) if channels_last else (1, layer.filters) + (1,) * layer.rank
 
-    padding = layer.padding
-    if padding == "causal":  # Conv1D pads its input on the left itself (Conv1D.call), then convolves VALID
-        left = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
-        pads = [[0, 0], [left, 0], [0, 0]] if channels_last else [[0, 0], [0, 0], [left, 0]]
-        padding = "valid"
+    causal = layer.padding == "causal"  # Conv1D pads its input on the left itself (Conv1D.call), then VALID
+    left = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
+    pads = [[0, 0], [left, 0], [0, 0]] if channels_last else [[0, 0], [0, 0], [left, 0]]
+    padding = "valid" if causal else layer.padding
 
     def call(inputs):
         kernel = straight_through(layer.kernel, int8_weights(layer.kernel, axes))
-        if layer.padding == "causal":
+        if causal:
             inputs = ops.pad(inputs, pads)
         x = ops.conv(
             inputs,
