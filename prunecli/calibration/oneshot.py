@@ -26,8 +26,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from prunecli.calibration import capture, depthwise, frontier, refit, sparsegpt, views, wanda
-from prunecli.config import CALIBRATED_METHODS
+from prunecli.calibration import capture, depthwise, frontier, outputs, refit, sparsegpt, views, wanda
+from prunecli.config import CALIBRATED_METHODS, MEASURED
 from prunecli.errors import ConfigError, DataError, ResourceError
 
 
@@ -70,12 +70,14 @@ BLOCK_COPIES = 3  # one block of X rows, its squares and |x| inside the accumula
 @dataclass
 class _Plan:
     """Calibrated layers [(view, capture.Call)] in call order, the targets pruned by magnitude, the
-    forward passes (lists of input batches) and the examples per pass."""
+    forward passes (lists of input batches) and the examples per pass; `diagonal_only`: the targets of
+    SparseGPT (or --reconstruct) runs whose full Hessian does not fit in memory, pruned by Wanda."""
 
     layers: list
     rest: list
     batches: list
     per_pass: int
+    diagonal_only: set = field(default_factory=set)
 
 
 def _plan(model, targets, calibration_x, notes, fallback) -> _Plan:
@@ -175,13 +177,17 @@ def _size(nbytes: float) -> str:
     return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
-def check_memory(plan: _Plan, copies: int, purpose: str, fallback: dict, notes: list) -> None:
+def check_memory(
+    plan: _Plan, copies: int, purpose: str, fallback: dict, notes: list, diagonal: str | None = None
+) -> None:
     """Size every calibrated layer's buffers before any is allocated: the d_in x d_in input Hessian
     (4 d_in^2 bytes, `copies` of them while `purpose`; none for Wanda), one block of im2col/input
     rows, one pass's layer input and the layer's weight matrices. A layer whose Hessian does not fit in
-    free memory (a Dense after a wide Flatten: 61,952 inputs is a 14 GiB Hessian) leaves the plan for
-    magnitude pruning, with its reason in `fallback` and a note, so the other layers are still
-    calibrated; one whose input rows alone do not fit is a ResourceError (exit 6), before any work."""
+    free memory (a Dense after a wide Flatten: 61,952 inputs is a 14 GiB Hessian; CREPE's second
+    convolution, 65,536 inputs: 16 GiB) is pruned by Wanda instead where `diagonal` says how (its
+    input norms need O(d_in): `plan.diagonal_only`), else leaves the plan for magnitude pruning; either
+    way with its reason in `fallback` and a note, so the other layers are still calibrated. One whose input rows
+    alone do not fit is a ResourceError (exit 6), before any work."""
     import math
 
     available = None
@@ -204,6 +210,10 @@ def check_memory(plan: _Plan, copies: int, purpose: str, fallback: dict, notes: 
                 f"and {_size(available)} of memory is free"
             )
             fallback[view.target.name] = why
+            if diagonal:
+                notes.append(f"{name}: {diagonal} ({why})")
+                plan.diagonal_only.add(view.target.name)
+                continue
             notes.append(f"{name}: not calibrated ({why}); pruned by magnitude")
             plan.layers.remove((view, call))
             plan.rest.append(view.target)
@@ -415,20 +425,29 @@ def prune_calibrated(
     p = _plan(model, targets, calibration_x, result.notes, fallback)
     full = method == "sparsegpt" or bool(config.reconstruct)  # Wanda alone: the Hessian's diagonal only
     if method == "sparsegpt":
-        check_memory(p, HESSIAN_COPIES["sparsegpt"], "SparseGPT factors it", fallback, result.notes)
+        instead = "pruned by Wanda, not SparseGPT"
+        check_memory(p, HESSIAN_COPIES["sparsegpt"], "SparseGPT factors it", fallback, result.notes, instead)
     else:
-        check_memory(p, HESSIAN_COPIES["refit"] if full else 0, "refitting", fallback, result.notes)
-    counts = _allocation(model, p, config, progress)
-    _magnitude(p.rest, config, result, counts)
+        instead = "pruned by Wanda, not refit"
+        check_memory(p, HESSIAN_COPIES["refit"] if full else 0, "refitting", fallback, result.notes, instead)
+    counts, chosen, tried = _allocation(model, p, config, progress)
+    if chosen:  # what was measured is what the layers (and those falling back to magnitude) now follow
+        config = config.replace(scope="layer") if counts is None else config.replace(normalize=chosen["chosen"])
     jit = use_xla()
-    src = _passes(model, p)
-    layers = _sequential(p, src, config, result, fallback, full, jit, progress, counts)
+    if tried is not None:  # a Wanda run: the chosen allocation's trial is the run itself
+        src, layers = tried.src, tried.layers
+        tried.restore(targets, result, fallback)
+    else:
+        _magnitude(p.rest, config, result, counts)
+        src = _passes(model, p)
+        layers = _sequential(p, src, config, result, fallback, full, jit, progress, counts)
     _note_few_rows(layers, result.notes)
     result.section = {
         "method": method,
         "samples": capture.count_examples(p.batches),
         "sequential": True,
-        "allocation": "layer" if counts is None else f"global ({config.normalize}, on Wanda scores)",
+        "allocation": _allocation_label(counts, config, chosen),
+        **({"allocation_measured": chosen} if chosen else {}),
         "dampening": sparsegpt.DAMPENING if method == "sparsegpt" else None,
         "refit_dampening": refit.DAMPENING if config.reconstruct else None,
         "block_size": sparsegpt.BLOCK if method == "sparsegpt" else None,
@@ -443,28 +462,151 @@ def prune_calibrated(
     return result
 
 
-def _allocation(model, p: _Plan, config, progress) -> dict[str, tuple[int, bool]] | None:
+def _allocation(model, p: _Plan, config, progress) -> tuple[dict[str, tuple[int, bool]] | None, dict, _Trial | None]:
     """Per-target counts {name: (weights to prune, floor held)} of the run's global ranking (--scope
-    global: LAMP by default, or --normalize), decided on the dense model before any layer is pruned;
-    None with --scope layer or N:M (every layer at the same sparsity).
+    global: LAMP, OWL, ... as --normalize says, or `measured`), decided on the dense model before any
+    layer is pruned; None with --scope layer or N:M (every layer at the same sparsity). Also the report's
+    account of the choice ({} when nothing was measured), and the chosen allocation's trial when it is
+    the run itself (`_measured_allocation`).
 
     Calibrated layers are ranked by their Wanda scores |w| * ||x|| (one diagonal-only pass), the
     others by |w|. Measured in bench/ONESHOT.md: one sparsity for every layer is what makes Wanda and
     SparseGPT lose to global magnitude at 70-80% (on the bundled digits CNN at 80%, SparseGPT 0.644
-    uniform, 0.986 with these counts); the layer-wise calibration then works inside each layer's share."""
+    uniform, 0.986 with these counts); the layer-wise calibration then works inside each layer's share.
+    But on a Llama decoder uniform beat every global allocation (bench/DECODERS.md), so `measured`
+    chooses per run (`_measured_allocation`)."""
     from prunecli.selection import policy
 
     if config.scope != "global" or config.granularity.kind != "element":
-        return None
-    _say(progress, f"ranking {len(p.layers) + len(p.rest)} layers for the global allocation ({config.normalize})")
+        return None, {}, None
+    label = "uniform, lamp and owl" if config.normalize == MEASURED else config.normalize
+    _say(progress, f"ranking {len(p.layers) + len(p.rest)} layers for the global allocation ({label})")
     scores = layer_scores("wanda", p, model) if p.layers else {}
     targets = [v.target for v, _ in p.layers] + list(p.rest)
     for t in p.rest:
         scores[t.name] = _magnitude_scores(t)
+    if config.normalize == MEASURED:
+        return _measured_allocation(model, p, config, targets, scores, progress)
     if policy.allocated_per_layer(config):
-        return policy.layer_counts(targets, lambda: ((t, scores[t.name]) for t in targets), "element", config)
+        return policy.layer_counts(targets, lambda: ((t, scores[t.name]) for t in targets), "element", config), {}, None
     ms = policy.build_masks(targets, scores, "element", config)  # --normalize mean/none: one ranking
-    return {t.name: (int(ms.masks[t.name].size - ms.masks[t.name].sum()), False) for t in targets}
+    return {t.name: (int(ms.masks[t.name].size - ms.masks[t.name].sum()), False) for t in targets}, {}, None
+
+
+# The allocations --normalize measured compares, and how many calibration examples it compares them on
+MEASURED_ALLOCATIONS = ("uniform", "lamp", "owl")
+MEASURE_EXAMPLES = 64
+
+
+@dataclass
+class _Trial:
+    """One allocation's Wanda run, kept when it is the run itself: the pruned weights, what the run
+    recorded (masks, requested sparsities, notes, fallbacks), its per-layer entries and input source."""
+
+    weights: dict
+    result: CalibrationResult
+    fallback: dict
+    layers: dict
+    src: object
+
+    def restore(self, targets, result: CalibrationResult, fallback: dict) -> None:
+        for t in targets:
+            t.variable.assign(self.weights[t.name])
+        result.masks.update(self.result.masks)
+        result.requested.update(self.result.requested)
+        result.notes.extend(self.result.notes)
+        fallback.update(self.fallback)
+
+
+def _measured_allocation(model, p: _Plan, config, targets, scores, progress) -> tuple[dict | None, dict, _Trial | None]:
+    """--normalize measured: each allocation (its counts from the Wanda scores ranked above) tried as a
+    whole sequential Wanda run, the model then run on the first calibration examples, and the allocation
+    whose outputs differ least from the dense outputs (`outputs.error`) chosen; the weights are restored
+    after each try. Which allocation wins depends on the model (uniform on the Llama decoder of
+    bench/DECODERS.md, LAMP on GPT-2 and most classifiers), so it is measured, not fixed. Measured on the
+    sequential result, not on masks from the dense model's scores alone: on a digits MLP at 70% those
+    ranked uniform first, while the sequential runs' outputs ranked LAMP first, as their test accuracy
+    did (bench/ALLOCATION.md).
+
+    A Wanda run without --reconstruct keeps the chosen trial as its result (returned); SparseGPT and
+    --reconstruct run once more with the choice. Costs the trials and one copy of the prunable weights
+    (two when a trial is kept); where they do not fit in free memory, LAMP is used, and the report says so."""
+    import numpy as np
+
+    from prunecli.selection import policy
+
+    keep = config.method == "wanda" and not config.reconstruct
+    budget = (2 if keep else 1) * sum(4 * t.size for t in targets)
+    if budget > _available_memory() // 2:
+        account = {"chosen": "lamp", "why": f"no room for {_size(budget)} of weight copies to compare in"}
+        lamp = config.replace(normalize="lamp")
+        counts = policy.layer_counts(targets, lambda: ((t, scores[t.name]) for t in targets), "element", lamp)
+        return counts, account, None
+    probe = _first_examples(p.batches, MEASURE_EXAMPLES)
+    dense_out = outputs.of(model, probe)
+    kinds = outputs.kinds(model, dense_out)
+    saved = {t.name: np.array(t.variable) for t in targets}
+    trial_config = config.replace(method="wanda", reconstruct=False, normalize="lamp")  # counts fix each share
+    candidates, errors, best = {}, {}, None
+    try:
+        for name in MEASURED_ALLOCATIONS:
+            if name == "uniform":
+                counts = {t.name: (_prune_count(t, config, {}, []), False) for t in targets}
+            else:
+                counts = policy.layer_counts(
+                    targets, lambda: ((t, scores[t.name]) for t in targets), "element", config.replace(normalize=name)
+                )
+            same = next((c for c, other in candidates.items() if other == counts), None)
+            candidates[name] = counts
+            if same is not None:  # the same counts as an allocation already measured
+                errors[name] = errors[same]
+                continue
+            _say(progress, f"trying the {name} allocation (a Wanda run)")
+            trial, trial_fallback = CalibrationResult(), {}
+            _magnitude(p.rest, trial_config, trial, counts)
+            src = _passes(model, p)
+            layers = _sequential(p, src, trial_config, trial, trial_fallback, False, False, None, counts)
+            errors[name] = outputs.error(outputs.of(model, probe), dense_out, kinds)
+            if keep and np.isfinite(errors[name]) and (best is None or errors[name] < errors[best[0]]):
+                weights = {t.name: np.array(t.variable) for t in targets}
+                best = (name, _Trial(weights, trial, trial_fallback, layers, src))
+            for t in targets:
+                t.variable.assign(saved[t.name])
+            _say(progress, f"allocation {name}: output error {errors[name]:.4g}")
+    finally:
+        for t in targets:
+            t.variable.assign(saved[t.name])
+    finite = {k: v for k, v in errors.items() if np.isfinite(v)}
+    chosen = min(finite, key=finite.get) if finite else "lamp"
+    _say(progress, f"allocation: {chosen}, the least output error of {', '.join(MEASURED_ALLOCATIONS)}")
+    account = {
+        "chosen": chosen,
+        "output_error": {k: round(float(v), 6) for k, v in errors.items()},
+        "examples": capture.count_examples(probe),
+        "compared_as": kinds,
+    }
+    tried = best[1] if best is not None and best[0] == chosen else None
+    return (None if chosen == "uniform" else candidates[chosen]), account, tried
+
+
+def _first_examples(batches, n: int) -> list:
+    """Whole passes (input batches as calibration made them: a model with a fixed batch size gets its
+    size) from the first, until they hold at least n examples."""
+    import tensorflow as tf
+
+    out, have = [], 0
+    for x in batches:
+        out.append(x)
+        have += len(tf.nest.flatten(x)[0])
+        if have >= n:
+            break
+    return out
+
+
+def _allocation_label(counts, config, chosen: dict) -> str:
+    if chosen:
+        return f"measured: {chosen['chosen']}" + ("" if chosen["chosen"] == "uniform" else " (on Wanda scores)")
+    return "layer" if counts is None else f"global ({config.normalize}, on Wanda scores)"
 
 
 def _note_few_rows(layers: dict, notes: list) -> None:
@@ -502,7 +644,8 @@ def _sequential(
         t = view.target
         _say(progress, f"calibrating {t.layer_name} ({i + 1}/{len(p.layers)}, {method})")
         riders = (pending[1],) if pending else ()
-        stats = src.capture(view, call.calls, full and not view.diagonal, riders)
+        diagonal_only = t.name in p.diagonal_only  # its full Hessian does not fit: Wanda, no refit
+        stats = src.capture(view, call.calls, full and not view.diagonal and not diagonal_only, riders)
         if pending:
             _finish_meter(pending, layers, len(p.batches))
             pending = None
@@ -512,7 +655,8 @@ def _sequential(
             k = None
         else:
             k = _prune_count(t, config, result.requested, layer_notes, counts)
-        outcome = _calibrate(view, stats, method, k, nm, bool(config.reconstruct), jit)
+        layer_method = "wanda" if diagonal_only else method
+        outcome = _calibrate(view, stats, layer_method, k, nm, bool(config.reconstruct) and not diagonal_only, jit)
         del stats
         if isinstance(outcome, str):
             _fall_back(t, outcome, config, result, fallback, counts)

@@ -19,7 +19,8 @@ from prunecli.config.fields import (
     FEATURE_SCORES,
     GRADUAL,
     LR_SCHEDULES,
-    NORMALIZATIONS,
+    MEASURED,
+    NORMALIZE_CHOICES,
     QAT_CHOICES,
     QAT_MODES,
     QUANTIZE_MODES,
@@ -181,6 +182,7 @@ def validate(c: PruneConfig) -> None:
     if c.engine == "tfmot":
         _check_tfmot(c)
     _check_calibration(c)
+    _check_measured(c)
 
 
 def _check_amount(c: PruneConfig) -> None:
@@ -199,8 +201,8 @@ def _check_choices(c: PruneConfig) -> None:
     """Options that name one of a fixed set (a recipe or PRUNECLI_* value is not checked by click)."""
     if c.scope not in SCOPES:
         raise ConfigError(f"scope must be one of {', '.join(SCOPES)}, got {c.scope!r}")
-    if c.normalize not in NORMALIZATIONS:
-        raise ConfigError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {c.normalize!r}")
+    if c.normalize not in NORMALIZE_CHOICES:
+        raise ConfigError(f"normalize must be one of {', '.join(NORMALIZE_CHOICES)}, got {c.normalize!r}")
     if c.schedule not in SCHEDULES:
         raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {c.schedule!r}")
     if c.engine not in ENGINES:
@@ -301,6 +303,22 @@ def _check_calibration(c: PruneConfig) -> None:
         )
     if c.threshold is not None:
         raise ConfigError(f"--method {c.method} needs a --sparsity (or N:M), not --threshold")
+
+
+def _check_measured(c: PruneConfig) -> None:
+    """--normalize measured compares allocations on calibration examples: only the calibrated one-shot
+    path has them, and only an element-wise global ranking has an allocation to choose."""
+    if c.normalize != MEASURED:
+        return
+    if c.method not in CALIBRATED_METHODS or c.schedule != "oneshot":
+        raise ConfigError(
+            f"--normalize {MEASURED} is measured on calibration examples: use it with --method "
+            f"{' or '.join(CALIBRATED_METHODS)} pruned one-shot"
+        )
+    if c.scope != "global" or c.granularity.kind != "element":
+        raise ConfigError(
+            f"--normalize {MEASURED} chooses a global allocation: use --scope global with element pruning"
+        )
 
 
 def _check_finetuning(c: PruneConfig) -> None:

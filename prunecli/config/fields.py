@@ -20,6 +20,10 @@ SCOPES = ("auto", "layer", "global")
 STRUCTURAL_KINDS = ("input", "layer", "head", "hidden", "transformer")
 GLOBAL_BY_DEFAULT = ("element", "block")  # granularities --scope auto ranks globally (bench/ACCURACY.md)
 NORMALIZATIONS = ("mean", "none", "lamp", "erk", "owl")  # selection/policy.py says what each does
+# the calibrated methods' own choice among allocations, made per run on the calibration examples
+# (calibration/oneshot.py); "auto" becomes it or lamp (PruneConfig.__post_init__)
+MEASURED = "measured"
+NORMALIZE_CHOICES = ("auto", *NORMALIZATIONS, MEASURED)
 PER_LAYER_BUDGETS = ("erk", "owl")  # normalizations that share the budget out per layer, with no common ranking
 SCHEDULES = ("auto", "oneshot", "iterative", "polynomial", "dynamic")
 GRADUAL = ("iterative", "polynomial", "dynamic")  # schedules that prune while fine-tuning (selection/schedule.py)
@@ -187,12 +191,15 @@ class PruneConfig:
         factory=Granularity,
     )
     normalize: str = setting(
-        "lamp",
-        help="How --scope global compares layers: lamp (LAMP scores, Lee et al. 2021; default, best in"
+        "auto",
+        help="How --scope global compares layers: lamp (LAMP scores, Lee et al. 2021; best in"
         " bench/ACCURACY.md), mean (scores over their layer's mean), none (raw scores), erk"
-        " (Erdos-Renyi-Kernel per-layer budget, Evci et al. 2020) or owl (more kept where a block's"
-        " scores hold more outliers, Yin et al. 2024).",
-        choices=NORMALIZATIONS,
+        " (Erdos-Renyi-Kernel per-layer budget, Evci et al. 2020), owl (more kept where a block's"
+        " scores hold more outliers, Yin et al. 2024) or measured (wanda/sparsegpt only: of uniform, lamp"
+        " and owl, the one whose masks change the model's outputs least on the calibration examples)."
+        " auto (default): measured for wanda/sparsegpt with the default --scope (no allocation won on"
+        " every model in bench/DECODERS.md), lamp otherwise.",
+        choices=NORMALIZE_CHOICES,
     )
     include: tuple[str, ...] = setting((), help="Only layers matching this name glob (repeatable).", kind="multiple")
     exclude: tuple[str, ...] = setting((), help="Skip layers matching this name glob (repeatable).", kind="multiple")
@@ -348,12 +355,18 @@ class PruneConfig:
             and self.engine == "native"
             and self.method not in UNIT_METHODS  # run as neuron pruning (run/steps.py)
         )
+        scope_chosen = self.scope != "auto"
         if self.scope == "auto":
             object.__setattr__(self, "scope", "global" if ranked_globally else "layer")
         if self.schedule == "auto":
             measured = ranked_globally and self.method not in CALIBRATED_METHODS  # calibrated: one shot
             gradual = measured and self.epochs > 0 and self.threshold is None and not self.reconstruct and not self.auto
             object.__setattr__(self, "schedule", "polynomial" if gradual else "oneshot")
+        if self.normalize == "auto":
+            # the calibrated one-shot path can measure its allocation on the calibration examples
+            # (bench/DECODERS.md: uniform won on the Llama decoder, LAMP on GPT-2 and the classifiers)
+            calibrated = ranked_globally and self.method in CALIBRATED_METHODS and self.schedule == "oneshot"
+            object.__setattr__(self, "normalize", MEASURED if calibrated and not scope_chosen else "lamp")
 
     @property
     def effective_sparsity(self) -> float | None:

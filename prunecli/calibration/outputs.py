@@ -1,0 +1,64 @@
+"""How far a pruned model's outputs are from the dense model's, measured the way each output is read:
+the comparison --normalize measured chooses an allocation by (oneshot._measured_allocation)."""
+
+from __future__ import annotations
+
+PROBABILITY_FLOOR = 1e-7  # probabilities are clipped to [floor, 1] before the log
+
+
+def of(model, batches) -> list:
+    """The model's outputs on each batch (inference mode): per batch, a list of float64 arrays."""
+    import numpy as np
+    import tensorflow as tf
+
+    return [[np.asarray(v, np.float64) for v in tf.nest.flatten(model(x, training=False))] for x in batches]
+
+
+def kinds(model, reference) -> list[str]:
+    """How each output is compared: "logits" (a causal LM's next-token scores: KL of their softmax, what
+    perplexity reads), "probabilities" (rows on the last axis that are distributions: KL, what accuracy
+    and cross-entropy read; a squared error prefers hedged wrong answers to confident ones) or "values"
+    (anything else: relative squared error)."""
+    import numpy as np
+
+    from prunecli.structure import language
+
+    if language.is_causal_lm(model) and language.outputs_are_logits(model):
+        return ["logits"] * len(reference[0])
+    found = []
+    for i in range(len(reference[0])):
+        rows = [batch[i] for batch in reference]
+        distributions = all(
+            r.ndim >= 2 and r.shape[-1] > 1 and r.min() >= 0 and np.allclose(r.sum(-1), 1.0, atol=1e-3) for r in rows
+        )
+        found.append("probabilities" if distributions else "values")
+    return found
+
+
+def error(outputs, reference, compared_as) -> float:
+    """How far the pruned model's outputs are from the dense model's, summed over the outputs: the mean
+    KL(dense || pruned) per row for distributions (`kinds`), the relative squared error else."""
+    import numpy as np
+
+    total = 0.0
+    for i, kind in enumerate(compared_as):
+        got = [batch[i] for batch in outputs]
+        want = [batch[i] for batch in reference]
+        if kind == "values":
+            num = sum(float(np.sum((a - b) ** 2)) for a, b in zip(got, want, strict=True))
+            den = sum(float(np.sum(b**2)) for b in want)
+            total += num / den if den > 0 else num
+            continue
+        kl, rows = 0.0, 0
+        for a, b in zip(got, want, strict=True):
+            if kind == "logits":
+                log_a = a - a.max(-1, keepdims=True)
+                log_a -= np.log(np.exp(log_a).sum(-1, keepdims=True))
+                log_b = b - b.max(-1, keepdims=True)
+                log_b -= np.log(np.exp(log_b).sum(-1, keepdims=True))
+            else:
+                log_a, log_b = np.log(np.clip(a, PROBABILITY_FLOOR, 1.0)), np.log(np.clip(b, PROBABILITY_FLOOR, 1.0))
+            kl += float(np.sum(np.exp(log_b) * (log_b - log_a)))
+            rows += int(np.prod(b.shape[:-1]))
+        total += kl / max(rows, 1)
+    return total

@@ -1,0 +1,157 @@
+"""--normalize measured, the calibrated methods' default allocation: uniform, LAMP and OWL each tried on
+the calibration examples, the one that changes the outputs least used (calibration/oneshot.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import calibration_config, every_target
+
+from prunecli.config import MEASURED, build_config
+from prunecli.errors import ConfigError
+
+EXPLICIT = {"uniform": {"scope": "layer"}, "lamp": {"scope": "global"}, "owl": {"scope": "global", "normalize": "owl"}}
+
+
+def _conv_model():
+    import keras
+
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((12, 12, 3))
+    h = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="c1", activation="relu")(inp)
+    h = keras.layers.Conv2D(8, 3, padding="same", name="c2", activation="relu")(h)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(24, name="fc1", activation="relu")(h)
+    return keras.Model(inp, keras.layers.Dense(10, name="fc2")(h))
+
+
+def _inputs():
+    return np.random.default_rng(0).normal(size=(48, 12, 12, 3)).astype("float32")
+
+
+def _run(method, sparsity=0.7, **settings):
+    from prunecli.calibration import prune_calibrated
+
+    model = _conv_model()
+    targets = every_target(model)
+    res = prune_calibrated(model, targets, [_inputs()], calibration_config(method, sparsity=sparsity, **settings))
+    return res, {t.name: np.asarray(t.variable) for t in targets}
+
+
+def test_the_default_measures_only_where_calibration_chooses_an_allocation():
+    def cfg(**values):
+        return build_config({"model_path": "m.keras", "data": "d.npz", **values}, environ={})
+
+    assert cfg(method="wanda").normalize == MEASURED and cfg(method="wanda").scope == "global"
+    assert cfg(method="sparsegpt", sparsity=0.7).normalize == MEASURED
+    assert cfg(method="wanda", scope="global").normalize == "lamp"  # a scope the user chose keeps its meaning
+    assert cfg(method="wanda", scope="layer").normalize == "lamp"
+    assert cfg(method="wanda", granularity="n:m=2:4").scope == "layer"  # N:M: no allocation to choose
+    assert cfg(method="magnitude").normalize == "lamp"
+    assert cfg(method="wanda", scope="global", normalize="measured").normalize == MEASURED
+    with pytest.raises(ConfigError, match="calibration examples"):
+        cfg(method="magnitude", normalize="measured")
+    with pytest.raises(ConfigError, match="--scope global"):
+        cfg(method="wanda", scope="layer", normalize="measured")
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_measured_uses_the_allocation_with_the_least_output_error(method):
+    """The choice is the smallest of the errors it reports, and the run is the same, mask for mask and
+    weight for weight, as one given that allocation explicitly: the weights are restored after each try."""
+    res, weights = _run(method, scope="auto")
+    measured = res.section["allocation_measured"]
+    errors = measured["output_error"]
+    assert set(errors) == {"uniform", "lamp", "owl"} and measured["examples"] == 48
+    assert measured["chosen"] == min(errors, key=errors.get)
+    assert res.section["allocation"].startswith(f"measured: {measured['chosen']}")
+    same, same_weights = _run(method, **EXPLICIT[measured["chosen"]])
+    for name, mask in res.masks.items():
+        np.testing.assert_array_equal(np.asarray(mask), np.asarray(same.masks[name]), err_msg=name)
+        np.testing.assert_array_equal(weights[name], same_weights[name], err_msg=name)
+
+
+@pytest.mark.parametrize("forced", ["uniform", "lamp", "owl"])
+def test_each_allocation_when_it_measures_best(monkeypatch, forced):
+    """Whichever allocation measures best is the one the masks follow: each layer's pruned count is that
+    allocation's (uniform: every layer at the sparsity)."""
+    from prunecli.calibration import oneshot, outputs
+
+    tried = []
+
+    def error(got, reference, compared_as):
+        tried.append(len(tried))
+        return 0.0 if oneshot.MEASURED_ALLOCATIONS[len(tried) - 1] == forced else 1.0
+
+    monkeypatch.setattr(outputs, "error", error)
+    res, _ = _run("wanda", scope="auto")
+    assert len(tried) == 3, "three different allocations at 70% on this model"
+    assert res.section["allocation_measured"]["chosen"] == forced
+    monkeypatch.undo()
+    explicit, _ = _run("wanda", **EXPLICIT[forced])
+    counts = {n: int((~np.asarray(m)).sum()) for n, m in res.masks.items()}
+    assert counts == {n: int((~np.asarray(m)).sum()) for n, m in explicit.masks.items()}
+    shares = {round(counts[n] / np.asarray(m).size, 2) for n, m in res.masks.items()}
+    assert (shares == {0.7}) == (forced == "uniform")
+
+
+def test_without_room_for_a_copy_of_the_weights_lamp_is_used(monkeypatch):
+    from prunecli.calibration import oneshot
+
+    monkeypatch.setattr(oneshot, "check_memory", lambda *a: None)  # the layers' own buffers: not this test's
+    monkeypatch.setattr(oneshot, "_available_memory", lambda: 1000)
+    res, _ = _run("wanda", scope="auto")
+    assert res.section["allocation_measured"]["chosen"] == "lamp"
+    assert "no room" in res.section["allocation_measured"]["why"]
+    explicit, _ = _run("wanda", scope="global")
+    for name, mask in res.masks.items():
+        np.testing.assert_array_equal(np.asarray(mask), np.asarray(explicit.masks[name]), err_msg=name)
+
+
+def test_layers_left_to_magnitude_follow_the_measured_allocation(monkeypatch):
+    """Recurrent kernels are pruned by magnitude, all together, before calibration: under a measured
+    uniform allocation each still loses exactly its own share, not its place in one raw ranking (the
+    second kernel's weights are ten times the first's)."""
+    import keras
+
+    from prunecli.calibration import outputs, prune_calibrated
+
+    monkeypatch.setattr(outputs, "error", lambda out, ref, kinds: 0.0)  # a tie: the first, uniform
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((6, 4)),
+            keras.layers.SimpleRNN(8, return_sequences=True, name="rnn1"),
+            keras.layers.SimpleRNN(8, name="rnn2"),
+            keras.layers.Dense(3, name="out"),
+        ]
+    )
+    cell = model.get_layer("rnn2").cell
+    cell.recurrent_kernel.assign(10.0 * cell.recurrent_kernel)
+    targets = every_target(model)
+    x = np.random.default_rng(0).normal(size=(32, 6, 4)).astype("float32")
+    res = prune_calibrated(model, targets, [x], calibration_config("wanda", sparsity=0.6, scope="auto"))
+    assert res.section["allocation_measured"]["chosen"] == "uniform"
+    recurrent = [t for t in targets if "recurrent" in t.name]
+    assert len(recurrent) == 2 and all(t.name in res.section["fallback"] for t in recurrent)
+    for t in targets:
+        assert int(np.sum(np.asarray(t.variable) == 0)) == round(0.6 * t.size), t.name
+
+
+def test_outputs_are_compared_as_what_they_are():
+    """Distributions by KL (dense || pruned), anything else by relative squared error: a softmax output
+    that hedges is not mistaken for one that stays right."""
+    from prunecli.calibration import outputs
+
+    dense = [[np.array([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05]]), np.array([[2.0], [-1.0]])]]
+    assert outputs.kinds(_conv_model(), dense) == ["probabilities", "values"]
+    hedged = [[np.full((2, 3), 1 / 3), np.array([[2.0], [-1.0]])]]
+    close = [[np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1]]), np.array([[1.0], [-1.0]])]]
+    p, q = dense[0][0], close[0][0]
+    kl = float(np.sum(p * np.log(p / q))) / 2
+    assert outputs.error(close, dense, ["probabilities", "values"]) == pytest.approx(kl + 1.0 / 5.0)
+    assert outputs.error(hedged, dense, ["probabilities", "values"]) > outputs.error(
+        close, dense, ["probabilities", "values"]
+    )
+    logits = [[np.log(p)]]
+    assert outputs.error([[np.log(q) + 3.0]], logits, ["logits"]) == pytest.approx(kl)
