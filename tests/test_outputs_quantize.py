@@ -83,7 +83,7 @@ def test_pruned_weights_stay_exactly_zero_after_quantization(conv_dense, tmp_pat
     assert [e["layer"] for e in section["layers_quantized"]] == quantized
     if mode == "int8":
         assert section["left_float"] == []
-        assert any("Int8Conv" in note for note in result.report.notes)
+        assert any("Int8 convolution" in note for note in result.report.notes)
     else:
         assert section["left_float"] == [{"layer": "conv", "class": "Conv2D", "why": section["left_float"][0]["why"]}]
         assert "int8 only" in section["left_float"][0]["why"]
@@ -121,8 +121,8 @@ def test_a_zero_the_scheme_would_move_stops_the_run_and_nothing_is_saved(conv_de
 
     real = quantize._read_back
 
-    def moved_one(layer, mode, float_kernel):
-        back, is_zero = real(layer, mode, float_kernel)
+    def moved_one(layer, attr, mode, float_kernel):
+        back, is_zero = real(layer, attr, mode, float_kernel)
         is_zero = is_zero.copy()
         is_zero.flat[np.flatnonzero(is_zero)[0]] = False  # pretend one pruned zero was read back non-zero
         return back, is_zero
@@ -184,6 +184,58 @@ def test_int8_convolutions_store_int8_codes_and_reload_exactly(tmp_path):
         assert layer.kernel_codes.dtype == "int8"
         step = np.abs(kernel).reshape(-1, kernel.shape[-1]).max(axis=0) / 127
         assert np.all(np.abs(np.asarray(layer.kernel) - kernel) <= step / 2 + 1e-6)
+
+
+def test_depthwise_and_separable_convolutions_keep_their_zeros_in_int8_codes(tmp_path):
+    """`prune --quantize int8` on a model of DepthwiseConv2D, SeparableConv2D, SeparableConv1D and
+    DepthwiseConv1D: each becomes prunecli's int8 layer, every kernel (both of a separable one) is stored
+    as int8 codes with its pruned half exactly 0, the file is smaller than the float pruned one and reloads
+    to the same outputs, each kernel within half a grid step of the float pruned one."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential(
+        [
+            keras.Input((12, 12, 3)),
+            keras.layers.DepthwiseConv2D(3, depth_multiplier=4, activation="relu", name="dw2"),
+            keras.layers.SeparableConv2D(16, 3, depth_multiplier=2, padding="same", activation="relu", name="sep2"),
+            keras.layers.Reshape((100, 16)),
+            keras.layers.SeparableConv1D(12, 3, activation="relu", name="sep1"),
+            keras.layers.DepthwiseConv1D(3, depth_multiplier=2, name="dw1"),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(3, activation="softmax", name="out"),
+        ]
+    )
+    model.save(tmp_path / "m.keras")
+    cfg = {"model_path": str(tmp_path / "m.keras"), "sparsity": 0.5, "scope": "layer", "quantize": "int8"}
+    prune(build_config({**cfg, "quantize": None, "output": str(tmp_path / "f.keras")}, environ={}))
+    run = prune(build_config({**cfg, "output": str(tmp_path / "q.keras")}, environ={}))
+    section = run.report.extra["quantize"]
+    assert section["zeros"]["pruned_nonzero"] == 0 and not section["left_float"]
+    float_model = keras.saving.load_model(tmp_path / "f.keras")
+    again = keras.saving.load_model(tmp_path / "q.keras")
+    kernels = {
+        "dw2": ["kernel"],
+        "sep2": ["depthwise_kernel", "pointwise_kernel"],
+        "sep1": ["depthwise_kernel", "pointwise_kernel"],
+        "dw1": ["kernel"],
+    }
+    for name, attrs in kernels.items():
+        layer = again.get_layer(name)
+        assert type(layer).__name__.startswith("Int8") and layer.quantization_mode == "int8", name
+        for attr in attrs:
+            codes = np.asarray(getattr(layer, attr))
+            assert codes.dtype == np.int8, (name, attr)
+            kernel = np.asarray(getattr(float_model.get_layer(name), attr))
+            assert np.all(codes[kernel == 0] == 0) and (codes == 0).sum() >= kernel.size // 2, (name, attr)
+            scale = np.asarray(getattr(layer, f"{attr}_scale"))
+            assert scale.shape == kernel.shape[-2:] if attr != "pointwise_kernel" else scale.shape == kernel.shape[-1:]
+            step = np.broadcast_to(1 / scale, kernel.shape)
+            assert np.all(np.abs(codes / scale - kernel) <= step / 2 + 1e-6), (name, attr)
+    assert (tmp_path / "q.keras").stat().st_size < (tmp_path / "f.keras").stat().st_size
+    x = np.random.default_rng(0).standard_normal((16, 12, 12, 3)).astype("float32")
+    quantized = np.asarray(again(x))
+    assert np.abs(quantized - np.asarray(float_model(x))).max() <= TOLERANCE["int8"]
 
 
 @pytest.mark.parametrize(

@@ -61,7 +61,6 @@ def test_int8_fake_quantisation_computes_what_keras_quantized_layers_compute():
 def test_int8_fake_quantised_convolutions_compute_what_the_int8_convolutions_compute():
     import keras
 
-    from prunecli.structure import int8_conv
     from prunecli.training import fake_quant
 
     keras.utils.set_random_seed(0)
@@ -73,10 +72,19 @@ def test_int8_fake_quantised_convolutions_compute_what_the_int8_convolutions_com
             keras.layers.Conv1D(4, 2, padding="causal", dilation_rate=2, name="conv1d"),
         ]
     )
-    x = np.random.default_rng(0).standard_normal((8, 10, 10, 3)).astype("float32")
-    fake = fake_quant.FakeQuant(fake_quant.quantizable_layers(model, "int8"), "int8")
-    assert [layer.name for layer in fake.layers] == ["conv2d", "conv1d"]
     assert fake_quant.quantizable_layers(model, "int4") == []  # convolutions: int8 only
+    _fake_equals_int8(model, ["conv2d", "conv1d"])
+
+
+def _fake_equals_int8(model, names):
+    """The model's int8 layers (`names`, in order) under QAT's fake quantisation compute what the int8
+    layers they become compute, and that differs from the float model."""
+    from prunecli.structure import int8_conv
+    from prunecli.training import fake_quant
+
+    x = np.random.default_rng(0).standard_normal((8, *model.inputs[0].shape[1:])).astype("float32")
+    fake = fake_quant.FakeQuant(fake_quant.quantizable_layers(model, "int8"), "int8")
+    assert [layer.name for layer in fake.layers] == names
     with fake.active():
         faked = np.asarray(model(x))
     floating = np.asarray(model(x))
@@ -86,6 +94,25 @@ def test_int8_fake_quantised_convolutions_compute_what_the_int8_convolutions_com
     quantized = np.asarray(model(x))
     assert np.abs(floating - quantized).max() > 1e-4
     np.testing.assert_allclose(faked, quantized, atol=1e-5)
+
+
+def test_int8_fake_quantised_depthwise_and_separable_convolutions_compute_what_the_int8_layers_compute():
+    """DepthwiseConv1D/2D and SeparableConv1D/2D: each kernel on its int8 grid (a depthwise kernel per
+    output channel over its window), the same outputs as the int8 layers they become."""
+    import keras
+
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential(
+        [
+            keras.Input((10, 10, 3)),
+            keras.layers.DepthwiseConv2D(3, depth_multiplier=2, activation="relu", name="dw2"),
+            keras.layers.SeparableConv2D(5, 3, depth_multiplier=2, padding="same", name="sep2"),
+            keras.layers.Reshape((64, 5)),
+            keras.layers.SeparableConv1D(4, 3, dilation_rate=2, name="sep1"),
+            keras.layers.DepthwiseConv1D(2, strides=2, use_bias=False, name="dw1"),
+        ]
+    )
+    _fake_equals_int8(model, ["dw2", "sep2", "sep1", "dw1"])
 
 
 def test_int4_fake_weights_are_keras_int4_weights_inside_a_compiled_function():

