@@ -155,3 +155,23 @@ def test_outputs_are_compared_as_what_they_are():
     )
     logits = [[np.log(p)]]
     assert outputs.error([[np.log(q) + 3.0]], logits, ["logits"]) == pytest.approx(kl)
+
+
+def test_the_cli_reports_what_it_measured(tmp_path):
+    """A default `--method wanda` run: the summary names the allocation, the JSON report gives every
+    candidate's output error (softmax outputs: compared as probabilities) and the choice is the least."""
+    import json
+
+    from click.testing import CliRunner
+
+    from prunecli.cli import main
+
+    report = tmp_path / "r.json"
+    args = ["prune", "examples/digits_cnn.keras", "-m", "wanda", "-d", "examples/digits.npz", "-s", "0.7"]
+    result = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "m.keras"), "-r", str(report)])
+    assert result.exit_code == 0, result.output
+    measured = json.loads(report.read_text())["calibration"]["allocation_measured"]
+    assert measured["compared_as"] == ["probabilities"]
+    errors = measured["output_error"]
+    assert measured["chosen"] == min(errors, key=errors.get)
+    assert f"measured: {measured['chosen']}" in result.output

@@ -203,6 +203,9 @@ def render(report: Report, console) -> None:
         if "accuracy" in values:
             parts.append(f"accuracy {values['accuracy']:.4f}")
         summary.add_row(f"{stage.replace('_', ' ')}", ", ".join(parts))
+    allocation = (report.extra.get("calibration") or {}).get("allocation")
+    if allocation:  # the calibrated methods' per-layer shares: the one measured, or the one asked for
+        summary.add_row("allocation", allocation)
     timing = ", ".join(f"{k} {v:.2f}s" for k, v in report.timings_s.items())
     summary.add_row("time", timing)
     console.print(summary)
