@@ -435,8 +435,13 @@ def _gpt2_intro(meta, seeds, cmd, run_s, n_results, dense_params) -> list[str]:
         f"{dense_params:,} parameters), trained here once by `bench/decoder_oneshot.py`'s `train` "
         f"({meta['steps']} steps of {meta['batch']} x 128 tokens, {meta['train_s']:.0f} s, AdamW 2e-3), then "
         "shrunk and fine-tuned exactly as the Llama table above (same data, optimizer, epoch, `--distill "
-        f"{DISTILL_T:g}`). One seed only ({seeds}; the Llama table has three), so the cells carry no spread. "
-        "No hidden-channel row: `-g hidden` is refused for GPT-2 (its LayerNorms centre the residual stream, "
+        f"{DISTILL_T:g}`). "
+        + (
+            f"Seeds {seeds} (fine-tuning's shuffling): cells are mean ± half-range. "
+            if len(seeds) > 1
+            else f"One seed only ({seeds}; the Llama table has three), so the cells carry no spread. "
+        )
+        + "No hidden-channel row: `-g hidden` is refused for GPT-2 (its LayerNorms centre the residual stream, "
         "so residual channels cannot be removed exactly), and no Minitron-style row, which needs it. Heads "
         "are removed with their q/k/v bias slices and the output kernel's rows, the head size kept; FFN units "
         "with their intermediate column and bias and the output row. The sparsity for each target is "
