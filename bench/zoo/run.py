@@ -318,6 +318,7 @@ def main(argv=None):
             rep = next((argv_[i + 1] for i, a in enumerate(argv_) if a == "-r"), None)
             if rep:
                 r.update(report_facts(rep))
+            r["error"] = r["error"].replace(f"{cache}/", "$ZOO_CACHE/")  # ZOO.md names no local folder
             res["commands"][name] = r
             if o and os.path.exists(o):
                 outputs[o] = name
