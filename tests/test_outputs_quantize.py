@@ -186,12 +186,16 @@ def test_int8_convolutions_store_int8_codes_and_reload_exactly(tmp_path):
         assert np.all(np.abs(np.asarray(layer.kernel) - kernel) <= step / 2 + 1e-6)
 
 
-def test_depthwise_and_separable_convolutions_keep_their_zeros_in_int8_codes(tmp_path):
-    """`prune --quantize int8` on a model of DepthwiseConv2D, SeparableConv2D, SeparableConv1D and
-    DepthwiseConv1D: each becomes prunecli's int8 layer, every kernel (both of a separable one) is stored
-    as int8 codes with its pruned half exactly 0, the file is smaller than the float pruned one and reloads
-    to the same outputs, each kernel within half a grid step of the float pruned one."""
+def test_depthwise_separable_and_transposed_convolutions_keep_their_zeros_in_int8_codes(tmp_path):
+    """`prune --quantize int8` on a model of DepthwiseConv2D, SeparableConv2D, Conv2DTranspose,
+    SeparableConv1D and DepthwiseConv1D: each becomes prunecli's int8 layer, every kernel (both of a
+    separable one) is stored as int8 codes with its pruned half exactly 0 and one scale per output channel
+    (a depthwise kernel's: input channel x multiplier; a transposed one's: its filters, axis -2), the file
+    is smaller than the float pruned one and reloads to the same outputs, each kernel within half a grid
+    step of the float pruned one."""
     import keras
+
+    from prunecli.structure import int8_conv
 
     keras.utils.set_random_seed(3)
     model = keras.Sequential(
@@ -199,7 +203,8 @@ def test_depthwise_and_separable_convolutions_keep_their_zeros_in_int8_codes(tmp
             keras.Input((12, 12, 3)),
             keras.layers.DepthwiseConv2D(3, depth_multiplier=4, activation="relu", name="dw2"),
             keras.layers.SeparableConv2D(16, 3, depth_multiplier=2, padding="same", activation="relu", name="sep2"),
-            keras.layers.Reshape((100, 16)),
+            keras.layers.Conv2DTranspose(8, 3, padding="same", activation="relu", name="t2"),
+            keras.layers.Reshape((100, 8)),
             keras.layers.SeparableConv1D(12, 3, activation="relu", name="sep1"),
             keras.layers.DepthwiseConv1D(3, depth_multiplier=2, name="dw1"),
             keras.layers.GlobalAveragePooling1D(),
@@ -214,24 +219,25 @@ def test_depthwise_and_separable_convolutions_keep_their_zeros_in_int8_codes(tmp
     assert section["zeros"]["pruned_nonzero"] == 0 and not section["left_float"]
     float_model = keras.saving.load_model(tmp_path / "f.keras")
     again = keras.saving.load_model(tmp_path / "q.keras")
-    kernels = {
-        "dw2": ["kernel"],
-        "sep2": ["depthwise_kernel", "pointwise_kernel"],
-        "sep1": ["depthwise_kernel", "pointwise_kernel"],
-        "dw1": ["kernel"],
+    scale_shapes = {  # (layer, kernel): the scale variable's shape = the kernel's output channels
+        ("dw2", "kernel"): (3, 4),
+        ("sep2", "depthwise_kernel"): (12, 2),
+        ("sep2", "pointwise_kernel"): (16,),
+        ("t2", "kernel"): (8,),
+        ("sep1", "depthwise_kernel"): (8, 1),
+        ("sep1", "pointwise_kernel"): (12,),
+        ("dw1", "kernel"): (12, 2),
     }
-    for name, attrs in kernels.items():
+    for (name, attr), shape in scale_shapes.items():
         layer = again.get_layer(name)
         assert type(layer).__name__.startswith("Int8") and layer.quantization_mode == "int8", name
-        for attr in attrs:
-            codes = np.asarray(getattr(layer, attr))
-            assert codes.dtype == np.int8, (name, attr)
-            kernel = np.asarray(getattr(float_model.get_layer(name), attr))
-            assert np.all(codes[kernel == 0] == 0) and (codes == 0).sum() >= kernel.size // 2, (name, attr)
-            scale = np.asarray(getattr(layer, f"{attr}_scale"))
-            assert scale.shape == kernel.shape[-2:] if attr != "pointwise_kernel" else scale.shape == kernel.shape[-1:]
-            step = np.broadcast_to(1 / scale, kernel.shape)
-            assert np.all(np.abs(codes / scale - kernel) <= step / 2 + 1e-6), (name, attr)
+        codes = np.asarray(getattr(layer, attr))
+        assert codes.dtype == np.int8 and tuple(getattr(layer, f"{attr}_scale").shape) == shape, (name, attr)
+        kernel = np.asarray(getattr(float_model.get_layer(name), attr))
+        assert np.all(codes[kernel == 0] == 0) and (codes == 0).sum() >= kernel.size // 2, (name, attr)
+        scale = np.asarray(next(s for a, _c, s in int8_conv.int8_kernels(layer) if a == attr))
+        step = np.broadcast_to(1 / scale, kernel.shape)
+        assert np.all(np.abs(codes / scale - kernel) <= step / 2 + 1e-6), (name, attr)
     assert (tmp_path / "q.keras").stat().st_size < (tmp_path / "f.keras").stat().st_size
     x = np.random.default_rng(0).standard_normal((16, 12, 12, 3)).astype("float32")
     quantized = np.asarray(again(x))

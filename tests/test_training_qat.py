@@ -96,9 +96,10 @@ def _fake_equals_int8(model, names):
     np.testing.assert_allclose(faked, quantized, atol=1e-5)
 
 
-def test_int8_fake_quantised_depthwise_and_separable_convolutions_compute_what_the_int8_layers_compute():
-    """DepthwiseConv1D/2D and SeparableConv1D/2D: each kernel on its int8 grid (a depthwise kernel per
-    output channel over its window), the same outputs as the int8 layers they become."""
+def test_int8_fake_quantised_depthwise_separable_and_transposed_convolutions_compute_what_the_int8_layers_compute():
+    """DepthwiseConv1D/2D, SeparableConv1D/2D and Conv1DTranspose: each kernel on its int8 grid (a
+    depthwise kernel per output channel over its window, a transposed one per filter on axis -2), the
+    same outputs as the int8 layers they become."""
     import keras
 
     keras.utils.set_random_seed(4)
@@ -110,9 +111,10 @@ def test_int8_fake_quantised_depthwise_and_separable_convolutions_compute_what_t
             keras.layers.Reshape((64, 5)),
             keras.layers.SeparableConv1D(4, 3, dilation_rate=2, name="sep1"),
             keras.layers.DepthwiseConv1D(2, strides=2, use_bias=False, name="dw1"),
+            keras.layers.Conv1DTranspose(3, 3, strides=2, activation="relu", name="t1"),
         ]
     )
-    _fake_equals_int8(model, ["dw2", "sep2", "sep1", "dw1"])
+    _fake_equals_int8(model, ["dw2", "sep2", "sep1", "dw1", "t1"])
 
 
 def test_int4_fake_weights_are_keras_int4_weights_inside_a_compiled_function():

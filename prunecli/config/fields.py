@@ -307,7 +307,7 @@ class PruneConfig:
     )
     quantize: str | None = setting(
         help="After pruning, quantize with Keras' own Model.quantize: int8, int4 or float8 (.keras output;"
-        " pruned weights checked to stay exactly 0). int8 also quantizes Conv, DepthwiseConv and SeparableConv"
+        " pruned weights checked to stay exactly 0). int8 also quantizes Conv, ConvTranspose, DepthwiseConv and SeparableConv"
         " kernels (prunecli's int8 convolution layers: load the file after `import prunecli.structure.int8_conv`).",
         choices=QUANTIZE_MODES,
         commands=PRUNE_ONLY,

@@ -15,7 +15,7 @@ Why the zeros survive (Keras 3.15, keras/src/quantizers/quantizers.py and layers
 Rather than trusting this, each quantized kernel is read back (its integer codes and zero points, or the
 float8 round trip) and compared with the masks: a pruned weight that is not exactly zero stops the run
 before anything is written. Keras 3.15 quantizes Dense and EinsumDense (and embeddings) only; for int8,
-Conv1D/2D/3D, DepthwiseConv1D/2D and SeparableConv1D/2D are quantized too, by prunecli's own int8
+Conv1D/2D/3D, their transposes, DepthwiseConv1D/2D and SeparableConv1D/2D are quantized too, by prunecli's own int8
 convolutions on the same grid (structure/int8_conv.py, weight-only); every other layer stays float and
 the section says why.
 """
@@ -134,7 +134,7 @@ def _zeros(layers: list[dict]) -> dict:
 
 def _choose_layers(model, targets, mode: str) -> tuple[list, list[dict]]:
     """The layers `mode` quantizes and prunecli can read back (Keras' own Dense and EinsumDense, for int8
-    also Keras' convolutions but the transposed ones; not subclasses, not already quantized, without LoRA: the layers QAT fine-tunes
+    also Keras' convolutions; not subclasses, not already quantized, without LoRA: the layers QAT fine-tunes
     through), and, for every other layer holding a prunable weight, why it stays float."""
     import keras
 
@@ -168,7 +168,7 @@ def _why_float(layer, classes, mode: str) -> str:
         return "Keras can quantize embeddings, but prunecli does not read their codes back yet"
     return (
         f"Keras {keras.__version__} has no quantized {type(layer).__name__} "
-        "(prunecli's int8 convolutions cover Conv, DepthwiseConv and SeparableConv)"
+        "(prunecli's int8 convolutions cover Conv, ConvTranspose, DepthwiseConv and SeparableConv)"
     )
 
 
@@ -270,8 +270,10 @@ def _read_back(layer, attr: str, mode: str, float_kernel):
     import keras
 
     is_zero = codes == 0
+    if conv:  # int8_kernels shapes each scale to divide its kernel's codes (output channels not always last)
+        return codes / scale, is_zero
     columns = scale.size
-    if isinstance(layer, keras.layers.Dense) or conv or mode == "int4":  # codes / s per output column (last axis)
+    if isinstance(layer, keras.layers.Dense) or mode == "int4":  # codes / s per output column (last axis)
         if codes.size % columns == 0:
             return (codes.reshape(-1, columns) / scale.reshape(columns)).reshape(codes.shape), is_zero
     return None, is_zero  # EinsumDense int8: scales are laid out for the output; zeros read from the codes

@@ -1,4 +1,4 @@
-"""int8 convolutions: Conv1D/2D/3D, DepthwiseConv1D/2D and SeparableConv1D/2D whose kernels are stored as
+"""int8 convolutions: Conv1D/2D/3D, their transposes, DepthwiseConv1D/2D and SeparableConv1D/2D whose kernels are stored as
 int8 codes with one scale per output channel, so that `--quantize int8` shrinks a CNN's file and not only
 its Dense layers.
 
@@ -137,9 +137,19 @@ class _Int8Attributes(_Int8Stored):
     pointwise kernel's is over every axis but the last."""
 
     INT8_KERNELS: tuple[str, ...] = ()
+    OUTPUT_AXES = 1  # how many trailing kernel axes are output channels (a depthwise kernel: 2)
 
     def _scaled_axes(self, attr: str, ndim: int) -> tuple[int, ...]:
-        return tuple(range(self.rank)) if attr in ("kernel", "depthwise_kernel") else tuple(range(ndim - 1))
+        """The axes a kernel's scale runs over (all but its output channels)."""
+        if attr == "depthwise_kernel":
+            return tuple(range(self.rank))
+        return tuple(range(ndim - self.OUTPUT_AXES))
+
+    def _broadcast_scale(self, attr: str):
+        """`<attr>_scale` shaped to divide the kernel: 1 on the axes it runs over."""
+        kernel, scale = getattr(self, attr), getattr(self, f"{attr}_scale")
+        axes = self._scaled_axes(attr, len(kernel.shape))
+        return ops.reshape(scale, [1 if axis in axes else size for axis, size in enumerate(kernel.shape)])
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -167,7 +177,7 @@ class _Int8Attributes(_Int8Stored):
         """A kernel as the layer computes with it: the float one, or int8 codes / scale."""
         if self.quantization_mode != "int8":
             return getattr(self, attr)
-        return ops.divide(ops.cast(getattr(self, attr), self.compute_dtype), getattr(self, f"{attr}_scale"))
+        return ops.divide(ops.cast(getattr(self, attr), self.compute_dtype), self._broadcast_scale(attr))
 
     def get_prunable_weights(self) -> list:
         """The kernels prunecli's targets read, under their float names: the int8 codes once quantized."""
@@ -213,6 +223,7 @@ class _Int8Attributes(_Int8Stored):
 
 class _Int8Depthwise(_Int8Attributes):
     INT8_KERNELS = ("kernel",)
+    OUTPUT_AXES = 2  # (*window, input channel, multiplier): each (channel, multiplier) is an output
 
     def call(self, inputs):
         if self.quantization_mode != "int8":
@@ -247,6 +258,45 @@ class _Int8Separable(_Int8Attributes):
         return self._finish(outputs, self.filters)
 
 
+class _Int8Transpose(_Int8Attributes):
+    """A transposed convolution's kernel is (*window, filters, input channels): its scale is per filter,
+    over every other axis."""
+
+    INT8_KERNELS = ("kernel",)
+
+    def _scaled_axes(self, attr: str, ndim: int) -> tuple[int, ...]:
+        return tuple(axis for axis in range(ndim) if axis != ndim - 2)
+
+    def call(self, inputs):
+        if self.quantization_mode != "int8":
+            return super().call(inputs)
+        outputs = ops.conv_transpose(
+            inputs,
+            self.dequantized("kernel"),
+            strides=list(self.strides),
+            padding=self.padding,
+            output_padding=self.output_padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
+        return self._finish(outputs, self.filters)
+
+
+@keras.saving.register_keras_serializable(package="prunecli")
+class Int8Conv1DTranspose(_Int8Transpose, keras.layers.Conv1DTranspose):
+    """Conv1DTranspose with an int8 kernel after `quantize("int8")`."""
+
+
+@keras.saving.register_keras_serializable(package="prunecli")
+class Int8Conv2DTranspose(_Int8Transpose, keras.layers.Conv2DTranspose):
+    """Conv2DTranspose with an int8 kernel after `quantize("int8")`."""
+
+
+@keras.saving.register_keras_serializable(package="prunecli")
+class Int8Conv3DTranspose(_Int8Transpose, keras.layers.Conv3DTranspose):
+    """Conv3DTranspose with an int8 kernel after `quantize("int8")`."""
+
+
 @keras.saving.register_keras_serializable(package="prunecli")
 class Int8DepthwiseConv1D(_Int8Depthwise, keras.layers.DepthwiseConv1D):
     """DepthwiseConv1D with an int8 kernel after `quantize("int8")`."""
@@ -275,6 +325,9 @@ INT8_CLASSES = {
     keras.layers.DepthwiseConv2D: Int8DepthwiseConv2D,
     keras.layers.SeparableConv1D: Int8SeparableConv1D,
     keras.layers.SeparableConv2D: Int8SeparableConv2D,
+    keras.layers.Conv1DTranspose: Int8Conv1DTranspose,
+    keras.layers.Conv2DTranspose: Int8Conv2DTranspose,
+    keras.layers.Conv3DTranspose: Int8Conv3DTranspose,
 }
 
 
@@ -322,7 +375,8 @@ def kernel_names(layer) -> tuple[str, ...]:
 
 
 def int8_kernels(layer) -> list[tuple[str, object, object]]:
-    """(attribute, int8 codes, scales) of each kernel of a quantized int8 convolution."""
+    """(attribute, int8 codes, scales shaped to divide the codes) of each kernel of a quantized int8
+    convolution."""
     if isinstance(layer, _Int8Kernel):
         return [("kernel", layer.kernel_codes, layer.kernel_scale)]
-    return [(attr, getattr(layer, attr), getattr(layer, f"{attr}_scale")) for attr in layer.INT8_KERNELS]
+    return [(attr, getattr(layer, attr), layer._broadcast_scale(attr)) for attr in layer.INT8_KERNELS]

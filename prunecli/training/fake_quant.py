@@ -60,7 +60,7 @@ def quantizable_layers(model, mode: str) -> list:
 def quantized_kinds(mode: str) -> str:
     """The layer classes `--quantize mode` takes, for messages."""
     kinds = list(QUANTIZED_CLASSES) + (
-        ["Conv1D/2D/3D", "DepthwiseConv1D/2D", "SeparableConv1D/2D"] if mode == "int8" else []
+        ["Conv1D/2D/3D", "Conv1D/2D/3DTranspose", "DepthwiseConv1D/2D", "SeparableConv1D/2D"] if mode == "int8" else []
     )
     return ", ".join(kinds[:-1]) + " and " + kinds[-1]
 
@@ -152,6 +152,8 @@ def _fake_call(layer, mode: str):
     from prunecli.structure import int8_conv
 
     if type(layer) in int8_conv.INT8_CLASSES:
+        if _transposed(layer):
+            return _fake_transpose_call(layer)
         plain = int8_conv.kernel_names(layer) == ("kernel",) and not _depthwise(layer)
         return _fake_conv_call(layer) if plain else _fake_attrs_call(layer)
     if type(layer) is keras.layers.EinsumDense:
@@ -225,6 +227,48 @@ def _depthwise(layer) -> bool:
     return isinstance(layer, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D))
 
 
+def _transposed(layer) -> bool:
+    import keras
+
+    return isinstance(layer, (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose))
+
+
+def _fake_transpose_call(layer):
+    """A ConvNDTranspose `call` with its kernel (*window, filters, inputs) on the int8 grid of
+    structure/int8_conv.py: one scale per filter, over every other axis. Inputs stay float."""
+    from keras import ops
+
+    ndim = layer.rank + 2
+    axes = tuple(axis for axis in range(ndim) if axis != ndim - 2)
+
+    def call(inputs):
+        kernel = straight_through(layer.kernel, int8_weights(layer.kernel, axes))
+        x = ops.conv_transpose(
+            inputs,
+            kernel,
+            strides=list(layer.strides),
+            padding=layer.padding,
+            output_padding=layer.output_padding,
+            dilation_rate=layer.dilation_rate,
+            data_format=layer.data_format,
+        )
+        return _bias_and_activation(layer, x, layer.filters)
+
+    return call
+
+
+def _bias_and_activation(layer, x, channels: int):
+    """What Keras' convolutions add after the convolution itself."""
+    from keras import ops
+
+    if layer.use_bias:
+        shape = (1,) * (layer.rank + 1) + (channels,)
+        if layer.data_format != "channels_last":
+            shape = (1, channels) + (1,) * layer.rank
+        x = ops.add(x, ops.reshape(layer.bias, shape))
+    return layer.activation(x) if layer.activation is not None else x
+
+
 def _fake_attrs_call(layer):
     """A DepthwiseConv or SeparableConv `call` (Keras' own ops, bias and activation as its `call` adds
     them) with each kernel on the int8 grid of structure/int8_conv.py: a depthwise kernel per output
@@ -252,12 +296,7 @@ def _fake_attrs_call(layer):
             last = tuple(range(len(pointwise.shape) - 1))
             x = ops.separable_conv(inputs, fake(layer.depthwise_kernel, window), fake(pointwise, last), **options)
             channels = layer.filters
-        if layer.use_bias:
-            shape = (1,) * (layer.rank + 1) + (channels,)
-            if layer.data_format != "channels_last":
-                shape = (1, channels) + (1,) * layer.rank
-            x = ops.add(x, ops.reshape(layer.bias, shape))
-        return layer.activation(x) if layer.activation is not None else x
+        return _bias_and_activation(layer, x, channels)
 
     return call
 
