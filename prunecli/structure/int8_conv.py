@@ -128,28 +128,51 @@ class Int8Conv3D(_Int8Kernel, keras.layers.Conv3D):
     """Conv3D with an int8 kernel after `quantize("int8")`."""
 
 
+def bias_and_activation(layer, outputs, channels: int):
+    """What Keras' convolutions add after the convolution itself: the bias (per output channel, on the
+    data format's channel axis) and the activation."""
+    if layer.use_bias:
+        if layer.data_format == "channels_last":
+            bias_shape = (1,) * (layer.rank + 1) + (channels,)
+        else:
+            bias_shape = (1, channels) + (1,) * layer.rank
+        outputs = ops.add(outputs, ops.reshape(layer.bias, bias_shape))
+    return layer.activation(outputs) if layer.activation is not None else outputs
+
+
 class _Int8Attributes(_Int8Stored):
-    """The int8 behaviour of depthwise and separable convolutions, whose `call` reads their kernels as
-    plain attributes (`kernel`; `depthwise_kernel` and `pointwise_kernel`): once quantized each of those
-    attributes holds int8 codes and `<attribute>_scale` its scales, and `call` computes with the
-    dequantized kernels. One scale per output channel, as for Conv: a depthwise kernel's output channels
-    are its last two axes (input channel x multiplier), so its scale is over the window only; a
-    pointwise kernel's is over every axis but the last."""
+    """The int8 behaviour of depthwise, separable and transposed convolutions, whose `call` reads their
+    kernels as plain attributes (`kernel`; `depthwise_kernel` and `pointwise_kernel`): once quantized each
+    of those attributes holds int8 codes and `<attribute>_scale` its scales, and `call` computes with the
+    dequantized kernels. One scale per output channel, as for Conv (`scaled_axes`).
+
+    Each family's `convolve(layer, inputs, kernel_of)` is the layer's computation with the kernels
+    `kernel_of(attribute)` gives: the dequantized ones here, fake-quantized float ones in QAT
+    (training/fake_quant.py), so both compute the same thing by construction."""
 
     INT8_KERNELS: tuple[str, ...] = ()
     OUTPUT_AXES = 1  # how many trailing kernel axes are output channels (a depthwise kernel: 2)
 
-    def _scaled_axes(self, attr: str, ndim: int) -> tuple[int, ...]:
+    @classmethod
+    def scaled_axes(cls, attr: str, rank: int, ndim: int) -> tuple[int, ...]:
         """The axes a kernel's scale runs over (all but its output channels)."""
         if attr == "depthwise_kernel":
-            return tuple(range(self.rank))
-        return tuple(range(ndim - self.OUTPUT_AXES))
+            return tuple(range(rank))
+        return tuple(range(ndim - cls.OUTPUT_AXES))
+
+    def _scaled_axes(self, attr: str, ndim: int) -> tuple[int, ...]:
+        return type(self).scaled_axes(attr, self.rank, ndim)
 
     def _broadcast_scale(self, attr: str):
         """`<attr>_scale` shaped to divide the kernel: 1 on the axes it runs over."""
         kernel, scale = getattr(self, attr), getattr(self, f"{attr}_scale")
         axes = self._scaled_axes(attr, len(kernel.shape))
         return ops.reshape(scale, [1 if axis in axes else size for axis, size in enumerate(kernel.shape)])
+
+    def call(self, inputs):
+        if self.quantization_mode != "int8":
+            return super().call(inputs)
+        return type(self).convolve(self, inputs, self.dequantized)
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -210,52 +233,40 @@ class _Int8Attributes(_Int8Stored):
         self._is_quantized = True
         self.dtype_policy = dtype_policies.get(f"int8_from_{self.dtype_policy.name}")
 
-    def _finish(self, outputs, channels: int):
-        """Bias and activation, as Keras' depthwise and separable `call` add them."""
-        if self.use_bias:
-            if self.data_format == "channels_last":
-                bias_shape = (1,) * (self.rank + 1) + (channels,)
-            else:
-                bias_shape = (1, channels) + (1,) * self.rank
-            outputs = ops.add(outputs, ops.reshape(self.bias, bias_shape))
-        return self.activation(outputs) if self.activation is not None else outputs
-
 
 class _Int8Depthwise(_Int8Attributes):
     INT8_KERNELS = ("kernel",)
     OUTPUT_AXES = 2  # (*window, input channel, multiplier): each (channel, multiplier) is an output
 
-    def call(self, inputs):
-        if self.quantization_mode != "int8":
-            return super().call(inputs)
-        kernel = self.dequantized("kernel")
+    @staticmethod
+    def convolve(layer, inputs, kernel_of):
+        kernel = kernel_of("kernel")
         outputs = ops.depthwise_conv(
             inputs,
             kernel,
-            strides=self.strides,
-            padding=self.padding,
-            dilation_rate=self.dilation_rate,
-            data_format=self.data_format,
+            strides=layer.strides,
+            padding=layer.padding,
+            dilation_rate=layer.dilation_rate,
+            data_format=layer.data_format,
         )
-        return self._finish(outputs, int(kernel.shape[-2]) * int(kernel.shape[-1]))
+        return bias_and_activation(layer, outputs, int(kernel.shape[-2]) * int(kernel.shape[-1]))
 
 
 class _Int8Separable(_Int8Attributes):
     INT8_KERNELS = ("depthwise_kernel", "pointwise_kernel")
 
-    def call(self, inputs):
-        if self.quantization_mode != "int8":
-            return super().call(inputs)
+    @staticmethod
+    def convolve(layer, inputs, kernel_of):
         outputs = ops.separable_conv(
             inputs,
-            self.dequantized("depthwise_kernel"),
-            self.dequantized("pointwise_kernel"),
-            strides=self.strides,
-            padding=self.padding,
-            dilation_rate=self.dilation_rate,
-            data_format=self.data_format,
+            kernel_of("depthwise_kernel"),
+            kernel_of("pointwise_kernel"),
+            strides=layer.strides,
+            padding=layer.padding,
+            dilation_rate=layer.dilation_rate,
+            data_format=layer.data_format,
         )
-        return self._finish(outputs, self.filters)
+        return bias_and_activation(layer, outputs, layer.filters)
 
 
 class _Int8Transpose(_Int8Attributes):
@@ -264,22 +275,22 @@ class _Int8Transpose(_Int8Attributes):
 
     INT8_KERNELS = ("kernel",)
 
-    def _scaled_axes(self, attr: str, ndim: int) -> tuple[int, ...]:
+    @classmethod
+    def scaled_axes(cls, attr: str, rank: int, ndim: int) -> tuple[int, ...]:
         return tuple(axis for axis in range(ndim) if axis != ndim - 2)
 
-    def call(self, inputs):
-        if self.quantization_mode != "int8":
-            return super().call(inputs)
+    @staticmethod
+    def convolve(layer, inputs, kernel_of):
         outputs = ops.conv_transpose(
             inputs,
-            self.dequantized("kernel"),
-            strides=list(self.strides),
-            padding=self.padding,
-            output_padding=self.output_padding,
-            dilation_rate=self.dilation_rate,
-            data_format=self.data_format,
+            kernel_of("kernel"),
+            strides=list(layer.strides),
+            padding=layer.padding,
+            output_padding=layer.output_padding,
+            dilation_rate=layer.dilation_rate,
+            data_format=layer.data_format,
         )
-        return self._finish(outputs, self.filters)
+        return bias_and_activation(layer, outputs, layer.filters)
 
 
 @keras.saving.register_keras_serializable(package="prunecli")

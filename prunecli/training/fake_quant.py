@@ -152,9 +152,7 @@ def _fake_call(layer, mode: str):
     from prunecli.structure import int8_conv
 
     if type(layer) in int8_conv.INT8_CLASSES:
-        if _transposed(layer):
-            return _fake_transpose_call(layer)
-        plain = int8_conv.kernel_names(layer) == ("kernel",) and not _depthwise(layer)
+        plain = not hasattr(int8_conv.INT8_CLASSES[type(layer)], "convolve")  # Conv1D/2D/3D
         return _fake_conv_call(layer) if plain else _fake_attrs_call(layer)
     if type(layer) is keras.layers.EinsumDense:
         layer._set_quantization_info()  # Keras' own reduction axes for this equation (what quantize() uses)
@@ -191,9 +189,10 @@ def _fake_conv_call(layer):
     channel, over every other axis); inputs stay float, as that layer's are (weight-only)."""
     from keras import ops
 
+    from prunecli.structure import int8_conv
+
     axes = tuple(range(len(layer.kernel.shape) - 1))
     channels_last = layer.data_format == "channels_last"
-    bias_shape = (1,) * (layer.rank + 1) + (layer.filters,) if channels_last else (1, layer.filters) + (1,) * layer.rank
 
     causal = layer.padding == "causal"  # Conv1D pads its input on the left itself (Conv1D.call), then VALID
     left = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
@@ -212,91 +211,26 @@ def _fake_conv_call(layer):
             dilation_rate=layer.dilation_rate,
             data_format=layer.data_format,
         )
-        if layer.use_bias:
-            x = ops.add(x, ops.reshape(layer.bias, bias_shape))
-        if layer.activation is not None:
-            x = layer.activation(x)
-        return x
+        return int8_conv.bias_and_activation(layer, x, layer.filters)
 
     return call
-
-
-def _depthwise(layer) -> bool:
-    import keras
-
-    return isinstance(layer, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D))
-
-
-def _transposed(layer) -> bool:
-    import keras
-
-    return isinstance(layer, (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose))
-
-
-def _fake_transpose_call(layer):
-    """A ConvNDTranspose `call` with its kernel (*window, filters, inputs) on the int8 grid of
-    structure/int8_conv.py: one scale per filter, over every other axis. Inputs stay float."""
-    from keras import ops
-
-    ndim = layer.rank + 2
-    axes = tuple(axis for axis in range(ndim) if axis != ndim - 2)
-
-    def call(inputs):
-        kernel = straight_through(layer.kernel, int8_weights(layer.kernel, axes))
-        x = ops.conv_transpose(
-            inputs,
-            kernel,
-            strides=list(layer.strides),
-            padding=layer.padding,
-            output_padding=layer.output_padding,
-            dilation_rate=layer.dilation_rate,
-            data_format=layer.data_format,
-        )
-        return _bias_and_activation(layer, x, layer.filters)
-
-    return call
-
-
-def _bias_and_activation(layer, x, channels: int):
-    """What Keras' convolutions add after the convolution itself."""
-    from keras import ops
-
-    if layer.use_bias:
-        shape = (1,) * (layer.rank + 1) + (channels,)
-        if layer.data_format != "channels_last":
-            shape = (1, channels) + (1,) * layer.rank
-        x = ops.add(x, ops.reshape(layer.bias, shape))
-    return layer.activation(x) if layer.activation is not None else x
 
 
 def _fake_attrs_call(layer):
-    """A DepthwiseConv or SeparableConv `call` (Keras' own ops, bias and activation as its `call` adds
-    them) with each kernel on the int8 grid of structure/int8_conv.py: a depthwise kernel per output
-    channel over its window, a pointwise one over every axis but the last. Inputs stay float."""
-    from keras import ops
+    """A DepthwiseConv, SeparableConv or ConvTranspose `call`: the computation of the int8 layer it
+    becomes (structure/int8_conv.py's `convolve`), with each float kernel fake-quantized on that layer's
+    grid instead of dequantized from codes. Inputs stay float."""
+    from prunecli.structure import int8_conv
 
-    window = tuple(range(layer.rank))
-    options = {
-        "strides": layer.strides,
-        "padding": layer.padding,
-        "dilation_rate": layer.dilation_rate,
-        "data_format": layer.data_format,
-    }
+    int8_class = int8_conv.INT8_CLASSES[type(layer)]
 
-    def fake(kernel, axes):
+    def fake(attr):
+        kernel = getattr(layer, attr)
+        axes = int8_class.scaled_axes(attr, layer.rank, len(kernel.shape))
         return straight_through(kernel, int8_weights(kernel, axes))
 
     def call(inputs):
-        if _depthwise(layer):
-            kernel = layer.kernel
-            x = ops.depthwise_conv(inputs, fake(kernel, window), **options)
-            channels = int(kernel.shape[-2]) * int(kernel.shape[-1])
-        else:
-            pointwise = layer.pointwise_kernel
-            last = tuple(range(len(pointwise.shape) - 1))
-            x = ops.separable_conv(inputs, fake(layer.depthwise_kernel, window), fake(pointwise, last), **options)
-            channels = layer.filters
-        return _bias_and_activation(layer, x, channels)
+        return int8_class.convolve(layer, inputs, fake)
 
     return call
 
