@@ -52,9 +52,10 @@ Results go to bench/TRANSFORMER.md, section "## KerasHub decoder shrunk for real
 `--family gpt2` measures decoder_oneshot's GPT-2-style decoder instead (keras_hub GPT2Backbone: hidden 128,
 4 layers, 4 heads of 32 with q/k/v/output biases, GELU FFN 512 with biases, LayerNorm, learned positions,
 LM head tied to the token embedding) and writes only the subsection "### GPT-2-style decoder" at the end of
-that section (a Llama run keeps that subsection as it is). Its rows: dense, FFN units and whole blocks at
-0.75x and 0.5x, heads (3 of 4 per block, the most prunecli removes: 0.765x); no hidden row (`-g hidden` is
-refused for GPT-2: LayerNorm centres the residual stream) and so no Minitron-style row. The parameter
+that section (a Llama run keeps that subsection as it is). Its rows: dense, FFN units, residual channels and
+whole blocks at 0.75x and 0.5x, heads (3 of 4 per block, the most prunecli removes: 0.765x) and the
+Minitron-style chain (residual channels go through LayerNorms as prunecli's NarrowedLayerNormalization,
+which keeps the dense width in its statistics). The parameter
 formulas count the biases (a head: 4 x 128 x 32 kernel entries + 3 x 32 q/k/v biases per block; an FFN unit:
 2 x 128 + 1) and are checked against every report's parameter count in the subsection. Its cache files are
 gpt2_width_results.json, gpt2_width_speed.json and out_gpt2/ beside the Llama ones.
@@ -177,53 +178,54 @@ def runs(dense_params: int) -> list[dict]:
 # ---- GPT-2-style (--family gpt2) ---------------------------------------------------------------------
 
 
-def _gpt2_attention_params(heads: int) -> int:
-    """q, k, v kernels and biases of `heads` heads of 32 (head size kept), the output kernel's rows of
-    them, and the output bias (hidden, kept whatever the heads)."""
-    h, d = GPT2["hidden"], GPT2_HEAD_DIM
+def _gpt2_attention_params(heads: int, h: int = GPT2["hidden"]) -> int:
+    """q, k, v kernels and biases of `heads` heads of 32 (head size kept) over a residual width h, the
+    output kernel's rows of them, and the output bias (h, kept whatever the heads)."""
+    d = GPT2_HEAD_DIM
     return heads * (4 * h * d + 3 * d) + h
 
 
-def _gpt2_block_params(heads: int, ffn: int) -> int:
-    """One TransformerDecoder block: attention, two LayerNorms (gamma, beta), the un-gated FFN (intermediate
-    kernel and bias per unit, output kernel row per unit, output bias)."""
-    h = GPT2["hidden"]
-    return _gpt2_attention_params(heads) + 4 * h + 2 * h * ffn + ffn + h
+def _gpt2_block_params(heads: int, ffn: int, h: int = GPT2["hidden"]) -> int:
+    """One TransformerDecoder block over a residual width h: attention, two LayerNorms (gamma, beta), the
+    un-gated FFN (intermediate kernel and bias per unit, output kernel row per unit, output bias)."""
+    return _gpt2_attention_params(heads, h) + 4 * h + 2 * h * ffn + ffn + h
 
 
-def gpt2_shape(row: dict) -> tuple[int, int, int]:
-    """(heads, FFN units, blocks) a row leaves: `--sparsity` removes round(S x units) per block, at most
-    all but one head."""
-    heads, ffn, n_layers = GPT2["heads"], GPT2["ffn"], GPT2["layers"]
+def gpt2_shape(row: dict) -> tuple[int, int, int, int]:
+    """(residual width, heads, FFN units, blocks) a row leaves: `--sparsity` removes round(S x units) per
+    block, at most all but one head; residual channels in multiples of 8 (-g hidden keeps the width one)."""
+    hidden, heads, ffn, n_layers = GPT2["hidden"], GPT2["heads"], GPT2["ffn"], GPT2["layers"]
     for step in row["steps"]:
-        if step["granularity"] == "head":
+        if step["granularity"] == "hidden":
+            gone = round(step["sparsity"] * hidden)
+            hidden -= gone - gone % 8
+        elif step["granularity"] == "head":
             heads -= min(round(step["sparsity"] * heads), heads - 1)
         elif step["granularity"] == "neuron":
             ffn -= round(step["sparsity"] * ffn)
         elif step["granularity"] == "layer":
             n_layers -= step["remove_layers"]
-    return heads, ffn, n_layers
+    return hidden, heads, ffn, n_layers
 
 
 def gpt2_params(row: dict) -> int:
     """The parameters a row should leave: token embedding (tied with the LM head), learned positions
     (128 x hidden), the final LayerNorm, and the blocks; checked against prunecli's report."""
-    h = GPT2["hidden"]
-    heads, ffn, n_layers = gpt2_shape(row)
-    return VOCAB * h + oneshot.SEQ * h + 2 * h + n_layers * _gpt2_block_params(heads, ffn)
+    h, heads, ffn, n_layers = gpt2_shape(row)
+    return VOCAB * h + oneshot.SEQ * h + 2 * h + n_layers * _gpt2_block_params(heads, ffn, h)
 
 
 def gpt2_macs_per_token(row: dict) -> float:
     """Multiply-adds per token of a prefill at 128 tokens: q/k/v/output projections, the FFN, the tied LM
     head and the two attention products over all 128 positions (biases and norms not counted)."""
-    h = GPT2["hidden"]
-    heads, ffn, n_layers = gpt2_shape(row)
+    h, heads, ffn, n_layers = gpt2_shape(row)
     width = heads * GPT2_HEAD_DIM
     return h * VOCAB + n_layers * (4 * h * width + 2 * h * ffn + 2 * oneshot.SEQ * width)
 
 
 def gpt2_runs(dense_params: int) -> list[dict]:
-    """The GPT-2 rows: FFN units, heads (3 of 4, the most) and whole blocks; no hidden row (refused)."""
+    """The GPT-2 rows: FFN units, residual channels, heads (3 of 4, the most), whole blocks, and the
+    Minitron-style chain (hidden 128 -> 112, one head of 4 per block, then FFN units to fit 0.75x)."""
     h, n_layers, ffn = GPT2["hidden"], GPT2["layers"], GPT2["ffn"]
     out = [{"key": "dense", "label": "dense, fine-tuned the same way (`-s 0`)", "target": 1.0, "steps": []}]
 
@@ -235,8 +237,24 @@ def gpt2_runs(dense_params: int) -> list[dict]:
         n = max(1, round((1 - t) * dense_params / _gpt2_block_params(GPT2["heads"], ffn)))
         return {"granularity": "layer", "remove_layers": n, "shrink": True, "score_batches": 4}
 
+    h2, heads2 = h - 16, GPT2["heads"] - 1
+    after = VOCAB * h2 + oneshot.SEQ * h2 + 2 * h2 + n_layers * _gpt2_block_params(heads2, ffn, h2)
+    r = max(0, math.ceil((after - 0.75 * dense_params) / ((2 * h2 + 1) * n_layers)))
+    minitron = [
+        {"granularity": "hidden", "sparsity": round(16 / h, 6), "shrink": True},
+        {"granularity": "head", "sparsity": 0.25, "shrink": True},
+        {"granularity": "neuron", "sparsity": round(r / ffn, 6), "shrink": True},
+    ]
     for t in (0.75, 0.5):
         out.append({"key": f"ffn{t}", "label": "FFN units", "target": t, "steps": [ffn_row(t)]})
+        out.append(
+            {
+                "key": f"hidden{t}",
+                "label": "hidden channels",
+                "target": t,
+                "steps": [{"granularity": "hidden", "sparsity": round(1 - t, 6), "shrink": True}],
+            }
+        )
         if t == 0.75:
             out.append(
                 {
@@ -247,6 +265,10 @@ def gpt2_runs(dense_params: int) -> list[dict]:
                 }
             )
         out.append({"key": f"depth{t}", "label": "whole blocks", "target": t, "steps": [depth_row(t)]})
+        if t == 0.75:
+            out.append(
+                {"key": "minitron", "label": "Minitron-style: hidden+heads+FFN", "target": 0.75, "steps": minitron}
+            )
     return out
 
 
@@ -441,8 +463,9 @@ def _gpt2_intro(meta, seeds, cmd, run_s, n_results, dense_params) -> list[str]:
             if len(seeds) > 1
             else f"One seed only ({seeds}; the Llama table has three), so the cells carry no spread. "
         )
-        + "No hidden-channel row: `-g hidden` is refused for GPT-2 (its LayerNorms centre the residual stream, "
-        "so residual channels cannot be removed exactly), and no Minitron-style row, which needs it. Heads "
+        + "Residual channels go through the LayerNorms as NarrowedLayerNormalization (the dense width kept "
+        "in its statistics, so the narrowed model equals the masked one; the width removed in multiples of 8). "
+        "Heads "
         "are removed with their q/k/v bias slices and the output kernel's rows, the head size kept; FFN units "
         "with their intermediate column and bias and the output row. The sparsity for each target is "
         "computed from the architecture with the biases counted (a head is 4 x 128 x 32 + 3 x 32 = 16,480 "

@@ -178,6 +178,30 @@ def hub_prompt():
     return prompt
 
 
+def check_narrowed_lm(lm, tmp_path, vocab: int, class_name: str, sparsity: float = 0.5):
+    """-g hidden on a causal LM with LayerNorms: the channels leave every slice, each norm becomes a
+    NarrowedLayerNormalization that keeps the dense width, and the narrower model computes, generates and
+    reloads as the masked one (check_shrunk_lm). Returns (narrower model, its `hidden` section)."""
+    from prunecli.removal import hidden
+    from prunecli.structure import decoders
+    from prunecli.structure import targets as targets_mod
+
+    width = int(lm.backbone.token_embedding.output_dim)
+    small, _masks, section, _notes = hidden.run_hidden(
+        lm, targets_mod.select(lm), step_config("hidden", sparsity=sparsity, shrink=True)
+    )
+    kept = section["hidden_after"]
+    assert kept < width == section["hidden_before"]
+    assert int(small.backbone.token_embedding.output_dim) == kept
+    norms = [n for b in decoders.blocks(small) for n in decoders.residual_norms(b)]
+    norms.append(decoders.stream_ends(small)[1])
+    assert all(type(n).__name__ == "NarrowedLayerNormalization" and n.full_width == width for n in norms)
+    assert section["verification"]["max_rel_diff"] <= 1e-4
+    assert section["params_before"] - section["params_after"] == lm.count_params() - small.count_params() > 0
+    check_shrunk_lm(lm, small, tmp_path, vocab, class_name)  # `lm` holds the zeroed channels: the masked model
+    return small, section
+
+
 def check_shrunk_lm(masked_lm, small, tmp_path, vocab: int, class_name: str) -> None:
     """`small` computes and generates what `masked_lm` does (KerasHub's own cache loop on the masked one,
     prunecli's on the smaller one), and so does it after a save/load round trip as `class_name`."""

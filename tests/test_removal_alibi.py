@@ -1,13 +1,13 @@
 """KerasHub's ALiBi decoders, Bloom and Falcon (BloomCausalLM / FalconCausalLM around their backbones):
-heads, un-gated feed-forward units and whole blocks deleted for real; residual channels refused.
+heads, un-gated feed-forward units, whole blocks and residual channels deleted for real.
 
 Both attentions are multi-head with ALiBi positions, each head's slope derived from the number of heads
 (Bloom's in its own AlibiBias layer, Falcon's in the block on every call): a rebuilt attention keeps each
 kept head's own slope. q, k and v are EinsumDense layers with biases (hidden, heads, head_dim), the output
 one Dense (heads * head_dim, hidden). Bloom's block refuses a residual width its heads do not divide when
 it builds (three heads of 8 in 32 channels are built all the same), and its backbone normalises the token
-embedding before the first block, which the rebuilt backbone keeps. Their norms are LayerNormalization,
-so residual channels cannot go. Tiny configs built with keras_hub (no download): each shrunk model is
+embedding before the first block, which the rebuilt backbone keeps. Their norms are LayerNormalization:
+a narrowed stream keeps them normalising as over the full width. Tiny configs built with keras_hub (no download): each shrunk model is
 checked against the masked model it came from (1e-4 relative), after a save/load round trip too, and
 generate() gives the masked model's tokens.
 """
@@ -22,6 +22,7 @@ from conftest import (
     SHRINK_COMMANDS,
     assert_close_rel,
     check_block_removed,
+    check_narrowed_lm,
     check_shrunk_lm,
     cli_shrinks,
     greedy_tokens,
@@ -33,8 +34,7 @@ from conftest import (
 keras = pytest.importorskip("keras")
 kh = pytest.importorskip("keras_hub")
 
-from prunecli.errors import InputError  # noqa: E402
-from prunecli.removal import ffn, heads, hidden  # noqa: E402
+from prunecli.removal import ffn, heads  # noqa: E402
 from prunecli.structure import decoders, keras_graph, transformer  # noqa: E402
 from prunecli.structure import targets as targets_mod  # noqa: E402
 
@@ -104,7 +104,7 @@ def test_a_block_is_read_as_multi_head_alibi_attention_and_an_ungated_network(fa
     assert [(p.projection, p.axis, p.width) for p in hl.parts if p.projection == "output"] == [("output", 0, HD)]
     gate, up, down = keras_graph.hub_ffn(block)
     assert gate is None and (up.name, down.name) == fam.ffn
-    assert "subtracts the mean" in decoders.narrow_blocker(lm)
+    assert decoders.narrow_blocker(lm) is None  # its LayerNorms narrow as NarrowedLayerNormalization
 
 
 @FAMILIES
@@ -189,10 +189,9 @@ def test_whole_blocks_leave_and_the_rest_compute_as_before(fam, tmp_path):
 
 @pytest.mark.slow
 @FAMILIES
-def test_hidden_channels_are_refused_because_layer_norm_centres(fam):
-    lm = fam.lm(layers=1)
-    with pytest.raises(InputError, match="normalises with LayerNormalization"):
-        hidden.run_hidden(lm, targets_mod.select(lm), step_config("hidden", sparsity=0.5, shrink=True))
+def test_hidden_channels_leave_through_the_layer_norms(fam, tmp_path):
+    """Bloom's embedding LayerNorm and Falcon's blocks narrow with the rest of the stream."""
+    check_narrowed_lm(fam.lm(layers=2), tmp_path, VOCAB, fam.causal_lm, sparsity=0.25)
 
 
 @pytest.mark.slow

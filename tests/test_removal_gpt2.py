@@ -1,5 +1,5 @@
 """KerasHub GPT-2 and OPT (GPT2CausalLM, OPTCausalLM around the generic TransformerDecoder block): heads,
-un-gated feed-forward units and whole blocks deleted for real; residual channels refused.
+un-gated feed-forward units, whole blocks and residual channels deleted for real.
 
 Both backbones add a learned position embedding to the token embedding (OPT inside its
 TokenAndPositionEmbedding), normalise with LayerNormalization and run multi-head attention with q/k/v
@@ -17,6 +17,7 @@ import pytest
 from conftest import (
     assert_close_rel,
     check_block_removed,
+    check_narrowed_lm,
     check_shrunk_lm,
     greedy_tokens,
     hub_prompt,
@@ -32,7 +33,7 @@ kh = pytest.importorskip("keras_hub")
 from prunecli import prune  # noqa: E402
 from prunecli.config import build_config  # noqa: E402
 from prunecli.errors import InputError  # noqa: E402
-from prunecli.removal import ffn, heads, hidden  # noqa: E402
+from prunecli.removal import ffn, heads  # noqa: E402
 from prunecli.structure import decoders, keras_graph, transformer  # noqa: E402
 from prunecli.structure import targets as targets_mod  # noqa: E402
 
@@ -192,22 +193,78 @@ def test_a_gpt2_backbone_alone_loses_heads_and_units_and_saves(tmp_path):
     assert_close_rel(reloaded_hub(smaller, tmp_path / "small.keras")(x), want)
 
 
+def test_a_narrowed_layer_norm_normalises_as_the_full_width_one_over_a_zeroed_stream():
+    """LayerNormalization over D channels of which some are zero (gamma and beta zero there too) equals,
+    at the kept channels, NarrowedLayerNormalization(full_width=D) over the kept ones alone, and a second
+    narrowing keeps D; a plain LayerNormalization over the kept ones does not."""
+    from prunecli.structure import narrowed_norm
+
+    rng = np.random.default_rng(0)
+    width, gone = 16, [1, 4, 5, 11]
+    kept = [c for c in range(width) if c not in gone]
+    x = rng.standard_normal((3, 5, width)).astype("float32") + 0.7  # a mean well away from zero
+    x[..., gone] = 0
+    dense = keras.layers.LayerNormalization(epsilon=1e-5)
+    dense.build((None, None, width))
+    gamma, beta = rng.uniform(0.5, 2.0, width).astype("float32"), rng.standard_normal(width).astype("float32")
+    gamma[gone], beta[gone] = 0, 0
+    dense.set_weights([gamma, beta])
+    want = np.asarray(dense(x))[..., kept]
+    narrow = narrowed_norm.narrowed(dense, width)
+    narrow.build((None, None, len(kept)))
+    narrow.set_weights([gamma[kept], beta[kept]])
+    assert narrow.full_width == width and narrow.epsilon == dense.epsilon
+    assert_close_rel(narrow(x[..., kept]), want, 1e-5)
+    plain = keras.layers.LayerNormalization(epsilon=1e-5)
+    plain.build((None, None, len(kept)))
+    plain.set_weights([gamma[kept], beta[kept]])
+    assert np.abs(np.asarray(plain(x[..., kept])) - want).max() > 0.1
+    again = narrowed_norm.narrowed(narrow, len(kept))  # its zeros are zeros of the first stream
+    assert again.full_width == width
+    assert narrowed_norm.layer_class().from_config(narrow.get_config()).full_width == width
+
+
 @pytest.mark.slow
-def test_hidden_channels_are_refused_because_layer_norm_centres(cli, tmp_path):
-    """LayerNormalization subtracts the mean over every channel, so no narrower model equals the masked
-    one: -g hidden says so in one line (exit 3) and writes nothing."""
-    lm = causal_lm("opt", layers=1)
-    assert "subtracts the mean" in decoders.narrow_blocker(lm)
-    with pytest.raises(InputError, match="normalises with LayerNormalization"):
-        hidden.run_hidden(lm, targets_mod.select(lm), step_config("hidden", sparsity=0.5, shrink=True))
+@pytest.mark.parametrize("family", ["gpt2", "opt"])
+def test_hidden_channels_leave_through_the_layer_norms_and_the_positions(family, tmp_path):
+    """Residual channels of GPT-2 and OPT go from the token and position embeddings, every LayerNorm's
+    gamma and beta, the q/k/v input rows, the attention output's and the FFN output's columns and biases;
+    heads then removed from the narrowed model keep its norms narrowed."""
+    lm = causal_lm(family)
+    small, section = check_narrowed_lm(lm, tmp_path, VOCAB, f"Pruned{FAMILIES[family][1]}")
+    kept = section["hidden_after"]
+    # two norms' gamma and beta; q/k/v input rows and the output's columns; the two output biases; FFN row and column
+    per_block = 2 * 2 + 4 * D + 2 + 2 * FF
+    per_channel = VOCAB + MAX_LEN + 2 * per_block + 2  # tied embedding, positions, two blocks, the final norm
+    assert lm.count_params() - small.count_params() == (D - kept) * per_channel
+    x = token_inputs(VOCAB)
+    want = np.asarray(small(x))
+    hl = heads.find(small)
+    heads.apply(heads.head_masks(hl, {h.path: [1] for h in hl}), hl)
+    fewer, *_ = heads.run_heads(small, targets_mod.select(small), step_config("head", sparsity=0.25, shrink=True))
+    assert all(
+        type(n).__name__ == "NarrowedLayerNormalization"
+        for b in decoders.blocks(fewer)
+        for n in decoders.residual_norms(b)
+    )
+    assert_close_rel(fewer(x), small(x))
+    assert np.abs(np.asarray(small(x)) - want).max() > 0  # the heads did change the narrowed model
+
+
+@pytest.mark.slow
+def test_an_opt_backbone_alone_is_refused_in_one_line(cli, tmp_path):
+    """OPT's backbone embeds through one TokenAndPositionEmbedding, which prunecli rebuilds from its parts
+    inside a causal LM only: -g hidden on the backbone alone says so (exit 3) and writes nothing."""
+    backbone = causal_lm("opt", layers=1).backbone
+    assert "narrow the causal LM" in decoders.narrow_blocker(backbone)
     path, out = tmp_path / "opt.keras", tmp_path / "out.keras"
-    lm.save(path)
+    backbone.save(path)
     res = cli("prune", path, "-g", "hidden", "-s", "0.5", "--shrink", "-o", out, "-q")
-    assert res.exit_code == 3 and "LayerNormalization, which subtracts the mean" in res.stderr
+    assert res.exit_code == 3 and "TokenAndPositionEmbedding" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not out.exists()
     said: list[str] = []  # refused before the run times tokens/s or evaluates anything
     settings = {"model_path": str(path), "granularity": "hidden", "sparsity": 0.5, "shrink": True, "output": str(out)}
-    with pytest.raises(InputError, match="LayerNormalization"):
+    with pytest.raises(InputError, match="TokenAndPositionEmbedding"):
         prune(build_config(settings, environ={}), progress=said.append)
     assert said and not any("tokens per second" in line for line in said)
 

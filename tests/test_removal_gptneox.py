@@ -1,5 +1,5 @@
 """KerasHub GPT-NeoX (GPTNeoXCausalLM around GPTNeoXBackbone): heads, un-gated feed-forward units and whole
-blocks deleted for real; residual channels refused.
+blocks and residual channels deleted for real.
 
 GPT-NeoX's attention computes q, k and v with one fused projection (query_key_value, kernel (hidden, heads,
 3 * head_dim): head h's q, k and v side by side in its entry h), rotates only the first rotary_percentage of
@@ -19,6 +19,7 @@ from conftest import (
     SHRINK_COMMANDS,
     assert_close_rel,
     check_block_removed,
+    check_narrowed_lm,
     check_shrunk_lm,
     cli_shrinks,
     greedy_tokens,
@@ -31,8 +32,7 @@ from conftest import (
 keras = pytest.importorskip("keras")
 kh = pytest.importorskip("keras_hub")
 
-from prunecli.errors import InputError  # noqa: E402
-from prunecli.removal import ffn, heads, hidden  # noqa: E402
+from prunecli.removal import ffn, heads  # noqa: E402
 from prunecli.structure import decoders, keras_graph, transformer  # noqa: E402
 from prunecli.structure import targets as targets_mod  # noqa: E402
 
@@ -81,7 +81,7 @@ def test_a_head_is_its_own_q_k_and_v_in_the_fused_projection_and_its_output_rows
     assert not output[2 * HD : 3 * HD].any() and output[: 2 * HD].all() and output[3 * HD :].all()
     gate, up, down = keras_graph.hub_ffn(block)
     assert gate is None and (up.name, down.name) == ("feedforward_intermediate_dense", "feedforward_output_dense")
-    assert "subtracts the mean" in decoders.narrow_blocker(lm)
+    assert decoders.narrow_blocker(lm) is None  # its LayerNorms narrow as NarrowedLayerNormalization
 
 
 def test_a_masked_head_contributes_nothing():
@@ -154,10 +154,8 @@ def test_whole_blocks_leave_and_the_rest_compute_as_before(tmp_path):
 
 
 @pytest.mark.slow
-def test_hidden_channels_are_refused_because_layer_norm_centres():
-    lm = neox_lm(layers=1)
-    with pytest.raises(InputError, match="normalises with LayerNormalization"):
-        hidden.run_hidden(lm, targets_mod.select(lm), step_config("hidden", sparsity=0.5, shrink=True))
+def test_hidden_channels_leave_through_the_layer_norms_and_the_parallel_residual(tmp_path):
+    check_narrowed_lm(neox_lm(), tmp_path, VOCAB, "PrunedGPTNeoXCausalLM", sparsity=0.25)
 
 
 @pytest.mark.slow

@@ -1,26 +1,29 @@
-"""`-g hidden` on KerasHub decoders (Llama, Mistral, Qwen, Qwen3): residual-stream (hidden) channels scored,
-chosen and removed for real.
+"""`-g hidden` on KerasHub decoders (Llama, Mistral, Qwen, Qwen3, Gemma, Phi-3, SmolLM3 with RMSNorms;
+GPT-2, OPT, Bloom, Falcon, GPT-NeoX with LayerNorms): residual-stream (hidden) channels scored, chosen
+and removed for real.
 
 Channel c of the residual stream is the token embedding's column c (untied: the reverse embedding's
-row c too), in every block both RMSNorm scales' entry c, the q/k/v kernels' input row c, the attention
-output's entry c, the gate/up kernels' input row c and the down kernel's column c, and the final
-norm's entry c (structure/decoders.stream_slices). Zeroed in all of them, the channel is zero along the
-whole stream; structure/decoders.narrower deletes it, with each RMSNorm's scale and epsilon corrected
-for the channels it no longer averages over, and the rebuilt model is checked against the masked one
-before anything is saved.
+row c too; GPT-2's and OPT's learned positions' column c), in every block both norms' entry c (scale;
+a LayerNorm's offset too), the q/k/v kernels' input row c, the attention output's entry c (and its
+bias), the gate/up kernels' input row c and the down kernel's column c (and its bias), and the final
+norm's (structure/decoders.stream_slices). Zeroed in all of them, the channel is zero along the whole
+stream; structure/decoders.narrower deletes it, with each RMSNorm's scale and epsilon corrected for the
+channels it no longer averages over, and each LayerNorm made one that still normalises as over the
+full width (structure/narrowed_norm), and the rebuilt model is checked against the masked one before
+anything is saved.
 
 The channels go for real, so `-g hidden` needs --shrink and --schedule oneshot (config/checks.py): a
 masked model fine-tuned would grow them back through the token embedding and the norm scales, which
 are not prunecli targets and hold no mask.
 
 Scores, one per channel, lower = removed first:
-- `magnitude`, `neuron-mean`, `l1-norm`: the geometric mean over all the channel's slices of the
-  slice's mean |w|; `l2-norm`: the geometric mean of their L2 norms (a product of magnitudes, as -g
+- `magnitude`, `neuron-mean`, `l1-norm`: the geometric mean over the channel's slices of the slice's
+  mean |w|, LayerNorm offsets left out (decoders.offset_slices); `l2-norm`: the geometric mean of their L2 norms (a product of magnitudes, as -g
   neuron scores SwiGLU units: scaling one projection leaves the ranking as it was);
 - `random`: seeded;
 - `taylor`: sum |w * dL/dw|, `gradient`: sum |dL/dw| over all the channel's slices, accumulated over
   `--score-batches` batches of `--data`;
-- `activation`: the mean |x_c| of the residual stream where each RMSNorm reads it (both norms of every
+- `activation`: the mean |x_c| of the residual stream where each norm reads it (both norms of every
   block and the final one), over the tokens of `--score-batches` batches of `--data` (padding left
   out), summed over the norms: Minitron's embedding-channel importance (Muralidharan et al. 2024).
 
@@ -54,7 +57,7 @@ def applies(model) -> bool:
 def refusal(model, targets, config) -> str | None:
     """Why -g hidden cannot run on this model (the one-line error), or None: checked before any work."""
     if not applies(model):
-        return f"{config.model_path or 'model'}: -g hidden needs KerasHub decoder blocks (Llama, Mistral, Qwen, Qwen3)"
+        return f"{config.model_path or 'model'}: -g hidden needs KerasHub decoder blocks (those of a causal LM such as Llama or GPT-2)"
     blocker = decoders.narrow_blocker(model)
     return f"{config.model_path or 'model'}: the residual stream cannot be narrowed: {blocker}" if blocker else None
 
@@ -73,7 +76,7 @@ def data_scores(model, slices: list[tuple[Any, int]], data, loss_fn, method: str
 
 
 def activation_scores(model, data, max_batches: int | None):
-    """(channels,) mean |x_c| of the stream at every RMSNorm's input over the batches' tokens, summed
+    """(channels,) mean |x_c| of the stream at every norm's input over the batches' tokens, summed
     over the norms (units.mean_abs_inputs)."""
     import numpy as np
 
@@ -97,7 +100,8 @@ def score(model, slices: list[tuple[Any, int]], config, data=None, loss_fn=None)
         return activation_scores(model, data, config.score_batches)
     if method in DATA_METHODS:
         return data_scores(model, slices, data, loss_fn, method, config.score_batches)
-    return units.weight_scores(slices, method)
+    offsets = decoders.offset_slices(model)
+    return units.weight_scores([pair for pair in slices if id(pair[0]) not in offsets], method)
 
 
 def choose(scores, config, notes: list, sparsity: float | None = None) -> list[int]:

@@ -111,7 +111,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prunecli.errors import InputError
-from prunecli.structure import keras_graph
+from prunecli.structure import keras_graph, narrowed_norm
 
 
 @dataclass(frozen=True)
@@ -223,7 +223,12 @@ _NORMS = {
     "keras_hub.src.models.gemma3.gemma3_layers.RMSNormalization": "PrunedGemma3RMSNormalization",
 }
 # how a saved model names prunecli's classes
-CLASS_NAMES = (*(f"Pruned{name}" for name in (*FAMILIES, *CAUSAL_LMS)), *_NORMS.values(), "PrunedDecoderBackbone")
+CLASS_NAMES = (
+    *(f"Pruned{name}" for name in (*FAMILIES, *CAUSAL_LMS)),
+    *_NORMS.values(),
+    "PrunedDecoderBackbone",
+    "NarrowedLayerNormalization",
+)
 
 _CLASSES: dict[str, Any] = {}  # KerasHub class name ("module.Class" for a norm) -> prunecli's subclass; "backbone"
 _ATTENTION: dict[type, type] = {}  # KerasHub attention class -> its subclass with a fixed head size
@@ -471,8 +476,9 @@ class _PrunedDecoder(_OwnConfig):
 
     _native_head_dim = False
 
-    def __init__(self, *args, head_dim=None, alibi_slopes=None, **kwargs):
+    def __init__(self, *args, head_dim=None, alibi_slopes=None, norm_width=None, **kwargs):
         self.alibi_slopes = None if alibi_slopes is None else [float(v) for v in alibi_slopes]
+        self.norm_width = None if norm_width is None else int(norm_width)
         if self._native_head_dim:
             super().__init__(*args, head_dim=head_dim, **kwargs)
             return
@@ -486,6 +492,12 @@ class _PrunedDecoder(_OwnConfig):
         self._build_at_head_dim(decoder_sequence_shape)
         if self.alibi_slopes is not None:  # Bloom's attention derives them from its heads: the kept ones' stay
             keras_graph.keep_alibi_slopes(attention(self), self.alibi_slopes)
+        if self.norm_width is not None:  # a narrowed stream: LayerNorms normalise as over the full width
+            for norm in residual_norms(self):
+                if narrowed_norm.centred(norm):
+                    new = narrowed_norm.narrowed(norm, self.norm_width)
+                    new.build(decoder_sequence_shape)
+                    keras_graph.replace_hub_block_norm(self, norm, new)
 
     def _build_at_head_dim(self, decoder_sequence_shape):
         import keras
@@ -524,8 +536,10 @@ class _PrunedDecoder(_OwnConfig):
         keras_graph.replace_hub_self_attention(self, new)
 
     def get_config(self):
-        slopes = {} if self.alibi_slopes is None else {"alibi_slopes": self.alibi_slopes}
-        return {**own_config(self), "head_dim": self.head_dim, **{k: list(v) for k, v in slopes.items()}}
+        extra = {} if self.alibi_slopes is None else {"alibi_slopes": list(self.alibi_slopes)}
+        if self.norm_width is not None:
+            extra["norm_width"] = self.norm_width
+        return {**own_config(self), "head_dim": self.head_dim, **extra}
 
 
 class _ScoredThroughBackbone:
@@ -749,6 +763,7 @@ def register() -> dict[str, Any]:
     import keras
 
     _CLASSES["backbone"] = _backbone_class()
+    narrowed_norm.layer_class()
     for path, ours in _NORMS.items():
         norm = hub_class(*path.rsplit(".", 1))
         if norm is not None:
@@ -834,6 +849,8 @@ def smaller(block, q_heads=None, kv_heads=None, units=None):
         config[fam.kv_heads] = len(kv_heads)
     per_unit = int(config[fam.intermediate]) // int(up.kernel.shape[-1])  # Gemma's counts both gates: 2
     config.update({"head_dim": head_size(block), fam.intermediate: len(units) * per_unit})
+    if getattr(block, "norm_width", None) is not None:  # its stream was narrowed before: its norms still are
+        config["norm_width"] = block.norm_width
     slopes = keras_graph.alibi_slopes(block)  # ALiBi (Falcon, Bloom): each kept head keeps its own slope
     if slopes is not None:
         config["alibi_slopes"] = [slopes[h] for h in q_heads]
@@ -912,12 +929,18 @@ def _dropped_blocks(model, backbone, changes: dict) -> set[int]:
 
 
 def _fill(built: list[tuple]) -> None:
-    """Assign each built layer its weights by variable path."""
+    """Assign each built layer its weights by variable path, the full one or the one inside the layer
+    (`_inner_path`: a layer rebuilt outside the layer that held it, OPT's token embedding)."""
     for new, values in built:
-        paths = [str(w.path) for w in new.weights]
+        paths = [str(w.path) if str(w.path) in values else _inner_path(new, w) for w in new.weights]
         if sorted(paths) != sorted(values):
             raise InputError(f"rebuilt layer {new.name!r} has an unexpected set of weights")
         new.set_weights([values[p] for p in paths])
+
+
+def _inner_path(layer, variable) -> str:
+    """A variable's path inside its layer ("embeddings" for "embeddings/token_embedding/embeddings")."""
+    return str(variable.path).removeprefix(f"{layer.path}/")
 
 
 def _task_class(model):
@@ -1054,22 +1077,36 @@ def _norm_offset(layer) -> float | None:
 
 
 def _norm_names() -> str:
-    return ", ".join([*RMS_NORMS, *OFFSET_RMS_NORMS])
+    return ", ".join([*RMS_NORMS, *OFFSET_RMS_NORMS, "LayerNormalization"])
+
+
+def _stream_norm(layer) -> bool:
+    """Whether a norm over the residual stream is one `narrower` rebuilds: a known RMSNorm (its scale
+    and epsilon corrected) or a LayerNormalization over the last axis (narrowed_norm)."""
+    return _norm_offset(layer) is not None or narrowed_norm.centred(layer)
+
+
+def _norm_slices(norm) -> list[tuple[Any, int]]:
+    """(variable, channel axis) of a stream norm: an RMSNorm's scale; a LayerNormalization's gamma and
+    beta (those it has)."""
+    if _norm_offset(norm) is not None:
+        return [(norm.scale, 0)]
+    return [(w, 0) for w in (getattr(norm, "gamma", None), getattr(norm, "beta", None)) if w is not None]
 
 
 def residual_norms(block) -> list:
-    """The block's RMSNorms over the residual stream: before attention and before the feed-forward
+    """The block's norms over the residual stream: before attention and before the feed-forward
     network, and Gemma 2's after each where the block has them."""
     return keras_graph.hub_block_norms(block) + keras_graph.hub_block_post_norms(block)
 
 
 def residual_slices(block) -> list[tuple[Any, int]]:
-    """(variable, channel axis) of everything in a decoder block indexed by residual channel c: the two
-    norm scales, the q/k/v kernels' model axis (Llama's first, Gemma's second), the attention output
-    kernel's last axis (and a bias over it), the gate (where there is one) and up kernels' input rows and
-    the down kernel's columns (and a bias over them). Qwen's q/k/v biases run over heads, not channels:
-    they are not listed."""
-    out = [(norm.scale, 0) for norm in residual_norms(block)]
+    """(variable, channel axis) of everything in a decoder block indexed by residual channel c: the norms'
+    scales (and LayerNorm offsets), the q/k/v kernels' model axis (Llama's first, Gemma's second), the
+    attention output kernel's last axis (and a bias over it), the gate (where there is one) and up
+    kernels' input rows and the down kernel's columns (and a bias over them). q/k/v biases run over
+    heads, not channels: they are not listed."""
+    out = [pair for norm in residual_norms(block) for pair in _norm_slices(norm)]
     *qkv, (output, *_rest) = keras_graph.attention_projections(attention(block))
     out += [(sub.kernel, keras_graph.einsum_model_axis(sub, False, 0)) for sub, *_ in qkv]
     last = len(output.kernel.shape) - 1
@@ -1082,80 +1119,131 @@ def residual_slices(block) -> list[tuple[Any, int]]:
     return out
 
 
-def stream_ends(model) -> tuple[Any, Any]:
-    """(token embedding, final RMSNorm) around the decoder blocks of the model (or of its task's
-    backbone). InputError when the backbone holds anything else: the residual stream would reach a
-    layer that is not rebuilt with it."""
+@dataclass(frozen=True)
+class Stream:
+    """The layers around the decoder blocks that the residual stream runs through: the token embedding,
+    the final norm, and, where the backbone has them, the learned position embedding (GPT-2, OPT) and
+    the norm of the embedding (Bloom), each of whose weights is indexed by channel on its last axis."""
+
+    embedding: Any
+    final: Any
+    positions: Any = None
+    embedding_norm: Any = None
+
+    def extras(self) -> list:
+        return [layer for layer in (self.positions, self.embedding_norm) if layer is not None]
+
+
+def stream(model) -> Stream:
+    """The Stream of the model (or of its task's backbone). InputError when the backbone holds anything
+    else with weights or a norm prunecli does not rebuild: the residual stream would reach a layer that
+    is not narrowed with it. Layers that add or drop out (GPT-2's embeddings_add, embeddings_dropout)
+    pass any channel through as it is."""
     import keras
 
     inner = host(model)
     if inner is None:
-        raise InputError(
-            f"{model.name}: no KerasHub decoder blocks (Llama, Mistral, Qwen, Qwen3, Gemma, Gemma3, Phi-3, SmolLM3) to narrow"
-        )
+        raise InputError(f"{model.name}: no KerasHub decoder blocks (those of {', '.join(CAUSAL_LMS)}) to narrow")
+    found = _stream_parts(inner)
+    known = {id(layer) for layer in (found.embedding, found.final, *found.extras())}
+    composite = getattr(inner, "embeddings", None)  # OPT's TokenAndPositionEmbedding, rebuilt from its parts
+    if composite is not None:
+        if inner is model:
+            raise InputError(
+                f"{inner.name}: its {type(composite).__name__} {composite.name!r} is rebuilt only inside a causal LM: "
+                "narrow the causal LM, not its backbone alone"
+            )
+        known.add(id(composite))
     others = [
         layer
         for layer in keras_graph.children(inner)
-        if not is_decoder(layer) and not isinstance(layer, keras.layers.InputLayer)
+        if not is_decoder(layer)
+        and id(layer) not in known
+        and not isinstance(layer, (keras.layers.InputLayer, keras.layers.Add, keras.layers.Dropout))
     ]
-    embeddings = [layer for layer in others if isinstance(layer, keras.layers.Embedding)]
-    norms = [layer for layer in others if _norm_offset(layer) is not None]
-    if len(embeddings) != 1 or len(norms) != 1 or len(others) != 2:
-        names = ", ".join(f"{type(layer).__name__} {layer.name!r}" for layer in others)
+    norms = [n for n in (found.final, found.embedding_norm) if n is not None]
+    if (
+        found.final is None
+        or others
+        or not isinstance(found.embedding, keras.layers.Embedding)
+        or not all(map(_stream_norm, norms))
+    ):
+        names = ", ".join(f"{type(layer).__name__} {layer.name!r}" for layer in others or norms)
         raise InputError(
-            f"{inner.name}: the residual stream is not token embedding -> decoder blocks -> an RMSNorm whose "
-            f"scale prunecli corrects ({_norm_names()}): {names}"
+            f"{inner.name}: the residual stream is not token embedding (and positions) -> decoder blocks -> a norm "
+            f"prunecli rebuilds ({_norm_names()}): {names}"
         )
-    return embeddings[0], norms[0]
+    return found
+
+
+def _stream_parts(inner) -> Stream:
+    """The Stream's layers by the backbone's attributes (KerasHub's and PrunedDecoderBackbone's names), or
+    by kind among its layers where it has none (a plain functional model prunecli rebuilt): the one
+    Embedding, a PositionEmbedding, the stream norms in graph order (the last one final, one before it
+    the embedding's norm)."""
+    import keras
+
+    layers = [layer for layer in keras_graph.children(inner) if not is_decoder(layer)]
+    embeddings = [layer for layer in layers if isinstance(layer, keras.layers.Embedding)]
+    norms = [layer for layer in layers if _stream_norm(layer)]
+    positions = [layer for layer in layers if type(layer).__name__ == "PositionEmbedding"]
+
+    def attribute(found, fallback):
+        return found if found is not None else fallback
+
+    return Stream(
+        attribute(getattr(inner, "token_embedding", None), embeddings[0] if len(embeddings) == 1 else None),
+        attribute(_final_norm(inner), norms[-1] if norms else None),
+        attribute(_position_embedding(inner), positions[0] if len(positions) == 1 else None),
+        attribute(_embedding_norm(inner), norms[0] if len(norms) == 2 else None),
+    )
+
+
+def stream_ends(model) -> tuple[Any, Any]:
+    """(token embedding, final norm) around the decoder blocks of the model (see `stream`)."""
+    found = stream(model)
+    return found.embedding, found.final
 
 
 def stream_slices(model) -> list[tuple[Any, int]]:
     """(variable, channel axis) of every slice of the model's residual stream: the token embedding's
-    columns (and, untied, the reverse embedding's rows), every block's residual_slices, the final norm's
-    scale."""
-    embedding, final = stream_ends(model)
+    columns (and, untied, the reverse embedding's rows), the position embedding's columns and the
+    embedding norm's entries, every block's residual_slices, the final norm's."""
+    found = stream(model)
+    embedding = found.embedding
     out = [(embedding.embeddings, 1)]
     if getattr(embedding, "reverse_embeddings", None) is not None:
         out.append((embedding.reverse_embeddings, 0))
+    out += [(w, len(w.shape) - 1) for layer in found.extras() for w in layer.weights]
     for block in blocks(model):
         out += residual_slices(block)
-    out.append((final.scale, 0))
+    out += _norm_slices(found.final)
     return out
 
 
+def offset_slices(model) -> set[int]:
+    """id() of the stream's LayerNorm offsets (beta): one number per channel each, which can be near
+    zero in a channel that carries much, so they say nothing about a channel's weight magnitude."""
+    found = stream(model)
+    norms = [norm for block in blocks(model) for norm in residual_norms(block)] + [found.final]
+    norms += [found.embedding_norm] if found.embedding_norm is not None else []
+    return {id(norm.beta) for norm in norms if getattr(norm, "beta", None) is not None}
+
+
 def narrow_blocker(model) -> str | None:
-    """Why the model's residual stream cannot be narrowed, or None when it can. A block normalising with
-    LayerNormalization (GPT-2, OPT) cannot be: see `centred_norm_reason`."""
-    for block in blocks(model):
-        reason = centred_norm_reason(block)
-        if reason:
-            return reason
-    embedding, _final = stream_ends(model)
+    """Why the model's residual stream cannot be narrowed, or None when it can."""
+    try:
+        embedding, _final = stream_ends(model)
+    except InputError as error:
+        return str(error)
     if getattr(getattr(embedding, "dtype_policy", None), "quantization_mode", None) is not None:
         return f"{embedding.name!r} is quantized by Keras"
     for block in blocks(model):
         blocker = shrink_blocker(block)
         if blocker:
             return blocker
-        if not all(_norm_offset(norm) is not None for norm in residual_norms(block)):
+        if not all(_stream_norm(norm) for norm in residual_norms(block)):
             return f"{block.name!r} does not normalise with one of {_norm_names()}"
-    return None
-
-
-def centred_norm_reason(block) -> str | None:
-    """Why no narrower model computes what this block computes once residual channels are zero, or None:
-    a LayerNormalization (GPT-2's, OPT's) subtracts the mean over all D channels, zero ones included,
-    and divides by their spread around it; over D' channels it would subtract a mean D/D' times larger,
-    which no correction of its scale, offset or epsilon undoes (an RMSNorm divides only, see `narrower`)."""
-    import keras
-
-    for norm in residual_norms(block):
-        if isinstance(norm, keras.layers.LayerNormalization) and not norm.get_config().get("rms_scaling"):
-            return (
-                f"{type(block).__name__} {block.name!r} normalises with LayerNormalization, which subtracts the "
-                "mean over all channels: deleting channels changes every block's output (-g hidden narrows RMSNorm "
-                "decoders: Llama, Mistral, Qwen, Qwen3, Gemma, Gemma3, Phi-3, SmolLM3)"
-            )
     return None
 
 
@@ -1163,52 +1251,79 @@ def narrower(model, channels: list[int]):
     """A new model whose residual stream has only these channels (ascending), computing what `model`
     computes once every other channel is zero in all its slices (stream_slices).
 
-    Such a channel is zero all along the stream: the embedding writes 0 into it, and so does every
-    attention and feed-forward output. Every RMSNorm then reads D channels of which only the D' kept
-    are non-zero: with m' = mean of x^2 over the kept ones, its mean over all D is (D'/D) m', and
+    Such a channel is zero all along the stream: the embedding (and the positions) write 0 into it, and
+    so does every attention and feed-forward output. Every norm then reads D channels of which only the
+    D' kept are non-zero.
+
+    An RMSNorm: with m' = mean of x^2 over the kept ones, its mean over all D is (D'/D) m', and
 
         x_c / sqrt((D'/D) m' + eps) * scale_c = x_c / sqrt(m' + eps D/D') * (scale_c sqrt(D/D')).
 
-    So each norm of the narrower model (which averages over D' channels) gets scale' = scale sqrt(D/D')
+    So each RMSNorm of the narrower model (which averages over D' channels) gets scale' = scale sqrt(D/D')
     and epsilon' = epsilon D/D', and computes exactly the same; keeping epsilon would be off by the
     relative eps (D/D' - 1) / (m' + eps), i.e. equal up to epsilon. Gemma's norms multiply by (1 + scale),
-    so there (1 + scale') = (1 + scale) sqrt(D/D'). The blocks keep their heads, head size and feed-forward
-    units (head_dim is in prunecli's block config; RoPE and the cache read head_dim), and Gemma's token
-    embedding keeps its sqrt(D) factor (PrunedDecoderBackbone's embedding_scale)."""
+    so there (1 + scale') = (1 + scale) sqrt(D/D').
+
+    A LayerNormalization also subtracts the mean over all D channels, which no such correction undoes:
+    it becomes a NarrowedLayerNormalization that keeps D and computes the full-width statistics from the
+    D' channels (structure/narrowed_norm); a block's own norms are made so when it builds (its
+    `norm_width`).
+
+    The blocks keep their heads, head size and feed-forward units (head_dim is in prunecli's block
+    config; RoPE and the cache read head_dim), and Gemma's token embedding keeps its sqrt(D) factor
+    (PrunedDecoderBackbone's embedding_scale)."""
     import numpy as np
 
-    embedding, final = stream_ends(model)
+    found = stream(model)
     blocker = narrow_blocker(model)
     if blocker:
         raise InputError(f"the residual stream of {host(model).name!r} cannot be narrowed: {blocker}")
     channels = [int(c) for c in channels]
-    factor = int(embedding.output_dim) / len(channels)
+    width = int(found.embedding.output_dim)
+    factor = width / len(channels)
+
+    def narrowed_values(pairs, layer=None):
+        """The variables' kept channels, by path (inside `layer`, when one is given: see `_fill`)."""
+        name = (lambda var: str(var.path)) if layer is None else (lambda var: _inner_path(layer, var))
+        return {name(var): np.take(np.asarray(var), channels, axis=axis) for var, axis in pairs}
+
     swaps = []
     for block in blocks(model):
         new, values = smaller(block)
         config = new.get_config()
-        config["layer_norm_epsilon"] = float(config["layer_norm_epsilon"]) * factor
+        norms = residual_norms(block)
+        if all(_norm_offset(norm) is not None for norm in norms):
+            config["layer_norm_epsilon"] = float(config["layer_norm_epsilon"]) * factor
+        else:
+            config["norm_width"] = narrowed_norm.full_width(norms[0], width)
         hidden = _family_of(block).hidden
         if hidden in config:  # Gemma's, Phi-3's and SmolLM3's blocks size their output projections from it
             config[hidden] = len(channels)
         new = type(new).from_config(config)
-        axes = {str(var.path): axis for var, axis in residual_slices(block)}
-        offsets = {str(norm.scale.path): _norm_offset(norm) for norm in residual_norms(block)}
-        for path, axis in axes.items():
-            values[path] = np.take(values[path], channels, axis=axis)
-            if path in offsets:
-                values[path] = _corrected_scale(values[path], offsets[path], factor)
+        values.update(narrowed_values(residual_slices(block)))
+        for norm in norms:
+            if _norm_offset(norm) is not None:
+                path = str(norm.scale.path)
+                values[path] = _corrected_scale(values[path], _norm_offset(norm), factor)
         swaps.append((block, new, values))
+    embedding = found.embedding
     config = embedding.get_config()
     config["output_dim"] = len(channels)
-    values = {str(embedding.embeddings.path): np.take(np.asarray(embedding.embeddings), channels, axis=1)}
+    pairs = [(embedding.embeddings, 1)]
     if getattr(embedding, "reverse_embeddings", None) is not None:
-        values[str(embedding.reverse_embeddings.path)] = np.take(
-            np.asarray(embedding.reverse_embeddings), channels, axis=0
-        )
-    swaps.append((embedding, type(embedding).from_config(config), values))
-    scale = _corrected_scale(np.take(np.asarray(final.scale), channels), _norm_offset(final), factor)
-    swaps.append((final, _fresh_copy(final, epsilon=float(final.epsilon) * factor), {str(final.scale.path): scale}))
+        pairs.append((embedding.reverse_embeddings, 0))
+    swaps.append((embedding, type(embedding).from_config(config), narrowed_values(pairs, embedding)))
+    for norm in [found.final] + ([found.embedding_norm] if found.embedding_norm is not None else []):
+        values = narrowed_values(_norm_slices(norm), norm)
+        if _norm_offset(norm) is not None:
+            path = _inner_path(norm, norm.scale)
+            values[path] = _corrected_scale(values[path], _norm_offset(norm), factor)
+            swaps.append((norm, _fresh_copy(norm, epsilon=float(norm.epsilon) * factor), values))
+        else:
+            swaps.append((norm, narrowed_norm.narrowed(norm, width), values))
+    if found.positions is not None:
+        pairs = [(w, len(w.shape) - 1) for w in found.positions.weights]
+        swaps.append((found.positions, _fresh_copy(found.positions), narrowed_values(pairs, found.positions)))
     return rebuild_with(model, swaps)
 
 

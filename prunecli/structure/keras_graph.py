@@ -456,10 +456,20 @@ def hub_self_attention(block):
 
 def replace_hub_self_attention(block, new) -> None:
     """Put `new` in place of the block's self-attention layer (its weights no longer the block's)."""
-    name = _hub_block_parts(block).attention
-    untrack(block, getattr(block, name))
-    delattr(block, name)
-    setattr(block, name, new)
+    _replace_attribute(block, _hub_block_parts(block).attention, new)
+
+
+def replace_hub_block_norm(block, old, new) -> None:
+    """Put `new` in place of `old`, one of the block's norms over the residual stream."""
+    parts = _hub_block_parts(block)
+    name = next(n for n in (*parts.norms, *parts.post_norms) if getattr(block, n, None) is old)
+    _replace_attribute(block, name, new)
+
+
+def _replace_attribute(owner, name: str, new) -> None:
+    untrack(owner, getattr(owner, name))
+    delattr(owner, name)
+    setattr(owner, name, new)
 
 
 def untrack(owner, layer) -> None:
