@@ -172,3 +172,44 @@ def test_a_removed_block_takes_nothing_from_the_others_windows(tmp_path):
 def test_cli_shrinks_a_saved_gemma3_causal_lm(cli, tmp_path, command):
     small = cli_shrinks(cli, gemma3_lm(), tmp_path, command, "PrunedGemma3CausalLM")
     assert _greedy(small).shape == (2, 9)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("granularity", ["head", "neuron", "hidden", "layer", "element"])
+def test_a_gemma3_with_a_vision_encoder_is_refused_in_one_line(cli, tmp_path, granularity):
+    """The rebuilt backbone is text-only: a Gemma3 that reads images is refused (exit 3, one line) for
+    every granularity that rebuilds its blocks, before anything is measured, and nothing is written;
+    element pruning, which rebuilds nothing, still runs (--shrink with it too: no tokens/s measured)."""
+    keras.utils.set_random_seed(0)
+    encoder = kh.models.Gemma3VisionEncoder(
+        image_size=16,
+        patch_size=4,
+        num_heads=2,
+        hidden_dim=8,
+        num_layers=1,
+        intermediate_dim=16,
+        output_dim=D,
+        pool_size=2,
+    )
+    backbone = kh.models.Gemma3Backbone(
+        vocabulary_size=VOCAB,
+        image_size=16,
+        num_layers=2,
+        num_query_heads=HQ,
+        num_key_value_heads=KV,
+        hidden_dim=D,
+        intermediate_dim=FF,
+        head_dim=HD,
+        vision_encoder=encoder,
+    )
+    path, out = tmp_path / "vision.keras", tmp_path / "out.keras"
+    kh.models.Gemma3CausalLM(backbone=backbone, preprocessor=None).save(path)
+    how = ["--remove-layers", "1"] if granularity == "layer" else ["-s", "0.5", "--shrink"]
+    res = cli("prune", path, "-g", granularity, *how, "-o", out, "-q")
+    if granularity == "element":
+        assert res.exit_code == 0, res.output
+        assert out.exists()
+        return
+    assert res.exit_code == 3, res.output
+    assert "vision encoder is not rebuilt" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["vision.keras"]

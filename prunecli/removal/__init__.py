@@ -43,9 +43,16 @@ def structural(granularity: str, model=None) -> bool:
 def refusal(granularity: str, model, targets, config) -> str | None:
     """Why the structural step for this granularity cannot run on this model (its one-line error), found
     before any work (the run measures, evaluates and copies a teacher first), or None. Steps without such
-    a check (no `refusal` in their module) find out in their run."""
+    a check (no `refusal` in their module) find out in their run. A KerasHub decoder whose backbone prunecli
+    cannot rebuild (decoders.rebuild_blocker) is refused for every structural step."""
     import importlib
 
+    from prunecli.structure import decoders
+
+    if not structural(granularity, model):
+        return None
+    if model is not None and decoders.blocks(model) and decoders.rebuild_blocker(model):
+        return decoders.rebuild_blocker(model)
     if granularity not in STEPS:
         return None
     check = getattr(importlib.import_module(STEPS[granularity]), "refusal", None)

@@ -118,10 +118,13 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
 
 def _decoder_view(model, config: PruneConfig, say, timings) -> dict | None:
     """A KerasHub decoder's blocks and tokens/s (outputs/decoder_blocks.py) when this run rebuilds its
-    blocks (--shrink, -g layer, -g hidden); None otherwise, or when the model has no such blocks."""
+    blocks (--shrink, -g layer, -g hidden); None otherwise, or when the model has no such blocks or
+    reads more than tokens (decoders.rebuild_blocker)."""
     from prunecli.structure import decoders
 
     if not (config.shrink or config.granularity.kind in ("layer", "hidden")) or not decoders.blocks(model):
+        return None
+    if decoders.rebuild_blocker(model):
         return None
     from prunecli.outputs import decoder_blocks
 

@@ -294,6 +294,16 @@ def head_counts(block) -> tuple[int, int]:
     return keras_graph.grouped_head_counts(attention(block))
 
 
+def rebuild_blocker(model) -> str | None:
+    """Why prunecli cannot rebuild the backbone around the model's decoder blocks, or None: one that also
+    reads images (Gemma3's vision encoder), which the text-only PrunedDecoderBackbone does not carry, and
+    whose inputs the run's token-only measurements could not feed."""
+    inner = host(model)
+    if inner is not None and getattr(inner, "vision_encoder", None) is not None:
+        return f"{type(model).__name__}: its vision encoder is not rebuilt by prunecli; prune a text-only model"
+    return None
+
+
 def shrink_blocker(block) -> str | None:
     """Why a decoder block cannot be rebuilt smaller, or None when it can."""
     if not register():
@@ -973,10 +983,9 @@ def _rebuilt_task(model, backbone, swaps: list[tuple], dropped: set[int] = froze
             f"{type(model).__name__} around {type(backbone).__name__} is not rebuilt by prunecli "
             f"(causal LMs: {', '.join(CAUSAL_LMS)}); prune its backbone"
         )
-    if getattr(backbone, "vision_encoder", None) is not None:
-        raise InputError(
-            f"{type(model).__name__}: its vision encoder is not rebuilt by prunecli; prune a text-only model"
-        )
+    blocker = rebuild_blocker(model)
+    if blocker:
+        raise InputError(blocker)
     by_old = {id(old): (new, values) for old, new, values in swaps}
     order = [b for b in blocks(model) if id(b) not in dropped]
     if not order:
@@ -1144,6 +1153,9 @@ def stream(model) -> Stream:
     inner = host(model)
     if inner is None:
         raise InputError(f"{model.name}: no KerasHub decoder blocks (those of {', '.join(CAUSAL_LMS)}) to narrow")
+    blocker = rebuild_blocker(model)
+    if blocker:
+        raise InputError(blocker)
     found = _stream_parts(inner)
     known = {id(layer) for layer in (found.embedding, found.final, *found.extras())}
     composite = getattr(inner, "embeddings", None)  # OPT's TokenAndPositionEmbedding, rebuilt from its parts
