@@ -316,3 +316,36 @@ def test_verify_checks_a_quantized_model_against_its_report_and_plan(conv_dense,
     assert refused.exit_code == 4
     assert "plan architecture: layer 0: the plan has" in refused.stderr
     assert "plan target conv/kernel: not in the model" in refused.stderr
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_int8_embeddings_keep_their_pruned_zeros_and_other_modes_leave_them_float(tmp_path, mode):
+    """`prune --quantize int8` quantizes a Keras Embedding too: the saved file holds int8 codes and one
+    scale per token row, every pruned entry reads back as exactly 0 and every kept one within half a
+    grid step of its float value; int4 leaves the embedding float and says why."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,), dtype="int32")
+    x = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(30, 16, name="emb")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3, name="out")(x))
+    model.save(tmp_path / "m.keras")
+    out = tmp_path / "q.keras"
+    settings = {"model_path": str(tmp_path / "m.keras"), "sparsity": 0.7, "quantize": mode, "output": str(out)}
+    result = prune(build_config(settings, environ={}))
+    floats = np.asarray(result.masks.masks[next(n for n in result.masks.masks if "emb" in n)])
+    section = result.report.extra["quantize"]
+    layer = keras.saving.load_model(out).get_layer("emb")
+    if mode == "int4":
+        assert [e["layer"] for e in section["left_float"]] == ["emb"]
+        assert "int8 only" in section["left_float"][0]["why"] and layer.embeddings.dtype == "float32"
+        return
+    assert layer.embeddings.dtype == "int8" and tuple(layer.embeddings_scale.shape) == (30,)
+    codes, scale = np.asarray(layer.embeddings).astype(np.int32), np.asarray(layer.embeddings_scale)
+    back = codes / scale[:, None]
+    assert not back[~floats].any() and floats.sum() < floats.size  # every pruned entry exactly 0
+    dense = np.asarray(keras.saving.load_model(tmp_path / "m.keras").get_layer("emb").embeddings)
+    step = np.abs(dense * floats).max(axis=1, keepdims=True) / 127
+    assert np.all(np.abs(back - dense * floats) <= step / 2 + 1e-6)
+    entry = next(e for e in section["layers_quantized"] if e["layer"].endswith("emb/embeddings"))
+    assert entry["pruned_nonzero"] == 0 and entry["pruned_weights"] == int((~floats).sum())

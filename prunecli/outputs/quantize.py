@@ -16,8 +16,10 @@ Rather than trusting this, each quantized kernel is read back (its integer codes
 float8 round trip) and compared with the masks: a pruned weight that is not exactly zero stops the run
 before anything is written. Keras 3.15 quantizes Dense and EinsumDense (and embeddings) only; for int8,
 Conv1D/2D/3D, their transposes, DepthwiseConv1D/2D and SeparableConv1D/2D are quantized too, by prunecli's own int8
-convolutions on the same grid (structure/int8_conv.py, weight-only); every other layer stays float and
-the section says why.
+convolutions on the same grid (structure/int8_conv.py, weight-only), and Keras' own Embedding layers by
+Keras (int8 codes with one abs-max scale per token row, read back as codes / scale; a lookup, so no
+inputs are quantized; QAT does not fake-quantize them: they are quantized after fine-tuning); every
+other layer stays float and the section says why.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from prunecli.training.fake_quant import QUANTIZED_CLASSES, already_quantized, h
 SAMPLES = 256  # inputs the quantized model is compared on with the float pruned model
 SCHEMES = {
     "int8": "int8 weights, per-output-channel symmetric abs-max; Dense/EinsumDense inputs quantized per row at "
-    "run time; convolutions weight-only (prunecli's Int8 convolution layers, float inputs)",
+    "run time; convolutions weight-only (prunecli's Int8 convolution layers, float inputs); embeddings one "
+    "scale per token row",
     "int4": "int4 weights (2 per byte), groups of 128 input rows, asymmetric with integer zero points; float inputs",
     "float8": "float8_e4m3fn weights and inputs with delayed scaling at run time; float32 kernels in the file",
 }
@@ -103,6 +106,13 @@ def run(model, targets, masks, data, task, config, float_metrics, progress, timi
         notes.append(
             f"--quantize {mode}: {len(left_float)} prunable layer(s) left float ({names}): see quantize.left_float"
         )
+    import keras
+
+    embeddings = [layer.name for layer in chosen if isinstance(layer, keras.layers.Embedding)]
+    if embeddings and section["after_qat"]:
+        notes.append(
+            f"--qat: embeddings {', '.join(embeddings)} were quantized after fine-tuning, without fake quantisation"
+        )
     convs = [layer for layer in chosen if int8_conv.is_int8_conv(layer)]
     if convs:
         notes.append(
@@ -141,7 +151,7 @@ def _choose_layers(model, targets, mode: str) -> tuple[list, list[dict]]:
     from prunecli.training.fake_quant import quantizable_layers
 
     classes = tuple(getattr(keras.layers, name) for name in QUANTIZED_CLASSES)
-    chosen = quantizable_layers(model, mode)
+    chosen = quantizable_layers(model, mode) + _embeddings(model, mode)
     seen = {id(layer) for layer in chosen}
     left, listed = [], set()
     for t in targets:
@@ -151,6 +161,25 @@ def _choose_layers(model, targets, mode: str) -> tuple[list, list[dict]]:
         listed.add(id(layer))
         left.append({"layer": t.layer_name, "class": t.layer_class, "why": _why_float(layer, classes, mode)})
     return chosen, left
+
+
+def _embeddings(model, mode: str) -> list:
+    """Keras' own Embedding layers (not subclasses: KerasHub's ReversibleEmbedding quantizes otherwise, or
+    not at all) that int8 quantizes and prunecli reads back: built, not already quantized, without LoRA."""
+    import keras
+
+    from prunecli.structure import keras_graph
+
+    if mode != "int8":
+        return []
+    return [
+        layer
+        for layer in keras_graph.all_layers(model)
+        if type(layer) is keras.layers.Embedding
+        and layer.built
+        and not already_quantized(layer)
+        and not has_lora(layer)
+    ]
 
 
 def _why_float(layer, classes, mode: str) -> str:
@@ -165,7 +194,9 @@ def _why_float(layer, classes, mode: str) -> str:
     if has_lora(layer):
         return "has LoRA weights"
     if isinstance(layer, keras.layers.Embedding):
-        return "Keras can quantize embeddings, but prunecli does not read their codes back yet"
+        if type(layer) is not keras.layers.Embedding:
+            return f"{type(layer).__name__} is not Keras' own Embedding, whose int8 codes prunecli reads back"
+        return f"prunecli quantizes embeddings to int8 only (Keras' {mode} embedding is not read back)"
     return (
         f"Keras {keras.__version__} has no quantized {type(layer).__name__} "
         "(prunecli's int8 convolutions cover Conv, ConvTranspose, DepthwiseConv and SeparableConv)"
@@ -175,7 +206,13 @@ def _why_float(layer, classes, mode: str) -> str:
 def _kernels(chosen: list) -> list[tuple[object, str]]:
     """(layer, attribute) of every kernel the chosen layers quantize: one per layer, two for a separable
     convolution (its depthwise and pointwise kernels)."""
-    return [(layer, attr) for layer in chosen for attr in int8_conv.kernel_names(layer)]
+    import keras
+
+    return [
+        (layer, attr)
+        for layer in chosen
+        for attr in (("embeddings",) if isinstance(layer, keras.layers.Embedding) else int8_conv.kernel_names(layer))
+    ]
 
 
 def _pruned_positions(chosen: list, targets, masks) -> dict[tuple[int, str], object]:
@@ -251,9 +288,14 @@ def _read_back(layer, attr: str, mode: str, float_kernel):
         scale = np.asarray(layer.kernel_scale, dtype=np.float32)
         back = np.asarray(quantizers.quantize_and_dequantize(kernel, scale, "float8_e4m3fn", "float32"))
         return back, back == 0
+    import keras
+
     conv = int8_conv.is_int8_conv(layer)
+    embedding = isinstance(layer, keras.layers.Embedding)
     if conv:
         codes, scale = next((c, s) for a, c, s in int8_conv.int8_kernels(layer) if a == attr)
+    elif embedding:  # int8: codes (tokens, dim), one scale per token row
+        codes, scale = layer.embeddings, layer.embeddings_scale
     else:
         codes, scale = layer.kernel, layer.kernel_scale
     codes = np.asarray(codes).astype(np.int32)
@@ -267,9 +309,9 @@ def _read_back(layer, attr: str, mode: str, float_kernel):
         z = np.asarray(zero_point).astype(np.int32)[groups]
         back = ((flat - z) * scale[groups]).reshape(codes.shape)
         return back, (flat == z).reshape(codes.shape)
-    import keras
-
     is_zero = codes == 0
+    if embedding:
+        return codes / scale.reshape(-1, 1), is_zero
     if conv:  # int8_kernels shapes each scale to divide its kernel's codes (output channels not always last)
         return codes / scale, is_zero
     columns = scale.size
