@@ -1,5 +1,6 @@
 """--normalize measured, the calibrated methods' default allocation: uniform, LAMP and OWL each tried on
-the calibration examples, the one that changes the outputs least used (calibration/oneshot.py)."""
+the calibration examples, the one that changes the outputs least used (calibration/oneshot.py); Wanda
+also tries the default magnitude command's masks."""
 
 from __future__ import annotations
 
@@ -38,6 +39,20 @@ def _run(method, sparsity=0.7, **settings):
     return res, {t.name: np.asarray(t.variable) for t in targets}
 
 
+def _magnitude_masks(sparsity=0.7):
+    """The default magnitude command's masks (global LAMP on |w|) on the same model."""
+    from prunecli.config import build_config
+    from prunecli.selection import policy
+
+    model = _conv_model()
+    targets = every_target(model)
+    config = build_config({"model_path": "m.keras", "method": "magnitude", "sparsity": sparsity}, environ={})
+    assert config.scope == "global" and config.normalize == "lamp"
+    return policy.build_masks(
+        targets, {t.name: np.abs(np.asarray(t.variable)) for t in targets}, "element", config
+    ).masks
+
+
 def test_the_default_measures_only_where_calibration_chooses_an_allocation():
     def cfg(**values):
         return build_config({"model_path": "m.keras", "data": "d.npz", **values}, environ={})
@@ -62,32 +77,45 @@ def test_measured_uses_the_allocation_with_the_least_output_error(method):
     res, weights = _run(method, scope="auto")
     measured = res.section["allocation_measured"]
     errors = measured["output_error"]
-    assert set(errors) == {"uniform", "lamp", "owl"} and measured["examples"] == 48
+    assert set(errors) == {"uniform", "lamp", "owl"} | ({"magnitude"} if method == "wanda" else set())
+    assert measured["examples"] == 48
     assert measured["chosen"] == min(errors, key=errors.get)
     assert res.section["allocation"].startswith(f"measured: {measured['chosen']}")
+    if measured["chosen"] == "magnitude":
+        for name, mask in _magnitude_masks().items():
+            np.testing.assert_array_equal(np.asarray(res.masks[name]), np.asarray(mask), err_msg=name)
+        return
     same, same_weights = _run(method, **EXPLICIT[measured["chosen"]])
     for name, mask in res.masks.items():
         np.testing.assert_array_equal(np.asarray(mask), np.asarray(same.masks[name]), err_msg=name)
         np.testing.assert_array_equal(weights[name], same_weights[name], err_msg=name)
 
 
-@pytest.mark.parametrize("forced", ["uniform", "lamp", "owl"])
+@pytest.mark.parametrize("forced", ["uniform", "lamp", "owl", "magnitude"])
 def test_each_allocation_when_it_measures_best(monkeypatch, forced):
     """Whichever allocation measures best is the one the masks follow: each layer's pruned count is that
-    allocation's (uniform: every layer at the sparsity)."""
+    allocation's (uniform: every layer at the sparsity); the magnitude masks, when they measure best, are
+    the run's, every calibrated layer listed as left to them and a note saying why."""
     from prunecli.calibration import oneshot, outputs
 
     tried = []
+    order = (*oneshot.MEASURED_ALLOCATIONS, oneshot.MAGNITUDE)
 
     def error(got, reference, compared_as):
         tried.append(len(tried))
-        return 0.0 if oneshot.MEASURED_ALLOCATIONS[len(tried) - 1] == forced else 1.0
+        return 0.0 if order[len(tried) - 1] == forced else 1.0
 
     monkeypatch.setattr(outputs, "error", error)
     res, _ = _run("wanda", scope="auto")
-    assert len(tried) == 3, "three different allocations at 70% on this model"
+    assert len(tried) == 4, "three different allocations at 70% on this model, then the magnitude masks"
     assert res.section["allocation_measured"]["chosen"] == forced
     monkeypatch.undo()
+    if forced == "magnitude":
+        for name, mask in _magnitude_masks().items():
+            np.testing.assert_array_equal(np.asarray(res.masks[name]), np.asarray(mask), err_msg=name)
+        assert set(res.section["fallback"]) == set(res.masks) and not res.section["layers"]
+        assert any("magnitude ranking" in note for note in res.notes)
+        return
     explicit, _ = _run("wanda", **EXPLICIT[forced])
     counts = {n: int((~np.asarray(m)).sum()) for n, m in res.masks.items()}
     assert counts == {n: int((~np.asarray(m)).sum()) for n, m in explicit.masks.items()}

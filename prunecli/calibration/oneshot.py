@@ -432,9 +432,10 @@ def prune_calibrated(
         check_memory(p, HESSIAN_COPIES["refit"] if full else 0, "refitting", fallback, result.notes, instead)
     counts, chosen, tried = _allocation(model, p, config, progress)
     if chosen:  # what was measured is what the layers (and those falling back to magnitude) now follow
-        config = config.replace(scope="layer") if counts is None else config.replace(normalize=chosen["chosen"])
+        normalize = "lamp" if chosen["chosen"] == MAGNITUDE else chosen["chosen"]
+        config = config.replace(scope="layer") if counts is None else config.replace(normalize=normalize)
     jit = use_xla()
-    if tried is not None:  # a Wanda run: the chosen allocation's trial is the run itself
+    if tried is not None:  # a Wanda run: the chosen allocation's trial (or the magnitude masks) is the run itself
         src, layers = tried.src, tried.layers
         tried.restore(targets, result, fallback)
     else:
@@ -496,6 +497,9 @@ def _allocation(model, p: _Plan, config, progress) -> tuple[dict[str, tuple[int,
 # The allocations --normalize measured compares, and how many calibration examples it compares them on
 MEASURED_ALLOCATIONS = ("uniform", "lamp", "owl")
 MEASURE_EXAMPLES = 64
+# ... and, for a Wanda run, the default magnitude command's masks (global LAMP on |w|): where they move
+# the outputs less than every Wanda allocation, they are the run's (said in a note and the report)
+MAGNITUDE = "magnitude"
 
 
 @dataclass
@@ -528,8 +532,12 @@ def _measured_allocation(model, p: _Plan, config, targets, scores, progress) -> 
     ranked uniform first, while the sequential runs' outputs ranked LAMP first, as their test accuracy
     did (bench/ALLOCATION.md).
 
-    A Wanda run without --reconstruct keeps the chosen trial as its result (returned); SparseGPT and
-    --reconstruct run once more with the choice. Costs the trials and one copy of the prunable weights
+    A Wanda run without --reconstruct also tries the default magnitude command's masks (global LAMP on
+    |w|, MAGNITUDE): on small models |w| x ||x|| ranks worse than LAMP on |w| (bench/ALLOCATION.md: the
+    digits MLP at 80%), and the default calibrated command should never lose to the default magnitude
+    one on what it can measure; when they win, they are the run's, and a note and the report say so.
+    A Wanda run keeps the chosen trial as its result (returned); SparseGPT and --reconstruct run once
+    more with the choice (their trials are Wanda runs, so magnitude is not among them). Costs the trials and one copy of the prunable weights
     (two when a trial is kept); where they do not fit in free memory, LAMP is used, and the report says so."""
     import numpy as np
 
@@ -548,8 +556,20 @@ def _measured_allocation(model, p: _Plan, config, targets, scores, progress) -> 
     saved = {t.name: np.array(t.variable) for t in targets}
     trial_config = config.replace(method="wanda", reconstruct=False, normalize="lamp")  # counts fix each share
     candidates, errors, best = {}, {}, None
+    names = MEASURED_ALLOCATIONS + ((MAGNITUDE,) if keep else ())
     try:
-        for name in MEASURED_ALLOCATIONS:
+        for name in names:
+            if name == MAGNITUDE:
+                trial, trial_fallback, counts = _magnitude_trial(targets, p, trial_config)
+                candidates[name] = counts
+                errors[name] = outputs.error(outputs.of(model, probe), dense_out, kinds)
+                if np.isfinite(errors[name]) and (best is None or errors[name] < errors[best[0]]):
+                    weights = {t.name: np.array(t.variable) for t in targets}
+                    best = (name, _Trial(weights, trial, trial_fallback, {}, None))
+                for t in targets:
+                    t.variable.assign(saved[t.name])
+                _say(progress, f"magnitude (global LAMP on |w|): output error {errors[name]:.4g}")
+                continue
             if name == "uniform":
                 counts = {t.name: (_prune_count(t, config, {}, []), False) for t in targets}
             else:
@@ -578,7 +598,7 @@ def _measured_allocation(model, p: _Plan, config, targets, scores, progress) -> 
             t.variable.assign(saved[t.name])
     finite = {k: v for k, v in errors.items() if np.isfinite(v)}
     chosen = min(finite, key=finite.get) if finite else "lamp"
-    _say(progress, f"allocation: {chosen}, the least output error of {', '.join(MEASURED_ALLOCATIONS)}")
+    _say(progress, f"allocation: {chosen}, the least output error of {', '.join(names)}")
     account = {
         "chosen": chosen,
         "output_error": {k: round(float(v), 6) for k, v in errors.items()},
@@ -587,6 +607,20 @@ def _measured_allocation(model, p: _Plan, config, targets, scores, progress) -> 
     }
     tried = best[1] if best is not None and best[0] == chosen else None
     return (None if chosen == "uniform" else candidates[chosen]), account, tried
+
+
+def _magnitude_trial(targets, p: _Plan, trial_config):
+    """The default magnitude command's pruning of `targets` (global LAMP on |w|, each layer to its
+    share), in place: (what it recorded, every calibrated layer listed as left to magnitude, the counts)."""
+    from prunecli.selection import policy
+
+    scores = {t.name: _magnitude_scores(t) for t in targets}
+    counts = policy.layer_counts(targets, lambda: ((t, scores[t.name]) for t in targets), "element", trial_config)
+    trial = CalibrationResult()
+    _magnitude(targets, trial_config, trial, counts)
+    why = "measured: the magnitude ranking (global LAMP on |w|) moved the outputs less than every Wanda allocation"
+    trial.notes.append(f"wanda: {why}, so its masks are this run's (calibration.allocation_measured)")
+    return trial, {v.target.name: why for v, _ in p.layers}, counts
 
 
 def _first_examples(batches, n: int) -> list:
@@ -604,6 +638,8 @@ def _first_examples(batches, n: int) -> list:
 
 
 def _allocation_label(counts, config, chosen: dict) -> str:
+    if chosen and chosen["chosen"] == MAGNITUDE:
+        return "measured: magnitude (global LAMP on |w|, no Wanda scores)"
     if chosen:
         return f"measured: {chosen['chosen']}" + ("" if chosen["chosen"] == "uniform" else " (on Wanda scores)")
     return "layer" if counts is None else f"global ({config.normalize}, on Wanda scores)"

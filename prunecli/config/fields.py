@@ -196,7 +196,9 @@ class PruneConfig:
         " bench/ACCURACY.md), mean (scores over their layer's mean), none (raw scores), erk"
         " (Erdos-Renyi-Kernel per-layer budget, Evci et al. 2020), owl (more kept where a block's"
         " scores hold more outliers, Yin et al. 2024) or measured (wanda/sparsegpt only: of uniform, lamp"
-        " and owl, the one whose Wanda run changes the model's outputs least on the calibration examples)."
+        " and owl, the one whose Wanda run changes the model's outputs least on the calibration examples;"
+        " wanda also tries the default magnitude command's masks and keeps them where they change the"
+        " outputs less, with a note)."
         " auto (default): measured for wanda/sparsegpt with the default --scope (no allocation won on"
         " every model in bench/DECODERS.md), lamp otherwise.",
         choices=NORMALIZE_CHOICES,
