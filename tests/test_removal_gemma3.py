@@ -39,9 +39,10 @@ SLIDING = [True] * 5 + [False]  # Gemma3Backbone: five sliding-window blocks, th
 WAVELENGTHS = [10_000.0] * 5 + [1_000_000.0]
 
 
-def gemma3_lm(layers: int = LAYERS, seed: int = 0):
+def gemma3_lm(layers: int = LAYERS, seed: int = 0, vision_encoder=None):
     """A text-only Gemma3CausalLM from a config (query/key norms, a sliding window of 4 tokens, shorter
-    than token_inputs' rows), its weights (norm scales included, zero at init) spread out."""
+    than token_inputs' rows), its weights (norm scales included, zero at init) spread out; with a
+    `vision_encoder`, one that reads images too."""
     keras.utils.set_random_seed(seed)
     backbone = kh.models.Gemma3Backbone(
         vocabulary_size=VOCAB,
@@ -52,7 +53,7 @@ def gemma3_lm(layers: int = LAYERS, seed: int = 0):
         hidden_dim=D,
         intermediate_dim=FF,
         head_dim=HD,
-        vision_encoder=None,
+        vision_encoder=vision_encoder,
         use_query_key_norm=True,
         use_post_attention_norm=True,
         use_post_ffw_norm=True,
@@ -180,7 +181,6 @@ def test_a_gemma3_with_a_vision_encoder_is_refused_in_one_line(cli, tmp_path, gr
     """The rebuilt backbone is text-only: a Gemma3 that reads images is refused (exit 3, one line) for
     every granularity that rebuilds its blocks, before anything is measured, and nothing is written;
     element pruning, which rebuilds nothing, still runs (--shrink with it too: no tokens/s measured)."""
-    keras.utils.set_random_seed(0)
     encoder = kh.models.Gemma3VisionEncoder(
         image_size=16,
         patch_size=4,
@@ -191,19 +191,8 @@ def test_a_gemma3_with_a_vision_encoder_is_refused_in_one_line(cli, tmp_path, gr
         output_dim=D,
         pool_size=2,
     )
-    backbone = kh.models.Gemma3Backbone(
-        vocabulary_size=VOCAB,
-        image_size=16,
-        num_layers=2,
-        num_query_heads=HQ,
-        num_key_value_heads=KV,
-        hidden_dim=D,
-        intermediate_dim=FF,
-        head_dim=HD,
-        vision_encoder=encoder,
-    )
     path, out = tmp_path / "vision.keras", tmp_path / "out.keras"
-    kh.models.Gemma3CausalLM(backbone=backbone, preprocessor=None).save(path)
+    gemma3_lm(layers=2, vision_encoder=encoder).save(path)
     how = ["--remove-layers", "1"] if granularity == "layer" else ["-s", "0.5", "--shrink"]
     res = cli("prune", path, "-g", granularity, *how, "-o", out, "-q")
     if granularity == "element":
