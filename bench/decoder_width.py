@@ -739,8 +739,9 @@ def observations(results, rows, dense_ppl) -> list[str]:
         out.append(
             f"- Minitron-style: the last run's `--distill` teacher is the model it was given, hidden and heads "
             f"already pruned one-shot (perplexity {step['after']:.3f}), not the dense model ({dense_ppl:.3f}): "
-            "these runs predate `--teacher FILE`, which now lets a chain's last run distil from the dense model "
-            "(not measured here). That likely explains why its distilled figure trails its plain one."
+            "decoder_width.py does not pass `--teacher FILE`, which lets a chain's last run distil from the dense "
+            "model (bench/distill_teachers.py measures a fine-tuned dense teacher on the single-step rows). That "
+            "likely explains why its distilled figure trails its plain one."
         )
     heads = _stat(_vals(results, "heads", "plain", "after"))
     if heads and FAMILY == "gpt2":
