@@ -78,7 +78,9 @@ are not.
   Gemma 2's options add norms after attention and the feed-forward network: the same correction on
   1 + scale), and Gemma's sqrt(hidden_dim) embedding factor kept at the dense model's. GPT-2's, OPT's,
   GPT-NeoX's, Falcon's and Bloom's LayerNormalization subtracts the mean over all channels, which no
-  correction undoes: refused (`centred_norm_reason`).
+  such correction undoes: each becomes a NarrowedLayerNormalization (structure/narrowed_norm) that keeps
+  the dense width in its statistics, a block's own norms through its `norm_width`; GPT-2's and OPT's
+  learned positions and Bloom's embedding norm narrow with the stream.
 
 Every decoder block of a rebuilt model becomes a Pruned* block, changed or not: KerasHub 0.32's
 LlamaTransformerDecoder.get_config reads an attribute it never sets (rope_scaling_factor), Qwen's
