@@ -112,6 +112,25 @@ def _write(args, measured: dict, results: dict, seeds: list[int], seconds: float
             for v in VARIANTS
         ]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
+
+    def mean(values):
+        return float(np.mean(values)) if values else float("nan")
+
+    against, ahead = [], {label: 0 for label in VARIANTS}
+    for key in ROWS:
+        plain = mean(width_cells(key, "plain"))
+        for label in VARIANTS:
+            got = mean([results[f"{key}|{label}|{s}"]["finetuned"] for s in seeds if f"{key}|{label}|{s}" in results])
+            against.append(f"{key} {label}: {100 * (got / plain - 1):+.1f}%")
+            ahead[label] += got < plain
+    lines += [
+        "",
+        "Against plain fine-tuning (mean perplexity; negative: distillation ahead): "
+        + "; ".join(against)
+        + ". Rows where distillation is ahead: "
+        + ", ".join(f"{label} {n} of {len(ROWS)}" for label, n in ahead.items())
+        + " (the dense teacher as trained: none, decoder_width's reading).",
+    ]
     replace_section(width.OUT, HEADING, "\n".join(lines))
     print(f"wrote {width.OUT}")
 

@@ -588,7 +588,7 @@ def write_quant_section(
             "",
             table(headers, body),
             "",
-            "Layers left float (Keras 3.15 quantizes Dense/EinsumDense; prunecli adds int8 Conv1D/2D/3D): "
+            "Layers left float (Keras 3.15 quantizes Dense/EinsumDense; prunecli adds int8 convolutions and Embedding): "
             + "; ".join(left),
             "",
             *verdicts,
