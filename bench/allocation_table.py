@@ -240,7 +240,9 @@ def main(argv=None) -> None:
         "`owl`: `--scope global --normalize owl`, OWL's outlier-weighted budget per layer (LLaMA settings).",
         "`measured`: the calibrated methods' default (`--normalize measured`): of uniform, LAMP and OWL,",
         "the allocation whose Wanda run changes the model's outputs least on the first 64 calibration",
-        "examples (KL for probabilities), chosen per run. `magnitude global` is the default magnitude command. Calibration: "
+        "examples (KL for probabilities), chosen per run; wanda's also measures the default magnitude command's",
+        "masks and keeps them where they move the outputs less (`magnitude` in the chosen column, since the",
+        "eleventh session). `magnitude global` is the default magnitude command. Calibration: "
         f"{models.SAMPLES} training examples drawn with each seed; metrics on held-out data.",
         "",
         "## Goal: the default calibrated command >= the default magnitude command",
