@@ -559,40 +559,36 @@ def _measured_allocation(model, p: _Plan, config, targets, scores, progress) -> 
     names = MEASURED_ALLOCATIONS + ((MAGNITUDE,) if keep else ())
     try:
         for name in names:
-            if name == MAGNITUDE:
+            if name == MAGNITUDE:  # the default magnitude command's masks: no calibration pass
                 trial, trial_fallback, counts = _magnitude_trial(targets, p, trial_config)
-                candidates[name] = counts
-                errors[name] = outputs.error(outputs.of(model, probe), dense_out, kinds)
-                if np.isfinite(errors[name]) and (best is None or errors[name] < errors[best[0]]):
-                    weights = {t.name: np.array(t.variable) for t in targets}
-                    best = (name, _Trial(weights, trial, trial_fallback, {}, None))
-                for t in targets:
-                    t.variable.assign(saved[t.name])
-                _say(progress, f"magnitude (global LAMP on |w|): output error {errors[name]:.4g}")
-                continue
-            if name == "uniform":
-                counts = {t.name: (_prune_count(t, config, {}, []), False) for t in targets}
+                layers, src = {}, None
             else:
-                counts = policy.layer_counts(
-                    targets, lambda: ((t, scores[t.name]) for t in targets), "element", config.replace(normalize=name)
-                )
-            same = next((c for c, other in candidates.items() if other == counts), None)
+                if name == "uniform":
+                    counts = {t.name: (_prune_count(t, config, {}, []), False) for t in targets}
+                else:
+                    counts = policy.layer_counts(
+                        targets,
+                        lambda: ((t, scores[t.name]) for t in targets),
+                        "element",
+                        config.replace(normalize=name),
+                    )
+                same = next((c for c, other in candidates.items() if other == counts), None)
+                if same is not None:  # the same counts as an allocation already measured
+                    candidates[name], errors[name] = counts, errors[same]
+                    continue
+                _say(progress, f"trying the {name} allocation (a Wanda run)")
+                trial, trial_fallback = CalibrationResult(), {}
+                _magnitude(p.rest, trial_config, trial, counts)
+                src = _passes(model, p)
+                layers = _sequential(p, src, trial_config, trial, trial_fallback, False, False, None, counts)
             candidates[name] = counts
-            if same is not None:  # the same counts as an allocation already measured
-                errors[name] = errors[same]
-                continue
-            _say(progress, f"trying the {name} allocation (a Wanda run)")
-            trial, trial_fallback = CalibrationResult(), {}
-            _magnitude(p.rest, trial_config, trial, counts)
-            src = _passes(model, p)
-            layers = _sequential(p, src, trial_config, trial, trial_fallback, False, False, None, counts)
             errors[name] = outputs.error(outputs.of(model, probe), dense_out, kinds)
             if keep and np.isfinite(errors[name]) and (best is None or errors[name] < errors[best[0]]):
                 weights = {t.name: np.array(t.variable) for t in targets}
                 best = (name, _Trial(weights, trial, trial_fallback, layers, src))
             for t in targets:
                 t.variable.assign(saved[t.name])
-            _say(progress, f"allocation {name}: output error {errors[name]:.4g}")
+            _say(progress, f"{name}: output error {errors[name]:.4g}")
     finally:
         for t in targets:
             t.variable.assign(saved[t.name])

@@ -51,8 +51,9 @@ def refusal(granularity: str, model, targets, config) -> str | None:
 
     if not structural(granularity, model):
         return None
-    if model is not None and decoders.blocks(model) and decoders.rebuild_blocker(model):
-        return decoders.rebuild_blocker(model)
+    blocker = decoders.rebuild_blocker(model) if model is not None and decoders.blocks(model) else None
+    if blocker:
+        return blocker
     if granularity not in STEPS:
         return None
     check = getattr(importlib.import_module(STEPS[granularity]), "refusal", None)

@@ -1238,10 +1238,13 @@ def stream_slices(model) -> list[tuple[Any, int]]:
 def offset_slices(model) -> set[int]:
     """id() of the stream's LayerNorm offsets (beta): one number per channel each, which can be near
     zero in a channel that carries much, so they say nothing about a channel's weight magnitude."""
-    found = stream(model)
+    return {id(norm.beta) for norm in _stream_norms(model, stream(model)) if getattr(norm, "beta", None) is not None}
+
+
+def _stream_norms(model, found: Stream) -> list:
+    """Every norm over the residual stream: each block's, the final one, the embedding's where there is one."""
     norms = [norm for block in blocks(model) for norm in residual_norms(block)] + [found.final]
-    norms += [found.embedding_norm] if found.embedding_norm is not None else []
-    return {id(norm.beta) for norm in norms if getattr(norm, "beta", None) is not None}
+    return norms + ([found.embedding_norm] if found.embedding_norm is not None else [])
 
 
 def narrow_blocker(model) -> str | None:
@@ -1296,29 +1299,32 @@ def narrower(model, channels: list[int]):
     width = int(found.embedding.output_dim)
     factor = width / len(channels)
 
+    rms_scales = {id(n.scale): _norm_offset(n) for n in _stream_norms(model, found) if _norm_offset(n) is not None}
+
     def narrowed_values(pairs, layer=None):
-        """The variables' kept channels, by path (inside `layer`, when one is given: see `_fill`)."""
+        """The variables' kept channels (an RMSNorm's scale corrected), by path (inside `layer`, when one
+        is given: see `_fill`)."""
         name = (lambda var: str(var.path)) if layer is None else (lambda var: _inner_path(layer, var))
-        return {name(var): np.take(np.asarray(var), channels, axis=axis) for var, axis in pairs}
+        out = {}
+        for var, axis in pairs:
+            kept = np.take(np.asarray(var), channels, axis=axis)
+            out[name(var)] = _corrected_scale(kept, rms_scales[id(var)], factor) if id(var) in rms_scales else kept
+        return out
 
     swaps = []
     for block in blocks(model):
         new, values = smaller(block)
         config = new.get_config()
-        norms = residual_norms(block)
-        if all(_norm_offset(norm) is not None for norm in norms):
+        own = residual_norms(block)
+        if all(_norm_offset(norm) is not None for norm in own):
             config["layer_norm_epsilon"] = float(config["layer_norm_epsilon"]) * factor
         else:
-            config["norm_width"] = narrowed_norm.full_width(norms[0], width)
+            config["norm_width"] = narrowed_norm.full_width(own[0], width)
         hidden = _family_of(block).hidden
         if hidden in config:  # Gemma's, Phi-3's and SmolLM3's blocks size their output projections from it
             config[hidden] = len(channels)
         new = type(new).from_config(config)
         values.update(narrowed_values(residual_slices(block)))
-        for norm in norms:
-            if _norm_offset(norm) is not None:
-                path = str(norm.scale.path)
-                values[path] = _corrected_scale(values[path], _norm_offset(norm), factor)
         swaps.append((block, new, values))
     embedding = found.embedding
     config = embedding.get_config()
@@ -1328,13 +1334,11 @@ def narrower(model, channels: list[int]):
         pairs.append((embedding.reverse_embeddings, 0))
     swaps.append((embedding, type(embedding).from_config(config), narrowed_values(pairs, embedding)))
     for norm in [found.final] + ([found.embedding_norm] if found.embedding_norm is not None else []):
-        values = narrowed_values(_norm_slices(norm), norm)
         if _norm_offset(norm) is not None:
-            path = _inner_path(norm, norm.scale)
-            values[path] = _corrected_scale(values[path], _norm_offset(norm), factor)
-            swaps.append((norm, _fresh_copy(norm, epsilon=float(norm.epsilon) * factor), values))
+            new = _fresh_copy(norm, epsilon=float(norm.epsilon) * factor)
         else:
-            swaps.append((norm, narrowed_norm.narrowed(norm, width), values))
+            new = narrowed_norm.narrowed(norm, width)
+        swaps.append((norm, new, narrowed_values(_norm_slices(norm), norm)))
     if found.positions is not None:
         pairs = [(w, len(w.shape) - 1) for w in found.positions.weights]
         swaps.append((found.positions, _fresh_copy(found.positions), narrowed_values(pairs, found.positions)))
