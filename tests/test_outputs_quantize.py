@@ -1,7 +1,7 @@
 """--quantize int8|int4|float8: Keras 3's own quantized layers, with every pruned weight still exactly 0.
 
 The saved file is read back here independently of prunecli/outputs/quantize.py: each quantized kernel
-(Dense; for int8 also prunecli's int8 convolutions) is dequantized from its stored codes, scales and zero
+(Dense; for int8 and int4 also prunecli's quantized convolutions) is dequantized from its stored codes, scales and zero
 points, and its pruned positions (the run's masks) must be exactly 0.0.
 """
 
@@ -52,7 +52,7 @@ def _dequantized_kernel(layer) -> np.ndarray:
         return np.asarray(
             quantizers.quantize_and_dequantize(layer.kernel, layer.kernel_scale, "float8_e4m3fn", "float32")
         )
-    stored = layer.kernel_codes if hasattr(layer, "kernel_codes") else layer.kernel  # Int8Conv: .kernel is float
+    stored = layer.kernel_codes if hasattr(layer, "kernel_codes") else layer.kernel  # QuantizedConv: .kernel is float
     codes = np.asarray(stored).astype(np.int32)  # int4: Keras unpacks the nibbles, shape (in, out)
     scale = np.asarray(layer.kernel_scale, dtype=np.float64)
     if hasattr(layer, "kernel_zero"):  # grouped int4: (q - z[g]) * s[g]
@@ -79,14 +79,14 @@ def test_pruned_weights_stay_exactly_zero_after_quantization(conv_dense, tmp_pat
     result = prune(build_config({**settings, **amount, "quantize": mode, "output": str(out), "quiet": True}))
     section = result.report.extra["quantize"]
 
-    quantized = ["conv", "dense1", "out"] if mode == "int8" else ["dense1", "out"]  # convolutions: int8 only
+    quantized = ["conv", "dense1", "out"] if mode != "float8" else ["dense1", "out"]  # convolutions: int8, int4
     assert [e["layer"] for e in section["layers_quantized"]] == quantized
-    if mode == "int8":
+    if mode != "float8":
         assert section["left_float"] == []
-        assert any("Int8 convolution" in note for note in result.report.notes)
+        assert any("quantized convolution layers" in note for note in result.report.notes)
     else:
         assert section["left_float"] == [{"layer": "conv", "class": "Conv2D", "why": section["left_float"][0]["why"]}]
-        assert "int8 only" in section["left_float"][0]["why"]
+        assert "int8 and int4 only" in section["left_float"][0]["why"]
     zeros = section["zeros"]
     assert zeros["pruned_nonzero"] == 0
     assert zeros["kept_zero"] == zeros["pruned_weights"] > 0
@@ -141,20 +141,33 @@ def test_a_model_no_mode_can_quantize_is_a_one_line_error(cli, tmp_path):
     model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="only_conv")])
     model.save(tmp_path / "conv.keras")
     out = tmp_path / "out.keras"
-    result = cli("prune", tmp_path / "conv.keras", "--quantize", "int4", "-o", out, "-q")
+    result = cli("prune", tmp_path / "conv.keras", "--quantize", "float8", "-o", out, "-q")
     assert result.exit_code == 2
     assert result.stderr.strip().count("\n") == 0
     assert "no layer of this model can be quantized" in result.stderr and "Conv2D" in result.stderr
     assert not out.exists()
 
 
-def test_int8_convolutions_store_int8_codes_and_reload_exactly(tmp_path):
-    """Conv1D, Conv2D and Conv3D (Keras 3.15 quantizes none of them) become prunecli's Int8Conv layers:
-    the file holds int8 codes and is smaller, the reloaded model computes what the quantized one did, each
-    kernel is within half a grid step of the float one, and a channel-first Conv2D keeps its layout."""
+def _channels_first_convolutions_run() -> bool:
+    """TensorFlow's CPU Conv2D takes NCHW only through oneDNN, which TF turns off by default on CPUs
+    without AVX-512: there, Keras' own channels_first Conv2D fails before any quantization."""
     import keras
 
-    from prunecli.structure import int8_conv
+    try:
+        keras.layers.Conv2D(1, 1, data_format="channels_first")(np.zeros((1, 1, 2, 2), "float32"))
+    except Exception:  # tensorflow's UnimplementedError
+        return False
+    return True
+
+
+def test_quantized_convolutions_store_int8_codes_and_reload_exactly(tmp_path):
+    """Conv1D, Conv2D and Conv3D (Keras 3.15 quantizes none of them) become prunecli's QuantizedConv layers:
+    the file holds int8 codes and is smaller, the reloaded model computes what the quantized one did, each
+    kernel is within half a grid step of the float one, and a channel-first Conv2D keeps its layout (where
+    this CPU's TensorFlow runs one)."""
+    import keras
+
+    from prunecli.structure import quantized_conv
 
     keras.utils.set_random_seed(1)
     inputs = keras.Input((12, 12, 12, 2))
@@ -162,14 +175,16 @@ def test_int8_convolutions_store_int8_codes_and_reload_exactly(tmp_path):
     x = keras.layers.Reshape((100, 40))(x)
     x = keras.layers.Conv1D(8, 3, activation="relu", name="c1")(x)  # (98, 8)
     x = keras.layers.Reshape((8, 98, 1))(x)
-    x = keras.layers.Conv2D(6, 3, data_format="channels_first", name="c2")(keras.layers.Permute((3, 1, 2))(x))
-    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D(data_format="channels_first")(x))
+    layout = "channels_first" if _channels_first_convolutions_run() else "channels_last"
+    x = keras.layers.Permute((3, 1, 2))(x) if layout == "channels_first" else x
+    x = keras.layers.Conv2D(6, 3, data_format=layout, name="c2")(x)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D(data_format=layout)(x))
     floats = {name: np.asarray(model.get_layer(name).kernel) for name in ("c1", "c2", "c3")}
     model.save(tmp_path / "float.keras")
     data = np.random.default_rng(0).standard_normal((4, 12, 12, 12, 2)).astype("float32")
     reference = np.asarray(model(data))
     for name in floats:
-        int8_conv.make_quantizable(model.get_layer(name))
+        quantized_conv.make_quantizable(model.get_layer(name))
     np.testing.assert_array_equal(np.asarray(model(data)), reference)  # only methods were added
     model.quantize("int8")
     quantized = np.asarray(model(data))
@@ -180,7 +195,7 @@ def test_int8_convolutions_store_int8_codes_and_reload_exactly(tmp_path):
     np.testing.assert_array_equal(np.asarray(again(data)), quantized)
     for name, kernel in floats.items():
         layer = again.get_layer(name)
-        assert type(layer).__name__ == f"Int8Conv{name[1]}D" and layer.quantization_mode == "int8"
+        assert type(layer).__name__ == f"QuantizedConv{name[1]}D" and layer.quantization_mode == "int8"
         assert layer.kernel_codes.dtype == "int8"
         step = np.abs(kernel).reshape(-1, kernel.shape[-1]).max(axis=0) / 127
         assert np.all(np.abs(np.asarray(layer.kernel) - kernel) <= step / 2 + 1e-6)
@@ -195,7 +210,7 @@ def test_depthwise_separable_and_transposed_convolutions_keep_their_zeros_in_int
     step of the float pruned one."""
     import keras
 
-    from prunecli.structure import int8_conv
+    from prunecli.structure import quantized_conv
 
     keras.utils.set_random_seed(3)
     model = keras.Sequential(
@@ -230,18 +245,115 @@ def test_depthwise_separable_and_transposed_convolutions_keep_their_zeros_in_int
     }
     for (name, attr), shape in scale_shapes.items():
         layer = again.get_layer(name)
-        assert type(layer).__name__.startswith("Int8") and layer.quantization_mode == "int8", name
+        assert type(layer).__name__.startswith("Quantized") and layer.quantization_mode == "int8", name
         codes = np.asarray(getattr(layer, attr))
         assert codes.dtype == np.int8 and tuple(getattr(layer, f"{attr}_scale").shape) == shape, (name, attr)
         kernel = np.asarray(getattr(float_model.get_layer(name), attr))
         assert np.all(codes[kernel == 0] == 0) and (codes == 0).sum() >= kernel.size // 2, (name, attr)
-        scale = np.asarray(next(s for a, _c, s in int8_conv.int8_kernels(layer) if a == attr))
+        scale = np.asarray(next(s for a, _c, s in quantized_conv.quantized_kernels(layer) if a == attr))
         step = np.broadcast_to(1 / scale, kernel.shape)
         assert np.all(np.abs(codes / scale - kernel) <= step / 2 + 1e-6), (name, attr)
     assert (tmp_path / "q.keras").stat().st_size < (tmp_path / "f.keras").stat().st_size
     x = np.random.default_rng(0).standard_normal((16, 12, 12, 3)).astype("float32")
     quantized = np.asarray(again(x))
     assert np.abs(quantized - np.asarray(float_model(x))).max() <= TOLERANCE["int8"]
+
+
+def test_int4_convolutions_pack_two_codes_per_byte_and_keep_their_zeros(tmp_path):
+    """`prune --quantize int4` on Conv1D, Conv2D, DepthwiseConv2D, SeparableConv2D and Conv2DTranspose: each
+    kernel is stored as int4 codes packed two per byte (an int8 variable of ceil(n / 2) entries), read back
+    in the kernel's layout with its pruned half exactly 0, within half a step of the float pruned kernel
+    on the per-channel grid (max|w| / 7), the file is smaller than the same model's int8 file, and it
+    reloads to the same outputs."""
+    import keras
+
+    from prunecli.structure import quantized_conv
+
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential(
+        [
+            keras.Input((12, 12, 3)),
+            keras.layers.Conv2D(8, 3, activation="relu", name="c2"),
+            keras.layers.DepthwiseConv2D(3, depth_multiplier=2, activation="relu", name="dw"),
+            keras.layers.SeparableConv2D(16, 3, padding="same", activation="relu", name="sep"),
+            keras.layers.Conv2DTranspose(8, 3, padding="same", activation="relu", name="t2"),
+            keras.layers.Reshape((64, 8)),
+            keras.layers.Conv1D(12, 3, activation="relu", name="c1"),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(3, activation="softmax", name="out"),
+        ]
+    )
+    model.save(tmp_path / "m.keras")
+    cfg = {"model_path": str(tmp_path / "m.keras"), "sparsity": 0.5, "scope": "layer"}
+    prune(build_config({**cfg, "output": str(tmp_path / "f.keras")}, environ={}))
+    prune(build_config({**cfg, "quantize": "int8", "output": str(tmp_path / "q8.keras")}, environ={}))
+    run = prune(build_config({**cfg, "quantize": "int4", "output": str(tmp_path / "q4.keras")}, environ={}))
+    section = run.report.extra["quantize"]
+    assert section["zeros"]["pruned_nonzero"] == 0 and not section["left_float"]
+    float_model = keras.saving.load_model(tmp_path / "f.keras")
+    again = keras.saving.load_model(tmp_path / "q4.keras")
+    for name in ("c2", "dw", "sep", "t2", "c1"):
+        layer = again.get_layer(name)
+        assert quantized_conv.is_quantized_conv(layer) and layer.quantization_mode == "int4", name
+        for attr, codes, scale in quantized_conv.quantized_kernels(layer):
+            kernel = np.asarray(getattr(float_model.get_layer(name), attr))
+            stored = getattr(layer, "_kernel" if attr == "kernel" and hasattr(layer, "kernel_codes") else attr)
+            assert stored.dtype == "int8" and tuple(stored.shape) == ((kernel.size + 1) // 2,), (name, attr)
+            codes, scale = np.asarray(codes).astype(np.int32), np.asarray(scale, dtype=np.float64)
+            assert codes.shape == kernel.shape and -8 <= codes.min() and codes.max() <= 7, (name, attr)
+            assert np.all(codes[kernel == 0] == 0) and (codes == 0).sum() >= kernel.size // 2, (name, attr)
+            step = np.broadcast_to(1 / scale, kernel.shape)
+            assert np.all(np.abs(codes / scale - kernel) <= step / 2 + 1e-6), (name, attr)
+    assert (tmp_path / "q4.keras").stat().st_size < (tmp_path / "q8.keras").stat().st_size
+    x = np.random.default_rng(0).standard_normal((16, 12, 12, 3)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(again(x)), np.asarray(run.model(x)))
+    assert np.abs(np.asarray(again(x)) - np.asarray(float_model(x))).max() <= TOLERANCE["int4"]
+
+
+def test_files_that_name_the_earlier_int8_convolution_classes_still_load(tmp_path):
+    """Files written before int4 convolutions existed name `prunecli>Int8Conv2D`: they load as the same
+    layers and compute the same outputs."""
+    import json
+    import zipfile
+
+    import keras
+
+    from prunecli.structure import quantized_conv
+
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((8, 8, 2)), keras.layers.Conv2D(4, 3, name="conv")])
+    quantized_conv.make_quantizable(model.get_layer("conv"))
+    model.quantize("int8")
+    model.save(tmp_path / "new.keras")
+    with zipfile.ZipFile(tmp_path / "new.keras") as src, zipfile.ZipFile(tmp_path / "old.keras", "w") as dst:
+        for item in src.infolist():
+            content = src.read(item)
+            if item.filename == "config.json":
+                content = json.dumps(json.loads(content)).replace("QuantizedConv2D", "Int8Conv2D").encode()
+                assert b"prunecli>Int8Conv2D" in content
+            dst.writestr(item, content)
+    old = keras.saving.load_model(tmp_path / "old.keras")
+    x = np.random.default_rng(0).standard_normal((3, 8, 8, 2)).astype("float32")
+    assert type(old.get_layer("conv")) is quantized_conv.QuantizedConv2D
+    np.testing.assert_array_equal(np.asarray(old(x)), np.asarray(model(x)))
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_pruning_an_already_quantized_model_is_a_one_line_error(cli, tmp_path, mode):
+    """Keras' quantized layers hold codes and per-channel scales: ranking codes is not ranking weights and
+    int4 codes cannot be written back (this ended in an internal AttributeError). Refused before scoring,
+    pointing at the float model and --quantize."""
+    import keras
+
+    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(32, name="hidden"), keras.layers.Dense(4)])
+    model.quantize(mode)
+    model.save(tmp_path / "q.keras")
+    out = tmp_path / "out.keras"
+    result = cli("prune", tmp_path / "q.keras", "-s", "0.5", "-o", out, "-q")
+    assert result.exit_code == 3, result.output
+    assert result.stderr.strip().count("\n") == 0
+    assert f"layer hidden is already quantized ({mode})" in result.stderr and f"--quantize {mode}" in result.stderr
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(
@@ -297,16 +409,21 @@ def test_int8_model_exports_to_tflite_with_its_zeros(conv_dense, tmp_path):
     assert export["savedmodel"]["max_abs_diff"] <= 1e-5  # the quantized Keras model itself
 
 
-def test_verify_checks_a_quantized_model_against_its_report_and_plan(conv_dense, tmp_path, cli):
-    """The quantized file holds int8 codes (and prunecli's Int8Conv2D) where the plan's float model held
-    float kernels: verify still finds every reported layer under its name, reads its zeros from the codes,
-    and matches the plan by layer names; a model with another layer is still refused."""
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_verify_checks_a_quantized_model_against_its_report_and_plan(conv_dense, tmp_path, cli, mode):
+    """The quantized file holds integer codes (and prunecli's QuantizedConv2D) where the plan's float model
+    held float kernels: verify still finds every reported layer under its name, reads its zeros from the
+    codes (Keras' grouped int4 Dense: a code equal to its group's zero point is a zero weight; before,
+    verify counted those as non-zeros and failed every int4 claim), matches the plan by layer names, and
+    measures the accuracy of the quantized model the run wrote (the report's quantize.metrics); a model
+    with another layer is still refused."""
     import keras
 
     out, report, plan = tmp_path / "q.keras", tmp_path / "r.json", tmp_path / "plan.zip"
-    args = ["prune", conv_dense / "model.keras", "-s", "0.7", "--quantize", "int8", "-o", out, "-q"]
+    data = conv_dense / "data.npz"
+    args = ["prune", conv_dense / "model.keras", "-s", "0.7", "--quantize", mode, "-d", data, "-o", out, "-q"]
     assert cli(*args, "-r", report, "--save-plan", plan).exit_code == 0
-    result = cli("verify", out, "-r", report, "--plan", plan)
+    result = cli("verify", out, "-r", report, "--plan", plan, "-d", data, "--tolerance", "0")
     assert result.exit_code == 0, result.stderr
     assert "claims hold" in result.stdout
 

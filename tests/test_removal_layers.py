@@ -81,7 +81,9 @@ def test_near_identity_block_is_removed_first_and_outputs_barely_change(residual
 
 def test_probe_scores_fed_a_few_stand_ins_at_a_time_equal_one_pass(residual, monkeypatch):
     """Without labelled data the candidates are scored on 64 stand-ins fed in chunks that fit
-    MAX_PROBE_ELEMENTS input values: chunks of one give the scores of one pass over all 64."""
+    MAX_PROBE_ELEMENTS input values: chunks of one give the scores of one pass over all 64, to float32's
+    precision (a matmul over 1 row and over 64 rows may sum in another order: 6e-8 apart on a CPU without
+    oneDNN, identical on one with it)."""
     import keras
 
     from prunecli.structure import equivalence
@@ -97,7 +99,7 @@ def test_probe_scores_fed_a_few_stand_ins_at_a_time_equal_one_pass(residual, mon
     layer_pruning._scores_by_probe(model, chunked, seed=0)
     assert len(calls) >= layer_pruning.PROBE_EXAMPLES
     assert [c.name for c in chunked] == [c.name for c in whole]
-    np.testing.assert_allclose([c.score for c in chunked], [c.score for c in whole], rtol=1e-9)
+    np.testing.assert_allclose([c.score for c in chunked], [c.score for c in whole], rtol=1e-6)
 
 
 def test_report_says_why_each_layer_is_or_is_not_a_candidate(residual):

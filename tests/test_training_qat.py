@@ -58,10 +58,9 @@ def test_int8_fake_quantisation_computes_what_keras_quantized_layers_compute():
     np.testing.assert_allclose(faked, quantized, atol=1e-5)  # ...exactly as the fake quantisation did
 
 
-def test_int8_fake_quantised_convolutions_compute_what_the_int8_convolutions_compute():
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_fake_quantised_convolutions_compute_what_the_quantized_convolutions_compute(mode):
     import keras
-
-    from prunecli.training import fake_quant
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
@@ -72,34 +71,36 @@ def test_int8_fake_quantised_convolutions_compute_what_the_int8_convolutions_com
             keras.layers.Conv1D(4, 2, padding="causal", dilation_rate=2, name="conv1d"),
         ]
     )
-    assert fake_quant.quantizable_layers(model, "int4") == []  # convolutions: int8 only
-    _fake_equals_int8(model, ["conv2d", "conv1d"])
+    _fake_equals_quantized(model, ["conv2d", "conv1d"], mode)
 
 
-def _fake_equals_int8(model, names):
-    """The model's int8 layers (`names`, in order) under QAT's fake quantisation compute what the int8
-    layers they become compute, and that differs from the float model."""
-    from prunecli.structure import int8_conv
+def _fake_equals_quantized(model, names, mode):
+    """The model's quantizable layers (`names`, in order) under QAT's fake quantisation for `mode`
+    compute what the quantized layers they become compute, and that differs from the float model."""
+    from prunecli.structure import quantized_conv
     from prunecli.training import fake_quant
 
     x = np.random.default_rng(0).standard_normal((8, *model.inputs[0].shape[1:])).astype("float32")
-    fake = fake_quant.FakeQuant(fake_quant.quantizable_layers(model, "int8"), "int8")
+    fake = fake_quant.FakeQuant(fake_quant.quantizable_layers(model, mode), mode)
     assert [layer.name for layer in fake.layers] == names
     with fake.active():
         faked = np.asarray(model(x))
     floating = np.asarray(model(x))
     for layer in fake.layers:
-        int8_conv.make_quantizable(layer)
-    model.quantize("int8")
+        quantized_conv.make_quantizable(layer)
+    model.quantize(mode)
     quantized = np.asarray(model(x))
     assert np.abs(floating - quantized).max() > 1e-4
     np.testing.assert_allclose(faked, quantized, atol=1e-5)
 
 
-def test_int8_fake_quantised_depthwise_separable_and_transposed_convolutions_compute_what_the_int8_layers_compute():
-    """DepthwiseConv1D/2D, SeparableConv1D/2D and Conv1DTranspose: each kernel on its int8 grid (a
-    depthwise kernel per output channel over its window, a transposed one per filter on axis -2), the
-    same outputs as the int8 layers they become."""
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_fake_quantised_depthwise_separable_and_transposed_convolutions_compute_what_the_quantized_layers_compute(
+    mode,
+):
+    """DepthwiseConv1D/2D, SeparableConv1D/2D and Conv1DTranspose: each kernel on its grid (a depthwise
+    kernel per output channel over its window, a transposed one per filter on axis -2), the same outputs
+    as the int8 or int4 layers they become."""
     import keras
 
     keras.utils.set_random_seed(4)
@@ -114,7 +115,7 @@ def test_int8_fake_quantised_depthwise_separable_and_transposed_convolutions_com
             keras.layers.Conv1DTranspose(3, 3, strides=2, activation="relu", name="t1"),
         ]
     )
-    _fake_equals_int8(model, ["dw2", "sep2", "sep1", "dw1", "t1"])
+    _fake_equals_quantized(model, ["dw2", "sep2", "sep1", "dw1", "t1"], mode)
 
 
 def test_int4_fake_weights_are_keras_int4_weights_inside_a_compiled_function():
@@ -143,7 +144,7 @@ def test_straight_through_gradient_is_the_identity():
 
     w = tf.Variable(np.linspace(-1, 1, 12, dtype="float32").reshape(4, 3))
     with tf.GradientTape() as tape:
-        out = tf.reduce_sum(3.0 * fake_quant.straight_through(w, fake_quant.int8_weights(w, (0,))))
+        out = tf.reduce_sum(3.0 * fake_quant.straight_through(w, fake_quant.channel_weights(w, (0,))))
     np.testing.assert_array_equal(tape.gradient(out, w), np.full((4, 3), 3.0, "float32"))
 
 

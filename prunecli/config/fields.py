@@ -309,8 +309,9 @@ class PruneConfig:
     )
     quantize: str | None = setting(
         help="After pruning, quantize with Keras' own Model.quantize: int8, int4 or float8 (.keras output;"
-        " pruned weights checked to stay exactly 0). int8 also quantizes Conv, ConvTranspose, DepthwiseConv and SeparableConv"
-        " kernels (prunecli's int8 convolution layers: load the file after `import prunecli.structure.int8_conv`).",
+        " pruned weights checked to stay exactly 0). int8 and int4 also quantize Conv, ConvTranspose, DepthwiseConv and"
+        " SeparableConv kernels (prunecli's quantized convolution layers: load the file after"
+        " `import prunecli.structure.quantized_conv`).",
         choices=QUANTIZE_MODES,
         commands=PRUNE_ONLY,
     )

@@ -14,9 +14,10 @@ Why the zeros survive (Keras 3.15, keras/src/quantizers/quantizers.py and layers
 
 Rather than trusting this, each quantized kernel is read back (its integer codes and zero points, or the
 float8 round trip) and compared with the masks: a pruned weight that is not exactly zero stops the run
-before anything is written. Keras 3.15 quantizes Dense and EinsumDense (and embeddings) only; for int8,
-Conv1D/2D/3D, their transposes, DepthwiseConv1D/2D and SeparableConv1D/2D are quantized too, by prunecli's own int8
-convolutions on the same grid (structure/int8_conv.py, weight-only), and Keras' own Embedding layers by
+before anything is written. Keras 3.15 quantizes Dense and EinsumDense (and embeddings) only; for int8 and
+int4, Conv1D/2D/3D, their transposes, DepthwiseConv1D/2D and SeparableConv1D/2D are quantized too, by
+prunecli's own quantized convolutions (structure/quantized_conv.py, per output channel, weight-only); for
+int8, Keras' own Embedding layers by
 Keras (int8 codes with one abs-max scale per token row, read back as codes / scale; a lookup, so no
 inputs are quantized; QAT does not fake-quantize them: they are quantized after fine-tuning); every
 other layer stays float and the section says why.
@@ -30,7 +31,8 @@ from pathlib import Path
 
 from prunecli.errors import ConfigError, ExitCode, PruneCliError, first_line
 from prunecli.results import StepResult
-from prunecli.structure import int8_conv
+from prunecli.structure import quantized_conv
+from prunecli.structure.layers import zero_centred_codes
 from prunecli.training.fake_quant import QUANTIZED_CLASSES, already_quantized, has_lora, quantized_kinds
 
 SAMPLES = 256  # inputs the quantized model is compared on with the float pruned model
@@ -38,7 +40,8 @@ SCHEMES = {
     "int8": "int8 weights, per-output-channel symmetric abs-max; Dense/EinsumDense inputs quantized per row at "
     "run time; convolutions weight-only (prunecli's Int8 convolution layers, float inputs); embeddings one "
     "scale per token row",
-    "int4": "int4 weights (2 per byte), groups of 128 input rows, asymmetric with integer zero points; float inputs",
+    "int4": "int4 weights (2 per byte); Dense/EinsumDense in groups of 128 input rows, asymmetric with integer zero "
+    "points; convolutions per output channel, symmetric (prunecli's quantized convolution layers); float inputs",
     "float8": "float8_e4m3fn weights and inputs with delayed scaling at run time; float32 kernels in the file",
 }
 
@@ -113,11 +116,11 @@ def run(model, targets, masks, data, task, config, float_metrics, progress, timi
         notes.append(
             f"--qat: embeddings {', '.join(embeddings)} were quantized after fine-tuning, without fake quantisation"
         )
-    convs = [layer for layer in chosen if int8_conv.is_int8_conv(layer)]
+    convs = [layer for layer in chosen if quantized_conv.is_quantized_conv(layer)]
     if convs:
         notes.append(
-            f"--quantize int8: {len(convs)} convolution(s) saved as prunecli's Int8 convolution layers: load the file "
-            "with keras.saving.load_model after `import prunecli.structure.int8_conv`"
+            f"--quantize {mode}: {len(convs)} convolution(s) saved as prunecli's quantized convolution layers: load "
+            "the file with keras.saving.load_model after `import prunecli.structure.quantized_conv`"
         )
     if mode == "float8":
         notes.append("--quantize float8 keeps float32 kernels in the file (cast to float8 at run time): no size saving")
@@ -144,7 +147,7 @@ def _zeros(layers: list[dict]) -> dict:
 
 def _choose_layers(model, targets, mode: str) -> tuple[list, list[dict]]:
     """The layers `mode` quantizes and prunecli can read back (Keras' own Dense and EinsumDense, for int8
-    also Keras' convolutions; not subclasses, not already quantized, without LoRA: the layers QAT fine-tunes
+    and int4 also Keras' convolutions; not subclasses, not already quantized, without LoRA: the layers QAT fine-tunes
     through), and, for every other layer holding a prunable weight, why it stays float."""
     import keras
 
@@ -185,8 +188,11 @@ def _embeddings(model, mode: str) -> list:
 def _why_float(layer, classes, mode: str) -> str:
     import keras
 
-    if type(layer) in int8_conv.INT8_CLASSES and mode != "int8":
-        return f"prunecli quantizes convolutions to int8 only (Keras {keras.__version__} has no quantized one)"
+    if type(layer) in quantized_conv.CONV_CLASSES and mode not in quantized_conv.MODES:
+        return (
+            f"prunecli quantizes convolutions to {' and '.join(quantized_conv.MODES)} only "
+            f"(Keras {keras.__version__} has no quantized one)"
+        )
     if isinstance(layer, classes):
         return f"a subclass of {type(layer).__mro__[1].__name__}: Keras quantizes only its own classes"
     if already_quantized(layer):
@@ -199,7 +205,7 @@ def _why_float(layer, classes, mode: str) -> str:
         return f"prunecli quantizes embeddings to int8 only (Keras' {mode} embedding is not read back)"
     return (
         f"Keras {keras.__version__} has no quantized {type(layer).__name__} "
-        "(prunecli's int8 convolutions cover Conv, ConvTranspose, DepthwiseConv and SeparableConv)"
+        "(prunecli's quantized convolutions cover Conv, ConvTranspose, DepthwiseConv and SeparableConv)"
     )
 
 
@@ -211,7 +217,9 @@ def _kernels(chosen: list) -> list[tuple[object, str]]:
     return [
         (layer, attr)
         for layer in chosen
-        for attr in (("embeddings",) if isinstance(layer, keras.layers.Embedding) else int8_conv.kernel_names(layer))
+        for attr in (
+            ("embeddings",) if isinstance(layer, keras.layers.Embedding) else quantized_conv.kernel_names(layer)
+        )
     ]
 
 
@@ -240,8 +248,8 @@ def _pruned_positions(chosen: list, targets, masks) -> dict[tuple[int, str], obj
 def _quantize(model, mode: str, chosen: list) -> None:
     wanted = {id(layer) for layer in chosen}
     for layer in chosen:
-        if int8_conv.quantizable(layer):  # Keras' float convolution gains the int8 `quantize` Model.quantize calls
-            int8_conv.make_quantizable(layer)
+        if quantized_conv.quantizable(layer):  # Keras' float convolution gains the `quantize` Model.quantize calls
+            quantized_conv.make_quantizable(layer)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Layer X does not have a quantize method", numpy copy= notices
@@ -290,10 +298,10 @@ def _read_back(layer, attr: str, mode: str, float_kernel):
         return back, back == 0
     import keras
 
-    conv = int8_conv.is_int8_conv(layer)
+    conv = quantized_conv.is_quantized_conv(layer)
     embedding = isinstance(layer, keras.layers.Embedding)
     if conv:
-        codes, scale = next((c, s) for a, c, s in int8_conv.int8_kernels(layer) if a == attr)
+        codes, scale = next((c, s) for a, c, s in quantized_conv.quantized_kernels(layer) if a == attr)
     elif embedding:  # int8: codes (tokens, dim), one scale per token row
         codes, scale = layer.embeddings, layer.embeddings_scale
     else:
@@ -302,17 +310,15 @@ def _read_back(layer, attr: str, mode: str, float_kernel):
     scale = np.asarray(scale, dtype=np.float32)
     if not np.all(np.isfinite(scale)) or not np.all(scale != 0):
         raise QuantizeVerificationError(f"layer {layer.name}: Keras wrote a zero or non-finite quantization scale")
-    zero_point = getattr(layer, "kernel_zero", None)
-    if zero_point is not None:  # grouped asymmetric int4: (q - z[g]) * s[g] over (rows, columns)
+    if getattr(layer, "kernel_zero", None) is not None:  # grouped asymmetric int4: (q - z[g]) * s[g]
+        centred = zero_centred_codes(layer, codes)
         groups = np.asarray(layer.g_idx).astype(np.int64)
-        flat = codes.reshape(len(groups), -1)
-        z = np.asarray(zero_point).astype(np.int32)[groups]
-        back = ((flat - z) * scale[groups]).reshape(codes.shape)
-        return back, (flat == z).reshape(codes.shape)
+        back = (centred.reshape(len(groups), -1) * scale[groups]).reshape(codes.shape)
+        return back, centred == 0
     is_zero = codes == 0
     if embedding:
         return codes / scale.reshape(-1, 1), is_zero
-    if conv:  # int8_kernels shapes each scale to divide its kernel's codes (output channels not always last)
+    if conv:  # quantized_kernels shapes each scale to divide its kernel's codes (output channels not always last)
         return codes / scale, is_zero
     columns = scale.size
     if isinstance(layer, keras.layers.Dense) or mode == "int4":  # codes / s per output column (last axis)

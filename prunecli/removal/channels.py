@@ -83,10 +83,6 @@ def _plan_notes(g, cuts: surgery.ChannelCuts, run_targets) -> tuple[list[dict], 
     return groups, notes
 
 
-def _keras_quantized(layer) -> bool:
-    return getattr(getattr(layer, "dtype_policy", None), "quantization_mode", None) is not None
-
-
 def shrink(
     model, run_targets, masks, data, source, seed: int, progress, timings, measure_latency: bool = True
 ) -> StepResult:
@@ -102,7 +98,7 @@ def shrink(
             g = channels.graph_of(model)  # the run's graph of this model, built once
         except channels.GraphUnsupported as exc:
             return StepResult(notes=(f"shrink skipped: {exc}; the model keeps its size (pruned units stay masked)",))
-        quantized = [layer.name for layer in g.layers() if _keras_quantized(layer)]
+        quantized = [layer.name for layer in g.layers() if layers.quantization_mode(layer)]
         if quantized:  # int8/int4 kernels come with per-unit scales surgery does not slice
             return StepResult(
                 notes=(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from prunecli import __version__, scoring
 from prunecli.config import Granularity, PruneConfig
+from prunecli.config.fields import QUANTIZE_MODES
 from prunecli.errors import DataError, InputError
 from prunecli.outputs.report import Report, Timings, layer_stats, totals
 from prunecli.results import StepResult
@@ -88,6 +89,7 @@ def pick_targets(model, config: PruneConfig) -> StepResult:
 
     found = targets.select(model, config.include, config.exclude)
     found = [t for t in found if not config.rule_for(t.layer_name).skip]
+    refuse_quantized(config, found)
     found, notes = language.without_lm_ends(model, found, config.include)
     notes = list(notes)
     if config.granularity.kind == "neuron":
@@ -102,6 +104,22 @@ def pick_targets(model, config: PruneConfig) -> StepResult:
     if not found:
         raise InputError(f"{config.model_path}: no prunable layers (after --include/--exclude)")
     return StepResult(targets=found, notes=tuple(notes))
+
+
+def refuse_quantized(config: PruneConfig, found) -> None:
+    """A layer Keras (or `--quantize`) already quantized holds integer codes with per-channel scales, not
+    its weights: ranking codes across channels and layers is not ranking weights, and int4 codes cannot
+    be written back. The float model is what to prune; `--quantize` then keeps its zeros."""
+    from prunecli.structure.layers import quantization_mode
+
+    for t in found:
+        mode = quantization_mode(t.layer) if t.layer is not None else None
+        if mode is not None:
+            again = f" and pass --quantize {mode}" if mode in QUANTIZE_MODES else ""
+            raise InputError(
+                f"{config.model_path}: layer {t.layer_name} is already quantized ({mode}): prune the float model"
+                f"{again} (the pruned zeros are kept through quantisation), or --exclude it"
+            )
 
 
 def evaluate(state: RunState, stage: str, progress: Progress, timings: Timings) -> StepResult:

@@ -244,6 +244,11 @@ def _check_nm(result: VerifyResult, granularity, layers: list, found: dict) -> N
 
 
 def _final_accuracy(claims: dict):
+    """(stage, accuracy) the report claims for the written model: a --quantize run wrote the quantized
+    model, whose accuracy is the quantize section's, not the float pruned model's."""
+    quantized = ((claims.get("quantize") or {}).get("metrics") or {}).get("quantized")
+    if quantized and "accuracy" in quantized:
+        return "quantized", quantized["accuracy"]
     metrics = claims.get("metrics") or {}
     stage = "after_finetune" if "after_finetune" in metrics else "after_pruning"
     return stage, (metrics.get(stage) or {}).get("accuracy")
@@ -280,7 +285,7 @@ def _check_plan(result: VerifyResult, plan: plan_file.Plan, model, found: dict, 
     settings = plan.manifest.get("settings", {})
     shrunk = shrunk or bool(settings.get("shrink"))
     if not shrunk:
-        # a --quantize run's output holds int8 codes and scales (and prunecli's Int8Conv classes) where the
+        # a --quantize run's output holds int8 codes and scales (and prunecli's QuantizedConv classes) where the
         # plan's float model held float kernels: by design, so only the layers' names must match
         quantized = bool(settings.get("quantize"))
         mismatch = plan_file.first_mismatch(plan.manifest.get("architecture", {}), model, names_only=quantized)

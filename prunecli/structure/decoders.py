@@ -114,6 +114,7 @@ from typing import Any
 
 from prunecli.errors import InputError
 from prunecli.structure import keras_graph, narrowed_norm
+from prunecli.structure.layers import quantization_mode
 
 
 @dataclass(frozen=True)
@@ -315,7 +316,7 @@ def shrink_blocker(block) -> str | None:
     attn = attention(block)
     if keras_graph.hub_ffn(block) is None or attn is None or keras_graph.grouped_head_counts(attn) is None:
         return f"{type(block).__name__} {block.name!r} is not laid out as KerasHub's decoders are"
-    if getattr(getattr(block, "dtype_policy", None), "quantization_mode", None) is not None:
+    if quantization_mode(block) is not None:
         return f"{block.name!r} is quantized by Keras (per-unit scales are not sliced)"
     return None
 
@@ -1253,7 +1254,7 @@ def narrow_blocker(model) -> str | None:
         embedding, _final = stream_ends(model)
     except InputError as error:
         return str(error)
-    if getattr(getattr(embedding, "dtype_policy", None), "quantization_mode", None) is not None:
+    if quantization_mode(embedding) is not None:
         return f"{embedding.name!r} is quantized by Keras"
     for block in blocks(model):
         blocker = shrink_blocker(block)

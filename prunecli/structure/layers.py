@@ -302,16 +302,38 @@ def unregister(layer_class) -> None:
 
 def prunable_weights(layer) -> list[tuple[str, Any, int]]:
     """(attribute, variable, unit axis) of each prunable weight; `get_prunable_weights()` opts a custom
-    layer in (tfmot's convention; unit axis -1)."""
+    layer in (tfmot's convention; unit axis -1): it returns variables, or (name, array) pairs for weights
+    read in another layout than stored (prunecli's quantized convolutions: int4 codes unpacked)."""
     custom = getattr(layer, "get_prunable_weights", None)
     if callable(custom):
-        return [(v.name, v, -1) for v in custom()]
+        return [(*w, -1) if isinstance(w, tuple) else (w.name, w, -1) for w in custom()]
     out = []
     for attr, axis in spec(layer).prunable:
         var = getattr(layer, attr, None)
         if var is not None and len(var.shape) >= 2:
-            out.append((attr, var, axis))
+            out.append((attr, zero_centred_codes(layer, var) if attr == "kernel" else var, axis))
     return out
+
+
+def zero_centred_codes(layer, codes):
+    """A kernel as its zeros are counted: Keras' grouped int4 layers store codes offset by one zero point
+    per group of input rows (`kernel_zero`, rows -> group in `g_idx`), so `code - zero point` is 0 exactly
+    where the weight is; any other layer's kernel is returned as it is."""
+    import numpy as np
+
+    zero_point = getattr(layer, "kernel_zero", None)
+    if quantization_mode(layer) is None or zero_point is None:
+        return codes
+    groups = np.asarray(layer.g_idx).astype(np.int64)
+    values = np.asarray(codes).astype(np.int32)
+    flat = values.reshape(len(groups), -1) - np.asarray(zero_point).astype(np.int32)[groups]
+    return flat.reshape(values.shape)
+
+
+def quantization_mode(layer) -> str | None:
+    """The Keras quantization mode of a layer ("int8", "int4", "float8", ...; None for a float layer), as
+    its dtype policy says: a quantized layer's weights are codes and scales, not the weights to score."""
+    return getattr(getattr(layer, "dtype_policy", None), "quantization_mode", None)
 
 
 def recurrent_columns(record: LayerSpec, units, width: int):

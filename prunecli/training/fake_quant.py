@@ -1,5 +1,5 @@
 """Quantisation-aware fine-tuning: the layers that `--quantize` will hand to `Model.quantize` (Keras'
-Dense/EinsumDense, and for int8 the convolutions structure/int8_conv.py quantizes) compute, inside the compiled masked step, with the weights (and inputs) Keras will
+Dense/EinsumDense, and the convolutions structure/quantized_conv.py quantizes) compute, inside the compiled masked step, with the weights (and inputs) Keras will
 use after quantisation, so fine-tuning learns the quantisation error.
 
 What Keras 3.15 offers, and what is used here: there is no int8/int4 QAT in Keras 3.15 (its quantized
@@ -14,11 +14,11 @@ the gradient straight through (`w + stop_gradient(dequant(quant(w)) - w)`):
   EinsumDense: Keras' `_kernel_reduced_axes`), `q = round(w * 127 / (max|w| + eps))`, read as `q / s`.
 - int8 inputs: as Keras' int8 layers do at run time, per row (Dense: the last axis; EinsumDense:
   Keras' `_input_reduced_axes`), symmetric abs-max, straight-through like Keras' own input gradient.
-- int8 convolutions (Conv, DepthwiseConv, SeparableConv: prunecli's own int8 layers, structure/int8_conv.py):
-  each kernel per output channel on the same grid (a depthwise kernel over its window only); inputs stay
-  float (those layers are weight-only).
-- int4 (Dense only): Keras' default `Int4QuantizationConfig`, groups of 128 input rows, asymmetric
-  with an integer zero point; inputs stay float (Keras' int4 is weight-only).
+- convolutions (Conv, ConvTranspose, DepthwiseConv, SeparableConv: prunecli's own quantized layers,
+  structure/quantized_conv.py): each kernel per output channel, symmetric abs-max on [-127, 127] (int8)
+  or [-8, 7] (int4) (a depthwise kernel over its window only); inputs stay float (weight-only layers).
+- int4 Dense: Keras' default `Int4QuantizationConfig`, groups of 128 input rows, asymmetric with an
+  integer zero point; inputs stay float (Keras' int4 is weight-only). Not EinsumDense.
 
 Pruned weights: `quant(0) = 0` on both grids (see outputs/quantize.py), the abs-max scales depend on the
 kept weights only, and the masks are re-applied after every optimizer step as without QAT, so a pruned
@@ -42,31 +42,38 @@ INT4_BLOCK = 128  # Keras 3.15's Int4QuantizationConfig default block_size
 
 def quantizable_layers(model, mode: str) -> list:
     """The layers `--quantize mode` quantizes and prunecli can read back: Keras' own Dense and
-    EinsumDense (not subclasses) and, for int8, Keras' Conv, DepthwiseConv and SeparableConv layers
-    (prunecli's int8 convolutions, structure/int8_conv.py); built, not already quantized, without LoRA."""
+    EinsumDense (not subclasses) and, for int8 and int4, Keras' Conv, DepthwiseConv and SeparableConv
+    layers (prunecli's quantized convolutions, structure/quantized_conv.py); built, not already quantized,
+    without LoRA."""
     import keras
 
-    from prunecli.structure import int8_conv, keras_graph
+    from prunecli.structure import keras_graph, quantized_conv
 
     classes = tuple(getattr(keras.layers, name) for name in QUANTIZED_CLASSES)
     return [
         layer
         for layer in keras_graph.all_layers(model)
         if (type(layer) in classes and layer.built and not already_quantized(layer) and not has_lora(layer))
-        or (mode == "int8" and int8_conv.quantizable(layer))
+        or (mode in quantized_conv.MODES and quantized_conv.quantizable(layer))
     ]
 
 
 def quantized_kinds(mode: str) -> str:
     """The layer classes `--quantize mode` takes, for messages."""
+    from prunecli.structure import quantized_conv
+
     kinds = list(QUANTIZED_CLASSES) + (
-        ["Conv1D/2D/3D", "Conv1D/2D/3DTranspose", "DepthwiseConv1D/2D", "SeparableConv1D/2D"] if mode == "int8" else []
+        ["Conv1D/2D/3D", "Conv1D/2D/3DTranspose", "DepthwiseConv1D/2D", "SeparableConv1D/2D"]
+        if mode in quantized_conv.MODES
+        else []
     )
     return ", ".join(kinds[:-1]) + " and " + kinds[-1]
 
 
 def already_quantized(layer) -> bool:
-    return getattr(layer.dtype_policy, "quantization_mode", None) is not None
+    from prunecli.structure.layers import quantization_mode
+
+    return quantization_mode(layer) is not None
 
 
 def has_lora(layer) -> bool:
@@ -78,10 +85,10 @@ def for_run(model, mode: str) -> FakeQuant:
     one-line ConfigError before any training."""
     fake = FakeQuant(quantizable_layers(model, mode), mode)
     if not fake.layers:
-        kinds = "Dense" if mode == "int4" else quantized_kinds(mode)
+        skipped = "; int4 QAT leaves EinsumDense float" if mode == "int4" else ""
         raise ConfigError(
-            f"--qat with --quantize {mode}: no layer of this model takes it (Keras quantizes {kinds} layers "
-            f"for {mode}; this model has none); use --qat off"
+            f"--qat with --quantize {mode}: no layer of this model takes it ({quantized_kinds(mode)} layers "
+            f"quantize to {mode}{skipped}; this model has none); use --qat off"
         )
     return fake
 
@@ -90,8 +97,8 @@ class FakeQuant:
     """The fake-quantized forward pass of `layers` for `mode`, installed by `active()`.
 
     Args:
-        layers: the layers to fake-quantize (`quantizable_layers`); for int4, Dense layers only (the
-            others are listed in `skipped`).
+        layers: the layers to fake-quantize (`quantizable_layers`); for int4, not EinsumDense (its
+            grouped int4 grid is not written here: listed in `skipped`).
         mode: "int8" or "int4".
     """
 
@@ -103,7 +110,7 @@ class FakeQuant:
         self.mode = mode
         self.layers, self.skipped = [], []
         for layer in layers:
-            if mode == "int4" and type(layer) is not keras.layers.Dense:
+            if mode == "int4" and type(layer) is keras.layers.EinsumDense:
                 self.skipped.append(layer)
             else:
                 self.layers.append(layer)
@@ -135,7 +142,8 @@ class FakeQuant:
 
 WEIGHT_SCHEMES = {
     "int8": "keras.quantizers.abs_max_quantize per output channel (the grid Model.quantize('int8') writes)",
-    "int4": "keras.quantizers.abs_max_quantize_grouped_with_zero_point, 128-row groups (Model.quantize('int4'))",
+    "int4": "keras.quantizers.abs_max_quantize_grouped_with_zero_point, 128-row groups (Model.quantize('int4'));"
+    " convolutions per output channel, abs-max over [-8, 7]",
 }
 INPUT_SCHEMES = {
     "int8": "abs-max per row at run time, as Keras' int8 layers quantize their inputs (convolutions: float)",
@@ -149,11 +157,11 @@ def _fake_call(layer, mode: str):
     import keras
     from keras import ops
 
-    from prunecli.structure import int8_conv
+    from prunecli.structure import quantized_conv
 
-    if type(layer) in int8_conv.INT8_CLASSES:
-        plain = not hasattr(int8_conv.INT8_CLASSES[type(layer)], "convolve")  # Conv1D/2D/3D
-        return _fake_conv_call(layer) if plain else _fake_attrs_call(layer)
+    if type(layer) in quantized_conv.CONV_CLASSES:
+        plain = not hasattr(quantized_conv.CONV_CLASSES[type(layer)], "convolve")  # Conv1D/2D/3D
+        return _fake_conv_call(layer, mode) if plain else _fake_attrs_call(layer, mode)
     if type(layer) is keras.layers.EinsumDense:
         layer._set_quantization_info()  # Keras' own reduction axes for this equation (what quantize() uses)
         kernel_axes = tuple(layer._kernel_reduced_axes)
@@ -170,7 +178,7 @@ def _fake_call(layer, mode: str):
     def call(inputs, training=None):
         kernel = layer.kernel
         if mode == "int8":
-            kernel = straight_through(kernel, int8_weights(kernel, kernel_axes))
+            kernel = straight_through(kernel, channel_weights(kernel, kernel_axes))
             inputs = straight_through(inputs, int8_inputs(inputs, input_axes))
         else:
             kernel = straight_through(kernel, int4_weights(kernel))
@@ -184,12 +192,12 @@ def _fake_call(layer, mode: str):
     return call
 
 
-def _fake_conv_call(layer):
-    """A Conv1D/2D/3D's `call` with its kernel on the int8 grid of structure/int8_conv.py (per output
+def _fake_conv_call(layer, mode: str):
+    """A Conv1D/2D/3D's `call` with its kernel on `mode`'s grid of structure/quantized_conv.py (per output
     channel, over every other axis); inputs stay float, as that layer's are (weight-only)."""
     from keras import ops
 
-    from prunecli.structure import int8_conv
+    from prunecli.structure import quantized_conv
 
     axes = tuple(range(len(layer.kernel.shape) - 1))
     channels_last = layer.data_format == "channels_last"
@@ -200,7 +208,7 @@ def _fake_conv_call(layer):
     padding = "valid" if causal else layer.padding
 
     def call(inputs):
-        kernel = straight_through(layer.kernel, int8_weights(layer.kernel, axes))
+        kernel = straight_through(layer.kernel, channel_weights(layer.kernel, axes, mode))
         if causal:
             inputs = ops.pad(inputs, pads)
         x = ops.conv(
@@ -211,26 +219,26 @@ def _fake_conv_call(layer):
             dilation_rate=layer.dilation_rate,
             data_format=layer.data_format,
         )
-        return int8_conv.bias_and_activation(layer, x, layer.filters)
+        return quantized_conv.bias_and_activation(layer, x, layer.filters)
 
     return call
 
 
-def _fake_attrs_call(layer):
-    """A DepthwiseConv, SeparableConv or ConvTranspose `call`: the computation of the int8 layer it
-    becomes (structure/int8_conv.py's `convolve`), with each float kernel fake-quantized on that layer's
-    grid instead of dequantized from codes. Inputs stay float."""
-    from prunecli.structure import int8_conv
+def _fake_attrs_call(layer, mode: str):
+    """A DepthwiseConv, SeparableConv or ConvTranspose `call`: the computation of the quantized layer it
+    becomes (structure/quantized_conv.py's `convolve`), with each float kernel fake-quantized on that
+    layer's grid instead of dequantized from codes. Inputs stay float."""
+    from prunecli.structure import quantized_conv
 
-    int8_class = int8_conv.INT8_CLASSES[type(layer)]
+    quantized_class = quantized_conv.CONV_CLASSES[type(layer)]
 
     def fake(attr):
         kernel = getattr(layer, attr)
-        axes = int8_class.scaled_axes(attr, layer.rank, len(kernel.shape))
-        return straight_through(kernel, int8_weights(kernel, axes))
+        axes = quantized_class.scaled_axes(attr, layer.rank, len(kernel.shape))
+        return straight_through(kernel, channel_weights(kernel, axes, mode))
 
     def call(inputs):
-        return int8_class.convolve(layer, inputs, fake)
+        return quantized_class.convolve(layer, inputs, fake)
 
     return call
 
@@ -242,12 +250,15 @@ def straight_through(x, quantized):
     return ops.add(x, ops.stop_gradient(ops.subtract(quantized, x)))
 
 
-def int8_weights(kernel, axes):
-    """The kernel as Keras' int8 layer computes with it: `abs_max_quantize` codes over `axes` (the
-    reduction axes: one scale per output channel), divided by their scale."""
+def channel_weights(kernel, axes, mode: str = "int8"):
+    """The kernel as a per-channel quantized layer computes with it (Keras' int8 layers; prunecli's int8
+    and int4 convolutions): `abs_max_quantize` codes over `axes` (the reduction axes: one scale per
+    output channel) on `mode`'s code range, divided by their scale."""
     from keras import ops, quantizers
 
-    codes, scale = quantizers.abs_max_quantize(kernel, axis=axes, dtype=kernel.dtype)
+    from prunecli.structure.quantized_conv import CODE_RANGES
+
+    codes, scale = quantizers.abs_max_quantize(kernel, axis=axes, value_range=CODE_RANGES[mode], dtype=kernel.dtype)
     return ops.divide(codes, scale)
 
 

@@ -41,7 +41,7 @@ def _load_keras(path: Path, unsafe: bool):
     fails on its own .h5 files compiled with loss="mse"), and pruning needs only structure and weights."""
 
     if path.suffix == ".keras":
-        from prunecli.structure import int8_conv  # noqa: F401 - registers prunecli>Int8Conv1D/2D/3D (--quantize int8)
+        from prunecli.structure import quantized_conv  # noqa: F401 - registers prunecli>QuantizedConv1D/2D/3D (--quantize int8)
         from prunecli.structure.transformer import register_for_file
 
         register_for_file(path)  # KerasHub classes are known to Keras once keras-hub is imported
