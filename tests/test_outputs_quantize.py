@@ -410,6 +410,26 @@ def test_int8_model_exports_to_tflite_with_its_zeros(conv_dense, tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_inspect_counts_a_quantized_model_as_its_report_does(conv_dense, tmp_path, mode):
+    """`inspect` on a --quantize output reads each kernel as the targets do (codes in the kernel's
+    layout): the same targets, shapes and sparsity as the run's report. It used to count the stored
+    bytes as "layer state": 0 targets, and an int4 kernel 90% pruned shown as 1.4% sparse in its packed
+    shape."""
+    from prunecli.outputs.inspect import inspect_model
+
+    out = tmp_path / "q.keras"
+    cfg = {"model_path": str(conv_dense / "model.keras"), "sparsity": 0.7, "quantize": mode, "output": str(out)}
+    report = prune(build_config(cfg, environ={})).report.to_dict()
+    seen = inspect_model(str(out))
+    targets = {f"{layer.name}/{w.name}": w for layer in seen.layers for w in layer.weights if w.target}
+    assert set(targets) == {"conv/kernel", "dense1/kernel", "out/kernel"}
+    for entry in report["layers"]:
+        weight = targets[entry["name"]]
+        assert weight.shape == list(entry["shape"]) and weight.nonzeros == entry["nonzeros"], entry["name"]
+    assert seen.totals["prunable_sparsity"] == pytest.approx(report["totals"]["prunable_sparsity"], abs=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
 def test_verify_checks_a_quantized_model_against_its_report_and_plan(conv_dense, tmp_path, cli, mode):
     """The quantized file holds integer codes (and prunecli's QuantizedConv2D) where the plan's float model
     held float kernels: verify still finds every reported layer under its name, reads its zeros from the

@@ -326,6 +326,22 @@ def test_latency_search_refuses_an_unreachable_goal():
     assert found.chosen.ms <= 1.2
 
 
+def test_latency_search_looks_between_the_floors_and_the_dense_model_when_narrow_is_slow():
+    """TensorFlow's CPU convolutions can run a few channels slower than a few dozen: on a curve whose
+    fastest point is at 0.3 of the FLOPs and whose floors are slower than the goal, the search still
+    lands in the band under the goal; a goal under the fastest point is refused naming it."""
+    fn = lambda f: 1.0 + 9.0 * f if f >= 0.3 else 3.7 + 20.0 * (0.3 - f)  # noqa: E731
+    assert fn(0.02) > 5.0
+    calls: list[float] = []
+    found = _search(fn, 5.0, calls=calls)
+    assert 5.0 * 0.95 <= found.chosen.ms <= 5.0 and found.chosen.fraction > 0.3
+    assert len({round(c * 1000) for c in calls}) <= budget.MAX_TIMED - 1
+    with pytest.raises(
+        ConfigError, match=r"the fastest shrunk model timed \(at 0\.25 of the dense cost.* still takes 4\.7 ms"
+    ):
+        _search(fn, 4.0)
+
+
 def test_latency_search_looks_past_a_fast_enough_floor():
     """When the floors' model is already in the band (a time that does not fall with FLOPs below some
     width), a wider model that is as fast is kept instead."""

@@ -100,8 +100,8 @@ def inspect_model(path: str, include=(), exclude=()) -> Inspection:
 
     quiet_tensorflow()
     model, info = model_io.load(path)
-    every = {id(t.variable): t for t in targets.walk(model)}
-    chosen = {id(t.variable) for t in targets.select(model, include, exclude)}
+    every = {(id(t.layer), t.attr): t for t in targets.walk(model)}
+    chosen = {t.name for t in targets.select(model, include, exclude)}
     layers = _describe_layers(model, every, chosen)
     meta = {
         "path": str(info.path),
@@ -119,7 +119,8 @@ def inspect_model(path: str, include=(), exclude=()) -> Inspection:
 
 def _describe_layers(model, every: dict, chosen: set) -> list[LayerInfo]:
     """Every layer, depth first through nested models (named by its path), with the weights it owns:
-    a sub-layer's weights are described under the sub-layer, a shared layer's only at its first place."""
+    a sub-layer's weights are described under the sub-layer, a shared layer's only at its first place.
+    `every`: the targets by (id of their layer, attribute); `chosen`: the names --include/--exclude keep."""
     layers: list[LayerInfo] = []
     seen: set[int] = set()
 
@@ -131,7 +132,8 @@ def _describe_layers(model, every: dict, chosen: set) -> list[LayerInfo]:
             if id(v) in nested or id(v) in seen:
                 continue  # described under the sub-layer that owns it, or already under a shared layer
             seen.add(id(v))
-            entry.weights.append(_weight_info(layer, v, every.get(id(v)), id(v) in chosen))
+            target = every.get((id(layer), v.name.rsplit("/", 1)[-1]))
+            entry.weights.append(_weight_info(layer, v, target, target is not None and target.name in chosen))
         layers.append(entry)
         for child in _children(layer):
             visit(child, path_name)
@@ -143,10 +145,12 @@ def _describe_layers(model, every: dict, chosen: set) -> list[LayerInfo]:
 
 def _weight_info(layer, v, target, chosen: bool) -> WeightInfo:
     """One weight's counts, and whether and how it is pruned (`target`: its Target, None if it is not
-    one; `chosen`: --include/--exclude keep it); a target also gets its units and how many are all zero."""
+    one; `chosen`: --include/--exclude keep it); a target also gets its units and how many are all zero.
+    A target is counted as the targets read it: a quantized layer's codes in the kernel's layout (int4
+    unpacked, Keras' grouped int4 centred on its zero points), not the bytes stored."""
     import numpy as np
 
-    arr = np.asarray(v)
+    arr = np.asarray(v if target is None else target.variable)
     nz = int(np.count_nonzero(arr))
     w = WeightInfo(
         v.name.rsplit("/", 1)[-1],

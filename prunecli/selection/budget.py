@@ -28,8 +28,9 @@ unit of cost first, until the model fits:
 Latency. `--target latency=F` is not additive per channel in a way the cost model could know, so it is
 searched: `search_latency` moves one knob, the FLOPs goal of this very allocation, and times the shrunk
 candidate each goal gives (the caller measures; this module only decides where to look). It brackets
-the goal between the most the floors allow to remove (must be fast enough, else the target is refused)
-and the dense model, and narrows the bracket by the secant through its two ends (kept inside its middle
+the goal between the most the floors allow to remove and the dense model (when the floors' model is too
+slow, between the widest of WIDTH_SCAN timed under the goal and the next wider model: a few channels can
+run slower than a few dozen; when none is under the goal the target is refused), and narrows the bracket by the secant through its two ends (kept inside its middle
 80%, halving when one end sticks), aiming at the middle of the latency band, until a candidate lands
 in the band (the floors' own model does not count: a wider one may run as fast), the bracket is
 narrower than RESOLUTION of the FLOPs, or MAX_TIMED candidates were timed.
@@ -344,6 +345,7 @@ def kept_units(target, mask) -> int:
 
 
 MAX_TIMED = 8  # candidates a latency search times, the two ends included
+WIDTH_SCAN = (0.5, 0.25)  # FLOPs goals timed when the floors' model is too slow (latency need not fall with width)
 RESOLUTION = 0.005  # a latency search stops when its FLOPs bracket is narrower than this fraction
 
 
@@ -388,15 +390,11 @@ def search_latency(
     measurement and what the floors keep (channels; heads or units for a structural step)."""
     cost, ms = measure(lowest_fraction)
     lowest = lo = Timed(lowest_fraction, cost, ms)
-    timed = [dense, lowest]
-    if lowest.ms > goal_ms:
-        raise ConfigError(
-            f"--target {what} cannot be met: with every {units} the floors allow removed the shrunk model"
-            f" still takes {lowest.ms:.3g} ms, {lowest.ms / dense.ms:.2f} of the dense model's {dense.ms:.3g} ms"
-            f"{' ' + where if where else ''}"
-        )
-    hi, aim, stuck = dense, (low_ms + goal_ms) / 2.0, 0
+    timed, hi = [dense, lowest], dense
     seen = {dense.cost, lowest.cost}
+    if lowest.ms > goal_ms:
+        lo, hi = _scan_widths(measure, dense, lowest, goal_ms, timed, seen, f"--target {what}", where, units)
+    aim, stuck = (low_ms + goal_ms) / 2.0, 0
     for _ in range(4 * max_timed):
         landed = lo.ms >= low_ms and lo is not lowest  # the floors' model in the band: look for a wider one
         if landed or hi.fraction - lo.fraction <= resolution or len(seen) >= max_timed:
@@ -414,3 +412,34 @@ def search_latency(
         else:
             hi, stuck = probe, (min(stuck, 0) - 1)
     return LatencySearch(lo, timed, lowest)
+
+
+def _scan_widths(measure, dense: Timed, lowest: Timed, goal_ms: float, timed: list, seen: set, what, where, units):
+    """The floors' model is slower than the goal, yet a wider one may not be: TensorFlow's CPU
+    convolutions can run a few channels slower than a few dozen (bench/TARGET.md: a CNN at its floors took
+    0.77 of the dense model's time at batch 64, and every latency= goal under that was refused). Time WIDTH_SCAN and return the
+    widest of them under the goal with the narrowest wider one timed over it, the bracket the search
+    narrows; refuse in one line, naming the fastest model timed, when none is under the goal."""
+    scanned = []
+    for fraction in WIDTH_SCAN:
+        if lowest.fraction < fraction < dense.fraction:
+            probe = Timed(fraction, *measure(fraction))
+            scanned.append(probe)
+            if probe.cost not in seen:
+                seen.add(probe.cost)
+                timed.append(probe)
+    under = [t for t in scanned if t.ms <= goal_ms]
+    if not under:
+        fastest = min([lowest, *scanned], key=lambda t: t.ms)
+        at = (
+            f"with every {units} the floors allow removed the shrunk model"
+            if fastest is lowest
+            else f"the fastest shrunk model timed (at {fastest.fraction:.2f} of the dense cost; narrower ones run slower)"
+        )
+        raise ConfigError(
+            f"{what} cannot be met: {at} still takes {fastest.ms:.3g} ms, {fastest.ms / dense.ms:.2f} of the dense"
+            f" model's {dense.ms:.3g} ms{' ' + where if where else ''}"
+        )
+    lo = max(under, key=lambda t: t.fraction)
+    hi = min((t for t in [dense, *scanned] if t.fraction > lo.fraction), key=lambda t: t.fraction)
+    return lo, hi
