@@ -455,11 +455,12 @@ def test_verify_checks_a_quantized_model_against_its_report_and_plan(conv_dense,
     assert "plan target conv/kernel: not in the model" in refused.stderr
 
 
-@pytest.mark.parametrize("mode", ["int8", "int4"])
-def test_int8_embeddings_keep_their_pruned_zeros_and_other_modes_leave_them_float(tmp_path, mode):
-    """`prune --quantize int8` quantizes a Keras Embedding too: the saved file holds int8 codes and one
-    scale per token row, every pruned entry reads back as exactly 0 and every kept one within half a
-    grid step of its float value; int4 leaves the embedding float and says why."""
+@pytest.mark.parametrize("mode", ["int8", "int4", "float8"])
+def test_embeddings_keep_their_pruned_zeros_and_float8_leaves_them_float(tmp_path, mode):
+    """`prune --quantize int8|int4` quantizes a Keras Embedding too: the saved file holds int8 codes and one
+    scale per token row (int4: two codes per byte, a scale and an integer zero point per group of 128
+    columns of a row), every pruned entry reads back as exactly 0 and every kept one within half a grid
+    step of its float value; float8 leaves the embedding float and says why."""
     import keras
 
     keras.utils.set_random_seed(0)
@@ -473,16 +474,27 @@ def test_int8_embeddings_keep_their_pruned_zeros_and_other_modes_leave_them_floa
     floats = np.asarray(result.masks.masks[next(n for n in result.masks.masks if "emb" in n)])
     section = result.report.extra["quantize"]
     layer = keras.saving.load_model(out).get_layer("emb")
-    if mode == "int4":
+    if mode == "float8":
         assert [e["layer"] for e in section["left_float"]] == ["emb"]
-        assert "int8 only" in section["left_float"][0]["why"] and layer.embeddings.dtype == "float32"
+        assert "int8 and int4 only" in section["left_float"][0]["why"] and layer.embeddings.dtype == "float32"
         return
-    assert layer.embeddings.dtype == "int8" and tuple(layer.embeddings_scale.shape) == (30,)
-    codes, scale = np.asarray(layer.embeddings).astype(np.int32), np.asarray(layer.embeddings_scale)
-    back = codes / scale[:, None]
-    assert not back[~floats].any() and floats.sum() < floats.size  # every pruned entry exactly 0
     dense = np.asarray(keras.saving.load_model(tmp_path / "m.keras").get_layer("emb").embeddings)
-    step = np.abs(dense * floats).max(axis=1, keepdims=True) / 127
+    codes, scale = np.asarray(layer.embeddings).astype(np.int32), np.asarray(layer.embeddings_scale)
+    if mode == "int8":
+        assert layer._embeddings.dtype == "int8" and tuple(layer.embeddings_scale.shape) == (30,)
+        back = codes / scale[:, None]
+        step = np.abs(dense * floats).max(axis=1, keepdims=True) / 127
+    else:  # one group of 16 columns per row: (q - z) * s
+        assert layer._embeddings.dtype == "int8" and tuple(layer._embeddings.shape) == (30, 8)  # packed
+        zero = np.asarray(layer.embeddings_zero).astype(np.int32)
+        assert tuple(scale.shape) == tuple(zero.shape) == (30, 1)
+        back = (codes - zero) * scale
+        step = scale
+    assert not back[~floats].any() and floats.sum() < floats.size  # every pruned entry exactly 0
     assert np.all(np.abs(back - dense * floats) <= step / 2 + 1e-6)
+    from prunecli.outputs.inspect import inspect_model  # counts the codes' zeros as the report does
+
+    emb = next(w for info in inspect_model(str(out)).layers if info.name == "emb" for w in info.weights if w.target)
+    assert emb.shape == [30, 16] and emb.nonzeros == int(np.count_nonzero(back))
     entry = next(e for e in section["layers_quantized"] if e["layer"].endswith("emb/embeddings"))
     assert entry["pruned_nonzero"] == 0 and entry["pruned_weights"] == int((~floats).sum())

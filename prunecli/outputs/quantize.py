@@ -16,11 +16,11 @@ Rather than trusting this, each quantized kernel is read back (its integer codes
 float8 round trip) and compared with the masks: a pruned weight that is not exactly zero stops the run
 before anything is written. Keras 3.15 quantizes Dense and EinsumDense (and embeddings) only; for int8 and
 int4, Conv1D/2D/3D, their transposes, DepthwiseConv1D/2D and SeparableConv1D/2D are quantized too, by
-prunecli's own quantized convolutions (structure/quantized_conv.py, per output channel, weight-only); for
-int8, Keras' own Embedding layers by
-Keras (int8 codes with one abs-max scale per token row, read back as codes / scale; a lookup, so no
-inputs are quantized; QAT does not fake-quantize them: they are quantized after fine-tuning); every
-other layer stays float and the section says why.
+prunecli's own quantized convolutions (structure/quantized_conv.py, per output channel, weight-only), and
+Keras' own Embedding layers by Keras (int8: codes with one abs-max scale per token row, read back as
+codes / scale; int4: each token's row in groups of 128 columns with integer zero points, as the Dense
+kernels, two codes per byte; a lookup, so no inputs are quantized; QAT does not fake-quantize them: they
+are quantized after fine-tuning); every other layer stays float and the section says why.
 """
 
 from __future__ import annotations
@@ -36,12 +36,14 @@ from prunecli.structure.layers import zero_centred_codes
 from prunecli.training.fake_quant import QUANTIZED_CLASSES, already_quantized, has_lora, quantized_kinds
 
 SAMPLES = 256  # inputs the quantized model is compared on with the float pruned model
+EMBEDDING_MODES = ("int8", "int4")  # the modes of Keras' own quantized Embedding
 SCHEMES = {
     "int8": "int8 weights, per-output-channel symmetric abs-max; Dense/EinsumDense inputs quantized per row at "
-    "run time; convolutions weight-only (prunecli's Int8 convolution layers, float inputs); embeddings one "
+    "run time; convolutions weight-only (prunecli's quantized convolution layers, float inputs); embeddings one "
     "scale per token row",
-    "int4": "int4 weights (2 per byte); Dense/EinsumDense in groups of 128 input rows, asymmetric with integer zero "
-    "points; convolutions per output channel, symmetric (prunecli's quantized convolution layers); float inputs",
+    "int4": "int4 weights (2 per byte); Dense/EinsumDense in groups of 128 input rows and embeddings in groups of "
+    "128 columns, asymmetric with integer zero points; convolutions per output channel, symmetric (prunecli's "
+    "quantized convolution layers); float inputs",
     "float8": "float8_e4m3fn weights and inputs with delayed scaling at run time; float32 kernels in the file",
 }
 
@@ -168,12 +170,12 @@ def _choose_layers(model, targets, mode: str) -> tuple[list, list[dict]]:
 
 def _embeddings(model, mode: str) -> list:
     """Keras' own Embedding layers (not subclasses: KerasHub's ReversibleEmbedding quantizes otherwise, or
-    not at all) that int8 quantizes and prunecli reads back: built, not already quantized, without LoRA."""
+    not at all) that int8 and int4 quantize and prunecli reads back: built, not already quantized, without LoRA."""
     import keras
 
     from prunecli.structure import keras_graph
 
-    if mode != "int8":
+    if mode not in EMBEDDING_MODES:
         return []
     return [
         layer
@@ -202,7 +204,7 @@ def _why_float(layer, classes, mode: str) -> str:
     if isinstance(layer, keras.layers.Embedding):
         if type(layer) is not keras.layers.Embedding:
             return f"{type(layer).__name__} is not Keras' own Embedding, whose int8 codes prunecli reads back"
-        return f"prunecli quantizes embeddings to int8 only (Keras' {mode} embedding is not read back)"
+        return f"prunecli quantizes embeddings to {' and '.join(EMBEDDING_MODES)} only (Keras has no {mode} embedding)"
     return (
         f"Keras {keras.__version__} has no quantized {type(layer).__name__} "
         "(prunecli's quantized convolutions cover Conv, ConvTranspose, DepthwiseConv and SeparableConv)"
@@ -302,7 +304,7 @@ def _read_back(layer, attr: str, mode: str, float_kernel):
     embedding = isinstance(layer, keras.layers.Embedding)
     if conv:
         codes, scale = next((c, s) for a, c, s in quantized_conv.quantized_kernels(layer) if a == attr)
-    elif embedding:  # int8: codes (tokens, dim), one scale per token row
+    elif embedding:  # codes (tokens, dim; int4 unpacked by Keras), a scale per token row (int4: per group of it)
         codes, scale = layer.embeddings, layer.embeddings_scale
     else:
         codes, scale = layer.kernel, layer.kernel_scale
@@ -310,9 +312,11 @@ def _read_back(layer, attr: str, mode: str, float_kernel):
     scale = np.asarray(scale, dtype=np.float32)
     if not np.all(np.isfinite(scale)) or not np.all(scale != 0):
         raise QuantizeVerificationError(f"layer {layer.name}: Keras wrote a zero or non-finite quantization scale")
-    if getattr(layer, "kernel_zero", None) is not None:  # grouped asymmetric int4: (q - z[g]) * s[g]
-        centred = zero_centred_codes(layer, codes)
+    if getattr(layer, f"{attr}_zero", None) is not None:  # grouped asymmetric int4: (q - z[g]) * s[g]
+        centred = zero_centred_codes(layer, codes, attr)
         groups = np.asarray(layer.g_idx).astype(np.int64)
+        if embedding:  # groups of each token's row
+            return centred * scale[:, groups], centred == 0
         back = (centred.reshape(len(groups), -1) * scale[groups]).reshape(codes.shape)
         return back, centred == 0
     is_zero = codes == 0

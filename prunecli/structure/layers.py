@@ -311,22 +311,26 @@ def prunable_weights(layer) -> list[tuple[str, Any, int]]:
     for attr, axis in spec(layer).prunable:
         var = getattr(layer, attr, None)
         if var is not None and len(var.shape) >= 2:
-            out.append((attr, zero_centred_codes(layer, var) if attr == "kernel" else var, axis))
+            out.append((attr, zero_centred_codes(layer, var, attr), axis))
     return out
 
 
-def zero_centred_codes(layer, codes):
-    """A kernel as its zeros are counted: Keras' grouped int4 layers store codes offset by one zero point
-    per group of input rows (`kernel_zero`, rows -> group in `g_idx`), so `code - zero point` is 0 exactly
-    where the weight is; any other layer's kernel is returned as it is."""
+def zero_centred_codes(layer, codes, attr: str = "kernel"):
+    """A weight as its zeros are counted: Keras' grouped int4 layers store codes offset by one zero point
+    per group (`<attr>_zero`; `g_idx` maps an index to its group: a kernel's input rows, an embedding's
+    columns within each token's row), so `code - zero point` is 0 exactly where the weight is; any other
+    weight is returned as it is."""
     import numpy as np
 
-    zero_point = getattr(layer, "kernel_zero", None)
+    zero_point = getattr(layer, f"{attr}_zero", None)
     if quantization_mode(layer) is None or zero_point is None:
         return codes
     groups = np.asarray(layer.g_idx).astype(np.int64)
     values = np.asarray(codes).astype(np.int32)
-    flat = values.reshape(len(groups), -1) - np.asarray(zero_point).astype(np.int32)[groups]
+    zeros = np.asarray(zero_point).astype(np.int32)
+    if attr == "embeddings":  # (tokens, dim) codes, (tokens, groups) zero points
+        return values - zeros[:, groups]
+    flat = values.reshape(len(groups), -1) - zeros[groups]
     return flat.reshape(values.shape)
 
 
