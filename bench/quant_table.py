@@ -626,7 +626,7 @@ def write_quant_section(
             "",
             table(headers, body),
             "",
-            "Layers left float (Keras 3.15 quantizes Dense/EinsumDense; prunecli adds int8 convolutions and Embedding): "
+            "Layers left float (Keras 3.15 quantizes Dense/EinsumDense/Embedding; prunecli adds int8 and int4 convolutions): "
             + "; ".join(left),
             "",
             *verdicts,
