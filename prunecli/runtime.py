@@ -42,6 +42,20 @@ def quiet_tensorflow() -> None:
 
 
 @functools.cache
+def onednn_enabled() -> bool | None:
+    """Whether TensorFlow runs its oneDNN CPU kernels in this process (None where TensorFlow does not say).
+    TensorFlow turns them on by default only on x86 CPUs with AVX-512-class instructions; without them its
+    convolutions take about as long with a few channels as with many (bench/TARGET.md), so a latency
+    goal reached by removing channels depends on it. TF_ENABLE_ONEDNN_OPTS=1, set before TensorFlow is
+    imported, turns them on."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:  # a TensorFlow build without the (private) query
+        return None
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+@functools.cache
 def enable_compile_cache() -> str | None:
     """Keep XLA executables on disk (TensorFlow's persistent compilation cache), so a later run on a
     model of the same size skips the compile (for the selection kernels it costs more than the selection

@@ -183,6 +183,21 @@ def test_unreachable_latency_exits_2_in_one_line(cli, files, tmp_path, fake_time
     assert not (tmp_path / "o.keras").exists()
 
 
+@pytest.mark.parametrize("onednn", [False, True])
+def test_an_unreachable_latency_says_when_tensorflow_runs_without_onednn(
+    cli, files, tmp_path, fake_timer, monkeypatch, onednn
+):
+    """On a CPU where TensorFlow's oneDNN kernels are off (its default without AVX-512), a CNN's time hardly
+    falls with its channels (bench/TARGET.md): the refusal says so and what turns them on; not otherwise."""
+    from prunecli import runtime
+
+    monkeypatch.setattr(runtime, "onednn_enabled", lambda: onednn)
+    fake_timer(3.0)
+    result = cli("prune", files / "cnn.keras", "--target", "latency=0.3", "-o", tmp_path / "o.keras", "-q")
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert ("TF_ENABLE_ONEDNN_OPTS=1" in result.stderr) is not onednn
+
+
 @pytest.mark.slow
 def test_plan_latency_target_writes_nothing(cli, files, fake_timer):
     fake_timer()

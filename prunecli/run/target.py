@@ -259,7 +259,7 @@ def _structural_latency(state, spec: TargetSpec, dense: int, progress, latency_m
         goal_ms,
         goal_ms * (1.0 - LATENCY_TOLERANCE),
         str(spec),
-        f"at batch {batch} on this machine",
+        _where(batch, clock),
         units="unit",
     )
     entry = {
@@ -277,6 +277,20 @@ def _structural_latency(state, spec: TargetSpec, dense: int, progress, latency_m
         "measured": clock.measured,
     }
     return (found.chosen.cost + 0.5) / dense, {"latency": entry}
+
+
+def _where(batch: int, clock: Clock) -> str:
+    """Where a latency was measured, for messages; with the Keras clock on a TensorFlow whose oneDNN
+    kernels are off, what turns them on (without them, removing channels hardly speeds a CNN up)."""
+    from prunecli.runtime import onednn_enabled
+
+    where = f"at batch {batch} on this machine"
+    if clock.batch is None and onednn_enabled() is False:
+        where += (
+            " (TensorFlow's oneDNN kernels are off on this CPU, and without them a convolution's time hardly"
+            " falls with its channels: TF_ENABLE_ONEDNN_OPTS=1 turns them on)"
+        )
+    return where
 
 
 def _goal_ms(spec: TargetSpec, dense_ms: float, batch: int) -> float:
@@ -432,7 +446,7 @@ def latency_goal(state, spec: TargetSpec, cost, scores, level: str, progress, la
         return timed[key]
 
     lowest = budget.lowest_cost(targets, scores, level, config, model, cost)
-    where = f"at batch {batch} on this machine"
+    where = _where(batch, clock)
     dense = budget.Timed(1.0, cost.dense, dense_ms)
     found = budget.search_latency(measure, dense, lowest / cost.dense, goal_ms, low_ms, str(spec), where)
     dense_after = _timed(timer, model, inputs)  # the dense model again: how far the machine's load moved
