@@ -423,6 +423,7 @@ def test_inspect_counts_a_quantized_model_as_its_report_does(conv_dense, tmp_pat
     seen = inspect_model(str(out))
     targets = {f"{layer.name}/{w.name}": w for layer in seen.layers for w in layer.weights if w.target}
     assert set(targets) == {"conv/kernel", "dense1/kernel", "out/kernel"}
+    assert all(w.quantized == mode and "prune the float model" in w.how for w in targets.values())
     for entry in report["layers"]:
         weight = targets[entry["name"]]
         assert weight.shape == list(entry["shape"]) and weight.nonzeros == entry["nonzeros"], entry["name"]

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prunecli.structure.layers import quantization_mode
+
 SCHEMA_VERSION = 1
 
 
@@ -28,6 +30,7 @@ class WeightInfo:
     units: int | None = None
     unit_axis: int | None = None
     shrinkable: bool | None = None  # --shrink can remove its pruned units physically
+    quantized: str | None = None  # targets only: the Keras quantization mode of a layer `prune` refuses
 
 
 @dataclass
@@ -165,6 +168,9 @@ def _weight_info(layer, v, target, chosen: bool) -> WeightInfo:
         w.how = _why_not(layer, v)
         return w
     w.how = _how(target) if chosen else "excluded (--include/--exclude)"
+    w.quantized = quantization_mode(layer)
+    if w.quantized is not None:  # counted as the targets read it; `prune` refuses it (run/steps.refuse_quantized)
+        w.how = f"quantized ({w.quantized}): prune the float model"
     gates = _gates(target)
     moved = np.moveaxis(arr, target.unit_axis, -1).reshape(-1, gates, target.units // gates)
     w.units, w.unit_axis, w.shrinkable = target.units // gates, target.unit_axis, target.shrinkable
@@ -215,7 +221,7 @@ def render(result: Inspection, console) -> None:
         if not layer.weights:
             table.add_row(layer.name, layer.cls, "-", "", "", "", "", "", "[dim]no kernel (no weights)[/]")
         for i, w in enumerate(layer.weights):
-            how = f"[green]prune[/] {w.how}" if w.target else f"[dim]skip: {w.how}[/]"
+            how = f"[dim]skip: {w.how}[/]" if not w.target or w.quantized else f"[green]prune[/] {w.how}"
             zero = "" if w.zero_units is None else f"{w.zero_units}/{w.units}"
             table.add_row(
                 layer.name if i == 0 else "",
