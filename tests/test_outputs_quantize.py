@@ -259,6 +259,7 @@ def test_depthwise_separable_and_transposed_convolutions_keep_their_zeros_in_int
     assert np.abs(quantized - np.asarray(float_model(x))).max() <= TOLERANCE["int8"]
 
 
+@pytest.mark.slow  # three prune runs (~24 s); the fast subset keeps the int4 fake-quant, verify and inspect tests
 def test_int4_convolutions_pack_two_codes_per_byte_and_keep_their_zeros(tmp_path):
     """`prune --quantize int4` on Conv1D, Conv2D, DepthwiseConv2D, SeparableConv2D and Conv2DTranspose: each
     kernel is stored as int4 codes packed two per byte (an int8 variable of ceil(n / 2) entries), read back
