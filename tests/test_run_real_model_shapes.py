@@ -323,3 +323,33 @@ def test_a_keras_2_1_bidirectional_gru_file_loads_as_it_was_written(tmp_path):
         f.attrs["keras_version"] = "2.1.6"
     loaded, _info = model_io.load(path)
     np.testing.assert_allclose(np.asarray(loaded(x)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_stand_in_inputs_are_long_enough_for_a_pooling_stack(tmp_path):
+    """A tempo CNN from the zoo (tempocnn's deeptemp_k8: open width, four 2x2 max-pools, then a global
+    average) runs on a 32-wide stand-in with its width pooled to 0, and averages nothing into NaN: shrink's
+    check compared NaN with NaN and refused a correct model (exit 1). Stand-ins now take the first length
+    whose outputs are finite."""
+    import keras
+
+    from prunecli.structure import probes
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, None, 1))
+    x = inputs
+    for i in range(6):  # width 32 -> 16 -> 8 -> 4 -> 2 -> 1 -> 0
+        x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name=f"conv{i}")(x)
+        x = keras.layers.MaxPooling2D((1, 2), name=f"pool{i}")(x)
+    outputs = keras.layers.Dense(4, activation="softmax", name="out")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    assert np.isnan(np.asarray(model(np.ones((1, 8, 32, 1), "float32")))).all()  # what 32 gave
+    (stand_in,) = probes.seeded_inputs(model, 2)
+    assert stand_in.shape[2] > 32 and np.isfinite(np.asarray(model(stand_in))).all()
+    path, out = tmp_path / "tempo.keras", tmp_path / "o.keras"
+    model.save(path)
+    config = build_config(
+        {"model_path": str(path), "granularity": "neuron", "sparsity": 0.5, "shrink": True, "output": str(out)},
+        environ={},
+    )
+    report = prune(config).report.to_dict()
+    assert report["shrink"]["params_after"] < report["shrink"]["params_before"] and out.exists()

@@ -44,10 +44,11 @@ _RUNNABLE: dict[tuple[int, int], tuple] = {}  # (id(model), asked) -> (weak refe
 
 
 def _runnable_open_dim(model, wanted: int) -> int:
-    """`wanted`, or the first other size a one-example forward pass of the model accepts, found once per
-    model: halvings of `wanted` (a position table shorter than it; a too-short input fails at once),
-    then LONGER_OPEN_DIMS (a crop or a valid convolution longer than it); `wanted` when the model has
-    no open dimension or none of the sizes runs (the caller's own call then reports why)."""
+    """`wanted`, or the first other size a one-example forward pass of the model accepts with finite,
+    non-empty outputs, found once per model: halvings of `wanted` (a position table shorter than it; a
+    too-short input fails at once), then LONGER_OPEN_DIMS (a crop, a valid convolution or a pooling stack
+    longer than it); `wanted` when the model has no open dimension or none of the sizes runs (the
+    caller's own call then reports why)."""
     import weakref
 
     if not any(d is None for t in model.inputs for d in t.shape[1:]):
@@ -60,13 +61,25 @@ def _runnable_open_dim(model, wanted: int) -> int:
     shorter = [wanted >> k for k in range(1, wanted.bit_length())]
     for size in (wanted, *shorter, *(d for d in LONGER_OPEN_DIMS if d > wanted)):
         try:
-            model(packed(model, _values(model, 1, 0, size)), training=False)
+            outputs = model(packed(model, _values(model, 1, 0, size)), training=False)
         except Exception:  # noqa: BLE001 - too long for a position table, too short for a crop: try another
             continue
-        found = size
-        break
+        if _usable(outputs):
+            found = size
+            break
     _RUNNABLE[key] = (weakref.ref(model, lambda _ref: _RUNNABLE.pop(key, None)), found)
     return found
+
+
+def _usable(outputs) -> bool:
+    """Outputs a stand-in can be checked against: non-empty and finite. A stack of pooling layers can run
+    on an input too short for it, its width reaching 0 and a global average over nothing giving NaN (a
+    real tempo CNN at width 32: shrink's check then compared NaN with NaN and refused a correct model)."""
+    import numpy as np
+    from keras import tree
+
+    arrays = [np.asarray(o) for o in tree.flatten(outputs)]
+    return all(a.size > 0 and np.all(np.isfinite(a)) for a in arrays)
 
 
 def packed(model, values: list):
