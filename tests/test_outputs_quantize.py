@@ -201,6 +201,7 @@ def test_quantized_convolutions_store_int8_codes_and_reload_exactly(tmp_path):
         assert np.all(np.abs(np.asarray(layer.kernel) - kernel) <= step / 2 + 1e-6)
 
 
+@pytest.mark.slow  # two prune runs (~15 s); the fast subset keeps their fake-quant equivalence tests
 def test_depthwise_separable_and_transposed_convolutions_keep_their_zeros_in_int8_codes(tmp_path):
     """`prune --quantize int8` on a model of DepthwiseConv2D, SeparableConv2D, Conv2DTranspose,
     SeparableConv1D and DepthwiseConv1D: each becomes prunecli's int8 layer, every kernel (both of a
@@ -431,7 +432,7 @@ def test_inspect_counts_a_quantized_model_as_its_report_does(conv_dense, tmp_pat
     assert seen.totals["prunable_sparsity"] == pytest.approx(report["totals"]["prunable_sparsity"], abs=1e-12)
 
 
-@pytest.mark.parametrize("mode", ["int8", "int4"])
+@pytest.mark.parametrize("mode", ["int8", pytest.param("int4", marks=pytest.mark.slow)])
 def test_verify_checks_a_quantized_model_against_its_report_and_plan(conv_dense, tmp_path, cli, mode):
     """The quantized file holds integer codes (and prunecli's QuantizedConv2D) where the plan's float model
     held float kernels: verify still finds every reported layer under its name, reads its zeros from the
