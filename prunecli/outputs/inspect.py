@@ -167,10 +167,11 @@ def _weight_info(layer, v, target, chosen: bool) -> WeightInfo:
     if target is None:
         w.how = _why_not(layer, v)
         return w
-    w.how = _how(target) if chosen else "excluded (--include/--exclude)"
-    w.quantized = quantization_mode(layer)
-    if w.quantized is not None:  # counted as the targets read it; `prune` refuses it (run/steps.refuse_quantized)
+    w.quantized = quantization_mode(layer)  # counted as the targets read it; `prune` refuses it (refuse_quantized)
+    if w.quantized is not None:
         w.how = f"quantized ({w.quantized}): prune the float model"
+    else:
+        w.how = _how(target) if chosen else "excluded (--include/--exclude)"
     gates = _gates(target)
     moved = np.moveaxis(arr, target.unit_axis, -1).reshape(-1, gates, target.units // gates)
     w.units, w.unit_axis, w.shrinkable = target.units // gates, target.unit_axis, target.shrinkable
