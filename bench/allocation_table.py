@@ -62,8 +62,9 @@ def _config(method: str, sparsity: float, allocation: str):
     return build_config(values, environ={})
 
 
-def prune_once(model, targets, calibration, method: str, sparsity: float, allocation: str) -> None:
-    """Prune in place as a CLI run would with these settings."""
+def prune_once(model, targets, calibration, method: str, sparsity: float, allocation: str, held_out=None) -> None:
+    """Prune in place as a CLI run would with these settings (`held_out`: the examples after the
+    calibration ones, which --normalize measured compares its allocations on)."""
     import tensorflow as tf
 
     from prunecli.calibration import prune_calibrated
@@ -75,7 +76,7 @@ def prune_once(model, targets, calibration, method: str, sparsity: float, alloca
         masks = policy.build_masks(targets, scores, "element", config)
         kernels.apply_masks([t.variable for t in targets], [masks.masks[t.name] for t in targets])
         return None
-    return prune_calibrated(model, targets, calibration, config).section.get("allocation_measured")
+    return prune_calibrated(model, targets, calibration, config, held_out_x=held_out).section.get("allocation_measured")
 
 
 def measure(spec, x_train, log) -> dict:
@@ -89,8 +90,10 @@ def measure(spec, x_train, log) -> dict:
     out = {"base": metric(model), "metric": name, "rows": {}}
     for seed in SEEDS:
         rng = np.random.default_rng(seed)
-        idx = rng.permutation(len(x_train))[: models.SAMPLES]
+        order = rng.permutation(len(x_train))
+        idx = order[: models.SAMPLES]
         calibration = [x_train[idx[i : i + 64]] for i in range(0, len(idx), 64)]
+        held_out = [x_train[order[models.SAMPLES : 2 * models.SAMPLES]]]  # as a CLI run takes them
         for sparsity in SPARSITIES:
             for method, allocation in ROWS:
                 if method == "magnitude" and seed != SEEDS[0]:  # data-free: the same every seed
@@ -99,7 +102,7 @@ def measure(spec, x_train, log) -> dict:
                 for v, w in zip(model.weights, dense, strict=True):
                     v.assign(w)
                 targets = targets_mod.select(model, (), spec["exclude"])
-                measured = prune_once(model, targets, calibration, method, sparsity, allocation)
+                measured = prune_once(model, targets, calibration, method, sparsity, allocation, held_out)
                 value = metric(model)
                 out["rows"].setdefault((sparsity, method, allocation), []).append(value)
                 if measured:
@@ -239,8 +242,11 @@ def main(argv=None) -> None:
         "layer's count on the dense model, then each layer is calibrated in call order within its share.",
         "`owl`: `--scope global --normalize owl`, OWL's outlier-weighted budget per layer (LLaMA settings).",
         "`measured`: the calibrated methods' default (`--normalize measured`): of uniform, LAMP and OWL,",
-        "the allocation whose Wanda run changes the model's outputs least on the first 64 calibration",
-        "examples (KL for probabilities), chosen per run; wanda's also measures the default magnitude command's",
+        "the allocation whose Wanda run changes the model's outputs least on the next "
+        f"{models.SAMPLES} training examples after",
+        "the calibration ones (as a CLI run takes them from `--data`; the first 64 calibration examples when",
+        "fewer than 64 are left, as for the name LSTM; before the thirteenth session, always those), KL for",
+        "probabilities, chosen per run; wanda's also measures the default magnitude command's",
         "masks and keeps them where they move the outputs less (`magnitude` in the chosen column, since the",
         "eleventh session). `magnitude global` is the default magnitude command. Calibration: "
         f"{models.SAMPLES} training examples drawn with each seed; metrics on held-out data.",

@@ -1,6 +1,7 @@
-"""--normalize measured, the calibrated methods' default allocation: uniform, LAMP and OWL each tried on
-the calibration examples, the one that changes the outputs least used (calibration/oneshot.py); Wanda
-also tries the default magnitude command's masks."""
+"""--normalize measured, the calibrated methods' default allocation: uniform, LAMP and OWL each tried,
+compared on examples held out of the calibration (or the calibration's own when there are too few), the
+one that changes the outputs least used (calibration/oneshot.py); Wanda also tries the default magnitude
+command's masks."""
 
 from __future__ import annotations
 
@@ -30,12 +31,17 @@ def _inputs():
     return np.random.default_rng(0).normal(size=(48, 12, 12, 3)).astype("float32")
 
 
-def _run(method, sparsity=0.7, **settings):
+def _held_out(n=64):
+    return np.random.default_rng(7).normal(size=(n, 12, 12, 3)).astype("float32")
+
+
+def _run(method, sparsity=0.7, held_out=None, **settings):
     from prunecli.calibration import prune_calibrated
 
     model = _conv_model()
     targets = every_target(model)
-    res = prune_calibrated(model, targets, [_inputs()], calibration_config(method, sparsity=sparsity, **settings))
+    config = calibration_config(method, sparsity=sparsity, **settings)
+    res = prune_calibrated(model, targets, [_inputs()], config, held_out_x=held_out)
     return res, {t.name: np.asarray(t.variable) for t in targets}
 
 
@@ -185,6 +191,53 @@ def test_outputs_are_compared_as_what_they_are():
     assert outputs.error([[np.log(q) + 3.0]], logits, ["logits"]) == pytest.approx(kl)
 
 
+def test_allocations_are_compared_on_examples_the_calibration_did_not_read():
+    """With held-out examples, every allocation's outputs are compared on them: the magnitude masks'
+    error (data-free masks, so reproducible by hand) is their error on the held-out examples, not on the
+    calibration ones; the calibration itself still reads only its own examples."""
+    from prunecli.calibration import outputs
+
+    held = _held_out()
+    res, _ = _run("wanda", scope="auto", held_out=[held[:40], held[40:]])
+    measured = res.section["allocation_measured"]
+    assert measured["held_out"] is True and measured["examples"] == 64
+    assert res.section["samples"] == 48
+    model = _conv_model()
+    targets = every_target(model)
+    dense, calibration_dense = outputs.of(model, [held]), outputs.of(model, [_inputs()])
+    kinds = outputs.kinds(model, dense)
+    for t in targets:
+        t.variable.assign(np.where(np.asarray(_magnitude_masks()[t.name]), np.asarray(t.variable), 0.0))
+    on_held = outputs.error(outputs.of(model, [held]), dense, kinds)
+    on_calibration = outputs.error(outputs.of(model, [_inputs()]), calibration_dense, kinds)
+    assert measured["output_error"]["magnitude"] == pytest.approx(on_held, abs=1e-6)
+    assert abs(on_held - on_calibration) > 1e-4, "the two example sets must tell the comparisons apart"
+
+
+def test_too_few_held_out_examples_compare_on_the_calibration_ones():
+    """Fewer held-out examples than MEASURE_EXAMPLES would make a noisier comparison than the
+    calibration's own: those are used, and the report says so."""
+    from prunecli.calibration import oneshot
+
+    res, _ = _run("wanda", scope="auto", held_out=[_held_out(oneshot.MEASURE_EXAMPLES - 1)])
+    measured = res.section["allocation_measured"]
+    assert measured["held_out"] is False and measured["examples"] == 48
+
+
+def test_split_examples_cuts_across_batches_and_input_structures():
+    from prunecli.calibration import split_examples
+
+    a, b = np.arange(5), np.arange(5, 12)
+    first, rest = split_examples([a, b], 8)
+    assert [x.tolist() for x in first] == [a.tolist(), [5, 6, 7]] and [x.tolist() for x in rest] == [list(range(8, 12))]
+    first, rest = split_examples([{"ids": a, "mask": a * 2}], 2)
+    assert first[0]["mask"].tolist() == [0, 2] and rest[0]["ids"].tolist() == [2, 3, 4]
+    first, rest = split_examples([a], 9)
+    assert [x.tolist() for x in first] == [a.tolist()] and rest == []
+    first, rest = split_examples([a], 0)
+    assert first == [] and [x.tolist() for x in rest] == [a.tolist()]
+
+
 def test_the_cli_reports_what_it_measured(tmp_path):
     """A default `--method wanda` run: the summary names the allocation, the JSON report gives every
     candidate's output error (softmax outputs: compared as probabilities) and the choice is the least."""
@@ -198,8 +251,10 @@ def test_the_cli_reports_what_it_measured(tmp_path):
     args = ["prune", "examples/digits_cnn.keras", "-m", "wanda", "-d", "examples/digits.npz", "-s", "0.7"]
     result = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "m.keras"), "-r", str(report)])
     assert result.exit_code == 0, result.output
-    measured = json.loads(report.read_text())["calibration"]["allocation_measured"]
+    section = json.loads(report.read_text())["calibration"]
+    measured = section["allocation_measured"]
     assert measured["compared_as"] == ["probabilities"]
+    assert section["samples"] == 128 and measured["held_out"] is True and measured["examples"] == 128
     errors = measured["output_error"]
     assert measured["chosen"] == min(errors, key=errors.get)
     assert f"measured: {measured['chosen']}" in result.output

@@ -2,13 +2,15 @@
 
 `prune_calibrated(model, targets, calibration_x, config, progress)` prunes layer by layer on a few
 hundred unlabelled examples (see oneshot.py); `reconstruct(...)` refits any method's survivors;
-`take_examples(dataset, n)` picks the calibration inputs from a batched dataset.
+`take_examples(dataset, n)` picks the calibration inputs from a batched dataset, `split_examples` cuts
+them from the examples held out for --normalize measured (`held_out_count`).
 """
 
-from prunecli.calibration.capture import take_examples
+from prunecli.calibration.capture import count_examples, split_examples, take_examples
 from prunecli.calibration.oneshot import (
     CALIBRATED_METHODS,
     CalibrationResult,
+    held_out_count,
     prune_calibrated,
     reconstruct,
     strategy_scores,
@@ -17,8 +19,11 @@ from prunecli.calibration.oneshot import (
 __all__ = [
     "CALIBRATED_METHODS",
     "CalibrationResult",
+    "count_examples",
+    "held_out_count",
     "prune_calibrated",
     "reconstruct",
+    "split_examples",
     "strategy_scores",
     "take_examples",
 ]

@@ -74,6 +74,22 @@ def take_examples(dataset, n: int) -> list:
     return out
 
 
+def split_examples(batches, n: int) -> tuple[list, list]:
+    """Input batches cut after their first n examples: (those n, the rest), both lists of batches."""
+    import tensorflow as tf
+
+    first, rest, have = [], [], 0
+    for x in batches:
+        size = len(tf.nest.flatten(x)[0])
+        take = max(0, min(size, n - have))
+        if take:
+            first.append(tf.nest.map_structure(lambda a, take=take: a[:take], x))
+        if take < size:
+            rest.append(tf.nest.map_structure(lambda a, take=take: a[take:], x))
+        have += take
+    return first, rest
+
+
 def chunks(batches, size: int = CHUNK, exact: bool = False) -> list:
     """Re-split calibration batches into forward passes of at most `size` examples (exactly `size`
     with `exact`, for a model with a fixed batch size: a last, shorter pass is dropped)."""

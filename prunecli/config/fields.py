@@ -196,7 +196,8 @@ class PruneConfig:
         " bench/ACCURACY.md), mean (scores over their layer's mean), none (raw scores), erk"
         " (Erdos-Renyi-Kernel per-layer budget, Evci et al. 2020), owl (more kept where a block's"
         " scores hold more outliers, Yin et al. 2024) or measured (wanda/sparsegpt only: of uniform, lamp"
-        " and owl, the one whose Wanda run changes the model's outputs least on the calibration examples;"
+        " and owl, the one whose Wanda run changes the model's outputs least on --data examples the calibration did"
+        " not read;"
         " wanda also tries the default magnitude command's masks and keeps them where they change the"
         " outputs less, with a note)."
         " auto (default): measured for wanda/sparsegpt with the default --scope (no allocation won on"
@@ -366,7 +367,7 @@ class PruneConfig:
             gradual = measured and self.epochs > 0 and self.threshold is None and not self.reconstruct and not self.auto
             object.__setattr__(self, "schedule", "polynomial" if gradual else "oneshot")
         if self.normalize == "auto":
-            # the calibrated one-shot path can measure its allocation on the calibration examples
+            # the calibrated one-shot path can measure its allocation on held-out examples of --data
             # (bench/DECODERS.md: uniform won on the Llama decoder, LAMP on GPT-2 and the classifiers)
             calibrated = ranked_globally and self.method in CALIBRATED_METHODS and self.schedule == "oneshot"
             object.__setattr__(self, "normalize", MEASURED if calibrated and not scope_chosen else "lamp")

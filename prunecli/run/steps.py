@@ -272,11 +272,15 @@ def calibrated_mask(state: RunState, progress: Progress, timings: Timings) -> St
     from prunecli import calibration
 
     config = state.config
-    examples = calibration.take_examples(state.data.train, config.calibration_samples)
+    n, held = config.calibration_samples, calibration.held_out_count(config)
+    examples, held_out = calibration.split_examples(calibration.take_examples(state.data.train, n + held), n)
     if scoring.get(config.method).calibrated:
-        progress(f"calibrating {config.method} on {config.calibration_samples} examples")
+        more = f" ({calibration.count_examples(held_out)} more held out to compare allocations on)" if held_out else ""
+        progress(f"calibrating {config.method} on {n} examples{more}")
         with timings.phase("calibrate"):
-            result = calibration.prune_calibrated(state.model, list(state.targets), examples, config, progress)
+            result = calibration.prune_calibrated(
+                state.model, list(state.targets), examples, config, progress, held_out_x=held_out
+            )
         masks = result.mask_set()
         return StepResult(masks=masks, notes=tuple(masks.notes), sections={"calibration": result.section})
     dense = {t.name: np.array(t.variable) for t in state.targets}  # score_and_mask zeroes the pruned weights
