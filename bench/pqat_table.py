@@ -24,6 +24,7 @@ Per (model, sparsity, seed):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -44,7 +45,18 @@ from bench_common import (  # noqa: E402
     table,
     tfmot_modules,
 )
-from quant_table import DIGITS, DIGITS_DATA, mnist_mlp, run_point  # noqa: E402
+from quant_table import (  # noqa: E402
+    DIGITS,
+    DIGITS_DATA,
+    TEXT_HEADS,
+    attention_core,
+    mnist_cnn,
+    mnist_cnn_net,
+    mnist_mlp,
+    run_point,
+    text_model,
+    text_net,
+)
 
 HEADING = "## Side by side: tfmot PQAT (Default8BitPrunePreserveQuantizeScheme) on tf_keras twins"
 BATCH = 64
@@ -55,30 +67,82 @@ GROUPS_NOTE = (
 )
 
 
-def mlp_twin_h5(model_path: Path, out: Path) -> Path:
-    """The MNIST MLP rebuilt with tf_keras, same weights, saved as .h5 for tfmot."""
+def twin_h5(build, model_path: Path, out: Path) -> Path:
+    """A bench model rebuilt with tf_keras by `build(tf_keras)`, the same weights layer by layer (checked
+    on random inputs), saved as .h5 for tfmot."""
     import keras
     import numpy as np
-    from accuracy import build
 
     _, tf_keras = tfmot_modules()
     source = keras.saving.load_model(model_path)
-    twin = build("mnist_mlp", tf_keras)
+    twin = build(tf_keras)
     for layer in twin.layers:
-        layer.set_weights(source.get_layer(layer.name).get_weights())
-    probe = np.random.default_rng(0).random((16, 784), dtype=np.float32)
+        if layer.weights:
+            layer.set_weights(source.get_layer(layer.name).get_weights())
+    shape = (16, *source.input_shape[1:])
+    rng = np.random.default_rng(0)
+    integer = "int" in str(source.inputs[0].dtype)
+    probe = rng.integers(0, 256, shape).astype("int32") if integer else rng.random(shape, dtype=np.float32)
     np.testing.assert_allclose(twin(probe).numpy(), np.asarray(source(probe)), atol=1e-5)
     twin.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     twin.save(out)
     return out
 
 
+@functools.cache
+def twin_layers() -> dict:
+    """The tf_keras layers the text model's twin needs beyond tf_keras' own, by name (custom objects for
+    loading its .h5 and for tfmot's clones): AttentionCore, quant_table.attention_core as a weightless
+    layer (tf_keras cannot clone raw TF ops on symbolic tensors: strip_pruning failed with `Dimension must
+    be 5 but is 4` in a transpose), and NoQuantize, the QuantizeConfig that leaves such a layer float
+    (tfmot's schemes know only built-in layers)."""
+    tfmot, tf_keras = tfmot_modules()
+
+    class AttentionCore(tf_keras.layers.Layer):
+        def __init__(self, heads: int = TEXT_HEADS, **kwargs):
+            super().__init__(**kwargs)
+            self.heads = heads
+
+        def call(self, qkv):
+            return attention_core(*qkv, heads=self.heads)
+
+        def get_config(self):
+            return {**super().get_config(), "heads": self.heads}
+
+    class NoQuantize(tfmot.quantization.keras.QuantizeConfig):
+        def get_weights_and_quantizers(self, layer):
+            return []
+
+        def get_activations_and_quantizers(self, layer):
+            return []
+
+        def set_quantize_weights(self, layer, quantize_weights):
+            pass
+
+        def set_quantize_activations(self, layer, quantize_activations):
+            pass
+
+        def get_output_quantizers(self, layer):
+            return []
+
+        def get_config(self):
+            return {}
+
+    return {"AttentionCore": AttentionCore, "NoQuantize": NoQuantize}
+
+
+def text_twin(tf_keras):
+    """The text Transformer (quant_table.text_net) in tf_keras, its attention between projections a layer."""
+    core = twin_layers()["AttentionCore"]
+    return text_net(tf_keras, lambda q, k, v: core(name="attn_core")([q, k, v]))
+
+
 def kernels(model) -> dict:
-    """Float kernels (rank >= 2 weights named kernel) by variable name."""
+    """Float kernels and embedding tables (rank >= 2 weights named kernel or embeddings) by variable name."""
     out = {}
     for layer in model.layers:
         for w in layer.weights:
-            if "kernel" in w.name and len(w.shape) >= 2:
+            if ("kernel" in w.name or "embeddings" in w.name) and len(w.shape) >= 2:
                 out[w.name.split(":")[0]] = w.numpy()
     return out
 
@@ -126,7 +190,8 @@ def run_tfmot_pqat(h5: Path, data_path: Path, point: str, seed: int, epochs: int
     sk = tfmot.sparsity.keras
     with np.load(data_path) as z:
         x_train, y_train, x_test, y_test = (z[k] for k in ("x_train", "y_train", "x_test", "y_test"))
-    x_train, x_test = x_train.astype("float32"), x_test.astype("float32")
+    if x_train.dtype.kind == "f":  # token ids stay integers
+        x_train, x_test = x_train.astype("float32"), x_test.astype("float32")
     train = tf.data.Dataset.from_tensor_slices((x_train, y_train))
     train = train.shuffle(min(len(x_train), 10_000), seed=seed, reshuffle_each_iteration=True).batch(BATCH)
     steps = int(train.cardinality())
@@ -143,8 +208,20 @@ def run_tfmot_pqat(h5: Path, data_path: Path, point: str, seed: int, epochs: int
     out = {}
     start = time.perf_counter()
     tf_keras.utils.set_random_seed(seed)
-    model = tf_keras.models.load_model(h5)
-    wrapped = sk.prune_low_magnitude(model, pruning_schedule=pruning, **extra)
+    from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
+
+    custom = twin_layers()
+    model = tf_keras.models.load_model(h5, custom_objects=custom)
+    # every layer tfmot can prune (those prune_low_magnitude on the whole model wraps), one by one (the
+    # guide's recipe for a model with layers it cannot wrap: the text twin's attention); the rest kept as is
+    wrapped = tf_keras.models.clone_model(
+        model,
+        clone_function=lambda layer: (
+            sk.prune_low_magnitude(layer, pruning_schedule=pruning, **extra)
+            if layer.weights and PruneRegistry.supports(layer)
+            else layer
+        ),
+    )
     if point == "2:4":
         _mask_once(wrapped, tfmot)
     wrapped.compile(optimizer=tf_keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=metrics)
@@ -159,8 +236,24 @@ def run_tfmot_pqat(h5: Path, data_path: Path, point: str, seed: int, epochs: int
     start = time.perf_counter()
     try:
         quantize = tfmot.quantization.keras
-        annotated = quantize.quantize_annotate_model(stripped)
-        pqat = quantize.quantize_apply(annotated, tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme())
+        scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+        quantizable = _pqat_quantizable()
+        if all(quantizable(layer) for layer in stripped.layers if not isinstance(layer, tf_keras.layers.InputLayer)):
+            annotated = quantize.quantize_annotate_model(stripped)  # the PQAT guide's recipe
+        else:  # quantize what the scheme can (the text twin: its Dense layers), leave the rest float
+            keep = custom["NoQuantize"]()
+            annotated = tf_keras.models.clone_model(
+                stripped,
+                clone_function=lambda layer: (
+                    quantize.quantize_annotate_layer(layer)
+                    if quantizable(layer)
+                    else quantize.quantize_annotate_layer(layer, quantize_config=keep)
+                    if isinstance(layer, custom["AttentionCore"])  # weightless: the scheme would try it
+                    else layer
+                ),
+            )
+        with quantize.quantize_scope(custom):
+            pqat = quantize.quantize_apply(annotated, scheme)
         pqat.compile(optimizer=tf_keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=metrics)
         pqat.fit(train, epochs=qat_epochs, verbose=0)
         out["pqat_keras_acc"] = float(pqat.evaluate(x_test, y_test, batch_size=256, verbose=0)[1])
@@ -181,6 +274,27 @@ def run_tfmot_pqat(h5: Path, data_path: Path, point: str, seed: int, epochs: int
         out["pqat_error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc) else ''}"
         out["pqat_s"] = time.perf_counter() - start
     return out
+
+
+def _pqat_quantizable():
+    """Whether tfmot's PQAT scheme can quantize a layer: one its 8-bit registry knows, and, when it has
+    weights, one whose sparsity its prune-preserve registry keeps (Conv2D, Dense, DepthwiseConv2D; not
+    Conv1D, Embedding or LayerNormalization). The scheme's own `supports` says yes to any weightless layer,
+    custom ones included, and then fails on them in `quantize_apply`."""
+    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve.prune_preserve_quantize_registry import (
+        PrunePreserveQuantizeRegistry,
+    )
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_registry import (
+        Default8BitQuantizeRegistry,
+    )
+
+    registry = Default8BitQuantizeRegistry()
+
+    def quantizable(layer) -> bool:
+        kept = not layer.trainable_weights or type(layer) in PrunePreserveQuantizeRegistry._LAYERS_CONFIG_MAP
+        return registry.supports(layer) and kept
+
+    return quantizable
 
 
 def model_learning_rate(path: Path) -> float:
@@ -287,11 +401,12 @@ def render(args, rows: list[dict], elapsed: float, info: dict) -> str:
                     text += "; tfmot PQAT: no result (error below)"
                 verdicts.append(text + ".")
     digits_note = (
-        "prunecli's int8 is Keras 3.15's `Model.quantize`, which quantizes Dense layers only: on the digits CNN"
-        " its two convolutions (4.8k of 38k prunable weights) stay float32, while tfmot's TFLite file is int8"
-        " throughout (convolutions and activations too), so on that model the comparison favours prunecli by"
-        " that much; the MNIST MLP is Dense only and int8 throughout on both sides (prunecli's activations are"
-        " quantized per row at run time, tfmot's with ranges learned in PQAT)."
+        "What is int8: prunecli's weights are int8 throughout (Keras 3.15's `Model.quantize` for Dense and"
+        " Embedding, with int8 inputs per row at run time; prunecli's own int8 convolutions, per output channel"
+        " and weight-only: their inputs stay float32); tfmot's TFLite file is int8 weights and activations"
+        " wherever its PQAT scheme quantized (Conv2D and Dense; ranges learned in PQAT). On the text model the"
+        " scheme supports only the Dense layers: its Embedding, Conv1D, layer norms and attention core stay"
+        " float in PQAT (TFLite's converter then gives the Conv1D int8 weights, dynamic range)."
     )
     seeds_done = sorted({r["seed"] for r in rows})
     lrs = ", ".join(f"{m} {lr:g}" for m, lr in sorted({(r["model"], r["lr"]) for r in rows}))
@@ -304,17 +419,19 @@ def render(args, rows: list[dict], elapsed: float, info: dict) -> str:
         f"{load_average()}; Python {info['python']}, Keras {keras.__version__}, TensorFlow {tf.__version__}, "
         f"tf_keras {tf_keras.__version__}, tfmot {tfmot.__version__}). Seeds run: "
         f"{', '.join(map(str, seeds_done))} (column `seeds`: per cell). Accuracy % on the test split, mean "
-        "±half-range over seeds (seed = pruning/fine-tuning seed and data order; the MLP is also retrained per seed"
-        ", as in bench/quant_table.py).",
+        "±half-range over seeds (seed = pruning/fine-tuning seed and data order; the MLP and the MNIST CNN are also"
+        " retrained per seed, as in bench/quant_table.py; the text model is trained once).",
         "",
         "- **prunecli**: the default `prunecli prune MODEL --sparsity 0.9 (2:4: --granularity n:m=2:4) --data D --epochs "
         f"{args.epochs} --quantize int8` (library API; global LAMP, polynomial schedule; PTQ = `--qat off`, "
         "the default for int8) and the same with `--qat on`; float pruned and int8 accuracy from the "
         "report's `quantize.metrics` (the float pruned column is the PTQ run's).",
-        "- **tfmot** on a tf_keras twin with the same starting weights: `prune_low_magnitude` on the whole"
-        " model with PolynomialDecay over prunecli's polynomial ramp (as `bench/accuracy.py`'s `run_tfmot`),"
+        "- **tfmot** on a tf_keras twin with the same starting weights (the text twin's attention between its"
+        " projections a weightless layer, same outputs to 1e-5): `prune_low_magnitude` on every layer it"
+        " supports (all but that attention layer), with PolynomialDecay over prunecli's polynomial ramp (as `bench/accuracy.py`'s `run_tfmot`),"
         f" {args.epochs} epochs, batch {BATCH}, Adam at the model's own learning rate ({lrs}), same shuffle seed; `strip_pruning`; then the PQAT guide's recipe: `quantize_annotate_model` +"
-        " `quantize_apply(..., tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme())`,"
+        " `quantize_apply(..., tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme())`"
+        " (on the text model, `quantize_annotate_layer` on the layers the scheme supports),"
         f" fine-tuned {args.qat_epochs} epoch(s) (the guide's PQAT step: 1 epoch) with the same optimizer,"
         " learning rate, batch and data order; `TFLiteConverter.from_keras_model` + `Optimize.DEFAULT` (the"
         " guide's deployment: int8 weights and activations, float input/output), evaluated in the TFLite"
@@ -328,7 +445,7 @@ def render(args, rows: list[dict], elapsed: float, info: dict) -> str:
         " layer to the target (on the digits CNN the 144-weight first convolution keeps 14 weights), prunecli's"
         " default allocates the sparsity globally (LAMP). bench/ACCURACY.md measures that gap without"
         " quantization.",
-        "- tfmot sparsity: the share of zeros in the prunable kernels after pruning, in the same float kernels"
+        "- tfmot sparsity: the share of zeros in the prunable kernels (and embedding tables) after pruning, in the same float kernels"
         " after PQAT, and in the int8 weights of the TFLite file's CONV_2D / FULLY_CONNECTED ops; `moved off 0`"
         " counts weights zero after pruning and non-zero after PQAT (tfmot #979 reports such drift for plain"
         " QAT; PRs #720/#721 are unmerged). Seconds: wall time per run (prunecli: the whole `prune` call incl."
@@ -367,7 +484,7 @@ def render(args, rows: list[dict], elapsed: float, info: dict) -> str:
             "",
             f"Both goals at 90% + int8 (mean over seeds): met for {', '.join(both) or 'none'}; "
             f"missed for {', '.join(missed) or 'none'}. Run-to-run noise: one test image is 0.28 point on the digits"
-            " set (360 images) and 0.1 on the MLP's (1,000); fine-tuning on CPU is not bitwise repeatable. The first"
+            " set (360 images), 0.1 on MNIST's (1,000) and 0.03 on the text model's 3,000 windows; fine-tuning on CPU is not bitwise repeatable. The first"
             " prunecli run of the process also pays one-off start-up (tracing, imports) in its seconds.",
         ]
     return "\n".join(lines)
@@ -379,7 +496,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--qat-epochs", type=int, default=1, help="tfmot PQAT epochs (the PQAT guide: 1)")
     parser.add_argument("--points", default="0.9", help="comma-separated: sparsities and/or 2:4")
-    parser.add_argument("--models", default="digits_cnn,mnist_mlp")
+    parser.add_argument("--models", default="digits_cnn,mnist_mlp,mnist_cnn")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw rows here (JSON lines)")
     parser.add_argument("--no-write", action="store_true", help="print the section, do not write QUANT.md")
     parser.add_argument("--render", type=Path, default=None, help="only rewrite the section from this --json file")
@@ -408,9 +525,19 @@ def main() -> None:
                     h5 = work / "digits.h5"
                     if not h5.exists():
                         digits_twin_h5(model_path, h5)
+                elif name == "text":
+                    model_path, data_path = text_model()
+                    h5 = work / "text.h5"
+                    if not h5.exists():
+                        twin_h5(text_twin, model_path, h5)
+                elif name == "mnist_cnn":
+                    model_path, data_path = mnist_cnn(seed, work)
+                    h5 = twin_h5(mnist_cnn_net, model_path, work / f"cnn-{seed}.h5")
                 else:
+                    from accuracy import build
+
                     model_path, data_path = mnist_mlp(seed, work)
-                    h5 = mlp_twin_h5(model_path, work / f"mlp-{seed}.h5")
+                    h5 = twin_h5(lambda k: build("mnist_mlp", k), model_path, work / f"mlp-{seed}.h5")
                 import keras
 
                 with np.load(data_path) as z:

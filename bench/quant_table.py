@@ -69,6 +69,24 @@ def mnist_mlp(seed: int, folder: Path) -> tuple[Path, Path]:
     return model_path, data_path
 
 
+def mnist_cnn_net(k):
+    """The MNIST CNN's layers, built with `k`: keras, or tf_keras for tfmot's twin (bench/pqat_table.py)."""
+    layers = k.layers
+    return k.Sequential(
+        [
+            k.Input((28, 28, 1), name="pixels"),
+            layers.Conv2D(32, 3, activation="relu", name="conv1"),
+            layers.MaxPooling2D(name="pool1"),
+            layers.Conv2D(64, 3, activation="relu", name="conv2"),
+            layers.MaxPooling2D(name="pool2"),
+            layers.Conv2D(64, 3, activation="relu", name="conv3"),
+            layers.GlobalAveragePooling2D(name="gap"),
+            layers.Dense(10, activation="softmax", name="predictions"),
+        ],
+        name="mnist_cnn",
+    )
+
+
 def mnist_cnn(seed: int, folder: Path) -> tuple[Path, Path]:
     """A 3-convolution CNN whose weights are mostly in its convolutions (conv 32 -> pool -> conv 64 -> pool ->
     conv 64 -> global average -> Dense 10: 56,394 parameters, 98.6% of them in convolution kernels), trained
@@ -83,20 +101,7 @@ def mnist_cnn(seed: int, folder: Path) -> tuple[Path, Path]:
     x, y = x.reshape(-1, 28, 28, 1), y.astype("int32")
     np.savez(data_path, x_train=x[1000:], y_train=y[1000:], x_test=x[:1000], y_test=y[:1000])
     keras.utils.set_random_seed(seed)
-    layers = keras.layers
-    model = keras.Sequential(
-        [
-            keras.Input((28, 28, 1), name="pixels"),
-            layers.Conv2D(32, 3, activation="relu", name="conv1"),
-            layers.MaxPooling2D(name="pool1"),
-            layers.Conv2D(64, 3, activation="relu", name="conv2"),
-            layers.MaxPooling2D(name="pool2"),
-            layers.Conv2D(64, 3, activation="relu", name="conv3"),
-            layers.GlobalAveragePooling2D(name="gap"),
-            layers.Dense(10, activation="softmax", name="predictions"),
-        ],
-        name="mnist_cnn",
-    )
+    model = mnist_cnn_net(keras)
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x[1000:], y[1000:], epochs=12, batch_size=64, verbose=0)
     model.save(model_path)
@@ -156,28 +161,48 @@ def text_data(rng) -> dict:
     return out
 
 
-def self_attention(x, heads: int, name: str):
-    """Multi-head self-attention from four Dense projections and keras.ops, as MultiHeadAttention computes it.
-    Not keras.layers.MultiHeadAttention: Keras 3.15 quantizes its EinsumDense sublayers but the saved
-    `.keras` does not reload (`Layer 'key' expected 2 variables, but received 0 variables during loading`),
-    so `prunecli prune --quantize` stops at its reload check (exit 4)."""
-    import keras
+TEXT_HEADS = 4
+
+
+def attention_core(q, k, v, heads: int = TEXT_HEADS):
+    """Softmax attention of projected queries, keys and values (batch, seq, d), `heads` heads of d // heads,
+    with keras.ops, as MultiHeadAttention computes it between its projections."""
     from keras import ops
 
-    d = x.shape[-1]
+    d = q.shape[-1]
 
     def split(t):  # (batch, seq, d) -> (batch, heads, seq, d // heads)
         return ops.transpose(ops.reshape(t, (-1, t.shape[1], heads, d // heads)), (0, 2, 1, 3))
 
-    q, k, v = (split(keras.layers.Dense(d, name=f"{name}_{p}")(x)) for p in ("query", "key", "value"))
+    q, k, v = split(q), split(k), split(v)
     weights = ops.softmax(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) / float((d // heads) ** 0.5), axis=-1)
-    merged = ops.reshape(ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3)), (-1, x.shape[1], d))
-    return keras.layers.Dense(d, name=f"{name}_output")(merged)
+    return ops.reshape(ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3)), (-1, q.shape[2], d))
+
+
+def text_net(k, attend):
+    """The text model's layers built with `k` (keras, or tf_keras for tfmot's twin in bench/pqat_table.py):
+    self-attention from four Dense projections, `attend(q, k, v)` between them (`attention_core` here; a
+    layer in the twin). Not keras.layers.MultiHeadAttention: Keras 3.15 quantizes its EinsumDense
+    sublayers but the saved `.keras` does not reload (`Layer 'key' expected 2 variables, but received 0
+    variables during loading`), so `prunecli prune --quantize` stops at its reload check (exit 4)."""
+    d = 64
+    inputs = k.Input((TEXT_SEQ,), dtype="int32", name="bytes")
+    h = k.layers.Embedding(256, d, name="byte_embedding")(inputs)
+    h = k.layers.Conv1D(d, 5, padding="same", activation="gelu", name="conv")(h)
+    a = k.layers.LayerNormalization(name="ln_attn")(h)
+    q, key, v = (k.layers.Dense(d, name=f"attn_{p}")(a) for p in ("query", "key", "value"))
+    h = k.layers.Add(name="res_attn")([h, k.layers.Dense(d, name="attn_output")(attend(q, key, v))])
+    f = k.layers.LayerNormalization(name="ln_mlp")(h)
+    f = k.layers.Dense(2 * d, activation="gelu", name="mlp_up")(f)
+    h = k.layers.Add(name="res_mlp")([h, k.layers.Dense(d, name="mlp_down")(f)])
+    h = k.layers.GlobalAveragePooling1D(name="pool")(k.layers.LayerNormalization(name="ln_out")(h))
+    outputs = k.layers.Dense(len(TEXT_PACKAGES), activation="softmax", name="predictions")(h)
+    return k.Model(inputs, outputs, name="stdlib_package_transformer")
 
 
 def text_model(folder: Path = TEXT_CACHE) -> tuple[Path, Path]:
     """A one-block Transformer classifier on bytes: Embedding(256, 64) -> Conv1D(64, 5) (local order; there
-    is no position embedding) -> pre-norm self-attention (4 heads of 16, `self_attention`) and a 128-wide GELU MLP, both
+    is no position embedding) -> pre-norm self-attention (4 heads of 16, `text_net`) and a 128-wide GELU MLP, both
     residual -> global average pooling -> Dense(10, softmax). Trained once (seed 0, 6 epochs, 30k
     windows; the .npz keeps 10k of them to fine-tune on) and cached in `folder`; every seed prunes the same model, as with the bundled digits CNN."""
     import keras
@@ -194,18 +219,7 @@ def text_model(folder: Path = TEXT_CACHE) -> tuple[Path, Path]:
         **{**arrays, "x_train": arrays["x_train"][:TEXT_FINETUNE], "y_train": arrays["y_train"][:TEXT_FINETUNE]},
     )
     keras.utils.set_random_seed(0)
-    d = 64
-    inputs = keras.Input((TEXT_SEQ,), dtype="int32", name="bytes")
-    h = keras.layers.Embedding(256, d, name="byte_embedding")(inputs)
-    h = keras.layers.Conv1D(d, 5, padding="same", activation="gelu", name="conv")(h)
-    a = keras.layers.LayerNormalization(name="ln_attn")(h)
-    h = keras.layers.Add(name="res_attn")([h, self_attention(a, heads=4, name="attn")])
-    f = keras.layers.LayerNormalization(name="ln_mlp")(h)
-    f = keras.layers.Dense(2 * d, activation="gelu", name="mlp_up")(f)
-    h = keras.layers.Add(name="res_mlp")([h, keras.layers.Dense(d, name="mlp_down")(f)])
-    h = keras.layers.GlobalAveragePooling1D(name="pool")(keras.layers.LayerNormalization(name="ln_out")(h))
-    outputs = keras.layers.Dense(len(TEXT_PACKAGES), activation="softmax", name="predictions")(h)
-    model = keras.Model(inputs, outputs, name="stdlib_package_transformer")
+    model = text_net(keras, attention_core)
     model.compile(keras.optimizers.Adam(2e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
     started = time.time()
     model.fit(arrays["x_train"], arrays["y_train"], epochs=6, batch_size=64, verbose=0)
