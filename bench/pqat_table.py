@@ -350,7 +350,7 @@ def render(args, rows: list[dict], elapsed: float, info: dict) -> str:
                     spread([r["tfmot"].get("tflite", {}).get("int8_zeros") for r in cell]),
                 ]
             )
-            moved = f"{sum(r['tfmot']['pruned_moved'] for r in tf_ok)} of {sum(r['tfmot']['pruned_zeros'] for r in tf_ok):,}"
+            moved = f"{sum(r['tfmot']['pruned_moved'] for r in tf_ok):,} of {sum(r['tfmot']['pruned_zeros'] for r in tf_ok):,}"
             secs = " / ".join(
                 [
                     spread([r["ptq"]["seconds"] for r in cell], 1, 0),
@@ -397,6 +397,15 @@ def render(args, rows: list[dict], elapsed: float, info: dict) -> str:
                     if key == "ptq":
                         own = mean([100 * (r["tfmot"]["pqat_acc"] - r["tfmot"]["pruned_acc"]) for r in tf_ok])
                         text += f"; tfmot PQAT - tfmot float pruned: {own:+.1f} points"
+                        after = mean([r["tfmot"]["float_sparsity_after"] for r in tf_ok])
+                        before = mean([r["tfmot"]["pruned_sparsity"] for r in tf_ok])
+                        if after < before - 0.01:  # then the two models are not at the same sparsity
+                            regrown = mean([r["tfmot"]["pruned_moved"] for r in tf_ok])
+                            text += (
+                                f"; **tfmot's model is no longer {before:.0%} sparse after PQAT but {after:.0%}**:"
+                                f" {regrown:,.0f} of its pruned weights regrew in the layers its PQAT scheme does not"
+                                " cover, which it fine-tunes unmasked, so its accuracy is that of a denser model"
+                            )
                 else:
                     text += "; tfmot PQAT: no result (error below)"
                 verdicts.append(text + ".")
