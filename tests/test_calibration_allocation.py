@@ -224,6 +224,19 @@ def test_too_few_held_out_examples_compare_on_the_calibration_ones():
     assert measured["held_out"] is False and measured["examples"] == 48
 
 
+def test_a_small_calibration_still_holds_out_enough_examples_to_compare_on():
+    """--calibration-samples below MEASURE_EXAMPLES: the run holds out MEASURE_EXAMPLES, not as few as it
+    calibrates on (which would always fall back to the calibration examples)."""
+    from prunecli.calibration import held_out_count, oneshot
+
+    def cfg(**values):
+        return build_config({"model_path": "m.keras", "data": "d.npz", "method": "wanda", **values}, environ={})
+
+    assert held_out_count(cfg(calibration_samples=8)) == oneshot.MEASURE_EXAMPLES
+    assert held_out_count(cfg(calibration_samples=256)) == 256
+    assert held_out_count(cfg(calibration_samples=256, scope="layer")) == 0
+
+
 def test_split_examples_cuts_across_batches_and_input_structures():
     from prunecli.calibration import split_examples
 

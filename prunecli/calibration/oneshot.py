@@ -470,6 +470,15 @@ def prune_calibrated(
     return result
 
 
+# The allocations --normalize measured compares, and the fewest held-out examples it compares them on
+# (with fewer, it compares on this many calibration examples)
+MEASURED_ALLOCATIONS = ("uniform", "lamp", "owl")
+MEASURE_EXAMPLES = 64
+# ... and, for a Wanda run, the default magnitude command's masks (global LAMP on |w|): where they move
+# the outputs less than every Wanda allocation, they are the run's (said in a note and the report)
+MAGNITUDE = "magnitude"
+
+
 def measures_allocation(config) -> bool:
     """Whether the run compares allocations (--normalize measured: global element pruning only)."""
     return config.scope == "global" and config.granularity.kind == "element" and config.normalize == MEASURED
@@ -477,9 +486,10 @@ def measures_allocation(config) -> bool:
 
 def held_out_count(config) -> int:
     """How many examples beyond the calibration ones a run wants held out (`prune_calibrated`'s
-    held_out_x): as many again when it compares allocations, so that the comparison costs one
-    calibration-sized forward pass per allocation; none otherwise."""
-    return config.calibration_samples if measures_allocation(config) else 0
+    held_out_x): when it compares allocations, as many again as it calibrates on (so that the comparison
+    costs about one calibration-sized forward pass per allocation), and at least MEASURE_EXAMPLES; none
+    otherwise."""
+    return max(config.calibration_samples, MEASURE_EXAMPLES) if measures_allocation(config) else 0
 
 
 def _allocation(
@@ -513,15 +523,6 @@ def _allocation(
         return policy.layer_counts(targets, lambda: ((t, scores[t.name]) for t in targets), "element", config), {}, None
     ms = policy.build_masks(targets, scores, "element", config)  # --normalize mean/none: one ranking
     return {t.name: (int(ms.masks[t.name].size - ms.masks[t.name].sum()), False) for t in targets}, {}, None
-
-
-# The allocations --normalize measured compares, and the fewest held-out examples it compares them on
-# (with fewer, it compares on this many calibration examples)
-MEASURED_ALLOCATIONS = ("uniform", "lamp", "owl")
-MEASURE_EXAMPLES = 64
-# ... and, for a Wanda run, the default magnitude command's masks (global LAMP on |w|): where they move
-# the outputs less than every Wanda allocation, they are the run's (said in a note and the report)
-MAGNITUDE = "magnitude"
 
 
 @dataclass
