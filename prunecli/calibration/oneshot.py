@@ -549,7 +549,7 @@ def _measured_allocation(
     model, p: _Plan, config, targets, scores, progress, held_out_x=None
 ) -> tuple[dict | None, dict, _Trial | None]:
     """--normalize measured: each allocation (its counts from the Wanda scores ranked above) tried as a
-    whole sequential Wanda run, the model then run on the first calibration examples, and the allocation
+    whole sequential Wanda run, the model then run on held-out examples (`_measure_passes`), and the allocation
     whose outputs differ least from the dense outputs (`outputs.error`) chosen; the weights are restored
     after each try. Which allocation wins depends on the model (uniform on the Llama decoder of
     bench/DECODERS.md, LAMP on GPT-2 and most classifiers), so it is measured, not fixed. Measured on the
