@@ -305,15 +305,25 @@ def _example_module():
 
 def digits_twin_h5(keras_path: Path, out: Path) -> Path:
     """The bundled digits CNN rebuilt with tf_keras (Keras 2), same weights, saved as .h5 for tfmot."""
+    return twin_h5(_example_module().build_model, keras_path, out)
+
+
+def twin_h5(build, model_path: Path, out: Path) -> Path:
+    """A bench model rebuilt with tf_keras by `build(tf_keras)`, the same weights layer by layer (checked
+    on random inputs), saved as .h5 for tfmot."""
     import keras
     import numpy as np
 
     _, tf_keras = tfmot_modules()
-    source = keras.saving.load_model(keras_path)
-    twin = _example_module().build_model(tf_keras)
+    source = keras.saving.load_model(model_path)
+    twin = build(tf_keras)
     for layer in twin.layers:
-        layer.set_weights(source.get_layer(layer.name).get_weights())
-    probe = np.random.default_rng(0).random((16, 8, 8, 1), dtype=np.float32)
+        if layer.weights:
+            layer.set_weights(source.get_layer(layer.name).get_weights())
+    shape = (16, *source.input_shape[1:])
+    rng = np.random.default_rng(0)
+    integer = "int" in str(source.inputs[0].dtype)
+    probe = rng.integers(0, 256, shape).astype("int32") if integer else rng.random(shape, dtype=np.float32)
     np.testing.assert_allclose(twin(probe).numpy(), np.asarray(source(probe)), atol=1e-5)
     twin.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     twin.save(out)

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from accuracy import build, model_learning_rate  # noqa: E402
 from bench_common import (  # noqa: E402
     accuracy,
     digits_twin_h5,
@@ -44,6 +45,7 @@ from bench_common import (  # noqa: E402
     replace_section,
     table,
     tfmot_modules,
+    twin_h5,
 )
 from quant_table import (  # noqa: E402
     DIGITS,
@@ -65,28 +67,6 @@ GROUPS_NOTE = (
     " weights, tfmot by zero-padding it to 4 and prunecli by never letting a group cross a tap; the 1-channel"
     " first convolution, each group one weight, keeps all 144 weights on both sides"
 )
-
-
-def twin_h5(build, model_path: Path, out: Path) -> Path:
-    """A bench model rebuilt with tf_keras by `build(tf_keras)`, the same weights layer by layer (checked
-    on random inputs), saved as .h5 for tfmot."""
-    import keras
-    import numpy as np
-
-    _, tf_keras = tfmot_modules()
-    source = keras.saving.load_model(model_path)
-    twin = build(tf_keras)
-    for layer in twin.layers:
-        if layer.weights:
-            layer.set_weights(source.get_layer(layer.name).get_weights())
-    shape = (16, *source.input_shape[1:])
-    rng = np.random.default_rng(0)
-    integer = "int" in str(source.inputs[0].dtype)
-    probe = rng.integers(0, 256, shape).astype("int32") if integer else rng.random(shape, dtype=np.float32)
-    np.testing.assert_allclose(twin(probe).numpy(), np.asarray(source(probe)), atol=1e-5)
-    twin.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    twin.save(out)
-    return out
 
 
 @functools.cache
@@ -295,12 +275,6 @@ def _pqat_quantizable():
         return registry.supports(layer) and kept
 
     return quantizable
-
-
-def model_learning_rate(path: Path) -> float:
-    import keras
-
-    return float(keras.saving.load_model(path).optimizer.learning_rate)
 
 
 def mean(values) -> float:
@@ -543,8 +517,6 @@ def main() -> None:
                     model_path, data_path = mnist_cnn(seed, work)
                     h5 = twin_h5(mnist_cnn_net, model_path, work / f"cnn-{seed}.h5")
                 else:
-                    from accuracy import build
-
                     model_path, data_path = mnist_mlp(seed, work)
                     h5 = twin_h5(lambda k: build("mnist_mlp", k), model_path, work / f"mlp-{seed}.h5")
                 import keras

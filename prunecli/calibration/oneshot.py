@@ -493,7 +493,7 @@ def held_out_count(config) -> int:
 
 
 def _allocation(
-    model, p: _Plan, config, progress, held_out_x=None
+    model, p: _Plan, config, progress, held_out_x
 ) -> tuple[dict[str, tuple[int, bool]] | None, dict, _Trial | None]:
     """Per-target counts {name: (weights to prune, floor held)} of the run's global ranking (--scope
     global: LAMP, OWL, ... as --normalize says, or `measured`), decided on the dense model before any
@@ -546,7 +546,7 @@ class _Trial:
 
 
 def _measured_allocation(
-    model, p: _Plan, config, targets, scores, progress, held_out_x=None
+    model, p: _Plan, config, targets, scores, progress, held_out_x
 ) -> tuple[dict | None, dict, _Trial | None]:
     """--normalize measured: each allocation (its counts from the Wanda scores ranked above) tried as a
     whole sequential Wanda run, the model then run on held-out examples (`_measure_passes`), and the allocation
