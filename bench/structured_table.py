@@ -259,9 +259,7 @@ def measure_allocation(model_path, data, folder, target: str, seeds, distill: bo
         row["oneshot"][recon] = run(model_path, data, out, seeds[0], 0, True, reconstruct=recon, **base)
     variants = [(False, False), (True, False)] + ([(False, True), (True, True)] if distill else [])
     for recon, dist in variants:
-        extra = {"reconstruct": recon}
-        if dist:
-            extra["distill"] = 2.0
+        extra = {"reconstruct": recon, "distill": 2.0 if dist else False}  # both explicit: --target defaults them on
         row["tuned"][(recon, dist)] = [
             run(model_path, data, out, seed, EPOCHS, False, **extra, **base) for seed in seeds
         ]

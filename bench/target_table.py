@@ -110,6 +110,8 @@ def run(model_path: Path, data: Path, out: Path, seed: int, **settings) -> dict:
             "sizes": False,
             "epochs": EPOCHS,
             "seed": seed,
+            "reconstruct": False,  # the allocations compared under plain fine-tuning (--target's default
+            "distill": False,  # adds both: bench/STRUCTURED.md)
             **settings,
         }
     )

@@ -205,7 +205,12 @@ def _option(f) -> click.Option:
         return click.option(*decls, multiple=True, **common)
     if meta["kind"] == "optional":  # `--distill` alone means flag_value; `--distill 4` gives the value
         value = meta["flag_value"]
-        return click.option(*decls, type=type(value), is_flag=False, flag_value=value, default=None, **common)
+        # a field that can also be switched off (`--distill off`) takes text; config/sources.py reads it
+        value_type = str if "bool" in str(f.type) else type(value)
+        metavar = "[VALUE|off]" if value_type is str else None
+        return click.option(
+            *decls, type=value_type, is_flag=False, flag_value=value, default=None, metavar=metavar, **common
+        )
     choices = scoring.available() if meta["choices"] == "methods" else meta["choices"]
     if choices:
         return click.option(*decls, type=click.Choice(choices), **common)

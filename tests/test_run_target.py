@@ -274,3 +274,59 @@ def test_each_model_keeps_its_least_timing():
 
     times = iter([5.0, 3.0, 4.0, 1.0])
     assert TIMING_REPEATS == 3 and _timed(lambda model, inputs: next(times), None, None) == 3.0
+
+
+@pytest.mark.parametrize(
+    ("given", "removes_structure", "can_teach", "want"),
+    [
+        ({"target": "params=0.5", "epochs": 2}, False, True, (True, 2.0)),
+        ({"target": "params=0.5", "epochs": 0}, False, True, (True, False)),
+        ({"target": "params=0.5", "epochs": 2}, False, False, (True, False)),  # regression: nothing to distil
+        ({"target": "params=0.5", "epochs": 2}, True, True, (False, False)),  # a decoder's blocks rebuilt at once
+        ({"target": "params=0.5", "epochs": 2, "reconstruct": False, "distill": "off"}, False, True, (False, False)),
+        ({"target": "params=0.5", "epochs": 2, "distill": 4}, False, True, (True, 4.0)),
+        ({"granularity": "neuron", "sparsity": 0.5, "shrink": True, "epochs": 2}, False, True, (False, False)),
+    ],
+)
+def test_recovery_defaults_follow_the_measurement(given, removes_structure, can_teach, want):
+    """--target runs that mask channels refit and distil unless told not to; nothing else changes."""
+    config = build_config({"model_path": "m.keras", "data": "d.npz", **given})
+    decided, notes = config.recovery_defaults(removes_structure, can_teach)
+    assert (decided.reconstruct, decided.distill) == want
+    switched_on = (config.reconstruct is None and want[0]) + (config.distill is None and want[1] is not False)
+    assert len(notes) == switched_on
+    again, more = decided.recovery_defaults(removes_structure, can_teach)  # decided once: a no-op after
+    assert again == decided and more == ()
+
+
+def test_recovery_defaults_need_data():
+    decided, notes = build_config({"model_path": "m.keras", "target": "params=0.5"}).recovery_defaults(False, True)
+    assert (decided.reconstruct, decided.distill, notes) == (False, False, ())
+
+
+def test_a_target_run_refits_and_distils_by_default(cli, files, tmp_path):
+    """The default --target command with --epochs refits after the channels go and fine-tunes against the
+    dense model (report: calibration refit, fine_tune.distill, the notes); --no-reconstruct --distill off
+    gives plain fine-tuning from the BatchNorm-recalibrated model."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=rng.normal(size=(96, 16, 16, 3)).astype("float32"), y=rng.integers(0, 5, 96))
+    reports = {}
+    for name, extra in (("default", []), ("plain", ["--no-reconstruct", "--distill", "off"])):
+        report = tmp_path / f"{name}.json"
+        result = cli(
+            "prune", files / "cnn.keras", "--target", "params=0.5", "--data", data, "--epochs", "1",
+            "--calibration-samples", "32", "-o", tmp_path / f"{name}.keras", "-r", report, *extra,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        reports[name] = json.loads(report.read_text())
+    default, plain = reports["default"], reports["plain"]
+    assert default["calibration"]["layers"] and "batchnorm_recalibrated" not in default
+    assert default["finetune"]["distill"]["temperature"] == 2.0
+    assert any("refit by default" in n for n in default["notes"])
+    assert any("teacher by default" in n for n in default["notes"])
+    assert "calibration" not in plain and plain["batchnorm_recalibrated"]["layers"] == 3
+    assert plain["finetune"]["distill"] is None
+    assert not any("by default" in n for n in plain["notes"])

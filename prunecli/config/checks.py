@@ -232,13 +232,13 @@ def _check_ranges(c: PruneConfig) -> None:
         raise ConfigError(f"learning_rate must be > 0, got {c.learning_rate:g}")
     if c.lr_schedule not in LR_SCHEDULES:
         raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {c.lr_schedule!r}")
-    if c.distill is not None and not c.distill > 0:
-        raise ConfigError(f"distill temperature must be > 0, got {c.distill:g}")
+    if c.distill_temperature is not None and not c.distill_temperature > 0:
+        raise ConfigError(f"distill temperature must be > 0, got {c.distill_temperature:g}")
     if not 0.0 <= c.distill_weight <= 1.0:  # written so that NaN fails too
         raise ConfigError(f"distill_weight must be in [0, 1], got {c.distill_weight:g}")
-    if c.teacher is not None and c.distill is None:
+    if c.teacher is not None and c.distill_temperature is None:
         raise ConfigError("--teacher is the teacher of --distill; add --distill")
-    if c.distill is not None and c.epochs < 1:
+    if c.distill_temperature is not None and c.epochs < 1:
         raise ConfigError("--distill fine-tunes against the unpruned model; give --epochs and --data")
     _check_unused_training(c)
     if c.max_accuracy_drop is not None and not c.max_accuracy_drop >= 0:
@@ -442,7 +442,7 @@ def _check_tfmot(c: PruneConfig) -> None:
         (c.shrink, "--shrink"),
         (bool(c.export), "--export"),
         (c.strategy != "default", f"--strategy {c.strategy}"),
-        (c.distill is not None, "--distill"),
+        (c.distill_temperature is not None, "--distill"),
         (c.lr_schedule != "constant", f"--lr-schedule {c.lr_schedule}"),
         (c.reconstruct, "--reconstruct"),
     ]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from prunecli.config.checks import validate
-from prunecli.config.fields import FIELD_NAMES, Granularity, LayerOverride, PruneConfig
+from prunecli.config.fields import DISTILL_TEMPERATURE, FIELD_NAMES, Granularity, LayerOverride, PruneConfig
 from prunecli.errors import ConfigError
 
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few lines; 1 MiB leaves room and bounds the parser
@@ -60,6 +60,10 @@ def _coerce(name: str, value: Any) -> Any:
             elif isinstance(value, str):
                 items = [v for v in re.split(r"[,\s]+", value) if v]
             return tuple(str(v) for v in items)
+        if name == "distill":  # a temperature, or off: `--distill off`, `distill: false` in a recipe
+            if isinstance(value, bool) or (isinstance(value, str) and value.strip().lower() in ("off", "false", "no")):
+                return DISTILL_TEMPERATURE if value is True else False
+            return float(value)
         if name == "threshold":
             if isinstance(value, str) and value.strip().lower() == "mean":
                 return "mean"

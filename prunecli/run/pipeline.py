@@ -20,6 +20,7 @@ from prunecli.run import steps, target
 from prunecli.run.state import PruneResult
 from prunecli.runtime import owned_tempdir, quiet_tensorflow
 from prunecli.structure import flops
+from prunecli.training import distill
 
 
 @owned_tempdir()  # the API's run too: Keras' and TensorFlow's temporary files in a folder it removes
@@ -49,18 +50,20 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
         raise InputError(refused)
     decoder_before = _decoder_view(state.model, config, say, timings)  # KerasHub decoders: blocks and tokens/s
     state = state.after(steps.evaluate(state, "before", say, timings))
+    kind = config.granularity.kind
+    # input features, layers, heads (and neuron on KerasHub decoder blocks): scored, chosen, removed
+    removes_at_once = removal.structural(kind, state.model)
+    config, defaults_chosen = config.recovery_defaults(removes_at_once, distill.can_teach(state.task))
+    state = state.with_config(config).after(StepResult(notes=defaults_chosen))
     teacher = None
-    if config.distill is not None:  # the dense model teaches the pruned one: copied before anything is pruned
-        from prunecli.training import distill
-
+    if (
+        config.distill_temperature is not None
+    ):  # the dense model teaches the pruned one: copied before anything is pruned
         if config.teacher:  # a chain of runs: the dense model the first one started from
             teacher = distill.teacher_from_file(config.teacher, state.model, config.unsafe)
         else:
             teacher = distill.teacher_copy(state.model)
 
-    kind = config.granularity.kind
-    # input features, layers, heads (and neuron on KerasHub decoder blocks): scored, chosen, removed
-    removes_at_once = removal.structural(kind, state.model)
     if removes_at_once:  # --target: size= and latency= become the fraction the step fits
         remove_step = target.remove_structure if config.target else steps.remove_structure
         state = state.after(remove_step(state, say, timings))
@@ -88,8 +91,6 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
         state = state.after(StepResult(sections={"plan": plan_file.plan_section(config.save_plan, plan_bytes)}))
     unquantized = None  # --quantize quantizes in place; TFLite converts a float copy (it cannot read Keras' int8)
     if config.quantize and any(fmt != "savedmodel" for fmt in config.export):
-        from prunecli.training import distill
-
         unquantized = distill.teacher_copy(state.model)
     if config.quantize:  # Keras' own int8/int4/float8 layers, every pruned zero checked (outputs/quantize.py)
         from prunecli.outputs import quantize

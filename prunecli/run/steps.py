@@ -67,7 +67,7 @@ def needs_labels(config: PruneConfig) -> str | None:
         return f"--method {config.method}"
     if config.max_accuracy_drop is not None or config.auto:
         return "--max-accuracy-drop" if not config.auto else "--auto"
-    if config.distill is not None:
+    if config.distill_temperature is not None:
         return "--distill"
     if config.granularity.kind == "input" and (config.feature_score or "") in ("gradient", "taylor", "permutation"):
         return f"--feature-score {config.feature_score}"

@@ -88,14 +88,16 @@ def outputs_are_logits(loss) -> bool:
     return bool(config.get("from_logits", getattr(loss, "from_logits", False)))
 
 
-def check_task(task) -> None:
+def can_teach(task) -> bool:
     """Distillation matches class distributions: a classifier's, or a causal LM's next-token
     distribution at every position (KerasHub decoders); a regression model has none to match."""
     from prunecli.training.metrics import NextTokenLoss
 
-    if task is not None and isinstance(task.loss, NextTokenLoss):
-        return
-    if task is None or not task.accuracy:
+    return task is not None and (isinstance(task.loss, NextTokenLoss) or bool(task.accuracy))
+
+
+def check_task(task) -> None:
+    if not can_teach(task):
         raise ConfigError("--distill needs a classifier (softmax or sigmoid outputs); this model's task is regression")
 
 

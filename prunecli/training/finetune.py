@@ -188,7 +188,11 @@ def _finetune_section(s: FineTuneJob, trainer: Trainer, loop: _Loop, optimizer_i
         "l2": c.l2,
         "jit_compile": trainer.jit_compile,
         "lr_schedule": trainer.lr_schedule,
-        "distill": {"temperature": c.distill, "weight": c.distill_weight, "teacher": c.teacher or "the input model"}
+        "distill": {
+            "temperature": c.distill_temperature,
+            "weight": c.distill_weight,
+            "teacher": c.teacher or "the input model",
+        }
         if trainer.distilled
         else None,
         "qat": trainer.fake_quant.describe() if trainer.fake_quant else None,
@@ -294,7 +298,7 @@ class Trainer:
 
         c = s.config
         teacher = teacher if teacher is not None else getattr(s, "teacher", None)
-        temperature = getattr(c, "distill", None)
+        temperature = c.distill_temperature
         if temperature is not None and teacher is None:
             raise ConfigError("--distill needs the unpruned model as teacher; none was passed to fine-tuning")
         self.distilled = temperature is not None
