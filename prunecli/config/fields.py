@@ -199,8 +199,8 @@ class PruneConfig:
         " scores hold more outliers, Yin et al. 2024) or measured (wanda/sparsegpt only: of uniform, lamp"
         " and owl, the one whose Wanda run changes the model's outputs least on --data examples the calibration did"
         " not read;"
-        " the default magnitude command's masks replace the wanda or sparsegpt result where they change"
-        " the outputs less, with a note)."
+        " wanda also tries the default magnitude command's masks and keeps them where they change the"
+        " outputs less, with a note)."
         " auto (default): measured for wanda/sparsegpt with the default --scope (no allocation won on"
         " every model in bench/DECODERS.md), lamp otherwise.",
         choices=NORMALIZE_CHOICES,
