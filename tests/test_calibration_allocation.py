@@ -83,13 +83,9 @@ def test_measured_uses_the_allocation_with_the_least_output_error(method):
     res, weights = _run(method, scope="auto")
     measured = res.section["allocation_measured"]
     errors = measured["output_error"]
-    assert set(errors) == {"uniform", "lamp", "owl", "magnitude"} | ({"sparsegpt"} if method == "sparsegpt" else set())
+    assert set(errors) == {"uniform", "lamp", "owl"} | ({"magnitude"} if method == "wanda" else set())
     assert measured["examples"] == 48
-    if method == "wanda":
-        assert measured["chosen"] == min(errors, key=errors.get)
-    else:  # SparseGPT runs with the best Wanda allocation, then is refereed by the magnitude masks
-        allocation = min(("uniform", "lamp", "owl"), key=errors.get)
-        assert measured["chosen"] == ("magnitude" if errors["magnitude"] < errors["sparsegpt"] else allocation)
+    assert measured["chosen"] == min(errors, key=errors.get)
     assert res.section["allocation"].startswith(f"measured: {measured['chosen']}")
     if measured["chosen"] == "magnitude":
         for name, mask in _magnitude_masks().items():
@@ -131,37 +127,6 @@ def test_each_allocation_when_it_measures_best(monkeypatch, forced):
     assert counts == {n: int((~np.asarray(m)).sum()) for n, m in explicit.masks.items()}
     shares = {round(counts[n] / np.asarray(m).size, 2) for n, m in res.masks.items()}
     assert (shares == {0.7}) == (forced == "uniform")
-
-
-@pytest.mark.parametrize("magnitude_wins", [True, False])
-def test_sparsegpt_is_refereed_by_the_magnitude_masks(monkeypatch, magnitude_wins):
-    """A SparseGPT run with a measured allocation is compared, once done, with the default magnitude
-    command's masks on the same examples: when those moved the outputs less, the run's weights are the
-    dense ones under the magnitude masks (no SparseGPT update left), every calibrated layer is listed as
-    left to magnitude and a note says why; otherwise the run equals SparseGPT with the chosen allocation."""
-    from prunecli.calibration import oneshot, outputs
-
-    # uniform, lamp, owl, the magnitude masks, then the finished SparseGPT run
-    errors = iter([0.5, 0.2, 0.9, 0.3, 0.4 if magnitude_wins else 0.1])
-    monkeypatch.setattr(outputs, "error", lambda *a: next(errors))
-    res, weights = _run("sparsegpt", scope="auto")
-    monkeypatch.undo()
-    measured = res.section["allocation_measured"]
-    assert measured["output_error"]["sparsegpt"] == (0.4 if magnitude_wins else 0.1)
-    if not magnitude_wins:
-        assert measured["chosen"] == "lamp"
-        explicit, explicit_weights = _run("sparsegpt", scope="global")
-        for name, mask in res.masks.items():
-            np.testing.assert_array_equal(np.asarray(mask), np.asarray(explicit.masks[name]), err_msg=name)
-            np.testing.assert_array_equal(weights[name], explicit_weights[name], err_msg=name)
-        return
-    assert measured["chosen"] == "magnitude" and res.section["allocation"].startswith("measured: magnitude")
-    dense = {t.name: np.asarray(t.variable) for t in every_target(_conv_model())}
-    for name, mask in _magnitude_masks().items():
-        np.testing.assert_array_equal(np.asarray(res.masks[name]), np.asarray(mask), err_msg=name)
-        np.testing.assert_array_equal(weights[name], np.where(np.asarray(mask), dense[name], 0.0), err_msg=name)
-    assert set(res.section["fallback"]) == set(res.masks) and not res.section["layers"]
-    assert any(note.startswith("sparsegpt: measured: the magnitude ranking") for note in res.notes)
 
 
 def test_without_room_for_a_copy_of_the_weights_lamp_is_used(monkeypatch):

@@ -442,20 +442,13 @@ def prune_calibrated(
         normalize = "lamp" if chosen["chosen"] == MAGNITUDE else chosen["chosen"]
         config = config.replace(scope="layer") if counts is None else config.replace(normalize=normalize)
     jit = use_xla()
-    if isinstance(
-        tried, _Trial
-    ):  # a Wanda run: the chosen allocation's trial (or the magnitude masks) is the run itself
+    if tried is not None:  # a Wanda run: the chosen allocation's trial (or the magnitude masks) is the run itself
         src, layers = tried.src, tried.layers
         tried.restore(targets, result, fallback)
     else:
         _magnitude(p.rest, config, result, counts)
         src = _passes(model, p)
         layers = _sequential(p, src, config, result, fallback, full, jit, progress, counts)
-    if isinstance(tried, _Referee):  # SparseGPT / --reconstruct: its result against the magnitude masks
-        magnitude_counts = _referee_verdict(model, p, targets, tried, config, chosen, result, fallback)
-        if magnitude_counts is not None:
-            counts, layers = magnitude_counts, {}
-            _say(progress, f"{method}: the magnitude masks moved the held-out outputs less; they are this run's")
     _note_few_rows(layers, result.notes)
     result.section = {
         "method": method,
@@ -552,24 +545,9 @@ class _Trial:
         fallback.update(self.fallback)
 
 
-@dataclass
-class _Referee:
-    """What a run that is not one of its trials (SparseGPT, --reconstruct) keeps from the measurement
-    to check its own result afterwards (`_referee_verdict`): the held-out passes and dense outputs,
-    how they are compared, the dense weights, and the default magnitude masks' output error and the
-    settings they were made with."""
-
-    probe: list
-    dense_out: list
-    kinds: list
-    dense_weights: dict
-    magnitude_error: float
-    magnitude_config: object
-
-
 def _measured_allocation(
     model, p: _Plan, config, targets, scores, progress, held_out_x
-) -> tuple[dict | None, dict, _Trial | _Referee | None]:
+) -> tuple[dict | None, dict, _Trial | None]:
     """--normalize measured: each allocation (its counts from the Wanda scores ranked above) tried as a
     whole sequential Wanda run, the model then run on held-out examples (`_measure_passes`), and the allocation
     whose outputs differ least from the dense outputs (`outputs.error`) chosen; the weights are restored
@@ -590,11 +568,8 @@ def _measured_allocation(
     digits MLP at 80%), and the default calibrated command should never lose to the default magnitude
     one on what it can measure; when they win, they are the run's, and a note and the report say so.
     A Wanda run keeps the chosen trial as its result (returned); SparseGPT and --reconstruct run once
-    more with the chosen Wanda allocation, and their result is then measured the same way against the
-    magnitude masks (`_referee_verdict`, the `_Referee` returned): SparseGPT's updates usually move the
-    outputs less than any mask alone, but on the MNIST CNN of bench/ALLOCATION.md the magnitude masks
-    were ahead at every sparsity. Costs the trials and one copy of the prunable weights (two when a
-    trial is kept); where they do not fit in free memory, LAMP is used, and the report says so."""
+    more with the choice (their trials are Wanda runs, so magnitude is not among them). Costs the trials and one copy of the prunable weights
+    (two when a trial is kept); where they do not fit in free memory, LAMP is used, and the report says so."""
     import numpy as np
 
     from prunecli.selection import policy
@@ -612,11 +587,11 @@ def _measured_allocation(
     saved = {t.name: np.array(t.variable) for t in targets}
     trial_config = config.replace(method="wanda", reconstruct=False, normalize="lamp")  # counts fix each share
     candidates, errors, best = {}, {}, None
-    names = MEASURED_ALLOCATIONS + (MAGNITUDE,)
+    names = MEASURED_ALLOCATIONS + ((MAGNITUDE,) if keep else ())
     try:
         for name in names:
             if name == MAGNITUDE:  # the default magnitude command's masks: no calibration pass
-                trial, trial_fallback, counts = _magnitude_trial(targets, p, trial_config, "wanda")
+                trial, trial_fallback, counts = _magnitude_trial(targets, p, trial_config)
                 layers, src = {}, None
             else:
                 if name == "uniform":
@@ -648,10 +623,9 @@ def _measured_allocation(
     finally:
         for t in targets:
             t.variable.assign(saved[t.name])
-    # a run that is not its trials chooses among the Wanda allocations; the magnitude masks referee it after
-    finite = {k: v for k, v in errors.items() if np.isfinite(v) and (keep or k != MAGNITUDE)}
+    finite = {k: v for k, v in errors.items() if np.isfinite(v)}
     chosen = min(finite, key=finite.get) if finite else "lamp"
-    _say(progress, f"allocation: {chosen}, the least output error of {', '.join(finite) or 'none'}")
+    _say(progress, f"allocation: {chosen}, the least output error of {', '.join(names)}")
     account = {
         "chosen": chosen,
         "output_error": {k: round(float(v), 6) for k, v in errors.items()},
@@ -659,49 +633,21 @@ def _measured_allocation(
         "held_out": held_out,
         "compared_as": kinds,
     }
-    if keep:
-        tried = best[1] if best is not None and best[0] == chosen else None
-    else:
-        tried = _Referee(probe, dense_out, kinds, saved, float(errors[MAGNITUDE]), trial_config)
+    tried = best[1] if best is not None and best[0] == chosen else None
     return (None if chosen == "uniform" else candidates[chosen]), account, tried
 
 
-def _referee_verdict(model, p: _Plan, targets, referee: _Referee, config, chosen: dict, result, fallback):
-    """After a SparseGPT (or --reconstruct) run with a measured allocation: its outputs on the held-out
-    passes against the default magnitude masks'. When the masks moved them less, the run's weights are
-    put back to dense and the magnitude masks applied instead, with a note, and the report's
-    `allocation_measured` says so (`chosen`: magnitude); the result's masks, sparsities and fallbacks
-    are replaced in place. Returns the magnitude counts then, else None."""
-    import numpy as np
-
-    error = outputs.error(outputs.of(model, referee.probe), referee.dense_out, referee.kinds)
-    chosen["output_error"][config.method] = round(float(error), 6)
-    if not (np.isfinite(referee.magnitude_error) and (not np.isfinite(error) or referee.magnitude_error < error)):
-        return None
-    for t in targets:
-        t.variable.assign(referee.dense_weights[t.name])
-    trial, trial_fallback, counts = _magnitude_trial(targets, p, referee.magnitude_config, config.method)
-    result.masks, result.requested = trial.masks, trial.requested
-    result.notes.extend(trial.notes)
-    fallback.clear()
-    fallback.update(trial_fallback)
-    chosen["chosen"] = MAGNITUDE
-    return counts
-
-
-def _magnitude_trial(targets, p: _Plan, trial_config, method: str):
+def _magnitude_trial(targets, p: _Plan, trial_config):
     """The default magnitude command's pruning of `targets` (global LAMP on |w|, each layer to its
-    share), in place: (what it recorded, every calibrated layer listed as left to magnitude, the counts).
-    `method`: the run the note names (a Wanda trial, or the SparseGPT run it referees)."""
+    share), in place: (what it recorded, every calibrated layer listed as left to magnitude, the counts)."""
     from prunecli.selection import policy
 
     scores = {t.name: _magnitude_scores(t) for t in targets}
     counts = policy.layer_counts(targets, lambda: ((t, scores[t.name]) for t in targets), "element", trial_config)
     trial = CalibrationResult()
     _magnitude(targets, trial_config, trial, counts)
-    than = "every Wanda allocation" if method == "wanda" else f"the {method} result"
-    why = f"measured: the magnitude ranking (global LAMP on |w|) moved the outputs less than {than}"
-    trial.notes.append(f"{method}: {why}, so its masks are this run's (calibration.allocation_measured)")
+    why = "measured: the magnitude ranking (global LAMP on |w|) moved the outputs less than every Wanda allocation"
+    trial.notes.append(f"wanda: {why}, so its masks are this run's (calibration.allocation_measured)")
     return trial, {v.target.name: why for v, _ in p.layers}, counts
 
 
