@@ -68,10 +68,21 @@ def test_the_default_measures_only_where_calibration_chooses_an_allocation():
     assert cfg(method="wanda", scope="global").normalize == "lamp"  # a scope the user chose keeps its meaning
     assert cfg(method="wanda", scope="layer").normalize == "lamp"
     assert cfg(method="wanda", granularity="n:m=2:4").scope == "layer"  # N:M: no allocation to choose
-    assert cfg(method="magnitude").normalize == "lamp"
+    assert cfg(method="magnitude").normalize == MEASURED  # with --data: run/steps.measured_allocation
+    assert cfg(method="magnitude", epochs=2).normalize == MEASURED
+    assert cfg(method="magnitude", scope="global").normalize == "lamp"
+    assert cfg(method="magnitude", threshold=0.1).normalize == "lamp"
+    assert cfg(method="magnitude", granularity="block:2x2").normalize == "lamp"
+    assert cfg(method="taylor").normalize == "lamp"  # scored from data: measured only when asked for
+    assert build_config({"model_path": "m.keras"}, environ={}).normalize == "lamp"  # no --data: nothing to measure on
     assert cfg(method="wanda", scope="global", normalize="measured").normalize == MEASURED
-    with pytest.raises(ConfigError, match="calibration examples"):
-        cfg(method="magnitude", normalize="measured")
+    assert cfg(method="taylor", normalize="measured").normalize == MEASURED
+    with pytest.raises(ConfigError, match="give --data"):
+        build_config({"model_path": "m.keras", "normalize": "measured"}, environ={})
+    with pytest.raises(ConfigError, match="not with --threshold"):
+        cfg(normalize="measured", threshold=0.1)
+    with pytest.raises(ConfigError, match="measures one-shot runs"):
+        cfg(method="wanda", normalize="measured", schedule="polynomial", epochs=1)
     with pytest.raises(ConfigError, match="--scope global"):
         cfg(method="wanda", scope="layer", normalize="measured")
 

@@ -9,8 +9,10 @@ them from the examples held out for --normalize measured (`held_out_count`).
 from prunecli.calibration.capture import count_examples, split_examples, take_examples
 from prunecli.calibration.oneshot import (
     CALIBRATED_METHODS,
+    MEASURED_ALLOCATIONS,
     CalibrationResult,
     held_out_count,
+    measures_allocation,
     prune_calibrated,
     reconstruct,
     strategy_scores,
@@ -18,9 +20,11 @@ from prunecli.calibration.oneshot import (
 
 __all__ = [
     "CALIBRATED_METHODS",
+    "MEASURED_ALLOCATIONS",
     "CalibrationResult",
     "count_examples",
     "held_out_count",
+    "measures_allocation",
     "prune_calibrated",
     "reconstruct",
     "split_examples",

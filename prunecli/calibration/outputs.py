@@ -1,5 +1,6 @@
 """How far a pruned model's outputs are from the dense model's, measured the way each output is read:
-the comparison --normalize measured chooses an allocation by (oneshot._measured_allocation)."""
+the comparison --normalize measured chooses an allocation by (oneshot._measured_allocation for the
+calibrated methods, `least_changed` for the methods scored once)."""
 
 from __future__ import annotations
 
@@ -62,3 +63,37 @@ def error(outputs, reference, compared_as) -> float:
             rows += int(np.prod(b.shape[:-1]))
         total += kl / max(rows, 1)
     return total
+
+
+def least_changed(model, targets, probe, candidates: dict, progress) -> tuple[str | None, dict]:
+    """Which of `candidates` ({name: a callable that prunes `targets` in place}) changes the model's
+    outputs on `probe` (input batches) least from the dense outputs (`error`): each is applied, the
+    model run, and the targets' weights restored (also when a candidate fails). Returns the name (None
+    when no error is finite) and the report's account: chosen, each error, examples, how compared."""
+    import numpy as np
+
+    from prunecli.calibration.capture import count_examples
+
+    dense_out = of(model, probe)
+    compared_as = kinds(model, dense_out)
+    saved = {t.name: np.array(t.variable) for t in targets}
+    errors = {}
+    try:
+        for name, prune_in_place in candidates.items():
+            prune_in_place()
+            errors[name] = float(error(of(model, probe), dense_out, compared_as))
+            for t in targets:
+                t.variable.assign(saved[t.name])
+            progress(f"{name}: output error {errors[name]:.4g}")
+    finally:
+        for t in targets:
+            t.variable.assign(saved[t.name])
+    finite = {k: v for k, v in errors.items() if np.isfinite(v)}
+    chosen = min(finite, key=finite.get) if finite else None
+    account = {
+        "chosen": chosen,
+        "output_error": {k: round(v, 6) for k, v in errors.items()},
+        "examples": count_examples(probe),
+        "compared_as": compared_as,
+    }
+    return chosen, account

@@ -28,6 +28,7 @@ from prunecli.config.fields import (
     SCOPES,
     STRATEGIES,
     STRUCTURAL_KINDS,
+    UNIT_METHODS,
     PruneConfig,
 )
 from prunecli.config.target import check_target
@@ -306,14 +307,21 @@ def _check_calibration(c: PruneConfig) -> None:
 
 
 def _check_measured(c: PruneConfig) -> None:
-    """--normalize measured compares allocations on calibration examples: only the calibrated one-shot
-    path has them, and only an element-wise global ranking has an allocation to choose."""
+    """--normalize measured compares allocations on examples of --data: the calibrated methods one-shot
+    (their own trials), the others scored once per allocation at a --sparsity; only an element-wise
+    global ranking has an allocation to choose."""
     if c.normalize != MEASURED:
         return
-    if c.method not in CALIBRATED_METHODS or c.schedule != "oneshot":
+    if c.method in CALIBRATED_METHODS and c.schedule != "oneshot":
         raise ConfigError(
-            f"--normalize {MEASURED} is measured on calibration examples: use it with --method "
-            f"{' or '.join(CALIBRATED_METHODS)} pruned one-shot"
+            f"--normalize {MEASURED} with --method {c.method} measures one-shot runs: use --schedule oneshot"
+        )
+    if not c.data:
+        raise ConfigError(f"--normalize {MEASURED} compares allocations on examples of --data: give --data")
+    if c.threshold is not None or c.auto or c.engine != "native" or c.method in UNIT_METHODS:
+        raise ConfigError(
+            f"--normalize {MEASURED} compares allocations at one --sparsity of single weights on the native"
+            " engine: not with --threshold, --auto, --engine tfmot or a method that scores whole units"
         )
     if c.scope != "global" or c.granularity.kind != "element":
         raise ConfigError(

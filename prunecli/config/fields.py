@@ -371,10 +371,14 @@ class PruneConfig:
             gradual = measured and self.epochs > 0 and self.threshold is None and not self.reconstruct and not self.auto
             object.__setattr__(self, "schedule", "polynomial" if gradual else "oneshot")
         if self.normalize == "auto":
-            # the calibrated one-shot path can measure its allocation on held-out examples of --data
-            # (bench/DECODERS.md: uniform won on the Llama decoder, LAMP on GPT-2 and the classifiers)
-            calibrated = ranked_globally and self.method in CALIBRATED_METHODS and self.schedule == "oneshot"
-            object.__setattr__(self, "normalize", MEASURED if calibrated and not scope_chosen else "lamp")
+            # the calibrated one-shot path measures its allocation on held-out examples of --data
+            # (bench/DECODERS.md: uniform won on the Llama decoder, LAMP on GPT-2 and the classifiers), and
+            # magnitude does too when it has --data (bench/ALLOCATION.md: LAMP lost a byte-level
+            # Transformer by 6-9 points at 80-90%, and moved its outputs most; run/steps.measured_allocation)
+            calibrated = self.method in CALIBRATED_METHODS and self.schedule == "oneshot"
+            magnitude = self.method == "magnitude" and self.data is not None and self.threshold is None
+            measured = ranked_globally and not scope_chosen and kind == "element" and not self.auto
+            object.__setattr__(self, "normalize", MEASURED if measured and (calibrated or magnitude) else "lamp")
 
     @property
     def effective_sparsity(self) -> float | None:
