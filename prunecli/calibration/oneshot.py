@@ -152,6 +152,12 @@ def _available_memory() -> int:
     return int(available_memory())
 
 
+def copies_fit(nbytes: int) -> bool:
+    """Whether copies of weights taken to compare allocations (`nbytes` in all) fit in half of free
+    memory; --normalize measured falls back to LAMP where they do not."""
+    return nbytes <= _available_memory() // 2
+
+
 def frontier_budget() -> int:
     """Bytes the cached calibration activations may take: frontier.FRONTIER_BYTES, and at most a
     quarter of free memory (the captures, Hessians and the model need the rest)."""
@@ -576,7 +582,7 @@ def _measured_allocation(
 
     keep = config.method == "wanda" and not config.reconstruct
     budget = (2 if keep else 1) * sum(4 * t.size for t in targets)
-    if budget > _available_memory() // 2:
+    if not copies_fit(budget):
         account = {"chosen": "lamp", "why": f"no room for {_size(budget)} of weight copies to compare in"}
         lamp = config.replace(normalize="lamp")
         counts = policy.layer_counts(targets, lambda: ((t, scores[t.name]) for t in targets), "element", lamp)

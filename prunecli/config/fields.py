@@ -196,13 +196,13 @@ class PruneConfig:
         help="How --scope global compares layers: lamp (LAMP scores, Lee et al. 2021; best in"
         " bench/ACCURACY.md), mean (scores over their layer's mean), none (raw scores), erk"
         " (Erdos-Renyi-Kernel per-layer budget, Evci et al. 2020), owl (more kept where a block's"
-        " scores hold more outliers, Yin et al. 2024) or measured (wanda/sparsegpt only: of uniform, lamp"
-        " and owl, the one whose Wanda run changes the model's outputs least on --data examples the calibration did"
-        " not read;"
-        " wanda also tries the default magnitude command's masks and keeps them where they change the"
-        " outputs less, with a note)."
-        " auto (default): measured for wanda/sparsegpt with the default --scope (no allocation won on"
-        " every model in bench/DECODERS.md), lamp otherwise.",
+        " scores hold more outliers, Yin et al. 2024) or measured (needs --data: of uniform, lamp and owl,"
+        " the one whose masks change the model's outputs least on examples of --data; for wanda/sparsegpt"
+        " each is a whole Wanda run, compared on examples the calibration did not read, and wanda also"
+        " tries the default magnitude command's masks and keeps them where they change the outputs less)."
+        " auto (default): measured for wanda/sparsegpt with the default --scope, and for magnitude with"
+        " --data and a --sparsity (no allocation won on every model: bench/DECODERS.md,"
+        " bench/DEFAULT_ALLOCATION.md), lamp otherwise.",
         choices=NORMALIZE_CHOICES,
     )
     include: tuple[str, ...] = setting((), help="Only layers matching this name glob (repeatable).", kind="multiple")

@@ -150,6 +150,7 @@ def make_plan(config, progress=None) -> dict[str, Any]:
         "hidden",
         "transformer_split",
         "target",
+        "allocation_measured",
     ):
         if key in state.sections:
             plan[key] = state.sections[key]

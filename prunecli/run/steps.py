@@ -259,8 +259,14 @@ def measured_allocation(state: RunState, progress: Progress, timings: Timings) -
     LAMP moved them least and stays. The calibrated methods measure their own (calibration/oneshot.py).
     Costs one masking and one forward pass per allocation and a copy of the prunable weights; without
     room for the copy, LAMP, and the account says why. Any other config is returned as it is."""
-    from prunecli.calibration import MEASURED_ALLOCATIONS, held_out_count, measures_allocation, outputs, take_examples
-    from prunecli.io.models.memory import available_memory
+    from prunecli.calibration import (
+        MEASURED_ALLOCATIONS,
+        copies_fit,
+        held_out_count,
+        measures_allocation,
+        outputs,
+        take_examples,
+    )
 
     config = state.config
     if not measures_allocation(config) or scoring.get(config.method).calibrated:
@@ -268,7 +274,7 @@ def measured_allocation(state: RunState, progress: Progress, timings: Timings) -
     lamp = config.replace(normalize="lamp")
     candidates = {"uniform": lamp.replace(scope="layer"), "lamp": lamp, "owl": config.replace(normalize="owl")}
     copy_bytes = sum(4 * t.size for t in state.targets)
-    if copy_bytes > available_memory() // 2:
+    if not copies_fit(copy_bytes):
         why = f"no room for {copy_bytes / 2**20:.0f} MiB of weight copies to compare in"
         return lamp, StepResult(sections={"allocation_measured": {"chosen": "lamp", "why": why}})
     progress(f"measuring the allocations ({', '.join(MEASURED_ALLOCATIONS)}) on examples of --data")
