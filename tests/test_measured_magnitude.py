@@ -105,3 +105,39 @@ def test_plan_makes_the_same_choice(cli, mlp_files):
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)
     assert plan["allocation_measured"]["chosen"] in FIXED
+
+
+def _save(model, tmp_path, x, y):
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, batch_size=int(model.inputs[0].shape[0]), verbose=0)
+    model.save(tmp_path / "m.keras")
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    return {"keras": tmp_path / "m.keras", "data": tmp_path / "d.npz"}
+
+
+def test_a_declared_batch_size_is_compared_in_passes_of_that_size(tmp_path):
+    """A model declared with batch size 48 runs on whole passes of 48: 96 of the 128 examples (128 in
+    batches as they come would end in a pass of 32, which such a model refuses)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((12,), batch_size=48)
+    h = keras.layers.Dense(24, activation="relu", name="h")(inp)
+    files = _save(keras.Model(inp, keras.layers.Dense(3, activation="softmax", name="o")(h)), tmp_path,
+                  np.random.default_rng(0).normal(size=(192, 12)).astype("float32"), np.arange(192) % 3)  # fmt: skip
+    _, result = _prune(files, tmp_path, batch_size=48)
+    assert result.report.extra["allocation_measured"]["examples"] == 96
+
+
+def test_a_stateful_model_is_not_run_to_compare(tmp_path):
+    """A forward pass changes a stateful RNN's state, so the allocation is LAMP, and the account says why."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((5, 4), batch_size=8)
+    h = keras.layers.LSTM(8, stateful=True, name="rnn")(inp)
+    files = _save(keras.Model(inp, keras.layers.Dense(3, activation="softmax", name="o")(h)), tmp_path,
+                  np.random.default_rng(0).normal(size=(64, 5, 4)).astype("float32"), np.arange(64) % 3)  # fmt: skip
+    _, result = _prune(files, tmp_path, batch_size=8)
+    measured = result.report.extra["allocation_measured"]
+    assert measured["chosen"] == "lamp" and "rnn is stateful" in measured["why"]

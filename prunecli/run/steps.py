@@ -258,9 +258,11 @@ def measured_allocation(state: RunState, progress: Progress, timings: Timings) -
     outputs about half as much as LAMP and ended 6-9 points ahead after 2 epochs; on the image models
     LAMP moved them least and stays. The calibrated methods measure their own (calibration/oneshot.py).
     Costs one masking and one forward pass per allocation and a copy of the prunable weights; without
-    room for the copy, LAMP, and the account says why. Any other config is returned as it is."""
+    room for the copy, or on a stateful model (a forward pass changes its state), LAMP, and the account
+    says why. Any other config is returned as it is."""
     from prunecli.calibration import (
         MEASURED_ALLOCATIONS,
+        capture,
         copies_fit,
         held_out_count,
         measures_allocation,
@@ -274,11 +276,19 @@ def measured_allocation(state: RunState, progress: Progress, timings: Timings) -
     lamp = config.replace(normalize="lamp")
     candidates = {"uniform": lamp.replace(scope="layer"), "lamp": lamp, "owl": config.replace(normalize="owl")}
     copy_bytes = sum(4 * t.size for t in state.targets)
-    if not copies_fit(copy_bytes):
-        why = f"no room for {copy_bytes / 2**20:.0f} MiB of weight copies to compare in"
+    stateful = capture.stateful_layers(state.model)
+    if stateful or not copies_fit(copy_bytes):
+        why = (
+            f"{stateful[0]} is stateful: a forward pass to compare on would change its state"
+            if stateful
+            else f"no room for {copy_bytes / 2**20:.0f} MiB of weight copies to compare in"
+        )
         return lamp, StepResult(sections={"allocation_measured": {"chosen": "lamp", "why": why}})
     progress(f"measuring the allocations ({', '.join(MEASURED_ALLOCATIONS)}) on examples of --data")
-    probe = take_examples(state.data.train, held_out_count(config))
+    fixed = capture.fixed_batch(state.model)  # a declared batch size: passes of exactly that many
+    probe = capture.chunks(
+        take_examples(state.data.train, held_out_count(config)), fixed or capture.CHUNK, exact=bool(fixed)
+    )
     trials = {
         name: (
             lambda c=candidates[name]: score_and_mask(
