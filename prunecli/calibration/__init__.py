@@ -9,7 +9,6 @@ them from the examples held out for --normalize measured (`held_out_count`).
 from prunecli.calibration.capture import count_examples, split_examples, take_examples
 from prunecli.calibration.oneshot import (
     CALIBRATED_METHODS,
-    MEASURED_ALLOCATIONS,
     CalibrationResult,
     copies_fit,
     held_out_count,
@@ -21,7 +20,6 @@ from prunecli.calibration.oneshot import (
 
 __all__ = [
     "CALIBRATED_METHODS",
-    "MEASURED_ALLOCATIONS",
     "CalibrationResult",
     "copies_fit",
     "count_examples",

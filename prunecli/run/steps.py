@@ -248,33 +248,28 @@ def mask(state: RunState, progress: Progress, timings: Timings) -> StepResult:
 
 
 def measured_allocation(state: RunState, progress: Progress, timings: Timings) -> tuple[PruneConfig, StepResult]:
-    """--normalize measured for a method scored once (magnitude, the default with --data): the
-    allocations of calibration.MEASURED_ALLOCATIONS (every layer at the sparsity, LAMP, OWL) each
-    applied to the dense model at the run's final sparsity, the model run on `held_out_count` examples of
-    --data, and the one whose outputs moved least (KL for probabilities) is the run's: the returned config
-    says it as --scope/--normalize, so a gradual schedule ramps in it too; the report's
-    `allocation_measured` gives each error. Measured in bench/ALLOCATION.md: on a byte-level Transformer
-    classifier whose embedding and convolution LAMP prunes to 95% at 90%, uniform and OWL moved the
-    outputs about half as much as LAMP and ended 6-9 points ahead after 2 epochs; on the image models
-    LAMP moved them least and stays. The calibrated methods measure their own (calibration/oneshot.py).
-    Costs one masking and one forward pass per allocation and a copy of the prunable weights; without
-    room for the copy, or on a stateful model (a forward pass changes its state), LAMP, and the account
-    says why. Any other config is returned as it is."""
-    from prunecli.calibration import (
-        MEASURED_ALLOCATIONS,
-        capture,
-        copies_fit,
-        held_out_count,
-        measures_allocation,
-        outputs,
-        take_examples,
-    )
+    """--normalize measured for a method scored once (magnitude, the default with --data): every layer
+    at the run's final sparsity (uniform) and LAMP each applied to the dense model, the model run on
+    `held_out_count` examples of --data, and the one whose outputs moved least (KL for probabilities) is
+    the run's: the returned config says it as --scope/--normalize, so a gradual schedule ramps in it too;
+    the report's `allocation_measured` gives each error. Measured in bench/DEFAULT_ALLOCATION.md: on a
+    byte-level Transformer classifier LAMP prunes the embedding and the convolution after it to 95% at
+    90%, moves the outputs almost twice as much as uniform, and ends behind it after 2 epochs; on the
+    image models LAMP moves them least and stays. OWL, the calibrated methods' third candidate
+    (calibration/oneshot.py), is not one here: on that Transformer at 90% it moved the outputs least of
+    all, but fine-tuning from it collapsed in 2 of 3 data orders (16% against 40% accuracy).
+    Reading the examples advances the training data's reshuffling, so the same --seed trains on another
+    order than `--scope global` or `--scope layer` given explicitly. Costs one masking and one forward
+    pass per allocation and a copy of the prunable weights; without room for the copy, or on a stateful
+    model (a forward pass changes its state), LAMP, and the account says why. Any other config is
+    returned as it is."""
+    from prunecli.calibration import capture, copies_fit, held_out_count, measures_allocation, outputs, take_examples
 
     config = state.config
     if not measures_allocation(config) or scoring.get(config.method).calibrated:
         return config, StepResult()
     lamp = config.replace(normalize="lamp")
-    candidates = {"uniform": lamp.replace(scope="layer"), "lamp": lamp, "owl": config.replace(normalize="owl")}
+    candidates = {"uniform": lamp.replace(scope="layer"), "lamp": lamp}
     copy_bytes = sum(4 * t.size for t in state.targets)
     stateful = capture.stateful_layers(state.model)
     if stateful or not copies_fit(copy_bytes):
@@ -284,21 +279,19 @@ def measured_allocation(state: RunState, progress: Progress, timings: Timings) -
             else f"no room for {copy_bytes / 2**20:.0f} MiB of weight copies to compare in"
         )
         return lamp, StepResult(sections={"allocation_measured": {"chosen": "lamp", "why": why}})
-    progress(f"measuring the allocations ({', '.join(MEASURED_ALLOCATIONS)}) on examples of --data")
+    progress(f"measuring the allocations ({', '.join(candidates)}) on examples of --data")
     fixed = capture.fixed_batch(state.model)  # a declared batch size: passes of exactly that many
     probe = capture.chunks(
         take_examples(state.data.train, held_out_count(config)), fixed or capture.CHUNK, exact=bool(fixed)
     )
-    trials = {
-        name: (
-            lambda c=candidates[name]: score_and_mask(
-                state.model, state.targets, state.data, state.task, c, silent, timings
-            )
-        )
-        for name in MEASURED_ALLOCATIONS
-    }
+
+    def trial(candidate):
+        return lambda: score_and_mask(state.model, state.targets, state.data, state.task, candidate, silent, timings)
+
     with timings.phase("allocation"):
-        chosen, account = outputs.least_changed(state.model, list(state.targets), probe, trials, progress)
+        chosen, account = outputs.least_changed(
+            state.model, list(state.targets), probe, {name: trial(c) for name, c in candidates.items()}, progress
+        )
     chosen = chosen or "lamp"
     note = f"--normalize measured: the {chosen} allocation moved the outputs least (report: allocation_measured)"
     return candidates[chosen], StepResult(notes=(note,), sections={"allocation_measured": account})
