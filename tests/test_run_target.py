@@ -304,6 +304,7 @@ def test_recovery_defaults_need_data():
     assert (decided.reconstruct, decided.distill, notes) == (False, False, ())
 
 
+@pytest.mark.slow
 def test_a_target_run_refits_and_distils_by_default(cli, files, tmp_path):
     """The default --target command with --epochs refits after the channels go and fine-tunes against the
     dense model (report: calibration refit, fine_tune.distill, the notes); --no-reconstruct --distill off
