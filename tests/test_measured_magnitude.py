@@ -128,6 +128,7 @@ def test_a_declared_batch_size_is_compared_in_passes_of_that_size(tmp_path):
     assert result.report.extra["allocation_measured"]["examples"] == 96
 
 
+@pytest.mark.slow
 def test_a_stateful_model_is_not_run_to_compare(tmp_path):
     """A forward pass changes a stateful RNN's state, so the allocation is LAMP, and the account says why."""
     import keras

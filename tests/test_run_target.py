@@ -72,6 +72,7 @@ def test_unreachable_target_exits_2_naming_the_best(cli, files, tmp_path):
     assert not (tmp_path / "o.keras").exists()
 
 
+@pytest.mark.slow
 def test_report_states_the_target(cli, files, tmp_path):
     out, report = tmp_path / "o.keras", tmp_path / "r.json"
     result = cli("prune", files / "cnn.keras", "--target", "flops=0.4", "--round-to", "8", "-o", out, "-r", report)
