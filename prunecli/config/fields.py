@@ -373,8 +373,8 @@ class PruneConfig:
         if self.normalize == "auto":
             # the calibrated one-shot path measures its allocation on held-out examples of --data
             # (bench/DECODERS.md: uniform won on the Llama decoder, LAMP on GPT-2 and the classifiers), and
-            # magnitude does too when it has --data (bench/ALLOCATION.md: LAMP lost a byte-level
-            # Transformer by 6-9 points at 80-90%, and moved its outputs most; run/steps.measured_allocation)
+            # magnitude does too when it has --data (bench/DEFAULT_ALLOCATION.md: the measured choice beat
+            # LAMP on a byte-level Transformer by 3.0 / 5.1 points at 80 / 90%; run/steps.measured_allocation)
             calibrated = self.method in CALIBRATED_METHODS and self.schedule == "oneshot"
             magnitude = self.method == "magnitude" and self.data is not None and self.threshold is None
             measured = ranked_globally and not scope_chosen and kind == "element" and not self.auto
