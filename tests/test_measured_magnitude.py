@@ -38,7 +38,7 @@ def test_the_default_measures_and_uses_the_least_changed_allocation(mlp_files, t
     assert config.normalize == MEASURED
     measured = result.report.extra["allocation_measured"]
     errors = measured["output_error"]
-    assert set(errors) == set(FIXED) and measured["examples"] == 128
+    assert set(errors) == set(FIXED) and measured["examples"] == 64
     assert measured["chosen"] == min(errors, key=errors.get)
     assert any(f"the {measured['chosen']} allocation moved the outputs least" in n for n in result.report.notes)
     _, explicit = _prune(mlp_files, tmp_path, **FIXED[measured["chosen"]])
@@ -115,8 +115,8 @@ def _save(model, tmp_path, x, y):
 
 
 def test_a_declared_batch_size_is_compared_in_passes_of_that_size(tmp_path):
-    """A model declared with batch size 48 runs on whole passes of 48: 96 of the 128 examples (128 in
-    batches as they come would end in a pass of 32, which such a model refuses)."""
+    """A model declared with batch size 48 runs on whole passes of 48: 48 of the 64 examples (64 in
+    batches as they come would end in a pass of 16, which such a model refuses)."""
     import keras
 
     keras.utils.set_random_seed(0)
@@ -125,7 +125,7 @@ def test_a_declared_batch_size_is_compared_in_passes_of_that_size(tmp_path):
     files = _save(keras.Model(inp, keras.layers.Dense(3, activation="softmax", name="o")(h)), tmp_path,
                   np.random.default_rng(0).normal(size=(192, 12)).astype("float32"), np.arange(192) % 3)  # fmt: skip
     _, result = _prune(files, tmp_path, batch_size=48)
-    assert result.report.extra["allocation_measured"]["examples"] == 96
+    assert result.report.extra["allocation_measured"]["examples"] == 48
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ them from the examples held out for --normalize measured (`held_out_count`).
 from prunecli.calibration.capture import count_examples, split_examples, take_examples
 from prunecli.calibration.oneshot import (
     CALIBRATED_METHODS,
+    MEASURE_EXAMPLES,
     CalibrationResult,
     copies_fit,
     held_out_count,
@@ -20,6 +21,7 @@ from prunecli.calibration.oneshot import (
 
 __all__ = [
     "CALIBRATED_METHODS",
+    "MEASURE_EXAMPLES",
     "CalibrationResult",
     "copies_fit",
     "count_examples",

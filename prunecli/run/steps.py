@@ -250,20 +250,22 @@ def mask(state: RunState, progress: Progress, timings: Timings) -> StepResult:
 def measured_allocation(state: RunState, progress: Progress, timings: Timings) -> tuple[PruneConfig, StepResult]:
     """--normalize measured for a method scored once (magnitude, the default with --data): every layer
     at the run's final sparsity (uniform) and LAMP each applied to the dense model, the model run on
-    `held_out_count` examples of --data, and the one whose outputs moved least (KL for probabilities) is
+    MEASURE_EXAMPLES (64) examples of --data, and the one whose outputs moved least (KL for probabilities) is
     the run's: the returned config says it as --scope/--normalize, so a gradual schedule ramps in it too;
     the report's `allocation_measured` gives each error. Measured in bench/DEFAULT_ALLOCATION.md: on a
     byte-level Transformer classifier LAMP prunes the embedding and the convolution after it to 95% at
     90%, moves the outputs almost twice as much as uniform, and ends behind it after 2 epochs; on the
     image models LAMP moves them least and stays. OWL, the calibrated methods' third candidate
     (calibration/oneshot.py), is not one here: on that Transformer at 90% it moved the outputs least of
-    all, but fine-tuning from it collapsed in 2 of 3 data orders (16% against 40% accuracy).
+    all, but fine-tuning from it collapsed in 2 of 3 data orders (16% against 40% accuracy). 64
+    examples chose as 128 did in all 36 runs of that bench; each comparison is a forward pass of the
+    dense model and of each allocation (on ResNet50 on a 2-core CPU: 25-34 s with 64, 41 s with 128).
     Reading the examples advances the training data's reshuffling, so the same --seed trains on another
     order than `--scope global` or `--scope layer` given explicitly. Costs one masking and one forward
     pass per allocation and a copy of the prunable weights; without room for the copy, or on a stateful
     model (a forward pass changes its state), LAMP, and the account says why. Any other config is
     returned as it is."""
-    from prunecli.calibration import capture, copies_fit, held_out_count, measures_allocation, outputs, take_examples
+    from prunecli.calibration import MEASURE_EXAMPLES, capture, copies_fit, measures_allocation, outputs, take_examples
 
     config = state.config
     if not measures_allocation(config) or scoring.get(config.method).calibrated:
@@ -281,9 +283,7 @@ def measured_allocation(state: RunState, progress: Progress, timings: Timings) -
         return lamp, StepResult(sections={"allocation_measured": {"chosen": "lamp", "why": why}})
     progress(f"measuring the allocations ({', '.join(candidates)}) on examples of --data")
     fixed = capture.fixed_batch(state.model)  # a declared batch size: passes of exactly that many
-    probe = capture.chunks(
-        take_examples(state.data.train, held_out_count(config)), fixed or capture.CHUNK, exact=bool(fixed)
-    )
+    probe = capture.chunks(take_examples(state.data.train, MEASURE_EXAMPLES), fixed or capture.CHUNK, exact=bool(fixed))
 
     def trial(candidate):
         return lambda: score_and_mask(state.model, state.targets, state.data, state.task, candidate, silent, timings)
