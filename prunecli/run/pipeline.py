@@ -56,9 +56,8 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
     config, defaults_chosen = config.recovery_defaults(removes_at_once, distill.can_teach(state.task))
     state = state.with_config(config).after(StepResult(notes=defaults_chosen))
     teacher = None
-    if (
-        config.distill_temperature is not None
-    ):  # the dense model teaches the pruned one: copied before anything is pruned
+    # the dense model teaches the pruned one: copied before anything is pruned
+    if config.distill_temperature is not None:
         if config.teacher:  # a chain of runs: the dense model the first one started from
             teacher = distill.teacher_from_file(config.teacher, state.model, config.unsafe)
         else:

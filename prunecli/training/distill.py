@@ -97,6 +97,7 @@ def can_teach(task) -> bool:
 
 
 def check_task(task) -> None:
+    """--distill given on a model the dense one cannot teach (`can_teach`): a one-line error."""
     if not can_teach(task):
         raise ConfigError("--distill needs a classifier (softmax or sigmoid outputs); this model's task is regression")
 
