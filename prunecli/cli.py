@@ -14,11 +14,14 @@ import click
 
 from prunecli import __version__, scoring
 from prunecli.config import PruneConfig, option_flags
+from prunecli.config.sources import REPEATABLE
 from prunecli.errors import ConfigError, ExitCode, PruneCliError
 from prunecli.run.sweep import DEFAULT_SPARSITIES
 from prunecli.scoring.checks import build_config
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+# inspect and verify read a model too: the prune option's help, written once in PruneConfig
+CUSTOM_OBJECTS_HELP = next(f for f in dataclasses.fields(PruneConfig) if f.name == "custom_objects").metadata["help"]
 
 
 def _debug_requested(ctx: click.Context) -> bool:
@@ -257,7 +260,7 @@ def config_from(ctx: click.Context, params: dict):
         source = ctx.get_parameter_source(name)
         if source is not None and source != click.core.ParameterSource.DEFAULT and value is not None:
             given[name] = list(value) if isinstance(value, tuple) else value
-    for name in ("include", "exclude", "export", "exclude_features"):
+    for name in REPEATABLE:
         if name in given and not given[name]:
             del given[name]
     return build_config(given, recipe=recipe)
@@ -397,7 +400,8 @@ def sweep(ctx: click.Context, sparsities: str, output_dir: str, name: str, per_l
 @click.option("--include", multiple=True, help="Only layers matching this name glob are targets (repeatable).")
 @click.option("--exclude", multiple=True, help="Layers matching this name glob are not targets (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def inspect(model_path: str, include: tuple, exclude: tuple, as_json: bool) -> None:
+@click.option("--custom-objects", "custom_objects", multiple=True, help=CUSTOM_OBJECTS_HELP)
+def inspect(model_path: str, include: tuple, exclude: tuple, as_json: bool, custom_objects: tuple) -> None:
     """Show MODEL's layers and weights: shapes, parameters, non-zeros, sparsity, and whether and how
     prunecli would prune each weight (or why not). Pruned or not, the file is only read (safe mode).
 
@@ -410,7 +414,7 @@ def inspect(model_path: str, include: tuple, exclude: tuple, as_json: bool) -> N
 
     from prunecli.outputs.inspect import inspect_model, render
 
-    result = inspect_model(model_path, include, exclude)
+    result = inspect_model(model_path, include, exclude, custom_objects)
     if as_json:
         from prunecli.outputs.report import json_safe
 
@@ -481,6 +485,7 @@ APPLY_OPTIONS = (
     ("markdown", {"type": click.Path()}),
     ("quiet", {}),
     ("unsafe", {}),
+    ("custom_objects", {}),
     ("sizes", {}),
 )
 
@@ -534,10 +539,11 @@ class _Outputs:
     "--tolerance", type=float, default=1e-3, show_default=True, help="Accuracy difference allowed (absolute)."
 )
 @click.option("--unsafe", is_flag=True, help="Allow Lambda layers (runs code from the file).")
+@click.option("--custom-objects", "custom_objects", multiple=True, help=CUSTOM_OBJECTS_HELP)
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing when every claim holds.")
 @click.option("--debug", "cmd_debug", is_flag=True, help="Show tracebacks for errors.")
 @click.pass_context
-def verify(ctx, model_path, report, plan, data, tolerance, unsafe, quiet, cmd_debug) -> None:
+def verify(ctx, model_path, report, plan, data, tolerance, unsafe, custom_objects, quiet, cmd_debug) -> None:
     """Check that MODEL is what a report and/or plan file says: its sha256, every layer's shape,
     non-zeros and sparsity, N:M groups, the plan's masks, and (with --data) the accuracy. Exit 0, or
     4 with one line per claim that does not hold.
@@ -551,7 +557,9 @@ def verify(ctx, model_path, report, plan, data, tolerance, unsafe, quiet, cmd_de
         ctx.find_root().obj["debug"] = True
     from prunecli.run.verify import verify as run_verify
 
-    result = run_verify(model_path, report, plan, data, tolerance, unsafe=unsafe, raise_on_failure=False)
+    result = run_verify(
+        model_path, report, plan, data, tolerance, unsafe=unsafe, raise_on_failure=False, custom_objects=custom_objects
+    )
     if result.failures:
         _say(_one_line(f"prunecli: error: {result.failures[0]}"))
         for line in result.failures[1:]:

@@ -1,6 +1,6 @@
 """Load pruned/shrunk outputs with Keras 3 and compare them with the dense model on the real inputs.
 
-    python bench/zoo/check.py RESULT_JSON MODEL KIND X_NPZ OUT1 [OUT2 ...]
+    python bench/zoo/check.py [--custom-objects FILE.py] RESULT_JSON MODEL KIND X_NPZ OUT1 [OUT2 ...]
 
 Per output: loads (Keras 3, else tf_keras for a Keras-2 .h5), accepts the original inputs, and the
 agreement with the dense model: top-1 agreement (classifier; per position for sequence outputs),
@@ -35,12 +35,15 @@ def compare(kind, dense, out):
 
 
 def main(argv):
+    custom = None
+    if argv[:1] == ["--custom-objects"]:  # the model's custom layers / Lambda functions (bench/zoo/models.py)
+        custom, argv = argv[1], argv[2:]
     dest, model, kind, xfile, outs = argv[0], argv[1], argv[2], argv[3], argv[4:]
     data = np.load(xfile, allow_pickle=False)
     xs = {k: data[k][:64] for k in data.files if k.startswith("x")}
     res = {"outputs": {}}
     try:
-        dense, loader = predict_any(model, xs)
+        dense, loader = predict_any(model, xs, custom)
         res["dense_loader"] = loader
     except Exception as exc:  # noqa: BLE001
         res["dense_error"] = str(exc)[:300]
@@ -50,7 +53,7 @@ def main(argv):
         # as its dense input is read, Keras 3 first, else tf_keras, and the loader is recorded
         r = {}
         try:
-            y, r["loader"] = predict_any(o, xs)
+            y, r["loader"] = predict_any(o, xs, custom)
             r.update(loads=True, runs=True)
         except Exception as exc:  # noqa: BLE001
             r.update(loads=False, error="load/predict: " + " ".join(str(exc).split())[:300])

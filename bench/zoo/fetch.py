@@ -485,18 +485,21 @@ def build_tones_crepe(ctx, n=256):
 BUILDERS = {k[len("build_") :]: v for k, v in globals().items() if k.startswith("build_")}
 
 
-def predict_any(path, xs: dict):
+def predict_any(path, xs: dict, custom_objects: str | None = None):
     """Dense predictions: Keras 3 first; a Keras-2 file that Keras 3 cannot rebuild or run is read
-    with tf_keras. Returns (outputs, which loader)."""
+    with tf_keras. `custom_objects`: the model's --custom-objects file, registered with Keras 3 first
+    (tf_keras does not see it). Returns (outputs, which loader)."""
     import keras
 
+    from prunecli.io import models as model_io
+
+    sources = (custom_objects,) if custom_objects else ()
+    model_io.register_custom(sources)
     errors = []
     for name in ("keras", "tf_keras", "prunecli"):
         try:
-            if name == "prunecli":  # a Keras-2 file only prunecli reads on CPU (CuDNN layers)
-                from prunecli.io import models as model_io
-
-                model = model_io.load(path)[0]
+            if name == "prunecli":  # a Keras-2 file only prunecli reads (CuDNN layers, LAMBDA_LAYERS)
+                model = model_io.load(path, custom_objects=sources)[0]
             else:
                 mod = keras if name == "keras" else __import__("tf_keras")
                 model = mod.models.load_model(path, compile=False)
@@ -508,9 +511,9 @@ def predict_any(path, xs: dict):
     raise RuntimeError("; ".join(errors))
 
 
-def pseudo_labels(model_path: Path, xs: dict, kind: str):
+def pseudo_labels(model_path: Path, xs: dict, kind: str, custom_objects: str | None = None):
     """Labels from the dense model itself (where the package ships no labels)."""
-    out, _ = predict_any(model_path, xs)
+    out, _ = predict_any(model_path, xs, custom_objects)
     if kind == "classifier":
         return out.argmax(-1).astype(np.int64), "dense model's argmax (pseudo-labels)"
     if kind == "binary":
@@ -526,7 +529,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     cache = Path(args.cache)
-    for d in ("dl", "models", "data", "meta"):
+    for d in ("dl", "models", "data", "meta", "custom"):
         (cache / d).mkdir(parents=True, exist_ok=True)
     archives: dict[str, Path] = {}
 
@@ -543,6 +546,9 @@ def main(argv=None) -> int:
                 assemble_crepe_full(blob, mpath)
             else:
                 mpath.write_bytes(keras_zip_from_joblib(blob) if e.get("extract") == "joblib-keras" else blob)
+        custom = zoo.custom_objects(e, cache)
+        if e.get("custom_member") and not Path(custom).exists():  # the package's own module of custom layers
+            Path(custom).write_bytes(read_member(archive(e["package"]), e["custom_member"]))
         kv = h5_keras_version(mpath) if e["suffix"] == ".h5" else keras_zip_version(mpath)
         if kv != e["keras_version"]:
             print(f"warning: {e['id']}: file says keras_version={kv}, models.py says {e['keras_version']}")
@@ -556,7 +562,7 @@ def main(argv=None) -> int:
             xs, y, label_source = BUILDERS[e["inputs"]](ctx)
             np.savez(xfile, **xs)
             if y is None and e["expect"] == "ok":
-                y, label_source = pseudo_labels(mpath, xs, e["kind"])
+                y, label_source = pseudo_labels(mpath, xs, e["kind"], custom)
             if y is not None:
                 np.savez(xyfile, **xs, y=y)
             meta.write_text(

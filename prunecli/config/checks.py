@@ -453,6 +453,7 @@ def _check_tfmot(c: PruneConfig) -> None:
         (c.distill_temperature is not None, "--distill"),
         (c.lr_schedule != "constant", f"--lr-schedule {c.lr_schedule}"),
         (c.reconstruct, "--reconstruct"),
+        (bool(c.custom_objects), "--custom-objects (tf_keras reads the file)"),
     ]
     for failed, what in unsupported:
         if failed:

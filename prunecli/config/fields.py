@@ -339,6 +339,13 @@ class PruneConfig:
     )
     quiet: bool = setting(False, help="No progress or tables; errors only.", flags=("-q", "--quiet"), kind="flag")
     unsafe: bool = setting(False, help="Allow Lambda layers (runs code from the file).", kind="flag", cli_only=True)
+    custom_objects: tuple[str, ...] = setting(
+        (),
+        help="A .py file or module defining the model's custom layers and functions, registered by name;"
+        " its LAMBDA_LAYERS dict gives Lambda layers' functions (repeatable; see README).",
+        kind="multiple",
+        cli_only=True,
+    )
     sizes: bool = setting(
         True, help="Skip the gzip size of input and output.", flags=("--no-sizes",), kind="off", commands=PRUNE_ONLY
     )

@@ -22,6 +22,7 @@ MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few lines; 1 MiB leaves room and bou
 MAX_RECIPE_NODES = 100_000  # YAML nodes after expanding aliases (an alias bomb expands to billions)
 MAX_RECIPE_DEPTH = 50
 CLI_ONLY = frozenset(f.name for f in fields(PruneConfig) if f.metadata.get("cli_only"))
+REPEATABLE = frozenset(f.name for f in fields(PruneConfig) if f.metadata.get("kind") == "multiple")  # tuples of text
 FILE_SETTABLE = set(FIELD_NAMES) - {"model_path"} - CLI_ONLY  # what a recipe or PRUNECLI_* may set
 ENV_SWITCHES = ("PRUNECLI_DEBUG",)  # read by the CLI itself, not settings of a run
 
@@ -51,8 +52,10 @@ def _coerce(name: str, value: Any) -> Any:
             return value if isinstance(value, Granularity) else Granularity.parse(value)
         if name == "overrides":
             return _parse_overrides(value)
-        if name in ("include", "exclude", "export", "exclude_features"):
+        if name in REPEATABLE:
             items = [value] if isinstance(value, str) else list(value)
+            if name == "custom_objects":  # paths and module names: taken whole
+                return tuple(str(v) for v in items)
             if name in ("export", "exclude_features"):  # "a,b" lists; layer globs are never split on ","
                 if any(not str(item).strip(" ,\t\n") for item in items):  # `--export ""` asks for nothing
                     raise ConfigError(f"{name} was given an empty value; name what it should be")

@@ -95,14 +95,14 @@ def _how(target) -> str:
     return f"{target.units // _gates(target)} units, " + ("shrinkable" if target.shrinkable else "mask only")
 
 
-def inspect_model(path: str, include=(), exclude=()) -> Inspection:
-    """Load the model in safe mode and describe every layer and weight."""
+def inspect_model(path: str, include=(), exclude=(), custom_objects: tuple[str, ...] = ()) -> Inspection:
+    """Load the model in safe mode (with the user's --custom-objects) and describe every layer and weight."""
     from prunecli.io import models as model_io
     from prunecli.runtime import quiet_tensorflow
     from prunecli.structure import targets
 
     quiet_tensorflow()
-    model, info = model_io.load(path)
+    model, info = model_io.load(path, custom_objects=custom_objects)
     every = {(id(t.layer), t.attr): t for t in targets.walk(model)}
     chosen = {t.name for t in targets.select(model, include, exclude)}
     layers = _describe_layers(model, every, chosen)

@@ -59,7 +59,7 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
     # the dense model teaches the pruned one: copied before anything is pruned
     if config.distill_temperature is not None:
         if config.teacher:  # a chain of runs: the dense model the first one started from
-            teacher = distill.teacher_from_file(config.teacher, state.model, config.unsafe)
+            teacher = distill.teacher_from_file(config.teacher, state.model, config.unsafe, config.custom_objects)
         else:
             teacher = distill.teacher_copy(state.model)
 

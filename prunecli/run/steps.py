@@ -39,7 +39,7 @@ def load(config: PruneConfig, progress: Progress, timings: Timings) -> tuple[Run
     progress(f"loading {config.model_path}")
     input_sizes = None
     with timings.phase("load"):
-        model, source = model_io.load(config.model_path, unsafe=config.unsafe)
+        model, source = model_io.load(config.model_path, unsafe=config.unsafe, custom_objects=config.custom_objects)
         if config.sizes:  # igzip releases the GIL, so this overlaps with scoring and masking
             input_sizes = model_io.sizes_in_background(source.path)
         compiled_optimizer = getattr(model, "optimizer", None)
@@ -55,9 +55,20 @@ def load(config: PruneConfig, progress: Progress, timings: Timings) -> tuple[Run
         data=data,
         task=task,
         compiled_optimizer=compiled_optimizer,
-        notes=model_io.read_notes(source),  # how the file was read (CuDNN layers as their plain equivalents)
+        notes=model_io.read_notes(source) + _custom_objects_note(config),  # how the file was read
     )
     return state, input_sizes
+
+
+def _custom_objects_note(config: PruneConfig) -> tuple[str, ...]:
+    """What reading the output takes when the model needed the user's code: the same objects."""
+    if not config.custom_objects:
+        return ()
+    sources = " ".join(f"--custom-objects {s}" for s in config.custom_objects)
+    return (
+        f"read with the custom objects of {', '.join(config.custom_objects)}: the output needs them too"
+        f" (keras.saving.load_model(..., custom_objects=...), or prunecli's {sources})",
+    )
 
 
 def needs_labels(config: PruneConfig) -> str | None:

@@ -56,6 +56,7 @@ def verify(
     tolerance: float = TOLERANCE,
     unsafe: bool = False,
     raise_on_failure: bool = True,
+    custom_objects: tuple[str, ...] = (),
 ) -> VerifyResult:
     """Check MODEL against the report and/or plan; raises GateFailed (exit 4) listing the claims that
     fail unless `raise_on_failure` is False. A report or plan that cannot be read is an InputError."""
@@ -82,7 +83,7 @@ def verify(
     if claims is not None:
         _check_hash(result, claims, model_path)
     quiet_tensorflow()
-    model, _source = model_io.load(model_path, unsafe=unsafe)
+    model, _source = model_io.load(model_path, unsafe=unsafe, custom_objects=custom_objects)
     from prunecli.structure import targets as targets_mod
 
     found = {t.name: t for t in targets_mod.walk(model)}

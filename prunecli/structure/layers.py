@@ -258,11 +258,20 @@ def _is_layer(op) -> bool:
 
 
 def spec(layer) -> LayerSpec:
-    """The record of this layer (or Keras operation); OTHER when it is unknown."""
+    """The record of this layer (or Keras operation); OTHER when it is unknown. A class the table
+    does not name takes the record of its nearest known base class when it inherits that class's
+    `call` (a custom ConvDNA(Conv1D) that only adds config computes what Conv1D computes, with
+    Conv1D's weights); one with a `call` of its own stays unknown: its use of the weights is its own."""
     name = type(layer).__name__
-    if _is_layer(layer):
-        return LAYERS.get(name, OTHER)
-    return OPS.get(name, OTHER)
+    if not _is_layer(layer):
+        return OPS.get(name, OTHER)
+    if name in LAYERS:
+        return LAYERS[name]
+    cls = type(layer)
+    for base in cls.__mro__[1:]:
+        if base.__name__ in LAYERS:
+            return LAYERS[base.__name__] if getattr(cls, "call", None) is getattr(base, "call", None) else OTHER
+    return OTHER
 
 
 def is_operation(op) -> bool:

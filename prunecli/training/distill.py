@@ -56,14 +56,15 @@ def teacher_copy(model, needed_by: str = "--distill"):
     raise InputError(f"{needed_by} cannot copy this model ({why})")
 
 
-def teacher_from_file(path, student, unsafe: bool = False):
-    """The --teacher model, frozen, read as any input model is; InputError (one line) when its outputs
-    are not shaped as the student's (the soft loss compares them position by position)."""
+def teacher_from_file(path, student, unsafe: bool = False, custom_objects: tuple[str, ...] = ()):
+    """The --teacher model, frozen, read as any input model is (with the run's --unsafe and
+    --custom-objects); InputError (one line) when its outputs are not shaped as the student's (the
+    soft loss compares them position by position)."""
     from keras import tree
 
     from prunecli.io import models as model_io
 
-    teacher, _info = model_io.load(path, unsafe=unsafe)
+    teacher, _info = model_io.load(path, unsafe=unsafe, custom_objects=custom_objects)
 
     def shapes(model):
         return [tuple(t.shape[1:]) for t in tree.flatten(model.outputs)]

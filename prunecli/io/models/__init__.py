@@ -8,7 +8,7 @@ One job per module: `metadata` identifies a file from its bytes, `memory` judges
 declares whether it fits, `read` loads it with Keras (`archive`: a `.keras` file's weights read in
 place, without Keras' in-memory copy of them), `write` plans and commits the output
 atomically, `sizes` measures a file for the report, `cudnn` reads Keras-2 CuDNNGRU/CuDNNLSTM layers as the plain
-layers they equal. This package is the public API.
+layers they equal, `custom` registers the user's code for custom layers and Lambda functions. This package is the public API.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 
 from prunecli.io.models.cudnn import read_notes as _cudnn_notes
+from prunecli.io.models.custom import register as register_custom
 from prunecli.io.models.memory import check_memory
 from prunecli.io.models.metadata import check_safe, inspect_file
 from prunecli.io.models.read import check_finite, quiet_keras, read_model
@@ -32,6 +33,7 @@ __all__ = [
     "load",
     "quiet_keras",
     "read_notes",
+    "register_custom",
     "remove_stale_temps",
     "resolve_output",
     "save",
@@ -46,15 +48,18 @@ def read_notes(info) -> tuple[str, ...]:
     return _cudnn_notes(info.config) if info.format == "h5" else ()
 
 
-def load(path: str | os.PathLike, unsafe: bool = False):
+def load(path: str | os.PathLike, unsafe: bool = False, custom_objects: tuple[str, ...] | list[str] = ()):
     """Load a model with Keras 3 (safe_mode on). Returns (model, ModelFile).
 
     Every check runs before Keras reads anything it could be harmed by: the file's identity, code
-    in its config, the memory it declares; the loaded weights must then be finite."""
+    in its config (a Lambda layer whose function `custom_objects` gives runs that function, not the
+    file's code), the memory it declares; the loaded weights must then be finite. `custom_objects`:
+    the user's .py files or modules whose classes and functions Keras needs (custom.py)."""
+    custom = register_custom(tuple(custom_objects))
     info = inspect_file(path)
     if not unsafe:
-        check_safe(info)
+        check_safe(info, custom)
     check_memory(info)
-    model = read_model(info, unsafe)
+    model = read_model(info, unsafe, custom)
     check_finite(model, "load", info.path)  # NaN/Inf in the input file: a load error (exit 3)
     return model, info

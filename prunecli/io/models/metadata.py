@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from prunecli.errors import ModelLoadError, ResourceError, first_line
+from prunecli.io.models.custom import NONE as NO_CUSTOM_OBJECTS
+from prunecli.io.models.custom import CustomObjects
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -142,22 +144,30 @@ def inspect_file(path: str | os.PathLike) -> ModelFile:
     return ModelFile(p, fmt, flavour, version, size, config)
 
 
-def _class_names(node: Any):
+def _code_layers(node: Any):
+    """(class name, layer name) of every layer in a config that carries code (UNSAFE_CLASSES)."""
     if isinstance(node, dict):
-        if "class_name" in node:
-            yield str(node["class_name"])
+        if node.get("class_name") in UNSAFE_CLASSES:
+            inner = node.get("config")
+            yield str(node["class_name"]), str(inner.get("name", "")) if isinstance(inner, dict) else ""
         for v in node.values():
-            yield from _class_names(v)
+            yield from _code_layers(v)
     elif isinstance(node, list):
         for v in node:
-            yield from _class_names(v)
+            yield from _code_layers(v)
 
 
-def check_safe(info: ModelFile) -> None:
-    """Refuse layers that carry code (Lambda) before deserialisation can run any of it."""
-    found = sorted({c for c in _class_names(info.config) if c in UNSAFE_CLASSES})
+def check_safe(info: ModelFile, custom: CustomObjects = NO_CUSTOM_OBJECTS) -> None:
+    """Refuse layers that carry code (Lambda) before deserialisation can run any of it; a Keras-2
+    `.h5` Lambda whose function the user's --custom-objects gives (LAMBDA_LAYERS) runs that function
+    instead, so it is not refused."""
+    replaceable = info.format == "h5"  # custom.replace_lambdas patches a legacy config
+    found = sorted(
+        {c for c, name in _code_layers(info.config) if not (replaceable and custom.lambda_function(name) is not None)}
+    )
     if found:
         raise ModelLoadError(
             f"{info.path} contains a {found[0]} layer (serialised Python code); "
-            "prune, plan and sweep take --unsafe: pass it only if you trust this file"
+            "prune, plan and sweep take --unsafe: pass it only if you trust this file "
+            "(or give its function in --custom-objects' LAMBDA_LAYERS)"
         )

@@ -15,28 +15,62 @@ from pathlib import Path
 
 from prunecli.errors import ModelLoadError, first_line
 from prunecli.io.models import archive, cudnn
+from prunecli.io.models import custom as custom_objects
+from prunecli.io.models.custom import NONE as NO_CUSTOM_OBJECTS
+from prunecli.io.models.custom import CustomObjects
 from prunecli.io.models.metadata import ModelFile, inspect_file
 
 
-def read_model(info: ModelFile, unsafe: bool):
-    """The Keras model in an inspected file (safe_mode on unless `unsafe`); a failure is one line."""
+def read_model(info: ModelFile, unsafe: bool, custom: CustomObjects = NO_CUSTOM_OBJECTS):
+    """The Keras model in an inspected file (safe_mode on unless `unsafe`, the user's custom objects
+    registered); a failure is one line, with what to pass when it is a class or code the user has."""
     import keras
 
     try:
-        model = _load_keras(info.path, unsafe)
+        model = _load_keras(info.path, unsafe, custom)
     except (MemoryError, ModelLoadError):
         raise
     except Exception as exc:  # Keras raises TypeError/ValueError/KeyError/OSError for bad files
         msg = _load_failure(exc)
         if "Lambda" in msg or "safe_mode" in msg:
             raise ModelLoadError(f"{info.path}: {msg}") from exc
-        raise ModelLoadError(f"cannot load {info.path}: {msg}") from exc
+        hint = _hint(msg, exc)
+        raise ModelLoadError(f"cannot load {info.path}: {msg.rstrip('.') if hint else msg}{hint}") from exc
     if not isinstance(model, keras.Model):
         raise ModelLoadError(f"{info.path} did not load as a Keras model")
     return model
 
 
-def _load_keras(path: Path, unsafe: bool):
+def _hint(reason: str, exc: BaseException) -> str:
+    """What the user can pass for a failure their own code would cure: a class or function Keras
+    does not know (a custom layer or activation), or Lambda code this Python cannot read (compiled by
+    another Python version: marshal's errors). Empty otherwise."""
+    if _UNKNOWN_OBJECT.search(reason):
+        return " (a custom object: give the code that defines it with --custom-objects FILE.py)"
+    if any(isinstance(e, (EOFError, ValueError)) and _MARSHAL.search(str(e)) for e in _chain(exc)):
+        return (
+            " (a Lambda layer's code, written by another Python version: give its function in the"
+            " LAMBDA_LAYERS dict of --custom-objects FILE.py)"
+        )
+    return ""
+
+
+_UNKNOWN_OBJECT = re.compile(r"Unknown (layer|object|activation)|Could not (locate|interpret)")
+_MARSHAL = re.compile(
+    r"bad marshal data|marshal data too short|EOF read where object expected"
+)  # marshal.loads of foreign bytecode
+
+
+def _chain(exc: BaseException):
+    """`exc` and the exceptions it was raised from, innermost last."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+
+
+def _load_keras(path: Path, unsafe: bool, custom: CustomObjects):
     """Load with the training config, else without it: Keras cannot always restore one (Keras 3.15
     fails on its own .h5 files compiled with loss="mse"), and pruning needs only structure and weights."""
 
@@ -52,9 +86,10 @@ def _load_keras(path: Path, unsafe: bool):
         config = _without_initializer_dtype(config)
         config = _with_keras2_defaults(config)
         config = _with_explicit_input(config) or config
+        config = custom_objects.replace_lambdas(config, custom)  # the user's functions, not the file's code
         if config is not stored:  # read as the Keras version that wrote it reads it
             with quiet_keras():
-                return _load_patched_h5(path, config, None, cudnn_config)
+                return _load_patched_h5(path, config, None, not unsafe, cudnn_config)
     with quiet_keras():
         try:
             return _keras_load(path, compile=True, safe_mode=not unsafe)
@@ -66,7 +101,7 @@ def _load_keras(path: Path, unsafe: bool):
             except Exception as exc:
                 reason = _load_failure(exc)
                 if path.suffix in (".h5", ".hdf5") and (_UNKNOWN_KWARGS.search(reason) or _SLASH_NAME in reason):
-                    return _load_patched_h5(path, inspect_file(path).config, exc)
+                    return _load_patched_h5(path, inspect_file(path).config, exc, not unsafe)
                 raise
 
 
@@ -187,7 +222,9 @@ def _with_explicit_input(config: dict) -> dict | None:
     return patched
 
 
-def _load_patched_h5(path: Path, config: dict, first_error: BaseException | None, cudnn_config: dict | None = None):
+def _load_patched_h5(
+    path: Path, config: dict, first_error: BaseException | None, safe_mode: bool, cudnn_config: dict | None = None
+):
     """Load a Keras-2 `.h5` from a temporary copy whose config Keras 3 can read; the input file is
     never modified, and the checks for code-carrying layers ran before. Keras-2 files carry layer
     arguments Keras 3 no longer takes (DepthwiseConv2D's `groups` in every tf_keras MobileNet) and
@@ -216,7 +253,7 @@ def _load_patched_h5(path: Path, config: dict, first_error: BaseException | None
             with h5py.File(patched, "r+") as f:
                 f.attrs["model_config"] = json.dumps(config)
             try:
-                return keras.saving.load_model(patched, compile=False, safe_mode=True)
+                return keras.saving.load_model(patched, compile=False, safe_mode=safe_mode)
             except Exception as exc:  # noqa: BLE001 - examined on the next round
                 error = exc
     raise first_error or error
@@ -246,13 +283,7 @@ def _drop_arguments(node, class_name: str, keys: set[str]) -> None:
 def _load_failure(exc: BaseException) -> str:
     """The most specific reason Keras gives: it wraps the real cause ("Could not locate class 'X'")
     in generic "could not be deserialized" errors, so the innermost exception of the chain is used."""
-    seen = set()
-    while id(exc) not in seen:
-        seen.add(id(exc))
-        inner = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
-        if inner is None:
-            break
-        exc = inner
+    *_, exc = _chain(exc)
     if isinstance(exc, KeyError):
         return f"missing entry {first_line(exc)} (the file is incomplete or damaged)"
     return re.split(r"(?<=\.)\s", first_line(exc), maxsplit=1)[0]

@@ -1,0 +1,156 @@
+"""The user's own code for a model's custom objects (--custom-objects): custom layers, activations,
+losses, and functions for Lambda layers.
+
+A Keras file names a custom layer by its class; Keras builds it only from a registered class, so a
+model with one ("Unknown layer: 'ConvDNA'") cannot be read without the code it was trained with.
+The user has that code: `--custom-objects layers.py` (a file) or `--custom-objects pkg.layers` (an
+importable module) imports it, once per process, and registers with Keras, by name, every public
+class and function it defines, plus the entries of its `CUSTOM_OBJECTS` dict (for names Python
+cannot spell, such as the `"<lambda>"` activation Keras 2 wrote for an anonymous function).
+
+Its `LAMBDA_LAYERS` dict maps Lambda layer names (globs) to the functions those layers compute.
+Those layers are built with the given function instead of the Python code the file stores: the
+file's code never runs, so no --unsafe is needed for them, and a Keras-2 `.h5` whose Lambda code was
+compiled by another Python version (FaceNet's facenet_keras.h5, Python 3.6: "EOF read where object
+expected" on Python 3.11) loads. Registration is process-wide, as Keras' own registry is: the
+rebuilt and reloaded copies of the model a run makes need the same classes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from prunecli.errors import InputError, first_line
+
+OBJECTS_ATTRIBUTE = "CUSTOM_OBJECTS"
+LAMBDAS_ATTRIBUTE = "LAMBDA_LAYERS"
+
+
+@dataclass(frozen=True)
+class CustomObjects:
+    """What the --custom-objects sources registered: the names (for messages) and the Lambda
+    replacements as (layer-name glob, function, registered name) in the order the sources gave them."""
+
+    sources: tuple[str, ...]
+    names: tuple[str, ...]
+    lambda_layers: tuple[tuple[str, Callable, str], ...]
+
+    def lambda_function(self, layer_name: str) -> str | None:
+        """The registered name of the function that replaces Lambda layer `layer_name`'s stored code
+        (the first glob that matches), or None when the layer keeps its own."""
+        for pattern, _function, registered in self.lambda_layers:
+            if fnmatch.fnmatchcase(layer_name, pattern):
+                return registered
+        return None
+
+
+NONE = CustomObjects((), (), ())
+_imported: dict[str, object] = {}  # a source imported once per process: its classes keep one identity
+
+
+def register(sources: tuple[str, ...] | list[str]) -> CustomObjects:
+    """Import each source (a `.py` path or a module name) and register what it defines with Keras;
+    NONE when there are none. A source that cannot be imported, or defines nothing, is a one-line
+    InputError naming it."""
+    if not sources:
+        return NONE
+    import keras
+
+    names: list[str] = []
+    lambdas: list[tuple[str, Callable, str]] = []
+    registry = keras.saving.get_custom_objects()
+    for source in sources:
+        module = _import(source)
+        found = _defined(module)
+        extra = getattr(module, OBJECTS_ATTRIBUTE, {})
+        replacements = getattr(module, LAMBDAS_ATTRIBUTE, {})
+        if not isinstance(extra, dict) or not isinstance(replacements, dict):
+            raise InputError(f"--custom-objects {source}: {OBJECTS_ATTRIBUTE} and {LAMBDAS_ATTRIBUTE} must be dicts")
+        found.update({str(k): v for k, v in extra.items()})
+        for pattern, function in replacements.items():
+            if not callable(function):
+                raise InputError(f"--custom-objects {source}: {LAMBDAS_ATTRIBUTE}[{pattern!r}] is not a function")
+            registered = f"{module.__name__}.{LAMBDAS_ATTRIBUTE}.{pattern}"
+            found[registered] = function
+            lambdas.append((str(pattern), function, registered))
+        if not found:
+            raise InputError(f"--custom-objects {source} defines no classes or functions to register")
+        registry.update(found)
+        names.extend(n for n in found if n not in names)
+    return CustomObjects(tuple(sources), tuple(names), tuple(lambdas))
+
+
+def _import(source: str):
+    """The module `source` names: a path to a `.py` file (imported under its file name, which the
+    classes' __module__ then says), else an importable module name."""
+    if source in _imported:
+        return _imported[source]
+    path = Path(source)
+    try:
+        if path.suffix == ".py":
+            if not path.is_file():
+                raise InputError(f"--custom-objects {source}: no such file")
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules.setdefault(path.stem, module)  # Keras records a class's module: it can be found again
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(source)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's code can raise anything while it imports
+        raise InputError(
+            f"--custom-objects {source}: cannot import it ({type(exc).__name__}: {first_line(exc)})"
+        ) from exc
+    _imported[source] = module
+    return module
+
+
+def _defined(module) -> dict[str, object]:
+    """The public classes and functions `module` itself defines (not those it imports)."""
+    return {
+        name: value
+        for name, value in vars(module).items()
+        if not name.startswith("_")
+        and (inspect.isclass(value) or inspect.isfunction(value))
+        and getattr(value, "__module__", None) == module.__name__
+    }
+
+
+def replace_lambdas(config: dict, custom: CustomObjects) -> dict:
+    """A Keras-2 `.h5` config whose Lambda layers named in LAMBDA_LAYERS compute the user's function
+    (by its registered name, as Keras 3 writes a named function) instead of their stored code.
+    Returns `config` itself when no layer matches."""
+    if not custom.lambda_layers:
+        return config
+    found = False
+
+    def patch(node):
+        nonlocal found
+        if isinstance(node, dict):
+            inner = node.get("config")
+            if node.get("class_name") == "Lambda" and isinstance(inner, dict):
+                registered = custom.lambda_function(str(inner.get("name", "")))
+                if registered is not None:
+                    found = True
+                    function = {
+                        "class_name": "function",
+                        "config": registered,
+                        "registered_name": registered,
+                        "module": None,
+                    }
+                    return {**node, "config": {**inner, "function": function, "function_type": "function"}}
+            return {k: patch(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [patch(v) for v in node]
+        return node
+
+    patched = patch(config)
+    return patched if found else config

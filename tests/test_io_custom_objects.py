@@ -1,0 +1,259 @@
+"""--custom-objects: models with custom layers, named custom activations and Lambda layers whose
+stored code cannot (or should not) run load with the user's own code, prune, shrink and reload.
+
+The shapes are the zoo's real failures (bench/ZOO.md): mmsplice's ConvDNA (a Conv1D subclass) and
+SplineWeight1D (a layer with its own call), DeepLC's `"<lambda>"` activation, FaceNet's Lambda
+layers of Python-3.6 bytecode. Class names are unique to this file: Keras' registry is process-wide.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+
+LAYERS_MODULE = '''
+import keras
+
+
+class PcliSeqConv(keras.layers.Conv1D):
+    """A Conv1D that records its sequence length: Conv1D's call, so Conv1D's layout."""
+
+    def __init__(self, filters, kernel_size, seq_length=None, **kwargs):
+        super().__init__(filters, kernel_size, **kwargs)
+        self.seq_length = seq_length
+
+    def get_config(self):
+        return {**super().get_config(), "seq_length": self.seq_length}
+
+
+class PcliPositionScale(keras.layers.Layer):
+    """A weight per position and channel, with a call of its own."""
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=tuple(input_shape[1:]), initializer="ones")
+
+    def call(self, x):
+        return x * self.w
+'''
+
+
+def _custom_model(tmp_path):
+    """A model saved with two custom layers, and the module that defines them (imported under a
+    name of its own, as a user's training code would be)."""
+    import importlib.util
+
+    import keras
+
+    source = tmp_path / "pcli_layers.py"
+    source.write_text(LAYERS_MODULE)
+    spec = importlib.util.spec_from_file_location("pcli_layers_training", source)
+    training = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(training)
+    rng = np.random.default_rng(0)
+    inp = keras.Input((20, 4))
+    h = training.PcliSeqConv(8, 5, seq_length=20, activation="relu", name="seqconv")(inp)
+    h = keras.layers.Conv1D(8, 3, activation="relu", name="conv")(h)
+    h = training.PcliPositionScale(name="posscale")(h)
+    out = keras.layers.Dense(3, activation="softmax", name="head")(keras.layers.Flatten()(h))
+    model = keras.Model(inp, out)
+    for w in model.weights:
+        w.assign(rng.normal(size=w.shape).astype("float32"))
+    path = tmp_path / "custom.keras"
+    model.save(path)
+    x = rng.normal(size=(64, 20, 4)).astype("float32")
+    return path, source, x, model.predict(x, verbose=0)
+
+
+def test_custom_layer_needs_its_code_and_says_so(cli, tmp_path):
+    path, _source, _x, _y = _custom_model(tmp_path)
+    result = cli("prune", path, "-s", "0.5", "-o", tmp_path / "out.keras", "-q")
+    assert result.exit_code == 3
+    assert "--custom-objects" in result.output and "PcliSeqConv" in result.output
+    assert not (tmp_path / "out.keras").exists()
+
+
+def test_custom_layers_load_prune_and_reload(cli, tmp_path):
+    """A subclass that inherits its base's call is pruned as the base; one with its own call is left
+    alone (its use of the weights is unknown); the output reloads with the same objects."""
+    import keras
+
+    from prunecli.io import models as model_io
+
+    path, source, x, _y = _custom_model(tmp_path)
+    out, report = tmp_path / "out.keras", tmp_path / "r.json"
+    result = cli("prune", path, "-s", "0.5", "--custom-objects", source, "-o", out, "-r", report, "-q")
+    assert result.exit_code == 0, result.output
+    facts = json.loads(report.read_text())
+    pruned = {row["name"] for row in facts["layers"]}
+    assert "seqconv/kernel" in pruned and not any(n.startswith("posscale") for n in pruned)
+    assert any("custom objects" in n and "--custom-objects" in n for n in facts["notes"])
+    model, _info = model_io.load(out, custom_objects=(str(source),))
+    kernel = np.asarray(model.get_layer("seqconv").kernel)
+    assert 0.3 < float(np.mean(kernel == 0)) < 0.7
+    assert type(model.get_layer("seqconv")).__name__ == "PcliSeqConv"
+    assert np.isfinite(model.predict(x, verbose=0)).all()
+    assert isinstance(keras.saving.load_model(out), keras.Model)  # registered: Keras reads it too
+
+
+def test_custom_conv_subclass_shrinks(cli, tmp_path):
+    """-g neuron --shrink removes filters of the Conv1D subclass: rebuilt by its own class, with
+    its own config, its consumer sliced to match (the unknown custom layer after `conv` keeps
+    conv's channels whole: a note says so)."""
+    from prunecli.io import models as model_io
+
+    path, source, x, _y = _custom_model(tmp_path)
+    out = tmp_path / "small.keras"
+    result = cli(
+        "prune", path, "-g", "neuron", "-s", "0.5", "--shrink", "--include", "seqconv",
+        "--custom-objects", source, "-o", out, "-q",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    model, _info = model_io.load(out, custom_objects=(str(source),))
+    layer = model.get_layer("seqconv")
+    assert type(layer).__name__ == "PcliSeqConv" and layer.seq_length == 20
+    assert layer.filters < 8
+    assert np.isfinite(model.predict(x, verbose=0)).all()
+
+
+def test_spec_follows_inherited_call_only():
+    import keras
+
+    from prunecli.structure import layers
+
+    class PcliInheritsDense(keras.layers.Dense):
+        pass
+
+    class PcliOwnCallDense(keras.layers.Dense):
+        def call(self, inputs):
+            return super().call(inputs) * 2.0
+
+    assert layers.spec(PcliInheritsDense(3)) == layers.spec(keras.layers.Dense(3))
+    assert layers.spec(PcliOwnCallDense(3)) is layers.OTHER
+
+
+def _keras2_h5(tmp_path, keras2_layer_config) -> tuple:
+    """A .h5 whose config is rewritten as Keras 2 wrote it (`keras2_layer_config` edits the
+    middle layer's config in place), and the inputs and outputs of the model it was saved from."""
+    import h5py
+    import keras
+
+    rng = np.random.default_rng(1)
+    inp = keras.Input((6,), name="x")
+    h = keras.layers.Dense(8, name="dense_in")(inp)
+    h = keras.layers.Dense(8, activation="relu", name="middle")(h)
+    out = keras.layers.Dense(2, name="dense_out")(h)
+    model = keras.Model(inp, out)
+    path = tmp_path / "k2.h5"
+    model.save(path)
+    with h5py.File(path, "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        middle = next(layer for layer in config["config"]["layers"] if layer["config"]["name"] == "middle")
+        keras2_layer_config(middle, config)
+        f.attrs["model_config"] = json.dumps(config)
+    x = rng.normal(size=(16, 6)).astype("float32")
+    return path, model, x
+
+
+def test_named_lambda_activation_from_custom_objects(cli, tmp_path):
+    """Keras 2 stored an anonymous activation as "<lambda>" (DeepLC's leaky ReLU capped at 20):
+    CUSTOM_OBJECTS names it."""
+    from prunecli.io import models as model_io
+
+    def as_keras2(middle, _config):
+        middle["config"]["activation"] = "<lambda>"
+
+    path, dense, x = _keras2_h5(tmp_path, as_keras2)
+    source = tmp_path / "acts.py"
+    source.write_text(
+        "import keras\n\ndef pcli_capped(x):\n    return keras.activations.relu(x, max_value=0.5)\n\n"
+        'CUSTOM_OBJECTS = {"<lambda>": pcli_capped}\n'
+    )
+    refused = cli("prune", path, "-o", tmp_path / "a.h5", "-q")
+    assert refused.exit_code == 3 and "--custom-objects" in refused.output
+    model, _info = model_io.load(path, custom_objects=(str(source),))
+    middle, head = dense.get_layer("middle"), dense.get_layer("dense_out")
+    pre = np.asarray(dense.get_layer("dense_in")(x)) @ middle.kernel.numpy() + middle.bias.numpy()
+    want = np.clip(pre, 0, 0.5) @ head.kernel.numpy() + head.bias.numpy()  # the user's capped ReLU
+    np.testing.assert_allclose(model.predict(x, verbose=0), want, rtol=1e-5, atol=1e-5)
+
+
+def _foreign_lambda(middle, _config):
+    """The middle layer becomes a Keras-2 Lambda whose code this Python cannot read (marshal data
+    cut short, as Python 3.6 bytecode reads on 3.11: "EOF read where object expected")."""
+    middle["class_name"] = "Lambda"
+    middle["config"] = {
+        "name": "middle",
+        "trainable": True,
+        "function": [base64.b64encode(b"\xe3").decode() + "\n", None, None],
+        "function_type": "lambda",
+        "output_shape": None,
+        "output_shape_type": "raw",
+        "arguments": {"scale": 3.0},
+    }
+
+
+def test_lambda_of_another_python_replaced_by_lambda_layers(cli, tmp_path):
+    """FaceNet's shape: without code the file is refused (safe mode), with --unsafe its bytecode does
+    not load (one line naming LAMBDA_LAYERS), and with LAMBDA_LAYERS the layer computes the user's
+    function, no --unsafe needed; the output keeps the input's format and reloads the same way."""
+    import h5py
+
+    from prunecli.io import models as model_io
+
+    path, dense, x = _keras2_h5(tmp_path, _foreign_lambda)
+    with h5py.File(path, "r+") as f:  # a Lambda has no weights: drop the Dense's, as Keras 2 wrote none
+        group = f["model_weights"]
+        names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["layer_names"]]
+        group.attrs["layer_names"] = [n.encode() for n in names if n != "middle"]
+        del group["middle"]
+    refused = cli("prune", path, "-o", tmp_path / "a.h5", "-q")
+    assert refused.exit_code == 3 and "LAMBDA_LAYERS" in refused.output
+    unreadable = cli("prune", path, "--unsafe", "-o", tmp_path / "a.h5", "-q")
+    assert unreadable.exit_code == 3 and "another Python version" in unreadable.output
+    source = tmp_path / "pcli_lambdas.py"
+    source.write_text("def pcli_scaled(x, scale):\n    return x * scale\n\nLAMBDA_LAYERS = {'mid*': pcli_scaled}\n")
+    out = tmp_path / "out.h5"
+    result = cli("prune", path, "-s", "0.5", "--custom-objects", source, "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    loaded, _info = model_io.load(path, custom_objects=(str(source),))
+    h = np.asarray(dense.get_layer("dense_in")(x)) * 3.0
+    want = h @ dense.get_layer("dense_out").kernel.numpy() + dense.get_layer("dense_out").bias.numpy()
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), want, rtol=1e-5, atol=1e-5)
+    pruned, _info = model_io.load(out, custom_objects=(str(source),))
+    assert float(np.mean(pruned.get_layer("dense_in").kernel.numpy() == 0)) > 0.2
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (None, "no such file"),
+        ("raise RuntimeError('broken on purpose')\n", "cannot import it (RuntimeError: broken on purpose)"),
+        ("import keras\nVALUE = 3\n", "defines no classes or functions"),
+        ("LAMBDA_LAYERS = {'x': 3}\n", "is not a function"),
+    ],
+)
+def test_bad_custom_objects_are_one_line(cli, example_model, tmp_path, body, message):
+    source = tmp_path / "objs.py"
+    if body is not None:
+        source.write_text(body)
+    result = cli("prune", example_model, "--custom-objects", source, "-o", tmp_path / "o.keras", "-q")
+    assert result.exit_code == 3
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o.keras").exists()
+
+
+def test_custom_objects_from_python_and_in_inspect(cli, tmp_path):
+    """The Python API and `inspect` take the same objects as `prune`."""
+    import prunecli
+
+    path, source, _x, _y = _custom_model(tmp_path)
+    config = prunecli.build_config(
+        {"model_path": str(path), "output": str(tmp_path / "api.keras"), "custom_objects": [str(source)]}
+    )
+    result = prunecli.prune(config)
+    assert (tmp_path / "api.keras").exists() and result.report.totals["sparsity"] > 0.2
+    shown = cli("inspect", path, "--custom-objects", source)
+    assert shown.exit_code == 0 and "PcliSeqConv" in shown.output
