@@ -486,17 +486,21 @@ BUILDERS = {k[len("build_") :]: v for k, v in globals().items() if k.startswith(
 
 
 def predict_any(path, xs: dict, custom_objects: str | None = None):
-    """Dense predictions: Keras 3 first; a Keras-2 file that Keras 3 cannot rebuild or run is read
-    with tf_keras. `custom_objects`: the model's --custom-objects file, registered with Keras 3 first
+    """Predictions: Keras 3 first, or tf_keras first for a Keras-2 `.h5` (then prunecli's reader: CuDNN
+    layers, LAMBDA_LAYERS; then Keras 3). `custom_objects`: the model's --custom-objects file, registered with Keras 3 first
     (tf_keras does not see it). Returns (outputs, which loader)."""
     import keras
 
     from prunecli.io import models as model_io
+    from prunecli.io.models import keras2_activations  # noqa: F401 - outputs of Keras-2 recurrent models name it
 
     sources = (custom_objects,) if custom_objects else ()
     model_io.register_custom(sources)
     errors = []
-    for name in ("keras", "tf_keras", "prunecli"):
+    # a Keras-2 file is read first as Keras 2 reads it (tf_keras): Keras 3 reads some of them with other
+    # semantics (its hard_sigmoid is not Keras 2's), and the reference must be the model as trained
+    keras2 = str(path).endswith(".h5") and model_io.inspect_file(path).flavour == "keras2"
+    for name in ("tf_keras", "prunecli", "keras") if keras2 else ("keras", "tf_keras", "prunecli"):
         try:
             if name == "prunecli":  # a Keras-2 file only prunecli reads (CuDNN layers, LAMBDA_LAYERS)
                 model = model_io.load(path, custom_objects=sources)[0]

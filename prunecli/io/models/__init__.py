@@ -44,8 +44,19 @@ __all__ = [
 
 def read_notes(info) -> tuple[str, ...]:
     """What the report and `inspect` say about how the file was read (CuDNN layers read as their
-    plain equivalents); empty for most files."""
-    return _cudnn_notes(info.config) if info.format == "h5" else ()
+    plain equivalents, Keras 2's hard_sigmoid kept); empty for most files."""
+    if info.format != "h5":
+        return ()
+    from prunecli.io.models.keras2_activations import uses_keras2_hard_sigmoid
+
+    notes = _cudnn_notes(info.config)
+    if info.flavour == "keras2" and uses_keras2_hard_sigmoid(info.config):
+        notes += (
+            "hard_sigmoid read as Keras 2 computed it, clip(0.2x + 0.5) (Keras 3's is clip(x/6 + 0.5)): a .keras"
+            " output names it prunecli>keras2_hard_sigmoid and loads after"
+            " `import prunecli.io.models.keras2_activations`",
+        )
+    return notes
 
 
 def load(path: str | os.PathLike, unsafe: bool = False, custom_objects: tuple[str, ...] | list[str] = ()):

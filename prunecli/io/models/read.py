@@ -74,19 +74,24 @@ def _load_keras(path: Path, unsafe: bool, custom: CustomObjects):
     """Load with the training config, else without it: Keras cannot always restore one (Keras 3.15
     fails on its own .h5 files compiled with loss="mse"), and pruning needs only structure and weights."""
 
+    from prunecli.io.models import keras2_activations  # registers Keras 2's hard_sigmoid: .keras outputs name it
+
     if path.suffix == ".keras":
         from prunecli.structure import quantized_conv  # noqa: F401 - registers prunecli>QuantizedConv1D/2D/3D (--quantize int8)
         from prunecli.structure.transformer import register_for_file
 
         register_for_file(path)  # KerasHub classes are known to Keras once keras-hub is imported
     elif path.suffix in (".h5", ".hdf5"):
-        stored = inspect_file(path).config or {}
+        info = inspect_file(path)
+        stored = info.config or {}
         cudnn_config = stored if cudnn.cudnn_layers(stored) else None
         config = stored if cudnn_config is None else cudnn.translate_config(stored, path)  # the plain layers they equal
         config = _without_initializer_dtype(config)
         config = _with_keras2_defaults(config)
         config = _with_explicit_input(config) or config
         config = custom_objects.replace_lambdas(config, custom)  # the user's functions, not the file's code
+        if info.flavour == "keras2":  # the hard_sigmoid it was trained with, not Keras 3's
+            config = keras2_activations.with_keras2_hard_sigmoid(config)
         if config is not stored:  # read as the Keras version that wrote it reads it
             with quiet_keras():
                 return _load_patched_h5(path, config, None, not unsafe, cudnn_config)
@@ -152,9 +157,10 @@ def _without_initializer_dtype(config: dict) -> dict:
 def _with_keras2_defaults(config: dict) -> dict:
     """What Keras 2.0-2.1 configs leave implicit, said as Keras 3 needs it: a layer wrapped by
     Bidirectional or TimeDistributed names no module (Keras 3 finds a wrapped standard layer only by
-    module: "Could not locate class 'LSTM'"), and a GRU without `reset_after` is the reset-before GRU
-    those versions had (Keras 3's default is True, whose bias has another shape). Returns `config`
-    itself when nothing changed."""
+    module: "Could not locate class 'LSTM'"), a GRU without `reset_after` is the reset-before GRU
+    those versions had (Keras 3's default is True, whose bias has another shape), and a Keras-1
+    `Merge(mode="mul")` is the Multiply layer Keras 2 replaced it with (`_as_merge_layer`). Returns
+    `config` itself when nothing changed."""
     import keras
 
     patched = json.loads(json.dumps(config))
@@ -175,7 +181,48 @@ def _with_keras2_defaults(config: dict) -> dict:
         if node.get("class_name") == "GRU" and "reset_after" not in inner:
             inner["reset_after"] = False
             changed = True
+        if node.get("class_name") == "Merge":
+            changed = _as_merge_layer(node) or changed
     return patched if changed else config
+
+
+# Keras 1's Merge(mode=...) layer (still read by Keras 2.0) as the merge layers Keras 2 replaced it with
+_MERGE_MODES = {
+    "sum": ("Add", {}),
+    "mul": ("Multiply", {}),
+    "ave": ("Average", {}),
+    "max": ("Maximum", {}),
+    "concat": ("Concatenate", {"axis": "concat_axis"}),
+    "dot": ("Dot", {"axes": "dot_axes"}),
+}
+
+
+def _as_merge_layer(node: dict) -> bool:
+    """A Keras-1 `Merge` layer node rewritten in place as the layer its mode names (mul -> Multiply,
+    concat -> Concatenate(axis=concat_axis), ...); False (left alone, Keras then names the class it
+    does not know) for a mode given as code or one with no Keras 3 layer (cos)."""
+    inner = node["config"]
+    mode = inner.get("mode")
+    if inner.get("mode_type", "raw") != "raw" or mode not in _MERGE_MODES:
+        return False
+    class_name, arguments = _MERGE_MODES[mode]
+    node["class_name"] = class_name
+    node["config"] = {
+        "name": inner.get("name"),
+        "trainable": inner.get("trainable", True),
+        **{key: inner[source] for key, source in arguments.items() if source in inner},
+    }
+    node.pop("module", None)
+    for inbound in node.get("inbound_nodes") or []:  # Keras 1 recorded the (absent) masks it merged
+        for tensor in inbound if isinstance(inbound, list) else []:
+            kwargs = tensor[3] if isinstance(tensor, list) and len(tensor) > 3 and isinstance(tensor[3], dict) else {}
+            if not any(m is not None for m in _as_list(kwargs.get("mask"))):
+                kwargs.pop("mask", None)
+    return True
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
 
 
 def _config_nodes(node):

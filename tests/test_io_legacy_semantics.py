@@ -1,0 +1,164 @@
+"""Old Keras files read as the Keras that wrote them computed: Keras 2's hard_sigmoid (which Keras 3
+redefined under the same name) and Keras 1's `Merge(mode=...)` layer.
+
+The shapes are ugc-sentiment 0.0.9's real file (bench/ZOO.md): a Keras 2.0.6 Bidirectional GRU with
+the then-default hard_sigmoid gates and soft attention merged by `Merge(mode="mul")`; read this way,
+its outputs equal the figures its README shows.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+
+def _as_keras2(path, edit=None, version="2.1.6") -> None:
+    """Mark a Keras-3 `.h5` as written by Keras `version`, its config changed by `edit`."""
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        f.attrs["keras_version"] = version
+        if edit is not None:
+            config = json.loads(f.attrs["model_config"])
+            edit(config)
+            f.attrs["model_config"] = json.dumps(config)
+
+
+def _keras2_gates():
+    """Keras 2's hard_sigmoid written out here (registered: Bidirectional copies its layer by config)."""
+    import keras
+
+    @keras.saving.register_keras_serializable(package="pcli_test")
+    def keras2_gates(x):
+        return keras.ops.clip(0.2 * x + 0.5, 0.0, 1.0)
+
+    return keras2_gates
+
+
+def _gru_model(recurrent_activation):
+    import keras
+
+    inp = keras.Input((7, 3))
+    h = keras.layers.Bidirectional(
+        keras.layers.GRU(5, recurrent_activation=recurrent_activation, name="gru"), name="bi"
+    )(inp)
+    out = keras.layers.Dense(2, activation="softmax", name="head")(h)
+    return keras.Model(inp, out)
+
+
+def test_keras2_hard_sigmoid_is_kept(cli, tmp_path):
+    """A Keras-2 GRU with hard_sigmoid gates computes Keras 2's gates (slope 0.2), not Keras 3's
+    (slope 1/6); the report says so, and a .keras output keeps them after a reload."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    stored = _gru_model("hard_sigmoid")
+    for w in stored.weights:
+        w.assign(rng.normal(scale=1.5, size=w.shape).astype("float32"))
+    path = tmp_path / "k2_gru.h5"
+    stored.save(path)
+    _as_keras2(path)
+    x = rng.normal(size=(32, 7, 3)).astype("float32")
+    trained = _gru_model(_keras2_gates())  # the model as Keras 2 ran it
+    trained.set_weights(stored.get_weights())
+    want = trained.predict(x, verbose=0)
+    assert np.abs(stored.predict(x, verbose=0) - want).max() > 1e-3  # Keras 3's hard_sigmoid differs
+
+    from prunecli.io import models as model_io
+
+    model, info = model_io.load(path)
+    np.testing.assert_allclose(model.predict(x, verbose=0), want, rtol=1e-5, atol=1e-6)
+    assert any("Keras 2" in note for note in model_io.read_notes(info))
+    out, report = tmp_path / "out.keras", tmp_path / "r.json"
+    result = cli("prune", path, "-s", "0", "-o", out, "-r", report, "-q")
+    assert result.exit_code == 0, result.output
+    assert any("hard_sigmoid" in n for n in json.loads(report.read_text())["notes"])
+    reloaded = keras.saving.load_model(out)
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), want, rtol=1e-5, atol=1e-6)
+
+
+def test_keras3_hard_sigmoid_stays_keras3(tmp_path):
+    """A file Keras 3 wrote means Keras 3's function: nothing is rewritten."""
+    from prunecli.io import models as model_io
+
+    rng = np.random.default_rng(1)
+    stored = _gru_model("hard_sigmoid")
+    path = tmp_path / "k3_gru.h5"
+    stored.save(path)
+    x = rng.normal(size=(8, 7, 3)).astype("float32")
+    model, info = model_io.load(path)
+    np.testing.assert_allclose(model.predict(x, verbose=0), stored.predict(x, verbose=0), rtol=1e-6)
+    assert not model_io.read_notes(info)
+
+
+def _merge_model(merge):
+    import keras
+
+    inp = keras.Input((6, 4), name="x")
+    a = keras.layers.Dense(4, name="a")(inp)
+    b = keras.layers.Dense(4, name="b")(inp)
+    joined = merge(name="joined")([a, b])
+    out = keras.layers.Dense(3, activation="softmax", name="head")(keras.layers.Flatten()(joined))
+    return keras.Model(inp, out)
+
+
+def _as_keras1_merge(mode: str, **extra):
+    """A config edit: the `joined` layer becomes Keras 1's Merge(mode=...), its inputs carrying the
+    `mask: [null, null]` call arguments Keras 1 recorded."""
+
+    def edit(config):
+        node = next(layer for layer in config["config"]["layers"] if layer["config"]["name"] == "joined")
+        node["class_name"] = "Merge"
+        node.pop("module", None)
+        node["config"] = {
+            "name": "joined",
+            "mode": mode,
+            "mode_type": "raw",
+            "concat_axis": -1,
+            "dot_axes": -1,
+            "output_shape": None,
+            "output_shape_type": "raw",
+            "output_mask": None,
+            "output_mask_type": "raw",
+            "arguments": {},
+            **extra,
+        }
+        inbound = node["inbound_nodes"][0]
+        names = [t["config"]["keras_history"][0] for t in inbound["args"][0]]
+        node["inbound_nodes"] = [[[name, 0, 0, {"mask": [None, None]}] for name in names]]
+
+    return edit
+
+
+def test_keras1_merge_layers_read_as_their_keras2_layers(cli, tmp_path):
+    import keras
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(16, 6, 4)).astype("float32")
+    from prunecli.io import models as model_io
+
+    for mode, layer in (
+        ("mul", keras.layers.Multiply),
+        ("sum", keras.layers.Add),
+        ("concat", keras.layers.Concatenate),
+    ):
+        stored = _merge_model(layer)
+        path = tmp_path / f"merge_{mode}.h5"
+        stored.save(path)
+        _as_keras2(path, _as_keras1_merge(mode), version="2.0.6")
+        model, _info = model_io.load(path)
+        assert type(model.get_layer("joined")) is layer
+        np.testing.assert_allclose(model.predict(x, verbose=0), stored.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    result = cli("prune", tmp_path / "merge_mul.h5", "-s", "0.5", "-o", tmp_path / "o.keras", "-q")
+    assert result.exit_code == 0, result.output
+
+
+def test_keras1_merge_of_code_is_refused_in_one_line(cli, tmp_path):
+    """A Merge whose mode is a function (stored code) has no layer to become: one line, exit 3."""
+    stored = _merge_model(__import__("keras").layers.Multiply)
+    path = tmp_path / "merge_code.h5"
+    stored.save(path)
+    _as_keras2(path, _as_keras1_merge("mul", mode_type="lambda"), version="2.0.6")
+    result = cli("prune", path, "-o", tmp_path / "o.keras", "-q")
+    assert result.exit_code == 3 and "Merge" in result.output
