@@ -257,3 +257,16 @@ def test_custom_objects_from_python_and_in_inspect(cli, tmp_path):
     assert (tmp_path / "api.keras").exists() and result.report.totals["sparsity"] > 0.2
     shown = cli("inspect", path, "--custom-objects", source)
     assert shown.exit_code == 0 and "PcliSeqConv" in shown.output
+
+
+def test_plan_apply_verify_take_custom_objects(cli, tmp_path):
+    """A plan saved from a model with custom layers replays on it and verifies, each command given
+    the same objects."""
+    path, source, _x, _y = _custom_model(tmp_path)
+    plan, first, second = tmp_path / "p.zip", tmp_path / "o1.keras", tmp_path / "o2.keras"
+    saved = cli("prune", path, "--custom-objects", source, "-s", "0.5", "--save-plan", plan, "-o", first, "-q")
+    assert saved.exit_code == 0, saved.output
+    applied = cli("apply", plan, path, "--custom-objects", source, "-o", second, "-q")
+    assert applied.exit_code == 0, applied.output
+    verified = cli("verify", second, "--plan", plan, "--custom-objects", source)
+    assert verified.exit_code == 0 and "claims hold" in verified.output
