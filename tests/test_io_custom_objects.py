@@ -270,3 +270,20 @@ def test_plan_apply_verify_take_custom_objects(cli, tmp_path):
     assert applied.exit_code == 0, applied.output
     verified = cli("verify", second, "--plan", plan, "--custom-objects", source)
     assert verified.exit_code == 0 and "claims hold" in verified.output
+
+
+def test_custom_objects_import_like_python(cli, tmp_path, monkeypatch):
+    """A file imports its sibling modules, and a module name is found in the current directory,
+    as `python` itself would find them."""
+    path, _source, _x, _y = _custom_model(tmp_path)
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "pcli_base_layers.py").write_text(LAYERS_MODULE)
+    (code / "pcli_entry.py").write_text(
+        "from pcli_base_layers import PcliPositionScale, PcliSeqConv\n\nCUSTOM_OBJECTS = {'PcliSeqConv': PcliSeqConv, 'PcliPositionScale': PcliPositionScale}\n"
+    )
+    by_file = cli("prune", path, "--custom-objects", code / "pcli_entry.py", "-o", tmp_path / "a.keras", "-q")
+    assert by_file.exit_code == 0, by_file.output
+    monkeypatch.chdir(code)
+    by_name = cli("prune", path, "--custom-objects", "pcli_base_layers", "-o", tmp_path / "b.keras", "-q")
+    assert by_name.exit_code == 0, by_name.output

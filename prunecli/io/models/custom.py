@@ -22,6 +22,7 @@ import fnmatch
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,26 +90,30 @@ def register(sources: tuple[str, ...] | list[str]) -> CustomObjects:
 
 def _import(source: str):
     """The module `source` names: a path to a `.py` file (imported under its file name, which the
-    classes' __module__ then says), else an importable module name."""
+    classes' __module__ then says), else an importable module name. Imported as `python` would from
+    where the user stands: a file's own folder (for its sibling imports) or, for a module name, the
+    current directory, is searched first while it imports."""
     if source in _imported:
         return _imported[source]
     path = Path(source)
+    if path.suffix == ".py" and not path.is_file():
+        raise InputError(f"--custom-objects {source}: no such file")
+    search = str(path.resolve().parent) if path.suffix == ".py" else os.getcwd()
+    sys.path.insert(0, search)
     try:
         if path.suffix == ".py":
-            if not path.is_file():
-                raise InputError(f"--custom-objects {source}: no such file")
             spec = importlib.util.spec_from_file_location(path.stem, path)
             module = importlib.util.module_from_spec(spec)
             sys.modules.setdefault(path.stem, module)  # Keras records a class's module: it can be found again
             spec.loader.exec_module(module)
         else:
             module = importlib.import_module(source)
-    except InputError:
-        raise
     except Exception as exc:  # noqa: BLE001 - the user's code can raise anything while it imports
         raise InputError(
             f"--custom-objects {source}: cannot import it ({type(exc).__name__}: {first_line(exc)})"
         ) from exc
+    finally:
+        sys.path.remove(search)
     _imported[source] = module
     return module
 
