@@ -7,7 +7,9 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import sys
+from pathlib import Path
 
 
 def quiet_tensorflow() -> None:
@@ -94,6 +96,39 @@ def weight_values(variable):
 
 
 _owned_tempdirs: list[str] = []  # the folders owned_tempdir made, innermost last
+_OWNED_NAME = re.compile(r"prunecli-([1-9]\d{0,9})-[a-z0-9_]{8}")  # mkdtemp's 8 random characters
+
+
+PID_MAX = 4_194_304  # Linux's PID_MAX_LIMIT (2**22); psutil.pid_exists overflows above 2**31 - 1
+
+
+def process_gone(pid: int) -> bool:
+    """Whether `pid`, read from a name prunecli wrote, is another process that no longer exists: the
+    test for what a killed run left behind. A number no process can have is not a name we made."""
+    import psutil
+
+    return 0 < pid <= PID_MAX and pid != os.getpid() and not psutil.pid_exists(pid)
+
+
+def remove_orphaned_tempdirs(parent: Path) -> list[Path]:
+    """Delete the folders `owned_tempdir` made in `parent` for runs that were killed (SIGKILL, the
+    OOM killer, power loss), which could not remove them: they can hold a model-sized file (Keras'
+    save staging). A folder is orphaned when its name has exactly owned_tempdir's shape, this user
+    owns it, and the process it names is gone (`process_gone`, the rule io/models' remove_stale_temps
+    applies to an output's temporary files); any other folder is left alone."""
+    import shutil
+
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in parent.iterdir():
+            found = _OWNED_NAME.fullmatch(entry.name)
+            if not found or not process_gone(int(found.group(1))):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.is_dir() and not entry.is_symlink() and entry.stat().st_uid == os.getuid():
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(entry)
+    return removed
 
 
 @contextlib.contextmanager
@@ -109,7 +144,8 @@ def owned_tempdir():
         yield
         return
     saved_env, saved_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
-    base = tempfile.mkdtemp(prefix="prunecli-")
+    remove_orphaned_tempdirs(Path(tempfile.gettempdir()))
+    base = tempfile.mkdtemp(prefix=f"prunecli-{os.getpid()}-")
     _owned_tempdirs.append(base)
     tempfile.tempdir = os.environ["TMPDIR"] = base  # TMPDIR too: TensorFlow's C++ side reads it
     try:

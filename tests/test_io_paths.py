@@ -202,3 +202,30 @@ def test_the_python_api_plans_the_paths_the_cli_plans(tmp_path):
     with pytest.raises(OutputError, match="would overwrite the feature names file"):
         prune(config)
     assert names.read_text() == "a\nb\n"
+
+
+def test_killed_runs_temporary_folders_are_removed(tmp_path, monkeypatch):
+    """owned_tempdir's folder of a run that was killed (its process gone) is removed by the next run;
+    a live process's folder, another name and another shape stay."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from prunecli import runtime
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    orphan = tmp_path / f"prunecli-{dead_pid}-abcd_123"
+    orphan.mkdir()
+    (orphan / "staging.keras").write_bytes(b"\0" * 1024)
+    alive = tmp_path / f"prunecli-{os.getppid()}-abcd_123"
+    alive.mkdir()
+    others = [tmp_path / "prunecli-quant-text", tmp_path / f"prunecli-{dead_pid}-short"]
+    for other in others:
+        other.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with runtime.owned_tempdir():
+        own = Path(tempfile.gettempdir())
+        assert own.parent == tmp_path and own.name.startswith(f"prunecli-{os.getpid()}-")
+    assert not orphan.exists() and not own.exists()
+    assert alive.exists() and all(other.exists() for other in others)

@@ -19,6 +19,7 @@ from prunecli.errors import DISK_FULL, OutputError, first_line, write_error
 from prunecli.io.models import cudnn
 from prunecli.io.models.metadata import ModelFile
 from prunecli.io.models.read import check_finite, quiet_keras
+from prunecli.runtime import process_gone
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 
@@ -69,9 +70,6 @@ def _resolve_output(input_path, out: Path, force: bool) -> Path:
 TOKEN_HEX = 12  # hex digits of the random part of a temporary name: remove_stale_temps matches exactly these
 
 
-PID_MAX = 4_194_304  # Linux's PID_MAX_LIMIT (2**22); psutil.pid_exists overflows above 2**31 - 1
-
-
 def remove_stale_temps(target: Path) -> list[Path]:
     """Delete temporary files left beside `target` by runs that were killed (SIGKILL, power loss).
 
@@ -80,8 +78,6 @@ def remove_stale_temps(target: Path) -> list[Path]:
     process no longer exists is stale. Anything else, a user's `.out.99999999.backup.tmp.keras`
     included, is never touched, nor are files of running processes.
     """
-    import psutil
-
     pattern = re.compile(
         rf"\.{re.escape(_temp_stem(target))}\.([1-9]\d{{0,9}})\.[0-9a-f]{{{TOKEN_HEX}}}\.tmp{re.escape(target.suffix)}"
     )
@@ -89,13 +85,7 @@ def remove_stale_temps(target: Path) -> list[Path]:
     with contextlib.suppress(OSError):
         for entry in target.parent.iterdir():
             found = pattern.fullmatch(entry.name)
-            if (
-                found
-                and entry.is_file()
-                and int(found.group(1)) != os.getpid()
-                and int(found.group(1)) <= PID_MAX  # a larger "pid" is no process's: not a name we made
-                and not psutil.pid_exists(int(found.group(1)))
-            ):
+            if found and entry.is_file() and process_gone(int(found.group(1))):
                 with contextlib.suppress(OSError):
                     entry.unlink()
                     removed.append(entry)
