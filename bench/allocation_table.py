@@ -36,6 +36,7 @@ ROWS = (
     ("magnitude", "layer"),
     ("magnitude", "global"),
     ("magnitude", "owl"),
+    ("magnitude", "measured"),
     ("wanda", "layer"),
     ("wanda", "global"),
     ("wanda", "owl"),
@@ -45,7 +46,7 @@ ROWS = (
     ("sparsegpt", "owl"),
     ("sparsegpt", "measured"),
 )
-DEFAULT = {"magnitude": "global", "wanda": "measured", "sparsegpt": "measured"}  # what a run without --scope gets
+DEFAULT = {"magnitude": "measured", "wanda": "measured", "sparsegpt": "measured"}  # a run with --data, no --scope
 
 
 def _config(method: str, sparsity: float, allocation: str):
@@ -62,19 +63,31 @@ def _config(method: str, sparsity: float, allocation: str):
     return build_config(values, environ={})
 
 
-def prune_once(model, targets, calibration, method: str, sparsity: float, allocation: str, held_out=None) -> None:
+def prune_once(model, targets, calibration, method: str, sparsity: float, allocation: str, held_out=None):
     """Prune in place as a CLI run would with these settings (`held_out`: the examples after the
-    calibration ones, which --normalize measured compares its allocations on)."""
+    calibration ones, which --normalize measured compares its allocations on). Returns the measured
+    allocation's account, or None. Magnitude `measured` is run/steps.measured_allocation's choice
+    (uniform or LAMP, whichever moves the outputs least on the first MEASURE_EXAMPLES examples)."""
     import tensorflow as tf
 
-    from prunecli.calibration import prune_calibrated
+    from prunecli.calibration import MEASURE_EXAMPLES, outputs, prune_calibrated
     from prunecli.selection import kernels, policy
 
-    config = _config(method, sparsity, allocation)
-    if method == "magnitude":
+    def magnitude_masks(config):
         scores = {t.name: tf.abs(tf.convert_to_tensor(t.variable)) for t in targets}
         masks = policy.build_masks(targets, scores, "element", config)
         kernels.apply_masks([t.variable for t in targets], [masks.masks[t.name] for t in targets])
+
+    if method == "magnitude" and allocation == "measured":
+        candidates = {"uniform": _config(method, sparsity, "layer"), "lamp": _config(method, sparsity, "global")}
+        probe = [calibration[0][:MEASURE_EXAMPLES]]
+        trials = {name: (lambda c=c: magnitude_masks(c)) for name, c in candidates.items()}
+        chosen, account = outputs.least_changed(model, list(targets), probe, trials, lambda _message: None)
+        magnitude_masks(candidates[chosen or "lamp"])
+        return account
+    config = _config(method, sparsity, allocation)
+    if method == "magnitude":
+        magnitude_masks(config)
         return None
     return prune_calibrated(model, targets, calibration, config, held_out_x=held_out).section.get("allocation_measured")
 
@@ -96,7 +109,7 @@ def measure(spec, x_train, log) -> dict:
         held_out = [x_train[order[models.SAMPLES : 2 * models.SAMPLES]]]  # as a CLI run takes them
         for sparsity in SPARSITIES:
             for method, allocation in ROWS:
-                if method == "magnitude" and seed != SEEDS[0]:  # data-free: the same every seed
+                if method == "magnitude" and allocation != "measured" and seed != SEEDS[0]:  # data-free
                     out["rows"][(sparsity, method, allocation)].append(out["rows"][(sparsity, method, allocation)][0])
                     continue
                 for v, w in zip(model.weights, dense, strict=True):
@@ -148,7 +161,7 @@ def section(spec, result) -> tuple[list[str], list[list], list[list]]:
                 ]
             )
     sign = 1 if better_low else -1
-    mag_loss = sign * (mean[(0.7, "magnitude", "global")] - result["base"])
+    mag_loss = sign * (mean[(0.7, "magnitude", DEFAULT["magnitude"])] - result["base"])
     best = min(("global", "owl", "measured"), key=lambda a: sign * mean[(0.7, "sparsegpt", a)])
     loss = sign * (mean[(0.7, "sparsegpt", best)] - result["base"])
     if mag_loss <= 0:  # the default magnitude command loses nothing here: there is no half to stay under
@@ -246,9 +259,11 @@ def main(argv=None) -> None:
         f"{models.SAMPLES} training examples after",
         "the calibration ones (as a CLI run takes them from `--data`; the first 64 calibration examples when",
         "fewer than 64 are left, as for the name LSTM; before the thirteenth session, always those), KL for",
-        "probabilities, chosen per run; wanda's also measures the default magnitude command's",
-        "masks and keeps them where they move the outputs less (`magnitude` in the chosen column, since the",
-        "eleventh session). `magnitude global` is the default magnitude command. Calibration: "
+        "probabilities, chosen per run; wanda's also measures the masks the default magnitude command",
+        "chooses between and keeps them where they move the outputs less (`magnitude`: |w| by LAMP, since the",
+        "eleventh session; `magnitude-uniform`: every layer at the sparsity, since the fifteenth). `magnitude",
+        "measured` is the default magnitude command with --data (since the fourteenth session: uniform or LAMP",
+        "on |w|, whichever moves the outputs least on the first 64 calibration examples). Calibration: "
         f"{models.SAMPLES} training examples drawn with each seed; metrics on held-out data.",
         "",
         "## Goal: the default calibrated command >= the default magnitude command",

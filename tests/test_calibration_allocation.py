@@ -45,15 +45,17 @@ def _run(method, sparsity=0.7, held_out=None, **settings):
     return res, {t.name: np.asarray(t.variable) for t in targets}
 
 
-def _magnitude_masks(sparsity=0.7):
-    """The default magnitude command's masks (global LAMP on |w|) on the same model."""
+def _magnitude_masks(sparsity=0.7, uniform=False):
+    """The masks the default magnitude command chooses between on the same model: global LAMP on
+    |w|, or (`uniform`) every layer at the sparsity."""
     from prunecli.config import build_config
     from prunecli.selection import policy
 
     model = _conv_model()
     targets = every_target(model)
-    config = build_config({"model_path": "m.keras", "method": "magnitude", "sparsity": sparsity}, environ={})
-    assert config.scope == "global" and config.normalize == "lamp"
+    values = {"model_path": "m.keras", "method": "magnitude", "sparsity": sparsity}
+    config = build_config({**values, **({"scope": "layer"} if uniform else {})}, environ={})
+    assert (config.scope, config.normalize) == (("layer", "lamp") if uniform else ("global", "lamp"))
     return policy.build_masks(
         targets, {t.name: np.abs(np.asarray(t.variable)) for t in targets}, "element", config
     ).masks
@@ -94,12 +96,13 @@ def test_measured_uses_the_allocation_with_the_least_output_error(method):
     res, weights = _run(method, scope="auto")
     measured = res.section["allocation_measured"]
     errors = measured["output_error"]
-    assert set(errors) == {"uniform", "lamp", "owl"} | ({"magnitude"} if method == "wanda" else set())
+    magnitude = {"magnitude", "magnitude-uniform"} if method == "wanda" else set()
+    assert set(errors) == {"uniform", "lamp", "owl"} | magnitude
     assert measured["examples"] == 48
     assert measured["chosen"] == min(errors, key=errors.get)
     assert res.section["allocation"].startswith(f"measured: {measured['chosen']}")
-    if measured["chosen"] == "magnitude":
-        for name, mask in _magnitude_masks().items():
+    if measured["chosen"].startswith("magnitude"):
+        for name, mask in _magnitude_masks(uniform=measured["chosen"] == "magnitude-uniform").items():
             np.testing.assert_array_equal(np.asarray(res.masks[name]), np.asarray(mask), err_msg=name)
         return
     same, same_weights = _run(method, **EXPLICIT[measured["chosen"]])
@@ -108,7 +111,7 @@ def test_measured_uses_the_allocation_with_the_least_output_error(method):
         np.testing.assert_array_equal(weights[name], same_weights[name], err_msg=name)
 
 
-@pytest.mark.parametrize("forced", ["uniform", "lamp", "owl", "magnitude"])
+@pytest.mark.parametrize("forced", ["uniform", "lamp", "owl", "magnitude", "magnitude-uniform"])
 def test_each_allocation_when_it_measures_best(monkeypatch, forced):
     """Whichever allocation measures best is the one the masks follow: each layer's pruned count is that
     allocation's (uniform: every layer at the sparsity); the magnitude masks, when they measure best, are
@@ -116,7 +119,7 @@ def test_each_allocation_when_it_measures_best(monkeypatch, forced):
     from prunecli.calibration import oneshot, outputs
 
     tried = []
-    order = (*oneshot.MEASURED_ALLOCATIONS, oneshot.MAGNITUDE)
+    order = (*oneshot.MEASURED_ALLOCATIONS, *oneshot.MAGNITUDE_TRIALS)
 
     def error(got, reference, compared_as):
         tried.append(len(tried))
@@ -124,11 +127,11 @@ def test_each_allocation_when_it_measures_best(monkeypatch, forced):
 
     monkeypatch.setattr(outputs, "error", error)
     res, _ = _run("wanda", scope="auto")
-    assert len(tried) == 4, "three different allocations at 70% on this model, then the magnitude masks"
+    assert len(tried) == 5, "three different allocations at 70% on this model, then the two magnitude masks"
     assert res.section["allocation_measured"]["chosen"] == forced
     monkeypatch.undo()
-    if forced == "magnitude":
-        for name, mask in _magnitude_masks().items():
+    if forced.startswith("magnitude"):
+        for name, mask in _magnitude_masks(uniform=forced == "magnitude-uniform").items():
             np.testing.assert_array_equal(np.asarray(res.masks[name]), np.asarray(mask), err_msg=name)
         assert set(res.section["fallback"]) == set(res.masks) and not res.section["layers"]
         assert any("magnitude ranking" in note for note in res.notes)

@@ -445,7 +445,7 @@ def prune_calibrated(
         check_memory(p, HESSIAN_COPIES["refit"] if full else 0, "refitting", fallback, result.notes, instead)
     counts, chosen, tried = _allocation(model, p, config, progress, held_out_x)
     if chosen:  # what was measured is what the layers (and those falling back to magnitude) now follow
-        normalize = "lamp" if chosen["chosen"] == MAGNITUDE else chosen["chosen"]
+        normalize = "lamp" if chosen["chosen"] in MAGNITUDE_TRIALS else chosen["chosen"]
         config = config.replace(scope="layer") if counts is None else config.replace(normalize=normalize)
     jit = use_xla()
     if tried is not None:  # a Wanda run: the chosen allocation's trial (or the magnitude masks) is the run itself
@@ -480,9 +480,12 @@ def prune_calibrated(
 # (with fewer, it compares on this many calibration examples)
 MEASURED_ALLOCATIONS = ("uniform", "lamp", "owl")
 MEASURE_EXAMPLES = 64
-# ... and, for a Wanda run, the default magnitude command's masks (global LAMP on |w|): where they move
-# the outputs less than every Wanda allocation, they are the run's (said in a note and the report)
+# ... and, for a Wanda run, the masks the default magnitude command chooses between (|w| ranked by
+# global LAMP, or every layer at the sparsity: run/steps.measured_allocation): where they move the
+# outputs less than every Wanda allocation, they are the run's (said in a note and the report)
 MAGNITUDE = "magnitude"
+MAGNITUDE_UNIFORM = "magnitude-uniform"
+MAGNITUDE_TRIALS = (MAGNITUDE, MAGNITUDE_UNIFORM)
 
 
 def measures_allocation(config) -> bool:
@@ -569,10 +572,12 @@ def _measured_allocation(
     its calibration examples than on others, magnitude's the same), and the comparison picked it over
     masks that were better on the test set.
 
-    A Wanda run without --reconstruct also tries the default magnitude command's masks (global LAMP on
-    |w|, MAGNITUDE): on small models |w| x ||x|| ranks worse than LAMP on |w| (bench/ALLOCATION.md: the
-    digits MLP at 80%), and the default calibrated command should never lose to the default magnitude
-    one on what it can measure; when they win, they are the run's, and a note and the report say so.
+    A Wanda run without --reconstruct also tries both masks the default magnitude command chooses
+    between (|w| by global LAMP, MAGNITUDE; every layer at the sparsity, MAGNITUDE_UNIFORM): on small
+    models |w| x ||x|| ranks worse than LAMP on |w| (bench/ALLOCATION.md: the digits MLP at 80%), on the
+    Llama decoder of bench/DECODERS.md uniform |w| beat every Wanda allocation at 50-70%, and the default
+    calibrated command should never lose to the default magnitude one on what it can measure; when they
+    win, they are the run's, and a note and the report say so.
     A Wanda run keeps the chosen trial as its result (returned); SparseGPT and --reconstruct run once
     more with the choice (their trials are Wanda runs, so magnitude is not among them). Costs the trials and one copy of the prunable weights
     (two when a trial is kept); where they do not fit in free memory, LAMP is used, and the report says so."""
@@ -593,11 +598,11 @@ def _measured_allocation(
     saved = {t.name: np.array(t.variable) for t in targets}
     trial_config = config.replace(method="wanda", reconstruct=False, normalize="lamp")  # counts fix each share
     candidates, errors, best = {}, {}, None
-    names = MEASURED_ALLOCATIONS + ((MAGNITUDE,) if keep else ())
+    names = MEASURED_ALLOCATIONS + (MAGNITUDE_TRIALS if keep else ())
     try:
         for name in names:
-            if name == MAGNITUDE:  # the default magnitude command's masks: no calibration pass
-                trial, trial_fallback, counts = _magnitude_trial(targets, p, trial_config)
+            if name in MAGNITUDE_TRIALS:  # the default magnitude command's masks: no calibration pass
+                trial, trial_fallback, counts = _magnitude_trial(targets, p, trial_config, name == MAGNITUDE_UNIFORM)
                 layers, src = {}, None
             else:
                 if name == "uniform":
@@ -640,19 +645,25 @@ def _measured_allocation(
         "compared_as": kinds,
     }
     tried = best[1] if best is not None and best[0] == chosen else None
-    return (None if chosen == "uniform" else candidates[chosen]), account, tried
+    uniform = chosen in ("uniform", MAGNITUDE_UNIFORM)
+    return (None if uniform else candidates[chosen]), account, tried
 
 
-def _magnitude_trial(targets, p: _Plan, trial_config):
-    """The default magnitude command's pruning of `targets` (global LAMP on |w|, each layer to its
-    share), in place: (what it recorded, every calibrated layer listed as left to magnitude, the counts)."""
+def _magnitude_trial(targets, p: _Plan, trial_config, uniform: bool):
+    """A pruning of `targets` the default magnitude command can choose, in place: |w| ranked by
+    global LAMP, each layer to its share, or (`uniform`) every layer at the sparsity. Returns (what it
+    recorded, every calibrated layer listed as left to magnitude, the counts)."""
     from prunecli.selection import policy
 
-    scores = {t.name: _magnitude_scores(t) for t in targets}
-    counts = policy.layer_counts(targets, lambda: ((t, scores[t.name]) for t in targets), "element", trial_config)
+    if uniform:
+        counts = {t.name: (_prune_count(t, trial_config, {}, []), False) for t in targets}
+    else:
+        scores = {t.name: _magnitude_scores(t) for t in targets}
+        counts = policy.layer_counts(targets, lambda: ((t, scores[t.name]) for t in targets), "element", trial_config)
     trial = CalibrationResult()
     _magnitude(targets, trial_config, trial, counts)
-    why = "measured: the magnitude ranking (global LAMP on |w|) moved the outputs less than every Wanda allocation"
+    ranking = "every layer at the sparsity" if uniform else "global LAMP"
+    why = f"measured: the magnitude ranking (|w|, {ranking}) moved the outputs less than every Wanda allocation"
     trial.notes.append(f"wanda: {why}, so its masks are this run's (calibration.allocation_measured)")
     return trial, {v.target.name: why for v, _ in p.layers}, counts
 
@@ -686,6 +697,8 @@ def _first_examples(batches, n: int) -> list:
 def _allocation_label(counts, config, chosen: dict) -> str:
     if chosen and chosen["chosen"] == MAGNITUDE:
         return "measured: magnitude (global LAMP on |w|, no Wanda scores)"
+    if chosen and chosen["chosen"] == MAGNITUDE_UNIFORM:
+        return "measured: magnitude-uniform (every layer at the sparsity, |w|, no Wanda scores)"
     if chosen:
         return f"measured: {chosen['chosen']}" + ("" if chosen["chosen"] == "uniform" else " (on Wanda scores)")
     return "layer" if counts is None else f"global ({config.normalize}, on Wanda scores)"
