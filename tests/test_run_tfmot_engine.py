@@ -96,6 +96,7 @@ def test_keras3_files_are_refused_with_the_way_out(mlp_files, tmp_path):
         ({"granularity": "neuron"}, "granularity neuron"),
         ({"threshold": 0.1, "sparsity": None}, "--threshold"),
         ({"schedule": "iterative", "epochs": 1}, "--schedule iterative"),
+        ({"custom_objects": ["layers.py"]}, "--custom-objects"),
     ],
 )
 def test_options_tfmot_lacks_are_config_errors(keras2_h5, tmp_path, options, words):
