@@ -287,3 +287,42 @@ def test_custom_objects_import_like_python(cli, tmp_path, monkeypatch):
     monkeypatch.chdir(code)
     by_name = cli("prune", path, "--custom-objects", "pcli_base_layers", "-o", tmp_path / "b.keras", "-q")
     assert by_name.exit_code == 0, by_name.output
+
+
+def test_keras3_lambda_of_another_python_replaced_by_lambda_layers(cli, tmp_path):
+    """The `.keras` form of FaceNet's failure: Keras 3 stores a Lambda's code as bytecode of the
+    Python that saved it, which another Python cannot read ("bad marshal data"); LAMBDA_LAYERS builds
+    the layer from the user's function, in safe mode."""
+    import zipfile
+
+    import keras
+
+    from prunecli.io import models as model_io
+
+    rng = np.random.default_rng(3)
+    inp = keras.Input((6,))
+    h = keras.layers.Dense(8, name="dense_in")(inp)
+    h = keras.layers.Lambda(lambda t: t * 3.0, name="tripled")(h)
+    out = keras.layers.Dense(2, name="dense_out")(h)
+    model = keras.Model(inp, out)
+    saved = tmp_path / "saved.keras"
+    model.save(saved)
+    path = tmp_path / "lambda.keras"
+    with zipfile.ZipFile(saved) as src, zipfile.ZipFile(path, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                layer = next(lay for lay in config["config"]["layers"] if lay["config"]["name"] == "tripled")
+                layer["config"]["function"]["config"]["code"] = base64.b64encode(b"\xe3").decode()
+                data = json.dumps(config).encode()
+            dst.writestr(item, data)
+    refused = cli("prune", path, "-o", tmp_path / "a.keras", "-q")
+    assert refused.exit_code == 3 and "LAMBDA_LAYERS" in refused.output
+    source = tmp_path / "pcli_tripled.py"
+    source.write_text("def pcli_tripled(x):\n    return x * 3.0\n\nLAMBDA_LAYERS = {'tripled': pcli_tripled}\n")
+    loaded, _info = model_io.load(path, custom_objects=(str(source),))
+    x = rng.normal(size=(8, 6)).astype("float32")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    result = cli("prune", path, "-s", "0.5", "--custom-objects", source, "-o", tmp_path / "out.keras", "-q")
+    assert result.exit_code == 0, result.output

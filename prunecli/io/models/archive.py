@@ -18,6 +18,7 @@ those functions), and the caller loads with `keras.saving.load_model` as before.
 from __future__ import annotations
 
 import io
+import json
 import os
 import struct
 import zipfile
@@ -137,10 +138,11 @@ def _crc_in_background(fd: int, start: int, size: int) -> Future:
         pool.shutdown(wait=False)
 
 
-def load(path: Path, compile: bool, safe_mode: bool):
+def load(path: Path, compile: bool, safe_mode: bool, config_patch=None):
     """The model in the `.keras` archive at `path`, its weights read in place; None when the archive
     is not one this applies to (the caller then uses keras.saving.load_model). Raises what Keras'
-    load_model raises for the same file (a bad config, weights that do not fit, a damaged member)."""
+    load_model raises for the same file (a bad config, weights that do not fit, a damaged member).
+    `config_patch`: applied to the archive's config (a dict) before Keras builds the model from it."""
     saving_lib = _keras_functions()
     if saving_lib is None or not Path(path).is_file():  # a Keras model folder (zipped=False) is Keras' to read
         return None
@@ -158,6 +160,8 @@ def load(path: Path, compile: bool, safe_mode: bool):
             if start is None:
                 return None
             config_json = saving_lib._safe_zip_read(archive, CONFIG_MEMBER)  # Keras' bomb check
+            if config_patch is not None:
+                config_json = json.dumps(config_patch(json.loads(config_json)))
             # the CRC thread reads with pread, which leaves the position the archive reads from alone
             checksum = _crc_in_background(fh.fileno(), start, info.file_size)
             try:

@@ -10,9 +10,9 @@ cannot spell, such as the `"<lambda>"` activation Keras 2 wrote for an anonymous
 
 Its `LAMBDA_LAYERS` dict maps Lambda layer names (globs) to the functions those layers compute.
 Those layers are built with the given function instead of the Python code the file stores: the
-file's code never runs, so no --unsafe is needed for them, and a Keras-2 `.h5` whose Lambda code was
-compiled by another Python version (FaceNet's facenet_keras.h5, Python 3.6: "EOF read where object
-expected" on Python 3.11) loads. Registration is process-wide, as Keras' own registry is: the
+file's code never runs, so no --unsafe is needed for them, and a file whose Lambda code was compiled
+by another Python version (FaceNet's Keras-2 facenet_keras.h5, Python 3.6: "EOF read where object
+expected" on Python 3.11; a Keras 3 `.keras` saved by another Python: "bad marshal data") loads. Registration is process-wide, as Keras' own registry is: the
 rebuilt and reloaded copies of the model a run makes need the same classes.
 """
 
@@ -130,8 +130,10 @@ def _defined(module) -> dict[str, object]:
 
 
 def replace_lambdas(config: dict, custom: CustomObjects) -> dict:
-    """A Keras-2 `.h5` config whose Lambda layers named in LAMBDA_LAYERS compute the user's function
-    (by its registered name, as Keras 3 writes a named function) instead of their stored code.
+    """A model config whose Lambda layers named in LAMBDA_LAYERS compute the user's function (by its
+    registered name, as Keras 3 writes a named function) instead of their stored code: a Keras-2 `.h5`
+    config (code as a list, `function_type` "lambda") or a Keras 3 one (a `__lambda__` object). A
+    stored output-shape function goes too (Keras then infers the shape from the user's function).
     Returns `config` itself when no layer matches."""
     if not custom.lambda_layers:
         return config
@@ -151,7 +153,13 @@ def replace_lambdas(config: dict, custom: CustomObjects) -> dict:
                         "registered_name": registered,
                         "module": None,
                     }
-                    return {**node, "config": {**inner, "function": function, "function_type": "function"}}
+                    changed = {**inner, "function": function}
+                    if "function_type" in inner:  # Keras 2's marker of how `function` is stored
+                        changed["function_type"] = "function"
+                    if _stored_code(inner.get("output_shape")) or inner.get("output_shape_type") == "lambda":
+                        changed["output_shape"] = None
+                        changed.pop("output_shape_type", None)
+                    return {**node, "config": changed}
             return {k: patch(v) for k, v in node.items()}
         if isinstance(node, list):
             return [patch(v) for v in node]
@@ -159,3 +167,8 @@ def replace_lambdas(config: dict, custom: CustomObjects) -> dict:
 
     patched = patch(config)
     return patched if found else config
+
+
+def _stored_code(value) -> bool:
+    """Whether a Lambda config value is serialised Python code (Keras 3's `__lambda__` object)."""
+    return isinstance(value, dict) and value.get("class_name") == "__lambda__"

@@ -158,13 +158,10 @@ def _code_layers(node: Any):
 
 
 def check_safe(info: ModelFile, custom: CustomObjects = NO_CUSTOM_OBJECTS) -> None:
-    """Refuse layers that carry code (Lambda) before deserialisation can run any of it; a Keras-2
-    `.h5` Lambda whose function the user's --custom-objects gives (LAMBDA_LAYERS) runs that function
-    instead, so it is not refused."""
-    replaceable = info.format == "h5"  # custom.replace_lambdas patches a legacy config
-    found = sorted(
-        {c for c, name in _code_layers(info.config) if not (replaceable and custom.lambda_function(name) is not None)}
-    )
+    """Refuse layers that carry code (Lambda) before deserialisation can run any of it; a Lambda whose
+    function the user's --custom-objects gives (LAMBDA_LAYERS) runs that function instead, so it is
+    not refused (where its config cannot be patched, Keras' own safe mode still refuses its code)."""
+    found = sorted({c for c, name in _code_layers(info.config) if custom.lambda_function(name) is None})
     if found:
         raise ModelLoadError(
             f"{info.path} contains a {found[0]} layer (serialised Python code); "

@@ -95,14 +95,15 @@ def _load_keras(path: Path, unsafe: bool, custom: CustomObjects):
         if config is not stored:  # read as the Keras version that wrote it reads it
             with quiet_keras():
                 return _load_patched_h5(path, config, None, not unsafe, cudnn_config)
+    patch = (lambda config: custom_objects.replace_lambdas(config, custom)) if custom.lambda_layers else None
     with quiet_keras():
         try:
-            return _keras_load(path, compile=True, safe_mode=not unsafe)
+            return _keras_load(path, compile=True, safe_mode=not unsafe, config_patch=patch)
         except MemoryError:
             raise
         except Exception:
             try:
-                return _keras_load(path, compile=False, safe_mode=not unsafe)
+                return _keras_load(path, compile=False, safe_mode=not unsafe, config_patch=patch)
             except Exception as exc:
                 reason = _load_failure(exc)
                 if path.suffix in (".h5", ".hdf5") and (_UNKNOWN_KWARGS.search(reason) or _SLASH_NAME in reason):
@@ -110,13 +111,14 @@ def _load_keras(path: Path, unsafe: bool, custom: CustomObjects):
                 raise
 
 
-def _keras_load(path: Path, compile: bool, safe_mode: bool):
+def _keras_load(path: Path, compile: bool, safe_mode: bool, config_patch=None):
     """keras.saving.load_model, with a `.keras` archive's weights read in place (archive.py) when its
-    layout allows: the same model, without a copy of the whole weights file in memory."""
+    layout allows: the same model, without a copy of the whole weights file in memory. `config_patch`:
+    a change to a `.keras` archive's config (the user's Lambda functions), on that path only."""
     import keras
 
     if path.suffix == ".keras":
-        model = archive.load(path, compile=compile, safe_mode=safe_mode)
+        model = archive.load(path, compile=compile, safe_mode=safe_mode, config_patch=config_patch)
         if model is not None:
             return model
     return keras.saving.load_model(path, compile=compile, safe_mode=safe_mode)
