@@ -162,3 +162,35 @@ def test_keras1_merge_of_code_is_refused_in_one_line(cli, tmp_path):
     _as_keras2(path, _as_keras1_merge("mul", mode_type="lambda"), version="2.0.6")
     result = cli("prune", path, "-o", tmp_path / "o.keras", "-q")
     assert result.exit_code == 3 and "Merge" in result.output
+
+
+def test_keras2_thresholded_relu_is_read_as_relu_with_its_threshold(tmp_path):
+    """Keras 3 dropped ThresholdedReLU; a Keras-2 file's is the ReLU(threshold=theta) it equals."""
+    import keras
+
+    from prunecli.io import models as model_io
+
+    rng = np.random.default_rng(4)
+    inp = keras.Input((5,))
+    h = keras.layers.Dense(6, name="dense_in")(inp)
+    h = keras.layers.ReLU(name="gate")(h)
+    out = keras.layers.Dense(2, name="head")(h)
+    stored = keras.Model(inp, out)
+    for w in stored.weights:
+        w.assign(rng.normal(size=w.shape).astype("float32"))
+    path = tmp_path / "thresholded.h5"
+    stored.save(path)
+
+    def as_thresholded(config):
+        node = next(layer for layer in config["config"]["layers"] if layer["config"]["name"] == "gate")
+        node["class_name"] = "ThresholdedReLU"
+        node.pop("module", None)
+        node["config"] = {"name": "gate", "trainable": True, "dtype": "float32", "theta": 0.7}
+
+    _as_keras2(path, as_thresholded)
+    x = rng.normal(size=(16, 5)).astype("float32")
+    pre = x @ stored.get_layer("dense_in").kernel.numpy() + stored.get_layer("dense_in").bias.numpy()
+    gated = np.where(pre > 0.7, pre, 0.0)
+    want = gated @ stored.get_layer("head").kernel.numpy() + stored.get_layer("head").bias.numpy()
+    model, _info = model_io.load(path)
+    np.testing.assert_allclose(model.predict(x, verbose=0), want, rtol=1e-5, atol=1e-5)

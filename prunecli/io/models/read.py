@@ -160,9 +160,10 @@ def _with_keras2_defaults(config: dict) -> dict:
     """What Keras 2.0-2.1 configs leave implicit, said as Keras 3 needs it: a layer wrapped by
     Bidirectional or TimeDistributed names no module (Keras 3 finds a wrapped standard layer only by
     module: "Could not locate class 'LSTM'"), a GRU without `reset_after` is the reset-before GRU
-    those versions had (Keras 3's default is True, whose bias has another shape), and a Keras-1
-    `Merge(mode="mul")` is the Multiply layer Keras 2 replaced it with (`_as_merge_layer`). Returns
-    `config` itself when nothing changed."""
+    those versions had (Keras 3's default is True, whose bias has another shape), a Keras-1
+    `Merge(mode="mul")` is the Multiply layer Keras 2 replaced it with (`_as_merge_layer`), and
+    `ThresholdedReLU(theta)`, which Keras 3 dropped, is the `ReLU(threshold=theta)` it equals (both give
+    x above theta and 0 below). Returns `config` itself when nothing changed."""
     import keras
 
     patched = json.loads(json.dumps(config))
@@ -185,6 +186,15 @@ def _with_keras2_defaults(config: dict) -> dict:
             changed = True
         if node.get("class_name") == "Merge":
             changed = _as_merge_layer(node) or changed
+        if node.get("class_name") == "ThresholdedReLU":  # gone from Keras 3: x where x > theta, else 0
+            node["class_name"] = "ReLU"
+            node["config"] = {
+                "name": inner.get("name"),
+                "trainable": inner.get("trainable", True),
+                "threshold": float(inner.get("theta", 1.0)),
+            }
+            node.pop("module", None)
+            changed = True
     return patched if changed else config
 
 
