@@ -93,11 +93,12 @@ def _import(source: str):
     classes' __module__ then says), else an importable module name. Imported as `python` would from
     where the user stands: a file's own folder (for its sibling imports) or, for a module name, the
     current directory, is searched first while it imports."""
-    if source in _imported:
-        return _imported[source]
     path = Path(source)
     if path.suffix == ".py" and not path.is_file():
         raise InputError(f"--custom-objects {source}: no such file")
+    key = str(path.resolve()) if path.suffix == ".py" else source  # one file, however it is named
+    if key in _imported:
+        return _imported[key]
     search = str(path.resolve().parent) if path.suffix == ".py" else os.getcwd()
     sys.path.insert(0, search)
     try:
@@ -114,7 +115,7 @@ def _import(source: str):
         ) from exc
     finally:
         sys.path.remove(search)
-    _imported[source] = module
+    _imported[key] = module
     return module
 
 
