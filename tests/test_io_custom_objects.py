@@ -326,3 +326,51 @@ def test_keras3_lambda_of_another_python_replaced_by_lambda_layers(cli, tmp_path
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
     result = cli("prune", path, "-s", "0.5", "--custom-objects", source, "-o", tmp_path / "out.keras", "-q")
     assert result.exit_code == 0, result.output
+
+
+POOLING_MODULE = '''
+import keras
+from keras import ops
+
+
+class PcliAttentionPooling(keras.layers.Layer):
+    """Attention that pools a sequence into one vector (as RNN classifiers use it): not a Transformer's."""
+
+    def build(self, input_shape):
+        self.score = self.add_weight(shape=(input_shape[-1], 1), initializer="glorot_uniform")
+
+    def call(self, x):
+        weights = ops.softmax(ops.squeeze(ops.matmul(x, self.score), -1), axis=-1)
+        return ops.sum(x * ops.expand_dims(weights, -1), axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+'''
+
+
+def test_attention_that_pools_a_sequence_is_not_a_transformer(cli, tmp_path):
+    """-g neuron on an LSTM classifier with an attention-pooling layer (textgenrnn's shape) prunes its
+    units: the layer's name says attention, but it pools the sequence, holding no residual stream."""
+    import importlib.util
+
+    import keras
+
+    source = tmp_path / "pcli_pooling.py"
+    source.write_text(POOLING_MODULE)
+    spec = importlib.util.spec_from_file_location("pcli_pooling_training", source)
+    training = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(training)
+    inp = keras.Input((12,), dtype="int32")
+    h = keras.layers.Embedding(50, 16, name="embedding")(inp)
+    h = keras.layers.LSTM(24, return_sequences=True, name="rnn")(h)
+    h = training.PcliAttentionPooling(name="attention")(h)
+    out = keras.layers.Dense(5, activation="softmax", name="head")(keras.layers.Dense(20, name="hidden")(h))
+    path = tmp_path / "pooled.keras"
+    keras.Model(inp, out).save(path)
+    report = tmp_path / "r.json"
+    result = cli(
+        "prune", path, "-g", "neuron", "--custom-objects", source, "-o", tmp_path / "o.keras", "-r", report, "-q"
+    )
+    assert result.exit_code == 0, result.output
+    pruned = {row["name"]: row for row in json.loads(report.read_text())["layers"]}
+    assert pruned["hidden/kernel"]["sparsity"] > 0.3 and pruned["rnn/lstm_cell/kernel"]["sparsity"] > 0.3

@@ -231,7 +231,9 @@ def unread_attention(model) -> list[str]:
     """Class names of the layers that call themselves attention and hold projection matrices (KerasHub's
     GemmaAttention, BloomAttention, FalconAttention...) but whose heads `find` cannot read: a
     Transformer all the same, whose residual stream -g neuron must not cut. (keras.layers.Attention and
-    AdditiveAttention hold no matrix: a model using them is not a Transformer here.)"""
+    AdditiveAttention hold no matrix: a model using them is not a Transformer here; nor is one whose
+    attention pools a sequence into one vector, as RNN classifiers' attention layers do: textgenrnn's
+    AttentionWeightedAverage, bench/ZOO.md.)"""
     read = {id(hl.layer) for hl in find(model)}
     return sorted(
         {
@@ -240,8 +242,21 @@ def unread_attention(model) -> list[str]:
             if "Attention" in type(layer).__name__
             and id(layer) not in read
             and any(len(w.shape) >= 2 for w in layer.weights)
+            and not _pools_sequence(layer)
         }
     )
+
+
+def _pools_sequence(layer) -> bool:
+    """Whether a layer called in a functional graph returns fewer axes than it reads (a sequence pooled
+    into one vector per example); False where its call is not recorded (inside another layer's call)."""
+    try:
+        inputs, outputs = layer.input, layer.output
+    except (AttributeError, ValueError):  # never called functionally: nothing recorded
+        return False
+    first_in = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
+    first_out = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+    return len(first_out.shape) < len(first_in.shape)
 
 
 def ffn_pairs(model) -> list[tuple[str, str]]:
