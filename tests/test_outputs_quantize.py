@@ -411,7 +411,7 @@ def test_int8_model_exports_to_tflite_with_its_zeros(conv_dense, tmp_path):
     assert export["savedmodel"]["max_abs_diff"] <= 1e-5  # the quantized Keras model itself
 
 
-@pytest.mark.parametrize("mode", ["int8", "int4"])
+@pytest.mark.parametrize("mode", ["int8", pytest.param("int4", marks=pytest.mark.slow)])  # int4: full suite
 def test_inspect_counts_a_quantized_model_as_its_report_does(conv_dense, tmp_path, mode):
     """`inspect` on a --quantize output reads each kernel as the targets do (codes in the kernel's
     layout): the same targets, shapes and sparsity as the run's report. It used to count the stored

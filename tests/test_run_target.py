@@ -227,6 +227,7 @@ def test_latency_target_end_to_end_with_the_real_timer(cli, files, tmp_path):
     assert out.exists()
 
 
+@pytest.mark.slow  # a TFLite conversion per model (2 s): the full suite
 def test_tflite_clock_converts_each_model_once_and_times_batch_1(monkeypatch):
     """With --export tflite, latency= is measured where the file will run: TFLite's interpreter, batch 1."""
     import keras
