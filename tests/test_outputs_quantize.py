@@ -432,7 +432,8 @@ def test_inspect_counts_a_quantized_model_as_its_report_does(conv_dense, tmp_pat
     assert seen.totals["prunable_sparsity"] == pytest.approx(report["totals"]["prunable_sparsity"], abs=1e-12)
 
 
-@pytest.mark.parametrize("mode", ["int8", pytest.param("int4", marks=pytest.mark.slow)])
+@pytest.mark.slow  # two full runs and a verify each (3 s): the full suite
+@pytest.mark.parametrize("mode", ["int8", "int4"])
 def test_verify_checks_a_quantized_model_against_its_report_and_plan(conv_dense, tmp_path, cli, mode):
     """The quantized file holds integer codes (and prunecli's QuantizedConv2D) where the plan's float model
     held float kernels: verify still finds every reported layer under its name, reads its zeros from the
