@@ -374,3 +374,26 @@ def test_attention_that_pools_a_sequence_is_not_a_transformer(cli, tmp_path):
     assert result.exit_code == 0, result.output
     pruned = {row["name"]: row for row in json.loads(report.read_text())["layers"]}
     assert pruned["hidden/kernel"]["sparsity"] > 0.3 and pruned["rnn/lstm_cell/kernel"]["sparsity"] > 0.3
+
+
+def test_a_helper_named_like_keras_own_does_not_replace_it(tmp_path):
+    """A `relu` helper in the user's file is not registered: an `.h5` config's "relu" stays Keras'
+    (Keras' legacy reader looks a config's names up among registered objects first); CUSTOM_OBJECTS
+    can still replace a Keras name on purpose."""
+    from prunecli.io import models as model_io
+
+    path, dense, x = _keras2_h5(tmp_path, lambda middle, config: None)
+    helper = tmp_path / "pcli_helper.py"
+    helper.write_text(LAYERS_MODULE + "\n\ndef relu(x):\n    return x * 0.0\n")
+    model, _info = model_io.load(path, custom_objects=(str(helper),))
+    np.testing.assert_allclose(model.predict(x, verbose=0), dense.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    on_purpose = tmp_path / "pcli_on_purpose.py"
+    on_purpose.write_text("def pcli_zero(x):\n    return x * 0.0\n\nCUSTOM_OBJECTS = {'relu': pcli_zero}\n")
+    try:
+        replaced, _info = model_io.load(path, custom_objects=(str(on_purpose),))
+        head = dense.get_layer("dense_out")
+        np.testing.assert_allclose(replaced.predict(x, verbose=0), np.tile(head.bias.numpy(), (len(x), 1)), atol=1e-6)
+    finally:
+        import keras
+
+        keras.saving.get_custom_objects().pop("relu", None)  # the registry is process-wide

@@ -5,8 +5,9 @@ A Keras file names a custom layer by its class; Keras builds it only from a regi
 model with one ("Unknown layer: 'ConvDNA'") cannot be read without the code it was trained with.
 The user has that code: `--custom-objects layers.py` (a file) or `--custom-objects pkg.layers` (an
 importable module) imports it, once per process, and registers with Keras, by name, every public
-class and function it defines, plus the entries of its `CUSTOM_OBJECTS` dict (for names Python
-cannot spell, such as the `"<lambda>"` activation Keras 2 wrote for an anonymous function).
+class and function it defines (but none named as one of Keras' own), plus the entries of its
+`CUSTOM_OBJECTS` dict (for names Python cannot spell, such as the `"<lambda>"` activation Keras 2
+wrote for an anonymous function, or to replace one of Keras' on purpose).
 
 Its `LAMBDA_LAYERS` dict maps Lambda layer names (globs) to the functions those layers compute.
 Those layers are built with the given function instead of the Python code the file stores: the
@@ -120,14 +121,26 @@ def _import(source: str):
 
 
 def _defined(module) -> dict[str, object]:
-    """The public classes and functions `module` itself defines (not those it imports)."""
+    """The public classes and functions `module` itself defines (not those it imports), except those
+    named as one of Keras' own (a helper `softmax` or `Dense` in the user's file would otherwise
+    replace Keras' wherever a config names it; CUSTOM_OBJECTS can still, on purpose)."""
     return {
         name: value
         for name, value in vars(module).items()
         if not name.startswith("_")
         and (inspect.isclass(value) or inspect.isfunction(value))
         and getattr(value, "__module__", None) == module.__name__
+        and not _keras_name(name)
     }
+
+
+def _keras_name(name: str) -> bool:
+    """Whether Keras itself resolves `name` in a config: a layer, activation, loss, metric,
+    initializer, regularizer, constraint or optimizer of its own."""
+    import keras
+
+    kinds = ("layers", "activations", "losses", "metrics", "initializers", "regularizers", "constraints", "optimizers")
+    return any(hasattr(getattr(keras, kind), name) for kind in kinds)
 
 
 def replace_lambdas(config: dict, custom: CustomObjects) -> dict:
