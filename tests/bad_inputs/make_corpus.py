@@ -88,6 +88,7 @@ def build(dest: str | os.PathLike) -> dict[str, Path]:
     good = _mlp()
     good.save(path("good.keras"))
     good.save(path("good.h5"))
+    good.save_weights(path("weights_only.weights.h5"))  # Keras 3's save_weights: no model in it
     rng = np.random.default_rng(0)
     x = rng.standard_normal((40, INPUTS)).astype("float32")
     y = rng.integers(0, CLASSES, 40).astype("int32")

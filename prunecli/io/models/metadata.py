@@ -58,6 +58,11 @@ def _read_h5_meta(path: Path) -> tuple[str | None, dict | None]:
     try:
         with h5py.File(path, "r") as f:
             if "model_config" not in f.attrs:
+                if "layer_names" in f.attrs or {"layers", "vars"} <= set(f.keys()):  # save_weights: Keras 2, Keras 3
+                    raise ModelLoadError(
+                        f"{path} holds weights only (save_weights), not a saved model: build the model in code,"
+                        " load these weights, save it with model.save('m.keras') and prune that"
+                    )
                 raise ModelLoadError(f"{path} is an HDF5 file but not a saved Keras model (no model_config)")
             raw = f.attrs["model_config"]
             version = f.attrs.get("keras_version")
