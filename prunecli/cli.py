@@ -20,8 +20,6 @@ from prunecli.run.sweep import DEFAULT_SPARSITIES
 from prunecli.scoring.checks import build_config
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-# inspect and verify read a model too: the prune option's help, written once in PruneConfig
-CUSTOM_OBJECTS_HELP = next(f for f in dataclasses.fields(PruneConfig) if f.name == "custom_objects").metadata["help"]
 
 
 def _debug_requested(ctx: click.Context) -> bool:
@@ -313,6 +311,20 @@ def _emit_report(report, config) -> None:
         render(report, _console())
 
 
+def _config_option(name: str, **extra):
+    """An option of `apply`, `inspect` or `verify` declared by its PruneConfig field (flags and help written
+    once, as `prune`, `plan` and `sweep` have it)."""
+    f = next(f for f in dataclasses.fields(PruneConfig) if f.name == name)
+    decls = [*option_flags(f), name]
+    if f.metadata["kind"] == "flag":
+        return click.option(*decls, is_flag=True, default=None, help=f.metadata["help"], **extra)
+    if f.metadata["kind"] == "off":
+        return click.option(*decls, flag_value=False, default=None, help=f.metadata["help"], **extra)
+    if f.metadata["kind"] == "multiple":
+        return click.option(*decls, multiple=True, help=f.metadata["help"], **extra)
+    return click.option(*decls, help=f.metadata["help"], **extra)
+
+
 @main.command(epilog=_methods_epilog(), context_settings=CONTEXT_SETTINGS)
 @settings_options("prune")
 @click.pass_context
@@ -400,7 +412,7 @@ def sweep(ctx: click.Context, sparsities: str, output_dir: str, name: str, per_l
 @click.option("--include", multiple=True, help="Only layers matching this name glob are targets (repeatable).")
 @click.option("--exclude", multiple=True, help="Layers matching this name glob are not targets (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option("--custom-objects", "custom_objects", multiple=True, help=CUSTOM_OBJECTS_HELP)
+@_config_option("custom_objects")  # inspect and verify read a model too
 def inspect(model_path: str, include: tuple, exclude: tuple, as_json: bool, custom_objects: tuple) -> None:
     """Show MODEL's layers and weights: shapes, parameters, non-zeros, sparsity, and whether and how
     prunecli would prune each weight (or why not). Pruned or not, the file is only read (safe mode).
@@ -455,19 +467,6 @@ def plan(ctx: click.Context, as_json: bool, **params) -> None:
         click.echo(json.dumps(json_safe(result), indent=2, allow_nan=False))  # valid JSON: NaN -> null
     else:
         render(result, _console())
-
-
-def _config_option(name: str, **extra):
-    """An option of `apply` declared by its PruneConfig field (flags and help written once)."""
-    f = next(f for f in dataclasses.fields(PruneConfig) if f.name == name)
-    decls = [*option_flags(f), name]
-    if f.metadata["kind"] == "flag":
-        return click.option(*decls, is_flag=True, default=None, help=f.metadata["help"], **extra)
-    if f.metadata["kind"] == "off":
-        return click.option(*decls, flag_value=False, default=None, help=f.metadata["help"], **extra)
-    if f.metadata["kind"] == "multiple":
-        return click.option(*decls, multiple=True, help=f.metadata["help"], **extra)
-    return click.option(*decls, help=f.metadata["help"], **extra)
 
 
 APPLY_OPTIONS = (
@@ -539,7 +538,7 @@ class _Outputs:
     "--tolerance", type=float, default=1e-3, show_default=True, help="Accuracy difference allowed (absolute)."
 )
 @click.option("--unsafe", is_flag=True, help="Allow Lambda layers (runs code from the file).")
-@click.option("--custom-objects", "custom_objects", multiple=True, help=CUSTOM_OBJECTS_HELP)
+@_config_option("custom_objects")  # inspect and verify read a model too
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing when every claim holds.")
 @click.option("--debug", "cmd_debug", is_flag=True, help="Show tracebacks for errors.")
 @click.pass_context

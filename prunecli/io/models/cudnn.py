@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from prunecli.errors import ModelLoadError
+from prunecli.io.models.metadata import config_nodes
 
 CUDNN = {"CuDNNGRU": ("GRU", 3), "CuDNNLSTM": ("LSTM", 4)}  # class -> (plain class, gates)
 
@@ -61,21 +62,11 @@ _KEPT = {
 _WRAPPERS = ("Bidirectional", "TimeDistributed")
 
 
-def _walk(node):
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from _walk(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _walk(value)
-
-
 def cudnn_layers(config: dict | None) -> list[tuple[str, str]]:
     """(layer name, class) of every CuDNN layer in a model config, wrappers and nested models included."""
     return [
         (str((n.get("config") or {}).get("name", "?")), n["class_name"])
-        for n in _walk(config or {})
+        for n in config_nodes(config or {})
         if n.get("class_name") in CUDNN and isinstance(n.get("config"), dict)
     ]
 
@@ -101,7 +92,7 @@ def translate_config(config: dict, path) -> dict:
     """A copy of `config` with every CuDNN layer replaced by its plain equivalent; a CuDNN option
     that the plain layer cannot reproduce exactly is a ModelLoadError naming it."""
     patched = json.loads(json.dumps(config))
-    for node in _walk(patched):
+    for node in config_nodes(patched):
         cls = node.get("class_name")
         if cls not in CUDNN or not isinstance(node.get("config"), dict):
             continue

@@ -37,11 +37,9 @@ LAMBDAS_ATTRIBUTE = "LAMBDA_LAYERS"
 
 @dataclass(frozen=True)
 class CustomObjects:
-    """What the --custom-objects sources registered: the names (for messages) and the Lambda
+    """What loading needs of the --custom-objects sources once they are registered: the Lambda
     replacements as (layer-name glob, function, registered name) in the order the sources gave them."""
 
-    sources: tuple[str, ...]
-    names: tuple[str, ...]
     lambda_layers: tuple[tuple[str, Callable, str], ...]
 
     def lambda_function(self, layer_name: str) -> str | None:
@@ -53,7 +51,7 @@ class CustomObjects:
         return None
 
 
-NONE = CustomObjects((), (), ())
+NONE = CustomObjects(())
 _imported: dict[str, object] = {}  # a source imported once per process: its classes keep one identity
 
 
@@ -65,7 +63,6 @@ def register(sources: tuple[str, ...] | list[str]) -> CustomObjects:
         return NONE
     import keras
 
-    names: list[str] = []
     lambdas: list[tuple[str, Callable, str]] = []
     registry = keras.saving.get_custom_objects()
     for source in sources:
@@ -85,8 +82,7 @@ def register(sources: tuple[str, ...] | list[str]) -> CustomObjects:
         if not found:
             raise InputError(f"--custom-objects {source} defines no classes or functions to register")
         registry.update(found)
-        names.extend(n for n in found if n not in names)
-    return CustomObjects(tuple(sources), tuple(names), tuple(lambdas))
+    return CustomObjects(tuple(lambdas))
 
 
 def _import(source: str):

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import keras
 
+from prunecli.io.models.metadata import config_nodes
+
 KERAS2_NAME = "hard_sigmoid"
 ACTIVATION_KEYS = ("activation", "recurrent_activation")
 
@@ -27,14 +29,13 @@ def keras2_hard_sigmoid(x):
 
 def uses_keras2_hard_sigmoid(config) -> bool:
     """Whether a Keras-2 config names "hard_sigmoid" anywhere as a layer's activation."""
-    return any(True for _ in _sites(config))
+    return any(True for _ in _sites(config or {}))
 
 
 def with_keras2_hard_sigmoid(config: dict) -> dict:
     """The config with every "hard_sigmoid" activation (string or Keras-2 dict form) replaced by the
     serialised `keras2_hard_sigmoid`; `config` itself when there is none."""
-    sites = list(_sites(config))
-    if not sites:
+    if not uses_keras2_hard_sigmoid(config):
         return config
     import json
 
@@ -45,19 +46,12 @@ def with_keras2_hard_sigmoid(config: dict) -> dict:
     return patched
 
 
-def _sites(node):
+def _sites(config):
     """(dict, key) of each activation entry naming "hard_sigmoid" in a config tree."""
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        if isinstance(current, dict):
-            for key, value in current.items():
-                if key in ACTIVATION_KEYS and _names_hard_sigmoid(value):
-                    yield current, key
-                elif isinstance(value, (dict, list)):
-                    stack.append(value)
-        elif isinstance(current, list):
-            stack.extend(current)
+    for node in config_nodes(config):
+        for key in ACTIVATION_KEYS:
+            if _names_hard_sigmoid(node.get(key)):
+                yield node, key
 
 
 def _names_hard_sigmoid(value) -> bool:

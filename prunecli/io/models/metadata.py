@@ -149,17 +149,24 @@ def inspect_file(path: str | os.PathLike) -> ModelFile:
     return ModelFile(p, fmt, flavour, version, size, config)
 
 
-def _code_layers(node: Any):
-    """(class name, layer name) of every layer in a config that carries code (UNSAFE_CLASSES)."""
+def config_nodes(node: Any):
+    """Every dict in a config tree, depth first (a layer, its wrapped layer, a nested model's layers):
+    the one walk the readers that check or patch a stored config share (its depth was checked on read)."""
     if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from config_nodes(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from config_nodes(value)
+
+
+def _code_layers(config):
+    """(class name, layer name) of every layer in a config that carries code (UNSAFE_CLASSES)."""
+    for node in config_nodes(config):
         if node.get("class_name") in UNSAFE_CLASSES:
             inner = node.get("config")
             yield str(node["class_name"]), str(inner.get("name", "")) if isinstance(inner, dict) else ""
-        for v in node.values():
-            yield from _code_layers(v)
-    elif isinstance(node, list):
-        for v in node:
-            yield from _code_layers(v)
 
 
 def check_safe(info: ModelFile, custom: CustomObjects = NO_CUSTOM_OBJECTS) -> None:

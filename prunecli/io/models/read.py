@@ -18,7 +18,7 @@ from prunecli.io.models import archive, cudnn
 from prunecli.io.models import custom as custom_objects
 from prunecli.io.models.custom import NONE as NO_CUSTOM_OBJECTS
 from prunecli.io.models.custom import CustomObjects
-from prunecli.io.models.metadata import ModelFile, inspect_file
+from prunecli.io.models.metadata import ModelFile, config_nodes
 
 
 def read_model(info: ModelFile, unsafe: bool, custom: CustomObjects = NO_CUSTOM_OBJECTS):
@@ -27,7 +27,7 @@ def read_model(info: ModelFile, unsafe: bool, custom: CustomObjects = NO_CUSTOM_
     import keras
 
     try:
-        model = _load_keras(info.path, unsafe, custom)
+        model = _load_keras(info, unsafe, custom)
     except (MemoryError, ModelLoadError):
         raise
     except Exception as exc:  # Keras raises TypeError/ValueError/KeyError/OSError for bad files
@@ -70,9 +70,11 @@ def _chain(exc: BaseException):
         exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
 
 
-def _load_keras(path: Path, unsafe: bool, custom: CustomObjects):
+def _load_keras(info: ModelFile, unsafe: bool, custom: CustomObjects):
     """Load with the training config, else without it: Keras cannot always restore one (Keras 3.15
-    fails on its own .h5 files compiled with loss="mse"), and pruning needs only structure and weights."""
+    fails on its own .h5 files compiled with loss="mse"), and pruning needs only structure and weights.
+    An `.h5`'s config is the one `info` read from the file (not read again)."""
+    path = info.path
 
     from prunecli.io.models import keras2_activations  # registers Keras 2's hard_sigmoid: .keras outputs name it
 
@@ -82,7 +84,6 @@ def _load_keras(path: Path, unsafe: bool, custom: CustomObjects):
 
         register_for_file(path)  # KerasHub classes are known to Keras once keras-hub is imported
     elif path.suffix in (".h5", ".hdf5"):
-        info = inspect_file(path)
         stored = info.config or {}
         cudnn_config = stored if cudnn.cudnn_layers(stored) else None
         config = stored if cudnn_config is None else cudnn.translate_config(stored, path)  # the plain layers they equal
@@ -107,7 +108,7 @@ def _load_keras(path: Path, unsafe: bool, custom: CustomObjects):
             except Exception as exc:
                 reason = _load_failure(exc)
                 if path.suffix in (".h5", ".hdf5") and (_UNKNOWN_KWARGS.search(reason) or _SLASH_NAME in reason):
-                    return _load_patched_h5(path, inspect_file(path).config, exc, not unsafe)
+                    return _load_patched_h5(path, info.config, exc, not unsafe)
                 raise
 
 
@@ -168,7 +169,7 @@ def _with_keras2_defaults(config: dict) -> dict:
 
     patched = json.loads(json.dumps(config))
     changed = False
-    for node in _config_nodes(patched):
+    for node in config_nodes(patched):
         inner = node.get("config")
         if not isinstance(inner, dict):
             continue
@@ -235,17 +236,6 @@ def _as_merge_layer(node: dict) -> bool:
 
 def _as_list(value) -> list:
     return value if isinstance(value, list) else [value]
-
-
-def _config_nodes(node):
-    """Every dict in a config tree, depth first (a layer, its wrapped layer, a nested model's layers)."""
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from _config_nodes(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _config_nodes(value)
 
 
 def _with_explicit_input(config: dict) -> dict | None:
