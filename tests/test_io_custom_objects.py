@@ -376,6 +376,104 @@ def test_attention_that_pools_a_sequence_is_not_a_transformer(cli, tmp_path):
     assert pruned["hidden/kernel"]["sparsity"] > 0.3 and pruned["rnn/lstm_cell/kernel"]["sparsity"] > 0.3
 
 
+SUMMARY_ATTENTION = '''
+import keras
+from keras import ops
+
+
+class PcliSummaryAttention(keras.layers.Layer):
+    """Structured self-attention: r heads each pool the sequence into one vector (r summary vectors)."""
+
+    def __init__(self, heads=3, **kwargs):
+        super().__init__(**kwargs)
+        self.heads = heads
+
+    def build(self, input_shape):
+        self.w1 = self.add_weight(shape=(input_shape[-1], 8), initializer="glorot_uniform")
+        self.w2 = self.add_weight(shape=(8, self.heads), initializer="glorot_uniform")
+
+    def call(self, x):
+        energy = ops.transpose(ops.matmul(ops.tanh(ops.matmul(x, self.w1)), self.w2), (0, 2, 1))
+        return ops.matmul(ops.softmax(energy, axis=-1), x)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.heads, input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "heads": self.heads}
+'''
+
+
+def test_attention_that_pools_into_summary_vectors_is_not_a_transformer(cli, tmp_path):
+    """-g neuron --shrink on a CNN whose attention returns a few summary vectors of a long sequence
+    (same rank, other length) prunes its channels: no residual stream to keep."""
+    import importlib.util
+
+    import keras
+
+    source = tmp_path / "pcli_summary.py"
+    source.write_text(SUMMARY_ATTENTION)
+    spec = importlib.util.spec_from_file_location("pcli_summary_training", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    inp = keras.Input((40, 4))
+    h = keras.layers.Conv1D(16, 5, activation="relu", name="conv")(inp)
+    h = keras.layers.Conv1D(12, 3, activation="relu", name="conv2")(h)
+    h = module.PcliSummaryAttention(name="attention")(h)
+    h = keras.layers.Dense(10, activation="relu", name="hidden")(keras.layers.Flatten()(h))
+    path = tmp_path / "summary.keras"
+    keras.Model(inp, keras.layers.Dense(2, activation="softmax", name="out")(h)).save(path)
+    result = cli("prune", path, "-g", "neuron", "--shrink", "--custom-objects", source, "-o", tmp_path / "o.keras")
+    assert result.exit_code == 0, result.output
+    shrunk = keras.saving.load_model(
+        tmp_path / "o.keras", custom_objects={"PcliSummaryAttention": module.PcliSummaryAttention}
+    )
+    assert shrunk.get_layer("conv").filters < 16 and shrunk.get_layer("hidden").units < 10
+    assert shrunk.get_layer("conv2").filters == 12  # read by the custom layer, which is left whole
+
+
+GATE_ATTENTION = """
+import keras
+from keras import ops
+
+
+class PcliGateAttention(keras.layers.Layer):
+    \"\"\"TADA's attention: a score per position (features x 1) softmaxed over time scales the sequence.\"\"\"
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1], 1), initializer="glorot_uniform")
+        self.b = self.add_weight(shape=(input_shape[1], 1), initializer="zeros")
+
+    def call(self, x):
+        return x * ops.softmax(ops.tanh(ops.matmul(x, self.w) + self.b), axis=1)
+"""
+
+
+def test_attention_that_only_scores_positions_is_not_a_transformer(cli, tmp_path):
+    """TADA's shape: Conv1D -> a gate attention (a scoring vector, the sequence kept) -> BiLSTM -> Dense.
+    -g neuron prunes the convolutions and the LSTM: the layer holds no projection, so no residual stream."""
+    import importlib.util
+
+    import keras
+
+    source = tmp_path / "pcli_gate.py"
+    source.write_text(GATE_ATTENTION)
+    spec = importlib.util.spec_from_file_location("pcli_gate_training", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    inp = keras.Input((20, 6))
+    h = keras.layers.Conv1D(16, 2, activation="gelu", name="conv")(inp)
+    h = module.PcliGateAttention(name="attention")(h)
+    h = keras.layers.Bidirectional(keras.layers.LSTM(8), name="bilstm")(h)
+    path = tmp_path / "gate.keras"
+    keras.Model(inp, keras.layers.Dense(2, activation="softmax", name="out")(h)).save(path)
+    report = tmp_path / "r.json"
+    result = cli("prune", path, "-g", "neuron", "--custom-objects", source, "-o", tmp_path / "o.keras", "-r", report)
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(report.read_text())["layers"]}
+    assert rows["conv/kernel"]["sparsity"] > 0.3
+
+
 def test_a_helper_named_like_keras_own_does_not_replace_it(tmp_path):
     """A `relu` helper in the user's file is not registered: an `.h5` config's "relu" stays Keras'
     (Keras' legacy reader looks a config's names up among registered objects first); CUSTOM_OBJECTS

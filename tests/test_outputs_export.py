@@ -416,3 +416,36 @@ def test_recurrent_layers_of_a_fixed_length_export_to_builtin_and_int8_tflite(tm
     )
     assert entries["tflite"]["max_abs_diff"] < 1e-5 and entries["tflite-int8"]["samples"] > 0
     assert any("converted unrolled" in n for n in result.report.notes)
+
+
+def test_an_integer_input_without_a_scale_is_fed_as_it_is():
+    """Quantised means a scale, not an integer dtype: a model's own int8 token ids (DM3Loc, bench/ZOO.md)
+    were divided by their 0 scale and fed as 127 each ('gather index out of bounds', exit 1)."""
+    tokens = np.array([[0, 3, 5]], dtype=np.float32)
+    own = {"dtype": np.int8, "quantization": (0.0, 0)}
+    np.testing.assert_array_equal(export.quantize(tokens, own), [[0, 3, 5]])
+    assert export.quantize(tokens, own).dtype == np.int8
+    quantised = {"dtype": np.int8, "quantization": (0.5, -3)}
+    np.testing.assert_array_equal(export.quantize(tokens, quantised), [[-3, 3, 7]])
+    np.testing.assert_allclose(export.dequantize(np.array([-3, 3, 7], np.int8), quantised), [0, 3, 5])
+    np.testing.assert_array_equal(export.dequantize(np.array([4], np.int8), own), [4.0])
+    wide = {"dtype": np.uint8, "quantization": (1 / 255, 0)}
+    np.testing.assert_array_equal(export.quantize(np.array([0.0, 2.0]), wide), [0, 255])  # clipped to uint8
+
+
+@pytest.mark.slow
+def test_a_model_with_an_int8_token_input_exports_and_is_checked(cli, tmp_path):
+    """A token model whose Input is int8 exports to float TFLite and its outputs are compared on the ids."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16,), dtype="int8")
+    h = keras.layers.Embedding(6, 4)(inp)
+    h = keras.layers.Conv1D(8, 3, activation="relu")(h)
+    model = keras.Model(inp, keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling1D()(h)))
+    model.save(tmp_path / "int8_ids.keras")
+    report = tmp_path / "r.json"
+    result = cli("prune", tmp_path / "int8_ids.keras", "--export", "tflite", "-o", tmp_path / "o.keras", "-r", report)
+    assert result.exit_code == 0, result.output
+    checked = json.loads(report.read_text())["export"]["tflite"]
+    assert checked["samples"] > 0 and checked["max_abs_diff"] < 1e-4

@@ -289,15 +289,17 @@ ZOO = [
         "id": "dm3loc_custom_attention",
         "package": "dm3loc",
         "member": "DM3Loc/model/weights_fold_0.h5",  # a full model despite the name (model_config + weights)
-        "arch": "DM3Loc: Embedding(6->4) over 8000 nt, 6 Conv1D gelu, MaxPool, 3 Lambda (mask multiply, "
-        "Python-3.6 bytecode), 3 custom `Attention_mask` multi-head self-attention layers (r=5 heads), "
-        "Dense sigmoid(7 compartments)",
+        "arch": "DM3Loc: 2 inputs (8000 mRNA tokens, 1000-long mask), frozen Embedding(6->4), 6 Conv1D gelu, "
+        "MaxPool, 3 Lambda (mask multiply, Python-3.6 bytecode; by --custom-objects' LAMBDA_LAYERS), 3 custom "
+        "`Attention_mask` multi-head self-attention layers (r=5 heads; Keras-2 backend code, ported in "
+        "bench/zoo/custom/dm3loc.py), Dense sigmoid(7 compartments)",
         "keras_version": "2.2.4",
-        "params": None,
+        "params": 180975,
         "kind": "binary",
         "inputs": "rna_dm3loc",
-        "input_source": "synthetic: random mRNA tokens, lengths 1000-8000, + the matching 1000-long mask",
-        "expect": "refused",
+        "input_source": "real: 128 mRNAs of the package's testdata fasta (its training set: agreement, not "
+        "generalisation), encoded as Multihead_predict.py does; labels = their measured compartments (7-way multi-label)",
+        "custom_file": "dm3loc.py",  # Attention_mask in Keras 3 operations, and the Lambdas' function
         "quick": False,
     },
     {
@@ -441,6 +443,24 @@ ZOO_KERAS3 = [
         "inputs": "text_textgenrnn",
         "input_source": "real: 256 positions in the standard library's module docstrings, the 40 characters "
         "before each encoded with the package's vocabulary; labels = the next character (real)",
+        "quick": False,
+    },
+    {
+        "id": "tada_gate_attention",
+        "package": "tada-t2",
+        "member": "TADA_T2/data/tada.14-0.02.hdf5",
+        "extract": "tada-weights",  # fetch.assemble_tada: the refused weights-only file, built as its error says
+        "custom_file": "tada.py",  # its Attention gate, in Keras 3 operations
+        "suffix": ".keras",
+        "arch": "TADA (activation-domain predictor) as the package builds it: Conv1D(100, 2, gelu) x2 -> custom "
+        "`Attention` gate (a score per position scales the sequence) -> Bidirectional(LSTM(100)) x2 -> Dense "
+        "softmax(2); 36 windows x 42 residue features; weights shipped weights-only by tf.keras 2.10, saved by Keras 3",
+        "keras_version": "3.15.1",
+        "params": None,
+        "kind": "classifier",
+        "inputs": "tada",
+        "input_source": "synthetic: N(0,1) 64 x 36 x 42 (the package standardises its features; one of them needs "
+        "alphaPredict, which needs PyTorch); labels = dense model's argmax",
         "quick": False,
     },
 ]

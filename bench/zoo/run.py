@@ -323,8 +323,8 @@ def main(argv=None):
             rep = next((argv_[i + 1] for i, a in enumerate(argv_) if a == "-r"), None)
             if rep:
                 r.update(report_facts(rep))
-            for shown in (f"{cache}/", f"{os.path.relpath(cache)}/"):  # prunecli may show it relative to here
-                r["error"] = r["error"].replace(shown, "$ZOO_CACHE/")  # ZOO.md names no local folder
+            for prefix in (f"{cache}/", f"{os.path.relpath(cache)}/"):  # prunecli may show it relative to here
+                r["error"] = r["error"].replace(prefix, "$ZOO_CACHE/")  # ZOO.md names no local folder
             res["commands"][name] = r
             if o and os.path.exists(o):
                 outputs[o] = name

@@ -554,22 +554,25 @@ def tflite_latency_ms(content: bytes, samples, input_names: list[str], budget_s:
 
 
 def quantize(arr, detail):
-    """An input array as the TFLite tensor wants it: int8 with the tensor's scale and zero point, else cast."""
+    """An input array as the TFLite tensor wants it: a quantised tensor's values with its scale and zero
+    point, any other cast. Quantised means a scale, not an integer dtype: a model's own int8 input (DM3Loc's
+    token ids, bench/ZOO.md) has none, and dividing by its 0 scale fed every token as 127."""
     import numpy as np
 
-    if detail["dtype"] != np.int8:
-        return arr.astype(detail["dtype"])
     scale, zero = detail["quantization"]
-    return np.clip(np.round(arr / scale + zero), -128, 127).astype(np.int8)
+    if not scale:
+        return arr.astype(detail["dtype"])
+    limits = np.iinfo(detail["dtype"])
+    return np.clip(np.round(arr / scale + zero), limits.min, limits.max).astype(detail["dtype"])
 
 
 def dequantize(arr, detail):
-    """A TFLite output as float32 (int8 outputs mapped back with their scale and zero point)."""
+    """A TFLite output as float32 (a quantised one mapped back with its scale and zero point)."""
     import numpy as np
 
-    if detail["dtype"] != np.int8:
-        return np.asarray(arr, dtype=np.float32)
     scale, zero = detail["quantization"]
+    if not scale:
+        return np.asarray(arr, dtype=np.float32)
     return (arr.astype(np.float32) - zero) * scale
 
 

@@ -104,7 +104,7 @@ def inspect_model(path: str, include=(), exclude=(), custom_objects: tuple[str, 
     quiet_tensorflow()
     model, info = model_io.load(path, custom_objects=custom_objects)
     every = {(id(t.layer), t.attr): t for t in targets.walk(model)}
-    chosen = {t.name for t in targets.select(model, include, exclude)}
+    chosen = {t.name for t in targets.without_frozen(targets.select(model, include, exclude), include)[0]}
     layers = _describe_layers(model, every, chosen)
     meta = {
         "path": str(info.path),
@@ -171,12 +171,20 @@ def _weight_info(layer, v, target, chosen: bool) -> WeightInfo:
     if w.quantized is not None:
         w.how = f"quantized ({w.quantized}): prune the float model"
     else:
-        w.how = _how(target) if chosen else "excluded (--include/--exclude)"
+        w.how = _how(target) if chosen else _why_left(target)
     gates = _gates(target)
     moved = np.moveaxis(arr, target.unit_axis, -1).reshape(-1, gates, target.units // gates)
     w.units, w.unit_axis, w.shrinkable = target.units // gates, target.unit_axis, target.shrinkable
     w.zero_units = int(np.sum(~moved.any(axis=(0, 1))))  # a recurrent unit: all its gate columns
     return w
+
+
+def _why_left(target) -> str:
+    """Why `prune` leaves a target whole: the user froze its layer (structure/targets.without_frozen),
+    or --include/--exclude leave it out."""
+    if not getattr(target.variable, "trainable", True):
+        return "frozen: --include to prune"
+    return "excluded (--include/--exclude)"
 
 
 def _totals(layers: list[LayerInfo]) -> dict:

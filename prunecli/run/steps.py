@@ -95,15 +95,16 @@ def check_labels(config: PruneConfig, data) -> None:
 
 
 def pick_targets(model, config: PruneConfig) -> StepResult:
-    """The prunable weights the options select; not a language model's token embedding and head
-    (unless --include names them); for neuron pruning, not the model's output units."""
+    """The prunable weights the options select; not a language model's token embedding and head, nor a
+    frozen layer (unless --include names them); for neuron pruning, not the model's output units."""
     from prunecli.structure import language, targets
 
     found = targets.select(model, config.include, config.exclude)
     found = [t for t in found if not config.rule_for(t.layer_name).skip]
     refuse_quantized(config, found)
     found, notes = language.without_lm_ends(model, found, config.include)
-    notes = list(notes)
+    found, frozen_notes = targets.without_frozen(found, config.include)
+    notes = [*notes, *frozen_notes]
     if config.granularity.kind == "neuron":
         # A unit whose channel reaches a model output through layers that do not mix channels is a
         # class (or an output value): removing it changes what the model predicts. Kept unless --include.
@@ -114,7 +115,8 @@ def pick_targets(model, config: PruneConfig) -> StepResult:
         found, ffn_notes = transformer.ffn_only(model, found, config.include)  # Transformers: FFN units only
         notes.extend(ffn_notes)
     if not found:
-        raise InputError(f"{config.model_path}: no prunable layers (after --include/--exclude)")
+        frozen = f"; {frozen_notes[0]}" if frozen_notes else ""
+        raise InputError(f"{config.model_path}: no prunable layers (after --include/--exclude){frozen}")
     return StepResult(targets=found, notes=tuple(notes))
 
 

@@ -260,6 +260,31 @@ def without_output_units(model, found: list[Target], include=()) -> tuple[list[T
     return [t for t in found if t not in kept], notes
 
 
+def without_frozen(found: list[Target], include=()) -> tuple[list[Target], list[str]]:
+    """The targets minus the weights of layers the user froze (`trainable=False`, the layer's or a
+    containing model's), and a note naming them; a layer named by --include is pruned anyway.
+
+    A frozen layer holds weights its owner chose not to change, often a fixed encoding (DM3Loc's
+    one-hot nucleotide table, bench/ZOO.md: pruning two of its four columns put the model below
+    predicting nothing) or a backbone kept as trained; fine-tuning cannot recover what pruning takes
+    from it, since its weights are not trained."""
+    frozen = [t for t in found if not getattr(t.variable, "trainable", True) and not named_in(t, include)]
+    if not frozen:
+        return found, []
+    names = sorted({t.layer_name for t in frozen})
+    shown = ", ".join(names[:FROZEN_NAMED]) + (
+        f" and {len(names) - FROZEN_NAMED} more" if len(names) > FROZEN_NAMED else ""
+    )
+    note = (
+        f"{shown} not pruned: frozen (trainable=False), so fine-tuning could not recover what pruning takes"
+        " (--include it to prune anyway)"
+    )
+    return [t for t in found if t not in frozen], [note]
+
+
+FROZEN_NAMED = 5  # frozen layers named in the note; a frozen backbone's others are counted
+
+
 def named_in(target: Target, patterns) -> bool:
     """Whether the target's layer is matched by one of these globs (used for explicit opt-ins)."""
     return bool(patterns) and name_matches(target.layer_name, patterns)

@@ -232,8 +232,8 @@ def unread_attention(model) -> list[str]:
     GemmaAttention, BloomAttention, FalconAttention...) but whose heads `find` cannot read: a
     Transformer all the same, whose residual stream -g neuron must not cut. (keras.layers.Attention and
     AdditiveAttention hold no matrix: a model using them is not a Transformer here; nor is one whose
-    attention pools a sequence into one vector, as RNN classifiers' attention layers do: textgenrnn's
-    AttentionWeightedAverage, bench/ZOO.md.)"""
+    attention pools a sequence, as RNN classifiers' attention layers do (textgenrnn's
+    AttentionWeightedAverage, DM3Loc's Attention_mask, bench/ZOO.md), or only scores its positions.)"""
     read = {id(hl.layer) for hl in find(model)}
     return sorted(
         {
@@ -241,22 +241,34 @@ def unread_attention(model) -> list[str]:
             for layer in keras_graph.all_layers(model)
             if "Attention" in type(layer).__name__
             and id(layer) not in read
-            and any(len(w.shape) >= 2 for w in layer.weights)
+            and any(_projection(w) for w in layer.weights)
             and not _pools_sequence(layer)
         }
     )
 
 
+def _projection(weight) -> bool:
+    """A matrix that maps features to features (two axes wider than 1: a query, key, value or output
+    projection), not a scoring vector (features x 1, as TADA's attention gate holds: it weighs the
+    positions of a recurrent model's sequence and keeps no residual stream)."""
+    return sum(int(d) > 1 for d in weight.shape) >= 2
+
+
 def _pools_sequence(layer) -> bool:
-    """Whether a layer called in a functional graph returns fewer axes than it reads (a sequence pooled
-    into one vector per example); False where its call is not recorded (inside another layer's call)."""
+    """Whether a layer called in a functional graph pools the sequence it reads: it returns fewer axes
+    (one vector per example), or as many with another length (a fixed number of summary vectors, as
+    structured self-attention does: DM3Loc's Attention_mask reads 1000 positions and returns 5, one per
+    head). Self-attention returns its query's length, so a Transformer's never does. False where its
+    call is not recorded (inside another layer's call)."""
     try:
         inputs, outputs = layer.input, layer.output
     except (AttributeError, ValueError):  # never called functionally: nothing recorded
         return False
     first_in = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
     first_out = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
-    return len(first_out.shape) < len(first_in.shape)
+    if len(first_out.shape) < len(first_in.shape):
+        return True
+    return len(first_in.shape) >= 3 and first_out.shape[1] != first_in.shape[1]
 
 
 def ffn_pairs(model) -> list[tuple[str, str]]:

@@ -5,7 +5,7 @@ A Keras file names a custom layer by its class; Keras builds it only from a regi
 model with one ("Unknown layer: 'ConvDNA'") cannot be read without the code it was trained with.
 The user has that code: `--custom-objects layers.py` (a file) or `--custom-objects pkg.layers` (an
 importable module) imports it, once per process, and registers with Keras, by name, every public
-class and function it defines (but none named as one of Keras' own), plus the entries of its
+class and function it defines (but no function named as one of Keras' own), plus the entries of its
 `CUSTOM_OBJECTS` dict (for names Python cannot spell, such as the `"<lambda>"` activation Keras 2
 wrote for an anonymous function, or to replace one of Keras' on purpose).
 
@@ -117,16 +117,18 @@ def _import(source: str):
 
 
 def _defined(module) -> dict[str, object]:
-    """The public classes and functions `module` itself defines (not those it imports), except those
-    named as one of Keras' own (a helper `softmax` or `Dense` in the user's file would otherwise
-    replace Keras' wherever a config names it; CUSTOM_OBJECTS can still, on purpose)."""
+    """The public classes and functions `module` itself defines (not those it imports), except functions
+    named as one of Keras' own (a helper `softmax` or `relu` in the user's file would otherwise replace
+    Keras' wherever a config names it; CUSTOM_OBJECTS can still, on purpose). A class named as one of
+    Keras' is registered: a layer the user wrote under a Keras name is the one their file means (TADA's
+    `Attention`, bench/ZOO.md; a Monte-Carlo `Dropout` subclass), as Keras' own custom_objects= would."""
     return {
         name: value
         for name, value in vars(module).items()
         if not name.startswith("_")
         and (inspect.isclass(value) or inspect.isfunction(value))
         and getattr(value, "__module__", None) == module.__name__
-        and not _keras_name(name)
+        and not (inspect.isfunction(value) and _keras_name(name))
     }
 
 

@@ -1,0 +1,83 @@
+"""A layer the user froze (trainable=False) is left whole unless --include names it: its weights are not
+trained, so fine-tuning could not recover what pruning takes (DM3Loc's frozen one-hot nucleotide table,
+bench/ZOO.md)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+
+def _frozen_encoding_model(path, frozen_backbone: bool = False):
+    """Tokens -> a frozen one-hot Embedding -> Conv1D -> pooled -> Dense head; optionally the convolution
+    and hidden Dense inside a frozen nested model (a transfer-learning backbone)."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    inp = keras.Input((24,), dtype="int32")
+    table = np.vstack([np.zeros((1, 4)), np.eye(4)]).astype("float32")  # UNK, A, C, G, T
+    encoding = keras.layers.Embedding(5, 4, name="encoding", trainable=False)
+    h = encoding(inp)
+    encoding.set_weights([table])
+    backbone = keras.Sequential(
+        [
+            keras.Input((24, 4)),
+            keras.layers.Conv1D(16, 3, activation="relu", name="conv"),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(12, activation="relu", name="hidden"),
+        ],
+        name="backbone",
+    )
+    backbone.trainable = not frozen_backbone
+    out = keras.layers.Dense(3, activation="softmax", name="head")(backbone(h))
+    model = keras.Model(inp, out)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.save(path)
+    x = rng.integers(0, 5, (64, 24)).astype("int32")
+    return model, x, table
+
+
+def _sparsity(report, layer: str) -> float:
+    rows = {row["name"]: row for row in json.loads(report.read_text())["layers"]}
+    return rows[f"{layer}/embeddings" if layer == "encoding" else layer]["sparsity"]
+
+
+def test_a_frozen_embedding_is_left_whole_with_a_note(cli, tmp_path):
+    """-g neuron and element pruning keep the frozen table as it is and say so; --include prunes it."""
+    import keras
+
+    path = tmp_path / "frozen.keras"
+    _model, x, table = _frozen_encoding_model(path)
+    np.savez(tmp_path / "x.npz", x=x)
+    out, report = tmp_path / "out.keras", tmp_path / "r.json"
+    for granularity in ("element", "neuron"):
+        result = cli("prune", path, "-g", granularity, "-s", "0.5", "-o", out, "-r", report, "--force")
+        assert result.exit_code == 0, result.output
+        assert "encoding not pruned: frozen (trainable=False)" in " ".join(result.output.split())
+        names = {row["name"] for row in json.loads(report.read_text())["layers"]}
+        assert "encoding/embeddings" not in names and "backbone/conv/kernel" in names
+        np.testing.assert_array_equal(keras.saving.load_model(out).get_layer("encoding").get_weights()[0], table)
+    result = cli(
+        "prune", path, "-g", "neuron", "-s", "0.5", "--include", "encoding", "-o", out, "-r", report, "--force"
+    )
+    assert result.exit_code == 0, result.output
+    pruned = keras.saving.load_model(out).get_layer("encoding").get_weights()[0]
+    assert not np.array_equal(pruned, table) and (~pruned.any(axis=0)).sum() == 2  # 2 of 4 columns gone
+
+
+def test_a_frozen_backbone_is_named_and_its_layers_shown_in_inspect(cli, tmp_path):
+    """A frozen nested model's layers are left whole (its variables are not trainable); inspect says why;
+    a model with nothing else to prune is a one-line error that names the frozen layers."""
+    path = tmp_path / "backbone.keras"
+    _frozen_encoding_model(path, frozen_backbone=True)
+    shown = cli("inspect", path)
+    assert shown.exit_code == 0 and "frozen: --include" in shown.output
+    report = tmp_path / "r.json"
+    result = cli("prune", path, "-s", "0.5", "-o", tmp_path / "o.keras", "-r", report)
+    assert result.exit_code == 0, result.output
+    names = {row["name"] for row in json.loads(report.read_text())["layers"]}
+    assert names == {"head/kernel"}
+    refused = cli("prune", path, "-s", "0.5", "--exclude", "head", "-o", tmp_path / "n.keras")
+    assert refused.exit_code != 0 and not (tmp_path / "n.keras").exists()
+    assert "no prunable layers" in refused.output and "backbone/conv" in refused.output
