@@ -327,6 +327,34 @@ def test_functional_residual_add_concatenate_and_shared_layer(tmp_path):
     _check_same_function(masked, s, x, tmp_path)
 
 
+def test_a_shared_layer_without_weights_does_not_tie_its_branches(tmp_path):
+    """One MaxPooling1D called on two convolutions' outputs (DM3Loc's code, bench/ZOO.md): each branch
+    keeps its own channels (they were forced to drop the same positions), and the branches shrink to
+    different widths through the one shared layer, computing what the masked model does."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((24, 3))
+    pool = layers.MaxPooling1D(2, name="shared_pool")
+    a = pool(layers.Conv1D(8, 3, activation="relu", name="conv_a")(inp))
+    b = pool(layers.Conv1D(6, 5, activation="relu", name="conv_b")(inp))
+    a, b = layers.GlobalAveragePooling1D()(a), layers.GlobalAveragePooling1D()(b)
+    model = keras.Model(inp, layers.Dense(2, name="out")(layers.Concatenate()([a, b])))
+    g = graph.build(model)
+    conv_a, conv_b = (g.ids[g.calls_of(model.get_layer(n))[0].outputs[0]] for n in ("conv_a", "conv_b"))
+    assert not set(g.channels.roots(conv_a).tolist()) & set(g.channels.roots(conv_b).tolist())
+    _kill(model.get_layer("conv_a"), [0, 1, 2])
+    _kill(model.get_layer("conv_b"), [4, 5])
+    masked = keras.models.clone_model(model)
+    masked.set_weights(model.get_weights())
+    s = _shrink(_session(model), measure_latency=False)
+    assert [_width(s.model, n) for n in ("conv_a", "conv_b")] == [5, 4]
+    assert s.model.get_layer("out").kernel.shape == (9, 2)
+    x = np.random.default_rng(4).standard_normal((8, 24, 3)).astype("float32")
+    _check_same_function(masked, s, x, tmp_path)
+
+
 @pytest.mark.slow
 def test_mobilenetv2_shrinks_and_reloads(tmp_path):
     import keras

@@ -9,7 +9,8 @@ granularity of single channels):
 
 - merge layers (Add, Subtract, Multiply, Average, Maximum, Minimum) make position k of every input
   the same channel, so a residual stream shrinks as one group;
-- a shared layer makes position k of each of its calls the same channel (one weight row or unit);
+- a shared layer with weights makes position k of each of its calls the same channel (one weight row
+  or unit);
 - Concatenate on the channel axis keeps each input's ids, so its slices follow their producers.
 
 A recurrent layer (LSTM, GRU, SimpleRNN; layer table role "recurrent") makes fresh ids, one per unit,
@@ -391,8 +392,11 @@ def _merge_ids(g: LayerGraph, call: Call, width: int) -> None:
 
 def _tie_shared_call(g: LayerGraph, first: Call, call: Call) -> None:
     """A shared layer's weight rows and units are the same for every call: its later calls' channels
-    join the first call's, position by position (pinned where the widths differ)."""
-    if first is call:
+    join the first call's, position by position (pinned where the widths differ). A shared layer
+    without weights (a pooling, activation or dropout layer reused across branches, as DM3Loc's one
+    MaxPooling1D serves three convolutions) ties nothing: each call passes its own channels, and tying
+    them made the branches' convolutions drop the same channels whatever their scores."""
+    if first is call or not call.layer.weights:
         return
     for a, b in zip(first.inputs + first.outputs, call.inputs + call.outputs, strict=False):
         if len(g.ids[a]) == len(g.ids[b]):
