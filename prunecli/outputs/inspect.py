@@ -182,7 +182,9 @@ def _weight_info(layer, v, target, chosen: bool) -> WeightInfo:
 def _why_left(target) -> str:
     """Why `prune` leaves a target whole: the user froze its layer (structure/targets.without_frozen),
     or --include/--exclude leave it out."""
-    if not getattr(target.variable, "trainable", True):
+    from prunecli.structure.targets import is_frozen
+
+    if is_frozen(target):
         return "frozen: --include to prune"
     return "excluded (--include/--exclude)"
 

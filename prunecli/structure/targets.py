@@ -268,7 +268,7 @@ def without_frozen(found: list[Target], include=()) -> tuple[list[Target], list[
     one-hot nucleotide table, bench/ZOO.md: pruning two of its four columns put the model below
     predicting nothing) or a backbone kept as trained; fine-tuning cannot recover what pruning takes
     from it, since its weights are not trained."""
-    frozen = [t for t in found if not getattr(t.variable, "trainable", True) and not named_in(t, include)]
+    frozen = [t for t in found if is_frozen(t) and not named_in(t, include)]
     if not frozen:
         return found, []
     names = sorted({t.layer_name for t in frozen})
@@ -283,6 +283,14 @@ def without_frozen(found: list[Target], include=()) -> tuple[list[Target], list[
 
 
 FROZEN_NAMED = 5  # frozen layers named in the note; a frozen backbone's others are counted
+
+
+def is_frozen(target: Target) -> bool:
+    """Whether the user froze the target's layer (`trainable=False`, set on it or on a model holding it).
+    The layer's flag, not the variable's: a quantized layer's integer codes are never trainable
+    variables, yet the layer is not frozen."""
+    owner = target.layer if target.layer is not None else target.variable
+    return not getattr(owner, "trainable", True)
 
 
 def named_in(target: Target, patterns) -> bool:
