@@ -81,3 +81,21 @@ def test_a_frozen_backbone_is_named_and_its_layers_shown_in_inspect(cli, tmp_pat
     refused = cli("prune", path, "-s", "0.5", "--exclude", "head", "-o", tmp_path / "n.keras")
     assert refused.exit_code != 0 and not (tmp_path / "n.keras").exists()
     assert "no prunable layers" in refused.output and "backbone/conv" in refused.output
+
+
+def test_a_budget_a_frozen_backbone_blocks_names_it(cli, tmp_path):
+    """--target params=0.5 on a model whose frozen backbone holds most parameters cannot be met: the
+    one-line error names the frozen layers and the way to prune them."""
+    import keras
+
+    base = keras.Sequential(
+        [keras.Input((32,)), keras.layers.Dense(128, name="b1"), keras.layers.Dense(64, name="b2")], name="backbone"
+    )
+    base.trainable = False
+    inp = keras.Input((32,))
+    head = keras.layers.Dense(3, name="out")(keras.layers.Dense(16, name="h1")(base(inp)))
+    path = tmp_path / "transfer.keras"
+    keras.Model(inp, head).save(path)
+    result = cli("prune", path, "--target", "params=0.5", "-o", tmp_path / "b.keras")
+    assert result.exit_code != 0 and not (tmp_path / "b.keras").exists()
+    assert "frozen (trainable=False) and left whole: backbone/b1, backbone/b2 (--include to prune)" in result.output

@@ -284,18 +284,26 @@ def _swap_into_band(w: _Walk, low: int, goal: int) -> None:
 
 
 def allocate(
-    sets, config: PruneConfig, cost: costs.ChannelCosts, goal: int, what: str, low: int | None = None
+    sets,
+    config: PruneConfig,
+    cost: costs.ChannelCosts,
+    goal: int,
+    what: str,
+    low: int | None = None,
+    frozen: tuple[str, ...] = (),
 ) -> Allocation:
     """The channel counts per set that bring `cost` to at most `goal` (see the module docstring).
     `what` names the target in messages ("params=0.3"). Raises a one-line ConfigError when the floors
-    keep the model above the goal, naming the least cost they allow."""
+    keep the model above the goal, naming the least cost they allow and the frozen layers (`frozen`)
+    left whole, the usual reason a transfer-learned model cannot reach it."""
     tracks = _tracks(sets, config, cost, config.round_to)
     lowest = _lowest(tracks, cost)
     if lowest > goal:
+        held = f"; frozen (trainable=False) and left whole: {', '.join(frozen)} (--include to prune)" if frozen else ""
         raise ConfigError(
             f"--target {what} cannot be met: the layers never pruned and the --min-keep floors"
             f"{' (with --round-to)' if config.round_to else ''} keep at least {lowest / cost.dense:.4f} of the"
-            f" dense model's {_unit(cost.kind)} ({lowest:,} of {cost.dense:,})"
+            f" dense model's {_unit(cost.kind)} ({lowest:,} of {cost.dense:,}){held}"
         )
     reached = walk(tracks, cost, goal, low)
     counts = {t.key: (t.removed, False) for t in tracks}
@@ -322,13 +330,23 @@ def select(
     counts (the one selection path), each target's `requested` set to the share of units it loses."""
     active = [t for t in targets if not config.rule_for(t.layer_name).skip]
     sets = policy.score_sets(active, scores, level, config, model, [])
-    found = allocate(sets, config, cost, goal, what, low)
+    found = allocate(sets, config, cost, goal, what, low, frozen_left_whole(model, targets))
     masks = policy.build_masks(targets, scores, level, config, model=model, counts=found.counts)
     masks.notes.extend(found.notes)
     for t in targets:
         kept = kept_units(t, masks.masks[t.name])
         masks.requested[t.name] = 1.0 - kept / t.units if t.units else 0.0
     return masks, found
+
+
+def frozen_left_whole(model, chosen) -> tuple[str, ...]:
+    """The frozen layers (structure/targets.without_frozen) among the model's prunable ones that the run
+    leaves whole, named once each."""
+    from prunecli.structure.targets import is_frozen, walk
+
+    picked = {t.name for t in chosen}
+    left = [t.layer_name for t in walk(model) if t.name not in picked and is_frozen(t)]
+    return tuple(dict.fromkeys(left))
 
 
 def lowest_cost(targets, scores: dict, level: str, config: PruneConfig, model, cost: costs.ChannelCosts) -> int:
