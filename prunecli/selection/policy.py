@@ -250,7 +250,8 @@ def score_sets(
     for t in targets:
         g = _group_scores(t, scores[t.name], level, gran).reshape(-1)
         members.append(Member(t, g, floor(g.size, config)))
-    sets = tied.select_tied(model, members, notes) if gran.kind == "neuron" and model is not None else False
+    neuron = gran.kind == "neuron" and model is not None
+    sets = tied.select_tied(model, members, notes, config.shrink) if neuron else False
     return sets or [ScoreSet.single(m) for m in members]
 
 

@@ -129,12 +129,17 @@ class ScoreSet:
         return keep
 
 
-def select_tied(model, members: list[Member], notes: list[str]) -> list[ScoreSet] | bool:
+def select_tied(model, members: list[Member], notes: list[str], shrink: bool = False) -> list[ScoreSet] | bool:
     """The score sets of these neuron targets, those that share channels joined into one set each.
+    With `shrink`, a layer of its own (or one recurrent layer's kernels) also keeps the channels the
+    graph pins whole: --shrink cannot remove them, so masking them would cost accuracy and save
+    nothing (five zoo models, bench/ZOO.md: FaceNet's 27 convolutions that feed a Lambda each lost 448
+    channels that stayed in the file).
 
-    Returns False, adding nothing, when no two targets share channels, or (with a note) when the model
-    has no layer graph: every target is then a set of one. The name is kept for the hooks that turn
-    grouping off (tests and bench/shrink_table.py replace it with a function returning False)."""
+    Returns False, adding nothing, when no two targets share channels and no pin applies, or (with a
+    note) when the model has no layer graph: every target is then a set of one. The name is kept for
+    the hooks that turn grouping off (tests and bench/shrink_table.py replace it with a function
+    returning False)."""
     from prunecli.structure import channels as graph
 
     try:
@@ -145,9 +150,9 @@ def select_tied(model, members: list[Member], notes: list[str]) -> list[ScoreSet
             "are not grouped, so --shrink may remove little"
         )
         return False
-    sets = _sets(g, members)
+    sets = _sets(g, members, shrink)
     tied = [e for e in sets if e.tied]
-    if not tied:
+    if not tied and not any(e.reasons for e in sets):
         return False
     makers = graph_calls(g)  # a recurrent layer's kernels (both directions of a Bidirectional) are one maker
     merged = [e for e in tied if len({id(makers.get(id(m.target.layer))) for m in e.members}) > 1]
@@ -156,15 +161,17 @@ def select_tied(model, members: list[Member], notes: list[str]) -> list[ScoreSet
             f"neuron: {len(merged)} set(s) of layers whose channels meet in a merge (residual Add, Multiply, "
             "Concatenate slices) pruned as one, with the same units masked in every member"
         )
-    for e in tied:
+    for e in sets:
         if e.reasons:
             why = "; ".join(f"{reason}: {n}" for reason, n in sorted(e.reasons.items()))
-            notes.append(f"{e.label}: {e.size - e.prunable} of {e.size} shared channels never pruned ({why})")
+            which = "shared channels never pruned" if e.tied else "channels not pruned: --shrink cannot remove them"
+            notes.append(f"{e.label}: {e.size - e.prunable} of {e.size} {which} ({why})")
     return sets
 
 
-def _sets(g, members: list[Member]) -> list[ScoreSet]:
-    """Targets joined into sets wherever their units reach the same channel class."""
+def _sets(g, members: list[Member], shrink: bool = False) -> list[ScoreSet]:
+    """Targets joined into sets wherever their units reach the same channel class; with `shrink`, a
+    layer's own set keeps its pinned channels too (select_tied)."""
     first_call = graph_calls(g)
     ch = g.channels
     roots = {}
@@ -193,24 +200,35 @@ def _sets(g, members: list[Member]) -> list[ScoreSet]:
     for ids in groups.values():
         chosen = [members[i] for i in ids]
         if len(chosen) == 1:
-            sets.append(ScoreSet.single(chosen[0]))
+            own = roots.get(chosen[0].target.name)
+            pinned, reasons = _pins(pins, own) if shrink and own is not None else (None, {})
+            sets.append(
+                ScoreSet(chosen, int(chosen[0].scores.size), None, pinned, reasons)
+                if reasons
+                else ScoreSet.single(chosen[0])
+            )
             continue
         channel_roots = np.unique(np.concatenate([roots[m.target.name] for m in chosen]))
         index = {m.target.name: np.searchsorted(channel_roots, roots[m.target.name]) for m in chosen}
         makers = {id(first_call.get(id(m.target.layer))) for m in chosen}
-        if len(makers) == 1 and first_call[id(chosen[0].target.layer)].kind == "recurrent":
+        if len(makers) == 1 and first_call[id(chosen[0].target.layer)].kind == "recurrent" and not shrink:
             # one recurrent layer's kernels: pruned like a layer of its own, pins or not (as a Dense
-            # is; --shrink then keeps the pinned units masked and says why)
+            # is without --shrink: the masks are then what the user asked for)
             sets.append(ScoreSet(chosen, len(channel_roots), index))
             continue
-        why = [pins.get(int(r)) for r in channel_roots]
-        reasons: dict[str, int] = {}
-        for reason in why:
-            if reason is not None:
-                reasons[reason] = reasons.get(reason, 0) + 1
-        pinned = np.array([reason is not None for reason in why], dtype=bool)
+        pinned, reasons = _pins(pins, channel_roots)
         sets.append(ScoreSet(chosen, len(channel_roots), index, pinned, reasons))
     return sets
+
+
+def _pins(pins: dict, channel_roots) -> tuple[np.ndarray, dict[str, int]]:
+    """Whether each of these channels is pinned by the graph, and how many per reason."""
+    why = [pins.get(int(r)) for r in channel_roots]
+    reasons: dict[str, int] = {}
+    for reason in why:
+        if reason is not None:
+            reasons[reason] = reasons.get(reason, 0) + 1
+    return np.array([reason is not None for reason in why], dtype=bool), reasons
 
 
 def graph_calls(g) -> dict[int, object]:

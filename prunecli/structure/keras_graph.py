@@ -12,6 +12,7 @@ A *node* is one call of a layer or Keras operation: `node.operation`, `node.inpu
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,18 @@ TensorKey = tuple[int, int, int]  # (id(operation), node index, output index): o
 
 class GraphUnsupported(Exception):
     """The model has no layer graph to walk (a subclassed model, or one never called on inputs)."""
+
+
+@contextmanager
+def copying_in_memory():
+    """Keras' safe mode off while a model already in memory is copied (clone_model, from_config): a
+    Lambda layer's Python code is serialised and read back to copy it. The process runs that code
+    already (the file was read with --unsafe), so reading it again exposes nothing new, and safe mode
+    refused it: `-g neuron --shrink --unsafe` on a model with a Python lambda was an internal error."""
+    from keras.src.saving import serialization_lib
+
+    with serialization_lib.SafeModeScope(False):
+        yield
 
 
 def functional(model):

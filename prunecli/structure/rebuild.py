@@ -118,7 +118,8 @@ def detach(model):
             f"{model.name}: {what} has no get_config, so the rebuilt model could not be saved; "
             "this granularity cannot remove structure from it (-g element prunes it in place)"
         ) from exc
-    copy = keras.Model.from_config(config)
+    with keras_graph.copying_in_memory():
+        copy = keras.Model.from_config(config)
     keras_graph.copy_weights(model, copy)
     return copy
 

@@ -643,7 +643,8 @@ def rebuild(model, changes: dict[str, LayerChange], cuts: ChannelCuts, weights: 
             clones[id(layer)] = layer.__class__.from_config(config)
         return clones[id(layer)]
 
-    new = keras.models.clone_model(model, clone_function=clone)
+    with keras_graph.copying_in_memory():
+        new = keras.models.clone_model(model, clone_function=clone)
     for old in model.layers:
         if not old.weights:
             continue  # nothing to copy (a cloned InputLayer may also have been renamed)

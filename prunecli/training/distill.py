@@ -45,7 +45,8 @@ def teacher_copy(model, needed_by: str = "--distill"):
     why = "no copy had the model's weights"
     for make in (cloned, from_config):
         try:
-            teacher = make()
+            with keras_graph.copying_in_memory():
+                teacher = make()
         except Exception as exc:  # Keras raises many types here; the next way is tried
             why = first_line(exc)
             continue

@@ -221,7 +221,7 @@ def replicated(session, strategy):
     import keras
 
     original, original_targets = session.model, session.targets
-    with strategy.scope():
+    with strategy.scope(), keras_graph.copying_in_memory():
         copy = keras.models.clone_model(original)
         keras_graph.copy_weights(original, copy)
     session.model, session.targets = copy, _targets_in(copy, original, original_targets)

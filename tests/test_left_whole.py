@@ -1,6 +1,6 @@
-"""A layer the user froze (trainable=False) is left whole unless --include names it: its weights are not
-trained, so fine-tuning could not recover what pruning takes (DM3Loc's frozen one-hot nucleotide table,
-bench/ZOO.md)."""
+"""What a run leaves whole, and says so: a layer the user froze (trainable=False) unless --include names
+it (its weights are not trained, so fine-tuning could not recover what pruning takes: DM3Loc's frozen
+one-hot nucleotide table, bench/ZOO.md), and, under --shrink, channels surgery cannot remove."""
 
 from __future__ import annotations
 
@@ -99,3 +99,31 @@ def test_a_budget_a_frozen_backbone_blocks_names_it(cli, tmp_path):
     result = cli("prune", path, "--target", "params=0.5", "-o", tmp_path / "b.keras")
     assert result.exit_code != 0 and not (tmp_path / "b.keras").exists()
     assert "frozen (trainable=False) and left whole: backbone/b1, backbone/b2 (--include to prune)" in result.output
+
+
+def test_shrink_leaves_whole_the_channels_it_cannot_remove(tmp_path):
+    """-g neuron --shrink on a convolution whose output reaches a Lambda (surgery cannot slice one):
+    its channels are not masked (they would cost accuracy and stay in the file: FaceNet's Lambdas,
+    bench/ZOO.md), a note says why, and the layer that can shrink still does; without --shrink the
+    masks are the product, so the layer is masked as asked."""
+    import keras
+
+    from prunecli import build_config, prune
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 3))
+    fed = keras.layers.Conv1D(8, 3, activation="relu", name="fed")(inp)
+    scaled = keras.layers.Lambda(lambda t: t * 0.5, name="halve")(fed)
+    free = keras.layers.Conv1D(8, 3, activation="relu", name="free")(scaled)
+    out = keras.layers.Dense(2, name="out")(keras.layers.GlobalAveragePooling1D()(free))
+    path = tmp_path / "lambda.keras"
+    keras.Model(inp, out).save(path)
+    base = {"model_path": str(path), "granularity": "neuron", "sparsity": 0.5, "unsafe": True}
+    shrunk = prune(build_config({**base, "shrink": True, "output": str(tmp_path / "s.keras")}, environ={}))
+    rows = {row["name"]: row for row in shrunk.report.to_dict()["layers"]}
+    assert rows["fed/kernel"]["sparsity"] == 0.0
+    assert any("fed: 8 of 8 channels not pruned: --shrink cannot remove them" in n for n in shrunk.report.notes)
+    small = keras.saving.load_model(tmp_path / "s.keras", safe_mode=False)
+    assert small.get_layer("free").filters == 4 and small.get_layer("fed").filters == 8
+    masked = prune(build_config({**base, "output": str(tmp_path / "m.keras")}, environ={}))
+    assert {row["name"]: row for row in masked.report.to_dict()["layers"]}["fed/kernel"]["sparsity"] == 0.5
