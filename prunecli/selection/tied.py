@@ -78,7 +78,7 @@ class ScoreSet:
 
     @property
     def label(self) -> str:
-        names = [m.target.layer_name for m in self.members]
+        names = list(dict.fromkeys(m.target.layer_name for m in self.members))  # a recurrent cell's two kernels: once
         if len(names) > MAX_NAMED_MEMBERS:
             return "+".join(names[:MAX_NAMED_MEMBERS]) + f"+... ({len(names)} layers)"
         return "+".join(names)
@@ -164,7 +164,8 @@ def select_tied(model, members: list[Member], notes: list[str], shrink: bool = F
     for e in sets:
         if e.reasons:
             why = "; ".join(f"{reason}: {n}" for reason, n in sorted(e.reasons.items()))
-            which = "shared channels never pruned" if e.tied else "channels not pruned: --shrink cannot remove them"
+            shared = e in merged
+            which = "shared channels never pruned" if shared else "channels not pruned: --shrink cannot remove them"
             notes.append(f"{e.label}: {e.size - e.prunable} of {e.size} {which} ({why})")
     return sets
 
