@@ -180,6 +180,27 @@ def test_named_lambda_activation_from_custom_objects(cli, tmp_path):
     np.testing.assert_allclose(model.predict(x, verbose=0), want, rtol=1e-5, atol=1e-5)
 
 
+def test_the_note_says_how_each_output_format_is_read(cli, tmp_path):
+    """An .h5 output of an unchanged structure is the input file with new weights, holding what the
+    input held: the note sends Keras' own loader to a .keras output, which stores the objects by name."""
+
+    def as_keras2(middle, _config):
+        middle["config"]["activation"] = "<lambda>"
+
+    path, _dense, _x = _keras2_h5(tmp_path, as_keras2)
+    source = tmp_path / "pcli_note_acts.py"
+    source.write_text(
+        'import keras\n\ndef pcli_note_relu(x):\n    return keras.activations.relu(x)\n\nCUSTOM_OBJECTS = {"<lambda>": pcli_note_relu}\n'
+    )
+    for out, says in (
+        ("o.h5", "for keras.saving.load_model(..., custom_objects=...) write a .keras"),
+        ("o.keras", "(keras.saving.load_model(..., custom_objects=...), or prunecli's"),
+    ):
+        result = cli("prune", path, "-s", "0.5", "--custom-objects", source, "-o", tmp_path / out)
+        assert result.exit_code == 0, result.output
+        assert says in " ".join(result.output.split())
+
+
 def _foreign_lambda(middle, _config):
     """The middle layer becomes a Keras-2 Lambda whose code this Python cannot read (marshal data
     cut short, as Python 3.6 bytecode reads on 3.11: "EOF read where object expected")."""

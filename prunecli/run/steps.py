@@ -61,13 +61,25 @@ def load(config: PruneConfig, progress: Progress, timings: Timings) -> tuple[Run
 
 
 def _custom_objects_note(config: PruneConfig) -> tuple[str, ...]:
-    """What reading the output takes when the model needed the user's code: the same objects."""
+    """What reading the output takes when the model needed the user's code: the same objects. An .h5
+    output whose structure the run keeps is the input file with new weights (io/models/write.save), so
+    it holds what the input held, a Keras-2 Lambda's foreign bytecode included (DM3Loc, bench/ZOO.md):
+    Keras' own loader reads the user's objects from a .keras output, which stores them by name."""
     if not config.custom_objects:
         return ()
+    from prunecli.io.models.write import default_output
+
     sources = " ".join(f"--custom-objects {s}" for s in config.custom_objects)
+    out = Path(config.output) if config.output else default_output(config.model_path)
+    if out.suffix == ".keras":
+        readers = f"keras.saving.load_model(..., custom_objects=...), or prunecli's {sources}"
+    else:
+        readers = (
+            f"prunecli's {sources}; an .h5 output keeps the input's layout and stored code where the structure"
+            " is unchanged, so for keras.saving.load_model(..., custom_objects=...) write a .keras"
+        )
     return (
-        f"read with the custom objects of {', '.join(config.custom_objects)}: the output needs them too"
-        f" (keras.saving.load_model(..., custom_objects=...), or prunecli's {sources})",
+        f"read with the custom objects of {', '.join(config.custom_objects)}: the output needs them too ({readers})",
     )
 
 
