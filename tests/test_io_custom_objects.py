@@ -43,15 +43,9 @@ class PcliPositionScale(keras.layers.Layer):
 def _custom_model(tmp_path):
     """A model saved with two custom layers, and the module that defines them (imported under a
     name of its own, as a user's training code would be)."""
-    import importlib.util
-
     import keras
 
-    source = tmp_path / "pcli_layers.py"
-    source.write_text(LAYERS_MODULE)
-    spec = importlib.util.spec_from_file_location("pcli_layers_training", source)
-    training = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(training)
+    source, training = _user_module(tmp_path, "pcli_layers", LAYERS_MODULE)
     rng = np.random.default_rng(0)
     inp = keras.Input((20, 4))
     h = training.PcliSeqConv(8, 5, seq_length=20, activation="relu", name="seqconv")(inp)
@@ -65,6 +59,19 @@ def _custom_model(tmp_path):
     model.save(path)
     x = rng.normal(size=(64, 20, 4)).astype("float32")
     return path, source, x, model.predict(x, verbose=0)
+
+
+def _user_module(tmp_path, name: str, text: str):
+    """The user's layer file written as `name`.py, and the module their training script imported it as
+    (a module of its own, so the file prunecli imports defines its classes afresh)."""
+    import importlib.util
+
+    source = tmp_path / f"{name}.py"
+    source.write_text(text)
+    spec = importlib.util.spec_from_file_location(f"{name}_training", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return source, module
 
 
 def test_custom_layer_needs_its_code_and_says_so(cli, tmp_path):
@@ -157,20 +164,28 @@ def _keras2_h5(tmp_path, keras2_layer_config) -> tuple:
     return path, model, x
 
 
-def test_named_lambda_activation_from_custom_objects(cli, tmp_path):
-    """Keras 2 stored an anonymous activation as "<lambda>" (DeepLC's leaky ReLU capped at 20):
-    CUSTOM_OBJECTS names it."""
-    from prunecli.io import models as model_io
+def _anonymous_activation(middle, _config):
+    """The middle layer's activation as Keras 2 stored an anonymous function: "<lambda>"."""
+    middle["config"]["activation"] = "<lambda>"
 
-    def as_keras2(middle, _config):
-        middle["config"]["activation"] = "<lambda>"
 
-    path, dense, x = _keras2_h5(tmp_path, as_keras2)
+def _capped_relu_source(tmp_path):
+    """A --custom-objects file naming "<lambda>": a ReLU capped at 0.5."""
     source = tmp_path / "acts.py"
     source.write_text(
         "import keras\n\ndef pcli_capped(x):\n    return keras.activations.relu(x, max_value=0.5)\n\n"
         'CUSTOM_OBJECTS = {"<lambda>": pcli_capped}\n'
     )
+    return source
+
+
+def test_named_lambda_activation_from_custom_objects(cli, tmp_path):
+    """Keras 2 stored an anonymous activation as "<lambda>" (DeepLC's leaky ReLU capped at 20):
+    CUSTOM_OBJECTS names it."""
+    from prunecli.io import models as model_io
+
+    path, dense, x = _keras2_h5(tmp_path, _anonymous_activation)
+    source = _capped_relu_source(tmp_path)
     refused = cli("prune", path, "-o", tmp_path / "a.h5", "-q")
     assert refused.exit_code == 3 and "--custom-objects" in refused.output
     model, _info = model_io.load(path, custom_objects=(str(source),))
@@ -183,15 +198,8 @@ def test_named_lambda_activation_from_custom_objects(cli, tmp_path):
 def test_the_note_says_how_each_output_format_is_read(cli, tmp_path):
     """An .h5 output of an unchanged structure is the input file with new weights, holding what the
     input held: the note sends Keras' own loader to a .keras output, which stores the objects by name."""
-
-    def as_keras2(middle, _config):
-        middle["config"]["activation"] = "<lambda>"
-
-    path, _dense, _x = _keras2_h5(tmp_path, as_keras2)
-    source = tmp_path / "pcli_note_acts.py"
-    source.write_text(
-        'import keras\n\ndef pcli_note_relu(x):\n    return keras.activations.relu(x)\n\nCUSTOM_OBJECTS = {"<lambda>": pcli_note_relu}\n'
-    )
+    path, _dense, _x = _keras2_h5(tmp_path, _anonymous_activation)
+    source = _capped_relu_source(tmp_path)
     for out, says in (
         ("o.h5", "for keras.saving.load_model(..., custom_objects=...) write a .keras"),
         ("o.keras", "(keras.saving.load_model(..., custom_objects=...), or prunecli's"),
@@ -372,15 +380,9 @@ class PcliAttentionPooling(keras.layers.Layer):
 def test_attention_that_pools_a_sequence_is_not_a_transformer(cli, tmp_path):
     """-g neuron on an LSTM classifier with an attention-pooling layer (textgenrnn's shape) prunes its
     units: the layer's name says attention, but it pools the sequence, holding no residual stream."""
-    import importlib.util
-
     import keras
 
-    source = tmp_path / "pcli_pooling.py"
-    source.write_text(POOLING_MODULE)
-    spec = importlib.util.spec_from_file_location("pcli_pooling_training", source)
-    training = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(training)
+    source, training = _user_module(tmp_path, "pcli_pooling", POOLING_MODULE)
     inp = keras.Input((12,), dtype="int32")
     h = keras.layers.Embedding(50, 16, name="embedding")(inp)
     h = keras.layers.LSTM(24, return_sequences=True, name="rnn")(h)
@@ -428,15 +430,9 @@ class PcliSummaryAttention(keras.layers.Layer):
 def test_attention_that_pools_into_summary_vectors_is_not_a_transformer(cli, tmp_path):
     """-g neuron --shrink on a CNN whose attention returns a few summary vectors of a long sequence
     (same rank, other length) prunes its channels: no residual stream to keep."""
-    import importlib.util
-
     import keras
 
-    source = tmp_path / "pcli_summary.py"
-    source.write_text(SUMMARY_ATTENTION)
-    spec = importlib.util.spec_from_file_location("pcli_summary_training", source)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    source, module = _user_module(tmp_path, "pcli_summary", SUMMARY_ATTENTION)
     inp = keras.Input((40, 4))
     h = keras.layers.Conv1D(16, 5, activation="relu", name="conv")(inp)
     h = keras.layers.Conv1D(12, 3, activation="relu", name="conv2")(h)
@@ -473,15 +469,9 @@ class PcliGateAttention(keras.layers.Layer):
 def test_attention_that_only_scores_positions_is_not_a_transformer(cli, tmp_path):
     """TADA's shape: Conv1D -> a gate attention (a scoring vector, the sequence kept) -> BiLSTM -> Dense.
     -g neuron prunes the convolutions and the LSTM: the layer holds no projection, so no residual stream."""
-    import importlib.util
-
     import keras
 
-    source = tmp_path / "pcli_gate.py"
-    source.write_text(GATE_ATTENTION)
-    spec = importlib.util.spec_from_file_location("pcli_gate_training", source)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    source, module = _user_module(tmp_path, "pcli_gate", GATE_ATTENTION)
     inp = keras.Input((20, 6))
     h = keras.layers.Conv1D(16, 2, activation="gelu", name="conv")(inp)
     h = module.PcliGateAttention(name="attention")(h)
