@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 
 def _frozen_encoding_model(path, frozen_backbone: bool = False):
@@ -38,11 +39,7 @@ def _frozen_encoding_model(path, frozen_backbone: bool = False):
     return model, x, table
 
 
-def _sparsity(report, layer: str) -> float:
-    rows = {row["name"]: row for row in json.loads(report.read_text())["layers"]}
-    return rows[f"{layer}/embeddings" if layer == "encoding" else layer]["sparsity"]
-
-
+@pytest.mark.slow
 def test_a_frozen_embedding_is_left_whole_with_a_note(cli, tmp_path):
     """-g neuron and element pruning keep the frozen table as it is and say so; --include prunes it."""
     import keras

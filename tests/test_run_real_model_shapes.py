@@ -325,6 +325,7 @@ def test_a_keras_2_1_bidirectional_gru_file_loads_as_it_was_written(tmp_path):
     np.testing.assert_allclose(np.asarray(loaded(x)), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_stand_in_inputs_are_long_enough_for_a_pooling_stack(tmp_path):
     """A tempo CNN from the zoo (tempocnn's deeptemp_k8: open width, four 2x2 max-pools, then a global
     average) runs on a 32-wide stand-in with its width pooled to 0, and averages nothing into NaN: shrink's

@@ -82,6 +82,7 @@ def test_include_exclude_and_skip_leave_layers_whole(keras2_h5, tmp_path):
     assert (saved_kernels(result.output_path)["out/kernel"] != 0).all()
 
 
+@pytest.mark.slow
 def test_keras3_files_are_refused_with_the_way_out(mlp_files, tmp_path):
     for path in (mlp_files["keras"], mlp_files["h5"]):
         with pytest.raises(ModelLoadError, match="written by Keras 3; tfmot needs a Keras-2 .h5 — use --engine native"):
