@@ -265,6 +265,7 @@ def test_split_examples_cuts_across_batches_and_input_structures():
     assert first == [] and [x.tolist() for x in rest] == [a.tolist()]
 
 
+@pytest.mark.slow
 def test_the_cli_reports_what_it_measured(tmp_path):
     """A default `--method wanda` run: the summary names the allocation, the JSON report gives every
     candidate's output error (softmax outputs: compared as probabilities) and the choice is the least."""

@@ -116,6 +116,7 @@ def test_pruned_weights_stay_exactly_zero_after_quantization(conv_dense, tmp_pat
     assert result.report.output["bytes"] == section["sizes"]["quantized"]["bytes"]
 
 
+@pytest.mark.slow
 def test_a_zero_the_scheme_would_move_stops_the_run_and_nothing_is_saved(conv_dense, tmp_path, monkeypatch):
     from prunecli.outputs import quantize
 
@@ -160,6 +161,7 @@ def _channels_first_convolutions_run() -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_quantized_convolutions_store_int8_codes_and_reload_exactly(tmp_path):
     """Conv1D, Conv2D and Conv3D (Keras 3.15 quantizes none of them) become prunecli's QuantizedConv layers:
     the file holds int8 codes and is smaller, the reloaded model computes what the quantized one did, each
@@ -411,7 +413,8 @@ def test_int8_model_exports_to_tflite_with_its_zeros(conv_dense, tmp_path):
     assert export["savedmodel"]["max_abs_diff"] <= 1e-5  # the quantized Keras model itself
 
 
-@pytest.mark.parametrize("mode", ["int8", pytest.param("int4", marks=pytest.mark.slow)])  # int4: full suite
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["int8", "int4"])
 def test_inspect_counts_a_quantized_model_as_its_report_does(conv_dense, tmp_path, mode):
     """`inspect` on a --quantize output reads each kernel as the targets do (codes in the kernel's
     layout): the same targets, shapes and sparsity as the run's report. It used to count the stored

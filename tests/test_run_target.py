@@ -85,6 +85,7 @@ def test_report_states_the_target(cli, files, tmp_path):
     assert "--target flops: achieved 0." in result.output
 
 
+@pytest.mark.slow
 def test_plan_target_writes_nothing_and_shows_the_allocation(cli, files):
     before = _snapshot(files)
     result = cli("plan", files / "cnn.keras", "--target", "params=0.3", "--json")
