@@ -281,6 +281,7 @@ def test_an_adapted_normalization_survives_every_copy(tmp_path):
     assert shrink["params_after"] < shrink["params_before"]
 
 
+@pytest.mark.slow
 def test_a_keras_2_1_bidirectional_gru_file_loads_as_it_was_written(tmp_path):
     """Keras 2.0-2.1 wrote a wrapped layer without a module (Keras 3 then could not locate 'LSTM': a real
     Arabic diacritiser from the package index, bench/ZOO.md) and a GRU without `reset_after` (the
