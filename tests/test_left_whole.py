@@ -124,3 +124,26 @@ def test_shrink_leaves_whole_the_channels_it_cannot_remove(tmp_path):
     assert small.get_layer("free").filters == 4 and small.get_layer("fed").filters == 8
     masked = prune(build_config({**base, "output": str(tmp_path / "m.keras")}, environ={}))
     assert {row["name"]: row for row in masked.report.to_dict()["layers"]}["fed/kernel"]["sparsity"] == 0.5
+
+
+def test_a_model_saved_frozen_whole_is_pruned_and_fine_tuning_it_is_refused(cli, tmp_path):
+    """model.trainable = False before saving (as for inference) is no choice of layers: every layer is
+    pruned, with a note. Fine-tuning could train none of them, so --epochs is a one-line error before any
+    work (it was an internal error in the optimizer, with nothing trainable)."""
+    import keras
+
+    inp = keras.Input((8,))
+    model = keras.Model(inp, keras.layers.Dense(3, name="out")(keras.layers.Dense(16, name="hidden")(inp)))
+    model.trainable = False
+    path = tmp_path / "inference.keras"
+    model.save(path)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(64, 8)).astype("float32"), y=rng.integers(0, 3, 64))
+    report = tmp_path / "r.json"
+    result = cli("prune", path, "-s", "0.5", "-o", tmp_path / "o.keras", "-r", report)
+    assert result.exit_code == 0, result.output
+    assert {row["name"] for row in json.loads(report.read_text())["layers"]} == {"hidden/kernel", "out/kernel"}
+    assert "every layer is frozen (trainable=False" in " ".join(result.output.split())
+    refused = cli("prune", path, "-s", "0.5", "--epochs", "2", "-d", tmp_path / "d.npz", "-o", tmp_path / "t.keras")
+    assert refused.exit_code == 2 and not (tmp_path / "t.keras").exists()
+    assert "fine-tuning would train none of them" in refused.output

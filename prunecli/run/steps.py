@@ -17,7 +17,7 @@ from pathlib import Path
 from prunecli import __version__, scoring
 from prunecli.config import Granularity, PruneConfig
 from prunecli.config.fields import QUANTIZE_MODES
-from prunecli.errors import DataError, InputError
+from prunecli.errors import ConfigError, DataError, InputError
 from prunecli.outputs.report import Report, Timings, layer_stats, totals
 from prunecli.results import StepResult
 from prunecli.run.state import RunState
@@ -106,17 +106,34 @@ def check_labels(config: PruneConfig, data) -> None:
         raise DataError(f"{config.data} has inputs but no labels (y): {wanted} needs them")
 
 
+FROZEN_WHOLE_NOTE = (
+    "every layer is frozen (trainable=False: the model was saved frozen as a whole, as for inference):"
+    " pruned all the same"
+)
+
+
 def pick_targets(model, config: PruneConfig) -> StepResult:
     """The prunable weights the options select; not a language model's token embedding and head, nor a
-    frozen layer (unless --include names them); for neuron pruning, not the model's output units."""
+    frozen layer (unless --include names them, or the whole model was saved frozen); for neuron pruning,
+    not the model's output units. Fine-tuning that could train none of them (all frozen) is refused
+    before any work: it ended in an internal error when nothing at all was trainable."""
     from prunecli.structure import language, targets
 
     found = targets.select(model, config.include, config.exclude)
     found = [t for t in found if not config.rule_for(t.layer_name).skip]
     refuse_quantized(config, found)
     found, notes = language.without_lm_ends(model, found, config.include)
-    found, frozen_notes = targets.without_frozen(found, config.include)
+    frozen_whole = all(targets.is_frozen(t) for t in targets.walk(model))
+    if frozen_whole:  # saved frozen as a whole, as for inference: not a choice of layers to keep
+        frozen_notes = [FROZEN_WHOLE_NOTE] if found else []
+    else:
+        found, frozen_notes = targets.without_frozen(found, config.include)
     notes = [*notes, *frozen_notes]
+    if config.epochs and found and all(targets.is_frozen(t) for t in found):
+        raise ConfigError(
+            f"--epochs {config.epochs}: the layers to prune are frozen (trainable=False), so fine-tuning would train"
+            " none of them: drop --epochs, or set trainable = True on them and save the model again"
+        )
     if config.granularity.kind == "neuron":
         # A unit whose channel reaches a model output through layers that do not mix channels is a
         # class (or an output value): removing it changes what the model predicts. Kept unless --include.
