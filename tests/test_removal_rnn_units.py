@@ -340,3 +340,24 @@ def test_embedding_lstm_at_the_default_scope(cli, tmp_path):
         == shrink["params_before"] - (4 * 64 * 81 - 4 * units * (16 + units + 1)) - (64 - units) * 3
     )
     assert shrink["verification"]["max_abs_diff"] <= 1e-5
+
+
+def test_an_rnn_behind_a_padding_mask_shrinks(cli, tmp_path):
+    """Embedding(mask_zero=True) -> LSTM -> masked average pooling, the common Keras text model: Keras
+    passes the padding mask as `mask=`, which the channel graph read as a second input ("takes an
+    initial state"), so the LSTM could not lose a unit. It shrinks now, computing what the masked model
+    does on padded token rows."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((STEPS,), dtype="int32")
+    x = keras.layers.Embedding(20, FEATURES, mask_zero=True, name="emb")(inp)
+    x = keras.layers.LSTM(UNITS, return_sequences=True, name="rnn")(x)
+    x = keras.layers.GlobalAveragePooling1D(name="pool")(x)
+    model = keras.Model(inp, keras.layers.Dense(3, name="out")(keras.layers.Dense(6, name="hidden")(x)))
+    masked, shrunk, report = _prune_both(cli, model, tmp_path, "--exclude", "emb")
+    assert shrunk.get_layer("rnn").units == UNITS // 2
+    assert not any("takes an initial state" in n for n in report["notes"])
+    tokens = np.random.default_rng(3).integers(1, 20, (16, STEPS)).astype("int32")
+    tokens[:, 4:] = 0  # padding the mask hides
+    np.testing.assert_allclose(np.asarray(masked(tokens)), np.asarray(shrunk(tokens)), atol=1e-5, rtol=1e-5)

@@ -319,7 +319,8 @@ def _walk_calls(model) -> LayerGraph:
     calls: list[Call] = []
     consumers: dict[TensorKey, list[Call]] = {}
     for node in keras_graph.nodes(model, include_inputs=True):
-        ins = [key(t) for t in flat(node.input_tensors)]
+        masks = {key(t) for t in _padding_masks(node)}
+        ins = [key(t) for t in flat(node.input_tensors) if key(t) not in masks]
         outs = [key(t) for t in flat(node.outputs)]
         for k, t in zip(outs, flat(node.outputs), strict=True):
             shapes[k] = tuple(t.shape)
@@ -335,6 +336,16 @@ def _walk_calls(model) -> LayerGraph:
         inputs=[key(t) for t in flat(keras_graph.inputs(model))],
         outputs=[key(t) for t in flat(keras_graph.outputs(model))],
     )
+
+
+def _padding_masks(node) -> list:
+    """The tensors a call gets as `mask=` (Keras passes an Embedding(mask_zero=True)'s padding mask to
+    the LSTM and pooling after it): they say which steps to skip and hold no channels, so they are not
+    the call's inputs here. Counted as inputs, they made every such RNN look as if it took an initial
+    state and every masked pooling layer unsliceable, and a text model's units could not shrink."""
+    arguments = getattr(node, "arguments", None)
+    mask = getattr(arguments, "kwargs", {}).get("mask") if arguments is not None else None
+    return [t for t in keras_graph.flatten(mask) if t is not None] if mask is not None else []
 
 
 def _assign_ids(g: LayerGraph, call: Call) -> None:
