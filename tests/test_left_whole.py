@@ -144,6 +144,8 @@ def test_a_model_saved_frozen_whole_is_pruned_and_fine_tuning_it_is_refused(cli,
     assert result.exit_code == 0, result.output
     assert {row["name"] for row in json.loads(report.read_text())["layers"]} == {"hidden/kernel", "out/kernel"}
     assert "every layer is frozen (trainable=False" in " ".join(result.output.split())
+    shown = cli("inspect", path)  # inspect shows the targets prune takes
+    assert shown.exit_code == 0 and "frozen: --include" not in shown.output
     refused = cli("prune", path, "-s", "0.5", "--epochs", "2", "-d", tmp_path / "d.npz", "-o", tmp_path / "t.keras")
     assert refused.exit_code == 2 and not (tmp_path / "t.keras").exists()
     assert "fine-tuning would train none of them" in refused.output

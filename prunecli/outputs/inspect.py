@@ -104,7 +104,7 @@ def inspect_model(path: str, include=(), exclude=(), custom_objects: tuple[str, 
     quiet_tensorflow()
     model, info = model_io.load(path, custom_objects=custom_objects)
     every = {(id(t.layer), t.attr): t for t in targets.walk(model)}
-    chosen = {t.name for t in targets.without_frozen(targets.select(model, include, exclude), include)[0]}
+    chosen = {t.name for t in targets.without_frozen(model, targets.select(model, include, exclude), include)[0]}
     layers = _describe_layers(model, every, chosen)
     meta = {
         "path": str(info.path),

@@ -106,12 +106,6 @@ def check_labels(config: PruneConfig, data) -> None:
         raise DataError(f"{config.data} has inputs but no labels (y): {wanted} needs them")
 
 
-FROZEN_WHOLE_NOTE = (
-    "every layer is frozen (trainable=False: the model was saved frozen as a whole, as for inference):"
-    " pruned all the same"
-)
-
-
 def pick_targets(model, config: PruneConfig) -> StepResult:
     """The prunable weights the options select; not a language model's token embedding and head, nor a
     frozen layer (unless --include names them, or the whole model was saved frozen); for neuron pruning,
@@ -123,11 +117,7 @@ def pick_targets(model, config: PruneConfig) -> StepResult:
     found = [t for t in found if not config.rule_for(t.layer_name).skip]
     refuse_quantized(config, found)
     found, notes = language.without_lm_ends(model, found, config.include)
-    frozen_whole = all(targets.is_frozen(t) for t in targets.walk(model))
-    if frozen_whole:  # saved frozen as a whole, as for inference: not a choice of layers to keep
-        frozen_notes = [FROZEN_WHOLE_NOTE] if found else []
-    else:
-        found, frozen_notes = targets.without_frozen(found, config.include)
+    found, frozen_notes = targets.without_frozen(model, found, config.include)
     notes = [*notes, *frozen_notes]
     if config.epochs and found and all(targets.is_frozen(t) for t in found):
         raise ConfigError(

@@ -407,7 +407,7 @@ def _tie_shared_call(g: LayerGraph, first: Call, call: Call) -> None:
     without weights (a pooling, activation or dropout layer reused across branches, as DM3Loc's one
     MaxPooling1D serves three convolutions) ties nothing: each call passes its own channels, and tying
     them made the branches' convolutions drop the same channels whatever their scores."""
-    if first is call or not call.layer.weights:
+    if first is call or not getattr(call.layer, "weights", None):
         return
     for a, b in zip(first.inputs + first.outputs, call.inputs + call.outputs, strict=False):
         if len(g.ids[a]) == len(g.ids[b]):

@@ -260,14 +260,17 @@ def without_output_units(model, found: list[Target], include=()) -> tuple[list[T
     return [t for t in found if t not in kept], notes
 
 
-def without_frozen(found: list[Target], include=()) -> tuple[list[Target], list[str]]:
+def without_frozen(model, found: list[Target], include=()) -> tuple[list[Target], list[str]]:
     """The targets minus the weights of layers the user froze (`trainable=False`, the layer's or a
     containing model's), and a note naming them; a layer named by --include is pruned anyway.
 
     A frozen layer holds weights its owner chose not to change, often a fixed encoding (DM3Loc's
     one-hot nucleotide table, bench/ZOO.md: pruning two of its four columns put the model below
     predicting nothing) or a backbone kept as trained; fine-tuning cannot recover what pruning takes
-    from it, since its weights are not trained."""
+    from it, since its weights are not trained. A `model` frozen as a whole (saved so, as for
+    inference) made no such choice of layers: its targets all stay, with a note."""
+    if all(is_frozen(t) for t in walk(model)):
+        return found, [FROZEN_WHOLE_NOTE] if found else []
     frozen = [t for t in found if is_frozen(t) and not named_in(t, include)]
     if not frozen:
         return found, []
@@ -283,6 +286,10 @@ def without_frozen(found: list[Target], include=()) -> tuple[list[Target], list[
 
 
 FROZEN_NAMED = 5  # frozen layers named in the note; a frozen backbone's others are counted
+FROZEN_WHOLE_NOTE = (
+    "every layer is frozen (trainable=False: the model was saved frozen as a whole, as for inference):"
+    " pruned all the same"
+)
 
 
 def is_frozen(target: Target) -> bool:
