@@ -205,7 +205,11 @@ class PruneConfig:
         " bench/DEFAULT_ALLOCATION.md), lamp otherwise.",
         choices=NORMALIZE_CHOICES,
     )
-    include: tuple[str, ...] = setting((), help="Only layers matching this name glob (repeatable).", kind="multiple")
+    include: tuple[str, ...] = setting(
+        (),
+        help="Only layers matching this name glob (repeatable); a frozen or output layer it names is pruned too.",
+        kind="multiple",
+    )
     exclude: tuple[str, ...] = setting((), help="Skip layers matching this name glob (repeatable).", kind="multiple")
     overrides: tuple[LayerOverride, ...] = setting(
         (), help="Per-layer rules, recipe key `layers:` (glob -> sparsity | skip).", recipe_only=True
