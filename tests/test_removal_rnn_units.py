@@ -321,7 +321,8 @@ def test_units_read_by_an_unsliceable_layer_are_left_whole_under_shrink(cli, tmp
 
 @pytest.mark.slow
 def test_embedding_lstm_at_the_default_scope(cli, tmp_path):
-    """Embedding -> LSTM(64) -> Dense(3) at the defaults (global LAMP): the LSTM loses units for real."""
+    """Embedding -> LSTM(64) -> Dense(3) at the defaults (global LAMP): the LSTM loses units for real,
+    and the Embedding its pruned columns with the LSTM's kernel rows that read them."""
     import keras
 
     keras.utils.set_random_seed(0)
@@ -333,12 +334,12 @@ def test_embedding_lstm_at_the_default_scope(cli, tmp_path):
     result = cli("prune", path, "-g", "neuron", "-s", "0.5", "--shrink", "-o", out, "--report", report, "-q")
     assert result.exit_code == 0, result.output
     shrink = json.loads(report.read_text())["shrink"]
-    units = keras.models.load_model(out).get_layer("lstm").units
+    shrunk = keras.models.load_model(out)
+    units, width = shrunk.get_layer("lstm").units, shrunk.get_layer("emb").output_dim
     assert units < 64 and shrink["layers"]["lstm"] == {"before": 64, "after": units}
-    assert (
-        shrink["params_after"]
-        == shrink["params_before"] - (4 * 64 * 81 - 4 * units * (16 + units + 1)) - (64 - units) * 3
-    )
+    assert width < 16 and shrink["layers"]["emb"] == {"before": 16, "after": width}
+    assert shrink["params_after"] == 50 * width + 4 * units * (width + units + 1) + units * 3 + 3
+    assert shrink["params_before"] == 50 * 16 + 4 * 64 * (16 + 64 + 1) + 64 * 3 + 3
     assert shrink["verification"]["max_abs_diff"] <= 1e-5
 
 

@@ -89,7 +89,20 @@ def mobile_block():
     return keras.Model(inp, keras.layers.Dense(3, name="out")(x))
 
 
-BUILDERS = {"mlp": mlp, "bn_cnn": bn_cnn, "residual": residual_cnn, "mobile": mobile_block}
+def text_rnn():
+    """Embedding -> Conv1D -> Bidirectional(GRU) -> LSTM: the recurrent kernels cost o*o (costs.py)."""
+    import keras
+
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((12,), dtype="int32")
+    x = keras.layers.Embedding(60, 32, name="emb")(inp)
+    x = keras.layers.Conv1D(40, 3, activation="relu", name="conv")(x)
+    x = keras.layers.Bidirectional(keras.layers.GRU(24, return_sequences=True), name="bigru")(x)
+    x = keras.layers.LSTM(32, name="lstm")(x)
+    return keras.Model(inp, keras.layers.Dense(4, activation="softmax", name="out")(x))
+
+
+BUILDERS = {"mlp": mlp, "bn_cnn": bn_cnn, "residual": residual_cnn, "mobile": mobile_block, "text": text_rnn}
 
 
 @pytest.fixture(scope="session")
@@ -145,9 +158,13 @@ def test_target_is_met_within_tolerance_and_predicted_exactly(model_files, tmp_p
     assert fraction * (1 - TOLERANCE) <= real / dense <= fraction
     assert section["within_tolerance"] is True
     assert section["kind"] == kind and section["requested"] == fraction
-    # the shrunk model's widths are the allocation's counts
+    # the shrunk model's widths are the allocation's counts (a recurrent cell's: its layer's units per direction)
     for layer, counts in section["layers"].items():
-        assert result.model.get_layer(layer).output.shape[-1] == counts["after"], layer
+        if "/" in layer:
+            found = result.model.get_layer(layer.split("/")[0])
+            assert getattr(found, "forward_layer", found).units == counts["after"], layer
+        else:
+            assert result.model.get_layer(layer).output.shape[-1] == counts["after"], layer
     assert "out" not in section["layers"]  # output units are never pruned
 
 
@@ -176,6 +193,48 @@ def test_cost_model_matches_real_surgery_for_any_cut(model_files):
             keep = np.array([int(r) not in cuts.removed for r in c.roots])
             assert c.total(keep) == _measured(new, kind), (name, kind)
             assert c.total(np.ones(len(c.roots), bool)) == c.dense
+
+
+def _kill_recurrent_units(layer, units) -> None:
+    """Zero every gate's columns of these units in the kernels and bias (a Bidirectional: both directions)."""
+    parts = [layer.forward_layer, layer.backward_layer] if hasattr(layer, "forward_layer") else [layer]
+    for part in parts:
+        n = int(part.units)
+        columns = [g * n + u for g in range(part.cell.kernel.shape[-1] // n) for u in units]
+        for var in (part.cell.kernel, part.cell.recurrent_kernel, part.cell.bias):
+            arr = np.asarray(var).copy()
+            arr[..., columns] = 0.0
+            var.assign(arr)
+
+
+def test_cost_model_is_exact_for_embeddings_and_recurrent_layers(model_files):
+    """Embedding columns, filters and recurrent units cut at random: the predicted params and FLOPs are
+    the rebuilt model's, the recurrent kernels' o*o terms included."""
+    import keras
+
+    from prunecli.structure import channels, surgery
+
+    model = keras.saving.load_model(model_files["text"])
+    rng = np.random.default_rng(1)
+    table = np.asarray(model.get_layer("emb").embeddings).copy()
+    table[:, rng.random(32) < 0.4] = 0.0
+    model.get_layer("emb").embeddings.assign(table)
+    kernel = np.asarray(model.get_layer("conv").kernel).copy()
+    kernel[..., rng.random(40) < 0.4] = 0.0
+    model.get_layer("conv").kernel.assign(kernel)
+    _kill_recurrent_units(model.get_layer("bigru"), [1, 5, 6, 20])
+    _kill_recurrent_units(model.get_layer("lstm"), [0, 3, 31])
+    g = channels.graph_of(model)
+    weights = {la.name: surgery.layer_weights(la) for la in g.layers() if g.calls_of(la)[0].kind != "input"}
+    cuts = surgery.decide_cuts(g, weights)
+    new = surgery.rebuild(model, surgery.layer_changes(g, cuts), cuts, weights)
+    assert (new.get_layer("bigru").forward_layer.units, new.get_layer("lstm").units) == (20, 29)
+    assert new.get_layer("emb").output_dim < 32
+    for kind in costs.KINDS:
+        c = costs.ChannelCosts(model, kind)
+        keep = np.array([int(r) not in cuts.removed for r in c.roots])
+        assert c.total(keep) == _measured(new, kind), kind
+        assert c.total(np.ones(len(c.roots), bool)) == c.dense
 
 
 def test_round_to_keeps_multiples_of_eight(tmp_path):

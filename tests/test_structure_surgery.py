@@ -355,6 +355,59 @@ def test_a_shared_layer_without_weights_does_not_tie_its_branches(tmp_path):
     _check_same_function(masked, s, x, tmp_path)
 
 
+def _kill_columns(embedding, columns) -> None:
+    """Zero the given columns of an Embedding's table, as a neuron mask on its output units does."""
+    table = np.asarray(embedding.embeddings).copy()
+    table[:, list(columns)] = 0.0
+    embedding.embeddings.assign(table)
+
+
+def test_embedding_columns_go_with_the_rows_that_read_them(tmp_path):
+    """A text model's Embedding loses its pruned columns, and the Conv1D, the shared Dense reached through
+    Flatten and the residual Add that read them lose the matching kernel rows; a column killed in only one
+    member of the Add stays (its other member still writes it)."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((10,), dtype="int32")
+    emb = layers.Embedding(30, 8, name="emb")(inp)
+    conv = layers.Conv1D(6, 3, activation="relu", name="conv")(emb)
+    mixed = layers.Add()([emb, layers.Dense(8, name="side")(emb)])
+    flat = layers.Flatten()(layers.Concatenate()([layers.GlobalMaxPooling1D()(conv), layers.Flatten()(mixed)]))
+    model = keras.Model(inp, layers.Dense(3, name="out")(flat))
+    _set(model.get_layer("side"), bias=np.random.default_rng(0).normal(0, 0.5, 8))
+    _kill_columns(model.get_layer("emb"), [1, 4, 6])
+    _kill(model.get_layer("side"), [1, 4, 5])  # dead in both members of the Add: 1 and 4
+    masked = keras.models.clone_model(model)
+    masked.set_weights(model.get_weights())
+    s = _shrink(_session(model), measure_latency=False)
+    new = s.model
+    assert new.get_layer("emb").output_dim == 6 and new.get_layer("emb").embeddings.shape == (30, 6)
+    assert new.get_layer("conv").kernel.shape == (3, 6, 6) and new.get_layer("side").kernel.shape == (6, 6)
+    assert new.get_layer("out").kernel.shape == (6 + 10 * 6, 3)
+    assert s.sections["shrink"]["layers"]["emb"] == {"before": 8, "after": 6}
+    x = np.random.default_rng(6).integers(0, 30, (16, 10)).astype("int32")
+    _check_same_function(masked, s, x, tmp_path)
+
+
+def test_a_quantized_or_lora_embedding_is_left_whole():
+    """Surgery slices a float table only: int8 codes carry a scale per token row, LoRA its own factors."""
+    import keras
+    from keras import layers
+
+    inp = keras.Input((5,), dtype="int32")
+    model = keras.Model(inp, layers.Dense(2, name="out")(layers.Embedding(20, 4, name="emb")(inp)))
+    model.get_layer("emb").enable_lora(2)
+    call = graph.build(model).calls_of(model.get_layer("emb"))[0]
+    assert call.kind == "other"
+    model = keras.Model(inp, layers.Dense(2, name="out")(layers.Embedding(20, 4, name="emb")(inp)))
+    model.quantize("int8")
+    emb = model.get_layer("emb")
+    kind, why = graph.classify(emb, [(None, 5)], [(None, 5, 4)])
+    assert kind == "other" and "quantized" in why
+
+
 @pytest.mark.slow
 def test_mobilenetv2_shrinks_and_reloads(tmp_path):
     import keras

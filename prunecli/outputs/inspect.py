@@ -83,16 +83,8 @@ def _why_not(layer, variable) -> str:
     return f"no kernel known for {cls}"
 
 
-def _gates(target) -> int:
-    """Gate blocks on a recurrent cell's unit axis (LSTMCell 4, GRUCell 3: a unit owns one column of
-    each, structure/layers.py); 1 for every other weight."""
-    from prunecli.structure import layers
-
-    return layers.LAYERS.get(target.layer_class.removesuffix("Cell"), layers.OTHER).gates
-
-
 def _how(target) -> str:
-    return f"{target.units // _gates(target)} units, " + ("shrinkable" if target.shrinkable else "mask only")
+    return f"{target.units // target.gates} units, " + ("shrinkable" if target.shrinkable else "mask only")
 
 
 def inspect_model(path: str, include=(), exclude=(), custom_objects: tuple[str, ...] = ()) -> Inspection:
@@ -172,7 +164,7 @@ def _weight_info(layer, v, target, chosen: bool) -> WeightInfo:
         w.how = f"quantized ({w.quantized}): prune the float model"
     else:
         w.how = _how(target) if chosen else _why_left(target)
-    gates = _gates(target)
+    gates = target.gates
     moved = np.moveaxis(arr, target.unit_axis, -1).reshape(-1, gates, target.units // gates)
     w.units, w.unit_axis, w.shrinkable = target.units // gates, target.unit_axis, target.shrinkable
     w.zero_units = int(np.sum(~moved.any(axis=(0, 1))))  # a recurrent unit: all its gate columns

@@ -36,7 +36,7 @@ FLOOR_PROBES = 8  # latency= on a structural step: tries at finding the fastest 
 FLOOR_STEP = 0.02  # ... each retry asking for this much more of the dense model's parameters
 TIMING_REPEATS = 3  # latency=: each model is timed this many times and its least median kept (below)
 SIZE_MARGIN = 0.005  # an HDF5 file's headers move by a few hundred bytes as widths change: size= aims this much under
-KEPT_ATTRS = ("kernel", "pointwise_kernel")  # targets whose units are a layer's output channels
+KEPT_ATTRS = ("kernel", "pointwise_kernel", "embeddings")  # targets whose units are a layer's output channels
 
 
 def _size_model(model, suffix: str) -> tuple[int, float]:
@@ -487,11 +487,12 @@ def _flops_goal(fraction: float, dense: int) -> int:
 
 
 def kept_per_layer(targets, masks) -> dict[str, dict[str, int]]:
-    """{layer: {"before": channels, "after": channels kept}} for the layers whose output channels are pruned."""
+    """{layer: {"before": channels, "after": channels kept}} for the layers whose output channels are
+    pruned; a recurrent cell's channels are its units (a unit is kept while any of its gate columns is)."""
     from prunecli.selection.budget import kept_units
 
     return {
-        t.layer_name: {"before": t.units, "after": kept_units(t, masks.masks[t.name])}
+        t.layer_name: {"before": t.units // t.gates, "after": kept_units(t, masks.masks[t.name], t.gates)}
         for t in targets
         if t.attr in KEPT_ATTRS and t.name in masks.masks
     }

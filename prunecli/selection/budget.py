@@ -127,7 +127,11 @@ def _tracks(sets, config: PruneConfig, cost: costs.ChannelCosts, round_to: int |
         if roots is None:
             why = "its units are not channels surgery can cut"
         else:
-            makers = {m.target.layer_name for m in e.members}
+            calls = tied.graph_calls(g)  # a recurrent cell's units are made by the layer that runs it
+            makers = {
+                calls[id(m.target.layer)].name if id(m.target.layer) in calls else m.target.layer_name
+                for m in e.members
+            }
             chosen = roots[order]
             pinned = [pins[int(r)] for r in chosen if int(r) in pins]
             foreign = [r for r in chosen.tolist() if not set(g.group_members(int(r))) <= makers]
@@ -356,10 +360,12 @@ def lowest_cost(targets, scores: dict, level: str, config: PruneConfig, model, c
     return _lowest(_tracks(sets, config, cost, config.round_to), cost)
 
 
-def kept_units(target, mask) -> int:
-    """Units (along the target's unit axis) with any weight kept."""
+def kept_units(target, mask, gates: int = 1) -> int:
+    """Units (along the target's unit axis) with any weight kept; with `gates` blocks on that axis (a
+    recurrent cell's), units with any weight kept in any block."""
     moved = np.moveaxis(np.asarray(mask, dtype=bool), target.unit_axis, -1)
-    return int(np.count_nonzero(moved.reshape(-1, moved.shape[-1]).any(axis=0)))
+    columns = moved.reshape(-1, moved.shape[-1]).any(axis=0)
+    return int(np.count_nonzero(columns.reshape(gates, -1).any(axis=0)))
 
 
 MAX_TIMED = 8  # candidates a latency search times, the two ends included

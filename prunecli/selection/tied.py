@@ -256,7 +256,7 @@ def _unit_roots(g, call, target):
         ids = np.tile(out[channels.part_positions(call.layer, index, len(out))], layers.spec(parts[index]).gates)
     elif call.kind == "channelwise" and layers.spec(call.layer).family == "depthwise" and target.attr == "kernel":
         ids = g.ids[call.inputs[0]]
-    elif call.kind != "mixer" or target.attr not in ("kernel", "pointwise_kernel"):
+    elif call.kind != "mixer" or target.attr not in ("kernel", "pointwise_kernel", "embeddings"):
         return None
     else:
         ids = g.ids[call.outputs[0]]
@@ -267,17 +267,13 @@ def _unit_roots(g, call, target):
 
 def position_roots(g, e: ScoreSet) -> np.ndarray | None:
     """The channel class (root) of each position of a set, as `_sets` matched them, or None when its
-    positions are not channels the graph knows (a nested or unsupported layer) or are a recurrent
-    layer's units, whose gates' square recurrent kernel the cost model (structure/costs.py) does not
-    price: what a budget search (selection/budget.py) hands the cost model for each channel the set
-    may lose."""
+    positions are not channels the graph knows (a nested or unsupported layer): what a budget search
+    (selection/budget.py) hands the cost model for each channel the set may lose (a recurrent layer's
+    units too: the cost model prices their square recurrent kernel)."""
     calls = graph_calls(g)
     out = np.full(e.size, -1, dtype=np.int64)
     for m in e.members:
-        call = calls.get(id(m.target.layer))
-        if call is not None and call.kind == "recurrent":
-            return None
-        found = _unit_roots(g, call, m.target)
+        found = _unit_roots(g, calls.get(id(m.target.layer)), m.target)
         if found is None:
             return None
         out[np.arange(e.size) if e.index is None else e.index[m.target.name]] = found

@@ -224,6 +224,8 @@ def classify(layer, in_shapes: list[tuple], out_shapes: list[tuple], node=None) 
             role = "channelwise"  # arithmetic with a number: each channel stays apart
     if not in_shapes or not out_shapes:
         return "other", f"{label} has no tensor inputs or outputs"
+    if record.family == "embedding":
+        return _embedding_kind(layer, label, in_shapes, out_shapes)
     if any(len(s) < 2 or s[-1] is None for s in in_shapes + out_shapes):
         return "other", f"{label} has a tensor without a known channel axis"
     one_to_one = len(in_shapes) == 1 and len(out_shapes) == 1
@@ -270,6 +272,17 @@ def classify(layer, in_shapes: list[tuple], out_shapes: list[tuple], node=None) 
     if role == "flatten" and one_to_one and _channels_last(layer) and all(d is not None for d in in_shapes[0][1:]):
         return "flatten", None
     return "other", f"{label} is not a layer surgery can slice"
+
+
+def _embedding_kind(layer, label: str, in_shapes: list[tuple], out_shapes: list[tuple]) -> tuple[str, str | None]:
+    """An Embedding makes its output's channels, one per column of its table, from token ids it reads
+    as positions, not channels: a mixer without readers. Only a plain float table is sliced: a
+    quantized one keeps its codes, scales and zero points per group, and a LoRA adapter its factors."""
+    if len(in_shapes) != 1 or len(out_shapes) != 1 or len(out_shapes[0]) < 2 or out_shapes[0][-1] is None:
+        return "other", f"{label} has a tensor without a known channel axis"
+    if layers.quantization_mode(layer) or getattr(layer, "lora_enabled", False):
+        return "other", f"{label} is quantized or has a LoRA adapter"
+    return "mixer", None
 
 
 _GRAPHS: dict[int, tuple[Any, Any]] = {}  # id(model) -> (weak reference to it, its LayerGraph or GraphUnsupported)

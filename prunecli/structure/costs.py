@@ -12,14 +12,17 @@ slices has its size scale with the kept widths of the layer's input (i) and outp
 `surgery.slice_weight` cuts it:
 
     Dense/Conv kernel, SeparableConv pointwise, ConvTranspose   size * (i * o) / (I * O)
-    bias                                                        size * o / O
+    bias, an Embedding's (tokens, columns) table                size * o / O
     SeparableConv depthwise kernel                              size * i / I
     channel-wise layers (BatchNorm's four vectors, PReLU,       size * i / I   (the weights with one
       DepthwiseConv kernel and bias)                                            entry per channel)
 
 and every multiply-add count of flops.py is (positions) x (kernel size), which scales the same way
-(positions do not change when channels go). So the cost of a layer is b*i + c*o + d*i*o plus a
-constant, with integer b, c, d, and the total is the dense total (model.count_params(), or
+(positions do not change when channels go). A recurrent layer's units are its output channels and
+its recurrent kernel reads them back, so it adds a term in o * o: per direction, gates x (i*u + u*u +
+bias rows*u) parameters and steps x gates x (i*u + u*u) multiply-adds, with u = o (u = o / 2 per
+direction of a Bidirectional that concatenates them). So the cost of a layer is b*i + c*o + d*i*o +
+e*o*o / e_div plus a constant, with integers b, c, d, e, e_div, and the total is the dense total (model.count_params(), or
 flops.count's total) plus the sum of each layer's change. Layers surgery leaves alone (their
 channels are pinned: outputs, inputs, layers it cannot slice) keep their cost: it is in the constant.
 
@@ -40,8 +43,9 @@ KINDS = ("params", "flops")
 
 @dataclass(frozen=True)
 class Term:
-    """One layer's (params) or one call's (flops) cost as b*i + c*o + d*i*o, i and o the kept widths
-    of tensor `inp` and tensor `out` (indices into ChannelCosts' tensors)."""
+    """One layer's (params) or one call's (flops) cost as b*i + c*o + d*i*o + e*o*o / e_div, i and o
+    the kept widths of tensor `inp` and tensor `out` (indices into ChannelCosts' tensors); the o*o term
+    is a recurrent kernel's (e_div 4 for the two halves of a concatenating Bidirectional: o is even)."""
 
     layer: str
     inp: int
@@ -49,9 +53,11 @@ class Term:
     b: int
     c: int
     d: int
+    e: int = 0
+    e_div: int = 1
 
     def at(self, i: int, o: int) -> int:
-        return self.b * i + self.c * o + self.d * i * o
+        return self.b * i + self.c * o + self.d * i * o + self.e * o * o // self.e_div
 
 
 def _exact(size: int, by: int) -> int | None:
@@ -76,7 +82,7 @@ def _param_coefficients(layer, kind: str, in_width: int, out_width: int) -> tupl
                 return None
             b += part
             continue
-        if name == "bias":
+        if name in ("bias", "embeddings"):  # per unit: an Embedding's (tokens, columns) table too
             part, slot = _exact(size, out_width), "c"
         elif name == "depthwise_kernel":
             part, slot = _exact(size, in_width), "b"
@@ -91,6 +97,33 @@ def _param_coefficients(layer, kind: str, in_width: int, out_width: int) -> tupl
         else:
             d += part
     return b, c, d
+
+
+def _recurrent_coefficients(layer, kind: str, in_shape, in_width: int, out_width: int) -> tuple | None:
+    """(b, c, d, e, e_div) of a recurrent layer's parameters or multiply-adds (the module docstring), or
+    None when its weights are not the sizes that formula says (the layer then counts as a constant)."""
+    parts = channels.recurrent_parts(layer)
+    split = 2 if channels.concatenates(layer) else 1  # o = split * u
+    units = out_width // split
+    gates = layers.spec(parts[0]).gates
+    sizes = 0
+    bias_rows = 0
+    for part in parts:
+        bias = getattr(part.cell, "bias", None)
+        rows = 0 if bias is None else (int(bias.shape[0]) if len(bias.shape) == 2 else 1)  # GRU: 2 rows
+        bias_rows = rows if part is parts[0] else bias_rows
+        if rows != bias_rows or int(part.units) != units or layers.spec(part).gates != gates:
+            return None
+        sizes += sum(int(np.prod(v.shape, dtype=np.int64)) for v in part.weights)
+    n = len(parts)
+    if sizes != n * gates * (in_width * units + units * units + bias_rows * units):
+        return None
+    if kind == "params":
+        return 0, n * gates * bias_rows // split, n * gates // split, n * gates, split * split
+    steps = tuple(in_shape)[1] if len(in_shape) > 2 else 1
+    if steps is None:
+        return None
+    return 0, 0, steps * n * gates // split, steps * n * gates, split * split
 
 
 def _positions(shape) -> int | None:
@@ -164,7 +197,11 @@ class ChannelCosts:
         done: set[int] = set()
         for call in g.calls:
             layer = call.layer
-            if call.kind not in ("mixer", "channelwise") or layers.is_operation(layer) or not layer.weights:
+            if (
+                call.kind not in ("mixer", "channelwise", "recurrent")
+                or layers.is_operation(layer)
+                or not layer.weights
+            ):
                 continue
             if call.kind == "channelwise" and kind == "flops" and layers.spec(layer).family != "depthwise":
                 continue  # element-wise layers cost no multiply-adds (flops.py)
@@ -173,7 +210,9 @@ class ChannelCosts:
             done.add(id(layer))
             k_in, k_out = call.inputs[0], call.outputs[0]
             in_width, out_width = len(g.ids[k_in]), len(g.ids[k_out])
-            if kind == "params":
+            if call.kind == "recurrent":
+                found = _recurrent_coefficients(layer, kind, g.shapes[k_in], in_width, out_width)
+            elif kind == "params":
                 found = _param_coefficients(layer, call.kind, in_width, out_width)
             else:
                 found = _flop_coefficients(layer, call.kind, g.shapes[k_in], g.shapes[k_out], in_width, out_width)

@@ -8,7 +8,9 @@ multiply-adds are counted (structure/flops.py). A new layer type is one `registe
 
 Roles (how one call moves the channels of its input's last axis):
   input        a model input
-  mixer        weights that mix channels into new ones (Dense, Conv, SeparableConv, ConvTranspose)
+  mixer        weights that mix channels into new ones (Dense, Conv, SeparableConv, ConvTranspose); an
+               Embedding too, reading token ids instead of channels: each column of its table is a
+               channel of its output (family "embedding", no readers)
   channelwise  keeps each channel apart, position for position (BatchNorm, activations, pooling,
                padding, dropout, DepthwiseConv); Reshape when its last axis is unchanged
   merge        joins same-shape tensors element by element (Add, Multiply, ...); a channel of the
@@ -23,7 +25,7 @@ Roles (how one call moves the channels of its input's last axis):
                bias (the last axis of GRU's (2, 3*units) bias), and recurrent_kernel row j. With the
                `state_gate` block's column and bias zero and act(0) = 0, the unit outputs exactly 0 at
                every step from a zero initial state, so it can be cut out
-  weights      holds prunable weights the channel graph does not slice itself (Embedding, EinsumDense,
+  weights      holds prunable weights the channel graph does not slice itself (EinsumDense,
                attention: pruned by masks, never shrunk; an RNN cell, sliced through its recurrent layer)
   other        anything else: channels through it are left alone
 
@@ -53,7 +55,7 @@ class LayerSpec:
                A removed channel removes these slices; masks zero them so the channel is exactly f(0).
     readers    weights that read the input's channels, (attribute, axis, side); side "mid" indexes the
                depthwise outputs of a separable convolution (input c -> c * multiplier + m)
-    family     how surgery slices it (dense | conv | separable | transpose | depthwise | rnn); None: not
+    family     how surgery slices it (dense | conv | separable | transpose | depthwise | rnn | embedding); None: not
                sliced (a recurrent cell is sliced through the layer that runs it)
     width_key  the config key of its output width (units, filters)
     macs       rule counting its multiply-adds (one of MACS_RULES), or a callable
@@ -175,7 +177,9 @@ LAYERS: dict[str, LayerSpec] = {
     "InputLayer": LayerSpec("input"),
     "Dense": _dense(),
     "EinsumDense": LayerSpec("weights", prunable=(("kernel", -1),), macs="einsum"),
-    "Embedding": LayerSpec("weights", prunable=(("embeddings", -1),), macs="zero"),
+    "Embedding": LayerSpec(
+        "mixer", prunable=(("embeddings", -1),), family="embedding", width_key="output_dim", macs="zero"
+    ),
     "LSTMCell": _recurrent_cell(),
     "GRUCell": _recurrent_cell(),
     "SimpleRNNCell": _recurrent_cell(),

@@ -24,6 +24,10 @@ and its recurrent_kernel row; a removed input channel's constant is added to the
 step adds the same x_c * kernel[c]). A live unit stays while its own recurrent row reads it. A
 Bidirectional layer's two directions are sliced each on its own, forward unit j and backward unit j
 together (structure/channels.py joins them); its weights are keyed "0/kernel", "1/kernel"...
+
+An Embedding is a mixer whose inputs are token ids (`reads_channels` is False): a column of its table
+that the mask zeroed outputs 0 for every token, so it goes with the kernel rows that read it, and
+nothing upstream is sliced or folded into it.
 """
 
 from __future__ import annotations
@@ -84,8 +88,15 @@ def recurrent_parts(layer, w: dict) -> list:
 
 
 def _family(layer) -> str:
-    """How the layer table says this layer is sliced: dense | conv | separable | transpose | depthwise | rnn."""
+    """How the layer table says this layer is sliced: dense | conv | separable | transpose | depthwise | rnn |
+    embedding."""
     return layers.spec(layer).family or "conv"
+
+
+def reads_channels(layer) -> bool:
+    """Whether the layer's weights read its input's channels: an Embedding reads token ids, so nothing
+    upstream of it is sliced or folded into it."""
+    return _family(layer) != "embedding"
 
 
 def is_depthwise(layer) -> bool:
@@ -101,6 +112,8 @@ def _unit_kernel(layer, w: dict):
         return w["pointwise_kernel"]
     if family == "transpose":
         return np.swapaxes(w["kernel"], -1, -2)
+    if family == "embedding":
+        return w["embeddings"]
     return w["kernel"]
 
 
@@ -270,8 +283,10 @@ def propagate_constants(g, weights: dict):
             dead = dead_units(layer, w)
             value = np.full(dead.shape[0], np.nan)
             if dead.any():
-                bias = _bias_or_zeros(w, dead.shape[0]).astype(np.float32)
-                value[dead] = np.asarray(layer.activation(bias[None, :]), dtype=np.float64)[0][dead]
+                bias = _bias_or_zeros(w, dead.shape[0]).astype(np.float32)[None, :]
+                activation = getattr(layer, "activation", None)  # an Embedding has none: its dead column is 0
+                out = bias if activation is None else activation(bias)
+                value[dead] = np.asarray(out, dtype=np.float64)[0][dead]
             consts[call.outputs[0]] = value
         elif call.kind == "concat":
             consts[call.outputs[0]] = np.concatenate([consts[k] for k in call.inputs])
@@ -339,6 +354,8 @@ def decide_cuts(g, weights: dict) -> ChannelCuts:
             cuts.dead.update(ch.roots(g.ids[call.outputs[0]][ignored]).tolist())
     for calls in mixer_calls.values():
         layer = calls[0].layer
+        if not reads_channels(layer):
+            continue
         ignored = ignored_inputs(layer, weights[layer.name])
         seen = [consts[c.inputs[0]] for c in calls]
         roots = ch.roots(g.ids[calls[0].inputs[0]])
@@ -374,6 +391,8 @@ def _decide_folds(g, weights, consts, mixer_calls, cuts: ChannelCuts) -> None:
     ch = g.channels
     for calls in mixer_calls.values():
         call, layer = calls[0], calls[0].layer
+        if not reads_channels(layer):
+            continue
         w = weights[layer.name]
         roots = ch.roots(g.ids[call.inputs[0]])
         gone = np.array([int(r) in cuts.removed for r in roots]) & ~ignored_inputs(layer, w)
@@ -438,7 +457,7 @@ def fold_dead_constants(model, targets, masks: dict) -> list[str]:
     skipped: list[str] = []
     for layer in g.layers():
         calls = g.calls_of(layer)
-        if calls[0].kind not in ("mixer", "recurrent") or len(calls) != 1:
+        if calls[0].kind not in ("mixer", "recurrent") or len(calls) != 1 or not reads_channels(layer):
             continue
         call, w = calls[0], weights[layer.name]
         value = consts[call.inputs[0]]
@@ -597,6 +616,8 @@ def slice_weight(layer, change: LayerChange, name: str, array):
         return slice_recurrent(layer, change, int(index or 0), name, array)
     if name == "bias":
         return array[change.out_keep]
+    if family == "embedding":  # (tokens, columns): its inputs are token ids, never cut
+        return np.take(array, change.out_keep, axis=-1)
     if family == "transpose":
         return np.take(np.take(array, change.out_keep, axis=-2), change.in_keep, axis=-1)
     if name == "depthwise_kernel":

@@ -89,6 +89,12 @@ class Target:
         return self._record.shrinkable
 
     @property
+    def gates(self) -> int:
+        """Gate blocks on a recurrent cell's unit axis (LSTMCell 4, GRUCell 3: a unit owns one column of
+        each, structure/layers.py); 1 for every other weight."""
+        return layers.LAYERS.get(self.layer_class.removesuffix("Cell"), layers.OTHER).gates
+
+    @property
     def channels_per_tap(self) -> int | None:
         """The input channels one output reads at one tap (one kernel position) of a convolution: the
         matrix view's rows are taps x this, channel fastest. c_in (c_in / groups when grouped) for Conv,
