@@ -127,6 +127,37 @@ def test_refit_lowers_the_next_layers_output_error(kind, sparsity):
         assert not b[..., dead_rows, :].any()
 
 
+def test_a_costly_layer_is_refit_on_thinned_rows_and_one_too_big_keeps_its_mask(monkeypatch):
+    """Past REFIT_MACS a conv's rows are thinned to a stride (still lowering its error); when the stride
+    would leave fewer rows than inputs, or its Hessians do not fit in free memory, the layer keeps the
+    plain mask and the section says why (the zoo's tempo CNN and CREPE, bench/ZOO.md)."""
+    from prunecli.calibration import channel_refit
+    from prunecli.io.models import memory
+
+    model = _linear_model("conv")
+    x = _inputs(model)
+    _with_moving_statistics(model, x)
+    targets, masks, dense = _prune(model, 0.5)
+    d = 3 * 3 * 16 + 1  # b: 3x3 taps of a's 16 channels, and its bias
+    rows = 96 * 10 * 10
+    monkeypatch.setattr(channel_refit, "REFIT_MACS", rows * (2 * d) ** 2 / 4)
+    section = channel_refit.refit_channels(model, dense, targets, masks, [x])
+    entry = section["layers"]["b"]
+    assert entry["row_stride"] == 4 and entry["rows"] == rows // 4
+    assert entry["error_after"] < entry["error_before"]
+
+    for macs, free, why in ((d * (2 * d) ** 2, 2**40, "too few rows"), (2e11, 2**20, "GiB is free")):
+        model = _linear_model("conv")
+        _with_moving_statistics(model, x)
+        targets, masks, dense = _prune(model, 0.5)
+        monkeypatch.setattr(channel_refit, "REFIT_MACS", macs)
+        monkeypatch.setattr(memory, "available_memory", lambda free=free: free)
+        kernel = np.asarray(model.get_layer("b").kernel).copy()
+        section = channel_refit.refit_channels(model, dense, targets, masks, [x])
+        assert "b" not in section["layers"] and why in section["skipped"]["b"]
+        assert np.array_equal(np.asarray(model.get_layer("b").kernel), kernel)
+
+
 def test_residual_set_refits_every_reader_and_keeps_the_set_whole():
     """A channel of the residual stream goes from stem and c2 together; c1 and b both read the stream and
     are refit; a layer whose inputs pruning did not change (stem) is left alone."""

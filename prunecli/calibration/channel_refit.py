@@ -28,6 +28,13 @@ ThiNet's: an error a layer's refit cannot remove reaches the next layer's refit,
   layers called more than once per pass, grouped or channels_first convolutions, depthwise layers and
   what views.py cannot see as X @ W: they keep the plain mask, with a note when pruning reached them.
 - A refit that is not finite, or does not lower the layer's output error, is not assigned.
+- Accumulating the stacked Hessian costs rows x (2 d_in)^2 multiply-adds, rows = calibration examples x
+  output positions. A wide convolution on a large map went past minutes per layer (the zoo's tempo CNN:
+  kernels of 256 taps x 36 channels at 1,024 positions per example, 31 layers: `--target` ran over 5
+  min). Past REFIT_MACS a layer's rows are thinned to an even stride (every k-th position of every
+  example); when that leaves fewer rows than inputs (the fit would be underdetermined) it keeps the
+  plain mask, with a note. So does a layer whose HESSIAN_COPIES stacked Hessians do not fit in free
+  memory (CREPE's Dense after a 65,536-wide Flatten: 64 GiB each; it ended in an out-of-memory exit).
 
 BatchNorm statistics are NOT re-estimated afterwards (run/steps.prune_oneshot), as they are after a plain
 channel mask: every layer whose inputs changed is refit to reproduce its dense output, so the dense
@@ -54,6 +61,7 @@ DAMPENING = refit.DAMPENING  # the ridge, relative to the mean diagonal of H_pp,
 UNDERDETERMINED = 0.25  # and this times inputs per calibration row: a Dense head read from a Flatten
 # has more inputs than 128 examples give rows, and a weak ridge then fits them exactly (bench/STRUCTURED.md)
 HESSIAN_COPIES = 4  # (2 d_in)^2 floats: the stacked Hessian, its three blocks in use, the damped copy
+REFIT_MACS = 2e11  # multiply-adds one layer's Hessian may take (seconds on 2 cores): rows are thinned past it
 
 
 def _say(progress, message: str) -> None:
@@ -112,9 +120,31 @@ def _row_keep(view, live, width: int):
     return np.tile(np.asarray(live, bool), view.d_in // max(width, 1))
 
 
-def _stacked_rows(model, dense_model, layer, dense_layer, view, batches, bias: bool):
+def _too_big(view, d: int, examples: int, g, call) -> str | None:
+    """Why the layer is not refit on this machine (memory, or time: `_row_stride`), or None."""
+    from prunecli.io.models.memory import available_memory
+
+    need, free = HESSIAN_COPIES * 4 * (2 * d) ** 2, available_memory()
+    if need > free:
+        return f"{HESSIAN_COPIES} stacked {2 * d} x {2 * d} Hessians take {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB is free"
+    if not _row_stride(g, call, d, examples):
+        return f"{view.d_in} inputs at {examples} examples: past {REFIT_MACS:.0e} multiply-adds, too few rows to fit"
+    return None
+
+
+def _row_stride(g, call, d: int, examples: int) -> int:
+    """Every how many rows to keep so the layer's Hessian stays within REFIT_MACS; 0 when even then there
+    would be fewer rows than inputs (module docstring)."""
+    shape = g.shapes[call.outputs[0]]
+    positions = math.prod(int(n) for n in shape[1:-1] if n is not None) or 1
+    rows = positions * max(examples, 1)
+    stride = max(1, math.ceil(rows * (2 * d) ** 2 / REFIT_MACS))
+    return stride if stride == 1 or rows // stride >= d else 0
+
+
+def _stacked_rows(model, dense_model, layer, dense_layer, view, batches, bias: bool, stride: int = 1):
     """Blocks of [X_p (1) | X_d (1)]: the layer's inputs in the pruned and in the dense model on the
-    same examples, row by row (a ones column after each with a bias)."""
+    same examples, row by row (a ones column after each with a bias); every `stride`-th row."""
     import tensorflow as tf
 
     d = view.d_in + int(bias)
@@ -125,6 +155,8 @@ def _stacked_rows(model, dense_model, layer, dense_layer, view, batches, bias: b
         if x_p is None or x_d is None:
             return
         for bp, bd in zip(view.blocks(x_p, max_rows), view.blocks(x_d, max_rows), strict=True):
+            if stride > 1:
+                bp, bd = bp[::stride], bd[::stride]
             if bias:
                 ones = tf.ones((int(bp.shape[0]), 1), tf.float32)
                 yield tf.concat([bp, ones, bd, ones], axis=1)
@@ -132,7 +164,7 @@ def _stacked_rows(model, dense_model, layer, dense_layer, view, batches, bias: b
                 yield tf.concat([bp, bd], axis=1)
 
 
-def _refit_one(model, dense_model, call, dense_layer, view, batches, live, units) -> dict | str:
+def _refit_one(model, dense_model, call, dense_layer, view, batches, live, units, stride: int = 1) -> dict | str:
     """Refit one layer in place; its report entry, or why it keeps its weights."""
     import numpy as np
     import tensorflow as tf
@@ -142,7 +174,7 @@ def _refit_one(model, dense_model, call, dense_layer, view, batches, live, units
     has_bias = bias_var is not None
     d = view.d_in + int(has_bias)
     stats = capture.row_stats(
-        _stacked_rows(model, dense_model, layer, dense_layer, view, batches, has_bias), 2 * d, full=True
+        _stacked_rows(model, dense_model, layer, dense_layer, view, batches, has_bias, stride), 2 * d, full=True
     )
     why = stats.degenerate()
     if why is not None:
@@ -180,6 +212,7 @@ def _refit_one(model, dense_model, call, dense_layer, view, batches, live, units
     return {
         "d_in": view.d_in,
         "rows": int(stats.rows),
+        "row_stride": stride,
         "dampening": round(dampening, 6),
         "inputs_removed": int((~np.asarray(live, bool)).sum()),
         "error_before": round(before, 6),
@@ -225,10 +258,17 @@ def refit_channels(
             section["skipped"][call.name] = why
             continue
         todo.append((call, views.view_of(kernel_targets[id(call.layer)])))
+    examples = capture.count_examples(batches)
     for i, (call, view) in enumerate(todo):
+        d = view.d_in + int(bool(getattr(call.layer, "use_bias", False)))
+        why = _too_big(view, d, examples, g, call)
+        if why is not None:
+            section["skipped"][call.name] = why
+            continue
+        stride = _row_stride(g, call, d, examples)
         _say(progress, f"refitting {call.name} to the dense output ({i + 1}/{len(todo)})")
         live, units = ~dead[call.inputs[0]], ~dead[call.outputs[0]]
-        entry = _refit_one(model, dense_model, call, pairs[id(call.layer)], view, batches, live, units)
+        entry = _refit_one(model, dense_model, call, pairs[id(call.layer)], view, batches, live, units, stride)
         if isinstance(entry, str):
             section["skipped"][call.name] = entry
         else:
