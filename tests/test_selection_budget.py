@@ -237,6 +237,25 @@ def test_cost_model_is_exact_for_embeddings_and_recurrent_layers(model_files):
         assert c.total(np.ones(len(c.roots), bool)) == c.dense
 
 
+def test_an_unreachable_target_says_which_layers_surgery_leaves_whole(tmp_path):
+    """The refusal names why the floors are high: a nested model's layers, or a layer's channels that a
+    layer surgery cannot slice reads (the zoo's Xception and textgenrnn, bench/ZOO.md)."""
+    import keras
+
+    inner = keras.Sequential([keras.Input((16,)), keras.layers.Dense(64, name="wide")], name="backbone")
+    inp = keras.Input((16,))
+    keras.Model(inp, keras.layers.Dense(3, name="out")(inner(inp))).save(tmp_path / "nested.keras")
+    with pytest.raises(
+        ConfigError, match=r"layer\(s\) left whole, e.g. backbone/wide/kernel: it is inside a nested model"
+    ):
+        _run(tmp_path / "nested.keras", tmp_path, target="params=0.3")
+    h = keras.layers.Dense(64, name="wide")(inp)
+    h = keras.layers.Lambda(lambda t: t * 2.0, name="scale")(h)
+    keras.Model(inp, keras.layers.Dense(3, name="out")(h)).save(tmp_path / "lambda.keras")
+    with pytest.raises(ConfigError, match=r"wide/kernel: its channels are kept by the graph \(scale \(Lambda\)"):
+        _run(tmp_path / "lambda.keras", tmp_path, target="params=0.3", unsafe=True)
+
+
 def test_round_to_keeps_multiples_of_eight(tmp_path):
     import keras
 

@@ -125,7 +125,14 @@ def _tracks(sets, config: PruneConfig, cost: costs.ChannelCosts, round_to: int |
         roots = tied.position_roots(g, e)
         why = ""
         if roots is None:
-            why = "its units are not channels surgery can cut"
+            nested = id(e.members[0].target.layer) not in tied.graph_calls(g)
+            why = (
+                "it is inside a nested model, which --shrink leaves whole"
+                if nested
+                else "its units are not channels surgery can cut"
+            )
+        elif e.reasons and not e.prunable:  # --shrink pinned every channel of the set (tied.select_tied)
+            why = f"its channels are kept by the graph ({min(e.reasons)})"
         else:
             calls = tied.graph_calls(g)  # a recurrent cell's units are made by the layer that runs it
             makers = {
@@ -298,12 +305,16 @@ def allocate(
 ) -> Allocation:
     """The channel counts per set that bring `cost` to at most `goal` (see the module docstring).
     `what` names the target in messages ("params=0.3"). Raises a one-line ConfigError when the floors
-    keep the model above the goal, naming the least cost they allow and the frozen layers (`frozen`)
-    left whole, the usual reason a transfer-learned model cannot reach it."""
+    keep the model above the goal, naming the least cost they allow, the frozen layers (`frozen`) left
+    whole (the usual reason a transfer-learned model cannot reach it) and how many sets surgery cannot
+    cut, with the first one's reason."""
     tracks = _tracks(sets, config, cost, config.round_to)
     lowest = _lowest(tracks, cost)
     if lowest > goal:
         held = f"; frozen (trainable=False) and left whole: {', '.join(frozen)} (--include to prune)" if frozen else ""
+        whole = [t for t in tracks if t.why_whole]
+        if whole:  # why the rest cannot go: a nested model, channels a custom layer reads...
+            held += f"; {len(whole)} layer(s) left whole, e.g. {whole[0].label}: {whole[0].why_whole}"
         raise ConfigError(
             f"--target {what} cannot be met: the layers never pruned and the --min-keep floors"
             f"{' (with --round-to)' if config.round_to else ''} keep at least {lowest / cost.dense:.4f} of the"
