@@ -158,6 +158,25 @@ def test_a_costly_layer_is_refit_on_thinned_rows_and_one_too_big_keeps_its_mask(
         assert np.array_equal(np.asarray(model.get_layer("b").kernel), kernel)
 
 
+def test_refits_past_the_capture_budget_use_the_first_examples(monkeypatch):
+    """Each refit runs both models up to its layer: past REFIT_CAPTURE_MACS in all the refit reads only the
+    first examples (a note says how many), and still lowers the error (the zoo's SpliceAI, bench/ZOO.md)."""
+    from prunecli.calibration import channel_refit
+    from prunecli.structure import flops
+
+    model = _linear_model("conv")
+    x = _inputs(model)
+    _with_moving_statistics(model, x)
+    targets, masks, dense = _prune(model, 0.5)
+    per_pass = 2 * 2 * flops.count(model)["total"]  # two refits (b and out), both models, per example
+    monkeypatch.setattr(channel_refit, "REFIT_CAPTURE_MACS", 10 * per_pass)
+    section = channel_refit.refit_channels(model, dense, targets, masks, [x[:48], x[48:]])
+    assert section["samples"] == 10
+    assert any("first 10 of 96 calibration examples" in n for n in section["notes"])
+    assert section["layers"]["b"]["rows"] == 10 * 10 * 10
+    assert section["layers"]["b"]["error_after"] < section["layers"]["b"]["error_before"]
+
+
 def test_residual_set_refits_every_reader_and_keeps_the_set_whole():
     """A channel of the residual stream goes from stem and c2 together; c1 and b both read the stream and
     are refit; a layer whose inputs pruning did not change (stem) is left alone."""

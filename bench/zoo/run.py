@@ -1,6 +1,6 @@
 """Run prunecli's command matrix on every zoo model (one command at a time) and write bench/ZOO.md.
 
-    python bench/zoo/run.py [--quick] [--only ID ...] [--timeout 300] [--out bench/ZOO.md]
+    python bench/zoo/run.py [--quick] [--only ID ...] [--commands NAME ...] [--timeout 300] [--out bench/ZOO.md]
 
 Run bench/zoo/fetch.py first (`make zoo` does both). Per model and command: exit code, wall time,
 peak RSS of the command (os.wait4's ru_maxrss), the report's sparsity and parameters, and for every
@@ -69,6 +69,20 @@ def matrix(e, m, x, xy, out, reduced=False):
             o("shrink"),
         ),
         ("plan -g neuron", ["plan", m, "-g", "neuron", "-s", "0.5", "-q"], None),
+        (
+            "prune --target params=0.5",  # one-shot; with labelled data the refit is on by default
+            [
+                "prune",
+                m,
+                "--target",
+                "params=0.5",
+                *(["--data", xy, *CAL] if xy else []),
+                "-o",
+                o("target"),
+                *r("target"),
+            ],
+            o("target"),
+        ),
     ]
     if xy:
         cmds.append(
@@ -211,7 +225,9 @@ def write_md(results, entries, path, quick, started):
         "examples of the .npz), compared with the dense model: top-1 agreement (per position for sequence "
         "outputs), decision agreement for the sigmoid model, relative output error for regressors. "
         "`sweep` runs `--no-per-layer` at 0.5,0.9; wanda/sparsegpt use `--calibration-samples 32 "
-        "--score-batches 2 --batch-size 32`; `x` = inputs only, `xy` = inputs + labels. No zoo file has "
+        "--score-batches 2 --batch-size 32`; `x` = inputs only, `xy` = inputs + labels; `prune --target params=0.5` "
+        "is one-shot, with the labelled data and the same calibration settings where the model has some (so "
+        "its channels are refit by default). No zoo file has "
         "attention layers, so `-g head` ran nowhere. Models with custom layers, a named custom activation or "
         "Lambda code run every command with `--custom-objects FILE` (the package's own layer module, or "
         "bench/zoo/custom/ID.py), the check loading their outputs with the same objects; files whose custom "
@@ -296,6 +312,11 @@ def main(argv=None):
         help="full matrix only for the quick models; the others get prune -s 0.5, -g neuron --shrink and "
         "wanda on labelled data; refusals get prune only (what fits ~40 min on 2 shared cores)",
     )
+    ap.add_argument(
+        "--commands",
+        nargs="*",
+        help="run only these commands of the matrix (names as in ZOO.md), kept beside each model's earlier results",
+    )
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--out", default=str(ROOT / "bench" / "ZOO.md"))
     ap.add_argument("--cache", default=os.environ.get("ZOO_CACHE", str(HERE / ".cache")))
@@ -304,7 +325,7 @@ def main(argv=None):
     entries = zoo.entries(quick=args.quick, only=args.only)
     shown = zoo.entries(quick=args.quick)
     results, started = {}, time.time()
-    if args.only and (cache / "results.json").exists():  # --only adds to the previous run's results
+    if (args.only or args.commands) and (cache / "results.json").exists():  # adds to the previous run's results
         results = json.loads((cache / "results.json").read_text())
     for e in entries:
         m = str(cache / "models" / f"{e['id']}{e['suffix']}")
@@ -315,10 +336,13 @@ def main(argv=None):
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         res = {"commands": {}}
+        if args.commands:  # the other commands keep their earlier results
+            res = {**results.get(e["id"], {}), "commands": dict(results.get(e["id"], {}).get("commands", {}))}
         outputs = {}
         custom = zoo.custom_objects(e, cache)
         custom_args = ["--custom-objects", custom] if custom else []
-        for name, argv_, o in matrix(e, m, x, xy, out, reduced=args.reduced_rest and not e["quick"]):
+        chosen = matrix(e, m, x, xy, out, reduced=args.reduced_rest and not e["quick"])
+        for name, argv_, o in [c for c in chosen if not args.commands or c[0] in args.commands]:
             r = run_one([PRUNECLI, *argv_, *custom_args], args.timeout)
             rep = next((argv_[i + 1] for i, a in enumerate(argv_) if a == "-r"), None)
             if rep:
@@ -355,7 +379,7 @@ def main(argv=None):
             if chk.get("dense_error"):
                 res["dense_error"] = chk["dense_error"]
         p50 = res["commands"].get("prune -s 0.5", {})
-        res["params"] = p50.get("params")
+        res["params"] = p50.get("params", res.get("params"))
         results[e["id"]] = res
         (cache / "results.json").write_text(json.dumps(results, indent=1))
         write_md(results, shown, args.out, args.quick, started)

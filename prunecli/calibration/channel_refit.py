@@ -35,6 +35,10 @@ ThiNet's: an error a layer's refit cannot remove reaches the next layer's refit,
   example); when that leaves fewer rows than inputs (the fit would be underdetermined) it keeps the
   plain mask, with a note. So does a layer whose HESSIAN_COPIES stacked Hessians do not fit in free
   memory (CREPE's Dense after a 65,536-wide Flatten: 64 GiB each; it ended in an out-of-memory exit).
+- Each refit runs both models up to its layer on the calibration examples, so a deep model on long
+  inputs pays refits x forward passes (SpliceAI: 38 refits, 10^10 multiply-adds per 15,000-base example,
+  over 10 minutes at 32 examples). Past REFIT_CAPTURE_MACS in all, the refit uses the first examples
+  only, as many as fit (their positions still give each layer many rows), with a note.
 
 BatchNorm statistics are NOT re-estimated afterwards (run/steps.prune_oneshot), as they are after a plain
 channel mask: every layer whose inputs changed is refit to reproduce its dense output, so the dense
@@ -62,6 +66,7 @@ UNDERDETERMINED = 0.25  # and this times inputs per calibration row: a Dense hea
 # has more inputs than 128 examples give rows, and a weak ridge then fits them exactly (bench/STRUCTURED.md)
 HESSIAN_COPIES = 4  # (2 d_in)^2 floats: the stacked Hessian, its three blocks in use, the damped copy
 REFIT_MACS = 2e11  # multiply-adds one layer's Hessian may take (seconds on 2 cores): rows are thinned past it
+REFIT_CAPTURE_MACS = 1e12  # multiply-adds the refits' forward passes may take in all: fewer examples past it
 
 
 def _say(progress, message: str) -> None:
@@ -130,6 +135,29 @@ def _too_big(view, d: int, examples: int, g, call) -> str | None:
     if not _row_stride(g, call, d, examples):
         return f"{view.d_in} inputs at {examples} examples: past {REFIT_MACS:.0e} multiply-adds, too few rows to fit"
     return None
+
+
+def _within_capture_budget(model, batches, refits: int, notes: list) -> list:
+    """The calibration batches, cut to the first examples when `refits` forward passes of both models
+    over all of them would take more than REFIT_CAPTURE_MACS (module docstring)."""
+    import tensorflow as tf
+
+    from prunecli.structure import flops
+
+    if not batches:
+        return batches
+    shapes = [tuple(a.shape) for a in tf.nest.flatten(batches[0])]
+    steps = max((s[1] for s in shapes if len(s) > 2), default=None)  # an open sequence length: the data's
+    per_example = 2 * refits * int(flops.count(model, seq_len=steps)["total"] or 0)  # every pass as a whole one
+    examples = capture.count_examples(batches)
+    if not per_example or examples * per_example <= REFIT_CAPTURE_MACS:
+        return batches
+    keep = max(1, int(REFIT_CAPTURE_MACS // per_example))
+    notes.append(
+        f"--reconstruct: refit on the first {keep} of {examples} calibration examples: {refits} refits each run the "
+        f"model up to their layer, {per_example // (2 * refits):.2g} multiply-adds per example"
+    )
+    return capture.chunks(capture.chunks(batches, size=keep, exact=True)[:1])
 
 
 def _row_stride(g, call, d: int, examples: int) -> int:
@@ -258,6 +286,7 @@ def refit_channels(
             section["skipped"][call.name] = why
             continue
         todo.append((call, views.view_of(kernel_targets[id(call.layer)])))
+    batches = _within_capture_budget(model, batches, len(todo), section["notes"])
     examples = capture.count_examples(batches)
     for i, (call, view) in enumerate(todo):
         d = view.d_in + int(bool(getattr(call.layer, "use_bias", False)))
