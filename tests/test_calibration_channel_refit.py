@@ -127,6 +127,7 @@ def test_refit_lowers_the_next_layers_output_error(kind, sparsity):
         assert not b[..., dead_rows, :].any()
 
 
+@pytest.mark.slow  # three refits of a CNN: the full suite
 def test_a_costly_layer_is_refit_on_thinned_rows_and_one_too_big_keeps_its_mask(monkeypatch):
     """Past REFIT_MACS a conv's rows are thinned to a stride (still lowering its error); when the stride
     would leave fewer rows than inputs, or its Hessians do not fit in free memory, the layer keeps the
@@ -158,6 +159,7 @@ def test_a_costly_layer_is_refit_on_thinned_rows_and_one_too_big_keeps_its_mask(
         assert np.array_equal(np.asarray(model.get_layer("b").kernel), kernel)
 
 
+@pytest.mark.slow  # three refits of a CNN: the full suite
 def test_refits_past_the_capture_budget_use_the_first_examples(monkeypatch):
     """Each refit runs both models up to its layer: past REFIT_CAPTURE_MACS in all the refit reads only the
     first examples (a note says how many), and still lowers the error (the zoo's SpliceAI, bench/ZOO.md)."""
