@@ -75,6 +75,27 @@ def test_plan_numbers_match_what_prune_does(workdir, options):
         assert (hidden["live_units_before"], hidden["live_units_after"]) == (32, 16)
 
 
+def test_plan_counts_a_recurrent_layers_units_and_live_units(tmp_path):
+    """A recurrent layer's row counts its output units (both directions of a concatenating Bidirectional),
+    live while any gate column holds a weight: what --shrink keeps."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((10,), dtype="int32")
+    x = keras.layers.Embedding(40, 8, name="emb")(inp)
+    x = keras.layers.Bidirectional(keras.layers.GRU(12, return_sequences=True), name="bigru")(x)
+    x = keras.layers.LSTM(16, name="lstm")(x)
+    keras.Model(inp, keras.layers.Dense(3, name="out")(x)).save(tmp_path / "rnn.keras")
+    settings = {"model_path": str(tmp_path / "rnn.keras"), "granularity": "neuron", "sparsity": 0.5, "shrink": True}
+    plan = make_plan(build_config(settings))
+    rows = {r["layer"]: r for r in plan["layers"]}
+    assert rows["bigru"]["live_units_before"] == 24 and rows["lstm"]["live_units_before"] == 16
+    result = prune(build_config({**settings, "output": str(tmp_path / "out.keras")}))
+    shrunk = result.model
+    assert rows["bigru"]["live_units_after"] == 2 * shrunk.get_layer("bigru").forward_layer.units < 24
+    assert rows["lstm"]["live_units_after"] == shrunk.get_layer("lstm").units < 16
+
+
 def test_plan_layer_pruning_matches_prune(tmp_path):
     import keras
     from test_removal_layers import build_residual

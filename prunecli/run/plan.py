@@ -43,12 +43,31 @@ def _layer_rows(model, seq_len: int | None) -> dict[str, dict[str, Any]]:
         }
         axis = layers.unit_axis(layer)
         kernels = [w for w in weights if w.ndim >= 2]
-        if axis is not None and kernels:
+        if layers.spec(layer).role == "recurrent":
+            row["units"], row["live_units"] = _recurrent_units(layer)
+        elif axis is not None and kernels:
             kernel = np.moveaxis(kernels[-1], axis, -1).reshape(-1, kernels[-1].shape[axis])
             row["units"] = int(kernel.shape[1])
             row["live_units"] = int(np.count_nonzero(np.abs(kernel).sum(0)))
         rows[path] = row
     return rows
+
+
+def _recurrent_units(layer) -> tuple[int, int]:
+    """(units, live units) of a recurrent layer's output: a unit is live while any of its gate columns in
+    the kernel or recurrent kernel holds a non-zero weight (both directions side by side when a
+    Bidirectional concatenates them)."""
+    import numpy as np
+
+    from prunecli.structure import channels, layers
+
+    live = []
+    for part in channels.recurrent_parts(layer):
+        gates, units = layers.spec(part).gates, int(part.units)
+        columns = [np.asarray(w).reshape(-1, gates, units) for w in (part.cell.kernel, part.cell.recurrent_kernel)]
+        live.append(np.logical_or.reduce([np.abs(c).sum(axis=(0, 1)) > 0 for c in columns]))
+    joined = channels.join_parts(layer, live, both=False)
+    return int(joined.size), int(np.count_nonzero(joined))
 
 
 def _totals(model, seq_len: int | None) -> dict[str, Any]:
