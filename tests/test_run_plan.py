@@ -75,6 +75,7 @@ def test_plan_numbers_match_what_prune_does(workdir, options):
         assert (hidden["live_units_before"], hidden["live_units_after"]) == (32, 16)
 
 
+@pytest.mark.slow  # a prune beside the plan (4 s): the full suite
 def test_plan_counts_a_recurrent_layers_units_and_live_units(tmp_path):
     """A recurrent layer's row counts its output units (both directions of a concatenating Bidirectional),
     live while any gate column holds a weight: what --shrink keeps."""
