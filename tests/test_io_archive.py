@@ -34,6 +34,7 @@ def _same_model(a, b) -> None:
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow  # 1.4-2.3 s: the full suite (fast subset at its 120 s limit)
 def test_in_place_load_equals_keras_load(tmp_path):
     path = tmp_path / "m.keras"
     _model().save(path)

@@ -209,6 +209,7 @@ def write_records(path, x, y, compression=None):
 SPEC = "x: {key: features, dtype: float32, shape: [20]}\ny: {key: label, dtype: int64}\n"
 
 
+@pytest.mark.slow  # 1.4-2.3 s: the full suite (fast subset at its 120 s limit)
 def test_tfrecord_with_spec_eval_records_and_split(mlp, tmp_path):
     model, x, y = mlp
     write_records(tmp_path / "train.tfrecord", x[:300], y[:300], compression="GZIP")

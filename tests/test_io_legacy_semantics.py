@@ -47,6 +47,7 @@ def _gru_model(recurrent_activation):
     return keras.Model(inp, out)
 
 
+@pytest.mark.slow  # 1.4-2.3 s: the full suite (fast subset at its 120 s limit)
 def test_keras2_hard_sigmoid_is_kept(cli, tmp_path):
     """A Keras-2 GRU with hard_sigmoid gates computes Keras 2's gates (slope 0.2), not Keras 3's
     (slope 1/6); the report says so, and a .keras output keeps them after a reload."""

@@ -76,6 +76,7 @@ def gpt2_file(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # 1.4-2.3 s: the full suite (fast subset at its 120 s limit)
 def test_token_npz_labels_are_the_next_tokens_and_perplexity_is_exact(tmp_path):
     model = gpt2_lm()
     ids, mask = token_arrays()

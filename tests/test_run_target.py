@@ -103,6 +103,7 @@ def test_plan_target_writes_nothing_and_shows_the_allocation(cli, files):
     assert _snapshot(files) == before
 
 
+@pytest.mark.slow  # 1.4-2.3 s: the full suite (fast subset at its 120 s limit)
 def test_size_target_is_the_written_file(cli, files, tmp_path):
     out, report = tmp_path / "o.keras", tmp_path / "r.json"
     dense = os.path.getsize(files / "cnn.keras")

@@ -256,6 +256,7 @@ def test_an_unreachable_target_says_which_layers_surgery_leaves_whole(tmp_path):
         _run(tmp_path / "lambda.keras", tmp_path, target="params=0.3", unsafe=True)
 
 
+@pytest.mark.slow  # 1.4-2.3 s: the full suite (fast subset at its 120 s limit)
 def test_round_to_keeps_multiples_of_eight(tmp_path):
     import keras
 
@@ -310,6 +311,7 @@ def test_override_sparsity_is_fixed_and_the_rest_fits(model_files, tmp_path):
     assert 0.4 * (1 - TOLERANCE) <= section["achieved"] <= 0.4
 
 
+@pytest.mark.slow  # 1.4-2.3 s: the full suite (fast subset at its 120 s limit)
 def test_residual_stream_is_one_unit(model_files, tmp_path):
     result = _run(model_files["residual"], tmp_path, target="flops=0.35")
     kept = result.report.to_dict()["target"]["layers"]

@@ -56,6 +56,7 @@ def test_streamed_size_is_that_of_a_real_gzip_stream_whatever_the_threads(tmp_pa
     assert one["gzip_codec"] == "ISA-L igzip level 1, 1 MiB blocks"
 
 
+@pytest.mark.slow  # 1.4-2.3 s: the full suite (fast subset at its 120 s limit)
 @pytest.mark.skipif(shutil.which("gzip") is None, reason="no gzip on this machine")
 def test_streamed_size_is_close_to_gnu_gzip_at_the_same_level(tmp_path):
     path, _ = _sample_file(tmp_path)
