@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 
 def _as_keras2(path, edit=None, version="2.1.6") -> None:
