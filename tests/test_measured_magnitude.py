@@ -70,6 +70,7 @@ def test_each_allocation_when_it_moves_the_outputs_least(monkeypatch, mlp_files,
         np.testing.assert_array_equal(np.asarray(variable)[kept], dense[t][kept], err_msg=t)
 
 
+@pytest.mark.slow  # 1.1-1.8 s: the full suite (fast subset at its 120 s limit)
 def test_a_gradual_schedule_ramps_in_the_measured_allocation(monkeypatch, mlp_files, tmp_path):
     """With --epochs the default schedule prunes while training; the allocation is measured once on the
     dense model and the ramp ends in it (forced uniform: every layer at the sparsity)."""
@@ -84,6 +85,7 @@ def test_a_gradual_schedule_ramps_in_the_measured_allocation(monkeypatch, mlp_fi
     assert all(abs(share - 0.8) < 0.02 for share in _pruned_share(result).values())
 
 
+@pytest.mark.slow  # 1.1-1.8 s: the full suite (fast subset at its 120 s limit)
 def test_without_room_for_a_copy_lamp_is_used(monkeypatch, mlp_files, tmp_path):
     from prunecli.calibration import oneshot
 
@@ -114,6 +116,7 @@ def _save(model, tmp_path, x, y):
     return {"keras": tmp_path / "m.keras", "data": tmp_path / "d.npz"}
 
 
+@pytest.mark.slow  # 1.1-1.8 s: the full suite (fast subset at its 120 s limit)
 def test_a_declared_batch_size_is_compared_in_passes_of_that_size(tmp_path):
     """A model declared with batch size 48 runs on whole passes of 48: 48 of the 64 examples (64 in
     batches as they come would end in a pass of 16, which such a model refuses)."""

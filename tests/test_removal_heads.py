@@ -152,6 +152,7 @@ def test_taylor_scores_need_data_and_use_it():
     assert any(s > 0 for s in section["layers"][0]["scores"])
 
 
+@pytest.mark.slow  # 1.1-1.8 s: the full suite (fast subset at its 120 s limit)
 def test_heads_summary_and_flops_drop():
     from prunecli.structure import flops
 

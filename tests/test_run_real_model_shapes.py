@@ -88,6 +88,7 @@ def cropped_sequence_model(tmp_path_factory):
     return path, np.random.default_rng(1).normal(size=(2, 160, 4)).astype("float32")
 
 
+@pytest.mark.slow  # 1.1-1.8 s: the full suite (fast subset at its 120 s limit)
 def test_neuron_shrink_runs_past_a_long_crop_on_a_variable_length_model(cropped_sequence_model, tmp_path):
     import keras
 
