@@ -36,8 +36,8 @@ ThiNet's: an error a layer's refit cannot remove reaches the next layer's refit,
   plain mask, with a note. So does a layer whose HESSIAN_COPIES stacked Hessians do not fit in free
   memory (CREPE's Dense after a 65,536-wide Flatten: 64 GiB each; it ended in an out-of-memory exit).
 - Each refit runs both models up to its layer on the calibration examples, so a deep model on long
-  inputs pays refits x forward passes (SpliceAI: 38 refits, 10^10 multiply-adds per 15,000-base example,
-  over 10 minutes at 32 examples). Past REFIT_CAPTURE_MACS in all, the refit uses the first examples
+  inputs pays refits x forward passes (SpliceAI: 38 refits, 7 x 10^9 multiply-adds per 10,100-base
+  example, over 10 minutes at 32 examples). Past REFIT_CAPTURE_MACS in all, the refit uses the first examples
   only, as many as fit (their positions still give each layer many rows), with a note.
 
 BatchNorm statistics are NOT re-estimated afterwards (run/steps.prune_oneshot), as they are after a plain
@@ -125,14 +125,14 @@ def _row_keep(view, live, width: int):
     return np.tile(np.asarray(live, bool), view.d_in // max(width, 1))
 
 
-def _too_big(view, d: int, examples: int, g, call) -> str | None:
+def _too_big(view, d: int, examples: int, g, call, length: int | None) -> str | None:
     """Why the layer is not refit on this machine (memory, or time: `_row_stride`), or None."""
     from prunecli.io.models.memory import available_memory
 
     need, free = HESSIAN_COPIES * 4 * (2 * d) ** 2, available_memory()
     if need > free:
         return f"{HESSIAN_COPIES} stacked {2 * d} x {2 * d} Hessians take {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB is free"
-    if not _row_stride(g, call, d, examples):
+    if not _row_stride(g, call, d, examples, length):
         return f"{view.d_in} inputs at {examples} examples: past {REFIT_MACS:.0e} multiply-adds, too few rows to fit"
     return None
 
@@ -140,15 +140,12 @@ def _too_big(view, d: int, examples: int, g, call) -> str | None:
 def _within_capture_budget(model, batches, refits: int, notes: list) -> list:
     """The calibration batches, cut to the first examples when `refits` forward passes of both models
     over all of them would take more than REFIT_CAPTURE_MACS (module docstring)."""
-    import tensorflow as tf
 
     from prunecli.structure import flops
 
     if not batches:
         return batches
-    shapes = [tuple(a.shape) for a in tf.nest.flatten(batches[0])]
-    steps = max((s[1] for s in shapes if len(s) > 2), default=None)  # an open sequence length: the data's
-    per_example = 2 * refits * int(flops.count(model, seq_len=steps)["total"] or 0)  # every pass as a whole one
+    per_example = 2 * refits * int(flops.count(model, seq_len=_data_length(batches))["total"] or 0)  # whole passes
     examples = capture.count_examples(batches)
     if not per_example or examples * per_example <= REFIT_CAPTURE_MACS:
         return batches
@@ -160,11 +157,19 @@ def _within_capture_budget(model, batches, refits: int, notes: list) -> list:
     return capture.chunks(capture.chunks(batches, size=keep, exact=True)[:1])
 
 
-def _row_stride(g, call, d: int, examples: int) -> int:
+def _data_length(batches) -> int | None:
+    """The calibration data's sequence length (its second axis), for a model that leaves it open."""
+    import tensorflow as tf
+
+    shapes = [tuple(a.shape) for a in tf.nest.flatten(batches[0])] if batches else []
+    return max((int(s[1]) for s in shapes if len(s) > 2), default=None)
+
+
+def _row_stride(g, call, d: int, examples: int, length: int | None = None) -> int:
     """Every how many rows to keep so the layer's Hessian stays within REFIT_MACS; 0 when even then there
-    would be fewer rows than inputs (module docstring)."""
+    would be fewer rows than inputs (module docstring). An open position axis counts as `length`."""
     shape = g.shapes[call.outputs[0]]
-    positions = math.prod(int(n) for n in shape[1:-1] if n is not None) or 1
+    positions = math.prod(int(length or 1) if n is None else int(n) for n in shape[1:-1]) or 1
     rows = positions * max(examples, 1)
     stride = max(1, math.ceil(rows * (2 * d) ** 2 / REFIT_MACS))
     return stride if stride == 1 or rows // stride >= d else 0
@@ -287,14 +292,14 @@ def refit_channels(
             continue
         todo.append((call, views.view_of(kernel_targets[id(call.layer)])))
     batches = _within_capture_budget(model, batches, len(todo), section["notes"])
-    examples = capture.count_examples(batches)
+    examples, length = capture.count_examples(batches), _data_length(batches)
     for i, (call, view) in enumerate(todo):
         d = view.d_in + int(bool(getattr(call.layer, "use_bias", False)))
-        why = _too_big(view, d, examples, g, call)
+        why = _too_big(view, d, examples, g, call, length)
         if why is not None:
             section["skipped"][call.name] = why
             continue
-        stride = _row_stride(g, call, d, examples)
+        stride = _row_stride(g, call, d, examples, length)
         _say(progress, f"refitting {call.name} to the dense output ({i + 1}/{len(todo)})")
         live, units = ~dead[call.inputs[0]], ~dead[call.outputs[0]]
         entry = _refit_one(model, dense_model, call, pairs[id(call.layer)], view, batches, live, units, stride)

@@ -118,6 +118,7 @@ def _normalised(e, ranking: np.ndarray, config: PruneConfig) -> np.ndarray:
 def _tracks(sets, config: PruneConfig, cost: costs.ChannelCosts, round_to: int | None) -> list[Track]:
     g = cost.graph
     pins = g.channels.pinned()
+    calls = tied.graph_calls(g)  # a recurrent cell's units are made by the layer that runs it
     out = []
     for e in sets:
         order, ranking, own = policy.removal_order(e, config)
@@ -125,7 +126,7 @@ def _tracks(sets, config: PruneConfig, cost: costs.ChannelCosts, round_to: int |
         roots = tied.position_roots(g, e)
         why = ""
         if roots is None:
-            nested = id(e.members[0].target.layer) not in tied.graph_calls(g)
+            nested = id(e.members[0].target.layer) not in calls
             why = (
                 "it is inside a nested model, which --shrink leaves whole"
                 if nested
@@ -134,7 +135,6 @@ def _tracks(sets, config: PruneConfig, cost: costs.ChannelCosts, round_to: int |
         elif e.reasons and not e.prunable:  # --shrink pinned every channel of the set (tied.select_tied)
             why = f"its channels are kept by the graph ({min(e.reasons)})"
         else:
-            calls = tied.graph_calls(g)  # a recurrent cell's units are made by the layer that runs it
             makers = {
                 calls[id(m.target.layer)].name if id(m.target.layer) in calls else m.target.layer_name
                 for m in e.members
