@@ -256,7 +256,7 @@ def _unit_roots(g, call, target):
         ids = np.tile(out[channels.part_positions(call.layer, index, len(out))], layers.spec(parts[index]).gates)
     elif call.kind == "channelwise" and layers.spec(call.layer).family == "depthwise" and target.attr == "kernel":
         ids = g.ids[call.inputs[0]]
-    elif call.kind != "mixer" or target.attr not in ("kernel", "pointwise_kernel", "embeddings"):
+    elif call.kind != "mixer" or target.attr != layers.spec(call.layer).prunable[-1][0]:  # its output units
         return None
     else:
         ids = g.ids[call.outputs[0]]
