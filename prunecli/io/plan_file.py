@@ -47,6 +47,7 @@ STRUCTURE_SECTIONS = (
     "layer_candidates",
     "ffn",
     "hidden",
+    "opened",
 )
 
 

@@ -138,8 +138,8 @@ def shrink(
         progress("shrinking: measuring latency")
         with timings.phase("shrink_latency"):
             info["latency_ms"] = _latency(model, new, data_x, seed)
-    if masks is not None:
-        _slice_masks(masks, run_targets, changes, channels.unit_calls(g))
+    if masks is not None:  # a new MaskSet: the run's masked state (its --save-plan) keeps the masks it had
+        masks = _sliced_masks(masks, run_targets, changes, channels.unit_calls(g))
     if source is not None and source.flavour == "keras2":
         notes.append(
             "shrink changed the structure of a Keras-2 model: the output is written by Keras 3 "
@@ -151,12 +151,16 @@ def shrink(
     return StepResult(sections={"shrink": info}, notes=tuple(notes), model=new, targets=kept_targets, masks=masks)
 
 
-def _slice_masks(masks, old_targets, changes: dict, calls: dict) -> None:
-    """Keep the MaskSet in step with the new shapes, so later steps see masks that fit the weights (a
-    recurrent cell's are sliced as the layer that runs it)."""
+def _sliced_masks(masks, old_targets, changes: dict, calls: dict):
+    """A MaskSet in step with the new shapes, so later steps see masks that fit the weights (a
+    recurrent cell's are sliced as the layer that runs it). `masks` itself is left as it was: the
+    masked model's state still holds it, and --save-plan records it."""
+    import dataclasses
+
     import numpy as np
     import tensorflow as tf
 
+    masks = dataclasses.replace(masks, masks=dict(masks.masks), notes=list(masks.notes))
     for t in old_targets:
         call = calls.get(id(t.layer))
         if t.name not in masks.masks:
@@ -171,6 +175,7 @@ def _slice_masks(masks, old_targets, changes: dict, calls: dict) -> None:
             masks.masks[t.name] = tf.constant(
                 surgery.slice_weight(t.layer, changes[t.layer_name], t.variable.name, arr)
             )
+    return masks
 
 
 def _latency(original, shrunk, data_x, seed: int) -> dict:

@@ -106,6 +106,33 @@ def check_labels(config: PruneConfig, data) -> None:
         raise DataError(f"{config.data} has inputs but no labels (y): {wanted} needs them")
 
 
+def open_nested(model, config: PruneConfig, names=None) -> StepResult:
+    """With `--shrink` on neurons (and so `--target`): the model with its nested plain models opened
+    into one graph (structure/rebuild.opened) when they hold weights this run prunes, so their channels
+    can be removed and their residual groups are seen whole; `names` (a plan's) opens exactly these.
+    Nothing changes otherwise, or for a nested model whose layers are all frozen."""
+    if names is None and not (config.shrink and config.granularity.kind == "neuron"):
+        return StepResult()
+    from prunecli.structure import rebuild, targets
+
+    def holds(nested) -> bool:
+        if names is not None:
+            return nested.name in names
+        found = targets.select(nested, config.include, config.exclude)
+        return any(not targets.is_frozen(t) or targets.named_in(t, config.include) for t in found)
+
+    result = rebuild.opened(model, holds)
+    if result is None:
+        return StepResult()
+    flat, opened = result
+    opened = list(dict.fromkeys(opened))
+    note = (
+        f"nested model(s) {', '.join(opened)} opened into the outer graph, so their channels can be removed: "
+        "the output holds their layers at the top level (a name another layer had gets the nested model's prefix)"
+    )
+    return StepResult(model=flat, notes=(note,), sections={"opened": opened})
+
+
 def pick_targets(model, config: PruneConfig) -> StepResult:
     """The prunable weights the options select; not a language model's token embedding and head, nor a
     frozen layer (unless --include names them, or the whole model was saved frozen); for neuron pruning,

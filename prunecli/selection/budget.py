@@ -128,7 +128,7 @@ def _tracks(sets, config: PruneConfig, cost: costs.ChannelCosts, round_to: int |
         if roots is None:
             nested = id(e.members[0].target.layer) not in calls
             why = (
-                "it is inside a nested model, which --shrink leaves whole"
+                "it is inside a nested model that is not opened (a frozen one, or one of a class of its own)"
                 if nested
                 else "its units are not channels surgery can cut"
             )

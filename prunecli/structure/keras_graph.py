@@ -168,13 +168,18 @@ def call_node(node, values: dict, operation=None, training=None):
 
 def inlinable(node) -> bool:
     """Whether a node calls a nested functional model that can be walked node by node in its place:
-    its class keeps Keras' own graph run (Functional.call), and the call passes it one input structure
-    and no masks (a `mask` argument of Nones, as Keras records one, is none)."""
+    its class keeps Keras' own graph run (Functional.call, or Sequential.call, which hands its input to
+    the graph it holds), and the call passes it one input structure and no masks (a `mask` argument of
+    Nones, as Keras records one, is none)."""
     from keras import tree
     from keras.src.models.functional import Functional
+    from keras.src.models.sequential import Sequential
 
     op = node.operation
-    if not isinstance(op, Functional) or type(op).call is not Functional.call or functional(op) is None:
+    own_run = (isinstance(op, Functional) and type(op).call is Functional.call) or (
+        isinstance(op, Sequential) and type(op).call is Sequential.call
+    )
+    if not own_run or functional(op) is None:
         return False
     kwargs = dict(node.arguments.kwargs)
     masks = kwargs.pop("mask", None)

@@ -65,6 +65,96 @@ def rebuild(model, *, skip=(), bypass=None, replace=None, input_shapes=None, ali
     return keras.Model(inputs, outputs, name=model.name)
 
 
+def plain_model(model) -> bool:
+    """A model of Keras' own functional or Sequential class, whose meaning is its graph alone (a
+    subclass such as a KerasHub backbone or task adds its own, which a rebuild would lose)."""
+    from keras.src.models.functional import Functional
+    from keras.src.models.sequential import Sequential
+
+    return type(model) in (Functional, Sequential)
+
+
+def openable(node, holds) -> bool:
+    """Whether the node calls a nested plain model (`plain_model`) that keras_graph can walk in its place
+    and for which `holds(model)` is true; its graph's outputs are the node's, one for one."""
+    op = node.operation
+    if not (plain_model(op) and keras_graph.inlinable(node)):
+        return False
+    return len(keras_graph.outputs(op)) == len(keras_graph.flatten(node.outputs)) and holds(op)
+
+
+def opened(model, holds):
+    """`model` with every nested plain model that `holds(nested)` accepts opened: its layers called in
+    the outer graph where the nested model was called, recursively; None when there is none to open
+    or `model` is not plain itself.
+
+    Why: the channel graph (structure/channels.py) and every rebuild see one graph; a nested model is
+    one call to them, whose channels they cannot slice, so `--shrink` and `--target` left a backbone
+    inside a transfer-learning model (a Keras application in a Functional or Sequential head) whole.
+    Opened, the model computes the same function with the same layer objects and weights. A nested
+    model called with `training=False` (Keras' transfer-learning idiom, which keeps its BatchNorm
+    layers in inference mode while the head trains) passes it on to each of its layers' calls. An
+    inner layer whose name another layer of the result already has is a copy under a new name
+    (`{nested}_{name}`): names are unique in a functional model. Returns (the new model, the names of
+    the nested models opened)."""
+    import keras
+
+    graph = keras_graph.functional(model)
+    if graph is None or not plain_model(model):
+        return None
+    top = ordered_nodes(graph)
+    if not any(openable(node, holds) for node in top):
+        return None
+    taken = {node.operation.name: id(node.operation) for node in top if not openable(node, holds)}
+    taken.update({input_name(x): id(x) for x in graph.inputs})
+    copies: dict[int, object] = {}
+    names: list[str] = []
+
+    def named(layer, owner: str):
+        if id(layer) in copies:
+            return copies[id(layer)]
+        if taken.setdefault(layer.name, id(layer)) == id(layer):
+            return layer
+        base = f"{owner}_{layer.name}"
+        name, n = base, 1
+        while name in taken:
+            name, n = f"{base}_{n}", n + 1
+        taken[name] = id(layer)
+        with keras_graph.copying_in_memory():
+            copies[id(layer)] = type(layer).from_config({**layer.get_config(), "name": name})
+        return copies[id(layer)]
+
+    def walk(nodes, tensors: dict, owner: str, training) -> None:
+        for node in nodes:
+            if any(id(t) not in tensors for t in node.input_tensors):
+                continue
+            op = node.operation
+            if openable(node, holds):
+                inner = keras_graph.require(op)
+                given = node.arguments.kwargs.get("training", training)
+                values = dict(zip(map(id, inner.inputs), keras_graph.nested_inputs(node, tensors), strict=True))
+                walk(ordered_nodes(inner), values, op.name, given)
+                outputs = [values[id(t)] for t in keras_graph.flatten(inner.outputs)]
+                names.append(op.name)
+            else:
+                layer = named(op, owner) if owner else op
+                outputs = keras_graph.call_node(node, tensors, layer, training=training)
+            for old, new in zip(keras_graph.flatten(node.outputs), outputs, strict=True):
+                tensors[id(old)] = new
+
+    new_inputs = [
+        keras.Input(batch_shape=x.shape, dtype=x.dtype, name=input_name(x), sparse=x.sparse) for x in graph.inputs
+    ]
+    tensors = {id(x): y for x, y in zip(graph.inputs, new_inputs, strict=True)}
+    walk(top, tensors, "", None)
+    outputs = keras_graph.pack_like(graph, "outputs", [tensors[id(x)] for x in graph.outputs])
+    flat = keras.Model(keras_graph.pack_like(graph, "inputs", new_inputs), outputs, name=model.name)
+    for old_id, copy in copies.items():
+        original = next(layer for layer in keras_graph.all_layers(model) if id(layer) == old_id)
+        keras_graph.copy_weights(original, copy)
+    return flat, names
+
+
 def unrolled(model, max_steps: int):
     """A model computing what `model` does with its recurrent layers (LSTM, GRU, SimpleRNN, and
     Bidirectional ones) unrolled over their time steps, sharing every other layer and holding the

@@ -1,0 +1,183 @@
+"""Nested models opened into one graph (structure/rebuild.opened), so --shrink and --target reach a
+backbone inside a transfer-learning model (bench/ZOO.md: sklesion's nested Xception was left whole)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+
+def _backbone(name: str = "backbone", inner_head: str = "fc"):
+    """A small conv backbone with BatchNorm and a residual Add; its last layer is named `inner_head`."""
+    import keras
+
+    x = keras.Input((10, 10, 3))
+    h = keras.layers.Conv2D(12, 3, padding="same", name="conv")(x)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.ReLU(name="relu")(h)
+    h2 = keras.layers.Conv2D(12, 3, padding="same", activation="relu", name="conv2")(h)
+    h = keras.layers.Add(name="add")([h, h2])
+    h = keras.layers.Conv2D(16, 1, activation="relu", name=inner_head)(h)
+    model = keras.Model(x, h, name=name)
+    bn = model.get_layer("bn")
+    rng = np.random.default_rng(0)
+    bn.set_weights([rng.uniform(0.5, 1.5, 12), rng.normal(size=12), rng.normal(size=12), rng.uniform(0.5, 2.0, 12)])
+    return model
+
+
+def _transfer_model(training=False):
+    """Keras' transfer-learning idiom: a backbone called with training=False under a new head; the
+    head's Dense is named like a backbone layer (names are unique per graph, not across nesting)."""
+    import keras
+
+    keras.utils.set_random_seed(1)
+    base = _backbone()
+    x = keras.Input((10, 10, 3))
+    y = base(x, training=training) if training is not None else base(x)
+    y = keras.layers.GlobalAveragePooling2D(name="pool")(y)
+    y = keras.layers.Dense(8, activation="relu", name="fc")(y)
+    return keras.Model(x, keras.layers.Dense(3, activation="softmax", name="out")(y), name="transfer")
+
+
+def _holds_weights(model) -> bool:
+    from prunecli.structure import keras_graph, layers
+
+    return any(layers.prunable_weights(layer) for layer in keras_graph.all_layers(model))
+
+
+def test_opened_model_computes_the_same_with_the_same_weights_and_keeps_inference_mode():
+    from prunecli.structure import keras_graph, rebuild
+
+    model = _transfer_model(training=False)
+    flat, names = rebuild.opened(model, _holds_weights)
+    assert names == ["backbone"]
+    assert not any(keras_graph.is_model(layer) for layer in flat.layers)
+    layer_names = [layer.name for layer in flat.layers]
+    assert "backbone_fc" in layer_names and "fc" in layer_names  # the clash renamed, the outer kept
+    assert flat.get_layer("conv") is model.get_layer("backbone").get_layer("conv")  # shared, not copied
+    x = np.random.default_rng(2).random((4, 10, 10, 3), dtype=np.float32)
+    # training=True: the backbone's BatchNorm still runs on its moving statistics, as in the original
+    for training in (False, True):
+        np.testing.assert_allclose(flat(x, training=training), model(x, training=training), atol=1e-6)
+    assert flat.count_params() == model.count_params()
+
+
+def test_opened_sequential_and_nested_sequential_and_a_backbone_called_twice():
+    import keras
+
+    from prunecli.structure import rebuild
+
+    base = _backbone()
+    seq = keras.Sequential(
+        [keras.Input((10, 10, 3)), base, keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)]
+    )
+    flat, names = rebuild.opened(seq, _holds_weights)
+    x = np.random.default_rng(3).random((2, 10, 10, 3), dtype=np.float32)
+    np.testing.assert_allclose(flat(x), seq(x), atol=1e-6)
+
+    inner = keras.Sequential([keras.layers.Dense(5), keras.layers.Dense(6)], name="inner_seq")
+    a = keras.Input((7,))
+    model = keras.Model(a, keras.layers.Dense(3)(inner(keras.layers.Dense(7)(a))))
+    flat, names = rebuild.opened(model, _holds_weights)
+    assert names == ["inner_seq"] and len(flat.layers) == 5
+    v = np.random.default_rng(4).random((2, 7), dtype=np.float32)
+    np.testing.assert_allclose(flat(v), model(v), atol=1e-6)
+
+    i1, i2 = keras.Input((10, 10, 3)), keras.Input((10, 10, 3))
+    pool = keras.layers.GlobalAveragePooling2D()
+    joined = keras.layers.Concatenate()([pool(base(i1)), pool(base(i2))])
+    siamese = keras.Model([i1, i2], keras.layers.Dense(2)(joined))
+    flat, names = rebuild.opened(siamese, _holds_weights)
+    assert names == ["backbone", "backbone"] and flat.count_params() == siamese.count_params()
+    np.testing.assert_allclose(flat([x, x[::-1]]), siamese([x, x[::-1]]), atol=1e-6)
+
+
+def test_nothing_to_open_and_models_with_a_meaning_of_their_own_are_left():
+    import keras
+
+    from prunecli.structure import rebuild
+
+    a = keras.Input((4,))
+    plain = keras.Model(a, keras.layers.Dense(2)(a))
+    assert rebuild.opened(plain, _holds_weights) is None
+    assert rebuild.opened(_transfer_model(), lambda nested: False) is None
+
+    class Head(keras.Model):  # a subclass of the functional class: its class is part of what it means
+        pass
+
+    x = keras.Input((10, 10, 3))
+    wrapped = Head(x, keras.layers.GlobalAveragePooling2D()(_backbone()(x)))
+    assert rebuild.opened(wrapped, _holds_weights) is None
+
+
+@pytest.fixture(scope="module")
+def transfer_files(tmp_path_factory):
+    """The transfer model trained a little on seeded data, and a frozen-backbone twin."""
+    d = tmp_path_factory.mktemp("transfer")
+    rng = np.random.default_rng(0)
+    x = rng.random((192, 10, 10, 3), dtype=np.float32)
+    y = np.argmax(x[..., :3].mean(axis=(1, 2)), axis=1)
+    model = _transfer_model(training=False)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    model.save(d / "transfer.keras")
+    model.get_layer("backbone").trainable = False
+    model.save(d / "frozen.keras")
+    np.savez(d / "data.npz", x=x, y=y)
+    return d
+
+
+@pytest.mark.slow
+def test_shrink_and_target_remove_a_nested_backbones_channels_and_a_plan_replays_them(transfer_files, tmp_path, cli):
+    import keras
+
+    d = transfer_files
+    report, plan, out = tmp_path / "r.json", tmp_path / "plan.zip", tmp_path / "out.keras"
+    args = ["--data", d / "data.npz", "-q"]
+    result = cli(
+        "prune", d / "transfer.keras", "--target", "params=0.5", "-o", out, "-r", report, "--save-plan", plan, *args
+    )
+    assert result.exit_code == 0, result.output
+    r = json.loads(report.read_text())
+    assert r["opened"] == ["backbone"] and any("opened into the outer graph" in n for n in r["notes"])
+    assert r["shrink"]["verification"]["max_rel_diff"] < 1e-4
+    small = keras.saving.load_model(out)
+    dense = keras.saving.load_model(d / "transfer.keras")
+    assert 0.48 <= small.count_params() / dense.count_params() <= 0.5
+    assert small.get_layer("conv").filters < 12 and small.get_layer("conv2").filters == small.get_layer("conv").filters
+
+    # the plan (recorded before --shrink, on the opened model) replays onto the nested input file
+    replayed = tmp_path / "replayed.keras"
+    result = cli("apply", plan, d / "transfer.keras", "-o", replayed, "--shrink", "-q")
+    assert result.exit_code == 0, result.output
+    again = keras.saving.load_model(replayed)
+    assert [w.shape for w in again.weights] == [w.shape for w in small.weights]
+    assert cli("verify", replayed, "--plan", plan).exit_code == 0
+
+
+@pytest.mark.slow
+def test_a_frozen_backbone_is_not_opened(transfer_files, tmp_path, cli):
+    report = tmp_path / "r.json"
+    out = tmp_path / "out.keras"
+    data = transfer_files / "data.npz"
+    result = cli(
+        "prune",
+        transfer_files / "frozen.keras",
+        "-g",
+        "neuron",
+        "-s",
+        "0.5",
+        "--shrink",
+        "-o",
+        out,
+        "-r",
+        report,
+        "--data",
+        data,
+        "-q",
+    )
+    assert result.exit_code == 0, result.output
+    r = json.loads(report.read_text())
+    assert "opened" not in r and any("frozen" in n for n in r["notes"])
