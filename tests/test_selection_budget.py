@@ -238,15 +238,21 @@ def test_cost_model_is_exact_for_embeddings_and_recurrent_layers(model_files):
 
 
 def test_an_unreachable_target_says_which_layers_surgery_leaves_whole(tmp_path):
-    """The refusal names why the floors are high: a nested model's layers, or a layer's channels that a
-    layer surgery cannot slice reads (the zoo's Xception and textgenrnn, bench/ZOO.md)."""
+    """The refusal names why the floors are high: the layers of a nested model the run cannot open (one
+    whose class has a call of its own), or a layer's channels that a layer surgery cannot slice reads
+    (the zoo's textgenrnn, bench/ZOO.md). A plain nested model is opened (tests/test_structure_opened.py)."""
     import keras
 
-    inner = keras.Sequential([keras.Input((16,)), keras.layers.Dense(64, name="wide")], name="backbone")
+    @keras.saving.register_keras_serializable("prunecli_test")
+    class Scaled(keras.Sequential):
+        def call(self, inputs, training=None, mask=None):
+            return super().call(inputs, training=training, mask=mask) * 1.0
+
+    inner = Scaled([keras.Input((16,)), keras.layers.Dense(64, name="wide")], name="backbone")
     inp = keras.Input((16,))
     keras.Model(inp, keras.layers.Dense(3, name="out")(inner(inp))).save(tmp_path / "nested.keras")
     with pytest.raises(
-        ConfigError, match=r"layer\(s\) left whole, e.g. backbone/wide/kernel: it is inside a nested model"
+        ConfigError, match=r"layer\(s\) left whole, e.g. backbone/wide/kernel: it is inside a nested model that"
     ):
         _run(tmp_path / "nested.keras", tmp_path, target="params=0.3")
     h = keras.layers.Dense(64, name="wide")(inp)
