@@ -51,8 +51,9 @@ def test_opened_model_computes_the_same_with_the_same_weights_and_keeps_inferenc
     from prunecli.structure import keras_graph, rebuild
 
     model = _transfer_model(training=False)
-    flat, names = rebuild.opened(model, _holds_weights)
+    flat, names, paths = rebuild.opened(model, _holds_weights)
     assert names == ["backbone"]
+    assert paths["backbone_fc"] == "backbone/fc" and paths["conv"] == "backbone/conv" and "pool" not in paths
     assert not any(keras_graph.is_model(layer) for layer in flat.layers)
     layer_names = [layer.name for layer in flat.layers]
     assert "backbone_fc" in layer_names and "fc" in layer_names  # the clash renamed, the outer kept
@@ -73,14 +74,14 @@ def test_opened_sequential_and_nested_sequential_and_a_backbone_called_twice():
     seq = keras.Sequential(
         [keras.Input((10, 10, 3)), base, keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)]
     )
-    flat, names = rebuild.opened(seq, _holds_weights)
+    flat, names, _ = rebuild.opened(seq, _holds_weights)
     x = np.random.default_rng(3).random((2, 10, 10, 3), dtype=np.float32)
     np.testing.assert_allclose(flat(x), seq(x), atol=1e-6)
 
     inner = keras.Sequential([keras.layers.Dense(5), keras.layers.Dense(6)], name="inner_seq")
     a = keras.Input((7,))
     model = keras.Model(a, keras.layers.Dense(3)(inner(keras.layers.Dense(7)(a))))
-    flat, names = rebuild.opened(model, _holds_weights)
+    flat, names, _ = rebuild.opened(model, _holds_weights)
     assert names == ["inner_seq"] and len(flat.layers) == 5
     v = np.random.default_rng(4).random((2, 7), dtype=np.float32)
     np.testing.assert_allclose(flat(v), model(v), atol=1e-6)
@@ -89,7 +90,7 @@ def test_opened_sequential_and_nested_sequential_and_a_backbone_called_twice():
     pool = keras.layers.GlobalAveragePooling2D()
     joined = keras.layers.Concatenate()([pool(base(i1)), pool(base(i2))])
     siamese = keras.Model([i1, i2], keras.layers.Dense(2)(joined))
-    flat, names = rebuild.opened(siamese, _holds_weights)
+    flat, names, _ = rebuild.opened(siamese, _holds_weights)
     assert names == ["backbone", "backbone"] and flat.count_params() == siamese.count_params()
     np.testing.assert_allclose(flat([x, x[::-1]]), siamese([x, x[::-1]]), atol=1e-6)
 
@@ -110,6 +111,20 @@ def test_nothing_to_open_and_models_with_a_meaning_of_their_own_are_left():
     x = keras.Input((10, 10, 3))
     wrapped = Head(x, keras.layers.GlobalAveragePooling2D()(_backbone()(x)))
     assert rebuild.opened(wrapped, _holds_weights) is None
+
+
+def test_layer_globs_name_the_same_layers_once_their_nested_model_is_opened():
+    """A glob written for the file's paths (as `inspect` shows them) keeps naming the same layers."""
+    from prunecli.config import build_config
+    from prunecli.config.fields import name_matches
+
+    paths = {"conv": "backbone/conv", "conv2": "backbone/conv2", "backbone_fc": "backbone/fc"}
+    config = build_config(
+        {"model_path": "m.keras", "include": ("backbone/conv*", "fc"), "exclude": ("*/conv2",)}, environ={}
+    ).with_paths(paths)
+    included = {n for n in ("conv", "conv2", "backbone_fc", "fc", "out") if name_matches(n, config.include)}
+    assert included == {"conv", "conv2", "backbone_fc", "fc"}
+    assert {n for n in ("conv", "conv2", "backbone_fc") if name_matches(n, config.exclude)} == {"conv2"}
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +173,7 @@ def test_shrink_and_target_remove_a_nested_backbones_channels_and_a_plan_replays
 
 
 @pytest.mark.slow
-def test_a_frozen_backbone_is_not_opened(transfer_files, tmp_path, cli):
+def test_a_frozen_backbone_is_not_opened_and_an_exclude_by_path_still_excludes(transfer_files, tmp_path, cli):
     report = tmp_path / "r.json"
     out = tmp_path / "out.keras"
     data = transfer_files / "data.npz"
@@ -181,3 +196,30 @@ def test_a_frozen_backbone_is_not_opened(transfer_files, tmp_path, cli):
     assert result.exit_code == 0, result.output
     r = json.loads(report.read_text())
     assert "opened" not in r and any("frozen" in n for n in r["notes"])
+
+    # an --exclude written with the file's path (as inspect shows it) still excludes once the backbone is opened
+    report = tmp_path / "x.json"
+    result = cli(
+        "prune",
+        transfer_files / "transfer.keras",
+        "-g",
+        "neuron",
+        "-s",
+        "0.5",
+        "--shrink",
+        "-o",
+        out,
+        "-r",
+        report,
+        "--data",
+        data,
+        "-q",
+        "--force",
+        "--exclude",
+        "backbone/conv",
+    )
+    assert result.exit_code == 0, result.output
+    r = json.loads(report.read_text())
+    layers = r["shrink"]["layers"]  # conv's channels meet conv2's in the residual Add: both stay whole
+    assert r["opened"] == ["backbone"] and "conv" not in layers and "conv2" not in layers
+    assert layers["backbone_fc"]["after"] < layers["backbone_fc"]["before"]

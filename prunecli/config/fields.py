@@ -198,8 +198,8 @@ class PruneConfig:
         " (Erdos-Renyi-Kernel per-layer budget, Evci et al. 2020), owl (more kept where a block's"
         " scores hold more outliers, Yin et al. 2024) or measured (needs --data: of uniform and lamp, the"
         " one whose masks change the model's outputs least on examples of --data; wanda/sparsegpt also try"
-        " owl, each as a whole Wanda run compared on examples the calibration did not read, and wanda the"
-        " default magnitude command's masks, kept where they change the outputs less)."
+        " owl, each as a whole Wanda run compared on examples the calibration did not read, and the"
+        " default magnitude command's masks, kept where they change the outputs less than the run)."
         " auto (default): measured for wanda/sparsegpt with the default --scope, and for magnitude with"
         " --data and a --sparsity (no allocation won on every model: bench/DECODERS.md,"
         " bench/DEFAULT_ALLOCATION.md), lamp otherwise.",
@@ -449,6 +449,21 @@ class PruneConfig:
 
     def replace(self, **changes: Any) -> PruneConfig:
         return dataclasses.replace(self, **changes)
+
+    def with_paths(self, paths: dict[str, str]) -> PruneConfig:
+        """This config for a model whose nested models were opened (structure/rebuild.opened): `paths`
+        maps a layer's new name to its path in the file ("conv" -> "backbone/conv"). Each layer glob of
+        --include, --exclude and the recipe's rules also names, literally, every opened layer whose path
+        it matched, so the globs keep naming the layers they named in the file ("backbone/conv*", or
+        "dense" for a layer renamed "backbone_dense" to keep names unique)."""
+
+        def widened(patterns) -> tuple[str, ...]:
+            found = [name for p in patterns for name, path in paths.items() if name_matches(path, (p,))]
+            literal = [re.sub(r"([*?\[])", r"[\1]", name) for name in found]
+            return tuple(dict.fromkeys([*patterns, *literal]))
+
+        rules = tuple(dataclasses.replace(rule, pattern=p) for rule in self.overrides for p in widened((rule.pattern,)))
+        return self.replace(include=widened(self.include), exclude=widened(self.exclude), overrides=rules)
 
     def rule_for(self, *names: str) -> LayerRule:
         """The recipe's per-layer rules for a layer known by any of `names` (its name, its outer/inner

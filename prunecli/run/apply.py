@@ -94,7 +94,7 @@ def apply_plan(plan_path: str | os.PathLike, model_path: str | os.PathLike, prog
     state = state.after(_check_fit(plan, state.model, config))  # the input's architecture, as the plan's run read it
     opened = plan.manifest.get("structure", {}).get("opened")
     if opened:  # the plan's masks name the layers of the nested models its run opened
-        state = state.after(steps.open_nested(state.model, config, names=set(opened)))
+        state = state.after(steps.open_nested(state.model, config, names=set(opened))[0])
     flops_before = flops.count(state.model, state.config.seq_len)
     state = state.after(_targets(plan, state.model))
     state = state.after(steps.evaluate(state, "before", say, timings))

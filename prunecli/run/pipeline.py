@@ -44,7 +44,8 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
     state, input_sizes = steps.load(config, say, timings)
     source_print = plan_file.fingerprint(state.model) if config.save_plan else None  # before any weight changes
     flops_before = flops.count(state.model, config.seq_len)  # theoretical multiply-adds per example, for the report
-    state = state.after(steps.open_nested(state.model, config))  # --shrink: a backbone's channels too
+    opened, config = steps.open_nested(state.model, config)  # --shrink: a backbone's channels too
+    state = state.after(opened).with_config(config)
     state = state.after(steps.pick_targets(state.model, config))
     refused = removal.refusal(config.granularity.kind, state.model, state.targets, config)
     if refused:  # a structural step this model cannot take: said before any measuring

@@ -106,7 +106,8 @@ def make_plan(config, progress=None) -> dict[str, Any]:
     quiet_tensorflow()
     say, timings = progress or steps.silent, Timings()
     state, _sizes = steps.load(config.replace(sizes=False), say, timings)
-    state = state.after(steps.open_nested(state.model, config))
+    opened, config = steps.open_nested(state.model, config)
+    state = state.after(opened).with_config(config.replace(sizes=False))
     before_rows = _layer_rows(state.model, config.seq_len)
     before = _totals(state.model, config.seq_len)
     groups = _groups(state.model) if config.granularity.kind == "neuron" else None

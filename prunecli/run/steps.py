@@ -106,31 +106,38 @@ def check_labels(config: PruneConfig, data) -> None:
         raise DataError(f"{config.data} has inputs but no labels (y): {wanted} needs them")
 
 
-def open_nested(model, config: PruneConfig, names=None) -> StepResult:
+def open_nested(model, config: PruneConfig, names=None) -> tuple[StepResult, PruneConfig]:
     """With `--shrink` on neurons (and so `--target`): the model with its nested plain models opened
     into one graph (structure/rebuild.opened) when they hold weights this run prunes, so their channels
     can be removed and their residual groups are seen whole; `names` (a plan's) opens exactly these.
-    Nothing changes otherwise, or for a nested model whose layers are all frozen."""
+    Nothing changes otherwise, or for a nested model whose layers are all frozen. Also the config whose
+    layer globs name the opened layers as they named them in the file (PruneConfig.with_paths)."""
     if names is None and not (config.shrink and config.granularity.kind == "neuron"):
-        return StepResult()
+        return StepResult(), config
+    from prunecli.config.fields import name_matches
     from prunecli.structure import rebuild, targets
+
+    def chosen(t, nested) -> bool:
+        path = (f"{nested.name}/{t.layer_name}", t.layer_name)
+        if config.include and not any(name_matches(n, config.include) for n in path):
+            return False
+        return not any(name_matches(n, config.exclude) for n in path)
 
     def holds(nested) -> bool:
         if names is not None:
             return nested.name in names
-        found = targets.select(nested, config.include, config.exclude)
-        return any(not targets.is_frozen(t) or targets.named_in(t, config.include) for t in found)
+        return any(chosen(t, nested) and not targets.is_frozen(t) for t in targets.walk(nested))
 
     result = rebuild.opened(model, holds)
     if result is None:
-        return StepResult()
-    flat, opened = result
+        return StepResult(), config
+    flat, opened, paths = result
     opened = list(dict.fromkeys(opened))
     note = (
         f"nested model(s) {', '.join(opened)} opened into the outer graph, so their channels can be removed: "
         "the output holds their layers at the top level (a name another layer had gets the nested model's prefix)"
     )
-    return StepResult(model=flat, notes=(note,), sections={"opened": opened})
+    return StepResult(model=flat, notes=(note,), sections={"opened": opened}), config.with_paths(paths)
 
 
 def pick_targets(model, config: PruneConfig) -> StepResult:

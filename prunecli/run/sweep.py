@@ -107,7 +107,8 @@ def open_session(config: PruneConfig, progress=None) -> RunState:
     quiet_tensorflow()
     say, timings = progress or steps.silent, Timings()
     state, _sizes = steps.load(config.replace(sizes=False), say, timings)
-    state = state.after(steps.open_nested(state.model, config))
+    opened, config = steps.open_nested(state.model, config)
+    state = state.after(opened).with_config(config.replace(sizes=False))
     if state.data is None:
         raise ConfigError("a sensitivity sweep needs --data")
     if state.task is None:

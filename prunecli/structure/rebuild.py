@@ -96,7 +96,8 @@ def opened(model, holds):
     layers in inference mode while the head trains) passes it on to each of its layers' calls. An
     inner layer whose name another layer of the result already has is a copy under a new name
     (`{nested}_{name}`): names are unique in a functional model. Returns (the new model, the names of
-    the nested models opened)."""
+    the nested models opened, {name in the new model: the layer's path in `model`} for every layer that
+    was inside one, e.g. "backbone/conv" for "conv")."""
     import keras
 
     graph = keras_graph.functional(model)
@@ -109,6 +110,7 @@ def opened(model, holds):
     taken.update({input_name(x): id(x) for x in graph.inputs})
     copies: dict[int, object] = {}
     names: list[str] = []
+    paths: dict[str, str] = {}
 
     def named(layer, owner: str):
         if id(layer) in copies:
@@ -124,7 +126,7 @@ def opened(model, holds):
             copies[id(layer)] = type(layer).from_config({**layer.get_config(), "name": name})
         return copies[id(layer)]
 
-    def walk(nodes, tensors: dict, owner: str, training) -> None:
+    def walk(nodes, tensors: dict, path: str, training) -> None:
         for node in nodes:
             if any(id(t) not in tensors for t in node.input_tensors):
                 continue
@@ -133,11 +135,13 @@ def opened(model, holds):
                 inner = keras_graph.require(op)
                 given = node.arguments.kwargs.get("training", training)
                 values = dict(zip(map(id, inner.inputs), keras_graph.nested_inputs(node, tensors), strict=True))
-                walk(ordered_nodes(inner), values, op.name, given)
+                walk(ordered_nodes(inner), values, f"{path}{op.name}/", given)
                 outputs = [values[id(t)] for t in keras_graph.flatten(inner.outputs)]
                 names.append(op.name)
             else:
-                layer = named(op, owner) if owner else op
+                layer = named(op, path.rstrip("/").rsplit("/", 1)[-1]) if path else op
+                if path:
+                    paths[layer.name] = f"{path}{op.name}"
                 outputs = keras_graph.call_node(node, tensors, layer, training=training)
             for old, new in zip(keras_graph.flatten(node.outputs), outputs, strict=True):
                 tensors[id(old)] = new
@@ -152,7 +156,7 @@ def opened(model, holds):
     for old_id, copy in copies.items():
         original = next(layer for layer in keras_graph.all_layers(model) if id(layer) == old_id)
         keras_graph.copy_weights(original, copy)
-    return flat, names
+    return flat, names, paths
 
 
 def unrolled(model, max_steps: int):
