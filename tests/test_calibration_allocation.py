@@ -96,10 +96,19 @@ def test_measured_uses_the_allocation_with_the_least_output_error(method):
     res, weights = _run(method, scope="auto")
     measured = res.section["allocation_measured"]
     errors = measured["output_error"]
-    magnitude = {"magnitude", "magnitude-uniform"} if method == "wanda" else set()
-    assert set(errors) == {"uniform", "lamp", "owl"} | magnitude
+    own = {"sparsegpt"} if method == "sparsegpt" else set()  # a SparseGPT run, measured after it ran
+    assert set(errors) == {"uniform", "lamp", "owl", "magnitude", "magnitude-uniform"} | own
     assert measured["examples"] == 48
-    assert measured["chosen"] == min(errors, key=errors.get)
+    if method == "wanda":
+        assert measured["chosen"] == min(errors, key=errors.get)
+    else:  # the best trial (a Wanda run or magnitude masks) is kept only where it beat the SparseGPT run
+        trials = {k: v for k, v in errors.items() if k != "sparsegpt"}
+        best = min(trials, key=trials.get)
+        if measured.get("kept"):
+            assert measured["chosen"] == best and errors[best] < errors["sparsegpt"]
+            return
+        assert measured["chosen"] == min(("uniform", "lamp", "owl"), key=errors.get)
+        assert errors["sparsegpt"] <= errors[best]
     assert res.section["allocation"].startswith(f"measured: {measured['chosen']}")
     if measured["chosen"].startswith("magnitude"):
         for name, mask in _magnitude_masks(uniform=measured["chosen"] == "magnitude-uniform").items():
@@ -143,6 +152,57 @@ def test_each_allocation_when_it_measures_best(monkeypatch, forced):
     assert (shares == {0.7}) == (forced == "uniform")
 
 
+@pytest.mark.parametrize(
+    ("trial_errors", "run_error", "kept"),
+    [
+        ((0.5, 0.4, 0.45, 0.7, 0.9), 0.3, None),  # SparseGPT moved the outputs least: it stays
+        ((0.5, 0.4, 0.45, 0.7, 0.9), 0.6, "lamp"),  # the LAMP allocation's Wanda run did
+        ((0.5, 0.45, 0.48, 0.4, 0.9), 0.6, "magnitude"),  # the default magnitude command's masks did
+    ],
+)
+def test_a_sparsegpt_run_is_measured_against_the_trials_and_the_best_is_kept(
+    monkeypatch, trial_errors, run_error, kept
+):
+    """SparseGPT follows the best Wanda allocation, then is measured on the same examples against every
+    trial (the Wanda runs and the default magnitude command's masks): the trial that moved the outputs
+    least is the run's only where it moved them less than SparseGPT did."""
+    from prunecli.calibration import oneshot, outputs
+
+    calls = []
+
+    def error(got, reference, compared_as):
+        calls.append(None)
+        return trial_errors[len(calls) - 1] if len(calls) <= len(trial_errors) else run_error
+
+    monkeypatch.setattr(outputs, "error", error)
+    res, weights = _run("sparsegpt", scope="auto")
+    monkeypatch.undo()
+    measured = res.section["allocation_measured"]
+    assert len(calls) == 6 and measured["output_error"]["sparsegpt"] == run_error
+    if kept is None:  # the SparseGPT run stays, on the LAMP allocation it measured best
+        assert measured["chosen"] == "lamp" and "kept" not in measured and res.section["layers"]
+        explicit, explicit_weights = _run("sparsegpt", **EXPLICIT["lamp"])
+        for name in res.masks:
+            np.testing.assert_array_equal(weights[name], explicit_weights[name], err_msg=name)
+        return
+    assert measured["chosen"] == kept
+    if kept == "lamp":  # the same masks and weights as an explicit Wanda run on that allocation
+        assert measured["kept"] == "wanda" and res.section["allocation"].endswith("its Wanda run kept")
+        explicit, explicit_weights = _run("wanda", **EXPLICIT["lamp"])
+        for name in res.masks:
+            np.testing.assert_array_equal(np.asarray(res.masks[name]), np.asarray(explicit.masks[name]), err_msg=name)
+            np.testing.assert_array_equal(weights[name], explicit_weights[name], err_msg=name)
+        assert res.section["layers"] and any("the Wanda run on the lamp allocation" in n for n in res.notes)
+        return
+    assert measured["kept"] == "magnitude" and res.section["allocation"].startswith("measured: magnitude")
+    dense = {t.name: np.asarray(t.variable) for t in every_target(_conv_model())}
+    for name, mask in _magnitude_masks().items():
+        np.testing.assert_array_equal(np.asarray(res.masks[name]), np.asarray(mask), err_msg=name)
+        np.testing.assert_array_equal(weights[name], np.where(np.asarray(mask), dense[name], 0.0), err_msg=name)
+    assert set(res.section["fallback"]) == set(res.masks) and not res.section["layers"]
+    assert any(n.startswith("sparsegpt: measured: the magnitude ranking") and "sparsegpt run" in n for n in res.notes)
+
+
 def test_without_room_for_a_copy_of_the_weights_lamp_is_used(monkeypatch):
     from prunecli.calibration import oneshot
 
@@ -154,6 +214,16 @@ def test_without_room_for_a_copy_of_the_weights_lamp_is_used(monkeypatch):
     explicit, _ = _run("wanda", scope="global")
     for name, mask in res.masks.items():
         np.testing.assert_array_equal(np.asarray(mask), np.asarray(explicit.masks[name]), err_msg=name)
+
+
+def test_a_sparsegpt_run_with_room_for_one_copy_measures_allocations_without_the_magnitude_masks(monkeypatch):
+    from prunecli.calibration import oneshot
+
+    weight_bytes = sum(4 * t.size for t in every_target(_conv_model()))
+    monkeypatch.setattr(oneshot, "check_memory", lambda *a: None)
+    monkeypatch.setattr(oneshot, "_available_memory", lambda: 2 * weight_bytes + 1)  # half of it holds one copy
+    res, _ = _run("sparsegpt", scope="auto")
+    assert set(res.section["allocation_measured"]["output_error"]) == {"uniform", "lamp", "owl"}
 
 
 def test_layers_left_to_magnitude_follow_the_measured_allocation(monkeypatch):
