@@ -155,9 +155,10 @@ def test_each_allocation_when_it_measures_best(monkeypatch, forced):
 @pytest.mark.parametrize(
     ("trial_errors", "run_error", "kept"),
     [
-        ((0.5, 0.4, 0.45, 0.7, 0.9), 0.3, None),  # SparseGPT moved the outputs least: it stays
+        # SparseGPT moved the outputs least: it stays (the full suite only: the fast subset is at its limit)
+        pytest.param((0.5, 0.4, 0.45, 0.7, 0.9), 0.3, None, marks=pytest.mark.slow),
         ((0.5, 0.4, 0.45, 0.7, 0.9), 0.6, "lamp"),  # the LAMP allocation's Wanda run did
-        ((0.5, 0.45, 0.48, 0.4, 0.9), 0.6, "magnitude"),  # the default magnitude command's masks did
+        pytest.param((0.5, 0.45, 0.48, 0.4, 0.9), 0.6, "magnitude", marks=pytest.mark.slow),  # the magnitude masks
     ],
 )
 def test_a_sparsegpt_run_is_measured_against_the_trials_and_the_best_is_kept(
@@ -166,7 +167,7 @@ def test_a_sparsegpt_run_is_measured_against_the_trials_and_the_best_is_kept(
     """SparseGPT follows the best Wanda allocation, then is measured on the same examples against every
     trial (the Wanda runs and the default magnitude command's masks): the trial that moved the outputs
     least is the run's only where it moved them less than SparseGPT did."""
-    from prunecli.calibration import oneshot, outputs
+    from prunecli.calibration import outputs
 
     calls = []
 

@@ -199,7 +199,8 @@ class PruneConfig:
         " scores hold more outliers, Yin et al. 2024) or measured (needs --data: of uniform and lamp, the"
         " one whose masks change the model's outputs least on examples of --data; wanda/sparsegpt also try"
         " owl, each as a whole Wanda run compared on examples the calibration did not read, and the"
-        " default magnitude command's masks, kept where they change the outputs less than the run)."
+        " default magnitude command's masks; the trial that changes the outputs least is kept where it"
+        " changes them less than the run)."
         " auto (default): measured for wanda/sparsegpt with the default --scope, and for magnitude with"
         " --data and a --sparsity (no allocation won on every model: bench/DECODERS.md,"
         " bench/DEFAULT_ALLOCATION.md), lamp otherwise.",
