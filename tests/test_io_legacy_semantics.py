@@ -196,3 +196,56 @@ def test_keras2_thresholded_relu_is_read_as_relu_with_its_threshold(tmp_path):
     want = gated @ stored.get_layer("head").kernel.numpy() + stored.get_layer("head").bias.numpy()
     model, _info = model_io.load(path)
     np.testing.assert_allclose(model.predict(x, verbose=0), want, rtol=1e-5, atol=1e-5)
+
+
+def _tf_keras_backbone():
+    """A tf_keras backbone with BatchNormalization (its config writes `axis: [3]`) and a residual Add."""
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(3)
+    inp = tf_keras.Input((8, 8, 3))
+    h = tf_keras.layers.Conv2D(6, 3, padding="same", name="conv")(inp)
+    h = tf_keras.layers.BatchNormalization(name="bn")(h)
+    h = tf_keras.layers.Add(name="add")([h, tf_keras.layers.Conv2D(6, 1, name="skip")(inp)])
+    base = tf_keras.Model(inp, h, name="base")
+    rng = np.random.default_rng(0)
+    base.get_layer("bn").set_weights(
+        [rng.uniform(0.5, 1.5, 6), rng.normal(size=6), rng.normal(size=6), rng.uniform(0.5, 2, 6)]
+    )
+    return base
+
+
+@pytest.mark.parametrize("head", ["sequential", "functional", "twice"])
+def test_a_keras2_transfer_learning_file_reads_as_tf_keras_computes_it_and_shrinks(head, tmp_path, cli):
+    """tf_keras' transfer-learning idiom saved as .h5 (a backbone nested in a Sequential, or called with
+    training=False in a Functional head, or shared by two inputs): Keras 3 alone cannot read any of them
+    (BatchNormalization's `axis: [3]` inside the nested model; Keras 2's node numbering and one-element
+    output lists), and they now read, compute what tf_keras computes, and shrink."""
+    import tf_keras
+
+    from prunecli.io import models as model_io
+
+    base = _tf_keras_backbone()
+    pool = tf_keras.layers.GlobalAveragePooling2D(name="pool")
+    if head == "sequential":
+        model = tf_keras.Sequential([tf_keras.Input((8, 8, 3)), base, pool, tf_keras.layers.Dense(3, name="out")])
+    elif head == "functional":
+        inp = tf_keras.Input((8, 8, 3))
+        model = tf_keras.Model(inp, tf_keras.layers.Dense(3, name="out")(pool(base(inp, training=False))))
+    else:
+        a, b = tf_keras.Input((8, 8, 3)), tf_keras.Input((8, 8, 3))
+        joined = tf_keras.layers.Concatenate(name="join")([pool(base(a)), pool(base(b))])
+        model = tf_keras.Model([a, b], tf_keras.layers.Dense(3, name="out")(joined))
+    path = tmp_path / f"{head}.h5"
+    model.save(path)
+    x = np.random.default_rng(1).random((4, 8, 8, 3)).astype("float32")
+    inputs = [x, x[::-1]] if head == "twice" else x
+    loaded, _info = model_io.load(path)
+    np.testing.assert_allclose(np.asarray(loaded(inputs)), model(inputs, training=False).numpy(), atol=1e-5)
+    report = tmp_path / "r.json"
+    result = cli(
+        "prune", path, "-g", "neuron", "-s", "0.5", "--shrink", "-o", tmp_path / "out.keras", "-r", report, "-q"
+    )
+    assert result.exit_code == 0, result.output
+    shrunk = json.loads(report.read_text())["shrink"]
+    assert shrunk["params_after"] < shrunk["params_before"] and "conv" in shrunk["layers"]

@@ -90,6 +90,8 @@ def _load_keras(info: ModelFile, unsafe: bool, custom: CustomObjects):
         config = _without_initializer_dtype(config)
         config = _with_keras2_defaults(config)
         config = _with_explicit_input(config) or config
+        if info.flavour == "keras2":
+            config = _with_nested_models_as_keras3_reads_them(config)
         config = custom_objects.replace_lambdas(config, custom)  # the user's functions, not the file's code
         if info.flavour == "keras2":  # the hard_sigmoid it was trained with, not Keras 3's
             config = keras2_activations.with_keras2_hard_sigmoid(config)
@@ -232,6 +234,70 @@ def _as_merge_layer(node: dict) -> bool:
             if not any(m is not None for m in _as_list(kwargs.get("mask"))):
                 kwargs.pop("mask", None)
     return True
+
+
+_MODEL_CLASSES = ("Functional", "Model", "Sequential")
+
+
+def _with_nested_models_as_keras3_reads_them(config: dict) -> dict:
+    """A Keras-2 model that calls a nested model (a transfer-learning file: a MobileNet base inside a
+    Sequential or a Functional head) said as Keras 3 reads it. Keras 2 gave a model a node of its own
+    when it was built, so its first call is node 1 where Keras 3 counts from 0 ("nodes failed to be
+    resolved: [['base', 1, 0, {}]]"), it wrote a single output as a list of one, which Keras 3
+    passes on as a list (the Dense after it "received 2 input tensors"), and tf_keras' BatchNormalization
+    writes `axis: [3]`, which Keras 3 reads as a number for the outer model's layers only ("int()
+    argument must be ... not 'list'" inside the nested one). Returns `config` itself when it holds no
+    nested model."""
+    patched = json.loads(json.dumps(config))
+    changed = False
+
+    def visit(node: dict, nested: bool) -> None:
+        nonlocal changed
+        inner = node.get("config")
+        layers = inner.get("layers") if isinstance(inner, dict) else None
+        if not isinstance(layers, list):
+            return
+        models = {
+            str(layer.get("config", {}).get("name"))
+            for layer in layers
+            if isinstance(layer, dict) and layer.get("class_name") in _MODEL_CLASSES
+        }
+        references = [t for layer in layers if isinstance(layer, dict) for t in _inbound_tensors(layer)]
+        references += [t for key in ("input_layers", "output_layers") for t in _tensor_list(inner.get(key))]
+        for ref in references:
+            if ref[0] in models and isinstance(ref[1], int) and ref[1] >= 1:
+                ref[1] -= 1
+                changed = True
+        if nested:
+            for layer in layers:
+                options = layer.get("config") if isinstance(layer, dict) else None
+                axis = options.get("axis") if isinstance(options, dict) else None
+                if isinstance(axis, list) and len(axis) == 1 and isinstance(axis[0], int):
+                    options["axis"] = axis[0]
+                    changed = True
+            for key in ("input_layers", "output_layers"):
+                value = inner.get(key)
+                if isinstance(value, list) and len(value) == 1 and isinstance(value[0], list):
+                    inner[key] = value[0]
+                    changed = True
+        for layer in layers:
+            if isinstance(layer, dict) and layer.get("class_name") in _MODEL_CLASSES:
+                visit(layer, True)
+
+    visit(patched, False)
+    return patched if changed else config
+
+
+def _inbound_tensors(layer: dict) -> list:
+    """The [name, node index, tensor index, kwargs] references of a Keras-2 layer's inbound nodes."""
+    return [t for call in layer.get("inbound_nodes") or [] if isinstance(call, list) for t in _tensor_list(call)]
+
+
+def _tensor_list(value) -> list:
+    """[name, node index, tensor index(, kwargs)] references in a Keras-2 list of them."""
+    if not isinstance(value, list):
+        return []
+    return [t for t in value if isinstance(t, list) and len(t) >= 3 and isinstance(t[0], str)]
 
 
 def _as_list(value) -> list:
