@@ -171,3 +171,17 @@ def test_keras2_layer_names_with_slashes(cli, tmp_path):
     reloaded = tf_keras.models.load_model(out_path)
     kernel = reloaded.get_layer("block1/dense").get_weights()[0]
     assert np.count_nonzero(kernel) == kernel.size // 2
+
+
+def test_a_tf_keras_savedmodel_is_refused_with_the_one_line_that_converts_it(tmp_path):
+    """tf.keras 2.x wrote a SavedModel by default (`model.save("dir")`); its keras_metadata.pb means
+    tf_keras can read it back and save the .h5 prunecli reads. A bare SavedModel gets no such hint."""
+    from prunecli.errors import ModelLoadError
+    from prunecli.io.models.metadata import inspect_file
+
+    (tmp_path / "saved_model.pb").write_bytes(b"\0")
+    with pytest.raises(ModelLoadError, match=r"SavedModel; prunecli reads .keras and .h5 files$"):
+        inspect_file(tmp_path)
+    (tmp_path / "keras_metadata.pb").write_bytes(b"\0")
+    with pytest.raises(ModelLoadError, match=r"tf_keras.models.load_model\(DIR\).save\('model.h5'\)"):
+        inspect_file(tmp_path)

@@ -125,7 +125,12 @@ def inspect_file(path: str | os.PathLike) -> ModelFile:
         raise ModelLoadError(f"model file not found: {p}")
     if p.is_dir():
         if (p / "saved_model.pb").exists():
-            raise ModelLoadError(f"{p} is a TensorFlow SavedModel; prunecli reads .keras and .h5 files")
+            how = (  # tf.keras 2.x wrote this format by default (`model.save("dir")`), keeping the model
+                "; convert it once with tf_keras: tf_keras.models.load_model(DIR).save('model.h5')"
+                if (p / "keras_metadata.pb").exists()
+                else ""
+            )
+            raise ModelLoadError(f"{p} is a TensorFlow SavedModel; prunecli reads .keras and .h5 files{how}")
         raise ModelLoadError(f"{p} is a directory, not a model file")
     if not p.is_file():  # a FIFO or device would block or stream forever
         raise ModelLoadError(f"{p} is not a regular file")
