@@ -215,12 +215,15 @@ def _tf_keras_backbone():
     return base
 
 
-@pytest.mark.parametrize("head", ["sequential", "functional", "twice"])
-def test_a_keras2_transfer_learning_file_reads_as_tf_keras_computes_it_and_shrinks(head, tmp_path, cli):
-    """tf_keras' transfer-learning idiom saved as .h5 (a backbone nested in a Sequential, or called with
-    training=False in a Functional head, or shared by two inputs): Keras 3 alone cannot read any of them
-    (BatchNormalization's `axis: [3]` inside the nested model; Keras 2's node numbering and one-element
-    output lists), and they now read, compute what tf_keras computes, and shrink."""
+@pytest.mark.parametrize("suffix", [".h5", ".keras"])
+@pytest.mark.parametrize("head", ["sequential", "functional", "twice", "flat"])
+def test_a_keras2_transfer_learning_file_reads_as_tf_keras_computes_it_and_shrinks(head, suffix, tmp_path, cli):
+    """tf_keras' transfer-learning idiom saved as .h5 or as its .keras (a backbone nested in a Sequential,
+    or called with training=False in a Functional head, or shared by two inputs), and a flat model with
+    BatchNormalization: Keras 3 alone reads none of the nested ones (BatchNormalization's `axis: [3]`
+    inside the nested model; Keras 2's node numbering and one-element output lists; in a .keras, also
+    tf_keras' module names, and `axis: [3]` everywhere), and they now read, compute what tf_keras
+    computes, and shrink."""
     import tf_keras
 
     from prunecli.io import models as model_io
@@ -232,11 +235,13 @@ def test_a_keras2_transfer_learning_file_reads_as_tf_keras_computes_it_and_shrin
     elif head == "functional":
         inp = tf_keras.Input((8, 8, 3))
         model = tf_keras.Model(inp, tf_keras.layers.Dense(3, name="out")(pool(base(inp, training=False))))
+    elif head == "flat":  # the backbone's own layers, no nesting
+        model = tf_keras.Model(base.input, tf_keras.layers.Dense(3, name="out")(pool(base.output)))
     else:
         a, b = tf_keras.Input((8, 8, 3)), tf_keras.Input((8, 8, 3))
         joined = tf_keras.layers.Concatenate(name="join")([pool(base(a)), pool(base(b))])
         model = tf_keras.Model([a, b], tf_keras.layers.Dense(3, name="out")(joined))
-    path = tmp_path / f"{head}.h5"
+    path = tmp_path / f"{head}{suffix}"
     model.save(path)
     x = np.random.default_rng(1).random((4, 8, 8, 3)).astype("float32")
     inputs = [x, x[::-1]] if head == "twice" else x

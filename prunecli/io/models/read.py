@@ -99,6 +99,9 @@ def _load_keras(info: ModelFile, unsafe: bool, custom: CustomObjects):
             with quiet_keras():
                 return _load_patched_h5(path, config, None, not unsafe, cudnn_config)
     patch = (lambda config: custom_objects.replace_lambdas(config, custom)) if custom.lambda_layers else None
+    if path.suffix == ".keras" and info.flavour == "keras2":  # tf_keras' own .keras: its model classes, its BatchNorm
+        user_patch = patch
+        patch = lambda config: _keras2_archive_config(user_patch(config) if user_patch else config)  # noqa: E731
     with quiet_keras():
         try:
             return _keras_load(path, compile=True, safe_mode=not unsafe, config_patch=patch)
@@ -237,6 +240,32 @@ def _as_merge_layer(node: dict) -> bool:
 
 
 _MODEL_CLASSES = ("Functional", "Model", "Sequential")
+
+
+def _keras2_archive_config(config: dict) -> dict:
+    """A `.keras` archive written by Keras 2.13+ or tf_keras, said as Keras 3 reads it: its model classes
+    named by their tf_keras modules ("tf_keras.src.engine.functional", which Keras 3 cannot locate), every
+    one-element `axis` list (BatchNormalization's `[3]`, an int() error) as its number, one input or
+    output as itself, not a list of one, and its nested models as `_with_nested_models_as_keras3_reads_them`
+    says (the same legacy layer graph as an .h5's)."""
+    patched = json.loads(json.dumps(config))
+    for node in config_nodes(patched):
+        inner = node.get("config")
+        if not isinstance(inner, dict) or "class_name" not in node:
+            continue
+        if node.get("class_name") in _MODEL_CLASSES and "engine" in str(node.get("module", "")):
+            kind = "sequential" if node["class_name"] == "Sequential" else "functional"
+            node["module"] = f"keras.src.models.{kind}"
+            node["class_name"] = node["registered_name"] = kind.capitalize()
+        axis = inner.get("axis")
+        if isinstance(axis, list) and len(axis) == 1 and isinstance(axis[0], int):
+            inner["axis"] = axis[0]
+    outer = patched.get("config")
+    for key in ("input_layers", "output_layers"):  # one input or output, not a list of one (as .h5 reads)
+        value = outer.get(key) if isinstance(outer, dict) else None
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], list):
+            outer[key] = value[0]
+    return _with_nested_models_as_keras3_reads_them(patched)
 
 
 def _with_nested_models_as_keras3_reads_them(config: dict) -> dict:
