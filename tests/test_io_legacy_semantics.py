@@ -254,3 +254,18 @@ def test_a_keras2_transfer_learning_file_reads_as_tf_keras_computes_it_and_shrin
     assert result.exit_code == 0, result.output
     shrunk = json.loads(report.read_text())["shrink"]
     assert shrunk["params_after"] < shrunk["params_before"] and "conv" in shrunk["layers"]
+
+
+def test_a_tf_keras_model_calling_tensorflow_functions_is_refused_naming_them(tmp_path, cli):
+    """tf_keras saves `tf.nn.relu(h) * 2.0` in a functional model as TFOpLambda layers, which Keras 3
+    cannot read: one line naming the calls and what to do, not Keras' "Unknown layer"."""
+    import tensorflow as tf
+    import tf_keras
+
+    inp = tf_keras.Input((4,))
+    h = tf.nn.relu(tf_keras.layers.Dense(3)(inp)) * 2.0
+    tf_keras.Model(inp, tf_keras.layers.Dense(2)(h)).save(tmp_path / "ops.h5")
+    result = cli("inspect", tmp_path / "ops.h5")
+    assert result.exit_code == 3
+    assert "calls TensorFlow functions directly (tf.nn.relu, tf.math.multiply: tf_keras saved" in result.output
+    assert "Traceback" not in result.output

@@ -32,6 +32,13 @@ def read_model(info: ModelFile, unsafe: bool, custom: CustomObjects = NO_CUSTOM_
         raise
     except Exception as exc:  # Keras raises TypeError/ValueError/KeyError/OSError for bad files
         msg = _load_failure(exc)
+        tf_calls = _tf_op_calls(info.config)
+        if tf_calls and "OpLambda" in msg:
+            raise ModelLoadError(
+                f"{info.path}: the model calls TensorFlow functions directly ({', '.join(tf_calls[:4])}: "
+                "tf_keras saved them as TFOpLambda layers), which Keras 3 cannot read; write those calls as "
+                "Keras layers or keras.ops and save the model again"
+            ) from exc
         if "Lambda" in msg or "safe_mode" in msg:
             raise ModelLoadError(f"{info.path}: {msg}") from exc
         hint = _hint(msg, exc)
@@ -39,6 +46,17 @@ def read_model(info: ModelFile, unsafe: bool, custom: CustomObjects = NO_CUSTOM_
     if not isinstance(model, keras.Model):
         raise ModelLoadError(f"{info.path} did not load as a Keras model")
     return model
+
+
+def _tf_op_calls(config) -> list[str]:
+    """The TensorFlow functions a tf_keras config calls as layers (TFOpLambda: "tf.nn.relu"; Python
+    operators and slicing as SlicingOpLambda: "__operators__.getitem"), each once, in graph order."""
+    found = [
+        str(node["config"].get("function"))
+        for node in config_nodes(config or {})
+        if node.get("class_name") in ("TFOpLambda", "SlicingOpLambda") and isinstance(node.get("config"), dict)
+    ]
+    return [f if f.startswith("__") else f"tf.{f}" for f in dict.fromkeys(found)]
 
 
 def _hint(reason: str, exc: BaseException) -> str:
