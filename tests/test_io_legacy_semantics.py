@@ -256,16 +256,36 @@ def test_a_keras2_transfer_learning_file_reads_as_tf_keras_computes_it_and_shrin
     assert shrunk["params_after"] < shrunk["params_before"] and "conv" in shrunk["layers"]
 
 
-def test_a_tf_keras_model_calling_tensorflow_functions_is_refused_naming_them(tmp_path, cli):
-    """tf_keras saves `tf.nn.relu(h) * 2.0` in a functional model as TFOpLambda layers, which Keras 3
-    cannot read: one line naming the calls and what to do, not Keras' "Unknown layer"."""
+def test_a_tf_keras_model_calling_tensorflow_functions_reads_them_and_refuses_slicing(tmp_path, cli):
+    """tf_keras saves `x / 255.0`, `tf.nn.relu(h) * 2.0`, `h + g` and `tf.concat` in a functional model as
+    TFOpLambda layers, which Keras 3 cannot read: they read as the calls they record and compute what
+    tf_keras computes, and a .keras output keeps them. Slicing (SlicingOpLambda) is refused in one line
+    naming the call, not Keras' "Unknown layer"."""
+    import keras
     import tensorflow as tf
     import tf_keras
 
+    from prunecli.io import models as model_io
+
+    tf_keras.utils.set_random_seed(2)
     inp = tf_keras.Input((4,))
-    h = tf.nn.relu(tf_keras.layers.Dense(3)(inp)) * 2.0
-    tf_keras.Model(inp, tf_keras.layers.Dense(2)(h)).save(tmp_path / "ops.h5")
-    result = cli("inspect", tmp_path / "ops.h5")
+    scaled = inp / 255.0
+    h = tf.nn.relu(tf_keras.layers.Dense(3)(scaled)) * 2.0
+    g = tf_keras.layers.Dense(3)(scaled)
+    joined = tf.concat([h + g, g], axis=-1)
+    model = tf_keras.Model(inp, tf_keras.layers.Dense(2)(joined))
+    model.save(tmp_path / "ops.h5")
+    x = np.random.default_rng(0).random((5, 4)).astype("float32") * 255
+    loaded, _info = model_io.load(tmp_path / "ops.h5")
+    np.testing.assert_allclose(np.asarray(loaded(x)), model(x).numpy(), rtol=1e-5, atol=1e-5)
+    result = cli("prune", tmp_path / "ops.h5", "-s", "0.5", "-o", tmp_path / "out.keras", "-q")
+    assert result.exit_code == 0, result.output
+    again = keras.saving.load_model(tmp_path / "out.keras")  # prunecli>TFOpLambda: registered by the read
+    assert any(type(layer).__name__ == "TFOpLambda" for layer in again.layers)
+
+    sliced = tf_keras.Model(inp, tf_keras.layers.Dense(2)(tf.nn.relu(h)[:, :2]))
+    sliced.save(tmp_path / "sliced.h5")
+    result = cli("inspect", tmp_path / "sliced.h5")
     assert result.exit_code == 3
-    assert "calls TensorFlow functions directly (tf.nn.relu, tf.math.multiply: tf_keras saved" in result.output
+    assert "calls TensorFlow directly (__operators__.getitem: tf_keras saved" in result.output
     assert "Traceback" not in result.output

@@ -35,9 +35,9 @@ def read_model(info: ModelFile, unsafe: bool, custom: CustomObjects = NO_CUSTOM_
         tf_calls = _tf_op_calls(info.config)
         if tf_calls and "OpLambda" in msg:
             raise ModelLoadError(
-                f"{info.path}: the model calls TensorFlow functions directly ({', '.join(tf_calls[:4])}: "
-                "tf_keras saved them as TFOpLambda layers), which Keras 3 cannot read; write those calls as "
-                "Keras layers or keras.ops and save the model again"
+                f"{info.path}: the model calls TensorFlow directly ({', '.join(tf_calls[:4])}: tf_keras saved "
+                "the calls as layers), which prunecli reads only for pure tensor functions (tf.math, tf.nn, ...); "
+                "write those calls as Keras layers or keras.ops and save the model again"
             ) from exc
         if "Lambda" in msg or "safe_mode" in msg:
             raise ModelLoadError(f"{info.path}: {msg}") from exc
@@ -49,12 +49,26 @@ def read_model(info: ModelFile, unsafe: bool, custom: CustomObjects = NO_CUSTOM_
 
 
 def _tf_op_calls(config) -> list[str]:
-    """The TensorFlow functions a tf_keras config calls as layers (TFOpLambda: "tf.nn.relu"; Python
-    operators and slicing as SlicingOpLambda: "__operators__.getitem"), each once, in graph order."""
+    """The TensorFlow calls a tf_keras config records as layers that prunecli cannot read (io/models/tf_ops.py
+    reads TFOpLambda's pure tensor functions; slicing, SlicingOpLambda's "__operators__.getitem", and
+    anything else are not), each once, in graph order."""
+    from prunecli.io.models import tf_ops
+
+    def unread(node) -> bool:
+        if node.get("class_name") == "SlicingOpLambda":
+            return True
+        try:
+            tf_ops.resolve(str(node["config"].get("function")))
+        except ValueError:
+            return True
+        return False
+
     found = [
         str(node["config"].get("function"))
         for node in config_nodes(config or {})
-        if node.get("class_name") in ("TFOpLambda", "SlicingOpLambda") and isinstance(node.get("config"), dict)
+        if node.get("class_name") in ("TFOpLambda", "SlicingOpLambda", "prunecli>TFOpLambda")
+        and isinstance(node.get("config"), dict)
+        and unread(node)
     ]
     return [f if f.startswith("__") else f"tf.{f}" for f in dict.fromkeys(found)]
 
@@ -94,7 +108,10 @@ def _load_keras(info: ModelFile, unsafe: bool, custom: CustomObjects):
     An `.h5`'s config is the one `info` read from the file (not read again)."""
     path = info.path
 
-    from prunecli.io.models import keras2_activations  # registers Keras 2's hard_sigmoid: .keras outputs name it
+    from prunecli.io.models import (
+        keras2_activations,  # registers Keras 2's hard_sigmoid: .keras outputs name it
+        tf_ops,  # registers prunecli>TFOpLambda: .keras outputs name it
+    )
 
     if path.suffix == ".keras":
         from prunecli.structure import quantized_conv  # noqa: F401 - registers prunecli>QuantizedConv1D/2D/3D (--quantize int8)
@@ -113,6 +130,7 @@ def _load_keras(info: ModelFile, unsafe: bool, custom: CustomObjects):
         config = custom_objects.replace_lambdas(config, custom)  # the user's functions, not the file's code
         if info.flavour == "keras2":  # the hard_sigmoid it was trained with, not Keras 3's
             config = keras2_activations.with_keras2_hard_sigmoid(config)
+            config = tf_ops.with_tf_ops(config)  # tf_keras' recorded TensorFlow calls
         if config is not stored:  # read as the Keras version that wrote it reads it
             with quiet_keras():
                 return _load_patched_h5(path, config, None, not unsafe, cudnn_config)

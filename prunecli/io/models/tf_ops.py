@@ -1,0 +1,118 @@
+"""tf_keras' TFOpLambda layers, read as the TensorFlow call each one records.
+
+A tf_keras functional model that calls a TensorFlow function on a layer's output (`x / 255.0`,
+`tf.nn.relu6(h)`, `h * 2.0`) stores the call as a TFOpLambda layer naming the function ("math.truediv",
+"nn.relu6") and its other arguments; Keras 3 has no such layer and refuses the file ("Unknown layer:
+'TFOpLambda'"). The name is looked up, never run as code, and only among TensorFlow's pure tensor
+functions (`tf.math`, `tf.nn`, `tf.image`, `tf.linalg` and the array functions in ALLOWED), so safe
+mode keeps its meaning: a file cannot name `tf.io.write_file` or `tf.py_function`. Registered as
+"prunecli>TFOpLambda" when this module is imported: a `.keras` output keeps the calls and loads once it
+is; an `.h5` output of an unchanged structure is the input file with new weights, which tf_keras reads.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import keras
+
+from prunecli.io.models.metadata import config_nodes
+
+NAMESPACES = ("math", "nn", "image", "linalg")  # pure tensor functions, whole namespaces
+ALLOWED = (  # and these top-level ones
+    "reshape concat stack expand_dims squeeze transpose cast clip_by_value identity split tile pad "
+    "gather where ones_like zeros_like maximum minimum"
+).split()
+OPERATORS = {  # Python operators applied to tensors, as tf_keras names them
+    f"__operators__.{name}": getattr(operator, name)
+    for name in ("add", "sub", "mul", "truediv", "floordiv", "pow", "neg", "matmul")
+}
+CLASSES = ("TFOpLambda",)
+
+
+def resolve(function: str):
+    """The TensorFlow function a TFOpLambda names, or ValueError for one outside the allowed ones."""
+    import tensorflow as tf
+
+    if function in OPERATORS:
+        return OPERATORS[function]
+    parts = str(function).split(".")
+    allowed = (len(parts) >= 2 and parts[0] in NAMESPACES) or (len(parts) == 1 and parts[0] in ALLOWED)
+    found = tf
+    for part in parts if allowed and all(p.isidentifier() and not p.startswith("_") for p in parts) else ():
+        found = getattr(found, part, None)
+    if not allowed or found is tf or not callable(found):
+        raise ValueError(f"TFOpLambda calls tf.{function}, which prunecli does not read")
+    return found
+
+
+@keras.saving.register_keras_serializable(package="prunecli")
+class TFOpLambda(keras.layers.Layer):
+    """One recorded TensorFlow call (`function`, e.g. "math.multiply"), its other arguments as the
+    model's graph passes them."""
+
+    def __init__(self, function: str, **kwargs):
+        for key in ("symbol",):  # tf_keras' own bookkeeping
+            kwargs.pop(key, None)
+        super().__init__(**kwargs)
+        self.function = function
+        self._call = resolve(function)
+
+    def call(self, *args, **kwargs):
+        kwargs.pop("name", None)
+        if self.function in OPERATORS:  # operator.add(x, y): positional only
+            return self._call(*args, *kwargs.values())
+        return self._call(*args, **kwargs)
+
+    def get_config(self):
+        return {**super().get_config(), "function": self.function}
+
+
+def uses_tf_ops(config) -> bool:
+    return any(node.get("class_name") in CLASSES for node in config_nodes(config or {}))
+
+
+def with_tf_ops(config: dict) -> dict:
+    """The config with each TFOpLambda layer named as prunecli's; `config` itself when it has none."""
+    if not uses_tf_ops(config):
+        return config
+    import json
+
+    patched = json.loads(json.dumps(config))
+    for node in config_nodes(patched):
+        if node.get("class_name") in CLASSES:
+            node["class_name"] = "prunecli>TFOpLambda"
+            node.pop("module", None)
+            node["inbound_nodes"] = [_as_keras3_call(call) for call in node.get("inbound_nodes") or []]
+    return patched
+
+
+def _is_reference(value) -> bool:
+    """A Keras-2 tensor reference: [layer name, node index, tensor index(, kwargs)]."""
+    return (
+        isinstance(value, list)
+        and len(value) in (3, 4)
+        and isinstance(value[0], str)
+        and all(isinstance(v, int) for v in value[1:3])
+    )
+
+
+def _tensor(reference: list) -> dict:
+    """A reference in Keras 3's node form (its shape and dtype are the tensor's once the graph is built)."""
+    return {
+        "class_name": "__keras_tensor__",
+        "config": {"shape": [], "dtype": "float32", "keras_history": reference[:3]},
+    }
+
+
+def _as_keras3_call(call) -> dict:
+    """One TFOpLambda call as Keras 3 writes a node: tf_keras wrote its first argument as a reference
+    (or, for a list argument such as tf.concat's, a list of them) whose kwargs are the call's other
+    arguments, a tensor among them as a reference too ({"y": ["dense_1", 0, 0]} for h + g)."""
+    references = [call] if _is_reference(call) else [r for r in call if _is_reference(r)]
+    if not references:
+        raise ValueError("TFOpLambda with a call prunecli does not read")
+    given = references[0][3] if len(references[0]) > 3 and isinstance(references[0][3], dict) else {}
+    kwargs = {k: _tensor(v) if _is_reference(v) else v for k, v in given.items() if k != "name"}
+    first = _tensor(call) if _is_reference(call) else [_tensor(r) for r in references]
+    return {"args": [first], "kwargs": kwargs}
