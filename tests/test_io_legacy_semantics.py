@@ -256,11 +256,11 @@ def test_a_keras2_transfer_learning_file_reads_as_tf_keras_computes_it_and_shrin
     assert shrunk["params_after"] < shrunk["params_before"] and "conv" in shrunk["layers"]
 
 
-def test_a_tf_keras_model_calling_tensorflow_functions_reads_them_and_refuses_slicing(tmp_path, cli):
+def test_a_tf_keras_model_calling_tensorflow_functions_reads_them_and_refuses_others(tmp_path, cli):
     """tf_keras saves `x / 255.0`, `tf.nn.relu(h) * 2.0`, `h + g` and `tf.concat` in a functional model as
     TFOpLambda layers, which Keras 3 cannot read: they read as the calls they record and compute what
-    tf_keras computes, and a .keras output keeps them. Slicing (SlicingOpLambda) is refused in one line
-    naming the call, not Keras' "Unknown layer"."""
+    tf_keras computes, and a .keras output keeps them; so does slicing (SlicingOpLambda). A function
+    outside the pure tensor ones is refused in one line naming the call, not Keras' "Unknown layer"."""
     import keras
     import tensorflow as tf
     import tf_keras
@@ -283,9 +283,15 @@ def test_a_tf_keras_model_calling_tensorflow_functions_reads_them_and_refuses_sl
     again = keras.saving.load_model(tmp_path / "out.keras")  # prunecli>TFOpLambda: registered by the read
     assert any(type(layer).__name__ == "TFOpLambda" for layer in again.layers)
 
-    sliced = tf_keras.Model(inp, tf_keras.layers.Dense(2)(tf.nn.relu(h)[:, :2]))
+    sliced = tf_keras.Model(inp, [h[:, 0], h[..., :2], h[:, 1:3, tf.newaxis]])  # SlicingOpLambda
     sliced.save(tmp_path / "sliced.h5")
-    result = cli("inspect", tmp_path / "sliced.h5")
+    loaded, _info = model_io.load(tmp_path / "sliced.h5")
+    for got, want in zip(loaded(x), sliced(x), strict=True):
+        np.testing.assert_allclose(np.asarray(got), want.numpy(), rtol=1e-5, atol=1e-5)
+
+    rolled = tf_keras.Model(inp, tf_keras.layers.Dense(2)(tf.roll(h, 1, axis=-1)))  # not a function it reads
+    rolled.save(tmp_path / "rolled.h5")
+    result = cli("inspect", tmp_path / "rolled.h5")
     assert result.exit_code == 3
-    assert "calls TensorFlow directly (__operators__.getitem: tf_keras saved" in result.output
+    assert "calls TensorFlow directly (tf.roll: tf_keras saved" in result.output
     assert "Traceback" not in result.output

@@ -50,13 +50,11 @@ def read_model(info: ModelFile, unsafe: bool, custom: CustomObjects = NO_CUSTOM_
 
 def _tf_op_calls(config) -> list[str]:
     """The TensorFlow calls a tf_keras config records as layers that prunecli cannot read (io/models/tf_ops.py
-    reads TFOpLambda's pure tensor functions; slicing, SlicingOpLambda's "__operators__.getitem", and
-    anything else are not), each once, in graph order."""
+    reads TFOpLambda's pure tensor functions and SlicingOpLambda's slicing; anything else it refuses),
+    each once, in graph order."""
     from prunecli.io.models import tf_ops
 
     def unread(node) -> bool:
-        if node.get("class_name") == "SlicingOpLambda":
-            return True
         try:
             tf_ops.resolve(str(node["config"].get("function")))
         except ValueError:

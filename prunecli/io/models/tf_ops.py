@@ -2,8 +2,8 @@
 
 A tf_keras functional model that calls a TensorFlow function on a layer's output (`x / 255.0`,
 `tf.nn.relu6(h)`, `h * 2.0`) stores the call as a TFOpLambda layer naming the function ("math.truediv",
-"nn.relu6") and its other arguments; Keras 3 has no such layer and refuses the file ("Unknown layer:
-'TFOpLambda'"). The name is looked up, never run as code, and only among TensorFlow's pure tensor
+"nn.relu6") and its other arguments, and slicing (`h[:, 0]`) as a SlicingOpLambda recording the slice;
+Keras 3 has neither and refuses the file ("Unknown layer: 'TFOpLambda'"). The name is looked up, never run as code, and only among TensorFlow's pure tensor
 functions (`tf.math`, `tf.nn`, `tf.image`, `tf.linalg` and the array functions in ALLOWED), so safe
 mode keeps its meaning: a file cannot name `tf.io.write_file` or `tf.py_function`. Registered as
 "prunecli>TFOpLambda" when this module is imported: a `.keras` output keeps the calls and loads once it
@@ -12,6 +12,7 @@ is; an `.h5` output of an unchanged structure is the input file with new weights
 
 from __future__ import annotations
 
+import json
 import operator
 
 import keras
@@ -25,9 +26,10 @@ ALLOWED = (  # and these top-level ones
 ).split()
 OPERATORS = {  # Python operators applied to tensors, as tf_keras names them
     f"__operators__.{name}": getattr(operator, name)
-    for name in ("add", "sub", "mul", "truediv", "floordiv", "pow", "neg", "matmul")
+    for name in ("add", "sub", "mul", "truediv", "floordiv", "pow", "neg", "matmul", "getitem")
 }
-CLASSES = ("TFOpLambda",)
+GETITEM = "__operators__.getitem"  # slicing, `h[:, 0]`: tf_keras' SlicingOpLambda
+CLASSES = ("TFOpLambda", "SlicingOpLambda")
 
 
 def resolve(function: str):
@@ -60,6 +62,8 @@ class TFOpLambda(keras.layers.Layer):
 
     def call(self, *args, **kwargs):
         kwargs.pop("name", None)
+        if self.function == GETITEM:
+            return args[0][tuple(_index(part) for part in json.loads(kwargs["slice_spec_json"]))]
         if self.function in OPERATORS:  # operator.add(x, y): positional only
             return self._call(*args, *kwargs.values())
         return self._call(*args, **kwargs)
@@ -76,8 +80,6 @@ def with_tf_ops(config: dict) -> dict:
     """The config with each TFOpLambda layer named as prunecli's; `config` itself when it has none."""
     if not uses_tf_ops(config):
         return config
-    import json
-
     patched = json.loads(json.dumps(config))
     for node in config_nodes(patched):
         if node.get("class_name") in CLASSES:
@@ -114,5 +116,19 @@ def _as_keras3_call(call) -> dict:
         raise ValueError("TFOpLambda with a call prunecli does not read")
     given = references[0][3] if len(references[0]) > 3 and isinstance(references[0][3], dict) else {}
     kwargs = {k: _tensor(v) if _is_reference(v) else v for k, v in given.items() if k != "name"}
+    if "slice_spec" in kwargs:  # as text: Keras would read its {"start", "stop", "step"} dicts as objects
+        kwargs["slice_spec_json"] = json.dumps(kwargs.pop("slice_spec"))
     first = _tensor(call) if _is_reference(call) else [_tensor(r) for r in references]
     return {"args": [first], "kwargs": kwargs}
+
+
+def _index(part):
+    """One element of a recorded slice: {"start", "stop", "step"} a slice, {"class_name": "__ellipsis__"}
+    the ellipsis, null a new axis, a number an index."""
+    if isinstance(part, dict):
+        if part.get("class_name") == "__ellipsis__":
+            return Ellipsis
+        return slice(part.get("start"), part.get("stop"), part.get("step"))
+    if part is None or isinstance(part, int):
+        return part
+    raise ValueError(f"TFOpLambda slices with {part!r}, which prunecli does not read")
