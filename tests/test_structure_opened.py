@@ -174,52 +174,19 @@ def test_shrink_and_target_remove_a_nested_backbones_channels_and_a_plan_replays
 
 @pytest.mark.slow
 def test_a_frozen_backbone_is_not_opened_and_an_exclude_by_path_still_excludes(transfer_files, tmp_path, cli):
-    report = tmp_path / "r.json"
-    out = tmp_path / "out.keras"
-    data = transfer_files / "data.npz"
-    result = cli(
-        "prune",
-        transfer_files / "frozen.keras",
-        "-g",
-        "neuron",
-        "-s",
-        "0.5",
-        "--shrink",
-        "-o",
-        out,
-        "-r",
-        report,
-        "--data",
-        data,
-        "-q",
-    )
-    assert result.exit_code == 0, result.output
-    r = json.loads(report.read_text())
-    assert "opened" not in r and any("frozen" in n for n in r["notes"])
+    def shrunk(model: str, *extra: str) -> dict:
+        report = tmp_path / f"{model}.json"
+        args = ["-g", "neuron", "-s", "0.5", "--shrink", "-o", tmp_path / f"{model}.out.keras", "-r", report]
+        result = cli(
+            "prune", transfer_files / f"{model}.keras", *args, "--data", transfer_files / "data.npz", "-q", *extra
+        )
+        assert result.exit_code == 0, result.output
+        return json.loads(report.read_text())
 
+    r = shrunk("frozen")
+    assert "opened" not in r and any("frozen" in n for n in r["notes"])
     # an --exclude written with the file's path (as inspect shows it) still excludes once the backbone is opened
-    report = tmp_path / "x.json"
-    result = cli(
-        "prune",
-        transfer_files / "transfer.keras",
-        "-g",
-        "neuron",
-        "-s",
-        "0.5",
-        "--shrink",
-        "-o",
-        out,
-        "-r",
-        report,
-        "--data",
-        data,
-        "-q",
-        "--force",
-        "--exclude",
-        "backbone/conv",
-    )
-    assert result.exit_code == 0, result.output
-    r = json.loads(report.read_text())
+    r = shrunk("transfer", "--exclude", "backbone/conv")
     layers = r["shrink"]["layers"]  # conv's channels meet conv2's in the residual Add: both stay whole
     assert r["opened"] == ["backbone"] and "conv" not in layers and "conv2" not in layers
     assert layers["backbone_fc"]["after"] < layers["backbone_fc"]["before"]
