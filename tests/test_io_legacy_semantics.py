@@ -199,14 +199,15 @@ def test_keras2_thresholded_relu_is_read_as_relu_with_its_threshold(tmp_path):
 
 
 def _tf_keras_backbone():
-    """A tf_keras backbone with BatchNormalization (its config writes `axis: [3]`) and a residual Add."""
+    """A tf_keras backbone with BatchNormalization (its config writes `axis: [3]`), a residual Add and a
+    layer name with "/" (as tf_keras' DenseNet names them; Keras 3 refuses "/")."""
     import tf_keras
 
     tf_keras.utils.set_random_seed(3)
     inp = tf_keras.Input((8, 8, 3))
     h = tf_keras.layers.Conv2D(6, 3, padding="same", name="conv")(inp)
     h = tf_keras.layers.BatchNormalization(name="bn")(h)
-    h = tf_keras.layers.Add(name="add")([h, tf_keras.layers.Conv2D(6, 1, name="skip")(inp)])
+    h = tf_keras.layers.Add(name="add")([h, tf_keras.layers.Conv2D(6, 1, name="block1/skip")(inp)])  # DenseNet-style
     base = tf_keras.Model(inp, h, name="base")
     rng = np.random.default_rng(0)
     base.get_layer("bn").set_weights(

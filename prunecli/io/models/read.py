@@ -299,7 +299,7 @@ def _keras2_archive_config(config: dict) -> dict:
         value = outer.get(key) if isinstance(outer, dict) else None
         if isinstance(value, list) and len(value) == 1 and isinstance(value[0], list):
             outer[key] = value[0]
-    return _with_nested_models_as_keras3_reads_them(patched)
+    return _with_nested_models_as_keras3_reads_them(_without_slashes_in_names(patched))
 
 
 def _with_nested_models_as_keras3_reads_them(config: dict) -> dict:
@@ -438,8 +438,13 @@ def _load_patched_h5(
 
 
 def _without_slashes_in_names(config: dict) -> dict:
-    layers = (config.get("config") or {}).get("layers") or []
-    names = {layer["config"]["name"] for layer in layers if "/" in str(layer.get("config", {}).get("name", ""))}
+    """Every layer name with "/" (tf_keras DenseNet's "conv1/conv"), in the outer model or a nested one
+    (a DenseNet base in a transfer-learning file), with "_" instead, wherever the config names it."""
+    names = {
+        str(node["config"]["name"])
+        for node in config_nodes(config)
+        if "class_name" in node and isinstance(node.get("config"), dict) and "/" in str(node["config"].get("name", ""))
+    }
     text = json.dumps(config)
     for name in sorted(names, key=len, reverse=True):
         text = text.replace(json.dumps(name), json.dumps(name.replace("/", "_")))
