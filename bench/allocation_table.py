@@ -261,7 +261,10 @@ def main(argv=None) -> None:
         "fewer than 64 are left, as for the name LSTM; before the thirteenth session, always those), KL for",
         "probabilities, chosen per run; wanda's also measures the masks the default magnitude command",
         "chooses between and keeps them where they move the outputs less (`magnitude`: |w| by LAMP, since the",
-        "eleventh session; `magnitude-uniform`: every layer at the sparsity, since the fifteenth). `magnitude",
+        "eleventh session; `magnitude-uniform`: every layer at the sparsity, since the fifteenth); sparsegpt's",
+        "run is measured after it runs against all of these trials, and the one that moved the outputs least",
+        "is kept where it moved them less (since the eighteenth session; `chosen per seed` still names the",
+        "allocation, or the magnitude masks when they are kept). `magnitude",
         "measured` is the default magnitude command with --data (since the fourteenth session: uniform or LAMP",
         "on |w|, whichever moves the outputs least on the first 64 calibration examples). Calibration: "
         f"{models.SAMPLES} training examples drawn with each seed; metrics on held-out data.",
