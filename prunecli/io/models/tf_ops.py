@@ -3,9 +3,10 @@
 A tf_keras functional model that calls a TensorFlow function on a layer's output (`x / 255.0`,
 `tf.nn.relu6(h)`, `h * 2.0`) stores the call as a TFOpLambda layer naming the function ("math.truediv",
 "nn.relu6") and its other arguments, and slicing (`h[:, 0]`) as a SlicingOpLambda recording the slice;
-Keras 3 has neither and refuses the file ("Unknown layer: 'TFOpLambda'"). The name is looked up, never run as code, and only among TensorFlow's pure tensor
-functions (`tf.math`, `tf.nn`, `tf.image`, `tf.linalg` and the array functions in ALLOWED), so safe
-mode keeps its meaning: a file cannot name `tf.io.write_file` or `tf.py_function`. Registered as
+Keras 3 has neither and refuses the file ("Unknown layer: 'TFOpLambda'"). The name is looked up, never
+run as code, and only among TensorFlow's pure tensor functions (`tf.math`, `tf.nn`, `tf.image`,
+`tf.linalg` and the array functions in ALLOWED), so safe mode keeps its meaning: a file cannot name
+`tf.io.write_file` or `tf.py_function`. Registered as
 "prunecli>TFOpLambda" when this module is imported: a `.keras` output keeps the calls and loads once it
 is; an `.h5` output of an unchanged structure is the input file with new weights, which tf_keras reads.
 """
@@ -54,8 +55,6 @@ class TFOpLambda(keras.layers.Layer):
     model's graph passes them."""
 
     def __init__(self, function: str, **kwargs):
-        for key in ("symbol",):  # tf_keras' own bookkeeping
-            kwargs.pop(key, None)
         super().__init__(**kwargs)
         self.function = function
         self._call = resolve(function)
