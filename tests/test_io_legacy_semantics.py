@@ -216,8 +216,20 @@ def _tf_keras_backbone():
     return base
 
 
-@pytest.mark.parametrize("suffix", [".h5", ".keras"])
-@pytest.mark.parametrize("head", ["sequential", "functional", "twice", "flat"])
+FAST_CASES = {
+    ("functional", ".h5"),
+    ("twice", ".keras"),
+}  # the others in the full suite only (fast subset at its limit)
+
+
+@pytest.mark.parametrize(
+    ("head", "suffix"),
+    [
+        pytest.param(head, suffix, marks=() if (head, suffix) in FAST_CASES else pytest.mark.slow)
+        for suffix in (".h5", ".keras")
+        for head in ("sequential", "functional", "twice", "flat")
+    ],
+)
 def test_a_keras2_transfer_learning_file_reads_as_tf_keras_computes_it_and_shrinks(head, suffix, tmp_path, cli):
     """tf_keras' transfer-learning idiom saved as .h5 or as its .keras (a backbone nested in a Sequential,
     or called with training=False in a Functional head, or shared by two inputs), and a flat model with
