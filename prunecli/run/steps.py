@@ -114,19 +114,16 @@ def open_nested(model, config: PruneConfig, names=None) -> tuple[StepResult, Pru
     layer globs name the opened layers as they named them in the file (PruneConfig.with_paths)."""
     if names is None and not (config.shrink and config.granularity.kind == "neuron"):
         return StepResult(), config
-    from prunecli.config.fields import name_matches
     from prunecli.structure import rebuild, targets
 
-    def chosen(t, nested) -> bool:
-        path = (f"{nested.name}/{t.layer_name}", t.layer_name)
-        if config.include and not any(name_matches(n, config.include) for n in path):
-            return False
-        return not any(name_matches(n, config.exclude) for n in path)
+    # the weights this run would prune, by their paths in the file ("backbone/conv"), picked once
+    pruned = [] if names is not None else targets.select(model, config.include, config.exclude)
+    pruned_paths = ["/" + t.layer_name for t in pruned if not targets.is_frozen(t)]
 
     def holds(nested) -> bool:
         if names is not None:
             return nested.name in names
-        return any(chosen(t, nested) and not targets.is_frozen(t) for t in targets.walk(nested))
+        return any(f"/{nested.name}/" in path for path in pruned_paths)
 
     result = rebuild.opened(model, holds)
     if result is None:

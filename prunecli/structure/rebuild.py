@@ -36,15 +36,9 @@ def rebuild(model, *, skip=(), bypass=None, replace=None, input_shapes=None, ali
     span whose output becomes its input (a whole Transformer block). Unchanged layers are shared with `model`
     (cheap, for scoring); `detach` gives the result its own layers.
     """
-    import keras
-
     graph = functional_graph(model)
-    bypass, replace, input_shapes = bypass or {}, replace or {}, input_shapes or {}
-    new_inputs = [
-        keras.Input(batch_shape=input_shapes.get(i, x.shape), dtype=x.dtype, name=input_name(x))
-        for i, x in enumerate(graph.inputs)
-    ]
-    tensors = {id(x): y for x, y in zip(graph.inputs, new_inputs, strict=True)}
+    bypass, replace = bypass or {}, replace or {}
+    new_inputs, tensors = _fresh_inputs(graph, input_shapes or {})
     alias = alias or {}
     for node in ordered_nodes(graph):
         for out_id, source in alias.items():
@@ -60,9 +54,28 @@ def rebuild(model, *, skip=(), bypass=None, replace=None, input_shapes=None, ali
         layer = replace.get(id(node.operation), node.operation)
         for old, new in zip(node.outputs, keras_graph.call_node(node, tensors, layer), strict=True):
             tensors[id(old)] = new
+    return _model_like(model, graph, new_inputs, tensors)
+
+
+def _fresh_inputs(graph, input_shapes: dict) -> tuple[list, dict]:
+    """New model inputs like the graph's ({position: batch shape} changed), and the tensor map a rebuild
+    walk starts from (id(old input) -> new input)."""
+    import keras
+
+    new_inputs = [
+        keras.Input(batch_shape=input_shapes.get(i, x.shape), dtype=x.dtype, name=input_name(x), sparse=x.sparse)
+        for i, x in enumerate(graph.inputs)
+    ]
+    return new_inputs, {id(x): y for x, y in zip(graph.inputs, new_inputs, strict=True)}
+
+
+def _model_like(model, graph, new_inputs: list, tensors: dict):
+    """The rebuilt model: the new inputs and the graph's outputs as the walk mapped them, packed in the
+    structures of `model`'s, under its name."""
+    import keras
+
     outputs = keras_graph.pack_like(graph, "outputs", [tensors[id(x)] for x in graph.outputs])
-    inputs = keras_graph.pack_like(graph, "inputs", new_inputs)
-    return keras.Model(inputs, outputs, name=model.name)
+    return keras.Model(keras_graph.pack_like(graph, "inputs", new_inputs), outputs, name=model.name)
 
 
 def plain_model(model) -> bool:
@@ -98,23 +111,28 @@ def opened(model, holds):
     (`{nested}_{name}`): names are unique in a functional model. Returns (the new model, the names of
     the nested models opened, {name in the new model: the layer's path in `model`} for every layer that
     was inside one, e.g. "backbone/conv" for "conv")."""
-    import keras
-
     graph = keras_graph.functional(model)
     if graph is None or not plain_model(model):
         return None
+    decided: dict[int, bool] = {}
+
+    def opens(node) -> bool:  # each node decided once (`holds` may walk a whole backbone)
+        if id(node) not in decided:
+            decided[id(node)] = openable(node, holds)
+        return decided[id(node)]
+
     top = ordered_nodes(graph)
-    if not any(openable(node, holds) for node in top):
+    if not any(opens(node) for node in top):
         return None
-    taken = {node.operation.name: id(node.operation) for node in top if not openable(node, holds)}
+    taken = {node.operation.name: id(node.operation) for node in top if not opens(node)}
     taken.update({input_name(x): id(x) for x in graph.inputs})
-    copies: dict[int, object] = {}
+    copies: dict[int, tuple] = {}  # id(layer) -> (layer, its copy under a new name)
     names: list[str] = []
     paths: dict[str, str] = {}
 
     def named(layer, owner: str):
         if id(layer) in copies:
-            return copies[id(layer)]
+            return copies[id(layer)][1]
         if taken.setdefault(layer.name, id(layer)) == id(layer):
             return layer
         base = f"{owner}_{layer.name}"
@@ -123,15 +141,15 @@ def opened(model, holds):
             name, n = f"{base}_{n}", n + 1
         taken[name] = id(layer)
         with keras_graph.copying_in_memory():
-            copies[id(layer)] = type(layer).from_config({**layer.get_config(), "name": name})
-        return copies[id(layer)]
+            copies[id(layer)] = (layer, type(layer).from_config({**layer.get_config(), "name": name}))
+        return copies[id(layer)][1]
 
     def walk(nodes, tensors: dict, path: str, training) -> None:
         for node in nodes:
             if any(id(t) not in tensors for t in node.input_tensors):
                 continue
             op = node.operation
-            if openable(node, holds):
+            if opens(node):
                 inner = keras_graph.require(op)
                 given = node.arguments.kwargs.get("training", training)
                 values = dict(zip(map(id, inner.inputs), keras_graph.nested_inputs(node, tensors), strict=True))
@@ -146,15 +164,10 @@ def opened(model, holds):
             for old, new in zip(keras_graph.flatten(node.outputs), outputs, strict=True):
                 tensors[id(old)] = new
 
-    new_inputs = [
-        keras.Input(batch_shape=x.shape, dtype=x.dtype, name=input_name(x), sparse=x.sparse) for x in graph.inputs
-    ]
-    tensors = {id(x): y for x, y in zip(graph.inputs, new_inputs, strict=True)}
+    new_inputs, tensors = _fresh_inputs(graph, {})
     walk(top, tensors, "", None)
-    outputs = keras_graph.pack_like(graph, "outputs", [tensors[id(x)] for x in graph.outputs])
-    flat = keras.Model(keras_graph.pack_like(graph, "inputs", new_inputs), outputs, name=model.name)
-    for old_id, copy in copies.items():
-        original = next(layer for layer in keras_graph.all_layers(model) if id(layer) == old_id)
+    flat = _model_like(model, graph, new_inputs, tensors)
+    for original, copy in copies.values():
         keras_graph.copy_weights(original, copy)
     return flat, names, paths
 

@@ -166,6 +166,16 @@ def config_nodes(node: Any):
             yield from config_nodes(value)
 
 
+def is_tensor_reference(value) -> bool:
+    """A Keras-2 config's reference to a tensor: [layer name, node index, tensor index(, call kwargs)]."""
+    return (
+        isinstance(value, list)
+        and len(value) in (3, 4)
+        and isinstance(value[0], str)
+        and all(isinstance(v, int) for v in value[1:3])
+    )
+
+
 def _code_layers(config):
     """(class name, layer name) of every layer in a config that carries code (UNSAFE_CLASSES)."""
     for node in config_nodes(config):

@@ -18,7 +18,7 @@ from prunecli.io.models import archive, cudnn
 from prunecli.io.models import custom as custom_objects
 from prunecli.io.models.custom import NONE as NO_CUSTOM_OBJECTS
 from prunecli.io.models.custom import CustomObjects
-from prunecli.io.models.metadata import ModelFile, config_nodes
+from prunecli.io.models.metadata import ModelFile, config_nodes, is_tensor_reference
 
 
 def read_model(info: ModelFile, unsafe: bool, custom: CustomObjects = NO_CUSTOM_OBJECTS):
@@ -32,7 +32,9 @@ def read_model(info: ModelFile, unsafe: bool, custom: CustomObjects = NO_CUSTOM_
         raise
     except Exception as exc:  # Keras raises TypeError/ValueError/KeyError/OSError for bad files
         msg = _load_failure(exc)
-        tf_calls = _tf_op_calls(info.config)
+        from prunecli.io.models import tf_ops
+
+        tf_calls = tf_ops.unread_calls(info.config)
         if tf_calls and "OpLambda" in msg:
             raise ModelLoadError(
                 f"{info.path}: the model calls TensorFlow directly ({', '.join(tf_calls[:4])}: tf_keras saved "
@@ -46,29 +48,6 @@ def read_model(info: ModelFile, unsafe: bool, custom: CustomObjects = NO_CUSTOM_
     if not isinstance(model, keras.Model):
         raise ModelLoadError(f"{info.path} did not load as a Keras model")
     return model
-
-
-def _tf_op_calls(config) -> list[str]:
-    """The TensorFlow calls a tf_keras config records as layers that prunecli cannot read (io/models/tf_ops.py
-    reads TFOpLambda's pure tensor functions and SlicingOpLambda's slicing; anything else it refuses),
-    each once, in graph order."""
-    from prunecli.io.models import tf_ops
-
-    def unread(node) -> bool:
-        try:
-            tf_ops.resolve(str(node["config"].get("function")))
-        except ValueError:
-            return True
-        return False
-
-    found = [
-        str(node["config"].get("function"))
-        for node in config_nodes(config or {})
-        if node.get("class_name") in ("TFOpLambda", "SlicingOpLambda", "prunecli>TFOpLambda")
-        and isinstance(node.get("config"), dict)
-        and unread(node)
-    ]
-    return [f if f.startswith("__") else f"tf.{f}" for f in dict.fromkeys(found)]
 
 
 def _hint(reason: str, exc: BaseException) -> str:
@@ -291,15 +270,32 @@ def _keras2_archive_config(config: dict) -> dict:
             kind = "sequential" if node["class_name"] == "Sequential" else "functional"
             node["module"] = f"keras.src.models.{kind}"
             node["class_name"] = node["registered_name"] = kind.capitalize()
-        axis = inner.get("axis")
-        if isinstance(axis, list) and len(axis) == 1 and isinstance(axis[0], int):
-            inner["axis"] = axis[0]
-    outer = patched.get("config")
-    for key in ("input_layers", "output_layers"):  # one input or output, not a list of one (as .h5 reads)
-        value = outer.get(key) if isinstance(outer, dict) else None
-        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], list):
-            outer[key] = value[0]
+        _axis_as_number(inner)
+    if isinstance(patched.get("config"), dict):  # one input or output, not a list of one (as .h5 reads)
+        _single_ends_as_themselves(patched["config"])
     return _with_nested_models_as_keras3_reads_them(_without_slashes_in_names(patched))
+
+
+def _axis_as_number(options: dict) -> bool:
+    """A layer's one-element `axis` list (tf_keras' BatchNormalization writes `[3]`) as its number, in
+    place, as Keras 3 reads it for an .h5's outer layers; whether it changed anything."""
+    axis = options.get("axis")
+    if isinstance(axis, list) and len(axis) == 1 and isinstance(axis[0], int):
+        options["axis"] = axis[0]
+        return True
+    return False
+
+
+def _single_ends_as_themselves(options: dict) -> bool:
+    """A Keras-2 model config's one input or output as its reference, not a list of one (Keras 3 passes a
+    list of one on as a list), in place; whether it changed anything."""
+    changed = False
+    for key in ("input_layers", "output_layers"):
+        value = options.get(key)
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], list):
+            options[key] = value[0]
+            changed = True
+    return changed
 
 
 def _with_nested_models_as_keras3_reads_them(config: dict) -> dict:
@@ -333,16 +329,9 @@ def _with_nested_models_as_keras3_reads_them(config: dict) -> dict:
                 changed = True
         if nested:
             for layer in layers:
-                options = layer.get("config") if isinstance(layer, dict) else None
-                axis = options.get("axis") if isinstance(options, dict) else None
-                if isinstance(axis, list) and len(axis) == 1 and isinstance(axis[0], int):
-                    options["axis"] = axis[0]
-                    changed = True
-            for key in ("input_layers", "output_layers"):
-                value = inner.get(key)
-                if isinstance(value, list) and len(value) == 1 and isinstance(value[0], list):
-                    inner[key] = value[0]
-                    changed = True
+                if isinstance(layer, dict) and isinstance(layer.get("config"), dict):
+                    changed = _axis_as_number(layer["config"]) or changed
+            changed = _single_ends_as_themselves(inner) or changed
         for layer in layers:
             if isinstance(layer, dict) and layer.get("class_name") in _MODEL_CLASSES:
                 visit(layer, True)
@@ -358,9 +347,7 @@ def _inbound_tensors(layer: dict) -> list:
 
 def _tensor_list(value) -> list:
     """[name, node index, tensor index(, kwargs)] references in a Keras-2 list of them."""
-    if not isinstance(value, list):
-        return []
-    return [t for t in value if isinstance(t, list) and len(t) >= 3 and isinstance(t[0], str)]
+    return [t for t in value if is_tensor_reference(t)] if isinstance(value, list) else []
 
 
 def _as_list(value) -> list:

@@ -18,7 +18,7 @@ import operator
 
 import keras
 
-from prunecli.io.models.metadata import config_nodes
+from prunecli.io.models.metadata import config_nodes, is_tensor_reference
 
 NAMESPACES = ("math", "nn", "image", "linalg")  # pure tensor functions, whole namespaces
 ALLOWED = (  # and these top-level ones
@@ -31,6 +31,7 @@ OPERATORS = {  # Python operators applied to tensors, as tf_keras names them
 }
 GETITEM = "__operators__.getitem"  # slicing, `h[:, 0]`: tf_keras' SlicingOpLambda
 CLASSES = ("TFOpLambda", "SlicingOpLambda")
+REGISTERED = "prunecli>TFOpLambda"  # the name both are read as
 
 
 def resolve(function: str):
@@ -72,7 +73,27 @@ class TFOpLambda(keras.layers.Layer):
 
 
 def uses_tf_ops(config) -> bool:
+    """Whether a config holds a tf_keras TFOpLambda or SlicingOpLambda layer."""
     return any(node.get("class_name") in CLASSES for node in config_nodes(config or {}))
+
+
+def unread_calls(config) -> list[str]:
+    """The TensorFlow calls a tf_keras config records as layers that `resolve` refuses ("tf.roll"), each
+    once, in graph order: what a refusal names."""
+
+    def unread(function: str) -> bool:
+        try:
+            resolve(function)
+        except ValueError:
+            return True
+        return False
+
+    found = [
+        str(node["config"].get("function"))
+        for node in config_nodes(config or {})
+        if node.get("class_name") in (*CLASSES, REGISTERED) and isinstance(node.get("config"), dict)
+    ]
+    return [f if f.startswith("__") else f"tf.{f}" for f in dict.fromkeys(found) if unread(f)]
 
 
 def with_tf_ops(config: dict) -> dict:
@@ -82,20 +103,10 @@ def with_tf_ops(config: dict) -> dict:
     patched = json.loads(json.dumps(config))
     for node in config_nodes(patched):
         if node.get("class_name") in CLASSES:
-            node["class_name"] = "prunecli>TFOpLambda"
+            node["class_name"] = REGISTERED
             node.pop("module", None)
             node["inbound_nodes"] = [_as_keras3_call(call) for call in node.get("inbound_nodes") or []]
     return patched
-
-
-def _is_reference(value) -> bool:
-    """A Keras-2 tensor reference: [layer name, node index, tensor index(, kwargs)]."""
-    return (
-        isinstance(value, list)
-        and len(value) in (3, 4)
-        and isinstance(value[0], str)
-        and all(isinstance(v, int) for v in value[1:3])
-    )
 
 
 def _tensor(reference: list) -> dict:
@@ -110,14 +121,14 @@ def _as_keras3_call(call) -> dict:
     """One TFOpLambda call as Keras 3 writes a node: tf_keras wrote its first argument as a reference
     (or, for a list argument such as tf.concat's, a list of them) whose kwargs are the call's other
     arguments, a tensor among them as a reference too ({"y": ["dense_1", 0, 0]} for h + g)."""
-    references = [call] if _is_reference(call) else [r for r in call if _is_reference(r)]
+    references = [call] if is_tensor_reference(call) else [r for r in call if is_tensor_reference(r)]
     if not references:
         raise ValueError("TFOpLambda with a call prunecli does not read")
     given = references[0][3] if len(references[0]) > 3 and isinstance(references[0][3], dict) else {}
-    kwargs = {k: _tensor(v) if _is_reference(v) else v for k, v in given.items() if k != "name"}
+    kwargs = {k: _tensor(v) if is_tensor_reference(v) else v for k, v in given.items() if k != "name"}
     if "slice_spec" in kwargs:  # as text: Keras would read its {"start", "stop", "step"} dicts as objects
         kwargs["slice_spec_json"] = json.dumps(kwargs.pop("slice_spec"))
-    first = _tensor(call) if _is_reference(call) else [_tensor(r) for r in references]
+    first = _tensor(call) if is_tensor_reference(call) else [_tensor(r) for r in references]
     return {"args": [first], "kwargs": kwargs}
 
 
