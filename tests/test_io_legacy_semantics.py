@@ -226,7 +226,7 @@ FAST_CASES = {
     ("head", "suffix"),
     [
         pytest.param(head, suffix, marks=() if (head, suffix) in FAST_CASES else pytest.mark.slow)
-        for suffix in (".h5", ".keras")
+        for suffix in (".h5", ".keras", "")  # "": a SavedModel folder, tf.keras 2.x's default format
         for head in ("sequential", "functional", "twice", "flat")
     ],
 )
@@ -235,8 +235,8 @@ def test_a_keras2_transfer_learning_file_reads_as_tf_keras_computes_it_and_shrin
     or called with training=False in a Functional head, or shared by two inputs), and a flat model with
     BatchNormalization: Keras 3 alone reads none of the nested ones (BatchNormalization's `axis: [3]`
     inside the nested model; Keras 2's node numbering and one-element output lists; in a .keras, also
-    tf_keras' module names, and `axis: [3]` everywhere), and they now read, compute what tf_keras
-    computes, and shrink."""
+    tf_keras' module names, and `axis: [3]` everywhere; a SavedModel folder Keras 3 reads not at all),
+    and they now read, compute what tf_keras computes, and shrink."""
     import tf_keras
 
     from prunecli.io import models as model_io
@@ -256,6 +256,7 @@ def test_a_keras2_transfer_learning_file_reads_as_tf_keras_computes_it_and_shrin
         model = tf_keras.Model([a, b], tf_keras.layers.Dense(3, name="out")(joined))
     path = tmp_path / f"{head}{suffix}"
     model.save(path)
+    assert path.is_dir() == (suffix == "")
     x = np.random.default_rng(1).random((4, 8, 8, 3)).astype("float32")
     inputs = [x, x[::-1]] if head == "twice" else x
     loaded, _info = model_io.load(path)

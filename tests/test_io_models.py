@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -173,15 +174,38 @@ def test_keras2_layer_names_with_slashes(cli, tmp_path):
     assert np.count_nonzero(kernel) == kernel.size // 2
 
 
-def test_a_tf_keras_savedmodel_is_refused_with_the_one_line_that_converts_it(tmp_path):
-    """tf.keras 2.x wrote a SavedModel by default (`model.save("dir")`); its keras_metadata.pb means
-    tf_keras can read it back and save the .h5 prunecli reads. A bare SavedModel gets no such hint."""
-    from prunecli.errors import ModelLoadError
-    from prunecli.io.models.metadata import inspect_file
+def test_a_tf_keras_savedmodel_folder_reads_and_prunes_and_is_left_as_it_was(tmp_path, cli):
+    """tf.keras 2.x wrote a SavedModel folder by default (`model.save("dir")`), which Keras 3 cannot read:
+    its keras_metadata.pb holds the model's config, so it is read through tf_keras, computes what tf_keras
+    computes, prunes to a .keras beside it, and the folder is left byte for byte as it was (no temporary
+    file left behind). A SavedModel without the Keras model is refused in one line."""
+    import tf_keras
 
-    (tmp_path / "saved_model.pb").write_bytes(b"\0")
-    with pytest.raises(ModelLoadError, match=r"SavedModel; prunecli reads .keras and .h5 files$"):
-        inspect_file(tmp_path)
-    (tmp_path / "keras_metadata.pb").write_bytes(b"\0")
-    with pytest.raises(ModelLoadError, match=r"tf_keras.models.load_model\(DIR\).save\('model.h5'\)"):
-        inspect_file(tmp_path)
+    from prunecli.errors import ModelLoadError
+    from prunecli.io import models as model_io
+
+    tf_keras.utils.set_random_seed(0)
+    inp = tf_keras.Input((6,))
+    h = tf_keras.layers.BatchNormalization(name="bn")(tf_keras.layers.Dense(8, activation="relu", name="d1")(inp))
+    model = tf_keras.Model(inp, tf_keras.layers.Dense(3, activation="softmax", name="out")(h))
+    folder = tmp_path / "sm"
+    model.save(folder)
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    x = np.random.default_rng(0).random((5, 6)).astype("float32")
+    loaded, info = model_io.load(folder)
+    assert (info.format, info.flavour) == ("savedmodel", "keras2")
+    np.testing.assert_allclose(np.asarray(loaded(x)), model(x).numpy(), rtol=1e-6, atol=1e-6)
+    report = tmp_path / "r.json"
+    result = cli("prune", folder, "-s", "0.5", "-r", report, "-q")
+    assert result.exit_code == 0, result.output
+    written = json.loads(report.read_text())
+    assert written["output"]["path"] == str(tmp_path / "sm.pruned.keras")
+    assert written["input"]["bytes"] == sum(len(b) for b in before.values()) and written["input"]["gzip_bytes"] > 0
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "sm", "sm.pruned.keras"]
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "saved_model.pb").write_bytes(b"\0")
+    with pytest.raises(ModelLoadError, match=r"without its Keras model \(no keras_metadata.pb\)"):
+        model_io.inspect_file(bare)

@@ -165,13 +165,15 @@ def test_without_data_random_inputs_check_a_two_input_model(cli, tmp_path):
 
 
 def test_dir_sizes_is_a_deterministic_tar_gzip(tmp_path):
+    from prunecli.io.models import dir_sizes
+
     d = tmp_path / "sm"
     (d / "variables").mkdir(parents=True)
     (d / "saved_model.pb").write_bytes(b"\0" * 50_000)
     (d / "variables" / "data").write_bytes(os.urandom(2_000))
-    first = export.dir_sizes(d)
+    first = dir_sizes(d)
     os.utime(d / "saved_model.pb", (1, 1))
-    assert export.dir_sizes(d) == first, "mtimes leaked into the tar"
+    assert dir_sizes(d) == first, "mtimes leaked into the tar"
     assert first["bytes"] == 52_000 and first["files"] == 2
     assert 2_000 < first["gzip_bytes"] < 5_000  # the zeros compress away; the random bytes do not
 

@@ -21,11 +21,9 @@ import io
 import os
 import re
 import shutil
-import tarfile
 import tempfile
 import time
 import warnings
-import zlib
 from pathlib import Path
 
 from prunecli.errors import ExportError, OutputError, first_line, write_error
@@ -50,7 +48,7 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
     int8 weights on the grid Keras uses (symmetric, per output channel) with activations quantized at
     run time, as Keras' int8 layers do; `tflite-int8` fully integer. Both are compared with the
     quantized Keras model's outputs; the SavedModel is the quantized model itself."""
-    from prunecli.io.models import file_sizes
+    from prunecli.io.models import dir_sizes, file_sizes
 
     formats = list(dict.fromkeys(config.export))
     from prunecli.io.paths import EXPORT_MARKER, export_paths
@@ -604,43 +602,3 @@ def _compare_savedmodel(saved: Path, samples, expected, input_names: list[str]) 
         return [result[k].numpy() for k in sorted(result, key=_natural_key)]
 
     return _differences(_in_chunks(run, feed), expected, len(samples[0]))
-
-
-# ---------------------------------------------------------------- sizes
-
-
-class _CountingGzip(io.RawIOBase):
-    """A write-only stream that gzips what it is given and only counts the compressed bytes."""
-
-    def __init__(self):
-        self._comp = zlib.compressobj(6, zlib.DEFLATED, 31)
-        self.compressed = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:
-        self.compressed += len(self._comp.compress(bytes(data)))
-        return len(data)
-
-    def finish(self) -> int:
-        self.compressed += len(self._comp.flush())
-        return self.compressed
-
-
-def dir_sizes(path: Path) -> dict[str, int]:
-    """A directory's size as shipped: the sum of its files' bytes, and the gzip -6 size of a tar of it.
-
-    The tar is deterministic (sorted names, zero mtimes and owners), the same bytes `tar czf` would
-    compress up to header fields, so the figure is what a `.tar.gz` of the SavedModel costs.
-    """
-    files = sorted(p for p in path.rglob("*") if p.is_file())
-    raw = sum(p.stat().st_size for p in files)
-    sink = _CountingGzip()
-    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for p in files:
-            info = tar.gettarinfo(str(p), arcname=str(p.relative_to(path.parent)))
-            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-            with open(p, "rb") as fh:
-                tar.addfile(info, fh)
-    return {"bytes": raw, "gzip_bytes": sink.finish(), "files": len(files)}

@@ -20,7 +20,7 @@ from prunecli.io.models.custom import register as register_custom
 from prunecli.io.models.memory import check_memory
 from prunecli.io.models.metadata import check_safe, inspect_file
 from prunecli.io.models.read import check_finite, quiet_keras, read_model
-from prunecli.io.models.sizes import file_sizes, sizes_in_background
+from prunecli.io.models.sizes import dir_sizes, file_sizes, sizes_in_background
 from prunecli.io.models.write import atomic_path, remove_stale_temps, resolve_output, save, temp_name
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "remove_stale_temps",
     "resolve_output",
     "save",
+    "dir_sizes",
     "sizes_in_background",
     "temp_name",
 ]
@@ -45,7 +46,7 @@ __all__ = [
 def read_notes(info) -> tuple[str, ...]:
     """What the report and `inspect` say about how the file was read (CuDNN layers read as their
     plain equivalents, Keras 2's hard_sigmoid kept); empty for most files."""
-    if info.format != "h5":
+    if info.format not in ("h5", "savedmodel"):  # a SavedModel's config is the .h5 model_config it is read as
         return ()
     from prunecli.io.models.keras2_activations import uses_keras2_hard_sigmoid
 

@@ -159,6 +159,8 @@ def declared_bytes(info: ModelFile) -> tuple[int, int]:
                             with h5py.File(fh, "r") as h5:
                                 weights = _h5_declared_bytes(h5)
                 weights = max(weights, expanded)
+        elif info.format == "savedmodel":  # the checkpoint beside the graphs holds the weights
+            weights = sum(f.stat().st_size for f in (info.path / "variables").rglob("*") if f.is_file())
         else:
             with h5py.File(info.path, "r") as h5:
                 weights = _h5_declared_bytes(h5)

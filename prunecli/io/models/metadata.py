@@ -21,6 +21,8 @@ from prunecli.io.models.custom import CustomObjects
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
 UNSAFE_CLASSES = ("Lambda",)
+GRAPH_MODELS = ("Functional", "Sequential", "Model")  # tf.keras model classes whose config holds the layer graph
+KERAS_METADATA = "keras_metadata.pb"  # beside saved_model.pb in a folder tf.keras 2.x saved: the Keras model
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,7 @@ class ModelFile:
     """What the file on disk is, read before loading."""
 
     path: Path
-    format: str  # "keras" | "h5"
+    format: str  # "keras" | "h5" | "savedmodel" (a tf.keras SavedModel folder, read through tf_keras)
     flavour: str  # "keras3" | "keras2"
     keras_version: str | None
     size_bytes: int
@@ -88,6 +90,38 @@ def _read_h5_meta(path: Path) -> tuple[str | None, dict | None]:
     return (str(version) if version is not None else None), config
 
 
+def _read_saved_model_meta(path: Path) -> tuple[str | None, dict | None]:
+    """(Keras version, model config) of a tf.keras SavedModel folder, from the root object's entry in
+    its keras_metadata.pb (what tf.keras 2.x's `model.save("folder")` wrote beside the graphs): the
+    same model_config an `.h5` holds, so the same checks read it before anything is loaded."""
+    meta = path / KERAS_METADATA
+    if meta.stat().st_size > MAX_CONFIG_BYTES:
+        raise ResourceError(f"{meta} is {meta.stat().st_size / 2**20:.0f} MiB (more than prunecli reads)")
+    from google.protobuf.message import DecodeError
+    from tf_keras.protobuf import saved_metadata_pb2
+
+    found = saved_metadata_pb2.SavedMetadata()
+    try:
+        found.ParseFromString(meta.read_bytes())
+        root = json.loads(next(node.metadata for node in found.nodes if node.node_path == "root"))
+    except StopIteration as exc:
+        raise ModelLoadError(f"{meta} describes no root model") from exc
+    except RecursionError as exc:
+        raise ModelLoadError(f"{path} has a config nested too deeply to read") from exc
+    except (DecodeError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path} has a damaged {KERAS_METADATA} ({first_line(exc)})") from exc
+    config = root.get("model_config") if isinstance(root, dict) else None
+    graph = isinstance(config, dict) and config.get("class_name") in GRAPH_MODELS
+    if not graph:  # a subclassed model: its config is empty, its layers' calls are only traced graphs
+        raise ModelLoadError(
+            f"{path} holds a subclassed tf.keras model (no layer graph in its config, only traced calls), which"
+            " prunecli cannot read as layers: build it in code, load its weights, save it with model.save('m.keras')"
+        )
+    _check_depth(config, path)
+    version = root.get("keras_version")
+    return (str(version) if version is not None else None), config
+
+
 def _read_keras_meta(path: Path) -> tuple[str | None, dict | None]:
     try:
         with zipfile.ZipFile(path) as z:
@@ -124,13 +158,15 @@ def inspect_file(path: str | os.PathLike) -> ModelFile:
             raise ModelLoadError(f"{p} is a symbolic link that points nowhere (or loops)")
         raise ModelLoadError(f"model file not found: {p}")
     if p.is_dir():
-        if (p / "saved_model.pb").exists():
-            how = (  # tf.keras 2.x wrote this format by default (`model.save("dir")`), keeping the model
-                "; convert it once with tf_keras: tf_keras.models.load_model(DIR).save('model.h5')"
-                if (p / "keras_metadata.pb").exists()
-                else ""
+        if (p / "saved_model.pb").exists() and (p / KERAS_METADATA).is_file():
+            version, config = _read_saved_model_meta(p)
+            size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+            return ModelFile(p, "savedmodel", "keras2", version, size, config)
+        if (p / "saved_model.pb").exists():  # tf.saved_model.save or an export: graphs without the Keras model
+            raise ModelLoadError(
+                f"{p} is a TensorFlow SavedModel without its Keras model (no {KERAS_METADATA}); "
+                "prunecli reads .keras and .h5 files and tf.keras SavedModel folders"
             )
-            raise ModelLoadError(f"{p} is a TensorFlow SavedModel; prunecli reads .keras and .h5 files{how}")
         raise ModelLoadError(f"{p} is a directory, not a model file")
     if not p.is_file():  # a FIFO or device would block or stream forever
         raise ModelLoadError(f"{p} is not a regular file")
@@ -176,7 +212,7 @@ def is_tensor_reference(value) -> bool:
     )
 
 
-def _code_layers(config):
+def code_layers(config):
     """(class name, layer name) of every layer in a config that carries code (UNSAFE_CLASSES)."""
     for node in config_nodes(config):
         if node.get("class_name") in UNSAFE_CLASSES:
@@ -188,7 +224,7 @@ def check_safe(info: ModelFile, custom: CustomObjects = NO_CUSTOM_OBJECTS) -> No
     """Refuse layers that carry code (Lambda) before deserialisation can run any of it; a Lambda whose
     function the user's --custom-objects gives (LAMBDA_LAYERS) runs that function instead, so it is
     not refused (where its config cannot be patched, Keras' own safe mode still refuses its code)."""
-    found = sorted({c for c, name in _code_layers(info.config) if custom.lambda_function(name) is None})
+    found = sorted({c for c, name in code_layers(info.config) if custom.lambda_function(name) is None})
     if found:
         raise ModelLoadError(
             f"{info.path} contains a {found[0]} layer (serialised Python code); "

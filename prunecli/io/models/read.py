@@ -26,6 +26,8 @@ def read_model(info: ModelFile, unsafe: bool, custom: CustomObjects = NO_CUSTOM_
     registered); a failure is one line, with what to pass when it is a class or code the user has."""
     import keras
 
+    if info.format == "savedmodel":
+        return _read_saved_model(info, unsafe, custom)
     try:
         model = _load_keras(info, unsafe, custom)
     except (MemoryError, ModelLoadError):
@@ -48,6 +50,42 @@ def read_model(info: ModelFile, unsafe: bool, custom: CustomObjects = NO_CUSTOM_
     if not isinstance(model, keras.Model):
         raise ModelLoadError(f"{info.path} did not load as a Keras model")
     return model
+
+
+def _read_saved_model(info: ModelFile, unsafe: bool, custom: CustomObjects):
+    """A tf.keras SavedModel folder (what `model.save("folder")` wrote in TensorFlow 2.0-2.15): tf_keras
+    reads it (Keras 3 cannot) and writes it as a Keras-2 `.h5` in a private temporary folder, removed
+    after, which is then read as every Keras-2 file is (`read_model`). The folder is only read.
+    tf_keras rebuilds a Lambda layer by running the file's code, so one is read only with --unsafe
+    (a function given in LAMBDA_LAYERS cannot stand in for it here); a class tf_keras does not know is
+    revived from the traced graphs, which cannot be written as layers: both are one-line errors."""
+    from prunecli.io.models.metadata import code_layers, inspect_file
+
+    code = sorted({cls for cls, _name in code_layers(info.config)})
+    if code and not unsafe:
+        raise ModelLoadError(
+            f"{info.path} contains a {code[0]} layer (serialised Python code), which tf_keras runs to read a"
+            " SavedModel: pass --unsafe only if you trust this folder"
+        )
+    with tempfile.TemporaryDirectory(prefix="prunecli-savedmodel-") as scratch:
+        converted = Path(scratch) / f"{info.path.name}.h5"
+        try:
+            import tf_keras
+
+            with quiet_keras():
+                tf_keras.models.load_model(str(info.path), compile=False).save(str(converted))
+        except MemoryError:
+            raise
+        except Exception as exc:  # tf_keras raises many kinds for a folder it cannot read or write as .h5
+            reason = first_line(exc).replace(str(converted), "an .h5 file")
+            raise ModelLoadError(
+                f"cannot read the tf.keras SavedModel {info.path}: {reason} (where its custom classes are defined,"
+                " tf_keras.models.load_model(FOLDER).save('model.h5') converts it)"
+            ) from exc
+        try:
+            return read_model(inspect_file(converted), unsafe, custom)
+        except ModelLoadError as exc:
+            raise ModelLoadError(str(exc).replace(str(converted), str(info.path))) from exc
 
 
 def _hint(reason: str, exc: BaseException) -> str:
