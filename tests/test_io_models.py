@@ -178,7 +178,7 @@ def test_a_tf_keras_savedmodel_folder_reads_and_prunes_and_is_left_as_it_was(tmp
     """tf.keras 2.x wrote a SavedModel folder by default (`model.save("dir")`), which Keras 3 cannot read:
     its keras_metadata.pb holds the model's config, so it is read through tf_keras, computes what tf_keras
     computes, prunes to a .keras beside it, and the folder is left byte for byte as it was (no temporary
-    file left behind). A SavedModel without the Keras model is refused in one line."""
+    file left behind). A damaged SavedModel is refused in one line."""
     import tf_keras
 
     from prunecli.errors import ModelLoadError
@@ -207,5 +207,58 @@ def test_a_tf_keras_savedmodel_folder_reads_and_prunes_and_is_left_as_it_was(tmp
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "saved_model.pb").write_bytes(b"\0")
-    with pytest.raises(ModelLoadError, match=r"without its Keras model \(no keras_metadata.pb\)"):
+    with pytest.raises(ModelLoadError, match=r"bare has a damaged saved_model.pb \("):
         model_io.inspect_file(bare)
+
+
+def test_a_tensorflow_2_4_savedmodel_folder_reads_and_archives_and_parents_point_to_it(tmp_path):
+    """TensorFlow 2.0-2.4 kept the Keras metadata inside saved_model.pb's object graph, with no
+    keras_metadata.pb (idaes-pse 2.4.0 ships such a folder): it reads from there. A folder holding a
+    SavedModel one level down, and a zip or tar.gz holding one (sleepecg, medaka ship them so), are
+    refused with the folder to give; a SavedModel with no Keras object at its root is refused."""
+    import tarfile
+    import zipfile
+
+    import tensorflow as tf
+    import tf_keras
+    from tensorflow.core.protobuf import saved_model_pb2
+    from tf_keras.protobuf import saved_metadata_pb2
+
+    from prunecli.errors import ModelLoadError
+    from prunecli.io import models as model_io
+
+    tf_keras.utils.set_random_seed(1)
+    model = tf_keras.Sequential(
+        [tf_keras.Input((5,)), tf_keras.layers.Dense(4, activation="tanh"), tf_keras.layers.Dense(2)]
+    )
+    folder = tmp_path / "pkg" / "surrogate"
+    model.save(folder)
+    meta = saved_metadata_pb2.SavedMetadata()
+    meta.ParseFromString((folder / "keras_metadata.pb").read_bytes())
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((folder / "saved_model.pb").read_bytes())
+    nodes = saved.meta_graphs[0].object_graph_def.nodes
+    for node in meta.nodes:  # where TensorFlow 2.4 wrote each object's metadata
+        nodes[node.node_id].user_object.metadata = node.metadata
+    (folder / "saved_model.pb").write_bytes(saved.SerializeToString())
+    (folder / "keras_metadata.pb").unlink()
+    x = np.random.default_rng(0).random((3, 5)).astype("float32")
+    loaded, info = model_io.load(folder)
+    assert info.format == "savedmodel" and info.config["class_name"] == "Sequential"
+    np.testing.assert_allclose(np.asarray(loaded(x)), model(x).numpy(), rtol=1e-6, atol=1e-6)
+
+    with pytest.raises(ModelLoadError, match=r"directory, not a model file; .*surrogate in it is a SavedModel folder"):
+        model_io.inspect_file(tmp_path / "pkg")
+    with zipfile.ZipFile(tmp_path / "m.zip", "w") as z:
+        z.write(folder / "saved_model.pb", "classifier/saved_model.pb")
+    with pytest.raises(ModelLoadError, match=r"holds a SavedModel folder \(classifier/\): unpack it"):
+        model_io.inspect_file(tmp_path / "m.zip")
+    with tarfile.open(tmp_path / "m.tar.gz", "w:gz") as tar:
+        tar.add(folder, "model")
+    with pytest.raises(ModelLoadError, match=r"holds a SavedModel folder \(model/\): unpack it"):
+        model_io.inspect_file(tmp_path / "m.tar.gz")
+
+    plain = tmp_path / "plain"
+    tf.saved_model.save(tf.Module(), str(plain))  # graphs only, no Keras object
+    with pytest.raises(ModelLoadError, match=r"SavedModel without its Keras model"):
+        model_io.inspect_file(plain)

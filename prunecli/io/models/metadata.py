@@ -22,7 +22,9 @@ HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
 UNSAFE_CLASSES = ("Lambda",)
 GRAPH_MODELS = ("Functional", "Sequential", "Model")  # tf.keras model classes whose config holds the layer graph
-KERAS_METADATA = "keras_metadata.pb"  # beside saved_model.pb in a folder tf.keras 2.x saved: the Keras model
+SAVED_MODEL = "saved_model.pb"
+KERAS_METADATA = "keras_metadata.pb"  # beside saved_model.pb in a folder tf.keras 2.5+ saved: the Keras model
+MAX_SAVED_MODEL_BYTES = 512 * 2**20  # traced graphs with the Keras metadata inside (tf.keras 2.0-2.4)
 
 
 @dataclass(frozen=True)
@@ -91,25 +93,30 @@ def _read_h5_meta(path: Path) -> tuple[str | None, dict | None]:
 
 
 def _read_saved_model_meta(path: Path) -> tuple[str | None, dict | None]:
-    """(Keras version, model config) of a tf.keras SavedModel folder, from the root object's entry in
-    its keras_metadata.pb (what tf.keras 2.x's `model.save("folder")` wrote beside the graphs): the
-    same model_config an `.h5` holds, so the same checks read it before anything is loaded."""
-    meta = path / KERAS_METADATA
-    if meta.stat().st_size > MAX_CONFIG_BYTES:
-        raise ResourceError(f"{meta} is {meta.stat().st_size / 2**20:.0f} MiB (more than prunecli reads)")
+    """(Keras version, model config) of a tf.keras SavedModel folder, from its root object's Keras
+    metadata: in keras_metadata.pb beside the graphs (TensorFlow 2.5+), or inside saved_model.pb's
+    object graph (2.0-2.4 wrote it there). It holds the same model_config an `.h5` does, so the same
+    checks read it before anything is loaded. A SavedModel with no Keras metadata (tf.saved_model.save,
+    an export) is refused in one line."""
     from google.protobuf.message import DecodeError
-    from tf_keras.protobuf import saved_metadata_pb2
 
-    found = saved_metadata_pb2.SavedMetadata()
+    meta = path / KERAS_METADATA
+    source = meta if meta.is_file() else path / SAVED_MODEL
+    limit = MAX_CONFIG_BYTES if source is meta else MAX_SAVED_MODEL_BYTES
+    if source.stat().st_size > limit:
+        raise ResourceError(f"{source} is {source.stat().st_size / 2**20:.0f} MiB (more than prunecli reads)")
     try:
-        found.ParseFromString(meta.read_bytes())
-        root = json.loads(next(node.metadata for node in found.nodes if node.node_path == "root"))
-    except StopIteration as exc:
-        raise ModelLoadError(f"{meta} describes no root model") from exc
+        raw = _root_keras_metadata(source.read_bytes(), source is meta)
+        root = json.loads(raw) if raw else None
     except RecursionError as exc:
         raise ModelLoadError(f"{path} has a config nested too deeply to read") from exc
     except (DecodeError, OSError, ValueError) as exc:
-        raise ModelLoadError(f"{path} has a damaged {KERAS_METADATA} ({first_line(exc)})") from exc
+        raise ModelLoadError(f"{path} has a damaged {source.name} ({first_line(exc)})") from exc
+    if root is None:
+        raise ModelLoadError(
+            f"{path} is a TensorFlow SavedModel without its Keras model (tf.saved_model.save or an export: "
+            "graphs only); prunecli reads .keras and .h5 files and tf.keras SavedModel folders"
+        )
     config = root.get("model_config") if isinstance(root, dict) else None
     graph = isinstance(config, dict) and config.get("class_name") in GRAPH_MODELS
     if not graph:  # a subclassed model: its config is empty, its layers' calls are only traced graphs
@@ -122,12 +129,68 @@ def _read_saved_model_meta(path: Path) -> tuple[str | None, dict | None]:
     return (str(version) if version is not None else None), config
 
 
+def _root_keras_metadata(raw: bytes, keras_metadata: bool) -> str | None:
+    """The root object's Keras metadata (JSON text) in a keras_metadata.pb's bytes, or in a
+    saved_model.pb's object graph (`keras_metadata` False); None when the root is not a Keras object."""
+    if keras_metadata:
+        from tf_keras.protobuf import saved_metadata_pb2
+
+        found = saved_metadata_pb2.SavedMetadata()
+        found.ParseFromString(raw)
+        return next((node.metadata for node in found.nodes if node.node_path == "root"), None)
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    found = saved_model_pb2.SavedModel()
+    found.ParseFromString(raw)
+    graphs = [g.object_graph_def for g in found.meta_graphs if g.object_graph_def.nodes]
+    root = graphs[0].nodes[0] if graphs else None
+    if (
+        root is None
+        or root.WhichOneof("kind") != "user_object"
+        or not root.user_object.identifier.startswith("_tf_keras")
+    ):
+        return None
+    return root.user_object.metadata or None
+
+
+def _saved_model_inside(folder: Path, depth: int = 2) -> Path | None:
+    """The first SavedModel folder within `depth` levels under `folder` (packages ship one a level down)."""
+    level = [folder]
+    try:
+        for _ in range(depth):
+            level = sorted(d for parent in level for d in parent.iterdir() if d.is_dir() and not d.is_symlink())[:200]
+            found = next((d for d in level if (d / SAVED_MODEL).is_file()), None)
+            if found is not None:
+                return found
+    except OSError:  # an unreadable folder: the plain refusal says enough
+        pass
+    return None
+
+
+def _saved_model_in_tar(path: Path, members: int = 10_000) -> str | None:
+    """The SavedModel folder a tar (.tar.gz, .tar.bz2...) holds among its first `members`, or None; any
+    other file is None (packages ship models as such archives)."""
+    import itertools
+    import tarfile
+
+    try:
+        with tarfile.open(path) as tar:
+            for member in itertools.islice(tar, members):
+                if member.name.endswith(f"/{SAVED_MODEL}"):
+                    return member.name[: -len(SAVED_MODEL)]
+    except (tarfile.TarError, OSError, EOFError, ValueError):
+        pass
+    return None
+
+
 def _read_keras_meta(path: Path) -> tuple[str | None, dict | None]:
     try:
         with zipfile.ZipFile(path) as z:
             names = set(z.namelist())
             if "config.json" not in names:
-                raise ModelLoadError(f"{path} is a zip file but not a .keras model (no config.json)")
+                folder = next((n[: -len(SAVED_MODEL)] for n in sorted(names) if n.endswith(f"/{SAVED_MODEL}")), None)
+                inside = f"; it holds a SavedModel folder ({folder}): unpack it and give that folder" if folder else ""
+                raise ModelLoadError(f"{path} is a zip file but not a .keras model (no config.json){inside}")
             for member in ("config.json", "metadata.json"):
                 if member in names and z.getinfo(member).file_size > MAX_CONFIG_BYTES:
                     raise ResourceError(
@@ -158,16 +221,13 @@ def inspect_file(path: str | os.PathLike) -> ModelFile:
             raise ModelLoadError(f"{p} is a symbolic link that points nowhere (or loops)")
         raise ModelLoadError(f"model file not found: {p}")
     if p.is_dir():
-        if (p / "saved_model.pb").exists() and (p / KERAS_METADATA).is_file():
+        if (p / SAVED_MODEL).is_file():
             version, config = _read_saved_model_meta(p)
             size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
             return ModelFile(p, "savedmodel", "keras2", version, size, config)
-        if (p / "saved_model.pb").exists():  # tf.saved_model.save or an export: graphs without the Keras model
-            raise ModelLoadError(
-                f"{p} is a TensorFlow SavedModel without its Keras model (no {KERAS_METADATA}); "
-                "prunecli reads .keras and .h5 files and tf.keras SavedModel folders"
-            )
-        raise ModelLoadError(f"{p} is a directory, not a model file")
+        inside = _saved_model_inside(p)
+        where = f"; {inside} in it is a SavedModel folder" if inside else ""
+        raise ModelLoadError(f"{p} is a directory, not a model file{where}")
     if not p.is_file():  # a FIFO or device would block or stream forever
         raise ModelLoadError(f"{p} is not a regular file")
     size = p.stat().st_size
@@ -185,7 +245,9 @@ def inspect_file(path: str | os.PathLike) -> ModelFile:
         version, config = _read_keras_meta(p)
         fmt = "keras"
     else:
-        raise ModelLoadError(f"{p} is not a Keras model (expected a .keras zip or an HDF5 .h5 file)")
+        inside = _saved_model_in_tar(p)
+        where = f"; it holds a SavedModel folder ({inside}): unpack it and give that folder" if inside else ""
+        raise ModelLoadError(f"{p} is not a Keras model (expected a .keras zip or an HDF5 .h5 file){where}")
     flavour = "keras2" if version and version.split(".")[0] == "2" else "keras3"
     return ModelFile(p, fmt, flavour, version, size, config)
 
