@@ -13,7 +13,7 @@ import traceback
 import click
 
 from prunecli import __version__, scoring
-from prunecli.config import PruneConfig, option_flags
+from prunecli.config import METHOD_CHOICES, PruneConfig, option_flags
 from prunecli.config.sources import REPEATABLE
 from prunecli.errors import ConfigError, ExitCode, PruneCliError
 from prunecli.run.sweep import DEFAULT_SPARSITIES
@@ -190,6 +190,11 @@ def main(ctx: click.Context, debug: bool) -> None:
 def _methods_epilog() -> str:
     lines = ["\b", "Methods:"]
     lines += [f"  {name:<12} {summary}" for name, summary in scoring.describe()]
+    lines += [
+        f"  {'auto':<12} the default: magnitude; with -g head and --data, measured",
+        f"  {'measured':<12} -g head: the magnitude and the activation head scores each tried on --data;"
+        " the heads whose removal moves the outputs least go",
+    ]
     return "\n".join(lines)
 
 
@@ -212,7 +217,7 @@ def _option(f) -> click.Option:
         return click.option(
             *decls, type=value_type, is_flag=False, flag_value=value, default=None, metavar=metavar, **common
         )
-    choices = scoring.available() if meta["choices"] == "methods" else meta["choices"]
+    choices = [*METHOD_CHOICES, *scoring.available()] if meta["choices"] == "methods" else meta["choices"]
     if choices:
         return click.option(*decls, type=click.Choice(choices), **common)
     kind = {"int": int, "float": float}

@@ -464,3 +464,87 @@ def test_head_flops_target_counts_as_the_report_does():
         sum(len(r["removed_heads"]) for r in section["layers"]) // (HQ // HKV)
     )
     assert target["predicted"] + per_group > 0.9 * dense
+
+
+def _disagreeing_groups(model):
+    """A one-block decoder whose two key/value groups the two measured scores rank oppositely: group 0
+    has loud values and quiet query/key/output weights (activation keeps it, magnitude removes it),
+    group 1 the reverse."""
+    block = decoders.blocks(model)[0]
+    projections = [sub for sub, *_ in keras_graph.attention_projections(decoders.attention(block))]
+    group = HQ // HKV
+    for role, sub in zip("qkvo", projections, strict=True):
+        kernel = np.array(sub.kernel)
+        loud = 4.0 if role == "v" else 0.05
+        quiet = 0.05 if role == "v" else 4.0
+        if role == "o":  # (heads, head_dim, hidden): query heads of group g are g*group ... (g+1)*group-1
+            kernel[:group] *= loud
+            kernel[group:] *= quiet
+        else:  # (hidden, heads, head_dim); q has HQ heads, k and v HKV
+            heads_of = group if role == "q" else 1
+            kernel[:, :heads_of] *= loud
+            kernel[:, heads_of:] *= quiet
+        sub.kernel.assign(kernel)
+    return model
+
+
+def test_measured_head_scores_keep_the_choice_that_moves_the_outputs_least():
+    """-g head with --data and no --method: magnitude and activation each choose their key/value group,
+    each choice is masked and measured on the data, and the one whose outputs moved least is the run's:
+    its heads are the ones removed, and every other weight is back as it was."""
+    import tensorflow as tf
+
+    from prunecli.calibration import outputs
+
+    model = _disagreeing_groups(backbone(layers=1))
+    dense = {w.path: np.array(w) for w in model.weights}
+    x = inputs(8)
+    data = tf.data.Dataset.from_tensor_slices((x, np.zeros((8, 10, D), "float32"))).batch(4)
+    config = step_config("head", sparsity=0.5, data="d.npz", scope="layer")
+    assert config.method == "measured"
+    tg = targets_mod.select(model)
+    found = heads.find(model, tg)
+    chosen = {}
+    for method in heads.MEASURED_SCORES:
+        scores = heads.score(model, found, config.replace(method=method), data)
+        chosen[method] = heads.choose(found, scores, config.replace(method=method), [])
+    assert chosen["magnitude"] != chosen["activation"]  # the model above makes them disagree
+    errors = {}
+    reference = outputs.of(model, [x])
+    for method, removed in chosen.items():
+        heads.apply(heads.head_masks(found, removed), found)
+        errors[method] = outputs.error(outputs.of(model, [x]), reference, ["values"])
+        for w in model.weights:
+            w.assign(dense[w.path])
+    best = min(errors, key=errors.get)
+
+    _model, _masks, section, notes = heads.run_heads(model, tg, config, data=data)
+    account = section["score_measured"]
+    assert section["score"] == account["chosen"] == best
+    assert set(account["output_error"]) == set(heads.MEASURED_SCORES)
+    assert [row["removed_heads"] for row in section["layers"]] == [found[0].heads_of(chosen[best][found[0].path])]
+    assert any("measured" in n for n in notes)
+    keep = {p.variable.path: m for p in found[0].parts for m in [heads.head_masks(found, chosen[best])[p.name]]}
+    for w in model.weights:  # the chosen heads zeroed, nothing else changed by the trials
+        want = np.where(keep[w.path], dense[w.path], 0) if w.path in keep else dense[w.path]
+        np.testing.assert_array_equal(np.asarray(w), want)
+
+
+def test_method_defaults_and_measured_refusals(cli, tmp_path):
+    """--method auto is magnitude, except -g head with --data; --method measured is -g head's and needs
+    --data."""
+    from prunecli.errors import ConfigError
+    from prunecli.scoring.checks import build_config as checked
+
+    assert step_config("head").method == "magnitude"
+    assert step_config("head", data="d.npz", method="magnitude").method == "magnitude"
+    assert step_config("neuron", data="d.npz").method == "magnitude"
+    assert step_config("head", data="d.npz", threshold=0.1).method == "magnitude"
+    assert checked({"model_path": "m.keras", "granularity": "head", "data": "d.npz"}, environ={}).method == "measured"
+    for values, says in (
+        ({"granularity": "neuron", "data": "d.npz"}, "-g head"),
+        ({"granularity": "head"}, "--data"),
+        ({"granularity": "head", "data": "d.npz", "threshold": 0.1}, "--threshold"),
+    ):
+        with pytest.raises(ConfigError, match=says):
+            step_config(method="measured", **values)

@@ -184,6 +184,7 @@ def validate(c: PruneConfig) -> None:
         _check_tfmot(c)
     _check_calibration(c)
     _check_measured(c)
+    _check_measured_heads(c)
 
 
 def _check_amount(c: PruneConfig) -> None:
@@ -304,6 +305,19 @@ def _check_calibration(c: PruneConfig) -> None:
         )
     if c.threshold is not None:
         raise ConfigError(f"--method {c.method} needs a --sparsity (or N:M), not --threshold")
+
+
+def _check_measured_heads(c: PruneConfig) -> None:
+    """--method measured tries head scores on examples of --data and keeps the one whose heads move the
+    outputs least (removal/heads.py): -g head only, and by count, since the scores are not comparable."""
+    if c.method != MEASURED:
+        return
+    if c.granularity.kind != "head":
+        raise ConfigError(f"--method {MEASURED} chooses among head scores: use it with -g head")
+    if not c.data:
+        raise ConfigError(f"--method {MEASURED} compares head scores on examples of --data: give --data")
+    if c.threshold is not None:
+        raise ConfigError(f"--method {MEASURED} compares head scores at a --sparsity, not a --threshold")
 
 
 def _check_measured(c: PruneConfig) -> None:

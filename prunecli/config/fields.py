@@ -24,6 +24,9 @@ NORMALIZATIONS = ("mean", "none", "lamp", "erk", "owl")  # selection/policy.py s
 # (calibration/oneshot.py); "auto" becomes it or lamp (PruneConfig.__post_init__)
 MEASURED = "measured"
 NORMALIZE_CHOICES = ("auto", *NORMALIZATIONS, MEASURED)
+# --method words that name a choice, not a registered strategy (PruneConfig.__post_init__ resolves "auto";
+# "measured" is -g head's: the head scores tried and the one that moves the outputs least kept, removal/heads.py)
+METHOD_CHOICES = ("auto", MEASURED)
 PER_LAYER_BUDGETS = ("erk", "owl")  # normalizations that share the budget out per layer, with no common ranking
 SCHEDULES = ("auto", "oneshot", "iterative", "polynomial", "dynamic")
 GRADUAL = ("iterative", "polynomial", "dynamic")  # schedules that prune while fine-tuning (selection/schedule.py)
@@ -171,7 +174,11 @@ class PruneConfig:
     )
     # what is scored and how scores become masks
     method: str = setting(
-        "magnitude", help="Scoring strategy (see Methods).", flags=("-m", "--method"), choices="methods"
+        "auto",
+        help="Scoring strategy (see Methods). auto (default): magnitude, except -g head with --data: measured "
+        "(magnitude and activation head scores tried, the one that moves the outputs least kept).",
+        flags=("-m", "--method"),
+        choices="methods",
     )
     sparsity: float | None = setting(help="Fraction to prune, in [0, 1) (default 0.5).", flags=("-s", "--sparsity"))
     threshold: float | str | None = setting(
@@ -360,7 +367,14 @@ class PruneConfig:
         pruning on the native engine, global ranking, and the polynomial ramp when it fine-tunes; layer-wise
         and one-shot for the rest (units, N:M, tfmot, calibrated methods, --reconstruct, --auto).
         --target allocates whole channels across layers: it implies neuron granularity, --shrink and a
-        global ranking (config/target.py)."""
+        global ranking (config/target.py). --method auto is magnitude, except for -g head with --data,
+        where the head score is measured per run (removal/heads.py): bench/TRANSFORMER.md found magnitude
+        removing the wrong key/value group of a GQA decoder (perplexity 73.8 against activation's 31.5)
+        and best on GPT-2's heads (activation 6% worse), so neither score is the default alone."""
+        if self.method == "auto":
+            kind = self.granularity.kind if isinstance(self.granularity, Granularity) else "element"
+            heads = kind == "head" and self.data is not None and self.threshold is None
+            object.__setattr__(self, "method", MEASURED if heads else "magnitude")
         if self.target is not None:
             if isinstance(self.granularity, Granularity) and self.granularity.kind == "element":
                 object.__setattr__(self, "granularity", Granularity("neuron"))

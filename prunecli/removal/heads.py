@@ -19,7 +19,10 @@ query and output slices leaves the shared key/value head serving the others, and
 Scores, one per unit (head or group), lower = removed first: `magnitude`, `neuron-mean`, `l1-norm`:
 mean |w| over the unit's slices; `l2-norm`: their L2 norm; `random`: seeded; `taylor`: sum |w * dL/dw|
 and `gradient`: sum |dL/dw| over the slices, accumulated over `--score-batches` batches of `--data`
-(Molchanov et al. 2019, applied to heads as in Michel et al.'s head-importance score).
+(Molchanov et al. 2019, applied to heads as in Michel et al.'s head-importance score); `activation`: the
+mean |output| of each head over --data (Minitron). With --data and no --method, `measured`: the heads
+magnitude and activation each choose are masked in turn and the choice that moves the outputs least
+is kept (`_measured`: neither score won on every decoder of bench/TRANSFORMER.md).
 
 `--shrink` rebuilds keras.layers.MultiHeadAttention layers of a functional model with fewer heads,
 KerasHub's TransformerEncoder blocks (BERT, RoBERTa, DistilBERT... backbones) as
@@ -39,7 +42,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prunecli.config import name_matches
+from prunecli.config import MEASURED, name_matches
 from prunecli.config.target import parse_target
 from prunecli.errors import ConfigError, InputError
 from prunecli.removal import units
@@ -58,6 +61,7 @@ from prunecli.structure.transformer import (  # noqa: F401 - find/HeadLayer/bloc
 DATA_METHODS = ("taylor", "gradient")
 MEAN_METHODS = ("magnitude", "neuron-mean", "l1-norm")
 METHODS = MEAN_METHODS + ("l2-norm", "random", "activation") + DATA_METHODS
+MEASURED_SCORES = ("magnitude", "activation")  # what --method measured tries, the first kept on a tie
 
 
 def allowed_by_rules(path: str, config) -> bool:
@@ -379,22 +383,17 @@ def run_heads(model, targets, config, *, data=None, loss_fn=None, sample_x=None,
     found = _allowed(model, targets, config)
     if not found:
         raise InputError(refusal(model, targets, config))
-    say(f"scoring the heads of {len(found)} attention layer(s) with {config.method}")
-    scores = score(model, found, config, data, loss_fn)
-    sparsity, target = None, None
-    if config.target:  # the sparsity whose removed heads (or key/value groups) meet params=F or flops=F
-        dense, cost = _target_costs(model, found, config)
-
-        def removed_cost(s: float) -> int:
-            chosen = choose(found, scores, config, [], sparsity=s)
-            return sum(cost[path] * len(gone) for path, gone in chosen.items())
-
-        what = "the attention heads"
-        sparsity, target = units.fit_target(config, dense, removed_cost, what, kinds=("params", "flops"))
-    removed = choose(found, scores, config, notes, sparsity=sparsity)
+    if config.method == MEASURED:
+        method, scores, removed, target, measured = _measured(model, found, config, data, notes, say)
+    else:
+        say(f"scoring the heads of {len(found)} attention layer(s) with {config.method}")
+        method, scores, measured = config.method, score(model, found, config, data, loss_fn), None
+        removed, target = _removal(model, found, scores, config, notes)
     masks = head_masks(found, removed)
     apply(masks, found)
-    section = _section(found, scores, removed, config.method)
+    section = _section(found, scores, removed, method)
+    if measured is not None:
+        section["score_measured"] = measured
     if target is not None:
         section["target"] = target
     kernel_masks = {t.name: masks.get(t.name, np.ones(t.shape, dtype=bool)) for t in targets or []}
@@ -425,6 +424,69 @@ def run_heads(model, targets, config, *, data=None, loss_fn=None, sample_x=None,
     if seq_len:
         section["attention_macs_after"] = sum(macs_at(new, seq_len).values())
     return new, kernel_masks, section, notes
+
+
+def _removal(model, found: list[HeadLayer], scores: dict, config, notes: list) -> tuple[dict, dict | None]:
+    """(removed units per layer, the report's `target` section or None): `choose` at the run's amount,
+    or at the sparsity whose removed heads (or key/value groups) meet --target params=F or flops=F."""
+    sparsity, target = None, None
+    if config.target:
+        dense, cost = _target_costs(model, found, config)
+
+        def removed_cost(s: float) -> int:
+            chosen = choose(found, scores, config, [], sparsity=s)
+            return sum(cost[path] * len(gone) for path, gone in chosen.items())
+
+        what = "the attention heads"
+        sparsity, target = units.fit_target(config, dense, removed_cost, what, kinds=("params", "flops"))
+    return choose(found, scores, config, notes, sparsity=sparsity), target
+
+
+def _measured(model, found: list[HeadLayer], config, data, notes: list, say):
+    """--method measured (the default of -g head with --data): each of MEASURED_SCORES chooses its heads
+    at the run's amount, each choice is masked on the model in turn, and the one whose outputs on
+    MEASURE_EXAMPLES examples of --data moved least from the dense outputs (KL of a causal LM's
+    next-token distribution, of a classifier's probabilities; relative error else) is the run's.
+    Returns (the score kept, its scores, its removed units, its target section, the report's account).
+    Measured in bench/TRANSFORMER.md: on a Llama-style decoder with two key/value groups per layer,
+    magnitude removed the group that mattered (perplexity 73.8, activation's choice 31.5); on GPT-2's
+    heads magnitude's choice was best (activation's 6% worse). Scores that choose the same heads are
+    measured once; costs a forward pass of the probe per distinct choice and one more of the dense model."""
+    from prunecli.calibration import MEASURE_EXAMPLES, capture, outputs
+
+    options, chosen_by = {}, {}
+    for method in MEASURED_SCORES:
+        say(f"scoring the heads of {len(found)} attention layer(s) with {method}")
+        trial = config.replace(method=method)
+        scores = score(model, found, trial, data)
+        trial_notes: list[str] = []
+        removed, target = _removal(model, found, scores, trial, trial_notes)
+        options[method] = (scores, removed, target, trial_notes)
+        key = tuple(sorted((path, tuple(gone)) for path, gone in removed.items()))
+        chosen_by.setdefault(key, []).append(method)
+    if len(chosen_by) == 1:
+        method = MEASURED_SCORES[0]
+        account = {"chosen": method, "same_heads": list(MEASURED_SCORES)}
+    else:
+        fixed = capture.fixed_batch(model)
+        probe = capture.chunks(capture.take_examples(data, MEASURE_EXAMPLES), fixed or capture.CHUNK, exact=bool(fixed))
+        parts = [part for hl in found for part in hl.parts]
+        trials = {
+            methods[0]: lambda removed=options[methods[0]][1]: apply(head_masks(found, removed), found)
+            for methods in chosen_by.values()
+        }
+        say(f"measuring the heads each score removes ({', '.join(trials)}) on examples of --data")
+        method, account = outputs.least_changed(model, parts, probe, trials, say)
+        method = method or MEASURED_SCORES[0]
+        account["chosen"] = method
+        account["same_heads"] = next(m for m in chosen_by.values() if method in m)
+    scores, removed, target, trial_notes = options[method]
+    notes.extend(trial_notes)
+    if len(chosen_by) > 1:
+        notes.append(
+            f"-g head: measured: the {method} scores' heads moved the outputs least (report: heads.score_measured)"
+        )
+    return method, scores, removed, target, account
 
 
 def _section(found: list[HeadLayer], scores: dict, removed: dict, method: str) -> dict[str, Any]:

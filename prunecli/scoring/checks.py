@@ -17,7 +17,10 @@ from prunecli.scoring.registry import available, get
 
 
 def check_method(method: str, has_data: bool) -> None:
-    """A one-line ConfigError when `method` is not registered, or needs data the run was not given."""
+    """A one-line ConfigError when `method` is not registered, or needs data the run was not given
+    (--method measured is a choice among head scores, checked with the other settings)."""
+    if method == config.MEASURED:
+        return
     if method not in available():
         raise ConfigError(f"unknown method {method!r}; choose from: {', '.join(available())}")
     if get(method).needs_data and not has_data:
