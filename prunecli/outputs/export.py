@@ -347,8 +347,13 @@ def to_tflite(saved: Path, calibration, sparse: bool, int8_weights: bool = False
     ExportError (exit 7) naming the ops. Returns the flatbuffer and which ops it uses."""
     try:
         return _convert(saved, calibration, sparse, False, int8_weights), BUILTIN_OPS
-    except ExportError:
+    except ExportError as exc:
         if calibration is not None:
+            if "tf.TensorList" in str(exc):  # a recurrent loop kept whole: longer than MAX_UNROLLED_STEPS
+                raise ExportError(
+                    f"{exc} (a recurrent layer over more than {MAX_UNROLLED_STEPS} steps keeps its loop, which"
+                    " full-integer int8 cannot hold; --export tflite writes it with select TensorFlow ops)"
+                ) from exc
             raise
         return _convert(saved, calibration, sparse, True, int8_weights), SELECT_OPS
 
