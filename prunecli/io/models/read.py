@@ -521,9 +521,24 @@ def check_finite(model, stage: str, path=None) -> None:
 
 @contextlib.contextmanager
 def quiet_keras():
-    """Keras' warnings while loading and saving (deprecations, compile state) are not the user's to act on."""
+    """Keras' warnings while loading and saving (deprecations, compile state) are not the user's to act on:
+    Python warnings, and the log lines Keras and tf_keras write through the `tensorflow` and `absl`
+    loggers ("Compiled the loaded model, but ...", "No training configuration found ..."), which the CLI
+    silences for the whole run but a Python caller of the API would see."""
+    import logging
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+    loggers = [logging.getLogger(name) for name in LOADING_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(max(logger.getEffectiveLevel(), logging.ERROR))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+LOADING_LOGGERS = ("tensorflow", "absl")  # where Keras and tf_keras log while loading and saving
