@@ -371,10 +371,6 @@ class PruneConfig:
         where the head score is measured per run (removal/heads.py): bench/TRANSFORMER.md found magnitude
         removing the wrong key/value group of a GQA decoder (perplexity 73.8 against activation's 31.5)
         and best on GPT-2's heads (activation 6% worse), so neither score is the default alone."""
-        if self.method == "auto":
-            kind = self.granularity.kind if isinstance(self.granularity, Granularity) else "element"
-            heads = kind == "head" and self.data is not None and self.threshold is None
-            object.__setattr__(self, "method", MEASURED if heads else "magnitude")
         if self.target is not None:
             if isinstance(self.granularity, Granularity) and self.granularity.kind == "element":
                 object.__setattr__(self, "granularity", Granularity("neuron"))
@@ -382,6 +378,9 @@ class PruneConfig:
             if self.scope == "auto":
                 object.__setattr__(self, "scope", "global")
         kind = self.granularity.kind if isinstance(self.granularity, Granularity) else "element"
+        if self.method == "auto":
+            heads = kind == "head" and self.data is not None and self.threshold is None
+            object.__setattr__(self, "method", MEASURED if heads else "magnitude")
         # what bench/ACCURACY.md measured for magnitude-like scores, and bench/ONESHOT.md for the
         # calibrated methods: a global allocation, each calibrated layer then pruned to its share
         ranked_globally = (

@@ -167,20 +167,23 @@ def _saved_model_inside(folder: Path, depth: int = 2) -> Path | None:
     return None
 
 
-def _saved_model_in_tar(path: Path, members: int = 10_000) -> str | None:
-    """The SavedModel folder a tar (.tar.gz, .tar.bz2...) holds among its first `members`, or None; any
-    other file is None (packages ship models as such archives)."""
+def _tar_names(path: Path, members: int = 10_000) -> list[str]:
+    """The names of the first `members` entries of a tar (.tar.gz, .tar.bz2...); none for any other file."""
     import itertools
     import tarfile
 
     try:
         with tarfile.open(path) as tar:
-            for member in itertools.islice(tar, members):
-                if member.name.endswith(f"/{SAVED_MODEL}"):
-                    return member.name[: -len(SAVED_MODEL)]
+            return [member.name for member in itertools.islice(tar, members)]
     except (tarfile.TarError, OSError, EOFError, ValueError):
-        pass
-    return None
+        return []
+
+
+def _archived_saved_model(names: list[str]) -> str:
+    """The refusal's hint for an archive (zip or tar: how packages ship models) whose entries `names`
+    hold a SavedModel folder; empty when they hold none."""
+    folder = next((n[: -len(SAVED_MODEL)] for n in names if n.endswith(f"/{SAVED_MODEL}")), None)
+    return f"; it holds a SavedModel folder ({folder}): unpack it and give that folder" if folder else ""
 
 
 def _read_keras_meta(path: Path) -> tuple[str | None, dict | None]:
@@ -188,8 +191,7 @@ def _read_keras_meta(path: Path) -> tuple[str | None, dict | None]:
         with zipfile.ZipFile(path) as z:
             names = set(z.namelist())
             if "config.json" not in names:
-                folder = next((n[: -len(SAVED_MODEL)] for n in sorted(names) if n.endswith(f"/{SAVED_MODEL}")), None)
-                inside = f"; it holds a SavedModel folder ({folder}): unpack it and give that folder" if folder else ""
+                inside = _archived_saved_model(sorted(names))
                 raise ModelLoadError(f"{path} is a zip file but not a .keras model (no config.json){inside}")
             for member in ("config.json", "metadata.json"):
                 if member in names and z.getinfo(member).file_size > MAX_CONFIG_BYTES:
@@ -245,9 +247,8 @@ def inspect_file(path: str | os.PathLike) -> ModelFile:
         version, config = _read_keras_meta(p)
         fmt = "keras"
     else:
-        inside = _saved_model_in_tar(p)
-        where = f"; it holds a SavedModel folder ({inside}): unpack it and give that folder" if inside else ""
-        raise ModelLoadError(f"{p} is not a Keras model (expected a .keras zip or an HDF5 .h5 file){where}")
+        inside = _archived_saved_model(_tar_names(p))
+        raise ModelLoadError(f"{p} is not a Keras model (expected a .keras zip or an HDF5 .h5 file){inside}")
     flavour = "keras2" if version and version.split(".")[0] == "2" else "keras3"
     return ModelFile(p, fmt, flavour, version, size, config)
 

@@ -20,6 +20,8 @@ from prunecli.io.models.custom import NONE as NO_CUSTOM_OBJECTS
 from prunecli.io.models.custom import CustomObjects
 from prunecli.io.models.metadata import ModelFile, config_nodes, is_tensor_reference
 
+LOADING_LOGGERS = ("tensorflow", "absl")  # where Keras and tf_keras log while loading and saving (quiet_keras)
+
 
 def read_model(info: ModelFile, unsafe: bool, custom: CustomObjects = NO_CUSTOM_OBJECTS):
     """The Keras model in an inspected file (safe_mode on unless `unsafe`, the user's custom objects
@@ -539,6 +541,3 @@ def quiet_keras():
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
-
-
-LOADING_LOGGERS = ("tensorflow", "absl")  # where Keras and tf_keras log while loading and saving
