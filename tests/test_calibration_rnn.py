@@ -360,3 +360,70 @@ def test_sparsegpt_beats_magnitude_on_an_lstm_recurrent_kernel(sparsity, recurre
 
 
 pytestmark = pytest.mark.slow  # whole module in the full suite only: the fast subset stays under 2 minutes
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_compiled_loops_give_the_eager_masks_and_weights(method, recurrent):
+    """A run's recurrent loops compiled (keras_graph.compiled_loops, entered by every run) calibrate
+    exactly as the eager loops do: the same masks, the same updated weights, the same errors; inside
+    the block the layers were called through their compiled call, and after it RNN.call is Keras' own."""
+    import keras
+
+    from prunecli.calibration import prune_calibrated
+    from prunecli.structure import keras_graph
+
+    own_call = keras.layers.RNN.call
+    outcomes = []
+    for compiled in (False, True):
+        model = _token_model()
+        x = _tokens()
+        targets = every_target(model)
+        config = calibration_config(method, sparsity=0.5)
+        if compiled:
+            with keras_graph.compiled_loops():
+                res = prune_calibrated(model, targets, [x[:24], x[24:]], config)
+            rnns = [layer for layer in keras_graph.all_layers(model) if isinstance(layer, keras.layers.RNN)]
+            assert len(rnns) == 3 and all(keras_graph.COMPILED_CALL in vars(layer) for layer in rnns)
+        else:
+            res = prune_calibrated(model, targets, [x[:24], x[24:]], config)
+        outcomes.append((res, [np.asarray(w) for w in model.weights]))
+    assert keras.layers.RNN.call is own_call
+    (eager, we), (graph, wg) = outcomes
+    assert eager.section["fallback"] == graph.section["fallback"]
+    for name in eager.masks:
+        np.testing.assert_array_equal(np.asarray(eager.masks[name]), np.asarray(graph.masks[name]), err_msg=name)
+    for a, b in zip(we, wg, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for name, entry in eager.section["layers"].items():
+        assert graph.section["layers"][name]["error_after"] == pytest.approx(entry["error_after"], rel=1e-4)
+
+
+def test_compiled_loops_nest_and_leave_hooks_eager():
+    """Nested blocks patch once and restore once; a hook on an RNN layer still receives eager values
+    (the capture reads them as arrays), and a hook on its cell makes the layer run its eager loop (the
+    hook sees every step, eager values too)."""
+    import keras
+
+    from prunecli.calibration import capture
+    from prunecli.structure import keras_graph
+
+    model = _float_model("GRU")
+    x = _sequences(8)
+    expected = np.asarray(model(x))
+    own_call = keras.layers.RNN.call
+    rnn = model.get_layer("rnn")
+    seen, steps = [], []
+    with keras_graph.compiled_loops():
+        patched = keras.layers.RNN.call
+        assert patched is not own_call
+        with keras_graph.compiled_loops():
+            assert keras.layers.RNN.call is patched
+        assert keras.layers.RNN.call is patched  # the inner block left the outer one's patch
+        with capture._Wrapped(rnn, lambda value: seen.append(np.asarray(value))):
+            np.testing.assert_allclose(np.asarray(model(x)), expected, rtol=1e-5, atol=1e-6)
+        with capture._Wrapped(rnn.cell, lambda value: steps.append(np.asarray(value))):
+            np.testing.assert_allclose(np.asarray(model(x)), expected, rtol=1e-5, atol=1e-6)
+    assert keras.layers.RNN.call is own_call
+    assert "call" not in vars(rnn) and "call" not in vars(rnn.cell)
+    assert len(seen) == 1 and seen[0].shape == (8, T, D)
+    assert len(steps) >= T and all(step.shape == (8, D) for step in steps)  # Keras' eager loop: once per step

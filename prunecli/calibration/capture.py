@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import math
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,6 +134,7 @@ class _Wrapped:
 
     def __enter__(self):
         original = self.layer.call
+        self.replaced = vars(self.layer).get("call")  # a call already replaced (compiled_loops): restored after
         hook, masked = self.hook, self.masked
 
         def call(*args, **kwargs):
@@ -147,10 +149,10 @@ class _Wrapped:
         return self
 
     def __exit__(self, *exc):
-        try:
+        if self.replaced is not None:
+            object.__setattr__(self.layer, "call", self.replaced)
+        elif "call" in vars(self.layer):
             object.__delattr__(self.layer, "call")
-        except AttributeError:
-            pass
         return False
 
 
@@ -181,14 +183,10 @@ def call_order(model, layers: list, x) -> dict[int, Call]:
         return hook
 
     unique = list({id(layer): layer for layer in layers}.values())
-    wrappers = [_Wrapped(layer, hook_for(layer)) for layer in unique]
-    for w in wrappers:
-        w.__enter__()
-    try:
+    with ExitStack() as hooks:
+        for layer in unique:
+            hooks.enter_context(_Wrapped(layer, hook_for(layer)))
         model(x, training=False)
-    finally:
-        for w in wrappers:
-            w.__exit__(None, None, None)
     return {k: Call(v[0], v[1], tuple(None if d is None else int(d) for d in v[2])) for k, v in seen.items()}
 
 
@@ -397,15 +395,11 @@ class HessianCapture:
 
             # the layer's own hook innermost: a rider on the same layer (a recurrent layer's input kernel,
             # measured while its recurrent kernel is captured) is fed before the pass stops there
-            wrappers = [wrap(view, hook), *(wrap(r.view, r.hook) for r in riders)]
-            for w in wrappers:
-                w.__enter__()
-            try:
+            with ExitStack() as hooks:  # left in reverse order: two hooks on one layer unwind as a stack
+                for w in (wrap(view, hook), *(wrap(r.view, r.hook) for r in riders)):
+                    hooks.enter_context(w)
                 for x in batches:
                     _forward(model, x)
-            finally:
-                for w in reversed(wrappers):
-                    w.__exit__(None, None, None)
             return _input_stats(acc, d, self.full)
         finally:
             cls.live -= 1

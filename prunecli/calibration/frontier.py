@@ -36,6 +36,7 @@ graph attributes); the capture itself is capture.HessianCapture, fed through `_N
 from __future__ import annotations
 
 import math
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from prunecli.calibration import capture
@@ -173,10 +174,9 @@ class CachedPasses:
         """Compute steps done..stop-1 on every pass (the model as it is now), dropping dead tensors."""
         if self.done >= stop:
             return
-        wrappers = [capture.wrap(r.view, r.hook) for r in riders]
-        for w in wrappers:
-            w.__enter__()
-        try:
+        with ExitStack() as hooks:
+            for r in riders:
+                hooks.enter_context(capture.wrap(r.view, r.hook))
             for s in range(self.done, stop):
                 node, keep, freed = self.schedule.steps[s], self.schedule.keep, self.schedule.freed[s]
                 for values in self.values:
@@ -187,9 +187,6 @@ class CachedPasses:
                     for k in freed:
                         values.pop(k, None)
                 self.done = s + 1
-        finally:
-            for w in wrappers:
-                w.__exit__(None, None, None)
 
     def capture(self, view, calls: int, full: bool, riders: tuple = ()):
         step = self._step_of(view.layer)

@@ -24,7 +24,7 @@ from prunecli.results import StepResult
 from prunecli.run import steps
 from prunecli.run.state import PruneResult
 from prunecli.runtime import owned_tempdir, quiet_tensorflow
-from prunecli.structure import flops
+from prunecli.structure import flops, keras_graph
 
 # what the plan decides; the command line sets the rest (data, fine-tuning, outputs)
 FROM_PLAN = ("granularity", "seed", "batch_size", "min_keep", "allow_empty")
@@ -71,8 +71,8 @@ def plan_paths(config, plan_path, recipe=None):
     return output, paths.plan(config, output_model=output, recipe=recipe, extra_reads=reads, exports=exports)
 
 
-@owned_tempdir()
 @owned_tempdir()  # Keras' and TensorFlow's temporary files in a folder the run removes
+@keras_graph.loops_compiled  # recurrent layers called eagerly run their loops compiled
 def apply_plan(plan_path: str | os.PathLike, model_path: str | os.PathLike, progress=None, **options) -> PruneResult:
     """Apply the plan file at `plan_path` to the model at `model_path`; `options` are PruneConfig
     field names (output, force, data, epochs, learning_rate, shrink, export, report, ...).

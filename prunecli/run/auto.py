@@ -30,6 +30,7 @@ from prunecli.config import LayerOverride, PruneConfig
 from prunecli.errors import ConfigError
 from prunecli.outputs.report import Timings
 from prunecli.run import pipeline, sweep
+from prunecli.structure import keras_graph
 
 GRID = (0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 PROBES = 7  # combined evaluations when searching the highest total sparsity within budget
@@ -149,6 +150,7 @@ def _fixed_layers(groups: dict, config: PruneConfig) -> dict[str, float]:
     return fixed
 
 
+@keras_graph.loops_compiled  # recurrent layers called eagerly run their loops compiled
 def plan(config: PruneConfig, progress=None, grid=None, probes: int | None = None) -> AutoPlan:
     """Measure per-layer sensitivity, choose per-layer sparsities and verify them together."""
     grid, probes = grid or GRID, PROBES if probes is None else probes

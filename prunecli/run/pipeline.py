@@ -19,11 +19,12 @@ from prunecli.results import StepResult
 from prunecli.run import steps, target
 from prunecli.run.state import PruneResult
 from prunecli.runtime import owned_tempdir, quiet_tensorflow
-from prunecli.structure import flops
+from prunecli.structure import flops, keras_graph
 from prunecli.training import distill
 
 
 @owned_tempdir()  # the API's run too: Keras' and TensorFlow's temporary files in a folder it removes
+@keras_graph.loops_compiled  # recurrent layers called eagerly run their loops compiled
 def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneResult:
     """Load, score, mask, [fine-tune], [shrink], evaluate, save and report, as the config says.
 

@@ -18,6 +18,7 @@ from prunecli.removal import heads
 from prunecli.results import StepResult
 from prunecli.run import steps, target
 from prunecli.runtime import quiet_tensorflow
+from prunecli.structure import keras_graph
 
 
 def _layer_rows(model, seq_len: int | None) -> dict[str, dict[str, Any]]:
@@ -99,6 +100,7 @@ def _groups(model) -> list[list[str]] | None:
     return [list(members) for members in sorted(found) if len(members) > 1]
 
 
+@keras_graph.loops_compiled  # recurrent layers called eagerly run their loops compiled
 def make_plan(config, progress=None) -> dict[str, Any]:
     """Decide what `prune` would remove with `config`, in memory only, and describe it."""
     if config.engine != "native":

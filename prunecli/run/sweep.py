@@ -34,6 +34,7 @@ from prunecli.run.sweep_outputs import (
     write_outputs,
 )
 from prunecli.runtime import quiet_tensorflow
+from prunecli.structure import keras_graph
 
 DEFAULT_SPARSITIES = (0.1, 0.3, 0.5, 0.7, 0.9, 0.95)
 DEFAULT_BUDGET = 0.01  # accuracy drop a sweep (and --auto) allows when --max-accuracy-drop is not given
@@ -191,6 +192,7 @@ def layer_sensitivity(
     return points
 
 
+@keras_graph.loops_compiled  # recurrent layers called eagerly run their loops compiled
 def run(config: PruneConfig, sparsities=DEFAULT_SPARSITIES, per_layer: bool = True, progress=None) -> SweepResult:
     """Measure the "all" curve (and, with per_layer, one curve per layer) at each sparsity."""
     from prunecli import __version__
