@@ -381,6 +381,7 @@ def test_compiled_loops_give_the_eager_masks_and_weights(method, recurrent):
         config = calibration_config(method, sparsity=0.5)
         if compiled:
             with keras_graph.compiled_loops():
+                keras_graph.compile_loops()
                 res = prune_calibrated(model, targets, [x[:24], x[24:]], config)
             rnns = [layer for layer in keras_graph.all_layers(model) if isinstance(layer, keras.layers.RNN)]
             assert len(rnns) == 3 and all(keras_graph.COMPILED_CALL in vars(layer) for layer in rnns)
@@ -413,10 +414,15 @@ def test_compiled_loops_nest_and_leave_hooks_eager():
     own_call = keras.layers.RNN.call
     rnn = model.get_layer("rnn")
     seen, steps = [], []
+    keras_graph.compile_loops()  # outside a block: nothing patched
+    assert keras.layers.RNN.call is own_call
     with keras_graph.compiled_loops():
+        assert keras.layers.RNN.call is own_call  # entering imports and patches nothing
+        keras_graph.compile_loops()
         patched = keras.layers.RNN.call
         assert patched is not own_call
         with keras_graph.compiled_loops():
+            keras_graph.compile_loops()
             assert keras.layers.RNN.call is patched
         assert keras.layers.RNN.call is patched  # the inner block left the outer one's patch
         with capture._Wrapped(rnn, lambda value: seen.append(np.asarray(value))):

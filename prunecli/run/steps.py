@@ -21,6 +21,7 @@ from prunecli.errors import ConfigError, DataError, InputError
 from prunecli.outputs.report import Report, Timings, layer_stats, totals
 from prunecli.results import StepResult
 from prunecli.run.state import RunState
+from prunecli.structure import keras_graph
 
 Progress = Callable[[str], None]
 
@@ -40,6 +41,7 @@ def load(config: PruneConfig, progress: Progress, timings: Timings) -> tuple[Run
     input_sizes = None
     with timings.phase("load"):
         model, source = model_io.load(config.model_path, unsafe=config.unsafe, custom_objects=config.custom_objects)
+        keras_graph.compile_loops()  # within a run (keras_graph.compiled_loops): recurrent loops compiled
         if config.sizes:  # igzip releases the GIL, so this overlaps with scoring and masking
             input_sizes = model_io.sizes_in_background(source.path)
         compiled_optimizer = getattr(model, "optimizer", None)

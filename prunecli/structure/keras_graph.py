@@ -35,56 +35,66 @@ def copying_in_memory():
         yield
 
 
-_open_loop_blocks: list = []  # one entry per open compiled_loops block (they nest)
 COMPILED_CALL = "_prunecli_compiled_call"  # where a recurrent layer keeps its compiled call
+_loop_blocks: dict = {"open": 0, "own_call": None}  # open compiled_loops blocks; Keras' RNN.call while patched
 
 
 @contextmanager
 def compiled_loops():
-    """Every recurrent layer (keras.layers.RNN and its subclasses: LSTM, GRU, SimpleRNN, ConvLSTM, in
-    any model, rebuilt copies too) runs its time loop as one compiled graph when called eagerly, while
-    the block lasts: the calibration passes, the output comparisons, the refits and the checks of a run.
-    Eagerly, Keras' loop (a tf.while_loop) runs its steps one Python call at a time, about 7 ms a step:
-    on sleepecg's GRU sleep stager (7,363 parameters, 1,080 steps a night) the default `--method wanda`
-    run spent 395 s of its 409 in those loops, 9 s compiled, with the same masks. Inside a graph (a
-    compiled train step, a Keras predict) the loop is compiled already and nothing changes.
+    """Within the block, once `compile_loops()` has run (the run's model load calls it, after TensorFlow
+    was imported quietly: entering the block imports nothing, so a bad path still fails at once),
+    every recurrent layer (keras.layers.RNN and its subclasses: LSTM, GRU, SimpleRNN, ConvLSTM, in any
+    model, rebuilt copies too) runs its time loop as one compiled graph when called eagerly: the
+    calibration passes, the output comparisons, the refits and the checks of a run. Eagerly, Keras'
+    loop (a tf.while_loop) runs its steps one Python call at a time, about 7 ms a step: on sleepecg's
+    GRU sleep stager (7,363 parameters, 1,080 steps a night) the default `--method wanda` run spent
+    395 s of its 409 in those loops, 9 s compiled, with the same masks. Inside a graph (a compiled
+    train step, a Keras predict) the loop is compiled already and nothing changes. Blocks nest; the
+    outermost restores Keras' own call when it ends.
 
     The compiled call is traced per layer and input signature and kept on the layer (COMPILED_CALL),
     so every later call reuses it; it reads the layer's variables as they are at each call, and
     assumes the layer's Python attributes stay as traced (nothing in prunecli changes them on a layer
     it keeps). A capture hook on the layer itself wraps this call, so it still sees eager values; a
-    layer with a hook on a sub-layer (its cell, which runs once per step) runs eagerly. The outermost
-    block patches keras.layers.RNN.call and restores it."""
+    layer with a hook on a sub-layer (its cell, which runs once per step) runs eagerly."""
+    _loop_blocks["open"] += 1
+    try:
+        yield
+    finally:
+        _loop_blocks["open"] -= 1
+        if _loop_blocks["open"] == 0 and _loop_blocks["own_call"] is not None:
+            import keras
+
+            keras.layers.RNN.call = _loop_blocks["own_call"]
+            _loop_blocks["own_call"] = None
+
+
+def compile_loops() -> None:
+    """Patch keras.layers.RNN.call as compiled_loops describes, when inside a block and not yet done."""
+    if _loop_blocks["open"] == 0 or _loop_blocks["own_call"] is not None:
+        return
     import functools
 
     import keras
     import tensorflow as tf
 
-    rnn = keras.layers.RNN
-    own_call = None if _open_loop_blocks else rnn.call
-    if own_call is not None:
+    own_call = keras.layers.RNN.call
 
-        def call(self, *args, **kwargs):
-            if not tf.executing_eagerly() or any("call" in vars(inner) for inner in all_layers(self)[1:]):
-                return own_call(self, *args, **kwargs)
-            compiled = vars(self).get(COMPILED_CALL)
-            if compiled is None:
-                compiled = tf.function(functools.partial(own_call, self), reduce_retracing=True, autograph=False)
-                object.__setattr__(self, COMPILED_CALL, compiled)
-            return compiled(*args, **kwargs)
+    def call(self, *args, **kwargs):
+        if not tf.executing_eagerly() or any("call" in vars(inner) for inner in all_layers(self)[1:]):
+            return own_call(self, *args, **kwargs)
+        compiled = vars(self).get(COMPILED_CALL)
+        if compiled is None:
+            compiled = tf.function(functools.partial(own_call, self), reduce_retracing=True, autograph=False)
+            object.__setattr__(self, COMPILED_CALL, compiled)
+        return compiled(*args, **kwargs)
 
-        rnn.call = call
-    _open_loop_blocks.append(True)
-    try:
-        yield
-    finally:
-        _open_loop_blocks.pop()
-        if own_call is not None:
-            rnn.call = own_call
+    _loop_blocks["own_call"] = own_call
+    keras.layers.RNN.call = call
 
 
 def loops_compiled(fn):
-    """`fn` run inside compiled_loops(): the entry points of a run (prune, apply, sweep, plan)."""
+    """`fn` run inside compiled_loops(): the entry points of a run (prune, apply, sweep, plan, auto)."""
     import functools
 
     @functools.wraps(fn)
