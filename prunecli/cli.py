@@ -126,6 +126,7 @@ class PruneGroup(click.Group):
         try:
             result = super().invoke(ctx)
             interrupts.checkpoint()  # a signal whose KeyboardInterrupt Python swallowed still counts
+            interrupts.finished()  # a signal after this point finds nothing to stop (click would exit 1)
             return result
         except (click.exceptions.Exit, click.exceptions.Abort):
             raise
@@ -347,18 +348,20 @@ def prune(ctx: click.Context, **params) -> None:
 
     # every read and write checked against each other before TensorFlow is imported
     plan_prune(config, ctx.meta.get("prunecli.recipe"))
+    from prunecli.io.models import outputs_together
     from prunecli.run.pipeline import check_gates
     from prunecli.run.pipeline import prune as run_prune
 
     if config.auto:
         from prunecli.run.auto import prune as run_prune
-    result = run_prune(config, progress=_progress(config))
-    if result.output_path is None and config.strategy == "multiworker":  # a worker other than the chief
-        from prunecli.training import distribute
+    with outputs_together():  # the report and summary committed with the model, plan and exports
+        result = run_prune(config, progress=_progress(config))
+        if result.output_path is None and config.strategy == "multiworker":  # a worker other than the chief
+            from prunecli.training import distribute
 
-        _say(f"prunecli: {distribute.non_chief_note()}")
-        return
-    _emit_report(result.report, config)
+            _say(f"prunecli: {distribute.non_chief_note()}")
+            return
+        _emit_report(result.report, config)
     check_gates(result.report, config)
 
 
@@ -519,10 +522,12 @@ def apply(ctx: click.Context, plan_path: str, model_path: str, cmd_debug: bool, 
     if cmd_debug:
         ctx.find_root().obj["debug"] = True
     options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items() if v not in (None, ())}
+    from prunecli.io.models import outputs_together
     from prunecli.run.apply import apply_plan
 
-    result = apply_plan(plan_path, model_path, progress=_progress(_Outputs(options)), **options)
-    _emit_report(result.report, _Outputs(options))
+    with outputs_together():  # the report and summary committed with the model and exports
+        result = apply_plan(plan_path, model_path, progress=_progress(_Outputs(options)), **options)
+        _emit_report(result.report, _Outputs(options))
 
 
 class _Outputs:

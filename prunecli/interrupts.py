@@ -17,6 +17,7 @@ import signal
 import threading
 
 _stop = threading.Event()
+_holding = threading.Event()  # inside held(): a stop is recorded, raised at the next checkpoint
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))
 
 
@@ -38,7 +39,8 @@ def _handler(signum, _frame) -> None:
     # to the default action while it shuts down, when a second SIGTERM would kill the process (-15).
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
-    raise KeyboardInterrupt
+    if not _holding.is_set():
+        raise KeyboardInterrupt
 
 
 def install() -> None:
@@ -71,3 +73,25 @@ def handlers_kept():
             for sig, handler in kept.items():
                 if handler is not None:
                     signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def held():
+    """A stop signal during the block is recorded, not raised: a few renames that must all happen or
+    none (io/models/write.outputs_together). The run stops at its next checkpoint after the block, its
+    outputs complete. (Blocking the signals would not do: TensorFlow's threads receive a signal the
+    main thread blocks, and Python then runs the handler in the main thread anyway.)"""
+    _holding.set()
+    try:
+        yield
+    finally:
+        _holding.clear()
+
+
+def finished() -> None:
+    """The command's work is done (its outputs committed, its report written): a stop signal from now
+    on is ignored, so the run exits with its own status, not as interrupted."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            if signal.getsignal(sig) is _handler:
+                signal.signal(sig, signal.SIG_IGN)

@@ -364,3 +364,91 @@ def test_a_swallowed_interrupt_still_stops_the_run(models, tmp_path, monkeypatch
     assert result.exit_code == ExitCode.INTERRUPTED, result.output
     assert result.stderr.strip() == "prunecli: interrupted"
     assert not out.exists() and _temps(tmp_path) == []
+
+
+def _previous_run(models, folder: Path) -> dict[str, str]:
+    """A finished run's model, plan, report and TFLite export in `folder`: {name: sha256}."""
+    out = folder / "o.keras"
+    args = ["prune", models / "small.keras", "-s", "0.3", "-o", out, "--report", folder / "r.json"]
+    result = _invoke(*args, "--save-plan", folder / "p.zip", "--export", "tflite", "-q")
+    assert result.exit_code == 0, result.output
+    return {p.name: _sha256(p) for p in sorted(folder.iterdir())}
+
+
+def _second_run(models, folder: Path):
+    out = folder / "o.keras"
+    args = ["prune", models / "small.keras", "-s", "0.9", "-o", out, "--report", folder / "r.json"]
+    return _invoke(*args, "--save-plan", folder / "p.zip", "--export", "tflite", "-q")
+
+
+def test_a_failed_rename_puts_every_output_back(models, tmp_path, monkeypatch):
+    """The outputs are renamed into place together (outputs_together): when one rename fails (a target
+    the user made immutable), the ones already renamed are put back, so the folder holds the previous
+    run's model, plan, report and export, byte for byte, and no temporary file; the error names the
+    output that could not be written (exit 5)."""
+    from prunecli.io.models import write
+
+    before = _previous_run(models, tmp_path)
+    real = os.replace
+
+    def refuse_the_model(src, dst):  # as an immutable file (chattr +i) refuses to be moved
+        if Path(src).name == "o.keras":
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        return real(src, dst)
+
+    monkeypatch.setattr(write.os, "replace", refuse_the_model)
+    result = _second_run(models, tmp_path)
+    assert result.exit_code == ExitCode.OUTPUT, result.output
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == f"prunecli: error: cannot write {tmp_path / 'o.keras'}: Operation not permitted"
+    )
+    assert {p.name: _sha256(p) for p in sorted(tmp_path.iterdir())} == before
+    assert _temps(tmp_path) == []
+
+
+def test_a_report_that_cannot_be_written_leaves_no_new_model(models, tmp_path):
+    """The report is committed with the model: a report on a full device (exit 6, as a full disk) leaves
+    no model behind."""
+    out = tmp_path / "o.keras"
+    result = _invoke("prune", models / "small.keras", "-s", "0.5", "-o", out, "--report", "/dev/full", "-q")
+    assert result.exit_code == ExitCode.RESOURCE, result.output
+    assert "not enough disk space to write /dev/full" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_signal_during_the_renames_stops_the_run_after_all_of_them(models, tmp_path, monkeypatch):
+    """A SIGTERM that arrives while the outputs are renamed into place is held until the last rename:
+    the run then stops (exit 130) with every output the new run's, consistent with its report, never
+    a new model beside the previous report and plan (what an interrupt between two renames left)."""
+    from prunecli import interrupts
+    from prunecli.io.models import write
+
+    _previous_run(models, tmp_path)
+    real = os.replace
+    renames = []
+
+    def signalled(src, dst):
+        if not renames:
+            os.kill(os.getpid(), signal.SIGTERM)
+        renames.append(Path(dst).name)
+        return real(src, dst)
+
+    saved = {sig: signal.getsignal(sig) for sig in interrupts.STOP_SIGNALS}
+    monkeypatch.setattr(write.os, "replace", signalled)
+    try:
+        interrupts.install()
+        result = _second_run(models, tmp_path)
+    finally:
+        interrupts.reset()
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    monkeypatch.undo()
+    assert result.exit_code == ExitCode.INTERRUPTED, result.output
+    assert {"o.keras", "p.zip", "r.json", "o.tflite"} <= set(renames)
+    assert _temps(tmp_path) == []
+    checked = _invoke("verify", tmp_path / "o.keras", "--report", tmp_path / "r.json", "--plan", tmp_path / "p.zip")
+    assert checked.exit_code == 0, checked.output
+    import json
+
+    assert json.loads((tmp_path / "r.json").read_text())["totals"]["prunable_sparsity"] > 0.85

@@ -31,7 +31,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prunecli.errors import ConfigError, DataError, ModelLoadError, OutputError, UsageError
+from prunecli.errors import ConfigError, DataError, ModelLoadError, OutputError, UsageError, write_error
 from prunecli.messages import shown
 
 STDOUT = "-"
@@ -365,7 +365,7 @@ def write_text(path: str | os.PathLike, text: str) -> None:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(text)
         except OSError as exc:
-            raise OutputError(f"cannot write {shown(target)}: {exc.strerror or exc}") from exc
+            raise write_error(shown(target), exc) from exc  # a full device is exit 6, as a full disk
         return
     if _lstat(target) is not None and stat.S_ISLNK(_lstat(target).st_mode):
         raise OutputError(f"{shown(target)} is a symbolic link; prunecli does not replace links")

@@ -48,7 +48,7 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
     int8 weights on the grid Keras uses (symmetric, per output channel) with activations quantized at
     run time, as Keras' int8 layers do; `tflite-int8` fully integer. Both are compared with the
     quantized Keras model's outputs; the SavedModel is the quantized model itself."""
-    from prunecli.io.models import dir_sizes, file_sizes
+    from prunecli.io.models import dir_sizes, file_sizes, replace_dir, staged
 
     formats = list(dict.fromkeys(config.export))
     from prunecli.io.paths import EXPORT_MARKER, export_paths
@@ -86,7 +86,7 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
             content, encoding = convert_tflite(source, calibration, try_sparse, int8_weights)
             with _writing(paths[fmt]), _atomic_file(paths[fmt]) as tmp:
                 tmp.write_bytes(content)
-            entry = {"path": str(paths[fmt]), **file_sizes(paths[fmt]), **encoding}
+            entry = {"path": str(paths[fmt]), **file_sizes(staged(paths[fmt])), **encoding}
             if "sparse_refused" in encoding:
                 notes.append(
                     f"{paths[fmt].name}: dense encoding kept; the sparse one ({encoding['sparse_encoding_bytes']:,} "
@@ -116,10 +116,11 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
             results[fmt] = entry
         if "savedmodel" in formats:
             check = _compare_savedmodel(saved, samples, expected, input_names)
-            _replace_dir(saved, paths["savedmodel"])
+            with _writing(paths["savedmodel"]):
+                replace_dir(saved, paths["savedmodel"])
             results["savedmodel"] = {
                 "path": str(paths["savedmodel"]),
-                **dir_sizes(paths["savedmodel"]),
+                **dir_sizes(staged(paths["savedmodel"])),
                 **check,
                 "sample_source": sample_source,
             }
@@ -134,18 +135,6 @@ def for_tflite(model):
 
     twin = rebuild.unrolled(model, MAX_UNROLLED_STEPS)
     return model if twin is None else twin
-
-
-def discard(section: dict) -> None:
-    """Remove the files an export step wrote (its report section's paths): the run failed after them,
-    and outputs are committed together or not at all."""
-    for entry in section.values():
-        path = Path(entry["path"])
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                path.unlink()
 
 
 # ---------------------------------------------------------------- writing
@@ -184,18 +173,6 @@ def _atomic_file(target: Path):
     with atomic_path(target) as tmp:
         yield tmp
         os.chmod(tmp, 0o666 & ~umask)
-
-
-def _replace_dir(src: Path, target: Path) -> None:
-    """Move a finished directory onto `target`; an older export there is removed only after the swap."""
-    with _writing(target):
-        if target.exists() and not target.is_dir():
-            raise OutputError(f"export target {target} exists and is not a directory")
-        old = src.with_name(src.name + ".old")
-        if target.exists():
-            os.replace(target, old)
-        os.replace(src, target)
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_savedmodel(model, path: Path) -> None:

@@ -18,6 +18,7 @@ import os
 
 from prunecli import removal
 from prunecli.errors import ConfigError, InputError
+from prunecli.io import models as model_io
 from prunecli.io import plan_file
 from prunecli.messages import shown
 from prunecli.results import StepResult
@@ -55,7 +56,6 @@ def apply_config(plan: plan_file.Plan, model_path, **options):
 def plan_paths(config, plan_path, recipe=None):
     """The output path and the checked path plan of an apply run: the plan file is a read, so no
     output may overwrite it."""
-    from prunecli.io import models as model_io
     from prunecli.io import paths
 
     if not config.model_path:
@@ -116,11 +116,12 @@ def apply_plan(plan_path: str | os.PathLike, model_path: str | os.PathLike, prog
                 state.model, state.targets, state.masks, state.data, state.source, config.seed, say, timings
             )
         )
-    state, out, output_sizes = write_outputs(state, config, out, masked_model, say, timings)
-    sections = {"flops": flops.section(flops_before, flops.count(state.model, state.config.seq_len))}
-    sections["reproducibility"] = plan_file.reproducibility(config)
-    state = state.after(StepResult(sections=sections))
-    report = steps.build_report(state, out, timings, input_sizes, output_sizes)
+    with model_io.outputs_together():  # the model and exports (and the CLI's report) renamed together
+        state, out, output_sizes = write_outputs(state, config, out, masked_model, say, timings)
+        sections = {"flops": flops.section(flops_before, flops.count(state.model, state.config.seq_len))}
+        sections["reproducibility"] = plan_file.reproducibility(config)
+        state = state.after(StepResult(sections=sections))
+        report = steps.build_report(state, out, timings, input_sizes, output_sizes)
     return PruneResult(report=report, model=state.model, masks=state.masks, output_path=out)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from prunecli import __version__, removal
 from prunecli.config import PruneConfig
 from prunecli.errors import ConfigError, GateFailed, InputError
+from prunecli.io import models as model_io
 from prunecli.io import plan_file
 from prunecli.outputs.report import Report, Timings
 from prunecli.results import StepResult
@@ -101,21 +102,26 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
         state = state.after(
             quantize.run(state.model, state.targets, state.masks, state.data, state.task, config, final, say, timings)
         )
-    with plan_file.committed_with(config.save_plan, plan_bytes):  # renamed only when the model is saved
-        state, out, output_sizes = write_outputs(state, config, out, masked_model, say, timings, unquantized)
-    if config.target:  # what the shrunk model (and the written file) really reached
-        state = state.after(target.achieved(state, out))
-    state = state.after(StepResult(sections={"reproducibility": plan_file.reproducibility(config)}))
-    state = state.after(
-        StepResult(sections={"flops": flops.section(flops_before, flops.count(state.model, config.seq_len))})
-    )
-    if decoder_before is not None:
-        from prunecli.outputs import decoder_blocks
+    # the model, its plan and exports (and the CLI's report) renamed into place together: an interrupt
+    # or failure before the end of this block changes no file (io/models/write.outputs_together)
+    with model_io.outputs_together():
+        with plan_file.committed_with(config.save_plan, plan_bytes):
+            state, out, output_sizes = write_outputs(state, config, out, masked_model, say, timings, unquantized)
+        if config.target:  # what the shrunk model (and the written file) really reached
+            state = state.after(target.achieved(state, out and model_io.staged(out)))
+        state = state.after(StepResult(sections={"reproducibility": plan_file.reproducibility(config)}))
+        state = state.after(
+            StepResult(sections={"flops": flops.section(flops_before, flops.count(state.model, config.seq_len))})
+        )
+        if decoder_before is not None:
+            from prunecli.outputs import decoder_blocks
 
-        after = _decoder_view(state.model, config, say, timings)
-        seq_len = config.seq_len or decoder_blocks.DEFAULT_SEQ_LEN
-        state = state.after(StepResult(sections={"decoder": decoder_blocks.section(decoder_before, after, seq_len)}))
-    report = steps.build_report(state, out, timings, input_sizes, output_sizes)
+            after = _decoder_view(state.model, config, say, timings)
+            seq_len = config.seq_len or decoder_blocks.DEFAULT_SEQ_LEN
+            state = state.after(
+                StepResult(sections={"decoder": decoder_blocks.section(decoder_before, after, seq_len)})
+            )
+        report = steps.build_report(state, out, timings, input_sizes, output_sizes)
     return PruneResult(report=report, model=state.model, masks=state.masks, output_path=out)
 
 
@@ -173,9 +179,10 @@ def write_outputs(state, config: PruneConfig, out, masked_model, say, timings, u
     """Export (--export) and save the model; returns (state, output path, output sizes). `unquantized`
     is a float copy of the model --quantize started from, for TFLite (None without --quantize).
 
-    Exports go first, so a model that cannot be exported leaves no pruned model behind, and a failed
-    save discards the exports. In a multi-worker run only the chief writes: the others get (state,
-    None, None), which the report reads as "nothing written"."""
+    Exports go first, so a model that cannot be exported leaves no pruned model behind; the files are
+    renamed into place together when the caller's outputs_together block ends. In a multi-worker run
+    only the chief writes: the others get (state, None, None), which the report reads as "nothing
+    written"."""
     from prunecli.training import distribute
 
     if not distribute.is_chief():
@@ -186,12 +193,7 @@ def write_outputs(state, config: PruneConfig, out, masked_model, say, timings, u
 
     baseline = masked_model if state.model is not masked_model else None  # timed in TFLite beside the shrunk one
     exported = export.run(state.model, out, state.data, config, say, timings, baseline, unquantized)
-    state = state.after(exported)
-    try:
-        return state, out, steps.save(state, out, say, timings)
-    except BaseException:
-        export.discard(exported.sections["export"])
-        raise
+    return state.after(exported), out, steps.save(state.after(exported), out, say, timings)
 
 
 def check_gates(report: Report, config: PruneConfig) -> None:

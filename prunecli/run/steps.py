@@ -487,7 +487,7 @@ def save(state: RunState, out: Path, progress: Progress, timings: Timings) -> Fu
     progress(f"saving {out}")
     with timings.phase("save"):
         model_io.save(state.model, out, state.source, structure_changed=state.structure_changed)
-    return measure_output(out, state.config)
+    return measure_output(model_io.staged(out), state.config)  # its new bytes, wherever they are staged
 
 
 def measure_output(out: Path, config: PruneConfig) -> Future:

@@ -266,7 +266,7 @@ def prune(config: PruneConfig, progress=None) -> PruneResult:
         metrics=metrics,
         sections=sections,
     )
-    report = steps.build_report(state, out, timings, output_sizes=steps.measure_output(out, config))
+    report = steps.build_report(state, out, timings, output_sizes=steps.measure_output(model_io.staged(out), config))
     return PruneResult(report=report, model=stripped, masks=masks, output_path=out)
 
 

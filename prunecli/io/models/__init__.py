@@ -21,10 +21,22 @@ from prunecli.io.models.memory import check_memory
 from prunecli.io.models.metadata import check_safe, inspect_file
 from prunecli.io.models.read import check_finite, quiet_keras, read_model
 from prunecli.io.models.sizes import dir_sizes, file_sizes, sizes_in_background
-from prunecli.io.models.write import atomic_path, remove_stale_temps, resolve_output, save, temp_name
+from prunecli.io.models.write import (
+    atomic_path,
+    outputs_together,
+    remove_stale_temps,
+    replace_dir,
+    resolve_output,
+    save,
+    staged,
+    temp_name,
+)
 
 __all__ = [
     "atomic_path",
+    "outputs_together",
+    "replace_dir",
+    "staged",
     "check_finite",
     "check_memory",
     "check_safe",

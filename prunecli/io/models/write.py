@@ -85,11 +85,18 @@ def remove_stale_temps(target: Path) -> list[Path]:
     with contextlib.suppress(OSError):
         for entry in target.parent.iterdir():
             found = pattern.fullmatch(entry.name)
-            if found and entry.is_file() and process_gone(int(found.group(1))):
+            if found and process_gone(int(found.group(1))) and (entry.is_file() or entry.is_dir()):
                 with contextlib.suppress(OSError):
-                    entry.unlink()
+                    _remove(entry)
                     removed.append(entry)
     return removed
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def _temp_stem(target: Path) -> str:
@@ -112,9 +119,108 @@ def temp_name(target: Path) -> str:
     return f".{_temp_stem(target)}.{os.getpid()}.{secrets.token_hex(TOKEN_HEX // 2)}.tmp{target.suffix}"
 
 
+_together: dict = {"open": 0, "staged": []}  # outputs_together(): open blocks, [(temp, target)] to rename
+
+
+@contextlib.contextmanager
+def outputs_together():
+    """The run's outputs committed together: every file atomic_path writes inside the block (the model,
+    its plan, exports, the report and summary; replace_dir's folders too) stays under its temporary
+    name until the block ends without error, and is then renamed onto its target with the stop
+    signals held off, so that a Ctrl-C or SIGTERM lands before every rename or after all of them. On
+    an error or interrupt before that, every staged file is removed and no target changes: never a
+    new model beside the previous run's report or plan (an interrupt between two renames did that).
+    Blocks nest: the outermost commits (the CLI's, around the run and its report)."""
+    from prunecli import interrupts
+
+    outermost = _together["open"] == 0
+    _together["open"] += 1
+    try:
+        yield
+    except BaseException:
+        if outermost:
+            _discard_staged()
+        raise
+    finally:
+        _together["open"] -= 1
+    if not outermost:
+        return
+    with interrupts.held():  # a signal from here on stops the run after the renames, not between two
+        try:
+            interrupts.checkpoint()  # one that came before: nothing is renamed
+        except BaseException:
+            _discard_staged()
+            raise
+        _commit()
+
+
+def staged(target: Path) -> Path:
+    """Where `target`'s new bytes are now: its temporary name while outputs_together holds it, else
+    itself (what reads an output back before the commit, its sizes and digest, reads this)."""
+    target = Path(target)
+    return next((tmp for tmp, t in _together["staged"] if t == target), target)
+
+
+def _discard_staged() -> None:
+    staged, _together["staged"] = _together["staged"], []
+    for tmp, _target in staged:
+        with contextlib.suppress(OSError):
+            _remove(tmp)
+
+
+def _commit() -> None:
+    """Rename every staged output onto its target; the targets that exist are first set aside, so
+    that a rename that fails (a target the user made immutable, a full disk for a folder's swap) puts
+    every target back as it was and removes the staged files: all new, or all as before."""
+    moved: list[list] = []  # [target, its old content set aside or None, the new one in place]
+    target = None
+    try:
+        for tmp, target in _together["staged"]:
+            backup = None
+            if os.path.lexists(target):
+                backup = target.parent / temp_name(target)
+                os.replace(target, backup)
+            moved.append([target, backup, False])
+            os.replace(tmp, target)
+            moved[-1][2] = True
+    except OSError as exc:
+        for done, backup, placed in reversed(moved):
+            with contextlib.suppress(OSError):
+                if placed:
+                    _remove(done)
+                if backup is not None:
+                    os.replace(backup, done)
+        _discard_staged()
+        raise write_error(target, exc) from exc
+    _together["staged"] = []
+    for _target, backup, _placed in moved:
+        if backup is not None:
+            with contextlib.suppress(OSError):
+                _remove(backup)
+
+
+def replace_dir(src: Path, target: Path) -> None:
+    """A finished folder onto `target`: staged beside it inside outputs_together, moved at once outside."""
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise OutputError(f"export target {target} exists and is not a directory")
+    if _together["open"]:
+        remove_stale_temps(target)
+        tmp = target.parent / temp_name(target)
+        os.replace(src, tmp)
+        _together["staged"].append((tmp, target))
+        return
+    old = target.parent / temp_name(target)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(src, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path):
-    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds.
+    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds (inside
+    outputs_together, when that block ends, with the run's other outputs).
 
     An exception or Ctrl-C removes the temporary file; SIGKILL cannot, so the next write to the
     same target removes what killed runs left (remove_stale_temps).
@@ -135,13 +241,16 @@ def atomic_path(target: Path):
             if exc.errno in DISK_FULL:  # named by the user's path, not the temporary one
                 raise write_error(target, exc) from exc
             raise
+        if _together["open"]:  # renamed with the run's other outputs (outputs_together)
+            _together["staged"].append((tmp_path, target))
+            return
         from prunecli import interrupts
 
         interrupts.checkpoint()  # a signal swallowed earlier (see interrupts.py) still stops the rename
         try:
             os.replace(tmp_path, target)
         except OSError as exc:
-            raise OutputError(f"cannot write {target}: {first_line(exc)}") from exc
+            raise write_error(target, exc) from exc
     except BaseException:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
