@@ -63,3 +63,39 @@ def test_a_kept_step_reads_the_weights_as_they_are_now():
     kernel.assign(np.zeros(kernel.shape, "float32"))
     after = metrics.mean_loss(model, batches, loss, step)
     assert after != pytest.approx(before) and after == pytest.approx(_by_hand(model, batches), rel=1e-5)
+
+
+def _dense_model(activation=None, compiled_loss=None, units=3):
+    import keras
+
+    inp = keras.Input((5,))
+    model = keras.Model(inp, keras.layers.Dense(units, activation=activation, name="out")(keras.layers.Dense(8)(inp)))
+    if compiled_loss:
+        model.compile(loss=compiled_loss)
+    return model
+
+
+def test_the_task_follows_the_labels_and_the_output():
+    """What the report measures a model by: real-valued targets are a regression (no accuracy, even
+    with as many columns as classes, even when compiled with mse); class rows and class ids a
+    classification; an uncompiled model whose output is no softmax is scored on logits."""
+    import keras
+    import numpy as np
+
+    from prunecli.training.metrics import infer_task
+
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(16, 3)).astype("float32")
+    ids = rng.integers(0, 3, 16)
+    one_hot = np.eye(3, dtype="float32")[ids]
+    for model in (_dense_model(), _dense_model(compiled_loss="mse"), _dense_model("softmax")):
+        task = infer_task(model, real)
+        assert task.accuracy is None and (task.loss == "mse" or getattr(model, "loss", None) == "mse")
+    assert infer_task(_dense_model("softmax"), ids).accuracy == "sparse_categorical_accuracy"
+    assert infer_task(_dense_model("softmax"), ids).loss == "sparse_categorical_crossentropy"
+    assert infer_task(_dense_model("softmax"), one_hot).loss == "categorical_crossentropy"
+    logits = infer_task(_dense_model(), ids)
+    assert isinstance(logits.loss, keras.losses.SparseCategoricalCrossentropy) and logits.loss.from_logits
+    assert infer_task(_dense_model(), one_hot).loss.from_logits
+    compiled = infer_task(_dense_model(compiled_loss="sparse_categorical_crossentropy"), ids)
+    assert compiled.loss == "sparse_categorical_crossentropy"  # a compiled loss is the model's own word

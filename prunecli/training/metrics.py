@@ -196,7 +196,36 @@ def infer_task(model, y_example, next_token: bool = False) -> Task:
     from prunecli.io.data.labels import multi_label
 
     classes, loss = int(model.outputs[0].shape[-1] or 1), getattr(model, "loss", None)
-    return _single_task(classes, np.asarray(y_example), loss, multi_label(model))
+    task = _single_task(classes, np.asarray(y_example), loss, multi_label(model))
+    if loss is None and task.accuracy in CLASS_ACCURACIES and _scores_are_logits(model):
+        import keras  # an uncompiled classifier with no softmax at the end: its scores are logits
+
+        losses = {"sparse_categorical_accuracy": keras.losses.SparseCategoricalCrossentropy}
+        losses["categorical_accuracy"] = keras.losses.CategoricalCrossentropy
+        return Task(losses[task.accuracy](from_logits=True), task.accuracy)
+    return task
+
+
+CLASS_ACCURACIES = ("sparse_categorical_accuracy", "categorical_accuracy")
+
+
+def _scores_are_logits(model) -> bool:
+    """Whether a Keras 3 model's single output is not a softmax's: the layer that produces it is no
+    Softmax and has no softmax activation (an uncompiled model's loss then reads logits; Keras'
+    default, from_logits=False, read them as probabilities: a loss of 6.9 where the true one was 1.3)."""
+    import keras
+
+    from prunecli.structure import keras_graph
+
+    if not isinstance(model, keras.Model):  # tf_keras (the tfmot engine): its own losses, as compiled
+        return False
+    try:
+        layer = model.get_layer(keras_graph.producer_name(model.outputs[0]))
+    except (ValueError, AttributeError):
+        return False
+    if isinstance(layer, keras.layers.Softmax):
+        return False
+    return getattr(getattr(layer, "activation", None), "__name__", "") not in ("softmax", "log_softmax")
 
 
 def _single_task(classes: int, y, compiled_loss, multi_label: bool = False) -> Task:
@@ -210,10 +239,21 @@ def _single_task(classes: int, y, compiled_loss, multi_label: bool = False) -> T
         is_binary = y.size > 0 and np.isin(y, (0, 1)).all()
         loss = compiled_loss or ("binary_crossentropy" if is_binary else "mse")
         return Task(loss, "binary_accuracy" if is_binary else None)
-    one_hot = y.ndim >= 2 and y.shape[-1] == classes and classes > 1
-    if one_hot:
+    rows = y.ndim >= 2 and y.shape[-1] == classes
+    if rows and _distributions(y):  # one-hot (or soft) class rows
         return Task(compiled_loss or "categorical_crossentropy", "categorical_accuracy")
+    if y.size and not np.array_equal(y, np.round(y)):  # real-valued targets, not class ids: a regression
+        return Task(compiled_loss or "mse", None)
     return Task(compiled_loss or "sparse_categorical_crossentropy", "sparse_categorical_accuracy")
+
+
+def _distributions(y) -> bool:
+    """Whether label rows are class distributions (non-negative, summing to 1): one-hot or soft labels,
+    not a regression's targets (an accuracy of those measured nothing: 'accuracy 0.44' on real values)."""
+    import numpy as np
+
+    y = np.asarray(y, np.float64)
+    return bool(y.size == 0 or (y.min() >= 0 and np.allclose(y.sum(-1), 1.0, atol=1e-3)))
 
 
 def compile_for(model, task: Task, optimizer=None) -> None:
