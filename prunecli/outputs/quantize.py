@@ -383,7 +383,7 @@ def _differences(reference: list, got: list) -> dict:
 def _saved_sizes(model, path: Path) -> dict:
     from prunecli.io import models as model_io
 
-    model_io.save(model, path)
+    model_io.save(model, path, output=False)  # a scratch copy, read back at once
     return model_io.file_sizes(path)
 
 
@@ -396,7 +396,7 @@ def _reload_check(model, path: Path, inputs, expected: list) -> dict:
 
     from prunecli.io import models as model_io
 
-    model_io.save(model, path)
+    model_io.save(model, path, output=False)  # a scratch copy, read back at once
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

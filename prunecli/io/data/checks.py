@@ -75,7 +75,8 @@ def check_labels(model, y, path) -> None:
     if y.ndim >= 2 and y.shape[-1] not in (1, classes) and not positions:
         raise DataError(
             f"{path}: labels of shape {tuple(y.shape[1:])} per example do not fit the model's output "
-            f"{output_shape(model)}: give class numbers {tuple(y.shape[1:-1]) or ''} or rows of {classes}"
+            f"{output_shape(model)}: give one class number per "
+            f"{'example' if y.ndim == 2 else 'position ' + str(tuple(y.shape[1:-1]))} or rows of {classes}"
         )
     if (
         (positions or y.ndim == 1 or (y.ndim == 2 and y.shape[-1] == 1 and classes > 1))

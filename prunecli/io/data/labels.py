@@ -70,7 +70,7 @@ def fit_labels(classes, loss: str, y, path, per_position: bool = False):
         if not (np.isin(arr, (0, 1)).all() and (arr.sum(axis=-1) == 1).all()):
             raise DataError(
                 f"{path}: labels are {classes} columns of probabilities but the model's loss "
-                "(sparse categorical) takes class numbers; give y as integers 0..{classes - 1} or one-hot rows"
+                f"(sparse categorical) takes class numbers; give y as integers 0..{classes - 1} or one-hot rows"
             )
         return arr.argmax(axis=-1).astype(np.int32)
     if loss in ("categoricalcrossentropy", "categoricalfocalcrossentropy") and y.ndim == 1:

@@ -52,7 +52,7 @@ def resolve_output(input_path: str | os.PathLike, output: str | os.PathLike | No
 
 def _resolve_output(input_path, out: Path, force: bool) -> Path:
     if out.suffix not in MODEL_SUFFIXES:
-        raise OutputError(f"output {out} must end in .keras or .h5")
+        raise OutputError(f"output {out} must end in {', '.join(MODEL_SUFFIXES[:-1])} or {MODEL_SUFFIXES[-1]}")
     src = Path(input_path)
     same = _resolved(out) == _resolved(src) or (out.exists() and src.exists() and os.path.samefile(out, src))
     if same and not force:
@@ -218,9 +218,10 @@ def replace_dir(src: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(target: Path):
+def atomic_path(target: Path, output: bool = True):
     """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds (inside
-    outputs_together, when that block ends, with the run's other outputs).
+    outputs_together, when that block ends, with the run's other outputs; not a scratch file the run
+    reads back at once, `output=False`).
 
     An exception or Ctrl-C removes the temporary file; SIGKILL cannot, so the next write to the
     same target removes what killed runs left (remove_stale_temps).
@@ -241,7 +242,7 @@ def atomic_path(target: Path):
             if exc.errno in DISK_FULL:  # named by the user's path, not the temporary one
                 raise write_error(target, exc) from exc
             raise
-        if _together["open"]:  # renamed with the run's other outputs (outputs_together)
+        if output and _together["open"]:  # renamed with the run's other outputs (outputs_together)
             _together["staged"].append((tmp_path, target))
             return
         from prunecli import interrupts
@@ -257,12 +258,15 @@ def atomic_path(target: Path):
         raise
 
 
-def save(model, out: Path, source: ModelFile | None = None, structure_changed: bool = False) -> None:
-    """Write the model atomically. An .h5 -> .h5 run with unchanged structure keeps the input's flavour.
-    Weights that are NaN or Inf are never written (check_finite: exit 4, nothing saved)."""
+def save(
+    model, out: Path, source: ModelFile | None = None, structure_changed: bool = False, output: bool = True
+) -> None:
+    """Write the model atomically (`output=False`: a scratch copy, written at once even inside
+    outputs_together). An .h5 -> .h5 run with unchanged structure keeps the input's flavour. Weights
+    that are NaN or Inf are never written (check_finite: exit 4, nothing saved)."""
     check_finite(model, "the run")
     try:
-        with atomic_path(out) as tmp:
+        with atomic_path(out, output=output) as tmp:
             if (
                 source is not None
                 and source.format == "h5"
