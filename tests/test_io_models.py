@@ -266,3 +266,25 @@ def test_a_tensorflow_2_4_savedmodel_folder_reads_and_archives_and_parents_point
     tf.saved_model.save(tf.Module(), str(plain))  # graphs only, no Keras object
     with pytest.raises(ModelLoadError, match=r"SavedModel without its Keras model"):
         model_io.inspect_file(plain)
+
+
+def test_an_h5_keras_cannot_read_back_is_refused(tmp_path):
+    """Keras 3's .h5 writer stores a node that calls a Keras operation outside a layer (`h + f(h)`)
+    in a form its reader rejects: such an .h5 output is refused (exit 5) and nothing is written; the
+    same model saves as .keras and reloads, and a model of layers only still saves as .h5."""
+    import keras
+
+    inp = keras.Input((6,))
+    h = keras.layers.Dense(6, name="d")(inp)
+    model = keras.Model(inp, keras.layers.Dense(3, name="o")(inp + h))
+    with pytest.raises(OutputError, match=r"operations outside layers \(Add\).*write a \.keras file"):
+        model_io.save(model, tmp_path / "o.h5")
+    assert list(tmp_path.iterdir()) == []
+    model_io.save(model, tmp_path / "o.keras")
+    x = np.ones((2, 6), "float32")
+    np.testing.assert_allclose(
+        np.asarray(keras.saving.load_model(tmp_path / "o.keras")(x)), np.asarray(model(x)), rtol=1e-6
+    )
+    plain = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
+    model_io.save(plain, tmp_path / "p.h5")
+    assert keras.saving.load_model(tmp_path / "p.h5").count_params() == plain.count_params()

@@ -276,12 +276,35 @@ def save(
                 shutil.copyfile(source.path, tmp)
                 write_h5_weights(model, tmp)
             else:
+                if out.suffix in (".h5", ".hdf5"):
+                    _check_h5_writable(model, out)
                 tmp.unlink()  # Keras writes the file itself
                 with quiet_keras():
                     _drop_optimizer_state(model)
                     model.save(tmp)
     except OSError as exc:
         raise write_error(out, exc) from exc
+
+
+def _check_h5_writable(model, out: Path) -> None:
+    """Refuse an .h5 that Keras 3 would write but not read back: its legacy HDF5 writer stores a graph
+    node that calls a Keras operation outside any layer (`h + f(h)`, `keras.ops.add`) in a form its
+    reader rejects ("too many positional arguments"), so the run would end with exit 0 and a file no
+    one can load."""
+    import keras
+
+    from prunecli.structure import keras_graph
+
+    if keras_graph.functional(model) is None:
+        return
+    ops = sorted(
+        {type(n.operation).__name__ for n in keras_graph.nodes(model) if not isinstance(n.operation, keras.Layer)}
+    )
+    if ops:
+        raise OutputError(
+            f"cannot write {out}: the model calls Keras operations outside layers ({', '.join(ops[:3])}), which"
+            " Keras' .h5 format does not read back; write a .keras file instead"
+        )
 
 
 def _drop_optimizer_state(model) -> None:
