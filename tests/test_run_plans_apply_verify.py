@@ -267,3 +267,25 @@ def test_bad_plan_files_are_input_errors(tmp_path, mlp_files):
         apply_plan(bogus, mlp_files["keras"], output=str(tmp_path / "x.keras"))
     with pytest.raises(ConfigError):
         verify(mlp_files["keras"])
+
+
+def test_an_input_layer_named_by_keras_does_not_make_another_architecture(pruned, tmp_path, cli):
+    """A retraining script's checkpoint of the same architecture whose InputLayer Keras named
+    `input_layer_7` (another model built first in its process) takes the plan; a layer renamed is
+    still refused."""
+    import keras
+
+    _, plan, _ = pruned
+
+    def mlp(input_name, hidden="hidden1"):
+        inp = keras.Input((20,), name=input_name)
+        x = keras.layers.Dense(32, activation="relu", name=hidden)(inp)
+        x = keras.layers.Dense(16, activation="relu", name="hidden2")(x)
+        return keras.Model(inp, keras.layers.Dense(3, activation="softmax", name="out")(x), name="mlp")
+
+    mlp("input_layer_7").save(tmp_path / "renamed_input.keras")
+    result = cli("apply", plan, tmp_path / "renamed_input.keras", "-o", tmp_path / "a.keras", "-q")
+    assert result.exit_code == 0, result.output
+    mlp("features", hidden="first").save(tmp_path / "renamed_layer.keras")
+    result = cli("apply", plan, tmp_path / "renamed_layer.keras", "-o", tmp_path / "b.keras", "-q")
+    assert result.exit_code == 3 and "'first'" in result.stderr
