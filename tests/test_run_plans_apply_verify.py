@@ -289,3 +289,34 @@ def test_an_input_layer_named_by_keras_does_not_make_another_architecture(pruned
     mlp("features", hidden="first").save(tmp_path / "renamed_layer.keras")
     result = cli("apply", plan, tmp_path / "renamed_layer.keras", "-o", tmp_path / "b.keras", "-q")
     assert result.exit_code == 3 and "'first'" in result.stderr
+
+
+@pytest.mark.parametrize("edit", ["duplicate", "kept", "unit_axis"])
+def test_a_plan_edited_by_hand_is_refused(pruned, tmp_path, edit):
+    """A plan whose manifest no longer describes its masks (a target listed twice, a `kept` count that
+    is not the mask's, a unit axis the tensor does not have) is an InputError naming the target, not
+    a run that applies it and reports figures the plan does not hold."""
+    import json
+
+    from prunecli.errors import InputError
+    from prunecli.io import plan_file
+
+    _, plan, _ = pruned
+    with zipfile.ZipFile(plan) as z:
+        files = {name: z.read(name) for name in z.namelist()}
+    manifest = json.loads(files[plan_file.MANIFEST])
+    targets = manifest["targets"]
+    if edit == "duplicate":
+        targets[1] = dict(targets[0])
+    elif edit == "kept":
+        targets[0]["kept"] = int(targets[0]["kept"]) + 1
+    else:
+        targets[0]["unit_axis"] = len(targets[0]["shape"]) + 3
+    files[plan_file.MANIFEST] = json.dumps(manifest).encode()
+    edited = tmp_path / "edited.zip"
+    with zipfile.ZipFile(edited, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    with pytest.raises(InputError, match=repr(targets[0]["name"]).strip("'")):
+        plan_file.read(edited)
+    assert plan_file.read(plan).targets  # the plan as written still reads

@@ -307,6 +307,7 @@ def read(path: str | os.PathLike) -> Plan:
                         f"plan {shown(p)}: mask of {shown(t['name'])} holds {entry.file_size} bytes, not {want}"
                     )
                 packed[t["name"]] = z.read(t["mask"])
+            _check_kept(p, manifest, packed)
     except InputError:
         raise
     except (zipfile.BadZipFile, KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
@@ -319,10 +320,31 @@ def _check_manifest(p: Path, manifest) -> None:
         raise InputError(f"{shown(p)} is not a prunecli plan file (no '{FORMAT}' manifest)")
     if manifest.get("version") != VERSION:
         raise InputError(f"plan {shown(p)} has version {manifest.get('version')!r}; this prunecli reads {VERSION}")
+    names = [t.get("name") for t in manifest.get("targets", [])]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:  # a hand-edited plan: the report would count the tensor twice, another not at all
+        raise InputError(f"plan {shown(p)}: target {shown(twice)} is listed more than once")
     for t in manifest.get("targets", []):
         shape = [int(d) for d in t["shape"]]
         if math.prod(shape) != int(t["size"]) or not isinstance(t["mask"], str):
             raise InputError(f"plan {shown(p)}: target {shown(t.get('name'))} has an inconsistent shape or mask")
+        if "unit_axis" in t and not -len(shape) <= int(t["unit_axis"]) < len(shape):
+            raise InputError(f"plan {shown(p)}: target {shown(t.get('name'))} has unit axis {t['unit_axis']}")
+
+
+def _check_kept(p: Path, manifest, packed: dict) -> None:
+    """Each target's `kept` is the count of its mask's kept weights: a plan edited by hand (a count
+    changed, a mask swapped) is refused rather than applied and reported with figures it does not hold."""
+    import numpy as np
+
+    for t in manifest["targets"]:
+        if "kept" not in t:
+            continue
+        bits = np.unpackbits(np.frombuffer(packed[t["name"]], dtype=np.uint8), count=int(t["size"]))
+        if int(bits.sum()) != int(t["kept"]):
+            raise InputError(
+                f"plan {shown(p)}: target {shown(t['name'])} says {t['kept']} weights kept, its mask keeps {int(bits.sum())}"
+            )
 
 
 def write(path: str | os.PathLike, data: bytes) -> None:
