@@ -466,3 +466,21 @@ def test_a_model_with_an_int8_token_input_exports_and_is_checked(cli, tmp_path):
     assert result.exit_code == 0, result.output
     checked = json.loads(report.read_text())["export"]["tflite"]
     assert checked["samples"] > 0 and checked["max_abs_diff"] < 1e-4
+
+
+def test_a_full_disk_during_the_savedmodel_export_is_a_resource_error(tmp_path, monkeypatch):
+    """TensorFlow's writer reports a full disk or a file-size limit in its own error types, not as an
+    OSError: exit 6 (not 7, 'cannot export'), and no staging path in the message."""
+    import keras
+
+    from prunecli.errors import ResourceError
+    from prunecli.outputs import export
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+
+    def full(*_args, **_kwargs):
+        raise RuntimeError(f"{tmp_path}/.prunecli-export.x/savedmodel/saved_model.pb.tmp; File too large")
+
+    monkeypatch.setattr(model, "export", full)
+    with pytest.raises(ResourceError, match=r"^not enough disk space to export the model \(File too large\)$"):
+        export.write_savedmodel(model, tmp_path / "sm")

@@ -190,7 +190,7 @@ def validate(c: PruneConfig) -> None:
 def _check_amount(c: PruneConfig) -> None:
     """How much is pruned: a sparsity, a threshold or an N:M pattern, one of them."""
     if c.sparsity is not None and not 0.0 <= c.sparsity < 1.0:
-        raise ConfigError(f"sparsity must be in [0, 1), got {c.sparsity:g}")
+        raise ConfigError(f"sparsity must be in [0, 1), got {c.sparsity!r}")
     if c.sparsity is not None and c.threshold is not None:
         raise ConfigError("give either --sparsity or --threshold, not both")
     if c.granularity.kind == "nm" and (c.sparsity is not None or c.threshold is not None):
@@ -216,12 +216,12 @@ def _check_ranges(c: PruneConfig) -> None:
     if not 0.0 <= c.min_keep <= 1.0:
         raise ConfigError(f"min_keep must be in [0, 1], got {c.min_keep:g}")
     if not 0.0 <= c.initial_sparsity < 1.0:
-        raise ConfigError(f"initial_sparsity must be in [0, 1), got {c.initial_sparsity:g}")
+        raise ConfigError(f"initial_sparsity must be in [0, 1), got {c.initial_sparsity!r}")
     if not 0.0 <= c.val_split < 1.0:
         raise ConfigError(f"val_split must be in [0, 1), got {c.val_split:g}")
     for o in c.overrides:
         if o.sparsity is not None and not 0.0 <= o.sparsity < 1.0:
-            raise ConfigError(f"override sparsity for {o.pattern!r} must be in [0, 1), got {o.sparsity:g}")
+            raise ConfigError(f"override sparsity for {o.pattern!r} must be in [0, 1), got {o.sparsity!r}")
     for name in ("batch_size", "schedule_steps", "repeats", "worker_wait"):
         if getattr(c, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(c, name)}")

@@ -26,7 +26,7 @@ import time
 import warnings
 from pathlib import Path
 
-from prunecli.errors import ExportError, OutputError, first_line, write_error
+from prunecli.errors import ExportError, OutputError, ResourceError, first_line, write_error
 from prunecli.results import StepResult
 
 SAMPLE_COUNT = 256  # inputs used to compare the exported model with the Keras model
@@ -183,7 +183,15 @@ def write_savedmodel(model, path: Path) -> None:
     except OSError as exc:
         raise write_error(path, exc) from exc
     except Exception as exc:  # Keras/TF raise ValueError/TypeError for models that cannot be traced
+        full = next((reason for reason in DISK_FULL_REASONS if reason in str(exc)), None)
+        if full:  # TensorFlow's own file writer: a full disk or a file-size limit, not an export failure
+            raise ResourceError(f"not enough disk space to export the model ({full})") from exc
         raise ExportError(f"cannot export the model as a SavedModel: {first_line(exc)}") from exc
+
+
+# what TensorFlow's file writer says (in its own error types, not OSError) when the disk, a quota or a
+# file-size limit is full
+DISK_FULL_REASONS = ("No space left on device", "File too large", "Disk quota exceeded")
 
 
 @contextlib.contextmanager
