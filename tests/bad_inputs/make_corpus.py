@@ -207,6 +207,9 @@ def build(dest: str | os.PathLike) -> dict[str, Path]:
     np.savez(path("label_columns.npz"), x=x, y=np.eye(CLASSES + 2, dtype="float32")[rng.integers(0, 5, 40)])
     np.savez(path("label_range.npz"), x=x, y=(y + CLASSES).astype("int32"))
     np.savez(path("empty.npz"), x=np.zeros((0, INPUTS), "float32"), y=np.zeros((0,), "int32"))
+    np.savez(path("no_arrays.npz"))  # a valid zip with no member
+    shutil.copyfile(d / "good.h5", path("h5_named.keras"))  # a file renamed by hand: its reader follows the name
+    shutil.copyfile(d / "good.keras", path("keras_named.h5"))
     np.savez(path("no_xy.npz"), features=x, targets=y)
     np.savez(path("string_x.npz"), x=np.array([["a"] * INPUTS] * 40), y=y)
     x_nan = x.copy()

@@ -118,8 +118,11 @@ def _read_npz(path: Path) -> dict:
     import numpy as np
 
     with open(path, "rb") as fh:
-        if fh.read(4) != b"PK\x03\x04":  # otherwise numpy would try it as .npy or pickle
-            raise DataError(f"{path} is not a readable .npz file (not a zip archive of .npy arrays)")
+        head = fh.read(4)
+    if head == b"PK\x05\x06":  # a zip with no member: np.savez() given no arrays
+        raise DataError(f"{path} holds no arrays; give x (and y) as np.savez(path, x=x, y=y) writes them")
+    if head != b"PK\x03\x04":  # otherwise numpy would try it as .npy or pickle
+        raise DataError(f"{path} is not a readable .npz file (not a zip archive of .npy arrays)")
     try:
         with np.load(path, allow_pickle=False) as z:
             _check_fits_in_memory(path, sum(info.file_size for info in z.zip.infolist()))

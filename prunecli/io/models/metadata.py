@@ -261,6 +261,12 @@ def inspect_file(path: str | os.PathLike) -> ModelFile:
     else:
         inside = _archived_saved_model(_tar_names(p))
         raise ModelLoadError(f"{p} is not a Keras model (expected a .keras zip or an HDF5 .h5 file){inside}")
+    named = {".keras": "keras", ".h5": "h5", ".hdf5": "h5"}.get(p.suffix.lower())
+    if named is not None and named != fmt:  # Keras picks its reader by the name, and then finds no file
+        want = ".h5" if fmt == "h5" else ".keras"
+        raise ModelLoadError(
+            f"{p} is {'an HDF5' if fmt == 'h5' else 'a .keras (zip)'} model under a {p.suffix} name: rename it to {p.stem}{want}"
+        )
     flavour = "keras2" if version and version.split(".")[0] == "2" else "keras3"
     return ModelFile(p, fmt, flavour, version, size, config)
 
