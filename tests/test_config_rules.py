@@ -64,3 +64,21 @@ def test_rules_from_a_recipe_mapping():
 )
 def test_name_matches(name, patterns, hit):
     assert name_matches(name, patterns) is hit
+
+
+def test_the_api_given_objects_instead_of_settings_says_so():
+    """A Keras model object as model_path, or a dict handed to prune(), is a ConfigError (exit 2) that
+    says what to give: the model object was turned into the text of its repr, then "model file not
+    found: <Sequential ...>"; the dict an AttributeError outside the error family."""
+    import keras
+
+    import prunecli
+    from prunecli.errors import ConfigError
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    with pytest.raises(ConfigError, match=r"model_path takes the path of a saved model, not a model object"):
+        prunecli.build_config({"model_path": model, "sparsity": 0.5}, environ={})
+    with pytest.raises(ConfigError, match=r"prune\(\) takes a PruneConfig"):
+        prunecli.prune({"model_path": "m.keras", "sparsity": 0.5})
+    with pytest.raises(ConfigError, match="invalid value for output"):
+        prunecli.build_config({"model_path": "m.keras", "output": b"o.keras"}, environ={})

@@ -87,10 +87,14 @@ def _coerce(name: str, value: Any) -> Any:
             if isinstance(value, bool):
                 raise ValueError(value)
             return float(value)
-        if isinstance(value, (bytes, bytearray)):  # a recipe's `!!binary` value: text was meant
+        if not isinstance(value, (str, os.PathLike, int, float)):  # a model object, bytes (a recipe's `!!binary`)
             raise TypeError(value)
         return str(value)
     except (TypeError, ValueError, OverflowError) as exc:
+        if callable(getattr(value, "count_params", None)):  # the Python API given a Keras model itself
+            raise ConfigError(
+                f"{name} takes the path of a saved model, not a model object: save it first (model.save('m.keras'))"
+            ) from exc
         if isinstance(value, str) and len(value) > 80:
             value = value[:80] + "..."
         raise ConfigError(f"invalid value for {name}: {value!r}") from exc

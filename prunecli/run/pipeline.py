@@ -149,6 +149,8 @@ def _start(config: PruneConfig, progress: steps.Progress):
     from prunecli.run.preflight import plan_prune
     from prunecli.scoring.checks import check_method
 
+    if not isinstance(config, PruneConfig):  # a dict of settings, say: one line, not an AttributeError
+        raise ConfigError("prune() takes a PruneConfig: prunecli.prune(prunecli.build_config({...}))")
     check_method(config.method, bool(config.data))
     out, _plan = plan_prune(config)
     if config.engine == "tfmot" and config.save_plan:
