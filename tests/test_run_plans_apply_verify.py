@@ -320,3 +320,19 @@ def test_a_plan_edited_by_hand_is_refused(pruned, tmp_path, edit):
     with pytest.raises(InputError, match=repr(targets[0]["name"]).strip("'")):
         plan_file.read(edited)
     assert plan_file.read(plan).targets  # the plan as written still reads
+
+
+def test_verify_reads_the_digest_in_any_case_and_checks_the_size(pruned, tmp_path, cli):
+    """A sha256 copied in capitals is the same digest; a report whose byte count is not the file's fails."""
+    out, _plan, report = pruned
+    r = json.loads(report.read_text())
+    r["output"]["sha256"] = r["output"]["sha256"].upper()
+    upper = tmp_path / "upper.json"
+    upper.write_text(json.dumps(r))
+    result = cli("verify", out, "-r", upper)
+    assert result.exit_code == 0, result.output
+    r["output"]["bytes"] += 1
+    sized = tmp_path / "sized.json"
+    sized.write_text(json.dumps(r))
+    result = cli("verify", out, "-r", sized)
+    assert result.exit_code == 4 and "output size: the report says" in result.stderr

@@ -119,6 +119,7 @@ def _check_hash(result: VerifyResult, claims: dict, model_path) -> None:
     if said is None:
         result.failures.append("output sha256: the report records none (written by an older prunecli?)")
         return
+    said = str(said).strip().lower()  # a digest is hex: one copied in capitals is the same digest
     actual = plan_file.file_sha256(model_path)
     result.claim(
         actual == said,
@@ -126,6 +127,14 @@ def _check_hash(result: VerifyResult, claims: dict, model_path) -> None:
         f"output sha256: the report says {said[:12]}..., {shown(model_path)} is {actual[:12]}... (another file, or "
         "changed since the run)",
     )
+    bytes_said = (claims.get("output") or {}).get("bytes")
+    if bytes_said is not None:
+        size = Path(model_path).stat().st_size
+        result.claim(
+            size == bytes_said,
+            f"output size {size:,} bytes",
+            f"output size: the report says {bytes_said:,} bytes, {shown(model_path)} has {size:,}",
+        )
 
 
 def _nonzeros(variable) -> int:
