@@ -334,6 +334,7 @@ def test_stand_in_inputs_are_long_enough_for_a_pooling_stack(tmp_path):
     check compared NaN with NaN and refused a correct model (exit 1). Stand-ins now take the first length
     whose outputs are finite."""
     import keras
+    import tensorflow as tf
 
     from prunecli.structure import probes
 
@@ -345,7 +346,10 @@ def test_stand_in_inputs_are_long_enough_for_a_pooling_stack(tmp_path):
         x = keras.layers.MaxPooling2D((1, 2), name=f"pool{i}")(x)
     outputs = keras.layers.Dense(4, activation="softmax", name="out")(keras.layers.GlobalAveragePooling2D()(x))
     model = keras.Model(inputs, outputs)
-    assert np.isnan(np.asarray(model(np.ones((1, 8, 32, 1), "float32")))).all()  # what 32 gave
+    try:  # what 32 gave: NaN, or (oneDNN's pooling, on CPUs where TensorFlow uses it) an error
+        assert np.isnan(np.asarray(model(np.ones((1, 8, 32, 1), "float32")))).all()
+    except tf.errors.OpError:
+        pass
     (stand_in,) = probes.seeded_inputs(model, 2)
     assert stand_in.shape[2] > 32 and np.isfinite(np.asarray(model(stand_in))).all()
     path, out = tmp_path / "tempo.keras", tmp_path / "o.keras"
