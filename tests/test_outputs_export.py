@@ -484,3 +484,29 @@ def test_a_full_disk_during_the_savedmodel_export_is_a_resource_error(tmp_path, 
     monkeypatch.setattr(model, "export", full)
     with pytest.raises(ResourceError, match=r"^not enough disk space to export the model \(File too large\)$"):
         export.write_savedmodel(model, tmp_path / "sm")
+
+
+@pytest.mark.slow
+def test_a_savedmodel_that_does_not_run_on_the_inputs_is_an_export_error(tmp_path, cli):
+    """Keras' SavedModel export of a TimeDistributed layer over an open time axis traces, but the
+    exported signature fails on the model's own inputs ("slice index 20 of dimension 0 out of bounds":
+    crema's chord model, bench/zoo). That check is an export error (exit 7, one line), not an internal
+    error, and nothing is written."""
+    import keras
+    import numpy as np
+
+    inp = keras.Input((None, 6))
+    h = keras.layers.GRU(4, return_sequences=True)(inp)
+    keras.Model(inp, keras.layers.TimeDistributed(keras.layers.Dense(3, activation="softmax"))(h)).save(
+        tmp_path / "td.keras"
+    )
+    np.savez(tmp_path / "td.npz", x=np.random.default_rng(0).random((40, 20, 6)).astype("float32"))
+    out = tmp_path / "out" / "o.keras"
+    out.parent.mkdir()
+    args = ["prune", tmp_path / "td.keras", "-s", "0.5", "-d", tmp_path / "td.npz", "--export", "savedmodel"]
+    result = cli(*args, "-o", out, "-q")
+    assert result.exit_code == 7, result.output
+    assert result.stderr.strip().startswith(
+        "prunecli: error: the exported SavedModel does not run on the model's inputs"
+    )
+    assert list(out.parent.iterdir()) == []

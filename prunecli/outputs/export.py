@@ -591,4 +591,11 @@ def _compare_savedmodel(saved: Path, samples, expected, input_names: list[str]) 
         result = serve(**{name: tf.constant(arr) for name, arr in chunk.items()})
         return [result[k].numpy() for k in sorted(result, key=_natural_key)]
 
-    return _differences(_in_chunks(run, feed), expected, len(samples[0]))
+    try:
+        outputs = _in_chunks(run, feed)
+    except tf.errors.OpError as exc:  # the export ran at trace time but not on the model's own inputs
+        reason = next((line for line in str(exc).splitlines() if "out of bounds" in line or "Incompatible" in line), "")
+        raise ExportError(
+            f"the exported SavedModel does not run on the model's inputs ({reason or first_line(exc)})"
+        ) from exc
+    return _differences(outputs, expected, len(samples[0]))
