@@ -131,17 +131,23 @@ def test_a_242_byte_name_gets_a_temporary_name_within_the_limit(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [target.name]
 
 
-def test_all_or_nothing_leaves_none_of_the_files_after_an_interrupt(tmp_path):
+def test_outputs_together_leave_none_of_the_files_after_an_interrupt(tmp_path):
+    """Files written together (sweep's four, a run's outputs): an interrupt before the block ends
+    leaves none of them, and no temporary file; a block that ends renames them all."""
+    from prunecli.io.models import atomic_path, outputs_together
+
     targets = [tmp_path / f"sweep.{kind}" for kind in ("json", "csv", "png", "md")]
     with pytest.raises(KeyboardInterrupt):
-        with paths.all_or_nothing(targets) as temps:
+        with outputs_together():
             for t in targets[:2]:
-                temps[t].write_text("half")
+                with atomic_path(t) as tmp:
+                    tmp.write_text("half")
             raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
-    with paths.all_or_nothing(targets) as temps:
+    with outputs_together():
         for t in targets:
-            temps[t].write_text(t.suffix)
+            with atomic_path(t) as tmp:
+                tmp.write_text(t.suffix)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(t.name for t in targets)
 
 

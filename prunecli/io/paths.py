@@ -24,7 +24,6 @@ Decisions (documented in the README, "Outputs"):
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
@@ -373,35 +372,3 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
-
-
-@contextlib.contextmanager
-def all_or_nothing(targets):
-    """For outputs that belong together (sweep's four files): yield {target: temp path}; on success
-    rename them all, on any exception or Ctrl-C/SIGTERM remove every temporary file and every target
-    already renamed in this block, so an interrupted run leaves none of them half-done."""
-    from prunecli.io.models import remove_stale_temps, temp_name
-
-    targets = [Path(t) for t in targets]
-    for t in targets:
-        remove_stale_temps(t)  # what runs killed with SIGKILL left
-    temps = {t: t.parent / temp_name(t) for t in targets}
-    done: list[Path] = []
-    try:
-        for tmp in temps.values():
-            tmp.touch(exist_ok=False)
-        yield temps
-        from prunecli import interrupts
-
-        interrupts.checkpoint()  # a signal swallowed earlier still stops the renames
-        for t, tmp in temps.items():
-            os.replace(tmp, t)
-            done.append(t)
-    except BaseException:
-        for tmp in temps.values():
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        for t in done:
-            with contextlib.suppress(OSError):
-                t.unlink()
-        raise

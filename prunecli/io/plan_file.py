@@ -307,12 +307,13 @@ def read(path: str | os.PathLike) -> Plan:
                         f"plan {shown(p)}: mask of {shown(t['name'])} holds {entry.file_size} bytes, not {want}"
                     )
                 packed[t["name"]] = z.read(t["mask"])
-            _check_kept(p, manifest, packed)
     except InputError:
         raise
     except (zipfile.BadZipFile, KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
         raise InputError(f"{shown(p)} is not a prunecli plan file ({first_line(exc)})") from exc
-    return Plan(path=p, manifest=manifest, packed=packed, sha256=digest)
+    plan = Plan(path=p, manifest=manifest, packed=packed, sha256=digest)
+    _check_kept(plan)
+    return plan
 
 
 def _check_manifest(p: Path, manifest) -> None:
@@ -332,18 +333,14 @@ def _check_manifest(p: Path, manifest) -> None:
             raise InputError(f"plan {shown(p)}: target {shown(t.get('name'))} has unit axis {t['unit_axis']}")
 
 
-def _check_kept(p: Path, manifest, packed: dict) -> None:
+def _check_kept(plan: Plan) -> None:
     """Each target's `kept` is the count of its mask's kept weights: a plan edited by hand (a count
     changed, a mask swapped) is refused rather than applied and reported with figures it does not hold."""
-    import numpy as np
-
-    for t in manifest["targets"]:
-        if "kept" not in t:
-            continue
-        bits = np.unpackbits(np.frombuffer(packed[t["name"]], dtype=np.uint8), count=int(t["size"]))
-        if int(bits.sum()) != int(t["kept"]):
+    for t in plan.targets:
+        kept = int(plan.mask(t["name"]).sum())
+        if "kept" in t and kept != int(t["kept"]):
             raise InputError(
-                f"plan {shown(p)}: target {shown(t['name'])} says {t['kept']} weights kept, its mask keeps {int(bits.sum())}"
+                f"plan {shown(plan.path)}: target {shown(t['name'])} says {t['kept']} weights kept, its mask keeps {kept}"
             )
 
 

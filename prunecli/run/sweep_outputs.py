@@ -326,7 +326,7 @@ def write_outputs(result: SweepResult, out_dir: str | Path, name: str = "sweep")
     import json
 
     from prunecli.errors import OutputError
-    from prunecli.io.paths import all_or_nothing
+    from prunecli.io.models import atomic_path, outputs_together
 
     folder = Path(out_dir)
     try:
@@ -335,9 +335,10 @@ def write_outputs(result: SweepResult, out_dir: str | Path, name: str = "sweep")
         raise OutputError(f"cannot create output directory {folder}: {exc.strerror}") from exc
     paths = {kind: folder / f"{name}.{kind}" for kind in ("json", "csv", "png", "md")}
     try:  # all four or none: an interrupt (Ctrl-C, SIGTERM) while writing leaves no half set behind
-        with all_or_nothing(paths.values()) as temps:
-            temps[paths["json"]].write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
-            with open(temps[paths["csv"]], "w", newline="", encoding="utf-8") as fh:
+        with outputs_together():
+            with atomic_path(paths["json"]) as tmp:
+                tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+            with atomic_path(paths["csv"]) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
                 writer = csv.writer(fh)
                 writer.writerow(
                     ["curve", "sparsity", "measured_sparsity", "stage", "loss", "accuracy", "accuracy_drop"]
@@ -361,8 +362,10 @@ def write_outputs(result: SweepResult, out_dir: str | Path, name: str = "sweep")
                                 "" if drop is None else f"{drop:.6f}",
                             ]
                         )
-            plot(result, temps[paths["png"]])
-            temps[paths["md"]].write_text(render_markdown(result, paths["png"].name), encoding="utf-8")
+            with atomic_path(paths["png"]) as tmp:
+                plot(result, tmp)
+            with atomic_path(paths["md"]) as tmp:
+                tmp.write_text(render_markdown(result, paths["png"].name), encoding="utf-8")
     except OSError as exc:
         raise OutputError(f"cannot write sweep results to {folder}: {exc.strerror or exc}") from exc
     return paths

@@ -70,12 +70,22 @@ def outputs_are_logits(model) -> bool:
         config = {}
     if "from_logits" in (config or {}):
         return bool(config["from_logits"])
+    return ends_in_softmax(model) is not True
+
+
+def ends_in_softmax(model) -> bool | None:
+    """Whether the layer producing the model's first output is a softmax (a Softmax layer or a softmax
+    activation), so its scores are probabilities, not logits (log-softmax scores read as logits give
+    the same distribution); None when that layer cannot be found."""
+    import keras
+
     try:
         layer = model.get_layer(keras_graph.producer_name(model.outputs[0]))
     except (ValueError, AttributeError):
+        return None
+    if isinstance(layer, keras.layers.Softmax):
         return True
-    activation = getattr(layer, "activation", None)
-    return getattr(activation, "__name__", "") != "softmax"
+    return getattr(getattr(layer, "activation", None), "__name__", "") == "softmax"
 
 
 def max_sequence_length(model) -> int | None:

@@ -210,22 +210,15 @@ CLASS_ACCURACIES = ("sparse_categorical_accuracy", "categorical_accuracy")
 
 
 def _scores_are_logits(model) -> bool:
-    """Whether a Keras 3 model's single output is not a softmax's: the layer that produces it is no
-    Softmax and has no softmax activation (an uncompiled model's loss then reads logits; Keras'
-    default, from_logits=False, read them as probabilities: a loss of 6.9 where the true one was 1.3)."""
+    """Whether a Keras 3 model's single output is not a softmax's (structure/language.ends_in_softmax):
+    an uncompiled model's loss then reads logits; Keras' default, from_logits=False, read them as
+    probabilities (a loss of 6.9 where the true one was 1.3). A tf_keras model (the tfmot engine) keeps
+    its own losses, as compiled."""
     import keras
 
-    from prunecli.structure import keras_graph
+    from prunecli.structure import language
 
-    if not isinstance(model, keras.Model):  # tf_keras (the tfmot engine): its own losses, as compiled
-        return False
-    try:
-        layer = model.get_layer(keras_graph.producer_name(model.outputs[0]))
-    except (ValueError, AttributeError):
-        return False
-    if isinstance(layer, keras.layers.Softmax):
-        return False
-    return getattr(getattr(layer, "activation", None), "__name__", "") not in ("softmax", "log_softmax")
+    return isinstance(model, keras.Model) and language.ends_in_softmax(model) is False
 
 
 def _single_task(classes: int, y, compiled_loss, multi_label: bool = False) -> Task:
