@@ -136,7 +136,7 @@ class PruneGroup(click.Group):
             _echo_click_error(exc)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            _say("prunecli: interrupted")
+            _say(_one_line(interrupts.interrupted_message()))
             ctx.exit(ExitCode.INTERRUPTED)
         except PruneCliError as exc:
             if _debug_requested(ctx):

@@ -58,6 +58,25 @@ def install() -> None:
 def reset() -> None:
     """For tests running several commands in one process."""
     _stop.clear()
+    _completed.clear()
+
+
+_completed: list = []  # outputs renamed into place while a stop was held (outputs_complete)
+
+
+def outputs_complete(paths) -> None:
+    """A stop that arrived while the outputs were being renamed lets the renames finish: the run still
+    exits as interrupted, and its message names these outputs as complete, so that no one deletes
+    (or distrusts) files that are whole and consistent with one another."""
+    _completed[:] = [str(p) for p in paths]
+
+
+def interrupted_message() -> str:
+    """The one line a stopped command prints."""
+    if not _completed:
+        return "prunecli: interrupted"
+    names = ", ".join(_completed[:4]) + (" ..." if len(_completed) > 4 else "")
+    return f"prunecli: interrupted after its outputs were written; they are complete: {names}"
 
 
 @contextlib.contextmanager

@@ -445,6 +445,8 @@ def test_a_signal_during_the_renames_stops_the_run_after_all_of_them(models, tmp
             signal.signal(sig, handler)
     monkeypatch.undo()
     assert result.exit_code == ExitCode.INTERRUPTED, result.output
+    assert "interrupted after its outputs were written; they are complete:" in result.stderr
+    assert result.stderr.count("\n") == 1 and "o.keras" in result.stderr
     assert {"o.keras", "p.zip", "r.json", "o.tflite"} <= set(renames)
     assert _temps(tmp_path) == []
     checked = _invoke("verify", tmp_path / "o.keras", "--report", tmp_path / "r.json", "--plan", tmp_path / "p.zip")

@@ -65,6 +65,27 @@ def test_npz_test_and_val_sets_and_val_split(mlp, tmp_path):
     assert (whole.n_eval, whole.eval_held_out) == (400, False)
 
 
+def test_npz_arrays_it_would_not_read_are_refused_by_name(mlp, tmp_path):
+    """A validation set under another name, or a stray array, is refused rather than ignored; x/y with
+    x_test/y_test is a training set and a test set (the test set is not left out)."""
+    model, x, y = mlp
+    valid = tmp_path / "valid.npz"
+    np.savez(valid, x_train=x[:300], y_train=y[:300], x_valid=x[300:], y_valid=y[300:])
+    with pytest.raises(DataError, match=r"x_valid, y_valid not read .*rename or remove them"):
+        data.load(str(valid), model)
+    both = tmp_path / "both.npz"
+    np.savez(both, x=x, y=y, x_train=x[:10], y_train=y[:10])
+    with pytest.raises(DataError, match=r"x, y not read"):
+        data.load(str(both), model)
+    plain_test = tmp_path / "plain_test.npz"
+    np.savez(
+        plain_test, x=x[:300], y=y[:300], x_test=x[300:], y_test=y[300:], feature_names=np.array(["a"] * x.shape[1])
+    )
+    d = data.load(str(plain_test), model)
+    assert (d.n_train, d.n_eval, d.eval_held_out) == (300, 100, True)
+    assert same_rows(rows(d.eval)[0], x[300:])
+
+
 # --- .npy pairs ---------------------------------------------------------------------------------
 
 

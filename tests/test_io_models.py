@@ -288,3 +288,24 @@ def test_an_h5_keras_cannot_read_back_is_refused(tmp_path):
     plain = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
     model_io.save(plain, tmp_path / "p.h5")
     assert keras.saving.load_model(tmp_path / "p.h5").count_params() == plain.count_params()
+
+
+def test_an_h5_output_keras_cannot_read_back_is_refused_before_the_work(tmp_path, monkeypatch):
+    """The same refusal, from a run: right after loading, before any scoring (which would take minutes
+    on a real model) and with nothing written; the same run to a .keras output goes through."""
+    import keras
+
+    import prunecli
+    from prunecli.run import steps
+
+    inp = keras.Input((6,))
+    h = keras.layers.Dense(6, name="d")(inp)
+    keras.Model(inp, keras.layers.Dense(3, name="o")(inp + h)).save(tmp_path / "m.keras")
+    values = {"model_path": str(tmp_path / "m.keras"), "sparsity": 0.5, "quiet": True, "sizes": False}
+    monkeypatch.setattr(steps, "pick_targets", lambda *a, **k: pytest.fail("work started before the refusal"))
+    with pytest.raises(OutputError, match=r"cannot write .*o\.h5: the model calls Keras operations outside layers"):
+        prunecli.prune(prunecli.build_config({**values, "output": str(tmp_path / "o.h5")}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras"]
+    monkeypatch.undo()
+    prunecli.prune(prunecli.build_config({**values, "output": str(tmp_path / "o.keras")}))
+    assert (tmp_path / "o.keras").is_file()

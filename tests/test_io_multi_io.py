@@ -77,3 +77,14 @@ def test_missing_input_array_is_one_line(files):
     result = _run("prune", files / "two_in.keras", "-d", files / "two_in_missing.npz", "-q")
     assert result.exit_code == 3
     assert "x_b" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_array_for_no_input_or_output_is_refused_by_name(files, tmp_path):
+    """`x_c` names no input of the model: refused (exit 3) rather than ignored."""
+    arrays = dict(np.load(files / "two_in.npz"))
+    extra = tmp_path / "extra.npz"
+    np.savez(extra, **arrays, x_c=arrays["x_a"])
+    result = _run("prune", files / "two_in.keras", "-d", extra, "-q", "-o", tmp_path / "o.keras")
+    assert result.exit_code == 3
+    assert "x_c not read" in result.stderr and result.stderr.count("\n") == 1
+    assert not (tmp_path / "o.keras").exists()

@@ -336,3 +336,27 @@ def test_verify_reads_the_digest_in_any_case_and_checks_the_size(pruned, tmp_pat
     sized.write_text(json.dumps(r))
     result = cli("verify", out, "-r", sized)
     assert result.exit_code == 4 and "output size: the report says" in result.stderr
+
+
+@pytest.mark.parametrize("granularity", ["neuron", "n:m=2:4", "neuron (manifest only)"])
+def test_a_plan_whose_granularity_was_edited_is_refused(pruned, mlp_files, tmp_path, cli, granularity):
+    """An element plan relabelled neuron or 2:4 would be applied without bias folding, or exported as
+    a pattern it does not hold: its masks are checked against the granularity (exit 3, nothing
+    written); a granularity edited in one of its two places is refused when the plan is read."""
+    _, plan, _ = pruned
+    with zipfile.ZipFile(plan) as z:
+        files = {name: z.read(name) for name in z.namelist()}
+    manifest = json.loads(files[plan_file.MANIFEST])
+    manifest["granularity"] = granularity.split(" ")[0]
+    if "manifest only" not in granularity:
+        manifest["settings"]["granularity"] = granularity
+    files[plan_file.MANIFEST] = json.dumps(manifest).encode()
+    edited = tmp_path / "edited.zip"
+    with zipfile.ZipFile(edited, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    result = cli("apply", edited, mlp_files["keras"], "-o", tmp_path / "a.keras", "-q")
+    assert result.exit_code == 3 and result.stderr.count("\n") == 1, result.output
+    expected = "is not its run's" if "manifest only" in granularity else f"is not {granularity} ("
+    assert expected in result.stderr
+    assert not (tmp_path / "a.keras").exists()

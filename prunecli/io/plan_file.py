@@ -321,6 +321,11 @@ def _check_manifest(p: Path, manifest) -> None:
         raise InputError(f"{shown(p)} is not a prunecli plan file (no '{FORMAT}' manifest)")
     if manifest.get("version") != VERSION:
         raise InputError(f"plan {shown(p)} has version {manifest.get('version')!r}; this prunecli reads {VERSION}")
+    said = manifest.get("settings", {}).get("granularity")
+    if said is not None and str(said) != str(manifest.get("granularity", "element")):  # one of the two edited
+        raise InputError(
+            f"plan {shown(p)}: its granularity {manifest.get('granularity')!r} is not its run's ({said!r})"
+        )
     names = [t.get("name") for t in manifest.get("targets", [])]
     twice = next((n for n in names if names.count(n) > 1), None)
     if twice is not None:  # a hand-edited plan: the report would count the tensor twice, another not at all

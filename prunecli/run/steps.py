@@ -42,6 +42,7 @@ def load(config: PruneConfig, progress: Progress, timings: Timings) -> tuple[Run
     with timings.phase("load"):
         model, source = model_io.load(config.model_path, unsafe=config.unsafe, custom_objects=config.custom_objects)
         keras_graph.compile_loops()  # within a run (keras_graph.compiled_loops): recurrent loops compiled
+        _check_output_format(config, model, source)
         if config.sizes:  # igzip releases the GIL, so this overlaps with scoring and masking
             input_sizes = model_io.sizes_in_background(source.path)
         compiled_optimizer = getattr(model, "optimizer", None)
@@ -60,6 +61,16 @@ def load(config: PruneConfig, progress: Progress, timings: Timings) -> tuple[Run
         notes=model_io.read_notes(source) + _custom_objects_note(config),  # how the file was read
     )
     return state, input_sizes
+
+
+def _check_output_format(config: PruneConfig, model, source) -> None:
+    """An .h5 output that Keras could not read back is refused before the work, not after it. An .h5
+    input needs no check: Keras read it, and an unchanged structure is written by copying it."""
+    from prunecli.io.models.write import MODEL_SUFFIXES, check_h5_writable, default_output
+
+    out = Path(config.output) if config.output else default_output(config.model_path)
+    if out.suffix in MODEL_SUFFIXES[1:] and source.format != "h5":
+        check_h5_writable(model, out)
 
 
 def _custom_objects_note(config: PruneConfig) -> tuple[str, ...]:

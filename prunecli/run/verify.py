@@ -206,13 +206,14 @@ def _nm_of(granularity) -> tuple[int, int] | None:
     return int(n), int(m)
 
 
-def nm_violations(target, n: int, m: int) -> tuple[int, str]:
+def nm_violations(target, n: int, m: int, kept=None) -> tuple[int, str]:
     """Groups of the target's N:M layout (structure.targets.NmGroups: along the input channels of one
     convolution tap, never across taps) holding more than N non-zeros in some unit: (count, where the
-    first one is, as rows of the (reduction, units) matrix view)."""
+    first one is, as rows of the (reduction, units) matrix view). `kept`: a keep mask to count instead
+    of the weight's non-zeros (a plan's, before it is applied)."""
     import numpy as np
 
-    a = np.moveaxis(np.asarray(target.variable), target.unit_axis, -1)
+    a = np.moveaxis(np.asarray(target.variable if kept is None else kept), target.unit_axis, -1)
     matrix = a.reshape(-1, a.shape[-1]) != 0  # (reduction, units), as structure.targets lays it out
     slots = target.nm_groups(m).slots
     padded = np.concatenate([matrix, np.zeros((1, matrix.shape[1]), bool)])  # a padding slot reads a zero

@@ -155,3 +155,16 @@ def check_finite(x, path) -> None:
             raise DataError(f"{path}: inputs contain NaN or Inf")
         if x.dtype.itemsize > 4 and len(chunk) and np.abs(chunk).max() > FLOAT32_MAX:
             raise DataError(f"{path}: inputs exceed the float32 range (largest |x| is {np.abs(chunk).max():.3g})")
+
+
+def refuse_unread(arrays: dict, read: set[str], path, names: str) -> None:
+    """An array the run would not read is refused, by name, as token data's are (io/data/tokens.py): an
+    `x_valid` meant as a validation set, or a test set beside `x_train` under another name, would
+    otherwise be ignored while the report reads as if it were used."""
+    unread = sorted(set(arrays) - read)
+    if unread:
+        shown = ", ".join(unread[:4]) + (" ..." if len(unread) > 4 else "")
+        raise DataError(
+            f"{path}: {shown} not read (prunecli reads {names}, and feature_names); rename or remove"
+            f" {'it' if len(unread) == 1 else 'them'}"
+        )

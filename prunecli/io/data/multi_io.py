@@ -10,6 +10,7 @@ from prunecli.io.data.checks import (
     check_label_values,
     check_numeric,
     io_names,
+    refuse_unread,
 )
 from prunecli.io.data.labels import fit_labels, loss_name
 
@@ -61,10 +62,15 @@ def _multi_pick(arrays: dict, inputs: list[str], outputs: list[str], path):
             )
         return xs, ys
 
-    train = pair("_train") or pair("")
+    train_split = "_train" if pair("_train") else ""
+    train = pair(train_split)
     if train is None:
-        pair("")  # raises with the names it needs
         raise DataError(f"{path}: no x/y arrays for the model's inputs {inputs} and outputs {outputs}")
+    read = {"feature_names"}
+    for split in (train_split, "_test", "_val"):
+        for base, names in ((f"x{split}", inputs), (f"y{split}", outputs)):
+            read |= {base} | {f"{base}{sep}{n}" for n in names for sep in "_/"}
+    refuse_unread(arrays, read, path, "x/y per input and output (x_NAME, y_NAME), with _train/_test/_val splits")
     test, val = pair("_test"), pair("_val")
     return (train, test, val) if test else (train, val, None)
 

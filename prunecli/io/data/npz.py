@@ -19,6 +19,7 @@ from prunecli.io.data.checks import (
     check_numeric,
     check_shapes,
     is_multi_io,
+    refuse_unread,
 )
 from prunecli.io.data.labels import labels_for_model
 from prunecli.io.data.multi_io import multi_io_sets
@@ -142,7 +143,8 @@ def _read_npz(path: Path) -> dict:
 def _pick(arrays: dict, path: Path):
     """(train, evaluation, validation) pairs from the arrays' names; the last two may be None. Inputs
     without any labels (x, or x_train with x_test) give pairs whose y is None: enough for the methods
-    that read inputs only (wanda, sparsegpt, --reconstruct, activation, apoz)."""
+    that read inputs only (wanda, sparsegpt, --reconstruct, activation, apoz). `x`/`y` with
+    `x_test`/`y_test` is a training set and a test set, as `x_train`/`y_train` with them is."""
     has_labels = any(k == "y" or k.startswith("y_") for k in arrays)
 
     def pair(name):
@@ -153,14 +155,15 @@ def _pick(arrays: dict, path: Path):
             return arrays[xk], None
         return (arrays[xk], arrays[yk]) if yk in arrays else None
 
-    if pair("train"):
-        test, val = pair("test"), pair("val")
-        return (pair("train"), test, val) if test else (pair("train"), val, None)
-    if pair(""):
-        return pair(""), None, None
-    raise DataError(
-        f"{path} needs an array x (with labels y), or x_train/y_train and x_test/y_test; found: {sorted(arrays)}"
-    )
+    train_name = "train" if pair("train") else ""
+    if pair(train_name) is None:
+        raise DataError(
+            f"{path} needs an array x (with labels y), or x_train/y_train and x_test/y_test; found: {sorted(arrays)}"
+        )
+    read = {f"{kind}_{name}" if name else kind for kind in "xy" for name in (train_name, "test", "val")}
+    refuse_unread(arrays, read | {"feature_names"}, path, "x/y, or x_train/y_train, with x_test/y_test and x_val/y_val")
+    test, val = pair("test"), pair("val")
+    return (pair(train_name), test, val) if test else (pair(train_name), val, None)
 
 
 def _feature_names(arrays: dict, path) -> list[str] | None:

@@ -151,7 +151,10 @@ def outputs_together():
         except BaseException:
             _discard_staged()
             raise
+        written = [target for _tmp, target in _together["staged"]]
         _commit()
+        if interrupts.requested():  # the stop is raised after the block: say what it did not undo
+            interrupts.outputs_complete(written)
 
 
 def staged(target: Path) -> Path:
@@ -277,7 +280,7 @@ def save(
                 write_h5_weights(model, tmp)
             else:
                 if out.suffix in (".h5", ".hdf5"):
-                    _check_h5_writable(model, out)
+                    check_h5_writable(model, out)
                 tmp.unlink()  # Keras writes the file itself
                 with quiet_keras():
                     _drop_optimizer_state(model)
@@ -286,11 +289,12 @@ def save(
         raise write_error(out, exc) from exc
 
 
-def _check_h5_writable(model, out: Path) -> None:
+def check_h5_writable(model, out: Path) -> None:
     """Refuse an .h5 that Keras 3 would write but not read back: its legacy HDF5 writer stores a graph
     node that calls a Keras operation outside any layer (`h + f(h)`, `keras.ops.add`) in a form its
     reader rejects ("too many positional arguments"), so the run would end with exit 0 and a file no
-    one can load."""
+    one can load. A run checks this right after loading (run/steps.load), before any work; saving
+    checks it again for the Python API's own calls."""
     import keras
 
     from prunecli.structure import keras_graph
