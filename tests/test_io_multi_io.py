@@ -88,3 +88,48 @@ def test_array_for_no_input_or_output_is_refused_by_name(files, tmp_path):
     assert result.exit_code == 3
     assert "x_c not read" in result.stderr and result.stderr.count("\n") == 1
     assert not (tmp_path / "o.keras").exists()
+
+
+def test_per_position_labels_of_one_output_among_several(tmp_path):
+    """A tagger head (N, L, C) beside a classifier head: labels (N, L) are one class per position, as
+    for a single output (they were refused as "12 columns"); the report's accuracy is the mean of the
+    two outputs' accuracies; a class out of range is refused naming the output."""
+    import keras
+
+    inp = keras.Input((12, 5), name="seq")
+    h = keras.layers.GRU(8, return_sequences=True, name="gru")(inp)
+    tag = keras.layers.Dense(4, activation="softmax", name="tag")(h)
+    cls = keras.layers.Dense(3, activation="softmax", name="cls")(keras.layers.GlobalAveragePooling1D()(h))
+    model = keras.Model(inp, [tag, cls])
+    model.compile("adam", ["sparse_categorical_crossentropy", "sparse_categorical_crossentropy"])
+    model.save(tmp_path / "m.keras")
+    rng = np.random.default_rng(0)
+    x, y_tag, y_cls = (
+        rng.standard_normal((64, 12, 5)).astype("float32"),
+        rng.integers(0, 4, (64, 12)),
+        rng.integers(0, 3, 64),
+    )
+    np.savez(tmp_path / "d.npz", x=x, y_tag=y_tag, y_cls=y_cls)
+    report = tmp_path / "r.json"
+    result = _run(
+        "prune",
+        tmp_path / "m.keras",
+        "-d",
+        tmp_path / "d.npz",
+        "-s",
+        "0.5",
+        "-o",
+        tmp_path / "o.keras",
+        "-r",
+        report,
+        "-q",
+    )
+    assert result.exit_code == 0, result.output
+    tags, classes = model.predict(x, verbose=0)
+    expected = ((tags.argmax(-1) == y_tag).mean() + (classes.argmax(-1) == y_cls).mean()) / 2
+    assert json.loads(report.read_text())["metrics"]["before"]["accuracy"] == pytest.approx(expected, abs=1e-6)
+    np.savez(tmp_path / "bad.npz", x=x, y_tag=np.where(y_tag == 0, 4, y_tag), y_cls=y_cls)
+    result = _run(
+        "prune", tmp_path / "m.keras", "-d", tmp_path / "bad.npz", "-s", "0.5", "-o", tmp_path / "b.keras", "-q"
+    )
+    assert result.exit_code == 3 and "labels of output 'tag' range 1..4 but the model has 4 classes" in result.stderr

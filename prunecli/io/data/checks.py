@@ -17,9 +17,10 @@ def model_input_shape(model):
     return shapes[0] if len(shapes) == 1 else None
 
 
-def output_classes(model) -> int | None:
-    """The first output's width (a classifier's class count), or None when the model leaves it open."""
-    out = model.outputs[0].shape if getattr(model, "outputs", None) else None
+def output_classes(model, output: int = 0) -> int | None:
+    """An output's width (a classifier's class count; the first output's unless told), or None when
+    the model leaves it open."""
+    out = model.outputs[output].shape if getattr(model, "outputs", None) else None
     return None if out is None or out[-1] is None else int(out[-1])
 
 
@@ -46,17 +47,17 @@ def check_inputs(model, per_example: tuple, path) -> None:
         raise DataError(f"{path}: inputs have shape {got} per example but the model expects {want}")
 
 
-def output_shape(model) -> tuple | None:
-    """The first output's shape per example ((classes,), or (positions, classes) for a per-position
-    output), None where the model leaves a dimension open."""
-    out = model.outputs[0].shape if getattr(model, "outputs", None) else None
+def output_shape(model, output: int = 0) -> tuple | None:
+    """An output's shape per example ((classes,), or (positions, classes) for a per-position output),
+    None where the model leaves a dimension open."""
+    out = model.outputs[output].shape if getattr(model, "outputs", None) else None
     return None if out is None else tuple(out[1:])
 
 
-def per_position_classes(model, y) -> bool:
+def per_position_classes(model, y, output: int = 0) -> bool:
     """Labels that give one class number per position of a per-position output: y (N, L) for an
     output (N, L, C), as sequence taggers and per-frame models are trained."""
-    shape = output_shape(model)
+    shape = output_shape(model, output)
     return (
         shape is not None
         and len(shape) >= 2
@@ -65,17 +66,20 @@ def per_position_classes(model, y) -> bool:
     )
 
 
-def check_labels(model, y, path) -> None:
-    """Labels must fit the model's output: as many columns, class numbers in range (one per example,
-    or one per position of a per-position output); anything else is refused naming both shapes."""
-    classes = output_classes(model)
+def check_labels(model, y, path, output: int | None = None) -> None:
+    """Labels must fit the model's output (number `output` of several, named in the messages): as many
+    columns, class numbers in range (one per example, or one per position of a per-position output);
+    anything else is refused naming both shapes."""
+    index = output or 0
+    classes = output_classes(model, index)
     if classes is None or len(y) == 0:
         return
-    positions = per_position_classes(model, y)
+    positions = per_position_classes(model, y, index)
+    which = "" if output is None else f" of output {io_names(model)[1][output]!r}"
     if y.ndim >= 2 and y.shape[-1] not in (1, classes) and not positions:
         raise DataError(
-            f"{path}: labels of shape {tuple(y.shape[1:])} per example do not fit the model's output "
-            f"{output_shape(model)}: give one class number per "
+            f"{path}: labels{which} of shape {tuple(y.shape[1:])} per example do not fit the model's output "
+            f"{output_shape(model, index)}: give one class number per "
             f"{'example' if y.ndim == 2 else 'position ' + str(tuple(y.shape[1:-1]))} or rows of {classes}"
         )
     if (
@@ -91,10 +95,13 @@ def check_labels(model, y, path) -> None:
                 raise DataError(f"{path}: labels contain NaN or Inf")
             if not (flat == np.round(flat)).all():
                 raise DataError(
-                    f"{path}: class labels must be whole numbers 0..{classes - 1}, got {flat[flat != np.round(flat)][0]:g}"
+                    f"{path}: class labels{which} must be whole numbers 0..{classes - 1},"
+                    f" got {flat[flat != np.round(flat)][0]:g}"
                 )
         if flat.min() < 0 or flat.max() >= classes:
-            raise DataError(f"{path}: labels range {flat.min():g}..{flat.max():g} but the model has {classes} classes")
+            raise DataError(
+                f"{path}: labels{which} range {flat.min():g}..{flat.max():g} but the model has {classes} classes"
+            )
 
 
 def check_shapes(model, x, y, path) -> None:

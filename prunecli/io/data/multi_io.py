@@ -8,8 +8,11 @@ from prunecli.io.data.checks import (
     as_float32,
     check_finite,
     check_label_values,
+    check_labels,
     check_numeric,
     io_names,
+    output_classes,
+    per_position_classes,
     refuse_unread,
 )
 from prunecli.io.data.labels import fit_labels, loss_name
@@ -100,15 +103,11 @@ def _check_multi(model, xs, ys, path):
     for i, y in enumerate(ys):
         check_numeric(np.zeros(1), y, path)
         check_label_values(y, path)
-        classes = model.outputs[i].shape[-1]
-        if classes is not None and y.ndim >= 2 and y.shape[-1] not in (1, classes):
-            raise DataError(f"{path}: labels of output {outputs[i]!r} have {y.shape[-1]} columns but it has {classes}")
+        check_labels(model, y, path, output=i)  # as a single output's: per-position labels (N, L) included
+        classes = output_classes(model, i)
         if classes and classes > 1 and y.ndim == 1:
-            flat = y.astype(np.float64)
-            if (flat != np.round(flat)).any() or flat.min() < 0 or flat.max() >= classes:
-                raise DataError(f"{path}: labels of output {outputs[i]!r} must be classes 0..{classes - 1}")
             y = y.astype(np.int32)
-        fixed.append(fit_labels(classes, loss_name(model, i), y, path))
+        fixed.append(fit_labels(classes, loss_name(model, i), y, path, per_position_classes(model, y, i)))
     return xs, fixed
 
 
