@@ -7,6 +7,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from prunecli.structure import equivalence  # noqa: E402
 from prunecli.training import metrics  # noqa: E402
 
 
@@ -35,15 +36,13 @@ def test_mean_loss_weights_each_example_once_traced_or_not(sizes):
     model, batches = _model_and_batches(sizes)
     loss = metrics.loss_callable(keras.losses.SparseCategoricalCrossentropy(from_logits=True), "test")
     step = metrics.loss_step(model, loss, batches)
-    assert hasattr(step, "get_concrete_function") == (len(batches) >= metrics.TRACE_FROM_BATCHES)
+    assert hasattr(step, "get_concrete_function") == (len(batches) >= equivalence.TRACE_FROM_BATCHES)
     assert metrics.mean_loss(model, batches, loss) == pytest.approx(_by_hand(model, batches), rel=1e-5)
 
 
 def test_a_single_large_batch_is_traced(monkeypatch):
     """Few batches run eagerly (tracing would not pay) unless a batch holds more input values than
     MAX_PROBE_ELEMENTS: then memory decides, and the step is traced; the loss is the same."""
-    from prunecli.structure import equivalence
-
     model, batches = _model_and_batches((7,))
     loss = metrics.loss_callable(keras.losses.SparseCategoricalCrossentropy(from_logits=True), "test")
     assert not hasattr(metrics.loss_step(model, loss, batches), "get_concrete_function")
@@ -99,3 +98,29 @@ def test_the_task_follows_the_labels_and_the_output():
     assert infer_task(_dense_model(), one_hot).loss.from_logits
     compiled = infer_task(_dense_model(compiled_loss="sparse_categorical_crossentropy"), ids)
     assert compiled.loss == "sparse_categorical_crossentropy"  # a compiled loss is the model's own word
+
+
+def test_forward_traces_repeated_calls_and_runs_an_untraceable_model_eagerly():
+    """structure.equivalence.forward: a call repeated over enough passes is traced (one trace for
+    passes of two sizes) and gives the eager outputs; a model whose call only runs eagerly (a custom
+    layer reading .numpy()) falls back to its eager call with the same outputs."""
+    model, batches = _model_and_batches((8, 8, 3))
+    xs = [x for x, _y in batches]
+    run = equivalence.forward(model, xs, calls=2)
+    for x in xs:
+        np.testing.assert_allclose(np.asarray(run(x)), np.asarray(model(x)), rtol=1e-6)
+    assert run.traced and not equivalence.forward(model, xs[:1]).traced  # one small pass: eager
+
+    class Eager(keras.layers.Layer):
+        def call(self, x):
+            return x * float(np.asarray(x.numpy()).mean() > -1e9)
+
+        def compute_output_shape(self, shape):
+            return shape
+
+    inp = keras.Input((5,))
+    eager_only = keras.Model(inp, Eager()(keras.layers.Dense(3)(inp)))
+    run = equivalence.forward(eager_only, xs, calls=2)
+    for x in xs:
+        np.testing.assert_allclose(np.asarray(run(x)), np.asarray(eager_only(x)), rtol=1e-6)
+    assert not run.traced

@@ -576,11 +576,12 @@ class _Rival:
     probe: list
     dense_out: Any
     kinds: Any
+    run: Any  # the model's call on the probe (structure.equivalence.forward), traced once for every trial
 
     def beats(self, model, account: dict, method: str) -> bool:
         """Whether the trial moved the outputs less than the run now in `model`; records the run's error
         in the report's `account` and, when it did, makes the trial its choice (`account["kept"]`)."""
-        error = outputs.error(outputs.of(model, self.probe), self.dense_out, self.kinds)
+        error = outputs.error(outputs.of(model, self.probe, self.run), self.dense_out, self.kinds)
         account["output_error"][method] = round(float(error), 6)
         if not error > self.error:  # NaN or no better: the run stays
             return False
@@ -633,6 +634,7 @@ def _measured_allocation(
     import numpy as np
 
     from prunecli.selection import policy
+    from prunecli.structure.equivalence import forward
 
     keep = config.method == "wanda" and not config.reconstruct
     than = "every Wanda allocation" if keep else f"the {config.method} run" + (" refit" if config.reconstruct else "")
@@ -645,12 +647,13 @@ def _measured_allocation(
         counts = policy.layer_counts(targets, lambda: ((t, scores[t.name]) for t in targets), "element", lamp)
         return counts, account, None, None
     probe, held_out = _measure_passes(model, p, held_out_x)
-    dense_out = outputs.of(model, probe)
+    names = MEASURED_ALLOCATIONS + (MAGNITUDE_TRIALS if keep or rival_fits else ())
+    run = forward(model, probe, calls=len(names) + 2)  # the dense outputs, each trial, the finished run
+    dense_out = outputs.of(model, probe, run)
     kinds = outputs.kinds(model, dense_out)
     saved = {t.name: np.array(t.variable) for t in targets}
     trial_config = config.replace(method="wanda", reconstruct=False, normalize="lamp")  # counts fix each share
     candidates, errors, best, rival = {}, {}, None, None
-    names = MEASURED_ALLOCATIONS + (MAGNITUDE_TRIALS if keep or rival_fits else ())
     try:
         for name in names:
             if name in MAGNITUDE_TRIALS:  # the default magnitude command's masks: no calibration pass
@@ -677,7 +680,7 @@ def _measured_allocation(
                 src = _passes(model, p)
                 layers = _sequential(p, src, trial_config, trial, trial_fallback, False, False, None, counts)
             candidates[name] = counts
-            errors[name] = outputs.error(outputs.of(model, probe), dense_out, kinds)
+            errors[name] = outputs.error(outputs.of(model, probe, run), dense_out, kinds)
             if keep and np.isfinite(errors[name]) and (best is None or errors[name] < errors[best[0]]):
                 weights = {t.name: np.array(t.variable) for t in targets}
                 best = (name, _Trial(weights, trial, trial_fallback, layers, src))
@@ -685,7 +688,13 @@ def _measured_allocation(
                 if rival is None or errors[name] < rival.error:
                     weights = {t.name: np.array(t.variable) for t in targets}
                     rival = _Rival(
-                        name, _Trial(weights, trial, trial_fallback, layers, src), errors[name], probe, dense_out, kinds
+                        name,
+                        _Trial(weights, trial, trial_fallback, layers, src),
+                        errors[name],
+                        probe,
+                        dense_out,
+                        kinds,
+                        run,
                     )
             for t in targets:
                 t.variable.assign(saved[t.name])

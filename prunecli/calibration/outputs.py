@@ -7,12 +7,15 @@ from __future__ import annotations
 PROBABILITY_FLOOR = 1e-7  # probabilities are clipped to [floor, 1] before the log
 
 
-def of(model, batches) -> list:
-    """The model's outputs on each batch (inference mode): per batch, a list of float64 arrays."""
+def of(model, batches, run=None) -> list:
+    """The model's outputs on each batch (inference mode): per batch, a list of float64 arrays. `run`:
+    the call to make (structure.equivalence.forward, made once for a comparison that runs the model
+    several times, so that its trace is made once); the model's own call by default."""
     import numpy as np
     import tensorflow as tf
 
-    return [[np.asarray(v, np.float64) for v in tf.nest.flatten(model(x, training=False))] for x in batches]
+    call = run or (lambda x: model(x, training=False))
+    return [[np.asarray(v, np.float64) for v in tf.nest.flatten(call(x))] for x in batches]
 
 
 def kinds(model, reference) -> list[str]:
@@ -73,15 +76,17 @@ def least_changed(model, targets, probe, candidates: dict, progress) -> tuple[st
     import numpy as np
 
     from prunecli.calibration.capture import count_examples
+    from prunecli.structure.equivalence import forward
 
-    dense_out = of(model, probe)
+    run = forward(model, probe, calls=len(candidates) + 1)
+    dense_out = of(model, probe, run)
     compared_as = kinds(model, dense_out)
     saved = {t.name: np.array(t.variable) for t in targets}
     errors = {}
     try:
         for name, prune_in_place in candidates.items():
             prune_in_place()
-            errors[name] = float(error(of(model, probe), dense_out, compared_as))
+            errors[name] = float(error(of(model, probe, run), dense_out, compared_as))
             for t in targets:
                 t.variable.assign(saved[t.name])
             progress(f"{name}: output error {errors[name]:.4g}")

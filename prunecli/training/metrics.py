@@ -72,24 +72,18 @@ def loss_callable(loss, purpose: str):
 # tokens: 2.1 s against 0.59 s each); a traced call then runs 2.8x faster. Fewer batches run eagerly,
 # unless a batch is large: eagerly, one batch of 64 254x254 images through a 21M-parameter Xception
 # peaked at 12.8 GB, traced at about 2.5 GB.
-TRACE_FROM_BATCHES = 4
-
-
 def loss_step(model, loss, batches: list):
-    """fn(x, y) -> the batch's mean loss on `model`, traced when there are enough batches to repay the
-    trace, or when a batch holds more than MAX_PROBE_ELEMENTS input values (memory, not time). A model
-    masked in place between measurements keeps its step: variables are read at each call."""
-    import numpy as np
+    """fn(x, y) -> the batch's mean loss on `model`, traced where structure.equivalence.worth_tracing
+    says so (enough batches to repay the trace, or big ones: memory, not time). A model masked in
+    place between measurements keeps its step: variables are read at each call."""
     import tensorflow as tf
 
-    from prunecli.structure.equivalence import MAX_PROBE_ELEMENTS
+    from prunecli.structure.equivalence import worth_tracing
 
     def step(x, y):
         return loss(y, model(x, training=False))
 
-    values = max((sum(int(np.prod(t.shape)) for t in tf.nest.flatten(x)) for x, _y in batches), default=0)
-    traced = len(batches) >= TRACE_FROM_BATCHES or values > MAX_PROBE_ELEMENTS
-    return tf.function(step, reduce_retracing=True) if traced else step
+    return tf.function(step, reduce_retracing=True) if worth_tracing([x for x, _y in batches]) else step
 
 
 def mean_loss(model, batches: list, loss, step=None) -> float:
