@@ -505,3 +505,94 @@ def test_embeddings_keep_their_pruned_zeros_and_float8_leaves_them_float(tmp_pat
     assert emb.shape == [30, 16] and emb.nonzeros == int(np.count_nonzero(back))
     entry = next(e for e in section["layers_quantized"] if e["layer"].endswith("emb/embeddings"))
     assert entry["pruned_nonzero"] == 0 and entry["pruned_weights"] == int((~floats).sum())
+
+
+class _Scorer(__import__("keras").layers.Layer):
+    """A layer class of the user's own that builds a Dense inside itself (as attention layers do)."""
+
+    def __init__(self, units=4, **kwargs):
+        super().__init__(**kwargs)
+        import keras
+
+        self.units = units
+        self.inner = keras.layers.Dense(units, name="inner")
+
+    def call(self, x):
+        return self.inner(x)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def test_layers_whose_owner_keeps_them_float_are_left_float_and_the_file_reloads(tmp_path):
+    """A Dense inside TimeDistributed (Keras' wrapper calls its `call` directly, past the quantized
+    path: its int8 codes would be read as float weights) and a Dense inside a layer class of the
+    user's own (whose config rebuilds it float: the file would not reload) stay float, each with its
+    reason; the rest is quantized, and the quantized outputs stay close to the float pruned ones."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((7, 12))
+    h = keras.layers.TimeDistributed(keras.layers.Dense(16, activation="relu", name="per_step"), name="td")(inp)
+    h = keras.layers.Flatten()(_Scorer(8, name="scorer")(h))
+    model = keras.Model(inp, keras.layers.Dense(3, name="out")(keras.layers.Dense(32, name="mid")(h)))
+    model.save(tmp_path / "m.keras")
+    x = np.random.default_rng(0).standard_normal((64, 7, 12)).astype("float32")
+    np.savez(tmp_path / "x.npz", x=x)
+    out = tmp_path / "q.keras"
+    settings = {"model_path": str(tmp_path / "m.keras"), "sparsity": 0.5, "quantize": "int8", "output": str(out)}
+    settings.update(data=str(tmp_path / "x.npz"), custom_objects=())
+    keras.saving.get_custom_objects()["_Scorer"] = _Scorer
+    try:
+        result = prune(build_config(settings, environ={}))
+        reloaded = keras.saving.load_model(out)
+    finally:
+        keras.saving.get_custom_objects().pop("_Scorer", None)
+    section = result.report.extra["quantize"]
+    why = {e["layer"]: e["why"] for e in section["left_float"]}
+    assert "inside TimeDistributed" in why["td/per_step"] and "a layer class of your own" in why["scorer/inner"]
+    assert {e["layer"] for e in section["layers_quantized"]} == {"mid", "out"}
+    assert section["output_difference"]["max_rel_diff"] < 0.05 and section["reload"]["loads"]
+    assert (
+        reloaded.get_layer("td").layer.kernel.dtype == "float32"
+        and reloaded.get_layer("mid").quantization_mode == "int8"
+    )
+
+
+def test_tflite_int8_of_a_float_input_feeding_an_embedding_is_refused_before_the_work(cli, tmp_path):
+    """Full-integer int8 quantizes every float input, token ids too (they then read the wrong rows):
+    refused in one line right after loading, with what to use instead; an int32 input is fine."""
+    import keras
+
+    for dtype in ("float32", "int32"):
+        inp = keras.Input((6,), dtype=dtype, name="ids")
+        x = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(40, 8, name="emb")(inp))
+        keras.Model(inp, keras.layers.Dense(2, activation="softmax")(x)).save(tmp_path / f"{dtype}.keras")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.integers(0, 40, (48, 6)).astype("float32"), y=rng.integers(0, 2, 48))
+    args = ["-s", "0.5", "--export", "tflite-int8", "--data", tmp_path / "d.npz", "-q"]
+    result = cli("prune", tmp_path / "float32.keras", *args, "-o", tmp_path / "f.keras")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert (
+        "input 'ids' (float32) feeds Embedding 'emb'" in result.stderr
+        and "--quantize int8 --export tflite" in result.stderr
+    )
+    assert not list(tmp_path.glob("f.*"))
+    result = cli("prune", tmp_path / "int32.keras", *args, "-o", tmp_path / "i.keras")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "i.int8.tflite").is_file()
+
+
+def test_accuracy_lost_to_quantization_and_a_sigmoid_file_disagreeing_are_said():
+    """A quantized model that loses more than a point of accuracy gets a note (not only report
+    figures); an exported single-sigmoid classifier's agreement is the side of 0.5 each output is on."""
+    from prunecli.outputs import export, quantize
+
+    lost = quantize._metric_loss({"float_pruned": {"accuracy": 0.865}, "quantized": {"accuracy": 0.617}})
+    assert lost == "accuracy 0.8650 -> 0.6170 (24.8 points lost to quantisation)"
+    assert quantize._metric_loss({"float_pruned": {"accuracy": 0.865}, "quantized": {"accuracy": 0.86}}) is None
+    assert quantize._metric_loss({"float_pruned": {"loss": 1.0}, "quantized": {"loss": 2.0}}) is None
+    expected = np.array([[0.1], [0.7], [0.4], [0.9]], np.float32)
+    got = np.array([[0.2], [0.3], [0.45], [0.8]], np.float32)
+    assert export._differences([got], [expected], 4)["top1_agreement"] == 0.75
+    assert "top1_agreement" not in export._differences([got * 5], [expected * 5], 4)  # not probabilities

@@ -106,6 +106,9 @@ def run(model, targets, masks, data, task, config, float_metrics, progress, timi
                 "quantized": evaluate(model, data.eval, task),
             }
     notes = []
+    lost = _metric_loss(section.get("metrics"))
+    if lost:
+        notes.append(f"--quantize {mode}: {lost} on the evaluation data: see quantize.metrics")
     if left_float:
         names = ", ".join(e["layer"] for e in left_float[:6]) + (", ..." if len(left_float) > 6 else "")
         notes.append(
@@ -127,6 +130,20 @@ def run(model, targets, masks, data, task, config, float_metrics, progress, timi
     if mode == "float8":
         notes.append("--quantize float8 keeps float32 kernels in the file (cast to float8 at run time): no size saving")
     return StepResult(sections={"quantize": section}, notes=tuple(notes), model=model)
+
+
+QUANTIZE_NOTE_POINTS = 0.01  # an accuracy lost to quantisation beyond this is said in a note, not only reported
+
+
+def _metric_loss(metrics: dict | None) -> str | None:
+    """What quantisation cost on the evaluation data, in words, when the accuracy fell by more than
+    QUANTIZE_NOTE_POINTS (a model Keras' int8 scheme damages: oskut's word segmenter, 86.5% -> 61.7%)."""
+    if not metrics:
+        return None
+    before, after = metrics.get("float_pruned", {}).get("accuracy"), metrics.get("quantized", {}).get("accuracy")
+    if before is None or after is None or not before - after > QUANTIZE_NOTE_POINTS:
+        return None
+    return f"accuracy {before:.4f} -> {after:.4f} ({100 * (before - after):.1f} points lost to quantisation)"
 
 
 def _after_qat(config) -> bool:
@@ -153,18 +170,19 @@ def _choose_layers(model, targets, mode: str) -> tuple[list, list[dict]]:
     through), and, for every other layer holding a prunable weight, why it stays float."""
     import keras
 
-    from prunecli.training.fake_quant import quantizable_layers
+    from prunecli.training.fake_quant import float_by_owner, quantizable_layers
 
     classes = tuple(getattr(keras.layers, name) for name in QUANTIZED_CLASSES)
     chosen = quantizable_layers(model, mode) + _embeddings(model, mode)
-    seen = {id(layer) for layer in chosen}
+    seen, owned = {id(layer) for layer in chosen}, float_by_owner(model)
     left, listed = [], set()
     for t in targets:
         layer = t.layer
         if layer is None or id(layer) in seen or id(layer) in listed:
             continue
         listed.add(id(layer))
-        left.append({"layer": t.layer_name, "class": t.layer_class, "why": _why_float(layer, classes, mode)})
+        why = owned.get(id(layer)) or _why_float(layer, classes, mode)
+        left.append({"layer": t.layer_name, "class": t.layer_class, "why": why})
     return chosen, left
 
 
@@ -174,13 +192,16 @@ def _embeddings(model, mode: str) -> list:
     import keras
 
     from prunecli.structure import keras_graph
+    from prunecli.training.fake_quant import float_by_owner
 
     if mode not in EMBEDDING_MODES:
         return []
+    owned = float_by_owner(model)
     return [
         layer
         for layer in keras_graph.all_layers(model)
-        if type(layer) is keras.layers.Embedding
+        if id(layer) not in owned
+        and type(layer) is keras.layers.Embedding
         and layer.built
         and not already_quantized(layer)
         and not has_lora(layer)
@@ -387,6 +408,15 @@ def _saved_sizes(model, path: Path) -> dict:
     return model_io.file_sizes(path)
 
 
+def _reload_reason(exc: Exception) -> str:
+    """Keras' load error in one line: its first line alone can be a header ("A total of 3 objects could
+    not be loaded. Example error message for object <Dense ...>:") whose reason is on the next."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return f"{lines[0]} {lines[1]}"
+    return first_line(exc)
+
+
 def _reload_check(model, path: Path, inputs, expected: list) -> dict:
     """Save the quantized model as the run will, load it back with keras.saving.load_model and compare
     its outputs with the quantized model's; a file that does not reload (or computes something else)
@@ -402,7 +432,9 @@ def _reload_check(model, path: Path, inputs, expected: list) -> dict:
             warnings.simplefilter("ignore")
             again = keras.saving.load_model(path)
     except Exception as exc:  # Keras raises many kinds on a file it cannot rebuild
-        raise QuantizeVerificationError(f"the quantized model does not reload: {first_line(exc)}") from exc
+        raise QuantizeVerificationError(
+            f"the quantized model does not reload ({_reload_reason(exc)}); nothing was saved"
+        ) from exc
     got = _outputs(again, inputs)
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(expected, got, strict=True))
     if not diff <= 1e-6 * max(1.0, max(float(np.max(np.abs(a))) for a in expected)):

@@ -64,13 +64,18 @@ def load(config: PruneConfig, progress: Progress, timings: Timings) -> tuple[Run
 
 
 def _check_output_format(config: PruneConfig, model, source) -> None:
-    """An .h5 output that Keras could not read back is refused before the work, not after it. An .h5
-    input needs no check: Keras read it, and an unchanged structure is written by copying it."""
+    """Outputs that could not be right are refused before the work, not after it: an .h5 that Keras
+    could not read back (an .h5 input needs no check: Keras read it, and an unchanged structure is
+    written by copying it), a full-integer TFLite file whose token ids would be quantized."""
     from prunecli.io.models.write import MODEL_SUFFIXES, check_h5_writable, default_output
 
     out = Path(config.output) if config.output else default_output(config.model_path)
     if out.suffix in MODEL_SUFFIXES[1:] and source.format != "h5":
         check_h5_writable(model, out)
+    if "tflite-int8" in config.export:
+        from prunecli.outputs.export import check_int8_inputs
+
+        check_int8_inputs(model)
 
 
 def _custom_objects_note(config: PruneConfig) -> tuple[str, ...]:

@@ -50,12 +50,49 @@ def quantizable_layers(model, mode: str) -> list:
     from prunecli.structure import keras_graph, quantized_conv
 
     classes = tuple(getattr(keras.layers, name) for name in QUANTIZED_CLASSES)
+    owned = float_by_owner(model)
     return [
         layer
         for layer in keras_graph.all_layers(model)
-        if (type(layer) in classes and layer.built and not already_quantized(layer) and not has_lora(layer))
-        or (mode in quantized_conv.MODES and quantized_conv.quantizable(layer))
+        if id(layer) not in owned
+        and (
+            (type(layer) in classes and layer.built and not already_quantized(layer) and not has_lora(layer))
+            or (mode in quantized_conv.MODES and quantized_conv.quantizable(layer))
+        )
     ]
+
+
+TRUSTED_MODULES = ("keras.", "keras_hub.", "prunecli.")  # layer classes whose configs rebuild quantized parts
+
+
+def float_by_owner(model) -> dict[int, str]:
+    """{id(layer): why it stays float} for every layer whose owner keeps it from being quantized:
+    - inside a layer class of the user's own (not a model, not Keras', KerasHub's or prunecli's): such
+      a class's config rebuilds its sub-layers as float layers, so a quantized one is saved with
+      weights the reloaded layer cannot take (oskut's attention, bench/ZOO.md: "dense_5 expected 2
+      variables, but received 3");
+    - inside TimeDistributed: Keras 3.15's wrapper calls its layer's `call` directly, not through
+      Layer.__call__, which is where a quantized layer switches to its quantized call, so the int8
+      codes are read as float weights (a Dense(5) inside it: outputs 751x the float ones; oskut's
+      word segmenter 87.5% -> 65.4%)."""
+    import keras
+
+    from prunecli.structure import keras_graph
+
+    owned: dict[int, str] = {}
+
+    def walk(layer, why: str | None) -> None:
+        for child in keras_graph.children(layer):
+            if why is not None:
+                owned[id(child)] = why
+            elif isinstance(layer, keras.layers.TimeDistributed):
+                owned[id(child)] = "inside TimeDistributed, which Keras calls without its quantized path"
+            user = not keras_graph.is_model(child) and not type(child).__module__.startswith(TRUSTED_MODULES)
+            inner = f"inside {type(child).__name__}, a layer class of your own: its config rebuilds it as a float layer"
+            walk(child, why or owned.get(id(child)) or (inner if user else None))
+
+    walk(model, None)
+    return owned
 
 
 def quantized_kinds(mode: str) -> str:
