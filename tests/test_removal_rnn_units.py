@@ -202,6 +202,31 @@ def test_recurrent_layer_with_a_given_state_stays_masked(cli, tmp_path, case):
     assert keras.models.load_model(out).get_layer("rnn").units == UNITS
 
 
+def test_a_recurrent_layer_returning_its_state_keeps_its_units_but_not_its_inputs(cli, tmp_path):
+    """A Bidirectional LSTM that returns its state (attention and seq2seq encoders do) keeps its units
+    (the states hold them too), but it reads its input through kernel rows like any layer: the
+    Embedding before it shrinks (it was kept whole, "returns its state"), and the rebuilt model
+    computes what the masked one did."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((STEPS,), dtype="int32", name="ids")
+    e = keras.layers.Embedding(50, 16, name="emb")(inp)
+    rnn = keras.layers.LSTM(UNITS, return_sequences=True, return_state=True)
+    seq, fh, _fc, bh, _bc = keras.layers.Bidirectional(rnn, name="bi")(e)
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Dense(20, activation="relu", name="proj")(seq))
+    out = keras.layers.Dense(3, activation="softmax", name="out")(keras.layers.Concatenate()([pooled, fh, bh]))
+    path = tmp_path / "model.keras"
+    keras.Model(inp, out).save(path)
+    o, report = tmp_path / "o.keras", tmp_path / "r.json"
+    result = cli("prune", path, "-g", "neuron", "-s", "0.5", "--shrink", "-o", o, "--report", report, "-q")
+    assert result.exit_code == 0, result.output
+    shrink = json.loads(report.read_text())["shrink"]
+    assert shrink["layers"]["emb"] == {"before": 16, "after": 8} and shrink["layers"]["bi"]["after"] == 2 * UNITS
+    assert shrink["verification"]["max_rel_diff"] <= 1e-5
+    assert keras.models.load_model(o).get_layer("bi").forward_layer.units == UNITS
+
+
 def test_the_layer_table_describes_recurrent_units():
     assert layers.LAYERS["LSTM"].role == "recurrent" and layers.LAYERS["LSTM"].gates == 4
     assert (layers.LAYERS["GRU"].gates, layers.LAYERS["GRU"].state_gate) == (3, 2)

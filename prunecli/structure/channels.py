@@ -15,8 +15,10 @@ granularity of single channels):
 
 A recurrent layer (LSTM, GRU, SimpleRNN; layer table role "recurrent") makes fresh ids, one per unit,
 like a mixer; its cell's kernel and recurrent kernel hold `gates` columns per unit (`unit_calls` finds
-the call of the layer that runs a cell). One that takes an initial state, returns its state or is
-stateful is 'other': its units' state does not start at zero, so a dead unit is not proven to stay 0.
+the call of the layer that runs a cell). One that takes an initial state or is stateful is 'other': its
+units' state does not start at zero, so a dead unit is not proven to stay 0. One that returns its state
+keeps its units (the state outputs hold them too, pinned) but is still a reader whose input channels
+can go (the rows of its kernels).
 A Bidirectional layer runs two (`recurrent_parts`): with merge_mode "concat" its output holds the
 forward units then the backward ones, and forward unit j and backward unit j are joined (Keras builds
 both directions with one width, so they go together); with "sum", "ave" or "mul" they are one channel.
@@ -242,8 +244,6 @@ def classify(layer, in_shapes: list[tuple], out_shapes: list[tuple], node=None) 
             return "other", f"{label} returns each direction apart (merge_mode {layer.merge_mode})"
         if len(in_shapes) != 1:
             return "other", f"{label} takes an initial state (its units do not start at zero)"
-        if len(out_shapes) != 1:
-            return "other", f"{label} returns its state"
         if any(getattr(p, "stateful", False) for p in parts):
             return "other", f"{label} is stateful (its units' state carries over between batches)"
         if len(in_shapes[0]) != 3 or len(out_shapes[0]) not in (2, 3):
@@ -383,6 +383,12 @@ def _assign_ids(g: LayerGraph, call: Call) -> None:
         out = g.ids[call.outputs[0]] = ch.fresh(width[0])
         if concatenates(call.layer):  # forward unit j and backward unit j go together (one width)
             ch.union(out[: width[0] // 2], out[width[0] // 2 :])
+        if len(call.outputs) > 1:  # its state too: its units are kept, its input channels still go
+            reason = f"{call.name} returns its state"
+            ch.pin(out, reason)
+            for k, w in zip(call.outputs[1:], width[1:], strict=True):
+                g.ids[k] = ch.fresh(w)
+                ch.pin(g.ids[k], reason)
     elif call.kind == "mixer":
         out = g.ids[call.outputs[0]] = ch.fresh(width[0])
         activation = getattr(call.layer, "activation", None)
@@ -527,6 +533,8 @@ def dead_channels(g: LayerGraph, targets, masks: dict) -> dict[TensorKey, Any]:
             keeps = [by_layer.get(id(p.cell), np.ones(int(p.units), bool)) for p in parts]
             keep = join_parts(call.layer, keeps, both=False)
             dead[outs[0]] = ~keep if len(keep) == width[0] else np.zeros(width[0], bool)
+            for k, w in zip(outs[1:], width[1:], strict=True):  # a returned state: its units are kept
+                dead[k] = np.zeros(w, bool)
         elif call.kind == "mixer":
             keep = by_layer.get(id(call.layer))
             dead[outs[0]] = ~keep if keep is not None and len(keep) == width[0] else np.zeros(width[0], bool)

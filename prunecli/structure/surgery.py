@@ -278,6 +278,8 @@ def propagate_constants(g, weights: dict):
             value = np.full(len(g.ids[call.outputs[0]]), np.nan)
             value[dead_units(layer, weights[layer.name])] = 0.0
             consts[call.outputs[0]] = value
+            for k in call.outputs[1:]:  # its returned state (units kept: channels.py)
+                consts[k] = np.full(len(g.ids[k]), np.nan)
         elif call.kind == "mixer":
             w = weights[layer.name]
             dead = dead_units(layer, w)
