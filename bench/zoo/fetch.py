@@ -877,6 +877,30 @@ def build_cells_misic(ctx, n=32):
     return {"x": x}, None, None
 
 
+DGA_CHARS = "-.0123456789_abcdefghijklmnopqrstuvwxyz"  # dgaintel/predict.py's table: id = position
+
+
+def build_domains_dga(ctx, n=128):
+    """Domains as dgaintel encodes them (ids of its character table, zero-padded to 82, float as its
+    predict.py builds them): stdlib module names with a TLD (benign) and random strings (generated)."""
+    import random
+    import sysconfig
+
+    rng = random.Random(0)
+    stdlib = sysconfig.get_paths()["stdlib"]
+    names = sorted({f[:-3].lower().replace("_", "") for f in os.listdir(stdlib) if f.endswith(".py") and f[0] != "_"})
+    tlds = [".com", ".org", ".net", ".io", ".de"]
+    benign = [name + rng.choice(tlds) for name in names][:n]
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    generated = ["".join(rng.choice(alphabet) for _ in range(rng.randint(8, 30))) + rng.choice(tlds) for _ in range(n)]
+    x = np.zeros((len(benign) + n, 82), np.float32)
+    for i, domain in enumerate(benign + generated):
+        for j, ch in enumerate(domain[:82]):
+            x[i, j] = DGA_CHARS.index(ch) if ch in DGA_CHARS else 0
+    y = np.array([0] * len(benign) + [1] * n, np.float32)[:, None]
+    return {"x": x}, y, "real: which list the domain came from (stdlib module name or random string)"
+
+
 BUILDERS = {k[len("build_") :]: v for k, v in globals().items() if k.startswith("build_")}
 
 

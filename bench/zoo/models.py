@@ -72,6 +72,8 @@ PACKAGES = {
     "nakdimon": {"version": "0.1.2"},
     "crema": {"version": "0.2.0"},
     "misic": {"version": "1.1.5"},
+    # a Keras-2 .h5 character LSTM whose LSTM config Keras 3 refuses (time_major): prunecli's loader reads it
+    "dgaintel": {"version": "2.3"},
 }
 
 ZOO = [
@@ -426,6 +428,23 @@ ZOO = [
 # `extract: joblib-keras` cuts the zip out of a joblib pickle without unpickling it; `extract:
 # crepe-weights` loads a shipped weights-only file into the network its package builds in code, saved
 # by the Keras installed here: fetch.assemble_crepe_full)
+ZOO.append(
+    {
+        "id": "dgaintel_char_lstm",
+        "package": "dgaintel",
+        "member": "dgaintel-2.3/dgaintel/domain_classifier_model.h5",
+        "arch": "int input (82 chars) -> Embedding(39, 128) -> Conv1D(128, 3) -> MaxPooling1D -> LSTM(64) -> "
+        "Dropout -> Dense(1, sigmoid): is a domain name machine-generated",
+        "keras_version": "2.2.4-tf",
+        "params": 103745,
+        "kind": "binary",
+        "inputs": "domains_dga",
+        "input_source": "real and synthetic: 128 Python standard-library module names + a TLD (benign) and 128 "
+        "random strings + a TLD (generated), encoded with dgaintel's character table; labels = which of the two",
+        "quick": False,
+    }
+)
+
 ZOO_KERAS3 = [
     {
         "id": "im2deep_ccs_keras3",
