@@ -173,6 +173,8 @@ def test_strided_patches_equal_tensorflows(shape, ks, st, dil):
         ("Conv1D", dict(filters=4, kernel_size=3, strides=2, padding="causal")),
         ("Conv2D", dict(filters=4, kernel_size=(3, 2), dilation_rate=(2, 2), padding="same")),
         ("Conv2D", dict(filters=4, kernel_size=3, strides=(2, 3), padding="valid")),
+        ("Conv3D", dict(filters=4, kernel_size=(3, 2, 3), padding="same")),
+        ("Conv3D", dict(filters=4, kernel_size=2, strides=(2, 1, 2), padding="valid")),
     ],
 )
 def test_diagonal_from_window_sums_equals_the_one_from_patches(layer_args):
@@ -184,7 +186,7 @@ def test_diagonal_from_window_sums_equals_the_one_from_patches(layer_args):
     from prunecli.structure.targets import Target
 
     cls, kwargs = layer_args
-    shape = (2, 30, 3) if cls == "Conv1D" else (2, 9, 8, 3)
+    shape = {"Conv1D": (2, 30, 3), "Conv2D": (2, 9, 8, 3), "Conv3D": (2, 7, 6, 5, 3)}[cls]
     x = np.random.default_rng(4).normal(size=shape).astype("float32")
     if kwargs.get("padding") == "valid":
         x *= 1e6  # past SCALE_RANGE: both paths fix the same power-of-two scale

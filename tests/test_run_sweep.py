@@ -87,6 +87,7 @@ def test_regression_results_have_no_suggestion_and_plot_the_loss(tmp_path):
     assert result.suggested_sparsity is None
     header, rows, _ = sweep.table_rows(result)
     assert header[1] == "all: loss" and len(rows) == 3
+    assert header.count("all: loss") == 1 and all(len(row) == len(header) for row in rows)  # no second loss column
     assert sweep.plot(result, tmp_path / "loss.png").stat().st_size > 1024
 
 

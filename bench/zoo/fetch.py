@@ -898,7 +898,8 @@ def build_domains_dga(ctx, n=128):
         for j, ch in enumerate(domain[:82]):
             x[i, j] = DGA_CHARS.index(ch) if ch in DGA_CHARS else 0
     y = np.array([0] * len(benign) + [1] * n, np.float32)[:, None]
-    return {"x": x}, y, "real: which list the domain came from (stdlib module name or random string)"
+    order = np.random.default_rng(0).permutation(len(x))  # both kinds among the first rows check.py reads
+    return {"x": x[order]}, y[order], "real: which list the domain came from (stdlib module name or random string)"
 
 
 BUILDERS = {k[len("build_") :]: v for k, v in globals().items() if k.startswith("build_")}

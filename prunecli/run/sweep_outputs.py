@@ -137,7 +137,8 @@ def table_rows(result: SweepResult) -> tuple[list[str], list[list[str]], list[li
     metric = _metric(result)
     finetuned = any(p.after_finetune for p in result.points)
     per_layer = [layer["name"] for layer in result.layers if result.curve(layer["name"])]
-    header = ["sparsity", f"all: {metric}", "all: loss"]
+    with_loss = metric != "loss"  # the loss beside the accuracy; without an accuracy it is the metric
+    header = ["sparsity", f"all: {metric}"] + (["all: loss"] if with_loss else [])
     if finetuned:
         header.append(f"all: {metric} fine-tuned")
     if metric == "accuracy":
@@ -152,8 +153,8 @@ def table_rows(result: SweepResult) -> tuple[list[str], list[list[str]], list[li
     for sparsity in sorted({p.sparsity for p in result.points}):
         p = lookup.get((ALL, sparsity))
         pruned = (p.after_pruning or {}) if p else {}
-        row = [f"{sparsity:g}", _fmt_acc(pruned.get(metric)), _fmt_acc(pruned.get("loss"))]
-        bad = [False, over(p) and not finetuned, False]
+        row = [f"{sparsity:g}", _fmt_acc(pruned.get(metric))] + ([_fmt_acc(pruned.get("loss"))] if with_loss else [])
+        bad = [False, over(p) and not finetuned] + ([False] if with_loss else [])
         if finetuned:
             row.append(_fmt_acc((p.after_finetune or {}).get(metric) if p else None))
             bad.append(over(p))
