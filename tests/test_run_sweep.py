@@ -96,7 +96,12 @@ def test_regression_results_have_no_suggestion_and_plot_the_loss(tmp_path):
 
 @pytest.fixture(scope="module")
 def mlp_sweep(mlp_files):
-    return sweep.run(config_for(mlp_files), sparsities=(0.5, 0.9))
+    said = []
+    result = sweep.run(config_for(mlp_files), sparsities=(0.5, 0.9), progress=said.append)
+    layers = len(result.layers)
+    first = next(i for i, m in enumerate(said) if m.startswith("all layers at"))
+    assert f"sweeping: {2 * (1 + layers)} pruned evaluations of {result.n_eval} examples" in said[first - 1]
+    return result
 
 
 def test_sweep_measures_every_curve_at_every_sparsity(mlp_sweep):

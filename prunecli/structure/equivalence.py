@@ -112,8 +112,7 @@ def _outputs(model, inputs) -> list:
     import numpy as np
     from keras import tree
 
-    run = forward(model, [inputs], calls=TRACE_FROM_BATCHES)
-    return [np.asarray(a, dtype=np.float64) for a in tree.flatten(run(inputs))]
+    return [np.asarray(a, dtype=np.float64) for a in tree.flatten(Forward(model, traced=True)(inputs))]
 
 
 def compare(reference, candidate, inputs) -> dict:
