@@ -596,3 +596,5 @@ def test_accuracy_lost_to_quantization_and_a_sigmoid_file_disagreeing_are_said()
     got = np.array([[0.2], [0.3], [0.45], [0.8]], np.float32)
     assert export._differences([got], [expected], 4)["top1_agreement"] == 0.75
     assert "top1_agreement" not in export._differences([got * 5], [expected * 5], 4)  # not probabilities
+    relative = export._differences([got * 5], [expected * 5], 4)["relative_error"]  # what any other output gets
+    assert relative == pytest.approx(np.linalg.norm(got - expected) / np.linalg.norm(expected), rel=1e-6)

@@ -31,6 +31,7 @@ from prunecli.results import StepResult
 
 SAMPLE_COUNT = 256  # inputs used to compare the exported model with the Keras model
 AGREEMENT_NOTED_BELOW = 0.99  # an exported classifier agreeing less with Keras is said in a note, not only in JSON
+RELATIVE_ERROR_NOTED_ABOVE = 0.05  # ... and any other output further from Keras' than this (||d|| / ||y||)
 MAX_UNROLLED_STEPS = (
     256  # a recurrent layer over more steps keeps its loop (select TF ops): its graph would grow too large
 )
@@ -100,10 +101,15 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
                 results[fmt] = entry
                 continue
             entry.update(compare_tflite(content, samples, expected, input_names), sample_source=sample_source)
-            agreement = entry.get("top1_agreement")
+            agreement, relative = entry.get("top1_agreement"), entry.get("relative_error")
             if agreement is not None and agreement < AGREEMENT_NOTED_BELOW:
                 notes.append(
                     f"{paths[fmt].name} agrees with the Keras model on the top class of {agreement:.1%} of"
+                    f" {entry['samples']} {sample_source} examples (report export.{fmt})"
+                )
+            elif agreement is None and relative is not None and relative > RELATIVE_ERROR_NOTED_ABOVE:
+                notes.append(
+                    f"{paths[fmt].name} differs from the Keras model by a relative error of {relative:.3g} on"
                     f" {entry['samples']} {sample_source} examples (report export.{fmt})"
                 )
             entry["latency_ms_batch_1"] = tflite_latency_ms(content, samples, input_names)
@@ -596,7 +602,11 @@ def _differences(got: list, expected: list, count: int) -> dict:
     if len(got) != len(expected):
         return {"max_abs_diff": None, "samples": 0}
     diff = max(float(np.max(np.abs(g - e))) if g.size else 0.0 for g, e in zip(got, expected, strict=True))
-    out = {"max_abs_diff": diff, "samples": count}
+    norm = float(np.sqrt(sum(float(np.sum(np.square(e, dtype=np.float64))) for e in expected)))
+    gap = float(
+        np.sqrt(sum(float(np.sum(np.square(g - e, dtype=np.float64))) for g, e in zip(got, expected, strict=True)))
+    )
+    out = {"max_abs_diff": diff, "relative_error": gap / norm if norm > 0 else gap, "samples": count}
     if len(expected) == 1 and expected[0].ndim == 2 and expected[0].shape[-1] > 1:
         out["top1_agreement"] = float(np.mean(np.argmax(got[0], -1) == np.argmax(expected[0], -1)))
     elif len(expected) == 1 and expected[0].ndim == 2 and expected[0].shape[-1] == 1 and expected[0].size:
