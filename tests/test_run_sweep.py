@@ -319,3 +319,18 @@ def test_sweep_command_usage_errors(cli, mlp_files, tmp_path, args, message):
     assert result.exit_code == 2 and message in result.output
     result = cli("sweep", mlp_files["keras"], "-o", tmp_path)
     assert result.exit_code == 2 and "needs --data" in result.output
+
+
+def test_a_sweep_ignores_exports_rather_than_checking_them(tmp_path):
+    """A sweep writes no model and no export: --export tflite-int8 on a model whose float input feeds an
+    Embedding (refused before a prune's work) is only noted as ignored."""
+    import keras
+
+    inp = keras.Input((6,), name="ids")
+    x = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(40, 8, name="emb")(inp))
+    keras.Model(inp, keras.layers.Dense(2, activation="softmax")(x)).save(tmp_path / "m.keras")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.integers(0, 40, (48, 6)).astype("float32"), y=rng.integers(0, 2, 48))
+    files = {"keras": str(tmp_path / "m.keras"), "data": str(tmp_path / "d.npz")}
+    result = sweep.run(config_for(files, export=("tflite-int8",)), sparsities=(0.5,), per_layer=False)
+    assert any("--export are ignored" in note for note in result.notes)

@@ -173,8 +173,9 @@ def _choose_layers(model, targets, mode: str) -> tuple[list, list[dict]]:
     from prunecli.training.fake_quant import float_by_owner, quantizable_layers
 
     classes = tuple(getattr(keras.layers, name) for name in QUANTIZED_CLASSES)
-    chosen = quantizable_layers(model, mode) + _embeddings(model, mode)
-    seen, owned = {id(layer) for layer in chosen}, float_by_owner(model)
+    owned = float_by_owner(model)  # layers their owner keeps float: one walk for every choice below
+    chosen = quantizable_layers(model, mode, owned) + _embeddings(model, mode, owned)
+    seen = {id(layer) for layer in chosen}
     left, listed = [], set()
     for t in targets:
         layer = t.layer
@@ -186,17 +187,15 @@ def _choose_layers(model, targets, mode: str) -> tuple[list, list[dict]]:
     return chosen, left
 
 
-def _embeddings(model, mode: str) -> list:
+def _embeddings(model, mode: str, owned: dict) -> list:
     """Keras' own Embedding layers (not subclasses: KerasHub's ReversibleEmbedding quantizes otherwise, or
     not at all) that int8 and int4 quantize and prunecli reads back: built, not already quantized, without LoRA."""
     import keras
 
     from prunecli.structure import keras_graph
-    from prunecli.training.fake_quant import float_by_owner
 
     if mode not in EMBEDDING_MODES:
         return []
-    owned = float_by_owner(model)
     return [
         layer
         for layer in keras_graph.all_layers(model)

@@ -210,7 +210,9 @@ def run(config: PruneConfig, sparsities=DEFAULT_SPARSITIES, per_layer: bool = Tr
     check_sweepable(config)
     sparsities = parse_sparsities(sparsities)
     say = progress or (lambda _msg: None)
-    state = open_session(config, say)  # then one line per point, not one per step
+    # then one line per point, not one per step; a sweep writes no model and no export (its own files
+    # are written by write_outputs), so the load's checks of those outputs do not apply
+    state = open_session(config.replace(export=(), output=None), say)
     all_targets = list(state.targets)
     finetuning = config.epochs > 0 or config.schedule != "oneshot"
     snapshot = Snapshot.for_config(state.model, all_targets, config)

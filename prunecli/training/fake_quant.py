@@ -40,17 +40,17 @@ QUANTIZED_CLASSES = ("Dense", "EinsumDense")  # the Keras classes Model.quantize
 INT4_BLOCK = 128  # Keras 3.15's Int4QuantizationConfig default block_size
 
 
-def quantizable_layers(model, mode: str) -> list:
+def quantizable_layers(model, mode: str, owned: dict | None = None) -> list:
     """The layers `--quantize mode` quantizes and prunecli can read back: Keras' own Dense and
     EinsumDense (not subclasses) and, for int8 and int4, Keras' Conv, DepthwiseConv and SeparableConv
     layers (prunecli's quantized convolutions, structure/quantized_conv.py); built, not already quantized,
-    without LoRA."""
+    without LoRA, and not kept float by their owner (`float_by_owner`, walked here unless given)."""
     import keras
 
     from prunecli.structure import keras_graph, quantized_conv
 
     classes = tuple(getattr(keras.layers, name) for name in QUANTIZED_CLASSES)
-    owned = float_by_owner(model)
+    owned = float_by_owner(model) if owned is None else owned
     return [
         layer
         for layer in keras_graph.all_layers(model)
