@@ -105,6 +105,7 @@ def test_neuron_shrink_runs_past_a_long_crop_on_a_variable_length_model(cropped_
     assert np.asarray(back(x)).shape == (2, 60, 3)  # the original input still fits, any length
 
 
+@pytest.mark.slow
 def test_plan_on_a_variable_length_model(cropped_sequence_model):
     from prunecli.run.plan import make_plan
 

@@ -190,3 +190,59 @@ def test_a_frozen_backbone_is_not_opened_and_an_exclude_by_path_still_excludes(t
     layers = r["shrink"]["layers"]  # conv's channels meet conv2's in the residual Add: both stay whole
     assert r["opened"] == ["backbone"] and "conv" not in layers and "conv2" not in layers
     assert layers["backbone_fc"]["after"] < layers["backbone_fc"]["before"]
+
+
+def _sequence_tagger():
+    """A Keras-2-style sequence tagger: token ids with padding (mask_zero), TimeDistributed Dense and
+    Dropout around an LSTM, a TimeDistributed softmax per step; and a TimeDistributed BatchNorm, which
+    normalises each step's batch in training and so stays wrapped."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    ids = keras.Input((12,), name="ids")
+    h = keras.layers.Embedding(30, 8, mask_zero=True, name="emb")(ids)
+    h = keras.layers.TimeDistributed(keras.layers.Dense(16, activation="relu", name="proj"), name="td_proj")(h)
+    h = keras.layers.TimeDistributed(keras.layers.Dropout(0.2), name="td_drop")(h)
+    h = keras.layers.LSTM(10, return_sequences=True, name="lstm")(h)
+    h = keras.layers.TimeDistributed(keras.layers.BatchNormalization(name="bn"), name="td_bn")(h)
+    h = keras.layers.TimeDistributed(keras.layers.Dense(12, activation="relu", name="hidden"), name="td_hidden")(h)
+    out = keras.layers.TimeDistributed(keras.layers.Dense(4, activation="softmax", name="tag"), name="td_tag")(h)
+    return keras.Model(ids, out, name="tagger")
+
+
+def test_a_time_distributed_dense_is_called_on_the_whole_sequence_and_computes_the_same():
+    from prunecli.structure import rebuild
+
+    model = _sequence_tagger()
+    flat, names, paths = rebuild.opened(model, lambda wrapper: True)
+    assert names == ["td_proj", "td_drop", "td_hidden", "td_tag"]  # td_bn keeps its wrapper
+    assert paths["td_proj"] == "td_proj/proj" and paths["td_tag"] == "td_tag/tag"
+    kinds = {layer.name: type(layer).__name__ for layer in flat.layers}  # the wrappers' names, so the output's too
+    assert kinds["td_proj"] == "Dense" and kinds["td_bn"] == "TimeDistributed" and flat.output_names == ["td_tag"]
+    ids = np.random.default_rng(0).integers(1, 30, size=(6, 12))
+    ids[:, 8:] = 0  # padding: the mask reaches the LSTM through the unwrapped Dense as it did through the wrapper
+    np.testing.assert_allclose(np.asarray(flat(ids)), np.asarray(model(ids)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_shrink_removes_units_of_time_distributed_dense_layers_and_a_plan_replays_them(tmp_path, cli):
+    import keras
+
+    model = _sequence_tagger()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    path, out, report, plan = (tmp_path / n for n in ("tagger.keras", "out.keras", "r.json", "plan.zip"))
+    model.save(path)
+    result = cli("prune", path, "-g", "neuron", "-s", "0.5", "--shrink", "-o", out, "-r", report, "--save-plan", plan)
+    assert result.exit_code == 0, result.output
+    r = json.loads(report.read_text())
+    assert r["opened"] == ["td_proj", "td_drop", "td_hidden", "td_tag"]
+    assert any(n.startswith("TimeDistributed td_proj") for n in r["notes"])
+    assert r["shrink"]["verification"]["max_rel_diff"] < 1e-4
+    small = keras.saving.load_model(out)
+    assert small.get_layer("td_proj").units < 16 and small.get_layer("td_hidden").units < 12
+    assert small.get_layer("lstm").units == 10  # read by the wrapped BatchNorm, which stays whole
+    assert small.count_params() < 0.7 * model.count_params()
+    replayed = tmp_path / "replayed.keras"
+    result = cli("apply", plan, path, "-o", replayed, "--shrink", "-q")
+    assert result.exit_code == 0, result.output
+    assert [w.shape for w in keras.saving.load_model(replayed).weights] == [w.shape for w in small.weights]

@@ -132,7 +132,7 @@ def open_nested(model, config: PruneConfig, names=None) -> tuple[StepResult, Pru
     layer globs name the opened layers as they named them in the file (PruneConfig.with_paths)."""
     if names is None and not (config.shrink and config.granularity.kind == "neuron"):
         return StepResult(), config
-    from prunecli.structure import rebuild, targets
+    from prunecli.structure import keras_graph, rebuild, targets
 
     # the weights this run would prune, by their paths in the file ("backbone/conv"), picked once
     pruned = [] if names is not None else targets.select(model, config.include, config.exclude)
@@ -141,6 +141,8 @@ def open_nested(model, config: PruneConfig, names=None) -> tuple[StepResult, Pru
     def holds(nested) -> bool:
         if names is not None:
             return nested.name in names
+        if rebuild.per_position_wrapper(nested) and not nested.weights:
+            return True  # a wrapped Dropout between two opened Dense layers would block their channels
         return any(f"/{nested.name}/" in path for path in pruned_paths)
 
     result = rebuild.opened(model, holds)
@@ -148,11 +150,21 @@ def open_nested(model, config: PruneConfig, names=None) -> tuple[StepResult, Pru
         return StepResult(), config
     flat, opened, paths = result
     opened = list(dict.fromkeys(opened))
-    note = (
-        f"nested model(s) {', '.join(opened)} opened into the outer graph, so their channels can be removed: "
-        "the output holds their layers at the top level (a name another layer had gets the nested model's prefix)"
-    )
-    return StepResult(model=flat, notes=(note,), sections={"opened": opened}), config.with_paths(paths)
+    wrappers = {lay.name for lay in keras_graph.all_layers(model) if rebuild.per_position_wrapper(lay)}
+    notes = []
+    if [name for name in opened if name not in wrappers]:
+        notes.append(
+            f"nested model(s) {', '.join(n for n in opened if n not in wrappers)} opened into the outer graph, so "
+            "their channels can be removed: the output holds their layers at the top level (a name another layer "
+            "had gets the nested model's prefix)"
+        )
+    if [name for name in opened if name in wrappers]:
+        notes.append(
+            f"TimeDistributed {', '.join(n for n in opened if n in wrappers)}: each wrapped layer is called on the "
+            "whole sequence instead (it acts on each step alone, so it computes the same), so its units can be "
+            "removed"
+        )
+    return StepResult(model=flat, notes=tuple(notes), sections={"opened": opened}), config.with_paths(paths)
 
 
 def pick_targets(model, config: PruneConfig) -> StepResult:

@@ -233,6 +233,10 @@ def call_node(node, values: dict, operation=None, training=None):
     operation = operation or node.operation
     if training is not None and "training" in getattr(operation, "_call_context_args", ()):
         kwargs = {**kwargs, "training": training}
+    if "mask" in kwargs and not getattr(operation, "_call_has_mask_arg", True):
+        # a substitute whose call takes no mask (a TimeDistributed's Dense called in its place): the
+        # input tensor carries its mask to it anyway
+        kwargs = {k: v for k, v in kwargs.items() if k != "mask"}
     return tree.flatten(operation(*args, **kwargs))
 
 

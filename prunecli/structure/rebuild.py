@@ -87,10 +87,26 @@ def plain_model(model) -> bool:
     return type(model) in (Functional, Sequential)
 
 
+def per_position_wrapper(layer) -> bool:
+    """A TimeDistributed wrapper whose layer already acts on each position of its input's last axis
+    alone, whatever the leading axes: a Dense (or a class with Dense's call), or a weightless
+    element-wise layer (activation, dropout). Called on the whole (batch, time, ...) tensor, that layer
+    computes what the wrapper computes step by step. A layer with statistics over the batch
+    (BatchNormalization trains on each step's batch in the wrapper) or a convolution (which needs its
+    own rank) stays wrapped."""
+    if type(layer).__name__ != "TimeDistributed":
+        return False
+    record = layers.spec(layer.layer)
+    return record.family == "dense" or (record.pointwise and not layer.layer.weights)
+
+
 def openable(node, holds) -> bool:
-    """Whether the node calls a nested plain model (`plain_model`) that keras_graph can walk in its place
-    and for which `holds(model)` is true; its graph's outputs are the node's, one for one."""
+    """Whether the node calls a nested plain model (`plain_model`) that keras_graph can walk in its place,
+    or a `per_position_wrapper` whose layer can be called in its place, and for which `holds(model or
+    wrapper)` is true; its graph's outputs are the node's, one for one."""
     op = node.operation
+    if per_position_wrapper(op):
+        return holds(op)
     if not (plain_model(op) and keras_graph.inlinable(node)):
         return False
     return len(keras_graph.outputs(op)) == len(keras_graph.flatten(node.outputs)) and holds(op)
@@ -104,6 +120,9 @@ def opened(model, holds):
     Why: the channel graph (structure/channels.py) and every rebuild see one graph; a nested model is
     one call to them, whose channels they cannot slice, so `--shrink` and `--target` left a backbone
     inside a transfer-learning model (a Keras application in a Functional or Sequential head) whole.
+    A TimeDistributed(Dense) (Keras-2 sequence taggers) is opened the same way, its Dense called on the
+    whole sequence under the wrapper's name (`per_position_wrapper`): the wrapper is one opaque call to
+    the graph, so its units stayed masked and blocked the layer before it.
     Opened, the model computes the same function with the same layer objects and weights. A nested
     model called with `training=False` (Keras' transfer-learning idiom, which keeps its BatchNorm
     layers in inference mode while the head trains) passes it on to each of its layers' calls. An
@@ -144,12 +163,27 @@ def opened(model, holds):
             copies[id(layer)] = (layer, type(layer).from_config({**layer.get_config(), "name": name}))
         return copies[id(layer)][1]
 
+    def unwrapped(wrapper):
+        """The wrapped layer under the wrapper's name (a copy): the names a user sees in the graph, and
+        the model's output names, stay the same."""
+        if id(wrapper.layer) not in copies:
+            taken[wrapper.name] = id(wrapper.layer)
+            with keras_graph.copying_in_memory():
+                config = {**wrapper.layer.get_config(), "name": wrapper.name}
+                copies[id(wrapper.layer)] = (wrapper.layer, type(wrapper.layer).from_config(config))
+        return copies[id(wrapper.layer)][1]
+
     def walk(nodes, tensors: dict, path: str, training) -> None:
         for node in nodes:
             if any(id(t) not in tensors for t in node.input_tensors):
                 continue
             op = node.operation
-            if opens(node):
+            if opens(node) and per_position_wrapper(op):
+                layer = unwrapped(op)
+                paths[layer.name] = f"{path}{op.name}/{op.layer.name}"
+                outputs = keras_graph.call_node(node, tensors, layer, training=training)
+                names.append(op.name)
+            elif opens(node):
                 inner = keras_graph.require(op)
                 given = node.arguments.kwargs.get("training", training)
                 values = dict(zip(map(id, inner.inputs), keras_graph.nested_inputs(node, tensors), strict=True))
