@@ -449,3 +449,41 @@ def test_dampening_rises_where_float32_cannot_factor_the_hessian():
     np.testing.assert_allclose(np.asarray(upper).T @ np.asarray(upper) @ np.asarray(damped), np.eye(2), atol=1e-4)
     w, keep, used = sparsegpt.prune_matrix(np.ones((2, 3), "float32"), nearly, "fc/kernel", prune_count=3)
     assert used == pytest.approx(0.1) and int((~np.asarray(keep)).sum()) == 3
+
+
+def test_a_convolutions_hessian_from_sampled_rows_estimates_the_full_one(monkeypatch):
+    """A full capture of a convolution with more rows than the cap accumulates an even random share of
+    them: the Hessian (a mean) and the input norms (scaled back) estimate the full capture's, the share
+    is recorded, and a second run samples the same rows; a Dense layer's rows are never sampled."""
+    import keras
+
+    from prunecli.calibration import capture, views
+    from prunecli.structure.targets import Target
+
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(5).normal(size=(6, 40, 40, 3)).astype("float32")
+    x += np.linspace(0, 2, 3, dtype="float32")  # inputs with different means: H is not a multiple of I
+    conv = keras.layers.Conv2D(4, 3, padding="same")
+    model = keras.Sequential([keras.Input(x.shape[1:]), conv])
+    view = views.view_of(Target("c/kernel", "c", "Conv2D", "kernel", conv.kernel, 3, conv))
+
+    def capture_with(cap_rows: int):
+        monkeypatch.setattr(capture, "HESSIAN_ROWS", cap_rows)
+        monkeypatch.setattr(capture, "HESSIAN_ROWS_PER_INPUT", 1)
+        return capture.HessianCapture(view, calls_per_pass=1).run(model, [x[:3], x[3:]])
+
+    full, sampled, again = capture_with(10**9), capture_with(2000), capture_with(2000)
+    assert full.row_fraction == 1.0 and full.rows == 6 * 40 * 40
+    assert sampled.row_fraction == pytest.approx(2000 / 9600) and abs(sampled.rows - 2000) <= 4
+    error = np.linalg.norm(sampled.hessian - full.hessian) / np.linalg.norm(full.hessian)
+    assert error < 0.05
+    np.testing.assert_allclose(sampled.norms(), full.norms(), rtol=0.05)
+    np.testing.assert_array_equal(sampled.hessian, again.hessian)
+
+    dense = keras.layers.Dense(4)
+    flat = keras.Sequential([keras.Input((27,)), dense])
+    dense_view = views.view_of(Target("d/kernel", "d", "Dense", "kernel", dense.kernel, 1, dense))
+    monkeypatch.setattr(capture, "HESSIAN_ROWS", 10)
+    rows = np.random.default_rng(6).normal(size=(500, 27)).astype("float32")
+    stats = capture.HessianCapture(dense_view, calls_per_pass=1).run(flat, [rows])
+    assert stats.row_fraction == 1.0 and stats.rows == 500

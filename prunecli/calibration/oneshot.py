@@ -357,7 +357,7 @@ def _calibrate(view, stats, method: str, k, nm, reconstruct: bool, jit: bool):
     why = _check_outcome(w_new, w_dense, keep, k)
     if why:
         return why
-    entry = {"d_in": view.d_in, "rows": int(stats.rows), "error_before": None, "error_after": None}
+    entry = {"d_in": view.d_in, **_rows(stats), "error_before": None, "error_after": None}
     if view.diagonal:
         entry["inputs"] = "token ids (one-hot: a diagonal Hessian of token counts)"
     notes = []
@@ -922,7 +922,7 @@ def _refit_layer(src, view, call, dense, mask) -> dict | str:
     _assign(view, w_new)
     return {
         "d_in": view.d_in,
-        "rows": int(stats.rows),
+        **_rows(stats),
         "error_before": round(refit.relative_error(masked_w, w_dense, stats.hessian), 6),
         "error_after": round(refit.relative_error(w_new, w_dense, stats.hessian), 6),
     }
@@ -981,3 +981,12 @@ def reconstruct(
         "fallback": fallback,
         "notes": notes,
     }
+
+
+def _rows(stats) -> dict:
+    """The report's row count of a layer's capture, and the share of the rows seen that it is when a
+    convolution's rows were sampled (capture.HessianCapture)."""
+    found = {"rows": int(stats.rows)}
+    if stats.row_fraction < 1.0:
+        found["rows_share"] = round(float(stats.row_fraction), 4)
+    return found
