@@ -84,6 +84,18 @@ def test_npz_arrays_it_would_not_read_are_refused_by_name(mlp, tmp_path):
     d = data.load(str(plain_test), model)
     assert (d.n_train, d.n_eval, d.eval_held_out) == (300, 100, True)
     assert same_rows(rows(d.eval)[0], x[300:])
+    # half a test or validation pair was dropped: the run evaluated on its training rows, said nowhere
+    for name, arrays in (
+        ("x_test", dict(x=x[:300], y=y[:300], x_test=x[300:])),
+        ("y_val", dict(x_train=x[:300], y_train=y[:300], y_val=y[300:])),
+    ):
+        half = tmp_path / f"{name}.npz"
+        np.savez(half, **arrays)
+        with pytest.raises(DataError, match=f"{name} without"):
+            data.load(str(half), model)
+    unlabelled = tmp_path / "unlabelled.npz"  # inputs only: x_test alone is a held-out input set
+    np.savez(unlabelled, x_train=x[:300], x_test=x[300:])
+    assert data.load(str(unlabelled), model).n_eval == 100
 
 
 # --- .npy pairs ---------------------------------------------------------------------------------

@@ -309,3 +309,66 @@ def test_an_h5_output_keras_cannot_read_back_is_refused_before_the_work(tmp_path
     monkeypatch.undo()
     prunecli.prune(prunecli.build_config({**values, "output": str(tmp_path / "o.keras")}))
     assert (tmp_path / "o.keras").is_file()
+
+
+def test_keras2_spatial_dropout_arguments_keras3_does_not_take(cli, tmp_path):
+    """Keras 3's SpatialDropout1D takes no **kwargs, so a Keras-2 file's `trainable` and `noise_shape`
+    (EQTransformer's) ended in a plain TypeError that no patch caught: exit 3 for a standard layer."""
+    import tf_keras
+
+    inp = tf_keras.Input((20, 3))
+    x = tf_keras.layers.Conv1D(8, 3, activation="relu", name="conv")(inp)
+    x = tf_keras.layers.SpatialDropout1D(0.1, name="drop")(x)
+    out = tf_keras.layers.Dense(2, name="head")(tf_keras.layers.Flatten()(x))
+    src = tmp_path / "spatial.h5"
+    model = tf_keras.Model(inp, out)
+    model.save(src)
+    out_path = tmp_path / "spatial.pruned.keras"
+    result = cli("prune", src, "-s", "0.5", "--scope", "layer", "-o", out_path, "-q")
+    assert result.exit_code == 0, result.stderr
+    import keras
+
+    x = np.random.default_rng(0).normal(size=(4, 20, 3)).astype("float32")
+    dense, _ = model_io.load(src)
+    np.testing.assert_allclose(np.asarray(dense(x)), model(x).numpy(), rtol=1e-5, atol=1e-6)
+    assert keras.saving.load_model(out_path).get_layer("drop").rate == 0.1
+
+
+@pytest.mark.parametrize("name", ["model.hd5", "MODEL.H5", "model.keras.bak"])
+def test_a_model_file_under_a_name_keras_does_not_read_by_is_read_by_its_bytes(cli, tmp_path, name):
+    """CheckM2 ships `specific_model_COMP.hd5`: an HDF5 model that Keras refused ("File format not
+    supported") because it picks its reader by the name. Read through a link named as Keras wants; the
+    file itself is left as it was, and nothing is left in the temporary folder."""
+    import shutil
+
+    import keras
+
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, name="fc"), keras.layers.Dense(3, name="out")])
+    src = tmp_path / name
+    model.save(tmp_path / ("a.keras" if name.endswith(".bak") else "a.h5"))
+    shutil.copyfile(tmp_path / ("a.keras" if name.endswith(".bak") else "a.h5"), src)
+    before = sha(src)
+    out = tmp_path / "out.keras"
+    result = cli("prune", src, "-s", "0.5", "--scope", "layer", "-o", out, "-q")
+    assert result.exit_code == 0, result.stderr
+    assert sha(src) == before
+    assert np.count_nonzero(np.asarray(keras.saving.load_model(out).get_layer("fc").kernel)) == 24
+
+
+def test_three_rounds_of_unknown_arguments_are_each_dropped(tmp_path):
+    """Each patched attempt's own failure names the next argument (they were read through the chain
+    back to the first failure, which named the first argument again and again)."""
+    import h5py
+    import tf_keras
+
+    inp = tf_keras.Input((20, 3))
+    x = tf_keras.layers.SpatialDropout1D(0.1, name="drop")(inp)
+    out = tf_keras.layers.Dense(2, name="head")(x)
+    src = tmp_path / "three.h5"
+    tf_keras.Model(inp, out).save(src)
+    with h5py.File(src, "r+") as f:  # a third argument Keras 3 does not take
+        config = json.loads(f.attrs["model_config"])
+        config["config"]["layers"][1]["config"]["legacy_option"] = 1
+        f.attrs["model_config"] = json.dumps(config)
+    model, _ = model_io.load(src)
+    assert model.get_layer("drop").rate == 0.1

@@ -19,7 +19,7 @@ from prunecli.messages import shown
 
 @pytest.fixture
 def files(tmp_path):
-    for name in ("m.keras", "d.npz", "r.yaml", "names.txt"):
+    for name in ("m.keras", "d.npz", "r.yaml", "names.txt", "layers.py"):
         (tmp_path / name).write_bytes(b"x")
     return tmp_path
 
@@ -36,11 +36,17 @@ def _config(files, **cli):
         ("markdown", "r.yaml", "would overwrite the recipe"),
         ("markdown", "names.txt", "would overwrite the feature names file"),
         ("report", "out.keras", "output and report are the same file"),
+        ("save_plan", "layers.py", "would overwrite the --custom-objects file"),  # the user's code was lost
+        ("report", "layers.py", "would overwrite the --custom-objects file"),
     ],
 )
 def test_a_write_onto_a_read_or_another_write_is_refused(files, option, target, message):
     c = _config(
-        files, data=str(files / "d.npz"), feature_names=str(files / "names.txt"), **{option: str(files / target)}
+        files,
+        data=str(files / "d.npz"),
+        feature_names=str(files / "names.txt"),
+        custom_objects=(str(files / "layers.py"), "json"),  # a module name is not a file
+        **{option: str(files / target)},
     )
     with pytest.raises(OutputError, match=message):
         paths.plan(c, output_model=files / "out.keras", recipe=files / "r.yaml")

@@ -598,3 +598,21 @@ def test_accuracy_lost_to_quantization_and_a_sigmoid_file_disagreeing_are_said()
     assert "top1_agreement" not in export._differences([got * 5], [expected * 5], 4)  # not probabilities
     relative = export._differences([got * 5], [expected * 5], 4)["relative_error"]  # what any other output gets
     assert relative == pytest.approx(np.linalg.norm(got - expected) / np.linalg.norm(expected), rel=1e-6)
+
+
+def test_a_model_whose_layers_their_owner_keeps_float_is_refused_with_the_reason_before_the_work(cli, tmp_path):
+    """A Dense inside TimeDistributed is a layer int8 takes, kept float by its wrapper: the refusal said
+    the model's layers were Dense and that none could be quantized, after pruning had run."""
+    import keras
+
+    model = keras.Sequential(
+        [
+            keras.Input((6, 4)),
+            keras.layers.LSTM(5, return_sequences=True),
+            keras.layers.TimeDistributed(keras.layers.Dense(3)),
+        ]
+    )
+    model.save(tmp_path / "tagger.keras")
+    result = cli("prune", tmp_path / "tagger.keras", "--quantize", "int8", "-o", tmp_path / "o.keras")
+    assert result.exit_code == 2 and "inside TimeDistributed" in result.stderr
+    assert "pruning" not in result.stdout.lower()  # refused right after loading

@@ -400,3 +400,37 @@ def test_activation_scores_find_a_silent_head_of_a_keras_mha():
     scores = section["layers"][0]["scores"]
     assert section["layers"][0]["removed_heads"] == [3] and scores[3] == 0.0 < min(scores[:3])
     assert "call" not in vars(layer._output_dense)
+
+
+def test_a_convolutional_network_with_attention_blocks_prunes_its_filters_under_neuron(cli, tmp_path):
+    """EQTransformer (bench/ZOO.md) runs Conv1D blocks and self-attention layers of its own class with
+    projection matrices, and feed-forward layers prunecli does not read: -g neuron refused the whole model
+    as a Transformer without FFN units. Its convolutions' filters are pruned, the attention left whole."""
+    import json
+
+    import keras
+
+    @keras.saving.register_keras_serializable(package="test_conv_attention")
+    class SeqSelfAttention(keras.layers.Layer):
+        def build(self, shape):
+            self.wq = self.add_weight(shape=(shape[-1], shape[-1]), name="wq")
+
+        def call(self, x):
+            scores = keras.ops.softmax(
+                keras.ops.matmul(keras.ops.matmul(x, self.wq), keras.ops.transpose(x, (0, 2, 1)))
+            )
+            return keras.ops.matmul(scores, x)
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((32, 3))
+    h = keras.layers.Conv1D(8, 5, padding="same", activation="relu", name="conv_a")(inp)
+    h = keras.layers.Conv1D(8, 5, padding="same", activation="relu", name="conv_b")(h)
+    h = keras.layers.Add()([h, SeqSelfAttention(name="attention")(h)])
+    out = keras.layers.Conv1D(1, 1, activation="sigmoid", name="picker")(h)
+    path, report = tmp_path / "eqt_like.keras", tmp_path / "r.json"
+    keras.Model(inp, out).save(path)
+    result = cli("prune", path, "-g", "neuron", "-s", "0.5", "-o", tmp_path / "o.keras", "-r", report, "-q")
+    assert result.exit_code == 0, result.output
+    r = json.loads(report.read_text())
+    assert sorted(layer["name"] for layer in r["layers"] if layer["sparsity"] > 0) == ["conv_a/kernel", "conv_b/kernel"]
+    assert any("prunes the convolutions' filters only" in n and "attention" in n for n in r["notes"])

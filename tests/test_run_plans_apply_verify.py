@@ -155,6 +155,19 @@ def test_verify_passes_on_the_runs_own_output(pruned, mlp_files, cli):
     assert any(c.startswith("accuracy") for c in checked.checked) and any("sha256" in c for c in checked.checked)
 
 
+def test_verify_of_a_missing_model_or_a_folder_is_one_line_with_the_report_too(pruned, tmp_path, cli):
+    """With --report the report's digest read the model file first: FileNotFoundError, exit 1."""
+    from prunecli.errors import ModelLoadError
+    from prunecli.run.verify import verify
+
+    _out, _plan, report = pruned
+    for model, said in ((tmp_path / "gone.keras", "model file not found"), (tmp_path, "is a directory")):
+        result = cli("verify", model, "-r", report)
+        assert result.exit_code == 3 and said in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        with pytest.raises(ModelLoadError, match=said):
+            verify(model, report=report)
+
+
 def test_verify_fails_on_weights_altered_after_the_run(pruned, tmp_path, cli):
     import keras
 

@@ -160,7 +160,11 @@ def test_early_stopping_stops_when_validation_loss_stalls(mlps, tmp_path):
 
 @pytest.mark.slow
 def test_gate_fails_with_exit_4_after_writing_the_report(cli, mlps, tmp_path):
-    report = tmp_path / "r.json"
+    """The report is written; the model that failed is not (it replaced the previous run's good model,
+    plan and exports, exit 4)."""
+    report, plan = tmp_path / "r.json", tmp_path / "plan.zip"
+    (tmp_path / "o.keras").write_bytes(b"the previous run's model")
+    plan.write_bytes(b"the previous run's plan")
     args = [
         mlps["adam"],
         "-d",
@@ -176,10 +180,13 @@ def test_gate_fails_with_exit_4_after_writing_the_report(cli, mlps, tmp_path):
         "-o",
         tmp_path / "o.keras",
     ]
-    failed = cli("prune", *args, "--max-accuracy-drop", "0", "-q")
+    failed = cli("prune", *args, "--max-accuracy-drop", "0", "--save-plan", plan, "-q")
     assert failed.exit_code == 4, failed.output
     assert "accuracy dropped by" in failed.stderr and "epoch" not in failed.output  # quiet: no progress
+    assert (tmp_path / "o.keras").read_bytes() == b"the previous run's model"
+    assert plan.read_bytes() == b"the previous run's plan"
     written = json.loads(report.read_text())
+    assert any(n.startswith("the quality gate failed: ") and "o.keras" in n for n in written["notes"])
     assert written["metrics"]["after_finetune"]["accuracy"] < written["metrics"]["before"]["accuracy"]
     assert written["finetune"]["epochs_run"] == 2
     report.unlink()

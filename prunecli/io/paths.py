@@ -236,6 +236,9 @@ def _plan_reads(p: PathPlan, config, recipe, extra_reads: dict | None) -> Path |
     if getattr(config, "teacher", None):
         check_readable(config.teacher, "teacher model file", ModelLoadError)
         p.reads["teacher"] = [Path(config.teacher)]
+    code = [Path(c) for c in getattr(config, "custom_objects", ()) or () if Path(c).is_file()]  # not module names
+    if code:
+        p.reads["custom_objects"] = code
     return model
 
 
@@ -335,6 +338,7 @@ def _read_name(role: str) -> str:
         "feature_names": "feature names file",
         "plan": "plan file",
         "teacher": "teacher model file",
+        "custom_objects": "--custom-objects file",
     }.get(role, role)
 
 

@@ -61,12 +61,7 @@ def run(model, targets, masks, data, task, config, float_metrics, progress, timi
 
     mode = config.quantize
     chosen, left_float = _choose_layers(model, targets, mode)
-    if not chosen:
-        raise ConfigError(
-            f"--quantize {mode}: no layer of this model can be quantized "
-            f"({mode} takes {quantized_kinds(mode)} layers; this model's prunable layers are "
-            f"{', '.join(sorted({e['class'] for e in left_float})) or 'none'})"
-        )
+    refuse_nothing_to_quantize(mode, chosen, left_float)
     pruned = _pruned_positions(chosen, targets, masks)
     inputs, source = _probe_inputs(model, data, config.seed)
     reference = _outputs(model, inputs)
@@ -162,6 +157,32 @@ def _zeros(layers: list[dict]) -> dict:
 
 
 # ------------------------------------------------------------------ which layers
+
+
+def refuse_nothing_to_quantize(mode: str, chosen: list, left_float: list[dict]) -> None:
+    """A one-line ConfigError when `mode` would quantize no layer, with the reasons the layers stay float
+    (a Dense inside TimeDistributed or a user's layer class is one `mode` takes, kept float by its owner:
+    the message once said the model's layers were Dense and that no layer could be quantized)."""
+    if chosen:
+        return
+    reasons: dict[str, list[str]] = {}
+    for entry in left_float:
+        reasons.setdefault(entry["why"], []).append(f"{entry['layer']} ({entry['class']})")
+    said = "; ".join(
+        f"{', '.join(names[:3])}{' ...' if len(names) > 3 else ''}: {why}" for why, names in reasons.items()
+    )
+    raise ConfigError(
+        f"--quantize {mode}: no layer of this model can be quantized ({mode} takes {quantized_kinds(mode)} "
+        f"layers; {said or 'the model has no prunable layer'})"
+    )
+
+
+def check_quantizable(model, mode: str) -> None:
+    """Before any work: refuse a --quantize that no layer of the loaded model could take."""
+    from prunecli.structure import targets
+
+    chosen, left_float = _choose_layers(model, targets.walk(model), mode)
+    refuse_nothing_to_quantize(mode, chosen, left_float)
 
 
 def _choose_layers(model, targets, mode: str) -> tuple[list, list[dict]]:

@@ -200,16 +200,24 @@ def write_outputs(state, config: PruneConfig, out, masked_model, say, timings, u
 
 def check_gates(report: Report, config: PruneConfig) -> None:
     """Raise GateFailed when the pruned model is worse than the config allows."""
+    failure = gate_failure(report, config)
+    if failure:
+        raise GateFailed(failure)
+
+
+def gate_failure(report: Report, config: PruneConfig) -> str | None:
+    """Why the pruned model is worse than the config allows, or None."""
     if config.max_accuracy_drop is None:
-        return
+        return None
     before = report.metrics.get("before", {}).get("accuracy")
     final_stage = "after_finetune" if "after_finetune" in report.metrics else "after_pruning"
     after = report.metrics.get(final_stage, {}).get("accuracy")
     if before is None or after is None:
-        raise GateFailed("--max-accuracy-drop: no accuracy was measured (is the task a regression?)")
+        return "--max-accuracy-drop: no accuracy was measured (is the task a regression?)"
     drop = before - after
     if drop > config.max_accuracy_drop:
-        raise GateFailed(
+        return (
             f"accuracy dropped by {drop:.4f} ({before:.4f} -> {after:.4f}), more than --max-accuracy-drop "
             f"{config.max_accuracy_drop:g}"
         )
+    return None

@@ -43,6 +43,7 @@ def load(config: PruneConfig, progress: Progress, timings: Timings) -> tuple[Run
         model, source = model_io.load(config.model_path, unsafe=config.unsafe, custom_objects=config.custom_objects)
         keras_graph.compile_loops()  # within a run (keras_graph.compiled_loops): recurrent loops compiled
         _check_output_format(config, model, source)
+        check_layer_globs(config, model)
         if config.sizes:  # igzip releases the GIL, so this overlaps with scoring and masking
             input_sizes = model_io.sizes_in_background(source.path)
         compiled_optimizer = getattr(model, "optimizer", None)
@@ -63,10 +64,30 @@ def load(config: PruneConfig, progress: Progress, timings: Timings) -> tuple[Run
     return state, input_sizes
 
 
+def check_layer_globs(config: PruneConfig, model) -> None:
+    """Every layer glob of --include, --exclude and the recipe's rules names a layer of the file as
+    loaded (nested paths as `inspect` shows them): an --exclude typo excluded nothing and the run pruned
+    what it was meant to keep, exit 0."""
+    from prunecli.structure import targets
+
+    for option, patterns in (
+        ("--include", config.include),
+        ("--exclude", config.exclude),
+        ("the recipe's layer rule", [rule.pattern for rule in config.overrides]),
+    ):
+        unmatched = targets.unmatched_globs(model, patterns)
+        if unmatched:
+            raise ConfigError(
+                f"{option} {', '.join(repr(p) for p in unmatched)} names no layer of {config.model_path}"
+                " (`prunecli inspect` lists them)"
+            )
+
+
 def _check_output_format(config: PruneConfig, model, source) -> None:
     """Outputs that could not be right are refused before the work, not after it: an .h5 that Keras
     could not read back (an .h5 input needs no check: Keras read it, and an unchanged structure is
-    written by copying it), a full-integer TFLite file whose token ids would be quantized."""
+    written by copying it), a full-integer TFLite file whose token ids would be quantized, a --quantize
+    that no layer takes."""
     from prunecli.io.models.write import MODEL_SUFFIXES, check_h5_writable, default_output
 
     out = Path(config.output) if config.output else default_output(config.model_path)
@@ -76,6 +97,11 @@ def _check_output_format(config: PruneConfig, model, source) -> None:
         from prunecli.outputs.export import check_int8_inputs
 
         check_int8_inputs(model)
+    if config.quantize and not (config.shrink and config.granularity.kind == "neuron"):
+        # (a shrink opens TimeDistributed wrappers, whose Dense layers then quantize: checked after it)
+        from prunecli.outputs.quantize import check_quantizable
+
+        check_quantizable(model, config.quantize)
 
 
 def _custom_objects_note(config: PruneConfig) -> tuple[str, ...]:

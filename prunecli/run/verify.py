@@ -75,6 +75,7 @@ def verify(
     ):
         if p is not None:
             paths.check_readable(p, role, err)
+    model_io.inspect_file(model_path)  # a missing file or a folder is one line before the report's hash reads it
     claims = _read_report(report) if report is not None else None
     saved_plan = plan_file.read(plan) if plan is not None else None
     if data is not None and claims is None:

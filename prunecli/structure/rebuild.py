@@ -214,7 +214,10 @@ def unrolled(model, max_steps: int):
 
     Why: TensorFlow's converter turns Keras 3's looped RNN into TensorList ops, which TFLite runs only
     with the select-TF-ops (Flex) delegate and int8 quantization refuses; unrolled, the same layer is
-    fully connected ops, logistic/tanh and element-wise products, all TFLite builtins with int8 kernels."""
+    fully connected ops, logistic/tanh and element-wise products, all TFLite builtins with int8 kernels.
+    The twin is for inference only, so its dropout rates are 0: a Keras-2 EQTransformer's unrolled
+    BiLSTMs (dropout 0.1) kept their dropout masks' random ops in the traced graph, 124 select-TF ops
+    that TFLite's interpreter could not run."""
     graph = keras_graph.functional(model)
     if graph is None:
         return None
@@ -227,12 +230,13 @@ def unrolled(model, max_steps: int):
         if steps is None or steps > max_steps:
             return None
         config = layer.get_config()
+        inference = {"unroll": True, "dropout": 0.0, "recurrent_dropout": 0.0}  # see below
         if "layer" in config:  # Bidirectional: its forward (and backward) layer
             for part in ("layer", "backward_layer"):
                 if config.get(part):
-                    config[part]["config"]["unroll"] = True
+                    config[part]["config"].update(inference)
         else:
-            config["unroll"] = True
+            config.update(inference)
         twins[id(layer)] = (layer, layer.__class__.from_config(config))
     if not twins:
         return None

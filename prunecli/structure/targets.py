@@ -241,6 +241,28 @@ def walk(model) -> list[Target]:
     return found
 
 
+def layer_paths(model) -> list[str]:
+    """Every layer's path in the model ("outer/inner" inside nested models and layers), prunable or not."""
+    found: list[str] = []
+
+    def visit(layer, prefix: str):
+        path = f"{prefix}/{layer.name}" if prefix else layer.name
+        found.append(path)
+        for child in keras_graph.children(layer):
+            visit(child, path)
+
+    for layer in keras_graph.children(model):
+        visit(layer, "")
+    return found
+
+
+def unmatched_globs(model, patterns) -> list[str]:
+    """The layer globs that name no layer of the model at all (a typo): an --exclude that names nothing
+    excluded nothing, and the run pruned the layer it was meant to keep without a word."""
+    paths = layer_paths(model)
+    return [p for p in patterns if not any(name_matches(path, (p,)) for path in paths)]
+
+
 def select(model, include=(), exclude=()) -> list[Target]:
     """The targets to prune: all prunable weights, narrowed by include/exclude layer-name globs."""
     targets = walk(model)

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prunecli.errors import InputError
-from prunecli.structure import keras_graph
+from prunecli.structure import keras_graph, layers
+
+CONV_FAMILIES = ("conv", "separable", "transpose", "depthwise")  # layer-table families of convolutions
 
 
 @dataclass
@@ -322,6 +324,14 @@ def ffn_only(model, targets, include=()) -> tuple[list, list[str]]:
         t for t in targets if t.layer_name in firsts or id(t.variable) in swiglu or targets_mod.named_in(t, include)
     ]
     if targets and not kept:  # a Transformer whose feed-forward layers are not found: never its residual stream
+        convolutions = [t for t in targets if layers.spec(t.layer).family in CONV_FAMILIES]
+        if convolutions:  # a convolutional network with attention blocks (EQTransformer): its filters
+            left = sorted({t.layer_name for t in targets} - {t.layer_name for t in convolutions})
+            return convolutions, [
+                "attention without feed-forward layers prunecli reads: -g neuron prunes the convolutions' "
+                f"filters only ({', '.join(left[:6])}{' ...' if len(left) > 6 else ''} stay whole; --include "
+                "forces a layer)"
+            ]
         unread = unread_attention(model)
         hub = any(
             type(layer).__module__.startswith("keras_hub") and not keras_graph.is_model(layer)

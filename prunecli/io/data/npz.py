@@ -160,6 +160,11 @@ def _pick(arrays: dict, path: Path):
         raise DataError(
             f"{path} needs an array x (with labels y), or x_train/y_train and x_test/y_test; found: {sorted(arrays)}"
         )
+    for name in ("test", "val"):  # half a pair would be dropped while the report reads as if it were used
+        xk, yk = f"x_{name}", f"y_{name}"
+        if yk in arrays and xk not in arrays or (has_labels and xk in arrays and yk not in arrays):
+            have, missing = (yk, xk) if xk not in arrays else (xk, yk)
+            raise DataError(f"{path}: {have} without {missing}: give both, or remove {have}")
     read = {f"{kind}_{name}" if name else kind for kind in "xy" for name in (train_name, "test", "val")}
     refuse_unread(arrays, read | {"feature_names"}, path, "x/y, or x_train/y_train, with x_test/y_test and x_val/y_val")
     test, val = pair("test"), pair("val")

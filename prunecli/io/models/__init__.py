@@ -23,6 +23,7 @@ from prunecli.io.models.read import check_finite, quiet_keras, read_model
 from prunecli.io.models.sizes import dir_sizes, file_sizes, sizes_in_background
 from prunecli.io.models.write import (
     atomic_path,
+    discard_staged,
     outputs_together,
     remove_stale_temps,
     replace_dir,
@@ -40,6 +41,7 @@ __all__ = [
     "check_finite",
     "check_memory",
     "check_safe",
+    "discard_staged",
     "file_sizes",
     "inspect_file",
     "load",

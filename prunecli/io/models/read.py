@@ -30,6 +30,8 @@ def read_model(info: ModelFile, unsafe: bool, custom: CustomObjects = NO_CUSTOM_
 
     if info.format == "savedmodel":
         return _read_saved_model(info, unsafe, custom)
+    if info.path.suffix not in KERAS_SUFFIXES[info.format]:
+        return _read_under_its_suffix(info, unsafe, custom)
     try:
         model = _load_keras(info, unsafe, custom)
     except (MemoryError, ModelLoadError):
@@ -52,6 +54,24 @@ def read_model(info: ModelFile, unsafe: bool, custom: CustomObjects = NO_CUSTOM_
     if not isinstance(model, keras.Model):
         raise ModelLoadError(f"{info.path} did not load as a Keras model")
     return model
+
+
+KERAS_SUFFIXES = {"h5": (".h5", ".hdf5"), "keras": (".keras",)}  # the names Keras picks each reader by
+
+
+def _read_under_its_suffix(info: ModelFile, unsafe: bool, custom: CustomObjects):
+    """A model file whose name Keras does not pick its reader by (CheckM2 ships `model.hd5`; `.H5`,
+    `.model`): `inspect_file` knows it from its bytes, so it is read through a link named as Keras
+    wants, in a temporary folder, and the file itself is not touched or renamed."""
+    import dataclasses
+
+    with tempfile.TemporaryDirectory(prefix="prunecli-") as scratch:
+        alias = Path(scratch) / f"{info.path.stem}{KERAS_SUFFIXES[info.format][0]}"
+        alias.symlink_to(info.path.resolve())
+        try:
+            return read_model(dataclasses.replace(info, path=alias), unsafe, custom)
+        except ModelLoadError as exc:
+            raise ModelLoadError(str(exc).replace(str(alias), str(info.path))) from exc
 
 
 def _read_saved_model(info: ModelFile, unsafe: bool, custom: CustomObjects):
@@ -165,7 +185,7 @@ def _load_keras(info: ModelFile, unsafe: bool, custom: CustomObjects):
                 return _keras_load(path, compile=False, safe_mode=not unsafe, config_patch=patch)
             except Exception as exc:
                 reason = _load_failure(exc)
-                if path.suffix in (".h5", ".hdf5") and (_UNKNOWN_KWARGS.search(reason) or _SLASH_NAME in reason):
+                if path.suffix in (".h5", ".hdf5") and (_unknown_arguments(reason) or _SLASH_NAME in reason):
                     return _load_patched_h5(path, info.config, exc, not unsafe)
                 raise
 
@@ -184,6 +204,25 @@ def _keras_load(path: Path, compile: bool, safe_mode: bool, config_patch=None):
 
 
 _UNKNOWN_KWARGS = re.compile(r"Unrecognized keyword arguments passed to (\w+): \{(.*)\}")
+_UNEXPECTED_ARGUMENT = re.compile(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'")
+
+
+def _unknown_arguments(reason: str) -> tuple[str, set[str]] | None:
+    """(class, argument names) of a config's arguments Keras 3 does not take, from a load failure: the
+    names Keras lists for a layer that takes **kwargs, or the one Python names for a Keras layer whose
+    __init__ takes none (Keras 3's SpatialDropout1D/2D/3D refuse the `trainable` and `noise_shape`
+    every Keras-2 file holds). A class of the user's own is never patched: its arguments are its code's."""
+    import keras
+
+    match = _UNKNOWN_KWARGS.search(reason)
+    if match:
+        return match.group(1), set(re.findall(r"'(\w+)'", match.group(2)))
+    match = _UNEXPECTED_ARGUMENT.search(reason)
+    if match and isinstance(getattr(keras.layers, match.group(1), None), type):
+        return match.group(1), {match.group(2)}
+    return None
+
+
 _SLASH_NAME = "cannot contain character `/`"
 
 
@@ -450,9 +489,11 @@ def _load_patched_h5(
             with h5py.File(patched, "r+") as f:
                 cudnn.convert_file_weights(f, cudnn_config, path)
         for _ in range(20):  # Keras names one class's unknown arguments per attempt
-            match = _UNKNOWN_KWARGS.search(_load_failure(error)) if error is not None else None
-            if match:
-                _drop_arguments(config, match.group(1), set(re.findall(r"'(\w+)'", match.group(2))))
+            # an attempt fails while the first failure is being handled: its reason is its own
+            own = _load_failure(error, first_error if error is not first_error else None) if error is not None else ""
+            unknown = _unknown_arguments(own)
+            if unknown:
+                _drop_arguments(config, *unknown)
             elif error is not first_error:
                 raise error
             with h5py.File(patched, "r+") as f:
@@ -490,10 +531,14 @@ def _drop_arguments(node, class_name: str, keys: set[str]) -> None:
             _drop_arguments(value, class_name, keys)
 
 
-def _load_failure(exc: BaseException) -> str:
+def _load_failure(exc: BaseException, previous: BaseException | None = None) -> str:
     """The most specific reason Keras gives: it wraps the real cause ("Could not locate class 'X'")
-    in generic "could not be deserialized" errors, so the innermost exception of the chain is used."""
-    *_, exc = _chain(exc)
+    in generic "could not be deserialized" errors, so the innermost exception of the chain is used;
+    the chain stops short of `previous`, an earlier failure that this one was raised while handling."""
+    chain = list(_chain(exc))
+    if previous is not None and previous in chain:
+        chain = chain[: chain.index(previous)] or chain
+    exc = chain[-1]
     if isinstance(exc, KeyError):
         return f"missing entry {first_line(exc)} (the file is incomplete or damaged)"
     return re.split(r"(?<=\.)\s", first_line(exc), maxsplit=1)[0]

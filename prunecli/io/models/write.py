@@ -164,6 +164,14 @@ def staged(target: Path) -> Path:
     return next((tmp for tmp, t in _together["staged"] if t == target), target)
 
 
+def discard_staged() -> list[Path]:
+    """Drop every output staged so far in the open outputs_together block (their targets stay as they
+    were) and return their targets: a run whose quality gate failed writes its report only."""
+    dropped = [target for _tmp, target in _together["staged"]]
+    _discard_staged()
+    return dropped
+
+
 def _discard_staged() -> None:
     staged, _together["staged"] = _together["staged"], []
     for tmp, _target in staged:
