@@ -324,11 +324,18 @@ def test_only_temporary_files_of_dead_processes_are_removed(tmp_path):
         ]
         for p in (stale, running, other_target, *users):
             p.write_bytes(b"partial")
+        # an export's scratch folder of a killed run (2.4 MB each, never removed), and a running one's
+        stale_export = tmp_path / f".prunecli-export.{dead}.ab_c12x9"
+        running_export = tmp_path / f".prunecli-export.{alive.pid}.zz9_8y7x"
+        for folder in (stale_export, running_export):
+            folder.mkdir()
+            (folder / "model.tflite").write_bytes(b"partial")
 
         removed = model_io.remove_stale_temps(target)
 
-        assert removed == [stale]
+        assert sorted(removed) == sorted([stale, stale_export])
         assert running.exists() and other_target.exists() and all(p.exists() for p in users)
+        assert running_export.exists()
         assert model_io.temp_name(target).split(".")[3] != "" and len(model_io.temp_name(target).split(".")[3]) == 12
     finally:
         alive.kill()

@@ -180,9 +180,9 @@ def test_a_savedmodel_folder_holding_the_input_is_refused(tmp_path):
     (folder / paths.EXPORT_MARKER).write_text("ours")
     model = folder / "in.keras"
     model.write_bytes(b"x")
-    with pytest.raises(OutputError, match="replaced whole, and the input is inside it"):
+    with pytest.raises(OutputError, match="holds in.keras, which prunecli did not write"):
         _savedmodel_plan(model, tmp_path / "out.keras")
-    with pytest.raises(OutputError, match="inside it"):
+    with pytest.raises(OutputError, match="replaced whole, and the input is inside it"):
         _savedmodel_plan(model, tmp_path / "out.keras", force=True)  # --force never allows deleting a read file
 
 
@@ -195,9 +195,19 @@ def test_a_savedmodel_folder_prunecli_did_not_write_needs_force(tmp_path):
     with pytest.raises(OutputError, match="prunecli did not write"):
         _savedmodel_plan(model, tmp_path / "out.keras")
     _savedmodel_plan(model, tmp_path / "out.keras", force=True)
+    # a folder prunecli wrote, to which the user added a file: the next export deleted it without a word
     (folder / paths.EXPORT_MARKER).write_text("an earlier export")
-    _savedmodel_plan(model, tmp_path / "out.keras")
-    assert (folder / "precious.txt").exists(), "planning removes nothing"
+    with pytest.raises(OutputError, match="holds precious.txt, which prunecli did not write"):
+        _savedmodel_plan(model, tmp_path / "out.keras")
+    (folder / "precious.txt").unlink()
+    (folder / "variables").mkdir()
+    (folder / "saved_model.pb").write_bytes(b"x")
+    _savedmodel_plan(model, tmp_path / "out.keras")  # what an export of an earlier version wrote
+    (folder / "model.tflite").write_bytes(b"x")
+    listed = "\n".join([paths.EXPORT_MARKER_HEADER, "model.tflite", "saved_model.pb", "variables"])
+    (folder / paths.EXPORT_MARKER).write_text(listed + "\n")
+    _savedmodel_plan(model, tmp_path / "out.keras")  # what the marker lists may go
+    assert (folder / "saved_model.pb").exists(), "planning removes nothing"
 
 
 def test_the_python_api_plans_the_paths_the_cli_plans(tmp_path):

@@ -21,7 +21,9 @@ def exported(example_model, example_data, tmp_path_factory):
     stale = out.with_name("digits.pruned_savedmodel")
     stale.mkdir()
     (stale / "stale.txt").write_text("from an older run")
-    (stale / ".prunecli-export").write_text("an earlier export of prunecli's")
+    from prunecli.io.paths import EXPORT_MARKER, EXPORT_MARKER_HEADER
+
+    (stale / EXPORT_MARKER).write_text(f"{EXPORT_MARKER_HEADER}\nstale.txt\n")  # an earlier export wrote it
     config = build_config(
         {
             "model_path": str(example_model),

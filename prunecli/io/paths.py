@@ -259,6 +259,8 @@ def _plan_model_writes(p: PathPlan, config, out: Path, exports: dict) -> None:
 
 
 EXPORT_MARKER = ".prunecli-export"  # inside every SavedModel folder prunecli writes: it may replace it again
+EXPORT_MARKER_HEADER = "written by prunecli: a later --export savedmodel may replace this folder; it wrote:"
+SAVEDMODEL_ENTRIES = ("saved_model.pb", "variables", "assets", "fingerprint.pb")  # a marker without a list
 
 
 def _savedmodel_target(role: str, target: Path, force: bool) -> PlannedWrite:
@@ -272,7 +274,27 @@ def _savedmodel_target(role: str, target: Path, force: bool) -> PlannedWrite:
             f"export savedmodel {shown(target)} is a folder prunecli did not write, and the export would "
             "replace it whole; move it away or pass --force"
         )
+    if lst is not None and not force:
+        added = _added_to_export(target)
+        if added:
+            raise OutputError(
+                f"export savedmodel {shown(target)} holds {', '.join(added[:3])}{' ...' if len(added) > 3 else ''}, "
+                "which prunecli did not write, and the export would replace the folder whole; move "
+                f"{'it' if len(added) == 1 else 'them'} away or pass --force"
+            )
     return PlannedWrite(role, target, is_dir=True)
+
+
+def _added_to_export(folder: Path) -> list[str]:
+    """The entries of a SavedModel folder prunecli wrote that its marker does not list: files a user put
+    there since (a later export replaced the folder whole, and them with it, without a word)."""
+    try:
+        lines = (folder / EXPORT_MARKER).read_text().splitlines()
+        present = sorted(entry.name for entry in folder.iterdir())
+    except OSError:
+        return []
+    written = set(lines[1:]) if lines and lines[0] == EXPORT_MARKER_HEADER else set(SAVEDMODEL_ENTRIES)
+    return [name for name in present if name not in written and name != EXPORT_MARKER]
 
 
 def _inside(path: Path, folder: Path) -> bool:

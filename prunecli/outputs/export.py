@@ -27,6 +27,7 @@ import warnings
 from pathlib import Path
 
 from prunecli.errors import ConfigError, ExportError, OutputError, ResourceError, first_line, write_error
+from prunecli.io.models.write import export_staging_prefix
 from prunecli.results import StepResult
 
 SAMPLE_COUNT = 256  # inputs used to compare the exported model with the Keras model
@@ -52,7 +53,7 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
     from prunecli.io.models import dir_sizes, file_sizes, replace_dir, staged
 
     formats = list(dict.fromkeys(config.export))
-    from prunecli.io.paths import EXPORT_MARKER, export_paths
+    from prunecli.io.paths import EXPORT_MARKER, EXPORT_MARKER_HEADER, export_paths
 
     paths = export_paths(Path(out_path))
     results: dict[str, dict] = {}
@@ -61,7 +62,8 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
         saved = stage / "savedmodel"
         progress("exporting SavedModel")
         write_savedmodel(model, saved)
-        (saved / EXPORT_MARKER).write_text("written by prunecli: a later --export savedmodel may replace this folder\n")
+        written = sorted(entry.name for entry in saved.iterdir())  # what a later export may replace (io/paths)
+        (saved / EXPORT_MARKER).write_text("\n".join([EXPORT_MARKER_HEADER, *written]) + "\n")
         source = saved
         float_model = unquantized if unquantized is not None else model  # what TFLite converts
         if any(fmt != "savedmodel" for fmt in formats):
@@ -150,7 +152,7 @@ def for_tflite(model):
 def _staging_dir(parent: Path):
     """A scratch directory beside the outputs, so a finished SavedModel can be renamed into place."""
     try:
-        stage = Path(tempfile.mkdtemp(prefix=".prunecli-export.", dir=parent))
+        stage = Path(tempfile.mkdtemp(prefix=export_staging_prefix(), dir=parent))
     except OSError as exc:
         raise OutputError(f"cannot write exports in {parent}: {exc.strerror or exc}") from exc
     try:

@@ -74,8 +74,9 @@ def remove_stale_temps(target: Path) -> list[Path]:
     """Delete temporary files left beside `target` by runs that were killed (SIGKILL, power loss).
 
     Temporary names carry the writer's process id and a random token of exactly TOKEN_HEX lowercase
-    hex digits (`.STEM.PID.TOKEN.tmpEXT`, as temp_name makes them); a file of that exact shape whose
-    process no longer exists is stale. Anything else, a user's `.out.99999999.backup.tmp.keras`
+    hex digits (`.STEM.PID.TOKEN.tmpEXT`, as temp_name makes them), an export's scratch folder its
+    process id too (`export_staging_prefix`); one of that exact shape whose process no longer exists is
+    stale. Anything else, a user's `.out.99999999.backup.tmp.keras`
     included, is never touched, nor are files of running processes.
     """
     pattern = re.compile(
@@ -84,12 +85,22 @@ def remove_stale_temps(target: Path) -> list[Path]:
     removed = []
     with contextlib.suppress(OSError):
         for entry in target.parent.iterdir():
-            found = pattern.fullmatch(entry.name)
+            found = pattern.fullmatch(entry.name) or _EXPORT_STAGING.fullmatch(entry.name)
             if found and process_gone(int(found.group(1))) and (entry.is_file() or entry.is_dir()):
                 with contextlib.suppress(OSError):
                     _remove(entry)
                     removed.append(entry)
     return removed
+
+
+EXPORT_STAGING_PREFIX = ".prunecli-export."  # + PID + "." + mkdtemp's 8 characters: an export's scratch folder
+_EXPORT_STAGING = re.compile(rf"{re.escape(EXPORT_STAGING_PREFIX)}([1-9]\d{{0,9}})\.[a-z0-9_]{{8}}")
+
+
+def export_staging_prefix() -> str:
+    """The prefix of this process's export scratch folders beside the outputs (remove_stale_temps
+    removes those of a killed run: each held a whole SavedModel or TFLite file, 2.4 MB apiece)."""
+    return f"{EXPORT_STAGING_PREFIX}{os.getpid()}."
 
 
 def _remove(path: Path) -> None:
