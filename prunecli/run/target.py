@@ -48,9 +48,8 @@ def _size_model(model, suffix: str) -> tuple[int, float]:
 
     import numpy as np
 
-    from prunecli.training import distill
-
     from prunecli.io import models as model_io
+    from prunecli.training import distill
 
     copy = distill.teacher_copy(model, "--target size=")  # KerasHub tasks too: clone_model's copy lacks weights
     with tempfile.TemporaryDirectory() as folder:
