@@ -205,3 +205,14 @@ def test_auto_flag(cli, mlp_files, tmp_path, monkeypatch):
 def test_auto_needs_data(cli, mlp_files, tmp_path):
     result = cli("prune", mlp_files["keras"], "--auto", "-o", tmp_path / "o.keras")
     assert result.exit_code == 2 and "--auto needs --data" in result.output
+
+
+def test_the_after_pruning_stage_of_a_fine_tuned_run_says_when_it_was_measured():
+    """With fine-tuning, after_pruning is measured when the final sparsity is first reached (two thirds
+    into a gradual schedule's training): the tables once called it "after pruning" all the same."""
+    from prunecli.outputs.report import stage_label
+
+    tuned = {"before": {}, "after_pruning": {}, "after_finetune": {}}
+    assert stage_label("after_pruning", tuned) == "at the final sparsity (during fine-tuning)"
+    assert stage_label("after_pruning", {"before": {}, "after_pruning": {}}) == "after pruning"
+    assert stage_label("after_finetune", tuned) == "after finetune"

@@ -616,3 +616,25 @@ def test_a_model_whose_layers_their_owner_keeps_float_is_refused_with_the_reason
     result = cli("prune", tmp_path / "tagger.keras", "--quantize", "int8", "-o", tmp_path / "o.keras")
     assert result.exit_code == 2 and "inside TimeDistributed" in result.stderr
     assert "pruning" not in result.stdout.lower()  # refused right after loading
+
+
+@pytest.mark.parametrize("mode", ["int4", "float8"])
+def test_whole_model_totals_count_the_float_layers_a_quantized_model_stands_for(conv_dense, tmp_path, cli, mode):
+    """The report counted an int4 kernel by its stored bytes (two weights each) and float8's all-zero
+    histories of maxima as weights (a conv net read 87% sparse); inspect counted scales too, so the two
+    disagreed on the same file. Both now count the float model's parameters, and verify agrees."""
+    import json
+
+    import keras
+
+    out, report = tmp_path / "q.keras", tmp_path / "r.json"
+    result = cli("prune", conv_dense / "model.keras", "-s", "0.6", "--quantize", mode, "-o", out, "-r", report, "-q")
+    assert result.exit_code == 0, result.output
+    totals = json.loads(report.read_text())["totals"]
+    assert totals["params"] == keras.saving.load_model(conv_dense / "model.keras").count_params()
+    assert totals["prunable_nonzeros"] < totals["nonzeros"] < totals["params"]
+    inspected = cli("inspect", out, "--json")
+    assert inspected.exit_code == 0, inspected.output
+    shown = json.loads(inspected.stdout)["totals"]
+    assert (shown["params"], shown["nonzeros"]) == (totals["params"], totals["nonzeros"])
+    assert cli("verify", out, "-r", report).exit_code == 0

@@ -183,7 +183,9 @@ def _why_left(target) -> str:
 
 def _totals(layers: list[LayerInfo]) -> dict:
     """Parameter and non-zero counts over every weight, and over the pruning targets."""
-    all_w = [w for layer in layers for w in layer.weights]
+    from prunecli.outputs.report import QUANTIZATION_STATE  # counted as the report counts them
+
+    all_w = [w for layer in layers for w in layer.weights if not QUANTIZATION_STATE.search(w.name)]
     tgt = [w for w in all_w if w.target]
     params, nz = sum(w.params for w in all_w), sum(w.nonzeros for w in all_w)
     t_params, t_nz = sum(w.params for w in tgt), sum(w.nonzeros for w in tgt)

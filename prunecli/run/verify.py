@@ -173,9 +173,10 @@ def _check_layers(result: VerifyResult, claims: dict, found: dict) -> None:
 
 
 def _check_totals(result: VerifyResult, claims: dict, model, found: dict) -> None:
+    from prunecli.outputs.report import whole_counts
+
     totals = claims.get("totals") or {}
-    params = sum(math.prod(int(d) for d in v.shape) for v in model.weights)
-    nonzeros = sum(_nonzeros(v) for v in model.weights)
+    params, nonzeros = whole_counts(model)
     names = [layer.get("name") for layer in claims.get("layers", []) if layer.get("name") in found]
     p_params = sum(found[n].size for n in names)
     p_nz = sum(_nonzeros(found[n].variable) for n in names)
