@@ -638,3 +638,17 @@ def test_whole_model_totals_count_the_float_layers_a_quantized_model_stands_for(
     shown = json.loads(inspected.stdout)["totals"]
     assert (shown["params"], shown["nonzeros"]) == (totals["params"], totals["nonzeros"])
     assert cli("verify", out, "-r", report).exit_code == 0
+
+
+@pytest.mark.slow
+def test_a_params_target_with_quantize_counts_the_float_parameters(conv_dense, tmp_path, cli):
+    """The achieved parameter count read the quantized model's scales as parameters: 681 counted for 659
+    kept (goal 665), the target reported missed on a model that met it."""
+    import json
+
+    report = tmp_path / "r.json"
+    args = ["--target", "params=0.5", "--quantize", "int8", "-d", conv_dense / "data.npz", "-r", report, "-q"]
+    result = cli("prune", conv_dense / "model.keras", *args, "-o", tmp_path / "q.keras")
+    assert result.exit_code == 0, result.output
+    section = json.loads(report.read_text())["target"]
+    assert section["within_tolerance"] is True and section["achieved_value"] <= section["goal"]

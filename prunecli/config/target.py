@@ -122,6 +122,11 @@ def check_target(c) -> None:
         (c.normalize in PER_LAYER_BUDGETS, f"--normalize {c.normalize} (a target ranks channels: lamp, mean or none)"),
         (c.schedule != "oneshot", f"--schedule {c.schedule} (the allocation is made once: oneshot)"),
         (c.auto, "--auto (it chooses per-layer sparsities itself)"),
+        (
+            bool(c.quantize) and parse_target(c.target).kind == "size",
+            f"--quantize {c.quantize} for size= (the size is allocated on the float file's bytes per weight; "
+            "give params= with the share the quantized file should hold, or drop --quantize)",
+        ),
     ]
     for failed, what in refused:
         if failed:

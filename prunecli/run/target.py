@@ -515,7 +515,9 @@ def achieved(state, written: Path | None = None, latency_ms=None) -> StepResult:
     if kind == "latency":
         return _achieved_latency(state, section, latency_ms)
     if kind == "params":
-        value = int(state.model.count_params())
+        from prunecli.outputs.report import whole_counts
+
+        value = whole_counts(state.model)[0]  # a quantized model's scales are not parameters of the float model
     elif kind == "flops":
         value = flops.count(state.model, state.config.seq_len)["total"]
     else:
