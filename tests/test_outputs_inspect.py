@@ -78,9 +78,39 @@ def test_nested_models_and_unknown_layers(tmp_path):
     model.save(path)
     layers = by_name(inspect_model(str(path)))
     inner_kernel = next(w for w in layers["inner/inner_dense"].weights if w.name == "kernel")
-    assert inner_kernel.target
+    assert inner_kernel.target and inner_kernel.shrinkable  # the nested plain model is opened by --shrink
     (w,) = layers["scale"].weights
     assert not w.target and w.how == "no kernel known for Scale"
+
+
+def test_a_kernel_inside_a_layer_class_of_its_own_is_mask_only(tmp_path):
+    """keras-tcn's residual blocks hold Conv1D layers the channel graph never sees: inspect called them
+    shrinkable, and `prune --shrink` then kept the model whole (astrorapid, bench/ZOO.md)."""
+    import keras
+
+    @keras.saving.register_keras_serializable(package="prunecli_test")
+    class Block(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.conv = keras.layers.Conv1D(6, 3, padding="same", name="conv")
+
+        def build(self, shape):
+            self.conv.build(shape)
+
+        def call(self, x):
+            return x + self.conv(x)[..., : x.shape[-1]]
+
+    inp = keras.Input((10, 4))
+    h = keras.layers.Conv1D(4, 3, padding="same", name="stem")(inp)
+    h = keras.layers.LSTM(5, return_sequences=True, name="rnn")(Block(name="block")(h))
+    path = tmp_path / "block.keras"
+    keras.Model(inp, keras.layers.Dense(2, name="out")(h)).save(path)
+    layers = by_name(inspect_model(str(path)))
+    inner = next(w for w in layers["block/conv"].weights if w.name == "kernel")
+    assert inner.target and not inner.shrinkable and "mask only (inside a layer of its own class" in inner.how
+    stem = next(w for w in layers["stem"].weights if w.name == "kernel")
+    cell = next(w for w in layers["rnn/lstm_cell"].weights if w.name == "kernel")
+    assert stem.shrinkable and cell.shrinkable and stem.how.endswith("shrinkable")
 
 
 def test_cli_table_and_json(cli, example_model):

@@ -83,8 +83,39 @@ def _why_not(layer, variable) -> str:
     return f"no kernel known for {cls}"
 
 
-def _how(target) -> str:
-    return f"{target.units // target.gates} units, " + ("shrinkable" if target.shrinkable else "mask only")
+def _how(target, graph_layers: set[int]) -> str:
+    units = f"{target.units // target.gates} units, "
+    if not target.shrinkable:
+        return units + "mask only"
+    if id(target.layer) not in graph_layers:
+        return units + "mask only (inside a layer of its own class, which --shrink cannot slice)"
+    return units + "shrinkable"
+
+
+def _graph_layers(model) -> set[int]:
+    """Ids of the layers --shrink can reach: the calls of the model's graph and of the nested plain
+    models and TimeDistributed(Dense) wrappers it opens (structure/rebuild.opened), and the cells of
+    recurrent layers. A Conv1D inside a user's layer class (keras-tcn's residual blocks) is not one:
+    inspect called it shrinkable, and the run then kept the model whole."""
+    from prunecli.structure import channels, keras_graph, rebuild
+
+    found: set[int] = set()
+
+    def visit(graph_model) -> None:
+        if keras_graph.functional(graph_model) is None:
+            return
+        for node in keras_graph.nodes(graph_model):
+            op = node.operation
+            found.add(id(op))
+            if rebuild.plain_model(op):
+                visit(op)
+            elif rebuild.per_position_wrapper(op):
+                found.add(id(op.layer))
+            for part in channels.recurrent_parts(op) if hasattr(op, "cell") or hasattr(op, "forward_layer") else ():
+                found.update((id(part), id(getattr(part, "cell", None))))
+
+    visit(model)
+    return found
 
 
 def inspect_model(path: str, include=(), exclude=(), custom_objects: tuple[str, ...] = ()) -> Inspection:
@@ -97,7 +128,7 @@ def inspect_model(path: str, include=(), exclude=(), custom_objects: tuple[str, 
     model, info = model_io.load(path, custom_objects=custom_objects)
     every = {(id(t.layer), t.attr): t for t in targets.walk(model)}
     chosen = {t.name for t in targets.without_frozen(model, targets.select(model, include, exclude), include)[0]}
-    layers = _describe_layers(model, every, chosen)
+    layers = _describe_layers(model, every, chosen, _graph_layers(model))
     meta = {
         "path": str(info.path),
         "name": model.name,
@@ -112,7 +143,7 @@ def inspect_model(path: str, include=(), exclude=(), custom_objects: tuple[str, 
     return Inspection(meta, layers, _totals(layers), heads.heads_per_layer(model))
 
 
-def _describe_layers(model, every: dict, chosen: set) -> list[LayerInfo]:
+def _describe_layers(model, every: dict, chosen: set, graph_layers: set[int]) -> list[LayerInfo]:
     """Every layer, depth first through nested models (named by its path), with the weights it owns:
     a sub-layer's weights are described under the sub-layer, a shared layer's only at its first place.
     `every`: the targets by (id of their layer, attribute); `chosen`: the names --include/--exclude keep."""
@@ -128,7 +159,8 @@ def _describe_layers(model, every: dict, chosen: set) -> list[LayerInfo]:
                 continue  # described under the sub-layer that owns it, or already under a shared layer
             seen.add(id(v))
             target = every.get((id(layer), v.name.rsplit("/", 1)[-1]))
-            entry.weights.append(_weight_info(layer, v, target, target is not None and target.name in chosen))
+            chosen_here = target is not None and target.name in chosen
+            entry.weights.append(_weight_info(layer, v, target, chosen_here, graph_layers))
         layers.append(entry)
         for child in _children(layer):
             visit(child, path_name)
@@ -138,7 +170,7 @@ def _describe_layers(model, every: dict, chosen: set) -> list[LayerInfo]:
     return layers
 
 
-def _weight_info(layer, v, target, chosen: bool) -> WeightInfo:
+def _weight_info(layer, v, target, chosen: bool, graph_layers: set[int]) -> WeightInfo:
     """One weight's counts, and whether and how it is pruned (`target`: its Target, None if it is not
     one; `chosen`: --include/--exclude keep it); a target also gets its units and how many are all zero.
     A target is counted as the targets read it: a quantized layer's codes in the kernel's layout (int4
@@ -163,10 +195,11 @@ def _weight_info(layer, v, target, chosen: bool) -> WeightInfo:
     if w.quantized is not None:
         w.how = f"quantized ({w.quantized}): prune the float model"
     else:
-        w.how = _how(target) if chosen else _why_left(target)
+        w.how = _how(target, graph_layers) if chosen else _why_left(target)
     gates = target.gates
     moved = np.moveaxis(arr, target.unit_axis, -1).reshape(-1, gates, target.units // gates)
-    w.units, w.unit_axis, w.shrinkable = target.units // gates, target.unit_axis, target.shrinkable
+    w.units, w.unit_axis = target.units // gates, target.unit_axis
+    w.shrinkable = target.shrinkable and id(target.layer) in graph_layers
     w.zero_units = int(np.sum(~moved.any(axis=(0, 1))))  # a recurrent unit: all its gate columns
     return w
 
