@@ -56,7 +56,10 @@ def test_bad_combinations_exit_2_in_one_line(cli, files, tmp_path, extra, messag
         (["--target", "speed=0.5"], "--target takes KIND=VALUE"),
         (["--target", "size=lots"], "needs a file size"),
         # the size was allocated at 4 bytes a weight, then quantized to 1: 68 KB for 200 KB asked
-        (["--target", "size=200KB", "--quantize", "int8"], "--target cannot be combined with --quantize int8 for size="),
+        (
+            ["--target", "size=200KB", "--quantize", "int8"],
+            "--target cannot be combined with --quantize int8 for size=",
+        ),
         (["--round-to", "8"], "--round-to rounds the channel counts --target allocates"),
         (["--target", "params=0.5", "--round-to", "0"], "round_to must be in [1, 1024]"),
     ],
