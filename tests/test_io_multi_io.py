@@ -90,6 +90,17 @@ def test_array_for_no_input_or_output_is_refused_by_name(files, tmp_path):
     assert not (tmp_path / "o.keras").exists()
 
 
+def test_test_inputs_without_their_labels_are_refused(files, tmp_path):
+    """x_test_a/x_test_b beside labelled training arrays, with no y_test: the test set was dropped and
+    the run evaluated on the training rows without a word."""
+    arrays = dict(np.load(files / "two_in.npz"))
+    half = tmp_path / "half.npz"
+    np.savez(half, **arrays, x_test_a=arrays["x_a"][:8], x_test_b=arrays["x_b"][:8])
+    result = _run("prune", files / "two_in.keras", "-d", half, "-q", "-o", tmp_path / "o.keras")
+    assert result.exit_code == 3
+    assert "x_test arrays without y_test" in result.stderr and result.stderr.count("\n") == 1
+
+
 def test_per_position_labels_of_one_output_among_several(tmp_path):
     """A tagger head (N, L, C) beside a classifier head: labels (N, L) are one class per position, as
     for a single output (they were refused as "12 columns"); the report's accuracy is the mean of the

@@ -75,6 +75,9 @@ def _multi_pick(arrays: dict, inputs: list[str], outputs: list[str], path):
             read |= {base} | {f"{base}{sep}{n}" for n in names for sep in "_/"}
     refuse_unread(arrays, read, path, "x/y per input and output (x_NAME, y_NAME), with _train/_test/_val splits")
     test, val = pair("_test"), pair("_val")
+    for split, found in (("_test", test), ("_val", val)):  # half a labelled pair would be dropped unsaid
+        if train[1] is not None and found is not None and found[1] is None:
+            raise DataError(f"{path}: x{split} arrays without y{split} ones, while the training arrays have labels")
     return (train, test, val) if test else (train, val, None)
 
 
