@@ -334,3 +334,21 @@ def test_a_sweep_ignores_exports_rather_than_checking_them(tmp_path):
     files = {"keras": str(tmp_path / "m.keras"), "data": str(tmp_path / "d.npz")}
     result = sweep.run(config_for(files, export=("tflite-int8",)), sparsities=(0.5,), per_layer=False)
     assert any("--export are ignored" in note for note in result.notes)
+
+
+def test_an_interrupted_write_leaves_no_folder_the_sweep_created(mlp_sweep, tmp_path, monkeypatch):
+    """Ctrl-C while the four files were written left the empty -o folder the sweep had made; a folder
+    the user gave that already existed stays."""
+    from prunecli.run import sweep_outputs
+
+    def interrupted(*_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep_outputs, "plot", interrupted)
+    for existing in (False, True):
+        out = tmp_path / f"out_{existing}"
+        if existing:
+            out.mkdir()
+        with pytest.raises(KeyboardInterrupt):
+            sweep.write_outputs(mlp_sweep, out, "mlp")
+        assert out.exists() is existing and not (existing and list(out.iterdir()))

@@ -6,6 +6,7 @@ Measuring lives in run/sweep.py; nothing here runs a model.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 from dataclasses import dataclass, field
@@ -324,17 +325,30 @@ def _finish(ax, result: SweepResult, metric: str, title: str) -> None:
 
 def write_outputs(result: SweepResult, out_dir: str | Path, name: str = "sweep") -> dict[str, Path]:
     """<name>.json, <name>.csv, <name>.png and <name>.md (which links the PNG) in out_dir."""
-    import json
-
     from prunecli.errors import OutputError
-    from prunecli.io.models import atomic_path, outputs_together
 
     folder = Path(out_dir)
+    created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create output directory {folder}: {exc.strerror}") from exc
     paths = {kind: folder / f"{name}.{kind}" for kind in ("json", "csv", "png", "md")}
+    try:
+        return _write_all(result, folder, paths)
+    except BaseException:
+        if created:  # an interrupted or failed sweep leaves no empty folder of its own behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _write_all(result: SweepResult, folder: Path, paths: dict[str, Path]) -> dict[str, Path]:
+    import json
+
+    from prunecli.errors import OutputError
+    from prunecli.io.models import atomic_path, outputs_together
+
     try:  # all four or none: an interrupt (Ctrl-C, SIGTERM) while writing leaves no half set behind
         with outputs_together():
             with atomic_path(paths["json"]) as tmp:
