@@ -144,3 +144,14 @@ def test_per_position_labels_of_one_output_among_several(tmp_path):
         "prune", tmp_path / "m.keras", "-d", tmp_path / "bad.npz", "-s", "0.5", "-o", tmp_path / "b.keras", "-q"
     )
     assert result.exit_code == 3 and "labels of output 'tag' range 1..4 but the model has 4 classes" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_multi_input_shrink_is_checked_on_the_runs_data(files, tmp_path):
+    """The rebuilt model was compared with the masked one on random stand-ins even with --data."""
+    report = tmp_path / "r.json"
+    args = ["-g", "neuron", "-s", "0.5", "--shrink", "-d", files / "two_in.npz", "-o", tmp_path / "o.keras"]
+    result = _run("prune", files / "two_in.keras", *args, "-r", report, "-q")
+    assert result.exit_code == 0, result.output
+    verification = json.loads(report.read_text())["shrink"]["verification"]
+    assert verification["inputs"] == "data" and verification["max_rel_diff"] < 1e-4

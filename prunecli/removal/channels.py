@@ -15,15 +15,21 @@ from prunecli.results import StepResult
 from prunecli.structure import channels, equivalence, layers, surgery, targets
 
 
-def data_sample(data):
+def data_sample(data, structured: bool = False):
     """Up to 64 evaluation inputs the shrink step (and --target latency=) times and compares models on;
-    None without data or for multi-input models (they get seeded stand-ins)."""
+    None without data. A multi-input model's (a dict or list of arrays) only with `structured`, for the
+    equivalence check (it was checked on stand-ins even with --data); its timing keeps seeded stand-ins
+    of the timing batch."""
     import numpy as np
 
     if data is None:
         return None
     x, _ = next(iter(data.eval))
-    return None if isinstance(x, (dict, list, tuple)) else np.asarray(x)[:64]
+    if isinstance(x, dict):
+        return {k: np.asarray(v)[:64] for k, v in x.items()} if structured else None
+    if isinstance(x, (list, tuple)):
+        return [np.asarray(v)[:64] for v in x] if structured else None
+    return np.asarray(x)[:64]
 
 
 def _group_notes(g, cuts: surgery.ChannelCuts) -> list[dict]:
@@ -119,12 +125,12 @@ def shrink(
             notes.append("shrink found no unit that can be removed; the model keeps its structure")
             return StepResult(sections={"shrink": info}, notes=tuple(notes))
         new = surgery.rebuild(model, changes, cuts, weights)
-        data_x = data_sample(data)
-        batch = equivalence.fitting_batch(model, 64, data_x)
+        data_x, check_x = data_sample(data), data_sample(data, structured=True)
+        batch = equivalence.fitting_batch(model, 64, check_x)
         check = equivalence.check_equivalent(
-            model, new, equivalence.example_inputs(model, batch, data_x, seed), "shrink: the rebuilt model"
+            model, new, equivalence.example_inputs(model, batch, check_x, seed), "shrink: the rebuilt model"
         )
-        check["inputs"] = "data" if data_x is not None else "random"
+        check["inputs"] = "data" if check_x is not None else "random"
         info.update(
             params_after=int(new.count_params()),
             layers={
