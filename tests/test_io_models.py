@@ -372,3 +372,20 @@ def test_three_rounds_of_unknown_arguments_are_each_dropped(tmp_path):
         f.attrs["model_config"] = json.dumps(config)
     model, _ = model_io.load(src)
     assert model.get_layer("drop").rate == 0.1
+
+
+def test_an_h5_output_a_rebuild_could_not_write_is_refused_before_the_work(cli, tmp_path):
+    """A Keras-2 Masking layer loads as Keras operations (NotEqual, Any) that Keras' .h5 writer cannot
+    write back: an .h5 -> .h5 run that keeps the structure copies the file, but one that rebuilds it
+    (--shrink) failed to save after all the work (astrorapid, bench/ZOO.md). Refused at once now."""
+    import tf_keras
+
+    inp = tf_keras.Input((8, 3))
+    h = tf_keras.layers.LSTM(6, return_sequences=True, name="rnn")(tf_keras.layers.Masking(0.0)(inp))
+    src = tmp_path / "masked.h5"
+    tf_keras.Model(inp, tf_keras.layers.Dense(2, name="out")(h)).save(src)
+    result = cli("prune", src, "-g", "neuron", "-s", "0.5", "--shrink", "-o", tmp_path / "o.h5")
+    assert result.exit_code == 5 and "write a .keras file instead" in result.stderr
+    assert "shrinking" not in result.stderr  # refused right after loading
+    kept = cli("prune", src, "-s", "0.5", "-o", tmp_path / "same.h5", "-q")  # the structure kept: copied
+    assert kept.exit_code == 0, kept.output

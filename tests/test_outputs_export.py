@@ -515,3 +515,36 @@ def test_a_savedmodel_that_does_not_run_on_the_inputs_is_an_export_error(tmp_pat
         "prunecli: error: the exported SavedModel does not run on the model's inputs"
     )
     assert list(out.parent.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_file_xnnpack_cannot_prepare_is_checked_with_the_delegate_off(tmp_path, monkeypatch):
+    """FCD's ChemNet and astrorapid's tagger (int8, bench/ZOO.md): TFLite's default XNNPack delegate
+    "failed to prepare" the file, and the export check's RuntimeError ended the run (exit 1). The file
+    runs with the delegate off: it is checked so, and a note says why."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)])
+    path, data = tmp_path / "m.keras", tmp_path / "d.npz"
+    model.save(path)
+    np.savez(data, x=np.random.default_rng(0).normal(size=(32, 6)).astype("float32"))
+    said = "Node number 7 (TfLiteXNNPackDelegate) failed to prepare."
+    real_interpreter = export._interpreter
+    delegated = []
+
+    def interpreter(content, delegate=True, **options):
+        delegated.append(delegate)
+        return real_interpreter(content, delegate, **options)
+
+    monkeypatch.setattr(export, "_default_interpreter_refuses", lambda content: said)
+    monkeypatch.setattr(export, "_interpreter", interpreter)
+    config = build_config(
+        {"model_path": str(path), "output": str(tmp_path / "o.keras"), "data": str(data), "export": ["tflite"]},
+        environ={},
+    )
+    result = prune(config)
+    entry = result.report.extra["export"]["tflite"]
+    assert entry["xnnpack_refused"] == said and entry["samples"] > 0 and entry["max_abs_diff"] < 1e-4
+    assert delegated and not any(delegated)  # compared and timed with the delegate off
+    assert any("default XNNPack delegate cannot run it" in n for n in result.report.notes)

@@ -102,7 +102,15 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
                 )
                 results[fmt] = entry
                 continue
-            entry.update(compare_tflite(content, samples, expected, input_names), sample_source=sample_source)
+            refused = _default_interpreter_refuses(content)
+            if refused:  # FCD's ChemNet, astrorapid's tagger (int8): XNNPack's "failed to prepare", exit 1
+                entry["xnnpack_refused"] = refused
+                notes.append(
+                    f"{paths[fmt].name}: TFLite's default XNNPack delegate cannot run it ({refused}); it runs, and "
+                    "was checked, with the delegate off (OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)"
+                )
+            delegate = refused is None
+            entry.update(compare_tflite(content, samples, expected, input_names, delegate), sample_source=sample_source)
             agreement, relative = entry.get("top1_agreement"), entry.get("relative_error")
             if agreement is not None and agreement < AGREEMENT_NOTED_BELOW:
                 notes.append(
@@ -114,7 +122,7 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
                     f"{paths[fmt].name} differs from the Keras model by a relative error of {relative:.3g} on"
                     f" {entry['samples']} {sample_source} examples (report export.{fmt})"
                 )
-            entry["latency_ms_batch_1"] = tflite_latency_ms(content, samples, input_names)
+            entry["latency_ms_batch_1"] = tflite_latency_ms(content, samples, input_names, delegate=delegate)
             if fmt == "tflite" and baseline is not None:
                 progress("timing the unshrunk model in TFLite")
                 reference = stage / "baseline_savedmodel"
@@ -271,18 +279,18 @@ def _default_interpreter_refuses(content: bytes) -> str | None:
     flatbuffer on one all-zero example; None when it can. (The delegate prepares its nodes at the
     first call after a resize, so only a call tells.)"""
     import numpy as np
-    import tensorflow as tf
 
     try:
         with _quiet():
-            runner = tf.lite.Interpreter(model_content=content).get_signature_runner()
+            runner = _interpreter(content).get_signature_runner()
             feed = {
                 name: np.zeros([d if d > 0 else 1 for d in detail["shape_signature"]], detail["dtype"])
                 for name, detail in runner.get_input_details().items()
             }
             runner(**feed)
     except (RuntimeError, ValueError) as exc:  # TFLite runs its messages together: "node #2failed to ..."
-        return re.sub(r"(#\d+)(?=[A-Z]|failed)", r"\1; ", first_line(exc))
+        said = re.sub(r"(#\d+)(?=[A-Z]|failed)", r"\1; ", first_line(exc))
+        return re.sub(r"(failed to create XNNPACK runtime)+(?=\S)", r"\1; ", said)  # said twice, run together
     return None
 
 
@@ -316,13 +324,9 @@ def int8_weight_counts(content: bytes) -> dict[str, int]:
     """Constant int8 tensors of a flatbuffer (the quantized weights): how many values, how many are 0,
     and how many per-channel zero points are not 0 (a non-zero one would move a pruned weight)."""
     import numpy as np
-    import tensorflow as tf
 
     with _quiet():
-        interpreter = tf.lite.Interpreter(
-            model_content=content,
-            experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-        )
+        interpreter = _interpreter(content, delegate=False)
         interpreter.allocate_tensors()
     ops = interpreter._get_ops_details()  # TFLite's Python API names no constant tensors: derive them
     produced = {i for op in ops for i in op["outputs"]} | {d["index"] for d in interpreter.get_input_details()}
@@ -507,15 +511,14 @@ def _matched_inputs(signature_inputs: list[str], model_inputs: list[str], sample
     return dict(zip(model_inputs, samples, strict=True))
 
 
-def compare_tflite(content: bytes, samples, expected, input_names: list[str]) -> dict:
-    """Run the flatbuffer in the TFLite interpreter; max |TFLite - Keras| over all outputs and samples.
+def compare_tflite(content: bytes, samples, expected, input_names: list[str], delegate: bool = True) -> dict:
+    """Run the flatbuffer in the TFLite interpreter (without its default XNNPack delegate unless
+    `delegate`); max |TFLite - Keras| over all outputs and samples.
 
     int8 inputs are quantised and int8 outputs dequantised with the tensors' own scale and zero point.
     """
-    import tensorflow as tf
-
     with _quiet():
-        interpreter = tf.lite.Interpreter(model_content=content)
+        interpreter = _interpreter(content, delegate)
     runner = interpreter.get_signature_runner()
     in_details = runner.get_input_details()
     feed = _matched_inputs(list(in_details), input_names, samples)
@@ -546,16 +549,26 @@ def _in_chunks(run, feed: dict) -> list:
     return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
 
 
-def tflite_latency_ms(content: bytes, samples, input_names: list[str], budget_s: float = 1.0) -> float | None:
+def _interpreter(content: bytes, delegate: bool = True, **options):
+    """A TFLite interpreter as a runtime builds it by default, or without its default delegates."""
+    import tensorflow as tf
+
+    if not delegate:
+        options["experimental_op_resolver_type"] = tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    return tf.lite.Interpreter(model_content=content, **options)
+
+
+def tflite_latency_ms(
+    content: bytes, samples, input_names: list[str], budget_s: float = 1.0, delegate: bool = True
+) -> float | None:
     """Median wall time of one interpreter call on one example (batch 1), in milliseconds, one thread;
     None when the flatbuffer's inputs cannot be fed from the samples or the interpreter refuses them
     (latency is an extra measurement: it never fails the export)."""
     import numpy as np
-    import tensorflow as tf
 
     try:
         with _quiet():
-            interpreter = tf.lite.Interpreter(model_content=content, num_threads=1)
+            interpreter = _interpreter(content, delegate, num_threads=1)
         runner = interpreter.get_signature_runner()
         details = runner.get_input_details()
         feed = _matched_inputs(list(details), input_names, [arr[:1] for arr in samples])
