@@ -178,10 +178,15 @@ def refuse_nothing_to_quantize(mode: str, chosen: list, left_float: list[dict]) 
 
 
 def check_quantizable(model, mode: str) -> None:
-    """Before any work: refuse a --quantize that no layer of the loaded model could take."""
+    """Before any work: refuse a --quantize that no layer of the loaded model could take. A model Keras
+    already quantized is left to the targets' own refusal, which says to prune the float model."""
     from prunecli.structure import targets
+    from prunecli.structure.layers import quantization_mode
 
-    chosen, left_float = _choose_layers(model, targets.walk(model), mode)
+    found = targets.walk(model)
+    if any(t.layer is not None and quantization_mode(t.layer) for t in found):
+        return
+    chosen, left_float = _choose_layers(model, found, mode)
     refuse_nothing_to_quantize(mode, chosen, left_float)
 
 
