@@ -911,6 +911,153 @@ def build_domains_dga(ctx, n=128):
     return {"x": x[order]}, y[order], "real: which list the domain came from (stdlib module name or random string)"
 
 
+CHECKM2_FEATURES = 20021  # the specific model's input: the KO gene columns and metadata, before the pathways
+
+
+def build_genomes_checkm2(ctx, n=256):
+    """CheckM2's reference feature vectors (min_ref_rsdata_v1.npz: a scipy CSR of 5300 genomes x 21241
+    features, stored min-max scaled: its postprocessing compares the scaled vector of a new genome with
+    them): `n` rows drawn from this model's random stream, the first 20021 columns as
+    modelProcessing.run_prediction_specific feeds the Conv1D model, a channel axis added."""
+    blob = read_member(ctx["archive"]("CheckM2"), "CheckM2-1.0.1/checkm2/data/min_ref_rsdata_v1.npz")
+    d = np.load(io.BytesIO(blob), allow_pickle=False)
+    data, indices, indptr = d["data"], d["indices"], d["indptr"]
+    rows = RNG.choice(int(d["shape"][0]), n, replace=False)
+    x = np.zeros((n, CHECKM2_FEATURES, 1), np.float32)
+    for i, r in enumerate(rows):
+        cols, vals = indices[indptr[r] : indptr[r + 1]], data[indptr[r] : indptr[r + 1]]
+        keep = cols < CHECKM2_FEATURES
+        x[i, cols[keep], 0] = vals[keep]
+    return {"x": x}, None, None
+
+
+# FCD.py's get_one_hot table: 35 symbols ('X' for any other, '.' ends the string)
+FCD_SYMBOLS = ["C", "N", "O", "H", "F", "Cl", "P", "B", "Br", "S", "I", "Si", *"#()+-12345678=[]@cnosX."]
+# well-known drugs and biomolecules (the FCD wheel ships no SMILES): name, SMILES
+FCD_MOLECULES = """\
+aspirin CC(=O)Oc1ccccc1C(=O)O
+ibuprofen CC(C)Cc1ccc(cc1)C(C)C(=O)O
+caffeine Cn1cnc2c1c(=O)n(C)c(=O)n2C
+paracetamol CC(=O)Nc1ccc(O)cc1
+morphine CN1CCC23C4C1CC5=C2C(=C(C=C5)O)OC3C(C=C4)O
+codeine COc1ccc2CC3N(C)CCC45C(Oc1c24)C(O)C=CC35
+dopamine NCCc1ccc(O)c(O)c1
+adrenaline CNCC(O)c1ccc(O)c(O)c1
+serotonin NCCc1c[nH]c2ccc(O)cc12
+histamine NCCc1c[nH]cn1
+melatonin COc1ccc2[nH]cc(CCNC(C)=O)c2c1
+amphetamine CC(N)Cc1ccccc1
+mescaline COc1cc(CCN)cc(OC)c1OC
+nicotine CN1CCCC1c1cccnc1
+cocaine COC(=O)C1C(OC(=O)c2ccccc2)CC2CCC1N2C
+imipramine CN(C)CCCN1c2ccccc2CCc2ccccc21
+chlorpromazine CN(C)CCCN1c2ccccc2Sc2ccc(Cl)cc12
+haloperidol OC1(CCN(CCCC(=O)c2ccc(F)cc2)CC1)c1ccc(Cl)cc1
+diazepam CN1C(=O)CN=C(c2ccccc2)c2cc(Cl)ccc12
+lorazepam OC1N=C(c2ccccc2Cl)c2cc(Cl)ccc2NC1=O
+fluoxetine CNCCC(Oc1ccc(cc1)C(F)(F)F)c1ccccc1
+sertraline CNC1CCC(c2ccc(Cl)c(Cl)c2)c2ccccc12
+ketamine CNC1(CCCCC1=O)c1ccccc1Cl
+carbamazepine NC(=O)N1c2ccccc2C=Cc2ccccc12
+phenytoin O=C1NC(=O)C(N1)(c1ccccc1)c1ccccc1
+valproic_acid CCCC(CCC)C(=O)O
+diphenhydramine CN(C)CCOC(c1ccccc1)c1ccccc1
+cetirizine OC(=O)COCCN1CCN(CC1)C(c1ccccc1)c1ccc(Cl)cc1
+loratadine CCOC(=O)N1CCC(=C2c3ccc(Cl)cc3CCc3cccnc23)CC1
+ranitidine CNC(=C[N+](=O)[O-])NCCSCc1ccc(CN(C)C)o1
+omeprazole COc1ccc2nc(S(=O)Cc3ncc(C)c(OC)c3C)[nH]c2c1
+lidocaine CCN(CC)CC(=O)Nc1c(C)cccc1C
+bupivacaine CCCCN1CCCCC1C(=O)Nc1c(C)cccc1C
+propranolol CC(C)NCC(O)COc1cccc2ccccc12
+atenolol CC(C)NCC(O)COc1ccc(CC(N)=O)cc1
+metoprolol COCCc1ccc(OCC(O)CNC(C)C)cc1
+salbutamol CC(C)(C)NCC(O)c1ccc(O)c(CO)c1
+nifedipine COC(=O)C1=C(C)NC(C)=C(C1c1ccccc1[N+](=O)[O-])C(=O)OC
+captopril CC(CS)C(=O)N1CCCC1C(=O)O
+furosemide NS(=O)(=O)c1cc(C(=O)O)c(NCc2ccco2)cc1Cl
+warfarin CC(=O)CC(c1ccccc1)c1c(O)c2ccccc2oc1=O
+metformin CN(C)C(=N)NC(=N)N
+atorvastatin CC(C)c1c(C(=O)Nc2ccccc2)c(-c2ccccc2)c(-c2ccc(F)cc2)n1CCC(O)CC(O)CC(=O)O
+sildenafil CCCc1nn(C)c2c1nc([nH]c2=O)-c1cc(ccc1OCC)S(=O)(=O)N1CCN(C)CC1
+tamoxifen CCC(=C(c1ccccc1)c1ccc(OCCN(C)C)cc1)c1ccccc1
+naproxen COc1ccc2cc(ccc2c1)C(C)C(=O)O
+diclofenac OC(=O)Cc1ccccc1Nc1c(Cl)cccc1Cl
+phenacetin CC(=O)Nc1ccc(OCC)cc1
+salicylic_acid O=C(O)c1ccccc1O
+theophylline Cn1c2c(c(=O)n(C)c1=O)[nH]cn2
+penicillin_g CC1(C)SC2C(NC(=O)Cc3ccccc3)C(=O)N2C1C(=O)O
+amoxicillin CC1(C)SC2C(NC(=O)C(N)c3ccc(O)cc3)C(=O)N2C1C(=O)O
+oxacillin Cc1onc(-c2ccccc2)c1C(=O)NC1C2SC(C)(C)C(N2C1=O)C(=O)O
+ciprofloxacin OC(=O)c1cn(C2CC2)c2cc(N3CCNCC3)c(F)cc2c1=O
+chloramphenicol OCC(NC(=O)C(Cl)Cl)C(O)c1ccc(cc1)[N+](=O)[O-]
+sulfamethoxazole Cc1cc(NS(=O)(=O)c2ccc(N)cc2)no1
+trimethoprim COc1cc(Cc2cnc(N)nc2N)cc(OC)c1OC
+isoniazid NNC(=O)c1ccncc1
+metronidazole Cc1ncc([N+](=O)[O-])n1CCO
+acyclovir Nc1nc2n(COCCO)cnc2c(=O)[nH]1
+zidovudine Cc1cn(C2CC(N=[N+]=[N-])C(CO)O2)c(=O)[nH]c1=O
+testosterone CC12CCC3C(CCC4=CC(=O)CCC34C)C1CCC2O
+estradiol CC12CCC3c4ccc(O)cc4CCC3C1CCC2O
+prednisolone CC12CC(O)C3C(CCC4=CC(=O)C=CC34C)C1CCC2(O)C(=O)CO
+cholesterol CC(C)CCCC(C)C1CCC2C3CC=C4CC(O)CCC4(C)C3CCC12C
+glucose OCC1OC(O)C(O)C(O)C1O
+L-alanine C[C@@H](N)C(=O)O
+L-proline OC(=O)[C@@H]1CCCN1
+tryptophan NC(Cc1c[nH]c2ccccc12)C(=O)O
+tyrosine NC(Cc1ccc(O)cc1)C(=O)O
+adenine Nc1ncnc2[nH]cnc12
+cytidine Nc1ccn(C2OC(CO)C(O)C2O)c(=O)n1
+"""
+
+
+def fcd_one_hot(smiles: str, pad_len: int = 350) -> np.ndarray:
+    """FCD.py's get_one_hot, ported as written: two-character symbols where the next character is r, i
+    or l (Br, Si, Cl), unknown symbols 'X', a '.' after the last symbol (or at pad_len - 1)."""
+    smiles += "."
+    vec = np.zeros((pad_len, len(FCD_SYMBOLS)), np.float32)
+    i = j = 0
+    while True:
+        if smiles[i + 1] in "ril":
+            sym, i = smiles[i : i + 2], i + 2
+        else:
+            sym, i = smiles[i], i + 1
+        vec[j, FCD_SYMBOLS.index(sym if sym in FCD_SYMBOLS else "X")] = 1
+        j += 1
+        if smiles[i] == "." or j >= pad_len - 1:
+            vec[j, FCD_SYMBOLS.index(".")] = 1
+            return vec
+
+
+def build_smiles_fcd(ctx):
+    """The molecules above as FCD feeds ChemNet (myGenerator_predict): one-hot, padded to 350, / 35."""
+    smiles = [line.split()[1] for line in FCD_MOLECULES.splitlines()]
+    return {"x": np.stack([fcd_one_hot(s) for s in smiles]) / 35}, None, None
+
+
+RAPID_STEPS, RAPID_MINTIME, RAPID_STEP = 50, -70.0, 3.0  # classify.Classify's nobs, mintime, timestep
+
+
+def build_lightcurves_rapid(ctx, n=256):
+    """Supernova-like light curves as astrorapid's prepare_arrays.update_X lays them out: per object a 3-day
+    grid from its first observation (days from trigger, > -70), g and r flux on it (linear interpolation of
+    the observations, 0 outside them, clipped at 0), the redshift on the observed steps, zeros (the Masking
+    value) after the last observation. Curves: a rise and exponential decline (r peaking 0-8 d after g),
+    peak flux 100-2000 with noise of 40, the scale of the package's example light curve."""
+    x = np.zeros((n, RAPID_STEPS, 3), np.float32)
+    for i in range(n):
+        first = RNG.uniform(RAPID_MINTIME + 1, -20)
+        length = min(int(RNG.integers(15, RAPID_STEPS + 1)), int((80 - first) / RAPID_STEP))  # maxtime 80
+        t = first + RAPID_STEP * np.arange(length)
+        peak, rise, fall = RNG.uniform(-15, 20), RNG.uniform(2, 10), RNG.uniform(15, 60)
+        amp, z = np.exp(RNG.uniform(np.log(100), np.log(2000))), RNG.uniform(0.01, 0.3)
+        for band, shift in enumerate((0.0, RNG.uniform(0, 8))):
+            tt = t - peak - shift
+            flux = amp * np.exp(-np.clip(tt, 0, None) / fall) / (1 + np.exp(-tt / rise)) * 2
+            x[i, :length, band] = np.clip(flux + RNG.normal(0, 40, length), 0, None)
+        x[i, :length, 2] = z
+    return {"x": x}, None, None
+
+
 BUILDERS = {k[len("build_") :]: v for k, v in globals().items() if k.startswith("build_")}
 
 

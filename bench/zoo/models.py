@@ -74,6 +74,11 @@ PACKAGES = {
     "misic": {"version": "1.1.5"},
     # a Keras-2 .h5 character LSTM whose LSTM config Keras 3 refuses (time_major): prunecli's loader reads it
     "dgaintel": {"version": "2.3"},
+    # Keras-2 .h5 files of a genome-completeness predictor (an sdist: CheckM2 ships it as `.hd5`), a
+    # molecule net with a 6436-way sigmoid output and a per-step light-curve LSTM
+    "CheckM2": {"version": "1.0.1"},
+    "FCD": {"version": "1.1"},
+    "astrorapid": {"version": "0.2.17"},
 }
 
 ZOO = [
@@ -444,6 +449,62 @@ ZOO.append(
         "quick": False,
     }
 )
+
+# Keras-2 files kept under the zoo's `ID.h5` name: run.py names a model's outputs with its suffix, and
+# prunecli writes only .keras/.h5/.hdf5, so CheckM2's `.hd5` is extracted as `.h5` as every other name is
+ZOO += [
+    {
+        "id": "checkm2_conv1d",
+        "package": "CheckM2",
+        "member": "CheckM2-1.0.1/checkm2/models/specific_model_COMP.hd5",
+        "arch": "CheckM2's specific completeness model: Sequential 4x Conv1D(180/180/180/100, kernel 10, stride 10; "
+        "linear, then relu) each followed by BN -> Flatten -> Dense(100, relu) -> Dense(1, sigmoid) (completeness "
+        "/ 100); 20021x1 min-max scaled gene (KEGG KO) and metadata features; an HDF5 file under a .hd5 name",
+        "keras_version": "2.3.0-tf",
+        "params": 853201,
+        "kind": "regression",
+        "inputs": "genomes_checkm2",
+        "input_source": "real: 256 rows drawn (seeded) from the package's reference genomes "
+        "(checkm2/data/min_ref_rsdata_v1.npz: 5300 x 21241 CSR, already min-max scaled, as its postprocessing "
+        "compares them), the first 20021 columns as modelProcessing.py feeds the model; targets = dense model's "
+        "output",
+        "quick": False,
+    },
+    {
+        "id": "fcd_chemnet",
+        "package": "FCD",
+        "member": "fcd/ChemNet_v0.13_pretrained.h5",
+        "arch": "ChemNet (Frechet ChemNet Distance): Sequential Dropout -> 2x Conv1D(32, 4, stride 2, selu) with "
+        "Dropout -> LSTM(128, sequences) -> LSTM(512) -> Dense(6436, sigmoid) multi-label bioactivity; 350x35 "
+        "one-hot SMILES; a custom masked loss (compiled away)",
+        "keras_version": "2.1.2",
+        "params": 4705444,
+        "kind": "binary",
+        "inputs": "smiles_fcd",
+        "input_source": "real molecules, written in fetch.py (the wheel ships no SMILES): 72 well-known drugs and "
+        "biomolecules, one-hot encoded with FCD.py's get_one_hot (ported as written: 35 symbols, padded to 350) "
+        "and divided by 35 as its myGenerator_predict does; labels = dense model's output > 0.5 (6436-way "
+        "multi-label)",
+        "quick": False,
+    },
+    {
+        "id": "astrorapid_lstm",
+        "package": "astrorapid",
+        "member": "astrorapid/keras_model_with_redshift_0804020.hdf5",
+        "arch": "RAPID supernova classifier (known redshift): Sequential Masking(0) -> 2x LSTM(100, sequences) -> "
+        "TimeDistributed Dense softmax(9 classes, pre-explosion to TDE) per time step; 50 steps x (g flux, r "
+        "flux, redshift)",
+        "keras_version": "2.2.4-tf",
+        "params": 122909,
+        "kind": "classifier",
+        "inputs": "lightcurves_rapid",
+        "input_source": "synthetic light curves, the package's layout: 256 supernova-like rise/decline curves in "
+        "g and r (peak flux 100-2000, noise 40, as in its example), on its 3-day grid from the first "
+        "observation (-70..80 d), clipped at 0, the redshift column, zero (the Masking value) after the last "
+        "observation, as prepare_arrays.update_X writes them; labels = dense model's per-step argmax",
+        "quick": False,
+    },
+]
 
 ZOO_KERAS3 = [
     {
