@@ -618,7 +618,7 @@ def test_a_model_whose_layers_their_owner_keeps_float_is_refused_with_the_reason
     assert "pruning" not in result.stdout.lower()  # refused right after loading
 
 
-@pytest.mark.parametrize("mode", ["int4", "float8"])
+@pytest.mark.parametrize("mode", [pytest.param("int4", marks=pytest.mark.slow), "float8"])
 def test_whole_model_totals_count_the_float_layers_a_quantized_model_stands_for(conv_dense, tmp_path, cli, mode):
     """The report counted an int4 kernel by its stored bytes (two weights each) and float8's all-zero
     histories of maxima as weights (a conv net read 87% sparse); inspect counted scales too, so the two
