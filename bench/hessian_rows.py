@@ -74,11 +74,15 @@ def main(argv=None) -> None:
         v = np.asarray(values) * scale
         return f"{v.mean():.{digits}f} ±{(v.max() - v.min()) / 2:.{digits}f}"
 
-    conv2_rows = args.samples * 14 * 14
+    conv1_rows, conv2_rows = args.samples * 28 * 28, args.samples * 14 * 14
     for r in PER_INPUT:
-        if r is not None and r * 288 >= conv2_rows:
-            continue  # no sampling in conv2: the same as every row
-        row = ["all rows" if r is None else f"{r} per input ({r * 288:,} rows for conv2)"]
+        if r is None:
+            label = "all rows"
+        else:  # conv1 (9 inputs) is sampled too, to r x 9 rows: said, since it is what moves those rows
+            conv1 = f"{min(r * 9, conv1_rows):,}"
+            conv2 = f"{r * 288:,}" if r * 288 < conv2_rows else "all its"
+            label = f"{r} per input (conv1: {conv1} rows, conv2: {conv2} rows)"
+        row = [label]
         for setting in SETTINGS:
             accs, secs = results[(setting, r)]
             row.append(cell(accs))
@@ -101,7 +105,9 @@ def main(argv=None) -> None:
         "",
         f"Model: {spec['name']} ({spec['trained']}). One-shot SparseGPT, every layer at the sparsity (scope layer), "
         "no fine-tuning. Each convolution's Hessian from at most r rows per input, sampled evenly at random from "
-        "all its rows, or from every row. The Dense layers' rows (examples) are never sampled. Test accuracy %, "
+        "all its rows, or from every row: both convolutions, with the 2^18-row floor off (HESSIAN_ROWS = 0; the "
+        "default's floor leaves both of this model's convolutions whole at these sizes). The Dense layers' rows "
+        "(examples) are never sampled. Test accuracy %, "
         "mean ±half-range over seeds " + ", ".join(map(str, seeds)) + f"; seconds: the whole one-shot prune at "
         f"{SETTINGS[0]}. One section per --samples (a run replaces its own section).",
         "",
