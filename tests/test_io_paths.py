@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from prunecli.config import build_config
-from prunecli.errors import ConfigError, DataError, OutputError
+from prunecli.errors import ConfigError, DataError, OutputError, UsageError
 from prunecli.io import paths
 from prunecli.io.models import atomic_path, temp_name
 from prunecli.messages import shown
@@ -251,3 +251,12 @@ def test_killed_runs_temporary_folders_are_removed(tmp_path, monkeypatch):
         assert own.parent == tmp_path and own.name.startswith(f"prunecli-{os.getpid()}-")
     assert not orphan.exists() and not own.exists()
     assert alive.exists() and all(other.exists() for other in others)
+
+
+def test_a_report_to_dev_stdout_is_the_standard_output(files):
+    """--report /dev/stdout wrote the JSON and then the tables into the same stream: it is `-` now, which
+    keeps the tables off standard output (and two reports to it are refused)."""
+    c = _config(files, report="/dev/stdout")
+    assert c.report == "-"
+    with pytest.raises(UsageError, match="would both write to stdout"):
+        paths.plan(_config(files, report="/dev/stdout", markdown="-"), output_model=files / "o.keras")

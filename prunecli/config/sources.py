@@ -270,6 +270,9 @@ def read_env(environ: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
+STDOUT_NAMES = ("/dev/stdout", "/proc/self/fd/1", "/dev/fd/1")  # --report/--markdown there is "-"
+
+
 def build_config(
     cli: Mapping[str, Any] | None = None,
     recipe: str | os.PathLike | None = None,
@@ -287,6 +290,9 @@ def build_config(
     if unknown:
         raise ConfigError(f"unknown option {sorted(unknown)[0]!r}")
     values = {k: _coerce(k, v) for k, v in merged.items()}
+    for key in ("report", "markdown"):  # the terminal's own output is stdout: "-" keeps the tables off it
+        if values.get(key) in STDOUT_NAMES:
+            values[key] = "-"
     if values.get("target") is not None:  # what --target implies, refused when given otherwise
         if "granularity" in values and values["granularity"].kind == "element":
             raise ConfigError("--target removes whole channels: use granularity neuron (or leave -g out), not element")
