@@ -348,9 +348,8 @@ def prune(ctx: click.Context, **params) -> None:
 
     # every read and write checked against each other before TensorFlow is imported
     plan_prune(config, ctx.meta.get("prunecli.recipe"))
-    from prunecli.io.models import discard_staged, outputs_together
-    from prunecli.messages import shown
-    from prunecli.run.pipeline import check_gates, gate_failure
+    from prunecli.io.models import outputs_together
+    from prunecli.run.pipeline import check_gates
     from prunecli.run.pipeline import prune as run_prune
 
     if config.auto:
@@ -362,12 +361,6 @@ def prune(ctx: click.Context, **params) -> None:
 
             _say(f"prunecli: {distribute.non_chief_note()}")
             return
-        if gate_failure(result.report, config):  # a model that failed its gate replaces no earlier output
-            kept = ", ".join(shown(p) for p in discard_staged())
-            result.report.notes.append(
-                f"the quality gate failed: {kept} not written (any earlier file of that name is as it was); "
-                "this report describes the model that failed"
-            )
         _emit_report(result.report, config)
     check_gates(result.report, config)
 

@@ -356,3 +356,27 @@ def test_lr_schedule_is_validated():
         validate(PruneConfig(model_path="m.keras", lr_schedule="step"))
     config = build_config({"model_path": "m.keras", "data": "d.npz", "epochs": 1, "lr_schedule": "cosine"})
     assert config.lr_schedule == "cosine"
+
+
+def test_the_python_api_withholds_a_failed_models_outputs_as_the_cli_does(tmp_path, monkeypatch):
+    """prune() wrote the model and plan of a run whose gate failed (the CLI did not): both withhold them
+    now, with a note, and check_gates raises after."""
+    import keras
+
+    from prunecli import build_config, prune
+    from prunecli.errors import GateFailed
+    from prunecli.run import pipeline
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6, name="fc"), keras.layers.Dense(2, name="out")])
+    path, out, plan = tmp_path / "m.keras", tmp_path / "o.keras", tmp_path / "p.zip"
+    model.save(path)
+    out.write_bytes(b"the previous model")
+    monkeypatch.setattr(pipeline, "gate_failure", lambda report, config: "accuracy dropped by 0.5")
+    config = build_config(
+        {"model_path": str(path), "sparsity": 0.5, "output": str(out), "save_plan": str(plan)}, environ={}
+    )
+    result = prune(config)
+    assert out.read_bytes() == b"the previous model" and not plan.exists()
+    assert any(n.startswith("the quality gate failed: ") for n in result.report.notes)
+    with pytest.raises(GateFailed, match="accuracy dropped by 0.5"):
+        pipeline.check_gates(result.report, config)

@@ -122,7 +122,22 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
                 StepResult(sections={"decoder": decoder_blocks.section(decoder_before, after, seq_len)})
             )
         report = steps.build_report(state, out, timings, input_sizes, output_sizes)
+        _withhold_failed_outputs(report, config)
     return PruneResult(report=report, model=state.model, masks=state.masks, output_path=out)
+
+
+def _withhold_failed_outputs(report: Report, config: PruneConfig) -> None:
+    """A model that fails its quality gate replaces no earlier output: the model, its plan and exports
+    staged so far are dropped (the CLI's report, staged after, is still written) and a note says so.
+    The gate itself is raised by `check_gates`, after the report (the CLI's exit 4)."""
+    from prunecli.messages import shown
+
+    if gate_failure(report, config):
+        dropped = ", ".join(shown(p) for p in model_io.discard_staged())
+        report.notes.append(
+            f"the quality gate failed: {dropped or 'no file'} not written (any earlier file of that name is as it "
+            "was); this report describes the model that failed"
+        )
 
 
 def _decoder_view(model, config: PruneConfig, say, timings) -> dict | None:
