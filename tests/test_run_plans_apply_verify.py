@@ -373,3 +373,12 @@ def test_a_plan_whose_granularity_was_edited_is_refused(pruned, mlp_files, tmp_p
     expected = "is not its run's" if "manifest only" in granularity else f"is not {granularity} ("
     assert expected in result.stderr
     assert not (tmp_path / "a.keras").exists()
+
+
+def test_apply_plan_without_a_plan_path_raises_the_packages_error(mlp_files):
+    """The Python API's apply_plan(None, model) raised a TypeError from pathlib."""
+    from prunecli.errors import InputError
+    from prunecli.run.apply import apply_plan
+
+    with pytest.raises(InputError, match="a plan file path is needed, got NoneType"):
+        apply_plan(None, mlp_files["keras"])

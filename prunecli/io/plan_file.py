@@ -285,6 +285,8 @@ def committed_with(path: str | os.PathLike | None, data: bytes | None):
 def read(path: str | os.PathLike) -> Plan:
     """A plan file, checked: a zip with a version-1 manifest and one mask of the right length per
     target. Anything else is an InputError (exit 3) that says what is wrong."""
+    if not isinstance(path, (str, os.PathLike)):  # the Python API's apply_plan(None, ...): a TypeError before
+        raise InputError(f"a plan file path is needed, got {type(path).__name__}")
     p = Path(path)
     try:
         raw = p.read_bytes()
