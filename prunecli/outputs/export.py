@@ -102,7 +102,8 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
                 )
                 results[fmt] = entry
                 continue
-            refused = _default_interpreter_refuses(content)
+            # the sparse encoding is kept only where the default interpreter ran it (convert_tflite)
+            refused = None if encoding["encoding"] == "sparse" else _default_interpreter_refuses(content)
             if refused:  # FCD's ChemNet, astrorapid's tagger (int8): XNNPack's "failed to prepare", exit 1
                 entry["xnnpack_refused"] = refused
                 notes.append(

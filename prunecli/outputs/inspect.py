@@ -92,32 +92,6 @@ def _how(target, graph_layers: set[int]) -> str:
     return units + "shrinkable"
 
 
-def _graph_layers(model) -> set[int]:
-    """Ids of the layers --shrink can reach: the calls of the model's graph and of the nested plain
-    models and TimeDistributed(Dense) wrappers it opens (structure/rebuild.opened), and the cells of
-    recurrent layers. A Conv1D inside a user's layer class (keras-tcn's residual blocks) is not one:
-    inspect called it shrinkable, and the run then kept the model whole."""
-    from prunecli.structure import channels, keras_graph, rebuild
-
-    found: set[int] = set()
-
-    def visit(graph_model) -> None:
-        if keras_graph.functional(graph_model) is None:
-            return
-        for node in keras_graph.nodes(graph_model):
-            op = node.operation
-            found.add(id(op))
-            if rebuild.plain_model(op):
-                visit(op)
-            elif rebuild.per_position_wrapper(op):
-                found.add(id(op.layer))
-            for part in channels.recurrent_parts(op) if hasattr(op, "cell") or hasattr(op, "forward_layer") else ():
-                found.update((id(part), id(getattr(part, "cell", None))))
-
-    visit(model)
-    return found
-
-
 def inspect_model(path: str, include=(), exclude=(), custom_objects: tuple[str, ...] = ()) -> Inspection:
     """Load the model in safe mode (with the user's --custom-objects) and describe every layer and weight."""
     from prunecli.io import models as model_io
@@ -128,7 +102,9 @@ def inspect_model(path: str, include=(), exclude=(), custom_objects: tuple[str, 
     model, info = model_io.load(path, custom_objects=custom_objects)
     every = {(id(t.layer), t.attr): t for t in targets.walk(model)}
     chosen = {t.name for t in targets.without_frozen(model, targets.select(model, include, exclude), include)[0]}
-    layers = _describe_layers(model, every, chosen, _graph_layers(model))
+    from prunecli.structure.rebuild import reachable_layers  # a kernel inside a layer class of its own is not
+
+    layers = _describe_layers(model, every, chosen, reachable_layers(model))
     meta = {
         "path": str(info.path),
         "name": model.name,
@@ -140,7 +116,7 @@ def inspect_model(path: str, include=(), exclude=(), custom_objects: tuple[str, 
     }
     from prunecli.removal import heads
 
-    return Inspection(meta, layers, _totals(layers), heads.heads_per_layer(model))
+    return Inspection(meta, layers, _totals(model, layers), heads.heads_per_layer(model))
 
 
 def _describe_layers(model, every: dict, chosen: set, graph_layers: set[int]) -> list[LayerInfo]:
@@ -214,13 +190,13 @@ def _why_left(target) -> str:
     return "excluded (--include/--exclude)"
 
 
-def _totals(layers: list[LayerInfo]) -> dict:
-    """Parameter and non-zero counts over every weight, and over the pruning targets."""
-    from prunecli.outputs.report import QUANTIZATION_STATE  # counted as the report counts them
+def _totals(model, layers: list[LayerInfo]) -> dict:
+    """Parameter and non-zero counts of the whole model (as the report and verify count them), and over
+    the pruning targets."""
+    from prunecli.outputs.report import whole_counts
 
-    all_w = [w for layer in layers for w in layer.weights if not QUANTIZATION_STATE.search(w.name)]
-    tgt = [w for w in all_w if w.target]
-    params, nz = sum(w.params for w in all_w), sum(w.nonzeros for w in all_w)
+    tgt = [w for layer in layers for w in layer.weights if w.target]
+    params, nz = whole_counts(model)
     t_params, t_nz = sum(w.params for w in tgt), sum(w.nonzeros for w in tgt)
     return {
         "params": params,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from prunecli import __version__, scoring
 from prunecli.config import Granularity, PruneConfig
-from prunecli.config.fields import QUANTIZE_MODES
+from prunecli.config.fields import QUANTIZE_MODES, STRUCTURAL_KINDS
 from prunecli.errors import ConfigError, DataError, InputError
 from prunecli.outputs.report import Report, Timings, layer_stats, totals
 from prunecli.results import StepResult
@@ -91,7 +91,7 @@ def _check_output_format(config: PruneConfig, model, source) -> None:
     from prunecli.io.models.write import MODEL_SUFFIXES, check_h5_writable, default_output
 
     out = Path(config.output) if config.output else default_output(config.model_path)
-    rebuilds = config.shrink or config.target or config.granularity.kind in ("layer", "head", "hidden", "transformer")
+    rebuilds = config.shrink or config.target or config.granularity.kind in STRUCTURAL_KINDS
     if out.suffix in MODEL_SUFFIXES[1:] and (source.format != "h5" or rebuilds):
         # an .h5 input whose structure the run keeps is written by copying it; a rebuilt one by Keras
         # (astrorapid's Masking loads as Keras ops, and its shrunk .h5 failed to save after the work)

@@ -100,6 +100,31 @@ def per_position_wrapper(layer) -> bool:
     return record.family == "dense" or (record.pointwise and not layer.layer.weights)
 
 
+def reachable_layers(model) -> set[int]:
+    """Ids of the layers --shrink can slice from the model's graph: its calls, those of the nested plain
+    models and TimeDistributed(Dense) wrappers `opened` opens, and recurrent layers' parts and cells. A
+    Conv1D inside a user's layer class (keras-tcn's residual blocks) is not one: inspect called it
+    shrinkable, and the run then kept the model whole."""
+    from prunecli.structure.channels import recurrent_parts
+
+    found: set[int] = set()
+
+    def visit(graph_model) -> None:
+        if keras_graph.functional(graph_model) is None:
+            return
+        for node in ordered_nodes(graph_model):
+            op = node.operation
+            if plain_model(op):
+                visit(op)
+            elif per_position_wrapper(op):
+                found.add(id(op.layer))
+            for part in recurrent_parts(op):  # the layer itself, or a Bidirectional's two directions
+                found.update((id(op), id(part), id(getattr(part, "cell", part))))
+
+    visit(model)
+    return found
+
+
 def openable(node, holds) -> bool:
     """Whether the node calls a nested plain model (`plain_model`) that keras_graph can walk in its place,
     or a `per_position_wrapper` whose layer can be called in its place, and for which `holds(model or

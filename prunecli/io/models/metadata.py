@@ -23,6 +23,7 @@ ZIP_MAGIC = b"PK\x03\x04"
 UNSAFE_CLASSES = ("Lambda",)
 GRAPH_MODELS = ("Functional", "Sequential", "Model")  # tf.keras model classes whose config holds the layer graph
 SAVED_MODEL = "saved_model.pb"
+FORMAT_OF_SUFFIX = {".keras": "keras", ".h5": "h5", ".hdf5": "h5"}  # the names Keras picks its readers by
 KERAS_METADATA = "keras_metadata.pb"  # beside saved_model.pb in a folder tf.keras 2.5+ saved: the Keras model
 MAX_SAVED_MODEL_BYTES = 512 * 2**20  # traced graphs with the Keras metadata inside (tf.keras 2.0-2.4)
 
@@ -261,7 +262,7 @@ def inspect_file(path: str | os.PathLike) -> ModelFile:
     else:
         inside = _archived_saved_model(_tar_names(p))
         raise ModelLoadError(f"{p} is not a Keras model (expected a .keras zip or an HDF5 .h5 file){inside}")
-    named = {".keras": "keras", ".h5": "h5", ".hdf5": "h5"}.get(p.suffix.lower())
+    named = FORMAT_OF_SUFFIX.get(p.suffix.lower())
     if named is not None and named != fmt:  # Keras picks its reader by the name, and then finds no file
         want = ".h5" if fmt == "h5" else ".keras"
         raise ModelLoadError(

@@ -18,7 +18,7 @@ from prunecli.io.models import archive, cudnn
 from prunecli.io.models import custom as custom_objects
 from prunecli.io.models.custom import NONE as NO_CUSTOM_OBJECTS
 from prunecli.io.models.custom import CustomObjects
-from prunecli.io.models.metadata import ModelFile, config_nodes, is_tensor_reference
+from prunecli.io.models.metadata import FORMAT_OF_SUFFIX, ModelFile, config_nodes, is_tensor_reference
 
 LOADING_LOGGERS = ("tensorflow", "absl")  # where Keras and tf_keras log while loading and saving (quiet_keras)
 
@@ -30,7 +30,7 @@ def read_model(info: ModelFile, unsafe: bool, custom: CustomObjects = NO_CUSTOM_
 
     if info.format == "savedmodel":
         return _read_saved_model(info, unsafe, custom)
-    if info.path.suffix not in KERAS_SUFFIXES[info.format]:
+    if info.path.suffix not in FORMAT_OF_SUFFIX:  # Keras picks its reader by the name, case and all
         return _read_under_its_suffix(info, unsafe, custom)
     try:
         model = _load_keras(info, unsafe, custom)
@@ -56,9 +56,6 @@ def read_model(info: ModelFile, unsafe: bool, custom: CustomObjects = NO_CUSTOM_
     return model
 
 
-KERAS_SUFFIXES = {"h5": (".h5", ".hdf5"), "keras": (".keras",)}  # the names Keras picks each reader by
-
-
 def _read_under_its_suffix(info: ModelFile, unsafe: bool, custom: CustomObjects):
     """A model file whose name Keras does not pick its reader by (CheckM2 ships `model.hd5`; `.H5`,
     `.model`): `inspect_file` knows it from its bytes, so it is read through a link named as Keras
@@ -66,7 +63,7 @@ def _read_under_its_suffix(info: ModelFile, unsafe: bool, custom: CustomObjects)
     import dataclasses
 
     with tempfile.TemporaryDirectory(prefix="prunecli-") as scratch:
-        alias = Path(scratch) / f"{info.path.stem}{KERAS_SUFFIXES[info.format][0]}"
+        alias = Path(scratch) / f"{info.path.stem}.{info.format}"  # .h5 or .keras
         alias.symlink_to(info.path.resolve())
         try:
             return read_model(dataclasses.replace(info, path=alias), unsafe, custom)
@@ -490,8 +487,7 @@ def _load_patched_h5(
                 cudnn.convert_file_weights(f, cudnn_config, path)
         for _ in range(20):  # Keras names one class's unknown arguments per attempt
             # an attempt fails while the first failure is being handled: its reason is its own
-            own = _load_failure(error, first_error if error is not first_error else None) if error is not None else ""
-            unknown = _unknown_arguments(own)
+            unknown = _unknown_arguments(_load_failure(error, first_error)) if error is not None else None
             if unknown:
                 _drop_arguments(config, *unknown)
             elif error is not first_error:
@@ -536,8 +532,8 @@ def _load_failure(exc: BaseException, previous: BaseException | None = None) -> 
     in generic "could not be deserialized" errors, so the innermost exception of the chain is used;
     the chain stops short of `previous`, an earlier failure that this one was raised while handling."""
     chain = list(_chain(exc))
-    if previous is not None and previous in chain:
-        chain = chain[: chain.index(previous)] or chain
+    if previous is not None and previous in chain[1:]:
+        chain = chain[: chain.index(previous)]
     exc = chain[-1]
     if isinstance(exc, KeyError):
         return f"missing entry {first_line(exc)} (the file is incomplete or damaged)"
