@@ -218,7 +218,11 @@ class PruneConfig:
         help="Only layers matching this name glob (repeatable); a frozen or output layer it names is pruned too.",
         kind="multiple",
     )
-    exclude: tuple[str, ...] = setting((), help="Skip layers matching this name glob (repeatable).", kind="multiple")
+    exclude: tuple[str, ...] = setting(
+        (),
+        help="Skip layers matching this name glob (repeatable); a glob that names no layer is refused.",
+        kind="multiple",
+    )
     overrides: tuple[LayerOverride, ...] = setting(
         (), help="Per-layer rules, recipe key `layers:` (glob -> sparsity | skip).", recipe_only=True
     )
