@@ -374,18 +374,74 @@ def test_three_rounds_of_unknown_arguments_are_each_dropped(tmp_path):
     assert model.get_layer("drop").rate == 0.1
 
 
-def test_an_h5_output_a_rebuild_could_not_write_is_refused_before_the_work(cli, tmp_path):
-    """A Keras-2 Masking layer loads as Keras operations (NotEqual, Any) that Keras' .h5 writer cannot
-    write back: an .h5 -> .h5 run that keeps the structure copies the file, but one that rebuilds it
-    (--shrink) failed to save after all the work (astrorapid, bench/ZOO.md). Refused at once now."""
+@pytest.mark.parametrize("sequential", [False, True])
+def test_a_masked_rnn_shrinks_into_an_h5_that_keeps_its_mask(cli, tmp_path, sequential):
+    """Keras 3 records a Masking layer's mask as `not_equal`/`any` nodes its .h5 reader cannot read back
+    ("Unknown layer: 'NotEqual'"), so `--shrink -o out.h5` was refused (astrorapid, bench/ZOO.md). The
+    .h5 leaves those nodes out and reading it derives the same mask again: the file computes what the
+    .keras output computes, masked steps included."""
+    import keras
     import tf_keras
 
-    inp = tf_keras.Input((8, 3))
-    h = tf_keras.layers.LSTM(6, return_sequences=True, name="rnn")(tf_keras.layers.Masking(0.0)(inp))
+    if sequential:
+        original = tf_keras.Sequential(
+            [
+                tf_keras.Input((8, 3)),
+                tf_keras.layers.Masking(0.0),
+                tf_keras.layers.LSTM(6, return_sequences=True, name="rnn"),
+                tf_keras.layers.Dense(2, name="out"),
+            ]
+        )
+    else:
+        inp = tf_keras.Input((8, 3))
+        h = tf_keras.layers.LSTM(6, return_sequences=True, name="rnn")(tf_keras.layers.Masking(0.0)(inp))
+        original = tf_keras.Model(inp, tf_keras.layers.Dense(2, name="out")(h))
     src = tmp_path / "masked.h5"
-    tf_keras.Model(inp, tf_keras.layers.Dense(2, name="out")(h)).save(src)
+    original.save(src)
+    for out in ("o.h5", "o.keras"):
+        result = cli("prune", src, "-g", "neuron", "-s", "0.5", "--shrink", "-o", tmp_path / out, "-q")
+        assert result.exit_code == 0, result.output
+    from_h5 = keras.saving.load_model(tmp_path / "o.h5", compile=False)
+    from_keras = keras.saving.load_model(tmp_path / "o.keras", compile=False)
+    assert from_h5.get_layer("rnn").units == 3
+    x = np.random.default_rng(0).normal(size=(4, 8, 3)).astype("float32")
+    x[:, 5:] = 0.0  # masked steps: an LSTM given the mask repeats its last output there
+    np.testing.assert_allclose(np.asarray(from_h5(x)), np.asarray(from_keras(x)), rtol=1e-5, atol=1e-6)
+    y = np.asarray(from_h5(x))
+    np.testing.assert_allclose(y[:, 5:], np.repeat(y[:, 4:5], 3, axis=1), rtol=1e-5, atol=1e-6)
+
+
+def test_an_h5_output_of_a_mask_the_model_computes_itself_is_refused_before_the_work(cli, tmp_path):
+    """A mask passed explicitly from a Keras operation (not the one the input carries) is a graph node
+    Keras' .h5 reader cannot read back: a rebuilding run to .h5 is refused right after loading."""
+    import keras
+
+    tokens = keras.Input((6,), dtype="int32")
+    h = keras.layers.Embedding(10, 4, name="emb")(tokens)
+    h = keras.layers.LSTM(6, name="rnn")(h, mask=keras.ops.not_equal(tokens, 0))
+    src = tmp_path / "explicit.keras"
+    keras.Model(tokens, keras.layers.Dense(2, name="out")(h)).save(src)
     result = cli("prune", src, "-g", "neuron", "-s", "0.5", "--shrink", "-o", tmp_path / "o.h5")
     assert result.exit_code == 5 and "write a .keras file instead" in result.stderr
     assert "shrinking" not in result.stderr  # refused right after loading
-    kept = cli("prune", src, "-s", "0.5", "-o", tmp_path / "same.h5", "-q")  # the structure kept: copied
-    assert kept.exit_code == 0, kept.output
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_an_embedding_mask_survives_a_shrink_into_an_h5(cli, tmp_path):
+    """Embedding(mask_zero=True)'s mask is a `not_equal` node in Keras 3's graph, as in nakdimon's
+    BiLSTM (bench/ZOO.md): the shrunk .h5 reads back and computes what the .keras output computes."""
+    import keras
+
+    tokens = keras.Input((7,), dtype="int32")
+    h = keras.layers.Embedding(12, 4, mask_zero=True, name="emb")(tokens)
+    h = keras.layers.GRU(8, return_sequences=True, name="rnn")(h)
+    src = tmp_path / "emb.keras"
+    keras.Model(tokens, keras.layers.Dense(3, name="out")(h)).save(src)
+    for out in ("o.h5", "o.keras"):
+        result = cli("prune", src, "-g", "neuron", "-s", "0.5", "--shrink", "-o", tmp_path / out, "-q")
+        assert result.exit_code == 0, result.output
+    from_h5 = keras.saving.load_model(tmp_path / "o.h5", compile=False)
+    assert from_h5.get_layer("rnn").units == 4
+    ids = np.array([[3, 5, 1, 0, 0, 0, 0], [2, 2, 9, 11, 4, 0, 0]])
+    expected = np.asarray(keras.saving.load_model(tmp_path / "o.keras", compile=False)(ids))
+    np.testing.assert_allclose(np.asarray(from_h5(ids)), expected, rtol=1e-5, atol=1e-6)

@@ -233,11 +233,128 @@ def call_node(node, values: dict, operation=None, training=None):
     operation = operation or node.operation
     if training is not None and "training" in getattr(operation, "_call_context_args", ()):
         kwargs = {**kwargs, "training": training}
-    if "mask" in kwargs and not getattr(operation, "_call_has_mask_arg", True):
-        # a substitute whose call takes no mask (a TimeDistributed's Dense called in its place): the
-        # input tensor carries its mask to it anyway
+    if "mask" in kwargs and (carries_its_mask(node) or not getattr(operation, "_call_has_mask_arg", True)):
+        # the mask its input carries (Keras passes it again from the new input), or a substitute whose
+        # call takes no mask (a TimeDistributed's Dense called in its place) on an input that carries it
         kwargs = {k: v for k, v in kwargs.items() if k != "mask"}
     return tree.flatten(operation(*args, **kwargs))
+
+
+def carries_its_mask(node) -> bool:
+    """Whether the node's `mask` argument is the mask its one input tensor carries (Keras fills it in
+    when a layer is called on the output of a Masking layer or an Embedding(mask_zero)), not one the
+    model computes otherwise. A model read from a .keras file passes the mask its file recorded, a
+    tensor computed like the carried one but not the same object: same_computation decides."""
+    from keras import tree
+
+    kwargs = dict(node.arguments.kwargs)
+    masks = [m for m in tree.flatten(kwargs.pop("mask", None)) if m is not None]
+    tensors = [t for t in tree.flatten((node.arguments.args, kwargs)) if history(t) is not None]
+    if not masks or len(tensors) != 1:
+        return False
+    carried = [m for m in tree.flatten(getattr(tensors[0], "_keras_mask", None)) if m is not None]
+    return all(any(same_computation(mask, c) for c in carried) for mask in masks)
+
+
+_SETTING_TYPES = (bool, int, float, str, type(None))
+
+
+def _operation_settings(operation) -> dict | None:
+    """A Keras operation's public settings (`Any`'s axis and keepdims), or None when one is not a plain
+    value (then two calls are not known to compute the same)."""
+    settings = {}
+    for name, value in vars(operation).items():
+        if name.startswith("_") or name == "name":
+            continue
+        flat = value if isinstance(value, (list, tuple)) else (value,)
+        if not all(isinstance(v, _SETTING_TYPES) for v in flat):
+            return None
+        settings[name] = value
+    return settings
+
+
+def same_computation(a, b) -> bool:
+    """Whether two symbolic tensors are computed alike: the same tensor, or outputs of Keras operations
+    (not layers) of one class and settings, called on arguments computed alike (tensors) or equal
+    (plain values)."""
+    import keras
+    from keras import tree
+
+    if a is b:
+        return True
+    ha, hb = history(a), history(b)
+    if ha is None or hb is None or ha.tensor_index != hb.tensor_index:
+        return False
+    op_a, op_b = ha.operation, hb.operation
+    if isinstance(op_a, keras.Layer) or type(op_a) is not type(op_b):
+        return False
+    settings = _operation_settings(op_a)
+    if settings is None or settings != _operation_settings(op_b):
+        return False
+    args_a = op_a._inbound_nodes[ha.node_index].arguments
+    args_b = op_b._inbound_nodes[hb.node_index].arguments
+    flat_a, flat_b = tree.flatten((args_a.args, args_a.kwargs)), tree.flatten((args_b.args, args_b.kwargs))
+    if len(flat_a) != len(flat_b):
+        return False
+    for x, y in zip(flat_a, flat_b, strict=True):
+        if history(x) is not None or history(y) is not None:
+            if not same_computation(x, y):
+                return False
+        elif not (isinstance(x, _SETTING_TYPES) and isinstance(y, _SETTING_TYPES) and x == y and type(x) is type(y)):
+            return False
+    return True
+
+
+def called_with_their_carried_mask(model) -> set[str]:
+    """Names of the layers every call of which in the model's graph takes the mask its input carries
+    (carries_its_mask): a copy of the graph that calls them without `mask` gets the same masks, and no
+    graph node for them."""
+    calls: dict[str, list[bool]] = {}
+    for node in nodes(model):
+        calls.setdefault(node.operation.name, []).append("mask" in node.arguments.kwargs and carries_its_mask(node))
+    return {name for name, carried in calls.items() if all(carried)}
+
+
+def implicit_mask_operations(model) -> set[str]:
+    """Names of the Keras operations (not layers) in the model's graph that only compute the masks Keras
+    passes along by itself: a Masking layer's or an Embedding(mask_zero)'s mask, recorded as `not_equal`
+    and `any` nodes that feed a later layer's `mask` argument, where that mask is the one its input
+    tensor carries. A layer called on such a tensor gets the same mask again without them, so a file
+    that leaves them out computes the same function (Keras' .h5 reader cannot read them back). An
+    operation that also feeds data, an output, or a mask the model passes explicitly is not one."""
+    import keras
+    from keras import tree
+
+    graph = functional(model)
+    if graph is None:
+        return set()
+    uses: dict[int, list] = {}  # id(operation) -> ("mask", None) | ("op", consumer operation) | ("data", None)
+    operations = {}
+    for node in nodes(model):
+        operations[id(node.operation)] = node.operation
+        kwargs = dict(node.arguments.kwargs)
+        mask = kwargs.pop("mask", None)
+        tensors = [t for t in tree.flatten((node.arguments.args, kwargs)) if history(t) is not None]
+        implicit = carries_its_mask(node)
+        for tensor in tree.flatten(mask):
+            if history(tensor) is not None:
+                uses.setdefault(id(history(tensor).operation), []).append(("mask" if implicit else "data", None))
+        for tensor in tensors:
+            kind = "data" if isinstance(node.operation, keras.Layer) else "op"
+            uses.setdefault(id(history(tensor).operation), []).append((kind, node.operation))
+    for tensor in flatten(graph.outputs):
+        uses.setdefault(id(history(tensor).operation), []).append(("data", None))
+    candidates = {i for i, op in operations.items() if not isinstance(op, keras.Layer)}
+    changed = True
+    while changed:
+        changed = False
+        for op_id in list(candidates):
+            if not uses.get(op_id) or any(
+                kind == "data" or (kind == "op" and id(consumer) not in candidates) for kind, consumer in uses[op_id]
+            ):
+                candidates.discard(op_id)
+                changed = True
+    return {operations[i].name for i in candidates}
 
 
 def inlinable(node) -> bool:

@@ -666,8 +666,15 @@ def rebuild(model, changes: dict[str, LayerChange], cuts: ChannelCuts, weights: 
             clones[id(layer)] = layer.__class__.from_config(config)
         return clones[id(layer)]
 
+    carried = set() if isinstance(model, keras.Sequential) else keras_graph.called_with_their_carried_mask(model)
+
+    def call(layer, *args, **kwargs):  # Keras passes the mask a layer's input carries again by itself
+        if layer.name in carried:
+            kwargs.pop("mask", None)
+        return layer(*args, **kwargs)
+
     with keras_graph.copying_in_memory():
-        new = keras.models.clone_model(model, clone_function=clone)
+        new = keras.models.clone_model(model, clone_function=clone, call_function=call if carried else None)
     for old in model.layers:
         if not old.weights:
             continue  # nothing to copy (a cloned InputLayer may also have been renamed)

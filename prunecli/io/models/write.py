@@ -298,12 +298,15 @@ def save(
                 shutil.copyfile(source.path, tmp)
                 write_h5_weights(model, tmp)
             else:
-                if out.suffix in (".h5", ".hdf5"):
+                h5 = out.suffix in (".h5", ".hdf5")
+                if h5:
                     check_h5_writable(model, out)
                 tmp.unlink()  # Keras writes the file itself
                 with quiet_keras():
                     _drop_optimizer_state(model)
                     model.save(tmp)
+                if h5:
+                    _leave_out_implicit_masks(model, tmp)
     except OSError as exc:
         raise write_error(out, exc) from exc
 
@@ -318,16 +321,61 @@ def check_h5_writable(model, out: Path) -> None:
 
     from prunecli.structure import keras_graph
 
-    if keras_graph.functional(model) is None:
-        return
+    if keras_graph.functional(model) is None or isinstance(model, keras.Sequential):
+        return  # a Sequential's file lists its layers, not its graph
+    left_out = keras_graph.implicit_mask_operations(model)
     ops = sorted(
-        {type(n.operation).__name__ for n in keras_graph.nodes(model) if not isinstance(n.operation, keras.Layer)}
+        {
+            type(n.operation).__name__
+            for n in keras_graph.nodes(model)
+            if not isinstance(n.operation, keras.Layer) and n.operation.name not in left_out
+        }
     )
     if ops:
         raise OutputError(
             f"cannot write {out}: the model calls Keras operations outside layers ({', '.join(ops[:3])}), which"
             " Keras' .h5 format does not read back; write a .keras file instead"
         )
+
+
+def _leave_out_implicit_masks(model, path: Path) -> None:
+    """Rewrite an .h5 file's model config without the operations that only compute the masks Keras
+    passes along by itself (keras_graph.implicit_mask_operations) and without the `mask` arguments they
+    fed: Keras 3 records a Masking layer's mask as `not_equal`/`any` nodes, which its .h5 reader cannot
+    read ("Unknown layer: 'NotEqual'"), and reading the file derives the same masks again."""
+    import json
+
+    import h5py
+    import keras
+
+    from prunecli.structure import keras_graph
+
+    if isinstance(model, keras.Sequential):
+        return
+    left_out = keras_graph.implicit_mask_operations(model)
+    if not left_out:
+        return
+
+    def producers(value) -> list[str]:  # the layers whose serialised tensors `value` holds
+        if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
+            return [value["config"]["keras_history"][0]]
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        return [name for item in items for name in producers(item)]
+
+    def feeds_from_left_out(value) -> bool:
+        found = producers(value)
+        return bool(found) and all(name in left_out for name in found)
+
+    with h5py.File(path, "r+") as fh:
+        config = json.loads(fh.attrs["model_config"])
+        layers = [entry for entry in config["config"]["layers"] if entry["name"] not in left_out]
+        for entry in layers:
+            for call in entry.get("inbound_nodes", []):
+                kwargs = call.get("kwargs", {}) if isinstance(call, dict) else {}
+                if "mask" in kwargs and feeds_from_left_out(kwargs["mask"]):
+                    del kwargs["mask"]
+        config["config"]["layers"] = layers
+        fh.attrs["model_config"] = json.dumps(config).encode("utf-8")
 
 
 def _drop_optimizer_state(model) -> None:
