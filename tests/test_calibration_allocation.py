@@ -227,6 +227,7 @@ def test_a_sparsegpt_run_with_room_for_one_copy_measures_allocations_without_the
     assert set(res.section["allocation_measured"]["output_error"]) == {"uniform", "lamp", "owl"}
 
 
+@pytest.mark.slow
 def test_layers_left_to_magnitude_follow_the_measured_allocation(monkeypatch):
     """Recurrent kernels are pruned by magnitude, all together, before calibration: under a measured
     uniform allocation each still loses exactly its own share, not its place in one raw ranking (the

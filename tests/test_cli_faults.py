@@ -388,6 +388,7 @@ def _second_run(models, folder: Path):
     return _invoke(*args, "--save-plan", folder / "p.zip", "--export", "tflite", "-q")
 
 
+@pytest.mark.slow
 def test_a_failed_rename_puts_every_output_back(models, tmp_path, monkeypatch):
     """The outputs are renamed into place together (outputs_together): when one rename fails (a target
     the user made immutable), the ones already renamed are put back, so the folder holds the previous
@@ -424,6 +425,7 @@ def test_a_report_that_cannot_be_written_leaves_no_new_model(models, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_signal_during_the_renames_stops_the_run_after_all_of_them(models, tmp_path, monkeypatch):
     """A SIGTERM that arrives while the outputs are renamed into place is held until the last rename:
     the run then stops (exit 130) with every output the new run's, consistent with its report, never

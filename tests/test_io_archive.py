@@ -60,6 +60,7 @@ def test_assets_are_loaded_too(tmp_path):
     _same_model(fast, keras.saving.load_model(path, compile=False))
 
 
+@pytest.mark.slow
 def test_a_damaged_weights_member_is_refused(tmp_path):
     path = tmp_path / "m.keras"
     _model().save(path)

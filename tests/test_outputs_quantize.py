@@ -524,6 +524,7 @@ class _Scorer(__import__("keras").layers.Layer):
         return {**super().get_config(), "units": self.units}
 
 
+@pytest.mark.slow
 def test_layers_whose_owner_keeps_them_float_are_left_float_and_the_file_reloads(tmp_path):
     """A Dense inside TimeDistributed (Keras' wrapper calls its `call` directly, past the quantized
     path: its int8 codes would be read as float weights) and a Dense inside a layer class of the
@@ -559,6 +560,7 @@ def test_layers_whose_owner_keeps_them_float_are_left_float_and_the_file_reloads
     )
 
 
+@pytest.mark.slow
 def test_tflite_int8_of_a_float_input_feeding_an_embedding_is_refused_before_the_work(cli, tmp_path):
     """Full-integer int8 quantizes every float input, token ids too (they then read the wrong rows):
     refused in one line right after loading, with what to use instead; an int32 input is fine."""

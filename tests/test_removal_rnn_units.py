@@ -203,6 +203,7 @@ def test_recurrent_layer_with_a_given_state_stays_masked(cli, tmp_path, case):
     assert keras.models.load_model(out).get_layer("rnn").units == UNITS
 
 
+@pytest.mark.slow
 def test_a_recurrent_layer_returning_its_state_keeps_its_units_but_not_its_inputs(cli, tmp_path):
     """A Bidirectional LSTM that returns its state (attention and seq2seq encoders do) keeps its units
     (the states hold them too), but it reads its input through kernel rows like any layer: the
