@@ -252,7 +252,8 @@ def test_an_unreachable_target_says_which_layers_surgery_leaves_whole(tmp_path):
     inp = keras.Input((16,))
     keras.Model(inp, keras.layers.Dense(3, name="out")(inner(inp))).save(tmp_path / "nested.keras")
     with pytest.raises(
-        ConfigError, match=r"layer\(s\) left whole, e.g. backbone/wide/kernel: it is inside a nested model or wrapper that"
+        ConfigError,
+        match=r"layer\(s\) left whole, e.g. backbone/wide/kernel: it is inside a nested model or wrapper that",
     ):
         _run(tmp_path / "nested.keras", tmp_path, target="params=0.3")
     h = keras.layers.Dense(64, name="wide")(inp)
