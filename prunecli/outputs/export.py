@@ -302,22 +302,18 @@ def check_int8_inputs(model) -> None:
     the file agreed with the Keras model on 78.5% of the examples and the run said nothing. An int32
     input is not quantized; int8 weights with float activations (--quantize int8 --export tflite)
     keep the ids exact."""
-    import keras
-
+    from prunecli.io.data.checks import embedding_inputs
     from prunecli.structure import keras_graph
 
     if keras_graph.functional(model) is None:
         return
-    float_inputs = {id(t): t for t in keras_graph.inputs(model) if "float" in str(t.dtype)}
-    for node in keras_graph.nodes(model):
-        if not isinstance(node.operation, keras.layers.Embedding):
-            continue
-        fed = [t for t in node.input_tensors if id(t) in float_inputs]
-        if fed:
+    dtypes = {str(t.name): str(t.dtype) for t in keras_graph.inputs(model)}
+    for name, (layer, _rows) in embedding_inputs(model).items():
+        if "float" in dtypes.get(name, ""):
             raise ConfigError(
-                f"--export tflite-int8: input {fed[0].name!r} ({fed[0].dtype}) feeds Embedding"
-                f" {node.operation.name!r}, and full-integer int8 would quantize its token ids; use --quantize"
-                " int8 --export tflite (int8 weights, float activations), or give the input dtype int32"
+                f"--export tflite-int8: input {name!r} ({dtypes[name]}) feeds Embedding {layer!r}, and"
+                " full-integer int8 would quantize its token ids; use --quantize int8 --export tflite (int8"
+                " weights, float activations), or give the input dtype int32"
             )
 
 

@@ -31,6 +31,25 @@ def io_names(model) -> tuple[list[str], list[str]]:
     return inputs, outputs
 
 
+def loss_name(model, output: int | None = None) -> str:
+    """The compiled loss's normalised name (of output number `output` for several outputs), or ""."""
+    loss = getattr(model, "loss", None)
+    if output is not None:
+        _inputs, names = io_names(model)
+        if isinstance(loss, dict):
+            loss = loss.get(names[output])
+        elif isinstance(loss, (list, tuple)):
+            loss = loss[output] if output < len(loss) else None
+    if isinstance(loss, (list, tuple, dict)) or loss is None:
+        return ""
+    name = (
+        loss
+        if isinstance(loss, str)
+        else (getattr(loss, "name", None) or getattr(loss, "__name__", None) or type(loss).__name__)
+    )
+    return str(name).lower().replace("_", "")
+
+
 def is_multi_io(model) -> bool:
     """Several inputs or outputs: their arrays can only come keyed by name, from one .npz."""
     inputs, outputs = io_names(model)
@@ -82,11 +101,13 @@ def check_labels(model, y, path, output: int | None = None) -> None:
             f"{output_shape(model, index)}: give one class number per "
             f"{'example' if y.ndim == 2 else 'position ' + str(tuple(y.shape[1:-1]))} or rows of {classes}"
         )
-    if (
-        (positions or y.ndim == 1 or (y.ndim == 2 and y.shape[-1] == 1 and classes > 1))
-        and classes > 1
-        and y.dtype.kind in "iuf"
-    ):
+    class_numbers = (positions or y.ndim == 1 or (y.ndim == 2 and y.shape[-1] == 1 and classes > 1)) and classes > 1
+    if not class_numbers and y.dtype.kind in "iuf":
+        binary = binary_targets(model, output)
+        low, high = value_range(y) if binary else (0, 0)
+        if low < 0 or high > 1:
+            raise DataError(f"{path}: labels{which} range {low:g}..{high:g} but the model's {binary} takes labels 0..1")
+    if class_numbers and y.dtype.kind in "iuf":
         import numpy as np
 
         flat = np.asarray(y).reshape(-1)
@@ -104,13 +125,113 @@ def check_labels(model, y, path, output: int | None = None) -> None:
             )
 
 
+def value_range(a) -> tuple[float, float]:
+    """(min, max) of a non-empty array, a chunk of rows at a time (a memory-mapped file is never read
+    into memory at once); NaN is ignored (check_finite refuses it)."""
+    import numpy as np
+
+    low, high = np.inf, -np.inf
+    for start in range(0, len(a), FINITE_CHECK_ROWS):
+        chunk = np.asarray(a[start : start + FINITE_CHECK_ROWS])
+        if chunk.size:
+            with np.errstate(all="ignore"):
+                low, high = min(low, float(np.nanmin(chunk))), max(high, float(np.nanmax(chunk)))
+    return low, high
+
+
+def embedding_inputs(model) -> dict[str, tuple[str, int]]:
+    """{input name: (Embedding name, its input_dim)} for each model input that an Embedding reads
+    directly (through its Input layer only, or as the first layer of a nested model); the smallest
+    input_dim where several read one input. Empty for a model without a layer graph. Also what
+    outputs/export.check_int8_inputs refuses to quantize (a float input read as token ids)."""
+    import keras
+
+    from prunecli.structure import keras_graph
+
+    try:
+        graph_inputs = keras_graph.inputs(model)
+        nodes = keras_graph.nodes(model)
+    except (keras_graph.GraphUnsupported, AttributeError, TypeError):  # subclassed, unbuilt, tf_keras
+        return {}
+    position = {id(t): i for i, t in enumerate(graph_inputs)}
+    found: dict[int, tuple[str, int]] = {}
+
+    def note(i: int, name: str, dim) -> None:
+        if isinstance(dim, int) and dim > 0 and (i not in found or dim < found[i][1]):
+            found[i] = (name, dim)
+
+    for node in nodes:
+        operation, fed = node.operation, list(node.input_tensors)
+        if isinstance(operation, keras.layers.Embedding):
+            for t in fed:
+                if id(t) in position:
+                    note(position[id(t)], operation.name, getattr(operation, "input_dim", None))
+        elif keras_graph.is_model(operation) and any(id(t) in position for t in fed):
+            inner = embedding_inputs(operation)
+            inner_names = [str(t.name) for t in getattr(operation, "inputs", None) or []]
+            if inner and len(inner_names) == len(fed):
+                for t, inner_name in zip(fed, inner_names, strict=True):
+                    if id(t) in position and inner_name in inner:
+                        note(position[id(t)], *inner[inner_name])
+    return {str(graph_inputs[i].name): found[i] for i in sorted(found)}
+
+
+def check_token_ids(model, x, path, name: str | None = None) -> None:
+    """An input that feeds an Embedding holds token ids: whole numbers in 0..input_dim - 1. Keras would
+    fail mid-run on an id past the table (a Graph execution error on CPU; zeros on GPU), and casts a
+    float such as 2.7 to row 2 without a word, so both are refused here, naming the input, the ids
+    found and the Embedding. `name` is the input's name (the only input's when None)."""
+    import numpy as np
+
+    feeding = embedding_inputs(model)
+    if name is None:
+        inputs = io_names(model)[0]
+        name = inputs[0] if len(inputs) == 1 else None
+    if name not in feeding or len(x) == 0 or x.dtype.kind not in "fiub":
+        return
+    layer, dim = feeding[name]
+    if x.dtype.kind == "f":
+        for start in range(0, len(x), FINITE_CHECK_ROWS):
+            chunk = np.asarray(x[start : start + FINITE_CHECK_ROWS])
+            odd = np.isfinite(chunk) & (chunk != np.round(chunk))
+            if odd.any():
+                raise DataError(
+                    f"{path}: input {name!r} feeds Embedding {layer!r}, which reads whole-number token ids"
+                    f" 0..{dim - 1}, but holds {chunk[odd][0]:g}"
+                )
+    low, high = value_range(x)
+    if low < 0 or high >= dim:
+        raise DataError(
+            f"{path}: input {name!r} holds ids {low:g}..{high:g} but Embedding {layer!r} reads ids"
+            f" 0..{dim - 1} (input_dim {dim})"
+        )
+
+
+def binary_targets(model, output: int | None = None) -> str | None:
+    """What makes an output's labels yes/no values in 0..1, in words ("binary cross-entropy loss", or
+    "sigmoid output" for an uncompiled model): a binary classifier's one unit, or a multi-label
+    output's units (rows of 0/1); None for any other output (a softmax's class numbers, a regression)."""
+    from prunecli.structure import keras_graph
+
+    loss = loss_name(model, output)
+    if loss:
+        return "binary cross-entropy loss" if loss.startswith("binary") else None
+    try:
+        layer = model.get_layer(keras_graph.producer_name(model.outputs[output or 0]))
+    except (ValueError, AttributeError, IndexError):
+        return None
+    return "sigmoid output" if getattr(getattr(layer, "activation", None), "__name__", "") == "sigmoid" else None
+
+
 def check_shapes(model, x, y, path) -> None:
-    """Inputs must match the model's input shape; labels must match the output's batch size."""
+    """Inputs must match the model's input shape (and an Embedding's ids, check_token_ids); labels must
+    match the output's batch size and values (check_labels)."""
     check_inputs(model, x.shape[1:], path)
     if len(x) != len(y):
         raise DataError(f"{path}: {len(x)} inputs but {len(y)} labels")
     if len(x) == 0:
         raise DataError(f"{path}: the dataset is empty")
+    check_token_ids(model, x, path)
     check_labels(model, y, path)
 
 

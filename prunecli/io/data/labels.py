@@ -3,26 +3,7 @@
 from __future__ import annotations
 
 from prunecli.errors import DataError
-from prunecli.io.data.checks import io_names, output_classes, per_position_classes
-
-
-def loss_name(model, output: int | None = None) -> str:
-    """The compiled loss's normalised name (of output number `output` for several outputs), or ""."""
-    loss = getattr(model, "loss", None)
-    if output is not None:
-        _inputs, names = io_names(model)
-        if isinstance(loss, dict):
-            loss = loss.get(names[output])
-        elif isinstance(loss, (list, tuple)):
-            loss = loss[output] if output < len(loss) else None
-    if isinstance(loss, (list, tuple, dict)) or loss is None:
-        return ""
-    name = (
-        loss
-        if isinstance(loss, str)
-        else (getattr(loss, "name", None) or getattr(loss, "__name__", None) or type(loss).__name__)
-    )
-    return str(name).lower().replace("_", "")
+from prunecli.io.data.checks import loss_name, output_classes, per_position_classes
 
 
 def labels_for_model(model, y, path):

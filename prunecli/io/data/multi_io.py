@@ -10,12 +10,14 @@ from prunecli.io.data.checks import (
     check_label_values,
     check_labels,
     check_numeric,
+    check_token_ids,
     io_names,
+    loss_name,
     output_classes,
     per_position_classes,
     refuse_unread,
 )
-from prunecli.io.data.labels import fit_labels, loss_name
+from prunecli.io.data.labels import fit_labels
 
 
 def multi_io_sets(arrays: dict, model, path) -> tuple[dict, bool]:
@@ -98,8 +100,9 @@ def _check_multi(model, xs, ys, path):
     if rows == {0}:
         raise DataError(f"{path}: the dataset is empty")
     xs = [as_float32(a, path) for a in xs]
-    for a in xs:
+    for name, a in zip(inputs, xs, strict=True):
         check_finite(a, path)
+        check_token_ids(model, a, path, name)
     if ys is None:
         return xs, None
     fixed = []

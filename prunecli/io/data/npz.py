@@ -18,6 +18,7 @@ from prunecli.io.data.checks import (
     check_label_values,
     check_numeric,
     check_shapes,
+    check_token_ids,
     is_multi_io,
     refuse_unread,
 )
@@ -79,6 +80,7 @@ def _unlabelled(model, x, path: Path):
     if len(x) == 0:
         raise DataError(f"{path}: the dataset is empty")
     check_finite(x, path)
+    check_token_ids(model, x, path)
     return x, np.zeros(len(x), np.float32)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prunecli.errors import DataError
 from prunecli.io.data.batches import SHUFFLE_BUFFER, Data, first_labels
-from prunecli.io.data.checks import check_inputs, check_labels, model_input_shape
+from prunecli.io.data.checks import check_inputs, check_labels, check_token_ids, model_input_shape
 from prunecli.io.data.spec import find_spec, read_spec, scaled
 
 TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrec")
@@ -34,6 +34,7 @@ def load_tfrecord(path: str, model, batch_size: int, val_split: float, seed: int
     evaluation, val, n_eval = _evaluation(records, files, n_all, eval_files, spec.get("eval"), held_ds, n_held)
     first_x, y_example = first_labels(evaluation, path=path)
     check_inputs(model, tuple(first_x.shape[1:]), path)
+    check_token_ids(model, np.asarray(first_x), path)  # the first batch's ids: the records stream
     check_labels(model, y_example, path)
     return Data(
         train=train,

@@ -1,0 +1,230 @@
+"""Values the model cannot read are refused when the data is read, in one line (exit 3): token ids
+outside an Embedding's table (or not whole numbers), and a binary classifier's labels outside 0..1.
+
+Before, ids past the table ended in "internal error: InvalidArgumentError: Graph execution error"
+from the first evaluation, and a sigmoid classifier trained on labels 0..2 without a word.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from prunecli.cli import main
+from prunecli.errors import DataError
+from prunecli.io import data
+
+RNG = np.random.default_rng(0)
+
+
+def _rnn(input_dtype: str = "int32"):
+    import keras
+
+    model = keras.Sequential(
+        [
+            keras.Input((10,), dtype=input_dtype),
+            keras.layers.Embedding(50, 8, name="emb"),
+            keras.layers.LSTM(8, name="lstm"),
+            keras.layers.Dense(2, activation="softmax", name="out"),
+        ]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy")
+    return model
+
+
+def _sigmoid(units: int = 1, loss: str | None = "binary_crossentropy"):
+    import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(units, activation="sigmoid", name="out")])
+    if loss:
+        model.compile("adam", loss)
+    return model
+
+
+def _refused(path, model, match: str):
+    with pytest.raises(DataError, match=match) as info:
+        data.load(str(path), model, batch_size=16)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def _x(n: int = 32) -> np.ndarray:
+    return RNG.standard_normal((n, 4)).astype("float32")
+
+
+# --- token ids feeding an Embedding --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rnn():
+    return _rnn()
+
+
+@pytest.mark.parametrize("low, high", [(0, 500), (-3, 10), (0, 51)])
+def test_ids_outside_the_embedding_are_refused(rnn, tmp_path, low, high):
+    ids = RNG.integers(low, high, (32, 10))
+    ids[0, 0], ids[0, 1] = low, high - 1  # both ends present
+    path = tmp_path / "d.npz"
+    np.savez(path, x=ids, y=RNG.integers(0, 2, 32))
+    message = _refused(path, rnn, rf"holds ids {low}\.\.{high - 1} but Embedding 'emb' reads ids 0\.\.49")
+    assert f"input {rnn.inputs[0].name!r}" in message and "input_dim 50" in message
+
+
+def test_ids_in_range_load(rnn, tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, x=RNG.integers(0, 50, (32, 10)), y=RNG.integers(0, 2, 32))
+    assert data.load(str(path), rnn, batch_size=16).n_train == 32
+
+
+def test_ids_without_labels_and_in_npy_pairs_are_checked(rnn, tmp_path):
+    ids = RNG.integers(0, 60, (32, 10))
+    np.savez(tmp_path / "x_only.npz", x=ids)
+    _refused(tmp_path / "x_only.npz", rnn, r"holds ids 0\.\.\d+ but Embedding 'emb'")
+    np.save(tmp_path / "x.npy", ids)
+    np.save(tmp_path / "y.npy", RNG.integers(0, 2, 32))
+    _refused(tmp_path / "x.npy", rnn, r"holds ids 0\.\.\d+ but Embedding 'emb'")
+
+
+def test_float_ids_must_be_whole_numbers():
+    """Keras casts a float id to int32 (2.7 reads row 2): not whole numbers are refused; whole-number
+    floats in range are ids."""
+    import tempfile
+    from pathlib import Path
+
+    model = _rnn("float32")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "d.npz"
+        ids = RNG.integers(0, 50, (32, 10)).astype("float32")
+        np.savez(path, x=ids, y=RNG.integers(0, 2, 32))
+        assert data.load(str(path), model, batch_size=16).n_train == 32
+        ids[3, 4] = 2.7
+        np.savez(path, x=ids, y=RNG.integers(0, 2, 32))
+        _refused(path, model, r"feeds Embedding 'emb', which reads whole-number token ids 0\.\.49, but holds 2\.7")
+
+
+def test_each_input_of_a_multi_input_model_feeding_an_embedding(tmp_path):
+    """Only the inputs an Embedding reads are ids: here one directly, one through a nested model; the
+    float features beside them are not."""
+    import keras
+
+    inner = keras.Sequential(
+        [keras.Input((5,), dtype="int32"), keras.layers.Embedding(20, 4, name="inner_emb"), keras.layers.Flatten()],
+        name="inner",
+    )
+    ids, more, feat = (
+        keras.Input((5,), dtype="int32", name="ids"),
+        keras.Input((5,), dtype="int32", name="more"),
+        keras.Input((3,), name="feat"),
+    )
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(30, 4, name="emb")(ids))
+    h = keras.layers.Concatenate()([pooled, inner(more), feat])
+    model = keras.Model([ids, more, feat], keras.layers.Dense(2, activation="softmax", name="out")(h))
+    model.compile("adam", "sparse_categorical_crossentropy")
+
+    good = {"x_ids": RNG.integers(0, 30, (32, 5)), "x_more": RNG.integers(0, 20, (32, 5)), "x_feat": 5 * _x(32)[:, :3]}
+    good["y"] = RNG.integers(0, 2, 32)
+    np.savez(tmp_path / "good.npz", **good)
+    assert data.load(str(tmp_path / "good.npz"), model, batch_size=16).n_train == 32
+    np.savez(tmp_path / "bad_ids.npz", **{**good, "x_ids": good["x_ids"] + 1})
+    _refused(tmp_path / "bad_ids.npz", model, r"input 'ids' holds ids 1\.\.30 but Embedding 'emb' reads ids 0\.\.29")
+    np.savez(tmp_path / "bad_more.npz", **{**good, "x_more": good["x_more"] - 1})
+    _refused(tmp_path / "bad_more.npz", model, r"input 'more' holds ids -1\.\.18 but Embedding 'inner_emb'")
+
+
+# --- binary labels ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("labels", [[0, 1, 2], [-1, 0, 1], [0.0, 0.5, 1.5]])
+def test_binary_labels_outside_0_1_are_refused(tmp_path, labels):
+    path = tmp_path / "d.npz"
+    np.savez(path, x=_x(30), y=np.array(labels * 10))
+    _refused(path, _sigmoid(), r"labels range .* but the model's binary cross-entropy loss takes labels 0\.\.1")
+    np.savez(path, x=_x(30), y=np.array(labels * 10).reshape(-1, 1))  # as a column too
+    _refused(path, _sigmoid(), r"labels range")
+
+
+def test_uncompiled_sigmoid_labels_outside_0_1_are_refused(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, x=_x(30), y=np.array([0, 1, 2] * 10))
+    _refused(path, _sigmoid(loss=None), r"labels range 0\.\.2 but the model's sigmoid output takes labels 0\.\.1")
+
+
+@pytest.mark.parametrize("labels", [[0, 1], [0.0, 1.0], [0.2, 0.9], [True, False]])
+def test_binary_and_soft_labels_in_0_1_load(tmp_path, labels):
+    path = tmp_path / "d.npz"
+    np.savez(path, x=_x(32), y=np.array(labels * 16))
+    assert data.load(str(path), _sigmoid(), batch_size=16).n_train == 32
+
+
+def test_multi_label_rows_and_class_numbers_still_load(tmp_path):
+    model = _sigmoid(3)
+    np.savez(tmp_path / "rows.npz", x=_x(32), y=RNG.integers(0, 2, (32, 3)).astype("float32"))
+    assert data.load(str(tmp_path / "rows.npz"), model, batch_size=16).n_train == 32
+    np.savez(tmp_path / "numbers.npz", x=_x(32), y=RNG.integers(0, 3, 32))
+    assert data.load(str(tmp_path / "numbers.npz"), model, batch_size=16).n_train == 32
+    np.savez(tmp_path / "bad.npz", x=_x(32), y=np.where(np.arange(96).reshape(32, 3) == 5, 2, 1))
+    _refused(tmp_path / "bad.npz", model, r"labels range 1\.\.2 but the model's binary cross-entropy loss")
+
+
+def test_regression_labels_are_not_binary(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, x=_x(32), y=RNG.integers(0, 5, 32).astype("float32"))
+    for model in (_sigmoid(loss="mse"), _linear()):
+        assert data.load(str(path), model, batch_size=16).n_train == 32
+
+
+def _linear():
+    import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, name="out")])
+    model.compile("adam", "mse")
+    return model
+
+
+def test_binary_output_of_a_multi_output_model(tmp_path):
+    import keras
+
+    inp = keras.Input((4,), name="features")
+    yes = keras.layers.Dense(1, activation="sigmoid", name="yes")(inp)
+    amount = keras.layers.Dense(1, name="amount")(inp)
+    model = keras.Model(inp, [yes, amount])
+    model.compile("adam", ["binary_crossentropy", "mse"])
+    np.savez(tmp_path / "good.npz", x=_x(32), y_yes=RNG.integers(0, 2, 32), y_amount=RNG.integers(0, 9, 32))
+    assert data.load(str(tmp_path / "good.npz"), model, batch_size=16).n_train == 32
+    np.savez(tmp_path / "bad.npz", x=_x(32), y_yes=RNG.integers(0, 3, 32), y_amount=RNG.integers(0, 9, 32))
+    _refused(tmp_path / "bad.npz", model, r"labels of output 'yes' range 0\.\.2 but the model's binary cross-entropy")
+
+
+# --- end to end ---------------------------------------------------------------------------------------
+
+
+def test_cli_refuses_before_any_work(tmp_path):
+    """The audit's two repros: exit 3 with one line, before the first evaluation."""
+    rnn = _rnn()
+    rnn.save(tmp_path / "rnn.keras")
+    np.savez(tmp_path / "ids.npz", x=RNG.integers(0, 500, (64, 10)), y=RNG.integers(0, 2, 64))
+    _sigmoid().save(tmp_path / "bin.keras")
+    np.savez(tmp_path / "bin.npz", x=_x(64), y=RNG.integers(0, 3, 64))
+    for model, npz, said in (
+        ("rnn", "ids", "but Embedding 'emb' reads ids 0..49"),
+        ("bin", "bin", "labels range 0..2"),
+    ):
+        out = tmp_path / f"{model}_out.keras"
+        result = CliRunner().invoke(
+            main,
+            [
+                "prune",
+                str(tmp_path / f"{model}.keras"),
+                "-s",
+                "0.5",
+                "--data",
+                str(tmp_path / f"{npz}.npz"),
+                "-o",
+                str(out),
+                "-q",
+            ],
+        )
+        assert result.exit_code == 3, result.output
+        assert said in result.stderr and result.stderr.count("\n") == 1 and "internal error" not in result.output
+        assert not out.exists()
