@@ -299,18 +299,14 @@ def _progress(config):
 
 
 def _emit_report(report, config) -> None:
-    if config.report:
-        if config.report == "-":
-            click.echo(report.to_json())
-        else:
-            report.write_json(config.report)
-    if config.markdown:
-        from prunecli.outputs.report import render_markdown, write_markdown
+    """The report on standard output (`-r -`, `--markdown -`) and the summary: the run itself wrote the
+    report files (outputs/report.write_report_files), as it does for the Python API."""
+    if config.report == "-":
+        click.echo(report.to_json())
+    if config.markdown == "-":
+        from prunecli.outputs.report import render_markdown
 
-        if config.markdown == "-":
-            click.echo(render_markdown(report))
-        else:
-            write_markdown(report, config.markdown)
+        click.echo(render_markdown(report))
     if not config.quiet and "-" not in (config.report, config.markdown):
         from prunecli.outputs.report import render
 
@@ -352,8 +348,6 @@ def prune(ctx: click.Context, **params) -> None:
     from prunecli.run.pipeline import check_gates
     from prunecli.run.pipeline import prune as run_prune
 
-    if config.auto:
-        from prunecli.run.auto import prune as run_prune
     with outputs_together():  # the report and summary committed with the model, plan and exports
         result = run_prune(config, progress=_progress(config))
         if result.output_path is None and config.strategy == "multiworker":  # a worker other than the chief

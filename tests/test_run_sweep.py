@@ -223,9 +223,19 @@ def test_glob_escape_matches_only_the_name():
     assert not fnmatch.fnmatchcase("block1/conv2", pattern)
 
 
+def _auto(config, grid, probes=None):
+    """pipeline.prune's --auto run with a smaller grid: the plan, the run with it, the plan recorded."""
+    from prunecli.run import pipeline
+
+    planned = auto.planned(config, None, grid, probes)
+    result = pipeline.run(planned.config)
+    planned.record(result.report)
+    return result
+
+
 def test_auto_without_target_stays_within_budget_and_prunes(mlp_files, tmp_path):
     config = config_for(mlp_files, auto=True, max_accuracy_drop=0.02, output=tmp_path / "auto.keras", sizes=False)
-    report = auto.prune(config, grid=(0.3, 0.6, 0.9), probes=4).report
+    report = _auto(config, grid=(0.3, 0.6, 0.9), probes=4).report
     plan = report.extra["auto"]
     assert plan["within_budget"] is True and plan["total_sparsity"] > 0.2
     assert set(plan["layer_sparsity"]) == {"hidden1", "hidden2", "out"}
@@ -241,7 +251,7 @@ def test_auto_with_target_reaches_the_total_and_respects_fixed_layers(mlp_files,
     config = config_for(
         mlp_files, auto=True, sparsity=0.6, overrides={"out": 0.1}, output=tmp_path / "a.keras", sizes=False
     )
-    result = auto.prune(config, grid=(0.4, 0.8, 0.95))
+    result = _auto(config, grid=(0.4, 0.8, 0.95))
     layers = {s.layer: s for s in result.report.layers}
     assert layers["out"].sparsity == pytest.approx(0.1, abs=0.02)
     t = result.report.totals

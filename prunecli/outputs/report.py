@@ -404,6 +404,27 @@ def _md_files(report: Report) -> list[str]:
     return lines
 
 
+def final_accuracy(claims: dict):
+    """(stage, accuracy) of the model a run wrote, from its report as a dict: a --quantize run wrote the
+    quantized model, whose accuracy is the quantize section's, not the float pruned model's; else the
+    last stage measured. The quality gate and `verify` both judge this one."""
+    quantized = ((claims.get("quantize") or {}).get("metrics") or {}).get("quantized")
+    if quantized and "accuracy" in quantized:
+        return "quantized", quantized["accuracy"]
+    metrics = claims.get("metrics") or {}
+    stage = "after_finetune" if "after_finetune" in metrics else "after_pruning"
+    return stage, (metrics.get(stage) or {}).get("accuracy")
+
+
+def write_report_files(report: Report, json_path: str | None, markdown_path: str | None) -> None:
+    """The report as JSON and as Markdown to the files named (None: not asked; "-": standard output,
+    which the CLI prints itself). The CLI and the Python API both write them this way."""
+    if json_path and json_path != "-":
+        report.write_json(json_path)
+    if markdown_path and markdown_path != "-":
+        write_markdown(report, markdown_path)
+
+
 def write_markdown(report: Report, path: str | Path) -> None:
     """Write render_markdown(report): atomically, or in place to a FIFO/device (io.paths.write_text)."""
     from prunecli.errors import OutputError

@@ -87,7 +87,7 @@ def apply_plan(plan_path: str | os.PathLike, model_path: str | os.PathLike, prog
     out, _ = plan_paths(config, plan_path)
     quiet_tensorflow()
     say = progress or steps.silent
-    from prunecli.outputs.report import Timings
+    from prunecli.outputs.report import Timings, write_report_files
 
     timings = Timings()
     state, input_sizes = steps.load(config, say, timings)
@@ -116,12 +116,13 @@ def apply_plan(plan_path: str | os.PathLike, model_path: str | os.PathLike, prog
                 state.model, state.targets, state.masks, state.data, state.source, config.seed, say, timings
             )
         )
-    with model_io.outputs_together():  # the model and exports (and the CLI's report) renamed together
+    with model_io.outputs_together():  # the model, exports and report files renamed together
         state, out, output_sizes = write_outputs(state, config, out, masked_model, say, timings)
         sections = {"flops": flops.section(flops_before, flops.count(state.model, state.config.seq_len))}
         sections["reproducibility"] = plan_file.reproducibility(config)
         state = state.after(StepResult(sections=sections))
         report = steps.build_report(state, out, timings, input_sizes, output_sizes)
+        write_report_files(report, config.report, config.markdown)
     return PruneResult(report=report, model=state.model, masks=state.masks, output_path=out)
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from prunecli.config import LayerOverride, PruneConfig
 from prunecli.errors import ConfigError
 from prunecli.outputs.report import Timings
-from prunecli.run import pipeline, sweep
+from prunecli.run import sweep
 from prunecli.structure import keras_graph
 
 GRID = (0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
@@ -263,18 +263,27 @@ def _largest_within_budget(curves, sizes, fixed, free, probes: int, budget: floa
     return alloc, drop
 
 
-def prune(config: PruneConfig, progress=None, grid=None, probes: int | None = None):
-    """Plan the per-layer sparsities, then run the ordinary pipeline with them as overrides."""
+@dataclass
+class Planned:
+    """The run --auto planned: `config` with each layer's sparsity as an override (scope layer), and
+    what the report says of the plan (`record`)."""
+
+    config: PruneConfig
+    chosen: AutoPlan
+    elapsed_s: float
+
+    def record(self, report) -> None:
+        report.extra["auto"] = self.chosen.to_dict()
+        report.notes.extend(self.chosen.notes)
+        report.timings_s["auto"] = round(self.elapsed_s, 4)
+        report.timings_s["total"] = round(report.timings_s.get("total", 0.0) + self.elapsed_s, 4)
+
+
+def planned(config: PruneConfig, progress=None, grid=None, probes: int | None = None) -> Planned:
+    """Plan the per-layer sparsities; run/pipeline.prune then runs the ordinary pipeline with them."""
     import time
 
     start = time.perf_counter()
     chosen = plan(config, progress, grid, probes)
-    elapsed = time.perf_counter() - start
     overrides = tuple(o for o in config.overrides if o.skip) + chosen.overrides()
-    result = pipeline.prune(config.replace(scope="layer", overrides=overrides), progress)
-    report = result.report
-    report.extra["auto"] = chosen.to_dict()
-    report.notes.extend(chosen.notes)
-    report.timings_s["auto"] = round(elapsed, 4)
-    report.timings_s["total"] = round(report.timings_s.get("total", 0.0) + elapsed, 4)
-    return result
+    return Planned(config.replace(scope="layer", overrides=overrides), chosen, time.perf_counter() - start)

@@ -27,9 +27,31 @@ from prunecli.training import distill
 @owned_tempdir()  # the API's run too: Keras' and TensorFlow's temporary files in a folder it removes
 @keras_graph.loops_compiled  # recurrent layers called eagerly run their loops compiled
 def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneResult:
+    """What `prunecli prune` does, for the CLI and Python alike: with `auto`, the per-layer plan
+    (run/auto.py) first; the run; then the report files the config names (`report`, `markdown`; "-",
+    standard output, is the CLI's to print). Quality gates are checked by `check_gates(result.report,
+    config)`, after the report is written."""
+    if config.auto:
+        from prunecli.run import auto
+
+        planned = auto.planned(config, progress)
+        result = run(planned.config, progress)
+        planned.record(result.report)
+    else:
+        result = run(config, progress)
+    from prunecli.outputs.report import write_report_files
+    from prunecli.training import distribute
+
+    if not distribute.is_chief():
+        return result  # a worker other than the chief writes nothing
+
+    write_report_files(result.report, config.report, config.markdown)
+    return result
+
+
+def run(config: PruneConfig, progress: steps.Progress | None = None) -> PruneResult:
     """Load, score, mask, [fine-tune], [shrink], evaluate, save and report, as the config says.
 
-    Quality gates are checked by `check_gates(result.report, config)`, after the report is written.
     It stays one long function on purpose: it is the whole flow of a run, read top to bottom, and each
     line is one step whose result is folded into the run state.
     """
@@ -122,22 +144,28 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
                 StepResult(sections={"decoder": decoder_blocks.section(decoder_before, after, seq_len)})
             )
         report = steps.build_report(state, out, timings, input_sizes, output_sizes)
-        _withhold_failed_outputs(report, config)
+        if _withhold_failed_outputs(report, config):
+            out = None
     return PruneResult(report=report, model=state.model, masks=state.masks, output_path=out)
 
 
-def _withhold_failed_outputs(report: Report, config: PruneConfig) -> None:
+def _withhold_failed_outputs(report: Report, config: PruneConfig) -> bool:
     """A model that fails its quality gate replaces no earlier output: the model, its plan and exports
-    staged so far are dropped (the CLI's report, staged after, is still written) and a note says so.
-    The gate itself is raised by `check_gates`, after the report (the CLI's exit 4)."""
+    staged so far are dropped (the report, written after, still is), the report's `output` says
+    `written: false`, and a note says so; whether it did. The gate itself is raised by `check_gates`,
+    after the report (the CLI's exit 4)."""
     from prunecli.messages import shown
 
-    if gate_failure(report, config):
-        dropped = ", ".join(shown(p) for p in model_io.discard_staged())
-        report.notes.append(
-            f"the quality gate failed: {dropped or 'no file'} not written (any earlier file of that name is as it "
-            "was); this report describes the model that failed"
-        )
+    if not gate_failure(report, config):
+        return False
+    dropped = ", ".join(shown(p) for p in model_io.discard_staged())
+    if report.output:
+        report.output["written"] = False
+    report.notes.append(
+        f"the quality gate failed: {dropped or 'no file'} not written (any earlier file of that name is as it "
+        "was); this report describes the model that failed"
+    )
+    return True
 
 
 def _decoder_view(model, config: PruneConfig, say, timings) -> dict | None:
@@ -224,9 +252,10 @@ def gate_failure(report: Report, config: PruneConfig) -> str | None:
     """Why the pruned model is worse than the config allows, or None."""
     if config.max_accuracy_drop is None:
         return None
+    from prunecli.outputs.report import final_accuracy
+
     before = report.metrics.get("before", {}).get("accuracy")
-    final_stage = "after_finetune" if "after_finetune" in report.metrics else "after_pruning"
-    after = report.metrics.get(final_stage, {}).get("accuracy")
+    _stage, after = final_accuracy(report.to_dict())  # a --quantize run's is the quantized model's
     if before is None or after is None:
         return "--max-accuracy-drop: no accuracy was measured (is the task a regression?)"
     drop = before - after

@@ -52,6 +52,7 @@ def load(config: PruneConfig, progress: Progress, timings: Timings) -> tuple[Run
             data = data_mod.load(config.data, model, config.batch_size, config.val_split, config.seed)
             check_labels(config, data)
             task = infer_task(model, data.y_example, data.next_token) if data.labelled else None
+            check_gate_measurable(config, task)
     state = RunState(
         config=config,
         model=model,
@@ -151,6 +152,18 @@ def check_labels(config: PruneConfig, data) -> None:
     wanted = None if data.labelled else needs_labels(config)
     if wanted:
         raise DataError(f"{config.data} has inputs but no labels (y): {wanted} needs them")
+
+
+def check_gate_measurable(config: PruneConfig, task) -> None:
+    """--max-accuracy-drop on a model whose task measures no accuracy (a regression: a loss only) is
+    refused before the work: the gate could only fail the run at its end (exit 4, model withheld)."""
+    if config.max_accuracy_drop is None or task is None:
+        return
+    if task.accuracy is None and not any(task.accuracies or ()):
+        raise ConfigError(
+            f"--max-accuracy-drop: {config.data} scores the model by its loss only (a regression, or outputs"
+            " without classes), so no accuracy can be compared; leave the option out"
+        )
 
 
 def open_nested(model, config: PruneConfig, names=None) -> tuple[StepResult, PruneConfig]:
@@ -555,6 +568,19 @@ def measure_output(out: Path, config: PruneConfig) -> Future:
     return model_io.sizes_in_background(out, threads=min(8, os.cpu_count() or 1), gzip=config.sizes, sha256=True)
 
 
+def _as_written(state: RunState) -> list:
+    """The run's targets as the written model holds them: after --quantize, each quantized layer's
+    kernel as its codes read back (int4 rounding makes zeros of its own: 13,553 in a 301k-parameter MLP
+    whose report counted the float kernels, so `verify` failed the run's own report); the targets
+    themselves otherwise."""
+    from prunecli.structure import targets
+
+    if "quantize" not in state.sections:  # no quantized model was made (none asked, or --export's own)
+        return state.targets
+    written = {t.name: t for t in targets.walk(state.model)}
+    return [written.get(t.name, t) for t in state.targets]
+
+
 def build_report(
     state: RunState,
     out: Path | None,
@@ -571,7 +597,7 @@ def build_report(
     settings["overrides"] = [o.__dict__ for o in c.overrides]
     inp = {"path": str(state.source.path), "format": state.source.format, "flavour": state.source.flavour}
     outp = {"path": str(out), "format": out.suffix.lstrip(".")} if out else None
-    stats = layer_stats(state.targets, state.masks.requested if state.masks else {})
+    stats = layer_stats(_as_written(state), state.masks.requested if state.masks else {})
     with timings.phase("sizes"):  # last, so that the sizes computed in the background had the most time
         if c.sizes:
             inp.update(input_sizes.result() if input_sizes else model_io.file_sizes(state.source.path))

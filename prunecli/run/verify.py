@@ -10,8 +10,11 @@ Every claim is recomputed from the model file, never taken from the report:
           pattern prunes of it (below 1 - N/M where a tap's channels are not a multiple of M), and,
           with --data, the final accuracy within `tolerance` (absolute; default 1e-3) on the data
           the run evaluated on (same batch size, --val-split and seed).
-  plan:   the architecture fingerprint (unless the plan's run shrank the model), every weight the plan
-          prunes is exactly zero, and for a shrunk model, each layer keeps as many units as the plan.
+  plan:   the architecture fingerprint (unless the plan's run shrank the model; a -g layer run's without
+          the layers it removed), every weight the plan prunes is exactly zero, and for a shrunk model,
+          each layer keeps as many units as the plan.
+A report or plan whose entries are not of the types prunecli writes (`report_problem`,
+plan_file.manifest_problem) is an InputError (exit 3) naming the first such entry.
 A claim that does not hold is a line of `VerifyResult.failures`; any raises GateFailed (exit 4),
 whose message is the first and whose `failures` attribute holds them all.
 """
@@ -112,7 +115,74 @@ def _read_report(path) -> dict:
         raise InputError(f"cannot read report {shown(path)}: {first_line(exc)}") from exc
     if not isinstance(value, dict) or "layers" not in value:
         raise InputError(f"{shown(path)} is not a prunecli report (no 'layers')")
+    problem = report_problem(value)
+    if problem:
+        raise InputError(f"{shown(path)} is not a prunecli report ({problem})")
     return value
+
+
+TOTALS = {
+    "params": plan_file.is_int,
+    "nonzeros": plan_file.is_int,
+    "sparsity": plan_file.is_number,
+    "prunable_params": plan_file.is_int,
+    "prunable_nonzeros": plan_file.is_int,
+    "prunable_sparsity": plan_file.is_number,
+}
+
+
+def report_problem(report: dict) -> str | None:
+    """The first entry verify reads from a report that is not of the type prunecli writes (an edited
+    report: a string where a count or a list belongs, a missing `totals`), or None."""
+    from prunecli.io.plan_file import first_problem, is_int, is_ints, is_number, is_object, is_text, optional
+
+    r = report
+    problem = first_problem(
+        [
+            ("layers", r.get("layers"), lambda v: isinstance(v, list) and all(map(is_object, v)), "a list of objects"),
+            ("settings", r.get("settings", {}), is_object, "an object"),
+            ("totals", r.get("totals"), is_object, "an object"),
+            ("output", r.get("output"), optional(is_object), "an object"),
+            ("metrics", r.get("metrics"), optional(is_object), "an object"),
+            ("quantize", r.get("quantize"), optional(is_object), "an object"),
+        ]
+    )
+    problem = problem or plan_file.settings_problem(r.get("settings", {}))
+    if problem:
+        return problem
+    fields = []
+    for i, layer in enumerate(r["layers"]):
+        fields += [
+            (f"layer {i} name", layer.get("name"), is_text, "text"),
+            (
+                f"layer {i} shape",
+                layer.get("shape"),
+                lambda v: is_ints(v) and min(v, default=0) >= 0,
+                "a list of sizes",
+            ),
+            (f"layer {i} params", layer.get("params"), is_int, "an integer"),
+            (f"layer {i} nonzeros", layer.get("nonzeros"), is_int, "an integer"),
+            (f"layer {i} sparsity", layer.get("sparsity"), is_number, "a number"),
+            (f"layer {i} requested_sparsity", layer.get("requested_sparsity"), optional(is_number), "a number"),
+        ]
+    totals = r["totals"]
+    fields += [(f"totals.{key}", totals.get(key), ok, "a number") for key, ok in TOTALS.items()]
+    output = r.get("output") or {}
+    fields += [
+        ("output.sha256", output.get("sha256"), optional(is_text), "text"),
+        ("output.bytes", output.get("bytes"), optional(is_int), "an integer"),
+    ]
+    stages = dict(r.get("metrics") or {})
+    quantized = r.get("quantize") or {}
+    fields.append(("quantize.metrics", quantized.get("metrics"), optional(is_object), "an object"))
+    if is_object(quantized.get("metrics")):
+        stages["quantize.metrics.quantized"] = quantized["metrics"].get("quantized")
+    for stage, values in stages.items():
+        where = stage if stage.startswith("quantize.") else f"metrics.{stage}"
+        fields.append((where, values, optional(is_object), "an object"))
+        if is_object(values):
+            fields += [(f"{where}.{k}", values.get(k), optional(is_number), "a number") for k in ("accuracy", "loss")]
+    return first_problem(fields)
 
 
 def _check_hash(result: VerifyResult, claims: dict, model_path) -> None:
@@ -202,10 +272,11 @@ def _check_totals(result: VerifyResult, claims: dict, model, found: dict) -> Non
 
 
 def _nm_of(granularity) -> tuple[int, int] | None:
-    if not granularity or not str(granularity).startswith("n:m="):
-        return None
-    n, m = str(granularity)[4:].split(":")
-    return int(n), int(m)
+    """(N, M) of an N:M granularity as the report writes it (checked by `report_problem`), else None."""
+    from prunecli.config.fields import Granularity
+
+    g = Granularity.parse(granularity) if granularity else None
+    return (g.rows, g.cols) if g is not None and g.kind == "nm" else None
 
 
 def nm_violations(target, n: int, m: int, kept=None) -> tuple[int, str]:
@@ -256,22 +327,12 @@ def _check_nm(result: VerifyResult, granularity, layers: list, found: dict) -> N
             )
 
 
-def _final_accuracy(claims: dict):
-    """(stage, accuracy) the report claims for the written model: a --quantize run wrote the quantized
-    model, whose accuracy is the quantize section's, not the float pruned model's."""
-    quantized = ((claims.get("quantize") or {}).get("metrics") or {}).get("quantized")
-    if quantized and "accuracy" in quantized:
-        return "quantized", quantized["accuracy"]
-    metrics = claims.get("metrics") or {}
-    stage = "after_finetune" if "after_finetune" in metrics else "after_pruning"
-    return stage, (metrics.get(stage) or {}).get("accuracy")
-
-
 def _check_accuracy(result: VerifyResult, claims: dict, model, data, tolerance: float) -> None:
     from prunecli.io import data as data_mod
+    from prunecli.outputs.report import final_accuracy
     from prunecli.training.metrics import evaluate, infer_task
 
-    stage, said = _final_accuracy(claims)
+    stage, said = final_accuracy(claims)
     if said is None:
         result.failures.append("accuracy: the report records none to check (run without labelled --data?)")
         return
@@ -298,12 +359,7 @@ def _check_plan(result: VerifyResult, plan: plan_file.Plan, model, found: dict, 
     settings = plan.manifest.get("settings", {})
     shrunk = shrunk or bool(settings.get("shrink"))
     if not shrunk:
-        # a --quantize run's output holds int8 codes and scales (and prunecli's QuantizedConv classes) where the
-        # plan's float model held float kernels: by design, so only the layers' names must match
-        quantized = bool(settings.get("quantize"))
-        mismatch = plan_file.first_mismatch(plan.manifest.get("architecture", {}), model, names_only=quantized)
-        said = "plan architecture (layer names: a quantized model)" if quantized else "plan architecture"
-        result.claim(mismatch is None, said, f"plan architecture: {mismatch}")
+        _check_architecture(result, plan, model, bool(settings.get("quantize")))
     for entry in plan.targets:
         name = entry["name"]
         t = found.get(name)
@@ -329,3 +385,24 @@ def _check_plan(result: VerifyResult, plan: plan_file.Plan, model, found: dict, 
             result.failures.append(
                 f"plan target {shown(name)}: shape {tuple(t.shape)}, the plan {tuple(entry['shape'])}"
             )
+
+
+def _check_architecture(result: VerifyResult, plan: plan_file.Plan, model, quantized: bool) -> None:
+    """The model's architecture is the one the plan's run wrote: the plan's (its input's), without the layers
+    a `-g layer` run removed (the structure section lists them). A --quantize run's output holds int8 codes
+    and scales (and prunecli's QuantizedConv classes) where the plan's float model held float kernels: by
+    design, so only the layers' names must match."""
+    from prunecli.structure import keras_graph
+
+    expected = plan.manifest.get("architecture", {})
+    said = "plan architecture (layer names: a quantized model)" if quantized else "plan architecture"
+    if plan.granularity == "layer":
+        removed = (plan.manifest.get("structure") or {}).get("removed_layers")
+        if removed is None:  # the output lost layers the plan does not name: nothing to compare it with
+            result.checked.append("plan architecture: not checked (the -g layer plan records no removed layers)")
+            return
+        present = {str(layer.name) for layer in keras_graph.all_layers(model)}
+        expected = plan_file.without_layers(expected, removed, present)
+        said += f" without its {len(removed)} removed layer(s)"
+    mismatch = plan_file.first_mismatch(expected, model, names_only=quantized)
+    result.claim(mismatch is None, said, f"plan architecture: {mismatch}")

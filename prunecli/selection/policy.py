@@ -495,7 +495,10 @@ def select_sets(
             p.k, requested = _count(p, sparsity, result), sparsity
         elif config.threshold is not None:
             limit = p.scores.mean() if config.threshold == "mean" else np.float32(config.threshold)
-            p.k, requested = min(int(np.count_nonzero(p.candidates() < limit)), p.cap), None
+            below = int(np.count_nonzero(p.candidates() < limit))
+            p.k, requested = min(below, p.cap), None
+            if below > p.cap:  # the floor binds: the report says so, as for a sparsity
+                _note_floor(p.set, result)
         elif config.scope == "layer":
             p.k, requested = _count(p, config.effective_sparsity, result), config.effective_sparsity
         else:

@@ -1,0 +1,126 @@
+"""What a run says about the model it wrote holds for that model, from the CLI and from Python alike.
+
+An adversarial audit (twenty-third session) found a --quantize run's report counting the float kernels
+while the file held the quantized ones (int4 rounding makes zeros of its own: `verify` failed the
+run's own report), the quality gate judging the float model's accuracy while the quantized one was
+written, and the Python API ignoring `report`/`markdown` and `auto`, and returning the path of a model
+its failed gate had withheld.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import build_mlp, make_tabular
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A trained MLP and its data: input 7 is always 0 in the data but its kernel row is large, so
+    int4 rounding of the rest of that layer (its groups' scales set by the large row) loses accuracy."""
+    import keras
+
+    folder = tmp_path_factory.mktemp("truth")
+    x, y = make_tabular(600, inputs=8, classes=3, seed=1)
+    x[:, 7] = 0.0
+    model = build_mlp(inputs=8, classes=3, seed=1)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=25, batch_size=32, verbose=0)
+    kernel = np.asarray(model.get_layer("hidden1").kernel)
+    kernel[7, :] = 100.0
+    model.get_layer("hidden1").kernel.assign(kernel)
+    model.save(folder / "m.keras")
+    np.savez(folder / "d.npz", x=x, y=y)
+    return folder
+
+
+@pytest.mark.parametrize("mode", ["int4", "int8"])
+def test_a_quantized_run_reports_the_zeros_its_file_holds(cli, tmp_path, trained, mode):
+    out, report = tmp_path / "q.keras", tmp_path / "q.json"
+    result = cli("prune", trained / "m.keras", "-s", "0.02", "--quantize", mode, "-o", out, "-r", report, "-q")
+    assert result.exit_code == 0, result.output
+    claims = json.loads(report.read_text())
+    totals = claims["totals"]
+    assert totals["prunable_nonzeros"] >= 0 and totals["nonzeros"] >= totals["prunable_nonzeros"]
+    checked = cli("verify", out, "--report", report)
+    assert checked.exit_code == 0, checked.output
+
+
+def test_the_quality_gate_judges_the_quantized_model_that_is_written(cli, tmp_path, trained):
+    out = tmp_path / "q.keras"
+    result = cli(
+        "prune", trained / "m.keras", "-s", "0.3", "--quantize", "int4", "--data", trained / "d.npz",
+        "--max-accuracy-drop", "0.05", "-o", out, "-r", tmp_path / "q.json", "-q",
+    )  # fmt: skip
+    claims = json.loads((tmp_path / "q.json").read_text())
+    quantized = claims["quantize"]["metrics"]["quantized"]["accuracy"]
+    lost = claims["metrics"]["before"]["accuracy"] - quantized
+    assert lost > 0.05, "the fixture's int4 model must lose more than the gate allows"
+    assert result.exit_code == 4 and "accuracy dropped" in result.stderr
+    assert not out.exists() and claims["output"]["written"] is False
+
+
+def test_the_python_api_writes_the_report_files_and_withholds_a_failed_model(tmp_path, trained):
+    from prunecli import build_config, prune
+    from prunecli.errors import GateFailed
+    from prunecli.run.pipeline import check_gates
+
+    settings = {"model_path": str(trained / "m.keras"), "output": str(tmp_path / "a.keras")}
+    files = {"report": str(tmp_path / "a.json"), "markdown": str(tmp_path / "a.md")}
+    result = prune(build_config({**settings, **files, "sparsity": 0.5}))
+    assert result.output_path is not None and (tmp_path / "a.keras").exists()
+    assert json.loads((tmp_path / "a.json").read_text())["totals"] == result.report.totals
+    assert "prunecli" in (tmp_path / "a.md").read_text()
+    before = (tmp_path / "a.keras").read_bytes()
+    failing = build_config(
+        {**settings, **files, "sparsity": 0.95, "data": str(trained / "d.npz"), "max_accuracy_drop": 0.01}
+    )
+    result = prune(failing)
+    assert result.output_path is None and result.report.output["written"] is False
+    assert (tmp_path / "a.keras").read_bytes() == before  # the earlier model, as it was
+    assert json.loads((tmp_path / "a.json").read_text())["output"]["written"] is False
+    with pytest.raises(GateFailed):
+        check_gates(result.report, failing)
+
+
+def test_the_python_api_runs_auto_as_the_cli_does(tmp_path, trained):
+    from prunecli import build_config, prune
+
+    config = build_config(
+        {
+            "model_path": str(trained / "m.keras"),
+            "output": str(tmp_path / "auto.keras"),
+            "data": str(trained / "d.npz"),
+            "sparsity": 0.5,
+            "auto": True,
+        }
+    )
+    report = prune(config).report.to_dict()
+    assert "auto" in report and "auto" in report["timings_s"]
+
+
+def test_an_accuracy_gate_on_a_regression_is_refused_before_the_work(cli, tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="h"), keras.layers.Dense(1, name="out")])
+    model.compile(optimizer="adam", loss="mse")
+    model.save(tmp_path / "reg.keras")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "reg.npz", x=rng.normal(size=(64, 4)), y=rng.normal(size=(64, 1)))
+    result = cli(
+        "prune", tmp_path / "reg.keras", "--data", tmp_path / "reg.npz", "--max-accuracy-drop", "0.1",
+        "-o", tmp_path / "o.keras",
+    )  # fmt: skip
+    assert result.exit_code == 2 and "no accuracy can be compared" in result.stderr
+    assert "scoring" not in result.stderr and not (tmp_path / "o.keras").exists()
+
+
+def test_a_threshold_held_at_the_floor_says_so(cli, tmp_path, trained):
+    report = tmp_path / "t.json"
+    result = cli("prune", trained / "m.keras", "-t", "1e9", "-o", tmp_path / "t.keras", "-r", report, "-q")
+    assert result.exit_code == 0, result.output
+    notes = json.loads(report.read_text())["notes"]
+    assert any("hidden1/kernel: kept" in n and "(min_keep)" in n for n in notes), notes
