@@ -11,11 +11,14 @@ archive, no pickle anywhere, written deterministically (entries in a fixed order
 
 The manifest holds `format` ("prunecli-plan"), `version` (1), `prunecli_version`, `settings` (the
 run's options, as in the report), `granularity`, `architecture` ({"layers": [[name, class]...],
-"weights": [[path, shape, dtype]...], "sha256": of those two}), `weights_sha256` (of the weights
-the masks were computed from: each weight's path, dtype, shape and bytes in model order), `targets`
+"weights": [[name, shape, dtype]...], "sha256": of those two}), `weights_sha256` (of the weights
+the masks were computed from: each weight's name, dtype, shape and bytes in model order), `targets`
 (one per pruned tensor: name, layer, class, shape, unit_axis, size, kept, requested_sparsity, mask
 entry and, for neuron pruning, `removed_units`), and `structure` (what a structural run removed:
-kept features, removed layers, heads), present when the run removed structure.
+kept features, removed layers, heads), present when the run removed structure. A weight's name is
+its layer's place in the layer tree and its path inside that layer (`weight_names`): the same whether
+the model was loaded from .keras or .h5. What is read back is checked for the types prunecli writes
+(`manifest_problem`): an edited plan is an InputError naming the entry.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from prunecli.errors import InputError, OutputError, first_line
+from prunecli.errors import ConfigError, InputError, OutputError, first_line
 from prunecli.messages import shown
 
 FORMAT = "prunecli-plan"
@@ -83,24 +86,26 @@ class Plan:
 
 
 def architecture(model) -> dict:
-    """Layer names and classes (Keras' own order, nested models included) and every weight's path,
-    shape and dtype, with a sha256 of both: what two checkpoints of one architecture share."""
+    """Layer names and classes (Keras' own order, nested models included) and every weight's name
+    (`weight_names`), shape and dtype, with a sha256 of both: what two checkpoints of one architecture share."""
     from prunecli.structure import keras_graph
 
     layers = [[str(layer.name), type(layer).__name__] for layer in keras_graph.all_layers(model) if layer is not model]
-    weights = [[_path(v), [int(d) for d in v.shape], _dtype(v)] for v in model.weights]
+    names = weight_names(model)
+    weights = [[_path(v, names, model), [int(d) for d in v.shape], _dtype(v)] for v in model.weights]
     body = {"layers": layers, "weights": weights}
     return {**body, "sha256": hashlib.sha256(_canonical(body)).hexdigest()}
 
 
 def weights_sha256(model) -> str:
-    """A hash of the model's weight values (path, dtype, shape and bytes of each, in model order)."""
+    """A hash of the model's weight values (name, dtype, shape and bytes of each, in model order)."""
     import numpy as np
 
+    names = weight_names(model)
     h = hashlib.sha256()
     for v in model.weights:
         value = np.ascontiguousarray(np.asarray(v))
-        h.update(f"{_path(v)}\0{value.dtype.str}\0{value.shape}\0".encode())
+        h.update(f"{_path(v, names, model)}\0{value.dtype.str}\0{value.shape}\0".encode())
         h.update(value.tobytes())
     return h.hexdigest()
 
@@ -108,6 +113,53 @@ def weights_sha256(model) -> str:
 def fingerprint(model) -> dict:
     """Both fingerprints of a model as loaded: take it before anything changes the weights."""
     return {"architecture": architecture(model), "weights_sha256": weights_sha256(model)}
+
+
+def weight_names(model) -> dict[int, str]:
+    """{id(variable): name} for the model's weights: the place of the layer holding it in the layer tree
+    (nested models' and layers' names, as structure.targets names them: "inner/i1") and its path inside
+    that layer ("kernel", "query/kernel"). Keras' `variable.path` is not that: a model loaded from .h5
+    builds its layers inside its models' name scopes, so one weight is "sequential/d1/kernel" there and
+    "d1/kernel" from .keras, and a nested model's weights carry its name from .h5 only."""
+    from prunecli.structure import keras_graph
+
+    names: dict[int, str] = {}
+
+    def visit(layer, prefix: str) -> None:
+        place = f"{prefix}/{layer.name}" if prefix else str(layer.name)
+        if keras_graph.is_model(layer):
+            for child in keras_graph.children(layer):
+                visit(child, place)
+            return
+        scope = str(getattr(layer, "path", None) or layer.name)
+        for v in layer.weights:
+            names.setdefault(id(v), f"{place}/{stable_path(_inside(v, scope, str(layer.name)))}")
+
+    for child in keras_graph.children(model):
+        visit(child, "")
+    return names
+
+
+def _inside(variable, scope: str, layer_name: str) -> str:
+    """The variable's path inside the layer whose name scope is `scope` (its `path`); a variable created
+    outside that scope: the part after the layer's name, or its whole path."""
+    path = str(getattr(variable, "path", None) or getattr(variable, "name", ""))
+    if path.startswith(scope + "/"):
+        return path[len(scope) + 1 :]
+    parts = path.split("/")
+    last = max((i for i, part in enumerate(parts[:-1]) if part == layer_name), default=None)
+    return path if last is None else "/".join(parts[last + 1 :])
+
+
+def _same_weight(planned, found) -> bool:
+    """One weight entry ([name, shape, dtype]) of the plan and of the model. A plan written before weights
+    were named by `weight_names` holds Keras' paths: with the model's name in front (a .h5 load), or
+    without a nested model's (a .keras load); either is the same weight when the rest of its name, its
+    shape and its dtype agree (the layers, compared first, must match exactly)."""
+    if list(planned[1:]) != list(found[1:]):
+        return False
+    a, b = str(planned[0]), str(found[0])
+    return a == b or a.endswith("/" + b) or b.endswith("/" + a)
 
 
 def first_mismatch(expected: dict, model, names_only: bool = False) -> str | None:
@@ -128,12 +180,45 @@ def first_mismatch(expected: dict, model, names_only: bool = False) -> str | Non
         if kind == "weights":  # a plan written before the counts were dropped
             a = [[stable_path(str(entry[0])), *entry[1:]] for entry in a]
         for i, (x, y) in enumerate(zip(a, b, strict=False)):
-            if list(x) != list(y) and not (kind == "layers" and _both_inputs(x, y)):
+            same = _both_inputs(x, y) if kind == "layers" else _same_weight(x, y)
+            if list(x) != list(y) and not same:
                 return f"{kind[:-1]} {i}: the plan has {_describe(kind, x)}, the model {_describe(kind, y)}"
         if len(a) != len(b):
             extra = _describe(kind, (b if len(b) > len(a) else a)[min(len(a), len(b))])
             return f"the plan has {len(a)} {kind}, the model {len(b)} (first unmatched: {extra})"
-    return None  # every entry equal: the hashes differed only by weights' auto-name counts
+    return None  # every entry equal: the hashes differed only by weights' auto-name counts or old names
+
+
+def without_layers(expected: dict, removed, present) -> dict:
+    """The architecture of a `-g layer` run's output, from its plan's (the input's) `expected`: without the
+    `removed` layers, what they held (the layers listed right after a removed one that the output lacks,
+    `present` being its layer names, and that own no weight of the plan: a removed nested model's layers
+    and input), and their weights. The layers that stay keep their names, order and weights."""
+    layers = [list(entry) for entry in expected.get("layers", [])]
+    weights = [list(entry) for entry in expected.get("weights", [])]
+    names = {str(entry[0]) for entry in layers}
+    owners = {_owner(str(entry[0]), names) for entry in weights}
+    gone, inside = set(map(str, removed)), False
+    for name, kind in layers:
+        if name in gone:
+            inside = True
+        elif inside and (name not in present or kind == "InputLayer") and name not in owners:
+            gone.add(name)
+        else:
+            inside = False
+    return {
+        "layers": [entry for entry in layers if entry[0] not in gone],
+        "weights": [entry for entry in weights if _owner(str(entry[0]), names) not in gone],
+    }
+
+
+def _owner(weight: str, layer_names: set) -> str:
+    """The top-level layer a weight name starts with (a plan from before `weight_names`, of a .h5 load,
+    starts with the model's name: skipped)."""
+    parts = weight.split("/")
+    if len(parts) > 2 and parts[0] not in layer_names:
+        parts = parts[1:]
+    return parts[0]
 
 
 def _both_inputs(planned, found) -> bool:
@@ -149,8 +234,13 @@ def _describe(kind: str, entry) -> str:
     return f"{shown(entry[0])!r} {tuple(entry[1])} {entry[2]}"
 
 
-def _path(v) -> str:
-    return stable_path(str(getattr(v, "path", None) or getattr(v, "name", "")))
+def _path(v, names: dict, model) -> str:
+    """The weight's name (`weight_names`); a weight no layer holds (a model's own): its path without the
+    model's name."""
+    if id(v) in names:
+        return names[id(v)]
+    path = stable_path(str(getattr(v, "path", None) or getattr(v, "name", "")))
+    return path.removeprefix(f"{model.name}/")
 
 
 _AUTO_NAME = re.compile(r"(^|/)variable_\d+$")
@@ -323,6 +413,9 @@ def _check_manifest(p: Path, manifest) -> None:
         raise InputError(f"{shown(p)} is not a prunecli plan file (no '{FORMAT}' manifest)")
     if manifest.get("version") != VERSION:
         raise InputError(f"plan {shown(p)} has version {manifest.get('version')!r}; this prunecli reads {VERSION}")
+    problem = manifest_problem(manifest)
+    if problem:
+        raise InputError(f"{shown(p)} is not a prunecli plan file ({problem})")
     said = manifest.get("settings", {}).get("granularity")
     if said is not None and str(said) != str(manifest.get("granularity", "element")):  # one of the two edited
         raise InputError(
@@ -338,6 +431,155 @@ def _check_manifest(p: Path, manifest) -> None:
             raise InputError(f"plan {shown(p)}: target {shown(t.get('name'))} has an inconsistent shape or mask")
         if "unit_axis" in t and not -len(shape) <= int(t["unit_axis"]) < len(shape):
             raise InputError(f"plan {shown(p)}: target {shown(t.get('name'))} has unit axis {t['unit_axis']}")
+
+
+# What a file prunecli wrote holds, checked where it is read (an edited plan or report is an InputError
+# that names the entry, not a TypeError deep in a check): (where, value, predicate, what it should be).
+
+
+def is_int(value) -> bool:
+    """A JSON integer (not a bool, which Python counts as one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """A finite JSON number (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_ints(value) -> bool:
+    return isinstance(value, list) and all(is_int(v) for v in value)
+
+
+def is_texts(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def is_object(value) -> bool:
+    return isinstance(value, dict)
+
+
+def is_text(value) -> bool:
+    return isinstance(value, str)
+
+
+def optional(predicate):
+    """The predicate, or null."""
+    return lambda value: value is None or predicate(value)
+
+
+def first_problem(fields) -> str | None:
+    """ "<where> is <value>, not <what>" for the first (where, value, predicate, what) whose value fails its
+    predicate, or None."""
+    for where, value, predicate, what in fields:
+        if not predicate(value):
+            return f"{where} is {_short(value)}, not {what}"
+    return None
+
+
+def _short(value) -> str:
+    text = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_layer_entry(entry) -> bool:
+    return isinstance(entry, list) and len(entry) == 2 and is_texts(entry)
+
+
+def _is_weight_entry(entry) -> bool:
+    return isinstance(entry, list) and len(entry) == 3 and is_text(entry[0]) and is_ints(entry[1]) and is_text(entry[2])
+
+
+def is_bool(value) -> bool:
+    return isinstance(value, bool)
+
+
+# the run's options that `apply` and `verify` read back from a plan's or report's `settings`
+SETTINGS_READ = {
+    "granularity": (is_text, "text"),
+    "seed": (is_int, "an integer"),
+    "batch_size": (is_int, "an integer"),
+    "val_split": (is_number, "a number"),
+    "min_keep": (is_number, "a number"),
+    "allow_empty": (is_bool, "true or false"),
+    "shrink": (is_bool, "true or false"),
+    "quantize": (is_text, "text"),
+}
+
+
+def settings_problem(settings: dict) -> str | None:
+    """The first of the options read back (SETTINGS_READ) that is neither null nor of its type, or a
+    granularity prunecli does not write; None when all are."""
+    from prunecli.config.fields import Granularity
+
+    fields = [(f"settings.{k}", settings.get(k), optional(p), what) for k, (p, what) in SETTINGS_READ.items()]
+    problem = first_problem(fields)
+    if problem is None and settings.get("granularity") is not None:
+        try:
+            Granularity.parse(settings["granularity"])
+        except ConfigError:
+            return f"settings.granularity {_short(settings['granularity'])} is not one prunecli writes"
+    return problem
+
+
+def manifest_problem(manifest: dict) -> str | None:
+    """The first entry of a plan's manifest that is not of the type prunecli writes (an edited plan), or
+    None: checked when the plan is read, so nothing later meets a string where it counts on a list."""
+    from prunecli.config.fields import Granularity
+
+    m = manifest
+    problem = first_problem(
+        [
+            ("settings", m.get("settings", {}), is_object, "an object"),
+            ("granularity", m.get("granularity", "element"), is_text, "text"),
+            ("architecture", m.get("architecture"), is_object, "an object"),
+            ("weights_sha256", m.get("weights_sha256", ""), is_text, "text"),
+            (
+                "targets",
+                m.get("targets"),
+                lambda v: isinstance(v, list) and all(map(is_object, v)),
+                "a list of objects",
+            ),
+            ("structure", m.get("structure", {}), is_object, "an object"),
+        ]
+    )
+    problem = problem or settings_problem(m.get("settings", {}))
+    if problem:
+        return problem
+    try:
+        Granularity.parse(m.get("granularity", "element"))
+    except ConfigError:
+        return f"granularity {_short(m.get('granularity'))} is not one prunecli writes"
+    arch, structure = m["architecture"], m.get("structure", {})
+    fields = [
+        (
+            "architecture.layers",
+            arch.get("layers"),
+            lambda v: isinstance(v, list) and all(map(_is_layer_entry, v)),
+            "a list of [name, class]",
+        ),
+        (
+            "architecture.weights",
+            arch.get("weights"),
+            lambda v: isinstance(v, list) and all(map(_is_weight_entry, v)),
+            "a list of [name, shape, dtype]",
+        ),
+        ("architecture.sha256", arch.get("sha256", ""), is_text, "text"),
+        ("structure.removed_layers", structure.get("removed_layers", []), is_texts, "a list of layer names"),
+        ("structure.opened", structure.get("opened", []), is_texts, "a list of layer names"),
+    ]
+    for i, t in enumerate(m["targets"]):
+        fields += [
+            (f"target {i} name", t.get("name"), is_text, "text"),
+            (f"target {i} shape", t.get("shape"), lambda v: is_ints(v) and min(v, default=0) >= 0, "a list of sizes"),
+            (f"target {i} size", t.get("size"), is_int, "an integer"),
+            (f"target {i} mask", t.get("mask"), is_text, "text"),
+            (f"target {i} kept", t.get("kept", 0), is_int, "an integer"),
+            (f"target {i} unit_axis", t.get("unit_axis", 0), is_int, "an integer"),
+            (f"target {i} requested_sparsity", t.get("requested_sparsity"), optional(is_number), "a number"),
+            (f"target {i} removed_units", t.get("removed_units", []), is_ints, "a list of integers"),
+        ]
+    return first_problem(fields)
 
 
 def _check_kept(plan: Plan) -> None:
