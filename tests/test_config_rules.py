@@ -82,3 +82,24 @@ def test_the_api_given_objects_instead_of_settings_says_so():
         prunecli.prune({"model_path": "m.keras", "sparsity": 0.5})
     with pytest.raises(ConfigError, match="invalid value for output"):
         prunecli.build_config({"model_path": "m.keras", "output": b"o.keras"}, environ={})
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ({"normalize": "erk", "scope": "layer"}, "with --scope layer each layer is pruned on its own"),
+        ({"normalize": "owl", "scope": "global", "threshold": 0.01, "sparsity": None}, "with --threshold"),
+        ({"initial_sparsity": 0.9, "epochs": 1}, "is above --sparsity 0.5"),
+    ],
+)
+def test_an_option_the_run_would_not_read_is_refused(settings, says):
+    """An audit found `--normalize erk --scope layer` ignored without a word, and a gradual schedule asked
+    to fall from --initial-sparsity 0.9 to --sparsity 0.5 accepted."""
+    from prunecli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=says):
+        build_config({"model_path": "m.keras", "sparsity": 0.5, **settings}, environ={})
+
+
+def test_a_per_layer_budget_with_a_global_ranking_is_accepted():
+    assert build_config({"model_path": "m.keras", "sparsity": 0.5, "normalize": "erk"}, environ={}).scope == "global"

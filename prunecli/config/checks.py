@@ -21,6 +21,7 @@ from prunecli.config.fields import (
     LR_SCHEDULES,
     MEASURED,
     NORMALIZE_CHOICES,
+    PER_LAYER_BUDGETS,
     QAT_CHOICES,
     QAT_MODES,
     QUANTIZE_MODES,
@@ -209,6 +210,13 @@ def _check_choices(c: PruneConfig) -> None:
         raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {c.schedule!r}")
     if c.engine not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {c.engine!r}")
+    if c.normalize in PER_LAYER_BUDGETS and (c.scope == "layer" or c.threshold is not None):
+        # a choice the run would not read: each layer then loses its own share, ranked alone
+        raise ConfigError(
+            f"--normalize {c.normalize} shares one sparsity budget out among the layers, which only --scope global"
+            f" without --threshold ranks together; with {'--threshold' if c.threshold is not None else '--scope layer'}"
+            " each layer is pruned on its own"
+        )
 
 
 def _check_ranges(c: PruneConfig) -> None:
@@ -217,6 +225,11 @@ def _check_ranges(c: PruneConfig) -> None:
         raise ConfigError(f"min_keep must be in [0, 1], got {c.min_keep:g}")
     if not 0.0 <= c.initial_sparsity < 1.0:
         raise ConfigError(f"initial_sparsity must be in [0, 1), got {c.initial_sparsity!r}")
+    if c.initial_sparsity > 0 and c.sparsity is not None and c.initial_sparsity > c.sparsity:
+        raise ConfigError(
+            f"--initial-sparsity {c.initial_sparsity:g} is above --sparsity {c.sparsity:g}: a gradual schedule"
+            " rises from the first to the second"
+        )
     if not 0.0 <= c.val_split < 1.0:
         raise ConfigError(f"val_split must be in [0, 1), got {c.val_split:g}")
     for o in c.overrides:

@@ -31,6 +31,8 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
     (run/auto.py) first; the run; then the report files the config names (`report`, `markdown`; "-",
     standard output, is the CLI's to print). Quality gates are checked by `check_gates(result.report,
     config)`, after the report is written."""
+    if not isinstance(config, PruneConfig):  # a dict of settings, say: one line, not an AttributeError
+        raise ConfigError("prune() takes a PruneConfig: prunecli.prune(prunecli.build_config({...}))")
     if config.auto:
         from prunecli.run import auto
 
@@ -192,8 +194,6 @@ def _start(config: PruneConfig, progress: steps.Progress):
     from prunecli.run.preflight import plan_prune
     from prunecli.scoring.checks import check_method
 
-    if not isinstance(config, PruneConfig):  # a dict of settings, say: one line, not an AttributeError
-        raise ConfigError("prune() takes a PruneConfig: prunecli.prune(prunecli.build_config({...}))")
     check_method(config.method, bool(config.data))
     out, _plan = plan_prune(config)
     if config.engine == "tfmot" and config.save_plan:
