@@ -507,6 +507,19 @@ def build_faces_sklesion(ctx, n=64):
     return {f"x_{names[0]}": x, f"x_{names[1]}": meta}, None, None
 
 
+def build_faces_capricorn(ctx, n=64):
+    """capricorn-ai's input: a 224x224 RGB image divided by 255 (its utils.preprocess_input)."""
+    return {"x": face_images(ctx, 224, False, n=n) / 255.0}, None, None
+
+
+def build_frames_vvad(ctx, n=16, frames=38):
+    """vvadlrs3's clips: 38 frames of 50x100 RGB lips, each clip divided by its largest absolute value
+    (its Sample._normalize). Each clip is one face's lower half, drifting a pixel per frame."""
+    lips = face_images(ctx, 100, False, n=n)[:, 50:]  # (n, 50, 100, 3): the mouth's half of the crop
+    clips = np.stack([np.roll(lips, t % 7 - 3, axis=2) for t in range(frames)], axis=1)
+    return {"x": (clips / np.abs(clips).max(axis=(1, 2, 3, 4), keepdims=True)).astype(np.float32)}, None, None
+
+
 class _NoGlobals(pickle.Unpickler):
     """Reads a pickle of plain containers (dict/list/str/int) without running code: any class or
     function reference in it is refused."""

