@@ -215,6 +215,7 @@ def cudnn_h5(tmp_path_factory):
     return path, x, expected
 
 
+@pytest.mark.slow
 def test_cudnn_file_loads_as_the_same_network(cudnn_h5):
     path, x, expected = cudnn_h5
     info = model_io.inspect_file(path)
@@ -226,6 +227,7 @@ def test_cudnn_file_loads_as_the_same_network(cudnn_h5):
     assert "gru1" in note and "CuDNNGRU as GRU(reset_after=True" in note and "CuDNNLSTM as LSTM" in note
 
 
+@pytest.mark.slow
 def test_inspect_says_how_cudnn_layers_were_read(cli, cudnn_h5):
     path, _, _ = cudnn_h5
     result = cli("inspect", path, "--json")

@@ -374,7 +374,7 @@ def test_three_rounds_of_unknown_arguments_are_each_dropped(tmp_path):
     assert model.get_layer("drop").rate == 0.1
 
 
-@pytest.mark.parametrize("sequential", [False, True])
+@pytest.mark.parametrize("sequential", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_a_masked_rnn_shrinks_into_an_h5_that_keeps_its_mask(cli, tmp_path, sequential):
     """Keras 3 records a Masking layer's mask as `not_equal`/`any` nodes its .h5 reader cannot read back
     ("Unknown layer: 'NotEqual'"), so `--shrink -o out.h5` was refused (astrorapid, bench/ZOO.md). The
@@ -427,6 +427,7 @@ def test_an_h5_output_of_a_mask_the_model_computes_itself_is_refused_before_the_
     assert not (tmp_path / "o.h5").exists()
 
 
+@pytest.mark.slow
 def test_an_embedding_mask_survives_a_shrink_into_an_h5(cli, tmp_path):
     """Embedding(mask_zero=True)'s mask is a `not_equal` node in Keras 3's graph, as in nakdimon's
     BiLSTM (bench/ZOO.md): the shrunk .h5 reads back and computes what the .keras output computes."""

@@ -37,7 +37,7 @@ def trained(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("mode", ["int4", "int8"])
+@pytest.mark.parametrize("mode", ["int4", pytest.param("int8", marks=pytest.mark.slow)])
 def test_a_quantized_run_reports_the_zeros_its_file_holds(cli, tmp_path, trained, mode):
     out, report = tmp_path / "q.keras", tmp_path / "q.json"
     result = cli("prune", trained / "m.keras", "-s", "0.02", "--quantize", mode, "-o", out, "-r", report, "-q")
@@ -63,6 +63,7 @@ def test_the_quality_gate_judges_the_quantized_model_that_is_written(cli, tmp_pa
     assert not out.exists() and claims["output"]["written"] is False
 
 
+@pytest.mark.slow
 def test_the_python_api_writes_the_report_files_and_withholds_a_failed_model(tmp_path, trained):
     from prunecli import build_config, prune
     from prunecli.errors import GateFailed
@@ -86,6 +87,7 @@ def test_the_python_api_writes_the_report_files_and_withholds_a_failed_model(tmp
         check_gates(result.report, failing)
 
 
+@pytest.mark.slow
 def test_the_python_api_runs_auto_as_the_cli_does(tmp_path, trained):
     from prunecli import build_config, prune
 
@@ -118,6 +120,7 @@ def test_an_accuracy_gate_on_a_regression_is_refused_before_the_work(cli, tmp_pa
     assert "scoring" not in result.stderr and not (tmp_path / "o.keras").exists()
 
 
+@pytest.mark.slow
 def test_a_threshold_held_at_the_floor_says_so(cli, tmp_path, trained):
     report = tmp_path / "t.json"
     result = cli("prune", trained / "m.keras", "-t", "1e9", "-o", tmp_path / "t.keras", "-r", report, "-q")
