@@ -277,6 +277,7 @@ def test_outputs_are_compared_as_what_they_are():
     assert outputs.error([[np.log(q) + 3.0]], logits, ["logits"]) == pytest.approx(kl)
 
 
+@pytest.mark.slow
 def test_allocations_are_compared_on_examples_the_calibration_did_not_read():
     """With held-out examples, every allocation's outputs are compared on them: the magnitude masks'
     error (data-free masks, so reproducible by hand) is their error on the held-out examples, not on the

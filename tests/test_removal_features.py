@@ -89,6 +89,7 @@ def test_method_maps_to_a_feature_score_and_random_is_seeded(noisy):
     assert g["feature_pruning"]["score"] == "gradient"
 
 
+@pytest.mark.slow
 def test_zeroing_and_shrinking_compute_the_same_function(noisy):
     masked = _run(noisy, keep_features=5, output=str(noisy["dir"] / "masked.keras"))
     shrunk = _run(noisy, keep_features=5, shrink=True, output=str(noisy["dir"] / "shrunk.keras"))
@@ -104,6 +105,7 @@ def test_zeroing_and_shrinking_compute_the_same_function(noisy):
     assert layer["name"] == "hidden/kernel" and layer["sparsity"] == pytest.approx(len(removed) / N_FEATURES)
 
 
+@pytest.mark.slow
 def test_excluded_features_stay_by_index_and_name(noisy, tmp_path):
     names = tmp_path / "names.txt"
     names.write_text("\n".join(f"col{i}" for i in range(N_FEATURES)) + "\n")
@@ -201,6 +203,7 @@ def test_untraceable_layer_is_refused_with_its_name(tmp_path):
         prune(build_config({"model_path": str(tmp_path / "ln.keras"), "granularity": "input"}))
 
 
+@pytest.mark.slow
 def test_cli_reports_kept_features_and_flops(cli, noisy, tmp_path):
     report = tmp_path / "r.json"
     res = cli(
