@@ -256,7 +256,7 @@ def test_a_recurrent_unit_with_a_non_zero_rest_value_is_kept():
 @pytest.mark.parametrize(
     ("kind", "merge_mode"),
     [
-        ("GRU", "concat"),
+        pytest.param("GRU", "concat", marks=pytest.mark.slow),
         pytest.param("LSTM", "concat", marks=pytest.mark.slow),
         pytest.param("GRU", "sum", marks=pytest.mark.slow),
         pytest.param("GRU", "mul", marks=pytest.mark.slow),

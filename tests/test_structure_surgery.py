@@ -391,6 +391,7 @@ def test_embedding_columns_go_with_the_rows_that_read_them(tmp_path):
     _check_same_function(masked, s, x, tmp_path)
 
 
+@pytest.mark.slow
 def test_a_quantized_or_lora_embedding_is_left_whole():
     """Surgery slices a float table only: int8 codes carry a scale per token row, LoRA its own factors."""
     import keras

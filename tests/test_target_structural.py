@@ -114,6 +114,7 @@ def test_unreachable_structural_targets_exit_2_in_one_line(cli, heads_file, tmp_
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_plan_head_size_target_writes_nothing(cli, heads_file):
     before = sorted(p.name for p in heads_file.parent.iterdir())
     want = int(heads_file.stat().st_size * 0.7)
