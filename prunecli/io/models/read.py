@@ -348,9 +348,7 @@ def _keras2_archive_config(config: dict) -> dict:
         if not isinstance(inner, dict) or "class_name" not in node:
             continue
         if node.get("class_name") in _MODEL_CLASSES and "engine" in str(node.get("module", "")):
-            kind = "sequential" if node["class_name"] == "Sequential" else "functional"
-            node["module"] = f"keras.src.models.{kind}"
-            node["class_name"] = node["registered_name"] = kind.capitalize()
+            _name_as_keras3_model(node)
         _axis_as_number(inner)
     if isinstance(patched.get("config"), dict):  # one input or output, not a list of one (as .h5 reads)
         _single_ends_as_themselves(patched["config"])
@@ -365,6 +363,23 @@ def _axis_as_number(options: dict) -> bool:
         options["axis"] = axis[0]
         return True
     return False
+
+
+def _name_as_keras3_model(node: dict) -> None:
+    """A Keras-2 / tf_keras model entry ("Model", "tf_keras.src.engine.functional") named, in place, as
+    the Keras 3 class Keras 3's deserialiser locates."""
+    kind = "sequential" if node["class_name"] == "Sequential" else "functional"
+    node.update(module=f"keras.src.models.{kind}", class_name=kind.capitalize(), registered_name=kind.capitalize())
+
+
+def _nested_model_as_keras3_reads_it(options: dict) -> bool:
+    """A nested Keras-2 model's config (`options`) as Keras 3 reads one, in place: its layers' one-element
+    `axis` lists as numbers and its one input and output as themselves; whether it changed anything."""
+    changed = False
+    for layer in options.get("layers", []):
+        if isinstance(layer, dict) and isinstance(layer.get("config"), dict):
+            changed = _axis_as_number(layer["config"]) or changed
+    return _single_ends_as_themselves(options) or changed
 
 
 def _single_ends_as_themselves(options: dict) -> bool:
@@ -409,10 +424,7 @@ def _with_nested_models_as_keras3_reads_them(config: dict) -> dict:
                 ref[1] -= 1
                 changed = True
         if nested:
-            for layer in layers:
-                if isinstance(layer, dict) and isinstance(layer.get("config"), dict):
-                    changed = _axis_as_number(layer["config"]) or changed
-            changed = _single_ends_as_themselves(inner) or changed
+            changed = _nested_model_as_keras3_reads_it(inner) or changed
         for layer in layers:
             if isinstance(layer, dict) and layer.get("class_name") in _MODEL_CLASSES:
                 visit(layer, True)
@@ -439,8 +451,8 @@ def _with_wrapped_models_as_keras3_reads_them(config: dict) -> dict:
     """A Keras-2 model wrapped in a layer (`TimeDistributed(Model)`: a MobileNet run on every frame of a
     video, vvadlrs3 in bench/ZOO.md) said as Keras 3 reads it. Keras 3 reads a wrapper's layer with its
     own deserialiser, which knows no class "Model" without a module ("Could not locate class 'Model'"), nor
-    tf_keras' "tf_keras.src.engine.functional"; named as Keras 3's Functional, with its one input and output as themselves and its one-element
-    `axis` lists as numbers (as for a nested model), it reads. Returns `config` itself when no wrapper
+    tf_keras' "tf_keras.src.engine.functional"; named as Keras 3's Functional and read as a nested model
+    (`_nested_model_as_keras3_reads_it`), it reads. Returns `config` itself when no wrapper
     holds a model."""
     patched = json.loads(json.dumps(config))
     changed = False
@@ -450,14 +462,9 @@ def _with_wrapped_models_as_keras3_reads_them(config: dict) -> dict:
             continue
         if "module" in inner and "engine" not in str(inner["module"]):  # tf_keras' "tf_keras.src.engine..."
             continue
-        kind = "sequential" if inner["class_name"] == "Sequential" else "functional"
-        inner.update(module=f"keras.src.models.{kind}", class_name=kind.capitalize(), registered_name=kind.capitalize())
-        options = inner.get("config")
-        if isinstance(options, dict):
-            _single_ends_as_themselves(options)
-            for layer in options.get("layers", []):
-                if isinstance(layer, dict) and isinstance(layer.get("config"), dict):
-                    _axis_as_number(layer["config"])
+        _name_as_keras3_model(inner)
+        if isinstance(inner.get("config"), dict):
+            _nested_model_as_keras3_reads_it(inner["config"])
         changed = True
     return patched if changed else config
 

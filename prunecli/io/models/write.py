@@ -298,31 +298,30 @@ def save(
                 shutil.copyfile(source.path, tmp)
                 write_h5_weights(model, tmp)
             else:
-                h5 = out.suffix in (".h5", ".hdf5")
-                if h5:
-                    check_h5_writable(model, out)
+                left_out = check_h5_writable(model, out) if out.suffix in (".h5", ".hdf5") else set()
                 tmp.unlink()  # Keras writes the file itself
                 with quiet_keras():
                     _drop_optimizer_state(model)
                     model.save(tmp)
-                if h5:
-                    _leave_out_implicit_masks(model, tmp)
+                if left_out:
+                    _leave_out_implicit_masks(tmp, left_out)
     except OSError as exc:
         raise write_error(out, exc) from exc
 
 
-def check_h5_writable(model, out: Path) -> None:
+def check_h5_writable(model, out: Path) -> set[str]:
     """Refuse an .h5 that Keras 3 would write but not read back: its legacy HDF5 writer stores a graph
     node that calls a Keras operation outside any layer (`h + f(h)`, `keras.ops.add`) in a form its
     reader rejects ("too many positional arguments"), so the run would end with exit 0 and a file no
     one can load. A run checks this right after loading (run/steps.load), before any work; saving
-    checks it again for the Python API's own calls."""
+    checks it again for the Python API's own calls. Returns the mask-only operations the file leaves
+    out (keras_graph.implicit_mask_operations), which reading it derives again."""
     import keras
 
     from prunecli.structure import keras_graph
 
     if keras_graph.functional(model) is None or isinstance(model, keras.Sequential):
-        return  # a Sequential's file lists its layers, not its graph
+        return set()  # a Sequential's file lists its layers, not its graph
     left_out = keras_graph.implicit_mask_operations(model)
     ops = sorted(
         {
@@ -336,9 +335,10 @@ def check_h5_writable(model, out: Path) -> None:
             f"cannot write {out}: the model calls Keras operations outside layers ({', '.join(ops[:3])}), which"
             " Keras' .h5 format does not read back; write a .keras file instead"
         )
+    return left_out
 
 
-def _leave_out_implicit_masks(model, path: Path) -> None:
+def _leave_out_implicit_masks(path: Path, left_out: set[str]) -> None:
     """Rewrite an .h5 file's model config without the operations that only compute the masks Keras
     passes along by itself (keras_graph.implicit_mask_operations) and without the `mask` arguments they
     fed: Keras 3 records a Masking layer's mask as `not_equal`/`any` nodes, which its .h5 reader cannot
@@ -346,15 +346,6 @@ def _leave_out_implicit_masks(model, path: Path) -> None:
     import json
 
     import h5py
-    import keras
-
-    from prunecli.structure import keras_graph
-
-    if isinstance(model, keras.Sequential):
-        return
-    left_out = keras_graph.implicit_mask_operations(model)
-    if not left_out:
-        return
 
     def producers(value) -> list[str]:  # the layers whose serialised tensors `value` holds
         if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
