@@ -380,3 +380,28 @@ def test_a_keras3_archive_whose_nested_model_wrote_its_output_as_a_list_of_one_r
     np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-6)
     result = cli("prune", path, "-s", "0.5", "-o", tmp_path / "out.keras", "-q")
     assert result.exit_code == 0, result.output
+
+
+def test_a_tf_keras_tf_concat_is_a_join_that_shrinks(tmp_path, cli):
+    """astro-delight's Keras-2 file (bench/ZOO.md) joins shared convolutions' flattened outputs with
+    `tf.concat(..., axis=1)`, a TFOpLambda: its inputs' filters shrink through it (they were kept whole
+    as "not a layer surgery can slice"), and so do units read through `tf.nn.relu` and `h * 2.0`; the
+    shrunk model computes the masked one (the shrink step checks) and reloads."""
+    import keras
+    import tensorflow as tf
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(3)
+    inp = tf_keras.Input((6, 6, 1))
+    rotated = tf.image.rot90(inp)
+    conv = tf_keras.layers.Conv2D(8, 3, name="conv")
+    joined = tf.concat([tf_keras.layers.Flatten()(conv(inp)), tf_keras.layers.Flatten()(conv(rotated))], axis=1)
+    hidden = tf.nn.relu(tf_keras.layers.Dense(12, name="hidden")(joined)) * 2.0
+    model = tf_keras.Model(inp, tf_keras.layers.Dense(2, name="head")(hidden))
+    model.save(tmp_path / "concat.h5")
+    result = cli("prune", tmp_path / "concat.h5", "-g", "neuron", "-s", "0.5", "--shrink", "-o", tmp_path / "out.keras")
+    assert result.exit_code == 0, result.output
+    assert "not a layer surgery can slice" not in result.output
+    shrunk = keras.saving.load_model(tmp_path / "out.keras")
+    assert shrunk.get_layer("conv").filters == 4 and shrunk.get_layer("hidden").units == 6
+    assert shrunk.get_layer("hidden").kernel.shape[0] == 2 * 4 * 4 * 4

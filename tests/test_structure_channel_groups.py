@@ -209,3 +209,22 @@ def test_untied_sequential_model_keeps_the_policy_selection(scope):
     _, alone = _masks(model, model_for_graph=None, sparsity=0.5, scope=scope)
     assert all((np.asarray(result.masks[k]) == np.asarray(alone.masks[k])).all() for k in alone.masks)
     assert not any("pruned as one" in n for n in result.notes)
+
+
+def test_a_keras_ops_concatenate_joins_channels_as_the_concatenate_layer_does():
+    """`keras.ops.concatenate` in a functional graph is recorded as an operation, not a layer: its
+    inputs' filters shrink through it as through a Concatenate layer (they were kept whole)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="a")(inp)
+    b = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="b")(inp)
+    joined = keras.ops.concatenate([a, keras.ops.relu(b) * 2.0], axis=-1)
+    out = keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling2D()(joined))
+    s, masked, kept = _mask_and_shrink(keras.Model(inp, out))
+    assert s.model.get_layer("a").filters == kept["a"] < 8 and s.model.get_layer("b").filters == kept["b"] < 6
+    assert s.sections["shrink"]["groups_kept_whole"] == []
+    x = np.random.default_rng(1).standard_normal((4, 8, 8, 3)).astype("float32")
+    want, got = np.asarray(masked(x)), np.asarray(s.model(x))
+    assert np.abs(want - got).max() <= 1e-4 * np.abs(want).max()

@@ -28,6 +28,7 @@ from prunecli.config import FEATURE_SCORES
 from prunecli.errors import ConfigError, InputError
 from prunecli.results import StepResult
 from prunecli.structure import layers as layer_table
+from prunecli.structure.channels import concat_axis
 
 _FROM_METHOD = {
     "gradient": "gradient",
@@ -167,7 +168,7 @@ def _follow(node, tensor, positions, i: int, name: str, found: dict, path: dict,
         inner = math.prod(d for d in in_shape[1:-1])
         width = int(in_shape[-1])
         return [(node.outputs[0], [[k * width + p for k in range(inner) for p in pos] for pos in positions])]
-    if cls == "Concatenate" and layer.axis in (-1, len(in_shape) - 1):
+    if layer_table.spec(layer).role == "concat" and concat_axis(layer, node) in (-1, len(in_shape) - 1):
         offset = 0
         for t in node.input_tensors:
             if t is tensor:

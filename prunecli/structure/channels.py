@@ -217,8 +217,8 @@ def classify(layer, in_shapes: list[tuple], out_shapes: list[tuple], node=None) 
     if role == "input":
         return "input", None
     if layers.is_operation(layer):
-        label = f"{layer.name} (operation {cls})"
-        if role not in ("channelwise", "merge"):
+        label = f"{layer.name} (tf.{layer.function})" if hasattr(layer, "function") else f"{layer.name} (operation {cls})"
+        if role not in ("channelwise", "merge", "concat"):
             return "other", f"{label} is not an operation the channel graph understands"
         if node is not None and not all(_scalar(a) for a in keras_graph.constant_arguments(node)):
             return "other", f"{label} has a constant operand that is not a single number"
@@ -266,12 +266,21 @@ def classify(layer, in_shapes: list[tuple], out_shapes: list[tuple], node=None) 
     if role in ("merge", "concat"):
         if len(out_shapes) != 1 or len({len(s) for s in in_shapes + out_shapes}) != 1:
             return "other", f"{label} joins tensors of different ranks"
-        if role == "concat" and layer.axis in channel_axes:
+        if role == "concat" and concat_axis(layer, node) in channel_axes:
             return "concat", None
         return "merge", None
     if role == "flatten" and one_to_one and _channels_last(layer) and all(d is not None for d in in_shapes[0][1:]):
         return "flatten", None
     return "other", f"{label} is not a layer surgery can slice"
+
+
+def concat_axis(layer, node=None):
+    """The axis a concatenation joins on: a Concatenate layer's or keras.ops.concatenate's own, or the
+    `axis` argument its node recorded (a tf_keras `tf.concat` call; its default is 0, the batch)."""
+    if hasattr(layer, "axis"):
+        return layer.axis
+    kwargs = dict(getattr(getattr(node, "arguments", None), "kwargs", None) or {})
+    return kwargs.get("axis", 0)
 
 
 def _embedding_kind(layer, label: str, in_shapes: list[tuple], out_shapes: list[tuple]) -> tuple[str, str | None]:

@@ -225,6 +225,7 @@ for _name in ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"):
 
 # Keras operations (keras.ops.*) recorded as graph nodes; element-wise unary ones keep channels apart.
 OPS: dict[str, LayerSpec] = {name: LayerSpec("merge") for name in ("Add", "Subtract", "Multiply", "Maximum", "Minimum")}
+OPS["Concatenate"] = LayerSpec("concat")  # keras.ops.concatenate
 for _name in (
     "Relu",
     "Relu6",
@@ -249,6 +250,37 @@ for _name in (
 ):
     OPS[_name] = _POINTWISE
 
+# tf_keras' TFOpLambda layers, as prunecli reads them (io/models/tf_ops.py: one layer class that runs the
+# TensorFlow function a Keras-2 file names), keyed by that function's name: a concatenation joins, the
+# element-wise functions keep channels apart, binary arithmetic is a merge (channelwise with a number).
+TF_CALL = "prunecli>TFOpLambda"  # its registered name; `function` holds the call's name ("concat")
+TF_CALLS: dict[str, LayerSpec] = {"concat": LayerSpec("concat")}
+for _name in ("add", "sub", "mul"):
+    TF_CALLS[f"__operators__.{_name}"] = LayerSpec("merge")
+for _name in ("math.add", "math.subtract", "math.multiply", "math.maximum", "math.minimum", "maximum", "minimum"):
+    TF_CALLS[_name] = LayerSpec("merge")
+for _name in (
+    "nn.relu",
+    "nn.relu6",
+    "nn.elu",
+    "nn.selu",
+    "nn.silu",
+    "nn.swish",
+    "nn.gelu",
+    "nn.leaky_relu",
+    "nn.softplus",
+    "nn.softsign",
+    "math.sigmoid",
+    "math.tanh",
+    "math.abs",
+    "math.negative",
+    "math.square",
+    "identity",
+):
+    TF_CALLS[_name] = _POINTWISE
+for _name in ("image.rot90", "image.flip_left_right", "image.flip_up_down", "image.transpose"):
+    TF_CALLS[_name] = _PLACE  # moves positions, never channels
+
 # Layers whose activation normalises over the channels: their output units are classes (softmax).
 SOFTMAX_LIKE = {"Softmax"}
 
@@ -269,6 +301,8 @@ def spec(layer) -> LayerSpec:
     name = type(layer).__name__
     if not _is_layer(layer):
         return OPS.get(name, OTHER)
+    if _is_tf_call(layer):
+        return TF_CALLS.get(layer.function, OTHER)
     if name in LAYERS:
         return LAYERS[name]
     cls = type(layer)
@@ -278,9 +312,17 @@ def spec(layer) -> LayerSpec:
     return OTHER
 
 
+def _is_tf_call(layer) -> bool:
+    import keras
+
+    return keras.saving.get_registered_name(type(layer)) == TF_CALL and isinstance(getattr(layer, "function", None), str)
+
+
 def is_operation(op) -> bool:
-    """A Keras operation recorded in the graph that is not a layer (no weights, no config)."""
-    return not _is_layer(op)
+    """A recorded call without weights that is re-run with its node's arguments: a Keras operation that
+    is not a layer (keras.ops.add in a functional graph), or a tf_keras TFOpLambda (`tf.concat(..., axis=1)`,
+    `h * 2.0`), whose other arguments are in its node, not its config."""
+    return not _is_layer(op) or _is_tf_call(op)
 
 
 def register(layer_class, record: LayerSpec | None = None, *, like: str | None = None, **fields: Any) -> LayerSpec:
