@@ -217,7 +217,9 @@ def classify(layer, in_shapes: list[tuple], out_shapes: list[tuple], node=None) 
     if role == "input":
         return "input", None
     if layers.is_operation(layer):
-        label = f"{layer.name} (tf.{layer.function})" if hasattr(layer, "function") else f"{layer.name} (operation {cls})"
+        label = (
+            f"{layer.name} (tf.{layer.function})" if hasattr(layer, "function") else f"{layer.name} (operation {cls})"
+        )
         if role not in ("channelwise", "merge", "concat"):
             return "other", f"{label} is not an operation the channel graph understands"
         if node is not None and not all(_scalar(a) for a in keras_graph.constant_arguments(node)):

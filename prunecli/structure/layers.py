@@ -315,7 +315,9 @@ def spec(layer) -> LayerSpec:
 def _is_tf_call(layer) -> bool:
     import keras
 
-    return keras.saving.get_registered_name(type(layer)) == TF_CALL and isinstance(getattr(layer, "function", None), str)
+    return keras.saving.get_registered_name(type(layer)) == TF_CALL and isinstance(
+        getattr(layer, "function", None), str
+    )
 
 
 def is_operation(op) -> bool:
