@@ -246,3 +246,74 @@ def test_shrink_removes_units_of_time_distributed_dense_layers_and_a_plan_replay
     result = cli("apply", plan, path, "-o", replayed, "--shrink", "-q")
     assert result.exit_code == 0, result.output
     assert [w.shape for w in keras.saving.load_model(replayed).weights] == [w.shape for w in small.weights]
+
+
+def _frame_model():
+    """Keras' video idiom, as vvadlrs3 (bench/ZOO.md) has it: a small CNN with BatchNorm and a residual
+    Add run on each of 5 frames by TimeDistributed(Model), then an LSTM."""
+    import keras
+
+    keras.utils.set_random_seed(4)
+    frame = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(12, 3, padding="same", name="conv")(frame)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.ReLU()(h)
+    h = keras.layers.Add()([h, keras.layers.Conv2D(12, 3, padding="same", activation="relu", name="conv2")(h)])
+    h = keras.layers.Flatten()(keras.layers.Conv2D(10, 3, strides=2, activation="relu", name="conv3")(h))
+    cnn = keras.Model(frame, h, name="cnn")
+    bn = cnn.get_layer("bn")
+    rng = np.random.default_rng(0)
+    bn.set_weights([rng.uniform(0.5, 1.5, 12), rng.normal(size=12), rng.normal(size=12), rng.uniform(0.5, 2.0, 12)])
+    clips = keras.Input((5, 8, 8, 3))
+    h = keras.layers.TimeDistributed(cnn, name="frames")(clips)
+    h = keras.layers.LSTM(6, name="lstm")(h)
+    return keras.Model(clips, keras.layers.Dense(2, activation="softmax", name="out")(h))
+
+
+def test_a_model_run_on_every_frame_is_opened_with_its_frames_as_one_batch_and_wrapped_again():
+    from prunecli.structure import flops, rebuild
+
+    model = _frame_model()
+    flat, names, paths = rebuild.opened(model, lambda wrapper: True)
+    assert names == ["frames"] and paths["conv2"] == "frames/cnn/conv2"
+    assert "conv" in {layer.name for layer in flat.layers}  # the CNN's layers are the outer graph's
+    x = np.random.default_rng(1).standard_normal((3, 5, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(flat(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-6)
+    # a multiply-add count reads each frame's convolutions once per frame, as the wrapper runs them
+    assert flops.count(flat)["total"] == flops.count(model.get_layer("frames").layer)["total"] * 5 + sum(
+        row["macs"] for row in flops.count(model)["layers"] if not row["layer"].startswith("frames")
+    )
+    again = rebuild.renested(flat)
+    assert type(again.get_layer("frames")).__name__ == "TimeDistributed"
+    assert again.get_layer("frames").layer.name == "cnn"
+    np.testing.assert_allclose(np.asarray(again(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_shrink_and_target_reach_the_layers_of_a_model_run_on_every_frame(suffix, tmp_path, cli):
+    """vvadlrs3's MobileNet inside TimeDistributed held 89% of the parameters and was never reached:
+    --target params=0.5 was refused and --shrink removed LSTM units only. Now the CNN's filters go, the
+    output wraps the narrower CNN again (Keras' own classes: it loads without prunecli) and computes
+    what the masked model computes."""
+    import keras
+
+    model = _frame_model()
+    path = tmp_path / f"clips{suffix}"
+    model.save(path)
+    out, report = tmp_path / f"small{suffix}", tmp_path / "r.json"
+    result = cli("prune", path, "-g", "neuron", "-s", "0.5", "--shrink", "-o", out, "-r", report, "-q")
+    assert result.exit_code == 0, result.output
+    r = json.loads(report.read_text())
+    assert r["opened"] == ["frames"] and r["shrink"]["verification"]["max_rel_diff"] < 1e-4  # = the masked model
+    small = keras.saving.load_model(out)
+    inner = small.get_layer("frames").layer
+    assert type(small.get_layer("frames")).__name__ == "TimeDistributed"
+    assert (
+        inner.get_layer("conv").filters == inner.get_layer("conv2").filters == 6
+        and inner.get_layer("conv3").filters == 5
+    )
+    assert small.count_params() == r["shrink"]["params_after"] < model.count_params()
+    target = tmp_path / f"target{suffix}"
+    result = cli("prune", path, "--target", "params=0.5", "-o", target, "-q")
+    assert result.exit_code == 0, result.output
+    assert keras.saving.load_model(target).count_params() <= 0.51 * model.count_params()

@@ -30,9 +30,9 @@ def _layer_rows(model, seq_len: int | None) -> dict[str, dict[str, Any]]:
 
     found = flops.calls(model, seq_len=seq_len) or []
     rows = {}
-    for path, layer, ins, outs in found:
+    for path, layer, ins, outs, times in found:
         weights = [np.asarray(w) for w in layer.weights]
-        dense, nonzero = flops.layer_cost(layer, ins, outs)
+        dense, nonzero = (None if c is None else c * times for c in flops.layer_cost(layer, ins, outs))
         row = {
             "class": type(layer).__name__,
             "params": int(sum(w.size for w in weights)),

@@ -193,10 +193,16 @@ def open_nested(model, config: PruneConfig, names=None) -> tuple[StepResult, Pru
     flat, opened, paths = result
     opened = list(dict.fromkeys(opened))
     wrappers = {lay.name for lay in keras_graph.all_layers(model) if rebuild.per_position_wrapper(lay)}
+    per_step = {lay.name for lay in keras_graph.all_layers(model) if type(lay).__name__ == "TimeDistributed"} - wrappers
     notes = []
-    if [name for name in opened if name not in wrappers]:
+    if [name for name in opened if name in per_step]:
         notes.append(
-            f"nested model(s) {', '.join(n for n in opened if n not in wrappers)} opened into the outer graph, so "
+            f"TimeDistributed {', '.join(n for n in opened if n in per_step)}: the model it runs on each step was opened"
+            " (its layers run on every step as one batch), so its channels can be removed; the output wraps it again"
+        )
+    if [name for name in opened if name not in wrappers | per_step]:
+        notes.append(
+            f"nested model(s) {', '.join(n for n in opened if n not in wrappers | per_step)} opened into the outer graph, so "
             "their channels can be removed: the output holds their layers at the top level (a name another layer "
             "had gets the nested model's prefix)"
         )

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from prunecli.structure import channels, flops, layers
+from prunecli.structure import channels, flops, folded_steps, layers
 
 KINDS = ("params", "flops")
 
@@ -190,6 +190,7 @@ class ChannelCosts:
             self.partial = bool(counted["partial"])
         keys: dict = {}
         terms: list[Term] = []
+        rows = folded_steps.rows_per_example(model) if kind == "flops" else {}  # a call per frame counts per frame
 
         def tensor(k) -> int:
             return keys.setdefault(k, len(keys))
@@ -218,6 +219,9 @@ class ChannelCosts:
                 found = _flop_coefficients(layer, call.kind, g.shapes[k_in], g.shapes[k_out], in_width, out_width)
             if found is None or not any(found):
                 continue
+            times = rows.get(id(call.node.outputs[0]), 1)
+            if times != 1:  # coefficients b, c, d, e (not e's divisor)
+                found = (*(v * times for v in found[:4]), *found[4:])
             terms.append(Term(call.name, tensor(k_in), tensor(k_out), *found))
         self.terms = terms
         all_roots = [g.channels.roots(g.ids[k]) for k in keys]

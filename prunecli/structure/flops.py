@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from prunecli.structure import keras_graph, layers, transformer  # noqa: F401  (transformer registers KerasHub block costs)
+from prunecli.structure import folded_steps, keras_graph, layers, transformer  # noqa: F401  (transformer registers KerasHub block costs)
 
 UNIT = "multiply-adds per example"
 
@@ -128,11 +128,13 @@ def _closed(shape, seq_len: int | None):
 
 
 def calls(model, prefix: str = "", seq_len: int | None = None):
-    """(path, layer, input shapes, output shapes) of every layer call, nested models opened; open
-    sequence lengths read as `seq_len` when given (--seq-len)."""
+    """(path, layer, input shapes, output shapes, calls per example) of every layer call, nested models
+    opened; open sequence lengths read as `seq_len` when given (--seq-len). A call inside a folded
+    TimeDistributed(Model) (folded_steps.py) runs once per step of each example."""
     if keras_graph.functional(model) is None:
         return None
     out = []
+    rows = folded_steps.rows_per_example(model)
     for node in keras_graph.nodes(model):
         op = node.operation
         if not getattr(op, "weights", None):
@@ -143,7 +145,8 @@ def calls(model, prefix: str = "", seq_len: int | None = None):
             out.extend(inner)
             continue
         ins = [_closed(t.shape, seq_len) for t in node.input_tensors]
-        out.append((path, op, ins, [_closed(t.shape, seq_len) for t in node.outputs]))
+        times = rows.get(id(keras_graph.flatten(node.outputs)[0]), 1)
+        out.append((path, op, ins, [_closed(t.shape, seq_len) for t in node.outputs], times))
     return out
 
 
@@ -154,8 +157,8 @@ def count(model, seq_len: int | None = None) -> dict[str, Any]:
     if found is None:  # a subclassed model: no graph to read shapes from
         return {"unit": UNIT, "total": None, "nonzero": None, "partial": True, "layers": []}
     layers = []
-    for path, layer, ins, outs in found:
-        dense, nonzero = layer_cost(layer, ins, outs)
+    for path, layer, ins, outs, times in found:
+        dense, nonzero = (None if c is None else c * times for c in layer_cost(layer, ins, outs))
         layers.append({"layer": path, "class": type(layer).__name__, "macs": dense, "nonzero_macs": nonzero})
     known = [row for row in layers if row["macs"] is not None]
     partial = len(known) < len(layers)

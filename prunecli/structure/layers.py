@@ -194,6 +194,8 @@ LAYERS: dict[str, LayerSpec] = {
     "Reshape": LayerSpec("channelwise"),  # only while its last axis is unchanged (channels.classify)
     "Flatten": LayerSpec("flatten"),
     "Concatenate": LayerSpec("concat"),
+    "FoldSteps": LayerSpec("channelwise"),  # a TimeDistributed(Model)'s steps as one batch (folded_steps.py)
+    "UnfoldSteps": LayerSpec("channelwise"),
     "Softmax": LayerSpec("other"),  # mixes the channels it normalises over
 }
 for _d in ("1D", "2D", "3D"):

@@ -7,7 +7,7 @@ graph walk itself is keras_graph's, this module only decides what each call beco
 from __future__ import annotations
 
 from prunecli.errors import InputError
-from prunecli.structure import keras_graph, layers
+from prunecli.structure import folded_steps, keras_graph, layers
 
 
 def functional_graph(model):
@@ -118,6 +118,8 @@ def reachable_layers(model) -> set[int]:
                 visit(op)
             elif per_position_wrapper(op):
                 found.add(id(op.layer))
+            elif type(op).__name__ == "TimeDistributed" and plain_model(op.layer):
+                visit(op.layer)  # opened with its steps folded into the batch (folded_steps)
             for part in recurrent_parts(op):  # the layer itself, or a Bidirectional's two directions
                 found.update((id(op), id(part), id(getattr(part, "cell", part))))
 
@@ -131,6 +133,8 @@ def openable(node, holds) -> bool:
     wrapper)` is true; its graph's outputs are the node's, one for one."""
     op = node.operation
     if per_position_wrapper(op):
+        return holds(op)
+    if folded_steps.foldable(node) and plain_model(op.layer):
         return holds(op)
     if not (plain_model(op) and keras_graph.inlinable(node)):
         return False
@@ -198,12 +202,32 @@ def opened(model, holds):
                 copies[id(wrapper.layer)] = (wrapper.layer, type(wrapper.layer).from_config(config))
         return copies[id(wrapper.layer)][1]
 
+    def unique(name: str) -> str:
+        found, n = name, 1
+        while found in taken:
+            found, n = f"{name}_{n}", n + 1
+        taken[found] = -1
+        return found
+
     def walk(nodes, tensors: dict, path: str, training) -> None:
         for node in nodes:
             if any(id(t) not in tensors for t in node.input_tensors):
                 continue
             op = node.operation
-            if opens(node) and per_position_wrapper(op):
+            if opens(node) and folded_steps.foldable(node):  # TimeDistributed(Model): its steps as one batch
+                fold, unfold = folded_steps.layer_classes()
+                inner, outer = keras_graph.require(op.layer), tensors[id(node.input_tensors[0])]
+                given = node.arguments.kwargs.get("training", training)
+                start = fold(wrapper=op.name, nested=op.layer.name, name=unique(f"{op.name}_steps_in"))(outer)
+                values = {id(keras_graph.flatten(inner.inputs)[0]): start}
+                walk(ordered_nodes(inner), values, f"{path}{op.name}/{op.layer.name}/", given)
+                end = values[id(keras_graph.flatten(inner.outputs)[0])]
+                steps = unfold(
+                    steps=outer.shape[1], wrapper=op.name, nested=op.layer.name, name=unique(f"{op.name}_steps_out")
+                )
+                outputs = [steps(end)]
+                names.append(op.name)
+            elif opens(node) and per_position_wrapper(op):
                 layer = unwrapped(op)
                 paths[layer.name] = f"{path}{op.name}/{op.layer.name}"
                 outputs = keras_graph.call_node(node, tensors, layer, training=training)
@@ -229,6 +253,48 @@ def opened(model, holds):
     for original, copy in copies.values():
         keras_graph.copy_weights(original, copy)
     return flat, names, paths
+
+
+def renested(model):
+    """`model` with each FoldSteps ... UnfoldSteps span (`opened`, folded_steps.py) back in a
+    TimeDistributed(Model) under the names it had, calling the same (possibly narrowed) layer objects; `model` itself when it has no
+    fold. None when the spans do not pair up (a layer outside a span reading a tensor inside one)."""
+    import keras
+
+    graph = keras_graph.functional(model)
+    nodes = ordered_nodes(graph) if graph is not None else []
+    if not any(folded_steps.is_fold(node.operation) for node in nodes):
+        return model
+    new_inputs, tensors = _fresh_inputs(graph, {})
+    open_spans: dict[tuple[str, str], tuple] = {}  # (wrapper, nested) -> (outer input, the inner Input)
+    inside: set[int] = set()  # ids of tensors computed inside an open span
+    for node in nodes:
+        op = node.operation
+        if any(id(t) not in tensors for t in keras_graph.flatten(node.input_tensors)):
+            return None
+        reads_inside = any(id(t) in inside for t in keras_graph.flatten(node.input_tensors))
+        if folded_steps.is_fold(op):
+            outer = tensors[id(node.input_tensors[0])]
+            start = keras.Input(batch_shape=(None, *outer.shape[2:]), dtype=outer.dtype)
+            open_spans[(op.wrapper, op.nested)] = (outer, start)
+            tensors[id(node.outputs[0])] = start
+            inside.add(id(node.outputs[0]))
+            continue
+        if folded_steps.is_unfold(op):
+            span = open_spans.pop((op.wrapper, op.nested), None)
+            if span is None or not reads_inside:
+                return None
+            outer, start = span
+            inner = keras.Model(start, tensors[id(node.input_tensors[0])], name=op.nested)
+            tensors[id(node.outputs[0])] = keras.layers.TimeDistributed(inner, name=op.wrapper)(outer)
+            continue
+        for old, new in zip(keras_graph.flatten(node.outputs), keras_graph.call_node(node, tensors), strict=True):
+            tensors[id(old)] = new
+            if reads_inside:
+                inside.add(id(old))
+    if open_spans or any(id(t) in inside for t in keras_graph.flatten(graph.outputs)):
+        return None
+    return _model_like(model, graph, new_inputs, tensors)
 
 
 def unrolled(model, max_steps: int):

@@ -296,11 +296,16 @@ def propagate_constants(g, weights: dict):
             consts[call.outputs[0]] = np.tile(
                 consts[call.inputs[0]], len(g.ids[call.outputs[0]]) // len(g.ids[call.inputs[0]])
             )
-        elif call.kind == "channelwise" and type(layer).__name__ == "Reshape":
+        elif call.kind == "channelwise" and type(layer).__name__ in MOVES_VALUES_ONLY:
             consts[call.outputs[0]] = consts[call.inputs[0]]
         else:  # channelwise or merge: evaluate the layer on constant inputs
             consts[call.outputs[0]] = _evaluate(call, g, consts, lost, ch)
     return consts, lost
+
+
+# Channel-wise layers that only rearrange values, so a channel's constant passes through unchanged (the
+# steps of a folded TimeDistributed(Model) fit no stand-in batch: 38 frames a clip need a multiple of 38)
+MOVES_VALUES_ONLY = ("Reshape", "FoldSteps", "UnfoldSteps")
 
 
 def _evaluate(call, g, consts, lost, ch):

@@ -287,6 +287,10 @@ def save(
     outputs_together). An .h5 -> .h5 run with unchanged structure keeps the input's flavour. Weights
     that are NaN or Inf are never written (check_finite: exit 4, nothing saved)."""
     check_finite(model, "the run")
+    if structure_changed or source is None:
+        from prunecli.structure.rebuild import renested
+
+        model = renested(model) or model  # a TimeDistributed(Model) opened for the run, wrapped again
     try:
         with atomic_path(out, output=output) as tmp:
             if (
