@@ -15,7 +15,7 @@ import click
 from prunecli import __version__, scoring
 from prunecli.config import METHOD_CHOICES, PruneConfig, option_flags
 from prunecli.config.sources import REPEATABLE
-from prunecli.errors import ConfigError, ExitCode, PruneCliError
+from prunecli.errors import ConfigError, ExitCode, PruneCliError, streamed_data_error
 from prunecli.run.sweep import DEFAULT_SPARSITIES
 from prunecli.scoring.checks import build_config
 
@@ -151,6 +151,10 @@ class PruneGroup(click.Group):
         except Exception as exc:
             if _debug_requested(ctx):
                 traceback.print_exc()
+            checked = streamed_data_error(exc)  # a streamed dataset's check, failed mid-run
+            if checked is not None:
+                _say(_one_line(f"prunecli: error: {checked.message}"))
+                ctx.exit(checked.exit_code)
             first = (str(exc).strip().splitlines() or [""])[0][:300]
             if isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError":  # TF's OOM
                 oom = re.search(r"OOM when allocating tensor with shape\[[^\]]*\]", first)

@@ -51,6 +51,22 @@ class DataError(InputError):
     """The data file is missing, corrupt or does not fit the model."""
 
 
+STREAMED_CHECK = "prunecli data check: "  # heads the message of a check a streamed dataset runs on each batch
+
+
+def streamed_data_error(exc: BaseException) -> DataError | None:
+    """The DataError that a failed check inside a streamed dataset stands for, or None. TensorFlow raises
+    such a check from the middle of training or evaluation as an InvalidArgumentError whose message
+    holds the check's parts in brackets ("assertion failed: [prunecli data check: f: ... holds ] [5003]")
+    among its own lines."""
+    text = str(exc)
+    at = text.find(STREAMED_CHECK)
+    if at < 0:
+        return None
+    parts = text[at + len(STREAMED_CHECK) :].splitlines()[0].replace("\\'", "'").split("] [")
+    return DataError("".join(part.strip("[]") for part in parts).strip())
+
+
 class GateFailed(PruneCliError):
     exit_code = ExitCode.GATE_FAILED
 

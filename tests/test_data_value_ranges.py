@@ -228,3 +228,62 @@ def test_cli_refuses_before_any_work(tmp_path):
         assert result.exit_code == 3, result.output
         assert said in result.stderr and result.stderr.count("\n") == 1 and "internal error" not in result.output
         assert not out.exists()
+
+
+def _records(path, x, y, x_dtype="int64"):
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for row, label in zip(x, y, strict=True):
+            values = [int(v) for v in row] if x_dtype == "int64" else [float(v) for v in row]
+            feature = tf.train.Int64List(value=values) if x_dtype == "int64" else tf.train.FloatList(value=values)
+            example = tf.train.Example(
+                features=tf.train.Features(
+                    feature={
+                        "ids": tf.train.Feature(int64_list=feature)
+                        if x_dtype == "int64"
+                        else tf.train.Feature(float_list=feature),
+                        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+                    }
+                )
+            )
+            writer.write(example.SerializeToString())
+
+
+@pytest.mark.parametrize(
+    "bad, said",
+    [("id", "feeds Embedding 'emb', which reads whole-number token ids 0..49, but holds 77"), ("label", "got 5")],
+)
+def test_a_tfrecord_stream_is_checked_on_every_batch_not_the_first_only(tmp_path, bad, said):
+    """TFRecords stream, so only their first batch was checked before the work: an id past the
+    Embedding's table in a later record ended the run as an internal error (on a GPU it reads as
+    zeros, silently), a class number past the output as well. Every batch is checked now: exit 3 in one
+    line, nothing written, and the Python API raises the same DataError."""
+    import prunecli
+
+    _rnn().save(tmp_path / "rnn.keras")
+    x, y = RNG.integers(0, 50, (400, 10)), RNG.integers(0, 2, 400)
+    if bad == "id":
+        x[300, 3] = 77  # batch 10 of 32 rows (the labels of the first 256 are read before the work)
+    else:
+        y[300] = 5
+    _records(tmp_path / "d.tfrecord", x, y)
+    (tmp_path / "d.spec.yaml").write_text("x: {key: ids, dtype: int64, shape: [10]}\ny: {key: label, dtype: int64}\n")
+    out = tmp_path / "out.keras"
+    argv = ["prune", str(tmp_path / "rnn.keras"), "-s", "0.5", "--data", str(tmp_path / "d.tfrecord")]
+    result = CliRunner().invoke(main, [*argv, "--batch-size", "32", "-o", str(out), "-q"])
+    assert result.exit_code == 3, result.output
+    assert said in result.stderr and result.stderr.count("\n") == 1 and "internal error" not in result.output
+    assert not out.exists()
+    config = prunecli.build_config(
+        {
+            "model_path": str(tmp_path / "rnn.keras"),
+            "sparsity": 0.5,
+            "data": str(tmp_path / "d.tfrecord"),
+            "batch_size": 32,
+            "output": str(out),
+        }
+    )
+    with pytest.raises(DataError, match="token ids 0..49|got 5"):
+        prunecli.prune(config)
+    assert not out.exists()

@@ -314,7 +314,7 @@ def test_tfrecord_errors_are_one_line(mlp, tmp_path):
     wrong.mkdir()
     write_records(wrong / "w.tfrecord", np.zeros((5, 20), np.float32), np.full(5, 7))
     (wrong / "spec.yaml").write_text(SPEC)
-    with pytest.raises(DataError, match="labels range 7..7 but the model has 3 classes"):
+    with pytest.raises(DataError, match=r"labels must be class numbers 0..2 \(the model has 3 classes\), got 7"):
         data.load(str(wrong), model)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from prunecli.errors import DataError
+from prunecli.errors import DataError, streamed_data_error
 
 SHUFFLE_BUFFER = 10_000
 
@@ -85,6 +85,9 @@ def first_labels(ds, limit: int = 256, path=None):
             if got >= limit:
                 break
     except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as exc:
+        checked = streamed_data_error(exc)
+        if checked is not None:
+            raise checked from exc
         first = (str(exc.message).strip().splitlines() or ["unreadable record"])[0][:200]
         raise DataError(f"{path}: cannot read the data ({first})") from exc
     if first_x is None:

@@ -6,7 +6,7 @@ the file, not a stack trace from inside Keras.
 
 from __future__ import annotations
 
-from prunecli.errors import DataError
+from prunecli.errors import STREAMED_CHECK, DataError
 
 FINITE_CHECK_ROWS = 4096  # rows per chunk when checking a memory-mapped file for NaN/Inf
 
@@ -205,6 +205,58 @@ def check_token_ids(model, x, path, name: str | None = None) -> None:
             f"{path}: input {name!r} holds ids {low:g}..{high:g} but Embedding {layer!r} reads ids"
             f" 0..{dim - 1} (input_dim {dim})"
         )
+
+
+def streamed_checks(model, path):
+    """A map over a streamed dataset's batches, (x, y) -> (x, y), that checks every batch as the checks
+    above check every row of data held in memory: token ids fed to an Embedding (whole numbers in
+    range), class numbers below the class count, yes/no labels in 0..1. TFRecords were checked on their
+    first batch only, so a bad id in a later record ended the run as an internal error on CPU, and read
+    as zeros on a GPU (Keras' embedding lookup there returns zeros past the table), silently. A failed
+    check raises (from inside TensorFlow) an error that `errors.streamed_data_error` turns into the
+    DataError. None for a model with several inputs or outputs, or nothing to check."""
+    import tensorflow as tf
+
+    inputs = io_names(model)[0]
+    if len(inputs) != 1 or len(getattr(model, "outputs", None) or ()) != 1:
+        return None
+    feeding = embedding_inputs(model).get(inputs[0])
+    classes, binary = output_classes(model), binary_targets(model)
+
+    def failing(bad, message: str, values):
+        return tf.debugging.Assert(
+            tf.logical_not(tf.reduce_any(bad)),
+            [f"{STREAMED_CHECK}{path}: {message}", tf.boolean_mask(values, bad)[:1]],
+            summarize=1,
+        )
+
+    def check(x, y):
+        asserts = []
+        if feeding is not None and (x.dtype.is_floating or x.dtype.is_integer):
+            layer, dim = feeding
+            ids = tf.cast(x, tf.float64)
+            bad = (ids < 0) | (ids >= dim) | (ids != tf.round(ids))
+            said = f"input {inputs[0]!r} feeds Embedding {layer!r}, which reads whole-number token ids 0..{dim - 1}, but holds "
+            asserts.append(failing(bad, said, ids))
+        if y.dtype.is_floating or y.dtype.is_integer:
+            labels = tf.cast(y, tf.float64)
+            numbers = y.shape.rank == 1 or (y.shape.rank == 2 and y.shape[-1] == 1)
+            if numbers and classes is not None and classes > 1:
+                bad = (labels < 0) | (labels >= classes) | (labels != tf.round(labels))
+                said = f"labels must be class numbers 0..{classes - 1} (the model has {classes} classes), got "
+                asserts.append(failing(bad, said, labels))
+            elif binary:
+                asserts.append(
+                    failing((labels < 0) | (labels > 1), f"the model's {binary} takes labels 0..1, got ", labels)
+                )
+        if not asserts:
+            return x, y
+        with tf.control_dependencies(asserts):
+            return tf.identity(x), tf.identity(y)
+
+    if feeding is None and not (classes is not None and classes > 1) and not binary:
+        return None
+    return check
 
 
 def binary_targets(model, output: int | None = None) -> str | None:

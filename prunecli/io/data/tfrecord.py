@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prunecli.errors import DataError
 from prunecli.io.data.batches import SHUFFLE_BUFFER, Data, first_labels
-from prunecli.io.data.checks import check_inputs, check_labels, check_token_ids, model_input_shape
+from prunecli.io.data.checks import check_inputs, check_labels, check_token_ids, model_input_shape, streamed_checks
 from prunecli.io.data.spec import find_spec, read_spec, scaled
 
 TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrec")
@@ -25,7 +25,8 @@ def load_tfrecord(path: str, model, batch_size: int, val_split: float, seed: int
     files = _resolve_records(path)
     spec_path, spec = _spec_of(path)
     parse = _record_parser(spec, model, spec_path)
-    records = _Records(_compression(spec, spec_path), parse, spec.get("scale"), batch_size, seed)
+    check = streamed_checks(model, path)  # every batch, as data held in memory is checked whole
+    records = _Records(_compression(spec, spec_path), parse, spec.get("scale"), batch_size, seed, check)
     n_all = _count_readable(records, files, path)
     eval_files = _resolve_records(str(spec["eval"]), spec_path.parent) if spec.get("eval") else None
     train_records, held, n_train, n_held = _hold_out(records, files, n_all, val_split, path)
@@ -34,7 +35,7 @@ def load_tfrecord(path: str, model, batch_size: int, val_split: float, seed: int
     evaluation, val, n_eval = _evaluation(records, files, n_all, eval_files, spec.get("eval"), held_ds, n_held)
     first_x, y_example = first_labels(evaluation, path=path)
     check_inputs(model, tuple(first_x.shape[1:]), path)
-    check_token_ids(model, np.asarray(first_x), path)  # the first batch's ids: the records stream
+    check_token_ids(model, np.asarray(first_x), path)  # said before any work; later batches: `check`
     check_labels(model, y_example, path)
     return Data(
         train=train,
@@ -51,13 +52,14 @@ def load_tfrecord(path: str, model, batch_size: int, val_split: float, seed: int
 @dataclass(frozen=True)
 class _Records:
     """How this data's records are read and batched: one place for the spec's compression, parser
-    and scale and the run's batch size and seed, shared by the training, held-out and evaluation sets."""
+    and scale, the run's batch size and seed, and the checks every batch passes, shared by the training, held-out and evaluation sets."""
 
     compression: str
     parse: Callable
     scale: float | None
     batch_size: int
     seed: int
+    check: Callable | None  # checks.streamed_checks: each batch's ids and labels
 
     def read(self, files: list[str]):
         import tensorflow as tf
@@ -71,6 +73,8 @@ class _Records:
         if shuffle:
             ds = ds.shuffle(min(max(n, 1), SHUFFLE_BUFFER), seed=self.seed, reshuffle_each_iteration=True)
         ds = ds.map(self.parse, num_parallel_calls=tf.data.AUTOTUNE).batch(self.batch_size)
+        if self.check is not None:
+            ds = ds.map(self.check)
         ds = ds.apply(tf.data.experimental.assert_cardinality(math.ceil(n / self.batch_size)))
         return scaled(ds, self.scale).prefetch(tf.data.AUTOTUNE)
 
