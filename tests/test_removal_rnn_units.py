@@ -325,7 +325,7 @@ def test_keras2_conv_bigru_genomics_shape(cli, tmp_path):
 
 @pytest.mark.slow
 def test_units_read_by_an_unsliceable_layer_are_left_whole_under_shrink(cli, tmp_path):
-    """LSTM -> TimeDistributed(BatchNormalization), which surgery cannot slice (a wrapped Dense it can:
+    """LSTM -> LayerNormalization, which surgery cannot slice (a wrapped BatchNormalization it can:
     test_structure_opened.py): without --shrink the LSTM loses half
     its units to the masks (the masks are the product); with --shrink it keeps them all and says why
     (masking them would cost accuracy and remove nothing)."""
@@ -334,7 +334,7 @@ def test_units_read_by_an_unsliceable_layer_are_left_whole_under_shrink(cli, tmp
     keras.utils.set_random_seed(0)
     inp = keras.Input((STEPS, FEATURES))
     x = keras.layers.LSTM(UNITS, return_sequences=True, name="rnn")(inp)
-    x = keras.layers.TimeDistributed(keras.layers.BatchNormalization(), name="td")(x)
+    x = keras.layers.LayerNormalization(name="ln")(x)
     model = keras.Model(inp, keras.layers.Dense(3, name="out")(keras.layers.Flatten()(x)))
     masked, shrunk, report = _prune_both(cli, model, tmp_path)
 
@@ -344,7 +344,7 @@ def test_units_read_by_an_unsliceable_layer_are_left_whole_under_shrink(cli, tmp
 
     assert dead_units(masked) == UNITS // 2  # half the units masked, every gate
     assert shrunk.get_layer("rnn").units == UNITS and dead_units(shrunk) == 0
-    assert any("not pruned: --shrink cannot remove them" in n and "td (TimeDistributed)" in n for n in report["notes"])
+    assert any("not pruned: --shrink cannot remove them" in n and "ln (LayerNormalization)" in n for n in report["notes"])
 
 
 @pytest.mark.slow

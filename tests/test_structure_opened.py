@@ -317,3 +317,53 @@ def test_shrink_and_target_reach_the_layers_of_a_model_run_on_every_frame(suffix
     result = cli("prune", path, "--target", "params=0.5", "-o", target, "-q")
     assert result.exit_code == 0, result.output
     assert keras.saving.load_model(target).count_params() <= 0.51 * model.count_params()
+
+
+def _wrapped_layers_model():
+    """The CNN-LSTM idiom with each layer wrapped: TimeDistributed(Conv2D), (BatchNormalization),
+    (MaxPooling2D), (Conv2D), (Flatten), then an LSTM."""
+    import keras
+
+    keras.utils.set_random_seed(5)
+    clips = keras.Input((4, 8, 8, 2))
+    wrap = keras.layers.TimeDistributed
+    h = wrap(keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c1"), name="td_c1")(clips)
+    h = wrap(keras.layers.BatchNormalization(name="bn"), name="td_bn")(h)
+    h = wrap(keras.layers.MaxPooling2D(name="pool"), name="td_pool")(h)
+    h = wrap(keras.layers.Conv2D(6, 3, activation="relu", name="c2"), name="td_c2")(h)
+    h = wrap(keras.layers.Flatten(name="flat"), name="td_flat")(h)
+    h = keras.layers.LSTM(5, name="lstm")(h)
+    model = keras.Model(clips, keras.layers.Dense(3, activation="softmax", name="out")(h))
+    bn = model.get_layer("td_bn").layer
+    rng = np.random.default_rng(1)
+    bn.set_weights([rng.uniform(0.5, 1.5, 8), rng.normal(size=8), rng.normal(size=8), rng.uniform(0.5, 2.0, 8)])
+    return model
+
+
+def test_wrapped_convolutions_pooling_and_batchnorm_shrink_and_keep_their_wrappers(tmp_path, cli):
+    """A TimeDistributed(Conv2D) stayed wrapped, one call the channel graph could not slice: its filters
+    and those of the layers around it stayed. Opened with the steps folded, they shrink; the output has
+    the same wrappers around the same layer names, and computes the masked model's function."""
+    import keras
+
+    from prunecli.structure import rebuild
+
+    model = _wrapped_layers_model()
+    flat, names, _paths = rebuild.opened(model, lambda wrapper: True)
+    assert names == ["td_c1", "td_bn", "td_pool", "td_c2", "td_flat"]
+    x = np.random.default_rng(2).standard_normal((3, 4, 8, 8, 2)).astype("float32")
+    np.testing.assert_allclose(np.asarray(flat(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-6)
+    again = rebuild.renested(flat)
+    assert [(layer.name, getattr(layer, "layer", layer).name) for layer in again.layers] == [
+        (layer.name, getattr(layer, "layer", layer).name) for layer in model.layers
+    ]
+    np.testing.assert_allclose(np.asarray(again(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-6)
+
+    path, out, report = tmp_path / "clips.keras", tmp_path / "small.keras", tmp_path / "r.json"
+    model.save(path)
+    result = cli("prune", path, "-g", "neuron", "-s", "0.5", "--shrink", "-o", out, "-r", report, "-q")
+    assert result.exit_code == 0, result.output
+    assert json.loads(report.read_text())["shrink"]["verification"]["max_rel_diff"] < 1e-4
+    small = keras.saving.load_model(out)
+    assert small.get_layer("td_c1").layer.filters == 4 and small.get_layer("td_c2").layer.filters == 3
+    assert small.get_layer("td_bn").layer.gamma.shape == (4,) and small.get_layer("td_c1").layer.name == "c1"

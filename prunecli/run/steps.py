@@ -185,6 +185,8 @@ def open_nested(model, config: PruneConfig, names=None) -> tuple[StepResult, Pru
             return nested.name in names
         if rebuild.per_position_wrapper(nested) and not nested.weights:
             return True  # a wrapped Dropout between two opened Dense layers would block their channels
+        if type(nested).__name__ == "TimeDistributed" and not keras_graph.is_model(nested.layer):
+            return True  # a wrapped pooling or BatchNorm would block the channels of the convolutions around it
         return any(f"/{nested.name}/" in path for path in pruned_paths)
 
     result = rebuild.opened(model, holds)

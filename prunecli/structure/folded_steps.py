@@ -1,16 +1,17 @@
-"""A model run on every step of a sequence (`TimeDistributed(Model)`), opened with its steps folded
-into the batch.
+"""A model or layer run on every step of a sequence (`TimeDistributed(Model)`, `TimeDistributed(Conv2D)`),
+opened with its steps folded into the batch.
 
 Video and sensor models run a whole CNN on each frame (vvadlrs3: a MobileNet on each of 38 lip frames,
-then an LSTM; the Keras idiom `TimeDistributed(base_model)`). The wrapper is one call to the channel
-graph, so `--shrink` and `--target` could not reach the CNN, which holds most of the parameters. Opened
+then an LSTM; the Keras idiom `TimeDistributed(base_model)`, or a chain of `TimeDistributed(Conv2D)`,
+`TimeDistributed(MaxPooling2D)`...). The wrapper is one call to the channel graph, so `--shrink` and
+`--target` could not reach the CNN, which holds most of the parameters. Opened
 (rebuild.opened), the wrapped model's layers are called on the frames as one batch: `FoldSteps` turns
 (batch, steps, ...) into (batch * steps, ...), `UnfoldSteps` turns the wrapped model's output back into
 (batch, steps, ...). Each layer acts on each frame alone, so this computes what the wrapper computes;
 both keep channels where they are (the layer table: channelwise), so channels are sliced through them.
 
-Before writing, rebuild.renested puts the opened layers back into a `TimeDistributed(Model)` under the
-wrapper's and the model's names: the file has Keras' own classes only, as the input had, and loads
+Before writing, rebuild.renested puts the opened layers back into their wrappers under the wrapper's and
+the wrapped model's or layer's names: the file has Keras' own classes only, as the input had, and loads
 without prunecli. A multiply-add count reads each call inside a fold once per step (`rows_per_example`).
 """
 
@@ -30,11 +31,11 @@ def layer_classes() -> tuple[Any, Any]:
 
     class FoldSteps(keras.layers.Layer):
         """(batch, steps, ...) -> (batch * steps, ...): the steps of `wrapper` (a TimeDistributed of the
-        model `nested`) as one batch for the wrapped model's layers."""
+        model or layer `nested`; `model` says which) as one batch for the wrapped layers."""
 
-        def __init__(self, wrapper: str, nested: str, **kwargs):
+        def __init__(self, wrapper: str, nested: str, model: bool = True, **kwargs):
             super().__init__(**kwargs)
-            self.wrapper, self.nested = wrapper, nested
+            self.wrapper, self.nested, self.model = wrapper, nested, bool(model)
 
         def call(self, x):
             return ops.reshape(x, (-1, *ops.shape(x)[2:]))
@@ -43,7 +44,7 @@ def layer_classes() -> tuple[Any, Any]:
             return (None, *shape[2:])
 
         def get_config(self):
-            return {**super().get_config(), "wrapper": self.wrapper, "nested": self.nested}
+            return {**super().get_config(), "wrapper": self.wrapper, "nested": self.nested, "model": self.model}
 
     class UnfoldSteps(keras.layers.Layer):
         """(batch * steps, ...) -> (batch, steps, ...): the wrapped model's output, per step again."""
@@ -76,19 +77,25 @@ def is_unfold(layer) -> bool:
 
 
 def foldable(node) -> bool:
-    """Whether a node calls a TimeDistributed wrapper of a model on one tensor with a known number of
-    steps and no mask, the wrapped model taking one input of the step's rank and giving one output:
-    what FoldSteps/UnfoldSteps can stand in for."""
+    """Whether a node calls a TimeDistributed wrapper on one tensor with a known number of steps and no
+    mask, wrapping a layer or a model that takes one input of the step's rank and gives one output:
+    what FoldSteps/UnfoldSteps can stand in for. Any layer that acts on each example alone computes the
+    same on the steps as one batch (a BatchNormalization in inference too; in training it then takes
+    its statistics over every step of the batch at once, where the wrapper takes them step by step)."""
     from prunecli.structure import keras_graph
 
     op = node.operation
-    if type(op).__name__ != "TimeDistributed" or keras_graph.functional(op.layer) is None:
+    if type(op).__name__ != "TimeDistributed":
         return False
-    inner = keras_graph.functional(op.layer)
     given = keras_graph.flatten(node.input_tensors)
     if len(given) != 1 or len(given[0].shape) < 3 or given[0].shape[1] is None:
         return False
     if node.arguments.kwargs.get("mask") is not None:
+        return False
+    if not keras_graph.is_model(op.layer):
+        return True
+    inner = keras_graph.functional(op.layer)
+    if inner is None:
         return False
     ins, outs = keras_graph.flatten(inner.inputs), keras_graph.flatten(inner.outputs)
     return len(ins) == 1 and len(outs) == 1 and len(ins[0].shape) == len(given[0].shape) - 1

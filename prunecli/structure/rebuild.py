@@ -134,7 +134,7 @@ def openable(node, holds) -> bool:
     op = node.operation
     if per_position_wrapper(op):
         return holds(op)
-    if folded_steps.foldable(node) and plain_model(op.layer):
+    if folded_steps.foldable(node) and (plain_model(op.layer) or not keras_graph.is_model(op.layer)):
         return holds(op)
     if not (plain_model(op) and keras_graph.inlinable(node)):
         return False
@@ -214,14 +214,23 @@ def opened(model, holds):
             if any(id(t) not in tensors for t in node.input_tensors):
                 continue
             op = node.operation
-            if opens(node) and folded_steps.foldable(node):  # TimeDistributed(Model): its steps as one batch
+            if opens(node) and folded_steps.foldable(node):  # TimeDistributed(Model or layer): steps as one batch
                 fold, unfold = folded_steps.layer_classes()
-                inner, outer = keras_graph.require(op.layer), tensors[id(node.input_tensors[0])]
+                outer, model_inside = tensors[id(node.input_tensors[0])], keras_graph.is_model(op.layer)
                 given = node.arguments.kwargs.get("training", training)
-                start = fold(wrapper=op.name, nested=op.layer.name, name=unique(f"{op.name}_steps_in"))(outer)
-                values = {id(keras_graph.flatten(inner.inputs)[0]): start}
-                walk(ordered_nodes(inner), values, f"{path}{op.name}/{op.layer.name}/", given)
-                end = values[id(keras_graph.flatten(inner.outputs)[0])]
+                start = fold(
+                    wrapper=op.name, nested=op.layer.name, model=model_inside, name=unique(f"{op.name}_steps_in")
+                )
+                start = start(outer)
+                if model_inside:
+                    inner = keras_graph.require(op.layer)
+                    values = {id(keras_graph.flatten(inner.inputs)[0]): start}
+                    walk(ordered_nodes(inner), values, f"{path}{op.name}/{op.layer.name}/", given)
+                    end = values[id(keras_graph.flatten(inner.outputs)[0])]
+                else:  # the wrapped layer, under the wrapper's name (as a TimeDistributed(Dense) is opened)
+                    layer = unwrapped(op)
+                    paths[layer.name] = f"{path}{op.name}/{op.layer.name}"
+                    end = keras_graph.call_node(node, {id(node.input_tensors[0]): start}, layer, training=given)[0]
                 steps = unfold(
                     steps=outer.shape[1], wrapper=op.name, nested=op.layer.name, name=unique(f"{op.name}_steps_out")
                 )
@@ -257,7 +266,7 @@ def opened(model, holds):
 
 def renested(model):
     """`model` with each FoldSteps ... UnfoldSteps span (`opened`, folded_steps.py) back in a
-    TimeDistributed(Model) under the names it had, calling the same (possibly narrowed) layer objects; `model` itself when it has no
+    TimeDistributed of a model, or of its one layer, under the names they had, calling the same (possibly narrowed) layer objects; `model` itself when it has no
     fold. None when the spans do not pair up (a layer outside a span reading a tensor inside one)."""
     import keras
 
@@ -276,7 +285,7 @@ def renested(model):
         if folded_steps.is_fold(op):
             outer = tensors[id(node.input_tensors[0])]
             start = keras.Input(batch_shape=(None, *outer.shape[2:]), dtype=outer.dtype)
-            open_spans[(op.wrapper, op.nested)] = (outer, start)
+            open_spans[(op.wrapper, op.nested)] = (outer, start, getattr(op, "model", True), [])
             tensors[id(node.outputs[0])] = start
             inside.add(id(node.outputs[0]))
             continue
@@ -284,14 +293,25 @@ def renested(model):
             span = open_spans.pop((op.wrapper, op.nested), None)
             if span is None or not reads_inside:
                 return None
-            outer, start = span
-            inner = keras.Model(start, tensors[id(node.input_tensors[0])], name=op.nested)
-            tensors[id(node.outputs[0])] = keras.layers.TimeDistributed(inner, name=op.wrapper)(outer)
+            outer, start, model_inside, calls = span
+            if model_inside:
+                wrapped = keras.Model(start, tensors[id(node.input_tensors[0])], name=op.nested)
+            elif len(calls) == 1:  # a wrapped layer, under its own name again
+                with keras_graph.copying_in_memory():
+                    wrapped = type(calls[0]).from_config({**calls[0].get_config(), "name": op.nested})
+                wrapped(start)
+                keras_graph.copy_weights(calls[0], wrapped)
+            else:
+                return None
+            tensors[id(node.outputs[0])] = keras.layers.TimeDistributed(wrapped, name=op.wrapper)(outer)
             continue
         for old, new in zip(keras_graph.flatten(node.outputs), keras_graph.call_node(node, tensors), strict=True):
             tensors[id(old)] = new
             if reads_inside:
                 inside.add(id(old))
+        if reads_inside:
+            for span in open_spans.values():
+                span[3].append(op)
     if open_spans or any(id(t) in inside for t in keras_graph.flatten(graph.outputs)):
         return None
     return _model_like(model, graph, new_inputs, tensors)
