@@ -344,7 +344,9 @@ def test_units_read_by_an_unsliceable_layer_are_left_whole_under_shrink(cli, tmp
 
     assert dead_units(masked) == UNITS // 2  # half the units masked, every gate
     assert shrunk.get_layer("rnn").units == UNITS and dead_units(shrunk) == 0
-    assert any("not pruned: --shrink cannot remove them" in n and "ln (LayerNormalization)" in n for n in report["notes"])
+    assert any(
+        "not pruned: --shrink cannot remove them" in n and "ln (LayerNormalization)" in n for n in report["notes"]
+    )
 
 
 @pytest.mark.slow

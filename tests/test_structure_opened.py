@@ -360,10 +360,16 @@ def test_wrapped_convolutions_pooling_and_batchnorm_shrink_and_keep_their_wrappe
     np.testing.assert_allclose(np.asarray(again(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-6)
 
     path, out, report = tmp_path / "clips.keras", tmp_path / "small.keras", tmp_path / "r.json"
+    plan, replayed = tmp_path / "p.zip", tmp_path / "replayed.keras"
     model.save(path)
-    result = cli("prune", path, "-g", "neuron", "-s", "0.5", "--shrink", "-o", out, "-r", report, "-q")
+    result = cli("prune", path, "-g", "neuron", "-s", "0.5", "--shrink", "-o", out, "-r", report, "--save-plan", plan)
     assert result.exit_code == 0, result.output
     assert json.loads(report.read_text())["shrink"]["verification"]["max_rel_diff"] < 1e-4
     small = keras.saving.load_model(out)
     assert small.get_layer("td_c1").layer.filters == 4 and small.get_layer("td_c2").layer.filters == 3
     assert small.get_layer("td_bn").layer.gamma.shape == (4,) and small.get_layer("td_c1").layer.name == "c1"
+    # the report and plan name the layers as the run saw them, opened: verify opens the file as the run did
+    result = cli("verify", out, "--plan", plan, "--report", report)
+    assert result.exit_code == 0, result.output
+    assert cli("apply", plan, path, "-o", replayed, "--shrink", "-q").exit_code == 0
+    assert cli("verify", replayed, "--plan", plan).exit_code == 0

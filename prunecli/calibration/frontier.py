@@ -29,6 +29,17 @@ a wrapper such as MultiHeadAttention, a subclassed model) is read by running tha
 cached inputs, stopped at the layer: the prefix path within that node only, with the walk still
 linear outside it.
 
+A TimeDistributed node over such a nested functional model (vvadlrs3: a MobileNet run on each of 38
+video frames) is walked the same way with the time axis folded into the batch (`_FoldEnter`,
+`_FoldExit`): the frames of a pass, (batch, T, ...) moved time-major to (T * batch, ...), go through
+the nested graph once, as TimeDistributed's own loop would send them one frame at a time. Read
+through its node instead, the wrapper calls each inner layer T times per pass and a capture can stop
+only at the last frame's call, so every capture ran the whole nested model on T - 1 frames: each of
+the 27 calibrated layers cost a full forward pass (over 600 s for one sweep of vvadlrs3's 31 layers;
+bench/ZOO.md, 2026-12-06). Folded, an inner layer is called once per pass (`calls_of`), and the
+cached tensors inside carry T examples' worth of rows per example (`_Step.out_fold`, for the budget).
+The probe's comparison with the model's own outputs checks the fold as it checks every walk.
+
 Everything about the graph goes through structure/keras_graph.py (the adapter to Keras' private
 graph attributes); the capture itself is capture.HessianCapture, fed through `_NodeRun`.
 """
@@ -50,7 +61,15 @@ PROBE_RTOL = 1e-4  # the walk's outputs must match the model's to this (relative
 class _Node:
     """One step of the walk: a node of the graph. `operation` holds the layers the step runs,
     `input_tensors` and `outputs` are the symbolic tensors it reads and computes, and `run(values)`
-    computes the outputs from one pass's cached values ({id(symbolic tensor): value})."""
+    computes the outputs from one pass's cached values ({id(symbolic tensor): value}). `fold`: how
+    many rows of the step's tensors one example of a pass is (T inside a folded TimeDistributed, else
+    1), and `out_fold` the same for its outputs."""
+
+    fold = 1
+
+    @property
+    def out_fold(self) -> int:
+        return self.fold
 
     def __init__(self, node):
         self.node = node
@@ -62,7 +81,7 @@ class _Node:
         return keras_graph.call_node(self.node, values, training=training)
 
 
-class _Enter:
+class _Enter(_Node):
     """The entry into an inlined nested model: its input tensors from the arguments of its node."""
 
     operation = None
@@ -76,7 +95,7 @@ class _Enter:
         return keras_graph.nested_inputs(self.node, values)
 
 
-class _Exit:
+class _Exit(_Node):
     """The exit from an inlined nested model: its node's outputs are the nested graph's outputs."""
 
     operation = None
@@ -89,15 +108,105 @@ class _Exit:
         return [values[id(t)] for t in self.input_tensors]
 
 
-def _steps(model) -> list:
+class _FoldEnter(_Node):
+    """The entry into the nested model of a folded TimeDistributed node (`_foldable`): the node's input
+    (batch, T, ...) made time-major and folded into the batch, (T * batch, ...), row t * batch + i being
+    frame t of example i (the order in which TimeDistributed's own loop calls the model)."""
+
+    operation = None
+
+    def __init__(self, node, time: int):
+        self.node = node
+        self.time = time
+        self.input_tensors = list(node.input_tensors)
+        self.outputs = keras_graph.inputs(node.operation.layer)
+
+    @property
+    def out_fold(self) -> int:
+        return self.fold * self.time
+
+    def run(self, values, training=False):
+        import tensorflow as tf
+
+        args, _kwargs = self.node.arguments.fill_in(values)
+        x = tf.convert_to_tensor(args[0])
+        x = tf.transpose(x, [1, 0, *range(2, len(x.shape))])
+        x = tf.reshape(x, [-1, *x.shape[2:]])
+        return keras_graph.flat_inputs(self.node.operation.layer, x)
+
+
+class _FoldExit(_Node):
+    """The exit from a folded TimeDistributed node: the nested model's output (T * batch, ...) unfolded
+    to the node's output (batch, T, ...)."""
+
+    operation = None
+
+    def __init__(self, node, time: int):
+        self.time = time
+        self.input_tensors = keras_graph.outputs(node.operation.layer)
+        self.outputs = list(node.outputs)
+
+    def run(self, values, training=False):
+        import tensorflow as tf
+
+        y = tf.convert_to_tensor(values[id(self.input_tensors[0])])
+        y = tf.reshape(y, [self.time, -1, *y.shape[1:]])
+        return [tf.transpose(y, [1, 0, *range(2, len(y.shape))])]
+
+
+def _foldable(node) -> int | None:
+    """T, when a node is Keras' own TimeDistributed over a nested functional model (Functional or
+    Sequential with Keras' own graph run) of one input and one output, called on one input whose time
+    axis T is static and with no mask: the nested graph can then be walked on the frames folded into
+    the batch (`_FoldEnter`). None otherwise (the node is run as one step)."""
+    from keras import tree
+    from keras.layers import TimeDistributed
+    from keras.src.models.functional import Functional
+    from keras.src.models.sequential import Sequential
+
+    op = node.operation
+    if not isinstance(op, TimeDistributed) or type(op).call is not TimeDistributed.call:
+        return None
+    inner = op.layer
+    own_run = (isinstance(inner, Functional) and type(inner).call is Functional.call) or (
+        isinstance(inner, Sequential) and type(inner).call is Sequential.call
+    )
+    if not own_run or keras_graph.functional(inner) is None:
+        return None
+    kwargs = dict(node.arguments.kwargs)
+    masks = kwargs.pop("mask", None)
+    kwargs.pop("training", None)
+    if len(node.arguments.args) != 1 or kwargs or any(m is not None for m in tree.flatten(masks)):
+        return None
+    if len(node.input_tensors) != 1 or len(node.outputs) != 1:
+        return None
+    if len(keras_graph.inputs(inner)) != 1 or len(keras_graph.outputs(inner)) != 1:
+        return None
+    shape = getattr(node.input_tensors[0], "shape", None)
+    if shape is None or len(shape) < 3 or shape[1] is None:
+        return None
+    return int(shape[1])
+
+
+def _steps(model, fold: int = 1) -> list:
     """The walk's steps in execution order: the model's nodes, each inlinable nested functional model
-    replaced by its entry, its own steps (recursively) and its exit."""
+    replaced by its entry, its own steps (recursively) and its exit, each foldable TimeDistributed node
+    by its folded entry, the nested model's steps and its exit (`fold`: the time steps folded into the
+    batch so far)."""
+
+    def at(step):
+        step.fold = fold
+        return step
+
     found = []
     for node in keras_graph.nodes(model):
         if keras_graph.inlinable(node) and len(keras_graph.outputs(node.operation)) == len(node.outputs):
-            found += [_Enter(node), *_steps(node.operation), _Exit(node)]
+            found += [at(_Enter(node)), *_steps(node.operation, fold), at(_Exit(node))]
+        elif (time := _foldable(node)) is not None:
+            inner = _steps(node.operation.layer, fold * time)
+            found += [at(_FoldEnter(node, time)), *inner, at(_FoldExit(node, time))]
         else:
-            found.append(_Node(node))
+            found.append(at(_Node(node)))
     return found
 
 
@@ -121,6 +230,10 @@ class PrefixPasses:
         self.model, self.batches, self.note = model, batches, note
         self.frontier_bytes = None
 
+    def calls_of(self, view, calls: int) -> int:
+        """How often a pass calls the view's layer: as the model calls it (`calls`, capture.call_order)."""
+        return calls
+
     def capture(self, view, calls: int, full: bool, riders: tuple = ()):
         return capture.HessianCapture(view, calls, full=full).run(self.model, self.batches, riders)
 
@@ -135,7 +248,8 @@ class _Schedule:
     steps: the nodes; owner: {id(calibrated layer): index of the step that calls it}; inputs: the
     model inputs' ids (flat, in model order); keep: ids of the tensors some step reads; freed: per
     step, the ids read for the last time there; nested: the names of the nested nodes (a sub-model,
-    a wrapper) that hold calibrated layers."""
+    a wrapper) that hold calibrated layers; calls: {id(calibrated layer): calls per pass of the walk},
+    the model's calls over its step's fold (once for a layer inside a folded TimeDistributed)."""
 
     steps: list
     owner: dict
@@ -143,6 +257,7 @@ class _Schedule:
     keep: set
     freed: list
     nested: list = field(default_factory=list)
+    calls: dict = field(default_factory=dict)
 
 
 class CachedPasses:
@@ -188,10 +303,16 @@ class CachedPasses:
                         values.pop(k, None)
                 self.done = s + 1
 
+    def calls_of(self, view, calls: int) -> int:
+        """How often a pass of the walk calls the view's layer (`calls`: as the model calls it): once
+        for a layer the model calls once per frame inside a folded TimeDistributed."""
+        return self.schedule.calls.get(id(view.layer), calls)
+
     def capture(self, view, calls: int, full: bool, riders: tuple = ()):
         step = self._step_of(view.layer)
         self._advance(step, riders)
         runner = _NodeRun(self.schedule.steps[step])
+        calls = self.calls_of(view, calls)
         return capture.HessianCapture(view, calls, full=full).run(runner, self.values, riders)
 
     def measure(self, meter) -> None:
@@ -200,17 +321,30 @@ class CachedPasses:
         capture.measure(_NodeRun(self.schedule.steps[step]), self.values, meter)
 
 
-def passes(model, plan, budget: int | None = None):
+def passes(model, plan, budget: int | None = None, memo: dict | None = None):
     """The source of the plan's calibration inputs: CachedPasses when the graph walk is possible,
     reproduces the model and fits `budget` bytes (FRONTIER_BYTES by default), else PrefixPasses with
-    a note saying why; None for a plan with no calibrated layer (nothing is read)."""
+    a note saying why; None for a plan with no calibrated layer (nothing is read).
+
+    `memo` (a dict the caller keeps with the plan): the schedule and the probe's verdict are kept in
+    it, keyed by the calibrated layers and the passes, for the next source of the same plan. Both
+    depend on the graph and the inputs' shapes only, not on the weights, and --normalize measured asks
+    for a fresh source once per allocation it tries: each probe is a walk of the whole graph and a
+    forward pass of the model (about 9 s per probe on DeepVOG's V-Net on a shared 2-core machine)."""
     if not plan.layers:
         return None
     budget = FRONTIER_BYTES if budget is None else int(budget)
-    schedule = _schedule(model, plan.layers)
+    key = (tuple(id(view.layer) for view, _ in plan.layers), tuple(id(x) for x in plan.batches))
+    if memo is not None and key in memo:
+        schedule, sizes = memo[key]
+    else:
+        schedule = _schedule(model, plan.layers)
+        sizes = None if isinstance(schedule, str) else _probe(model, plan.batches, schedule)
+        if memo is not None:
+            memo.clear()
+            memo[key] = (schedule, sizes)
     if isinstance(schedule, str):
         return PrefixPasses(model, plan.batches, schedule)
-    sizes = _probe(model, plan.batches, schedule)
     if isinstance(sizes, str):
         return PrefixPasses(model, plan.batches, sizes)
     peak = _peak_bytes(schedule, sizes, capture.count_examples(plan.batches), len(plan.batches))
@@ -248,7 +382,7 @@ def _schedule(model, layers: list) -> _Schedule | str:
     for index, node in enumerate(nodes):
         for lid in _contained(node.operation) if node.operation is not None else ():
             holders.setdefault(lid, []).append(index)
-    owner, nested = {}, []
+    owner, nested, walk_calls = {}, [], {}
     for view, call in layers:
         layer = view.layer  # the layer whose call receives X (an RNN's, for its cell's kernel)
         found = holders.get(id(layer), [])
@@ -257,12 +391,19 @@ def _schedule(model, layers: list) -> _Schedule | str:
                 f"layer {layer.name} is called by {len(found)} nodes of the graph (a shared layer); "
                 "each layer's inputs are read by a pass of its own"
             )
-        op = nodes[found[0]].operation
-        if op is layer and call.calls != 1:
+        op, fold = nodes[found[0]].operation, nodes[found[0]].fold
+        calls = call.calls // fold if call.calls % fold == 0 else 0  # its frames folded into one call
+        if op is layer and calls != 1:
             return f"layer {layer.name} is called {call.calls} times per pass; each layer's inputs are read by a pass of its own"
+        if calls < 1:
+            return (
+                f"layer {layer.name} is called {call.calls} times per pass, not a multiple of the {fold} time "
+                "steps of the TimeDistributed holding it; each layer's inputs are read by a pass of its own"
+            )
         if op is not layer and op.name not in nested:
             nested.append(op.name)
         owner[id(layer)] = found[0]
+        walk_calls[id(layer)] = calls
     order = [owner[id(view.layer)] for view, _ in layers]
     if order != sorted(order):  # calibrated in call order: the walk must meet them in that order
         return "the graph's node order differs from the call order; each layer's inputs are read by a pass of its own"
@@ -291,6 +432,7 @@ def _schedule(model, layers: list) -> _Schedule | str:
         keep=set(last),
         freed=freed,
         nested=nested,
+        calls=walk_calls,
     )
 
 
@@ -323,9 +465,10 @@ def _probe(model, batches: list, schedule: _Schedule) -> dict | str:
     first = batches[0]
     probe = first if fixed else tf.nest.map_structure(lambda a: a[:PROBE_EXAMPLES], first)
     n = capture.count_examples([probe])
+    steps = _steps(model)
     try:
         values = dict(zip(schedule.inputs, keras_graph.flat_inputs(model, probe), strict=True))
-        for node in _steps(model):
+        for node in steps:
             if any(id(t) not in values for t in node.input_tensors):
                 continue  # not computable from the inputs, as the model's own call skips it
             outs = node.run(values, training=False)
@@ -340,10 +483,11 @@ def _probe(model, batches: list, schedule: _Schedule) -> dict | str:
         return f"walking the graph node by node failed ({first_line[:120]}); each layer's inputs are read by a pass of its own"
     if len(walked) != len(reference) or not all(_close(a, b) for a, b in zip(walked, reference, strict=False)):
         return "walking the graph node by node does not reproduce the model's outputs; each layer's inputs are read by a pass of its own"
+    fold = {id(t): step.out_fold for step in steps for t in step.outputs}  # T rows per example, folded
     sizes = {}
     for k in schedule.keep:
         nbytes, lead = _nbytes(values.get(k))
-        sizes[k] = (nbytes / n, 0) if lead == n and n else (0, nbytes)
+        sizes[k] = (nbytes / n, 0) if n and lead == n * fold.get(k, 1) else (0, nbytes)
     return sizes
 
 

@@ -72,21 +72,25 @@ BLOCK_COPIES = 3  # one block of X rows, its squares and |x| inside the accumula
 class _Plan:
     """Calibrated layers [(view, capture.Call)] in call order, the targets pruned by magnitude, the
     forward passes (lists of input batches) and the examples per pass; `diagonal_only`: the targets of
-    SparseGPT (or --reconstruct) runs whose full Hessian does not fit in memory, pruned by Wanda."""
+    SparseGPT (or --reconstruct) runs whose full Hessian does not fit in memory, pruned by Wanda;
+    `walk`: frontier.passes' memo of the graph walk's schedule and probe, made once per plan however
+    many sources the run asks for (one per allocation --normalize measured tries)."""
 
     layers: list
     rest: list
     batches: list
     per_pass: int
     diagonal_only: set = field(default_factory=set)
+    walk: dict = field(default_factory=dict)
 
 
 def _plan(model, targets, calibration_x, notes, fallback) -> _Plan:
     """The calibrated layers in call order and the forward passes over the calibration inputs.
 
     A pass holds at most capture.CHUNK examples, fewer when a calibrated layer's input is large
-    (capture.INPUT_BYTES per pass), exactly the model's batch size when its inputs declare one; a
-    model with stateful layers is not calibrated (a pass would change their states)."""
+    (capture.INPUT_BYTES per pass: all of a pass's calls of the layer, e.g. each of the 38 frames a
+    TimeDistributed sends through its nested model), exactly the model's batch size when its inputs
+    declare one; a model with stateful layers is not calibrated (a pass would change their states)."""
     import math
 
     import tensorflow as tf
@@ -133,7 +137,7 @@ def _plan(model, targets, calibration_x, notes, fallback) -> _Plan:
         seen = sorted(called, key=lambda v: order[id(v.layer)].first)
         plan = [(v, order[id(v.layer)]) for v in seen]
         if not fixed:
-            per_example = max((4 * math.prod(c.input_shape[1:]) for _, c in plan if c.input_shape), default=0)
+            per_example = max((4 * math.prod(c.input_shape[1:]) * c.calls for _, c in plan if c.input_shape), default=0)
             per_pass = max(1, min(capture.CHUNK, capture.INPUT_BYTES // max(per_example, 1)))
             if per_pass != capture.CHUNK:
                 batches = capture.chunks(calibration_x, per_pass)
@@ -166,8 +170,9 @@ def frontier_budget() -> int:
 
 
 def _passes(model, plan: _Plan):
-    """The source of the plan's layer inputs (frontier.passes): the cached graph walk or prefix passes."""
-    return frontier.passes(model, plan, frontier_budget())
+    """The source of the plan's layer inputs (frontier.passes): the cached graph walk or prefix passes
+    (the walk's schedule and probe made once per plan: `_Plan.walk`)."""
+    return frontier.passes(model, plan, frontier_budget(), memo=plan.walk)
 
 
 def _passes_section(src) -> dict:
@@ -201,9 +206,9 @@ def check_memory(
     for view, call in list(plan.layers):
         d = view.d_in
         shape = call.input_shape
-        per_example = math.prod(shape[1:]) if shape else d
+        per_example = (math.prod(shape[1:]) if shape else d) * call.calls  # every call of a pass (frames)
         input_bytes = 4 * plan.per_pass * per_example
-        rows = plan.per_pass * (view.rows_per_example(shape) if shape else 1)
+        rows = plan.per_pass * (view.rows_per_example(shape) if shape else 1) * call.calls
         block_bytes = BLOCK_COPIES * 4 * d * min(rows, max(1, capture.PATCH_BYTES // (4 * d)))
         hessian_bytes = 0 if view.diagonal else 4 * d * d  # an embedding's is diagonal: never built
         base = input_bytes + block_bytes + 8 * 4 * d * view.d_out + 16 * d
@@ -833,7 +838,8 @@ def _sequential(
         result.masks[t.name] = view.from_matrix(keep)
         layers[t.name] = entry
         if entry["error_after"] is None:
-            pending = (t.name, capture.ErrorMeter(view, w_new, w_dense, call.calls))
+            meter = capture.ErrorMeter(view, w_new, w_dense, src.calls_of(view, call.calls), passes=len(p.batches))
+            pending = (t.name, meter)
     if pending:
         src.measure(pending[1])
         _finish_meter(pending, layers, len(p.batches))

@@ -88,6 +88,7 @@ def verify(
         _check_hash(result, claims, model_path)
     quiet_tensorflow()
     model, _source = model_io.load(model_path, unsafe=unsafe, custom_objects=custom_objects)
+    model = _opened_as_the_run_opened(model, claims, saved_plan)
     from prunecli.structure import targets as targets_mod
 
     found = {t.name: t for t in targets_mod.walk(model)}
@@ -106,6 +107,22 @@ def verify(
         error.result = result
         raise error
     return result
+
+
+def _opened_as_the_run_opened(model, claims: dict | None, saved_plan) -> object:
+    """The model with the wrappers and nested models the run opened (its report's and plan's `opened`)
+    opened again: the run named their layers as it saw them, opened, and a written model wraps a
+    TimeDistributed's layers again (rebuild.renested), so "td_conv/kernel" was "td_conv/conv/kernel" in
+    the file and every claim on it read "not in the model"."""
+    opened = set((claims or {}).get("opened") or [])
+    if saved_plan is not None:
+        opened |= set(saved_plan.manifest.get("structure", {}).get("opened") or [])
+    if not opened:
+        return model
+    from prunecli.structure import rebuild
+
+    found = rebuild.opened(model, lambda nested: nested.name in opened)
+    return model if found is None else found[0]
 
 
 def _read_report(path) -> dict:

@@ -102,7 +102,7 @@ def per_position_wrapper(layer) -> bool:
 
 def reachable_layers(model) -> set[int]:
     """Ids of the layers --shrink can slice from the model's graph: its calls, those of the nested plain
-    models and TimeDistributed(Dense) wrappers `opened` opens, and recurrent layers' parts and cells. A
+    models and TimeDistributed wrappers `opened` opens, and recurrent layers' parts and cells. A
     Conv1D inside a user's layer class (keras-tcn's residual blocks) is not one: inspect called it
     shrinkable, and the run then kept the model whole."""
     from prunecli.structure.channels import recurrent_parts
@@ -116,10 +116,10 @@ def reachable_layers(model) -> set[int]:
             op = node.operation
             if plain_model(op):
                 visit(op)
-            elif per_position_wrapper(op):
-                found.add(id(op.layer))
             elif type(op).__name__ == "TimeDistributed" and plain_model(op.layer):
                 visit(op.layer)  # opened with its steps folded into the batch (folded_steps)
+            elif type(op).__name__ == "TimeDistributed" and not keras_graph.is_model(op.layer):
+                found.add(id(op.layer))  # called on the whole sequence, or on its steps folded
             for part in recurrent_parts(op):  # the layer itself, or a Bidirectional's two directions
                 found.update((id(op), id(part), id(getattr(part, "cell", part))))
 
