@@ -373,3 +373,26 @@ def test_wrapped_convolutions_pooling_and_batchnorm_shrink_and_keep_their_wrappe
     assert result.exit_code == 0, result.output
     assert cli("apply", plan, path, "-o", replayed, "--shrink", "-q").exit_code == 0
     assert cli("verify", replayed, "--plan", plan).exit_code == 0
+
+
+def test_one_layer_in_two_wrappers_stays_one_layer_when_wrapped_again():
+    """Two TimeDistributed wrappers of one Conv2D (two camera streams through the same filters): opened
+    they call one copy, and written again both wrappers hold one layer, not two with the same weights."""
+    import keras
+
+    from prunecli.structure import rebuild
+
+    keras.utils.set_random_seed(0)
+    a, b = keras.Input((3, 6, 6, 2)), keras.Input((3, 6, 6, 2))
+    conv = keras.layers.Conv2D(4, 3, name="c")
+    h = keras.layers.Add()(
+        [keras.layers.TimeDistributed(conv, name="tda")(a), keras.layers.TimeDistributed(conv, name="tdb")(b)]
+    )
+    h = keras.layers.TimeDistributed(keras.layers.Flatten(), name="tf")(h)
+    model = keras.Model([a, b], keras.layers.Dense(2)(keras.layers.LSTM(3)(h)))
+    flat, names, _ = rebuild.opened(model, lambda wrapper: True)
+    again = rebuild.renested(flat)
+    assert names == ["tda", "tdb", "tf"] and again.get_layer("tda").layer is again.get_layer("tdb").layer
+    assert again.count_params() == model.count_params()
+    x = [np.random.default_rng(1).random((2, 3, 6, 6, 2)).astype("float32")] * 2
+    np.testing.assert_allclose(np.asarray(again(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-6)

@@ -266,8 +266,9 @@ def opened(model, holds):
 
 def renested(model):
     """`model` with each FoldSteps ... UnfoldSteps span (`opened`, folded_steps.py) back in a
-    TimeDistributed of a model, or of its one layer, under the names they had, calling the same (possibly narrowed) layer objects; `model` itself when it has no
-    fold. None when the spans do not pair up (a layer outside a span reading a tensor inside one)."""
+    TimeDistributed of a model, or of its one layer, under the names they had, calling the same
+    (possibly narrowed) layers; `model` itself when it has no fold. None when the spans do not pair up
+    (a layer reading tensors of two spans, or one outside a span reading a tensor inside one)."""
     import keras
 
     graph = keras_graph.functional(model)
@@ -275,44 +276,52 @@ def renested(model):
     if not any(folded_steps.is_fold(node.operation) for node in nodes):
         return model
     new_inputs, tensors = _fresh_inputs(graph, {})
-    open_spans: dict[tuple[str, str], tuple] = {}  # (wrapper, nested) -> (outer input, the inner Input)
-    inside: set[int] = set()  # ids of tensors computed inside an open span
+    spans: dict[tuple[str, str], tuple] = {}  # (wrapper, nested) -> (outer input, inner Input, model?, calls)
+    inside: dict[int, tuple[str, str]] = {}  # id(tensor computed inside a span) -> its span
+    rewrapped: dict[int, object] = {}  # id(opened layer) -> the layer its wrapper holds again
     for node in nodes:
         op = node.operation
-        if any(id(t) not in tensors for t in keras_graph.flatten(node.input_tensors)):
+        given = keras_graph.flatten(node.input_tensors)
+        if any(id(t) not in tensors for t in given):
             return None
-        reads_inside = any(id(t) in inside for t in keras_graph.flatten(node.input_tensors))
+        within = {inside[id(t)] for t in given if id(t) in inside}
+        if len(within) > 1:
+            return None
         if folded_steps.is_fold(op):
             outer = tensors[id(node.input_tensors[0])]
             start = keras.Input(batch_shape=(None, *outer.shape[2:]), dtype=outer.dtype)
-            open_spans[(op.wrapper, op.nested)] = (outer, start, getattr(op, "model", True), [])
+            spans[(op.wrapper, op.nested)] = (outer, start, getattr(op, "model", True), [])
             tensors[id(node.outputs[0])] = start
-            inside.add(id(node.outputs[0]))
+            inside[id(node.outputs[0])] = (op.wrapper, op.nested)
             continue
         if folded_steps.is_unfold(op):
-            span = open_spans.pop((op.wrapper, op.nested), None)
-            if span is None or not reads_inside:
+            span = spans.pop((op.wrapper, op.nested), None)
+            if span is None or within != {(op.wrapper, op.nested)}:
                 return None
             outer, start, model_inside, calls = span
             if model_inside:
                 wrapped = keras.Model(start, tensors[id(node.input_tensors[0])], name=op.nested)
+            elif len(calls) == 1 and id(calls[0]) in rewrapped:  # one layer in two wrappers stays one
+                wrapped = rewrapped[id(calls[0])]
             elif len(calls) == 1:  # a wrapped layer, under its own name again
                 with keras_graph.copying_in_memory():
                     wrapped = type(calls[0]).from_config({**calls[0].get_config(), "name": op.nested})
                 wrapped(start)
                 keras_graph.copy_weights(calls[0], wrapped)
+                rewrapped[id(calls[0])] = wrapped
             else:
                 return None
             tensors[id(node.outputs[0])] = keras.layers.TimeDistributed(wrapped, name=op.wrapper)(outer)
             continue
+        if within and next(iter(within)) not in spans:
+            return None  # reads a tensor of a span already closed
         for old, new in zip(keras_graph.flatten(node.outputs), keras_graph.call_node(node, tensors), strict=True):
             tensors[id(old)] = new
-            if reads_inside:
-                inside.add(id(old))
-        if reads_inside:
-            for span in open_spans.values():
-                span[3].append(op)
-    if open_spans or any(id(t) in inside for t in keras_graph.flatten(graph.outputs)):
+            if within:
+                inside[id(old)] = next(iter(within))
+        if within:
+            spans[next(iter(within))][3].append(op)
+    if spans or any(id(t) in inside for t in keras_graph.flatten(graph.outputs)):
         return None
     return _model_like(model, graph, new_inputs, tensors)
 
