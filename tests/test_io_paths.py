@@ -208,6 +208,25 @@ def test_a_savedmodel_folder_prunecli_did_not_write_needs_force(tmp_path):
     (folder / paths.EXPORT_MARKER).write_text(listed + "\n")
     _savedmodel_plan(model, tmp_path / "out.keras")  # what the marker lists may go
     assert (folder / "saved_model.pb").exists(), "planning removes nothing"
+    # a file the user put inside a subfolder the export wrote (its assets/): the marker lists every file
+    (folder / "variables" / "vocab.txt").write_text("the user's")
+    with pytest.raises(OutputError, match="holds variables/vocab.txt, which prunecli did not write"):
+        _savedmodel_plan(model, tmp_path / "out.keras")
+    listed = "\n".join([paths.EXPORT_MARKER_HEADER, *paths.folder_entries(folder)])
+    (folder / paths.EXPORT_MARKER).write_text(listed + "\n")
+    _savedmodel_plan(model, tmp_path / "out.keras")
+
+
+def test_a_real_export_lists_every_file_and_refuses_one_added_in_its_assets(tmp_path, cli, mlp_files):
+    out = tmp_path / "s.keras"
+    assert cli("prune", mlp_files["keras"], "-s", "0.5", "-o", out, "--export", "savedmodel", "-q").exit_code == 0
+    saved = tmp_path / "s_savedmodel"
+    listed = (saved / paths.EXPORT_MARKER).read_text().splitlines()
+    assert listed[0] == paths.EXPORT_MARKER_HEADER and "variables/variables.index" in listed
+    (saved / "assets" / "vocab.txt").write_text("the user's")
+    result = cli("prune", mlp_files["keras"], "-s", "0.6", "-o", out, "--export", "savedmodel", "-q")
+    assert result.exit_code == 5 and "assets/vocab.txt" in result.output
+    assert (saved / "assets" / "vocab.txt").read_text() == "the user's"
 
 
 def test_the_python_api_plans_the_paths_the_cli_plans(tmp_path):
@@ -260,3 +279,18 @@ def test_a_report_to_dev_stdout_is_the_standard_output(files):
     assert c.report == "-"
     with pytest.raises(UsageError, match="would both write to stdout"):
         paths.plan(_config(files, report="/dev/stdout", markdown="-"), output_model=files / "o.keras")
+
+
+def test_a_report_inside_the_savedmodel_folder_the_export_replaces_is_refused_before_the_work(tmp_path):
+    """The report's temporary file went into the old folder, which the export's rename then replaced:
+    exit 5 only after the whole run, with a wrong reason ("No such file or directory")."""
+    model = tmp_path / "in.keras"
+    model.write_bytes(b"x")
+    (tmp_path / "out_savedmodel").mkdir()
+    (tmp_path / "out_savedmodel" / paths.EXPORT_MARKER).write_text(paths.EXPORT_MARKER_HEADER + "\n")
+    for key in ("report", "markdown"):
+        inside = str(tmp_path / "out_savedmodel" / "r.txt")
+        with pytest.raises(
+            OutputError, match=f"{key} .*r.txt is inside .*out_savedmodel, which the export savedmodel replaces whole"
+        ):
+            _savedmodel_plan(model, tmp_path / "out.keras", **{key: inside})

@@ -259,8 +259,19 @@ def _plan_model_writes(p: PathPlan, config, out: Path, exports: dict) -> None:
 
 
 EXPORT_MARKER = ".prunecli-export"  # inside every SavedModel folder prunecli writes: it may replace it again
-EXPORT_MARKER_HEADER = "written by prunecli: a later --export savedmodel may replace this folder; it wrote:"
+EXPORT_MARKER_HEADER = "written by prunecli: a later --export savedmodel may replace this folder; it wrote (every file):"
+TOP_LEVEL_HEADER = "written by prunecli: a later --export savedmodel may replace this folder; it wrote:"  # before
 SAVEDMODEL_ENTRIES = ("saved_model.pb", "variables", "assets", "fingerprint.pb")  # a marker without a list
+
+
+def folder_entries(folder: Path) -> list[str]:
+    """Every file and folder under `folder`, as paths relative to it ("variables/variables.index"),
+    sorted; symbolic links are listed, not followed. What an export's marker records, and compares."""
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        base = Path(root).relative_to(folder)
+        found.extend(str(base / name) for name in [*dirs, *files])
+    return sorted(found)
 
 
 def _savedmodel_target(role: str, target: Path, force: bool) -> PlannedWrite:
@@ -290,10 +301,14 @@ def _added_to_export(folder: Path) -> list[str]:
     there since (a later export replaced the folder whole, and them with it, without a word)."""
     try:
         lines = (folder / EXPORT_MARKER).read_text().splitlines()
-        present = sorted(entry.name for entry in folder.iterdir())
+        present = folder_entries(folder)
     except OSError:
         return []
-    written = set(lines[1:]) if lines and lines[0] == EXPORT_MARKER_HEADER else set(SAVEDMODEL_ENTRIES)
+    if lines and lines[0] == EXPORT_MARKER_HEADER:  # every file it wrote: one added in a subfolder counts too
+        written = set(lines[1:])
+    else:  # an older marker listed the top level only (a file added in a subfolder went unseen)
+        written = set(lines[1:]) if lines and lines[0] == TOP_LEVEL_HEADER else set(SAVEDMODEL_ENTRIES)
+        present = [name for name in present if "/" not in name]
     return [name for name in present if name not in written and name != EXPORT_MARKER]
 
 
@@ -350,6 +365,10 @@ def _check_collisions(p: PathPlan, model: Path | None, force: bool) -> None:
         for b in writes[i + 1 :]:
             if same_file(a.path, b.path):
                 raise OutputError(f"{a.role} and {b.role} are the same file: {shown(a.path)}")
+    for a in writes:  # a report written into the folder an export replaces whole would go with the old folder
+        for b in writes:
+            if a is not b and a.is_dir and _inside(b.path, a.path):
+                raise OutputError(f"{b.role} {shown(b.path)} is inside {shown(a.path)}, which the {a.role} replaces whole")
 
 
 def _read_name(role: str) -> str:

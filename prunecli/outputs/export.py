@@ -53,7 +53,7 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
     from prunecli.io.models import dir_sizes, file_sizes, replace_dir, staged
 
     formats = list(dict.fromkeys(config.export))
-    from prunecli.io.paths import EXPORT_MARKER, EXPORT_MARKER_HEADER, export_paths
+    from prunecli.io.paths import EXPORT_MARKER, EXPORT_MARKER_HEADER, export_paths, folder_entries
 
     paths = export_paths(Path(out_path))
     results: dict[str, dict] = {}
@@ -62,7 +62,7 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
         saved = stage / "savedmodel"
         progress("exporting SavedModel")
         write_savedmodel(model, saved)
-        written = sorted(entry.name for entry in saved.iterdir())  # what a later export may replace (io/paths)
+        written = folder_entries(saved)  # what a later export may replace (io/paths)
         (saved / EXPORT_MARKER).write_text("\n".join([EXPORT_MARKER_HEADER, *written]) + "\n")
         source = saved
         float_model = unquantized if unquantized is not None else model  # what TFLite converts

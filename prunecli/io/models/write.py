@@ -28,6 +28,10 @@ def default_output(path: str | os.PathLike) -> Path:
     """`model.h5` -> `model.pruned.h5`, next to the input; `.keras` for any other name, so that a
     wrongly named input is reported by the loader, not as a bad output name."""
     p = Path(path)
+    if p.name in ("", ".", ".."):  # `prunecli prune .` inside a SavedModel folder: named after the folder
+        p = _resolved(p)
+    if not p.name:
+        raise OutputError(f"no output name can be made from {path}: give one with -o")
     suffix = p.suffix if p.suffix in MODEL_SUFFIXES else ".keras"
     return p.with_name(f"{p.stem}.pruned{suffix}")
 
