@@ -475,29 +475,23 @@ def plan(ctx: click.Context, as_json: bool, **params) -> None:
         render(result, _console())
 
 
-APPLY_OPTIONS = (
-    ("output", {"type": click.Path()}),
-    ("force", {}),
-    ("data", {"type": click.Path()}),
-    ("batch_size", {"type": int}),
-    ("val_split", {"type": float}),
-    ("epochs", {"type": int}),
-    ("learning_rate", {"type": float}),
-    ("optimizer", {}),
-    ("shrink", {}),
-    ("export", {}),
-    ("report", {"type": click.Path()}),
-    ("markdown", {"type": click.Path()}),
-    ("quiet", {}),
-    ("unsafe", {}),
-    ("custom_objects", {}),
-    ("sizes", {}),
-)
+APPLY_TYPES = {  # click types of `apply`'s options (their names: config.fields.APPLY_OPTIONS)
+    "output": click.Path(),
+    "data": click.Path(),
+    "batch_size": int,
+    "val_split": float,
+    "epochs": int,
+    "learning_rate": float,
+    "report": click.Path(),
+    "markdown": click.Path(),
+}
 
 
 def _apply_options(fn):
-    for name, extra in reversed(APPLY_OPTIONS):
-        fn = _config_option(name, **extra)(fn)
+    from prunecli.config.fields import APPLY_OPTIONS
+
+    for name in reversed(APPLY_OPTIONS):
+        fn = _config_option(name, **({"type": APPLY_TYPES[name]} if name in APPLY_TYPES else {}))(fn)
     return fn
 
 

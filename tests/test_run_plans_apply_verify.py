@@ -382,3 +382,38 @@ def test_apply_plan_without_a_plan_path_raises_the_packages_error(mlp_files):
 
     with pytest.raises(InputError, match="a plan file path is needed, got NoneType"):
         apply_plan(None, mlp_files["keras"])
+
+
+@pytest.mark.parametrize(
+    "option", [{"quantize": "int8"}, {"max_accuracy_drop": 0.0}, {"sparsity": 0.95}, {"save_plan": "again.zip"}]
+)
+def test_apply_plan_refuses_options_the_apply_command_does_not_have(pruned, mlp_files, tmp_path, option):
+    """apply_plan(..., quantize="int8") ran without quantising, wrote a float model, and the report's
+    settings said int8; a gate (max_accuracy_drop) was never checked, and a sparsity or save_plan was
+    dropped without a word. Options the apply command does not have are refused, naming the option."""
+    from prunecli.run.apply import apply_plan
+
+    out = tmp_path / "out.keras"
+    with pytest.raises(ConfigError, match=f"apply takes no option '{next(iter(option))}'"):
+        apply_plan(pruned[1], mlp_files["keras"], output=str(out), data=str(mlp_files["data"]), **option)
+    assert not out.exists()
+
+
+def test_the_api_refuses_model_objects_dicts_and_odd_types_in_one_line(pruned, mlp_files):
+    import keras
+
+    from prunecli import build_config
+    from prunecli.run.apply import apply_plan
+    from prunecli.run.verify import verify
+
+    model = keras.saving.load_model(mlp_files["keras"])
+    with pytest.raises(ConfigError, match="not a model object: save it first"):
+        apply_plan(pruned[1], model)
+    with pytest.raises(ConfigError, match="verify: report takes the path of a file, not a dict"):
+        verify(pruned[0], report={"layers": []})
+    with pytest.raises(ConfigError, match="--tolerance must be a number, got '0.1'"):
+        verify(pruned[0], report=pruned[2], tolerance="0.1")
+    x = np.zeros((4, 3))
+    with pytest.raises(ConfigError, match=r"invalid value for data: a tuple \(a path is needed") as caught:
+        build_config({"model_path": str(mlp_files["keras"]), "data": (x, x)})
+    assert "\n" not in str(caught.value)

@@ -39,6 +39,26 @@ EXPORT_FORMATS = ("tflite", "tflite-int8", "savedmodel")  # outputs/export.py
 QUANTIZE_MODES = ("int8", "int4", "float8")  # Keras 3 Model.quantize modes (outputs/quantize.py)
 QAT_CHOICES = ("auto", "on", "off")  # quantisation-aware fine-tuning with --quantize (training/fake_quant.py)
 QAT_MODES = ("int8", "int4")  # the --quantize modes with a fake quantisation to fine-tune through
+# The options an apply run takes (`prunecli apply`'s, run/apply.py): what it does after replaying a plan's
+# masks. Any other (a sparsity, a method, --quantize, a gate) it would not honour, so the API refuses it.
+APPLY_OPTIONS = (
+    "output",
+    "force",
+    "data",
+    "batch_size",
+    "val_split",
+    "epochs",
+    "learning_rate",
+    "optimizer",
+    "shrink",
+    "export",
+    "report",
+    "markdown",
+    "quiet",
+    "unsafe",
+    "custom_objects",
+    "sizes",
+)
 QAT_BY_DEFAULT = {"int8": False, "int4": False}  # --qat auto: what bench/QUANT.md measured (PTQ vs QAT)
 FEATURE_SCORES = ("l1", "l2", "gradient", "taylor", "permutation", "random")  # -g input scores
 DISTILL_TEMPERATURE = 2.0  # bare --distill, and the --target default (recovery_defaults)

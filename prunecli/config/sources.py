@@ -97,7 +97,12 @@ def _coerce(name: str, value: Any) -> Any:
             ) from exc
         if isinstance(value, str) and len(value) > 80:
             value = value[:80] + "..."
-        raise ConfigError(f"invalid value for {name}: {value!r}") from exc
+        said = repr(value)
+        if not isinstance(value, str) and ("\n" in said or len(said) > 80):  # arrays: their repr spans lines
+            said = f"a {type(value).__name__}"
+            if name == "data":
+                said += " (a path is needed: save arrays with numpy.savez('d.npz', x=x, y=y))"
+        raise ConfigError(f"invalid value for {name}: {said}") from exc
 
 
 def _parse_overrides(value: Any) -> tuple[LayerOverride, ...]:

@@ -259,7 +259,9 @@ def _plan_model_writes(p: PathPlan, config, out: Path, exports: dict) -> None:
 
 
 EXPORT_MARKER = ".prunecli-export"  # inside every SavedModel folder prunecli writes: it may replace it again
-EXPORT_MARKER_HEADER = "written by prunecli: a later --export savedmodel may replace this folder; it wrote (every file):"
+EXPORT_MARKER_HEADER = (
+    "written by prunecli: a later --export savedmodel may replace this folder; it wrote (every file):"
+)
 TOP_LEVEL_HEADER = "written by prunecli: a later --export savedmodel may replace this folder; it wrote:"  # before
 SAVEDMODEL_ENTRIES = ("saved_model.pb", "variables", "assets", "fingerprint.pb")  # a marker without a list
 
@@ -368,7 +370,9 @@ def _check_collisions(p: PathPlan, model: Path | None, force: bool) -> None:
     for a in writes:  # a report written into the folder an export replaces whole would go with the old folder
         for b in writes:
             if a is not b and a.is_dir and _inside(b.path, a.path):
-                raise OutputError(f"{b.role} {shown(b.path)} is inside {shown(a.path)}, which the {a.role} replaces whole")
+                raise OutputError(
+                    f"{b.role} {shown(b.path)} is inside {shown(a.path)}, which the {a.role} replaces whole"
+                )
 
 
 def _read_name(role: str) -> str:

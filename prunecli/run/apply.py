@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 
 from prunecli import removal
+from prunecli.config.fields import APPLY_OPTIONS
 from prunecli.errors import ConfigError, InputError
 from prunecli.io import models as model_io
 from prunecli.io import plan_file
@@ -45,10 +46,16 @@ def apply_config(plan: plan_file.Plan, model_path, **options):
             f"plan {shown(plan.path)} removes structure (-g {kind}); apply replays element, block, N:M "
             "and neuron plans only: run `prunecli prune` with the plan's options on this model instead"
         )
+    unknown = sorted(set(options) - set(APPLY_OPTIONS))
+    if unknown:  # it would run without them and report them as settings (--quantize, a gate, a sparsity)
+        raise ConfigError(
+            f"apply takes no option {unknown[0]!r}: it replays the plan's masks, then does only"
+            f" {', '.join(APPLY_OPTIONS)} (run `prunecli prune` for the rest)"
+        )
     settings = plan.manifest.get("settings", {})
     given = {k: settings[k] for k in FROM_PLAN if settings.get(k) is not None}
     given.update({k: v for k, v in options.items() if v is not None and v != ()})
-    given.update(model_path=str(model_path), method="magnitude", schedule="oneshot")
+    given.update(model_path=model_path, method="magnitude", schedule="oneshot")
     config = build_config(given, environ={})
     return config.replace(save_plan=None, auto=False, sparsity=None, threshold=None)
 

@@ -69,6 +69,11 @@ def verify(
 
     if report is None and plan is None:
         raise ConfigError("verify needs --report, --plan or both: the claims to check")
+    for role, p in (("model", model_path), ("report", report), ("plan", plan), ("data", data)):
+        if p is not None and not isinstance(p, (str, os.PathLike)):  # the Python API given a dict or a model
+            raise ConfigError(f"verify: {role} takes the path of a file, not a {type(p).__name__}")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)):
+        raise ConfigError(f"--tolerance must be a number, got {tolerance!r}")
     if not (tolerance >= 0 and math.isfinite(tolerance)):
         raise ConfigError(f"--tolerance must be a finite number >= 0, got {tolerance}")
     for role, p, err in (
