@@ -54,8 +54,12 @@ def test_the_quality_gate_judges_the_quantized_model_that_is_written(cli, tmp_pa
     result = cli(
         "prune", trained / "m.keras", "-s", "0.3", "--quantize", "int4", "--data", trained / "d.npz",
         "--max-accuracy-drop", "0.05", "-o", out, "-r", tmp_path / "q.json", "-q",
+        "--save-plan", tmp_path / "q.plan", "--export", "savedmodel",
     )  # fmt: skip
     claims = json.loads((tmp_path / "q.json").read_text())
+    # the plan's and export's entries describe files that were not written: they say so
+    assert claims["plan"]["written"] is False and claims["export"]["savedmodel"]["written"] is False
+    assert not (tmp_path / "q.plan").exists() and not (tmp_path / "q_savedmodel").exists()
     quantized = claims["quantize"]["metrics"]["quantized"]["accuracy"]
     lost = claims["metrics"]["before"]["accuracy"] - quantized
     assert lost > 0.05, "the fixture's int4 model must lose more than the gate allows"
@@ -127,3 +131,35 @@ def test_a_threshold_held_at_the_floor_says_so(cli, tmp_path, trained):
     assert result.exit_code == 0, result.output
     notes = json.loads(report.read_text())["notes"]
     assert any("hidden1/kernel: kept" in n and "(min_keep)" in n for n in notes), notes
+
+
+def test_accuracy_measured_on_the_rows_fine_tuned_on_is_said(cli, tmp_path, trained):
+    """A data file with x and y only: the report's accuracy after fine-tuning is on the rows the model
+    just trained on, which only `finetune.validation` hinted; a note says it, and not with a test set."""
+    arrays = dict(np.load(trained / "d.npz"))
+    np.savez(tmp_path / "test.npz", **arrays, x_test=arrays["x"][:100], y_test=arrays["y"][:100])
+    said = {}
+    for name in ("d.npz", "test.npz"):
+        data = trained / name if name == "d.npz" else tmp_path / name
+        report = tmp_path / f"{name}.json"
+        result = cli(
+            "prune",
+            trained / "m.keras",
+            "-s",
+            "0.5",
+            "--data",
+            data,
+            "--epochs",
+            "1",
+            "-o",
+            tmp_path / "o.keras",
+            "-r",
+            report,
+            "-q",
+            "--force",
+        )
+        assert result.exit_code == 0, result.output
+        said[name] = any(
+            "measured on the data it was fine-tuned on" in n for n in json.loads(report.read_text())["notes"]
+        )
+    assert said == {"d.npz": True, "test.npz": False}

@@ -417,3 +417,20 @@ def test_the_api_refuses_model_objects_dicts_and_odd_types_in_one_line(pruned, m
     with pytest.raises(ConfigError, match=r"invalid value for data: a tuple \(a path is needed") as caught:
         build_config({"model_path": str(mlp_files["keras"]), "data": (x, x)})
     assert "\n" not in str(caught.value)
+
+
+def test_an_edited_setting_of_the_plan_is_named_as_the_plans(pruned, mlp_files, tmp_path, cli):
+    """A plan whose batch size was edited to 0 failed with "batch_size must be >= 1", which named no
+    plan: the user had given no batch size."""
+    _, plan, _ = pruned
+    with zipfile.ZipFile(plan) as z:
+        files = {name: z.read(name) for name in z.namelist()}
+    manifest = json.loads(files[plan_file.MANIFEST])
+    manifest["settings"]["batch_size"] = 0
+    files[plan_file.MANIFEST] = json.dumps(manifest).encode()
+    edited = tmp_path / "edited.zip"
+    with zipfile.ZipFile(edited, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    result = cli("apply", edited, mlp_files["keras"], "-o", tmp_path / "o.keras", "-q")
+    assert result.exit_code == 2 and "edited.zip: its settings:" in result.stderr and "batch" in result.stderr

@@ -54,6 +54,10 @@ def apply_config(plan: plan_file.Plan, model_path, **options):
         )
     settings = plan.manifest.get("settings", {})
     given = {k: settings[k] for k in FROM_PLAN if settings.get(k) is not None}
+    try:  # the plan's own settings first, so that an edited one is named as the plan's
+        build_config({**given, "model_path": model_path, "method": "magnitude", "schedule": "oneshot"}, environ={})
+    except ConfigError as exc:
+        raise ConfigError(f"plan {shown(plan.path)}: its settings: {exc.message}") from exc
     given.update({k: v for k, v in options.items() if v is not None and v != ()})
     given.update(model_path=model_path, method="magnitude", schedule="oneshot")
     config = build_config(given, environ={})

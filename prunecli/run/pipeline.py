@@ -159,8 +159,8 @@ def run(config: PruneConfig, progress: steps.Progress | None = None) -> PruneRes
 
 def _withhold_failed_outputs(report: Report, config: PruneConfig) -> bool:
     """A model that fails its quality gate replaces no earlier output: the model, its plan and exports
-    staged so far are dropped (the report, written after, still is), the report's `output` says
-    `written: false`, and a note says so; whether it did. The gate itself is raised by `check_gates`,
+    staged so far are dropped (the report, written after, still is), the report's `output`, `plan` and
+    `export` entries say `written: false`, and a note says so; whether it did. The gate itself is raised by `check_gates`,
     after the report (the CLI's exit 4)."""
     from prunecli.messages import shown
 
@@ -169,6 +169,9 @@ def _withhold_failed_outputs(report: Report, config: PruneConfig) -> bool:
     dropped = ", ".join(shown(p) for p in model_io.discard_staged())
     if report.output:
         report.output["written"] = False
+    for entry in (report.extra.get("plan"), *(report.extra.get("export") or {}).values()):
+        if isinstance(entry, dict) and "path" in entry:  # its path, size and digest describe a file not written
+            entry["written"] = False
     report.notes.append(
         f"the quality gate failed: {dropped or 'no file'} not written (any earlier file of that name is as it "
         "was); this report describes the model that failed"

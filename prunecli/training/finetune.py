@@ -81,6 +81,11 @@ def _run(s: FineTuneJob, strategy) -> StepResult:
     validation, held_out = _validation_data(s)
     if c.early_stopping and not held_out:
         s.notes.append("early stopping watches the training loss (no held-out data; give --val-split)")
+    if not getattr(s.data, "eval_held_out", True):  # the report's metrics are then on the rows it trained on
+        s.notes.append(
+            "the accuracy after fine-tuning is measured on the data it was fine-tuned on (no held-out data:"
+            " add x_test/y_test to the file, or give --val-split), so it flatters the pruned model"
+        )
     clock = Stopwatch()
     s.progress(f"fine-tuning: {c.epochs} epoch(s), schedule {c.schedule}, {optimizer_info['name']}")
     with clock.running():

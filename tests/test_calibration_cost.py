@@ -1,0 +1,186 @@
+"""What bounds the cost of calibrated one-shot pruning on models with many frames or large maps
+(bench/ZOO.md, 2026-12-06: vvadlrs3's TimeDistributed MobileNet and DeepVOG's V-Net):
+
+- a TimeDistributed model's nested graph is walked once per pass with its frames folded into the
+  batch, so its layers run a fixed number of times whatever the number of calibrated layers inside,
+  and the masks are the ones the prefix passes (one forward per layer) give;
+- the graph walk's probe runs once per plan, not once per allocation --normalize measured tries;
+- a convolution's error meter reads a bounded number of rows (whole examples), dense layers all rows;
+- a pass's examples are sized from every call a pass makes of a layer (each frame's).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import calibration_config, every_target
+
+FRAMES = 5
+
+
+def _time_distributed(counter: dict | None = None, frames: int = FRAMES):
+    """A small vvadlrs3: a functional CNN run on each frame by TimeDistributed, then LSTM and Dense. A
+    layer at the end of the nested model counts its calls in `counter`."""
+    import keras
+
+    class Count(keras.layers.Layer):
+        def call(self, x):
+            if counter is not None:
+                counter["calls"] = counter.get("calls", 0) + 1
+            return x
+
+    keras.utils.set_random_seed(11)
+    frame = keras.Input((8, 10, 3))
+    h = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="f1")(frame)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="f2")(h)
+    h = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(h)
+    h = keras.layers.Conv2D(8, 1, activation="relu", name="f3")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    inner = keras.Model(frame, Count(name="count")(h), name="per_frame")
+    clip = keras.Input((frames, 8, 10, 3))
+    s = keras.layers.TimeDistributed(inner, name="td")(clip)
+    s = keras.layers.LSTM(6, name="lstm")(s)
+    model = keras.Model(clip, keras.layers.Dense(2, activation="softmax", name="head")(s))
+    rng = np.random.default_rng(3)
+    bn = model.get_layer("td").layer.get_layer("bn")
+    bn.moving_mean.assign(rng.normal(size=6).astype("float32"))
+    bn.moving_variance.assign(rng.uniform(0.5, 2.0, size=6).astype("float32"))
+    x = rng.normal(size=(12, frames, 8, 10, 3)).astype("float32")
+    if counter is not None:
+        counter.clear()
+    return model, [x[:7], x[7:]]
+
+
+def _prune(build, budget, monkeypatch, **config):
+    from prunecli.calibration import frontier, prune_calibrated
+
+    monkeypatch.setattr(frontier, "FRONTIER_BYTES", budget)
+    model, batches = build()
+    res = prune_calibrated(model, every_target(model), batches, calibration_config(sparsity=0.5, **config))
+    return res, [np.asarray(w) for w in model.weights]
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_time_distributed_model_is_folded_and_equals_prefix_passes(method, monkeypatch):
+    """The folded walk gives the masks, weights and per-layer errors of one forward pass per layer."""
+    cached = _prune(_time_distributed, 2**30, monkeypatch, method=method)
+    prefix = _prune(_time_distributed, 0, monkeypatch, method=method)
+    (res_c, w_c), (res_p, w_p) = cached, prefix
+    assert res_c.section["passes"] == "cached", res_c.section["passes_note"]
+    assert res_c.section["passes_note"] is None  # walked node by node, not read through the wrapper
+    assert res_p.section["passes"] == "prefix"
+    inner = {f"td/per_frame/{n}/kernel" for n in ("f1", "f2", "dw", "f3")}
+    assert inner <= set(res_c.masks) and set(res_c.masks) == set(res_p.masks)
+    for name in res_c.masks:
+        np.testing.assert_array_equal(np.asarray(res_c.masks[name]), np.asarray(res_p.masks[name]), err_msg=name)
+    for a, b in zip(w_c, w_p, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert res_c.section["fallback"] == res_p.section["fallback"]
+    for name, entry in res_p.section["layers"].items():
+        assert entry["rows"] == res_c.section["layers"][name]["rows"], name
+        for key in ("error_before", "error_after"):  # a Wanda layer's error meter counts the folded calls
+            assert res_c.section["layers"][name][key] is not None, (name, key)
+            assert res_c.section["layers"][name][key] == pytest.approx(entry[key], rel=1e-3, abs=1e-6), (name, key)
+
+
+def test_folded_model_runs_a_fixed_number_of_times(monkeypatch):
+    """The nested model's last layer runs per frame in the call-order pass and the probe's model call,
+    once per pass in the probe walk and the sweep: not once per frame per calibrated layer."""
+    counter: dict = {}
+    res, _ = _prune(lambda: _time_distributed(counter), 2**30, monkeypatch, method="wanda")
+    assert res.section["passes"] == "cached"
+    passes = 2
+    assert counter["calls"] <= 2 * FRAMES + 1 + passes, counter
+    counter.clear()
+    res, _ = _prune(lambda: _time_distributed(counter), 0, monkeypatch, method="wanda")
+    assert counter["calls"] > 2 * FRAMES + 1 + passes  # the prefix passes: every frame, every layer
+
+
+def test_walk_source_is_memoised_per_plan(monkeypatch):
+    """--normalize measured asks for a source once per allocation it tries; the graph is probed once."""
+    from prunecli.calibration import frontier
+
+    probes = []
+    real = frontier._probe
+
+    def counting(*args, **kwargs):
+        probes.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(frontier, "_probe", counting)
+    res, _ = _prune(_time_distributed, 2**30, monkeypatch, method="wanda", scope="global", normalize="measured")
+    assert res.section["allocation_measured"]["output_error"].keys() >= {"uniform", "lamp", "owl"}
+    assert len(probes) == 1
+
+
+def test_examples_per_pass_count_every_frame(monkeypatch):
+    """A calibrated layer called once per frame sees FRAMES inputs per example in a pass."""
+    from prunecli.calibration import capture
+
+    per_frame = 4 * 8 * 10 * 6  # f2's input, the largest of a frame
+    monkeypatch.setattr(capture, "INPUT_BYTES", 3 * FRAMES * per_frame)
+    res, _ = _prune(_time_distributed, 2**30, monkeypatch, method="wanda")
+    assert res.section["examples_per_pass"] == 3
+
+
+def _conv_and_dense():
+    import keras
+
+    keras.utils.set_random_seed(12)
+    inp = keras.Input((16, 16, 3))
+    h = keras.layers.Conv2D(4, 3, padding="same", name="c")(inp)
+    h = keras.layers.Flatten()(h)
+    return keras.Model(inp, keras.layers.Dense(3, name="d")(h))
+
+
+def _meter(model, name, x, passes, rng):
+    from prunecli.calibration import capture, views
+
+    t = next(t for t in every_target(model) if t.layer_name == name)
+    view = views.view_of(t, model)
+    seen = []
+    with capture._Wrapped(t.layer, seen.append):
+        model(x)
+    w = view.to_matrix(np.asarray(t.variable))
+    w_new = w * (rng.random(w.shape) > 0.5)
+    return capture.ErrorMeter(view, w_new, w, 1, passes=passes), seen[0], view, w_new, w
+
+
+def test_conv_error_meter_reads_bounded_rows(monkeypatch):
+    """Over METER_ROWS output positions in all, a convolution's meter reads the first examples of each
+    pass (whole examples: at least one), and its error is the sums over exactly those rows."""
+    from prunecli.calibration import capture
+
+    model = _conv_and_dense()
+    x = np.random.default_rng(0).normal(size=(10, 16, 16, 3)).astype("float32")
+    rng = np.random.default_rng(1)
+    monkeypatch.setattr(capture, "METER_ROWS", 3 * 256)  # three examples' rows (16 x 16 positions each)
+    passes = 2
+    meter, seen, view, w_new, w = _meter(model, "c", x, passes, rng)
+    for _ in range(passes):
+        meter.hook(seen)
+    per_pass = math.ceil(10 * (3 * 256) / (256 * 10 * passes))
+    assert meter.examples_read == passes * per_pass < passes * 10
+    full = capture.ErrorMeter(view, w_new, w, 1)  # no passes given: every row
+    for _ in range(passes):
+        full.hook(seen[:per_pass])
+    assert full.examples_read == meter.examples_read
+    assert meter.error(passes) == pytest.approx(full.error(passes), rel=1e-6)
+    monkeypatch.setattr(capture, "METER_ROWS", 10**9)  # under the cap: every row, as before
+    meter, seen, *_ = _meter(model, "c", x, passes, rng)
+    meter.hook(seen)
+    assert meter.examples_read == 10
+
+
+def test_dense_error_meter_reads_every_row(monkeypatch):
+    from prunecli.calibration import capture
+
+    model = _conv_and_dense()
+    x = np.random.default_rng(0).normal(size=(10, 16, 16, 3)).astype("float32")
+    monkeypatch.setattr(capture, "METER_ROWS", 1)
+    meter, seen, *_ = _meter(model, "d", x, 4, np.random.default_rng(1))
+    meter.hook(seen)
+    assert meter.examples_read == 10
