@@ -548,3 +548,19 @@ def test_a_file_xnnpack_cannot_prepare_is_checked_with_the_delegate_off(tmp_path
     assert entry["xnnpack_refused"] == said and entry["samples"] > 0 and entry["max_abs_diff"] < 1e-4
     assert delegated and not any(delegated)  # compared and timed with the delegate off
     assert any("default XNNPack delegate cannot run it" in n for n in result.report.notes)
+
+
+def test_a_layer_keras_cannot_trace_is_named_with_its_reason_and_the_open_sizes(tmp_path, cli):
+    """The zoo's HED (a bilinear UpSampling2D on open image sizes) ended every export with "Exception
+    encountered when calling UpSampling2D.call()." and nothing more: the reason was on the next line."""
+    import keras
+
+    inp = keras.Input((None, None, 3))
+    up = keras.layers.UpSampling2D(2, interpolation="bilinear")(keras.layers.Conv2D(4, 3, padding="same")(inp))
+    keras.Model(inp, up).save(tmp_path / "up.keras")
+    result = cli(
+        "prune", tmp_path / "up.keras", "-s", "0.5", "-o", tmp_path / "o.keras", "--export", "savedmodel", "-q"
+    )
+    assert result.exit_code == 7 and result.stderr.count("\n") == 1
+    assert "UpSampling2D.call(): Using a symbolic `tf.Tensor` as a Python `bool` is not allowed" in result.stderr
+    assert "(None, None, None, 3) has open sizes" in result.stderr and not (tmp_path / "o.keras").exists()

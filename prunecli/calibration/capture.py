@@ -54,8 +54,9 @@ HESSIAN_ROWS = 2**18  # a convolution's full Hessian is estimated from this many
 HESSIAN_ROWS_PER_INPUT = 128  # ... and never from fewer than this many rows per input (d_in): on the
 # MNIST CNN of bench/HESSIAN_ROWS.md at 80%, 128 or 256 per input came within 0.7-1.0 point of every row,
 # 64 per input lost 2.0
-METER_ROWS = HESSIAN_ROWS  # a convolution's ErrorMeter reads the first examples of each pass that give
-# about this many output positions (a ratio of two sums over rows needs no more than a Hessian does)
+METER_ROWS = 2**16  # a convolution's ErrorMeter reads the first examples of each pass that give about
+# this many output positions: a ratio of two sums of squares (a report figure), whose relative standard
+# error falls as 1/sqrt(rows), needs far fewer rows than a d_in x d_in Hessian (HESSIAN_ROWS)
 
 
 class _Stop(Exception):

@@ -203,7 +203,25 @@ def write_savedmodel(model, path: Path) -> None:
         full = next((reason for reason in DISK_FULL_REASONS if reason in str(exc)), None)
         if full:  # TensorFlow's own file writer: a full disk or a file-size limit, not an export failure
             raise ResourceError(f"not enough disk space to export the model ({full})") from exc
-        raise ExportError(f"cannot export the model as a SavedModel: {first_line(exc)}") from exc
+        raise ExportError(f"cannot export the model as a SavedModel: {traced_failure(exc, model)}") from exc
+
+
+def traced_failure(exc: BaseException, model) -> str:
+    """Why Keras could not trace the model, in one line: its "Exception encountered when calling
+    UpSampling2D.call()." with the reason on its next line, which the first line alone dropped (the
+    zoo's HED: a bilinear UpSampling2D cannot be traced on open image sizes), and the model's open
+    input sizes when it has some, the likely cause."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).splitlines()]
+    lines = [line for line in lines if line]
+    said = lines[0] if lines else type(exc).__name__
+    if said.startswith("Exception encountered when calling") and len(lines) > 1:
+        reason = lines[1].split(". ")[0].rstrip(".")  # its first sentence; Keras' advice follows
+        said = f"{said.removeprefix('Exception encountered when calling ').rstrip('.')}: {reason}"
+    said = said[:300]
+    open_sizes = [tuple(x.shape) for x in getattr(model, "inputs", None) or [] if None in tuple(x.shape)[1:]]
+    if open_sizes:
+        said += f" (its input{'s' if len(open_sizes) > 1 else ''} {', '.join(map(str, open_sizes))} has open sizes: a model saved with fixed ones may export)"
+    return said
 
 
 # what TensorFlow's file writer says (in its own error types, not OSError) when the disk, a quota or a

@@ -632,10 +632,12 @@ def build_report(
 
 
 def _flavour_note(state: RunState, out: Path | None) -> list[str]:
-    """A Keras-2 `.h5` written back as a Keras-2 `.h5` keeps its flavour (tf_keras reads it, as it read
-    the input); Keras 3 may not read such a file (an LSTM's `time_major`, a Reshape-first Sequential)."""
+    """A Keras-2 `.h5` written back as a Keras-2 `.h5` keeps its flavour: what read the input reads it,
+    prunecli always, tf_keras where it read the input (not a Keras 2.0 GRU without `reset_after`, which
+    only prunecli's reader reads); Keras 3 may not (an LSTM's `time_major`, a Reshape-first Sequential)."""
     if out is None or out.suffix not in (".h5", ".hdf5") or state.source.flavour != "keras2" or state.structure_changed:
         return []
     return [
-        f"{out.name} keeps the input's Keras-2 format (load it with tf_keras or prunecli; -o NAME.keras for Keras 3)"
+        f"{out.name} keeps the input's Keras-2 format: it loads where the input loads (prunecli; tf_keras where it"
+        " read the input); -o NAME.keras for Keras 3"
     ]
