@@ -253,7 +253,8 @@ def test_int8_of_a_long_recurrent_loop_says_why_and_what_converts_it(tmp_path, m
 
     monkeypatch.setattr(export, "_convert", refuses)
     with pytest.raises(
-        ExportError, match=rf"more than {export.MAX_UNROLLED_STEPS} steps keeps its loop.*--export tflite"
+        ExportError,
+        match=rf"an open number of steps, or more than {export.MAX_UNROLLED_STEPS}, keeps its loop.*--export tflite",
     ):
         export.to_tflite(tmp_path, calibration=lambda: iter(()), sparse=False)
 
@@ -564,3 +565,25 @@ def test_a_layer_keras_cannot_trace_is_named_with_its_reason_and_the_open_sizes(
     assert result.exit_code == 7 and result.stderr.count("\n") == 1
     assert "UpSampling2D.call(): Using a symbolic `tf.Tensor` as a Python `bool` is not allowed" in result.stderr
     assert "(None, None, None, 3) has open sizes" in result.stderr and not (tmp_path / "o.keras").exists()
+
+
+def test_a_fixed_length_rnn_unrolls_beside_one_over_an_open_length():
+    """flavorfetcher (bench/ZOO.md) reads a 1-step phrase and open-length context with an LSTM each:
+    the open one kept the whole model from unrolling, so int8 TFLite was refused for both."""
+    import keras
+
+    from prunecli.structure import rebuild
+
+    keras.utils.set_random_seed(0)
+    phrase, context = keras.Input((1, 4)), keras.Input((None, 4))
+    joined = keras.layers.Concatenate()(
+        [keras.layers.LSTM(3, name="fixed")(phrase), keras.layers.LSTM(3, name="open")(context)]
+    )
+    model = keras.Model([phrase, context], keras.layers.Dense(2)(joined))
+    twin = rebuild.unrolled(model, export.MAX_UNROLLED_STEPS)
+    assert twin.get_layer("fixed").unroll and not twin.get_layer("open").unroll
+    x = [
+        np.random.default_rng(1).random((2, 1, 4)).astype("float32"),
+        np.random.default_rng(2).random((2, 5, 4)).astype("float32"),
+    ]
+    np.testing.assert_allclose(np.asarray(twin(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-6)

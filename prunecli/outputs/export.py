@@ -387,10 +387,11 @@ def to_tflite(saved: Path, calibration, sparse: bool, int8_weights: bool = False
         return _convert(saved, calibration, sparse, False, int8_weights), BUILTIN_OPS
     except ExportError as exc:
         if calibration is not None:
-            if "tf.TensorList" in str(exc):  # a recurrent loop kept whole: longer than MAX_UNROLLED_STEPS
+            if "tf.TensorList" in str(exc):  # a recurrent loop kept: an open length, or past MAX_UNROLLED_STEPS
                 raise ExportError(
-                    f"{exc} (a recurrent layer over more than {MAX_UNROLLED_STEPS} steps keeps its loop, which"
-                    " full-integer int8 cannot hold; --export tflite writes it with select TensorFlow ops)"
+                    f"{exc} (a recurrent layer over an open number of steps, or more than {MAX_UNROLLED_STEPS},"
+                    " keeps its loop, which full-integer int8 cannot hold: save the model with a fixed sequence"
+                    " length to unroll it, or --export tflite writes it with select TensorFlow ops)"
                 ) from exc
             raise
         return _convert(saved, calibration, sparse, True, int8_weights), SELECT_OPS

@@ -329,8 +329,10 @@ def renested(model):
 def unrolled(model, max_steps: int):
     """A model computing what `model` does with its recurrent layers (LSTM, GRU, SimpleRNN, and
     Bidirectional ones) unrolled over their time steps, sharing every other layer and holding the
-    recurrent layers' weights; None when it has no recurrent call in its top-level graph, a recurrent
-    input's length is open or longer than `max_steps`, or the graph cannot be read.
+    recurrent layers' weights; None when it has no recurrent call in its top-level graph that runs over
+    a known number of steps, at most `max_steps`, or the graph cannot be read. A layer over an open or a
+    longer length keeps its loop while the others unroll (flavorfetcher's 1-step LSTM beside one over
+    open-length text: the whole model had kept its loops).
 
     Why: TensorFlow's converter turns Keras 3's looped RNN into TensorList ops, which TFLite runs only
     with the select-TF-ops (Flex) delegate and int8 quantization refuses; unrolled, the same layer is
@@ -347,8 +349,12 @@ def unrolled(model, max_steps: int):
         if layers.spec(layer).role != "recurrent" or id(layer) in twins:  # the layer table's LSTM, GRU...
             continue
         steps = node.input_tensors[0].shape[1] if node.input_tensors else None
-        if steps is None or steps > max_steps:
-            return None
+        if (
+            steps is None
+            or steps > max_steps
+            or any(n.input_tensors[0].shape[1] != steps for n in _calls_of(graph, layer))
+        ):
+            continue
         config = layer.get_config()
         inference = {"unroll": True, "dropout": 0.0, "recurrent_dropout": 0.0}  # see below
         if "layer" in config:  # Bidirectional: its forward (and backward) layer
@@ -364,6 +370,10 @@ def unrolled(model, max_steps: int):
     for layer, twin in twins.values():
         twin.set_weights(layer.get_weights())
     return new
+
+
+def _calls_of(graph, layer) -> list:
+    return [node for node in ordered_nodes(graph) if node.operation is layer and node.input_tensors]
 
 
 def detach(model):
