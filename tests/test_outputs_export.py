@@ -587,3 +587,35 @@ def test_a_fixed_length_rnn_unrolls_beside_one_over_an_open_length():
         np.random.default_rng(2).random((2, 5, 4)).astype("float32"),
     ]
     np.testing.assert_allclose(np.asarray(twin(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-6)
+
+
+def test_int8_of_an_open_length_rnn_is_converted_at_the_datas_length(tmp_path, cli):
+    """A recurrent layer over an open number of steps keeps its loop, which full-integer int8 cannot
+    hold (flavorfetcher's context LSTM: refused). With --data, the int8 file is converted at the data's
+    length, unrolled: builtin ops, checked against Keras on that data, and a note says what it takes."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((None, 4))
+    keras.Model(inp, keras.layers.Dense(3, activation="softmax")(keras.layers.LSTM(6)(inp))).save(tmp_path / "m.keras")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.random((64, 5, 4)).astype("float32"), y=rng.integers(0, 3, 64))
+    report = tmp_path / "r.json"
+    result = cli(
+        "prune",
+        tmp_path / "m.keras",
+        "-s",
+        "0.3",
+        "--data",
+        tmp_path / "d.npz",
+        "--export",
+        "tflite-int8",
+        "-o",
+        tmp_path / "o.keras",
+        "-r",
+        report,
+    )
+    assert result.exit_code == 0, result.output
+    entry = json.loads(report.read_text())["export"]["tflite-int8"]
+    assert entry["ops"] == "builtins" and entry["samples"] == 64 and entry["top1_agreement"] >= 0.9
+    assert "o.int8.tflite takes inputs of the data's sizes ((5, 4) per example)" in " ".join(result.output.split())

@@ -77,6 +77,16 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
                 source = stage / "float_savedmodel"
                 write_savedmodel(converted, source)
         samples, sample_source = sample_inputs(model, data, config.seed, SAMPLE_COUNT)
+        int8_source = source
+        fixed = fixed_length_twin(float_model, samples) if "tflite-int8" in formats and data is not None else None
+        if fixed is not None:  # int8 needs its recurrent layers unrolled, so over a fixed number of steps
+            int8_source = stage / "fixed_savedmodel"
+            write_savedmodel(for_tflite(fixed), int8_source)
+            notes.append(
+                f"{paths['tflite-int8'].name} takes inputs of the data's sizes ({', '.join(str(tuple(x.shape[1:])) for x in samples)}"
+                " per example): the model's recurrent layers run over an open number of steps, which full-integer"
+                " int8 cannot hold, so it was converted with the data's lengths, unrolled"
+            )
         expected = _keras_outputs(model, samples)
         input_names = [str(getattr(t, "name", "")) for t in model.inputs]
         try_sparse = zero_fraction(float_model) > 0
@@ -86,7 +96,9 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
             progress(f"converting to {fmt}")
             calibration = calibration_batches(data.train, model) if fmt == "tflite-int8" else None
             int8_weights = unquantized is not None and fmt == "tflite"
-            content, encoding = convert_tflite(source, calibration, try_sparse, int8_weights)
+            content, encoding = convert_tflite(
+                int8_source if fmt == "tflite-int8" else source, calibration, try_sparse, int8_weights
+            )
             with _writing(paths[fmt]), _atomic_file(paths[fmt]) as tmp:
                 tmp.write_bytes(content)
             entry = {"path": str(paths[fmt]), **file_sizes(staged(paths[fmt])), **encoding}
@@ -142,6 +154,30 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
                 "sample_source": sample_source,
             }
     return StepResult(sections={"export": {fmt: results[fmt] for fmt in formats}}, notes=tuple(notes))
+
+
+def fixed_length_twin(model, samples):
+    """`model` with its open input sizes fixed at the sample inputs' (from --data), when a recurrent layer
+    runs over an open number of steps; None otherwise. Full-integer int8 TFLite cannot hold a recurrent
+    loop, and only a fixed length unrolls (flavorfetcher's context LSTM: its int8 export was refused)."""
+    from prunecli.structure import keras_graph, layers, rebuild
+
+    if keras_graph.functional(model) is None:
+        return None
+    looped = any(
+        layers.spec(node.operation).role == "recurrent"
+        and node.input_tensors
+        and node.input_tensors[0].shape[1] is None
+        for node in keras_graph.nodes(model)
+    )
+    shapes = {
+        i: (None, *sample.shape[1:])
+        for i, (x, sample) in enumerate(zip(model.inputs, samples, strict=False))
+        if None in tuple(x.shape)[1:]
+    }
+    if not looped or not shapes:
+        return None
+    return rebuild.rebuild(model, input_shapes=shapes)
 
 
 def for_tflite(model):
