@@ -5,13 +5,10 @@
   batch, so its layers run a fixed number of times whatever the number of calibrated layers inside,
   and the masks are the ones the prefix passes (one forward per layer) give;
 - the graph walk's probe runs once per plan, not once per allocation --normalize measured tries;
-- a convolution's error meter reads a bounded number of rows (whole examples), dense layers all rows;
 - a pass's examples are sized from every call a pass makes of a layer (each frame's).
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
@@ -124,63 +121,3 @@ def test_examples_per_pass_count_every_frame(monkeypatch):
     monkeypatch.setattr(capture, "INPUT_BYTES", 3 * FRAMES * per_frame)
     res, _ = _prune(_time_distributed, 2**30, monkeypatch, method="wanda")
     assert res.section["examples_per_pass"] == 3
-
-
-def _conv_and_dense():
-    import keras
-
-    keras.utils.set_random_seed(12)
-    inp = keras.Input((16, 16, 3))
-    h = keras.layers.Conv2D(4, 3, padding="same", name="c")(inp)
-    h = keras.layers.Flatten()(h)
-    return keras.Model(inp, keras.layers.Dense(3, name="d")(h))
-
-
-def _meter(model, name, x, passes, rng):
-    from prunecli.calibration import capture, views
-
-    t = next(t for t in every_target(model) if t.layer_name == name)
-    view = views.view_of(t, model)
-    seen = []
-    with capture._Wrapped(t.layer, seen.append):
-        model(x)
-    w = view.to_matrix(np.asarray(t.variable))
-    w_new = w * (rng.random(w.shape) > 0.5)
-    return capture.ErrorMeter(view, w_new, w, 1, passes=passes), seen[0], view, w_new, w
-
-
-def test_conv_error_meter_reads_bounded_rows(monkeypatch):
-    """Over METER_ROWS output positions in all, a convolution's meter reads the first examples of each
-    pass (whole examples: at least one), and its error is the sums over exactly those rows."""
-    from prunecli.calibration import capture
-
-    model = _conv_and_dense()
-    x = np.random.default_rng(0).normal(size=(10, 16, 16, 3)).astype("float32")
-    rng = np.random.default_rng(1)
-    monkeypatch.setattr(capture, "METER_ROWS", 3 * 256)  # three examples' rows (16 x 16 positions each)
-    passes = 2
-    meter, seen, view, w_new, w = _meter(model, "c", x, passes, rng)
-    for _ in range(passes):
-        meter.hook(seen)
-    per_pass = math.ceil(10 * (3 * 256) / (256 * 10 * passes))
-    assert meter.examples_read == passes * per_pass < passes * 10
-    full = capture.ErrorMeter(view, w_new, w, 1)  # no passes given: every row
-    for _ in range(passes):
-        full.hook(seen[:per_pass])
-    assert full.examples_read == meter.examples_read
-    assert meter.error(passes) == pytest.approx(full.error(passes), rel=1e-6)
-    monkeypatch.setattr(capture, "METER_ROWS", 10**9)  # under the cap: every row, as before
-    meter, seen, *_ = _meter(model, "c", x, passes, rng)
-    meter.hook(seen)
-    assert meter.examples_read == 10
-
-
-def test_dense_error_meter_reads_every_row(monkeypatch):
-    from prunecli.calibration import capture
-
-    model = _conv_and_dense()
-    x = np.random.default_rng(0).normal(size=(10, 16, 16, 3)).astype("float32")
-    monkeypatch.setattr(capture, "METER_ROWS", 1)
-    meter, seen, *_ = _meter(model, "d", x, 4, np.random.default_rng(1))
-    meter.hook(seen)
-    assert meter.examples_read == 10

@@ -54,9 +54,6 @@ HESSIAN_ROWS = 2**18  # a convolution's full Hessian is estimated from this many
 HESSIAN_ROWS_PER_INPUT = 128  # ... and never from fewer than this many rows per input (d_in): on the
 # MNIST CNN of bench/HESSIAN_ROWS.md at 80%, 128 or 256 per input came within 0.7-1.0 point of every row,
 # 64 per input lost 2.0
-METER_ROWS = 2**16  # a convolution's ErrorMeter reads the first examples of each pass that give about
-# this many output positions: a ratio of two sums of squares (a report figure), whose relative standard
-# error falls as 1/sqrt(rows), needs far fewer rows than a d_in x d_in Hessian (HESSIAN_ROWS)
 
 
 class _Stop(Exception):
@@ -574,46 +571,20 @@ def _conv_meter_fn():
 class ErrorMeter:
     """A layer's relative output error ||X (W - W_dense)||_F / ||X W_dense||_F on its calibration
     inputs, read block by block while another capture's forward pass goes through the layer (or in a
-    pass of its own, `measure`): for methods that keep no Hessian (Wanda), with O(d_in x d_out) memory.
+    pass of its own, `measure`): for methods that keep no Hessian (Wanda), with O(d_in x d_out) memory."""
 
-    Sampled examples: the meter costs two convolutions of the layer's own size (`conv_sums`), so on a
-    model whose convolutions see large maps it cost twice the forward pass it rides on (DeepVOG's V-Net,
-    10x10 kernels over 240x320 images: 91 of 350 s of a Wanda run on 8 examples, bench/ZOO.md
-    2026-12-06). Given the number of `passes`, a convolution's meter (conv and depthwise views) reads only
-    the first examples of each call, enough for METER_ROWS output positions over the run (at least one
-    example per call): both sums are over the same rows, so the ratio estimates the same error, and the
-    calibration examples are a seeded random draw already. Below METER_ROWS every row is read, as before;
-    dense, einsum and recurrent inputs (examples and tokens) are never sampled. `examples_read` counts
-    the examples the meter read."""
-
-    def __init__(self, view: LayerView, w_new, w_dense, calls_per_pass: int, passes: int | None = None):
+    def __init__(self, view: LayerView, w_new, w_dense, calls_per_pass: int):
         import tensorflow as tf
 
-        self.view, self.calls, self.passes = view, calls_per_pass, passes
+        self.view, self.calls = view, calls_per_pass
         self.w = tf.cast(w_dense, tf.float32)
         self.diff = tf.cast(w_new, tf.float32) - self.w
         self.num = self.den = 0.0
         self.seen = 0
-        self.examples_read = 0
-        self.fraction = None  # the share of each call's examples read, fixed on the first call
         self.max_rows = max(1, PATCH_BYTES // (4 * view.d_in))
         self.kernels = _conv_kernels(view, self.diff, self.w)
 
-    def _examples(self, x):
-        """The call's input, cut to its first examples when the meter samples (class docstring)."""
-        if self.passes is None or self.view.kind not in ("conv", "depthwise"):
-            return x
-        batch = int(x.shape[0])
-        if self.fraction is None:
-            seen = self.view.rows_per_example(tuple(x.shape)) * batch * self.passes * self.calls
-            self.fraction = min(1.0, METER_ROWS / seen) if seen else 1.0
-        if self.fraction >= 1.0:
-            return x
-        return x[: max(1, math.ceil(batch * self.fraction))]
-
     def hook(self, x, call=None):
-        x = self._examples(x)
-        self.examples_read += int(x.shape[0]) if getattr(x, "shape", None) else 0
         num, den = self.conv_sums(x) if self.kernels is not None else self.block_sums(x, call)
         self.num += num
         self.den += den

@@ -155,37 +155,16 @@ class _FoldExit(_Node):
 
 
 def _foldable(node) -> int | None:
-    """T, when a node is Keras' own TimeDistributed over a nested functional model (Functional or
-    Sequential with Keras' own graph run) of one input and one output, called on one input whose time
-    axis T is static and with no mask: the nested graph can then be walked on the frames folded into
-    the batch (`_FoldEnter`). None otherwise (the node is run as one step)."""
-    from keras import tree
-    from keras.layers import TimeDistributed
-    from keras.src.models.functional import Functional
-    from keras.src.models.sequential import Sequential
+    """T, when a node is a TimeDistributed over a nested plain model that can run its T frames as one
+    batch (structure/folded_steps.foldable: one input with a static time axis, no mask; the model of
+    one input and one output), so the nested graph can be walked on the frames folded into the batch
+    (`_FoldEnter`). None otherwise (the node is run as one step)."""
+    from prunecli.structure import folded_steps, rebuild
 
     op = node.operation
-    if not isinstance(op, TimeDistributed) or type(op).call is not TimeDistributed.call:
+    if not folded_steps.foldable(node) or not rebuild.plain_model(op.layer):
         return None
-    inner = op.layer
-    own_run = (isinstance(inner, Functional) and type(inner).call is Functional.call) or (
-        isinstance(inner, Sequential) and type(inner).call is Sequential.call
-    )
-    if not own_run or keras_graph.functional(inner) is None:
-        return None
-    kwargs = dict(node.arguments.kwargs)
-    masks = kwargs.pop("mask", None)
-    kwargs.pop("training", None)
-    if len(node.arguments.args) != 1 or kwargs or any(m is not None for m in tree.flatten(masks)):
-        return None
-    if len(node.input_tensors) != 1 or len(node.outputs) != 1:
-        return None
-    if len(keras_graph.inputs(inner)) != 1 or len(keras_graph.outputs(inner)) != 1:
-        return None
-    shape = getattr(node.input_tensors[0], "shape", None)
-    if shape is None or len(shape) < 3 or shape[1] is None:
-        return None
-    return int(shape[1])
+    return int(node.input_tensors[0].shape[1])
 
 
 def _steps(model, fold: int = 1) -> list:

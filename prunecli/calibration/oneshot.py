@@ -838,8 +838,7 @@ def _sequential(
         result.masks[t.name] = view.from_matrix(keep)
         layers[t.name] = entry
         if entry["error_after"] is None:
-            meter = capture.ErrorMeter(view, w_new, w_dense, src.calls_of(view, call.calls), passes=len(p.batches))
-            pending = (t.name, meter)
+            pending = (t.name, capture.ErrorMeter(view, w_new, w_dense, src.calls_of(view, call.calls)))
     if pending:
         src.measure(pending[1])
         _finish_meter(pending, layers, len(p.batches))

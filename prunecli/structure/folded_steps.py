@@ -82,15 +82,17 @@ def foldable(node) -> bool:
     what FoldSteps/UnfoldSteps can stand in for. Any layer that acts on each example alone computes the
     same on the steps as one batch (a BatchNormalization in inference too; in training it then takes
     its statistics over every step of the batch at once, where the wrapper takes them step by step)."""
+    from keras.layers import TimeDistributed
+
     from prunecli.structure import keras_graph
 
     op = node.operation
-    if type(op).__name__ != "TimeDistributed":
-        return False
+    if not isinstance(op, TimeDistributed) or type(op).call is not TimeDistributed.call:
+        return False  # a subclass with a call of its own does its own thing per step
     given = keras_graph.flatten(node.input_tensors)
-    if len(given) != 1 or len(given[0].shape) < 3 or given[0].shape[1] is None:
+    if len(given) != 1 or len(given[0].shape) < 3 or given[0].shape[1] is None or len(node.outputs) != 1:
         return False
-    if node.arguments.kwargs.get("mask") is not None:
+    if any(m is not None for m in keras_graph.flatten(node.arguments.kwargs.get("mask"))):
         return False
     if not keras_graph.is_model(op.layer):
         return True
