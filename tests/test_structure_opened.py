@@ -396,3 +396,14 @@ def test_one_layer_in_two_wrappers_stays_one_layer_when_wrapped_again():
     assert again.count_params() == model.count_params()
     x = [np.random.default_rng(1).random((2, 3, 6, 6, 2)).astype("float32")] * 2
     np.testing.assert_allclose(np.asarray(again(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-6)
+
+
+def test_a_layer_inside_a_fold_counts_its_frames_as_rows():
+    """What the channel refit's row thinning and a FLOPs count read: a conv inside an opened
+    TimeDistributed(Model) sees 5 rows (frames) per example, the LSTM after it one."""
+    from prunecli.structure import channels, folded_steps, rebuild
+
+    flat, _names, _paths = rebuild.opened(_frame_model(), lambda wrapper: True)
+    rows = folded_steps.rows_per_example(flat)
+    calls = {call.name: call for call in channels.graph_of(flat).calls}
+    assert rows[id(calls["conv2"].node.outputs[0])] == 5 and id(calls["lstm"].node.outputs[0]) not in rows

@@ -57,7 +57,7 @@ import time
 from collections.abc import Callable
 
 from prunecli.calibration import capture, refit, views
-from prunecli.structure import channels, keras_graph
+from prunecli.structure import channels, folded_steps, keras_graph
 from prunecli.structure import targets as structure_targets
 
 REFIT_CLASSES = ("Dense", "Conv1D", "Conv2D")
@@ -293,13 +293,15 @@ def refit_channels(
         todo.append((call, views.view_of(kernel_targets[id(call.layer)])))
     batches = _within_capture_budget(model, batches, len(todo), section["notes"])
     examples, length = capture.count_examples(batches), _data_length(batches)
+    frames = folded_steps.rows_per_example(model)  # a layer run on every frame sees frames x examples rows
     for i, (call, view) in enumerate(todo):
         d = view.d_in + int(bool(getattr(call.layer, "use_bias", False)))
-        why = _too_big(view, d, examples, g, call, length)
+        seen = examples * frames.get(id(call.node.outputs[0]), 1)
+        why = _too_big(view, d, seen, g, call, length)
         if why is not None:
             section["skipped"][call.name] = why
             continue
-        stride = _row_stride(g, call, d, examples, length)
+        stride = _row_stride(g, call, d, seen, length)
         _say(progress, f"refitting {call.name} to the dense output ({i + 1}/{len(todo)})")
         live, units = ~dead[call.inputs[0]], ~dead[call.outputs[0]]
         entry = _refit_one(model, dense_model, call, pairs[id(call.layer)], view, batches, live, units, stride)
