@@ -357,17 +357,13 @@ def test_a_plan_whose_granularity_was_edited_is_refused(pruned, mlp_files, tmp_p
     a pattern it does not hold: its masks are checked against the granularity (exit 3, nothing
     written); a granularity edited in one of its two places is refused when the plan is read."""
     _, plan, _ = pruned
-    with zipfile.ZipFile(plan) as z:
-        files = {name: z.read(name) for name in z.namelist()}
-    manifest = json.loads(files[plan_file.MANIFEST])
-    manifest["granularity"] = granularity.split(" ")[0]
-    if "manifest only" not in granularity:
-        manifest["settings"]["granularity"] = granularity
-    files[plan_file.MANIFEST] = json.dumps(manifest).encode()
-    edited = tmp_path / "edited.zip"
-    with zipfile.ZipFile(edited, "w") as z:
-        for name, data in files.items():
-            z.writestr(name, data)
+
+    def edit(manifest):
+        manifest["granularity"] = granularity.split(" ")[0]
+        if "manifest only" not in granularity:
+            manifest["settings"]["granularity"] = granularity
+
+    edited = _edited_plan(plan, tmp_path, edit)
     result = cli("apply", edited, mlp_files["keras"], "-o", tmp_path / "a.keras", "-q")
     assert result.exit_code == 3 and result.stderr.count("\n") == 1, result.output
     expected = "is not its run's" if "manifest only" in granularity else f"is not {granularity} ("
@@ -423,14 +419,20 @@ def test_an_edited_setting_of_the_plan_is_named_as_the_plans(pruned, mlp_files, 
     """A plan whose batch size was edited to 0 failed with "batch_size must be >= 1", which named no
     plan: the user had given no batch size."""
     _, plan, _ = pruned
+    edited = _edited_plan(plan, tmp_path, lambda manifest: manifest["settings"].update(batch_size=0))
+    result = cli("apply", edited, mlp_files["keras"], "-o", tmp_path / "o.keras", "-q")
+    assert result.exit_code == 2 and "edited.zip: its settings:" in result.stderr and "batch" in result.stderr
+
+
+def _edited_plan(plan, tmp_path, edit):
+    """A copy of the plan file whose manifest `edit(manifest)` changed in place (a hand-edited plan)."""
     with zipfile.ZipFile(plan) as z:
         files = {name: z.read(name) for name in z.namelist()}
     manifest = json.loads(files[plan_file.MANIFEST])
-    manifest["settings"]["batch_size"] = 0
+    edit(manifest)
     files[plan_file.MANIFEST] = json.dumps(manifest).encode()
     edited = tmp_path / "edited.zip"
     with zipfile.ZipFile(edited, "w") as z:
         for name, data in files.items():
             z.writestr(name, data)
-    result = cli("apply", edited, mlp_files["keras"], "-o", tmp_path / "o.keras", "-q")
-    assert result.exit_code == 2 and "edited.zip: its settings:" in result.stderr and "batch" in result.stderr
+    return edited
