@@ -60,6 +60,7 @@ def _prune(build, budget, monkeypatch, **config):
     return res, [np.asarray(w) for w in model.weights]
 
 
+@pytest.mark.slow  # 2-6 s: the full suite (fast subset at its 120 s limit)
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
 def test_time_distributed_model_is_folded_and_equals_prefix_passes(method, monkeypatch):
     """The folded walk gives the masks, weights and per-layer errors of one forward pass per layer."""
@@ -83,6 +84,7 @@ def test_time_distributed_model_is_folded_and_equals_prefix_passes(method, monke
             assert res_c.section["layers"][name][key] == pytest.approx(entry[key], rel=1e-3, abs=1e-6), (name, key)
 
 
+@pytest.mark.slow  # 2-6 s: the full suite (fast subset at its 120 s limit)
 def test_folded_model_runs_a_fixed_number_of_times(monkeypatch):
     """The nested model's last layer runs per frame in the call-order pass and the probe's model call,
     once per pass in the probe walk and the sweep: not once per frame per calibrated layer."""
@@ -96,6 +98,7 @@ def test_folded_model_runs_a_fixed_number_of_times(monkeypatch):
     assert counter["calls"] > 2 * FRAMES + 1 + passes  # the prefix passes: every frame, every layer
 
 
+@pytest.mark.slow  # 2-6 s: the full suite (fast subset at its 120 s limit)
 def test_walk_source_is_memoised_per_plan(monkeypatch):
     """--normalize measured asks for a source once per allocation it tries; the graph is probed once."""
     from prunecli.calibration import frontier

@@ -139,7 +139,8 @@ def test_cached_walk_equals_prefix_passes(arch, method, monkeypatch):
         assert cached[0].section["passes_note"] is None
 
 
-@pytest.mark.parametrize("arch", [pytest.param("residual_conv", marks=pytest.mark.slow), "multi_input"])
+@pytest.mark.slow  # 2-6 s: the full suite (fast subset at its 120 s limit)
+@pytest.mark.parametrize("arch", ["residual_conv", "multi_input"])
 def test_reconstruct_and_global_wanda_equal_prefix(arch, monkeypatch):
     """--reconstruct of another method's masks, and Wanda ranked globally, read the same inputs."""
     import tensorflow as tf

@@ -254,6 +254,7 @@ def _records(path, x, y, x_dtype="int64"):
     "bad, said",
     [("id", "feeds Embedding 'emb', which reads whole-number token ids 0..49, but holds 77"), ("label", "got 5")],
 )
+@pytest.mark.slow  # 2-6 s: the full suite (fast subset at its 120 s limit)
 def test_a_tfrecord_stream_is_checked_on_every_batch_not_the_first_only(tmp_path, bad, said):
     """TFRecords stream, so only their first batch was checked before the work: an id past the
     Embedding's table in a later record ended the run as an internal error (on a GPU it reads as

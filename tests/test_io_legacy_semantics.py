@@ -230,6 +230,7 @@ FAST_CASES = {
         for head in ("sequential", "functional", "twice", "flat")
     ],
 )
+@pytest.mark.slow  # 2-6 s: the full suite (fast subset at its 120 s limit)
 def test_a_keras2_transfer_learning_file_reads_as_tf_keras_computes_it_and_shrinks(head, suffix, tmp_path, cli):
     """tf_keras' transfer-learning idiom saved as .h5 or as its .keras (a backbone nested in a Sequential,
     or called with training=False in a Functional head, or shared by two inputs), and a flat model with

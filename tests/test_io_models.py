@@ -374,7 +374,8 @@ def test_three_rounds_of_unknown_arguments_are_each_dropped(tmp_path):
     assert model.get_layer("drop").rate == 0.1
 
 
-@pytest.mark.parametrize("sequential", [False, pytest.param(True, marks=pytest.mark.slow)])
+@pytest.mark.slow  # 2-6 s: the full suite (fast subset at its 120 s limit)
+@pytest.mark.parametrize("sequential", [False, True])
 def test_a_masked_rnn_shrinks_into_an_h5_that_keeps_its_mask(cli, tmp_path, sequential):
     """Keras 3 records a Masking layer's mask as `not_equal`/`any` nodes its .h5 reader cannot read back
     ("Unknown layer: 'NotEqual'"), so `--shrink -o out.h5` was refused (astrorapid, bench/ZOO.md). The

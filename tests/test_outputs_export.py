@@ -589,6 +589,7 @@ def test_a_fixed_length_rnn_unrolls_beside_one_over_an_open_length():
     np.testing.assert_allclose(np.asarray(twin(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # 2-6 s: the full suite (fast subset at its 120 s limit)
 def test_int8_of_an_open_length_rnn_is_converted_at_the_datas_length(tmp_path, cli):
     """A recurrent layer over an open number of steps keeps its loop, which full-integer int8 cannot
     hold (flavorfetcher's context LSTM: refused). With --data, the int8 file is converted at the data's

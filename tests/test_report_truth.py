@@ -37,7 +37,8 @@ def trained(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("mode", ["int4", pytest.param("int8", marks=pytest.mark.slow)])
+@pytest.mark.slow  # 2-6 s: the full suite (fast subset at its 120 s limit)
+@pytest.mark.parametrize("mode", ["int4", "int8"])
 def test_a_quantized_run_reports_the_zeros_its_file_holds(cli, tmp_path, trained, mode):
     out, report = tmp_path / "q.keras", tmp_path / "q.json"
     result = cli("prune", trained / "m.keras", "-s", "0.02", "--quantize", mode, "-o", out, "-r", report, "-q")
@@ -49,6 +50,7 @@ def test_a_quantized_run_reports_the_zeros_its_file_holds(cli, tmp_path, trained
     assert checked.exit_code == 0, checked.output
 
 
+@pytest.mark.slow  # 2-6 s: the full suite (fast subset at its 120 s limit)
 def test_the_quality_gate_judges_the_quantized_model_that_is_written(cli, tmp_path, trained):
     out = tmp_path / "q.keras"
     result = cli(
@@ -133,6 +135,7 @@ def test_a_threshold_held_at_the_floor_says_so(cli, tmp_path, trained):
     assert any("hidden1/kernel: kept" in n and "(min_keep)" in n for n in notes), notes
 
 
+@pytest.mark.slow  # 2-6 s: the full suite (fast subset at its 120 s limit)
 def test_accuracy_measured_on_the_rows_fine_tuned_on_is_said(cli, tmp_path, trained):
     """A data file with x and y only: the report's accuracy after fine-tuning is on the rows the model
     just trained on, which only `finetune.validation` hinted; a note says it, and not with a test set."""

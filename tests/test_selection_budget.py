@@ -144,6 +144,7 @@ def _measured(model, kind: str) -> int:
 @pytest.mark.parametrize(
     "name", [n if n == "residual" else pytest.param(n, marks=pytest.mark.slow) for n in sorted(BUILDERS)]
 )
+@pytest.mark.slow  # 2-6 s: the full suite (fast subset at its 120 s limit)
 def test_target_is_met_within_tolerance_and_predicted_exactly(model_files, tmp_path, name, kind):
     import keras
 

@@ -289,6 +289,7 @@ def test_a_model_run_on_every_frame_is_opened_with_its_frames_as_one_batch_and_w
     np.testing.assert_allclose(np.asarray(again(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # 2-6 s: the full suite (fast subset at its 120 s limit)
 @pytest.mark.parametrize("suffix", [".keras", ".h5"])
 def test_shrink_and_target_reach_the_layers_of_a_model_run_on_every_frame(suffix, tmp_path, cli):
     """vvadlrs3's MobileNet inside TimeDistributed held 89% of the parameters and was never reached:
@@ -340,6 +341,7 @@ def _wrapped_layers_model():
     return model
 
 
+@pytest.mark.slow  # 2-6 s: the full suite (fast subset at its 120 s limit)
 def test_wrapped_convolutions_pooling_and_batchnorm_shrink_and_keep_their_wrappers(tmp_path, cli):
     """A TimeDistributed(Conv2D) stayed wrapped, one call the channel graph could not slice: its filters
     and those of the layers around it stayed. Opened with the steps folded, they shrink; the output has
