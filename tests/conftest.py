@@ -59,6 +59,38 @@ def calibration_config(method: str = "sparsegpt", **values):
     return build_config({**settings, "scope": "layer", **values}, environ={})
 
 
+def calibrated_at_budget(build, budget, monkeypatch, **config):
+    """prune_calibrated on the model `build()` gives, with FRONTIER_BYTES set to `budget` (0: prefix
+    passes, one forward per layer; large: the cached graph walk): (result, the weights after)."""
+    import numpy as np
+
+    from prunecli.calibration import frontier, prune_calibrated
+
+    monkeypatch.setattr(frontier, "FRONTIER_BYTES", budget)
+    model, batches = build()
+    res = prune_calibrated(model, every_target(model), batches, calibration_config(sparsity=0.5, **config))
+    return res, [np.asarray(w) for w in model.weights]
+
+
+def assert_cached_equals_prefix(cached, prefix, weights_rtol: float = 1e-5, errors_rel: float = 1e-4):
+    """The cached walk and the prefix passes (`calibrated_at_budget`) gave the same masks, weights,
+    fallbacks and per-layer figures."""
+    import numpy as np
+
+    (res_c, weights_c), (res_p, weights_p) = cached, prefix
+    assert res_c.section["passes"] == "cached", res_c.section["passes_note"]
+    assert res_p.section["passes"] == "prefix"
+    assert set(res_c.masks) == set(res_p.masks) and res_c.masks
+    for name in res_c.masks:
+        np.testing.assert_array_equal(np.asarray(res_c.masks[name]), np.asarray(res_p.masks[name]), err_msg=name)
+    for a, b in zip(weights_c, weights_p, strict=True):
+        np.testing.assert_allclose(a, b, rtol=weights_rtol, atol=weights_rtol / 10)
+    assert res_c.section["fallback"] == res_p.section["fallback"]
+    for name, entry in res_p.section["layers"].items():
+        for key, value in entry.items():
+            assert res_c.section["layers"][name][key] == pytest.approx(value, rel=errors_rel, abs=1e-6), (name, key)
+
+
 def every_target(model, exclude=()):
     """Every prunable weight of `model` (nothing included by name), less `exclude`."""
     from prunecli.structure import targets

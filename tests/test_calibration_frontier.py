@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import calibration_config, every_target
+from conftest import assert_cached_equals_prefix, calibrated_at_budget, calibration_config, every_target
 
 EXAMPLE = "examples/digits_cnn.keras"
 DATA = "examples/digits.npz"
@@ -100,28 +100,9 @@ METHODS = {
 }
 
 
-def _prune(build, budget, monkeypatch, **config):
-    from prunecli.calibration import frontier, prune_calibrated
-
-    monkeypatch.setattr(frontier, "FRONTIER_BYTES", budget)
-    model, batches = build()
-    res = prune_calibrated(model, every_target(model), batches, calibration_config(sparsity=0.5, **config))
-    return res, [np.asarray(w) for w in model.weights]
-
-
 def _assert_same(cached, prefix):
-    (res_c, weights_c), (res_p, weights_p) = cached, prefix
-    assert res_c.section["passes"] == "cached", res_c.section["passes_note"]
-    assert res_p.section["passes"] == "prefix" and "budget" in res_p.section["passes_note"]
-    assert set(res_c.masks) == set(res_p.masks) and res_c.masks
-    for name in res_c.masks:
-        np.testing.assert_array_equal(np.asarray(res_c.masks[name]), np.asarray(res_p.masks[name]), err_msg=name)
-    for a, b in zip(weights_c, weights_p, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert res_c.section["fallback"] == res_p.section["fallback"]
-    for name, entry in res_p.section["layers"].items():
-        for key, value in entry.items():
-            assert res_c.section["layers"][name][key] == pytest.approx(value, rel=1e-4, abs=1e-6), (name, key)
+    assert_cached_equals_prefix(cached, prefix)
+    assert "budget" in prefix[0].section["passes_note"]
 
 
 @pytest.mark.parametrize(
@@ -132,8 +113,8 @@ def _assert_same(cached, prefix):
 )
 def test_cached_walk_equals_prefix_passes(arch, method, monkeypatch):
     build = MODELS[arch]
-    cached = _prune(build, 2**30, monkeypatch, **METHODS[method])
-    prefix = _prune(build, 0, monkeypatch, **METHODS[method])
+    cached = calibrated_at_budget(build, 2**30, monkeypatch, **METHODS[method])
+    prefix = calibrated_at_budget(build, 0, monkeypatch, **METHODS[method])
     _assert_same(cached, prefix)
     if arch == "nested":  # a nested Sequential is walked node by node (Keras' own run), not as one node
         assert cached[0].section["passes_note"] is None
@@ -149,8 +130,8 @@ def test_reconstruct_and_global_wanda_equal_prefix(arch, monkeypatch):
     from prunecli.selection import policy
 
     _assert_same(
-        _prune(MODELS[arch], 2**30, monkeypatch, method="wanda", scope="global"),
-        _prune(MODELS[arch], 0, monkeypatch, method="wanda", scope="global"),
+        calibrated_at_budget(MODELS[arch], 2**30, monkeypatch, method="wanda", scope="global"),
+        calibrated_at_budget(MODELS[arch], 0, monkeypatch, method="wanda", scope="global"),
     )
     out = {}
     for budget in (2**30, 0):
@@ -218,11 +199,11 @@ def test_over_budget_falls_back_and_says_so(monkeypatch):
     the budget is also capped by a quarter of free memory."""
     from prunecli.calibration import frontier, oneshot
 
-    res, _ = _prune(_residual_conv, 1000, monkeypatch, method="sparsegpt")
+    res, _ = calibrated_at_budget(_residual_conv, 1000, monkeypatch, method="sparsegpt")
     assert res.section["passes"] == "prefix" and res.section["frontier_bytes"] is None
     assert "over the budget of 1000 bytes" in res.section["passes_note"]
     assert set(res.section["layers"]) == {t.name for t in every_target(_residual_conv()[0])}
-    res, _ = _prune(_residual_conv, 2**30, monkeypatch, method="sparsegpt")
+    res, _ = calibrated_at_budget(_residual_conv, 2**30, monkeypatch, method="sparsegpt")
     assert res.section["passes"] == "cached" and 0 < res.section["frontier_bytes"] <= 2**30
     monkeypatch.setattr(frontier, "FRONTIER_BYTES", 2**30)
     monkeypatch.setattr(oneshot, "_available_memory", lambda: 4000)
@@ -281,7 +262,7 @@ def test_sequential_model_is_walked(monkeypatch):
         )
         return model, [np.random.default_rng(0).normal(size=(30, 12)).astype("float32")]
 
-    _assert_same(_prune(build, 2**30, monkeypatch), _prune(build, 0, monkeypatch))
+    _assert_same(calibrated_at_budget(build, 2**30, monkeypatch), calibrated_at_budget(build, 0, monkeypatch))
 
 
 def test_conv_error_meter_equals_its_im2col_rows():
@@ -323,6 +304,6 @@ def test_a_nested_model_with_a_call_of_its_own_is_read_by_passes_through_its_nod
             return super().call(inputs, training=training, mask=mask)
 
     build = lambda: _nested(OwnCall)  # noqa: E731
-    cached = _prune(build, 2**30, monkeypatch, method="wanda")
-    _assert_same(cached, _prune(build, 0, monkeypatch, method="wanda"))
+    cached = calibrated_at_budget(build, 2**30, monkeypatch, method="wanda")
+    _assert_same(cached, calibrated_at_budget(build, 0, monkeypatch, method="wanda"))
     assert "inner" in cached[0].section["passes_note"]
