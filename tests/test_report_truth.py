@@ -145,22 +145,8 @@ def test_accuracy_measured_on_the_rows_fine_tuned_on_is_said(cli, tmp_path, trai
     for name in ("d.npz", "test.npz"):
         data = trained / name if name == "d.npz" else tmp_path / name
         report = tmp_path / f"{name}.json"
-        result = cli(
-            "prune",
-            trained / "m.keras",
-            "-s",
-            "0.5",
-            "--data",
-            data,
-            "--epochs",
-            "1",
-            "-o",
-            tmp_path / "o.keras",
-            "-r",
-            report,
-            "-q",
-            "--force",
-        )
+        run = ["-s", "0.5", "--data", data, "--epochs", "1", "-o", tmp_path / "o.keras", "--force"]
+        result = cli("prune", trained / "m.keras", *run, "-r", report, "-q")
         assert result.exit_code == 0, result.output
         said[name] = any(
             "measured on the data it was fine-tuned on" in n for n in json.loads(report.read_text())["notes"]
