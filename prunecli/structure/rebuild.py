@@ -178,16 +178,20 @@ def opened(model, holds):
     names: list[str] = []
     paths: dict[str, str] = {}
 
+    def unique(name: str, owner: int = -1) -> str:
+        """`name`, or `name_1`, `name_2`... when the graph has it already; taken from now on."""
+        found, n = name, 1
+        while found in taken:
+            found, n = f"{name}_{n}", n + 1
+        taken[found] = owner
+        return found
+
     def named(layer, owner: str):
         if id(layer) in copies:
             return copies[id(layer)][1]
         if taken.setdefault(layer.name, id(layer)) == id(layer):
             return layer
-        base = f"{owner}_{layer.name}"
-        name, n = base, 1
-        while name in taken:
-            name, n = f"{base}_{n}", n + 1
-        taken[name] = id(layer)
+        name = unique(f"{owner}_{layer.name}", id(layer))
         with keras_graph.copying_in_memory():
             copies[id(layer)] = (layer, type(layer).from_config({**layer.get_config(), "name": name}))
         return copies[id(layer)][1]
@@ -202,19 +206,17 @@ def opened(model, holds):
                 copies[id(wrapper.layer)] = (wrapper.layer, type(wrapper.layer).from_config(config))
         return copies[id(wrapper.layer)][1]
 
-    def unique(name: str) -> str:
-        found, n = name, 1
-        while found in taken:
-            found, n = f"{name}_{n}", n + 1
-        taken[found] = -1
-        return found
-
     def walk(nodes, tensors: dict, path: str, training) -> None:
         for node in nodes:
             if any(id(t) not in tensors for t in node.input_tensors):
                 continue
             op = node.operation
-            if opens(node) and folded_steps.foldable(node):  # TimeDistributed(Model or layer): steps as one batch
+            if opens(node) and per_position_wrapper(op):  # a Dense on the whole sequence, as it is
+                layer = unwrapped(op)
+                paths[layer.name] = f"{path}{op.name}/{op.layer.name}"
+                outputs = keras_graph.call_node(node, tensors, layer, training=training)
+                names.append(op.name)
+            elif opens(node) and folded_steps.foldable(node):  # TimeDistributed(Model or layer): steps as one batch
                 fold, unfold = folded_steps.layer_classes()
                 outer, model_inside = tensors[id(node.input_tensors[0])], keras_graph.is_model(op.layer)
                 given = node.arguments.kwargs.get("training", training)
@@ -235,11 +237,6 @@ def opened(model, holds):
                     steps=outer.shape[1], wrapper=op.name, nested=op.layer.name, name=unique(f"{op.name}_steps_out")
                 )
                 outputs = [steps(end)]
-                names.append(op.name)
-            elif opens(node) and per_position_wrapper(op):
-                layer = unwrapped(op)
-                paths[layer.name] = f"{path}{op.name}/{op.layer.name}"
-                outputs = keras_graph.call_node(node, tensors, layer, training=training)
                 names.append(op.name)
             elif opens(node):
                 inner = keras_graph.require(op)
@@ -290,7 +287,7 @@ def renested(model):
         if folded_steps.is_fold(op):
             outer = tensors[id(node.input_tensors[0])]
             start = keras.Input(batch_shape=(None, *outer.shape[2:]), dtype=outer.dtype)
-            spans[(op.wrapper, op.nested)] = (outer, start, getattr(op, "model", True), [])
+            spans[(op.wrapper, op.nested)] = (outer, start, op.model, [])
             tensors[id(node.outputs[0])] = start
             inside[id(node.outputs[0])] = (op.wrapper, op.nested)
             continue
