@@ -564,7 +564,46 @@ def test_a_layer_keras_cannot_trace_is_named_with_its_reason_and_the_open_sizes(
     )
     assert result.exit_code == 7 and result.stderr.count("\n") == 1
     assert "UpSampling2D.call(): Using a symbolic `tf.Tensor` as a Python `bool` is not allowed" in result.stderr
-    assert "(None, None, None, 3) has open sizes" in result.stderr and not (tmp_path / "o.keras").exists()
+    assert "(None, None, None, 3) has open sizes: with --data it is exported at the data's sizes" in result.stderr
+    assert not (tmp_path / "o.keras").exists()
+
+
+@pytest.mark.slow  # 3-5 s: the full suite (fast subset at its 120 s limit)
+def test_a_model_keras_cannot_trace_on_open_sizes_exports_at_the_datas_sizes(tmp_path, cli):
+    """The zoo's HED exported nothing (exit 7); with --data every format is written at the data's image
+    size, each file checked against Keras there, and the note and report say which sizes it takes."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((None, None, 3))
+    up = keras.layers.UpSampling2D(2, interpolation="bilinear")(keras.layers.Conv2D(4, 3, padding="same")(inp))
+    keras.Model(inp, keras.layers.Conv2D(1, 1)(up)).save(tmp_path / "up.keras")
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).random((8, 12, 10, 3)).astype("float32"))
+    report = tmp_path / "r.json"
+    result = cli(
+        "prune",
+        tmp_path / "up.keras",
+        "-s",
+        "0.5",
+        "--data",
+        tmp_path / "d.npz",
+        "-o",
+        tmp_path / "o.keras",
+        "--export",
+        "savedmodel,tflite",
+        "-r",
+        report,
+    )
+    assert result.exit_code == 0, result.output
+    exported = json.loads(report.read_text())["export"]
+    for fmt in ("savedmodel", "tflite"):
+        assert exported[fmt]["input_shapes"] == [[None, 12, 10, 3]] and exported[fmt]["samples"] == 8
+        assert exported[fmt]["max_abs_diff"] < 1e-4
+    assert "every export takes inputs of the data's sizes ((12, 10, 3) per example)" in " ".join(result.output.split())
+    import tensorflow as tf
+
+    serving = tf.saved_model.load(exported["savedmodel"]["path"]).signatures["serving_default"]
+    assert [spec.shape.as_list() for spec in serving.structured_input_signature[1].values()] == [[None, 12, 10, 3]]
 
 
 def test_a_fixed_length_rnn_unrolls_beside_one_over_an_open_length():

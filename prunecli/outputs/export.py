@@ -60,12 +60,32 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
     notes: list[str] = []
     with timings.phase("export"), _staging_dir(paths["savedmodel"].parent) as stage:
         saved = stage / "savedmodel"
+        samples, sample_source = sample_inputs(model, data, config.seed, SAMPLE_COUNT)
+        float_model = unquantized if unquantized is not None else model  # what TFLite converts
         progress("exporting SavedModel")
-        write_savedmodel(model, saved)
+        fixed_sizes: dict = {}  # every entry says so when the export fixed the open input sizes
+        try:
+            write_savedmodel(model, saved)
+        except ExportError as exc:  # a layer that cannot be traced on open sizes: export at the data's
+            if data is None or not _open_sizes(model):
+                raise
+            fixed = _fixed_at_data_sizes(model, samples)
+            fixed_float = fixed if unquantized is None else _fixed_at_data_sizes(unquantized, samples)
+            if fixed is None or fixed_float is None:
+                raise ExportError(
+                    f"cannot export the model as a SavedModel: {trace_reason(exc.__cause__)} (on its open input"
+                    " sizes; it is not a functional graph whose sizes can be fixed at the data's)"
+                ) from exc
+            write_savedmodel(fixed, saved)
+            model, float_model = fixed, fixed_float
+            fixed_sizes = {"input_shapes": [[None, *x.shape[1:]] for x in samples]}
+            notes.append(
+                f"every export takes inputs of the data's sizes ({_sizes(samples)} per example): Keras could not"
+                f" trace the model on its open sizes ({trace_reason(exc.__cause__)})"
+            )
         written = folder_entries(saved)  # what a later export may replace (io/paths)
         (saved / EXPORT_MARKER).write_text("\n".join([EXPORT_MARKER_HEADER, *written]) + "\n")
         source = saved
-        float_model = unquantized if unquantized is not None else model  # what TFLite converts
         if any(fmt != "savedmodel" for fmt in formats):
             converted = for_tflite(float_model)
             if converted is not float_model:
@@ -76,14 +96,13 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
             if converted is not model:
                 source = stage / "float_savedmodel"
                 write_savedmodel(converted, source)
-        samples, sample_source = sample_inputs(model, data, config.seed, SAMPLE_COUNT)
         int8_source = source
         fixed = fixed_length_twin(float_model, samples) if "tflite-int8" in formats and data is not None else None
         if fixed is not None:  # int8 needs its recurrent layers unrolled, so over a fixed number of steps
             int8_source = stage / "fixed_savedmodel"
             write_savedmodel(for_tflite(fixed), int8_source)
             notes.append(
-                f"{paths['tflite-int8'].name} takes inputs of the data's sizes ({', '.join(str(tuple(x.shape[1:])) for x in samples)}"
+                f"{paths['tflite-int8'].name} takes inputs of the data's sizes ({_sizes(samples)}"
                 " per example): the model's recurrent layers run over an open number of steps, which full-integer"
                 " int8 cannot hold, so it was converted with the data's lengths, unrolled"
             )
@@ -153,31 +172,48 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
                 **check,
                 "sample_source": sample_source,
             }
-    return StepResult(sections={"export": {fmt: results[fmt] for fmt in formats}}, notes=tuple(notes))
+    return StepResult(
+        sections={"export": {fmt: {**results[fmt], **fixed_sizes} for fmt in formats}}, notes=tuple(notes)
+    )
 
 
 def fixed_length_twin(model, samples):
     """`model` with its open input sizes fixed at the sample inputs' (from --data), when a recurrent layer
     runs over an open number of steps; None otherwise. Full-integer int8 TFLite cannot hold a recurrent
     loop, and only a fixed length unrolls (flavorfetcher's context LSTM: its int8 export was refused)."""
-    from prunecli.structure import keras_graph, layers, rebuild
+    from prunecli.structure import keras_graph, layers
 
-    if keras_graph.functional(model) is None:
-        return None
     looped = any(
         layers.spec(node.operation).role == "recurrent"
         and node.input_tensors
         and node.input_tensors[0].shape[1] is None
         for node in keras_graph.nodes(model)
     )
+    return _fixed_at_data_sizes(model, samples) if looped else None
+
+
+def _fixed_at_data_sizes(model, samples):
+    """A twin of `model` whose open input sizes are the sample inputs' (from --data); None when it has
+    none open or is not a functional graph that can be rebuilt (structure/rebuild)."""
+    from prunecli.structure import keras_graph, rebuild
+
     shapes = {
         i: (None, *sample.shape[1:])
         for i, (x, sample) in enumerate(zip(model.inputs, samples, strict=False))
         if None in tuple(x.shape)[1:]
     }
-    if not looped or not shapes:
+    if not shapes or keras_graph.functional(model) is None:
         return None
     return rebuild.rebuild(model, input_shapes=shapes)
+
+
+def _open_sizes(model) -> list[tuple]:
+    """The model's input shapes with an open size past the batch."""
+    return [tuple(x.shape) for x in getattr(model, "inputs", None) or [] if None in tuple(x.shape)[1:]]
+
+
+def _sizes(samples) -> str:
+    return ", ".join(str(tuple(x.shape[1:])) for x in samples)
 
 
 def for_tflite(model):
@@ -243,21 +279,29 @@ def write_savedmodel(model, path: Path) -> None:
 
 
 def traced_failure(exc: BaseException, model) -> str:
-    """Why Keras could not trace the model, in one line: its "Exception encountered when calling
-    UpSampling2D.call()." with the reason on its next line, which the first line alone dropped (the
-    zoo's HED: a bilinear UpSampling2D cannot be traced on open image sizes), and the model's open
-    input sizes when it has some, the likely cause."""
+    """Why Keras could not trace the model, in one line, and the model's open input sizes when it has
+    some, the likely cause (a run with --data exports at the data's sizes instead: `run`)."""
+    said = trace_reason(exc)
+    open_sizes = _open_sizes(model)
+    if open_sizes:
+        said += (
+            f" (its input{'s' if len(open_sizes) > 1 else ''} {', '.join(map(str, open_sizes))} has open sizes:"
+            " with --data it is exported at the data's sizes)"
+        )
+    return said
+
+
+def trace_reason(exc: BaseException | None) -> str:
+    """Keras' "Exception encountered when calling UpSampling2D.call()." with the reason from its next
+    line, which the first line alone dropped (the zoo's HED: a bilinear UpSampling2D cannot be traced
+    on open image sizes)."""
     lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).splitlines()]
     lines = [line for line in lines if line]
     said = lines[0] if lines else type(exc).__name__
     if said.startswith("Exception encountered when calling") and len(lines) > 1:
         reason = lines[1].split(". ")[0].rstrip(".")  # its first sentence; Keras' advice follows
         said = f"{said.removeprefix('Exception encountered when calling ').rstrip('.')}: {reason}"
-    said = said[:300]
-    open_sizes = [tuple(x.shape) for x in getattr(model, "inputs", None) or [] if None in tuple(x.shape)[1:]]
-    if open_sizes:
-        said += f" (its input{'s' if len(open_sizes) > 1 else ''} {', '.join(map(str, open_sizes))} has open sizes: a model saved with fixed ones may export)"
-    return said
+    return said[:300]
 
 
 # what TensorFlow's file writer says (in its own error types, not OSError) when the disk, a quota or a
