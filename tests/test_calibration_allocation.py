@@ -89,7 +89,7 @@ def test_the_default_measures_only_where_calibration_chooses_an_allocation():
         cfg(method="wanda", scope="layer", normalize="measured")
 
 
-@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+@pytest.mark.parametrize("method", ["wanda", pytest.param("sparsegpt", marks=pytest.mark.slow)])
 def test_measured_uses_the_allocation_with_the_least_output_error(method):
     """The choice is the smallest of the errors it reports, and the run is the same, mask for mask and
     weight for weight, as one given that allocation explicitly: the weights are restored after each try."""

@@ -101,6 +101,7 @@ def test_test_inputs_without_their_labels_are_refused(files, tmp_path):
     assert "x_test arrays without y_test" in result.stderr and result.stderr.count("\n") == 1
 
 
+@pytest.mark.slow  # 1-2 s alone: the full suite (fast subset at its 120 s limit)
 def test_per_position_labels_of_one_output_among_several(tmp_path):
     """A tagger head (N, L, C) beside a classifier head: labels (N, L) are one class per position, as
     for a single output (they were refused as "12 columns"); the report's accuracy is the mean of the

@@ -373,6 +373,7 @@ def test_embedding_lstm_at_the_default_scope(cli, tmp_path):
     assert shrink["verification"]["max_abs_diff"] <= 1e-5
 
 
+@pytest.mark.slow  # 1-2 s alone: the full suite (fast subset at its 120 s limit)
 def test_an_rnn_behind_a_padding_mask_shrinks(cli, tmp_path):
     """Embedding(mask_zero=True) -> LSTM -> masked average pooling, the common Keras text model: Keras
     passes the padding mask as `mask=`, which the channel graph read as a second input ("takes an

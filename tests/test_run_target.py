@@ -167,6 +167,7 @@ def test_latency_target_lands_in_its_band(cli, files, tmp_path, fake_timer, roun
     assert lat["dense_ms_after_search"] == lat["dense_ms"] and "approximate" not in said
 
 
+@pytest.mark.slow  # 1-2 s alone: the full suite (fast subset at its 120 s limit)
 def test_absolute_latency_target(cli, files, tmp_path, fake_timer):
     fake_timer()
     out, report = tmp_path / "o.keras", tmp_path / "r.json"
@@ -180,7 +181,11 @@ def test_absolute_latency_target(cli, files, tmp_path, fake_timer):
 @pytest.mark.parametrize(
     ("target", "message"),
     [
-        ("latency=0.3", "--target latency=0.3 cannot be met: with every channel the floors allow removed"),
+        pytest.param(
+            "latency=0.3",
+            "--target latency=0.3 cannot be met: with every channel the floors allow removed",
+            marks=pytest.mark.slow,  # 1-2 s: the other case keeps the one-line exit in the fast subset
+        ),
         ("latency=50ms", "--target latency=50ms: the dense model already takes"),
     ],
 )
@@ -192,7 +197,7 @@ def test_unreachable_latency_exits_2_in_one_line(cli, files, tmp_path, fake_time
     assert not (tmp_path / "o.keras").exists()
 
 
-@pytest.mark.parametrize("onednn", [False, True])
+@pytest.mark.parametrize("onednn", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_an_unreachable_latency_says_when_tensorflow_runs_without_onednn(
     cli, files, tmp_path, fake_timer, monkeypatch, onednn
 ):
@@ -365,6 +370,7 @@ def test_size_target_of_a_compiled_model_counts_what_the_output_holds(cli, files
     assert json.loads(report.read_text())["target"]["within_tolerance"] is True
 
 
+@pytest.mark.slow  # 1-2 s alone: the full suite (fast subset at its 120 s limit)
 def test_a_latency_at_the_timers_resolution_is_said_to_be_approximate(cli, files, tmp_path, monkeypatch):
     """An audit's 6-microsecond model reached "0.677 of the dense model, within 5%" while the same
     report's TFLite timing of the written file was slower than the dense one: at that scale the
