@@ -361,3 +361,64 @@ def test_stand_in_inputs_are_long_enough_for_a_pooling_stack(tmp_path):
     )
     report = prune(config).report.to_dict()
     assert report["shrink"]["params_after"] < report["shrink"]["params_before"] and out.exists()
+
+
+SQRT_FIT_MODULE = '''
+import keras
+from keras import ops
+
+
+class PcliSqrtFit(keras.layers.Layer):
+    """slope * sqrt(mass) per charge state: NaN for a negative mass, as in ionmob's CCS model."""
+
+    def call(self, inputs):
+        mass, charge = inputs
+        return ops.sum((3.0 * ops.sqrt(mass) + 1.0) * charge, axis=1, keepdims=True)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], 1)
+'''
+
+
+@pytest.mark.slow
+def test_stand_in_inputs_keep_an_input_a_model_takes_the_square_root_of_positive(tmp_path):
+    """ionmob's CCS predictor (bench/ZOO.md) adds sqrt(m/z) per charge to a GRU's output, as its second
+    output: on standard-normal stand-ins half its rows were NaN, and shrink's check (no --data) compared
+    NaN with NaN and refused a correct model (exit 1, "differs ... by nan"). Stand-ins whose outputs are
+    not finite are now taken as absolute values, checked on several rows."""
+    import importlib.util
+
+    import keras
+
+    from prunecli.structure import probes
+
+    source = tmp_path / "pcli_sqrt.py"
+    source.write_text(SQRT_FIT_MODULE)
+    spec = importlib.util.spec_from_file_location("pcli_sqrt_training", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    keras.utils.set_random_seed(0)
+    mass, charge, feats = keras.Input((1,), name="mz"), keras.Input((4,), name="charge"), keras.Input((6,))
+    h = keras.layers.Dense(16, activation="relu", name="d1")(keras.layers.Concatenate()([charge, feats]))
+    deep = keras.layers.Dense(1, name="deep")(keras.layers.Dense(8, activation="relu", name="d2")(h))
+    ccs = keras.layers.Add(name="ccs")([module.PcliSqrtFit(name="fit")([mass, charge]), deep])
+    model = keras.Model([mass, charge, feats], [ccs, deep])
+    normal = probes._values(model, 8, 0, probes.OPEN_DIM)
+    assert np.isnan(np.asarray(model(normal)[0])).any()  # what the stand-ins were
+    stand_in = probes.seeded_inputs(model, 64)
+    assert all(np.isfinite(np.asarray(o)).all() for o in model(stand_in))
+    path, out = tmp_path / "ccs.keras", tmp_path / "o.keras"
+    model.save(path)
+    config = build_config(
+        {
+            "model_path": str(path),
+            "granularity": "neuron",
+            "sparsity": 0.5,
+            "shrink": True,
+            "output": str(out),
+            "custom_objects": [str(source)],
+        },
+        environ={},
+    )
+    report = prune(config).report.to_dict()
+    assert report["shrink"]["params_after"] < report["shrink"]["params_before"] and out.exists()
