@@ -73,6 +73,29 @@ def _configs() -> dict[str, dict]:
             "rope_theta": 10000.0,
             "partial_rotary_factor": 1.0,
         },
+        "Llama3": {**gqa},
+        "Qwen2": {**gqa},
+        "Mixtral": {**gqa, "num_experts": 4, "top_k": 2},
+        "QwenMoe": {
+            **gqa,
+            "moe_intermediate_dim": FFN // 2,
+            "shared_expert_intermediate_dim": FFN,
+            "num_experts": 4,
+            "top_k": 2,
+        },
+        "Qwen3Moe": {**gqa, "moe_intermediate_dim": FFN // 2, "num_experts": 4, "top_k": 2, "head_dim": HEAD_DIM},
+        "GptOss": {**gqa, "num_experts": 4, "top_k": 2, "head_dim": HEAD_DIM},
+        "RWKV7": {
+            "hidden_size": HIDDEN,
+            "head_size": HEAD_DIM,
+            "num_layers": LAYERS,
+            "vocabulary_size": VOCAB,
+            "intermediate_dim": FFN,
+            "gate_lora": 8,
+            "mv_lora": 8,
+            "aaa_lora": 8,
+            "decay_lora": 8,
+        },
     }
 
 

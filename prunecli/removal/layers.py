@@ -395,14 +395,34 @@ def run(model, run_targets, data, task, config, progress, timings) -> StepResult
         how = score(model, data, task, c, progress, candidates)
     notes: list[str] = []
     chosen = choose(candidates, c, notes)
+    if not chosen:  # the model as it came: a rebuild of it would be a flattened copy (KerasHub's RWKV7
+        # task, rebuilt around no removal, wrote a Functional whose blocks could not be built at load)
+        notes.append(
+            f"no layer or block was removed: --sparsity {c.effective_sparsity:g} of {len(candidates)} candidate(s) rounds to none"
+        )
+        return StepResult(
+            sections={"removed_layers": [], "layer_pruning": _section(how, candidates, rows, set())}, notes=tuple(notes)
+        )
     progress(f"removing {len(chosen)} of {len(candidates)} candidate layers/blocks")
     with timings.phase("rebuild"):
         smaller = remove(model, chosen)
+    section = _section(how, candidates, rows, chosen)
+    return StepResult(
+        sections={"removed_layers": [row["layer"] for row in rows if row["removed"]], "layer_pruning": section},
+        notes=tuple(notes),
+        model=smaller,
+        targets=targets.carry_over(run_targets, smaller),
+        masks=None,
+    )
+
+
+def _section(how: str, candidates: list[Candidate], rows: list[dict], chosen) -> dict:
+    """The report's layer_pruning section: every candidate's score and whether it went, every layer's row."""
     removed_names = {cand.name for cand in chosen}
     gone = {name for cand in chosen for name in cand.layers}
     for row in rows:
         row["removed"] = row["layer"] in gone
-    section = {
+    return {
         "score": how,
         "candidates": [
             {
@@ -417,10 +437,3 @@ def run(model, run_targets, data, task, config, progress, timings) -> StepResult
         ],
         "layers": rows,
     }
-    return StepResult(
-        sections={"removed_layers": [row["layer"] for row in rows if row["removed"]], "layer_pruning": section},
-        notes=tuple(notes),
-        model=smaller,
-        targets=targets.carry_over(run_targets, smaller),
-        masks=None,
-    )

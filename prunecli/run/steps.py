@@ -17,7 +17,7 @@ from pathlib import Path
 from prunecli import __version__, scoring
 from prunecli.config import Granularity, PruneConfig
 from prunecli.config.fields import QUANTIZE_MODES, STRUCTURAL_KINDS
-from prunecli.errors import ConfigError, DataError, InputError
+from prunecli.errors import ConfigError, DataError, InputError, PruneCliError
 from prunecli.outputs.report import Report, Timings, layer_stats, totals
 from prunecli.results import StepResult
 from prunecli.run.state import RunState
@@ -229,7 +229,8 @@ def pick_targets(model, config: PruneConfig) -> StepResult:
     refuse_quantized(config, found)
     found, notes = language.without_lm_ends(model, found, config.include)
     found, frozen_notes = targets.without_frozen(model, found, config.include)
-    notes = [*notes, *frozen_notes]
+    unknown = targets.unknown_kernels_note(model)
+    notes = [*notes, *frozen_notes, *([unknown] if unknown else [])]
     if config.epochs and found and all(targets.is_frozen(t) for t in found):
         raise ConfigError(
             f"--epochs {config.epochs}: the layers to prune are frozen (trainable=False), so fine-tuning would train"
@@ -565,7 +566,34 @@ def save(state: RunState, out: Path, progress: Progress, timings: Timings) -> Fu
     progress(f"saving {out}")
     with timings.phase("save"):
         model_io.save(state.model, out, state.source, structure_changed=state.structure_changed)
+    if state.structure_changed and "quantize" not in state.sections:  # --quantize checked its own reload
+        progress("loading the written model back")
+        with timings.phase("reload"):
+            check_reloads(state.model, model_io.staged(out), out, state.config)
     return measure_output(model_io.staged(out), state.config)  # its new bytes, wherever they are staged
+
+
+def check_reloads(model, written: Path, out: Path, config: PruneConfig) -> None:
+    """A rebuilt model, written, must load back as prunecli loads a model (the run's --custom-objects and
+    --unsafe) and compute what the run's model computes; else the run stops before the output is
+    committed (ShrinkVerificationError, exit 1). KerasHub's RWKV7 task, rebuilt as a plain functional
+    model, was written with exit 0 and could not be loaded: its blocks cannot build from their config.
+    Skipped, with nothing said, where free memory cannot hold a second copy (the load refuses: exit 6)."""
+    from prunecli.errors import ResourceError
+    from prunecli.io import models as model_io
+    from prunecli.structure import equivalence
+
+    try:
+        again, _info = model_io.load(written, config.unsafe, config.custom_objects)
+    except ResourceError:
+        return
+    except PruneCliError as exc:
+        raise equivalence.ShrinkVerificationError(
+            f"the rebuilt model, written, does not load back ({exc.message.replace(str(written), str(out))});"
+            " nothing was saved"
+        ) from exc
+    inputs = equivalence.example_inputs(model, 4, None, config.seed)
+    equivalence.check_equivalent(model, again, inputs, "the rebuilt model, written and loaded back,")
 
 
 def measure_output(out: Path, config: PruneConfig) -> Future:

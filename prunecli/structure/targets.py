@@ -313,6 +313,35 @@ def without_frozen(model, found: list[Target], include=()) -> tuple[list[Target]
     return [t for t in found if t not in frozen], [note]
 
 
+def unknown_kernels_note(model) -> str | None:
+    """A note when layers the layer table does not know hold matrices (weights of two or more axes) of
+    their own: no granularity prunes them, which a report's "prunable" totals alone did not say
+    (KerasHub's Mixtral keeps 86% of its parameters in its experts' weight banks; a sparsity of 0.5 left
+    the model 5% sparse). None when there are none. Sizes count each variable once; a custom layer opts
+    in with `get_prunable_weights()` (layers.prunable_weights)."""
+    held: dict[str, int] = {}
+    seen: set[int] = set()
+    for layer in keras_graph.all_layers(model)[1:]:
+        below = {id(v) for child in keras_graph.children(layer) for v in child.weights}
+        if layers.spec(layer) is not layers.OTHER or layers.prunable_weights(layer):
+            seen |= {id(v) for v in layer.weights if id(v) not in below}
+            continue
+        own = [v for v in layer.weights if id(v) not in below and id(v) not in seen and len(v.shape) >= 2]
+        seen |= {id(v) for v in own}
+        if own:
+            name = type(layer).__name__
+            held[name] = held.get(name, 0) + sum(math.prod(v.shape) for v in own)
+    if not held:
+        return None
+    total = sum(math.prod(v.shape) for v in model.weights)
+    count = sum(held.values())
+    classes = ", ".join(f"{name} {n:,}" for name, n in sorted(held.items(), key=lambda kv: -kv[1])[:FROZEN_NAMED])
+    return (
+        f"{count:,} of the model's {total:,} parameters ({count / max(total, 1):.0%}) are matrices of layers prunecli"
+        f" does not know ({classes}): no granularity prunes them (a custom layer opts in with get_prunable_weights())"
+    )
+
+
 FROZEN_NAMED = 5  # frozen layers named in the note; a frozen backbone's others are counted
 FROZEN_WHOLE_NOTE = (
     "every layer is frozen (trainable=False: the model was saved frozen as a whole, as for inference):"

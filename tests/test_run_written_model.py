@@ -1,0 +1,115 @@
+"""A run never writes a model that cannot be used, nor leaves weights unpruned without saying so.
+
+Found on KerasHub families no test had built (bench/DECODERS.md, twenty-fifth session): RWKV7's task
+under `-g layer` was written, with exit 0, as a plain functional model whose blocks could not be built
+at load, even when no block was removed; Mixtral, Qwen-MoE and GPT-OSS keep 47-77% of their parameters
+in expert weight banks that no granularity prunes, and a run at 0.5 reported "prunable 50%" while the
+model was 5% sparse, with nothing said.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from prunecli.config import build_config
+from prunecli.errors import ExitCode
+
+
+def _mixer_model(opt_in: bool):
+    """A Dense, then a custom layer holding a matrix of its own that it uses in its own call."""
+    import keras
+
+    class Mixer(keras.layers.Layer):
+        def build(self, input_shape):
+            self.table = self.add_weight(shape=(input_shape[-1], 16), name="table")
+
+        def call(self, x):
+            return keras.ops.matmul(x, self.table)
+
+        def get_prunable_weights(self):
+            return [self.table]
+
+    if not opt_in:
+        Mixer.get_prunable_weights = None
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8,))
+    return keras.Model(inp, keras.layers.Dense(3)(Mixer(name="mixer")(keras.layers.Dense(16)(inp))))
+
+
+@pytest.mark.parametrize("opt_in", [False, True])
+def test_matrices_of_an_unknown_layer_are_counted_in_a_note_unless_it_opts_in(opt_in):
+    from prunecli.structure import targets
+
+    note = targets.unknown_kernels_note(_mixer_model(opt_in))
+    if opt_in:
+        assert note is None
+    else:
+        assert note.startswith("256 of the model's 451 parameters (57%) are matrices of layers prunecli does not know")
+        assert "(Mixer 256)" in note
+
+
+def test_a_layer_removal_that_removes_nothing_writes_the_model_as_it_came(tmp_path):
+    """One candidate at -s 0.5 rounds to none removed: the output is the input model (its own class and
+    layers), not a rebuilt copy of it, and a note says nothing was removed."""
+    import keras
+
+    from prunecli import prune
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8,))
+    h = keras.layers.LayerNormalization(name="norm")(keras.layers.Dense(16, name="up")(inp))  # the one candidate
+    keras.Model(inp, keras.layers.Dense(3, name="head")(h), name="tiny").save(tmp_path / "m.keras")
+    out = tmp_path / "o.keras"
+    config = build_config(
+        {"model_path": str(tmp_path / "m.keras"), "granularity": "layer", "sparsity": 0.5, "output": str(out)},
+        environ={},
+    )
+    result = prune(config)
+    assert result.report.extra["removed_layers"] == []
+    assert any("no layer or block was removed" in n for n in result.report.notes)
+    written = keras.saving.load_model(out)
+    assert [layer.name for layer in written.layers] == ["input_layer", "up", "norm", "head"]
+
+
+@pytest.mark.parametrize("written", ["not a model", "another model"])
+def test_a_written_model_that_does_not_load_back_or_computes_otherwise_is_not_committed(tmp_path, written):
+    import keras
+
+    from prunecli.run import steps
+    from prunecli.structure.equivalence import ShrinkVerificationError
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    path = tmp_path / ".o.123.tmp.keras"
+    if written == "not a model":
+        path.write_bytes(b"PK\x03\x04 not a zip")
+        said = "o.keras is a damaged .keras file (File is not a zip file)); nothing was saved"
+    else:
+        keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save(path)  # other weights
+        said = "the rebuilt model, written and loaded back, differs from the masked model"
+    config = build_config({"model_path": str(path), "output": str(tmp_path / "o.keras")}, environ={})
+    with pytest.raises(ShrinkVerificationError, match="nothing was saved") as caught:
+        steps.check_reloads(model, path, tmp_path / "o.keras", config)
+    assert said in caught.value.message and str(path) not in caught.value.message
+    assert caught.value.exit_code == ExitCode.INTERNAL
+
+
+@pytest.mark.slow  # 3-5 s: the full suite
+def test_a_shrunk_model_is_loaded_back_before_it_is_committed(tmp_path, cli):
+    """The check runs on every rebuilt model (its phase is timed in the report) and passes on a sound one."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8,))
+    keras.Model(inp, keras.layers.Dense(3)(keras.layers.Dense(16, activation="relu")(inp))).save(tmp_path / "m.keras")
+    report = tmp_path / "r.json"
+    result = cli(
+        "prune", tmp_path / "m.keras", "-g", "neuron", "-s", "0.5", "--shrink", "-o", tmp_path / "o.keras", "-r", report
+    )
+    assert result.exit_code == 0, result.output
+    timings = json.loads(report.read_text())["timings_s"]
+    assert "reload" in timings and keras.saving.load_model(tmp_path / "o.keras").count_params() < 8 * 16 + 16 + 51
+    assert np.isfinite(timings["reload"])
