@@ -141,8 +141,10 @@ def _plan(model, targets, calibration_x, notes, fallback) -> _Plan:
             per_pass = max(1, min(capture.CHUNK, capture.INPUT_BYTES // max(per_example, 1)))
             if per_pass != capture.CHUNK:
                 batches = capture.chunks(calibration_x, per_pass)
-    for t in rest:
-        notes.append(f"{t.layer_name}: not calibrated ({fallback[t.name]}); pruned by magnitude")
+    for t in rest:  # once per layer: an expert bank's or an RNN's several weights fall back together
+        note = f"{t.layer_name}: not calibrated ({fallback[t.name]}); pruned by magnitude"
+        if note not in notes:
+            notes.append(note)
     return _Plan(plan, rest, batches, per_pass)
 
 

@@ -198,6 +198,17 @@ LAYERS: dict[str, LayerSpec] = {
     "UnfoldSteps": LayerSpec("channelwise"),
     "Softmax": LayerSpec("other"),  # mixes the channels it normalises over
 }
+# KerasHub's mixture-of-experts weight banks: every expert's kernels stacked as (experts, inputs, outputs),
+# called on all tokens at once in its own `call`. Pruned element-wise, as EinsumDense is (47-77% of a
+# Mixtral's, Qwen-MoE's or GPT-OSS's parameters were out of reach); not sliced, not calibrated.
+_EXPERT_BANKS = {
+    "MixtralMoeExperts": ("gate", "intermediate", "output"),
+    "QwenMoeExperts": ("gate", "output"),
+    "Qwen3MoeExperts": ("gate", "output"),
+}
+for _name, _parts in _EXPERT_BANKS.items():
+    LAYERS[_name] = LayerSpec("weights", prunable=tuple((f"_expert_feedforward_{p}_dense", -1) for p in _parts))
+LAYERS["GptOssExperts"] = LayerSpec("weights", prunable=(("gate_up_proj", -1), ("down_proj", -1)))
 for _d in ("1D", "2D", "3D"):
     LAYERS[f"Conv{_d}"] = _conv()
     LAYERS[f"Conv{_d}Transpose"] = _transpose()
