@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import enum
 import errno
+import os
+import re
 
 
 class ExitCode(enum.IntEnum):
@@ -52,19 +54,41 @@ class DataError(InputError):
 
 
 STREAMED_CHECK = "prunecli data check: "  # heads the message of a check a streamed dataset runs on each batch
+RECORD_SCOPE = "prunecli_record_"  # a streamed format's record parser's graph scope; the file's path follows in hex
+
+
+def record_scope(path) -> str:
+    """The name scope a streamed format parses the records of `path` in. TensorFlow names the node
+    that failed in its error, so a record that cannot be parsed in the middle of training or evaluation
+    (past the batches checked before the work) can still be told from a bug, and name its file."""
+    return RECORD_SCOPE + os.fsencode(str(path)).hex()
 
 
 def streamed_data_error(exc: BaseException) -> DataError | None:
-    """The DataError that a failed check inside a streamed dataset stands for, or None. TensorFlow raises
-    such a check from the middle of training or evaluation as an InvalidArgumentError whose message
-    holds the check's parts in brackets ("assertion failed: [prunecli data check: f: ... holds ] [5003]")
-    among its own lines."""
+    """The DataError that a failure inside a streamed dataset stands for, or None. TensorFlow raises
+    such a failure from the middle of training or evaluation as an InvalidArgumentError whose message
+    holds, among its own lines, either a check's parts in brackets ("assertion failed: [prunecli data
+    check: f: ... holds ] [5003]") or the node of a record parser (`record_scope`) that failed."""
     text = str(exc)
     at = text.find(STREAMED_CHECK)
-    if at < 0:
+    if at >= 0:
+        parts = text[at + len(STREAMED_CHECK) :].splitlines()[0].replace("\\'", "'").split("] [")
+        return DataError("".join(part.strip("[]") for part in parts).strip())
+    parsed = re.search(RECORD_SCOPE + r"([0-9a-f]*)(?:_[0-9]+)?/", text)  # "_1": a scope TF made unique
+    if parsed is None:
         return None
-    parts = text[at + len(STREAMED_CHECK) :].splitlines()[0].replace("\\'", "'").split("] [")
-    return DataError("".join(part.strip("[]") for part in parts).strip())
+    path = os.fsdecode(bytes.fromhex(parsed.group(1)))
+    return DataError(f"{path}: a record cannot be read as its spec describes ({tensorflow_reason(text)})")
+
+
+def tensorflow_reason(text: str, limit: int = 200) -> str:
+    """The line of a TensorFlow error message that says what went wrong, without the function and
+    node names and the "Graph execution error" frame around it."""
+    for line in text.splitlines():
+        line = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", line.strip())
+        if line and not line.startswith(("Graph execution error", "Detected at node", "<stack traces", "[[")):
+            return line[:limit]
+    return "unreadable record"
 
 
 class GateFailed(PruneCliError):

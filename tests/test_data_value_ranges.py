@@ -288,3 +288,101 @@ def test_a_tfrecord_stream_is_checked_on_every_batch_not_the_first_only(tmp_path
     with pytest.raises(DataError, match="token ids 0..49|got 5"):
         prunecli.prune(config)
     assert not out.exists()
+
+
+# --- TFRecord records that do not parse, or hold NaN/Inf, past the batches read before the work -----------
+
+
+def _float_records(path, rows, key="x"):
+    """One Example per row, `{key: floats, label: int}`; a row given as (floats, name) is written
+    under that feature name instead (a record without the spec's key)."""
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for i, row in enumerate(rows):
+            name, values = (row[1], row[0]) if isinstance(row, tuple) else (key, row)
+            feature = {
+                name: tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in values])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 2])),
+            }
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    path.with_name(path.stem + ".spec.yaml").write_text(
+        f"x: {{key: {key}, dtype: float32, shape: [4]}}\ny: {{key: label, dtype: int64}}\n"
+    )
+
+
+def _bad_rows(bad: str, at: int, n: int = 400) -> list:
+    rows = list(RNG.standard_normal((n, 4)))
+    if bad == "short":  # a record with 3 of the spec's 4 values
+        rows[at] = rows[at][:3]
+    elif bad == "missing":  # a record without the spec's key
+        rows[at] = (rows[at], "pixels")
+    elif bad in ("nan", "inf"):
+        rows[at] = rows[at] * (np.nan if bad == "nan" else np.inf)
+    return rows
+
+
+@pytest.mark.parametrize(
+    "bad, said",
+    [
+        ("short", "a record cannot be read as its spec describes (Key: x."),
+        ("missing", "a record cannot be read as its spec describes (Feature: x (data type: float) is required"),
+        ("nan", "inputs contain NaN or Inf: nan"),
+    ],
+)
+@pytest.mark.slow  # 2-4 s a case: a run
+def test_a_tfrecord_record_that_does_not_parse_or_holds_nan_mid_run_is_a_data_error(tmp_path, bad, said):
+    """Class: a record past the batches read before the work (the first 256 labels) that does not parse
+    as the spec says (a missing key, a short feature) ended the run as "internal error:
+    InvalidArgumentError" (exit 1) from the middle of the evaluation or training; NaN/Inf inputs were
+    never checked in a TFRecord at all (the report gave a loss over them, or fine-tuning ended in
+    "weights NaN ... a smaller --lr may help", exit 4). Now both are exit 3 in one line naming the file,
+    nothing written, and the Python API raises the same DataError."""
+    import keras
+
+    import prunecli
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="d1"), keras.layers.Dense(2, name="out")])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.save(tmp_path / "m.keras")
+    _float_records(tmp_path / "d.tfrecord", _bad_rows(bad, at=300))
+    out = tmp_path / "out.keras"
+    argv = ["prune", str(tmp_path / "m.keras"), "-s", "0.5", "--data", str(tmp_path / "d.tfrecord")]
+    result = CliRunner().invoke(main, [*argv, "--batch-size", "32", "--epochs", "1", "-o", str(out), "-q"])
+    assert result.exit_code == 3, result.output
+    assert said in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"prunecli: error: {tmp_path / 'd.tfrecord'}: ")
+    assert not out.exists()
+    config = {"model_path": str(tmp_path / "m.keras"), "data": str(tmp_path / "d.tfrecord"), "output": str(out)}
+    with pytest.raises(DataError, match=said.split(" (")[0]):
+        prunecli.prune(prunecli.build_config({**config, "batch_size": 32}))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "short"])
+def test_a_tfrecord_bad_in_its_first_batch_is_refused_when_read(tmp_path, bad):
+    """The same class, read before the work: NaN/Inf inputs are refused as in an .npz, and a record
+    that does not parse says why without TensorFlow's function and node names."""
+    _float_records(tmp_path / "d.tfrecord", _bad_rows(bad, at=3, n=40))
+    said = _refused(tmp_path / "d.tfrecord", _sigmoid(units=2, loss=None), "NaN or Inf" if bad != "short" else "Key: x")
+    assert "function_node" not in said and "{{" not in said
+
+
+def test_a_record_parser_error_names_its_file_whatever_the_path():
+    """errors.record_scope carries the path through TensorFlow's node names (hex: any byte a path can
+    hold), also when TensorFlow made the scope unique with a suffix."""
+    from prunecli.errors import record_scope, streamed_data_error
+
+    path = "/data/ünï code/a b;c.tfrecord"
+    for suffix in ("", "_1", "_12"):
+        text = (
+            "Graph execution error:\n\nDetected at node "
+            f"{record_scope(path)}{suffix}/ParseSingleExample/ParseExample/ParseExampleV2 defined at:\n"
+            "<stack traces unavailable>\nKey: x.  Can't parse serialized Example.\n"
+            f"\t [[{{{{node {record_scope(path)}{suffix}/ParseSingleExample}}}}]]\n\t [[IteratorGetNext]]"
+        )
+        error = streamed_data_error(Exception(text))
+        assert error is not None and error.exit_code == 3
+        reason = "Key: x.  Can't parse serialized Example."
+        assert error.message == f"{path}: a record cannot be read as its spec describes ({reason})"
+    assert streamed_data_error(Exception("Detected at node model/dense/MatMul\nIncompatible shapes")) is None

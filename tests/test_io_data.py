@@ -298,7 +298,7 @@ def test_tfrecord_errors_are_one_line(mlp, tmp_path):
     with pytest.raises(DataError, match="needs a feature spec: write d.spec.yaml"):
         data.load(str(tmp_path / "d.tfrecord"), model)
     (tmp_path / "d.spec.yaml").write_text(SPEC.replace("[20]", "[10]"))
-    with pytest.raises(DataError, match="cannot read the data"):
+    with pytest.raises(DataError, match="a record cannot be read as its spec describes"):
         data.load(str(tmp_path / "d.tfrecord"), model)
     (tmp_path / "d.spec.yaml").write_text(
         SPEC.replace("features, dtype: float32, shape: [20]", "features, dtype: text")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from prunecli.errors import DataError, streamed_data_error
+from prunecli.errors import DataError, streamed_data_error, tensorflow_reason
 
 SHUFFLE_BUFFER = 10_000
 
@@ -88,8 +88,7 @@ def first_labels(ds, limit: int = 256, path=None):
         checked = streamed_data_error(exc)
         if checked is not None:
             raise checked from exc
-        first = (str(exc.message).strip().splitlines() or ["unreadable record"])[0][:200]
-        raise DataError(f"{path}: cannot read the data ({first})") from exc
+        raise DataError(f"{path}: cannot read the data ({tensorflow_reason(str(exc.message))})") from exc
     if first_x is None:
         raise DataError(f"{path}: the dataset is empty")
     return first_x, np.concatenate(labels)[:limit]

@@ -209,12 +209,13 @@ def check_token_ids(model, x, path, name: str | None = None) -> None:
 
 def streamed_checks(model, path):
     """A map over a streamed dataset's batches, (x, y) -> (x, y), that checks every batch as the checks
-    above check every row of data held in memory: token ids fed to an Embedding (whole numbers in
-    range), class numbers below the class count, yes/no labels in 0..1. TFRecords were checked on their
+    above check every row of data held in memory: finite inputs and labels, token ids fed to an
+    Embedding (whole numbers in range), class numbers below the class count, yes/no labels in 0..1
+    (NaN inputs in a TFRecord were read, and reported as a loss, unchecked). TFRecords were checked on their
     first batch only, so a bad id in a later record ended the run as an internal error on CPU, and read
     as zeros on a GPU (Keras' embedding lookup there returns zeros past the table), silently. A failed
     check raises (from inside TensorFlow) an error that `errors.streamed_data_error` turns into the
-    DataError. None for a model with several inputs or outputs, or nothing to check."""
+    DataError. None for a model with several inputs or outputs."""
     import tensorflow as tf
 
     inputs = io_names(model)[0]
@@ -232,6 +233,10 @@ def streamed_checks(model, path):
 
     def check(x, y):
         asserts = []
+        if x.dtype.is_floating:  # as check_finite and check_label_values refuse them in data held in memory
+            asserts.append(failing(~tf.math.is_finite(x), "inputs contain NaN or Inf: ", x))
+        if y.dtype.is_floating:
+            asserts.append(failing(~tf.math.is_finite(y), "labels contain NaN or Inf: ", y))
         if feeding is not None and (x.dtype.is_floating or x.dtype.is_integer):
             layer, dim = feeding
             ids = tf.cast(x, tf.float64)
@@ -254,8 +259,6 @@ def streamed_checks(model, path):
         with tf.control_dependencies(asserts):
             return tf.identity(x), tf.identity(y)
 
-    if feeding is None and not (classes is not None and classes > 1) and not binary:
-        return None
     return check
 
 

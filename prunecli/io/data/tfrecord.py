@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from prunecli.errors import DataError
+from prunecli.errors import DataError, record_scope
 from prunecli.io.data.batches import SHUFFLE_BUFFER, Data, first_labels
 from prunecli.io.data.checks import check_inputs, check_labels, check_token_ids, model_input_shape, streamed_checks
 from prunecli.io.data.spec import find_spec, read_spec, scaled
@@ -30,9 +30,9 @@ def load_tfrecord(path: str, model, batch_size: int, val_split: float, seed: int
     n_all = _count_readable(records, files, path)
     eval_files = _resolve_records(str(spec["eval"]), spec_path.parent) if spec.get("eval") else None
     train_records, held, n_train, n_held = _hold_out(records, files, n_all, val_split, path)
-    train = records.batches(train_records, n_train, shuffle=True)
-    held_ds = None if held is None else records.batches(held, n_held, shuffle=False)
-    evaluation, val, n_eval = _evaluation(records, files, n_all, eval_files, spec.get("eval"), held_ds, n_held)
+    train = records.batches(train_records, n_train, path, shuffle=True)
+    held_ds = None if held is None else records.batches(held, n_held, path, shuffle=False)
+    evaluation, val, n_eval = _evaluation(records, files, n_all, eval_files, spec.get("eval"), held_ds, n_held, path)
     first_x, y_example = first_labels(evaluation, path=path)
     check_inputs(model, tuple(first_x.shape[1:]), path)
     check_token_ids(model, np.asarray(first_x), path)  # said before any work; later batches: `check`
@@ -66,17 +66,26 @@ class _Records:
 
         return tf.data.TFRecordDataset(files, compression_type=self.compression)
 
-    def batches(self, ds, n: int, shuffle: bool):
-        """Parsed, batched and scaled records, with their count known so schedules can plan in steps."""
+    def batches(self, ds, n: int, source, shuffle: bool):
+        """Parsed, batched, scaled and checked records, with their count known so schedules can plan in
+        steps. Each record is parsed in `source`'s scope (errors.record_scope), so one that does not
+        parse, in a batch read mid-run, is a DataError naming that file, as in the batches checked first.
+        The checks see what the model sees: the inputs after the spec's scale."""
         import tensorflow as tf
+
+        scope = record_scope(source)
+
+        def parse(record):
+            with tf.name_scope(scope):
+                return self.parse(record)
 
         if shuffle:
             ds = ds.shuffle(min(max(n, 1), SHUFFLE_BUFFER), seed=self.seed, reshuffle_each_iteration=True)
-        ds = ds.map(self.parse, num_parallel_calls=tf.data.AUTOTUNE).batch(self.batch_size)
+        ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE).batch(self.batch_size)
+        ds = scaled(ds.apply(tf.data.experimental.assert_cardinality(math.ceil(n / self.batch_size))), self.scale)
         if self.check is not None:
             ds = ds.map(self.check)
-        ds = ds.apply(tf.data.experimental.assert_cardinality(math.ceil(n / self.batch_size)))
-        return scaled(ds, self.scale).prefetch(tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def _spec_of(path: str) -> tuple[Path, dict]:
@@ -129,7 +138,9 @@ def _hold_out(records: _Records, files: list[str], n_all: int, val_split: float,
     return train_records, held, n_train, n_held
 
 
-def _evaluation(records: _Records, files: list[str], n_all: int, eval_files, eval_name, held_ds, n_held: int):
+def _evaluation(
+    records: _Records, files: list[str], n_all: int, eval_files, eval_name, held_ds, n_held: int, path: str
+):
     """(evaluation batches, validation batches or None, evaluation count): the spec's `eval` records
     when given (a held-out part then validates), else the held-out part, else the training records."""
     import tensorflow as tf
@@ -143,10 +154,11 @@ def _evaluation(records: _Records, files: list[str], n_all: int, eval_files, eva
             ) from exc
         if n_eval == 0:
             raise DataError(f"{eval_name}: the evaluation records are empty")
-        return records.batches(records.read(eval_files), n_eval, shuffle=False), held_ds, n_eval
+        eval_source = eval_files[0] if len(eval_files) == 1 else eval_name
+        return records.batches(records.read(eval_files), n_eval, eval_source, shuffle=False), held_ds, n_eval
     if held_ds is not None:
         return held_ds, None, n_held
-    return records.batches(records.read(files), n_all, shuffle=False), None, n_all
+    return records.batches(records.read(files), n_all, path, shuffle=False), None, n_all
 
 
 def tfrecord_files(folder: Path) -> list[str]:
