@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import functools
 import os
 import re
 
@@ -79,6 +80,26 @@ def streamed_data_error(exc: BaseException) -> DataError | None:
         return None
     path = os.fsdecode(bytes.fromhex(parsed.group(1)))
     return DataError(f"{path}: a record cannot be read as its spec describes ({tensorflow_reason(text)})")
+
+
+def streamed_errors_raised(function):
+    """`function` (a library entry point: prune, apply_plan, verify, a sweep, a plan) raising the
+    DataError that a streamed dataset's failure mid-run stands for (`streamed_data_error`), as the CLI
+    reports it, instead of TensorFlow's InvalidArgumentError."""
+
+    @functools.wraps(function)
+    def raising(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except PruneCliError:
+            raise
+        except Exception as exc:
+            checked = streamed_data_error(exc)
+            if checked is None:
+                raise
+            raise checked from exc
+
+    return raising
 
 
 def tensorflow_reason(text: str, limit: int = 200) -> str:

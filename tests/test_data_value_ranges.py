@@ -386,3 +386,31 @@ def test_a_record_parser_error_names_its_file_whatever_the_path():
         reason = "Key: x.  Can't parse serialized Example."
         assert error.message == f"{path}: a record cannot be read as its spec describes ({reason})"
     assert streamed_data_error(Exception("Detected at node model/dense/MatMul\nIncompatible shapes")) is None
+
+
+@pytest.mark.slow  # 3-5 s: a prune, an apply and a verify
+def test_every_library_entry_point_raises_the_data_error_of_a_bad_record_mid_run(tmp_path):
+    """Class: only prune() turned a streamed dataset's failure mid-run into the DataError the CLI
+    reports; apply_plan() and verify() (the README's Python API for plans), a sweep and a plan raised
+    TensorFlow's InvalidArgumentError for the same file. Each entry point now raises the DataError."""
+    import keras
+
+    import prunecli
+    from prunecli.run.apply import apply_plan
+    from prunecli.run.verify import verify
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="d1"), keras.layers.Dense(2, name="out")])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.save(tmp_path / "m.keras")
+    rows = _bad_rows("short", at=300)
+    _float_records(tmp_path / "d.tfrecord", rows)
+    _float_records(tmp_path / "good.tfrecord", _bad_rows("none", at=0))
+    plan, report, out = tmp_path / "plan.zip", tmp_path / "r.json", tmp_path / "out.keras"
+    settings = {"model_path": str(tmp_path / "m.keras"), "output": str(out), "save_plan": str(plan)}
+    prunecli.prune(prunecli.build_config({**settings, "report": str(report), "data": str(tmp_path / "good.tfrecord")}))
+    said = "d.tfrecord: a record cannot be read as its spec describes"
+    with pytest.raises(DataError, match=said):
+        apply_plan(plan, tmp_path / "m.keras", output=str(tmp_path / "a.keras"), data=str(tmp_path / "d.tfrecord"))
+    assert not (tmp_path / "a.keras").exists()
+    with pytest.raises(DataError, match=said):
+        verify(out, report=report, data=tmp_path / "d.tfrecord")

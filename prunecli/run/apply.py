@@ -18,7 +18,7 @@ import os
 
 from prunecli import removal
 from prunecli.config.fields import APPLY_OPTIONS
-from prunecli.errors import ConfigError, InputError
+from prunecli.errors import ConfigError, InputError, streamed_errors_raised
 from prunecli.io import models as model_io
 from prunecli.io import plan_file
 from prunecli.messages import shown
@@ -82,6 +82,7 @@ def plan_paths(config, plan_path, recipe=None):
     return output, paths.plan(config, output_model=output, recipe=recipe, extra_reads=reads, exports=exports)
 
 
+@streamed_errors_raised  # a streamed dataset's failure mid-run: the CLI's DataError, not TensorFlow's
 @owned_tempdir()  # Keras' and TensorFlow's temporary files in a folder the run removes
 @keras_graph.loops_compiled  # recurrent layers called eagerly run their loops compiled
 def apply_plan(plan_path: str | os.PathLike, model_path: str | os.PathLike, progress=None, **options) -> PruneResult:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from prunecli import __version__, removal
 from prunecli.config import PruneConfig
-from prunecli.errors import ConfigError, GateFailed, InputError, streamed_data_error
+from prunecli.errors import ConfigError, GateFailed, InputError, streamed_errors_raised
 from prunecli.io import models as model_io
 from prunecli.io import plan_file
 from prunecli.outputs.report import Report, Timings
@@ -24,6 +24,7 @@ from prunecli.structure import flops, keras_graph
 from prunecli.training import distill
 
 
+@streamed_errors_raised  # a streamed dataset's failure mid-run: the CLI's DataError, not TensorFlow's
 @owned_tempdir()  # the API's run too: Keras' and TensorFlow's temporary files in a folder it removes
 @keras_graph.loops_compiled  # recurrent layers called eagerly run their loops compiled
 def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneResult:
@@ -33,20 +34,14 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
     config)`, after the report is written."""
     if not isinstance(config, PruneConfig):  # a dict of settings, say: one line, not an AttributeError
         raise ConfigError("prune() takes a PruneConfig: prunecli.prune(prunecli.build_config({...}))")
-    try:
-        if config.auto:
-            from prunecli.run import auto
+    if config.auto:
+        from prunecli.run import auto
 
-            planned = auto.planned(config, progress)
-            result = run(planned.config, progress)
-            planned.record(result.report)
-        else:
-            result = run(config, progress)
-    except Exception as exc:
-        checked = streamed_data_error(exc)  # a streamed dataset's check, failed mid-run: the CLI's DataError
-        if checked is None:
-            raise
-        raise checked from exc
+        planned = auto.planned(config, progress)
+        result = run(planned.config, progress)
+        planned.record(result.report)
+    else:
+        result = run(config, progress)
     from prunecli.outputs.report import write_report_files
     from prunecli.training import distribute
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from prunecli import removal
-from prunecli.errors import ConfigError
+from prunecli.errors import ConfigError, streamed_errors_raised
 from prunecli.outputs.report import Timings
 from prunecli.removal import heads
 from prunecli.results import StepResult
@@ -100,6 +100,7 @@ def _groups(model) -> list[list[str]] | None:
     return [list(members) for members in sorted(found) if len(members) > 1]
 
 
+@streamed_errors_raised  # a streamed dataset's failure mid-run: the CLI's DataError, not TensorFlow's
 @keras_graph.loops_compiled  # recurrent layers called eagerly run their loops compiled
 def make_plan(config, progress=None) -> dict[str, Any]:
     """Decide what `prune` would remove with `config`, in memory only, and describe it."""

@@ -17,7 +17,7 @@ import dataclasses
 import importlib.util
 
 from prunecli.config import PruneConfig
-from prunecli.errors import ConfigError, DataError
+from prunecli.errors import ConfigError, DataError, streamed_errors_raised
 from prunecli.outputs.report import Timings
 from prunecli.run import steps
 from prunecli.run.state import RunState
@@ -202,6 +202,7 @@ def _cost_line(sparsities: int, layers: int, examples: int) -> str:
     return line + f" x (all layers + {layers} layers alone); --no-per-layer runs the first {sparsities} only)"
 
 
+@streamed_errors_raised  # a streamed dataset's failure mid-run: the CLI's DataError, not TensorFlow's
 @keras_graph.loops_compiled  # recurrent layers called eagerly run their loops compiled
 def run(config: PruneConfig, sparsities=DEFAULT_SPARSITIES, per_layer: bool = True, progress=None) -> SweepResult:
     """Measure the "all" curve (and, with per_layer, one curve per layer) at each sparsity."""

@@ -27,7 +27,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prunecli.errors import ConfigError, GateFailed, InputError, first_line
+from prunecli.errors import ConfigError, GateFailed, InputError, first_line, streamed_errors_raised
 from prunecli.io import plan_file
 from prunecli.messages import shown
 
@@ -51,6 +51,7 @@ class VerifyResult:
         (self.checked if holds else self.failures).append(ok_text if holds else failure)
 
 
+@streamed_errors_raised  # a streamed dataset's failure mid-run: the CLI's DataError, not TensorFlow's
 def verify(
     model_path: str | os.PathLike,
     report: str | os.PathLike | None = None,
