@@ -43,6 +43,60 @@ def quiet_tensorflow() -> None:
     enable_compile_cache()  # before any XLA compile (evaluation compiles first when --data is given)
 
 
+PROCESS_ENVIRONMENT = ("TF_CPP_MIN_LOG_LEVEL", "TF_XLA_FLAGS")  # what quiet_tensorflow sets for a run
+
+
+def keeps_global_state(function):
+    """A library entry point (prune, apply_plan, verify, a sweep, a plan) that leaves the caller's
+    process as it found it, failed or not: the environment variables and the TensorFlow and absl
+    logging levels that `quiet_tensorflow` sets for the run are put back. A run computes as the
+    command does whatever Keras defaults the caller set: the file's own dtypes, under Keras' global
+    float32 policy and floatx (a caller's `mixed_float16` gave the loaded model's input layer a
+    float16 policy, and `--quantize int8` then failed as if the file were float16), restored after."""
+
+    @functools.wraps(function)
+    def kept(*args, **kwargs):
+        environment = {name: os.environ.get(name) for name in PROCESS_ENVIRONMENT}
+        levels = {name: logging.getLogger(name).level for name in ("tensorflow", "absl")}
+        absl_level = _absl_verbosity()
+        keras_defaults = None
+        if "keras" in sys.modules:  # else the caller set no Keras default (importing it here would be loud)
+            import keras
+
+            keras_defaults = (keras.config.dtype_policy(), keras.config.floatx())
+            keras.config.set_dtype_policy("float32")
+            keras.config.set_floatx("float32")
+        try:
+            return function(*args, **kwargs)
+        finally:
+            for name, value in environment.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            if absl_level is not None:
+                import absl.logging
+
+                absl.logging.set_verbosity(absl_level)
+            for name, level in levels.items():  # after absl's verbosity, which sets its logger's level
+                logging.getLogger(name).setLevel(level)
+            if keras_defaults is not None:
+                import keras
+
+                keras.config.set_dtype_policy(keras_defaults[0])
+                keras.config.set_floatx(keras_defaults[1])
+
+    return kept
+
+
+def _absl_verbosity() -> int | None:
+    try:
+        import absl.logging  # light: no TensorFlow
+    except ImportError:
+        return None
+    return absl.logging.get_verbosity()
+
+
 @functools.cache
 def onednn_enabled() -> bool | None:
     """Whether TensorFlow runs its oneDNN CPU kernels in this process (None where TensorFlow does not say).

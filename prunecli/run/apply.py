@@ -25,7 +25,7 @@ from prunecli.messages import shown
 from prunecli.results import StepResult
 from prunecli.run import steps
 from prunecli.run.state import PruneResult
-from prunecli.runtime import owned_tempdir, quiet_tensorflow
+from prunecli.runtime import keeps_global_state, owned_tempdir, quiet_tensorflow
 from prunecli.structure import flops, keras_graph
 
 # what the plan decides; the command line sets the rest (data, fine-tuning, outputs)
@@ -82,6 +82,7 @@ def plan_paths(config, plan_path, recipe=None):
     return output, paths.plan(config, output_model=output, recipe=recipe, extra_reads=reads, exports=exports)
 
 
+@keeps_global_state  # the caller's logging, environment and Keras defaults, as they were
 @streamed_errors_raised  # a streamed dataset's failure mid-run: the CLI's DataError, not TensorFlow's
 @owned_tempdir()  # Keras' and TensorFlow's temporary files in a folder the run removes
 @keras_graph.loops_compiled  # recurrent layers called eagerly run their loops compiled

@@ -19,11 +19,12 @@ from prunecli.outputs.report import Report, Timings
 from prunecli.results import StepResult
 from prunecli.run import steps, target
 from prunecli.run.state import PruneResult
-from prunecli.runtime import owned_tempdir, quiet_tensorflow
+from prunecli.runtime import keeps_global_state, owned_tempdir, quiet_tensorflow
 from prunecli.structure import flops, keras_graph
 from prunecli.training import distill
 
 
+@keeps_global_state  # the caller's logging, environment and Keras defaults, as they were
 @streamed_errors_raised  # a streamed dataset's failure mid-run: the CLI's DataError, not TensorFlow's
 @owned_tempdir()  # the API's run too: Keras' and TensorFlow's temporary files in a folder it removes
 @keras_graph.loops_compiled  # recurrent layers called eagerly run their loops compiled

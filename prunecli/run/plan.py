@@ -17,7 +17,7 @@ from prunecli.outputs.report import Timings
 from prunecli.removal import heads
 from prunecli.results import StepResult
 from prunecli.run import steps, target
-from prunecli.runtime import quiet_tensorflow
+from prunecli.runtime import keeps_global_state, quiet_tensorflow
 from prunecli.structure import keras_graph
 
 
@@ -100,6 +100,7 @@ def _groups(model) -> list[list[str]] | None:
     return [list(members) for members in sorted(found) if len(members) > 1]
 
 
+@keeps_global_state  # the caller's logging, environment and Keras defaults, as they were
 @streamed_errors_raised  # a streamed dataset's failure mid-run: the CLI's DataError, not TensorFlow's
 @keras_graph.loops_compiled  # recurrent layers called eagerly run their loops compiled
 def make_plan(config, progress=None) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from prunecli.run.sweep_outputs import (
     table_rows,
     write_outputs,
 )
-from prunecli.runtime import quiet_tensorflow
+from prunecli.runtime import keeps_global_state, quiet_tensorflow
 from prunecli.structure import keras_graph
 
 DEFAULT_SPARSITIES = (0.1, 0.3, 0.5, 0.7, 0.9, 0.95)
@@ -202,6 +202,7 @@ def _cost_line(sparsities: int, layers: int, examples: int) -> str:
     return line + f" x (all layers + {layers} layers alone); --no-per-layer runs the first {sparsities} only)"
 
 
+@keeps_global_state  # the caller's logging, environment and Keras defaults, as they were
 @streamed_errors_raised  # a streamed dataset's failure mid-run: the CLI's DataError, not TensorFlow's
 @keras_graph.loops_compiled  # recurrent layers called eagerly run their loops compiled
 def run(config: PruneConfig, sparsities=DEFAULT_SPARSITIES, per_layer: bool = True, progress=None) -> SweepResult:

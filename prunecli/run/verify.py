@@ -30,6 +30,7 @@ from pathlib import Path
 from prunecli.errors import ConfigError, GateFailed, InputError, first_line, streamed_errors_raised
 from prunecli.io import plan_file
 from prunecli.messages import shown
+from prunecli.runtime import keeps_global_state
 
 TOLERANCE = 1e-3  # accuracy, absolute
 SPARSITY_TOLERANCE = 1e-9  # a reported sparsity against the one its non-zeros give
@@ -51,6 +52,7 @@ class VerifyResult:
         (self.checked if holds else self.failures).append(ok_text if holds else failure)
 
 
+@keeps_global_state  # the caller's logging, environment and Keras defaults, as they were
 @streamed_errors_raised  # a streamed dataset's failure mid-run: the CLI's DataError, not TensorFlow's
 def verify(
     model_path: str | os.PathLike,

@@ -1,0 +1,94 @@
+"""The Python API leaves the caller's process as it found it, and computes as the command does
+whatever Keras defaults the caller set (run/ entry points, runtime.keeps_global_state)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+
+from prunecli.errors import DataError
+
+
+def _state():
+    import absl.logging
+    import keras
+
+    return {
+        "env": {name: os.environ.get(name) for name in ("TF_CPP_MIN_LOG_LEVEL", "TF_XLA_FLAGS")},
+        "tensorflow logger": logging.getLogger("tensorflow").level,
+        "absl logger": logging.getLogger("absl").level,
+        "absl verbosity": absl.logging.get_verbosity(),
+        "policy": keras.config.dtype_policy().name,
+        "floatx": keras.config.floatx(),
+        "cwd": os.getcwd(),
+    }
+
+
+@pytest.fixture
+def callers_defaults(monkeypatch):
+    """A caller who set Keras' global mixed-precision policy and their own logging, and no TF_* variables."""
+    import keras
+
+    for name in ("TF_CPP_MIN_LOG_LEVEL", "TF_XLA_FLAGS"):
+        monkeypatch.delenv(name, raising=False)
+    saved = {name: logging.getLogger(name).level for name in ("tensorflow", "absl")}
+    logging.getLogger("tensorflow").setLevel(logging.INFO)
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(policy)
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+@pytest.mark.slow  # 2-3 s: two runs
+def test_an_api_run_under_a_callers_mixed_policy_quantizes_and_leaves_the_process_as_it_was(callers_defaults, tmp_path):
+    """Class: an entry point changed the caller's process and depended on it. prune() left
+    TF_CPP_MIN_LOG_LEVEL and TF_XLA_FLAGS in the environment (inherited by the caller's subprocesses)
+    and TensorFlow's and absl's loggers at ERROR, after a success or a failure; and under the caller's
+    global `mixed_float16` policy the loaded model took a float16 input layer, so `--quantize int8`
+    failed with "Keras cannot quantize this model ... compute_dtype='float16'" (exit 2) on a float32
+    file the command quantizes."""
+    import keras
+
+    import prunecli
+
+    keras.config.set_dtype_policy("float32")  # a float32 file, built as the caller's code did before
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, name="d1"), keras.layers.Dense(2, name="out")])
+    model.save(tmp_path / "m.keras")
+    keras.config.set_dtype_policy("mixed_float16")
+    before = _state()
+    assert before["policy"] == "mixed_float16"
+    settings = {"model_path": str(tmp_path / "m.keras"), "output": str(tmp_path / "q.keras"), "quantize": "int8"}
+    result = prunecli.prune(prunecli.build_config(settings))
+    assert result.output_path is not None and (tmp_path / "q.keras").exists()
+    assert _state() == before
+    with pytest.raises(DataError):
+        prunecli.prune(prunecli.build_config({**settings, "data": str(tmp_path / "missing.npz")}))
+    assert _state() == before
+
+
+def test_an_entry_point_that_fails_puts_back_what_its_run_set(callers_defaults):
+    """The same class, fast: whatever a run set (quiet_tensorflow's variables and loggers, Keras'
+    defaults) is put back when it raises, and the run itself saw Keras' float32 defaults."""
+    from prunecli.runtime import keeps_global_state, quiet_tensorflow
+
+    seen = {}
+
+    @keeps_global_state
+    def failing_run():
+        import keras
+
+        seen["policy"] = keras.config.dtype_policy().name
+        quiet_tensorflow()
+        raise DataError("bad data")
+
+    before = _state()
+    with pytest.raises(DataError, match="bad data"):
+        failing_run()
+    assert seen == {"policy": "float32"}
+    assert _state() == before
