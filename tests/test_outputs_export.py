@@ -659,3 +659,30 @@ def test_int8_of_an_open_length_rnn_is_converted_at_the_datas_length(tmp_path, c
     entry = json.loads(report.read_text())["export"]["tflite-int8"]
     assert entry["ops"] == "builtins" and entry["samples"] == 64 and entry["top1_agreement"] >= 0.9
     assert "o.int8.tflite takes inputs of the data's sizes ((5, 4) per example)" in " ".join(result.output.split())
+
+
+@pytest.mark.slow  # 3-5 s: a run with two exports
+def test_an_integer_input_fed_from_data_is_exported_and_checked_in_its_own_dtype(tmp_path):
+    """Class: --data is read as float32, which Keras casts back to an integer input itself; the export
+    checks fed those float arrays to the SavedModel and TFLite files, which take only the input's own
+    dtype, so token ids beside float features made every --export with --data exit 7, nothing saved
+    (without --data the seeded inputs had the right dtype and the same model exported)."""
+    import keras
+
+    tok, num = keras.Input((7,), dtype="int32", name="tok"), keras.Input((4,), name="num")
+    h = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(20, 8, name="emb")(tok))
+    h = keras.layers.Dense(16, activation="relu", name="d1")(keras.layers.Concatenate()([h, num]))
+    model = keras.Model([tok, num], keras.layers.Dense(3, activation="softmax", name="cls")(h))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.save(tmp_path / "m.keras")
+    rng = np.random.default_rng(0)
+    x_tok, x_num = rng.integers(0, 20, (40, 7)).astype("int32"), rng.standard_normal((40, 4)).astype("float32")
+    np.savez(tmp_path / "d.npz", x_tok=x_tok, x_num=x_num, y=rng.integers(0, 3, 40))
+    out = tmp_path / "out.keras"
+    settings = {"model_path": str(tmp_path / "m.keras"), "data": str(tmp_path / "d.npz"), "output": str(out)}
+    result = prune(build_config({**settings, "export": ("savedmodel", "tflite")}))
+    section = result.report.to_dict()["export"]
+    for fmt in ("savedmodel", "tflite"):
+        assert section[fmt]["sample_source"] == "data" and section[fmt]["samples"] == 40
+        assert section[fmt]["max_abs_diff"] < 1e-5
+    assert (tmp_path / "out_savedmodel").is_dir() and (tmp_path / "out.tflite").is_file()

@@ -562,10 +562,23 @@ def sample_inputs(model, data, seed: int, count: int):
             seen += len(chunks[-1][0])
             if seen >= count:
                 break
-        return [np.concatenate(parts)[:count] for parts in zip(*chunks, strict=True)], "data"
+        arrays = [np.concatenate(parts)[:count] for parts in zip(*chunks, strict=True)]
+        return [_as_input_dtype(a, t) for a, t in zip(arrays, model.inputs, strict=True)], "data"
     from prunecli.structure import probes
 
     return probes.seeded_inputs(model, count, seed), "random"
+
+
+def _as_input_dtype(array, tensor):
+    """A data array in the dtype of the model input it feeds. The data is read as float32, which Keras
+    casts back to an integer input itself; an exported SavedModel or TFLite file takes only the input's
+    own dtype (token ids beside float features: every export refused, exit 7)."""
+    import numpy as np
+
+    dtype = np.dtype(str(getattr(tensor, "dtype", "float32")))
+    if dtype.kind in "iub" and array.dtype != dtype:
+        return array.astype(dtype)  # as Keras casts a float input to an integer one (ids are whole numbers)
+    return array
 
 
 def _input_arrays(model, x) -> list:
