@@ -55,6 +55,8 @@ class DataError(InputError):
 
 
 STREAMED_CHECK = "prunecli data check: "  # heads the message of a check a streamed dataset runs on each batch
+# what TensorFlow's image decoders say of a damaged file (an image folder's; Keras decodes them mid-run)
+IMAGE_DECODER_FAILURES = ("Invalid PNG", "Invalid JPEG", "Unknown image file format", "Invalid GIF", "Invalid BMP")
 RECORD_SCOPE = "prunecli_record_"  # a streamed format's record parser's graph scope; the file's path follows in hex
 
 
@@ -77,6 +79,9 @@ def streamed_data_error(exc: BaseException) -> DataError | None:
         return DataError("".join(part.strip("[]") for part in parts).strip())
     parsed = re.search(RECORD_SCOPE + r"([0-9a-f]*)(?:_[0-9]+)?/", text)  # "_1": a scope TF made unique
     if parsed is None:
+        decoder = next((said for said in IMAGE_DECODER_FAILURES if said in text), None)
+        if decoder is not None:  # an image folder's file, decoded by Keras' own pipeline: its path is not known
+            return DataError(f"an image of the --data folder cannot be decoded ({tensorflow_reason(text)})")
         return None
     path = os.fsdecode(bytes.fromhex(parsed.group(1)))
     return DataError(f"{path}: a record cannot be read as its spec describes ({tensorflow_reason(text)})")

@@ -195,6 +195,36 @@ def test_image_folder_errors(digits, mlp, digit_images, tmp_path):
         data.load(str(tmp_path / "few"), mlp[0])
 
 
+def test_a_file_in_an_image_folder_that_is_no_image_is_refused_before_any_work(digits, digit_images, tmp_path):
+    """A stray text file named .png, past the batches read first, ended fine-tuning in an internal error
+    (exit 1) when its batch came; every file's header is read before the work now."""
+    import shutil
+
+    model, _arrays = digits
+    shutil.copytree(digit_images, tmp_path / "d")
+    (tmp_path / "d" / "test" / "9" / "999.png").write_bytes(b"not an image at all")
+    with pytest.raises(DataError, match=r"999.png: not an image \(its first bytes are no PNG, JPEG, GIF or BMP"):
+        data.load(str(tmp_path / "d"), model)
+
+
+def test_a_damaged_image_decoded_mid_run_is_a_data_error():
+    """A damaged image body (a truncated PNG) is found only when Keras' pipeline decodes it, mid-run:
+    TensorFlow's decoder error is the data's, not an internal error."""
+    import tensorflow as tf
+
+    from prunecli.errors import streamed_data_error
+
+    truncated = tf.io.encode_png(tf.zeros((4, 4, 1), tf.uint8)).numpy()[:40]
+    with pytest.raises(tf.errors.InvalidArgumentError) as caught:
+        tf.data.Dataset.from_tensors(truncated).map(
+            lambda b: tf.io.decode_image(b, expand_animations=False)
+        ).get_single_element()
+    error = streamed_data_error(caught.value)
+    assert isinstance(error, DataError) and error.message.startswith(
+        "an image of the --data folder cannot be decoded ("
+    )
+
+
 @pytest.mark.slow
 def test_fine_tune_from_an_image_folder(cli, example_model, digit_images, tmp_path):
     report = tmp_path / "r.json"

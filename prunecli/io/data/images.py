@@ -57,6 +57,7 @@ def load_images(p: Path, model, batch_size: int, val_split: float, seed: int) ->
     held_out = evaluation is not None
     evaluation = evaluation if held_out else train
     n_train, n_eval = len(train.file_paths), len(evaluation.file_paths)
+    check_image_headers([*train.file_paths, *([] if evaluation is train else evaluation.file_paths)])
     scale = spec.get("scale")
     train, evaluation = scaled(train, scale), scaled(evaluation, scale)
     _x, y_example = first_labels(evaluation, path=p)
@@ -70,6 +71,25 @@ def load_images(p: Path, model, batch_size: int, val_split: float, seed: int) ->
         val=None if val is None else scaled(val, scale),
         eval_held_out=held_out,
     )
+
+
+# how a file of each format Keras' image folders read begins (PNG, JPEG, GIF, BMP)
+IMAGE_HEADERS = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
+
+
+def check_image_headers(paths) -> None:
+    """Every image file must begin as an image of some format Keras decodes: a file that does not (a
+    stray text file named .png) stopped a run mid-training with an internal error once its batch came,
+    past the batches read before the work. Reads 8 bytes of each; a damaged image body is found only
+    when decoded (errors.streamed_data_error then names the decoder's reason)."""
+    for path in paths:
+        try:
+            with open(path, "rb") as fh:
+                start = fh.read(8)
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read the image ({exc.strerror})") from exc
+        if not start.startswith(IMAGE_HEADERS):
+            raise DataError(f"{path}: not an image (its first bytes are no PNG, JPEG, GIF or BMP header)")
 
 
 def _image_layout(p: Path):
