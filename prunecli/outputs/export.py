@@ -415,9 +415,25 @@ def check_int8_inputs(model) -> None:
             )
 
 
+# where each TFLite op that multiplies by weights takes them (its input positions)
+WEIGHT_INPUTS = {
+    "FULLY_CONNECTED": (1,),
+    "CONV_2D": (1,),
+    "CONV_3D": (1,),
+    "DEPTHWISE_CONV_2D": (1,),
+    "TRANSPOSE_CONV": (1,),
+    "CONV_3D_TRANSPOSE": (1,),
+    "BATCH_MATMUL": (0, 1),
+    "GATHER": (0,),
+    "EMBEDDING_LOOKUP": (1,),
+}
+
+
 def int8_weight_counts(content: bytes) -> dict[str, int]:
-    """Constant int8 tensors of a flatbuffer (the quantized weights): how many values, how many are 0,
-    and how many per-channel zero points are not 0 (a non-zero one would move a pruned weight)."""
+    """Constant int8 tensors of a flatbuffer that ops multiply by (the quantized weights): how many values,
+    how many are 0, and how many per-channel zero points are not 0 (a non-zero one would move a pruned
+    weight). Other int8 constants are not weights: a full-integer file stores an LSTM's bias, added by
+    an ADD, on an asymmetric grid (a zero point of -127 that moved no weight was counted)."""
     import numpy as np
 
     with _quiet():
@@ -425,10 +441,15 @@ def int8_weight_counts(content: bytes) -> dict[str, int]:
         interpreter.allocate_tensors()
     ops = interpreter._get_ops_details()  # TFLite's Python API names no constant tensors: derive them
     produced = {i for op in ops for i in op["outputs"]} | {d["index"] for d in interpreter.get_input_details()}
-    constant = {i for op in ops for i in op["inputs"] if i >= 0} - produced
+    weights = {
+        op["inputs"][at]
+        for op in ops
+        for at in WEIGHT_INPUTS.get(op["op_name"], ())
+        if at < len(op["inputs"]) and op["inputs"][at] >= 0
+    } - produced
     values = zeros = moved = 0
     for detail in interpreter.get_tensor_details():
-        if detail["index"] not in constant or detail["dtype"] != np.int8:
+        if detail["index"] not in weights or detail["dtype"] != np.int8:
             continue
         tensor = interpreter.get_tensor(detail["index"])
         values += int(tensor.size)
