@@ -145,6 +145,12 @@ def test_npy_errors_are_one_line(mlp, tmp_path):
     np.save(tmp_path / "b_y.npy", y)
     with pytest.raises(DataError, match="NaN or Inf"):
         data.load(str(tmp_path / "b_x.npy"), model)
+    for split in ("train", "test"):  # a test set's mismatch is named as the test file's, not the training file's
+        np.save(tmp_path / f"x_{split}.npy", x)
+    np.save(tmp_path / "y_train.npy", y)
+    np.save(tmp_path / "y_test.npy", y[:-1])
+    with pytest.raises(DataError, match=r"x_test\.npy: 400 inputs but 399 labels"):
+        data.load(str(tmp_path / "x_train.npy"), model)
 
 
 # --- image folders ------------------------------------------------------------------------------

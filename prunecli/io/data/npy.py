@@ -19,15 +19,18 @@ def load_npy(p: Path, model, batch_size: int, val_split: float, seed: int) -> Da
     import numpy as np
 
     sets = {"train": _npy_set(p), "eval": None, "val": None}
+    files = {"train": p}  # each set's inputs file: the one a check names
     for key, name in (("eval", "test"), ("val", "val")):
         sibling = npy_partner(p, "train", name)
         if sibling is not None and sibling.is_file():
-            sets[key] = _npy_set(sibling)
+            sets[key], files[key] = _npy_set(sibling), sibling
     if sets["eval"] is None:
         sets["eval"], sets["val"] = sets["val"], None
-    for pair in filter(None, sets.values()):
-        check_shapes(model, *pair, p)
-        check_finite(pair[0], p)
+        files["eval"] = files.pop("val", None)
+    for key, pair in sets.items():
+        if pair is not None:
+            check_shapes(model, *pair, files[key])
+            check_finite(pair[0], files[key])
     index = {k: None if v is None else np.arange(len(v[0])) for k, v in sets.items()}
     parts = split_indices(len(sets["train"][0]), sets, val_split, seed)
     for key, idx in parts.items():
