@@ -51,6 +51,19 @@ def test_matrices_of_an_unknown_layer_are_counted_in_a_note_unless_it_opts_in(op
         assert "(Mixer 256)" in note
 
 
+def test_a_small_unknown_matrix_is_not_noted():
+    """An attention layer's own scoring vector (0.03% of textgenrnn's parameters) is nothing a reader of
+    the totals misses: no note below 1% of the parameters."""
+    import keras
+
+    from prunecli.structure import targets
+
+    model = _mixer_model(False)
+    inp = keras.Input((8,))
+    big = keras.Model(inp, model(keras.layers.Dense(8)(keras.layers.Dense(4096)(keras.layers.Dense(8)(inp)))))
+    assert targets.unknown_kernels_note(big) is None
+
+
 def test_a_layer_removal_that_removes_nothing_writes_the_model_as_it_came(tmp_path):
     """One candidate at -s 0.5 rounds to none removed: the output is the input model (its own class and
     layers), not a rebuilt copy of it, and a note says nothing was removed."""
