@@ -5,7 +5,9 @@
   batch, so its layers run a fixed number of times whatever the number of calibrated layers inside,
   and the masks are the ones the prefix passes (one forward per layer) give;
 - the graph walk's probe runs once per plan, not once per allocation --normalize measured tries;
-- a pass's examples are sized from every call a pass makes of a layer (each frame's).
+- a pass's examples are sized from every call a pass makes of a layer (each frame's);
+- --normalize measured reads its comparisons on calibration examples from the walks it already made
+  and meters the layers of the one trial it keeps.
 """
 
 from __future__ import annotations
@@ -107,3 +109,51 @@ def test_examples_per_pass_count_every_frame(monkeypatch):
     monkeypatch.setattr(capture, "INPUT_BYTES", 3 * FRAMES * per_frame)
     res, _ = calibrated_at_budget(_time_distributed, 2**30, monkeypatch, method="wanda")
     assert res.section["examples_per_pass"] == 3
+
+
+@pytest.mark.slow  # 4-8 s: the full suite (fast subset at its 120 s limit)
+def test_measured_trials_reuse_their_walks_and_meter_only_the_kept_run(monkeypatch):
+    """--normalize measured on the calibration's own examples: the dense outputs and each Wanda trial's
+    come from the walk that ranked or calibrated the layers (the model runs only for the two magnitude
+    masks), and the Wanda layers' error meters run once, for the trial kept, not in every trial. The
+    kept run's masks, weights and per-layer errors are those of the same allocation run on its own, and
+    running the model for each comparison instead chooses the same allocation and masks."""
+    from prunecli.calibration import capture, oneshot, outputs
+
+    calls = {"of": 0, "meters": 0}
+    real_of, real_init = outputs.of, capture.ErrorMeter.__init__
+
+    def of(*args, **kwargs):
+        calls["of"] += 1
+        return real_of(*args, **kwargs)
+
+    def init(self, *args, **kwargs):
+        calls["meters"] += 1
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(outputs, "of", of)
+    monkeypatch.setattr(capture.ErrorMeter, "__init__", init)
+    measured = dict(method="wanda", scope="global", normalize="measured")
+    res, weights = calibrated_at_budget(_time_distributed, 2**30, monkeypatch, **measured)
+    account = res.section["allocation_measured"]
+    assert account["chosen"] == "uniform" and not account["held_out"]  # a Wanda trial kept: its layers metered
+    layers = res.section["layers"]
+    assert calls == {"of": 2, "meters": len(layers)}, calls  # before: 6 model runs, 3 x len(layers) meters
+    assert all(e["error_before"] is not None and e["error_after"] is not None for e in layers.values())
+
+    alone, weights_alone = calibrated_at_budget(_time_distributed, 2**30, monkeypatch, method="wanda", scope="layer")
+    assert alone.section["layers"] == layers  # every layer at the sparsity: the uniform trial, metered in its run
+    for name, mask in alone.masks.items():
+        np.testing.assert_array_equal(np.asarray(mask), np.asarray(res.masks[name]), err_msg=name)
+    for a, b in zip(weights, weights_alone, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    monkeypatch.setattr(oneshot, "_walked", lambda *args: None)  # the model run for every comparison
+    calls.update(of=0, meters=0)
+    ran, weights_ran = calibrated_at_budget(_time_distributed, 2**30, monkeypatch, **measured)
+    assert calls["of"] == 6
+    assert ran.section["allocation_measured"]["chosen"] == "uniform" and ran.section["layers"] == layers
+    for name, error in ran.section["allocation_measured"]["output_error"].items():
+        assert account["output_error"][name] == pytest.approx(error, rel=1e-4, abs=1e-6), name
+    for a, b in zip(weights, weights_ran, strict=True):
+        np.testing.assert_array_equal(a, b)

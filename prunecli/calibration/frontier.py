@@ -219,6 +219,10 @@ class PrefixPasses:
     def measure(self, meter) -> None:
         capture.measure(self.model, self.batches, meter)
 
+    def outputs(self, passes: int) -> None:
+        """Nothing computed to reuse: the caller runs the model (see CachedPasses.outputs)."""
+        return None
+
 
 @dataclass
 class _Schedule:
@@ -228,7 +232,9 @@ class _Schedule:
     model inputs' ids (flat, in model order); keep: ids of the tensors some step reads; freed: per
     step, the ids read for the last time there; nested: the names of the nested nodes (a sub-model,
     a wrapper) that hold calibrated layers; calls: {id(calibrated layer): calls per pass of the walk},
-    the model's calls over its step's fold (once for a layer inside a folded TimeDistributed)."""
+    the model's calls over its step's fold (once for a layer inside a folded TimeDistributed);
+    outputs: the model outputs' ids (flat, in model order) when the walk continues to them (kept,
+    never freed), else empty."""
 
     steps: list
     owner: dict
@@ -237,6 +243,7 @@ class _Schedule:
     freed: list
     nested: list = field(default_factory=list)
     calls: dict = field(default_factory=dict)
+    outputs: list = field(default_factory=list)
 
 
 class CachedPasses:
@@ -299,13 +306,28 @@ class CachedPasses:
         self._advance(step, ())
         capture.measure(_NodeRun(self.schedule.steps[step]), self.values, meter)
 
+    def outputs(self, passes: int) -> list | None:
+        """The model's flat outputs on the first `passes` passes, the walk continued from where it stands
+        to the end (the model as it is now: every calibrated layer's weights assigned), the other passes
+        dropped; None for a walk that stops at its last calibrated layer (`passes(outputs=False)`). What
+        --normalize measured compares when it compares on calibration examples: the walk has already
+        computed all but the last nodes, where a forward pass of the model would compute them all again.
+        No capture can follow."""
+        if not self.schedule.outputs:
+            return None
+        del self.values[passes:]
+        self._advance(len(self.schedule.steps), ())
+        return [[values[k] for k in self.schedule.outputs] for values in self.values]
 
-def passes(model, plan, budget: int | None = None, memo: dict | None = None):
+
+def passes(model, plan, budget: int | None = None, memo: dict | None = None, outputs: bool = False):
     """The source of the plan's calibration inputs: CachedPasses when the graph walk is possible,
     reproduces the model and fits `budget` bytes (FRONTIER_BYTES by default), else PrefixPasses with
-    a note saying why; None for a plan with no calibrated layer (nothing is read).
+    a note saying why; None for a plan with no calibrated layer (nothing is read). With `outputs`, the
+    walk also runs the nodes that lead to the model's outputs and keeps them (CachedPasses.outputs),
+    where that still fits the budget (else it stops at the last calibrated layer, as without).
 
-    `memo` (a dict the caller keeps with the plan): the schedule and the probe's verdict are kept in
+    `memo` (a dict the caller keeps with the plan): the schedules and the probe's verdict are kept in
     it, keyed by the calibrated layers and the passes, for the next source of the same plan. Both
     depend on the graph and the inputs' shapes only, not on the weights, and --normalize measured asks
     for a fresh source once per allocation it tries: each probe is a walk of the whole graph and a
@@ -314,19 +336,28 @@ def passes(model, plan, budget: int | None = None, memo: dict | None = None):
         return None
     budget = FRONTIER_BYTES if budget is None else int(budget)
     key = (tuple(id(view.layer) for view, _ in plan.layers), tuple(id(x) for x in plan.batches))
-    if memo is not None and key in memo:
-        schedule, sizes = memo[key]
-    else:
-        schedule = _schedule(model, plan.layers)
-        sizes = None if isinstance(schedule, str) else _probe(model, plan.batches, schedule)
+    known = memo.get(key) if memo is not None else None
+    if known is None:
+        known = {}
         if memo is not None:
             memo.clear()
-            memo[key] = (schedule, sizes)
+            memo[key] = known
+    if outputs not in known:
+        known[outputs] = _schedule(model, plan.layers, outputs)
+    schedule = known[outputs]
     if isinstance(schedule, str):
         return PrefixPasses(model, plan.batches, schedule)
+    if "probe" not in known:
+        known["probe"] = _probe(model, plan.batches)
+    sizes = known["probe"]
     if isinstance(sizes, str):
         return PrefixPasses(model, plan.batches, sizes)
+    if any(id(t) not in sizes for node in schedule.steps for t in node.outputs):
+        why = "a node calibration needs cannot be computed from the model's inputs alone; each layer's inputs are read by a pass of its own"
+        return PrefixPasses(model, plan.batches, why)
     peak = _peak_bytes(schedule, sizes, capture.count_examples(plan.batches), len(plan.batches))
+    if peak > budget and outputs:
+        return passes(model, plan, budget, memo)
     if peak > budget:
         why = (
             f"the cached activations would take about {_size(peak)}, over the budget of {_size(budget)}; "
@@ -352,8 +383,9 @@ def _contained(layer) -> set[int]:
     return found
 
 
-def _schedule(model, layers: list) -> _Schedule | str:
-    """The steps that compute every calibrated layer's inputs, or why the graph cannot be walked."""
+def _schedule(model, layers: list, outputs: bool = False) -> _Schedule | str:
+    """The steps that compute every calibrated layer's inputs (and, with `outputs`, the model's
+    outputs), or why the graph cannot be walked."""
     if keras_graph.functional(model) is None:
         return "the model has no layer graph to walk (subclassed); each layer's inputs are read by a pass of its own"
     nodes = _steps(model)
@@ -387,7 +419,8 @@ def _schedule(model, layers: list) -> _Schedule | str:
     if order != sorted(order):  # calibrated in call order: the walk must meet them in that order
         return "the graph's node order differs from the call order; each layer's inputs are read by a pass of its own"
     producer = {id(t): index for index, node in enumerate(nodes) for t in node.outputs}
-    needed, todo = set(), sorted(set(order))
+    ends = [id(t) for t in keras_graph.outputs(model)] if outputs else []
+    needed, todo = set(), sorted(set(order) | {producer[k] for k in ends if k in producer})
     while todo:
         index = todo.pop()
         if index in needed:
@@ -403,15 +436,17 @@ def _schedule(model, layers: list) -> _Schedule | str:
             last[id(t)] = s
     freed: list[list[int]] = [[] for _ in steps]
     for k, s in last.items():
-        freed[s].append(k)
+        if k not in ends:  # an output is kept to the end, whatever reads it
+            freed[s].append(k)
     return _Schedule(
         steps=steps,
         owner={lid: position[index] for lid, index in owner.items()},
         inputs=[id(t) for t in keras_graph.inputs(model)],
-        keep=set(last),
+        keep=set(last) | set(ends),
         freed=freed,
         nested=nested,
         calls=walk_calls,
+        outputs=ends,
     )
 
 
@@ -431,11 +466,12 @@ def _nbytes(value) -> tuple[int, int | None]:
     return math.prod(dims) * item, (dims[0] if dims else None)
 
 
-def _probe(model, batches: list, schedule: _Schedule) -> dict | str:
+def _probe(model, batches: list) -> dict | str:
     """Walk the whole graph on the first examples and compare with the model's own outputs.
 
-    Returns {id(tensor): (bytes per example, bytes per pass)} for the tensors the schedule keeps,
-    or why the walk cannot stand in for the model (it fails, or its outputs differ)."""
+    Returns {id(tensor): (bytes per example, bytes per pass)} for every tensor the walk computed (a
+    schedule's steps whose outputs are missing cannot be computed from the inputs alone), or why the
+    walk cannot stand in for the model (it fails, or its outputs differ)."""
     import numpy as np
     import tensorflow as tf
     from keras import tree
@@ -446,15 +482,14 @@ def _probe(model, batches: list, schedule: _Schedule) -> dict | str:
     n = capture.count_examples([probe])
     steps = _steps(model)
     try:
-        values = dict(zip(schedule.inputs, keras_graph.flat_inputs(model, probe), strict=True))
+        inputs = [id(t) for t in keras_graph.inputs(model)]
+        values = dict(zip(inputs, keras_graph.flat_inputs(model, probe), strict=True))
         for node in steps:
             if any(id(t) not in values for t in node.input_tensors):
                 continue  # not computable from the inputs, as the model's own call skips it
             outs = node.run(values, training=False)
             for t, v in zip(node.outputs, outs, strict=True):
                 values[id(t)] = v
-        if any(id(t) not in values for node in schedule.steps for t in node.outputs):
-            return "a node calibration needs cannot be computed from the model's inputs alone; each layer's inputs are read by a pass of its own"
         walked = [np.asarray(values[id(t)]) for t in keras_graph.outputs(model)]
         reference = [np.asarray(y) for y in tree.flatten(model(probe, training=False))]
     except Exception as exc:  # noqa: BLE001 - any failure of the walk: the prefix path still works
@@ -464,8 +499,8 @@ def _probe(model, batches: list, schedule: _Schedule) -> dict | str:
         return "walking the graph node by node does not reproduce the model's outputs; each layer's inputs are read by a pass of its own"
     fold = {id(t): step.out_fold for step in steps for t in step.outputs}  # T rows per example, folded
     sizes = {}
-    for k in schedule.keep:
-        nbytes, lead = _nbytes(values.get(k))
+    for k in values:
+        nbytes, lead = _nbytes(values[k])
         sizes[k] = (nbytes / n, 0) if n and lead == n * fold.get(k, 1) else (0, nbytes)
     return sizes
 

@@ -171,10 +171,27 @@ def frontier_budget() -> int:
     return max(0, min(frontier.FRONTIER_BYTES, _available_memory() // 4))
 
 
-def _passes(model, plan: _Plan):
+def _passes(model, plan: _Plan, outputs: bool = False):
     """The source of the plan's layer inputs (frontier.passes): the cached graph walk or prefix passes
-    (the walk's schedule and probe made once per plan: `_Plan.walk`)."""
-    return frontier.passes(model, plan, frontier_budget(), memo=plan.walk)
+    (the walk's schedule and probe made once per plan: `_Plan.walk`); with `outputs`, a walk that
+    continues to the model's outputs where that fits (`_walked`)."""
+    return frontier.passes(model, plan, frontier_budget(), memo=plan.walk, outputs=outputs)
+
+
+def _walked(src, probe: list, held_out: bool) -> list | None:
+    """The model's outputs on `probe` as outputs.of gives them, from the walk `src` that has just read
+    every calibrated layer (frontier.CachedPasses.outputs: the nodes after the last calibrated layer run
+    on what the walk holds), when the probe is the calibration's own first passes (not `held_out`);
+    None where the caller must run the model (held-out examples, prefix passes, a walk made without
+    its outputs). The walk runs the model's nodes as its call does (frontier's probe checks that)."""
+    import numpy as np
+
+    if held_out or src is None:
+        return None
+    found = src.outputs(len(probe))
+    if found is None:
+        return None
+    return [[np.asarray(v, np.float64) for v in flat] for flat in found]
 
 
 def _passes_section(src) -> dict:
@@ -462,12 +479,14 @@ def prune_calibrated(
     else:
         before = list(result.notes), dict(fallback)
         _magnitude(p.rest, config, result, counts)
-        src = _passes(model, p)
+        compared = rival is not None and not chosen.get("held_out", True)  # on the calibration's own passes
+        src = _passes(model, p, outputs=compared)
         layers = _sequential(p, src, config, result, fallback, full, jit, progress, counts)
-        if rival is not None and rival.beats(model, chosen, method):  # a trial moved the outputs less
+        walked = _walked(src, rival.probe, False) if compared else None
+        if rival is not None and rival.beats(model, chosen, method, walked):  # a trial moved the outputs less
             result.notes[:], fallback = before
             rival.trial.restore(targets, result, fallback)
-            src, layers = rival.trial.src, rival.trial.layers
+            src, layers = rival.trial.src, _metered(model, p, rival.trial.layers, rival.dense)
             result.notes.extend(filter(None, [rival.note(method)]))
     _note_few_rows(layers, result.notes)
     result.section = {
@@ -537,12 +556,15 @@ def _allocation(
         return None, {}, None, None
     label = "uniform, lamp and owl" if config.normalize == MEASURED else config.normalize
     _say(progress, f"ranking {len(p.layers) + len(p.rest)} layers for the global allocation ({label})")
-    scores = layer_scores("wanda", p, model) if p.layers else {}
+    measured = measures_allocation(config)
+    probe = _measure_passes(model, p, held_out_x) if measured else None  # (passes, held out)
+    src = _passes(model, p, outputs=probe is not None and not probe[1]) if p.layers else None
+    scores = layer_scores("wanda", p, model, src=src) if p.layers else {}
     targets = [v.target for v, _ in p.layers] + list(p.rest)
     for t in p.rest:
         scores[t.name] = _magnitude_scores(t)
-    if measures_allocation(config):
-        return _measured_allocation(model, p, config, targets, scores, progress, held_out_x)
+    if measured:
+        return _measured_allocation(model, p, config, targets, scores, progress, probe, src)
     if policy.allocated_per_layer(config):
         counts = policy.layer_counts(targets, lambda: ((t, scores[t.name]) for t in targets), "element", config)
         return counts, {}, None, None
@@ -584,11 +606,14 @@ class _Rival:
     dense_out: Any
     kinds: Any
     run: Any  # the model's call on the probe (structure.equivalence.forward), traced once for every trial
+    dense: dict = field(default_factory=dict)  # the calibrated targets' dense weights, for `_metered`
 
-    def beats(self, model, account: dict, method: str) -> bool:
+    def beats(self, model, account: dict, method: str, walked: list | None = None) -> bool:
         """Whether the trial moved the outputs less than the run now in `model`; records the run's error
-        in the report's `account` and, when it did, makes the trial its choice (`account["kept"]`)."""
-        error = outputs.error(outputs.of(model, self.probe, self.run), self.dense_out, self.kinds)
+        in the report's `account` and, when it did, makes the trial its choice (`account["kept"]`).
+        `walked`: the run's outputs on the probe from its own walk (`_walked`), else the model is run."""
+        got = outputs.of(model, self.probe, self.run) if walked is None else walked
+        error = outputs.error(got, self.dense_out, self.kinds)
         account["output_error"][method] = round(float(error), 6)
         if not error > self.error:  # NaN or no better: the run stays
             return False
@@ -607,7 +632,7 @@ class _Rival:
 
 
 def _measured_allocation(
-    model, p: _Plan, config, targets, scores, progress, held_out_x
+    model, p: _Plan, config, targets, scores, progress, probe: tuple, scored=None
 ) -> tuple[dict | None, dict, _Trial | None, _Rival | None]:
     """--normalize measured: each allocation (its counts from the Wanda scores ranked above) tried as a
     whole sequential Wanda run, the model then run on held-out examples (`_measure_passes`), and the allocation
@@ -637,7 +662,13 @@ def _measured_allocation(
     run's where it moved the outputs less (bench/ZOO.md: on textgenrnn SparseGPT's KL on held-out
     examples was 1.48, its allocation's Wanda run's 0.86). Costs the trials and two copies of the
     prunable weights (one for SparseGPT and --reconstruct when two do not fit: then without the magnitude
-    masks and no trial kept); where they do not fit in free memory, LAMP is used, and the report says so."""
+    masks and no trial kept); where they do not fit in free memory, LAMP is used, and the report says so.
+
+    What each comparison costs (bench/COST.md, DeepVOG): a trial runs without its layers' error meters
+    (two convolutions the size of each layer's own, twice the walk's work), which only the trial kept
+    gets afterwards (`_metered`, the same figures); compared on the calibration's own examples (`probe`:
+    (passes, held out) from `_measure_passes`), the dense outputs and each trial's come from the walk
+    that has just ranked or calibrated the layers (`scored`, `_walked`) instead of a forward pass."""
     import numpy as np
 
     from prunecli.selection import policy
@@ -653,10 +684,12 @@ def _measured_allocation(
         lamp = config.replace(normalize="lamp")
         counts = policy.layer_counts(targets, lambda: ((t, scores[t.name]) for t in targets), "element", lamp)
         return counts, account, None, None
-    probe, held_out = _measure_passes(model, p, held_out_x)
+    probe, held_out = probe
     names = MEASURED_ALLOCATIONS + (MAGNITUDE_TRIALS if keep or rival_fits else ())
     run = forward(model, probe, calls=len(names) + 2)  # the dense outputs, each trial, the finished run
-    dense_out = outputs.of(model, probe, run)
+    dense_out = _walked(scored, probe, held_out)  # from the walk that ranked the layers, where it can
+    if dense_out is None:
+        dense_out = outputs.of(model, probe, run)
     kinds = outputs.kinds(model, dense_out)
     saved = {t.name: np.array(t.variable) for t in targets}
     trial_config = config.replace(method="wanda", reconstruct=False, normalize="lamp")  # counts fix each share
@@ -684,10 +717,14 @@ def _measured_allocation(
                 _say(progress, f"trying the {name} allocation (a Wanda run)")
                 trial, trial_fallback = CalibrationResult(), {}
                 _magnitude(p.rest, trial_config, trial, counts)
-                src = _passes(model, p)
-                layers = _sequential(p, src, trial_config, trial, trial_fallback, False, False, None, counts)
+                src = _passes(model, p, outputs=not held_out)
+                layers = _sequential(
+                    p, src, trial_config, trial, trial_fallback, False, False, None, counts, meters=False
+                )
             candidates[name] = counts
-            errors[name] = outputs.error(outputs.of(model, probe, run), dense_out, kinds)
+            walked = _walked(src, probe, held_out)
+            got = outputs.of(model, probe, run) if walked is None else walked
+            errors[name] = outputs.error(got, dense_out, kinds)
             if keep and np.isfinite(errors[name]) and (best is None or errors[name] < errors[best[0]]):
                 weights = {t.name: np.array(t.variable) for t in targets}
                 best = (name, _Trial(weights, trial, trial_fallback, layers, src))
@@ -721,6 +758,17 @@ def _measured_allocation(
         "compared_as": kinds,
     }
     tried = best[1] if best is not None and best[0] == chosen else None
+    if tried is not None and tried.layers:  # the kept Wanda run's layer errors, its meters left out above
+        _say(progress, f"measuring the {chosen} run's layer errors")
+        try:
+            for t in targets:
+                t.variable.assign(tried.weights[t.name])
+            tried.layers = _metered(model, p, tried.layers, saved)
+        finally:
+            for t in targets:
+                t.variable.assign(saved[t.name])
+    if rival is not None:  # its layer errors are measured only if it is kept (`_Rival.beats`)
+        rival.dense = {view.target.name: saved[view.target.name] for view, _ in p.layers}
     uniform = chosen in ("uniform", MAGNITUDE_UNIFORM)
     return (None if uniform else candidates[chosen]), account, tried, rival
 
@@ -800,13 +848,18 @@ def _note_few_rows(layers: dict, notes: list) -> None:
 
 
 def _sequential(
-    p: _Plan, src, config, result, fallback: dict, full: bool, jit: bool, progress, counts=None
+    p: _Plan, src, config, result, fallback: dict, full: bool, jit: bool, progress, counts=None, meters: bool = True
 ) -> dict[str, dict]:
     """Layer by layer in call order, each calibrated on the inputs the model pruned so far gives it
     (SparseGPT's and Wanda's own procedure), read from `src` (frontier.passes: the cached graph walk
     computes a layer's outputs only after its weights are assigned here), each to its own count
     (`counts`: a global allocation) or sparsity; a layer whose calibration cannot be trusted falls back
-    to magnitude with a note. Returns the report's per-layer entries."""
+    to magnitude with a note. Returns the report's per-layer entries.
+
+    A layer without a Hessian (Wanda) has its output error read by an ErrorMeter riding on the next
+    layer's passes: two convolutions the size of its own, twice the walk's work. Without `meters` (the
+    trials of --normalize measured, at most one of which is kept) those errors are left None, for
+    `_metered` to measure on the run that is kept."""
     from prunecli.selection import policy
 
     method, gran = config.method, config.granularity
@@ -839,12 +892,44 @@ def _sequential(
         _assign(view, w_new)
         result.masks[t.name] = view.from_matrix(keep)
         layers[t.name] = entry
-        if entry["error_after"] is None:
+        if entry["error_after"] is None and meters:
             pending = (t.name, capture.ErrorMeter(view, w_new, w_dense, src.calls_of(view, call.calls)))
     if pending:
         src.measure(pending[1])
         _finish_meter(pending, layers, len(p.batches))
     return layers
+
+
+def _metered(model, p: _Plan, layers: dict, dense: dict) -> dict:
+    """The run's per-layer entries with the errors `_sequential(meters=False)` left None measured: the
+    run's weights are in the model; each such layer's ErrorMeter reads its inputs with the layers before
+    it at the run's weights and those after it dense (`dense`: {target.name: array} of the calibrated
+    targets), as the meter riding on the next layer's passes read them in `_sequential`, so the figures
+    are the ones the run would have reported. One source (one walk of the graph when cached) for the
+    trial kept, instead of a meter in every trial of --normalize measured. Leaves the run's weights."""
+    import numpy as np
+    import tensorflow as tf
+
+    if not any(entry["error_after"] is None for entry in layers.values()):
+        return layers
+    run = {view.target.name: np.array(view.target.variable) for view, _ in p.layers}
+    for view, _ in p.layers:
+        view.target.variable.assign(dense[view.target.name])
+    out = {name: dict(entry) for name, entry in layers.items()}
+    src = _passes(model, p)
+    for view, call in p.layers:
+        t = view.target
+        t.variable.assign(run[t.name])
+        entry = out.get(t.name)
+        if entry is None or entry["error_after"] is not None:
+            continue
+        w_new, w_dense = (
+            view.to_matrix(tf.cast(tf.convert_to_tensor(w), tf.float32)) for w in (run[t.name], dense[t.name])
+        )
+        meter = capture.ErrorMeter(view, w_new, w_dense, src.calls_of(view, call.calls))
+        src.measure(meter)
+        _finish_meter((t.name, meter), out, len(p.batches))
+    return out
 
 
 def layer_scores(

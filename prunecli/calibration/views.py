@@ -273,19 +273,14 @@ class LayerView:
 
         x, ks, st, dil, outs = self._padded(x)
         squares = np.zeros(x.shape[1:], np.float64)  # (spatial..., C): the batch summed first, an example at a
-        for example in x:  # time so the float64 copy stays one example's size
-            squares += np.square(example, dtype=np.float64)
+        square = np.empty_like(squares)  # time so the float64 copy stays one example's size
+        for example in x:
+            squares += np.square(example, out=square, dtype=np.float64)
         low, high = x.min(axis=0), x.max(axis=0)
-        axes = tuple(range(len(outs)))
-        sumsq, lo, hi = [], [], []
-        for offsets in itertools.product(*[range(k) for k in ks]):
-            window = tuple(
-                slice(i * d, i * d + (o - 1) * s + 1, s) for i, d, o, s in zip(offsets, dil, outs, st, strict=True)
-            )
-            sumsq.append(squares[window].sum(axis=axes))
-            lo.append(low[window].min(axis=axes))
-            hi.append(high[window].max(axis=axes))
-        sumsq, lo, hi = np.concatenate(sumsq), np.concatenate(lo), np.concatenate(hi)
+        geometry = list(zip(ks, dil, outs, st, strict=True))
+        sumsq = np.concatenate(_tap_reductions(squares, geometry, np.sum))
+        lo = np.concatenate(_tap_reductions(low, geometry, np.min))
+        hi = np.concatenate(_tap_reductions(high, geometry, np.max))
         return {
             "sumsq": sumsq,
             "lo": lo,
@@ -479,3 +474,19 @@ def view_of(target, model=None) -> LayerView | str:
     if getattr(layer, "data_format", "channels_last") != "channels_last":
         return "channels_first convolutions are not calibrated"
     return LayerView(target, "conv", target.rows, target.units)
+
+
+def _tap_reductions(a, geometry: list, reduce) -> list:
+    """`reduce` of a (spatial..., C) array over each tap's strided window, per channel: one (C,) array per
+    tap, taps in lexicographic order (kd, kh, kw). One spatial axis at a time: the windows of a tap's
+    first offset are reduced over the first axis once and shared by every tap with that offset, so a
+    k x k kernel reads the input k times (plus k^2 reads of one row), not k^2 times (10 x 10 kernels on
+    DeepVOG's 240 x 320 maps: the Wanda capture's largest cost). `geometry`: per spatial axis (kernel
+    size, dilation, output size, stride)."""
+    if not geometry:
+        return [a]
+    (k, d, o, s), rest = geometry[0], geometry[1:]
+    found = []
+    for i in range(k):
+        found += _tap_reductions(reduce(a[i * d : i * d + (o - 1) * s + 1 : s], axis=0), rest, reduce)
+    return found
