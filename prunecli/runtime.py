@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import os
+import random
 import re
 import sys
 from pathlib import Path
@@ -52,11 +53,13 @@ def keeps_global_state(function):
     logging levels that `quiet_tensorflow` sets for the run are put back. A run computes as the
     command does whatever Keras defaults the caller set: the file's own dtypes, under Keras' global
     float32 policy and floatx (a caller's `mixed_float16` gave the loaded model's input layer a
-    float16 policy, and `--quantize int8` then failed as if the file were float16), restored after."""
+    float16 policy, and `--quantize int8` then failed as if the file were float16), restored after;
+    Python's `random` state too (Keras draws default seeds from it, which moved the caller's sequence)."""
 
     @functools.wraps(function)
     def kept(*args, **kwargs):
         environment = {name: os.environ.get(name) for name in PROCESS_ENVIRONMENT}
+        python_random = random.getstate()  # Keras draws its default seeds from it: the caller's sequence stays theirs
         levels = {name: logging.getLogger(name).level for name in ("tensorflow", "absl")}
         absl_level = _absl_verbosity()
         keras_defaults = None
@@ -69,6 +72,7 @@ def keeps_global_state(function):
         try:
             return function(*args, **kwargs)
         finally:
+            random.setstate(python_random)
             for name, value in environment.items():
                 if value is None:
                     os.environ.pop(name, None)

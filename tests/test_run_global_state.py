@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 
 import pytest
 
@@ -23,6 +24,7 @@ def _state():
         "policy": keras.config.dtype_policy().name,
         "floatx": keras.config.floatx(),
         "cwd": os.getcwd(),
+        "python random": random.getstate(),
     }
 
 
@@ -84,6 +86,7 @@ def test_an_entry_point_that_fails_puts_back_what_its_run_set(callers_defaults):
         import keras
 
         seen["policy"] = keras.config.dtype_policy().name
+        random.random()  # as Keras does when it draws a default seed
         quiet_tensorflow()
         raise DataError("bad data")
 
