@@ -122,6 +122,22 @@ def test_a_sweep_name_is_a_file_name(files, name):
         paths.plan(_config(files), sweep_dir=files / "sw", sweep_name=name)
 
 
+def test_a_sweep_replaces_an_earlier_sweeps_files_never_the_users(files):
+    """`sweep -o . --name README` would have replaced the user's README.md: files sharing a sweep's names
+    are replaced only when the NAME.json beside them is a sweep's."""
+    folder = files / "results"
+    folder.mkdir()
+    (folder / "README.md").write_text("my notes\n")
+    with pytest.raises(OutputError, match=r"sweep would replace .*README\.md, which no earlier sweep wrote"):
+        paths.plan(_config(files), sweep_dir=folder, sweep_name="README")
+    assert (folder / "README.md").read_text() == "my notes\n"
+    (folder / "sweep.json").write_text('{"kind": "sweep", "points": []}')
+    (folder / "sweep.md").write_text("an earlier sweep's table\n")
+    planned = paths.plan(_config(files), sweep_dir=folder, sweep_name="sweep")
+    assert planned.write("sweep md") == folder / "sweep.md"
+    paths.plan(_config(files), sweep_dir=folder, sweep_name="fresh")  # names no file: nothing to check
+
+
 def test_messages_escape_newlines_and_undecodable_bytes():
     assert shown("a\nprunecli: error: fake") == "a\\nprunecli: error: fake"
     assert shown(os.fsdecode(b"model_\xff.keras")) == "model_\\xff.keras"

@@ -19,7 +19,7 @@ Decisions (documented in the README, "Outputs"):
   * Reads: a FIFO, device or socket given as the model, `--data`, the recipe or `--feature-names`
     is refused (reading it would block or never end).
   * `sweep --name` is a file name, not a path: `/`, `..` and NUL are refused, so nothing is written
-    outside `-o`.
+    outside `-o`; files of its names already in `-o` are replaced only when they are an earlier sweep's.
 """
 
 from __future__ import annotations
@@ -347,6 +347,28 @@ def _plan_sweep(p: PathPlan, folder: Path, name: str) -> None:
             p.writes[f"sweep {kind}"] = PlannedWrite(f"sweep {kind}", target)
         else:
             p.writes[f"sweep {kind}"] = _check_write(f"sweep {kind}", target, allow_special=False)
+    if _lstat(folder) is not None:
+        _check_earlier_sweep(folder, name)
+
+
+def _check_earlier_sweep(folder: Path, name: str) -> None:
+    """A sweep replaces the four files of an earlier sweep of the same --name (its NAME.json says it is
+    one), never files of the user's that happen to share the names (`-o . --name README` would have
+    replaced README.md; `-o` names a folder, not these files)."""
+    import json
+
+    present = [folder / f"{name}.{kind}" for kind in SWEEP_KINDS if _lstat(folder / f"{name}.{kind}") is not None]
+    if not present:
+        return
+    try:
+        ours = json.loads((folder / f"{name}.json").read_text(encoding="utf-8")).get("kind") == "sweep"
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise OutputError(
+            f"sweep would replace {shown(present[0])}, which no earlier sweep wrote (no sweep's {name}.json beside"
+            " it): give another --name or -o"
+        )
 
 
 def _check_collisions(p: PathPlan, model: Path | None, force: bool) -> None:
