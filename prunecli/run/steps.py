@@ -105,7 +105,9 @@ def _check_output_format(config: PruneConfig, model, source) -> None:
         # (a shrink opens TimeDistributed wrappers, whose Dense layers then quantize: checked after it)
         from prunecli.outputs.quantize import check_quantizable
 
-        check_quantizable(model, config.quantize)
+        # a KerasHub image model is opened first (open_nested), and its layers are quantized as opened
+        opened = open_nested(model, config)[0]
+        check_quantizable(opened.model if opened.structure_changed else model, config.quantize)
 
 
 def _custom_objects_note(config: PruneConfig) -> tuple[str, ...]:
@@ -170,11 +172,19 @@ def open_nested(model, config: PruneConfig, names=None) -> tuple[StepResult, Pru
     """With `--shrink` on neurons (and so `--target`): the model with its nested plain models opened
     into one graph (structure/rebuild.opened) when they hold weights this run prunes, so their channels
     can be removed and their residual groups are seen whole; `names` (a plan's) opens exactly these.
+    With `-g layer` or `--quantize int8|int4`: a KerasHub image model (task and backbone, rebuild.graph_only)
+    opened the same way, so its blocks can be taken out and its quantized convolutions reload.
     Nothing changes otherwise, or for a nested model whose layers are all frozen. Also the config whose
     layer globs name the opened layers as they named them in the file (PruneConfig.with_paths)."""
-    if names is None and not (config.shrink and config.granularity.kind == "neuron"):
+    from prunecli.structure import keras_graph, quantized_conv, rebuild, targets
+
+    shrinking = config.shrink and config.granularity.kind == "neuron"
+    # -g layer and --quantize int8/int4 open a KerasHub backbone or task whose computation is its graph
+    # (rebuild.graph_only): as one node, its blocks cannot be taken out, and its config rebuilds its
+    # layers as Keras' float convolutions, so prunecli's quantized ones did not reload (exit 4)
+    hub_only = config.granularity.kind == "layer" or config.quantize in quantized_conv.MODES
+    if names is None and not (shrinking or hub_only):
         return StepResult(), config
-    from prunecli.structure import keras_graph, rebuild, targets
 
     # the weights this run would prune, by their paths in the file ("backbone/conv"), picked once
     pruned = [] if names is not None else targets.select(model, config.include, config.exclude)
@@ -183,6 +193,8 @@ def open_nested(model, config: PruneConfig, names=None) -> tuple[StepResult, Pru
     def holds(nested) -> bool:
         if names is not None:
             return nested.name in names
+        if not shrinking:
+            return not rebuild.plain_model(nested) and rebuild.graph_only(nested)
         if rebuild.per_position_wrapper(nested) and not nested.weights:
             return True  # a wrapped Dropout between two opened Dense layers would block their channels
         if type(nested).__name__ == "TimeDistributed" and not keras_graph.is_model(nested.layer):
@@ -205,8 +217,14 @@ def open_nested(model, config: PruneConfig, names=None) -> tuple[StepResult, Pru
     if [name for name in opened if name not in wrappers | per_step]:
         notes.append(
             f"nested model(s) {', '.join(n for n in opened if n not in wrappers | per_step)} opened into the outer graph, so "
-            "their channels can be removed: the output holds their layers at the top level (a name another layer "
+            "their channels can be removed, their blocks taken out and their quantized layers saved as they are: the output holds their layers at the top level (a name another layer "
             "had gets the nested model's prefix)"
+        )
+    if not rebuild.plain_model(model):
+        notes.append(
+            f"{type(model).__name__} is written as a plain Keras functional model of the same inputs and outputs"
+            " (its class adds nothing to what the graph computes; a task's preprocessor is not part of the saved"
+            " model's call: attach it again to run on raw images)"
         )
     if [name for name in opened if name in wrappers]:
         notes.append(

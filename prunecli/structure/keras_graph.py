@@ -712,9 +712,19 @@ def grouped_head_counts(layer) -> tuple[int, int] | None:
     )
     for q, kv in names:
         if hasattr(layer, q) and (kv is None or hasattr(layer, kv)):
-            heads = int(getattr(layer, q))
-            return heads, heads if kv is None else int(getattr(layer, kv))
+            heads, kv_heads = getattr(layer, q), getattr(layer, kv) if kv else getattr(layer, q)
+            if not (_count(heads) and _count(kv_heads)):
+                # a list is one count per stage (KerasHub's Swin and MiT backbones, Swin's stages): not an attention layer
+                continue
+            return int(heads), int(kv_heads)
     return None
+
+
+def _count(value) -> bool:
+    """A whole number of heads (a Python or NumPy integer), not a list of them or a tensor."""
+    import numbers
+
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _attribute(obj, dotted: str):

@@ -87,6 +87,51 @@ def plain_model(model) -> bool:
     return type(model) in (Functional, Sequential)
 
 
+def graph_only(model) -> bool:
+    """A model whose computation is its graph alone, so opening it into an outer graph (`opened`) loses
+    nothing it computes: a `plain_model`, or a KerasHub backbone or task (an image classifier and its
+    ResNet, MobileNet, EfficientNet... backbone) whose class keeps Keras' Functional.call. What such a
+    class adds is outside the call (a task's preprocessor runs in predict/fit, not in the graph; from_preset),
+    so an opened task is written as a plain functional model of the same inputs and outputs. A text model
+    is not one: a task that generates, or a backbone with a token embedding, is rebuilt by its own class
+    around smaller blocks (structure/decoders.py), and opening it would lose generate()."""
+    from keras.src.models.functional import Functional
+
+    if plain_model(model):
+        return True
+    if not isinstance(model, Functional) or type(model).call is not Functional.call:
+        return False
+    if not type(model).__module__.startswith("keras_hub"):
+        return False
+    if hasattr(model, "generate") or getattr(model, "token_embedding", None) is not None:
+        return False
+    inner = model.layers
+    if not any(keras_graph.is_model(layer) or (_keras_own(layer) and layer.weights) for layer in inner):
+        return False  # its weights all sit in its own layer classes (HGNetV2's encoder): opened, nothing is reached
+    return all(_keeps_its_name(layer) for layer in inner)
+
+
+def _keras_own(layer) -> bool:
+    return type(layer).__module__.startswith("keras.")
+
+
+def _keeps_its_name(layer) -> bool:
+    """Whether the layer rebuilds from its own config, under its own name: what an opened model's file
+    needs, since a functional model's config rebuilds each layer from its config and its weights are
+    found by layer name. A KerasHub backbone is rebuilt from its constructor's arguments instead, so
+    its layers never had to: MobileNet's DepthwiseConvBlock appends "_0" to the name it is given
+    (block_0 -> block_0_0 -> block_0_0_0), and ViT's ViTPatchingAndEmbedding writes arguments its
+    constructor refuses (num_patches); opened, either was an internal error (--shrink) or a written
+    model that did not load. Keras' own layers do; a nested model is checked when it is opened."""
+    if _keras_own(layer) or keras_graph.is_model(layer):
+        return True
+    try:
+        with keras_graph.copying_in_memory():
+            return type(layer).from_config(layer.get_config()).name == layer.name
+    except Exception:  # noqa: BLE001 - a layer that cannot be rebuilt from its config is not opened either
+        return False
+
+
 def per_position_wrapper(layer) -> bool:
     """A TimeDistributed wrapper whose layer already acts on each position of its input's last axis
     alone, whatever the leading axes: a Dense (or a class with Dense's call), or a weightless
@@ -114,7 +159,7 @@ def reachable_layers(model) -> set[int]:
             return
         for node in ordered_nodes(graph_model):
             op = node.operation
-            if plain_model(op):
+            if graph_only(op):
                 visit(op)
             elif type(op).__name__ == "TimeDistributed" and plain_model(op.layer):
                 visit(op.layer)  # opened with its steps folded into the batch (folded_steps)
@@ -136,7 +181,7 @@ def openable(node, holds) -> bool:
         return holds(op)
     if folded_steps.foldable(node) and (plain_model(op.layer) or not keras_graph.is_model(op.layer)):
         return holds(op)
-    if not (plain_model(op) and keras_graph.inlinable(node)):
+    if not (graph_only(op) and keras_graph.inlinable(node)):
         return False
     return len(keras_graph.outputs(op)) == len(keras_graph.flatten(node.outputs)) and holds(op)
 
@@ -144,7 +189,7 @@ def openable(node, holds) -> bool:
 def opened(model, holds):
     """`model` with every nested plain model that `holds(nested)` accepts opened: its layers called in
     the outer graph where the nested model was called, recursively; None when there is none to open
-    or `model` is not plain itself.
+    or `model` is not `graph_only` itself.
 
     Why: the channel graph (structure/channels.py) and every rebuild see one graph; a nested model is
     one call to them, whose channels they cannot slice, so `--shrink` and `--target` left a backbone
@@ -160,7 +205,7 @@ def opened(model, holds):
     the nested models opened, {name in the new model: the layer's path in `model`} for every layer that
     was inside one, e.g. "backbone/conv" for "conv")."""
     graph = keras_graph.functional(model)
-    if graph is None or not plain_model(model):
+    if graph is None or not graph_only(model):
         return None
     decided: dict[int, bool] = {}
 

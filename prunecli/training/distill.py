@@ -28,6 +28,15 @@ from prunecli.structure import keras_graph
 EPSILON = 1e-7  # probabilities are clipped to [EPSILON, 1] before the log
 
 
+def _same_layers(model, copy) -> bool:
+    """Whether `copy` holds layers of the same classes and weight shapes as `model`, in the same order."""
+
+    def shapes(m):
+        return [(type(layer), [tuple(w.shape) for w in layer.weights]) for layer in keras_graph.all_layers(m)[1:]]
+
+    return shapes(model) == shapes(copy)
+
+
 def teacher_copy(model, needed_by: str = "--distill"):
     """A frozen copy of `model` (architecture and current weights), taken before pruning changes it.
 
@@ -50,7 +59,10 @@ def teacher_copy(model, needed_by: str = "--distill"):
         except Exception as exc:  # Keras raises many types here; the next way is tried
             why = first_line(exc)
             continue
-        if [tuple(w.shape) for w in teacher.weights] == shapes:  # a LlamaCausalLM's clone has 2 fewer
+        if [tuple(w.shape) for w in teacher.weights] == shapes and _same_layers(model, teacher):
+            # a LlamaCausalLM's clone has 2 fewer weights; a KerasHub MobileNet task's clone_model copy has its
+            # weights but not its layer tree (its blocks rename themselves when rebuilt from their configs), and
+            # the channel refit pairs the two models layer by layer (--target was an internal error)
             keras_graph.copy_weights(model, teacher)
             teacher.trainable = False
             return teacher

@@ -92,7 +92,63 @@ def float_by_owner(model) -> dict[int, str]:
             walk(child, why or owned.get(id(child)) or (inner if user else None))
 
     walk(model, None)
+    _rebuilt_convolutions(model, owned)
     return owned
+
+
+def _rebuilt_convolutions(model, owned: dict[int, str]) -> None:
+    """Quantizable layers inside a model or layer whose config rebuilds them from its own arguments (a
+    KerasHub backbone or task, or one of their blocks: anything but Keras' functional and Sequential
+    classes and Keras' own layers) stay float where that config does not record them quantized:
+    - a convolution, always: prunecli quantizes one by giving it its quantized class in place, which such
+      a config does not record, so the reloaded layer is Keras' float one and cannot take the saved
+      codes (a MobileNet image classifier's int8 file: "expected 1 variables, but received 0");
+    - a Dense, EinsumDense or Embedding, unless a KerasHub backbone holds it (its config records each
+      quantized layer's dtype policy by path); an image classifier's own head is rebuilt float
+      ("predictions expected 2 variables, but received 0").
+    (`-g layer` and --quantize open a KerasHub image model whose graph is all it computes first,
+    run/steps.open_nested: its layers are then quantized.)"""
+    import keras
+
+    from prunecli.structure import keras_graph, quantized_conv
+
+    kinds = tuple(getattr(keras.layers, name) for name in QUANTIZED_CLASSES) + (keras.layers.Embedding,)
+
+    def walk(layer, owner, recorded: bool) -> None:
+        for child in keras_graph.children(layer):
+            conv = type(child) in quantized_conv.CONV_CLASSES
+            if owner is not None and id(child) not in owned and (conv or (isinstance(child, kinds) and not recorded)):
+                owned[id(child)] = (
+                    f"inside {type(owner).__name__}, whose config rebuilds it as Keras' float {type(child).__name__}:"
+                    " quantized there, it would not reload"
+                )
+            rebuilt = not (_graph_config(child) if keras_graph.is_model(child) else _keras_own(child))
+            walk(child, child if rebuilt else owner, recorded or _records_quantized(child))
+
+    walk(model, None if _graph_config(model) else model, _records_quantized(model))
+
+
+def _records_quantized(model) -> bool:
+    """A KerasHub backbone: its config records its quantized layers' dtype policies (DTypePolicyMap)."""
+    return any(c.__name__ == "Backbone" and c.__module__.startswith("keras_hub") for c in type(model).__mro__)
+
+
+def _keras_own(layer) -> bool:
+    return type(layer).__module__.startswith("keras.")
+
+
+def _graph_config(model) -> bool:
+    """Whether the model's config is its graph, every layer's own config in it (Keras' functional and
+    Sequential classes, and a functional subclass that keeps their get_config), not its constructor's
+    arguments (a KerasHub backbone or task, a subclassed model)."""
+    from prunecli.structure import rebuild
+
+    if rebuild.plain_model(model):
+        return True
+    try:
+        return "layers" in model.get_config()
+    except Exception:  # noqa: BLE001 - a model that cannot describe itself rebuilds nothing from a config
+        return False
 
 
 def quantized_kinds(mode: str) -> str:

@@ -1,0 +1,524 @@
+"""How prunecli's CLI behaves on KerasHub image classifiers, tiny random models, one table.
+
+    .venv/bin/python bench/vision_families.py all            # build, run the CLI, check outputs, write the table
+    .venv/bin/python bench/vision_families.py build          # tiny classifiers + image data under --dir
+    .venv/bin/python bench/vision_families.py run [-j 1]     # every command on every family (subprocesses)
+    .venv/bin/python bench/vision_families.py check          # load each exit-0 output, call it on images
+    .venv/bin/python bench/vision_families.py table          # print the Markdown table (also written to bench/VISION.md)
+    ... --families ResNet,ViT --commands magnitude,neuron     # a subset
+
+Each family is a KerasHub <Family>Backbone built from its config (a few blocks, 8-32 channels or a
+32-wide transformer; random weights, nothing downloaded) wrapped in
+<Family>ImageClassifier(backbone, num_classes=4, preprocessor=None), called once on a 32x32x3 batch and
+saved as <dir>/<family>.keras: the object a user gets from `<Family>ImageClassifier.from_preset(...)`,
+less its preprocessor. Image data: <dir>/images.npz with x (64 x 32 x 32 x 3 float32 in 0..1, what the
+preprocessor hands the model after rescaling) and y (int labels < 4).
+
+Each command runs `python -m prunecli ...` in a subprocess (300 s limit; PYTHONPATH is this checkout);
+the exit code, wall time and last stderr line are kept in <dir>/results.json. `check` loads every
+exit-0 output (keras_hub imported), calls it on images, compares parameter counts for shrinking
+commands, counts new zeros for element pruning, and flags an exit-0 run that changed nothing or whose
+output does not load or run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.bench_common import PYTHON, ROOT, machine, replace_section, scratch  # noqa: E402
+
+DEFAULT_DIR = scratch("vision_families")
+VISION_MD = ROOT / "bench" / "VISION.md"
+TITLE = """# KerasHub image classifiers
+
+Written by `bench/vision_families.py`: every prunecli command on a tiny random model of each KerasHub
+image-classifier family, as a user loads it (`<Family>ImageClassifier`, preprocessor left off)."""
+HEADING = "## KerasHub image classifiers: every command on a tiny model of each"
+
+SIZE, CLASSES, N_ROWS = 32, 4, 64
+
+
+def _configs() -> dict[str, dict]:
+    """Backbone keyword arguments per family (KerasHub 0.32 signatures), all tiny."""
+    shape = (SIZE, SIZE, 3)
+    return {
+        "ResNet": {
+            "input_conv_filters": [16],
+            "input_conv_kernel_sizes": [3],
+            "stackwise_num_filters": [64, 16],
+            "stackwise_num_blocks": [1, 1],
+            "stackwise_num_strides": [1, 2],
+            "block_type": "bottleneck_block",
+            "image_shape": shape,
+        },
+        "EfficientNet": {
+            "stackwise_kernel_sizes": [3, 3, 3],
+            "stackwise_num_repeats": [1, 1, 1],
+            "stackwise_input_filters": [8, 8, 16],
+            "stackwise_output_filters": [8, 16, 16],
+            "stackwise_expansion_ratios": [1, 2, 2],
+            "stackwise_squeeze_and_excite_ratios": [0.0, 0.0, 0.25],
+            "stackwise_strides": [1, 2, 1],
+            "stackwise_block_types": ["fused", "fused", "unfused"],
+            "width_coefficient": 1.0,
+            "depth_coefficient": 1.0,
+            # num_features stays 1280: KerasHub 0.32's get_config leaves it out, so a model built with
+            # another one does not load back in Keras itself ("top_conv expected 1 variables, received 0")
+            "input_shape": shape,
+        },
+        "MobileNet": {
+            "stackwise_expansion": [[16, 24], [32]],
+            "stackwise_num_blocks": [2, 1],
+            "stackwise_num_filters": [[8, 8], [16]],
+            "stackwise_kernel_size": [[3, 3], [3]],
+            "stackwise_num_strides": [[2, 1], [2]],
+            "stackwise_se_ratio": [[None, None], [0.25]],
+            "stackwise_activation": [["relu", "relu"], ["hard_swish"]],
+            "stackwise_padding": [[1, 1], [1]],
+            "output_num_filters": 32,
+            "depthwise_filters": 8,
+            "depthwise_stride": 2,
+            "depthwise_residual": False,
+            "last_layer_filter": 32,
+            "squeeze_and_excite": 0.5,
+            "input_num_filters": 8,
+            "image_shape": shape,
+        },
+        "ViT": {
+            "image_shape": shape,
+            "patch_size": 8,
+            "num_layers": 2,
+            "num_heads": 4,
+            "hidden_dim": 32,
+            "mlp_dim": 64,
+        },
+        "DeiT": {
+            "image_shape": shape,
+            "patch_size": 8,
+            "num_layers": 2,
+            "num_heads": 4,
+            "hidden_dim": 32,
+            "intermediate_dim": 64,
+        },
+        "DenseNet": {"stackwise_num_repeats": [2, 2], "growth_rate": 8, "image_shape": shape},
+        "Xception": {
+            "stackwise_conv_filters": [[8, 16], [16, 32], [32, 32]],
+            "stackwise_pooling": [True, True, False],
+            "image_shape": shape,
+        },
+        "VGG": {"stackwise_num_repeats": [1, 2], "stackwise_num_filters": [8, 16], "image_shape": shape},
+        "CSPNet": {
+            "stem_filters": 8,
+            "stem_kernel_size": 3,
+            "stem_strides": 1,
+            "stackwise_depth": [1, 1],
+            "stackwise_strides": 2,
+            "stackwise_num_filters": [16, 32],
+            "block_type": "dark_block",
+            "stage_type": "csp",
+            "expand_ratio": [2.0, 1.0],
+            "bottle_ratio": [0.5, 1.0],
+            "block_ratio": [1.0, 0.5],
+            "down_growth": True,
+            "image_shape": shape,
+        },
+        "SwinTransformer": {
+            "image_shape": shape,
+            "embed_dim": 16,
+            "depths": (2, 2),
+            "num_heads": (2, 4),
+            "window_size": 4,
+            "patch_size": 4,
+        },
+        "MiT": {
+            "layerwise_depths": [1, 1],
+            "num_layers": 2,
+            "layerwise_num_heads": [1, 2],
+            "layerwise_sr_ratios": [2, 1],
+            "max_drop_path_rate": 0.0,
+            "layerwise_patch_sizes": [7, 3],
+            "layerwise_strides": [4, 2],
+            "hidden_dims": [16, 32],
+            "image_shape": shape,
+        },
+        "HGNetV2": {
+            "depths": [1, 1],
+            "embedding_size": 16,
+            "hidden_sizes": [32, 64],
+            "stem_channels": [3, 8, 16],
+            "hidden_act": "relu",
+            "use_learnable_affine_block": False,
+            "stackwise_stage_filters": [(16, 8, 32, 1, 1, 3), (32, 16, 64, 1, 1, 3)],
+            "apply_downsample": [False, True],
+            "use_lightweight_conv_block": [False, True],
+            "image_shape": shape,
+        },
+    }
+
+
+FAMILIES = list(_configs())
+# <Family>ImageClassifier keyword arguments beyond backbone/num_classes/preprocessor
+CLASSIFIER_KWARGS = {"VGG": {"pooling_hidden_dim": 32}}
+
+# name -> (argv after `prunecli`, with M/D/OUT/R/E placeholders; shrinks?; asks for pruning?)
+COMMANDS = {
+    "magnitude": (["prune", "M", "-s", "0.5", "-o", "OUT", "--report", "R"], False, True),
+    "wanda": (
+        ["prune", "M", "--method", "wanda", "-s", "0.5", "--data", "D", "-o", "OUT", "--report", "R"],
+        False,
+        True,
+    ),
+    "sparsegpt": (
+        ["prune", "M", "--method", "sparsegpt", "-g", "n:m=2:4", "--data", "D", "-o", "OUT", "--report", "R"],
+        False,
+        True,
+    ),
+    "neuron": (
+        ["prune", "M", "-g", "neuron", "-s", "0.5", "--shrink", "--data", "D", "-o", "OUT", "--report", "R"],
+        True,
+        True,
+    ),
+    "target": (["prune", "M", "--target", "params=0.7", "--data", "D", "-o", "OUT", "--report", "R"], True, True),
+    "layer": (["prune", "M", "-g", "layer", "-s", "0.3", "--data", "D", "-o", "OUT", "--report", "R"], True, True),
+    "plan": (["plan", "M", "-g", "neuron", "-s", "0.5"], False, False),
+    "inspect": (["inspect", "M"], False, False),
+    "tflite": (
+        ["prune", "M", "-s", "0.5", "--export", "tflite", "--data", "D", "-o", "OUT", "--report", "R"],
+        False,
+        True,
+    ),
+    "int8": (
+        ["prune", "M", "-s", "0.5", "--quantize", "int8", "--data", "D", "-o", "OUT", "--report", "R"],
+        False,
+        True,
+    ),
+}
+
+
+def _paths(d: Path, family: str, command: str) -> dict[str, Path]:
+    out = d / "out" / family
+    return {
+        "M": d / f"{family}.keras",
+        "D": d / "images.npz",
+        "OUT": out / f"{command}.keras",
+        "R": out / f"{command}.json",
+        "LOG": out / f"{command}.log",
+    }
+
+
+def _env() -> dict:
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": path}
+
+
+# ---------------------------------------------------------------------------------------------------
+# build
+
+
+def build(d: Path, families: list[str]) -> dict[str, str]:
+    import keras
+    import keras_hub
+    import numpy as np
+
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, size=(N_ROWS, SIZE, SIZE, 3)).astype("float32")
+    y = rng.integers(0, CLASSES, size=(N_ROWS,)).astype("int32")
+    np.savez(d / "images.npz", x=x, y=y)
+    path = d / "build.json"
+    status = json.loads(path.read_text()) if path.exists() else {}
+    for fam in families:
+        keras.utils.set_random_seed(0)
+        try:
+            backbone = getattr(keras_hub.models, f"{fam}Backbone")(**_configs()[fam])
+            model = getattr(keras_hub.models, f"{fam}ImageClassifier")(
+                backbone=backbone, num_classes=CLASSES, preprocessor=None, **CLASSIFIER_KWARGS.get(fam, {})
+            )
+            model(x[:2])
+            model.save(d / f"{fam}.keras")
+            status[fam] = f"built, {model.count_params()} params"
+        except Exception as e:  # noqa: BLE001 - record and go on
+            status[fam] = f"build failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        print(fam, status[fam], flush=True)
+    path.write_text(json.dumps(status, indent=1))
+    return status
+
+
+# ---------------------------------------------------------------------------------------------------
+# run
+
+
+def _last_error_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith("prunecli:"):
+            return ln
+    lines = [ln for ln in lines if not ln.startswith(("I0000", "W0000", "WARNING: All log", "To enable"))]
+    return lines[-1] if lines else ""
+
+
+def run_one(d: Path, family: str, command: str, timeout: int = 300) -> dict:
+    p = _paths(d, family, command)
+    if not p["M"].exists():
+        return {"family": family, "command": command, "rc": None, "seconds": 0.0, "message": "model not built"}
+    p["OUT"].parent.mkdir(parents=True, exist_ok=True)
+    for k in ("OUT", "R"):
+        p[k].unlink(missing_ok=True)
+    for stale in p["OUT"].parent.glob(f"{command}.*"):
+        if stale.suffix not in (".log",):
+            stale.unlink()
+    argv = [PYTHON, "-m", "prunecli"] + [str(p[a]) if a in p else a for a in COMMANDS[command][0]]
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=str(ROOT))
+        rc, out, err = proc.returncode, proc.stdout, proc.stderr
+    except subprocess.TimeoutExpired as e:
+        rc, out, err = "timeout", (e.stdout or b"").decode(errors="replace"), (e.stderr or b"").decode(errors="replace")
+    seconds = time.perf_counter() - start
+    p["LOG"].write_text(f"$ {' '.join(argv)}\n--- stdout\n{out}\n--- stderr\n{err}\n")
+    msg = _last_error_line(err) if rc != 0 else ""
+    row = {"family": family, "command": command, "rc": rc, "seconds": round(seconds, 1), "message": msg}
+    print(f"{family:16s} {command:10s} rc={rc} {seconds:6.1f}s {msg[:160]}", flush=True)
+    return row
+
+
+def run(d: Path, families: list[str], commands: list[str], jobs: int) -> None:
+    results_path = d / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    tasks = [(f, c) for f in families for c in commands]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for row in pool.map(lambda fc: run_one(d, *fc), tasks):
+            results.setdefault(row["family"], {})[row["command"]] = row
+            results_path.write_text(json.dumps(results, indent=1))
+
+
+# ---------------------------------------------------------------------------------------------------
+# check (one subprocess per family: `check-family`)
+
+
+def _zero_fraction(model) -> float:
+    import numpy as np
+
+    total = zeros = 0
+    for w in model.weights:
+        if len(w.shape) >= 2:
+            a = np.asarray(w)
+            total += a.size
+            zeros += int((a == 0).sum())
+    return zeros / max(total, 1)
+
+
+def _tflite_run(path: Path, x) -> str:
+    import numpy as np
+
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+    try:
+        it = Interpreter(model_path=str(path))
+        inp = it.get_input_details()[0]
+        it.resize_tensor_input(inp["index"], [1, *x.shape[1:]])
+        it.allocate_tensors()
+        inp = it.get_input_details()[0]
+        xi = x[:1]
+        if inp["dtype"] != np.float32:
+            scale, zero = inp["quantization"]
+            xi = np.clip(np.round(xi / scale + zero), -128, 127).astype(inp["dtype"])
+        it.set_tensor(inp["index"], xi)
+        it.invoke()
+        y = it.get_tensor(it.get_output_details()[0]["index"])
+        return f"ok {list(y.shape)}"
+    except Exception as e:  # noqa: BLE001
+        return f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+
+
+def check_family(d: Path, family: str, commands: list[str]) -> dict:
+    import keras
+    import keras_hub  # noqa: F401 - registers KerasHub classes
+    import numpy as np
+
+    x = np.load(d / "images.npz")["x"][:4]
+    base = keras.saving.load_model(d / f"{family}.keras", compile=False)
+    base_params = base.count_params()
+    base_y = np.asarray(base(x))
+    results = json.loads((d / "results.json").read_text())
+    checks = {}
+    for command in commands:
+        row = results.get(family, {}).get(command)
+        if not row or row["rc"] != 0 or not COMMANDS[command][2]:
+            continue
+        p = _paths(d, family, command)
+        c = {"problems": []}
+        report = json.loads(p["R"].read_text()) if p["R"].exists() else None
+        if report is None:
+            c["problems"].append("no report written")
+        else:
+            c["sparsity"] = (report.get("totals") or {}).get("prunable_sparsity")
+        if command == "tflite":
+            tfl = sorted(p["OUT"].parent.glob(f"{command}*.tflite"))
+            c["tflite"] = _tflite_run(tfl[0], x) if tfl else "no .tflite written"
+            if not c["tflite"].startswith("ok"):
+                c["problems"].append("tflite " + c["tflite"])
+        if not p["OUT"].exists():
+            c["problems"].append("exit 0 but no output file")
+            checks[command] = c
+            continue
+        try:
+            model = keras.saving.load_model(p["OUT"], compile=False)
+        except Exception as e:  # noqa: BLE001
+            c["problems"].append(f"load failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            checks[command] = c
+            continue
+        c["class"] = type(model).__name__
+        c["params"] = [base_params, model.count_params()]
+        try:
+            y = np.asarray(model(x))
+            c["output_shape"] = list(y.shape)
+            if y.shape != base_y.shape:
+                c["problems"].append(f"output shape {list(y.shape)} != {list(base_y.shape)}")
+            elif not np.all(np.isfinite(y)):
+                c["problems"].append("non-finite outputs")
+            else:
+                c["max_abs_change"] = float(np.max(np.abs(y - base_y)))
+        except Exception as e:  # noqa: BLE001
+            c["problems"].append(f"call failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        if type(model).__name__ != type(base).__name__:
+            noted = report is not None and any("plain Keras functional model" in n for n in report.get("notes", []))
+            what = f"output is {type(model).__name__}, not {type(base).__name__}"
+            (c.setdefault("remarks", []) if noted else c["problems"]).append(what + (" (noted)" if noted else ""))
+        shrinks = COMMANDS[command][1]
+        if shrinks and not model.count_params() < base_params:
+            c["problems"].append(f"not smaller: {base_params} -> {model.count_params()} params")
+        if not shrinks and command != "int8":
+            gain = _zero_fraction(model) - _zero_fraction(base)
+            c["zero_fraction_gain"] = round(gain, 3)
+            if gain < 0.05:
+                c["problems"].append(f"no new zeros in the weights (+{gain:.3f})")
+        checks[command] = c
+    return checks
+
+
+def check(d: Path, families: list[str], commands: list[str]) -> None:
+    path = d / "checks.json"
+    allchecks = json.loads(path.read_text()) if path.exists() else {}
+    for fam in families:
+        argv = [PYTHON, __file__, "check-family", fam, "--dir", str(d), "--commands", ",".join(commands)]
+        proc = subprocess.run(argv, capture_output=True, text=True, env=_env(), cwd=str(ROOT), timeout=900)
+        try:
+            got = json.loads(proc.stdout.strip().splitlines()[-1])
+        except Exception:  # noqa: BLE001
+            got = {"_error": _last_error_line(proc.stderr)}
+        allchecks[fam] = {**allchecks.get(fam, {}), **got}
+        path.write_text(json.dumps(allchecks, indent=1))
+        print(fam, json.dumps(got)[:600], flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# table
+
+
+def _short(message: str) -> str:
+    text = message.removeprefix("prunecli: error: ")
+    if text.startswith("/") and ": " in text:
+        text = text.split(": ", 1)[1]
+    return text if len(text) <= 110 else text[:107] + "..."
+
+
+def table(d: Path, families: list[str], commands: list[str]) -> str:
+    results = json.loads((d / "results.json").read_text()) if (d / "results.json").exists() else {}
+    checks = json.loads((d / "checks.json").read_text()) if (d / "checks.json").exists() else {}
+    build_status = json.loads((d / "build.json").read_text()) if (d / "build.json").exists() else {}
+    lines = ["| family | " + " | ".join(commands) + " |", "|---|" + "---|" * len(commands)]
+    for fam in families:
+        cells = []
+        for cmd in commands:
+            row = results.get(fam, {}).get(cmd)
+            if row is None:
+                cells.append("-")
+                continue
+            if row["rc"] != 0:
+                cells.append(f"**{row['rc']}**, {row['seconds']:.0f}s: {_short(row['message'])}".replace("|", "/"))
+                continue
+            c = checks.get(fam, {}).get(cmd, {})
+            text = "ok"
+            if c.get("params") and COMMANDS[cmd][1]:
+                a, b = c["params"]
+                text = f"ok, {a} -> {b} params" if b < a else f"ok but NOT shrunk ({a} params)"
+            elif c.get("zero_fraction_gain") is not None:
+                text = f"ok, +{c['zero_fraction_gain']:.2f} zeros"
+            if c.get("remarks"):
+                text += " (plain Functional)"
+            problems = [p for p in c.get("problems", []) if not p.startswith("not smaller")]
+            if problems:
+                text += " **" + "; ".join(problems) + "**"
+            cells.append(f"0, {row['seconds']:.0f}s: {text}".replace("|", "/"))
+        lines.append(f"| {fam} | " + " | ".join(cells) + " |")
+    notes = [f"- {f}: {s}" for f, s in build_status.items() if f in families]
+    return "\n".join(lines) + ("\n\nBuild (32x32x3 inputs, 4 classes):\n" + "\n".join(notes) if notes else "") + "\n"
+
+
+def section(text: str) -> str:
+    m = machine()
+    return "\n".join(
+        [
+            HEADING,
+            "",
+            f"`.venv/bin/python bench/vision_families.py all` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())};"
+            f" {m['cpu']}, {m['cores']} cores, shared with other jobs). One tiny random image classifier per KerasHub"
+            " family (the module docstring says how it is built); each command is `prunecli prune|plan|inspect` in a"
+            " subprocess; an exit-0 output is loaded with keras_hub imported and called on images (a .tflite export is"
+            " run by the TFLite interpreter). Bold: an exit code other than 0, or an exit 0 that did not do what was"
+            " asked. Exit 2/3/7 with a one-line message is a refusal. `+z zeros`: the share of matrix/kernel weights"
+            " that became zero.",
+            "",
+            text,
+        ]
+    )
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("step", choices=["all", "build", "run", "check", "check-family", "table"])
+    ap.add_argument("family", nargs="?")
+    ap.add_argument("--dir", type=Path, default=DEFAULT_DIR)
+    ap.add_argument("--families", default=",".join(FAMILIES))
+    ap.add_argument("--commands", default=",".join(COMMANDS))
+    ap.add_argument("-j", "--jobs", type=int, default=1)
+    ap.add_argument("--no-write", action="store_true", help="print, do not write bench/VISION.md")
+    args = ap.parse_args(argv)
+    families = [f for f in args.families.split(",") if f]
+    commands = [c for c in args.commands.split(",") if c]
+    if args.step == "check-family":
+        print(json.dumps(check_family(args.dir, args.family, commands), default=str))
+        return 0
+    if args.step in ("all", "build"):
+        build(args.dir, families)
+    if args.step in ("all", "run"):
+        run(args.dir, families, commands, args.jobs)
+    if args.step in ("all", "check"):
+        check(args.dir, families, commands)
+    if args.step in ("all", "table", "check"):
+        text = table(args.dir, FAMILIES, list(COMMANDS))
+        (args.dir / "RESULTS.md").write_text(text)
+        print(text)
+        if not args.no_write:
+            if not VISION_MD.exists():
+                replace_section(VISION_MD, None, TITLE)
+            replace_section(VISION_MD, HEADING, section(text))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
