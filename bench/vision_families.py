@@ -16,7 +16,7 @@ preprocessor hands the model after rescaling) and y (int labels < 4).
 
 Each command runs `python -m prunecli ...` in a subprocess (300 s limit; PYTHONPATH is this checkout);
 the exit code, wall time and last stderr line are kept in <dir>/results.json. `check` loads every
-exit-0 output (keras_hub imported), calls it on images, compares parameter counts for shrinking
+exit-0 output (keras_hub and prunecli's quantized convolutions imported), calls it on images, compares parameter counts for shrinking
 commands, counts new zeros for element pruning, and flags an exit-0 run that changed nothing or whose
 output does not load or run.
 """
@@ -349,6 +349,8 @@ def check_family(d: Path, family: str, commands: list[str]) -> dict:
     import keras_hub  # noqa: F401 - registers KerasHub classes
     import numpy as np
 
+    import prunecli.structure.quantized_conv  # noqa: F401 - --quantize's convolutions, as its note says
+
     x = np.load(d / "images.npz")["x"][:4]
     base = keras.saving.load_model(d / f"{family}.keras", compile=False)
     base_params = base.count_params()
@@ -484,6 +486,21 @@ def section(text: str) -> str:
             " that became zero.",
             "",
             text,
+            "",
+            "Reading it (what is left):",
+            "- `(plain Functional)`: the task and backbone were opened into one graph (rebuild.graph_only) and the output"
+            " is a plain Keras functional model of the same inputs and outputs, as its note says.",
+            "- MobileNet `neuron`/`target` shrink only the layers outside its KerasHub blocks, and the output is a plain"
+            " functional model without the note (surgery clones the task); its blocks rename themselves when rebuilt, so"
+            " the backbone is not opened; `layer` and `int8` are one-line refusals.",
+            "- ViT, DeiT, Swin, MiT: `-g neuron` masks but shrinks nothing (their feed-forward layers sit in KerasHub"
+            " blocks prunecli does not rebuild), so `--target` and `-g layer` refuse in one line.",
+            "- HGNetV2: every weight sits in its own layer classes: `neuron`/`layer` exit 0 with nothing removed (notes"
+            " say so), `--target` and `int8` refuse.",
+            "- MiT `int8`: its attention Dense layers are rebuilt float on reload; prunecli's reload check refuses the"
+            " file (exit 4, nothing saved).",
+            "- Swin `tflite`: the converter emitted Select TF ops (Flex), which the plain interpreter cannot run.",
+            "- VGG `layer`: one candidate block, and 0.3 of one rounds to none (a note says so).",
         ]
     )
 
