@@ -106,12 +106,13 @@ def graph_only(model) -> bool:
     if hasattr(model, "generate") or getattr(model, "token_embedding", None) is not None:
         return False
     inner = model.layers
-    if not any(keras_graph.is_model(layer) or (_keras_own(layer) and layer.weights) for layer in inner):
+    if not any(keras_graph.is_model(layer) or (keras_own(layer) and layer.weights) for layer in inner):
         return False  # its weights all sit in its own layer classes (HGNetV2's encoder): opened, nothing is reached
     return all(_keeps_its_name(layer) for layer in inner)
 
 
-def _keras_own(layer) -> bool:
+def keras_own(layer) -> bool:
+    """A layer of Keras' own classes (not KerasHub's, not the user's, not prunecli's)."""
     return type(layer).__module__.startswith("keras.")
 
 
@@ -123,7 +124,7 @@ def _keeps_its_name(layer) -> bool:
     (block_0 -> block_0_0 -> block_0_0_0), and ViT's ViTPatchingAndEmbedding writes arguments its
     constructor refuses (num_patches); opened, either was an internal error (--shrink) or a written
     model that did not load. Keras' own layers do; a nested model is checked when it is opened."""
-    if _keras_own(layer) or keras_graph.is_model(layer):
+    if keras_own(layer) or keras_graph.is_model(layer):
         return True
     try:
         with keras_graph.copying_in_memory():

@@ -110,7 +110,7 @@ def _rebuilt_convolutions(model, owned: dict[int, str]) -> None:
     run/steps.open_nested: its layers are then quantized.)"""
     import keras
 
-    from prunecli.structure import keras_graph, quantized_conv
+    from prunecli.structure import keras_graph, quantized_conv, rebuild
 
     kinds = tuple(getattr(keras.layers, name) for name in QUANTIZED_CLASSES) + (keras.layers.Embedding,)
 
@@ -122,7 +122,7 @@ def _rebuilt_convolutions(model, owned: dict[int, str]) -> None:
                     f"inside {type(owner).__name__}, whose config rebuilds it as Keras' float {type(child).__name__}:"
                     " quantized there, it would not reload"
                 )
-            rebuilt = not (_graph_config(child) if keras_graph.is_model(child) else _keras_own(child))
+            rebuilt = not (_graph_config(child) if keras_graph.is_model(child) else rebuild.keras_own(child))
             walk(child, child if rebuilt else owner, recorded or _records_quantized(child))
 
     walk(model, None if _graph_config(model) else model, _records_quantized(model))
@@ -131,10 +131,6 @@ def _rebuilt_convolutions(model, owned: dict[int, str]) -> None:
 def _records_quantized(model) -> bool:
     """A KerasHub backbone: its config records its quantized layers' dtype policies (DTypePolicyMap)."""
     return any(c.__name__ == "Backbone" and c.__module__.startswith("keras_hub") for c in type(model).__mro__)
-
-
-def _keras_own(layer) -> bool:
-    return type(layer).__module__.startswith("keras.")
 
 
 def _graph_config(model) -> bool:
