@@ -359,7 +359,9 @@ def test_a_tfrecord_record_that_does_not_parse_or_holds_nan_mid_run_is_a_data_er
     assert not out.exists()
 
 
-@pytest.mark.parametrize("bad", ["nan", "inf", "short"])
+@pytest.mark.parametrize(
+    "bad", [pytest.param("nan", marks=pytest.mark.slow), "inf", pytest.param("short", marks=pytest.mark.slow)]
+)
 def test_a_tfrecord_bad_in_its_first_batch_is_refused_when_read(tmp_path, bad):
     """The same class, read before the work: NaN/Inf inputs are refused as in an .npz, and a record
     that does not parse says why without TensorFlow's function and node names."""

@@ -298,6 +298,7 @@ def test_tfrecord_with_spec_eval_records_and_split(mlp, tmp_path):
     assert np.array_equal(rows(split.val)[0], val_x)  # the split is the same every time
 
 
+@pytest.mark.slow  # 1.5-2.5 s: the full suite (fast subset over its 120 s limit)
 def test_tfrecord_folder_of_png_records(digits, tmp_path):
     import tensorflow as tf
 

@@ -133,6 +133,7 @@ def _as_keras1_merge(mode: str, **extra):
     return edit
 
 
+@pytest.mark.slow  # 1.5-2.5 s: the full suite (fast subset over its 120 s limit)
 def test_keras1_merge_layers_read_as_their_keras2_layers(cli, tmp_path):
     import keras
 
@@ -383,6 +384,7 @@ def test_a_keras3_archive_whose_nested_model_wrote_its_output_as_a_list_of_one_r
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.slow  # 1.5-2.5 s: the full suite (fast subset over its 120 s limit)
 def test_a_tf_keras_tf_concat_is_a_join_that_shrinks(tmp_path, cli):
     """astro-delight's Keras-2 file (bench/ZOO.md) joins shared convolutions' flattened outputs with
     `tf.concat(..., axis=1)`, a TFOpLambda: its inputs' filters shrink through it (they were kept whole

@@ -46,7 +46,10 @@ def test_the_default_measures_and_uses_the_least_changed_allocation(mlp_files, t
         np.testing.assert_array_equal(np.asarray(mask), np.asarray(explicit.masks.masks[name]), err_msg=name)
 
 
-@pytest.mark.parametrize("forced", list(FIXED))
+@pytest.mark.parametrize(
+    "forced",
+    [pytest.param(f, marks=pytest.mark.slow) if f == "uniform" else f for f in FIXED],  # 2 s each
+)
 def test_each_allocation_when_it_moves_the_outputs_least(monkeypatch, mlp_files, tmp_path, forced):
     """The run's masks are the forced allocation's (uniform: every layer at the sparsity), and the dense
     weights are restored between the trials: the kept weights equal the input model's."""

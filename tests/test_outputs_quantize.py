@@ -462,7 +462,9 @@ def test_verify_checks_a_quantized_model_against_its_report_and_plan(conv_dense,
     assert "plan target conv/kernel: not in the model" in refused.stderr
 
 
-@pytest.mark.parametrize("mode", ["int8", pytest.param("int4", marks=pytest.mark.slow), "float8"])
+@pytest.mark.parametrize(
+    "mode", ["int8", pytest.param("int4", marks=pytest.mark.slow), pytest.param("float8", marks=pytest.mark.slow)]
+)
 def test_embeddings_keep_their_pruned_zeros_and_float8_leaves_them_float(tmp_path, mode):
     """`prune --quantize int8|int4` quantizes a Keras Embedding too: the saved file holds int8 codes and one
     scale per token row (int4: two codes per byte, a scale and an integer zero point per group of 128

@@ -144,6 +144,7 @@ def test_other_families_lose_groups_and_units_for_real(family, tmp_path):
     assert_close_rel(reloaded_hub(smaller, tmp_path / "small.keras")(x), masked)
 
 
+@pytest.mark.slow  # 1.5-2.5 s: the full suite (fast subset over its 120 s limit)
 def test_global_scope_gives_blocks_different_widths():
     model = backbone(layers=2)
     f1 = ffn.find(model)[1]
