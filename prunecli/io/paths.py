@@ -212,6 +212,8 @@ def plan(
         raise UsageError("--report - and --markdown - would both write to stdout; send one to a file")
 
     _check_collisions(p, model, force=bool(getattr(config, "force", False)))
+    if sweep_dir is not None and _lstat(Path(sweep_dir)) is not None:  # after: a read it would replace says so first
+        _check_earlier_sweep(Path(sweep_dir), "sweep" if sweep_name is None else sweep_name)
     return p
 
 
@@ -347,8 +349,6 @@ def _plan_sweep(p: PathPlan, folder: Path, name: str) -> None:
             p.writes[f"sweep {kind}"] = PlannedWrite(f"sweep {kind}", target)
         else:
             p.writes[f"sweep {kind}"] = _check_write(f"sweep {kind}", target, allow_special=False)
-    if _lstat(folder) is not None:
-        _check_earlier_sweep(folder, name)
 
 
 def _check_earlier_sweep(folder: Path, name: str) -> None:
