@@ -355,3 +355,26 @@ def make_dense_conv(path: Path, params: int = 100_000_000) -> Path:
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
     model.save(path)
     return path
+
+
+def last_error_line(text: str) -> str:
+    """The line of a prunecli subprocess's stderr that says why it failed (TF log lines skipped)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith("prunecli:"):
+            return ln
+    # skip TF/absl log noise
+    lines = [ln for ln in lines if not ln.startswith(("I0000", "W0000", "WARNING: All log", "To enable"))]
+    return lines[-1] if lines else ""
+
+
+def zero_fraction(model) -> float:
+    import numpy as np
+
+    total = zeros = 0
+    for w in model.weights:
+        if len(w.shape) >= 2:
+            a = np.asarray(w)
+            total += a.size
+            zeros += int((a == 0).sum())
+    return zeros / max(total, 1)

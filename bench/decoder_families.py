@@ -32,7 +32,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_common import PRUNECLI, PYTHON, ROOT, machine, scratch, write_decoders_section  # noqa: E402
+from bench.bench_common import (
+    PRUNECLI,
+    PYTHON,
+    ROOT,
+    last_error_line,
+    machine,
+    scratch,
+    write_decoders_section,
+    zero_fraction,
+)  # noqa: E402
 
 DEFAULT_DIR = scratch("decoder_families")
 HEADING = "## KerasHub decoder families: every command on a tiny model of each"
@@ -188,16 +197,6 @@ def build(d: Path, families: list[str]) -> dict[str, str]:
 # run
 
 
-def _last_error_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if ln.startswith("prunecli:"):
-            return ln
-    # skip TF/absl log noise
-    lines = [ln for ln in lines if not ln.startswith(("I0000", "W0000", "WARNING: All log", "To enable"))]
-    return lines[-1] if lines else ""
-
-
 def run_one(d: Path, family: str, command: str, timeout: int = 300) -> dict:
     p = _paths(d, family, command)
     if not p["M"].exists():
@@ -215,7 +214,7 @@ def run_one(d: Path, family: str, command: str, timeout: int = 300) -> dict:
         rc, out, err = "timeout", (e.stdout or b"").decode(errors="replace"), (e.stderr or b"").decode(errors="replace")
     seconds = time.perf_counter() - start
     p["LOG"].write_text(f"$ {' '.join(argv)}\n--- stdout\n{out}\n--- stderr\n{err}\n")
-    msg = _last_error_line(err) if rc != 0 else ""
+    msg = last_error_line(err) if rc != 0 else ""
     row = {"family": family, "command": command, "rc": rc, "seconds": round(seconds, 1), "message": msg}
     print(f"{family:8s} {command:10s} rc={rc} {seconds:6.1f}s {msg[:160]}", flush=True)
     return row
@@ -316,7 +315,7 @@ def check_family(d: Path, family: str, commands: list[str]) -> dict:
         if shrinks and not model.count_params() < base_params:
             c["problems"].append(f"not smaller: {base_params} -> {model.count_params()} params")
         if not shrinks:
-            weights_changed = _zero_fraction(model) - _zero_fraction(base)
+            weights_changed = zero_fraction(model) - zero_fraction(base)
             c["zero_fraction_gain"] = round(weights_changed, 3)
             if weights_changed < 0.05:
                 c["problems"].append(f"no new zeros in the weights (+{weights_changed:.3f})")
@@ -350,18 +349,6 @@ def _generate(model, ids) -> str:
         return f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
 
 
-def _zero_fraction(model) -> float:
-    import numpy as np
-
-    total = zeros = 0
-    for w in model.weights:
-        if len(w.shape) >= 2:
-            a = np.asarray(w)
-            total += a.size
-            zeros += int((a == 0).sum())
-    return zeros / max(total, 1)
-
-
 def check(d: Path, families: list[str], commands: list[str]) -> None:
     path = d / "checks.json"
     allchecks = json.loads(path.read_text()) if path.exists() else {}
@@ -372,7 +359,7 @@ def check(d: Path, families: list[str], commands: list[str]) -> None:
         try:
             got = json.loads(proc.stdout.strip().splitlines()[-1])
         except Exception:  # noqa: BLE001
-            got = {"_error": _last_error_line(proc.stderr)}
+            got = {"_error": last_error_line(proc.stderr)}
         allchecks.setdefault(fam, {}).update(got)
         path.write_text(json.dumps(allchecks, indent=1))
         print(fam, json.dumps(got)[:600], flush=True)

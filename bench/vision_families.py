@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_common import PYTHON, ROOT, machine, replace_section, scratch  # noqa: E402
+from bench.bench_common import PYTHON, ROOT, last_error_line, machine, replace_section, scratch, zero_fraction  # noqa: E402
 
 DEFAULT_DIR = scratch("vision_families")
 VISION_MD = ROOT / "bench" / "VISION.md"
@@ -257,15 +257,6 @@ def build(d: Path, families: list[str]) -> dict[str, str]:
 # run
 
 
-def _last_error_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if ln.startswith("prunecli:"):
-            return ln
-    lines = [ln for ln in lines if not ln.startswith(("I0000", "W0000", "WARNING: All log", "To enable"))]
-    return lines[-1] if lines else ""
-
-
 def run_one(d: Path, family: str, command: str, timeout: int = 300) -> dict:
     p = _paths(d, family, command)
     if not p["M"].exists():
@@ -285,7 +276,7 @@ def run_one(d: Path, family: str, command: str, timeout: int = 300) -> dict:
         rc, out, err = "timeout", (e.stdout or b"").decode(errors="replace"), (e.stderr or b"").decode(errors="replace")
     seconds = time.perf_counter() - start
     p["LOG"].write_text(f"$ {' '.join(argv)}\n--- stdout\n{out}\n--- stderr\n{err}\n")
-    msg = _last_error_line(err) if rc != 0 else ""
+    msg = last_error_line(err) if rc != 0 else ""
     row = {"family": family, "command": command, "rc": rc, "seconds": round(seconds, 1), "message": msg}
     print(f"{family:16s} {command:10s} rc={rc} {seconds:6.1f}s {msg[:160]}", flush=True)
     return row
@@ -303,18 +294,6 @@ def run(d: Path, families: list[str], commands: list[str], jobs: int) -> None:
 
 # ---------------------------------------------------------------------------------------------------
 # check (one subprocess per family: `check-family`)
-
-
-def _zero_fraction(model) -> float:
-    import numpy as np
-
-    total = zeros = 0
-    for w in model.weights:
-        if len(w.shape) >= 2:
-            a = np.asarray(w)
-            total += a.size
-            zeros += int((a == 0).sum())
-    return zeros / max(total, 1)
 
 
 def _tflite_run(path: Path, x) -> str:
@@ -404,7 +383,7 @@ def check_family(d: Path, family: str, commands: list[str]) -> dict:
         if shrinks and not model.count_params() < base_params:
             c["problems"].append(f"not smaller: {base_params} -> {model.count_params()} params")
         if not shrinks and command != "int8":
-            gain = _zero_fraction(model) - _zero_fraction(base)
+            gain = zero_fraction(model) - zero_fraction(base)
             c["zero_fraction_gain"] = round(gain, 3)
             if gain < 0.05:
                 c["problems"].append(f"no new zeros in the weights (+{gain:.3f})")
@@ -421,7 +400,7 @@ def check(d: Path, families: list[str], commands: list[str]) -> None:
         try:
             got = json.loads(proc.stdout.strip().splitlines()[-1])
         except Exception:  # noqa: BLE001
-            got = {"_error": _last_error_line(proc.stderr)}
+            got = {"_error": last_error_line(proc.stderr)}
         allchecks[fam] = {**allchecks.get(fam, {}), **got}
         path.write_text(json.dumps(allchecks, indent=1))
         print(fam, json.dumps(got)[:600], flush=True)
