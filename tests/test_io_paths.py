@@ -136,6 +136,11 @@ def test_a_sweep_replaces_an_earlier_sweeps_files_never_the_users(files):
     planned = paths.plan(_config(files), sweep_dir=folder, sweep_name="sweep")
     assert planned.write("sweep md") == folder / "sweep.md"
     paths.plan(_config(files), sweep_dir=folder, sweep_name="fresh")  # names no file: nothing to check
+    from prunecli.run.sweep_outputs import write_outputs
+
+    with pytest.raises(OutputError, match="which no earlier sweep wrote"):  # the Python API checks the same
+        write_outputs(None, folder, "README")
+    assert (folder / "README.md").read_text() == "my notes\n"
 
 
 def test_messages_escape_newlines_and_undecodable_bytes():

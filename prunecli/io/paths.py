@@ -213,7 +213,7 @@ def plan(
 
     _check_collisions(p, model, force=bool(getattr(config, "force", False)))
     if sweep_dir is not None and _lstat(Path(sweep_dir)) is not None:  # after: a read it would replace says so first
-        _check_earlier_sweep(Path(sweep_dir), "sweep" if sweep_name is None else sweep_name)
+        check_earlier_sweep(Path(sweep_dir), "sweep" if sweep_name is None else sweep_name)
     return p
 
 
@@ -351,7 +351,7 @@ def _plan_sweep(p: PathPlan, folder: Path, name: str) -> None:
             p.writes[f"sweep {kind}"] = _check_write(f"sweep {kind}", target, allow_special=False)
 
 
-def _check_earlier_sweep(folder: Path, name: str) -> None:
+def check_earlier_sweep(folder: Path, name: str) -> None:
     """A sweep replaces the four files of an earlier sweep of the same --name (its NAME.json says it is
     one), never files of the user's that happen to share the names (`-o . --name README` would have
     replaced README.md; `-o` names a folder, not these files)."""

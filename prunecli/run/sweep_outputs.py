@@ -324,10 +324,15 @@ def _finish(ax, result: SweepResult, metric: str, title: str) -> None:
 
 
 def write_outputs(result: SweepResult, out_dir: str | Path, name: str = "sweep") -> dict[str, Path]:
-    """<name>.json, <name>.csv, <name>.png and <name>.md (which links the PNG) in out_dir."""
+    """<name>.json, <name>.csv, <name>.png and <name>.md (which links the PNG) in out_dir. Called from
+    Python, it checks the name and the files it would replace as the CLI's path plan does (io/paths)."""
     from prunecli.errors import OutputError
+    from prunecli.io.paths import check_earlier_sweep, check_sweep_name
 
     folder = Path(out_dir)
+    check_sweep_name(name)
+    if folder.is_dir():
+        check_earlier_sweep(folder, name)
     created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
