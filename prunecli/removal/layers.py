@@ -173,10 +173,21 @@ def _not_removable(node, g: _GraphIndex, allowed) -> str | None:
 
 def _graph_host(model):
     """The functional model whose graph holds the removable layers: a KerasHub task (LlamaCausalLM...)
-    calls its backbone as one node, so its decoder blocks are candidates of the backbone's graph."""
+    calls its backbone as one node, so its decoder blocks (or its stack's) are candidates of the
+    backbone's graph."""
     from prunecli.structure import decoders
 
-    return decoders.host(model) or model
+    stack = _stack(model)
+    return decoders.host(model) or (stack.backbone if stack is not None else model)
+
+
+def _stack(model):
+    """The model's KerasHub stack of blocks that only a rebuild from its config removes (structure/stacks:
+    RWKV7's, the mixture-of-experts decoders'), or None; blocks prunecli rebuilds one by one (decoders,
+    Transformer encoders) are not one."""
+    from prunecli.structure import decoders, stacks, transformer
+
+    return stacks.find(model, known=lambda b: decoders.is_decoder(b) or type(b).__name__ in transformer.HUB_BLOCKS)
 
 
 def analyse(model, include=(), exclude=()) -> tuple[list[Candidate], list[dict]]:
@@ -194,8 +205,11 @@ def analyse(model, include=(), exclude=()) -> tuple[list[Candidate], list[dict]]
             return False
         return not name_matches(name, exclude)
 
+    stack = _stack(model)
     model = _graph_host(model)
     g = _index(model)
+    if stack is not None:
+        return _stack_candidates(stack, g, allowed)
     blocks_only = bool(decoders.blocks(model))
     candidates, in_branch = ([], {}) if blocks_only else _branch_candidates(g, allowed)
     branch_names = {c.name for c in candidates}
@@ -232,6 +246,39 @@ def analyse(model, include=(), exclude=()) -> tuple[list[Candidate], list[dict]]
         alias = {id(block["output"]): block["input"]}
         candidates.append(
             Candidate(block["name"], "block", block["layers"], block["nodes"], {}, block["params"], span, alias=alias)
+        )
+    return candidates, rows
+
+
+def _stack_candidates(stack, g: _GraphIndex, allowed) -> tuple[list[Candidate], list[dict]]:
+    """The blocks of a KerasHub stack (structure/stacks) as candidates, each removed by building the model
+    again with one block fewer; a block a later one cannot replace (configured unlike it) stays."""
+    from prunecli.structure import stacks
+
+    blocks = {id(b): b for b in stack.blocks}
+    candidates, rows = [], []
+    for node in g.nodes:
+        layer = node.operation
+        if id(layer) not in blocks:
+            reason = "not a block of the stack (around KerasHub blocks, whole blocks are the candidates)"
+        elif not allowed(layer.name):
+            reason = "left out by --include/--exclude"
+        else:
+            reason = stacks.fixed_reason(stack, layer)
+        y = node.outputs[0]
+        x = next((t for t in node.input_tensors if _shape(t) == _shape(y)), None)
+        if reason is None and x is None:
+            reason = "its output is not shaped as its input"
+        if reason is None:
+            reason = "a whole block: the model is built again from its config without it"
+            candidates.append(Candidate(layer.name, "block", [layer.name], {id(node)}, {}, _params(layer), (x, y)))
+        rows.append(
+            {
+                "layer": layer.name,
+                "class": type(layer).__name__,
+                "candidate": reason.startswith("a whole"),
+                "reason": reason,
+            }
         )
     return candidates, rows
 
@@ -339,9 +386,12 @@ def graph_changes(chosen: list[Candidate]) -> dict:
 def bypassed(model, chosen: list[Candidate]):
     """The model with the chosen candidates bypassed, sharing the remaining layers with `model` (for
     scoring); a model holding KerasHub decoder blocks is rebuilt around them (structure/decoders.py),
-    its task (a CausalLM) around the rebuilt backbone."""
-    from prunecli.structure import decoders
+    its task (a CausalLM) around the rebuilt backbone; a KerasHub stack's model is built again from its
+    config with fewer blocks (structure/stacks)."""
+    from prunecli.structure import decoders, stacks
 
+    if _stack(model) is not None:
+        return stacks.without(model, {name for cand in chosen for name in cand.layers})[0]
     changes = graph_changes(chosen)
     if decoders.blocks(model):
         return decoders.rebuild_with(model, decoders.swaps_for(model), **changes)
@@ -349,12 +399,20 @@ def bypassed(model, chosen: list[Candidate]):
 
 
 def remove(model, chosen: list[Candidate]):
-    """The model without the chosen candidates, as a new functional model with its own layers
-    (KerasHub decoder blocks rebuilt as prunecli's, which save: structure/decoders.py)."""
-    from prunecli.structure import decoders
+    """The model without the chosen candidates, as a new model with its own layers (KerasHub decoder
+    blocks rebuilt as prunecli's, which save: structure/decoders.py; a KerasHub stack's model built again
+    from its config: structure/stacks.py)."""
+    return _without(model, chosen)[0]
 
+
+def _without(model, chosen: list[Candidate]) -> tuple:
+    """`remove`'s model, and the layers it names anew (old name -> new: a stack's blocks are named by place)."""
+    from prunecli.structure import decoders, stacks
+
+    if _stack(model) is not None:
+        return stacks.without(model, {name for cand in chosen for name in cand.layers})
     smaller = bypassed(model, chosen)
-    return smaller if decoders.blocks(model) else detach(smaller)
+    return (smaller if decoders.blocks(model) else detach(smaller)), {}
 
 
 def _why_none(model) -> str:
@@ -405,13 +463,15 @@ def run(model, run_targets, data, task, config, progress, timings) -> StepResult
         )
     progress(f"removing {len(chosen)} of {len(candidates)} candidate layers/blocks")
     with timings.phase("rebuild"):
-        smaller = remove(model, chosen)
+        smaller, renamed = _without(model, chosen)
     section = _section(how, candidates, rows, chosen)
+    gone = {name for cand in chosen for name in cand.layers}
+    kept_targets = [t for t in run_targets if not gone & set(t.name.split("/"))]
     return StepResult(
         sections={"removed_layers": [row["layer"] for row in rows if row["removed"]], "layer_pruning": section},
         notes=tuple(notes),
         model=smaller,
-        targets=targets.carry_over(run_targets, smaller),
+        targets=targets.carry_over(kept_targets, smaller, renamed),
         masks=None,
     )
 

@@ -363,12 +363,19 @@ def named_in(target: Target, patterns) -> bool:
     return bool(patterns) and name_matches(target.layer_name, patterns)
 
 
-def carry_over(run_targets: list[Target], model) -> list[Target]:
+def carry_over(run_targets: list[Target], model, renamed: dict[str, str] | None = None) -> list[Target]:
     """The run's targets on a rebuilt `model` (shrunk, heads or layers removed): the same names, in the
     same order, read again from the new model's variables. Targets whose layer is gone are dropped.
+    `renamed`: layers the rebuild named anew (old name -> new: a KerasHub backbone names its blocks by
+    place, structure/stacks), so a target follows its own weights, not the name.
 
     Targets are picked once per run; a rebuilt model never re-selects them, so a layer the run kept out
     (an output unit, a non-FFN Transformer layer, a skip rule) stays out."""
-    wanted = {t.name for t in run_targets}
+    renamed = renamed or {}
+
+    def new_name(name: str) -> str:
+        return "/".join(renamed.get(part, part) for part in name.split("/"))
+
+    wanted = {new_name(t.name) for t in run_targets}
     by_name = {t.name: t for t in walk(model) if t.name in wanted}
-    return [by_name[t.name] for t in run_targets if t.name in by_name]
+    return [by_name[new_name(t.name)] for t in run_targets if new_name(t.name) in by_name]
