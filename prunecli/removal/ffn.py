@@ -36,7 +36,7 @@ from typing import Any
 from prunecli.config.target import parse_target
 from prunecli.errors import ConfigError, InputError
 from prunecli.removal import units
-from prunecli.structure import decoders, equivalence
+from prunecli.structure import decoders, equivalence, vision_encoders
 
 DATA_METHODS = ("taylor", "gradient")
 MEAN_METHODS = ("magnitude", "neuron-mean", "l1-norm")
@@ -44,13 +44,19 @@ METHODS = MEAN_METHODS + ("l2-norm", "random", "activation") + DATA_METHODS
 
 
 def applies(model) -> bool:
-    """Whether `-g neuron` on this model is this step: it holds KerasHub decoder blocks."""
-    return bool(decoders.ffns(model))
+    """Whether `-g neuron` on this model is this step: it holds KerasHub decoder blocks or vision
+    Transformer (ViT, DeiT) encoder blocks."""
+    return bool(_all_ffns(model))
+
+
+def _all_ffns(model) -> list[decoders.Ffn]:
+    """The feed-forward networks of the model's KerasHub decoder blocks, else of its ViT/DeiT encoder's."""
+    return decoders.ffns(model) or vision_encoders.ffns(model)
 
 
 def find(model, targets=None) -> list[decoders.Ffn]:
-    """The decoder blocks' feed-forward networks whose kernels are all among `targets` (all without)."""
-    found = decoders.ffns(model)
+    """The blocks' feed-forward networks whose kernels are all among `targets` (all without)."""
+    found = _all_ffns(model)
     if targets is None:
         return found
     chosen = {id(t.variable) for t in targets}
@@ -157,7 +163,7 @@ def run_ffn(model, targets, config, *, data=None, loss_fn=None, sample_x=None, p
     scores = score(model, found, config, data, loss_fn)
     sparsity, target = None, None
     if config.target:  # the sparsity whose removed units meet params=F or flops=F
-        what = "the feed-forward units of KerasHub decoder blocks"
+        what = "the feed-forward units of KerasHub Transformer blocks"
         if parse_target(config.target).kind == "flops":  # every position multiplies each kernel weight once
             per_weight, dense = units.counted_at_length(model, config, what)
             cost = {f.path: per_weight * units.unit_params(f.slices()) for f in found}
@@ -187,15 +193,19 @@ def run_ffn(model, targets, config, *, data=None, loss_fn=None, sample_x=None, p
         section["target"] = target
     if not config.shrink:
         return model, kernel_masks, section, notes
-    blocked = [f for f in found if decoders.shrink_blocker(f.block)]
-    if blocked:  # every block is rebuilt, or none is
-        notes.append(
-            f"feed-forward units masked, not deleted: {blocked[0].path}: {decoders.shrink_blocker(blocked[0].block)}"
-        )
+    vision = bool(vision_encoders.blocks(model))
+    blocker = vision_encoders.rebuild_blocker(model) if vision else None
+    blocked = [f for f in found if decoders.shrink_blocker(f.block)] if not vision else []
+    if blocked or blocker:  # every block is rebuilt, or none is
+        why = blocker or f"{blocked[0].path}: {decoders.shrink_blocker(blocked[0].block)}"
+        notes.append(f"feed-forward units masked, not deleted: {why}")
         return model, kernel_masks, section, notes
-    say("rebuilding decoder blocks with fewer feed-forward units")
+    say("rebuilding the blocks with fewer feed-forward units")
     kept = {id(f.block): [u for u in range(f.units) if u not in set(removed[f.path])] for f in found}
-    new = decoders.rebuild_with(model, decoders.swaps_for(model, units=kept))
+    if vision:
+        new = vision_encoders.rebuild(model, units=kept)
+    else:
+        new = decoders.rebuild_with(model, decoders.swaps_for(model, units=kept))
     inputs = equivalence.example_inputs(model, 16, sample_x, config.seed, open_dim=8)
     section["verification"] = equivalence.check_equivalent(
         model, new, inputs, "the model with feed-forward units removed"

@@ -594,6 +594,12 @@ HUB_BLOCK_PARTS_BY_CLASS = {
         (None, "_mlp_intermediate_dense", "_mlp_output_dense"),  # GeLU applied between them, by the block
         ("_pre_attention_layernorm", "_post_attention_layernorm"),
     ),
+    # KerasHub's vision Transformers (structure/vision_encoders.py): multi-head attention, an un-gated
+    # feed-forward network (GeLU in its first Dense; DeiT's second Dense inside the layer that adds the residual)
+    "ViTEncoderBlock": HubBlockParts("mha", (None, "mlp.dense_1", "mlp.dense_2"), ("layer_norm_1", "layer_norm_2")),
+    "DeiTEncoderBlock": HubBlockParts(
+        "mha", (None, "mlp.dense", "output_layer.dense"), ("layer_norm_1", "layer_norm_2")
+    ),
     # GPT-NeoX's: the same names and network, its attention's q/k/v one fused projection, and a parallel
     # residual (x + attn(norm1(x)) + ffn(norm2(x))), which changes nothing here
     "GPTNeoXDecoder": HubBlockParts(

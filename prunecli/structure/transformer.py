@@ -153,16 +153,18 @@ def _shrink_blocker(layer, owner) -> str | None:
     """Why --shrink cannot delete this attention layer's heads (None: it can). A KerasHub decoder block
     (Llama, Mistral, Qwen, Qwen3, Gemma) is rebuilt whole by structure/decoders.py, a KerasHub
     TransformerEncoder as HeadPrunedTransformerEncoder, a plain MultiHeadAttention from its config."""
-    from prunecli.structure import decoders
+    from prunecli.structure import decoders, vision_encoders
 
     own_attention = keras_graph.hub_self_attention(owner) is layer
     if layer is not owner and own_attention and decoders.is_decoder(owner):
         return decoders.shrink_blocker(owner)
+    if layer is not owner and own_attention and vision_encoders.is_block(owner):
+        return vision_encoders.shrink_blocker(owner)
     if layer is not owner and not (type(owner).__name__ in HUB_ENCODERS and own_attention):
         return (
             f"inside {type(owner).__name__} {owner.name!r}, which prunecli cannot rebuild with fewer heads (it"
             " rebuilds KerasHub's Llama, Mistral, Qwen, Qwen3, Gemma, Gemma3, Phi-3, SmolLM3, GPT-2, OPT, GPT-NeoX, Falcon and Bloom"
-            " decoder blocks, TransformerEncoder blocks and"
+            " decoder blocks, TransformerEncoder blocks, ViT and DeiT encoder blocks and"
             " functional models' MultiHeadAttention)"
         )
     if type(layer).__name__ not in ("MultiHeadAttention", "CachedMultiHeadAttention"):
@@ -177,8 +179,9 @@ def find(model, targets=None) -> list[HeadLayer]:
 
     `targets` (from structure.targets.select) names the kernels as the rest of prunecli does. A layer's
     owner is the model's own layer that holds it, or the KerasHub decoder block that does (inside the
-    backbone of a causal LM: structure/decoders.py rebuilds both)."""
-    from prunecli.structure import decoders
+    backbone of a causal LM: structure/decoders.py rebuilds both), or the ViT or DeiT encoder block
+    (structure/vision_encoders.py)."""
+    from prunecli.structure import decoders, vision_encoders
 
     names = {id(t.variable): t.name for t in (targets or [])}
     found: list[HeadLayer] = []
@@ -194,7 +197,8 @@ def find(model, targets=None) -> list[HeadLayer]:
             found.append(described)
             return
         for child in _sublayers(layer):
-            visit(child, path, layer if decoders.is_decoder(layer) else owner)
+            block = decoders.is_decoder(layer) or vision_encoders.is_block(layer)
+            visit(child, path, layer if block else owner)
 
     for top in _sublayers(model):
         visit(top, "", top)
@@ -313,13 +317,14 @@ def ffn_only(model, targets, include=()) -> tuple[list, list[str]]:
     """The targets `-g neuron` prunes on a Transformer: the first Dense of each FFN pair (and any
     layer the user names with --include). Returns (targets, notes); a model without attention layers
     gets its targets back unchanged."""
-    from prunecli.structure import decoders
+    from prunecli.structure import decoders, vision_encoders
     from prunecli.structure import targets as targets_mod
 
     if not has_attention(model):
         return list(targets), []
     firsts = {first for first, _second in ffn_pairs(model)}
-    swiglu = decoders.ffn_kernel_ids(model)  # KerasHub decoders: gate, up and down, one unit across the three
+    # KerasHub decoders: gate, up and down, one unit across the three; ViT's and DeiT's encoder blocks: up and down
+    swiglu = decoders.ffn_kernel_ids(model) | vision_encoders.ffn_kernel_ids(model)
     kept = [
         t for t in targets if t.layer_name in firsts or id(t.variable) in swiglu or targets_mod.named_in(t, include)
     ]
@@ -642,9 +647,10 @@ def register_hub_layers() -> dict[str, Any]:
         return {}
     import keras
 
-    from prunecli.structure import decoders
+    from prunecli.structure import decoders, vision_encoders
 
     decoders.register()  # Llama/Mistral/Qwen/Gemma blocks with fewer heads or feed-forward units
+    vision_encoders.register()  # ViT's and DeiT's backbones, encoders and blocks
 
     @keras.saving.register_keras_serializable(package="prunecli")
     class HeadPrunedTransformerEncoder(keras_hub.layers.TransformerEncoder):
@@ -690,9 +696,9 @@ def register_for_file(path) -> bool:
             text = archive.read("config.json").decode("utf-8", "replace")
     except (OSError, KeyError, zipfile.BadZipFile):
         return False
-    from prunecli.structure import decoders
+    from prunecli.structure import decoders, vision_encoders
 
-    ours = ("HeadPrunedTransformerEncoder",) + decoders.CLASS_NAMES
+    ours = ("HeadPrunedTransformerEncoder",) + decoders.CLASS_NAMES + vision_encoders.CLASS_NAMES
     if "keras_hub" not in text and not any(name in text for name in ours):
         return False
     if not register_hub_layers():

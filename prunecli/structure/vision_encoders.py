@@ -1,0 +1,394 @@
+"""KerasHub vision Transformers (ViT, DeiT): their encoder blocks' feed-forward units and attention heads,
+and whole blocks, removed for real.
+
+ViTBackbone's graph is images -> ViTPatchingAndEmbedding -> one ViTEncoder layer, which holds every block
+(ViTEncoderBlock: x + mha(ln_1(x)), then x + mlp(ln_2(x))) and the final norm; DeiTBackbone's is the same
+with DeiTEmbeddings, DeiTEncoder and DeiTEncoderBlock (the feed-forward network split between its `mlp`
+and its `output_layer`, which adds the residual). The functional graph sees the encoder as one node, so
+neither the channel graph nor layer removal reaches a block; this module reads the blocks (their parts
+through keras_graph's HUB_BLOCK_PARTS_BY_CLASS, as decoder blocks') and rebuilds the encoder.
+
+- Feed-forward units. The network is Dense(units, gelu) -> Dense(hidden), un-gated as GPT-2's: unit j is
+  the first Dense's column j and bias j and the second's row j (decoders.Ffn with no gate), and adds
+  gelu(x.up_j + b_j) down_j, zero once its down row is: masking and deleting it compute the same.
+- Heads. The attention is keras.layers.MultiHeadAttention, each head its own unit (transformer.HeadLayer):
+  head h is entry h of the q/k/v kernels' and biases' head axis and of the output kernel's first axis.
+  The block derives key_dim = hidden_dim // num_heads in its constructor, which fewer heads would change:
+  the rebuilt block carries `key_dim` in its config (so the score scale 1/sqrt(key_dim) stays).
+- Blocks. Each block is x -> x + f(x): the encoder without it computes the same up to that block's
+  contribution (-g layer, LayerDrop).
+
+The rebuilt model is the user's task class (ViTImageClassifier, DeiTImageClassifier: KerasHub's own, its
+head layers' weights copied) around PrunedViTBackbone / PrunedDeiTBackbone, subclasses of the family's
+backbone whose graph is the same two layers: the embedding as prunecli's subclass whose config is its
+constructor's arguments (KerasHub's ViTPatchingAndEmbedding.get_config writes num_patches and
+num_positions, which its constructor refuses), and PrunedViTEncoder / PrunedDeiTEncoder, which builds
+its own parts (dropout, final norm) as the family does and then its blocks from their configs: each
+block its own heads, key size and units (a global selection leaves them different), the kept blocks
+named as before. Every block of a rebuilt model is prunecli's (PrunedViTEncoderBlock...), so a model
+rebuilt twice (heads, then units) rebuilds from the same classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from prunecli.errors import InputError
+from prunecli.structure import decoders, keras_graph
+from prunecli.structure.layers import quantization_mode
+
+
+@dataclass(frozen=True)
+class Family:
+    """A KerasHub vision Transformer: the classes of its backbone's parts and its blocks' arguments."""
+
+    module: str  # the module keras_hub defines the block, encoder and embedding classes in
+    backbone_module: str
+    backbone: str
+    encoder: str
+    embedding: str
+    intermediate: str  # the block's and encoder's argument for the feed-forward units
+
+
+# KerasHub vision Transformer blocks by class name
+FAMILIES = {
+    "ViTEncoderBlock": Family(
+        "keras_hub.src.models.vit.vit_layers",
+        "keras_hub.src.models.vit.vit_backbone",
+        "ViTBackbone",
+        "ViTEncoder",
+        "ViTPatchingAndEmbedding",
+        "mlp_dim",
+    ),
+    "DeiTEncoderBlock": Family(
+        "keras_hub.src.models.deit.deit_layers",
+        "keras_hub.src.models.deit.deit_backbone",
+        "DeiTBackbone",
+        "DeiTEncoder",
+        "DeiTEmbeddings",
+        "intermediate_dim",
+    ),
+}
+# how a saved model names prunecli's classes
+CLASS_NAMES = tuple(
+    f"Pruned{name}" for block, fam in FAMILIES.items() for name in (block, fam.backbone, fam.encoder, fam.embedding)
+)
+
+_CLASSES: dict[str, Any] = {}  # KerasHub class name -> prunecli's subclass
+
+
+def _hub_name(layer) -> str:
+    return decoders._hub_class(layer).__name__
+
+
+def is_block(layer) -> bool:
+    """Whether the layer is a KerasHub vision Transformer block (or prunecli's rebuild of one)."""
+    return _hub_name(layer) in FAMILIES
+
+
+@dataclass(frozen=True)
+class Parts:
+    """A vision Transformer's backbone and the two layers of its graph."""
+
+    backbone: Any
+    embedding: Any
+    encoder: Any
+    family: Family
+
+    @property
+    def prefix(self) -> str:
+        """How targets name the encoder's layers: "backbone/encoder" (also for a backbone alone)."""
+        return f"{self.backbone.name}/{self.encoder.name}"
+
+
+def parts(model) -> Parts | None:
+    """The Parts of the model (a backbone) or of the backbone its task holds; None for any other model."""
+    for backbone in (model, getattr(model, "backbone", None)):
+        if backbone is None or not keras_graph.is_model(backbone):
+            continue
+        encoders = {_hub_name(layer): layer for layer in keras_graph.children(backbone)}
+        for fam in FAMILIES.values():
+            if fam.encoder in encoders and fam.embedding in encoders:
+                return Parts(backbone, encoders[fam.embedding], encoders[fam.encoder], fam)
+    return None
+
+
+def blocks(model) -> list:
+    """The encoder blocks of the model (or of its task's backbone), in order; [] for any other model."""
+    found = parts(model)
+    return [] if found is None else list(found.encoder.encoder_layers)
+
+
+def attention(block):
+    return keras_graph.hub_self_attention(block)
+
+
+def named_blocks(model) -> list[tuple[str, Any]]:
+    """(name, block) of the model's encoder blocks, in order, named as targets name their layers
+    ("vi_t_backbone/vit_encoder/transformer_block_1")."""
+    found = parts(model)
+    return [] if found is None else [(f"{found.prefix}/{b.name}", b) for b in found.encoder.encoder_layers]
+
+
+def ffns(model) -> list[decoders.Ffn]:
+    """The feed-forward networks of the model's encoder blocks, in order."""
+    out = []
+    for name, block in named_blocks(model):
+        ffn = keras_graph.hub_ffn(block)
+        if ffn is not None:
+            out.append(decoders.Ffn(name, block, *ffn))
+    return out
+
+
+def ffn_kernel_ids(model) -> set[int]:
+    """id() of every feed-forward kernel of the model's encoder blocks (the targets of -g neuron)."""
+    return {id(var) for f in ffns(model) for var, _axis in f.slices()}
+
+
+def rebuild_blocker(model) -> str | None:
+    """Why prunecli cannot rebuild the model's backbone around its encoder, or None when it can."""
+    import keras
+
+    found = parts(model)
+    if found is None:
+        return f"{model.name}: no KerasHub vision Transformer encoder ({', '.join(FAMILIES)})"
+    if not register():
+        return "keras-hub's vision Transformer classes could not be imported"
+    known = (found.embedding, found.encoder)
+    others = [
+        layer
+        for layer in keras_graph.children(found.backbone)
+        if not any(layer is k for k in known) and not isinstance(layer, keras.layers.InputLayer)
+    ]
+    if others:
+        return f"{found.backbone.name}: its graph holds {others[0].name!r} besides the patch embedding and the encoder"
+    for layer in keras_graph.all_layers(found.backbone):
+        if quantization_mode(layer) is not None:
+            return f"{layer.name!r} is quantized by Keras (per-unit scales are not sliced)"
+    for block in blocks(model):
+        blocker = shrink_blocker(block)
+        if blocker:
+            return blocker
+    return None
+
+
+def shrink_blocker(block) -> str | None:
+    """Why an encoder block cannot be rebuilt smaller, or None when it can."""
+    import keras
+
+    attn = attention(block)
+    if keras_graph.hub_ffn(block) is None or not isinstance(attn, keras.layers.MultiHeadAttention):
+        return f"{type(block).__name__} {block.name!r} is not laid out as KerasHub's ViT and DeiT blocks are"
+    if keras_graph.gated_attention(attn):
+        return "gated attention (use_gate=True) is not rebuilt"
+    if quantization_mode(block) is not None:
+        return f"{block.name!r} is quantized by Keras (per-unit scales are not sliced)"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# prunecli's classes
+
+
+class _PrunedBlock(decoders._OwnConfig):
+    """Mixed into a KerasHub vision Transformer block: `key_dim` in its config (the block derives
+    hidden_dim // num_heads, wrong once heads were removed)."""
+
+    def __init__(self, *args, key_dim=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if key_dim is not None:
+            self.key_dim = int(key_dim)
+
+    def get_config(self):
+        return {**decoders.own_config(self), "key_dim": int(self.key_dim)}
+
+
+class _PrunedEncoder(decoders._OwnConfig):
+    """Mixed into a KerasHub vision Transformer encoder: its blocks made from `block_configs` (serialized
+    layers, each with its own heads, key size and units) in place of num_layers identical ones."""
+
+    def __init__(self, *args, block_configs=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.block_configs = [dict(config) for config in block_configs]
+        self.num_layers = len(self.block_configs)
+
+    def build(self, input_shape):
+        import keras
+
+        self.num_layers = 0  # the family's own parts (dropout, the final norm), no blocks
+        try:
+            super().build(input_shape)
+        finally:
+            self.num_layers = len(self.block_configs)
+        for config in self.block_configs:
+            block = keras.layers.deserialize(config)
+            block.build((None, None, self.hidden_dim))
+            self.encoder_layers.append(block)
+
+    def get_config(self):
+        return {**decoders.own_config(self), "block_configs": [dict(c) for c in self.block_configs]}
+
+
+class _PrunedBackbone:
+    """Mixed into a KerasHub vision Transformer backbone: images -> `embedding` -> `encoder` (layers or
+    their configs), the graph the family's constructor wires, without its constructor's uniform encoder."""
+
+    def __init__(self, image_shape, embedding, encoder, dtype=None, **kwargs):
+        import keras
+        from keras_hub.models import Backbone
+
+        def layer(value):
+            return keras.layers.deserialize(value) if isinstance(value, dict) else value
+
+        self.embedding, self.encoder = layer(embedding), layer(encoder)
+        inputs = keras.layers.Input(shape=tuple(image_shape), name="images")
+        outputs = self.encoder(self.embedding(inputs))
+        if isinstance(outputs, (tuple, list)):  # DeiT's encoder also returns hidden states and scores
+            outputs = outputs[0]
+        Backbone.__init__(self, inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
+        self.image_shape = tuple(image_shape)
+        self.patch_size = self.embedding.patch_size
+        self.hidden_dim = int(self.encoder.hidden_dim)
+        self.num_layers = len(self.encoder.encoder_layers)
+        self.num_heads = max((int(b.num_heads) for b in self.encoder.encoder_layers), default=0)
+        self.data_format = self.embedding.data_format
+
+    def get_config(self):
+        import keras
+        from keras_hub.models import Backbone
+
+        return {
+            **Backbone.get_config(self),
+            "image_shape": list(self.image_shape),
+            "embedding": keras.layers.serialize(self.embedding),
+            "encoder": keras.layers.serialize(self.encoder),
+        }
+
+
+def register() -> dict[str, Any]:
+    """Define and register (once) prunecli's classes for the families this keras-hub has, by the KerasHub
+    class each extends; {} without keras-hub. Loading a model prunecli rebuilt needs them
+    (transformer.register_for_file)."""
+    if _CLASSES:
+        return _CLASSES
+    try:
+        import keras
+    except ImportError:
+        return {}
+    import importlib
+
+    for block_name, fam in FAMILIES.items():
+        try:
+            layers = importlib.import_module(fam.module)
+            backbones = importlib.import_module(fam.backbone_module)
+        except ImportError:
+            continue
+        for module, name, mixins in (
+            (layers, block_name, (_PrunedBlock,)),
+            (layers, fam.encoder, (_PrunedEncoder,)),
+            (layers, fam.embedding, (decoders._OwnConfig,)),
+            (backbones, fam.backbone, (_PrunedBackbone,)),
+        ):
+            base = getattr(module, name, None)
+            if base is None:
+                continue
+            ours = f"Pruned{name}"
+            doc = f"keras_hub's {name} as prunecli rebuilds it (structure/vision_encoders.py)."
+            cls = type(ours, (*mixins, base), {"__doc__": doc, "__module__": __name__})
+            _CLASSES[name] = keras.saving.register_keras_serializable(package="prunecli", name=ours)(cls)
+    return _CLASSES
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rebuilding
+
+
+def _smaller(block, prefix: str, heads=None, units=None) -> tuple[dict, dict]:
+    """(serialized prunecli block with only these heads and feed-forward units, in this order; its
+    weights by their path inside the encoder, `prefix` the block's). None keeps them all."""
+    import keras
+    import numpy as np
+
+    attn = attention(block)
+    count = keras_graph.attention_head_count(attn)
+    heads = list(range(count)) if heads is None else [int(h) for h in heads]
+    _gate, up, down = keras_graph.hub_ffn(block)
+    units = list(range(int(up.kernel.shape[-1]))) if units is None else [int(u) for u in units]
+    if not heads or not units:
+        raise ValueError(f"{block.name}: a block keeps at least one head and one unit")
+    cut: dict[int, tuple[int, list[int]]] = {}
+    for sub, _role, k_axis, b_axis, _width in keras_graph.attention_projections(attn):
+        cut[id(sub.kernel)] = (k_axis, heads)
+        bias = getattr(sub, "bias", None)
+        if bias is not None and b_axis is not None:
+            cut[id(bias)] = (b_axis, heads)
+    cut[id(up.kernel)] = (1, units)
+    cut[id(down.kernel)] = (0, units)
+    if getattr(up, "bias", None) is not None:  # over units; the down projection's is over channels
+        cut[id(up.bias)] = (0, units)
+    config = decoders.own_config(block)
+    config.update(
+        num_heads=len(heads),
+        key_dim=keras_graph.attention_key_dim(attn),
+        **{FAMILIES[_hub_name(block)].intermediate: len(units)},
+    )
+    new = register()[_hub_name(block)].from_config(config)
+    values = {}
+    for v in block.weights:
+        arr = np.asarray(v)
+        if id(v) in cut:
+            axis, keep = cut[id(v)]
+            arr = np.take(arr, keep, axis=axis)
+        values[f"{prefix}/{decoders._inner_path(block, v)}"] = arr
+    return keras.layers.serialize(new), values
+
+
+def rebuild(model, heads: dict | None = None, units: dict | None = None, dropped=()):
+    """A new model like `model` (a vision Transformer task or backbone) whose encoder blocks keep the
+    heads `heads[id(block)]` and feed-forward units `units[id(block)]` (all where a block is named in
+    neither), without the blocks whose id() is in `dropped`; weights copied. The task stays the user's
+    class around prunecli's backbone (see the module docstring)."""
+    import numpy as np
+
+    blocker = rebuild_blocker(model)
+    if blocker:
+        raise InputError(f"{model.name} cannot be rebuilt: {blocker}")
+    heads, units, dropped = heads or {}, units or {}, set(dropped)
+    found, classes = parts(model), register()
+    fam, encoder = found.family, found.encoder
+    kept = [b for b in encoder.encoder_layers if id(b) not in dropped]
+    if not kept:
+        raise InputError(f"{model.name}: removing every encoder block leaves no model")
+    configs, values = [], {}
+    for block in kept:
+        config, block_values = _smaller(block, block.name, heads.get(id(block)), units.get(id(block)))
+        configs.append(config)
+        values.update(block_values)
+    own = {id(v) for block in encoder.encoder_layers for v in block.weights}
+    values.update({decoders._inner_path(encoder, v): np.asarray(v) for v in encoder.weights if id(v) not in own})
+    encoder_config = decoders.own_config(encoder)
+    encoder_config[fam.intermediate] = max(int(c["config"][fam.intermediate]) for c in configs)
+    encoder_config["num_heads"] = max(int(c["config"]["num_heads"]) for c in configs)
+    new_encoder = classes[fam.encoder].from_config({**encoder_config, "block_configs": configs})
+    old_embedding = found.embedding
+    new_embedding = classes[fam.embedding].from_config(decoders.own_config(old_embedding))
+    backbone = found.backbone
+    new_backbone = classes[fam.backbone](
+        image_shape=backbone.image_shape,
+        embedding=new_embedding,
+        encoder=new_encoder,
+        dtype=backbone.dtype_policy,
+        name=backbone.name,
+    )
+    embedding_values = {decoders._inner_path(old_embedding, v): np.asarray(v) for v in old_embedding.weights}
+    decoders._fill([(new_encoder, values), (new_embedding, embedding_values)])
+    if backbone is model:
+        return new_backbone
+    config = {**model.get_config(), "backbone": new_backbone, "preprocessor": getattr(model, "preprocessor", None)}
+    task = type(model).from_config(config)
+    head = [layer for layer in keras_graph.children(model) if layer is not backbone and layer.weights]
+    by_name = {layer.name: layer for layer in keras_graph.children(task)}
+    for layer in head:
+        by_name[layer.name].set_weights(layer.get_weights())
+    return task
