@@ -46,7 +46,7 @@ from prunecli.config import MEASURED, name_matches
 from prunecli.config.target import parse_target
 from prunecli.errors import ConfigError, InputError
 from prunecli.removal import units
-from prunecli.structure import decoders, equivalence, keras_graph
+from prunecli.structure import decoders, equivalence, keras_graph, vision_encoders
 from prunecli.structure.transformer import (  # noqa: F401 - find/HeadLayer/block_macs are this module's API too
     HeadLayer,
     Part,
@@ -284,7 +284,14 @@ def smaller_layer(hl: HeadLayer, removed_units: list[int]):
 def shrink(model, layers: list[HeadLayer], removed: dict[str, list[int]]):
     """A new functional model whose attention layers have only their kept heads.
     Layers with a shrink_blocker (and layers with nothing removed) are left as they are, except
-    KerasHub decoder blocks: once one is rebuilt, all are (as prunecli's blocks, so the model saves)."""
+    KerasHub decoder blocks: once one is rebuilt, all are (as prunecli's blocks, so the model saves); a
+    ViT's or DeiT's encoder is rebuilt whole (structure/vision_encoders.py), the user's task around it."""
+    if vision_encoders.blocks(model):
+        rebuilt = [hl for hl in layers if hl.shrink_blocker is None and vision_encoders.is_block(hl.owner)]
+        if not any(removed.get(hl.path) for hl in rebuilt):
+            return model
+        kept = {id(hl.owner): hl.heads_of([u for u in range(hl.units) if u not in removed[hl.path]]) for hl in rebuilt}
+        return vision_encoders.rebuild(model, heads=kept)
     swaps = []
     for hl in layers:
         gone = removed.get(hl.path, [])
