@@ -198,13 +198,16 @@ def analyse(model, include=(), exclude=()) -> tuple[list[Candidate], list[dict]]
     its embeddings and final norm, and the shapes that make GPT-2's position embedding look like an
     identity-shaped layer (and adding it like a residual branch) do not make it one (dropping it would
     feed the blocks the token embedding twice, or without positions)."""
-    from prunecli.structure import decoders, transformer  # whole Transformer blocks (attention + FFN) as one
+    # whole Transformer blocks (attention + FFN) as one; a ViT's or DeiT's encoder blocks
+    from prunecli.structure import decoders, transformer, vision_encoders
 
     def allowed(name: str) -> bool:
         if include and not name_matches(name, include):
             return False
         return not name_matches(name, exclude)
 
+    if vision_encoders.blocks(model):
+        return _encoder_block_candidates(model, allowed)
     stack = _stack(model)
     model = _graph_host(model)
     g = _index(model)
@@ -283,6 +286,22 @@ def _stack_candidates(stack, g: _GraphIndex, allowed) -> tuple[list[Candidate], 
     return candidates, rows
 
 
+def _encoder_block_candidates(model, allowed) -> tuple[list[Candidate], list[dict]]:
+    """Around a ViT's or DeiT's encoder (one layer of its backbone's graph, which holds every block) the
+    candidates are its blocks, each x + f(x), taken out whole (structure/vision_encoders.rebuild); a
+    candidate's `skip` holds its block's id(), which no other candidate overlaps."""
+    from prunecli.structure import vision_encoders
+
+    candidates, rows = [], []
+    for name, block in vision_encoders.named_blocks(model):
+        ok = allowed(name) or allowed(block.name)
+        reason = "a whole encoder block: its output becomes its input" if ok else "left out by --include/--exclude"
+        rows.append({"layer": name, "class": type(block).__name__, "candidate": ok, "reason": reason})
+        if ok:
+            candidates.append(Candidate(name, "block", [name], {id(block)}, {}, _params(block)))
+    return candidates, rows
+
+
 # ---- scores ----
 
 
@@ -321,9 +340,31 @@ def _scores_by_probe(model, candidates: list[Candidate], seed: int) -> None:
         c.score = float(np.sqrt(moved) / (np.sqrt(size) + 1e-12))
 
 
+def _scores_by_output_change(model, candidates: list[Candidate], seed: int) -> None:
+    """Each candidate's relative change of the model's outputs, |without - with| / |with|, over
+    PROBE_EXAMPLES seeded stand-ins: a block inside one layer of the graph (a ViT's encoder) has no
+    tensors of its own to watch, so the model is run without it."""
+    import numpy as np
+
+    from prunecli.structure import equivalence
+
+    inputs = probes.seeded_inputs(model, PROBE_EXAMPLES, seed)
+    step = equivalence.fitting_batch(model, PROBE_EXAMPLES)
+
+    def outputs(m):
+        chunks = [m([v[i : i + step] for v in inputs], training=False) for i in range(0, PROBE_EXAMPLES, step)]
+        return np.concatenate([np.asarray(c, dtype=np.float64) for c in chunks])
+
+    base = outputs(model)
+    for c in candidates:
+        c.score = float(np.linalg.norm(outputs(bypassed(model, [c])) - base) / (np.linalg.norm(base) + 1e-12))
+
+
 def score(model, data, task, config, progress, candidates: list[Candidate]) -> str:
     """Fill in each candidate's score; returns how they were scored (for the report)."""
     import numpy as np
+
+    from prunecli.structure import vision_encoders
 
     if config.method == "random":
         values = np.random.default_rng(config.seed).random(len(candidates))
@@ -331,6 +372,9 @@ def score(model, data, task, config, progress, candidates: list[Candidate]) -> s
             cand.score = float(v)
         return "random"
     if data is None or task is None:  # no data, or inputs without labels: the change each candidate makes
+        if vision_encoders.blocks(model):
+            _scores_by_output_change(model, candidates, config.seed)
+            return "relative change of the outputs on probe inputs (no --data)"
         _scores_by_probe(model, candidates, config.seed)
         return "relative change on probe inputs (no --data)"
     loss = loss_callable(task.loss, "layer scoring")
@@ -386,13 +430,16 @@ def graph_changes(chosen: list[Candidate]) -> dict:
 def bypassed(model, chosen: list[Candidate]):
     """The model with the chosen candidates bypassed, sharing the remaining layers with `model` (for
     scoring); a model holding KerasHub decoder blocks is rebuilt around them (structure/decoders.py),
-    its task (a CausalLM) around the rebuilt backbone; a KerasHub stack's model is built again from its
-    config with fewer blocks (structure/stacks)."""
-    from prunecli.structure import decoders, stacks
+    its task (a CausalLM) around the rebuilt backbone; a ViT's or DeiT's encoder is rebuilt without the
+    blocks (structure/vision_encoders); a KerasHub stack's model is built again from its config with fewer
+    blocks (structure/stacks)."""
+    from prunecli.structure import decoders, stacks, vision_encoders
 
     if _stack(model) is not None:
         return stacks.without(model, {name for cand in chosen for name in cand.layers})[0]
     changes = graph_changes(chosen)
+    if vision_encoders.blocks(model):  # its blocks sit inside one encoder layer: the encoder is rebuilt
+        return vision_encoders.rebuild(model, dropped=changes["skip"])
     if decoders.blocks(model):
         return decoders.rebuild_with(model, decoders.swaps_for(model), **changes)
     return rebuild(model, **changes)
@@ -407,12 +454,12 @@ def remove(model, chosen: list[Candidate]):
 
 def _without(model, chosen: list[Candidate]) -> tuple:
     """`remove`'s model, and the layers it names anew (old name -> new: a stack's blocks are named by place)."""
-    from prunecli.structure import decoders, stacks
+    from prunecli.structure import decoders, stacks, vision_encoders
 
     if _stack(model) is not None:
         return stacks.without(model, {name for cand in chosen for name in cand.layers})
     smaller = bypassed(model, chosen)
-    return (smaller if decoders.blocks(model) else detach(smaller)), {}
+    return (smaller if decoders.blocks(model) or vision_encoders.blocks(model) else detach(smaller)), {}
 
 
 def _why_none(model) -> str:
