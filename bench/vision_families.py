@@ -329,6 +329,9 @@ def check_family(d: Path, family: str, commands: list[str]) -> dict:
     import numpy as np
 
     import prunecli.structure.quantized_conv  # noqa: F401 - --quantize's convolutions, as its note says
+    from prunecli.structure.transformer import register_hub_layers
+
+    register_hub_layers()  # a shrunk ViT/DeiT holds prunecli's backbone, encoder and blocks (as decoders do)
 
     x = np.load(d / "images.npz")["x"][:4]
     base = keras.saving.load_model(d / f"{family}.keras", compile=False)
@@ -472,8 +475,13 @@ def section(text: str) -> str:
             "- MobileNet `neuron`/`target` shrink only the layers outside its KerasHub blocks, and the output is a plain"
             " functional model without the note (surgery clones the task); its blocks rename themselves when rebuilt, so"
             " the backbone is not opened; `layer` and `int8` are one-line refusals.",
-            "- ViT, DeiT, Swin, MiT: `-g neuron` masks but shrinks nothing (their feed-forward layers sit in KerasHub"
-            " blocks prunecli does not rebuild), so `--target` and `-g layer` refuse in one line.",
+            "- ViT, DeiT: `neuron`, `target` and `layer` rebuild the encoder (structure/vision_encoders.py): feed-forward"
+            " units removed per block, or whole blocks, the output the user's ViTImageClassifier/DeiTImageClassifier"
+            " around prunecli's PrunedViTBackbone/PrunedDeiTBackbone (it loads once prunecli's classes are registered,"
+            " `register_hub_layers()`, as these checks and prunecli's commands do); `-g head --shrink` (no column)"
+            " deletes heads the same way.",
+            "- Swin, MiT: `-g neuron` masks but shrinks nothing (their feed-forward layers sit in KerasHub blocks"
+            " prunecli does not rebuild), so `--target` and `-g layer` refuse in one line.",
             "- HGNetV2: every weight sits in its own layer classes: `neuron`/`layer` exit 0 with nothing removed (notes"
             " say so), `--target` and `int8` refuse.",
             "- MiT `int8`: its attention Dense layers are rebuilt float on reload; prunecli's reload check refuses the"

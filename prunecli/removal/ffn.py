@@ -5,7 +5,9 @@ A decoder block's feed-forward network is down(act(gate(x)) * up(x)) (SwiGLU; Ge
 is gate column j, up column j and down row j, all inside one Keras layer. GPT-2's and OPT's
 TransformerDecoder has no gate: down(act(up(x) + b)) (GeLU, ReLU), unit j being up column j, bias j and
 down row j; it is the same network with the gate left out (structure/decoders.Ffn), and a unit whose
-down row is zero adds nothing whatever its bias. The channel graph sees the block as one node and the
+down row is zero adds nothing whatever its bias. So is the feed-forward network of KerasHub's ViT and DeiT
+encoder blocks, all inside one encoder layer of the backbone (structure/vision_encoders.py, which rebuilds
+the encoder; the task stays ViTImageClassifier or DeiTImageClassifier). The channel graph sees the block as one node and the
 mask path would rank the kernels as unrelated layers, so on a model with such blocks `-g neuron` is a
 structural step, like `-g head` (Torch-Pruning's coupled group, done by hand):
 

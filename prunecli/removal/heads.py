@@ -32,7 +32,8 @@ as PrunedLlamaTransformerDecoder..., PrunedTransformerDecoder, PrunedGPTNeoXDeco
 (structure/decoders.py) with their units' heads gone (GPT-NeoX's head h is entry h of its fused q/k/v
 kernel's head axis, its q, k and v side by side): KerasHub computes the
 head size as hidden_dim // num_heads when a block builds, which a config with fewer heads would
-change, so the rebuilt blocks carry the original head size in their config. Attention layers nested
+change, so the rebuilt blocks carry the original head size in their config; so do ViT's and DeiT's encoder
+blocks, rebuilt inside a new encoder (structure/vision_encoders.py). Attention layers nested
 anywhere else are masked (exactly zero, held while fine-tuning), not deleted, and the notes say so.
 The shrunk model is a plain functional keras.Model (a KerasHub causal LM stays one, its generate()
 working: structure/decoders.py).

@@ -5,7 +5,9 @@ Candidates, read from the functional graph:
   and nothing outside the branch reads its inside: the block becomes `x`;
 - a single layer with parameters whose output has exactly its input's shape: it becomes the identity.
 Layers that change shape, merge several inputs, are shared, produce a model output or hold no
-parameters are never candidates; the report gives each layer's reason.
+parameters are never candidates; the report gives each layer's reason. Around KerasHub decoder blocks
+the candidates are the blocks; inside a ViT's or DeiT's encoder (one node of its backbone's graph) they
+are the encoder's blocks, taken out by rebuilding the encoder (structure/vision_encoders.py).
 
 Scores (lower = removed first): with --data, the loss increase on up to --score-batches (default 32)
 batches when the candidate is bypassed; without data, the relative change ||out - in|| / ||in|| the

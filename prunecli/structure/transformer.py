@@ -353,7 +353,7 @@ def ffn_only(model, targets, include=()) -> tuple[list, list[str]]:
             f"-g neuron on a Transformer prunes feed-forward units, and none were found in {model.name} "
             f"({layout}: a layout prunecli does not know; it knows functional Keras "
             "Transformers and KerasHub's Llama, Mistral, Qwen, Qwen3, Gemma, Gemma3, Phi-3, SmolLM3, GPT-2, OPT, GPT-NeoX, "
-            "Falcon and Bloom decoders); use -g element, or "
+            "Falcon and Bloom decoders, ViT and DeiT encoders); use -g element, or "
             "--include to force a layer"
         )
     left = sorted({t.layer_name for t in targets} - {t.layer_name for t in kept})
