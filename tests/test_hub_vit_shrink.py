@@ -107,8 +107,9 @@ def test_a_whole_encoder_block_leaves_and_the_next_reads_the_embedding(tmp_path)
     the model is embedding -> block 2 -> final norm -> the task's head, block 2 keeping its name."""
     model = classifier("ViT")
     candidates, rows = layer_removal.analyse(model)
-    names = [name for name, _block in vision_encoders.named_blocks(model)]
-    assert [c.name for c in candidates] == [row["layer"] for row in rows] == names
+    named = vision_encoders.named_blocks(model)
+    assert [c.name for c in candidates] == [name for name, _block in named]
+    assert [c.layers for c in candidates] == [[row["layer"]] for row in rows] == [[b.name] for _name, b in named]
     small = layer_removal.remove(model, [candidates[0]])
     encoder = model.backbone.get_layer("vit_encoder")
     x = images()
@@ -122,7 +123,7 @@ def test_a_whole_encoder_block_leaves_and_the_next_reads_the_embedding(tmp_path)
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_cli_meets_a_parameter_target_and_drops_a_block_of_a_saved_classifier(cli, family, tmp_path):
+def test_cli_meets_parameter_targets_and_drops_a_block_of_a_saved_classifier(cli, family, tmp_path):
     from prunecli.io.models import load
 
     model = classifier(family, layers=3, units=4 * FF)  # the feed-forward units hold most parameters, as in ViT-B
@@ -139,3 +140,8 @@ def test_cli_meets_a_parameter_target_and_drops_a_block_of_a_saved_classifier(cl
     assert res.exit_code == 0, res.output
     small, _info = load(tmp_path / "layer.keras")
     assert type(small).__name__ == f"{family}ImageClassifier" and len(small.backbone.encoder.encoder_layers) == 2
+    res = cli("prune", path, "-g", "transformer", "--target", "params=0.7", "-o", tmp_path / "split.keras", "-q")
+    assert res.exit_code == 0, res.output  # heads, units and blocks split in one rebuild of the encoder
+    small, _info = load(tmp_path / "split.keras")
+    assert type(small).__name__ == f"{family}ImageClassifier"
+    assert abs(small.count_params() / model.count_params() - 0.7) <= 0.02

@@ -290,17 +290,19 @@ def _stack_candidates(stack, g: _GraphIndex, allowed) -> tuple[list[Candidate], 
 
 def _encoder_block_candidates(model, allowed) -> tuple[list[Candidate], list[dict]]:
     """Around a ViT's or DeiT's encoder (one layer of its backbone's graph, which holds every block) the
-    candidates are its blocks, each x + f(x), taken out whole (structure/vision_encoders.rebuild); a
-    candidate's `skip` holds its block's id(), which no other candidate overlaps."""
+    candidates are its blocks, each x + f(x), taken out whole (structure/vision_encoders.rebuild): named by
+    their path, the layers they take out by the block's own name (as a decoder block's are, what -g
+    transformer matches heads and feed-forward networks to); a candidate's `skip` holds its block's id(),
+    which no other candidate overlaps."""
     from prunecli.structure import vision_encoders
 
     candidates, rows = [], []
     for name, block in vision_encoders.named_blocks(model):
         ok = allowed(name) or allowed(block.name)
         reason = "a whole encoder block: its output becomes its input" if ok else "left out by --include/--exclude"
-        rows.append({"layer": name, "class": type(block).__name__, "candidate": ok, "reason": reason})
+        rows.append({"layer": block.name, "class": type(block).__name__, "candidate": ok, "reason": reason})
         if ok:
-            candidates.append(Candidate(name, "block", [name], {id(block)}, {}, _params(block)))
+            candidates.append(Candidate(name, "block", [block.name], {id(block)}, {}, _params(block)))
     return candidates, rows
 
 

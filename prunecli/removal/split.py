@@ -37,7 +37,7 @@ from prunecli.config.target import TOLERANCE, parse_target
 from prunecli.errors import ConfigError, InputError
 from prunecli.removal import ffn, heads, layers, units
 from prunecli.results import StepResult
-from prunecli.structure import decoders, equivalence, keras_graph, transformer
+from prunecli.structure import decoders, equivalence, keras_graph, transformer, vision_encoders
 
 GRID_STEP = 0.25  # the share of the removal each axis may take moves in quarters, as the issue asked
 FILL_ORDER = ("blocks", "heads", "ffn")  # coarse to fine: the finest axis with a share fills the rest
@@ -117,15 +117,20 @@ def find_axes(model, targets, data, task, config, progress) -> tuple[Axes, int, 
     if not found:
         raise InputError(
             f"{config.model_path or 'model'}: -g transformer needs attention layers whose heads prunecli removes"
-            " (keras.layers.MultiHeadAttention, KerasHub TransformerEncoder or a Llama/Mistral/Qwen/Gemma decoder)"
+            " (keras.layers.MultiHeadAttention, KerasHub TransformerEncoder, a Llama/Mistral/Qwen/Gemma decoder,"
+            " a ViT or DeiT encoder)"
         )
     for block in decoders.blocks(model):
         why = decoders.shrink_blocker(block)
         if why:
             raise InputError(f"-g transformer: {block.name} cannot be rebuilt smaller ({why})")
+    vision = bool(vision_encoders.blocks(model))
+    why = vision_encoders.rebuild_blocker(model) if vision else None
+    if why:
+        raise InputError(f"-g transformer: {why}")
     ffns = [
         f
-        for f in (ffn.find(model) if decoders.blocks(model) else _dense_ffns(model))
+        for f in (ffn.find(model) if decoders.blocks(model) or vision else _dense_ffns(model))
         if heads.allowed_by_rules(f.path, config)
     ]
     seq_len = None
@@ -421,6 +426,10 @@ def shrink(model, axes: Axes, choice: Choice):
     ]
     live_ffns = [f for f in axes.ffns if removed_units.get(f.path) and axes.block_of.get(f.path) not in gone_blocks]
     changes = layers.graph_changes(choice.blocks)
+    if vision_encoders.blocks(model):  # the encoder rebuilt whole, the removed blocks left out of it
+        kept_heads = {id(hl.owner): hl.heads_of(kept(hl.path, hl.units, removed_heads)) for hl in live_heads}
+        kept_units = {id(f.block): kept(f.path, f.units, removed_units) for f in live_ffns}
+        return vision_encoders.rebuild(model, heads=kept_heads, units=kept_units, dropped=changes["skip"])
     if decoders.blocks(model):
         kept_heads = {id(hl.owner): hl.kept_heads(kept(hl.path, hl.units, removed_heads)) for hl in live_heads}
         kept_units = {id(f.block): kept(f.path, f.units, removed_units) for f in live_ffns}
