@@ -241,7 +241,7 @@ def family(layer) -> str | None:
     """The KerasHub decoder class this layer is (or subclasses, where the family takes subclasses), or
     None. A block holding cross-attention (an encoder-decoder's: BART's TransformerDecoder) is none:
     its call reads the encoder's output, which the rebuilt backbones do not carry."""
-    hub = _hub_class(layer)
+    hub = hub_class(layer)
     for cls in hub.__mro__:
         fam = FAMILIES.get(cls.__name__)
         if fam is None:
@@ -252,7 +252,7 @@ def family(layer) -> str | None:
     return None
 
 
-def _hub_class(layer):
+def hub_class(layer):
     """The KerasHub class a layer is: its own, or the one prunecli's subclass extends (past its mixins)."""
     return next(cls for cls in type(layer).__mro__ if cls.__module__.split(".")[0] != "prunecli")
 
@@ -464,7 +464,7 @@ def own_config(layer) -> dict[str, Any]:
         "trainable": layer.trainable,
         "dtype": keras.dtype_policies.serialize(layer.dtype_policy),
     }
-    for name, value in _own_arguments(_hub_class(layer), layer).items():
+    for name, value in _own_arguments(hub_class(layer), layer).items():
         if isinstance(value, keras.initializers.Initializer):
             value = keras.initializers.serialize(value)
         elif callable(value):
@@ -473,14 +473,14 @@ def own_config(layer) -> dict[str, Any]:
     return config
 
 
-class _OwnConfig:
+class OwnConfig:
     """Mixed into a KerasHub layer class: its config is `own_config`."""
 
     def get_config(self):
         return own_config(self)
 
 
-class _PrunedDecoder(_OwnConfig):
+class _PrunedDecoder(OwnConfig):
     """Mixed into a KerasHub decoder class: the block with `head_dim` in its config. Families whose
     attention derives the head size (_native_head_dim False) get their attention rebuilt at it:
     keras.layers.MultiHeadAttention (TransformerDecoder's) from its own config with key_dim = value_dim
@@ -517,7 +517,7 @@ class _PrunedDecoder(_OwnConfig):
 
         fam = _family_of(self)
         hidden = int(decoder_sequence_shape[-1])
-        heads = int(_own_arguments(_hub_class(self), self)[fam.query_heads])
+        heads = int(_own_arguments(hub_class(self), self)[fam.query_heads])
         made = attention(self) is not None  # in the constructor (SmolLM3's), at the head size already
         if self._native_head_dim or self.head_dim is None or made or hidden // heads == self.head_dim:
             super().build(decoder_sequence_shape)
@@ -781,7 +781,7 @@ def register() -> dict[str, Any]:
         norm = hub_class(*path.rsplit(".", 1))
         if norm is not None:
             doc = f"{path} with a config, so a model holding it saves."
-            subclass(norm, (_OwnConfig,), doc, key=path, name=ours)
+            subclass(norm, (OwnConfig,), doc, key=path, name=ours)
     for name, fam in FAMILIES.items():
         mixin = _PrunedPerBlockCacheLM if fam.cache_per_block else _PrunedCausalLM
         for task in (getattr(keras_hub.models, lm, None) for lm in fam.causal_lms):
@@ -906,7 +906,7 @@ def rebuild_with(model, swaps: list[tuple], **changes):
     swaps = swaps + _norm_swaps(model, {id(old) for old, _new, _values in swaps})
     rebuilt = graph_rebuild.rebuild(model, replace={id(old): new for old, new, _values in swaps}, **changes)
     present = {id(layer) for layer in keras_graph.children(rebuilt)}
-    _fill([(new, values) for _old, new, values in swaps if id(new) in present])
+    assign_by_path([(new, values) for _old, new, values in swaps if id(new) in present])
     return graph_rebuild.detach(rebuilt)
 
 
@@ -919,7 +919,7 @@ def _norm_swaps(model, swapped: set[int]) -> list[tuple]:
     return [
         (layer, _fresh_copy(layer), {str(w.path): np.asarray(w) for w in layer.weights})
         for layer in keras_graph.children(model)
-        if id(layer) not in swapped and type(layer).__module__ != __name__ and _class_path(_hub_class(layer)) in _NORMS
+        if id(layer) not in swapped and type(layer).__module__ != __name__ and _class_path(hub_class(layer)) in _NORMS
     ]
 
 
@@ -941,17 +941,17 @@ def _dropped_blocks(model, backbone, changes: dict) -> set[int]:
     return {id(layer) for layer in dropped}
 
 
-def _fill(built: list[tuple]) -> None:
+def assign_by_path(built: list[tuple]) -> None:
     """Assign each built layer its weights by variable path, the full one or the one inside the layer
-    (`_inner_path`: a layer rebuilt outside the layer that held it, OPT's token embedding)."""
+    (`inner_path`: a layer rebuilt outside the layer that held it, OPT's token embedding)."""
     for new, values in built:
-        paths = [str(w.path) if str(w.path) in values else _inner_path(new, w) for w in new.weights]
+        paths = [str(w.path) if str(w.path) in values else inner_path(new, w) for w in new.weights]
         if sorted(paths) != sorted(values):
             raise InputError(f"rebuilt layer {new.name!r} has an unexpected set of weights")
         new.set_weights([values[p] for p in paths])
 
 
-def _inner_path(layer, variable) -> str:
+def inner_path(layer, variable) -> str:
     """A variable's path inside its layer ("embeddings" for "embeddings/token_embedding/embeddings")."""
     return str(variable.path).removeprefix(f"{layer.path}/")
 
@@ -969,7 +969,7 @@ def _fresh_copy(layer, **changes):
     """A new layer like `layer` (with these config `changes`), unbuilt: prunecli's subclass of its KerasHub
     class where there is one (Gemma's and Gemma3's RMSNormalization, which have no get_config), so the
     rebuilt model saves."""
-    ours = register().get(_class_path(_hub_class(layer)))
+    ours = register().get(_class_path(hub_class(layer)))
     if ours is None:
         return type(layer).from_config({**layer.get_config(), **changes})
     return ours.from_config({**own_config(layer), **changes})
@@ -1014,7 +1014,7 @@ def _rebuilt_task(model, backbone, swaps: list[tuple], dropped: set[int] = froze
     for copy, old in zip(copies, ends, strict=True):
         if id(old) not in by_old:
             copy.set_weights(old.get_weights())
-    _fill([by_old[id(b)] for b in order] + [by_old[id(lay)] for lay in ends if id(lay) in by_old])
+    assign_by_path([by_old[id(b)] for b in order] + [by_old[id(lay)] for lay in ends if id(lay) in by_old])
     return task_cls(backbone=new_backbone, preprocessor=getattr(model, "preprocessor", None), name=model.name)
 
 
@@ -1304,8 +1304,8 @@ def narrower(model, channels: list[int]):
 
     def narrowed_values(pairs, layer=None):
         """The variables' kept channels (an RMSNorm's scale corrected), by path (inside `layer`, when one
-        is given: see `_fill`)."""
-        name = (lambda var: str(var.path)) if layer is None else (lambda var: _inner_path(layer, var))
+        is given: see `assign_by_path`)."""
+        name = (lambda var: str(var.path)) if layer is None else (lambda var: inner_path(layer, var))
         out = {}
         for var, axis in pairs:
             kept = np.take(np.asarray(var), channels, axis=axis)

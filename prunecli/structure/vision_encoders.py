@@ -79,7 +79,7 @@ _CLASSES: dict[str, Any] = {}  # KerasHub class name -> prunecli's subclass
 
 
 def _hub_name(layer) -> str:
-    return decoders._hub_class(layer).__name__
+    return decoders.hub_class(layer).__name__
 
 
 def is_block(layer) -> bool:
@@ -191,7 +191,7 @@ def shrink_blocker(block) -> str | None:
 # prunecli's classes
 
 
-class _PrunedBlock(decoders._OwnConfig):
+class _PrunedBlock(decoders.OwnConfig):
     """Mixed into a KerasHub vision Transformer block: `key_dim` in its config (the block derives
     hidden_dim // num_heads, wrong once heads were removed)."""
 
@@ -204,7 +204,7 @@ class _PrunedBlock(decoders._OwnConfig):
         return {**decoders.own_config(self), "key_dim": int(self.key_dim)}
 
 
-class _PrunedEncoder(decoders._OwnConfig):
+class _PrunedEncoder(decoders.OwnConfig):
     """Mixed into a KerasHub vision Transformer encoder: its blocks made from `block_configs` (serialized
     layers, each with its own heads, key size and units) in place of num_layers identical ones."""
 
@@ -287,7 +287,7 @@ def register() -> dict[str, Any]:
         for module, name, mixins in (
             (layers, block_name, (_PrunedBlock,)),
             (layers, fam.encoder, (_PrunedEncoder,)),
-            (layers, fam.embedding, (decoders._OwnConfig,)),
+            (layers, fam.embedding, (decoders.OwnConfig,)),
             (backbones, fam.backbone, (_PrunedBackbone,)),
         ):
             base = getattr(module, name, None)
@@ -340,7 +340,7 @@ def _smaller(block, prefix: str, heads=None, units=None) -> tuple[dict, dict]:
         if id(v) in cut:
             axis, keep = cut[id(v)]
             arr = np.take(arr, keep, axis=axis)
-        values[f"{prefix}/{decoders._inner_path(block, v)}"] = arr
+        values[f"{prefix}/{decoders.inner_path(block, v)}"] = arr
     return keras.layers.serialize(new), values
 
 
@@ -366,7 +366,7 @@ def rebuild(model, heads: dict | None = None, units: dict | None = None, dropped
         configs.append(config)
         values.update(block_values)
     own = {id(v) for block in encoder.encoder_layers for v in block.weights}
-    values.update({decoders._inner_path(encoder, v): np.asarray(v) for v in encoder.weights if id(v) not in own})
+    values.update({decoders.inner_path(encoder, v): np.asarray(v) for v in encoder.weights if id(v) not in own})
     encoder_config = decoders.own_config(encoder)
     encoder_config[fam.intermediate] = max(int(c["config"][fam.intermediate]) for c in configs)
     encoder_config["num_heads"] = max(int(c["config"]["num_heads"]) for c in configs)
@@ -381,8 +381,8 @@ def rebuild(model, heads: dict | None = None, units: dict | None = None, dropped
         dtype=backbone.dtype_policy,
         name=backbone.name,
     )
-    embedding_values = {decoders._inner_path(old_embedding, v): np.asarray(v) for v in old_embedding.weights}
-    decoders._fill([(new_encoder, values), (new_embedding, embedding_values)])
+    embedding_values = {decoders.inner_path(old_embedding, v): np.asarray(v) for v in old_embedding.weights}
+    decoders.assign_by_path([(new_encoder, values), (new_embedding, embedding_values)])
     if backbone is model:
         return new_backbone
     config = {**model.get_config(), "backbone": new_backbone, "preprocessor": getattr(model, "preprocessor", None)}
