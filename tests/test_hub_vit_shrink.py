@@ -145,3 +145,28 @@ def test_cli_meets_parameter_targets_and_drops_a_block_of_a_saved_classifier(cli
     small, _info = load(tmp_path / "split.keras")
     assert type(small).__name__ == f"{family}ImageClassifier"
     assert abs(small.count_params() / model.count_params() - 0.7) <= 0.02
+
+
+@pytest.mark.parametrize("family", FAST_VIT)
+def test_a_vision_transformers_multiply_adds_are_counted_through_its_encoder(family):
+    """Its encoder (every block in one layer) and patch embedding had no cost: the total was partial and
+    --target flops= refused. The count is now each block's attention and feed-forward cost at the patch
+    sequence, plus the patch convolution once per patch, and it follows a block's removal."""
+    from prunecli.structure import flops
+
+    model = classifier(family, layers=3)
+    counted = flops.count(model)
+    assert not counted["partial"]
+    by_class = {row["class"]: row["macs"] for row in counted["layers"]}
+    patches = (SIDE // 8) ** 2
+    embedding = "ViTPatchingAndEmbedding" if family == "ViT" else "DeiTEmbeddings"
+    assert by_class[embedding] == patches * 8 * 8 * 3 * D  # an 8x8x3 patch to D channels, once per patch
+    encoder = vision_encoders.parts(model).encoder
+    blocks = encoder.encoder_layers
+    tokens = patches + (1 if family == "ViT" else 2)  # the class token (DeiT's distillation token too)
+    assert heads.model_seq_len(model) == tokens  # what --target flops= prices a unit or a head at
+    one_block = transformer.block_macs(blocks[0], [(None, tokens, D)], [])[0]
+    assert by_class[type(encoder).__name__] == 3 * one_block
+    candidates, _rows = layer_removal.analyse(model)
+    smaller = layer_removal.remove(model, candidates[:1])
+    assert flops.count(smaller)["total"] == counted["total"] - one_block

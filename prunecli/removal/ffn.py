@@ -161,13 +161,13 @@ def run_ffn(model, targets, config, *, data=None, loss_fn=None, sample_x=None, p
     found = find(model, targets or None)
     if not found:
         raise InputError(f"{config.model_path or 'model'}: no decoder feed-forward network to prune")
-    say(f"scoring the feed-forward units of {len(found)} decoder block(s) with {config.method}")
+    say(f"scoring the feed-forward units of {len(found)} KerasHub block(s) with {config.method}")
     scores = score(model, found, config, data, loss_fn)
     sparsity, target = None, None
     if config.target:  # the sparsity whose removed units meet params=F or flops=F
         what = "the feed-forward units of KerasHub Transformer blocks"
         if parse_target(config.target).kind == "flops":  # every position multiplies each kernel weight once
-            per_weight, dense = units.counted_at_length(model, config, what)
+            per_weight, dense = units.counted_at_length(model, config, what, vision_encoders.sequence_length(model))
             cost = {f.path: per_weight * units.unit_params(f.slices()) for f in found}
         else:  # parameters: the unit's biases too
             dense = int(model.count_params())

@@ -525,7 +525,13 @@ def _section(found: list[HeadLayer], scores: dict, removed: dict, method: str) -
 
 
 def model_seq_len(model) -> int | None:
-    """The sequence length the model's first input fixes (token ids (batch, seq)), or None."""
+    """The sequence length the model's first input fixes (token ids (batch, seq)), or a vision
+    Transformer's image size (its patches and class tokens), or None."""
+    from prunecli.structure import vision_encoders
+
+    tokens = vision_encoders.sequence_length(model)
+    if tokens is not None:
+        return tokens
     try:
         shape = tuple(model.inputs[0].shape)
     except (AttributeError, IndexError, TypeError):

@@ -592,6 +592,36 @@ def unit_attention_cost(hl: HeadLayer, seq_len: int) -> int:
     return _attention_cost(hl, seq_len) - _attention_cost(hl, seq_len, hl.num_heads - hl.group, kv_left)
 
 
+# KerasHub vision Transformers' encoders (every block and the final norm in one layer) and patch embeddings
+# (a Conv2D with the patch size as its stride, then positions added): structure/vision_encoders.py
+HUB_ENCODER_STACKS = ("ViTEncoder", "DeiTEncoder")
+HUB_PATCH_EMBEDDINGS = ("ViTPatchingAndEmbedding", "DeiTEmbeddings")
+
+
+def encoder_stack_macs(layer, in_shapes, out_shapes) -> tuple[int | None, int | None]:
+    """A vision Transformer encoder: the sum of its blocks' (block_macs, each at the encoder's sequence)."""
+    dense = nonzero = 0
+    for block in layer.encoder_layers:
+        block_dense, block_nonzero = block_macs(block, in_shapes, in_shapes)
+        if block_dense is None:
+            return None, None
+        dense, nonzero = dense + block_dense, nonzero + block_nonzero
+    return dense, nonzero
+
+
+def patch_embedding_macs(layer, in_shapes, out_shapes) -> tuple[int | None, int | None]:
+    """A vision Transformer's patch embedding: its Conv2D once per patch (the position embedding is a lookup)."""
+    import numpy as np
+
+    conv = layer.patch_embedding
+    if not in_shapes or any(d is None for d in tuple(in_shapes[0])[1:]):
+        return None, None
+    out = tuple(conv.compute_output_shape(tuple(in_shapes[0])))
+    patches = int(np.prod(out[1:-1] if conv.data_format == "channels_last" else out[2:]))
+    kernel = conv.kernel
+    return patches * int(np.prod(kernel.shape)), patches * int(np.count_nonzero(np.asarray(kernel)))
+
+
 def reversible_embedding_macs(layer, in_shapes, out_shapes) -> tuple[int | None, int | None]:
     """KerasHub's ReversibleEmbedding: a lookup (0) when it embeds token ids, the tied LM head when it
     is called in reverse on hidden states (every position times the (vocabulary, width) matrix)."""
@@ -619,6 +649,10 @@ def register_layers() -> None:
     layers.register("ReversibleEmbedding", layers.LayerSpec("other", macs=reversible_embedding_macs))
     for name in HUB_BLOCKS:
         layers.register(name, layers.LayerSpec("other", macs=block_macs))
+    for name in HUB_ENCODER_STACKS:
+        layers.register(name, layers.LayerSpec("other", macs=encoder_stack_macs))
+    for name in HUB_PATCH_EMBEDDINGS:
+        layers.register(name, layers.LayerSpec("other", macs=patch_embedding_macs))
 
 
 register_layers()

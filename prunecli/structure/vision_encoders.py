@@ -120,6 +120,16 @@ def blocks(model) -> list:
     return [] if found is None else list(found.encoder.encoder_layers)
 
 
+def sequence_length(model) -> int | None:
+    """The tokens each encoder block sees (patches and class tokens, fixed by the image size), or None
+    for a model without a vision Transformer encoder or with open image sizes."""
+    found = parts(model)
+    if found is None:
+        return None
+    length = tuple(found.encoder.input.shape)[1]
+    return None if length is None else int(length)
+
+
 def attention(block):
     return keras_graph.hub_self_attention(block)
 
