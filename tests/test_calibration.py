@@ -438,15 +438,57 @@ def test_global_scope_gives_each_layer_its_share_of_one_budget(method):
     assert res.section["allocation"].startswith("global (lamp")
 
 
+def _sparsegpt_reference(w, h, prune_count, block):
+    """SparseGPT (Algorithm 1 of the paper) straight from the maths, in float64: U the upper Cholesky
+    factor of (H + 1% mean(diag H) I)^-1 from numpy, each block's mask the lowest w^2 / U_jj^2 of its
+    share of the count (ties by position), then column by column q_j = w_j where kept, else 0, and
+    w_{j:} -= (w_j - q_j) / U_jj U_{j, j:} on every later column at once."""
+    d_in, d_out = w.shape
+    hd = h.astype(np.float64) + 0.01 * np.mean(np.diag(h)) * np.eye(d_in)
+    u = np.linalg.cholesky(np.linalg.inv(hd)).T
+    wt, keep, done = w.T.astype(np.float64), np.ones((d_out, d_in), bool), 0
+    for start in range(0, d_in, block):
+        end = min(start + block, d_in)
+        share = round(prune_count * end * d_out / (d_in * d_out)) - done
+        score = (wt[:, start:end] ** 2 / np.diag(u)[start:end] ** 2).reshape(-1)
+        pruned = np.zeros(score.size, bool)
+        pruned[np.argsort(score, kind="stable")[:share]] = True
+        keep[:, start:end] = ~pruned.reshape(d_out, end - start)
+        done += share
+        for j in range(start, end):
+            err = (wt[:, j] - np.where(keep[:, j], wt[:, j], 0.0)) / u[j, j]
+            wt[:, j:] -= err[:, None] * u[j, j:][None, :]
+    return np.where(keep, wt, 0.0).T, keep.T
+
+
+def test_sparsegpt_is_the_papers_maths():
+    """prune_matrix (float32, U solved for a block of rows at a time, lazy batches) gives the masks of
+    the float64 algorithm written out in full, and its weights to float32 rounding, over two blocks."""
+    from prunecli.calibration import sparsegpt
+
+    rng = np.random.default_rng(4)
+    d_in, d_out = sparsegpt.BLOCK + 40, 6
+    x = (rng.normal(size=(4 * d_in, d_in)) * rng.uniform(0.5, 2.0, d_in)).astype("float32")
+    h = x.T @ x / len(x)
+    w = rng.normal(size=(d_in, d_out)).astype("float32")
+    k = int(0.6 * w.size)
+    q, keep, used = sparsegpt.prune_matrix(w, h, "fc/kernel", prune_count=k)
+    want_q, want_keep = _sparsegpt_reference(w, h, k, sparsegpt.BLOCK)
+    assert used == sparsegpt.DAMPENING and int((~np.asarray(keep)).sum()) == k
+    np.testing.assert_array_equal(np.asarray(keep), want_keep)
+    np.testing.assert_allclose(np.asarray(q), want_q, rtol=1e-4, atol=1e-5 * np.abs(want_q).max())
+
+
 def test_dampening_rises_where_float32_cannot_factor_the_hessian():
     """A Hessian that 1% dampening leaves indefinite in float32 is factored at 10% (or 100%), and the
     dampening used is returned; a NaN Hessian is still refused."""
     from prunecli.calibration import sparsegpt
 
     nearly = np.array([[1.0, 1.05], [1.05, 1.0]], "float32")  # eigenvalues 2.05 and -0.05: 1% is too little
-    upper, damped, used = sparsegpt.inverse_factor(nearly, "fc/kernel")
-    assert used == pytest.approx(10 * sparsegpt.DAMPENING)
-    np.testing.assert_allclose(np.asarray(upper).T @ np.asarray(upper) @ np.asarray(damped), np.eye(2), atol=1e-4)
+    factor = sparsegpt.inverse_factor(nearly, "fc/kernel")
+    assert factor.dampening == pytest.approx(10 * sparsegpt.DAMPENING)
+    upper, damped = np.asarray(factor.rows(0, 2)), nearly + factor.dampening * np.eye(2, dtype="float32")
+    np.testing.assert_allclose(upper.T @ upper @ damped, np.eye(2), atol=1e-4)
     w, keep, used = sparsegpt.prune_matrix(np.ones((2, 3), "float32"), nearly, "fc/kernel", prune_count=3)
     assert used == pytest.approx(0.1) and int((~np.asarray(keep)).sum()) == 3
 

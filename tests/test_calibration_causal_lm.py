@@ -225,8 +225,11 @@ def test_sparsegpt_inverse_factor_is_the_upper_cholesky_factor_of_the_inverse():
     x = rng.standard_normal((48, 96)).astype("float32") * rng.uniform(0.1, 3.0, 96).astype("float32")
     x[:, 5] = 0.0  # a dead input
     h = x.T @ x / len(x)
-    upper, damped, _ = sparsegpt.inverse_factor(h, "ffn/kernel")
-    u, hd = np.asarray(upper, "float64"), np.asarray(damped, "float64")
+    factor = sparsegpt.inverse_factor(h, "ffn/kernel")
+    u = np.asarray(factor.rows(0, 96), "float64")
+    diag = np.diag(h).astype("float64")
+    # H + lambda mean(live diag) I, a dead input's H_jj set to 1 first
+    hd = h.astype("float64") + np.diag(np.where(diag > 0, 0.0, 1.0) + factor.dampening * diag[diag > 0].mean())
     assert np.allclose(u, np.triu(u)) and (np.diag(u) > 0).all()
     np.testing.assert_allclose(u.T @ u, np.linalg.inv(hd), rtol=1e-3, atol=1e-3 * np.abs(np.linalg.inv(hd)).max())
     reference = np.linalg.cholesky(np.linalg.inv(hd)).T  # the upper factor of H^-1, computed directly

@@ -12,7 +12,8 @@ Notation of the paper: W is (d_out, d_in) (one row per output unit), H = X^T X /
   keeps its value (H has no off-diagonal entry for it, so no update reaches it), and the layer never
   ends with more zeros than it was asked for.
 - U = upper Cholesky factor of H^-1, computed as R^-1 for the upper triangular R with H = R R^T (one
-  Cholesky of the reversed H). Pruning column j of a row with error e_j = (w_j - q_j) / U_jj is
+  Cholesky of the reversed H), a block of rows at a time as the loop reaches them (InverseFactor:
+  one d x d matrix held beside H). Pruning column j of a row with error e_j = (w_j - q_j) / U_jj is
   compensated by w_{j:} -= e_j U_{j, j:} (the OBS update restricted to the not-yet-pruned columns).
 - Lazy batches: columns are processed in blocks of B = 128; inside a block the updates touch only the
   block, and the block's accumulated errors reach the later columns with one matrix product.
@@ -38,50 +39,88 @@ BLOCK = 128
 DAMPENING = 0.01
 
 
-def inverse_factor(hessian, name: str, dampening: float = DAMPENING):
-    """(U, H', lambda) with U the upper Cholesky factor of (H')^-1 and H' = H + lambda mean(diag H) I:
-    lambda = `dampening`, or 10x and 100x that when float32 cannot factor the less dampened H (a
-    Hessian is never indefinite in exact arithmetic, but a badly conditioned one can be in float32).
-    DataError if none is positive definite."""
+class _NotFinite(Exception):
+    """Rows of U that float32 could not represent: the factor is made again, more dampened."""
+
+
+class InverseFactor:
+    """U, the upper Cholesky factor of (H')^-1 with H' = H + lambda mean(diag H) I (lambda = `dampening`,
+    or 10x and 100x that when float32 cannot factor the less dampened H: a Hessian is never indefinite
+    in exact arithmetic, but a badly conditioned one can be in float32), held as one d x d matrix.
+
+    With J the reversal, J H' J = M M^T (one Cholesky) gives H' = R R^T for the upper triangular
+    R = J M J, so (H')^-1 = R^-T R^-1 and U = R^-1 = J M^-1 J. Only M is kept: `rows` solves for the
+    rows of U one block at a time, when the update reaches them (d^2 flops per row, as solving R
+    against the identity costs). At the peak, inside the Cholesky, three d x d buffers are alive:
+    the caller's H, the reversed copy the Cholesky overwrites, and Eigen's working copy; two
+    afterwards. The dampened copy of H, R, an identity and the whole of U were five, which ran
+    DeepVOG's 25,600-input convolution (a 2.4 GiB Hessian) out of memory (bench/COST.md)."""
+
+    def __init__(self, hessian, name: str, dampening: float = DAMPENING):
+        import tensorflow as tf
+
+        self.hessian, self.name = tf.cast(hessian, tf.float32), name
+        self.size = int(self.hessian.shape[0])
+        diag = tf.linalg.diag_part(self.hessian)
+        dead = diag <= 0
+        live = tf.boolean_mask(diag, tf.logical_not(dead))
+        self.mean = tf.reduce_mean(live) if int(tf.size(live)) else tf.constant(1.0)
+        self.diag = tf.where(dead, tf.ones_like(diag), diag)  # dead inputs get H_jj = 1 (plus lambda)
+        self.first = dampening
+        self.levels = iter((dampening, 10 * dampening, 100 * dampening))
+        self.lower = None
+        self.dampening = None
+        self.raise_dampening()
+
+    def raise_dampening(self) -> None:
+        """Factor H at the next dampening level (the first on construction): DataError when none is
+        left that float32 can factor."""
+        self.lower = None  # the previous factor goes before the next is made
+        for used in self.levels:
+            lower, factored = _factor_fn()(self.hessian, self.diag + used * self.mean)
+            if bool(factored):
+                self.lower, self.dampening = lower, used
+                return
+            del lower
+        raise DataError(
+            f"sparsegpt: the input Hessian of {self.name} is not positive definite even after "
+            f"{100 * self.first:.0%} dampening (are the calibration inputs finite and varied?)"
+        )
+
+    def rows(self, start: int, end: int):
+        """Rows start..end of U, (end - start, d): row i of J M^-1 J is row d-1-i of M^-1 reversed, and
+        row k of M^-1 is M^-T e_k, one triangular solve against the picked columns of the identity.
+        _NotFinite where float32 overflowed."""
+        import tensorflow as tf
+
+        picks = tf.one_hot(self.size - 1 - tf.range(start, end), self.size, axis=0)  # (d, end - start)
+        solved = tf.linalg.triangular_solve(self.lower, picks, lower=True, adjoint=True)
+        rows = tf.reverse(tf.transpose(solved), [1])
+        if not bool(tf.reduce_all(tf.math.is_finite(rows))):
+            raise _NotFinite()
+        return rows
+
+
+def inverse_factor(hessian, name: str, dampening: float = DAMPENING) -> InverseFactor:
+    """The InverseFactor of `hessian`; DataError if no dampening level makes it positive definite."""
+    return InverseFactor(hessian, name, dampening)
+
+
+@functools.cache
+def _factor_fn():
+    """M, the lower Cholesky factor of J H J with `diag` on H's diagonal, and whether it factored (a
+    failed factorisation is NaN on its diagonal; a successful one of a finite H is finite). One graph,
+    so the reversed copy is the only new d x d buffer: set_diag and the Cholesky write over their
+    input, which no one else holds (TensorFlow forwards it)."""
     import tensorflow as tf
 
-    h0 = tf.cast(hessian, tf.float32)
-    diag = tf.linalg.diag_part(h0)
-    dead = diag <= 0
-    live = tf.boolean_mask(diag, tf.logical_not(dead))
-    mean = tf.reduce_mean(live) if int(tf.size(live)) else tf.constant(1.0)
-    for used in (dampening, 10 * dampening, 100 * dampening):
-        # H + lambda I, written on the diagonal alone (no d x d identity, one d x d copy of H)
-        h = tf.linalg.set_diag(h0, tf.where(dead, tf.ones_like(diag), diag) + used * mean)
-        upper = _upper_inverse_factor(h)
-        if upper is not None:
-            return upper, h, used
-    raise DataError(
-        f"sparsegpt: the input Hessian of {name} is not positive definite even after {100 * dampening:.0%} "
-        "dampening (are the calibration inputs finite and varied?)"
-    )
+    @tf.function(reduce_retracing=True, autograph=False)
+    def factor(hessian, diag):
+        reversed_h = tf.linalg.set_diag(tf.reverse(hessian, [0, 1]), tf.reverse(diag, [0]))
+        lower = tf.linalg.cholesky(reversed_h)
+        return lower, tf.reduce_all(tf.math.is_finite(tf.linalg.diag_part(lower)))
 
-
-def _upper_inverse_factor(h):
-    """U, the upper Cholesky factor of h^-1, or None when float32 cannot factor h.
-
-    One Cholesky and one triangular inverse (about 4/3 d^3 flops, not the 8/3 d^3 of factor, solve
-    against I, factor again): with J the reversal, J h J = M M^T gives h = R R^T for the upper
-    triangular R = J M J, so h^-1 = R^-T R^-1 and U = R^-1 (upper, positive diagonal). On the
-    8192-input FFN projection of a 1B decoder this step dominated the layer's time."""
-    import tensorflow as tf
-
-    try:
-        lower = tf.linalg.cholesky(tf.reverse(h, [0, 1]))
-        if not bool(tf.reduce_all(tf.math.is_finite(lower))):
-            return None
-        factor = tf.reverse(lower, [0, 1])  # the d x d temporaries are dropped as soon as they are used
-        del lower
-        upper = tf.linalg.triangular_solve(factor, tf.eye(int(h.shape[0])), lower=False)
-        del factor
-    except tf.errors.InvalidArgumentError:
-        return None
-    return upper if bool(tf.reduce_all(tf.math.is_finite(upper))) else None
+    return factor
 
 
 @functools.cache
@@ -173,18 +212,35 @@ def prune_matrix(
     groups = nm_groups(rows, m, channels_per_tap) if m else None
     if groups is not None and not groups.in_row_order:
         hessian, w, live = _laid_out_in_groups(hessian, w, live, groups)
-    upper, _, used = inverse_factor(hessian, name)
-    wt = tf.transpose(w)  # (d_out, d_in): the paper's layout
+    factor = inverse_factor(hessian, name)
+    while True:
+        try:
+            q, keep = _blocks(tf.transpose(w), factor, live, prune_count, n, m, bool(jit))
+            break
+        except _NotFinite:  # U overflowed float32 in some row: the whole layer again, more dampened
+            factor.raise_dampening()
+    if groups is not None and not groups.in_row_order:
+        q, keep = tf.gather(q, groups.row_slots, axis=1), tf.gather(keep, groups.row_slots, axis=1)
+    return tf.transpose(q), tf.transpose(keep), factor.dampening
+
+
+def _blocks(wt, factor: InverseFactor, live, prune_count: int, n: int, m: int, jit: bool):
+    """The lazy-batch loop over (d_out, d_in) weights `wt` (the paper's layout): each block's rows of U
+    solved for (`InverseFactor.rows`), its columns pruned and updated, its errors carried to the later
+    columns. Returns (q, keep), (d_out, d_in)."""
+    import tensorflow as tf
+
     d_out, d_in = int(wt.shape[0]), int(wt.shape[1])
     size = d_in * d_out
     block = BLOCK if not m else max(m, (BLOCK // m) * m)
-    step = _block_fn(n, m, bool(jit))
+    step = _block_fn(n, m, jit)
     q_blocks, keep_blocks = [], []
     done = 0  # weights pruned so far (element sparsity): each block takes its share of prune_count
     for start in range(0, d_in, block):
         end = min(start + block, d_in)
+        u = factor.rows(start, end)  # (block, d_in): zero left of the block
         w1 = wt[:, : end - start]  # wt holds only the columns not yet done: no copy of the finished ones
-        u1 = upper[start:end, start:end]
+        u1 = u[:, start:end]
         if m:
             keep1 = tf.ones_like(w1, tf.bool)
         else:
@@ -195,11 +251,8 @@ def prune_matrix(
         q_blocks.append(q1)
         keep_blocks.append(keep1)
         if end < d_in:
-            wt = wt[:, end - start :] - tf.matmul(err1, upper[start:end, end:])
-    q, keep = tf.concat(q_blocks, axis=1), tf.concat(keep_blocks, axis=1)
-    if groups is not None and not groups.in_row_order:
-        q, keep = tf.gather(q, groups.row_slots, axis=1), tf.gather(keep, groups.row_slots, axis=1)
-    return tf.transpose(q), tf.transpose(keep), used
+            wt = wt[:, end - start :] - tf.matmul(err1, u[:, end:])
+    return tf.concat(q_blocks, axis=1), tf.concat(keep_blocks, axis=1)
 
 
 def _laid_out_in_groups(hessian, w, live, groups: NmGroups):
@@ -221,7 +274,15 @@ def obs_scores(w, hessian, name: str):
     from), of the matrix view's shape; for runs that need plain scores (global scope, schedules)."""
     import tensorflow as tf
 
-    upper, _, _ = inverse_factor(hessian, name)
-    inv_diag = tf.reduce_sum(tf.square(upper), axis=0)  # H^-1 = U^T U, so (H^-1)_jj = sum_k U_kj^2
     live = tf.cast(tf.linalg.diag_part(tf.cast(hessian, tf.float32)) > 0, tf.float32)  # dead inputs: 0
+    factor = inverse_factor(hessian, name)
+    while True:
+        try:  # H^-1 = U^T U, so (H^-1)_jj = sum_k U_kj^2, summed a block of U's rows at a time
+            inv_diag = sum(
+                tf.reduce_sum(tf.square(factor.rows(start, min(start + BLOCK, factor.size))), axis=0)
+                for start in range(0, factor.size, BLOCK)
+            )
+            break
+        except _NotFinite:
+            factor.raise_dampening()
     return tf.square(tf.cast(w, tf.float32)) * live[:, None] / inv_diag[:, None]
