@@ -137,6 +137,57 @@ def test_a_hessian_too_big_for_memory_leaves_its_layer_to_wanda(monkeypatch):
     assert "d1" in info.value.message and "\n" not in info.value.message
 
 
+def test_memory_that_shrinks_after_the_plan_leaves_the_layer_to_wanda(monkeypatch):
+    """Free memory is read again as each layer starts: a layer whose Hessian fitted when the run was
+    planned but no longer does (the cached activations, another process) is pruned by Wanda instead of
+    SparseGPT, with the plan's note and reason, and the run goes on (DeepVOG's 25,600-input layer was
+    killed out of memory there); --reconstruct leaves it unrefit, plain scores give it |w|."""
+    import tensorflow as tf
+
+    from prunecli.calibration import oneshot, prune_calibrated, reconstruct
+
+    x = np.random.default_rng(0).normal(size=(8, 1024)).astype("float32")
+    free = {"bytes": 2**40}  # plenty while the plan is checked; 2 MiB once the layers run (H is 4 MiB)
+    monkeypatch.setattr(oneshot, "_available_memory", lambda: free["bytes"])
+    real_plan = oneshot.check_memory
+
+    def check_then_shrink(*args):
+        real_plan(*args)
+        free["bytes"] = 2 * 2**20
+
+    monkeypatch.setattr(oneshot, "check_memory", check_then_shrink)
+    model = _dense_model(1024, 4, 2)
+    res = prune_calibrated(model, every_target(model), [x], calibration_config("sparsegpt", sparsity=0.5))
+    why = res.section["fallback"]["d1/kernel"]
+    assert (
+        why
+        == "its 1024 x 1024 input Hessian is 4.0 MiB, 3 of them while SparseGPT factors it, and 2.0 MiB of memory is free"
+    )
+    assert f"d1: pruned by Wanda, not SparseGPT ({why})" in res.notes
+    assert "d2/kernel" not in res.section["fallback"] and "d2/kernel" in res.section["layers"]
+    free["bytes"] = 2**40
+    wanda = _dense_model(1024, 4, 2)
+    prune_calibrated(wanda, every_target(wanda), [x], calibration_config("wanda", sparsity=0.5))
+    np.testing.assert_array_equal(
+        np.asarray(every_target(model)[0].variable), np.asarray(every_target(wanda)[0].variable)
+    )
+    free["bytes"] = 2**40
+    fresh = _dense_model(1024, 4, 2)
+    masks = {t.name: np.ones(t.shape, bool) for t in every_target(fresh)}
+    section = reconstruct(fresh, every_target(fresh), masks, [x])
+    assert section["fallback"]["d1/kernel"].startswith(
+        "its 1024 x 1024 input Hessian is 4.0 MiB, 3 of them while refitting"
+    )
+    free["bytes"] = 2**40
+    plan = oneshot._plan(fresh, every_target(fresh), [x], [], {})
+    free["bytes"] = 2 * 2**20
+    notes, fallback = [], {}
+    scores = oneshot.layer_scores("sparsegpt", plan, fresh, notes, fallback)
+    np.testing.assert_array_equal(np.asarray(scores["d1/kernel"]), np.abs(np.asarray(every_target(fresh)[0].variable)))
+    assert "SparseGPT scores it" in fallback["d1/kernel"] and "d2/kernel" not in fallback
+    assert tf.reduce_all(tf.math.is_finite(scores["d2/kernel"]))
+
+
 # --- degenerate inputs ------------------------------------------------------------------------------
 
 

@@ -62,9 +62,9 @@ def _say(progress, message: str) -> None:
         progress(message)
 
 
-# Buffers of d_in x d_in floats alive at once besides the captured Hessian's accumulation, per use
-# (sparsegpt.inverse_factor: H, H dampened, its factor, the identity, U; refit: H, H dampened, H W)
-HESSIAN_COPIES = {"sparsegpt": 5, "refit": 3}
+# Buffers of d_in x d_in floats alive at once, per use (sparsegpt.InverseFactor: H, the reversed copy
+# the Cholesky writes over, Eigen's working copy inside it; refit: H, H dampened, H W)
+HESSIAN_COPIES = {"sparsegpt": 3, "refit": 3}
 BLOCK_COPIES = 3  # one block of X rows, its squares and |x| inside the accumulation step
 
 
@@ -208,38 +208,52 @@ def _size(nbytes: float) -> str:
     return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
+def _layer_bytes(plan: _Plan, view, call) -> tuple[int, int, int]:
+    """(bytes a calibrated layer's capture needs besides its Hessians, of which one block of input
+    rows, of which one pass's layer input): the block of im2col/input rows, one pass's layer input and
+    the layer's weight matrices."""
+    import math
+
+    d = view.d_in
+    shape = call.input_shape
+    per_example = (math.prod(shape[1:]) if shape else d) * call.calls  # every call of a pass (frames)
+    input_bytes = 4 * plan.per_pass * per_example
+    rows = plan.per_pass * (view.rows_per_example(shape) if shape else 1) * call.calls
+    block_bytes = BLOCK_COPIES * 4 * d * min(rows, max(1, capture.PATCH_BYTES // (4 * d)))
+    return input_bytes + block_bytes + 8 * 4 * d * view.d_out + 16 * d, block_bytes, input_bytes
+
+
+def _no_room(d: int, copies: int, purpose: str, available: int) -> str:
+    """Why a layer's Hessians do not fit: one wording for the plan's check and each layer's own."""
+    return (
+        f"its {d} x {d} input Hessian is {_size(4 * d * d)}, {copies} of them while {purpose}, "
+        f"and {_size(available)} of memory is free"
+    )
+
+
 def check_memory(
     plan: _Plan, copies: int, purpose: str, fallback: dict, notes: list, diagonal: str | None = None
 ) -> None:
     """Size every calibrated layer's buffers before any is allocated: the d_in x d_in input Hessian
-    (4 d_in^2 bytes, `copies` of them while `purpose`; none for Wanda), one block of im2col/input
-    rows, one pass's layer input and the layer's weight matrices. A layer whose Hessian does not fit in
-    free memory (a Dense after a wide Flatten: 61,952 inputs is a 14 GiB Hessian; CREPE's second
-    convolution, 65,536 inputs: 16 GiB) is pruned by Wanda instead where `diagonal` says how (its
-    input norms need O(d_in): `plan.diagonal_only`), else leaves the plan for magnitude pruning; either
-    way with its reason in `fallback` and a note, so the other layers are still calibrated. One whose input rows
-    alone do not fit is a ResourceError (exit 6), before any work."""
-    import math
-
+    (4 d_in^2 bytes, `copies` of them while `purpose`; none for Wanda) and `_layer_bytes`. A layer
+    whose Hessian does not fit in free memory (a Dense after a wide Flatten: 61,952 inputs is a 14 GiB
+    Hessian; CREPE's second convolution, 65,536 inputs: 16 GiB) is pruned by Wanda instead where
+    `diagonal` says how (its input norms need O(d_in): `plan.diagonal_only`), else leaves the plan for
+    magnitude pruning; either way with its reason in `fallback` and a note, so the other layers are
+    still calibrated. One whose input rows alone do not fit is a ResourceError (exit 6), before any
+    work. Free memory can shrink after this check (the cached activations, other processes): each
+    layer is checked again as it starts (`_no_room_now`)."""
     available = None
     for view, call in list(plan.layers):
         d = view.d_in
-        shape = call.input_shape
-        per_example = (math.prod(shape[1:]) if shape else d) * call.calls  # every call of a pass (frames)
-        input_bytes = 4 * plan.per_pass * per_example
-        rows = plan.per_pass * (view.rows_per_example(shape) if shape else 1) * call.calls
-        block_bytes = BLOCK_COPIES * 4 * d * min(rows, max(1, capture.PATCH_BYTES // (4 * d)))
+        base, block_bytes, input_bytes = _layer_bytes(plan, view, call)
         hessian_bytes = 0 if view.diagonal else 4 * d * d  # an embedding's is diagonal: never built
-        base = input_bytes + block_bytes + 8 * 4 * d * view.d_out + 16 * d
         available = _available_memory() if available is None else available
         if base + copies * hessian_bytes <= available:
             continue
         name = view.target.layer_name
         if base <= available:  # the Hessian is what does not fit: this layer alone goes by magnitude
-            why = (
-                f"its {d} x {d} input Hessian is {_size(hessian_bytes)}, {copies} of them while {purpose}, "
-                f"and {_size(available)} of memory is free"
-            )
+            why = _no_room(d, copies, purpose, available)
             fallback[view.target.name] = why
             if diagonal:
                 notes.append(f"{name}: {diagonal} ({why})")
@@ -254,6 +268,28 @@ def check_memory(
             f"layer input per pass {_size(input_bytes)}) but only {_size(available)} of memory is free; "
             f"exclude it (--exclude {name})"
         )
+
+
+def _no_room_now(plan: _Plan, view, call, copies: int, purpose: str) -> str | None:
+    """Why the layer's full Hessian work (`copies` d_in x d_in buffers while `purpose`, and its
+    `_layer_bytes`) does not fit in the memory free now, or None: read as the layer starts, since
+    `check_memory`'s figure was read before the cached activations, the model's outputs and other
+    processes took their share (DeepVOG's SparseGPT run passed that check and was killed out of
+    memory at 18.3 GiB on its 25,600-input layer, bench/COST.md). The caller treats the layer as
+    check_memory would have: Wanda instead of SparseGPT, no refit, or |w| for plain scores."""
+    d = view.d_in
+    available = _available_memory()
+    if _layer_bytes(plan, view, call)[0] + copies * 4 * d * d <= available:
+        return None
+    return _no_room(d, copies, purpose, available)
+
+
+def _hessian_use(method: str) -> tuple[int, str, str]:
+    """(d_in x d_in buffers, what they are for, what a layer they do not fit gets instead) of a run's
+    full Hessians: SparseGPT's factor, else --reconstruct's refit."""
+    if method == "sparsegpt":
+        return HESSIAN_COPIES["sparsegpt"], "SparseGPT factors it", "pruned by Wanda, not SparseGPT"
+    return HESSIAN_COPIES["refit"], "refitting", "pruned by Wanda, not refit"
 
 
 def _check_outcome(w_new, w_dense, keep, k) -> str | None:
@@ -462,12 +498,8 @@ def prune_calibrated(
     fallback: dict[str, str] = {}
     p = _plan(model, targets, calibration_x, result.notes, fallback)
     full = method == "sparsegpt" or bool(config.reconstruct)  # Wanda alone: the Hessian's diagonal only
-    if method == "sparsegpt":
-        instead = "pruned by Wanda, not SparseGPT"
-        check_memory(p, HESSIAN_COPIES["sparsegpt"], "SparseGPT factors it", fallback, result.notes, instead)
-    else:
-        instead = "pruned by Wanda, not refit"
-        check_memory(p, HESSIAN_COPIES["refit"] if full else 0, "refitting", fallback, result.notes, instead)
+    copies, purpose, instead = _hessian_use(method)
+    check_memory(p, copies if full else 0, purpose, fallback, result.notes, instead)
     counts, chosen, tried, rival = _allocation(model, p, config, progress, held_out_x)
     if chosen:  # what was measured is what the layers (and those falling back to magnitude) now follow
         normalize = "lamp" if chosen["chosen"] in MAGNITUDE_TRIALS else chosen["chosen"]
@@ -871,6 +903,13 @@ def _sequential(
         _say(progress, f"calibrating {t.layer_name} ({i + 1}/{len(p.layers)}, {method})")
         riders = (pending[1],) if pending else ()
         diagonal_only = t.name in p.diagonal_only  # its full Hessian does not fit: Wanda, no refit
+        if full and not view.diagonal and not diagonal_only:
+            copies, purpose, instead = _hessian_use(method)
+            why = _no_room_now(p, view, call, copies, purpose)
+            if why:  # free memory shrank since check_memory: what it does, decided now
+                fallback[t.name] = why
+                result.notes.append(f"{t.layer_name}: {instead} ({why})")
+                diagonal_only = True
         stats = src.capture(view, call.calls, full and not view.diagonal and not diagonal_only, riders)
         if pending:
             _finish_meter(pending, layers, len(p.batches))
@@ -949,9 +988,11 @@ def layer_scores(
         src = _passes(model, plan)
     for view, call in plan.layers:
         t = view.target
-        stats = src.capture(view, call.calls, method != "wanda" and not view.diagonal)
+        full = method != "wanda" and not view.diagonal
+        short = _no_room_now(plan, view, call, HESSIAN_COPIES["sparsegpt"], "SparseGPT scores it") if full else None
+        stats = src.capture(view, call.calls, full and short is None)
         w = view.to_matrix(tf.cast(tf.convert_to_tensor(t.variable), tf.float32))
-        why = stats.degenerate()
+        why = short or stats.degenerate()
         score = None
         if why is None and (method == "wanda" or view.diagonal):
             score = wanda.norm_scores(w, view.weighted_norms(stats.norms()) / math.sqrt(stats.rows))
@@ -994,16 +1035,21 @@ def strategy_scores(method: str, targets, ctx) -> dict:
     return scores
 
 
-def _refit_layer(src, view, call, dense, mask) -> dict | str:
+def _refit_layer(src, plan: _Plan, view, call, dense, mask) -> dict | str:
     """One layer of --reconstruct: its inputs captured from the model pruned so far (`src`), its kept
     weights refit to the dense layer's output and assigned. Returns the report entry, or why the layer
-    keeps its plain mask (degenerate inputs, a refit that fails its checks), the mask then assigned."""
+    keeps its plain mask (no room for its Hessian now, degenerate inputs, a refit that fails its
+    checks), the mask then assigned."""
     import tensorflow as tf
 
-    stats = src.capture(view, call.calls, True)
     w_dense = view.to_matrix(tf.cast(tf.convert_to_tensor(dense), tf.float32))
     keep = view.to_matrix(tf.cast(mask, tf.bool))
     masked_w = tf.where(keep, w_dense, tf.zeros_like(w_dense))
+    why = _no_room_now(plan, view, call, HESSIAN_COPIES["refit"], "refitting")
+    if why is not None:
+        _assign(view, masked_w)
+        return why
+    stats = src.capture(view, call.calls, True)
     why = stats.degenerate()
     if why is None:
         w_new = refit.refit(masked_w, w_dense, keep, stats.hessian)
@@ -1057,7 +1103,7 @@ def reconstruct(
     layers = {}
     for i, (view, call) in enumerate(p.layers):
         _say(progress, f"reconstructing {view.target.layer_name} ({i + 1}/{len(p.layers)})")
-        entry = _refit_layer(src, view, call, dense[view.target.name], masks[view.target.name])
+        entry = _refit_layer(src, p, view, call, dense[view.target.name], masks[view.target.name])
         if isinstance(entry, str):
             fallback[view.target.name] = entry
             notes.append(f"{view.target.layer_name}: not refit ({entry}); its mask is applied as it is")
