@@ -5,7 +5,8 @@ model calls them, and each layer's inputs are read from the model whose earlier 
 pruned (and updated), so a layer compensates for the error that reaches it instead of the error
 compounding unseen. Only one layer's Hessian (d_in x d_in) exists at a time, accumulated block by
 block (Wanda keeps only its diagonal: d_in floats), and every layer's buffers are sized against free
-memory before the first is allocated (`check_memory`, exit 6). Where a layer's inputs come from
+memory before the first is allocated (`check_memory`, exit 6), each layer's Hessian again as the
+layer starts (`_no_room_now`: free memory shrinks as a run goes). Where a layer's inputs come from
 (frontier.py): a functional model's graph is walked once, its live activations cached for every
 calibration example, so each layer runs about once per calibration pass (linear in depth); models
 whose graph cannot be walked, or whose activations do not fit the budget, get one truncated forward
