@@ -188,6 +188,35 @@ def test_memory_that_shrinks_after_the_plan_leaves_the_layer_to_wanda(monkeypatc
     assert tf.reduce_all(tf.math.is_finite(scores["d2/kernel"]))
 
 
+@pytest.mark.slow  # 2.2 s and the trained MLP fixture: the library test above keeps the fast subset's case
+def test_the_command_goes_on_when_memory_shrinks_after_the_plan(monkeypatch, cli, mlp_files, tmp_path):
+    """`prunecli prune --method sparsegpt` with no room left for any Hessian once the layers run: exit 0,
+    every calibrated layer pruned by Wanda at the asked sparsity, each named with its reason in the
+    report's notes and calibration fallback."""
+    import json
+
+    from prunecli.calibration import oneshot
+
+    free = {"bytes": 2**40}
+    monkeypatch.setattr(oneshot, "_available_memory", lambda: free["bytes"])
+    real_plan = oneshot.check_memory
+
+    def check_then_shrink(*args):
+        real_plan(*args)
+        free["bytes"] = 0
+
+    monkeypatch.setattr(oneshot, "check_memory", check_then_shrink)
+    out, report = tmp_path / "o.keras", tmp_path / "r.json"
+    args = ("--method", "sparsegpt", "--data", mlp_files["data"], "-s", "0.5", "--scope", "layer")
+    result = cli("prune", mlp_files["keras"], *args, "-o", out, "--report", report)
+    assert result.exit_code == 0, result.output
+    r = json.loads(report.read_text())
+    fallback = r["calibration"]["fallback"]
+    assert fallback and all("of memory is free" in why for why in fallback.values())
+    assert sum("pruned by Wanda, not SparseGPT (its" in n for n in r["notes"]) == len(fallback)
+    assert all(layer["sparsity"] == pytest.approx(0.5, abs=0.02) for layer in r["layers"])
+
+
 # --- degenerate inputs ------------------------------------------------------------------------------
 
 
