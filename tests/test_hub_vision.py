@@ -6,11 +6,15 @@ from a backbone config): a task wrapping a backbone, both KerasHub subclasses of
   one graph (structure/rebuild.graph_only): --shrink and --target cut the backbone's channels, -g layer
   takes its blocks out, and --quantize int8 quantizes its convolutions; each wrote nothing smaller or
   refused before (the backbone was one node of the graph; its int8 file did not reload, exit 4).
-- One holding a KerasHub layer that does not rebuild from its own config (MobileNet's DepthwiseConvBlock
-  renames itself, ViT's patch embedding writes arguments it refuses) is left whole: opened, it was an
-  internal error or a file that did not load.
+- A KerasHub block whose call only calls its sub-layers and Keras ops (MobileNet's DepthwiseConvBlock,
+  HGNetV2's encoder: structure/rebuild.traceable) is opened too, as the graph its call records: MobileNet's
+  blocks rename themselves when rebuilt and HGNetV2 holds every weight in its own layer classes, so both
+  were left whole (int8 refused, --shrink cut only the layers outside the blocks).
+- One holding a KerasHub layer that neither rebuilds from its own config nor traces (ViT's patch embedding
+  writes arguments it refuses) is left whole: opened, it was an internal error or a file that did not load.
 - Quantized layers that a KerasHub config would rebuild float (every convolution left inside a backbone or
-  block, a task's own head) stay float, with the reason: the int8 file did not reload (exit 4)."""
+  block, a task's own head, a Dense a block builds without the backbone's dtype policy) stay float, with
+  the reason: the int8 file did not reload (exit 4)."""
 
 from __future__ import annotations
 
@@ -121,15 +125,29 @@ def test_graph_only_takes_a_keras_hub_image_model_and_not_one_whose_layers_do_no
 
     from prunecli.structure import rebuild
 
-    resnet = keras.saving.load_model(hub_images / "ResNet.keras", compile=False)
-    assert not rebuild.plain_model(resnet) and rebuild.graph_only(resnet) and rebuild.graph_only(resnet.backbone)
-    # MobileNet's DepthwiseConvBlock renames itself, ViTPatchingAndEmbedding refuses its own config, and
-    # HGNetV2's backbone holds its weights in its own layer classes only (opened, nothing was reached, and
-    # the output lost its class for nothing)
-    for name in ("MobileNet", "ViT", "HGNetV2"):
+    for name in ("ResNet", "MobileNet", "HGNetV2"):  # MobileNet's and HGNetV2's blocks are traced open
         model = keras.saving.load_model(hub_images / f"{name}.keras", compile=False)
-        assert not rebuild.graph_only(model.backbone), name
-        assert rebuild.opened(model, lambda nested: True) is None, name
+        assert not rebuild.plain_model(model) and rebuild.graph_only(model) and rebuild.graph_only(model.backbone)
+    # ViTPatchingAndEmbedding refuses its own config and holds weights of its own (its class token)
+    vit = keras.saving.load_model(hub_images / "ViT.keras", compile=False)
+    assert not rebuild.graph_only(vit.backbone)
+    assert rebuild.opened(vit, lambda nested: True) is None
+
+
+@pytest.mark.parametrize("name", ["MobileNet", "HGNetV2"])
+def test_a_keras_hub_model_with_its_blocks_traced_open_computes_the_same_and_reloads(hub_images, tmp_path, name):
+    import keras
+
+    from prunecli.structure import keras_graph, rebuild
+
+    model = keras.saving.load_model(hub_images / f"{name}.keras", compile=False)
+    flat, _opened, _paths = rebuild.opened(model, lambda nested: True)
+    assert all(rebuild.keras_own(layer) for layer in keras_graph.all_layers(flat)[1:])  # every block opened
+    x = np.load(hub_images / "images.npz")["x"][:4]
+    np.testing.assert_allclose(np.asarray(flat(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-6)
+    flat.save(tmp_path / "flat.keras")
+    again = keras.saving.load_model(tmp_path / "flat.keras", compile=False)
+    np.testing.assert_allclose(np.asarray(again(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -148,13 +166,16 @@ def test_structural_pruning_reaches_a_keras_hub_image_classifiers_backbone(cli, 
     _runs_on_images(small, hub_images)
 
 
-def test_int8_quantizes_an_opened_keras_hub_image_classifier_and_it_reloads(cli, hub_images, tmp_path):
-    """Was exit 4: the backbone's config rebuilt its convolutions as float Conv2D, which refused the codes."""
+@pytest.mark.parametrize("name", ["ResNet", "MobileNet", "HGNetV2"])
+def test_int8_quantizes_an_opened_keras_hub_image_classifier_and_it_reloads(cli, hub_images, tmp_path, name):
+    """Was exit 4 (ResNet: the backbone's config rebuilt its convolutions as float Conv2D, which refused the
+    codes), and exit 2 for MobileNet and HGNetV2 ("no layer of this model can be quantized": every
+    convolution sat in a KerasHub block)."""
     out = tmp_path / "o.keras"
-    result = cli("prune", hub_images / "ResNet.keras", "-s", "0.5", "--quantize", "int8", "-o", out, "-q")
+    result = cli("prune", hub_images / f"{name}.keras", "-s", "0.5", "--quantize", "int8", "-o", out, "-q")
     assert result.exit_code == 0, result.output
     model = _load(out)
-    assert any(getattr(layer, "quantization_mode", None) == "int8" for layer in model.layers if "conv" in layer.name)
+    assert sum(getattr(layer, "quantization_mode", None) == "int8" for layer in model.layers) >= 4
     _runs_on_images(model, hub_images)
 
 
@@ -173,24 +194,55 @@ def test_layers_a_keras_hub_config_rebuilds_float_stay_float_and_the_file_reload
     _runs_on_images(_load(out), hub_images)
 
 
-def test_a_keras_hub_model_with_nothing_quantizable_that_reloads_is_refused_in_one_line(cli, hub_images, tmp_path):
-    """MobileNet: every convolution sits in a KerasHub block or backbone that rebuilds it float, and the
-    head is the task's: a one-line refusal before any work (was exit 4 after the whole run)."""
-    result = cli("prune", hub_images / "MobileNet.keras", "-s", "0.5", "--quantize", "int8", "-o", tmp_path / "o.keras")
-    assert result.exit_code == 2, result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("prunecli: error:")]
-    assert len(errors) == 1 and "would not reload" in errors[0]
-    assert not (tmp_path / "o.keras").exists()
+def test_dense_layers_a_keras_hub_block_builds_without_the_backbones_dtype_stay_float(cli, tmp_path):
+    """MiT's attention builds its Dense layers with no dtype, so they do not read the DTypePolicyMap the
+    backbone's config records quantized layers in: quantized, they reloaded float and the file was refused
+    ("A total of 12 objects could not be loaded", exit 4). They stay float, with that reason; a Dense the
+    backbone builds with its dtype is quantized and the file reloads."""
+    import json
+
+    import keras
+    from keras_hub.src.models.mit.mit_layers import SegFormerMultiheadAttention
+
+    @keras.saving.register_keras_serializable(package="prunecli_tests")
+    class TinyAttentionBackbone(kh.models.Backbone):
+        def __init__(self, dtype=None, **kwargs):
+            tokens = keras.Input((16, 8))
+            x = SegFormerMultiheadAttention(8, 1, 1)(tokens)  # KerasHub's: its q/k/v/proj Dense take no dtype
+            x = keras.layers.Dense(4, dtype=dtype, name="kept")(x)
+            super().__init__(inputs=tokens, outputs=x, dtype=dtype, **kwargs)
+
+    keras.utils.set_random_seed(0)
+    model = TinyAttentionBackbone()
+    model(np.zeros((1, 16, 8), "float32"))
+    model.save(tmp_path / "m.keras")
+    out, report = tmp_path / "o.keras", tmp_path / "r.json"
+    result = cli("prune", tmp_path / "m.keras", "-s", "0.5", "--quantize", "int8", "-o", out, "--report", report)
+    assert result.exit_code == 0, result.output
+    section = json.loads(report.read_text())["quantize"]
+    assert [e["layer"].rsplit("/", 1)[-1] for e in section["layers_quantized"]] == ["kept"]
+    float_dense = [e for e in section["left_float"] if "seg_former_multihead_attention" in e["layer"]]
+    assert len(float_dense) == 4 and all(
+        "without TinyAttentionBackbone's dtype policy" in e["why"] for e in float_dense
+    )
+    assert section["reload"]["loads"]
 
 
-def test_shrinking_a_mobilenet_is_not_an_internal_error(cli, hub_images, tmp_path):
+def test_shrinking_a_mobilenet_cuts_the_convolutions_inside_its_blocks_and_says_its_class_changed(
+    cli, hub_images, tmp_path
+):
+    """Was: only the layers outside MobileNet's blocks shrank, and the output was a plain functional model
+    with no note saying so."""
     out = tmp_path / "o.keras"
     result = cli(
         "prune", hub_images / "MobileNet.keras", "-g", "neuron", "-s", "0.5", "--shrink",
-        "--data", hub_images / "images.npz", "-o", out, "-q",
+        "--data", hub_images / "images.npz", "-o", out,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    _runs_on_images(_load(out), hub_images)
+    assert "MobileNetImageClassifier is written as a plain Keras functional model" in " ".join(result.output.split())
+    small = _load(out)
+    assert small.get_layer("block_0_0_conv2").filters < 8  # a convolution inside a DepthwiseConvBlock
+    _runs_on_images(small, hub_images)
 
 
 def test_a_head_count_per_stage_is_not_an_attention_layer():

@@ -237,6 +237,7 @@ def write_outputs(state, config: PruneConfig, out, masked_model, say, timings, u
 
     if not distribute.is_chief():
         return state, None, None
+    state = state.after(steps.class_change(state))  # said whichever step changed it
     if not config.export:
         return state, out, steps.save(state, out, say, timings)
     from prunecli.outputs import export

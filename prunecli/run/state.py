@@ -28,6 +28,7 @@ class RunState:
     targets: tuple = ()
     masks: Any = None
     structure_changed: bool = False
+    loaded_class: str = ""  # the class of the model the file held: the written one is compared with it
     notes: tuple[str, ...] = ()
     metrics: Mapping[str, Any] = field(default_factory=dict)
     sections: Mapping[str, Any] = field(default_factory=dict)

@@ -60,6 +60,7 @@ def load(config: PruneConfig, progress: Progress, timings: Timings) -> tuple[Run
         data=data,
         task=task,
         compiled_optimizer=compiled_optimizer,
+        loaded_class=type(model).__name__,
         notes=model_io.read_notes(source) + _custom_objects_note(config),  # how the file was read
     )
     return state, input_sizes
@@ -173,7 +174,10 @@ def open_nested(model, config: PruneConfig, names=None) -> tuple[StepResult, Pru
     into one graph (structure/rebuild.opened) when they hold weights this run prunes, so their channels
     can be removed and their residual groups are seen whole; `names` (a plan's) opens exactly these.
     With `-g layer` or `--quantize int8|int4`: a KerasHub image model (task and backbone, rebuild.graph_only)
-    opened the same way, so its blocks can be taken out and its quantized convolutions reload.
+    opened the same way, so its blocks can be taken out and its quantized convolutions reload. A KerasHub
+    block that only calls its layers (rebuild.traceable: MobileNet's, HGNetV2's) is opened as the graph its
+    call records, and, when shrinking, a convolution with one group per channel becomes the DepthwiseConv
+    it is (rebuild.depthwise_twins), so the channels through it can be removed.
     Nothing changes otherwise, or for a nested model whose layers are all frozen. Also the config whose
     layer globs name the opened layers as they named them in the file (PruneConfig.with_paths)."""
     from prunecli.structure import keras_graph, quantized_conv, rebuild, targets
@@ -194,7 +198,7 @@ def open_nested(model, config: PruneConfig, names=None) -> tuple[StepResult, Pru
         if names is not None:
             return nested.name in names
         if not shrinking:
-            return not rebuild.plain_model(nested) and rebuild.graph_only(nested)
+            return not rebuild.plain_model(nested) and (rebuild.graph_only(nested) or rebuild.traceable(nested))
         if rebuild.per_position_wrapper(nested) and not nested.weights:
             return True  # a wrapped Dropout between two opened Dense layers would block their channels
         if type(nested).__name__ == "TimeDistributed" and not keras_graph.is_model(nested.layer):
@@ -202,9 +206,13 @@ def open_nested(model, config: PruneConfig, names=None) -> tuple[StepResult, Pru
         return any(f"/{nested.name}/" in path for path in pruned_paths)
 
     result = rebuild.opened(model, holds)
-    if result is None:
+    flat, opened, paths = result if result is not None else (model, [], {})
+    # a convolution with one group per channel becomes the DepthwiseConv it is, so --shrink reads through it
+    converts = (shrinking or names is not None) and rebuild.plain_model(flat)  # a subclass would lose its class
+    twins = rebuild.depthwise_twins(flat, names) if converts else None
+    flat, depthwise = twins if twins is not None else (flat, [])
+    if result is None and not depthwise:
         return StepResult(), config
-    flat, opened, paths = result
     opened = list(dict.fromkeys(opened))
     wrappers = {lay.name for lay in keras_graph.all_layers(model) if rebuild.per_position_wrapper(lay)}
     per_step = {lay.name for lay in keras_graph.all_layers(model) if type(lay).__name__ == "TimeDistributed"} - wrappers
@@ -220,19 +228,42 @@ def open_nested(model, config: PruneConfig, names=None) -> tuple[StepResult, Pru
             "their channels can be removed, their blocks taken out and their quantized layers saved as they are: the output holds their layers at the top level (a name another layer "
             "had gets the nested model's prefix)"
         )
-    if not rebuild.plain_model(model):
+    if depthwise:
+        shown = ", ".join(depthwise[:4]) + (f" and {len(depthwise) - 4} more" if len(depthwise) > 4 else "")
         notes.append(
-            f"{type(model).__name__} is written as a plain Keras functional model of the same inputs and outputs"
-            " (its class adds nothing to what the graph computes; a task's preprocessor is not part of the saved"
-            " model's call: attach it again to run on raw images)"
+            f"{shown}: convolution(s) with one group per channel written as the DepthwiseConv layer(s) computing the"
+            " same, so the channels through them can be removed"
         )
+    if not rebuild.plain_model(model) and type(flat) is not type(model):
+        notes.append(written_as_note(type(model).__name__, type(flat).__name__))
     if [name for name in opened if name in wrappers]:
         notes.append(
             f"TimeDistributed {', '.join(n for n in opened if n in wrappers)}: each wrapped layer is called on the "
             "whole sequence instead (it acts on each step alone, so it computes the same), so its units can be "
             "removed"
         )
-    return StepResult(model=flat, notes=tuple(notes), sections={"opened": opened}), config.with_paths(paths)
+    return StepResult(model=flat, notes=tuple(notes), sections={"opened": opened + depthwise}), config.with_paths(paths)
+
+
+def written_as_note(loaded: str, written: str) -> str:
+    """What a user is told when the saved model's class is not the one the file held."""
+    if written == "Functional":
+        return (
+            f"{loaded} is written as a plain Keras functional model of the same inputs and outputs (its class adds"
+            " nothing to what the graph computes; a task's preprocessor is not part of the saved model's call:"
+            " attach it again to run on raw images)"
+        )
+    return f"{loaded} is written as a {written}, computing the same outputs: load it as one"
+
+
+def class_change(state: RunState) -> StepResult:
+    """The note `written_as_note` whenever the model about to be written is not of the class the file held,
+    whichever step rebuilt it: surgery cloned a MobileNet image classifier into a plain functional model
+    with exit 0 and no word of it."""
+    written = type(state.model).__name__
+    if not state.loaded_class or written == state.loaded_class:
+        return StepResult()
+    return StepResult(notes=(written_as_note(state.loaded_class, written),))
 
 
 def pick_targets(model, config: PruneConfig) -> StepResult:

@@ -262,6 +262,9 @@ for _name in (
     "Square",
 ):
     OPS[_name] = _POINTWISE
+# keras.ops.mean/max over positions (a squeeze-and-excite block's pooling in MobileNet's blocks): each channel
+# stays apart; one over the channel axis changes the channel count, which the channel graph refuses
+OPS["Mean"] = OPS["Max"] = LayerSpec("channelwise")
 
 # tf_keras' TFOpLambda layers, as prunecli reads them (io/models/tf_ops.py: one layer class that runs the
 # TensorFlow function a Keras-2 file names), keyed by that function's name: a concatenation joins, the

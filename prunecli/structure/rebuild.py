@@ -6,6 +6,8 @@ graph walk itself is keras_graph's, this module only decides what each call beco
 
 from __future__ import annotations
 
+import weakref
+
 from prunecli.errors import InputError
 from prunecli.structure import folded_steps, keras_graph, layers
 
@@ -106,14 +108,150 @@ def graph_only(model) -> bool:
     if hasattr(model, "generate") or getattr(model, "token_embedding", None) is not None:
         return False
     inner = model.layers
-    if not any(keras_graph.is_model(layer) or (keras_own(layer) and layer.weights) for layer in inner):
-        return False  # its weights all sit in its own layer classes (HGNetV2's encoder): opened, nothing is reached
-    return all(_keeps_its_name(layer) for layer in inner)
+    if not any(
+        keras_graph.is_model(layer) or (keras_own(layer) and layer.weights) or traceable(layer) for layer in inner
+    ):
+        return False  # its weights all sit in layer classes it cannot open: opened, nothing is reached
+    return all(_keeps_its_name(layer) or traceable(layer) for layer in inner)
 
 
 def keras_own(layer) -> bool:
     """A layer of Keras' own classes (not KerasHub's, not the user's, not prunecli's)."""
     return type(layer).__module__.startswith("keras.")
+
+
+def traceable(layer) -> bool:
+    """A KerasHub block whose `call` only calls its sub-layers and Keras operations, so that the graph its
+    call records on symbolic inputs (`block_graph`) computes what the block computes, with the same layer
+    objects: MobileNet's DepthwiseConvBlock, InvertedResidualBlock and SqueezeAndExcite2D, HGNetV2's
+    embeddings, encoder, stages and conv layers. Opened, their convolutions are layers of the outer graph:
+    --shrink slices them, -g layer sees their residual blocks, and --quantize int8 quantizes them (inside
+    the block they stayed float, since the block's config rebuilds them as Keras' float classes).
+
+    Not one: a class outside KerasHub (the user's own code may compute anything around its sub-layers),
+    a layer holding weights of its own (HGNetV2's learnable affine scale: the graph would hold them as
+    constants), one with a sub-layer that is neither Keras' own, traceable, nor rebuilt under its own
+    name, and one whose call branches on `training` (MiT's DropPath drops paths in training only: its
+    graph would keep one branch): the graphs it records with training=True and with training unset must
+    be the same calls."""
+    if keras_graph.is_model(layer) or keras_own(layer) or not type(layer).__module__.startswith("keras_hub"):
+        return False
+    if not layer.built:
+        return False  # not cached: it may be called later
+    if layer not in _TRACEABLE:
+        _TRACEABLE[layer] = _traceable(layer)
+    return _TRACEABLE[layer]
+
+
+_TRACEABLE = weakref.WeakKeyDictionary()  # layer -> traceable(layer): each block traced once per process
+
+
+def _traceable(layer) -> bool:
+    if layer._trainable_variables or layer._non_trainable_variables:
+        return False
+    inside = [lay for lay in keras_graph.all_layers(layer)[1:] if not keras_own(lay)]
+    if any(keras_graph.is_model(lay) or not (_traced_inside(lay) or _keeps_its_name(lay)) for lay in inside):
+        return False
+    node = next((n for n in getattr(layer, "_inbound_nodes", ()) if _one_tensor_call(n)), None)
+    if node is None:
+        return False
+    try:
+        unset, training = (_traced(layer, node, given) for given in (None, True))
+        if _calls(unset) != _calls(training):
+            return False
+        return _computes_the_same(layer, unset, node.arguments.args[0])
+    except Exception:  # noqa: BLE001 - a call that cannot run on symbolic inputs, or its graph on two images
+        return False
+
+
+def _calls(graph) -> list[str]:
+    return [type(n.operation).__name__ for n in keras_graph.nodes(graph)]
+
+
+def _computes_the_same(layer, graph, given) -> bool:
+    """Whether the traced graph computes what the block does on a random batch of two: a call that reads
+    its input's shape records the symbolic batch size (None) as a constant (MiT's attention reshapes to
+    (batch, heads, ...)), and such a graph fails or differs on real inputs."""
+    import keras
+    import numpy as np
+
+    shape = (2, *given.shape[1:])
+    x = np.random.default_rng(0).standard_normal(shape).astype(given.dtype)
+    want = [np.asarray(v) for v in keras.tree.flatten(layer(x))]
+    got = [np.asarray(v) for v in keras.tree.flatten(graph(x))]
+    return len(want) == len(got) and all(
+        a.shape == b.shape and np.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(want, got, strict=True)
+    )
+
+
+def _traced_inside(layer) -> bool:
+    """A sub-layer of a traceable block that is traced with it (a KerasHub layer without weights of its own)."""
+    return type(layer).__module__.startswith("keras_hub") and not (
+        layer._trainable_variables or layer._non_trainable_variables
+    )
+
+
+def _one_tensor_call(node) -> bool:
+    """A call with one tensor argument and no other than `training` (how KerasHub's backbones call their blocks)."""
+    kwargs = {k: v for k, v in node.arguments.kwargs.items() if k != "training"}
+    return len(node.arguments.args) == 1 and not kwargs and len(keras_graph.flatten(node.arguments.args)) == 1
+
+
+def _traced(layer, node, training):
+    """A plain functional model of `layer`'s call as `node` calls it, on fresh inputs of the node's input
+    shape: its KerasHub sub-layers' calls are traced through too (`_calling_through`), Keras' own
+    layers and operations are its nodes."""
+    import inspect
+
+    import keras
+
+    given = node.arguments.args[0]
+    start = keras.Input(batch_shape=given.shape, dtype=given.dtype)
+    kwargs = {"training": training} if "training" in inspect.signature(type(layer).call).parameters else {}
+    with _calling_through(layer):
+        outputs = type(layer).call(layer, start, **kwargs)
+    return keras.Model(start, outputs, name=layer.name)
+
+
+def block_graph(node):
+    """`node`'s traceable block (`traceable`) as a plain functional model under the block's name, of the
+    same layer objects, for `opened` to open as it opens a nested model."""
+    return _traced(node.operation, node, None)
+
+
+class _CallThrough:
+    """Mixin of a traced block's KerasHub sub-layers while it is traced: calling one runs its `call`
+    on the symbolic tensors, so its own sub-layers' calls are recorded in the traced graph."""
+
+    def __call__(self, *args, **kwargs):
+        import inspect
+
+        own = type(self).__mro__[2]
+        if "training" not in inspect.signature(own.call).parameters:
+            kwargs.pop("training", None)
+        return own.call(self, *args, **kwargs)
+
+
+def _calling_through(layer):
+    """While tracing `layer`: each KerasHub layer inside it given a class whose `__call__` runs its `call`
+    directly (the classes swap back afterwards, as quantized_conv swaps a convolution's class in place)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def swapped():
+        changed = []
+        for inner in keras_graph.all_layers(layer)[1:]:
+            if not keras_own(inner) and _traced_inside(inner):
+                cls = type(inner)
+                inner.__class__ = type(cls.__name__, (_CallThrough, cls), {})
+                changed.append((inner, cls))
+        try:
+            yield
+        finally:
+            for inner, cls in changed:
+                inner.__class__ = cls
+
+    return swapped()
 
 
 def _keeps_its_name(layer) -> bool:
@@ -162,6 +300,8 @@ def reachable_layers(model) -> set[int]:
             op = node.operation
             if graph_only(op):
                 visit(op)
+            elif traceable(op) and _one_tensor_call(node):
+                visit(block_graph(node))  # opened as the graph its call records
             elif type(op).__name__ == "TimeDistributed" and plain_model(op.layer):
                 visit(op.layer)  # opened with its steps folded into the batch (folded_steps)
             elif type(op).__name__ == "TimeDistributed" and not keras_graph.is_model(op.layer):
@@ -182,6 +322,8 @@ def openable(node, holds) -> bool:
         return holds(op)
     if folded_steps.foldable(node) and (plain_model(op.layer) or not keras_graph.is_model(op.layer)):
         return holds(op)
+    if traceable(op) and _one_tensor_call(node):
+        return holds(op) or not _keeps_its_name(op)  # a block renamed when rebuilt is opened with its model
     if not (graph_only(op) and keras_graph.inlinable(node)):
         return False
     return len(keras_graph.outputs(op)) == len(keras_graph.flatten(node.outputs)) and holds(op)
@@ -285,12 +427,19 @@ def opened(model, holds):
                 outputs = [steps(end)]
                 names.append(op.name)
             elif opens(node):
-                inner = keras_graph.require(op)
+                block = traceable(op)
+                inner = block_graph(node) if block else keras_graph.require(op)
                 given = node.arguments.kwargs.get("training", training)
-                values = dict(zip(map(id, inner.inputs), keras_graph.nested_inputs(node, tensors), strict=True))
+                args = node.arguments.fill_in(tensors)[0] if block else None
+                sent = keras_graph.flatten(args) if block else keras_graph.nested_inputs(node, tensors)
+                values = dict(zip(map(id, inner.inputs), sent, strict=True))
                 walk(ordered_nodes(inner), values, f"{path}{op.name}/", given)
                 outputs = [values[id(t)] for t in keras_graph.flatten(inner.outputs)]
                 names.append(op.name)
+            elif path and type(op).__name__ == "Identity" and keras_own(op):
+                # a no-op of an opened block, left out: HGNetV2 builds them with a dtype policy object
+                # their generated config cannot write, so the opened model did not save
+                outputs = keras_graph.flatten(node.arguments.fill_in(tensors)[0])
             else:
                 layer = named(op, path.rstrip("/").rsplit("/", 1)[-1]) if path else op
                 if path:
@@ -413,6 +562,67 @@ def unrolled(model, max_steps: int):
     for layer, twin in twins.values():
         twin.set_weights(layer.get_weights())
     return new
+
+
+DEPTHWISE_TWINS = {"Conv1D": "DepthwiseConv1D", "Conv2D": "DepthwiseConv2D"}  # a grouped conv's twin class
+
+
+def one_group_per_channel(layer) -> bool:
+    """A Keras Conv1D/Conv2D with one group per input channel and one filter per group: a depthwise
+    convolution (MobileNet's blocks build theirs so) that the channel graph reads as a mixer it cannot slice."""
+    if not (keras_own(layer) and type(layer).__name__ in DEPTHWISE_TWINS and layer.built):
+        return False
+    channels = layer.kernel.shape[-2] * layer.groups
+    return layer.groups > 1 and layer.groups == layer.filters == channels and layer.data_format == "channels_last"
+
+
+def depthwise_twins(model, wanted=None):
+    """(`model` with each `one_group_per_channel` convolution (named in `wanted`, when given) replaced by
+    the DepthwiseConv1D/2D that computes the same under the same name, its kernel (window, 1, C) laid out
+    as (window, C, 1); the names replaced), or None when there is none. As a depthwise convolution its
+    channels follow its input's, so --shrink cuts the expansion convolution before it and the projection
+    after it (MobileNet's inverted residual blocks were left whole)."""
+    import keras
+    import numpy as np
+
+    graph = keras_graph.functional(model)
+    if graph is None:
+        return None
+    twins: dict[int, tuple] = {}
+    for node in ordered_nodes(graph):
+        op = node.operation
+        if id(op) in twins or not one_group_per_channel(op) or (wanted is not None and op.name not in wanted):
+            continue
+        config = op.get_config()
+        twin = getattr(keras.layers, DEPTHWISE_TWINS[type(op).__name__])(
+            kernel_size=config["kernel_size"],
+            strides=config["strides"],
+            padding=config["padding"],
+            depth_multiplier=1,
+            data_format=config["data_format"],
+            dilation_rate=config["dilation_rate"],
+            activation=config["activation"],
+            use_bias=config["use_bias"],
+            depthwise_initializer=config["kernel_initializer"],
+            bias_initializer=config["bias_initializer"],
+            depthwise_regularizer=config["kernel_regularizer"],
+            bias_regularizer=config["bias_regularizer"],
+            activity_regularizer=config["activity_regularizer"],
+            depthwise_constraint=config["kernel_constraint"],
+            bias_constraint=config["bias_constraint"],
+            name=op.name,
+            dtype=op.dtype_policy,
+            trainable=op.trainable,
+        )
+        twins[id(op)] = (op, twin)
+    if not twins:
+        return None
+    new = rebuild(model, replace={key: twin for key, (_op, twin) in twins.items()})
+    for op, twin in twins.values():
+        kernel = np.asarray(op.kernel)
+        weights = [np.swapaxes(kernel, -1, -2)] + ([np.asarray(op.bias)] if op.use_bias else [])
+        twin.set_weights(weights)
+    return new, [op.name for op, _twin in twins.values()]
 
 
 def _calls_of(graph, layer) -> list:

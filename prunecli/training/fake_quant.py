@@ -104,8 +104,10 @@ def _rebuilt_convolutions(model, owned: dict[int, str]) -> None:
       a config does not record, so the reloaded layer is Keras' float one and cannot take the saved
       codes (a MobileNet image classifier's int8 file: "expected 1 variables, but received 0");
     - a Dense, EinsumDense or Embedding, unless a KerasHub backbone holds it (its config records each
-      quantized layer's dtype policy by path); an image classifier's own head is rebuilt float
-      ("predictions expected 2 variables, but received 0").
+      quantized layer's dtype policy by path) and builds it with that record (`_takes_recorded_policy`);
+      an image classifier's own head is rebuilt float ("predictions expected 2 variables, but received
+      0"), and so are MiT's attention and feed-forward Dense layers, built without the backbone's dtype
+      ("A total of 12 objects could not be loaded").
     (`-g layer` and --quantize open a KerasHub image model whose graph is all it computes first,
     run/steps.open_nested: its layers are then quantized.)"""
     import keras
@@ -114,23 +116,52 @@ def _rebuilt_convolutions(model, owned: dict[int, str]) -> None:
 
     kinds = tuple(getattr(keras.layers, name) for name in QUANTIZED_CLASSES) + (keras.layers.Embedding,)
 
-    def walk(layer, owner, recorded: bool) -> None:
+    def walk(layer, owner, recorded) -> None:
         for child in keras_graph.children(layer):
             conv = type(child) in quantized_conv.CONV_CLASSES
-            if owner is not None and id(child) not in owned and (conv or (isinstance(child, kinds) and not recorded)):
+            kept = recorded is not None and recorded(child)
+            if owner is not None and id(child) not in owned and (conv or (isinstance(child, kinds) and not kept)):
                 owned[id(child)] = (
                     f"inside {type(owner).__name__}, whose config rebuilds it as Keras' float {type(child).__name__}:"
                     " quantized there, it would not reload"
                 )
+                if recorded is not None and not conv:
+                    owned[id(child)] = (
+                        f"inside {type(layer).__name__}, which builds it without {type(recorded.backbone).__name__}'s"
+                        " dtype policy: quantized there, it would reload float"
+                    )
             rebuilt = not (_graph_config(child) if keras_graph.is_model(child) else rebuild.keras_own(child))
-            walk(child, child if rebuilt else owner, recorded or _records_quantized(child))
+            walk(child, child if rebuilt else owner, recorded or _recorded_policies(child))
 
-    walk(model, None if _graph_config(model) else model, _records_quantized(model))
+    walk(model, None if _graph_config(model) else model, _recorded_policies(model))
 
 
-def _records_quantized(model) -> bool:
-    """A KerasHub backbone: its config records its quantized layers' dtype policies (DTypePolicyMap)."""
-    return any(c.__name__ == "Backbone" and c.__module__.startswith("keras_hub") for c in type(model).__mro__)
+class _RecordedPolicies:
+    """Which layers of a KerasHub backbone reload with the dtype policy its config records for them (a
+    DTypePolicyMap looked up by each layer's path): those it builds with its own dtype, which then hold
+    the very policy object the backbone holds. A layer a block builds with no dtype (MiT's
+    SegFormerMultiheadAttention and MixFFN make their Dense layers so) holds Keras' global default
+    instead, and reloads float whatever the map says: its saved int8 codes were refused. A backbone built
+    in this process with no dtype holds the global default itself, so nothing tells them apart there:
+    every layer counts as recorded, and the reload check is what stops a file that does not load."""
+
+    def __init__(self, backbone):
+        import keras
+
+        self.backbone = backbone
+        self.policy = backbone._dtype_policy
+        self.told_apart = self.policy is not keras.config.dtype_policy()
+
+    def __call__(self, layer) -> bool:
+        return not self.told_apart or layer._dtype_policy is self.policy
+
+
+def _recorded_policies(model) -> _RecordedPolicies | None:
+    """For a KerasHub backbone, whose config records its quantized layers' dtype policies (DTypePolicyMap),
+    which of its layers reload with them; None for any other model or layer."""
+    if any(c.__name__ == "Backbone" and c.__module__.startswith("keras_hub") for c in type(model).__mro__):
+        return _RecordedPolicies(model)
+    return None
 
 
 def _graph_config(model) -> bool:
