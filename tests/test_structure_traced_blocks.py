@@ -20,34 +20,69 @@ def _functional(block, shape):
     return keras.Model(x, keras.layers.GlobalAveragePooling2D()(y) if len(shape) == 3 else y)
 
 
-def test_a_keras_hub_block_of_convolutions_is_opened_into_keras_layers_that_compute_the_same(tmp_path):
-    """MobileNet's InvertedResidualBlock (1x1, depthwise and 1x1 convolutions, a squeeze-and-excite block
-    inside it, `keras.ops.mean` and a product) in a plain model: opened, each of its layers is one of the
-    model's, the output is the same, and the file reloads without KerasHub's classes in it."""
+def _tiny_mobilenet():
+    return kh.models.MobileNetBackbone(
+        stackwise_expansion=[[16]],
+        stackwise_num_blocks=[1],
+        stackwise_num_filters=[[8]],
+        stackwise_kernel_size=[[3]],
+        stackwise_num_strides=[[1]],
+        stackwise_se_ratio=[[0.5]],
+        stackwise_activation=[["relu"]],
+        stackwise_padding=[[1]],
+        output_num_filters=16,
+        depthwise_filters=8,
+        depthwise_stride=1,
+        depthwise_residual=False,
+        last_layer_filter=16,
+        input_num_filters=8,
+        image_shape=(8, 8, 3),
+    )
+
+
+def test_a_keras_hub_models_blocks_of_convolutions_are_opened_into_keras_layers_that_compute_the_same(tmp_path):
+    """MobileNet's blocks (1x1, depthwise and 1x1 convolutions, a squeeze-and-excite block inside, its
+    `keras.ops.mean` and product) rename themselves when rebuilt from their configs: opening the backbone
+    opens them too, each of their layers one of the model's; the output is the same and the file
+    reloads without KerasHub's classes in it."""
     import keras
-    from keras_hub.src.models.mobilenet.mobilenet_backbone import InvertedResidualBlock
 
     from prunecli.structure import keras_graph, rebuild
 
     keras.utils.set_random_seed(0)
+    backbone = _tiny_mobilenet()
+    blocks = [layer for layer in backbone.layers if not rebuild.keras_own(layer)]
+    assert blocks and all(rebuild.traceable(block) for block in blocks)
+    renamed = [block.name for block in blocks if type(block).__name__ == "DepthwiseConvBlock"]
+    assert rebuild.opened(backbone, lambda nested: False)[1] == renamed  # renamed when rebuilt: opened anyway
+    flat, opened, paths = rebuild.opened(backbone, lambda nested: True)
+    assert opened == [block.name for block in blocks]
+    inner = keras_graph.all_layers(flat)[1:]
+    assert all(rebuild.keras_own(layer) for layer in inner)
+    assert paths["block_1_0_conv1"] == "block_1_0/block_1_0_conv1"
+    x = np.random.default_rng(0).standard_normal((3, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(flat(x)), np.asarray(backbone(x)), rtol=1e-5, atol=1e-6)
+    flat.save(tmp_path / "flat.keras")
+    assert b"keras_hub" not in (tmp_path / "flat.keras").read_bytes()
+    again = keras.saving.load_model(tmp_path / "flat.keras")
+    np.testing.assert_allclose(np.asarray(again(x)), np.asarray(backbone(x)), rtol=1e-5, atol=1e-6)
+
+
+def test_a_keras_hub_block_the_user_called_in_a_plain_model_stays_one_call():
+    """A KerasHub layer in the user's own functional model (a TransformerEncoder, here MobileNet's
+    InvertedResidualBlock) is one call that -g layer takes out whole: only a KerasHub model's blocks open."""
+    import keras
+    from keras_hub.src.models.mobilenet.mobilenet_backbone import InvertedResidualBlock
+
+    from prunecli.structure import rebuild
+
     block = InvertedResidualBlock(
         expansion=2, infilters=4, filters=4, kernel_size=3, stride=1, squeeze_excite_ratio=0.5, activation="relu",
         padding=1, name="irb",
     )  # fmt: skip
     model = _functional(block, (8, 8, 4))
     assert rebuild.traceable(block)
-    flat, opened, paths = rebuild.opened(model, rebuild.traceable)
-    assert opened == [block.name]
-    inner = keras_graph.all_layers(flat)[1:]
-    assert all(rebuild.keras_own(layer) for layer in inner)
-    assert sum(type(layer).__name__ == "Conv2D" for layer in inner) == 5  # expand, depthwise, project, SE pair
-    assert paths["irb_conv1"] == "irb/irb_conv1"
-    x = np.random.default_rng(0).standard_normal((3, 8, 8, 4)).astype("float32")
-    np.testing.assert_allclose(np.asarray(flat(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-6)
-    flat.save(tmp_path / "flat.keras")
-    assert "keras_hub" not in (tmp_path / "flat.keras").read_bytes().decode("latin-1")
-    again = keras.saving.load_model(tmp_path / "flat.keras")
-    np.testing.assert_allclose(np.asarray(again(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-6)
+    assert rebuild.opened(model, lambda nested: True) is None
 
 
 def test_blocks_whose_recorded_graph_would_not_compute_what_they_do_are_not_traced():

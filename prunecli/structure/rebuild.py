@@ -296,11 +296,12 @@ def reachable_layers(model) -> set[int]:
     def visit(graph_model) -> None:
         if keras_graph.functional(graph_model) is None:
             return
+        hub = not plain_model(graph_model)
         for node in ordered_nodes(graph_model):
             op = node.operation
             if graph_only(op):
                 visit(op)
-            elif traceable(op) and _one_tensor_call(node):
+            elif hub and traceable(op) and _one_tensor_call(node):
                 visit(block_graph(node))  # opened as the graph its call records
             elif type(op).__name__ == "TimeDistributed" and plain_model(op.layer):
                 visit(op.layer)  # opened with its steps folded into the batch (folded_steps)
@@ -313,16 +314,19 @@ def reachable_layers(model) -> set[int]:
     return found
 
 
-def openable(node, holds) -> bool:
+def openable(node, holds, in_hub_model: bool = False) -> bool:
     """Whether the node calls a nested plain model (`plain_model`) that keras_graph can walk in its place,
     or a `per_position_wrapper` whose layer can be called in its place, and for which `holds(model or
-    wrapper)` is true; its graph's outputs are the node's, one for one."""
+    wrapper)` is true; its graph's outputs are the node's, one for one. In the graph of a KerasHub model
+    (`in_hub_model`), also a `traceable` block: one its model renames when rebuilding always, since the
+    opened model is written from its layers' own configs. A KerasHub layer the user called in a plain model
+    (a TransformerEncoder) stays one call: -g layer takes it out whole."""
     op = node.operation
     if per_position_wrapper(op):
         return holds(op)
     if folded_steps.foldable(node) and (plain_model(op.layer) or not keras_graph.is_model(op.layer)):
         return holds(op)
-    if traceable(op) and _one_tensor_call(node):
+    if in_hub_model and traceable(op) and _one_tensor_call(node):
         return holds(op) or not _keeps_its_name(op)  # a block renamed when rebuilt is opened with its model
     if not (graph_only(op) and keras_graph.inlinable(node)):
         return False
@@ -352,15 +356,16 @@ def opened(model, holds):
         return None
     decided: dict[int, bool] = {}
 
-    def opens(node) -> bool:  # each node decided once (`holds` may walk a whole backbone)
+    def opens(node, in_hub_model: bool) -> bool:  # each node decided once (`holds` may walk a whole backbone)
         if id(node) not in decided:
-            decided[id(node)] = openable(node, holds)
+            decided[id(node)] = openable(node, holds, in_hub_model)
         return decided[id(node)]
 
     top = ordered_nodes(graph)
-    if not any(opens(node) for node in top):
+    hub = not plain_model(model)
+    if not any(opens(node, hub) for node in top):
         return None
-    taken = {node.operation.name: id(node.operation) for node in top if not opens(node)}
+    taken = {node.operation.name: id(node.operation) for node in top if not opens(node, hub)}
     taken.update({input_name(x): id(x) for x in graph.inputs})
     copies: dict[int, tuple] = {}  # id(layer) -> (layer, its copy under a new name)
     names: list[str] = []
@@ -394,17 +399,17 @@ def opened(model, holds):
                 copies[id(wrapper.layer)] = (wrapper.layer, type(wrapper.layer).from_config(config))
         return copies[id(wrapper.layer)][1]
 
-    def walk(nodes, tensors: dict, path: str, training) -> None:
+    def walk(nodes, tensors: dict, path: str, training, hub: bool) -> None:
         for node in nodes:
             if any(id(t) not in tensors for t in node.input_tensors):
                 continue
             op = node.operation
-            if opens(node) and per_position_wrapper(op):  # a Dense on the whole sequence, as it is
+            if opens(node, hub) and per_position_wrapper(op):  # a Dense on the whole sequence, as it is
                 layer = unwrapped(op)
                 paths[layer.name] = f"{path}{op.name}/{op.layer.name}"
                 outputs = keras_graph.call_node(node, tensors, layer, training=training)
                 names.append(op.name)
-            elif opens(node) and folded_steps.foldable(node):  # TimeDistributed(Model or layer): steps as one batch
+            elif opens(node, hub) and folded_steps.foldable(node):  # TimeDistributed(Model or layer): steps as one batch
                 fold, unfold = folded_steps.layer_classes()
                 outer, model_inside = tensors[id(node.input_tensors[0])], keras_graph.is_model(op.layer)
                 given = node.arguments.kwargs.get("training", training)
@@ -415,7 +420,7 @@ def opened(model, holds):
                 if model_inside:
                     inner = keras_graph.require(op.layer)
                     values = {id(keras_graph.flatten(inner.inputs)[0]): start}
-                    walk(ordered_nodes(inner), values, f"{path}{op.name}/{op.layer.name}/", given)
+                    walk(ordered_nodes(inner), values, f"{path}{op.name}/{op.layer.name}/", given, False)
                     end = values[id(keras_graph.flatten(inner.outputs)[0])]
                 else:  # the wrapped layer, under the wrapper's name (as a TimeDistributed(Dense) is opened)
                     layer = unwrapped(op)
@@ -426,14 +431,14 @@ def opened(model, holds):
                 )
                 outputs = [steps(end)]
                 names.append(op.name)
-            elif opens(node):
-                block = traceable(op)
+            elif opens(node, hub):
+                block = not keras_graph.is_model(op)
                 inner = block_graph(node) if block else keras_graph.require(op)
                 given = node.arguments.kwargs.get("training", training)
                 args = node.arguments.fill_in(tensors)[0] if block else None
                 sent = keras_graph.flatten(args) if block else keras_graph.nested_inputs(node, tensors)
                 values = dict(zip(map(id, inner.inputs), sent, strict=True))
-                walk(ordered_nodes(inner), values, f"{path}{op.name}/", given)
+                walk(ordered_nodes(inner), values, f"{path}{op.name}/", given, not block and not plain_model(op))
                 outputs = [values[id(t)] for t in keras_graph.flatten(inner.outputs)]
                 names.append(op.name)
             elif path and type(op).__name__ == "Identity" and keras_own(op):
@@ -449,7 +454,7 @@ def opened(model, holds):
                 tensors[id(old)] = new
 
     new_inputs, tensors = _fresh_inputs(graph, {})
-    walk(top, tensors, "", None)
+    walk(top, tensors, "", None, hub)
     flat = _model_like(model, graph, new_inputs, tensors)
     for original, copy in copies.values():
         keras_graph.copy_weights(original, copy)
