@@ -472,9 +472,11 @@ def section(text: str) -> str:
             "Reading it (what is left):",
             "- `(plain Functional)`: the task and backbone were opened into one graph (rebuild.graph_only) and the output"
             " is a plain Keras functional model of the same inputs and outputs, as its note says.",
-            "- MobileNet `neuron`/`target` shrink only the layers outside its KerasHub blocks, and the output is a plain"
-            " functional model without the note (surgery clones the task); its blocks rename themselves when rebuilt, so"
-            " the backbone is not opened; `layer` and `int8` are one-line refusals.",
+            "- MobileNet, HGNetV2 (and EfficientNet's MBConv blocks): their KerasHub blocks only call their layers, so"
+            " they are opened as the graph their call records (structure/rebuild.traceable): `neuron`, `target`,"
+            " `layer` and `int8` reach the convolutions inside them. A depthwise convolution built as"
+            " Conv2D(groups=channels) is written as the DepthwiseConv2D it is, so `--shrink` cuts through it (a note"
+            " says so); the shrunk model equals the masked one.",
             "- ViT, DeiT: `neuron`, `target` and `layer` rebuild the encoder (structure/vision_encoders.py): feed-forward"
             " units removed per block, or whole blocks, the output the user's ViTImageClassifier/DeiTImageClassifier"
             " around prunecli's PrunedViTBackbone/PrunedDeiTBackbone (it loads once prunecli's classes are registered,"
@@ -482,10 +484,11 @@ def section(text: str) -> str:
             " deletes heads the same way.",
             "- Swin, MiT: `-g neuron` masks but shrinks nothing (their feed-forward layers sit in KerasHub blocks"
             " prunecli does not rebuild), so `--target` and `-g layer` refuse in one line.",
-            "- HGNetV2: every weight sits in its own layer classes: `neuron`/`layer` exit 0 with nothing removed (notes"
-            " say so), `--target` and `int8` refuse.",
-            "- MiT `int8`: its attention Dense layers are rebuilt float on reload; prunecli's reload check refuses the"
-            " file (exit 4, nothing saved).",
+            "- MiT `int8`: a one-line refusal (exit 2): KerasHub's SegFormerMultiheadAttention and MixFFN build their"
+            " Dense layers with no dtype, so those do not read the DTypePolicyMap the backbone's config records"
+            " quantized layers in and reload float; its convolutions sit in blocks whose configs rebuild them float,"
+            " and the head is the task's. MiT's blocks are not opened: its attention reshapes to the symbolic batch"
+            " size, a graph that fails on real inputs.",
             "- Swin `tflite`: the converter emitted Select TF ops (Flex), which the plain interpreter cannot run.",
             "- VGG `layer`: one candidate block, and 0.3 of one rounds to none (a note says so).",
         ]
