@@ -71,7 +71,6 @@ def test_a_keras_hub_models_blocks_of_convolutions_are_opened_into_keras_layers_
 def test_a_keras_hub_block_the_user_called_in_a_plain_model_stays_one_call():
     """A KerasHub layer in the user's own functional model (a TransformerEncoder, here MobileNet's
     InvertedResidualBlock) is one call that -g layer takes out whole: only a KerasHub model's blocks open."""
-    import keras
     from keras_hub.src.models.mobilenet.mobilenet_backbone import InvertedResidualBlock
 
     from prunecli.structure import rebuild

@@ -409,7 +409,8 @@ def opened(model, holds):
                 paths[layer.name] = f"{path}{op.name}/{op.layer.name}"
                 outputs = keras_graph.call_node(node, tensors, layer, training=training)
                 names.append(op.name)
-            elif opens(node, hub) and folded_steps.foldable(node):  # TimeDistributed(Model or layer): steps as one batch
+            elif opens(node, hub) and folded_steps.foldable(node):
+                # TimeDistributed(Model or layer): steps as one batch
                 fold, unfold = folded_steps.layer_classes()
                 outer, model_inside = tensors[id(node.input_tensors[0])], keras_graph.is_model(op.layer)
                 given = node.arguments.kwargs.get("training", training)
