@@ -224,7 +224,7 @@ def open_nested(model, config: PruneConfig, names=None) -> tuple[StepResult, Pru
         )
     if [name for name in opened if name not in wrappers | per_step]:
         notes.append(
-            f"nested model(s) {', '.join(n for n in opened if n not in wrappers | per_step)} opened into the outer graph, so "
+            f"nested model(s)/block(s) {', '.join(n for n in opened if n not in wrappers | per_step)} opened into the outer graph, so "
             "their channels can be removed, their blocks taken out and their quantized layers saved as they are: the output holds their layers at the top level (a name another layer "
             "had gets the nested model's prefix)"
         )
