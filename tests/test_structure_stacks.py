@@ -170,3 +170,54 @@ def test_targets_follow_their_weights_when_a_rebuild_names_blocks_anew():
     kept = [t for t in before if not t.name.startswith("block_1/")]
     carried = targets.carry_over(kept, after, {"block_2": "block_1"})
     assert [t.name for t in carried] == ["block_0/kernel", "block_1/kernel"]
+
+
+@pytest.mark.slow  # ~10 s: KerasHub models quantized, one saved and loaded back
+def test_a_quantized_kerashub_file_is_seen_as_quantized_and_its_stack_is_not_rebuilt(tmp_path):
+    """A KerasHub backbone loaded from an int8 file holds one DTypePolicyMap for all its layers (a policy per
+    path); the map has no mode of its own, so prunecli took a loaded int8 KerasHub model for a float one:
+    its int8 codes were pruned as weights, and a Mixtral's -g layer ended in an internal error (15 weights
+    where 14 were expected). Its layers now read as quantized: the run refuses in one line, and a stack of
+    its blocks says why it is not rebuilt. (A Llama here: KerasHub's quantized Mixtral router does not
+    reload, a KerasHub limitation.)"""
+    import keras
+    import keras_hub
+
+    from prunecli import prune
+    from prunecli.errors import ExitCode, PruneCliError
+    from prunecli.structure import keras_graph, stacks
+    from prunecli.structure.layers import quantization_mode
+
+    backbone = keras_hub.models.LlamaBackbone(
+        vocabulary_size=64,
+        num_layers=2,
+        num_query_heads=4,
+        num_key_value_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+    )
+    lm = keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None)
+    lm(_tokens())
+    lm.quantize("int8")
+    lm.save(tmp_path / "int8.keras")
+    loaded = keras.saving.load_model(tmp_path / "int8.keras")
+    query = next(layer for layer in keras_graph.all_layers(loaded) if layer.name == "query")
+    assert quantization_mode(query) == "int8"
+    moe = keras_hub.models.MixtralBackbone(
+        vocabulary_size=64,
+        num_layers=2,
+        num_query_heads=4,
+        num_key_value_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        num_experts=4,
+        top_k=2,
+    )
+    moe.quantize("int8")
+    assert stacks.find(moe) is None and "quantized by Keras" in stacks.blocker(moe)
+    config = build_config(
+        {"model_path": str(tmp_path / "int8.keras"), "granularity": "layer", "remove_layers": 1}, environ={}
+    )
+    with pytest.raises(PruneCliError, match="already quantized") as raised:
+        prune(config)
+    assert raised.value.exit_code == ExitCode.BAD_INPUT

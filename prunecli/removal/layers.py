@@ -187,9 +187,16 @@ def _stack(model):
     """The model's KerasHub stack of blocks that only a rebuild from its config removes (structure/stacks:
     RWKV7's, the mixture-of-experts decoders'), or None; blocks prunecli rebuilds one by one (decoders,
     Transformer encoders) are not one."""
-    from prunecli.structure import decoders, stacks, transformer
+    from prunecli.structure import stacks
 
-    return stacks.find(model, known=lambda b: decoders.is_decoder(b) or type(b).__name__ in transformer.HUB_BLOCKS)
+    return stacks.find(model, _known_blocks)
+
+
+def _known_blocks(block) -> bool:
+    """Blocks prunecli rebuilds one by one (KerasHub decoders, Transformer encoders): not a stack's."""
+    from prunecli.structure import decoders, transformer
+
+    return decoders.is_decoder(block) or type(block).__name__ in transformer.HUB_BLOCKS
 
 
 def analyse(model, include=(), exclude=()) -> tuple[list[Candidate], list[dict]]:
@@ -469,14 +476,18 @@ def _without(model, chosen: list[Candidate]) -> tuple:
 def _why_none(model) -> str:
     """Why no candidate was found: a KerasHub model whose blocks prunecli cannot take out (its task or
     backbone is one node of the graph read), or a graph with no residual branch or shape-preserving layer."""
-    from prunecli.structure import decoders
+    from prunecli.structure import decoders, stacks
 
+    blocked = stacks.blocker(model, _known_blocks)
+    if blocked:
+        return blocked
     hub = [layer for layer in keras_graph.children(model) if type(layer).__module__.startswith("keras_hub")]
     if hub and keras_graph.is_model(hub[0]) and decoders.host(model) is None:
         inner = hub[0]
         return (
             f"{type(inner).__name__} is one node of {model.name}'s graph, and prunecli takes whole blocks out of "
-            f"functional models and of the KerasHub decoders it knows ({', '.join(decoders.CAUSAL_LMS)}) only"
+            f"functional models, of the KerasHub decoders it knows ({', '.join(decoders.CAUSAL_LMS)}) and of "
+            "KerasHub backbones built from num_layers blocks of one class only"
         )
     return "no residual branch or shape-preserving layer"
 

@@ -409,7 +409,13 @@ def zero_centred_codes(layer, codes, attr: str = "kernel"):
 
 def quantization_mode(layer) -> str | None:
     """The Keras quantization mode of a layer ("int8", "int4", "float8", ...; None for a float layer), as
-    its dtype policy says: a quantized layer's weights are codes and scales, not the weights to score."""
+    its dtype policy says: a quantized layer's weights are codes and scales, not the weights to score.
+    Keras' own `Layer.quantization_mode` reads a KerasHub backbone's DTypePolicyMap (one policy per layer
+    path: what a quantized KerasHub file loads with) at the layer's path; the map itself has no mode, so
+    reading the policy alone took a loaded int8 Mixtral for a float one."""
+    mode = getattr(type(layer), "quantization_mode", None)
+    if isinstance(mode, property):
+        return layer.quantization_mode
     return getattr(getattr(layer, "dtype_policy", None), "quantization_mode", None)
 
 

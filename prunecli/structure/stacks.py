@@ -59,7 +59,34 @@ def _config(layer) -> dict | None:
 def find(model, known=lambda _layer: False) -> Stack | None:
     """The model's stack of blocks, or None: its backbone's config says `num_layers` = N >= 2, exactly one
     layer class has N instances among the backbone's layers, each with weights, a config, and called
-    once. `known(layer)`: blocks prunecli rebuilds on another path (decoders, Transformer encoders)."""
+    once, and no layer is quantized (`blocker`). `known(layer)`: blocks prunecli rebuilds on another path
+    (decoders, Transformer encoders)."""
+    stack = _any_stack(model, known)
+    return None if stack is None or _quantized(stack) else stack
+
+
+def blocker(model, known=lambda _layer: False) -> str | None:
+    """Why the model's stack of blocks cannot be rebuilt shorter, or None (no stack, or one that can):
+    a backbone quantized by Keras records each quantized layer's policy under its path, blocks named
+    by place, so a shorter rebuild would give the kept blocks other layers' policies (a Mixtral quantized
+    to int8 ended in an internal error)."""
+    stack = _any_stack(model, known)
+    if stack is None or not _quantized(stack):
+        return None
+    return f"{stack.backbone.name} is quantized by Keras ({_quantized(stack)}): its blocks are not rebuilt"
+
+
+def _quantized(stack: Stack) -> str | None:
+    from prunecli.structure.layers import quantization_mode
+
+    for layer in keras_graph.all_layers(stack.backbone):
+        mode = quantization_mode(layer)
+        if mode is not None:
+            return f"{layer.name}: {mode}"
+    return None
+
+
+def _any_stack(model, known) -> Stack | None:
     backbone = _hub_backbone(model)
     if backbone is None:
         return None
