@@ -408,3 +408,32 @@ def test_a_tf_keras_tf_concat_is_a_join_that_shrinks(tmp_path, cli):
     shrunk = keras.saving.load_model(tmp_path / "out.keras")
     assert shrunk.get_layer("conv").filters == 4 and shrunk.get_layer("hidden").units == 6
     assert shrunk.get_layer("hidden").kernel.shape[0] == 2 * 4 * 4 * 4
+
+
+@pytest.mark.slow  # 2-5 s (a tf_keras model saved and pruned): the full suite
+def test_a_tf_keras_archive_whose_recurrent_layers_name_time_major_reads(tmp_path, cli):
+    """tf_keras (Keras 2.13+) writes `time_major` into every LSTM and GRU config of its `.keras` archives,
+    which Keras 3 refuses ("Unrecognized keyword arguments passed to LSTM"); fink-science's CATS light-curve
+    classifier (bench/ZOO.md) could not be read. The argument is dropped as for a Keras-2 `.h5`: the model
+    computes what tf_keras computes, and prunes."""
+    import tf_keras
+
+    from prunecli.io import models as model_io
+
+    tf_keras.utils.set_random_seed(3)
+    original = tf_keras.Sequential(
+        [
+            tf_keras.Input((7, 3)),
+            tf_keras.layers.Bidirectional(tf_keras.layers.LSTM(4, return_sequences=True), name="bi"),
+            tf_keras.layers.GRU(3, name="gru"),
+            tf_keras.layers.Dense(2, name="head"),
+        ]
+    )
+    path = tmp_path / "tk.keras"
+    original.save(path)
+    x = np.random.default_rng(2).normal(size=(4, 7, 3)).astype("float32")
+    loaded, info = model_io.load(path)
+    assert info.flavour == "keras2"
+    np.testing.assert_allclose(np.asarray(loaded(x)), original(x).numpy(), atol=1e-5)
+    result = cli("prune", path, "-s", "0.5", "-o", tmp_path / "out.keras", "-q")
+    assert result.exit_code == 0, result.output

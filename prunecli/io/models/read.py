@@ -185,6 +185,8 @@ def _load_keras(info: ModelFile, unsafe: bool, custom: CustomObjects):
                 reason = _load_failure(exc)
                 if path.suffix in (".h5", ".hdf5") and (_unknown_arguments(reason) or _SLASH_NAME in reason):
                     return _load_patched_h5(path, info.config, exc, not unsafe)
+                if path.suffix == ".keras" and info.flavour == "keras2" and _unknown_arguments(reason):
+                    return _load_archive_without_arguments(path, patch, exc, not unsafe)
                 if path.suffix == ".keras" and _nested_single_ends(info.config or {}) is not info.config:
                     fix = lambda config: _nested_single_ends(patch(config) if patch else config)  # noqa: E731
                     with contextlib.suppress(Exception):  # else the first failure is the one to report
@@ -552,6 +554,32 @@ def _load_patched_h5(
             except Exception as exc:  # noqa: BLE001 - examined on the next round
                 error = exc
     raise first_error or error
+
+
+def _load_archive_without_arguments(path: Path, patch, first_error: BaseException, safe_mode: bool):
+    """A tf_keras `.keras` archive (Keras 2.13+) whose layer configs carry arguments Keras 3 no longer
+    takes (every tf_keras LSTM and GRU writes `time_major`: fink-science's CATS classifier), read as a
+    Keras-2 `.h5` is (`_load_patched_h5`): each argument Keras names is dropped, through the archive's
+    config patch; the file is not modified. `patch`: the archive's other changes, applied first."""
+    dropped: list[tuple[str, set[str]]] = []
+
+    def without_dropped(config: dict) -> dict:
+        config = patch(config) if patch else config
+        for class_name, keys in dropped:
+            _drop_arguments(config, class_name, keys)
+        return config
+
+    error = first_error
+    for _ in range(20):  # Keras names one class's unknown arguments per attempt
+        unknown = _unknown_arguments(_load_failure(error, None if error is first_error else first_error))
+        if not unknown:
+            raise error
+        dropped.append(unknown)
+        try:
+            return _keras_load(path, compile=False, safe_mode=safe_mode, config_patch=without_dropped)
+        except Exception as exc:  # noqa: BLE001 - examined on the next round
+            error = exc
+    raise first_error
 
 
 def _without_slashes_in_names(config: dict) -> dict:
