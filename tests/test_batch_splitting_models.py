@@ -77,3 +77,17 @@ def test_a_model_that_splits_its_batch_shrinks_and_calibrates(tmp_path, cli):
             "--calibration-samples", "32", "-o", tmp_path / f"{method}.keras", "-q",
         )  # fmt: skip
         assert result.exit_code == 0, result.output
+
+
+def test_a_graph_tensor_passed_to_a_nested_model_is_not_converted():
+    """Keras converts a nested model's inputs with `ops.convert_to_tensor`, which on a graph tensor records a
+    ConvertToTensor operation; opened by --shrink, GPD's nested Sequential carried three, and its `.h5` output
+    was refused (exit 5, "calls Keras operations outside layers"). A tensor already of the input's dtype and
+    shape is passed on as it is."""
+    import keras
+
+    from prunecli.structure import keras_graph
+
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    x = keras.layers.Dense(4)(keras.Input((4,)))
+    assert keras_graph.flat_inputs(inner, x)[0] is x

