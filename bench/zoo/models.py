@@ -605,7 +605,7 @@ ZOO += [
         "-> 2x (Dense(200) -> BN -> ReLU) -> Dense(3) -> softmax (P, S, noise)] -> Concatenate on the BATCH axis; "
         "400 samples x 3 components (4 s at 100 Hz)",
         "keras_version": "2.2.2",
-        "params": 1741003,
+        "params": 1742763,
         "kind": "classifier",
         "inputs": "waveforms_gpd",
         "input_source": "synthetic: 256 three-component 4-s windows at 100 Hz, a third noise only, a third a P "
