@@ -33,6 +33,25 @@ def _rwkv7(layers: int = 3):
     return keras_hub.models.RWKV7CausalLM(backbone=backbone, preprocessor=None)
 
 
+def _moe(family: str = "Mixtral", layers: int = 3, **extra):
+    """A tiny KerasHub mixture-of-experts backbone (4 experts, top 2), built from its config."""
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    return getattr(keras_hub.models, f"{family}Backbone")(
+        vocabulary_size=64,
+        num_layers=layers,
+        num_query_heads=4,
+        num_key_value_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        num_experts=4,
+        top_k=2,
+        **extra,
+    )
+
+
 def _tokens():
     ids = np.random.default_rng(0).integers(1, 64, size=(2, 8)).astype("int32")
     return {"token_ids": ids, "padding_mask": np.ones_like(ids)}
@@ -51,22 +70,10 @@ def _forward_without(lm, tokens, skipped: str):
 
 
 def test_a_mixture_of_experts_decoders_middle_block_goes_and_the_rest_compute_as_before():
-    import keras
-    import keras_hub
 
     from prunecli.structure import stacks
 
-    keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.MixtralBackbone(
-        vocabulary_size=64,
-        num_layers=3,
-        num_query_heads=4,
-        num_key_value_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        num_experts=4,
-        top_k=2,
-    )
+    backbone = _moe()
     tokens = _tokens()
     smaller, renamed = stacks.without(backbone, {"transformer_layer_1"})
     assert type(smaller) is type(backbone) and renamed == {"transformer_layer_2": "transformer_layer_1"}
@@ -103,21 +110,10 @@ def test_rwkv7s_first_block_stays_and_a_later_one_goes_by_a_rebuild_from_its_con
 def test_a_block_whose_place_a_later_block_cannot_take_is_refused():
     """GPT-OSS alternates sliding-window and full attention by place: removing block 0 would move a
     full-attention block into a sliding-window place, a different function."""
-    import keras_hub
 
     from prunecli.structure import stacks
 
-    backbone = keras_hub.models.GptOssBackbone(
-        vocabulary_size=64,
-        num_layers=2,
-        num_query_heads=4,
-        num_key_value_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        num_experts=4,
-        top_k=2,
-        head_dim=8,
-    )
+    backbone = _moe("GptOss", layers=2, head_dim=8)
     stack = stacks.find(backbone)
     assert "sliding_window" in stacks.fixed_reason(stack, stack.blocks[0])
     with pytest.raises(InputError, match="configured unlike"):
@@ -203,16 +199,7 @@ def test_a_quantized_kerashub_file_is_seen_as_quantized_and_its_stack_is_not_reb
     loaded = keras.saving.load_model(tmp_path / "int8.keras")
     query = next(layer for layer in keras_graph.all_layers(loaded) if layer.name == "query")
     assert quantization_mode(query) == "int8"
-    moe = keras_hub.models.MixtralBackbone(
-        vocabulary_size=64,
-        num_layers=2,
-        num_query_heads=4,
-        num_key_value_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        num_experts=4,
-        top_k=2,
-    )
+    moe = _moe(layers=2)
     moe.quantize("int8")
     assert stacks.find(moe) is None and "quantized by Keras" in stacks.blocker(moe)
     config = build_config(
