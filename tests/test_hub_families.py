@@ -79,14 +79,34 @@ def test_a_layer_without_get_config_is_a_refusal_when_rebuilding():
         rebuild.detach(model)
 
 
-def test_whole_blocks_of_an_unknown_family_are_refused_naming_why(cli, mixtral, tmp_path):
-    result = cli("prune", mixtral / "lm.keras", "-g", "layer", "-s", "0.5", "--shrink", "-o", tmp_path / "o.keras")
-    assert result.exit_code == 3, result.output
-    assert (
-        "MixtralBackbone is one node" in result.stderr
-        and "LlamaCausalLM" in result.stderr
-        and "BloomCausalLM" in result.stderr
+def test_whole_blocks_of_a_family_built_from_num_layers_go_by_a_rebuild_from_its_config(cli, mixtral, tmp_path):
+    """Mixtral's blocks were refused ("MixtralBackbone is one node"): its backbone builds num_layers blocks of
+    one class, so the model is built again from its config with one fewer (structure/stacks)."""
+    import keras
+
+    out = tmp_path / "o.keras"
+    result = cli("prune", mixtral / "lm.keras", "-g", "layer", "--remove-layers", "1", "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    written = keras.saving.load_model(out)
+    assert type(written).__name__ == "MixtralCausalLM" and written.backbone.get_config()["num_layers"] == 1
+    assert keras_count(out) < keras_count(mixtral / "lm.keras")
+
+
+def test_a_keras_hub_model_whose_blocks_cannot_be_taken_out_is_refused_naming_why():
+    """A KerasHub backbone that is one node of the user's graph, neither a decoder family prunecli rebuilds
+    nor a stack of num_layers blocks of one class (a ViT's blocks sit inside its one encoder layer), is
+    refused in one line naming what prunecli does take blocks out of."""
+    import keras
+
+    from prunecli.removal import layers
+
+    backbone = kh.models.ViTBackbone(
+        image_shape=(16, 16, 3), patch_size=8, num_layers=2, num_heads=2, hidden_dim=8, mlp_dim=16
     )
+    images = keras.Input((16, 16, 3))
+    model = keras.Model(images, keras.layers.Dense(3)(backbone(images)[:, 0]))
+    message = layers._why_none(model)
+    assert "ViTBackbone is one node" in message and "LlamaCausalLM" in message and "num_layers" in message
 
 
 def test_heads_of_an_unknown_block_are_masked_with_a_note(cli, mixtral, tmp_path):
