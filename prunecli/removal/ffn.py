@@ -38,7 +38,7 @@ from typing import Any
 from prunecli.config.target import parse_target
 from prunecli.errors import ConfigError, InputError
 from prunecli.removal import units
-from prunecli.structure import decoders, equivalence, vision_encoders
+from prunecli.structure import decoders, equivalence, experts, vision_encoders
 
 DATA_METHODS = ("taylor", "gradient")
 MEAN_METHODS = ("magnitude", "neuron-mean", "l1-norm")
@@ -46,14 +46,20 @@ METHODS = MEAN_METHODS + ("l2-norm", "random", "activation") + DATA_METHODS
 
 
 def applies(model) -> bool:
-    """Whether `-g neuron` on this model is this step: it holds KerasHub decoder blocks or vision
-    Transformer (ViT, DeiT) encoder blocks."""
+    """Whether `-g neuron` on this model is this step: it holds KerasHub decoder blocks, vision
+    Transformer (ViT, DeiT) encoder blocks or KerasHub mixture-of-experts blocks."""
     return bool(_all_ffns(model))
 
 
-def _all_ffns(model) -> list[decoders.Ffn]:
-    """The feed-forward networks of the model's KerasHub decoder blocks, else of its ViT/DeiT encoder's."""
-    return decoders.ffns(model) or vision_encoders.ffns(model)
+def _all_ffns(model) -> list:
+    """The feed-forward networks of the model's KerasHub decoder blocks, else of its ViT/DeiT encoder's,
+    else the expert banks of its mixture-of-experts blocks (structure/experts.ExpertFfn)."""
+    return decoders.ffns(model) or vision_encoders.ffns(model) or experts.ffns(model)
+
+
+def _variable(var):
+    """The variable a slice reads: itself, or the stacked bank variable an expert's FlatView reads."""
+    return getattr(var, "variable", var)
 
 
 def find(model, targets=None) -> list[decoders.Ffn]:
@@ -62,7 +68,7 @@ def find(model, targets=None) -> list[decoders.Ffn]:
     if targets is None:
         return found
     chosen = {id(t.variable) for t in targets}
-    return [f for f in found if all(id(var) in chosen for var, _axis in f.slices())]
+    return [f for f in found if all(id(_variable(var)) in chosen for var, _axis in f.slices())]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -95,6 +101,12 @@ def score(model, found: list[decoders.Ffn], config, data=None, loss_fn=None) -> 
         raise ConfigError(
             f"-g neuron on KerasHub decoder blocks scores with {', '.join(METHODS)}; got --method {method}"
         )
+    banks = [f for f in found if isinstance(f, experts.ExpertFfn)]
+    if banks and method not in MEAN_METHODS + ("l2-norm", "random"):
+        raise ConfigError(
+            f"-g neuron on {type(banks[0].bank).__name__} expert banks scores units by their weights "
+            f"({', '.join(MEAN_METHODS)}, l2-norm, random); got --method {method}"
+        )
     if method == "random":
         rng = np.random.default_rng(config.seed)
         return {f.path: rng.random(f.units) for f in found}
@@ -114,19 +126,24 @@ def score(model, found: list[decoders.Ffn], config, data=None, loss_fn=None) -> 
 
 def unit_masks(found: list[decoders.Ffn], removed: dict[str, list[int]], names: dict[int, str]) -> dict[str, Any]:
     """{target name: boolean keep-mask of the kernel's shape}: a removed unit's gate and up columns and
-    its down row are False. `names` maps id(kernel) to its target name."""
+    its down row are False (an expert bank's: its entries of each stacked kernel, structure/experts).
+    `names` maps id(kernel) to its target name."""
     import numpy as np
 
     out = {}
     for f in found:
         gone = removed.get(f.path, [])
         for var, axis in f.slices():
+            name = names.get(id(_variable(var)), str(var.path))
+            if isinstance(var, experts.FlatView):  # a fused kernel holds two views: the gate's and the up's
+                out[name] = out.get(name, True) & var.keep_mask(gone)
+                continue
             mask = np.ones(tuple(int(d) for d in var.shape), dtype=bool)
             if gone:
                 index: list[Any] = [slice(None)] * mask.ndim
                 index[axis] = gone
                 mask[tuple(index)] = False
-            out[names.get(id(var), str(var.path))] = mask
+            out[name] = mask
     return out
 
 
@@ -150,9 +167,6 @@ def run_ffn(model, targets, config, *, data=None, loss_fn=None, sample_x=None, p
     `ffn` section; notes."""
     import numpy as np
 
-    from prunecli.selection import policy
-    from prunecli.structure import targets as targets_mod
-
     if config.schedule != "oneshot":  # a gradual schedule re-masks through the per-kernel mask path
         raise ConfigError("-g neuron on KerasHub decoder blocks removes units at once: use --schedule oneshot")
     say = progress or (lambda _m: None)
@@ -174,11 +188,11 @@ def run_ffn(model, targets, config, *, data=None, loss_fn=None, sample_x=None, p
             cost = {f.path: units.unit_params(f.all_slices()) for f in found}
 
         def removed_cost(s: float) -> int:
-            chosen = policy.select_units(scores, config, [], at_least=1, sparsity=s)
+            chosen = _selected(found, scores, config, [], s)
             return sum(cost[path] * len(gone) for path, gone in chosen.items())
 
         sparsity, target = units.fit_target(config, dense, removed_cost, what, kinds=("params", "flops"))
-    removed = policy.select_units(scores, config, notes, at_least=1, sparsity=sparsity)
+    removed = _selected(found, scores, config, notes, sparsity)
     apply(found, removed)
     names = {id(t.variable): t.name for t in targets}
     masks = unit_masks(found, removed, names)
@@ -195,6 +209,10 @@ def run_ffn(model, targets, config, *, data=None, loss_fn=None, sample_x=None, p
         section["target"] = target
     if not config.shrink:
         return model, kernel_masks, section, notes
+    if isinstance(found[0], experts.ExpertFfn):
+        say("rebuilding the model with fewer units in every expert")
+        kept = {f.path: [u for u in range(f.units) if u not in set(removed[f.path])] for f in found}
+        return _shrunk(model, experts.rebuild(model, kept), targets, section, sample_x, config.seed, notes)
     vision = bool(vision_encoders.blocks(model))
     blocker = vision_encoders.rebuild_blocker(model) if vision else None
     blocked = [f for f in found if decoders.shrink_blocker(f.block)] if not vision else []
@@ -208,7 +226,27 @@ def run_ffn(model, targets, config, *, data=None, loss_fn=None, sample_x=None, p
         new = vision_encoders.rebuild(model, units=kept)
     else:
         new = decoders.rebuild_with(model, decoders.swaps_for(model, units=kept))
-    inputs = equivalence.example_inputs(model, 16, sample_x, config.seed, open_dim=8)
+    return _shrunk(model, new, targets, section, sample_x, config.seed, notes)
+
+
+def _selected(found: list, scores: dict, config, notes: list, sparsity: float | None) -> dict[str, list[int]]:
+    """The run's selection of units to remove (policy.select_units), as many in every expert where the
+    networks are expert banks (experts.even)."""
+    from prunecli.selection import policy
+
+    removed = policy.select_units(scores, config, notes, at_least=1, sparsity=sparsity)
+    return experts.even(found, removed, scores) if isinstance(found[0], experts.ExpertFfn) else removed
+
+
+def _shrunk(model, new, targets, section: dict, sample_x, seed, notes: list):
+    """run_ffn's result for `new`, the model rebuilt without the removed units: checked to compute what the
+    masked `model` computes (before anything is saved), its section rows marked deleted, every new target
+    kept whole (the units are gone, nothing is left to mask)."""
+    import numpy as np
+
+    from prunecli.structure import targets as targets_mod
+
+    inputs = equivalence.example_inputs(model, 16, sample_x, seed, open_dim=8)
     section["verification"] = equivalence.check_equivalent(
         model, new, inputs, "the model with feed-forward units removed"
     )

@@ -104,6 +104,17 @@ def _any_stack(model, known) -> Stack | None:
     return None if stack is None or known(stack.blocks[0]) else stack
 
 
+def holding(model, contains) -> Stack | None:
+    """The stack of the model's KerasHub backbone made of the class of its first block for which
+    `contains(block)` (a block holding an expert bank: structure/experts; one block is a stack too), or
+    None."""
+    backbone = _hub_backbone(model)
+    if backbone is None:
+        return None
+    first = next((layer for layer in keras_graph.children(backbone) if contains(layer)), None)
+    return None if first is None else _stack_of(backbone, type(first))
+
+
 def _stack_of(backbone, cls) -> Stack | None:
     """The backbone's layers of class `cls` in the order its graph calls them, or None when one is called
     more than once or has no config."""
@@ -142,27 +153,37 @@ def without(model, removed: set[str]) -> tuple[Any, dict[str, str]]:
     kept = [b for b in stack.blocks if b.name not in removed]
     if not kept:
         raise InputError(f"{model.name}: removing every one of its {len(stack.blocks)} blocks would leave no model")
-    backbone_config = {**stack.backbone.get_config(), LAYER_COUNT: len(kept)}
-    backbone = type(stack.backbone).from_config(backbone_config)
-    if model is stack.backbone:
-        smaller = backbone
-    else:
-        task_config = {**model.get_config(), "backbone": backbone, "preprocessor": getattr(model, "preprocessor", None)}
-        smaller = type(model).from_config(task_config)
-    new_stack = _stack_of(_hub_backbone(smaller), type(kept[0]))
-    if new_stack is None or len(new_stack.blocks) != len(kept):
+    smaller, new_stack = rebuilt(model, stack, {LAYER_COUNT: len(kept)})
+    if len(new_stack.blocks) != len(kept):
         raise InputError(f"{model.name}: rebuilt with {len(kept)} blocks, its stack is not {len(kept)} blocks long")
     for old, new in zip(kept, new_stack.blocks, strict=True):
         if _config(old) != _config(new):
             raise InputError(f"{old.name} is configured unlike the block at its new place ({new.name}): not removed")
         keras_graph.copy_weights(old, new)
-    _copy_the_rest(stack, new_stack, model, smaller)
+    copy_the_rest(stack, new_stack, model, smaller)
     return smaller, {
         old.name: new.name for old, new in zip(kept, new_stack.blocks, strict=True) if old.name != new.name
     }
 
 
-def _copy_the_rest(stack: Stack, new_stack: Stack, model, smaller) -> None:
+def rebuilt(model, stack: Stack, changes: dict) -> tuple[Any, Stack]:
+    """The model (the user's task and backbone classes) built again from its config with these changes
+    to its backbone's config, not given weights yet, and its stack. `copy_the_rest` gives every layer
+    outside the stack its weights; the blocks' are the caller's (fewer of them here, smaller experts in
+    structure/experts)."""
+    backbone = type(stack.backbone).from_config({**stack.backbone.get_config(), **changes})
+    if model is stack.backbone:
+        smaller = backbone
+    else:
+        task_config = {**model.get_config(), "backbone": backbone, "preprocessor": getattr(model, "preprocessor", None)}
+        smaller = type(model).from_config(task_config)
+    new_stack = _stack_of(_hub_backbone(smaller), type(stack.blocks[0]))
+    if new_stack is None:
+        raise InputError(f"{model.name}: rebuilt from its config, its blocks are not one stack")
+    return smaller, new_stack
+
+
+def copy_the_rest(stack: Stack, new_stack: Stack, model, smaller) -> None:
     """Every layer with weights outside the stack (embeddings, norms, heads: the backbone's and the task's
     own) given its weights by name."""
     old_blocks, new_blocks = {id(b) for b in stack.blocks}, {id(b) for b in new_stack.blocks}

@@ -317,14 +317,15 @@ def ffn_only(model, targets, include=()) -> tuple[list, list[str]]:
     """The targets `-g neuron` prunes on a Transformer: the first Dense of each FFN pair (and any
     layer the user names with --include). Returns (targets, notes); a model without attention layers
     gets its targets back unchanged."""
-    from prunecli.structure import decoders, vision_encoders
+    from prunecli.structure import decoders, experts, vision_encoders
     from prunecli.structure import targets as targets_mod
 
     if not has_attention(model):
         return list(targets), []
     firsts = {first for first, _second in ffn_pairs(model)}
-    # KerasHub decoders: gate, up and down, one unit across the three; ViT's and DeiT's encoder blocks: up and down
-    swiglu = decoders.ffn_kernel_ids(model) | vision_encoders.ffn_kernel_ids(model)
+    # KerasHub decoders: gate, up and down, one unit across the three; ViT's and DeiT's encoder blocks: up and
+    # down; mixture-of-experts blocks: their expert banks' stacked kernels
+    swiglu = decoders.ffn_kernel_ids(model) | vision_encoders.ffn_kernel_ids(model) | experts.kernel_ids(model)
     kept = [
         t for t in targets if t.layer_name in firsts or id(t.variable) in swiglu or targets_mod.named_in(t, include)
     ]
@@ -353,7 +354,7 @@ def ffn_only(model, targets, include=()) -> tuple[list, list[str]]:
             f"-g neuron on a Transformer prunes feed-forward units, and none were found in {model.name} "
             f"({layout}: a layout prunecli does not know; it knows functional Keras "
             "Transformers and KerasHub's Llama, Mistral, Qwen, Qwen3, Gemma, Gemma3, Phi-3, SmolLM3, GPT-2, OPT, GPT-NeoX, "
-            "Falcon and Bloom decoders, ViT and DeiT encoders); use -g element, or "
+            "Falcon and Bloom decoders, Mixtral, Qwen-MoE, Qwen3-MoE and GPT-OSS experts, ViT and DeiT encoders); use -g element, or "
             "--include to force a layer"
         )
     left = sorted({t.layer_name for t in targets} - {t.layer_name for t in kept})
