@@ -200,7 +200,8 @@ LAYERS: dict[str, LayerSpec] = {
 }
 # KerasHub's mixture-of-experts weight banks: every expert's kernels stacked as (experts, inputs, outputs),
 # called on all tokens at once in its own `call`. Pruned element-wise, as EinsumDense is (47-77% of a
-# Mixtral's, Qwen-MoE's or GPT-OSS's parameters were out of reach); not sliced, not calibrated.
+# Mixtral's, Qwen-MoE's or GPT-OSS's parameters were out of reach), not calibrated; -g neuron removes the
+# units inside each expert (structure/experts.py).
 _EXPERT_BANKS = {
     "MixtralMoeExperts": ("gate", "intermediate", "output"),
     "QwenMoeExperts": ("gate", "output"),
