@@ -11,6 +11,8 @@ import pytest
 from prunecli.config import build_config
 from prunecli.errors import ConfigError
 
+kh = pytest.importorskip("keras_hub")
+
 VOCAB, HIDDEN, EXPERTS, EXPERT_FFN = 64, 16, 4, 32
 # what each family's backbone needs beyond the shared arguments (the Qwens size their experts apart)
 EXTRA = {
@@ -23,10 +25,9 @@ EXTRA = {
 
 def _causal_lm(family: str, layers: int = 1):
     import keras
-    import keras_hub
 
     keras.utils.set_random_seed(0)
-    backbone = getattr(keras_hub.models, f"{family}Backbone")(
+    backbone = getattr(kh.models, f"{family}Backbone")(
         vocabulary_size=VOCAB,
         num_layers=layers,
         num_query_heads=4,
@@ -37,7 +38,7 @@ def _causal_lm(family: str, layers: int = 1):
         top_k=2,
         **EXTRA[family],
     )
-    return getattr(keras_hub.models, f"{family}CausalLM")(backbone=backbone, preprocessor=None)
+    return getattr(kh.models, f"{family}CausalLM")(backbone=backbone, preprocessor=None)
 
 
 def _tokens():
@@ -139,3 +140,21 @@ def test_scores_that_read_gradients_or_activations_are_refused_on_expert_banks()
     config = build_config({"model_path": "m.keras", "granularity": "neuron", "method": "taylor"}, environ={})
     with pytest.raises(ConfigError, match="MixtralMoeExperts expert banks scores units by their weights"):
         ffn.score(lm, found, config)
+
+
+def test_the_keep_mask_of_a_fused_gate_and_up_kernel_covers_both_halves_of_a_removed_unit():
+    """Qwen-MoE's gate and up share one kernel (E, hidden, 2I): its one keep-mask (held while fine-tuning)
+    is False at a removed unit's gate column j and up column I + j of that expert only."""
+    from prunecli.removal import ffn
+    from prunecli.structure import experts
+
+    lm = _causal_lm("QwenMoe")
+    (found,) = experts.ffns(lm)
+    removed = {found.path: [3, EXPERT_FFN + 5]}  # unit 3 of expert 0, unit 5 of expert 1
+    masks = ffn.unit_masks([found], removed, {})
+    fused = masks[str(found.bank._expert_feedforward_gate_dense.path)]
+    assert fused.shape == (EXPERTS, HIDDEN, 2 * EXPERT_FFN)
+    gone = {(e, c) for e in range(EXPERTS) for c in range(2 * EXPERT_FFN) if not fused[e, :, c].any()}
+    assert gone == {(0, 3), (0, EXPERT_FFN + 3), (1, 5), (1, EXPERT_FFN + 5)} and fused.sum() == fused.size - 4 * HIDDEN
+    down = masks[str(found.bank._expert_feedforward_output_dense.path)]
+    assert not down[0, 3].any() and not down[1, 5].any() and down.sum() == down.size - 2 * HIDDEN
