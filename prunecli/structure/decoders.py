@@ -330,13 +330,16 @@ class Ffn:
     """The feed-forward network of one decoder block: unit j is gate[:, j], up[:, j], down[j, :] (and the
     gate's and up's bias j where they have one). Un-gated (gate None: GPT-2, OPT), unit j adds
     act(x.up_j + b_j) down_j; a gated one act(x.gate_j) (x.up_j) down_j. A plain Keras Transformer's
-    Dense pair is the un-gated network outside any block (block None: removal/split._dense_ffns)."""
+    Dense pair is the un-gated network outside any block (block None: removal/split._dense_ffns).
+    MiT's MixFFN filters each unit over the image between up and the activation (a depthwise convolution,
+    `depthwise`): unit j is also that convolution's channel j, kernel and bias."""
 
     path: str  # the block's name (in a causal LM: "backbone name/block name", as targets name it)
     block: Any  # None for a plain Dense pair
     gate: Any  # Dense layers (EinsumDense in Gemma); None for an un-gated network
     up: Any
     down: Any
+    depthwise: Any = None  # a DepthwiseConv2D over the units, kernel (kh, kw, units, 1)
 
     @property
     def units(self) -> int:
@@ -345,12 +348,16 @@ class Ffn:
     def slices(self) -> list[tuple[Any, int]]:
         """(kernel, unit axis) of the projections (two or three): what scores and multiply-adds read."""
         gate = [] if self.gate is None else [(self.gate.kernel, 1)]
-        return gate + [(self.up.kernel, 1), (self.down.kernel, 0)]
+        depthwise = [] if self.depthwise is None else [(self.depthwise.kernel, 2)]
+        return gate + [(self.up.kernel, 1)] + depthwise + [(self.down.kernel, 0)]
 
     def all_slices(self) -> list[tuple[Any, int]]:
         """Everything a unit owns, the gate's and up's biases included: what is masked and counted as
-        parameters (a bias over units follows its unit; the down projection's is over channels)."""
-        biases = [(d.bias, 0) for d in (self.gate, self.up) if d is not None and getattr(d, "bias", None) is not None]
+        parameters (a bias over units follows its unit; the down projection's is over channels). A zero
+        unit's depthwise bias still reaches the activation (gelu(b) is not 0), but its down row is zero too,
+        so masking the unit and deleting it compute the same."""
+        over_units = (self.gate, self.up, self.depthwise)
+        biases = [(d.bias, 0) for d in over_units if d is not None and getattr(d, "bias", None) is not None]
         return self.slices() + biases
 
 

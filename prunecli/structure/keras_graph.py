@@ -565,6 +565,7 @@ class HubBlockParts:
     norms: tuple[str, str]  # the norms before attention and before the feed-forward network
     post_norms: tuple[str, ...] = ()  # norms of the attention and feed-forward outputs, where a block may have them
     cross_attention: str | None = None  # the attention over an encoder's output, where a block may have one
+    ffn_depthwise: str | None = None  # a depthwise convolution over the units between up and the activation
 
 
 # KerasHub's usual names (TransformerEncoder's attention; Llama, Mistral and Qwen decoders) ...
@@ -615,6 +616,11 @@ HUB_BLOCK_PARTS_BY_CLASS = {
     "ViTEncoderBlock": HubBlockParts("mha", (None, "mlp.dense_1", "mlp.dense_2"), ("layer_norm_1", "layer_norm_2")),
     "DeiTEncoderBlock": HubBlockParts(
         "mha", (None, "mlp.dense", "output_layer.dense"), ("layer_norm_1", "layer_norm_2")
+    ),
+    # MiT's (structure/vision_encoders.py): SegFormer attention (spatially reduced keys and values), MixFFN
+    # fc1 -> depthwise 3x3 conv over the image -> GeLU -> fc2, each stage's units 4x its width
+    "HierarchicalTransformerEncoder": HubBlockParts(
+        "attn", (None, "mlp.fc1", "mlp.fc2"), ("norm1", "norm2"), ffn_depthwise="mlp.dwconv"
     ),
     # GPT-NeoX's: the same names and network, its attention's q/k/v one fused projection, and a parallel
     # residual (x + attn(norm1(x)) + ffn(norm2(x))), which changes nothing here
@@ -773,6 +779,13 @@ def hub_ffn(block) -> tuple | None:
     found = tuple(None if name is None else _attribute(block, name) for name in names)
     missing = any(f is None for f, name in zip(found, names, strict=True) if name is not None)
     return None if missing else found
+
+
+def hub_ffn_depthwise(block):
+    """The depthwise convolution a KerasHub block's feed-forward network applies over its units (MiT's
+    MixFFN), or None."""
+    name = _hub_block_parts(block).ffn_depthwise
+    return None if name is None else _attribute(block, name)
 
 
 def hub_swiglu(block) -> tuple | None:

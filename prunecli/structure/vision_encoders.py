@@ -70,10 +70,17 @@ FAMILIES = {
         "intermediate_dim",
     ),
 }
+# MiT (SegFormer's encoder): its blocks are nodes of the backbone's own graph, stage after stage
+MIT_MODULE, MIT_BACKBONE_MODULE = "keras_hub.src.models.mit.mit_layers", "keras_hub.src.models.mit.mit_backbone"
+MIT_BLOCK, MIT_BACKBONE, MIT_EMBEDDING = (
+    "HierarchicalTransformerEncoder",
+    "MiTBackbone",
+    "OverlappingPatchingAndEmbedding",
+)
 # how a saved model names prunecli's classes
 CLASS_NAMES = tuple(
     f"Pruned{name}" for block, fam in FAMILIES.items() for name in (block, fam.backbone, fam.encoder, fam.embedding)
-)
+) + (f"Pruned{MIT_BLOCK}", f"Pruned{MIT_BACKBONE}")
 
 _CLASSES: dict[str, Any] = {}  # KerasHub class name -> prunecli's subclass
 
@@ -84,7 +91,7 @@ def _hub_name(layer) -> str:
 
 def is_block(layer) -> bool:
     """Whether the layer is a KerasHub vision Transformer block (or prunecli's rebuild of one)."""
-    return _hub_name(layer) in FAMILIES
+    return _hub_name(layer) in FAMILIES or _hub_name(layer) == MIT_BLOCK
 
 
 @dataclass(frozen=True)
@@ -116,8 +123,7 @@ def parts(model) -> Parts | None:
 
 def blocks(model) -> list:
     """The encoder blocks of the model (or of its task's backbone), in order; [] for any other model."""
-    found = parts(model)
-    return [] if found is None else list(found.encoder.encoder_layers)
+    return [block for _name, block in named_blocks(model)]
 
 
 def sequence_length(model) -> int | None:
@@ -136,7 +142,10 @@ def attention(block):
 
 def named_blocks(model) -> list[tuple[str, Any]]:
     """(name, block) of the model's encoder blocks, in order, named as targets name their layers
-    ("vi_t_backbone/vit_encoder/transformer_block_1")."""
+    ("vi_t_backbone/vit_encoder/transformer_block_1", MiT's "mi_t_backbone/hierarchical_encoder_0_1")."""
+    mit = mit_backbone(model)
+    if mit is not None:
+        return [(f"{mit.name}/{b.name}", b) for stage in mit_stages(mit) for b in stage.blocks]
     found = parts(model)
     return [] if found is None else [(f"{found.prefix}/{b.name}", b) for b in found.encoder.encoder_layers]
 
@@ -147,7 +156,7 @@ def ffns(model) -> list[decoders.Ffn]:
     for name, block in named_blocks(model):
         ffn = keras_graph.hub_ffn(block)
         if ffn is not None:
-            out.append(decoders.Ffn(name, block, *ffn))
+            out.append(decoders.Ffn(name, block, *ffn, depthwise=keras_graph.hub_ffn_depthwise(block)))
     return out
 
 
@@ -160,6 +169,9 @@ def rebuild_blocker(model) -> str | None:
     """Why prunecli cannot rebuild the model's backbone around its encoder, or None when it can."""
     import keras
 
+    mit = mit_backbone(model)
+    if mit is not None:
+        return _mit_rebuild_blocker(mit)
     found = parts(model)
     if found is None:
         return f"{model.name}: no KerasHub vision Transformer encoder ({', '.join(FAMILIES)})"
@@ -188,6 +200,12 @@ def shrink_blocker(block) -> str | None:
     import keras
 
     attn = attention(block)
+    if _hub_name(block) == MIT_BLOCK:
+        if keras_graph.hub_ffn(block) is None or keras_graph.hub_ffn_depthwise(block) is None:
+            return f"{type(block).__name__} {block.name!r} is not laid out as KerasHub's MiT blocks are"
+        if quantization_mode(block) is not None:
+            return f"{block.name!r} is quantized by Keras (per-unit scales are not sliced)"
+        return None
     if keras_graph.hub_ffn(block) is None or not isinstance(attn, keras.layers.MultiHeadAttention):
         return f"{type(block).__name__} {block.name!r} is not laid out as KerasHub's ViT and DeiT blocks are"
     if keras_graph.gated_attention(attn):
@@ -307,6 +325,19 @@ def register() -> dict[str, Any]:
             doc = f"keras_hub's {name} as prunecli rebuilds it (structure/vision_encoders.py)."
             cls = type(ours, (*mixins, base), {"__doc__": doc, "__module__": __name__})
             _CLASSES[name] = keras.saving.register_keras_serializable(package="prunecli", name=ours)(cls)
+    try:
+        mit_layers = importlib.import_module(MIT_MODULE)
+        mit_backbones = importlib.import_module(MIT_BACKBONE_MODULE)
+    except ImportError:
+        return _CLASSES
+    for base, mixin in (
+        (getattr(mit_layers, MIT_BLOCK), _PrunedMiTBlock),
+        (getattr(mit_backbones, MIT_BACKBONE), _PrunedMiTBackbone),
+    ):
+        ours = f"Pruned{base.__name__}"
+        doc = f"keras_hub's {base.__name__} as prunecli rebuilds it (structure/vision_encoders.py)."
+        cls = type(ours, (mixin, base), {"__doc__": doc, "__module__": __name__})
+        _CLASSES[base.__name__] = keras.saving.register_keras_serializable(package="prunecli", name=ours)(cls)
     return _CLASSES
 
 
@@ -365,6 +396,10 @@ def rebuild(model, heads: dict | None = None, units: dict | None = None, dropped
     if blocker:
         raise InputError(f"{model.name} cannot be rebuilt: {blocker}")
     heads, units, dropped = heads or {}, units or {}, set(dropped)
+    if mit_backbone(model) is not None:
+        if heads:
+            raise InputError(f"{model.name}: MiT's SegFormer attention heads are not removed")
+        return _rebuilt_mit(model, units, dropped)
     found, classes = parts(model), register()
     fam, encoder = found.family, found.encoder
     kept = [b for b in encoder.encoder_layers if id(b) not in dropped]
@@ -393,6 +428,12 @@ def rebuild(model, heads: dict | None = None, units: dict | None = None, dropped
     )
     embedding_values = {decoders.inner_path(old_embedding, v): np.asarray(v) for v in old_embedding.weights}
     decoders.assign_by_path([(new_encoder, values), (new_embedding, embedding_values)])
+    return _task_around(model, backbone, new_backbone)
+
+
+def _task_around(model, backbone, new_backbone):
+    """`new_backbone` where `model` is the backbone; else the user's task class around it, the task's
+    own layers (the head) given their weights."""
     if backbone is model:
         return new_backbone
     config = {**model.get_config(), "backbone": new_backbone, "preprocessor": getattr(model, "preprocessor", None)}
@@ -402,3 +443,208 @@ def rebuild(model, heads: dict | None = None, units: dict | None = None, dropped
     for layer in head:
         by_name[layer.name].set_weights(layer.get_weights())
     return task
+
+
+# ---------------------------------------------------------------------------------------------------
+# MiT: stages of blocks in the backbone's own graph
+
+
+@dataclass
+class MiTStage:
+    """One stage of a MiT backbone's graph: overlapping patch embedding -> blocks -> norm -> reshape."""
+
+    embedding: Any
+    blocks: list
+    norm: Any = None
+    reshape: Any = None
+
+
+def mit_backbone(model):
+    """The MiTBackbone the model is or its task holds (prunecli's rebuild of one too), or None."""
+    for backbone in (model, getattr(model, "backbone", None)):
+        if backbone is not None and keras_graph.is_model(backbone) and _hub_name(backbone) == MIT_BACKBONE:
+            return backbone
+    return None
+
+
+def mit_stages(backbone) -> list[MiTStage]:
+    """The backbone's stages in graph order ([] where its graph is not stage after stage as MiTBackbone
+    wires it: what _mit_rebuild_blocker says)."""
+    import keras
+
+    stages: list[MiTStage] = []
+    for layer in keras_graph.children(backbone):
+        name = _hub_name(layer)
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if name == MIT_EMBEDDING:
+            stages.append(MiTStage(layer, []))
+        elif not stages or stages[-1].reshape is not None:
+            return []
+        elif name == MIT_BLOCK and stages[-1].norm is None:
+            stages[-1].blocks.append(layer)
+        elif isinstance(layer, keras.layers.LayerNormalization) and stages[-1].norm is None:
+            stages[-1].norm = layer
+        elif isinstance(layer, keras.layers.Reshape) and stages[-1].norm is not None:
+            stages[-1].reshape = layer
+        else:
+            return []
+    return stages if all(s.reshape is not None for s in stages) else []
+
+
+def _mit_rebuild_blocker(backbone) -> str | None:
+    if MIT_BLOCK not in register():
+        return "keras-hub's MiT classes could not be imported"
+    if not mit_stages(backbone):
+        return f"{backbone.name}: its graph is not MiT's stages (patch embedding, blocks, norm, reshape)"
+    for layer in keras_graph.all_layers(backbone):
+        if quantization_mode(layer) is not None:
+            return f"{layer.name!r} is quantized by Keras (per-unit scales are not sliced)"
+    for stage in mit_stages(backbone):
+        for block in stage.blocks:
+            blocker = shrink_blocker(block)
+            if blocker:
+                return blocker
+    return None
+
+
+class _PrunedMiTBlock(decoders.OwnConfig):
+    """Mixed into MiT's HierarchicalTransformerEncoder: `mlp_units` feed-forward units (the block builds
+    4 x project_dim; fewer once units were removed), and a config its constructor takes (KerasHub's
+    writes the built MixFFN and a misspelt drop_prop, which it refuses)."""
+
+    def __init__(self, *args, mlp_units=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.mlp_units = 4 * int(self.project_dim) if mlp_units is None else int(mlp_units)
+        mix_ffn = type(self.mlp)
+        keras_graph.untrack(self, self.mlp)
+        del self.mlp
+        self.mlp = mix_ffn(channels=self.project_dim, mid_channels=self.mlp_units)
+
+    def get_config(self):
+        config = decoders.own_config(self)
+        if "drop_prob" in config:  # MiTBackbone passes numpy floats
+            config["drop_prob"] = float(config["drop_prob"])
+        return {**config, "mlp_units": self.mlp_units}
+
+
+class _PrunedMiTBackbone:
+    """Mixed into MiTBackbone: the graph its constructor wires (per stage: patch embedding, blocks, norm,
+    reshape to the image grid), its blocks made from `block_configs` (per stage, serialized blocks, each
+    with its own units; a stage may keep none) in place of layerwise_depths identical ones; the stage
+    norms keep their names (`stage_norm_names`)."""
+
+    def __init__(
+        self,
+        block_configs,
+        hidden_dims,
+        layerwise_num_heads,
+        layerwise_sr_ratios,
+        layerwise_patch_sizes,
+        layerwise_strides,
+        image_shape=(None, None, 3),
+        max_drop_path_rate=0.0,
+        stage_norm_names=None,
+        layerwise_depths=None,  # MiTBackbone's config: the stages' lengths, here those of block_configs
+        num_layers=None,
+        **kwargs,
+    ):
+        import importlib
+
+        import keras
+        from keras import ops
+
+        embedding_class = getattr(importlib.import_module(MIT_MODULE), MIT_EMBEDDING)
+        stages = [[keras.layers.deserialize(c) if isinstance(c, dict) else c for c in s] for s in block_configs]
+        norm_names = list(stage_norm_names or [None] * len(stages))
+        inputs = keras.layers.Input(shape=tuple(image_shape))
+        x, pyramid = inputs, {}
+        for i, stage in enumerate(stages):
+            stride = layerwise_strides[i]
+            height, width = int(ops.shape(x)[1] / stride), int(ops.shape(x)[2] / stride)  # as MiTBackbone
+            x = embedding_class(
+                project_dim=hidden_dims[i],
+                patch_size=layerwise_patch_sizes[i],
+                stride=stride,
+                name=f"patch_and_embed_{i}",
+            )(x)
+            for block in stage:
+                x = block(x)
+            x = keras.layers.LayerNormalization(epsilon=1e-5, name=norm_names[i])(x)
+            x = keras.layers.Reshape((height, width, -1), name=f"output_level_{i}")(x)
+            pyramid[f"P{i + 1}"] = x
+        super(decoders.hub_class(self), self).__init__(inputs=inputs, outputs=x, **kwargs)
+        self.block_configs = [[keras.layers.serialize(b) for b in stage] for stage in stages]
+        self.stage_norm_names = [s.norm.name for s in mit_stages(self)]
+        self.layerwise_depths = [len(stage) for stage in stages]
+        self.image_shape = tuple(image_shape)
+        self.hidden_dims = list(hidden_dims)
+        self.pyramid_outputs = pyramid
+        self.num_layers = len(stages)
+        self.layerwise_num_heads = list(layerwise_num_heads)
+        self.layerwise_sr_ratios = list(layerwise_sr_ratios)
+        self.max_drop_path_rate = max_drop_path_rate
+        self.layerwise_patch_sizes = list(layerwise_patch_sizes)
+        self.layerwise_strides = list(layerwise_strides)
+
+    def get_config(self):
+        config = decoders.hub_class(self).get_config(self)
+        return {**config, "block_configs": self.block_configs, "stage_norm_names": self.stage_norm_names}
+
+
+def _mit_block_config(block, units: list[int] | None) -> tuple[dict, dict[int, tuple[int, list[int]]]]:
+    """(serialized prunecli block keeping these feed-forward units, in this order (None: all); the slices
+    to take of the old block's weights: id(variable) -> (axis, kept units))."""
+    import keras
+
+    found = decoders.Ffn(block.name, block, *keras_graph.hub_ffn(block), keras_graph.hub_ffn_depthwise(block))
+    units = list(range(found.units)) if units is None else [int(u) for u in units]
+    if not units:
+        raise ValueError(f"{block.name}: a block keeps at least one unit")
+    config = {**decoders.own_config(block), "mlp_units": len(units)}
+    if "drop_prob" in config:
+        config["drop_prob"] = float(config["drop_prob"])
+    new = register()[MIT_BLOCK].from_config(config)
+    return keras.layers.serialize(new), {id(var): (axis, units) for var, axis in found.all_slices()}
+
+
+def _rebuilt_mit(model, units: dict, dropped: set):
+    """rebuild() for a MiT model: its backbone wired again with prunecli's blocks (each its own units),
+    the dropped blocks left out of their stages; every weight copied (a block's sliced), layer by layer in
+    the order each layer holds them (the blocks' sub-layers are named by Keras' counters, not by place)."""
+    import numpy as np
+
+    backbone = mit_backbone(model)
+    stages = mit_stages(backbone)
+    if all(id(b) in dropped for s in stages for b in s.blocks):
+        raise InputError(f"{model.name}: removing every encoder block leaves no model")
+    configs, cuts = [], {}
+    for stage in stages:
+        configs.append([])
+        for block in stage.blocks:
+            if id(block) in dropped:
+                continue
+            config, cut = _mit_block_config(block, units.get(id(block)))
+            configs[-1].append(config)
+            cuts.update(cut)
+    config = {k: v for k, v in backbone.get_config().items() if k not in ("block_configs", "stage_norm_names", "dtype")}
+    new_backbone = register()[MIT_BACKBONE](
+        block_configs=configs,
+        stage_norm_names=[s.norm.name for s in stages],
+        dtype=backbone.dtype_policy,
+        **config,
+    )
+    pairs = []
+    for old, new in zip(stages, mit_stages(new_backbone), strict=True):
+        kept = [b for b in old.blocks if id(b) not in dropped]
+        pairs += [(old.embedding, new.embedding), (old.norm, new.norm), *zip(kept, new.blocks, strict=True)]
+    for old, new in pairs:
+        values = []
+        for var in old.weights:
+            arr = np.asarray(var)
+            if id(var) in cuts:
+                axis, keep = cuts[id(var)]
+                arr = np.take(arr, keep, axis=axis)
+            values.append(arr)
+        new.set_weights(values)
+    return _task_around(model, backbone, new_backbone)

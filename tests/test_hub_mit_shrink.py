@@ -1,0 +1,130 @@
+"""KerasHub MiT image classifiers: MixFFN units and whole blocks removed for real
+(structure/vision_encoders.py), the task staying the user's MiTImageClassifier.
+
+MiT's blocks are nodes of its backbone's own graph, stage after stage (overlapping patch embedding ->
+blocks -> norm -> reshape to the image grid); a MixFFN unit is fc1's column and bias, the depthwise
+convolution's channel (kernel and bias) and fc2's row. Each shrunk model is checked against the masked
+model it came from, after a save/load round trip too, and its parameter count against the slices
+removed. Tiny configs built with keras_hub (no download), every weight spread out so a removed unit's
+biases must follow it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import assert_close_rel, reloaded_hub, spread_weights, step_config
+
+keras = pytest.importorskip("keras")
+kh = pytest.importorskip("keras_hub")
+
+from prunecli.removal import ffn  # noqa: E402
+from prunecli.removal import layers as layer_removal  # noqa: E402
+from prunecli.structure import targets as targets_mod  # noqa: E402
+from prunecli.structure import transformer, vision_encoders  # noqa: E402
+
+DIMS, SIDE = (8, 16), 32
+# a unit of a stage of width d: fc1 column (d) and bias (1), a 3x3 depthwise channel and its bias (10), fc2 row (d)
+PER_UNIT = [2 * d + 1 + 10 for d in DIMS]
+
+
+def classifier(depths=(2, 1), seed: int = 0):
+    keras.utils.set_random_seed(seed)
+    backbone = kh.models.MiTBackbone(
+        layerwise_depths=list(depths),
+        num_layers=2,
+        layerwise_num_heads=[1, 2],
+        layerwise_sr_ratios=[2, 1],
+        max_drop_path_rate=0.0,
+        layerwise_patch_sizes=[7, 3],
+        layerwise_strides=[4, 2],
+        hidden_dims=list(DIMS),
+        image_shape=(SIDE, SIDE, 3),
+    )
+    spread_weights(backbone, seed)
+    return kh.models.MiTImageClassifier(backbone=backbone, num_classes=3, preprocessor=None)
+
+
+def images(n: int = 4):
+    return np.random.default_rng(0).uniform(size=(n, SIDE, SIDE, 3)).astype("float32")
+
+
+def check_rebuilt(model, small, tmp_path, want=None):
+    """`small` is MiTImageClassifier around prunecli's backbone, computes what the masked `model` (or
+    `want`) computes, and does so after a save and load."""
+    assert type(small) is type(model) and type(small.backbone).__name__ == "PrunedMiTBackbone"
+    x = images()
+    want = np.asarray(model(x)) if want is None else want
+    assert_close_rel(small(x), want)
+    back = reloaded_hub(small, tmp_path / "small.keras")
+    assert type(back) is type(model) and type(back.backbone).__name__ == "PrunedMiTBackbone"
+    assert_close_rel(back(x), want)
+
+
+def test_mixffn_units_leave_with_their_depthwise_channel_and_biases(tmp_path):
+    model = classifier()
+    dense = np.asarray(model(images()))
+    tg, _notes = transformer.ffn_only(model, targets_mod.select(model))
+    found = ffn.find(model, tg)
+    assert [f.units for f in found] == [4 * DIMS[0], 4 * DIMS[0], 4 * DIMS[1]]
+    before = model.count_params()
+    config = step_config("neuron", sparsity=0.5, shrink=True)
+    small, masks, section, _ = ffn.run_ffn(model, tg, config)
+    removed = [row["removed_units"] for row in section["layers"]]
+    assert [len(r) for r in removed] == [f.units // 2 for f in found] and all(r["deleted"] for r in section["layers"])
+    first = found[0]  # masked in place: fc1's bias and the depthwise channel's kernel and bias with their unit
+    assert not np.asarray(first.up.bias)[removed[0]].any()
+    assert not np.asarray(first.depthwise.bias)[removed[0]].any()
+    assert not np.asarray(first.depthwise.kernel)[:, :, removed[0]].any()
+    assert np.abs(np.asarray(model(images())) - dense).max() > 1e-3  # the mask changed the function
+    blocks = vision_encoders.blocks(small)
+    assert [b.mlp_units for b in blocks] == [f.units // 2 for f in found]
+    assert [tuple(b.mlp.dwconv.kernel.shape) for b in blocks] == [(3, 3, f.units // 2, 1) for f in found]
+    gone = sum(len(r) * per for r, per in zip(removed, [PER_UNIT[0], PER_UNIT[0], PER_UNIT[1]], strict=True))
+    assert before - small.count_params() == gone == section["params_before"] - section["params_after"]
+    assert section["verification"]["max_rel_diff"] <= 1e-4 and all(m.all() for m in masks.values())
+    check_rebuilt(model, small, tmp_path)
+
+
+@pytest.mark.slow  # ~4 s
+def test_a_whole_block_leaves_its_stage_and_the_next_block_reads_the_embedding(tmp_path):
+    """-g layer: the candidates are the blocks (each x + attn, x + ffn); without block 0_0 stage 0 is
+    patch embedding -> block 0_1 -> norm, computed here layer by layer; a stage may lose all its blocks."""
+    model = classifier()
+    candidates, rows = layer_removal.analyse(model)
+    named = vision_encoders.named_blocks(model)
+    assert [c.name for c in candidates] == [name for name, _block in named]
+    assert [c.layers for c in candidates] == [[row["layer"]] for row in rows] == [[b.name] for _name, b in named]
+    small = layer_removal.remove(model, [candidates[0], candidates[2]])
+    stages = vision_encoders.mit_stages(model.backbone)
+    x = images()
+    hidden = stages[0].reshape(stages[0].norm(stages[0].blocks[1](stages[0].embedding(x))))
+    hidden = stages[1].reshape(stages[1].norm(stages[1].embedding(hidden)))  # stage 1 without its only block
+    want = np.asarray(model.get_layer("predictions")(model.get_layer("pooler")(hidden)))
+    assert [b.name for b in vision_encoders.blocks(small)] == ["hierarchical_encoder_0_1"]
+    assert small.backbone.layerwise_depths == [1, 0]
+    gone = layer_removal._params(stages[0].blocks[0]) + layer_removal._params(stages[1].blocks[0])
+    assert model.count_params() - small.count_params() == gone
+    check_rebuilt(model, small, tmp_path, want)
+
+
+@pytest.mark.slow
+def test_cli_meets_a_parameter_target_and_drops_a_block_of_a_saved_mit_classifier(cli, tmp_path):
+    from prunecli.io.models import load
+
+    model = classifier(depths=(2, 2))
+    path = tmp_path / "m.keras"
+    model.save(path)
+    out, report = tmp_path / "out.keras", tmp_path / "r.json"
+    res = cli("prune", path, "-g", "neuron", "--target", "params=0.7", "--shrink", "-o", out, "-r", report, "-q")
+    assert res.exit_code == 0, res.output
+    small, _info = load(out)
+    assert type(small).__name__ == "MiTImageClassifier"
+    assert abs(small.count_params() / model.count_params() - 0.7) <= 0.02
+    assert json.loads(report.read_text())["ffn"]["verification"]["max_rel_diff"] <= 1e-4
+    res = cli("prune", path, "-g", "layer", "--remove-layers", "1", "-o", tmp_path / "layer.keras", "-q")
+    assert res.exit_code == 0, res.output
+    small, _info = load(tmp_path / "layer.keras")
+    assert type(small).__name__ == "MiTImageClassifier" and len(vision_encoders.blocks(small)) == 3
