@@ -622,6 +622,8 @@ HUB_BLOCK_PARTS_BY_CLASS = {
     "HierarchicalTransformerEncoder": HubBlockParts(
         "attn", (None, "mlp.fc1", "mlp.fc2"), ("norm1", "norm2"), ffn_depthwise="mlp.dwconv"
     ),
+    # Swin's: window attention (its own qkv projection and relative position bias), Mlp fc1 -> GeLU -> fc2
+    "SwinTransformerBlock": HubBlockParts("attn", (None, "mlp.fc1", "mlp.fc2"), ("norm1", "norm2")),
     # GPT-NeoX's: the same names and network, its attention's q/k/v one fused projection, and a parallel
     # residual (x + attn(norm1(x)) + ffn(norm2(x))), which changes nothing here
     "GPTNeoXDecoder": HubBlockParts(

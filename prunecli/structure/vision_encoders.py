@@ -80,7 +80,13 @@ MIT_BLOCK, MIT_BACKBONE, MIT_EMBEDDING = (
 # how a saved model names prunecli's classes
 CLASS_NAMES = tuple(
     f"Pruned{name}" for block, fam in FAMILIES.items() for name in (block, fam.backbone, fam.encoder, fam.embedding)
-) + (f"Pruned{MIT_BLOCK}", f"Pruned{MIT_BACKBONE}")
+) + (
+    "PrunedHierarchicalTransformerEncoder",
+    "PrunedMiTBackbone",
+    "PrunedSwinTransformerBlock",
+    "PrunedSwinTransformerStage",
+    "PrunedSwinTransformerBackbone",
+)
 
 _CLASSES: dict[str, Any] = {}  # KerasHub class name -> prunecli's subclass
 
@@ -91,7 +97,7 @@ def _hub_name(layer) -> str:
 
 def is_block(layer) -> bool:
     """Whether the layer is a KerasHub vision Transformer block (or prunecli's rebuild of one)."""
-    return _hub_name(layer) in FAMILIES or _hub_name(layer) == MIT_BLOCK
+    return _hub_name(layer) in FAMILIES or _hub_name(layer) in (MIT_BLOCK, "SwinTransformerBlock")
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,9 @@ def named_blocks(model) -> list[tuple[str, Any]]:
     mit = mit_backbone(model)
     if mit is not None:
         return [(f"{mit.name}/{b.name}", b) for stage in mit_stages(mit) for b in stage.blocks]
+    swin = swin_backbone(model)
+    if swin is not None:
+        return [(f"{swin.name}/{s.name}/{b.name}", b) for s in swin_stages(swin) for b in s.blocks]
     found = parts(model)
     return [] if found is None else [(f"{found.prefix}/{b.name}", b) for b in found.encoder.encoder_layers]
 
@@ -172,6 +181,8 @@ def rebuild_blocker(model) -> str | None:
     mit = mit_backbone(model)
     if mit is not None:
         return _mit_rebuild_blocker(mit)
+    if swin_backbone(model) is not None:
+        return _swin_rebuild_blocker(swin_backbone(model))
     found = parts(model)
     if found is None:
         return f"{model.name}: no KerasHub vision Transformer encoder ({', '.join(FAMILIES)})"
@@ -200,9 +211,9 @@ def shrink_blocker(block) -> str | None:
     import keras
 
     attn = attention(block)
-    if _hub_name(block) == MIT_BLOCK:
-        if keras_graph.hub_ffn(block) is None or keras_graph.hub_ffn_depthwise(block) is None:
-            return f"{type(block).__name__} {block.name!r} is not laid out as KerasHub's MiT blocks are"
+    if _hub_name(block) in (MIT_BLOCK, "SwinTransformerBlock"):
+        if keras_graph.hub_ffn(block) is None:
+            return f"{type(block).__name__} {block.name!r} is not laid out as KerasHub's blocks of its family are"
         if quantization_mode(block) is not None:
             return f"{block.name!r} is quantized by Keras (per-unit scales are not sliced)"
         return None
@@ -328,11 +339,16 @@ def register() -> dict[str, Any]:
     try:
         mit_layers = importlib.import_module(MIT_MODULE)
         mit_backbones = importlib.import_module(MIT_BACKBONE_MODULE)
+        swin_layers = importlib.import_module(SWIN_MODULE)
+        swin_backbones = importlib.import_module(SWIN_BACKBONE_MODULE)
     except ImportError:
         return _CLASSES
     for base, mixin in (
         (getattr(mit_layers, MIT_BLOCK), _PrunedMiTBlock),
         (getattr(mit_backbones, MIT_BACKBONE), _PrunedMiTBackbone),
+        (getattr(swin_layers, SWIN_BLOCK), _PrunedSwinBlock),
+        (getattr(swin_layers, SWIN_STAGE), _PrunedSwinStage),
+        (getattr(swin_backbones, SWIN_BACKBONE), _PrunedSwinBackbone),
     ):
         ours = f"Pruned{base.__name__}"
         doc = f"keras_hub's {base.__name__} as prunecli rebuilds it (structure/vision_encoders.py)."
@@ -400,6 +416,10 @@ def rebuild(model, heads: dict | None = None, units: dict | None = None, dropped
         if heads:
             raise InputError(f"{model.name}: MiT's SegFormer attention heads are not removed")
         return _rebuilt_mit(model, units, dropped)
+    if swin_backbone(model) is not None:
+        if heads:
+            raise InputError(f"{model.name}: Swin's window attention heads are not removed")
+        return _rebuilt_swin(model, units, dropped)
     found, classes = parts(model), register()
     fam, encoder = found.family, found.encoder
     kept = [b for b in encoder.encoder_layers if id(b) not in dropped]
@@ -647,4 +667,248 @@ def _rebuilt_mit(model, units: dict, dropped: set):
                 arr = np.take(arr, keep, axis=axis)
             values.append(arr)
         new.set_weights(values)
+    return _task_around(model, backbone, new_backbone)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Swin: stages (each one layer of the backbone's graph holding its blocks and patch merging)
+
+SWIN_MODULE = "keras_hub.src.models.swin_transformer.swin_transformer_layers"
+SWIN_BACKBONE_MODULE = "keras_hub.src.models.swin_transformer.swin_transformer_backbone"
+SWIN_BLOCK, SWIN_STAGE, SWIN_BACKBONE = "SwinTransformerBlock", "SwinTransformerStage", "SwinTransformerBackbone"
+
+
+def swin_backbone(model):
+    """The SwinTransformerBackbone the model is or its task holds (prunecli's rebuild of one too), or None."""
+    for backbone in (model, getattr(model, "backbone", None)):
+        if backbone is not None and keras_graph.is_model(backbone) and _hub_name(backbone) == SWIN_BACKBONE:
+            return backbone
+    return None
+
+
+def swin_stages(backbone) -> list:
+    """The backbone's SwinTransformerStage layers, in graph order."""
+    return [layer for layer in keras_graph.children(backbone) if _hub_name(layer) == SWIN_STAGE]
+
+
+def _swin_rebuild_blocker(backbone) -> str | None:
+    import keras
+
+    if SWIN_BLOCK not in register():
+        return "keras-hub's Swin Transformer classes could not be imported"
+    known = {"PatchEmbedding", SWIN_STAGE}
+    for layer in keras_graph.children(backbone):
+        plain = isinstance(layer, (keras.layers.InputLayer, keras.layers.Dropout, keras.layers.LayerNormalization))
+        if not plain and _hub_name(layer) not in known:
+            return f"{backbone.name}: its graph holds {layer.name!r} besides Swin's patch embedding, stages and norm"
+    for layer in keras_graph.all_layers(backbone):
+        if quantization_mode(layer) is not None:
+            return f"{layer.name!r} is quantized by Keras (per-unit scales are not sliced)"
+    for stage in swin_stages(backbone):
+        for block in stage.blocks:
+            if keras_graph.hub_ffn(block) is None:
+                return f"{type(block).__name__} {block.name!r} is not laid out as KerasHub's Swin blocks are"
+    return None
+
+
+class _PrunedSwinBlock:
+    """Mixed into Swin's SwinTransformerBlock: `mlp_units` feed-forward units (the block builds
+    int(dim * mlp_ratio)), and a config with every argument the stage passed it (KerasHub's leaves out
+    qkv_bias, the dropout rates and drop_path)."""
+
+    def __init__(self, *args, mlp_units=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.mlp_units = int(self.mlp.hidden_features) if mlp_units is None else int(mlp_units)
+        old = self.mlp
+        keras_graph.untrack(self, old)
+        del self.mlp
+        self.mlp = type(old)(
+            in_features=self.dim,
+            hidden_features=self.mlp_units,
+            act_layer=self.act_layer,
+            dropout_rate=old.dropout_rate,
+            dtype=self.dtype_policy,
+            name="mlp",
+        )
+
+    def get_config(self):
+        drop_path = float(getattr(self.drop_path, "drop_prob", 0.0))
+        return {
+            **decoders.hub_class(self).get_config(self),  # KerasHub's block or prunecli's
+            "qkv_bias": bool(self.attn.qkv_bias),
+            "dropout_rate": float(self.mlp.dropout_rate),
+            "attention_dropout": float(self.attn.attn_drop_rate),
+            "drop_path": drop_path,
+            "mlp_units": int(self.mlp.hidden_features),
+        }
+
+
+class _PrunedSwinStage:
+    """Mixed into Swin's SwinTransformerStage: its blocks made from `block_configs` (serialized blocks,
+    each with its own units and shift) in place of `depth` identical ones (it may keep none), and a
+    config that serializes (KerasHub's passes the PatchMerging class to serialize_keras_object, which
+    fails: `patch_merging` says whether it merges)."""
+
+    def __init__(self, *args, block_configs=(), patch_merging=False, **kwargs):
+        import importlib
+
+        import keras
+
+        merging = importlib.import_module(SWIN_MODULE).PatchMerging
+        kwargs.update(depth=0, downsample=merging if patch_merging else None)
+        super().__init__(*args, **kwargs)
+        self.block_configs = [dict(config) for config in block_configs]
+        for config in self.block_configs:
+            self.blocks.append(keras.layers.deserialize(config))
+        self.depth = len(self.blocks)
+
+    def build(self, input_shape):
+        """Its blocks and patch merging built by tracing its call: the stage declares its output shape, so
+        Keras, loading it built, never calls it symbolically (KerasHub's stage is always built by a call)."""
+        import keras
+
+        self.call(keras.KerasTensor(tuple(input_shape)))
+        super().build(input_shape)
+
+    def get_config(self):
+        return _swin_stage_config(self, [])
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def _swin_stage_config(stage, block_configs: list) -> dict:
+    """prunecli's config of a Swin stage (KerasHub's or prunecli's) holding these serialized blocks."""
+    import keras
+
+    return {
+        "name": stage.name,
+        "trainable": stage.trainable,
+        "dtype": keras.dtype_policies.serialize(stage.dtype_policy),
+        "dim": int(stage.dim),
+        "depth": len(block_configs),
+        "num_heads": int(stage.num_heads),
+        "window_size": int(stage.window_size),
+        "mlp_ratio": float(stage.mlp_ratio),
+        "qkv_bias": bool(stage._qkv_bias),
+        "dropout_rate": float(stage._dropout_rate),
+        "attention_dropout": float(stage._attention_dropout),
+        "drop_path": 0.0,  # each block carries its own
+        "patch_merging": stage.downsample is not None,
+        "input_resolution": list(stage.input_resolution),
+        "block_configs": block_configs or [keras.layers.serialize(b) for b in stage.blocks],
+    }
+
+
+class _PrunedSwinBackbone:
+    """Mixed into SwinTransformerBackbone: the graph its constructor wires (patch embedding, dropout, the
+    stages, the final norm), its stages made from `stage_configs` (serialized prunecli stages)."""
+
+    def __init__(self, stage_configs, image_shape, patch_size=4, embed_dim=96, patch_norm=True, **kwargs):
+        import importlib
+
+        import keras
+
+        config = {k: kwargs.pop(k) for k in list(kwargs) if k in _SWIN_SETTINGS}
+        dtype, data_format = kwargs.pop("dtype", None), config.get("data_format") or "channels_last"
+        embedding_class = importlib.import_module(SWIN_MODULE).PatchEmbedding
+        stages = [keras.layers.deserialize(c) if isinstance(c, dict) else c for c in stage_configs]
+        inputs = keras.Input(shape=tuple(image_shape))
+        embedding = embedding_class(
+            patch_size=patch_size,
+            embed_dim=embed_dim,
+            norm_layer=keras.layers.LayerNormalization if patch_norm else None,
+            data_format=data_format,
+            dtype=dtype,
+            name="patch_embedding",
+        )
+        x = keras.layers.Dropout(config.get("dropout_rate", 0.0), dtype=dtype, name="pos_drop")(embedding(inputs))
+        for stage in stages:
+            x = stage(x)
+        norm = keras.layers.LayerNormalization(epsilon=1e-5, dtype=dtype, name="norm")
+        super(decoders.hub_class(self), self).__init__(inputs=inputs, outputs=norm(x), dtype=dtype, **kwargs)
+        self.patch_embedding, self.stages, self.norm = embedding, stages, norm
+        self.image_shape, self.patch_size, self.embed_dim, self.patch_norm = (
+            image_shape,
+            patch_size,
+            embed_dim,
+            patch_norm,
+        )
+        for name in _SWIN_SETTINGS:
+            setattr(self, name, config.get(name))
+        self.data_format = data_format
+        self.depths = [len(stage.blocks) for stage in stages]
+
+    def get_config(self):
+        import keras
+
+        config = decoders.hub_class(self).get_config(self)
+        return {**config, "stage_configs": [keras.layers.serialize(s) for s in self.stages]}
+
+
+# SwinTransformerBackbone's other arguments, kept in its config (the stages carry what they change)
+_SWIN_SETTINGS = (
+    "depths",
+    "num_heads",
+    "window_size",
+    "mlp_ratio",
+    "qkv_bias",
+    "dropout_rate",
+    "attention_dropout",
+    "drop_path",
+    "data_format",
+)
+
+
+def _swin_block_config(block, units: list[int] | None) -> tuple[dict, dict[int, tuple[int, list[int]]]]:
+    """(serialized prunecli block keeping these feed-forward units (None: all); the slices to take of the
+    old block's weights: id(variable) -> (axis, kept units))."""
+    import keras
+
+    found = decoders.Ffn(block.name, block, *keras_graph.hub_ffn(block))
+    units = list(range(found.units)) if units is None else [int(u) for u in units]
+    if not units:
+        raise ValueError(f"{block.name}: a block keeps at least one unit")
+    new = register()[SWIN_BLOCK].from_config({**_PrunedSwinBlock.get_config(block), "mlp_units": len(units)})
+    return keras.layers.serialize(new), {id(var): (axis, units) for var, axis in found.all_slices()}
+
+
+def _rebuilt_swin(model, units: dict, dropped: set):
+    """rebuild() for a Swin model: each stage rebuilt as prunecli's with its kept blocks (each its own
+    units), the backbone wired again around them; weights copied by their path inside each stage (a
+    block's sliced), the patch embedding's and final norm's as they are."""
+    import keras
+    import numpy as np
+
+    backbone = swin_backbone(model)
+    stages = swin_stages(backbone)
+    if all(id(b) in dropped for s in stages for b in s.blocks):
+        raise InputError(f"{model.name}: removing every encoder block leaves no model")
+    classes, stage_configs, built = register(), [], []
+    for stage in stages:
+        blocks, cuts = [], {}
+        for block in stage.blocks:
+            if id(block) not in dropped:
+                config, cut = _swin_block_config(block, units.get(id(block)))
+                blocks.append(config)
+                cuts.update(cut)
+        new = classes[SWIN_STAGE].from_config(_swin_stage_config(stage, blocks))
+        stage_configs.append(keras.layers.serialize(new))
+        values = {}
+        for var in stage.weights:
+            owner = next((b for b in stage.blocks if str(var.path).startswith(f"{b.path}/")), None)
+            if owner is not None and id(owner) in dropped:
+                continue
+            arr = np.asarray(var)
+            if id(var) in cuts:
+                axis, keep = cuts[id(var)]
+                arr = np.take(arr, keep, axis=axis)
+            values[decoders.inner_path(stage, var)] = arr
+        built.append(values)
+    config = {k: v for k, v in backbone.get_config().items() if k not in ("stage_configs", "dtype")}
+    new_backbone = classes[SWIN_BACKBONE](stage_configs=stage_configs, dtype=backbone.dtype_policy, **config)
+    decoders.assign_by_path(list(zip(swin_stages(new_backbone), built, strict=True)))
+    for old, new in ((backbone.patch_embedding, new_backbone.patch_embedding), (backbone.norm, new_backbone.norm)):
+        new.set_weights(old.get_weights())
     return _task_around(model, backbone, new_backbone)
