@@ -1,0 +1,87 @@
+"""KerasHub Swin Transformer image classifiers: Mlp units and whole blocks removed for real
+(structure/vision_encoders.py), the task staying the user's SwinTransformerImageClassifier.
+
+Swin's blocks sit inside its stages (one layer of the backbone's graph each, the blocks then patch
+merging); a unit is fc1's column and bias and fc2's row. Each shrunk model is checked against the masked
+model it came from (or a forward computed layer by layer), after a save/load round trip too, and its
+parameter count against the slices removed. Tiny configs built with keras_hub (no download). Swin's
+blocks trace slowly (shifted-window masks): these run in the full suite.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_close_rel, reloaded_hub, spread_weights, step_config
+
+keras = pytest.importorskip("keras")
+kh = pytest.importorskip("keras_hub")
+
+from prunecli.removal import ffn  # noqa: E402
+from prunecli.removal import layers as layer_removal  # noqa: E402
+from prunecli.structure import targets as targets_mod  # noqa: E402
+from prunecli.structure import transformer, vision_encoders  # noqa: E402
+
+DIM, SIDE = 8, 32
+PER_UNIT = [2 * d + 1 for d in (DIM, 2 * DIM)]  # fc1 column and bias, fc2 row, per stage width
+
+pytestmark = pytest.mark.slow  # ~10 s each
+
+
+def classifier(seed: int = 0):
+    keras.utils.set_random_seed(seed)
+    backbone = kh.models.SwinTransformerBackbone(
+        image_shape=(SIDE, SIDE, 3), embed_dim=DIM, depths=(2, 2), num_heads=(2, 4), window_size=4, patch_size=4
+    )
+    spread_weights(backbone, seed)
+    return kh.models.SwinTransformerImageClassifier(backbone=backbone, num_classes=3, preprocessor=None)
+
+
+def images(n: int = 4):
+    return np.random.default_rng(0).uniform(size=(n, SIDE, SIDE, 3)).astype("float32")
+
+
+def check_rebuilt(model, small, tmp_path, want=None):
+    assert type(small) is type(model) and type(small.backbone).__name__ == "PrunedSwinTransformerBackbone"
+    x = images()
+    want = np.asarray(model(x)) if want is None else want
+    assert_close_rel(small(x), want)
+    back = reloaded_hub(small, tmp_path / "small.keras")
+    assert type(back) is type(model) and type(back.backbone).__name__ == "PrunedSwinTransformerBackbone"
+    assert_close_rel(back(x), want)
+
+
+def test_mlp_units_leave_each_swin_block(tmp_path):
+    model = classifier()
+    tg, _notes = transformer.ffn_only(model, targets_mod.select(model))
+    found = ffn.find(model, tg)
+    assert [f.units for f in found] == [4 * DIM] * 2 + [8 * DIM] * 2
+    before = model.count_params()
+    small, _masks, section, _ = ffn.run_ffn(model, tg, step_config("neuron", sparsity=0.5, shrink=True))
+    removed = [len(row["removed_units"]) for row in section["layers"]]
+    assert removed == [f.units // 2 for f in found]
+    assert not np.asarray(found[0].up.bias)[section["layers"][0]["removed_units"]].any()
+    assert [b.mlp_units for b in vision_encoders.blocks(small)] == [f.units // 2 for f in found]
+    gone = sum(r * per for r, per in zip(removed, [PER_UNIT[0]] * 2 + [PER_UNIT[1]] * 2, strict=True))
+    assert before - small.count_params() == gone
+    assert section["verification"]["max_rel_diff"] <= 1e-4
+    check_rebuilt(model, small, tmp_path)
+
+
+def test_a_whole_swin_block_leaves_and_the_shifted_one_keeps_its_shift(tmp_path):
+    """-g layer: without stage 0's first block, its shifted-window block reads the embedding directly."""
+    model = classifier()
+    candidates, _rows = layer_removal.analyse(model)
+    assert [c.name for c in candidates] == [name for name, _b in vision_encoders.named_blocks(model)]
+    small = layer_removal.remove(model, [candidates[0]])
+    backbone = model.backbone
+    stage0, stage1 = vision_encoders.swin_stages(backbone)
+    x = images()
+    hidden = stage0.blocks[1](backbone.get_layer("pos_drop")(backbone.patch_embedding(x)))
+    hidden = stage0.downsample(hidden, H=stage0.input_resolution[0], W=stage0.input_resolution[1])
+    hidden = backbone.norm(stage1.blocks[1](stage1.blocks[0](hidden)))
+    want = np.asarray(model.get_layer("predictions")(np.mean(np.asarray(hidden), axis=1)))
+    blocks = vision_encoders.blocks(small)
+    assert [b.name for b in blocks] == ["blocks_1", "blocks_0", "blocks_1"] and blocks[0].shift_size == 2
+    assert model.count_params() - small.count_params() == layer_removal._params(stage0.blocks[0])
+    check_rebuilt(model, small, tmp_path, want)
