@@ -482,8 +482,13 @@ def section(text: str) -> str:
             " around prunecli's PrunedViTBackbone/PrunedDeiTBackbone (it loads once prunecli's classes are registered,"
             " `register_hub_layers()`, as these checks and prunecli's commands do); `-g head --shrink` (no column)"
             " deletes heads the same way.",
-            "- Swin, MiT: `-g neuron` masks but shrinks nothing (their feed-forward layers sit in KerasHub blocks"
-            " prunecli does not rebuild), so `--target` and `-g layer` refuse in one line.",
+            "- MiT, Swin: `neuron`, `target` and `layer` rebuild the backbone (structure/vision_encoders.py) with"
+            " prunecli's blocks, each its own feed-forward units (MiT's MixFFN unit: fc1 column and bias, its"
+            " depthwise 3x3 channel and bias, fc2 row; Swin's Mlp: fc1 column and bias, fc2 row), or without whole"
+            " blocks (a MiT stage may lose all of its blocks); the output is the user's MiTImageClassifier/"
+            "SwinTransformerImageClassifier around PrunedMiTBackbone/PrunedSwinTransformerBackbone, equal to the"
+            " masked model. Their attention heads are not removed (SegFormer's and Swin's window attention are not"
+            " MultiHeadAttention).",
             "- MiT `int8`: a one-line refusal (exit 2): KerasHub's SegFormerMultiheadAttention and MixFFN build their"
             " Dense layers with no dtype, so those do not read the DTypePolicyMap the backbone's config records"
             " quantized layers in and reload float; its convolutions sit in blocks whose configs rebuild them float,"

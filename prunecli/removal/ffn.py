@@ -7,7 +7,8 @@ TransformerDecoder has no gate: down(act(up(x) + b)) (GeLU, ReLU), unit j being 
 down row j; it is the same network with the gate left out (structure/decoders.Ffn), and a unit whose
 down row is zero adds nothing whatever its bias. So is the feed-forward network of KerasHub's ViT and DeiT
 encoder blocks, all inside one encoder layer of the backbone (structure/vision_encoders.py, which rebuilds
-the encoder; the task stays ViTImageClassifier or DeiTImageClassifier). The channel graph sees the block as one node and the
+the encoder; the task stays ViTImageClassifier or DeiTImageClassifier), of MiT's and Swin's blocks (its
+backbone rebuilt), MiT's unit also a channel of the depthwise convolution between its two Dense layers. The channel graph sees the block as one node and the
 mask path would rank the kernels as unrelated layers, so on a model with such blocks `-g neuron` is a
 structural step, like `-g head` (Torch-Pruning's coupled group, done by hand):
 
@@ -47,7 +48,7 @@ METHODS = MEAN_METHODS + ("l2-norm", "random", "activation") + DATA_METHODS
 
 def applies(model) -> bool:
     """Whether `-g neuron` on this model is this step: it holds KerasHub decoder blocks, vision
-    Transformer (ViT, DeiT) encoder blocks or KerasHub mixture-of-experts blocks."""
+    Transformer (ViT, DeiT, MiT, Swin) encoder blocks or KerasHub mixture-of-experts blocks."""
     return bool(_all_ffns(model))
 
 

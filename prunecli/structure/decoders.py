@@ -353,9 +353,9 @@ class Ffn:
 
     def all_slices(self) -> list[tuple[Any, int]]:
         """Everything a unit owns, the gate's and up's biases included: what is masked and counted as
-        parameters (a bias over units follows its unit; the down projection's is over channels). A zero
-        unit's depthwise bias still reaches the activation (gelu(b) is not 0), but its down row is zero too,
-        so masking the unit and deleting it compute the same."""
+        parameters (a bias over units follows its unit; the down projection's is over channels). A unit's
+        depthwise bias would reach GeLU even with its up column zero (gelu(b) is not 0): its down row being
+        zero is what makes masking and deleting it compute the same, and the bias is masked with it."""
         over_units = (self.gate, self.up, self.depthwise)
         biases = [(d.bias, 0) for d in over_units if d is not None and getattr(d, "bias", None) is not None]
         return self.slices() + biases

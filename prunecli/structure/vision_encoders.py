@@ -1,5 +1,5 @@
-"""KerasHub vision Transformers (ViT, DeiT): their encoder blocks' feed-forward units and attention heads,
-and whole blocks, removed for real.
+"""KerasHub vision Transformers (ViT, DeiT; MiT and Swin, see below): their encoder blocks' feed-forward
+units and attention heads, and whole blocks, removed for real.
 
 ViTBackbone's graph is images -> ViTPatchingAndEmbedding -> one ViTEncoder layer, which holds every block
 (ViTEncoderBlock: x + mha(ln_1(x)), then x + mlp(ln_2(x))) and the final norm; DeiTBackbone's is the same
@@ -27,6 +27,19 @@ its own parts (dropout, final norm) as the family does and then its blocks from 
 block its own heads, key size and units (a global selection leaves them different), the kept blocks
 named as before. Every block of a rebuilt model is prunecli's (PrunedViTEncoderBlock...), so a model
 rebuilt twice (heads, then units) rebuilds from the same classes.
+
+MiT and Swin are hierarchical: stages at falling resolutions, each block x + attn(norm1(x)), then
+x + ffn(norm2(x)), its units a fixed multiple of the stage's width. The same functions (blocks, ffns,
+rebuild, rebuild_blocker) serve them; only their attention heads are not removed (SegFormer's spatially
+reduced attention and Swin's window attention are not MultiHeadAttention).
+- MiT's blocks are nodes of MiTBackbone's own graph (patch embedding -> blocks -> norm -> reshape, per
+  stage). Its MixFFN is fc1 -> depthwise 3x3 conv -> GeLU -> fc2: unit j is also the convolution's channel j
+  (decoders.Ffn's `depthwise`). PrunedMiTBackbone wires the same graph from per-stage block configs,
+  PrunedHierarchicalTransformerEncoder carrying `mlp_units`; weights are copied layer by layer in order
+  (MixFFN's layers are named by Keras' counters).
+- Swin's blocks sit in SwinTransformerStage layers (then patch merging). PrunedSwinTransformerStage builds
+  its blocks from configs (PrunedSwinTransformerBlock: `mlp_units`, its own shift, so a shifted block keeps
+  its shift when the block before it goes) inside PrunedSwinTransformerBackbone; weights by path.
 """
 
 from __future__ import annotations
