@@ -488,7 +488,8 @@ def section(text: str) -> str:
             " blocks (a MiT stage may lose all of its blocks); the output is the user's MiTImageClassifier/"
             "SwinTransformerImageClassifier around PrunedMiTBackbone/PrunedSwinTransformerBackbone, equal to the"
             " masked model. Their attention heads are not removed (SegFormer's and Swin's window attention are not"
-            " MultiHeadAttention).",
+            " MultiHeadAttention), and `--target flops=` on their units refuses (exit 2: one sequence length is asked"
+            " for, a stage each has its own).",
             "- MiT `int8`: a one-line refusal (exit 2): KerasHub's SegFormerMultiheadAttention and MixFFN build their"
             " Dense layers with no dtype, so those do not read the DTypePolicyMap the backbone's config records"
             " quantized layers in and reload float; its convolutions sit in blocks whose configs rebuild them float,"
