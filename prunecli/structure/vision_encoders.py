@@ -90,16 +90,14 @@ MIT_BLOCK, MIT_BACKBONE, MIT_EMBEDDING = (
     "MiTBackbone",
     "OverlappingPatchingAndEmbedding",
 )
+# Swin: its blocks inside stage layers of the backbone's graph
+SWIN_MODULE = "keras_hub.src.models.swin_transformer.swin_transformer_layers"
+SWIN_BACKBONE_MODULE = "keras_hub.src.models.swin_transformer.swin_transformer_backbone"
+SWIN_BLOCK, SWIN_STAGE, SWIN_BACKBONE = "SwinTransformerBlock", "SwinTransformerStage", "SwinTransformerBackbone"
 # how a saved model names prunecli's classes
 CLASS_NAMES = tuple(
     f"Pruned{name}" for block, fam in FAMILIES.items() for name in (block, fam.backbone, fam.encoder, fam.embedding)
-) + (
-    "PrunedHierarchicalTransformerEncoder",
-    "PrunedMiTBackbone",
-    "PrunedSwinTransformerBlock",
-    "PrunedSwinTransformerStage",
-    "PrunedSwinTransformerBackbone",
-)
+) + tuple(f"Pruned{name}" for name in (MIT_BLOCK, MIT_BACKBONE, SWIN_BLOCK, SWIN_STAGE, SWIN_BACKBONE))
 
 _CLASSES: dict[str, Any] = {}  # KerasHub class name -> prunecli's subclass
 
@@ -110,7 +108,7 @@ def _hub_name(layer) -> str:
 
 def is_block(layer) -> bool:
     """Whether the layer is a KerasHub vision Transformer block (or prunecli's rebuild of one)."""
-    return _hub_name(layer) in FAMILIES or _hub_name(layer) in (MIT_BLOCK, "SwinTransformerBlock")
+    return _hub_name(layer) in FAMILIES or _hub_name(layer) in (MIT_BLOCK, SWIN_BLOCK)
 
 
 @dataclass(frozen=True)
@@ -224,7 +222,7 @@ def shrink_blocker(block) -> str | None:
     import keras
 
     attn = attention(block)
-    if _hub_name(block) in (MIT_BLOCK, "SwinTransformerBlock"):
+    if _hub_name(block) in (MIT_BLOCK, SWIN_BLOCK):
         if keras_graph.hub_ffn(block) is None:
             return f"{type(block).__name__} {block.name!r} is not laid out as KerasHub's blocks of its family are"
         if quantization_mode(block) is not None:
@@ -685,10 +683,6 @@ def _rebuilt_mit(model, units: dict, dropped: set):
 
 # ---------------------------------------------------------------------------------------------------
 # Swin: stages (each one layer of the backbone's graph holding its blocks and patch merging)
-
-SWIN_MODULE = "keras_hub.src.models.swin_transformer.swin_transformer_layers"
-SWIN_BACKBONE_MODULE = "keras_hub.src.models.swin_transformer.swin_transformer_backbone"
-SWIN_BLOCK, SWIN_STAGE, SWIN_BACKBONE = "SwinTransformerBlock", "SwinTransformerStage", "SwinTransformerBackbone"
 
 
 def swin_backbone(model):
