@@ -128,3 +128,15 @@ def test_cli_meets_a_parameter_target_and_drops_a_block_of_a_saved_mit_classifie
     assert res.exit_code == 0, res.output
     small, _info = load(tmp_path / "layer.keras")
     assert type(small).__name__ == "MiTImageClassifier" and len(vision_encoders.blocks(small)) == 3
+
+
+def test_a_flops_target_on_mit_units_is_refused_not_priced_at_one_length():
+    """Each MiT stage sees its own token count, so one --seq-len (what the run asked for) would price every
+    stage's units wrong: the flops target is refused in one line, even with a --seq-len given."""
+    from prunecli.errors import ConfigError
+
+    model = classifier()
+    tg, _notes = transformer.ffn_only(model, targets_mod.select(model))
+    config = step_config("neuron", target="flops=0.7", seq_len=64)
+    with pytest.raises(ConfigError, match="its own"):
+        ffn.run_ffn(model, tg, config)
