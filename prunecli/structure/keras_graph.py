@@ -221,6 +221,11 @@ def pack_like(model, which: str, flat: list):
     return tree.pack_sequence_as(graph._inputs_struct if which == "inputs" else graph._outputs_struct, flat)
 
 
+def calls_of(layer) -> list:
+    """Every node that calls the layer, in any graph it was called in (Keras' own record of its calls)."""
+    return list(getattr(layer, "_inbound_nodes", ()))
+
+
 def call_node(node, values: dict, operation=None, training=None):
     """Run one node on new inputs: `values` maps id(original input tensor) to its new value; the node's
     other arguments (Python numbers, keyword options) are passed as recorded. Returns the flat outputs.

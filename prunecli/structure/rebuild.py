@@ -152,7 +152,7 @@ def _traceable(layer) -> bool:
     inside = [lay for lay in keras_graph.all_layers(layer)[1:] if not keras_own(lay)]
     if any(keras_graph.is_model(lay) or not (_traced_inside(lay) or _keeps_its_name(lay)) for lay in inside):
         return False
-    node = next((n for n in getattr(layer, "_inbound_nodes", ()) if _one_tensor_call(n)), None)
+    node = next((n for n in keras_graph.calls_of(layer) if _one_tensor_call(n)), None)
     if node is None:
         return False
     try:
