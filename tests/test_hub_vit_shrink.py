@@ -122,7 +122,7 @@ def test_a_whole_encoder_block_leaves_and_the_next_reads_the_embedding(tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", ["ViT"])  # DeiT's rebuild is the same code, its parts tested above
 def test_cli_meets_parameter_targets_and_drops_a_block_of_a_saved_classifier(cli, family, tmp_path):
     from prunecli.io.models import load
 
