@@ -63,6 +63,7 @@ def check_rebuilt(model, small, tmp_path, want=None):
     assert_close_rel(back(x), want)
 
 
+@pytest.mark.slow  # ~7 s (MiT's fast representative: the flops refusal below)
 def test_mixffn_units_leave_with_their_depthwise_channel_and_biases(tmp_path):
     model = classifier()
     dense = np.asarray(model(images()))

@@ -62,7 +62,8 @@ def check_rebuilt(model, small, tmp_path, family: str):
     assert_close_rel(back(x), want)
 
 
-@pytest.mark.parametrize("family", FAST_VIT)
+@pytest.mark.slow  # ~3 s each (ViT's fast representatives: block removal and the multiply-add count)
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_feed_forward_units_leave_each_block_as_a_global_selection_chose_them(family, tmp_path):
     model = classifier(family)
     weak = vision_encoders.ffns(model)[1]  # block 2's units weaker: a global selection takes more of them
