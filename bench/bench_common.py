@@ -378,3 +378,39 @@ def zero_fraction(model) -> float:
             total += a.size
             zeros += int((a == 0).sum())
     return zeros / max(total, 1)
+
+
+def family_bench_main(argv, doc: str, written: str, families, commands, default_dir: Path, steps: dict, write) -> int:
+    """The command line the KerasHub family benches share (bench/decoder_families.py, bench/vision_families.py):
+    `all|build|run|check|check-family|table [family]`, over --families and --commands, under --dir. `steps`
+    holds the bench's build, run, check, check_family and table functions; `write(text)` puts the table's
+    section into `written` (a bench/*.md), which --no-write leaves alone."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("step", choices=["all", "build", "run", "check", "check-family", "table"])
+    ap.add_argument("family", nargs="?")
+    ap.add_argument("--dir", type=Path, default=default_dir)
+    ap.add_argument("--families", default=",".join(families))
+    ap.add_argument("--commands", default=",".join(commands))
+    ap.add_argument("-j", "--jobs", type=int, default=1)
+    ap.add_argument("--no-write", action="store_true", help=f"print, do not write {written}")
+    args = ap.parse_args(argv)
+    chosen = [f for f in args.families.split(",") if f]
+    run_commands = [c for c in args.commands.split(",") if c]
+    if args.step == "check-family":
+        print(json.dumps(steps["check_family"](args.dir, args.family, run_commands), default=str))
+        return 0
+    if args.step in ("all", "build"):
+        steps["build"](args.dir, chosen)
+    if args.step in ("all", "run"):
+        steps["run"](args.dir, chosen, run_commands, args.jobs)
+    if args.step in ("all", "check"):
+        steps["check"](args.dir, chosen, run_commands)
+    if args.step in ("all", "table", "check"):
+        text = steps["table"](args.dir, families, list(commands))  # every family run so far
+        (args.dir / "RESULTS.md").write_text(text)
+        print(text)
+        if not args.no_write:
+            write(text)
+    return 0

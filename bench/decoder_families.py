@@ -21,7 +21,6 @@ verification fields, flagging a run that exits 0 but changed nothing.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -36,6 +35,7 @@ from bench.bench_common import (
     PRUNECLI,
     PYTHON,
     ROOT,
+    family_bench_main,
     last_error_line,
     machine,
     scratch,
@@ -437,33 +437,17 @@ def section(text: str) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["all", "build", "run", "check", "check-family", "table"])
-    ap.add_argument("family", nargs="?")
-    ap.add_argument("--dir", type=Path, default=DEFAULT_DIR)
-    ap.add_argument("--families", default=",".join(FAMILIES))
-    ap.add_argument("--commands", default=",".join(COMMANDS))
-    ap.add_argument("-j", "--jobs", type=int, default=1)
-    ap.add_argument("--no-write", action="store_true", help="print, do not write bench/DECODERS.md")
-    args = ap.parse_args(argv)
-    families = [f for f in args.families.split(",") if f]
-    commands = [c for c in args.commands.split(",") if c]
-    if args.step == "check-family":
-        print(json.dumps(check_family(args.dir, args.family, commands), default=str))
-        return 0
-    if args.step in ("all", "build"):
-        build(args.dir, families)
-    if args.step in ("all", "run"):
-        run(args.dir, families, commands, args.jobs)
-    if args.step in ("all", "check"):
-        check(args.dir, families, commands)
-    if args.step in ("all", "table", "check"):
-        text = table(args.dir, FAMILIES, list(COMMANDS))  # every family run so far
-        (args.dir / "RESULTS.md").write_text(text)
-        print(text)
-        if not args.no_write:
-            write_decoders_section(HEADING, section(text))
-    return 0
+    steps = {"build": build, "run": run, "check": check, "check_family": check_family, "table": table}
+    return family_bench_main(
+        argv,
+        __doc__,
+        "bench/DECODERS.md",
+        FAMILIES,
+        COMMANDS,
+        DEFAULT_DIR,
+        steps,
+        lambda text: write_decoders_section(HEADING, section(text)),
+    )
 
 
 if __name__ == "__main__":
