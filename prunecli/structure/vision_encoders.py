@@ -207,13 +207,21 @@ def rebuild_blocker(model) -> str | None:
     ]
     if others:
         return f"{found.backbone.name}: its graph holds {others[0].name!r} besides the patch embedding and the encoder"
-    for layer in keras_graph.all_layers(found.backbone):
-        if quantization_mode(layer) is not None:
-            return f"{layer.name!r} is quantized by Keras (per-unit scales are not sliced)"
+    quantized = _quantized_layer(found.backbone)
+    if quantized:
+        return quantized
     for block in blocks(model):
         blocker = shrink_blocker(block)
         if blocker:
             return blocker
+    return None
+
+
+def _quantized_layer(backbone) -> str | None:
+    """Why a backbone holding a layer quantized by Keras is not rebuilt (per-unit scales are not sliced), or None."""
+    for layer in keras_graph.all_layers(backbone):
+        if quantization_mode(layer) is not None:
+            return f"{layer.name!r} is quantized by Keras (per-unit scales are not sliced)"
     return None
 
 
@@ -528,9 +536,9 @@ def _mit_rebuild_blocker(backbone) -> str | None:
         return "keras-hub's MiT classes could not be imported"
     if not mit_stages(backbone):
         return f"{backbone.name}: its graph is not MiT's stages (patch embedding, blocks, norm, reshape)"
-    for layer in keras_graph.all_layers(backbone):
-        if quantization_mode(layer) is not None:
-            return f"{layer.name!r} is quantized by Keras (per-unit scales are not sliced)"
+    quantized = _quantized_layer(backbone)
+    if quantized:
+        return quantized
     for stage in mit_stages(backbone):
         for block in stage.blocks:
             blocker = shrink_blocker(block)
@@ -708,9 +716,9 @@ def _swin_rebuild_blocker(backbone) -> str | None:
         plain = isinstance(layer, (keras.layers.InputLayer, keras.layers.Dropout, keras.layers.LayerNormalization))
         if not plain and _hub_name(layer) not in known:
             return f"{backbone.name}: its graph holds {layer.name!r} besides Swin's patch embedding, stages and norm"
-    for layer in keras_graph.all_layers(backbone):
-        if quantization_mode(layer) is not None:
-            return f"{layer.name!r} is quantized by Keras (per-unit scales are not sliced)"
+    quantized = _quantized_layer(backbone)
+    if quantized:
+        return quantized
     for stage in swin_stages(backbone):
         for block in stage.blocks:
             if keras_graph.hub_ffn(block) is None:
