@@ -120,7 +120,10 @@ def test_measured_uses_the_allocation_with_the_least_output_error(method):
         np.testing.assert_array_equal(weights[name], same_weights[name], err_msg=name)
 
 
-@pytest.mark.parametrize("forced", ["uniform", "lamp", "owl", "magnitude", "magnitude-uniform"])
+@pytest.mark.parametrize(
+    "forced",
+    ["lamp", "magnitude", *(pytest.param(f, marks=pytest.mark.slow) for f in ("uniform", "owl", "magnitude-uniform"))],
+)
 def test_each_allocation_when_it_measures_best(monkeypatch, forced):
     """Whichever allocation measures best is the one the masks follow: each layer's pruned count is that
     allocation's (uniform: every layer at the sparsity); the magnitude masks, when they measure best, are

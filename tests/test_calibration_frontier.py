@@ -105,9 +105,7 @@ def _assert_same(cached, prefix):
     assert "budget" in prefix[0].section["passes_note"]
 
 
-@pytest.mark.parametrize(
-    "method", [m if m != "sparsegpt+reconstruct" else pytest.param(m, marks=pytest.mark.slow) for m in METHODS]
-)
+@pytest.mark.parametrize("method", [m if m == "wanda" else pytest.param(m, marks=pytest.mark.slow) for m in METHODS])
 @pytest.mark.parametrize(
     "arch", [a if a == "residual_conv" else pytest.param(a, marks=pytest.mark.slow) for a in MODELS]
 )

@@ -111,7 +111,7 @@ def test_magnitude_masks_equal_tfmots_m_by_n(channels):
 
 
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
-@pytest.mark.parametrize("channels", [1, 3, 6])
+@pytest.mark.parametrize("channels", [1, pytest.param(3, marks=pytest.mark.slow), 6])
 def test_calibrated_methods_keep_groups_inside_one_tap(method, channels):
     from conftest import calibration_config
 

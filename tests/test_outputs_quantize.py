@@ -342,7 +342,7 @@ def test_files_that_name_the_earlier_int8_convolution_classes_still_load(tmp_pat
     np.testing.assert_array_equal(np.asarray(old(x)), np.asarray(model(x)))
 
 
-@pytest.mark.parametrize("mode", ["int8", "int4"])
+@pytest.mark.parametrize("mode", ["int8", pytest.param("int4", marks=pytest.mark.slow)])
 def test_pruning_an_already_quantized_model_is_a_one_line_error(cli, tmp_path, mode):
     """Keras' quantized layers hold codes and per-channel scales: ranking codes is not ranking weights and
     int4 codes cannot be written back (this ended in an internal AttributeError). Refused before scoring,

@@ -143,7 +143,7 @@ def fake_timer(monkeypatch):
     return use
 
 
-@pytest.mark.parametrize("round_to", [None, 8])
+@pytest.mark.parametrize("round_to", [None, pytest.param(8, marks=pytest.mark.slow)])
 def test_latency_target_lands_in_its_band(cli, files, tmp_path, fake_timer, round_to):
     from prunecli.config.target import LATENCY_TOLERANCE
     from prunecli.selection.budget import MAX_TIMED

@@ -67,7 +67,7 @@ def test_a_keras_hub_block_is_one_owl_block_and_a_plain_layer_its_own():
     assert [t.block for t in targets.walk(build_mlp())] == ["hidden1", "hidden2", "out"]
 
 
-@pytest.mark.parametrize("method", ["magnitude", "wanda"])
+@pytest.mark.parametrize("method", ["magnitude", pytest.param("wanda", marks=pytest.mark.slow)])
 def test_normalize_owl_through_the_cli(cli, mlp_files, tmp_path, method):
     """--normalize owl on a run: the budget exact over all layers, each layer within OWL's spread of the
     target, and the calibrated report names the allocation."""

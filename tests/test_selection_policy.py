@@ -105,7 +105,7 @@ def test_block_granularity_removes_exactly_round_s_blocks(layers, rows, cols):
         assert removed == round(0.5 * n_blocks)
 
 
-@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (3, 8)])
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), pytest.param(3, 8, marks=pytest.mark.slow)])
 def test_nm_keeps_at_most_n_of_every_m_along_the_reduction_axis(n, m):
     dense = make_target("dense", (18, 5), seed=5)  # 18 rows: 4 full runs of 4 and a short one
     conv = make_target("conv", (3, 3, 8, 4), seed=6, cls="Conv2D")

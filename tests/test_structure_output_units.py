@@ -213,7 +213,9 @@ def test_include_prunes_an_output_layer_anyway():
 # ---- whole channels ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("build", [mini_xception, two_outputs, operator_residuals])
+@pytest.mark.parametrize(
+    "build", [mini_xception, two_outputs, pytest.param(operator_residuals, marks=pytest.mark.slow)]
+)
 def test_every_pruned_channel_is_removed_and_the_function_kept(build, tmp_path):
     import keras
 

@@ -61,7 +61,8 @@ def _one_error_line(result, code: int) -> str:
 
 
 @pytest.mark.parametrize(
-    ("stem", "source", "output"), [("mlp", "keras", "h5"), ("mlp", "h5", "keras"), ("nested", "h5", "keras")]
+    ("stem", "source", "output"),
+    [pytest.param("mlp", "keras", "h5", marks=pytest.mark.slow), ("mlp", "h5", "keras"), ("nested", "h5", "keras")],
 )
 def test_a_plan_fits_its_architecture_in_either_file_format(files, tmp_path, cli, stem, source, output):
     """Keras names a weight "sequential/d1/kernel" when the model is loaded from .h5 and "d1/kernel" from
