@@ -52,6 +52,23 @@ def test_a_write_onto_a_read_or_another_write_is_refused(files, option, target, 
         paths.plan(c, output_model=files / "out.keras", recipe=files / "r.yaml")
 
 
+@pytest.mark.parametrize("option", ["report", "markdown", "save_plan", "output"])
+def test_a_write_inside_a_folder_the_run_reads_is_refused(tmp_path, option):
+    """A SavedModel folder as the model, or an image folder as --data: `--report sm/saved_model.pb`
+    replaced the input model's graph, and a report written among the images became a bad image."""
+    model, images = tmp_path / "sm", tmp_path / "images"
+    (model / "variables").mkdir(parents=True)
+    (model / "saved_model.pb").write_bytes(b"graph")
+    (images / "cat").mkdir(parents=True)
+    config = build_config({"model_path": str(model), "data": str(images)}, environ={})
+    for inside, what in [(model / "saved_model.pb", "the input"), (images / "cat" / "new.keras", "the data file")]:
+        output = inside if option == "output" else tmp_path / "o.keras"
+        c = config.replace(**({} if option == "output" else {option: str(inside)}))
+        with pytest.raises(OutputError, match=f"is inside .* \\({what}\\), a folder the run reads"):
+            paths.plan(c, output_model=output)
+    assert (model / "saved_model.pb").read_bytes() == b"graph"
+
+
 def test_hard_links_and_other_spellings_are_the_same_file(files):
     os.link(files / "d.npz", files / "alias.npz")
     (files / "sub").mkdir()

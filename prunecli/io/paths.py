@@ -380,6 +380,11 @@ def _check_collisions(p: PathPlan, model: Path | None, force: bool) -> None:
                 raise OutputError(
                     f"{t.role} {shown(t.path)} is replaced whole, and the {_read_name(role)} is inside it"
                 )
+            if os.path.isdir(path) and _inside(t.path, path):  # a SavedModel's saved_model.pb, an image of --data
+                raise OutputError(
+                    f"{t.role} {shown(t.path)} is inside {shown(path)} (the {_read_name(role)}), a folder the run"
+                    " reads: write it elsewhere"
+                )
             if same_file(t.path, path):
                 if t.role == "output" and role == "model" and force:
                     continue
