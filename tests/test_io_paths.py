@@ -36,16 +36,24 @@ def _config(files, **cli):
         ("markdown", "r.yaml", "would overwrite the recipe"),
         ("markdown", "names.txt", "would overwrite the feature names file"),
         ("report", "out.keras", "output and report are the same file"),
-        ("save_plan", "layers.py", "would overwrite the --custom-objects file"),  # the user's code was lost
-        ("report", "layers.py", "would overwrite the --custom-objects file"),
+        ("save_plan", "layers.py", "would overwrite the --custom-objects code"),  # the user's code was lost
+        ("report", "layers.py", "would overwrite the --custom-objects code"),
+        ("report", "mymod.py", "would overwrite the --custom-objects code"),  # named as a module: the same
+        ("markdown", "pkg/__init__.py", "would overwrite the --custom-objects code"),
+        ("save_plan", "pkg/layers.py", "would overwrite the --custom-objects code"),
     ],
 )
-def test_a_write_onto_a_read_or_another_write_is_refused(files, option, target, message):
+def test_a_write_onto_a_read_or_another_write_is_refused(files, option, target, message, monkeypatch):
+    (files / "mymod.py").write_text("")
+    (files / "pkg").mkdir()
+    (files / "pkg" / "__init__.py").write_text("")
+    (files / "pkg" / "layers.py").write_text("")
+    monkeypatch.chdir(files)  # module names are imported from the current folder first, as python does
     c = _config(
         files,
         data=str(files / "d.npz"),
         feature_names=str(files / "names.txt"),
-        custom_objects=(str(files / "layers.py"), "json"),  # a module name is not a file
+        custom_objects=(str(files / "layers.py"), "json", "mymod", "pkg.layers"),
         **{option: str(files / target)},
     )
     with pytest.raises(OutputError, match=message):

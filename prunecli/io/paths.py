@@ -238,10 +238,37 @@ def _plan_reads(p: PathPlan, config, recipe, extra_reads: dict | None) -> Path |
     if getattr(config, "teacher", None):
         check_readable(config.teacher, "teacher model file", ModelLoadError)
         p.reads["teacher"] = [Path(config.teacher)]
-    code = [Path(c) for c in getattr(config, "custom_objects", ()) or () if Path(c).is_file()]  # not module names
+    code = [found for c in getattr(config, "custom_objects", ()) or () for found in custom_code_paths(c)]
     if code:
         p.reads["custom_objects"] = code
     return model
+
+
+def custom_code_paths(source: str) -> list[Path]:
+    """The files a --custom-objects source runs: a `.py` path itself, or for a module name (`layers`,
+    `pkg.layers`) the files `python` would import for it from the current directory or sys.path
+    (pkg/__init__.py, pkg/layers.py). Found by path, nothing imported here: `--report layers.py
+    --custom-objects layers` replaced the user's code."""
+    import importlib.machinery
+    import sys
+
+    if Path(source).is_file():
+        return [Path(source)]
+    parts = source.split(".")
+    if not all(part.isidentifier() for part in parts):
+        return []
+    found, search = [], [os.getcwd(), *sys.path]
+    for depth in range(1, len(parts) + 1):
+        try:
+            spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:depth]), search)
+        except (ImportError, OSError, ValueError):
+            spec = None
+        if spec is None:
+            break
+        if spec.origin and os.path.isfile(spec.origin):
+            found.append(Path(spec.origin))
+        search = list(spec.submodule_search_locations or [])
+    return found
 
 
 def _plan_model_writes(p: PathPlan, config, out: Path, exports: dict) -> None:
@@ -410,7 +437,7 @@ def _read_name(role: str) -> str:
         "feature_names": "feature names file",
         "plan": "plan file",
         "teacher": "teacher model file",
-        "custom_objects": "--custom-objects file",
+        "custom_objects": "--custom-objects code",
     }.get(role, role)
 
 
