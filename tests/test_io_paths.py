@@ -219,6 +219,24 @@ def _savedmodel_plan(model: Path, out: Path, **cli):
     return plan_prune(config)
 
 
+@pytest.mark.parametrize("data", ["recs/part-*.tfrecord", "recs/part-0.tfrecord", "recs"])
+@pytest.mark.parametrize("target", ["recs/part-1.tfrecord", "recs/spec.yaml", "held.tfrecord"])
+def test_a_write_onto_a_tfrecord_glob_match_its_spec_or_its_eval_records_is_refused(tmp_path, data, target):
+    """`-d 'recs/*.tfrecord' --report recs/part-0.tfrecord` replaced a shard, and the spec's `eval:`
+    records were never planned as reads."""
+    (tmp_path / "recs").mkdir()
+    for name in ("recs/part-0.tfrecord", "recs/part-1.tfrecord", "held.tfrecord", "in.keras"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "recs" / "spec.yaml").write_text("x: {key: x}\ny: {key: label}\neval: ../held.tfrecord\n")
+    if data.endswith("part-0.tfrecord") and target.endswith("part-1.tfrecord"):
+        target = "recs/part-0.tfrecord"
+    from prunecli.run.preflight import plan_prune
+
+    c = {"model_path": str(tmp_path / "in.keras"), "data": str(tmp_path / data), "report": str(tmp_path / target)}
+    with pytest.raises(OutputError, match="would overwrite the data file|a folder the run reads"):
+        plan_prune(build_config(c, environ={}))
+
+
 def test_a_savedmodel_folder_holding_the_input_is_refused(tmp_path):
     """The export replaces its folder whole: the input model (or data) inside it would go with it."""
     folder = tmp_path / "out_savedmodel"

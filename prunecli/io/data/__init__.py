@@ -40,7 +40,7 @@ from prunecli.io.data.images import load_images
 from prunecli.io.data.npy import load_npy, npy_partner
 from prunecli.io.data.npz import load_npz
 from prunecli.io.data.spec import find_spec
-from prunecli.io.data.tfrecord import TFRECORD_SUFFIXES, load_tfrecord, tfrecord_files
+from prunecli.io.data.tfrecord import TFRECORD_SUFFIXES, eval_records, load_tfrecord, tfrecord_files
 from prunecli.io.data.tokens import load_text
 
 
@@ -117,20 +117,22 @@ def _read(path: str, model, batch_size: int, val_split: float, seed: int) -> Dat
 
 
 def files_read(data: str) -> dict[str, list[Path]]:
-    """Files `--data` reads besides itself, for io.paths.plan: the labels .npy beside x.npy and a
-    TFRecord's spec (an output must not overwrite them either)."""
+    """Files `--data` reads besides itself, for io.paths.plan (an output must not overwrite them
+    either): the labels .npy beside x.npy; the TFRecord files a glob matches; a TFRecord's spec and
+    the records its `eval:` names (`--report 'recs/part-0.tfrecord' -d 'recs/*.tfrecord'` replaced a shard)."""
+    import glob
+
     p = Path(str(data))
-    if any(ch in str(data) for ch in "*?["):
-        return {}
-    out = []
-    if p.suffix == ".npy":
+    is_glob = any(ch in str(data) for ch in "*?[")
+    out = [Path(f) for f in sorted(glob.glob(str(data)))] if is_glob else []
+    if p.suffix == ".npy" and not is_glob:
         partner = npy_partner(p, "x", "y")
         if partner is not None:
             out.append(partner)
-    if p.is_file() and p.suffix in TFRECORD_SUFFIXES:
+    if is_glob or (p.is_dir() and tfrecord_files(p)) or (p.is_file() and p.suffix in TFRECORD_SUFFIXES):
         spec = find_spec(str(p))
         if spec is not None:
-            out.append(spec)
+            out += [spec, *eval_records(spec)]
     return {"data": out} if out else {}
 
 

@@ -166,6 +166,20 @@ def tfrecord_files(folder: Path) -> list[str]:
     return sorted(str(f) for f in folder.iterdir() if f.is_file() and f.suffix in TFRECORD_SUFFIXES)
 
 
+def eval_records(spec_path: Path) -> list[Path]:
+    """What a spec's `eval:` names (record files, a glob's matches or their folder), for the path plan;
+    none when the spec cannot be read (the loader says why when it reads it)."""
+    try:
+        spec = read_spec(spec_path)
+    except DataError:
+        return []
+    if not spec.get("eval"):
+        return []
+    p = Path(str(spec["eval"]))
+    p = p if p.is_absolute() else spec_path.parent / p
+    return [Path(f) for f in sorted(glob.glob(str(p)))] if any(ch in str(p) for ch in "*?[") else [p]
+
+
 def _resolve_records(path: str, base: Path | None = None) -> list[str]:
     p = Path(path)
     if base is not None and not p.is_absolute():
