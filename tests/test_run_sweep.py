@@ -347,8 +347,8 @@ def test_a_sweep_ignores_exports_rather_than_checking_them(tmp_path):
 
 
 def test_an_interrupted_write_leaves_no_folder_the_sweep_created(mlp_sweep, tmp_path, monkeypatch):
-    """Ctrl-C while the four files were written left the empty -o folder the sweep had made; a folder
-    the user gave that already existed stays."""
+    """Ctrl-C while the four files were written left the empty -o folder the sweep had made (and, for
+    `-o new/deeper`, its new parent); a folder the user gave that already existed stays."""
     from prunecli.run import sweep_outputs
 
     def interrupted(*_args):
@@ -362,3 +362,6 @@ def test_an_interrupted_write_leaves_no_folder_the_sweep_created(mlp_sweep, tmp_
         with pytest.raises(KeyboardInterrupt):
             sweep.write_outputs(mlp_sweep, out, "mlp")
         assert out.exists() is existing and not (existing and list(out.iterdir()))
+    with pytest.raises(KeyboardInterrupt):
+        sweep.write_outputs(mlp_sweep, tmp_path / "new" / "deeper", "mlp")
+    assert not (tmp_path / "new").exists()

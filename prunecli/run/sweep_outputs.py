@@ -333,7 +333,7 @@ def write_outputs(result: SweepResult, out_dir: str | Path, name: str = "sweep")
     check_sweep_name(name)
     if folder.is_dir():
         check_earlier_sweep(folder, name)
-    created = not folder.exists()
+    created = [f for f in (folder, *folder.parents) if not f.exists()]  # deepest first: -o a/b/c makes three
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -342,9 +342,9 @@ def write_outputs(result: SweepResult, out_dir: str | Path, name: str = "sweep")
     try:
         return _write_all(result, folder, paths)
     except BaseException:
-        if created:  # an interrupted or failed sweep leaves no empty folder of its own behind
+        for made in created:  # an interrupted or failed sweep leaves no empty folder of its own behind
             with contextlib.suppress(OSError):
-                folder.rmdir()
+                made.rmdir()
         raise
 
 
