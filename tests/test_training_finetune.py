@@ -248,6 +248,9 @@ def test_optimizer_option_parsing_and_errors():
     from prunecli.training.finetune import make_optimizer
 
     assert parse_optimizer("sgd:momentum=0.9, nesterov=true") == ("sgd", {"momentum": 0.9, "nesterov": True})
+    assert parse_optimizer("adamw:weight_decay=1e-4,beta_1=1") == ("adamw", {"weight_decay": 1e-4, "beta_1": 1})
+    with pytest.raises(ConfigError, match="momentum must be a number, got '1:30'"):  # not YAML's base-60 90
+        build_config({"optimizer": "sgd:momentum=1:30", "epochs": 1, "data": "d.npz"}, environ={})
     opt, info = make_optimizer(PruneConfig(optimizer="sgd:momentum=0.8", learning_rate=0.2))
     assert type(opt).__name__ == "SGD" and info["learning_rate"] == pytest.approx(0.2) and info["momentum"] == 0.8
     _opt, info = make_optimizer(PruneConfig())

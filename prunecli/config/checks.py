@@ -125,19 +125,32 @@ OPTIMIZER_FLAGS = ("nesterov", "amsgrad", "centered", "use_ema")
 def parse_optimizer(text: str) -> tuple[str, dict]:
     """'sgd' or 'sgd:momentum=0.9,nesterov=true' -> ('sgd', {'momentum': 0.9, 'nesterov': True}).
     Config validation checks the options with it; fine-tuning builds the optimizer from it."""
-    import yaml
-
     name, _, rest = str(text).partition(":")
     options = {}
     for item in filter(None, (p.strip() for p in rest.split(","))):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--optimizer options are key=value pairs, got {item!r}")
-        try:
-            options[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--optimizer {key.strip()}: {value!r} is not a value") from exc
+        options[key.strip()] = _option_value(value.strip(), key.strip())
     return name.strip(), options
+
+
+def _option_value(text: str, key: str):
+    """A number as Python reads it (YAML 1.1 took `1e-4` for text, so `weight_decay=1e-4` was refused,
+    and `1:30` for the base-60 number 90), else true/false or a name as YAML reads it."""
+    import yaml
+
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--optimizer {key}: {text!r} is not a value") from exc
+    yaml_only_number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return text if yaml_only_number else value  # .nan and .inf stay numbers: the range check names them
 
 
 def _check_optimizer(text: str) -> None:
