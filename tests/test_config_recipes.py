@@ -149,6 +149,9 @@ def test_precedence_in_build_config(recipe_file):
     assert build_config({"model_path": "m"}, recipe=recipe_file, environ={}).sparsity == 0.3
     plain = build_config({"model_path": "m"}, environ={})
     assert plain.sparsity is None and plain.effective_sparsity == 0.5
+    recipe_file.write_text("sparsity: 3e-1\nlayers: {hidden: 8e-1}\n")  # YAML 1.1 read 8e-1 as text: refused
+    exponents = build_config({"model_path": "m"}, recipe=recipe_file, environ={})
+    assert (exponents.sparsity, exponents.overrides[0].sparsity) == (0.3, 0.8)
 
 
 def test_precedence_through_the_cli(cli, recipe_file, mlp_files, tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ import pytest
 
 from prunecli.errors import DataError
 from prunecli.io import data
+from prunecli.io.data.spec import read_spec
 
 
 @pytest.fixture(scope="module")
@@ -345,6 +346,8 @@ def test_tfrecord_errors_are_one_line(mlp, tmp_path):
     (tmp_path / "d.spec.yaml").write_text(SPEC + "shuffle: true\n")
     with pytest.raises(DataError, match="unknown key 'shuffle'"):
         data.load(str(tmp_path / "d.tfrecord"), model)
+    (tmp_path / "j.spec.json").write_text('{"x": {"key": "x"}, "scale": 1e-2}')  # JSON's exponent: YAML 1.1 read text
+    assert read_spec(tmp_path / "j.spec.json")["scale"] == 0.01
     with pytest.raises(DataError, match="no TFRecord files found"):
         data.load(str(tmp_path / "none-*.tfrecord"), model)
     wrong = tmp_path / "wrong"

@@ -5,9 +5,11 @@ live one floor up, in prunecli.scoring.checks.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import re
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -120,6 +122,22 @@ OPTIMIZER_NUMBERS = (
     "initial_accumulator_value",
 )
 OPTIMIZER_FLAGS = ("nesterov", "amsgrad", "centered", "use_ema")
+
+
+@functools.cache
+def yaml_loader():
+    """PyYAML's SafeLoader (no tags that build Python objects) reading `1e-4` as the float YAML 1.2 and
+    JSON mean: PyYAML follows YAML 1.1, whose floats need a dot, and read it as text, so a layer rule
+    `hidden: 5e-1`, a data spec's `scale: 1e-2` or a JSON spec's exponent was refused as not a number.
+    Used for recipes and data specs."""
+    import yaml
+
+    class NumberLoader(yaml.SafeLoader):
+        pass
+
+    exponent = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+    NumberLoader.add_implicit_resolver("tag:yaml.org,2002:float", exponent, list("-+0123456789"))
+    return NumberLoader
 
 
 def parse_optimizer(text: str) -> tuple[str, dict]:

@@ -14,7 +14,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from prunecli.config.checks import validate
+from prunecli.config.checks import validate, yaml_loader
 from prunecli.config.fields import DISTILL_TEMPERATURE, FIELD_NAMES, Granularity, LayerOverride, PruneConfig
 from prunecli.errors import ConfigError
 
@@ -147,7 +147,7 @@ def _safe_yaml(text: str):
     PyYAML would silently keep the last value, hiding a typo in a recipe."""
     import yaml
 
-    class UniqueKeyLoader(yaml.SafeLoader):
+    class UniqueKeyLoader(yaml_loader()):
         def construct_mapping(self, node, deep=False):
             seen = set()
             for key_node, _value in node.value:

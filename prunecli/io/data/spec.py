@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from prunecli.config.checks import yaml_loader
 from prunecli.errors import DataError
 
 
@@ -29,7 +30,7 @@ def read_spec(path: Path | None) -> dict:
     if path is None:
         return {}
     try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML too
+        spec = yaml.load(path.read_text(encoding="utf-8"), Loader=yaml_loader())  # JSON is YAML too
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DataError(f"cannot read data spec {path}: {first}") from exc
