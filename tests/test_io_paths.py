@@ -343,6 +343,8 @@ def test_a_report_to_dev_stdout_is_the_standard_output(files):
     assert c.report == "-"
     with pytest.raises(UsageError, match="would both write to stdout"):
         paths.plan(_config(files, report="/dev/stdout", markdown="-"), output_model=files / "o.keras")
+    with pytest.raises(UsageError, match="--save-plan needs a file name"):  # not a file named "-"
+        paths.plan(_config(files, save_plan="-"), output_model=files / "o.keras")
 
 
 def test_a_report_inside_the_savedmodel_folder_the_export_replaces_is_refused_before_the_work(tmp_path):

@@ -275,6 +275,10 @@ def _plan_model_writes(p: PathPlan, config, out: Path, exports: dict) -> None:
     """The model output and each --export beside it: regular files, except the SavedModel folder."""
     p.writes["output"] = _check_write("output", out, allow_special=False)
     if getattr(config, "save_plan", None):
+        if str(config.save_plan) == STDOUT:  # it wrote a zip file named "-", where --report - means stdout
+            raise UsageError(
+                "--save-plan needs a file name: a plan is a zip file ('-' is stdout for --report, --markdown)"
+            )
         p.writes["plan"] = _check_write("plan", Path(config.save_plan), allow_special=False)
     for fmt in config.export or ():
         target = exports.get(fmt)
