@@ -10,6 +10,7 @@ import pytest
 
 from prunecli.errors import DataError
 from prunecli.io import data
+from prunecli.io.data.npy import npy_partner
 from prunecli.io.data.spec import read_spec
 
 
@@ -102,12 +103,16 @@ def test_npz_arrays_it_would_not_read_are_refused_by_name(mlp, tmp_path):
 # --- .npy pairs ---------------------------------------------------------------------------------
 
 
-def test_npy_partner_names():
-    assert data.npy_partner(Path("d/x.npy"), "x", "y") == Path("d/y.npy")
-    assert data.npy_partner(Path("x_train.npy"), "x", "y") == Path("y_train.npy")
-    assert data.npy_partner(Path("digits-X.npy"), "x", "y") == Path("digits-Y.npy")
-    assert data.npy_partner(Path("x_train.npy"), "train", "test") == Path("x_test.npy")
-    assert data.npy_partner(Path("xray.npy"), "x", "y") is None
+def test_npy_partner_names_and_the_files_a_run_plans_as_read(tmp_path):
+    assert npy_partner(Path("d/x.npy"), "x", "y") == Path("d/y.npy")
+    assert npy_partner(Path("x_train.npy"), "x", "y") == Path("y_train.npy")
+    assert npy_partner(Path("digits-X.npy"), "x", "y") == Path("digits-Y.npy")
+    assert npy_partner(Path("x_train.npy"), "train", "test") == Path("x_test.npy")
+    assert npy_partner(Path("xray.npy"), "x", "y") is None
+    for name in ("x_train", "y_train", "x_test", "y_test", "x_val", "y_val"):
+        (tmp_path / f"{name}.npy").write_bytes(b"x")
+    read = data.files_read(str(tmp_path / "x_train.npy"))["data"]  # `--report x_test.npy` replaced the test set
+    assert sorted(p.name for p in read) == ["x_test.npy", "x_val.npy", "y_test.npy", "y_train.npy", "y_val.npy"]
 
 
 def test_npy_pairs_stream_from_memory_maps(mlp, tmp_path):

@@ -37,7 +37,7 @@ from prunecli.errors import DataError
 from prunecli.io.data.batches import Data
 from prunecli.io.data.checks import io_names, is_multi_io
 from prunecli.io.data.images import load_images
-from prunecli.io.data.npy import load_npy, npy_partner
+from prunecli.io.data.npy import load_npy, npy_files
 from prunecli.io.data.npz import load_npz
 from prunecli.io.data.spec import find_spec
 from prunecli.io.data.tfrecord import TFRECORD_SUFFIXES, eval_records, load_tfrecord, tfrecord_files
@@ -118,7 +118,7 @@ def _read(path: str, model, batch_size: int, val_split: float, seed: int) -> Dat
 
 def files_read(data: str) -> dict[str, list[Path]]:
     """Files `--data` reads besides itself, for io.paths.plan (an output must not overwrite them
-    either): the labels .npy beside x.npy; the TFRecord files a glob matches; a TFRecord's spec and
+    either): the labels .npy beside x.npy and a train file's test and val pairs; the TFRecord files a glob matches; a TFRecord's spec and
     the records its `eval:` names (`--report 'recs/part-0.tfrecord' -d 'recs/*.tfrecord'` replaced a shard)."""
     import glob
 
@@ -126,9 +126,7 @@ def files_read(data: str) -> dict[str, list[Path]]:
     is_glob = any(ch in str(data) for ch in "*?[")
     out = [Path(f) for f in sorted(glob.glob(str(data)))] if is_glob else []
     if p.suffix == ".npy" and not is_glob:
-        partner = npy_partner(p, "x", "y")
-        if partner is not None:
-            out.append(partner)
+        out += npy_files(p)
     if is_glob or (p.is_dir() and tfrecord_files(p)) or (p.is_file() and p.suffix in TFRECORD_SUFFIXES):
         spec = find_spec(str(p))
         if spec is not None:

@@ -62,6 +62,17 @@ def npy_partner(path: Path, old: str, new: str) -> Path | None:
     return path.with_name("".join(parts) + path.suffix)
 
 
+def npy_files(path: Path) -> list[Path]:
+    """The files an .npy dataset named `path` reads besides it, for the path plan: its labels file and,
+    for a `train` name, the test and val pairs beside it (`--report x_test.npy` replaced them)."""
+    found = [partner for partner in [npy_partner(path, "x", "y")] if partner is not None]
+    for name in ("test", "val"):
+        sibling = npy_partner(path, "train", name)
+        if sibling is not None and sibling.is_file():
+            found += [sibling, *[partner for partner in [npy_partner(sibling, "x", "y")] if partner is not None]]
+    return found
+
+
 NPY_MAGIC = b"\x93NUMPY"
 
 
