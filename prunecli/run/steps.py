@@ -341,6 +341,7 @@ def score_and_mask(model, targets, data, task, config: PruneConfig, progress: Pr
         notes.append(f"method {config.method} scores whole units; pruned with granularity neuron")
     progress(f"scoring with {config.method}")
     targets = list(targets)
+    strategy = _noting_flat_scores(strategy, notes)
     ctx = _scoring_context(model, targets, data, task, config, progress)
     per_chunk = chunked.layer_independent(config, model)  # each layer's mask depends on its scores only
     if per_chunk and config.method in chunked.PER_LAYER_METHODS:
@@ -356,6 +357,37 @@ def score_and_mask(model, targets, data, task, config: PruneConfig, progress: Pr
             channels.apply_follower_masks(masks.followers)
     masks.notes[:0] = notes
     return masks
+
+
+def _noting_flat_scores(strategy, notes: list):
+    """`strategy`, for a data-driven method, with its scores checked as they come: a target whose scores
+    are all equal on this data (zero gradients or outputs: an all-zero --data, a dead layer) is pruned
+    by position, not by the method, and a note says so instead of the report implying a ranking."""
+    if not strategy.needs_data or strategy.calibrated:  # calibration notes its own fallbacks
+        return strategy
+
+    def scored(targets, ctx):
+        scores = strategy.fn(targets, ctx)
+        for t in targets:
+            if t.name in scores and _all_equal(scores[t.name]):
+                notes.append(
+                    f"{t.name}: every {strategy.name} score is equal on this data, so its mask goes by"
+                    f" position, not by {strategy.name}"
+                )
+        return scores
+
+    return dataclasses.replace(strategy, fn=scored)
+
+
+def _all_equal(score) -> bool:
+    """Whether a score tensor of two or more entries (NumPy or TensorFlow, read where it lies) holds one value."""
+    import numpy as np
+
+    if isinstance(score, np.ndarray):
+        return score.size > 1 and score.min() == score.max()
+    import tensorflow as tf
+
+    return int(tf.size(score)) > 1 and bool(tf.reduce_min(score) == tf.reduce_max(score))
 
 
 def _scoring_context(model, targets: list, data, task, config: PruneConfig, progress: Progress):
