@@ -294,7 +294,8 @@ def test_a_real_export_lists_every_file_and_refuses_one_added_in_its_assets(tmp_
 
 
 def test_the_python_api_plans_the_paths_the_cli_plans(tmp_path):
-    """prune() refuses what the CLI refuses, before any work: a report onto the feature-names file."""
+    """prune() refuses what the CLI refuses, before any work: a report onto the feature-names file, or
+    settings out of range in a config changed after build_config."""
     from prunecli import prune
 
     model, names = tmp_path / "in.keras", tmp_path / "names.txt"
@@ -307,6 +308,11 @@ def test_the_python_api_plans_the_paths_the_cli_plans(tmp_path):
     with pytest.raises(OutputError, match="would overwrite the feature names file"):
         prune(config)
     assert names.read_text() == "a\nb\n"
+    # a config changed after build_config is checked as the CLI checks it: sparsity 5 pruned a model
+    with pytest.raises(ConfigError, match=r"sparsity must be in \[0, 1\), got 5.0"):
+        prune(config.replace(sparsity=5.0, report=None))
+    with pytest.raises(ConfigError, match="invalid PruneConfig"):
+        prune(config.replace(sparsity="half", report=None))
 
 
 def test_killed_runs_temporary_folders_are_removed(tmp_path, monkeypatch):

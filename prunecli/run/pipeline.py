@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from prunecli import __version__, removal
 from prunecli.config import PruneConfig
-from prunecli.errors import ConfigError, GateFailed, InputError, streamed_errors_raised
+from prunecli.errors import ConfigError, GateFailed, InputError, first_line, streamed_errors_raised
 from prunecli.io import models as model_io
 from prunecli.io import plan_file
 from prunecli.outputs.report import Report, Timings
@@ -35,6 +35,7 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
     config)`, after the report is written."""
     if not isinstance(config, PruneConfig):  # a dict of settings, say: one line, not an AttributeError
         raise ConfigError("prune() takes a PruneConfig: prunecli.prune(prunecli.build_config({...}))")
+    checked(config)
     if config.auto:
         from prunecli.run import auto
 
@@ -51,6 +52,22 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
 
     write_report_files(result.report, config.report, config.markdown)
     return result
+
+
+def checked(config: PruneConfig) -> None:
+    """The checks build_config makes, made again on the config prune() is given: a PruneConfig built
+    directly or changed with `.replace(sparsity=5.0)` skipped them, and ran (sparsity 5 pruned a model;
+    NaN ended in a ValueError). A value of the wrong type is the same one-line ConfigError."""
+    from prunecli.config import validate
+    from prunecli.scoring.checks import check_method
+
+    try:
+        validate(config)
+        check_method(config.method, bool(config.data))
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError(
+            f"invalid PruneConfig ({first_line(exc)}): build it with prunecli.build_config({{...}})"
+        ) from exc
 
 
 def run(config: PruneConfig, progress: steps.Progress | None = None) -> PruneResult:
