@@ -409,6 +409,8 @@ def test_the_api_refuses_model_objects_dicts_and_odd_types_in_one_line(pruned, m
         verify(pruned[0], report={"layers": []})
     with pytest.raises(ConfigError, match="--tolerance must be a number, got '0.1'"):
         verify(pruned[0], report=pruned[2], tolerance="0.1")
+    with pytest.raises(ConfigError, match="verify needs the model to check"):  # a TypeError before
+        verify(None, report=pruned[2])
     x = np.zeros((4, 3))
     with pytest.raises(ConfigError, match=r"invalid value for data: a tuple \(a path is needed") as caught:
         build_config({"model_path": str(mlp_files["keras"]), "data": (x, x)})

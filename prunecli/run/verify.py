@@ -72,6 +72,8 @@ def verify(
 
     if report is None and plan is None:
         raise ConfigError("verify needs --report, --plan or both: the claims to check")
+    if model_path is None:  # verify(None, report=...): a TypeError deep in the hash before
+        raise ConfigError("verify needs the model to check: verify('model.keras', report=...)")
     for role, p in (("model", model_path), ("report", report), ("plan", plan), ("data", data)):
         if p is not None and not isinstance(p, (str, os.PathLike)):  # the Python API given a dict or a model
             raise ConfigError(f"verify: {role} takes the path of a file, not a {type(p).__name__}")
