@@ -63,7 +63,8 @@ def test_a_write_onto_a_read_or_another_write_is_refused(files, option, target, 
 @pytest.mark.parametrize("option", ["report", "markdown", "save_plan", "output"])
 def test_a_write_inside_a_folder_the_run_reads_is_refused(tmp_path, option):
     """A SavedModel folder as the model, or an image folder as --data: `--report sm/saved_model.pb`
-    replaced the input model's graph, and a report written among the images became a bad image."""
+    replaced the input model's graph, and a report written among the images became a bad image. A new
+    file at a read folder's top level, which no reader lists, is written."""
     model, images = tmp_path / "sm", tmp_path / "images"
     (model / "variables").mkdir(parents=True)
     (model / "saved_model.pb").write_bytes(b"graph")
@@ -75,6 +76,9 @@ def test_a_write_inside_a_folder_the_run_reads_is_refused(tmp_path, option):
         with pytest.raises(OutputError, match=f"is inside .* \\({what}\\), a folder the run reads"):
             paths.plan(c, output_model=output)
     assert (model / "saved_model.pb").read_bytes() == b"graph"
+    top = images / "new.keras"
+    output = top if option == "output" else tmp_path / "o.keras"
+    paths.plan(config.replace(**({} if option == "output" else {option: str(top)})), output_model=output)
 
 
 def test_hard_links_and_other_spellings_are_the_same_file(files):

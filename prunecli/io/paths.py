@@ -411,7 +411,7 @@ def _check_collisions(p: PathPlan, model: Path | None, force: bool) -> None:
                 raise OutputError(
                     f"{t.role} {shown(t.path)} is replaced whole, and the {_read_name(role)} is inside it"
                 )
-            if os.path.isdir(path) and _inside(t.path, path):  # a SavedModel's saved_model.pb, an image of --data
+            if _replaces_inside(t.path, path):  # a SavedModel's saved_model.pb, an image of --data
                 raise OutputError(
                     f"{t.role} {shown(t.path)} is inside {shown(path)} (the {_read_name(role)}), a folder the run"
                     " reads: write it elsewhere"
@@ -431,6 +431,16 @@ def _check_collisions(p: PathPlan, model: Path | None, force: bool) -> None:
                 raise OutputError(
                     f"{b.role} {shown(b.path)} is inside {shown(a.path)}, which the {a.role} replaces whole"
                 )
+
+
+def _replaces_inside(target: Path, folder: Path) -> bool:
+    """Whether writing `target` changes what the run reads from `folder` (a SavedModel input, an image or
+    TFRecord folder): it replaces an entry there, or lands in a subfolder (an image class, variables/).
+    A new file at the folder's top level, which no reader lists, is allowed."""
+    if not os.path.isdir(folder) or not _inside(target, folder):
+        return False
+    top = Path(os.path.realpath(Path(os.path.abspath(target)).parent)) == Path(os.path.realpath(folder))
+    return _lstat(target) is not None or not top
 
 
 def _read_name(role: str) -> str:
