@@ -313,11 +313,13 @@ def test_a_tf_keras_model_calling_tensorflow_functions_reads_them_and_refuses_ot
     assert "Traceback" not in result.output
 
 
-def test_a_keras2_model_wrapped_in_time_distributed_reads_as_tf_keras_computes_it(tmp_path, cli):
+def test_a_keras2_model_and_batchnorm_wrapped_in_time_distributed_read_as_tf_keras_computes_them(tmp_path, cli):
     """vvadlrs3 (bench/ZOO.md) runs a MobileNet on every video frame: `TimeDistributed(Model)` in a Keras
     2.2.4 `.h5`. Keras 3 reads a wrapper's layer with a deserialiser that knows no class "Model" (the
-    run said to give a --custom-objects file for Keras' own class); it now reads, computes what tf_keras
-    computes, and prunes."""
+    run said to give a --custom-objects file for Keras' own class), and that reads a wrapped
+    BatchNormalization's `axis: [1]` as a list (rnnmorph's `TimeDistributed(BatchNormalization)`, a tf_keras
+    .h5: "cannot load ...: int() argument must be ... not 'list'"); both now read, compute what tf_keras
+    computes, and prune."""
     import tf_keras
 
     from prunecli.io import models as model_io
@@ -332,10 +334,12 @@ def test_a_keras2_model_wrapped_in_time_distributed_reads_as_tf_keras_computes_i
         [
             tf_keras.Input((5, 8, 8, 3)),
             tf_keras.layers.TimeDistributed(per_frame, name="frames"),
+            tf_keras.layers.TimeDistributed(tf_keras.layers.BatchNormalization(name="step_bn"), name="steps"),
             tf_keras.layers.LSTM(4, name="rnn"),
             tf_keras.layers.Dense(1, activation="sigmoid", name="out"),
         ]
     )
+    model.get_layer("steps").set_weights([np.full(6, 0.5), np.full(6, -0.2), np.full(6, 0.3), np.full(6, 4.0)])
     path = tmp_path / "video.h5"
     model.save(path)
     _as_keras2(path, version="2.2.4")
@@ -411,20 +415,23 @@ def test_a_tf_keras_tf_concat_is_a_join_that_shrinks(tmp_path, cli):
 
 
 @pytest.mark.slow  # 2-5 s (a tf_keras model saved and pruned): the full suite
-def test_a_tf_keras_archive_whose_recurrent_layers_name_time_major_reads(tmp_path, cli):
+def test_a_tf_keras_archive_with_time_major_and_keras2_hard_sigmoid_reads_as_tf_keras_computes_it(tmp_path, cli):
     """tf_keras (Keras 2.13+) writes `time_major` into every LSTM and GRU config of its `.keras` archives,
     which Keras 3 refuses ("Unrecognized keyword arguments passed to LSTM"); fink-science's CATS light-curve
-    classifier (bench/ZOO.md) could not be read. The argument is dropped as for a Keras-2 `.h5`: the model
-    computes what tf_keras computes, and prunes."""
+    classifier (bench/ZOO.md) could not be read. The argument is dropped as for a Keras-2 `.h5`. Its
+    "hard_sigmoid" is Keras 2's (slope 0.2), read as Keras 3's (1/6) it moved russtress' stress positions
+    (bench/ZOO.md); it is read as Keras 2's, as in an `.h5`, and said so. The model computes what tf_keras
+    computes, and prunes."""
     import tf_keras
 
     from prunecli.io import models as model_io
 
     tf_keras.utils.set_random_seed(3)
+    gates = tf_keras.layers.LSTM(4, return_sequences=True, recurrent_activation="hard_sigmoid")
     original = tf_keras.Sequential(
         [
             tf_keras.Input((7, 3)),
-            tf_keras.layers.Bidirectional(tf_keras.layers.LSTM(4, return_sequences=True), name="bi"),
+            tf_keras.layers.Bidirectional(gates, name="bi"),
             tf_keras.layers.GRU(3, name="gru"),
             tf_keras.layers.Dense(2, name="head"),
         ]
@@ -435,6 +442,7 @@ def test_a_tf_keras_archive_whose_recurrent_layers_name_time_major_reads(tmp_pat
     loaded, info = model_io.load(path)
     assert info.flavour == "keras2"
     np.testing.assert_allclose(np.asarray(loaded(x)), original(x).numpy(), atol=1e-5)
+    assert any("hard_sigmoid read as Keras 2" in note for note in model_io.read_notes(info))
     result = cli("prune", path, "-s", "0.5", "-o", tmp_path / "out.keras", "-q")
     assert result.exit_code == 0, result.output
 

@@ -60,7 +60,7 @@ __all__ = [
 def read_notes(info) -> tuple[str, ...]:
     """What the report and `inspect` say about how the file was read (CuDNN layers read as their
     plain equivalents, Keras 2's hard_sigmoid kept); empty for most files."""
-    if info.format not in ("h5", "savedmodel"):  # a SavedModel's config is the .h5 model_config it is read as
+    if info.format not in ("h5", "savedmodel", "keras"):  # a SavedModel's config: the .h5 model_config it is read as
         return ()
     from prunecli.io.models.keras2_activations import uses_keras2_hard_sigmoid
 

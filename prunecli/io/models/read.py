@@ -162,7 +162,7 @@ def _load_keras(info: ModelFile, unsafe: bool, custom: CustomObjects):
         if info.flavour == "keras2":
             config = _with_nested_sequentials_as_keras3_reads_them(config)
             config = _with_nested_models_as_keras3_reads_them(config)
-            config = _with_wrapped_models_as_keras3_reads_them(config)
+            config = _with_wrapped_layers_as_keras3_reads_them(config)
         config = custom_objects.replace_lambdas(config, custom)  # the user's functions, not the file's code
         if info.flavour == "keras2":  # the hard_sigmoid it was trained with, not Keras 3's
             config = keras2_activations.with_keras2_hard_sigmoid(config)
@@ -343,8 +343,13 @@ def _keras2_archive_config(config: dict) -> dict:
     """A `.keras` archive written by Keras 2.13+ or tf_keras, said as Keras 3 reads it: its model classes
     named by their tf_keras modules ("tf_keras.src.engine.functional", which Keras 3 cannot locate), every
     one-element `axis` list (BatchNormalization's `[3]`, an int() error) as its number, one input or
-    output as itself, not a list of one, and its nested models as `_with_nested_models_as_keras3_reads_them`
-    says (the same legacy layer graph as an .h5's)."""
+    output as itself, not a list of one, its nested models as `_with_nested_models_as_keras3_reads_them`
+    says (the same legacy layer graph as an .h5's), and its "hard_sigmoid" as the Keras 2 function it
+    computes, as for an .h5 (Keras 3's has another slope: russtress' LSTM gates, saved so by tf_keras 2.21,
+    read as stored moved its outputs by up to 0.82, bench/ZOO.md)."""
+    from prunecli.io.models import keras2_activations
+
+    config = keras2_activations.with_keras2_hard_sigmoid(config)
     patched = json.loads(json.dumps(config))
     for node in config_nodes(patched):
         inner = node.get("config")
@@ -467,18 +472,24 @@ def _nested_single_ends(config: dict) -> dict:
     return patched if changed else config
 
 
-def _with_wrapped_models_as_keras3_reads_them(config: dict) -> dict:
-    """A Keras-2 model wrapped in a layer (`TimeDistributed(Model)`: a MobileNet run on every frame of a
-    video, vvadlrs3 in bench/ZOO.md) said as Keras 3 reads it. Keras 3 reads a wrapper's layer with its
-    own deserialiser, which knows no class "Model" without a module ("Could not locate class 'Model'"), nor
-    tf_keras' "tf_keras.src.engine.functional"; named as Keras 3's Functional and read as a nested model
-    (`_nested_model_as_keras3_reads_it`), it reads. Returns `config` itself when no wrapper
-    holds a model."""
+def _with_wrapped_layers_as_keras3_reads_them(config: dict) -> dict:
+    """A Keras-2 layer wrapped in another (`TimeDistributed`, `Bidirectional`) said as Keras 3 reads it.
+    Keras 3 reads a wrapper's layer with its own deserialiser, which takes a Keras-2 config as written:
+    it knows no class "Model" without a module ("Could not locate class 'Model'": a MobileNet run on every
+    frame of a video, vvadlrs3 in bench/ZOO.md), nor tf_keras' "tf_keras.src.engine.functional", and it
+    reads tf_keras' BatchNormalization `axis: [1]` as a list ("int() argument must be ... not 'list'":
+    rnnmorph's TimeDistributed(BatchNormalization) in bench/ZOO.md), where its reader of outer layers takes
+    the number. A wrapped model is named as Keras 3's Functional and read as a nested model
+    (`_nested_model_as_keras3_reads_it`), a wrapped layer's one-element `axis` list is its number.
+    Returns `config` itself when no wrapped layer needs either."""
     patched = json.loads(json.dumps(config))
     changed = False
     for node in config_nodes(patched):
         inner = node.get("layer") if isinstance(node, dict) else None
-        if not (isinstance(inner, dict) and inner.get("class_name") in _MODEL_CLASSES):
+        if not isinstance(inner, dict):
+            continue
+        if inner.get("class_name") not in _MODEL_CLASSES:
+            changed = isinstance(inner.get("config"), dict) and _axis_as_number(inner["config"]) or changed
             continue
         if "module" in inner and "engine" not in str(inner["module"]):  # tf_keras' "tf_keras.src.engine..."
             continue
