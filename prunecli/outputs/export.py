@@ -265,10 +265,15 @@ def _atomic_file(target: Path):
 
 
 def write_savedmodel(model, path: Path) -> None:
-    """Keras 3's own SavedModel export: a `serving_default` signature over the model's inputs."""
+    """Keras 3's own SavedModel export: a `serving_default` signature over the model's inputs. A
+    TimeDistributed over an open number of steps is traced with its steps folded into the batch
+    (structure/rebuild.steps_as_batch: Keras' own maps it over the batch size)."""
+    from prunecli.structure import rebuild
+
+    traced = rebuild.steps_as_batch(model) or model
     try:
         with _quiet():
-            model.export(str(path), format="tf_saved_model", verbose=False)
+            traced.export(str(path), format="tf_saved_model", verbose=False)
     except OSError as exc:
         raise write_error(path, exc) from exc
     except Exception as exc:  # Keras/TF raise ValueError/TypeError for models that cannot be traced

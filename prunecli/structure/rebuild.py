@@ -524,6 +524,53 @@ def renested(model):
     return _model_like(model, graph, new_inputs, tensors)
 
 
+def steps_as_batch(model):
+    """A model computing what `model` does in inference, with each TimeDistributed of its top-level graph
+    that runs over an open number of steps (and no mask) calling its layer once on the steps folded into
+    the batch, the same layer object (its weights); None when there is none or the graph cannot be read.
+
+    Why: traced with an open number of steps (a SavedModel's signature, and every TFLite file converted
+    from one), Keras 3's TimeDistributed maps its layer over `ops.shape(inputs)[0]` read before it swaps
+    the batch and step axes: over the batch size, not the steps. The exported model returned (batch,
+    batch, ...) and failed on the model's own inputs ("slice index 32 of dimension 0 out of bounds":
+    crema's and rnnmorph's per-frame and per-word taggers, bench/ZOO.md). A layer that acts on each
+    example alone computes the same on the steps as one batch (a BatchNormalization in inference too)."""
+    import keras
+    from keras import ops
+
+    class StepsAsBatch(keras.layers.TimeDistributed):
+        """TimeDistributed whose layer is called once, on the (batch x steps) examples."""
+
+        def call(self, inputs, training=None, mask=None):
+            shape = ops.shape(inputs)
+            given = {"training": training} if self.layer._call_has_training_arg else {}
+            folded = self.layer.call(ops.reshape(inputs, (-1, *inputs.shape[2:])), **given)
+            return ops.reshape(folded, (shape[0], shape[1], *folded.shape[1:]))
+
+    graph = keras_graph.functional(model)
+    if graph is None:
+        return None
+    twins = {}
+    for node in ordered_nodes(graph):
+        layer = node.operation
+        if (
+            not isinstance(layer, keras.layers.TimeDistributed)
+            or type(layer).call is not keras.layers.TimeDistributed.call
+        ):
+            continue
+        calls = _calls_of(graph, layer)
+        if any(
+            len(keras_graph.flatten(n.input_tensors)) != 1
+            or n.input_tensors[0].shape[1] is not None
+            or None in tuple(n.input_tensors[0].shape)[2:]
+            or any(m is not None for m in keras_graph.flatten(n.arguments.kwargs.get("mask")))
+            for n in calls
+        ):
+            continue
+        twins[id(layer)] = StepsAsBatch(layer.layer, name=layer.name)
+    return rebuild(model, replace=twins) if twins else None
+
+
 def unrolled(model, max_steps: int):
     """A model computing what `model` does with its recurrent layers (LSTM, GRU, SimpleRNN, and
     Bidirectional ones) unrolled over their time steps, sharing every other layer and holding the
