@@ -563,6 +563,7 @@ def steps_as_batch(model):
             len(keras_graph.flatten(n.input_tensors)) != 1
             or n.input_tensors[0].shape[1] is not None
             or None in tuple(n.input_tensors[0].shape)[2:]
+            or None in tuple(keras_graph.flatten(n.outputs)[0].shape)[2:]  # each step's shape: a reshape's
             or any(m is not None for m in keras_graph.flatten(n.arguments.kwargs.get("mask")))
             for n in calls
         ):
