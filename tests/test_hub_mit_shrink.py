@@ -1,9 +1,10 @@
-"""KerasHub MiT image classifiers: MixFFN units and whole blocks removed for real
+"""KerasHub MiT image classifiers: MixFFN units, attention heads and whole blocks removed for real
 (structure/vision_encoders.py), the task staying the user's MiTImageClassifier.
 
 MiT's blocks are nodes of its backbone's own graph, stage after stage (overlapping patch embedding ->
 blocks -> norm -> reshape to the image grid); a MixFFN unit is fc1's column and bias, the depthwise
-convolution's channel (kernel and bias) and fc2's row. Each shrunk model is checked against the masked
+convolution's channel (kernel and bias) and fc2's row; a head is its columns of the q, k and v Dense layers
+(and their biases) and its rows of the output Dense, the spatial-reduction convolution staying whole. Each shrunk model is checked against the masked
 model it came from, after a save/load round trip too, and its parameter count against the slices
 removed. Tiny configs built with keras_hub (no download), every weight spread out so a removed unit's
 biases must follow it.
@@ -20,7 +21,7 @@ from conftest import assert_close_rel, reloaded_hub, spread_weights, step_config
 keras = pytest.importorskip("keras")
 kh = pytest.importorskip("keras_hub")
 
-from prunecli.removal import ffn  # noqa: E402
+from prunecli.removal import ffn, heads  # noqa: E402
 from prunecli.removal import layers as layer_removal  # noqa: E402
 from prunecli.structure import targets as targets_mod  # noqa: E402
 from prunecli.structure import transformer, vision_encoders  # noqa: E402
@@ -28,14 +29,17 @@ from prunecli.structure import transformer, vision_encoders  # noqa: E402
 DIMS, SIDE = (8, 16), 32
 # a unit of a stage of width d: fc1 column (d) and bias (1), a 3x3 depthwise channel and its bias (10), fc2 row (d)
 PER_UNIT = [2 * d + 1 + 10 for d in DIMS]
+HD = 4  # the head size of classifier(heads=(2, 4))
+# a head of a stage of width d: its q, k and v columns and biases, its output rows
+PER_HEAD = [3 * (d * HD + HD) + HD * d for d in DIMS]
 
 
-def classifier(depths=(2, 1), seed: int = 0):
+def classifier(depths=(2, 1), seed: int = 0, heads=(1, 2)):
     keras.utils.set_random_seed(seed)
     backbone = kh.models.MiTBackbone(
         layerwise_depths=list(depths),
         num_layers=2,
-        layerwise_num_heads=[1, 2],
+        layerwise_num_heads=list(heads),
         layerwise_sr_ratios=[2, 1],
         max_drop_path_rate=0.0,
         layerwise_patch_sizes=[7, 3],
@@ -127,9 +131,9 @@ def test_cli_meets_a_parameter_target_on_a_saved_mit_classifier(cli, tmp_path):
     assert json.loads(report.read_text())["ffn"]["verification"]["max_rel_diff"] <= 1e-4
 
 
-def test_a_flops_target_on_mit_units_is_refused_not_priced_at_one_length():
+def test_a_flops_target_on_mit_units_or_heads_is_refused_not_priced_at_one_length():
     """Each MiT stage sees its own token count, so one --seq-len (what the run asked for) would price every
-    stage's units wrong: the flops target is refused in one line, even with a --seq-len given."""
+    stage's units and heads wrong: the flops target is refused in one line, even with a --seq-len given."""
     from prunecli.errors import ConfigError
 
     model = classifier()
@@ -137,3 +141,65 @@ def test_a_flops_target_on_mit_units_is_refused_not_priced_at_one_length():
     config = step_config("neuron", target="flops=0.7", seq_len=64)
     with pytest.raises(ConfigError, match="its own"):
         ffn.run_ffn(model, tg, config)
+    with pytest.raises(ConfigError, match="token count"):
+        heads.run_heads(model, targets_mod.select(model), step_config("head", target="flops=0.7", seq_len=64))
+
+
+@pytest.mark.slow  # ~10 s
+def test_heads_leave_mit_blocks_with_their_biases_and_the_head_size_kept(tmp_path):
+    """-g head --shrink: each block keeps half its heads (the report's rows per block, stage by stage), each
+    of HD channels still (KerasHub's block would derive width // heads), its spatial-reduction convolution
+    whole; the model equals the masked one, reloads, and rebuilds again (its feed-forward units next)."""
+    model = classifier(heads=(2, 4))
+    found = heads.find(model)
+    before = model.count_params()
+    small, _masks, section, notes = heads.run_heads(
+        model, targets_mod.select(model), step_config("head", sparsity=0.5, shrink=True)
+    )
+    rows = section["layers"]
+    stage_of = {hl.path: hl.owner.name.split("_")[-2] for hl in found}  # hierarchical_encoder_<stage>_<block>
+    assert [(stage_of[r["layer"]], r["heads_before"], r["heads_after"]) for r in rows] == [
+        ("0", 2, 1),
+        ("0", 2, 1),
+        ("1", 4, 2),
+    ]
+    assert not notes and all(r["deleted"] for r in rows)
+    gone = rows[0]["removed_heads"][0]  # masked in place: the head's query bias with its columns
+    assert not np.asarray(found[0].layer.q.bias)[gone * HD : (gone + 1) * HD].any()
+    blocks = vision_encoders.blocks(small)
+    assert [(b.num_heads, b.head_dim, b.attn.num_heads) for b in blocks] == [(1, HD, 1), (1, HD, 1), (2, HD, 2)]
+    assert [tuple(b.attn.q.kernel.shape) for b in blocks] == [(8, HD), (8, HD), (16, 2 * HD)]
+    assert tuple(blocks[0].attn.sr.kernel.shape) == (2, 2, 8, 8)  # reduces every channel: no head's
+    removed = 2 * PER_HEAD[0] + 2 * PER_HEAD[1]
+    assert before - small.count_params() == removed == section["params_before"] - section["params_after"]
+    assert section["verification"]["max_rel_diff"] <= 1e-4
+    check_rebuilt(model, small, tmp_path)
+    tg, _notes = transformer.ffn_only(small, targets_mod.select(small))
+    smaller, _m, units_section, _n = ffn.run_ffn(small, tg, step_config("neuron", sparsity=0.5, shrink=True))
+    assert [(b.num_heads, b.head_dim) for b in vision_encoders.blocks(smaller)] == [(1, HD), (1, HD), (2, HD)]
+    assert units_section["verification"]["max_rel_diff"] <= 1e-4
+    check_rebuilt(small, smaller, tmp_path)
+
+
+@pytest.mark.slow
+def test_cli_meets_a_parameter_target_with_mit_heads(cli, tmp_path):
+    """-g head --target params=F prices each head at its stage's slices (PER_HEAD): the model written is
+    the dense one less exactly the removed heads' slices, at most F of it, as the target section predicted."""
+    from prunecli.io.models import load
+
+    model = classifier(heads=(2, 4))
+    path = tmp_path / "m.keras"
+    model.save(path)
+    out, report = tmp_path / "out.keras", tmp_path / "r.json"
+    dense = model.count_params()
+    goal = dense - PER_HEAD[1] - 1  # more than one head of stage 1
+    res = cli("prune", path, "-g", "head", "--target", f"params={goal / dense}", "--shrink", "-o", out, "-r", report)
+    assert res.exit_code == 0, res.output
+    small, _info = load(out)
+    assert type(small).__name__ == "MiTImageClassifier"
+    written = json.loads(report.read_text())
+    section = written["heads"]
+    stage = [int(row["layer"].split("/")[1].split("_")[-2]) for row in section["layers"]]
+    priced = sum(PER_HEAD[s] * len(row["removed_heads"]) for s, row in zip(stage, section["layers"], strict=True))
+    assert dense - small.count_params() == priced and small.count_params() == written["target"]["predicted"] <= goal
+    assert section["verification"]["max_rel_diff"] <= 1e-4

@@ -1,8 +1,10 @@
-"""KerasHub Swin Transformer image classifiers: Mlp units and whole blocks removed for real
+"""KerasHub Swin Transformer image classifiers: Mlp units, attention heads and whole blocks removed for real
 (structure/vision_encoders.py), the task staying the user's SwinTransformerImageClassifier.
 
 Swin's blocks sit inside its stages (one layer of the backbone's graph each, the blocks then patch
-merging); a unit is fc1's column and bias and fc2's row. Each shrunk model is checked against the masked
+merging); a unit is fc1's column and bias and fc2's row; a head its entries of the q, k and v runs of the
+one qkv Dense (and its bias), its rows of the output Dense and its column of the relative position bias
+table. Each shrunk model is checked against the masked
 model it came from (or a forward computed layer by layer), after a save/load round trip too, and its
 parameter count against the slices removed. Tiny configs built with keras_hub (no download). Swin's
 blocks trace slowly (shifted-window masks): these run in the full suite.
@@ -17,13 +19,17 @@ from conftest import assert_close_rel, reloaded_hub, spread_weights, step_config
 keras = pytest.importorskip("keras")
 kh = pytest.importorskip("keras_hub")
 
-from prunecli.removal import ffn  # noqa: E402
+from prunecli.removal import ffn, heads  # noqa: E402
 from prunecli.removal import layers as layer_removal  # noqa: E402
 from prunecli.structure import targets as targets_mod  # noqa: E402
 from prunecli.structure import transformer, vision_encoders  # noqa: E402
 
 DIM, SIDE = 8, 32
 PER_UNIT = [2 * d + 1 for d in (DIM, 2 * DIM)]  # fc1 column and bias, fc2 row, per stage width
+HD, TABLE = 4, 7 * 7  # heads of 4 channels (num_heads (2, 4)); a 4x4 window's table: (2 * 4 - 1) ** 2 offsets
+PER_HEAD = [
+    3 * (d * HD + HD) + HD * d + TABLE for d in (DIM, 2 * DIM)
+]  # q/k/v columns and bias, output rows, table column
 
 pytestmark = pytest.mark.slow  # ~10 s each
 
@@ -85,3 +91,38 @@ def test_a_whole_swin_block_leaves_and_the_shifted_one_keeps_its_shift(tmp_path)
     assert [b.name for b in blocks] == ["blocks_1", "blocks_0", "blocks_1"] and blocks[0].shift_size == 2
     assert model.count_params() - small.count_params() == layer_removal._params(stage0.blocks[0])
     check_rebuilt(model, small, tmp_path, want)
+
+
+def test_heads_leave_swin_blocks_with_their_bias_table_columns(tmp_path):
+    """-g head --shrink: each block keeps half its heads (the report's rows per block, stage by stage), each
+    of HD channels still (KerasHub's block would derive dim // heads), and its relative position bias table
+    the kept heads' columns; the model equals the masked one, its parameters fall by the heads' slices,
+    and it reloads."""
+    model = classifier()
+    found = heads.find(model)
+    tables = [np.asarray(hl.layer.relative_position_bias_table) for hl in found]
+    before = model.count_params()
+    small, _masks, section, notes = heads.run_heads(
+        model, targets_mod.select(model), step_config("head", sparsity=0.5, shrink=True)
+    )
+    rows = section["layers"]
+    assert [(r["layer"].split("/")[1], r["heads_before"], r["heads_after"]) for r in rows] == [
+        ("stage_0", 2, 1),
+        ("stage_0", 2, 1),
+        ("stage_1", 4, 2),
+        ("stage_1", 4, 2),
+    ]
+    assert not notes and all(r["deleted"] for r in rows)
+    gone = rows[0]["removed_heads"]  # masked in place: its table column with its head
+    assert not np.asarray(found[0].layer.relative_position_bias_table)[:, gone].any()
+    blocks = vision_encoders.blocks(small)
+    assert [(b.num_heads, b.attn.head_dim) for b in blocks] == [(1, HD), (1, HD), (2, HD), (2, HD)]
+    assert [tuple(b.attn.qkv.kernel.shape) for b in blocks] == [(DIM, 3 * HD)] * 2 + [(2 * DIM, 6 * HD)] * 2
+    for block, row, table in zip(blocks, rows, tables, strict=True):
+        kept = [h for h in range(row["heads_before"]) if h not in row["removed_heads"]]
+        assert np.array_equal(np.asarray(block.attn.relative_position_bias_table), table[:, kept])
+    assert blocks[1].shift_size == 2  # the shifted-window block keeps its shift
+    removed = 2 * PER_HEAD[0] + 4 * PER_HEAD[1]
+    assert before - small.count_params() == removed == section["params_before"] - section["params_after"]
+    assert section["verification"]["max_rel_diff"] <= 1e-4
+    check_rebuilt(model, small, tmp_path)

@@ -182,7 +182,7 @@ def run_ffn(model, targets, config, *, data=None, loss_fn=None, sample_x=None, p
     if config.target:  # the sparsity whose removed units meet params=F or flops=F
         what = "the feed-forward units of KerasHub Transformer blocks"
         if parse_target(config.target).kind == "flops":  # every position multiplies each kernel weight once
-            if vision_encoders.blocks(model) and vision_encoders.sequence_length(model) is None:
+            if vision_encoders.stage_lengths(model):
                 raise ConfigError(
                     f"--target {config.target}: a unit of MiT's or Swin's blocks costs what its stage's token count"
                     " makes it (each stage has its own), which prunecli does not price: use --target params="

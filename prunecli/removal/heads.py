@@ -33,7 +33,12 @@ as PrunedLlamaTransformerDecoder..., PrunedTransformerDecoder, PrunedGPTNeoXDeco
 kernel's head axis, its q, k and v side by side): KerasHub computes the
 head size as hidden_dim // num_heads when a block builds, which a config with fewer heads would
 change, so the rebuilt blocks carry the original head size in their config; so do ViT's and DeiT's encoder
-blocks, rebuilt inside a new encoder (structure/vision_encoders.py). Attention layers nested
+blocks, rebuilt inside a new encoder, and MiT's and Swin's blocks, rebuilt inside a new backbone with
+an attention layer of prunecli's that keeps the head size (MiT's SegFormer attention: head h is columns
+h*d..(h+1)*d of its q, k and v Dense layers and those rows of its output Dense, its spatial-reduction
+convolution acting before k and v on every channel, no head's; Swin's window attention: entry h of each
+of the q, k and v runs of its one qkv Dense, those rows of its output, and column h of its relative
+position bias table) (structure/vision_encoders.py). Attention layers nested
 anywhere else are masked (exactly zero, held while fine-tuning), not deleted, and the notes say so.
 The shrunk model is a plain functional keras.Model (a KerasHub causal LM stays one, its generate()
 working: structure/decoders.py).
@@ -86,8 +91,8 @@ def _unit_sums(hl: HeadLayer, arrays: list, fn) -> Any:
     counts = np.zeros(hl.units)
     for part, arr in zip(hl.unit_parts, arrays, strict=True):
         moved = np.moveaxis(np.asarray(arr, dtype=np.float64), part.axis, 0)
-        heads = moved.shape[0] // part.width  # a flattened head is `width` consecutive entries
-        per_head = fn(moved.reshape(heads, -1)).sum(axis=1)
+        heads = moved.shape[0] // (part.width * part.blocks)  # a flattened head is `width` consecutive entries
+        per_head = fn(moved.reshape(part.blocks, heads, -1)).sum(axis=(0, 2))  # ... in each of `blocks` runs
         size = moved.size // heads
         if part.role == "q":
             per_head = per_head.reshape(hl.units, hl.group).sum(axis=1)
@@ -120,7 +125,7 @@ def data_scores(model, layers: list[HeadLayer], data, loss_fn, method: str, max_
         total = 0.0
         parts = hl.unit_parts
         for part, per_index in zip(parts, per_slice[i : i + len(parts)], strict=True):
-            per_index = per_index.reshape(-1, part.width).sum(axis=1)  # per head
+            per_index = per_index.reshape(part.blocks, -1, part.width).sum(axis=(0, 2))  # per head
             total = total + (per_index.reshape(hl.units, hl.group).sum(axis=1) if part.role == "q" else per_index)
         out[hl.path] = total
         i += len(parts)
@@ -179,6 +184,11 @@ def _target_costs(model, found: list[HeadLayer], config) -> tuple[int, dict[str,
     layer's cost growing with its heads."""
     if parse_target(config.target).kind != "flops":
         return int(model.count_params()), {hl.path: unit_params(hl) for hl in found}
+    if vision_encoders.stage_lengths(model):
+        raise ConfigError(
+            f"--target {config.target}: a head of MiT's or Swin's blocks costs what its stage's token count (and"
+            " Swin's windows) make it, which prunecli does not price: use --target params="
+        )
     seq_len, dense = units.counted_at_length(model, config, "attention heads", model_seq_len(model))
     return dense, {hl.path: unit_attention_cost(hl, seq_len) for hl in found}
 
@@ -286,7 +296,8 @@ def shrink(model, layers: list[HeadLayer], removed: dict[str, list[int]]):
     """A new functional model whose attention layers have only their kept heads.
     Layers with a shrink_blocker (and layers with nothing removed) are left as they are, except
     KerasHub decoder blocks: once one is rebuilt, all are (as prunecli's blocks, so the model saves); a
-    ViT's or DeiT's encoder is rebuilt whole (structure/vision_encoders.py), the user's task around it."""
+    ViT's or DeiT's encoder, a MiT's or Swin's backbone is rebuilt whole (structure/vision_encoders.py),
+    the user's task around it."""
     if vision_encoders.blocks(model):
         rebuilt = [hl for hl in layers if hl.shrink_blocker is None and vision_encoders.is_block(hl.owner)]
         if not any(removed.get(hl.path) for hl in rebuilt):
@@ -405,8 +416,8 @@ def run_heads(model, targets, config, *, data=None, loss_fn=None, sample_x=None,
     if target is not None:
         section["target"] = target
     kernel_masks = {t.name: masks.get(t.name, np.ones(t.shape, dtype=bool)) for t in targets or []}
-    seq_len = config.seq_len or model_seq_len(model)
-    if seq_len:
+    seq_len = None if vision_encoders.stage_lengths(model) else config.seq_len or model_seq_len(model)
+    if seq_len:  # attention multiply-adds at one length (not for MiT's and Swin's stages: each its own)
         section["seq_len"] = seq_len
         section["attention_macs_before"] = sum(macs_at(model, seq_len).values())
     if not config.shrink:

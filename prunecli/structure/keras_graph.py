@@ -462,9 +462,36 @@ FUSED_ATTENTION_PROJECTIONS = (
 )
 
 
+# ... and KerasHub's vision attention layers, by class name (a subclass finds its base's entry): MiT's
+# SegFormerMultiheadAttention holds q, k, v and its output as Dense layers whose (hidden, heads * head_dim)
+# kernels hold the heads one after another (its spatial reduction `sr` acts on the input, before k and v,
+# and holds no head); Swin's WindowAttention one Dense `qkv` whose (hidden, 3 * heads * head_dim) kernel
+# holds all heads' q, then all heads' k, then all heads' v (three blocks on the head axis, the entry after
+# the layout's bias axis), and its relative position bias table one column per head (`head_tables`).
+ATTENTION_PROJECTIONS_BY_CLASS = {
+    "SegFormerMultiheadAttention": (
+        (("q",), "q", 1, 0),
+        (("k",), "kv", 1, 0),
+        (("v",), "kv", 1, 0),
+        (("proj",), "q", 0, None),
+    ),
+    "WindowAttention": ((("qkv",), "q", 1, 0, 3), (("proj",), "q", 0, None)),
+}
+# per-head weights besides the projections: (attribute, axis holding the heads), by class name
+ATTENTION_HEAD_TABLES_BY_CLASS = {"WindowAttention": (("relative_position_bias_table", 1),)}
+
+
+def _by_class(table: dict, layer):
+    for cls in type(layer).__mro__:
+        if cls.__name__ in table:
+            return table[cls.__name__]
+    return None
+
+
 def _projection_layout(layer) -> tuple[list[str], tuple] | None:
     """(attribute names, layout) of the layer's projections: q, k, v and output, or fused q/k/v and output."""
-    for layout in (ATTENTION_PROJECTIONS, FUSED_ATTENTION_PROJECTIONS):
+    own = _by_class(ATTENTION_PROJECTIONS_BY_CLASS, layer)
+    for layout in (own,) if own else (ATTENTION_PROJECTIONS, FUSED_ATTENTION_PROJECTIONS):
         found = [next((n for n in names if getattr(layer, n, None) is not None), None) for names, *_ in layout]
         if None not in found:
             return found, layout
@@ -490,21 +517,49 @@ def attention_projections(layer) -> list[tuple[Any, str, int, int | None, int]] 
         return None
     names, projections = layout
     found = []
-    for i, (name, (_names, role, k_axis, b_axis)) in enumerate(zip(names, projections, strict=True)):
+    for i, (name, (_names, role, k_axis, b_axis, *_rest)) in enumerate(zip(names, projections, strict=True)):
         sub = getattr(layer, name)
         is_output = i == len(projections) - 1
         heads = counts[0] if role == "q" else counts[1]
         kernel = getattr(sub, "kernel", None)
         flat = kernel is not None and len(kernel.shape) == 2
-        width = int(kernel.shape[k_axis]) // heads if flat else 1
+        width = int(kernel.shape[k_axis]) // (heads * _blocks(projections[i])) if flat else 1
         found.append((sub, role, _einsum_head_axis(sub, is_output, k_axis), b_axis, width))
     return found
 
 
+def _blocks(projection: tuple) -> int:
+    return projection[4] if len(projection) > 4 else 1
+
+
+def attention_projection_blocks(layer) -> list[int]:
+    """Per projection of `attention_projections`, how many blocks its head axis holds one after another,
+    each with every head's entries: 3 for Swin's qkv (q, k and v), 1 for any other."""
+    layout = _projection_layout(layer)
+    return [] if layout is None else [_blocks(projection) for projection in layout[1]]
+
+
+def head_entries(heads, count: int, width: int = 1, blocks: int = 1) -> list[int]:
+    """The entries of a head axis that these heads hold, of `count` heads each `width` entries wide, the
+    axis holding `blocks` such runs of heads one after another (Swin's q, k, v)."""
+    return [b * count * width + h * width + i for b in range(blocks) for h in heads for i in range(width)]
+
+
+def attention_head_tables(layer) -> list[tuple[Any, int]]:
+    """(variable, head axis) of the attention layer's per-head weights besides its projections (Swin's
+    relative position bias table, one column per head): removed with their head."""
+    found = []
+    for name, axis in _by_class(ATTENTION_HEAD_TABLES_BY_CLASS, layer) or ():
+        variable = getattr(layer, name, None)
+        if variable is not None:
+            found.append((variable, axis))
+    return found
+
+
 def fused_qkv(layer) -> bool:
-    """Whether the attention layer computes q, k and v with one fused projection (GPT-NeoX's)."""
+    """Whether the attention layer computes q, k and v with one fused projection (GPT-NeoX's, Swin's)."""
     found = _projection_layout(layer)
-    return found is not None and found[1] is FUSED_ATTENTION_PROJECTIONS
+    return found is not None and len(found[1]) == 2
 
 
 def _einsum_head_axis(projection, is_output: bool, default: int) -> int:
@@ -687,10 +742,7 @@ def keep_alibi_slopes(attn, slopes: list[float]) -> None:
 
 
 def _hub_block_parts(block) -> HubBlockParts:
-    for cls in type(block).__mro__:
-        if cls.__name__ in HUB_BLOCK_PARTS_BY_CLASS:
-            return HUB_BLOCK_PARTS_BY_CLASS[cls.__name__]
-    return HUB_BLOCK_PARTS
+    return _by_class(HUB_BLOCK_PARTS_BY_CLASS, block) or HUB_BLOCK_PARTS
 
 
 def hub_self_attention(block):

@@ -36,6 +36,7 @@ class Part:
     role: str  # "q" (query heads) or "kv" (key/value heads)
     projection: str  # "query", "key", "value" or "output"
     width: int = 1  # entries of the head axis per head: the head size where a Dense holds heads flattened
+    blocks: int = 1  # runs of all heads one after another on the head axis (Swin's q, k, v: 3)
 
 
 @dataclass
@@ -91,7 +92,8 @@ class HeadLayer:
     def slice_index(self, part: Part, units) -> list[int]:
         """The entries of the part's head axis that these units hold (each head's `width` of them)."""
         heads = self.heads_of(units) if part.role == "q" else self.kv_heads_of(units)
-        return [h * part.width + i for h in heads for i in range(part.width)]
+        count = self.num_heads if part.role == "q" else self.num_kv_heads
+        return keras_graph.head_entries(heads, count, part.width, part.blocks)
 
     def kept_heads(self, kept_units) -> tuple[list[int], list[int]]:
         """(query heads, key/value heads) left with these units: the shared key/value head stays."""
@@ -133,19 +135,25 @@ def _describe(layer, path: str, owner, target_names: dict) -> HeadLayer | None:
         return None
     parts: list[Part] = []
     names = FUSED_PROJECTIONS if keras_graph.fused_qkv(layer) else PROJECTIONS
-    for (sub, role, k_axis, b_axis, width), projection in zip(projections, names, strict=True):
+    blocks = keras_graph.attention_projection_blocks(layer)
+    for (sub, role, k_axis, b_axis, width), projection, runs in zip(projections, names, blocks, strict=True):
         if getattr(sub, "kernel", None) is None:
             return None
-        want = (heads if role == "q" else kv) * width
+        want = (heads if role == "q" else kv) * width * runs
         kernel = sub.kernel
         flat = width > 1  # heads one after another on one axis (SmolLM3's Dense q/k/v, GPT-NeoX's output)
         if len(kernel.shape) != (2 if flat else 3) or int(kernel.shape[k_axis]) != want:
             return None  # a layout we do not know
-        parts.append(Part(target_names.get(id(kernel), _var_path(kernel)), kernel, k_axis, role, projection, width))
+        name = target_names.get(id(kernel), _var_path(kernel))
+        parts.append(Part(name, kernel, k_axis, role, projection, width, runs))
         bias = getattr(sub, "bias", None)
         rank = 1 if flat else 2
         if b_axis is not None and bias is not None and len(bias.shape) == rank and int(bias.shape[b_axis]) == want:
-            parts.append(Part(target_names.get(id(bias), _var_path(bias)), bias, b_axis, role, projection, width))
+            parts.append(Part(target_names.get(id(bias), _var_path(bias)), bias, b_axis, role, projection, width, runs))
+    for table, axis in keras_graph.attention_head_tables(layer):
+        if int(table.shape[axis]) != heads:
+            return None
+        parts.append(Part(target_names.get(id(table), _var_path(table)), table, axis, "q", "head_table"))
     return HeadLayer(path, layer, owner, heads, kv, parts, _shrink_blocker(layer, owner))
 
 
@@ -164,7 +172,7 @@ def _shrink_blocker(layer, owner) -> str | None:
         return (
             f"inside {type(owner).__name__} {owner.name!r}, which prunecli cannot rebuild with fewer heads (it"
             " rebuilds KerasHub's Llama, Mistral, Qwen, Qwen3, Gemma, Gemma3, Phi-3, SmolLM3, GPT-2, OPT, GPT-NeoX, Falcon and Bloom"
-            " decoder blocks, TransformerEncoder blocks, ViT and DeiT encoder blocks and"
+            " decoder blocks, TransformerEncoder blocks, ViT, DeiT, MiT and Swin encoder blocks and"
             " functional models' MultiHeadAttention)"
         )
     if type(layer).__name__ not in ("MultiHeadAttention", "CachedMultiHeadAttention"):
@@ -574,7 +582,7 @@ def _attention_cost(hl: HeadLayer, seq_len: int, heads: int | None = None, kv_he
     q = hl.parts[0]
     d_model, *own_axis = (int(d) for i, d in enumerate(q.variable.shape) if i != q.axis)
     head_dim = own_axis[0] if own_axis else q.width  # no axis of its own where the heads are flattened
-    if q.projection == "query_key_value":  # one head's q, k and v side by side
+    if q.projection == "query_key_value" and own_axis:  # one head's q, k and v side by side (GPT-NeoX's)
         head_dim //= 3
     output = next(p for p in hl.parts if p.projection == "output")
     o = output.variable

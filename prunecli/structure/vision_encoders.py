@@ -29,17 +29,22 @@ named as before. Every block of a rebuilt model is prunecli's (PrunedViTEncoderB
 rebuilt twice (heads, then units) rebuilds from the same classes.
 
 MiT and Swin are hierarchical: stages at falling resolutions, each block x + attn(norm1(x)), then
-x + ffn(norm2(x)), its units a fixed multiple of the stage's width. The same functions (blocks, ffns,
-rebuild, rebuild_blocker) serve them; only their attention heads are not removed (SegFormer's spatially
-reduced attention and Swin's window attention are not MultiHeadAttention).
+x + ffn(norm2(x)), its units a fixed multiple of the stage's width, its heads the stage's count. The same
+functions (blocks, ffns, rebuild, rebuild_blocker) serve them. Their attention is not MultiHeadAttention
+(keras_graph's ATTENTION_PROJECTIONS_BY_CLASS reads its heads): both blocks derive the head size from the
+width and the head count, and both attentions reshape their heads' output to the input's width, so a
+block with fewer heads carries `head_dim` and holds prunecli's attention (_MiTAttention, _SwinAttention),
+which computes the same at the heads it holds. Only the per-head weights go (`_head_cuts`): MiT's
+spatial reduction (a strided convolution and a norm over all channels, before k and v) holds no head's;
+Swin's relative position bias table holds one column per head, removed with it.
 - MiT's blocks are nodes of MiTBackbone's own graph (patch embedding -> blocks -> norm -> reshape, per
   stage). Its MixFFN is fc1 -> depthwise 3x3 conv -> GeLU -> fc2: unit j is also the convolution's channel j
   (decoders.Ffn's `depthwise`). PrunedMiTBackbone wires the same graph from per-stage block configs,
-  PrunedHierarchicalTransformerEncoder carrying `mlp_units`; weights are copied layer by layer in order
-  (MixFFN's layers are named by Keras' counters).
+  PrunedHierarchicalTransformerEncoder carrying `mlp_units` and `head_dim`; weights are copied part by
+  part, layer by layer in order (MixFFN's and the attention's layers are named by Keras' counters).
 - Swin's blocks sit in SwinTransformerStage layers (then patch merging). PrunedSwinTransformerStage builds
-  its blocks from configs (PrunedSwinTransformerBlock: `mlp_units`, its own shift, so a shifted block keeps
-  its shift when the block before it goes) inside PrunedSwinTransformerBackbone; weights by path.
+  its blocks from configs (PrunedSwinTransformerBlock: `mlp_units`, `head_dim`, its own shift, so a shifted
+  block keeps its shift when the block before it goes) inside PrunedSwinTransformerBackbone; weights by path.
 """
 
 from __future__ import annotations
@@ -85,15 +90,18 @@ FAMILIES = {
 }
 # MiT (SegFormer's encoder): its blocks are nodes of the backbone's own graph, stage after stage
 MIT_MODULE, MIT_BACKBONE_MODULE = "keras_hub.src.models.mit.mit_layers", "keras_hub.src.models.mit.mit_backbone"
-MIT_BLOCK, MIT_BACKBONE, MIT_EMBEDDING = (
+MIT_BLOCK, MIT_BACKBONE, MIT_EMBEDDING, MIT_ATTENTION = (
     "HierarchicalTransformerEncoder",
     "MiTBackbone",
     "OverlappingPatchingAndEmbedding",
+    "SegFormerMultiheadAttention",
 )
+MIT_BLOCK_PARTS = ("norm1", "attn", "norm2", "mlp")  # a MiT block's layers that hold weights
 # Swin: its blocks inside stage layers of the backbone's graph
 SWIN_MODULE = "keras_hub.src.models.swin_transformer.swin_transformer_layers"
 SWIN_BACKBONE_MODULE = "keras_hub.src.models.swin_transformer.swin_transformer_backbone"
 SWIN_BLOCK, SWIN_STAGE, SWIN_BACKBONE = "SwinTransformerBlock", "SwinTransformerStage", "SwinTransformerBackbone"
+SWIN_ATTENTION = "WindowAttention"
 # how a saved model names prunecli's classes
 CLASS_NAMES = tuple(
     f"Pruned{name}" for block, fam in FAMILIES.items() for name in (block, fam.backbone, fam.encoder, fam.embedding)
@@ -151,6 +159,12 @@ def sequence_length(model) -> int | None:
         return None
     length = tuple(found.encoder.input.shape)[1]
     return None if length is None else int(length)
+
+
+def stage_lengths(model) -> bool:
+    """Whether the model's encoder blocks see each their stage's own token count (MiT's and Swin's stages
+    at falling resolutions, Swin's attention within windows): what one --seq-len would price wrong."""
+    return mit_backbone(model) is not None or swin_backbone(model) is not None
 
 
 def attention(block):
@@ -373,6 +387,15 @@ def register() -> dict[str, Any]:
         doc = f"keras_hub's {base.__name__} as prunecli rebuilds it (structure/vision_encoders.py)."
         cls = type(ours, (mixin, base), {"__doc__": doc, "__module__": __name__})
         _CLASSES[base.__name__] = keras.saving.register_keras_serializable(package="prunecli", name=ours)(cls)
+    for base, mixin in (
+        (getattr(mit_layers, MIT_ATTENTION), _MiTAttention),
+        (getattr(swin_layers, SWIN_ATTENTION), _SwinAttention),
+    ):
+        # made by prunecli's blocks from their own config, never saved on their own: not registered
+        doc = f"keras_hub's {base.__name__} at a head size of its own (structure/vision_encoders.py)."
+        _CLASSES[base.__name__] = type(
+            f"Pruned{base.__name__}", (mixin, base), {"__doc__": doc, "__module__": __name__}
+        )
     return _CLASSES
 
 
@@ -393,12 +416,7 @@ def _smaller(block, prefix: str, heads=None, units=None) -> tuple[dict, dict]:
     units = list(range(int(up.kernel.shape[-1]))) if units is None else [int(u) for u in units]
     if not heads or not units:
         raise ValueError(f"{block.name}: a block keeps at least one head and one unit")
-    cut: dict[int, tuple[int, list[int]]] = {}
-    for sub, _role, k_axis, b_axis, _width in keras_graph.attention_projections(attn):
-        cut[id(sub.kernel)] = (k_axis, heads)
-        bias = getattr(sub, "bias", None)
-        if bias is not None and b_axis is not None:
-            cut[id(bias)] = (b_axis, heads)
+    cut = _head_cuts(attn, heads)
     cut[id(up.kernel)] = (1, units)
     cut[id(down.kernel)] = (0, units)
     if getattr(up, "bias", None) is not None:  # over units; the down projection's is over channels
@@ -420,6 +438,35 @@ def _smaller(block, prefix: str, heads=None, units=None) -> tuple[dict, dict]:
     return keras.layers.serialize(new), values
 
 
+def _head_cuts(attn, heads: list[int] | None) -> dict[int, tuple[int, list[int]]]:
+    """id(variable) -> (axis, entries kept) of the attention layer's per-head weights keeping these heads
+    (None: all): its projections' kernels and biases (keras_graph's layouts: heads on their own axis, or
+    flattened, or in q/k/v runs) and its per-head tables (Swin's relative position bias)."""
+    heads_count, kv_count = keras_graph.grouped_head_counts(attn)
+    keep = list(range(heads_count)) if heads is None else list(heads)
+    cut: dict[int, tuple[int, list[int]]] = {}
+    projections = keras_graph.attention_projections(attn)
+    for (sub, role, k_axis, b_axis, width), blocks in zip(
+        projections, keras_graph.attention_projection_blocks(attn), strict=True
+    ):
+        count = heads_count if role == "q" else kv_count
+        entries = keras_graph.head_entries(keep, count, width, blocks)
+        cut[id(sub.kernel)] = (k_axis, entries)
+        bias = getattr(sub, "bias", None)
+        if bias is not None and b_axis is not None:
+            cut[id(bias)] = (b_axis, entries)
+    for table, axis in keras_graph.attention_head_tables(attn):
+        cut[id(table)] = (axis, keep)
+    return cut
+
+
+def attention_head_dim(attn) -> int:
+    """The channels of one head of a MiT's or Swin's attention layer (KerasHub's MiT attention derives them
+    from its width and head count, prunecli's holds them)."""
+    kernel = keras_graph.attention_projections(attn)[-1][0].kernel  # the output: (heads * head_dim, width)
+    return int(kernel.shape[0]) // int(attn.num_heads)
+
+
 def rebuild(model, heads: dict | None = None, units: dict | None = None, dropped=()):
     """A new model like `model` (a vision Transformer task or backbone) whose encoder blocks keep the
     heads `heads[id(block)]` and feed-forward units `units[id(block)]` (all where a block is named in
@@ -432,13 +479,9 @@ def rebuild(model, heads: dict | None = None, units: dict | None = None, dropped
         raise InputError(f"{model.name} cannot be rebuilt: {blocker}")
     heads, units, dropped = heads or {}, units or {}, set(dropped)
     if mit_backbone(model) is not None:
-        if heads:
-            raise InputError(f"{model.name}: MiT's SegFormer attention heads are not removed")
-        return _rebuilt_mit(model, units, dropped)
+        return _rebuilt_mit(model, heads, units, dropped)
     if swin_backbone(model) is not None:
-        if heads:
-            raise InputError(f"{model.name}: Swin's window attention heads are not removed")
-        return _rebuilt_swin(model, units, dropped)
+        return _rebuilt_swin(model, heads, units, dropped)
     found, classes = parts(model), register()
     fam, encoder = found.family, found.encoder
     kept = [b for b in encoder.encoder_layers if id(b) not in dropped]
@@ -549,12 +592,19 @@ def _mit_rebuild_blocker(backbone) -> str | None:
 
 class _PrunedMiTBlock(decoders.OwnConfig):
     """Mixed into MiT's HierarchicalTransformerEncoder: `mlp_units` feed-forward units (the block builds
-    4 x project_dim; fewer once units were removed), and a config its constructor takes (KerasHub's
-    writes the built MixFFN and a misspelt drop_prop, which it refuses)."""
+    4 x project_dim; fewer once units were removed), `num_heads` heads of `head_dim` channels each (the
+    block derives project_dim // num_heads; prunecli's attention, _MiTAttention, keeps the size once heads
+    were removed), and a config its constructor takes (KerasHub's writes the built MixFFN and a misspelt
+    drop_prop, which it refuses). Its parts are in MIT_BLOCK_PARTS."""
 
-    def __init__(self, *args, mlp_units=None, **kwargs):
+    def __init__(self, *args, mlp_units=None, head_dim=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.mlp_units = 4 * int(self.project_dim) if mlp_units is None else int(mlp_units)
+        self.head_dim = int(self.project_dim) // int(self.num_heads) if head_dim is None else int(head_dim)
+        old = self.attn
+        keras_graph.untrack(self, old)
+        del self.attn
+        self.attn = register()[MIT_ATTENTION](self.project_dim, self.num_heads, old.sr_ratio, self.head_dim)
         mix_ffn = type(self.mlp)
         keras_graph.untrack(self, self.mlp)
         del self.mlp
@@ -564,7 +614,45 @@ class _PrunedMiTBlock(decoders.OwnConfig):
         config = decoders.own_config(self)
         if "drop_prob" in config:  # MiTBackbone passes numpy floats
             config["drop_prob"] = float(config["drop_prob"])
-        return {**config, "mlp_units": self.mlp_units}
+        return {**config, "mlp_units": self.mlp_units, "head_dim": self.head_dim}
+
+
+class _MiTAttention:
+    """Mixed into MiT's SegFormerMultiheadAttention: `num_heads` heads of `head_dim` channels each.
+    KerasHub's layer derives the head size from its width (project_dim // num_heads) and reshapes its
+    heads' output to the input's width, both wrong once heads are gone; this one computes the same
+    attention (queries from every token, keys and values from the tokens its `sr` convolution reduced,
+    softmax(q k^T / sqrt(head_dim)) v, then the output projection) at the heads it holds."""
+
+    def __init__(self, project_dim, num_heads, sr_ratio, head_dim):
+        super().__init__(project_dim, num_heads, sr_ratio)
+        self.head_dim = int(head_dim)
+        self.scale = self.head_dim**-0.5
+        for dense in (self.q, self.k, self.v):  # not built yet: they build at the heads' width
+            dense.units = self.num_heads * self.head_dim
+
+    def _split_heads(self, x):
+        """(batch, tokens, heads * head_dim) -> (batch, heads, tokens, head_dim)."""
+        from keras import ops
+
+        return ops.transpose(ops.reshape(x, (-1, x.shape[1], self.num_heads, self.head_dim)), (0, 2, 1, 3))
+
+    def call(self, x):
+        import math
+
+        from keras import ops
+
+        tokens, channels = x.shape[1], x.shape[2]
+        q = self._split_heads(self.q(x))
+        if self.sr_ratio > 1:  # keys and values from the tokens of a coarser grid
+            side = int(math.sqrt(tokens))
+            x = self.sr(ops.reshape(x, (-1, side, side, channels)))
+            x = self.norm(ops.reshape(x, (-1, x.shape[1] * x.shape[2], channels)))
+        k, v = self._split_heads(self.k(x)), self._split_heads(self.v(x))
+        scores = ops.softmax(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) * self.scale, axis=-1)
+        heads = ops.matmul(self.dropout(scores), v)
+        heads = ops.reshape(ops.transpose(heads, (0, 2, 1, 3)), (-1, tokens, self.num_heads * self.head_dim))
+        return self.proj_drop(self.proj(heads))
 
 
 class _PrunedMiTBackbone:
@@ -631,28 +719,50 @@ class _PrunedMiTBackbone:
         return {**config, "block_configs": self.block_configs, "stage_norm_names": self.stage_norm_names}
 
 
-def _mit_block_config(block, units: list[int] | None) -> tuple[dict, dict[int, tuple[int, list[int]]]]:
-    """(serialized prunecli block keeping these feed-forward units, in this order (None: all); the slices
-    to take of the old block's weights: id(variable) -> (axis, kept units))."""
+def _mit_block_config(block, heads, units) -> tuple[dict, dict[int, tuple[int, list[int]]]]:
+    """(serialized prunecli block keeping these heads and feed-forward units, in this order (None: all);
+    the slices to take of the old block's weights: id(variable) -> (axis, entries kept))."""
     import keras
 
     found = decoders.Ffn(block.name, block, *keras_graph.hub_ffn(block), keras_graph.hub_ffn_depthwise(block))
     units = list(range(found.units)) if units is None else [int(u) for u in units]
-    if not units:
-        raise ValueError(f"{block.name}: a block keeps at least one unit")
-    config = {**decoders.own_config(block), "mlp_units": len(units)}
+    kept_heads = int(block.num_heads) if heads is None else len(heads)
+    if not units or not kept_heads:
+        raise ValueError(f"{block.name}: a block keeps at least one head and one unit")
+    config = {
+        **decoders.own_config(block),
+        "mlp_units": len(units),
+        "num_heads": kept_heads,
+        "head_dim": attention_head_dim(block.attn),
+    }
     if "drop_prob" in config:
         config["drop_prob"] = float(config["drop_prob"])
     new = register()[MIT_BLOCK].from_config(config)
-    return keras.layers.serialize(new), {id(var): (axis, units) for var, axis in found.all_slices()}
+    cuts = _head_cuts(block.attn, heads)
+    cuts.update({id(var): (axis, units) for var, axis in found.all_slices()})
+    return keras.layers.serialize(new), cuts
 
 
-def _rebuilt_mit(model, units: dict, dropped: set):
-    """rebuild() for a MiT model: its backbone wired again with prunecli's blocks (each its own units),
-    the dropped blocks left out of their stages; every weight copied (a block's sliced), layer by layer in
-    the order each layer holds them (the blocks' sub-layers are named by Keras' counters, not by place)."""
+def _copy_in_order(pairs: list[tuple], cuts: dict) -> None:
+    """Give each new layer its old layer's weights in the order both hold them, each sliced as `cuts` says."""
     import numpy as np
 
+    for old, new in pairs:
+        values = []
+        for var in old.weights:
+            arr = np.asarray(var)
+            if id(var) in cuts:
+                axis, keep = cuts[id(var)]
+                arr = np.take(arr, keep, axis=axis)
+            values.append(arr)
+        new.set_weights(values)
+
+
+def _rebuilt_mit(model, heads: dict, units: dict, dropped: set):
+    """rebuild() for a MiT model: its backbone wired again with prunecli's blocks (each its own heads and
+    units), the dropped blocks left out of their stages; every weight copied (a block's sliced), part by
+    part (MIT_BLOCK_PARTS) in the order each part holds them (their sub-layers are named by Keras'
+    counters, not by place)."""
     backbone = mit_backbone(model)
     stages = mit_stages(backbone)
     if all(id(b) in dropped for s in stages for b in s.blocks):
@@ -663,7 +773,7 @@ def _rebuilt_mit(model, units: dict, dropped: set):
         for block in stage.blocks:
             if id(block) in dropped:
                 continue
-            config, cut = _mit_block_config(block, units.get(id(block)))
+            config, cut = _mit_block_config(block, heads.get(id(block)), units.get(id(block)))
             configs[-1].append(config)
             cuts.update(cut)
     config = {k: v for k, v in backbone.get_config().items() if k not in ("block_configs", "stage_norm_names", "dtype")}
@@ -676,16 +786,13 @@ def _rebuilt_mit(model, units: dict, dropped: set):
     pairs = []
     for old, new in zip(stages, mit_stages(new_backbone), strict=True):
         kept = [b for b in old.blocks if id(b) not in dropped]
-        pairs += [(old.embedding, new.embedding), (old.norm, new.norm), *zip(kept, new.blocks, strict=True)]
-    for old, new in pairs:
-        values = []
-        for var in old.weights:
-            arr = np.asarray(var)
-            if id(var) in cuts:
-                axis, keep = cuts[id(var)]
-                arr = np.take(arr, keep, axis=axis)
-            values.append(arr)
-        new.set_weights(values)
+        pairs += [(old.embedding, new.embedding), (old.norm, new.norm)]
+        for old_block, new_block in zip(kept, new.blocks, strict=True):
+            parts = [getattr(old_block, name) for name in MIT_BLOCK_PARTS]
+            if sum(len(p.weights) for p in parts) != len(old_block.weights):
+                raise InputError(f"{old_block.name}: holds weights outside {', '.join(MIT_BLOCK_PARTS)}")
+            pairs += [(part, getattr(new_block, name)) for part, name in zip(parts, MIT_BLOCK_PARTS, strict=True)]
+    _copy_in_order(pairs, cuts)
     return _task_around(model, backbone, new_backbone)
 
 
@@ -728,11 +835,27 @@ def _swin_rebuild_blocker(backbone) -> str | None:
 
 class _PrunedSwinBlock:
     """Mixed into Swin's SwinTransformerBlock: `mlp_units` feed-forward units (the block builds
-    int(dim * mlp_ratio)), and a config with every argument the stage passed it (KerasHub's leaves out
-    qkv_bias, the dropout rates and drop_path)."""
+    int(dim * mlp_ratio)), `num_heads` heads of `head_dim` channels each (the block derives dim //
+    num_heads; prunecli's attention, _SwinAttention, keeps the size once heads were removed), and a config
+    with every argument the stage passed it (KerasHub's leaves out qkv_bias, the dropout rates and
+    drop_path)."""
 
-    def __init__(self, *args, mlp_units=None, **kwargs):
+    def __init__(self, *args, mlp_units=None, head_dim=None, **kwargs):
         super().__init__(*args, **kwargs)
+        old = self.attn
+        keras_graph.untrack(self, old)
+        del self.attn
+        self.attn = register()[SWIN_ATTENTION](
+            dim=old.dim,
+            num_heads=self.num_heads,
+            head_dim=old.head_dim if head_dim is None else int(head_dim),
+            window_size=old.window_size,
+            qkv_bias=old.qkv_bias,
+            attention_dropout=old.attn_drop_rate,
+            proj_drop=old.proj_drop_rate,
+            dtype=self.dtype_policy,
+            name="attn",
+        )
         self.mlp_units = int(self.mlp.hidden_features) if mlp_units is None else int(mlp_units)
         old = self.mlp
         keras_graph.untrack(self, old)
@@ -755,7 +878,31 @@ class _PrunedSwinBlock:
             "attention_dropout": float(self.attn.attn_drop_rate),
             "drop_path": drop_path,
             "mlp_units": int(self.mlp.hidden_features),
+            "head_dim": int(self.attn.head_dim),
         }
+
+
+class _SwinAttention:
+    """Mixed into Swin's WindowAttention (which holds `head_dim`): its heads' output is num_heads * head_dim
+    wide. KerasHub's reshapes it to the input's width, which fewer heads no longer fill; this one computes
+    the same window attention (softmax(q k^T * scale + relative position bias + the shifted windows' mask)
+    v, then the output projection) at the heads it holds."""
+
+    def call(self, x, mask=None):
+        from keras import ops
+
+        tokens = x.shape[1]
+        qkv = ops.reshape(self.qkv(x), (-1, tokens, 3, self.num_heads, self.head_dim))
+        q, k, v = ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)), axis=0)
+        scores = ops.matmul(q * ops.cast(self.scale, q.dtype), ops.transpose(k, (0, 1, 3, 2)))
+        scores = scores + self._get_rel_pos_bias()
+        if mask is not None:  # (windows, tokens, tokens), the same for every image
+            windows = ops.shape(mask)[0]
+            scores = ops.reshape(scores, (-1, windows, self.num_heads, tokens, tokens)) + mask[None, :, None]
+            scores = ops.reshape(scores, (-1, self.num_heads, tokens, tokens))
+        weights = self.attention_dropout_layer(ops.softmax(scores, axis=-1))
+        heads = ops.reshape(ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3)), (-1, tokens, self.attn_dim))
+        return self.proj_drop(self.proj(heads))
 
 
 class _PrunedSwinStage:
@@ -876,22 +1023,31 @@ _SWIN_SETTINGS = (
 )
 
 
-def _swin_block_config(block, units: list[int] | None) -> tuple[dict, dict[int, tuple[int, list[int]]]]:
-    """(serialized prunecli block keeping these feed-forward units (None: all); the slices to take of the
-    old block's weights: id(variable) -> (axis, kept units))."""
+def _swin_block_config(block, heads, units) -> tuple[dict, dict[int, tuple[int, list[int]]]]:
+    """(serialized prunecli block keeping these heads and feed-forward units (None: all); the slices to
+    take of the old block's weights: id(variable) -> (axis, entries kept))."""
     import keras
 
     found = decoders.Ffn(block.name, block, *keras_graph.hub_ffn(block))
     units = list(range(found.units)) if units is None else [int(u) for u in units]
-    if not units:
-        raise ValueError(f"{block.name}: a block keeps at least one unit")
-    new = register()[SWIN_BLOCK].from_config({**_PrunedSwinBlock.get_config(block), "mlp_units": len(units)})
-    return keras.layers.serialize(new), {id(var): (axis, units) for var, axis in found.all_slices()}
+    kept_heads = int(block.num_heads) if heads is None else len(heads)
+    if not units or not kept_heads:
+        raise ValueError(f"{block.name}: a block keeps at least one head and one unit")
+    config = {
+        **_PrunedSwinBlock.get_config(block),
+        "mlp_units": len(units),
+        "num_heads": kept_heads,
+        "head_dim": attention_head_dim(block.attn),
+    }
+    new = register()[SWIN_BLOCK].from_config(config)
+    cuts = _head_cuts(block.attn, heads)
+    cuts.update({id(var): (axis, units) for var, axis in found.all_slices()})
+    return keras.layers.serialize(new), cuts
 
 
-def _rebuilt_swin(model, units: dict, dropped: set):
+def _rebuilt_swin(model, heads: dict, units: dict, dropped: set):
     """rebuild() for a Swin model: each stage rebuilt as prunecli's with its kept blocks (each its own
-    units), the backbone wired again around them; weights copied by their path inside each stage (a
+    heads and units), the backbone wired again around them; weights copied by their path inside each stage (a
     block's sliced), the patch embedding's and final norm's as they are."""
     import keras
     import numpy as np
@@ -905,7 +1061,7 @@ def _rebuilt_swin(model, units: dict, dropped: set):
         blocks, cuts = [], {}
         for block in stage.blocks:
             if id(block) not in dropped:
-                config, cut = _swin_block_config(block, units.get(id(block)))
+                config, cut = _swin_block_config(block, heads.get(id(block)), units.get(id(block)))
                 blocks.append(config)
                 cuts.update(cut)
         new = classes[SWIN_STAGE].from_config(_swin_stage_config(stage, blocks))
