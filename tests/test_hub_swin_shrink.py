@@ -75,7 +75,8 @@ def test_mlp_units_leave_each_swin_block(tmp_path):
 
 
 def test_a_whole_swin_block_leaves_and_the_shifted_one_keeps_its_shift(tmp_path):
-    """-g layer: without stage 0's first block, its shifted-window block reads the embedding directly."""
+    """-g layer: without stage 0's first block, its shifted-window block reads the embedding directly; without
+    both of stage 1's, the final norm reads stage 0's output (a stage left empty)."""
     model = classifier()
     candidates, _rows = layer_removal.analyse(model)
     assert [c.name for c in candidates] == [name for name, _b in vision_encoders.named_blocks(model)]
@@ -91,6 +92,11 @@ def test_a_whole_swin_block_leaves_and_the_shifted_one_keeps_its_shift(tmp_path)
     assert [b.name for b in blocks] == ["blocks_1", "blocks_0", "blocks_1"] and blocks[0].shift_size == 2
     assert model.count_params() - small.count_params() == layer_removal._params(stage0.blocks[0])
     check_rebuilt(model, small, tmp_path, want)
+    emptied = layer_removal.remove(model, candidates[2:])  # stage 1 keeps none of its blocks (was refused)
+    hidden = backbone.norm(stage0(backbone.get_layer("pos_drop")(backbone.patch_embedding(x))))
+    want = np.asarray(model.get_layer("predictions")(np.mean(np.asarray(hidden), axis=1)))
+    assert [len(stage.blocks) for stage in vision_encoders.swin_stages(emptied.backbone)] == [2, 0]
+    check_rebuilt(model, emptied, tmp_path, want)
 
 
 def test_heads_leave_swin_blocks_with_their_bias_table_columns(tmp_path):

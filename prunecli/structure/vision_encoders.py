@@ -933,15 +933,16 @@ class _PrunedSwinStage:
         super().build(input_shape)
 
     def get_config(self):
-        return _swin_stage_config(self, [])
+        return _swin_stage_config(self)
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
 
 
-def _swin_stage_config(stage, block_configs: list) -> dict:
-    """prunecli's config of a Swin stage (KerasHub's or prunecli's) holding these serialized blocks."""
+def _swin_stage_config(stage, block_configs: list | None = None) -> dict:
+    """prunecli's config of a Swin stage (KerasHub's or prunecli's) holding these serialized blocks (None:
+    its own; [] none, a stage whose every block was removed)."""
     import keras
 
     return {
@@ -949,7 +950,7 @@ def _swin_stage_config(stage, block_configs: list) -> dict:
         "trainable": stage.trainable,
         "dtype": keras.dtype_policies.serialize(stage.dtype_policy),
         "dim": int(stage.dim),
-        "depth": len(block_configs),
+        "depth": len(stage.blocks if block_configs is None else block_configs),
         "num_heads": int(stage.num_heads),
         "window_size": int(stage.window_size),
         "mlp_ratio": float(stage.mlp_ratio),
@@ -959,7 +960,7 @@ def _swin_stage_config(stage, block_configs: list) -> dict:
         "drop_path": 0.0,  # each block carries its own
         "patch_merging": stage.downsample is not None,
         "input_resolution": list(stage.input_resolution),
-        "block_configs": block_configs or [keras.layers.serialize(b) for b in stage.blocks],
+        "block_configs": [keras.layers.serialize(b) for b in stage.blocks] if block_configs is None else block_configs,
     }
 
 
