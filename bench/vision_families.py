@@ -197,6 +197,11 @@ COMMANDS = {
     ),
     "target": (["prune", "M", "--target", "params=0.7", "--data", "D", "-o", "OUT", "--report", "R"], True, True),
     "layer": (["prune", "M", "-g", "layer", "-s", "0.3", "--data", "D", "-o", "OUT", "--report", "R"], True, True),
+    "head": (
+        ["prune", "M", "-g", "head", "-s", "0.5", "--shrink", "--data", "D", "-o", "OUT", "--report", "R"],
+        True,
+        True,
+    ),
     "plan": (["plan", "M", "-g", "neuron", "-s", "0.5"], False, False),
     "inspect": (["inspect", "M"], False, False),
     "tflite": (
