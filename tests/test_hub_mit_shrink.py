@@ -170,6 +170,7 @@ def test_heads_leave_mit_blocks_with_their_biases_and_the_head_size_kept(tmp_pat
     assert [(b.num_heads, b.head_dim, b.attn.num_heads) for b in blocks] == [(1, HD, 1), (1, HD, 1), (2, HD, 2)]
     assert [tuple(b.attn.q.kernel.shape) for b in blocks] == [(8, HD), (8, HD), (16, 2 * HD)]
     assert tuple(blocks[0].attn.sr.kernel.shape) == (2, 2, 8, 8)  # reduces every channel: no head's
+    assert small.backbone.layerwise_num_heads == [1, 2]  # each stage's largest, in the saved config too
     removed = 2 * PER_HEAD[0] + 2 * PER_HEAD[1]
     assert before - small.count_params() == removed == section["params_before"] - section["params_after"]
     assert section["verification"]["max_rel_diff"] <= 1e-4

@@ -708,7 +708,10 @@ class _PrunedMiTBackbone:
         self.hidden_dims = list(hidden_dims)
         self.pyramid_outputs = pyramid
         self.num_layers = len(stages)
-        self.layerwise_num_heads = list(layerwise_num_heads)
+        self.layerwise_num_heads = [  # a stage's largest, as each block holds its own (the original for an empty one)
+            max((int(b.num_heads) for b in stage), default=int(heads))
+            for stage, heads in zip(stages, layerwise_num_heads, strict=True)
+        ]
         self.layerwise_sr_ratios = list(layerwise_sr_ratios)
         self.max_drop_path_rate = max_drop_path_rate
         self.layerwise_patch_sizes = list(layerwise_patch_sizes)
@@ -945,13 +948,14 @@ def _swin_stage_config(stage, block_configs: list | None = None) -> dict:
     its own; [] none, a stage whose every block was removed)."""
     import keras
 
+    blocks = [keras.layers.serialize(b) for b in stage.blocks] if block_configs is None else block_configs
     return {
         "name": stage.name,
         "trainable": stage.trainable,
         "dtype": keras.dtype_policies.serialize(stage.dtype_policy),
         "dim": int(stage.dim),
-        "depth": len(stage.blocks if block_configs is None else block_configs),
-        "num_heads": int(stage.num_heads),
+        "depth": len(blocks),
+        "num_heads": max((int(b["config"]["num_heads"]) for b in blocks), default=int(stage.num_heads)),  # its largest
         "window_size": int(stage.window_size),
         "mlp_ratio": float(stage.mlp_ratio),
         "qkv_bias": bool(stage._qkv_bias),
@@ -960,7 +964,7 @@ def _swin_stage_config(stage, block_configs: list | None = None) -> dict:
         "drop_path": 0.0,  # each block carries its own
         "patch_merging": stage.downsample is not None,
         "input_resolution": list(stage.input_resolution),
-        "block_configs": [keras.layers.serialize(b) for b in stage.blocks] if block_configs is None else block_configs,
+        "block_configs": blocks,
     }
 
 
@@ -1002,6 +1006,7 @@ class _PrunedSwinBackbone:
             setattr(self, name, config.get(name))
         self.data_format = data_format
         self.depths = [len(stage.blocks) for stage in stages]
+        self.num_heads = [int(stage.num_heads) for stage in stages]
 
     def get_config(self):
         import keras
