@@ -21,7 +21,7 @@ from conftest import assert_close_rel, reloaded_hub, spread_weights, step_config
 keras = pytest.importorskip("keras")
 kh = pytest.importorskip("keras_hub")
 
-from prunecli.removal import ffn, heads  # noqa: E402
+from prunecli.removal import ffn, heads, split  # noqa: E402
 from prunecli.removal import layers as layer_removal  # noqa: E402
 from prunecli.structure import targets as targets_mod  # noqa: E402
 from prunecli.structure import transformer, vision_encoders  # noqa: E402
@@ -133,7 +133,8 @@ def test_cli_meets_a_parameter_target_on_a_saved_mit_classifier(cli, tmp_path):
 
 def test_a_flops_target_on_mit_units_or_heads_is_refused_not_priced_at_one_length():
     """Each MiT stage sees its own token count, so one --seq-len (what the run asked for) would price every
-    stage's units and heads wrong: the flops target is refused in one line, even with a --seq-len given."""
+    stage's units and heads wrong: the flops target is refused in one line (-g neuron, -g head, -g transformer),
+    even with a --seq-len given."""
     from prunecli.errors import ConfigError
 
     model = classifier()
@@ -143,6 +144,9 @@ def test_a_flops_target_on_mit_units_or_heads_is_refused_not_priced_at_one_lengt
         ffn.run_ffn(model, tg, config)
     with pytest.raises(ConfigError, match="token count"):
         heads.run_heads(model, targets_mod.select(model), step_config("head", target="flops=0.7", seq_len=64))
+    config = step_config("transformer", target="flops=0.7", seq_len=64)
+    with pytest.raises(ConfigError, match="each stage has its own"):
+        split.find_axes(model, targets_mod.select(model), None, None, config, None)
 
 
 @pytest.mark.slow  # ~10 s

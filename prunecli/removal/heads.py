@@ -184,11 +184,6 @@ def _target_costs(model, found: list[HeadLayer], config) -> tuple[int, dict[str,
     layer's cost growing with its heads."""
     if parse_target(config.target).kind != "flops":
         return int(model.count_params()), {hl.path: unit_params(hl) for hl in found}
-    if vision_encoders.stage_lengths(model):
-        raise ConfigError(
-            f"--target {config.target}: a head of MiT's or Swin's blocks costs what its stage's token count (and"
-            " Swin's windows) make it, which prunecli does not price: use --target params="
-        )
     seq_len, dense = units.counted_at_length(model, config, "attention heads", model_seq_len(model))
     return dense, {hl.path: unit_attention_cost(hl, seq_len) for hl in found}
 
@@ -402,6 +397,11 @@ def run_heads(model, targets, config, *, data=None, loss_fn=None, sample_x=None,
     found = _allowed(model, targets, config)
     if not found:
         raise InputError(refusal(model, targets, config))
+    if config.target and parse_target(config.target).kind == "flops" and vision_encoders.stage_lengths(model):
+        raise ConfigError(
+            f"--target {config.target}: a head of MiT's or Swin's blocks costs what its stage's token count (and"
+            " Swin's windows) make it, which prunecli does not price: use --target params="
+        )
     if config.method == MEASURED:
         method, scores, removed, target, measured = _measured(model, found, config, data, notes, say)
     else:

@@ -118,7 +118,7 @@ def find_axes(model, targets, data, task, config, progress) -> tuple[Axes, int, 
         raise InputError(
             f"{config.model_path or 'model'}: -g transformer needs attention layers whose heads prunecli removes"
             " (keras.layers.MultiHeadAttention, KerasHub TransformerEncoder, a Llama/Mistral/Qwen/Gemma decoder,"
-            " a ViT or DeiT encoder)"
+            " a ViT, DeiT, MiT or Swin encoder)"
         )
     for block in decoders.blocks(model):
         why = decoders.shrink_blocker(block)
@@ -134,6 +134,11 @@ def find_axes(model, targets, data, task, config, progress) -> tuple[Axes, int, 
         if heads.allowed_by_rules(f.path, config)
     ]
     seq_len = None
+    if spec.kind == "flops" and vision_encoders.stage_lengths(model):
+        raise ConfigError(
+            f"--target {spec}: MiT's and Swin's heads and units cost what their stage's token count makes them"
+            " (each stage has its own), which prunecli does not price: use --target params="
+        )
     if spec.kind == "flops":
         seq_len, dense = units.counted_at_length(model, config, WHAT, heads.model_seq_len(model))
         head_cost = {hl.path: heads.unit_attention_cost(hl, seq_len) for hl in found}
