@@ -295,7 +295,7 @@ def test_a_custom_layer_plugs_in_by_one_registration():
         x = np.random.default_rng(0).standard_normal((4, 6)).astype("float32")
         want = np.asarray(m(x))
         config = build_config({"model_path": "m.keras", "granularity": "neuron", "sparsity": 0.5, "shrink": True})
-        result = shrink_step.shrink(m, [t], None, None, None, config.seed, lambda _m: None, Timings(), False)
+        result = shrink_step.shrink(m, [t], None, None, config.seed, lambda _m: None, Timings(), False)
         assert result.model.get_layer("custom").kernel.shape == (6, 5)
         assert np.abs(np.asarray(result.model(x)) - want).max() < 1e-5
     finally:

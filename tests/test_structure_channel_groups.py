@@ -147,7 +147,7 @@ def _mask_and_shrink(model, monkeypatch=None):
     masked = keras.models.clone_model(s.model)
     masked.set_weights(s.model.get_weights())
     s = s.after(  # raises ShrinkVerificationError if outputs differ
-        shrink_step.shrink(s.model, s.targets, s.masks, None, None, s.config.seed, steps.silent, Timings(), False)
+        shrink_step.shrink(s.model, s.targets, s.masks, None, s.config.seed, steps.silent, Timings(), False)
     )
     if monkeypatch is not None:
         monkeypatch.undo()

@@ -62,7 +62,7 @@ def prune(model, sparsity: float = 0.5, include=(), whole_channels: bool = True,
 
     masked = keras.models.clone_model(model)
     masked.set_weights(model.get_weights())
-    result = shrink_step.shrink(model, found, masks, None, None, config.seed, lambda _m: None, Timings(), False)
+    result = shrink_step.shrink(model, found, masks, None, config.seed, lambda _m: None, Timings(), False)
     return masked, result, found, notes
 
 

@@ -90,9 +90,7 @@ def _plan_notes(g, cuts: surgery.ChannelCuts, run_targets) -> tuple[list[dict], 
     return groups, notes
 
 
-def shrink(
-    model, run_targets, masks, data, source, seed: int, progress, timings, measure_latency: bool = True
-) -> StepResult:
+def shrink(model, run_targets, masks, data, seed: int, progress, timings, measure_latency: bool = True) -> StepResult:
     """A smaller model that computes what the masked `model` computes (checked on `data` or seeded
     inputs), with the run's targets and masks carried over to the new shapes, and the report's
     `shrink` section.
@@ -148,11 +146,6 @@ def shrink(
             notes += latency_notes
     if masks is not None:  # a new MaskSet: the run's masked state (its --save-plan) keeps the masks it had
         masks = _sliced_masks(masks, run_targets, changes, channels.unit_calls(g))
-    if source is not None and source.flavour == "keras2":
-        notes.append(
-            "shrink changed the structure of a Keras-2 model: the output is written by Keras 3 "
-            "(load it with Keras 3; tf_keras cannot read it)"
-        )
     kept_targets = targets.carry_over(run_targets or [], new)
     if masks is not None and getattr(masks, "followers", None):
         masks.followers = channels.follower_masks(new, kept_targets, masks.masks)  # the new model's variables

@@ -125,9 +125,7 @@ def apply_plan(plan_path: str | os.PathLike, model_path: str | os.PathLike, prog
         from prunecli.removal import channels as shrink_step
 
         state = state.after(
-            shrink_step.shrink(
-                state.model, state.targets, state.masks, state.data, state.source, config.seed, say, timings
-            )
+            shrink_step.shrink(state.model, state.targets, state.masks, state.data, config.seed, say, timings)
         )
     with model_io.outputs_together():  # the model, exports and report files renamed together
         state, out, output_sizes = write_outputs(state, config, out, masked_model, say, timings)

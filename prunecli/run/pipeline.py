@@ -127,9 +127,7 @@ def run(config: PruneConfig, progress: steps.Progress | None = None) -> PruneRes
         from prunecli.removal import channels as shrink_step
 
         state = state.after(
-            shrink_step.shrink(
-                state.model, state.targets, state.masks, state.data, state.source, config.seed, say, timings
-            )
+            shrink_step.shrink(state.model, state.targets, state.masks, state.data, config.seed, say, timings)
         )  # a smaller model that computes the same function (verified)
 
     plan_bytes = _plan_bytes(masked, state, config, source_print)  # --save-plan: the masks before --shrink

@@ -139,9 +139,7 @@ def make_plan(config, progress=None) -> dict[str, Any]:
             from prunecli.removal import channels as shrink_step
 
             state = state.after(
-                shrink_step.shrink(
-                    state.model, state.targets, state.masks, state.data, state.source, config.seed, say, timings
-                )
+                shrink_step.shrink(state.model, state.targets, state.masks, state.data, config.seed, say, timings)
             )
     if config.target:  # the allocation and what the shrunk model has (size=: predicted, nothing is written)
         state = state.after(target.achieved(state))

@@ -743,9 +743,16 @@ def build_report(
 def _flavour_note(state: RunState, out: Path | None) -> list[str]:
     """A Keras-2 `.h5` written back as a Keras-2 `.h5` keeps its flavour: what read the input reads it,
     prunecli always, tf_keras where it read the input (not a Keras 2.0 GRU without `reset_after`, which
-    only prunecli's reader reads); Keras 3 may not (an LSTM's `time_major`, a Reshape-first Sequential)."""
-    if out is None or out.suffix not in (".h5", ".hdf5") or state.source.flavour != "keras2" or state.structure_changed:
+    only prunecli's reader reads); Keras 3 may not (an LSTM's `time_major`, a Reshape-first Sequential).
+    A run that changed the structure (--shrink, -g layer, -g head) writes it with Keras 3: said too, since
+    a user who gave a Keras-2 file and asked for an .h5 may load it with tf_keras."""
+    if out is None or out.suffix not in (".h5", ".hdf5") or state.source.flavour != "keras2":
         return []
+    if state.structure_changed:
+        return [
+            f"{out.name} is written by Keras 3: the run changed the model's structure, so the input's Keras-2"
+            " file could not be kept (load it with Keras 3 or prunecli; tf_keras cannot read it)"
+        ]
     return [
         f"{out.name} keeps the input's Keras-2 format: it loads where the input loads (prunecli; tf_keras where it"
         " read the input); -o NAME.keras for Keras 3"

@@ -438,7 +438,7 @@ def latency_goal(state, spec: TargetSpec, cost, scores, level: str, progress, la
             surgery.fold_dead_constants(model, targets, masks.masks)
             channels.apply_follower_masks(channels.follower_masks(model, targets, masks.masks))
             result = shrink_step.shrink(
-                model, targets, None, state.data, None, config.seed, steps.silent, Timings(), measure_latency=False
+                model, targets, None, state.data, config.seed, steps.silent, Timings(), measure_latency=False
             )
             if result.model is None:
                 why = result.notes[0] if result.notes else "shrink removed nothing"
