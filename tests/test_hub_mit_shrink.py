@@ -21,7 +21,7 @@ from conftest import assert_close_rel, reloaded_hub, spread_weights, step_config
 keras = pytest.importorskip("keras")
 kh = pytest.importorskip("keras_hub")
 
-from prunecli.removal import ffn, heads, split  # noqa: E402
+from prunecli.removal import ffn, heads  # noqa: E402
 from prunecli.removal import layers as layer_removal  # noqa: E402
 from prunecli.structure import targets as targets_mod  # noqa: E402
 from prunecli.structure import transformer, vision_encoders  # noqa: E402
@@ -67,7 +67,7 @@ def check_rebuilt(model, small, tmp_path, want=None):
     assert_close_rel(back(x), want)
 
 
-@pytest.mark.slow  # ~7 s (MiT's fast representative: the flops refusal below)
+@pytest.mark.slow  # ~7 s (MiT's fast representative: the multiply-adds count below)
 def test_mixffn_units_leave_with_their_depthwise_channel_and_biases(tmp_path):
     model = classifier()
     dense = np.asarray(model(images()))
@@ -131,22 +131,62 @@ def test_cli_meets_a_parameter_target_on_a_saved_mit_classifier(cli, tmp_path):
     assert json.loads(report.read_text())["ffn"]["verification"]["max_rel_diff"] <= 1e-4
 
 
-def test_a_flops_target_on_mit_units_or_heads_is_refused_not_priced_at_one_length():
-    """Each MiT stage sees its own token count, so one --seq-len (what the run asked for) would price every
-    stage's units and heads wrong: the flops target is refused in one line (-g neuron, -g head, -g transformer),
-    even with a --seq-len given."""
-    from prunecli.errors import ConfigError
+def test_mit_multiply_adds_are_counted_stage_by_stage():
+    """The count at the model's image size, by hand: stage 0 sees 8x8 = 64 tokens of width 8 (its sr
+    convolution of ratio 2 leaves 4x4 = 16 for keys and values), stage 1 4x4 = 16 tokens of width 16."""
+    from prunecli.structure import flops
 
     model = classifier()
+    found = flops.count(model)
+    assert found["partial"] is False
+    embed0 = 64 * (7 * 7 * 3 * 8)  # 7x7 stride-4 convolution, padded: one per token
+    attn0 = (
+        64 * 8 * 8 + 2 * 16 * 8 * 8 + 64 * 8 * 8 + 16 * (2 * 2 * 8 * 8) + 2 * 64 * 16 * 8
+    )  # q, k v, out, sr, products
+    ffn0 = 64 * (8 * 32 + 3 * 3 * 32 + 32 * 8)  # fc1, depthwise 3x3, fc2
+    embed1 = 16 * (3 * 3 * 8 * 16)
+    attn1 = 16 * 16 * 16 * 4 + 2 * 16 * 16 * 16  # no reduction at ratio 1
+    ffn1 = 16 * (16 * 64 + 3 * 3 * 64 + 64 * 16)
+    macs = {row["layer"].rsplit("/", 1)[-1]: row["macs"] for row in found["layers"] if row["macs"]}
+    assert macs == {
+        "patch_and_embed_0": embed0,
+        "hierarchical_encoder_0_0": attn0 + ffn0,
+        "hierarchical_encoder_0_1": attn0 + ffn0,
+        "patch_and_embed_1": embed1,
+        "hierarchical_encoder_1_0": attn1 + ffn1,
+        "predictions": 16 * 3,
+    }
+    assert found["total"] == sum(macs.values())
+
+
+@pytest.mark.slow  # ~25 s
+def test_a_flops_target_prices_mit_units_heads_and_blocks_at_their_own_stage(cli, tmp_path):
+    """--target flops=F on MiT, each unit, head and block priced at its own stage's token count: -g neuron's
+    masked model keeps exactly the predicted non-zero multiply-adds, -g head's and -g transformer's rebuilt
+    models count exactly the predicted ones; each lands within the band of the goal."""
+    from prunecli.config.target import TOLERANCE
+    from prunecli.structure import flops
+
+    model = classifier(heads=(2, 4))
+    dense = flops.count(model)["total"]
     tg, _notes = transformer.ffn_only(model, targets_mod.select(model))
-    config = step_config("neuron", target="flops=0.7", seq_len=64)
-    with pytest.raises(ConfigError, match="its own"):
-        ffn.run_ffn(model, tg, config)
-    with pytest.raises(ConfigError, match="token count"):
-        heads.run_heads(model, targets_mod.select(model), step_config("head", target="flops=0.7", seq_len=64))
-    config = step_config("transformer", target="flops=0.7", seq_len=64)
-    with pytest.raises(ConfigError, match="each stage has its own"):
-        split.find_axes(model, targets_mod.select(model), None, None, config, None)
+    _same, _masks, section, _ = ffn.run_ffn(model, tg, step_config("neuron", target="flops=0.8"))
+    assert section["target"]["dense"] == dense
+    assert flops.count(model)["nonzero"] == section["target"]["predicted"]
+    assert abs(section["target"]["predicted_fraction"] - 0.8) <= TOLERANCE
+    model = classifier(heads=(4, 8))  # heads of 2 channels: fine enough steps for the band
+    config = step_config("head", target="flops=0.9", shrink=True)
+    small, _masks, section, _ = heads.run_heads(model, targets_mod.select(model), config)
+    assert flops.count(small)["total"] == section["target"]["predicted"]
+    assert abs(section["target"]["predicted_fraction"] - 0.9) <= TOLERANCE
+    path, out, report = tmp_path / "m.keras", tmp_path / "out.keras", tmp_path / "r.json"
+    classifier(heads=(2, 4)).save(path)
+    args = ("-g", "transformer", "--target", "flops=0.8", "--shrink", "-o", out, "-r", report, "-q")
+    res = cli("prune", path, *args)
+    assert res.exit_code == 0, res.output
+    written = json.loads(report.read_text())
+    assert written["flops"]["before"] == dense and not written["flops"].get("partial")
+    assert abs(written["flops"]["after"] / dense - 0.8) <= TOLERANCE
 
 
 @pytest.mark.slow  # ~10 s

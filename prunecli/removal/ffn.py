@@ -181,12 +181,12 @@ def run_ffn(model, targets, config, *, data=None, loss_fn=None, sample_x=None, p
     sparsity, target = None, None
     if config.target:  # the sparsity whose removed units meet params=F or flops=F
         what = "the feed-forward units of KerasHub Transformer blocks"
-        if parse_target(config.target).kind == "flops":  # every position multiplies each kernel weight once
-            if vision_encoders.stage_lengths(model):
-                raise ConfigError(
-                    f"--target {config.target}: a unit of MiT's or Swin's blocks costs what its stage's token count"
-                    " makes it (each stage has its own), which prunecli does not price: use --target params="
-                )
+        flops = parse_target(config.target).kind == "flops"  # every position multiplies each kernel weight once
+        if flops and vision_encoders.stage_lengths(model):  # MiT, Swin: each block at its stage's token count
+            dense = units.counted_as_built(model, config)
+            tokens = vision_encoders.block_tokens(model)
+            cost = {f.path: tokens[id(f.block)] * units.unit_params(f.slices()) for f in found}
+        elif flops:
             per_weight, dense = units.counted_at_length(model, config, what, vision_encoders.sequence_length(model))
             cost = {f.path: per_weight * units.unit_params(f.slices()) for f in found}
         else:  # parameters: the unit's biases too

@@ -181,9 +181,13 @@ def _target_costs(model, found: list[HeadLayer], config) -> tuple[int, dict[str,
     """(the dense model's count, {layer path: what one of its units costs}) for --target: parameters,
     or for flops= the multiply-adds per example at --seq-len (or the model's fixed length), counted as
     the report counts them (structure/flops.py); a unit's share is exact, every term of an attention
-    layer's cost growing with its heads."""
+    layer's cost growing with its heads. MiT's and Swin's heads are priced at their own stage's token
+    count (vision_encoders.head_macs), the model counted at its image size."""
     if parse_target(config.target).kind != "flops":
         return int(model.count_params()), {hl.path: unit_params(hl) for hl in found}
+    if vision_encoders.stage_lengths(model):  # MiT, Swin: each head at its stage's token count (and windows)
+        per_head = vision_encoders.head_macs(model)
+        return units.counted_as_built(model, config), {hl.path: per_head[id(hl.layer)] * hl.group for hl in found}
     seq_len, dense = units.counted_at_length(model, config, "attention heads", model_seq_len(model))
     return dense, {hl.path: unit_attention_cost(hl, seq_len) for hl in found}
 
@@ -397,11 +401,6 @@ def run_heads(model, targets, config, *, data=None, loss_fn=None, sample_x=None,
     found = _allowed(model, targets, config)
     if not found:
         raise InputError(refusal(model, targets, config))
-    if config.target and parse_target(config.target).kind == "flops" and vision_encoders.stage_lengths(model):
-        raise ConfigError(
-            f"--target {config.target}: a head of MiT's or Swin's blocks costs what its stage's token count (and"
-            " Swin's windows) make it, which prunecli does not price: use --target params="
-        )
     if config.method == MEASURED:
         method, scores, removed, target, measured = _measured(model, found, config, data, notes, say)
     else:

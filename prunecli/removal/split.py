@@ -134,12 +134,13 @@ def find_axes(model, targets, data, task, config, progress) -> tuple[Axes, int, 
         if heads.allowed_by_rules(f.path, config)
     ]
     seq_len = None
-    if spec.kind == "flops" and vision_encoders.stage_lengths(model):
-        raise ConfigError(
-            f"--target {spec}: MiT's and Swin's heads and units cost what their stage's token count makes them"
-            " (each stage has its own), which prunecli does not price: use --target params="
-        )
-    if spec.kind == "flops":
+    stages = spec.kind == "flops" and vision_encoders.stage_lengths(model)
+    if stages:  # MiT, Swin: every head, unit and block at its own stage's token count
+        dense = units.counted_as_built(model, config)
+        per_head, tokens = vision_encoders.head_macs(model), vision_encoders.block_tokens(model)
+        head_cost = {hl.path: per_head[id(hl.layer)] * hl.group for hl in found}
+        ffn_cost = {f.path: tokens[id(f.block)] * units.unit_params(f.slices()) for f in ffns}
+    elif spec.kind == "flops":
         seq_len, dense = units.counted_at_length(model, config, WHAT, heads.model_seq_len(model))
         head_cost = {hl.path: heads.unit_attention_cost(hl, seq_len) for hl in found}
         ffn_cost = {f.path: seq_len * units.unit_params(f.slices()) for f in ffns}
@@ -162,7 +163,10 @@ def find_axes(model, targets, data, task, config, progress) -> tuple[Axes, int, 
         layers.score(model, data, task, config, progress, candidates)
         candidates.sort(key=lambda c: (c.score, -c.params, c.name))
     block_cost = {c.name: c.params for c in candidates}
-    if spec.kind == "flops" and candidates:
+    if stages and candidates:
+        per_block = vision_encoders.block_macs(model)
+        block_cost = {c.name: sum(per_block[i] for i in c.skip) for c in candidates}
+    elif spec.kind == "flops" and candidates:
         block_cost = _block_flops(model, candidates, seq_len)
     owners = {hl.path: hl.owner.name for hl in found}
     owners.update({f.path: _owner(f) for f in ffns})

@@ -144,6 +144,18 @@ def counted_at_length(model, config, what: str, fixed_len: int | None = None) ->
     return int(seq_len), int(dense)
 
 
+def counted_as_built(model, config) -> int:
+    """The dense model's multiply-adds per example at the sizes its graph fixes, for `--target flops=` on
+    MiT and Swin (each stage at its own token count, fixed by the image size); a one-line refusal when
+    any part of it cannot be counted (structure/flops.py)."""
+    from prunecli.structure import flops
+
+    found = flops.count(model)
+    if not found["total"] or found["partial"]:
+        raise ConfigError(f"--target {config.target}: the model's multiply-adds cannot be counted in full")
+    return int(found["total"])
+
+
 BISECTION_STEPS = 40  # halvings of [0, 1]: far finer than one unit of any layer
 
 

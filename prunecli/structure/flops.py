@@ -15,7 +15,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from prunecli.structure import folded_steps, keras_graph, layers, transformer  # noqa: F401  (transformer registers KerasHub block costs)
+from prunecli.structure import (  # noqa: F401  (transformer and vision_encoders register KerasHub block costs)
+    folded_steps,
+    keras_graph,
+    layers,
+    transformer,
+    vision_encoders,
+)
 
 UNIT = "multiply-adds per example"
 

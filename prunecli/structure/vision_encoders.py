@@ -1089,3 +1089,161 @@ def _rebuilt_swin(model, heads: dict, units: dict, dropped: set):
     for old, new in ((backbone.patch_embedding, new_backbone.patch_embedding), (backbone.norm, new_backbone.norm)):
         new.set_weights(old.get_weights())
     return _task_around(model, backbone, new_backbone)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Multiply-adds of MiT's and Swin's parts, each at its own stage's token count (structure/flops.py's
+# layer table; removal prices a unit or a head with the same terms)
+
+
+def _kernel_macs(terms, nonzero: bool) -> int:
+    """Sum of positions x the kernel's entries (or only its non-zero ones) over (positions, kernel) terms."""
+    import numpy as np
+
+    count = (lambda k: int(np.count_nonzero(np.asarray(k)))) if nonzero else (lambda k: int(np.prod(k.shape)))
+    return sum(int(positions) * count(kernel) for positions, kernel in terms)
+
+
+def _dense_and_nonzero(terms, products: int) -> tuple[int, int]:
+    """(multiply-adds, those of non-zero weights): the kernels' terms plus the attention products, which
+    hold no weight and are never sparse."""
+    return _kernel_macs(terms, False) + products, _kernel_macs(terms, True) + products
+
+
+def _mit_reduced_tokens(attn, tokens: int) -> int:
+    """Keys and values of MiT's efficient attention come from the tokens its `sr` convolution (kernel and
+    stride sr_ratio, no padding) leaves of the side x side grid: (side // r)^2; all tokens when r is 1."""
+    import math
+
+    ratio = int(attn.sr_ratio)
+    return tokens if ratio <= 1 else (math.isqrt(tokens) // ratio) ** 2
+
+
+def _mit_attention_terms(attn, tokens: int) -> tuple[list, int]:
+    """(kernel terms, product multiply-adds) of MiT's attention heads over `tokens` tokens: q and the
+    output projection over every token, k and v over the reduced tokens, then q k^T and the weights
+    times v (tokens x reduced per channel of the heads). The sr convolution that reduces them is apart:
+    it holds no head's weights."""
+    reduced = _mit_reduced_tokens(attn, tokens)
+    width = int(attn.q.kernel.shape[-1])  # heads x head size
+    terms = [(tokens, attn.q.kernel), (reduced, attn.k.kernel), (reduced, attn.v.kernel), (tokens, attn.proj.kernel)]
+    return terms, 2 * tokens * reduced * width
+
+
+def mit_block_macs(layer, in_shapes, out_shapes) -> tuple[int | None, int | None]:
+    """A MiT block over its input's (batch, tokens, channels): its attention (_mit_attention_terms, and the
+    sr convolution at each reduced token) and MixFFN, fc1, the 3x3 depthwise convolution ('same',
+    stride 1) and fc2 at every token."""
+    shape = tuple(in_shapes[0]) if in_shapes else ()
+    if len(shape) != 3 or shape[1] is None:
+        return None, None
+    tokens = int(shape[1])
+    terms, products = _mit_attention_terms(layer.attn, tokens)
+    if int(layer.attn.sr_ratio) > 1:
+        terms.append((_mit_reduced_tokens(layer.attn, tokens), layer.attn.sr.kernel))
+    mlp = layer.mlp
+    terms += [(tokens, mlp.fc1.kernel), (tokens, mlp.dwconv.kernel), (tokens, mlp.fc2.kernel)]
+    return _dense_and_nonzero(terms, products)
+
+
+def _swin_window_terms(block) -> tuple[list, int]:
+    """(kernel terms, product multiply-adds) of a Swin block's window attention: the grid padded to whole
+    windows of window_size^2 tokens, qkv and the output projection at each padded token, and in each
+    window q k^T and the weights times v (window_size^2 x window_size^2 per channel of the heads)."""
+    height, width = (int(d) for d in block.input_resolution)
+    window = int(block.window_size)
+    padded = -(-height // window) * window * (-(-width // window) * window)
+    attn = block.attn
+    channels = int(attn.qkv.kernel.shape[-1]) // 3  # heads x head size
+    return [(padded, attn.qkv.kernel), (padded, attn.proj.kernel)], 2 * padded * window * window * channels
+
+
+def _swin_block_terms(block) -> tuple[list, int]:
+    """(kernel terms, product multiply-adds) of a Swin block: its window attention and its Mlp at every token."""
+    tokens = int(block.input_resolution[0]) * int(block.input_resolution[1])
+    terms, products = _swin_window_terms(block)
+    return terms + [(tokens, block.mlp.fc1.kernel), (tokens, block.mlp.fc2.kernel)], products
+
+
+def swin_stage_macs(layer, in_shapes, out_shapes) -> tuple[int | None, int | None]:
+    """A Swin stage at its fixed input resolution: each block's window attention (_swin_window_terms) and
+    Mlp at every token, then patch merging's reduction at each token of the half-resolution grid."""
+    height, width = (int(d) for d in layer.input_resolution)
+    terms, products = [], 0
+    for block in layer.blocks:
+        block_terms, block_products = _swin_block_terms(block)
+        terms += block_terms
+        products += block_products
+    if layer.downsample is not None:
+        terms.append((((height + 1) // 2) * ((width + 1) // 2), layer.downsample.reduction.kernel))
+    return _dense_and_nonzero(terms, products)
+
+
+def conv_patch_embedding_macs(layer, in_shapes, out_shapes) -> tuple[int | None, int | None]:
+    """MiT's overlapping and Swin's patch embeddings: their `proj` convolution once per output token (None
+    for another library's layer of the same name without one)."""
+    shape = tuple(out_shapes[0]) if out_shapes else ()
+    if getattr(layer, "proj", None) is None or len(shape) < 3 or any(d is None for d in shape[1:-1]):
+        return None, None
+    tokens = 1
+    for d in shape[1:-1]:
+        tokens *= int(d)
+    return _dense_and_nonzero([(tokens, layer.proj.kernel)], 0)
+
+
+def block_tokens(model) -> dict[int, int]:
+    """{id(block): the tokens it sees} for MiT's blocks (their input's length in the backbone's graph) and
+    Swin's (their stage's resolution): what one of their units or heads is multiplied by."""
+    mit = mit_backbone(model)
+    if mit is not None:
+        return {id(b): int(tuple(b.input.shape)[1]) for stage in mit_stages(mit) for b in stage.blocks}
+    swin = swin_backbone(model)
+    if swin is None:
+        return {}
+    return {id(b): int(b.input_resolution[0]) * int(b.input_resolution[1]) for s in swin_stages(swin) for b in s.blocks}
+
+
+def block_macs(model) -> dict[int, int]:
+    """{id(block): its multiply-adds per example} for MiT's and Swin's blocks at their stage's token count
+    (what -g transformer saves by taking a whole block out)."""
+    tokens = block_tokens(model)
+    out = {}
+    for block in blocks(model):
+        if _hub_name(block) == SWIN_BLOCK:
+            terms, products = _swin_block_terms(block)
+            out[id(block)] = _kernel_macs(terms, False) + products
+        else:
+            shape = (None, tokens[id(block)], int(block.project_dim))
+            out[id(block)] = mit_block_macs(block, [shape], [shape])[0]
+    return out
+
+
+def head_macs(model) -> dict[int, int]:
+    """{id(attention layer): the multiply-adds one of its heads costs} for MiT's and Swin's blocks: every
+    term of their attention heads grows with the heads (head size x the tokens it is multiplied by)."""
+    tokens = block_tokens(model)
+    out = {}
+    for block in blocks(model):
+        attn = block.attn
+        if _hub_name(block) == SWIN_BLOCK:
+            terms, products = _swin_window_terms(block)
+        else:
+            terms, products = _mit_attention_terms(attn, tokens[id(block)])
+        out[id(attn)] = (_kernel_macs(terms, False) + products) // int(attn.num_heads)
+    return out
+
+
+def register_layers() -> None:
+    """Teach the layer table (structure/layers.py) the cost of MiT's blocks, Swin's stages and both
+    families' patch embeddings, KerasHub's and prunecli's rebuilds alike."""
+    from prunecli.structure import layers
+
+    for name in (MIT_BLOCK, f"Pruned{MIT_BLOCK}"):
+        layers.register(name, layers.LayerSpec("other", macs=mit_block_macs))
+    for name in (SWIN_STAGE, f"Pruned{SWIN_STAGE}"):
+        layers.register(name, layers.LayerSpec("other", macs=swin_stage_macs))
+    for name in (MIT_EMBEDDING, "PatchEmbedding"):
+        layers.register(name, layers.LayerSpec("other", macs=conv_patch_embedding_macs))
+
+
+register_layers()
