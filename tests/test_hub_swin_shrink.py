@@ -134,3 +134,40 @@ def test_heads_leave_swin_blocks_with_their_bias_table_columns(tmp_path):
     assert before - small.count_params() == removed == section["params_before"] - section["params_after"]
     assert section["verification"]["max_rel_diff"] <= 1e-4
     check_rebuilt(model, small, tmp_path)
+
+
+def test_swin_multiply_adds_are_counted_window_by_window_and_a_flops_target_prices_each_stage():
+    """The count at the model's image size, by hand: 8x8 = 64 tokens of width 8 in stage 0, 4x4 = 16 of
+    width 16 in stage 1, 4x4 windows of 16 tokens (q k^T and the weights times v per window), patch merging
+    at stage 0's end over the 16 tokens of the halved grid. Then --target flops=F prices each unit and head
+    at its own stage: -g neuron's masked model keeps exactly the predicted non-zero multiply-adds, -g head's
+    rebuilt one counts exactly the predicted ones, each within the band of the goal."""
+    from prunecli.config.target import TOLERANCE
+    from prunecli.structure import flops
+
+    model = classifier()
+    found = flops.count(model)
+    assert found["partial"] is False
+
+    def block(tokens, width, heads):
+        qkv_out = tokens * (width * 3 * heads * HD + heads * HD * width)
+        return qkv_out + 2 * tokens * 16 * heads * HD + tokens * 2 * width * 4 * width  # products, fc1 + fc2
+
+    macs = {row["layer"].rsplit("/", 1)[-1]: row["macs"] for row in found["layers"] if row["macs"]}
+    assert macs == {
+        "patch_embedding": 64 * (4 * 4 * 3 * DIM),
+        "stage_0": 2 * block(64, DIM, 2) + 16 * (4 * DIM * 2 * DIM),  # then patch merging: 4C -> 2C
+        "stage_1": 2 * block(16, 2 * DIM, 4),
+        "predictions": 2 * DIM * 3,
+    }
+    assert found["total"] == sum(macs.values())
+    tg, _notes = transformer.ffn_only(model, targets_mod.select(model))
+    _same, _masks, section, _ = ffn.run_ffn(model, tg, step_config("neuron", target="flops=0.8"))
+    assert section["target"]["dense"] == found["total"]
+    assert flops.count(model)["nonzero"] == section["target"]["predicted"]
+    assert abs(section["target"]["predicted_fraction"] - 0.8) <= TOLERANCE
+    model = classifier()
+    config = step_config("head", target="flops=0.95", shrink=True)  # a head is 2 to 6% here
+    small, _masks, section, _ = heads.run_heads(model, targets_mod.select(model), config)
+    assert flops.count(small)["total"] == section["target"]["predicted"]
+    assert abs(section["target"]["predicted_fraction"] - 0.95) <= TOLERANCE
