@@ -500,9 +500,9 @@ def section(text: str) -> str:
             " depthwise 3x3 channel and bias, fc2 row; Swin's Mlp: fc1 column and bias, fc2 row), or without whole"
             " blocks (a MiT stage may lose all of its blocks); the output is the user's MiTImageClassifier/"
             "SwinTransformerImageClassifier around PrunedMiTBackbone/PrunedSwinTransformerBackbone, equal to the"
-            " masked model. Their attention heads are not removed (SegFormer's and Swin's window attention are not"
-            " MultiHeadAttention), and `--target flops=` on their units refuses (exit 2: one sequence length is asked"
-            " for, a stage each has its own).",
+            " masked model. `--target flops=F` prices each unit, head and block at its own stage's token count (the"
+            " model's multiply-adds counted in full at its image size: MiT's reduced keys and values and depthwise"
+            " convolution, Swin's windows and patch merging).",
             "- MiT `int8`: a one-line refusal (exit 2): KerasHub's SegFormerMultiheadAttention and MixFFN build their"
             " Dense layers with no dtype, so those do not read the DTypePolicyMap the backbone's config records"
             " quantized layers in and reload float; its convolutions sit in blocks whose configs rebuild them float,"
