@@ -157,6 +157,12 @@ def test_mit_multiply_adds_are_counted_stage_by_stage():
         "predictions": 16 * 3,
     }
     assert found["total"] == sum(macs.values())
+    from prunecli.errors import ConfigError
+    from prunecli.removal import units
+
+    assert units.counted_as_built(model, step_config("neuron", target="flops=0.8")) == found["total"]
+    with pytest.raises(ConfigError, match="fixed by its image size"):  # a length it cannot take prices nothing
+        units.counted_as_built(model, step_config("neuron", target="flops=0.8", seq_len=64))
 
 
 @pytest.mark.slow  # ~25 s

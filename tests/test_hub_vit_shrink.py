@@ -166,6 +166,12 @@ def test_a_vision_transformers_multiply_adds_are_counted_through_its_encoder(fam
     blocks = encoder.encoder_layers
     tokens = patches + (1 if family == "ViT" else 2)  # the class token (DeiT's distillation token too)
     assert heads.model_seq_len(model) == tokens  # what --target flops= prices a unit or a head at
+    from prunecli.errors import ConfigError
+    from prunecli.removal import units
+
+    config = step_config("neuron", target="flops=0.8", seq_len=tokens + 1)
+    with pytest.raises(ConfigError, match=f"see {tokens} tokens, fixed by the model's inputs"):
+        units.counted_at_length(model, config, "the ViT's blocks", tokens)
     one_block = transformer.block_macs(blocks[0], [(None, tokens, D)], [])[0]
     assert by_class[type(encoder).__name__] == 3 * one_block
     candidates, _rows = layer_removal.analyse(model)

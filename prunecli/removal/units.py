@@ -132,9 +132,16 @@ def unit_params(slices: list[tuple[Any, int]]) -> int:
 def counted_at_length(model, config, what: str, fixed_len: int | None = None) -> tuple[int, int]:
     """(sequence length, the dense model's multiply-adds per example at it) for `--target flops=` on a
     sequence model: --seq-len, else the model's own fixed length; a one-line refusal without either,
-    or when the model's cost cannot be counted (structure/flops.py)."""
+    with a --seq-len the model's inputs cannot take (a ViT's token count is fixed by its image size: a
+    budget priced at another length would be met on paper only), or when the model's cost cannot be
+    counted (structure/flops.py)."""
     from prunecli.structure import flops
 
+    if config.seq_len and fixed_len is not None and config.seq_len != fixed_len:
+        raise ConfigError(
+            f"--seq-len {config.seq_len}: {what} see {fixed_len} tokens, fixed by the model's inputs;"
+            " leave --seq-len out"
+        )
     seq_len = config.seq_len or fixed_len
     if seq_len is None:
         raise ConfigError(f"--target flops= on {what} needs --seq-len: the model's sequence length is open")
@@ -147,9 +154,15 @@ def counted_at_length(model, config, what: str, fixed_len: int | None = None) ->
 def counted_as_built(model, config) -> int:
     """The dense model's multiply-adds per example at the sizes its graph fixes, for `--target flops=` on
     MiT and Swin (each stage at its own token count, fixed by the image size); a one-line refusal when
-    any part of it cannot be counted (structure/flops.py)."""
+    any part of it cannot be counted (structure/flops.py), or when --seq-len is given (it prices
+    nothing here: a budget met at another length would be met on paper only)."""
     from prunecli.structure import flops
 
+    if config.seq_len:
+        raise ConfigError(
+            f"--seq-len {config.seq_len}: this model's token counts are fixed by its image size, stage by"
+            " stage; leave --seq-len out"
+        )
     found = flops.count(model)
     if not found["total"] or found["partial"]:
         raise ConfigError(f"--target {config.target}: the model's multiply-adds cannot be counted in full")
