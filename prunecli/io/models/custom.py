@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from prunecli.errors import InputError, first_line
+from prunecli.errors import ConfigError, InputError, first_line
 
 OBJECTS_ATTRIBUTE = "CUSTOM_OBJECTS"
 LAMBDAS_ATTRIBUTE = "LAMBDA_LAYERS"
@@ -90,6 +90,8 @@ def _import(source: str):
     classes' __module__ then says), else an importable module name. Imported as `python` would from
     where the user stands: a file's own folder (for its sibling imports) or, for a module name, the
     current directory, is searched first while it imports."""
+    if not source.strip():  # an empty value (an unset shell variable): Python's "Empty module name", exit 3
+        raise ConfigError("--custom-objects needs a .py file or a module name, got an empty value")
     path = Path(source)
     if path.suffix == ".py" and not path.is_file():
         raise InputError(f"--custom-objects {source}: no such file")
