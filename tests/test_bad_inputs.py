@@ -31,7 +31,7 @@ def _load_corpus_module():
     return module
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
     d = tmp_path_factory.mktemp("corpus")
     _load_corpus_module().build(d)
@@ -252,7 +252,7 @@ def _run_batches(runner, cases: list, places: dict, work: Path) -> dict:
     return results
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # module scope ran it again whenever a worker came back to this module
 def adversarial_results(corpus, tmp_path_factory):
     runner = _runner()
     work = tmp_path_factory.mktemp("adversarial")
