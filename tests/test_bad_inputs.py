@@ -306,7 +306,6 @@ def test_adversarial_manifest_is_well_formed():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("adversarial")  # one worker runs the batch (~2 min); split, each worker ran it whole
 @pytest.mark.parametrize("case", ADVERSARIAL, ids=[c["id"] for c in ADVERSARIAL])
 def test_adversarial(case, adversarial_results):
     verdict = adversarial_results.get(case["id"])
