@@ -725,22 +725,24 @@ class _PrunedMiTBackbone:
 def _mit_block_config(block, heads, units) -> tuple[dict, dict[int, tuple[int, list[int]]]]:
     """(serialized prunecli block keeping these heads and feed-forward units, in this order (None: all);
     the slices to take of the old block's weights: id(variable) -> (axis, entries kept))."""
+    found = decoders.Ffn(block.name, block, *keras_graph.hub_ffn(block), keras_graph.hub_ffn_depthwise(block))
+    config = decoders.own_config(block)
+    if "drop_prob" in config:
+        config["drop_prob"] = float(config["drop_prob"])
+    return _pruned_block(block, found, config, MIT_BLOCK, heads, units)
+
+
+def _pruned_block(block, found, config: dict, kind: str, heads, units) -> tuple[dict, dict]:
+    """The serialized prunecli block of `kind` built from the old block's `config` with these heads and
+    feed-forward units (`found`'s; None: all) at the old head size, and the cuts of the old weights."""
     import keras
 
-    found = decoders.Ffn(block.name, block, *keras_graph.hub_ffn(block), keras_graph.hub_ffn_depthwise(block))
     units = list(range(found.units)) if units is None else [int(u) for u in units]
     kept_heads = int(block.num_heads) if heads is None else len(heads)
     if not units or not kept_heads:
         raise ValueError(f"{block.name}: a block keeps at least one head and one unit")
-    config = {
-        **decoders.own_config(block),
-        "mlp_units": len(units),
-        "num_heads": kept_heads,
-        "head_dim": attention_head_dim(block.attn),
-    }
-    if "drop_prob" in config:
-        config["drop_prob"] = float(config["drop_prob"])
-    new = register()[MIT_BLOCK].from_config(config)
+    config = {**config, "mlp_units": len(units), "num_heads": kept_heads, "head_dim": attention_head_dim(block.attn)}
+    new = register()[kind].from_config(config)
     cuts = _head_cuts(block.attn, heads)
     cuts.update({id(var): (axis, units) for var, axis in found.all_slices()})
     return keras.layers.serialize(new), cuts
@@ -1032,23 +1034,8 @@ _SWIN_SETTINGS = (
 def _swin_block_config(block, heads, units) -> tuple[dict, dict[int, tuple[int, list[int]]]]:
     """(serialized prunecli block keeping these heads and feed-forward units (None: all); the slices to
     take of the old block's weights: id(variable) -> (axis, entries kept))."""
-    import keras
-
     found = decoders.Ffn(block.name, block, *keras_graph.hub_ffn(block))
-    units = list(range(found.units)) if units is None else [int(u) for u in units]
-    kept_heads = int(block.num_heads) if heads is None else len(heads)
-    if not units or not kept_heads:
-        raise ValueError(f"{block.name}: a block keeps at least one head and one unit")
-    config = {
-        **_PrunedSwinBlock.get_config(block),
-        "mlp_units": len(units),
-        "num_heads": kept_heads,
-        "head_dim": attention_head_dim(block.attn),
-    }
-    new = register()[SWIN_BLOCK].from_config(config)
-    cuts = _head_cuts(block.attn, heads)
-    cuts.update({id(var): (axis, units) for var, axis in found.all_slices()})
-    return keras.layers.serialize(new), cuts
+    return _pruned_block(block, found, _PrunedSwinBlock.get_config(block), SWIN_BLOCK, heads, units)
 
 
 def _rebuilt_swin(model, heads: dict, units: dict, dropped: set):
