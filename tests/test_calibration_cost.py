@@ -101,6 +101,7 @@ def test_walk_source_is_memoised_per_plan(monkeypatch):
     assert len(probes) == 1
 
 
+@pytest.mark.slow
 def test_examples_per_pass_count_every_frame(monkeypatch):
     """A calibrated layer called once per frame sees FRAMES inputs per example in a pass."""
     from prunecli.calibration import capture

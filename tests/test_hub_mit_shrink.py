@@ -131,6 +131,7 @@ def test_cli_meets_a_parameter_target_on_a_saved_mit_classifier(cli, tmp_path):
     assert json.loads(report.read_text())["ffn"]["verification"]["max_rel_diff"] <= 1e-4
 
 
+@pytest.mark.slow
 def test_mit_multiply_adds_are_counted_stage_by_stage():
     """The count at the model's image size, by hand: stage 0 sees 8x8 = 64 tokens of width 8 (its sr
     convolution of ratio 2 leaves 4x4 = 16 for keys and values), stage 1 4x4 = 16 tokens of width 16."""

@@ -148,6 +148,7 @@ def test_cli_meets_parameter_targets_and_drops_a_block_of_a_saved_classifier(cli
     assert abs(small.count_params() / model.count_params() - 0.7) <= 0.02
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAST_VIT)
 def test_a_vision_transformers_multiply_adds_are_counted_through_its_encoder(family):
     """Its encoder (every block in one layer) and patch embedding had no cost: the total was partial and

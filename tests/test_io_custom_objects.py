@@ -105,6 +105,7 @@ def test_custom_layers_load_prune_and_reload(cli, tmp_path):
     assert isinstance(keras.saving.load_model(out), keras.Model)  # registered: Keras reads it too
 
 
+@pytest.mark.slow
 def test_custom_conv_subclass_shrinks(cli, tmp_path):
     """-g neuron --shrink removes filters of the Conv1D subclass: rebuilt by its own class, with
     its own config, its consumer sliced to match (the unknown custom layer after `conv` keeps

@@ -335,6 +335,7 @@ def test_tfrecord_folder_of_png_records(digits, tmp_path):
     assert glob_data.n_train == 40
 
 
+@pytest.mark.slow
 def test_tfrecord_errors_are_one_line(mlp, tmp_path):
     model, x, y = mlp
     write_records(tmp_path / "d.tfrecord", x, y)

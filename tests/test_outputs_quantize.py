@@ -67,7 +67,7 @@ def _dequantized_kernel(layer) -> np.ndarray:
 @pytest.mark.parametrize(
     "amount",
     [
-        pytest.param({"sparsity": 0.5}, id="50%"),
+        pytest.param({"sparsity": 0.5}, id="50%", marks=pytest.mark.slow),
         pytest.param({"granularity": "n:m=2:4"}, id="2:4", marks=pytest.mark.slow),
     ],
 )

@@ -60,7 +60,7 @@ def _narrowed(model, **kw):
     [
         pytest.param("llama", False, marks=pytest.mark.slow),
         pytest.param("llama", True, marks=pytest.mark.slow),
-        ("qwen", True),
+        pytest.param("qwen", True, marks=pytest.mark.slow),
         pytest.param("mistral", False, marks=pytest.mark.slow),
         pytest.param("qwen3", True, marks=pytest.mark.slow),
     ],

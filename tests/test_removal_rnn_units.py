@@ -90,7 +90,7 @@ def _same_outputs(a, b, shape) -> None:
 @pytest.mark.parametrize(
     ("kind", "return_sequences"),
     [
-        ("LSTM", False),
+        pytest.param("LSTM", False, marks=pytest.mark.slow),
         pytest.param("LSTM", True, marks=pytest.mark.slow),
         pytest.param("GRU", False, marks=pytest.mark.slow),
         pytest.param("GRU", True, marks=pytest.mark.slow),

@@ -13,8 +13,7 @@ import json
 
 import numpy as np
 import pytest
-
-from tests.conftest import build_mlp, make_tabular
+from conftest import build_mlp, make_tabular
 
 
 @pytest.fixture(scope="module")

@@ -54,6 +54,7 @@ def test_a_keras2_sequential_is_read_with_the_input_its_writer_declared(keras2_r
     np.testing.assert_allclose(np.asarray(model(x[:8])), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [{}, {"granularity": "neuron", "shrink": True}])
 def test_pruned_keras2_sequential_takes_the_original_inputs(keras2_reshape_first, tmp_path, extra):
     import keras

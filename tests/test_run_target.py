@@ -143,7 +143,8 @@ def fake_timer(monkeypatch):
     return use
 
 
-@pytest.mark.parametrize("round_to", [None, pytest.param(8, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("round_to", [None, 8])
 def test_latency_target_lands_in_its_band(cli, files, tmp_path, fake_timer, round_to):
     from prunecli.config.target import LATENCY_TOLERANCE
     from prunecli.selection.budget import MAX_TIMED
