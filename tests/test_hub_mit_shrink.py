@@ -67,7 +67,7 @@ def check_rebuilt(model, small, tmp_path, want=None):
     assert_close_rel(back(x), want)
 
 
-@pytest.mark.slow  # ~7 s (MiT's fast representative: the multiply-adds count below)
+@pytest.mark.slow  # ~7 s
 def test_mixffn_units_leave_with_their_depthwise_channel_and_biases(tmp_path):
     model = classifier()
     dense = np.asarray(model(images()))
@@ -222,6 +222,7 @@ def test_heads_leave_mit_blocks_with_their_biases_and_the_head_size_kept(tmp_pat
     assert [tuple(b.attn.q.kernel.shape) for b in blocks] == [(8, HD), (8, HD), (16, 2 * HD)]
     assert tuple(blocks[0].attn.sr.kernel.shape) == (2, 2, 8, 8)  # reduces every channel: no head's
     assert small.backbone.layerwise_num_heads == [1, 2]  # each stage's largest, in the saved config too
+    assert section["attention_macs_after"] * 2 == section["attention_macs_before"]  # each stage at its tokens
     removed = 2 * PER_HEAD[0] + 2 * PER_HEAD[1]
     assert before - small.count_params() == removed == section["params_before"] - section["params_after"]
     assert section["verification"]["max_rel_diff"] <= 1e-4

@@ -128,6 +128,7 @@ def test_heads_leave_swin_blocks_with_their_bias_table_columns(tmp_path):
         kept = [h for h in range(row["heads_before"]) if h not in row["removed_heads"]]
         assert np.array_equal(np.asarray(block.attn.relative_position_bias_table), table[:, kept])
     assert blocks[1].shift_size == 2  # the shifted-window block keeps its shift
+    assert section["attention_macs_after"] * 2 == section["attention_macs_before"]  # each stage at its tokens
     stages = vision_encoders.swin_stages(small.backbone)
     assert small.backbone.num_heads == [s.num_heads for s in stages] == [1, 2]  # each stage's largest
     removed = 2 * PER_HEAD[0] + 4 * PER_HEAD[1]

@@ -367,6 +367,13 @@ def macs_at(model, seq_len: int) -> dict[str, int]:
 # The step
 
 
+def _attention_macs(model, seq_len: int | None) -> int:
+    """The multiply-adds of the model's attention heads per example: at `seq_len` tokens, or, without one,
+    MiT's and Swin's blocks each at its stage's tokens."""
+    per_layer = macs_at(model, seq_len) if seq_len else vision_encoders.attention_macs(model)
+    return sum(per_layer.values())
+
+
 def _allowed(model, targets, config) -> list:
     return [hl for hl in find(model, targets) if allowed_by_rules(hl.path, config)]
 
@@ -415,10 +422,12 @@ def run_heads(model, targets, config, *, data=None, loss_fn=None, sample_x=None,
     if target is not None:
         section["target"] = target
     kernel_masks = {t.name: masks.get(t.name, np.ones(t.shape, dtype=bool)) for t in targets or []}
-    seq_len = None if vision_encoders.stage_lengths(model) else config.seq_len or model_seq_len(model)
-    if seq_len:  # attention multiply-adds at one length (not for MiT's and Swin's stages: each its own)
+    staged = vision_encoders.stage_lengths(model)  # MiT's and Swin's blocks: each stage its own length
+    seq_len = None if staged else config.seq_len or model_seq_len(model)
+    if seq_len:
         section["seq_len"] = seq_len
-        section["attention_macs_before"] = sum(macs_at(model, seq_len).values())
+    if seq_len or staged:
+        section["attention_macs_before"] = _attention_macs(model, seq_len)
     if not config.shrink:
         return model, kernel_masks, section, notes
     blocked = sorted({hl.path for hl in found if hl.shrink_blocker and removed[hl.path]})
@@ -439,8 +448,8 @@ def run_heads(model, targets, config, *, data=None, loss_fn=None, sample_x=None,
     kernel_masks = {t.name: new_masks.get(t.name, np.ones(t.shape, dtype=bool)) for t in new_targets}
     section["params_before"] = int(model.count_params())
     section["params_after"] = int(new.count_params())
-    if seq_len:
-        section["attention_macs_after"] = sum(macs_at(new, seq_len).values())
+    if seq_len or staged:
+        section["attention_macs_after"] = _attention_macs(new, seq_len)
     return new, kernel_masks, section, notes
 
 

@@ -1205,19 +1205,25 @@ def block_macs(model) -> dict[int, int]:
     return out
 
 
-def head_macs(model) -> dict[int, int]:
-    """{id(attention layer): the multiply-adds one of its heads costs} for MiT's and Swin's blocks: every
-    term of their attention heads grows with the heads (head size x the tokens it is multiplied by)."""
+def attention_macs(model) -> dict[int, int]:
+    """{id(attention layer): the multiply-adds of its heads per example} for MiT's and Swin's blocks, each at
+    its own stage's tokens (Swin's within its windows): every term grows with the heads (head size x the
+    tokens it is multiplied by); MiT's spatial-reduction convolution, which reads every channel, is not one."""
     tokens = block_tokens(model)
     out = {}
     for block in blocks(model):
-        attn = block.attn
         if _hub_name(block) == SWIN_BLOCK:
             terms, products = _swin_window_terms(block)
         else:
-            terms, products = _mit_attention_terms(attn, tokens[id(block)])
-        out[id(attn)] = (_kernel_macs(terms, False) + products) // int(attn.num_heads)
+            terms, products = _mit_attention_terms(block.attn, tokens[id(block)])
+        out[id(block.attn)] = _kernel_macs(terms, False) + products
     return out
+
+
+def head_macs(model) -> dict[int, int]:
+    """{id(attention layer): the multiply-adds one of its heads costs} for MiT's and Swin's blocks."""
+    heads = {id(block.attn): int(block.attn.num_heads) for block in blocks(model)}
+    return {key: total // heads[key] for key, total in attention_macs(model).items()}
 
 
 def register_layers() -> None:
