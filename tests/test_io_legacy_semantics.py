@@ -414,6 +414,30 @@ def test_a_tf_keras_tf_concat_is_a_join_that_shrinks(tmp_path, cli):
     assert shrunk.get_layer("hidden").kernel.shape[0] == 2 * 4 * 4 * 4
 
 
+@pytest.mark.slow  # 2-4 s (a tf_keras model saved and pruned): the full suite
+def test_a_tf_keras_reduction_over_positions_shrinks_and_one_over_channels_keeps_them(tmp_path, cli):
+    """flucleave's Keras-2 file (bench/ZOO.md) pools a Conv1D with `tf.reduce_max(h, axis=1)`, a TFOpLambda:
+    its filters were kept whole ("not an operation the channel graph understands"); a reduction over the
+    positions keeps each channel apart, so they shrink through it. One over the channel axis mixes them,
+    even where the channel count happens to stay (6 positions of 6 filters): that convolution stays whole."""
+    import keras
+    import tensorflow as tf
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(6)
+    inp = tf_keras.Input((6, 3))
+    pooled = tf.reduce_max(tf_keras.layers.Conv1D(8, 2, padding="same", activation="relu", name="conv")(inp), axis=1)
+    mixed = tf.reduce_mean(tf_keras.layers.Conv1D(6, 2, padding="same", name="mixed")(inp), -1)
+    hidden = tf_keras.layers.Dense(6, activation="relu", name="hidden")(tf.concat([pooled, mixed], axis=1))
+    model = tf_keras.Model(inp, tf_keras.layers.Dense(1, activation="sigmoid", name="head")(hidden))
+    model.save(tmp_path / "pooled.h5")
+    result = cli("prune", tmp_path / "pooled.h5", "-g", "neuron", "-s", "0.5", "--shrink", "-o", tmp_path / "out.keras")
+    assert result.exit_code == 0, result.output
+    shrunk = keras.saving.load_model(tmp_path / "out.keras")
+    assert shrunk.get_layer("conv").filters == 4 and shrunk.get_layer("mixed").filters == 6
+    assert shrunk.get_layer("hidden").kernel.shape == (4 + 6, 3)
+
+
 @pytest.mark.slow  # 2-5 s (a tf_keras model saved and pruned): the full suite
 def test_a_tf_keras_archive_with_time_major_and_keras2_hard_sigmoid_reads_as_tf_keras_computes_it(tmp_path, cli):
     """tf_keras (Keras 2.13+) writes `time_major` into every LSTM and GRU config of its `.keras` archives,

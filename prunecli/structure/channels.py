@@ -226,6 +226,9 @@ def classify(layer, in_shapes: list[tuple], out_shapes: list[tuple], node=None) 
             return "other", f"{label} has a constant operand that is not a single number"
         if role == "merge" and len(in_shapes) == 1:
             role = "channelwise"  # arithmetic with a number: each channel stays apart
+        axes = reduced_axes(layer, node, len(in_shapes[0])) if in_shapes else None
+        if axes is not None and len(in_shapes[0]) - 1 in axes:
+            return "other", f"{label} reduces over the channel axis"
     if not in_shapes or not out_shapes:
         return "other", f"{label} has no tensor inputs or outputs"
     if record.family == "embedding":
@@ -274,6 +277,22 @@ def classify(layer, in_shapes: list[tuple], out_shapes: list[tuple], node=None) 
     if role == "flatten" and one_to_one and _channels_last(layer) and all(d is not None for d in in_shapes[0][1:]):
         return "flatten", None
     return "other", f"{label} is not a layer surgery can slice"
+
+
+def reduced_axes(layer, node, rank: int) -> set[int] | None:
+    """The axes (0 .. rank - 1) that a reduction call (keras.ops.mean/max, tf.math.reduce_*) reduces over,
+    every one for `axis=None`; None for a call that is not a reduction."""
+    arguments = getattr(node, "arguments", None)
+    args = list(getattr(arguments, "args", None) or [])
+    if getattr(layer, "function", None) in layers.REDUCTIONS:  # tf_keras recorded `axis` by keyword or position
+        axis = dict(getattr(arguments, "kwargs", None) or {}).get("axis", args[1] if len(args) > 1 else None)
+    elif layers.is_operation(layer) and type(layer).__name__ in layers.OPS_REDUCTIONS:
+        axis = layer.axis
+    else:
+        return None
+    if axis is None:
+        return set(range(rank))
+    return {int(a) % rank for a in (axis if isinstance(axis, (list, tuple)) else [axis])}
 
 
 def concat_axis(layer, node=None):

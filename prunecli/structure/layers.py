@@ -264,8 +264,10 @@ for _name in (
 ):
     OPS[_name] = _POINTWISE
 # keras.ops.mean/max over positions (a squeeze-and-excite block's pooling in MobileNet's blocks): each channel
-# stays apart; one over the channel axis changes the channel count, which the channel graph refuses
-OPS["Mean"] = OPS["Max"] = LayerSpec("channelwise")
+# stays apart; one over the channel axis mixes them, which the channel graph refuses (channels.reduced_axes)
+OPS_REDUCTIONS = ("Mean", "Max")
+for _name in OPS_REDUCTIONS:
+    OPS[_name] = LayerSpec("channelwise")
 
 # tf_keras' TFOpLambda layers, as prunecli reads them (io/models/tf_ops.py: one layer class that runs the
 # TensorFlow function a Keras-2 file names), keyed by that function's name: a concatenation joins, the
@@ -297,6 +299,11 @@ for _name in (
     TF_CALLS[_name] = _POINTWISE
 for _name in ("image.rot90", "image.flip_left_right", "image.flip_up_down", "image.transpose"):
     TF_CALLS[_name] = _PLACE  # moves positions, never channels
+# `tf.reduce_max(h, axis=1)` (flucleave's global max pooling, bench/ZOO.md) and its kin over positions keep
+# each channel apart, as the Global*Pooling layers do; over the channel axis they mix them (channels.reduced_axes)
+REDUCTIONS = ("math.reduce_max", "math.reduce_min", "math.reduce_mean", "math.reduce_sum")
+for _name in REDUCTIONS:
+    TF_CALLS[_name] = LayerSpec("channelwise")
 
 # Layers whose activation normalises over the channels: their output units are classes (softmax).
 SOFTMAX_LIKE = {"Softmax"}
