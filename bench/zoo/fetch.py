@@ -1248,16 +1248,24 @@ def build_reviews_sentitoolkit(ctx, n=256, maxlen=100):
     tok = _TokenizerPickle(
         io.BytesIO(read_member(ctx["archive"]("SentiToolKit"), "SentiAnalyzer/tokenizer.pkl"))
     ).load()
-    table = str.maketrans({c: tok.split for c in tok.filters})
     sents = stdlib_sentences()
-    x = np.zeros((n, maxlen), np.int32)
-    for row, i in enumerate(RNG.choice(len(sents), n, replace=False)):
-        words = sents[i].lower().translate(table).split(tok.split)
+    texts = [sents[i] for i in RNG.choice(len(sents), n, replace=False)]
+    return {"x": keras_tokenizer_rows(tok, texts, maxlen)}, None, None
+
+
+def keras_tokenizer_rows(tok, texts, maxlen):
+    """Texts as a Keras Tokenizer's texts_to_sequences writes them (lower-cased, its filter characters
+    split words, words ranked num_words or later dropped), pre-padded and pre-truncated to `maxlen`
+    (pad_sequences' defaults); int32."""
+    table = str.maketrans({c: tok.split for c in tok.filters})
+    x = np.zeros((len(texts), maxlen), np.int32)
+    for row, text in enumerate(texts):
+        words = text.lower().translate(table).split(tok.split)
         ids = [tok.word_index[w] for w in words if w and tok.word_index.get(w, tok.num_words) < tok.num_words]
         ids = ids[-maxlen:]
         if ids:
             x[row, maxlen - len(ids) :] = ids
-    return {"x": x}, None, None
+    return x
 
 
 IONMOB_MODS = {"(+79.97)": "[UNIMOD:21]", "(+15.99)": "[UNIMOD:35]", "(+57.02)": "[UNIMOD:4]"}
@@ -1857,6 +1865,178 @@ def build_words_russtress(ctx, n=256):
     return {"x": x}, None, None
 
 
+FLUCLEAVE_AA = "ACDEFGHIKLMNPQRSTVWY-"  # flucleave/utils.py encode_sequences: id = position, unknown = 20
+FLUCLEAVE_WINDOW = 6  # its config.AA_WINDOW_SIZE
+
+
+def build_cleavage_flucleave(ctx, n=256):
+    """FluCleave's input (utils.encode_sequences, as train.py feeds the csv): each cleavage site's residues
+    as ids of its 21-letter table (unknown letters 20), pad_sequences to 6 (the last 6 residues, zeros
+    before a shorter one), int32. Real sites and labels: `n` of the rows of its training_data.csv."""
+    text = read_member(ctx["archive"]("flucleave"), "flucleave/data/train/training_data.csv").decode("utf-8")
+    rows = [line.split(",") for line in text.split()[1:]]
+    x = np.zeros((n, FLUCLEAVE_WINDOW), np.int32)
+    pick = RNG.choice(len(rows), n, replace=False)
+    for row, i in enumerate(pick):
+        ids = [FLUCLEAVE_AA.find(c.upper()) % 21 for c in rows[i][0]][-FLUCLEAVE_WINDOW:]  # find: -1 -> 20
+        x[row, FLUCLEAVE_WINDOW - len(ids) :] = ids
+    y = np.array([[float(rows[i][1])] for i in pick], np.float32)
+    return {"x": x}, y, "the site's pathogenicity in the package's training_data.csv (real: 1 = HPAI)"
+
+
+PHYLODEEP_MAXLEN = 999  # encoding.encode_into_most_recent's max_len for trees of 200 tips or more
+
+
+def birth_death_tree(r0, period, sampling, tips):
+    """A birth-death-sampling epidemic (the BD model PhyloDeep infers): each lineage transmits at R0 / period
+    and is removed at 1 / period, sampled when removed with probability `sampling`; grown until `tips`
+    lineages are sampled, then reduced to the sampled ones (unsampled lineages pruned, one-child nodes
+    merged into their branch). Returns (children lists, time of each node, root) or None for an epidemic
+    that dies out first."""
+    removal = 1.0 / period
+    birth = r0 * removal
+    parent, time, sampled = [-1], [0.0], []
+    alive = [0]
+    clock = 0.0
+    while len(sampled) < tips:
+        if not alive:
+            return None
+        clock += RNG.exponential(1.0 / (len(alive) * (birth + removal)))
+        k = int(RNG.integers(len(alive)))
+        node = alive[k]
+        time[node] = clock
+        alive[k] = alive[-1]
+        alive.pop()
+        if RNG.random() < birth / (birth + removal):
+            for _ in range(2):
+                parent.append(node)
+                time.append(clock)
+                alive.append(len(parent) - 1)
+        elif RNG.random() < sampling:
+            sampled.append(node)
+    keep = np.zeros(len(parent), bool)
+    for tip in sampled:
+        while tip >= 0 and not keep[tip]:
+            keep[tip] = True
+            tip = parent[tip]
+    children = [[] for _ in parent]
+    for node in range(1, len(parent)):
+        if keep[node]:
+            children[parent[node]].append(node)
+    root = 0
+    while len(children[root]) == 1:  # the edge above the root is removed, as the package does
+        root = children[root][0]
+    merged = [[] for _ in parent]
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        for child in children[node]:
+            while len(children[child]) == 1:
+                child = children[child][0]
+            merged[node].append(child)
+            stack.append(child)
+    return merged, np.asarray(time), root
+
+
+def phylodeep_vector(children, time, root, sampling):
+    """phylodeep 0.9 encoding.encode_into_most_recent, ported: branch lengths rescaled to a mean of 1 (the
+    root's 0 counted), then from the root the deepest unvisited tip below the current ancestor (its distance
+    to it), the next ancestor with an unvisited child (its distance to the root), and so on; padded with 0
+    to 999, a 0 and the sampling probability twice added, and reordered as its refactor_to_final_shape does."""
+    nodes, stack, up = [], [root], {root: -1}
+    while stack:
+        node = stack.pop()
+        nodes.append(node)
+        for child in reversed(children[node]):
+            up[child] = node
+            stack.append(child)
+    lengths = {n: (time[n] - time[up[n]]) if up[n] >= 0 else 0.0 for n in nodes}
+    scale = np.mean(list(lengths.values()))
+    depth = {}
+    for n in nodes:  # preorder: a parent before its children
+        depth[n] = 0.0 if up[n] < 0 else depth[up[n]] + lengths[n] / scale
+    tips_below = {}
+    for n in reversed(nodes):
+        tips_below[n] = [n] if not children[n] else [t for c in children[n] for t in tips_below[c]]
+    visited = dict.fromkeys(nodes, 0)
+    out, anc = [], root
+    while True:
+        leaf = max((t for t in tips_below[anc] if not visited[t]), key=lambda t: depth[t])
+        out.append(depth[leaf] - depth[anc])
+        visited[leaf] += 1
+        anc = leaf
+        while anc >= 0 and visited[anc] >= len(children[anc]) - 1:
+            anc = up[anc]
+        if anc < 0:
+            break
+        visited[anc] += 1
+        out.append(depth[anc])
+    full = np.concatenate([out, np.zeros(PHYLODEEP_MAXLEN - len(out)), [0.0, sampling, sampling]])
+    tips_at = np.insert(np.arange(0, PHYLODEEP_MAXLEN, 2), -1, PHYLODEEP_MAXLEN + 1)
+    inner_at = np.insert(np.arange(1, PHYLODEEP_MAXLEN - 1, 2), 0, PHYLODEEP_MAXLEN)
+    inner_at = np.insert(inner_at, -1, PHYLODEEP_MAXLEN + 2)
+    return full[np.append(inner_at, tips_at)]
+
+
+def build_trees_phylodeep(ctx, n=256):
+    """PhyloDeep's CNN input for large trees (200-500 tips): the 1002-long vector of phylodeep_vector. The
+    package ships no trees: birth-death-sampling epidemics with R0 1-5, infectious period 1-10 and sampling
+    0.1-1 (its BD prior's ranges, sampling narrowed to keep the simulation short), 200-500 sampled tips."""
+    x = np.zeros((n, PHYLODEEP_MAXLEN + 3), np.float32)
+    row = 0
+    while row < n:
+        sampling = float(RNG.uniform(0.1, 1.0))
+        tree = birth_death_tree(RNG.uniform(1.0, 5.0), RNG.uniform(1.0, 10.0), sampling, int(RNG.integers(200, 501)))
+        if tree is not None:
+            x[row] = phylodeep_vector(*tree, sampling)
+            row += 1
+    return {"x": x}, None, None
+
+
+TOXIC_MAXLEN = 100  # toxic_classifier/model.py MAXLEN
+
+
+def assemble_toxic(weights: bytes, out: Path) -> None:
+    """toxic-comment-classifier 0.3.0 ships a Keras 3 weights-only file and builds its network in code
+    (toxic_classifier/model.py): 100 word ids -> Embedding(20000, 50, frozen) -> Bidirectional(LSTM(50,
+    sequences, dropout 0.1, recurrent_dropout 0.1)) -> GlobalMaxPooling1D -> Dense(50, relu) -> Dropout(0.1)
+    -> Dense(6, sigmoid). Built so, its weights loaded as its load_weights loads them, saved whole."""
+    import keras
+
+    layers = keras.layers
+    inp = keras.Input((TOXIC_MAXLEN,))
+    x = layers.Embedding(20000, 50, trainable=False)(inp)
+    x = layers.Bidirectional(layers.LSTM(50, return_sequences=True, dropout=0.1, recurrent_dropout=0.1))(x)
+    x = layers.GlobalMaxPooling1D()(x)
+    x = layers.Dense(50, activation="relu")(x)
+    x = layers.Dropout(0.1)(x)
+    model = keras.Model(inp, layers.Dense(6, activation="sigmoid")(x))
+    model.compile(loss="binary_crossentropy", optimizer="adam")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.weights.h5"
+        path.write_bytes(weights)
+        model.load_weights(path)
+    model.save(out)
+
+
+def build_comments_toxic(ctx, n=256):
+    """The classifier's input (ToxicCommentClassifier.classify): its tokenizer.pickle (a Keras Tokenizer
+    fitted on the comments it was trained on, num_words 20000; read without running code) writes a text as
+    word ids, pre-padded to 100. The package ships no comments: half the rows are sentences of the standard
+    library's module docstrings, half 5-40 words drawn by their counts in the tokenizer (the comments'
+    own vocabulary and frequencies)."""
+    tok = _TokenizerPickle(
+        io.BytesIO(read_member(ctx["archive"]("toxic-comment-classifier"), "toxic_classifier/model/tokenizer.pickle"))
+    ).load()
+    sents = stdlib_sentences()
+    texts = [sents[i] for i in RNG.choice(len(sents), n // 2, replace=False)]
+    words = [w for w, _ in sorted(tok.word_index.items(), key=lambda item: item[1])[: tok.num_words - 1]]
+    counts = np.array([tok.word_counts[w] for w in words], np.float64)
+    for _ in range(n - n // 2):
+        texts.append(" ".join(RNG.choice(words, int(RNG.integers(5, 41)), p=counts / counts.sum())))
+    return {"x": keras_tokenizer_rows(tok, texts, TOXIC_MAXLEN)}, None, None
+
+
 def build_lightcurves_t2(ctx, n=8):
     """T2's input shape (100 x 2); only `prune` runs on its refusal."""
     return {"x": RNG.standard_normal((n, 100, 2)).astype(np.float32)}, None, None
@@ -1974,6 +2154,8 @@ def main(argv=None) -> int:
                 assemble_deepcut(blob, mpath)
             elif e.get("extract") == "mtcnn-onet":
                 assemble_mtcnn_onet(blob, mpath)
+            elif e.get("extract") == "toxic-weights":
+                assemble_toxic(blob, mpath)
             else:
                 mpath.write_bytes(keras_zip_from_joblib(blob) if e.get("extract") == "joblib-keras" else blob)
         custom = zoo.custom_objects(e, cache)

@@ -108,6 +108,11 @@ PACKAGES = {
     "rnnmorph": {"version": "0.4.1"},
     # a tf.keras 2.2.4-tf architecture JSON beside its weights, joined and saved as tf_keras' own `.keras`
     "russtress": {"version": "0.1.4"},
+    # a Keras 2.13 `.h5` pooling its Conv1D with `tf.reduce_max` (a TFOpLambda), a Keras-2 CNN over a flat tree
+    # encoding reshaped into pairs, and a Keras 3 weights-only multi-label BiLSTM built as the package builds it
+    "flucleave": {"version": "0.1.5"},
+    "phylodeep": {"version": "0.9"},
+    "toxic-comment-classifier": {"version": "0.3.0"},
 }
 
 ZOO = [
@@ -952,6 +957,62 @@ ZOO_KERAS3 += [
         "0.4.1's word_vocabulary.pickle (russtress ships a one-word dictionary), each with the last 3 letters of "
         "another drawn word before it (a clause start for one in eight), one-hot right-aligned as its "
         "text_accentAPI._predict writes them; labels = dense model's argmax",
+        "quick": False,
+    },
+    {
+        "id": "flucleave_conv_tf_reducemax",
+        "package": "flucleave",
+        "member": "flucleave/model/best_model.h5",
+        "arch": "FluCleave influenza HA cleavage-site pathogenicity (HPAI vs LPAI): 6 amino-acid ids -> Embedding(21, "
+        "32, L1 activity regulariser) -> Conv1D(64, 2, same, relu) -> tf.math.reduce_max(axis=1) (a TFOpLambda: "
+        "global max pooling written as a TensorFlow call) -> Dense(16, relu) -> Dropout -> Dense(1, sigmoid)",
+        "keras_version": "2.13.1",
+        "params": 5889,
+        "kind": "binary",
+        "inputs": "cleavage_flucleave",
+        "input_source": "real sequences, real labels: 256 of the 271 cleavage sites of the package's "
+        "training_data.csv (H5/H7 and other subtypes), encoded with its utils.encode_sequences (20 amino acids + "
+        "'-', unknown = 20, pad_sequences to the last 6 residues, int32); labels = the csv's pathogenicity "
+        "(1 = highly pathogenic)",
+        "quick": False,
+    },
+    {
+        "id": "phylodeep_cnn_reshape_flat",
+        "package": "phylodeep",
+        "member": "phylodeep/pretrained_models/models/BD_vs_BDEI_vs_BDSS_LARGE_CNN.h5",
+        "arch": "PhyloDeep model selection for large phylogenies (200-500 tips): Sequential Reshape of a FLAT 1002 "
+        "vector (the tree's compact bijective ladderised vector) into 501 x 2 -> Conv1D(50, 3, elu) -> "
+        "Conv1D(50, 10, elu) -> MaxPooling1D(10) -> Conv1D(80, 10, elu) -> GlobalAveragePooling1D -> Dense 64 -> "
+        "32 -> 16 -> 8 (elu) -> Dense(3) -> softmax (BD, BDEI, BDSS)",
+        "keras_version": "2.6.0",
+        "params": 73435,
+        "kind": "classifier",
+        "inputs": "trees_phylodeep",
+        "input_source": "synthetic trees, the package's encoding: 256 birth-death-sampling epidemics (R0 1-5, "
+        "infectious period 1-10, sampling 0.01-1) grown until 200-500 sampled tips, the unsampled lineages pruned, "
+        "then its encoding.encode_into_most_recent ported as written (branches rescaled to mean 1, the deepest "
+        "tip first down every ancestor, padded to 999, the sampling probability added, reordered); labels = dense "
+        "model's argmax",
+        "quick": False,
+    },
+    {
+        "id": "toxic_bilstm_multilabel",
+        "package": "toxic-comment-classifier",
+        "member": "toxic_classifier/model/model.weights.h5",
+        "extract": "toxic-weights",  # fetch.assemble_toxic: the shipped weights in the package's network
+        "suffix": ".keras",
+        "arch": "toxic-comment classifier (Jigsaw): 100 word ids -> FROZEN Embedding(20000, 50) -> "
+        "Bidirectional(LSTM(50, sequences, recurrent_dropout 0.1)) -> GlobalMaxPooling1D -> Dense(50, relu) -> "
+        "Dropout -> Dense(6, SIGMOID): six labels at once (toxic, severe_toxic, obscene, threat, insult, "
+        "identity_hate); shipped as a Keras 3 weights-only file, built as its model.py builds it, saved by Keras 3",
+        "keras_version": "3.15.1",
+        "params": 1045756,
+        "kind": "binary",
+        "inputs": "comments_toxic",
+        "input_source": "real English text and real vocabulary: 128 sentences of the standard library's module "
+        "docstrings and 128 'comments' of 5-40 words drawn by their counts in the package's tokenizer.pickle (a "
+        "Keras Tokenizer fitted on the comments, num_words 20000, read without running code), encoded with it and "
+        "pre-padded to 100 as its classify does; labels = dense model's outputs > 0.5 (six per row)",
         "quick": False,
     },
 ]
