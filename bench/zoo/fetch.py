@@ -2024,7 +2024,7 @@ def build_comments_toxic(ctx, n=256):
     fitted on the comments it was trained on, num_words 20000; read without running code) writes a text as
     word ids, pre-padded to 100. The package ships no comments: half the rows are sentences of the standard
     library's module docstrings, half 5-40 words drawn by their counts in the tokenizer (the comments'
-    own vocabulary and frequencies)."""
+    own vocabulary and frequencies), in a shuffled order."""
     tok = _TokenizerPickle(
         io.BytesIO(read_member(ctx["archive"]("toxic-comment-classifier"), "toxic_classifier/model/tokenizer.pickle"))
     ).load()
@@ -2034,6 +2034,7 @@ def build_comments_toxic(ctx, n=256):
     counts = np.array([tok.word_counts[w] for w in words], np.float64)
     for _ in range(n - n // 2):
         texts.append(" ".join(RNG.choice(words, int(RNG.integers(5, 41)), p=counts / counts.sum())))
+    texts = [texts[i] for i in RNG.permutation(n)]  # both kinds among the first 64, which check.py compares
     return {"x": keras_tokenizer_rows(tok, texts, TOXIC_MAXLEN)}, None, None
 
 

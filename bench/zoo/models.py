@@ -983,14 +983,14 @@ ZOO_KERAS3 += [
         "arch": "PhyloDeep model selection for large phylogenies (200-500 tips): Sequential Reshape of a FLAT 1002 "
         "vector (the tree's compact bijective ladderised vector) into 501 x 2 -> Conv1D(50, 3, elu) -> "
         "Conv1D(50, 10, elu) -> MaxPooling1D(10) -> Conv1D(80, 10, elu) -> GlobalAveragePooling1D -> Dense 64 -> "
-        "32 -> 16 -> 8 (elu) -> Dense(3) -> softmax (BD, BDEI, BDSS)",
+        "32 -> 16 -> 8 (elu) -> Dense(3, softmax): BD, BDEI or BDSS",
         "keras_version": "2.6.0",
         "params": 73435,
         "kind": "classifier",
         "inputs": "trees_phylodeep",
         "input_source": "synthetic trees, the package's encoding: 256 birth-death-sampling epidemics (R0 1-5, "
-        "infectious period 1-10, sampling 0.01-1) grown until 200-500 sampled tips, the unsampled lineages pruned, "
-        "then its encoding.encode_into_most_recent ported as written (branches rescaled to mean 1, the deepest "
+        "infectious period 1-10, sampling 0.1-1) grown until 200-500 sampled tips, the unsampled lineages pruned, "
+        "then its encoding.encode_into_most_recent ported (branches rescaled to mean 1, the deepest "
         "tip first down every ancestor, padded to 999, the sampling probability added, reordered); labels = dense "
         "model's argmax",
         "quick": False,
