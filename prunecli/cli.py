@@ -402,7 +402,8 @@ def sweep(ctx: click.Context, sparsities: str, output_dir: str, name: str, per_l
     config = config_from(ctx, params)
     from prunecli.io import paths
 
-    paths.plan(config, sweep_dir=output_dir, sweep_name=name, **_plan_extras(ctx, config))
+    named = any(ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE for p in ("output_dir", "name"))
+    paths.plan(config, sweep_dir=output_dir, sweep_name=name, sweep_named=named, **_plan_extras(ctx, config))
     result = run(config, parse_sparsities(sparsities), per_layer=per_layer, progress=_progress(config))
     paths = write_outputs(result, output_dir, name)
     if not config.quiet:

@@ -72,6 +72,13 @@ def test_default_output_name_is_next_to_input(cli, mlp_files, tmp_path):
     result = cli("prune", src, "-q")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "model.pruned.keras").is_file()
+    # the default name replaces nothing: a second run (another sparsity) kept the first run's model only with -o
+    first = sha(tmp_path / "model.pruned.keras")
+    result = cli("prune", src, "-s", "0.8", "-q")
+    assert result.exit_code == 5 and "model.pruned.keras already exists and -o was not given" in result.stderr
+    assert "pass -o" in result.stderr and "--force" in result.stderr and sha(tmp_path / "model.pruned.keras") == first
+    assert cli("prune", src, "-s", "0.8", "-q", "--force").exit_code == 0
+    assert sha(tmp_path / "model.pruned.keras") != first
 
 
 def test_refuses_to_overwrite_input_unless_forced(cli, mlp_files, tmp_path):
@@ -104,6 +111,12 @@ def test_resolve_output_checks_directory(tmp_path):
         model_io.resolve_output(tmp_path / "in.keras", tmp_path / "nope" / "out.keras", force=False)
     with pytest.raises(OutputError, match="must end in"):
         model_io.resolve_output(tmp_path / "in.keras", tmp_path / "out.txt", force=False)
+    # the default name, for the Python API too (output=None): any existing entry of that name, model or not
+    (tmp_path / "in.pruned.keras").write_text("the user's notes")
+    with pytest.raises(OutputError, match="in.pruned.keras already exists and -o was not given"):
+        model_io.resolve_output(tmp_path / "in.keras", None, force=False)
+    assert model_io.resolve_output(tmp_path / "in.keras", None, force=True) == tmp_path / "in.pruned.keras"
+    assert model_io.resolve_output(tmp_path / "in.keras", tmp_path / "in.pruned.keras", force=False)  # named: replaced
 
 
 def test_lambda_model_refused_without_unsafe(tmp_path):

@@ -165,6 +165,10 @@ def test_a_sweep_replaces_an_earlier_sweeps_files_never_the_users(files):
     planned = paths.plan(_config(files), sweep_dir=folder, sweep_name="sweep")
     assert planned.write("sweep md") == folder / "sweep.md"
     paths.plan(_config(files), sweep_dir=folder, sweep_name="fresh")  # names no file: nothing to check
+    # neither -o nor --name given: the default sweep/sweep.* replaces even an earlier sweep's only with --force
+    with pytest.raises(OutputError, match=r"sweep .*sweep\.json already exists and neither -o nor --name was given"):
+        paths.plan(_config(files), sweep_dir=folder, sweep_name="sweep", sweep_named=False)
+    paths.plan(_config(files, force=True), sweep_dir=folder, sweep_name="sweep", sweep_named=False)
     from prunecli.run.sweep_outputs import write_outputs
 
     with pytest.raises(OutputError, match="which no earlier sweep wrote"):  # the Python API checks the same
@@ -245,56 +249,37 @@ def test_a_savedmodel_folder_holding_the_input_is_refused(tmp_path):
     """The export replaces its folder whole: the input model (or data) inside it would go with it."""
     folder = tmp_path / "out_savedmodel"
     folder.mkdir()
-    (folder / paths.EXPORT_MARKER).write_text("ours")
     model = folder / "in.keras"
     model.write_bytes(b"x")
-    with pytest.raises(OutputError, match="holds in.keras, which prunecli did not write"):
+    with pytest.raises(OutputError, match="out_savedmodel already exists"):
         _savedmodel_plan(model, tmp_path / "out.keras")
     with pytest.raises(OutputError, match="replaced whole, and the input is inside it"):
         _savedmodel_plan(model, tmp_path / "out.keras", force=True)  # --force never allows deleting a read file
 
 
-def test_a_savedmodel_folder_prunecli_did_not_write_needs_force(tmp_path):
+@pytest.mark.parametrize("export", ["savedmodel", "tflite"])
+def test_an_existing_export_name_is_replaced_only_with_force(tmp_path, export):
+    """An export's name is made from the output's, never given: an earlier run's export, or the user's
+    own folder or file of that name, was replaced whole without a word (the user's files inside a
+    SavedModel folder included)."""
     model = tmp_path / "in.keras"
     model.write_bytes(b"x")
-    folder = tmp_path / "out_savedmodel"
-    folder.mkdir()
-    (folder / "precious.txt").write_text("the user's")
-    with pytest.raises(OutputError, match="prunecli did not write"):
-        _savedmodel_plan(model, tmp_path / "out.keras")
-    _savedmodel_plan(model, tmp_path / "out.keras", force=True)
-    # a folder prunecli wrote, to which the user added a file: the next export deleted it without a word
-    (folder / paths.EXPORT_MARKER).write_text("an earlier export")
-    with pytest.raises(OutputError, match="holds precious.txt, which prunecli did not write"):
-        _savedmodel_plan(model, tmp_path / "out.keras")
-    (folder / "precious.txt").unlink()
-    (folder / "variables").mkdir()
-    (folder / "saved_model.pb").write_bytes(b"x")
-    _savedmodel_plan(model, tmp_path / "out.keras")  # what an export of an earlier version wrote
-    (folder / "model.tflite").write_bytes(b"x")
-    listed = "\n".join([paths.EXPORT_MARKER_HEADER, "model.tflite", "saved_model.pb", "variables"])
-    (folder / paths.EXPORT_MARKER).write_text(listed + "\n")
-    _savedmodel_plan(model, tmp_path / "out.keras")  # what the marker lists may go
-    assert (folder / "saved_model.pb").exists(), "planning removes nothing"
-    # a file the user put inside a subfolder the export wrote (its assets/): the marker lists every file
-    (folder / "variables" / "vocab.txt").write_text("the user's")
-    with pytest.raises(OutputError, match="holds variables/vocab.txt, which prunecli did not write"):
-        _savedmodel_plan(model, tmp_path / "out.keras")
-    listed = "\n".join([paths.EXPORT_MARKER_HEADER, *paths.folder_entries(folder)])
-    (folder / paths.EXPORT_MARKER).write_text(listed + "\n")
-    _savedmodel_plan(model, tmp_path / "out.keras")
-
-
-def test_a_real_export_lists_every_file_and_refuses_one_added_in_its_assets(tmp_path, cli, mlp_files):
-    out = tmp_path / "s.keras"
-    assert cli("prune", mlp_files["keras"], "-s", "0.5", "-o", out, "--export", "savedmodel", "-q").exit_code == 0
-    saved = tmp_path / "s_savedmodel"
-    listed = (saved / paths.EXPORT_MARKER).read_text().splitlines()
-    assert listed[0] == paths.EXPORT_MARKER_HEADER and "variables/variables.index" in listed
-    (saved / "assets" / "vocab.txt").write_text("the user's")
-    result = cli("prune", mlp_files["keras"], "-s", "0.6", "-o", out, "--export", "savedmodel", "-q")
-    assert result.exit_code == 5 and "assets/vocab.txt" in result.output
-    assert (saved / "assets" / "vocab.txt").read_text() == "the user's"
+    target = paths.export_paths(tmp_path / "out.keras")[export]
+    if export == "savedmodel":
+        target.mkdir()
+        (target / "precious.txt").write_text("the user's")
+    else:
+        target.write_text("the user's")
+    with pytest.raises(OutputError, match=f"export {export} .*{target.name} already exists .*--force to replace it"):
+        _savedmodel_plan(model, tmp_path / "out.keras", export=[export])
+    _savedmodel_plan(model, tmp_path / "out.keras", export=[export], force=True)
+    assert target.exists(), "planning removes nothing"
+    if export == "savedmodel":  # a file where the folder goes is never replaced, not even with --force
+        (target / "precious.txt").unlink()
+        target.rmdir()
+        target.write_text("the user's")
+        with pytest.raises(OutputError, match="exists and is not a folder"):
+            _savedmodel_plan(model, tmp_path / "out.keras", force=True)
 
 
 def test_the_python_api_plans_the_paths_the_cli_plans(tmp_path):
@@ -362,11 +347,10 @@ def test_a_report_inside_the_savedmodel_folder_the_export_replaces_is_refused_be
     exit 5 only after the whole run, with a wrong reason ("No such file or directory")."""
     model = tmp_path / "in.keras"
     model.write_bytes(b"x")
-    (tmp_path / "out_savedmodel").mkdir()
-    (tmp_path / "out_savedmodel" / paths.EXPORT_MARKER).write_text(paths.EXPORT_MARKER_HEADER + "\n")
+    (tmp_path / "out_savedmodel").mkdir()  # replaced with --force
     for key in ("report", "markdown"):
         inside = str(tmp_path / "out_savedmodel" / "r.txt")
         with pytest.raises(
             OutputError, match=f"{key} .*r.txt is inside .*out_savedmodel, which the export savedmodel replaces whole"
         ):
-            _savedmodel_plan(model, tmp_path / "out.keras", **{key: inside})
+            _savedmodel_plan(model, tmp_path / "out.keras", force=True, **{key: inside})

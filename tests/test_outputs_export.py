@@ -21,18 +21,16 @@ def exported(example_model, example_data, tmp_path_factory):
     stale = out.with_name("digits.pruned_savedmodel")
     stale.mkdir()
     (stale / "stale.txt").write_text("from an older run")
-    from prunecli.io.paths import EXPORT_MARKER, EXPORT_MARKER_HEADER
-
-    (stale / EXPORT_MARKER).write_text(f"{EXPORT_MARKER_HEADER}\nstale.txt\n")  # an earlier export wrote it
-    config = build_config(
-        {
-            "model_path": str(example_model),
-            "sparsity": 0.8,
-            "data": str(example_data),
-            "output": str(out),
-            "export": ["tflite", "tflite-int8", "savedmodel"],
-        }
-    )
+    settings = {
+        "model_path": str(example_model),
+        "sparsity": 0.8,
+        "data": str(example_data),
+        "output": str(out),
+        "export": ["tflite", "tflite-int8", "savedmodel"],
+    }
+    with pytest.raises(OutputError, match="digits.pruned_savedmodel already exists"):  # an export name replaces
+        prune(build_config(settings))  # nothing unless forced, in Python as on the command line
+    config = build_config({**settings, "force": True})
     return prune(config), out
 
 

@@ -186,10 +186,11 @@ class PruneConfig:
     )
     force: bool = setting(
         False,
-        help="Allow the output to overwrite the input.",
+        help="Allow the output to overwrite the input, and a default name (MODEL.pruned.EXT without -o, an"
+        " --export file, sweep/sweep.* without -o or --name) to replace an existing file.",
         flags=("-f", "--force"),
         kind="flag",
-        commands=PRUNE_ONLY,
+        commands=("prune", "sweep"),
         cli_only=True,
     )
     # what is scored and how scores become masks

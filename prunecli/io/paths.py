@@ -18,6 +18,9 @@ Decisions (documented in the README, "Outputs"):
     `-` means stdout.
   * Reads: a FIFO, device or socket given as the model, `--data`, the recipe or `--feature-names`
     is refused (reading it would block or never end).
+  * A name the user did not give (MODEL.pruned.EXT without -o, every --export name, the sweep's
+    sweep/sweep.* without -o or --name) never replaces an existing file or folder: exit 5, unless
+    `--force` (io.models.resolve_output checks the model's).
   * `sweep --name` is a file name, not a path: `/`, `..` and NUL are refused, so nothing is written
     outside `-o`; files of its names already in `-o` are replaced only when they are an earlier sweep's.
 """
@@ -187,6 +190,7 @@ def plan(
     output_model: str | os.PathLike | None = None,
     sweep_dir: str | os.PathLike | None = None,
     sweep_name: str | None = None,
+    sweep_named: bool = True,
     recipe: str | os.PathLike | None = None,
     extra_reads: dict | None = None,
     exports: dict | None = None,
@@ -194,7 +198,8 @@ def plan(
     """Resolve and check every path of a run; raises a one-line error (exit 2, 3 or 5) or returns the plan.
 
     `output_model`: the resolved model output for `prune` (io.models.resolve_output's answer, or None
-    for plan/sweep); `sweep_dir`/`sweep_name`: the sweep's -o and --name; `recipe`: the -c file;
+    for plan/sweep); `sweep_dir`/`sweep_name`: the sweep's -o and --name, `sweep_named` False when the
+    user gave neither (the default `sweep/sweep.*` replaces no existing file without --force); `recipe`: the -c file;
     `extra_reads`: {role: [paths]} the data loader reads besides --data (io.data.files_read: the .npy
     labels file, a TFRecord spec); `exports`: {format: path} (export_paths(output)).
     Checks, in order: reads are not special files; writes are not links, directories or (except
@@ -213,7 +218,10 @@ def plan(
 
     _check_collisions(p, model, force=bool(getattr(config, "force", False)))
     if sweep_dir is not None and _lstat(Path(sweep_dir)) is not None:  # after: a read it would replace says so first
-        check_earlier_sweep(Path(sweep_dir), "sweep" if sweep_name is None else sweep_name)
+        name = "sweep" if sweep_name is None else sweep_name
+        if not sweep_named and not getattr(config, "force", False):
+            _check_default_sweep(Path(sweep_dir), name)
+        check_earlier_sweep(Path(sweep_dir), name)
     return p
 
 
@@ -280,71 +288,36 @@ def _plan_model_writes(p: PathPlan, config, out: Path, exports: dict) -> None:
                 "--save-plan needs a file name: a plan is a zip file ('-' is stdout for --report, --markdown)"
             )
         p.writes["plan"] = _check_write("plan", Path(config.save_plan), allow_special=False)
+    force = bool(getattr(config, "force", False))
     for fmt in config.export or ():
         target = exports.get(fmt)
         if target is None:
             continue
         role = f"export {fmt}"
+        _check_named_after_output(role, target, force)
         if fmt == "savedmodel":
-            p.writes[role] = _savedmodel_target(role, target, bool(getattr(config, "force", False)))
+            p.writes[role] = _savedmodel_target(role, target)
         else:
             p.writes[role] = _check_write(role, target, allow_special=False)
 
 
-EXPORT_MARKER = ".prunecli-export"  # inside every SavedModel folder prunecli writes: it may replace it again
-EXPORT_MARKER_HEADER = (
-    "written by prunecli: a later --export savedmodel may replace this folder; it wrote (every file):"
-)
-TOP_LEVEL_HEADER = "written by prunecli: a later --export savedmodel may replace this folder; it wrote:"  # before
-SAVEDMODEL_ENTRIES = ("saved_model.pb", "variables", "assets", "fingerprint.pb")  # a marker without a list
+def _check_named_after_output(role: str, target: Path, force: bool) -> None:
+    """An export's name is made from the output's, never given by the user: an existing file or folder
+    there (an earlier run's export, or the user's own `model.tflite`) is replaced only with --force."""
+    if not force and _lstat(target) is not None:
+        raise OutputError(
+            f"{role} {shown(target)} already exists (its name is made from the output's): pass another -o,"
+            " or --force to replace it"
+        )
 
 
-def folder_entries(folder: Path) -> list[str]:
-    """Every file and folder under `folder`, as paths relative to it ("variables/variables.index"),
-    sorted; symbolic links are listed, not followed. What an export's marker records, and compares."""
-    found = []
-    for root, dirs, files in os.walk(folder, followlinks=False):
-        base = Path(root).relative_to(folder)
-        found.extend(str(base / name) for name in [*dirs, *files])
-    return sorted(found)
-
-
-def _savedmodel_target(role: str, target: Path, force: bool) -> PlannedWrite:
-    """A SavedModel is a folder, and an export replaces it whole: an existing path there must be a real
-    folder that prunecli wrote (its EXPORT_MARKER inside), or --force says the user's may go."""
+def _savedmodel_target(role: str, target: Path) -> PlannedWrite:
+    """A SavedModel is a folder, and an export replaces it whole (with --force, `_check_named_after_output`):
+    only a real folder, never a file or a link."""
     lst = _lstat(target)
     if lst is not None and (stat.S_ISLNK(lst.st_mode) or not stat.S_ISDIR(lst.st_mode)):
-        raise OutputError(f"export savedmodel {shown(target)} exists and is not a folder")
-    if lst is not None and not force and _lstat(target / EXPORT_MARKER) is None:
-        raise OutputError(
-            f"export savedmodel {shown(target)} is a folder prunecli did not write, and the export would "
-            "replace it whole; move it away or pass --force"
-        )
-    if lst is not None and not force:
-        added = _added_to_export(target)
-        if added:
-            raise OutputError(
-                f"export savedmodel {shown(target)} holds {', '.join(added[:3])}{' ...' if len(added) > 3 else ''}, "
-                "which prunecli did not write, and the export would replace the folder whole; move "
-                f"{'it' if len(added) == 1 else 'them'} away or pass --force"
-            )
+        raise OutputError(f"{role} {shown(target)} exists and is not a folder")
     return PlannedWrite(role, target, is_dir=True)
-
-
-def _added_to_export(folder: Path) -> list[str]:
-    """The entries of a SavedModel folder prunecli wrote that its marker does not list: files a user put
-    there since (a later export replaced the folder whole, and them with it, without a word)."""
-    try:
-        lines = (folder / EXPORT_MARKER).read_text().splitlines()
-        present = folder_entries(folder)
-    except OSError:
-        return []
-    if lines and lines[0] == EXPORT_MARKER_HEADER:  # every file it wrote: one added in a subfolder counts too
-        written = set(lines[1:])
-    else:  # an older marker listed the top level only (a file added in a subfolder went unseen)
-        written = set(lines[1:]) if lines and lines[0] == TOP_LEVEL_HEADER else set(SAVEDMODEL_ENTRIES)
-        present = [name for name in present if "/" not in name]
-    return [name for name in present if name not in written and name != EXPORT_MARKER]
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -380,6 +353,17 @@ def _plan_sweep(p: PathPlan, folder: Path, name: str) -> None:
             p.writes[f"sweep {kind}"] = PlannedWrite(f"sweep {kind}", target)
         else:
             p.writes[f"sweep {kind}"] = _check_write(f"sweep {kind}", target, allow_special=False)
+
+
+def _check_default_sweep(folder: Path, name: str) -> None:
+    """A sweep run without -o or --name writes to the default folder and names: an earlier sweep's
+    files there (another model's, other sparsities) are replaced only when the user says so."""
+    for kind in SWEEP_KINDS:
+        if _lstat(folder / f"{name}.{kind}") is not None:
+            raise OutputError(
+                f"sweep {shown(folder / f'{name}.{kind}')} already exists and neither -o nor --name was given"
+                " (the default names): pass -o or --name, or --force to replace it"
+            )
 
 
 def check_earlier_sweep(folder: Path, name: str) -> None:

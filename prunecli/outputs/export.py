@@ -53,7 +53,7 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
     from prunecli.io.models import dir_sizes, file_sizes, replace_dir, staged
 
     formats = list(dict.fromkeys(config.export))
-    from prunecli.io.paths import EXPORT_MARKER, EXPORT_MARKER_HEADER, export_paths, folder_entries
+    from prunecli.io.paths import export_paths
 
     paths = export_paths(Path(out_path))
     results: dict[str, dict] = {}
@@ -83,8 +83,6 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
                 f"every export takes inputs of the data's sizes ({_sizes(samples)} per example): Keras could not"
                 f" trace the model on its open sizes ({trace_reason(exc.__cause__)})"
             )
-        written = folder_entries(saved)  # what a later export may replace (io/paths)
-        (saved / EXPORT_MARKER).write_text("\n".join([EXPORT_MARKER_HEADER, *written]) + "\n")
         source = saved
         if any(fmt != "savedmodel" for fmt in formats):
             converted = for_tflite(float_model)

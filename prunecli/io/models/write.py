@@ -19,6 +19,7 @@ from prunecli.errors import DISK_FULL, OutputError, first_line, write_error
 from prunecli.io.models import cudnn
 from prunecli.io.models.metadata import ModelFile
 from prunecli.io.models.read import check_finite, quiet_keras
+from prunecli.messages import shown
 from prunecli.runtime import process_gone
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -44,14 +45,22 @@ def _resolved(p: Path) -> Path:
 
 
 def resolve_output(input_path: str | os.PathLike, output: str | os.PathLike | None, force: bool) -> Path:
-    """Where to write, refusing to overwrite the input unless forced and checking the directory."""
+    """Where to write, refusing to overwrite the input unless forced and checking the directory. The
+    default name (no `output`) never replaces an existing file unless forced: only a name the user
+    gave may replace one."""
     out = Path(output) if output else default_output(input_path)
     try:
-        return _resolve_output(input_path, out, force)
+        resolved = _resolve_output(input_path, out, force)
     except OSError as exc:  # a name longer than the file system allows, a path through a file
-        from prunecli.messages import shown
-
         raise OutputError(f"output {shown(out)}: {exc.strerror or exc}") from exc
+    if not output and not force and os.path.lexists(out):
+        # the user named no output: a second run (another sparsity) replaced the first one's model,
+        # or a file of theirs that happened to have the name, without a word
+        raise OutputError(
+            f"output {shown(out)} already exists and -o was not given (it is the default name): pass -o to"
+            " name the output, or --force to replace it"
+        )
+    return resolved
 
 
 def _resolve_output(input_path, out: Path, force: bool) -> Path:
