@@ -191,6 +191,26 @@ def test_a_242_byte_name_gets_a_temporary_name_within_the_limit(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [target.name]
 
 
+def test_relative_paths_in_a_folder_deeper_than_path_max_are_planned_and_written(tmp_path, monkeypatch):
+    """In a working folder whose absolute path is longer than PATH_MAX (4096 bytes), `prune m.keras -r
+    r.json` was an internal error (exit 1) and `-o o.keras` "File name too long": the checks made each
+    relative path absolute before asking whether its folder exists. The paths as given work."""
+    monkeypatch.chdir(tmp_path)
+    for _ in range(18):  # 18 x 251 bytes: past PATH_MAX, each name within NAME_MAX
+        os.mkdir("d" * 250)
+        os.chdir("d" * 250)
+    assert len(os.getcwd()) > 4096
+    Path("m.keras").write_bytes(b"x")
+    c = build_config({"model_path": "m.keras", "report": "r.json", "markdown": "s.md"}, environ={})
+    from prunecli.run.preflight import plan_prune
+
+    output, planned = plan_prune(c)
+    assert output == Path("m.pruned.keras") and planned.write("report") == Path("r.json")
+    with atomic_path(output) as tmp:
+        tmp.write_bytes(b"model")
+    assert sorted(os.listdir(".")) == ["m.keras", "m.pruned.keras"]
+
+
 def test_outputs_together_leave_none_of_the_files_after_an_interrupt(tmp_path):
     """Files written together (sweep's four, a run's outputs): an interrupt before the block ends
     leaves none of them, and no temporary file; a block that ends renames them all."""

@@ -63,8 +63,8 @@ def _check_destination(path: str | None, what: str) -> None:
     p = Path(path)
     if p.is_dir():
         raise OutputError(f"{what} {p} is a directory")
-    if not p.absolute().parent.is_dir():
-        raise OutputError(f"{what} directory does not exist: {p.absolute().parent}")
+    if not p.parent.is_dir():  # as given: an absolute path may be longer than the system takes (PATH_MAX)
+        raise OutputError(f"{what} directory does not exist: {p.parent}")
 
 
 def _check_numbers(c: PruneConfig) -> None:

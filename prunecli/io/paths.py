@@ -130,7 +130,7 @@ def _check_write(role: str, path: Path, allow_special: bool) -> PlannedWrite:
             if allow_special and what in ("a FIFO", "a device"):
                 return _special_target(role, path, lst)
             raise OutputError(f"{role} {shown(path)} is {what}; prunecli writes {role}s to regular files only")
-    parent = Path(os.path.abspath(path)).parent
+    parent = path.parent  # as given: the absolute path of a relative one may be longer than PATH_MAX
     if not parent.is_dir():
         raise OutputError(f"{role} directory does not exist: {shown(parent)}")
     name_max = _name_max(parent)

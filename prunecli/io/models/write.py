@@ -70,7 +70,7 @@ def _resolve_output(input_path, out: Path, force: bool) -> Path:
     same = _resolved(out) == _resolved(src) or (out.exists() and src.exists() and os.path.samefile(out, src))
     if same and not force:
         raise OutputError(f"output {out} would overwrite the input; choose another -o or pass --force")
-    parent = _resolved(out).parent
+    parent = out.parent  # as given: the absolute path of a relative one may be longer than PATH_MAX
     if not parent.is_dir():
         raise OutputError(f"output directory does not exist: {parent}")
     if not os.access(parent, os.W_OK):
