@@ -231,6 +231,32 @@ def test_outputs_together_leave_none_of_the_files_after_an_interrupt(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(t.name for t in targets)
 
 
+def test_an_output_written_by_someone_else_during_the_run_is_not_replaced(tmp_path):
+    """Two runs with the same -o (or the same default name, both planned while it did not exist): each
+    report named the sha256 and sparsity of its own model, and the file held the other's. An output
+    that changed since the plan stops the commit: nothing of this run is written (exit 5)."""
+    from prunecli.io.models import atomic_path, outputs_together
+    from prunecli.run.preflight import plan_prune
+
+    (tmp_path / "m.keras").write_bytes(b"x")
+    config = build_config({"model_path": str(tmp_path / "m.keras"), "report": str(tmp_path / "r.json")}, environ={})
+    out, _ = plan_prune(config)  # the default name: free when planned
+    out.write_text("the other run's model")
+    with pytest.raises(OutputError, match=r"m\.pruned\.keras changed while this run worked"):
+        with outputs_together():
+            for target in (out, tmp_path / "r.json"):
+                with atomic_path(target) as tmp:
+                    tmp.write_text("this run's")
+    assert out.read_text() == "the other run's model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras", "m.pruned.keras"], "nothing half written"
+    out.unlink()
+    plan_prune(config)
+    with outputs_together():  # unchanged since its plan: written
+        with atomic_path(out) as tmp:
+            tmp.write_text("this run's")
+    assert out.read_text() == "this run's"
+
+
 def test_the_report_is_valid_json_with_null_for_nan():
     from prunecli.outputs.report import Report
 

@@ -217,6 +217,9 @@ def plan(
         raise UsageError("--report - and --markdown - would both write to stdout; send one to a file")
 
     _check_collisions(p, model, force=bool(getattr(config, "force", False)))
+    from prunecli.io.models.write import expect_unchanged
+
+    expect_unchanged(t.path for t in p.writes.values() if not t.in_place)  # replaced at the end only as it is now
     if sweep_dir is not None and _lstat(Path(sweep_dir)) is not None:  # after: a read it would replace says so first
         name = "sweep" if sweep_name is None else sweep_name
         if not sweep_named and not getattr(config, "force", False):

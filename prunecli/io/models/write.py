@@ -144,6 +144,42 @@ def temp_name(target: Path) -> str:
 
 
 _together: dict = {"open": 0, "staged": []}  # outputs_together(): open blocks, [(temp, target)] to rename
+_planned: dict[str, tuple | None] = {}  # a planned output (absolute path) -> what it was when planned
+
+
+def _identity(path: Path) -> tuple | None:
+    """What is at `path` now (device, inode, size, modification time), or None: nothing there."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def expect_unchanged(targets) -> None:
+    """Record each planned output as it is now (io.paths.plan calls it before any work). The commit then
+    refuses to replace one that changed since: two runs writing the same -o at once (or the same
+    default name, both planned while it did not exist) each reported the sha256 and sparsity of its own
+    model while the file held the other's; a file the user wrote there meanwhile was replaced."""
+    for target in targets:
+        _planned[os.path.abspath(target)] = _identity(Path(target))
+
+
+def _check_unchanged(targets) -> None:
+    """Refuse (exit 5) before any rename when a planned output changed since it was planned."""
+    for target in targets:
+        key = os.path.abspath(target)
+        if key in _planned and _identity(Path(target)) != _planned[key]:
+            raise OutputError(
+                f"{shown(target)} changed while this run worked (another run or program wrote it); this run's"
+                " outputs were not written: run it again, or give another -o"
+            )
+
+
+def _committed(targets) -> None:
+    """What was planned is written: a later write of the same path (a later run in this process) plans anew."""
+    for target in targets:
+        _planned.pop(os.path.abspath(target), None)
 
 
 @contextlib.contextmanager
@@ -208,6 +244,12 @@ def _commit() -> None:
     that a rename that fails (a target the user made immutable, a full disk for a folder's swap) puts
     every target back as it was and removes the staged files: all new, or all as before."""
     moved: list[list] = []  # [target, its old content set aside or None, the new one in place]
+    targets = [target for _tmp, target in _together["staged"]]
+    try:
+        _check_unchanged(targets)
+    except OutputError:
+        _discard_staged()
+        raise
     target = None
     try:
         for tmp, target in _together["staged"]:
@@ -228,6 +270,7 @@ def _commit() -> None:
         _discard_staged()
         raise write_error(target, exc) from exc
     _together["staged"] = []
+    _committed(targets)
     for _target, backup, _placed in moved:
         if backup is not None:
             with contextlib.suppress(OSError):
@@ -283,10 +326,12 @@ def atomic_path(target: Path, output: bool = True):
         from prunecli import interrupts
 
         interrupts.checkpoint()  # a signal swallowed earlier (see interrupts.py) still stops the rename
+        _check_unchanged([target])
         try:
             os.replace(tmp_path, target)
         except OSError as exc:
             raise write_error(target, exc) from exc
+        _committed([target])
     except BaseException:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
