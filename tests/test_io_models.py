@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prunecli.errors import ModelLoadError, OutputError
+from prunecli.errors import InputError, ModelLoadError, OutputError
 from prunecli.io import models as model_io
 
 
@@ -301,6 +301,27 @@ def test_an_h5_keras_cannot_read_back_is_refused(tmp_path):
     plain = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
     model_io.save(plain, tmp_path / "p.h5")
     assert keras.saving.load_model(tmp_path / "p.h5").count_params() == plain.count_params()
+
+
+def test_an_h5_input_that_changed_during_the_run_is_not_copied_into_the_output(tmp_path):
+    """An .h5 output whose structure the run keeps is the input file copied with the new weights: an
+    input rewritten meanwhile (the same shapes, `relu` now `tanh`) gave a file of the new config around
+    this run's weights, with exit 0 and a report measured on the old model. Refused (exit 3)."""
+    import keras
+
+    def mlp(activation):
+        return keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, activation=activation, name="h")])
+
+    src = tmp_path / "in.h5"
+    mlp("relu").save(src)
+    model, info = model_io.load(src)
+    mlp("tanh").save(src)  # written while the run worked
+    with pytest.raises(InputError, match=r"the model file .*in\.h5 changed while the run worked"):
+        model_io.save(model, tmp_path / "o.h5", info)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5"], "nothing saved, no temporary file"
+    model, info = model_io.load(src)
+    model_io.save(model, tmp_path / "o.h5", info)  # unchanged since it was read: copied
+    assert keras.saving.load_model(tmp_path / "o.h5").get_layer("h").activation.__name__ == "tanh"
 
 
 def test_an_h5_output_keras_cannot_read_back_is_refused_before_the_work(tmp_path, monkeypatch):

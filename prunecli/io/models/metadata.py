@@ -38,6 +38,17 @@ class ModelFile:
     keras_version: str | None
     size_bytes: int
     config: dict | None
+    identity: tuple | None = None  # file_identity() when it was read: an .h5 copied at the end must still be it
+
+
+def file_identity(path: str | os.PathLike) -> tuple | None:
+    """What is at `path` now (device, inode, size, modification time), or None when nothing is: two
+    answers differ when the file was replaced or written in between."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 MAX_CONFIG_BYTES = 64 * 2**20  # a model's config.json / model_config; real ones are kilobytes
@@ -245,6 +256,7 @@ def inspect_file(path: str | os.PathLike) -> ModelFile:
         raise ModelLoadError(f"{p} is a directory, not a model file{where}")
     if not p.is_file():  # a FIFO or device would block or stream forever
         raise ModelLoadError(f"{p} is not a regular file")
+    identity = file_identity(p)  # before the first byte is read
     size = p.stat().st_size
     if size == 0:
         raise ModelLoadError(f"{p} is empty")
@@ -269,7 +281,7 @@ def inspect_file(path: str | os.PathLike) -> ModelFile:
             f"{p} is {'an HDF5' if fmt == 'h5' else 'a .keras (zip)'} model under a {p.suffix} name: rename it to {p.stem}{want}"
         )
     flavour = "keras2" if version and version.split(".")[0] == "2" else "keras3"
-    return ModelFile(p, fmt, flavour, version, size, config)
+    return ModelFile(p, fmt, flavour, version, size, config, identity)
 
 
 def config_nodes(node: Any):

@@ -15,9 +15,9 @@ import secrets
 import shutil
 from pathlib import Path
 
-from prunecli.errors import DISK_FULL, OutputError, first_line, write_error
+from prunecli.errors import DISK_FULL, InputError, OutputError, first_line, write_error
 from prunecli.io.models import cudnn
-from prunecli.io.models.metadata import ModelFile
+from prunecli.io.models.metadata import ModelFile, file_identity
 from prunecli.io.models.read import check_finite, quiet_keras
 from prunecli.messages import shown
 from prunecli.runtime import process_gone
@@ -147,29 +147,20 @@ _together: dict = {"open": 0, "staged": []}  # outputs_together(): open blocks, 
 _planned: dict[str, tuple | None] = {}  # a planned output (absolute path) -> what it was when planned
 
 
-def _identity(path: Path) -> tuple | None:
-    """What is at `path` now (device, inode, size, modification time), or None: nothing there."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
 def expect_unchanged(targets) -> None:
     """Record each planned output as it is now (io.paths.plan calls it before any work). The commit then
     refuses to replace one that changed since: two runs writing the same -o at once (or the same
     default name, both planned while it did not exist) each reported the sha256 and sparsity of its own
     model while the file held the other's; a file the user wrote there meanwhile was replaced."""
     for target in targets:
-        _planned[os.path.abspath(target)] = _identity(Path(target))
+        _planned[os.path.abspath(target)] = file_identity(Path(target))
 
 
 def _check_unchanged(targets) -> None:
     """Refuse (exit 5) before any rename when a planned output changed since it was planned."""
     for target in targets:
         key = os.path.abspath(target)
-        if key in _planned and _identity(Path(target)) != _planned[key]:
+        if key in _planned and file_identity(Path(target)) != _planned[key]:
             raise OutputError(
                 f"{shown(target)} changed while this run worked (another run or program wrote it); this run's"
                 " outputs were not written: run it again, or give another -o"
@@ -358,6 +349,12 @@ def save(
                 and not structure_changed
             ):
                 shutil.copyfile(source.path, tmp)
+                if file_identity(source.path) != source.identity:
+                    # the copy is of another file: its config (a changed activation) around this run's weights
+                    raise InputError(
+                        f"the model file {shown(source.path)} changed while the run worked (it was written or"
+                        " replaced); nothing was saved: run again on the file as it is now"
+                    )
                 write_h5_weights(model, tmp)
             else:
                 left_out = check_h5_writable(model, out) if out.suffix in (".h5", ".hdf5") else set()
