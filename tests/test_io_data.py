@@ -65,6 +65,13 @@ def test_npz_test_and_val_sets_and_val_split(mlp, tmp_path):
     assert (split.n_train, split.n_eval, split.eval_held_out, split.val) == (300, 100, True, None)
     whole = data.load(str(one), model)
     assert (whole.n_eval, whole.eval_held_out) == (400, False)
+    # a problem in one split names its arrays: "three.npz: the dataset is empty" sent the user to x_train
+    np.savez(path, x_train=x[:300], y_train=y[:300], x_test=x[:0], y_test=y[:0], x_val=x[350:], y_val=y[350:] + 9)
+    with pytest.raises(DataError, match=r"three\.npz \(x_test/y_test\): the dataset is empty"):
+        data.load(str(path), model)
+    np.savez(path, x=x[:300], y=y[:300], x_val=x[350:], y_val=y[350:] + 9)
+    with pytest.raises(DataError, match=r"three\.npz \(x_val/y_val\): labels range"):
+        data.load(str(path), model)
 
 
 def test_npz_arrays_it_would_not_read_are_refused_by_name(mlp, tmp_path):

@@ -38,17 +38,19 @@ def load_npz(p: Path, model, batch_size: int, val_split: float, seed: int) -> Da
     names = _feature_names(arrays, p)
     sets = {"train": train, "eval": evaluation, "val": val}
     labelled = train[1] is not None
+    arrays_of = _split_arrays(arrays, sets)
     for key, pair in sets.items():
+        where = f"{p} ({arrays_of[key]})" if len(arrays_of) > 1 and key in arrays_of else p  # which split
         if pair is not None and not labelled:
-            sets[key] = _unlabelled(model, pair[0], p)
+            sets[key] = _unlabelled(model, pair[0], where)
         elif pair is not None:
-            check_numeric(*pair, p)
+            check_numeric(*pair, where)
             x, y = pair
-            check_label_values(y, p)
-            sets[key] = (as_float32(x, p), y)
-            check_shapes(model, *sets[key], p)
-            check_finite(sets[key][0], p)
-            sets[key] = (sets[key][0], labels_for_model(model, sets[key][1], p))
+            check_label_values(y, where)
+            sets[key] = (as_float32(x, where), y)
+            check_shapes(model, *sets[key], where)
+            check_finite(sets[key][0], where)
+            sets[key] = (sets[key][0], labels_for_model(model, sets[key][1], where))
     parts = split_indices(len(sets["train"][0]), sets, val_split, seed)
     train_x, train_y = sets["train"]
     take = {k: (train_x[idx], train_y[idx]) for k, idx in parts.items()}
@@ -140,6 +142,19 @@ def _read_npz(path: Path) -> dict:
     if raw:  # NumPy hands back the bytes of a member that is not in .npy format (a pickle stream...)
         raise DataError(f"{path}: member {raw[0]!r} is not a .npy array; prunecli only reads plain numeric arrays")
     return arrays
+
+
+def _split_arrays(arrays: dict, sets: dict) -> dict[str, str]:
+    """The arrays each present split was read from ("x_test/y_test"), for messages: a file with several
+    splits said "xtrain.npz: the dataset is empty" of its empty x_test, and the user looked at x_train."""
+    train = "train" if "x_train" in arrays else ""
+    evaluation = "test" if "x_test" in arrays else "val"
+    names = {"train": train, "eval": evaluation, "val": "val"}
+    return {
+        key: "/".join(f"{kind}_{names[key]}" if names[key] else kind for kind in "xy")
+        for key, pair in sets.items()
+        if pair is not None
+    }
 
 
 def _pick(arrays: dict, path: Path):
