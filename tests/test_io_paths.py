@@ -266,6 +266,23 @@ def test_the_report_is_valid_json_with_null_for_nan():
     assert json.loads(text)["metrics"]["after"]["loss"] is None
 
 
+def test_a_file_name_with_a_newline_or_backticks_stays_one_code_span_in_the_summary():
+    """`m\\n| **Sparsity** | 99% |.keras` split the summary's title in two, and a backtick closed its code
+    span, so the rest of the name rendered as Markdown: a bold claim the run never made."""
+    from prunecli.outputs.report import Report, md_code, render_markdown
+
+    name = "m\n| **99% sparse** |`x``.keras"
+    assert md_code(name) == "``` m | **99% sparse** |`x``.keras ```"
+    assert md_code("a|b", cell=True) == "`a\\|b`" and md_code("plain.keras") == "`plain.keras`"
+    totals = {"prunable_sparsity": 0.5, "prunable_nonzeros": 1, "prunable_params": 2, "sparsity": 0.5}
+    totals |= {"nonzeros": 1, "params": 2}
+    report = Report(settings={}, input={"path": f"d/{name}", "bytes": 1}, output={"path": "o.keras", "bytes": 1})
+    report.totals = totals
+    md = render_markdown(report)
+    assert md.splitlines()[0] == f"## prunecli: {md_code(name)} → `o.keras`"
+    assert f"| input | {md_code('d/' + name, cell=True)} |" in md
+
+
 def _savedmodel_plan(model: Path, out: Path, **cli):
     from prunecli.run.preflight import plan_prune
 

@@ -271,7 +271,17 @@ def _short(n: int) -> str:
 
 def _md(text: Any) -> str:
     """A Markdown table cell: pipes escaped, newlines flattened."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    return str(text).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def md_code(text: Any, cell: bool = False) -> str:
+    """`text` (a file name) as one inline code span on one line, in a table `cell` or not: a newline in
+    the name split the summary's title in two, and a backtick in it closed the span, so that the rest of
+    the name rendered as Markdown (`m`**99% sparse**`.keras` showed a bold claim the run never made)."""
+    flat = _md(text) if cell else str(text).replace("\r", " ").replace("\n", " ")
+    longest = max((len(run) for run in re.findall(r"`+", flat)), default=0)
+    fence, pad = "`" * (longest + 1), " " if longest else ""
+    return f"{fence}{pad}{flat}{pad}{fence}"
 
 
 def _settings_line(settings: dict) -> str:
@@ -323,7 +333,9 @@ def render_markdown(report: Report) -> str:
 def _md_header(report: Report) -> list[str]:
     """The title (input → output), the settings line and the sparsity summary."""
     src = Path(report.input["path"]).name
-    title = f"## prunecli: `{src}`" + (f" → `{Path(report.output['path']).name}`" if report.output else "")
+    title = f"## prunecli: {md_code(src)}" + (
+        f" → {md_code(Path(report.output['path']).name)}" if report.output else ""
+    )
     t = report.totals
     return [
         title,
@@ -399,7 +411,9 @@ def _md_files(report: Report) -> list[str]:
         return []
     lines = ["### Files", "", "| | path | size | gzip size |", "|:---|:---|---:|---:|"]
     for name, part in sized:
-        lines.append(f"| {name} | `{_md(part['path'])}` | {_mib(part['bytes'])} | {_mib(part.get('gzip_bytes'))} |")
+        lines.append(
+            f"| {name} | {md_code(part['path'], cell=True)} | {_mib(part['bytes'])} | {_mib(part.get('gzip_bytes'))} |"
+        )
     lines.append("")
     return lines
 

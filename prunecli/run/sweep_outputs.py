@@ -216,11 +216,13 @@ def render_table(result: SweepResult, console) -> None:
 def render_markdown(result: SweepResult, plot_name: str | None = None) -> str:
     """Markdown for a CI job summary or the docs: the plot (linked by file name) and the table."""
     header, rows, over = table_rows(result)
-    lines = [f"## Sensitivity sweep: `{Path(result.model).name}`", ""]
+    from prunecli.outputs.report import md_code
+
+    lines = [f"## Sensitivity sweep: {md_code(Path(result.model).name)}", ""]
     lines.append(
         f"Method `{result.method}`, scope `{result.scope}`, granularity `{result.granularity}`"
         + (f", {result.epochs} fine-tuning epoch(s) per point" if result.epochs else "")
-        + f"; evaluated on {result.n_eval} examples of `{result.data}`."
+        + f"; evaluated on {result.n_eval} examples of {md_code(result.data)}."
     )
     lines += ["", summary_line(result).replace("<=", "≤") + ".", ""]
     if plot_name:
