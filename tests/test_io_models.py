@@ -322,6 +322,9 @@ def test_an_h5_input_that_changed_during_the_run_is_not_copied_into_the_output(t
     model, info = model_io.load(src)
     model_io.save(model, tmp_path / "o.h5", info)  # unchanged since it was read: copied
     assert keras.saving.load_model(tmp_path / "o.h5").get_layer("h").activation.__name__ == "tanh"
+    src.unlink()  # removed: was "cannot write o.h5: No such file or directory", an output error of the input
+    with pytest.raises(InputError, match=r"in\.h5 changed while the run worked \(it was written, replaced or removed"):
+        model_io.save(model, tmp_path / "o2.h5", info)
 
 
 def test_an_h5_output_keras_cannot_read_back_is_refused_before_the_work(tmp_path, monkeypatch):

@@ -348,13 +348,9 @@ def save(
                 and out.suffix in (".h5", ".hdf5")
                 and not structure_changed
             ):
+                _check_source_unchanged(source)  # removed: "cannot write OUT: No such file", of the input
                 shutil.copyfile(source.path, tmp)
-                if file_identity(source.path) != source.identity:
-                    # the copy is of another file: its config (a changed activation) around this run's weights
-                    raise InputError(
-                        f"the model file {shown(source.path)} changed while the run worked (it was written or"
-                        " replaced); nothing was saved: run again on the file as it is now"
-                    )
+                _check_source_unchanged(source)  # the copy is of another file: its config around our weights
                 write_h5_weights(model, tmp)
             else:
                 left_out = check_h5_writable(model, out) if out.suffix in (".h5", ".hdf5") else set()
@@ -366,6 +362,15 @@ def save(
                     _leave_out_implicit_masks(tmp, left_out)
     except OSError as exc:
         raise write_error(out, exc) from exc
+
+
+def _check_source_unchanged(source: ModelFile) -> None:
+    """The input an .h5 output is copied from must still be the file the run read (exit 3 if not)."""
+    if file_identity(source.path) != source.identity:
+        raise InputError(
+            f"the model file {shown(source.path)} changed while the run worked (it was written, replaced or"
+            " removed); nothing was saved: run again on the file as it is now"
+        )
 
 
 def check_h5_writable(model, out: Path) -> set[str]:
