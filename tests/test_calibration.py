@@ -52,6 +52,9 @@ def test_registered_and_validated():
         calibration_config(calibration_samples=0)
     with pytest.raises(ConfigError, match="--reconstruct needs --data"):
         build_config({"model_path": EXAMPLE, "reconstruct": True}, environ={})
+    assert calibration_config(refine="dsnot").refine == "dsnot"
+    with pytest.raises(ConfigError, match="--refine dsnot refines the masks of a one-shot wanda or sparsegpt"):
+        build_config({"model_path": EXAMPLE, "data": DATA, "method": "magnitude", "refine": "dsnot"}, environ={})
 
 
 def test_wanda_keeps_small_weight_on_large_input():
@@ -98,6 +101,36 @@ def test_sparsegpt_beats_magnitude_and_wanda_on_random_layer():
         errors[method] = _output_error(model, dense_out, x)
     assert errors["sparsegpt"] < errors["wanda"] < errors["magnitude"]
     assert errors["sparsegpt"] < 0.7 * errors["magnitude"]
+
+
+@pytest.mark.parametrize("granularity", ["element", "2:4"])
+def test_dsnot_keeps_each_outputs_count_and_lowers_wandas_error(granularity):
+    """--refine dsnot after Wanda: every output prunes as many weights as plain Wanda's mask (N:M: every
+    group keeps 2 of 4), and the layer's measured output error on the calibration inputs falls. The
+    inputs have per-feature means (as activations after a norm or a GELU do), which Wanda's norms
+    ignore and DSnoT's expected error reads."""
+    from prunecli.calibration import prune_calibrated
+
+    rng = np.random.default_rng(2)
+    x = (_correlated(384, 64) + 3.0 * rng.normal(size=64)).astype("float32")
+    values = {"granularity": granularity} if granularity != "element" else {"sparsity": 0.7}
+    errors, pruned = {}, {}
+    for refine in ("none", "dsnot"):
+        model = _dense_model(64, 24)
+        dense_out = np.asarray(model(x))
+        res = prune_calibrated(
+            model, every_target(model), [x[:192], x[192:]], calibration_config("wanda", refine=refine, **values)
+        )
+        keep = np.asarray(res.masks["fc/kernel"])
+        assert (np.asarray(model.get_layer("fc").kernel)[~keep] == 0).all()
+        pruned[refine] = (~keep).sum(axis=0)
+        if granularity == "2:4":
+            assert (keep.reshape(16, 4, 24).sum(axis=1) == 2).all()
+        errors[refine] = _output_error(model, dense_out, x)
+    swaps = res.section["layers"]["fc/kernel"]["dsnot_swaps"]
+    assert swaps > 0 and res.section["refine"] == "dsnot"
+    np.testing.assert_array_equal(pruned["dsnot"], pruned["none"])
+    assert errors["dsnot"] < errors["none"], errors
 
 
 def _conv_model():
@@ -232,14 +265,17 @@ def test_dilated_strided_conv1d_views_match_the_layer(padding):
         np.testing.assert_allclose(got, tf.reshape(out, (-1, 5)), atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
-def test_nm_masks_are_valid(method):
+@pytest.mark.parametrize("method, refine", [("wanda", "none"), ("sparsegpt", "dsnot")])
+def test_nm_masks_are_valid(method, refine):
+    """N:M masks of convolutions (a tap's channels in groups, c1's short ones) stay N:M through
+    --refine dsnot's swaps too."""
     from prunecli.calibration import prune_calibrated
 
     model = _conv_model()
     x = np.random.default_rng(0).normal(size=(16, 12, 12, 3)).astype("float32")
     ts = every_target(model)
-    res = prune_calibrated(model, ts, [x], calibration_config(method, granularity="2:4"))
+    res = prune_calibrated(model, ts, [x], calibration_config(method, granularity="2:4", refine=refine))
+    assert res.section["refine"] == refine
     for t in ts:  # groups along the channels of one tap (c1: 3 channels, one short group per tap)
         keep = np.moveaxis(np.asarray(res.masks[t.name]), -1, 0)  # (units, *taps, channels)
         channels = keep.shape[-1]

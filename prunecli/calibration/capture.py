@@ -3,7 +3,9 @@
 Calibration needs, for the layer being pruned, statistics of what the layer sees, accumulated block
 by block so that the dataset's activations are never held: X has one row per input vector (per
 example for Dense, per output position for a convolution, per token for EinsumDense).
-- Wanda reads only the per-input sum of squares sum_r x_rj^2 (the Hessian's diagonal): d_in floats.
+- Wanda reads only the per-input sum of squares sum_r x_rj^2 (the Hessian's diagonal): d_in floats;
+  --refine dsnot also the per-input sum sum_r x_rj (each feature's mean, and with the squares its
+  variance: dsnot.py), d_in floats more.
 - SparseGPT and --reconstruct need the full H = X^T X / n: d_in x d_in floats, sized and checked
   against free memory before it is allocated (oneshot.check_memory).
 Every capture also keeps, per input, the smallest and largest value, the largest |x|, whether all
@@ -222,6 +224,7 @@ class InputStats:
     d_in: int
     rows: int
     sumsq: Any  # numpy (d_in,): sum over rows of (scale * x_j)^2
+    total: Any  # numpy (d_in,): sum over rows of scale * x_j
     spread: float  # largest (max - min) of one input over the rows, scaled
     largest: float  # largest |x|, unscaled (meaningful when finite)
     finite: bool
@@ -310,11 +313,12 @@ def _accumulate_fn(full: bool):
         top = tf.maximum(tf.reduce_max(a), 0.0)  # NaN/Inf only where `finite` turns False
         ms = m * _fixed_scale(acc, top, tf.math.is_finite(tf.reduce_sum(a)))
         sumsq.assign_add(tf.reduce_sum(tf.square(ms), axis=0))
+        acc[7].assign_add(tf.reduce_sum(ms, axis=0))
         lo.assign(tf.minimum(lo, tf.reduce_min(ms, axis=0)))
         hi.assign(tf.maximum(hi, tf.reduce_max(ms, axis=0)))
         rows.assign_add(tf.shape(m, out_type=tf.int64)[0])
         if full:
-            acc[7].assign_add(tf.matmul(ms, ms, transpose_a=True))
+            acc[8].assign_add(tf.matmul(ms, ms, transpose_a=True))
 
     return accumulate
 
@@ -326,10 +330,11 @@ def _accumulate_columns_fn():
     import tensorflow as tf
 
     @tf.function(reduce_retracing=True, autograph=False)
-    def accumulate(acc, sumsq_part, lo_part, hi_part, rows_part, top, all_finite):
+    def accumulate(acc, sumsq_part, total_part, lo_part, hi_part, rows_part, top, all_finite):
         sumsq, lo, hi, rows = acc[:4]
         factor = _fixed_scale(acc, top, all_finite)
         sumsq.assign_add(sumsq_part * factor * factor)
+        acc[7].assign_add(total_part * factor)
         lo.assign(tf.minimum(lo, lo_part * factor))
         hi.assign(tf.maximum(hi, hi_part * factor))
         rows.assign_add(rows_part)
@@ -343,6 +348,7 @@ def _accumulate_columns(acc, stats: dict) -> None:
     _accumulate_columns_fn()(
         acc,
         np.asarray(stats["sumsq"], np.float32),
+        np.asarray(stats["total"], np.float32),
         np.asarray(stats["lo"], np.float32),
         np.asarray(stats["hi"], np.float32),
         np.int64(stats["rows"]),
@@ -483,8 +489,8 @@ def layer_input(model, layer, x):
 
 def _accumulators(d: int, full: bool) -> list:
     """The running statistics of one layer's inputs, in the order _accumulate_fn updates them: sum of
-    squares, per-input min and max, rows, all finite, largest |x|, the fixed scale (0 until set), and
-    with `full` the d x d sum of outer products."""
+    squares, per-input min and max, rows, all finite, largest |x|, the fixed scale (0 until set), the
+    per-input sum, and with `full` the d x d sum of outer products."""
     import numpy as np
     import tensorflow as tf
 
@@ -496,6 +502,7 @@ def _accumulators(d: int, full: bool) -> list:
         tf.Variable(True, trainable=False),
         tf.Variable(0.0, trainable=False),
         tf.Variable(0.0, trainable=False),
+        tf.Variable(tf.zeros((d,), tf.float32), trainable=False),
     ]
     if full:
         acc.append(tf.Variable(tf.zeros((d, d), tf.float32), trainable=False))
@@ -511,12 +518,13 @@ def _input_stats(acc: list, d: int, full: bool, row_fraction: float = 1.0) -> In
     spread = float(np.max(hi - lo)) if rows else 0.0
     hessian = None
     if full:
-        acc[7].assign(acc[7] * (1.0 / max(rows, 1)))
-        hessian = acc[7].read_value()
+        acc[8].assign(acc[8] * (1.0 / max(rows, 1)))
+        hessian = acc[8].read_value()
     return InputStats(
         d_in=d,
         rows=rows,
         sumsq=acc[0].numpy(),
+        total=acc[7].numpy(),
         spread=spread if np.isfinite(spread) else float("inf"),
         largest=float(acc[5].numpy()),
         finite=bool(acc[4].numpy()),

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prunecli.calibration import capture, depthwise, frontier, outputs, refit, sparsegpt, views, wanda
+from prunecli.calibration import capture, depthwise, dsnot, frontier, outputs, refit, sparsegpt, views, wanda
 from prunecli.config import CALIBRATED_METHODS, MEASURED
 from prunecli.errors import ConfigError, DataError, ResourceError
 
@@ -383,10 +383,13 @@ def _check_batches(calibration_x):
     return batches
 
 
-def _calibrate(view, stats, method: str, k, nm, reconstruct: bool, jit: bool):
+def _calibrate(view, stats, method: str, k, nm, reconstruct: bool, jit: bool, refine: str = "none"):
     """One layer: (new weights, keep mask, report entry, dense weights, notes), all matrix views, or
     the reason it falls back to magnitude (degenerate inputs, a failed factorisation, a result that
-    is not finite or has more zeros than asked)."""
+    is not finite or has more zeros than asked). `refine` "dsnot": the method's mask then goes through
+    dsnot.refine, on the full Hessian where the capture holds one, else on each input's mean and
+    variance (a depthwise kernel's per-channel blocks and an embedding's one-hot inputs are left as
+    they are, with a note)."""
     import tensorflow as tf
 
     from prunecli.selection import kernels
@@ -419,13 +422,22 @@ def _calibrate(view, stats, method: str, k, nm, reconstruct: bool, jit: bool):
             )
         except DataError:
             return "its input Hessian is not positive definite after dampening"
+    notes, swaps = [], None
+    if refine == "dsnot" and (view.kind == "depthwise" or view.diagonal):
+        why = "a depthwise kernel is pruned per channel" if view.kind == "depthwise" else "its inputs are token ids"
+        notes.append(f"{t.layer_name}: not refined by dsnot ({why})")
+    elif refine == "dsnot":
+        model = dsnot.FullHessian(hessian) if hessian is not None else dsnot.mean_variance(stats)
+        groups = _nm_groups(view, nm) if nm else None
+        w_new, keep, swaps = dsnot.refine(w_dense, w_new, keep, model, groups)
     why = _check_outcome(w_new, w_dense, keep, k)
     if why:
         return why
     entry = {"d_in": view.d_in, **_rows(stats), "error_before": None, "error_after": None}
+    if swaps is not None:
+        entry["dsnot_swaps"] = swaps
     if view.diagonal:
         entry["inputs"] = "token ids (one-hot: a diagonal Hessian of token counts)"
-    notes = []
     if dampening not in (None, sparsegpt.DAMPENING):
         entry["dampening"] = dampening
         notes.append(f"{t.layer_name}: its input Hessian needed {dampening:.0%} dampening to factor (float32)")
@@ -536,6 +548,7 @@ def prune_calibrated(
         "refit_dampening": refit.DAMPENING if config.reconstruct else None,
         "block_size": sparsegpt.BLOCK if method == "sparsegpt" else None,
         "reconstruct": bool(config.reconstruct),
+        "refine": config.refine,
         "xla": jit,
         "examples_per_pass": p.per_pass,
         **_passes_section(src),
@@ -926,7 +939,8 @@ def _sequential(
         else:
             k = _prune_count(t, config, result.requested, layer_notes, counts)
         layer_method = "wanda" if diagonal_only else method
-        outcome = _calibrate(view, stats, layer_method, k, nm, bool(config.reconstruct) and not diagonal_only, jit)
+        refit_too = bool(config.reconstruct) and not diagonal_only
+        outcome = _calibrate(view, stats, layer_method, k, nm, refit_too, jit, config.refine)
         del stats
         if isinstance(outcome, str):
             _fall_back(t, outcome, config, result, fallback, counts)

@@ -263,7 +263,7 @@ class LayerView:
         return self.kind == "conv" and len(self.target.layer.kernel_size) <= 3
 
     def column_stats(self, x) -> dict:
-        """Per column of X: the sum of squares (float64), min and max, and the rows, the largest |x|
+        """Per column of X: the sum of squares and the sum (float64), min and max, and the rows, the largest |x|
         and whether every value is finite, from window reductions of the padded input instead of its
         patches (prod(kernel) times fewer values read; what a diagonal-only capture needs, in X's
         column order: tap (kd, kh, kw, lexicographic), then channel). For a Conv3D this is what makes
@@ -274,15 +274,19 @@ class LayerView:
         x, ks, st, dil, outs = self._padded(x)
         squares = np.zeros(x.shape[1:], np.float64)  # (spatial..., C): the batch summed first, an example at a
         square = np.empty_like(squares)  # time so the float64 copy stays one example's size
+        sums = np.zeros_like(squares)
         for example in x:
             squares += np.square(example, out=square, dtype=np.float64)
+            sums += example
         low, high = x.min(axis=0), x.max(axis=0)
         geometry = list(zip(ks, dil, outs, st, strict=True))
         sumsq = np.concatenate(_tap_reductions(squares, geometry, np.sum))
+        total = np.concatenate(_tap_reductions(sums, geometry, np.sum))
         lo = np.concatenate(_tap_reductions(low, geometry, np.min))
         hi = np.concatenate(_tap_reductions(high, geometry, np.max))
         return {
             "sumsq": sumsq,
+            "total": total,
             "lo": lo,
             "hi": hi,
             "rows": int(x.shape[0]) * math.prod(outs),

@@ -341,6 +341,11 @@ def _check_calibration(c: PruneConfig) -> None:
         raise ConfigError(f"--reconstruct refits weights under a mask; granularity {c.granularity} has none")
     if c.reconstruct and c.schedule != "oneshot":
         raise ConfigError("--reconstruct refits once after one-shot pruning; use --schedule oneshot")
+    if c.refine != "none" and (c.method not in CALIBRATED_METHODS or c.schedule != "oneshot"):
+        raise ConfigError(
+            f"--refine {c.refine} refines the masks of a one-shot wanda or sparsegpt run"
+            f" (--method wanda|sparsegpt, --schedule oneshot), not --method {c.method} --schedule {c.schedule}"
+        )
     if c.method not in CALIBRATED_METHODS or c.schedule != "oneshot":
         return
     if c.granularity.kind not in ("element", "nm"):

@@ -31,6 +31,8 @@ PER_LAYER_BUDGETS = ("erk", "owl")  # normalizations that share the budget out p
 SCHEDULES = ("auto", "oneshot", "iterative", "polynomial", "dynamic")
 GRADUAL = ("iterative", "polynomial", "dynamic")  # schedules that prune while fine-tuning (selection/schedule.py)
 CALIBRATED_METHODS = ("wanda", "sparsegpt")  # pruned layer by layer by prunecli.calibration
+# what a calibrated method's masks go through after each layer is pruned (calibration/dsnot.py)
+REFINEMENTS = ("none", "dsnot")
 UNIT_METHODS = ("activation", "apoz", "l1-norm", "l2-norm", "neuron-mean")  # score whole units: pruned as neurons
 LR_SCHEDULES = ("constant", "cosine")  # fine-tuning learning rate (training/finetune.py)
 ENGINES = ("native", "tfmot")
@@ -258,6 +260,14 @@ class PruneConfig:
     score_batches: int | None = setting(help="Use at most this many batches for data-driven scores.")
     calibration_samples: int = setting(
         128, help="Examples of --data (seeded) that calibrate wanda/sparsegpt/--reconstruct (default 128)."
+    )
+    refine: str = setting(
+        "none",
+        help="After wanda/sparsegpt prunes a layer, refine its mask: dsnot (Zhang et al. 2024, DSnoT: per"
+        " output, swap a pruned weight back in for a kept one while the swap lowers the layer's expected"
+        " reconstruction error on the calibration data; same sparsity and N:M groups, no retraining)."
+        " none (default).",
+        choices=REFINEMENTS,
     )
     reconstruct: bool | None = setting(
         None,
