@@ -103,34 +103,44 @@ def test_sparsegpt_beats_magnitude_and_wanda_on_random_layer():
     assert errors["sparsegpt"] < 0.7 * errors["magnitude"]
 
 
-@pytest.mark.parametrize("granularity", ["element", "2:4"])
-def test_dsnot_keeps_each_outputs_count_and_lowers_wandas_error(granularity):
-    """--refine dsnot after Wanda: every output prunes as many weights as plain Wanda's mask (N:M: every
-    group keeps 2 of 4), and the layer's measured output error on the calibration inputs falls. The
-    inputs have per-feature means (as activations after a norm or a GELU do), which Wanda's norms
-    ignore and DSnoT's expected error reads."""
-    from prunecli.calibration import prune_calibrated
+@pytest.mark.slow  # ~2 s: two calibrated runs and the refinement's tracing
+def test_dsnot_keeps_each_outputs_count_and_lowers_wandas_error():
+    """--refine dsnot after Wanda: every output prunes as many weights as plain Wanda's mask, and the
+    layer's measured output error on the calibration inputs falls; on Wanda's 2:4 mask of the same
+    layer every group still keeps 2 of 4 and the error falls too. The inputs have per-feature means
+    (as activations after a norm or a GELU do), which Wanda's norms ignore and DSnoT's expected error
+    reads."""
+    import tensorflow as tf
+
+    from prunecli.calibration import dsnot, prune_calibrated, wanda
+    from prunecli.selection import kernels
+    from prunecli.structure.targets import nm_groups
 
     rng = np.random.default_rng(2)
     x = (_correlated(384, 64) + 3.0 * rng.normal(size=64)).astype("float32")
-    values = {"granularity": granularity} if granularity != "element" else {"sparsity": 0.7}
     errors, pruned = {}, {}
     for refine in ("none", "dsnot"):
         model = _dense_model(64, 24)
         dense_out = np.asarray(model(x))
-        res = prune_calibrated(
-            model, every_target(model), [x[:192], x[192:]], calibration_config("wanda", refine=refine, **values)
-        )
+        config = calibration_config("wanda", refine=refine, sparsity=0.7)
+        res = prune_calibrated(model, every_target(model), [x[:192], x[192:]], config)
         keep = np.asarray(res.masks["fc/kernel"])
         assert (np.asarray(model.get_layer("fc").kernel)[~keep] == 0).all()
         pruned[refine] = (~keep).sum(axis=0)
-        if granularity == "2:4":
-            assert (keep.reshape(16, 4, 24).sum(axis=1) == 2).all()
         errors[refine] = _output_error(model, dense_out, x)
-    swaps = res.section["layers"]["fc/kernel"]["dsnot_swaps"]
-    assert swaps > 0 and res.section["refine"] == "dsnot"
+    assert res.section["layers"]["fc/kernel"]["dsnot_swaps"] > 0 and res.section["refine"] == "dsnot"
     np.testing.assert_array_equal(pruned["dsnot"], pruned["none"])
     assert errors["dsnot"] < errors["none"], errors
+
+    w = np.asarray(_dense_model(64, 24).get_layer("fc").kernel)
+    stats = type("Stats", (), {"rows": len(x), "total": x.sum(axis=0), "sumsq": np.square(x).sum(axis=0)})
+    groups = nm_groups(64, 4)
+    keep = kernels.nm_keep_mask(wanda.scores(w, stats.sumsq / len(x)), 2, groups)
+    masked = tf.where(keep, w, 0.0)
+    refined, refined_keep, swaps = dsnot.refine(w, masked, keep, dsnot.mean_variance(stats), groups)
+    assert swaps > 0 and (np.asarray(refined_keep).reshape(16, 4, 24).sum(axis=1) == 2).all()
+    assert (np.asarray(refined)[~np.asarray(refined_keep)] == 0).all()
+    assert np.linalg.norm(x @ (w - np.asarray(refined))) < np.linalg.norm(x @ (w - np.asarray(masked)))
 
 
 def _conv_model():

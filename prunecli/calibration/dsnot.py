@@ -127,7 +127,7 @@ def refine(w_dense, w_new, keep, model, groups=None, cycles: int = CYCLES):
     w_dense, w_new, keep: (d_in, d_out) matrix views (the dense weights, the layer's weights under its
     mask, the keep mask); model: FullHessian or MeanVariance; groups: the N:M layout
     (structure.targets.NmGroups) when the mask is N:M, else None. Returns (weights, keep, swaps made).
-    Each cycle is one compiled step (`_cycle_fn`)."""
+    The cycles run in one compiled loop (`_cycles_fn`)."""
     import tensorflow as tf
 
     w = tf.cast(w_dense, tf.float32)
@@ -135,27 +135,20 @@ def refine(w_dense, w_new, keep, model, groups=None, cycles: int = CYCLES):
     keep = tf.cast(keep, tf.bool)
     c = model.times(w - q)
     slots = tf.zeros((0, 1), tf.int64) if groups is None else tf.constant(groups.slots, tf.int64)
-    step = _cycle_fn(type(model), 0 if groups is None else int(groups.slots.shape[1]))
+    run = _cycles_fn(type(model), 0 if groups is None else int(groups.slots.shape[1]))
     parts = tuple(getattr(model, f.name) for f in fields(model))
-    swaps = 0
-    for _ in range(cycles):
-        q, keep, c, count = step(w, q, keep, c, slots, *parts)
-        if not int(count):
-            break
-        swaps += int(count)
-    return q, keep, swaps
+    q, keep, swaps = run(w, q, keep, c, slots, tf.constant(cycles), *parts)
+    return q, keep, int(swaps)
 
 
 @functools.cache
-def _cycle_fn(kind, m: int):
-    """One grow-and-prune cycle for every output, compiled once per error model and group size M (0:
-    element sparsity):
-    (w, q, keep, c = H (w - q), N:M slots, the model's tensors) -> (q, keep, c, swaps made)."""
+def _cycles_fn(kind, m: int):
+    """The grow-and-prune cycles for every output, compiled once per error model and group size M (0:
+    element sparsity): (w, q, keep, c = H (w - q), N:M slots, cycles at most, the model's tensors) ->
+    (q, keep, swaps made); the loop ends early at a cycle where no output gains."""
     import tensorflow as tf
 
-    def cycle(w, q, keep, c, slots, *parts):
-        model = kind(*parts)
-        h = model.diag()
+    def cycle(w, q, keep, c, slots, model, h):
         d = w - q
         error = tf.reduce_sum(d * c, axis=0)
         if m:
@@ -177,7 +170,21 @@ def _cycle_fn(kind, m: int):
         q = tf.where(grown, w, tf.where(pruned, 0.0, q))
         return q, keep, c, tf.reduce_sum(tf.cast(take, tf.int32))
 
-    return tf.function(cycle, reduce_retracing=True, autograph=False)
+    def cycles(w, q, keep, c, slots, limit, *parts):
+        model = kind(*parts)
+        h = model.diag()
+
+        def body(i, q, keep, c, swaps, _):
+            q, keep, c, count = cycle(w, q, keep, c, slots, model, h)
+            return i + 1, q, keep, c, swaps + count, count
+
+        start = (tf.constant(0), q, keep, c, tf.constant(0), tf.constant(1))
+        _, q, keep, _, swaps, _ = tf.while_loop(
+            lambda i, *rest: tf.logical_and(i < limit, rest[-1] > 0), body, start, parallel_iterations=1
+        )
+        return q, keep, swaps
+
+    return tf.function(cycles, reduce_retracing=True, autograph=False)
 
 
 def _best_element_swap(w, q, keep, c, h, model):
