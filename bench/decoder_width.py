@@ -26,9 +26,9 @@ Each run goes through prunecli's Python API exactly as `prunecli prune` runs it
 * depth: `-g layer --remove-layers N --score-batches 4` (whole decoder blocks, by loss increase on 4
   batches when bypassed);
 * Minitron-style: hidden, then heads, then FFN, each a little, chained (each run's output is the next
-  run's input), the last run fine-tuned; its teacher with --distill is therefore the model that run
-  received (hidden and heads already pruned), not the dense model: prunecli's --distill teaches with the
-  run's own input.
+  run's input), the last run fine-tuned; with --distill its teacher is the dense model, passed as
+  `--teacher model.keras` (without it prunecli's --distill teaches with the run's own input, here a model
+  whose hidden width and heads were already pruned one-shot).
 
 The sparsity that reaches each parameter target is computed from the architecture (every term of the
 parameter count is linear in the removed units; `--sparsity` is applied as round(S x units) per layer)
@@ -47,6 +47,7 @@ the first seed's files.
 
 Results are cached as they come (JSON under --cache), so a stopped run resumes; `--until HH:MM` (UTC)
 starts no run after that time and writes the table of what was measured (cells with fewer seeds say n=).
+`--rows dense,minitron` runs and prints only those rows (the section is not written from a partial table).
 Results go to bench/TRANSFORMER.md, section "## KerasHub decoder shrunk for real: width and depth (issue 28)".
 
 `--family gpt2` measures decoder_oneshot's GPT-2-style decoder instead (keras_hub GPT2Backbone: hidden 128,
@@ -272,7 +273,7 @@ def gpt2_runs(dense_params: int) -> list[dict]:
     return out
 
 
-def command(step: dict, model: str, variant: str | None, seed) -> str:
+def command(step: dict, model: str, variant: str | None, seed, teacher: str | None = None) -> str:
     flags = {
         "granularity": "-g",
         "sparsity": "-s",
@@ -289,15 +290,19 @@ def command(step: dict, model: str, variant: str | None, seed) -> str:
     if variant:
         parts.append(f"--epochs 1 --optimizer {FINETUNE['optimizer']} --lr {FINETUNE['learning_rate']:g}")
         if variant == "distill":
-            parts.append(f"--distill {DISTILL_T:g}")
+            parts.append(f"--distill {DISTILL_T:g}" + (f" --teacher {teacher}" if teacher else ""))
     return " ".join(parts)
 
 
 # ---- running -------------------------------------------------------------------------------------------
 
 
-def prune_step(model_path: Path, data: Path, out: Path, step: dict, variant: str | None, seed: int) -> dict:
-    """One `prunecli prune` run through the Python API; what the table needs from its report."""
+def prune_step(
+    model_path: Path, data: Path, out: Path, step: dict, variant: str | None, seed: int, teacher: Path | None = None
+) -> dict:
+    """One `prunecli prune` run through the Python API; what the table needs from its report. `teacher`:
+    the --distill teacher's file when it is not `model_path` (a chain's last run distils from the dense
+    model, not from the one-shot pruned model it is given)."""
     import prunecli
 
     values = {
@@ -314,6 +319,8 @@ def prune_step(model_path: Path, data: Path, out: Path, step: dict, variant: str
         values.update(FINETUNE)
         if variant == "distill":
             values["distill"] = DISTILL_T
+            if teacher is not None:
+                values["teacher"] = str(teacher)
     start = time.perf_counter()
     report = prunecli.prune(prunecli.build_config(values, environ={})).report.to_dict()
     m = report["metrics"]
@@ -324,6 +331,7 @@ def prune_step(model_path: Path, data: Path, out: Path, step: dict, variant: str
         "params": report["totals"]["params"],
         "bytes": os.path.getsize(out),
         "steps": (report.get("finetune") or {}).get("steps"),
+        "teacher": ((report.get("finetune") or {}).get("distill") or {}).get("teacher"),
         "removed_layers": report.get("removed_layers"),
         "seconds": round(time.perf_counter() - start, 1),
     }
@@ -331,7 +339,7 @@ def prune_step(model_path: Path, data: Path, out: Path, step: dict, variant: str
 
 def run_row(row: dict, dense: Path, data: Path, out_dir: Path, variant: str, seed: int, results: dict) -> dict:
     """Run a row's steps (the earlier ones one-shot, cached across seeds and variants: magnitude scores are
-    seed-free), the last fine-tuned as `variant`."""
+    seed-free), the last fine-tuned as `variant`, distilled (if so) from the dense model."""
     steps = row["steps"] or [{"granularity": "element", "sparsity": 0.0}]
     src = dense
     for i, step in enumerate(steps[:-1]):
@@ -341,7 +349,7 @@ def run_row(row: dict, dense: Path, data: Path, out_dir: Path, variant: str, see
             results[key] = prune_step(src, data, out, step, None, 0)
         src = out
     out = out_dir / f"{row['key']}_{variant}_s{seed}.keras"
-    res = prune_step(src, data, out, steps[-1], variant, seed)
+    res = prune_step(src, data, out, steps[-1], variant, seed, teacher=dense if src != dense else None)
     if len(steps) > 1:
         res["before"] = results[f"{row['key']}|step0"]["before"]  # the dense model's, not the step's input
     return res
@@ -431,7 +439,7 @@ def _llama_intro(meta, seeds, cmd, run_s, n_results, dense_params) -> list[str]:
         f"Python standard library's source, {meta['train_s']:.0f} s, AdamW 2e-3), then shrunk by "
         "`prunecli prune ... --shrink` through the Python API, default (magnitude) scores, and fine-tuned "
         "for one epoch (2,048 rows of 128 tokens = 32 batches of 64; `--optimizer adamw:weight_decay=0.01 "
-        f"--lr 0.001`), plainly or with `--distill {DISTILL_T:g}` (the unpruned input as teacher, weight 0.5). "
+        f"--lr 0.001`), plainly or with `--distill {DISTILL_T:g}` (the dense model as teacher, weight 0.5). "
         f"Seeds {seeds} are the pruning/fine-tuning seeds (shuffling; depth's scoring batches); the dense "
         "model is trained once. Cells: mean ± half-range over the seeds. Perplexity: held-out rows (every "
         "tenth stdlib file; 64 x 128 = 8,192 tokens), lower is better.",
@@ -486,12 +494,19 @@ def _commands(lines: list[str], rows, m, meta) -> None:
     for row in rows:
         for i, step in enumerate(row["steps"]):
             last = i == len(row["steps"]) - 1
-            c = command(step, "model.keras" if i == 0 else f"step{i}.keras", "distill" if last else None, "N")
+            chained = last and i > 0  # a chain's last run distils from the dense model, not from its input
+            c = command(
+                step,
+                "model.keras" if i == 0 else f"step{i}.keras",
+                "distill" if last else None,
+                "N",
+                teacher="model.keras" if chained else None,
+            )
             if c not in shown:
                 shown.add(c)
                 lines.append(f"- {row['label']} ({row['target']:g}x){'' if last else f', step {i + 1}'}: `{c}`")
     lines += [
-        "- plain fine-tuning: the same without `--distill 2`; one-shot: the perplexity right after pruning, "
+        "- plain fine-tuning: the same without `--distill 2` (and `--teacher`); one-shot: the perplexity right after pruning, "
         "before fine-tuning (the same run's report).",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}, shared with other jobs; load average at "
@@ -735,13 +750,20 @@ def observations(results, rows, dense_ppl) -> list[str]:
                 + f" (by loss increase on 4 batches; a block is {_block_params(ARCH['hidden']):,} parameters)."
             )
     step = results.get("minitron|step1")
-    if step:
+    taught = {  # results from before `--teacher` say none: their teacher was the run's input
+        v.get("teacher") or "the input model" for k, v in results.items() if k.startswith("minitron|distill|")
+    }
+    if step and taught:
+        dense_taught = "the input model" not in taught
         out.append(
-            f"- Minitron-style: the last run's `--distill` teacher is the model it was given, hidden and heads "
-            f"already pruned one-shot (perplexity {step['after']:.3f}), not the dense model ({dense_ppl:.3f}): "
-            "decoder_width.py does not pass `--teacher FILE`, which lets a chain's last run distil from the dense "
-            "model (bench/distill_teachers.py measures a fine-tuned dense teacher on the single-step rows). That "
-            "likely explains why its distilled figure trails its plain one."
+            "- Minitron-style: the last run's `--distill` teacher is "
+            + (
+                f"the dense model (`--teacher model.keras`, perplexity {dense_ppl:.3f}), not the model that run "
+                f"is given (hidden and heads already pruned one-shot, perplexity {step['after']:.3f})."
+                if dense_taught
+                else f"the model it was given, hidden and heads already pruned one-shot (perplexity "
+                f"{step['after']:.3f}), not the dense model ({dense_ppl:.3f}): these runs predate `--teacher`."
+            )
         )
     heads = _stat(_vals(results, "heads", "plain", "after"))
     if heads and FAMILY == "gpt2":
@@ -825,6 +847,9 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--no-write", action="store_true", help="print, do not write bench/TRANSFORMER.md")
     ap.add_argument(
+        "--rows", default=None, help="comma-separated row keys (e.g. dense,minitron): run and print only these"
+    )
+    ap.add_argument(
         "--family",
         choices=("llama", "gpt2"),
         default="llama",
@@ -850,15 +875,25 @@ def main(argv=None) -> int:
     dense, meta = oneshot.train(FAMILY, cache, args.steps, args.train_seconds)
     print("dense:", json.dumps(meta), flush=True)
     rows = runs(meta["params"]) if FAMILY == "llama" else gpt2_runs(meta["params"])
+    keys = set(args.rows.split(",")) if args.rows else {r["key"] for r in rows}
+    if args.rows:
+        unknown = keys - {r["key"] for r in rows}
+        if unknown:
+            ap.error(f"--rows: unknown {sorted(unknown)}; the rows are {[r['key'] for r in rows]}")
+        rows = [r for r in rows if r["key"] in keys or r["key"] == "dense"]  # dense: the ratios' base, run if named
+        args.no_write = True  # a partial table never replaces the section
     if not args.render_only:
         stop = False
         for seed in seeds:  # every row at the first seed before any second seed
             for row in rows:
                 for variant in ("plain", "distill"):
-                    if row["key"] == "dense" and variant == "distill":
+                    if row["key"] not in keys or (row["key"] == "dense" and variant == "distill"):
                         continue
                     key = f"{row['key']}|{variant}|{seed}"
-                    if key in results:
+                    before_teacher = (  # a chain distilled from its own input (cached before --teacher): run again
+                        variant == "distill" and len(row["steps"]) > 1 and not results.get(key, {}).get("teacher")
+                    )
+                    if key in results and not before_teacher:
                         continue
                     if args.until and time.strftime("%H:%M", time.gmtime()) >= args.until:
                         print(f"--until {args.until}: stopping before {key}", flush=True)
