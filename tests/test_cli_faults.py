@@ -385,7 +385,8 @@ def _previous_run(models, folder: Path) -> dict[str, str]:
 def _second_run(models, folder: Path):
     out = folder / "o.keras"
     args = ["prune", models / "small.keras", "-s", "0.9", "-o", out, "--report", folder / "r.json"]
-    return _invoke(*args, "--save-plan", folder / "p.zip", "--export", "tflite", "-q")
+    # --force: the export's name is made from -o, not named by the user, so replacing it needs it
+    return _invoke(*args, "--save-plan", folder / "p.zip", "--export", "tflite", "--force", "-q")
 
 
 @pytest.mark.slow
