@@ -160,7 +160,9 @@ def test_each_allocation_when_it_measures_best(monkeypatch, forced):
     [
         # SparseGPT moved the outputs least: it stays (the full suite only: the fast subset is at its limit)
         pytest.param((0.5, 0.4, 0.45, 0.7, 0.9), 0.3, None, marks=pytest.mark.slow),
-        pytest.param((0.5, 0.4, 0.45, 0.7, 0.9), 0.6, "lamp", marks=pytest.mark.slow),  # the LAMP allocation's Wanda run did
+        pytest.param(
+            (0.5, 0.4, 0.45, 0.7, 0.9), 0.6, "lamp", marks=pytest.mark.slow
+        ),  # the LAMP allocation's Wanda run did
         pytest.param((0.5, 0.45, 0.48, 0.4, 0.9), 0.6, "magnitude", marks=pytest.mark.slow),  # the magnitude masks
     ],
 )
