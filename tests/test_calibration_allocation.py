@@ -122,7 +122,7 @@ def test_measured_uses_the_allocation_with_the_least_output_error(method):
 
 @pytest.mark.parametrize(
     "forced",
-    ["lamp", "magnitude", *(pytest.param(f, marks=pytest.mark.slow) for f in ("uniform", "owl", "magnitude-uniform"))],
+    ["lamp", *(pytest.param(f, marks=pytest.mark.slow) for f in ("magnitude", "uniform", "owl", "magnitude-uniform"))],
 )
 def test_each_allocation_when_it_measures_best(monkeypatch, forced):
     """Whichever allocation measures best is the one the masks follow: each layer's pruned count is that
@@ -222,6 +222,7 @@ def test_without_room_for_a_copy_of_the_weights_lamp_is_used(monkeypatch):
         np.testing.assert_array_equal(np.asarray(mask), np.asarray(explicit.masks[name]), err_msg=name)
 
 
+@pytest.mark.slow
 def test_a_sparsegpt_run_with_room_for_one_copy_measures_allocations_without_the_magnitude_masks(monkeypatch):
     from prunecli.calibration import oneshot
 

@@ -192,6 +192,7 @@ def test_layer_calls_are_linear_in_depth(method, monkeypatch):
     assert most["prefix", 9] > most["prefix", 3] > most["cached", 3]
 
 
+@pytest.mark.slow
 def test_over_budget_falls_back_and_says_so(monkeypatch):
     """A frontier over the byte budget runs the prefix passes, with the estimate and the budget named;
     the budget is also capped by a quarter of free memory."""
