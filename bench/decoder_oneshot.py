@@ -199,10 +199,9 @@ def train(family: str, cache: Path, steps: int, seconds: float, batch: int = 32)
 # ---- pruning -------------------------------------------------------------------------------------------
 
 
-def prune_once(model_path: Path, data: Path, work: Path, method: str, scope, setting: str, seed: int) -> dict:
-    """One run through the Python API (what `prunecli prune` does); its perplexity before and after."""
-    import prunecli
-
+def prune_values(model_path: Path, data: Path, work: Path, method: str, scope, setting: str, seed: int) -> dict:
+    """The settings of one one-shot run at `setting` (a sparsity, or "2:4"), as `prunecli.build_config`
+    takes them; scope "owl" is --scope global --normalize owl (bench/dsnot_table.py shares them)."""
     values = {
         "model_path": str(model_path),
         "data": str(data),
@@ -221,6 +220,14 @@ def prune_once(model_path: Path, data: Path, work: Path, method: str, scope, set
         values["granularity"] = "n:m=2:4"
     else:
         values["sparsity"] = float(setting)
+    return values
+
+
+def prune_once(model_path: Path, data: Path, work: Path, method: str, scope, setting: str, seed: int) -> dict:
+    """One run through the Python API (what `prunecli prune` does); its perplexity before and after."""
+    import prunecli
+
+    values = prune_values(model_path, data, work, method, scope, setting, seed)
     start = time.perf_counter()
     report = prunecli.prune(prunecli.build_config(values, environ={})).report
     cal = report.extra.get("calibration")

@@ -65,25 +65,11 @@ def files(model: str, cache: Path, train_seconds: float) -> tuple[Path, Path]:
 
 
 def prune_once(model_path: Path, data: Path, work: Path, method, scope, refine, setting: str, seed: int) -> dict:
+    import decoder_oneshot
+
     import prunecli
 
-    values = {
-        "model_path": str(model_path),
-        "data": str(data),
-        "method": method,
-        "refine": refine,
-        "seed": seed,
-        "output": str(work / f"pruned_{model_path.stem}.keras"),
-        "force": True,
-        "quiet": True,
-        "sizes": False,
-    }
-    if scope:
-        values["scope"] = scope
-    if setting == "2:4":
-        values["granularity"] = "n:m=2:4"
-    else:
-        values["sparsity"] = float(setting)
+    values = {**decoder_oneshot.prune_values(model_path, data, work, method, scope, setting, seed), "refine": refine}
     start = time.perf_counter()
     report = prunecli.prune(prunecli.build_config(values, environ={})).report
     metric = "perplexity" if "perplexity" in report.metrics["before"] else "accuracy"
