@@ -239,7 +239,18 @@ def model_files(name: str, seed: int, work: Path) -> tuple[Path, Path]:
     return (DIGITS, DIGITS_DATA) if name == "digits_cnn" else mnist_mlp(seed, work)
 
 
-def run_point(model_path: Path, data_path: Path, point: str, variant: str, seed: int, epochs: int, work: Path) -> dict:
+def run_point(
+    model_path: Path,
+    data_path: Path,
+    point: str,
+    variant: str,
+    seed: int,
+    epochs: int,
+    work: Path,
+    options: dict | None = None,
+) -> dict:
+    """One `prunecli prune --quantize` run through the library API; `options`: further settings (by their
+    build_config names, e.g. {"distill": 2.0}) on top of the default command."""
     from prunecli import build_config, prune
 
     mode, qat = VARIANTS[variant]
@@ -255,6 +266,7 @@ def run_point(model_path: Path, data_path: Path, point: str, variant: str, seed:
         "output": str(out),
         "quiet": True,
         **amount,
+        **(options or {}),
     }
     result = prune(build_config(settings))
     q = result.report.extra["quantize"]
