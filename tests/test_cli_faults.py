@@ -435,7 +435,7 @@ def test_a_signal_during_the_renames_stops_the_run_after_all_of_them(models, tmp
     from prunecli.io.models import write
 
     _previous_run(models, tmp_path)
-    real = os.replace
+    real = write.place_new  # each new output onto its target (the old one was set aside first)
     renames = []
 
     def signalled(src, dst):
@@ -445,7 +445,7 @@ def test_a_signal_during_the_renames_stops_the_run_after_all_of_them(models, tmp
         return real(src, dst)
 
     saved = {sig: signal.getsignal(sig) for sig in interrupts.STOP_SIGNALS}
-    monkeypatch.setattr(write.os, "replace", signalled)
+    monkeypatch.setattr(write, "place_new", signalled)
     try:
         interrupts.install()
         result = _second_run(models, tmp_path)

