@@ -4,6 +4,7 @@ and reports (one line and exit 3, never a traceback)."""
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 
 import numpy as np
@@ -170,3 +171,31 @@ def test_an_edited_plan_or_report_is_one_line_and_exit_3(files, run, tmp_path, c
     data = ("--data", files / "d.npz") if edit in ("accuracy", "val_split") else ()
     line = _one_error_line(cli("verify", out, "--report", edited, *data), 3)
     assert "is not a prunecli report" in line and edit in line
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("requested_sparsity", 1.5, "requested sparsity 1.5, not in [0, 1]"),
+        ("requested_sparsity", -3, "requested sparsity -3, not in [0, 1]"),
+        ("removed_units", [99], "lists removed units [99], its mask removes []"),
+        ("removed_units", [-1], "lists removed units [-1], its mask removes []"),
+    ],
+)
+def test_a_plan_edited_to_claim_what_its_masks_do_not_hold_is_refused(run, tmp_path, key, value, message):
+    """A hand-edited plan whose target asks for a sparsity of 150% (`apply` printed "target 150.0%"
+    in its report) or lists units its mask keeps (`verify --plan` counts a shrunk layer's units from
+    that list) is an InputError (exit 3) when it is read, for `apply` and `verify` alike."""
+    from prunecli.errors import InputError
+    from prunecli.io import plan_file
+
+    _out, _report, plan = run
+    edited = tmp_path / "edited.plan"
+    with zipfile.ZipFile(plan) as z, zipfile.ZipFile(edited, "w") as w:
+        manifest = json.loads(z.read("plan.json"))
+        manifest["targets"][0][key] = value
+        w.writestr("plan.json", json.dumps(manifest))
+        for name in z.namelist()[1:]:
+            w.writestr(name, z.read(name))
+    with pytest.raises(InputError, match=re.escape(message)):
+        plan_file.read(edited)

@@ -431,6 +431,11 @@ def _check_manifest(p: Path, manifest) -> None:
             raise InputError(f"plan {shown(p)}: target {shown(t.get('name'))} has an inconsistent shape or mask")
         if "unit_axis" in t and not -len(shape) <= int(t["unit_axis"]) < len(shape):
             raise InputError(f"plan {shown(p)}: target {shown(t.get('name'))} has unit axis {t['unit_axis']}")
+        requested = t.get("requested_sparsity")
+        if requested is not None and not 0.0 <= requested <= 1.0:  # the report would print "target 150%"
+            raise InputError(
+                f"plan {shown(p)}: target {shown(t.get('name'))} has requested sparsity {requested}, not in [0, 1]"
+            )
 
 
 # What a file prunecli wrote holds, checked where it is read (an edited plan or report is an InputError
@@ -479,6 +484,11 @@ def first_problem(fields) -> str | None:
 
 def _short(value) -> str:
     text = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _listed(values: list) -> str:
+    text = json.dumps(values)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -583,14 +593,28 @@ def manifest_problem(manifest: dict) -> str | None:
 
 
 def _check_kept(plan: Plan) -> None:
-    """Each target's `kept` is the count of its mask's kept weights: a plan edited by hand (a count
-    changed, a mask swapped) is refused rather than applied and reported with figures it does not hold."""
+    """Each target's `kept` is the count of its mask's kept weights, and a neuron plan's
+    `removed_units` the units its mask empties: a plan edited by hand (a count changed, a mask
+    swapped, a unit 99 of 8 or -1 listed) is refused rather than applied and reported with figures it
+    does not hold (`verify --plan` counts a shrunk layer's units from `removed_units`)."""
+    import numpy as np
+
     for t in plan.targets:
-        kept = int(plan.mask(t["name"]).sum())
+        mask = plan.mask(t["name"])
+        kept = int(mask.sum())
         if "kept" in t and kept != int(t["kept"]):
             raise InputError(
                 f"plan {shown(plan.path)}: target {shown(t['name'])} says {t['kept']} weights kept, its mask keeps {kept}"
             )
+        if "removed_units" in t and mask.ndim:
+            axis = int(t.get("unit_axis", 0))
+            alive = np.moveaxis(mask, axis, -1).reshape(-1, mask.shape[axis]).any(axis=0)
+            emptied = [int(u) for u in np.flatnonzero(~alive)]
+            if sorted(int(u) for u in t["removed_units"]) != emptied:
+                raise InputError(
+                    f"plan {shown(plan.path)}: target {shown(t['name'])} lists removed units"
+                    f" {_listed(t['removed_units'])}, its mask removes {_listed(emptied)}"
+                )
 
 
 def write(path: str | os.PathLike, data: bytes) -> None:
