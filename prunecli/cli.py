@@ -138,34 +138,38 @@ class PruneGroup(click.Group):
         except KeyboardInterrupt:
             _say(_one_line(interrupts.interrupted_message()))
             ctx.exit(ExitCode.INTERRUPTED)
-        except PruneCliError as exc:
-            if _debug_requested(ctx):
-                traceback.print_exc()
-            _say(_one_line(f"prunecli: error: {exc.message}"))
-            ctx.exit(exc.exit_code)
-        except RecursionError:  # a structure nested beyond what any real input has
-            if _debug_requested(ctx):
-                traceback.print_exc()
-            _say("prunecli: error: the input is nested too deeply to process (RecursionError)")
-            ctx.exit(ExitCode.BAD_INPUT)
         except Exception as exc:
             if _debug_requested(ctx):
                 traceback.print_exc()
-            checked = streamed_data_error(exc)  # a streamed dataset's check, failed mid-run
-            if checked is not None:
-                _say(_one_line(f"prunecli: error: {checked.message}"))
-                ctx.exit(checked.exit_code)
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            if isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError":  # TF's OOM
-                oom = re.search(r"OOM when allocating tensor with shape\[[^\]]*\]", first)
-                _say(_one_line(f"prunecli: error: out of memory ({oom.group(0) if oom else first or 'MemoryError'})"))
-                ctx.exit(ExitCode.RESOURCE)
-            _say(  # a bug: one line, the traceback only with --debug
-                _one_line(
-                    f"prunecli: internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)"
-                )
-            )
-            ctx.exit(ExitCode.INTERNAL)
+            if interrupts.requested():
+                # a stop signal came first: its KeyboardInterrupt, swallowed inside TensorFlow or Keras,
+                # left them half done, and what failed next ("cannot export the model as a SavedModel:
+                # 'dict' object has no attribute '_type_spec'", exit 7) is the interrupt's doing
+                _say(_one_line(interrupts.interrupted_message()))
+                ctx.exit(ExitCode.INTERRUPTED)
+            line, code = _error_report(exc)
+            _say(_one_line(line))
+            ctx.exit(code)
+
+
+def _error_report(exc: Exception) -> tuple[str, int]:
+    """The one line an error prints and its exit code: a PruneCliError's own, else what the failure was."""
+    if isinstance(exc, PruneCliError):
+        return f"prunecli: error: {exc.message}", exc.exit_code
+    if isinstance(exc, RecursionError):  # a structure nested beyond what any real input has
+        return "prunecli: error: the input is nested too deeply to process (RecursionError)", ExitCode.BAD_INPUT
+    checked = streamed_data_error(exc)  # a streamed dataset's check, failed mid-run
+    if checked is not None:
+        return f"prunecli: error: {checked.message}", checked.exit_code
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError":  # TF's OOM
+        oom = re.search(r"OOM when allocating tensor with shape\[[^\]]*\]", first)
+        return f"prunecli: error: out of memory ({oom.group(0) if oom else first or 'MemoryError'})", ExitCode.RESOURCE
+    # a bug: one line, the traceback only with --debug
+    return (
+        f"prunecli: internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
+        ExitCode.INTERNAL,
+    )
 
 
 @click.group(cls=PruneGroup, context_settings=CONTEXT_SETTINGS)

@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from prunecli.cli import main
-from prunecli.errors import ExitCode, OutputError
+from prunecli.errors import ExitCode, ExportError, OutputError
 from prunecli.io import models as model_io
 
 
@@ -342,11 +342,16 @@ def test_only_temporary_files_of_dead_processes_are_removed(tmp_path):
         alive.wait()
 
 
-def test_a_swallowed_interrupt_still_stops_the_run(models, tmp_path, monkeypatch):
+@pytest.mark.parametrize("aftermath", [None, AttributeError, ExportError])
+def test_a_swallowed_interrupt_still_stops_the_run(models, tmp_path, monkeypatch, aftermath):
     """A SIGTERM whose KeyboardInterrupt Python swallows (inside importlib's module-lock callback:
     "Exception ignored in: <function _get_module_lock.<locals>.cb>") used to let the run finish with
     exit 0: the handler now records the signal, and the next checkpoint stops the run (exit 130,
-    nothing written). Simulated deterministically by swallowing the handler's exception ourselves."""
+    nothing written). Simulated deterministically by swallowing the handler's exception ourselves.
+    Swallowed inside TensorFlow's tracing, it left the export half built, and the error that followed
+    was the run's verdict (a Ctrl-C during --export savedmodel: "cannot export the model as a
+    SavedModel: 'dict' object has no attribute '_type_spec'", exit 7): an error after a stop signal
+    is the stop's doing, exit 130 as well."""
     from prunecli import interrupts
 
     real = model_io.check_memory
@@ -357,6 +362,8 @@ def test_a_swallowed_interrupt_still_stops_the_run(models, tmp_path, monkeypatch
             interrupts._handler(signal.SIGTERM, None)
         except KeyboardInterrupt:
             pass  # what importlib's callback does
+        if aftermath is not None:
+            raise aftermath("'dict' object has no attribute '_type_spec'")
         return real(info, *args, **kwargs)
 
     monkeypatch.setattr(model_io, "check_memory", swallowed)
