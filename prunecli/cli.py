@@ -307,8 +307,16 @@ def _progress(config):
 
 
 def _emit_report(report, config) -> None:
-    """The report on standard output (`-r -`, `--markdown -`) and the summary: the run itself wrote the
-    report files (outputs/report.write_report_files), as it does for the Python API."""
+    """The report on standard output (`-r -`, `--markdown -`) and the summary, printed once the run's
+    outputs are renamed into place (io.models.write_in_place): never a report of a model that a refused
+    commit did not write. The run itself wrote the report files (outputs/report.write_report_files), as
+    it does for the Python API."""
+    from prunecli.io.models import write_in_place
+
+    write_in_place(lambda: _print_report(report, config))
+
+
+def _print_report(report, config) -> None:
     if config.report == "-":
         click.echo(report.to_json())
     if config.markdown == "-":

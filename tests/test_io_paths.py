@@ -231,10 +231,12 @@ def test_outputs_together_leave_none_of_the_files_after_an_interrupt(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(t.name for t in targets)
 
 
-def test_an_output_written_by_someone_else_during_the_run_is_not_replaced(tmp_path):
+def test_an_output_written_by_someone_else_during_the_run_is_not_replaced(tmp_path, capsys):
     """Two runs with the same -o (or the same default name, both planned while it did not exist): each
     report named the sha256 and sparsity of its own model, and the file held the other's. An output
-    that changed since the plan stops the commit: nothing of this run is written (exit 5)."""
+    that changed since the plan stops the commit: nothing of this run is written (exit 5), and a report
+    to standard output (`-r -`, a FIFO, a device), which named the model the commit then refused, is
+    printed only once the outputs are in place."""
     from prunecli.io.models import atomic_path, outputs_together
     from prunecli.run.preflight import plan_prune
 
@@ -247,14 +249,18 @@ def test_an_output_written_by_someone_else_during_the_run_is_not_replaced(tmp_pa
             for target in (out, tmp_path / "r.json"):
                 with atomic_path(target) as tmp:
                     tmp.write_text("this run's")
+            paths.write_text("-", "this run's report")
     assert out.read_text() == "the other run's model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras", "m.pruned.keras"], "nothing half written"
+    assert capsys.readouterr().out == "", "no report of a model that was not written"
     out.unlink()
     plan_prune(config)
     with outputs_together():  # unchanged since its plan: written
         with atomic_path(out) as tmp:
             tmp.write_text("this run's")
-    assert out.read_text() == "this run's"
+        paths.write_text("-", "this run's report")
+        assert capsys.readouterr().out == "", "printed after the renames"
+    assert out.read_text() == "this run's" and capsys.readouterr().out == "this run's report\n"
 
 
 @pytest.mark.parametrize("existed", [False, True], ids=["absent", "existing"])

@@ -450,29 +450,38 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Write text to `path`: '-' is stdout, a FIFO or device is written in place (never replaced),
     anything else atomically (temporary file beside it, then rename). Text that holds undecodable
     file-name bytes (surrogate escapes) is written with U+FFFD in their place: valid UTF-8 always."""
+    from prunecli.io.models import atomic_path, write_in_place
+
     text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     if str(path) == STDOUT:  # a closed pipe is handled once, by the CLI's entry point
-        import sys
-
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
-        sys.stdout.flush()
+        write_in_place(lambda: _print(text))
         return
     target = Path(path)
     st = _stat(target)
     if st is not None and _kind(st.st_mode) in ("a FIFO", "a device"):
-        try:
-            fd = _held_fifos.pop(os.path.abspath(target), None)
-            if fd is None:
-                fd = os.open(target, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
-            os.set_blocking(fd, True)  # a reader slower than us is waited for, not an error
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-        except OSError as exc:
-            raise write_error(shown(target), exc) from exc  # a full device is exit 6, as a full disk
+        write_in_place(lambda: _write_special(target, text))
         return
     if _lstat(target) is not None and stat.S_ISLNK(_lstat(target).st_mode):
         raise OutputError(f"{shown(target)} is a symbolic link; prunecli does not replace links")
-    from prunecli.io.models import atomic_path
-
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def _print(text: str) -> None:
+    import sys
+
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
+
+
+def _write_special(target: Path, text: str) -> None:
+    """`text` into a FIFO or device, in place (opened at plan time when it is a FIFO: _held_fifos)."""
+    try:
+        fd = _held_fifos.pop(os.path.abspath(target), None)
+        if fd is None:
+            fd = os.open(target, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+        os.set_blocking(fd, True)  # a reader slower than us is waited for, not an error
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise write_error(shown(target), exc) from exc  # a full device is exit 6, as a full disk

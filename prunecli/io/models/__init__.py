@@ -31,6 +31,7 @@ from prunecli.io.models.write import (
     save,
     staged,
     temp_name,
+    write_in_place,
 )
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "outputs_together",
     "replace_dir",
     "staged",
+    "write_in_place",
     "check_finite",
     "check_memory",
     "check_safe",

@@ -146,7 +146,8 @@ def temp_name(target: Path) -> str:
     return f".{_temp_stem(target)}.{os.getpid()}.{secrets.token_hex(TOKEN_HEX // 2)}.tmp{target.suffix}"
 
 
-_together: dict = {"open": 0, "staged": []}  # outputs_together(): open blocks, [(temp, target)] to rename
+_together: dict = {"open": 0, "staged": [], "in_place": []}  # outputs_together(): open blocks, [(temp,
+# target)] to rename, [writes to stdout, a FIFO or a device] to make once the renames are done
 _planned: dict[str, tuple | None] = {}  # a planned output (absolute path) -> what it was when planned
 
 
@@ -329,10 +330,22 @@ def discard_staged() -> list[Path]:
 
 
 def _discard_staged() -> None:
-    staged, _together["staged"] = _together["staged"], []
+    staged, _together["staged"], _together["in_place"] = _together["staged"], [], []
     for tmp, _target in staged:
         with contextlib.suppress(OSError):
             _remove(tmp)
+
+
+def write_in_place(write) -> None:
+    """Make `write()` (a report or summary to standard output, a FIFO or a device: nothing to rename)
+    with the run's commit, right after its renames, at once outside outputs_together. Written before
+    them, `-r -` printed the sha256 and sparsity of a model that a refused commit (an output changed
+    meanwhile, an immutable target) or a Ctrl-C before it then never wrote; a write that fails (a full
+    device, exit 6) still leaves no new model: the renames are undone."""
+    if _together["open"]:
+        _together["in_place"].append(write)
+    else:
+        write()
 
 
 def _commit() -> None:
@@ -352,22 +365,33 @@ def _commit() -> None:
         for tmp, target in _together["staged"]:
             moved.append((target, _place(tmp, target)))
     except (OSError, OutputError) as exc:
-        for done, backup in reversed(moved):
-            with contextlib.suppress(OSError):
-                _remove(done)
-            if backup is not None:
-                with contextlib.suppress(OSError):
-                    _put_back(backup, done)
-        _discard_staged()
+        _undo(moved)
         if isinstance(exc, OutputError):
             raise
         raise write_error(target, exc) from exc
-    _together["staged"] = []
+    try:
+        for write in _together["in_place"]:
+            write()
+    except Exception:  # its own error: a full device (exit 6), a closed standard output
+        _undo(moved)
+        raise
+    _together["staged"], _together["in_place"] = [], []
     _committed(targets)
     for _target, backup in moved:
         if backup is not None:
             with contextlib.suppress(OSError):
                 _remove(backup)
+
+
+def _undo(moved: list[tuple]) -> None:
+    """Every target placed so far back as it was (its set-aside content returned), staged files removed."""
+    for done, backup in reversed(moved):
+        with contextlib.suppress(OSError):
+            _remove(done)
+        if backup is not None:
+            with contextlib.suppress(OSError):
+                _put_back(backup, done)
+    _discard_staged()
 
 
 def replace_dir(src: Path, target: Path) -> None:
