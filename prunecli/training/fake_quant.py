@@ -115,6 +115,10 @@ def _rebuilt_convolutions(model, owned: dict[int, str]) -> None:
     from prunecli.structure import keras_graph, quantized_conv, rebuild
 
     kinds = tuple(getattr(keras.layers, name) for name in QUANTIZED_CLASSES) + (keras.layers.Embedding,)
+    # Keras' own layers that make their projections from their arguments: MultiHeadAttention's query,
+    # key, value and output EinsumDense reload float (a plain model's int8 file: "Layer 'key' expected 2
+    # variables, but received 0", exit 4 after the whole run), unless a KerasHub backbone records them
+    builders = (keras.layers.MultiHeadAttention, keras.layers.GroupQueryAttention)
 
     def walk(layer, owner, recorded) -> None:
         for child in keras_graph.children(layer):
@@ -131,6 +135,7 @@ def _rebuilt_convolutions(model, owned: dict[int, str]) -> None:
                         " dtype policy: quantized there, it would reload float"
                     )
             rebuilt = not (_graph_config(child) if keras_graph.is_model(child) else rebuild.keras_own(child))
+            rebuilt = rebuilt or isinstance(child, builders)
             walk(child, child if rebuilt else owner, recorded or _recorded_policies(child))
 
     walk(model, None if _graph_config(model) else model, _recorded_policies(model))
