@@ -9,7 +9,9 @@ its failed gate had withheld.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,3 +153,45 @@ def test_accuracy_measured_on_the_rows_fine_tuned_on_is_said(cli, tmp_path, trai
             "measured on the data it was fine-tuned on" in n for n in json.loads(report.read_text())["notes"]
         )
     assert said == {"d.npz": True, "test.npz": False}
+
+
+@pytest.mark.slow  # 2-6 s: one run makes most kinds of file the report describes
+def test_the_report_and_summary_state_what_the_written_files_hold(cli, tmp_path, trained):
+    """Session 29's audit reloaded every kind of output (pruned .keras and .h5, --shrink, --quantize int8
+    and int4, --export tflite, tflite-int8 and savedmodel) and found the report's figures to be the
+    files': this guards the hardest run of them, read back independently of the report's own counting
+    (int8 codes are zero exactly where the weights are, so no dequantization is needed)."""
+    import hashlib
+    import re
+
+    import keras
+    import tensorflow as tf
+
+    out, report, summary = tmp_path / "q.keras", tmp_path / "q.json", tmp_path / "q.md"
+    result = cli(
+        "prune", trained / "m.keras", "-g", "neuron", "-s", "0.5", "--shrink", "--quantize", "int8",
+        "--data", trained / "d.npz", "--export", "tflite-int8", "-o", out, "-r", report, "--markdown", summary, "-q",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    claims = json.loads(report.read_text())
+    assert claims["output"]["bytes"] == out.stat().st_size
+    assert claims["output"]["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    model = keras.saving.load_model(out, compile=False)
+    weights = [np.asarray(w) for w in model.weights if not re.search(r"(_scale|_zero)$", w.path)]
+    params, nonzeros = sum(w.size for w in weights), sum(int(np.count_nonzero(w)) for w in weights)
+    assert (claims["totals"]["params"], claims["totals"]["nonzeros"]) == (params, nonzeros)
+    assert params < (8 + 1) * 32 + (32 + 1) * 16 + (16 + 1) * 3, "the written model is the shrunk one"
+    text = summary.read_text()
+    assert f"whole model {1 - nonzeros / params:.1%} sparse ({nonzeros:,} of {params:,})" in text
+    assert f"| output | `{out}` | {out.stat().st_size / 1024:.1f} KiB |" in text
+    exported = claims["export"]["tflite-int8"]
+    tflite = tmp_path / Path(exported["path"]).name
+    assert exported["bytes"] == tflite.stat().st_size
+    interpreter = tf.lite.Interpreter(model_path=str(tflite))
+    codes = []
+    for d in interpreter.get_tensor_details():
+        if d["dtype"] == np.int8 and len(d["shape"]) == 2:
+            with contextlib.suppress(ValueError):  # not allocated: an activation, not a constant kernel
+                codes.append(interpreter.get_tensor(d["index"]))
+    counted = {"values": sum(c.size for c in codes), "zeros": sum(int((c == 0).sum()) for c in codes)}
+    assert {k: exported["int8_weights"][k] for k in counted} == counted
