@@ -405,14 +405,14 @@ def test_a_failed_rename_puts_every_output_back(models, tmp_path, monkeypatch):
     from prunecli.io.models import write
 
     before = _previous_run(models, tmp_path)
-    real = os.replace
+    real = write._place  # each new output onto its target: swapped with the old one, or set aside
 
-    def refuse_the_model(src, dst):  # as an immutable file (chattr +i) refuses to be moved
-        if Path(src).name == "o.keras":
+    def refuse_the_model(tmp, target):  # as an immutable file (chattr +i) refuses to be moved
+        if Path(target).name == "o.keras":
             raise PermissionError(errno.EPERM, "Operation not permitted")
-        return real(src, dst)
+        return real(tmp, target)
 
-    monkeypatch.setattr(write.os, "replace", refuse_the_model)
+    monkeypatch.setattr(write, "_place", refuse_the_model)
     result = _second_run(models, tmp_path)
     assert result.exit_code == ExitCode.OUTPUT, result.output
     assert (
@@ -442,17 +442,17 @@ def test_a_signal_during_the_renames_stops_the_run_after_all_of_them(models, tmp
     from prunecli.io.models import write
 
     _previous_run(models, tmp_path)
-    real = write.place_new  # each new output onto its target (the old one was set aside first)
+    real = write._place  # each new output onto its target: swapped with the old one, or set aside
     renames = []
 
-    def signalled(src, dst):
+    def signalled(tmp, target):
         if not renames:
             os.kill(os.getpid(), signal.SIGTERM)
-        renames.append(Path(dst).name)
-        return real(src, dst)
+        renames.append(Path(target).name)
+        return real(tmp, target)
 
     saved = {sig: signal.getsignal(sig) for sig in interrupts.STOP_SIGNALS}
-    monkeypatch.setattr(write, "place_new", signalled)
+    monkeypatch.setattr(write, "_place", signalled)
     try:
         interrupts.install()
         result = _second_run(models, tmp_path)

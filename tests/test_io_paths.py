@@ -264,17 +264,21 @@ def test_an_output_written_by_someone_else_during_the_run_is_not_replaced(tmp_pa
 
 
 @pytest.mark.parametrize("existed", [False, True], ids=["absent", "existing"])
-@pytest.mark.parametrize("os_offers", ["no-replace rename", "hard link", "neither"])
+@pytest.mark.parametrize("os_offers", ["exchange", "no-replace rename", "hard link", "neither"])
 def test_an_output_written_right_after_the_last_check_is_not_replaced(tmp_path, monkeypatch, existed, os_offers):
     """The window between the check that an output is as planned and the rename onto it: a rival
     writer landing there (measured with a racing thread: 8 of 2000 commits onto a free name and 38 of
-    2000 onto an existing one replaced the rival's file without a word) now meets a no-replace rename
-    or the set-aside's own check, so the run refuses (exit 5) and the rival's file stays; where the OS
-    has no no-replace rename, a hard link does it, and where it has neither, a last check."""
+    2000 onto an existing one replaced the rival's file without a word) now meets an exchange checked
+    after the swap, a no-replace rename or the set-aside's own check, so the run refuses (exit 5) and
+    the rival's file stays; where the OS has no two-name rename, a hard link does it, and where it has
+    neither, a last check."""
     from prunecli.io.models import outputs_together, write
 
-    if os_offers != "no-replace rename":
-        monkeypatch.setattr(write, "_noreplace_call", lambda: None)
+    offered = {"exchange": ("exchange", "noreplace"), "no-replace rename": ("noreplace",)}.get(os_offers, ())
+    if "exchange" in offered and write._rename_call("exchange") is None:
+        pytest.skip("this platform has no exchanging rename")
+    real = write._rename_call
+    monkeypatch.setattr(write, "_rename_call", lambda kind: real(kind) if kind in offered else None)
     if os_offers == "neither":
         monkeypatch.setattr(write.os, "link", lambda *a, **k: (_ for _ in ()).throw(PermissionError(1, "no")))
     out = tmp_path / "o.keras"
@@ -301,6 +305,43 @@ def test_an_output_written_right_after_the_last_check_is_not_replaced(tmp_path, 
     with atomic_path(out) as tmp:
         tmp.write_text("this run's")
     assert out.read_text() == "this run's" and sorted(p.name for p in tmp_path.iterdir()) == ["o.keras"]
+
+
+def test_replacing_an_output_swaps_it_in_one_step_where_the_os_can(tmp_path, monkeypatch):
+    """With an exchanging rename (renameat2 on Linux, renamex_np on macOS) the old output is never moved
+    away first: a run killed between that move and the rename left nothing at -o, the old file under a
+    temporary name that the next run's cleanup removes. A later output's failure swaps it back too."""
+    from prunecli.io.models import outputs_together, write
+
+    swap, probe = write._rename_call("exchange"), [tmp_path / "a", tmp_path / "b"]
+    for p in probe:
+        p.write_text(p.name)
+    if swap is None or swap(*probe):
+        pytest.skip("no exchanging rename here")
+    for p in probe:
+        p.unlink()
+    monkeypatch.setattr(write, "_set_aside", lambda target: pytest.fail(f"{target} was moved aside"))
+    out, report = tmp_path / "o.keras", tmp_path / "r.json"
+    out.write_text("old model")
+    report.write_text("old report")
+    with atomic_path(out) as tmp:
+        tmp.write_text("new model")
+    assert out.read_text() == "new model"
+    place = write._place
+
+    def report_fails(tmp, target):
+        if target == report:
+            raise PermissionError(1, "immutable")
+        return place(tmp, target)
+
+    monkeypatch.setattr(write, "_place", report_fails)
+    with pytest.raises(OutputError):
+        with outputs_together():
+            for target in (out, report):
+                with atomic_path(target) as tmp:
+                    tmp.write_text("newer")
+    assert (out.read_text(), report.read_text()) == ("new model", "old report")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.keras", "r.json"], "no temporary file left"
 
 
 def test_the_report_is_valid_json_with_null_for_nan():

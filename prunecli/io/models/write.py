@@ -175,30 +175,43 @@ def _changed(target) -> OutputError:
     )
 
 
-RENAME_NOREPLACE = 1  # renameat2's flag (linux/fs.h): fail with EEXIST instead of replacing
-RENAME_EXCL = 4  # renamex_np's flag (macOS sys/stdio.h), the same promise
+# The flags of the C library's two-name renames: renameat2 (linux/fs.h; glibc 2.28+, musl 1.2.2+) and
+# renamex_np (macOS sys/stdio.h). NOREPLACE fails with EEXIST instead of replacing; EXCHANGE swaps the
+# two names in one step, so the target never stops existing.
+_RENAME_FLAGS = {"linux": {"noreplace": 1, "exchange": 2}, "darwin": {"noreplace": 4, "exchange": 2}}
 _AT_FDCWD = -100
+_UNSUPPORTED = (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP)  # this file system or kernel lacks it
 
 
 @functools.cache
-def _noreplace_call():
-    """The C library's no-replace rename, or None: renameat2 (glibc 2.28+, musl 1.2.2+) on Linux,
-    renamex_np on macOS. Bound once per process."""
+def _rename_call(kind: str):
+    """The C library's rename with `kind`'s flag ("noreplace" or "exchange") as a function of two paths
+    that returns 0 or the errno, or None where this platform has no such call. Bound once per process."""
     import ctypes
 
+    platform = "linux" if sys.platform.startswith("linux") else sys.platform
+    if platform not in _RENAME_FLAGS:
+        return None
     try:
         libc = ctypes.CDLL(None, use_errno=True)
     except OSError:
         return None
-    if sys.platform.startswith("linux") and hasattr(libc, "renameat2"):
+    flag = _RENAME_FLAGS[platform][kind]
+    if platform == "linux" and hasattr(libc, "renameat2"):
         call = libc.renameat2
         call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-        return lambda src, dst: call(_AT_FDCWD, src, _AT_FDCWD, dst, RENAME_NOREPLACE)
-    if sys.platform == "darwin" and hasattr(libc, "renamex_np"):
+        bound = lambda src, dst: call(_AT_FDCWD, src, _AT_FDCWD, dst, flag)  # noqa: E731
+    elif platform == "darwin" and hasattr(libc, "renamex_np"):
         call = libc.renamex_np
         call.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint]
-        return lambda src, dst: call(src, dst, RENAME_EXCL)
-    return None
+        bound = lambda src, dst: call(src, dst, flag)  # noqa: E731
+    else:
+        return None
+
+    def rename(src, dst) -> int:
+        return 0 if bound(os.fsencode(src), os.fsencode(dst)) == 0 else ctypes.get_errno()
+
+    return rename
 
 
 def place_new(src: Path, dst: Path) -> None:
@@ -207,14 +220,12 @@ def place_new(src: Path, dst: Path) -> None:
     and the rename) raises FileExistsError instead of being replaced without a word. Falls back to a
     hard link (atomic too, files only) where the file system refuses the no-replace rename, and to a
     check right before os.replace (a window of microseconds) where it has no hard links either."""
-    call = _noreplace_call()
+    call = _rename_call("noreplace")
     if call is not None:
-        import ctypes
-
-        if call(os.fsencode(src), os.fsencode(dst)) == 0:
+        err = call(src, dst)
+        if not err:
             return
-        err = ctypes.get_errno()
-        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        if err not in _UNSUPPORTED:
             raise OSError(err, os.strerror(err), str(dst))
     if not os.path.isdir(src):
         try:
@@ -256,9 +267,34 @@ def _put_back(backup: Path, target: Path) -> None:
         _remove(backup)
 
 
+def _exchange(tmp: Path, target: Path) -> bool:
+    """Swap `tmp` and an existing `target` in one step (True), so that `target` never stops existing:
+    a run killed mid-commit leaves the old output or the new one there, never neither. The old content,
+    now at `tmp`'s name, is checked against the plan and swapped back if another writer replaced it
+    since (their file stays). False where the OS or file system cannot swap, or nothing is at `target`."""
+    swap = _rename_call("exchange")
+    if swap is None or not os.path.lexists(target):
+        return False
+    err = swap(tmp, target)
+    if err in (*_UNSUPPORTED, errno.ENOENT):  # ENOENT: the target went away since lexists
+        return False
+    if err:
+        raise OSError(err, os.strerror(err), str(target))
+    key = os.path.abspath(target)
+    if key in _planned and file_identity(tmp) != _planned[key]:
+        err = swap(tmp, target)
+        if err:
+            raise OSError(err, os.strerror(err), str(target))
+        raise _changed(target)
+    return True
+
+
 def _place(tmp: Path, target: Path) -> Path | None:
-    """This run's `tmp` onto `target`: set aside what is there (as planned), then a no-replace rename.
-    Returns the set-aside old content, for the caller to remove once every output is in place."""
+    """This run's `tmp` onto `target`: swapped with what is there where the OS can (_exchange), else
+    that set aside (as planned) and a no-replace rename. Returns the old content's temporary path, for
+    the caller to remove once every output is in place (or to put back if a later one fails)."""
+    if _exchange(tmp, target):
+        return tmp
     backup = _set_aside(target)
     try:
         place_new(tmp, target)
@@ -384,8 +420,14 @@ def _commit() -> None:
 
 
 def _undo(moved: list[tuple]) -> None:
-    """Every target placed so far back as it was (its set-aside content returned), staged files removed."""
+    """Every target placed so far back as it was (its set-aside content returned: swapped back in one
+    step where the OS can, so the target never stops existing), staged files removed."""
+    swap = _rename_call("exchange")
     for done, backup in reversed(moved):
+        if backup is not None and swap is not None and not swap(backup, done):
+            with contextlib.suppress(OSError):
+                _remove(backup)  # now this run's new content
+            continue
         with contextlib.suppress(OSError):
             _remove(done)
         if backup is not None:
