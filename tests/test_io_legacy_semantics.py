@@ -509,3 +509,43 @@ def test_a_keras22_nested_sequential_written_as_a_bare_list_reads(tmp_path, cli)
     np.testing.assert_allclose(np.asarray(loaded(x)), original(x).numpy(), atol=1e-6)
     result = cli("prune", path, "-s", "0.5", "-o", tmp_path / "out.keras", "-q")
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.slow  # 2-4 s (a model saved, read and pruned): the full suite
+def test_a_channels_first_model_runs_on_a_cpu_and_says_why_its_convolutions_stay_whole(tmp_path, cli):
+    """OpenFace's nn4.small2 (Siamese-for-face-recognization's Keras-2 file, bench/ZOO.md) is channels-first
+    throughout: TensorFlow's CPU Conv2D takes NHWC only, so it loaded and failed on its first batch ("The
+    Conv2D op currently only supports the NHWC tensor format on the CPU"; Keras 3 transposes only for
+    pooling, depthwise and separable ones). Such convolutions now run transposed on a CPU and compute what
+    the channels-last twin computes; --shrink keeps their filters and says why (it said "nested model or
+    unsupported layer"), and slices the Dense layers after them."""
+    import keras
+
+    from prunecli.io import models as model_io
+
+    keras.utils.set_random_seed(4)
+    layers = keras.layers
+    inp = keras.Input((2, 8, 8))
+    x = layers.Conv2D(6, 3, data_format="channels_first", name="conv")(inp)
+    x = layers.Activation("relu")(layers.BatchNormalization(axis=1, name="bn")(x))
+    x = layers.GlobalAveragePooling2D(data_format="channels_first")(x)
+    hidden = layers.Dense(4, activation="relu", name="hidden")(x)
+    model = keras.Model(inp, layers.Dense(2, name="head")(hidden))
+    twin_inp = keras.Input((8, 8, 2))
+    twin_x = layers.Activation("relu")(layers.BatchNormalization(name="bn")(layers.Conv2D(6, 3, name="conv")(twin_inp)))
+    twin_hidden = layers.Dense(4, activation="relu", name="hidden")(layers.GlobalAveragePooling2D()(twin_x))
+    twin = keras.Model(twin_inp, layers.Dense(2, name="head")(twin_hidden))
+    twin.set_weights(model.get_weights())  # kernels do not depend on the data format
+    model.save(tmp_path / "chfirst.keras")
+    x = np.random.default_rng(0).standard_normal((5, 2, 8, 8)).astype("float32")
+    loaded = model_io.load(tmp_path / "chfirst.keras")[0]
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(twin(x.transpose(0, 2, 3, 1))), atol=1e-5)
+
+    out, report = tmp_path / "out.keras", tmp_path / "r.json"
+    result = cli("prune", tmp_path / "chfirst.keras", "-g", "neuron", "-s", "0.5", "--shrink", "-o", out, "-r", report)
+    assert result.exit_code == 0, result.output
+    shrunk = model_io.load(out)[0]
+    assert shrunk.get_layer("conv").filters == 6 and shrunk.get_layer("hidden").units == 2
+    assert np.isfinite(np.asarray(shrunk(x))).all()
+    notes = json.loads(report.read_text())["notes"]
+    assert any(n.startswith("shrink cannot slice conv (is channels_first") for n in notes), notes

@@ -48,15 +48,26 @@ def _group_notes(g, cuts: surgery.ChannelCuts) -> list[dict]:
     return [{"layers": list(m), "channels": n, "reason": why} for (m, why), n in sorted(summary.items())]
 
 
-def _unshrinkable_targets(run_targets, g, explained: set) -> list[str]:
-    """Pruned layers surgery cannot cut (nested models, unsupported layers; recurrent layers with a
-    given state are `explained` by their own note): they stay masked."""
-    sliced = {
-        key
-        for key, c in channels.unit_calls(g).items()
-        if c.kind in ("mixer", "recurrent") or surgery.is_depthwise(c.layer)
-    }
-    return sorted({t.layer_name for t in run_targets or [] if id(t.layer) not in sliced | explained})
+def _unshrinkable_targets(run_targets, g, explained: set) -> dict[str, list[str]]:
+    """Pruned layers surgery cannot cut, by why (the channel graph's reason for the layer's first call:
+    a channels-first or grouped convolution, ...; a nested model's layers have no call here): they stay
+    masked. Recurrent layers with a given state are `explained` by their own note."""
+    calls = channels.unit_calls(g)
+    sliced = {key for key, c in calls.items() if c.kind in ("mixer", "recurrent") or surgery.is_depthwise(c.layer)}
+    by_reason: dict[str, list[str]] = {}
+    for name, layer in sorted({t.layer_name: t.layer for t in run_targets or []}.items()):
+        if id(layer) in sliced | explained:
+            continue
+        call = calls.get(id(layer))
+        why = None
+        if call is not None:
+            why = channels.classify(
+                call.layer, [g.shapes[k] for k in call.inputs], [g.shapes[k] for k in call.outputs], call.node
+            )[1]
+        label = f"{layer.name} ({type(layer).__name__}) "
+        why = why[len(label) :] if why and why.startswith(label) else "nested model or unsupported layer"
+        by_reason.setdefault(why, []).append(name)
+    return by_reason
 
 
 def _recurrent_kept(g, run_targets) -> tuple[list[str], set]:
@@ -84,9 +95,8 @@ def _plan_notes(g, cuts: surgery.ChannelCuts, run_targets) -> tuple[list[dict], 
     ]
     recurrent, explained = _recurrent_kept(g, run_targets)
     notes += recurrent
-    left = ", ".join(_unshrinkable_targets(run_targets, g, explained))
-    if left:
-        notes.append(f"shrink cannot slice {left} (nested model or unsupported layer); their pruned units stay masked")
+    for why, names in _unshrinkable_targets(run_targets, g, explained).items():
+        notes.append(f"shrink cannot slice {', '.join(names)} ({why}); their pruned units stay masked")
     return groups, notes
 
 

@@ -8,13 +8,15 @@ One job per module: `metadata` identifies a file from its bytes, `memory` judges
 declares whether it fits, `read` loads it with Keras (`archive`: a `.keras` file's weights read in
 place, without Keras' in-memory copy of them), `write` plans and commits the output
 atomically, `sizes` measures a file for the report, `cudnn` reads Keras-2 CuDNNGRU/CuDNNLSTM layers as the plain
-layers they equal, `custom` registers the user's code for custom layers and Lambda functions. This package is the public API.
+layers they equal, `custom` registers the user's code for custom layers and Lambda functions, `channels_first` runs channels-first
+convolutions on a CPU. This package is the public API.
 """
 
 from __future__ import annotations
 
 import os
 
+from prunecli.io.models import channels_first
 from prunecli.io.models.cudnn import read_notes as _cudnn_notes
 from prunecli.io.models.custom import register as register_custom
 from prunecli.io.models.memory import check_memory
@@ -84,6 +86,7 @@ def load(path: str | os.PathLike, unsafe: bool = False, custom_objects: tuple[st
     file's code), the memory it declares; the loaded weights must then be finite. `custom_objects`:
     the user's .py files or modules whose classes and functions Keras needs (custom.py)."""
     custom = register_custom(tuple(custom_objects))
+    channels_first.run_on_cpu()  # a channels-first model then runs here as on a GPU
     info = inspect_file(path)
     if not unsafe:
         check_safe(info, custom)
