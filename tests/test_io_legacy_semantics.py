@@ -518,7 +518,8 @@ def test_a_channels_first_model_runs_on_a_cpu_and_says_why_its_convolutions_stay
     Conv2D op currently only supports the NHWC tensor format on the CPU"; Keras 3 transposes only for
     pooling, depthwise and separable ones). Such convolutions now run transposed on a CPU and compute what
     the channels-last twin computes; --shrink keeps their filters and says why (it said "nested model or
-    unsupported layer"), and slices the Dense layers after them."""
+    unsupported layer"), and slices the Dense layers after them; a --target they keep out of reach is refused
+    naming that reason too (it said only "its units are not channels surgery can cut")."""
     import keras
 
     from prunecli.io import models as model_io
@@ -549,3 +550,6 @@ def test_a_channels_first_model_runs_on_a_cpu_and_says_why_its_convolutions_stay
     assert np.isfinite(np.asarray(shrunk(x))).all()
     notes = json.loads(report.read_text())["notes"]
     assert any(n.startswith("shrink cannot slice conv (is channels_first") for n in notes), notes
+    refused = cli("prune", tmp_path / "chfirst.keras", "--target", "params=0.5", "-o", tmp_path / "t.keras", "-q")
+    assert refused.exit_code == 2 and refused.stderr.strip().count("\n") == 0
+    assert "conv/kernel: its units are not channels surgery can cut (is channels_first" in refused.stderr

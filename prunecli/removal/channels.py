@@ -59,14 +59,8 @@ def _unshrinkable_targets(run_targets, g, explained: set) -> dict[str, list[str]
         if id(layer) in sliced | explained:
             continue
         call = calls.get(id(layer))
-        why = None
-        if call is not None:
-            why = channels.classify(
-                call.layer, [g.shapes[k] for k in call.inputs], [g.shapes[k] for k in call.outputs], call.node
-            )[1]
-        label = f"{layer.name} ({type(layer).__name__}) "
-        why = why[len(label) :] if why and why.startswith(label) else "nested model or unsupported layer"
-        by_reason.setdefault(why, []).append(name)
+        why = channels.why_other(g, call) if call is not None else None
+        by_reason.setdefault(why or "nested model or unsupported layer", []).append(name)
     return by_reason
 
 

@@ -54,7 +54,7 @@ from prunecli.errors import ConfigError
 from prunecli.selection import policy, tied
 from prunecli.selection.lamp import lamp_scores
 from prunecli.selection.policy import MaskSet
-from prunecli.structure import costs
+from prunecli.structure import channels, costs
 
 
 @dataclass(eq=False)
@@ -126,11 +126,14 @@ def _tracks(sets, config: PruneConfig, cost: costs.ChannelCosts, round_to: int |
         roots = tied.position_roots(g, e)
         why = ""
         if roots is None:
-            nested = id(e.members[0].target.layer) not in calls
+            call = calls.get(id(e.members[0].target.layer))
+            other = channels.why_other(g, call) if call is not None else None
             why = (
                 "it is inside a nested model or wrapper that is not opened (a frozen model, one of a class of its"
                 " own, a TimeDistributed model or convolution)"
-                if nested
+                if call is None
+                else f"its units are not channels surgery can cut ({other})"
+                if other
                 else "its units are not channels surgery can cut"
             )
         elif e.reasons and not e.prunable:  # --shrink pinned every channel of the set (tied.select_tied)

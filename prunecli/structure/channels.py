@@ -207,6 +207,15 @@ def _scalar(value) -> bool:
     return value is None or isinstance(value, (bool, int, float, str)) or np.ndim(value) == 0
 
 
+def why_other(g: LayerGraph, call: Call) -> str | None:
+    """Why `call` is not a channel flow the graph can cut, as classify says it without the layer's
+    label ("is channels_first or grouped", ...) for notes that name the layer themselves; None when
+    classify gives no reason."""
+    why = classify(call.layer, [g.shapes[k] for k in call.inputs], [g.shapes[k] for k in call.outputs], call.node)[1]
+    label = f"{call.layer.name} ({type(call.layer).__name__}) "
+    return why[len(label) :] if why and why.startswith(label) else why
+
+
 def classify(layer, in_shapes: list[tuple], out_shapes: list[tuple], node=None) -> tuple[str, str | None]:
     """How channels flow through one call of `layer` (a layer or a Keras operation), and why it is
     'other' when it is. The role comes from the layer table (structure/layers.py)."""
