@@ -511,7 +511,7 @@ def test_a_keras22_nested_sequential_written_as_a_bare_list_reads(tmp_path, cli)
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.slow  # 2-4 s (a model saved, read and pruned): the full suite
+@pytest.mark.slow  # ~4 s of CPU (a model saved, read, shrunk and refused a --target): the full suite
 def test_a_channels_first_model_runs_on_a_cpu_and_says_why_its_convolutions_stay_whole(tmp_path, cli):
     """OpenFace's nn4.small2 (Siamese-for-face-recognization's Keras-2 file, bench/ZOO.md) is channels-first
     throughout: TensorFlow's CPU Conv2D takes NHWC only, so it loaded and failed on its first batch ("The
