@@ -11,8 +11,9 @@ epochs), then for each fraction F in FRACTIONS:
   as in bench/structured_table.py;
 - prunecli's default command `prune MODEL --target params=P --data D --epochs 2` (which refits and
   distils by default), and the same with `--no-reconstruct --distill off` (plain fine-tuning, MCT's
-  recipe), per seed; and its one-shot model (no fine-tuning, the refit on). P is the parameter fraction
-  MCT reached (it lands below the weights memory it is given), so both nets have the same parameters.
+  recipe), per seed; and its one-shot model (no fine-tuning, the refit on). MCT lands below the weights
+  memory it is given; P is the parameter fraction it reached over (1 - TOLERANCE), so that prunecli, which
+  lands in [P * (1 - TOLERANCE), P], keeps at least as many parameters as MCT (at most 2% more).
 
 Accuracy on the 1,000 held-out images; fine-tuned cells are mean ± half the range over the seeds.
 
@@ -33,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import structured_table as st  # noqa: E402
 from bench_common import load_average, machine, mnist_subset, replace_section  # noqa: E402
 
+from prunecli.config.target import TOLERANCE  # noqa: E402
+
 HEADING = "## Sony MCT at the budgets it reaches"
 # the fractions of the weights memory MCT reaches on each net (above its floor, see the docstring)
 FRACTIONS = {"VGG (BN, same)": (0.8,), "ResNet-style": (0.9,), "MobileNetV2-style": (0.98,)}
@@ -52,10 +55,12 @@ def measure(label: str, seeds, folder: Path, data: Path, splits) -> dict:
     for fraction in FRACTIONS[label]:
         mct = st.mct_rows(h5, data, folder, [fraction], seeds, xt, yt, xv, yv)
         mct = mct.get(fraction, mct)
-        # MCT lands well below the weights memory it is given (0.58x parameters for 0.8): prunecli gets
-        # the parameter fraction MCT reached, so both have the same parameters
+        # MCT lands well below the weights memory it is given (0.58x parameters for 0.8). --target lands in
+        # [goal * (1 - TOLERANCE), goal], so asking for MCT's fraction gave prunecli fewer parameters than
+        # MCT kept (0.871 against 0.881 on the MobileNetV2-style net); the goal is raised so the band starts
+        # at MCT's fraction: prunecli keeps at least MCT's parameters, at most 2% more
         reached = mct.get("params_fraction", fraction)
-        target = {"target": f"params={min(fraction, reached):.4f}"}
+        target = {"target": f"params={min(fraction, reached / (1 - TOLERANCE)):.4f}"}
         row = {
             "mct": mct,
             "oneshot": st.run(path, data, out, seeds[0], 0, False, **target),
