@@ -396,6 +396,14 @@ class PruneConfig:
     sizes: bool = setting(
         True, help="Skip the gzip size of input and output.", flags=("--no-sizes",), kind="off", commands=PRUNE_ONLY
     )
+    speed: bool = setting(
+        True,
+        help="Skip timing a KerasHub decoder's tokens per second before and after it is rebuilt (--shrink,"
+        " -g layer, -g hidden; seconds to minutes on a large model); the per-block table stays.",
+        flags=("--no-speed",),
+        kind="off",
+        commands=PRUNE_ONLY,
+    )
 
     def __post_init__(self) -> None:
         """--scope auto and --schedule auto become the measured best for this run: for element and block

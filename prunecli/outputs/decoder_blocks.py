@@ -113,9 +113,11 @@ def _decode_rate(causal_lm, rng) -> float:
     return (total - prompt) / best
 
 
-def measure(model, seq_len: int, seed: int) -> dict[str, Any]:
-    """The blocks and the speed of one model: half of the `decoder` section."""
-    return {"blocks": blocks_table(model, seq_len), "tokens_per_s": tokens_per_second(model, seq_len, seed)}
+def measure(model, seq_len: int, seed: int, speed: bool = True) -> dict[str, Any]:
+    """The blocks and (unless `speed` is off: --no-speed) the speed of one model: half of the `decoder`
+    section."""
+    timed = tokens_per_second(model, seq_len, seed) if speed else {"prefill": None, "decode": None}
+    return {"blocks": blocks_table(model, seq_len), "tokens_per_s": timed}
 
 
 def section(before: dict[str, Any], after: dict[str, Any], seq_len: int) -> dict[str, Any]:
@@ -138,5 +140,7 @@ def section(before: dict[str, Any], after: dict[str, Any], seq_len: int) -> dict
         "macs_after": sum(r["after"]["macs"] for r in rows if r["after"]),
         "tokens_per_s": speed,
         "measured": "on this machine, batch 1: prefill one traced forward pass; decode one traced cached step per"
-        f" token, {DECODE_TOKENS} tokens after a {DECODE_PROMPT}-token prompt",
+        f" token, {DECODE_TOKENS} tokens after a {DECODE_PROMPT}-token prompt"
+        if before["tokens_per_s"]["prefill"] is not None
+        else "tokens per second not timed (--no-speed)",
     }

@@ -202,9 +202,12 @@ def _decoder_view(model, config: PruneConfig, say, timings) -> dict | None:
         return None
     from prunecli.outputs import decoder_blocks
 
+    seq_len = config.seq_len or decoder_blocks.DEFAULT_SEQ_LEN
+    if not config.speed:  # --no-speed: the blocks table only
+        return decoder_blocks.measure(model, seq_len, config.seed, speed=False)
     say("measuring the decoder's tokens per second")
     with timings.phase("decoder_speed"):
-        return decoder_blocks.measure(model, config.seq_len or decoder_blocks.DEFAULT_SEQ_LEN, config.seed)
+        return decoder_blocks.measure(model, seq_len, config.seed)
 
 
 def _start(config: PruneConfig, progress: steps.Progress):
