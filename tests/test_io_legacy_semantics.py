@@ -516,8 +516,9 @@ def test_a_channels_first_model_runs_on_a_cpu_and_says_why_its_convolutions_stay
     """OpenFace's nn4.small2 (Siamese-for-face-recognization's Keras-2 file, bench/ZOO.md) is channels-first
     throughout: TensorFlow's CPU Conv2D takes NHWC only, so it loaded and failed on its first batch ("The
     Conv2D op currently only supports the NHWC tensor format on the CPU"; Keras 3 transposes only for
-    pooling, depthwise and separable ones). Such convolutions now run transposed on a CPU and compute what
-    the channels-last twin computes; --shrink keeps their filters and says why (it said "nested model or
+    pooling, depthwise and separable ones; a Conv2DTranspose failed the same way: "Conv2DCustomBackpropInputOp
+    only supports NHWC"). Such convolutions now run transposed on a CPU and compute what the channels-last
+    twin computes; --shrink keeps their filters and says why (it said "nested model or
     unsupported layer"), and slices the Dense layers after them; a --target they keep out of reach is refused
     naming that reason too (it said only "its units are not channels surgery can cut")."""
     import keras
@@ -529,11 +530,13 @@ def test_a_channels_first_model_runs_on_a_cpu_and_says_why_its_convolutions_stay
     inp = keras.Input((2, 8, 8))
     x = layers.Conv2D(6, 3, data_format="channels_first", name="conv")(inp)
     x = layers.Activation("relu")(layers.BatchNormalization(axis=1, name="bn")(x))
+    x = layers.Conv2DTranspose(3, 2, strides=2, data_format="channels_first", name="up")(x)  # a decoder's
     x = layers.GlobalAveragePooling2D(data_format="channels_first")(x)
     hidden = layers.Dense(4, activation="relu", name="hidden")(x)
     model = keras.Model(inp, layers.Dense(2, name="head")(hidden))
     twin_inp = keras.Input((8, 8, 2))
     twin_x = layers.Activation("relu")(layers.BatchNormalization(name="bn")(layers.Conv2D(6, 3, name="conv")(twin_inp)))
+    twin_x = layers.Conv2DTranspose(3, 2, strides=2, name="up")(twin_x)
     twin_hidden = layers.Dense(4, activation="relu", name="hidden")(layers.GlobalAveragePooling2D()(twin_x))
     twin = keras.Model(twin_inp, layers.Dense(2, name="head")(twin_hidden))
     twin.set_weights(model.get_weights())  # kernels do not depend on the data format
@@ -546,10 +549,10 @@ def test_a_channels_first_model_runs_on_a_cpu_and_says_why_its_convolutions_stay
     result = cli("prune", tmp_path / "chfirst.keras", "-g", "neuron", "-s", "0.5", "--shrink", "-o", out, "-r", report)
     assert result.exit_code == 0, result.output
     shrunk = model_io.load(out)[0]
-    assert shrunk.get_layer("conv").filters == 6 and shrunk.get_layer("hidden").units == 2
-    assert np.isfinite(np.asarray(shrunk(x))).all()
+    assert shrunk.get_layer("conv").filters == 6 and shrunk.get_layer("up").filters == 3
+    assert shrunk.get_layer("hidden").units == 2 and np.isfinite(np.asarray(shrunk(x))).all()
     notes = json.loads(report.read_text())["notes"]
-    assert any(n.startswith("shrink cannot slice conv (is channels_first") for n in notes), notes
+    assert any(n.startswith("shrink cannot slice conv, up (is channels_first") for n in notes), notes
     refused = cli("prune", tmp_path / "chfirst.keras", "--target", "params=0.5", "-o", tmp_path / "t.keras", "-q")
     assert refused.exit_code == 2 and refused.stderr.strip().count("\n") == 0
     assert "conv/kernel: its units are not channels surgery can cut (is channels_first" in refused.stderr
