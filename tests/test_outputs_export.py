@@ -439,6 +439,34 @@ def test_recurrent_layers_of_a_fixed_length_export_to_builtin_and_int8_tflite(tm
     assert any("converted unrolled" in n for n in result.report.notes)
 
 
+@pytest.mark.slow  # 1-2 s: a trace and an int8 conversion
+def test_a_convolution_after_a_rot90_converts_to_builtin_int8(tmp_path):
+    """Keras 3's rot90 on TensorFlow reshapes to sizes sliced from tf.shape: Python's trace knows them,
+    TFLite's converter does not, so the convolution after it saw an open channel count and stayed
+    tf.Conv2D, and int8 was refused (exit 7, DELIGHT's Rot90 layers in bench/ZOO.md). The export twin
+    reshapes such a call's output (a rot90 node or one inside a Lambda; not a flip, which reads no
+    sizes) to what Keras knows: builtin int8, checked against Keras."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    image = keras.Input((8, 8, 1))
+    conv = keras.layers.Conv2D(4, 3)  # shared, as DELIGHT's trunk
+    turned = keras.ops.rot90(image, k=1, axes=(1, 2))
+    turned_back = keras.layers.Lambda(lambda t: keras.ops.rot90(t, k=3, axes=(1, 2)))(image)
+    mirrored = keras.ops.flip(image, axis=2)
+    joined = keras.layers.Concatenate()([conv(turned), conv(turned_back), conv(mirrored)])
+    model = keras.Model(image, keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(joined)))
+    x = np.random.default_rng(0).random((32, 8, 8, 1)).astype("float32")
+    twin = export.for_tflite(model)
+    assert sum(isinstance(lay, keras.layers.Reshape) for lay in twin.layers) == 2
+    np.testing.assert_allclose(np.asarray(twin(x)), np.asarray(model(x)), rtol=1e-6, atol=1e-6)
+    export.write_savedmodel(twin, tmp_path / "saved")
+    content, encoding = export.convert_tflite(tmp_path / "saved", lambda: iter([[x]]), try_sparse=False)
+    assert encoding["ops"] == export.BUILTIN_OPS
+    check = export.compare_tflite(content, [x], [np.asarray(model(x))], [model.inputs[0].name])
+    assert check["samples"] == 32 and check["top1_agreement"] >= 0.9
+
+
 def test_an_integer_input_without_a_scale_is_fed_as_it_is():
     """Quantised means a scale, not an integer dtype: a model's own int8 token ids (DM3Loc, bench/ZOO.md)
     were divided by their 0 scale and fed as 127 each ('gather index out of bounds', exit 1)."""

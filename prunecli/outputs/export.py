@@ -86,7 +86,7 @@ def run(model, out_path: Path, data, config, progress, timings, baseline=None, u
         source = saved
         if any(fmt != "savedmodel" for fmt in formats):
             converted = for_tflite(float_model)
-            if converted is not float_model:
+            if _unrolled_count(converted) > _unrolled_count(float_model):
                 notes.append(
                     f"TFLite: the recurrent layers were converted unrolled over their time steps (at most"
                     f" {MAX_UNROLLED_STEPS}), so the file runs on TFLite's builtin ops and int8 kernels"
@@ -217,11 +217,22 @@ def _sizes(samples) -> str:
 def for_tflite(model):
     """The model TFLite's converter is given: `model`, or its twin with the recurrent layers unrolled
     where their length is fixed and at most MAX_UNROLLED_STEPS (structure/rebuild.unrolled: builtin
-    ops and int8 kernels instead of select-TF TensorList ops)."""
+    ops and int8 kernels instead of select-TF TensorList ops), and with the sizes Keras knows restored
+    after each call whose TensorFlow trace loses them (structure/rebuild.static_shaped: a convolution
+    after Keras' rot90 was left as select-TF tf.Conv2D, and int8 refused)."""
     from prunecli.structure import rebuild
 
-    twin = rebuild.unrolled(model, MAX_UNROLLED_STEPS)
-    return model if twin is None else twin
+    twin = rebuild.unrolled(model, MAX_UNROLLED_STEPS) or model
+    return rebuild.static_shaped(twin) or twin
+
+
+def _unrolled_count(model) -> int:
+    """How many of the model's recurrent layers (Bidirectional's halves included) run unrolled."""
+    import keras
+
+    from prunecli.structure import keras_graph
+
+    return sum(isinstance(lay, keras.layers.RNN) and lay.unroll for lay in keras_graph.all_layers(model))
 
 
 # ---------------------------------------------------------------- writing

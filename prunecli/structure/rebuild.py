@@ -618,6 +618,91 @@ def unrolled(model, max_steps: int):
     return new
 
 
+def static_shaped(model):
+    """A model computing what `model` does, with a Reshape to the sizes Keras knows after each call of its
+    top-level graph whose sizes TensorFlow Lite's converter may not know (`_run_time_shaped_outputs`);
+    None when there is none or the graph cannot be read or traced.
+
+    Why: TFLite's converter legalises a convolution to its builtin (and int8) kernels only with a known
+    number of input channels. Keras 3's `ops.rot90` on TensorFlow reshapes its input to a shape sliced
+    from `tf.shape`: Python's trace still infers (batch, 30, 30, 1), the converter's own shape inference
+    (batch, 30, 30, ?), so the convolution after it stayed tf.Conv2D, int8 TFLite was refused (exit 7) and
+    the float file needed select TF ops (DELIGHT's Rot90 layers, bench/ZOO.md). The Reshape is the
+    identity on the values and constant sizes for the converter (one RESHAPE op in the TFLite file)."""
+    import keras
+
+    graph = keras_graph.functional(model)
+    if graph is None:
+        return None
+    run_time_shaped = _run_time_shaped_outputs(graph)
+    if not run_time_shaped:
+        return None
+    new_inputs, tensors = _fresh_inputs(graph, {})
+    for node in ordered_nodes(graph):
+        if any(id(t) not in tensors for t in node.input_tensors):
+            continue
+        for old, new in zip(node.outputs, keras_graph.call_node(node, tensors), strict=True):
+            tensors[id(old)] = keras.layers.Reshape(tuple(old.shape[1:]))(new) if id(old) in run_time_shaped else new
+    return _model_like(model, graph, new_inputs, tensors)
+
+
+def _shapes_kept(operation) -> bool:
+    """One of Keras' own layers, whose traced sizes the TFLite converter infers (a Lambda runs the user's code)."""
+    import keras
+
+    return (
+        isinstance(operation, keras.layers.Layer)
+        and keras_own(operation)
+        and not isinstance(operation, keras.layers.Lambda)
+    )
+
+
+SHAPE_READING_OPS = frozenset({"Shape", "ShapeN", "Size", "Rank"})  # TF ops that read a tensor's sizes at run time
+
+
+def _run_time_shaped_outputs(graph) -> set[int]:
+    """ids of the graph's call outputs whose sizes past the batch Keras knows in full, and that a
+    TensorFlow trace of the graph (inference, open batch, as a SavedModel signature traces it) either
+    leaves open or computes from sizes read at run time (a Shape op) in a call that is not one of Keras'
+    own layers (a Keras operation such as rot90 called as a node, a custom or Lambda layer): Python's
+    trace infers such sizes from partly known shapes, the TFLite converter does not. Keras' own layers
+    read the batch size that way (Flatten, Reshape) and convert with their sizes known (`_shapes_kept`).
+    Empty without tracing when every call is one of Keras' own layers, and when the graph cannot be
+    traced so (the export then says why itself)."""
+    import tensorflow as tf
+
+    if all(_shapes_kept(node.operation) for node in ordered_nodes(graph)):
+        return set()
+    found: set[int] = set()
+
+    def trace(*inputs):
+        func_graph = tf.compat.v1.get_default_graph()
+        values = {id(x): v for x, v in zip(graph.inputs, inputs, strict=True)}
+        for node in ordered_nodes(graph):
+            if any(id(t) not in values for t in node.input_tensors):
+                continue
+            before = len(func_graph.get_operations())
+            outputs = keras_graph.call_node(node, values, training=False)
+            reads_sizes = not _shapes_kept(node.operation) and any(
+                op.type in SHAPE_READING_OPS for op in func_graph.get_operations()[before:]
+            )
+            for old, new in zip(node.outputs, outputs, strict=True):
+                known = tuple(old.shape)[1:]
+                traced = getattr(new, "shape", None)
+                if None not in known and isinstance(traced, tf.TensorShape):
+                    if reads_sizes or traced.rank is None or None in traced.as_list()[1:]:
+                        found.add(id(old))
+                        new = tf.ensure_shape(new, (None, *known))  # the calls after it traced on these sizes
+                values[id(old)] = new
+
+    specs = [tf.TensorSpec(tuple(x.shape), x.dtype) for x in graph.inputs]
+    try:
+        tf.function(trace).get_concrete_function(*specs)
+    except Exception:  # Keras/TF raise many types for a graph that cannot be traced on open sizes
+        return set()
+    return found
+
+
 DEPTHWISE_TWINS = {"Conv1D": "DepthwiseConv1D", "Conv2D": "DepthwiseConv2D"}  # a grouped conv's twin class
 
 
