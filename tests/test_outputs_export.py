@@ -731,3 +731,39 @@ def test_an_integer_input_fed_from_data_is_exported_and_checked_in_its_own_dtype
         assert section[fmt]["sample_source"] == "data" and section[fmt]["samples"] == 40
         assert section[fmt]["max_abs_diff"] < 1e-5
     assert (tmp_path / "out_savedmodel").is_dir() and (tmp_path / "out.tflite").is_file()
+
+
+def test_top_class_agreement_is_for_class_scores_only():
+    """A regressor's vector output has no top class (DELIGHT's 16 offsets were reported "agrees with the
+    Keras model on the top class of 91.4%"): the labels' task decides, and without labels the output's
+    activation (softmax, sigmoid, a Softmax layer)."""
+    import keras
+
+    from prunecli.training.metrics import Task, gives_class_scores
+
+    inp = keras.Input((3,))
+    regressor = keras.Model(inp, keras.layers.Dense(4)(inp))
+    assert not gives_class_scores(regressor, None)
+    assert gives_class_scores(keras.Model(inp, keras.layers.Dense(4, activation="softmax")(inp)), None)
+    assert gives_class_scores(keras.Model(inp, keras.layers.Softmax()(keras.layers.Dense(4)(inp))), None)
+    assert gives_class_scores(regressor, Task("sparse_categorical_crossentropy", "accuracy"))  # logits, labelled
+    assert not gives_class_scores(regressor, Task("mse", None))
+
+
+@pytest.mark.slow  # 2-4 s: one float TFLite export
+def test_a_vector_regressor_export_reports_its_relative_error_not_a_top_class(tmp_path, cli):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,))
+    keras.Model(inp, keras.layers.Dense(16)(keras.layers.Dense(32, activation="relu")(inp))).save(tmp_path / "m.keras")
+    report = tmp_path / "r.json"
+    args = ("-s", "0.5", "--export", "tflite", "--quantize", "int8", "-o", tmp_path / "o.keras", "-r", report)
+    result = cli("prune", tmp_path / "m.keras", *args)
+    assert result.exit_code == 0, result.output
+    written = json.loads(report.read_text())
+    entry = written["export"]["tflite"]
+    assert "top1_agreement" not in entry and entry["relative_error"] < 0.05  # int8 rounding; its sparse encoding: 0.60
+    assert "top1_agreement" not in written["quantize"]["output_difference"]
+    assert "top class" not in result.output
+    assert entry["encoding"] == "dense" and "sparse_refused" in entry  # smaller, but not the same function

@@ -34,6 +34,7 @@ from prunecli.results import StepResult
 from prunecli.structure import quantized_conv
 from prunecli.structure.layers import zero_centred_codes
 from prunecli.training.fake_quant import QUANTIZED_CLASSES, already_quantized, has_lora, quantized_kinds
+from prunecli.training.metrics import gives_class_scores
 
 SAMPLES = 256  # inputs the quantized model is compared on with the float pruned model
 EMBEDDING_MODES = ("int8", "int4")  # the modes of Keras' own quantized Embedding
@@ -89,6 +90,8 @@ def run(model, targets, masks, data, task, config, float_metrics, progress, timi
         )
     section.update(layers_quantized=layers, left_float=left_float, zeros=_zeros(layers), reload=reload)
     section["output_difference"] = {"sample_source": source, **_differences(reference, quantized)}
+    if not gives_class_scores(model, task):  # a regressor's vector output has no top class
+        section["output_difference"].pop("top1_agreement", None)
     if sizes:
         section["sizes"] = sizes
     if data is not None and task is not None:

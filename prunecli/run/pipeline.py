@@ -261,7 +261,7 @@ def write_outputs(state, config: PruneConfig, out, masked_model, say, timings, u
     from prunecli.outputs import export
 
     baseline = masked_model if state.model is not masked_model else None  # timed in TFLite beside the shrunk one
-    exported = export.run(state.model, out, state.data, config, say, timings, baseline, unquantized)
+    exported = export.run(state.model, out, state.data, config, say, timings, baseline, unquantized, state.task)
     return state.after(exported), out, steps.save(state.after(exported), out, say, timings)
 
 

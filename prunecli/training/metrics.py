@@ -19,6 +19,30 @@ class Task:
     accuracies: list | None = None  # several outputs: each output's metric name (or None)
 
 
+CLASS_ACTIVATIONS = ("softmax", "sigmoid", "log_softmax")  # an output activation that makes class scores
+
+
+def gives_class_scores(model, task: Task | None) -> bool:
+    """Whether the model's first output is class scores, so that a converted or quantized copy's
+    agreement on the top class means something: the task says so when the data has labels (an accuracy
+    metric; None for a regression), and without labels the output's own activation does (softmax or
+    sigmoid, or a Softmax layer). A vector regressor (16 offsets) got a "top class 91.4%" note before.
+    A model without a graph to read keeps the check its output's shape allows."""
+    import keras
+
+    if task is not None:
+        return (task.accuracies or [task.accuracy])[0] is not None
+    outputs = getattr(model, "outputs", None)
+    history = getattr(outputs[0], "_keras_history", None) if outputs else None
+    if history is None:
+        return True
+    layer = history.operation
+    if isinstance(layer, keras.layers.Softmax):
+        return True
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", str(activation)) in CLASS_ACTIVATIONS
+
+
 class MultiOutputLoss:
     """The loss of a model with several outputs: the sum of each output's mean loss (Keras's default
     weighting). Callable as (y_true tuple, y_pred list), so fine-tuning and scoring use it like one loss."""
