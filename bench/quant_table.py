@@ -427,7 +427,8 @@ def write_litert_section(heading: str, names: list[str], rows: list[dict], args,
             table(headers, body),
             "",
             f"Sparse encodings smaller than the dense one: {smaller} of {2 * len(rows)} files; not kept because "
-            f"TFLite's default XNNPack delegate cannot run them (`export.*.sparse_refused`): {refused}.",
+            "TFLite's default XNNPack delegate cannot run them or they compute other outputs than the dense file "
+            f"(`export.*.sparse_refused` says which): {refused}.",
         ]
     )
     replace_section(ROOT / "bench" / "QUANT.md", heading, text)
