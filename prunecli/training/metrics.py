@@ -30,13 +30,15 @@ def gives_class_scores(model, task: Task | None) -> bool:
     A model without a graph to read keeps the check its output's shape allows."""
     import keras
 
+    from prunecli.structure import keras_graph
+
     if task is not None:
         return (task.accuracies or [task.accuracy])[0] is not None
     outputs = getattr(model, "outputs", None)
-    history = getattr(outputs[0], "_keras_history", None) if outputs else None
-    if history is None:
+    produced = keras_graph.history(outputs[0]) if outputs else None
+    if produced is None:
         return True
-    layer = history.operation
+    layer = produced.operation
     if isinstance(layer, keras.layers.Softmax):
         return True
     activation = getattr(layer, "activation", None)
