@@ -73,6 +73,11 @@ def child_json(code: str, env: dict | None = None, timeout: float = 900) -> dict
     return data
 
 
+def json_lines(path: Path) -> list[dict]:
+    """The rows a bench wrote with --json (one JSON object per line), for --render."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 def table(headers: list[str], rows: list[list]) -> str:
     def cell(v):
         if isinstance(v, float):

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_common import load_average, machine, quiet_tf, replace_section, table  # noqa: E402
+from bench_common import json_lines, load_average, machine, quiet_tf, replace_section, table  # noqa: E402
 from pqat_table import mean, spread  # noqa: E402
 from quant_table import model_files, run_point  # noqa: E402
 
@@ -124,7 +124,7 @@ def main() -> None:
     quiet_tf()
     info = machine()
     if args.render:
-        rows = [json.loads(line) for line in args.render.read_text().splitlines() if line.strip()]
+        rows = json_lines(args.render)
         text = render(args, rows, max(r["elapsed_s"] for r in rows), info)
     else:
         started, rows = time.time(), []

@@ -44,6 +44,7 @@ from accuracy import build, model_learning_rate  # noqa: E402
 from bench_common import (  # noqa: E402
     accuracy,
     digits_twin_h5,
+    json_lines,
     load_average,
     machine,
     quiet_tf,
@@ -594,7 +595,7 @@ def main() -> None:
 
     info = machine()
     if args.render:
-        rows = [json.loads(line) for line in args.render.read_text().splitlines() if line.strip()]
+        rows = json_lines(args.render)
         text = (render_matched if args.match_tfmot_sparsity else render)(
             args, rows, max(r["elapsed_s"] for r in rows), info
         )

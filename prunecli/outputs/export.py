@@ -402,6 +402,7 @@ def convert_tflite(
 
 
 SPARSE_AGREES_WITHIN = 1e-4  # relative error of the sparse encoding's outputs against the dense one's
+EXAMPLES_COMPARED = 4  # seeded examples both encodings run, one call each
 
 
 def _encodings_disagree(dense: bytes, sparse: bytes) -> str | None:
@@ -415,19 +416,11 @@ def _encodings_disagree(dense: bytes, sparse: bytes) -> str | None:
     try:
         with _quiet():
             runners = [_interpreter(content).get_signature_runner() for content in (dense, sparse)]
-            feed = {}
-            for name, detail in runners[0].get_input_details().items():
-                shape = [d if d > 0 else 1 for d in detail["shape_signature"]]
-                shape[0] = max(shape[0], 1) if shape else shape
-                if np.issubdtype(detail["dtype"], np.floating):
-                    feed[name] = rng.normal(size=[4, *shape[1:]] if shape else []).astype(detail["dtype"])
-                else:
-                    feed[name] = np.zeros([4, *shape[1:]] if shape else [], detail["dtype"])
-            for runner in runners:  # the batch of 4 where the signature takes one
-                for name, detail in runner.get_input_details().items():
-                    if detail["shape_signature"][:1] == [1] or list(detail["shape"][:1]) == [1]:
-                        feed[name] = feed[name][:1]
-            outputs = [runner(**feed) for runner in runners]
+            feeds = [_example_feed(runners[0], rng) for _ in range(EXAMPLES_COMPARED)]
+            outputs = [
+                {key: np.stack([runner(**feed)[key] for feed in feeds]) for key in runner.get_output_details()}
+                for runner in runners
+            ]
     except (RuntimeError, ValueError) as exc:
         return f"the sparse encoding could not be checked against the dense one ({first_line(exc)})"
     for key, want in outputs[0].items():
@@ -443,20 +436,28 @@ def _encodings_disagree(dense: bytes, sparse: bytes) -> str | None:
     return None
 
 
+def _example_feed(runner, rng=None) -> dict:
+    """One example for each input of a TFLite signature (an open size taken as 1): zeros, or with `rng`
+    seeded normal values in the float inputs (integer ones, token ids or int8 codes, stay 0)."""
+    import numpy as np
+
+    feed = {}
+    for name, detail in runner.get_input_details().items():
+        shape = [d if d > 0 else 1 for d in detail["shape_signature"]]
+        floating = rng is not None and np.issubdtype(detail["dtype"], np.floating)
+        feed[name] = rng.normal(size=shape).astype(detail["dtype"]) if floating else np.zeros(shape, detail["dtype"])
+    return feed
+
+
 def _default_interpreter_refuses(content: bytes) -> str | None:
     """Why TFLite's interpreter, as a runtime builds it by default (XNNPack on), cannot run this
     flatbuffer on one all-zero example; None when it can. (The delegate prepares its nodes at the
     first call after a resize, so only a call tells.)"""
-    import numpy as np
 
     try:
         with _quiet():
             runner = _interpreter(content).get_signature_runner()
-            feed = {
-                name: np.zeros([d if d > 0 else 1 for d in detail["shape_signature"]], detail["dtype"])
-                for name, detail in runner.get_input_details().items()
-            }
-            runner(**feed)
+            runner(**_example_feed(runner))
     except (RuntimeError, ValueError) as exc:  # TFLite runs its messages together: "node #2failed to ..."
         said = re.sub(r"(#\d+)(?=[A-Z]|failed)", r"\1; ", first_line(exc))
         return re.sub(r"(failed to create XNNPACK runtime)+(?=\S)", r"\1; ", said)  # said twice, run together
