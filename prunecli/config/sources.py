@@ -161,6 +161,7 @@ def _safe_yaml(text: str):
                 seen.add(key)
             return super().construct_mapping(node, deep)
 
+    _check_flow_depth(text)
     loader = UniqueKeyLoader(text)  # a SafeLoader subclass: still no Python tags
     try:
         root = loader.get_single_node()
@@ -170,6 +171,24 @@ def _safe_yaml(text: str):
         return loader.construct_document(root)
     finally:
         loader.dispose()
+
+
+_QUOTED_OR_COMMENT = re.compile(r"'[^']*'|\"(?:[^\"\\\\]|\\\\.)*\"|(?:^|(?<=\s))#[^\n]*", re.MULTILINE)
+
+
+def _check_flow_depth(text: str) -> None:
+    """Refuse `[[[[...` nested past MAX_RECIPE_DEPTH before PyYAML scans it: its scanner keeps a
+    possible key per open bracket and walks them all at every token, so a 40 KB file of brackets took
+    seconds to refuse (quadratic in the depth) before the depth check on the composed nodes could run.
+    Brackets inside quotes and comments do not count; a stray quote can only make this count lower,
+    and the node check below still holds."""
+    import yaml
+
+    depth = 0
+    for bracket in re.findall(r"[\[\]{}]", _QUOTED_OR_COMMENT.sub("", text)):
+        depth = depth + 1 if bracket in "[{" else max(depth - 1, 0)
+        if depth > MAX_RECIPE_DEPTH:
+            raise yaml.YAMLError(f"the recipe is nested more than {MAX_RECIPE_DEPTH} levels deep")
 
 
 def _check_yaml_size(root) -> None:
