@@ -23,6 +23,11 @@ def recurrent(request, monkeypatch):
     return request.param
 
 
+# the walks' equalities with each method once: Wanda beside magnitude-pruned recurrent kernels (the
+# default), SparseGPT's weight updates on every kernel calibrated (each pairing alone covers its paths)
+METHOD_AND_RECURRENT = [("wanda", False), ("sparsegpt", True)]
+
+
 @pytest.fixture
 def recurrent_on(monkeypatch):
     from prunecli.calibration import views
@@ -288,7 +293,7 @@ def test_every_cell_is_calibrated_with_exact_sparsity(cell, bidirectional, retur
     assert not any("lstm_cell/kernel" in n or "gru_cell/kernel" in n for n in res.section["fallback"])
 
 
-@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+@pytest.mark.parametrize(("method", "recurrent"), METHOD_AND_RECURRENT, indirect=["recurrent"])
 def test_cached_walk_equals_prefix_passes_on_masked_rnns(method, recurrent, monkeypatch):
     from prunecli.calibration import frontier, prune_calibrated
 
@@ -362,7 +367,7 @@ def test_sparsegpt_beats_magnitude_on_an_lstm_recurrent_kernel(sparsity, recurre
 pytestmark = pytest.mark.slow  # whole module in the full suite only: the fast subset stays under 2 minutes
 
 
-@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+@pytest.mark.parametrize(("method", "recurrent"), METHOD_AND_RECURRENT, indirect=["recurrent"])
 def test_compiled_loops_give_the_eager_masks_and_weights(method, recurrent):
     """A run's recurrent loops compiled (keras_graph.compiled_loops, entered by every run) calibrate
     exactly as the eager loops do: the same masks, the same updated weights, the same errors; inside
