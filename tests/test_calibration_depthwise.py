@@ -166,3 +166,44 @@ def test_global_scores_nm_fallback_and_reconstruct():
 
 
 pytestmark = pytest.mark.slow  # whole module in the full suite only: the fast subset stays under 2 minutes
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_channels_first_convolutions_calibrate_as_their_channels_last_twins(method):
+    """A channels-first file's Conv2D, DepthwiseConv2D and Conv1D fell back to magnitude ("channels_first
+    convolutions are not calibrated"). Their kernels are laid out as channels-last ones', so only the
+    input moves: twins with the same weights, fed the same images in each layout, get the same masks and
+    the same updated weights."""
+    import keras
+
+    from prunecli.calibration import prune_calibrated
+    from prunecli.io.models import channels_first
+
+    channels_first.run_on_cpu()  # TensorFlow's CPU convolutions take channels-last tensors only
+
+    def twin(fmt):
+        first = fmt == "channels_first"
+        inp = keras.Input((3, 10, 10) if first else (10, 10, 3))
+        h = keras.layers.Conv2D(6, 3, padding="same", data_format=fmt, name="c0")(inp)
+        h = keras.layers.DepthwiseConv2D(3, strides=2, data_format=fmt, name="dw")(h)
+        h = keras.layers.Reshape((6, 16) if first else (16, 6))(h)  # a 1-D map of 16 positions, 6 channels
+        h = keras.layers.Conv1D(5, 3, data_format=fmt, name="c1")(h)
+        h = keras.layers.GlobalAveragePooling1D(data_format=fmt)(h)
+        return keras.Model(inp, keras.layers.Dense(3, name="head")(h))
+
+    x = _images()
+    last, first = twin("channels_last"), twin("channels_first")
+    first.set_weights(last.get_weights())
+    x_first = np.transpose(x, (0, 3, 1, 2))
+    np.testing.assert_allclose(np.asarray(first(x_first)), np.asarray(last(x)), rtol=1e-5, atol=1e-6)
+    results = {}
+    for model, batch in ((last, x), (first, x_first)):
+        res = prune_calibrated(model, every_target(model), [batch], calibration_config(method, sparsity=0.5))
+        results[model] = (res, {w.path: np.asarray(w) for w in model.weights})
+    (res_last, w_last), (res_first, w_first) = results[last], results[first]
+    assert res_first.section["fallback"] == res_last.section["fallback"] == {}
+    assert {"c0/kernel", "dw/kernel", "c1/kernel"} <= set(res_first.section["layers"])
+    for name, keep in res_last.masks.items():
+        np.testing.assert_array_equal(np.asarray(res_first.masks[name]), np.asarray(keep), err_msg=name)
+    for path, value in w_last.items():
+        np.testing.assert_allclose(w_first[path], value, rtol=1e-4, atol=1e-6, err_msg=path)

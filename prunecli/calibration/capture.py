@@ -614,7 +614,7 @@ class ErrorMeter:
         of the layer's own, instead of materialising kernel-size times its input."""
         import tensorflow as tf
 
-        x = tf.cast(x, tf.float32)
+        x = tf.cast(self.view.channels_last(x), tf.float32)
         if len(self.view.target.layer.kernel_size) == 1:
             x = x[:, :, None, :]
         pads, _, strides, dilations, outs = self.view._conv_geometry([int(x.shape[1]), int(x.shape[2])])

@@ -182,8 +182,25 @@ class LayerView:
             return per  # one row per token id
         if self.kind not in ("conv", "depthwise"):
             return max(per // self.d_in, 1)
-        *_, outs = self._conv_geometry([int(d) for d in in_shape[1:-1]])
+        spatial = in_shape[2:] if self.channels_first else in_shape[1:-1]
+        *_, outs = self._conv_geometry([int(d) for d in spatial])
         return math.prod(outs)
+
+    @property
+    def channels_first(self) -> bool:
+        """Whether this is a convolution that reads its input channels-first (a Keras-2 file saved with
+        `image_data_format` channels_first): its kernel is laid out as a channels-last one's, so only the
+        input moves (`channels_last`) before X's rows are cut."""
+        layer = self.target.layer
+        return self.kind in ("conv", "depthwise") and getattr(layer, "data_format", None) == "channels_first"
+
+    def channels_last(self, x):
+        """A convolution's input with its channels on the last axis, as X's columns read it."""
+        if not self.channels_first:
+            return x
+        import tensorflow as tf
+
+        return tf.transpose(x, [0, *range(2, len(x.shape)), 1])
 
     def blocks(self, x, max_rows: int, call=None):
         """The layer's input batch as blocks of X (rows, d_in), float32, none above max_rows rows
@@ -248,7 +265,7 @@ class LayerView:
         import numpy as np
         import tensorflow as tf
 
-        x = tf.cast(x, tf.float32)
+        x = tf.cast(self.channels_last(x), tf.float32)
         if len(self.target.layer.kernel_size) == 1:
             x = x[:, :, None, :]
         pads, ks, st, dil, outs = self._conv_geometry([int(d) for d in x.shape[1:-1]])
@@ -433,13 +450,10 @@ def _einsum_view(target) -> LayerView | str:
 
 
 def _depthwise_view(target) -> LayerView | str:
-    layer = target.layer
     if target.attr == "pointwise_kernel":
         return "a separable convolution's pointwise kernel reads the depthwise output inside the layer, which calibration does not read"
     if target.attr not in ("kernel", "depthwise_kernel") or len(target.shape) not in (3, 4):
         return f"{target.layer_class} weight {target.attr} is not calibrated"
-    if getattr(layer, "data_format", "channels_last") != "channels_last":
-        return "channels_first convolutions are not calibrated"
     taps, channels, mult = math.prod(target.shape[:-2]), target.shape[-2], target.shape[-1]
     if taps * channels > DEPTHWISE_MAX_INPUTS:
         return (
@@ -475,8 +489,6 @@ def view_of(target, model=None) -> LayerView | str:
         return "grouped convolutions are not calibrated"
     if kind == "Conv3D" and max(layer.dilation_rate) > 1:
         return "dilated Conv3D layers are not calibrated (TensorFlow's volume patches take no dilation)"
-    if getattr(layer, "data_format", "channels_last") != "channels_last":
-        return "channels_first convolutions are not calibrated"
     return LayerView(target, "conv", target.rows, target.units)
 
 
