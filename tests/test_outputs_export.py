@@ -467,6 +467,34 @@ def test_a_convolution_after_a_rot90_converts_to_builtin_int8(tmp_path):
     assert check["samples"] == 32 and check["top1_agreement"] >= 0.9
 
 
+@pytest.mark.slow  # 1-2 s: a trace and a conversion
+def test_a_fully_convolutional_model_over_open_image_sizes_is_checked_at_the_examples_sizes(tmp_path):
+    """MTCNN's PNet (bench/ZOO.md) takes images of any size and its valid convolutions need 12 x 12 pixels.
+    The checks that run one example (the int8 weight count, the default-delegate and the sparse-encoding
+    checks) took an open size as 1: int8 ended in an internal error ("BytesRequired number of elements
+    overflowed") and float TFLite killed the process (signal 11). They take the check inputs' sizes."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    image = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(32, 3)(keras.layers.MaxPooling2D(2)(keras.layers.Conv2D(32, 3)(image)))
+    model = keras.Model(image, [keras.layers.Conv2D(4, 1)(x), keras.layers.Conv2D(2, 1, activation="softmax")(x)])
+    rng = np.random.default_rng(0)
+    for layer in model.layers[1:]:
+        kernel, bias = layer.get_weights() if layer.weights else (None, None)
+        if kernel is not None:
+            layer.set_weights([np.where(rng.random(kernel.shape) < 0.9, 0.0, kernel), bias])
+    x = rng.random((8, 16, 16, 3)).astype("float32")
+    export.write_savedmodel(model, tmp_path / "saved")
+    examples = ([x], [model.inputs[0].name])
+    content, _encoding = export.convert_tflite(tmp_path / "saved", try_sparse=False)
+    assert export._default_interpreter_refuses(content, examples) is None
+    assert export._encodings_disagree(content, content, examples) is None  # (the sparse check's feeds)
+    assert export.int8_weight_counts(content, examples) == {"values": 0, "zeros": 0, "nonzero_zero_points": 0}
+    check = export.compare_tflite(content, [x], [np.asarray(o) for o in model(x)], [model.inputs[0].name])
+    assert check["samples"] == 8 and check["max_abs_diff"] < 1e-4
+
+
 def test_an_integer_input_without_a_scale_is_fed_as_it_is():
     """Quantised means a scale, not an integer dtype: a model's own int8 token ids (DM3Loc, bench/ZOO.md)
     were divided by their 0 scale and fed as 127 each ('gather index out of bounds', exit 1)."""
@@ -581,7 +609,7 @@ def test_a_file_xnnpack_cannot_prepare_is_checked_with_the_delegate_off(tmp_path
         delegated.append(delegate)
         return real_interpreter(content, delegate, **options)
 
-    monkeypatch.setattr(export, "_default_interpreter_refuses", lambda content: said)
+    monkeypatch.setattr(export, "_default_interpreter_refuses", lambda content, examples=None: said)
     monkeypatch.setattr(export, "_interpreter", interpreter)
     config = build_config(
         {"model_path": str(path), "output": str(tmp_path / "o.keras"), "data": str(data), "export": ["tflite"]},

@@ -112,6 +112,7 @@ def run(
             )
         expected = _keras_outputs(model, samples)
         input_names = [str(getattr(t, "name", "")) for t in model.inputs]
+        examples = (samples, input_names)  # the open sizes of the checks' one-example feeds
         try_sparse = zero_fraction(float_model) > 0
         for fmt in formats:
             if fmt == "savedmodel":
@@ -120,7 +121,7 @@ def run(
             calibration = calibration_batches(data.train, model) if fmt == "tflite-int8" else None
             int8_weights = unquantized is not None and fmt == "tflite"
             content, encoding = convert_tflite(
-                int8_source if fmt == "tflite-int8" else source, calibration, try_sparse, int8_weights
+                int8_source if fmt == "tflite-int8" else source, calibration, try_sparse, int8_weights, examples
             )
             with _writing(paths[fmt]), _atomic_file(paths[fmt]) as tmp:
                 tmp.write_bytes(content)
@@ -138,7 +139,7 @@ def run(
                 results[fmt] = entry
                 continue
             # the sparse encoding is kept only where the default interpreter ran it (convert_tflite)
-            refused = None if encoding["encoding"] == "sparse" else _default_interpreter_refuses(content)
+            refused = None if encoding["encoding"] == "sparse" else _default_interpreter_refuses(content, examples)
             if refused:  # FCD's ChemNet, astrorapid's tagger (int8): XNNPack's "failed to prepare", exit 1
                 entry["xnnpack_refused"] = refused
                 notes.append(
@@ -369,7 +370,7 @@ def _native_output_silenced():
 
 
 def convert_tflite(
-    saved: Path, calibration=None, try_sparse: bool = True, int8_weights: bool = False
+    saved: Path, calibration=None, try_sparse: bool = True, int8_weights: bool = False, examples=None
 ) -> tuple[bytes, dict]:
     """TFLite flatbuffer from a SavedModel: float; full-integer int8 when `calibration` is given; int8
     weights with float activations (TFLite's dynamic-range quantization) with `int8_weights`.
@@ -379,21 +380,23 @@ def convert_tflite(
     int8-weight FULLY_CONNECTED, and a file that only runs with the delegate off is no deployment.
     An int8 file's weight tensors are counted (`int8_weights`): values, zeros, and how many channels
     have a zero point other than 0 (none, for TFLite's symmetric weight grid: a pruned 0 stays 0).
+    `examples` (input arrays, the model's input names): where the checks' one-example feeds take their
+    open sizes (_example_feed).
     """
     dense, ops = to_tflite(saved, calibration, sparse=False, int8_weights=int8_weights)
     encoding = {"encoding": "dense", "dense_encoding_bytes": len(dense), "sparse_encoding_bytes": None, "ops": ops}
     if calibration is not None or int8_weights:
-        encoding["int8_weights"] = int8_weight_counts(dense)
+        encoding["int8_weights"] = int8_weight_counts(dense, examples)
     if not try_sparse:
         return dense, encoding
     sparse, _ops = to_tflite(saved, calibration, sparse=True, int8_weights=int8_weights)
     encoding["sparse_encoding_bytes"] = len(sparse)
     if len(sparse) < len(dense):
-        refused = _default_interpreter_refuses(sparse) if ops == BUILTIN_OPS else None
+        refused = _default_interpreter_refuses(sparse, examples) if ops == BUILTIN_OPS else None
         if refused is not None:
             refused = f"it does not run in TFLite's default XNNPack delegate ({refused})"
         elif ops == BUILTIN_OPS:
-            refused = _encodings_disagree(dense, sparse)
+            refused = _encodings_disagree(dense, sparse, examples)
         if refused is None:
             encoding["encoding"] = "sparse"
             return sparse, encoding
@@ -405,7 +408,7 @@ SPARSE_AGREES_WITHIN = 1e-4  # relative error of the sparse encoding's outputs a
 EXAMPLES_COMPARED = 4  # seeded examples both encodings run, one call each
 
 
-def _encodings_disagree(dense: bytes, sparse: bytes) -> str | None:
+def _encodings_disagree(dense: bytes, sparse: bytes, examples=None) -> str | None:
     """Why the sparse encoding cannot stand in for the dense one: it computes other outputs on the same
     seeded examples (TFLite 2.21 with its default XNNPack delegate: a 6-32-16 MLP at 50% sparsity gave a
     relative error of 0.60, the dense file 1e-7); None when they agree. Integer outputs may differ by one
@@ -416,7 +419,7 @@ def _encodings_disagree(dense: bytes, sparse: bytes) -> str | None:
     try:
         with _quiet():
             runners = [_interpreter(content).get_signature_runner() for content in (dense, sparse)]
-            feeds = [_example_feed(runners[0], rng) for _ in range(EXAMPLES_COMPARED)]
+            feeds = [_example_feed(runners[0], rng, examples) for _ in range(EXAMPLES_COMPARED)]
             outputs = [
                 {key: np.stack([runner(**feed)[key] for feed in feeds]) for key in runner.get_output_details()}
                 for runner in runners
@@ -436,28 +439,34 @@ def _encodings_disagree(dense: bytes, sparse: bytes) -> str | None:
     return None
 
 
-def _example_feed(runner, rng=None) -> dict:
-    """One example for each input of a TFLite signature (an open size taken as 1): zeros, or with `rng`
-    seeded normal values in the float inputs (integer ones, token ids or int8 codes, stay 0)."""
+def _example_feed(runner, rng=None, examples=None) -> dict:
+    """One example for each input of a TFLite signature: zeros, or with `rng` seeded normal values in the
+    float inputs (integer ones, token ids or int8 codes, stay 0). An open size past the batch is the
+    examples' (`examples`: the check's input arrays and the model's input names), else 1: MTCNN's fully
+    convolutional PNet (bench/ZOO.md) fed 1 x 1 images left its valid convolutions no pixels, and the
+    interpreter killed the process (signal 11) or refused to allocate (an internal error)."""
     import numpy as np
 
+    details = runner.get_input_details()
+    matched = _matched_inputs(list(details), examples[1], examples[0]) if examples is not None else None
     feed = {}
-    for name, detail in runner.get_input_details().items():
-        shape = [d if d > 0 else 1 for d in detail["shape_signature"]]
+    for name, detail in details.items():
+        known = (None, *matched[name].shape[1:]) if matched else (None,) * len(detail["shape_signature"])
+        shape = [d if d > 0 else (known[i] or 1) for i, d in enumerate(detail["shape_signature"])]
         floating = rng is not None and np.issubdtype(detail["dtype"], np.floating)
         feed[name] = rng.normal(size=shape).astype(detail["dtype"]) if floating else np.zeros(shape, detail["dtype"])
     return feed
 
 
-def _default_interpreter_refuses(content: bytes) -> str | None:
+def _default_interpreter_refuses(content: bytes, examples=None) -> str | None:
     """Why TFLite's interpreter, as a runtime builds it by default (XNNPack on), cannot run this
-    flatbuffer on one all-zero example; None when it can. (The delegate prepares its nodes at the
-    first call after a resize, so only a call tells.)"""
+    flatbuffer on one all-zero example (of the `examples`' sizes, _example_feed); None when it can. (The
+    delegate prepares its nodes at the first call after a resize, so only a call tells.)"""
 
     try:
         with _quiet():
             runner = _interpreter(content).get_signature_runner()
-            runner(**_example_feed(runner))
+            runner(**_example_feed(runner, examples=examples))
     except (RuntimeError, ValueError) as exc:  # TFLite runs its messages together: "node #2failed to ..."
         said = re.sub(r"(#\d+)(?=[A-Z]|failed)", r"\1; ", first_line(exc))
         return re.sub(r"(failed to create XNNPACK runtime)+(?=\S)", r"\1; ", said)  # said twice, run together
@@ -500,15 +509,25 @@ WEIGHT_INPUTS = {
 }
 
 
-def int8_weight_counts(content: bytes) -> dict[str, int]:
+def int8_weight_counts(content: bytes, examples=None) -> dict[str, int]:
     """Constant int8 tensors of a flatbuffer that ops multiply by (the quantized weights): how many values,
     how many are 0, and how many per-channel zero points are not 0 (a non-zero one would move a pruned
     weight). Other int8 constants are not weights: a full-integer file stores an LSTM's bias, added by
-    an ADD, on an asymmetric grid (a zero point of -127 that moved no weight was counted)."""
+    an ADD, on an asymmetric grid (a zero point of -127 that moved no weight was counted). The tensors
+    are allocated for an example of the `examples`' sizes (_example_feed): at the flatbuffer's default
+    sizes an open image size is 1, too small for a valid convolution."""
     import numpy as np
 
     with _quiet():
         interpreter = _interpreter(content, delegate=False)
+        runner = interpreter.get_signature_runner()
+        sizes = {
+            runner.get_input_details()[name]["index"]: a.shape
+            for name, a in _example_feed(runner, None, examples).items()
+        }
+        del runner  # it holds the interpreter's tensors, which a resize may not move
+        for index, shape in sizes.items():
+            interpreter.resize_tensor_input(index, shape)
         interpreter.allocate_tensors()
     ops = interpreter._get_ops_details()  # TFLite's Python API names no constant tensors: derive them
     produced = {i for op in ops for i in op["outputs"]} | {d["index"] for d in interpreter.get_input_details()}
