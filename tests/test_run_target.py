@@ -383,3 +383,27 @@ def test_a_latency_at_the_timers_resolution_is_said_to_be_approximate(cli, files
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
     assert "where a call's own overhead and the timer's noise outweigh the model's work" in said
+
+
+@pytest.mark.slow  # 1-2 s: a refusal and a target run
+def test_a_flops_target_of_a_model_over_open_image_sizes_counts_at_the_datas_sizes(cli, tmp_path):
+    """MTCNN's PNet (bench/ZOO.md) takes images of any size: none of its multiply-adds were counted, and
+    --target flops= was refused even with --data. With --data they are counted at the data's image size;
+    without, the refusal says which sizes are open."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    image = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(8, 3, activation="relu")(image)
+    x = keras.layers.Conv2D(8, 3, activation="relu")(keras.layers.MaxPooling2D(2)(x))
+    keras.Model(image, keras.layers.Conv2D(2, 1, activation="softmax")(x)).save(tmp_path / "fcn.keras")
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).random((16, 16, 16, 3)).astype("float32"))
+    out, report = tmp_path / "o.keras", tmp_path / "r.json"
+    refused = cli("prune", tmp_path / "fcn.keras", "--target", "flops=0.5", "-o", out)
+    assert refused.exit_code == 2 and "input sizes (None, None, None, 3) are open; with --data" in refused.stderr
+    args = ("--target", "flops=0.5", "--data", tmp_path / "d.npz", "-o", out, "-r", report, "-q")
+    result = cli("prune", tmp_path / "fcn.keras", *args)
+    assert result.exit_code == 0, result.output
+    section = json.loads(report.read_text())["target"]
+    assert section["dense"] == 14 * 14 * 27 * 8 + 5 * 5 * 72 * 8 + 5 * 5 * 8 * 2  # at 16 x 16: 14 x 14, then 5 x 5
+    assert section["achieved"] == section["predicted_fraction"] <= 0.5  # the written model counted as the search did

@@ -73,7 +73,7 @@ def run(
         try:
             write_savedmodel(model, saved)
         except ExportError as exc:  # a layer that cannot be traced on open sizes: export at the data's
-            if data is None or not _open_sizes(model):
+            if data is None or not open_sizes(model):
                 raise
             fixed = _fixed_at_data_sizes(model, samples)
             fixed_float = fixed if unquantized is None else _fixed_at_data_sizes(unquantized, samples)
@@ -216,7 +216,17 @@ def _fixed_at_data_sizes(model, samples):
     return rebuild.rebuild(model, input_shapes=shapes)
 
 
-def _open_sizes(model) -> list[tuple]:
+def at_data_sizes(model, data, seed: int):
+    """`model` with its open input sizes fixed at an example's of `data` (sharing its layers), for what is
+    counted per example at real sizes (--target flops= on a fully convolutional detector, whose
+    multiply-adds an open image size leaves uncounted); None without data or open sizes."""
+    if data is None or not open_sizes(model):
+        return None
+    samples, _source = sample_inputs(model, data, seed, 1)
+    return _fixed_at_data_sizes(model, samples)
+
+
+def open_sizes(model) -> list[tuple]:
     """The model's input shapes with an open size past the batch."""
     return [tuple(x.shape) for x in getattr(model, "inputs", None) or [] if None in tuple(x.shape)[1:]]
 
@@ -307,10 +317,10 @@ def traced_failure(exc: BaseException, model) -> str:
     """Why Keras could not trace the model, in one line, and the model's open input sizes when it has
     some, the likely cause (a run with --data exports at the data's sizes instead: `run`)."""
     said = trace_reason(exc)
-    open_sizes = _open_sizes(model)
-    if open_sizes:
+    opened = open_sizes(model)
+    if opened:
         said += (
-            f" (its input{'s' if len(open_sizes) > 1 else ''} {', '.join(map(str, open_sizes))} has open sizes:"
+            f" (its input{'s' if len(opened) > 1 else ''} {', '.join(map(str, opened))} has open sizes:"
             " with --data it is exported at the data's sizes)"
         )
     return said

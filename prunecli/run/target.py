@@ -102,12 +102,17 @@ def mask(state, progress, timings, latency_ms=None) -> StepResult:
     config = state.config
     spec = parse_target(config.target)
     kind = {"size": "params", "latency": "flops"}.get(spec.kind, spec.kind)
+    counted = _flops_model(state) if kind == "flops" else state.model
     try:
-        cost = costs.ChannelCosts(state.model, kind)
+        cost = costs.ChannelCosts(counted, kind)
     except channels.GraphUnsupported as exc:
         raise ConfigError(f"--target needs a model whose channels can be cut ({exc})") from None
     if kind == "flops" and not cost.dense:
-        raise ConfigError(f"--target {spec.kind}= needs a model whose multiply-adds can be counted (none were)")
+        from prunecli.outputs.export import open_sizes
+
+        opened = ", ".join(map(str, open_sizes(state.model))) if state.data is None else ""
+        why = f": its input sizes {opened} are open; with --data they are counted at the data's" if opened else ""
+        raise ConfigError(f"--target {spec.kind}= needs a model whose multiply-adds can be counted (none were{why})")
     if spec.kind != "latency":
         goal, low, extra = goal_of(spec, state.model, cost, config)
     strategy = scoring.get(config.method)
@@ -502,6 +507,15 @@ def kept_per_layer(targets, masks) -> dict[str, dict[str, int]]:
     }
 
 
+def _flops_model(state):
+    """The model whose multiply-adds --target flops= counts: the model itself, or, where its input sizes
+    are open and --data gives some, its twin at the data's sizes (MTCNN's PNet, bench/ZOO.md: an open image
+    size left every convolution uncounted, and the target was refused with the data at hand)."""
+    from prunecli.outputs.export import at_data_sizes
+
+    return at_data_sizes(state.model, state.data, state.config.seed) or state.model
+
+
 def achieved(state, written: Path | None = None, latency_ms=None) -> StepResult:
     """The `target` section completed with what the final model has (parameters, or multiply-adds as
     flops.py counts them; for size=, the bytes of the written file; for latency=, its time measured now,
@@ -520,7 +534,7 @@ def achieved(state, written: Path | None = None, latency_ms=None) -> StepResult:
 
         value = whole_counts(state.model)[0]  # a quantized model's scales are not parameters of the float model
     elif kind == "flops":
-        value = flops.count(state.model, state.config.seq_len)["total"]
+        value = flops.count(_flops_model(state), state.config.seq_len)["total"]
     else:
         value = written.stat().st_size if written is not None and Path(written).is_file() else None
     if value is None:
