@@ -363,7 +363,7 @@ def test_a_plan_whose_granularity_was_edited_is_refused(pruned, mlp_files, tmp_p
         if "manifest only" not in granularity:
             manifest["settings"]["granularity"] = granularity
 
-    edited = _edited_plan(plan, tmp_path, edit)
+    edited = _edited_plan(plan, tmp_path, edit, sealed=False)  # a plan from before plans were sealed
     result = cli("apply", edited, mlp_files["keras"], "-o", tmp_path / "a.keras", "-q")
     assert result.exit_code == 3 and result.stderr.count("\n") == 1, result.output
     expected = "is not its run's" if "manifest only" in granularity else f"is not {granularity} ("
@@ -421,17 +421,24 @@ def test_an_edited_setting_of_the_plan_is_named_as_the_plans(pruned, mlp_files, 
     """A plan whose batch size was edited to 0 failed with "batch_size must be >= 1", which named no
     plan: the user had given no batch size."""
     _, plan, _ = pruned
-    edited = _edited_plan(plan, tmp_path, lambda manifest: manifest["settings"].update(batch_size=0))
+    edit = lambda manifest: manifest["settings"].update(batch_size=0)  # noqa: E731
+    edited = _edited_plan(plan, tmp_path, edit, sealed=False)
     result = cli("apply", edited, mlp_files["keras"], "-o", tmp_path / "o.keras", "-q")
     assert result.exit_code == 2 and "edited.zip: its settings:" in result.stderr and "batch" in result.stderr
+    result = cli("apply", _edited_plan(plan, tmp_path, edit), mlp_files["keras"], "-o", tmp_path / "o.keras", "-q")
+    assert result.exit_code == 3 and "edited.zip was edited after prunecli wrote it" in result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "o.keras").exists()
 
 
-def _edited_plan(plan, tmp_path, edit):
-    """A copy of the plan file whose manifest `edit(manifest)` changed in place (a hand-edited plan)."""
+def _edited_plan(plan, tmp_path, edit, sealed=True):
+    """A copy of the plan file whose manifest `edit(manifest)` changed in place (a hand-edited plan);
+    `sealed=False`: without its seal, as a prunecli from before plans were sealed wrote it."""
     with zipfile.ZipFile(plan) as z:
         files = {name: z.read(name) for name in z.namelist()}
     manifest = json.loads(files[plan_file.MANIFEST])
     edit(manifest)
+    if not sealed:
+        del manifest[plan_file.SEAL]
     files[plan_file.MANIFEST] = json.dumps(manifest).encode()
     edited = tmp_path / "edited.zip"
     with zipfile.ZipFile(edited, "w") as z:

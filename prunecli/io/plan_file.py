@@ -15,10 +15,12 @@ run's options, as in the report), `granularity`, `architecture` ({"layers": [[na
 the masks were computed from: each weight's name, dtype, shape and bytes in model order), `targets`
 (one per pruned tensor: name, layer, class, shape, unit_axis, size, kept, requested_sparsity, mask
 entry and, for neuron pruning, `removed_units`), and `structure` (what a structural run removed:
-kept features, removed layers, heads), present when the run removed structure. A weight's name is
+kept features, removed layers, heads), present when the run removed structure, and `content_sha256` (the
+seal: a sha256 of everything else in the manifest and of every mask, `content_sha256()`). A weight's name is
 its layer's place in the layer tree and its path inside that layer (`weight_names`): the same whether
 the model was loaded from .keras or .h5. What is read back is checked for the types prunecli writes
-(`manifest_problem`): an edited plan is an InputError naming the entry.
+(`manifest_problem`), and the seal is recomputed (`_check_seal`): an edited plan is an InputError
+naming the entry, or the seal when every entry still has its type (a target or a setting deleted by hand).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ VERSION = 1
 MANIFEST = "plan.json"
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can carry: no clock in the bytes
 MAX_MANIFEST_BYTES = 256 << 20  # a manifest larger than this is not one prunecli wrote
+SEAL = "content_sha256"  # the manifest's entry that seals the rest of the plan (content_sha256)
 STRUCTURE_SECTIONS = (
     "kept_features",
     "kept_feature_names",
@@ -259,6 +262,33 @@ def _dtype(v) -> str:
     return str(getattr(dtype, "name", dtype))
 
 
+def content_sha256(manifest: dict, masks) -> str:
+    """The plan's seal: a sha256 of its manifest without the seal (canonical JSON: sorted keys, no spaces)
+    and of each mask's bytes (length first) in the targets' order. `build` stores it and `read`
+    recomputes it, so a plan edited by hand is refused even where every entry still has its type: a
+    target deleted (fewer masks applied, a parameter budget missed), a setting or a removed unit changed."""
+    h = hashlib.sha256(_canonical({k: v for k, v in manifest.items() if k != SEAL}))
+    for blob in masks:
+        h.update(len(blob).to_bytes(8, "big"))
+        h.update(blob)
+    return h.hexdigest()
+
+
+def loads_unique(text: str):
+    """JSON text whose objects name each key once: a file prunecli wrote never repeats one, and a
+    repeated key means an edit that JSON readers resolve differently (Python keeps the last value,
+    others the first): refused (ValueError) rather than read as one of the two."""
+
+    def unique(pairs):
+        keys = [k for k, _ in pairs]
+        twice = next((k for k in keys if keys.count(k) > 1), None)
+        if twice is not None:
+            raise ValueError(f"key {twice!r} appears more than once in one object")
+        return dict(pairs)
+
+    return json.loads(text, object_pairs_hook=unique)
+
+
 def _canonical(value) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
@@ -307,6 +337,7 @@ def build(targets, masks, settings: dict, source_print: dict, *, version: str = 
     structure = {k: _plain(v) for k, v in (sections or {}).items() if k in STRUCTURE_SECTIONS}
     if structure:
         manifest["structure"] = structure
+    manifest[SEAL] = content_sha256(manifest, [blob for _name, blob in blobs])
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as z:
         text = json.dumps(manifest, sort_keys=True, indent=1, ensure_ascii=True, allow_nan=False) + "\n"
@@ -388,7 +419,7 @@ def read(path: str | os.PathLike) -> Plan:
             info = z.getinfo(MANIFEST)
             if info.file_size > MAX_MANIFEST_BYTES:
                 raise InputError(f"plan {shown(p)}: its manifest declares {info.file_size} bytes")
-            manifest = json.loads(z.read(MANIFEST).decode("utf-8"))
+            manifest = loads_unique(z.read(MANIFEST).decode("utf-8"))
             _check_manifest(p, manifest)
             packed = {}
             for t in manifest["targets"]:
@@ -405,7 +436,26 @@ def read(path: str | os.PathLike) -> Plan:
         raise InputError(f"{shown(p)} is not a prunecli plan file ({first_line(exc)})") from exc
     plan = Plan(path=p, manifest=manifest, packed=packed, sha256=digest)
     _check_kept(plan)
+    _check_seal(plan)
     return plan
+
+
+def _check_seal(plan: Plan) -> None:
+    """The manifest and masks are those prunecli wrote (`content_sha256`); checked after the entries'
+    own checks, so that an entry of the wrong type is still named. A plan without a seal was written by
+    a prunecli from before plans were sealed: its entries' checks are all there is to check."""
+    said = plan.manifest.get(SEAL)
+    if said is None:
+        return
+    try:
+        found = content_sha256(plan.manifest, [plan.packed[t["name"]] for t in plan.targets])
+    except ValueError as exc:  # NaN or Infinity in the manifest: never in a plan prunecli wrote
+        raise InputError(f"{shown(plan.path)} is not a prunecli plan file ({first_line(exc)})") from exc
+    if found != said:
+        raise InputError(
+            f"plan {shown(plan.path)} was edited after prunecli wrote it (its {SEAL} no longer matches its"
+            " manifest and masks): save the plan again with `prunecli prune --save-plan`"
+        )
 
 
 def _check_manifest(p: Path, manifest) -> None:
@@ -551,6 +601,7 @@ def manifest_problem(manifest: dict) -> str | None:
                 "a list of objects",
             ),
             ("structure", m.get("structure", {}), is_object, "an object"),
+            (SEAL, m.get(SEAL, ""), is_text, "text"),
         ]
     )
     problem = problem or settings_problem(m.get("settings", {}))

@@ -21,7 +21,6 @@ whose message is the first and whose `failures` attribute holds them all.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -137,7 +136,7 @@ def _opened_as_the_run_opened(model, claims: dict | None, saved_plan) -> object:
 
 def _read_report(path) -> dict:
     try:
-        value = json.loads(Path(path).read_text(encoding="utf-8"))
+        value = plan_file.loads_unique(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read report {shown(path)}: {first_line(exc)}") from exc
     if not isinstance(value, dict) or "layers" not in value:

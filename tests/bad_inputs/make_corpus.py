@@ -546,6 +546,14 @@ def build_plans(d: Path) -> dict[str, Path]:
     path("plan_dir.zip").mkdir()
     _rewrite_zip(d / "plan.zip", path("plan_bad_manifest.zip"), {"plan.json": b"{not json"})
     _rewrite_zip(d / "plan.zip", path("plan_format.zip"), {"plan.json": b'{"format": "other", "version": 1}'})
+    with zipfile.ZipFile(d / "plan.zip") as z:
+        manifest_text = z.read("plan.json").decode()
+    manifest = json.loads(manifest_text)
+    del manifest["targets"][1]  # every entry still of its type: only the seal tells
+    _rewrite_zip(d / "plan.zip", path("plan_target_deleted.zip"), {"plan.json": json.dumps(manifest).encode()})
+    twice = manifest_text.replace("{", '{\n "granularity": "neuron",', 1)  # a key twice: which one holds?
+    _rewrite_zip(d / "plan.zip", path("plan_duplicate_key.zip"), {"plan.json": twice.encode()})
+    path("report_duplicate_key.json").write_text((d / "report.json").read_text().replace("{", '{"layers": [],', 1))
     return made
 
 
