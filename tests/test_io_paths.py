@@ -131,6 +131,50 @@ def test_a_fifo_without_reader_is_refused_at_once_and_one_with_a_reader_is_writt
     assert fifo.is_fifo()
 
 
+def test_a_fifo_whose_reader_stalls_gives_way_to_a_stop_signal_and_the_outputs_stay_as_they_were(files):
+    """A FIFO given as --report whose reader opened it and never reads: the report (over the 64 KiB a
+    pipe holds) blocked in a write that the commit makes with stop signals held off, so Ctrl-C never
+    ended the run. The write now waits for room a tenth of a second at a time and gives way to the stop:
+    KeyboardInterrupt (exit 130), the model renamed in before it put back, no temporary file."""
+    import signal
+    import time
+
+    from prunecli import interrupts
+    from prunecli.io.models import outputs_together
+
+    fifo, out = files / "pipe.json", files / "o.keras"
+    os.mkfifo(fifo)
+    out.write_text("old model")
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # holds the FIFO open, reads nothing
+    stop = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
+
+    def drain():  # after 5 s, so that a write that ignores the stop fails this test instead of hanging it
+        os.set_blocking(reader, True)
+        while os.read(reader, 1 << 16):
+            pass
+
+    rescue = threading.Timer(5, drain)
+    rescue.start()
+    try:
+        with interrupts.handlers_kept():
+            interrupts.install()
+            paths.plan(_config(files, report=str(fifo)), output_model=out)
+            start = time.monotonic()
+            stop.start()
+            with pytest.raises(KeyboardInterrupt), outputs_together():
+                with atomic_path(out) as tmp:
+                    tmp.write_text("new model")
+                paths.write_text(fifo, "x" * (1 << 20))
+            assert time.monotonic() - start < 2
+    finally:
+        stop.cancel()
+        rescue.cancel()
+        interrupts.reset()
+        os.close(reader)
+    assert out.read_text() == "old model" and fifo.is_fifo()
+    assert sorted(p.name for p in files.iterdir() if ".tmp" in p.name) == []
+
+
 def test_dev_null_is_written_in_place_and_never_replaced():
     target = Path("/dev/null")
     if not target.exists():
@@ -490,6 +534,23 @@ def test_a_report_to_dev_stdout_is_the_standard_output(files):
         paths.plan(_config(files, report="/dev/stdout", markdown="-"), output_model=files / "o.keras")
     with pytest.raises(UsageError, match="--save-plan needs a file name"):  # not a file named "-"
         paths.plan(_config(files, save_plan="-"), output_model=files / "o.keras")
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_standard_output_redirected_onto_an_output_is_refused(files, monkeypatch, quiet):
+    """`prunecli prune m.keras -r - --markdown r.md > r.md`: the in-place writes (standard output) went into
+    the old r.md, which the commit swapped out and deleted, so the report was lost with exit 0. Refused
+    before any work when the run prints anything there; with -q and no `-` output nothing is lost."""
+    (files / "r.md").write_text("old summary")
+    with open(files / "r.md", "a") as stdout:
+        monkeypatch.setattr("sys.stdout", stdout)
+        c = _config(files, markdown=str(files / "r.md"), quiet=quiet)
+        if quiet:
+            paths.plan(c, output_model=files / "o.keras")
+            c = _config(files, markdown=str(files / "r.md"), report="-", quiet=True)
+        with pytest.raises(OutputError, match=r"standard output is the markdown .*r\.md, which the run replaces"):
+            paths.plan(c, output_model=files / "o.keras")
+    assert (files / "r.md").read_text() == "old summary"
 
 
 def test_a_report_inside_the_savedmodel_folder_the_export_replaces_is_refused_before_the_work(tmp_path):

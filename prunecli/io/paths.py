@@ -217,6 +217,8 @@ def plan(
         raise UsageError("--report - and --markdown - would both write to stdout; send one to a file")
 
     _check_collisions(p, model, force=bool(getattr(config, "force", False)))
+    if p.stdout_roles or not getattr(config, "quiet", False):
+        _check_stdout(p)
     from prunecli.io.models.write import expect_unchanged
 
     expect_unchanged(t.path for t in p.writes.values() if not t.in_place)  # replaced at the end only as it is now
@@ -420,6 +422,27 @@ def _check_collisions(p: PathPlan, model: Path | None, force: bool) -> None:
                 )
 
 
+def _check_stdout(p: PathPlan) -> None:
+    """Standard output redirected onto a file the run replaces (`prunecli prune m.keras -o o.keras -r - >
+    o.keras`, `... --markdown r.md > r.md`): what the run printed went into the old file, which the commit
+    then swapped out and deleted, so the report or table was lost with exit 0. Refused before any work."""
+    import sys
+
+    try:
+        st = os.fstat(sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # no file behind it (a test's buffer, a closed stream)
+        return
+    if not stat.S_ISREG(st.st_mode):
+        return
+    for t in p.writes.values():
+        found = None if t.in_place else _stat(t.path)
+        if found is not None and (found.st_dev, found.st_ino) == (st.st_dev, st.st_ino):
+            raise OutputError(
+                f"standard output is the {t.role} {shown(t.path)}, which the run replaces: what it prints"
+                " there would be lost; redirect standard output elsewhere"
+            )
+
+
 def _replaces_inside(target: Path, folder: Path) -> bool:
     """Whether writing `target` changes what the run reads from `folder` (a SavedModel input, an image or
     TFRecord folder): it replaces an entry there, or lands in a subfolder (an image class, variables/).
@@ -480,8 +503,31 @@ def _write_special(target: Path, text: str) -> None:
         fd = _held_fifos.pop(os.path.abspath(target), None)
         if fd is None:
             fd = os.open(target, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
-        os.set_blocking(fd, True)  # a reader slower than us is waited for, not an error
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        try:
+            _write_all(fd, text.encode("utf-8"))
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise write_error(shown(target), exc) from exc  # a full device is exit 6, as a full disk
+
+
+STALL_WAIT_S = 0.1  # how long a write to a FIFO whose reader stalls waits for room before it looks for a stop
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """All of `data` into a FIFO or device opened non-blocking. A reader slower than us is waited for;
+    while it reads nothing (a full pipe buffer, 64 KiB on Linux), a stop signal ends the wait
+    (KeyboardInterrupt): this write is part of the commit, which records stop signals instead of raising
+    them (io.models.outputs_together), so a blocking write to a reader that never read held off Ctrl-C
+    and SIGTERM for good. The commit then puts every output back as it was."""
+    import select
+
+    from prunecli import interrupts
+
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            interrupts.checkpoint()
+            select.select([], [fd], [], STALL_WAIT_S)  # a full device is exit 6, as a full disk

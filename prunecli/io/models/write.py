@@ -408,8 +408,8 @@ def _commit() -> None:
     try:
         for write in _together["in_place"]:
             write()
-    except Exception:  # its own error: a full device (exit 6), a closed standard output
-        _undo(moved)
+    except BaseException:  # its own error (a full device, exit 6; a closed standard output), or a stop signal
+        _undo(moved)  # while a FIFO's reader stalled (io.paths._write_all): the outputs as they were
         raise
     _together["staged"], _together["in_place"] = [], []
     _committed(targets)
