@@ -76,7 +76,7 @@ def test_a_write_inside_a_folder_the_run_reads_is_refused(tmp_path, option):
         with pytest.raises(OutputError, match=f"is inside .* \\({what}\\), a folder the run reads"):
             paths.plan(c, output_model=output)
     assert (model / "saved_model.pb").read_bytes() == b"graph"
-    top = images / "new.keras"
+    top = images / {"report": "new.json", "markdown": "new.md", "save_plan": "new.zip"}.get(option, "new.keras")
     output = top if option == "output" else tmp_path / "o.keras"
     paths.plan(config.replace(**({} if option == "output" else {option: str(top)})), output_model=output)
 
@@ -98,6 +98,17 @@ def test_force_lets_only_the_model_output_replace_the_input(files):
     c = _config(files, force=True, report=str(files / "m.keras"))
     with pytest.raises(OutputError, match="would overwrite the input"):
         paths.plan(c, output_model=files / "o.keras")
+
+
+def test_a_report_summary_or_plan_named_for_another_format_is_refused(files):
+    """`-r r.md --markdown r.json` (the options swapped) wrote JSON into r.md and Markdown into r.json with
+    exit 0; a suffix that names no format (.plan, .txt) or says the right one in capitals is written."""
+    with pytest.raises(UsageError, match=r"--report writes JSON, but .*r\.md is named for Markdown: give a \.json"):
+        paths.plan(_config(files, report=str(files / "r.md")), output_model=files / "o.keras")
+    with pytest.raises(UsageError, match=r"--save-plan writes a zip archive, but .*p\.json is named for JSON"):
+        paths.plan(_config(files, save_plan=str(files / "p.json")), output_model=files / "o.keras")
+    fine = _config(files, report=str(files / "r.JSON"), markdown=str(files / "s.txt"), save_plan=str(files / "p.plan"))
+    assert paths.plan(fine, output_model=files / "o.keras").writes["plan"].path.name == "p.plan"
 
 
 def test_links_are_never_replaced_or_written_through(files):

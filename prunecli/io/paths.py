@@ -219,6 +219,7 @@ def plan(
     _check_collisions(p, model, force=bool(getattr(config, "force", False)))
     if p.stdout_roles or not getattr(config, "quiet", False):
         _check_stdout(p)
+    _check_formats(p)
     from prunecli.io.models.write import expect_unchanged
 
     expect_unchanged(t.path for t in p.writes.values() if not t.in_place)  # replaced at the end only as it is now
@@ -420,6 +421,41 @@ def _check_collisions(p: PathPlan, model: Path | None, force: bool) -> None:
                 raise OutputError(
                     f"{b.role} {shown(b.path)} is inside {shown(a.path)}, which the {a.role} replaces whole"
                 )
+
+
+# A file name's suffix and the format it promises; a report, summary or plan named for another format
+# (`-r r.md --markdown r.json`, options swapped) was written with exit 0, JSON in the .md and Markdown in
+# the .json, for whatever reads them by their names to fail on or misread.
+SUFFIX_FORMATS = {
+    ".json": "JSON",
+    ".md": "Markdown",
+    ".markdown": "Markdown",
+    ".keras": "a Keras model",
+    ".h5": "an HDF5 file",
+    ".hdf5": "an HDF5 file",
+    ".tflite": "a TFLite model",
+    ".zip": "a zip archive",
+    ".npz": "NumPy data",
+    ".npy": "NumPy data",
+    ".yaml": "YAML",
+    ".yml": "YAML",
+    ".csv": "CSV",
+}
+WRITTEN_FORMATS = {  # role: (its option, what it writes, the suffix that says so)
+    "report": ("--report", "JSON", ".json"),
+    "markdown summary": ("--markdown", "Markdown", ".md"),
+    "plan": ("--save-plan", "a zip archive", ".zip"),
+}
+
+
+def _check_formats(p: PathPlan) -> None:
+    """Refuse (exit 2) a report, Markdown summary or plan whose name's suffix promises another format
+    (SUFFIX_FORMATS); a suffix not in that table (`.plan`, `.txt`, none) names no format and is written."""
+    for role, (flag, written, suffix) in WRITTEN_FORMATS.items():
+        t = p.writes.get(role)
+        said = None if t is None or t.in_place else SUFFIX_FORMATS.get(t.path.suffix.lower())
+        if said is not None and said != written:
+            raise UsageError(f"{flag} writes {written}, but {shown(t.path)} is named for {said}: give a {suffix} name")
 
 
 def _check_stdout(p: PathPlan) -> None:
