@@ -362,6 +362,25 @@ def test_an_output_written_right_after_the_last_check_is_not_replaced(tmp_path, 
     assert out.read_text() == "this run's" and sorted(p.name for p in tmp_path.iterdir()) == ["o.keras"]
 
 
+def test_a_replaced_output_keeps_the_permissions_of_the_file_it_replaces(tmp_path):
+    """A private (0600) model or report, replaced by a run, became 0644: readable by anyone."""
+    from prunecli.io.models import outputs_together
+
+    private, shared, new = tmp_path / "o.keras", tmp_path / "r.json", tmp_path / "new.json"
+    for path, mode in ((private, 0o600), (shared, 0o640)):
+        path.write_text("old")
+        path.chmod(mode)
+    with outputs_together():
+        for target in (private, shared, new):
+            with atomic_path(target) as tmp:
+                tmp.write_text("new")
+    modes = [path.stat().st_mode & 0o777 for path in (private, shared, new)]
+    assert modes[:2] == [0o600, 0o640] and private.read_text() == "new"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert modes[2] == 0o666 & ~umask  # a new name: a plain new file's mode, as before
+
+
 def test_replacing_an_output_swaps_it_in_one_step_where_the_os_can(tmp_path, monkeypatch):
     """With an exchanging rename (renameat2 on Linux, renamex_np on macOS) the old output is never moved
     away first: a run killed between that move and the rename left nothing at -o, the old file under a

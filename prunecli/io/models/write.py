@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import sys
 from pathlib import Path
 
@@ -475,6 +476,7 @@ def atomic_path(target: Path, output: bool = True):
             yield tmp_path
             with open(tmp_path, "rb+") as fh:
                 os.fsync(fh.fileno())
+            _keep_mode(tmp_path, target)
         except OSError as exc:
             if exc.errno in DISK_FULL:  # named by the user's path, not the temporary one
                 raise write_error(target, exc) from exc
@@ -498,6 +500,18 @@ def atomic_path(target: Path, output: bool = True):
         with contextlib.suppress(OSError):
             tmp_path.unlink()
         raise
+
+
+def _keep_mode(tmp_path: Path, target: Path) -> None:
+    """The new file takes the permission bits of the file it replaces: a model or report the user kept
+    private (0600) was replaced by one anyone could read (the umask's 0644), a read-only one by a
+    writable one. A new name keeps what the writer gave it."""
+    try:
+        st = os.stat(target)
+    except OSError:
+        return
+    if stat.S_ISREG(st.st_mode):
+        os.chmod(tmp_path, stat.S_IMODE(st.st_mode))
 
 
 def save(
