@@ -317,12 +317,14 @@ def _emit_report(report, config) -> None:
 
 
 def _print_report(report, config) -> None:
-    if config.report == "-":
-        click.echo(report.to_json())
-    if config.markdown == "-":
+    from prunecli.io import paths
+
+    if config.report == paths.STDOUT:  # through io.paths: a stalled pipe gives way to Ctrl-C
+        paths.write_text(paths.STDOUT, report.to_json())
+    if config.markdown == paths.STDOUT:
         from prunecli.outputs.report import render_markdown
 
-        click.echo(render_markdown(report))
+        paths.write_text(paths.STDOUT, render_markdown(report))
     if not config.quiet and "-" not in (config.report, config.markdown):
         from prunecli.outputs.report import render
 

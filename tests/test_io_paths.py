@@ -142,21 +142,30 @@ def test_a_fifo_without_reader_is_refused_at_once_and_one_with_a_reader_is_writt
     assert fifo.is_fifo()
 
 
-def test_a_fifo_whose_reader_stalls_gives_way_to_a_stop_signal_and_the_outputs_stay_as_they_were(files):
-    """A FIFO given as --report whose reader opened it and never reads: the report (over the 64 KiB a
-    pipe holds) blocked in a write that the commit makes with stop signals held off, so Ctrl-C never
-    ended the run. The write now waits for room a tenth of a second at a time and gives way to the stop:
-    KeyboardInterrupt (exit 130), the model renamed in before it put back, no temporary file."""
+@pytest.mark.parametrize("report", ["fifo", "stdout pipe"])
+def test_a_report_whose_reader_stalls_gives_way_to_a_stop_signal_and_the_outputs_stay_as_they_were(
+    files, monkeypatch, report
+):
+    """A FIFO given as --report, or `-r -` into a pipe, whose reader never reads: the report (over the
+    64 KiB a pipe holds) blocked in a write that the commit makes with stop signals held off, so Ctrl-C
+    never ended the run. The write now waits for room a tenth of a second at a time and gives way to the
+    stop: KeyboardInterrupt (exit 130), the model renamed in before it put back, no temporary file."""
     import signal
     import time
 
     from prunecli import interrupts
     from prunecli.io.models import outputs_together
 
-    fifo, out = files / "pipe.json", files / "o.keras"
-    os.mkfifo(fifo)
+    out = files / "o.keras"
     out.write_text("old model")
-    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # holds the FIFO open, reads nothing
+    if report == "fifo":
+        target = files / "pipe.json"
+        os.mkfifo(target)
+        reader = os.open(target, os.O_RDONLY | os.O_NONBLOCK)  # holds the FIFO open, reads nothing
+    else:
+        target, (reader, writer) = "-", os.pipe()
+        stdout = os.fdopen(writer, "w")
+        monkeypatch.setattr("sys.stdout", stdout)
     stop = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
 
     def drain():  # after 5 s, so that a write that ignores the stop fails this test instead of hanging it
@@ -169,20 +178,23 @@ def test_a_fifo_whose_reader_stalls_gives_way_to_a_stop_signal_and_the_outputs_s
     try:
         with interrupts.handlers_kept():
             interrupts.install()
-            paths.plan(_config(files, report=str(fifo)), output_model=out)
+            paths.plan(_config(files, report=str(target)), output_model=out)
             start = time.monotonic()
             stop.start()
             with pytest.raises(KeyboardInterrupt), outputs_together():
                 with atomic_path(out) as tmp:
                     tmp.write_text("new model")
-                paths.write_text(fifo, "x" * (1 << 20))
+                paths.write_text(target, "x" * (1 << 20))
             assert time.monotonic() - start < 2
     finally:
         stop.cancel()
         rescue.cancel()
         interrupts.reset()
         os.close(reader)
-    assert out.read_text() == "old model" and fifo.is_fifo()
+        if report != "fifo":
+            monkeypatch.undo()
+            stdout.close()
+    assert out.read_text() == "old model"
     assert sorted(p.name for p in files.iterdir() if ".tmp" in p.name) == []
 
 

@@ -527,10 +527,28 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def _print(text: str) -> None:
+    """`text` on standard output; to a pipe, through _write_all, so that a reader that stops reading
+    does not hold off a stop signal (`prunecli prune ... -r - | slow-reader`)."""
     import sys
 
-    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    text = text if text.endswith("\n") else text + "\n"
+    fd = _pipe_of(sys.stdout)
+    if fd is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
     sys.stdout.flush()
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    _write_all(fd, text.encode(encoding, getattr(sys.stdout, "errors", None) or "strict"))
+
+
+def _pipe_of(stream) -> int | None:
+    """The file descriptor behind `stream` when it is a pipe or FIFO (a reader that can stall), else None."""
+    try:
+        fd = stream.fileno()
+        return fd if stat.S_ISFIFO(os.fstat(fd).st_mode) else None
+    except (AttributeError, OSError, ValueError):  # a test's buffer, a closed stream
+        return None
 
 
 def _write_special(target: Path, text: str) -> None:
@@ -551,19 +569,25 @@ STALL_WAIT_S = 0.1  # how long a write to a FIFO whose reader stalls waits for r
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    """All of `data` into a FIFO or device opened non-blocking. A reader slower than us is waited for;
-    while it reads nothing (a full pipe buffer, 64 KiB on Linux), a stop signal ends the wait
-    (KeyboardInterrupt): this write is part of the commit, which records stop signals instead of raising
-    them (io.models.outputs_together), so a blocking write to a reader that never read held off Ctrl-C
-    and SIGTERM for good. The commit then puts every output back as it was."""
+    """All of `data` into a pipe, FIFO or device, at most PIPE_BUF bytes a write and each once the file
+    is ready for it, so no write blocks (the descriptor may be blocking: standard output, whose flags are
+    shared with other processes, is left as it is). A reader slower than us is waited for; while it
+    reads nothing (a full pipe buffer, 64 KiB on Linux), a stop signal ends the wait (KeyboardInterrupt):
+    this write is part of the commit, which records stop signals instead of raising them
+    (io.models.outputs_together), so a blocking write to a reader that never read held off Ctrl-C and
+    SIGTERM for good. The commit then puts every output back as it was."""
     import select
 
     from prunecli import interrupts
 
+    ready = select.poll()
+    ready.register(fd, select.POLLOUT)
     view = memoryview(data)
     while view:
-        try:
-            view = view[os.write(fd, view) :]
-        except BlockingIOError:
+        if not ready.poll(STALL_WAIT_S * 1000):
             interrupts.checkpoint()
-            select.select([], [fd], [], STALL_WAIT_S)  # a full device is exit 6, as a full disk
+            continue
+        try:
+            view = view[os.write(fd, view[: select.PIPE_BUF]) :]
+        except BlockingIOError:  # ready, and yet full: another writer took the room
+            continue
