@@ -88,7 +88,12 @@ def test_npz_arrays_it_would_not_read_are_refused_by_name(mlp, tmp_path):
         data.load(str(both), model)
     plain_test = tmp_path / "plain_test.npz"
     np.savez(
-        plain_test, x=x[:300], y=y[:300], x_test=x[300:], y_test=y[300:], feature_names=np.array(["a"] * x.shape[1])
+        plain_test,
+        x=x[:300],
+        y=y[:300],
+        x_test=x[300:],
+        y_test=y[300:],
+        feature_names=np.array([f"f{i}" for i in range(x.shape[1])]),
     )
     d = data.load(str(plain_test), model)
     assert (d.n_train, d.n_eval, d.eval_held_out) == (300, 100, True)

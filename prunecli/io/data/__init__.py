@@ -35,7 +35,7 @@ from pathlib import Path
 
 from prunecli.errors import DataError
 from prunecli.io.data.batches import Data
-from prunecli.io.data.checks import io_names, is_multi_io
+from prunecli.io.data.checks import io_names, is_multi_io, unique_feature_names
 from prunecli.io.data.images import load_images
 from prunecli.io.data.npy import load_npy, npy_files
 from prunecli.io.data.npz import load_npz
@@ -156,4 +156,6 @@ def read_feature_names(path) -> list[str]:
         raise DataError(f"--feature-names {shown(p)} is not UTF-8 text (byte {exc.start})") from exc
     except OSError as exc:
         raise DataError(f"cannot read --feature-names {shown(p)}: {exc.strerror or exc}") from exc
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return unique_feature_names(
+        [line.strip() for line in text.splitlines() if line.strip()], f"--feature-names {shown(p)}"
+    )

@@ -11,6 +11,22 @@ from prunecli.errors import STREAMED_CHECK, DataError
 FINITE_CHECK_ROWS = 4096  # rows per chunk when checking a memory-mapped file for NaN/Inf
 
 
+def unique_feature_names(names: list[str], where: str) -> list[str]:
+    """Feature names, each given once: with a name twice, `--exclude-features a` kept one of the two
+    and removed the other, and the report's kept feature names said "a" for either (DataError)."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            from prunecli.messages import shown
+
+            raise DataError(
+                f"{where}: feature name {shown(name)!r} is given twice (features {seen[name]} and {i}):"
+                " each feature needs its own name"
+            )
+        seen[name] = i
+    return names
+
+
 def model_input_shape(model):
     """The single input's shape (batch first); None with several inputs, which multi_io checks by name."""
     shapes = [tuple(t.shape) for t in model.inputs] if getattr(model, "inputs", None) else []

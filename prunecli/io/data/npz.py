@@ -21,6 +21,7 @@ from prunecli.io.data.checks import (
     check_token_ids,
     is_multi_io,
     refuse_unread,
+    unique_feature_names,
 )
 from prunecli.io.data.labels import labels_for_model
 from prunecli.io.data.multi_io import multi_io_sets
@@ -194,4 +195,4 @@ def _feature_names(arrays: dict, path) -> list[str] | None:
     names = arrays["feature_names"]
     if names.ndim != 1 or names.dtype.kind not in "USiu":
         raise DataError(f"{path}: feature_names must be a 1-d array of names, got shape {names.shape} ({names.dtype})")
-    return [str(n) for n in names]
+    return unique_feature_names([str(n) for n in names], f"{path} (feature_names)")
