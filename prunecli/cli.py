@@ -414,6 +414,8 @@ def sweep(ctx: click.Context, sparsities: str, output_dir: str, name: str, per_l
     if ctx.get_parameter_source("sparsity") == click.core.ParameterSource.COMMANDLINE:
         raise ConfigError("sweep takes --sparsities (a list), not --sparsity")
     config = config_from(ctx, params)
+    if not output_dir.strip():  # Path("") is the current folder: the sweep's files landed there
+        raise ConfigError("--output-dir was given an empty value; name a folder, or leave the option out")
     from prunecli.io import paths
 
     named = any(ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE for p in ("output_dir", "name"))

@@ -43,10 +43,17 @@ def _as_bool(value: Any) -> bool:
     raise ValueError(value)
 
 
+# settings that name a file: an empty value names none, and read as "not given" it lost the file: `-r ""`
+# (an unset $REPORT in a script) wrote no report with exit 0, `-o ""` wrote the default name beside the input
+FILE_FIELDS = ("output", "data", "teacher", "feature_names", "report", "markdown", "save_plan")
+
+
 def _coerce(name: str, value: Any) -> Any:
     """Turn a recipe/env/CLI value into the type the field holds; one clear error otherwise."""
     if value is None:
         return None
+    if name in FILE_FIELDS and isinstance(value, str) and not value.strip():
+        raise ConfigError(f"{name} was given an empty value; name a file, or leave the option out")
     try:
         if name == "granularity":
             return value if isinstance(value, Granularity) else Granularity.parse(value)
