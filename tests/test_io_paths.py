@@ -579,18 +579,23 @@ def test_a_report_to_dev_stdout_is_the_standard_output(files):
 
 
 @pytest.mark.parametrize("quiet", [False, True])
-def test_standard_output_redirected_onto_an_output_is_refused(files, monkeypatch, quiet):
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_standard_output_or_error_redirected_onto_an_output_is_refused(files, monkeypatch, quiet, stream):
     """`prunecli prune m.keras -r - --markdown r.md > r.md`: the in-place writes (standard output) went into
-    the old r.md, which the commit swapped out and deleted, so the report was lost with exit 0. Refused
-    before any work when the run prints anything there; with -q and no `-` output nothing is lost."""
+    the old r.md, which the commit swapped out and deleted, so the report was lost with exit 0; `2> r.md`
+    lost the progress lines so. Refused before any work when the run prints anything there; with -q and
+    no `-` output nothing is lost."""
     (files / "r.md").write_text("old summary")
-    with open(files / "r.md", "a") as stdout:
-        monkeypatch.setattr("sys.stdout", stdout)
+    name = {"stdout": "standard output", "stderr": "standard error"}[stream]
+    with open(files / "r.md", "a") as redirected:
+        monkeypatch.setattr(f"sys.{stream}", redirected)
         c = _config(files, markdown=str(files / "r.md"), quiet=quiet)
         if quiet:
             paths.plan(c, output_model=files / "o.keras")
+            if stream == "stderr":  # -q prints no progress: only an error, when nothing is replaced
+                return
             c = _config(files, markdown=str(files / "r.md"), report="-", quiet=True)
-        with pytest.raises(OutputError, match=r"standard output is the markdown .*r\.md, which the run replaces"):
+        with pytest.raises(OutputError, match=rf"{name} is the markdown .*r\.md, which the run replaces"):
             paths.plan(c, output_model=files / "o.keras")
     assert (files / "r.md").read_text() == "old summary"
 

@@ -217,8 +217,11 @@ def plan(
         raise UsageError("--report - and --markdown - would both write to stdout; send one to a file")
 
     _check_collisions(p, model, force=bool(getattr(config, "force", False)))
-    if p.stdout_roles or not getattr(config, "quiet", False):
-        _check_stdout(p)
+    quiet = bool(getattr(config, "quiet", False))
+    if p.stdout_roles or not quiet:
+        _check_stream(p, "standard output", "stdout")
+    if not quiet:  # progress lines; an error is printed only when nothing is replaced
+        _check_stream(p, "standard error", "stderr")
     _check_formats(p)
     from prunecli.io.models.write import expect_unchanged
 
@@ -458,14 +461,15 @@ def _check_formats(p: PathPlan) -> None:
             raise UsageError(f"{flag} writes {written}, but {shown(t.path)} is named for {said}: give a {suffix} name")
 
 
-def _check_stdout(p: PathPlan) -> None:
-    """Standard output redirected onto a file the run replaces (`prunecli prune m.keras -o o.keras -r - >
-    o.keras`, `... --markdown r.md > r.md`): what the run printed went into the old file, which the commit
-    then swapped out and deleted, so the report or table was lost with exit 0. Refused before any work."""
+def _check_stream(p: PathPlan, name: str, stream: str) -> None:
+    """Standard output or error redirected onto a file the run replaces (`prunecli prune m.keras -o o.keras
+    -r - > o.keras`, `... --markdown r.md 2> r.md`): what the run printed went into the old file, which the
+    commit then swapped out and deleted, so the report, table or progress was lost with exit 0. Refused
+    before any work."""
     import sys
 
     try:
-        st = os.fstat(sys.stdout.fileno())
+        st = os.fstat(getattr(sys, stream).fileno())
     except (AttributeError, OSError, ValueError):  # no file behind it (a test's buffer, a closed stream)
         return
     if not stat.S_ISREG(st.st_mode):
@@ -474,8 +478,8 @@ def _check_stdout(p: PathPlan) -> None:
         found = None if t.in_place else _stat(t.path)
         if found is not None and (found.st_dev, found.st_ino) == (st.st_dev, st.st_ino):
             raise OutputError(
-                f"standard output is the {t.role} {shown(t.path)}, which the run replaces: what it prints"
-                " there would be lost; redirect standard output elsewhere"
+                f"{name} is the {t.role} {shown(t.path)}, which the run replaces: what it prints"
+                f" there would be lost; redirect {name} elsewhere"
             )
 
 
