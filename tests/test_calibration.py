@@ -75,6 +75,21 @@ def test_wanda_keeps_small_weight_on_large_input():
     assert float(np.asarray(fc.kernel)[0, 0]) == 0.0
 
 
+def test_the_exponent_of_the_input_norm_decides_which_weight_goes():
+    """|w| * ||x||^a by hand: weights 1, 0.4, 0.2 on inputs of norm 1, 4, 36 score 1, 1.6, 7.2 at a = 1
+    (Wanda prunes input 0), 1, 0.8, 1.2 at a = 0.5 (the tempered score prunes input 1) and 1, 0.4, 0.2
+    at a = 0 (magnitude prunes input 2)."""
+    from prunecli.calibration import wanda
+
+    w = np.array([[1.0], [0.4], [0.2]], "float32")
+    sum_of_squares = np.array([1.0, 16.0, 1296.0]) * 64  # 64 rows: a common factor ranks nothing
+    for exponent, expected, pruned in [(1.0, [1, 1.6, 7.2], 0), (0.5, [1, 0.8, 1.2], 1), (0.0, [1, 0.4, 0.2], 2)]:
+        score = np.asarray(wanda.scores(w, sum_of_squares, exponent))[:, 0]
+        np.testing.assert_allclose(score / score[0], expected, rtol=1e-6)
+        keep = np.asarray(wanda.per_output_keep(wanda.scores(w, sum_of_squares, exponent), 1))[:, 0]
+        assert keep.tolist() == [i != pruned for i in range(3)], exponent
+
+
 def test_sparsegpt_beats_magnitude_and_wanda_on_random_layer():
     import tensorflow as tf
 

@@ -1,7 +1,8 @@
 """--normalize measured, the calibrated methods' default allocation: uniform, LAMP and OWL each tried,
 compared on examples held out of the calibration (or the calibration's own when there are too few), the
 one that changes the outputs least used (calibration/oneshot.py); Wanda also tries the default magnitude
-command's masks."""
+command's masks and uniform and LAMP ranked by the tempered |w| * ||x||^0.5, and at N:M the exponent of
+its input norm (1, 0.5 or 0)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import calibration_config, every_target
 
+from prunecli.calibration.oneshot import TEMPERED_TRIALS
 from prunecli.config import MEASURED, build_config
 from prunecli.errors import ConfigError
 
@@ -45,19 +47,20 @@ def _run(method, sparsity=0.7, held_out=None, **settings):
     return res, {t.name: np.asarray(t.variable) for t in targets}
 
 
-def _magnitude_masks(sparsity=0.7, uniform=False):
+def _magnitude_masks(sparsity=0.7, uniform=False, granularity="element"):
     """The masks the default magnitude command chooses between on the same model: global LAMP on
-    |w|, or (`uniform`) every layer at the sparsity."""
+    |w|, or (`uniform`) every layer at the sparsity; with an N:M `granularity`, its N:M masks."""
     from prunecli.config import build_config
     from prunecli.selection import policy
 
     model = _conv_model()
     targets = every_target(model)
-    values = {"model_path": "m.keras", "method": "magnitude", "sparsity": sparsity}
+    values = {"model_path": "m.keras", "method": "magnitude", "sparsity": sparsity, "granularity": granularity}
     config = build_config({**values, **({"scope": "layer"} if uniform else {})}, environ={})
-    assert (config.scope, config.normalize) == (("layer", "lamp") if uniform else ("global", "lamp"))
+    nm = config.granularity.kind == "nm"
+    assert (config.scope, config.normalize) == (("layer", "lamp") if uniform or nm else ("global", "lamp"))
     return policy.build_masks(
-        targets, {t.name: np.abs(np.asarray(t.variable)) for t in targets}, "element", config
+        targets, {t.name: np.abs(np.asarray(t.variable)) for t in targets}, config.granularity.kind, config
     ).masks
 
 
@@ -70,6 +73,9 @@ def test_the_default_measures_only_where_calibration_chooses_an_allocation():
     assert cfg(method="wanda", scope="global").normalize == "lamp"  # a scope the user chose keeps its meaning
     assert cfg(method="wanda", scope="layer").normalize == "lamp"
     assert cfg(method="wanda", granularity="n:m=2:4").scope == "layer"  # N:M: no allocation to choose
+    assert cfg(method="wanda", granularity="n:m=2:4").normalize == MEASURED  # ... but Wanda's exponent
+    assert cfg(method="wanda", granularity="n:m=2:4", scope="layer").normalize == "lamp"  # Wanda's own score
+    assert cfg(method="sparsegpt", granularity="n:m=2:4").normalize == "lamp"
     assert cfg(method="magnitude").normalize == MEASURED  # with --data: run/steps.measured_allocation
     assert cfg(method="magnitude", epochs=2).normalize == MEASURED
     assert cfg(method="magnitude", scope="global").normalize == "lamp"
@@ -89,14 +95,33 @@ def test_the_default_measures_only_where_calibration_chooses_an_allocation():
         cfg(method="wanda", scope="layer", normalize="measured")
 
 
-@pytest.mark.parametrize("method", ["wanda", pytest.param("sparsegpt", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "method", ["wanda", *(pytest.param(m, marks=pytest.mark.slow) for m in ("wanda 2:4", "sparsegpt"))]
+)
 def test_measured_uses_the_allocation_with_the_least_output_error(method):
     """The choice is the smallest of the errors it reports, and the run is the same, mask for mask and
-    weight for weight, as one given that allocation explicitly: the weights are restored after each try."""
+    weight for weight, as one given that allocation explicitly: the weights are restored after each try.
+    At N:M Wanda's exponent is what is measured: 0 gives the magnitude command's N:M masks."""
+    if method == "wanda 2:4":
+        from prunecli.calibration import oneshot
+
+        res, weights = _run("wanda", scope="auto", sparsity=None, granularity="n:m=2:4")
+        measured = res.section["allocation_measured"]
+        errors = measured["output_error"]
+        assert set(errors) == set(oneshot.EXPONENT_TRIALS) and measured["chosen"] == min(errors, key=errors.get)
+        assert res.section["allocation"].startswith(f"layer; measured: {measured['chosen']}")
+        wanda_own, _ = _run("wanda", sparsity=None, granularity="n:m=2:4")  # --scope layer: Wanda's own score
+        magnitude = _magnitude_masks(sparsity=None, granularity="n:m=2:4")
+        for name, mask in res.masks.items():
+            expected = wanda_own.masks[name] if measured["chosen"] == "wanda" else magnitude[name]
+            if measured["chosen"] != "wanda-tempered":
+                np.testing.assert_array_equal(np.asarray(mask), np.asarray(expected), err_msg=name)
+            assert not np.array_equal(np.asarray(wanda_own.masks[name]), np.asarray(magnitude[name])), name
+        return
     res, weights = _run(method, scope="auto")
     measured = res.section["allocation_measured"]
     errors = measured["output_error"]
-    own = {"sparsegpt"} if method == "sparsegpt" else set()  # a SparseGPT run, measured after it ran
+    own = {"sparsegpt"} if method == "sparsegpt" else {"uniform-tempered", "lamp-tempered"}  # the run / Wanda's
     assert set(errors) == {"uniform", "lamp", "owl", "magnitude", "magnitude-uniform"} | own
     assert measured["examples"] == 48
     if method == "wanda":
@@ -114,7 +139,13 @@ def test_measured_uses_the_allocation_with_the_least_output_error(method):
         for name, mask in _magnitude_masks(uniform=measured["chosen"] == "magnitude-uniform").items():
             np.testing.assert_array_equal(np.asarray(res.masks[name]), np.asarray(mask), err_msg=name)
         return
-    same, same_weights = _run(method, **EXPLICIT[measured["chosen"]])
+    tempered = TEMPERED_TRIALS.get(measured["chosen"])
+    same, same_weights = _run(method, **EXPLICIT[tempered or measured["chosen"]])
+    if tempered:  # the allocation's counts, ranked by another score than the explicit run's
+        assert {n: int((~np.asarray(m)).sum()) for n, m in res.masks.items()} == {
+            n: int((~np.asarray(m)).sum()) for n, m in same.masks.items()
+        }
+        return
     for name, mask in res.masks.items():
         np.testing.assert_array_equal(np.asarray(mask), np.asarray(same.masks[name]), err_msg=name)
         np.testing.assert_array_equal(weights[name], same_weights[name], err_msg=name)
@@ -122,16 +153,23 @@ def test_measured_uses_the_allocation_with_the_least_output_error(method):
 
 @pytest.mark.parametrize(
     "forced",
-    ["lamp", *(pytest.param(f, marks=pytest.mark.slow) for f in ("magnitude", "uniform", "owl", "magnitude-uniform"))],
+    [
+        "lamp-tempered",
+        *(
+            pytest.param(f, marks=pytest.mark.slow)
+            for f in ("lamp", "magnitude", "uniform", "owl", "magnitude-uniform", "uniform-tempered")
+        ),
+    ],
 )
 def test_each_allocation_when_it_measures_best(monkeypatch, forced):
     """Whichever allocation measures best is the one the masks follow: each layer's pruned count is that
     allocation's (uniform: every layer at the sparsity); the magnitude masks, when they measure best, are
-    the run's, every calibrated layer listed as left to them and a note saying why."""
+    the run's, every calibrated layer listed as left to them and a note saying why; a tempered trial keeps
+    its allocation's counts, ranked otherwise than Wanda's own run."""
     from prunecli.calibration import oneshot, outputs
 
     tried = []
-    order = (*oneshot.MEASURED_ALLOCATIONS, *oneshot.MAGNITUDE_TRIALS)
+    order = (*oneshot.MEASURED_ALLOCATIONS, *oneshot.TEMPERED_TRIALS, *oneshot.MAGNITUDE_TRIALS)
 
     def error(got, reference, compared_as):
         tried.append(len(tried))
@@ -139,7 +177,7 @@ def test_each_allocation_when_it_measures_best(monkeypatch, forced):
 
     monkeypatch.setattr(outputs, "error", error)
     res, _ = _run("wanda", scope="auto")
-    assert len(tried) == 5, "three different allocations at 70% on this model, then the two magnitude masks"
+    assert len(tried) == 7, "three different allocations at 70% on this model, two tempered, two magnitude masks"
     assert res.section["allocation_measured"]["chosen"] == forced
     monkeypatch.undo()
     if forced.startswith("magnitude"):
@@ -148,11 +186,14 @@ def test_each_allocation_when_it_measures_best(monkeypatch, forced):
         assert set(res.section["fallback"]) == set(res.masks) and not res.section["layers"]
         assert any("magnitude ranking" in note for note in res.notes)
         return
-    explicit, _ = _run("wanda", **EXPLICIT[forced])
+    allocation = TEMPERED_TRIALS.get(forced, forced)
+    explicit, _ = _run("wanda", **EXPLICIT[allocation])
     counts = {n: int((~np.asarray(m)).sum()) for n, m in res.masks.items()}
     assert counts == {n: int((~np.asarray(m)).sum()) for n, m in explicit.masks.items()}
     shares = {round(counts[n] / np.asarray(m).size, 2) for n, m in res.masks.items()}
-    assert (shares == {0.7}) == (forced == "uniform")
+    assert (shares == {0.7}) == (allocation == "uniform")
+    same = [np.array_equal(np.asarray(m), np.asarray(explicit.masks[n])) for n, m in res.masks.items()]
+    assert all(same) == (forced not in TEMPERED_TRIALS)
 
 
 @pytest.mark.parametrize(
@@ -347,17 +388,20 @@ def test_split_examples_cuts_across_batches_and_input_structures():
 
 
 @pytest.mark.slow
-def test_the_cli_reports_what_it_measured(tmp_path):
-    """A default `--method wanda` run: the summary names the allocation, the JSON report gives every
-    candidate's output error (softmax outputs: compared as probabilities) and the choice is the least."""
+@pytest.mark.parametrize("setting", [["-s", "0.7"], ["-g", "n:m=2:4"]])
+def test_the_cli_reports_what_it_measured(tmp_path, setting):
+    """A default `--method wanda` run: the summary names the allocation (at N:M the exponent), the JSON
+    report gives every candidate's output error (softmax outputs: compared as probabilities), the
+    tempered score's among them, and the choice is the least."""
     import json
 
     from click.testing import CliRunner
 
+    from prunecli.calibration.oneshot import EXPONENT_TRIALS
     from prunecli.cli import main
 
     report = tmp_path / "r.json"
-    args = ["prune", "examples/digits_cnn.keras", "-m", "wanda", "-d", "examples/digits.npz", "-s", "0.7"]
+    args = ["prune", "examples/digits_cnn.keras", "-m", "wanda", "-d", "examples/digits.npz", *setting]
     result = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "m.keras"), "-r", str(report)])
     assert result.exit_code == 0, result.output
     section = json.loads(report.read_text())["calibration"]
@@ -365,5 +409,6 @@ def test_the_cli_reports_what_it_measured(tmp_path):
     assert measured["compared_as"] == ["probabilities"]
     assert section["samples"] == 128 and measured["held_out"] is True and measured["examples"] == 128
     errors = measured["output_error"]
+    assert set(errors) >= (set(EXPONENT_TRIALS) if "-g" in setting else {"uniform-tempered", "lamp-tempered"})
     assert measured["chosen"] == min(errors, key=errors.get)
     assert f"measured: {measured['chosen']}" in result.output

@@ -25,12 +25,13 @@ def _lowest(score, k: int):
     return keep.reshape(np.shape(score))
 
 
-def prune(view, w_dense, stats, method: str, k: int | None, nm, jit: bool):
-    """(new weights, keep) as block-diagonal matrix views, or why the layer stays on magnitude."""
+def prune(view, w_dense, stats, method: str, k: int | None, nm, jit: bool, exponent: float):
+    """(new weights, keep) as block-diagonal matrix views, or why the layer stays on magnitude.
+    `exponent`: of the input norm in Wanda's score (wanda.scores)."""
     import numpy as np
     import tensorflow as tf
 
-    from prunecli.calibration import sparsegpt
+    from prunecli.calibration import sparsegpt, wanda
     from prunecli.errors import DataError
 
     if nm:
@@ -39,7 +40,7 @@ def prune(view, w_dense, stats, method: str, k: int | None, nm, jit: bool):
     taps, channels, mult = view._depthwise_dims()
     w = np.asarray(tf.reshape(view.from_matrix(w_dense), (taps, channels, mult)), np.float32)
     if method == "wanda":
-        norms = np.sqrt(np.maximum(np.asarray(stats.diag, np.float64), 0.0)).reshape(taps, channels)
+        norms = wanda.input_norms(stats.diag, exponent).reshape(taps, channels)
         keep_w = _lowest(np.abs(w) * norms[:, :, None], k)
         new_w = np.where(keep_w, w, 0.0).astype(np.float32)
     else:

@@ -383,13 +383,16 @@ def _check_batches(calibration_x):
     return batches
 
 
-def _calibrate(view, stats, method: str, k, nm, reconstruct: bool, jit: bool, refine: str = "none"):
+def _calibrate(
+    view, stats, method: str, k, nm, reconstruct: bool, jit: bool, refine: str = "none", exponent=wanda.EXPONENT
+):
     """One layer: (new weights, keep mask, report entry, dense weights, notes), all matrix views, or
     the reason it falls back to magnitude (degenerate inputs, a failed factorisation, a result that
     is not finite or has more zeros than asked). `refine` "dsnot": the method's mask then goes through
     dsnot.refine, on the full Hessian where the capture holds one, else on each input's mean and
     variance (a depthwise kernel's per-channel blocks and an embedding's one-hot inputs are left as
-    they are, with a note)."""
+    they are, with a note). `exponent`: of the input norm in a Wanda layer's score (wanda.scores; the
+    tempered trials of --normalize measured)."""
     import tensorflow as tf
 
     from prunecli.selection import kernels
@@ -402,7 +405,7 @@ def _calibrate(view, stats, method: str, k, nm, reconstruct: bool, jit: bool, re
     hessian = stats.hessian
     dampening = None  # SparseGPT's, when it had to raise it
     if view.kind == "depthwise":  # per channel (depthwise.py); its block-diagonal view's zeros count as pruned
-        outcome = depthwise.prune(view, w_dense, stats, method, k, nm, jit)
+        outcome = depthwise.prune(view, w_dense, stats, method, k, nm, jit, exponent)
         if isinstance(outcome, str):
             return outcome
         w_new, keep = outcome
@@ -412,7 +415,7 @@ def _calibrate(view, stats, method: str, k, nm, reconstruct: bool, jit: bool, re
         keep = kernels.nm_keep_mask(score, nm[0], _nm_groups(view, nm)) if nm else _lowest_pruned(score, k)
         w_new = tf.where(keep, w_dense, tf.zeros_like(w_dense))
     elif method == "wanda":
-        score = wanda.scores(w_dense, stats.diag)
+        score = wanda.scores(w_dense, stats.diag, exponent)
         keep = kernels.nm_keep_mask(score, nm[0], _nm_groups(view, nm)) if nm else wanda.per_output_keep(score, k)
         w_new = tf.where(keep, w_dense, tf.zeros_like(w_dense))
     else:
@@ -518,8 +521,12 @@ def prune_calibrated(
     copies, purpose, instead = _hessian_use(method)
     check_memory(p, copies if full else 0, purpose, fallback, result.notes, instead)
     counts, chosen, tried, rival = _allocation(model, p, config, progress, held_out_x)
+    if measures_exponent(config):
+        chosen, tried = _measured_exponent(model, p, config, progress, held_out_x)
     if chosen:  # what was measured is what the layers (and those falling back to magnitude) now follow
-        normalize = "lamp" if chosen["chosen"] in MAGNITUDE_TRIALS else chosen["chosen"]
+        normalize = (
+            "lamp" if chosen["chosen"] in MAGNITUDE_TRIALS else TEMPERED_TRIALS.get(chosen["chosen"], chosen["chosen"])
+        )
         config = config.replace(scope="layer") if counts is None else config.replace(normalize=normalize)
     jit = use_xla()
     if tried is not None:  # a Wanda run: the chosen allocation's trial (or the magnitude masks) is the run itself
@@ -569,6 +576,18 @@ MEASURE_EXAMPLES = 64
 MAGNITUDE = "magnitude"
 MAGNITUDE_UNIFORM = "magnitude-uniform"
 MAGNITUDE_TRIALS = (MAGNITUDE, MAGNITUDE_UNIFORM)
+# ... and the same two allocations as Wanda runs ranked by the tempered |w| * ||x||^0.5
+# (wanda.TEMPERED_EXPONENT; its allocation here): between magnitude's |w| and Wanda's |w| * ||x||, it
+# beat both on the small decoders of bench/DECODERS.md ("A tempered Wanda score")
+TEMPERED_TRIALS = {"uniform-tempered": "uniform", "lamp-tempered": "lamp"}
+
+
+# An N:M Wanda run with --normalize measured (the default) has no allocation to choose; it tries the
+# exponent a of Wanda's |w| * ||x||^a instead: Wanda's own 1, the tempered 0.5 and 0 (|w| alone: the
+# masks of `--method magnitude -g n:m=N:M`, whose groups are the same). At 2:4 the tempered score beat
+# Wanda's on the Llama decoder, the GPT-2 decoder and the digits MLP of bench/DECODERS.md, and |w| beat
+# both on the last two, so none is the default alone.
+EXPONENT_TRIALS = {"wanda": wanda.EXPONENT, "wanda-tempered": wanda.TEMPERED_EXPONENT, "magnitude": 0.0}
 
 
 def measures_allocation(config) -> bool:
@@ -576,12 +595,86 @@ def measures_allocation(config) -> bool:
     return config.scope == "global" and config.granularity.kind == "element" and config.normalize == MEASURED
 
 
+def measures_exponent(config) -> bool:
+    """Whether the run compares Wanda's exponents (EXPONENT_TRIALS: an N:M Wanda run, --normalize measured)."""
+    return (
+        config.method == "wanda"
+        and config.granularity.kind == "nm"
+        and config.normalize == MEASURED
+        and not config.reconstruct
+    )
+
+
 def held_out_count(config) -> int:
     """How many examples beyond the calibration ones a run wants held out (`prune_calibrated`'s
-    held_out_x): when it compares allocations, as many again as it calibrates on (so that the comparison
-    costs about one calibration-sized forward pass per allocation), and at least MEASURE_EXAMPLES; none
-    otherwise."""
-    return max(config.calibration_samples, MEASURE_EXAMPLES) if measures_allocation(config) else 0
+    held_out_x): when it compares allocations or exponents, as many again as it calibrates on (so that
+    the comparison costs about one calibration-sized forward pass per trial), and at least
+    MEASURE_EXAMPLES; none otherwise."""
+    compares = measures_allocation(config) or measures_exponent(config)
+    return max(config.calibration_samples, MEASURE_EXAMPLES) if compares else 0
+
+
+def _measured_exponent(model, p: _Plan, config, progress, held_out_x) -> tuple[dict, _Trial | None]:
+    """An N:M Wanda run with --normalize measured: the whole sequential run tried at each exponent of
+    EXPONENT_TRIALS, the model's outputs then compared with the dense ones on held-out examples
+    (`_measure_passes`, `outputs.error`, as `_measured_allocation` compares allocations), and the trial
+    that moved them least kept as the run (returned with the report's account); the weights are restored
+    after each try. Where two copies of the prunable weights do not fit in free memory, Wanda's own score
+    is used (account says why) and no trial is returned."""
+    import numpy as np
+
+    from prunecli.structure.equivalence import forward
+
+    targets = [v.target for v, _ in p.layers] + list(p.rest)
+    budget = 2 * sum(4 * t.size for t in targets)
+    if not copies_fit(budget):
+        return {"chosen": "wanda", "why": f"no room for {_size(budget)} of weight copies to compare in"}, None
+    probe, held_out = _measure_passes(model, p, held_out_x)
+    run = forward(model, probe, calls=len(EXPONENT_TRIALS) + 1)
+    dense_out = outputs.of(model, probe, run)
+    kinds = outputs.kinds(model, dense_out)
+    saved = {t.name: np.array(t.variable) for t in targets}
+    errors, best = {}, None
+    try:
+        for name, exponent in EXPONENT_TRIALS.items():
+            _say(progress, f"trying {name} (|w| x ||x||^{exponent:g}, a Wanda run)")
+            trial, trial_fallback = CalibrationResult(), {}
+            _magnitude(p.rest, config, trial)
+            src = _passes(model, p, outputs=not held_out)
+            layers = _sequential(p, src, config, trial, trial_fallback, False, False, None, None, False, exponent)
+            walked = _walked(src, probe, held_out)
+            errors[name] = outputs.error(
+                walked if walked is not None else outputs.of(model, probe, run), dense_out, kinds
+            )
+            if np.isfinite(errors[name]) and (best is None or errors[name] < errors[best[0]]):
+                weights = {t.name: np.array(t.variable) for t in targets}
+                best = (name, _Trial(weights, trial, trial_fallback, layers, src))
+            for t in targets:
+                t.variable.assign(saved[t.name])
+            _say(progress, f"{name}: output error {errors[name]:.4g}")
+    finally:
+        for t in targets:
+            t.variable.assign(saved[t.name])
+    account = {
+        "chosen": "wanda" if best is None else best[0],
+        "exponent": EXPONENT_TRIALS["wanda" if best is None else best[0]],
+        "output_error": {k: round(float(v), 6) for k, v in errors.items()},
+        "examples": capture.count_examples(probe),
+        "held_out": held_out,
+        "compared_as": kinds,
+    }
+    if best is None:
+        return account, None
+    tried = best[1]
+    _say(progress, f"measuring the {best[0]} run's layer errors")
+    try:
+        for t in targets:
+            t.variable.assign(tried.weights[t.name])
+        tried.layers = _metered(model, p, tried.layers, saved)
+    finally:
+        for t in targets:
+            t.variable.assign(saved[t.name])
+    return account, tried
 
 
 def _allocation(
@@ -704,7 +797,9 @@ def _measured_allocation(
     models |w| x ||x|| ranks worse than LAMP on |w| (bench/ALLOCATION.md: the digits MLP at 80%), on the
     Llama decoder of bench/DECODERS.md uniform |w| beat every Wanda allocation at 50-70%, and the default
     calibrated command should never lose to the default magnitude one on what it can measure; when they
-    win, they are the run's, and a note and the report say so.
+    win, they are the run's, and a note and the report say so. It also tries the uniform and LAMP
+    allocations ranked by the tempered |w| * ||x||^0.5 (TEMPERED_TRIALS), kept as the run where they win
+    (the report's allocation says so; `--scope layer` or `global` is Wanda's own score).
     A Wanda run keeps the chosen trial as its result (returned); SparseGPT and --reconstruct run once
     more with the chosen Wanda allocation (their own runs cannot be tried per allocation at the cost of
     a Wanda one), and the trial that moved the outputs least (a Wanda run or the magnitude masks) is
@@ -735,7 +830,8 @@ def _measured_allocation(
         counts = policy.layer_counts(targets, lambda: ((t, scores[t.name]) for t in targets), "element", lamp)
         return counts, account, None, None
     probe, held_out = probe
-    names = MEASURED_ALLOCATIONS + (MAGNITUDE_TRIALS if keep or rival_fits else ())
+    names = MEASURED_ALLOCATIONS + (tuple(TEMPERED_TRIALS) if keep else ())
+    names += MAGNITUDE_TRIALS if keep or rival_fits else ()
     run = forward(model, probe, calls=len(names) + 2)  # the dense outputs, each trial, the finished run
     dense_out = _walked(scored, probe, held_out)  # from the walk that ranked the layers, where it can
     if dense_out is None:
@@ -751,17 +847,26 @@ def _measured_allocation(
                 trial, trial_fallback, counts = _magnitude_trial(targets, p, trial_config, uniform, config.method, than)
                 layers, src = {}, None
             else:
-                if name == "uniform":
+                allocation = TEMPERED_TRIALS.get(name, name)
+                exponent = wanda.TEMPERED_EXPONENT if name in TEMPERED_TRIALS else wanda.EXPONENT
+                if allocation == "uniform":
                     counts = {t.name: (_prune_count(t, config, {}, []), False) for t in targets}
                 else:
                     counts = policy.layer_counts(
                         targets,
                         lambda: ((t, scores[t.name]) for t in targets),
                         "element",
-                        config.replace(normalize=name),
+                        config.replace(normalize=allocation),
                     )
-                same = next((c for c, other in candidates.items() if other == counts), None)
-                if same is not None:  # the same counts as an allocation already measured
+                same = next(
+                    (
+                        c
+                        for c, other in candidates.items()
+                        if other == counts and (c in TEMPERED_TRIALS) == (name in TEMPERED_TRIALS)
+                    ),
+                    None,
+                )
+                if same is not None:  # the same counts and score as a trial already measured
                     candidates[name], errors[name] = counts, errors[same]
                     continue
                 _say(progress, f"trying the {name} allocation (a Wanda run)")
@@ -769,7 +874,7 @@ def _measured_allocation(
                 _magnitude(p.rest, trial_config, trial, counts)
                 src = _passes(model, p, outputs=not held_out)
                 layers = _sequential(
-                    p, src, trial_config, trial, trial_fallback, False, False, None, counts, meters=False
+                    p, src, trial_config, trial, trial_fallback, False, False, None, counts, False, exponent
                 )
             candidates[name] = counts
             walked = _walked(src, probe, held_out)
@@ -819,7 +924,7 @@ def _measured_allocation(
                 t.variable.assign(saved[t.name])
     if rival is not None:  # its layer errors are measured only if it is kept (`_Rival.beats`)
         rival.dense = {view.target.name: saved[view.target.name] for view, _ in p.layers}
-    uniform = chosen in ("uniform", MAGNITUDE_UNIFORM)
+    uniform = chosen in ("uniform", MAGNITUDE_UNIFORM) or TEMPERED_TRIALS.get(chosen) == "uniform"
     return (None if uniform else candidates[chosen]), account, tried, rival
 
 
@@ -870,10 +975,15 @@ def _first_examples(batches, n: int) -> list:
 
 
 def _allocation_label(counts, config, chosen: dict) -> str:
+    if chosen and "exponent" in chosen:
+        return f"layer; measured: {chosen['chosen']} (|w| x ||x||^{chosen['exponent']:g} within each N:M group)"
     if chosen and chosen["chosen"] == MAGNITUDE:
         return "measured: magnitude (global LAMP on |w|, no Wanda scores)"
     if chosen and chosen["chosen"] == MAGNITUDE_UNIFORM:
         return "measured: magnitude-uniform (every layer at the sparsity, |w|, no Wanda scores)"
+    if chosen and chosen["chosen"] in TEMPERED_TRIALS:
+        shares = "every layer at the sparsity" if TEMPERED_TRIALS[chosen["chosen"]] == "uniform" else "LAMP's shares"
+        return f"measured: {chosen['chosen']} ({shares}, |w| x ||x||^{wanda.TEMPERED_EXPONENT:g} per output)"
     if chosen:
         kept = ", its Wanda run kept" if chosen.get("kept") == "wanda" else ""
         return f"measured: {chosen['chosen']}" + ("" if chosen["chosen"] == "uniform" else " (on Wanda scores)") + kept
@@ -898,7 +1008,17 @@ def _note_few_rows(layers: dict, notes: list) -> None:
 
 
 def _sequential(
-    p: _Plan, src, config, result, fallback: dict, full: bool, jit: bool, progress, counts=None, meters: bool = True
+    p: _Plan,
+    src,
+    config,
+    result,
+    fallback: dict,
+    full: bool,
+    jit: bool,
+    progress,
+    counts=None,
+    meters: bool = True,
+    exponent: float = wanda.EXPONENT,
 ) -> dict[str, dict]:
     """Layer by layer in call order, each calibrated on the inputs the model pruned so far gives it
     (SparseGPT's and Wanda's own procedure), read from `src` (frontier.passes: the cached graph walk
@@ -909,7 +1029,8 @@ def _sequential(
     A layer without a Hessian (Wanda) has its output error read by an ErrorMeter riding on the next
     layer's passes: two convolutions the size of its own, twice the walk's work. Without `meters` (the
     trials of --normalize measured, at most one of which is kept) those errors are left None, for
-    `_metered` to measure on the run that is kept."""
+    `_metered` to measure on the run that is kept. `exponent`: of the input norm in Wanda's score (a
+    tempered trial's 0.5, wanda.TEMPERED_EXPONENT)."""
     from prunecli.selection import policy
 
     method, gran = config.method, config.granularity
@@ -940,7 +1061,7 @@ def _sequential(
             k = _prune_count(t, config, result.requested, layer_notes, counts)
         layer_method = "wanda" if diagonal_only else method
         refit_too = bool(config.reconstruct) and not diagonal_only
-        outcome = _calibrate(view, stats, layer_method, k, nm, refit_too, jit, config.refine)
+        outcome = _calibrate(view, stats, layer_method, k, nm, refit_too, jit, config.refine, exponent)
         del stats
         if isinstance(outcome, str):
             _fall_back(t, outcome, config, result, fallback, counts)

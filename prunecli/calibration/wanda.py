@@ -8,17 +8,31 @@ the per-input sum of squares (d_in floats, streamed over blocks of rows), never 
 (scaling by n does not change any ranking). N:M keeps the N best of every group of M inputs of each
 output, in the groups every N:M mask of prunecli uses (structure.targets.NmGroups: along the input
 channels of one convolution tap, never across taps).
+
+A tempered score |w_ij| * ||x_j||^a with a < 1 (TEMPERED_EXPONENT) weighs the activations less: on the
+small decoders and the digits MLP of bench/DECODERS.md, whose inputs lack the outlier features Wanda's
+activation term is there for, |w| * ||x||^0.5 kept better weights than the paper's a = 1 (an exponent
+between magnitude's 0 and Wanda's 1, as RIA's a = 0.5, Zhang et al. 2024). prunecli uses it only as one
+more trial of --normalize measured (calibration/oneshot.py), never in place of Wanda's own score.
 """
 
 from __future__ import annotations
 
+EXPONENT = 1.0  # Wanda's own: |w| * ||x||
+TEMPERED_EXPONENT = 0.5  # the tempered trial's: |w| * ||x||^0.5
 
-def scores(w, hessian_diag):
-    """|w| * ||x_j|| on the (d_in, d_out) matrix view, from the Hessian's diagonal (or anything
-    proportional to it, such as the per-input sum of squares)."""
+
+def input_norms(hessian_diag, exponent: float = EXPONENT):
+    """||x_j||^exponent per input, from the Hessian's diagonal (or anything proportional to it, such as
+    the per-input sum of squares: a common factor changes no ranking within an output)."""
     import numpy as np
 
-    return norm_scores(w, np.sqrt(np.maximum(np.asarray(hessian_diag, np.float64), 0.0)))
+    return np.sqrt(np.maximum(np.asarray(hessian_diag, np.float64), 0.0)) ** exponent
+
+
+def scores(w, hessian_diag, exponent: float = EXPONENT):
+    """|w| * ||x_j||^exponent on the (d_in, d_out) matrix view (Wanda's score at the default exponent)."""
+    return norm_scores(w, input_norms(hessian_diag, exponent))
 
 
 def norm_scores(w, norms):

@@ -386,9 +386,12 @@ def _check_measured(c: PruneConfig) -> None:
             f"--normalize {MEASURED} compares allocations at one --sparsity of single weights on the native"
             " engine: not with --threshold, --auto, --engine tfmot or a method that scores whole units"
         )
+    if c.method == "wanda" and c.granularity.kind == "nm" and c.scope == "layer" and not c.reconstruct:
+        return  # no allocation to choose: the exponent of Wanda's input norm is measured (calibration/oneshot.py)
     if c.scope != "global" or c.granularity.kind != "element":
         raise ConfigError(
             f"--normalize {MEASURED} chooses a global allocation: use --scope global with element pruning"
+            " (or --method wanda with N:M, where it chooses the exponent of Wanda's input norm)"
         )
 
 

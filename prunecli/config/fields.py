@@ -229,11 +229,13 @@ class PruneConfig:
         " scores hold more outliers, Yin et al. 2024) or measured (needs --data: of uniform and lamp, the"
         " one whose masks change the model's outputs least on examples of --data; wanda/sparsegpt also try"
         " owl, each as a whole Wanda run compared on examples the calibration did not read, and the"
-        " default magnitude command's masks; the trial that changes the outputs least is kept where it"
-        " changes them less than the run)."
-        " auto (default): measured for wanda/sparsegpt with the default --scope, and for magnitude with"
-        " --data and a --sparsity (no allocation won on every model: bench/DECODERS.md,"
-        " bench/DEFAULT_ALLOCATION.md), lamp otherwise.",
+        " default magnitude command's masks; wanda also tries uniform and lamp ranked by the tempered"
+        " |w| x ||x||^0.5; the trial that changes the outputs least is kept where it changes them less"
+        " than the run). With --method wanda and N:M there is no allocation: measured tries the exponent"
+        " a of |w| x ||x||^a (1: Wanda's own, 0.5, 0: the magnitude N:M masks) the same way."
+        " auto (default): measured for wanda/sparsegpt with the default --scope (wanda at N:M too), and"
+        " for magnitude with --data and a --sparsity (no allocation or score won on every model:"
+        " bench/DECODERS.md, bench/DEFAULT_ALLOCATION.md), lamp otherwise.",
         choices=NORMALIZE_CHOICES,
     )
     include: tuple[str, ...] = setting(
@@ -446,7 +448,12 @@ class PruneConfig:
             calibrated = self.method in CALIBRATED_METHODS and self.schedule == "oneshot"
             magnitude = self.method == "magnitude" and self.data is not None and self.threshold is None
             measured = ranked_globally and not scope_chosen and kind == "element" and not self.auto
-            object.__setattr__(self, "normalize", MEASURED if measured and (calibrated or magnitude) else "lamp")
+            # an N:M Wanda run measures the exponent of its input norm instead (calibration/oneshot.py,
+            # EXPONENT_TRIALS: bench/DECODERS.md, "A tempered Wanda score")
+            exponent = self.method == "wanda" and calibrated and kind == "nm" and not scope_chosen
+            exponent = exponent and not self.reconstruct and not self.auto
+            measured = measured and (calibrated or magnitude)
+            object.__setattr__(self, "normalize", MEASURED if measured or exponent else "lamp")
 
     @property
     def effective_sparsity(self) -> float | None:
