@@ -117,8 +117,9 @@ def render(results: dict, models, settings) -> str:
             ]
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
         chosen = [
-            f"{s} {','.join(str(v['chosen']) for (s2, r, _), v in rows.items() if (s2, r) == (s, 'wanda default'))}"
+            f"{s} {', '.join(v['chosen'] or 'not recorded' for (s2, r, _), v in rows.items() if (s2, r) == (s, 'wanda default'))}"
             for s in settings
+            if any(key[:2] == (s, "wanda default") for key in rows)
         ]
         seconds = {row: [v["seconds"] for (_, r, _), v in rows.items() if r == row] for row in ROWS}
         lines += [

@@ -578,7 +578,8 @@ MAGNITUDE_UNIFORM = "magnitude-uniform"
 MAGNITUDE_TRIALS = (MAGNITUDE, MAGNITUDE_UNIFORM)
 # ... and the same two allocations as Wanda runs ranked by the tempered |w| * ||x||^0.5
 # (wanda.TEMPERED_EXPONENT; its allocation here): between magnitude's |w| and Wanda's |w| * ||x||, it
-# beat both on the small decoders of bench/DECODERS.md ("A tempered Wanda score")
+# beat Wanda's own score on the small decoders and the digits MLP of bench/DECODERS.md at every setting,
+# and the default magnitude command on the Llama decoder ("A tempered Wanda score")
 TEMPERED_TRIALS = {"uniform-tempered": "uniform", "lamp-tempered": "lamp"}
 
 

@@ -11,9 +11,10 @@ channels of one convolution tap, never across taps).
 
 A tempered score |w_ij| * ||x_j||^a with a < 1 (TEMPERED_EXPONENT) weighs the activations less: on the
 small decoders and the digits MLP of bench/DECODERS.md, whose inputs lack the outlier features Wanda's
-activation term is there for, |w| * ||x||^0.5 kept better weights than the paper's a = 1 (an exponent
-between magnitude's 0 and Wanda's 1, as RIA's a = 0.5, Zhang et al. 2024). prunecli uses it only as one
-more trial of --normalize measured (calibration/oneshot.py), never in place of Wanda's own score.
+activation term is there for, |w| * ||x||^0.5 kept better weights than the paper's a = 1 at every
+sparsity and at 2:4 (bench/DECODERS.md, "A tempered Wanda score"; an exponent between magnitude's 0
+and Wanda's 1, as RIA's a = 0.5, Zhang et al. 2024). prunecli uses it only in the trials of
+--normalize measured (calibration/oneshot.py), beside Wanda's own score, never in place of it.
 """
 
 from __future__ import annotations
