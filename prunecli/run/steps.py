@@ -554,7 +554,8 @@ def calibrated_mask(state: RunState, progress: Progress, timings: Timings) -> St
     n, held = config.calibration_samples, calibration.held_out_count(config)
     examples, held_out = calibration.split_examples(calibration.take_examples(state.data.train, n + held), n)
     if scoring.get(config.method).calibrated:
-        more = f" ({calibration.count_examples(held_out)} more held out to compare allocations on)" if held_out else ""
+        what = "exponents" if calibration.measures_exponent(config) else "allocations"
+        more = f" ({calibration.count_examples(held_out)} more held out to compare {what} on)" if held_out else ""
         progress(f"calibrating {config.method} on {calibration.count_examples(examples)} examples{more}")
         with timings.phase("calibrate"):
             result = calibration.prune_calibrated(
