@@ -250,15 +250,18 @@ def test_a_sparsegpt_run_is_measured_against_the_trials_and_the_best_is_kept(
     assert any(n.startswith("sparsegpt: measured: the magnitude ranking") and "sparsegpt run" in n for n in res.notes)
 
 
-def test_without_room_for_a_copy_of_the_weights_lamp_is_used(monkeypatch):
+@pytest.mark.parametrize("nm", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_without_room_for_a_copy_of_the_weights_lamp_is_used(monkeypatch, nm):
+    """... and at N:M, Wanda's own score (no exponent trials)."""
     from prunecli.calibration import oneshot
 
     monkeypatch.setattr(oneshot, "check_memory", lambda *a: None)  # the layers' own buffers: not this test's
     monkeypatch.setattr(oneshot, "_available_memory", lambda: 1000)
-    res, _ = _run("wanda", scope="auto")
-    assert res.section["allocation_measured"]["chosen"] == "lamp"
+    setting = {"sparsity": None, "granularity": "n:m=2:4"} if nm else {}
+    res, _ = _run("wanda", scope="auto", **setting)
+    assert res.section["allocation_measured"]["chosen"] == ("wanda" if nm else "lamp")
     assert "no room" in res.section["allocation_measured"]["why"]
-    explicit, _ = _run("wanda", scope="global")
+    explicit, _ = _run("wanda", scope="layer" if nm else "global", **setting)
     for name, mask in res.masks.items():
         np.testing.assert_array_equal(np.asarray(mask), np.asarray(explicit.masks[name]), err_msg=name)
 

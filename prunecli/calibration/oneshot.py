@@ -629,7 +629,8 @@ def _measured_exponent(model, p: _Plan, config, progress, held_out_x) -> tuple[d
     targets = [v.target for v, _ in p.layers] + list(p.rest)
     budget = 2 * sum(4 * t.size for t in targets)
     if not copies_fit(budget):
-        return {"chosen": "wanda", "why": f"no room for {_size(budget)} of weight copies to compare in"}, None
+        why = f"no room for {_size(budget)} of weight copies to compare in"
+        return {"chosen": "wanda", "exponent": wanda.EXPONENT, "why": why}, None
     probe, held_out = _measure_passes(model, p, held_out_x)
     run = forward(model, probe, calls=len(EXPONENT_TRIALS) + 1)
     dense_out = outputs.of(model, probe, run)
