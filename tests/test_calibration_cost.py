@@ -152,7 +152,8 @@ def test_measured_trials_reuse_their_walks_and_meter_only_the_kept_run(monkeypat
     monkeypatch.setattr(oneshot, "_walked", lambda *args: None)  # the model run for every comparison
     calls.update(of=0, meters=0)
     ran, weights_ran = calibrated_at_budget(_time_distributed, 2**30, monkeypatch, **measured)
-    assert calls["of"] == 6
+    trials = oneshot.MEASURED_ALLOCATIONS + tuple(oneshot.TEMPERED_TRIALS) + oneshot.MAGNITUDE_TRIALS
+    assert calls["of"] == 1 + len(trials) == 8  # the dense outputs, then each trial's
     assert ran.section["allocation_measured"]["chosen"] == "uniform" and ran.section["layers"] == layers
     for name, error in ran.section["allocation_measured"]["output_error"].items():
         assert account["output_error"][name] == pytest.approx(error, rel=1e-4, abs=1e-6), name

@@ -8,8 +8,7 @@ w^2 / [H^-1]_jj that SparseGPT chooses its masks by, read from the model as it i
 from prunecli.scoring.registry import register
 
 SUMMARIES = {
-    "wanda": "|w| x input norm, per output, layer by layer on --data (Sun et al. 2023); by default also"
-    " tried with the norm^0.5 and as |w| alone, the least change to the outputs kept (--normalize measured)",
+    "wanda": "|w| x input norm per output, layer by layer, on --data (Sun et al. 2023)",
     "sparsegpt": "OBS pruning with weight updates, layer by layer (Frantar & Alistarh 2023)",
 }
 
