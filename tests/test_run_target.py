@@ -404,6 +404,10 @@ def test_a_flops_target_of_a_model_over_open_image_sizes_counts_at_the_datas_siz
     args = ("--target", "flops=0.5", "--data", tmp_path / "d.npz", "-o", out, "-r", report, "-q")
     result = cli("prune", tmp_path / "fcn.keras", *args)
     assert result.exit_code == 0, result.output
-    section = json.loads(report.read_text())["target"]
+    written = json.loads(report.read_text())
+    section = written["target"]
     assert section["dense"] == 14 * 14 * 27 * 8 + 5 * 5 * 72 * 8 + 5 * 5 * 8 * 2  # at 16 x 16: 14 x 14, then 5 x 5
     assert section["achieved"] == section["predicted_fraction"] <= 0.5  # the written model counted as the search did
+    counted = written["flops"]  # the report's own count takes the same sizes (it said "unknown" beside the target)
+    assert counted["at_data_sizes"] and counted["before"] == section["dense"]
+    assert counted["after"] == section["achieved_value"]

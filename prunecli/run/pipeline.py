@@ -88,7 +88,7 @@ def run(config: PruneConfig, progress: steps.Progress | None = None) -> PruneRes
     timings = Timings()
     state, input_sizes = steps.load(config, say, timings)
     source_print = plan_file.fingerprint(state.model) if config.save_plan else None  # before any weight changes
-    flops_before = flops.count(state.model, config.seq_len)  # theoretical multiply-adds per example, for the report
+    flops_before = target.counted_flops(state)  # theoretical multiply-adds per example, for the report
     opened, config = steps.open_nested(state.model, config)  # --shrink: a backbone's channels too
     state = state.after(opened).with_config(config)
     state = state.after(steps.pick_targets(state.model, config))
@@ -151,9 +151,7 @@ def run(config: PruneConfig, progress: steps.Progress | None = None) -> PruneRes
         if config.target:  # what the shrunk model (and the written file) really reached
             state = state.after(target.achieved(state, out and model_io.staged(out)))
         state = state.after(StepResult(sections={"reproducibility": plan_file.reproducibility(config)}))
-        state = state.after(
-            StepResult(sections={"flops": flops.section(flops_before, flops.count(state.model, config.seq_len))})
-        )
+        state = state.after(StepResult(sections={"flops": flops.section(flops_before, target.counted_flops(state))}))
         if decoder_before is not None:
             from prunecli.outputs import decoder_blocks
 

@@ -186,4 +186,6 @@ def section(before: dict, after: dict) -> dict[str, Any]:
         out[f"{stage}_nonzero"] = found["nonzero"]
         if found["partial"]:
             out["partial"] = True
+        if found.get("at_data_sizes"):  # open input sizes, counted at an example's of --data
+            out["at_data_sizes"] = True
     return out
