@@ -89,6 +89,18 @@ def table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def mean_spread(values: list[float], digits: int, count: bool = False) -> str:
+    """A table cell: the mean ± half the range of `values` ("-" for none, the value alone for one), with
+    `count` the number of values too."""
+    if not values:
+        return "-"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    spread = f"{mean:.{digits}f} ± {(max(values) - min(values)) / 2:.{digits}f}"
+    return spread + (f" (n={len(values)})" if count else "")
+
+
 def ratio(a: float | None, b: float | None) -> str:
     if not a or not b:
         return "-"

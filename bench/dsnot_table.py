@@ -26,6 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_common import mean_spread  # noqa: E402
+
 RUNS = (  # label, method, scope, refine
     ("magnitude default", "magnitude", None, "none"),
     ("wanda", "wanda", "layer", "none"),
@@ -84,15 +86,6 @@ def prune_once(model_path: Path, data: Path, work: Path, method, scope, refine, 
     }
 
 
-def _cell(values: list[float], digits: int) -> str:
-    if not values:
-        return "-"
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {(max(values) - min(values)) / 2:.{digits}f}"
-
-
 def render(results: dict, models, settings) -> str:
     lines = []
     for model in models:
@@ -109,7 +102,7 @@ def render(results: dict, models, settings) -> str:
             cells = []
             for setting in settings:
                 got = [v for k, v in rows.items() if k.split("|")[1] == setting and k.split("|")[2] == label]
-                cell = _cell([v["after"] for v in got], digits)
+                cell = mean_spread([v["after"] for v in got], digits)
                 if got and len(got) > 1:
                     cell += f" (n={len(got)})"
                 cells.append(cell)

@@ -39,6 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_common import mean_spread  # noqa: E402
+
 ROWS = ("magnitude default", "wanda layer", "ria layer", "tempered layer", "wanda default before", "wanda default")
 RIA_EXPONENT = 0.5  # the paper's a
 
@@ -91,15 +93,6 @@ def prune_once(model_path: Path, data: Path, work: Path, row: str, setting: str,
     }
 
 
-def _cell(values: list[float], digits: int) -> str:
-    if not values:
-        return "-"
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {(max(values) - min(values)) / 2:.{digits}f} (n={len(values)})"
-
-
 def render(results: dict, models, settings) -> str:
     lines = []
     for model in models:
@@ -112,7 +105,9 @@ def render(results: dict, models, settings) -> str:
         lines += ["| run | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
         for row in ROWS:
             cells = [
-                _cell([v["after"] for (s, r, _), v in rows.items() if (s, r) == (setting, row)], digits)
+                mean_spread(
+                    [v["after"] for (s, r, _), v in rows.items() if (s, r) == (setting, row)], digits, count=True
+                )
                 for setting in settings
             ]
             lines.append(f"| {row} | " + " | ".join(cells) + " |")

@@ -1513,6 +1513,16 @@ def lz4_frame_decompress(blob: bytes) -> bytes:
                 length -= len(chunk)
 
 
+def _save_with_mtcnn_weights(model, weights, out) -> None:
+    """`model` (an MTCNN stage rebuilt in Keras) given the arrays of mtcnn's .lz4 file, checked shape by
+    shape, and saved to `out`."""
+    arrays = mtcnn_weights(weights)
+    if [tuple(a.shape) for a in arrays] != [tuple(w.shape) for w in model.get_weights()]:
+        raise SystemExit(f"mtcnn {model.name}.lz4: the arrays do not match {model.name}'s weights")
+    model.set_weights(arrays)
+    model.save(out)
+
+
 def mtcnn_weights(blob: bytes) -> list:
     """mtcnn 1.0.0's weights: a joblib pickle (LZ4-compressed) of the list of arrays its models take in
     set_weights. Unpickled with only numpy's array classes and joblib's array wrapper allowed, so the file
@@ -1566,12 +1576,7 @@ def assemble_mtcnn_onet(weights: bytes, out: Path) -> None:
         layers.Dense(10, name="fc6-2")(x),
         layers.Dense(2, activation="softmax", name="fc6-3")(x),
     ]
-    model = keras.Model(inp, outs, name="onet")
-    arrays = mtcnn_weights(weights)
-    if [tuple(a.shape) for a in arrays] != [tuple(w.shape) for w in model.get_weights()]:
-        raise SystemExit("mtcnn onet.lz4: the arrays do not match ONet's weights")
-    model.set_weights(arrays)
-    model.save(out)
+    _save_with_mtcnn_weights(keras.Model(inp, outs, name="onet"), weights, out)
 
 
 def build_faces_mtcnn_onet(ctx, n=64):
@@ -2179,12 +2184,7 @@ def assemble_mtcnn_pnet(weights: bytes, out: Path) -> None:
         layers.Conv2D(4, 1, name="conv4-1")(x),
         layers.Conv2D(2, 1, activation="softmax", name="conv4-2")(x),
     ]
-    model = keras.Model(inp, outs, name="pnet")
-    arrays = mtcnn_weights(weights)
-    if [tuple(a.shape) for a in arrays] != [tuple(w.shape) for w in model.get_weights()]:
-        raise SystemExit("mtcnn pnet.lz4: the arrays do not match PNet's weights")
-    model.set_weights(arrays)
-    model.save(out)
+    _save_with_mtcnn_weights(keras.Model(inp, outs, name="pnet"), weights, out)
 
 
 PNET_SIZE = 64  # one pyramid level: PNet answers on a 27 x 27 grid of 12x12 windows

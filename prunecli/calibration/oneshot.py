@@ -668,7 +668,14 @@ def _measured_exponent(model, p: _Plan, config, progress, held_out_x) -> tuple[d
     if best is None:
         return account, None
     tried = best[1]
-    _say(progress, f"measuring the {best[0]} run's layer errors")
+    _meter_kept(model, p, tried, targets, saved, progress, best[0])
+    return account, tried
+
+
+def _meter_kept(model, p: _Plan, tried: _Trial, targets, saved: dict, progress, name: str) -> None:
+    """The kept trial's layer errors (its meters were left out while trials ran): its weights put in,
+    the layers metered, the dense weights (`saved`) put back whatever happens."""
+    _say(progress, f"measuring the {name} run's layer errors")
     try:
         for t in targets:
             t.variable.assign(tried.weights[t.name])
@@ -676,7 +683,6 @@ def _measured_exponent(model, p: _Plan, config, progress, held_out_x) -> tuple[d
     finally:
         for t in targets:
             t.variable.assign(saved[t.name])
-    return account, tried
 
 
 def _allocation(
@@ -916,14 +922,7 @@ def _measured_allocation(
     }
     tried = best[1] if best is not None and best[0] == chosen else None
     if tried is not None and tried.layers:  # the kept Wanda run's layer errors, its meters left out above
-        _say(progress, f"measuring the {chosen} run's layer errors")
-        try:
-            for t in targets:
-                t.variable.assign(tried.weights[t.name])
-            tried.layers = _metered(model, p, tried.layers, saved)
-        finally:
-            for t in targets:
-                t.variable.assign(saved[t.name])
+        _meter_kept(model, p, tried, targets, saved, progress, chosen)
     if rival is not None:  # its layer errors are measured only if it is kept (`_Rival.beats`)
         rival.dense = {view.target.name: saved[view.target.name] for view, _ in p.layers}
     uniform = chosen in ("uniform", MAGNITUDE_UNIFORM) or TEMPERED_TRIALS.get(chosen) == "uniform"
