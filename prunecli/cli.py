@@ -328,7 +328,18 @@ def _print_report(report, config) -> None:
     if not config.quiet and "-" not in (config.report, config.markdown):
         from prunecli.outputs.report import render
 
-        render(report, _console())
+        _print_rendered(_console(), lambda console: render(report, console))
+
+
+def _print_rendered(console, render, *lines: str) -> None:
+    """What `render(console)` prints (a rich table), and then `lines`, on standard output through io.paths
+    as `-r -` is: rich's own write to a pipe whose reader stalls blocked, and inside the commit, which
+    holds stop signals off, `prunecli prune m.keras | slow-reader` then ignored Ctrl-C and SIGTERM."""
+    from prunecli.io import paths
+
+    with console.capture() as captured:
+        render(console)
+    paths.write_text(paths.STDOUT, captured.get() + "".join(f"{line}\n" for line in lines))
 
 
 def _config_option(name: str, **extra):
@@ -421,13 +432,14 @@ def sweep(ctx: click.Context, sparsities: str, output_dir: str, name: str, per_l
     named = any(ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE for p in ("output_dir", "name"))
     paths.plan(config, sweep_dir=output_dir, sweep_name=name, sweep_named=named, **_plan_extras(ctx, config))
     result = run(config, parse_sparsities(sparsities), per_layer=per_layer, progress=_progress(config))
-    paths = write_outputs(result, output_dir, name)
+    written = write_outputs(result, output_dir, name)
     if not config.quiet:
         console = _console()
         if not console.is_terminal:  # piped or redirected: no terminal to wrap the wide table
             console.width = max(console.width, 150)
-        render_table(result, console)
-        click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+        _print_rendered(
+            console, lambda c: render_table(result, c), "wrote " + ", ".join(str(p) for p in written.values())
+        )
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)

@@ -3,13 +3,16 @@ are never replaced; names and messages (issue 18). Pure Python: no TensorFlow he
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
 import threading
 from pathlib import Path
 
 import pytest
 
+from prunecli.cli import _emit_report
 from prunecli.config import build_config
 from prunecli.errors import ConfigError, DataError, OutputError, UsageError
 from prunecli.io import paths
@@ -142,14 +145,16 @@ def test_a_fifo_without_reader_is_refused_at_once_and_one_with_a_reader_is_writt
     assert fifo.is_fifo()
 
 
-@pytest.mark.parametrize("report", ["fifo", "stdout pipe"])
+@pytest.mark.parametrize("report", ["fifo", "stdout pipe", "summary table"])
 def test_a_report_whose_reader_stalls_gives_way_to_a_stop_signal_and_the_outputs_stay_as_they_were(
     files, monkeypatch, report
 ):
     """A FIFO given as --report, or `-r -` into a pipe, whose reader never reads: the report (over the
     64 KiB a pipe holds) blocked in a write that the commit makes with stop signals held off, so Ctrl-C
     never ended the run. The write now waits for room a tenth of a second at a time and gives way to the
-    stop: KeyboardInterrupt (exit 130), the model renamed in before it put back, no temporary file."""
+    stop: KeyboardInterrupt (exit 130), the model renamed in before it put back, no temporary file.
+    The summary table `prunecli prune` prints without -r (rich wrote it, blocking) goes the same way: here
+    into a pipe already full, as a table of many layers fills it."""
     import signal
     import time
 
@@ -166,6 +171,12 @@ def test_a_report_whose_reader_stalls_gives_way_to_a_stop_signal_and_the_outputs
         target, (reader, writer) = "-", os.pipe()
         stdout = os.fdopen(writer, "w")
         monkeypatch.setattr("sys.stdout", stdout)
+    if report == "summary table":
+        os.set_blocking(writer, False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(writer, b"x" * select.PIPE_BUF)
+        os.set_blocking(writer, True)
     stop = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
 
     def drain():  # after 5 s, so that a write that ignores the stop fails this test instead of hanging it
@@ -178,13 +189,17 @@ def test_a_report_whose_reader_stalls_gives_way_to_a_stop_signal_and_the_outputs
     try:
         with interrupts.handlers_kept():
             interrupts.install()
-            paths.plan(_config(files, report=str(target)), output_model=out)
+            config = _config(files, **({} if report == "summary table" else {"report": str(target)}))
+            paths.plan(config, output_model=out)
             start = time.monotonic()
             stop.start()
             with pytest.raises(KeyboardInterrupt), outputs_together():
                 with atomic_path(out) as tmp:
                     tmp.write_text("new model")
-                paths.write_text(target, "x" * (1 << 20))
+                if report == "summary table":
+                    _emit_report(_one_layer_report(), config)
+                else:
+                    paths.write_text(target, "x" * (1 << 20))
             assert time.monotonic() - start < 2
     finally:
         stop.cancel()
@@ -196,6 +211,15 @@ def test_a_report_whose_reader_stalls_gives_way_to_a_stop_signal_and_the_outputs
             stdout.close()
     assert out.read_text() == "old model"
     assert sorted(p.name for p in files.iterdir() if ".tmp" in p.name) == []
+
+
+def _one_layer_report():
+    from prunecli.outputs.report import LayerStat, Report
+
+    totals = {"params": 8, "nonzeros": 4, "sparsity": 0.5}
+    totals.update({f"prunable_{k}": v for k, v in totals.items()})
+    layer = LayerStat("dense/kernel", "dense", "Dense", [2, 4], 8, 4, 0.5)
+    return Report(settings={}, input={"path": "m.keras", "format": "keras"}, totals=totals, layers=[layer])
 
 
 def test_dev_null_is_written_in_place_and_never_replaced():
