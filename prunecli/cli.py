@@ -564,7 +564,13 @@ class _Outputs:
 @click.argument("model_path", metavar="MODEL", type=click.Path())
 @click.option("-r", "--report", "report", type=click.Path(), help="A prunecli JSON report whose claims to check.")
 @click.option("--plan", "plan", type=click.Path(), help="A plan file (prune --save-plan) whose masks to check.")
-@click.option("-d", "--data", "data", type=click.Path(), help="Data to re-measure the report's accuracy on.")
+@click.option(
+    "-d",
+    "--data",
+    "data",
+    type=click.Path(),
+    help="The data the report's run evaluated (its digest is checked), to re-measure its accuracy on.",
+)
 @click.option(
     "--tolerance", type=float, default=1e-3, show_default=True, help="Accuracy difference allowed (absolute)."
 )

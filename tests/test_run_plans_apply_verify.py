@@ -144,15 +144,26 @@ def test_a_different_architecture_is_refused_naming_the_first_mismatch(pruned, t
     assert not (tmp_path / "x.keras").exists()
 
 
-def test_verify_passes_on_the_runs_own_output(pruned, mlp_files, cli):
+def test_verify_passes_on_the_runs_own_output_and_refuses_other_data(pruned, mlp_files, cli, tmp_path):
+    """The report records a digest of its --data (reproducibility.data): a copy of that data under another
+    name is the same data, other data is refused (exit 3): the report's accuracy was measured on its own,
+    and a verify gate re-measuring on other data could pass by chance."""
+    import shutil
+
     from prunecli.run.verify import verify
 
     out, plan, report = pruned
     result = cli("verify", out, "-r", report, "--plan", plan, "--data", mlp_files["data"])
     assert result.exit_code == 0, result.output
     assert "claims hold" in result.stdout
-    checked = verify(out, report=report, plan=plan, data=mlp_files["data"])
+    copy = shutil.copy(mlp_files["data"], tmp_path / "same_examples.npz")
+    checked = verify(out, report=report, plan=plan, data=copy)
     assert any(c.startswith("accuracy") for c in checked.checked) and any("sha256" in c for c in checked.checked)
+    x, y = make_tabular(seed=7)
+    np.savez(tmp_path / "other.npz", x=x, y=y)
+    result = cli("verify", out, "-r", report, "--data", tmp_path / "other.npz")
+    assert result.exit_code == 3 and len(result.stderr.strip().splitlines()) == 1
+    assert "other.npz is not the data the report's run evaluated (" in result.stderr
 
 
 def test_verify_of_a_missing_model_or_a_folder_is_one_line_with_the_report_too(pruned, tmp_path, cli):

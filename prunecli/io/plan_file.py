@@ -36,7 +36,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from prunecli.errors import ConfigError, InputError, OutputError, first_line
+from prunecli.errors import ConfigError, DataError, InputError, OutputError, first_line
 from prunecli.messages import shown
 
 FORMAT = "prunecli-plan"
@@ -679,6 +679,37 @@ def write(path: str | os.PathLike, data: bytes) -> None:
         raise OutputError(f"cannot write plan {shown(path)}: {exc.strerror or first_line(exc)}") from exc
 
 
+def data_digest(data: str) -> dict:
+    """What `--data` names, as the report records it (`reproducibility.data`) and `verify --data` compares
+    it: a sha256 over every file the loader reads (files_read's besides the data itself), each by its
+    content, so that a copy elsewhere or under another name is the same data; inside a folder given as
+    --data (image classes, TFRecord shards) by its path in that folder too, as a class folder's name is
+    its examples' label. `files`: how many files it covers."""
+    import glob
+
+    from prunecli.io.data import files_read
+
+    p = Path(str(data))
+    if p.is_dir():
+        named = [(f.relative_to(p).as_posix(), f) for f in sorted(p.rglob("*")) if f.is_file()]
+    elif any(ch in str(data) for ch in "*?["):
+        named = [("", Path(f)) for f in sorted(glob.glob(str(data))) if Path(f).is_file()]
+    else:
+        named = [("", p)]
+    seen = {f.resolve() for _name, f in named}
+    for f in files_read(str(data)).get("data", []):
+        if f.is_file() and f.resolve() not in seen:
+            seen.add(f.resolve())
+            named.append(("", f))
+    digest = hashlib.sha256()
+    for name, f in named:
+        try:
+            digest.update(f"{name}\0{file_sha256(f)}\n".encode("utf-8", "surrogateescape"))
+        except OSError as exc:
+            raise DataError(f"cannot read data file {shown(f)}: {exc.strerror or first_line(exc)}") from exc
+    return {"files": len(named), "sha256": digest.hexdigest()}
+
+
 def settings_of(config) -> dict:
     """The run's options as the plan (and the report) record them: the granularity as text, the
     per-layer rules as dicts."""
@@ -689,7 +720,8 @@ def settings_of(config) -> dict:
 
 def reproducibility(config) -> dict:
     """What a rerun of the same command, seed and data reproduces bit for bit (the report's
-    `reproducibility` section)."""
+    `reproducibility` section), and with --data which data that is (`data`: data_digest), so
+    that `verify --data` re-measures the report's accuracy only on it."""
     data_free = config.method in ("magnitude", "random", "l1-norm", "l2-norm", "neuron-mean")
     trains = config.epochs > 0 or config.schedule != "oneshot"
     gradual = config.schedule != "oneshot"
@@ -704,12 +736,15 @@ def reproducibility(config) -> dict:
             "fine-tuning runs multi-threaded: the order of floating-point sums, hence the last bits "
             "of the weights, can differ between runs"
         )
-    return {
+    section = {
         "masks": masks,
         "plan_file": masks,
         "weights": "not bitwise" if trains else masks,
         "why": why,
     }
+    if config.data:
+        section["data"] = data_digest(config.data)
+    return section
 
 
 def plan_section(path, data: bytes) -> dict:

@@ -9,7 +9,8 @@ Every claim is recomputed from the model file, never taken from the report:
           channels of one convolution tap) and each layer's requested sparsity being what the
           pattern prunes of it (below 1 - N/M where a tap's channels are not a multiple of M), and,
           with --data, the final accuracy within `tolerance` (absolute; default 1e-3) on the data
-          the run evaluated on (same batch size, --val-split and seed).
+          the run evaluated on (same batch size, --val-split and seed); --data other than the files the
+          report's `reproducibility.data` digest records is refused (DataError, exit 3).
   plan:   the architecture fingerprint (unless the plan's run shrank the model; a -g layer run's without
           the layers it removed), every weight the plan prunes is exactly zero, and for a shrunk model,
           each layer keeps as many units as the plan.
@@ -26,7 +27,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prunecli.errors import ConfigError, GateFailed, InputError, first_line, streamed_errors_raised
+from prunecli.errors import ConfigError, DataError, GateFailed, InputError, first_line, streamed_errors_raised
 from prunecli.io import plan_file
 from prunecli.messages import shown
 from prunecli.runtime import keeps_global_state
@@ -84,6 +85,7 @@ def verify(
         ("model file", model_path, InputError),
         ("report", report, InputError),
         ("plan", plan, InputError),
+        ("data file", data, DataError),  # a FIFO would block its digest
     ):
         if p is not None:
             paths.check_readable(p, role, err)
@@ -92,6 +94,8 @@ def verify(
     saved_plan = plan_file.read(plan) if plan is not None else None
     if data is not None and claims is None:
         raise ConfigError("--data checks the report's accuracy: give --report too")
+    if data is not None:
+        _check_same_data(claims, data)
     result = VerifyResult(model=str(model_path))
     if claims is not None:
         _check_hash(result, claims, model_path)
@@ -171,6 +175,7 @@ def report_problem(report: dict) -> str | None:
             ("output", r.get("output"), optional(is_object), "an object"),
             ("metrics", r.get("metrics"), optional(is_object), "an object"),
             ("quantize", r.get("quantize"), optional(is_object), "an object"),
+            ("reproducibility", r.get("reproducibility"), optional(is_object), "an object"),
         ]
     )
     problem = problem or plan_file.settings_problem(r.get("settings", {}))
@@ -194,6 +199,10 @@ def report_problem(report: dict) -> str | None:
     totals = r["totals"]
     fields += [(f"totals.{key}", totals.get(key), ok, "a number") for key, ok in TOTALS.items()]
     output = r.get("output") or {}
+    recorded_data = (r.get("reproducibility") or {}).get("data")
+    fields.append(("reproducibility.data", recorded_data, optional(is_object), "an object"))
+    if is_object(recorded_data):
+        fields.append(("reproducibility.data.sha256", recorded_data.get("sha256"), optional(is_text), "text"))
     fields += [
         ("output.sha256", output.get("sha256"), optional(is_text), "text"),
         ("output.bytes", output.get("bytes"), optional(is_int), "an integer"),
@@ -209,6 +218,23 @@ def report_problem(report: dict) -> str | None:
         if is_object(values):
             fields += [(f"{where}.{k}", values.get(k), optional(is_number), "a number") for k in ("accuracy", "loss")]
     return first_problem(fields)
+
+
+def _check_same_data(claims: dict, data) -> None:
+    """--data must be the data the report's run evaluated (its `reproducibility.data` digest): the accuracy
+    the report records is for that data, and re-measured on other data it could pass the check by chance
+    or fail it with nothing wrong. A DataError (exit 3), not a failed claim: nothing was checked. A report
+    of a prunecli that recorded no digest is checked on the data given, as before."""
+    recorded = ((claims.get("reproducibility") or {}).get("data") or {}).get("sha256")
+    if recorded is None:
+        return
+    given = plan_file.data_digest(str(data))["sha256"]
+    if given != str(recorded).strip().lower():
+        run_data = claims.get("settings", {}).get("data")
+        raise DataError(
+            f"--data {shown(data)} is not the data the report's run evaluated ({shown(run_data)}, sha256"
+            f" {str(recorded)[:12]}...; this is {given[:12]}...): its accuracy is for that data"
+        )
 
 
 def _check_hash(result: VerifyResult, claims: dict, model_path) -> None:
