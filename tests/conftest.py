@@ -235,8 +235,9 @@ def check_narrowed_lm(lm, tmp_path, vocab: int, class_name: str, sparsity: float
 
 
 def check_shrunk_lm(masked_lm, small, tmp_path, vocab: int, class_name: str) -> None:
-    """`small` computes and generates what `masked_lm` does (KerasHub's own cache loop on the masked one,
-    prunecli's on the smaller one), and so does it after a save/load round trip as `class_name`."""
+    """`small` computes what `masked_lm` does, and after a save/load round trip as `class_name` it still
+    does and generates the masked model's tokens (KerasHub's own cache loop on the masked one, prunecli's
+    on the reloaded one: the same class and weights as `small`, so one decoding run covers both)."""
     import numpy as np
 
     x = token_inputs(vocab)
@@ -244,7 +245,6 @@ def check_shrunk_lm(masked_lm, small, tmp_path, vocab: int, class_name: str) -> 
     assert_close_rel(small(x), want)
     tokens = greedy_tokens(masked_lm, hub_prompt())
     assert (tokens[:, 3:] != 0).any()  # it generated something
-    np.testing.assert_array_equal(greedy_tokens(small, hub_prompt()), tokens)
     back = reloaded_hub(small, tmp_path / "small.keras")
     assert type(back).__name__ == class_name
     assert_close_rel(back(x), want)

@@ -39,7 +39,16 @@ def mixtral(tmp_path_factory):
 
 def test_element_pruning_works_on_mixtral(cli, mixtral, tmp_path):
     result = cli(
-        "prune", mixtral / "lm.keras", "-s", "0.5", "--data", mixtral / "tokens.npz", "-o", tmp_path / "o.keras", "-q"
+        "prune",
+        mixtral / "lm.keras",
+        "-s",
+        "0.5",
+        "--data",
+        mixtral / "tokens.npz",
+        "--no-speed",
+        "-o",
+        tmp_path / "o.keras",
+        "-q",
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "o.keras").exists()
@@ -49,7 +58,7 @@ def test_element_pruning_works_on_mixtral(cli, mixtral, tmp_path):
 def test_neuron_pruning_of_mixtral_shrinks_its_experts(cli, mixtral, tmp_path, extra):
     """Mixtral's feed-forward network was a layout prunecli did not read (exit 3, "none were found"): its
     experts' units are pruned and removed now (tests/test_removal_moe.py), the file written smaller."""
-    result = cli("prune", mixtral / "lm.keras", "-g", "neuron", *extra, "-o", tmp_path / "o.keras", "-q")
+    result = cli("prune", mixtral / "lm.keras", "-g", "neuron", *extra, "--no-speed", "-o", tmp_path / "o.keras", "-q")
     assert result.exit_code == 0, result.output
     assert keras_count(tmp_path / "o.keras") < keras_count(mixtral / "lm.keras")
 
@@ -83,7 +92,7 @@ def test_whole_blocks_of_a_family_built_from_num_layers_go_by_a_rebuild_from_its
     import keras
 
     out = tmp_path / "o.keras"
-    result = cli("prune", mixtral / "lm.keras", "-g", "layer", "--remove-layers", "1", "-o", out, "-q")
+    result = cli("prune", mixtral / "lm.keras", "-g", "layer", "--remove-layers", "1", "--no-speed", "-o", out, "-q")
     assert result.exit_code == 0, result.output
     written = keras.saving.load_model(out)
     assert type(written).__name__ == "MixtralCausalLM" and written.backbone.get_config()["num_layers"] == 1
@@ -113,7 +122,21 @@ def test_heads_of_an_unknown_block_are_masked_with_a_note(cli, mixtral, tmp_path
     import json
 
     out, report = tmp_path / "o.keras", tmp_path / "r.json"
-    result = cli("prune", mixtral / "lm.keras", "-g", "head", "-s", "0.5", "--shrink", "-o", out, "-r", report, "-q")
+    result = cli(
+        "prune",
+        mixtral / "lm.keras",
+        "-g",
+        "head",
+        "-s",
+        "0.5",
+        "--shrink",
+        "--no-speed",
+        "-o",
+        out,
+        "-r",
+        report,
+        "-q",
+    )
     assert result.exit_code == 0, result.output
     written = json.loads(report.read_text())
     assert any("masked, not deleted" in n for n in written["notes"])

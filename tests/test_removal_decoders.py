@@ -198,7 +198,7 @@ def test_cli_shrinks_a_saved_llama(cli, tmp_path, granularity):
     path = tmp_path / "llama.keras"
     model.save(path)
     out, report = tmp_path / "out.keras", tmp_path / "r.json"
-    res = cli("prune", path, "-g", granularity, "-s", "0.5", "--shrink", "-o", out, "-r", report, "-q")
+    res = cli("prune", path, "-g", granularity, "-s", "0.5", "--shrink", "--no-speed", "-o", out, "-r", report, "-q")
     assert res.exit_code == 0, res.output
     transformer.register_for_file(out)
     small = keras.saving.load_model(out)
@@ -261,7 +261,6 @@ def test_causal_lm_keeps_generating_after_groups_and_units_go(tmp_path):
     assert_close_rel(smaller(x), small(x))  # `small` is masked where `smaller` lost its units
     want = greedy_tokens(small, prompt)
     assert (want[:, 3:] != 0).any()  # it generated something
-    np.testing.assert_array_equal(greedy_tokens(smaller, prompt), want)
     back = reloaded_hub(smaller, tmp_path / "lm.keras")
     assert type(back).__name__ == "PrunedLlamaCausalLM"
     np.testing.assert_array_equal(greedy_tokens(back, prompt), want)
@@ -297,7 +296,7 @@ def test_whole_blocks_leave_a_causal_lm(cli, tmp_path):
 
     path, out, report = tmp_path / "lm.keras", tmp_path / "out.keras", tmp_path / "r.json"
     lm.save(path)
-    res = cli("prune", path, "-g", "layer", "--remove-layers", "1", "-o", out, "-r", report, "-q")
+    res = cli("prune", path, "-g", "layer", "--remove-layers", "1", "--no-speed", "-o", out, "-r", report, "-q")
     assert res.exit_code == 0, res.output
     assert len(json.loads(report.read_text())["removed_layers"]) == 1
     transformer.register_for_file(out)
@@ -368,7 +367,7 @@ def test_fit_target_on_decoder_blocks_removes_units_to_fit(cli, tmp_path):
     path, out, report = tmp_path / "llama.keras", tmp_path / "out.keras", tmp_path / "r.json"
     dense = backbone(layers=3)
     dense.save(path)
-    res = cli("prune", path, "--target", "params=0.8", "-o", out, "-r", report, "-q")
+    res = cli("prune", path, "--target", "params=0.8", "--no-speed", "-o", out, "-r", report, "-q")
     assert res.exit_code == 0, res.output
     section = json.loads(report.read_text())["target"]
     transformer.register_for_file(out)
@@ -380,7 +379,7 @@ def test_fit_target_on_decoder_blocks_removes_units_to_fit(cli, tmp_path):
     assert refused.stderr.strip().count("\n") == 0 and not (tmp_path / "no.keras").exists()
     open_length = cli("prune", path, "--target", "flops=0.5", "-o", tmp_path / "no.keras", "-q")
     assert open_length.exit_code == 2 and "needs --seq-len" in open_length.stderr
-    res = cli("prune", path, "--target", "flops=0.8", "--seq-len", "12", "-o", out, "-r", report, "-q")
+    res = cli("prune", path, "--target", "flops=0.8", "--seq-len", "12", "--no-speed", "-o", out, "-r", report, "-q")
     assert res.exit_code == 0, res.output
     section = json.loads(report.read_text())["target"]  # SwiGLU units: exactly what the report counts
     assert section["predicted"] == section["achieved_value"] <= 0.8 * section["dense"] and section["within_tolerance"]

@@ -178,7 +178,6 @@ def test_causal_lm_keeps_generating_after_channels_go(tmp_path):
     prompt["padding_mask"][:, :3] = True
     want = greedy_tokens(lm, prompt)
     assert (want[:, 3:] != 0).any()
-    np.testing.assert_array_equal(greedy_tokens(small, prompt), want)
     back = reloaded_hub(small, tmp_path / "lm.keras")
     assert type(back).__name__ == "PrunedLlamaCausalLM"
     np.testing.assert_array_equal(greedy_tokens(back, prompt), want)
@@ -189,7 +188,7 @@ def test_cli_writes_a_narrower_model_and_its_report(cli, tmp_path):
     model = backbone()
     path, out, report = tmp_path / "llama.keras", tmp_path / "out.keras", tmp_path / "r.json"
     model.save(path)
-    res = cli("prune", path, "-g", "hidden", "-s", "0.25", "--shrink", "-o", out, "-r", report, "-q")
+    res = cli("prune", path, "-g", "hidden", "-s", "0.25", "--shrink", "--no-speed", "-o", out, "-r", report, "-q")
     assert res.exit_code == 0, res.output
     section = json.loads(report.read_text())["hidden"]
     assert (section["hidden_before"], section["hidden_after"], section["score"]) == (D, 24, "magnitude")
@@ -215,7 +214,7 @@ def test_a_model_without_decoder_blocks_is_refused(cli, tmp_path):
         hidden.run_hidden(plain, targets_mod.select(plain), _config(sparsity=0.25))
     path = tmp_path / "mlp.keras"
     plain.save(path)
-    res = cli("prune", path, "-g", "hidden", "-s", "0.25", "--shrink", "-o", tmp_path / "o.keras", "-q")
+    res = cli("prune", path, "-g", "hidden", "-s", "0.25", "--shrink", "--no-speed", "-o", tmp_path / "o.keras", "-q")
     assert res.exit_code == 3 and "needs KerasHub decoder blocks" in res.output
     assert len(res.output.strip().splitlines()) == 1
 

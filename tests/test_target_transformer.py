@@ -166,7 +166,9 @@ def test_causal_lm_search_keeps_the_lowest_next_token_loss(cli, tmp_path):
     path, data, out, report = tmp_path / "lm.keras", tmp_path / "t.npz", tmp_path / "o.keras", tmp_path / "r.json"
     _llama_lm().save(path)
     token_file(data)
-    res = cli("prune", path, "-g", "transformer", "--target", "params=0.6", "-d", data, "-o", out, "-r", report)
+    res = cli(
+        "prune", path, "-g", "transformer", "--target", "params=0.6", "-d", data, "--no-speed", "-o", out, "-r", report
+    )
     assert res.exit_code == 0, res.output
     assert "-g transformer: split 15/15" in res.output
     written = json.loads(report.read_text())

@@ -42,11 +42,14 @@ def test_mean_loss_weights_each_example_once_traced_or_not(sizes):
 
 def test_a_single_large_batch_is_traced(monkeypatch):
     """Few batches run eagerly (tracing would not pay) unless a batch holds more input values than
-    MAX_PROBE_ELEMENTS: then memory decides, and the step is traced; the loss is the same."""
+    EAGER_INPUT_ELEMENTS: then memory decides, and the step is traced; the loss is the same. A rebuild's
+    one-batch equivalence check follows the same rule."""
     model, batches = _model_and_batches((7,))
     loss = metrics.loss_callable(keras.losses.SparseCategoricalCrossentropy(from_logits=True), "test")
     assert not hasattr(metrics.loss_step(model, loss, batches), "get_concrete_function")
-    monkeypatch.setattr(equivalence, "MAX_PROBE_ELEMENTS", 7 * 5 - 1)  # one value fewer than the batch holds
+    assert not equivalence.forward(model, [batches[0][0]]).traced
+    monkeypatch.setattr(equivalence, "EAGER_INPUT_ELEMENTS", 7 * 5 - 1)  # one value fewer than the batch holds
+    assert equivalence.forward(model, [batches[0][0]]).traced
     step = metrics.loss_step(model, loss, batches)
     assert hasattr(step, "get_concrete_function")
     assert metrics.mean_loss(model, batches, loss, step) == pytest.approx(_by_hand(model, batches), rel=1e-5)

@@ -17,20 +17,23 @@ MAX_PROBE_ELEMENTS = 1 << 20  # input values one check or timing feeds at once: 
 
 
 TRACE_FROM_BATCHES = 4  # forward passes over which a traced call repays its trace
+EAGER_INPUT_ELEMENTS = 1 << 16  # input values of one batch up to which an eager call's intermediate
+# tensors stay small (a check batch holds up to MAX_PROBE_ELEMENTS: SpliceAI's, 16 times this, is traced)
 
 
 def worth_tracing(batches, calls: int = 1) -> bool:
     """Whether a model's call on these input batches (each run `calls` times) should be traced
     (tf.function) rather than run eagerly: when the passes are enough to repay the trace, or when one
-    batch holds more than MAX_PROBE_ELEMENTS input values. Memory as well as time: Keras' eager call
+    batch holds more than EAGER_INPUT_ELEMENTS input values. Memory as well as time: Keras' eager call
     of a functional model holds every intermediate tensor until the call returns (SpliceAI's 39
     dilated convolutions on 32 x 10,100 positions: 5.8 GB peak eagerly, 1.1 GB traced; 3.2 s against
-    2.1 s a call)."""
+    2.1 s a call), while tracing a small model costs more than its passes (a six-block KerasHub
+    decoder's two-pass equivalence check: 10 s traced, under 1 s eagerly)."""
     import numpy as np
     import tensorflow as tf
 
     values = max((sum(int(np.prod(t.shape)) for t in tf.nest.flatten(x)) for x in batches), default=0)
-    return len(batches) * calls >= TRACE_FROM_BATCHES or values > MAX_PROBE_ELEMENTS
+    return len(batches) * calls >= TRACE_FROM_BATCHES or values > EAGER_INPUT_ELEMENTS
 
 
 def forward(model, batches, calls: int = 1) -> Forward:
@@ -107,12 +110,13 @@ def fitting_batch(model, wanted: int, data_x=None) -> int:
 
 
 def _outputs(model, inputs) -> list:
-    """The model's outputs on one batch, traced: a check's batch is sized by its inputs
-    (`fitting_batch`), and a functional model's eager call would hold every intermediate tensor."""
+    """The model's outputs on one batch (a check's, sized by `fitting_batch`), traced only where
+    `worth_tracing` says so: one pass never repays a trace's time, so only a batch large enough for the
+    eager call's intermediate tensors to matter is traced."""
     import numpy as np
     from keras import tree
 
-    return [np.asarray(a, dtype=np.float64) for a in tree.flatten(Forward(model, traced=True)(inputs))]
+    return [np.asarray(a, dtype=np.float64) for a in tree.flatten(forward(model, [inputs])(inputs))]
 
 
 def compare(reference, candidate, inputs) -> dict:
