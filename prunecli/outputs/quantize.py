@@ -302,7 +302,7 @@ def _quantize(model, mode: str, chosen: list) -> None:
         if quantized_conv.quantizable(layer):  # Keras' float convolution gains the `quantize` Model.quantize calls
             quantized_conv.make_quantizable(layer)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quantized_conv.one_collection():
             warnings.simplefilter("ignore")  # "Layer X does not have a quantize method", numpy copy= notices
             model.quantize(mode, filters=lambda layer: id(layer) in wanted)
     except (ValueError, TypeError, NotImplementedError) as exc:

@@ -431,7 +431,10 @@ def build_architectures(d: Path, x, y) -> dict[str, Path]:
         save(model, f"{policy}.keras")
 
     quantized = _mlp("int8")
-    quantized.quantize("int8")
+    from prunecli.structure.quantized_conv import one_collection
+
+    with one_collection():  # Keras collects garbage per deleted kernel otherwise
+        quantized.quantize("int8")
     save(quantized, "keras_int8.keras")
 
     seq = rng.standard_normal((40, 5, 4)).astype("float32")
