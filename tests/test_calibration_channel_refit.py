@@ -1,6 +1,6 @@
 """--reconstruct after neuron masks (calibration/channel_refit.py): the layers that read removed channels
 are refit to the dense model's output, measured here independently of the refit's own figures, through
-Conv2D -> BN -> Conv2D, Dense -> Dense and a residual set; the CLI's --reconstruct -g neuron --shrink
+Conv2D -> BN -> Conv2D, Conv1D -> Flatten -> Dense and a residual set; the CLI's --reconstruct -g neuron --shrink
 writes a shrunk model equal to the masked one."""
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ def _linear_model(kind: str):
     from keras import layers as L
 
     keras.utils.set_random_seed(0)
-    if kind == "dense":
-        inp = keras.Input((12,))
-        x = L.Dense(24, name="a")(inp)
+    if kind == "flatten":  # a Dense reading a Flatten, wider than its input (b sees 80 of which 40 go)
+        inp = keras.Input((12, 2))
+        x = L.Conv1D(8, 3, name="a")(inp)
         x = L.ReLU()(x)
-        x = L.Dense(16, name="b")(x)
+        x = L.Dense(96, name="b")(L.Flatten()(x))
         x = L.ReLU()(x)
         out = L.Dense(3, activation="softmax", name="out")(x)
         return keras.Model(inp, out)
@@ -97,7 +97,7 @@ def _output_error(model, dense, name: str, x) -> float:
 
 
 @pytest.mark.parametrize(
-    ("kind", "sparsity"), [("conv", 0.5), ("dense", 0.5), pytest.param("residual", 0.4, marks=pytest.mark.slow)]
+    ("kind", "sparsity"), [("conv", 0.5), ("flatten", 0.5), pytest.param("residual", 0.4, marks=pytest.mark.slow)]
 )
 def test_refit_lowers_the_next_layers_output_error(kind, sparsity):
     from prunecli.calibration import channel_refit
@@ -122,9 +122,15 @@ def test_refit_lowers_the_next_layers_output_error(kind, sparsity):
         assert not w[~np.asarray(masks[t.name])].any()
     dead_rows = ~np.asarray(masks[targets[0].name]).any(axis=tuple(range(len(targets[0].shape) - 1)))
     assert dead_rows.any()
-    if kind != "residual":  # `a` feeds `b` directly
-        b = np.asarray(model.get_layer("b").kernel)
-        assert not b[..., dead_rows, :].any()
+    b = np.asarray(model.get_layer("b").kernel)
+    if kind != "residual":  # `a` feeds `b` directly; b's rows are taps (positions) x channels, channel fastest
+        rows = b.reshape(-1, b.shape[-1])
+        assert not rows[np.tile(dead_rows, len(rows) // dead_rows.size)].any()
+    # the stacked Hessian holds b's live rows and bias beside the narrower dense side (its output or its
+    # inputs), not both models' whole inputs: (2 d_in)^2 floats held the Dense after the zoo's 11,136-wide
+    # Flatten at 2 GB
+    d = entry["d_in"] + 1
+    assert entry["hessian_width"] == d - entry["inputs_removed"] + min(b.shape[-1], d) < 2 * d
 
 
 @pytest.mark.slow  # three refits of a CNN: the full suite
@@ -139,15 +145,16 @@ def test_a_costly_layer_is_refit_on_thinned_rows_and_one_too_big_keeps_its_mask(
     x = _inputs(model)
     _with_moving_statistics(model, x)
     targets, masks, dense = _prune(model, 0.5)
-    d = 3 * 3 * 16 + 1  # b: 3x3 taps of a's 16 channels, and its bias
+    solved = 3 * 3 * 8 + 1  # b: 3x3 taps of the 8 of a's 16 channels kept, and its bias
+    width = solved + 12  # ... beside b's 12 dense outputs
     rows = 96 * 10 * 10
-    monkeypatch.setattr(channel_refit, "REFIT_MACS", rows * (2 * d) ** 2 / 4)
+    monkeypatch.setattr(channel_refit, "REFIT_MACS", rows * width**2 / 4)
     section = channel_refit.refit_channels(model, dense, targets, masks, [x])
     entry = section["layers"]["b"]
     assert entry["row_stride"] == 4 and entry["rows"] == rows // 4
     assert entry["error_after"] < entry["error_before"]
 
-    for macs, free, why in ((d * (2 * d) ** 2, 2**40, "too few rows"), (2e11, 2**20, "GiB is free")):
+    for macs, free, why in ((solved * width**2, 2**40, "too few rows"), (2e11, 2**16, "GiB is free")):
         model = _linear_model("conv")
         _with_moving_statistics(model, x)
         targets, masks, dense = _prune(model, 0.5)
@@ -201,7 +208,7 @@ def test_residual_set_refits_every_reader_and_keeps_the_set_whole():
 def test_a_layer_whose_output_units_go_keeps_them_removed_and_its_bias_zero():
     from prunecli.calibration import channel_refit
 
-    model = _linear_model("dense")
+    model = _linear_model("flatten")
     x = _inputs(model)
     targets, masks, dense = _prune(model, 0.5, exclude=())
     channel_refit.refit_channels(model, dense, targets, masks, [x])

@@ -10,19 +10,25 @@ For one layer in the (d_in, d_out) matrix view of views.py, with X_p its inputs 
 layers before it already refit) and X_d the dense model's inputs to the same layer on the same examples,
 each output unit solves
 
-    min || X_p[:, S] w_S + b - (X_d w_dense + b_dense) ||^2   (+ a small ridge towards w_dense)
+    min || X_p[:, S] w_S + b - Y_d ||^2,   Y_d = X_d w_dense + b_dense   (+ a small ridge towards w_dense)
 
 S the live input rows, b the bias (a column of ones appended to X, for layers that have one). The normal
-equations need H_pp = X_p^T X_p / n and H_pd = X_p^T X_d / n: both are blocks of the Hessian of the
-stacked rows [X_p | X_d], which capture.row_stats accumulates with the same compiled step and input
-scaling as every other capture ((2 d_in)^2 floats, one layer at a time), and refit.refit solves them
-with H_pd as its cross term. Inputs from the *pruned* model make it channel pruning's objective, not
-ThiNet's: an error a layer's refit cannot remove reaches the next layer's refit, which compensates.
+equations need H_pp = X_p[:, S]^T X_p[:, S] / n and X_p[:, S]^T Y_d / n, and the output error
+||Y_d||^2: all are blocks of the Hessian of the stacked rows [X_p[:, S] | Z_d], which capture.row_stats
+accumulates with the same compiled step and input scaling as every other capture (one layer at a
+time), and refit.refit solves them with X_p^T Y_d / n as its target. Z_d is the dense output Y_d itself
+when the layer has fewer outputs than inputs, else the dense inputs X_d (Y_d is then Z_d w_dense): the
+stacked Hessian is (|S| + min(d_out, d_in))^2 floats. It was (2 d_in)^2, the removed rows and the dense
+inputs included: the Dense after a 11,136-wide Flatten of the zoo's audioanalytics CNN (two thirds of its
+parameters) held 2 GB of Hessian and its copies and took 84 s; at half the channels it is now 5,394 + 128
+wide. Inputs from the *pruned* model make it channel pruning's objective, not ThiNet's: an error a
+layer's refit cannot remove reaches the next layer's refit, which compensates.
 
-- The rows of a removed input channel are set to 0: the channel is exactly 0 in the masked model (its
-  bias and BatchNorm parameters follow the mask), so nothing changes, and --shrink deletes them. A
-  removed channel that still carries a constant (a bias-only unit through an activation with f(0) != 0)
-  keeps its rows, fitted like the others.
+- The rows of a removed input channel are set to 0 and left out of the stacked rows: the channel is
+  exactly 0 in the masked model (its bias and BatchNorm parameters follow the mask), so nothing
+  changes, and --shrink deletes them. A removed channel that still carries a value on the first
+  calibration batch (a bias-only unit through an activation with f(0) != 0) keeps its rows, fitted like
+  the others.
 - A unit the layer's own mask removes stays removed: its column (and bias) stays 0.
 - Layers whose inputs pruning did not change are skipped (their refit is the identity), and so are
   layers called more than once per pass, grouped or channels_first convolutions, depthwise layers and
@@ -64,7 +70,7 @@ REFIT_CLASSES = ("Dense", "Conv1D", "Conv2D")
 DAMPENING = refit.DAMPENING  # the ridge, relative to the mean diagonal of H_pp, at least
 UNDERDETERMINED = 0.25  # and this times inputs per calibration row: a Dense head read from a Flatten
 # has more inputs than 128 examples give rows, and a weak ridge then fits them exactly (bench/STRUCTURED.md)
-HESSIAN_COPIES = 4  # (2 d_in)^2 floats: the stacked Hessian, its three blocks in use, the damped copy
+HESSIAN_COPIES = 4  # width^2 floats (_stacked_width): the stacked Hessian, its blocks in use, the damped copy
 REFIT_MACS = 2e11  # multiply-adds one layer's Hessian may take (seconds on 2 cores): rows are thinned past it
 REFIT_CAPTURE_MACS = 1e12  # multiply-adds the refits' forward passes may take in all: fewer examples past it
 
@@ -117,22 +123,35 @@ def _why_not(call, g, kernel_targets) -> str | None:
     return view if isinstance(view, str) else None
 
 
-def _row_keep(view, live, width: int):
-    """Bool per row of the (d_in, d_out) view: the input channel of that row is live (a conv's rows are
-    kh*kw*c_in with the channel fastest)."""
+def _solved_rows(model, layer, view, live, batches):
+    """Bool per row of the (d_in, d_out) view that the refit solves for: its input channel is live, or
+    removed but still carrying a value on the first calibration batch (the module docstring). A conv's
+    rows are kh*kw*c_in with the channel fastest."""
     import numpy as np
 
-    return np.tile(np.asarray(live, bool), view.d_in // max(width, 1))
+    live = np.asarray(live, bool)
+    if not live.all() and batches:
+        x = capture.layer_input(model, layer, batches[0])
+        if x is not None:
+            x = np.abs(np.asarray(view.channels_last(x), np.float32))
+            live = live | (x.max(axis=tuple(range(x.ndim - 1))) > 0)
+    return np.tile(live, view.d_in // max(len(live), 1))
 
 
-def _too_big(view, d: int, examples: int, g, call, length: int | None) -> str | None:
+def _stacked_width(solved: int, d: int, d_out: int) -> int:
+    """Columns of the stacked rows: the `solved` rows of X_p (its ones column included), then the dense
+    side, Y_d (d_out columns) or X_d with its ones column (d), whichever is narrower."""
+    return solved + min(d_out, d)
+
+
+def _too_big(view, solved: int, width: int, examples: int, g, call, length: int | None) -> str | None:
     """Why the layer is not refit on this machine (memory, or time: `_row_stride`), or None."""
     from prunecli.io.models.memory import available_memory
 
-    need, free = HESSIAN_COPIES * 4 * (2 * d) ** 2, available_memory()
+    need, free = HESSIAN_COPIES * 4 * width**2, available_memory()
     if need > free:
-        return f"{HESSIAN_COPIES} stacked {2 * d} x {2 * d} Hessians take {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB is free"
-    if not _row_stride(g, call, d, examples, length):
+        return f"{HESSIAN_COPIES} stacked {width} x {width} Hessians take {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB is free"
+    if not _row_stride(g, call, solved, width, examples, length):
         return f"{view.d_in} inputs at {examples} examples: past {REFIT_MACS:.0e} multiply-adds, too few rows to fit"
     return None
 
@@ -165,23 +184,25 @@ def _data_length(batches) -> int | None:
     return max((int(s[1]) for s in shapes if len(s) > 2), default=None)
 
 
-def _row_stride(g, call, d: int, examples: int, length: int | None = None) -> int:
-    """Every how many rows to keep so the layer's Hessian stays within REFIT_MACS; 0 when even then there
-    would be fewer rows than inputs (module docstring). An open position axis counts as `length`."""
+def _row_stride(g, call, solved: int, width: int, examples: int, length: int | None = None) -> int:
+    """Every how many rows to keep so the layer's stacked Hessian (`width` columns) stays within
+    REFIT_MACS; 0 when even then there would be fewer rows than `solved` inputs (module docstring). An
+    open position axis counts as `length`."""
     shape = g.shapes[call.outputs[0]]
     positions = math.prod(int(length or 1) if n is None else int(n) for n in shape[1:-1]) or 1
     rows = positions * max(examples, 1)
-    stride = max(1, math.ceil(rows * (2 * d) ** 2 / REFIT_MACS))
-    return stride if stride == 1 or rows // stride >= d else 0
+    stride = max(1, math.ceil(rows * width**2 / REFIT_MACS))
+    return stride if stride == 1 or rows // stride >= solved else 0
 
 
-def _stacked_rows(model, dense_model, layer, dense_layer, view, batches, bias: bool, stride: int = 1):
-    """Blocks of [X_p (1) | X_d (1)]: the layer's inputs in the pruned and in the dense model on the
-    same examples, row by row (a ones column after each with a bias); every `stride`-th row."""
+def _stacked_rows(model, dense_model, layer, dense_layer, view, batches, bias: bool, solved, projection, stride=1):
+    """Blocks of [X_p[:, solved] | Z_d] (module docstring): the layer's inputs in the pruned model, its
+    `solved` columns only (indices into the view's rows and, with a bias, the ones column d_in), beside
+    the dense model's inputs on the same examples (with a ones column), times `projection` (the dense
+    weights, their bias row included) when given; every `stride`-th row."""
     import tensorflow as tf
 
-    d = view.d_in + int(bias)
-    max_rows = max(1, capture.PATCH_BYTES // (4 * 2 * d))
+    max_rows = max(1, capture.PATCH_BYTES // (4 * 2 * (view.d_in + 1)))
     for x in batches:
         x_p = capture.layer_input(model, layer, x)
         x_d = capture.layer_input(dense_model, dense_layer, x)
@@ -192,13 +213,13 @@ def _stacked_rows(model, dense_model, layer, dense_layer, view, batches, bias: b
                 bp, bd = bp[::stride], bd[::stride]
             if bias:
                 ones = tf.ones((int(bp.shape[0]), 1), tf.float32)
-                yield tf.concat([bp, ones, bd, ones], axis=1)
-            else:
-                yield tf.concat([bp, bd], axis=1)
+                bp, bd = tf.concat([bp, ones], axis=1), tf.concat([bd, ones], axis=1)
+            bd = bd if projection is None else tf.matmul(bd, projection)
+            yield tf.concat([tf.gather(bp, solved, axis=1), bd], axis=1)
 
 
-def _refit_one(model, dense_model, call, dense_layer, view, batches, live, units, stride: int = 1) -> dict | str:
-    """Refit one layer in place; its report entry, or why it keeps its weights."""
+def _refit_one(model, dense_model, call, dense_layer, view, batches, rows, units, stride: int = 1) -> dict | str:
+    """Refit one layer in place on its `rows` (_solved_rows); its report entry, or why it keeps its weights."""
     import numpy as np
     import tensorflow as tf
 
@@ -206,40 +227,47 @@ def _refit_one(model, dense_model, call, dense_layer, view, batches, live, units
     bias_var = getattr(layer, "bias", None) if getattr(layer, "use_bias", False) else None
     has_bias = bias_var is not None
     d = view.d_in + int(has_bias)
-    stats = capture.row_stats(
-        _stacked_rows(model, dense_model, layer, dense_layer, view, batches, has_bias, stride), 2 * d, full=True
-    )
-    why = stats.degenerate()
-    if why is not None:
-        return why
-    h = stats.hessian
-    h_pp, h_pd, h_dd = h[:d, :d], h[:d, d:], h[d:, d:]
     w_now = view.to_matrix(tf.cast(tf.convert_to_tensor(view.target.variable), tf.float32))
     w_dense = view.to_matrix(tf.cast(tf.convert_to_tensor(dense_layer.kernel), tf.float32))
     if has_bias:
         w_now = tf.concat([w_now, tf.cast(bias_var, tf.float32)[None, :]], axis=0)
         w_dense = tf.concat([w_dense, tf.cast(dense_layer.bias, tf.float32)[None, :]], axis=0)
-    rows = _row_keep(view, live, len(live))
-    # a removed channel that is not exactly 0 on the calibration data still carries a constant: fit it
-    rows |= np.asarray(tf.linalg.diag_part(h_pp))[: view.d_in] > 0
-    if has_bias:
-        rows = np.append(rows, True)
-    keep = np.outer(rows, np.asarray(units, bool))  # a unit the layer's own mask removed stays removed
-    start = tf.where(keep, w_now, tf.zeros_like(w_now))
-    dampening = max(DAMPENING, UNDERDETERMINED * d / max(int(stats.rows), 1))
-    w_new = refit.refit(start, w_dense, keep, h_pp, dampening=dampening, cross=h_pd)
+    solved = np.flatnonzero(np.append(rows, True) if has_bias else rows)
+    k, d_out = len(solved), int(w_dense.shape[1])
+    projection = w_dense if d_out <= d else None  # stack Y_d itself, else X_d (module docstring)
+    stats = capture.row_stats(
+        _stacked_rows(model, dense_model, layer, dense_layer, view, batches, has_bias, solved, projection, stride),
+        _stacked_width(k, d, d_out),
+        full=True,
+    )
+    why = stats.degenerate()
+    if why is not None:
+        return why
+    h, stats.hessian = stats.hessian, None  # only its blocks stay alive
+    h_pp, h_pz, h_zz = h[:k, :k], h[:k, k:], h[k:, k:]
+    del h
+    target = h_pz if projection is not None else tf.matmul(h_pz, w_dense)  # X_p^T Y_d / n
+    keep = np.outer(np.ones(k, bool), np.asarray(units, bool))  # a unit the layer's own mask removed stays removed
+    start = tf.where(keep, tf.gather(w_now, solved), 0.0)
+    dampening = max(DAMPENING, UNDERDETERMINED * k / max(int(stats.rows), 1))
+    w_new = refit.refit(start, tf.gather(w_dense, solved), keep, h_pp, dampening=dampening, target=target)
     kept = np.flatnonzero(units)  # the error of the units that remain (a removed unit's output is gone)
+    if projection is not None:
+        energy = tf.reduce_sum(tf.gather(tf.linalg.diag_part(h_zz), kept))
+    else:
+        w_kept = tf.gather(w_dense, kept, axis=1)
+        energy = tf.reduce_sum(w_kept * tf.matmul(h_zz, w_kept))
 
     def error(w) -> float:
-        return refit.output_error(tf.gather(w, kept, axis=1), tf.gather(w_dense, kept, axis=1), h_pp, h_pd, h_dd)
+        return refit.output_error(tf.gather(w, kept, axis=1), h_pp, tf.gather(target, kept, axis=1), energy)
 
-    before, after = error(w_now), error(w_new)
+    before, after = error(tf.gather(w_now, solved)), error(w_new)
     if not bool(tf.reduce_all(tf.math.is_finite(w_new))) or not math.isfinite(after):
         return "its refit weights are not finite"
     if after >= before:
         return f"the refit did not lower its output error ({before:.4g} -> {after:.4g})"
-    kernel = w_new[: view.d_in]
-    view.target.variable.assign(tf.cast(view.from_matrix(kernel), view.target.variable.dtype))
+    w_new = tf.scatter_nd(solved[:, None], w_new, (d, d_out))  # the rows left out are 0
+    view.target.variable.assign(tf.cast(view.from_matrix(w_new[: view.d_in]), view.target.variable.dtype))
     if has_bias:
         bias_var.assign(tf.cast(w_new[view.d_in], bias_var.dtype))
     return {
@@ -247,7 +275,8 @@ def _refit_one(model, dense_model, call, dense_layer, view, batches, live, units
         "rows": int(stats.rows),
         "row_stride": stride,
         "dampening": round(dampening, 6),
-        "inputs_removed": int((~np.asarray(live, bool)).sum()),
+        "inputs_removed": view.d_in - int(np.sum(rows)),
+        "hessian_width": int(stats.d_in),
         "error_before": round(before, 6),
         "error_after": round(after, 6),
     }
@@ -295,16 +324,19 @@ def refit_channels(
     examples, length = capture.count_examples(batches), _data_length(batches)
     frames = folded_steps.rows_per_example(model)  # a layer run on every frame sees frames x examples rows
     for i, (call, view) in enumerate(todo):
-        d = view.d_in + int(bool(getattr(call.layer, "use_bias", False)))
+        bias = int(bool(getattr(call.layer, "use_bias", False)))
+        rows = _solved_rows(model, call.layer, view, ~dead[call.inputs[0]], batches)
+        solved = int(rows.sum()) + bias
+        width = _stacked_width(solved, view.d_in + bias, view.d_out)
         seen = examples * frames.get(id(call.node.outputs[0]), 1)
-        why = _too_big(view, d, seen, g, call, length)
+        why = _too_big(view, solved, width, seen, g, call, length)
         if why is not None:
             section["skipped"][call.name] = why
             continue
-        stride = _row_stride(g, call, d, seen, length)
+        stride = _row_stride(g, call, solved, width, seen, length)
         _say(progress, f"refitting {call.name} to the dense output ({i + 1}/{len(todo)})")
-        live, units = ~dead[call.inputs[0]], ~dead[call.outputs[0]]
-        entry = _refit_one(model, dense_model, call, pairs[id(call.layer)], view, batches, live, units, stride)
+        units = ~dead[call.outputs[0]]
+        entry = _refit_one(model, dense_model, call, pairs[id(call.layer)], view, batches, rows, units, stride)
         if isinstance(entry, str):
             section["skipped"][call.name] = entry
         else:

@@ -69,32 +69,33 @@ def _cg_fn():
     return solve
 
 
-def output_error(w, w_dense, h_pp, h_pd, h_dd) -> float:
-    """||X_p W - X_d W_dense||_F / ||X_d W_dense||_F from the blocks of the stacked rows' Hessian:
-    the error of a layer fed other inputs (X_p, the pruned model's) than the dense layer (X_d)."""
+def output_error(w, h_pp, target, dense_energy) -> float:
+    """||X_p W - Y_d||_F / ||Y_d||_F from what the stacked rows' Hessian gives: H_pp = X_p^T X_p / n,
+    `target` = X_p^T Y_d / n and `dense_energy` = ||Y_d||_F^2 / n; the error of a layer fed other
+    inputs (X_p, the pruned model's) than the dense layer whose output Y_d it should reproduce."""
     import tensorflow as tf
 
-    w, w_dense, h_pp, h_pd, h_dd = (tf.cast(a, tf.float32) for a in (w, w_dense, h_pp, h_pd, h_dd))
-    dense = tf.reduce_sum(w_dense * tf.matmul(h_dd, w_dense))
-    num = tf.reduce_sum(w * tf.matmul(h_pp, w)) - 2.0 * tf.reduce_sum(w * tf.matmul(h_pd, w_dense)) + dense
+    w, h_pp, target, dense = (tf.cast(a, tf.float32) for a in (w, h_pp, target, dense_energy))
+    num = tf.reduce_sum(w * tf.matmul(h_pp, w)) - 2.0 * tf.reduce_sum(w * target) + dense
     return float(tf.sqrt(tf.maximum(num, 0.0) / tf.maximum(dense, 1e-30)))
 
 
-def refit(w_start, w_dense, keep, hessian, dampening: float = DAMPENING, cross=None):
+def refit(w_start, w_dense, keep, hessian, dampening: float = DAMPENING, target=None):
     """The least-squares weights on each output's kept inputs, starting from w_start; pruned
     weights are exactly 0. All matrices in the (d_in, d_out) view.
 
-    `cross` = X_p^T X_d / n when the dense output to reproduce comes from other inputs than the
+    `target` = X_p^T Y_d / n when the dense output Y_d to reproduce comes from other inputs than the
     layer's own (channel_refit.py: the dense model's), `hessian` then X_p^T X_p / n; None for the
-    same inputs (the dense output is X w_dense)."""
+    same inputs (the dense output is X w_dense, the target H w_dense)."""
     import tensorflow as tf
 
     h = tf.cast(hessian, tf.float32)
     diag = tf.linalg.diag_part(h)
     # the same lambda on both sides (a Hessian of all zeros is refused before: oneshot falls back)
     lam = tf.maximum(dampening * tf.reduce_mean(diag), 1e-12)
-    projection = h if cross is None else tf.cast(cross, tf.float32)
-    target = tf.matmul(projection, tf.cast(w_dense, tf.float32))  # X_p^T (dense output) / n
+    if target is None:
+        target = tf.matmul(h, tf.cast(w_dense, tf.float32))
+    target = tf.cast(target, tf.float32)
     damped = tf.linalg.set_diag(h, diag + lam)
     # the ridge pulls towards w_dense, not 0: (H + lam I) w = H w_dense + lam w_dense on the kept inputs
     b = target + lam * tf.cast(w_dense, tf.float32)
