@@ -70,7 +70,7 @@ REFIT_CLASSES = ("Dense", "Conv1D", "Conv2D")
 DAMPENING = refit.DAMPENING  # the ridge, relative to the mean diagonal of H_pp, at least
 UNDERDETERMINED = 0.25  # and this times inputs per calibration row: a Dense head read from a Flatten
 # has more inputs than 128 examples give rows, and a weak ridge then fits them exactly (bench/STRUCTURED.md)
-HESSIAN_COPIES = 4  # width^2 floats (_stacked_width): the stacked Hessian, its blocks in use, the damped copy
+HESSIAN_COPIES = 4  # width^2 floats (_stacked_width): the stacked Hessian, the product added to it, its blocks
 REFIT_MACS = 2e11  # multiply-adds one layer's Hessian may take (seconds on 2 cores): rows are thinned past it
 REFIT_CAPTURE_MACS = 1e12  # multiply-adds the refits' forward passes may take in all: fewer examples past it
 
