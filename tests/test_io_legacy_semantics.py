@@ -551,8 +551,18 @@ def test_a_channels_first_model_runs_on_a_cpu_and_says_why_its_convolutions_stay
     shrunk = model_io.load(out)[0]
     assert shrunk.get_layer("conv").filters == 6 and shrunk.get_layer("up").filters == 3
     assert shrunk.get_layer("hidden").units == 2 and np.isfinite(np.asarray(shrunk(x))).all()
-    notes = json.loads(report.read_text())["notes"]
+    written = json.loads(report.read_text())
+    notes = written["notes"]
     assert any(n.startswith("shrink cannot slice conv, up (is channels_first") for n in notes), notes
+    assert written["shrink"]["verification"]["max_abs_diff"] < 1e-5  # the shrunk model is the masked one
+    # a masked filter is removed whole: its bias and the channels-first BatchNorm after it follow, so the
+    # channel is exactly 0 (BatchNorm's shift went on into every later layer)
+    gone = ~np.asarray(shrunk.get_layer("conv").kernel).any(axis=(0, 1, 2))
+    assert gone.sum() == 3
+    bn = shrunk.get_layer("bn")
+    assert not np.asarray(shrunk.get_layer("conv").bias)[gone].any()
+    assert not any(np.asarray(w)[gone].any() for w in (bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance))
+    assert not np.asarray(keras.Model(shrunk.inputs, bn.output)(x))[:, gone].any()
     refused = cli("prune", tmp_path / "chfirst.keras", "--target", "params=0.5", "-o", tmp_path / "t.keras", "-q")
     assert refused.exit_code == 2 and refused.stderr.strip().count("\n") == 0
     assert "conv/kernel: its units are not channels surgery can cut (is channels_first" in refused.stderr

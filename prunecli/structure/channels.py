@@ -545,6 +545,19 @@ def _unit_keep(target, mask):
     return moved.reshape(-1, moved.shape[-1]).any(axis=0)
 
 
+def _unit_keeps(targets, masks: dict) -> dict[int, Any]:
+    """id(layer) -> bool per output unit of each neuron-masked mixer and depthwise layer: the unit is kept."""
+    by_layer: dict[int, Any] = {}
+    for t in targets:
+        if t.name not in masks:
+            continue
+        record = layers.spec(t.layer)
+        if (record.role == "mixer" and t.attr == record.prunable[-1][0]) or record.family == "depthwise":
+            keep = _unit_keep(t, masks[t.name])
+            by_layer[id(t.layer)] = keep & by_layer.get(id(t.layer), True)
+    return by_layer
+
+
 def dead_channels(g: LayerGraph, targets, masks: dict) -> dict[TensorKey, Any]:
     """Bool per channel of every tensor: its value no longer depends on the input (a removed channel).
 
@@ -554,14 +567,7 @@ def dead_channels(g: LayerGraph, targets, masks: dict) -> dict[TensorKey, Any]:
     """
     import numpy as np
 
-    by_layer: dict[int, Any] = {}
-    for t in targets:
-        if t.name not in masks:
-            continue
-        record = layers.spec(t.layer)
-        if (record.role == "mixer" and t.attr == record.prunable[-1][0]) or record.family == "depthwise":
-            keep = _unit_keep(t, masks[t.name])
-            by_layer[id(t.layer)] = keep & by_layer.get(id(t.layer), True)
+    by_layer = _unit_keeps(targets, masks)
     by_layer.update(_recurrent_keep(g, targets, masks))
     dead: dict[TensorKey, Any] = {}
     for call in g.calls:
@@ -643,6 +649,7 @@ def follower_masks(model, targets, masks: dict) -> list[tuple[Any, Any]]:
     except GraphUnsupported:
         return []
     dead = dead_channels(g, targets, masks)
+    unit_keeps = _unit_keeps(targets, masks)
     keep_of: dict[int, tuple[Any, Any]] = {}
 
     def hold(var, axis: int, gone) -> None:
@@ -667,7 +674,37 @@ def follower_masks(model, targets, masks: dict) -> list[tuple[Any, Any]]:
             for attr, axis, side in record.followers:
                 gone = dead[call.inputs[0]] if side == "in" else dead[call.outputs[0]]
                 hold(getattr(call.layer, attr, None), axis, gone)
+        elif record.role == "mixer" and not _channels_last(call.layer) and id(call.layer) in unit_keeps:
+            _hold_channels_first(g, call, ~unit_keeps[id(call.layer)], hold)
     return [(var, np.array(keep)) for var, keep in keep_of.values()]
+
+
+def _hold_channels_first(g: LayerGraph, call: Call, gone, hold) -> None:
+    """The followers of a channels-first convolution's removed units. The graph reads channels on the
+    last axis, so such a convolution is 'other' and never sliced, but its masked units are still removed
+    whole: its bias, and the parameters of every channels-first BatchNorm (axis 1) its output reaches
+    through layers that act on each value alone or keep the channel axis first (activations, dropout,
+    channels-first pooling and padding). Without them a removed filter of OpenFace's nn4.small2 still
+    put BatchNorm's shift into every later layer."""
+    record = layers.spec(call.layer)
+    hold(getattr(call.layer, record.bias, None) if record.bias else None, -1, gone)
+    todo, seen = [call.outputs[0]], set()
+    while todo:
+        for reader in g.consumers.get(todo.pop(), []):
+            layer, spec = reader.layer, layers.spec(reader.layer)
+            if id(reader) in seen or spec.role != "channelwise" or len(reader.inputs) != 1:
+                continue
+            seen.add(id(reader))
+            first = getattr(layer, "data_format", None) == "channels_first"
+            activation = getattr(layer, "activation", None)
+            if type(layer).__name__ == "BatchNormalization":
+                if layer.axis % len(g.shapes[reader.inputs[0]]) != 1:
+                    continue
+                for attr, axis, _side in spec.followers:
+                    hold(getattr(layer, attr, None), axis, gone)
+            elif not (first or (spec.pointwise and (activation is None or is_elementwise(activation)))):
+                continue
+            todo.append(reader.outputs[0])
 
 
 def apply_follower_masks(pairs) -> None:
