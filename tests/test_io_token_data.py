@@ -82,7 +82,7 @@ def test_token_npz_labels_are_the_next_tokens_and_perplexity_is_exact(tmp_path):
     ids, mask = token_arrays()
     path = tmp_path / "tokens.npz"
     np.savez(path, token_ids=ids, padding_mask=mask)
-    d = data.load(str(path), model, batch_size=4)
+    d = data.load(str(path), model, batch_size=2)  # five batches: three eager, then traced (metrics.py)
     assert d.labelled and d.next_token and (d.n_train, d.n_eval) == (10, 10) and not d.eval_held_out
     xs, ys = zip(*((x, np.asarray(y)) for x, y in d.eval), strict=True)
     x = {k: np.concatenate([np.asarray(b[k]) for b in xs]) for k in xs[0]}

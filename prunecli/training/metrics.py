@@ -163,18 +163,24 @@ def next_token_sums(y_true, y_pred, from_logits: bool = True):
 def _next_token_metrics(model, dataset, from_logits: bool) -> dict[str, float]:
     """Loss (mean next-token cross-entropy over every labelled position of the dataset, not a mean of
     batch means), perplexity exp(loss) and next-token accuracy. The model is called directly, not
-    through Keras' evaluate: a KerasHub task would run its text preprocessor on the token batches."""
+    through Keras' evaluate: a KerasHub task would run its text preprocessor on the token batches. The
+    first batches run eagerly and the call is traced from TRACE_FROM_BATCHES on (or at once for a batch
+    worth_tracing finds large): the stream's length is not known ahead, and a small evaluation set's
+    one or two batches never repay the trace (3.5 s of a tiny decoder's 4 s evaluation)."""
     import math
 
     import tensorflow as tf
 
-    @tf.function(reduce_retracing=True)
+    from prunecli.structure.equivalence import TRACE_FROM_BATCHES, worth_tracing
+
     def sums(x, y):
         return next_token_sums(y, model(x, training=False), from_logits)
 
+    traced = tf.function(sums, reduce_retracing=True)
     total = count = correct = 0.0
-    for x, y in dataset:
-        t, c, k = sums(x, y)
+    for i, (x, y) in enumerate(dataset):
+        step = traced if i + 1 >= TRACE_FROM_BATCHES or worth_tracing([x]) else sums
+        t, c, k = step(x, y)
         total, count, correct = total + float(t), count + float(c), correct + float(k)
     if count == 0:
         return {}
