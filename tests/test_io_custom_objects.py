@@ -40,11 +40,14 @@ class PcliPositionScale(keras.layers.Layer):
 '''
 
 
-def _custom_model(tmp_path):
+@pytest.fixture(scope="module")
+def custom_model(tmp_path_factory):
     """A model saved with two custom layers, and the module that defines them (imported under a
-    name of its own, as a user's training code would be)."""
+    name of its own, as a user's training code would be): (path, source, inputs), built once for
+    the tests that read it (each writes its outputs under its own tmp_path)."""
     import keras
 
+    tmp_path = tmp_path_factory.mktemp("custom")
     source, training = _user_module(tmp_path, "pcli_layers", LAYERS_MODULE)
     rng = np.random.default_rng(0)
     inp = keras.Input((20, 4))
@@ -57,8 +60,7 @@ def _custom_model(tmp_path):
         w.assign(rng.normal(size=w.shape).astype("float32"))
     path = tmp_path / "custom.keras"
     model.save(path)
-    x = rng.normal(size=(64, 20, 4)).astype("float32")
-    return path, source, x, model.predict(x, verbose=0)
+    return path, source, rng.normal(size=(64, 20, 4)).astype("float32")
 
 
 def _user_module(tmp_path, name: str, text: str):
@@ -74,22 +76,22 @@ def _user_module(tmp_path, name: str, text: str):
     return source, module
 
 
-def test_custom_layer_needs_its_code_and_says_so(cli, tmp_path):
-    path, _source, _x, _y = _custom_model(tmp_path)
+def test_custom_layer_needs_its_code_and_says_so(cli, custom_model, tmp_path):
+    path, _source, _x = custom_model
     result = cli("prune", path, "-s", "0.5", "-o", tmp_path / "out.keras", "-q")
     assert result.exit_code == 3
     assert "--custom-objects" in result.output and "PcliSeqConv" in result.output
     assert not (tmp_path / "out.keras").exists()
 
 
-def test_custom_layers_load_prune_and_reload(cli, tmp_path):
+def test_custom_layers_load_prune_and_reload(cli, custom_model, tmp_path):
     """A subclass that inherits its base's call is pruned as the base; one with its own call is left
     alone (its use of the weights is unknown); the output reloads with the same objects."""
     import keras
 
     from prunecli.io import models as model_io
 
-    path, source, x, _y = _custom_model(tmp_path)
+    path, source, x = custom_model
     out, report = tmp_path / "out.keras", tmp_path / "r.json"
     result = cli("prune", path, "-s", "0.5", "--custom-objects", source, "-o", out, "-r", report, "-q")
     assert result.exit_code == 0, result.output
@@ -101,18 +103,18 @@ def test_custom_layers_load_prune_and_reload(cli, tmp_path):
     kernel = np.asarray(model.get_layer("seqconv").kernel)
     assert 0.3 < float(np.mean(kernel == 0)) < 0.7
     assert type(model.get_layer("seqconv")).__name__ == "PcliSeqConv"
-    assert np.isfinite(model.predict(x, verbose=0)).all()
+    assert np.isfinite(np.asarray(model(x))).all()
     assert isinstance(keras.saving.load_model(out), keras.Model)  # registered: Keras reads it too
 
 
 @pytest.mark.slow
-def test_custom_conv_subclass_shrinks(cli, tmp_path):
+def test_custom_conv_subclass_shrinks(cli, custom_model, tmp_path):
     """-g neuron --shrink removes filters of the Conv1D subclass: rebuilt by its own class, with
     its own config, its consumer sliced to match (the unknown custom layer after `conv` keeps
     conv's channels whole: a note says so)."""
     from prunecli.io import models as model_io
 
-    path, source, x, _y = _custom_model(tmp_path)
+    path, source, x = custom_model
     out = tmp_path / "small.keras"
     result = cli(
         "prune", path, "-g", "neuron", "-s", "0.5", "--shrink", "--include", "seqconv",
@@ -123,7 +125,7 @@ def test_custom_conv_subclass_shrinks(cli, tmp_path):
     layer = model.get_layer("seqconv")
     assert type(layer).__name__ == "PcliSeqConv" and layer.seq_length == 20
     assert layer.filters < 8
-    assert np.isfinite(model.predict(x, verbose=0)).all()
+    assert np.isfinite(np.asarray(model(x))).all()
 
 
 def test_spec_follows_inherited_call_only():
@@ -193,7 +195,7 @@ def test_named_lambda_activation_from_custom_objects(cli, tmp_path):
     middle, head = dense.get_layer("middle"), dense.get_layer("dense_out")
     pre = np.asarray(dense.get_layer("dense_in")(x)) @ middle.kernel.numpy() + middle.bias.numpy()
     want = np.clip(pre, 0, 0.5) @ head.kernel.numpy() + head.bias.numpy()  # the user's capped ReLU
-    np.testing.assert_allclose(model.predict(x, verbose=0), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(model(x)), want, rtol=1e-5, atol=1e-5)
 
 
 def test_the_note_says_how_each_output_format_is_read(cli, tmp_path):
@@ -251,7 +253,7 @@ def test_lambda_of_another_python_replaced_by_lambda_layers(cli, tmp_path):
     loaded, _info = model_io.load(path, custom_objects=(str(source),))
     h = np.asarray(dense.get_layer("dense_in")(x)) * 3.0
     want = h @ dense.get_layer("dense_out").kernel.numpy() + dense.get_layer("dense_out").bias.numpy()
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(loaded(x)), want, rtol=1e-5, atol=1e-5)
     pruned, _info = model_io.load(out, custom_objects=(str(source),))
     assert float(np.mean(pruned.get_layer("dense_in").kernel.numpy() == 0)) > 0.2
 
@@ -275,11 +277,11 @@ def test_bad_custom_objects_are_one_line(cli, example_model, tmp_path, body, mes
     assert not (tmp_path / "o.keras").exists()
 
 
-def test_custom_objects_from_python_and_in_inspect(cli, tmp_path):
+def test_custom_objects_from_python_and_in_inspect(cli, custom_model, tmp_path):
     """The Python API and `inspect` take the same objects as `prune`."""
     import prunecli
 
-    path, source, _x, _y = _custom_model(tmp_path)
+    path, source, _x = custom_model
     config = prunecli.build_config(
         {"model_path": str(path), "output": str(tmp_path / "api.keras"), "custom_objects": [str(source)]}
     )
@@ -289,10 +291,10 @@ def test_custom_objects_from_python_and_in_inspect(cli, tmp_path):
     assert shown.exit_code == 0 and "PcliSeqConv" in shown.output
 
 
-def test_plan_apply_verify_take_custom_objects(cli, tmp_path):
+def test_plan_apply_verify_take_custom_objects(cli, custom_model, tmp_path):
     """A plan saved from a model with custom layers replays on it and verifies, each command given
     the same objects."""
-    path, source, _x, _y = _custom_model(tmp_path)
+    path, source, _x = custom_model
     plan, first, second = tmp_path / "p.zip", tmp_path / "o1.keras", tmp_path / "o2.keras"
     saved = cli("prune", path, "--custom-objects", source, "-s", "0.5", "--save-plan", plan, "-o", first, "-q")
     assert saved.exit_code == 0, saved.output
@@ -302,10 +304,10 @@ def test_plan_apply_verify_take_custom_objects(cli, tmp_path):
     assert verified.exit_code == 0 and "claims hold" in verified.output
 
 
-def test_custom_objects_import_like_python(cli, tmp_path, monkeypatch):
+def test_custom_objects_import_like_python(cli, custom_model, tmp_path, monkeypatch):
     """A file imports its sibling modules, and a module name is found in the current directory,
     as `python` itself would find them."""
-    path, _source, _x, _y = _custom_model(tmp_path)
+    path, _source, _x = custom_model
     code = tmp_path / "code"
     code.mkdir()
     (code / "pcli_base_layers.py").write_text(LAYERS_MODULE)
@@ -353,7 +355,7 @@ def test_keras3_lambda_of_another_python_replaced_by_lambda_layers(cli, tmp_path
     source.write_text("def pcli_tripled(x):\n    return x * 3.0\n\nLAMBDA_LAYERS = {'tripled': pcli_tripled}\n")
     loaded, _info = model_io.load(path, custom_objects=(str(source),))
     x = rng.normal(size=(8, 6)).astype("float32")
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-6)
     result = cli("prune", path, "-s", "0.5", "--custom-objects", source, "-o", tmp_path / "out.keras", "-q")
     assert result.exit_code == 0, result.output
 
@@ -496,13 +498,13 @@ def test_a_helper_named_like_keras_own_does_not_replace_it(tmp_path):
     helper = tmp_path / "pcli_helper.py"
     helper.write_text(LAYERS_MODULE + "\n\ndef relu(x):\n    return x * 0.0\n")
     model, _info = model_io.load(path, custom_objects=(str(helper),))
-    np.testing.assert_allclose(model.predict(x, verbose=0), dense.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(dense(x)), rtol=1e-5, atol=1e-6)
     on_purpose = tmp_path / "pcli_on_purpose.py"
     on_purpose.write_text("def pcli_zero(x):\n    return x * 0.0\n\nCUSTOM_OBJECTS = {'relu': pcli_zero}\n")
     try:
         replaced, _info = model_io.load(path, custom_objects=(str(on_purpose),))
         head = dense.get_layer("dense_out")
-        np.testing.assert_allclose(replaced.predict(x, verbose=0), np.tile(head.bias.numpy(), (len(x), 1)), atol=1e-6)
+        np.testing.assert_allclose(np.asarray(replaced(x)), np.tile(head.bias.numpy(), (len(x), 1)), atol=1e-6)
     finally:
         import keras
 
