@@ -290,7 +290,15 @@ def test_dilated_strided_conv1d_views_match_the_layer(padding):
         np.testing.assert_allclose(got, tf.reshape(out, (-1, 5)), atol=1e-5)
 
 
-@pytest.mark.parametrize("method, refine", [("wanda", "none"), ("sparsegpt", "dsnot")])
+@pytest.mark.parametrize(
+    "method, refine",
+    [
+        # 1.2-1.8 s: Wanda's own N:M conv masks are checked fast in
+        # test_nm_taps.test_calibrated_methods_keep_groups_inside_one_tap[*-wanda]
+        pytest.param("wanda", "none", marks=pytest.mark.slow),
+        ("sparsegpt", "dsnot"),  # the fast subset's only check of DSnoT's swaps (2-4 s)
+    ],
+)
 def test_nm_masks_are_valid(method, refine):
     """N:M masks of convolutions (a tap's channels in groups, c1's short ones) stay N:M through
     --refine dsnot's swaps too."""
