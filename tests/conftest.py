@@ -15,6 +15,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_MODEL = ROOT / "examples" / "digits_cnn.keras"
 EXAMPLE_DATA = ROOT / "examples" / "digits.npz"
+MEASURED_SLOW = Path(__file__).resolve().parent / "measured_slow.txt"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests a full run measured over the fast subset's per-test budget (measured_slow.txt) are marked
+    slow here: the fast subset (`-m "not slow"`) must stay under two minutes on two cores."""
+    lines = MEASURED_SLOW.read_text(encoding="utf-8").splitlines()
+    measured = {line.split("  #")[0].strip() for line in lines if line.strip() and not line.startswith("#")}
+    for item in items:
+        if item.nodeid in measured:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

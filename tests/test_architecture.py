@@ -300,3 +300,19 @@ def test_a_custom_layer_plugs_in_by_one_registration():
         assert np.abs(np.asarray(result.model(x)) - want).max() < 1e-5
     finally:
         layers.unregister(ScaledDense)
+
+
+def test_every_measured_slow_test_still_exists():
+    """tests/measured_slow.txt marks tests slow by node id (conftest.py): an entry whose test was renamed
+    or removed would silently mark nothing, so each must name a test function its file defines."""
+    tests = Path(__file__).resolve().parent
+    entries = [
+        line.split("  #")[0].strip()
+        for line in (tests / "measured_slow.txt").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert entries
+    for entry in entries:
+        path, name = entry.split("::", 1)
+        source = (tests.parent / path).read_text(encoding="utf-8")
+        assert re.search(rf"^def {re.escape(name.split('[')[0])}\(", source, re.M), entry
