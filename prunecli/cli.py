@@ -295,13 +295,13 @@ def _progress(config):
 
     if config.quiet:
         return lambda _msg: interrupts.checkpoint()
-    from rich.markup import escape
+    from prunecli.outputs.terminal import plain
 
     console = _console(stderr=True)
 
     def say(msg):
         interrupts.checkpoint()
-        console.print(f"[dim]· {escape(_one_line(str(msg)))}[/]", soft_wrap=True)  # one line each, even in CI logs
+        console.print(plain(f"· {_one_line(str(msg))}", style="dim"), soft_wrap=True)  # one line each, even in CI logs
 
     return say
 

@@ -480,6 +480,33 @@ def test_a_file_name_with_a_newline_or_backticks_stays_one_code_span_in_the_summ
     assert f"| input | {md_code('d/' + name, cell=True)} |" in md
 
 
+def test_a_long_unbroken_name_or_markup_in_a_name_prints_as_text_in_bounded_lines():
+    """A note quoting a 70,000-character layer name took rich 87 s to print (its highlighter is
+    quadratic in an unbroken word), and `[/]` in a path stopped the summary with a MarkupError. The
+    terminal shows such a word by its ends and length; the JSON report keeps it whole."""
+    import io
+
+    from rich.console import Console
+
+    from prunecli.outputs.report import render
+
+    name = "L" + "x" * 69_999
+    report = _one_layer_report()
+    report.input["path"] = "in/a[/]b [red]c.keras"
+    report.layers[0].name = f"{name}/kernel"
+    report.notes = [f"layer {name} kept dense"]
+    console = Console(file=io.StringIO(), width=100)
+    render(report, console)
+    printed = console.file.getvalue().splitlines()
+    assert max(len(line) for line in printed) <= 100
+    note = " ".join(
+        line.strip() for line in printed[next(i for i, ln in enumerate(printed) if ln.startswith("note:")) :]
+    )
+    assert note == f"note: layer {name[:80]}…(70,000 characters)…{name[-24:]} kept dense"
+    assert any("in/a[/]b [red]c.keras" in line for line in printed)
+    assert json.loads(report.to_json())["notes"] == [f"layer {name} kept dense"]
+
+
 def _savedmodel_plan(model: Path, out: Path, **cli):
     from prunecli.run.preflight import plan_prune
 

@@ -210,12 +210,15 @@ def _totals(model, layers: list[LayerInfo]) -> dict:
 
 
 def render(result: Inspection, console) -> None:
-    """One row per weight (layers without weights get one row), then the totals."""
+    """One row per weight (layers without weights get one row), then the totals; names and notes as
+    outputs.terminal prints them (no markup, overlong words cropped)."""
     from rich.table import Table
+
+    from prunecli.outputs.terminal import line, plain
 
     m = result.model
     table = Table(
-        title=f"{Path(m['path']).name}: {m['name']} ({m['flavour']} {m['format']}, Keras {m['keras_version']})",
+        title=plain(f"{Path(m['path']).name}: {m['name']} ({m['flavour']} {m['format']}, Keras {m['keras_version']})"),
         title_justify="left",
         header_style="bold",
     )
@@ -233,14 +236,16 @@ def render(result: Inspection, console) -> None:
         table.add_column(col, justify=just)
     for layer in result.layers:
         if not layer.weights:
-            table.add_row(layer.name, layer.cls, "-", "", "", "", "", "", "[dim]no kernel (no weights)[/]")
+            table.add_row(
+                plain(layer.name), plain(layer.cls), "-", "", "", "", "", "", "[dim]no kernel (no weights)[/]"
+            )
         for i, w in enumerate(layer.weights):
             how = f"[dim]skip: {w.how}[/]" if not w.target or w.quantized else f"[green]prune[/] {w.how}"
             zero = "" if w.zero_units is None else f"{w.zero_units}/{w.units}"
             table.add_row(
-                layer.name if i == 0 else "",
-                layer.cls if i == 0 else "",
-                w.name,
+                plain(layer.name if i == 0 else ""),
+                plain(layer.cls if i == 0 else ""),
+                plain(w.name),
                 "x".join(map(str, w.shape)),
                 f"{w.params:,}",
                 f"{w.nonzeros:,}",
@@ -266,7 +271,9 @@ def render(result: Inspection, console) -> None:
     )
     console.print(table)
     for note in m.get("notes", ()):
-        console.print(f"note: {note}", markup=False)
+        console.print(line(note, "note:"))
     for name, h in result.heads.items():  # attention layers: what -g head would work on
         kv = f", {h['kv_heads']} key/value groups" if h.get("kv_heads") not in (None, h["heads"]) else ""
-        console.print(f"attention {name}: {h['live_heads']} of {h['heads']} heads live (head size {h['head_dim']}{kv})")
+        console.print(
+            line(f"attention {name}: {h['live_heads']} of {h['heads']} heads live (head size {h['head_dim']}{kv})")
+        )

@@ -170,8 +170,10 @@ def _mib(n: int | None) -> str:
 
 
 def render(report: Report, console) -> None:
-    """Print the report as rich tables."""
+    """Print the report as rich tables; names, paths and notes as outputs.terminal prints them."""
     from rich.table import Table
+
+    from prunecli.outputs.terminal import line, plain
 
     layers = Table(title="Pruned layers", title_justify="left", header_style="bold")
     for col, just in (
@@ -187,7 +189,13 @@ def render(report: Report, console) -> None:
     for s in report.layers:
         target = "-" if s.requested_sparsity is None else f"{s.requested_sparsity:.1%}"
         layers.add_row(
-            s.name, s.cls, "x".join(map(str, s.shape)), f"{s.params:,}", f"{s.nonzeros:,}", f"{s.sparsity:.1%}", target
+            plain(s.name),
+            plain(s.cls),
+            "x".join(map(str, s.shape)),
+            f"{s.params:,}",
+            f"{s.nonzeros:,}",
+            f"{s.sparsity:.1%}",
+            target,
         )
     t = report.totals
     layers.add_row(
@@ -208,13 +216,15 @@ def render(report: Report, console) -> None:
     summary = Table(title="Summary", title_justify="left", show_header=False)
     summary.add_column("what")
     summary.add_column("value", justify="right")
-    summary.add_row("input", f"{report.input['path']} ({report.input.get('flavour', '')} {report.input['format']})")
+    summary.add_row(
+        "input", plain(f"{report.input['path']} ({report.input.get('flavour', '')} {report.input['format']})")
+    )
     if "bytes" in report.input:
         summary.add_row(
             "input size (raw / gzip)", f"{_mib(report.input['bytes'])} / {_mib(report.input.get('gzip_bytes'))}"
         )
     if report.output:
-        summary.add_row("output", report.output["path"])
+        summary.add_row("output", plain(report.output["path"]))
         summary.add_row(
             "output size (raw / gzip)", f"{_mib(report.output['bytes'])} / {_mib(report.output.get('gzip_bytes'))}"
         )
@@ -232,12 +242,14 @@ def render(report: Report, console) -> None:
     summary.add_row("time", timing)
     console.print(summary)
     for note in report.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(line(note, "note:", "yellow"))
 
 
 def _render_decoder(section: dict, console) -> None:
     """The `decoder` section (outputs/decoder_blocks.py): each block before -> after, and tokens/s."""
     from rich.table import Table
+
+    from prunecli.outputs.terminal import plain
 
     table = Table(
         title=f"Decoder blocks (multiply-adds at {section['seq_len']} tokens)",
@@ -255,7 +267,7 @@ def _render_decoder(section: dict, console) -> None:
             _short(before[k]) if after is None or after[k] == before[k] else f"{_short(before[k])}→{_short(after[k])}"
             for k in columns
         ]
-        table.add_row(row["block"] + (" (removed)" if after is None else ""), *cells)
+        table.add_row(plain(row["block"] + (" (removed)" if after is None else "")), *cells)
     console.print(table)
     for kind, speed in section["tokens_per_s"].items():
         console.print(f"{kind}: {speed['before']:,.0f} -> {speed['after']:,.0f} tokens/s ({speed['ratio']:.2f}x)")

@@ -197,11 +197,14 @@ def _macs_line(before: dict, after: dict) -> str:
 
 
 def render(plan: dict, console) -> None:
-    """The plan as tables: per layer before -> after, then totals and what is removed."""
+    """The plan as tables: per layer before -> after, then totals and what is removed; names and notes
+    as outputs.terminal prints them (no markup, overlong words cropped)."""
     from rich.table import Table
 
+    from prunecli.outputs.terminal import line, plain
+
     table = Table(
-        title=f"Plan: {plan['model']} ({plan['granularity']}, {plan['method']})",
+        title=plain(f"Plan: {plan['model']} ({plan['granularity']}, {plan['method']})"),
         title_justify="left",
         header_style="bold",
     )
@@ -209,12 +212,14 @@ def render(plan: dict, console) -> None:
         table.add_column(col, justify="left" if col in ("layer", "class") else "right")
     for r in plan["layers"]:
         if r["removed"]:
-            table.add_row(r["layer"], r["class"], "[red]removed[/]", "", "", f"{_num(r['macs_before'])} -> 0")
+            table.add_row(
+                plain(r["layer"]), plain(r["class"]), "[red]removed[/]", "", "", f"{_num(r['macs_before'])} -> 0"
+            )
             continue
         units = "" if r["units_after"] is None else f"{_num(r['live_units_before'])} -> {_num(r['live_units_after'])}"
         table.add_row(
-            r["layer"],
-            r["class"],
+            plain(r["layer"]),
+            plain(r["class"]),
             f"{_num(r['params_before'])} -> {_num(r['params_after'])}",
             f"{_num(r['nonzeros_before'])} -> {_num(r['nonzeros_after'])}",
             units,
@@ -228,25 +233,27 @@ def render(plan: dict, console) -> None:
     )
     for name, kept in plan.get("kept_features", {}).items():
         removed = plan["feature_pruning"]["inputs"][name]["removed"]
-        console.print(f"input {name}: keeps {len(kept)} features {kept}, removes {removed}")
+        console.print(line(f"input {name}: keeps {len(kept)} features {kept}, removes {removed}"))
     if "removed_layers" in plan:
-        console.print(f"removes layers: {', '.join(plan['removed_layers']) or 'none'}")
+        console.print(line(f"removes layers: {', '.join(plan['removed_layers']) or 'none'}"))
     if "hidden" in plan:
         h = plan["hidden"]
         console.print(f"residual channels {h['hidden_before']} -> {h['hidden_after']}, removes {h['removed_channels']}")
     if "target" in plan:
         _render_target(plan["target"], console)
     for members in plan.get("groups", []):
-        console.print(f"shrink together: {', '.join(members)}")
+        console.print(line(f"shrink together: {', '.join(members)}"))
     for note in plan["notes"]:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(line(note, "note:", "yellow"))
 
 
 def _render_target(section: dict, console) -> None:
     """--target in a plan: the channels each layer keeps, and the predicted cost against the request."""
+    from prunecli.outputs.terminal import line
+
     if "layers" in section:
         kept = ", ".join(f"{name} {v['before']}->{v['after']}" for name, v in section["layers"].items())
-        console.print(f"target {section['kind']}={section['requested']:g}: channels kept per layer: {kept}")
+        console.print(line(f"target {section['kind']}={section['requested']:g}: channels kept per layer: {kept}"))
     elif "split" in section:  # -g transformer: the split of the removal across the axes, searched or default
         shares = ", ".join(f"{axis} {share:g}" for axis, share in section["split"].items())
         console.print(f"target {section['kind']}={section['requested']:g}: {section['allocated']} removed ({shares})")

@@ -191,17 +191,20 @@ def summary_line(result: SweepResult) -> str:
 
 
 def render_table(result: SweepResult, console) -> None:
-    """The sweep as a rich table; cells over the accuracy budget in red."""
+    """The sweep as a rich table; cells over the accuracy budget in red; names and notes as
+    outputs.terminal prints them (no markup, overlong words cropped)."""
     from rich.table import Table
+
+    from prunecli.outputs.terminal import line, plain
 
     header, rows, over = table_rows(result)
     table = Table(
-        title=f"Sensitivity sweep: {Path(result.model).name} ({result.method}, {result.n_eval} examples)",
+        title=plain(f"Sensitivity sweep: {Path(result.model).name} ({result.method}, {result.n_eval} examples)"),
         title_justify="left",
         header_style="bold",
     )
     for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i == 0 else "right")
+        table.add_column(plain(name), justify="left" if i == 0 else "right")
     for row, flags in zip(rows, over, strict=True):
         cells = [f"[red]{c}[/]" if bad else c for c, bad in zip(row, flags, strict=True)]
         if row[0] == LIMIT_ROW:
@@ -210,7 +213,7 @@ def render_table(result: SweepResult, console) -> None:
     console.print(table)
     console.print(summary_line(result))
     for note in result.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(line(note, "note:", "yellow"))
 
 
 def render_markdown(result: SweepResult, plot_name: str | None = None) -> str:
