@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from conftest import build_mlp, make_tabular
 
 from prunecli.errors import ConfigError, GateFailed, InputError
 from prunecli.io import plan_file
+from prunecli.io.data import files_loaded
 
 
 def _weights(path) -> dict:
@@ -164,6 +166,45 @@ def test_verify_passes_on_the_runs_own_output_and_refuses_other_data(pruned, mlp
     result = cli("verify", out, "-r", report, "--data", tmp_path / "other.npz")
     assert result.exit_code == 3 and len(result.stderr.strip().splitlines()) == 1
     assert "other.npz is not the data the report's run evaluated (" in result.stderr
+    result = cli("verify", out, "-r", report, "--data", tmp_path / "none-*.tfrecord")
+    assert result.exit_code == 3 and len(result.stderr.strip().splitlines()) == 1
+    assert "none-*.tfrecord: the pattern matches no file" in result.stderr
+
+
+def test_the_data_digest_covers_what_the_loader_reads_and_no_hidden_file(tmp_path):
+    """A copy of a data folder with the hidden files a copy leaves (`.DS_Store`, `._x`, a hidden
+    `.ipynb_checkpoints` folder beside train/ and test/) is the same data: the digest covers the files
+    the loader reads (io.data.files_loaded), and a hidden folder no longer makes train/ and test/ two
+    classes. An image moved to another class folder is other data; a folder with no image is refused."""
+    import shutil
+
+    from prunecli.errors import DataError
+
+    images = tmp_path / "images"
+    for split, label, n in (("train", "cat", 2), ("train", "dog", 2), ("test", "cat", 1), ("test", "dog", 1)):
+        (images / split / label).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            (images / split / label / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes([i]) + label.encode())
+    records = tmp_path / "records"
+    records.mkdir()
+    (records / "part-0.tfrecord").write_bytes(b"records")
+    (records / "spec.yaml").write_text("x: {key: x}\ny: {key: label}\n")
+    for folder in (images, records):
+        copy = Path(shutil.copytree(folder, tmp_path / "copy" / folder.name))
+        for junk in (".DS_Store", "._x", "._part-0.tfrecord", "notes.txt", "train/.DS_Store"):
+            (copy / junk).parent.mkdir(exist_ok=True)
+            (copy / junk).write_bytes(b"\0\x05\x16\x07 junk")
+        (copy / ".ipynb_checkpoints").mkdir()
+        (copy / ".ipynb_checkpoints" / "0-checkpoint.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+        assert plan_file.data_digest(str(copy)) == plan_file.data_digest(str(folder))
+    assert [name for name, _f in files_loaded(str(images))][:2] == ["test/cat/0.png", "test/dog/0.png"]
+    assert [name for name, _f in files_loaded(str(records))] == ["part-0.tfrecord", "spec.yaml"]
+    (images / "train/cat/1.png").rename(images / "train/dog/1b.png")
+    assert plan_file.data_digest(str(images)) != plan_file.data_digest(str(tmp_path / "copy" / "images"))
+    shutil.rmtree(images / "train")
+    shutil.rmtree(images / "test")
+    with pytest.raises(DataError, match="images: no images to read"):
+        plan_file.data_digest(str(images))
 
 
 def test_verify_of_a_missing_model_or_a_folder_is_one_line_with_the_report_too(pruned, tmp_path, cli):

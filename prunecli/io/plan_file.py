@@ -681,26 +681,14 @@ def write(path: str | os.PathLike, data: bytes) -> None:
 
 def data_digest(data: str) -> dict:
     """What `--data` names, as the report records it (`reproducibility.data`) and `verify --data` compares
-    it: a sha256 over every file the loader reads (files_read's besides the data itself), each by its
-    content, so that a copy elsewhere or under another name is the same data; inside a folder given as
-    --data (image classes, TFRecord shards) by its path in that folder too, as a class folder's name is
-    its examples' label. `files`: how many files it covers."""
-    import glob
+    it: a sha256 over every file the loader reads (io.data.files_loaded: the records or images, and their
+    spec, labels and evaluation files; no file the loader skips), each by its content, so that a copy
+    elsewhere or under another name is the same data; inside a folder given as --data (image classes,
+    TFRecord shards) by its path in that folder too, as a class folder's name is its examples' label.
+    `files`: how many files it covers."""
+    from prunecli.io.data import files_loaded
 
-    from prunecli.io.data import files_read
-
-    p = Path(str(data))
-    if p.is_dir():
-        named = [(f.relative_to(p).as_posix(), f) for f in sorted(p.rglob("*")) if f.is_file()]
-    elif any(ch in str(data) for ch in "*?["):
-        named = [("", Path(f)) for f in sorted(glob.glob(str(data))) if Path(f).is_file()]
-    else:
-        named = [("", p)]
-    seen = {f.resolve() for _name, f in named}
-    for f in files_read(str(data)).get("data", []):
-        if f.is_file() and f.resolve() not in seen:
-            seen.add(f.resolve())
-            named.append(("", f))
+    named = files_loaded(str(data))
     digest = hashlib.sha256()
     for name, f in named:
         try:

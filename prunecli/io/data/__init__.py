@@ -36,11 +36,11 @@ from pathlib import Path
 from prunecli.errors import DataError
 from prunecli.io.data.batches import Data
 from prunecli.io.data.checks import io_names, is_multi_io, unique_feature_names
-from prunecli.io.data.images import load_images
+from prunecli.io.data.images import image_files, load_images
 from prunecli.io.data.npy import load_npy, npy_files
 from prunecli.io.data.npz import load_npz
 from prunecli.io.data.spec import find_spec
-from prunecli.io.data.tfrecord import TFRECORD_SUFFIXES, eval_records, load_tfrecord, tfrecord_files
+from prunecli.io.data.tfrecord import TFRECORD_SUFFIXES, eval_records, load_tfrecord, record_files, tfrecord_files
 from prunecli.io.data.tokens import load_text
 
 
@@ -118,8 +118,8 @@ def _read(path: str, model, batch_size: int, val_split: float, seed: int) -> Dat
 
 def files_read(data: str) -> dict[str, list[Path]]:
     """Files `--data` reads besides itself, for io.paths.plan (an output must not overwrite them
-    either): the labels .npy beside x.npy and a train file's test and val pairs; the TFRecord files a glob matches; a TFRecord's spec and
-    the records its `eval:` names (`--report 'recs/part-0.tfrecord' -d 'recs/*.tfrecord'` replaced a shard)."""
+    either): the labels .npy beside x.npy and a train file's test and val pairs; the TFRecord files a glob matches; a TFRecord's (or an image
+    folder's) spec and the records its `eval:` names (`--report 'recs/part-0.tfrecord' -d 'recs/*.tfrecord'` replaced a shard)."""
     import glob
 
     p = Path(str(data))
@@ -127,11 +127,42 @@ def files_read(data: str) -> dict[str, list[Path]]:
     out = [Path(f) for f in sorted(glob.glob(str(data)))] if is_glob else []
     if p.suffix == ".npy" and not is_glob:
         out += npy_files(p)
-    if is_glob or (p.is_dir() and tfrecord_files(p)) or (p.is_file() and p.suffix in TFRECORD_SUFFIXES):
+    if is_glob or p.is_dir() or (p.is_file() and p.suffix in TFRECORD_SUFFIXES):  # an image folder's too
         spec = find_spec(str(p))
         if spec is not None:
             out += [spec, *eval_records(spec)]
     return {"data": out} if out else {}
+
+
+def files_loaded(data: str) -> list[tuple[str, Path]]:
+    """Every file the loader reads for `data`, and nothing else, each with its path inside `data` when
+    `data` is a folder ("" otherwise): the report's digest of the data (io.plan_file.data_digest) covers
+    these, so that a copy with hidden files (`.DS_Store`, `._x`, `.ipynb_checkpoints`) or other files the
+    loader skips is the same data. The records of a glob or a TFRecord folder are the loader's own listing
+    (tfrecord.record_files), an image folder's the images its classes hold (images.image_files), with the
+    companions files_read lists. A pattern or folder with nothing to read is a DataError."""
+    from prunecli.io.paths import check_readable
+    from prunecli.messages import shown
+
+    p = Path(str(data))
+    if any(ch in str(data) for ch in "*?[") or (p.is_dir() and tfrecord_files(p)):
+        main = [Path(f) for f in record_files(str(data))]
+    elif p.is_dir():
+        main = [f for _name, f in image_files(p)]
+        if not main:
+            raise DataError(f"{shown(p)}: no images to read (class folders holding .png, .jpg, .gif or .bmp files)")
+    elif p.exists():
+        check_readable(p, "data file", DataError)  # a FIFO would block, /dev/zero never ends
+        main = [p]
+    else:
+        raise DataError(f"data file not found: {shown(p)}")
+    inside, outside, seen = [], [], set()
+    companions = [f for f in files_read(str(data)).get("data", []) if f.is_file()]
+    for f in [*main, *companions]:
+        if f.resolve() not in seen:
+            seen.add(f.resolve())
+            (inside if p.is_dir() and f.is_relative_to(p) else outside).append(f)
+    return [(f.relative_to(p).as_posix(), f) for f in sorted(inside)] + [("", f) for f in outside]
 
 
 def read_feature_names(path) -> list[str]:

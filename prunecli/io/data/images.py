@@ -11,6 +11,7 @@ from prunecli.io.data.checks import model_input_shape, output_classes
 from prunecli.io.data.spec import find_spec, read_spec, scaled
 
 IMAGE_SPLITS = ("test", "val", "validation")
+IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # what keras' image_dataset_from_directory reads
 
 
 def load_images(p: Path, model, batch_size: int, val_split: float, seed: int) -> Data:
@@ -92,9 +93,31 @@ def check_image_headers(paths) -> None:
             raise DataError(f"{path}: not an image (its first bytes are no PNG, JPEG, GIF or BMP header)")
 
 
+def image_files(p: Path) -> list[tuple[str, Path]]:
+    """The images the loader reads from folder `p`, each with its path inside `p` (its class folder is its
+    label), by the rules of keras' image_dataset_from_directory (which lists them itself): the class
+    folders are the sub-folders not hidden, and in each, at any depth, the files named as images
+    (IMAGE_SUFFIXES, in any case); anything else (`.DS_Store`, notes, `labels.csv`) is not read."""
+    import os
+
+    found = []
+    for split in filter(None, _image_layout(p)):
+        for label in _class_folders(split):
+            for root, _dirs, files in sorted(os.walk(split / label), key=lambda walked: walked[0]):
+                found += [Path(root) / name for name in sorted(files) if name.lower().endswith(IMAGE_SUFFIXES)]
+    return [(f.relative_to(p).as_posix(), f) for f in found]
+
+
+def _class_folders(p: Path) -> list[str]:
+    """The sub-folders keras takes for classes: a hidden one (`.ipynb_checkpoints`) is none."""
+    return sorted(d.name for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
 def _image_layout(p: Path):
-    """(train folder, evaluation folder or None) for DIR/<class>/ or DIR/train/<class>/ + DIR/test/<class>/."""
-    subdirs = {d.name for d in p.iterdir() if d.is_dir()}
+    """(train folder, evaluation folder or None) for DIR/<class>/ or DIR/train/<class>/ + DIR/test/<class>/.
+    A hidden folder beside train/ and test/ (`.ipynb_checkpoints`) made DIR read as two classes named
+    train and test."""
+    subdirs = set(_class_folders(p))
     if "train" in subdirs and subdirs <= {"train", *IMAGE_SPLITS}:
         held = next((p / name for name in IMAGE_SPLITS if name in subdirs), None)
         return p / "train", held

@@ -22,13 +22,13 @@ def load_tfrecord(path: str, model, batch_size: int, val_split: float, seed: int
     shuffled through a bounded buffer and parsed in parallel."""
     import numpy as np
 
-    files = _resolve_records(path)
+    files = record_files(path)
     spec_path, spec = _spec_of(path)
     parse = _record_parser(spec, model, spec_path)
     check = streamed_checks(model, path)  # every batch, as data held in memory is checked whole
     records = _Records(_compression(spec, spec_path), parse, spec.get("scale"), batch_size, seed, check)
     n_all = _count_readable(records, files, path)
-    eval_files = _resolve_records(str(spec["eval"]), spec_path.parent) if spec.get("eval") else None
+    eval_files = record_files(str(spec["eval"]), spec_path.parent) if spec.get("eval") else None
     train_records, held, n_train, n_held = _hold_out(records, files, n_all, val_split, path)
     train = records.batches(train_records, n_train, path, shuffle=True)
     held_ds = None if held is None else records.batches(held, n_held, path, shuffle=False)
@@ -162,8 +162,12 @@ def _evaluation(
 
 
 def tfrecord_files(folder: Path) -> list[str]:
-    """The TFRecord files directly in a folder, sorted so that every run reads them in one order."""
-    return sorted(str(f) for f in folder.iterdir() if f.is_file() and f.suffix in TFRECORD_SUFFIXES)
+    """The TFRecord files directly in a folder, sorted so that every run reads them in one order. A
+    hidden file is none (`._part-0.tfrecord` is the metadata a macOS copy leaves beside a shard, not
+    records), as a glob's `*` matches none."""
+    return sorted(
+        str(f) for f in folder.iterdir() if f.is_file() and f.suffix in TFRECORD_SUFFIXES and not f.name.startswith(".")
+    )
 
 
 def eval_records(spec_path: Path) -> list[Path]:
@@ -180,7 +184,9 @@ def eval_records(spec_path: Path) -> list[Path]:
     return [Path(f) for f in sorted(glob.glob(str(p)))] if any(ch in str(p) for ch in "*?[") else [p]
 
 
-def _resolve_records(path: str, base: Path | None = None) -> list[str]:
+def record_files(path: str, base: Path | None = None) -> list[str]:
+    """The record files a TFRecord `path` (a file, a folder or a glob; relative to `base`) reads: the one
+    listing the loader and the report's data digest (io.data.files_loaded) share."""
     p = Path(path)
     if base is not None and not p.is_absolute():
         p = base / p
@@ -191,7 +197,8 @@ def _resolve_records(path: str, base: Path | None = None) -> list[str]:
     else:
         files = [str(p)] if p.is_file() else []
     if not files:
-        raise DataError(f"no TFRecord files found at {p}")
+        nothing = "the pattern matches no file" if any(ch in str(p) for ch in "*?[") else "nothing to read there"
+        raise DataError(f"no TFRecord files found at {p}: {nothing}")
     return files
 
 
