@@ -764,7 +764,8 @@ def test_an_integer_input_fed_from_data_is_exported_and_checked_in_its_own_dtype
 def test_top_class_agreement_is_for_class_scores_only():
     """A regressor's vector output has no top class (DELIGHT's 16 offsets were reported "agrees with the
     Keras model on the top class of 91.4%"): the labels' task decides, and without labels the output's
-    activation (softmax, sigmoid, a Softmax layer)."""
+    activation (softmax, sigmoid, a Softmax layer) or, for logits, a crossentropy compile loss over
+    several units (a logits classifier had no figure without --data; a one-unit logit's class is its sign)."""
     import keras
 
     from prunecli.training.metrics import Task, gives_class_scores
@@ -772,6 +773,15 @@ def test_top_class_agreement_is_for_class_scores_only():
     inp = keras.Input((3,))
     regressor = keras.Model(inp, keras.layers.Dense(4)(inp))
     assert not gives_class_scores(regressor, None)
+    regressor.compile(loss="mse")
+    assert not gives_class_scores(regressor, None)
+    logits = keras.Model(inp, keras.layers.Dense(4)(inp))
+    for loss in (keras.losses.SparseCategoricalCrossentropy(from_logits=True), "categorical_crossentropy"):
+        logits.compile(loss=loss)
+        assert gives_class_scores(logits, None)
+    one_logit = keras.Model(inp, keras.layers.Dense(1)(inp))
+    one_logit.compile(loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    assert not gives_class_scores(one_logit, None)
     assert gives_class_scores(keras.Model(inp, keras.layers.Dense(4, activation="softmax")(inp)), None)
     assert gives_class_scores(keras.Model(inp, keras.layers.Softmax()(keras.layers.Dense(4)(inp))), None)
     assert gives_class_scores(regressor, Task("sparse_categorical_crossentropy", "accuracy"))  # logits, labelled

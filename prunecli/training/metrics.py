@@ -26,8 +26,11 @@ def gives_class_scores(model, task: Task | None) -> bool:
     """Whether the model's first output is class scores, so that a converted or quantized copy's
     agreement on the top class means something: the task says so when the data has labels (an accuracy
     metric; None for a regression), and without labels the output's own activation does (softmax or
-    sigmoid, or a Softmax layer). A vector regressor (16 offsets) got a "top class 91.4%" note before.
-    A model without a graph to read keeps the check its output's shape allows."""
+    sigmoid, or a Softmax layer), or, for logits (no such activation), a crossentropy loss in the
+    model's compile config with more than one output unit: the top class of logits is the top class of
+    their softmax, so the agreement is the same figure (a one-unit logit's class is its sign, not the
+    0.5 the agreement thresholds at). A vector regressor (16 offsets) got a "top class 91.4%" note
+    before. A model without a graph to read keeps the check its output's shape allows."""
     import keras
 
     from prunecli.structure import keras_graph
@@ -42,7 +45,28 @@ def gives_class_scores(model, task: Task | None) -> bool:
     if isinstance(layer, keras.layers.Softmax):
         return True
     activation = getattr(layer, "activation", None)
-    return getattr(activation, "__name__", str(activation)) in CLASS_ACTIVATIONS
+    if getattr(activation, "__name__", str(activation)) in CLASS_ACTIVATIONS:
+        return True
+    units = outputs[0].shape[-1] if outputs[0].shape else None
+    return units is not None and units > 1 and _compiled_for_classes(model)
+
+
+def _compiled_for_classes(model) -> bool:
+    """Whether the loss the model was compiled with for its first output is a crossentropy (categorical,
+    sparse categorical, binary, focal): a loss for class scores, as a regressor's (mse, mae, huber) is not."""
+    loss = getattr(model, "loss", None)
+    if isinstance(loss, (list, tuple)):
+        loss = loss[0] if loss else None
+    elif isinstance(loss, dict):
+        loss = loss.get(getattr(model, "output_names", [None])[0])
+    if loss is None:
+        return False
+    names = (
+        (loss,)
+        if isinstance(loss, str)
+        else (getattr(loss, "name", ""), getattr(loss, "__name__", ""), type(loss).__name__)
+    )
+    return any("crossentropy" in str(name).lower().replace("_", "") for name in names)
 
 
 class MultiOutputLoss:
