@@ -179,6 +179,7 @@ def test_the_data_digest_covers_what_the_loader_reads_and_no_hidden_file(tmp_pat
     import shutil
 
     from prunecli.errors import DataError
+    from prunecli.io.data import images as images_format
 
     images = tmp_path / "images"
     for split, label, n in (("train", "cat", 2), ("train", "dog", 2), ("test", "cat", 1), ("test", "dog", 1)):
@@ -198,6 +199,8 @@ def test_the_data_digest_covers_what_the_loader_reads_and_no_hidden_file(tmp_pat
         (copy / ".ipynb_checkpoints" / "0-checkpoint.png").write_bytes(b"\x89PNG\r\n\x1a\n")
         assert plan_file.data_digest(str(copy)) == plan_file.data_digest(str(folder))
     assert [name for name, _f in files_loaded(str(images))][:2] == ["test/cat/0.png", "test/dog/0.png"]
+    copy = tmp_path / "copy" / "images"  # the loader reads its train/ and test/, not two classes named so
+    assert images_format._image_layout(copy) == (copy / "train", copy / "test")
     assert [name for name, _f in files_loaded(str(records))] == ["part-0.tfrecord", "spec.yaml"]
     (images / "train/cat/1.png").rename(images / "train/dog/1b.png")
     assert plan_file.data_digest(str(images)) != plan_file.data_digest(str(tmp_path / "copy" / "images"))
