@@ -499,11 +499,13 @@ def test_a_long_unbroken_name_or_markup_in_a_name_prints_as_text_in_bounded_line
     render(report, console)
     printed = console.file.getvalue().splitlines()
     assert max(len(line) for line in printed) <= 100
-    note = " ".join(
-        line.strip() for line in printed[next(i for i, ln in enumerate(printed) if ln.startswith("note:")) :]
-    )
-    assert note == f"note: layer {name[:80]}…(70,000 characters)…{name[-24:]} kept dense"
+    note = "".join(printed[next(i for i, ln in enumerate(printed) if ln.startswith("note:")) :]).replace(" ", "")
+    assert note == f"note:layer{name[:200]}…(70,000characters)…{name[-60:]}keptdense"  # folded at the width
     assert any("in/a[/]b [red]c.keras" in line for line in printed)
+    report.input["path"] = "/" + "/".join(["ci-workspace-0123456789"] * 20) + "/in.keras"  # 481 characters
+    console = Console(file=io.StringIO(), width=100)
+    render(report, console)
+    assert report.input["path"] in "".join(ln.strip(" │") for ln in console.file.getvalue().splitlines())
     assert json.loads(report.to_json())["notes"] == [f"layer {name} kept dense"]
 
 

@@ -215,7 +215,7 @@ def render(report: Report, console) -> None:
 
     summary = Table(title="Summary", title_justify="left", show_header=False)
     summary.add_column("what")
-    summary.add_column("value", justify="right")
+    summary.add_column("value", justify="right", overflow="fold")  # a long path folds, whole
     summary.add_row(
         "input", plain(f"{report.input['path']} ({report.input.get('flavour', '')} {report.input['format']})")
     )

@@ -4,16 +4,18 @@ Why: rich reads a printed string as markup and runs its highlighter's regular ex
 which take time quadratic in the length of an unbroken word: a note quoting a 70,000-character layer
 name took 87 s to print, after the run had done its work. And a name is user input: `[red]` in it
 styled the summary, a `[/]` in a path stopped it with a MarkupError. What is printed here is a rich
-Text (no markup, no highlighting), and each word longer than LONGEST_WORD is shown by its two ends
-and its length; the JSON report (`--report`) keeps the whole text.
+Text (no markup, no highlighting), which prints in time linear in its length. A word longer than
+LONGEST_WORD is shown by its two ends and its length, for the reader's sake only: the limit is well
+above any real path or layer name (a deep CI workspace path of a few hundred characters prints whole,
+so it can be copied), and the JSON report (`--report`) keeps the whole text.
 """
 
 from __future__ import annotations
 
 import re
 
-LONGEST_WORD = 120  # characters of one unbroken word printed whole; a longer one is shown by its ends
-_HEAD, _TAIL = 80, 24  # of a longer word, the characters shown before and after its length
+LONGEST_WORD = 1_000  # characters of one unbroken word printed whole; a longer one is shown by its ends
+_HEAD, _TAIL = 200, 60  # of a longer word, the characters shown before and after its length
 _LONG_WORD = re.compile(rf"\S{{{LONGEST_WORD + 1},}}")
 
 
