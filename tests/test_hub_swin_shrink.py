@@ -142,7 +142,8 @@ def test_swin_multiply_adds_are_counted_window_by_window_and_a_flops_target_pric
     width 16 in stage 1, 4x4 windows of 16 tokens (q k^T and the weights times v per window), patch merging
     at stage 0's end over the 16 tokens of the halved grid. Then --target flops=F prices each unit and head
     at its own stage: -g neuron's masked model keeps exactly the predicted non-zero multiply-adds, -g head's
-    rebuilt one counts exactly the predicted ones, each within the band of the goal."""
+    rebuilt one counts exactly the predicted ones, each within the band of the goal (-g head's flops=0.9
+    only once the heads taken in score order, 0.853, were completed by cost)."""
     from prunecli.config.target import TOLERANCE
     from prunecli.structure import flops
 
@@ -168,7 +169,8 @@ def test_swin_multiply_adds_are_counted_window_by_window_and_a_flops_target_pric
     assert flops.count(model)["nonzero"] == section["target"]["predicted"]
     assert abs(section["target"]["predicted_fraction"] - 0.8) <= TOLERANCE
     model = classifier()
-    config = step_config("head", target="flops=0.95", shrink=True)  # a head is 2 to 6% here
+    config = step_config("head", target="flops=0.9", shrink=True)  # a head is 2 to 6% here
     small, _masks, section, _ = heads.run_heads(model, targets_mod.select(model), config)
     assert flops.count(small)["total"] == section["target"]["predicted"]
-    assert abs(section["target"]["predicted_fraction"] - 0.95) <= TOLERANCE
+    assert 0.9 * (1 - TOLERANCE) <= section["target"]["predicted_fraction"] <= 0.9
+    assert section["target"]["score_order_fraction"] < 0.9 * (1 - TOLERANCE)  # heads in score order overshot it

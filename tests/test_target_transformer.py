@@ -146,7 +146,8 @@ def test_a_mixed_split_shrinks_every_axis_and_equals_its_masked_model(tmp_path):
     config = _config("params=0.6")
     axes, dense, goal = split.find_axes(lm, targets_mod.select(lm), None, None, config, print)
     assert axes.present() == ("blocks", "heads", "ffn")
-    choice = split.realise(axes, {"blocks": 0.5, "heads": 0.25, "ffn": 0.25}, dense - goal, config)
+    slack = int(TOLERANCE * goal)
+    choice = split.realise(axes, {"blocks": 0.5, "heads": 0.25, "ffn": 0.25}, dense - goal, config, slack)
     assert choice.reachable and len(choice.blocks) == 1 and choice.removed["heads"] and choice.removed["ffn"]
     masked = split.masked_model(lm, axes, choice)
     smaller = split.shrink(lm, axes, choice)

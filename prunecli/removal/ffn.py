@@ -178,8 +178,8 @@ def run_ffn(model, targets, config, *, data=None, loss_fn=None, sample_x=None, p
         raise InputError(f"{config.model_path or 'model'}: no decoder feed-forward network to prune")
     say(f"scoring the feed-forward units of {len(found)} KerasHub block(s) with {config.method}")
     scores = score(model, found, config, data, loss_fn)
-    sparsity, target = None, None
-    if config.target:  # the sparsity whose removed units meet params=F or flops=F
+    sparsity, fitted, target = None, None, None
+    if config.target:  # the units that meet params=F or flops=F (in score order, completed by cost)
         what = "the feed-forward units of KerasHub Transformer blocks"
         flops = parse_target(config.target).kind == "flops"  # every position multiplies each kernel weight once
         if flops and vision_encoders.stage_lengths(model):  # MiT, Swin: each block at its stage's token count
@@ -193,12 +193,18 @@ def run_ffn(model, targets, config, *, data=None, loss_fn=None, sample_x=None, p
             dense = int(model.count_params())
             cost = {f.path: units.unit_params(f.all_slices()) for f in found}
 
-        def removed_cost(s: float) -> int:
-            chosen = _selected(found, scores, config, [], s)
-            return sum(cost[path] * len(gone) for path, gone in chosen.items())
-
-        sparsity, target = units.fit_target(config, dense, removed_cost, what, kinds=("params", "flops"))
-    removed = _selected(found, scores, config, notes, sparsity)
+        banks = isinstance(found[0], experts.ExpertFfn)  # every expert loses as many: not completed unit by unit
+        sparsity, fitted, target = units.fit_target(
+            config,
+            dense,
+            lambda s: _selected(found, scores, config, [], s),
+            cost,
+            None if banks else scores,
+            what,
+            ("params", "flops"),
+        )
+    chosen = _selected(found, scores, config, notes, sparsity)  # with the floors' notes
+    removed = chosen if fitted is None else fitted
     apply(found, removed)
     names = {id(t.variable): t.name for t in targets}
     masks = unit_masks(found, removed, names)

@@ -455,18 +455,22 @@ def run_heads(model, targets, config, *, data=None, loss_fn=None, sample_x=None,
 
 def _removal(model, found: list[HeadLayer], scores: dict, config, notes: list) -> tuple[dict, dict | None]:
     """(removed units per layer, the report's `target` section or None): `choose` at the run's amount,
-    or at the sparsity whose removed heads (or key/value groups) meet --target params=F or flops=F."""
-    sparsity, target = None, None
-    if config.target:
-        dense, cost = _target_costs(model, found, config)
-
-        def removed_cost(s: float) -> int:
-            chosen = choose(found, scores, config, [], sparsity=s)
-            return sum(cost[path] * len(gone) for path, gone in chosen.items())
-
-        what = "the attention heads"
-        sparsity, target = units.fit_target(config, dense, removed_cost, what, kinds=("params", "flops"))
-    return choose(found, scores, config, notes, sparsity=sparsity), target
+    or the heads (or key/value groups) that meet --target params=F or flops=F (units.fit_target: in
+    score order, completed by cost where one more head would overshoot the 2% band)."""
+    if not config.target:
+        return choose(found, scores, config, notes), None
+    dense, cost = _target_costs(model, found, config)
+    sparsity, removed, target = units.fit_target(
+        config,
+        dense,
+        lambda s: choose(found, scores, config, [], sparsity=s),
+        cost,
+        {hl.path: scores[hl.path] for hl in found},
+        "the attention heads",
+        kinds=("params", "flops"),
+    )
+    choose(found, scores, config, notes, sparsity=sparsity)  # the floors' notes of the score-ordered fit
+    return removed, target
 
 
 def _measured(model, found: list[HeadLayer], config, data, notes: list, say):

@@ -148,12 +148,13 @@ def run_hidden(model, targets, config, *, data=None, loss_fn=None, sample_x=None
     say(f"scoring the {width} residual channels of {len(decoders.blocks(model))} decoder block(s) with {config.method}")
     scores = score(model, slices, config, data, loss_fn)
     sparsity, target = None, None
-    if config.target:  # the sparsity whose removed channels meet params=F
-        per_channel = units.unit_params(slices)
-        sparsity, target = units.fit_target(
+    if config.target:  # the sparsity whose removed channels meet params=F (one cost each: nothing to complete)
+        sparsity, _removed, target = units.fit_target(
             config,
             int(model.count_params()),
-            lambda s: per_channel * len(choose(scores, config, [], s)),
+            lambda s: {"residual": choose(scores, config, [], s)},
+            {"residual": units.unit_params(slices)},
+            None,
             "residual channels",
         )
     removed = choose(scores, config, notes, sparsity)

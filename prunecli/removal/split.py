@@ -15,7 +15,8 @@ that sums to one (15 with three axes), and each split is realised through each a
   Dense pairs, as decoders.Ffn without a gate or block) the same way.
 
 The finest axis given a share fills the rest: it removes at least what is left, so every split lands at
-or under the goal (a split that cannot is listed as unreachable). Each split is masked on the model
+or under the goal (a split that cannot is listed as unreachable), and, where its score order would land
+more than the tolerance under it, some of its units (or blocks) that land inside (units.fill_band). Each split is masked on the model
 (blocks bypassed on a model that shares its layers, removal/layers.bypassed), measured on up to
 --score-batches batches of --data, and the dense weights put back: the model's loss (a causal LM's
 next-token cross-entropy, training/metrics.NextTokenLoss, with its perplexity), or without labels the
@@ -199,9 +200,11 @@ def _select(axis_scores: dict, config, sparsity: float) -> dict[str, list[int]]:
     return policy.select_units(axis_scores, config, [], at_least=1, sparsity=sparsity)
 
 
-def _blocks_for(axes: Axes, amount: int, reach: bool) -> list:
+def _blocks_for(axes: Axes, amount: int, reach: bool, slack: int) -> list:
     """The lowest-scored whole blocks whose cost is nearest `amount`: with `reach` the fewest that
-    remove at least it, else the most that stay within it. One block always stays."""
+    remove at least it (when they remove more than `amount + slack`, the earliest in score order that
+    land in between, where some do: units.in_band), else the most that stay within it. One block
+    always stays."""
     best: list = []
     for count in range(len(axes.blocks)):
         chosen = layers.lowest_first(axes.blocks, count)
@@ -212,12 +215,17 @@ def _blocks_for(axes: Axes, amount: int, reach: bool) -> list:
                 break
         elif cost <= amount:
             best = chosen
+    if reach and sum(axes.block_cost[c.name] for c in best) > amount + slack:
+        order = layers.lowest_first(axes.blocks, len(axes.blocks) - 1)
+        picked = units.in_band([axes.block_cost[c.name] for c in order], amount, amount + slack)
+        best = best if picked is None else [order[i] for i in picked]
     return best
 
 
-def realise(axes: Axes, shares: dict[str, float], amount: int, config) -> Choice:
+def realise(axes: Axes, shares: dict[str, float], amount: int, config, slack: int) -> Choice:
     """The removal of `amount` (in the target's unit) split by `shares`, blocks first, then heads,
-    then feed-forward units of the blocks left; the finest axis with a share removes what is left."""
+    then feed-forward units of the blocks left; the finest axis with a share removes what is left, at
+    most `slack` more where some of its units can (the target's band; units.fill_band)."""
     choice = Choice(dict(shares))
     fill = [axis for axis in FILL_ORDER if shares.get(axis, 0.0) > 0][-1]
     left = amount
@@ -229,19 +237,23 @@ def realise(axes: Axes, shares: dict[str, float], amount: int, config) -> Choice
         if share <= 0 or want <= 0:
             continue
         if axis == "blocks":
-            choice.blocks = _blocks_for(axes, want, reach)
+            choice.blocks = _blocks_for(axes, want, reach, slack)
             gone_blocks = {c.name for c in choice.blocks}
             choice.cost[axis] = sum(axes.block_cost[name] for name in gone_blocks)
         else:
             groups = {p: s for p, s in axes.scores[axis].items() if axes.block_of.get(p) not in gone_blocks}
             unit_cost = axes.unit_cost[axis]
 
-            def removed_cost(sparsity: float, groups=groups, unit_cost=unit_cost) -> int:
-                return sum(unit_cost[p] * len(u) for p, u in _select(groups, config, sparsity).items())
+            def select(sparsity: float, groups=groups) -> dict[str, list[int]]:
+                return _select(groups, config, sparsity)
+
+            def removed_cost(sparsity: float, select=select, unit_cost=unit_cost) -> int:
+                return units.cost_of(select(sparsity), unit_cost)
 
             sparsity = units.sparsity_for(removed_cost, want, reach)
-            choice.removed[axis] = {p: u for p, u in _select(groups, config, sparsity).items() if u}
-            choice.cost[axis] = removed_cost(sparsity)
+            removed = units.fill_band(select, unit_cost, groups, sparsity, want, want + slack)[0] if reach else None
+            choice.removed[axis] = {p: u for p, u in (removed or select(sparsity)).items() if u}
+            choice.cost[axis] = units.cost_of(choice.removed[axis], unit_cost)
         left -= choice.cost[axis]
     choice.reachable = left <= 0
     return choice
@@ -338,7 +350,7 @@ def search(model, axes: Axes, dense: int, goal: int, data, task, config, progres
     next_token = task is not None and isinstance(task.loss, NextTokenLoss)
     notes: list[str] = []
     if data is None:
-        choice = realise(axes, default_split(axes), amount, config)
+        choice = realise(axes, default_split(axes), amount, config, goal - low)
         rows, choices = [_row(choice, dense, goal, low, None, False)], [choice]
         measured = "nothing (no --data)"
         shares = ", ".join(f"{axis} {share:.2f}" for axis, share in choice.shares.items())
@@ -353,7 +365,7 @@ def search(model, axes: Axes, dense: int, goal: int, data, task, config, progres
         splits = grid(present)
         rows, choices, seen = [], [], {}
         for i, shares in enumerate(splits):
-            choice = realise(axes, shares, amount, config)
+            choice = realise(axes, shares, amount, config, goal - low)
             loss = None
             if choice.reachable:
                 key = choice.key()

@@ -195,12 +195,155 @@ class TargetUnreachable(ConfigError):
         self.least, self.dense = least, dense
 
 
-def fit_target(config, dense: int, removed: Callable[[float], int], what: str, kinds: tuple[str, ...] = ("params",)):
-    """(--sparsity for this step, the report's `target` section) for `--target params=F` (or flops=F
-    where `kinds` allows it): the smallest sparsity whose removed units leave at most F of the dense
-    model's count, by bisection on the exact count `removed(sparsity)` (the step's own selection at
-    that sparsity, floors included, so the count only grows with it). `dense` is the model's count of
-    the same kind. `what` names the units in a one-line refusal."""
+COMBINATIONS_TRIED = 20_000  # in_band: counts of the coarse unit costs tried at most (a few dozen in practice)
+
+Removal = dict[str, list[int]]  # {group path: removed units}
+
+
+def cost_of(removed: Removal, unit_cost: dict[str, int]) -> int:
+    """What removing these units saves: each group's count times what one of its units costs."""
+    return sum(unit_cost[group] * len(gone) for group, gone in removed.items())
+
+
+def in_band(costs: list[int], least: int, most: int) -> list[int] | None:
+    """Positions of `costs` (units in the order the scores would remove them) whose sum lies in
+    [least, most], using the earliest units it can: the set whose latest position is the earliest, and
+    so on down (the smallest in colexicographic order among those tried); None when no set does.
+
+    Units cheaper than the band's width (`most - least`) cannot jump over it, so they only fill: the
+    coarser ones are tried as counts per cost (the earliest of each cost first), at most
+    COMBINATIONS_TRIED of them, and each combination under the band is filled with the earliest cheap
+    units until it reaches `least`."""
+    if least <= 0:
+        return [] if most >= 0 else None
+    width = most - least
+    cheap = [i for i, c in enumerate(costs) if c <= width]
+    coarse: dict[int, list[int]] = {}
+    for i, c in enumerate(costs):
+        if c > width:
+            coarse.setdefault(c, []).append(i)
+    prices = sorted(coarse, reverse=True)
+    cheap_total = sum(costs[i] for i in cheap)
+    best: tuple | None = None
+    tried = 0
+
+    def settle(counts: list[int], total: int) -> None:
+        nonlocal best
+        chosen = [i for price, n in zip(prices, counts, strict=True) for i in coarse[price][:n]]
+        for i in cheap:
+            if total >= least:
+                break
+            chosen.append(i)
+            total += costs[i]
+        key = tuple(sorted(chosen, reverse=True))
+        if best is None or key < best:
+            best = key
+
+    def spend(level: int, counts: list[int], total: int) -> None:
+        nonlocal tried
+        if tried >= COMBINATIONS_TRIED:
+            return
+        if level == len(prices):
+            tried += 1
+            if total + cheap_total >= least:
+                settle(counts, total)
+            return
+        price = prices[level]
+        for n in range(len(coarse[price]) + 1):
+            if total + n * price > most:
+                break
+            spend(level + 1, [*counts, n], total + n * price)
+
+    spend(0, [], 0)
+    return None if best is None else sorted(best)
+
+
+def fill_band(
+    select: Callable[[float], Removal],
+    unit_cost: dict[str, int],
+    scores: dict | None,
+    sparsity: float,
+    need: int,
+    most: int,
+) -> tuple[Removal, str | None]:
+    """(the removal, how it was chosen or why the band was missed) for a target that asks to remove
+    between `need` and `most` (in the unit costs' count): `select(sparsity)`, the units in score order
+    that first remove `need` (sparsity from sparsity_for), when it removes at most `most`.
+
+    When one more unit overshoots (a Swin stage-0 head is 5% of the model, the band 2%), the score
+    order is completed by cost: the prefix just under `need` stays and the units the selection would
+    take next, in its order (each group's by its `scores`), are added as `in_band` picks them; when no
+    set on top of that prefix lands, any set of the units the floors allow (the units of
+    `select(0.0)`, an override's own count, always go). Each group keeps its units in score order, at
+    most as many as `select(1.0)` removes, so floors hold. With no such set the prefix stays, and the
+    second value says why. `scores` None: the prefix as it is (a selection that is more than units in
+    score order, such as expert banks losing as many units each, cannot be completed unit by unit)."""
+    prefix = select(sparsity)
+    if cost_of(prefix, unit_cost) <= most or scores is None:
+        return prefix, None
+
+    def removed_cost(s: float) -> int:
+        return cost_of(select(s), unit_cost)
+
+    def removed_count(s: float) -> int:
+        return sum(len(gone) for gone in select(s).values())
+
+    under = select(sparsity_for(removed_cost, need - 1, reach=False))
+    fixed, every = select(0.0), select(1.0)
+
+    def ordered(outer: Removal, inner: Removal) -> list[tuple[str, int]]:
+        """The units of `outer` not in `inner`, group by group, lowest score first."""
+        out = []
+        for group, gone in outer.items():
+            held = set(inner.get(group, ()))
+            out += [(group, u) for u in sorted(set(gone) - held, key=lambda u: (float(scores[group][u]), u))]
+        return out
+
+    def landed(base: Removal, units_: list[tuple[str, int]]) -> Removal | None:
+        spent = cost_of(base, unit_cost)
+        picked = in_band([unit_cost[g] for g, _u in units_], need - spent, most - spent)
+        if picked is None:
+            return None
+        out = {group: list(gone) for group, gone in base.items()}
+        for g, u in (units_[i] for i in picked):
+            out.setdefault(g, []).append(u)
+        return {group: sorted(gone) for group, gone in out.items()}
+
+    if landed(under, ordered(every, under)) is not None:  # some set on top of the prefix lands: the earliest
+        walked: list[tuple[str, int]] = []
+        reached = under
+        while True:  # the selection's next units, one step of its order at a time
+            step = select(sparsity_for(removed_count, sum(len(g) for g in reached.values()) + 1, reach=True))
+            new = ordered(step, reached)
+            if not new:  # the selection has nothing further (it always does: the set above was found)
+                break
+            walked += new
+            found = landed(under, walked)
+            if found is not None:
+                return found, "completed by cost on top of the score-ordered prefix"
+            reached = step
+    found = landed(fixed, ordered(under, fixed) + ordered(every, under))
+    if found is not None:
+        return found, "completed by cost: no set on top of the score-ordered prefix lands"
+    costs = " or ".join(f"{c:,}" for c in sorted({unit_cost[g] for g in every if every[g]}, reverse=True))
+    return prefix, f"no set of the units the floors allow removes between {need:,} and {most:,}, one costing {costs}"
+
+
+def fit_target(
+    config,
+    dense: int,
+    select: Callable[[float], Removal],
+    unit_cost: dict[str, int],
+    scores: dict | None,
+    what: str,
+    kinds: tuple[str, ...] = ("params",),
+) -> tuple[float, Removal, dict]:
+    """(the sparsity of the score-ordered fit, the units to remove, the report's `target` section) for
+    `--target params=F` (or flops=F where `kinds` allows it): the smallest sparsity whose removed
+    units `select(sparsity)` (the step's own selection, floors included, so the cost only grows with
+    it) leave at most F of the dense model's count, by bisection, completed by cost when that
+    overshoots the 2% band (fill_band). `dense` is the model's count of the kind the `unit_cost`s are
+    in; `scores` each group's unit scores. `what` names the units in a one-line refusal."""
     from prunecli.config.target import TOLERANCE, parse_target
 
     spec = parse_target(config.target)
@@ -208,16 +351,22 @@ def fit_target(config, dense: int, removed: Callable[[float], int], what: str, k
         raise ConfigError(f"--target {spec}: {what} take {' or '.join(f'{k}=F' for k in kinds)} only")
     counted = "parameters" if spec.kind == "params" else "multiply-adds per example"
     goal = int(spec.value * dense)
-    if dense - removed(1.0) > goal:
-        least = dense - removed(1.0)
+    low = goal - int(TOLERANCE * goal)
+
+    def removed_cost(s: float) -> int:
+        return cost_of(select(s), unit_cost)
+
+    least = dense - removed_cost(1.0)
+    if least > goal:
         raise TargetUnreachable(
             f"--target {spec} cannot be met: with every one of {what} the floors allow removed, "
             f"{least / dense:.3f} of the {counted} stay",
             least,
             dense,
         )
-    high = sparsity_for(removed, dense - goal, reach=True)
-    predicted = dense - removed(high)
+    high = sparsity_for(removed_cost, dense - goal, reach=True)
+    removed, how = fill_band(select, unit_cost, scores, high, dense - goal, dense - low)
+    predicted = dense - cost_of(removed, unit_cost)
     section = {
         "kind": spec.kind,
         "requested": spec.value,
@@ -231,7 +380,13 @@ def fit_target(config, dense: int, removed: Callable[[float], int], what: str, k
         "allocated": what,
         "sparsity": round(high, 6),
     }
-    return high, section
+    if how is not None:  # the score order alone overshot the band
+        section["score_order_fraction"] = (dense - removed_cost(high)) / dense
+        if low <= predicted:
+            section["band"] = how
+        else:
+            section["band_missed"] = f"{what}: {how} {counted}"
+    return high, removed, section
 
 
 def step_result(run_step, section: str, what: str, data_methods: tuple[str, ...]):

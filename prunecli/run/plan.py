@@ -258,9 +258,11 @@ def _render_target(section: dict, console) -> None:
         shares = ", ".join(f"{axis} {share:g}" for axis, share in section["split"].items())
         console.print(f"target {section['kind']}={section['requested']:g}: {section['allocated']} removed ({shares})")
     else:  # a unit step (KerasHub decoders) met the target with one sparsity: its own section lists the units
+        how = section.get("band") or section.get("band_missed")  # the score order overshot the 2% band
         console.print(
             f"target {section['kind']}={section['requested']:g}: {section['allocated']} removed at sparsity"
             f" {section['sparsity']:g}"
+            + (f" ({how}; score order alone: {section['score_order_fraction']:.4f})" if how else "")
         )
     if "latency" in section:  # latency=: the timed search, then its FLOPs allocation below
         lat = section["latency"]

@@ -574,6 +574,8 @@ def achieved(state, written: Path | None = None, latency_ms=None) -> StepResult:
         what = f"{fraction:.4f} of the dense model's {_unit(kind)} ({value:,} of {dense:,}) for {requested:g} requested"
     verdict = "within" if within else "outside"
     note = f"--target {kind}: achieved {what}, {verdict} {TOLERANCE:.0%} under the request"
+    if not within and section.get("band_missed"):  # a structural step found no set of its units in the band
+        note += f" ({section['band_missed']})"
     return StepResult(sections={"target": section}, notes=(note,))
 
 
