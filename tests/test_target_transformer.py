@@ -131,6 +131,20 @@ def test_a_target_no_split_reaches_is_refused_and_the_model_is_untouched():
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
 
 
+def test_whole_blocks_that_fill_the_removal_land_in_the_band_where_some_do():
+    """Blocks as the axis that fills the rest: the lowest-scored block (50) and the next (30) remove 80,
+    past the band of 55 to 65; the next two in score order (30 + 30) land in it and are taken. Asked
+    for 85 to 87, nothing of 50, 30, 30 (one block stays) lands: the fewest in score order stay."""
+    from prunecli.removal.layers import Candidate
+
+    costs = {"b0": 50, "b1": 30, "b2": 30, "b3": 20}
+    blocks = [Candidate(name, "block", [name], skip={i}, score=float(i)) for i, name in enumerate(costs)]
+    axes = split.Axes([], [], {}, {}, {}, blocks, costs)
+    assert [c.name for c in split._blocks_for(axes, 55, True, 10)] == ["b1", "b2"]
+    assert [c.name for c in split._blocks_for(axes, 55, False, 10)] == ["b0"]
+    assert [c.name for c in split._blocks_for(axes, 85, True, 2)] == ["b0", "b1", "b2"]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Slow: searches and rebuilds
 
