@@ -16,12 +16,13 @@ that sums to one (15 with three axes), and each split is realised through each a
 
 The finest axis given a share fills the rest: it removes at least what is left, so every split lands at
 or under the goal (a split that cannot is listed as unreachable), and, where its score order would land
-more than the tolerance under it, some of its units (or blocks) that land inside (units.fill_band). Each split is masked on the model
-(blocks bypassed on a model that shares its layers, removal/layers.bypassed), measured on up to
---score-batches batches of --data, and the dense weights put back: the model's loss (a causal LM's
-next-token cross-entropy, training/metrics.NextTokenLoss, with its perplexity), or without labels the
-relative error of its outputs against the dense model's. The lowest loss within the target's tolerance
-wins and is removed for real in one rebuild, checked equal to the masked model it came from.
+more than the tolerance under it, some of its units (or blocks) that land inside (units.fill_band).
+Each split is masked on the model (blocks bypassed on a model that shares its layers,
+removal/layers.bypassed), measured on up to --score-batches batches of --data, and the dense weights
+put back: the model's loss (a causal LM's next-token cross-entropy, training/metrics.NextTokenLoss, with
+its perplexity), or without labels the relative error of its outputs against the dense model's. The
+lowest loss within the target's tolerance wins and is removed for real in one rebuild, checked equal to
+the masked model it came from.
 
 Without --data nothing can be measured: heads and feed-forward units share the removal in proportion to
 what they cost, no block goes (Minitron's finding: prune width before depth), and a note says so.
@@ -251,8 +252,11 @@ def realise(axes: Axes, shares: dict[str, float], amount: int, config, slack: in
                 return units.cost_of(select(sparsity), unit_cost)
 
             sparsity = units.sparsity_for(removed_cost, want, reach)
-            removed = units.fill_band(select, unit_cost, groups, sparsity, want, want + slack)[0] if reach else None
-            choice.removed[axis] = {p: u for p, u in (removed or select(sparsity)).items() if u}
+            if reach:  # the axis that fills the rest: into the band where its units allow
+                removed = units.fill_band(select, unit_cost, groups, sparsity, want, want + slack)[0]
+            else:
+                removed = select(sparsity)
+            choice.removed[axis] = {p: u for p, u in removed.items() if u}
             choice.cost[axis] = units.cost_of(choice.removed[axis], unit_cost)
         left -= choice.cost[axis]
     choice.reachable = left <= 0
