@@ -525,3 +525,63 @@ def test_keras2_h5_is_shrunk_and_written_by_keras3(keras2_h5, tmp_path):
     small = keras.saving.load_model(out)
     assert small.get_layer("hidden1").kernel.shape[1] < 32
     assert small.count_params() == result.report.to_dict()["shrink"]["params_after"]
+
+
+def _channels_first_models():
+    """A Conv2D-BN-ReLU-Conv2D-pool-Flatten-Dense model and a residual one (ZeroPadding2D, Add,
+    Concatenate on axis 1, AveragePooling2D), channels-first throughout as Keras-2 files saved with
+    image_data_format channels_first are; a conv's width equals a map's last axis (8 filters on 8x8)."""
+    import keras
+    from keras import layers
+
+    cf = {"data_format": "channels_first"}
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((3, 10, 10))
+    x = layers.Conv2D(8, 3, name="conv1", **cf)(inp)  # valid padding: any constant folds
+    x = layers.Activation("relu", name="relu1")(layers.BatchNormalization(axis=1, name="bn1")(x))
+    x = layers.MaxPooling2D(2, name="pool", **cf)(layers.Conv2D(6, 1, padding="same", name="conv2", **cf)(x))
+    x = layers.Dense(16, activation="relu", name="dense1")(layers.Flatten(name="flat")(x))  # channel-major rows
+    plain = keras.Model(inp, layers.Dense(4, name="out")(x))
+    inp = keras.Input((3, 8, 8))
+    stem = layers.Conv2D(8, 3, padding="same", activation="relu", name="stem", **cf)(inp)
+    branch = layers.Conv2D(8, 3, use_bias=False, name="branch", **cf)(layers.ZeroPadding2D(1, name="pad", **cf)(stem))
+    added = layers.Add(name="add")([stem, layers.BatchNormalization(axis=1, name="branch_bn")(branch)])
+    side = layers.Conv2D(6, 1, activation="relu", name="side", **cf)(added)
+    joined = layers.AveragePooling2D(2, name="avg", **cf)(layers.Concatenate(axis=1, name="cat")([added, side]))
+    residual = keras.Model(inp, layers.Dense(4, name="out")(layers.Flatten(name="flat")(joined)))
+    return plain, residual
+
+
+@pytest.mark.slow  # ~2.5 s: two models masked, shrunk, compared, saved and reloaded
+def test_channels_first_convolutions_shrink_and_compute_the_masked_function(tmp_path):
+    """Channels-first convolutions (OpenFace's nn4.small2, bench/ZOO.md) were 'other' to the channel graph
+    ("is channels_first or grouped"): --shrink kept every filter and --target params= could not be met.
+    Their channels now run on axis 1 through BatchNorm(axis=1), pooling, padding, Add, Concatenate(axis=1)
+    and Flatten (channel-major into the Dense), and the shrunk model computes the masked one."""
+    import keras
+
+    from prunecli.io.models import channels_first
+
+    channels_first.run_on_cpu()  # TensorFlow's CPU convolutions take channels-last tensors only
+    plain, residual = _channels_first_models()
+    rng = np.random.default_rng(0)
+    cases = [
+        (plain, {"conv1": [0, 1, 2], "conv2": [1, 4], "dense1": [0, 3]}, {"conv1": 5, "conv2": 4, "dense1": 14}),
+        (residual, {"stem": [0, 1, 2, 5], "branch": [1, 2, 3, 5], "side": [0, 4]}, {"stem": 5, "side": 4}),
+    ]
+    for model, kills, widths in cases:
+        _randomise_batchnorms(model, rng)
+        for layer in model.layers:
+            if getattr(layer, "use_bias", False) and layer.name != "stem":  # stem: relu(<0) = 0 into 'same'
+                _set(layer, bias=rng.normal(0, 0.5, layer.bias.shape[0]))
+        _set(model.get_layer("stem" if model is residual else "conv1"), bias=-np.abs(rng.normal(0, 0.5, 8)))
+        for name, units in kills.items():
+            _kill(model.get_layer(name), units)
+        masked = keras.models.clone_model(model)
+        masked.set_weights(model.get_weights())
+        s = _shrink(_session(model), measure_latency=False)
+        assert {name: _width(s.model, name) for name in widths} == widths
+        x = rng.standard_normal((16, *model.input_shape[1:])).astype("float32")
+        _check_same_function(masked, s, x, tmp_path)
+    assert s.model.get_layer("branch").kernel.shape == (3, 3, 5, 5)  # dead in both Add members: 1, 2, 5
+    assert s.model.get_layer("out").kernel.shape == (9 * 4 * 4, 4)  # 5 + 4 channels, channel-major rows

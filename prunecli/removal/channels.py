@@ -50,7 +50,7 @@ def _group_notes(g, cuts: surgery.ChannelCuts) -> list[dict]:
 
 def _unshrinkable_targets(run_targets, g, explained: set) -> dict[str, list[str]]:
     """Pruned layers surgery cannot cut, by why (the channel graph's reason for the layer's first call:
-    a channels-first or grouped convolution, ...; a nested model's layers have no call here): they stay
+    a grouped convolution, ...; a nested model's layers have no call here): they stay
     masked. Recurrent layers with a given state are `explained` by their own note."""
     calls = channels.unit_calls(g)
     sliced = {key for key, c in calls.items() if c.kind in ("mixer", "recurrent") or surgery.is_depthwise(c.layer)}
@@ -75,9 +75,7 @@ def _recurrent_kept(g, run_targets) -> tuple[list[str], set]:
         mine = {id(getattr(part, "cell", None)) for part in channels.recurrent_parts(call.layer)} & pruned
         if mine and not mine <= cells:
             cells |= mine
-            shapes = [g.shapes[k] for k in call.inputs], [g.shapes[k] for k in call.outputs]
-            why = channels.classify(call.layer, *shapes, call.node)[1]
-            notes.append(f"shrink keeps the units of {call.name} whole ({why}); its pruned units stay masked")
+            notes.append(f"shrink keeps the units of {call.name} whole ({call.why}); its pruned units stay masked")
     return notes, cells
 
 

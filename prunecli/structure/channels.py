@@ -1,9 +1,13 @@
 """The layer graph of a Keras model, built once, and the channel groups that structural surgery needs.
 
-Every tensor in the graph gets one *channel id* per position on its last (channel) axis. Layers that
+Every tensor in the graph gets one *channel id* per position on its channel axis: the last, or axis 1
+for a channels-first tensor (made by a layer whose data_format is channels_first, or read by one: a
+Keras-2 file saved with image_data_format channels_first; `LayerGraph.shapes` then moves that axis
+last, so the rest of the graph reads every tensor channels last). Layers that
 create channels (Dense, Conv, model inputs, layers we do not understand) allocate fresh ids;
 channel-wise layers (BatchNormalization, activations, pooling, padding, DepthwiseConv...) pass their
-input's ids through; Flatten repeats them in channels-last order; Concatenate joins them. Ids that
+input's ids through; Flatten repeats them in the order it flattens (channel by channel for a channels-first
+tensor that it does not move channels last first); Concatenate joins them. Ids that
 must be removed together are merged in a union-find (Torch-Pruning's "dependency graph", at the
 granularity of single channels):
 
@@ -57,6 +61,7 @@ class Call:
     inputs: list[TensorKey]
     outputs: list[TensorKey]
     node: Any = None  # the Keras node (keras_graph.call_node runs it again on other inputs)
+    why: str | None = None  # why the call is 'other' (classify's reason), None for the others
 
     @property
     def name(self) -> str:
@@ -113,13 +118,14 @@ class ChannelSets:
 @dataclass
 class LayerGraph:
     calls: list[Call]  # topological order
-    shapes: dict[TensorKey, tuple]
+    shapes: dict[TensorKey, tuple]  # channels last: a channels-first tensor's shape with axis 1 moved last
     consumers: dict[TensorKey, list[Call]]
     inputs: list[TensorKey]
     outputs: list[TensorKey]
     ids: dict[TensorKey, Any] = field(default_factory=dict)  # channel ids along each tensor's last axis
     channels: ChannelSets = field(default_factory=ChannelSets)
     producers: dict[int, set] = field(default_factory=dict)  # root -> names of mixer layers making it
+    first: set = field(default_factory=set)  # the tensors whose channels are on axis 1 (channels_first)
 
     def calls_of(self, layer) -> list[Call]:
         return [c for c in self.calls if c.layer is layer]
@@ -209,22 +215,30 @@ def _scalar(value) -> bool:
 
 def why_other(g: LayerGraph, call: Call) -> str | None:
     """Why `call` is not a channel flow the graph can cut, as classify says it without the layer's
-    label ("is channels_first or grouped", ...) for notes that name the layer themselves; None when
-    classify gives no reason."""
-    why = classify(call.layer, [g.shapes[k] for k in call.inputs], [g.shapes[k] for k in call.outputs], call.node)[1]
+    label ("is grouped", ...) for notes that name the layer themselves; None when classify gives no
+    reason."""
+    why = call.why
     label = f"{call.layer.name} ({type(call.layer).__name__}) "
     return why[len(label) :] if why and why.startswith(label) else why
 
 
-def classify(layer, in_shapes: list[tuple], out_shapes: list[tuple], node=None) -> tuple[str, str | None]:
+def classify(
+    layer, in_shapes: list[tuple], out_shapes: list[tuple], node=None, first: bool = False
+) -> tuple[str, str | None]:
     """How channels flow through one call of `layer` (a layer or a Keras operation), and why it is
-    'other' when it is. The role comes from the layer table (structure/layers.py)."""
+    'other' when it is. The role comes from the layer table (structure/layers.py).
+
+    Shapes are channels last (LayerGraph.shapes); `first` says the call's tensors hold their channels
+    on axis 1 (a Keras-2 file saved with image_data_format channels_first): then only layers that read
+    that axis as the channels are cut (channels-first convolutions, pooling and padding, BatchNorm on
+    axis 1, element-wise layers, merges, Concatenate on axis 1, Flatten), the others are 'other'."""
     cls = type(layer).__name__
     record = layers.spec(layer)
     role = record.role
     label = f"{layer.name} ({cls})"
     if role == "input":
         return "input", None
+    declared = declares_channels_first(layer)
     if layers.is_operation(layer):
         label = (
             f"{layer.name} (tf.{layer.function})" if hasattr(layer, "function") else f"{layer.name} (operation {cls})"
@@ -236,7 +250,7 @@ def classify(layer, in_shapes: list[tuple], out_shapes: list[tuple], node=None) 
         if role == "merge" and len(in_shapes) == 1:
             role = "channelwise"  # arithmetic with a number: each channel stays apart
         axes = reduced_axes(layer, node, len(in_shapes[0])) if in_shapes else None
-        if axes is not None and len(in_shapes[0]) - 1 in axes:
+        if axes is not None and (1 if first else len(in_shapes[0]) - 1) in axes:
             return "other", f"{label} reduces over the channel axis"
     if not in_shapes or not out_shapes:
         return "other", f"{label} has no tensor inputs or outputs"
@@ -245,10 +259,15 @@ def classify(layer, in_shapes: list[tuple], out_shapes: list[tuple], node=None) 
     if any(len(s) < 2 or s[-1] is None for s in in_shapes + out_shapes):
         return "other", f"{label} has a tensor without a known channel axis"
     one_to_one = len(in_shapes) == 1 and len(out_shapes) == 1
-    channel_axes = (-1, len(out_shapes[0]) - 1)
+    rank = len(out_shapes[0])
+    channel_axes = (1,) if first else (-1, rank - 1)
+    if first and role in ("recurrent", "mixer", "channelwise") and declared is None and not _reads_first(layer):
+        return "other", f"{label} reads a channels_first tensor's last axis as its channels"
     if role == "mixer" and one_to_one:
-        if not _channels_last(layer) or getattr(layer, "groups", 1) != 1:
-            return "other", f"{label} is channels_first or grouped"
+        if getattr(layer, "groups", 1) != 1:
+            return "other", f"{label} is grouped"
+        if bool(declared) != first:
+            return "other", f"{label} is channels_first on a channels_last tensor"
         return "mixer", None
     if role == "recurrent":
         parts = recurrent_parts(layer)
@@ -264,11 +283,13 @@ def classify(layer, in_shapes: list[tuple], out_shapes: list[tuple], node=None) 
             return "other", f"{label} has an input that is not (batch, steps, features)"
         return "recurrent", None
     if role == "channelwise" and one_to_one:
-        if not _channels_last(layer):
-            return "other", f"{label} is channels_first"
+        if declared is not None and declared != first:
+            return "other", f"{label} is channels_first on a channels_last tensor" if declared else (
+                f"{label} reads a channels_first tensor's last axis as its channels"
+            )
         if record.family == "depthwise" and getattr(layer, "depth_multiplier", 1) != 1:
             return "other", f"{label} has depth_multiplier > 1"
-        if cls == "BatchNormalization" and layer.axis not in channel_axes:
+        if cls == "BatchNormalization" and not any(layer.axis % rank == a % rank for a in channel_axes):
             return "other", f"{layer.name} (BatchNormalization) normalises a non-channel axis"
         if cls == "Reshape" and in_shapes[0][-1] != out_shapes[0][-1]:
             return "other", f"{layer.name} (Reshape) changes the channel axis"
@@ -280,12 +301,45 @@ def classify(layer, in_shapes: list[tuple], out_shapes: list[tuple], node=None) 
     if role in ("merge", "concat"):
         if len(out_shapes) != 1 or len({len(s) for s in in_shapes + out_shapes}) != 1:
             return "other", f"{label} joins tensors of different ranks"
-        if role == "concat" and concat_axis(layer, node) in channel_axes:
+        if role == "concat" and any(concat_axis(layer, node) % rank == a % rank for a in channel_axes):
             return "concat", None
         return "merge", None
-    if role == "flatten" and one_to_one and _channels_last(layer) and all(d is not None for d in in_shapes[0][1:]):
-        return "flatten", None
+    if role == "flatten" and one_to_one and all(d is not None for d in in_shapes[0][1:]):
+        if first or not declared or len(in_shapes[0]) <= 2:
+            return "flatten", None
     return "other", f"{label} is not a layer surgery can slice"
+
+
+def declares_channels_first(layer) -> bool | None:
+    """Whether the layer's `data_format` is channels_first; None for a layer without one."""
+    data_format = getattr(layer, "data_format", None)
+    return None if data_format is None else data_format == "channels_first"
+
+
+def _reads_first(layer) -> bool:
+    """A layer without a data_format that keeps a channels-first tensor's channels on axis 1: one acting on
+    each value alone (activations, dropout, element-wise operations; not PReLU, whose alpha is laid out
+    channels last) or a BatchNormalization (classify checks its axis)."""
+    record = layers.spec(layer)
+    if type(layer).__name__ == "BatchNormalization":
+        return True
+    if layers.is_operation(layer) and (
+        getattr(layer, "function", None) in layers.REDUCTIONS or type(layer).__name__ in layers.OPS_REDUCTIONS
+    ):
+        return True  # classify checks the reduced axes
+    return record.pointwise and not record.followers
+
+
+def flattened(g: LayerGraph, call: Call, per_channel):
+    """A Flatten call's per-output-position values from its input's per-channel ones: a channels-last
+    input (or a channels-first one that Flatten(data_format="channels_first") moves last first) is
+    flattened position by position (the channels repeat, `tile`); a channels-first one as it is,
+    channel by channel (each channel's positions in a row, `repeat`)."""
+    import numpy as np
+
+    spatial = int(g.shapes[call.outputs[0]][-1]) // max(len(per_channel), 1)
+    channel_major = call.inputs[0] in g.first and not declares_channels_first(call.layer)
+    return np.repeat(per_channel, spatial) if channel_major else np.tile(per_channel, spatial)
 
 
 def reduced_axes(layer, node, rank: int) -> set[int] | None:
@@ -364,30 +418,65 @@ def build(model) -> LayerGraph:
 
 
 def _walk_calls(model) -> LayerGraph:
-    """The graph's calls in topological order, each classified, with every tensor's shape and consumers;
-    no channel ids yet."""
+    """The graph's calls in topological order, each classified, with every tensor's shape (channels
+    last), layout and consumers; no channel ids yet."""
     key, flat = keras_graph.key, keras_graph.flatten
-    shapes: dict[TensorKey, tuple] = {}
-    calls: list[Call] = []
-    consumers: dict[TensorKey, list[Call]] = {}
+    real: dict[TensorKey, tuple] = {}
+    walked = []
+    readers: dict[TensorKey, list] = {}
     for node in keras_graph.nodes(model, include_inputs=True):
         masks = {key(t) for t in _padding_masks(node)}
         ins = [key(t) for t in flat(node.input_tensors) if key(t) not in masks]
         outs = [key(t) for t in flat(node.outputs)]
         for k, t in zip(outs, flat(node.outputs), strict=True):
-            shapes[k] = tuple(t.shape)
-        kind, _ = classify(node.operation, [shapes[k] for k in ins], [shapes[k] for k in outs], node)
-        call = Call(node.operation, kind, ins, outs, node)
-        calls.append(call)
+            real[k] = tuple(t.shape)
+        walked.append((node, ins, outs))
         for k in ins:
-            consumers.setdefault(k, []).append(call)
-    return LayerGraph(
-        calls,
-        shapes,
-        consumers,
+            readers.setdefault(k, []).append(node.operation)
+    g = LayerGraph(
+        [],
+        {},
+        {},
         inputs=[key(t) for t in flat(keras_graph.inputs(model))],
         outputs=[key(t) for t in flat(keras_graph.outputs(model))],
     )
+    for node, ins, outs in walked:
+        for k in outs:
+            if _output_first(node.operation, real[k], [k in g.first for k in ins], readers.get(k, [])):
+                g.first.add(k)
+            g.shapes[k] = (real[k][0], *real[k][2:], real[k][1]) if k in g.first else real[k]
+        layouts = {k in g.first for k in ins}
+        in_shapes, out_shapes = [g.shapes[k] for k in ins], [g.shapes[k] for k in outs]
+        if len(layouts) > 1:
+            kind, why = (
+                "other",
+                f"{node.operation.name} ({type(node.operation).__name__}) joins channels_first and channels_last tensors",
+            )
+        else:
+            kind, why = classify(node.operation, in_shapes, out_shapes, node, first=layouts == {True})
+        call = Call(node.operation, kind, ins, outs, node, why)
+        g.calls.append(call)
+        for k in ins:
+            g.consumers.setdefault(k, []).append(call)
+    return g
+
+
+def _output_first(layer, shape: tuple, inputs_first: list[bool], readers: list) -> bool:
+    """Whether an output tensor of `layer` holds its channels on axis 1: a tensor of rank 3 or more made
+    by a layer whose data_format says so; by a layer without one that keeps its input's layout (BatchNorm,
+    activations, merges, concatenation) when its input is channels-first; else (a model input, a Lambda)
+    when a layer reading it is declared channels-first (a Flatten is not asked: it reads either)."""
+    if len(shape) < 3:
+        return False
+    declared = declares_channels_first(layer)
+    if declared is not None:
+        return declared
+    role = layers.spec(layer).role
+    if role in ("channelwise", "merge", "concat"):
+        return bool(inputs_first) and inputs_first[0]
+    if role in ("mixer", "recurrent", "flatten"):
+        return False
+    return any(declares_channels_first(r) for r in readers if layers.spec(r).role != "flatten")
 
 
 def _padding_masks(node) -> list:
@@ -407,7 +496,6 @@ def _assign_ids(g: LayerGraph, call: Call) -> None:
     import numpy as np
 
     shapes, ch = g.shapes, g.channels
-    in_shapes = [shapes[k] for k in call.inputs]
     width = [int(shapes[k][-1]) if len(shapes[k]) >= 2 and shapes[k][-1] is not None else 0 for k in call.outputs]
     if call.kind in ("input", "other"):
         for k, w in zip(call.outputs, width, strict=True):
@@ -415,9 +503,8 @@ def _assign_ids(g: LayerGraph, call: Call) -> None:
         if call.kind == "input":
             ch.pin(g.ids[call.outputs[0]], "model input")
         else:
-            reason = classify(call.layer, in_shapes, [shapes[k] for k in call.outputs], call.node)[1]
             for k in call.inputs + call.outputs:
-                ch.pin(g.ids[k], reason)
+                ch.pin(g.ids[k], call.why)
     elif call.kind == "recurrent":
         out = g.ids[call.outputs[0]] = ch.fresh(width[0])
         if concatenates(call.layer):  # forward unit j and backward unit j go together (one width)
@@ -438,8 +525,7 @@ def _assign_ids(g: LayerGraph, call: Call) -> None:
     elif call.kind == "concat":
         g.ids[call.outputs[0]] = np.concatenate([g.ids[k] for k in call.inputs])
     elif call.kind == "flatten":
-        spatial = int(np.prod(in_shapes[0][1:-1], dtype=np.int64))
-        g.ids[call.outputs[0]] = np.tile(g.ids[call.inputs[0]], spatial)
+        g.ids[call.outputs[0]] = flattened(g, call, g.ids[call.inputs[0]])
     else:
         _merge_ids(g, call, width[0])
 
@@ -595,7 +681,7 @@ def dead_channels(g: LayerGraph, targets, masks: dict) -> dict[TensorKey, Any]:
         elif call.kind == "concat":
             dead[outs[0]] = np.concatenate([dead[k] for k in call.inputs])
         elif call.kind == "flatten":
-            dead[outs[0]] = np.tile(dead[call.inputs[0]], width[0] // max(len(dead[call.inputs[0]]), 1))
+            dead[outs[0]] = flattened(g, call, dead[call.inputs[0]])
         else:
             for k, w in zip(outs, width, strict=True):
                 dead[k] = np.zeros(w, bool)
@@ -680,9 +766,9 @@ def follower_masks(model, targets, masks: dict) -> list[tuple[Any, Any]]:
 
 
 def _hold_channels_first(g: LayerGraph, call: Call, gone, hold) -> None:
-    """The followers of a channels-first convolution's removed units. The graph reads channels on the
-    last axis, so such a convolution is 'other' and never sliced, but its masked units are still removed
-    whole: its bias, and the parameters of every channels-first BatchNorm (axis 1) its output reaches
+    """The followers of the removed units of a channels-first convolution the graph leaves 'other' (a
+    grouped one, or one reading a tensor another layer reads channels last): it is never sliced, but its
+    masked units are still removed whole: its bias, and the parameters of every channels-first BatchNorm (axis 1) its output reaches
     through layers that act on each value alone or keep the channel axis first (activations, dropout,
     channels-first pooling and padding). Without them a removed filter of OpenFace's nn4.small2 still
     put BatchNorm's shift into every later layer."""

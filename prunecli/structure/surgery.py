@@ -238,13 +238,16 @@ def _run_on_constants(call, g, consts):
     layer = call.layer
     for open_dim in OPEN_DIMS:
         xs = [_constant_input(g.shapes[k], consts[k], open_dim) for k in call.inputs]
+        xs = [np.moveaxis(x, -1, 1) if k in g.first else x for k, x in zip(call.inputs, xs, strict=True)]
         try:
             if layers.is_operation(layer):  # `h + f(h)`, keras.ops.relu(h): run the recorded call on constants
                 fed = {id(t): x for t, x in zip(keras_graph.flatten(call.node.input_tensors), xs, strict=True)}
-                return np.asarray(keras_graph.call_node(call.node, fed)[0])
-            return np.asarray(layer(xs if call.kind == "merge" else xs[0], training=False))
+                out = np.asarray(keras_graph.call_node(call.node, fed)[0])
+            else:
+                out = np.asarray(layer(xs if call.kind == "merge" else xs[0], training=False))
         except Exception:  # noqa: BLE001 - a crop longer than the stand-in, a fixed-size reshape: try a longer one
             continue
+        return np.moveaxis(out, 1, -1) if call.outputs[0] in g.first else out
     return None
 
 
@@ -265,6 +268,8 @@ def propagate_constants(g, weights: dict):
     uniform (zero padding, a 'same'-padded depthwise filter), for the notes.
     """
     import numpy as np
+
+    from prunecli.structure.channels import flattened
 
     consts: dict = {}
     lost: dict = {}
@@ -293,9 +298,7 @@ def propagate_constants(g, weights: dict):
         elif call.kind == "concat":
             consts[call.outputs[0]] = np.concatenate([consts[k] for k in call.inputs])
         elif call.kind == "flatten":
-            consts[call.outputs[0]] = np.tile(
-                consts[call.inputs[0]], len(g.ids[call.outputs[0]]) // len(g.ids[call.inputs[0]])
-            )
+            consts[call.outputs[0]] = flattened(g, call, consts[call.inputs[0]])
         elif call.kind == "channelwise" and type(layer).__name__ in MOVES_VALUES_ONLY:
             consts[call.outputs[0]] = consts[call.inputs[0]]
         else:  # channelwise or merge: evaluate the layer on constant inputs

@@ -10,6 +10,12 @@ on its first batch. `run_on_cpu` wraps the backend's `conv` and `conv_transpose`
 that, on a machine with no GPU, such a convolution is computed on the transposed tensor with the same
 kernel (its layout does not depend on the data format) and transposed back: the model, its files and
 its inputs stay channels-first.
+
+It also mends the backend's `add` for channels-first biases: Keras 3's TensorFlow `add` turns a sum
+with a bias-like operand into `tf.nn.bias_add` and picks NHWC whenever the last axis is as wide as the
+bias, so a channels-first convolution whose last spatial size equals its filter count (a Conv2D of 8
+filters on an 8-wide map; a shrunk layer whose width came down to it) added its bias (1, C, 1, 1) along
+the width instead of the channels (Keras 3.15.1). `add` then keeps such a sum a plain broadcast add.
 """
 
 from __future__ import annotations
@@ -41,6 +47,37 @@ def run_on_cpu() -> None:
         original = getattr(tf_nn, name)
         if not getattr(original, _WRAPPED, False):
             setattr(tf_nn, name, _channels_last_on_cpu(original))
+    from keras.src.backend.tensorflow import numpy as tf_numpy
+
+    if not getattr(tf_numpy.add, _WRAPPED, False):
+        tf_numpy.add = _broadcast_channels_first_bias(tf_numpy.add)
+
+
+def _broadcast_channels_first_bias(original):
+    """The backend's `add`, computing x1 + x2 as a plain broadcast when x2 is a channels-first bias
+    (rank 3 or more, every axis 1 but axis 1) and x1's last axis is as wide as it (then `original`
+    would add it along the last axis)."""
+
+    @functools.wraps(original)
+    def add(x1, x2):
+        import tensorflow as tf
+
+        shape = getattr(x2, "shape", None)
+        x1_shape = getattr(x1, "shape", None)
+        if (
+            shape is not None
+            and x1_shape is not None
+            and len(shape) == len(x1_shape) >= 3
+            and all(d == 1 for i, d in enumerate(shape) if i != 1)
+            and shape[1] not in (None, 1)
+            and shape[1] == x1_shape[-1]
+        ):
+            x1, x2 = tf.convert_to_tensor(x1), tf.convert_to_tensor(x2)
+            return tf.add(x1, tf.cast(x2, x1.dtype))
+        return original(x1, x2)
+
+    setattr(add, _WRAPPED, True)
+    return add
 
 
 def _channels_last_on_cpu(original):
