@@ -1073,9 +1073,10 @@ ZOO_KERAS3 += [
         "package": "rbm3",
         "member": "rbm3/scripts/rat_brain-3d_unet.hdf5",
         "suffix": ".h5",
-        "arch": "Rodent Brain Masking 3-D U-Net (rat brain MRI, 64x64x64x1 patches): 24 Conv3D 'same' (32 -> 64 -> "
-        "96 -> 128 -> 192 filters down, back up) each with BatchNormalization, 4 MaxPooling3D, 4 UpSampling3D, 4 "
-        "Concatenate skips, 4 Dropout -> Conv3D(1, 1x1x1, sigmoid): brain or not per voxel",
+        "arch": "Rodent Brain Masking 3-D U-Net (rat brain MRI, 64x64x64x1 patches): 24 Conv3D 'same' with 22 "
+        "BatchNormalization (2 x 32 -> 2 x 64 -> 2 x 96 -> 2 x 128 -> 2 x 256 filters down through 4 MaxPooling3D; "
+        "per level up an UpSampling3D + Conv3D and a Concatenate skip before 2 more), 4 Dropout -> Conv3D(1, "
+        "1x1x1, sigmoid): brain or not per voxel",
         "keras_version": "2.3.1",
         "params": 6964069,
         "kind": "binary",

@@ -768,10 +768,10 @@ def follower_masks(model, targets, masks: dict) -> list[tuple[Any, Any]]:
 def _hold_channels_first(g: LayerGraph, call: Call, gone, hold) -> None:
     """The followers of the removed units of a channels-first convolution the graph leaves 'other' (a
     grouped one, or one reading a tensor another layer reads channels last): it is never sliced, but its
-    masked units are still removed whole: its bias, and the parameters of every channels-first BatchNorm (axis 1) its output reaches
-    through layers that act on each value alone or keep the channel axis first (activations, dropout,
-    channels-first pooling and padding). Without them a removed filter of OpenFace's nn4.small2 still
-    put BatchNorm's shift into every later layer."""
+    masked units are still removed whole: its bias, and the parameters of every channels-first
+    BatchNorm (axis 1) its output reaches through layers that act on each value alone or keep the
+    channel axis first (activations, dropout, channels-first pooling and padding). Without them a
+    removed filter of OpenFace's nn4.small2 still put BatchNorm's shift into every later layer."""
     record = layers.spec(call.layer)
     hold(getattr(call.layer, record.bias, None) if record.bias else None, -1, gone)
     todo, seen = [call.outputs[0]], set()
