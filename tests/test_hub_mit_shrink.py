@@ -51,6 +51,18 @@ def classifier(depths=(2, 1), seed: int = 0, heads=(1, 2)):
     return kh.models.MiTImageClassifier(backbone=backbone, num_classes=3, preprocessor=None)
 
 
+@pytest.fixture(scope="module")
+def saved_with_heads(tmp_path_factory):
+    """classifier(heads=(2, 4)) saved once for the two CLI runs that read it, with its dense parameter and
+    multiply-add counts (each run writes in its own folder)."""
+    from prunecli.structure import flops
+
+    model = classifier(heads=(2, 4))
+    path = tmp_path_factory.mktemp("mit") / "m.keras"
+    model.save(path)
+    return {"path": path, "params": model.count_params(), "flops": flops.count(model)["total"]}
+
+
 def images(n: int = 4):
     return np.random.default_rng(0).uniform(size=(n, SIDE, SIDE, 3)).astype("float32")
 
@@ -167,7 +179,7 @@ def test_mit_multiply_adds_are_counted_stage_by_stage():
 
 
 @pytest.mark.slow  # ~25 s
-def test_a_flops_target_prices_mit_units_heads_and_blocks_at_their_own_stage(cli, tmp_path):
+def test_a_flops_target_prices_mit_units_heads_and_blocks_at_their_own_stage(cli, tmp_path, saved_with_heads):
     """--target flops=F on MiT, each unit, head and block priced at its own stage's token count: -g neuron's
     masked model keeps exactly the predicted non-zero multiply-adds, -g head's and -g transformer's rebuilt
     models count exactly the predicted ones; each lands within the band of the goal."""
@@ -176,6 +188,7 @@ def test_a_flops_target_prices_mit_units_heads_and_blocks_at_their_own_stage(cli
 
     model = classifier(heads=(2, 4))
     dense = flops.count(model)["total"]
+    assert dense == saved_with_heads["flops"]  # the file the CLI run below reads is this model
     tg, _notes = transformer.ffn_only(model, targets_mod.select(model))
     _same, _masks, section, _ = ffn.run_ffn(model, tg, step_config("neuron", target="flops=0.8"))
     assert section["target"]["dense"] == dense
@@ -186,8 +199,7 @@ def test_a_flops_target_prices_mit_units_heads_and_blocks_at_their_own_stage(cli
     small, _masks, section, _ = heads.run_heads(model, targets_mod.select(model), config)
     assert flops.count(small)["total"] == section["target"]["predicted"]
     assert abs(section["target"]["predicted_fraction"] - 0.9) <= TOLERANCE
-    path, out, report = tmp_path / "m.keras", tmp_path / "out.keras", tmp_path / "r.json"
-    classifier(heads=(2, 4)).save(path)
+    path, out, report = saved_with_heads["path"], tmp_path / "out.keras", tmp_path / "r.json"
     args = ("-g", "transformer", "--target", "flops=0.8", "--shrink", "-o", out, "-r", report, "-q")
     res = cli("prune", path, *args)
     assert res.exit_code == 0, res.output
@@ -235,16 +247,13 @@ def test_heads_leave_mit_blocks_with_their_biases_and_the_head_size_kept(tmp_pat
 
 
 @pytest.mark.slow
-def test_cli_meets_a_parameter_target_with_mit_heads(cli, tmp_path):
+def test_cli_meets_a_parameter_target_with_mit_heads(cli, tmp_path, saved_with_heads):
     """-g head --target params=F prices each head at its stage's slices (PER_HEAD): the model written is
     the dense one less exactly the removed heads' slices, at most F of it, as the target section predicted."""
     from prunecli.io.models import load
 
-    model = classifier(heads=(2, 4))
-    path = tmp_path / "m.keras"
-    model.save(path)
-    out, report = tmp_path / "out.keras", tmp_path / "r.json"
-    dense = model.count_params()
+    path, out, report = saved_with_heads["path"], tmp_path / "out.keras", tmp_path / "r.json"
+    dense = saved_with_heads["params"]
     goal = dense - PER_HEAD[1] - 1  # more than one head of stage 1
     res = cli("prune", path, "-g", "head", "--target", f"params={goal / dense}", "--shrink", "-o", out, "-r", report)
     assert res.exit_code == 0, res.output
