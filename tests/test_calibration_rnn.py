@@ -293,19 +293,40 @@ def test_every_cell_is_calibrated_with_exact_sparsity(cell, bidirectional, retur
     assert not any("lstm_cell/kernel" in n or "gru_cell/kernel" in n for n in res.section["fallback"])
 
 
+def _token_run(method):
+    """_token_model calibrated by `method` at 50% on _tokens in two batches: the run's result, the weights
+    after it, and the targets."""
+    from prunecli.calibration import prune_calibrated
+
+    model = _token_model()
+    x = _tokens()
+    targets = every_target(model)
+    res = prune_calibrated(model, targets, [x[:24], x[24:]], calibration_config(method, sparsity=0.5))
+    return res, [np.asarray(w) for w in model.weights], targets
+
+
+_EAGER_CACHED_RUNS: dict = {}
+
+
+def _eager_cached_run(method, recurrent):
+    """_token_run through the cached walk and the eager loops, once per (method, recurrent) in a process:
+    the run both the prefix passes and the compiled loops below are compared with."""
+    from prunecli.calibration import frontier
+
+    if (method, recurrent) not in _EAGER_CACHED_RUNS:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(frontier, "FRONTIER_BYTES", 2**30)
+            _EAGER_CACHED_RUNS[method, recurrent] = _token_run(method)
+    return _EAGER_CACHED_RUNS[method, recurrent]
+
+
 @pytest.mark.parametrize(("method", "recurrent"), METHOD_AND_RECURRENT, indirect=["recurrent"])
 def test_cached_walk_equals_prefix_passes_on_masked_rnns(method, recurrent, monkeypatch):
-    from prunecli.calibration import frontier, prune_calibrated
+    from prunecli.calibration import frontier
 
-    outcomes = []
-    for budget in (2**30, 0):
-        monkeypatch.setattr(frontier, "FRONTIER_BYTES", budget)
-        model = _token_model()
-        x = _tokens()
-        targets = every_target(model)
-        res = prune_calibrated(model, targets, [x[:24], x[24:]], calibration_config(method, sparsity=0.5))
-        outcomes.append((res, [np.asarray(w) for w in model.weights]))
-    (cached, wc), (prefix, wp) = outcomes
+    cached, wc, targets = _eager_cached_run(method, recurrent)
+    monkeypatch.setattr(frontier, "FRONTIER_BYTES", 0)
+    prefix, wp, _targets = _token_run(method)
     assert cached.section["passes"] == "cached" and prefix.section["passes"] == "prefix"
     calibrated = {t.name for t in targets if t.layer_class.endswith("Cell") and (recurrent or t.attr == "kernel")}
     assert len(calibrated) == (6 if recurrent else 3)  # input (and recurrent) kernels: forward, backward LSTM, GRU
@@ -378,23 +399,17 @@ def test_compiled_loops_give_the_eager_masks_and_weights(method, recurrent):
     from prunecli.structure import keras_graph
 
     own_call = keras.layers.RNN.call
-    outcomes = []
-    for compiled in (False, True):
-        model = _token_model()
-        x = _tokens()
-        targets = every_target(model)
-        config = calibration_config(method, sparsity=0.5)
-        if compiled:
-            with keras_graph.compiled_loops():
-                keras_graph.compile_loops()
-                res = prune_calibrated(model, targets, [x[:24], x[24:]], config)
-            rnns = [layer for layer in keras_graph.all_layers(model) if isinstance(layer, keras.layers.RNN)]
-            assert len(rnns) == 3 and all(keras_graph.COMPILED_CALL in vars(layer) for layer in rnns)
-        else:
-            res = prune_calibrated(model, targets, [x[:24], x[24:]], config)
-        outcomes.append((res, [np.asarray(w) for w in model.weights]))
+    eager, we, _targets = _eager_cached_run(method, recurrent)  # the eager loops, outside any block
     assert keras.layers.RNN.call is own_call
-    (eager, we), (graph, wg) = outcomes
+    model = _token_model()
+    x = _tokens()
+    with keras_graph.compiled_loops():
+        keras_graph.compile_loops()
+        graph = prune_calibrated(model, every_target(model), [x[:24], x[24:]], calibration_config(method, sparsity=0.5))
+    rnns = [layer for layer in keras_graph.all_layers(model) if isinstance(layer, keras.layers.RNN)]
+    assert len(rnns) == 3 and all(keras_graph.COMPILED_CALL in vars(layer) for layer in rnns)
+    wg = [np.asarray(w) for w in model.weights]
+    assert keras.layers.RNN.call is own_call
     assert eager.section["fallback"] == graph.section["fallback"]
     for name in eager.masks:
         np.testing.assert_array_equal(np.asarray(eager.masks[name]), np.asarray(graph.masks[name]), err_msg=name)
