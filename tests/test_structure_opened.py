@@ -314,6 +314,8 @@ def test_shrink_and_target_reach_the_layers_of_a_model_run_on_every_frame(suffix
         and inner.get_layer("conv3").filters == 5
     )
     assert small.count_params() == r["shrink"]["params_after"] < model.count_params()
+    if suffix == ".h5":  # read and written above as the target run would; the search is the .keras case's
+        return
     target = tmp_path / f"target{suffix}"
     result = cli("prune", path, "--target", "params=0.5", "-o", target, "-q")
     assert result.exit_code == 0, result.output
