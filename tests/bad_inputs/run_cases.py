@@ -9,6 +9,7 @@ so the parent only collects the verdicts. Process cases (`mode: process`) are ru
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -80,6 +81,20 @@ def args_of(case: dict, places: dict) -> list[str]:
     return args
 
 
+_HASHED: dict = {}  # (path, inode, size, mtime, ctime) -> sha256 of the content a snapshot read
+
+
+def _content_hash(path: str, st: os.stat_result) -> str:
+    """A regular file's sha256, read again only when its inode, size, mtime or ctime moved: any write
+    moves its ctime (which no process can set back), so an unchanged stat is unchanged content, and
+    each case's two snapshots no longer read the whole corpus again."""
+    key = (path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _HASHED:
+        with open(path, "rb") as fh:
+            _HASHED[key] = hashlib.sha256(fh.read()).hexdigest()
+    return _HASHED[key]
+
+
 def snapshot(*folders) -> dict:
     """Every entry below the folders: its kind and, for regular files, a hash (links not followed)."""
     out = {}
@@ -89,8 +104,7 @@ def snapshot(*folders) -> dict:
                 p = os.path.join(root, name)
                 st = os.lstat(p)
                 if stat.S_ISREG(st.st_mode):
-                    with open(p, "rb") as fh:
-                        out[p] = ("file", hashlib.sha256(fh.read()).hexdigest(), st.st_ino)
+                    out[p] = ("file", _content_hash(p, st), st.st_ino)
                 elif stat.S_ISLNK(st.st_mode):
                     out[p] = ("link", os.readlink(p))
                 else:
@@ -220,10 +234,15 @@ def run_batch(cases: list, places: dict, results: Path) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     for key in [k for k in os.environ if k.startswith("PRUNECLI_")]:
         del os.environ[key]
+    import keras  # noqa: F401 - imported once for every case, as the first case would
+    import tensorflow  # noqa: F401
     from click.testing import CliRunner
 
     from prunecli import interrupts
     from prunecli.cli import main
+
+    gc.collect()
+    gc.freeze()  # what the imports built lives as long as this process: no collection walks it again
 
     signal.signal(signal.SIGALRM, _alarm)
     with open(results, "a", encoding="utf-8") as log:
