@@ -401,19 +401,20 @@ def test_recurrent_layers_of_a_fixed_length_export_to_builtin_and_int8_tflite(tm
     from prunecli.structure import keras_graph, rebuild
 
     keras.utils.set_random_seed(0)
-    ids = keras.Input((12,), dtype="int32")
+    steps = 4  # what is checked holds for any fixed length; each step unrolled is more graph to convert
+    ids = keras.Input((steps,), dtype="int32")
     x = keras.layers.Embedding(30, 8)(ids)
     x = keras.layers.Bidirectional(keras.layers.GRU(6, return_sequences=True, dropout=0.1, recurrent_dropout=0.1))(x)
     out = keras.layers.Dense(3, activation="softmax")(keras.layers.LSTM(5, dropout=0.2)(x))
     model = keras.Model(ids, out)
-    tokens = np.random.default_rng(0).integers(0, 30, size=(40, 12)).astype("int32")
+    tokens = np.random.default_rng(0).integers(0, 30, size=(40, steps)).astype("int32")
     twin = rebuild.unrolled(model, export.MAX_UNROLLED_STEPS)
     rnns = [lay for lay in keras_graph.all_layers(twin) if isinstance(lay, keras.layers.RNN)]
     assert len(rnns) == 3 and all(lay.unroll for lay in rnns)
     # inference only: no dropout masks, whose random ops EQTransformer's TFLite file could not run
     assert all(lay.cell.dropout == lay.cell.recurrent_dropout == 0 for lay in rnns)
     np.testing.assert_allclose(np.asarray(twin(tokens)), np.asarray(model(tokens)), rtol=1e-5, atol=1e-6)
-    assert rebuild.unrolled(model, 11) is None  # longer than the limit: the loop stays
+    assert rebuild.unrolled(model, steps - 1) is None  # longer than the limit: the loop stays
 
     path, data = tmp_path / "m.keras", tmp_path / "d.npz"
     model.save(path)
