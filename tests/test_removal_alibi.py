@@ -194,10 +194,14 @@ def test_hidden_channels_leave_through_the_layer_norms(fam, tmp_path):
     check_narrowed_lm(fam.lm(layers=2), tmp_path, VOCAB, fam.causal_lm, sparsity=0.25)
 
 
+_DENSE_LMS: dict = {}  # fam.lm() of each family for the CLI runs below: each saves it and reads its parameter count
+
+
 @pytest.mark.slow
 @FAMILIES
 @SHRINK_COMMANDS
 def test_cli_shrinks_a_saved_causal_lm(fam, cli, tmp_path, command):
-    small = cli_shrinks(cli, fam.lm(), tmp_path, command, fam.causal_lm)
+    lm = _DENSE_LMS.get(fam.name) or _DENSE_LMS.setdefault(fam.name, fam.lm())
+    small = cli_shrinks(cli, lm, tmp_path, command, fam.causal_lm)
     if "head" in command:  # the written file generates (reloads after the other rebuilds do above)
         assert greedy_tokens(small, hub_prompt()).shape == (2, 9)

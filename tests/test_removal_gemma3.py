@@ -168,20 +168,24 @@ def test_a_removed_block_takes_nothing_from_the_others_windows(tmp_path):
     assert_close_rel(reloaded_hub(smaller, tmp_path / "small.keras")(x), want)
 
 
+@pytest.fixture(scope="module")
+def dense_lm():
+    """gemma3_lm() for the CLI runs below, built once: each saves it and reads its parameter count only."""
+    return gemma3_lm()
+
+
 @pytest.mark.slow
 @SHRINK_COMMANDS
-def test_cli_shrinks_a_saved_gemma3_causal_lm(cli, tmp_path, command):
-    small = cli_shrinks(cli, gemma3_lm(), tmp_path, command, "PrunedGemma3CausalLM")
+def test_cli_shrinks_a_saved_gemma3_causal_lm(cli, tmp_path, command, dense_lm):
+    small = cli_shrinks(cli, dense_lm, tmp_path, command, "PrunedGemma3CausalLM")
     if "head" in command:  # the written file generates (reloads after the other rebuilds do above)
         assert _greedy(small).shape == (2, 9)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("granularity", ["head", "neuron", "hidden", "layer", "element"])
-def test_a_gemma3_with_a_vision_encoder_is_refused_in_one_line(cli, tmp_path, granularity):
-    """The rebuilt backbone is text-only: a Gemma3 that reads images is refused (exit 3, one line) for
-    every granularity that rebuilds its blocks, before anything is measured, and nothing is written;
-    element pruning, which rebuilds nothing, still runs (--shrink with it too: no tokens/s measured)."""
+@pytest.fixture(scope="module")
+def vision_lm_file(tmp_path_factory):
+    """A two-block Gemma3 that reads images too, built and saved once for every granularity below (each
+    run reads it and writes beside it in its own folder)."""
     encoder = kh.models.Gemma3VisionEncoder(
         image_size=16,
         patch_size=4,
@@ -192,8 +196,18 @@ def test_a_gemma3_with_a_vision_encoder_is_refused_in_one_line(cli, tmp_path, gr
         output_dim=D,
         pool_size=2,
     )
-    path, out = tmp_path / "vision.keras", tmp_path / "out.keras"
+    path = tmp_path_factory.mktemp("gemma3_vision") / "vision.keras"
     gemma3_lm(layers=2, vision_encoder=encoder).save(path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("granularity", ["head", "neuron", "hidden", "layer", "element"])
+def test_a_gemma3_with_a_vision_encoder_is_refused_in_one_line(cli, tmp_path, vision_lm_file, granularity):
+    """The rebuilt backbone is text-only: a Gemma3 that reads images is refused (exit 3, one line) for
+    every granularity that rebuilds its blocks, before anything is measured, and nothing is written;
+    element pruning, which rebuilds nothing, still runs (--shrink with it too: no tokens/s measured)."""
+    path, out = vision_lm_file, tmp_path / "out.keras"
     how = ["--remove-layers", "1"] if granularity == "layer" else ["-s", "0.5", "--shrink"]
     res = cli("prune", path, "-g", granularity, *how, "-o", out, "-q")
     if granularity == "element":
@@ -202,4 +216,5 @@ def test_a_gemma3_with_a_vision_encoder_is_refused_in_one_line(cli, tmp_path, gr
         return
     assert res.exit_code == 3, res.output
     assert "vision encoder is not rebuilt" in res.stderr and len(res.stderr.strip().splitlines()) == 1
-    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["vision.keras"]
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    assert sorted(p.name for p in path.parent.iterdir()) == ["vision.keras"]

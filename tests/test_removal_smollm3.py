@@ -161,9 +161,15 @@ def test_hidden_channels_go_through_keras_rms_normalization_and_the_head_size_st
     check_shrunk_lm(lm, small, tmp_path, VOCAB, "PrunedSmolLM3CausalLM")  # `lm` was masked in place
 
 
+@pytest.fixture(scope="module")
+def dense_lm():
+    """smollm3_lm() for the CLI runs below, built once: each saves it and reads its parameter count only."""
+    return smollm3_lm()
+
+
 @pytest.mark.slow
 @SHRINK_COMMANDS
-def test_cli_shrinks_a_saved_smollm3_causal_lm(cli, tmp_path, command):
-    small = cli_shrinks(cli, smollm3_lm(), tmp_path, command, "PrunedSmolLM3CausalLM")
+def test_cli_shrinks_a_saved_smollm3_causal_lm(cli, tmp_path, command, dense_lm):
+    small = cli_shrinks(cli, dense_lm, tmp_path, command, "PrunedSmolLM3CausalLM")
     if "head" in command:  # the written file generates (reloads after the other rebuilds do above)
         assert greedy_tokens(small, hub_prompt()).shape == (2, 9)
