@@ -121,8 +121,9 @@ class PruneGroup(click.Group):
             raise _closed_pipe() from None
 
     def invoke(self, ctx: click.Context):
-        from prunecli import interrupts
+        from prunecli import interrupts, runtime
 
+        runtime.command_line_process()
         try:
             result = super().invoke(ctx)
             interrupts.checkpoint()  # a signal whose KeyboardInterrupt Python swallowed still counts

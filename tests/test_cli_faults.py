@@ -185,6 +185,26 @@ def test_a_hangup_ignored_by_nohup_stays_ignored(monkeypatch):
             signal.signal(sig, handler)
 
 
+def test_only_the_command_lines_own_process_is_frozen_once_tensorflow_is_imported(monkeypatch):
+    """A command freezes what its process holds once TensorFlow is imported (after one collection), once:
+    later full collections skip it. A library run leaves the caller's objects collectable."""
+    import gc
+
+    from prunecli import runtime
+
+    calls = []
+    monkeypatch.setattr(gc, "collect", lambda generation=2: calls.append("collect") or 0)
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr(runtime._heap, "own_process", False)
+    monkeypatch.setattr(runtime._heap, "frozen", False)
+    runtime.quiet_tensorflow()  # a library call
+    assert calls == []
+    assert _invoke("prune", "--help").exit_code == 0  # a command: this process is now the run's own
+    runtime.quiet_tensorflow()
+    runtime.quiet_tensorflow()
+    assert calls == ["collect", "freeze"]
+
+
 def _invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
