@@ -84,12 +84,17 @@ def keeps_global_state(function):
     command does whatever Keras defaults the caller set: the file's own dtypes, under Keras' global
     float32 policy and floatx (a caller's `mixed_float16` gave the loaded model's input layer a
     float16 policy, and `--quantize int8` then failed as if the file were float16), restored after;
-    Python's `random` state too (Keras draws default seeds from it, which moved the caller's sequence)."""
+    Python's `random` state too (Keras draws default seeds from it, which moved the caller's sequence),
+    and TensorFlow's global seed: the run sees none, as the command does (tf.data combines a global seed
+    with --seed when it shuffles --data, so under a caller's `keras.utils.set_random_seed` a call drew
+    other calibration examples than the command with the same --seed), and the caller's seed and the
+    position in its sequence of operation seeds are theirs again after."""
 
     @functools.wraps(function)
     def kept(*args, **kwargs):
         environment = {name: os.environ.get(name) for name in PROCESS_ENVIRONMENT}
         python_random = random.getstate()  # Keras draws its default seeds from it: the caller's sequence stays theirs
+        tensorflow_seed = _set_aside_tensorflow_seed()
         levels = {name: logging.getLogger(name).level for name in ("tensorflow", "absl")}
         absl_level = _absl_verbosity()
         keras_defaults = None
@@ -103,6 +108,8 @@ def keeps_global_state(function):
             return function(*args, **kwargs)
         finally:
             random.setstate(python_random)
+            if tensorflow_seed is not None:
+                _put_back_tensorflow_seed(tensorflow_seed)
             for name, value in environment.items():
                 if value is None:
                     os.environ.pop(name, None)
@@ -121,6 +128,31 @@ def keeps_global_state(function):
                 keras.config.set_floatx(keras_defaults[1])
 
     return kept
+
+
+def _set_aside_tensorflow_seed():
+    """(the caller's TensorFlow global seed, its generator of operation seeds) when the caller set one,
+    after clearing it for the run; None otherwise (the command's case: nothing to do). TensorFlow has no
+    public reader of the eager global seed, so its context's own fields are read and put back."""
+    if "tensorflow" not in sys.modules:  # a caller who set a TensorFlow seed has imported it
+        return None
+    from tensorflow.python.eager import context
+
+    eager = context.context()
+    if eager._seed is None:  # noqa: SLF001
+        return None
+    saved = (eager._seed, eager._rng)  # noqa: SLF001
+    eager._set_global_seed(None)  # noqa: SLF001
+    return saved
+
+
+def _put_back_tensorflow_seed(saved) -> None:
+    """The caller's global seed and its generator, where it was in its sequence (the run drew none of it)."""
+    from tensorflow.python.eager import context
+
+    eager = context.context()
+    eager._set_global_seed(saved[0])  # noqa: SLF001
+    eager._rng = saved[1]  # noqa: SLF001
 
 
 def _absl_verbosity() -> int | None:

@@ -25,13 +25,26 @@ def _state():
         "floatx": keras.config.floatx(),
         "cwd": os.getcwd(),
         "python random": random.getstate(),
+        "tensorflow seed": _tensorflow_seed(),
     }
+
+
+def _tensorflow_seed():
+    """TensorFlow's eager global seed and where its sequence of operation seeds stands."""
+    from tensorflow.python.eager import context
+
+    eager = context.context()
+    rng = getattr(eager, "_rng", None)  # absent until a seed was first set
+    return eager._seed, None if rng is None else rng.getstate()
 
 
 @pytest.fixture
 def callers_defaults(monkeypatch):
-    """A caller who set Keras' global mixed-precision policy and their own logging, and no TF_* variables."""
+    """A caller who set Keras' global mixed-precision policy, TensorFlow's global seed and their own
+    logging, and no TF_* variables."""
     import keras
+    import tensorflow as tf
+    from tensorflow.python.eager import context
 
     for name in ("TF_CPP_MIN_LOG_LEVEL", "TF_XLA_FLAGS"):
         monkeypatch.delenv(name, raising=False)
@@ -39,9 +52,15 @@ def callers_defaults(monkeypatch):
     logging.getLogger("tensorflow").setLevel(logging.INFO)
     policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_float16")
+    eager = context.context()
+    seed = eager._seed, getattr(eager, "_rng", None)
+    tf.random.set_seed(7)
+    tf.random.uniform((1,))  # the caller's sequence of operation seeds is under way
     try:
         yield
     finally:
+        eager._set_global_seed(seed[0])
+        eager._rng = seed[1]
         keras.config.set_dtype_policy(policy)
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
@@ -84,8 +103,11 @@ def test_an_entry_point_that_fails_puts_back_what_its_run_set(callers_defaults):
     @keeps_global_state
     def failing_run():
         import keras
+        import tensorflow as tf
 
         seen["policy"] = keras.config.dtype_policy().name
+        seen["tensorflow seed"] = _tensorflow_seed()[0]  # none, as in the command: tf.data's --seed draw is its own
+        tf.random.uniform((1,))  # an unseeded op of the run draws from the run's sequence, not the caller's
         random.random()  # as Keras does when it draws a default seed
         quiet_tensorflow()
         raise DataError("bad data")
@@ -93,5 +115,5 @@ def test_an_entry_point_that_fails_puts_back_what_its_run_set(callers_defaults):
     before = _state()
     with pytest.raises(DataError, match="bad data"):
         failing_run()
-    assert seen == {"policy": "float32"}
+    assert seen == {"policy": "float32", "tensorflow seed": None}
     assert _state() == before
