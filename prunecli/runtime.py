@@ -133,7 +133,9 @@ def keeps_global_state(function):
 def _set_aside_tensorflow_seed():
     """(the caller's TensorFlow global seed, its generator of operation seeds) when the caller set one,
     after clearing it for the run; None otherwise (the command's case: nothing to do). TensorFlow has no
-    public reader of the eager global seed, so its context's own fields are read and put back."""
+    public reader of the eager global seed, so its context's own fields are read and put back, and set
+    directly: `tf.random.set_seed` also clears every cached kernel, which made each call in a process
+    that had set a seed (a test worker) pay for rebuilding them."""
     if "tensorflow" not in sys.modules:  # a caller who set a TensorFlow seed has imported it
         return None
     from tensorflow.python.eager import context
@@ -142,7 +144,7 @@ def _set_aside_tensorflow_seed():
     if eager._seed is None:  # noqa: SLF001
         return None
     saved = (eager._seed, eager._rng)  # noqa: SLF001
-    eager._set_global_seed(None)  # noqa: SLF001
+    eager._seed = None  # noqa: SLF001  # no generator of operation seeds is read without a seed
     return saved
 
 
@@ -151,8 +153,7 @@ def _put_back_tensorflow_seed(saved) -> None:
     from tensorflow.python.eager import context
 
     eager = context.context()
-    eager._set_global_seed(saved[0])  # noqa: SLF001
-    eager._rng = saved[1]  # noqa: SLF001
+    eager._seed, eager._rng = saved  # noqa: SLF001
 
 
 def _absl_verbosity() -> int | None:
