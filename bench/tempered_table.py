@@ -99,19 +99,16 @@ def oneshot_files(model: str, cache: Path) -> tuple[Path, Path]:
 
 
 def files(model: str, cache: Path, train_seconds: float) -> tuple[Path, Path]:
-    """The model and its --data, trained here when not cached; then the global TensorFlow seed a trainer
-    set (keras.utils.set_random_seed) is cleared, as in a CLI run: --seed's shuffle of the calibration
-    examples combines with it (io/data/batches.py), so a run after training drew other examples than
-    `prunecli prune --seed` (MNIST CNN, 80%, seed 1: wanda 0.9610 against 0.9650)."""
-    import tensorflow as tf
-
+    """The model and its --data, trained here when not cached. A trainer's global TensorFlow seed
+    (keras.utils.set_random_seed) no longer reaches the runs after it: prunecli's entry points set it
+    aside (runtime.keeps_global_state), so they draw what `prunecli prune --seed` draws (before that,
+    MNIST CNN, 80%, seed 1: wanda 0.9610 against 0.9650)."""
     if model in ONESHOT_MODELS:
         paths = oneshot_files(model, cache)
     else:
         import dsnot_table
 
         paths = dsnot_table.files(model, cache, train_seconds)
-    tf.random.set_seed(None)
     return paths
 
 
