@@ -175,17 +175,23 @@ def test_the_data_digest_covers_what_the_loader_reads_and_no_hidden_file(tmp_pat
     """A copy of a data folder with the hidden files a copy leaves (`.DS_Store`, `._x`, a hidden
     `.ipynb_checkpoints` folder beside train/ and test/) is the same data: the digest covers the files
     the loader reads (io.data.files_loaded), and a hidden folder no longer makes train/ and test/ two
-    classes. An image moved to another class folder is other data; a folder with no image is refused."""
+    classes. The loader reads that listing: a macOS `._0.png` in a class folder was listed by Keras and
+    refused as no image (exit 3), and a zip's `__MACOSX/` became a class. An image moved to another
+    class folder is other data; a folder with no image is refused."""
     import shutil
 
+    import keras
+    import tensorflow as tf
+
     from prunecli.errors import DataError
-    from prunecli.io.data import images as images_format
+    from prunecli.io import data
 
     images = tmp_path / "images"
     for split, label, n in (("train", "cat", 2), ("train", "dog", 2), ("test", "cat", 1), ("test", "dog", 1)):
         (images / split / label).mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            (images / split / label / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes([i]) + label.encode())
+            pixels = tf.fill((2, 2, 1), tf.constant(i * 40 + len(label), tf.uint8))
+            (images / split / label / f"{i}.png").write_bytes(tf.io.encode_png(pixels).numpy())
     records = tmp_path / "records"
     records.mkdir()
     (records / "part-0.tfrecord").write_bytes(b"records")
@@ -197,10 +203,15 @@ def test_the_data_digest_covers_what_the_loader_reads_and_no_hidden_file(tmp_pat
             (copy / junk).write_bytes(b"\0\x05\x16\x07 junk")
         (copy / ".ipynb_checkpoints").mkdir()
         (copy / ".ipynb_checkpoints" / "0-checkpoint.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+        for junk in ("__MACOSX/train/cat/._0.png", "train/cat/._0.png", "train/dog/Thumbs.db", "train/desktop.ini"):
+            (copy / junk).parent.mkdir(parents=True, exist_ok=True)
+            (copy / junk).write_bytes(b"\0\x05\x16\x07 junk")
         assert plan_file.data_digest(str(copy)) == plan_file.data_digest(str(folder))
     assert [name for name, _f in files_loaded(str(images))][:2] == ["test/cat/0.png", "test/dog/0.png"]
-    copy = tmp_path / "copy" / "images"  # the loader reads its train/ and test/, not two classes named so
-    assert images_format._image_layout(copy) == (copy / "train", copy / "test")
+    inputs = keras.Input((2, 2, 1))
+    two_classes = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inputs)))
+    loaded = data.load(str(tmp_path / "copy" / "images"), two_classes, batch_size=4)  # train/ and test/, 2 classes
+    assert (loaded.n_train, loaded.n_eval, sorted(np.asarray(loaded.y_example).tolist())) == (4, 2, [0, 1])
     assert [name for name, _f in files_loaded(str(records))] == ["part-0.tfrecord", "spec.yaml"]
     (images / "train/cat/1.png").rename(images / "train/dog/1b.png")
     assert plan_file.data_digest(str(images)) != plan_file.data_digest(str(tmp_path / "copy" / "images"))

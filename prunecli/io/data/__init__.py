@@ -138,7 +138,7 @@ def files_loaded(data: str) -> list[tuple[str, Path]]:
     """Every file the loader reads for `data`, and nothing else, each with its path inside `data` when
     `data` is a folder ("" otherwise): the report's digest of the data (io.plan_file.data_digest) covers
     these, so that a copy with hidden files (`.DS_Store`, `._x`, `.ipynb_checkpoints`) or other files the
-    loader skips is the same data. The records of a glob or a TFRecord folder are the loader's own listing
+    loader skips (`._x.png`, a zip's `__MACOSX/`) is the same data. The records of a glob or a TFRecord folder are the loader's own listing
     (tfrecord.record_files), an image folder's the images its classes hold (images.image_files), with the
     companions files_read lists. A pattern or folder with nothing to read is a DataError."""
     from prunecli.io.paths import check_readable
@@ -148,9 +148,7 @@ def files_loaded(data: str) -> list[tuple[str, Path]]:
     if any(ch in str(data) for ch in "*?[") or (p.is_dir() and tfrecord_files(p)):
         main = [Path(f) for f in record_files(str(data))]
     elif p.is_dir():
-        main = [f for _name, f in image_files(p)]
-        if not main:
-            raise DataError(f"{shown(p)}: no images to read (class folders holding .png, .jpg, .gif or .bmp files)")
+        main = [f for _name, f in image_files(p)]  # a DataError when there is none
     elif p.exists():
         check_readable(p, "data file", DataError)  # a FIFO would block, /dev/zero never ends
         main = [p]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from prunecli.errors import DataError
@@ -15,50 +16,45 @@ IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # what keras' image_
 
 
 def load_images(p: Path, model, batch_size: int, val_split: float, seed: int) -> Data:
-    import keras
+    """The images of `image_listing(p)` (the one listing the report's data digest covers too), read as
+    keras' image_dataset_from_directory reads a folder: the files shuffled once by `seed`, the last
+    `val_split` of them held out, each decoded and resized (bilinear) to the model's input."""
     import numpy as np
 
     shape = model_input_shape(model)
     if shape is None or len(shape) != 4 or shape[1] is None or shape[2] is None:
         raise DataError(f"{p}: an image folder needs a model with a fixed image input (height, width, channels)")
-    modes = {1: "grayscale", 3: "rgb", 4: "rgba"}
-    if shape[3] not in modes:
+    if shape[3] not in (1, 3, 4):
         raise DataError(f"{p}: the model's input has {shape[3]} channels; image folders give 1, 3 or 4")
     classes = output_classes(model) or 1
     label_mode = "binary" if classes == 1 else ("categorical" if _wants_one_hot(model) else "int")
     spec = read_spec(find_spec(str(p)))
-    train_dir, eval_dir = _image_layout(p)
-    options = dict(
-        label_mode=label_mode,
-        color_mode=modes[shape[3]],
-        batch_size=batch_size,
-        image_size=(shape[1], shape[2]),
-        seed=seed,
-        verbose=False,
-    )
-
-    def folder(directory, **extra):
-        try:
-            return keras.utils.image_dataset_from_directory(str(directory), **options, **extra)
-        except ValueError as exc:
-            raise DataError(f"{directory}: {str(exc).splitlines()[0]}") from exc
-
-    if val_split > 0:
-        train, held = folder(train_dir, shuffle=True, validation_split=val_split, subset="both")
-    else:
-        train, held = folder(train_dir, shuffle=True), None
-    names = list(train.class_names)
+    listing = image_listing(p)
     want = 2 if classes == 1 else classes
-    if len(names) != want:
-        raise DataError(f"{p}: {len(names)} class folders but the model outputs {want} classes")
-    if eval_dir is not None:
-        evaluation, val = folder(eval_dir, shuffle=False, class_names=names), held
+    if len(listing.class_names) != want:
+        raise DataError(f"{p}: {len(listing.class_names)} class folders but the model outputs {want} classes")
+    train_files = _shuffled(listing.train, seed)
+    held_files = None
+    if val_split > 0:
+        n_held = int(val_split * len(train_files))  # keras' image_dataset_from_directory's split
+        if n_held == 0 or n_held == len(train_files):
+            raise DataError(f"{p}: --val-split {val_split:g} of {len(train_files)} images leaves none on one side")
+        train_files, held_files = train_files[:-n_held], train_files[-n_held:]
+
+    def dataset(files, shuffle):
+        return _image_dataset(files, label_mode, want, shape, batch_size, seed if shuffle else None)
+
+    train = dataset(train_files, shuffle=True)
+    held = None if held_files is None else dataset(held_files, shuffle=False)
+    if listing.evaluation is not None:
+        eval_files, val = listing.evaluation, held
+        evaluation = dataset(eval_files, shuffle=False)
     else:
-        evaluation, val = held, None
+        eval_files, evaluation, val = held_files, held, None
     held_out = evaluation is not None
     evaluation = evaluation if held_out else train
-    n_train, n_eval = len(train.file_paths), len(evaluation.file_paths)
-    check_image_headers([*train.file_paths, *([] if evaluation is train else evaluation.file_paths)])
+    n_train, n_eval = len(train_files), len(eval_files if held_out else train_files)
+    check_image_headers([f for f, _label in (listing.train + (listing.evaluation or []))])
     scale = spec.get("scale")
     train, evaluation = scaled(train, scale), scaled(evaluation, scale)
     _x, y_example = first_labels(evaluation, path=p)
@@ -93,24 +89,113 @@ def check_image_headers(paths) -> None:
             raise DataError(f"{path}: not an image (its first bytes are no PNG, JPEG, GIF or BMP header)")
 
 
+# What a copy leaves beside the data and no loader reads: macOS' AppleDouble `__MACOSX/` folder at the
+# root of an extracted zip. Hidden names (`.DS_Store`, `._x.png`, `.ipynb_checkpoints`) are skipped too,
+# and Windows' `Thumbs.db` and `desktop.ini` are not named as images.
+SKIPPED_FOLDERS = ("__MACOSX",)
+
+
+@dataclass
+class ImageListing:
+    """The images an image folder holds: (path, class index) in keras' listing order (class by class,
+    folders by path, files by name), for the training folder and the evaluation folder (test/ or val/
+    beside train/; None when there is none)."""
+
+    class_names: list[str]
+    train: list[tuple[Path, int]]
+    evaluation: list[tuple[Path, int]] | None
+
+
+def image_listing(p: Path) -> ImageListing:
+    """The images the loader reads from folder `p`, and the files the data digest covers (image_files):
+    one listing, so that what is read and what the report's digest names cannot differ. A class folder
+    is a sub-folder not skipped; in each, at any depth outside skipped folders, the files named as images
+    (IMAGE_SUFFIXES, in any case) that are not hidden: a macOS copy's `._x.png` beside `x.png` is
+    metadata, not an image, and an evaluation folder is read for the training folder's classes."""
+    from prunecli.messages import shown
+
+    train_dir, eval_dir = _image_layout(p)
+    names = _class_folders(train_dir)
+    train = _class_images(train_dir, names)
+    if not train:
+        raise DataError(f"{shown(train_dir)}: no images to read (class folders holding .png, .jpg, .gif or .bmp files)")
+    evaluation = None
+    if eval_dir is not None:
+        missing = sorted(set(names) - set(_class_folders(eval_dir)))
+        if missing:
+            raise DataError(f"{shown(eval_dir)}: no class folder {shown(missing[0])!r}, which {train_dir.name}/ has")
+        evaluation = _class_images(eval_dir, names)
+        if not evaluation:
+            raise DataError(f"{shown(eval_dir)}: no images to read in its class folders")
+    return ImageListing(names, train, evaluation)
+
+
 def image_files(p: Path) -> list[tuple[str, Path]]:
-    """The images the loader reads from folder `p`, each with its path inside `p` (its class folder is its
-    label), by the rules of keras' image_dataset_from_directory (which lists them itself): the class
-    folders are the sub-folders not hidden, and in each, at any depth, the files named as images
-    (IMAGE_SUFFIXES, in any case); anything else (`.DS_Store`, notes, `labels.csv`) is not read."""
+    """The images the loader reads from folder `p` (image_listing), each with its path inside `p`."""
+    listing = image_listing(p)
+    return [(f.relative_to(p).as_posix(), f) for f, _label in listing.train + (listing.evaluation or [])]
+
+
+def _skipped(name: str) -> bool:
+    return name.startswith(".") or name in SKIPPED_FOLDERS
+
+
+def _class_images(split: Path, names: list[str]) -> list[tuple[Path, int]]:
     import os
 
+    def walk(folder):
+        for root, dirs, files in os.walk(folder):
+            dirs[:] = [d for d in dirs if not _skipped(d)]
+            yield root, files
+
     found = []
-    for split in filter(None, _image_layout(p)):
-        for label in _class_folders(split):
-            for root, _dirs, files in sorted(os.walk(split / label), key=lambda walked: walked[0]):
-                found += [Path(root) / name for name in sorted(files) if name.lower().endswith(IMAGE_SUFFIXES)]
-    return [(f.relative_to(p).as_posix(), f) for f in found]
+    for label, name in enumerate(names):
+        for root, files in sorted(walk(split / name), key=lambda walked: walked[0]):
+            found += [
+                (Path(root) / f, label) for f in sorted(files) if f.lower().endswith(IMAGE_SUFFIXES) and not _skipped(f)
+            ]
+    return found
+
+
+def _shuffled(files: list[tuple[Path, int]], seed: int) -> list[tuple[Path, int]]:
+    """`files` in keras' shuffled order for `seed` (one RandomState permutation), so that a folder is
+    split and read as image_dataset_from_directory read it."""
+    import numpy as np
+
+    order = list(range(len(files)))
+    np.random.RandomState(seed).shuffle(order)
+    return [files[i] for i in order]
+
+
+def _image_dataset(files, label_mode: str, num_classes: int, shape, batch_size: int, shuffle_seed: int | None):
+    """Batches of (image, label) for `files`, each image decoded with the model's channel count and
+    resized to its input (bilinear), as keras' image folders read them; shuffled through a buffer of
+    8 batches when seeded. Labels: float (n, 1) for "binary", one-hot for "categorical", else int32."""
+    import tensorflow as tf
+
+    height, width, channels = int(shape[1]), int(shape[2]), int(shape[3])
+    paths = tf.data.Dataset.from_tensor_slices([str(f) for f, _label in files])
+    labels = tf.data.Dataset.from_tensor_slices(tf.constant([label for _f, label in files], tf.int32))
+    if label_mode == "binary":
+        labels = labels.map(lambda y: tf.expand_dims(tf.cast(y, tf.float32), -1))
+    elif label_mode == "categorical":
+        labels = labels.map(lambda y: tf.one_hot(y, num_classes))
+    ds = tf.data.Dataset.zip((paths, labels))
+    if shuffle_seed is not None:
+        ds = ds.shuffle(buffer_size=batch_size * 8, seed=shuffle_seed)
+
+    def load(path, y):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
+        image = tf.image.resize(image, (height, width), method="bilinear")
+        image.set_shape((height, width, channels))
+        return image, y
+
+    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def _class_folders(p: Path) -> list[str]:
-    """The sub-folders keras takes for classes: a hidden one (`.ipynb_checkpoints`) is none."""
-    return sorted(d.name for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+    """The sub-folders that are classes: a hidden one (`.ipynb_checkpoints`) or a zip's `__MACOSX` is none."""
+    return sorted(d.name for d in p.iterdir() if d.is_dir() and not _skipped(d.name))
 
 
 def _image_layout(p: Path):
