@@ -284,6 +284,36 @@ def test_depthwise_outputs_are_averaged_per_input_channel_and_separable_halves_r
         scoring.get("apoz").fn(select(model), context(model, select(model), data))
 
 
+def test_activation_scores_of_channels_first_layers_are_per_channel_not_per_width():
+    """A channels_first layer's units are on axis 1 of its output: activation and APoZ read the last axis
+    (the width) and, where the width equals the channel count, scored it silently (a Conv2D of 4 filters
+    on a 4-wide map, a Conv1D of 3 on 3 steps, a depth_multiplier-2 depthwise of 8 channels on 4)."""
+    import keras
+
+    from prunecli.io.models import channels_first
+    from prunecli.structure.targets import select
+
+    channels_first.run_on_cpu()  # TensorFlow's CPU convolutions take channels-last tensors only
+    keras.utils.set_random_seed(3)
+    cf = {"data_format": "channels_first"}
+    inp = keras.Input((2, 5, 4))
+    conv = keras.layers.Conv2D(4, 3, padding="same", name="conv", **cf)(inp)  # (4, 5, 4)
+    relu = keras.layers.ReLU()(keras.layers.BatchNormalization(axis=1)(conv))
+    dw = keras.layers.DepthwiseConv2D(1, depth_multiplier=2, name="dw", **cf)(relu)  # (8, 5, 4)
+    pooled = keras.layers.Reshape((8, 4))(keras.layers.MaxPooling2D((5, 1), **cf)(dw))
+    conv1d = keras.layers.Conv1D(3, 2, name="conv1d", **cf)(pooled)  # (3, 3)
+    out = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling1D(**cf)(conv1d))
+    model = keras.Model(inp, out)
+    x = np.random.default_rng(0).standard_normal((12, 2, 5, 4)).astype("float32")
+    targets = [t for t in select(model) if t.layer_name in ("conv", "dw", "conv1d")]
+    read = [np.asarray(o) for o in keras.Model(inp, [relu, dw, conv1d])(x, training=False)]
+    scores = as_numpy(scoring.get("apoz").fn(targets, context(model, targets, batches(x, np.zeros(12), 12))))
+    for t, a in zip(targets, read, strict=True):
+        per_channel = (a > 0).mean(axis=(0, *range(2, a.ndim)))  # APoZ and activation share the reading
+        expected = per_channel.reshape(4, 2).mean(axis=1) if t.layer_name == "dw" else per_channel  # unit-major
+        np.testing.assert_allclose(scores[t.name], expected, rtol=1e-6)
+
+
 def test_unreadable_outputs_are_a_config_error_naming_the_layer():
     import keras
 

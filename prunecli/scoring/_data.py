@@ -182,8 +182,9 @@ def _graph_nodes(model, method: str) -> list:
         ) from None
 
 
-def _follow_channelwise(tensor, consumers: dict):
-    """The tensor after the per-channel layers (batch norm, activations) that directly follow it."""
+def _follow_channelwise(tensor, axis: int, consumers: dict):
+    """The tensor after the per-channel layers (batch norm, activations) that directly follow it, whose
+    channels are on `axis`."""
     while True:
         users = consumers.get(id(tensor), [])
         if len(users) != 1:
@@ -196,17 +197,20 @@ def _follow_channelwise(tensor, consumers: dict):
         if len(node.input_tensors) != 1 or len(node.output_tensors) != 1:
             return tensor
         nxt = node.output_tensors[0]
-        if nxt.shape[-1] != tensor.shape[-1]:
+        if len(nxt.shape) != len(tensor.shape) or nxt.shape[axis] != tensor.shape[axis]:
             return tensor
         tensor = nxt
 
 
 def unit_outputs(model, targets, method: str):
-    """A keras.Model from the model's inputs to one output per target layer, and for each target the
-    index of its output and its channel multiplier (output channels per unit; >1 only for depthwise
-    convolutions with depth_multiplier > 1). Channels are the last axis.
+    """A keras.Model from the model's inputs to one output per target layer; for each target the index
+    of its output and its channel multiplier (output channels per unit; >1 only for depthwise
+    convolutions with depth_multiplier > 1); and for each output the axis that holds its channels
+    (structure.channels.channel_axis: the last, or axis 1 for a channels_first layer).
     """
     import keras
+
+    from prunecli.structure.channels import channel_axis
 
     nodes = _graph_nodes(model, method)
     nodes_of: dict[int, list] = {}
@@ -216,7 +220,7 @@ def unit_outputs(model, targets, method: str):
         for tensor in node.input_tensors:
             consumers.setdefault(id(tensor), []).append(node)
 
-    outputs, index_of_layer, plan = [], {}, []
+    outputs, axes, index_of_layer, plan = [], [], {}, []
     for t in targets:
         reason = None
         own = nodes_of.get(id(t.layer), [])
@@ -229,10 +233,12 @@ def unit_outputs(model, targets, method: str):
         elif t.attr == "depthwise_kernel" and t.layer_class.startswith("Separable"):
             reason = "the depthwise half of a separable convolution has no output of its own"
         else:
-            channels = own[0].output_tensors[0].shape[-1]
+            shape = own[0].output_tensors[0].shape
+            axis = channel_axis(t.layer, len(shape))
+            channels = shape[axis]
             depthwise = t.layer_class.startswith("DepthwiseConv")
             if channels is None or not (channels == t.units or (depthwise and channels % t.units == 0)):
-                reason = f"its output's last axis ({channels}) does not match its {t.units} units"
+                reason = f"its output's channel axis {axis} ({channels}) does not match its {t.units} units"
         if reason:
             raise ConfigError(
                 f"method {method!r} cannot read the output of {t.layer_name}: {reason}; "
@@ -240,6 +246,8 @@ def unit_outputs(model, targets, method: str):
             )
         if id(t.layer) not in index_of_layer:
             index_of_layer[id(t.layer)] = len(outputs)
-            outputs.append(_follow_channelwise(own[0].output_tensors[0], consumers))
-        plan.append((index_of_layer[id(t.layer)], int(outputs[index_of_layer[id(t.layer)]].shape[-1]) // t.units))
-    return keras.Model(model.inputs, outputs), plan
+            outputs.append(_follow_channelwise(own[0].output_tensors[0], axis, consumers))
+            axes.append(axis)
+        index = index_of_layer[id(t.layer)]
+        plan.append((index, int(outputs[index].shape[axes[index]]) // t.units))
+    return keras.Model(model.inputs, outputs), plan, axes

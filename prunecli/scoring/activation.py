@@ -18,7 +18,7 @@ def _unit_statistic(targets, ctx, method: str, per_value) -> dict:
     import tensorflow as tf
 
     _data.require_data(ctx, method)
-    reader, plan = _data.unit_outputs(ctx.model, targets, method)
+    reader, plan, axes = _data.unit_outputs(ctx.model, targets, method)
     n_outputs = len(reader.outputs)
 
     def batch_sums(x, _y):
@@ -26,7 +26,9 @@ def _unit_statistic(targets, ctx, method: str, per_value) -> dict:
         outs = reader(x, training=False)
         outs = [outs] if n_outputs == 1 and not isinstance(outs, (list, tuple)) else outs
         totals, counts = [], []
-        for out in outs:
+        for out, axis in zip(outs, axes, strict=True):
+            channels_last = [a for a in range(len(out.shape)) if a != axis] + [axis]
+            out = tf.transpose(out, channels_last)  # the identity but for a channels_first output
             values = tf.reshape(per_value(tf.cast(out, tf.float32)), [-1, int(out.shape[-1])])
             totals.append(tf.reduce_sum(values, axis=0))
             counts.append(tf.cast(tf.shape(values)[0], tf.float32))

@@ -44,6 +44,7 @@ __all__ = [
     "TensorKey",
     "apply_follower_masks",
     "build",
+    "channel_axis",
     "classify",
     "dead_channels",
     "follower_masks",
@@ -314,6 +315,14 @@ def declares_channels_first(layer) -> bool | None:
     """Whether the layer's `data_format` is channels_first; None for a layer without one."""
     data_format = getattr(layer, "data_format", None)
     return None if data_format is None else data_format == "channels_first"
+
+
+def channel_axis(layer, rank: int) -> int:
+    """The axis of a rank-`rank` output of `layer` that holds its channels (units): axis 1 for a layer
+    whose data_format is channels_first (Conv1D/2D/3D and their transposes, depthwise and separable
+    convolutions, pooling) on a tensor with spatial axes, else the last. Data-driven scores that read a
+    layer's output per unit take this axis: the last axis of a channels-first output is its width."""
+    return 1 if rank >= 3 and declares_channels_first(layer) else rank - 1
 
 
 def _reads_first(layer) -> bool:
