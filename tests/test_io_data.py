@@ -64,7 +64,26 @@ def test_npz_test_and_val_sets_and_val_split(mlp, tmp_path):
     split = data.load(str(one), model, val_split=0.25)
     assert (split.n_train, split.n_eval, split.eval_held_out, split.val) == (300, 100, True, None)
     whole = data.load(str(one), model)
-    assert (whole.n_eval, whole.eval_held_out) == (400, False)
+    assert (whole.n_eval, whole.eval_held_out, whole.eval_classes) == (400, False, len(np.unique(y)))
+    # labels of one class: accuracy only counts one prediction, which the run's notes say (exit 0 before,
+    # a 3-class model's accuracy "rose" from 0.50 to 0.65 as pruning pushed predictions toward it)
+    from prunecli.config import PruneConfig
+    from prunecli.run.steps import _one_class_note
+    from prunecli.training.metrics import infer_task
+
+    np.savez(tmp_path / "same.npz", x=x, y=np.zeros_like(y))
+    same = data.load(str(tmp_path / "same.npz"), model)
+    notes = [
+        _one_class_note(PruneConfig(data=str(tmp_path / d)), loaded, infer_task(model, loaded.y_example))
+        for d, loaded in (("same.npz", same), ("one.npz", whole))
+    ]
+    assert notes == [
+        (
+            f"the evaluation labels of {tmp_path / 'same.npz'} hold one class only: accuracy is how "
+            "often the model predicts it, before and after pruning, not how well it tells classes apart",
+        ),
+        (),
+    ]
     # a problem in one split names its arrays: "three.npz: the dataset is empty" sent the user to x_train
     np.savez(path, x_train=x[:300], y_train=y[:300], x_test=x[:0], y_test=y[:0], x_val=x[350:], y_val=y[350:] + 9)
     with pytest.raises(DataError, match=r"three\.npz \(x_test/y_test\): the dataset is empty"):

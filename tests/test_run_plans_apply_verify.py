@@ -211,7 +211,8 @@ def test_the_data_digest_covers_what_the_loader_reads_and_no_hidden_file(tmp_pat
     inputs = keras.Input((2, 2, 1))
     two_classes = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inputs)))
     loaded = data.load(str(tmp_path / "copy" / "images"), two_classes, batch_size=4)  # train/ and test/, 2 classes
-    assert (loaded.n_train, loaded.n_eval, sorted(np.asarray(loaded.y_example).tolist())) == (4, 2, [0, 1])
+    assert (loaded.n_train, loaded.n_eval, loaded.eval_classes) == (4, 2, 2)
+    assert sorted(np.asarray(loaded.y_example).tolist()) == [0, 1]
     assert [name for name, _f in files_loaded(str(records))] == ["part-0.tfrecord", "spec.yaml"]
     (images / "train/cat/1.png").rename(images / "train/dog/1b.png")
     assert plan_file.data_digest(str(images)) != plan_file.data_digest(str(tmp_path / "copy" / "images"))

@@ -30,6 +30,20 @@ class Data:
     # True for a causal LM's token data (io/data/tokens.py): each label is the next token, NO_TOKEN (-1)
     # where there is none, and evaluation measures the next-token loss and perplexity
     next_token: bool = False
+    # how many classes the evaluation labels hold, where the loader has them all at hand (arrays, an image
+    # folder's listing; None for streamed records): one class makes accuracy a count of one prediction
+    eval_classes: int | None = None
+
+
+def label_classes(y) -> int:
+    """How many classes labels `y` hold: class numbers (or 0/1 targets) as they are, one-hot or
+    probability rows (a last axis wider than 1 on labels of rank 2 or more) by their largest entry."""
+    import numpy as np
+
+    y = np.asarray(y)
+    if y.ndim >= 2 and y.shape[-1] > 1:
+        y = np.argmax(y, axis=-1)
+    return len(np.unique(y))
 
 
 def split_indices(n: int, sets: dict, val_split: float, seed: int) -> dict:

@@ -67,6 +67,7 @@ def load_images(p: Path, model, batch_size: int, val_split: float, seed: int) ->
         source=str(p),
         val=None if val is None else scaled(val, scale),
         eval_held_out=held_out,
+        eval_classes=len({label for _f, label in (eval_files if held_out else train_files)}),
     )
 
 

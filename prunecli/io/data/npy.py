@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 from prunecli.errors import DataError
-from prunecli.io.data.batches import Data, split_indices
+from prunecli.io.data.batches import Data, label_classes, split_indices
 from prunecli.io.data.checks import check_finite, check_label_values, check_numeric, check_shapes
 
 
@@ -46,6 +46,7 @@ def load_npy(p: Path, model, batch_size: int, val_split: float, seed: int) -> Da
         source=str(p),
         val=None if sets["val"] is None else _streamed(*sets["val"], index["val"], batch_size),
         eval_held_out=ev == "eval",
+        eval_classes=label_classes(ey[index[ev]]),
     )
 
 

@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 
 from prunecli.errors import DataError, ResourceError
-from prunecli.io.data.batches import Data, batched, row_count, split_indices, take_rows
+from prunecli.io.data.batches import Data, batched, label_classes, row_count, split_indices, take_rows
 from prunecli.io.data.checks import (
     as_float32,
     check_finite,
@@ -68,6 +68,7 @@ def load_npz(p: Path, model, batch_size: int, val_split: float, seed: int) -> Da
         val=None if sets["val"] is None else batched(*sets["val"], batch_size),
         eval_held_out=sets["eval"] is not None,
         labelled=labelled,
+        eval_classes=label_classes(ey) if labelled else None,
     )
 
 
