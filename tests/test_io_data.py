@@ -66,12 +66,13 @@ def test_npz_test_and_val_sets_and_val_split(mlp, tmp_path):
     whole = data.load(str(one), model)
     assert (whole.n_eval, whole.eval_held_out, whole.eval_classes) == (400, False, len(np.unique(y)))
     # labels of one class: accuracy only counts one prediction, which the run's notes say (exit 0 before,
-    # a 3-class model's accuracy "rose" from 0.50 to 0.65 as pruning pushed predictions toward it)
+    # a 3-class model's accuracy "rose" from 0.50 to 0.65 as pruning pushed predictions toward it); uint8
+    # inputs to a model with no Rescaling layer are 0..255 pixels, maybe 255 times what it was trained on
     from prunecli.config import PruneConfig
-    from prunecli.run.steps import _one_class_note
+    from prunecli.run.steps import _one_class_note, _pixel_values_note
     from prunecli.training.metrics import infer_task
 
-    np.savez(tmp_path / "same.npz", x=x, y=np.zeros_like(y))
+    np.savez(tmp_path / "same.npz", x=np.round(np.abs(x) * 50).astype(np.uint8), y=np.zeros_like(y))
     same = data.load(str(tmp_path / "same.npz"), model)
     notes = [
         _one_class_note(PruneConfig(data=str(tmp_path / d)), loaded, infer_task(model, loaded.y_example))
@@ -84,6 +85,8 @@ def test_npz_test_and_val_sets_and_val_split(mlp, tmp_path):
         ),
         (),
     ]
+    pixels = [_pixel_values_note(PruneConfig(data="d.npz"), loaded, model) for loaded in (same, whole)]
+    assert [len(n) for n in pixels] == [1, 0] and "d.npz are 0..255 pixel values and the model has no" in pixels[0][0]
     # a problem in one split names its arrays: "three.npz: the dataset is empty" sent the user to x_train
     np.savez(path, x_train=x[:300], y_train=y[:300], x_test=x[:0], y_test=y[:0], x_val=x[350:], y_val=y[350:] + 9)
     with pytest.raises(DataError, match=r"three\.npz \(x_test/y_test\): the dataset is empty"):

@@ -61,9 +61,34 @@ def load(config: PruneConfig, progress: Progress, timings: Timings) -> tuple[Run
         task=task,
         compiled_optimizer=compiled_optimizer,
         loaded_class=type(model).__name__,
-        notes=model_io.read_notes(source) + _custom_objects_note(config) + _one_class_note(config, data, task),
+        notes=(
+            model_io.read_notes(source)
+            + _custom_objects_note(config)
+            + _one_class_note(config, data, task)
+            + _pixel_values_note(config, data, model)
+        ),
     )
     return state, input_sizes
+
+
+# layers with which a model takes raw pixel values itself (scaling them to the range it was trained on)
+PIXEL_SCALING_LAYERS = ("Rescaling", "Normalization")
+
+
+def _pixel_values_note(config: PruneConfig, data, model) -> tuple[str, ...]:
+    """Inputs of 0..255 pixel values (uint8 arrays, an image folder with no spec `scale`) given to a model
+    with no layer that scales them: one trained on [0, 1] inputs then scores noise, and its accuracy
+    before and after pruning means little (a [0, 1] CNN "kept" 0.68 on uint8 arrays of its own data,
+    loss 8.8, with nothing said). Whether it was is not in the file, so the note says what to check."""
+    if data is None or not data.pixel_values:
+        return ()
+    if any(type(layer).__name__ in PIXEL_SCALING_LAYERS for layer in keras_graph.all_layers(model)):
+        return ()
+    return (
+        f"the inputs of {config.data} are 0..255 pixel values and the model has no Rescaling or Normalization "
+        "layer: if it was trained on [0, 1] inputs, scale them (arrays divided by 255, or `scale: "
+        "0.00392156862745098` in an image folder's spec.yaml), else its figures are for inputs 255 times too large",
+    )
 
 
 def _one_class_note(config: PruneConfig, data, task) -> tuple[str, ...]:

@@ -68,6 +68,7 @@ def load_images(p: Path, model, batch_size: int, val_split: float, seed: int) ->
         val=None if val is None else scaled(val, scale),
         eval_held_out=held_out,
         eval_classes=len({label for _f, label in (eval_files if held_out else train_files)}),
+        pixel_values=scale is None,
     )
 
 

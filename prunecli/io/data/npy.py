@@ -47,6 +47,7 @@ def load_npy(p: Path, model, batch_size: int, val_split: float, seed: int) -> Da
         val=None if sets["val"] is None else _streamed(*sets["val"], index["val"], batch_size),
         eval_held_out=ev == "eval",
         eval_classes=label_classes(ey[index[ev]]),
+        pixel_values=sets["train"][0].dtype == np.uint8,
     )
 
 

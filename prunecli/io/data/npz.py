@@ -69,6 +69,7 @@ def load_npz(p: Path, model, batch_size: int, val_split: float, seed: int) -> Da
         eval_held_out=sets["eval"] is not None,
         labelled=labelled,
         eval_classes=label_classes(ey) if labelled else None,
+        pixel_values=train[0].dtype == "uint8",
     )
 
 
