@@ -27,8 +27,8 @@ def _unit_statistic(targets, ctx, method: str, per_value) -> dict:
         outs = [outs] if n_outputs == 1 and not isinstance(outs, (list, tuple)) else outs
         totals, counts = [], []
         for out, axis in zip(outs, axes, strict=True):
-            channels_last = [a for a in range(len(out.shape)) if a != axis] + [axis]
-            out = tf.transpose(out, channels_last)  # the identity but for a channels_first output
+            if axis != len(out.shape) - 1:  # a channels_first output: its channels moved last
+                out = tf.transpose(out, [a for a in range(len(out.shape)) if a != axis] + [axis])
             values = tf.reshape(per_value(tf.cast(out, tf.float32)), [-1, int(out.shape[-1])])
             totals.append(tf.reduce_sum(values, axis=0))
             counts.append(tf.cast(tf.shape(values)[0], tf.float32))
