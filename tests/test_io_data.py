@@ -365,8 +365,9 @@ def test_tfrecord_folder_of_png_records(digits, tmp_path):
     ex, ey = rows(d.eval)
     assert d.n_train == 40 and ex.shape == (40, 8, 8, 1)
     assert same_rows(np.round(ex * 255), images.astype(np.float32))
+    (folder / "spec.yaml").write_text("x: {key: png, encoding: image}\ny: {key: label}\n")  # no scale: 0..255
     glob_data = data.load(str(folder / "part-*.tfrecord"), model)
-    assert glob_data.n_train == 40
+    assert glob_data.n_train == 40 and (d.pixel_values, glob_data.pixel_values) == (False, True)
 
 
 @pytest.mark.slow

@@ -33,8 +33,8 @@ class Data:
     # how many classes the evaluation labels hold, where the loader has them all at hand (arrays, an image
     # folder's listing; None for streamed records): one class makes accuracy a count of one prediction
     eval_classes: int | None = None
-    # True when the inputs are 0..255 pixel values as read (uint8 arrays, an image folder without a spec
-    # `scale`): a model trained on [0, 1] inputs would see them 255 times too large
+    # True when the inputs are 0..255 pixel values as read (uint8 arrays or raw records, images of a folder
+    # or of records, without a spec `scale`): a model trained on [0, 1] inputs sees them 255 times too large
     pixel_values: bool = False
 
 

@@ -25,6 +25,7 @@ def load_tfrecord(path: str, model, batch_size: int, val_split: float, seed: int
     files = record_files(path)
     spec_path, spec = _spec_of(path)
     parse = _record_parser(spec, model, spec_path)
+    x_feature = _feature(spec, "x", spec_path)
     check = streamed_checks(model, path)  # every batch, as data held in memory is checked whole
     records = _Records(_compression(spec, spec_path), parse, spec.get("scale"), batch_size, seed, check)
     n_all = _count_readable(records, files, path)
@@ -46,6 +47,7 @@ def load_tfrecord(path: str, model, batch_size: int, val_split: float, seed: int
         source=str(path),
         val=val,
         eval_held_out=bool(eval_files) or held_ds is not None,
+        pixel_values=spec.get("scale") is None and (x_feature["encoding"] == "image" or x_feature["dtype"] == "uint8"),
     )
 
 
