@@ -211,17 +211,26 @@ def test_im2col_views_match_the_layers():
 
 @pytest.mark.parametrize(
     ("shape", "ks", "st", "dil"),
-    [((17, 1, 3), (5, 1), (1, 1), (4, 1)), ((13, 11, 4), (3, 3), (2, 1), (1, 2)), ((9, 9, 2), (2, 3), (3, 2), (2, 1))],
+    [
+        ((17, 1, 3), (5, 1), (1, 1), (4, 1)),
+        ((13, 11, 4), (3, 3), (2, 1), (1, 2)),
+        ((9, 9, 2), (2, 3), (3, 2), (2, 1)),
+        ((7, 6, 5, 3), (3, 2, 3), (2, 1, 2), (1, 1, 1)),
+    ],
 )
 def test_strided_patches_equal_tensorflows(shape, ks, st, dil):
-    """The im2col rows cut by strided slices are extract_patches' rows, in the kernel's (kh, kw, C) order."""
+    """The im2col rows cut by strided slices are extract_patches' (a volume's: extract_volume_patches')
+    rows, in the kernel's (taps, C) order."""
     import tensorflow as tf
 
-    from prunecli.calibration.views import _patches_2d
+    from prunecli.calibration.views import _patches
 
     x = tf.constant(np.random.default_rng(0).normal(size=(2, *shape)).astype("float32"))
-    want = tf.image.extract_patches(x, [1, *ks, 1], [1, *st, 1], [1, *dil, 1], "VALID")
-    np.testing.assert_array_equal(_patches_2d(x, list(ks), list(st), list(dil)), want)
+    if len(ks) == 3:
+        want = tf.extract_volume_patches(x, [1, *ks, 1], [1, *st, 1], "VALID")
+    else:
+        want = tf.image.extract_patches(x, [1, *ks, 1], [1, *st, 1], [1, *dil, 1], "VALID")
+    np.testing.assert_array_equal(_patches(x, list(ks), list(st), list(dil)), want)
 
 
 @pytest.mark.parametrize(

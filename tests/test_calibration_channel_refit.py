@@ -1,6 +1,6 @@
 """--reconstruct after neuron masks (calibration/channel_refit.py): the layers that read removed channels
 are refit to the dense model's output, measured here independently of the refit's own figures, through
-Conv2D -> BN -> Conv2D, Conv1D -> Flatten -> Dense and a residual set; the CLI's --reconstruct -g neuron --shrink
+Conv2D -> BN -> Conv2D, the same in 3-D, Conv1D -> Flatten -> Dense and a residual set; the CLI's --reconstruct -g neuron --shrink
 writes a shrunk model equal to the masked one."""
 
 from __future__ import annotations
@@ -28,6 +28,14 @@ def _linear_model(kind: str):
         x = L.ReLU()(x)
         out = L.Dense(3, activation="softmax", name="out")(x)
         return keras.Model(inp, out)
+    if kind == "conv3d":  # as "conv", on volumes (the zoo's rbm3 U-Net: 24 Conv3D)
+        inp = keras.Input((5, 6, 5, 3))
+        x = L.Conv3D(16, 3, padding="same", use_bias=False, name="a")(inp)
+        x = L.BatchNormalization(name="bn_a")(x)
+        x = L.ReLU()(x)
+        x = L.Conv3D(12, (3, 2, 3), padding="same", name="b")(x)
+        x = L.GlobalAveragePooling3D()(L.ReLU()(x))
+        return keras.Model(inp, L.Dense(3, activation="softmax", name="out")(x))
     inp = keras.Input((10, 10, 3))
     if kind == "conv":
         x = L.Conv2D(16, 3, padding="same", use_bias=False, name="a")(inp)
@@ -97,7 +105,13 @@ def _output_error(model, dense, name: str, x) -> float:
 
 
 @pytest.mark.parametrize(
-    ("kind", "sparsity"), [("conv", 0.5), ("flatten", 0.5), pytest.param("residual", 0.4, marks=pytest.mark.slow)]
+    ("kind", "sparsity"),
+    [
+        ("conv", 0.5),
+        pytest.param("conv3d", 0.5, marks=pytest.mark.slow),
+        ("flatten", 0.5),
+        pytest.param("residual", 0.4, marks=pytest.mark.slow),
+    ],
 )
 def test_refit_lowers_the_next_layers_output_error(kind, sparsity):
     from prunecli.calibration import channel_refit
@@ -269,3 +283,26 @@ def test_target_takes_reconstruct(cnn_files, tmp_path):
     report = prune(config).report.to_dict()
     assert report["calibration"]["layers"] and report["target"]["within_tolerance"]
     assert report["shrink"]["verification"]["max_rel_diff"] <= 1e-4
+
+
+@pytest.mark.slow
+def test_target_refits_conv3d_layers_and_the_shrunk_model_equals_the_masked_one(tmp_path):
+    """`--target params=0.5 --data` on a Conv3D model: the Conv3D layers that read removed channels are refit
+    (the zoo's rbm3 U-Net kept 19 plain masks, "Conv3D layers are not refit"), each to a lower output error,
+    and the shrunk model equals the masked, refit one on the data."""
+    from prunecli import build_config, prune
+
+    model = _linear_model("conv3d")
+    x = _inputs(model, 64)
+    _with_moving_statistics(model, x)
+    model.save(tmp_path / "m.keras")
+    np.savez(tmp_path / "d.npz", x=x, y=np.argmax(np.asarray(model(x)), axis=1))
+    settings = {"model_path": str(tmp_path / "m.keras"), "data": str(tmp_path / "d.npz"), "target": "params=0.5"}
+    config = build_config({**settings, "output": str(tmp_path / "o.keras"), "quiet": True, "sizes": False})
+    report = prune(config).report.to_dict()
+    section = report["calibration"]
+    assert section["method"] == "channel refit" and "b" in section["layers"], section["skipped"]
+    assert not section["skipped"] and not any("not refit" in n for n in report["notes"])
+    assert all(e["error_after"] < e["error_before"] for e in section["layers"].values())
+    assert report["shrink"]["verification"]["max_rel_diff"] <= 1e-4
+    assert report["shrink"]["params_after"] < report["shrink"]["params_before"]

@@ -1,5 +1,5 @@
 """Conv3D is calibrated like Conv1D/2D: its volume patches reproduce the layer, tiles of them the same
-Hessian, and SparseGPT beats magnitude on its output; a dilated Conv3D falls back with a reason."""
+Hessian, and SparseGPT beats magnitude on its output; a dilated one is read as well."""
 
 from __future__ import annotations
 
@@ -76,11 +76,20 @@ def test_sparsegpt_beats_magnitude_on_a_conv3d(sparsity):
     assert errors["sparsegpt"] < 0.9 * errors["magnitude"], errors
 
 
-def test_a_dilated_conv3d_says_why_it_is_not_calibrated():
+def test_a_dilated_conv3d_is_calibrated_on_its_patches():
+    """The patches are strided views of the input (views._patches), dilation included: X @ W is the layer."""
     import keras
+    import tensorflow as tf
 
-    from prunecli.calibration import views
+    from prunecli.calibration import capture, views
 
-    model = keras.Sequential([keras.Input((9, 9, 9, 2)), keras.layers.Conv3D(3, 3, dilation_rate=2)])
-    why = views.view_of(every_target(model)[0])
-    assert isinstance(why, str) and "dilated Conv3D" in why
+    model = keras.Sequential([keras.Input((9, 8, 9, 2)), keras.layers.Conv3D(3, 3, dilation_rate=(2, 1, 2))])
+    t = every_target(model)[0]
+    view = views.view_of(t)
+    assert not isinstance(view, str), view
+    x = np.random.default_rng(3).normal(size=(2, 9, 8, 9, 2)).astype("float32")
+    seen = []
+    with capture._Wrapped(t.layer, seen.append):
+        model(x)
+    got = tf.matmul(view.inputs(seen[0]), view.to_matrix(t.variable)) + t.layer.bias
+    np.testing.assert_allclose(got, tf.reshape(model(x), (-1, t.units)), atol=1e-4)

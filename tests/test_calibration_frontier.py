@@ -266,7 +266,7 @@ def test_sequential_model_is_walked(monkeypatch):
 
 def test_conv_error_meter_equals_its_im2col_rows():
     """Wanda's error meter reads a convolution's ||X diff|| and ||X W|| by two convolutions; they equal
-    the sums over the im2col rows (same, valid, causal, dilated and strided convolutions)."""
+    the sums over the im2col rows (same, valid, causal, dilated and strided convolutions, 1-D to 3-D)."""
     import keras
 
     from prunecli.calibration import capture, views
@@ -278,6 +278,8 @@ def test_conv_error_meter_equals_its_im2col_rows():
     h = keras.layers.Reshape((-1, 4))(h)
     h = keras.layers.Conv1D(5, 3, padding="causal", dilation_rate=2, name="c")(h)
     h = keras.layers.Conv1D(5, 3, padding="same", strides=2, name="d")(h)
+    h = keras.layers.Reshape((5, 5, 1, 1))(h)
+    h = keras.layers.Conv3D(3, 2, strides=(1, 2, 1), padding="same", name="e")(h)
     model = keras.Model(inp, h)
     x = np.random.default_rng(0).normal(size=(5, 9, 9, 3)).astype("float32")
     rng = np.random.default_rng(1)

@@ -66,7 +66,7 @@ from prunecli.calibration import capture, refit, views
 from prunecli.structure import channels, folded_steps, keras_graph
 from prunecli.structure import targets as structure_targets
 
-REFIT_CLASSES = ("Dense", "Conv1D", "Conv2D")
+REFIT_CLASSES = ("Dense", "Conv1D", "Conv2D", "Conv3D")
 DAMPENING = refit.DAMPENING  # the ridge, relative to the mean diagonal of H_pp, at least
 UNDERDETERMINED = 0.25  # and this times inputs per calibration row: a Dense head read from a Flatten
 # has more inputs than 128 examples give rows, and a weak ridge then fits them exactly (bench/STRUCTURED.md)
@@ -164,7 +164,9 @@ def _within_capture_budget(model, batches, refits: int, notes: list) -> list:
 
     if not batches:
         return batches
-    per_example = 2 * refits * int(flops.count(model, seq_len=_data_length(batches))["total"] or 0)  # whole passes
+    per_example = (
+        2 * refits * int(flops.count(model, seq_len=capture.data_length(batches))["total"] or 0)
+    )  # whole passes
     examples = capture.count_examples(batches)
     if not per_example or examples * per_example <= REFIT_CAPTURE_MACS:
         return batches
@@ -174,14 +176,6 @@ def _within_capture_budget(model, batches, refits: int, notes: list) -> list:
         f"model up to their layer, {per_example // (2 * refits):.2g} multiply-adds per example"
     )
     return capture.chunks(capture.chunks(batches, size=keep, exact=True)[:1])
-
-
-def _data_length(batches) -> int | None:
-    """The calibration data's sequence length (its second axis), for a model that leaves it open."""
-    import tensorflow as tf
-
-    shapes = [tuple(a.shape) for a in tf.nest.flatten(batches[0])] if batches else []
-    return max((int(s[1]) for s in shapes if len(s) > 2), default=None)
 
 
 def _row_stride(g, call, solved: int, width: int, examples: int, length: int | None = None) -> int:
@@ -321,7 +315,7 @@ def refit_channels(
             continue
         todo.append((call, views.view_of(kernel_targets[id(call.layer)])))
     batches = _within_capture_budget(model, batches, len(todo), section["notes"])
-    examples, length = capture.count_examples(batches), _data_length(batches)
+    examples, length = capture.count_examples(batches), capture.data_length(batches)
     frames = folded_steps.rows_per_example(model)  # a layer run on every frame sees frames x examples rows
     for i, (call, view) in enumerate(todo):
         bias = int(bool(getattr(call.layer, "use_bias", False)))

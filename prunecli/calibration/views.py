@@ -46,9 +46,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-# Layers calibrated through their inputs (Conv3D undilated: TensorFlow's volume patches take no
-# dilation), and Embedding through its token counts. Everything else (transposed convs, custom prunable
-# weights) falls back to magnitude.
+# Layers calibrated through their inputs, and Embedding through its token counts. Everything else
+# (transposed convs, custom prunable weights) falls back to magnitude.
 CALIBRATED = ("Dense", "Conv1D", "Conv2D", "Conv3D", "EinsumDense")
 # Recurrent cells whose input `kernel` is calibrated on the RNN layer's input sequence.
 RECURRENT_CELLS = ("LSTMCell", "GRUCell", "SimpleRNNCell")
@@ -238,11 +237,7 @@ class LayerView:
         eff = [(k - 1) * d + 1 for k, d in zip(ks, dil, strict=True)]
 
         def patches(part):
-            if len(ks) == 3:  # Conv3D (undilated: view_of refuses the others)
-                p = tf.extract_volume_patches(part, [1, *ks, 1], [1, *st, 1], "VALID")
-            else:
-                p = _patches_2d(part, ks, st, dil)
-            return tf.constant(np.reshape(p, (-1, self.d_in)))
+            return tf.constant(np.reshape(_patches(part, ks, st, dil), (-1, self.d_in)))
 
         batch, per_example = int(x.shape[0]), math.prod(outs)
         if per_example <= max_rows:  # whole examples per block
@@ -350,26 +345,25 @@ class LayerView:
         return parts[0] if parts else tf.zeros((0, self.d_in), tf.float32)
 
 
-def _patches_2d(x, ks, st, dil):
-    """VALID patches of a (batch, H, W, C) array, (batch, out_h, out_w, kh * kw * C) with the last axis
-    in (kh, kw, C) order, as tf.image.extract_patches gives them (and as a kernel flattens), cut in
-    NumPy as one strided view per kernel offset and stacked: extract_patches took 232 of 386 s of a
-    Wanda run on SpliceAI's dilated Conv1D layers here (thousands of small tiles, each an eager op)."""
+def _patches(x, ks, st, dil):
+    """VALID patches of a (batch, *spatial, C) array (1, 2 or 3 spatial axes), (batch, *out, prod(ks) * C)
+    with the last axis in (taps lexicographic, C) order, as tf.image.extract_patches gives them (and as a
+    kernel flattens), cut in NumPy as one strided view per kernel offset and stacked: extract_patches took
+    232 of 386 s of a Wanda run on SpliceAI's dilated Conv1D layers here (thousands of small tiles, each an
+    eager op), and TensorFlow's extract_volume_patches, on a Conv3D, was slower still (one 64^3 layer of
+    rbm3's U-Net did not finish in 5 minutes, bench/ZOO.md)."""
     import numpy as np
 
     x = np.asarray(x)
-    rows = (x.shape[1] - (ks[0] - 1) * dil[0] - 1) // st[0] + 1
-    cols = (x.shape[2] - (ks[1] - 1) * dil[1] - 1) // st[1] + 1
-    offsets = [
-        x[
-            :,
-            i * dil[0] : i * dil[0] + (rows - 1) * st[0] + 1 : st[0],
-            j * dil[1] : j * dil[1] + (cols - 1) * st[1] + 1 : st[1],
-        ]
-        for i in range(ks[0])
-        for j in range(ks[1])
-    ]
-    return np.stack(offsets, axis=3).reshape(x.shape[0], rows, cols, ks[0] * ks[1] * x.shape[-1])
+    spatial = x.shape[1:-1]
+    outs = [(n - (k - 1) * d - 1) // s + 1 for n, k, s, d in zip(spatial, ks, st, dil, strict=True)]
+    offsets = []
+    for taps in itertools.product(*[range(k) for k in ks]):
+        index = [slice(None)]
+        for i, o, s, d in zip(taps, outs, st, dil, strict=True):
+            index.append(slice(i * d, i * d + (o - 1) * s + 1, s))
+        offsets.append(x[tuple(index)])
+    return np.stack(offsets, axis=-2).reshape(x.shape[0], *outs, math.prod(ks) * x.shape[-1])
 
 
 def _tile(outs: list[int], max_rows: int) -> list[int]:
@@ -487,8 +481,6 @@ def view_of(target, model=None) -> LayerView | str:
         return LayerView(target, "dense", target.rows, target.units)
     if getattr(layer, "groups", 1) != 1:
         return "grouped convolutions are not calibrated"
-    if kind == "Conv3D" and max(layer.dilation_rate) > 1:
-        return "dilated Conv3D layers are not calibrated (TensorFlow's volume patches take no dilation)"
     return LayerView(target, "conv", target.rows, target.units)
 
 
