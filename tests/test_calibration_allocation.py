@@ -415,3 +415,23 @@ def test_the_cli_reports_what_it_measured(tmp_path, setting):
     assert set(errors) >= (set(EXPONENT_TRIALS) if "-g" in setting else {"uniform-tempered", "lamp-tempered"})
     assert measured["chosen"] == min(errors, key=errors.get)
     assert f"measured: {measured['chosen']}" in result.output
+
+
+@pytest.mark.slow
+def test_trials_past_the_multiply_add_budget_give_way_to_lamp(monkeypatch):
+    """Each trial runs the model over the calibration examples: where the trials would take more than
+    MEASURE_MACS in all (the zoo's rbm3 3-D U-Net: 3.3e12, past 600 s on 2 cores) the run takes LAMP
+    without trying, and says why; the masks are an explicit LAMP run's."""
+    from prunecli.calibration import oneshot
+    from prunecli.structure import flops
+
+    trials = len(oneshot.MEASURED_ALLOCATIONS) + len(TEMPERED_TRIALS) + len(oneshot.MAGNITUDE_TRIALS)
+    cost = trials * flops.count(_conv_model())["total"] * len(_inputs())
+    monkeypatch.setattr(oneshot, "MEASURE_MACS", cost - 1)
+    res, weights = _run("wanda", scope="auto")
+    measured = res.section["allocation_measured"]
+    assert measured["chosen"] == "lamp" and f"its {trials} trials" in measured["why"], measured
+    assert "output_error" not in measured
+    lamp, _ = _run("wanda", **EXPLICIT["lamp"])
+    for name, mask in lamp.masks.items():
+        np.testing.assert_array_equal(np.asarray(res.masks[name]), np.asarray(mask), err_msg=name)

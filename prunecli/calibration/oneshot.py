@@ -570,6 +570,10 @@ def prune_calibrated(
 # (with fewer, it compares on this many calibration examples)
 MEASURED_ALLOCATIONS = ("uniform", "lamp", "owl")
 MEASURE_EXAMPLES = 64
+# ... and the multiply-adds its trials may take in all (each runs the model over the calibration examples):
+# past it, LAMP without trials. rbm3's Conv3D U-Net (bench/ZOO.md): 58 GMAC per 64^3 volume, 7 trials on 8
+# volumes 3.3e12, and `-m wanda` ran past 600 s on 2 cores, the trials most of it
+MEASURE_MACS = 2e12
 # ... and, for a Wanda run, the masks the default magnitude command chooses between (|w| ranked by
 # global LAMP, or every layer at the sparsity: run/steps.measured_allocation): where they move the
 # outputs less than every Wanda allocation, they are the run's (said in a note and the report)
@@ -832,14 +836,21 @@ def _measured_allocation(
     weight_bytes = sum(4 * t.size for t in targets)
     budget = (2 if keep else 1) * weight_bytes
     rival_fits = not keep and copies_fit(2 * weight_bytes)  # a second copy holds the best trial's weights
-    if not copies_fit(budget):
-        account = {"chosen": "lamp", "why": f"no room for {_size(budget)} of weight copies to compare in"}
+    names = MEASURED_ALLOCATIONS + (tuple(TEMPERED_TRIALS) if keep else ())
+    names += MAGNITUDE_TRIALS if keep or rival_fits else ()
+    why = None if copies_fit(budget) else f"no room for {_size(budget)} of weight copies to compare in"
+    trials_macs = len(names) * _pass_macs(model, p)
+    if why is None and trials_macs > MEASURE_MACS:
+        why = (
+            f"its {len(names)} trials would each run the model over the {capture.count_examples(p.batches)} "
+            f"calibration examples, {trials_macs:.2g} multiply-adds in all, past {MEASURE_MACS:.0g}"
+        )
+    if why is not None:
+        account = {"chosen": "lamp", "why": why}
         lamp = config.replace(normalize="lamp")
         counts = policy.layer_counts(targets, lambda: ((t, scores[t.name]) for t in targets), "element", lamp)
         return counts, account, None, None
     probe, held_out = probe
-    names = MEASURED_ALLOCATIONS + (tuple(TEMPERED_TRIALS) if keep else ())
-    names += MAGNITUDE_TRIALS if keep or rival_fits else ()
     run = forward(model, probe, calls=len(names) + 2)  # the dense outputs, each trial, the finished run
     dense_out = _walked(scored, probe, held_out)  # from the walk that ranked the layers, where it can
     if dense_out is None:
@@ -927,6 +938,15 @@ def _measured_allocation(
         rival.dense = {view.target.name: saved[view.target.name] for view, _ in p.layers}
     uniform = chosen in ("uniform", MAGNITUDE_UNIFORM) or TEMPERED_TRIALS.get(chosen) == "uniform"
     return (None if uniform else candidates[chosen]), account, tried, rival
+
+
+def _pass_macs(model, p: _Plan) -> float:
+    """Multiply-adds of one run of the model over the plan's calibration examples (0 where unknown: a
+    subclassed model has no graph to count)."""
+    from prunecli.structure import flops
+
+    per_example = flops.count(model, seq_len=capture.data_length(p.batches))["total"]
+    return float(per_example or 0) * capture.count_examples(p.batches)
 
 
 def _magnitude_trial(targets, p: _Plan, trial_config, uniform: bool, method: str, than: str):
