@@ -222,6 +222,12 @@ def run(model_path: Path, data: Path, out: Path, seed: int, epochs: int, latency
         "latency": shrink.get("latency_ms") or None,
         "refit_s": report["timings_s"].get("reconstruct"),
         "seconds": time.perf_counter() - start,
+        # a --target run's channels per layer that lost some (bench/tied_importance.py prints them)
+        "cut": {
+            name: f"{layer['before']}->{layer['after']}"
+            for name, layer in (report.get("target") or {}).get("layers", {}).items()
+            if layer["after"] < layer["before"]
+        },
     }
 
 
