@@ -128,6 +128,14 @@ def data_length(batches) -> int | None:
     return max((int(s[1]) for s in shapes if len(s) > 2), default=None)
 
 
+def example_macs(model, batches) -> int:
+    """Multiply-adds of one calibration example through the whole model, at the data's length (0 where
+    unknown: a subclassed model has no graph to count): what the passes' budgets are priced in."""
+    from prunecli.structure import flops
+
+    return int(flops.count(model, seq_len=data_length(batches))["total"] or 0)
+
+
 def count_examples(batches) -> int:
     import tensorflow as tf
 

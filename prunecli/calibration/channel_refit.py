@@ -159,14 +159,9 @@ def _too_big(view, solved: int, width: int, examples: int, g, call, length: int 
 def _within_capture_budget(model, batches, refits: int, notes: list) -> list:
     """The calibration batches, cut to the first examples when `refits` forward passes of both models
     over all of them would take more than REFIT_CAPTURE_MACS (module docstring)."""
-
-    from prunecli.structure import flops
-
     if not batches:
         return batches
-    per_example = (
-        2 * refits * int(flops.count(model, seq_len=capture.data_length(batches))["total"] or 0)
-    )  # whole passes
+    per_example = 2 * refits * capture.example_macs(model, batches)  # whole passes
     examples = capture.count_examples(batches)
     if not per_example or examples * per_example <= REFIT_CAPTURE_MACS:
         return batches

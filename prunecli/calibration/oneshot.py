@@ -839,7 +839,7 @@ def _measured_allocation(
     names = MEASURED_ALLOCATIONS + (tuple(TEMPERED_TRIALS) if keep else ())
     names += MAGNITUDE_TRIALS if keep or rival_fits else ()
     why = None if copies_fit(budget) else f"no room for {_size(budget)} of weight copies to compare in"
-    trials_macs = len(names) * _pass_macs(model, p)
+    trials_macs = len(names) * capture.example_macs(model, p.batches) * capture.count_examples(p.batches)
     if why is None and trials_macs > MEASURE_MACS:
         why = (
             f"its {len(names)} trials would each run the model over the {capture.count_examples(p.batches)} "
@@ -938,15 +938,6 @@ def _measured_allocation(
         rival.dense = {view.target.name: saved[view.target.name] for view, _ in p.layers}
     uniform = chosen in ("uniform", MAGNITUDE_UNIFORM) or TEMPERED_TRIALS.get(chosen) == "uniform"
     return (None if uniform else candidates[chosen]), account, tried, rival
-
-
-def _pass_macs(model, p: _Plan) -> float:
-    """Multiply-adds of one run of the model over the plan's calibration examples (0 where unknown: a
-    subclassed model has no graph to count)."""
-    from prunecli.structure import flops
-
-    per_example = flops.count(model, seq_len=capture.data_length(p.batches))["total"]
-    return float(per_example or 0) * capture.count_examples(p.batches)
 
 
 def _magnitude_trial(targets, p: _Plan, trial_config, uniform: bool, method: str, than: str):
