@@ -88,7 +88,13 @@ def keeps_global_state(function):
     and TensorFlow's global seed: the run sees none, as the command does (tf.data combines a global seed
     with --seed when it shuffles --data, so under a caller's `keras.utils.set_random_seed` a call drew
     other calibration examples than the command with the same --seed), and the caller's seed and the
-    position in its sequence of operation seeds are theirs again after."""
+    position in its sequence of operation seeds are theirs again after. Keras' registry of custom objects
+    by plain name is the caller's again too: `--custom-objects` registers its classes process-wide for the
+    run (even under a Keras name, as a Monte-Carlo `Dropout` is), and left there, a later call on a
+    Keras-2 `.h5` of Keras' own `Dropout` computed with the user's class (another accuracy than the
+    command's), a call without the option read the custom model the command refuses, and the caller's
+    own `load_model` built the user's class. Names with a package (`prunecli>Int8Conv2D`, what Keras'
+    `register_keras_serializable` adds, the user's own decorators included) stay, as in Keras."""
 
     @functools.wraps(function)
     def kept(*args, **kwargs):
@@ -98,6 +104,7 @@ def keeps_global_state(function):
         levels = {name: logging.getLogger(name).level for name in ("tensorflow", "absl")}
         absl_level = _absl_verbosity()
         keras_defaults = None
+        plain_names = _plain_custom_objects()
         if "keras" in sys.modules:  # else the caller set no Keras default (importing it here would be loud)
             import keras
 
@@ -126,8 +133,31 @@ def keeps_global_state(function):
 
                 keras.config.set_dtype_policy(keras_defaults[0])
                 keras.config.set_floatx(keras_defaults[1])
+            if "keras" in sys.modules:
+                _put_back_plain_custom_objects(plain_names)
 
     return kept
+
+
+def _plain_custom_objects() -> dict:
+    """The entries of Keras' registry of custom objects named without a package (`Dropout`, not
+    `prunecli>Int8Conv2D`): what a caller registered by hand (none when Keras is not imported yet)."""
+    if "keras" not in sys.modules:
+        return {}
+    import keras
+
+    return {name: value for name, value in keras.saving.get_custom_objects().items() if ">" not in name}
+
+
+def _put_back_plain_custom_objects(saved: dict) -> None:
+    """Keras' registry by plain name as it was before the run: the run's --custom-objects registrations
+    removed, anything they replaced restored."""
+    import keras
+
+    registry = keras.saving.get_custom_objects()
+    for name in [name for name in registry if ">" not in name]:
+        del registry[name]
+    registry.update(saved)
 
 
 def _set_aside_tensorflow_seed():
