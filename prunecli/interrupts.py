@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 
 _stop = threading.Event()
@@ -53,6 +54,23 @@ def install() -> None:
     for sig in STOP_SIGNALS:
         if sig != getattr(signal, "SIGHUP", None) or signal.getsignal(sig) is not signal.SIG_IGN:
             signal.signal(sig, _handler)
+    if sys.unraisablehook is not _unraisable:
+        _unraisable.previous = sys.unraisablehook
+        sys.unraisablehook = _unraisable
+
+
+def _unraisable(unraisable) -> None:
+    """Python's hook for an exception it cannot raise (in a `__del__`, a weakref or gc callback), which
+    it prints as "Exception ignored in: ..." and a traceback: a stop signal's KeyboardInterrupt that landed
+    there (TensorFlow's `AtomicFunction.__del__` while a Ctrl-C'd run saved its model printed nine lines
+    before the one) is the stop the handler recorded, and the run ends at its next checkpoint with its
+    one line; anything else is printed as before."""
+    if _stop.is_set() and issubclass(unraisable.exc_type, KeyboardInterrupt):
+        return
+    _unraisable.previous(unraisable)
+
+
+_unraisable.previous = sys.__unraisablehook__
 
 
 def reset() -> None:
