@@ -90,6 +90,8 @@ def test_the_python_api_writes_the_report_files_and_withholds_a_failed_model(tmp
     assert result.output_path is None and result.report.output["written"] is False
     assert (tmp_path / "a.keras").read_bytes() == before  # the earlier model, as it was
     assert json.loads((tmp_path / "a.json").read_text())["output"]["written"] is False
+    summary = (tmp_path / "a.md").read_text()  # the CI page names no file as the output that it did not write
+    assert "→ `a.keras` (not written)" in summary and f"| output (not written) | `{tmp_path / 'a.keras'}` |" in summary
     with pytest.raises(GateFailed):
         check_gates(result.report, failing)
 

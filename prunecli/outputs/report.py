@@ -224,7 +224,7 @@ def render(report: Report, console) -> None:
             "input size (raw / gzip)", f"{_mib(report.input['bytes'])} / {_mib(report.input.get('gzip_bytes'))}"
         )
     if report.output:
-        summary.add_row("output", plain(report.output["path"]))
+        summary.add_row(_output_label(report.output), plain(report.output["path"]))
         summary.add_row(
             "output size (raw / gzip)", f"{_mib(report.output['bytes'])} / {_mib(report.output.get('gzip_bytes'))}"
         )
@@ -348,6 +348,8 @@ def _md_header(report: Report) -> list[str]:
     title = f"## prunecli: {md_code(src)}" + (
         f" → {md_code(Path(report.output['path']).name)}" if report.output else ""
     )
+    if report.output and _output_label(report.output) != "output":
+        title += " (not written)"
     t = report.totals
     return [
         title,
@@ -423,11 +425,19 @@ def _md_files(report: Report) -> list[str]:
         return []
     lines = ["### Files", "", "| | path | size | gzip size |", "|:---|:---|---:|---:|"]
     for name, part in sized:
+        name = _output_label(part) if name == "output" else name
         lines.append(
             f"| {name} | {md_code(part['path'], cell=True)} | {_mib(part['bytes'])} | {_mib(part.get('gzip_bytes'))} |"
         )
     lines.append("")
     return lines
+
+
+def _output_label(output: dict) -> str:
+    """How the tables name the output model: "output (not written)" when its quality gate failed, as its
+    path and sizes then describe the model that failed, which no file holds (the summary and the CI
+    page listed it as the output beside the sizes, with only a note at the end saying otherwise)."""
+    return "output" if output.get("written", True) else "output (not written)"
 
 
 def final_accuracy(claims: dict):
