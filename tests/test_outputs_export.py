@@ -11,6 +11,7 @@ import pytest
 
 from prunecli import build_config, prune
 from prunecli.errors import ConfigError, OutputError
+from prunecli.io import plan_file
 from prunecli.outputs import export
 
 
@@ -62,6 +63,8 @@ def test_sizes_are_the_files_sizes(exported):
     files = [p for p in saved.rglob("*") if p.is_file()]
     assert entries["savedmodel"]["bytes"] == sum(p.stat().st_size for p in files)
     assert entries["savedmodel"]["files"] == len(files)
+    assert entries["savedmodel"]["sha256"] == plan_file.path_sha256(saved)  # what `prunecli verify` checks
+    assert entries["tflite"]["sha256"] == plan_file.file_sha256(entries["tflite"]["path"])
     assert 0 < entries["savedmodel"]["gzip_bytes"] < entries["savedmodel"]["bytes"]
 
 
@@ -162,6 +165,13 @@ def test_without_data_random_inputs_check_a_two_input_model(cli, tmp_path):
     assert entry["sample_source"] == "random" and entry["samples"] == export.SAMPLE_COUNT
     assert entry["max_abs_diff"] is not None and entry["max_abs_diff"] < 1e-5
     assert Path(entry["path"]) == tmp_path / "two.pruned.tflite"
+    (tmp_path / "r.json").write_text(result.stdout)
+    held = cli("verify", tmp_path / "two.pruned.keras", "-r", tmp_path / "r.json")  # the export's digest too
+    assert held.exit_code == 0 and "not checked" not in held.output, held.output
+    tflite = Path(entry["path"])
+    tflite.write_bytes(tflite.read_bytes()[:-1] + b"\0")  # one byte changed after the run
+    changed = cli("verify", tmp_path / "two.pruned.keras", "-r", tmp_path / "r.json")
+    assert changed.exit_code == 4 and "export tflite sha256" in changed.stderr and "two.pruned.tflite" in changed.stderr
 
 
 def test_dir_sizes_is_a_deterministic_tar_gzip(tmp_path):

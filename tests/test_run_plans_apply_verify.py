@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -416,6 +417,51 @@ def test_verify_reads_the_digest_in_any_case_and_checks_the_size(pruned, tmp_pat
     sized.write_text(json.dumps(r))
     result = cli("verify", out, "-r", sized)
     assert result.exit_code == 4 and "output size: the report says" in result.stderr
+
+
+def test_verify_checks_each_export_beside_the_model_or_says_it_did_not(pruned, tmp_path, cli):
+    """A report's exports (a .tflite file, a SavedModel folder) are checked by their sha256 beside the
+    model: one byte changed or the folder gone fails naming it (GateFailed, exit 4); a report of an older prunecli,
+    without the digest, says the export was not checked and does not count it as a claim that holds."""
+    import hashlib
+    import shutil
+
+    from prunecli.run.verify import verify
+
+    out, _plan, report = pruned
+    model = Path(shutil.copy(out, tmp_path / "out.keras"))  # moved with its exports: checked where they are now
+    tflite = tmp_path / "out.tflite"
+    tflite.write_bytes(b"TFL3" + bytes(range(200)))
+    saved = tmp_path / "out_savedmodel"
+    (saved / "variables").mkdir(parents=True)
+    (saved / "saved_model.pb").write_bytes(b"graph")
+    (saved / "variables" / "variables.index").write_bytes(b"index")
+    folder_digest = plan_file.path_sha256(saved)
+    os.utime(saved / "saved_model.pb", (1, 1))
+    assert plan_file.path_sha256(shutil.copytree(saved, tmp_path / "copy")) == folder_digest  # time stamps, place
+    (saved / "variables" / "variables.index").rename(saved / "variables" / "moved.index")
+    assert plan_file.path_sha256(saved) != folder_digest, "a file renamed inside the folder kept its digest"
+    r = json.loads(report.read_text())
+    int8 = {"path": "/elsewhere/out.int8.tflite"}  # no sha256: as an older prunecli wrote it
+    r["export"] = {
+        "tflite": {"path": "/elsewhere/out.tflite", "sha256": hashlib.sha256(tflite.read_bytes()).hexdigest().upper()},
+        "tflite-int8": int8,
+        "savedmodel": {"path": "/elsewhere/out_savedmodel", "sha256": plan_file.path_sha256(saved)},
+    }
+    with_exports = tmp_path / "exports.json"
+    with_exports.write_text(json.dumps(r))
+    held = cli("verify", model, "-r", with_exports)
+    assert held.exit_code == 0 and "claims hold, 1 not checked" in held.stdout, held.output
+    said = held.stderr.strip().splitlines()
+    assert len(said) == 1 and "out.int8.tflite: not checked (the report records no sha256" in said[0]
+
+    tflite.write_bytes(b"TFL3" + bytes(range(199)) + b"\xff")  # one byte changed
+    shutil.rmtree(saved)
+    changed = verify(model, report=with_exports, raise_on_failure=False)
+    assert len(changed.failures) == 2 and len(changed.unchecked) == 1
+    assert "export tflite sha256" in changed.failures[0] and "out.tflite" in changed.failures[0]
+    assert "out_savedmodel" in changed.failures[1] and "is missing" in changed.failures[1]
+    assert not [c for c in changed.checked if c.startswith("export")], "an unchecked export counted as held"
 
 
 @pytest.mark.parametrize("granularity", ["neuron", "n:m=2:4", "neuron (manifest only)"])

@@ -379,6 +379,26 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def files_sha256(named: list[tuple[str, Path]]) -> str:
+    """One sha256 over files, in the order given: for each, its name (its path inside the folder, or "")
+    and the sha256 of its content, as `name\\0hexdigest\\n` lines. What the report's data digest
+    (data_digest) and a SavedModel export's (path_sha256) are; an unreadable file is its OSError."""
+    digest = hashlib.sha256()
+    for name, f in named:
+        digest.update(f"{name}\0{file_sha256(f)}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def path_sha256(path: str | os.PathLike) -> str:
+    """A file's sha256, or a folder's (a SavedModel export): files_sha256 over every file in it, sorted by
+    its path inside the folder (POSIX separators), so that a copy elsewhere or under another name, or
+    with other time stamps, is the same folder, and a file added, removed, renamed or changed is not."""
+    p = Path(path)
+    if not p.is_dir():
+        return file_sha256(p)
+    return files_sha256(sorted((f.relative_to(p).as_posix(), f) for f in p.rglob("*") if f.is_file()))
+
+
 @contextlib.contextmanager
 def committed_with(path: str | os.PathLike | None, data: bytes | None):
     """Write the plan to a temporary file now and rename it onto `path` only when the block (the
@@ -689,13 +709,13 @@ def data_digest(data: str) -> dict:
     from prunecli.io.data import files_loaded
 
     named = files_loaded(str(data))
-    digest = hashlib.sha256()
-    for name, f in named:
-        try:
-            digest.update(f"{name}\0{file_sha256(f)}\n".encode("utf-8", "surrogateescape"))
-        except OSError as exc:
-            raise DataError(f"cannot read data file {shown(f)}: {exc.strerror or first_line(exc)}") from exc
-    return {"files": len(named), "sha256": digest.hexdigest()}
+    try:
+        digest = files_sha256(named)
+    except OSError as exc:
+        raise DataError(
+            f"cannot read data file {shown(exc.filename or data)}: {exc.strerror or first_line(exc)}"
+        ) from exc
+    return {"files": len(named), "sha256": digest}
 
 
 def settings_of(config) -> dict:

@@ -54,6 +54,7 @@ def run(
     quantized Keras model's outputs; the SavedModel is the quantized model itself. `task` (None without
     labels) says whether agreement on the top class is reported (training.metrics.gives_class_scores)."""
     from prunecli.io.models import dir_sizes, file_sizes, replace_dir, staged
+    from prunecli.io.plan_file import path_sha256
     from prunecli.training.metrics import gives_class_scores
 
     classes = gives_class_scores(model, task)
@@ -125,7 +126,7 @@ def run(
             )
             with _writing(paths[fmt]), _atomic_file(paths[fmt]) as tmp:
                 tmp.write_bytes(content)
-            entry = {"path": str(paths[fmt]), **file_sizes(staged(paths[fmt])), **encoding}
+            entry = {"path": str(paths[fmt]), **file_sizes(staged(paths[fmt]), sha256=True), **encoding}
             if "sparse_refused" in encoding:
                 notes.append(
                     f"{paths[fmt].name}: dense encoding kept; the sparse one ({encoding['sparse_encoding_bytes']:,} "
@@ -178,6 +179,7 @@ def run(
             results["savedmodel"] = {
                 "path": str(paths["savedmodel"]),
                 **dir_sizes(staged(paths["savedmodel"])),
+                "sha256": path_sha256(staged(paths["savedmodel"])),  # what `prunecli verify` checks
                 **check,
                 "sample_source": sample_source,
             }

@@ -4,7 +4,9 @@
     result = verify("model.pruned.keras", report="report.json", plan="plan.zip")  # GateFailed if a claim fails
 
 Every claim is recomputed from the model file, never taken from the report:
-  report: the file's sha256 (`output.sha256`), each layer's shape, parameters, non-zeros and sparsity,
+  report: the file's sha256 (`output.sha256`), each export's (`export.<format>.sha256`: the file or
+          SavedModel folder of the report's name beside MODEL; a report without it says the export was
+          not checked, in `VerifyResult.unchecked`), each layer's shape, parameters, non-zeros and sparsity,
           the totals, when the run was N:M at most N non-zeros in every group (along the input
           channels of one convolution tap) and each layer's requested sparsity being what the
           pattern prunes of it (below 1 - N/M where a tap's channels are not a multiple of M), and,
@@ -38,11 +40,15 @@ SPARSITY_TOLERANCE = 1e-9  # a reported sparsity against the one its non-zeros g
 
 @dataclass
 class VerifyResult:
-    """What was checked (`checked`: one line per claim that holds) and what failed (`failures`)."""
+    """What was checked (`checked`: one line per claim that holds), what failed (`failures`), and what
+    could not be checked (`unchecked`: a claim the report makes without what checks it, e.g. an export
+    of an older prunecli's report, with no digest): neither held nor failed, so a caller that ships the
+    files is told, not counted a claim that holds."""
 
     model: str
     checked: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -99,6 +105,7 @@ def verify(
     result = VerifyResult(model=str(model_path))
     if claims is not None:
         _check_hash(result, claims, model_path)
+        _check_exports(result, claims, model_path)
     quiet_tensorflow()
     model, _source = model_io.load(model_path, unsafe=unsafe, custom_objects=custom_objects)
     model = _opened_as_the_run_opened(model, claims, saved_plan)
@@ -176,6 +183,7 @@ def report_problem(report: dict) -> str | None:
             ("metrics", r.get("metrics"), optional(is_object), "an object"),
             ("quantize", r.get("quantize"), optional(is_object), "an object"),
             ("reproducibility", r.get("reproducibility"), optional(is_object), "an object"),
+            ("export", r.get("export"), optional(is_object), "an object"),
         ]
     )
     problem = problem or plan_file.settings_problem(r.get("settings", {}))
@@ -207,6 +215,13 @@ def report_problem(report: dict) -> str | None:
         ("output.sha256", output.get("sha256"), optional(is_text), "text"),
         ("output.bytes", output.get("bytes"), optional(is_int), "an integer"),
     ]
+    for fmt, entry in (r.get("export") or {}).items():
+        fields.append((f"export.{fmt}", entry, is_object, "an object"))
+        if is_object(entry):
+            fields += [
+                (f"export.{fmt}.path", entry.get("path"), is_text, "text"),
+                (f"export.{fmt}.sha256", entry.get("sha256"), optional(is_text), "text"),
+            ]
     stages = dict(r.get("metrics") or {})
     quantized = r.get("quantize") or {}
     fields.append(("quantize.metrics", quantized.get("metrics"), optional(is_object), "an object"))
@@ -257,6 +272,43 @@ def _check_hash(result: VerifyResult, claims: dict, model_path) -> None:
             size == bytes_said,
             f"output size {size:,} bytes",
             f"output size: the report says {bytes_said:,} bytes, {shown(model_path)} has {size:,}",
+        )
+
+
+def _check_exports(result: VerifyResult, claims: dict, model_path) -> None:
+    """Each export the report records (`export.<format>`: a .tflite file or a SavedModel folder) is there
+    and is the run's: its sha256 (plan_file.path_sha256) is the report's. It is looked for beside MODEL under
+    the report's file name, as the run wrote it beside its output: a folder of model and exports moved
+    or copied elsewhere is checked where it now is. A report of a prunecli that recorded no digest, or
+    an export the run did not write (its quality gate failed), is said to be not checked."""
+    for fmt, entry in (claims.get("export") or {}).items():
+        where = Path(model_path).parent / Path(entry["path"]).name
+        said = entry.get("sha256")
+        if entry.get("written") is False:
+            result.unchecked.append(f"export {fmt} {shown(where)}: not checked (the run did not write it)")
+            continue
+        if said is None:
+            result.unchecked.append(
+                f"export {fmt} {shown(where)}: not checked (the report records no sha256: written by an older prunecli)"
+            )
+            continue
+        if not (where.is_file() or where.is_dir()):  # a FIFO or device in its place would block the read
+            what = "is missing" if not where.exists() else "is not a file or folder"
+            result.failures.append(f"export {fmt}: {shown(where)} {what} (the report's run wrote it beside the model)")
+            continue
+        said = str(said).strip().lower()
+        try:
+            actual = plan_file.path_sha256(where)
+        except OSError as exc:
+            result.failures.append(
+                f"export {fmt}: cannot read {shown(exc.filename or where)}: {exc.strerror or first_line(exc)}"
+            )
+            continue
+        result.claim(
+            actual == said,
+            f"export {fmt} sha256 {actual[:12]}",
+            f"export {fmt} sha256: the report says {said[:12]}..., {shown(where)} is {actual[:12]}... (another file, or "
+            "changed since the run)",
         )
 
 
@@ -451,7 +503,7 @@ def _check_architecture(result: VerifyResult, plan: plan_file.Plan, model, quant
     if plan.granularity == "layer":
         removed = (plan.manifest.get("structure") or {}).get("removed_layers")
         if removed is None:  # the output lost layers the plan does not name: nothing to compare it with
-            result.checked.append("plan architecture: not checked (the -g layer plan records no removed layers)")
+            result.unchecked.append("plan architecture: not checked (the -g layer plan records no removed layers)")
             return
         present = {str(layer.name) for layer in keras_graph.all_layers(model)}
         expected = plan_file.without_layers(expected, removed, present)
