@@ -389,14 +389,17 @@ def test_uncalibratable_layers_fall_back_to_magnitude():
     h = keras.layers.Conv2D(4, 3, name="conv")(h)
     h = keras.layers.DepthwiseConv2D(3, name="dw")(h)
     h = keras.layers.Conv2DTranspose(2, 2, name="up")(h)
+    h = keras.layers.ConvLSTM1D(2, 2, name="rec")(h)
     out = keras.layers.Dense(3, name="fc")(keras.layers.Flatten()(h))
     model = keras.Model(inp, out)
     x = np.random.default_rng(0).integers(0, 50, size=(24, 10)).astype("int32")
     ts = every_target(model)
     res = prune_calibrated(model, ts, [x], calibration_config(sparsity=0.5))
-    assert set(res.section["fallback"]) == {"up/kernel"}  # depthwise per channel, the embedding by token counts
-    assert set(res.section["layers"]) == {"emb/embeddings", "conv/kernel", "dw/kernel", "fc/kernel"}
-    assert any("up: not calibrated" in n and "magnitude" in n for n in res.notes)
+    fallback = {t.name for t in ts if t.layer_class == "ConvLSTMCell"}  # the convolutional LSTM's kernels
+    assert fallback and set(res.section["fallback"]) == fallback
+    # depthwise per channel, the embedding by token counts, the transposed conv as the stride-1 conv it is
+    assert set(res.section["layers"]) == {"emb/embeddings", "conv/kernel", "dw/kernel", "up/kernel", "fc/kernel"}
+    assert any("rec/conv_lstm_cell: not calibrated" in n and "magnitude" in n for n in res.notes), res.notes
     for t in ts:
         assert np.mean(np.asarray(t.variable) == 0) == pytest.approx(0.5, abs=0.02), t.name
 

@@ -1,6 +1,7 @@
 """--reconstruct after neuron masks (calibration/channel_refit.py): the layers that read removed channels
 are refit to the dense model's output, measured here independently of the refit's own figures, through
-Conv2D -> BN -> Conv2D, the same in 3-D, Conv1D -> Flatten -> Dense and a residual set; the CLI's --reconstruct -g neuron --shrink
+Conv2D -> BN -> Conv2D, the same in 3-D, Conv2D -> BN -> Conv2DTranspose, Conv1D -> Flatten -> Dense and a
+residual set; the CLI's --reconstruct -g neuron --shrink
 writes a shrunk model equal to the masked one."""
 
 from __future__ import annotations
@@ -28,6 +29,14 @@ def _linear_model(kind: str):
         x = L.ReLU()(x)
         out = L.Dense(3, activation="softmax", name="out")(x)
         return keras.Model(inp, out)
+    if kind == "transpose":  # a decoder's upsampling Conv2DTranspose reads the removed channels (the zoo's ContinUNet)
+        inp = keras.Input((6, 6, 3))
+        x = L.Conv2D(16, 3, padding="same", use_bias=False, name="a")(inp)
+        x = L.BatchNormalization(name="bn_a")(x)
+        x = L.ReLU()(x)
+        x = L.Conv2DTranspose(12, 3, strides=2, padding="same", name="b")(x)
+        x = L.GlobalAveragePooling2D()(L.ReLU()(x))
+        return keras.Model(inp, L.Dense(3, activation="softmax", name="out")(x))
     if kind == "conv3d":  # as "conv", on volumes (the zoo's rbm3 U-Net: 24 Conv3D)
         inp = keras.Input((5, 6, 5, 3))
         x = L.Conv3D(16, 3, padding="same", use_bias=False, name="a")(inp)
@@ -109,6 +118,7 @@ def _output_error(model, dense, name: str, x) -> float:
     [
         ("conv", 0.5),
         pytest.param("conv3d", 0.5, marks=pytest.mark.slow),
+        pytest.param("transpose", 0.5, marks=pytest.mark.slow),
         ("flatten", 0.5),
         pytest.param("residual", 0.4, marks=pytest.mark.slow),
     ],
@@ -138,13 +148,14 @@ def test_refit_lowers_the_next_layers_output_error(kind, sparsity):
     assert dead_rows.any()
     b = np.asarray(model.get_layer("b").kernel)
     if kind != "residual":  # `a` feeds `b` directly; b's rows are taps (positions) x channels, channel fastest
-        rows = b.reshape(-1, b.shape[-1])
+        rows = b.reshape(-1, b.shape[-1]) if kind != "transpose" else np.swapaxes(b, -1, -2).reshape(-1, b.shape[-2])
         assert not rows[np.tile(dead_rows, len(rows) // dead_rows.size)].any()
     # the stacked Hessian holds b's live rows and bias beside the narrower dense side (its output or its
     # inputs), not both models' whole inputs: (2 d_in)^2 floats held the Dense after the zoo's 11,136-wide
     # Flatten at 2 GB
     d = entry["d_in"] + 1
-    assert entry["hessian_width"] == d - entry["inputs_removed"] + min(b.shape[-1], d) < 2 * d
+    units = b.shape[-2] if kind == "transpose" else b.shape[-1]  # a transposed kernel is (..., out, in)
+    assert entry["hessian_width"] == d - entry["inputs_removed"] + min(units, d) < 2 * d
 
 
 @pytest.mark.slow  # three refits of a CNN: the full suite

@@ -40,7 +40,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
-from prunecli.calibration.views import LayerView
+from prunecli.calibration.views import CONVOLUTIONS, LayerView
 from prunecli.structure import keras_graph
 
 CHUNK = 32  # examples per forward pass, at most: bounds one pass's activations
@@ -406,7 +406,7 @@ class HessianCapture:
     def _row_fraction(self, x, passes: int | None) -> float:
         """The share of rows a full convolution capture accumulates, from the first call's input (every
         pass is taken to be as large): 1.0 for anything else, or when the total is under the cap."""
-        if not self.full or self.view.kind not in ("conv", "depthwise") or passes is None:
+        if not self.full or self.view.kind not in CONVOLUTIONS or passes is None:
             return 1.0
         seen = self.view.rows_per_example(tuple(x.shape)) * int(x.shape[0]) * passes * self.calls
         wanted = max(HESSIAN_ROWS, HESSIAN_ROWS_PER_INPUT * self.view.d_in)

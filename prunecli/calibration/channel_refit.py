@@ -66,7 +66,7 @@ from prunecli.calibration import capture, refit, views
 from prunecli.structure import channels, folded_steps, keras_graph
 from prunecli.structure import targets as structure_targets
 
-REFIT_CLASSES = ("Dense", "Conv1D", "Conv2D", "Conv3D")
+REFIT_CLASSES = ("Dense", "Conv1D", "Conv2D", "Conv3D", *views.TRANSPOSED)
 DAMPENING = refit.DAMPENING  # the ridge, relative to the mean diagonal of H_pp, at least
 UNDERDETERMINED = 0.25  # and this times inputs per calibration row: a Dense head read from a Flatten
 # has more inputs than 128 examples give rows, and a weak ridge then fits them exactly (bench/STRUCTURED.md)

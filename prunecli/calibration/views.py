@@ -31,6 +31,14 @@ Measured on the zoo's name LSTM (ethnicolr census2000, the embedding alone prune
 the dense model on 128 held-out names): at 70% 0.24 by magnitude, 0.93 by raw counts, 0.95 with the mean
 added; on its nc_name twin (magnitude already 1.0) raw counts fell to 0.84, the smoothed ones stayed 1.0.
 
+Transposed convolutions (Conv1DTranspose/2D/3D, a U-Net's or an autoencoder's decoder): each is the
+stride-1 convolution of its input spread out by its strides (s - 1 zeros between neighbours, then padded
+so the output has the layer's size, `_transpose_geometry`) with its kernel mirrored along every spatial
+axis. X is the spread input's patches (taps x C_in, channel fastest, as for Conv) and W the mirrored
+kernel's (kh*kw*c_in, c_out) view, so X @ W is the layer's output and every calibration method, error
+meter and the channel refit read it as a Conv. They were on magnitude before, and `--target` left them
+unrefit: ContinUNet's four Conv2DTranspose kept plain masks after their inputs' channels went (bench/ZOO.md).
+
 Depthwise convolutions (DepthwiseConv1D/2D, a SeparableConv's depthwise kernel): channel c's kh*kw taps
 see only channel c's patches. X is the layer input's im2col rows (taps*C columns, channel fastest, as
 for Conv), and the kernel (kh, kw, C, dm) is seen as the block-diagonal matrix (taps*C, C*dm) whose
@@ -47,8 +55,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Layers calibrated through their inputs, and Embedding through its token counts. Everything else
-# (transposed convs, custom prunable weights) falls back to magnitude.
-CALIBRATED = ("Dense", "Conv1D", "Conv2D", "Conv3D", "EinsumDense")
+# (custom prunable weights) falls back to magnitude.
+TRANSPOSED = ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
+CALIBRATED = ("Dense", "Conv1D", "Conv2D", "Conv3D", *TRANSPOSED, "EinsumDense")
 # Recurrent cells whose input `kernel` is calibrated on the RNN layer's input sequence.
 RECURRENT_CELLS = ("LSTMCell", "GRUCell", "SimpleRNNCell")
 CALIBRATE_RECURRENT_KERNEL = False  # see the module docstring: measured worse than magnitude at 70%
@@ -56,6 +65,7 @@ DEPTHWISE = ("DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "Separable
 # Depthwise inputs (taps * channels) above which the capture's full (taps*C)^2 Hessian is not built
 # (400 MiB): such a layer stays on magnitude rather than risk a memory refusal.
 DEPTHWISE_MAX_INPUTS = 10240
+CONVOLUTIONS = ("conv", "transpose", "depthwise")  # views whose X is patches of the layer input
 
 
 @dataclass
@@ -63,7 +73,7 @@ class LayerView:
     """How one target's kernel and its layer's inputs map to the (d_in, d_out) matrix view."""
 
     target: Any
-    kind: str  # dense | conv | einsum | rnn | recurrent | depthwise | embedding
+    kind: str  # dense | conv | transpose | einsum | rnn | recurrent | depthwise | embedding
     d_in: int
     d_out: int
     perm: list[int] = field(default_factory=list)  # einsum: kernel axes -> (reduction..., output...)
@@ -127,6 +137,8 @@ class LayerView:
             k = tf.reshape(tf.cast(kernel, tf.float32), (taps, channels, mult))
             m = tf.reshape(tf.einsum("tcm,cd->tcdm", k, tf.eye(channels)), (self.d_in, self.d_out))
             return m > 0.5 if is_bool else m
+        if self.kind == "transpose":
+            return self.target.to_matrix(_mirrored(kernel))
         if self.kind != "einsum":
             return self.target.to_matrix(kernel)
         return tf.reshape(tf.transpose(kernel, self.perm), (self.d_in, self.d_out))
@@ -142,6 +154,8 @@ class LayerView:
             k = tf.transpose(tf.linalg.diag_part(tf.transpose(m, (0, 3, 1, 2))), (0, 2, 1))
             k = tf.reshape(k, self.target.shape)
             return k > 0.5 if is_bool else k
+        if self.kind == "transpose":
+            return _mirrored(self.target.from_matrix(matrix))
         if self.kind != "einsum":
             return self.target.from_matrix(matrix)
         shape = self.target.shape
@@ -153,7 +167,10 @@ class LayerView:
 
     def _conv_geometry(self, spatial: list[int]):
         """(pads [(before, after)] per spatial axis, kernel, strides, dilations, output sizes), with a
-        1-D conv treated as 2-D of width 1 (its length on the height axis)."""
+        1-D conv treated as 2-D of width 1 (its length on the height axis). A transposed convolution's are
+        those of the stride-1 convolution it is (`_transpose_geometry`)."""
+        if self.kind == "transpose":
+            return self._transpose_geometry(spatial)
         layer = self.target.layer
         ks, st, dil = list(layer.kernel_size), list(layer.strides), list(layer.dilation_rate)
         padding = str(layer.padding).lower()
@@ -174,12 +191,31 @@ class LayerView:
             outs.append(max((padded - eff) // s + 1, 0) if padded >= eff else 0)
         return pads, ks, st, dil, outs
 
+    def _transpose_geometry(self, spatial: list[int]):
+        """`_conv_geometry` of a transposed convolution seen as the stride-1 convolution of its input spread
+        out by its strides (`_spread`): pads of the spread input, the kernel, strides and dilations of 1,
+        and the layer's output sizes. TensorFlow pads the forward convolution this one transposes by
+        max((n - 1) s + k - out, 0) // 2 before ('same'; 0 for 'valid'); the stride-1 convolution is padded
+        by k - 1 less that before, and after by what brings it to `out` positions."""
+        layer = self.target.layer
+        ks, st = list(layer.kernel_size), list(layer.strides)
+        spatial = [int(d) for d in spatial[: len(ks)]]
+        outs = [int(d) for d in layer.compute_output_shape((None, *spatial, self.target.shape[-1]))[1:-1]]
+        pads = []
+        for n, k, s, out in zip(spatial, ks, st, outs, strict=True):
+            before = max((n - 1) * s + k - out, 0) // 2 if str(layer.padding).lower() == "same" else 0
+            lead = k - 1 - before
+            pads.append((lead, out + k - 1 - ((n - 1) * s + 1) - lead))
+        if len(ks) == 1:
+            ks, pads, outs = [ks[0], 1], [pads[0], (0, 0)], [outs[0], 1]
+        return pads, ks, [1] * len(ks), [1] * len(ks), outs
+
     def rows_per_example(self, in_shape) -> int:
         """Rows of X one example gives, from the layer's input shape (batch axis first)."""
         per = math.prod(int(d) for d in in_shape[1:])
         if self.kind == "embedding":
             return per  # one row per token id
-        if self.kind not in ("conv", "depthwise"):
+        if self.kind not in CONVOLUTIONS:
             return max(per // self.d_in, 1)
         spatial = in_shape[2:] if self.channels_first else in_shape[1:-1]
         *_, outs = self._conv_geometry([int(d) for d in spatial])
@@ -219,7 +255,7 @@ class LayerView:
             x = self._hidden_states(x, mask, (call or {}).get("initial_state"))
         x = tf.cast(x, tf.float32)
         max_rows = max(int(max_rows), 1)
-        if self.kind not in ("conv", "depthwise"):
+        if self.kind not in CONVOLUTIONS:
             m = tf.einsum(self.input_spec, x) if self.kind == "einsum" else x
             if self.kind == "rnn" and mask is not None:
                 m = tf.boolean_mask(m, tf.cast(mask, tf.bool))
@@ -264,6 +300,9 @@ class LayerView:
         if len(self.target.layer.kernel_size) == 1:
             x = x[:, :, None, :]
         pads, ks, st, dil, outs = self._conv_geometry([int(d) for d in x.shape[1:-1]])
+        if self.kind == "transpose":
+            strides = list(self.target.layer.strides)
+            x = _spread(np.asarray(x), strides + [1] * (len(ks) - len(strides)))  # a 1-D input's width axis: 1
         if any(p for pair in pads for p in pair):
             x = tf.pad(x, [[0, 0], *[list(p) for p in pads], [0, 0]])
         return np.asarray(x), ks, st, dil, outs
@@ -343,6 +382,26 @@ class LayerView:
 
         parts = list(self.blocks(x, 2**62, call))  # one block: all rows fit
         return parts[0] if parts else tf.zeros((0, self.d_in), tf.float32)
+
+
+def _mirrored(kernel):
+    """A convolution kernel reversed along its spatial axes (all but the last two): a transposed
+    convolution's kernel as the stride-1 convolution it is reads it (module docstring)."""
+    import tensorflow as tf
+
+    kernel = tf.convert_to_tensor(kernel)
+    return tf.reverse(kernel, axis=list(range(len(kernel.shape) - 2)))
+
+
+def _spread(x, strides):
+    """A (batch, *spatial, C) array with s - 1 zeros between neighbours along each spatial axis (the strides,
+    one per axis, a 1-D input's width axis of 1 included): the input a transposed convolution convolves."""
+    import numpy as np
+
+    spatial = [(n - 1) * s + 1 for n, s in zip(x.shape[1:-1], strides, strict=True)]
+    out = np.zeros((x.shape[0], *spatial, x.shape[-1]), x.dtype)
+    out[(slice(None), *[slice(None, None, s) for s in strides], slice(None))] = x
+    return out
 
 
 def _patches(x, ks, st, dil):
@@ -481,7 +540,18 @@ def view_of(target, model=None) -> LayerView | str:
         return LayerView(target, "dense", target.rows, target.units)
     if getattr(layer, "groups", 1) != 1:
         return "grouped convolutions are not calibrated"
+    if kind in TRANSPOSED:
+        return _transpose_view(target)
     return LayerView(target, "conv", target.rows, target.units)
+
+
+def _transpose_view(target) -> LayerView | str:
+    layer = target.layer
+    if getattr(layer, "data_format", "channels_last") == "channels_first":
+        return "channels-first transposed convolutions are not calibrated"
+    if max(layer.dilation_rate) > 1:
+        return "dilated transposed convolutions are not calibrated"
+    return LayerView(target, "transpose", target.rows, target.units)
 
 
 def _tap_reductions(a, geometry: list, reduce) -> list:
