@@ -418,16 +418,28 @@ def test_the_cli_reports_what_it_measured(tmp_path, setting):
 
 
 @pytest.mark.slow
-def test_trials_past_the_multiply_add_budget_give_way_to_lamp(monkeypatch):
+def test_trials_past_the_multiply_add_budget_run_on_fewer_examples(monkeypatch):
     """Each trial runs the model over the calibration examples: where the trials would take more than
-    MEASURE_MACS in all (the zoo's rbm3 3-D U-Net: 3.3e12, past 600 s on 2 cores) the run takes LAMP
-    without trying, and says why; the masks are an explicit LAMP run's."""
+    MEASURE_MACS in all (the zoo's rbm3 3-D U-Net: 3.3e12, past 600 s on 2 cores) they run on as many as
+    fit (compared on as many as leave one to calibrate on, then calibrated on the rest: held-out ones
+    compared where there are, else the calibration examples after those), the account says how many,
+    and the chosen allocation is run on every calibration example; where not one example of each fits,
+    the run takes LAMP without trying, says why, and its masks are an explicit LAMP run's."""
     from prunecli.calibration import oneshot
     from prunecli.structure import flops
 
-    trials = len(oneshot.MEASURED_ALLOCATIONS) + len(TEMPERED_TRIALS) + len(oneshot.MAGNITUDE_TRIALS)
-    cost = trials * flops.count(_conv_model())["total"] * len(_inputs())
-    monkeypatch.setattr(oneshot, "MEASURE_MACS", cost - 1)
+    wandas = len(oneshot.MEASURED_ALLOCATIONS) + len(TEMPERED_TRIALS)
+    trials = wandas + len(oneshot.MAGNITUDE_TRIALS)
+    macs = flops.count(_conv_model())["total"]
+    monkeypatch.setattr(oneshot, "MEASURE_MACS", macs * (wandas * 2 + (trials + 1) * 4))  # 4 compared on, then 2
+    for held_out, where in ((None, "calibration examples no trial read"), ([_held_out()], "held-out examples")):
+        res, _ = _run("wanda", scope="auto", held_out=held_out)
+        measured = res.section["allocation_measured"]
+        assert measured["trial_examples"] == 2 and measured["examples"] == 4, measured
+        assert f"calibrated on the first 2, and every trial was compared on 4 {where}" in measured["trials_cut"]
+        assert measured["chosen"] == min(measured["output_error"], key=measured["output_error"].get)
+        assert res.section["samples"] == 48 and res.masks
+    monkeypatch.setattr(oneshot, "MEASURE_MACS", macs * (wandas + trials + 1) - 1)  # not one example of each
     res, weights = _run("wanda", scope="auto")
     measured = res.section["allocation_measured"]
     assert measured["chosen"] == "lamp" and f"its {trials} trials" in measured["why"], measured

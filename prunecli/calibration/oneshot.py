@@ -537,7 +537,9 @@ def prune_calibrated(
         _magnitude(p.rest, config, result, counts)
         compared = rival is not None and not chosen.get("held_out", True)  # on the calibration's own passes
         src = _passes(model, p, outputs=compared)
-        layers = _sequential(p, src, config, result, fallback, full, jit, progress, counts)
+        tempered = bool(chosen) and chosen["chosen"] in TEMPERED_TRIALS  # a Wanda trial on fewer examples, rerun
+        exponent = wanda.TEMPERED_EXPONENT if tempered else wanda.EXPONENT
+        layers = _sequential(p, src, config, result, fallback, full, jit, progress, counts, exponent=exponent)
         walked = _walked(src, rival.probe, False) if compared else None
         if rival is not None and rival.beats(model, chosen, method, walked):  # a trial moved the outputs less
             result.notes[:], fallback = before
@@ -571,8 +573,10 @@ def prune_calibrated(
 MEASURED_ALLOCATIONS = ("uniform", "lamp", "owl")
 MEASURE_EXAMPLES = 64
 # ... and the multiply-adds its trials may take in all (each runs the model over the calibration examples):
-# past it, LAMP without trials. rbm3's Conv3D U-Net (bench/ZOO.md): 58 GMAC per 64^3 volume, 7 trials on 8
-# volumes 3.3e12, and `-m wanda` ran past 600 s on 2 cores, the trials most of it
+# past it, the trials run on as few examples as keep them within it (`_trial_examples`), and with less than
+# one example to calibrate on and one other to compare on, LAMP without trials. rbm3's Conv3D U-Net
+# (bench/ZOO.md): 58 GMAC per 64^3 volume, 7 trials on 8 volumes 3.3e12, and `-m wanda` ran past 600 s on
+# 2 cores, the trials most of it
 MEASURE_MACS = 2e12
 # ... and, for a Wanda run, the masks the default magnitude command chooses between (|w| ranked by
 # global LAMP, or every layer at the sparsity: run/steps.measured_allocation): where they move the
@@ -825,7 +829,13 @@ def _measured_allocation(
     (two convolutions the size of each layer's own, twice the walk's work), which only the trial kept
     gets afterwards (`_metered`, the same figures); compared on the calibration's own examples (`probe`:
     (passes, held out) from `_measure_passes`), the dense outputs and each trial's come from the walk
-    that has just ranked or calibrated the layers (`scored`, `_walked`) instead of a forward pass."""
+    that has just ranked or calibrated the layers (`scored`, `_walked`) instead of a forward pass.
+    Where the trials over every calibration example would pass MEASURE_MACS multiply-adds, they run on
+    as few as keep them within it (`_trial_examples`: calibrated on the first, compared on others no
+    trial read; the account's `trials_cut` and `trial_examples` say how many and why), and a Wanda
+    allocation chosen so is run again on every calibration example instead of its trial being kept
+    (rbm3's 3-D U-Net in bench/ZOO.md: without trials its LAMP run agreed less with the dense model than
+    the default magnitude command's masks)."""
     import numpy as np
 
     from prunecli.selection import policy
@@ -839,18 +849,15 @@ def _measured_allocation(
     names = MEASURED_ALLOCATIONS + (tuple(TEMPERED_TRIALS) if keep else ())
     names += MAGNITUDE_TRIALS if keep or rival_fits else ()
     why = None if copies_fit(budget) else f"no room for {_size(budget)} of weight copies to compare in"
-    trials_macs = len(names) * capture.example_macs(model, p.batches) * capture.count_examples(p.batches)
-    if why is None and trials_macs > MEASURE_MACS:
-        why = (
-            f"its {len(names)} trials would each run the model over the {capture.count_examples(p.batches)} "
-            f"calibration examples, {trials_macs:.2g} multiply-adds in all, past {MEASURE_MACS:.0g}"
-        )
+    cut = None
+    if why is None:
+        trial_plan, probe, held_out, cut = _trial_examples(model, p, names, probe)
+        why = cut if trial_plan is None else None
     if why is not None:
         account = {"chosen": "lamp", "why": why}
         lamp = config.replace(normalize="lamp")
         counts = policy.layer_counts(targets, lambda: ((t, scores[t.name]) for t in targets), "element", lamp)
         return counts, account, None, None
-    probe, held_out = probe
     run = forward(model, probe, calls=len(names) + 2)  # the dense outputs, each trial, the finished run
     dense_out = _walked(scored, probe, held_out)  # from the walk that ranked the layers, where it can
     if dense_out is None:
@@ -891,9 +898,9 @@ def _measured_allocation(
                 _say(progress, f"trying the {name} allocation (a Wanda run)")
                 trial, trial_fallback = CalibrationResult(), {}
                 _magnitude(p.rest, trial_config, trial, counts)
-                src = _passes(model, p, outputs=not held_out)
+                src = _passes(model, trial_plan, outputs=not held_out)
                 layers = _sequential(
-                    p, src, trial_config, trial, trial_fallback, False, False, None, counts, False, exponent
+                    trial_plan, src, trial_config, trial, trial_fallback, False, False, None, counts, False, exponent
                 )
             candidates[name] = counts
             walked = _walked(src, probe, held_out)
@@ -930,8 +937,12 @@ def _measured_allocation(
         "examples": capture.count_examples(probe),
         "held_out": held_out,
         "compared_as": kinds,
+        **({"trials_cut": cut, "trial_examples": capture.count_examples(trial_plan.batches)} if cut else {}),
     }
-    tried = best[1] if best is not None and best[0] == chosen else None
+    # a Wanda trial calibrated on fewer examples than the run's is not the run: the chosen allocation is
+    # run again on every calibration example (the magnitude masks read none)
+    keepable = cut is None or chosen in MAGNITUDE_TRIALS
+    tried = best[1] if best is not None and best[0] == chosen and keepable else None
     if tried is not None and tried.layers:  # the kept Wanda run's layer errors, its meters left out above
         _meter_kept(model, p, tried, targets, saved, progress, chosen)
     if rival is not None:  # its layer errors are measured only if it is kept (`_Rival.beats`)
@@ -958,6 +969,66 @@ def _magnitude_trial(targets, p: _Plan, trial_config, uniform: bool, method: str
     why = f"measured: the magnitude ranking (|w|, {ranking}) moved the outputs less than {than}"
     trial.notes.append(f"{method}: {why}, so its masks are this run's (calibration.allocation_measured)")
     return trial, {v.target.name: why for v, _ in p.layers}, counts
+
+
+def _trial_examples(model, p: _Plan, names: tuple, probe: tuple) -> tuple[_Plan | None, list, bool, str | None]:
+    """What the trials `names` of --normalize measured run on, within MEASURE_MACS multiply-adds in all:
+    (the plan the Wanda trials calibrate on, the passes every trial is compared on, whether those are
+    not the plan's own first passes, the account's word on the cut, None when uncut). Where the trials
+    over every calibration example fit (each priced as a walk over all of them, its comparison free as
+    the walk's outputs are), `p` and `probe` ((passes, held out): `_measure_passes`) as they are.
+
+    Else each pass priced as it runs: a Wanda trial's walk over the c examples it calibrates on, and a
+    forward pass over the k compared on for the dense outputs and for each trial (the magnitude masks
+    read no calibration example). k comes first, as many as leave one example to calibrate on, then c
+    takes what is left (at most k): on rbm3's 3-D U-Net (bench/ZOO.md) two volumes to compare on picked
+    LAMP over the magnitude masks by 0.339 to 0.359 where the eight volumes gave 0.210 to 0.104 (the
+    volumes differ tenfold in how much pruning moves them), while a volume of 64^3 positions gives each
+    full-size layer 262,144 input rows for Wanda's norms. Compared on the first k held-out examples
+    where there are any, else on the calibration examples after the c (which no trial read); whole
+    passes where the model fixes its batch size. Less than one pass of each: (None, ..., why)."""
+    passes, held_out = probe
+    macs = capture.example_macs(model, p.batches)
+    have = capture.count_examples(p.batches)
+    if len(names) * macs * have <= MEASURE_MACS:
+        return p, passes, held_out, None
+    unit = capture.fixed_batch(model) or 1  # examples per pass where the model fixes its batch size
+    wandas, compared = sum(name not in MAGNITUDE_TRIALS for name in names), len(names) + 1  # and the dense run
+    budget = int(MEASURE_MACS // (macs * unit))  # in passes of `unit` examples
+    most = (capture.count_examples(passes) if held_out else have - unit) // unit
+    k = min((budget - wandas) // compared, most)
+    c = min((budget - compared * k) // wandas, k, (have if held_out else have - k * unit) // unit) if k >= 1 else 0
+    if c < 1:
+        why = (
+            f"its {len(names)} trials would each run the model over the {have} calibration examples, "
+            f"{len(names) * macs * have:.2g} multiply-adds in all, past {MEASURE_MACS:.0g}, and over one "
+            f"{'pass' if unit > 1 else 'example'} to calibrate on and one to compare on still past it"
+        )
+        return None, passes, held_out, why
+    calibrate, compare = c * unit, k * unit
+    trial_plan = _Plan(p.layers, p.rest, _examples_between(p.batches, 0, calibrate), p.per_pass, p.diagonal_only)
+    source, start = (passes, 0) if held_out else (p.batches, calibrate)
+    where = "held-out examples" if held_out else "calibration examples no trial read"
+    cut = (
+        f"{len(names)} trials x {macs:.2g} multiply-adds an example x {have} calibration examples would pass "
+        f"{MEASURE_MACS:.0g}: each Wanda trial calibrated on the first {calibrate}, and every trial was compared "
+        f"on {compare} {where}"
+    )
+    return trial_plan, _examples_between(source, start, start + compare), True, cut
+
+
+def _examples_between(batches, start: int, stop: int) -> list:
+    """Examples start..stop-1 of `batches` in the passes they sit in (a pass cut where the range cuts it)."""
+    import tensorflow as tf
+
+    out, at = [], 0
+    for x in batches:
+        n = len(tf.nest.flatten(x)[0])
+        low, high = max(start - at, 0), min(stop - at, n)
+        if low < high:
+            out.append(x if (low, high) == (0, n) else tf.nest.map_structure(lambda a, i=low, j=high: a[i:j], x))
+        at += n
+    return out
 
 
 def _measure_passes(model, p: _Plan, held_out_x) -> tuple[list, bool]:
