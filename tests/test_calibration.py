@@ -577,7 +577,8 @@ def test_dampening_rises_where_float32_cannot_factor_the_hessian():
 def test_a_convolutions_hessian_from_sampled_rows_estimates_the_full_one(monkeypatch):
     """A full capture of a convolution with more rows than the cap accumulates an even random share of
     them: the Hessian (a mean) and the input norms (scaled back) estimate the full capture's, the share
-    is recorded, and a second run samples the same rows; a Dense layer's rows are never sampled."""
+    is recorded, a second run samples the same rows, and only the sampled rows' windows are cut; a
+    Dense layer's rows are never sampled."""
     import keras
 
     from prunecli.calibration import capture, views
@@ -602,6 +603,11 @@ def test_a_convolutions_hessian_from_sampled_rows_estimates_the_full_one(monkeyp
     assert error < 0.05
     np.testing.assert_allclose(sampled.norms(), full.norms(), rtol=0.05)
     np.testing.assert_array_equal(sampled.hessian, again.hessian)
+    # only the sampled rows' windows are cut (views._patch_rows), the same rows as cutting all of them
+    part, ks, st, dil = x[:2, :9, :11], (3, 2), (2, 1), (1, 2)
+    every = views._patches(part, ks, st, dil).reshape(-1, 3 * 2 * 3)
+    kept = np.sort(np.random.default_rng(8).choice(len(every), size=len(every) // 3, replace=False))
+    np.testing.assert_array_equal(views._patch_rows(part, ks, st, dil, lambda n: kept), every[kept])
 
     dense = keras.layers.Dense(4)
     flat = keras.Sequential([keras.Input((27,)), dense])

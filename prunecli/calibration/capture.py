@@ -440,9 +440,9 @@ class HessianCapture:
                 else:
                     if state["fraction"] is None:
                         state["fraction"] = self._row_fraction(x, passes)
-                    for block in view.blocks(x, self.max_rows, call):
-                        if state["fraction"] < 1.0:
-                            block = _sampled(block, state["fraction"], rng)
+                    fraction = state["fraction"]
+                    sample = None if fraction >= 1.0 else (lambda n: _sampled_rows(n, fraction, rng))
+                    for block in view.blocks(x, self.max_rows, call, sample):
                         cls.peak_block_rows = max(cls.peak_block_rows, int(block.shape[0]))
                         accumulate(acc, block)
                 state["calls"] += 1
@@ -461,14 +461,11 @@ class HessianCapture:
             cls.live -= 1
 
 
-def _sampled(block, fraction: float, rng):
-    """An even random share of a block's rows (at least one), in their order."""
+def _sampled_rows(n: int, fraction: float, rng):
+    """An even random share of a block's n rows (at least one): their indices, in order."""
     import numpy as np
-    import tensorflow as tf
 
-    n = int(block.shape[0])
-    keep = np.sort(rng.choice(n, size=max(1, round(n * fraction)), replace=False))
-    return tf.gather(block, keep)
+    return np.sort(rng.choice(n, size=max(1, round(n * fraction)), replace=False))
 
 
 def wrap(view: LayerView, hook) -> _Wrapped:

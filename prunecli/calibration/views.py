@@ -237,11 +237,13 @@ class LayerView:
 
         return tf.transpose(x, [0, *range(2, len(x.shape)), 1])
 
-    def blocks(self, x, max_rows: int, call=None):
+    def blocks(self, x, max_rows: int, call=None, sample=None):
         """The layer's input batch as blocks of X (rows, d_in), float32, none above max_rows rows
         (a block is at least one row); their concatenation is X in row order. `call` (recurrent views:
         the keyword arguments the layer was called with) gives the Keras mask, (batch, T), whose padding
-        timesteps are dropped, and the initial state."""
+        timesteps are dropped, and the initial state. `sample` (a convolution's: rows in a block -> the
+        sorted rows kept): each block holds only those rows, whose windows alone are cut (a full
+        capture keeps a fifth of MiSiC's 2.1M rows: cutting every window first was 81% waste)."""
         import numpy as np
         import tensorflow as tf
 
@@ -273,7 +275,9 @@ class LayerView:
         eff = [(k - 1) * d + 1 for k, d in zip(ks, dil, strict=True)]
 
         def patches(part):
-            return tf.constant(np.reshape(_patches(part, ks, st, dil), (-1, self.d_in)))
+            if sample is None:
+                return tf.constant(np.reshape(_patches(part, ks, st, dil), (-1, self.d_in)))
+            return tf.constant(_patch_rows(part, ks, st, dil, sample))
 
         batch, per_example = int(x.shape[0]), math.prod(outs)
         if per_example <= max_rows:  # whole examples per block
@@ -423,6 +427,22 @@ def _patches(x, ks, st, dil):
             index.append(slice(i * d, i * d + (o - 1) * s + 1, s))
         offsets.append(x[tuple(index)])
     return np.stack(offsets, axis=-2).reshape(x.shape[0], *outs, math.prod(ks) * x.shape[-1])
+
+
+def _patch_rows(x, ks, st, dil, sample):
+    """The rows `sample(rows)` picks (flat, in (batch, *out) order) of `_patches(x, ...)` as a (kept,
+    prod(ks) * C) matrix, only their windows gathered from x."""
+    import numpy as np
+
+    x = np.asarray(x)
+    outs = [(n - (k - 1) * d - 1) // s + 1 for n, k, s, d in zip(x.shape[1:-1], ks, st, dil, strict=True)]
+    kept = np.asarray(sample(x.shape[0] * math.prod(outs)))
+    where = np.unravel_index(kept, (x.shape[0], *outs))
+    taps = np.array(list(itertools.product(*[range(k) for k in ks])))  # (prod(ks), axes), lexicographic
+    index = [where[0][:, None]]
+    for axis, (s, d) in enumerate(zip(st, dil, strict=True)):
+        index.append(where[axis + 1][:, None] * s + taps[None, :, axis] * d)
+    return x[tuple(index)].reshape(len(kept), -1)
 
 
 def _tile(outs: list[int], max_rows: int) -> list[int]:
