@@ -423,7 +423,8 @@ def test_trials_past_the_multiply_add_budget_run_on_fewer_examples(monkeypatch):
     MEASURE_MACS in all (the zoo's rbm3 3-D U-Net: 3.3e12, past 600 s on 2 cores) they run on as many as
     fit (compared on as many as leave one to calibrate on, then calibrated on the rest: held-out ones
     compared where there are, else the calibration examples after those), the account says how many,
-    and the chosen allocation is run on every calibration example; where not one example of each fits,
+    and the chosen allocation (at N:M, the chosen exponent of Wanda's score) is run on every
+    calibration example; where not one example of each fits,
     the run takes LAMP without trying, says why, and its masks are an explicit LAMP run's."""
     from prunecli.calibration import oneshot
     from prunecli.structure import flops
@@ -439,6 +440,18 @@ def test_trials_past_the_multiply_add_budget_run_on_fewer_examples(monkeypatch):
         assert f"calibrated on the first 2, and every trial was compared on 4 {where}" in measured["trials_cut"]
         assert measured["chosen"] == min(measured["output_error"], key=measured["output_error"].get)
         assert res.section["samples"] == 48 and res.masks
+    # at N:M every exponent trial is a Wanda walk, |w|'s included; the two with a reference run here
+    monkeypatch.setattr(oneshot, "EXPONENT_TRIALS", {"wanda": 1.0, "magnitude": 0.0})
+    monkeypatch.setattr(oneshot, "MEASURE_MACS", macs * (2 * 2 + 3 * 4))
+    res, _ = _run("wanda", scope="auto", sparsity=None, granularity="n:m=2:4")
+    measured = res.section["allocation_measured"]
+    assert measured["trial_examples"] == 2 and measured["examples"] == 4, measured
+    assert measured["chosen"] == min(measured["output_error"], key=measured["output_error"].get)
+    own = _run("wanda", sparsity=None, granularity="n:m=2:4")[0].masks  # Wanda's own exponent, all 48 examples
+    expected = own if measured["chosen"] == "wanda" else _magnitude_masks(sparsity=None, granularity="n:m=2:4")
+    for name, mask in res.masks.items():  # the chosen exponent rerun on every example, not the trial on 2
+        np.testing.assert_array_equal(np.asarray(mask), np.asarray(expected[name]), err_msg=name)
+    assert res.section["samples"] == 48
     monkeypatch.setattr(oneshot, "MEASURE_MACS", macs * (wandas + trials + 1) - 1)  # not one example of each
     res, weights = _run("wanda", scope="auto")
     measured = res.section["allocation_measured"]

@@ -538,7 +538,7 @@ def prune_calibrated(
         compared = rival is not None and not chosen.get("held_out", True)  # on the calibration's own passes
         src = _passes(model, p, outputs=compared)
         tempered = bool(chosen) and chosen["chosen"] in TEMPERED_TRIALS  # a Wanda trial on fewer examples, rerun
-        exponent = wanda.TEMPERED_EXPONENT if tempered else wanda.EXPONENT
+        exponent = (chosen or {}).get("exponent", wanda.TEMPERED_EXPONENT if tempered else wanda.EXPONENT)
         layers = _sequential(p, src, config, result, fallback, full, jit, progress, counts, exponent=exponent)
         walked = _walked(src, rival.probe, False) if compared else None
         if rival is not None and rival.beats(model, chosen, method, walked):  # a trial moved the outputs less
@@ -629,7 +629,9 @@ def _measured_exponent(model, p: _Plan, config, progress, held_out_x) -> tuple[d
     (`_measure_passes`, `outputs.error`, as `_measured_allocation` compares allocations), and the trial
     that moved them least kept as the run (returned with the report's account); the weights are restored
     after each try. Where two copies of the prunable weights do not fit in free memory, Wanda's own score
-    is used (account says why) and no trial is returned."""
+    is used (account says why) and no trial is returned. Past MEASURE_MACS the trials run on fewer
+    examples (`_trial_examples`, as the allocations' do) and the chosen exponent is run again on every
+    calibration example (no trial returned); with not one example of each, Wanda's own score."""
     import numpy as np
 
     from prunecli.structure.equivalence import forward
@@ -639,7 +641,12 @@ def _measured_exponent(model, p: _Plan, config, progress, held_out_x) -> tuple[d
     if not copies_fit(budget):
         why = f"no room for {_size(budget)} of weight copies to compare in"
         return {"chosen": "wanda", "exponent": wanda.EXPONENT, "why": why}, None
-    probe, held_out = _measure_passes(model, p, held_out_x)
+    names = tuple(EXPONENT_TRIALS)
+    trial_plan, probe, held_out, cut = _trial_examples(
+        model, p, names, _measure_passes(model, p, held_out_x), calibrating=len(names)
+    )
+    if trial_plan is None:
+        return {"chosen": "wanda", "exponent": wanda.EXPONENT, "why": cut}, None
     run = forward(model, probe, calls=len(EXPONENT_TRIALS) + 1)
     dense_out = outputs.of(model, probe, run)
     kinds = outputs.kinds(model, dense_out)
@@ -650,8 +657,10 @@ def _measured_exponent(model, p: _Plan, config, progress, held_out_x) -> tuple[d
             _say(progress, f"trying {name} (|w| x ||x||^{exponent:g}, a Wanda run)")
             trial, trial_fallback = CalibrationResult(), {}
             _magnitude(p.rest, config, trial)
-            src = _passes(model, p, outputs=not held_out)
-            layers = _sequential(p, src, config, trial, trial_fallback, False, False, None, None, False, exponent)
+            src = _passes(model, trial_plan, outputs=not held_out)
+            layers = _sequential(
+                trial_plan, src, config, trial, trial_fallback, False, False, None, None, False, exponent
+            )
             walked = _walked(src, probe, held_out)
             errors[name] = outputs.error(
                 walked if walked is not None else outputs.of(model, probe, run), dense_out, kinds
@@ -672,8 +681,9 @@ def _measured_exponent(model, p: _Plan, config, progress, held_out_x) -> tuple[d
         "examples": capture.count_examples(probe),
         "held_out": held_out,
         "compared_as": kinds,
+        **({"trials_cut": cut, "trial_examples": capture.count_examples(trial_plan.batches)} if cut else {}),
     }
-    if best is None:
+    if best is None or cut:  # a trial calibrated on fewer examples than the run's is rerun on all of them
         return account, None
     tried = best[1]
     _meter_kept(model, p, tried, targets, saved, progress, best[0])
@@ -971,7 +981,9 @@ def _magnitude_trial(targets, p: _Plan, trial_config, uniform: bool, method: str
     return trial, {v.target.name: why for v, _ in p.layers}, counts
 
 
-def _trial_examples(model, p: _Plan, names: tuple, probe: tuple) -> tuple[_Plan | None, list, bool, str | None]:
+def _trial_examples(
+    model, p: _Plan, names: tuple, probe: tuple, calibrating: int | None = None
+) -> tuple[_Plan | None, list, bool, str | None]:
     """What the trials `names` of --normalize measured run on, within MEASURE_MACS multiply-adds in all:
     (the plan the Wanda trials calibrate on, the passes every trial is compared on, whether those are
     not the plan's own first passes, the account's word on the cut, None when uncut). Where the trials
@@ -986,14 +998,17 @@ def _trial_examples(model, p: _Plan, names: tuple, probe: tuple) -> tuple[_Plan 
     volumes differ tenfold in how much pruning moves them), while a volume of 64^3 positions gives each
     full-size layer 262,144 input rows for Wanda's norms. Compared on the first k held-out examples
     where there are any, else on the calibration examples after the c (which no trial read); whole
-    passes where the model fixes its batch size. Less than one pass of each: (None, ..., why)."""
+    passes where the model fixes its batch size. Less than one pass of each: (None, ..., why).
+    `calibrating`: how many of the trials walk the calibration examples (default: all but the magnitude
+    masks; every one of `_measured_exponent`'s, whose |w| trial is a Wanda walk at exponent 0)."""
     passes, held_out = probe
     macs = capture.example_macs(model, p.batches)
     have = capture.count_examples(p.batches)
     if len(names) * macs * have <= MEASURE_MACS:
         return p, passes, held_out, None
     unit = capture.fixed_batch(model) or 1  # examples per pass where the model fixes its batch size
-    wandas, compared = sum(name not in MAGNITUDE_TRIALS for name in names), len(names) + 1  # and the dense run
+    wandas = sum(name not in MAGNITUDE_TRIALS for name in names) if calibrating is None else calibrating
+    compared = len(names) + 1  # and the dense run
     budget = int(MEASURE_MACS // (macs * unit))  # in passes of `unit` examples
     most = (capture.count_examples(passes) if held_out else have - unit) // unit
     k = min((budget - wandas) // compared, most)
