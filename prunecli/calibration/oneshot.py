@@ -1021,7 +1021,7 @@ def _trial_examples(
         )
         return None, passes, held_out, why
     calibrate, compare = c * unit, k * unit
-    trial_plan = _Plan(p.layers, p.rest, _examples_between(p.batches, 0, calibrate), p.per_pass, p.diagonal_only)
+    trial_plan = _Plan(p.layers, p.rest, capture.split_examples(p.batches, calibrate)[0], p.per_pass, p.diagonal_only)
     source, start = (passes, 0) if held_out else (p.batches, calibrate)
     where = "held-out examples" if held_out else "calibration examples no trial read"
     cut = (
@@ -1029,21 +1029,7 @@ def _trial_examples(
         f"{MEASURE_MACS:.0g}: each Wanda trial calibrated on the first {calibrate}, and every trial was compared "
         f"on {compare} {where}"
     )
-    return trial_plan, _examples_between(source, start, start + compare), True, cut
-
-
-def _examples_between(batches, start: int, stop: int) -> list:
-    """Examples start..stop-1 of `batches` in the passes they sit in (a pass cut where the range cuts it)."""
-    import tensorflow as tf
-
-    out, at = [], 0
-    for x in batches:
-        n = len(tf.nest.flatten(x)[0])
-        low, high = max(start - at, 0), min(stop - at, n)
-        if low < high:
-            out.append(x if (low, high) == (0, n) else tf.nest.map_structure(lambda a, i=low, j=high: a[i:j], x))
-        at += n
-    return out
+    return trial_plan, capture.split_examples(capture.split_examples(source, start)[1], compare)[0], True, cut
 
 
 def _measure_passes(model, p: _Plan, held_out_x) -> tuple[list, bool]:
