@@ -147,6 +147,29 @@ def test_a_different_architecture_is_refused_naming_the_first_mismatch(pruned, t
     assert not (tmp_path / "x.keras").exists()
 
 
+def test_a_layer_computing_otherwise_with_the_same_names_and_shapes_is_refused(pruned, tmp_path, cli):
+    """The fingerprint's names, classes and shapes are the same with tanh for ReLU: the layer settings are not."""
+    import keras
+
+    out, plan, _ = pruned
+    model = keras.saving.load_model(out, compile=False)
+    config = model.get_config()
+    for layer in config["layers"]:
+        if layer["config"]["name"] == "hidden2":
+            layer["config"]["activation"] = "tanh"
+    tanh = keras.Model.from_config(config)
+    tanh.set_weights(model.get_weights())
+    other = tmp_path / "tanh.keras"
+    tanh.save(other)
+    result = cli("apply", plan, other, "-o", tmp_path / "x.keras", "-q")
+    assert result.exit_code == 3 and not (tmp_path / "x.keras").exists()
+    line = result.stderr.strip()
+    assert "'hidden2'" in line and 'activation="relu"' in line and 'activation="tanh"' in line, line
+    result = cli("verify", other, "--plan", plan)
+    assert result.exit_code == 4 and 'activation="tanh"' in result.stderr
+    assert cli("verify", out, "--plan", plan).exit_code == 0
+
+
 def test_verify_passes_on_the_runs_own_output_and_refuses_other_data(pruned, mlp_files, cli, tmp_path):
     """The report records a digest of its --data (reproducibility.data): a copy of that data under another
     name is the same data, other data is refused (exit 3): the report's accuracy was measured on its own,

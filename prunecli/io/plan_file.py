@@ -11,7 +11,9 @@ archive, no pickle anywhere, written deterministically (entries in a fixed order
 
 The manifest holds `format` ("prunecli-plan"), `version` (1), `prunecli_version`, `settings` (the
 run's options, as in the report), `granularity`, `architecture` ({"layers": [[name, class]...],
-"weights": [[name, shape, dtype]...], "sha256": of those two}), `weights_sha256` (of the weights
+"weights": [[name, shape, dtype]...], "sha256": of those two, "settings": [[layer name, {config key:
+canonical JSON}]...], what each layer computes with besides its weights: activation, strides...; absent
+from plans written before it, which are then matched on the rest}), `weights_sha256` (of the weights
 the masks were computed from: each weight's name, dtype, shape and bytes in model order), `targets`
 (one per pruned tensor: name, layer, class, shape, unit_axis, size, kept, requested_sparsity, mask
 entry and, for neuron pruning, `removed_units`), and `structure` (what a structural run removed:
@@ -97,7 +99,53 @@ def architecture(model) -> dict:
     names = weight_names(model)
     weights = [[_path(v, names, model), [int(d) for d in v.shape], _dtype(v)] for v in model.weights]
     body = {"layers": layers, "weights": weights}
-    return {**body, "sha256": hashlib.sha256(_canonical(body)).hexdigest()}
+    return {**body, "sha256": hashlib.sha256(_canonical(body)).hexdigest(), "settings": layer_settings(model)}
+
+
+# keys of a layer's config that do not change what it computes from given weights: its names, dtype, how
+# new weights would be drawn or penalised, whether it trains
+# (a Lambda's `code`, its function marshalled, differs between Python versions for the same function)
+_NOT_COMPUTATION = ("name", "dtype", "trainable", "seed", "build_config", "compile_config", "code")
+_NOT_COMPUTATION_SUFFIXES = ("_initializer", "_regularizer", "_constraint")
+_SHORT_SETTING = 120  # characters of canonical JSON kept as they are; a longer value is kept as its sha256
+
+
+def layer_settings(model) -> list:
+    """[[layer name, {config key: value}]...] for every layer that is not a model or an InputLayer: what
+    the names, classes and weight shapes leave out (activation, strides, padding, a wrapped layer's own
+    settings...). A plan made on a ReLU net applied and verified on the same net with tanh, its
+    fingerprint naming the same layers and shapes. Values are canonical JSON (a long one as its sha256), so
+    a mismatch can name the key and both values."""
+    from prunecli.structure import keras_graph
+
+    settings = []
+    for layer in keras_graph.all_layers(model):
+        if layer is model or keras_graph.is_model(layer) or type(layer).__name__ == "InputLayer":
+            continue
+        try:
+            config = layer.get_config()
+        except Exception:  # noqa: BLE001  # a layer whose config cannot be read (a custom one, KerasHub's decoder
+            continue  # blocks built from a preset's arguments): nothing to compare, as in a plan without settings
+        kept = {}
+        for key, value in sorted(_computation(config).items()):
+            text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+            kept[key] = text if len(text) <= _SHORT_SETTING else "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+        settings.append([str(layer.name), kept])
+    return settings
+
+
+def _computation(value):
+    """A config (or part of one) without the keys in `_NOT_COMPUTATION`, at every depth (a wrapped layer's
+    config holds its own names and initializers)."""
+    if isinstance(value, dict):
+        return {
+            k: _computation(v)
+            for k, v in value.items()
+            if k not in _NOT_COMPUTATION and not str(k).endswith(_NOT_COMPUTATION_SUFFIXES)
+        }
+    if isinstance(value, list | tuple):
+        return [_computation(v) for v in value]
+    return value
 
 
 def weights_sha256(model) -> str:
@@ -170,7 +218,7 @@ def first_mismatch(expected: dict, model, names_only: bool = False) -> str | Non
     `names_only`: compare the layers' names alone (a quantized model's classes and weights differ)."""
     found = architecture(model)
     if found["sha256"] == expected.get("sha256"):
-        return None
+        return None if names_only else _settings_mismatch(expected.get("settings"), found["settings"])
     if names_only:
         a, b = [entry[0] for entry in expected.get("layers", [])], [entry[0] for entry in found["layers"]]
         kinds = [entry[1] for entry in found["layers"]]
@@ -189,7 +237,24 @@ def first_mismatch(expected: dict, model, names_only: bool = False) -> str | Non
         if len(a) != len(b):
             extra = _describe(kind, (b if len(b) > len(a) else a)[min(len(a), len(b))])
             return f"the plan has {len(a)} {kind}, the model {len(b)} (first unmatched: {extra})"
-    return None  # every entry equal: the hashes differed only by weights' auto-name counts or old names
+    # every entry equal: the hashes differed only by weights' auto-name counts or old names
+    return _settings_mismatch(expected.get("settings"), found["settings"])
+
+
+def _settings_mismatch(planned, found: list) -> str | None:
+    """The first layer setting (`layer_settings`) the plan and the model disagree on, in words; None when
+    they agree or the plan records none (written before settings were recorded). Only keys both record
+    are compared: Keras adds config keys between versions. Layers are paired in
+    order, as their names and classes were compared first (a name may repeat in nested models)."""
+    if planned is None:
+        return None
+    for (name, values), (found_name, there) in zip(planned, found, strict=False):
+        if name != found_name:  # the layer lists matched, so only a layer without a config shifts these
+            return None
+        for key in sorted(set(values) & set(there)):  # a key one side lacks is another Keras version's
+            if values[key] != there[key]:
+                return f"layer {shown(name)!r}: the plan has {key}={shown(values[key])}, the model {key}={shown(there[key])}"
+    return None
 
 
 def without_layers(expected: dict, removed, present) -> dict:
@@ -212,6 +277,11 @@ def without_layers(expected: dict, removed, present) -> dict:
     return {
         "layers": [entry for entry in layers if entry[0] not in gone],
         "weights": [entry for entry in weights if _owner(str(entry[0]), names) not in gone],
+        **(
+            {"settings": [entry for entry in expected["settings"] if entry[0] not in gone]}
+            if "settings" in expected
+            else {}
+        ),
     }
 
 
@@ -222,6 +292,16 @@ def _owner(weight: str, layer_names: set) -> str:
     if len(parts) > 2 and parts[0] not in layer_names:
         parts = parts[1:]
     return parts[0]
+
+
+def _is_settings_entry(entry) -> bool:
+    return (
+        isinstance(entry, list)
+        and len(entry) == 2
+        and is_text(entry[0])
+        and is_object(entry[1])
+        and all(is_text(value) for value in entry[1].values())
+    )
 
 
 def _both_inputs(planned, found) -> bool:
@@ -646,6 +726,12 @@ def manifest_problem(manifest: dict) -> str | None:
             "a list of [name, shape, dtype]",
         ),
         ("architecture.sha256", arch.get("sha256", ""), is_text, "text"),
+        (
+            "architecture.settings",
+            arch.get("settings", []),
+            lambda v: isinstance(v, list) and all(map(_is_settings_entry, v)),
+            "a list of [layer name, {key: text}]",
+        ),
         ("structure.removed_layers", structure.get("removed_layers", []), is_texts, "a list of layer names"),
         ("structure.opened", structure.get("opened", []), is_texts, "a list of layer names"),
     ]
