@@ -70,6 +70,35 @@ def test_the_quality_gate_judges_the_quantized_model_that_is_written(cli, tmp_pa
     assert not out.exists() and claims["output"]["written"] is False
 
 
+def test_the_summary_and_markdown_show_the_accuracy_of_the_quantized_model_written():
+    """A --quantize run writes the quantized model, which the gate and `verify` judge: the terminal summary
+    and the CI page show its row too, not only the float pruned model's (they ended at 'after pruning
+    0.8167, -0.1033' for a file at 0.8100)."""
+    import io
+
+    from rich.console import Console
+
+    from prunecli.outputs.report import QUANTIZED_STAGE, Report, render, render_markdown
+
+    metrics = {"before": {"loss": 0.35, "accuracy": 0.92}, "after_pruning": {"loss": 0.619, "accuracy": 0.8167}}
+    quantize = {"metrics": {"float_pruned": metrics["after_pruning"], "quantized": {"loss": 0.6256, "accuracy": 0.81}}}
+    totals = {"params": 10, "nonzeros": 4, "sparsity": 0.6, "prunable_params": 8, "prunable_nonzeros": 2}
+    report = Report(
+        settings={"method": "magnitude", "sparsity": 0.7},
+        input={"path": "m.keras", "format": "keras"},
+        totals={**totals, "prunable_sparsity": 0.75},
+        metrics=metrics,
+        extra={"quantize": quantize},
+    )
+    page = render_markdown(report)
+    assert f"| {QUANTIZED_STAGE} | 0.6256 | 0.8100 | -0.1100 |" in page
+    assert page.index("| after pruning |") < page.index(f"| {QUANTIZED_STAGE} |")
+    console = Console(file=io.StringIO(), width=200)
+    render(report, console)
+    summary = console.file.getvalue()
+    assert QUANTIZED_STAGE in summary and "loss 0.6256, accuracy 0.8100" in summary
+
+
 @pytest.mark.slow
 def test_the_python_api_writes_the_report_files_and_withholds_a_failed_model(tmp_path, trained):
     from prunecli import build_config, prune
