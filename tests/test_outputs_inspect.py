@@ -23,6 +23,10 @@ def test_example_model_targets_and_reasons(example_model):
     assert conv1["kernel"].shape == [3, 3, 1, 16] and conv1["kernel"].units == 16
     assert conv1["kernel"].how == "16 units, shrinkable" and conv1["kernel"].unit_axis == 3
     assert conv1["bias"].how == "bias" and not conv1["bias"].target
+    # the output layer's units are the classes: --shrink keeps every one, as prune's note says of them
+    head = next(w for w in layers["predictions"].weights if w.name == "kernel")
+    assert head.how == "10 units, mask only (--shrink keeps them all: network output: 10)" and not head.shrinkable
+    assert conv1["kernel"].shrinkable
     assert {w.how for w in layers["bn1"].weights} == {"normalisation"}
     assert layers["flatten"].weights == [] and layers["pool"].weights == []
     t = result.totals
@@ -110,7 +114,10 @@ def test_a_kernel_inside_a_layer_class_of_its_own_is_mask_only(tmp_path):
     assert inner.target and not inner.shrinkable and "mask only (inside a layer of its own class" in inner.how
     stem = next(w for w in layers["stem"].weights if w.name == "kernel")
     cell = next(w for w in layers["rnn/lstm_cell"].weights if w.name == "kernel")
-    assert stem.shrinkable and cell.shrinkable and stem.how.endswith("shrinkable")
+    assert cell.shrinkable and cell.how.endswith("shrinkable")
+    # the stem's channels are what the block reads, which surgery cannot slice: prune --shrink keeps all 4
+    # ('stem: 4 of 4 channels not pruned: --shrink cannot remove them'), and inspect says so too
+    assert not stem.shrinkable and "--shrink keeps them all: block (Block) is not a layer surgery can slice" in stem.how
 
 
 def test_cli_table_and_json(cli, example_model):

@@ -83,12 +83,21 @@ def _why_not(layer, variable) -> str:
     return f"no kernel known for {cls}"
 
 
-def _how(target, graph_layers: set[int]) -> str:
-    units = f"{target.units // target.gates} units, "
+def _how(target, graph_layers: set[int], pinned: dict[str, int] | None = None) -> str:
+    """How a target is pruned: its units, and whether --shrink removes them. `pinned`: {reason: units} of
+    its units the channel graph keeps whole (tied.pinned_units): an output layer's units were called
+    'shrinkable' here while `prune -g neuron --shrink` kept every one ('network output')."""
+    count = target.units // target.gates
+    units = f"{count} units, "
     if not target.shrinkable:
         return units + "mask only"
     if id(target.layer) not in graph_layers:
         return units + "mask only (inside a layer of its own class, which --shrink cannot slice)"
+    if pinned:
+        why = "; ".join(f"{reason}: {n}" for reason, n in sorted(pinned.items()))
+        if sum(pinned.values()) >= count:
+            return units + f"mask only (--shrink keeps them all: {why})"
+        return units + f"shrinkable, {sum(pinned.values())} kept by --shrink ({why})"
     return units + "shrinkable"
 
 
@@ -102,9 +111,11 @@ def inspect_model(path: str, include=(), exclude=(), custom_objects: tuple[str, 
     model, info = model_io.load(path, custom_objects=custom_objects)
     every = {(id(t.layer), t.attr): t for t in targets.walk(model)}
     chosen = {t.name for t in targets.without_frozen(model, targets.select(model, include, exclude), include)[0]}
+    from prunecli.selection.tied import pinned_units  # units the channel graph keeps whole under --shrink
     from prunecli.structure.rebuild import reachable_layers  # a kernel inside a layer class of its own is not
 
-    layers = _describe_layers(model, every, chosen, reachable_layers(model))
+    pinned = pinned_units(model, list(every.values()))
+    layers = _describe_layers(model, every, chosen, reachable_layers(model), pinned)
     meta = {
         "path": str(info.path),
         "name": model.name,
@@ -119,7 +130,7 @@ def inspect_model(path: str, include=(), exclude=(), custom_objects: tuple[str, 
     return Inspection(meta, layers, _totals(model, layers), heads.heads_per_layer(model))
 
 
-def _describe_layers(model, every: dict, chosen: set, graph_layers: set[int]) -> list[LayerInfo]:
+def _describe_layers(model, every: dict, chosen: set, graph_layers: set[int], pinned: dict) -> list[LayerInfo]:
     """Every layer, depth first through nested models (named by its path), with the weights it owns:
     a sub-layer's weights are described under the sub-layer, a shared layer's only at its first place.
     `every`: the targets by (id of their layer, attribute); `chosen`: the names --include/--exclude keep."""
@@ -136,7 +147,7 @@ def _describe_layers(model, every: dict, chosen: set, graph_layers: set[int]) ->
             seen.add(id(v))
             target = every.get((id(layer), v.name.rsplit("/", 1)[-1]))
             chosen_here = target is not None and target.name in chosen
-            entry.weights.append(_weight_info(layer, v, target, chosen_here, graph_layers))
+            entry.weights.append(_weight_info(layer, v, target, chosen_here, graph_layers, pinned))
         layers.append(entry)
         for child in _children(layer):
             visit(child, path_name)
@@ -146,7 +157,7 @@ def _describe_layers(model, every: dict, chosen: set, graph_layers: set[int]) ->
     return layers
 
 
-def _weight_info(layer, v, target, chosen: bool, graph_layers: set[int]) -> WeightInfo:
+def _weight_info(layer, v, target, chosen: bool, graph_layers: set[int], pinned: dict) -> WeightInfo:
     """One weight's counts, and whether and how it is pruned (`target`: its Target, None if it is not
     one; `chosen`: --include/--exclude keep it); a target also gets its units and how many are all zero.
     A target is counted as the targets read it: a quantized layer's codes in the kernel's layout (int4
@@ -171,11 +182,12 @@ def _weight_info(layer, v, target, chosen: bool, graph_layers: set[int]) -> Weig
     if w.quantized is not None:
         w.how = f"quantized ({w.quantized}): prune the float model"
     else:
-        w.how = _how(target, graph_layers) if chosen else _why_left(target)
+        w.how = _how(target, graph_layers, pinned.get(target.name)) if chosen else _why_left(target)
     gates = target.gates
     moved = np.moveaxis(arr, target.unit_axis, -1).reshape(-1, gates, target.units // gates)
     w.units, w.unit_axis = target.units // gates, target.unit_axis
-    w.shrinkable = target.shrinkable and id(target.layer) in graph_layers
+    kept = sum((pinned.get(target.name) or {}).values())
+    w.shrinkable = target.shrinkable and id(target.layer) in graph_layers and kept < w.units
     w.zero_units = int(np.sum(~moved.any(axis=(0, 1))))  # a recurrent unit: all its gate columns
     return w
 

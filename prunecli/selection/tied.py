@@ -222,6 +222,35 @@ def _sets(g, members: list[Member], shrink: bool = False) -> list[ScoreSet]:
     return sets
 
 
+def pinned_units(model, targets) -> dict[str, dict[str, int]]:
+    """{target name: {reason: units}}: the output units of each neuron target that the channel graph pins
+    whole (a network output, a model input, a layer surgery cannot slice), which --shrink never removes
+    and a -g neuron --shrink run never masks (select_tied); a target none of whose units is pinned, or
+    whose units are not channels, is left out. {} for a model without a layer graph. What `inspect`
+    says of a layer's units, so that it does not call units shrinkable that `prune --shrink` keeps."""
+    from prunecli.structure import channels as graph
+
+    try:
+        g = graph.graph_of(model)
+    except graph.GraphUnsupported:
+        return {}
+    makers, pins = graph_calls(g), g.channels.pinned()
+    found: dict[str, dict[str, int]] = {}
+    for target in targets:
+        roots = _unit_roots(g, makers.get(id(target.layer)), target)
+        if roots is None:
+            continue
+        gates = max(int(getattr(target, "gates", 1) or 1), 1)
+        why = [pins.get(int(r)) for r in roots.reshape(gates, -1)[0]]  # a recurrent unit: one per gate column
+        reasons: dict[str, int] = {}
+        for reason in why:
+            if reason is not None:
+                reasons[reason] = reasons.get(reason, 0) + 1
+        if reasons:
+            found[target.name] = reasons
+    return found
+
+
 def _pins(pins: dict, channel_roots) -> tuple[np.ndarray, dict[str, int]]:
     """Whether each of these channels is pinned by the graph, and how many per reason."""
     why = [pins.get(int(r)) for r in channel_roots]
