@@ -182,6 +182,21 @@ def test_text_without_a_tokenizer_is_refused_in_one_line(tmp_path, gpt2_file):
     assert not (tmp_path / "out.keras").exists()
 
 
+def test_max_accuracy_drop_judges_a_causal_lms_next_token_accuracy():
+    """The report, the sweep's suggestion and --auto's budget compare a causal LM's next-token accuracy:
+    --max-accuracy-drop was refused on it as 'a regression, or outputs without classes'."""
+    from prunecli.config import build_config
+    from prunecli.errors import ConfigError
+    from prunecli.run.steps import check_gate_measurable
+
+    config = build_config({"model_path": "lm.keras", "data": "t.npz", "max_accuracy_drop": 0.01}, environ={})
+    lm_task = metrics.Task(metrics.NextTokenLoss(from_logits=True), None)
+    assert lm_task.measures_accuracy
+    check_gate_measurable(config, lm_task)
+    with pytest.raises(ConfigError, match="loss only"):  # a regression still measures none
+        check_gate_measurable(config, metrics.Task("mean_squared_error", None))
+
+
 @pytest.mark.slow
 def test_cli_reports_perplexity_before_and_after(tmp_path, gpt2_file):
     ids, mask = token_arrays()
@@ -189,8 +204,8 @@ def test_cli_reports_perplexity_before_and_after(tmp_path, gpt2_file):
     np.savez(tokens, token_ids=ids, padding_mask=mask)
     report, md = tmp_path / "r.json", tmp_path / "r.md"
     args = ["prune", str(gpt2_file), "--data", str(tokens), "-s", "0.5", "-o", str(tmp_path / "out.keras")]
-    result = _run([*args, "--report", str(report), "--markdown", str(md)])
-    assert result.exit_code == 0, result.output
+    result = _run([*args, "--report", str(report), "--markdown", str(md), "--max-accuracy-drop", "1"])
+    assert result.exit_code == 0, result.output  # the gate judges the next-token accuracy the report gives
     got = json.loads(report.read_text())["metrics"]
     for stage in ("before", "after_pruning"):
         assert math.isfinite(got[stage]["perplexity"])

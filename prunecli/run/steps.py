@@ -197,10 +197,12 @@ def check_labels(config: PruneConfig, data) -> None:
 
 def check_gate_measurable(config: PruneConfig, task) -> None:
     """--max-accuracy-drop on a model whose task measures no accuracy (a regression: a loss only) is
-    refused before the work: the gate could only fail the run at its end (exit 4, model withheld)."""
+    refused before the work: the gate could only fail the run at its end (exit 4, model withheld). A
+    causal LM's next-token accuracy is an accuracy (Task.measures_accuracy): the report, the sweep's
+    suggestion and --auto's budget all compare it, and the option was refused there as 'a regression'."""
     if config.max_accuracy_drop is None or task is None:
         return
-    if task.accuracy is None and not any(task.accuracies or ()):
+    if not task.measures_accuracy:
         raise ConfigError(
             f"--max-accuracy-drop: {config.data} scores the model by its loss only (a regression, or outputs"
             " without classes), so no accuracy can be compared; leave the option out"

@@ -18,6 +18,13 @@ class Task:
     accuracy: str | None  # a Keras metric name, or None for regression
     accuracies: list | None = None  # several outputs: each output's metric name (or None)
 
+    @property
+    def measures_accuracy(self) -> bool:
+        """Whether `evaluate` reports an accuracy for this task: a classifier's metric, some output's of
+        several, or a causal LM's next-token accuracy (NextTokenLoss: no Keras metric, measured beside its
+        loss and perplexity). What --max-accuracy-drop can judge."""
+        return self.accuracy is not None or any(self.accuracies or ()) or isinstance(self.loss, NextTokenLoss)
+
 
 CLASS_ACTIVATIONS = ("softmax", "sigmoid", "log_softmax")  # an output activation that makes class scores
 
