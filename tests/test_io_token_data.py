@@ -140,6 +140,25 @@ def test_bad_token_arrays_are_one_line(tmp_path, arrays, message):
     assert "\n" not in str(err.value)
 
 
+def test_a_val_split_that_holds_out_only_padding_rows_is_refused(monkeypatch):
+    """Each part is checked after --val-split: a held-out evaluation of padding rows only was measured on
+    no position, and the report's metrics were empty ({}), nothing said. (The splitting alone, on a
+    stand-in for a causal LM: building one costs 0.5 s.)"""
+    from prunecli.io.data import tokens
+    from prunecli.structure import language
+
+    monkeypatch.setattr(language, "is_causal_lm", lambda model: True)
+    monkeypatch.setattr(language, "input_names", lambda model: ["token_ids", "padding_mask"])
+    ids, mask = token_arrays(n=20)
+    mask[1:] = 0  # one row of real tokens; --val-split 0.5 holds out ten rows of padding
+    sets = {"train": (ids.astype("int32"), mask), "eval": None, "val": None}
+    with pytest.raises(DataError, match=r"eval rows \(the 10 rows --val-split 0.5 held out\) has a next token"):
+        tokens._data(sets, None, 4, 0.5, 0, "padded.npz")
+    mask[:] = 1
+    d = tokens._data(sets, None, 4, 0.5, 0, "full.npz")  # real tokens everywhere: split as before
+    assert (d.n_train, d.n_eval) == (10, 10) and d.eval_held_out
+
+
 def test_token_data_for_a_model_that_reads_no_tokens_is_refused(tmp_path, mlp_files):
     path = tmp_path / "tokens.npz"
     np.savez(path, token_ids=np.zeros((4, 6), "int32"))

@@ -146,15 +146,18 @@ def _data(sets: dict, model, batch_size: int, val_split: float, seed: int, path)
             continue
         ids, mask = pair
         y = next_tokens(ids, mask) if lm else np.zeros(len(ids), np.float32)
-        if lm and not (y != NO_TOKEN).any():
-            raise DataError(
-                f"{path}: no position of its {key} rows has a next token (every row is one token or padding)"
-            )
         labelled[key] = (ids, mask, y)
     parts = split_indices(len(labelled["train"][0]), labelled, val_split, seed)
     train = labelled["train"]
     for key, idx in parts.items():
         labelled[key] = tuple(a[idx] for a in train)
+    for key, triple in labelled.items():  # after --val-split: a held-out part of padding rows measured nothing
+        if lm and triple is not None and not (triple[2] != NO_TOKEN).any():
+            held = f" (the {len(triple[0])} rows --val-split {val_split:g} held out)" if key in parts else ""
+            raise DataError(
+                f"{path}: no position of its {key} rows{held} has a next token (every row is one token or"
+                " padding): loss, perplexity and accuracy would be measured on nothing"
+            )
 
     def batches(triple, shuffle_seed=None):
         ids, mask, y = triple
