@@ -185,6 +185,14 @@ def test_verify_passes_on_the_runs_own_output_and_refuses_other_data(pruned, mlp
     copy = shutil.copy(mlp_files["data"], tmp_path / "same_examples.npz")
     checked = verify(out, report=report, plan=plan, data=copy)
     assert any(c.startswith("accuracy") for c in checked.checked) and any("sha256" in c for c in checked.checked)
+    assert any(c.startswith("loss") for c in checked.checked)  # the loss is a claim too, measured again
+    claims = json.loads(Path(report).read_text())
+    for values in claims["metrics"].values():
+        values["loss"] *= 0.5  # a report edited to a better loss: it verified while only accuracy was checked
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(claims))
+    lying = verify(out, report=edited, data=copy, raise_on_failure=False)
+    assert [f for f in lying.failures if f.startswith("loss:")] and not any("accuracy" in f for f in lying.failures)
     x, y = make_tabular(seed=7)
     np.savez(tmp_path / "other.npz", x=x, y=y)
     result = cli("verify", out, "-r", report, "--data", tmp_path / "other.npz")

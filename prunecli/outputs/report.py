@@ -457,16 +457,22 @@ def _output_label(output: dict) -> str:
     return "output" if output.get("written", True) else "output (not written)"
 
 
-def final_accuracy(claims: dict):
-    """(stage, accuracy) of the model a run wrote, from its report as a dict: a --quantize run wrote the
-    quantized model, whose accuracy is the quantize section's, not the float pruned model's; else the
-    last stage measured. The quality gate and `verify` both judge this one."""
+def final_metrics(claims: dict) -> tuple[str, dict]:
+    """(stage, its loss/accuracy/perplexity) of the model a run wrote, from its report as a dict: a
+    --quantize run wrote the quantized model, whose metrics are the quantize section's, not the float
+    pruned model's; else the last stage measured. The quality gate and `verify` both judge this one."""
     quantized = ((claims.get("quantize") or {}).get("metrics") or {}).get("quantized")
-    if quantized and "accuracy" in quantized:
-        return "quantized", quantized["accuracy"]
+    if quantized:
+        return "quantized", quantized
     metrics = claims.get("metrics") or {}
     stage = "after_finetune" if "after_finetune" in metrics else "after_pruning"
-    return stage, (metrics.get(stage) or {}).get("accuracy")
+    return stage, metrics.get(stage) or {}
+
+
+def final_accuracy(claims: dict):
+    """(stage, accuracy) of the model a run wrote (final_metrics)."""
+    stage, values = final_metrics(claims)
+    return stage, values.get("accuracy")
 
 
 def write_report_files(report: Report, json_path: str | None, markdown_path: str | None) -> None:

@@ -10,7 +10,8 @@ Every claim is recomputed from the model file, never taken from the report:
           the totals, when the run was N:M at most N non-zeros in every group (along the input
           channels of one convolution tap) and each layer's requested sparsity being what the
           pattern prunes of it (below 1 - N/M where a tap's channels are not a multiple of M), and,
-          with --data, the final accuracy within `tolerance` (absolute; default 1e-3) on the data
+          with --data, the final accuracy within `tolerance` (absolute; default 1e-3), its loss and a
+          causal LM's perplexity within METRIC_RTOL (relative) on the data
           the run evaluated on (same batch size, --val-split and seed); --data other than the files the
           report's `reproducibility.data` digest records is refused (DataError, exit 3).
   plan:   the architecture fingerprint (unless the plan's run shrank the model; a -g layer run's without
@@ -35,6 +36,7 @@ from prunecli.messages import shown
 from prunecli.runtime import keeps_global_state
 
 TOLERANCE = 1e-3  # accuracy, absolute
+METRIC_RTOL = 1e-3  # loss and perplexity, relative: the same data, batches and weights give the same figures
 SPARSITY_TOLERANCE = 1e-9  # a reported sparsity against the one its non-zeros give
 
 
@@ -231,7 +233,10 @@ def report_problem(report: dict) -> str | None:
         where = stage if stage.startswith("quantize.") else f"metrics.{stage}"
         fields.append((where, values, optional(is_object), "an object"))
         if is_object(values):
-            fields += [(f"{where}.{k}", values.get(k), optional(is_number), "a number") for k in ("accuracy", "loss")]
+            fields += [
+                (f"{where}.{k}", values.get(k), optional(is_number), "a number")
+                for k in ("accuracy", "loss", "perplexity")
+            ]
     return first_problem(fields)
 
 
@@ -432,12 +437,18 @@ def _check_nm(result: VerifyResult, granularity, layers: list, found: dict) -> N
 
 
 def _check_accuracy(result: VerifyResult, claims: dict, model, data, tolerance: float) -> None:
+    """The final stage's metrics (outputs.report.final_metrics) measured again on --data: the accuracy
+    within `tolerance` (absolute), the loss and a causal LM's perplexity within METRIC_RTOL (relative).
+    Only the accuracy was checked: a report edited to say perplexity 3.0 (33.07 measured) or any loss
+    verified, and a regression's report (a loss, no accuracy) could not be checked at all."""
     from prunecli.io import data as data_mod
-    from prunecli.outputs.report import final_accuracy
+    from prunecli.outputs.report import final_metrics
     from prunecli.training.metrics import evaluate, infer_task
 
-    stage, said = final_accuracy(claims)
-    if said is None:
+    stage, values = final_metrics(claims)
+    said = values.get("accuracy")
+    losses = {key: values[key] for key in ("loss", "perplexity") if values.get(key) is not None}
+    if said is None and not losses:
         result.failures.append("accuracy: the report records none to check (run without labelled --data?)")
         return
     s = claims.get("settings", {})
@@ -446,13 +457,23 @@ def _check_accuracy(result: VerifyResult, claims: dict, model, data, tolerance: 
     )
     if not loaded.labelled:
         raise InputError(f"{shown(data)} has no labels (y): verify cannot measure accuracy on it")
-    measured = evaluate(model, loaded.eval, infer_task(model, loaded.y_example, loaded.next_token)).get("accuracy")
-    holds = measured is not None and abs(measured - said) <= tolerance
-    result.claim(
-        holds,
-        f"accuracy {measured:.4f} (report {said:.4f}, {stage})" if measured is not None else "",
-        f"accuracy: {measured} on {shown(data)}, the report says {said} ({stage}; tolerance {tolerance:g})",
-    )
+    found = evaluate(model, loaded.eval, infer_task(model, loaded.y_example, loaded.next_token))
+    if said is not None:
+        measured = found.get("accuracy")
+        holds = measured is not None and abs(measured - said) <= tolerance
+        result.claim(
+            holds,
+            f"accuracy {measured:.4f} (report {said:.4f}, {stage})" if measured is not None else "",
+            f"accuracy: {measured} on {shown(data)}, the report says {said} ({stage}; tolerance {tolerance:g})",
+        )
+    for key, value in losses.items():
+        measured = found.get(key)
+        holds = measured is not None and math.isclose(measured, value, rel_tol=METRIC_RTOL)
+        result.claim(
+            holds,
+            f"{key} {measured:.6g} (report {value:.6g}, {stage})" if measured is not None else "",
+            f"{key}: {measured} on {shown(data)}, the report says {value} ({stage}; relative tolerance {METRIC_RTOL:g})",
+        )
 
 
 def _check_plan(result: VerifyResult, plan: plan_file.Plan, model, found: dict, shrunk: bool = False) -> None:
