@@ -73,7 +73,7 @@ def test_the_quality_gate_judges_the_quantized_model_that_is_written(cli, tmp_pa
 def test_the_summary_and_markdown_show_the_accuracy_of_the_quantized_model_written():
     """A --quantize run writes the quantized model, which the gate and `verify` judge: the terminal summary
     and the CI page show its row too, not only the float pruned model's (they ended at 'after pruning
-    0.8167, -0.1033' for a file at 0.8100)."""
+    0.8167, -0.1033' for a file at 0.8100). A structural run's removal is said beside its sparsity."""
     import io
 
     from rich.console import Console
@@ -97,6 +97,15 @@ def test_the_summary_and_markdown_show_the_accuracy_of_the_quantized_model_writt
     render(report, console)
     summary = console.file.getvalue()
     assert QUANTIZED_STAGE in summary and "loss 0.6256, accuracy 0.8100" in summary
+    assert "removed" not in summary and "Removed" not in page  # nothing was taken out of the structure
+
+    # a --shrink run's file is dense: the page said '0.0% sparse' and nothing of the 63% it removed
+    report.extra = {"shrink": {"params_before": 467, "params_after": 171}}
+    said = "296 of 467 parameters (63.4%); 171 remain"
+    assert f"Removed from the model: **{said}**." in render_markdown(report)
+    console = Console(file=io.StringIO(), width=200)
+    render(report, console)
+    assert said in console.file.getvalue()
 
 
 @pytest.mark.slow

@@ -228,6 +228,9 @@ def render(report: Report, console) -> None:
         summary.add_row(
             "output size (raw / gzip)", f"{_mib(report.output['bytes'])} / {_mib(report.output.get('gzip_bytes'))}"
         )
+    removed = removed_line(report)
+    if removed:
+        summary.add_row("removed", removed)
     for label, values in shown_stages(report):
         parts = [f"loss {values['loss']:.4f}"] if values.get("loss") is not None else []
         if "perplexity" in values:
@@ -351,16 +354,43 @@ def _md_header(report: Report) -> list[str]:
     if report.output and _output_label(report.output) != "output":
         title += " (not written)"
     t = report.totals
+    removed = removed_line(report)
     return [
         title,
         "",
         _settings_line(report.settings) + ".",
         "",
+        *([f"Removed from the model: **{removed}**.", ""] if removed else []),
         f"Prunable weights: **{t['prunable_sparsity']:.1%} sparse** ({t['prunable_nonzeros']:,} of "
         f"{t['prunable_params']:,} non-zero); whole model {t['sparsity']:.1%} sparse "
         f"({t['nonzeros']:,} of {t['params']:,}).",
         "",
     ]
+
+
+STRUCTURAL_SECTIONS = ("heads", "ffn", "hidden", "shrink")  # steps whose section counts params_before/after
+
+
+def removed_line(report: Report) -> str | None:
+    """What the run's structural steps removed, in parameters ('296 of 467 parameters (63.4%); 171
+    remain'), from their sections' params_before/params_after (the first step's before, the last
+    one's after), or None when none removed any. The summary and the Markdown page say it beside the
+    sparsity: a --shrink or --target run's file is dense, and the page read '0.0% sparse', each layer at
+    '0.0%' beside its target of 50%, with the removal only in a collapsed JSON block."""
+    counts = [
+        report.extra[key]
+        for key in report.extra
+        if key in STRUCTURAL_SECTIONS
+        and isinstance(report.extra[key], dict)
+        and isinstance(report.extra[key].get("params_before"), int)
+        and isinstance(report.extra[key].get("params_after"), int)
+    ]
+    if not counts:
+        return None
+    before, after = counts[0]["params_before"], counts[-1]["params_after"]
+    if after >= before or before <= 0:
+        return None
+    return f"{before - after:,} of {before:,} parameters ({(before - after) / before:.1%}); {after:,} remain"
 
 
 def stage_label(stage: str, metrics: dict) -> str:
