@@ -108,6 +108,32 @@ def test_the_summary_and_markdown_show_the_accuracy_of_the_quantized_model_writt
     assert said in console.file.getvalue()
 
 
+def test_a_model_already_sparser_than_asked_is_said_to_stay_so():
+    """-s 0.3 on a 50% sparse model wrote a 50% file, each layer's 'target 30%' beside its 43-80%, nothing
+    said: the masks prune what is asked and the zeros already there stay. A note says so; none at or
+    under the share asked, nor for a threshold."""
+    import keras
+
+    from prunecli.config import build_config
+    from prunecli.run.steps import already_sparse
+    from prunecli.structure import targets
+
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(10, name="h"), keras.layers.Dense(3, name="o")])
+    for layer in model.layers:
+        kernel = np.asarray(layer.kernel).copy()
+        kernel.flat[::2] = 0.0  # half of every kernel
+        layer.kernel.assign(kernel)
+    found = list(targets.walk(model))
+
+    def notes(**settings):
+        return already_sparse(found, build_config({"model_path": "m.keras", **settings}, environ={})).notes
+
+    (note,) = notes(sparsity=0.3)
+    assert "already 50.0% zero, more than the 0.3 asked" in note and "sparser than asked" in note
+    assert notes(sparsity=0.5) == () and notes(sparsity=0.7) == () and notes(threshold=0.1) == ()
+    assert notes() == ()  # no --sparsity: the default 0.5
+
+
 @pytest.mark.slow
 def test_the_python_api_writes_the_report_files_and_withholds_a_failed_model(tmp_path, trained):
     from prunecli import build_config, prune

@@ -92,6 +92,7 @@ def run(config: PruneConfig, progress: steps.Progress | None = None) -> PruneRes
     opened, config = steps.open_nested(state.model, config)  # --shrink: a backbone's channels too
     state = state.after(opened).with_config(config)
     state = state.after(steps.pick_targets(state.model, config))
+    state = state.after(steps.already_sparse(state.targets, config))
     refused = removal.refusal(config.granularity.kind, state.model, state.targets, config)
     if refused:  # a structural step this model cannot take: said before any measuring
         raise InputError(refused)
