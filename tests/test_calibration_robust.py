@@ -355,18 +355,32 @@ def test_stateful_rnn_falls_back_and_single_weight_works():
     assert "w/kernel" in res.masks
 
 
-def test_fixed_batch_model_is_fed_whole_batches():
+def test_a_declared_batch_size_binds_only_a_stateful_model(tmp_path):
+    """Input(batch_size=...) without a stateful layer binds nothing (Keras runs the model on any batch): its
+    data is read at --batch-size and every calibration example is used. ao-compensation-model's gait GRU
+    declares 128, and every --data command was refused ("give --batch-size 128"; bench/ZOO.md). A stateful
+    RNN's declared size still binds."""
     import keras
 
     from prunecli.calibration import prune_calibrated
+    from prunecli.errors import ConfigError
+    from prunecli.io import data as pdata
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((16,), batch_size=8)
-    model = keras.Model(inp, keras.layers.Dense(4, name="fc")(inp))
+    model = keras.Model(inp, keras.layers.UnitNormalization(name="unit")(keras.layers.Dense(4, name="fc")(inp)))
     x = np.random.default_rng(0).normal(size=(20, 16)).astype("float32")
     res = prune_calibrated(model, every_target(model), [x], calibration_config("sparsegpt", sparsity=0.5))
-    assert res.section["layers"]["fc/kernel"]["rows"] == 16  # two whole batches of 8
-    assert any("4 of 20 examples left out" in n for n in res.notes)
+    assert res.section["layers"]["fc/kernel"]["rows"] == 20
+    assert not any("left out" in n for n in res.notes)
+    path = tmp_path / "d.npz"
+    np.savez(path, x=x, y=x[:, :4])
+    assert pdata.load(str(path), model, batch_size=16).n_train == 20
+    seq = keras.Input((3, 16), batch_size=8)
+    stateful = keras.Model(seq, keras.layers.SimpleRNN(4, stateful=True)(seq))
+    np.savez(path, x=x[:, None].repeat(3, 1), y=x[:, :4])
+    with pytest.raises(ConfigError, match="fixed batch size of 8"):
+        pdata.load(str(path), stateful, batch_size=16)
 
 
 # --- labels are never needed --------------------------------------------------------------------------

@@ -216,20 +216,12 @@ def call_order(model, layers: list, x) -> dict[int, Call]:
 
 def stateful_layers(model) -> list[str]:
     """Names of the model's stateful layers (an RNN with stateful=True): a forward pass changes them."""
-    found = []
-    for layer in keras_graph.all_layers(model)[1:]:  # the model itself first, then every layer inside
-        if getattr(layer, "stateful", False) is True:
-            found.append(layer.name)
-    return found
+    return keras_graph.stateful_layers(model)
 
 
 def fixed_batch(model) -> int | None:
-    """The batch size a model's inputs are declared with (Input(batch_size=...)), or None."""
-    for t in getattr(model, "inputs", None) or []:
-        shape = getattr(t, "shape", None)
-        if shape is not None and len(shape) and shape[0] is not None:
-            return int(shape[0])
-    return None
+    """The batch size the model must be run with (keras_graph.fixed_batch), or None."""
+    return keras_graph.fixed_batch(model)
 
 
 @dataclass

@@ -195,6 +195,26 @@ def all_layers(model) -> list:
     return list(model._flatten_layers())
 
 
+def stateful_layers(model) -> list[str]:
+    """Names of the model's stateful layers (an RNN with stateful=True): a forward pass changes them."""
+    return [layer.name for layer in all_layers(model)[1:] if getattr(layer, "stateful", False) is True]
+
+
+def fixed_batch(model) -> int | None:
+    """The batch size the model must be run with, or None: the size its inputs declare
+    (Input(batch_size=...)) where it has stateful layers, whose states hold one row per example. Without
+    them a declared batch size binds nothing: Keras 3 and tf_keras run a functional model on batches of
+    any size (its input spec leaves the batch axis free), and the saved model keeps the declaration.
+    (ao-compensation-model's gait GRU declares 128 and was refused every --data command; bench/ZOO.md.)"""
+    if not stateful_layers(model):
+        return None
+    for t in getattr(model, "inputs", None) or []:
+        shape = getattr(t, "shape", None)
+        if shape is not None and len(shape) and shape[0] is not None:
+            return int(shape[0])
+    return None
+
+
 def copy_weights(source, target) -> None:
     """`target` (a copy of `source`: cloned, rebuilt or deserialised) given `source`'s weights, and the
     state Keras derives from weights settled: an adapted Normalization (IndexLookup, TextVectorization

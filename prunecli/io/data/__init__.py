@@ -46,11 +46,13 @@ from prunecli.io.data.tokens import load_text
 
 def load(path: str, model, batch_size: int = 64, val_split: float = 0.0, seed: int = 0) -> Data:
     """Read the data and return train/eval pipelines checked against the model."""
-    fixed = sorted({int(t.shape[0]) for t in getattr(model, "inputs", None) or [] if t.shape and t.shape[0]})
-    if fixed and fixed != [batch_size]:  # a stateful RNN, or an Input(batch_shape=...): else Keras fails mid-run
+    from prunecli.structure import keras_graph
+
+    fixed = keras_graph.fixed_batch(model)  # a stateful RNN's declared batch size; any other runs at any size
+    if fixed and fixed != batch_size:
         from prunecli.errors import ConfigError
 
-        raise ConfigError(f"the model's inputs have a fixed batch size of {fixed[0]}; give --batch-size {fixed[0]}")
+        raise ConfigError(f"the model's inputs have a fixed batch size of {fixed}; give --batch-size {fixed}")
     data = _read(path, model, batch_size, val_split, seed)
     return _whole_batches(data, batch_size) if fixed else data
 
