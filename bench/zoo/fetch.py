@@ -2558,6 +2558,118 @@ def build_circuits_aeqem(ctx, n=256):
     return {"x": x}, None, None
 
 
+# Khmer romanisation (UNGEGN-like): onsets, vowels and finals of the names the transliterator was trained on
+NETRA_ONSETS = "k kh ng ch chh nh d t th n b p ph m y r l v s h sr pr tr kr sd thm chr".split()
+NETRA_VOWELS = "a aa ai ao ea ei eu o ou u i e oeu ie ua oa".split()
+NETRA_FINALS = ["", "", "", "k", "ng", "n", "m", "p", "t", "h", "r", "l", "y", "ch", "nh"]
+
+
+def netra_assets(ctx) -> dict:
+    """netra-transliterate's gru_transliteration_assets.pkl: its two character Tokenizers (Keras', pickled)
+    and the padded lengths, read without running code (_TokenizerPickle)."""
+    blob = read_member(
+        ctx["archive"]("netra-transliterate"), "khmer_transliterator/weights/gru_transliteration_assets.pkl"
+    )
+    return _TokenizerPickle(io.BytesIO(blob)).load()
+
+
+def build_names_netra(ctx, n=256):
+    """netra-transliterate's inputs (khmer_transliterator/_inference.py): a romanised word, cleaned to a-z,
+    each letter its id in the English character Tokenizer (char_level, lower-cased; an unknown letter the
+    <unk> id), post-padded to max_eng_len (25); the Khmer characters so far, the start token '\\t' first, post-
+    padded to max_khm_len (24). The package ships no romanised words: 1-3 syllables of Khmer romanisation.
+    The Khmer input is the dense model's own greedy transliteration (its beam search at width 1: each
+    step feeds back the argmax), stopped at the end token '\\n'."""
+    import keras
+
+    assets = netra_assets(ctx)
+    eng, khm = assets["eng_tokenizer"], assets["khm_tokenizer"]
+    max_eng, max_khm = assets["max_eng_len"], assets["max_khm_len"]
+    words = set()
+    while len(words) < n:
+        sylls = [
+            NETRA_ONSETS[RNG.integers(len(NETRA_ONSETS))]
+            + NETRA_VOWELS[RNG.integers(len(NETRA_VOWELS))]
+            + NETRA_FINALS[RNG.integers(len(NETRA_FINALS))]
+            for _ in range(int(RNG.integers(1, 4)))
+        ]
+        word = "".join(sylls)
+        if 3 <= len(word) <= 18:
+            words.add(word)
+    x_eng = np.zeros((n, max_eng), np.int32)
+    for row, word in enumerate(sorted(words)):
+        ids = [eng.word_index.get(c, eng.word_index[eng.oov_token]) for c in word]
+        x_eng[row, : len(ids)] = ids
+    x_eng = x_eng[RNG.permutation(n)]
+    start, end = khm.word_index["\t"], khm.word_index["\n"]
+    model = keras.saving.load_model(ctx["model_path"], compile=False)
+    x_khm = np.zeros((n, max_khm), np.int32)
+    x_khm[:, 0] = start
+    done = np.zeros(n, bool)
+    for t in range(max_khm - 1):
+        probs = model.predict([x_eng, x_khm[:, : t + 1]], batch_size=64, verbose=0)
+        nxt = probs[:, -1].argmax(-1)
+        x_khm[~done, t + 1] = nxt[~done]
+        done |= nxt == end
+        if done.all():
+            break
+    x_khm[x_khm == end] = 0  # the end token is never fed back: the decoder stops on it
+    names = keras3_input_names(ctx["model_path"])
+    return {f"x_{names[0]}": x_eng, f"x_{names[1]}": x_khm}, None, None
+
+
+def robust_scaler_arrays(blob: bytes) -> dict:
+    """A scikit-learn RobustScaler saved by joblib, as its attributes (center_, scale_, ...): the class is a
+    stand-in and numpy's array classes and joblib's array wrapper the only other globals, so no code of the
+    pickle runs."""
+    from joblib import numpy_pickle
+
+    class Attributes:
+        def __setstate__(self, state):
+            self.__dict__.update(state)
+
+    allowed = {
+        ("joblib.numpy_pickle", "NumpyArrayWrapper"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+    }
+
+    class ScalerOnly(numpy_pickle.NumpyUnpickler):
+        def find_class(self, module, name):
+            if (module, name) == ("sklearn.preprocessing._data", "RobustScaler"):
+                return Attributes
+            if (module, name) not in allowed:
+                raise pickle.UnpicklingError(f"refusing {module}.{name} in a scaler pickle")
+            return super().find_class(module, name)
+
+    return ScalerOnly("scaler.pkl", io.BytesIO(blob), ensure_native_byte_order=True).load().__dict__
+
+
+def build_gait_aocomp(ctx, n=256, window=200, stride=20, lead=20):
+    """ao-compensation-model's input and targets (training.py preprocess_one_csv, create_sliding_windows):
+    hip angle and velocity of a ';'-separated csv at 100 Hz, scaled by the model folder's RobustScaler
+    ((x - center_) / scale_), in windows of 200 samples every 20; the targets the csv's (target_sin,
+    target_cos) of the same window 20 samples later (TARGET_LEAD). The csv is the subject its training
+    held out for validation (3km); n windows drawn without replacement, seeded."""
+    import csv
+
+    archive = ctx["archive"]("ao-compensation-model")
+    folder = "ao_compensation_model/model/2026_03_26_22_54_0.0713"
+    scaler = robust_scaler_arrays(read_member(archive, f"{folder}/scaler.pkl"))
+    text = read_member(archive, "ao_compensation_model/dataset/training/training_data_H_3km_target.csv").decode()
+    rows = list(csv.DictReader(io.StringIO(text), delimiter=";"))
+    feats = np.array([[float(r["Hip_x"]), float(r["Hip_vel"])] for r in rows])
+    targets = np.array([[float(r["target_sin"]), float(r["target_cos"])] for r in rows], np.float32)
+    feats = ((feats - scaler["center_"]) / scaler["scale_"]).astype(np.float32)
+    starts = np.arange(0, len(feats) - window - lead, stride)
+    pick = np.sort(RNG.choice(starts, n, replace=False))
+    x = np.stack([feats[i : i + window] for i in pick])
+    y = np.stack([targets[i + lead : i + lead + window] for i in pick])
+    return {"x": x}, y, "the csv's target_sin / target_cos, 20 samples ahead (real targets)"
+
+
 def build_lightcurves_t2(ctx, n=8):
     """T2's input shape (100 x 2); only `prune` runs on its refusal."""
     return {"x": RNG.standard_normal((n, 100, 2)).astype(np.float32)}, None, None

