@@ -110,6 +110,30 @@ def test_a_written_model_that_does_not_load_back_or_computes_otherwise_is_not_co
     assert caught.value.exit_code == ExitCode.INTERNAL
 
 
+@pytest.mark.slow  # 0.5-1 s: a save and a load
+def test_the_reload_check_runs_on_the_data_when_there_is_some(tmp_path):
+    """A model whose open dimensions need different lengths (RepeatVector(20) beside an open-length
+    sequence, as big-phoney's attention seq2seq) runs on no stand-ins: with --data the written model is
+    compared on the data, as shrink's own check is (it was an internal error after shrink's check passed)."""
+    import keras
+
+    from prunecli.run import steps
+
+    seq, state = keras.Input((None, 3)), keras.Input((5,))
+    repeated = keras.layers.RepeatVector(20)(keras.layers.Dense(4)(state))
+    model = keras.Model([seq, state], keras.layers.Concatenate()([keras.layers.Dense(4)(seq), repeated]))
+    path = tmp_path / ".o.123.tmp.keras"
+    model.save(path)
+    rng = np.random.default_rng(0)
+    x = [rng.normal(size=(6, 20, 3)).astype("float32"), rng.normal(size=(6, 5)).astype("float32")]
+
+    class Data:
+        eval = [(x, None)]
+
+    config = build_config({"model_path": str(path), "output": str(tmp_path / "o.keras")}, environ={})
+    steps.check_reloads(model, path, tmp_path / "o.keras", config, Data())
+
+
 @pytest.mark.slow  # 3-5 s: the full suite
 def test_a_shrunk_model_is_loaded_back_before_it_is_committed(tmp_path, cli):
     """The check runs on every rebuilt model (its phase is timed in the report) and passes on a sound one."""

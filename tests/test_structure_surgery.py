@@ -192,6 +192,25 @@ def test_verification_catches_a_wrong_rebuild(monkeypatch):
     assert not s.structure_changed and s.model is model
 
 
+@pytest.mark.slow  # 0.3-0.6 s: a probe of nine lengths
+def test_a_model_the_stand_ins_cannot_run_is_refused_not_an_internal_error():
+    """Stand-ins give every open dimension one length; big-phoney's attention seq2seq (RepeatVector(20)
+    beside an open-length encoder, one phone per decoder input) runs at no such length, and shrink's check
+    was an internal error (exit 1) inside Concatenate. Now it is exit 3, asking for --data."""
+    import keras
+
+    from prunecli.errors import ExitCode
+
+    seq, state = keras.Input((None, 3)), keras.Input((5,))
+    repeated = keras.layers.RepeatVector(20)(keras.layers.Dense(4)(state))
+    out = keras.layers.Dense(2)(keras.layers.Concatenate()([keras.layers.Dense(4)(seq), repeated]))
+    model = keras.Model([seq, state], out)
+    inputs = equivalence.example_inputs(model, 4)
+    with pytest.raises(equivalence.UncheckableInputs, match="give --data") as err:
+        equivalence.check_equivalent(model, model, inputs, "shrink: the rebuilt model")
+    assert err.value.exit_code == ExitCode.BAD_INPUT
+
+
 def test_separable_transpose_depthwise_and_squeeze_excite(tmp_path):
     import keras
     from keras import layers

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from prunecli.errors import PruneCliError
+from prunecli.errors import InputError, PruneCliError
 
 MAX_RELATIVE_DIFF = 1e-4  # largest output difference, relative to the largest output, a rebuild may make
 MAX_PROBE_ELEMENTS = 1 << 20  # input values one check or timing feeds at once: a 10,000-step sequence model
@@ -119,12 +119,27 @@ def _outputs(model, inputs) -> list:
     return [np.asarray(a, dtype=np.float64) for a in tree.flatten(forward(model, [inputs])(inputs))]
 
 
+class UncheckableInputs(InputError):
+    """The model being rebuilt does not run on the check's inputs, so the rebuild cannot be proved (exit 3)."""
+
+
 def compare(reference, candidate, inputs) -> dict:
-    """Largest absolute and relative (to the largest reference output) difference of two models."""
+    """Largest absolute and relative (to the largest reference output) difference of two models.
+    UncheckableInputs when the reference itself does not run on `inputs`: seeded stand-ins give every
+    open dimension one length (probes.py), and some models need different ones (big-phoney's attention
+    seq2seq: 20 characters beside one phone per decoder input; an internal error before)."""
     import numpy as np
     from keras import tree
 
-    ref, got = _outputs(reference, inputs), _outputs(candidate, inputs)
+    try:
+        ref = _outputs(reference, inputs)
+    except Exception as exc:  # noqa: BLE001 - any failure of the unchanged model is the inputs', not the rebuild's
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UncheckableInputs(
+            f"the model does not run on the check's inputs ({type(exc).__name__}: {first}); with no --data they "
+            "are stand-ins whose open dimensions all take one length: give --data (the model's real inputs)"
+        ) from exc
+    got = _outputs(candidate, inputs)
     max_abs = max(float(np.max(np.abs(a - b))) for a, b in zip(ref, got, strict=True))
     scale = max(float(np.max(np.abs(a))) for a in ref)
     return {
