@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from prunecli.calibration.views import CONVOLUTIONS, LayerView
-from prunecli.structure import keras_graph
 
 CHUNK = 32  # examples per forward pass, at most: bounds one pass's activations
 INPUT_BYTES = 256 * 2**20  # a pass's layer input, at most (fewer examples per pass when larger)
@@ -212,16 +211,6 @@ def call_order(model, layers: list, x) -> dict[int, Call]:
             hooks.enter_context(_Wrapped(layer, hook_for(layer)))
         model(x, training=False)
     return {k: Call(v[0], v[1], tuple(None if d is None else int(d) for d in v[2])) for k, v in seen.items()}
-
-
-def stateful_layers(model) -> list[str]:
-    """Names of the model's stateful layers (an RNN with stateful=True): a forward pass changes them."""
-    return keras_graph.stateful_layers(model)
-
-
-def fixed_batch(model) -> int | None:
-    """The batch size the model must be run with (keras_graph.fixed_batch), or None."""
-    return keras_graph.fixed_batch(model)
 
 
 @dataclass

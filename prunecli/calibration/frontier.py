@@ -476,7 +476,7 @@ def _probe(model, batches: list) -> dict | str:
     import tensorflow as tf
     from keras import tree
 
-    fixed = capture.fixed_batch(model)
+    fixed = keras_graph.fixed_batch(model)
     first = batches[0]
     probe = first if fixed else tf.nest.map_structure(lambda a: a[:PROBE_EXAMPLES], first)
     n = capture.count_examples([probe])

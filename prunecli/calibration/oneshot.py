@@ -31,6 +31,7 @@ from typing import Any
 from prunecli.calibration import capture, depthwise, dsnot, frontier, outputs, refit, sparsegpt, views, wanda
 from prunecli.config import CALIBRATED_METHODS, MEASURED
 from prunecli.errors import ConfigError, DataError, ResourceError
+from prunecli.structure import keras_graph
 
 
 @dataclass
@@ -106,8 +107,8 @@ def _plan(model, targets, calibration_x, notes, fallback) -> _Plan:
         else:
             seen.append(v)
     n = capture.count_examples(batches)
-    fixed = capture.fixed_batch(model)
-    stateful = capture.stateful_layers(model)
+    fixed = keras_graph.fixed_batch(model)
+    stateful = keras_graph.stateful_layers(model)
     why = None
     if seen and stateful:
         why = f"the model has stateful layers ({', '.join(stateful[:3])}) whose states a calibration pass would change"
@@ -1006,7 +1007,7 @@ def _trial_examples(
     have = capture.count_examples(p.batches)
     if len(names) * macs * have <= MEASURE_MACS:
         return p, passes, held_out, None
-    unit = capture.fixed_batch(model) or 1  # examples per pass where the model fixes its batch size
+    unit = keras_graph.fixed_batch(model) or 1  # examples per pass where the model fixes its batch size
     wandas = sum(name not in MAGNITUDE_TRIALS for name in names) if calibrating is None else calibrating
     compared = len(names) + 1  # and the dense run
     budget = int(MEASURE_MACS // (macs * unit))  # in passes of `unit` examples
@@ -1037,7 +1038,7 @@ def _measure_passes(model, p: _Plan, held_out_x) -> tuple[list, bool]:
     `held_out_x` cut as calibration cuts its passes when it holds at least MEASURE_EXAMPLES examples,
     else the first calibration examples."""
     if held_out_x:
-        fixed = capture.fixed_batch(model)
+        fixed = keras_graph.fixed_batch(model)
         passes = capture.chunks(held_out_x, fixed or p.per_pass, exact=bool(fixed))
         if capture.count_examples(passes) >= MEASURE_EXAMPLES:
             return passes, True

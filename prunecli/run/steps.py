@@ -565,7 +565,7 @@ def measured_allocation(state: RunState, progress: Progress, timings: Timings) -
     lamp = config.replace(normalize="lamp")
     candidates = {"uniform": lamp.replace(scope="layer"), "lamp": lamp}
     copy_bytes = sum(4 * t.size for t in state.targets)
-    stateful = capture.stateful_layers(state.model)
+    stateful = keras_graph.stateful_layers(state.model)
     if stateful or not copies_fit(copy_bytes):
         why = (
             f"{stateful[0]} is stateful: a forward pass to compare on would change its state"
@@ -574,7 +574,7 @@ def measured_allocation(state: RunState, progress: Progress, timings: Timings) -
         )
         return lamp, StepResult(sections={"allocation_measured": {"chosen": "lamp", "why": why}})
     progress(f"measuring the allocations ({', '.join(candidates)}) on examples of --data")
-    fixed = capture.fixed_batch(state.model)  # a declared batch size: passes of exactly that many
+    fixed = keras_graph.fixed_batch(state.model)  # a declared batch size: passes of exactly that many
     probe = capture.chunks(take_examples(state.data.train, MEASURE_EXAMPLES), fixed or capture.CHUNK, exact=bool(fixed))
 
     def trial(candidate):
