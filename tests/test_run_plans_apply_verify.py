@@ -52,7 +52,7 @@ def pruned(mlp_files, tmp_path_factory):
     return out, plan, report
 
 
-def test_plan_file_is_a_documented_zip_without_pickle(pruned):
+def test_plan_file_is_a_documented_zip_without_pickle(pruned, mlp_files):
     out, plan, report = pruned
     with zipfile.ZipFile(plan) as z:
         names = z.namelist()
@@ -66,7 +66,16 @@ def test_plan_file_is_a_documented_zip_without_pickle(pruned):
     r = json.loads(report.read_text())
     assert r["plan"]["sha256"] == plan_file.read(plan).sha256
     assert r["output"]["sha256"] == plan_file.file_sha256(out)
-    assert r["reproducibility"]["masks"] == "bitwise"
+    # the default magnitude command with --data chooses its allocation on the data: not promised bit for bit
+    assert r["reproducibility"]["masks"] == "expected, not guaranteed"
+    assert any("allocation is chosen" in why for why in r["reproducibility"]["why"])
+    from prunecli import build_config
+
+    no_data = build_config({"model_path": str(out), "sparsity": 0.6}, environ={})
+    assert plan_file.reproducibility(no_data)["masks"] == plan_file.reproducibility(no_data)["weights"] == "bitwise"
+    channels = {"model_path": str(out), "granularity": "neuron", "data": str(mlp_files["data"])}
+    channels = build_config(channels, environ={})
+    assert plan_file.reproducibility(channels)["weights"] == "expected, not guaranteed"
     # the plan's masks are the output's zeros
     saved = plan_file.read(plan)
     weights = _weights(out)

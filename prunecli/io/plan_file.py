@@ -816,13 +816,23 @@ def reproducibility(config) -> dict:
     """What a rerun of the same command, seed and data reproduces bit for bit (the report's
     `reproducibility` section), and with --data which data that is (`data`: data_digest), so
     that `verify --data` re-measures the report's accuracy only on it."""
+    from prunecli.config import MEASURED
+
     data_free = config.method in ("magnitude", "random", "l1-norm", "l2-norm", "neuron-mean")
+    measured = config.normalize == MEASURED  # the default magnitude command with --data: candidates compared on it
+    refit = bool(config.reconstruct)
+    batchnorm = config.granularity.kind == "neuron" and config.data is not None and not refit
     trains = config.epochs > 0 or config.schedule != "oneshot"
     gradual = config.schedule != "oneshot"
-    masks = "bitwise" if data_free and not gradual else "expected, not guaranteed"
+    masks = "bitwise" if data_free and not measured and not gradual else "expected, not guaranteed"
     why = []
     if not data_free:
         why.append("data-driven scores are sums computed by multi-threaded TensorFlow kernels")
+    if measured:
+        why.append("the allocation is chosen by output errors on --data, sums computed by multi-threaded kernels")
+    if refit or batchnorm:
+        what = "--reconstruct refits kept weights" if refit else "BatchNorm statistics are re-estimated"
+        why.append(f"{what} from sums over --data computed by multi-threaded kernels")
     if gradual:
         why.append("a gradual schedule re-scores weights while they are being fine-tuned")
     if trains:
@@ -833,7 +843,7 @@ def reproducibility(config) -> dict:
     section = {
         "masks": masks,
         "plan_file": masks,
-        "weights": "not bitwise" if trains else masks,
+        "weights": "not bitwise" if trains else "expected, not guaranteed" if refit or batchnorm else masks,
         "why": why,
     }
     if config.data:
