@@ -77,6 +77,13 @@ def test_suggestion_is_the_largest_sparsity_whose_drop_and_all_smaller_ones_stay
     assert result.max_within_budget("a") == 0.2  # 0.8 is within budget again, but 0.5 was not
     assert result.max_within_budget("b") == 0.0  # over budget from the first point
     assert result.drop(result.curve("a")[1]) == pytest.approx(0.2)
+    assert sweep.summary_line(result).endswith("suggested sparsity 0.5 (largest with accuracy drop <= 0.01)")
+    # a point within the budget past one over it: the line says so instead of 'no swept sparsity keeps
+    # the accuracy drop within 0.01' (or 'largest with ...') beside a table row within it
+    for curve, first in (([0.85, 0.9, 0.9], "no sparsity suggested"), ([0.9, 0.85, 0.9], "suggested sparsity 0.2")):
+        line = sweep.summary_line(synthetic({sweep.ALL: curve}))
+        assert first in line and "no swept sparsity" not in line
+        assert line.endswith("within it too, past one over it") and ("0.8 within" in line)
 
 
 def test_regression_results_have_no_suggestion_and_plot_the_loss(tmp_path):
