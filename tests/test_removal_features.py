@@ -222,11 +222,15 @@ def test_cli_reports_kept_features_and_flops(cli, noisy, tmp_path):
         tmp_path / "o.keras",
         "-r",
         report,
+        "--markdown",
+        tmp_path / "r.md",
         "-q",
     )
     assert res.exit_code == 0, res.output
     data = json.loads(report.read_text())
     assert set(INFORMATIVE) <= set(data["kept_features"]["features"])
+    # the page says the 6 features' weights went (it read '0.0% sparse' and nothing of them)
+    assert "Removed from the model: **144 of 387 parameters (37.2%); 243 remain**." in (tmp_path / "r.md").read_text()
     assert data["flops"]["after"] == 6 * 24 + 24 * 3 and data["flops"]["before"] == 12 * 24 + 24 * 3
     bad = cli("prune", noisy["model"], "-g", "input", "--feature-score", "bogus")
     assert bad.exit_code == 2

@@ -204,7 +204,16 @@ def test_cli_layer_pruning_report(cli, residual, tmp_path):
         tmp_path / "o.keras",
         "-r",
         report,
+        "--markdown",
+        tmp_path / "r.md",
         "-q",
     )
     assert res.exit_code == 0, res.output
-    assert json.loads(report.read_text())["removed_layers"] == ["b1_up", "b1_down", "add1"]
+    claims = json.loads(report.read_text())
+    assert claims["removed_layers"] == ["b1_up", "b1_down", "add1"]
+    # the page says what went (it read '0.0% sparse', the removal only in a collapsed JSON block)
+    section = claims["layer_pruning"]
+    (gone,) = [c["params"] for c in section["candidates"] if c["removed"]]
+    assert section["params_before"] - section["params_after"] == gone > 0
+    said = f"Removed from the model: **{gone:,} of {section['params_before']:,} parameters"
+    assert said in (tmp_path / "r.md").read_text()

@@ -368,7 +368,8 @@ def _md_header(report: Report) -> list[str]:
     ]
 
 
-STRUCTURAL_SECTIONS = ("heads", "ffn", "hidden", "shrink")  # steps whose section counts params_before/after
+# steps whose section counts params_before/after (feature_pruning when shrunk, layer_pruning when it removed any)
+STRUCTURAL_SECTIONS = ("heads", "ffn", "hidden", "shrink", "feature_pruning", "layer_pruning")
 
 
 def removed_line(report: Report) -> str | None:

@@ -495,10 +495,13 @@ def run(model, run_targets, data, task, config, progress, timings) -> StepResult
             f"{', '.join(outside)}: read(s) the pruned input features, so cut with them (not among the run's targets)"
         )
     replaced = {"targets": readers, "masks": masks}
+    counts = {}
     if c.shrink:
         progress("rebuilding the model with the kept features")
+        counts["params_before"] = int(model.count_params())
         with timings.phase("shrink"):
             model = shrink(model, tr, kept)
+        counts["params_after"] = int(model.count_params())
         replaced = {
             "model": model,
             "masks": None,
@@ -521,5 +524,6 @@ def run(model, run_targets, data, task, config, progress, timings) -> StepResult
             }
             for inp in tr.inputs
         },
+        **counts,  # the summary's and page's 'removed' line (outputs.report.removed_line)
     }
     return StepResult(sections=sections, notes=tuple(notes), **replaced)

@@ -527,6 +527,8 @@ def run(model, run_targets, data, task, config, progress, timings) -> StepResult
     with timings.phase("rebuild"):
         smaller, renamed = _without(model, chosen)
     section = _section(how, candidates, rows, chosen)
+    # the summary's and page's 'removed' line (outputs.report.removed_line)
+    section.update(params_before=int(model.count_params()), params_after=int(smaller.count_params()))
     gone = {name for cand in chosen for name in cand.layers}
     kept_targets = [t for t in run_targets if not gone & set(t.name.split("/"))]
     return StepResult(
