@@ -231,6 +231,9 @@ def test_cli_reports_kept_features_and_flops(cli, noisy, tmp_path):
     assert set(INFORMATIVE) <= set(data["kept_features"]["features"])
     # the page says the 6 features' weights went (it read '0.0% sparse' and nothing of them)
     assert "Removed from the model: **144 of 387 parameters (37.2%); 243 remain**." in (tmp_path / "r.md").read_text()
+    # verify measures the shrunk file on the run's own data, cut to the kept features as the run cut it
+    checked = cli("verify", tmp_path / "o.keras", "--report", report, "--data", noisy["data"])
+    assert checked.exit_code == 0 and "claims hold" in checked.output, checked.output
     assert data["flops"]["after"] == 6 * 24 + 24 * 3 and data["flops"]["before"] == 12 * 24 + 24 * 3
     bad = cli("prune", noisy["model"], "-g", "input", "--feature-score", "bogus")
     assert bad.exit_code == 2

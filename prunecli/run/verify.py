@@ -436,6 +436,27 @@ def _check_nm(result: VerifyResult, granularity, layers: list, found: dict) -> N
             )
 
 
+def _reading_all_features(model, claims: dict):
+    """After `-g input --shrink`, `model` behind a gather of the kept features (the report's
+    kept_features) from inputs as wide as --data's, as the run measured it on --data cut to them: verify
+    --data refused the run's own data (exit 3, 'inputs have shape (20,) per example but the model
+    expects (10,)'). Any other model, or a report that does not name each input's features, as it is."""
+    import keras
+
+    section, kept = claims.get("feature_pruning") or {}, claims.get("kept_features") or {}
+    widths = {name: (section.get("inputs") or {}).get(name, {}).get("features") for name in kept}
+    names = [getattr(t, "name", None) for t in model.inputs]
+    if not section.get("shrunk") or sorted(names, key=str) != sorted(kept) or not all(widths.values()):
+        return model
+    wide, cut = [], []
+    for tensor, name in zip(model.inputs, names, strict=True):
+        x = keras.Input(tuple(tensor.shape[1:-1]) + (int(widths[name]),), dtype=tensor.dtype, name=name)
+        wide.append(x)
+        cut.append(keras.ops.take(x, kept[name], axis=-1))
+    outputs = model(cut[0] if len(cut) == 1 else cut)
+    return keras.Model(wide[0] if len(wide) == 1 else wide, outputs)
+
+
 def _check_accuracy(result: VerifyResult, claims: dict, model, data, tolerance: float) -> None:
     """The final stage's metrics (outputs.report.final_metrics) measured again on --data: the accuracy
     within `tolerance` (absolute), the loss and a causal LM's perplexity within METRIC_RTOL (relative).
@@ -452,6 +473,7 @@ def _check_accuracy(result: VerifyResult, claims: dict, model, data, tolerance: 
         result.failures.append("accuracy: the report records none to check (run without labelled --data?)")
         return
     s = claims.get("settings", {})
+    model = _reading_all_features(model, claims)
     loaded = data_mod.load(
         str(data), model, int(s.get("batch_size") or 64), float(s.get("val_split") or 0.0), int(s.get("seed") or 0)
     )
