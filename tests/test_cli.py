@@ -216,3 +216,15 @@ def test_the_after_pruning_stage_of_a_fine_tuned_run_says_when_it_was_measured()
     assert stage_label("after_pruning", tuned) == "at the final sparsity (during fine-tuning)"
     assert stage_label("after_pruning", {"before": {}, "after_pruning": {}}) == "after pruning"
     assert stage_label("after_finetune", tuned) == "after finetune"
+    # a one-shot run measures it before fine-tuning (apply, -g layer, --schedule oneshot): it was labelled
+    # 'during fine-tuning' all the same
+    assert stage_label("after_pruning", tuned, "oneshot") == "after pruning (before fine-tuning)"
+    assert stage_label("after_pruning", tuned, "polynomial") == "at the final sparsity (during fine-tuning)"
+    from prunecli.outputs.report import Report, render_markdown
+
+    totals = {"params": 10, "nonzeros": 5, "sparsity": 0.5, "prunable_params": 8, "prunable_nonzeros": 3}
+    metrics = {stage: {"loss": 0.5, "accuracy": 0.8} for stage in tuned}
+    report = Report(settings={"schedule": "polynomial"}, input={"path": "m.keras", "format": "keras"},
+                    totals={**totals, "prunable_sparsity": 0.625}, metrics=metrics,
+                    extra={"finetune": {"schedule": "oneshot"}})  # fmt: skip
+    assert "| after pruning (before fine-tuning) |" in render_markdown(report)

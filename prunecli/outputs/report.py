@@ -394,13 +394,24 @@ def removed_line(report: Report) -> str | None:
     return f"{before - after:,} of {before:,} parameters ({(before - after) / before:.1%}); {after:,} remain"
 
 
-def stage_label(stage: str, metrics: dict) -> str:
-    """A metrics stage as the tables name it. With fine-tuning, "after_pruning" is measured when the final
-    sparsity is first reached, which a gradual schedule reaches two thirds into training: the label says
-    so (it read as the pruned model before any training)."""
+def stage_label(stage: str, metrics: dict, schedule: str | None = None) -> str:
+    """A metrics stage as the tables name it. With fine-tuning under a gradual schedule, "after_pruning" is
+    measured when the final sparsity is first reached, two thirds into training: the label says so (it
+    read as the pruned model before any training). A one-shot run (`schedule` "oneshot": apply, -g
+    layer/input/head, --target, --schedule oneshot) measures it before fine-tuning, and is labelled so
+    (its tables said 'during fine-tuning' of a model no step had trained)."""
     if stage == "after_pruning" and "after_finetune" in metrics:
+        if schedule == "oneshot":
+            return "after pruning (before fine-tuning)"
         return "at the final sparsity (during fine-tuning)"
     return stage.replace("_", " ")
+
+
+def run_schedule(report: Report) -> str | None:
+    """The schedule the run fine-tuned with (its finetune section's, else the settings'), or None."""
+    finetune = report.extra.get("finetune")
+    schedule = finetune.get("schedule") if isinstance(finetune, dict) else None
+    return schedule or report.settings.get("schedule")
 
 
 QUANTIZED_STAGE = "quantized (the output model)"
@@ -412,7 +423,8 @@ def shown_stages(report: Report) -> list[tuple[str, dict]]:
     one the quality gate and `verify` judge (final_accuracy): the tables ended at the float pruned
     model's accuracy (digits MLP at 70% + int4: 'after pruning 0.8167, -0.1033' beside a gate that
     measured the written file at 0.8100, -0.1100)."""
-    stages = [(stage_label(stage, report.metrics), values) for stage, values in report.metrics.items()]
+    schedule = run_schedule(report)
+    stages = [(stage_label(stage, report.metrics, schedule), values) for stage, values in report.metrics.items()]
     quantized = ((report.extra.get("quantize") or {}).get("metrics") or {}).get("quantized")
     if quantized:
         stages.append((QUANTIZED_STAGE, quantized))
