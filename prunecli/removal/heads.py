@@ -499,7 +499,7 @@ def _measured(model, found: list[HeadLayer], config, data, notes: list, say):
         method = MEASURED_SCORES[0]
         account = {"chosen": method, "same_heads": list(MEASURED_SCORES)}
     else:
-        fixed = capture.fixed_batch(model)
+        fixed = keras_graph.fixed_batch(model)
         probe = capture.chunks(capture.take_examples(data, MEASURE_EXAMPLES), fixed or capture.CHUNK, exact=bool(fixed))
         parts = [part for hl in found for part in hl.parts]
         trials = {
