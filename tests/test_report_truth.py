@@ -99,6 +99,13 @@ def test_the_summary_and_markdown_show_the_accuracy_of_the_quantized_model_writt
     assert QUANTIZED_STAGE in summary and "loss 0.6256, accuracy 0.8100" in summary
     assert "removed" not in summary and "Removed" not in page  # nothing was taken out of the structure
 
+    # the page's table of files lists the exports (they were only in the collapsed JSON block), and says
+    # which were withheld by a failed gate
+    report.input["bytes"] = 2048
+    report.extra["export"] = {"tflite": {"path": "m.tflite", "bytes": 1024, "gzip_bytes": 512, "written": False}}
+    files = render_markdown(report).split("### Files")[1]
+    assert "| input | `m.keras` |" in files and "| export tflite (not written) | `m.tflite` |" in files
+
     # a --shrink run's file is dense: the page said '0.0% sparse' and nothing of the 63% it removed
     report.extra = {"shrink": {"params_before": 467, "params_after": 171}}
     said = "296 of 467 parameters (63.4%); 171 remain"

@@ -477,15 +477,17 @@ def _md_layers(report: Report) -> list[str]:
 
 
 def _md_files(report: Report) -> list[str]:
-    """The input and output files' sizes, when they were measured; nothing otherwise."""
-    sized = [
-        (name, part) for name, part in (("input", report.input), ("output", report.output)) if part and "bytes" in part
-    ]
+    """The input, output and --export files' sizes, when they were measured; nothing otherwise. The exports
+    were listed only in the page's collapsed JSON block, so the page's table of files left out the files a
+    CI job ships (a .tflite), each labelled "(not written)" when the quality gate withheld it."""
+    parts = [("input", report.input), ("output", report.output)]
+    parts += [(f"export {fmt}", entry) for fmt, entry in (report.extra.get("export") or {}).items()]
+    sized = [(name, part) for name, part in parts if isinstance(part, dict) and "bytes" in part]
     if not sized:
         return []
     lines = ["### Files", "", "| | path | size | gzip size |", "|:---|:---|---:|---:|"]
     for name, part in sized:
-        name = _output_label(part) if name == "output" else name
+        name = name if name == "input" else _output_label(part, name)
         lines.append(
             f"| {name} | {md_code(part['path'], cell=True)} | {_mib(part['bytes'])} | {_mib(part.get('gzip_bytes'))} |"
         )
@@ -493,11 +495,11 @@ def _md_files(report: Report) -> list[str]:
     return lines
 
 
-def _output_label(output: dict) -> str:
-    """How the tables name the output model: "output (not written)" when its quality gate failed, as its
+def _output_label(output: dict, name: str = "output") -> str:
+    """How the tables name an output file: "output (not written)" when its quality gate failed, as its
     path and sizes then describe the model that failed, which no file holds (the summary and the CI
     page listed it as the output beside the sizes, with only a note at the end saying otherwise)."""
-    return "output" if output.get("written", True) else "output (not written)"
+    return name if output.get("written", True) else f"{name} (not written)"
 
 
 def final_metrics(claims: dict) -> tuple[str, dict]:
