@@ -86,6 +86,18 @@ def test_suggestion_is_the_largest_sparsity_whose_drop_and_all_smaller_ones_stay
         assert line.endswith("within it too, past one over it") and ("0.8 within" in line)
 
 
+def test_a_gradual_schedule_names_what_its_first_columns_measured():
+    """Under a gradual schedule a point's after_pruning is measured two thirds into fine-tuning, at the final
+    sparsity: the table, the JSON and the plot's legend called it "after pruning" of a model already trained."""
+    result = synthetic({sweep.ALL: [0.9, 0.895, 0.5]})
+    header, _, _ = sweep.table_rows(result)
+    assert header[1:3] == ["all: accuracy", "all: loss"]
+    result.schedule, result.epochs = "polynomial", 2
+    header, _, _ = sweep.table_rows(result)
+    assert header[1:3] == [f"all: accuracy ({result.pruned_label})", f"all: loss ({result.pruned_label})"]
+    assert "during fine-tuning" in result.pruned_label and result.to_dict()["schedule"] == "polynomial"
+
+
 def test_regression_results_have_no_suggestion_and_plot_the_loss(tmp_path):
     result = synthetic({sweep.ALL: [0.9, 0.8, 0.7]})
     result.baseline = {"loss": 0.3}

@@ -237,6 +237,7 @@ def run(config: PruneConfig, sparsities=DEFAULT_SPARSITIES, per_layer: bool = Tr
         scope=config.scope,
         granularity=str(config.granularity),
         epochs=config.epochs,
+        schedule=config.schedule,
         max_accuracy_drop=DEFAULT_BUDGET if config.max_accuracy_drop is None else config.max_accuracy_drop,
         n_eval=state.data.n_eval,
         baseline=finite_metrics(state.metrics["before"]),

@@ -47,6 +47,14 @@ class SweepResult:
     notes: list[str] = field(default_factory=list)
     timings_s: dict = field(default_factory=dict)
     prunecli_version: str = ""
+    schedule: str = "oneshot"  # a gradual one measures the "all" points' after_pruning during fine-tuning
+
+    @property
+    def pruned_label(self) -> str:
+        """What the "all" curve's after_pruning is: right after pruning (one-shot), or, under a gradual
+        schedule, the model at its final sparsity two thirds into fine-tuning (the table and the plot
+        called that "after pruning", of a model fine-tuning had trained)."""
+        return "after pruning" if self.schedule == "oneshot" else "at final sparsity, during fine-tuning"
 
     def drop(self, point: SweepPoint) -> float | None:
         """Accuracy lost against the unpruned model (positive = worse); None without an accuracy metric."""
@@ -99,6 +107,7 @@ class SweepResult:
             "scope": self.scope,
             "granularity": self.granularity,
             "epochs": self.epochs,
+            "schedule": self.schedule,
             "max_accuracy_drop": self.max_accuracy_drop,
             "baseline": self.baseline,
             "layers": self.layers,
@@ -139,7 +148,8 @@ def table_rows(result: SweepResult) -> tuple[list[str], list[list[str]], list[li
     finetuned = any(p.after_finetune for p in result.points)
     per_layer = [layer["name"] for layer in result.layers if result.curve(layer["name"])]
     with_loss = metric != "loss"  # the loss beside the accuracy; without an accuracy it is the metric
-    header = ["sparsity", f"all: {metric}"] + (["all: loss"] if with_loss else [])
+    during = "" if result.schedule == "oneshot" else f" ({result.pruned_label})"
+    header = ["sparsity", f"all: {metric}{during}"] + ([f"all: loss{during}"] if with_loss else [])
     if finetuned:
         header.append(f"all: {metric} fine-tuned")
     if metric == "accuracy":
@@ -299,7 +309,11 @@ def _plot_all(ax, result: SweepResult, metric: str) -> None:
     curve = result.curve(ALL)
     xs = [0.0] + [p.sparsity for p in curve]
     ax.plot(
-        xs, [base] + [(p.after_pruning or {}).get(metric) for p in curve], "o-", color="tab:blue", label="after pruning"
+        xs,
+        [base] + [(p.after_pruning or {}).get(metric) for p in curve],
+        "o-",
+        color="tab:blue",
+        label=result.pruned_label,
     )
     if any(p.after_finetune for p in curve):
         ax.plot(
