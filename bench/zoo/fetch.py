@@ -1523,30 +1523,38 @@ def _save_with_mtcnn_weights(model, weights, out) -> None:
     model.save(out)
 
 
-def mtcnn_weights(blob: bytes) -> list:
-    """mtcnn 1.0.0's weights: a joblib pickle (LZ4-compressed) of the list of arrays its models take in
-    set_weights. Unpickled with only numpy's array classes and joblib's array wrapper allowed, so the file
-    can run no other code."""
-    import pickle
+# the only globals a joblib pickle of arrays needs: numpy's array classes and joblib's array wrapper
+_ARRAY_GLOBALS = {
+    ("joblib.numpy_pickle", "NumpyArrayWrapper"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+}
 
+
+def load_joblib_arrays(label: str, raw: bytes, stand_ins: dict | None = None):
+    """A joblib pickle unpickled with only `_ARRAY_GLOBALS` and `stand_ins` ({(module, name): class} put in
+    a class's place) allowed, so the file can run no other code; any other global is an UnpicklingError."""
     from joblib import numpy_pickle
 
-    allowed = {
-        ("joblib.numpy_pickle", "NumpyArrayWrapper"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-    }
+    stand_ins = stand_ins or {}
 
     class ArraysOnly(numpy_pickle.NumpyUnpickler):
         def find_class(self, module, name):
-            if (module, name) not in allowed:
-                raise pickle.UnpicklingError(f"{module}.{name} is not an array class")
+            if (module, name) in stand_ins:
+                return stand_ins[(module, name)]
+            if (module, name) not in _ARRAY_GLOBALS:
+                raise pickle.UnpicklingError(f"refusing {module}.{name} in {label}")
             return super().find_class(module, name)
 
-    raw = lz4_frame_decompress(blob)
-    return ArraysOnly("onet.lz4", io.BytesIO(raw), ensure_native_byte_order=True).load()
+    return ArraysOnly(label, io.BytesIO(raw), ensure_native_byte_order=True).load()
+
+
+def mtcnn_weights(blob: bytes) -> list:
+    """mtcnn 1.0.0's weights: a joblib pickle (LZ4-compressed) of the list of arrays its models take in
+    set_weights, read with array classes only (load_joblib_arrays)."""
+    return load_joblib_arrays("onet.lz4", lz4_frame_decompress(blob))
 
 
 def assemble_mtcnn_onet(weights: bytes, out: Path) -> None:
@@ -2621,30 +2629,14 @@ def build_names_netra(ctx, n=256):
 def robust_scaler_arrays(blob: bytes) -> dict:
     """A scikit-learn RobustScaler saved by joblib, as its attributes (center_, scale_, ...): the class is a
     stand-in and numpy's array classes and joblib's array wrapper the only other globals, so no code of the
-    pickle runs."""
-    from joblib import numpy_pickle
+    pickle runs (load_joblib_arrays)."""
 
     class Attributes:
         def __setstate__(self, state):
             self.__dict__.update(state)
 
-    allowed = {
-        ("joblib.numpy_pickle", "NumpyArrayWrapper"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-    }
-
-    class ScalerOnly(numpy_pickle.NumpyUnpickler):
-        def find_class(self, module, name):
-            if (module, name) == ("sklearn.preprocessing._data", "RobustScaler"):
-                return Attributes
-            if (module, name) not in allowed:
-                raise pickle.UnpicklingError(f"refusing {module}.{name} in a scaler pickle")
-            return super().find_class(module, name)
-
-    return ScalerOnly("scaler.pkl", io.BytesIO(blob), ensure_native_byte_order=True).load().__dict__
+    stand_in = {("sklearn.preprocessing._data", "RobustScaler"): Attributes}
+    return load_joblib_arrays("scaler.pkl", blob, stand_in).__dict__
 
 
 def build_gait_aocomp(ctx, n=256, window=200, stride=20, lead=20):
