@@ -394,6 +394,9 @@ def removed_line(report: Report) -> str | None:
     return f"{before - after:,} of {before:,} parameters ({(before - after) / before:.1%}); {after:,} remain"
 
 
+DURING_FINETUNE = "at the final sparsity (during fine-tuning)"  # a gradual schedule's after_pruning
+
+
 def stage_label(stage: str, metrics: dict, schedule: str | None = None) -> str:
     """A metrics stage as the tables name it. With fine-tuning under a gradual schedule, "after_pruning" is
     measured when the final sparsity is first reached, two thirds into training: the label says so (it
@@ -403,7 +406,7 @@ def stage_label(stage: str, metrics: dict, schedule: str | None = None) -> str:
     if stage == "after_pruning" and "after_finetune" in metrics:
         if schedule == "oneshot":
             return "after pruning (before fine-tuning)"
-        return "at the final sparsity (during fine-tuning)"
+        return DURING_FINETUNE
     return stage.replace("_", " ")
 
 
@@ -425,7 +428,7 @@ def shown_stages(report: Report) -> list[tuple[str, dict]]:
     measured the written file at 0.8100, -0.1100)."""
     schedule = run_schedule(report)
     stages = [(stage_label(stage, report.metrics, schedule), values) for stage, values in report.metrics.items()]
-    quantized = ((report.extra.get("quantize") or {}).get("metrics") or {}).get("quantized")
+    quantized = quantized_metrics(report.extra)
     if quantized:
         stages.append((QUANTIZED_STAGE, quantized))
     return stages
@@ -502,11 +505,17 @@ def _output_label(output: dict, name: str = "output") -> str:
     return name if output.get("written", True) else f"{name} (not written)"
 
 
+def quantized_metrics(sections: dict) -> dict | None:
+    """The --quantize section's metrics of the quantized model (the model written), from a report's
+    sections (its extra, or the report read back as a dict), or None."""
+    return ((sections.get("quantize") or {}).get("metrics") or {}).get("quantized")
+
+
 def final_metrics(claims: dict) -> tuple[str, dict]:
     """(stage, its loss/accuracy/perplexity) of the model a run wrote, from its report as a dict: a
     --quantize run wrote the quantized model, whose metrics are the quantize section's, not the float
     pruned model's; else the last stage measured. The quality gate and `verify` both judge this one."""
-    quantized = ((claims.get("quantize") or {}).get("metrics") or {}).get("quantized")
+    quantized = quantized_metrics(claims)
     if quantized:
         return "quantized", quantized
     metrics = claims.get("metrics") or {}

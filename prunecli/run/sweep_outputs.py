@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prunecli.outputs.report import DURING_FINETUNE
+
 SCHEMA_VERSION = 1
 ALL = "all"  # the curve name of "every target pruned together"
 LIMIT_ROW = "max within budget"
@@ -54,7 +56,7 @@ class SweepResult:
         """What the "all" curve's after_pruning is: right after pruning (one-shot), or, under a gradual
         schedule, the model at its final sparsity two thirds into fine-tuning (the table and the plot
         called that "after pruning", of a model fine-tuning had trained)."""
-        return "after pruning" if self.schedule == "oneshot" else "at final sparsity, during fine-tuning"
+        return "after pruning" if self.schedule == "oneshot" else DURING_FINETUNE
 
     def drop(self, point: SweepPoint) -> float | None:
         """Accuracy lost against the unpruned model (positive = worse); None without an accuracy metric."""
