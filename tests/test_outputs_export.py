@@ -172,6 +172,15 @@ def test_without_data_random_inputs_check_a_two_input_model(cli, tmp_path):
     tflite.write_bytes(tflite.read_bytes()[:-1] + b"\0")  # one byte changed after the run
     changed = cli("verify", tmp_path / "two.pruned.keras", "-r", tmp_path / "r.json")
     assert changed.exit_code == 4 and "export tflite sha256" in changed.stderr and "two.pruned.tflite" in changed.stderr
+    tflite.write_bytes(tflite.read_bytes()[:-1] + b"\0")  # as the run wrote it, in an older prunecli's report
+    del report["export"]["tflite"]["sha256"]
+    (tmp_path / "r.json").write_text(json.dumps(report))
+    from prunecli.run.verify import verify
+
+    ran = verify(tmp_path / "two.pruned.keras", report=tmp_path / "r.json")  # run against the model instead
+    assert [c for c in ran.checked if c.startswith("export tflite outputs: the model's within")], ran.checked
+    other = verify(src, report=tmp_path / "r.json", raise_on_failure=False)  # the dense model: not its export
+    assert [f for f in other.failures if "export tflite: " in f and "computes other outputs than" in f], other.failures
 
 
 def test_dir_sizes_is_a_deterministic_tar_gzip(tmp_path):

@@ -461,8 +461,9 @@ def test_verify_reads_the_digest_in_any_case_and_checks_the_size(pruned, tmp_pat
 
 def test_verify_checks_each_export_beside_the_model_or_says_it_did_not(pruned, tmp_path, cli):
     """A report's exports (a .tflite file, a SavedModel folder) are checked by their sha256 beside the
-    model: one byte changed or the folder gone fails naming it (GateFailed, exit 4); a report of an older prunecli,
-    without the digest, says the export was not checked and does not count it as a claim that holds."""
+    model: one byte changed or the folder gone fails naming it (GateFailed, exit 4); an older prunecli's report,
+    without the digest, has the export run against the model instead, and one that cannot be (an int8
+    file, one that does not run) fails as not checked (exit 4: it exited 0, a green CI step on nothing)."""
     import hashlib
     import shutil
 
@@ -490,18 +491,34 @@ def test_verify_checks_each_export_beside_the_model_or_says_it_did_not(pruned, t
     }
     with_exports = tmp_path / "exports.json"
     with_exports.write_text(json.dumps(r))
+    missing = cli("verify", model, "-r", with_exports)  # an older report's export, not there: exited 0 before
+    assert missing.exit_code == 4 and missing.stdout == "", missing.output
+    said = missing.stderr.strip().splitlines()
+    assert len(said) == 1 and "out.int8.tflite is missing" in said[0], said
+    (tmp_path / "out.int8.tflite").write_bytes(b"TFL3" + bytes(200))
+    del r["export"]["tflite"]["sha256"]  # a float file without its digest is run instead: this one does not run
+    with_exports.write_text(json.dumps(r))
+    with pytest.raises(GateFailed) as unchecked:  # each said, in GateFailed's failures too
+        verify(model, report=with_exports)
+    first, second = unchecked.value.failures
+    assert "out.tflite: not checked (the report records no sha256" in first and "does not run here" in first
+    assert "out.int8.tflite: not checked" in second and "an int8 file's outputs" in second
+    (tmp_path / "out.int8.tflite").unlink()
+    r["export"]["tflite-int8"]["written"] = False  # the run's gate failed: none there holds
+    r["export"]["tflite"]["sha256"] = hashlib.sha256(tflite.read_bytes()).hexdigest()
+    with_exports.write_text(json.dumps(r))
     held = cli("verify", model, "-r", with_exports)
-    assert held.exit_code == 0 and "claims hold, 1 not checked" in held.stdout, held.output
-    said = held.stderr.strip().splitlines()
-    assert len(said) == 1 and "out.int8.tflite: not checked (the report records no sha256" in said[0]
+    assert held.exit_code == 0 and held.stderr == "" and "claims hold" in held.stdout, held.output
 
     tflite.write_bytes(b"TFL3" + bytes(range(199)) + b"\xff")  # one byte changed
     shutil.rmtree(saved)
+    (tmp_path / "out.int8.tflite").write_bytes(b"TFL3")  # not the run's: it wrote none
     changed = verify(model, report=with_exports, raise_on_failure=False)
-    assert len(changed.failures) == 2 and len(changed.unchecked) == 1
+    assert len(changed.failures) == 3 and not changed.unchecked, changed.failures
     assert "export tflite sha256" in changed.failures[0] and "out.tflite" in changed.failures[0]
-    assert "out_savedmodel" in changed.failures[1] and "is missing" in changed.failures[1]
-    assert not [c for c in changed.checked if c.startswith("export")], "an unchecked export counted as held"
+    assert "out.int8.tflite is there, but the report's run did not write it" in changed.failures[1]
+    assert "out_savedmodel" in changed.failures[2] and "is missing" in changed.failures[2]
+    assert not [c for c in changed.checked if c.startswith("export")], "a changed export counted as held"
 
 
 @pytest.mark.parametrize("granularity", ["neuron", "n:m=2:4", "neuron (manifest only)"])

@@ -863,6 +863,29 @@ def _differences(got: list, expected: list, count: int) -> dict:
     return out
 
 
+def outputs_against(model, path: Path, seed: int, count: int, delegate: bool = True) -> dict:
+    """How closely an export written earlier (a .tflite file or a SavedModel folder at `path`) gives
+    `model`'s outputs on `count` seeded inputs (structure/probes), as the run's own check measures it
+    (`_differences`: max_abs_diff None when its inputs cannot be matched): what `prunecli verify` checks of
+    an export whose report records no sha256. A file that cannot be loaded or run raises what TensorFlow
+    or the interpreter raises, before the model runs."""
+    from prunecli.structure import probes
+
+    names = [str(getattr(t, "name", "")) for t in model.inputs]
+    if path.is_dir():
+        import tensorflow as tf
+
+        with _quiet():
+            tf.saved_model.load(str(path)).signatures["serving_default"]  # noqa: B018 - refused before the model runs
+        samples = probes.seeded_inputs(model, count, seed)
+        return _compare_savedmodel(path, samples, _keras_outputs(model, samples), names)
+    content = path.read_bytes()
+    with _quiet():
+        _interpreter(content, delegate).allocate_tensors()  # an unreadable file or unknown op: refused first
+    samples = probes.seeded_inputs(model, count, seed)
+    return compare_tflite(content, samples, _keras_outputs(model, samples), names, delegate)
+
+
 def _compare_savedmodel(saved: Path, samples, expected, input_names: list[str]) -> dict:
     """Reload the SavedModel with TensorFlow alone and run its serving signature on the samples."""
     import tensorflow as tf

@@ -5,8 +5,9 @@
 
 Every claim is recomputed from the model file, never taken from the report:
   report: the file's sha256 (`output.sha256`), each export's (`export.<format>.sha256`: the file or
-          SavedModel folder of the report's name beside MODEL; a report without it says the export was
-          not checked, in `VerifyResult.unchecked`), each layer's shape, parameters, non-zeros and sparsity,
+          SavedModel folder of the report's name beside MODEL; for a report without it, the export's
+          outputs against MODEL's, or, where it cannot run so, a line of `VerifyResult.unchecked`), each
+          layer's shape, parameters, non-zeros and sparsity,
           the totals, when the run was N:M at most N non-zeros in every group (along the input
           channels of one convolution tap) and each layer's requested sparsity being what the
           pattern prunes of it (below 1 - N/M where a tap's channels are not a multiple of M), and,
@@ -19,8 +20,9 @@ Every claim is recomputed from the model file, never taken from the report:
           each layer keeps as many units as the plan.
 A report or plan whose entries are not of the types prunecli writes (`report_problem`,
 plan_file.manifest_problem) is an InputError (exit 3) naming the first such entry.
-A claim that does not hold is a line of `VerifyResult.failures`; any raises GateFailed (exit 4),
-whose message is the first and whose `failures` attribute holds them all.
+A claim that does not hold is a line of `VerifyResult.failures`, one that could not be checked a line of
+`VerifyResult.unchecked`; any raises GateFailed (exit 4), whose message is the first and whose `failures`
+attribute holds them all (the unchecked last): a green check must not stand on a claim nobody checked.
 """
 
 from __future__ import annotations
@@ -38,14 +40,15 @@ from prunecli.runtime import keeps_global_state
 TOLERANCE = 1e-3  # accuracy, absolute
 METRIC_RTOL = 1e-3  # loss and perplexity, relative: the same data, batches and weights give the same figures
 SPARSITY_TOLERANCE = 1e-9  # a reported sparsity against the one its non-zeros give
+EXPORT_SAMPLES = 32  # seeded inputs an export without a recorded sha256 is run on
+EXPORT_RTOL = 1e-3  # ... and how far (relative error over all outputs) its outputs may be from MODEL's
 
 
 @dataclass
 class VerifyResult:
     """What was checked (`checked`: one line per claim that holds), what failed (`failures`), and what
-    could not be checked (`unchecked`: a claim the report makes without what checks it, e.g. an export
-    of an older prunecli's report, with no digest): neither held nor failed, so a caller that ships the
-    files is told, not counted a claim that holds."""
+    could not be checked (`unchecked`: a claim the report makes without what checks it, e.g. an int8
+    export of an older prunecli's report, with no digest): not held, so not `ok`, as a failure."""
 
     model: str
     checked: list[str] = field(default_factory=list)
@@ -54,7 +57,7 @@ class VerifyResult:
 
     @property
     def ok(self) -> bool:
-        return not self.failures
+        return not self.failures and not self.unchecked
 
     def claim(self, holds: bool, ok_text: str, failure: str) -> None:
         (self.checked if holds else self.failures).append(ok_text if holds else failure)
@@ -107,7 +110,7 @@ def verify(
     result = VerifyResult(model=str(model_path))
     if claims is not None:
         _check_hash(result, claims, model_path)
-        _check_exports(result, claims, model_path)
+        by_outputs = _check_exports(result, claims, model_path)
     quiet_tensorflow()
     model, _source = model_io.load(model_path, unsafe=unsafe, custom_objects=custom_objects)
     model = _opened_as_the_run_opened(model, claims, saved_plan)
@@ -118,14 +121,16 @@ def verify(
         _check_layers(result, claims, found)
         _check_totals(result, claims, model, found)
         _check_nm(result, claims.get("settings", {}).get("granularity"), claims.get("layers", []), found)
+        _check_export_outputs(result, by_outputs, model, claims)
         if data is not None:
             _check_accuracy(result, claims, model, data, tolerance)
     if saved_plan is not None:
         shrunk = bool((claims or {}).get("settings", {}).get("shrink"))
         _check_plan(result, saved_plan, model, found, shrunk)
-    if result.failures and raise_on_failure:
-        error = GateFailed(result.failures[0])
-        error.failures = list(result.failures)
+    if not result.ok and raise_on_failure:
+        failed = result.failures + result.unchecked
+        error = GateFailed(failed[0])
+        error.failures = failed
         error.result = result
         raise error
     return result
@@ -280,26 +285,31 @@ def _check_hash(result: VerifyResult, claims: dict, model_path) -> None:
         )
 
 
-def _check_exports(result: VerifyResult, claims: dict, model_path) -> None:
+def _check_exports(result: VerifyResult, claims: dict, model_path) -> list[tuple[str, Path, dict]]:
     """Each export the report records (`export.<format>`: a .tflite file or a SavedModel folder) is there
     and is the run's: its sha256 (plan_file.path_sha256) is the report's. It is looked for beside MODEL under
     the report's file name, as the run wrote it beside its output: a folder of model and exports moved
-    or copied elsewhere is checked where it now is. A report of a prunecli that recorded no digest, or
-    an export the run did not write (its quality gate failed), is said to be not checked."""
+    or copied elsewhere is checked where it now is. An export the run did not write (its quality gate
+    failed) holds if nothing is there. Returns the exports whose report records no digest (an older
+    prunecli's) that are there: `_check_export_outputs` runs them once the model is loaded."""
+    by_outputs = []
     for fmt, entry in (claims.get("export") or {}).items():
         where = Path(model_path).parent / Path(entry["path"]).name
         said = entry.get("sha256")
         if entry.get("written") is False:
-            result.unchecked.append(f"export {fmt} {shown(where)}: not checked (the run did not write it)")
-            continue
-        if said is None:
-            result.unchecked.append(
-                f"export {fmt} {shown(where)}: not checked (the report records no sha256: written by an older prunecli)"
+            result.claim(
+                not (where.exists() or where.is_symlink()),
+                f"export {fmt}: not written by the run, and not there",
+                f"export {fmt}: {shown(where)} is there, but the report's run did not write it (its quality gate "
+                "failed): not the run's export",
             )
             continue
         if not (where.is_file() or where.is_dir()):  # a FIFO or device in its place would block the read
             what = "is missing" if not where.exists() else "is not a file or folder"
             result.failures.append(f"export {fmt}: {shown(where)} {what} (the report's run wrote it beside the model)")
+            continue
+        if said is None:
+            by_outputs.append((fmt, where, entry))
             continue
         said = str(said).strip().lower()
         try:
@@ -314,6 +324,42 @@ def _check_exports(result: VerifyResult, claims: dict, model_path) -> None:
             f"export {fmt} sha256 {actual[:12]}",
             f"export {fmt} sha256: the report says {said[:12]}..., {shown(where)} is {actual[:12]}... (another file, or "
             "changed since the run)",
+        )
+    return by_outputs
+
+
+def _check_export_outputs(result: VerifyResult, exports: list[tuple[str, Path, dict]], model, claims: dict) -> None:
+    """An export whose report records no sha256 (an older prunecli's) is checked by what it computes: run
+    (TFLite interpreter, or TensorFlow for a SavedModel folder) on EXPORT_SAMPLES seeded inputs, its outputs
+    are MODEL's within EXPORT_RTOL (relative error over all outputs; a float export of the same weights is
+    within 1e-6, another model's is not). One that cannot be checked so (an int8 file, whose outputs are
+    the model's only up to its quantization; a file this interpreter cannot run) is in `unchecked`, which
+    fails verify as a failed claim does: a green check must not stand on an export nobody checked."""
+    from prunecli.outputs import export
+
+    seed = (claims.get("settings") or {}).get("seed")
+    seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
+    quantized = bool((claims.get("settings") or {}).get("quantize"))
+    for fmt, where, entry in exports:
+        head = f"export {fmt} {shown(where)}: not checked (the report records no sha256: written by an older prunecli"
+        if fmt == "tflite-int8" or (quantized and fmt != "savedmodel"):
+            result.unchecked.append(f"{head}, and an int8 file's outputs are not the model's to compare)")
+            continue
+        try:
+            measured = export.outputs_against(model, where, seed, EXPORT_SAMPLES, "xnnpack_refused" not in entry)
+        except Exception as exc:  # noqa: BLE001 - whatever stops it from running: it is not checked, and said so
+            result.unchecked.append(f"{head}, and it does not run here: {first_line(exc)})")
+            continue
+        error = measured.get("relative_error")
+        if measured.get("max_abs_diff") is None or error is None:
+            result.unchecked.append(f"{head}, and its inputs do not match the model's by name)")
+            continue
+        result.claim(
+            error <= EXPORT_RTOL,
+            f"export {fmt} outputs: the model's within {error:.2g} (relative) on {measured['samples']} seeded inputs",
+            f"export {fmt}: {shown(where)} computes other outputs than {shown(result.model)} (relative error {error:.3g} "
+            f"on {measured['samples']} seeded inputs, above {EXPORT_RTOL:g}): another model's export, or changed since "
+            "the run",
         )
 
 
