@@ -195,6 +195,12 @@ def test_dir_sizes_is_a_deterministic_tar_gzip(tmp_path):
     assert dir_sizes(d) == first, "mtimes leaked into the tar"
     assert first["bytes"] == 52_000 and first["files"] == 2
     assert 2_000 < first["gzip_bytes"] < 5_000  # the zeros compress away; the random bytes do not
+    (d / "variables-x").mkdir()  # sorted as paths, "variables/data" comes first; as text, "variables-x/a"
+    (d / "variables-x" / "a").write_bytes(b"a")
+    from prunecli.io.plan_file import path_sha256
+
+    digest = path_sha256(d)  # verify's: the export's sha256 comes from the read that sizes it, not a second one
+    assert dir_sizes(d, sha256=True)["sha256"] == digest == dir_sizes(d, gzip=False, sha256=True)["sha256"]
 
 
 def test_directory_in_the_way_of_a_file_is_an_output_error(tmp_path):

@@ -463,10 +463,9 @@ def files_sha256(named: list[tuple[str, Path]]) -> str:
     """One sha256 over files, in the order given: for each, its name (its path inside the folder, or "")
     and the sha256 of its content, as `name\\0hexdigest\\n` lines. What the report's data digest
     (data_digest) and a SavedModel export's (path_sha256) are; an unreadable file is its OSError."""
-    digest = hashlib.sha256()
-    for name, f in named:
-        digest.update(f"{name}\0{file_sha256(f)}\n".encode("utf-8", "surrogateescape"))
-    return digest.hexdigest()
+    from prunecli.io.models.sizes import named_sha256
+
+    return named_sha256([(name, file_sha256(f)) for name, f in named])
 
 
 def path_sha256(path: str | os.PathLike) -> str:

@@ -54,7 +54,6 @@ def run(
     quantized Keras model's outputs; the SavedModel is the quantized model itself. `task` (None without
     labels) says whether agreement on the top class is reported (training.metrics.gives_class_scores)."""
     from prunecli.io.models import dir_sizes, file_sizes, replace_dir, staged
-    from prunecli.io.plan_file import path_sha256
     from prunecli.training.metrics import gives_class_scores
 
     classes = gives_class_scores(model, task)
@@ -178,8 +177,7 @@ def run(
                 replace_dir(saved, paths["savedmodel"])
             results["savedmodel"] = {
                 "path": str(paths["savedmodel"]),
-                **dir_sizes(staged(paths["savedmodel"])),
-                "sha256": path_sha256(staged(paths["savedmodel"])),  # what `prunecli verify` checks
+                **dir_sizes(staged(paths["savedmodel"]), sha256=True),  # its sha256: what `prunecli verify` checks
                 **check,
                 "sample_source": sample_source,
             }

@@ -75,25 +75,59 @@ def _sizes_of(fh, level: int = GZIP_LEVEL, threads: int = 2, gzip: bool = True, 
     return found
 
 
-def dir_sizes(path: Path, level: int = GZIP_LEVEL, threads: int = 1, gzip: bool = True) -> dict:
+def dir_sizes(path: Path, level: int = GZIP_LEVEL, threads: int = 1, gzip: bool = True, sha256: bool = False) -> dict:
     """A folder's size as shipped: the sum of its files' bytes, and the gzip size (the codec of
     `file_sizes`) of a tar of it. The tar is deterministic (sorted names, zero mtimes and owners), the
-    bytes `tar czf` would compress up to header fields, so the figure is what a `.tar.gz` of it costs."""
+    bytes `tar czf` would compress up to header fields, so the figure is what a `.tar.gz` of it costs.
+    With `sha256`, the folder's digest too (io.plan_file.path_sha256's: `named_sha256` over its files
+    sorted by their POSIX path inside it), from the same read of each file (a SavedModel export's, which
+    `prunecli verify` checks: it was a second read of the folder)."""
     from isal import igzip_threaded
 
     files = sorted(p for p in path.rglob("*") if p.is_file())
     found = {"bytes": sum(p.stat().st_size for p in files), "files": len(files)}
-    if not gzip:
-        return found
-    sink = _Counter()
-    with igzip_threaded.open(sink, "wb", compresslevel=level, threads=threads, block_size=GZIP_BLOCK) as gz:
-        with tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            for p in files:
-                info = tar.gettarinfo(str(p), arcname=str(p.relative_to(path.parent)))
-                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-                with open(p, "rb") as fh:
-                    tar.addfile(info, fh)
-    return {**found, "gzip_bytes": sink.count, "gzip_codec": f"ISA-L igzip level {level}, tar of the folder"}
+    digests: dict[str, str] = {}
+    if gzip:
+        sink = _Counter()
+        with igzip_threaded.open(sink, "wb", compresslevel=level, threads=threads, block_size=GZIP_BLOCK) as gz:
+            with tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                for p in files:
+                    info = tar.gettarinfo(str(p), arcname=str(p.relative_to(path.parent)))
+                    info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+                    with open(p, "rb") as fh:
+                        read = _Digesting(fh) if sha256 else fh
+                        tar.addfile(info, read)
+                    if sha256:
+                        digests[p.relative_to(path).as_posix()] = read.digest.hexdigest()
+        found.update(gzip_bytes=sink.count, gzip_codec=f"ISA-L igzip level {level}, tar of the folder")
+    elif sha256:
+        for p in files:
+            with open(p, "rb") as fh:
+                digests[p.relative_to(path).as_posix()] = _sizes_of(fh, gzip=False, sha256=True)["sha256"]
+    if sha256:
+        found["sha256"] = named_sha256(sorted(digests.items()))
+    return found
+
+
+def named_sha256(named: list[tuple[str, str]]) -> str:
+    """One sha256 over (name, sha256 hex digest of a file's content) pairs, in the order given, as
+    `name\\0hexdigest\\n` lines: a folder's digest (io.plan_file.files_sha256, dir_sizes)."""
+    digest = hashlib.sha256()
+    for name, hexdigest in named:
+        digest.update(f"{name}\0{hexdigest}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+class _Digesting:
+    """A binary file that tarfile reads, its sha256 taken of what was read."""
+
+    def __init__(self, fh):
+        self.fh, self.digest = fh, hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.fh.read(size)
+        self.digest.update(data)
+        return data
 
 
 def sizes_in_background(path: Path, threads: int = 1, gzip: bool = True, sha256: bool = False):
