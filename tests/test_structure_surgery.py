@@ -194,21 +194,51 @@ def test_verification_catches_a_wrong_rebuild(monkeypatch):
 
 @pytest.mark.slow  # 0.3-0.6 s: a probe of nine lengths
 def test_a_model_the_stand_ins_cannot_run_is_refused_not_an_internal_error():
-    """Stand-ins give every open dimension one length; big-phoney's attention seq2seq (RepeatVector(20)
-    beside an open-length encoder, one phone per decoder input) runs at no such length, and shrink's check
-    was an internal error (exit 1) inside Concatenate. Now it is exit 3, asking for --data."""
+    """A model whose open length no stand-in size fits (its sequence twice over, beside a RepeatVector(20):
+    10 steps, a size neither tried nor fixed by its graph) was an internal error (exit 1) inside
+    Concatenate in shrink's check (big-phoney's seq2seq, before its 20 was tried). Now it is exit 3, asking
+    for --data."""
     import keras
 
     from prunecli.errors import ExitCode
 
     seq, state = keras.Input((None, 3)), keras.Input((5,))
     repeated = keras.layers.RepeatVector(20)(keras.layers.Dense(4)(state))
-    out = keras.layers.Dense(2)(keras.layers.Concatenate()([keras.layers.Dense(4)(seq), repeated]))
+    steps = keras.layers.Dense(4)(seq)
+    twice = keras.layers.Concatenate(axis=1)([steps, steps])
+    out = keras.layers.Dense(2)(keras.layers.Concatenate()([twice, repeated]))
     model = keras.Model([seq, state], out)
     inputs = equivalence.example_inputs(model, 4)
     with pytest.raises(equivalence.UncheckableInputs, match="give --data") as err:
         equivalence.check_equivalent(model, model, inputs, "shrink: the rebuilt model")
     assert err.value.exit_code == ExitCode.BAD_INPUT
+
+
+@pytest.mark.slow  # the common sizes fail first: 18 trial passes of each model, as before
+def test_stand_ins_take_the_lengths_the_graph_fixes_one_per_input():
+    """Stand-ins gave every open dimension one length (32, 16 ... 1, 256 ...): a seq2seq whose encoder
+    sequence is joined to a RepeatVector(20) (big-phoney's attention, bench/ZOO.md) ran at none, nor a
+    model whose query sequence, joined to a RepeatVector(12), attends (Dot) to that one: the two open
+    lengths must differ. Now the sizes the graph fixes are tried, common and then one per input."""
+    import keras
+    from keras import layers
+
+    from prunecli.structure import probes
+
+    seq, query, state = keras.Input((None, 3)), keras.Input((None, 2)), keras.Input((5,))
+    code = layers.Dense(4)(state)
+    joined = layers.Concatenate()([layers.Dense(4)(seq), layers.RepeatVector(20)(code)])  # seq: 20 steps
+    asked = layers.Concatenate()([layers.Dense(4)(query), layers.RepeatVector(12)(code)])  # query: 12 steps
+    scores = layers.Dot(axes=(2, 2))([asked, joined])  # (12, 20) attention scores
+    attended = layers.Dot(axes=(2, 1))([scores, joined])  # (12, 8)
+    pooled = layers.Concatenate()([layers.GlobalAveragePooling1D()(joined), layers.GlobalAveragePooling1D()(attended)])
+    one = keras.Model([seq, state], layers.Dense(2)(layers.GlobalAveragePooling1D()(joined)))
+    two = keras.Model([seq, query, state], layers.Dense(2)(pooled))
+    assert [x.shape for x in probes.seeded_inputs(one, 3)] == [(3, 20, 3), (3, 5)]
+    assert [x.shape for x in probes.seeded_inputs(two, 3)] == [(3, 20, 3), (3, 12, 2), (3, 5)]
+    equivalence.check_equivalent(two, two, equivalence.example_inputs(two, 4), "shrink: the rebuilt model")
+    plain = keras.Model(seq, layers.Dense(2)(seq))  # a common length that runs is kept
+    assert probes.seeded_inputs(plain, 2)[0].shape == (2, probes.OPEN_DIM, 3)
 
 
 def test_separable_transpose_depthwise_and_squeeze_excite(tmp_path):

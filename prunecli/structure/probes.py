@@ -22,20 +22,22 @@ def seeded_inputs(model, batch: int, seed: int = 0, open_dim: int = OPEN_DIM) ->
     values where the model's outputs on those are not finite: a square root or logarithm of an input, such
     as a mass or a count, gives NaN on negative values); for integer (or bool) inputs, ones for a mask,
     ids in [0, 10) for token ids, [0, 2) otherwise (segment ids and the like); open dimensions become
-    `open_dim`, or the first longer size the model runs on (a crop of 5000 positions per side needs an
-    input longer than 10000)."""
+    `open_dim`, or the first other size the model runs on (a crop of 5000 positions per side needs an
+    input longer than 10000), or a size its graph fixes, one per input where they must differ (`_runnable`)."""
     size, positive = _runnable(model, open_dim)
     return _values(model, batch, seed, size, positive)
 
 
-def _values(model, batch: int, seed: int, open_dim: int, positive: bool = False) -> list:
+def _values(model, batch: int, seed: int, open_dim: int | tuple[int, ...], positive: bool = False) -> list:
+    """The stand-ins; `open_dim` is one size for every open dimension, or one per input (`_runnable`)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     values = []
-    for t in model.inputs:
+    sizes = open_dim if isinstance(open_dim, tuple) else (open_dim,) * len(model.inputs)
+    for t, size in zip(model.inputs, sizes, strict=True):
         name = getattr(t, "name", "") or ""
-        shape = (batch,) + tuple(open_dim if d is None else int(d) for d in t.shape[1:])
+        shape = (batch,) + tuple(size if d is None else int(d) for d in t.shape[1:])
         dtype = str(t.dtype)
         if "int" in dtype or "bool" in dtype:
             high = 10 if "token" in name or name == "ids" else 2
@@ -48,46 +50,91 @@ def _values(model, batch: int, seed: int, open_dim: int, positive: bool = False)
 
 
 _RUNNABLE: dict[tuple[int, int], tuple] = {}  # (id(model), asked) -> (weak reference, size, positive)
+MAX_PER_INPUT_TRIES = 64  # assignments of one open size per input tried when no common size runs
 
 
-def _runnable(model, wanted: int) -> tuple[int, bool]:
+def _runnable(model, wanted: int) -> tuple[int | tuple[int, ...], bool]:
     """(size, positive): the open-dimension size and the sign of the float stand-ins on which a trial
     forward pass of the model gives finite, non-empty outputs, found once per model. Sizes: `wanted`,
     halvings of it (a position table shorter than it; a too-short input fails at once), then
     LONGER_OPEN_DIMS (a crop, a valid convolution or a pooling stack longer than it); at each, standard
     normal values, then their absolute values (an input the model takes the square root or logarithm
-    of). A pass feeds PROBE_ROWS examples, or fewer for long inputs. (`wanted`, False) when none runs
-    (the caller's own call then reports why)."""
+    of). Where no such common size runs, the sizes the model's own graph fixes (`_graph_sizes`: a
+    RepeatVector(20) joined to an open-length sequence needs 20 steps of it), as one common size and then
+    one size per input (a tuple, in `model.inputs` order: two sequences that must differ in length, each
+    joined to its own fixed one), at most MAX_PER_INPUT_TRIES of those; a size whose pass raises is not
+    tried again with the other sign. A pass feeds PROBE_ROWS examples,
+    or fewer for long inputs. (`wanted`, False) when none runs (the caller's own call then reports why)."""
+    import itertools
     import weakref
-
-    import numpy as np
 
     key = (id(model), wanted)
     cached = _RUNNABLE.get(key)
     if cached is not None and cached[0]() is model:
         return cached[1], cached[2]
-    found = (wanted, False)
-    if any(d is None for t in model.inputs for d in t.shape[1:]):
+    open_inputs = [i for i, t in enumerate(model.inputs) if any(d is None for d in t.shape[1:])]
+    if open_inputs:
         shorter = [wanted >> k for k in range(1, wanted.bit_length())]
         sizes = (wanted, *shorter, *(d for d in LONGER_OPEN_DIMS if d > wanted))
     else:
         sizes = (wanted,)
     floats = any(not ("int" in str(t.dtype) or "bool" in str(t.dtype)) for t in model.inputs)
-    tries = [(size, positive) for size in sizes for positive in ((False, True) if floats else (False,))]
-    for size, positive in tries:
-        if len(tries) == 1:  # one choice: the caller's own call reports whatever this pass would find
-            break
-        per_example = sum(int(np.prod(v.shape[1:], dtype=np.int64)) for v in _values(model, 1, 0, size))
-        rows = max(1, min(PROBE_ROWS, PROBE_ELEMENTS // max(per_example, 1)))
-        try:
-            outputs = model(packed(model, _values(model, rows, 0, size, positive)), training=False)
-        except Exception:  # noqa: BLE001 - too long for a position table, too short for a crop: try another
-            continue
-        if _usable(outputs):
-            found = (size, positive)
-            break
+    signs = (False, True) if floats else (False,)
+    found = None if len(sizes) * len(signs) > 1 else (wanted, False)  # one choice: the caller's call reports
+    found = found or _first_running(model, sizes, signs)
+    if found is None and open_inputs:  # lengths the graph fixes: common, then one per input
+        fixed = [size for size in _graph_sizes(model) if size not in sizes]
+        found = _first_running(model, fixed, signs, failing_size_ends=True)
+        if found is None and len(open_inputs) > 1:
+            picks = itertools.product((wanted, *fixed), repeat=len(open_inputs))
+            each = (dict(zip(open_inputs, picked, strict=True)) for picked in picks if len(set(picked)) > 1)
+            tries = [
+                tuple(chosen.get(i, wanted) for i in range(len(model.inputs)))
+                for chosen in itertools.islice(each, MAX_PER_INPUT_TRIES)  # (1 + sizes) ** inputs: never listed
+            ]
+            found = _first_running(model, tries, signs, failing_size_ends=True)
+    found = found or (wanted, False)
     _RUNNABLE[key] = (weakref.ref(model, lambda _ref: _RUNNABLE.pop(key, None)), *found)
     return found
+
+
+def _first_running(model, sizes, signs, failing_size_ends: bool = False) -> tuple | None:
+    """The first (size, positive), sizes first, on which a trial pass gives usable outputs, or None. With
+    `failing_size_ends`, a size whose pass raises is not tried with the other sign (the shapes, not the
+    values, do not fit: one pass per size the graph fixes, not two)."""
+    import numpy as np
+
+    for size in sizes:
+        per_example = sum(int(np.prod(v.shape[1:], dtype=np.int64)) for v in _values(model, 1, 0, size))
+        rows = max(1, min(PROBE_ROWS, PROBE_ELEMENTS // max(per_example, 1)))
+        for positive in signs:
+            try:
+                outputs = model(packed(model, _values(model, rows, 0, size, positive)), training=False)
+            except Exception:  # noqa: BLE001 - too long for a position table, too short for a crop: try another
+                if failing_size_ends:
+                    break
+                continue
+            if _usable(outputs):
+                return size, positive
+    return None
+
+
+def _graph_sizes(model) -> list[int]:
+    """The sizes, above 1 and at most the longest of LONGER_OPEN_DIMS, that the tensors of the model's
+    functional graph hold fixed past the batch axis (RepeatVector's count, a Dense's units, a Reshape's
+    length), ascending: the lengths an open dimension joined to one of them must take. Empty for a
+    model without a functional graph."""
+    from prunecli.structure import keras_graph
+
+    try:
+        graph_nodes = keras_graph.nodes(model)
+    except keras_graph.GraphUnsupported:
+        return []
+    found = set()
+    for node in graph_nodes:
+        for tensor in node.output_tensors:
+            found.update(d for d in tuple(getattr(tensor, "shape", ()) or ())[1:] if isinstance(d, int))
+    return sorted(d for d in found if 1 < d <= LONGER_OPEN_DIMS[-1])
 
 
 def _usable(outputs) -> bool:
