@@ -34,9 +34,11 @@ added; on its nc_name twin (magnitude already 1.0) raw counts fell to 0.84, the 
 Transposed convolutions (Conv1DTranspose/2D/3D, a U-Net's or an autoencoder's decoder): each is the
 stride-1 convolution of its input spread out by its strides (s - 1 zeros between neighbours, then padded
 so the output has the layer's size, `_transpose_geometry`) with its kernel mirrored along every spatial
-axis. X is the spread input's patches (taps x C_in, channel fastest, as for Conv) and W the mirrored
-kernel's (kh*kw*c_in, c_out) view, so X @ W is the layer's output and every calibration method, error
-meter and the channel refit read it as a Conv. They were on magnitude before, and `--target` left them
+axis, and dilated as the layer's is; a channels-first one's input is moved channels-last first, as a
+Conv's is (both fell back to magnitude before; TensorFlow runs them on a GPU only). X is the spread
+input's patches (taps x C_in, channel fastest, as for Conv) and W the mirrored kernel's (kh*kw*c_in,
+c_out) view, so X @ W is the layer's output and every calibration method, error meter and the channel
+refit read it as a Conv. They were on magnitude before, and `--target` left them
 unrefit: ContinUNet's four Conv2DTranspose kept plain masks after their inputs' channels went (bench/ZOO.md).
 
 Depthwise convolutions (DepthwiseConv1D/2D, a SeparableConv's depthwise kernel): channel c's kh*kw taps
@@ -193,22 +195,27 @@ class LayerView:
 
     def _transpose_geometry(self, spatial: list[int]):
         """`_conv_geometry` of a transposed convolution seen as the stride-1 convolution of its input spread
-        out by its strides (`_spread`): pads of the spread input, the kernel, strides and dilations of 1,
-        and the layer's output sizes. TensorFlow pads the forward convolution this one transposes by
-        max((n - 1) s + k - out, 0) // 2 before ('same'; 0 for 'valid'); the stride-1 convolution is padded
-        by k - 1 less that before, and after by what brings it to `out` positions."""
+        out by its strides (`_spread`): pads of the spread input, the kernel, strides of 1, the layer's
+        dilations, and the layer's output sizes. TensorFlow pads the forward convolution this one transposes
+        by max((n - 1) s + e - out, 0) // 2 before ('same'; 0 for 'valid'), e = (k - 1) d + 1 the dilated
+        kernel's extent; the stride-1 convolution is padded by e - 1 less that before, and after by what
+        brings it to `out` positions."""
         layer = self.target.layer
-        ks, st = list(layer.kernel_size), list(layer.strides)
+        ks, st, dil = list(layer.kernel_size), list(layer.strides), list(layer.dilation_rate)
         spatial = [int(d) for d in spatial[: len(ks)]]
-        outs = [int(d) for d in layer.compute_output_shape((None, *spatial, self.target.shape[-1]))[1:-1]]
+        channels = self.target.shape[-1]  # a transposed kernel is (*taps, out, in)
+        shape = (None, channels, *spatial) if self.channels_first else (None, *spatial, channels)
+        out_shape = layer.compute_output_shape(shape)
+        outs = [int(d) for d in (out_shape[2:] if self.channels_first else out_shape[1:-1])]
         pads = []
-        for n, k, s, out in zip(spatial, ks, st, outs, strict=True):
-            before = max((n - 1) * s + k - out, 0) // 2 if str(layer.padding).lower() == "same" else 0
-            lead = k - 1 - before
-            pads.append((lead, out + k - 1 - ((n - 1) * s + 1) - lead))
+        for n, k, s, d, out in zip(spatial, ks, st, dil, outs, strict=True):
+            eff = (k - 1) * d + 1
+            before = max((n - 1) * s + eff - out, 0) // 2 if str(layer.padding).lower() == "same" else 0
+            lead = eff - 1 - before
+            pads.append((lead, out + eff - 1 - ((n - 1) * s + 1) - lead))
         if len(ks) == 1:
-            ks, pads, outs = [ks[0], 1], [pads[0], (0, 0)], [outs[0], 1]
-        return pads, ks, [1] * len(ks), [1] * len(ks), outs
+            ks, pads, outs, dil = [ks[0], 1], [pads[0], (0, 0)], [outs[0], 1], [dil[0], 1]
+        return pads, ks, [1] * len(ks), dil, outs
 
     def rows_per_example(self, in_shape) -> int:
         """Rows of X one example gives, from the layer's input shape (batch axis first)."""
@@ -227,7 +234,7 @@ class LayerView:
         `image_data_format` channels_first): its kernel is laid out as a channels-last one's, so only the
         input moves (`channels_last`) before X's rows are cut."""
         layer = self.target.layer
-        return self.kind in ("conv", "depthwise") and getattr(layer, "data_format", None) == "channels_first"
+        return self.kind in CONVOLUTIONS and getattr(layer, "data_format", None) == "channels_first"
 
     def channels_last(self, x):
         """A convolution's input with its channels on the last axis, as X's columns read it."""
@@ -560,18 +567,7 @@ def view_of(target, model=None) -> LayerView | str:
         return LayerView(target, "dense", target.rows, target.units)
     if getattr(layer, "groups", 1) != 1:
         return "grouped convolutions are not calibrated"
-    if kind in TRANSPOSED:
-        return _transpose_view(target)
-    return LayerView(target, "conv", target.rows, target.units)
-
-
-def _transpose_view(target) -> LayerView | str:
-    layer = target.layer
-    if getattr(layer, "data_format", "channels_last") == "channels_first":
-        return "channels-first transposed convolutions are not calibrated"
-    if max(layer.dilation_rate) > 1:
-        return "dilated transposed convolutions are not calibrated"
-    return LayerView(target, "transpose", target.rows, target.units)
+    return LayerView(target, "transpose" if kind in TRANSPOSED else "conv", target.rows, target.units)
 
 
 def _tap_reductions(a, geometry: list, reduce) -> list:
