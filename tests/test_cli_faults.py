@@ -458,6 +458,22 @@ def test_a_report_that_cannot_be_written_leaves_no_new_model(models, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_library_call_whose_report_cannot_be_written_replaces_no_model(models, tmp_path):
+    """prunecli.prune() commits its report with the model as the command does: the call's model was
+    renamed into place before its report failed, so a full disk left a new model beside the old report."""
+    from prunecli import build_config, prune
+    from prunecli.errors import ResourceError
+
+    out, report = tmp_path / "o.keras", tmp_path / "o.json"
+    out.write_bytes(b"the previous run's model")
+    report.write_text("{}")
+    settings = {"model_path": str(models / "small.keras"), "sparsity": 0.5, "scope": "layer", "output": str(out)}
+    with pytest.raises(ResourceError, match="/dev/full"):
+        prune(build_config({**settings, "force": True, "report": str(report), "markdown": "/dev/full"}))
+    assert out.read_bytes() == b"the previous run's model" and report.read_text() == "{}"
+    assert _temps(tmp_path) == []
+
+
 @pytest.mark.slow
 def test_a_signal_during_the_renames_stops_the_run_after_all_of_them(models, tmp_path, monkeypatch):
     """A SIGTERM that arrives while the outputs are renamed into place is held until the last rename:

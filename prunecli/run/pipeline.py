@@ -36,21 +36,22 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
     if not isinstance(config, PruneConfig):  # a dict of settings, say: one line, not an AttributeError
         raise ConfigError("prune() takes a PruneConfig: prunecli.prune(prunecli.build_config({...}))")
     checked(config)
-    if config.auto:
-        from prunecli.run import auto
-
-        planned = auto.planned(config, progress)
-        result = run(planned.config, progress)
-        planned.record(result.report)
-    else:
-        result = run(config, progress)
     from prunecli.outputs.report import write_report_files
     from prunecli.training import distribute
 
-    if not distribute.is_chief():
-        return result  # a worker other than the chief writes nothing
+    # the report files committed with the model, plan and exports, as the CLI's block does: a report
+    # that cannot be written (a full disk) left the API's new model beside no report, or an old one
+    with model_io.outputs_together():
+        if config.auto:
+            from prunecli.run import auto
 
-    write_report_files(result.report, config.report, config.markdown)
+            planned = auto.planned(config, progress)
+            result = run(planned.config, progress)
+            planned.record(result.report)
+        else:
+            result = run(config, progress)
+        if distribute.is_chief():  # a worker other than the chief writes nothing
+            write_report_files(result.report, config.report, config.markdown)
     return result
 
 
