@@ -72,19 +72,33 @@ def teacher_copy(model, needed_by: str = "--distill"):
 def teacher_from_file(path, student, unsafe: bool = False, custom_objects: tuple[str, ...] = ()):
     """The --teacher model, frozen, read as any input model is (with the run's --unsafe and
     --custom-objects); InputError (one line) when its outputs are not shaped as the student's (the
-    soft loss compares them position by position)."""
+    soft loss compares them position by position), or its inputs cannot take the student's examples
+    (a size left open, None, takes any: a teacher reading (4,) where the data is (8, 8, 1) was a
+    ValueError from inside the first training step, exit 1)."""
     from keras import tree
 
     from prunecli.io import models as model_io
 
     teacher, _info = model_io.load(path, unsafe=unsafe, custom_objects=custom_objects)
 
-    def shapes(model):
-        return [tuple(t.shape[1:]) for t in tree.flatten(model.outputs)]
+    def shapes(tensors):
+        return [tuple(t.shape[1:]) for t in tree.flatten(tensors)]
 
-    if shapes(teacher) != shapes(student):
+    def takes(given, read):  # the teacher's input shapes `given` read the student's examples `read`
+        return len(given) == len(read) and all(
+            len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b, strict=True))
+            for a, b in zip(given, read, strict=True)
+        )
+
+    if shapes(teacher.outputs) != shapes(student.outputs):
         raise InputError(
-            f"--teacher {path}: its outputs {shapes(teacher)} are not the pruned model's {shapes(student)}"
+            f"--teacher {path}: its outputs {shapes(teacher.outputs)} are not the pruned model's "
+            f"{shapes(student.outputs)}"
+        )
+    if not takes(shapes(teacher.inputs), shapes(student.inputs)):
+        raise InputError(
+            f"--teacher {path}: its inputs {shapes(teacher.inputs)} cannot read the pruned model's "
+            f"examples {shapes(student.inputs)}"
         )
     teacher.trainable = False
     return teacher
