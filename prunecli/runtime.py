@@ -27,8 +27,9 @@ def quiet_tensorflow() -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         try:
             os.dup2(devnull, 2)
-            import keras  # noqa: F401
-            import tensorflow  # noqa: F401
+            with process_tempdir():
+                import keras  # noqa: F401
+                import tensorflow  # noqa: F401
         finally:
             os.dup2(saved, 2)
             os.close(saved)
@@ -247,6 +248,38 @@ def weight_values(variable):
 
 
 _owned_tempdirs: list[str] = []  # the folders owned_tempdir made, innermost last
+_outside: list = []  # (tempfile.tempdir, $TMPDIR) as they were before the outermost owned_tempdir
+
+
+@contextlib.contextmanager
+def process_tempdir():
+    """The user's temporary folder again, inside owned_tempdir, for what lives as long as the process:
+    an import. Matplotlib (TensorFlow imports it) makes its config and cache folder there when the home
+    is read-only, and removes it at exit: made in the run's folder, which the run removes first, it
+    was a 'FileNotFoundError' traceback after every command (XDG_CACHE_HOME a file, exit 0)."""
+    import tempfile
+
+    if not _outside:
+        yield
+        return
+    inside_env, inside_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
+    _set_tempdir(*_outside[0])
+    try:
+        yield
+    finally:
+        _set_tempdir(inside_tempdir, inside_env)
+
+
+def _set_tempdir(tempdir: str | None, env: str | None) -> None:
+    import tempfile
+
+    tempfile.tempdir = tempdir
+    if env is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = env
+
+
 _OWNED_NAME = re.compile(r"prunecli-([1-9]\d{0,9})-[a-z0-9_]{8}")  # mkdtemp's 8 random characters
 
 
@@ -298,14 +331,12 @@ def owned_tempdir():
     remove_orphaned_tempdirs(Path(tempfile.gettempdir()))
     base = tempfile.mkdtemp(prefix=f"prunecli-{os.getpid()}-")
     _owned_tempdirs.append(base)
+    _outside.append((saved_tempdir, saved_env))
     tempfile.tempdir = os.environ["TMPDIR"] = base  # TMPDIR too: TensorFlow's C++ side reads it
     try:
         yield
     finally:
         _owned_tempdirs.remove(base)
-        tempfile.tempdir = saved_tempdir
-        if saved_env is None:
-            os.environ.pop("TMPDIR", None)
-        else:
-            os.environ["TMPDIR"] = saved_env
+        _outside.pop()
+        _set_tempdir(saved_tempdir, saved_env)
         shutil.rmtree(base, ignore_errors=True)

@@ -620,6 +620,28 @@ def test_killed_runs_temporary_folders_are_removed(tmp_path, monkeypatch):
     assert alive.exists() and all(other.exists() for other in others)
 
 
+def test_what_lives_as_long_as_the_process_is_made_outside_the_runs_folder(tmp_path, monkeypatch):
+    """Imports run in the user's temporary folder (runtime.process_tempdir): matplotlib, which TensorFlow
+    imports, makes a folder there when the home is read-only and removes it at exit; made in the run's
+    folder, which the run removes first, every command ended in a 'FileNotFoundError' traceback (exit 0)."""
+    import tempfile
+
+    from prunecli import runtime
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    with runtime.owned_tempdir():
+        run_folder = tempfile.gettempdir()
+        with runtime.process_tempdir():
+            kept = Path(tempfile.mkdtemp(prefix="matplotlib-"))
+            assert os.environ["TMPDIR"] == str(tmp_path)
+        assert tempfile.gettempdir() == os.environ["TMPDIR"] == run_folder != str(tmp_path)
+    assert kept.parent == tmp_path and kept.is_dir() and not Path(run_folder).exists()
+    assert os.environ["TMPDIR"] == str(tmp_path) and tempfile.tempdir is None
+    with runtime.process_tempdir():  # outside a run: nothing to change
+        assert os.environ["TMPDIR"] == str(tmp_path)
+
+
 def test_a_report_to_dev_stdout_is_the_standard_output(files):
     """--report /dev/stdout wrote the JSON and then the tables into the same stream: it is `-` now, which
     keeps the tables off standard output (and two reports to it are refused)."""

@@ -282,8 +282,11 @@ def render_markdown(result: SweepResult, plot_name: str | None = None) -> str:
 
 def plot(result: SweepResult, path: str | Path) -> Path:
     """Draw the "all" curve and the per-layer curves side by side and save them as a PNG (headless)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from prunecli.runtime import process_tempdir
+
+    with process_tempdir():  # matplotlib's folders live as long as the process, not in the run's
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
 
     metric = _metric(result)
     base = result.baseline.get(metric)
