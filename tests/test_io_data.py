@@ -191,6 +191,14 @@ def test_npy_errors_are_one_line(mlp, tmp_path):
     np.save(tmp_path / "y_test.npy", y[:-1])
     with pytest.raises(DataError, match=r"x_test\.npy: 400 inputs but 399 labels"):
         data.load(str(tmp_path / "x_train.npy"), model)
+    wrong = y.copy()  # a label's fault is named as the labels file's: the message sent the user to x_test.npy
+    wrong[-1] = 99
+    np.save(tmp_path / "y_test.npy", wrong)
+    with pytest.raises(DataError, match=r"y_test\.npy: labels range 0\.\.99 but"):
+        data.load(str(tmp_path / "x_train.npy"), model)
+    np.save(tmp_path / "y_test.npy", wrong.astype("float32") + 0.5)
+    with pytest.raises(DataError, match=r"y_test\.npy: class labels must be whole numbers"):
+        data.load(str(tmp_path / "x_train.npy"), model)
 
 
 # --- image folders ------------------------------------------------------------------------------

@@ -294,16 +294,17 @@ def binary_targets(model, output: int | None = None) -> str | None:
     return "sigmoid output" if getattr(getattr(layer, "activation", None), "__name__", "") == "sigmoid" else None
 
 
-def check_shapes(model, x, y, path) -> None:
+def check_shapes(model, x, y, path, labels_path=None) -> None:
     """Inputs must match the model's input shape (and an Embedding's ids, check_token_ids); labels must
-    match the output's batch size and values (check_labels)."""
+    match the output's batch size and values (check_labels, naming `labels_path` where the labels are a
+    file of their own: an .npy pair's y_train.npy, not its x_train.npy)."""
     check_inputs(model, x.shape[1:], path)
     if len(x) != len(y):
         raise DataError(f"{path}: {len(x)} inputs but {len(y)} labels")
     if len(x) == 0:
         raise DataError(f"{path}: the dataset is empty")
     check_token_ids(model, x, path)
-    check_labels(model, y, path)
+    check_labels(model, y, labels_path or path)
 
 
 def check_numeric(x, y, path) -> None:

@@ -29,7 +29,7 @@ def load_npy(p: Path, model, batch_size: int, val_split: float, seed: int) -> Da
         files["eval"] = files.pop("val", None)
     for key, pair in sets.items():
         if pair is not None:
-            check_shapes(model, *pair, files[key])
+            check_shapes(model, *pair, files[key], npy_partner(files[key], "x", "y"))
             check_finite(pair[0], files[key])
     index = {k: None if v is None else np.arange(len(v[0])) for k, v in sets.items()}
     parts = split_indices(len(sets["train"][0]), sets, val_split, seed)
@@ -116,7 +116,7 @@ def _npy_set(x_path: Path):
         raise DataError(f"{x_path}: labels file {y_path.name} not found beside it")
     x, y = _open_npy(x_path), _open_npy(y_path)
     check_numeric(x, y, x_path)
-    check_label_values(y, x_path)
+    check_label_values(y, y_path)
     return x, y
 
 
