@@ -573,8 +573,8 @@ def test_the_api_refuses_model_objects_dicts_and_odd_types_in_one_line(pruned, m
     from prunecli.run.verify import verify
 
     model = keras.saving.load_model(mlp_files["keras"])
-    with pytest.raises(ConfigError, match="not a model object: save it first"):
-        apply_plan(pruned[1], model)
+    with pytest.raises(ConfigError, match="^model_path takes the path of a saved model, not a model object: save it"):
+        apply_plan(pruned[1], model)  # named as the plan's settings before ('plan p.zip: its settings: ...')
     with pytest.raises(ConfigError, match="verify: report takes the path of a file, not a dict"):
         verify(pruned[0], report={"layers": []})
     with pytest.raises(ConfigError, match="--tolerance must be a number, got '0.1'"):

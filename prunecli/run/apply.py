@@ -54,6 +54,7 @@ def apply_config(plan: plan_file.Plan, model_path, **options):
         )
     settings = plan.manifest.get("settings", {})
     given = {k: settings[k] for k in FROM_PLAN if settings.get(k) is not None}
+    build_config({"model_path": model_path}, environ={})  # the model given: its error is not the plan's
     try:  # the plan's own settings first, so that an edited one is named as the plan's
         build_config({**given, "model_path": model_path, "method": "magnitude", "schedule": "oneshot"}, environ={})
     except ConfigError as exc:
