@@ -111,6 +111,8 @@ def test_resolve_output_checks_directory(tmp_path):
         model_io.resolve_output(tmp_path / "in.keras", tmp_path / "nope" / "out.keras", force=False)
     with pytest.raises(OutputError, match="must end in"):
         model_io.resolve_output(tmp_path / "in.keras", tmp_path / "out.txt", force=False)
+    with pytest.raises(OutputError, match=r"\.keras has no name before \.keras"):  # it said "must end in .keras"
+        model_io.resolve_output(tmp_path / "in.keras", tmp_path / ".keras", force=False)
     # the default name, for the Python API too (output=None): any existing entry of that name, model or not
     (tmp_path / "in.pruned.keras").write_text("the user's notes")
     with pytest.raises(OutputError, match="in.pruned.keras already exists and -o was not given"):

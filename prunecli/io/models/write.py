@@ -68,6 +68,8 @@ def resolve_output(input_path: str | os.PathLike, output: str | os.PathLike | No
 
 
 def _resolve_output(input_path, out: Path, force: bool) -> Path:
+    if out.name in MODEL_SUFFIXES:  # Path(".keras").suffix is "": a hidden name, not a suffix
+        raise OutputError(f"output {out} has no name before {out.name}: name the file, as in model{out.name}")
     if out.suffix not in MODEL_SUFFIXES:
         raise OutputError(f"output {out} must end in {', '.join(MODEL_SUFFIXES[:-1])} or {MODEL_SUFFIXES[-1]}")
     src = Path(input_path)
