@@ -12,8 +12,8 @@ from prunecli import scoring
 from prunecli.config import PruneConfig, build_config
 from prunecli.errors import ConfigError, DataError
 
-UNIT_METHODS = {"neuron-mean", "l1-norm", "l2-norm", "activation", "apoz"}
-DATA_METHODS = {"activation", "apoz", "gradient", "taylor", "wanda", "sparsegpt"}
+UNIT_METHODS = {"neuron-mean", "l1-norm", "l2-norm", "activation", "apoz", "redundancy"}
+DATA_METHODS = {"activation", "apoz", "gradient", "taylor", "wanda", "sparsegpt", "redundancy"}
 
 
 def tiny_cnn(seed: int = 0):
@@ -124,6 +124,30 @@ def test_data_free_methods_rank_the_unit_with_large_weights_first(name):
         "magnitude": np.abs(kernel.numpy()).mean(axis=0),
     }[name]
     np.testing.assert_allclose(per_unit, expected, rtol=1e-6)
+
+
+def test_redundancy_ranks_a_copied_channel_below_a_unique_one_of_smaller_magnitude():
+    """Channels 0 and 1 of `maker` are copies of large filters, channel 2 a unique small one: the
+    reader refit without one copy loses nothing, so that copy scores lowest (magnitude ranks the
+    unique channel lowest); the greedy removal then finds the other copy unique, and above channel 2."""
+    import keras
+
+    from prunecli.structure.targets import select
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3, use_bias=False, name="maker"), keras.layers.Dense(2, name="reader")]
+    )
+    big, small = np.array([1.0, -1.0, 0.5, 0.0]), np.array([0.0, 0.1, 0.0, 0.2])
+    model.get_layer("maker").kernel.assign(np.stack([big, big, small], axis=1).astype("float32"))
+    model.get_layer("reader").kernel.assign(np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 1.0]], "float32"))
+    x = np.random.default_rng(0).standard_normal((64, 4)).astype("float32")
+    targets = select(model)
+    data = batches(x, np.zeros(64, "int32"), 32)
+    scores = np.asarray(scoring.get("redundancy").fn(targets, context(model, targets, data))["maker/kernel"])
+    magnitude = np.abs(model.get_layer("maker").kernel.numpy()).mean(axis=0)
+    assert magnitude[2] < magnitude[0] == magnitude[1]
+    assert min(scores[0], scores[1]) < 0.5 * scores[2] < scores[2] < max(scores[0], scores[1])
 
 
 def test_activation_scores_equal_the_mean_after_batch_norm_and_relu(cnn_case):

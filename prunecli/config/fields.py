@@ -33,7 +33,8 @@ GRADUAL = ("iterative", "polynomial", "dynamic")  # schedules that prune while f
 CALIBRATED_METHODS = ("wanda", "sparsegpt")  # pruned layer by layer by prunecli.calibration
 # what a calibrated method's masks go through after each layer is pruned (calibration/dsnot.py)
 REFINEMENTS = ("none", "dsnot")
-UNIT_METHODS = ("activation", "apoz", "l1-norm", "l2-norm", "neuron-mean")  # score whole units: pruned as neurons
+# score whole units: pruned as neurons
+UNIT_METHODS = ("activation", "apoz", "l1-norm", "l2-norm", "neuron-mean", "redundancy")
 LR_SCHEDULES = ("constant", "cosine")  # fine-tuning learning rate (training/finetune.py)
 ENGINES = ("native", "tfmot")
 STRATEGIES = ("default", "mirrored", "multiworker", "tpu")  # tf.distribute strategies (training/distribute.py)

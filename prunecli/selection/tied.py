@@ -177,7 +177,7 @@ def _sets(g, members: list[Member], shrink: bool = False) -> list[ScoreSet]:
     ch = g.channels
     roots = {}
     for m in members:
-        found = _unit_roots(g, first_call.get(id(m.target.layer)), m.target)
+        found = unit_roots(g, first_call.get(id(m.target.layer)), m.target)
         if found is not None:
             roots[m.target.name] = found
     parent = list(range(len(members)))  # union-find over targets
@@ -237,7 +237,7 @@ def pinned_units(model, targets) -> dict[str, dict[str, int]]:
     makers, pins = graph_calls(g), g.channels.pinned()
     found: dict[str, dict[str, int]] = {}
     for target in targets:
-        roots = _unit_roots(g, makers.get(id(target.layer)), target)
+        roots = unit_roots(g, makers.get(id(target.layer)), target)
         if roots is None:
             continue
         gates = max(int(getattr(target, "gates", 1) or 1), 1)
@@ -268,7 +268,7 @@ def graph_calls(g) -> dict[int, object]:
     return channels.unit_calls(g)
 
 
-def _unit_roots(g, call, target):
+def unit_roots(g, call, target):
     """The channel class of each output unit of a Dense/Conv-like target (for a depthwise kernel, of the
     channel each filter reads; for a recurrent cell's kernels, of the unit each gate column belongs to),
     or None when its units are not channels (a nested or unsupported layer)."""
@@ -302,7 +302,7 @@ def position_roots(g, e: ScoreSet) -> np.ndarray | None:
     calls = graph_calls(g)
     out = np.full(e.size, -1, dtype=np.int64)
     for m in e.members:
-        found = _unit_roots(g, calls.get(id(m.target.layer)), m.target)
+        found = unit_roots(g, calls.get(id(m.target.layer)), m.target)
         if found is None:
             return None
         out[np.arange(e.size) if e.index is None else e.index[m.target.name]] = found
