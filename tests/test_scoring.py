@@ -74,8 +74,11 @@ def test_unknown_method_lists_the_valid_ones():
 
 
 @pytest.mark.parametrize(
-    "name",  # gradient and taylor (2-3 s) run in the full suite; the fast subset checks them against their definitions below
-    [pytest.param(n, marks=pytest.mark.slow) if n in ("gradient", "taylor") else n for n in scoring.available()],
+    "name",  # gradient, taylor (2-3 s) and redundancy (1.5-2 s) run in the full suite; the fast subset checks them below
+    [
+        pytest.param(n, marks=pytest.mark.slow) if n in ("gradient", "taylor", "redundancy") else n
+        for n in scoring.available()
+    ],
 )
 def test_contract_shape_finite_and_deterministic(cnn_case, name):
     """Every registered strategy: one score per target, of the weight's shape (element) or (units,)
