@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from prunecli import scoring
+from prunecli.config import UNIT_METHODS as CONFIG_UNIT_METHODS
 from prunecli.config import PruneConfig, build_config
 from prunecli.errors import ConfigError, DataError
 
@@ -66,6 +67,7 @@ def test_registry_lists_every_strategy_with_a_one_line_summary():
         assert strategy.needs_data == (name in DATA_METHODS)
         settings = {"model_path": "m.keras", "method": name, "data": "d.npz" if strategy.needs_data else None}
         assert build_config(settings, environ={}).method == name
+    assert set(CONFIG_UNIT_METHODS) == UNIT_METHODS  # run/steps.prunes_whole_units reads the config's
 
 
 def test_unknown_method_lists_the_valid_ones():

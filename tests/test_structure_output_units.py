@@ -205,6 +205,20 @@ def test_neuron_pruning_never_removes_a_class_and_says_why():
     assert any("logits not pruned by neuron" in n and "probs" in n for n in notes)
 
 
+@pytest.mark.parametrize(("method", "granularity"), [("neuron-mean", "element"), ("magnitude", "neuron")])
+def test_a_method_that_scores_units_keeps_the_classes_as_neuron_pruning_does(method, granularity):
+    """`--method neuron-mean -s 0.5` (element granularity, run as neuron pruning) pruned the output
+    layer's units, a classifier's classes, which -g neuron keeps: the targets were picked for element."""
+    from prunecli.run import steps
+
+    config = build_config({"model_path": "m.keras", "method": method, "granularity": granularity, "sparsity": 0.5})
+    picked = steps.pick_targets(dense_then_softmax(), config)
+    assert "logits" not in {t.layer_name for t in picked.targets}
+    assert any("logits not pruned by neuron" in n for n in picked.notes)
+    element = build_config({"model_path": "m.keras", "method": "magnitude", "sparsity": 0.5})
+    assert "logits" in {t.layer_name for t in steps.pick_targets(dense_then_softmax(), element).targets}
+
+
 def test_include_prunes_an_output_layer_anyway():
     _, _, found, notes = prune(dense_then_softmax(), include=["logits", "hidden"])
     assert "logits" in {t.layer_name for t in found} and not notes
