@@ -141,6 +141,79 @@ def test_a_model_already_sparser_than_asked_is_said_to_stay_so():
     assert notes() == ()  # no --sparsity: the default 0.5
 
 
+def test_one_read_of_the_weights_counts_them_and_finds_a_nan():
+    """structure/census.py: the finiteness check's one read of every weight also counts its non-zeros
+    (what FLOPs, the already-sparse note and the report count from it); the first NaN/Inf is found; a
+    variable it did not read is counted where it lies, not taken from another variable's entry."""
+    import keras
+
+    from prunecli.structure.census import Census, nonzeros
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="a"), keras.layers.Dense(2, name="b")])
+    a, b = model.get_layer("a"), model.get_layer("b")
+    a.kernel.assign(np.eye(4, 3, dtype="float32"))  # 3 non-zeros of 12
+    census = Census(model.weights)
+    assert len(census) == 4 and census.nonfinite is None
+    assert census.nonzeros(a.kernel) == 3 and census.nonzeros(a.bias) == 0
+    assert nonzeros(b.kernel, census) == np.count_nonzero(np.asarray(b.kernel))
+    assert census.nonzeros(keras.Variable(np.ones(5, "float32"))) == 5  # not read: counted now
+    b.bias.assign(np.array([np.nan, 0.0], "float32"))
+    a.bias.assign(np.array([np.inf, 0.0, 0.0], "float32"))
+    assert Census(model.weights).nonfinite is a.bias  # the first, in the order of the weights
+
+
+def test_the_run_state_drops_its_census_once_a_step_changes_the_weights():
+    """RunState.read (the counts of load's or save's read) is carried over steps that add notes or
+    sections, and dropped by a step that replaces the masks or the model: its counts would be stale."""
+    from prunecli.config import build_config
+    from prunecli.results import StepResult
+    from prunecli.run.state import RunState
+
+    read = object()
+    state = RunState(config=build_config({"model_path": "m.keras"}, environ={}), model=None, source=None, read=read)
+    assert state.after(StepResult(notes=("n",), sections={"s": 1}, targets=())).read is read
+    assert state.after(StepResult(masks=None)).read is None
+    assert state.after(StepResult(model=object())).read is None
+    assert state.after(StepResult()).with_read(None).read is None
+
+
+@pytest.mark.slow  # three runs on a tiny MLP (~2 s)
+def test_the_counts_of_one_read_keep_every_check(cli, tmp_path, mlp_files, monkeypatch):
+    """The run reads the weights whole once at load and once at save, and counts from those reads:
+    the report's non-zeros are the written file's, the FLOPs' non-zeros drop with the pruning, a model
+    already sparser than asked still gets its note, and a NaN a step writes still stops the save."""
+    import keras
+
+    from prunecli.run import steps
+
+    out, report = tmp_path / "a.keras", tmp_path / "a.json"
+    assert cli("prune", mlp_files["keras"], "-s", "0.5", "-o", out, "-r", report, "-q").exit_code == 0
+    written, claims = keras.saving.load_model(out), json.loads(report.read_text())
+    assert claims["totals"]["nonzeros"] == sum(int(np.count_nonzero(np.asarray(w))) for w in written.weights)
+    for row in claims["layers"]:
+        kernel = np.asarray(written.get_layer(row["layer"]).kernel)
+        assert row["nonzeros"] == np.count_nonzero(kernel)
+    assert claims["totals"]["prunable_sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert claims["flops"]["after_nonzero"] < claims["flops"]["before_nonzero"] == claims["flops"]["before"]
+
+    again = cli("prune", out, "-s", "0.3", "-o", tmp_path / "b.keras", "-r", tmp_path / "b.json", "-q")
+    assert again.exit_code == 0, again.output
+    notes = json.loads((tmp_path / "b.json").read_text())["notes"]
+    assert any("already 50.0% zero, more than the 0.3 asked" in n for n in notes), notes
+
+    masked = steps.mask
+
+    def mask_then_nan(state, *args):
+        result = masked(state, *args)
+        state.model.get_layer("hidden2").bias.assign(np.full(16, np.nan, "float32"))  # after the load's read
+        return result
+
+    monkeypatch.setattr(steps, "mask", mask_then_nan)
+    failed = cli("prune", mlp_files["keras"], "-s", "0.5", "-o", tmp_path / "c.keras", "-q")
+    assert failed.exit_code == 4 and "hidden2/bias is NaN or Inf after the run" in failed.stderr, failed.output
+    assert not (tmp_path / "c.keras").exists()
+
+
 @pytest.mark.slow
 def test_the_python_api_writes_the_report_files_and_withholds_a_failed_model(tmp_path, trained):
     from prunecli import build_config, prune

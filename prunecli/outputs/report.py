@@ -101,13 +101,14 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
-def layer_stats(targets, requested: dict) -> list[LayerStat]:
-    from prunecli.structure.flops import nonzeros
+def layer_stats(targets, requested: dict, census=None) -> list[LayerStat]:
+    """Each target's size and non-zeros (as `census`, structure/census.py, read them where given)."""
+    from prunecli.structure.census import nonzeros
 
     stats = []
     for t in targets:
         size = int(t.size)
-        nz = nonzeros(t.variable)
+        nz = nonzeros(t.variable, census)
         stats.append(
             LayerStat(
                 t.name,
@@ -126,9 +127,9 @@ def layer_stats(targets, requested: dict) -> list[LayerStat]:
 QUANTIZATION_STATE = re.compile(r"(_scale|_zero|g_idx|amax_history)$")  # a quantized layer's bookkeeping
 
 
-def totals(model, stats: list[LayerStat]) -> dict[str, Any]:
-    """Whole-model and pruned-weight counts."""
-    params, nonzeros = whole_counts(model)
+def totals(model, stats: list[LayerStat], census=None) -> dict[str, Any]:
+    """Whole-model and pruned-weight counts (non-zeros as `census` read them where given)."""
+    params, nonzeros = whole_counts(model, census)
     prunable = sum(s.params for s in stats)
     prunable_nz = sum(s.nonzeros for s in stats)
     return {
@@ -141,14 +142,16 @@ def totals(model, stats: list[LayerStat]) -> dict[str, Any]:
     }
 
 
-def whole_counts(model) -> tuple[int, int]:
+def whole_counts(model, census=None) -> tuple[int, int]:
     """(parameters, non-zeros) of the whole model, as the report and `verify` count them. A quantized
     layer counts as the float layer it stands for: its int4 kernel by its weights (two per stored
     byte, as the per-layer rows count it), and neither its scales and zero points nor float8's
-    histories of maxima (all zeros: 3,072 of them made a conv net read 87% sparse)."""
+    histories of maxima (all zeros: 3,072 of them made a conv net read 87% sparse). Non-zeros as
+    `census` (structure/census.py) read them where it read the variable, else read here."""
     import math
 
-    from prunecli.structure import flops, targets
+    from prunecli.structure import census as weight_census
+    from prunecli.structure import targets
 
     logical = {}  # id(stored variable) -> its target: an int4 kernel's variable holds packed codes
     for t in targets.walk(model):
@@ -161,7 +164,7 @@ def whole_counts(model) -> tuple[int, int]:
             continue
         target = logical.get(id(v))
         params += int(target.size) if target is not None else math.prod(int(d) for d in v.shape)
-        nonzeros += flops.nonzeros(target.variable if target is not None else v)
+        nonzeros += weight_census.nonzeros(target.variable if target is not None else v, census)
     return int(params), int(nonzeros)
 
 

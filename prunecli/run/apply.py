@@ -109,7 +109,7 @@ def apply_plan(plan_path: str | os.PathLike, model_path: str | os.PathLike, prog
     opened = plan.manifest.get("structure", {}).get("opened")
     if opened:  # the plan's masks name the layers of the nested models its run opened
         state = state.after(steps.open_nested(state.model, config, names=set(opened))[0])
-    flops_before = flops.count(state.model, state.config.seq_len)
+    flops_before = flops.count(state.model, state.config.seq_len, state.read)  # non-zeros as loaded
     state = state.after(_targets(plan, state.model))
     state = state.after(steps.evaluate(state, "before", say, timings))
     say(f"applying the plan's masks ({len(plan.targets)} tensors)")
@@ -130,7 +130,8 @@ def apply_plan(plan_path: str | os.PathLike, model_path: str | os.PathLike, prog
         )
     with model_io.outputs_together():  # the model, exports and report files renamed together
         state, out, output_sizes = write_outputs(state, config, out, masked_model, say, timings)
-        sections = {"flops": flops.section(flops_before, flops.count(state.model, state.config.seq_len))}
+        after = flops.count(state.model, state.config.seq_len, state.read)  # as the save read them
+        sections = {"flops": flops.section(flops_before, after)}
         sections["reproducibility"] = plan_file.reproducibility(config)
         state = state.after(StepResult(sections=sections))
         report = steps.build_report(state, out, timings, input_sizes, output_sizes)

@@ -89,11 +89,11 @@ def run(config: PruneConfig, progress: steps.Progress | None = None) -> PruneRes
     timings = Timings()
     state, input_sizes = steps.load(config, say, timings)
     source_print = plan_file.fingerprint(state.model) if config.save_plan else None  # before any weight changes
-    flops_before = target.counted_flops(state)  # theoretical multiply-adds per example, for the report
+    flops_before = target.counted_flops(state)  # multiply-adds per example, non-zeros as the load read them
     opened, config = steps.open_nested(state.model, config)  # --shrink: a backbone's channels too
     state = state.after(opened).with_config(config)
     state = state.after(steps.pick_targets(state.model, config))
-    state = state.after(steps.already_sparse(state.targets, config))
+    state = state.after(steps.already_sparse(state.targets, config, state.read))  # counted as loaded
     refused = removal.refusal(config.granularity.kind, state.model, state.targets, config)
     if refused:  # a structural step this model cannot take: said before any measuring
         raise InputError(refused)
@@ -256,13 +256,16 @@ def write_outputs(state, config: PruneConfig, out, masked_model, say, timings, u
     if not distribute.is_chief():
         return state, None, None
     state = state.after(steps.class_change(state))  # said whichever step changed it
-    if not config.export:
-        return state, out, steps.save(state, out, say, timings)
-    from prunecli.outputs import export
+    if config.export:
+        from prunecli.outputs import export
 
-    baseline = masked_model if state.model is not masked_model else None  # timed in TFLite beside the shrunk one
-    exported = export.run(state.model, out, state.data, config, say, timings, baseline, unquantized, state.task)
-    return state.after(exported), out, steps.save(state.after(exported), out, say, timings)
+        baseline = masked_model if state.model is not masked_model else None  # timed in TFLite beside the shrunk one
+        state = state.after(
+            export.run(state.model, out, state.data, config, say, timings, baseline, unquantized, state.task)
+        )
+    sizes, census = steps.save(state, out, say, timings)
+    # the save's finiteness check read every weight written: its counts serve the FLOPs and the report
+    return state.with_read(census), out, sizes
 
 
 def check_gates(report: Report, config: PruneConfig) -> None:

@@ -116,7 +116,7 @@ def make_plan(config, progress=None) -> dict[str, Any]:
     before = _totals(state.model, config.seq_len)
     groups = _groups(state.model) if config.granularity.kind == "neuron" else None
     state = state.after(steps.pick_targets(state.model, config))
-    state = state.after(steps.already_sparse(state.targets, config))
+    state = state.after(steps.already_sparse(state.targets, config, state.read))  # counted as loaded
     kind = config.granularity.kind
     if removal.structural(kind, state.model):
         heads_before = heads.heads_per_layer(state.model) if kind == "head" else None

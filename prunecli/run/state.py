@@ -17,7 +17,12 @@ class RunState:
     """model/source: the loaded (or rebuilt) Keras model and what the file was (io.models.Source);
     data/task: the loaded --data and the loss/metrics inferred for it (None without --data);
     targets/masks: the prunable weights and the MaskSet chosen for them; compiled_optimizer: the
-    file's own optimizer, taken before evaluation recompiles the model (fine-tuning starts from it)."""
+    file's own optimizer, taken before evaluation recompiles the model (fine-tuning starts from it);
+    read: the census (structure/census.py) of the weights taken by the last step that read them all
+    (load's finiteness check, or save's), each variable's non-zeros as they were then. It describes
+    the weights only until a step changes one: `after` drops it with any step that replaces the model
+    or the masks, and the orchestration reads it only where no step has changed a weight since (the
+    FLOPs and already-sparse counts of the dense model; the FLOPs and report of the model written)."""
 
     config: PruneConfig
     model: Any
@@ -32,6 +37,7 @@ class RunState:
     notes: tuple[str, ...] = ()
     metrics: Mapping[str, Any] = field(default_factory=dict)
     sections: Mapping[str, Any] = field(default_factory=dict)
+    read: Any = None
 
     def after(self, result: StepResult) -> RunState:
         """This state with a step's result folded in: replacements taken, sections/notes/metrics added."""
@@ -46,7 +52,13 @@ class RunState:
                 changes[name] = tuple(value) if name == "targets" else value
         if result.structure_changed:
             changes["structure_changed"] = True
+        if result.model is not UNCHANGED or result.masks is not UNCHANGED:  # weights changed: counts stale
+            changes["read"] = None
         return dataclasses.replace(self, **changes)
+
+    def with_read(self, census) -> RunState:
+        """This state with `census` of its weights as they are now (read by load's or save's check)."""
+        return dataclasses.replace(self, read=census)
 
     def with_config(self, config: PruneConfig) -> RunState:
         return dataclasses.replace(self, config=config)

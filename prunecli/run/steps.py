@@ -40,7 +40,7 @@ def load(config: PruneConfig, progress: Progress, timings: Timings) -> tuple[Run
     progress(f"loading {config.model_path}")
     input_sizes = None
     with timings.phase("load"):
-        model, source = model_io.load(config.model_path, unsafe=config.unsafe, custom_objects=config.custom_objects)
+        model, source, census = model_io.load_counted(config.model_path, config.unsafe, config.custom_objects)
         keras_graph.compile_loops()  # within a run (keras_graph.compiled_loops): recurrent loops compiled
         _check_output_format(config, model, source)
         check_layer_globs(config, model)
@@ -61,6 +61,7 @@ def load(config: PruneConfig, progress: Progress, timings: Timings) -> tuple[Run
         task=task,
         compiled_optimizer=compiled_optimizer,
         loaded_class=type(model).__name__,
+        read=census,  # the finiteness check's one read: each weight's non-zeros, for the counts before pruning
         notes=(
             model_io.read_notes(source)
             + _custom_objects_note(config)
@@ -349,24 +350,25 @@ def pick_targets(model, config: PruneConfig) -> StepResult:
     return StepResult(targets=found, notes=tuple(notes))
 
 
-def already_sparse(found, config: PruneConfig) -> StepResult:
+def already_sparse(found, config: PruneConfig, census=None) -> StepResult:
     """A note when the weights to prune are already more zero than --sparsity asks (an element run on an
     earlier run's output): the masks prune exactly what is asked, the zeros already there stay, so the
     file is sparser than asked (-s 0.3 on a 50% model wrote 50%, each layer's 'target 30%' beside its
-    43-80%, nothing said). For prune and plan, which prune at one sparsity (a sweep varies it)."""
-    note = _already_sparse_note(found, config)
+    43-80%, nothing said). For prune and plan, which prune at one sparsity (a sweep varies it).
+    `census`: the load's count of the weights as they are still (RunState.read), else they are read."""
+    note = _already_sparse_note(found, config, census)
     return StepResult(notes=(note,) if note else ())
 
 
-def _already_sparse_note(found, config: PruneConfig) -> str | None:
-    from prunecli.structure.flops import nonzeros
+def _already_sparse_note(found, config: PruneConfig, census=None) -> str | None:
+    from prunecli.structure.census import nonzeros
 
     asked = config.effective_sparsity
     overridden = any(rule.sparsity is not None for rule in config.overrides)  # a layer's own sparsity
     if config.granularity.kind != "element" or asked is None or config.auto or config.target or overridden:
         return None
     size = sum(int(t.size) for t in found)
-    zeros = sum(int(t.size) - nonzeros(t.variable) for t in found)  # read in place: no copy of a 1B model
+    zeros = sum(int(t.size) - nonzeros(t.variable, census) for t in found)  # read in place: no copy of a 1B model
     share = zeros / size if size else 0.0
     if share <= asked + 1e-9:
         return None
@@ -710,9 +712,10 @@ def finetune(state: RunState, progress: Progress, timings: Timings, teacher=None
     )
 
 
-def save(state: RunState, out: Path, progress: Progress, timings: Timings) -> Future:
+def save(state: RunState, out: Path, progress: Progress, timings: Timings):
     """Write the output; returns a Future of its sha256 and bytes (and gzip size with sizes on),
-    computed on another core while the run finishes (exports, FLOPs, the report)."""
+    computed on another core while the run finishes (exports, FLOPs, the report), and the census of the
+    weights written (structure/census.py), taken by the save's finiteness check in its one read of them."""
     from prunecli.errors import GateFailed
     from prunecli.io import models as model_io
     from prunecli.selection import kernels
@@ -723,12 +726,12 @@ def save(state: RunState, out: Path, progress: Progress, timings: Timings) -> Fu
             raise GateFailed(f"{broken} after the run; nothing was saved")
     progress(f"saving {out}")
     with timings.phase("save"):
-        model_io.save(state.model, out, state.source, structure_changed=state.structure_changed)
+        census = model_io.save(state.model, out, state.source, structure_changed=state.structure_changed)
     if state.structure_changed and "quantize" not in state.sections:  # --quantize checked its own reload
         progress("loading the written model back")
         with timings.phase("reload"):
             check_reloads(state.model, model_io.staged(out), out, state.config, state.data)
-    return measure_output(model_io.staged(out), state.config)  # its new bytes, wherever they are staged
+    return measure_output(model_io.staged(out), state.config), census  # its new bytes, wherever they are staged
 
 
 def check_reloads(model, written: Path, out: Path, config: PruneConfig, data=None) -> None:
@@ -786,7 +789,8 @@ def build_report(
     output_sizes: Future | None = None,
 ) -> Report:
     """The report of a finished run: settings, input/output files and sizes (the Futures of `load`, when
-    given, and of `save`, which a run with `out` has), per-layer sparsity, metrics, timings, notes and every section the steps returned."""
+    given, and of `save`, which a run with `out` has), per-layer sparsity, metrics, timings, notes and every section the steps returned.
+    Non-zeros as the save's census read the weights written (`state.read`), where the state has it."""
     from prunecli.io import models as model_io
 
     c = state.config
@@ -794,7 +798,7 @@ def build_report(
     settings["overrides"] = [o.__dict__ for o in c.overrides]
     inp = {"path": str(state.source.path), "format": state.source.format, "flavour": state.source.flavour}
     outp = {"path": str(out), "format": out.suffix.lstrip(".")} if out else None
-    stats = layer_stats(_as_written(state), state.masks.requested if state.masks else {})
+    stats = layer_stats(_as_written(state), state.masks.requested if state.masks else {}, state.read)
     with timings.phase("sizes"):  # last, so that the sizes computed in the background had the most time
         if c.sizes:
             inp.update(input_sizes.result() if input_sizes else model_io.file_sizes(state.source.path))
@@ -810,7 +814,7 @@ def build_report(
         settings=settings,
         input=inp,
         output=outp,
-        totals=totals(state.model, stats),
+        totals=totals(state.model, stats, state.read),
         layers=stats,
         metrics=dict(state.metrics),
         timings_s={k: round(v, 4) for k, v in spent.items()},

@@ -511,18 +511,21 @@ def counted_flops(state) -> dict:
     """The report's multiply-adds per example (flops.count) of the state's model: its own count, or,
     where open input sizes leave nothing counted and --data gives sizes, the count at an example's sizes
     as --target flops= takes it (`_flops_model`; `at_data_sizes` True), so the report's `flops` section
-    and its `target` section count the same model (PNet's said "unknown" beside a target it met)."""
+    and its `target` section count the same model (PNet's said "unknown" beside a target it met).
+    Non-zeros from the state's census of its weights (`state.read`), where it has one."""
     from prunecli.errors import PruneCliError
     from prunecli.structure import flops
 
-    found = flops.count(state.model, state.config.seq_len)
+    found = flops.count(state.model, state.config.seq_len, state.read)
     if found["total"] is not None or state.data is None:
         return found
     try:
         fixed = _flops_model(state)
     except (PruneCliError, ValueError, TypeError):  # no twin at fixed sizes: the count stays unknown
         return found
-    return found if fixed is state.model else {**flops.count(fixed, state.config.seq_len), "at_data_sizes": True}
+    if fixed is state.model:
+        return found
+    return {**flops.count(fixed, state.config.seq_len, state.read), "at_data_sizes": True}
 
 
 def _flops_model(state):

@@ -22,6 +22,8 @@ from prunecli.structure import (  # noqa: F401  (transformer and vision_encoders
     transformer,
     vision_encoders,
 )
+from prunecli.structure.census import Census
+from prunecli.structure.census import nonzeros as census_nonzeros
 
 UNIT = "multiply-adds per example"
 
@@ -40,38 +42,34 @@ def _positions(shape) -> int | None:
     return _prod(tuple(shape)[1:-1])
 
 
-def nonzeros(var) -> int:
-    """Non-zero entries of a variable (or array), read in place (runtime.weight_values)."""
-    import numpy as np
-
-    from prunecli.runtime import weight_values
-
-    return int(np.count_nonzero(weight_values(var)))
+def nonzeros(var, census: Census | None = None) -> int:
+    """Non-zero entries of a variable (or array): as `census` read them, else read in place now."""
+    return census_nonzeros(var, census)
 
 
 def _size(var) -> int:
     return int(math.prod(var.shape))
 
 
-def _times(positions: int | None, weights: list) -> tuple[int | None, int | None]:
+def _times(positions: int | None, weights: list, nz=nonzeros) -> tuple[int | None, int | None]:
     """Each position multiplies every weight once: (dense, non-zero) multiply-adds."""
     if positions is None:
         return None, None
-    return positions * sum(_size(w) for w in weights), positions * sum(nonzeros(w) for w in weights)
+    return positions * sum(_size(w) for w in weights), positions * sum(nz(w) for w in weights)
 
 
-def _einsum(layer, out_shape) -> tuple[int | None, int | None]:
+def _einsum(layer, out_shape, nz=nonzeros) -> tuple[int | None, int | None]:
     """Output elements times the length of the summed (kernel-only) axes."""
     elements = _prod(tuple(out_shape)[1:])
     kernel_spec, out_spec = layer.equation.split(",")[1].split("->")
     reduced = _prod(d for d, ch in zip(layer.kernel.shape, kernel_spec, strict=False) if ch not in out_spec)
     if elements is None or reduced is None:
         return None, None
-    density = nonzeros(layer.kernel) / max(_size(layer.kernel), 1)
+    density = nz(layer.kernel) / max(_size(layer.kernel), 1)
     return elements * reduced, round(elements * reduced * density)
 
 
-def _attention(layer, in_shapes) -> tuple[int | None, int | None]:
+def _attention(layer, in_shapes, nz=nonzeros) -> tuple[int | None, int | None]:
     query = in_shapes[0]
     value = in_shapes[1] if len(in_shapes) > 1 else query
     key = in_shapes[2] if len(in_shapes) > 2 else value
@@ -82,44 +80,48 @@ def _attention(layer, in_shapes) -> tuple[int | None, int | None]:
     parts = [(tq, query_k), (tk, key_k), (tv, value_k), (tq, output_k)]
     scores = tq * tk * heads * (kdim + vdim)  # Q·K^T and softmax(.)·V: no weights, never sparse
     dense = sum(n * _size(k) for n, k in parts) + scores
-    nonzero = sum(n * nonzeros(k) for n, k in parts) + scores
+    nonzero = sum(n * nz(k) for n, k in parts) + scores
     return dense, nonzero
 
 
-def _recurrent(layer, in_shape) -> tuple[int | None, int | None]:
+def _recurrent(layer, in_shape, nz=nonzeros) -> tuple[int | None, int | None]:
     steps = tuple(in_shape)[1] if len(in_shape) > 2 else 1
     cell = layer.cell
-    return _times(steps, [cell.kernel, cell.recurrent_kernel])
+    return _times(steps, [cell.kernel, cell.recurrent_kernel], nz)
 
 
-def _bidirectional(layer, in_shapes):
-    parts = [_recurrent(sub, in_shapes[0]) for sub in (layer.forward_layer, layer.backward_layer)]
+def _bidirectional(layer, in_shapes, nz=nonzeros):
+    parts = [_recurrent(sub, in_shapes[0], nz) for sub in (layer.forward_layer, layer.backward_layer)]
     if any(p[0] is None for p in parts):
         return None, None
     return sum(p[0] for p in parts), sum(p[1] for p in parts)
 
 
-# How each rule of the layer table (structure/layers.py, `macs`) counts one call.
+# How each rule of the layer table (structure/layers.py, `macs`) counts one call; `nz` counts a
+# variable's non-zeros (from the run's census of the weights where it has one).
 _RULES = {
-    "dense": lambda layer, ins, outs: _times(_positions(outs[0]), [layer.kernel]),
-    "einsum": lambda layer, ins, outs: _einsum(layer, outs[0]),
-    "conv": lambda layer, ins, outs: _times(_positions(outs[0]), [layer.kernel]),  # depthwise too
-    "transpose": lambda layer, ins, outs: _times(_positions(ins[0]), [layer.kernel]),
-    "separable": lambda layer, ins, outs: _times(_positions(outs[0]), [layer.depthwise_kernel, layer.pointwise_kernel]),
-    "rnn": lambda layer, ins, outs: _recurrent(layer, ins[0]),
-    "bidirectional": lambda layer, ins, outs: _bidirectional(layer, ins),
-    "attention": lambda layer, ins, outs: _attention(layer, ins),
-    "zero": lambda layer, ins, outs: (0, 0),
+    "dense": lambda layer, ins, outs, nz: _times(_positions(outs[0]), [layer.kernel], nz),
+    "einsum": lambda layer, ins, outs, nz: _einsum(layer, outs[0], nz),
+    "conv": lambda layer, ins, outs, nz: _times(_positions(outs[0]), [layer.kernel], nz),  # depthwise too
+    "transpose": lambda layer, ins, outs, nz: _times(_positions(ins[0]), [layer.kernel], nz),
+    "separable": lambda layer, ins, outs, nz: _times(
+        _positions(outs[0]), [layer.depthwise_kernel, layer.pointwise_kernel], nz
+    ),
+    "rnn": lambda layer, ins, outs, nz: _recurrent(layer, ins[0], nz),
+    "bidirectional": lambda layer, ins, outs, nz: _bidirectional(layer, ins, nz),
+    "attention": lambda layer, ins, outs, nz: _attention(layer, ins, nz),
+    "zero": lambda layer, ins, outs, nz: (0, 0),
 }
 
 
-def layer_cost(layer, in_shapes: list, out_shapes: list) -> tuple[int | None, int | None]:
-    """(multiply-adds, non-zero multiply-adds) of one call of `layer`, per example."""
+def layer_cost(layer, in_shapes: list, out_shapes: list, census: Census | None = None) -> tuple[int | None, int | None]:
+    """(multiply-adds, non-zero multiply-adds) of one call of `layer`, per example; the non-zeros as
+    `census` read them where it read the weight (a registered callable rule counts its own)."""
     rule = layers.spec(layer).macs
     if callable(rule):
         return rule(layer, in_shapes, out_shapes)
     if rule is not None:
-        return _RULES[rule](layer, in_shapes, out_shapes)
+        return _RULES[rule](layer, in_shapes, out_shapes, lambda var: nonzeros(var, census))
     if all(len(w.shape) <= 1 for w in getattr(layer, "weights", [])):
         return 0, 0  # element-wise (normalisation, PReLU...)
     return None, None
@@ -156,15 +158,16 @@ def calls(model, prefix: str = "", seq_len: int | None = None):
     return out
 
 
-def count(model, seq_len: int | None = None) -> dict[str, Any]:
+def count(model, seq_len: int | None = None, census: Census | None = None) -> dict[str, Any]:
     """Multiply-adds per example, per layer call and in total (None where unknown; an open sequence
-    length counts as `seq_len` when given)."""
+    length counts as `seq_len` when given). Non-zero weights as `census` (census.py) read them, where
+    the run has one of the weights as they are now; else read here."""
     found = calls(model, seq_len=seq_len)
     if found is None:  # a subclassed model: no graph to read shapes from
         return {"unit": UNIT, "total": None, "nonzero": None, "partial": True, "layers": []}
     layers = []
     for path, layer, ins, outs, times in found:
-        dense, nonzero = (None if c is None else c * times for c in layer_cost(layer, ins, outs))
+        dense, nonzero = (None if c is None else c * times for c in layer_cost(layer, ins, outs, census))
         layers.append({"layer": path, "class": type(layer).__name__, "macs": dense, "nonzero_macs": nonzero})
     known = [row for row in layers if row["macs"] is not None]
     partial = len(known) < len(layers)

@@ -48,6 +48,7 @@ __all__ = [
     "discard_staged",
     "file_sizes",
     "inspect_file",
+    "load_counted",
     "load",
     "quiet_keras",
     "read_notes",
@@ -85,6 +86,13 @@ def load(path: str | os.PathLike, unsafe: bool = False, custom_objects: tuple[st
     in its config (a Lambda layer whose function `custom_objects` gives runs that function, not the
     file's code), the memory it declares; the loaded weights must then be finite. `custom_objects`:
     the user's .py files or modules whose classes and functions Keras needs (custom.py)."""
+    model, info, _census = load_counted(path, unsafe, custom_objects)
+    return model, info
+
+
+def load_counted(path: str | os.PathLike, unsafe: bool = False, custom_objects: tuple[str, ...] | list[str] = ()):
+    """`load`, and the census of the loaded weights its finiteness check took (structure/census.py:
+    each variable's non-zeros, from the same one read): (model, ModelFile, Census)."""
     custom = register_custom(tuple(custom_objects))
     channels_first.run_on_cpu()  # a channels-first model then runs here as on a GPU
     info = inspect_file(path)
@@ -92,5 +100,5 @@ def load(path: str | os.PathLike, unsafe: bool = False, custom_objects: tuple[st
         check_safe(info, custom)
     check_memory(info)
     model = read_model(info, unsafe, custom)
-    check_finite(model, "load", info.path)  # NaN/Inf in the input file: a load error (exit 3)
-    return model, info
+    census = check_finite(model, "load", info.path)  # NaN/Inf in the input file: a load error (exit 3)
+    return model, info, census

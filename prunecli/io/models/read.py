@@ -650,26 +650,26 @@ def _load_failure(exc: BaseException, previous: BaseException | None = None) -> 
     return re.split(r"(?<=\.)\s", first_line(exc), maxsplit=1)[0]
 
 
-def check_finite(model, stage: str, path=None) -> None:
-    """Every floating-point weight is finite; else one line and nothing is saved.
+def check_finite(model, stage: str, path=None):
+    """Every floating-point weight is finite; else one line and nothing is saved. Returns the census
+    (structure/census.py) of the weights this check read: each variable's non-zeros, as they are now.
 
     stage "load": the input file holds NaN/Inf (exit 3). Any other stage ("fine-tuning", "pruning",
     "shrink", "before saving"): a step made the weights non-finite, for example --lr inf (exit 4,
     like a failed quality gate: the run worked, the model it made is unusable)."""
-    import numpy as np
-
     from prunecli.errors import GateFailed
-    from prunecli.runtime import weight_values
+    from prunecli.structure.census import Census
 
-    for v in model.weights:
-        arr = weight_values(v)
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            if stage == "load":
-                raise ModelLoadError(f"{path}: weight {v.path} contains NaN or Inf values")
-            raise GateFailed(
-                f"weight {v.path} is NaN or Inf after {stage}; nothing was saved "
-                "(a smaller --lr or --optimizer setting may help)"
-            )
+    census = Census(model.weights)
+    v = census.nonfinite
+    if v is not None:
+        if stage == "load":
+            raise ModelLoadError(f"{path}: weight {v.path} contains NaN or Inf values")
+        raise GateFailed(
+            f"weight {v.path} is NaN or Inf after {stage}; nothing was saved "
+            "(a smaller --lr or --optimizer setting may help)"
+        )
+    return census
 
 
 @contextlib.contextmanager

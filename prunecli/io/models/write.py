@@ -516,13 +516,12 @@ def _keep_mode(tmp_path: Path, target: Path) -> None:
         os.chmod(tmp_path, stat.S_IMODE(st.st_mode))
 
 
-def save(
-    model, out: Path, source: ModelFile | None = None, structure_changed: bool = False, output: bool = True
-) -> None:
+def save(model, out: Path, source: ModelFile | None = None, structure_changed: bool = False, output: bool = True):
     """Write the model atomically (`output=False`: a scratch copy, written at once even inside
     outputs_together). An .h5 -> .h5 run with unchanged structure keeps the input's flavour. Weights
-    that are NaN or Inf are never written (check_finite: exit 4, nothing saved)."""
-    check_finite(model, "the run")
+    that are NaN or Inf are never written (check_finite: exit 4, nothing saved). Returns the census
+    of the weights written (structure/census.py), from that check's one read of them."""
+    census = check_finite(model, "the run")
     if structure_changed or source is None:
         from prunecli.structure.rebuild import renested
 
@@ -549,6 +548,7 @@ def save(
                     _leave_out_implicit_masks(tmp, left_out)
     except OSError as exc:
         raise write_error(out, exc) from exc
+    return census
 
 
 def _check_source_unchanged(source: ModelFile) -> None:
