@@ -487,3 +487,22 @@ def test_an_embedding_mask_survives_a_shrink_into_an_h5(cli, tmp_path):
     ids = np.array([[3, 5, 1, 0, 0, 0, 0], [2, 2, 9, 11, 4, 0, 0]])
     expected = np.asarray(keras.saving.load_model(tmp_path / "o.keras", compile=False)(ids))
     np.testing.assert_allclose(np.asarray(from_h5(ids)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_bytes_an_h5_declares_are_read_from_its_headers(tmp_path):
+    """memory._h5_declared_bytes: every dataset's shape x item size, nested ones and one never written
+    included (a bomb declares what it never stores), a scalar as one element, an empty one and a named
+    datatype as nothing; attributes are not weights."""
+    import h5py
+
+    from prunecli.io.models.memory import _h5_declared_bytes
+
+    with h5py.File(tmp_path / "w.h5", "w") as f:
+        f.create_dataset("layers/dense/vars/0", shape=(1000, 1000, 10), dtype="float32")  # declared only
+        f.create_dataset("scalar", data=np.float64(3))
+        f.create_dataset("empty", data=h5py.Empty("f4"))
+        f.create_dataset("ints", data=np.arange(7, dtype="int16"))
+        f["named"] = np.dtype("float32")
+        f.attrs["big"] = np.ones(1000)
+    with h5py.File(tmp_path / "w.h5", "r") as h5:
+        assert _h5_declared_bytes(h5) == 1000 * 1000 * 10 * 4 + 8 + 7 * 2

@@ -36,19 +36,30 @@ def available_memory() -> int:
 
 def _h5_declared_bytes(h5) -> int:
     """Bytes the datasets of an open HDF5 file declare (shape x item size), read from their headers:
-    a dataset of 6 GB costs nothing to declare, and Keras would allocate it before reading."""
+    a dataset of 6 GB costs nothing to declare, and Keras would allocate it before reading. Walked with
+    h5py's low-level calls, which visit the same objects as `visititems` without building a Python
+    object for each (ResNet50's 320 weights in a .keras: 139 -> 71 ms of every load)."""
+    import h5py
+
     total = 0
+    simple, null = h5py.h5s.SIMPLE, h5py.h5s.NULL
 
-    def visit(_name, obj):
+    def visit(name, info):
         nonlocal total
-        shape = getattr(obj, "shape", None)
-        if shape is not None and getattr(obj, "dtype", None) is not None:
-            count = 1
-            for dim in shape:
+        if info.type != h5py.h5o.TYPE_DATASET:
+            return
+        dataset = h5py.h5d.open(h5.id, name)
+        space = dataset.get_space()
+        kind = space.get_simple_extent_type()
+        if kind == null:  # no elements (h5py's shape None)
+            return
+        count = 1
+        if kind == simple:  # else a scalar: one element
+            for dim in space.get_simple_extent_dims():
                 count *= int(dim)
-            total += count * max(obj.dtype.itemsize, 1)
+        total += count * max(dataset.get_type().get_size(), 1)
 
-    h5.visititems(visit)
+    h5py.h5o.visit(h5.id, visit, info=True)
     return total
 
 
