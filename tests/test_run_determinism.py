@@ -26,7 +26,7 @@ def _run(mlp_files, method: str, seed: int, out):
             "seed": seed,
             "data": str(mlp_files["data"]) if needs_data else None,
             "score_batches": 2,
-            "batch_size": 32,
+            "batch_size": 32 if needs_data else 64,  # the default: --batch-size without --data is refused
             "quiet": True,
             "sizes": False,
         },

@@ -189,3 +189,15 @@ def test_an_open_sequence_length_is_counted_at_seq_len_or_said_to_be_unknown(cli
     assert "not counted (an open input length: give --seq-len)" in " ".join(out.split())
     out = cli("plan", path, "-s", "0.5", "--seq-len", str(seq)).output
     assert f"{layers * block + seq * d * vocab:,} ->" in " ".join(out.split())
+
+
+def test_plan_names_the_prune_steps_it_does_not_run():
+    """plan writes no model: --epochs, --max-accuracy-drop and --export given to it are said to be not run,
+    where they once passed silently."""
+    from prunecli.run.plan import _not_run
+
+    base = {"model_path": "m.keras", "data": "d.npz"}
+    assert _not_run(build_config(base)) == ()
+    config = build_config({**base, "epochs": 2, "max_accuracy_drop": 0.01, "export": ("tflite",)})
+    (note,) = _not_run(config)
+    assert "--epochs, --max-accuracy-drop, --export not run" in note

@@ -287,6 +287,7 @@ def _check_ranges(c: PruneConfig) -> None:
     if c.distill_temperature is not None and c.epochs < 1:
         raise ConfigError("--distill fine-tunes against the unpruned model; give --epochs and --data")
     _check_unused_training(c)
+    _check_unused_data_settings(c)
     if c.max_accuracy_drop is not None and not c.max_accuracy_drop >= 0:
         raise ConfigError("max_accuracy_drop must be >= 0")
 
@@ -312,6 +313,19 @@ def _check_unused_training(c: PruneConfig) -> None:
     ]
     if unused:
         raise ConfigError(f"{unused[0]} sets fine-tuning, which this run does not do; give --epochs N (N >= 1)")
+
+
+def _check_unused_data_settings(c: PruneConfig) -> None:
+    """How --data is read, given without --data, is refused as --lr without --epochs is: nothing reads it.
+    --batch-size is also the batch --target latency= times the model at."""
+    if c.data:
+        return
+    defaults = {f.name: f.default for f in fields(PruneConfig)}
+    if c.val_split != defaults["val_split"]:
+        raise ConfigError("--val-split holds out part of --data, which this run does not read; give --data")
+    latency = c.target is not None and str(c.target).strip().lower().startswith("latency")
+    if c.batch_size != defaults["batch_size"] and not latency:
+        raise ConfigError("--batch-size sets the batches of --data, which this run does not read; give --data")
 
 
 def _check_auto(c: PruneConfig) -> None:

@@ -55,10 +55,13 @@ def apply_config(plan: plan_file.Plan, model_path, **options):
     settings = plan.manifest.get("settings", {})
     given = {k: settings[k] for k in FROM_PLAN if settings.get(k) is not None}
     build_config({"model_path": model_path}, environ={})  # the model given: its error is not the plan's
-    try:  # the plan's own settings first, so that an edited one is named as the plan's
-        build_config({**given, "model_path": model_path, "method": "magnitude", "schedule": "oneshot"}, environ={})
+    try:  # the plan's own settings first, so that an edited one is named as the plan's (its run had data)
+        plans = {**given, "model_path": model_path, "method": "magnitude", "schedule": "oneshot", "data": "plan's"}
+        build_config(plans, environ={})
     except ConfigError as exc:
         raise ConfigError(f"plan {shown(plan.path)}: its settings: {exc.message}") from exc
+    if not options.get("data"):  # the plan's batch size batches --data only: without it nothing reads it
+        given.pop("batch_size", None)
     given.update({k: v for k, v in options.items() if v is not None and v != ()})
     given.update(model_path=model_path, method="magnitude", schedule="oneshot")
     config = build_config(given, environ={})

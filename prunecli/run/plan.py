@@ -100,6 +100,22 @@ def _groups(model) -> list[list[str]] | None:
     return [list(members) for members in sorted(found) if len(members) > 1]
 
 
+def _not_run(config) -> tuple[str, ...]:
+    """A note naming the options `prune` would act on that a plan, which writes no model, does not."""
+    given = [
+        flag
+        for flag, on in (
+            ("--epochs", config.epochs > 0),
+            ("--max-accuracy-drop", config.max_accuracy_drop is not None),
+            ("--export", bool(config.export)),
+        )
+        if on
+    ]
+    if not given:
+        return ()
+    return (f"plan writes no model and fine-tunes nothing: {', '.join(given)} not run (they act in `prunecli prune`)",)
+
+
 @keeps_global_state  # the caller's logging, environment and Keras defaults, as they were
 @streamed_errors_raised  # a streamed dataset's failure mid-run: the CLI's DataError, not TensorFlow's
 @keras_graph.loops_compiled  # recurrent layers called eagerly run their loops compiled
@@ -115,6 +131,7 @@ def make_plan(config, progress=None) -> dict[str, Any]:
     before_rows = _layer_rows(state.model, config.seq_len)
     before = _totals(state.model, config.seq_len)
     groups = _groups(state.model) if config.granularity.kind == "neuron" else None
+    state = state.after(StepResult(notes=_not_run(config)))
     state = state.after(steps.pick_targets(state.model, config))
     state = state.after(steps.already_sparse(state.targets, config, state.read))  # counted as loaded
     kind = config.granularity.kind
