@@ -7,6 +7,8 @@ from the first evaluation, and a sigmoid classifier trained on labels 0..2 witho
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -421,3 +423,34 @@ def test_every_library_entry_point_raises_the_data_error_of_a_bad_record_mid_run
     report.write_text(json.dumps(written))
     with pytest.raises(DataError, match=said):
         verify(out, report=report, data=tmp_path / "d.tfrecord")
+
+
+# --- a dense loss already absurd on --data ---------------------------------------------------------------
+
+
+@pytest.mark.slow  # two evaluations and a save refused (0.7 s at load 5)
+def test_an_absurd_dense_loss_is_blamed_on_the_data_not_the_learning_rate(tmp_path):
+    """Inputs of 2**40 into a model trained on unit-scale ones: the dense loss was reported with nothing said,
+    and NaN weights after fine-tuning were blamed on --lr. The 'before' evaluation now names the data, and so
+    does the NaN message when the dense loss was already absurd (or not finite)."""
+    from prunecli.config import PruneConfig
+    from prunecli.errors import GateFailed
+    from prunecli.outputs.report import Timings
+    from prunecli.run import steps
+    from prunecli.run.state import RunState
+    from prunecli.training.metrics import infer_task
+
+    model = _linear()
+    np.savez(tmp_path / "big.npz", x=np.full((8, 4), 2**40, dtype=np.int64), y=np.zeros(8, "float32"))
+    d = data.load(str(tmp_path / "big.npz"), model, batch_size=8)
+    config = PruneConfig(model_path=str(tmp_path / "m.keras"), data=str(tmp_path / "big.npz"))
+    state = RunState(config=config, model=model, source=None, data=d, task=infer_task(model, d.y_example))
+    state = state.after(steps.evaluate(state, "before", steps.silent, Timings()))
+    assert state.metrics["before"]["loss"] > 1e20
+    assert any("big.npz is" in n and "the data is the likely cause" in n for n in state.notes)
+    assert not steps.evaluate(state, "after_pruning", steps.silent, Timings()).notes  # said once, before
+    model.layers[-1].bias.assign([float("nan")])
+    for metrics, said in (({"before": {"loss": 0.5}}, "a smaller --lr"), (state.metrics, "check the data's scale")):
+        with pytest.raises(GateFailed, match=said):
+            steps.save(dataclasses.replace(state, metrics=metrics), tmp_path / "o.keras", steps.silent, Timings())
+    assert not (tmp_path / "o.keras").exists()

@@ -8,6 +8,7 @@ pipeline, and none writes into another step's state.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Callable
@@ -405,7 +406,27 @@ def evaluate(state: RunState, stage: str, progress: Progress, timings: Timings) 
 
     progress(f"evaluating ({stage.replace('_', ' ')})")
     with timings.phase("evaluate"):
-        return StepResult(metrics={stage: measure(state.model, state.data.eval, state.task)})
+        metrics = measure(state.model, state.data.eval, state.task)
+    loss = dense_loss_suspect({stage: metrics}) if stage == "before" else None
+    if loss is None:
+        return StepResult(metrics={stage: metrics})
+    note = (
+        f"the dense model's loss on {state.config.data} is {loss:.3g} before any pruning: the data is the likely"
+        " cause (inputs on a scale the model was not trained for, such as raw integers), and the losses after"
+        " it compare little"
+    )
+    return StepResult(metrics={stage: metrics}, notes=(note,))
+
+
+ABSURD_LOSS = 1e12  # a dense model's loss above this on --data (or NaN/Inf) points at the data, not the run
+
+
+def dense_loss_suspect(metrics) -> float | None:
+    """The dense model's loss on --data when it is NaN, Inf or above ABSURD_LOSS, else None."""
+    loss = (metrics.get("before") or {}).get("loss")
+    if loss is None or (math.isfinite(loss) and abs(loss) <= ABSURD_LOSS):
+        return None
+    return float(loss)
 
 
 def score_and_mask(model, targets, data, task, config: PruneConfig, progress: Progress, timings: Timings):
@@ -726,7 +747,16 @@ def save(state: RunState, out: Path, progress: Progress, timings: Timings):
             raise GateFailed(f"{broken} after the run; nothing was saved")
     progress(f"saving {out}")
     with timings.phase("save"):
-        census = model_io.save(state.model, out, state.source, structure_changed=state.structure_changed)
+        try:
+            census = model_io.save(state.model, out, state.source, structure_changed=state.structure_changed)
+        except GateFailed as exc:  # NaN weights: from a dense loss already absurd, the data is to blame first
+            loss = dense_loss_suspect(state.metrics)
+            if loss is None:
+                raise
+            raise GateFailed(
+                f"{exc.message.split(' (a smaller')[0]} (the dense model's loss on {state.config.data} was already"
+                f" {loss:.3g} before pruning: check the data's scale first, then --lr)"
+            ) from exc
     if state.structure_changed and "quantize" not in state.sections:  # --quantize checked its own reload
         progress("loading the written model back")
         with timings.phase("reload"):
