@@ -77,7 +77,20 @@ def test_polynomial_schedule_reaches_the_final_sparsity_while_training(keras2_h5
 
 @pytest.mark.slow
 def test_include_exclude_and_skip_leave_layers_whole(keras2_h5, tmp_path):
-    result = run(keras2_h5, tmp_path, sparsity=0.5, exclude=["out"])
+    """Also: the input replaced while the run saves is reported at the size of the file it loaded (the
+    report measured the path again at its end, so another file's size)."""
+    import shutil
+
+    shutil.copy(keras2_h5, tmp_path / "in.h5")
+
+    def replace_input(message):
+        if message.startswith("saving"):
+            (tmp_path / "in.h5").write_bytes(b"another file")
+
+    settings = {"model_path": str(tmp_path / "in.h5"), "output": str(tmp_path / "out.h5"), "engine": "tfmot"}
+    config = build_config({**settings, "sparsity": 0.5, "exclude": ["out"]}, environ={})
+    result = prune(config, progress=replace_input)
+    assert result.report.input["bytes"] == os.path.getsize(keras2_h5) and result.report.input["gzip_bytes"] > 0
     assert [s.name for s in result.report.layers] == ["hidden1/kernel"]
     assert (saved_kernels(result.output_path)["out/kernel"] != 0).all()
 

@@ -821,7 +821,6 @@ def build_report(
     """The report of a finished run: settings, input/output files and sizes (the Futures of `load`, when
     given, and of `save`, which a run with `out` has), per-layer sparsity, metrics, timings, notes and every section the steps returned.
     Non-zeros as the save's census read the weights written (`state.read`), where the state has it."""
-    from prunecli.io import models as model_io
 
     c = state.config
     settings = {k: (str(v) if k == "granularity" else v) for k, v in c.__dict__.items()}
@@ -830,9 +829,9 @@ def build_report(
     outp = {"path": str(out), "format": out.suffix.lstrip(".")} if out else None
     stats = layer_stats(_as_written(state), state.masks.requested if state.masks else {}, state.read)
     with timings.phase("sizes"):  # last, so that the sizes computed in the background had the most time
-        if c.sizes:
-            inp.update(input_sizes.result() if input_sizes else model_io.file_sizes(state.source.path))
-        else:
+        if c.sizes and input_sizes is not None:  # measured from the file opened at load
+            inp.update(input_sizes.result())
+        else:  # its size at load: the path may hold another file by now
             inp["bytes"] = state.source.size_bytes
         if out:  # bytes, gzip size with sizes on, and sha256: which file this report describes (`prunecli verify`)
             outp.update(output_sizes.result())

@@ -266,7 +266,8 @@ def prune(config: PruneConfig, progress=None) -> PruneResult:
         metrics=metrics,
         sections=sections,
     )
-    report = steps.build_report(state, out, timings, output_sizes=steps.measure_output(model_io.staged(out), config))
+    output_sizes = steps.measure_output(model_io.staged(out), config)
+    report = steps.build_report(state, out, timings, loaded.input_sizes, output_sizes)
     return PruneResult(report=report, model=stripped, masks=masks, output_path=out)
 
 
@@ -280,11 +281,13 @@ class _Loaded:
     training_setup: tuple | None
     data: Any = None
     task: Any = None
+    input_sizes: Any = None  # a Future of the input file's sizes (with sizes on)
 
 
 def _load_all(config: PruneConfig, tf_keras, say, timings) -> _Loaded:
     """The load phase: the model with tf_keras, the training setup the saved file keeps, and the data."""
     from prunecli.io import data as data_mod
+    from prunecli.io import models as model_io
     from prunecli.training.metrics import infer_task
 
     say(f"loading {config.model_path} with tf_keras")
@@ -293,6 +296,8 @@ def _load_all(config: PruneConfig, tf_keras, say, timings) -> _Loaded:
         compiled = getattr(model, "loss", None) is not None and getattr(model, "optimizer", None) is not None
         training_setup = (model.loss, tf_keras.optimizers.serialize(model.optimizer)) if compiled else None
         loaded = _Loaded(model, source, training_setup)
+        if config.sizes:  # the file opened now: its sizes are this file's, even if the path is replaced
+            loaded.input_sizes = model_io.sizes_in_background(source.path)
         if config.data:
             loaded.data = data_mod.load(config.data, model, config.batch_size, config.val_split, config.seed)
             steps.check_labels(config, loaded.data)  # inputs alone: nothing is measured against placeholders
