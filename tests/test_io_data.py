@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -85,6 +86,16 @@ def test_npz_test_and_val_sets_and_val_split(mlp, tmp_path):
         ),
         (),
     ]
+    # 0/1 labels for a 10-class model: accuracy over two classes of ten, said as the one-class case is
+    from types import SimpleNamespace
+
+    ten = SimpleNamespace(outputs=[SimpleNamespace(shape=(None, 10))])  # the classifier's output, widened
+    task = infer_task(model, whole.y_example)
+    few = [
+        _one_class_note(PruneConfig(data="d.npz"), dataclasses.replace(whole, eval_classes=n), task, ten)
+        for n in (2, 5)
+    ]
+    assert [len(n) for n in few] == [1, 0] and "d.npz hold 2 of the model's 10 classes" in few[0][0]
     pixels = [_pixel_values_note(PruneConfig(data="d.npz"), loaded, model) for loaded in (same, whole)]
     assert [len(n) for n in pixels] == [1, 0] and "d.npz are 0..255 pixel values and the model has no" in pixels[0][0]
     # a problem in one split names its arrays: "three.npz: the dataset is empty" sent the user to x_train

@@ -66,7 +66,7 @@ def load(config: PruneConfig, progress: Progress, timings: Timings) -> tuple[Run
         notes=(
             model_io.read_notes(source)
             + _custom_objects_note(config)
-            + _one_class_note(config, data, task)
+            + _one_class_note(config, data, task, model)
             + _pixel_values_note(config, data, model)
         ),
     )
@@ -93,16 +93,26 @@ def _pixel_values_note(config: PruneConfig, data, model) -> tuple[str, ...]:
     )
 
 
-def _one_class_note(config: PruneConfig, data, task) -> tuple[str, ...]:
+def _one_class_note(config: PruneConfig, data, task, model=None) -> tuple[str, ...]:
     """A classifier's evaluation labels of one class only make its accuracy the share of examples it
     predicts as that class: pruning that pushes predictions toward it "improved" accuracy (a 3-class
     model went from 0.50 to 0.65 on labels all 0, with nothing said). The figures are kept, and said
-    to be such."""
-    if task is None or not task.accuracy or data.eval_classes != 1:
+    to be such. Labels of fewer than half the model's classes (0/1 labels for a 10-class model) are
+    said too: the accuracy covers those classes alone."""
+    if task is None or not task.accuracy or not data.eval_classes:
+        return ()
+    if data.eval_classes == 1:
+        return (
+            f"the evaluation labels of {config.data} hold one class only: accuracy is how often the model "
+            "predicts it, before and after pruning, not how well it tells classes apart",
+        )
+    outputs = getattr(model, "outputs", None) or ()
+    classes = outputs[0].shape[-1] if len(outputs) == 1 and outputs[0].shape else None
+    if classes is None or data.eval_classes >= classes / 2:
         return ()
     return (
-        f"the evaluation labels of {config.data} hold one class only: accuracy is how often the model "
-        "predicts it, before and after pruning, not how well it tells classes apart",
+        f"the evaluation labels of {config.data} hold {data.eval_classes} of the model's {classes} classes:"
+        " accuracy is measured on those alone, before and after pruning (are these the model's labels?)",
     )
 
 
