@@ -208,10 +208,12 @@ def test_neuron_pruning_never_removes_a_class_and_says_why():
 @pytest.mark.parametrize(("method", "granularity"), [("neuron-mean", "element"), ("magnitude", "neuron")])
 def test_a_method_that_scores_units_keeps_the_classes_as_neuron_pruning_does(method, granularity):
     """`--method neuron-mean -s 0.5` (element granularity, run as neuron pruning) pruned the output
-    layer's units, a classifier's classes, which -g neuron keeps: the targets were picked for element."""
+    layer's units, a classifier's classes, which -g neuron keeps: the targets were picked for element, and
+    the report's settings said element."""
     from prunecli.run import steps
 
     config = build_config({"model_path": "m.keras", "method": method, "granularity": granularity, "sparsity": 0.5})
+    assert config.granularity.kind == "neuron"  # what the report's settings say the run did
     picked = steps.pick_targets(dense_then_softmax(), config)
     assert "logits" not in {t.layer_name for t in picked.targets}
     assert any("logits not pruned by neuron" in n for n in picked.notes)

@@ -416,7 +416,15 @@ class PruneConfig:
         global ranking (config/target.py). --method auto is magnitude, except for -g head with --data,
         where the head score is measured per run (removal/heads.py): bench/TRANSFORMER.md found magnitude
         removing the wrong key/value group of a GQA decoder (perplexity 73.8 against activation's 31.5)
-        and best on GPT-2's heads (activation 6% worse), so neither score is the default alone."""
+        and best on GPT-2's heads (activation 6% worse), so neither score is the default alone.
+        A method that scores whole units (UNIT_METHODS) prunes them whole: element granularity becomes
+        neuron here, so the targets, the masks and the report's settings all say what the run does."""
+        if (
+            self.method in UNIT_METHODS
+            and isinstance(self.granularity, Granularity)
+            and self.granularity.kind == "element"
+        ):
+            object.__setattr__(self, "granularity", Granularity("neuron"))
         if self.target is not None:
             if isinstance(self.granularity, Granularity) and self.granularity.kind == "element":
                 object.__setattr__(self, "granularity", Granularity("neuron"))

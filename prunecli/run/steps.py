@@ -16,7 +16,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from prunecli import __version__, scoring
-from prunecli.config import Granularity, PruneConfig
+from prunecli.config import PruneConfig
 from prunecli.config.fields import QUANTIZE_MODES, STRUCTURAL_KINDS, UNIT_METHODS
 from prunecli.errors import ConfigError, DataError, InputError, PruneCliError
 from prunecli.outputs.report import Report, Timings, layer_stats, totals
@@ -318,15 +318,6 @@ def class_change(state: RunState) -> StepResult:
     return StepResult(notes=(written_as_note(state.loaded_class, written),))
 
 
-def prunes_whole_units(config: PruneConfig) -> bool:
-    """Neuron pruning: asked for, or implied by a method that scores whole units (--method neuron-mean,
-    activation, ... with element granularity: score_and_mask prunes their units whole). One answer for
-    picking the targets and for masking them: the output layer's units (a classifier's classes) were
-    pruned by `--method neuron-mean -s 0.5`, which -g neuron keeps (0.46 against 0.86 on the digits CNN)."""
-    kind = config.granularity.kind
-    return kind == "neuron" or (kind == "element" and config.method in UNIT_METHODS)
-
-
 def pick_targets(model, config: PruneConfig) -> StepResult:
     """The prunable weights the options select; not a language model's token embedding and head, nor a
     frozen layer (unless --include names them, or the whole model was saved frozen); for neuron pruning,
@@ -346,7 +337,9 @@ def pick_targets(model, config: PruneConfig) -> StepResult:
             f"--epochs {config.epochs}: the layers to prune are frozen (trainable=False), so fine-tuning would train"
             " none of them: drop --epochs, or set trainable = True on them and save the model again"
         )
-    if prunes_whole_units(config):
+    if config.method in UNIT_METHODS and config.granularity.kind == "neuron":  # implied: PruneConfig.__post_init__
+        notes.append(f"method {config.method} scores whole units: pruned with granularity neuron")
+    if config.granularity.kind == "neuron":
         # A unit whose channel reaches a model output through layers that do not mix channels is a
         # class (or an output value): removing it changes what the model predicts. Kept unless --include.
         found, output_notes = targets.without_output_units(model, found, config.include)
@@ -445,9 +438,6 @@ def score_and_mask(model, targets, data, task, config: PruneConfig, progress: Pr
 
     strategy = scoring.get(config.method)
     notes = []
-    if config.granularity.kind == "element" and prunes_whole_units(config):
-        config = config.replace(granularity=Granularity("neuron"))
-        notes.append(f"method {config.method} scores whole units; pruned with granularity neuron")
     progress(f"scoring with {config.method}")
     targets = list(targets)
     strategy = _noting_flat_scores(strategy, notes)
