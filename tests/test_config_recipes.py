@@ -215,3 +215,21 @@ def test_bad_recipes_are_usage_errors(cli, mlp_files, tmp_path, text, message):
         build_config({"model_path": "m"}, recipe=recipe, environ={})
     result = cli("prune", mlp_files["keras"], "--config", recipe, "-o", tmp_path / "o.keras")
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "said"),
+    [
+        ("val_split", 0.2, "--val-split"),
+        ("batch_size", 8, "--batch-size"),
+        ("score_batches", 4, "--score-batches"),
+        ("calibration_samples", 64, "--calibration-samples"),
+    ],
+)
+def test_how_data_is_read_without_data_is_refused(setting, value, said):
+    """Nothing reads these without --data: refused, as --lr without --epochs is; with --data, taken."""
+    with pytest.raises(ConfigError, match=f"{said} .*give --data"):
+        build_config({"model_path": "m.keras", setting: value}, environ={})
+    assert (
+        getattr(build_config({"model_path": "m.keras", "data": "d.npz", setting: value}, environ={}), setting) == value
+    )

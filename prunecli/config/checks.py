@@ -316,8 +316,9 @@ def _check_unused_training(c: PruneConfig) -> None:
 
 
 def _check_unused_data_settings(c: PruneConfig) -> None:
-    """How --data is read, given without --data, is refused as --lr without --epochs is: nothing reads it.
-    --batch-size is also the batch --target latency= times the model at."""
+    """How --data is read (--val-split, --batch-size, --score-batches, --calibration-samples), given without
+    --data, is refused as --lr without --epochs is: nothing reads it. --batch-size is also the batch
+    --target latency= times the model at."""
     if c.data:
         return
     defaults = {f.name: f.default for f in fields(PruneConfig)}
@@ -326,6 +327,15 @@ def _check_unused_data_settings(c: PruneConfig) -> None:
     latency = c.target is not None and str(c.target).strip().lower().startswith("latency")
     if c.batch_size != defaults["batch_size"] and not latency:
         raise ConfigError("--batch-size sets the batches of --data, which this run does not read; give --data")
+    if c.score_batches != defaults["score_batches"]:
+        raise ConfigError(
+            "--score-batches caps the batches of --data a score reads, and this run reads none; give --data"
+        )
+    if c.calibration_samples != defaults["calibration_samples"]:
+        raise ConfigError(
+            "--calibration-samples sets the examples of --data a calibrated method or refit reads, and this run"
+            " reads none; give --data"
+        )
 
 
 def _check_auto(c: PruneConfig) -> None:
