@@ -25,8 +25,8 @@ def _run(mlp_files, method: str, seed: int, out):
             "sparsity": 0.6,
             "seed": seed,
             "data": str(mlp_files["data"]) if needs_data else None,
-            "score_batches": 2,
-            "batch_size": 32 if needs_data else 64,  # the default: --batch-size without --data is refused
+            "score_batches": 2 if needs_data else None,  # without --data, how it is read is refused
+            "batch_size": 32 if needs_data else 64,
             "quiet": True,
             "sizes": False,
         },

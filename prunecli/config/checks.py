@@ -215,6 +215,7 @@ def validate(c: PruneConfig) -> None:
     if c.engine == "tfmot":
         _check_tfmot(c)
     _check_calibration(c)
+    _check_unused_data_settings(c)  # after the values' own checks: a bad value is said as such first
     _check_measured(c)
     _check_measured_heads(c)
 
@@ -287,7 +288,6 @@ def _check_ranges(c: PruneConfig) -> None:
     if c.distill_temperature is not None and c.epochs < 1:
         raise ConfigError("--distill fine-tunes against the unpruned model; give --epochs and --data")
     _check_unused_training(c)
-    _check_unused_data_settings(c)
     if c.max_accuracy_drop is not None and not c.max_accuracy_drop >= 0:
         raise ConfigError("max_accuracy_drop must be >= 0")
 
