@@ -747,16 +747,16 @@ def save(state: RunState, out: Path, progress: Progress, timings: Timings):
             raise GateFailed(f"{broken} after the run; nothing was saved")
     progress(f"saving {out}")
     with timings.phase("save"):
-        try:
-            census = model_io.save(state.model, out, state.source, structure_changed=state.structure_changed)
-        except GateFailed as exc:  # NaN weights: from a dense loss already absurd, the data is to blame first
-            loss = dense_loss_suspect(state.metrics)
-            if loss is None:
-                raise
-            raise GateFailed(
-                f"{exc.message.split(' (a smaller')[0]} (the dense model's loss on {state.config.data} was already"
-                f" {loss:.3g} before pruning: check the data's scale first, then --lr)"
-            ) from exc
+        loss = dense_loss_suspect(state.metrics)  # NaN weights from a dense loss already absurd: the data first
+        advice = (
+            model_io.NONFINITE_ADVICE
+            if loss is None
+            else f"the dense model's loss on {state.config.data} was already {loss:.3g} before pruning: check the"
+            " data's scale first, then --lr"
+        )
+        census = model_io.save(
+            state.model, out, state.source, structure_changed=state.structure_changed, nonfinite_advice=advice
+        )
     if state.structure_changed and "quantize" not in state.sections:  # --quantize checked its own reload
         progress("loading the written model back")
         with timings.phase("reload"):

@@ -21,7 +21,7 @@ from prunecli.io.models.cudnn import read_notes as _cudnn_notes
 from prunecli.io.models.custom import register as register_custom
 from prunecli.io.models.memory import check_memory
 from prunecli.io.models.metadata import check_safe, inspect_file
-from prunecli.io.models.read import check_finite, quiet_keras, read_model
+from prunecli.io.models.read import NONFINITE_ADVICE, check_finite, quiet_keras, read_model
 from prunecli.io.models.sizes import dir_sizes, file_sizes, sizes_in_background
 from prunecli.io.models.write import (
     atomic_path,
@@ -42,6 +42,7 @@ __all__ = [
     "replace_dir",
     "staged",
     "write_in_place",
+    "NONFINITE_ADVICE",
     "check_finite",
     "check_memory",
     "check_safe",

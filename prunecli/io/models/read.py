@@ -650,13 +650,17 @@ def _load_failure(exc: BaseException, previous: BaseException | None = None) -> 
     return re.split(r"(?<=\.)\s", first_line(exc), maxsplit=1)[0]
 
 
-def check_finite(model, stage: str, path=None):
+NONFINITE_ADVICE = "a smaller --lr or --optimizer setting may help"
+
+
+def check_finite(model, stage: str, path=None, advice: str = NONFINITE_ADVICE):
     """Every floating-point weight is finite; else one line and nothing is saved. Returns the census
     (structure/census.py) of the weights this check read: each variable's non-zeros, as they are now.
 
     stage "load": the input file holds NaN/Inf (exit 3). Any other stage ("fine-tuning", "pruning",
     "shrink", "before saving"): a step made the weights non-finite, for example --lr inf (exit 4,
-    like a failed quality gate: the run worked, the model it made is unusable)."""
+    like a failed quality gate: the run worked, the model it made is unusable); `advice` ends that
+    message (what to try; the run's caller knows when the data, not --lr, is the likely cause)."""
     from prunecli.errors import GateFailed
     from prunecli.structure.census import Census
 
@@ -665,10 +669,7 @@ def check_finite(model, stage: str, path=None):
     if v is not None:
         if stage == "load":
             raise ModelLoadError(f"{path}: weight {v.path} contains NaN or Inf values")
-        raise GateFailed(
-            f"weight {v.path} is NaN or Inf after {stage}; nothing was saved "
-            "(a smaller --lr or --optimizer setting may help)"
-        )
+        raise GateFailed(f"weight {v.path} is NaN or Inf after {stage}; nothing was saved ({advice})")
     return census
 
 

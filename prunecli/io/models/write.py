@@ -22,7 +22,7 @@ from pathlib import Path
 from prunecli.errors import DISK_FULL, InputError, OutputError, first_line, write_error
 from prunecli.io.models import cudnn
 from prunecli.io.models.metadata import ModelFile, file_identity
-from prunecli.io.models.read import check_finite, quiet_keras
+from prunecli.io.models.read import NONFINITE_ADVICE, check_finite, quiet_keras
 from prunecli.messages import shown
 from prunecli.runtime import process_gone
 
@@ -516,12 +516,19 @@ def _keep_mode(tmp_path: Path, target: Path) -> None:
         os.chmod(tmp_path, stat.S_IMODE(st.st_mode))
 
 
-def save(model, out: Path, source: ModelFile | None = None, structure_changed: bool = False, output: bool = True):
+def save(
+    model,
+    out: Path,
+    source: ModelFile | None = None,
+    structure_changed: bool = False,
+    output: bool = True,
+    nonfinite_advice: str = NONFINITE_ADVICE,
+):
     """Write the model atomically (`output=False`: a scratch copy, written at once even inside
     outputs_together). An .h5 -> .h5 run with unchanged structure keeps the input's flavour. Weights
     that are NaN or Inf are never written (check_finite: exit 4, nothing saved). Returns the census
     of the weights written (structure/census.py), from that check's one read of them."""
-    census = check_finite(model, "the run")
+    census = check_finite(model, "the run", advice=nonfinite_advice)
     if structure_changed or source is None:
         from prunecli.structure.rebuild import renested
 
