@@ -214,6 +214,36 @@ def test_a_model_the_stand_ins_cannot_run_is_refused_not_an_internal_error():
     assert err.value.exit_code == ExitCode.BAD_INPUT
 
 
+def test_the_stand_in_search_stops_on_time_and_says_so(monkeypatch):
+    """The search for a stand-in length was capped in passes only (each size twice, then 64 lengths one
+    per input): a model whose pass takes seconds kept a user waiting for minutes. Now it stops after
+    SEARCH_BUDGET_S, and the check that then cannot run says that it stopped, and after how long."""
+    import time
+
+    import keras
+
+    from prunecli.structure import probes
+
+    seq, other = keras.Input((None, 3)), keras.Input((None, 2))
+    model = keras.Model([seq, other], keras.layers.Concatenate(axis=1)([seq, keras.layers.Dense(3)(other)]))
+    passes = []
+
+    def slow_failing_pass(model, inputs):
+        passes.append(1)
+        time.sleep(0.02)
+        raise ValueError("does not fit")
+
+    monkeypatch.setattr(probes, "_trial_pass", slow_failing_pass)
+    monkeypatch.setattr(probes, "SEARCH_BUDGET_S", 0.1)
+    inputs = equivalence.example_inputs(model, 2)
+    assert 2 <= len(passes) <= 8  # 0.1 s of 0.02 s passes, of the 20-odd the sizes would take
+    assert [x.shape for x in keras.tree.flatten(inputs)] == [(2, probes.OPEN_DIM, 3), (2, probes.OPEN_DIM, 2)]
+    monkeypatch.setattr(probes, "_trial_pass", lambda model, inputs: model(inputs, training=False))
+    bad = [np.zeros((2, 4, 3), "float32"), np.zeros((2, 4, 5), "float32")]  # what a failed search leaves
+    with pytest.raises(equivalence.UncheckableInputs, match=r"after 0\.\d s \(\d trial passes; budget 0\.1 s\)"):
+        equivalence.check_equivalent(model, model, bad, "shrink: the rebuilt model")
+
+
 @pytest.mark.slow  # the common sizes fail first: 18 trial passes of each model, as before
 def test_stand_ins_take_the_lengths_the_graph_fixes_one_per_input():
     """Stand-ins gave every open dimension one length (32, 16 ... 1, 256 ...): a seq2seq whose encoder

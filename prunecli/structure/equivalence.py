@@ -131,13 +131,18 @@ def compare(reference, candidate, inputs) -> dict:
     import numpy as np
     from keras import tree
 
+    from prunecli.structure import probes
+
     try:
         ref = _outputs(reference, inputs)
     except Exception as exc:  # noqa: BLE001 - any failure of the unchanged model is the inputs', not the rebuild's
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        note = probes.search_note(reference)
         raise UncheckableInputs(
             f"the model does not run on the check's inputs ({type(exc).__name__}: {first}); with no --data they "
-            "are stand-ins whose open dimensions all take one length: give --data (the model's real inputs)"
+            "are stand-ins whose open dimensions all take one length"
+            + (f" ({note})" if note else "")
+            + ": give --data (the model's real inputs)"
         ) from exc
     got = _outputs(candidate, inputs)
     max_abs = max(float(np.max(np.abs(a - b))) for a, b in zip(ref, got, strict=True))

@@ -49,8 +49,13 @@ def _values(model, batch: int, seed: int, open_dim: int | tuple[int, ...], posit
     return values
 
 
-_RUNNABLE: dict[tuple[int, int], tuple] = {}  # (id(model), asked) -> (weak reference, size, positive)
+_RUNNABLE: dict[tuple[int, int], tuple] = {}  # (id(model), asked) -> (weak reference, size, positive, note)
 MAX_PER_INPUT_TRIES = 64  # assignments of one open size per input tried when no common size runs
+SEARCH_BUDGET_S = 30.0  # seconds of trial passes per model: a model whose pass takes seconds hung for minutes
+
+
+class _OutOfTime(Exception):
+    """The search's time budget ran out before a size ran."""
 
 
 def _runnable(model, wanted: int) -> tuple[int | tuple[int, ...], bool]:
@@ -64,14 +69,44 @@ def _runnable(model, wanted: int) -> tuple[int | tuple[int, ...], bool]:
     one size per input (a tuple, in `model.inputs` order: two sequences that must differ in length, each
     joined to its own fixed one), at most MAX_PER_INPUT_TRIES of those; a size whose pass raises is not
     tried again with the other sign. A pass feeds PROBE_ROWS examples,
-    or fewer for long inputs. (`wanted`, False) when none runs (the caller's own call then reports why)."""
-    import itertools
+    or fewer for long inputs. The search also stops once its passes have taken SEARCH_BUDGET_S (a pass
+    that takes seconds made 100-odd of them minutes); `search_note` then says so. (`wanted`, False) when
+    none runs (the caller's own call then reports why)."""
+    import time
     import weakref
 
     key = (id(model), wanted)
     cached = _RUNNABLE.get(key)
     if cached is not None and cached[0]() is model:
         return cached[1], cached[2]
+    started = time.monotonic()
+    note = None
+    try:
+        found = _search(model, wanted, started + SEARCH_BUDGET_S)
+    except _OutOfTime as out:
+        found = None
+        spent = time.monotonic() - started
+        note = f"stopped trying input lengths after {spent:.1f} s ({out.args[0]} trial passes; budget {SEARCH_BUDGET_S:g} s)"
+    found = found or (wanted, False)
+    _RUNNABLE[key] = (weakref.ref(model, lambda _ref: _RUNNABLE.pop(key, None)), *found, note)
+    return found
+
+
+def search_note(model) -> str | None:
+    """Why the stand-in search for `model` ended before it found a size that runs ("stopped trying input
+    lengths after 30 s ..."), for the message of a check that then fails on the stand-ins; None when
+    it was not cut short."""
+    for ref, _size, _positive, note in list(_RUNNABLE.values()):
+        if note and ref() is model:
+            return note
+    return None
+
+
+def _search(model, wanted: int, deadline: float) -> tuple | None:
+    """`_runnable`'s search, trial passes only until `deadline` (time.monotonic; _OutOfTime after)."""
+    import itertools
+
+    passes = [0]  # trial passes made, for the note
     open_inputs = [i for i, t in enumerate(model.inputs) if any(d is None for d in t.shape[1:])]
     if open_inputs:
         shorter = [wanted >> k for k in range(1, wanted.bit_length())]
@@ -81,10 +116,10 @@ def _runnable(model, wanted: int) -> tuple[int | tuple[int, ...], bool]:
     floats = any(not ("int" in str(t.dtype) or "bool" in str(t.dtype)) for t in model.inputs)
     signs = (False, True) if floats else (False,)
     found = None if len(sizes) * len(signs) > 1 else (wanted, False)  # one choice: the caller's call reports
-    found = found or _first_running(model, sizes, signs)
+    found = found or _first_running(model, sizes, signs, deadline, passes)
     if found is None and open_inputs:  # lengths the graph fixes: common, then one per input
         fixed = [size for size in _graph_sizes(model) if size not in sizes]
-        found = _first_running(model, fixed, signs, failing_size_ends=True)
+        found = _first_running(model, fixed, signs, deadline, passes, failing_size_ends=True)
         if found is None and len(open_inputs) > 1:
             picks = itertools.product((wanted, *fixed), repeat=len(open_inputs))
             each = (dict(zip(open_inputs, picked, strict=True)) for picked in picks if len(set(picked)) > 1)
@@ -92,24 +127,33 @@ def _runnable(model, wanted: int) -> tuple[int | tuple[int, ...], bool]:
                 tuple(chosen.get(i, wanted) for i in range(len(model.inputs)))
                 for chosen in itertools.islice(each, MAX_PER_INPUT_TRIES)  # (1 + sizes) ** inputs: never listed
             ]
-            found = _first_running(model, tries, signs, failing_size_ends=True)
-    found = found or (wanted, False)
-    _RUNNABLE[key] = (weakref.ref(model, lambda _ref: _RUNNABLE.pop(key, None)), *found)
+            found = _first_running(model, tries, signs, deadline, passes, failing_size_ends=True)
     return found
 
 
-def _first_running(model, sizes, signs, failing_size_ends: bool = False) -> tuple | None:
+def _trial_pass(model, inputs):
+    """One trial forward pass (a function of its own so that a test can make it slow)."""
+    return model(inputs, training=False)
+
+
+def _first_running(model, sizes, signs, deadline: float, passes: list, failing_size_ends: bool = False) -> tuple | None:
     """The first (size, positive), sizes first, on which a trial pass gives usable outputs, or None. With
     `failing_size_ends`, a size whose pass raises is not tried with the other sign (the shapes, not the
-    values, do not fit: one pass per size the graph fixes, not two)."""
+    values, do not fit: one pass per size the graph fixes, not two). _OutOfTime when a pass would start
+    after `deadline` (the first pass of a search always runs); `passes[0]` counts the passes made."""
+    import time
+
     import numpy as np
 
     for size in sizes:
         per_example = sum(int(np.prod(v.shape[1:], dtype=np.int64)) for v in _values(model, 1, 0, size))
         rows = max(1, min(PROBE_ROWS, PROBE_ELEMENTS // max(per_example, 1)))
         for positive in signs:
+            if passes[0] and time.monotonic() > deadline:
+                raise _OutOfTime(passes[0])
+            passes[0] += 1
             try:
-                outputs = model(packed(model, _values(model, rows, 0, size, positive)), training=False)
+                outputs = _trial_pass(model, packed(model, _values(model, rows, 0, size, positive)))
             except Exception:  # noqa: BLE001 - too long for a position table, too short for a crop: try another
                 if failing_size_ends:
                     break
