@@ -85,6 +85,18 @@ def _check_same_function(masked, s, x, tmp_path):
     return again
 
 
+def _predicted(model, kind: str = "params") -> int:
+    """The shrunk model's parameters (or FLOPs) as the cost model of --target (structure/costs.py)
+    predicts them from `model`'s masks."""
+    from prunecli.structure import costs
+
+    g = graph.graph_of(model)
+    weights = {la.name: surgery.layer_weights(la) for la in g.layers() if g.calls_of(la)[0].kind != "input"}
+    cuts = surgery.decide_cuts(g, weights)
+    c = costs.ChannelCosts(model, kind)
+    return c.total(np.array([int(r) not in cuts.removed for r in c.roots]))
+
+
 def _width(model, name):
     layer = model.get_layer(name)
     return int((layer.kernel if hasattr(layer, "kernel") else layer.pointwise_kernel).shape[-1])
@@ -338,6 +350,63 @@ def test_conv1d_constant_folds_through_valid_padding(tmp_path):
     assert s.model.get_layer("c2").kernel.shape == (3, 4, 5)
     x = np.random.default_rng(5).standard_normal((8, 12, 2)).astype("float32")
     _check_same_function(masked, s, x, tmp_path)
+
+
+@pytest.mark.slow  # 0.5-1 s each: two models shrunk, compared, saved and reloaded
+@pytest.mark.parametrize("attention", ["AdditiveAttention", "Attention"])
+def test_attention_query_and_key_channels_go_together_and_value_channels_pass(attention, tmp_path):
+    """Channels feeding Keras' (Additive)Attention were kept whole ("not a layer surgery can slice"). Query
+    channel j and key channel j meet only in the scores' term of j (q_j * k_j; scale_j * tanh(q_j + k_j)),
+    0 when both are 0: they go together, with AdditiveAttention's scale entry; the output's channels are
+    the value's, a weighted mean of its rows, so a dead value unit's constant is folded past it."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(3)
+    q_in, v_in = keras.Input((5, 4)), keras.Input((7, 4))
+    q = layers.Dense(8, activation="relu", name="q")(q_in)
+    k = layers.Dense(8, activation="relu", name="k")(v_in)
+    v = layers.Dense(6, activation="relu", name="v")(v_in)
+    options = {"use_scale": True} if attention == "AdditiveAttention" else {"use_scale": True, "score_mode": "concat"}
+    attended = getattr(layers, attention)(name="att", **options)([q, v, k])
+    model = keras.Model([q_in, v_in], layers.Dense(3, name="out")(layers.GlobalAveragePooling1D()(attended)))
+    if attention == "AdditiveAttention":
+        _set(model.get_layer("att"), scale=np.linspace(0.5, 1.5, 8))
+    g = graph.graph_of(model)
+    assert g.group_members(int(g.channels.find(int(g.ids[g.calls_of(model.get_layer("q"))[0].outputs[0]][0])))) == [
+        "k",
+        "q",
+    ]
+    for name, units in (("q", [1, 2, 4, 6]), ("k", [1, 4, 6]), ("v", [0, 3])):
+        _kill(model.get_layer(name), units)
+    _set(model.get_layer("q"), bias=np.where(np.isin(np.arange(8), [1, 4, 6]), 0.0, 0.2))  # q 2: k 2 is live
+    _set(model.get_layer("k"), bias=np.where(np.isin(np.arange(8), [1, 4, 6]), 0.0, 0.2))
+    _set(model.get_layer("v"), bias=np.full(6, 0.7))  # a dead value unit outputs 0.7: folded into out
+    masked = keras.models.clone_model(model)
+    masked.set_weights(model.get_weights())
+    s = _shrink(_session(model), measure_latency=False)
+
+    assert (_width(s.model, "q"), _width(s.model, "k"), _width(s.model, "v")) == (5, 5, 4)
+    scale = [tuple(w.shape) for w in s.model.get_layer("att").weights if "scale" in w.path]
+    assert scale == ([(5,)] if attention == "AdditiveAttention" else [()])
+    assert _predicted(masked) == s.model.count_params()  # AdditiveAttention's scale counted per channel
+    rng = np.random.default_rng(1)
+    x = [rng.standard_normal((4, 5, 4)).astype("float32"), rng.standard_normal((4, 7, 4)).astype("float32")]
+    _check_same_function(masked, s, x, tmp_path)
+
+
+def test_an_attention_output_is_channels_last_whatever_reads_it():
+    """An attention's output holds the value's channels on its last axis: a channels_first Conv1D reading it
+    (steps as wide as the value) made it a channels-first tensor, its steps read as the value's channels."""
+    import keras
+    from keras import layers
+
+    q_in, v_in = keras.Input((6, 4)), keras.Input((6, 4))
+    attended = layers.Attention(name="att")([layers.Dense(6, name="q")(q_in), layers.Dense(6, name="v")(v_in)])
+    conv = layers.Conv1D(3, 1, data_format="channels_first", name="conv")(attended)
+    g = graph.graph_of(keras.Model([q_in, v_in], layers.Flatten()(conv)))
+    kinds = {c.name: c.kind for c in g.calls}
+    assert (kinds["att"], kinds["conv"]) == ("attention", "other")
 
 
 def _residual_model():

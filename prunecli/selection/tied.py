@@ -159,7 +159,7 @@ def select_tied(model, members: list[Member], notes: list[str], shrink: bool = F
     if merged:
         notes.append(
             f"neuron: {len(merged)} set(s) of layers whose channels meet in a merge (residual Add, Multiply, "
-            "Concatenate slices) pruned as one, with the same units masked in every member"
+            "Concatenate slices, an attention's query and key) pruned as one, with the same units masked in every member"
         )
     for e in sets:
         if e.reasons:

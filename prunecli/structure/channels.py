@@ -15,7 +15,9 @@ granularity of single channels):
   the same channel, so a residual stream shrinks as one group;
 - a shared layer with weights makes position k of each of its calls the same channel (one weight row
   or unit);
-- Concatenate on the channel axis keeps each input's ids, so its slices follow their producers.
+- Concatenate on the channel axis keeps each input's ids, so its slices follow their producers;
+- Attention and AdditiveAttention make position j of the query and of the key (the value without one)
+  the same channel (they meet only in the scores' term of j), and pass the value's ids to the output.
 
 A recurrent layer (LSTM, GRU, SimpleRNN; layer table role "recurrent") makes fresh ids, one per unit,
 like a mixer; its cell's kernel and recurrent kernel hold `gates` columns per unit (`unit_calls` finds
@@ -55,7 +57,7 @@ __all__ = [
 @dataclass(eq=False)
 class Call:
     """One application of a layer in the graph. `kind` says how channels flow through it:
-    input | mixer | recurrent | channelwise | merge | concat | flatten | other."""
+    input | mixer | recurrent | channelwise | merge | concat | flatten | attention | other."""
 
     layer: Any
     kind: str
@@ -305,10 +307,33 @@ def classify(
         if role == "concat" and any(concat_axis(layer, node) % rank == a % rank for a in channel_axes):
             return "concat", None
         return "merge", None
+    if role == "attention":
+        return _attention_kind(layer, label, in_shapes, out_shapes, first)
     if role == "flatten" and one_to_one and all(d is not None for d in in_shapes[0][1:]):
         if first or not declared or len(in_shapes[0]) <= 2:
             return "flatten", None
     return "other", f"{label} is not a layer surgery can slice"
+
+
+def _attention_kind(layer, label: str, in_shapes: list[tuple], out_shapes: list[tuple], first: bool):
+    """An Attention or AdditiveAttention call on [query, value] or [query, value, key], each (batch, steps,
+    features), returning its output alone: the query's and key's channels are one (their scores' terms),
+    the output's are the value's."""
+    if first:
+        return "other", f"{label} reads a channels_first tensor's last axis as its channels"
+    if len(out_shapes) != 1:
+        return "other", f"{label} returns its attention scores"
+    if len(in_shapes) not in (2, 3) or any(len(s) != 3 for s in in_shapes + out_shapes):
+        return "other", f"{label} has inputs that are not [query, value(, key)] of (batch, steps, features)"
+    if in_shapes[0][-1] != in_shapes[-1][-1] or out_shapes[0][-1] != in_shapes[1][-1]:
+        return "other", f"{label} has a query and key of different widths"
+    return "attention", None
+
+
+def attention_scored(call: Call) -> list:
+    """The tensors of an attention call whose channels meet in its scores: the query and the key (the
+    value when no key is given)."""
+    return [call.inputs[0], call.inputs[-1]]
 
 
 def declares_channels_first(layer) -> bool | None:
@@ -483,7 +508,7 @@ def _output_first(layer, shape: tuple, inputs_first: list[bool], readers: list) 
     role = layers.spec(layer).role
     if role in ("channelwise", "merge", "concat"):
         return bool(inputs_first) and inputs_first[0]
-    if role in ("mixer", "recurrent", "flatten"):
+    if role in ("mixer", "recurrent", "flatten", "attention"):
         return False
     return any(declares_channels_first(r) for r in readers if layers.spec(r).role != "flatten")
 
@@ -535,6 +560,10 @@ def _assign_ids(g: LayerGraph, call: Call) -> None:
         g.ids[call.outputs[0]] = np.concatenate([g.ids[k] for k in call.inputs])
     elif call.kind == "flatten":
         g.ids[call.outputs[0]] = flattened(g, call, g.ids[call.inputs[0]])
+    elif call.kind == "attention":  # query channel j and key channel j are one; the output holds the value's
+        query, key = attention_scored(call)
+        ch.union(g.ids[query], g.ids[key])
+        g.ids[call.outputs[0]] = g.ids[call.inputs[1]]
     else:
         _merge_ids(g, call, width[0])
 
@@ -626,7 +655,9 @@ def protected_output_units(model) -> dict[str, str]:
                 found.setdefault(call.name, f"its units are the channels of model output {output_name!r}{route}")
                 if call.kind != "channelwise":
                     continue  # a layer that makes its channels: the output's channels start here
-            elif call.kind not in ("channelwise", "merge", "concat", "flatten") and not _softmax_like(call.layer):
+            elif call.kind not in ("channelwise", "merge", "concat", "flatten", "attention") and not _softmax_like(
+                call.layer
+            ):
                 continue  # channels are made here by a layer without units (nothing to protect above it)
             stack.extend((parent, (*via, call.name)) for parent in call.inputs)
     return found
@@ -691,6 +722,8 @@ def dead_channels(g: LayerGraph, targets, masks: dict) -> dict[TensorKey, Any]:
             dead[outs[0]] = np.concatenate([dead[k] for k in call.inputs])
         elif call.kind == "flatten":
             dead[outs[0]] = flattened(g, call, dead[call.inputs[0]])
+        elif call.kind == "attention":  # a weighted mean of the value's rows: a constant value channel stays one
+            dead[outs[0]] = dead[call.inputs[1]].copy()
         else:
             for k, w in zip(outs, width, strict=True):
                 dead[k] = np.zeros(w, bool)

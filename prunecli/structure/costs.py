@@ -15,7 +15,7 @@ slices has its size scale with the kept widths of the layer's input (i) and outp
     bias, an Embedding's (tokens, columns) table                size * o / O
     SeparableConv depthwise kernel                              size * i / I
     channel-wise layers (BatchNorm's four vectors, PReLU,       size * i / I   (the weights with one
-      DepthwiseConv kernel and bias)                                            entry per channel)
+      DepthwiseConv kernel and bias, AdditiveAttention's scale)                 entry per channel)
 
 and every multiply-add count of flops.py is (positions) x (kernel size), which scales the same way
 (positions do not change when channels go). A recurrent layer's units are its output channels and
@@ -73,7 +73,7 @@ def _param_coefficients(layer, kind: str, in_width: int, out_width: int) -> tupl
     for v in layer.weights:
         name, shape = v.name, tuple(int(s) for s in v.shape)
         size = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        if kind == "channelwise":
+        if kind in ("channelwise", "attention"):  # attention: AdditiveAttention's scale, per query channel
             axis = -2 if depthwise and name == "kernel" else -1
             if not shape or len(shape) < -axis or shape[axis] != in_width:
                 continue  # not per channel (a shared PReLU alpha): constant
@@ -199,11 +199,13 @@ class ChannelCosts:
         for call in g.calls:
             layer = call.layer
             if (
-                call.kind not in ("mixer", "channelwise", "recurrent")
+                call.kind not in ("mixer", "channelwise", "recurrent", "attention")
                 or layers.is_operation(layer)
                 or not layer.weights
             ):
                 continue
+            if call.kind == "attention" and kind == "flops":
+                continue  # no multiply-adds counted for it (flops.py)
             if call.kind == "channelwise" and kind == "flops" and layers.spec(layer).family != "depthwise":
                 continue  # element-wise layers cost no multiply-adds (flops.py)
             if kind == "params" and id(layer) in done:

@@ -25,6 +25,11 @@ Roles (how one call moves the channels of its input's last axis):
                bias (the last axis of GRU's (2, 3*units) bias), and recurrent_kernel row j. With the
                `state_gate` block's column and bias zero and act(0) = 0, the unit outputs exactly 0 at
                every step from a zero initial state, so it can be cut out
+  attention    Keras' Attention and AdditiveAttention on [query, value(, key)]: the output's channels are the
+               value's (a weighted mean of value rows over the steps); channel j of the query and of the
+               key meet only in the scores' term of j (q_j * k_j, or scale_j * tanh(q_j + k_j)), which
+               is exactly 0 when both are 0: they are one channel, removed with AdditiveAttention's
+               `scale` entry (followers, side "in": the query's)
   weights      holds prunable weights the channel graph does not slice itself (EinsumDense,
                attention: pruned by masks, never shrunk; an RNN cell, sliced through its recurrent layer)
   other        anything else: channels through it are left alone
@@ -40,7 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-ROLES = ("input", "mixer", "channelwise", "merge", "concat", "flatten", "recurrent", "weights", "other")
+ROLES = ("input", "mixer", "channelwise", "merge", "concat", "flatten", "recurrent", "attention", "weights", "other")
 MACS_RULES = ("dense", "einsum", "conv", "transpose", "separable", "rnn", "bidirectional", "attention", "zero")
 
 
@@ -189,6 +194,8 @@ LAYERS: dict[str, LayerSpec] = {
     "SimpleRNN": _recurrent(1, 0),
     "Bidirectional": LayerSpec("recurrent", family="rnn", macs="bidirectional"),  # its parts are LSTM/GRU/SimpleRNN
     "MultiHeadAttention": LayerSpec("other", macs="attention"),
+    "Attention": LayerSpec("attention"),  # its scale and concat_score_weight are single numbers
+    "AdditiveAttention": LayerSpec("attention", followers=(("scale", 0, "in"),)),
     "BatchNormalization": _BN,
     "PReLU": LayerSpec("channelwise", followers=(("alpha", -1, "in"),), pointwise=True),
     "Reshape": LayerSpec("channelwise"),  # only while its last axis is unchanged (channels.classify)

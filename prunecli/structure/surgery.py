@@ -299,6 +299,8 @@ def propagate_constants(g, weights: dict):
             consts[call.outputs[0]] = np.concatenate([consts[k] for k in call.inputs])
         elif call.kind == "flatten":
             consts[call.outputs[0]] = flattened(g, call, consts[call.inputs[0]])
+        elif call.kind == "attention":  # softmax weights sum to 1: a constant value channel comes out as it is
+            consts[call.outputs[0]] = consts[call.inputs[1]]
         elif call.kind == "channelwise" and type(layer).__name__ in MOVES_VALUES_ONLY:
             consts[call.outputs[0]] = consts[call.inputs[0]]
         else:  # channelwise or merge: evaluate the layer on constant inputs
@@ -345,6 +347,8 @@ def decide_cuts(g, weights: dict) -> ChannelCuts:
     """Which channel classes can be removed exactly, and the constants the readers must absorb."""
     import numpy as np
 
+    from prunecli.structure.channels import attention_scored
+
     ch = g.channels
     consts, lost = propagate_constants(g, weights)
     cuts = ChannelCuts()
@@ -362,6 +366,14 @@ def decide_cuts(g, weights: dict) -> ChannelCuts:
         elif is_depthwise(call.layer) and call.kind == "channelwise":
             ignored = _all_zero_on(np.asarray(call.layer.kernel), -2)
             cuts.dead.update(ch.roots(g.ids[call.outputs[0]][ignored]).tolist())
+        elif call.kind == "attention":  # a query/key channel's scores' term is 0 only when both are exactly 0
+            for key in attention_scored(call):
+                for pos, root in enumerate(ch.roots(g.ids[key]).tolist()):
+                    value = consts[key][pos]
+                    if np.isnan(value):
+                        blocked.setdefault(int(root), "live")
+                    elif value != 0.0:
+                        blocked.setdefault(int(root), f"its non-zero constant reaches {call.name}'s attention scores")
     for calls in mixer_calls.values():
         layer = calls[0].layer
         if not reads_channels(layer):
@@ -541,7 +553,7 @@ def layer_changes(g, cuts: ChannelCuts) -> dict[str, LayerChange]:
     changes = {}
     for layer in g.layers():
         call = g.calls_of(layer)[0]
-        if call.kind not in ("mixer", "recurrent", "channelwise") or layers.is_operation(layer):
+        if call.kind not in ("mixer", "recurrent", "channelwise", "attention") or layers.is_operation(layer):
             continue  # a Keras operation has no weights or config: the clone re-runs it as recorded
         in_keep = _kept_positions(g, call.inputs[0], cuts.removed)
         out_keep = _kept_positions(g, call.outputs[0], cuts.removed)
@@ -615,6 +627,11 @@ def slice_weight(layer, change: LayerChange, name: str, array):
     """One weight (or mask) array of `layer` cut down to the kept inputs and units."""
     import numpy as np
 
+    if change.kind == "attention":  # AdditiveAttention's scale, one entry per query channel
+        sliced = {attr for attr, _axis, _side in layers.spec(layer).followers}
+        if name not in sliced or array.ndim == 0 or array.shape[-1] != change.in_width:
+            return array
+        return np.take(array, change.in_keep, axis=-1)
     if change.kind == "channelwise":
         axis = -2 if is_depthwise(layer) and name == "kernel" else -1
         if array.ndim == 0 or array.shape[axis] != change.in_width:
