@@ -14,7 +14,7 @@ from prunecli.outputs.report import Timings
 from prunecli.removal import channels as shrink_step
 from prunecli.run.state import RunState
 from prunecli.structure import channels as graph
-from prunecli.structure import equivalence, surgery, targets
+from prunecli.structure import equivalence, flops, surgery, targets
 from prunecli.structure.quantized_conv import one_collection
 
 
@@ -676,7 +676,7 @@ def test_keras2_h5_is_shrunk_and_written_by_keras3(keras2_h5, tmp_path):
 
 
 def _channels_first_models():
-    """A Conv2D-BN-ReLU-Conv2D-pool-Flatten-Dense model and a residual one (ZeroPadding2D, Add,
+    """A Conv2D-BN-ReLU-grouped Conv2D-Conv2D-pool-Flatten-Dense model and a residual one (ZeroPadding2D, Add,
     Concatenate on axis 1, AveragePooling2D), channels-first throughout as Keras-2 files saved with
     image_data_format channels_first are; a conv's width equals a map's last axis (8 filters on 8x8)."""
     import keras
@@ -687,6 +687,7 @@ def _channels_first_models():
     inp = keras.Input((3, 10, 10))
     x = layers.Conv2D(8, 3, name="conv1", **cf)(inp)  # valid padding: any constant folds
     x = layers.Activation("relu", name="relu1")(layers.BatchNormalization(axis=1, name="bn1")(x))
+    x = layers.Conv2D(8, 3, groups=4, name="grp", **cf)(x)  # two channels a group
     x = layers.MaxPooling2D(2, name="pool", **cf)(layers.Conv2D(6, 1, padding="same", name="conv2", **cf)(x))
     x = layers.Dense(16, activation="relu", name="dense1")(layers.Flatten(name="flat")(x))  # channel-major rows
     plain = keras.Model(inp, layers.Dense(4, name="out")(x))
@@ -705,7 +706,9 @@ def test_channels_first_convolutions_shrink_and_compute_the_masked_function(tmp_
     """Channels-first convolutions (OpenFace's nn4.small2, bench/ZOO.md) were 'other' to the channel graph
     ("is channels_first or grouped"): --shrink kept every filter and --target params= could not be met.
     Their channels now run on axis 1 through BatchNorm(axis=1), pooling, padding, Add, Concatenate(axis=1)
-    and Flatten (channel-major into the Dense), and the shrunk model computes the masked one."""
+    and Flatten (channel-major into the Dense), and the shrunk model computes the masked one. A grouped
+    one (groups > 1; "is grouped": kept whole in either layout) loses whole groups: a group's filters with
+    the channels they read."""
     import keras
 
     from prunecli.io.models import channels_first
@@ -714,7 +717,11 @@ def test_channels_first_convolutions_shrink_and_compute_the_masked_function(tmp_
     plain, residual = _channels_first_models()
     rng = np.random.default_rng(0)
     cases = [
-        (plain, {"conv1": [0, 1, 2], "conv2": [1, 4], "dense1": [0, 3]}, {"conv1": 5, "conv2": 4, "dense1": 14}),
+        (
+            plain,
+            {"conv1": [0, 1, 2], "grp": [0, 1, 2], "conv2": [1, 4], "dense1": [0, 3]},  # group 0 dead, 1 is not
+            {"conv1": 6, "grp": 6, "conv2": 4, "dense1": 14},
+        ),
         (residual, {"stem": [0, 1, 2, 5], "branch": [1, 2, 3, 5], "side": [0, 4]}, {"stem": 5, "side": 4}),
     ]
     for model, kills, widths in cases:
@@ -731,5 +738,9 @@ def test_channels_first_convolutions_shrink_and_compute_the_masked_function(tmp_
         assert {name: _width(s.model, name) for name in widths} == widths
         x = rng.standard_normal((16, *model.input_shape[1:])).astype("float32")
         _check_same_function(masked, s, x, tmp_path)
+        if model is plain:  # its grouped kernel keeps 2 rows a group; --target's cost model counts it so
+            assert s.model.get_layer("grp").groups == 3 and s.model.get_layer("grp").kernel.shape == (3, 3, 2, 6)
+            want = (s.model.count_params(), flops.count(s.model)["total"])  # flops: positions after the channels
+            assert (_predicted(masked), _predicted(masked, "flops")) == want
     assert s.model.get_layer("branch").kernel.shape == (3, 3, 5, 5)  # dead in both Add members: 1, 2, 5
     assert s.model.get_layer("out").kernel.shape == (9 * 4 * 4, 4)  # 5 + 4 channels, channel-major rows

@@ -159,7 +159,8 @@ def select_tied(model, members: list[Member], notes: list[str], shrink: bool = F
     if merged:
         notes.append(
             f"neuron: {len(merged)} set(s) of layers whose channels meet in a merge (residual Add, Multiply, "
-            "Concatenate slices, an attention's query and key) pruned as one, with the same units masked in every member"
+            "Concatenate slices, an attention's query and key, a grouped convolution's groups) pruned as one, with the "
+            "same units masked in every member"
         )
     for e in sets:
         if e.reasons:
@@ -285,7 +286,7 @@ def unit_roots(g, call, target):
         ids = np.tile(out[channels.part_positions(call.layer, index, len(out))], layers.spec(parts[index]).gates)
     elif call.kind == "channelwise" and layers.spec(call.layer).family == "depthwise" and target.attr == "kernel":
         ids = g.ids[call.inputs[0]]
-    elif call.kind != "mixer" or target.attr != layers.spec(call.layer).prunable[-1][0]:  # its output units
+    elif call.kind not in ("mixer", "grouped") or target.attr != layers.spec(call.layer).prunable[-1][0]:  # its units
         return None
     else:
         ids = g.ids[call.outputs[0]]

@@ -16,6 +16,8 @@ granularity of single channels):
 - a shared layer with weights makes position k of each of its calls the same channel (one weight row
   or unit);
 - Concatenate on the channel axis keeps each input's ids, so its slices follow their producers;
+- a grouped convolution (groups > 1) makes each group's input channels and output filters one class:
+  a group goes whole (the producer's channels it reads with its filters), so every group keeps its size;
 - Attention and AdditiveAttention make position j of the query and of the key (the value without one)
   the same channel (they meet only in the scores' term of j), and pass the value's ids to the output.
 
@@ -57,7 +59,7 @@ __all__ = [
 @dataclass(eq=False)
 class Call:
     """One application of a layer in the graph. `kind` says how channels flow through it:
-    input | mixer | recurrent | channelwise | merge | concat | flatten | attention | other."""
+    input | mixer | grouped | recurrent | channelwise | merge | concat | flatten | attention | other."""
 
     layer: Any
     kind: str
@@ -267,10 +269,12 @@ def classify(
     if first and role in ("recurrent", "mixer", "channelwise") and declared is None and not _reads_first(layer):
         return "other", f"{label} reads a channels_first tensor's last axis as its channels"
     if role == "mixer" and one_to_one:
-        if getattr(layer, "groups", 1) != 1:
-            return "other", f"{label} is grouped"
         if bool(declared) != first:
             return "other", f"{label} is channels_first on a channels_last tensor"
+        if getattr(layer, "groups", 1) != 1:
+            if record.family != "conv" or in_shapes[0][-1] % layer.groups or out_shapes[0][-1] % layer.groups:
+                return "other", f"{label} is grouped"
+            return "grouped", None
         return "mixer", None
     if role == "recurrent":
         parts = recurrent_parts(layer)
@@ -549,11 +553,15 @@ def _assign_ids(g: LayerGraph, call: Call) -> None:
             for k, w in zip(call.outputs[1:], width[1:], strict=True):
                 g.ids[k] = ch.fresh(w)
                 ch.pin(g.ids[k], reason)
-    elif call.kind == "mixer":
+    elif call.kind in ("mixer", "grouped"):
         out = g.ids[call.outputs[0]] = ch.fresh(width[0])
         activation = getattr(call.layer, "activation", None)
         if activation is not None and not is_elementwise(activation):
             ch.pin(out, f"{call.name} has a softmax-like activation")
+        if call.kind == "grouped":  # a group's input channels and its filters go together
+            groups = int(call.layer.groups)
+            for members in np.concatenate([g.ids[call.inputs[0]].reshape(groups, -1), out.reshape(groups, -1)], 1):
+                ch.union(np.repeat(members[:1], len(members) - 1), members[1:])
     elif call.kind == "channelwise":
         g.ids[call.outputs[0]] = g.ids[call.inputs[0]]
     elif call.kind == "concat":
@@ -602,7 +610,7 @@ def _tie_shared_call(g: LayerGraph, first: Call, call: Call) -> None:
 def _record_producers(g: LayerGraph) -> None:
     """For each channel class, the names of the mixer and recurrent layers that make it (the group's members)."""
     for call in g.calls:
-        if call.kind in ("mixer", "recurrent"):
+        if call.kind in ("mixer", "grouped", "recurrent"):
             for root in set(g.channels.roots(g.ids[call.outputs[0]]).tolist()):
                 g.producers.setdefault(root, set()).add(call.name)
 
@@ -706,7 +714,7 @@ def dead_channels(g: LayerGraph, targets, masks: dict) -> dict[TensorKey, Any]:
             dead[outs[0]] = ~keep if len(keep) == width[0] else np.zeros(width[0], bool)
             for k, w in zip(outs[1:], width[1:], strict=True):  # a returned state: its units are kept
                 dead[k] = np.zeros(w, bool)
-        elif call.kind == "mixer":
+        elif call.kind in ("mixer", "grouped"):
             keep = by_layer.get(id(call.layer))
             dead[outs[0]] = ~keep if keep is not None and len(keep) == width[0] else np.zeros(width[0], bool)
         elif call.kind == "channelwise":
@@ -791,7 +799,7 @@ def follower_masks(model, targets, masks: dict) -> list[tuple[Any, Any]]:
 
     for call in g.calls:
         record = layers.spec(call.layer)
-        if call.kind == "mixer" and record.bias:
+        if call.kind in ("mixer", "grouped") and record.bias:
             hold(getattr(call.layer, record.bias, None), -1, dead[call.outputs[0]])
         elif call.kind == "recurrent":
             out = dead[call.outputs[0]]
@@ -808,8 +816,8 @@ def follower_masks(model, targets, masks: dict) -> list[tuple[Any, Any]]:
 
 
 def _hold_channels_first(g: LayerGraph, call: Call, gone, hold) -> None:
-    """The followers of the removed units of a channels-first convolution the graph leaves 'other' (a
-    grouped one, or one reading a tensor another layer reads channels last): it is never sliced, but its
+    """The followers of the removed units of a channels-first convolution the graph leaves 'other' (one
+    reading a tensor another layer reads channels last): it is never sliced, but its
     masked units are still removed whole: its bias, and the parameters of every channels-first
     BatchNorm (axis 1) its output reaches through layers that act on each value alone or keep the
     channel axis first (activations, dropout, channels-first pooling and padding). Without them a

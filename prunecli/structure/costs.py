@@ -12,7 +12,8 @@ slices has its size scale with the kept widths of the layer's input (i) and outp
 `surgery.slice_weight` cuts it:
 
     Dense/Conv kernel, SeparableConv pointwise, ConvTranspose   size * (i * o) / (I * O)
-    bias, an Embedding's (tokens, columns) table                size * o / O
+    bias, an Embedding's (tokens, columns) table, a grouped     size * o / O   (whole groups go: each
+      convolution's kernel                                                      keeps its input rows)
     SeparableConv depthwise kernel                              size * i / I
     channel-wise layers (BatchNorm's four vectors, PReLU,       size * i / I   (the weights with one
       DepthwiseConv kernel and bias, AdditiveAttention's scale)                 entry per channel)
@@ -82,8 +83,8 @@ def _param_coefficients(layer, kind: str, in_width: int, out_width: int) -> tupl
                 return None
             b += part
             continue
-        if name in ("bias", "embeddings"):  # per unit: an Embedding's (tokens, columns) table too
-            part, slot = _exact(size, out_width), "c"
+        if name in ("bias", "embeddings") or kind == "grouped":  # per unit: an Embedding's table too, and a
+            part, slot = _exact(size, out_width), "c"  # grouped kernel (each kept group keeps its input rows)
         elif name == "depthwise_kernel":
             part, slot = _exact(size, in_width), "b"
         else:  # kernel, pointwise_kernel, a transposed kernel: inputs x units
@@ -146,6 +147,10 @@ def _flop_coefficients(layer, kind: str, in_shape, out_shape, in_width: int, out
             return None
         part = _exact(positions * _size(layer.kernel), in_width)
         return None if part is None else (part, 0, 0)
+    if kind == "grouped":  # whole groups go: each kept filter keeps its positions x kernel
+        positions = _positions(out_shape)
+        part = None if positions is None else _exact(positions * _size(layer.kernel), out_width)
+        return None if part is None else (0, part, 0)
     if rule in ("dense", "conv"):
         positions, weights = _positions(out_shape), [(layer.kernel, "d")]
     elif rule == "transpose":
@@ -199,7 +204,7 @@ class ChannelCosts:
         for call in g.calls:
             layer = call.layer
             if (
-                call.kind not in ("mixer", "channelwise", "recurrent", "attention")
+                call.kind not in ("mixer", "grouped", "channelwise", "recurrent", "attention")
                 or layers.is_operation(layer)
                 or not layer.weights
             ):

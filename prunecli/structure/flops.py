@@ -118,6 +118,8 @@ def layer_cost(layer, in_shapes: list, out_shapes: list, census: Census | None =
     """(multiply-adds, non-zero multiply-adds) of one call of `layer`, per example; the non-zeros as
     `census` read them where it read the weight (a registered callable rule counts its own)."""
     rule = layers.spec(layer).macs
+    if getattr(layer, "data_format", None) == "channels_first":  # positions are the axes after the channels
+        in_shapes, out_shapes = ([_channels_last(s) for s in shapes] for shapes in (in_shapes, out_shapes))
     if callable(rule):
         return rule(layer, in_shapes, out_shapes)
     if rule is not None:
@@ -125,6 +127,12 @@ def layer_cost(layer, in_shapes: list, out_shapes: list, census: Census | None =
     if all(len(w.shape) <= 1 for w in getattr(layer, "weights", [])):
         return 0, 0  # element-wise (normalisation, PReLU...)
     return None, None
+
+
+def _channels_last(shape):
+    """A channels-first shape (batch, channels, positions...) as (batch, positions..., channels)."""
+    shape = tuple(shape)
+    return (shape[0], *shape[2:], shape[1]) if len(shape) >= 3 else shape
 
 
 def _closed(shape, seq_len: int | None):

@@ -25,6 +25,10 @@ step adds the same x_c * kernel[c]). A live unit stays while its own recurrent r
 Bidirectional layer's two directions are sliced each on its own, forward unit j and backward unit j
 together (structure/channels.py joins them); its weights are keyed "0/kernel", "1/kernel"...
 
+A grouped convolution (groups > 1) loses whole groups (channels.py makes a group's input channels and
+filters one class): its kernel (..., inputs / groups, filters) keeps the kept filters' columns, each
+with its group's rows, and `groups` counts the kept groups.
+
 An Embedding is a mixer whose inputs are token ids (`reads_channels` is False): a column of its table
 that the mask zeroed outputs 0 for every token, so it goes with the kernel rows that read it, and
 nothing upstream is sliced or folded into it.
@@ -157,6 +161,26 @@ def recurrent_readers(layer, w: dict):
     return join_parts(layer, rows, both=False)
 
 
+def groups_of(layer) -> int:
+    """A convolution's `groups` (1 for any other layer)."""
+    return int(getattr(layer, "groups", 1) or 1)
+
+
+def grouped_rows(layer, rows):
+    """A grouped convolution's (inputs / groups, filters) per-input-row array as (inputs, filters): input
+    channel g * (inputs / groups) + r reads row r with the filters of group g, and nothing elsewhere."""
+    import numpy as np
+
+    groups = groups_of(layer)
+    if groups == 1:
+        return rows
+    per_in, per_out = rows.shape[0], rows.shape[1] // groups
+    out = np.zeros((groups * per_in, rows.shape[1]), dtype=rows.dtype)
+    for g in range(groups):
+        out[g * per_in : (g + 1) * per_in, g * per_out : (g + 1) * per_out] = rows[:, g * per_out : (g + 1) * per_out]
+    return out
+
+
 def ignored_inputs(layer, w: dict):
     """Bool per input channel: every weight that reads it is zero, so its value does not matter."""
     import numpy as np
@@ -172,6 +196,9 @@ def ignored_inputs(layer, w: dict):
         return _all_zero_on(depth, -2) | rows_zero
     if family == "transpose":
         return _all_zero_on(w["kernel"], -1)
+    if groups_of(layer) > 1:
+        kernel = w["kernel"]
+        return ~grouped_rows(layer, (kernel.reshape(-1, *kernel.shape[-2:]) != 0).any(axis=0)).any(axis=1)
     return _all_zero_on(w["kernel"], -2)
 
 
@@ -205,8 +232,8 @@ def input_contributions(layer, w: dict):
         depth = w["depthwise_kernel"].astype(np.float64).sum(axis=kernel_axes)  # (inputs, multiplier)
         point = w["pointwise_kernel"].astype(np.float64).reshape(depth.shape[0], depth.shape[1], -1)
         return np.einsum("im,imu->iu", depth, point)
-    summed = w["kernel"].astype(np.float64).sum(axis=kernel_axes)  # conv: (inputs, units)
-    return summed.T if family == "transpose" else summed
+    summed = w["kernel"].astype(np.float64).sum(axis=kernel_axes)  # conv: (inputs / groups, units)
+    return summed.T if family == "transpose" else grouped_rows(layer, summed)
 
 
 def _bias_or_zeros(w: dict, units: int):
@@ -285,7 +312,7 @@ def propagate_constants(g, weights: dict):
             consts[call.outputs[0]] = value
             for k in call.outputs[1:]:  # its returned state (units kept: channels.py)
                 consts[k] = np.full(len(g.ids[k]), np.nan)
-        elif call.kind == "mixer":
+        elif call.kind in ("mixer", "grouped"):
             w = weights[layer.name]
             dead = dead_units(layer, w)
             value = np.full(dead.shape[0], np.nan)
@@ -355,7 +382,7 @@ def decide_cuts(g, weights: dict) -> ChannelCuts:
     blocked: dict[int, str] = dict(ch.pinned())
     mixer_calls: dict[int, list] = {}
     for call in g.calls:
-        if call.kind in ("mixer", "recurrent"):
+        if call.kind in ("mixer", "grouped", "recurrent"):
             mixer_calls.setdefault(id(call.layer), []).append(call)
             dead = dead_units(call.layer, weights[call.name])
             cuts.dead.update(ch.roots(g.ids[call.outputs[0]][dead]).tolist())
@@ -479,7 +506,7 @@ def fold_dead_constants(model, targets, masks: dict) -> list[str]:
     skipped: list[str] = []
     for layer in g.layers():
         calls = g.calls_of(layer)
-        if calls[0].kind not in ("mixer", "recurrent") or len(calls) != 1 or not reads_channels(layer):
+        if calls[0].kind not in ("mixer", "grouped", "recurrent") or len(calls) != 1 or not reads_channels(layer):
             continue
         call, w = calls[0], weights[layer.name]
         value = consts[call.inputs[0]]
@@ -553,7 +580,7 @@ def layer_changes(g, cuts: ChannelCuts) -> dict[str, LayerChange]:
     changes = {}
     for layer in g.layers():
         call = g.calls_of(layer)[0]
-        if call.kind not in ("mixer", "recurrent", "channelwise", "attention") or layers.is_operation(layer):
+        if call.kind not in ("mixer", "grouped", "recurrent", "channelwise", "attention") or layers.is_operation(layer):
             continue  # a Keras operation has no weights or config: the clone re-runs it as recorded
         in_keep = _kept_positions(g, call.inputs[0], cuts.removed)
         out_keep = _kept_positions(g, call.outputs[0], cuts.removed)
@@ -565,10 +592,12 @@ def layer_changes(g, cuts: ChannelCuts) -> dict[str, LayerChange]:
         cls = type(layer).__name__
         if call.kind == "recurrent":
             config = _recurrent_config(layer, len(out_keep), layer.name in cuts.add_bias)
-        elif call.kind == "mixer":
+        elif call.kind in ("mixer", "grouped"):
             config[layers.spec(layer).width_key or "filters"] = int(len(out_keep))
             if layer.name in cuts.add_bias:
                 config["use_bias"] = True
+            if call.kind == "grouped":  # whole groups go (channels.py): the others keep their size
+                config["groups"] = groups_of(layer) * len(out_keep) // out_width
         elif cls == "Reshape":
             config["target_shape"] = tuple(layer.target_shape[:-1]) + (int(len(out_keep)),)
         changes[layer.name] = LayerChange(config, call.kind, in_keep, out_keep, in_width, out_width)
@@ -643,6 +672,8 @@ def slice_weight(layer, change: LayerChange, name: str, array):
         return slice_recurrent(layer, change, int(index or 0), name, array)
     if name == "bias":
         return array[change.out_keep]
+    if change.kind == "grouped":  # (..., inputs / groups, filters): each kept group keeps its rows
+        return np.take(array, change.out_keep, axis=-1)
     if family == "embedding":  # (tokens, columns): its inputs are token ids, never cut
         return np.take(array, change.out_keep, axis=-1)
     if family == "transpose":
