@@ -323,8 +323,11 @@ def test_an_h5_input_that_changed_during_the_run_is_not_copied_into_the_output(t
         model_io.save(model, tmp_path / "o.h5", info)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5"], "nothing saved, no temporary file"
     model, info = model_io.load(src)
-    model_io.save(model, tmp_path / "o.h5", info)  # unchanged since it was read: copied
+    seen = {}  # what a reader of the output's bytes (the report's sizes and sha256) finds when told they are all there
+    model_io.save(model, tmp_path / "o.h5", info, written=lambda tmp: seen.update(h5=sha(tmp)))  # copied: unchanged
     assert keras.saving.load_model(tmp_path / "o.h5").get_layer("h").activation.__name__ == "tanh"
+    model_io.save(model, tmp_path / "o.keras", info, written=lambda tmp: seen.update(keras=sha(tmp)))
+    assert seen == {"h5": sha(tmp_path / "o.h5"), "keras": sha(tmp_path / "o.keras")}, "told before the last byte"
     src.unlink()  # removed: was "cannot write o.h5: No such file or directory", an output error of the input
     with pytest.raises(InputError, match=r"in\.h5 changed while the run worked \(it was written, replaced or removed"):
         model_io.save(model, tmp_path / "o2.h5", info)

@@ -754,14 +754,20 @@ def save(state: RunState, out: Path, progress: Progress, timings: Timings):
             else f"the dense model's loss on {state.config.data} was already {loss:.3g} before pruning: check the"
             " data's scale first, then --lr"
         )
+        sizes = []  # measured from the moment the file holds its bytes: while it is synced and renamed
         census = model_io.save(
-            state.model, out, state.source, structure_changed=state.structure_changed, nonfinite_advice=advice
+            state.model,
+            out,
+            state.source,
+            structure_changed=state.structure_changed,
+            nonfinite_advice=advice,
+            written=lambda tmp: sizes.append(measure_output(tmp, state.config)),
         )
     if state.structure_changed and "quantize" not in state.sections:  # --quantize checked its own reload
         progress("loading the written model back")
         with timings.phase("reload"):
             check_reloads(state.model, model_io.staged(out), out, state.config, state.data)
-    return measure_output(model_io.staged(out), state.config), census  # its new bytes, wherever they are staged
+    return sizes[0], census
 
 
 def check_reloads(model, written: Path, out: Path, config: PruneConfig, data=None) -> None:
@@ -792,7 +798,8 @@ def check_reloads(model, written: Path, out: Path, config: PruneConfig, data=Non
 
 def measure_output(out: Path, config: PruneConfig) -> Future:
     """A Future of the written output's bytes and sha256 (and gzip size with sizes on), from one read of
-    the file on other cores: nothing is left but the report, so every core compresses."""
+    the file on other cores: nothing is left but its fsync and rename and the report, so every core
+    compresses."""
     from prunecli.io import models as model_io
 
     return model_io.sizes_in_background(out, threads=min(8, os.cpu_count() or 1), gzip=config.sizes, sha256=True)

@@ -17,6 +17,7 @@ import secrets
 import shutil
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from prunecli.errors import DISK_FULL, InputError, OutputError, first_line, write_error
@@ -523,11 +524,17 @@ def save(
     structure_changed: bool = False,
     output: bool = True,
     nonfinite_advice: str = NONFINITE_ADVICE,
+    written: Callable[[Path], object] | None = None,
 ):
     """Write the model atomically (`output=False`: a scratch copy, written at once even inside
     outputs_together). An .h5 -> .h5 run with unchanged structure keeps the input's flavour. Weights
     that are NaN or Inf are never written (check_finite: exit 4, nothing saved). Returns the census
-    of the weights written (structure/census.py), from that check's one read of them."""
+    of the weights written (structure/census.py), from that check's one read of them.
+
+    `written(tmp)` is called once the temporary file holds every byte the output will hold, before its
+    fsync and rename: a reader of its bytes (the sizes and digest, steps.measure_output) opens it then
+    and reads while the file is synced and committed (the open file is the same whatever its name; a
+    write that fails after it still leaves no output)."""
     census = check_finite(model, "the run", advice=nonfinite_advice)
     if structure_changed or source is None:
         from prunecli.structure.rebuild import renested
@@ -553,6 +560,8 @@ def save(
                     model.save(tmp)
                 if left_out:
                     _leave_out_implicit_masks(tmp, left_out)
+            if written is not None:
+                written(tmp)
     except OSError as exc:
         raise write_error(out, exc) from exc
     return census
