@@ -155,6 +155,27 @@ def test_redundancy_ranks_a_copied_channel_below_a_unique_one_of_smaller_magnitu
     assert min(scores[0], scores[1]) < 0.5 * scores[2] < scores[2] < max(scores[0], scores[1])
 
 
+def test_redundancy_says_which_layers_it_could_not_measure_and_scored_by_magnitude():
+    """One example gives the reader a rank-1 Hessian: it is not read, the maker falls back to magnitude,
+    and the strategy's notes (the report's) say both: they were dropped, so the report said redundancy."""
+    import keras
+
+    from prunecli.structure.targets import select
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3, name="maker"), keras.layers.Dense(2, name="reader")]
+    )
+    targets = [t for t in select(model) if t.layer_name == "maker"]
+    x = np.random.default_rng(0).standard_normal((8, 4)).astype("float32")
+    # 8 rows of data, of which --calibration-samples (the run's extras) lets it read 1
+    ctx = context(model, targets, batches(x, np.zeros(8, "int32")), extras={"calibration_samples": 1})
+    scores = np.asarray(scoring.get("redundancy").fn(targets, ctx)["maker/kernel"])
+    assert ctx.notes[0].startswith("redundancy: reader not measured on --data (it saw a single input row")
+    assert ctx.notes[1].startswith("maker/kernel: no Dense or Conv layer reading its channels was measured")
+    assert len(ctx.notes) == 2 and np.isfinite(scores).all()
+
+
 def test_activation_scores_equal_the_mean_after_batch_norm_and_relu(cnn_case):
     """The conv's output is read after its batch norm and ReLU; compare with a direct computation."""
     import keras

@@ -35,7 +35,9 @@ How it is applied here:
 - Fallback. A target none of whose channels reach a Dense or Conv reader (only an Einsum, a recurrent
   layer, a transposed conv, a reader wider than MAX_WIDTH) keeps a magnitude score, mean |w| of each unit, scaled so
   its mean is the median of the readers' scores: the two then share one ranking (not measured on a net
-  that needs it: bench/STRUCTURED.md's three nets have none).
+  that needs it: bench/STRUCTURED.md's three nets have none). So does one whose readers' inputs on
+  --data are degenerate (capture's `degenerate`: one example, all zero, constant). Both are notes the
+  report carries (the strategy's ScoringContext.notes), naming the layer and the reader not measured.
 """
 
 from __future__ import annotations
@@ -108,8 +110,10 @@ def _reader_of(call, kernel_targets):
     return view
 
 
-def _capture_reader(model, call, view, batches, wanted: set[int], g) -> Reader | None:
-    """Capture the call's inputs and build its Reader for the wanted roots it reads, or None."""
+def _capture_reader(model, call, view, batches, wanted: set[int], g, skipped: list[str]) -> Reader | None:
+    """Capture the call's inputs and build its Reader for the wanted roots it reads, or None; a reader
+    whose inputs on --data say nothing (capture's `degenerate`: one row, all zero, constant) is added to
+    `skipped` with the reason."""
     import tensorflow as tf
 
     ids = g.ids[call.inputs[0]]
@@ -120,7 +124,9 @@ def _capture_reader(model, call, view, batches, wanted: set[int], g) -> Reader |
     if not mine:
         return None
     stats = capture.HessianCapture(view, len(g.calls_of(call.layer))).run(model, batches)
-    if stats.degenerate() is not None:
+    why = stats.degenerate()
+    if why is not None:
+        skipped.append(f"redundancy: {call.name} not measured on --data ({why})")
         return None
     h = np.asarray(stats.hessian, dtype=np.float64)
     w = np.asarray(view.to_matrix(tf.cast(tf.convert_to_tensor(view.target.variable), tf.float32)), np.float64)
@@ -165,6 +171,7 @@ def channel_scores(
     wanted = {int(r) for found in unit_roots.values() if found is not None for r in found.tolist()} - pinned
     kernel_targets = {id(t.layer): t for t in structure_targets.walk(model) if t.attr == "kernel"}
     readers: list[Reader] = []
+    skipped: list[str] = []
     batches = capture.chunks(batches)
     seen: set[int] = set()
     for call in g.calls:
@@ -174,7 +181,7 @@ def channel_scores(
         seen.add(id(call.layer))
         if progress is not None:
             progress(f"redundancy: reading {call.name}'s inputs")
-        reader = _capture_reader(model, call, view, batches, wanted, g)
+        reader = _capture_reader(model, call, view, batches, wanted, g, skipped)
         if reader is not None:
             readers.append(reader)
     # groups of roots joined by a reader they share are removed greedily together
@@ -204,7 +211,7 @@ def channel_scores(
     high = float(values.max()) * 2.0 + 1.0
     median = float(np.median(values)) if root_score else 1.0
     scores: dict[str, np.ndarray] = {}
-    notes: list[str] = []
+    notes = list(skipped)
     for t in targets:
         found = unit_roots[t.name]
         if found is not None and all(int(r) in pinned for r in found.tolist()):  # an output layer: never cut
@@ -218,5 +225,6 @@ def channel_scores(
         magnitude = np.abs(np.asarray(t.to_matrix(np.asarray(t.variable, np.float32)))).mean(axis=0)
         mean = float(magnitude.mean())
         scores[t.name] = (magnitude * (median / mean if mean > 0 else 1.0)).astype(np.float32)
-        notes.append(f"{t.name}: no Dense or Conv layer reads its channels; scored by magnitude (redundancy)")
+        why = "reads its channels" if not skipped else "reading its channels was measured (above)"
+        notes.append(f"{t.name}: no Dense or Conv layer {why}; scored by magnitude, not redundancy")
     return scores, notes

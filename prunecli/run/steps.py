@@ -454,7 +454,7 @@ def score_and_mask(model, targets, data, task, config: PruneConfig, progress: Pr
             masks.notes += surgery.fold_dead_constants(model, list(targets), masks.masks)
             masks.followers = channels.follower_masks(model, list(targets), masks.masks)
             channels.apply_follower_masks(masks.followers)
-    masks.notes[:0] = notes
+    masks.notes[:0] = notes + ctx.notes
     return masks
 
 

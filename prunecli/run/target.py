@@ -154,7 +154,7 @@ def mask(state, progress, timings, latency_ms=None) -> StepResult:
         section["predicted_bytes"] = int(extra["dense_bytes"] + extra["bytes_per_param"] * (found.cost - cost.dense))
     return StepResult(
         masks=masks,
-        notes=tuple(masks.notes),
+        notes=tuple(ctx.notes) + tuple(masks.notes),
         sections={"selection": {"path": masks.selection_path}, "target": section},
     )
 

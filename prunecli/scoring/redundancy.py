@@ -27,7 +27,8 @@ def redundancy(targets, ctx):
         raise ConfigError("method 'redundancy' needs data (--data)")
     batches = capture.take_examples(ctx.data, int(ctx.extras.get("calibration_samples", 128)))
     try:
-        scores, _notes = channel_scores(ctx.model, targets, batches)
+        scores, notes = channel_scores(ctx.model, targets, batches)
     except channels.GraphUnsupported as exc:
         raise ConfigError(f"method 'redundancy' needs a model whose channels can be followed ({exc})") from None
+    ctx.notes.extend(notes)  # a layer scored by magnitude instead is said in the report, not hidden
     return scores

@@ -15,7 +15,8 @@ class ScoringContext:
 
     `progress(label, total)` returns advance(n), called as batches are read; None shows a rich bar
     when stderr is a terminal. `extras["jit_compile"]` = True/False forces XLA on or off for the
-    data-driven strategies (default: on GPUs and TPUs only).
+    data-driven strategies (default: on GPUs and TPUs only). A strategy appends to `notes` what the
+    report must say about its scores (a layer it scored another way, and why).
     """
 
     model: Any
@@ -26,6 +27,7 @@ class ScoringContext:
     max_batches: int | None = None
     progress: Callable[[str, int | None], Callable[[int], None]] | None = None
     extras: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def silent_progress(label: str, total: int | None) -> Callable[[int], None]:
