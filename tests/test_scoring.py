@@ -176,6 +176,22 @@ def test_redundancy_says_which_layers_it_could_not_measure_and_scored_by_magnitu
     assert len(ctx.notes) == 2 and np.isfinite(scores).all()
 
 
+@pytest.mark.slow  # one run each (~1 s)
+@pytest.mark.parametrize("budget", [("-s", "0.5"), ("--target", "params=0.6")])
+def test_a_redundancy_run_reports_the_layers_it_scored_by_magnitude(cli, mlp_files, budget):
+    """--calibration-samples 1 (it read 128 whatever was given) leaves each reader one row: the run
+    says which layers were not measured and scored by magnitude (the strategy's notes were dropped)."""
+    args = ("--method", "redundancy", "--data", mlp_files["data"], "--calibration-samples", "1", *budget)
+    result = cli("plan", mlp_files["keras"], *args, "--json")  # prune's steps, without its evaluations
+    assert result.exit_code == 0, result.output
+    notes = json.loads(result.stdout)["notes"]
+    assert (
+        "redundancy: hidden2 not measured on --data (it saw a single input row, so its input Hessian has rank 1)"
+        in notes
+    )
+    assert any(n.startswith("hidden1/kernel: no Dense or Conv layer reading its channels was measured") for n in notes)
+
+
 def test_activation_scores_equal_the_mean_after_batch_norm_and_relu(cnn_case):
     """The conv's output is read after its batch norm and ReLU; compare with a direct computation."""
     import keras

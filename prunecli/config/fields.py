@@ -262,7 +262,7 @@ class PruneConfig:
     batch_size: int = setting(64, help="Batch size for data (default 64).")
     score_batches: int | None = setting(help="Use at most this many batches for data-driven scores.")
     calibration_samples: int = setting(
-        128, help="Examples of --data (seeded) that calibrate wanda/sparsegpt/--reconstruct (default 128)."
+        128, help="Examples of --data (seeded) that calibrate wanda/sparsegpt/redundancy/--reconstruct (default 128)."
     )
     refine: str = setting(
         "none",

@@ -491,9 +491,10 @@ def _all_equal(score) -> bool:
 
 def _scoring_context(model, targets: list, data, task, config: PruneConfig, progress: Progress):
     """What a scoring method reads: the model, its targets, the training data and loss, the batch
-    budget; under a --strategy the distribution strategy, so data-driven statistics are summed over
-    every replica and worker."""
-    extras = {}
+    budget and --calibration-samples (the examples a method that calibrates on --data reads: redundancy);
+    under a --strategy the distribution strategy, so data-driven statistics are summed over every replica
+    and worker."""
+    extras = {"calibration_samples": config.calibration_samples}
     if config.strategy != "default":
         from prunecli.training import distribute
 
