@@ -272,3 +272,27 @@ def test_a_teacher_that_cannot_read_the_examples_is_refused_in_one_line(monkeypa
     ):
         distill.teacher_from_file("flat.keras", student)
     assert not distill.teacher_from_file("open.keras", student).trainable
+
+
+def test_a_teacher_giving_logits_to_a_student_giving_probabilities_is_refused(monkeypatch):
+    """Same shapes, but the teacher's last layer has no activation: its logits were read as the
+    student's probabilities (negative ones clipped to 1e-7) and the run fine-tuned towards them, exit 0.
+    A sigmoid teacher gives probabilities too; an output whose activation is another is not judged."""
+    import keras
+
+    from prunecli.errors import InputError
+    from prunecli.io import models as model_io
+    from prunecli.training import distill
+
+    def classifier(activation):
+        inp = keras.Input((4,))
+        return keras.Model(inp, keras.layers.Dense(3, activation=activation)(inp))
+
+    files = {name: classifier(name) for name in (None, "softmax", "sigmoid", "relu")}
+    monkeypatch.setattr(model_io, "load", lambda path, **_: (files[path], None))
+    with pytest.raises(InputError, match=r"its output gives logits \(no activation\), the pruned model's probab"):
+        distill.teacher_from_file(None, files["softmax"])
+    with pytest.raises(InputError, match=r"gives probabilities \(softmax or sigmoid\), the pruned model's logits"):
+        distill.teacher_from_file("softmax", files[None])
+    for teacher, student in (("sigmoid", "softmax"), (None, None), ("relu", "softmax")):
+        assert not distill.teacher_from_file(teacher, files[student]).trainable

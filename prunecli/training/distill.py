@@ -69,12 +69,32 @@ def teacher_copy(model, needed_by: str = "--distill"):
     raise InputError(f"{needed_by} cannot copy this model ({why})")
 
 
+def _gives_probabilities(model) -> list[bool | None]:
+    """Per output, whether the layer producing it ends in a softmax or sigmoid (probabilities: True), in
+    no activation (logits: False), or cannot be told (None: another activation, a layer without one)."""
+    import keras
+
+    found = []
+    for tensor in getattr(model, "outputs", None) or []:
+        try:
+            layer = model.get_layer(keras_graph.producer_name(tensor))
+        except (ValueError, AttributeError):
+            found.append(None)
+            continue
+        activation = "softmax" if isinstance(layer, keras.layers.Softmax) else getattr(layer, "activation", None)
+        name = activation if isinstance(activation, str) else getattr(activation, "__name__", "")
+        found.append({"softmax": True, "sigmoid": True, "linear": False}.get(name))
+    return found
+
+
 def teacher_from_file(path, student, unsafe: bool = False, custom_objects: tuple[str, ...] = ()):
     """The --teacher model, frozen, read as any input model is (with the run's --unsafe and
     --custom-objects); InputError (one line) when its outputs are not shaped as the student's (the
     soft loss compares them position by position), or its inputs cannot take the student's examples
     (a size left open, None, takes any: a teacher reading (4,) where the data is (8, 8, 1) was a
-    ValueError from inside the first training step, exit 1)."""
+    ValueError from inside the first training step, exit 1), or one gives logits where the other gives
+    probabilities (the soft loss reads both as the student's loss does: a logits teacher's negative
+    scores were clipped to probability 1e-7, and the run fine-tuned towards that, exit 0)."""
     from keras import tree
 
     from prunecli.io import models as model_io
@@ -95,6 +115,15 @@ def teacher_from_file(path, student, unsafe: bool = False, custom_objects: tuple
             f"--teacher {path}: its outputs {shapes(teacher.outputs)} are not the pruned model's "
             f"{shapes(student.outputs)}"
         )
+    given = zip(_gives_probabilities(teacher), _gives_probabilities(student), strict=False)
+    for i, (mine, theirs) in enumerate(given):
+        if None not in (mine, theirs) and mine != theirs:
+            kind = {True: "probabilities (softmax or sigmoid)", False: "logits (no activation)"}
+            which = f"output {i}" if len(student.outputs) > 1 else "its output"
+            raise InputError(
+                f"--teacher {path}: {which} gives {kind[mine]}, the pruned model's {kind[theirs]}: distillation"
+                " would read one as the other"
+            )
     if not takes(shapes(teacher.inputs), shapes(student.inputs)):
         raise InputError(
             f"--teacher {path}: its inputs {shapes(teacher.inputs)} cannot read the pruned model's "
