@@ -176,6 +176,32 @@ def test_redundancy_says_which_layers_it_could_not_measure_and_scored_by_magnitu
     assert len(ctx.notes) == 2 and np.isfinite(scores).all()
 
 
+def test_redundancy_names_why_a_layer_read_by_a_channels_first_conv_is_scored_by_magnitude():
+    """A channels-first Conv reads the maker's channels, but redundancy reads channels-last ones only:
+    the note said no Dense or Conv layer read them."""
+    import keras
+
+    from prunecli.structure.targets import select
+
+    keras.utils.set_random_seed(0)
+    conv = {"kernel_size": 3, "data_format": "channels_first"}
+    model = keras.Sequential(
+        [
+            keras.Input((3, 8)),
+            keras.layers.Conv1D(4, name="maker", **conv),
+            keras.layers.Conv1D(2, name="reader", **conv),
+        ]
+    )
+    targets = [t for t in select(model) if t.layer_name == "maker"]
+    x = np.random.default_rng(0).standard_normal((8, 3, 8)).astype("float32")
+    ctx = context(model, targets, batches(x, np.zeros(8, "int32")))
+    assert np.asarray(scoring.get("redundancy").fn(targets, ctx)["maker/kernel"]).shape == (4,)
+    assert ctx.notes == [
+        "maker/kernel: none of the layers reading its channels is a Dense or channels-last Conv of at most 8,192"
+        " inputs; scored by magnitude, not redundancy"
+    ]
+
+
 @pytest.mark.slow  # one run each (~1 s)
 @pytest.mark.parametrize("budget", [("-s", "0.5"), ("--target", "params=0.6")])
 def test_a_redundancy_run_reports_the_layers_it_scored_by_magnitude(cli, mlp_files, budget):

@@ -225,6 +225,10 @@ def channel_scores(
         magnitude = np.abs(np.asarray(t.to_matrix(np.asarray(t.variable, np.float32)))).mean(axis=0)
         mean = float(magnitude.mean())
         scores[t.name] = (magnitude * (median / mean if mean > 0 else 1.0)).astype(np.float32)
-        why = "reads its channels" if not skipped else "reading its channels was measured (above)"
-        notes.append(f"{t.name}: no Dense or Conv layer {why}; scored by magnitude, not redundancy")
+        why = (
+            f"none of the layers reading its channels is a Dense or channels-last Conv of at most {MAX_WIDTH:,} inputs"
+            if not skipped
+            else "no Dense or Conv layer reading its channels was measured (above)"
+        )
+        notes.append(f"{t.name}: {why}; scored by magnitude, not redundancy")
     return scores, notes
