@@ -537,8 +537,8 @@ def test_a_write_onto_a_tfrecord_glob_match_its_spec_or_its_eval_records_is_refu
 def test_a_savedmodel_folder_holding_the_input_is_refused(tmp_path):
     """The export replaces its folder whole: the input model (or data) inside it would go with it."""
     folder = tmp_path / "out_savedmodel"
-    folder.mkdir()
-    model = folder / "in.keras"
+    (folder / "variables").mkdir(parents=True)  # inside a SavedModel's part: only the input check refuses it
+    model = folder / "variables" / "in.keras"
     model.write_bytes(b"x")
     with pytest.raises(OutputError, match="out_savedmodel already exists"):
         _savedmodel_plan(model, tmp_path / "out.keras")
@@ -561,10 +561,17 @@ def test_an_existing_export_name_is_replaced_only_with_force(tmp_path, export):
         target.write_text("the user's")
     with pytest.raises(OutputError, match=f"export {export} .*{target.name} already exists .*--force to replace it"):
         _savedmodel_plan(model, tmp_path / "out.keras", export=[export])
+    if export == "savedmodel":  # --force replaces an earlier run's SavedModel, never the user's files in one
+        with pytest.raises(OutputError, match=r"holds files a SavedModel does not \(precious.txt\).*even with --force"):
+            _savedmodel_plan(model, tmp_path / "out.keras", export=[export], force=True)
+        (target / "precious.txt").unlink()
+        (target / "variables").mkdir()
+        (target / "saved_model.pb").write_bytes(b"x")
     _savedmodel_plan(model, tmp_path / "out.keras", export=[export], force=True)
     assert target.exists(), "planning removes nothing"
     if export == "savedmodel":  # a file where the folder goes is never replaced, not even with --force
-        (target / "precious.txt").unlink()
+        (target / "saved_model.pb").unlink()
+        (target / "variables").rmdir()
         target.rmdir()
         target.write_text("the user's")
         with pytest.raises(OutputError, match="exists and is not a folder"):

@@ -20,8 +20,8 @@ def exported(example_model, example_data, tmp_path_factory):
     """The bundled CNN pruned to 80% and exported in all three formats, calibrated on its data."""
     out = tmp_path_factory.mktemp("export") / "digits.pruned.keras"
     stale = out.with_name("digits.pruned_savedmodel")
-    stale.mkdir()
-    (stale / "stale.txt").write_text("from an older run")
+    (stale / "assets.extra").mkdir(parents=True)  # a SavedModel's part this export does not write
+    (stale / "assets.extra" / "stale.txt").write_text("from an older run")
     settings = {
         "model_path": str(example_model),
         "sparsity": 0.8,
@@ -46,7 +46,7 @@ def test_files_land_beside_the_output(exported):
     }
     assert paths["tflite"].is_file() and paths["tflite-int8"].is_file()
     assert (paths["savedmodel"] / "saved_model.pb").is_file()
-    assert not (paths["savedmodel"] / "stale.txt").exists(), "an older export was merged, not replaced"
+    assert not (paths["savedmodel"] / "assets.extra").exists(), "an older export was merged, not replaced"
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "staging files left behind"
     assert oct(paths["tflite"].stat().st_mode & 0o777) != oct(0o600), "export kept mkstemp's private mode"
 

@@ -322,11 +322,42 @@ def _check_named_after_output(role: str, target: Path, force: bool) -> None:
 
 def _savedmodel_target(role: str, target: Path) -> PlannedWrite:
     """A SavedModel is a folder, and an export replaces it whole (with --force, `_check_named_after_output`):
-    only a real folder, never a file or a link."""
+    only a real folder holding nothing but a SavedModel's parts, never a file or a link."""
     lst = _lstat(target)
     if lst is not None and (stat.S_ISLNK(lst.st_mode) or not stat.S_ISDIR(lst.st_mode)):
         raise OutputError(f"{role} {shown(target)} exists and is not a folder")
+    if lst is not None:
+        _check_only_savedmodel_inside(role, target)
     return PlannedWrite(role, target, is_dir=True)
+
+
+SAVEDMODEL_ENTRIES = frozenset(
+    {
+        "saved_model.pb",
+        "saved_model.pbtxt",
+        "variables",
+        "assets",
+        "assets.extra",
+        "fingerprint.pb",
+        "keras_metadata.pb",
+    }
+)
+
+
+def _check_only_savedmodel_inside(role: str, target: Path) -> None:
+    """--force replaces an earlier run's SavedModel export whole, never a folder of that name holding
+    anything else (the user's notes beside it were deleted with it): the export's name is made from the
+    output's, so --force cannot have meant the user's own files."""
+    try:
+        foreign = sorted(entry.name for entry in target.iterdir() if entry.name not in SAVEDMODEL_ENTRIES)
+    except OSError:  # no folder there (or not readable: the write reports that)
+        return
+    if foreign:
+        shown_names = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise OutputError(
+            f"{role} {shown(target)} holds files a SavedModel does not ({shown_names}): replacing it would"
+            " delete them, even with --force; move them, or pass another -o"
+        )
 
 
 def _inside(path: Path, folder: Path) -> bool:
