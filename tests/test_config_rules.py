@@ -90,6 +90,9 @@ def test_the_api_given_objects_instead_of_settings_says_so():
         ({"normalize": "erk", "scope": "layer"}, "with --scope layer each layer is pruned on its own"),
         ({"normalize": "owl", "scope": "global", "threshold": 0.01, "sparsity": None}, "with --threshold"),
         ({"initial_sparsity": 0.9, "epochs": 1}, "is above --sparsity 0.5"),
+        # every row of a block column tied, so the blocks went by position (adv39)
+        ({"method": "neuron-mean", "granularity": "block:4x4"}, "scores whole units; granularity block:4x4 needs"),
+        ({"method": "redundancy", "granularity": "block:2x1", "data": "d.npz"}, "needs a score per weight"),
     ],
 )
 def test_an_option_the_run_would_not_read_is_refused(settings, says):

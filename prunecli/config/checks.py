@@ -218,6 +218,7 @@ def validate(c: PruneConfig) -> None:
     _check_unused_data_settings(c)  # after the values' own checks: a bad value is said as such first
     _check_measured(c)
     _check_measured_heads(c)
+    _check_unit_scores(c)
 
 
 def _check_amount(c: PruneConfig) -> None:
@@ -391,6 +392,16 @@ def _check_measured_heads(c: PruneConfig) -> None:
         raise ConfigError(f"--method {MEASURED} compares head scores on examples of --data: give --data")
     if c.threshold is not None:
         raise ConfigError(f"--method {MEASURED} compares head scores at a --sparsity, not a --threshold")
+
+
+def _check_unit_scores(c: PruneConfig) -> None:
+    """A method that scores whole units gives every weight of a unit one score: blocks and N:M groups cut
+    across units, so their selection would fall to position (the block rows of a column all tie)."""
+    if c.method in UNIT_METHODS and c.granularity.kind in ("block", "nm"):
+        raise ConfigError(
+            f"--method {c.method} scores whole units; granularity {c.granularity} needs a score per weight"
+            " (use -g neuron with it, or --method magnitude, taylor or gradient)"
+        )
 
 
 def _check_measured(c: PruneConfig) -> None:
