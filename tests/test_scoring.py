@@ -488,3 +488,28 @@ def test_unit_methods_resolve_auto_like_neuron_pruning():
     assert set(UNIT_METHODS) == {n for n in scoring.available() if scoring.get(n).level == "unit"}
     c = PruneConfig(method="apoz", data="d.npz", epochs=2)
     assert (c.scope, c.schedule) == ("layer", "oneshot")
+
+
+def test_redundancy_greedy_scores_the_same_when_removed_columns_are_dropped(monkeypatch):
+    """The greedy removal drops the removed columns of w and H^-1 once a quarter are gone (COMPACT),
+    renumbering each channel's columns: the scores equal those of the run that keeps every column."""
+    from prunecli.calibration import redundancy
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 10))
+    x[:, 1] = x[:, 0] + 0.01 * rng.standard_normal(300)  # a near copy
+    x = np.repeat(x, 3, axis=1) + 0.3 * rng.standard_normal((300, 30))  # 3 columns (taps) per channel
+    h, w = x.T @ x / 300, rng.standard_normal((30, 4))
+
+    def scores(compact):
+        monkeypatch.setattr(redundancy, "COMPACT", compact)
+        groups = {r: np.arange(3 * r, 3 * r + 3) for r in range(10)}
+        readers = [
+            redundancy.Reader("a", w.copy(), h.copy(), dict(groups)),
+            redundancy.Reader("b", w[:, :2].copy(), h.copy(), dict(groups)),
+        ]
+        return redundancy._greedy(list(range(10)), readers)
+
+    kept, dropped = scores(2.0), scores(0.25)  # 2.0: never dropped
+    assert list(kept) == list(dropped)  # the same order
+    np.testing.assert_allclose([dropped[r] for r in kept], list(kept.values()), rtol=1e-9)
