@@ -513,3 +513,43 @@ def test_redundancy_greedy_scores_the_same_when_removed_columns_are_dropped(monk
     kept, dropped = scores(2.0), scores(0.25)  # 2.0: never dropped
     assert list(kept) == list(dropped)  # the same order
     np.testing.assert_allclose([dropped[r] for r in kept], list(kept.values()), rtol=1e-9)
+
+
+@pytest.mark.slow  # 0.5 s
+def test_redundancy_reads_every_reader_in_one_pass_per_batch_with_the_scores_of_one_pass_each(monkeypatch):
+    """channel_scores captures all the readers' Hessians from one forward pass per batch
+    (capture.capture_all): the scores equal those of one pass per reader (HessianCapture.run), on a
+    residual CNN whose readers include 3x3 convs, a 1x1 conv with a bias and a Dense, over passes of
+    unequal size; and the model ran once per batch, not once per reader."""
+    import keras
+
+    from prunecli.calibration import capture, redundancy
+    from prunecli.structure.targets import select
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 2))
+    a = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="c1")(inp)
+    b = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name="c2")(a)
+    x = keras.layers.Add()([a, b])
+    x = keras.layers.Conv2D(5, 1, activation="relu", name="c3")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, keras.layers.Dense(3, name="out")(x))
+    x = np.random.default_rng(0).standard_normal((40, 6, 6, 2)).astype("float32")
+    data = [x[i : i + 16] for i in range(0, 40, 16)]
+    targets = select(model)
+    calls = [0]
+    forward = capture._forward
+
+    def counted(m, batch):
+        calls[0] += 1
+        forward(m, batch)
+
+    monkeypatch.setattr(capture, "_forward", counted)
+    one_pass, _ = redundancy.channel_scores(model, targets, data)
+    assert calls[0] == len(data)
+    monkeypatch.setattr(capture, "capture_all", lambda caps, m, b: (c.run(m, b) for c in caps))
+    per_reader, _ = redundancy.channel_scores(model, targets, data)
+    assert calls[0] > 3 * len(data)  # c2, c3 and out read the scored channels: a pass each
+    assert set(one_pass) == set(per_reader) == {"c1/kernel", "c2/kernel", "c3/kernel", "out/kernel"}
+    for name in one_pass:
+        np.testing.assert_array_equal(one_pass[name], per_reader[name], err_msg=name)

@@ -29,6 +29,8 @@ stops the forward pass with an exception: nothing after the layer runs.
 What a "forward pass" is here is the caller's: the model from its inputs (each layer then costs a
 pass through every layer before it), or, from frontier.py, the one graph node that calls the layer,
 run on activations cached from a single walk of the graph (each layer then runs once per pass).
+Layers whose weights do not change while they are read can share the passes instead (`capture_all`:
+every layer's hook on one forward pass per batch, all their accumulators alive at once).
 Matrix views of a layer: views.py.
 """
 
@@ -393,53 +395,107 @@ class HessianCapture:
         wanted = max(HESSIAN_ROWS, HESSIAN_ROWS_PER_INPUT * self.view.d_in)
         return min(1.0, wanted / seen) if seen else 1.0
 
-    def run(self, model, batches, riders: tuple = ()) -> InputStats:
-        """Accumulate over the batches; `riders` (ErrorMeters of layers called earlier in the pass)
-        are fed by the same forward passes. `model` is anything called as model(x, training=False)
-        once per batch: the model itself on input batches, or frontier's one-node runner on one
-        pass's cached activations."""
+    def _start(self, passes: int | None, stop: bool):
+        """The accumulators and the hook that feeds them (with `stop`, the hook ends the forward pass
+        once the layer was called as often as it is per pass), and the function that reads them back."""
         import numpy as np
 
         view = self.view
         d = view.d_in
         cls = HessianCapture
-        cls.live += 1
-        cls.max_live = max(cls.max_live, cls.live)
         cls.peak_accumulator_floats = max(cls.peak_accumulator_floats, d * d if self.full else d)
         if self.full:
             cls.peak_floats = max(cls.peak_floats, d * d)
+        acc = _accumulators(d, self.full)
+        accumulate = _accumulate_fn(self.full)
+        state = {"calls": 0, "fraction": None}
+        rng = np.random.default_rng(0)
+
+        def hook(x, call=None):
+            if not self.full and view.column_statistics:  # the diagonal from window sums, X never built
+                _accumulate_columns(acc, view.column_stats(x))
+            else:
+                if state["fraction"] is None:
+                    state["fraction"] = self._row_fraction(x, passes)
+                fraction = state["fraction"]
+                sample = None if fraction >= 1.0 else (lambda n: _sampled_rows(n, fraction, rng))
+                for block in view.blocks(x, self.max_rows, call, sample):
+                    cls.peak_block_rows = max(cls.peak_block_rows, int(block.shape[0]))
+                    accumulate(acc, block)
+            state["calls"] += 1
+            if stop and state["calls"] % self.calls == 0:
+                raise _Stop()
+
+        def finish() -> InputStats:
+            return _input_stats(acc, d, self.full, row_fraction=state["fraction"] or 1.0)
+
+        return hook, finish, state
+
+    def run(self, model, batches, riders: tuple = ()) -> InputStats:
+        """Accumulate over the batches; `riders` (ErrorMeters of layers called earlier in the pass)
+        are fed by the same forward passes. `model` is anything called as model(x, training=False)
+        once per batch: the model itself on input batches, or frontier's one-node runner on one
+        pass's cached activations."""
+        cls = HessianCapture
+        cls.live += 1
+        cls.max_live = max(cls.max_live, cls.live)
         try:
-            acc = _accumulators(d, self.full)
-            accumulate = _accumulate_fn(self.full)
-            state = {"calls": 0, "fraction": None}
-            rng = np.random.default_rng(0)
-            passes = len(batches) if hasattr(batches, "__len__") else None
-
-            def hook(x, call=None):
-                if not self.full and view.column_statistics:  # the diagonal from window sums, X never built
-                    _accumulate_columns(acc, view.column_stats(x))
-                else:
-                    if state["fraction"] is None:
-                        state["fraction"] = self._row_fraction(x, passes)
-                    fraction = state["fraction"]
-                    sample = None if fraction >= 1.0 else (lambda n: _sampled_rows(n, fraction, rng))
-                    for block in view.blocks(x, self.max_rows, call, sample):
-                        cls.peak_block_rows = max(cls.peak_block_rows, int(block.shape[0]))
-                        accumulate(acc, block)
-                state["calls"] += 1
-                if state["calls"] % self.calls == 0:
-                    raise _Stop()
-
+            hook, finish, _state = self._start(len(batches) if hasattr(batches, "__len__") else None, stop=True)
             # the layer's own hook innermost: a rider on the same layer (a recurrent layer's input kernel,
             # measured while its recurrent kernel is captured) is fed before the pass stops there
             with ExitStack() as hooks:  # left in reverse order: two hooks on one layer unwind as a stack
-                for w in (wrap(view, hook), *(wrap(r.view, r.hook) for r in riders)):
+                for w in (wrap(self.view, hook), *(wrap(r.view, r.hook) for r in riders)):
                     hooks.enter_context(w)
                 for x in batches:
                     _forward(model, x)
-            return _input_stats(acc, d, self.full, row_fraction=state["fraction"] or 1.0)
+            return finish()
         finally:
             cls.live -= 1
+
+
+def capture_all(captures: list[HessianCapture], model, batches: list):
+    """Several layers' input statistics from ONE forward pass of `model` per batch (each capture's
+    hook on its own layer), where `HessianCapture.run` costs a pass up to each layer: for statistics
+    of layers that do not change while they are read (calibration/redundancy.py). Each capture reads
+    exactly what its own `run` would (the same blocks, the same sampled rows), so the statistics are
+    equal; the pass stops once every layer was called as often as it is per pass. Every capture's
+    accumulators are alive at once (sum of d_in^2 float32 for full ones), and are counted in `live`.
+    Layers must be distinct (one hook per layer). Yields each capture's InputStats in order, after all
+    the passes; a capture's accumulators are released as its statistics are yielded (keep only what
+    you need of each, and the peak stays the sum above plus what you keep)."""
+    if not captures:
+        return
+    cls = HessianCapture
+    cls.live += len(captures)
+    cls.max_live = max(cls.max_live, cls.live)
+    try:
+        passes = len(batches)
+        started = [c._start(passes, stop=False) for c in captures]
+        done = [0]  # captures that finished the current pass
+
+        def stopping(hook, capture, state):
+            def wrapped(x, call=None):
+                hook(x, call)
+                if state["calls"] % capture.calls == 0:
+                    done[0] += 1
+                    if done[0] == len(captures):
+                        raise _Stop()
+
+            return wrapped
+
+        with ExitStack() as hooks:
+            for c, (hook, _finish, state) in zip(captures, started, strict=True):
+                hooks.enter_context(wrap(c.view, stopping(hook, c, state)))
+            for x in batches:
+                done[0] = 0
+                _forward(model, x)
+        for i in range(len(started)):
+            finish = started[i][1]
+            started[i] = None
+            yield finish()
+            del finish
+    finally:
+        cls.live -= len(captures)
 
 
 def _sampled_rows(n: int, fraction: float, rng):

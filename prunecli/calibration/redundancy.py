@@ -28,7 +28,10 @@ How it is applied here:
 - Relative errors make layers comparable: each is the share of a reader's output a removal loses after
   its refit, the quantity BatchNorm-normalised layers pass on. A reader with a bias refits its bias too
   (a column of ones in H), as channel_refit.py does.
-- Cost. Each reader's input Hessian is captured once (one forward pass up to it); the greedy removal
+- Cost. Every reader's input Hessian is captured from the same forward passes, one per batch of --data
+  (capture.capture_all; one pass up to each reader before made the capture quadratic in depth: 53
+  passes on ResNet50), so every reader's float32 accumulator is alive at once (sum of d^2 floats:
+  475 MiB on ResNet50), each released as its float64 inverse is built; the greedy removal
   of n channels then updates the inverse n times, in place, each over the columns still left (the
   removed ones are dropped once a quarter of them are gone): under d^3 / 2 multiply-adds for a reader
   of d inputs (4e10 for 512 channels read by a 3x3 conv, d = 4,608; d^3 before they were dropped). A reader wider than MAX_WIDTH inputs (a Dense after a large Flatten) is not read.
@@ -123,20 +126,23 @@ def _reader_of(call, kernel_targets):
     return view
 
 
-def _capture_reader(model, call, view, batches, wanted: set[int], g, skipped: list[str]) -> Reader | None:
-    """Capture the call's inputs and build its Reader for the wanted roots it reads, or None; a reader
-    whose inputs on --data say nothing (capture's `degenerate`: one row, all zero, constant) is added to
-    `skipped` with the reason."""
-    import tensorflow as tf
-
+def _columns_of(call, view, wanted: set[int], g) -> tuple[np.ndarray, list[int]] | None:
+    """The channel root of each of the call's input columns and the wanted roots among them, or None
+    when it reads none."""
     ids = g.ids[call.inputs[0]]
     if view.d_in % max(len(ids), 1):
         return None
     roots = np.tile(g.channels.roots(ids), view.d_in // len(ids))  # a conv's rows: taps x channels, channel fastest
     mine = sorted(set(roots.tolist()) & wanted)
-    if not mine:
-        return None
-    stats = capture.HessianCapture(view, len(g.calls_of(call.layer))).run(model, batches)
+    return (roots, mine) if mine else None
+
+
+def _reader_from(call, view, stats, roots: np.ndarray, mine: list[int], skipped: list[str]) -> Reader | None:
+    """The call's Reader of the wanted roots it reads from its captured input statistics, or None: a
+    reader whose inputs on --data say nothing (capture's `degenerate`: one row, all zero, constant) is
+    added to `skipped` with the reason."""
+    import tensorflow as tf
+
     why = stats.degenerate()
     if why is not None:
         skipped.append(f"redundancy: {call.name} not measured on --data ({why})")
@@ -183,18 +189,26 @@ def channel_scores(
     pinned = set(g.channels.pinned())
     wanted = {int(r) for found in unit_roots.values() if found is not None for r in found.tolist()} - pinned
     kernel_targets = {id(t.layer): t for t in structure_targets.walk(model) if t.attr == "kernel"}
-    readers: list[Reader] = []
-    skipped: list[str] = []
-    batches = capture.chunks(batches)
+    planned = []  # (call, view, column roots, wanted roots read) of each reader, in call order
     seen: set[int] = set()
     for call in g.calls:
         view = _reader_of(call, kernel_targets)
         if view is None or id(call.layer) in seen:
             continue
         seen.add(id(call.layer))
-        if progress is not None:
-            progress(f"redundancy: reading {call.name}'s inputs")
-        reader = _capture_reader(model, call, view, batches, wanted, g, skipped)
+        columns = _columns_of(call, view, wanted, g)
+        if columns is not None:
+            planned.append((call, view, *columns))
+    if progress is not None:
+        progress(f"redundancy: reading {len(planned)} layers' inputs, one forward pass per batch")
+    captures = [capture.HessianCapture(view, len(g.calls_of(call.layer))) for call, view, _r, _m in planned]
+    readers: list[Reader] = []
+    skipped: list[str] = []
+    for (call, view, roots, mine), stats in zip(
+        planned, capture.capture_all(captures, model, capture.chunks(batches)), strict=True
+    ):
+        reader = _reader_from(call, view, stats, roots, mine, skipped)
+        del stats  # its float32 Hessian: only the Reader's float64 inverse is kept
         if reader is not None:
             readers.append(reader)
     # groups of roots joined by a reader they share are removed greedily together
