@@ -553,3 +553,40 @@ def test_redundancy_reads_every_reader_in_one_pass_per_batch_with_the_scores_of_
     assert set(one_pass) == set(per_reader) == {"c1/kernel", "c2/kernel", "c3/kernel", "out/kernel"}
     for name in one_pass:
         np.testing.assert_array_equal(one_pass[name], per_reader[name], err_msg=name)
+
+
+@pytest.mark.parametrize("width", [1, 3])  # a Dense's channel (one column: no solve), a conv's (k x k taps)
+def test_redundancy_greedy_matches_obs_recomputed_from_scratch_at_every_step(width):
+    """The greedy removal's in-place updates (and the one-column shortcut) give, at every step, the
+    cost OBS gives from the original W and H^-1: removing the set S costs tr(W_S^T [(H^-1)_SS]^-1 W_S),
+    so channel c's cost after S is that of S + c less that of S. Same order, same scores."""
+    from prunecli.calibration import redundancy
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((200, 8))
+    x[:, 1] = x[:, 0] + 0.05 * rng.standard_normal(200)  # a near copy
+    x = np.repeat(x, width, axis=1) + 0.3 * rng.standard_normal((200, 8 * width))
+    h, w = x.T @ x / 200, rng.standard_normal((8 * width, 3))
+    groups = {r: np.arange(width * r, width * r + width) for r in range(8)}
+    readers = [
+        redundancy.Reader("a", w.copy(), h.copy(), dict(groups)),
+        redundancy.Reader("b", -w[:, :2], h, dict(groups)),
+    ]
+    start = [(r.w.copy(), r.hinv.copy(), r.energy) for r in readers]
+
+    def removed_cost(s):
+        idx = np.concatenate([groups[r] for r in s])
+        return sum(np.sum(w0[idx] * np.linalg.solve(hinv[np.ix_(idx, idx)], w0[idx])) / e for w0, hinv, e in start)
+
+    got = redundancy._greedy(list(range(8)), readers)
+    removed, top, expected = [], 0.0, {}
+    for _ in range(8):
+        left = [r for r in range(8) if r not in removed]
+        base = removed_cost(removed) if removed else 0.0
+        costs = [removed_cost([*removed, r]) - base for r in left]
+        i = int(np.argmin(costs))
+        top = max(top, costs[i])
+        expected[left[i]] = top
+        removed.append(left[i])
+    assert list(got) == list(expected)
+    np.testing.assert_allclose(list(got.values()), list(expected.values()), rtol=1e-7)

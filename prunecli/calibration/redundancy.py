@@ -82,7 +82,12 @@ class Reader:
         for i, r in enumerate(roots):
             if r in self.groups:
                 by_width.setdefault(len(self.groups[r]), []).append(i)
-        for mine in by_width.values():
+        for width, mine in by_width.items():
+            if width == 1:  # a Dense's or 1x1 conv's channel: sum_j w_cj^2 / [H^-1]_cc, one array operation
+                c = np.array([self.groups[roots[i]][0] for i in mine])
+                wc = self.w[c]  # (n, d_out)
+                out[mine] = np.sum(wc * (wc / self.hinv[c, c][:, None]), axis=1) / self.energy
+                continue
             g = np.stack([self.groups[roots[i]] for i in mine])  # (n, k)
             blocks = self.hinv[g[:, :, None], g[:, None, :]]  # (n, k, k)
             wg = self.w[g]  # (n, k, d_out)
@@ -94,10 +99,16 @@ class Reader:
         place; once a quarter of the rows are removed they are dropped (COMPACT), so each update costs
         the square of the columns left, not of the reader's width."""
         g = self.groups.pop(root)
-        block = self.hinv[np.ix_(g, g)]
-        cols = self.hinv[:, g]
-        self.w -= cols @ np.linalg.solve(block, self.w[g])
-        self.hinv -= cols @ np.linalg.solve(block, cols.T)
+        if len(g) == 1:  # a rank-1 update, no solve
+            col = self.hinv[:, g[0]].copy()
+            pivot = col[g[0]]
+            self.w -= np.outer(col, self.w[g[0]] / pivot)
+            self.hinv -= np.outer(col, col / pivot)
+        else:
+            block = self.hinv[np.ix_(g, g)]
+            cols = self.hinv[:, g]
+            self.w -= cols @ np.linalg.solve(block, self.w[g])
+            self.hinv -= cols @ np.linalg.solve(block, cols.T)
         self.w[g] = 0.0
         self.hinv[g, :] = 0.0
         self.hinv[:, g] = 0.0
