@@ -34,7 +34,12 @@ How it is applied here:
   475 MiB on ResNet50), each released as its float64 inverse is built; the greedy removal
   of n channels then updates the inverse n times, in place, each over the columns still left (the
   removed ones are dropped once a quarter of them are gone): under d^3 / 2 multiply-adds for a reader
-  of d inputs (4e10 for 512 channels read by a 3x3 conv, d = 4,608; d^3 before they were dropped). A reader wider than MAX_WIDTH inputs (a Dense after a large Flatten) is not read.
+  of d inputs (4e10 for 512 channels read by a 3x3 conv, d = 4,608; d^3 before they were dropped).
+  Each step prices every channel left in one array operation per reader: a one-column channel (a
+  Dense's or 1x1 conv's) as sum_j W[c, j]^2 / [H^-1]_cc and removed by a rank-1 update, no solve; a
+  k x k conv's as one batched solve of its k x k blocks. The update of H^-1 (memory-bound: d^2 floats
+  read and written per step) is most of what is left. A reader wider than MAX_WIDTH inputs (a Dense
+  after a large Flatten) is not read.
 - Fallback. A target none of whose channels reach a Dense or Conv reader (only an Einsum, a recurrent
   layer, a transposed conv, a reader wider than MAX_WIDTH) keeps a magnitude score, mean |w| of each unit, scaled so
   its mean is the median of the readers' scores: the two then share one ranking (not measured on a net
