@@ -331,25 +331,14 @@ def _savedmodel_target(role: str, target: Path) -> PlannedWrite:
     return PlannedWrite(role, target, is_dir=True)
 
 
-SAVEDMODEL_ENTRIES = frozenset(
-    {
-        "saved_model.pb",
-        "saved_model.pbtxt",
-        "variables",
-        "assets",
-        "assets.extra",
-        "fingerprint.pb",
-        "keras_metadata.pb",
-    }
-)
-
-
 def _check_only_savedmodel_inside(role: str, target: Path) -> None:
     """--force replaces an earlier run's SavedModel export whole, never a folder of that name holding
     anything else (the user's notes beside it were deleted with it): the export's name is made from the
     output's, so --force cannot have meant the user's own files."""
+    from prunecli.io.models.metadata import SAVED_MODEL_PARTS
+
     try:
-        foreign = sorted(entry.name for entry in target.iterdir() if entry.name not in SAVEDMODEL_ENTRIES)
+        foreign = sorted(entry.name for entry in target.iterdir() if entry.name not in SAVED_MODEL_PARTS)
     except OSError:  # no folder there (or not readable: the write reports that)
         return
     if foreign:

@@ -53,9 +53,7 @@ def _unshrinkable_targets(run_targets, g, explained: set) -> dict[str, list[str]
     a grouped convolution, ...; a nested model's layers have no call here): they stay
     masked. Recurrent layers with a given state are `explained` by their own note."""
     calls = channels.unit_calls(g)
-    sliced = {
-        key for key, c in calls.items() if c.kind in ("mixer", "grouped", "recurrent") or surgery.is_depthwise(c.layer)
-    }
+    sliced = {key for key, c in calls.items() if c.kind in channels.MAKERS or surgery.is_depthwise(c.layer)}
     by_reason: dict[str, list[str]] = {}
     for name, layer in sorted({t.layer_name: t.layer for t in run_targets or []}.items()):
         if id(layer) in sliced | explained:
@@ -139,7 +137,7 @@ def shrink(model, run_targets, masks, data, seed: int, progress, timings, measur
             layers={
                 name: {"before": ch.out_width, "after": int(len(ch.out_keep))}
                 for name, ch in changes.items()
-                if ch.kind in ("mixer", "grouped", "recurrent") or len(ch.out_keep) != ch.out_width
+                if ch.kind in channels.MAKERS or len(ch.out_keep) != ch.out_width
             },
             verification=check,
         )

@@ -273,20 +273,18 @@ def unit_roots(g, call, target):
     """The channel class of each output unit of a Dense/Conv-like target (for a depthwise kernel, of the
     channel each filter reads; for a recurrent cell's kernels, of the unit each gate column belongs to),
     or None when its units are not channels (a nested or unsupported layer)."""
-    from prunecli.structure import layers
+    from prunecli.structure import channels, layers
 
     if call is None:
         return None
     if call.kind == "recurrent" and target.attr in ("kernel", "recurrent_kernel"):
-        from prunecli.structure import channels
-
         parts = channels.recurrent_parts(call.layer)
         index = [id(p.cell) for p in parts].index(id(target.layer))
         out = g.ids[call.outputs[0]]
         ids = np.tile(out[channels.part_positions(call.layer, index, len(out))], layers.spec(parts[index]).gates)
     elif call.kind == "channelwise" and layers.spec(call.layer).family == "depthwise" and target.attr == "kernel":
         ids = g.ids[call.inputs[0]]
-    elif call.kind not in ("mixer", "grouped") or target.attr != layers.spec(call.layer).prunable[-1][0]:  # its units
+    elif call.kind not in channels.MIXERS or target.attr != layers.spec(call.layer).prunable[-1][0]:  # its units
         return None
     else:
         ids = g.ids[call.outputs[0]]

@@ -56,6 +56,11 @@ __all__ = [
 ]
 
 
+MIXERS = ("mixer", "grouped")  # kinds of call whose kernel makes its output channels (one per filter or unit)
+MAKERS = (*MIXERS, "recurrent")  # kinds of call that make their output channels: a class starts there
+SLICED = (*MAKERS, "channelwise", "attention")  # kinds of call whose layer surgery slices
+
+
 @dataclass(eq=False)
 class Call:
     """One application of a layer in the graph. `kind` says how channels flow through it:
@@ -553,7 +558,7 @@ def _assign_ids(g: LayerGraph, call: Call) -> None:
             for k, w in zip(call.outputs[1:], width[1:], strict=True):
                 g.ids[k] = ch.fresh(w)
                 ch.pin(g.ids[k], reason)
-    elif call.kind in ("mixer", "grouped"):
+    elif call.kind in MIXERS:
         out = g.ids[call.outputs[0]] = ch.fresh(width[0])
         activation = getattr(call.layer, "activation", None)
         if activation is not None and not is_elementwise(activation):
@@ -610,7 +615,7 @@ def _tie_shared_call(g: LayerGraph, first: Call, call: Call) -> None:
 def _record_producers(g: LayerGraph) -> None:
     """For each channel class, the names of the mixer and recurrent layers that make it (the group's members)."""
     for call in g.calls:
-        if call.kind in ("mixer", "grouped", "recurrent"):
+        if call.kind in MAKERS:
             for root in set(g.channels.roots(g.ids[call.outputs[0]]).tolist()):
                 g.producers.setdefault(root, set()).add(call.name)
 
@@ -714,7 +719,7 @@ def dead_channels(g: LayerGraph, targets, masks: dict) -> dict[TensorKey, Any]:
             dead[outs[0]] = ~keep if len(keep) == width[0] else np.zeros(width[0], bool)
             for k, w in zip(outs[1:], width[1:], strict=True):  # a returned state: its units are kept
                 dead[k] = np.zeros(w, bool)
-        elif call.kind in ("mixer", "grouped"):
+        elif call.kind in MIXERS:
             keep = by_layer.get(id(call.layer))
             dead[outs[0]] = ~keep if keep is not None and len(keep) == width[0] else np.zeros(width[0], bool)
         elif call.kind == "channelwise":
@@ -799,7 +804,7 @@ def follower_masks(model, targets, masks: dict) -> list[tuple[Any, Any]]:
 
     for call in g.calls:
         record = layers.spec(call.layer)
-        if call.kind in ("mixer", "grouped") and record.bias:
+        if call.kind in MIXERS and record.bias:
             hold(getattr(call.layer, record.bias, None), -1, dead[call.outputs[0]])
         elif call.kind == "recurrent":
             out = dead[call.outputs[0]]

@@ -203,11 +203,7 @@ class ChannelCosts:
         done: set[int] = set()
         for call in g.calls:
             layer = call.layer
-            if (
-                call.kind not in ("mixer", "grouped", "channelwise", "recurrent", "attention")
-                or layers.is_operation(layer)
-                or not layer.weights
-            ):
+            if call.kind not in channels.SLICED or layers.is_operation(layer) or not layer.weights:
                 continue
             if call.kind == "attention" and kind == "flops":
                 continue  # no multiply-adds counted for it (flops.py)

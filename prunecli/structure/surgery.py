@@ -296,7 +296,7 @@ def propagate_constants(g, weights: dict):
     """
     import numpy as np
 
-    from prunecli.structure.channels import flattened
+    from prunecli.structure.channels import MIXERS, flattened
 
     consts: dict = {}
     lost: dict = {}
@@ -312,7 +312,7 @@ def propagate_constants(g, weights: dict):
             consts[call.outputs[0]] = value
             for k in call.outputs[1:]:  # its returned state (units kept: channels.py)
                 consts[k] = np.full(len(g.ids[k]), np.nan)
-        elif call.kind in ("mixer", "grouped"):
+        elif call.kind in MIXERS:
             w = weights[layer.name]
             dead = dead_units(layer, w)
             value = np.full(dead.shape[0], np.nan)
@@ -374,7 +374,7 @@ def decide_cuts(g, weights: dict) -> ChannelCuts:
     """Which channel classes can be removed exactly, and the constants the readers must absorb."""
     import numpy as np
 
-    from prunecli.structure.channels import attention_scored
+    from prunecli.structure.channels import MAKERS, attention_scored
 
     ch = g.channels
     consts, lost = propagate_constants(g, weights)
@@ -382,7 +382,7 @@ def decide_cuts(g, weights: dict) -> ChannelCuts:
     blocked: dict[int, str] = dict(ch.pinned())
     mixer_calls: dict[int, list] = {}
     for call in g.calls:
-        if call.kind in ("mixer", "grouped", "recurrent"):
+        if call.kind in MAKERS:
             mixer_calls.setdefault(id(call.layer), []).append(call)
             dead = dead_units(call.layer, weights[call.name])
             cuts.dead.update(ch.roots(g.ids[call.outputs[0]][dead]).tolist())
@@ -506,7 +506,7 @@ def fold_dead_constants(model, targets, masks: dict) -> list[str]:
     skipped: list[str] = []
     for layer in g.layers():
         calls = g.calls_of(layer)
-        if calls[0].kind not in ("mixer", "grouped", "recurrent") or len(calls) != 1 or not reads_channels(layer):
+        if calls[0].kind not in graph.MAKERS or len(calls) != 1 or not reads_channels(layer):
             continue
         call, w = calls[0], weights[layer.name]
         value = consts[call.inputs[0]]
@@ -577,10 +577,12 @@ class LayerChange:
 
 
 def layer_changes(g, cuts: ChannelCuts) -> dict[str, LayerChange]:
+    from prunecli.structure.channels import MIXERS, SLICED
+
     changes = {}
     for layer in g.layers():
         call = g.calls_of(layer)[0]
-        if call.kind not in ("mixer", "grouped", "recurrent", "channelwise", "attention") or layers.is_operation(layer):
+        if call.kind not in SLICED or layers.is_operation(layer):
             continue  # a Keras operation has no weights or config: the clone re-runs it as recorded
         in_keep = _kept_positions(g, call.inputs[0], cuts.removed)
         out_keep = _kept_positions(g, call.outputs[0], cuts.removed)
@@ -592,7 +594,7 @@ def layer_changes(g, cuts: ChannelCuts) -> dict[str, LayerChange]:
         cls = type(layer).__name__
         if call.kind == "recurrent":
             config = _recurrent_config(layer, len(out_keep), layer.name in cuts.add_bias)
-        elif call.kind in ("mixer", "grouped"):
+        elif call.kind in MIXERS:
             config[layers.spec(layer).width_key or "filters"] = int(len(out_keep))
             if layer.name in cuts.add_bias:
                 config["use_bias"] = True

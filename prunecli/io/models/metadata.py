@@ -25,6 +25,9 @@ GRAPH_MODELS = ("Functional", "Sequential", "Model")  # tf.keras model classes w
 SAVED_MODEL = "saved_model.pb"
 FORMAT_OF_SUFFIX = {".keras": "keras", ".h5": "h5", ".hdf5": "h5"}  # the names Keras picks its readers by
 KERAS_METADATA = "keras_metadata.pb"  # beside saved_model.pb in a folder tf.keras 2.5+ saved: the Keras model
+SAVED_MODEL_PARTS = frozenset(  # what a SavedModel folder holds: anything else there is someone's own file
+    {SAVED_MODEL, "saved_model.pbtxt", KERAS_METADATA, "fingerprint.pb", "variables", "assets", "assets.extra"}
+)
 MAX_SAVED_MODEL_BYTES = 512 * 2**20  # traced graphs with the Keras metadata inside (tf.keras 2.0-2.4)
 
 
