@@ -202,6 +202,27 @@ def test_redundancy_names_why_a_layer_read_by_a_channels_first_conv_is_scored_by
     ]
 
 
+def test_redundancy_gives_each_magnitude_fallback_its_own_reason():
+    """One reader not measured (one example) made every fallback say its readers were not measured, a
+    layer that no reader of redundancy reads (a recurrent layer's input) included."""
+    import keras
+
+    from prunecli.structure.targets import select
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((3, 8))
+    recurrent = keras.layers.GRU(2, name="gru")(keras.layers.Dense(4, name="seq_maker")(inp))
+    dense = keras.layers.Dense(2, name="reader")(keras.layers.Dense(3, name="maker")(keras.layers.Flatten()(inp)))
+    model = keras.Model(inp, [recurrent, dense])
+    targets = [t for t in select(model) if t.layer_name in ("seq_maker", "maker")]
+    x = np.random.default_rng(0).standard_normal((8, 3, 8)).astype("float32")
+    ctx = context(model, targets, batches(x, np.zeros(8, "int32")), extras={"calibration_samples": 1})
+    scoring.get("redundancy").fn(targets, ctx)
+    why = {note.split(":")[0]: note for note in ctx.notes}
+    assert "was measured (above)" in why["maker/kernel"]
+    assert "channels-last Conv of at most 8,192 inputs" in why["seq_maker/kernel"]
+
+
 @pytest.mark.slow  # one run each (~1 s)
 @pytest.mark.parametrize("budget", [("-s", "0.5"), ("--target", "params=0.6")])
 def test_a_redundancy_run_reports_the_layers_it_scored_by_magnitude(cli, mlp_files, budget):

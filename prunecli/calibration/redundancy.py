@@ -220,6 +220,7 @@ def channel_scores(
     captures = [capture.HessianCapture(view, len(g.calls_of(call.layer))) for call, view, _r, _m in planned]
     readers: list[Reader] = []
     skipped: list[str] = []
+    unmeasured: set[int] = set()  # roots read by a reader whose inputs on --data said nothing
     for (call, view, roots, mine), stats in zip(
         planned, capture.capture_all(captures, model, capture.chunks(batches)), strict=True
     ):
@@ -227,6 +228,8 @@ def channel_scores(
         del stats  # its float32 Hessian: only the Reader's float64 inverse is kept
         if reader is not None:
             readers.append(reader)
+        else:
+            unmeasured.update(mine)
     # groups of roots joined by a reader they share are removed greedily together
     parent = {r: r for r in wanted}
 
@@ -269,9 +272,9 @@ def channel_scores(
         mean = float(magnitude.mean())
         scores[t.name] = (magnitude * (median / mean if mean > 0 else 1.0)).astype(np.float32)
         why = (
-            f"none of the layers reading its channels is a Dense or channels-last Conv of at most {MAX_WIDTH:,} inputs"
-            if not skipped
-            else "no Dense or Conv layer reading its channels was measured (above)"
+            "no Dense or Conv layer reading its channels was measured (above)"
+            if found is not None and unmeasured.intersection(found.tolist())
+            else f"none of the layers reading its channels is a Dense or channels-last Conv of at most {MAX_WIDTH:,} inputs"
         )
         notes.append(f"{t.name}: {why}; scored by magnitude, not redundancy")
     return scores, notes
