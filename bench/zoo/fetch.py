@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib.util
 import io
 import json
 import os
@@ -2662,6 +2663,217 @@ def build_gait_aocomp(ctx, n=256, window=200, stride=20, lead=20):
     return {"x": x}, y, "the csv's target_sin / target_cos, 20 samples ahead (real targets)"
 
 
+BIGPHONEY_CHARS = ["", ".", "-", "'"] + [chr(c) for c in range(ord("A"), ord("Z") + 1)]  # shared_constants
+BIGPHONEY_CHAR_LEN, BIGPHONEY_STEPS, BIGPHONEY_HIDDEN = 20, 21, 256  # MAX_CHAR_SEQ_LEN, MAX_PADDED_PHONE_SEQ_LEN
+
+
+def assemble_bigphoney(weights: bytes, out: Path, custom_objects: str) -> None:
+    """big-phoney 1.0.1 ships its grapheme-to-phoneme model as weights only (a Keras 2.1.5 .hdf5) and builds
+    the network in code (big_phoney/prediction_model.py, its training model): 20 character ids -> Embedding(30,
+    256) -> ReLU -> Dropout -> Bidirectional(LSTM(256), sequences); then 21 decoder steps, each of which feeds
+    one phone id -> Embedding(87, 256) -> Dropout -> Reshape(1, 256) beside an attention context (the state h
+    RepeatVector(20)-ed, concatenated with the encoder's outputs, Dense(128, tanh) -> Dense(1, relu) -> a Lambda
+    softmax over the characters -> Dot(axes=1) with the encoder's outputs) -> Concatenate -> Dense(768, relu) ->
+    LSTM(256, return_state, initial_state=[h, c]) -> Dropout -> Dense(87, softmax). Every layer is shared by
+    the 21 steps; inputs: characters, h0, c0 and the 21 phones; outputs: the 21 next phones. Built so (the
+    .hdf5's layer names), the arrays of the .hdf5 set layer by layer, saved by Keras 3."""
+    import h5py
+    import keras
+
+    from prunecli.io import models as model_io
+
+    model_io.register_custom((custom_objects,))
+    spec = importlib.util.spec_from_file_location("bigphoney_custom", custom_objects)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    softmax_over_chars = module.LAMBDA_LAYERS["lambda_1"]
+    layers = keras.layers
+    attn_repeat = layers.RepeatVector(BIGPHONEY_CHAR_LEN, name="repeat_vector_1")
+    attn_concat = layers.Concatenate(axis=-1, name="concatenate_1")
+    attn_dense1 = layers.Dense(BIGPHONEY_HIDDEN // 2, activation="tanh", name="dense_1")
+    attn_dense2 = layers.Dense(1, activation="relu", name="dense_2")
+    attn_softmax = layers.Lambda(softmax_over_chars, name="lambda_1")
+    attn_dot = layers.Dot(axes=1, name="dot_1")
+    chars = keras.Input((None,), name="input_1")
+    embedded = layers.Embedding(len(BIGPHONEY_CHARS), 256, name="embedding_1")(chars)
+    embedded = layers.Dropout(0.5, name="dropout_1")(layers.Activation("relu", name="activation_1")(embedded))
+    encoded = layers.Bidirectional(
+        layers.LSTM(BIGPHONEY_HIDDEN, return_sequences=True, recurrent_dropout=0.2), name="bidirectional_1"
+    )(embedded)
+    decoder = layers.LSTM(BIGPHONEY_HIDDEN, return_state=True, recurrent_dropout=0.2, name="lstm_2")
+    phone_embedding = layers.Embedding(87, 256, name="embedding_2")
+    reshaper = layers.Reshape((1, 256), name="reshape_1")
+    context_concat = layers.Concatenate(axis=-1, name="concatenate_2")
+    context_dense = layers.Dense(BIGPHONEY_HIDDEN * 3, activation="relu", name="dense_3")
+    output_layer = layers.Dense(87, activation="softmax", name="dense_4")
+    h0 = keras.Input((BIGPHONEY_HIDDEN,), name="input_2")
+    c0 = keras.Input((BIGPHONEY_HIDDEN,), name="input_3")
+    h, c, phones, outputs = h0, c0, [], []
+    for t in range(BIGPHONEY_STEPS):
+        phone = keras.Input((None,), name=f"input_{4 + t}")
+        emb = reshaper(layers.Dropout(0.5, name=f"dropout_{2 * t + 2}")(phone_embedding(phone)))
+        scores = attn_dense2(attn_dense1(attn_concat([encoded, attn_repeat(h)])))
+        context = attn_dot([attn_softmax(scores), encoded])
+        step, h, c = decoder(context_dense(context_concat([context, emb])), initial_state=[h, c])
+        outputs.append(output_layer(layers.Dropout(0.5, name=f"dropout_{2 * t + 3}")(step)))
+        phones.append(phone)
+    model = keras.Model([chars, h0, c0, *phones], outputs, name="big_phoney")
+    with h5py.File(io.BytesIO(weights), "r") as f:
+
+        def w(group, name):
+            return np.asarray(f[f"{group}/{name}:0"])
+
+        for name in ("dense_1", "dense_2", "dense_3", "dense_4"):
+            model.get_layer(name).set_weights([w(f"{name}/{name}", "kernel"), w(f"{name}/{name}", "bias")])
+        for name in ("embedding_1", "embedding_2"):
+            model.get_layer(name).set_weights([w(f"{name}/{name}", "embeddings")])
+        lstm = ("kernel", "recurrent_kernel", "bias")
+        model.get_layer("lstm_2").set_weights([w("lstm_2/lstm_2", k) for k in lstm])
+        model.get_layer("bidirectional_1").set_weights(
+            [w(f"bidirectional_1/bidirectional_1/{d}_lstm_1", k) for d in ("forward", "backward") for k in lstm]
+        )
+    model.save(out)
+
+
+def build_words_bigphoney(ctx, n=256):
+    """big-phoney's training model's inputs, real words and their real phones: 256 words of 2-20 characters
+    (letters, '.', '-', "'") drawn (seeded) from the package's CMU dictionary (data/bp-phonetic-dict.pkl, the
+    first of each word's pronunciations, at most 19 phones), upper-cased characters as their ids (0 pads after
+    the word, as word_to_char_ids writes them), h0 = c0 = 0 as its beam search starts, and the decoder TEACHER-
+    FORCED as in training: step t reads phone t of '\\t' + phones + '\\n' (ids over '', '\\t', '\\n' and its 84 CMU
+    symbols), padded with '\\n' to 22 ("padded with Start/End tokens", prediction_model_utils.py; the dense
+    model answers '\\n' after '\\n'), output t names phone t + 1: real labels, y per output."""
+    from prunecli.io.data.checks import distinct_names
+    blob = read_member(ctx["archive"]("big-phoney"), "big_phoney/data/bp-phonetic-dict.pkl")
+    symbols = pickle.loads(read_member(ctx["archive"]("big-phoney"), "big_phoney/data/bp-phonetic-symbols.pkl"))
+    phone_ids = {p: i for i, p in enumerate(["", "\t", "\n", *symbols])}
+    words = sorted(
+        (w, prons[0].split())
+        for w, prons in pickle.loads(blob).items()
+        if 2 <= len(w) <= BIGPHONEY_CHAR_LEN
+        and all(ch in BIGPHONEY_CHARS[1:] for ch in w)
+        and len(prons[0].split()) <= BIGPHONEY_STEPS - 2
+    )
+    picked = [words[i] for i in RNG.choice(len(words), n, replace=False)]
+    chars = np.zeros((n, BIGPHONEY_CHAR_LEN), np.float32)
+    seq = np.full((n, BIGPHONEY_STEPS + 1), phone_ids["\n"], np.float32)  # END-padded, inputs and labels
+    for row, (word, phones) in enumerate(picked):
+        chars[row, : len(word)] = [BIGPHONEY_CHARS.index(ch) for ch in word]
+        ids = [phone_ids["\t"], *(phone_ids[p] for p in phones), phone_ids["\n"]]
+        seq[row, : len(ids)] = ids
+    names = keras3_input_names(ctx["model_path"])
+    xs = {f"x_{names[0]}": chars}
+    xs[f"x_{names[1]}"] = np.zeros((n, BIGPHONEY_HIDDEN), np.float32)
+    xs[f"x_{names[2]}"] = np.zeros((n, BIGPHONEY_HIDDEN), np.float32)
+    outputs = distinct_names(["dense_4"] * BIGPHONEY_STEPS)  # the 21 calls of its output layer, as prunecli names them
+    ys = {}
+    for t in range(BIGPHONEY_STEPS):
+        xs[f"x_{names[3 + t]}"] = seq[:, t : t + 1]
+        ys[f"y_{outputs[t]}"] = seq[:, t + 1 : t + 2].astype(np.int64)
+    return xs, ys, "the dictionary's next phone per decoder step (real labels; '\\n' after the word's end)"
+
+
+ENVISIONHG_FRAMES, ENVISIONHG_LANDMARKS = 25, 23  # model_cnn.Config: seq_length, the 23 upper-body landmarks
+
+
+def assemble_envisionhg(weights: bytes, out: Path, custom_objects: str) -> None:
+    """envisionhgdetector 3.0.8 ships its gesture detector's CNN as weights only (model/cnn_default.h5, Keras
+    2.15) and builds the network in code (envisionhgdetector/model_cnn.py make_model, its defaults): 25 frames x
+    92 landmark features -> its BasicPreprocessing layer (noise while training) -> 3 RESIDUAL blocks (Conv1D(48 /
+    96 / 192, 3, same) -> BN -> ReLU -> SpatialDropout1D -> MaxPooling1D(2, same) beside a shortcut Conv1D(1x1,
+    stride 2) -> BN, joined by Add -> ReLU) -> GlobalAveragePooling1D and GlobalMaxPooling1D concatenated ->
+    Dropout -> Dense(256, relu) -> Dropout -> TWO heads, has_motion Dense(1, sigmoid) and gesture_probs Dense(2,
+    softmax), CONCATENATED into one output of 3. Built so (the .h5's layer names, Keras 3 naming them alike),
+    its arrays read by layer name, saved by Keras 3."""
+    import h5py
+    import keras
+
+    from prunecli.io import models as model_io
+
+    model_io.register_custom((custom_objects,))
+    preprocessing = keras.saving.get_custom_objects()["BasicPreprocessing"]
+    layers, l2 = keras.layers, keras.regularizers.L2(0.0002)
+    inp = keras.Input((ENVISIONHG_FRAMES, 4 * ENVISIONHG_LANDMARKS), name="input")
+    x = preprocessing(name="basic_preprocessing")(inp)
+    def named(base, k):  # Keras 2's names: conv1d, conv1d_1, conv1d_2 ...
+        return base if k == 0 else f"{base}_{k}"
+
+    for i, filters in enumerate((48, 96, 192)):
+        shortcut = x
+        x = layers.Conv1D(filters, 3, padding="same", kernel_regularizer=l2, name=named("conv1d", 2 * i))(x)
+        x = layers.BatchNormalization(name=named("batch_normalization", 2 * i))(x)
+        x = layers.Activation("relu", name=named("activation", 2 * i))(x)
+        x = layers.SpatialDropout1D(0.1, name=named("spatial_dropout1d", i))(x)
+        x = layers.MaxPooling1D(2, strides=2, padding="same", name=named("max_pooling1d", i))(x)
+        shortcut = layers.Conv1D(filters, 1, strides=2, padding="same", kernel_regularizer=l2, name=named("conv1d", 2 * i + 1))(
+            shortcut
+        )
+        shortcut = layers.BatchNormalization(name=named("batch_normalization", 2 * i + 1))(shortcut)
+        x = layers.Add(name=named("add", i))([x, shortcut])
+        x = layers.Activation("relu", name=named("activation", 2 * i + 1))(x)
+    x = layers.Concatenate(name="concatenate")(
+        [layers.GlobalAveragePooling1D(name="global_average_pooling1d")(x), layers.GlobalMaxPooling1D(name="global_max_pooling1d")(x)]
+    )
+    x = layers.Dropout(0.36, name="dropout")(x)
+    x = layers.Dropout(0.36, name="dropout_1")(layers.Dense(256, activation="relu", kernel_regularizer=l2, name="dense")(x))
+    has_motion = layers.Dense(1, activation="sigmoid", name="has_motion")(x)
+    gesture = layers.Dense(2, activation="softmax", name="gesture_probs")(x)
+    model = keras.Model(inp, layers.Concatenate(name="output")([has_motion, gesture]), name="envisionhg_cnn")
+    with h5py.File(io.BytesIO(weights), "r") as f:
+        for layer in model.layers:
+            if layer.weights:
+                g = f[layer.name][layer.name]
+                layer.set_weights([np.asarray(g[w.name + ":0"]) for w in layer.weights])
+    model.save(out)
+
+
+def build_gestures_envisionhg(ctx, n=256):
+    """envisionhgdetector's input (preprocessing.extract_world_landmarks, then create_sliding_windows of 25
+    frames): per frame MediaPipe's pose WORLD landmarks 0-22 (nose, eyes, ears, mouth, shoulders, elbows,
+    wrists, pinkies, index fingers, thumbs) as x, y, z, visibility: metres from the hips' centre, y pointing
+    down. The package ships no video or landmarks: an upper body at rest (shoulders 0.34-0.42 m apart, the
+    head 0.55-0.65 m above the hips, seen from the front), swaying and breathing; in half the clips one or both
+    arms move (a beat, a wave or a point: the wrist and hand landmarks along an arc of 10-40 cm at 0.5-3 Hz, the
+    elbow following), the rest still; visibility near 1 for the face and shoulders, lower for the hands, 25
+    frames at 25 fps."""
+    t = np.arange(ENVISIONHG_FRAMES) / 25.0
+    x = np.zeros((n, ENVISIONHG_FRAMES, ENVISIONHG_LANDMARKS, 4), np.float32)
+    for row in range(n):
+        half, head = RNG.uniform(0.17, 0.21), -RNG.uniform(0.55, 0.65)
+        pose = np.zeros((ENVISIONHG_LANDMARKS, 3))
+        pose[0] = (0, head, -0.08)  # nose
+        for k, dx in zip(range(1, 7), (0.015, 0.03, 0.045, -0.015, -0.03, -0.045), strict=True):  # eyes
+            pose[k] = (dx, head - 0.03, -0.05)
+        pose[7], pose[8] = (0.075, head - 0.01, 0.02), (-0.075, head - 0.01, 0.02)  # ears
+        pose[9], pose[10] = (0.025, head + 0.04, -0.06), (-0.025, head + 0.04, -0.06)  # mouth
+        shoulder_y = head + RNG.uniform(0.17, 0.22)
+        pose[11], pose[12] = (half, shoulder_y, 0.0), (-half, shoulder_y, 0.0)
+        rest_elbow, rest_wrist = RNG.uniform(0.22, 0.28), RNG.uniform(0.2, 0.26)
+        frames = np.repeat(pose[None], ENVISIONHG_FRAMES, 0)
+        sway = 0.01 * np.sin(2 * np.pi * RNG.uniform(0.1, 0.4) * t + RNG.uniform(0, 6.3))
+        moving = RNG.random() < 0.5
+        arms = [side for side in (0, 1) if moving and RNG.random() < 0.7] or ([int(RNG.integers(2))] if moving else [])
+        for side, sign in ((0, 1.0), (1, -1.0)):
+            elbow = np.repeat([[sign * (half + 0.04), shoulder_y + rest_elbow, 0.02]], ENVISIONHG_FRAMES, 0)
+            wrist = elbow + [sign * 0.02, rest_wrist, -0.08]
+            if side in arms:  # the wrist along an arc, the elbow following half as far
+                amp, hz = RNG.uniform(0.1, 0.4), RNG.uniform(0.5, 3.0)
+                phase = np.sin(2 * np.pi * hz * t + RNG.uniform(0, 6.3))[:, None]
+                lift = RNG.uniform(0.0, 0.35)
+                wrist = wrist + [0, -lift, -0.1 * lift] + amp * phase * RNG.normal(0, 1, 3) / np.sqrt(3)
+                elbow = elbow + 0.5 * (wrist - (elbow + [sign * 0.02, rest_wrist, -0.08]))
+            frames[:, 13 + side], frames[:, 15 + side] = elbow, wrist
+            for k, offset in ((17, (sign * 0.02, 0.07, -0.01)), (19, (sign * 0.0, 0.08, -0.02)), (21, (-sign * 0.02, 0.05, -0.03))):
+                frames[:, k + side] = wrist + offset
+        frames[:, :, 0] += sway[:, None]
+        frames[:, :13, 1] += 0.004 * np.sin(2 * np.pi * 0.25 * t)[:, None]  # breathing
+        frames += RNG.normal(0, 0.006, frames.shape)  # landmark jitter
+        visibility = np.concatenate([RNG.uniform(0.95, 1.0, 13), RNG.uniform(0.6, 0.99, 10)])
+        x[row, :, :, :3] = frames
+        x[row, :, :, 3] = np.clip(visibility + RNG.normal(0, 0.02, (ENVISIONHG_FRAMES, ENVISIONHG_LANDMARKS)), 0, 1)
+    return {"x": x.reshape(n, ENVISIONHG_FRAMES, 4 * ENVISIONHG_LANDMARKS)}, None, None
+
+
 def build_lightcurves_t2(ctx, n=8):
     """T2's input shape (100 x 2); only `prune` runs on its refusal."""
     return {"x": RNG.standard_normal((n, 100, 2)).astype(np.float32)}, None, None
@@ -2682,6 +2894,7 @@ def predict_outputs(path, xs: dict, custom_objects: str | None = None):
     import keras
 
     from prunecli.io import models as model_io
+    from prunecli.io.data.checks import distinct_names
     from prunecli.io.models import keras2_activations  # noqa: F401 - outputs of Keras-2 recurrent models name it
 
     sources = (custom_objects,) if custom_objects else ()
@@ -2702,7 +2915,8 @@ def predict_outputs(path, xs: dict, custom_objects: str | None = None):
             feed = xs["x"] if list(xs) == ["x"] else [xs[f"x_{n}"] for n in names]
             out = model.predict(feed, batch_size=32, verbose=0)
             if isinstance(out, list) and len(out) > 1:  # several outputs
-                return {str(n): np.asarray(o) for n, o in zip(model.output_names, out, strict=True)}, name
+                names = distinct_names([str(n) for n in model.output_names])  # one layer's outputs: NAME_1 ...
+                return {n: np.asarray(o) for n, o in zip(names, out, strict=True)}, name
             return {"": np.asarray(out)}, name
         except Exception as exc:  # noqa: BLE001
             errors.append(f"{name}: {str(exc).splitlines()[0][:200]}")
@@ -2799,6 +3013,10 @@ def main(argv=None) -> int:
                 assemble_toxic(blob, mpath)
             elif e.get("extract") == "squeezenet-weights":
                 assemble_squeezenet(blob, mpath)
+            elif e.get("extract") == "bigphoney-weights":
+                assemble_bigphoney(blob, mpath, zoo.custom_objects(e, cache))
+            elif e.get("extract") == "envisionhg-weights":
+                assemble_envisionhg(blob, mpath, zoo.custom_objects(e, cache))
             elif e.get("extract") == "delight-weights":
                 assemble_delight(blob, mpath, zoo.custom_objects(e, cache))
             else:

@@ -135,6 +135,12 @@ PACKAGES = {
     # a fixed batch size (Input batch_size=128) and a causal Conv1D
     "netra-transliterate": {"version": "1.0.1"},
     "ao-compensation-model": {"version": "0.1.6"},
+    # a grapheme-to-phoneme seq2seq unrolled over 21 decoder steps (24 inputs, 21 outputs, every layer shared;
+    # attention of RepeatVector, Dense, a Lambda softmax and Dot), shipped as Keras 2.1.5 weights only
+    "big-phoney": {"version": "1.0.1"},
+    # a gesture detector's residual Conv1D whose sigmoid head and softmax head are CONCATENATED into one output,
+    # shipped as Keras 2.15 weights only beside a custom noise layer the network is built with
+    "envisionhgdetector": {"version": "3.0.8"},
 }
 
 ZOO = [
@@ -1269,6 +1275,56 @@ ZOO_KERAS3 += [
         "angle and velocity scaled by the model folder's scaler.pkl (a RobustScaler; its centre and scale read "
         "without running code); targets = the csv's target_sin / target_cos 20 samples ahead (TARGET_LEAD), as its "
         "create_sliding_windows pairs them",
+        "quick": False,
+    },
+    {
+        "id": "bigphoney_seq2seq_unrolled_21out",
+        "package": "big-phoney",
+        "member": "big_phoney/data/prediction_model_weights.hdf5",
+        "extract": "bigphoney-weights",  # fetch.assemble_bigphoney: the package's training network, its weights
+        "suffix": ".keras",
+        "arch": "big-phoney's grapheme-to-phoneme model (its training network, as big_phoney/prediction_model.py "
+        "builds it): 20 character ids -> Embedding(30, 256) -> ReLU -> Bidirectional(LSTM(256), sequences); 21 "
+        "UNROLLED decoder steps sharing every layer, each: a phone id -> Embedding(87, 256) -> Reshape(1, 256) beside "
+        "an attention context (the state h RepeatVector(20)-ed, Concatenate with the encoder outputs, Dense(128, "
+        "tanh) -> Dense(1, relu) -> a LAMBDA softmax over the characters -> Dot(axes=1) with the encoder outputs) "
+        "-> Concatenate -> Dense(768, relu) -> LSTM(256, return_state, initial_state=[h, c]) -> Dense(87, softmax); "
+        "24 inputs (characters, h0, c0, 21 phones), 21 outputs (the next phones); shipped as a Keras 2.1.5 "
+        "weights-only .hdf5, built so, saved by Keras 3",
+        "keras_version": "3.15.1",
+        "params": 2841688,
+        "kind": "classifier",
+        "inputs": "words_bigphoney",
+        "input_source": "real words: 256 words of 2-20 characters drawn from the package's CMU dictionary "
+        "(bp-phonetic-dict.pkl), their character ids post-padded to 20 as word_to_char_ids writes them, h0 = c0 "
+        "= 0 as its beam search starts, the decoder teacher-forced with the dictionary's phones ('\\t' + phones + "
+        "'\\n', padded with '\\n' to 22: 'padded with Start/End tokens'), one per step; labels = the dictionary's next "
+        "phone at each of the 21 steps (the dense model names 82% of them so, 96% up to the word's end)",
+        "custom_file": "bigphoney.py",  # the Lambda's function
+        "quick": False,
+    },
+    {
+        "id": "envisionhg_resconv1d_concat_heads",
+        "package": "envisionhgdetector",
+        "member": "envisionhgdetector/model/cnn_default.h5",
+        "extract": "envisionhg-weights",  # fetch.assemble_envisionhg: the package's network, its weights
+        "suffix": ".keras",
+        "arch": "envisionhgdetector's co-speech gesture detector (model_cnn.make_model): 25 frames x 92 MediaPipe "
+        "world-landmark features -> a custom BasicPreprocessing layer (noise while training) -> 3 RESIDUAL blocks "
+        "(Conv1D(48 / 96 / 192, 3) -> BN -> ReLU -> SpatialDropout1D -> MaxPooling1D(2) beside a shortcut Conv1D(1x1, "
+        "stride 2) -> BN, joined by Add -> ReLU) -> GlobalAveragePooling1D and GlobalMaxPooling1D concatenated -> "
+        "Dense(256) -> TWO heads, has_motion Dense(1, sigmoid) and gesture_probs Dense(2, softmax: gesture, move), "
+        "CONCATENATED into one output of 3; shipped as a Keras 2.15 weights-only .h5, built so, saved by Keras 3",
+        "keras_version": "3.15.1",
+        "params": 212515,
+        "kind": "regression",
+        "inputs": "gestures_envisionhg",
+        "input_source": "synthetic poses, the package's features: 256 clips of 25 frames of MediaPipe's pose world "
+        "landmarks 0-22 (x, y, z in metres from the hips, visibility) as extract_world_landmarks writes them: an "
+        "upper body at rest, swaying and breathing, with one or both arms beating, waving or pointing in half the "
+        "clips (the package ships no video or landmarks); targets = dense model's 3 outputs (its has_motion: 0.52 "
+        "on average over the clips whose wrists move, 0.13 over the still ones; gesture over move on every clip)",
+        "custom_file": "envisionhg.py",  # its BasicPreprocessing layer, in Keras 3 operations
         "quick": False,
     },
 ]

@@ -40,10 +40,26 @@ def output_classes(model, output: int = 0) -> int | None:
     return None if out is None or out[-1] is None else int(out[-1])
 
 
+def distinct_names(names: list[str]) -> list[str]:
+    """Names made distinct in order: a name met again gets _1, _2, ... (one not taken). Keras 3 names an
+    output by its layer, so a layer called at several steps (a decoder unrolled over 21 steps) gives 21
+    outputs of one name, and the labels of y_NAME were read for every one of them."""
+    taken, seen, out = set(names), set(), []
+    for name in names:
+        new, k = name, 0
+        while new in seen or (k and new in taken):  # NAME_k: not one given, nor one made before
+            k += 1
+            new = f"{name}_{k}"
+        seen.add(new)
+        out.append(new)
+    return out
+
+
 def io_names(model) -> tuple[list[str], list[str]]:
-    """The model's input names (its Input layers) and output names, in order."""
+    """The model's input names (its Input layers) and output names, in order; outputs of one name (one
+    layer called several times) as NAME, NAME_1, NAME_2 ..."""
     inputs = [str(t.name) for t in getattr(model, "inputs", None) or []]
-    outputs = [str(n) for n in getattr(model, "output_names", None) or []]
+    outputs = distinct_names([str(n) for n in getattr(model, "output_names", None) or []])
     return inputs, outputs
 
 
