@@ -2744,6 +2744,7 @@ def build_words_bigphoney(ctx, n=256):
     symbols), padded with '\\n' to 22 ("padded with Start/End tokens", prediction_model_utils.py; the dense
     model answers '\\n' after '\\n'), output t names phone t + 1: real labels, y per output."""
     from prunecli.io.data.checks import distinct_names
+
     blob = read_member(ctx["archive"]("big-phoney"), "big_phoney/data/bp-phonetic-dict.pkl")
     symbols = pickle.loads(read_member(ctx["archive"]("big-phoney"), "big_phoney/data/bp-phonetic-symbols.pkl"))
     phone_ids = {p: i for i, p in enumerate(["", "\t", "\n", *symbols])}
@@ -2795,6 +2796,7 @@ def assemble_envisionhg(weights: bytes, out: Path, custom_objects: str) -> None:
     layers, l2 = keras.layers, keras.regularizers.L2(0.0002)
     inp = keras.Input((ENVISIONHG_FRAMES, 4 * ENVISIONHG_LANDMARKS), name="input")
     x = preprocessing(name="basic_preprocessing")(inp)
+
     def named(base, k):  # Keras 2's names: conv1d, conv1d_1, conv1d_2 ...
         return base if k == 0 else f"{base}_{k}"
 
@@ -2805,17 +2807,22 @@ def assemble_envisionhg(weights: bytes, out: Path, custom_objects: str) -> None:
         x = layers.Activation("relu", name=named("activation", 2 * i))(x)
         x = layers.SpatialDropout1D(0.1, name=named("spatial_dropout1d", i))(x)
         x = layers.MaxPooling1D(2, strides=2, padding="same", name=named("max_pooling1d", i))(x)
-        shortcut = layers.Conv1D(filters, 1, strides=2, padding="same", kernel_regularizer=l2, name=named("conv1d", 2 * i + 1))(
-            shortcut
-        )
+        shortcut = layers.Conv1D(
+            filters, 1, strides=2, padding="same", kernel_regularizer=l2, name=named("conv1d", 2 * i + 1)
+        )(shortcut)
         shortcut = layers.BatchNormalization(name=named("batch_normalization", 2 * i + 1))(shortcut)
         x = layers.Add(name=named("add", i))([x, shortcut])
         x = layers.Activation("relu", name=named("activation", 2 * i + 1))(x)
     x = layers.Concatenate(name="concatenate")(
-        [layers.GlobalAveragePooling1D(name="global_average_pooling1d")(x), layers.GlobalMaxPooling1D(name="global_max_pooling1d")(x)]
+        [
+            layers.GlobalAveragePooling1D(name="global_average_pooling1d")(x),
+            layers.GlobalMaxPooling1D(name="global_max_pooling1d")(x),
+        ]
     )
     x = layers.Dropout(0.36, name="dropout")(x)
-    x = layers.Dropout(0.36, name="dropout_1")(layers.Dense(256, activation="relu", kernel_regularizer=l2, name="dense")(x))
+    x = layers.Dropout(0.36, name="dropout_1")(
+        layers.Dense(256, activation="relu", kernel_regularizer=l2, name="dense")(x)
+    )
     has_motion = layers.Dense(1, activation="sigmoid", name="has_motion")(x)
     gesture = layers.Dense(2, activation="softmax", name="gesture_probs")(x)
     model = keras.Model(inp, layers.Concatenate(name="output")([has_motion, gesture]), name="envisionhg_cnn")
@@ -2863,7 +2870,11 @@ def build_gestures_envisionhg(ctx, n=256):
                 wrist = wrist + [0, -lift, -0.1 * lift] + amp * phase * RNG.normal(0, 1, 3) / np.sqrt(3)
                 elbow = elbow + 0.5 * (wrist - (elbow + [sign * 0.02, rest_wrist, -0.08]))
             frames[:, 13 + side], frames[:, 15 + side] = elbow, wrist
-            for k, offset in ((17, (sign * 0.02, 0.07, -0.01)), (19, (sign * 0.0, 0.08, -0.02)), (21, (-sign * 0.02, 0.05, -0.03))):
+            for k, offset in (
+                (17, (sign * 0.02, 0.07, -0.01)),
+                (19, (sign * 0.0, 0.08, -0.02)),
+                (21, (-sign * 0.02, 0.05, -0.03)),
+            ):
                 frames[:, k + side] = wrist + offset
         frames[:, :, 0] += sway[:, None]
         frames[:, :13, 1] += 0.004 * np.sin(2 * np.pi * 0.25 * t)[:, None]  # breathing

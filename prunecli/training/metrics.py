@@ -322,9 +322,10 @@ def without_penalties(model):
     their penalties to the loss it evaluates, so a model whose Conv1D kernels carry L2(2e-4) had a
     "loss" of 0.034 on its own outputs, and pruning, which zeroes weights, lowered it (0.031) while the
     outputs moved. They are training penalties, not the model's error on the data; fine-tuning keeps them."""
+    from prunecli.structure import keras_graph
+
     off = []
-    layers = model._flatten_layers() if hasattr(model, "_flatten_layers") else [model, *model.layers]
-    for layer in layers:
+    for layer in keras_graph.all_layers(model):
         if getattr(layer, "activity_regularizer", None) is not None:
             off.append((layer, "activity_regularizer", layer.activity_regularizer))
     for variable in model.weights:
