@@ -252,26 +252,44 @@ def _run_batches(runner, cases: list, places: dict, work: Path) -> dict:
     return results
 
 
-def _adversarial_results(corpus: Path, work: Path) -> dict:
-    """Run every adversarial case: one batch child for the in-process cases and real processes beside it."""
-    runner = _runner()
-    places = {
+ADVERSARIAL_SHARDS = 2  # pytest-xdist's two workers share the ~2 minutes: each shard starts its own batch child
+
+
+def _places(corpus: Path, work: Path) -> dict:
+    return {
         "corpus": str(corpus),
         "text": str(HERE / "text"),
         "outroot": str(work / "out"),
         "nonutf8": os.fsdecode(os.fsencode(str(corpus)) + b"/model_\xff.keras"),
     }
-    runnable = [c for c in ADVERSARIAL if not c.get("requires") or os.path.lexists(c["requires"].format(**places))]
-    batch = [c for c in runnable if c.get("mode", "batch") == "batch"]
+
+
+def _runnable(cases: list, places: dict) -> list:
+    return [c for c in cases if not c.get("requires") or os.path.lexists(c["requires"].format(**places))]
+
+
+def _shard(cases: list, shard: int) -> list:
+    """Every ADVERSARIAL_SHARDS-th batch case and every ADVERSARIAL_SHARDS-th process case from `shard` on,
+    so that each shard holds about as many of the slow architecture cases and real processes as the other."""
+    batch = [c for c in cases if c.get("mode", "batch") == "batch"]
+    process = [c for c in cases if c.get("mode") == "process"]
+    return batch[shard::ADVERSARIAL_SHARDS] + process[shard::ADVERSARIAL_SHARDS]
+
+
+def _adversarial_results(shard: int, places: dict, work: Path) -> dict:
+    """Run the shard's cases: one batch child for the in-process cases and real processes beside it."""
+    runner = _runner()
+    cases = _runnable(_shard(ADVERSARIAL, shard), places)
+    batch = [c for c in cases if c.get("mode", "batch") == "batch"]
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=3) as pool:  # the batch child and two real processes at a time
         batch_results = pool.submit(_run_batches, runner, batch, places, work)
-        single = [pool.submit(runner.run_process, c, places) for c in runnable if c.get("mode") == "process"]
+        single = [pool.submit(runner.run_process, c, places) for c in cases if c.get("mode") == "process"]
         results = batch_results.result()
         results.update({f.result()["id"]: f.result() for f in single})
     rows: dict = {}
-    for case in ADVERSARIAL:
+    for case in _shard(ADVERSARIAL, shard):
         verdict = results.get(case["id"])
         family = rows.setdefault(case["family"], {"cases": 0, "skipped": 0, "failed": 0, "exits": {}})
         family["cases"] += 1
@@ -280,15 +298,18 @@ def _adversarial_results(corpus: Path, work: Path) -> dict:
             continue
         family["failed"] += bool(verdict["problems"])
         family["exits"][verdict["exit"]] = family["exits"].get(verdict["exit"], 0) + 1
-    table = ["family         cases  failed  skipped  exit codes (code: count)"]
+    table = [
+        f"shard {shard + 1} of {ADVERSARIAL_SHARDS}",
+        "family         cases  failed  skipped  exit codes (code: count)",
+    ]
     for name, row in rows.items():
         exits = ", ".join(f"{k}: {v}" for k, v in sorted(row["exits"].items(), key=lambda kv: str(kv[0])))
         table.append(f"{name:<14} {row['cases']:>5}  {row['failed']:>6}  {row['skipped']:>7}  {exits}")
-    summary = os.environ.get("PRUNECLI_ADVERSARIAL_SUMMARY")  # for the issue's closing note
+    summary = os.environ.get("PRUNECLI_ADVERSARIAL_SUMMARY")  # for the issue's closing note: one file a shard
     if summary:
         slowest = sorted(results.values(), key=lambda v: -v["seconds"])[:12]
         table += ["", "slowest:"] + [f"  {v['id']}: {v['seconds']:.1f} s" for v in slowest]
-        Path(summary).write_text("\n".join(table) + "\n")
+        Path(f"{summary}.{shard + 1}").write_text("\n".join(table) + "\n")
     return results
 
 
@@ -304,16 +325,26 @@ def test_adversarial_manifest_is_well_formed():
         assert case.get("mode", "batch") in ("batch", "process"), case["id"]
 
 
+def test_adversarial_shards_hold_every_case_once():
+    ids = [c["id"] for shard in range(ADVERSARIAL_SHARDS) for c in _shard(ADVERSARIAL, shard)]
+    assert sorted(ids) == sorted(c["id"] for c in ADVERSARIAL)
+
+
 @pytest.mark.slow
-def test_adversarial(corpus, tmp_path):
-    """One test for the whole batch: as a fixture shared by parametrised cases, pytest-xdist ran the
-    ~2 minute batch once on every worker that received a case."""
-    results = _adversarial_results(corpus, tmp_path)
-    ran = [case for case in ADVERSARIAL if case["id"] in results]
-    assert len(ran) >= 80, f"only {len(ran)} adversarial cases ran"
+@pytest.mark.parametrize("shard", range(ADVERSARIAL_SHARDS))
+def test_adversarial(corpus, tmp_path, shard):
+    """A test a shard: as a fixture shared by parametrised cases, pytest-xdist ran the ~2 minute batch once
+    on every worker that received a case; one test for the whole batch kept one worker busy alone at the
+    end of the suite. Each shard runs its own cases only, in a batch child of its own."""
+    places = _places(corpus, tmp_path)
+    runnable = _runnable(ADVERSARIAL, places)
+    assert len(runnable) >= 80, f"only {len(runnable)} adversarial cases can run here"
+    cases = _runnable(_shard(ADVERSARIAL, shard), places)
+    results = _adversarial_results(shard, places, tmp_path)
+    assert sorted(results) == sorted(c["id"] for c in cases), "a case of this shard did not run"
     failures = [
         f"{case['id']}: {results[case['id']]['problems']} (stderr: {results[case['id']].get('stderr', '')!r})"
-        for case in ran
+        for case in cases
         if results[case["id"]]["problems"]
     ]
-    assert not failures, f"{len(failures)} of {len(ran)} cases failed:\n" + "\n".join(failures)
+    assert not failures, f"{len(failures)} of {len(cases)} cases failed:\n" + "\n".join(failures)
