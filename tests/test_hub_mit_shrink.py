@@ -53,14 +53,15 @@ def classifier(depths=(2, 1), seed: int = 0, heads=(1, 2)):
 
 @pytest.fixture(scope="module")
 def saved_with_heads(tmp_path_factory):
-    """classifier(heads=(2, 4)) saved once for the two CLI runs that read it, with its dense parameter and
-    multiply-add counts (each run writes in its own folder)."""
+    """classifier(heads=(2, 4)) saved once for the three CLI runs that read it, with its dense parameter and
+    multiply-add counts (each run writes in its own folder), and the model itself, which one test masks in
+    place after (a MiT build is seconds: each test built its own)."""
     from prunecli.structure import flops
 
     model = classifier(heads=(2, 4))
     path = tmp_path_factory.mktemp("mit") / "m.keras"
     model.save(path)
-    return {"path": path, "params": model.count_params(), "flops": flops.count(model)["total"]}
+    return {"path": path, "params": model.count_params(), "flops": flops.count(model)["total"], "model": model}
 
 
 def images(n: int = 4):
@@ -128,18 +129,15 @@ def test_a_whole_block_leaves_its_stage_and_the_next_block_reads_the_embedding(t
 
 
 @pytest.mark.slow
-def test_cli_meets_a_parameter_target_on_a_saved_mit_classifier(cli, tmp_path):
+def test_cli_meets_a_parameter_target_on_a_saved_mit_classifier(cli, tmp_path, saved_with_heads):
     from prunecli.io.models import load
 
-    model = classifier(depths=(2, 2))
-    path = tmp_path / "m.keras"
-    model.save(path)
-    out, report = tmp_path / "out.keras", tmp_path / "r.json"
+    path, out, report = saved_with_heads["path"], tmp_path / "out.keras", tmp_path / "r.json"
     res = cli("prune", path, "-g", "neuron", "--target", "params=0.7", "--shrink", "-o", out, "-r", report, "-q")
     assert res.exit_code == 0, res.output
     small, _info = load(out)
     assert type(small).__name__ == "MiTImageClassifier"
-    assert abs(small.count_params() / model.count_params() - 0.7) <= 0.02
+    assert abs(small.count_params() / saved_with_heads["params"] - 0.7) <= 0.02
     assert json.loads(report.read_text())["ffn"]["verification"]["max_rel_diff"] <= 1e-4
 
 
@@ -186,7 +184,7 @@ def test_a_flops_target_prices_mit_units_heads_and_blocks_at_their_own_stage(cli
     from prunecli.config.target import TOLERANCE
     from prunecli.structure import flops
 
-    model = classifier(heads=(2, 4))
+    model = saved_with_heads["model"]  # masked in place below, after the file the CLI run reads was written
     dense = flops.count(model)["total"]
     assert dense == saved_with_heads["flops"]  # the file the CLI run below reads is this model
     tg, _notes = transformer.ffn_only(model, targets_mod.select(model))
