@@ -146,8 +146,23 @@ def count_examples(batches) -> int:
 def _forward(model, x):
     try:
         model(x, training=False)
-    except _Stop:
-        pass
+    except _Stop as stop:
+        _release(stop)
+
+
+def _release(stop: BaseException) -> None:
+    """Clear the frames of a stopped pass. They sit in reference cycles (Keras' traceback filtering, the
+    exception and its traceback), so without this each stopped pass's activations (the functional graph's
+    tensors up to the layer) stay alive until Python's cycle collector runs: the zoo's OpenFace refit (3
+    passes of 32 examples per layer, 35 layers) grew to 2.1 GB peak RSS, 1.37 GB with the frames cleared.
+    Every capture's passes stop this way (Wanda, SparseGPT, the refit)."""
+    import traceback
+
+    seen = set()
+    while stop is not None and id(stop) not in seen:
+        seen.add(id(stop))
+        traceback.clear_frames(stop.__traceback__)
+        stop = stop.__context__
 
 
 class _Wrapped:
