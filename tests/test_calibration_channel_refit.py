@@ -1,7 +1,8 @@
 """--reconstruct after neuron masks (calibration/channel_refit.py): the layers that read removed channels
 are refit to the dense model's output, measured here independently of the refit's own figures, through
-Conv2D -> BN -> Conv2D, the same in 3-D, Conv2D -> BN -> Conv2DTranspose, Conv1D -> Flatten -> Dense and a
-residual set; the CLI's --reconstruct -g neuron --shrink
+Conv2D -> BN -> Conv2D, the same in 3-D, Conv2D -> BN -> Conv2DTranspose, Conv1D -> Flatten -> Dense, a
+residual set and a grouped Conv2D (refit group by group); passes split for memory; the CLI's
+--reconstruct -g neuron --shrink
 writes a shrunk model equal to the masked one."""
 
 from __future__ import annotations
@@ -46,7 +47,13 @@ def _linear_model(kind: str):
         x = L.GlobalAveragePooling3D()(L.ReLU()(x))
         return keras.Model(inp, L.Dense(3, activation="softmax", name="out")(x))
     inp = keras.Input((10, 10, 3))
-    if kind == "conv":
+    if kind == "grouped":  # b, grouped (4 groups), reads c1, whose inputs the stem's removed channels changed
+        x = L.Conv2D(16, 3, padding="same", use_bias=False, name="stem")(inp)
+        x = L.ReLU()(L.BatchNormalization(name="stem_bn")(x))
+        x = L.Conv2D(16, 3, padding="same", use_bias=False, name="c1")(x)
+        x = L.ReLU()(L.BatchNormalization(name="c1_bn")(x))
+        x = L.Conv2D(12, 3, padding="same", groups=4, name="b")(x)
+    elif kind == "conv":
         x = L.Conv2D(16, 3, padding="same", use_bias=False, name="a")(inp)
         x = L.BatchNormalization(name="bn_a")(x)
         x = L.ReLU()(x)
@@ -317,3 +324,59 @@ def test_target_refits_conv3d_layers_and_the_shrunk_model_equals_the_masked_one(
     assert all(e["error_after"] < e["error_before"] for e in section["layers"].values())
     assert report["shrink"]["verification"]["max_rel_diff"] <= 1e-4
     assert report["shrink"]["params_after"] < report["shrink"]["params_before"]
+
+
+@pytest.mark.slow  # three refits, one of them in four groups: the full suite
+def test_a_grouped_convolution_is_refit_group_by_group():
+    """A grouped convolution (groups > 1) whose inputs changed is refit as one least-squares problem per
+    group, on that group's input channels only (the layer is block-diagonal): its output error falls,
+    and the entry's error, pooled over the groups, is the one measured on the whole output."""
+    from prunecli.calibration import channel_refit
+
+    model = _linear_model("grouped")
+    x = _inputs(model, 48)
+    _with_moving_statistics(model, x)
+    targets, masks, dense = _prune(model, 0.5)
+    before = _output_error(model, dense, "b", x)
+    section = channel_refit.refit_channels(model, dense, targets, masks, [x])
+    after = _output_error(model, dense, "b", x)
+    entry = section["layers"]["b"]
+    assert (entry["groups"], entry["groups_refit"]) == (4, 4), section
+    assert after < 0.8 * before, (before, after)  # c1's refit, then b's (0.83 -> 0.69 on its own)
+    assert entry["error_after"] < 0.9 * entry["error_before"]
+    assert entry["error_after"] == pytest.approx(after, rel=1e-3)
+
+
+@pytest.mark.slow  # two refits of a CNN, twice: the full suite
+def test_refit_passes_split_for_memory_give_the_same_fit(monkeypatch):
+    """Past REFIT_PASS_BYTES of activations (Keras holds every tensor of a pass until it ends) a refit's
+    passes take fewer examples each: the same examples in all, so the same weights, and the entry says
+    how many per pass (the zoo's OpenFace: 2.1 GB peak RSS). A stopped pass leaves no reference cycle
+    holding its activations until Python's collector runs (capture._release)."""
+    import gc
+
+    from prunecli.calibration import channel_refit
+
+    x = _inputs(_linear_model("flatten"), 48)
+    kernels, entries = [], []
+    for budget in (channel_refit.REFIT_PASS_BYTES, 4 * (12 * 2 + 3 * 10 * 8) * 10):  # b: 10 examples a pass
+        monkeypatch.setattr(channel_refit, "REFIT_PASS_BYTES", budget)
+        model = _linear_model("flatten")
+        _with_moving_statistics(model, x)
+        targets, masks, dense = _prune(model, 0.5)
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            section = channel_refit.refit_channels(model, dense, targets, masks, [x])
+            gc.collect()
+            held = [o for o in gc.garbage if type(o).__name__ == "frame" and o.f_code.co_name == "_run_through_graph"]
+            assert not held  # the stopped passes' frames (their tensors) were released, not left for the collector
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+        entries.append(section["layers"]["b"])
+        kernels.append(np.asarray(model.get_layer("b").kernel))
+    assert entries[0]["examples_per_pass"] == 32 and entries[1]["examples_per_pass"] == 10
+    assert entries[1]["rows"] == entries[0]["rows"] == 48
+    assert entries[1]["error_after"] == pytest.approx(entries[0]["error_after"], rel=1e-4)
+    np.testing.assert_allclose(kernels[1], kernels[0], rtol=1e-3, atol=1e-5)

@@ -31,8 +31,14 @@ layer's refit cannot remove reaches the next layer's refit, which compensates.
   the others.
 - A unit the layer's own mask removes stays removed: its column (and bias) stays 0.
 - Layers whose inputs pruning did not change are skipped (their refit is the identity), and so are
-  layers called more than once per pass, grouped or channels_first convolutions, depthwise layers and
-  what views.py cannot see as X @ W: they keep the plain mask, with a note when pruning reached them.
+  layers called more than once per pass, depthwise layers and what views.py cannot see as X @ W: they
+  keep the plain mask, with a note when pruning reached them.
+- A grouped convolution (groups > 1) is block-diagonal: each group's filters read only that group's
+  input channels, so it is one least-squares problem per group, on that group's slice of the input
+  and its own columns, solved one after the other (a removed group's filters stay 0; a group whose
+  refit is not better keeps its weights, named in the entry's `groups_not_refit`). Its entry's errors
+  are pooled over the refit groups' outputs. A grouped convolution with a removed group changes its
+  output, so the layers reading it are refit too.
 - A refit that is not finite, or does not lower the layer's output error, is not assigned.
 - Accumulating the stacked Hessian costs rows x (2 d_in)^2 multiply-adds, rows = calibration examples x
   output positions. A wide convolution on a large map went past minutes per layer (the zoo's tempo CNN:
@@ -45,6 +51,14 @@ layer's refit cannot remove reaches the next layer's refit, which compensates.
   inputs pays refits x forward passes (SpliceAI: 38 refits, 7 x 10^9 multiply-adds per 10,100-base
   example, over 10 minutes at 32 examples). Past REFIT_CAPTURE_MACS in all, the refit uses the first examples
   only, as many as fit (their positions still give each layer many rows), with a note.
+- Memory: the stacked Hessian is accumulated block by block (never the rows), so what a refit holds
+  besides it is one forward pass: Keras keeps every tensor of a functional pass until the pass ends,
+  so a pass up to a late layer holds the whole network's activations for its examples (the zoo's
+  OpenFace: 8.5 MiB per example, 270 MiB for a pass of 32). Past REFIT_PASS_BYTES a layer's passes
+  take fewer examples each (`examples_per_pass` in its entry): the same examples in all, the same fit.
+  The stopped passes' frames are released as they stop (capture._release): they sat in reference
+  cycles, so each refit's three passes stayed alive until Python's collector ran, and OpenFace's
+  `--target params=0.5` grew to 2.1 GB peak RSS over its 35 refits.
 
 BatchNorm statistics are NOT re-estimated afterwards (run/steps.prune_oneshot), as they are after a plain
 channel mask: every layer whose inputs changed is refit to reproduce its dense output, so the dense
@@ -73,6 +87,8 @@ UNDERDETERMINED = 0.25  # and this times inputs per calibration row: a Dense hea
 HESSIAN_COPIES = 4  # width^2 floats (_stacked_width): the stacked Hessian, the product added to it, its blocks
 REFIT_MACS = 2e11  # multiply-adds one layer's Hessian may take (seconds on 2 cores): rows are thinned past it
 REFIT_CAPTURE_MACS = 1e12  # multiply-adds the refits' forward passes may take in all: fewer examples past it
+REFIT_PASS_BYTES = 64 * 2**20  # activations one forward pass up to a refit layer may hold (Keras keeps every
+# tensor of a functional pass until it ends): fewer examples per pass past it, the same examples in all
 
 
 def _say(progress, message: str) -> None:
@@ -99,7 +115,7 @@ def _changed_inputs(g, dead) -> dict:
     changed: dict = {}
     for call in g.calls:
         hit = any(changed.get(k, False) for k in call.inputs)
-        if call.kind in ("mixer", "recurrent"):  # an RNN's removed units are channels of its output too
+        if call.kind in (*channels.MIXERS, "recurrent"):  # an RNN's removed units are channels of its output too
             hit = hit or bool(dead[call.outputs[0]].any())
         elif call.kind == "channelwise":  # a depthwise filter removed by its own mask
             hit = hit or bool((dead[call.outputs[0]] & ~dead[call.inputs[0]]).any())
@@ -119,14 +135,29 @@ def _why_not(call, g, kernel_targets) -> str | None:
     t = kernel_targets.get(id(layer))
     if t is None:
         return "its kernel is not a weight prunecli reads"
-    view = views.view_of(t)
+    view = _view(t)
     return view if isinstance(view, str) else None
 
 
+def _groups(layer) -> int:
+    return int(getattr(layer, "groups", 1) or 1)
+
+
+def _view(target):
+    """views.view_of, or a grouped convolution's view of one group: its kernel as Keras holds it (kh x kw x
+    c_in/groups inputs, every group's filters as columns), which _refit_one solves group by group, each on
+    its own input channels and filters (the layer is block-diagonal: a least-squares problem per group)."""
+    layer = target.layer
+    if _groups(layer) > 1 and type(layer).__name__ in ("Conv1D", "Conv2D", "Conv3D") and target.attr == "kernel":
+        return views.LayerView(target, "conv", target.rows, target.units)
+    return views.view_of(target)
+
+
 def _solved_rows(model, layer, view, live, batches):
-    """Bool per row of the (d_in, d_out) view that the refit solves for: its input channel is live, or
-    removed but still carrying a value on the first calibration batch (the module docstring). A conv's
-    rows are kh*kw*c_in with the channel fastest."""
+    """Bool per row of the (d_in, d_out) view that the refit solves for, one row of them per group (one
+    in all but a grouped convolution): its input channel is live, or removed but still carrying a value
+    on the first calibration batch (the module docstring). A conv's rows are kh*kw*c_in with the channel
+    fastest (c_in of one group for a grouped one)."""
     import numpy as np
 
     live = np.asarray(live, bool)
@@ -135,7 +166,9 @@ def _solved_rows(model, layer, view, live, batches):
         if x is not None:
             x = np.abs(np.asarray(view.channels_last(x), np.float32))
             live = live | (x.max(axis=tuple(range(x.ndim - 1))) > 0)
-    return np.tile(live, view.d_in // max(len(live), 1))
+    groups = _groups(layer)
+    per_group = np.reshape(live, (groups, -1))
+    return np.stack([np.tile(g, view.d_in // max(len(g), 1)) for g in per_group])
 
 
 def _stacked_width(solved: int, d: int, d_out: int) -> int:
@@ -173,6 +206,34 @@ def _within_capture_budget(model, batches, refits: int, notes: list) -> list:
     return capture.chunks(capture.chunks(batches, size=keep, exact=True)[:1])
 
 
+def _pass_bytes(g, length: int | None) -> dict[str, int]:
+    """{call name: float32 bytes per example of every tensor a forward pass computes up to that call}:
+    the model's inputs and each earlier call's outputs (calls in the graph's topological order), what a
+    functional model's pass holds when it stops at the call. An open axis counts as `length`."""
+
+    def nbytes(key) -> int:
+        return 4 * math.prod(int(length or 1) if n is None else int(n) for n in g.shapes[key][1:])
+
+    counted = set(g.inputs)  # an input call's output is the model's input: counted once
+    held, out = sum(nbytes(k) for k in counted), {}
+    for call in g.calls:
+        out[call.name] = held
+        held += sum(nbytes(k) for k in call.outputs if k not in counted)
+        counted.update(call.outputs)
+    return out
+
+
+def _passes(batches, per_example: int, fixed: bool) -> list:
+    """The calibration batches re-split so that one forward pass holds at most REFIT_PASS_BYTES of
+    activations (`per_example` bytes each): the same examples, in passes of fewer of them. The Hessian
+    blocks are accumulated row by row, so the fit does not change; a model with a fixed batch size keeps
+    its passes."""
+    size = max(1, min(capture.CHUNK, REFIT_PASS_BYTES // max(per_example, 1)))
+    if fixed or not batches or all(capture.count_examples([x]) <= size for x in batches):
+        return batches
+    return capture.chunks(batches, size)
+
+
 def _row_stride(g, call, solved: int, width: int, examples: int, length: int | None = None) -> int:
     """Every how many rows to keep so the layer's stacked Hessian (`width` columns) stays within
     REFIT_MACS; 0 when even then there would be fewer rows than `solved` inputs (module docstring). An
@@ -184,11 +245,14 @@ def _row_stride(g, call, solved: int, width: int, examples: int, length: int | N
     return stride if stride == 1 or rows // stride >= solved else 0
 
 
-def _stacked_rows(model, dense_model, layer, dense_layer, view, batches, bias: bool, solved, projection, stride=1):
+def _stacked_rows(
+    model, dense_model, layer, dense_layer, view, batches, bias: bool, solved, projection, stride=1, channels_=None
+):
     """Blocks of [X_p[:, solved] | Z_d] (module docstring): the layer's inputs in the pruned model, its
     `solved` columns only (indices into the view's rows and, with a bias, the ones column d_in), beside
     the dense model's inputs on the same examples (with a ones column), times `projection` (the dense
-    weights, their bias row included) when given; every `stride`-th row."""
+    weights, their bias row included) when given; every `stride`-th row. `channels_`: the input channels
+    read (a slice: one group's of a grouped convolution), all when None."""
     import tensorflow as tf
 
     max_rows = max(1, capture.PATCH_BYTES // (4 * 2 * (view.d_in + 1)))
@@ -197,6 +261,9 @@ def _stacked_rows(model, dense_model, layer, dense_layer, view, batches, bias: b
         x_d = capture.layer_input(dense_model, dense_layer, x)
         if x_p is None or x_d is None:
             return
+        if channels_ is not None:
+            pick = (slice(None), channels_) if view.channels_first else (..., channels_)
+            x_p, x_d = x_p[pick], x_d[pick]
         for bp, bd in zip(view.blocks(x_p, max_rows), view.blocks(x_d, max_rows), strict=True):
             if stride > 1:
                 bp, bd = bp[::stride], bd[::stride]
@@ -207,25 +274,22 @@ def _stacked_rows(model, dense_model, layer, dense_layer, view, batches, bias: b
             yield tf.concat([tf.gather(bp, solved, axis=1), bd], axis=1)
 
 
-def _refit_one(model, dense_model, call, dense_layer, view, batches, rows, units, stride: int = 1) -> dict | str:
-    """Refit one layer in place on its `rows` (_solved_rows); its report entry, or why it keeps its weights."""
+def _refit_block(model, dense_model, layer, dense_layer, view, batches, w_now, w_dense, rows, units, stride, channels_):
+    """Refit one least-squares problem: the layer's columns w_now (d x d_out, the bias row last when the
+    layer has one) on its `rows` (_solved_rows) of the inputs `channels_` (all, or one group's); the new
+    (d x d_out) weights and the report's figures, or why they are not better."""
     import numpy as np
     import tensorflow as tf
 
-    layer = call.layer
-    bias_var = getattr(layer, "bias", None) if getattr(layer, "use_bias", False) else None
-    has_bias = bias_var is not None
-    d = view.d_in + int(has_bias)
-    w_now = view.to_matrix(tf.cast(tf.convert_to_tensor(view.target.variable), tf.float32))
-    w_dense = view.to_matrix(tf.cast(tf.convert_to_tensor(dense_layer.kernel), tf.float32))
-    if has_bias:
-        w_now = tf.concat([w_now, tf.cast(bias_var, tf.float32)[None, :]], axis=0)
-        w_dense = tf.concat([w_dense, tf.cast(dense_layer.bias, tf.float32)[None, :]], axis=0)
+    has_bias = int(w_now.shape[0]) == view.d_in + 1
+    d = int(w_now.shape[0])
     solved = np.flatnonzero(np.append(rows, True) if has_bias else rows)
     k, d_out = len(solved), int(w_dense.shape[1])
     projection = w_dense if d_out <= d else None  # stack Y_d itself, else X_d (module docstring)
     stats = capture.row_stats(
-        _stacked_rows(model, dense_model, layer, dense_layer, view, batches, has_bias, solved, projection, stride),
+        _stacked_rows(
+            model, dense_model, layer, dense_layer, view, batches, has_bias, solved, projection, stride, channels_
+        ),
         _stacked_width(k, d, d_out),
         full=True,
     )
@@ -255,20 +319,78 @@ def _refit_one(model, dense_model, call, dense_layer, view, batches, rows, units
         return "its refit weights are not finite"
     if after >= before:
         return f"the refit did not lower its output error ({before:.4g} -> {after:.4g})"
-    w_new = tf.scatter_nd(solved[:, None], w_new, (d, d_out))  # the rows left out are 0
-    view.target.variable.assign(tf.cast(view.from_matrix(w_new[: view.d_in]), view.target.variable.dtype))
-    if has_bias:
-        bias_var.assign(tf.cast(w_new[view.d_in], bias_var.dtype))
-    return {
-        "d_in": view.d_in,
+    figures = {
         "rows": int(stats.rows),
-        "row_stride": stride,
         "dampening": round(dampening, 6),
-        "inputs_removed": view.d_in - int(np.sum(rows)),
         "hessian_width": int(stats.d_in),
         "error_before": round(before, 6),
         "error_after": round(after, 6),
+        "energy": float(energy) / stats.scale**2,  # unscaled: groups are pooled
     }
+    return tf.scatter_nd(solved[:, None], w_new, (d, d_out)), figures  # the rows left out are 0
+
+
+def _refit_one(model, dense_model, call, dense_layer, view, batches, rows, units, stride: int = 1) -> dict | str:
+    """Refit one layer in place on its `rows` (_solved_rows: one row per group); its report entry, or why
+    it keeps its weights. A grouped convolution is refit group by group (each group's filters on its own
+    input channels); a group whose refit is not better keeps its weights, and the layer is refit when one
+    group was."""
+    import numpy as np
+    import tensorflow as tf
+
+    layer = call.layer
+    bias_var = getattr(layer, "bias", None) if getattr(layer, "use_bias", False) else None
+    has_bias = bias_var is not None
+    w_now = view.to_matrix(tf.cast(tf.convert_to_tensor(view.target.variable), tf.float32))
+    w_dense = view.to_matrix(tf.cast(tf.convert_to_tensor(dense_layer.kernel), tf.float32))
+    if has_bias:
+        w_now = tf.concat([w_now, tf.cast(bias_var, tf.float32)[None, :]], axis=0)
+        w_dense = tf.concat([w_dense, tf.cast(dense_layer.bias, tf.float32)[None, :]], axis=0)
+    groups, units = len(rows), np.asarray(units, bool)
+    width = int(w_now.shape[1]) // groups  # a group's filters
+    c_in = int(view.target.shape[-2]) if groups > 1 else None  # its input channels: kernel (kh, kw, c_in/groups, c_out)
+    columns, done, whys = [], [], []
+    for g in range(groups):
+        cols = slice(g * width, (g + 1) * width)
+        if groups > 1 and not units[cols].any():  # a removed group: its filters stay 0
+            columns.append(w_now[:, cols])
+            continue
+        channels_ = None if groups == 1 else slice(g * c_in, (g + 1) * c_in)
+        got = _refit_block(
+            model, dense_model, layer, dense_layer, view, batches, w_now[:, cols], w_dense[:, cols], rows[g],
+            units[cols], stride, channels_,
+        )  # fmt: skip
+        if isinstance(got, str):
+            whys.append(got if groups == 1 else f"group {g}: {got}")
+            columns.append(w_now[:, cols])
+        else:
+            columns.append(got[0])
+            done.append(got[1])
+    if not done:
+        return "; ".join(whys) or "every group of it was removed"
+    w_new = tf.concat(columns, axis=1)
+    view.target.variable.assign(tf.cast(view.from_matrix(w_new[: view.d_in]), view.target.variable.dtype))
+    if has_bias:
+        bias_var.assign(tf.cast(w_new[view.d_in], bias_var.dtype))
+    energy = sum(f["energy"] for f in done) or 1.0
+
+    def pooled(key: str) -> float:  # the relative error over the refit groups' outputs together
+        return round(math.sqrt(sum(f[key] ** 2 * f["energy"] for f in done) / energy), 6)
+
+    entry = {
+        "d_in": view.d_in,
+        "rows": done[0]["rows"],
+        "row_stride": stride,
+        "examples_per_pass": max(capture.count_examples([x]) for x in batches),
+        "dampening": max(f["dampening"] for f in done),
+        "inputs_removed": int(rows.size - np.sum(rows)),
+        "hessian_width": max(f["hessian_width"] for f in done),
+        "error_before": done[0]["error_before"] if groups == 1 else pooled("error_before"),
+        "error_after": done[0]["error_after"] if groups == 1 else pooled("error_after"),
+    }
+    if groups > 1:
+        entry.update(groups=groups, groups_refit=len(done), groups_not_refit=whys)
+    return entry
 
 
 def refit_channels(
@@ -302,21 +424,23 @@ def refit_channels(
     batches = capture.chunks(calibration_x)
     todo = []
     for call in g.calls:
-        if call.kind != "mixer" or not call.inputs or not changed.get(call.inputs[0], False):
+        if call.kind not in channels.MIXERS or not call.inputs or not changed.get(call.inputs[0], False):
             continue
         why = _why_not(call, g, kernel_targets)
         if why is not None:
             section["skipped"][call.name] = why
             continue
-        todo.append((call, views.view_of(kernel_targets[id(call.layer)])))
+        todo.append((call, _view(kernel_targets[id(call.layer)])))
     batches = _within_capture_budget(model, batches, len(todo), section["notes"])
     examples, length = capture.count_examples(batches), capture.data_length(batches)
     frames = folded_steps.rows_per_example(model)  # a layer run on every frame sees frames x examples rows
+    held, fixed = _pass_bytes(g, length), keras_graph.fixed_batch(model) is not None
     for i, (call, view) in enumerate(todo):
         bias = int(bool(getattr(call.layer, "use_bias", False)))
-        rows = _solved_rows(model, call.layer, view, ~dead[call.inputs[0]], batches)
-        solved = int(rows.sum()) + bias
-        width = _stacked_width(solved, view.d_in + bias, view.d_out)
+        passes = _passes(batches, held.get(call.name, 0), fixed)
+        rows = _solved_rows(model, call.layer, view, ~dead[call.inputs[0]], passes)
+        solved = int(rows.sum(axis=1).max()) + bias  # a grouped convolution's largest group
+        width = _stacked_width(solved, view.d_in + bias, view.d_out // len(rows))
         seen = examples * frames.get(id(call.node.outputs[0]), 1)
         why = _too_big(view, solved, width, seen, g, call, length)
         if why is not None:
@@ -325,7 +449,7 @@ def refit_channels(
         stride = _row_stride(g, call, solved, width, seen, length)
         _say(progress, f"refitting {call.name} to the dense output ({i + 1}/{len(todo)})")
         units = ~dead[call.outputs[0]]
-        entry = _refit_one(model, dense_model, call, pairs[id(call.layer)], view, batches, rows, units, stride)
+        entry = _refit_one(model, dense_model, call, pairs[id(call.layer)], view, passes, rows, units, stride)
         if isinstance(entry, str):
             section["skipped"][call.name] = entry
         else:
