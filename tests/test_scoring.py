@@ -541,7 +541,8 @@ def test_redundancy_reads_every_reader_in_one_pass_per_batch_with_the_scores_of_
     """channel_scores captures all the readers' Hessians from one forward pass per batch
     (capture.capture_all): the scores equal those of one pass per reader (HessianCapture.run), on a
     residual CNN whose readers include 3x3 convs, a 1x1 conv with a bias and a Dense, over passes of
-    unequal size; and the model ran once per batch, not once per reader."""
+    unequal size; and the model ran once per batch, not once per reader. A grouped conv (cg) is scored a
+    group at a time, by the Dense reading its groups' channels: no magnitude fallback."""
     import keras
 
     from prunecli.calibration import capture, redundancy
@@ -552,7 +553,8 @@ def test_redundancy_reads_every_reader_in_one_pass_per_batch_with_the_scores_of_
     a = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="c1")(inp)
     b = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name="c2")(a)
     x = keras.layers.Add()([a, b])
-    x = keras.layers.Conv2D(5, 1, activation="relu", name="c3")(x)
+    x = keras.layers.Conv2D(6, 1, activation="relu", name="c3")(x)
+    x = keras.layers.Conv2D(6, 3, padding="same", groups=3, name="cg")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inp, keras.layers.Dense(3, name="out")(x))
     x = np.random.default_rng(0).standard_normal((40, 6, 6, 2)).astype("float32")
@@ -566,29 +568,39 @@ def test_redundancy_reads_every_reader_in_one_pass_per_batch_with_the_scores_of_
         forward(m, batch)
 
     monkeypatch.setattr(capture, "_forward", counted)
-    one_pass, _ = redundancy.channel_scores(model, targets, data)
+    one_pass, notes = redundancy.channel_scores(model, targets, data)
     assert calls[0] == len(data)
     monkeypatch.setattr(capture, "capture_all", lambda caps, m, b: (c.run(m, b) for c in caps))
     per_reader, _ = redundancy.channel_scores(model, targets, data)
-    assert calls[0] > 3 * len(data)  # c2, c3 and out read the scored channels: a pass each
-    assert set(one_pass) == set(per_reader) == {"c1/kernel", "c2/kernel", "c3/kernel", "out/kernel"}
+    assert calls[0] > 3 * len(data)  # c2, c3 and out read the scored channels (cg, grouped, is no reader): a pass each
+    assert set(one_pass) == set(per_reader) == {"c1/kernel", "c2/kernel", "c3/kernel", "cg/kernel", "out/kernel"}
+    assert notes == []
+    groups = one_pass["cg/kernel"].reshape(3, 2)  # a group's 2 filters (and c3's 2 channels it reads): one unit
+    np.testing.assert_array_equal(groups[:, 0], groups[:, 1])
+    np.testing.assert_array_equal(one_pass["c3/kernel"], one_pass["cg/kernel"])
+    assert len(set(groups[:, 0].tolist())) == 3
     for name in one_pass:
         np.testing.assert_array_equal(one_pass[name], per_reader[name], err_msg=name)
 
 
-@pytest.mark.parametrize("width", [1, 3])  # a Dense's channel (one column: no solve), a conv's (k x k taps)
-def test_redundancy_greedy_matches_obs_recomputed_from_scratch_at_every_step(width):
-    """The greedy removal's in-place updates (and the one-column shortcut) give, at every step, the
-    cost OBS gives from the original W and H^-1: removing the set S costs tr(W_S^T [(H^-1)_SS]^-1 W_S),
-    so channel c's cost after S is that of S + c less that of S. Same order, same scores."""
+# a Dense's channel (one column: no solve), a conv's (k x k taps), both in one reader (a Flatten's
+# channels of unequal positions, or a grouped conv's groups beside single channels)
+@pytest.mark.parametrize("widths", [[1] * 8, [3] * 8, [1, 3, 2, 3, 1, 1, 3, 2]])
+def test_redundancy_greedy_matches_obs_recomputed_from_scratch_at_every_step(widths):
+    """The greedy removal's updates (H^-1 kept as the compacted inverse less a growing Cholesky-factored
+    low rank part, its diagonal blocks downdated apart, the one-column shortcut) give, at every step,
+    the cost OBS gives from the original W and H^-1: removing the set S costs
+    tr(W_S^T [(H^-1)_SS]^-1 W_S), so channel c's cost after S is that of S + c less that of S. Same
+    order, same scores."""
     from prunecli.calibration import redundancy
 
     rng = np.random.default_rng(1)
     x = rng.standard_normal((200, 8))
     x[:, 1] = x[:, 0] + 0.05 * rng.standard_normal(200)  # a near copy
-    x = np.repeat(x, width, axis=1) + 0.3 * rng.standard_normal((200, 8 * width))
-    h, w = x.T @ x / 200, rng.standard_normal((8 * width, 3))
-    groups = {r: np.arange(width * r, width * r + width) for r in range(8)}
+    x = np.repeat(x, widths, axis=1) + 0.3 * rng.standard_normal((200, sum(widths)))
+    h, w = x.T @ x / 200, rng.standard_normal((sum(widths), 3))
+    ends = np.cumsum(widths)
+    groups = {r: np.arange(ends[r] - widths[r], ends[r]) for r in range(8)}
     readers = [
         redundancy.Reader("a", w.copy(), h.copy(), dict(groups)),
         redundancy.Reader("b", -w[:, :2], h, dict(groups)),
@@ -611,3 +623,17 @@ def test_redundancy_greedy_matches_obs_recomputed_from_scratch_at_every_step(wid
         removed.append(left[i])
     assert list(got) == list(expected)
     np.testing.assert_allclose(list(got.values()), list(expected.values()), rtol=1e-7)
+
+
+def test_redundancy_factors_a_block_that_rounding_left_indefinite():
+    """A removed channel's k x k block of H^-1 is positive definite, but rounding can leave it a hair
+    below (two near copies): its factor L (L L^T = B, L lower) then comes from the clipped eigenvalues
+    instead of a failed Cholesky."""
+    from prunecli.calibration import redundancy
+
+    block = np.array([[1.0, 1.0], [1.0, 1.0 - 1e-12]])  # eigenvalues 2 and -5e-13
+    with pytest.raises(np.linalg.LinAlgError):
+        np.linalg.cholesky(block)
+    lower = redundancy._cholesky(block)
+    np.testing.assert_array_equal(lower, np.tril(lower))
+    np.testing.assert_allclose(lower @ lower.T, block, atol=1e-9)

@@ -31,15 +31,24 @@ How it is applied here:
 - Cost. Every reader's input Hessian is captured from the same forward passes, one per batch of --data
   (capture.capture_all; one pass up to each reader before made the capture quadratic in depth: 53
   passes on ResNet50), so every reader's float32 accumulator is alive at once (sum of d^2 floats:
-  475 MiB on ResNet50), each released as its float64 inverse is built; the greedy removal
-  of n channels then updates the inverse n times, in place, each over the columns still left (the
-  removed ones are dropped once a quarter of them are gone): under d^3 / 2 multiply-adds for a reader
-  of d inputs (4e10 for 512 channels read by a 3x3 conv, d = 4,608; d^3 before they were dropped).
-  Each step prices every channel left in one array operation per reader: a one-column channel (a
-  Dense's or 1x1 conv's) as sum_j W[c, j]^2 / [H^-1]_cc and removed by a rank-1 update, no solve; a
-  k x k conv's as one batched solve of its k x k blocks. The update of H^-1 (memory-bound: d^2 floats
-  read and written per step) is most of what is left. A reader wider than MAX_WIDTH inputs (a Dense
-  after a large Flatten) is not read.
+  475 MiB on ResNet50), each released as its float64 inverse is built. The greedy removal does not
+  rewrite H^-1 per removed channel (d^2 floats read and written per step, most of the score's time on
+  ResNet50 before greedy38): H^-1 is held as the inverse at the last compaction less Ut^T Ut, a factor
+  that grows by the removed channel's k columns (the block Schur complement cols B^-1 cols^T, B the
+  channel's k x k block, Cholesky-factored), so a removal reads the factor once for the channel's k
+  current columns (a d x rank x k product) and refits W by them; the k x k diagonal blocks the costs
+  read are kept apart and downdated by the same k columns. Once a quarter of the columns are removed
+  (COMPACT) they are dropped and the factor is folded into H^-1 by one product. Each step prices every
+  channel left in one array operation per reader: a one-column channel (a Dense's or 1x1 conv's) as
+  sum_j W[c, j]^2 / [H^-1]_cc, a k x k conv's as tr(B^-1 W_g W_g^T) (one batched k x k solve of the
+  channels' k x k Gram matrices). The greedy's products are small and many, so NumPy's OpenBLAS runs
+  them on one thread (_one_blas_thread): split over two cores of a loaded machine each product waited
+  for the other core. A reader wider than MAX_WIDTH inputs (a Dense after a large Flatten) is not read.
+- Grouped convolutions (groups > 1) are scored a group at a time: the channel graph makes a group's
+  input channels and its filters one channel class, so its unit is the group, and the layers reading
+  the group's output channels price removing all of them at once (their columns in the reader's
+  Hessian: the group's channels x taps). The grouped conv itself is never a reader (its input block
+  goes with the group).
 - Fallback. A target none of whose channels reach a Dense or Conv reader (only an Einsum, a recurrent
   layer, a transposed conv, a reader wider than MAX_WIDTH) keeps a magnitude score, mean |w| of each unit, scaled so
   its mean is the median of the readers' scores: the two then share one ranking (not measured on a net
@@ -50,7 +59,9 @@ How it is applied here:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -67,7 +78,14 @@ MAX_WIDTH = 8192  # inputs of the widest reader read (its H^-1 in float64: 0.5 G
 
 class Reader:
     """One Dense/Conv call that reads scored channels: its weights W (d_in + bias, d_out), the inverse
-    of its dampened input Hessian, the columns of each channel root, and its dense output energy."""
+    of its dampened input Hessian, the columns of each channel root, and its dense output energy.
+
+    During the greedy removal (`start`, `costs`, `remove`) H^-1 is held as `hinv` - Ut^T Ut: the
+    inverse as of the last compaction less one low-rank factor that grows by a channel's k columns per
+    removal (its block Schur complement, Cholesky-factored), so a removal reads Ut once (a skinny GEMM
+    for the channel's k current columns) instead of rewriting all of H^-1; the diagonal k x k blocks
+    the costs read are kept apart and downdated by each removal's k columns. At a compaction (COMPACT)
+    the removed columns are dropped and the factor is folded into `hinv` by one GEMM."""
 
     def __init__(self, name: str, w: np.ndarray, hessian: np.ndarray, groups: dict[int, np.ndarray]):
         self.name = name
@@ -78,55 +96,109 @@ class Reader:
         self.hinv = np.linalg.inv(hessian + damp * np.eye(d))
         self.groups = groups  # root -> columns of X (rows of w and hinv; renumbered as removed ones are dropped)
         self.live = np.ones(d, bool)  # rows of w and hinv not yet removed
+        self.factor = np.empty((0, d))  # Ut: H^-1 now is hinv - Ut[:rank].T @ Ut[:rank]
+        self.rank = 0
+        self.buckets: list[_Bucket] = []
 
-    def costs(self, roots: list[int]) -> np.ndarray:
-        """The relative output error removing each root's columns adds, the others refit (0 for a root
-        this reader does not read)."""
-        out = np.zeros(len(roots))
+    def start(self, position: dict[int, int]) -> None:
+        """Before the greedy: the channels this reader reads, bucketed by width, with their cluster
+        positions and the diagonal blocks of H^-1 their costs read."""
         by_width: dict[int, list[int]] = {}  # a conv's channels have k*k columns each, a Flatten's one per position
-        for i, r in enumerate(roots):
-            if r in self.groups:
-                by_width.setdefault(len(self.groups[r]), []).append(i)
-        for width, mine in by_width.items():
-            if width == 1:  # a Dense's or 1x1 conv's channel: sum_j w_cj^2 / [H^-1]_cc, one array operation
-                c = np.array([self.groups[roots[i]][0] for i in mine])
-                wc = self.w[c]  # (n, d_out)
-                out[mine] = np.sum(wc * (wc / self.hinv[c, c][:, None]), axis=1) / self.energy
+        for r in self.groups:
+            if r not in position:
                 continue
-            g = np.stack([self.groups[roots[i]] for i in mine])  # (n, k)
-            blocks = self.hinv[g[:, :, None], g[:, None, :]]  # (n, k, k)
-            wg = self.w[g]  # (n, k, d_out)
-            out[mine] = np.sum(wg * np.linalg.solve(blocks, wg), axis=(1, 2)) / self.energy
-        return out
+            by_width.setdefault(len(self.groups[r]), []).append(r)
+        self.buckets = [_Bucket(self, roots, position) for roots in by_width.values()]
+        self.bucket_of = {r: (b, i) for b in self.buckets for i, r in enumerate(b.roots)}
+
+    def costs(self, out: np.ndarray) -> None:
+        """Adds to out (one entry per cluster position) the relative output error removing each channel
+        left adds, the others refit."""
+        for b in self.buckets:
+            alive = np.flatnonzero(b.alive)
+            if not len(alive):
+                continue
+            wg = self.w[b.cols[alive]]  # (n, k, d_out)
+            if b.width == 1:  # a Dense's or 1x1 conv's channel: sum_j w_cj^2 / [H^-1]_cc, one array operation
+                cost = np.einsum("ij,ij->i", wg[:, 0], wg[:, 0]) / b.blocks[alive, 0, 0]
+            else:  # tr(B^-1 W_g W_g^T) for each channel's k x k block B: one batched k x k solve
+                grams = np.matmul(wg, wg.transpose(0, 2, 1))
+                cost = np.einsum("nii->n", np.linalg.solve(b.blocks[alive], grams))
+            out[b.position[alive]] += cost / self.energy
 
     def remove(self, root: int) -> None:
-        """OBS update: the other columns' weights refit, H^-1 restricted to the columns left. Updated in
-        place; once a quarter of the rows are removed they are dropped (COMPACT), so each update costs
-        the square of the columns left, not of the reader's width."""
-        g = self.groups.pop(root)
-        if len(g) == 1:  # a rank-1 update, no solve
-            col = self.hinv[:, g[0]].copy()
-            pivot = col[g[0]]
-            self.w -= np.outer(col, self.w[g[0]] / pivot)
-            self.hinv -= np.outer(col, col / pivot)
-        else:
-            block = self.hinv[np.ix_(g, g)]
-            cols = self.hinv[:, g]
-            self.w -= cols @ np.linalg.solve(block, self.w[g])
-            self.hinv -= cols @ np.linalg.solve(block, cols.T)
+        """OBS update: the other columns' weights refit, H^-1 restricted to the columns left (module docstring)."""
+        bucket, i = self.bucket_of.pop(root)
+        del self.groups[root]
+        g = bucket.cols[i]
+        cols = self.hinv[:, g]  # H^-1's k columns now: the compacted inverse less the factor's share
+        if self.rank:
+            cols -= self.factor[: self.rank].T @ self.factor[: self.rank, g]
+        lower = _cholesky(cols[g])  # the k x k block B = L L^T
+        u = np.linalg.solve(lower, cols.T).T  # cols B^-1 cols^T = u u^T
+        _subtract_product(self.w, u, np.linalg.solve(lower, self.w[g]))  # w -= cols B^-1 w_g
+        if self.rank + len(g) > len(self.factor):  # room for the removals until the next compaction
+            grown = np.empty(
+                (min(len(self.live), self.rank + int(np.ceil(COMPACT * len(self.live))) + len(g)), len(self.live))
+            )
+            grown[: self.rank] = self.factor[: self.rank]
+            self.factor = grown
+        self.factor[self.rank : self.rank + len(g)] = u.T
+        self.rank += len(g)
+        for b in self.buckets:
+            ug = u[b.cols]  # (n, k, rank k)
+            b.blocks -= np.matmul(ug, ug.transpose(0, 2, 1))
+        bucket.alive[i] = False
         self.w[g] = 0.0
-        self.hinv[g, :] = 0.0
-        self.hinv[:, g] = 0.0
-        self.hinv[g, g] = 1.0  # inert: the removed columns stay out of every later block
         self.live[g] = False
         if np.count_nonzero(~self.live) >= COMPACT * len(self.live):
-            keep = np.flatnonzero(self.live)
-            position = np.full(len(self.live), -1)
-            position[keep] = np.arange(len(keep))
-            self.hinv = np.ascontiguousarray(self.hinv[np.ix_(keep, keep)])
-            self.w = np.ascontiguousarray(self.w[keep])
-            self.groups = {r: position[c] for r, c in self.groups.items()}
-            self.live = np.ones(len(keep), bool)
+            self._compact()
+
+    def _compact(self) -> None:
+        keep = np.flatnonzero(self.live)
+        position = np.full(len(self.live), -1)
+        position[keep] = np.arange(len(keep))
+        hinv = self.hinv[np.ix_(keep, keep)]
+        if self.rank:
+            part = np.ascontiguousarray(self.factor[: self.rank, keep])
+            _subtract_product(hinv, part.T, part)
+        self.hinv, self.factor, self.rank = hinv, np.empty((0, len(keep))), 0
+        self.w = np.ascontiguousarray(self.w[keep])
+        self.groups = {r: position[c] for r, c in self.groups.items()}
+        for b in self.buckets:
+            b.cols = position[b.cols]  # a removed channel's columns become -1, never read again
+        self.live = np.ones(len(keep), bool)
+
+
+class _Bucket:
+    """A reader's channels of one width: their columns (n, k), cluster positions, whether each is
+    still in, and the k x k diagonal blocks of H^-1 now."""
+
+    def __init__(self, reader: Reader, roots: list[int], position: dict[int, int]):
+        self.roots = roots
+        self.cols = np.stack([reader.groups[r] for r in roots])
+        self.width = self.cols.shape[1]
+        self.position = np.array([position[r] for r in roots])
+        self.alive = np.ones(len(roots), bool)
+        self.blocks = reader.hinv[self.cols[:, :, None], self.cols[:, None, :]]
+
+
+def _cholesky(block: np.ndarray) -> np.ndarray:
+    """L with L L^T = block, a diagonal block of a dampened H^-1 (positive definite unless rounding
+    says otherwise: then its eigenvalues are clipped at a tiny positive floor)."""
+    try:
+        return np.linalg.cholesky(block)
+    except np.linalg.LinAlgError:
+        values, vectors = np.linalg.eigh((block + block.T) / 2)
+        floor = max(float(values.max()), 1e-300) * 1e-12
+        _, r = np.linalg.qr((vectors * np.sqrt(np.maximum(values, floor))).T)
+        return r.T  # (R^T)(R^T)^T = X X^T: L up to the signs of its columns, which no product here sees
+
+
+def _subtract_product(a: np.ndarray, b: np.ndarray, c: np.ndarray, rows: int = 256) -> None:
+    """a -= b @ c in place, a block of rows at a time: no temporary the size of a."""
+    for start in range(0, len(a), rows):
+        a[start : start + rows] -= b[start : start + rows] @ c
 
 
 def _reader_of(call, kernel_targets):
@@ -177,20 +249,70 @@ def _reader_from(call, view, stats, roots: np.ndarray, mine: list[int], skipped:
 
 def _greedy(roots: list[int], readers: list[Reader]) -> dict[int, float]:
     """Each root's cost at its turn in the greedy removal (module docstring), non-decreasing in order."""
-    left = list(roots)
+    with _one_blas_thread():
+        return _greedy_steps(roots, readers)
+
+
+def _greedy_steps(roots: list[int], readers: list[Reader]) -> dict[int, float]:
+    position = {r: i for i, r in enumerate(roots)}
+    for reader in readers:
+        reader.start(position)
+    left = np.ones(len(roots), bool)
     out: dict[int, float] = {}
     top = 0.0
-    while left:
-        costs = sum(r.costs(left) for r in readers)
-        i = int(np.argmin(costs))
-        root = left.pop(i)
+    for step in range(len(roots)):
+        costs = np.zeros(len(roots))
+        for reader in readers:
+            reader.costs(costs)
+        ids = np.flatnonzero(left)
+        i = int(ids[np.argmin(costs[ids])])
+        left[i] = False
         top = max(top, costs[i]) if np.isfinite(costs[i]) else top
-        out[root] = top
-        if left:
-            for r in readers:
-                if root in r.groups:
-                    r.remove(root)
+        out[roots[i]] = top
+        if step < len(roots) - 1:
+            for reader in readers:
+                if roots[i] in reader.groups:
+                    reader.remove(roots[i])
     return out
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """NumPy's OpenBLAS on one thread for the greedy: its products are small (a channel's k columns at
+    a time, thousands of them), and split over threads each waits for the other core; on a loaded
+    2-core machine that made a 256-channel 3x3 cluster's greedy 9x slower in CPU. Where NumPy's BLAS
+    is not a bundled OpenBLAS it is left as it is."""
+    calls = _openblas_threads()
+    if calls is None:
+        yield
+        return
+    get, put = calls
+    before = get()
+    put(1)
+    try:
+        yield
+    finally:
+        put(before)
+
+
+def _openblas_threads():
+    """(get, set) of the thread count of the OpenBLAS NumPy wheels bundle, or None."""
+    import ctypes
+
+    here = Path(np.__file__).parent
+    for folder in (here.parent / "numpy.libs", here / ".dylibs"):
+        for path in sorted(folder.glob("lib*openblas*")) if folder.is_dir() else []:
+            try:
+                lib = ctypes.CDLL(str(path))
+            except OSError:
+                continue
+            for prefix in ("scipy_openblas", "openblas"):
+                for suffix in ("64_", "_64_", ""):
+                    get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                    put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                    if get is not None and put is not None:
+                        return get, put
+    return None
 
 
 def channel_scores(
