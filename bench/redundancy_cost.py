@@ -8,7 +8,7 @@ examples) and prints the capture of every reader's input Hessian (one forward pa
 greedy cluster's removal as it finishes, then the totals, the magnitude fallbacks, the float32
 accumulators alive at once and the peak RSS:
 
-    nice -n 10 .venv/bin/python bench/redundancy_cost.py FOLDER [--model resnet50] [--size 64] [--examples 256] [--per-reader]
+    nice -n 10 .venv/bin/python bench/redundancy_cost.py FOLDER [--model resnet50] [--size 64] [--examples 256] [--per-reader] [--save S.npz]
 
 The whole runs it was set beside are the CLI's (`/usr/bin/time -v`):
 
@@ -42,6 +42,7 @@ def main() -> None:
         "--per-reader", action="store_true", help="one forward pass up to each reader (the old capture)"
     )
     parser.add_argument("--no-greedy", action="store_true", help="stop after the captures and inverses")
+    parser.add_argument("--save", type=Path, help="write the scores there (npz, one array per target) to compare runs")
     args = parser.parse_args()
     import keras
     import numpy as np
@@ -65,7 +66,7 @@ def main() -> None:
         np.savez(data_path, x=x, y=rng.integers(0, 10, args.examples))
     model = keras.saving.load_model(path, compile=False)
     x = np.load(data_path)["x"]
-    spent = {"passes": 0.0, "inverses": 0.0, "greedy": 0.0}
+    spent = {"passes": 0.0, "inverses": 0.0, "greedy": 0.0, "greedy CPU": 0.0}
     capture_all, reader_from, greedy = capture.capture_all, r._reader_from, r._greedy
     floats = [0]
 
@@ -91,24 +92,27 @@ def main() -> None:
     def timed_greedy(roots, readers):
         if args.no_greedy:
             return dict.fromkeys(roots, 1.0)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         names = [reader.name for reader in readers]
         out = greedy(roots, readers)
         spent["greedy"] += time.perf_counter() - start
+        spent["greedy CPU"] += time.process_time() - cpu
         print(f"greedy {len(roots)} channels: {time.perf_counter() - start:.1f} s, readers {names}", flush=True)
         return out
 
     capture.capture_all, r._reader_from, r._greedy = timed_capture_all, timed_reader_from, timed_greedy
     batches = capture.take_examples([(x[i : i + 32], None) for i in range(0, len(x), 32)], 128)
     start, cpu = time.perf_counter(), time.process_time()
-    _scores, notes = r.channel_scores(model, select(model), batches)
+    scores, notes = r.channel_scores(model, select(model), batches)
     print(
         f"total {time.perf_counter() - start:.1f} s wall, {time.process_time() - cpu:.1f} s CPU: passes"
-        f" {spent['passes']:.1f} s, inverses {spent['inverses']:.1f} s, greedy {spent['greedy']:.1f} s"
+        f" {spent['passes']:.1f} s, inverses {spent['inverses']:.1f} s, greedy {spent['greedy']:.1f} s ({spent['greedy CPU']:.1f} s CPU)"
     )
     print(f"magnitude fallbacks: {len(notes)}", *notes[:5], sep="\n  ")
     print(f"readers' float32 accumulators {floats[0] * 4 / 2**20:.0f} MiB (alive at once unless --per-reader)")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB")
+    if args.save is not None:
+        np.savez(args.save, **scores)
 
 
 if __name__ == "__main__":
