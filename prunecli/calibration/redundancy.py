@@ -60,6 +60,7 @@ How it is applied here:
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -279,9 +280,10 @@ def _greedy_steps(roots: list[int], readers: list[Reader]) -> dict[int, float]:
 @contextlib.contextmanager
 def _one_blas_thread() -> Iterator[None]:
     """NumPy's OpenBLAS on one thread for the greedy: its products are small (a channel's k columns at
-    a time, thousands of them), and split over threads each waits for the other core; on a loaded
-    2-core machine that made a 256-channel 3x3 cluster's greedy 9x slower in CPU. Where NumPy's BLAS
-    is not a bundled OpenBLAS it is left as it is."""
+    a time, thousands of them), and split over threads each waits for the other core: on a loaded
+    2-core machine a 256-channel 3x3 cluster's greedy (before greedy38) took 8.3 s of CPU on two
+    threads, 2.9 s on one (bench/STRUCTURED.md). Where NumPy's BLAS is not a bundled OpenBLAS it is
+    left as it is."""
     calls = _openblas_threads()
     if calls is None:
         yield
@@ -295,8 +297,9 @@ def _one_blas_thread() -> Iterator[None]:
         put(before)
 
 
+@functools.cache
 def _openblas_threads():
-    """(get, set) of the thread count of the OpenBLAS NumPy wheels bundle, or None."""
+    """(get, set) of the thread count of the OpenBLAS NumPy's wheels bundle, or None."""
     import ctypes
 
     here = Path(np.__file__).parent
