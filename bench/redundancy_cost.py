@@ -8,7 +8,7 @@ examples) and prints the capture of every reader's input Hessian (one forward pa
 greedy cluster's removal as it finishes, then the totals, the magnitude fallbacks, the float32
 accumulators alive at once and the peak RSS:
 
-    nice -n 10 .venv/bin/python bench/redundancy_cost.py FOLDER [--model resnet50] [--size 64] [--examples 256] [--per-reader] [--save S.npz]
+    nice -n 10 .venv/bin/python bench/redundancy_cost.py FOLDER [--model resnet50] [--size 64] [--examples 256] [--per-reader] [--blas-threads] [--save S.npz]
 
 The whole runs it was set beside are the CLI's (`/usr/bin/time -v`):
 
@@ -19,6 +19,7 @@ The whole runs it was set beside are the CLI's (`/usr/bin/time -v`):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import time
@@ -42,6 +43,9 @@ def main() -> None:
         "--per-reader", action="store_true", help="one forward pass up to each reader (the old capture)"
     )
     parser.add_argument("--no-greedy", action="store_true", help="stop after the captures and inverses")
+    parser.add_argument(
+        "--blas-threads", action="store_true", help="leave NumPy's BLAS threads on in the greedy (as before greedy38)"
+    )
     parser.add_argument("--save", type=Path, help="write the scores there (npz, one array per target) to compare runs")
     args = parser.parse_args()
     import keras
@@ -101,6 +105,8 @@ def main() -> None:
         return out
 
     capture.capture_all, r._reader_from, r._greedy = timed_capture_all, timed_reader_from, timed_greedy
+    if args.blas_threads:
+        r._one_blas_thread = contextlib.nullcontext
     batches = capture.take_examples([(x[i : i + 32], None) for i in range(0, len(x), 32)], 128)
     start, cpu = time.perf_counter(), time.process_time()
     scores, notes = r.channel_scores(model, select(model), batches)
