@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -230,6 +231,40 @@ def test_how_data_is_read_without_data_is_refused(setting, value, said):
     """Nothing reads these without --data: refused, as --lr without --epochs is; with --data, taken."""
     with pytest.raises(ConfigError, match=f"{said} .*give --data"):
         build_config({"model_path": "m.keras", setting: value}, environ={})
+    read = {"method": "gradient"} if setting == "score_batches" else {}  # a method whose score reads batches
     assert (
-        getattr(build_config({"model_path": "m.keras", "data": "d.npz", setting: value}, environ={}), setting) == value
+        getattr(build_config({"model_path": "m.keras", "data": "d.npz", setting: value, **read}, environ={}), setting)
+        == value
     )
+
+
+@pytest.mark.parametrize(
+    ("settings", "refused"),
+    [
+        ({"method": "magnitude"}, "--method magnitude reads none"),
+        ({"method": "l1-norm"}, "--method l1-norm reads none"),
+        ({"method": "random", "granularity": "layer"}, "--method random reads none"),
+        ({"method": "wanda"}, "--method wanda reads --calibration-samples"),
+        ({"method": "sparsegpt", "schedule": "polynomial", "epochs": 1}, "--method sparsegpt reads --calibration"),
+        ({"method": "redundancy", "granularity": "neuron"}, "--method redundancy reads --calibration-samples"),
+        ({"method": "measured", "granularity": "head"}, "--method measured reads none"),
+        ({"method": "l2-norm", "granularity": "input"}, "-g input's l2 score reads none"),
+        ({"method": "gradient"}, None),
+        ({"method": "activation", "granularity": "neuron"}, None),
+        ({"method": "taylor", "granularity": "head"}, None),
+        ({"method": "magnitude", "granularity": "layer"}, None),  # each bypassed candidate's loss on the batches
+        ({"method": "magnitude", "granularity": "transformer", "target": "params=0.5"}, None),
+        ({"method": "magnitude", "granularity": "input", "feature_score": "permutation"}, None),
+    ],
+)
+def test_score_batches_is_refused_where_no_score_reads_batches(settings, refused):
+    """--score-batches with --data on a run whose scores read no batch (data-free methods, or those that
+    read --calibration-samples examples) is refused in one line; it was silently unread (adv38)."""
+    given = {"model_path": "m.keras", "data": "d.npz", "score_batches": 3, **settings}
+    if refused is None:
+        assert build_config(given, environ={}).score_batches == 3
+        return
+    with pytest.raises(ConfigError, match=re.escape(refused)):
+        build_config(given, environ={})
+    del given["score_batches"]
+    build_config(given, environ={})  # the same run without it is taken

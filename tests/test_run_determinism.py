@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from prunecli import build_config, prune, scoring
+from prunecli.config.fields import BATCH_SCORED_METHODS
 
 
 def _run(mlp_files, method: str, seed: int, out):
@@ -25,7 +26,8 @@ def _run(mlp_files, method: str, seed: int, out):
             "sparsity": 0.6,
             "seed": seed,
             "data": str(mlp_files["data"]) if needs_data else None,
-            "score_batches": 2 if needs_data else None,  # without --data, how it is read is refused
+            # read by the batch-scored methods only; refused without --data and by the others
+            "score_batches": 2 if method in BATCH_SCORED_METHODS else None,
             "batch_size": 32 if needs_data else 64,
             "quiet": True,
             "sizes": False,

@@ -27,7 +27,7 @@ import models as zoo  # noqa: E402
 
 PRUNECLI = str(ROOT / ".venv" / "bin" / "prunecli")
 FINDINGS = "<!-- findings: hand-written, kept when run.py rewrites this file -->"
-CAL = ["--calibration-samples", "32", "--score-batches", "2", "--batch-size", "32"]
+CAL = ["--calibration-samples", "32", "--batch-size", "32"]  # --score-batches: no command here reads it (refused)
 
 
 def matrix(e, m, x, xy, out, reduced=False):
@@ -225,7 +225,7 @@ def write_md(results, entries, path, quick, started):
         "examples of the .npz), compared with the dense model: top-1 agreement (per position for sequence "
         "outputs), decision agreement for the sigmoid model, relative output error for regressors. "
         "`sweep` runs `--no-per-layer` at 0.5,0.9; wanda/sparsegpt use `--calibration-samples 32 "
-        "--score-batches 2 --batch-size 32`; `x` = inputs only, `xy` = inputs + labels; `prune --target params=0.5` "
+        "--batch-size 32` (rows before 2026-12-07 also gave `--score-batches 2`, which none of them read); `x` = inputs only, `xy` = inputs + labels; `prune --target params=0.5` "
         "is one-shot, with the labelled data and the same calibration settings where the model has some (so "
         "its channels are refit by default). No zoo file has "
         "attention layers, so `-g head` ran nowhere. Models with custom layers, a named custom activation or "

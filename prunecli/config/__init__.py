@@ -8,9 +8,11 @@ per job: `fields` declares the settings, `sources` reads and merges recipe, envi
 
 from prunecli.config.checks import parse_optimizer, read_tf_config, validate
 from prunecli.config.fields import (
+    BATCH_SCORED_METHODS,
     CALIBRATED_METHODS,
     ENGINES,
     EXPORT_FORMATS,
+    FEATURE_SCORE_OF_METHOD,
     FEATURE_SCORES,
     GRADUAL,
     LR_SCHEDULES,
@@ -34,9 +36,11 @@ from prunecli.config.fields import (
 from prunecli.config.sources import build_config, read_env, read_recipe
 
 __all__ = [
+    "BATCH_SCORED_METHODS",
     "CALIBRATED_METHODS",
     "ENGINES",
     "EXPORT_FORMATS",
+    "FEATURE_SCORE_OF_METHOD",
     "FEATURE_SCORES",
     "GRADUAL",
     "LR_SCHEDULES",

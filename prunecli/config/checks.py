@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from prunecli.config.fields import (
+    BATCH_SCORED_METHODS,
     CALIBRATED_METHODS,
     ENGINES,
     EXPORT_FORMATS,
+    FEATURE_SCORE_OF_METHOD,
     FEATURE_SCORES,
     GRADUAL,
     LR_SCHEDULES,
@@ -216,6 +218,7 @@ def validate(c: PruneConfig) -> None:
         _check_tfmot(c)
     _check_calibration(c)
     _check_unused_data_settings(c)  # after the values' own checks: a bad value is said as such first
+    _check_score_batches(c)
     _check_measured(c)
     _check_measured_heads(c)
     _check_unit_scores(c)
@@ -337,6 +340,42 @@ def _check_unused_data_settings(c: PruneConfig) -> None:
             "--calibration-samples sets the examples of --data a calibrated method or refit reads, and this run"
             " reads none; give --data"
         )
+
+
+def scores_read_batches(c: PruneConfig) -> bool:
+    """Whether this run's scoring reads batches of --data, so that --score-batches caps something: the
+    batch-scored methods (activation, apoz, gradient, taylor) at every granularity that takes them, -g
+    input's gradient, taylor and permutation feature scores, -g layer's loss of each bypassed candidate
+    (any method but random), and -g transformer's search, which measures every split."""
+    kind = c.granularity.kind
+    if kind == "transformer":
+        return True
+    if kind == "layer":
+        return c.method != "random"
+    if kind == "input":
+        score = c.feature_score or FEATURE_SCORE_OF_METHOD.get(c.method, "l1")
+        return score in ("gradient", "taylor", "permutation")
+    return c.method in BATCH_SCORED_METHODS
+
+
+def _check_score_batches(c: PruneConfig) -> None:
+    """--score-batches on a run whose scores read no batch of --data is refused, as --lr without --epochs
+    is: the data-free methods, and redundancy, wanda and sparsegpt, which read --calibration-samples
+    examples, left it unread with nothing said."""
+    if c.score_batches is None or not c.data or scores_read_batches(c):
+        return
+    if c.method in CALIBRATED_METHODS or c.method == "redundancy":
+        raise ConfigError(
+            f"--method {c.method} reads --calibration-samples examples of --data, not --score-batches batches;"
+            " give --calibration-samples N instead"
+        )
+    what = f"--method {c.method}"
+    if c.granularity.kind == "input":
+        what = f"-g input's {c.feature_score or FEATURE_SCORE_OF_METHOD.get(c.method, 'l1')} score"
+    raise ConfigError(
+        f"--score-batches caps the batches of --data a score reads, and {what} reads none"
+        f" (the batch-scored methods are {', '.join(BATCH_SCORED_METHODS)}); drop --score-batches"
+    )
 
 
 def _check_auto(c: PruneConfig) -> None:

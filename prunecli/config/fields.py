@@ -64,6 +64,18 @@ APPLY_OPTIONS = (
 )
 QAT_BY_DEFAULT = {"int8": False, "int4": False}  # --qat auto: what bench/QUANT.md measured (PTQ vs QAT)
 FEATURE_SCORES = ("l1", "l2", "gradient", "taylor", "permutation", "random")  # -g input scores
+# -g input's feature score when --feature-score is not given: the method's own, else l1
+FEATURE_SCORE_OF_METHOD = {
+    "gradient": "gradient",
+    "taylor": "taylor",
+    "random": "random",
+    "permutation": "permutation",
+    "l2-norm": "l2",
+}
+# the methods whose scores are read from batches of --data, --score-batches of them (scoring/_data.py and
+# the removal steps' units.gradient_scores / mean_abs_inputs); redundancy, wanda and sparsegpt read
+# --calibration-samples examples instead
+BATCH_SCORED_METHODS = ("activation", "apoz", "gradient", "taylor")
 DISTILL_TEMPERATURE = 2.0  # bare --distill, and the --target default (recovery_defaults)
 MAX_GROUP = 1024  # largest block side and N:M group size (-g n:m=1:99999999 once took 13.5 GB)
 

@@ -24,19 +24,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from prunecli.config import FEATURE_SCORES
+from prunecli.config import FEATURE_SCORE_OF_METHOD, FEATURE_SCORES
 from prunecli.errors import ConfigError, InputError
 from prunecli.results import StepResult
 from prunecli.structure import layers as layer_table
 from prunecli.structure.channels import concat_axis
-
-_FROM_METHOD = {
-    "gradient": "gradient",
-    "taylor": "taylor",
-    "random": "random",
-    "permutation": "permutation",
-    "l2-norm": "l2",
-}
 
 # What a layer does with the features comes from the layer table (structure/layers.py): `readers`
 # are the weights that read the input's channels, side "in" indexing the layer's input channels and
@@ -231,7 +223,7 @@ def excluded(tr: Trace, items) -> dict[int, set[int]]:
 
 
 def score_kind(config) -> str:
-    kind = config.feature_score or _FROM_METHOD.get(config.method, "l1")
+    kind = config.feature_score or FEATURE_SCORE_OF_METHOD.get(config.method, "l1")
     if kind not in FEATURE_SCORES:  # a PruneConfig built without validation
         raise ConfigError(f"feature score must be one of {', '.join(FEATURE_SCORES)}, got {kind!r}")
     return kind
