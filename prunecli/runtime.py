@@ -102,6 +102,7 @@ def keeps_global_state(function):
         environment = {name: os.environ.get(name) for name in PROCESS_ENVIRONMENT}
         python_random = random.getstate()  # Keras draws its default seeds from it: the caller's sequence stays theirs
         tensorflow_seed = _set_aside_tensorflow_seed()
+        keras_generator = _keras_seed_generator()  # the caller's, put back after: the run makes its own (seed_run)
         levels = {name: logging.getLogger(name).level for name in ("tensorflow", "absl")}
         absl_level = _absl_verbosity()
         keras_defaults = None
@@ -116,6 +117,8 @@ def keeps_global_state(function):
             return function(*args, **kwargs)
         finally:
             random.setstate(python_random)
+            if keras_generator is not None:
+                _put_back_keras_seed_generator(keras_generator)
             if tensorflow_seed is not None:
                 _put_back_tensorflow_seed(tensorflow_seed)
             for name, value in environment.items():
@@ -159,6 +162,40 @@ def _put_back_plain_custom_objects(saved: dict) -> None:
     for name in [name for name in registry if ">" not in name]:
         del registry[name]
     registry.update(saved)
+
+
+KERAS_SEED_GENERATOR = "global_seed_generator"  # keras.src.random.seed_generator.GLOBAL_SEED_GENERATOR
+
+
+def seed_run(seed: int) -> None:
+    """Every draw of the run that is not given a seed of its own made from the run's --seed: Python's
+    `random` is seeded with it, since Keras draws from it the default seed of each layer it builds (the
+    SeedGenerator of a loaded model's Dropout, which fine-tuning draws its masks from) and of its global
+    generator, which is dropped here so that an unseeded `keras.random` call remakes it from that seed.
+    Without this, a fine-tuned model with Dropout (and a gradual schedule's masks) changed with the state
+    of the caller's `random` (`keras.utils.set_random_seed`), and from one command to the next. Called as
+    a run loads its model; `keeps_global_state` puts the caller's state back after."""
+    random.seed(seed)
+    if "keras" in sys.modules:
+        from keras.src.backend.common import global_state
+
+        global_state.set_global_attribute(KERAS_SEED_GENERATOR, None)
+
+
+def _keras_seed_generator():
+    """(Keras' global SeedGenerator or None,) when Keras is imported (the caller's, which an unseeded
+    `keras.random` call draws from); None when it is not (nothing to put back)."""
+    if "keras" not in sys.modules:
+        return None
+    from keras.src.backend.common import global_state
+
+    return (global_state.get_global_attribute(KERAS_SEED_GENERATOR),)
+
+
+def _put_back_keras_seed_generator(saved) -> None:
+    from keras.src.backend.common import global_state
+
+    global_state.set_global_attribute(KERAS_SEED_GENERATOR, saved[0])
 
 
 def _set_aside_tensorflow_seed():

@@ -26,8 +26,16 @@ def _state():
         "cwd": os.getcwd(),
         "python random": random.getstate(),
         "tensorflow seed": _tensorflow_seed(),
+        "keras seed generator": _keras_seed_generator(),
         "custom objects by plain name": {k: v for k, v in keras.saving.get_custom_objects().items() if ">" not in k},
     }
+
+
+def _keras_seed_generator():
+    """The generator an unseeded `keras.random` call draws from (the caller's, if they made one)."""
+    from keras.src.backend.common import global_state
+
+    return global_state.get_global_attribute("global_seed_generator")
 
 
 def _tensorflow_seed():
@@ -125,6 +133,7 @@ def test_an_entry_point_that_fails_puts_back_what_its_run_set(callers_defaults, 
         seen["tensorflow seed"] = _tensorflow_seed()[0]  # none, as in the command: tf.data's --seed draw is its own
         tf.random.uniform((1,))  # an unseeded op of the run draws from the run's sequence, not the caller's
         random.random()  # as Keras does when it draws a default seed
+        keras.random.uniform((1,))  # an unseeded Keras draw makes the run's own global generator
         quiet_tensorflow()
         custom.register((str(source),))
         seen["Dropout"] = keras.saving.get_custom_objects()["Dropout"].__module__
@@ -136,3 +145,35 @@ def test_an_entry_point_that_fails_puts_back_what_its_run_set(callers_defaults, 
     assert seen == {"policy": "float32", "tensorflow seed": None, "Dropout": "mc_dropout"}
     assert _state() == before
     assert "Dropout" not in keras.saving.get_custom_objects()
+
+
+def test_the_runs_seed_pins_the_default_seeds_keras_draws_whatever_the_callers_random_state(tmp_path):
+    """Class: a draw of the run that did not go through --seed. Keras gives each layer it builds without
+    a seed (a loaded model's Dropout) a default seed drawn from Python's `random`, so fine-tuning's
+    dropout masks, and the weights after them (a gradual schedule's masks too), followed the caller's
+    `random.seed`/`keras.utils.set_random_seed` (an API run with --seed 4 under random.seed(1) and (2):
+    other weights), and changed from one command to the next; runtime.seed_run seeds it with --seed as
+    the run loads its model."""
+    import keras
+    import numpy as np
+
+    from prunecli import build_config
+    from prunecli.outputs.report import Timings
+    from prunecli.run import steps
+
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dropout(0.5)(keras.layers.Dense(4)(inputs))
+    keras.Model(inputs, keras.layers.Dense(3)(hidden)).save(tmp_path / "m.keras")
+    config = build_config({"model_path": str(tmp_path / "m.keras"), "seed": 4, "sizes": False}, environ={})
+
+    def dropout_seeds(caller_seed: int):
+        random.seed(caller_seed)
+        model = steps.load(config, steps.silent, Timings())[0].model
+        return [np.asarray(v) for v in model.variables if "seed_generator" in v.path]
+
+    callers = random.getstate()
+    try:
+        first, second = dropout_seeds(1), dropout_seeds(2)
+    finally:
+        random.setstate(callers)
+    assert first and all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))

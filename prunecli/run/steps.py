@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
-from prunecli import __version__, scoring
+from prunecli import __version__, runtime, scoring
 from prunecli.config import PruneConfig
 from prunecli.config.fields import QUANTIZE_MODES, STRUCTURAL_KINDS, UNIT_METHODS
 from prunecli.errors import ConfigError, DataError, InputError, PruneCliError
@@ -40,6 +40,7 @@ def load(config: PruneConfig, progress: Progress, timings: Timings) -> tuple[Run
 
     progress(f"loading {config.model_path}")
     input_sizes = None
+    runtime.seed_run(config.seed)  # before the model's layers draw their default seeds
     with timings.phase("load"):
         model, source, census = model_io.load_counted(config.model_path, config.unsafe, config.custom_objects)
         keras_graph.compile_loops()  # within a run (keras_graph.compiled_loops): recurrent loops compiled
