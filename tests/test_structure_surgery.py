@@ -256,6 +256,34 @@ def test_the_stand_in_search_stops_on_time_and_says_so(monkeypatch):
         equivalence.check_equivalent(model, model, bad, "shrink: the rebuilt model")
 
 
+@pytest.mark.slow  # one --shrink run of a two-layer model
+def test_a_run_whose_stand_in_search_ran_out_of_time_says_so_in_its_report(monkeypatch, tmp_path):
+    """The budget's note reached only a shrink/verify error: a run that succeeded on stand-ins whose
+    length the cut search never found to run said nothing of it (adv38). Its report's notes now do."""
+    import time
+
+    import keras
+
+    import prunecli
+    from prunecli.structure import probes
+
+    inp = keras.Input((None, 3))
+    keras.Model(inp, keras.layers.Dense(2)(keras.layers.Dense(8)(inp))).save(tmp_path / "m.keras")
+
+    def slow_failing_pass(model, inputs):
+        time.sleep(0.02)
+        raise ValueError("does not fit")
+
+    monkeypatch.setattr(probes, "_trial_pass", slow_failing_pass)
+    monkeypatch.setattr(probes, "SEARCH_BUDGET_S", 0.05)
+    settings = {"model_path": str(tmp_path / "m.keras"), "output": str(tmp_path / "o.keras"), "shrink": True}
+    config = prunecli.build_config({**settings, "granularity": "neuron", "sparsity": 0.5, "sizes": False}, environ={})
+    notes = prunecli.prune(config).report.notes
+    cut = [n for n in notes if "stopped trying input lengths" in n]
+    assert len(cut) == 1 and f"length {probes.OPEN_DIM}, the first tried" in cut[0], notes
+    assert probes.cut_searches() == cut  # the next run starts its own record (steps.load)
+
+
 @pytest.mark.slow  # the common sizes fail first: 18 trial passes of each model, as before
 def test_stand_ins_take_the_lengths_the_graph_fixes_one_per_input():
     """Stand-ins gave every open dimension one length (32, 16 ... 1, 256 ...): a seq2seq whose encoder

@@ -22,7 +22,7 @@ from prunecli.errors import ConfigError, DataError, InputError, PruneCliError
 from prunecli.outputs.report import Report, Timings, layer_stats, totals
 from prunecli.results import StepResult
 from prunecli.run.state import RunState
-from prunecli.structure import keras_graph
+from prunecli.structure import keras_graph, probes
 
 Progress = Callable[[str], None]
 
@@ -41,6 +41,7 @@ def load(config: PruneConfig, progress: Progress, timings: Timings) -> tuple[Run
     progress(f"loading {config.model_path}")
     input_sizes = None
     runtime.seed_run(config.seed)  # before the model's layers draw their default seeds
+    probes.forget_cut_searches()  # the report names the stand-in searches this run cut short
     with timings.phase("load"):
         model, source, census = model_io.load_counted(config.model_path, config.unsafe, config.custom_objects)
         keras_graph.compile_loops()  # within a run (keras_graph.compiled_loops): recurrent loops compiled
@@ -856,7 +857,9 @@ def build_report(
         layers=stats,
         metrics=dict(state.metrics),
         timings_s={k: round(v, 4) for k, v in spent.items()},
-        notes=list(state.notes) + _flavour_note(state, out),
+        notes=list(state.notes)
+        + _flavour_note(state, out)
+        + [n for n in probes.cut_searches() if n not in state.notes],
         extra=dict(state.sections),
         prunecli_version=__version__,
     )
