@@ -351,6 +351,23 @@ def _scores_by_probe(model, candidates: list[Candidate], seed: int) -> None:
         c.score = float(np.sqrt(moved) / (np.sqrt(size) + 1e-12))
 
 
+def _scores_by_data_change(model, candidates: list[Candidate], sample: list, progress) -> None:
+    """Each candidate's relative change of the model's outputs, |without - with| / |with|, on the
+    batches of --data: its inputs, not stand-ins, when it has no labels to take a loss on (such a run
+    scored on stand-ins and said "no --data")."""
+    import numpy as np
+    from keras import tree
+
+    def outputs(m) -> np.ndarray:
+        flat = [np.asarray(o, np.float64).ravel() for x, _y in sample for o in tree.flatten(m(x, training=False))]
+        return np.concatenate(flat)
+
+    base = outputs(model)
+    for i, cand in enumerate(candidates):
+        progress(f"scoring layer candidate {i + 1}/{len(candidates)}: {cand.name}")
+        cand.score = float(np.linalg.norm(outputs(bypassed(model, [cand])) - base) / (np.linalg.norm(base) + 1e-12))
+
+
 def _scores_by_output_change(model, candidates: list[Candidate], seed: int) -> None:
     """Each candidate's relative change of the model's outputs, |without - with| / |with|, over
     PROBE_EXAMPLES seeded stand-ins: a block inside one layer of the graph (a ViT's encoder) has no
@@ -382,7 +399,10 @@ def score(model, data, task, config, progress, candidates: list[Candidate]) -> s
         for cand, v in zip(candidates, values, strict=True):
             cand.score = float(v)
         return "random"
-    if data is None or task is None:  # no data, or inputs without labels: the change each candidate makes
+    if data is not None and task is None:  # inputs without labels: the change each candidate makes to them
+        _scores_by_data_change(model, candidates, batches(data.train, config.score_batches), progress)
+        return "relative change of the outputs on --data (it has no labels)"
+    if data is None:  # the change each candidate makes on stand-ins
         if vision_encoders.blocks(model):
             _scores_by_output_change(model, candidates, config.seed)
             return "relative change of the outputs on probe inputs (no --data)"
