@@ -231,7 +231,7 @@ def test_how_data_is_read_without_data_is_refused(setting, value, said):
     """Nothing reads these without --data: refused, as --lr without --epochs is; with --data, taken."""
     with pytest.raises(ConfigError, match=f"{said} .*give --data"):
         build_config({"model_path": "m.keras", setting: value}, environ={})
-    read = {"method": "gradient"} if setting == "score_batches" else {}  # a method whose score reads batches
+    read = {"score_batches": {"method": "gradient"}, "calibration_samples": {"method": "wanda"}}.get(setting, {})
     assert (
         getattr(build_config({"model_path": "m.keras", "data": "d.npz", setting: value, **read}, environ={}), setting)
         == value
@@ -268,3 +268,26 @@ def test_score_batches_is_refused_where_no_score_reads_batches(settings, refused
         build_config(given, environ={})
     del given["score_batches"]
     build_config(given, environ={})  # the same run without it is taken
+
+
+@pytest.mark.parametrize(
+    ("settings", "taken"),
+    [
+        ({"method": "magnitude"}, False),
+        ({"method": "gradient", "reconstruct": False}, False),
+        ({"method": "magnitude", "target": "params=0.5", "reconstruct": False}, False),
+        ({"method": "wanda"}, True),
+        ({"method": "redundancy", "granularity": "neuron"}, True),
+        ({"method": "magnitude", "reconstruct": True}, True),
+        ({"method": "magnitude", "target": "params=0.5"}, True),  # --target refits channels by default
+    ],
+)
+def test_calibration_samples_is_refused_where_nothing_calibrates(settings, taken):
+    """--calibration-samples with --data on a run that calibrates nothing (no wanda, sparsegpt, redundancy
+    or --reconstruct) is refused; a magnitude run recorded it in its settings and read none (adv38)."""
+    given = {"model_path": "m.keras", "data": "d.npz", "calibration_samples": 16, **settings}
+    if taken:
+        assert build_config(given, environ={}).calibration_samples == 16
+    else:
+        with pytest.raises(ConfigError, match="--calibration-samples sets the examples .* reads none"):
+            build_config(given, environ={})

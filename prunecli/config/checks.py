@@ -219,6 +219,7 @@ def validate(c: PruneConfig) -> None:
     _check_calibration(c)
     _check_unused_data_settings(c)  # after the values' own checks: a bad value is said as such first
     _check_score_batches(c)
+    _check_calibration_samples(c)
     _check_measured(c)
     _check_measured_heads(c)
     _check_unit_scores(c)
@@ -375,6 +376,23 @@ def _check_score_batches(c: PruneConfig) -> None:
     raise ConfigError(
         f"--score-batches caps the batches of --data a score reads, and {what} reads none"
         f" (the batch-scored methods are {', '.join(BATCH_SCORED_METHODS)}); drop --score-batches"
+    )
+
+
+def _check_calibration_samples(c: PruneConfig) -> None:
+    """--calibration-samples with --data on a run that calibrates nothing is refused, as --score-batches
+    is: only wanda, sparsegpt, redundancy and --reconstruct (on by default for --target) read it; a
+    magnitude run recorded it in its report's settings and read 64 examples (--normalize measured) or none."""
+    default = next(f.default for f in fields(PruneConfig) if f.name == "calibration_samples")
+    if c.calibration_samples == default or not c.data:  # refused without --data already
+        return
+    if c.method in CALIBRATED_METHODS or c.method == "redundancy" or c.reconstruct:
+        return
+    if c.reconstruct is None and c.target is not None:  # --target refits channels by default (recovery_defaults)
+        return
+    raise ConfigError(
+        f"--calibration-samples sets the examples wanda, sparsegpt, redundancy and --reconstruct read, and"
+        f" --method {c.method} without --reconstruct reads none; drop --calibration-samples"
     )
 
 
