@@ -19,7 +19,6 @@ The whole runs it was set beside are the CLI's (`/usr/bin/time -v`):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import resource
 import time
@@ -106,7 +105,7 @@ def main() -> None:
 
     capture.capture_all, r._reader_from, r._greedy = timed_capture_all, timed_reader_from, timed_greedy
     if args.blas_threads:
-        r._one_blas_thread = contextlib.nullcontext
+        r.GREEDY_BLAS_THREADS = None
     batches = capture.take_examples([(x[i : i + 32], None) for i in range(0, len(x), 32)], 128)
     start, cpu = time.perf_counter(), time.process_time()
     scores, notes = r.channel_scores(model, select(model), batches)

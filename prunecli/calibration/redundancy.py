@@ -41,9 +41,9 @@ How it is applied here:
   (COMPACT) they are dropped and the factor is folded into H^-1 by one product. Each step prices every
   channel left in one array operation per reader: a one-column channel (a Dense's or 1x1 conv's) as
   sum_j W[c, j]^2 / [H^-1]_cc, a k x k conv's as tr(B^-1 W_g W_g^T) (one batched k x k solve of the
-  channels' k x k Gram matrices). The greedy's products are small and many, so NumPy's OpenBLAS runs
-  them on one thread (_one_blas_thread): split over two cores of a loaded machine each product waited
-  for the other core. A reader wider than MAX_WIDTH inputs (a Dense after a large Flatten) is not read.
+  channels' k x k Gram matrices). The greedy's products are small and many, so NumPy's BLAS runs them
+  on one thread (threadpoolctl): split over two cores of a loaded machine each product waited for the
+  other core (a 256-channel 3x3 cluster's greedy, before greedy38: 8.3 s CPU on two threads, 2.9 s on one). A reader wider than MAX_WIDTH inputs (a Dense after a large Flatten) is not read.
 - Grouped convolutions (groups > 1) are scored a group at a time: the channel graph makes a group's
   input channels and its filters one channel class, so its unit is the group, and the layers reading
   the group's output channels price removing all of them at once (their columns in the reader's
@@ -59,10 +59,7 @@ How it is applied here:
 
 from __future__ import annotations
 
-import contextlib
-import functools
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 
@@ -72,6 +69,7 @@ from prunecli.structure import channels
 from prunecli.structure import targets as structure_targets
 
 DAMPENING = 1e-2  # added to H's diagonal, relative to its mean: two exact copies make H singular
+GREEDY_BLAS_THREADS = 1  # the greedy's many small products (module docstring); None leaves BLAS as it is
 READER_KINDS = ("dense", "conv")  # views whose X @ W is the layer's whole output
 COMPACT = 0.25  # share of a reader's rows removed before they are dropped from w and H^-1
 MAX_WIDTH = 8192  # inputs of the widest reader read (its H^-1 in float64: 0.5 GiB); wider ones are not
@@ -250,7 +248,9 @@ def _reader_from(call, view, stats, roots: np.ndarray, mine: list[int], skipped:
 
 def _greedy(roots: list[int], readers: list[Reader]) -> dict[int, float]:
     """Each root's cost at its turn in the greedy removal (module docstring), non-decreasing in order."""
-    with _one_blas_thread():
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=GREEDY_BLAS_THREADS, user_api="blas"):
         return _greedy_steps(roots, readers)
 
 
@@ -275,47 +275,6 @@ def _greedy_steps(roots: list[int], readers: list[Reader]) -> dict[int, float]:
                 if roots[i] in reader.groups:
                     reader.remove(roots[i])
     return out
-
-
-@contextlib.contextmanager
-def _one_blas_thread() -> Iterator[None]:
-    """NumPy's OpenBLAS on one thread for the greedy: its products are small (a channel's k columns at
-    a time, thousands of them), and split over threads each waits for the other core: on a loaded
-    2-core machine a 256-channel 3x3 cluster's greedy (before greedy38) took 8.3 s of CPU on two
-    threads, 2.9 s on one (bench/STRUCTURED.md). Where NumPy's BLAS is not a bundled OpenBLAS it is
-    left as it is."""
-    calls = _openblas_threads()
-    if calls is None:
-        yield
-        return
-    get, put = calls
-    before = get()
-    put(1)
-    try:
-        yield
-    finally:
-        put(before)
-
-
-@functools.cache
-def _openblas_threads():
-    """(get, set) of the thread count of the OpenBLAS NumPy's wheels bundle, or None."""
-    import ctypes
-
-    here = Path(np.__file__).parent
-    for folder in (here.parent / "numpy.libs", here / ".dylibs"):
-        for path in sorted(folder.glob("lib*openblas*")) if folder.is_dir() else []:
-            try:
-                lib = ctypes.CDLL(str(path))
-            except OSError:
-                continue
-            for prefix in ("scipy_openblas", "openblas"):
-                for suffix in ("64_", "_64_", ""):
-                    get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                    put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                    if get is not None and put is not None:
-                        return get, put
-    return None
 
 
 def channel_scores(
