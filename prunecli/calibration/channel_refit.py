@@ -87,8 +87,11 @@ UNDERDETERMINED = 0.25  # and this times inputs per calibration row: a Dense hea
 HESSIAN_COPIES = 4  # width^2 floats (_stacked_width): the stacked Hessian, the product added to it, its blocks
 REFIT_MACS = 2e11  # multiply-adds one layer's Hessian may take (seconds on 2 cores): rows are thinned past it
 REFIT_CAPTURE_MACS = 1e12  # multiply-adds the refits' forward passes may take in all: fewer examples past it
-REFIT_PASS_BYTES = 64 * 2**20  # activations one forward pass up to a refit layer may hold (Keras keeps every
-# tensor of a functional pass until it ends): fewer examples per pass past it, the same examples in all
+# activations one forward pass up to a refit layer may hold (Keras keeps every tensor of a functional pass
+# until it ends): fewer examples per pass past it, the same examples in all. Measured on OpenFace's
+# `--target params=0.5`, alone (bench/ZOO.md): 64 MiB 1,124 MB peak / refit 92 s, 128 MiB 1,241 MB / 62 s,
+# 256 MiB 1,447 MB / 54 s: smaller passes run more ops eagerly, so the time grows fast below 128 MiB.
+REFIT_PASS_BYTES = 128 * 2**20
 
 
 def _say(progress, message: str) -> None:
