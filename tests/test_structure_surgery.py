@@ -248,7 +248,8 @@ def test_the_stand_in_search_stops_on_time_and_says_so(monkeypatch):
     monkeypatch.setattr(probes, "_trial_pass", slow_failing_pass)
     monkeypatch.setattr(probes, "SEARCH_BUDGET_S", 0.1)
     inputs = equivalence.example_inputs(model, 2)
-    assert 2 <= len(passes) <= 8  # 0.1 s of 0.02 s passes, of the 20-odd the sizes would take
+    # 0.1 s of 0.02 s passes, of the 20-odd the sizes would take; one at least (a loaded machine's sleep overruns)
+    assert 1 <= len(passes) <= 8
     assert [x.shape for x in keras.tree.flatten(inputs)] == [(2, probes.OPEN_DIM, 3), (2, probes.OPEN_DIM, 2)]
     monkeypatch.setattr(probes, "_trial_pass", lambda model, inputs: model(inputs, training=False))
     bad = [np.zeros((2, 4, 3), "float32"), np.zeros((2, 4, 5), "float32")]  # what a failed search leaves
