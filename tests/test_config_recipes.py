@@ -247,7 +247,7 @@ def test_how_data_is_read_without_data_is_refused(setting, value, said):
         ({"method": "wanda"}, "--method wanda reads --calibration-samples"),
         ({"method": "sparsegpt", "schedule": "polynomial", "epochs": 1}, "--method sparsegpt reads --calibration"),
         ({"method": "redundancy", "granularity": "neuron"}, "--method redundancy reads --calibration-samples"),
-        ({"method": "measured", "granularity": "head"}, "--method measured reads none"),
+        ({"method": "measured", "granularity": "head"}, "--method measured compares head scores on a fixed set"),
         ({"method": "l2-norm", "granularity": "input"}, "-g input's l2 score reads none"),
         ({"method": "gradient"}, None),
         ({"method": "activation", "granularity": "neuron"}, None),

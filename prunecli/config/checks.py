@@ -370,6 +370,11 @@ def _check_score_batches(c: PruneConfig) -> None:
             f"--method {c.method} reads --calibration-samples examples of --data, not --score-batches batches;"
             " give --calibration-samples N instead"
         )
+    if c.method == MEASURED:  # -g head (_check_measured_heads): the trials' examples are fixed, not batches
+        raise ConfigError(
+            f"--method {MEASURED} compares head scores on a fixed set of --data's first examples, not on"
+            " --score-batches batches; drop --score-batches"
+        )
     what = f"--method {c.method}"
     if c.granularity.kind == "input":
         what = f"-g input's {c.feature_score or FEATURE_SCORE_OF_METHOD.get(c.method, 'l1')} score"
