@@ -291,3 +291,15 @@ def test_calibration_samples_is_refused_where_nothing_calibrates(settings, taken
     else:
         with pytest.raises(ConfigError, match="--calibration-samples sets the examples .* reads none"):
             build_config(given, environ={})
+
+
+def test_the_batch_scored_methods_are_the_registry_s_data_methods():
+    """config/fields.BATCH_SCORED_METHODS (which --score-batches is refused without) is written below the
+    scoring registry's floor: it must name the registered methods that need data and are not calibrated on
+    --calibration-samples examples (redundancy is registered as needing data but reads those examples)."""
+    from prunecli.config import BATCH_SCORED_METHODS
+    from prunecli.scoring import registry
+
+    data_scored = {name for name in registry.available() if registry.get(name).needs_data}
+    batch_scored = {name for name in data_scored if not registry.get(name).calibrated} - {"redundancy"}
+    assert set(BATCH_SCORED_METHODS) == batch_scored

@@ -22,6 +22,7 @@ from prunecli.config.fields import (
     FEATURE_SCORE_OF_METHOD,
     FEATURE_SCORES,
     GRADUAL,
+    LOSS_FEATURE_SCORES,
     LR_SCHEDULES,
     MEASURED,
     NORMALIZE_CHOICES,
@@ -355,7 +356,7 @@ def scores_read_batches(c: PruneConfig) -> bool:
         return c.method != "random"
     if kind == "input":
         score = c.feature_score or FEATURE_SCORE_OF_METHOD.get(c.method, "l1")
-        return score in ("gradient", "taylor", "permutation")
+        return score in LOSS_FEATURE_SCORES
     return c.method in BATCH_SCORED_METHODS
 
 

@@ -69,9 +69,9 @@ FEATURE_SCORE_OF_METHOD = {
     "gradient": "gradient",
     "taylor": "taylor",
     "random": "random",
-    "permutation": "permutation",
     "l2-norm": "l2",
 }
+LOSS_FEATURE_SCORES = ("gradient", "taylor", "permutation")  # -g input scores taken from a loss on --data batches
 # the methods whose scores are read from batches of --data, --score-batches of them (scoring/_data.py and
 # the removal steps' units.gradient_scores / mean_abs_inputs); redundancy, wanda and sparsegpt read
 # --calibration-samples examples instead

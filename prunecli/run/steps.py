@@ -17,7 +17,7 @@ from pathlib import Path
 
 from prunecli import __version__, runtime, scoring
 from prunecli.config import PruneConfig
-from prunecli.config.fields import QUANTIZE_MODES, STRUCTURAL_KINDS, UNIT_METHODS
+from prunecli.config.fields import LOSS_FEATURE_SCORES, QUANTIZE_MODES, STRUCTURAL_KINDS, UNIT_METHODS
 from prunecli.errors import ConfigError, DataError, InputError, PruneCliError
 from prunecli.outputs.report import Report, Timings, layer_stats, totals
 from prunecli.results import StepResult
@@ -196,7 +196,7 @@ def needs_labels(config: PruneConfig) -> str | None:
         return "--max-accuracy-drop" if not config.auto else "--auto"
     if config.distill_temperature is not None:
         return "--distill"
-    if config.granularity.kind == "input" and (config.feature_score or "") in ("gradient", "taylor", "permutation"):
+    if config.granularity.kind == "input" and (config.feature_score or "") in LOSS_FEATURE_SCORES:
         return f"--feature-score {config.feature_score}"
     return None
 
