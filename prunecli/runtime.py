@@ -198,6 +198,24 @@ def _put_back_keras_seed_generator(saved) -> None:
     global_state.set_global_attribute(KERAS_SEED_GENERATOR, saved[0])
 
 
+@contextlib.contextmanager
+def tensorflow_seeded(seed: int):
+    """TensorFlow's global seed set to the run's --seed within, the one before put back after (none, for a
+    command). tf_keras layers (the tfmot engine's Dropout) draw from TensorFlow's unseeded random ops, so
+    without it a fine-tuned tfmot model changed from one command to the next. Only there: setting the seed
+    also clears TensorFlow's cached kernels (`_set_aside_tensorflow_seed`)."""
+    import tensorflow as tf
+    from tensorflow.python.eager import context
+
+    eager = context.context()
+    saved = (eager._seed, getattr(eager, "_rng", None))  # noqa: SLF001  # no _rng before a first seed
+    tf.random.set_seed(seed)
+    try:
+        yield
+    finally:
+        _put_back_tensorflow_seed(saved)
+
+
 def _set_aside_tensorflow_seed():
     """(the caller's TensorFlow global seed, its generator of operation seeds) when the caller set one,
     after clearing it for the run; None otherwise (the command's case: nothing to do). TensorFlow has no

@@ -164,3 +164,30 @@ def test_cli_writes_a_normal_report(cli, keras2_h5, tmp_path):
     res = cli("prune", keras2_h5, "--engine", "tfmot", "-s", "0.5", "-o", tmp_path / "o.keras", "-q")
     assert res.exit_code == 5
     assert "writes Keras-2 .h5 files" in res.output
+
+
+@pytest.mark.slow
+def test_fine_tuning_with_dropout_repeats_with_the_seed_whatever_the_caller_seeded(tmp_path):
+    """tf_keras' Dropout draws from TensorFlow's global seed, which a run leaves unset (the caller's is set
+    aside): a fine-tuned tfmot model changed from one command to the next. The run seeds it from --seed
+    for the fine-tuning, and puts the caller's seed back."""
+    import tensorflow as tf
+    import tf_keras
+    from tensorflow.python.eager import context
+
+    x = np.random.default_rng(0).normal(size=(64, 20)).astype("float32")
+    np.savez(tmp_path / "d.npz", x=x, y=(x[:, 0] > 0).astype("int64"))
+    tf_keras.utils.set_random_seed(0)
+    layers = tf_keras.layers
+    model = tf_keras.Sequential([layers.Dense(8, "relu", input_shape=(20,)), layers.Dropout(0.5), layers.Dense(2)])
+    model.compile(optimizer="adam", loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.save(tmp_path / "dropout.h5")
+    kernels = []
+    for caller_seed in (1, 2):
+        tf.random.set_seed(caller_seed)
+        out = tmp_path / f"out{caller_seed}.h5"
+        run(tmp_path / "dropout.h5", tmp_path, sparsity=0.5, epochs=1, data=str(tmp_path / "d.npz"), output=str(out))
+        assert context.context()._seed == caller_seed  # noqa: SLF001  # the caller's seed put back
+        kernels.append(saved_kernels(out))
+    for name in kernels[0]:
+        np.testing.assert_array_equal(kernels[0][name], kernels[1][name])

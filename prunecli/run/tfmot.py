@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prunecli import runtime
 from prunecli.config import PruneConfig, name_matches
 from prunecli.errors import ConfigError, InputError, ModelLoadError, OutputError, first_line
 from prunecli.outputs.report import Timings
@@ -239,7 +240,8 @@ def prune(config: PruneConfig, progress=None) -> PruneResult:
         with timings.phase("evaluate"):
             metrics["after_pruning"] = _evaluate(wrapped, data.eval, task)
     if config.epochs > 0:
-        sections["finetune"] = _finetune(wrapped, config, loaded, tfmot, tf_keras, say, timings)
+        with runtime.tensorflow_seeded(config.seed):  # its Dropout draws from TensorFlow's global seed
+            sections["finetune"] = _finetune(wrapped, config, loaded, tfmot, tf_keras, say, timings)
     stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
     if config.epochs > 0:
         with timings.phase("evaluate"):
