@@ -272,9 +272,14 @@ class PruneConfig:
         help="Data (.npz with x, y; see README) to evaluate, score and fine-tune.", flags=("-d", "--data")
     )
     batch_size: int = setting(64, help="Batch size for data (default 64).")
-    score_batches: int | None = setting(help="Use at most this many batches for data-driven scores.")
+    score_batches: int | None = setting(
+        help="At most this many batches of --data for the scores read from batches (activation, apoz, gradient,"
+        " taylor; -g layer/transformer; -g input's loss scores); refused where no score reads batches."
+    )
     calibration_samples: int = setting(
-        128, help="Examples of --data (seeded) that calibrate wanda/sparsegpt/redundancy/--reconstruct (default 128)."
+        128,
+        help="Examples of --data (seeded) that calibrate wanda/sparsegpt/redundancy/--reconstruct (default 128);"
+        " refused where nothing calibrates.",
     )
     refine: str = setting(
         "none",
