@@ -521,11 +521,12 @@ def test_verify_checks_each_export_beside_the_model_or_says_it_did_not(pruned, t
     assert not [c for c in changed.checked if c.startswith("export")], "a changed export counted as held"
 
 
-@pytest.mark.parametrize("granularity", ["neuron", "n:m=2:4", "neuron (manifest only)"])
+@pytest.mark.parametrize("granularity", ["neuron", "n:m=2:4", "block:2x2", "neuron (manifest only)"])
 def test_a_plan_whose_granularity_was_edited_is_refused(pruned, mlp_files, tmp_path, cli, granularity):
-    """An element plan relabelled neuron or 2:4 would be applied without bias folding, or exported as
-    a pattern it does not hold: its masks are checked against the granularity (exit 3, nothing
-    written); a granularity edited in one of its two places is refused when the plan is read."""
+    """An element plan relabelled neuron, 2:4 or block:2x2 would be applied without bias folding, or
+    reported and exported as a pattern it does not hold: its masks are checked against the granularity
+    (exit 3, nothing written); a granularity edited in one of its two places is refused when the plan
+    is read. A block plan's masks went unchecked: applied, reported as block:2x2 and verified."""
     _, plan, _ = pruned
 
     def edit(manifest):

@@ -206,23 +206,13 @@ def _apply_masks(plan: plan_file.Plan, model, targets, config) -> StepResult:
 
 
 def _check_pattern(plan: plan_file.Plan, targets, masks: dict, granularity) -> None:
-    """Masks that do not have the plan's granularity (whole units for neuron, at most N of every M for
-    N:M) are refused: a plan whose granularity was edited would be applied with the wrong treatment
-    (no bias folding for units it kills, an N:M export of a pattern it does not hold) and reported
-    under a layout it does not have."""
-    import numpy as np
-
-    from prunecli.run.verify import nm_violations
+    """Masks that do not have the plan's granularity (whole units for neuron, whole blocks for block:RxC,
+    at most N of every M for N:M) are refused: a plan whose granularity was edited would be applied with
+    the wrong treatment (no bias folding for units it kills, an N:M export of a pattern it does not hold)
+    and reported, and verified, under a layout it does not have."""
+    from prunecli.run.verify import pattern_problem
 
     for t in targets:
-        keep = np.asarray(masks[t.name], bool)
-        if granularity.kind == "neuron" and keep.ndim:
-            per_unit = np.moveaxis(keep, t.unit_axis, -1).reshape(-1, keep.shape[t.unit_axis])
-            mixed = np.flatnonzero(per_unit.any(axis=0) & ~per_unit.all(axis=0))
-            problem = f"unit {mixed[0]} is partly kept" if len(mixed) else ""
-        elif granularity.kind == "nm":
-            _, problem = nm_violations(t, granularity.rows, granularity.cols, kept=keep)
-        else:
-            problem = ""
+        problem = pattern_problem(t, masks[t.name], granularity)
         if problem:
             raise InputError(f"plan {shown(plan.path)}: the mask of {shown(t.name)} is not {granularity} ({problem})")

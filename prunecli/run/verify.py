@@ -454,6 +454,45 @@ def nm_violations(target, n: int, m: int, kept=None) -> tuple[int, str]:
     return len(bad), f"unit {u}, rows {rows[0]}..{rows[-1]} hold {int(counts[g, u])} non-zeros"
 
 
+def block_violations(target, rows: int, cols: int, kept) -> tuple[int, str]:
+    """Blocks of the target's RxC layout (rows of the (reduction, units) matrix view by units; edge blocks
+    smaller, as selection.policy cuts them) that a keep mask keeps in part: (count, where the first is)."""
+    import numpy as np
+
+    a = np.moveaxis(np.asarray(kept, bool), target.unit_axis, -1)
+    matrix = a.reshape(-1, a.shape[-1])
+    pr, pc = (-matrix.shape[0]) % rows, (-matrix.shape[1]) % cols
+    kept_count = np.pad(matrix, [(0, pr), (0, pc)]).astype(np.int64)
+    kept_count = kept_count.reshape(kept_count.shape[0] // rows, rows, -1, cols).sum(axis=(1, 3))
+    sizes = np.outer(
+        np.minimum(rows, matrix.shape[0] - np.arange(0, matrix.shape[0], rows)),
+        np.minimum(cols, matrix.shape[1] - np.arange(0, matrix.shape[1], cols)),
+    )
+    bad = np.argwhere((kept_count > 0) & (kept_count < sizes))
+    if not len(bad):
+        return 0, ""
+    r, c = (int(x) for x in bad[0])
+    return len(bad), f"the block at rows {r * rows}, units {c * cols} is partly kept"
+
+
+def pattern_problem(target, keep, granularity) -> str:
+    """How a plan's keep mask for `target` breaks its granularity (whole units for neuron, whole blocks for
+    block:RxC, at most N of every M for N:M), or "": an edited plan's masks labelled with a pattern they do
+    not hold would be applied and verified as that pattern."""
+    import numpy as np
+
+    keep = np.asarray(keep, bool)
+    if granularity.kind == "neuron" and keep.ndim:
+        per_unit = np.moveaxis(keep, target.unit_axis, -1).reshape(-1, keep.shape[target.unit_axis])
+        mixed = np.flatnonzero(per_unit.any(axis=0) & ~per_unit.all(axis=0))
+        return f"unit {mixed[0]} is partly kept" if len(mixed) else ""
+    if granularity.kind == "block" and keep.ndim:
+        return block_violations(target, granularity.rows, granularity.cols, keep)[1]
+    if granularity.kind == "nm":
+        return nm_violations(target, granularity.rows, granularity.cols, kept=keep)[1]
+    return ""
+
+
 def _check_nm(result: VerifyResult, granularity, layers: list, found: dict) -> None:
     """Every group keeps at most N (more zeros are allowed: a weight zero in the input stays zero), and a
     layer's requested sparsity, where the report gives one other than 0 (a skipped layer), is what the
@@ -549,8 +588,11 @@ def _check_plan(result: VerifyResult, plan: plan_file.Plan, model, found: dict, 
     differ from the plan's and each layer's unit count is checked instead."""
     import numpy as np
 
+    from prunecli.config.fields import Granularity
+
     settings = plan.manifest.get("settings", {})
     shrunk = shrunk or bool(settings.get("shrink"))
+    granularity = Granularity.parse(plan.granularity)  # checked when the plan was read
     if not shrunk:
         _check_architecture(result, plan, model, bool(settings.get("quantize")))
     for entry in plan.targets:
@@ -560,6 +602,9 @@ def _check_plan(result: VerifyResult, plan: plan_file.Plan, model, found: dict, 
             result.failures.append(f"plan target {shown(name)}: not in the model")
             continue
         if list(t.shape) == list(entry["shape"]):
+            problem = pattern_problem(t, plan.mask(name), granularity)
+            if problem:
+                result.failures.append(f"plan target {shown(name)}: its mask is not {granularity} ({problem})")
             pruned = ~plan.mask(name)
             alive = int(np.count_nonzero(np.asarray(t.variable)[pruned]))
             result.claim(
