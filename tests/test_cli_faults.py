@@ -321,9 +321,24 @@ def test_atomic_path_keeps_the_target_when_the_write_fails(tmp_path):
     assert target.read_bytes() == b"new"
 
 
-def test_atomic_path_reports_an_unwritable_folder(tmp_path):
-    with pytest.raises(OutputError, match="cannot write"), model_io.atomic_path(tmp_path / "gone" / "m.keras"):
+def test_atomic_path_reports_an_unwritable_folder(tmp_path, monkeypatch):
+    """The error names the user's file and the reason, not the temporary name beside it (a folder removed
+    mid-run said `[Errno 2] No such file or directory: 'gone/.m.8634.1aa384185c73.tmp.keras'`), and a
+    disk with no room left for the temporary file is exit 6 (RESOURCE), as for the model's own bytes."""
+    from prunecli.errors import ResourceError
+
+    target = tmp_path / "gone" / "m.keras"
+    with pytest.raises(OutputError) as gone, model_io.atomic_path(target):
         pass
+    assert str(gone.value) == f"cannot write {target}: No such file or directory"
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "touch", full)
+    with pytest.raises(ResourceError, match="not enough disk space to write .*m.keras .No space"):
+        with model_io.atomic_path(tmp_path / "m.keras"):
+            pass
 
 
 def test_only_temporary_files_of_dead_processes_are_removed(tmp_path):

@@ -20,7 +20,7 @@ from typing import Any
 
 from prunecli import runtime
 from prunecli.config import PruneConfig, name_matches
-from prunecli.errors import ConfigError, InputError, ModelLoadError, OutputError, first_line
+from prunecli.errors import ConfigError, InputError, ModelLoadError, OutputError, first_line, write_error
 from prunecli.outputs.report import Timings
 from prunecli.run import steps
 from prunecli.run.state import PruneResult, RunState
@@ -206,8 +206,8 @@ def _save(model, out: Path, training_setup, tf_keras) -> None:
     try:
         with model_io.atomic_path(out) as tmp, model_io.quiet_keras():
             model.save(tmp, save_format="h5")
-    except OSError as exc:
-        raise OutputError(f"cannot write {out}: {first_line(exc)}") from exc
+    except OSError as exc:  # the user's name and the reason, not the temporary name; a full disk is exit 6
+        raise write_error(out, exc) from exc
 
 
 def prune(config: PruneConfig, progress=None) -> PruneResult:

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from prunecli.errors import DISK_FULL, InputError, OutputError, first_line, write_error
+from prunecli.errors import DISK_FULL, InputError, OutputError, write_error
 from prunecli.io.models import cudnn
 from prunecli.io.models.metadata import ModelFile, file_identity
 from prunecli.io.models.read import NONFINITE_ADVICE, check_finite, quiet_keras
@@ -473,8 +473,8 @@ def atomic_path(target: Path, output: bool = True):
     try:
         try:  # created inside the outer try, so a Ctrl-C at any point after this line removes it
             tmp_path.touch(exist_ok=False)
-        except OSError as exc:
-            raise OutputError(f"cannot write {target}: {first_line(exc)}") from exc
+        except OSError as exc:  # the user's name and the reason, not the temporary name; a full disk is exit 6
+            raise write_error(target, exc) from exc
         try:
             yield tmp_path
             with open(tmp_path, "rb+") as fh:
