@@ -302,6 +302,11 @@ def test_plan_apply_verify_take_custom_objects(cli, custom_model, tmp_path):
     assert applied.exit_code == 0, applied.output
     verified = cli("verify", second, "--plan", plan, "--custom-objects", source)
     assert verified.exit_code == 0 and "claims hold" in verified.output
+    from prunecli.run.verify import verify
+
+    # one file given as a string (or a Path) from Python is one file, as build_config takes it: verify
+    # tried to import each of its characters ("--custom-objects /: cannot import it")
+    assert verify(second, plan=plan, custom_objects=str(source)).ok
 
 
 def test_custom_objects_import_like_python(cli, custom_model, tmp_path, monkeypatch):

@@ -94,7 +94,9 @@ def load(path: str | os.PathLike, unsafe: bool = False, custom_objects: tuple[st
 def load_counted(path: str | os.PathLike, unsafe: bool = False, custom_objects: tuple[str, ...] | list[str] = ()):
     """`load`, and the census of the loaded weights its finiteness check took (structure/census.py:
     each variable's non-zeros, from the same one read): (model, ModelFile, Census)."""
-    custom = register_custom(tuple(custom_objects))
+    if isinstance(custom_objects, (str, os.PathLike)):  # one file or module from Python: taken whole, as the
+        custom_objects = (custom_objects,)  # CLI's and build_config's options take it, never one name per character
+    custom = register_custom(tuple(str(c) for c in custom_objects))
     channels_first.run_on_cpu()  # a channels-first model then runs here as on a GPU
     info = inspect_file(path)
     if not unsafe:
