@@ -570,6 +570,7 @@ def test_the_api_refuses_model_objects_dicts_and_odd_types_in_one_line(pruned, m
     import keras
 
     from prunecli import build_config
+    from prunecli.io import models as model_io
     from prunecli.run.apply import apply_plan
     from prunecli.run.verify import verify
 
@@ -582,6 +583,10 @@ def test_the_api_refuses_model_objects_dicts_and_odd_types_in_one_line(pruned, m
         verify(pruned[0], report=pruned[2], tolerance="0.1")
     with pytest.raises(ConfigError, match="verify needs the model to check"):  # a TypeError before
         verify(None, report=pruned[2])
+    with pytest.raises(ConfigError, match="verify: unsafe takes True or False, got 'false'"):  # was truthy:
+        verify(pruned[0], report=pruned[2], unsafe="false")  # a Lambda file's code ran
+    with pytest.raises(ConfigError, match="^unsafe takes True or False, got 'no'"):  # every loader
+        model_io.load(pruned[0], unsafe="no")
     x = np.zeros((4, 3))
     with pytest.raises(ConfigError, match=r"invalid value for data: a tuple \(a path is needed") as caught:
         build_config({"model_path": str(mlp_files["keras"]), "data": (x, x)})

@@ -88,6 +88,9 @@ def verify(
     for role, p in (("model", model_path), ("report", report), ("plan", plan), ("data", data)):
         if p is not None and not isinstance(p, (str, os.PathLike)):  # the Python API given a dict or a model
             raise ConfigError(f"verify: {role} takes the path of a file, not a {type(p).__name__}")
+    for name, flag in (("unsafe", unsafe), ("raise_on_failure", raise_on_failure)):
+        if not isinstance(flag, bool):  # verify(unsafe="false") ran the file's Lambda code: a string is truthy
+            raise ConfigError(f"verify: {name} takes True or False, got {flag!r}")
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)):
         raise ConfigError(f"--tolerance must be a number, got {tolerance!r}")
     if not (tolerance >= 0 and math.isfinite(tolerance)):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 
+from prunecli.errors import ConfigError
 from prunecli.io.models import channels_first
 from prunecli.io.models.cudnn import read_notes as _cudnn_notes
 from prunecli.io.models.custom import register as register_custom
@@ -94,6 +95,8 @@ def load(path: str | os.PathLike, unsafe: bool = False, custom_objects: tuple[st
 def load_counted(path: str | os.PathLike, unsafe: bool = False, custom_objects: tuple[str, ...] | list[str] = ()):
     """`load`, and the census of the loaded weights its finiteness check took (structure/census.py:
     each variable's non-zeros, from the same one read): (model, ModelFile, Census)."""
+    if not isinstance(unsafe, bool):  # a caller's unsafe="false" is truthy: it would have run the file's code
+        raise ConfigError(f"unsafe takes True or False, got {unsafe!r}")
     if isinstance(custom_objects, (str, os.PathLike)):  # one file or module from Python: taken whole, as the
         custom_objects = (custom_objects,)  # CLI's and build_config's options take it, never one name per character
     custom = register_custom(tuple(str(c) for c in custom_objects))
