@@ -621,3 +621,31 @@ def _edited_plan(plan, tmp_path, edit, sealed=True):
         for name, data in files.items():
             z.writestr(name, data)
     return edited
+
+
+def test_verify_says_an_element_plans_shrunk_kernels_are_not_checked(pruned):
+    """An element plan applied with `apply --shrink` (the shrink also drops a filter no reader reads, which
+    no plan records) failed verify as a model of another shape ('shape (3, 3, 16, 30), the plan (3, 3, 16,
+    32)'): said now as not checked, naming what --shrink left; a larger side is still another model."""
+    from types import SimpleNamespace
+
+    from prunecli.run.verify import VerifyResult, _check_plan
+
+    plan = plan_file.read(pruned[1])
+    found = {}
+    for t in plan.targets:
+        shape = list(t["shape"])
+        shape[t["unit_axis"]] -= 1
+        found[t["name"]] = SimpleNamespace(shape=tuple(shape), units=shape[t["unit_axis"]])
+    result = VerifyResult(model="shrunk.keras")
+    _check_plan(result, plan, None, found, shrunk=True)
+    assert not result.failures and len(result.unchecked) == len(plan.targets)
+    assert (
+        "not checked (--shrink left" in result.unchecked[0]
+        and "element plan records no removed units" in result.unchecked[0]
+    )
+    first = plan.targets[0]
+    found[first["name"]] = SimpleNamespace(shape=tuple(d + 1 for d in first["shape"]), units=0)
+    result = VerifyResult(model="other.keras")
+    _check_plan(result, plan, None, found, shrunk=True)
+    assert len(result.failures) == 1 and "the plan (" in result.failures[0]
