@@ -569,6 +569,7 @@ def test_apply_plan_refuses_options_the_apply_command_does_not_have(pruned, mlp_
 def test_the_api_refuses_model_objects_dicts_and_odd_types_in_one_line(pruned, mlp_files):
     import keras
 
+    import prunecli
     from prunecli import build_config
     from prunecli.io import models as model_io
     from prunecli.run.apply import apply_plan
@@ -583,6 +584,10 @@ def test_the_api_refuses_model_objects_dicts_and_odd_types_in_one_line(pruned, m
         verify(pruned[0], report=pruned[2], tolerance="0.1")
     with pytest.raises(ConfigError, match="verify needs the model to check"):  # a TypeError before
         verify(None, report=pruned[2])
+    with pytest.raises(ConfigError, match="^progress takes a function of one message, or None: got 5$"):
+        apply_plan(pruned[1], mlp_files["keras"], progress=5)  # a TypeError in its first step before
+    with pytest.raises(ConfigError, match="^progress takes a function of one message"):
+        prunecli.prune(build_config({"model_path": str(mlp_files["keras"])}), progress="quiet")
     with pytest.raises(ConfigError, match="verify: unsafe takes True or False, got 'false'"):  # was truthy:
         verify(pruned[0], report=pruned[2], unsafe="false")  # a Lambda file's code ran
     with pytest.raises(ConfigError, match="^unsafe takes True or False, got 'no'"):  # every loader

@@ -99,6 +99,7 @@ def apply_plan(plan_path: str | os.PathLike, model_path: str | os.PathLike, prog
     that does not fit the model, ConfigError (exit 2) for a structural plan."""
     from prunecli.run.pipeline import write_outputs
 
+    steps.checked_progress(progress)
     plan = plan_file.read(plan_path)
     config = apply_config(plan, model_path, **options)
     out, _ = plan_paths(config, plan_path)

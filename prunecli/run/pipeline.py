@@ -35,6 +35,7 @@ def prune(config: PruneConfig, progress: steps.Progress | None = None) -> PruneR
     config)`, after the report is written."""
     if not isinstance(config, PruneConfig):  # a dict of settings, say: one line, not an AttributeError
         raise ConfigError("prune() takes a PruneConfig: prunecli.prune(prunecli.build_config({...}))")
+    steps.checked_progress(progress)
     checked(config)
     from prunecli.outputs.report import write_report_files
     from prunecli.training import distribute

@@ -27,6 +27,13 @@ from prunecli.structure import keras_graph, probes
 Progress = Callable[[str], None]
 
 
+def checked_progress(progress) -> None:
+    """A library entry point's `progress` is None or a function of one message: prune(config, progress=5)
+    failed in its first step with TypeError ('int' object is not callable), an error of no family."""
+    if progress is not None and not callable(progress):
+        raise ConfigError(f"progress takes a function of one message, or None: got {progress!r}")
+
+
 def silent(_message: str) -> None:
     """A progress callback that shows nothing."""
 
