@@ -282,7 +282,7 @@ def test_a_run_whose_stand_in_search_ran_out_of_time_says_so_in_its_report(monke
     notes = prunecli.prune(config).report.notes
     cut = [n for n in notes if "stopped trying input lengths" in n]
     assert len(cut) == 1 and f"length {probes.OPEN_DIM}, the first tried" in cut[0], notes
-    assert probes.cut_searches() == cut  # the next run starts its own record (steps.load)
+    assert probes.cut_searches() == cut  # the run's record, started in this context by steps.load
 
 
 @pytest.mark.slow  # the common sizes fail first: 18 trial passes of each model, as before
@@ -773,3 +773,30 @@ def test_channels_first_convolutions_shrink_and_compute_the_masked_function(tmp_
             assert (_predicted(masked), _predicted(masked, "flops")) == want
     assert s.model.get_layer("branch").kernel.shape == (3, 3, 5, 5)  # dead in both Add members: 1, 2, 5
     assert s.model.get_layer("out").kernel.shape == (9 * 4 * 4, 4)  # 5 + 4 channels, channel-major rows
+
+
+def test_the_record_of_cut_searches_is_the_calling_runs_own(monkeypatch):
+    """The record was one module-level list that each run cleared as it loaded: a second run started in
+    another thread (two API calls side by side) wiped the first's notes, and a run read the lines of
+    any search made since. Each run's record now lives in its own context."""
+    import threading
+    import time
+
+    import keras
+
+    from prunecli.structure import probes
+
+    def slow_failing_pass(model, inputs):
+        time.sleep(0.02)
+        raise ValueError("does not fit")
+
+    monkeypatch.setattr(probes, "_trial_pass", slow_failing_pass)
+    monkeypatch.setattr(probes, "SEARCH_BUDGET_S", 0.01)
+    inp = keras.Input((None, 3))
+    model = keras.Model(inp, keras.layers.Dense(2)(inp), name="mine")
+    probes.forget_cut_searches()
+    probes.seeded_inputs(model, 2)
+    other = threading.Thread(target=probes.forget_cut_searches)  # another run starting beside this one
+    other.start()
+    other.join()
+    assert [n for n in probes.cut_searches() if "of mine stopped trying" in n], probes.cut_searches()

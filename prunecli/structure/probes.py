@@ -7,6 +7,8 @@ ids, segment ids, masks) gets valid values everywhere, not only in the step that
 
 from __future__ import annotations
 
+import contextvars
+
 OPEN_DIM = 32  # size given to dimensions the model leaves open (None): short enough for any position table
 
 
@@ -50,7 +52,9 @@ def _values(model, batch: int, seed: int, open_dim: int | tuple[int, ...], posit
 
 
 _RUNNABLE: dict[tuple[int, int], tuple] = {}  # (id(model), asked) -> (weak reference, size, positive, note)
-_CUT: list[str] = []  # what each search that ran out of time since `forget_cut_searches` left, for the report
+# The searches a run's time budget cut short, for its report: a record per run (`forget_cut_searches` starts
+# one in the run's context), so two runs in one process, or in two threads, never read each other's.
+_CUT: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("prunecli_cut_searches", default=None)
 MAX_PER_INPUT_TRIES = 64  # assignments of one open size per input tried when no common size runs
 SEARCH_BUDGET_S = 30.0  # seconds of trial passes per model: a model whose pass takes seconds hung for minutes
 
@@ -88,25 +92,27 @@ def _runnable(model, wanted: int) -> tuple[int | tuple[int, ...], bool]:
         found = None
         spent = time.monotonic() - started
         note = f"stopped trying input lengths after {spent:.1f} s ({out.args[0]} trial passes; budget {SEARCH_BUDGET_S:g} s)"
-        _CUT.append(
-            f"the search for stand-in inputs of {model.name} {note}: the checks run on stand-ins gave every open"
-            f" dimension length {wanted}, the first tried, not a length found to run; --data gives the real inputs"
-        )
+        record = _CUT.get()
+        if record is not None:  # outside a run (a caller's own check) nothing reads the note's line
+            record.append(
+                f"the search for stand-in inputs of {model.name} {note}: the checks run on stand-ins gave every open"
+                f" dimension length {wanted}, the first tried, not a length found to run; --data gives the real inputs"
+            )
     found = found or (wanted, False)
     _RUNNABLE[key] = (weakref.ref(model, lambda _ref: _RUNNABLE.pop(key, None)), *found, note)
     return found
 
 
 def forget_cut_searches() -> None:
-    """Start a run's record of the stand-in searches cut short (`cut_searches`)."""
-    _CUT.clear()
+    """Start a run's record of the stand-in searches cut short (`cut_searches`), in the calling context."""
+    _CUT.set([])
 
 
 def cut_searches() -> list[str]:
     """A line per stand-in search that SEARCH_BUDGET_S cut short since `forget_cut_searches`, for the
     notes of a run that succeeded all the same: its checks on stand-ins ran at a length not known to fit
     (a failing one says so in its own message, `search_note`); the same line once."""
-    return list(dict.fromkeys(_CUT))
+    return list(dict.fromkeys(_CUT.get() or ()))
 
 
 def search_note(model) -> str | None:
