@@ -654,3 +654,30 @@ def test_verify_says_an_element_plans_shrunk_kernels_are_not_checked(pruned):
     result = VerifyResult(model="other.keras")
     _check_plan(result, plan, None, found, shrunk=True)
     assert len(result.failures) == 1 and "the plan (" in result.failures[0]
+
+
+@pytest.mark.slow  # one --shrink run, two verifies
+def test_a_shrunk_runs_own_plan_verifies_its_shrunk_kernels(mlp_files, tmp_path, cli):
+    """`prune -s 0.97 --shrink --save-plan` then `verify --plan` on that run's own output exited 4 ('not
+    checked': an element plan names no unit it removed). The plan now keeps each shrunk target's mask as
+    --shrink cut it, so verify checks the shrunk kernels' zeros, and a weight set non-zero there fails."""
+    import keras
+
+    out, plan, report = tmp_path / "o.keras", tmp_path / "p.zip", tmp_path / "r.json"
+    args = ("prune", mlp_files["keras"], "-s", "0.97", "--shrink", "--save-plan", plan, "-r", report, "-o", out, "-q")
+    assert cli(*args).exit_code == 0
+    saved = plan_file.read(plan)
+    cut = [t for t in saved.targets if "shrunk" in t]
+    assert cut and all(saved.shrunk_mask(t["name"]).shape != saved.mask(t["name"]).shape for t in cut)
+    result = cli("verify", out, "--report", report, "--plan", plan)
+    assert result.exit_code == 0, result.output
+    assert "shrunk to" in result.output or "claims hold" in result.output
+    model = keras.saving.load_model(out)
+    name = cut[0]["name"]
+    variable = next(v for v in model.weights if plan_file.stable_path(v.path) == plan_file.stable_path(name))
+    kernel = np.asarray(variable)
+    kernel[~saved.shrunk_mask(name)] = 1.0
+    variable.assign(kernel)
+    model.save(tmp_path / "edited.keras")
+    result = cli("verify", tmp_path / "edited.keras", "--plan", plan)
+    assert result.exit_code == 4 and "weight(s) the plan prunes are non-zero (shrunk to" in result.stderr

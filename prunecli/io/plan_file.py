@@ -35,7 +35,7 @@ import math
 import os
 import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prunecli.errors import ConfigError, DataError, InputError, OutputError, first_line
@@ -61,12 +61,14 @@ STRUCTURE_SECTIONS = (
 
 @dataclass(frozen=True)
 class Plan:
-    """A plan file read back: its manifest and its packed masks ({target name: bytes})."""
+    """A plan file read back: its manifest and its packed masks ({target name: bytes}); `shrunk`: the masks
+    of the targets --shrink made smaller, in their shrunk shapes ({target name: bytes}; `shrunk_mask`)."""
 
     path: Path
     manifest: dict
     packed: dict
     sha256: str
+    shrunk: dict = field(default_factory=dict)
 
     @property
     def granularity(self) -> str:
@@ -83,6 +85,18 @@ class Plan:
         entry = next(t for t in self.targets if t["name"] == name)
         size = int(entry["size"])
         bits = np.unpackbits(np.frombuffer(self.packed[name], dtype=np.uint8), count=size)
+        return bits.astype(bool).reshape(tuple(entry["shape"]))
+
+    def shrunk_mask(self, name: str):
+        """Target `name`'s keep mask as --shrink cut it (the kept units and input rows of its kernel), in the
+        shrunk shape; None where the plan's run did not shrink it (or was written before plans kept these)."""
+        import numpy as np
+
+        entry = next(t for t in self.targets if t["name"] == name).get("shrunk")
+        if entry is None or name not in self.shrunk:
+            return None
+        size = math.prod(int(d) for d in entry["shape"])
+        bits = np.unpackbits(np.frombuffer(self.shrunk[name], dtype=np.uint8), count=size)
         return bits.astype(bool).reshape(tuple(entry["shape"]))
 
 
@@ -377,10 +391,15 @@ def _canonical(value) -> bytes:
 # writing
 
 
-def build(targets, masks, settings: dict, source_print: dict, *, version: str = "", sections=None) -> bytes:
+def build(
+    targets, masks, settings: dict, source_print: dict, *, version: str = "", sections=None, shrunk=None
+) -> bytes:
     """The plan file's bytes: `targets` (structure.targets.Target) and `masks` (a MaskSet or None) of
     the run, its `settings` (the report's), the input's `fingerprint`, and the structural report
-    `sections` the run produced. Deterministic: the same inputs give the same bytes."""
+    `sections` the run produced; `shrunk`: {target name: keep mask} of the targets --shrink cut down, in
+    their new shapes, so that `verify --plan` can check the shrunk kernels (an element plan names no unit
+    it removed, and --shrink also drops filters nothing reads). Deterministic: the same inputs give the
+    same bytes."""
     import numpy as np
 
     entries = []
@@ -404,6 +423,12 @@ def build(targets, masks, settings: dict, source_print: dict, *, version: str = 
             entry["removed_units"] = [int(u) for u in np.flatnonzero(~alive)]
         entries.append(entry)
         blobs.append((entry["mask"], np.packbits(keep.reshape(-1)).tobytes()))
+    for i, entry in enumerate(entries):  # after every target's own mask: a plan without them seals as before
+        cut = (shrunk or {}).get(entry["name"])
+        if cut is not None:
+            cut = np.asarray(cut).astype(bool)
+            entry["shrunk"] = {"shape": list(cut.shape), "kept": int(cut.sum()), "mask": f"masks/{i:04d}.shrunk.bits"}
+            blobs.append((entry["shrunk"]["mask"], np.packbits(cut.reshape(-1)).tobytes()))
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -520,23 +545,30 @@ def read(path: str | os.PathLike) -> Plan:
                 raise InputError(f"plan {shown(p)}: its manifest declares {info.file_size} bytes")
             manifest = loads_unique(z.read(MANIFEST).decode("utf-8"))
             _check_manifest(p, manifest)
-            packed = {}
+            packed, shrunk = {}, {}
             for t in manifest["targets"]:
-                want = math.ceil(int(t["size"]) / 8)
-                entry = z.getinfo(t["mask"])
-                if entry.file_size != want:
-                    raise InputError(
-                        f"plan {shown(p)}: mask of {shown(t['name'])} holds {entry.file_size} bytes, not {want}"
-                    )
-                packed[t["name"]] = z.read(t["mask"])
+                packed[t["name"]] = _blob(z, p, t["name"], t["mask"], int(t["size"]))
+                if "shrunk" in t:
+                    cut = t["shrunk"]
+                    size = math.prod(int(d) for d in cut["shape"])
+                    shrunk[t["name"]] = _blob(z, p, t["name"], cut["mask"], size, "shrunk mask")
     except InputError:
         raise
     except (zipfile.BadZipFile, KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
         raise InputError(f"{shown(p)} is not a prunecli plan file ({first_line(exc)})") from exc
-    plan = Plan(path=p, manifest=manifest, packed=packed, sha256=digest)
+    plan = Plan(path=p, manifest=manifest, packed=packed, sha256=digest, shrunk=shrunk)
     _check_kept(plan)
     _check_seal(plan)
     return plan
+
+
+def _blob(z, p: Path, name: str, member: str, size: int, what: str = "mask") -> bytes:
+    """A packed mask of `size` bits from the plan's zip, refused when its length is not that."""
+    want = math.ceil(size / 8)
+    info = z.getinfo(member)
+    if info.file_size != want:
+        raise InputError(f"plan {shown(p)}: {what} of {shown(name)} holds {info.file_size} bytes, not {want}")
+    return z.read(member)
 
 
 def _check_seal(plan: Plan) -> None:
@@ -547,7 +579,8 @@ def _check_seal(plan: Plan) -> None:
     if said is None:
         return
     try:
-        found = content_sha256(plan.manifest, [plan.packed[t["name"]] for t in plan.targets])
+        blobs = [plan.packed[t["name"]] for t in plan.targets]
+        found = content_sha256(plan.manifest, blobs + [plan.shrunk[t["name"]] for t in plan.targets if "shrunk" in t])
     except ValueError as exc:  # NaN or Infinity in the manifest: never in a plan prunecli wrote
         raise InputError(f"{shown(plan.path)} is not a prunecli plan file ({first_line(exc)})") from exc
     if found != said:
@@ -744,7 +777,20 @@ def manifest_problem(manifest: dict) -> str | None:
             (f"target {i} unit_axis", t.get("unit_axis", 0), is_int, "an integer"),
             (f"target {i} requested_sparsity", t.get("requested_sparsity"), optional(is_number), "a number"),
             (f"target {i} removed_units", t.get("removed_units", []), is_ints, "a list of integers"),
+            (f"target {i} shrunk", t.get("shrunk", {}), is_object, "an object"),
         ]
+        if is_object(t.get("shrunk")):
+            cut = t["shrunk"]
+            fields += [
+                (
+                    f"target {i} shrunk.shape",
+                    cut.get("shape"),
+                    lambda v: is_ints(v) and min(v, default=0) >= 0,
+                    "a list of sizes",
+                ),
+                (f"target {i} shrunk.kept", cut.get("kept"), is_int, "an integer"),
+                (f"target {i} shrunk.mask", cut.get("mask"), is_text, "text"),
+            ]
     return first_problem(fields)
 
 
@@ -761,6 +807,12 @@ def _check_kept(plan: Plan) -> None:
         if "kept" in t and kept != int(t["kept"]):
             raise InputError(
                 f"plan {shown(plan.path)}: target {shown(t['name'])} says {t['kept']} weights kept, its mask keeps {kept}"
+            )
+        cut = plan.shrunk_mask(t["name"])
+        if cut is not None and int(cut.sum()) != int(t["shrunk"]["kept"]):
+            raise InputError(
+                f"plan {shown(plan.path)}: target {shown(t['name'])} says {t['shrunk']['kept']} weights kept after"
+                f" --shrink, its shrunk mask keeps {int(cut.sum())}"
             )
         if "removed_units" in t and mask.ndim:
             axis = int(t.get("unit_axis", 0))

@@ -239,8 +239,22 @@ def _plan_bytes(masked, state, config: PruneConfig, source_print) -> bytes | Non
     if source_print is None or not distribute.is_chief():
         return None
     settings = plan_file.settings_of(config)
+    shapes = {t.name: tuple(t.shape) for t in masked.targets}
+    shrunk = {  # --shrink's cut of each mask it made smaller (the shrink step's sliced masks)
+        t.name: state.masks.masks[t.name]
+        for t in (state.targets or [])
+        if state.masks is not None
+        and t.name in state.masks.masks
+        and shapes.get(t.name, tuple(t.shape)) != tuple(t.shape)
+    }
     return plan_file.build(
-        masked.targets, masked.masks, settings, source_print, version=__version__, sections=state.sections
+        masked.targets,
+        masked.masks,
+        settings,
+        source_print,
+        version=__version__,
+        sections=state.sections,
+        shrunk=shrunk,
     )
 
 

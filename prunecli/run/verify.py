@@ -622,6 +622,14 @@ def _check_plan(result: VerifyResult, plan: plan_file.Plan, model, found: dict, 
                 f"plan target {name}: {want} units kept",
                 f"plan target {shown(name)}: {t.units} units, the plan keeps {want}",
             )
+        elif shrunk and plan.shrunk_mask(name) is not None and list(t.shape) == entry["shrunk"]["shape"]:
+            pruned = ~plan.shrunk_mask(name)  # the plan's mask as its run's --shrink cut it
+            alive = int(np.count_nonzero(np.asarray(t.variable)[pruned]))
+            result.claim(
+                alive == 0,
+                f"plan target {name}: {int(pruned.sum())} pruned weights are zero (shrunk to {tuple(t.shape)})",
+                f"plan target {shown(name)}: {alive} weight(s) the plan prunes are non-zero (shrunk to {tuple(t.shape)})",
+            )
         elif shrunk and _within(t.shape, entry["shape"]):
             # an element, block or N:M plan applied with --shrink: the units and input rows the shrink found
             # dead (a filter no reader reads included) are recorded nowhere, so its masks cannot be laid on the
