@@ -329,6 +329,22 @@ def test_outputs_are_compared_as_what_they_are():
     assert outputs.error([[np.log(q) + 3.0]], logits, ["logits"]) == pytest.approx(kl)
 
 
+def test_outputs_compared_as_values_are_one_relative_error():
+    """Several value outputs are one relative squared error, so that a small one (a residual trained
+    towards 0 beside the prediction, as acdc-nn's out_av beside its DDG) weighs by its size: zeroing it
+    moves the outputs less than a quarter of the prediction's error does (each output on its own scale,
+    the residual's relative error of 1 chose the run that is off on the prediction)."""
+    from prunecli.calibration import outputs
+
+    dense = [[np.array([[2.0], [-1.0]]), np.array([[0.02], [-0.01]])]]
+    residual_zeroed = [[np.array([[2.0], [-1.0]]), np.zeros((2, 1))]]
+    prediction_off = [[np.array([[1.5], [-1.0]]), np.array([[0.02], [-0.01]])]]
+    kinds = ["values", "values"]
+    assert outputs.error(residual_zeroed, dense, kinds) == pytest.approx(0.0005 / 5.0005)
+    assert outputs.error(prediction_off, dense, kinds) == pytest.approx(0.25 / 5.0005)
+    assert outputs.error(residual_zeroed, dense, kinds) < outputs.error(prediction_off, dense, kinds)
+
+
 @pytest.mark.slow
 def test_allocations_are_compared_on_examples_the_calibration_did_not_read():
     """With held-out examples, every allocation's outputs are compared on them: the magnitude masks'
