@@ -2895,6 +2895,194 @@ def build_waveforms_eqt(ctx, n=8):
     return {"x": RNG.standard_normal((n, 6000, 3)).astype(np.float32)}, None, None
 
 
+ACDC_AA = "ACDEFGHIKLMNPQRSTVWY"  # acdc_nn.util.getMutCod's order (and its profiles' columns)
+# background amino-acid frequencies (UniProtKB/Swiss-Prot, %), in ACDC_AA's order
+ACDC_BACKGROUND = np.array(
+    "8.25 1.38 5.46 6.72 3.86 7.07 2.27 5.91 5.80 9.64 2.41 4.06 4.74 3.93 5.53 6.63 5.35 6.86 1.10 2.92".split(), float
+)
+
+
+def assemble_acdcseq(weights: bytes, out: Path, custom_objects: str) -> None:
+    """acdc-nn 0.0.17 ships ACDC-NN-Seq as weights only (weights/acdc_nn_seq.h5, written by tf.keras 2.4 with
+    save_weights) and builds the network in code (acdc_nn/nn.py build_acdc_seq, num_H=[128, 64], d=0.35 as
+    ACDCSeq does): two 7 x 20 profile contexts (direct, inverse) through ONE Conv1D(20, 1, no bias), each
+    Dot(axes=(2, 1)) with its 20-wide mutation coding, Concatenate with that coding (27), then ONE nested
+    Sequential `TopLayer` (Dense(128, relu) -> Dropout -> Dense(64, relu) -> Dropout -> Dense(1)) called on
+    both; two Lambda outputs, out_diff = (direct - inverse) / 2 and out_av = (direct + inverse) / 2. Built
+    so, the arrays set by name, saved by Keras 3."""
+    import h5py
+    import keras
+
+    from prunecli.io import models as model_io
+
+    model_io.register_custom((custom_objects,))
+    spec = importlib.util.spec_from_file_location("acdcnn_custom", custom_objects)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    layers = keras.layers
+    env, env_i = keras.Input((7, 20), name="input_env1D"), keras.Input((7, 20), name="input_env_i1D")
+    mut, mut_i = keras.Input((20,), name="inputMut"), keras.Input((20,), name="inputMut_i")
+    conv = layers.Conv1D(20, 1, use_bias=False, name="net_envConv1D")
+    top = keras.Sequential(
+        [
+            layers.Dense(128, activation="relu", name="Dense_1"),
+            layers.Dropout(0.35),
+            layers.Dense(64, activation="relu", name="Dense_2"),
+            layers.Dropout(0.35),
+            layers.Dense(1, activation="linear", name="Dense_3"),
+        ],
+        name="TopLayer",
+    )
+    direct = top(layers.concatenate([layers.Dot(axes=(2, 1))([conv(env), mut]), mut]))
+    inverse = top(layers.concatenate([layers.Dot(axes=(2, 1))([conv(env_i), mut_i]), mut_i]))
+    out_d = layers.Lambda(module.diff, output_shape=(1,), name="out_diff")([direct, inverse])
+    out_av = layers.Lambda(module.avout, output_shape=(1,), name="out_av")([direct, inverse])
+    model = keras.Model([env, mut, env_i, mut_i], [out_d, out_av], name="acdc_nn_seq")
+    with h5py.File(io.BytesIO(weights), "r") as f:
+        conv.set_weights([np.asarray(f["net_envConv1D/net_envConv1D/kernel:0"])])
+        for name in ("Dense_1", "Dense_2", "Dense_3"):
+            top.get_layer(name).set_weights([np.asarray(f[f"TopLayer/{name}/{k}:0"]) for k in ("kernel", "bias")])
+    model.save(out)
+
+
+def acdc_profile_rows(native: np.ndarray, rng) -> np.ndarray:
+    """Profile rows (one per residue of `native`, indices into ACDC_AA) as an alignment's column
+    frequencies: a conserved share (Beta(2, 2)) on the native residue, the rest spread as a Dirichlet
+    around the background frequencies, rounded to 2 decimals as the profiles' tables are."""
+    bg = ACDC_BACKGROUND / ACDC_BACKGROUND.sum()
+    keep = rng.beta(2.0, 2.0, size=len(native))[:, None]
+    spread = rng.dirichlet(bg * 20.0, size=len(native))
+    rows = keep * np.eye(20)[native] + (1.0 - keep) * spread
+    return np.round(rows, 2)
+
+
+def build_mutations_acdcseq(ctx, n=256, context=3):
+    """ACDC-NN-Seq's inputs as acdc_nn.ACDCSeq.predict lays them out, for synthetic point mutations (the
+    wheel ships no profiles): a protein of 60-400 residues drawn from the background frequencies, a
+    position, a mutant residue other than the native one; the mutation coding of util.getMutCod (-1 at the
+    wild type, +1 at the mutant); the profile's 7 rows around the position (profile_context(context=3):
+    rows outside the protein are zeros, as its reindex fills them); the inverse mutation's coding with
+    the signs swapped and the same profile, as predict makes it. Targets = dense model's two outputs."""
+    rng = np.random.default_rng(39)
+    bg = ACDC_BACKGROUND / ACDC_BACKGROUND.sum()
+    env, mut = np.zeros((n, 2 * context + 1, 20), np.float32), np.zeros((n, 20), np.float32)
+    for i in range(n):
+        length = int(rng.integers(60, 401))
+        seq = rng.choice(20, size=length, p=bg)
+        pos = int(rng.integers(0, length)) if i % 12 else int(rng.choice([0, 1, length - 2, length - 1]))
+        wt = seq[pos]
+        mt = rng.choice([a for a in range(20) if a != wt], p=bg[np.arange(20) != wt] / bg[np.arange(20) != wt].sum())
+        rows = acdc_profile_rows(seq, rng)
+        for k, p in enumerate(range(pos - context, pos + context + 1)):
+            if 0 <= p < length:
+                env[i, k] = rows[p]
+        mut[i, wt], mut[i, mt] = -1.0, 1.0
+    xs = {"x_input_env1D": env, "x_inputMut": mut, "x_input_env_i1D": env.copy(), "x_inputMut_i": -mut}
+    outs, _ = predict_outputs(ctx["model_path"], xs, ctx["custom"])
+    y = {f"y_{name}": o.astype(np.float32) for name, o in outs.items()}
+    return xs, y, "dense model's two outputs (pseudo-targets)"
+
+
+def steim2_samples(frames: bytes, count: int) -> np.ndarray:
+    """The samples of one miniSEED record's Steim-2 frames (big-endian; SEED 2.4 appendix B): each 64-byte
+    frame starts with a word of 2-bit codes for its 16 words; frame 0's words 1 and 2 are the first and last
+    sample; code 1 = four 8-bit differences, codes 2 and 3 = a 2-bit `dnib` then 1 x 30, 2 x 15, 3 x 10 or
+    5 x 6, 6 x 5, 7 x 4-bit differences. The samples integrate the differences from the first sample."""
+    words = np.frombuffer(frames, ">u4")
+    diffs, first = [], None
+    layouts = {(2, 1): (1, 30), (2, 2): (2, 15), (2, 3): (3, 10), (3, 0): (5, 6), (3, 1): (6, 5), (3, 2): (7, 4)}
+    for f in range(len(words) // 16):
+        frame = words[16 * f : 16 * f + 16]
+        codes = [(int(frame[0]) >> (30 - 2 * i)) & 3 for i in range(16)]
+        for i in range(1, 16):
+            w = int(frame[i])
+            if f == 0 and i in (1, 2):
+                if i == 1:
+                    first = w - (1 << 32) if w >= 1 << 31 else w
+                continue
+            if codes[i] == 1:
+                diffs += [b - 256 if b >= 128 else b for b in w.to_bytes(4, "big")]
+            elif codes[i] in (2, 3):
+                n, bits = layouts[(codes[i], w >> 30)]
+                for k in range(n):
+                    v = (w >> (bits * (n - 1 - k))) & ((1 << bits) - 1)
+                    diffs.append(v - (1 << bits) if v >= 1 << (bits - 1) else v)
+    out = np.cumsum(np.asarray([0] + diffs[1:count], np.int64)) + first
+    return out.astype(np.float64)
+
+
+def read_miniseed_steim2(blob: bytes) -> dict:
+    """A miniSEED file of 512-byte Steim-2 records (what seisclass ships) as {NET.STA.CHA: (start in s of the
+    day, sampling rate, samples)}, records of one channel joined in order (contiguous in the shipped file)."""
+    import struct
+
+    traces: dict = {}
+    for o in range(0, len(blob), 512):
+        rec = blob[o : o + 512]
+        sta, cha, net = rec[8:13].decode().strip(), rec[15:18].decode(), rec[18:20].decode().strip()
+        _y, _d, hh, mm, ss, _z, frac = struct.unpack(">HHBBBBH", rec[20:30])
+        count, factor, mult = struct.unpack(">Hhh", rec[30:36])
+        data_off = struct.unpack(">H", rec[44:46])[0]
+        blk = struct.unpack(">H", rec[46:48])[0]
+        if struct.unpack(">H", rec[blk : blk + 2])[0] != 1000 or rec[blk + 4] != 11:
+            raise ValueError(f"{net}.{sta}.{cha}: not a Steim-2 record")
+        rate = factor * mult if factor > 0 and mult > 0 else float(factor)
+        start = hh * 3600 + mm * 60 + ss + frac / 1e4
+        key = f"{net}.{sta}.{cha}"
+        if key not in traces:
+            traces[key] = (start, float(rate), [])
+        traces[key][2].append(steim2_samples(rec[data_off:], count))
+    return {k: (s, r, np.concatenate(parts)) for k, (s, r, parts) in traces.items()}
+
+
+def seisclass_preprocess(channels: np.ndarray, apply_filter: bool) -> np.ndarray:
+    """seisclass.check_wave.preprocess_waveform on one station's Z, N, E (3 x 6000 samples at 100 Hz): with
+    apply_filter, demean and a 1-20 Hz 4-corner zero-phase Butterworth band-pass per channel (obspy's
+    bandpass: the SOS filter run forward and backward); zeros replaced by the channel's non-zero mean;
+    z-scored per channel; each channel reshaped to 100 x 60, stacked on the last axis."""
+    from scipy import signal
+
+    out = np.zeros((100, 60, 3), np.float32)
+    sos = signal.iirfilter(4, [1.0 / 50.0, 20.0 / 50.0], btype="band", ftype="butter", output="sos")
+    for c in range(3):
+        x = channels[c].astype(np.float32).astype(np.float64)
+        if apply_filter:
+            x = signal.sosfilt(sos, signal.sosfilt(sos, x - x.mean())[::-1])[::-1]
+        x = x.astype(np.float32)
+        if np.any(x == 0) and np.any(x != 0):
+            x[x == 0] = x[x != 0].mean()
+        std = x.std()
+        x = (x - x.mean()) / std if std > 1e-8 else x - x.mean()
+        out[:, :, c] = x.reshape(100, 60)
+    return out
+
+
+def build_waves_seisclass(ctx, n=128, max_shift_s=30):
+    """seisclass's input from the event it ships (samples/test2.mseed, 2017-09-30 10:00 local, M1.4, and its
+    phase file): seven stations (HA network, 0.2-1.6 degrees away) each with Z, N, E traces of exactly 60 s
+    from 3 s before its P pick (the file is cut so: the package's window), decoded from Steim-2 here (the
+    package reads it with obspy). The first 14 rows: the 7 stations as check_seed lays them out, band-passed
+    (its default) and not; the rest: the same records circularly shifted by 1-30 s (the P arrival at 4-33 s),
+    band-passed or not at random. Labels = dense model's argmax (Earthquake, Explosion, Collapse)."""
+    rng = np.random.default_rng(39)
+    blob = read_member(ctx["archive"]("seisclass"), "seisclass/samples/test2.mseed")
+    traces = read_miniseed_steim2(blob)
+    starts: dict = {}
+    for k, (start, _rate, _x) in traces.items():
+        starts[k.rsplit(".", 1)[0]] = min(start, starts.get(k.rsplit(".", 1)[0], start))
+    stations = sorted(starts, key=starts.get)  # by P arrival: the phase file's order
+    records = []
+    for s in stations:
+        chans = sorted((k for k in traces if k.startswith(s + ".")), key=lambda k: "ZNE".index(k[-1]))
+        records.append(np.stack([traces[k][2][:6000] for k in chans]))
+    rows = [seisclass_preprocess(r, f) for f in (True, False) for r in records]
+    while len(rows) < n:
+        r = records[int(rng.integers(len(records)))]
+        shift = int(rng.integers(1, max_shift_s + 1)) * 100
+        rows.append(seisclass_preprocess(np.roll(r, shift, axis=1), bool(rng.integers(2))))
+    return {"x": np.stack(rows)}, None, None
+
+
 BUILDERS = {k[len("build_") :]: v for k, v in globals().items() if k.startswith("build_")}
 
 
@@ -3028,6 +3216,8 @@ def main(argv=None) -> int:
                 assemble_bigphoney(blob, mpath, zoo.custom_objects(e, cache))
             elif e.get("extract") == "envisionhg-weights":
                 assemble_envisionhg(blob, mpath, zoo.custom_objects(e, cache))
+            elif e.get("extract") == "acdcseq-weights":
+                assemble_acdcseq(blob, mpath, zoo.custom_objects(e, cache))
             elif e.get("extract") == "delight-weights":
                 assemble_delight(blob, mpath, zoo.custom_objects(e, cache))
             else:

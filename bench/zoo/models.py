@@ -141,6 +141,8 @@ PACKAGES = {
     # a gesture detector's residual Conv1D whose sigmoid head and softmax head are CONCATENATED into one output,
     # shipped as Keras 2.15 weights only beside a custom noise layer the network is built with
     "envisionhgdetector": {"version": "3.0.8"},
+    "acdc-nn": {"version": "0.0.17"},  # weights only (tf.keras 2.4): a siamese network, shared layers called twice
+    "seisclass": {"version": "0.2.5"},  # a Keras 3.14 legacy .h5 and one real event (miniSEED, Steim-2)
 }
 
 ZOO = [
@@ -486,6 +488,27 @@ ZOO = [
         "inputs": "tada",
         "input_source": "synthetic: N(0,1) 36x42 (only `prune` runs on a refusal)",
         "expect": "refused",
+        "quick": False,
+    },
+    {
+        "id": "seisclass_resconv2d_dropout_notrain",
+        "package": "seisclass",
+        "member": "seisclass/models/2606/model_3class.h5",
+        "arch": "seisclass's seismic event classifier (Earthquake, Explosion, Collapse; Jia et al. 2022): 60 s of Z, N, "
+        "E at 100 Hz, each channel's 6000 samples FOLDED into 100 x 60 (an image of 60-sample rows, 3 channels) -> "
+        "Conv2D(32, 5x5) -> MaxPool -> 2 RESIDUAL blocks (Conv2D 3x3 relu -> Conv2D 3x3 linear, Add with the block's "
+        "input -> ReLU; 32 then 16 filters, the second after a Conv2D(16) -> MaxPool -> Dropout called with "
+        "training=False in the graph) -> Conv2D(6) -> MaxPool -> Dropout -> Flatten -> Dense(36) -> Dense(16) -> "
+        "Dense(3, softmax); a legacy .h5 written by Keras 3.14",
+        "keras_version": "3.14.0",
+        "params": 49885,
+        "kind": "classifier",
+        "inputs": "waves_seisclass",
+        "input_source": "real waveforms: the event the package ships (samples/test2.mseed + test2.phase, 7 stations "
+        "of the HA network, each Z, N, E cut at 3 s before its P pick for 60 s), decoded from Steim-2 in fetch.py, "
+        "laid out as check_wave.preprocess_waveform does (the 1-20 Hz zero-phase band-pass of its default or none, "
+        "zeros -> the channel's mean, z-score per channel, 100 x 60 x 3); rows 1-14 the 7 stations band-passed and "
+        "not, the other 114 the same records circularly shifted by 1-30 s; labels = dense model's argmax",
         "quick": False,
     },
 ]
@@ -1325,6 +1348,31 @@ ZOO_KERAS3 += [
         "clips (the package ships no video or landmarks); targets = dense model's 3 outputs (its has_motion: 0.52 "
         "on average over the clips whose wrists move, 0.13 over the still ones; gesture over move on every clip)",
         "custom_file": "envisionhg.py",  # its BasicPreprocessing layer, in Keras 3 operations
+        "quick": False,
+    },
+    {
+        "id": "acdcnn_seq_siamese_shared",
+        "package": "acdc-nn",
+        "member": "acdc_nn/weights/acdc_nn_seq.h5",
+        "extract": "acdcseq-weights",  # fetch.assemble_acdcseq: the package's network, its weights
+        "suffix": ".keras",
+        "arch": "ACDC-NN-Seq (protein stability change upon a point mutation, antisymmetric by construction): FOUR "
+        "inputs, the direct and the inverse mutation's 7 x 20 profile contexts and 20-wide codings; ONE Conv1D(20, 1, "
+        "no bias) called on both contexts, each Dot(axes=(2, 1)) with its coding -> Concatenate with the coding (27) "
+        "-> ONE NESTED Sequential TopLayer (Dense(128, relu) -> Dropout -> Dense(64, relu) -> Dropout -> Dense(1)) "
+        "called on both; TWO LAMBDA outputs: out_diff = (direct - inverse) / 2 (the DDG) and out_av = (direct + "
+        "inverse) / 2; shipped as a tf.keras 2.4 weights-only .h5, built as acdc_nn/nn.py builds it, saved by Keras 3",
+        "keras_version": "3.15.1",
+        "params": 12305,
+        "kind": "regression",
+        "inputs": "mutations_acdcseq",
+        "input_source": "synthetic point mutations, the package's encoding (it ships no profiles): 256 mutations in "
+        "proteins of 60-400 residues drawn from the background amino-acid frequencies, each position's profile row "
+        "an alignment column (a Beta(2, 2) share on the native residue, the rest Dirichlet around the background, "
+        "rounded to 2 decimals), 7 rows around the site (zeros past the ends, as profile_context fills them), "
+        "getMutCod's -1/+1 coding, the inverse input with the signs swapped as ACDCSeq.predict makes it; targets = "
+        "dense model's two outputs",
+        "custom_file": "acdcnn.py",  # the two Lambdas' functions
         "quick": False,
     },
 ]
