@@ -715,6 +715,18 @@ def _input_arrays(model, x) -> list:
     return [np.asarray(x)]
 
 
+def _as_inputs(model, samples):
+    """The sample arrays (in the order of model.inputs) as the model takes them: one array, or the
+    structure its inputs were declared in (a KerasHub model's dict of token_ids, padding_mask...)."""
+    from prunecli.structure import keras_graph
+
+    if len(samples) == 1:
+        return samples[0]
+    if isinstance(keras_graph.input_structure(model), dict):
+        return keras_graph.pack_like(model, "inputs", list(samples))
+    return samples
+
+
 def _keras_outputs(model, samples) -> list:
     import keras
     import numpy as np
@@ -722,7 +734,7 @@ def _keras_outputs(model, samples) -> list:
     from prunecli.structure.equivalence import fitting_batch
 
     batch = fitting_batch(model, 64, samples[0] if len(samples) == 1 else None)
-    out = model.predict(samples[0] if len(samples) == 1 else samples, verbose=0, batch_size=batch)
+    out = model.predict(_as_inputs(model, samples), verbose=0, batch_size=batch)
     return [np.asarray(o, dtype=np.float32) for o in keras.tree.flatten(out)]
 
 
