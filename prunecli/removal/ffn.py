@@ -39,7 +39,7 @@ from typing import Any
 from prunecli.config.target import parse_target
 from prunecli.errors import ConfigError, InputError
 from prunecli.removal import units
-from prunecli.structure import decoders, equivalence, experts, vision_encoders
+from prunecli.structure import decoders, equivalence, experts, keras_graph, transformer, vision_encoders
 
 DATA_METHODS = ("taylor", "gradient")
 MEAN_METHODS = ("magnitude", "neuron-mean", "l1-norm")
@@ -55,7 +55,7 @@ def applies(model) -> bool:
 def _all_ffns(model) -> list:
     """The feed-forward networks of the model's KerasHub decoder blocks, else of its ViT/DeiT encoder's,
     else the expert banks of its mixture-of-experts blocks (structure/experts.ExpertFfn)."""
-    return decoders.ffns(model) or vision_encoders.ffns(model) or experts.ffns(model)
+    return decoders.ffns(model) or vision_encoders.ffns(model) or experts.ffns(model) or transformer.encoder_ffns(model)
 
 
 def _variable(var):
@@ -212,7 +212,7 @@ def run_ffn(model, targets, config, *, data=None, loss_fn=None, sample_x=None, p
     others = sorted({t.layer_name for t in targets if t.name not in ours})
     if others:
         notes.append(
-            "-g neuron on KerasHub decoder blocks prunes their feed-forward units only; "
+            "-g neuron on KerasHub Transformer blocks prunes their feed-forward units only; "
             f"{', '.join(others[:8])}{' ...' if len(others) > 8 else ''} left whole"
         )
     kernel_masks = {t.name: masks.get(t.name, np.ones(t.shape, dtype=bool)) for t in targets}
@@ -226,6 +226,10 @@ def run_ffn(model, targets, config, *, data=None, loss_fn=None, sample_x=None, p
         kept = {f.path: [u for u in range(f.units) if u not in set(removed[f.path])] for f in found}
         return _shrunk(model, experts.rebuild(model, kept), targets, section, sample_x, config.seed, notes)
     vision = bool(vision_encoders.blocks(model))
+    if not vision and not decoders.blocks(model):  # KerasHub TransformerEncoder blocks (BERT...)
+        return _shrunk_encoders(
+            model, found, removed, (targets, kernel_masks), section, sample_x, config.seed, notes, say
+        )
     blocker = vision_encoders.rebuild_blocker(model) if vision else None
     blocked = [f for f in found if decoders.shrink_blocker(f.block)] if not vision else []
     if blocked or blocker:  # every block is rebuilt, or none is
@@ -239,6 +243,26 @@ def run_ffn(model, targets, config, *, data=None, loss_fn=None, sample_x=None, p
     else:
         new = decoders.rebuild_with(model, decoders.swaps_for(model, units=kept))
     return _shrunk(model, new, targets, section, sample_x, config.seed, notes)
+
+
+def _shrunk_encoders(model, found: list, removed: dict, masked, section: dict, sample_x, seed, notes: list, say):
+    """run_ffn's result with the KerasHub TransformerEncoder blocks rebuilt with their kept units, where they
+    are layers of the model's own graph (a task is opened into one graph first, run/steps.open_nested);
+    else the units stay masked, as a note says. `masked`: (the run's targets, their keep-masks)."""
+    targets, kernel_masks = masked
+    own = {id(layer) for layer in keras_graph.children(model)}
+    if any(id(f.block) not in own for f in found):
+        notes.append(
+            f"feed-forward units masked, not deleted: {found[0].path} sits inside a backbone that was not opened"
+            " into the model's graph"
+        )
+        return model, kernel_masks, section, notes
+    say("rebuilding the encoder blocks with fewer feed-forward units")
+    swaps = []
+    for f in found:
+        kept = [u for u in range(f.units) if u not in set(removed[f.path])]
+        swaps.append((f.block, *transformer.smaller_encoder(f.block, kept)))
+    return _shrunk(model, decoders.rebuild_with(model, swaps), targets, section, sample_x, seed, notes)
 
 
 def _selected(found: list, scores: dict, config, notes: list, sparsity: float | None) -> dict[str, list[int]]:

@@ -241,13 +241,23 @@ def open_nested(model, config: PruneConfig, names=None) -> tuple[StepResult, Pru
     it is (rebuild.depthwise_twins), so the channels through it can be removed.
     Nothing changes otherwise, or for a nested model whose layers are all frozen. Also the config whose
     layer globs name the opened layers as they named them in the file (PruneConfig.with_paths)."""
-    from prunecli.structure import keras_graph, quantized_conv, rebuild, targets
+    from prunecli.structure import keras_graph, quantized_conv, rebuild, targets, transformer
 
     shrinking = config.shrink and config.granularity.kind == "neuron"
     # -g layer and --quantize int8/int4 open a KerasHub backbone or task whose computation is its graph
     # (rebuild.graph_only): as one node, its blocks cannot be taken out, and its config rebuilds its
     # layers as Keras' float convolutions, so prunecli's quantized ones did not reload (exit 4)
     hub_only = config.granularity.kind == "layer" or config.quantize in quantized_conv.MODES
+    # -g head --shrink on a KerasHub text classifier: its backbone's TransformerEncoder blocks are rebuilt with
+    # fewer heads where they are layers of the model's own graph, so the backbone is opened into it
+    encoder_heads = config.granularity.kind == "head" and config.shrink
+    hub_only = hub_only or (
+        encoder_heads
+        and any(
+            host is not model and any(type(lay).__name__ in transformer.HUB_ENCODERS for lay in host.layers)
+            for host in transformer.encoder_hosts(model)
+        )
+    )
     if names is None and not (shrinking or hub_only):
         return StepResult(), config
 
@@ -312,7 +322,7 @@ def written_as_note(loaded: str, written: str) -> str:
         return (
             f"{loaded} is written as a plain Keras functional model of the same inputs and outputs (its class adds"
             " nothing to what the graph computes; a task's preprocessor is not part of the saved model's call:"
-            " attach it again to run on raw images)"
+            " attach it again to run on raw images or text)"
         )
     return f"{loaded} is written as a {written}, computing the same outputs: load it as one"
 

@@ -674,6 +674,25 @@ HUB_BLOCK_PARTS_BY_CLASS = {
         ("feedforward_gate_dense", "feedforward_intermediate_dense", "feedforward_output_dense"),
         ("pre_attention_layernorm", "post_attention_layernorm"),
     ),
+    # the generic encoder block of BERT, RoBERTa, DistilBERT, XLM-RoBERTa and ALBERT (structure/transformer.py's
+    # encoder_ffns): multi-head attention, an un-gated feed-forward network (its activation in the first Dense)
+    "TransformerEncoder": HubBlockParts(
+        "_self_attention_layer",
+        (None, "_feedforward_intermediate_dense", "_feedforward_output_dense"),
+        ("_self_attention_layer_norm", "_feedforward_layer_norm"),
+    ),
+    # DeBERTaV3's: its own disentangled attention (heads not read), the same feed-forward network and names
+    "DisentangledAttentionEncoder": HubBlockParts(
+        "_self_attention_layer",
+        (None, "_feedforward_intermediate_dense", "_feedforward_output_dense"),
+        ("_self_attention_layer_norm", "_feedforward_layer_norm"),
+    ),
+    # F-Net's: Fourier mixing (no attention, no weights), then an un-gated feed-forward network
+    "FNetEncoder": HubBlockParts(
+        "_self_attention_layer",  # none: hub_self_attention reads None
+        (None, "_intermediate_dense", "_output_dense"),
+        ("_mixing_layer_norm", "_output_layer_norm"),
+    ),
     # the generic block of GPT-2 and OPT: multi-head attention, an un-gated feed-forward network, LayerNorms
     "TransformerDecoder": HubBlockParts(
         "_self_attention_layer",

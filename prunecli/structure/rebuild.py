@@ -105,7 +105,7 @@ def graph_only(model) -> bool:
         return False
     if not type(model).__module__.startswith("keras_hub"):
         return False
-    if hasattr(model, "generate") or getattr(model, "token_embedding", None) is not None:
+    if hasattr(model, "generate") or (getattr(model, "token_embedding", None) is not None and _decoder_blocks(model)):
         return False
     inner = model.layers
     if not any(
@@ -113,6 +113,31 @@ def graph_only(model) -> bool:
     ):
         return False  # its weights all sit in layer classes it cannot open: opened, nothing is reached
     return all(_keeps_its_name(layer) or traceable(layer) for layer in inner)
+
+
+def _decoder_blocks(model) -> bool:
+    """Whether a KerasHub text backbone holds blocks other than TransformerEncoders: decoder blocks
+    (structure/decoders.py rebuilds the backbone by its own class) or a layout prunecli does not read. A text
+    backbone is opened only when it is an encoder of TransformerEncoder blocks (BERT, RoBERTa, DistilBERT,
+    XLM-RoBERTa, ALBERT; DeBERTaV3's and F-Net's blocks), whose task is a classifier computing its graph alone."""
+    return any(
+        not keras_own(layer) and not keras_graph.is_model(layer) and type(layer).__name__ not in _TEXT_LAYERS
+        for layer in model.layers
+    )
+
+
+# the KerasHub layers of the encoder backbones opened (their configs rebuild them under their names); the
+# encoder blocks are structure/transformer.py's HUB_ENCODERS
+_TEXT_LAYERS = (
+    "ReversibleEmbedding",
+    "PositionEmbedding",
+    "TokenAndPositionEmbedding",
+    "TransformerEncoder",
+    "HeadPrunedTransformerEncoder",
+    "DisentangledAttentionEncoder",  # DeBERTaV3's blocks and their shared relative position table
+    "RelativeEmbedding",
+    "FNetEncoder",
+)
 
 
 def keras_own(layer) -> bool:

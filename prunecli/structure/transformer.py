@@ -334,6 +334,7 @@ def ffn_only(model, targets, include=()) -> tuple[list, list[str]]:
     # KerasHub decoders: gate, up and down, one unit across the three; ViT's and DeiT's encoder blocks: up and
     # down; mixture-of-experts blocks: their expert banks' stacked kernels
     swiglu = decoders.ffn_kernel_ids(model) | vision_encoders.ffn_kernel_ids(model) | experts.kernel_ids(model)
+    swiglu |= encoder_ffn_kernel_ids(model)  # KerasHub TransformerEncoder blocks (BERT...): up and down
     kept = [
         t for t in targets if t.layer_name in firsts or id(t.variable) in swiglu or targets_mod.named_in(t, include)
     ]
@@ -362,7 +363,8 @@ def ffn_only(model, targets, include=()) -> tuple[list, list[str]]:
             f"-g neuron on a Transformer prunes feed-forward units, and none were found in {model.name} "
             f"({layout}: a layout prunecli does not know; it knows functional Keras "
             "Transformers and KerasHub's Llama, Mistral, Qwen, Qwen3, Gemma, Gemma3, Phi-3, SmolLM3, GPT-2, OPT, GPT-NeoX, "
-            "Falcon and Bloom decoders, Mixtral, Qwen-MoE, Qwen3-MoE and GPT-OSS experts, ViT and DeiT encoders); use -g element, or "
+            "Falcon and Bloom decoders, Mixtral, Qwen-MoE, Qwen3-MoE and GPT-OSS experts, ViT and DeiT encoders, "
+            "TransformerEncoder (BERT...), DeBERTaV3 and F-Net encoder blocks); use -g element, or "
             "--include to force a layer"
         )
     left = sorted({t.layer_name for t in targets} - {t.layer_name for t in kept})
@@ -674,7 +676,66 @@ register_layers()
 # sets num_heads and they compute key_dim = hidden_dim // num_heads, so the rebuilt block is
 # HeadPrunedTransformerEncoder, which takes the original key_dim from its own config.
 HUB_ENCODERS = ("TransformerEncoder", "HeadPrunedTransformerEncoder")
+# KerasHub encoder blocks whose feed-forward units -g neuron removes (encoder_ffns): TransformerEncoder's, and
+# DeBERTaV3's and F-Net's, whose configs set intermediate_dim alike
+FFN_ENCODERS = HUB_ENCODERS + ("DisentangledAttentionEncoder", "FNetEncoder")
 _HUB_CLASSES: dict[str, Any] = {}
+
+
+def encoder_hosts(model) -> list:
+    """The models whose graphs call KerasHub TransformerEncoder blocks: the model itself (a backbone, or a
+    task opened into one graph) and the backbone a task holds."""
+    found = []
+    for host in (model, getattr(model, "backbone", None)):
+        if host is not None and keras_graph.is_model(host):
+            if any(type(layer).__name__ in FFN_ENCODERS for layer in keras_graph.children(host)):
+                found.append(host)
+    return found
+
+
+def encoder_ffns(model) -> list:
+    """The feed-forward networks of the KerasHub TransformerEncoder blocks of the model or of its task's
+    backbone (BERT, RoBERTa, DistilBERT, XLM-RoBERTa, ALBERT; DeBERTaV3's and F-Net's blocks), as decoders.Ffn without a gate: unit j is the
+    intermediate Dense's column j and bias j (its activation, ReLU or GeLU, is 0 at 0) and the output Dense's
+    row j, so masking it and deleting it compute the same. Named as targets name their layers
+    ("bert_backbone/transformer_layer_0" inside a task, "transformer_layer_0" once opened)."""
+    from prunecli.structure import decoders
+
+    out = []
+    for host in encoder_hosts(model):
+        prefix = "" if host is model else f"{host.name}/"
+        for block in keras_graph.children(host):
+            parts = keras_graph.hub_ffn(block) if type(block).__name__ in FFN_ENCODERS else None
+            if parts is not None:
+                out.append(decoders.Ffn(prefix + block.name, block, *parts))
+    return out
+
+
+def encoder_ffn_kernel_ids(model) -> set[int]:
+    return {id(var) for f in encoder_ffns(model) for var, _axis in f.slices()}
+
+
+def smaller_encoder(block, kept_units: list[int]):
+    """(the block rebuilt with the kept feed-forward units, its weights by path): the block's config with
+    intermediate_dim = len(kept_units); a TransformerEncoder as HeadPrunedTransformerEncoder, its attention's
+    key size kept."""
+    import numpy as np
+
+    _gate, up, down = keras_graph.hub_ffn(block)
+    config = {**block.get_config(), "intermediate_dim": len(kept_units)}
+    if type(block).__name__ in HUB_ENCODERS:
+        config.setdefault("key_dim", keras_graph.attention_key_dim(keras_graph.hub_self_attention(block)))
+        new = register_hub_layers()["TransformerEncoder"].from_config(config)
+    else:  # DeBERTaV3's, F-Net's: their own class, its attention (if any) sized by its unchanged config
+        new = type(block).from_config(config)
+    cuts = {id(up.kernel): 1, id(up.bias): 0, id(down.kernel): 0}
+    values = {}
+    for v in block.weights:
+        arr = np.asarray(v)
+        if id(v) in cuts:
+            arr = np.take(arr, kept_units, axis=cuts[id(v)])
+        values[str(v.path)] = arr
+    return new, values
 
 
 def register_hub_layers() -> dict[str, Any]:
