@@ -119,7 +119,8 @@ def _decoder_blocks(model) -> bool:
     """Whether a KerasHub text backbone holds blocks other than TransformerEncoders: decoder blocks
     (structure/decoders.py rebuilds the backbone by its own class) or a layout prunecli does not read. A text
     backbone is opened only when it is an encoder of TransformerEncoder blocks (BERT, RoBERTa, DistilBERT,
-    XLM-RoBERTa, ALBERT; DeBERTaV3's and F-Net's blocks), whose task is a classifier computing its graph alone."""
+    XLM-RoBERTa, ALBERT; F-Net's blocks), whose task is a classifier computing its graph alone. DeBERTaV3's
+    is not: opened, its relative position table was lost (an internal error)."""
     return any(
         not keras_own(layer) and not keras_graph.is_model(layer) and type(layer).__name__ not in _TEXT_LAYERS
         for layer in model.layers
@@ -134,8 +135,6 @@ _TEXT_LAYERS = (
     "TokenAndPositionEmbedding",
     "TransformerEncoder",
     "HeadPrunedTransformerEncoder",
-    "DisentangledAttentionEncoder",  # DeBERTaV3's blocks and their shared relative position table
-    "RelativeEmbedding",
     "FNetEncoder",
 )
 

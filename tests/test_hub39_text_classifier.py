@@ -1,0 +1,63 @@
+"""KerasHub text classifiers (BertTextClassifier...: a task around a backbone of TransformerEncoder blocks,
+bench/text_families.py): `-g neuron` found no feed-forward units in them (exit 3), `-g head --shrink` only
+masked their heads, and `--export tflite` ended in an internal error on their dict of inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+kh = pytest.importorskip("keras_hub")
+
+SEQ = 8
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    keras.utils.set_random_seed(0)
+    backbone = kh.models.BertBackbone(
+        vocabulary_size=32, num_layers=1, num_heads=2, hidden_dim=8, intermediate_dim=8, max_sequence_length=SEQ
+    )
+    model = kh.models.BertTextClassifier(backbone=backbone, num_classes=3, preprocessor=None)
+    rng = np.random.default_rng(0)
+    x = {
+        "token_ids": rng.integers(1, 32, (4, SEQ)).astype("int32"),
+        "segment_ids": np.zeros((4, SEQ), "int32"),
+        "padding_mask": np.ones((4, SEQ), "int32"),
+    }
+    model(x)
+    return model, x
+
+
+@pytest.mark.slow  # builds a KerasHub BERT classifier and rebuilds it
+def test_bert_classifier_opens_and_its_encoder_units_are_deleted(classifier):
+    from prunecli.removal import ffn
+    from prunecli.structure import decoders, rebuild, transformer
+
+    model, x = classifier
+    assert [f.path for f in ffn.find(model)] == ["bert_backbone/transformer_layer_0"]  # found inside the task
+    flat, opened, _paths = rebuild.opened(model, lambda _nested: True)
+    assert opened == ["bert_backbone"]
+    np.testing.assert_allclose(np.asarray(flat(x)), np.asarray(model(x)), atol=1e-6)
+    found = ffn.find(flat)
+    assert [(f.path, f.units) for f in found] == [("transformer_layer_0", 8)]
+    gone = [0, 2, 5]
+    ffn.apply(found, {found[0].path: gone})
+    masked = np.asarray(flat(x))
+    kept = [u for u in range(8) if u not in gone]
+    small = decoders.rebuild_with(flat, [(found[0].block, *transformer.smaller_encoder(found[0].block, kept))])
+    assert flat.count_params() - small.count_params() == 3 * (8 + 1) + 3 * 8  # up column + bias, down row
+    np.testing.assert_allclose(np.asarray(small(x)), masked, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow  # 0.8 s: Keras' predict
+def test_export_feeds_a_dict_input_model_its_dict():
+    from prunecli.outputs import export
+
+    inputs = {"a": keras.Input((3,), name="a"), "b": keras.Input((3,), name="b")}
+    model = keras.Model(inputs, keras.layers.Add()([inputs["a"], inputs["b"]]))
+    samples = [np.ones((2, 3), "float32"), 2 * np.ones((2, 3), "float32")]
+    fed = export._as_inputs(model, samples)
+    assert isinstance(fed, dict) and sorted(fed) == ["a", "b"]
+    assert np.allclose(export._keras_outputs(model, samples)[0], 3.0)
