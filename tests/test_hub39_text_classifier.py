@@ -61,3 +61,21 @@ def test_export_feeds_a_dict_input_model_its_dict():
     fed = export._as_inputs(model, samples)
     assert isinstance(fed, dict) and sorted(fed) == ["a", "b"]
     assert np.allclose(export._keras_outputs(model, samples)[0], 3.0)
+
+
+@pytest.mark.slow  # the module's BERT classifier
+def test_a_target_on_units_that_can_only_be_masked_is_refused(classifier, tmp_path):
+    """DeBERTaV3's backbone is not opened into the task's graph (its rebuild loses the relative-position
+    table), so its feed-forward units can be masked, not deleted: `--target params=0.7` exited 0 having
+    reached 1.0 of the parameters. A target on encoder blocks left inside their backbone is refused before
+    any scoring (here the BERT task, not opened, stands for it)."""
+    import prunecli
+    from prunecli.errors import InputError
+    from prunecli.removal import ffn
+    from prunecli.structure import targets
+
+    model, _x = classifier
+    settings = {"model_path": str(tmp_path / "m.keras"), "granularity": "neuron", "target": "params=0.7"}
+    config = prunecli.build_config(settings, environ={})
+    with pytest.raises(InputError, match=r"--target params=0\.7: the feed-forward units of bert_backbone/"):
+        ffn.run_ffn(model, targets.select(model), config)

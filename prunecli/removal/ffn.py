@@ -176,6 +176,12 @@ def run_ffn(model, targets, config, *, data=None, loss_fn=None, sample_x=None, p
     found = find(model, targets or None)
     if not found:
         raise InputError(f"{config.model_path or 'model'}: no decoder feed-forward network to prune")
+    closed = _closed_encoder(model, found)
+    if config.target and closed:  # masked units leave every parameter in place: the target cannot be met
+        raise InputError(
+            f"--target {config.target}: the feed-forward units of {closed} can be masked, not deleted (it sits inside"
+            " a backbone prunecli does not open into the model's graph), so no parameter would go"
+        )
     say(f"scoring the feed-forward units of {len(found)} KerasHub block(s) with {config.method}")
     scores = score(model, found, config, data, loss_fn)
     sparsity, fitted, target = None, None, None
@@ -250,10 +256,10 @@ def _shrunk_encoders(model, found: list, removed: dict, masked, section: dict, s
     are layers of the model's own graph (a task is opened into one graph first, run/steps.open_nested);
     else the units stay masked, as a note says. `masked`: (the run's targets, their keep-masks)."""
     targets, kernel_masks = masked
-    own = {id(layer) for layer in keras_graph.children(model)}
-    if any(id(f.block) not in own for f in found):
+    closed = _closed_encoder(model, found)
+    if closed:
         notes.append(
-            f"feed-forward units masked, not deleted: {found[0].path} sits inside a backbone that was not opened"
+            f"feed-forward units masked, not deleted: {closed} sits inside a backbone that was not opened"
             " into the model's graph"
         )
         return model, kernel_masks, section, notes
@@ -263,6 +269,16 @@ def _shrunk_encoders(model, found: list, removed: dict, masked, section: dict, s
         kept = [u for u in range(f.units) if u not in set(removed[f.path])]
         swaps.append((f.block, *transformer.smaller_encoder(f.block, kept)))
     return _shrunk(model, decoders.rebuild_with(model, swaps), targets, section, sample_x, seed, notes)
+
+
+def _closed_encoder(model, found: list) -> str | None:
+    """The path of the first KerasHub TransformerEncoder block among `found` that is not a layer of the model's
+    own graph (a backbone run/steps.open_nested did not open, as DeBERTaV3's: its rebuild loses the relative
+    position table), whose units can be masked only; None for decoder and vision blocks, which are rebuilt."""
+    if decoders.blocks(model) or vision_encoders.blocks(model):
+        return None
+    own = {id(layer) for layer in keras_graph.children(model)}
+    return next((f.path for f in found if id(f.block) not in own), None)
 
 
 def _selected(found: list, scores: dict, config, notes: list, sparsity: float | None) -> dict[str, list[int]]:
