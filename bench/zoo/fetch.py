@@ -3083,6 +3083,58 @@ def build_waves_seisclass(ctx, n=128, max_shift_s=30):
     return {"x": np.stack(rows)}, None, None
 
 
+def build_features_suspectiq(ctx, n=256, frames=16, width=2048):
+    """suspectiq's input (detector.py: 16 frames, each resized to 224x224, ResNet50's preprocess_input, then
+    Keras' ResNet50(include_top=False, weights='imagenet', pooling='avg')): per frame the 2048 average-pooled
+    ReLU activations of ResNet50's last block. Its weights are downloaded at run time and none are here, so
+    the features are synthetic in their known form: non-negative, a heavy-tailed per-channel scale shared
+    by every clip (a few channels large, most small), a scene per clip (a gamma-distributed factor per
+    channel), the frames drifting from it slowly (still clips, half) or fast and changing scene part-way
+    (busy clips: a person walks in), about 4% of the channels at 0 in a frame (no activation anywhere)."""
+    scale = RNG.gamma(1.2, 0.35, width).astype(np.float32)  # the dataset's per-channel level (mean 0.42)
+    x = np.zeros((n, frames, width), np.float32)
+    for row in range(n):
+        busy = row % 2 == 1
+        scene = scale * RNG.gamma(2.0, 0.5, width)
+        other = scale * RNG.gamma(2.0, 0.5, width)
+        step = 0.25 if busy else 0.05
+        drift = np.cumsum(RNG.normal(0.0, step, (frames, width)), axis=0)
+        cut = RNG.integers(4, 13) if busy else frames
+        for t in range(frames):
+            base = scene if t < cut else other
+            x[row, t] = base * np.exp(drift[t] - drift[t].mean())
+        x[row][RNG.random((frames, width)) < 0.04] = 0.0
+    return {"x": x}, None, None
+
+
+def build_tweets_sentbtc(ctx, n=256):
+    """sentiment-bitcoin's input (package.py): preprocessing drops symbols and NLTK's English stop words and
+    lower-cases; tokenize_and_padding turns a tweet into word ids with the package's Tokenizer (num_words
+    20000, oov_token '<OOV>': a word ranked 20000 or later, or unknown, becomes id 1, as Keras'
+    texts_to_sequences does) and pre-pads / pre-truncates them to round(mean length) + the most common length
+    (statistics.mode) of the batch. The package ships no tweets: each is 4-24 words drawn from the Tokenizer's
+    own word counts (its training tweets after that preprocessing: no stop words left to drop)."""
+    import statistics
+
+    tok = _TokenizerPickle(
+        io.BytesIO(read_member(ctx["archive"]("sentiment-bitcoin"), "sentiment_bitcoin/Model_T_2,4_Acc97.pkl"))
+    ).load()
+    words = list(tok.word_counts)
+    p = np.array([tok.word_counts[w] for w in words], np.float64)
+    p /= p.sum()
+    rows = []
+    for _ in range(n):
+        picked = RNG.choice(len(words), int(RNG.integers(4, 25)), p=p)
+        rows.append([tok.word_index[words[i]] if tok.word_index[words[i]] < tok.num_words else 1 for i in picked])
+    lengths = [len(r) for r in rows]
+    maxlen = round(statistics.mean(lengths)) + statistics.mode(lengths)
+    x = np.zeros((n, maxlen), np.int32)
+    for row, ids in enumerate(rows):
+        ids = ids[-maxlen:]
+        x[row, maxlen - len(ids) :] = ids
+    return {"x": x}, None, None
+
+
 BUILDERS = {k[len("build_") :]: v for k, v in globals().items() if k.startswith("build_")}
 
 

@@ -143,6 +143,12 @@ PACKAGES = {
     "envisionhgdetector": {"version": "3.0.8"},
     "acdc-nn": {"version": "0.0.17"},  # weights only (tf.keras 2.4): a siamese network, shared layers called twice
     "seisclass": {"version": "0.2.5"},  # a Keras 3.14 legacy .h5 and one real event (miniSEED, Steim-2)
+    # a video anomaly detector's temporal head (Keras 3.10 `.keras`): Bidirectional GRU with recurrent dropout,
+    # then the package's registered custom TemporalAttention layer (a Dense(1) score, softmax over the frames)
+    "suspectiq": {"version": "1.0.2"},
+    # a 101 MB legacy .h5 written by Keras 3.5: a FROZEN Embedding(81914, 300) -> Bidirectional(LSTM) -> Dense
+    # sigmoid tweet-sentiment classifier; its file name has a comma in it
+    "sentiment-bitcoin": {"version": "0.0.1"},
 }
 
 ZOO = [
@@ -1373,6 +1379,49 @@ ZOO_KERAS3 += [
         "getMutCod's -1/+1 coding, the inverse input with the signs swapped as ACDCSeq.predict makes it; targets = "
         "dense model's two outputs",
         "custom_file": "acdcnn.py",  # the two Lambdas' functions
+        "quick": False,
+    },
+    {
+        "id": "suspectiq_bigru_temporal_attention",
+        "package": "suspectiq",
+        "member": "suspectiq/models/best_model_ucf.keras",
+        "suffix": ".keras",
+        "arch": "suspectiq's suspicious-activity detector (UCF-Crime), its temporal head: 16 frames x 2048 ResNet50 "
+        "features -> LayerNormalization -> Dense(256, relu, L2) -> Dropout -> Bidirectional(GRU(64), sequences, "
+        "dropout 0.2, RECURRENT DROPOUT 0.1, L2 on the kernels and the recurrent kernels) -> the package's "
+        "REGISTERED custom TemporalAttention ('CriminalDetector>TemporalAttention': an inner Dense(1) scores each "
+        "frame, softmax over the frames, the weighted sum) -> Dense(64, relu) -> Dropout -> Dense(1, sigmoid); "
+        "a custom FocalLoss in its compile config",
+        "keras_version": "3.10.0",
+        "params": 660738,
+        "kind": "binary",
+        "inputs": "features_suspectiq",
+        "input_source": "synthetic ResNet50 features (the package computes them with Keras' ImageNet ResNet50, whose "
+        "weights it downloads; none are here): 256 clips of 16 frames x 2048 non-negative average-pooled "
+        "activations, a heavy-tailed per-channel scale shared by all clips, a scene per clip, frames drifting "
+        "from it slowly (still clips) or fast with a scene change (busy clips, half); labels = dense model's output "
+        "> 0.5",
+        "custom_member": "suspectiq/layers.py",  # the package's own layer module, as a user has it
+        "quick": False,
+    },
+    {
+        "id": "sentbtc_frozen_embedding_bilstm_101mb",
+        "package": "sentiment-bitcoin",
+        "member": "sentiment_bitcoin/Model_F_2,4_Acc97.h5",
+        "arch": "sentiment-bitcoin's tweet-sentiment classifier: Sequential, 25 word ids (a float32 Input) -> a FROZEN "
+        "Embedding(81914, 300) (trainable False: 24.6M of the 24.8M parameters) -> Bidirectional(LSTM(64)) -> "
+        "Dropout -> "
+        "Dense(256, relu) -> Dense(128, relu) -> Dense(1, sigmoid); a 101 MB legacy .h5 written by Keras 3.5 "
+        "under a file name with a comma (Model_F_2,4_Acc97.h5)",
+        "keras_version": "3.5.0",
+        "params": 24827129,
+        "kind": "binary",
+        "inputs": "tweets_sentbtc",
+        "input_source": "synthetic tweets, the package's encoding: 256 tweets of 4-24 words drawn from the "
+        "package's own Tokenizer's word counts (Model_T_2,4_Acc97.pkl, fitted on 100,000 preprocessed tweets, so "
+        "stop words and symbols already out; read without running code), word ids as texts_to_sequences gives "
+        "them (num_words 20000: rarer words become the OOV id), pre-padded and pre-truncated to the mean length "
+        "plus the most common length as its tokenize_and_padding does; labels = dense model's output > 0.5",
         "quick": False,
     },
 ]
