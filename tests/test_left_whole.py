@@ -51,7 +51,8 @@ def test_a_frozen_embedding_is_left_whole_with_a_note(cli, tmp_path):
     for granularity in ("element", "neuron"):
         result = cli("prune", path, "-g", granularity, "-s", "0.5", "-o", out, "-r", report, "--force")
         assert result.exit_code == 0, result.output
-        assert "encoding not pruned: frozen (trainable=False)" in " ".join(result.output.split())
+        said = " ".join(result.output.split())
+        assert "encoding not pruned: frozen (trainable=False)" in said and "to prune it too: --include '*'" in said
         names = {row["name"] for row in json.loads(report.read_text())["layers"]}
         assert "encoding/embeddings" not in names and "backbone/conv/kernel" in names
         np.testing.assert_array_equal(keras.saving.load_model(out).get_layer("encoding").get_weights()[0], table)
@@ -61,6 +62,13 @@ def test_a_frozen_embedding_is_left_whole_with_a_note(cli, tmp_path):
     assert result.exit_code == 0, result.output
     pruned = keras.saving.load_model(out).get_layer("encoding").get_weights()[0]
     assert not np.array_equal(pruned, table) and (~pruned.any(axis=0)).sum() == 2  # 2 of 4 columns gone
+    names = {row["name"] for row in json.loads(report.read_text())["layers"]}
+    assert names == {"encoding/embeddings"}  # --include NAME alone prunes only NAME: what the note warns of
+    # the note's way to prune the frozen layer too: `--include '*'` prunes it beside the rest
+    result = cli("prune", path, "-s", "0.5", "--include", "*", "-o", out, "-r", report, "--force")
+    assert result.exit_code == 0, result.output
+    names = {row["name"] for row in json.loads(report.read_text())["layers"]}
+    assert {"encoding/embeddings", "backbone/conv/kernel", "backbone/hidden/kernel", "head/kernel"} <= names
 
 
 def test_a_frozen_backbone_is_named_and_its_layers_shown_in_inspect(cli, tmp_path):
@@ -95,7 +103,10 @@ def test_a_budget_a_frozen_backbone_blocks_names_it(cli, tmp_path):
     keras.Model(inp, head).save(path)
     result = cli("prune", path, "--target", "params=0.5", "-o", tmp_path / "b.keras")
     assert result.exit_code != 0 and not (tmp_path / "b.keras").exists()
-    assert "frozen (trainable=False) and left whole: backbone/b1, backbone/b2 (--include to prune)" in result.output
+    assert (
+        "frozen (trainable=False) and left whole: backbone/b1, backbone/b2 (to prune them too: --include '*')"
+        in result.output
+    )
 
 
 def test_shrink_leaves_whole_the_channels_it_cannot_remove(tmp_path):

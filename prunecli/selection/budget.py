@@ -315,7 +315,11 @@ def allocate(
     tracks = _tracks(sets, config, cost, config.round_to)
     lowest = _lowest(tracks, cost)
     if lowest > goal:
-        held = f"; frozen (trainable=False) and left whole: {', '.join(frozen)} (--include to prune)" if frozen else ""
+        held = (
+            f"; frozen (trainable=False) and left whole: {', '.join(frozen)} (to prune them too: --include '*')"
+            if frozen
+            else ""
+        )
         whole = [t for t in tracks if t.why_whole]
         if whole:  # why the rest cannot go: a nested model, channels a custom layer reads...
             held += f"; {len(whole)} layer(s) left whole, e.g. {whole[0].label}: {whole[0].why_whole}"

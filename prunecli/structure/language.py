@@ -120,15 +120,12 @@ def lm_ends(model) -> dict[str, str]:
 def without_lm_ends(model, found: list, include=()) -> tuple[list, list[str]]:
     """The targets minus a causal LM's token embeddings and head (see the module docstring), with a
     note naming them; a layer named by --include is kept."""
-    from prunecli.structure.targets import named_in
+    from prunecli.structure.targets import OPT_IN, named_in
 
     ends = lm_ends(model)
     if not ends:
         return found, []
     dropped = [t for t in found if t.layer_name.split("/")[-1] in ends and not named_in(t, include)]
     names = sorted({t.layer_name for t in dropped})
-    notes = [
-        f"{name} not pruned: {ends[name.split('/')[-1]]} of a language model (--include it to prune anyway)"
-        for name in names
-    ]
+    notes = [f"{name} not pruned: {ends[name.split('/')[-1]]} of a language model {OPT_IN}" for name in names]
     return [t for t in found if t not in dropped], notes

@@ -273,6 +273,12 @@ def select(model, include=(), exclude=()) -> list[Target]:
     return targets
 
 
+# How a note tells the user to opt a layer in: `--include` names the ONLY layers a run prunes, so
+# `--include LAYER` alone (the hint's old wording) pruned that layer and nothing else (bench/ZOO.md,
+# sentiment-bitcoin's frozen Embedding: the LSTM and Dense layers were left dense).
+OPT_IN = "(to prune it too: --include '*'; --include NAME alone prunes only NAME)"
+
+
 def without_output_units(model, found: list[Target], include=()) -> tuple[list[Target], list[str]]:
     """For neuron pruning: the targets minus the layers whose units are a model output (its classes),
     found from the channel graph (`channels.protected_output_units`), and a note per protected layer.
@@ -284,7 +290,7 @@ def without_output_units(model, found: list[Target], include=()) -> tuple[list[T
     protected = channels.protected_output_units(model)
     kept = [t for t in found if t.layer_name in protected and not named_in(t, include)]
     names = sorted({t.layer_name for t in kept})
-    notes = [f"{name} not pruned by neuron: {protected[name]} (--include it to prune anyway)" for name in names]
+    notes = [f"{name} not pruned by neuron: {protected[name]} {OPT_IN}" for name in names]
     return [t for t in found if t not in kept], notes
 
 
@@ -306,10 +312,7 @@ def without_frozen(model, found: list[Target], include=()) -> tuple[list[Target]
     shown = ", ".join(names[:FROZEN_NAMED]) + (
         f" and {len(names) - FROZEN_NAMED} more" if len(names) > FROZEN_NAMED else ""
     )
-    note = (
-        f"{shown} not pruned: frozen (trainable=False), so fine-tuning could not recover what pruning takes"
-        " (--include it to prune anyway)"
-    )
+    note = f"{shown} not pruned: frozen (trainable=False), so fine-tuning could not recover what pruning takes {OPT_IN}"
     return [t for t in found if t not in frozen], [note]
 
 
