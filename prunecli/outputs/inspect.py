@@ -198,7 +198,7 @@ def _why_left(target) -> str:
     from prunecli.structure.targets import is_frozen
 
     if is_frozen(target):
-        return "frozen: --include to prune"
+        return "frozen: --include '*' prunes it too"
     return "excluded (--include/--exclude)"
 
 
