@@ -397,6 +397,67 @@ def zero_fraction(model) -> float:
     return zeros / max(total, 1)
 
 
+def family_check(script: str, d: Path, families: list[str], commands: list[str], env: dict) -> None:
+    """`check` of a KerasHub family bench: `script check-family FAMILY` in a subprocess per family (a model's
+    failure cannot end the others'), each result merged into <d>/checks.json and printed."""
+    path = d / "checks.json"
+    allchecks = json.loads(path.read_text()) if path.exists() else {}
+    for fam in families:
+        argv = [PYTHON, script, "check-family", fam, "--dir", str(d), "--commands", ",".join(commands)]
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=900)
+        try:
+            got = json.loads(proc.stdout.strip().splitlines()[-1])
+        except Exception:  # noqa: BLE001 - no JSON line: the check itself failed, its last error line kept
+            got = {"_error": last_error_line(proc.stderr)}
+        allchecks[fam] = {**allchecks.get(fam, {}), **got}
+        path.write_text(json.dumps(allchecks, indent=1))
+        print(fam, json.dumps(got)[:600], flush=True)
+
+
+def short_error(message: str) -> str:
+    """The error line without the `prunecli: error: <model path>:` prefix, cut at 110 characters."""
+    text = message.removeprefix("prunecli: error: ")
+    if text.startswith("/") and ": " in text:
+        text = text.split(": ", 1)[1]
+    return text if len(text) <= 110 else text[:107] + "..."
+
+
+def family_table(d: Path, families: list[str], commands: list[str], shrinks: dict, build_line: str) -> str:
+    """The Markdown table of a KerasHub family bench (bench/vision_families.py, bench/text_families.py): one
+    row per family, one cell per command (exit code, seconds, what the check found), then the build notes
+    under `build_line`. `shrinks`: command -> whether it should make the model smaller."""
+    results = json.loads((d / "results.json").read_text()) if (d / "results.json").exists() else {}
+    checks = json.loads((d / "checks.json").read_text()) if (d / "checks.json").exists() else {}
+    build_status = json.loads((d / "build.json").read_text()) if (d / "build.json").exists() else {}
+    lines = ["| family | " + " | ".join(commands) + " |", "|---|" + "---|" * len(commands)]
+    for fam in families:
+        cells = []
+        for cmd in commands:
+            row = results.get(fam, {}).get(cmd)
+            if row is None:
+                cells.append("-")
+                continue
+            if row["rc"] != 0:
+                cells.append(f"**{row['rc']}**, {row['seconds']:.0f}s: {short_error(row['message'])}".replace("|", "/"))
+                continue
+            c = checks.get(fam, {}).get(cmd, {})
+            text = "ok"
+            if c.get("params") and shrinks[cmd]:
+                a, b = c["params"]
+                text = f"ok, {a} -> {b} params" if b < a else f"ok but NOT shrunk ({a} params)"
+            elif c.get("zero_fraction_gain") is not None:
+                text = f"ok, +{c['zero_fraction_gain']:.2f} zeros"
+            if c.get("remarks"):
+                text += " (plain Functional)"
+            problems = [p for p in c.get("problems", []) if not p.startswith("not smaller")]
+            if problems:
+                text += " **" + "; ".join(problems) + "**"
+            cells.append(f"0, {row['seconds']:.0f}s: {text}".replace("|", "/"))
+        lines.append(f"| {fam} | " + " | ".join(cells) + " |")
+    notes = [f"- {f}: {s}" for f, s in build_status.items() if f in families]
+    return "\n".join(lines) + (f"\n\n{build_line}\n" + "\n".join(notes) if notes else "") + "\n"
+
+
 def family_bench_main(argv, doc: str, written: str, families, commands, default_dir: Path, steps: dict, write) -> int:
     """The command line the KerasHub family benches share (bench/decoder_families.py, bench/vision_families.py):
     `all|build|run|check|check-family|table [family]`, over --families and --commands, under --dir. `steps`

@@ -33,12 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_common import (
     PRUNECLI,
-    PYTHON,
     ROOT,
     family_bench_main,
+    family_check,
     last_error_line,
     machine,
     scratch,
+    short_error,
     write_decoders_section,
     zero_fraction,
 )  # noqa: E402
@@ -350,31 +351,13 @@ def _generate(model, ids) -> str:
 
 
 def check(d: Path, families: list[str], commands: list[str]) -> None:
-    path = d / "checks.json"
-    allchecks = json.loads(path.read_text()) if path.exists() else {}
-    for fam in families:
-        argv = [PYTHON, __file__, "check-family", fam, "--dir", str(d), "--commands", ",".join(commands)]
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-        proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=900)
-        try:
-            got = json.loads(proc.stdout.strip().splitlines()[-1])
-        except Exception:  # noqa: BLE001
-            got = {"_error": last_error_line(proc.stderr)}
-        allchecks.setdefault(fam, {}).update(got)
-        path.write_text(json.dumps(allchecks, indent=1))
-        print(fam, json.dumps(got)[:600], flush=True)
+    family_check(
+        __file__, d, families, commands, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
 # table
-
-
-def _short(message: str) -> str:
-    """The error line without the `prunecli: error: <model path>:` prefix, cut at 110 characters."""
-    text = message.removeprefix("prunecli: error: ")
-    if text.startswith("/") and ": " in text:
-        text = text.split(": ", 1)[1]
-    return text if len(text) <= 110 else text[:107] + "..."
 
 
 def _problem(text: str) -> str:
@@ -398,7 +381,7 @@ def table(d: Path, families: list[str], commands: list[str]) -> str:
                 cells.append("-")
                 continue
             if row["rc"] != 0:
-                cells.append(f"**{row['rc']}**, {row['seconds']:.0f}s: {_short(row['message'])}".replace("|", "/"))
+                cells.append(f"**{row['rc']}**, {row['seconds']:.0f}s: {short_error(row['message'])}".replace("|", "/"))
                 continue
             c = checks.get(fam, {}).get(cmd, {})
             text = "ok"

@@ -37,6 +37,8 @@ from bench.bench_common import (
     PYTHON,
     ROOT,
     family_bench_main,
+    family_check,
+    family_table,
     last_error_line,
     machine,
     replace_section,
@@ -408,62 +410,16 @@ def check_family(d: Path, family: str, commands: list[str]) -> dict:
 
 
 def check(d: Path, families: list[str], commands: list[str]) -> None:
-    path = d / "checks.json"
-    allchecks = json.loads(path.read_text()) if path.exists() else {}
-    for fam in families:
-        argv = [PYTHON, __file__, "check-family", fam, "--dir", str(d), "--commands", ",".join(commands)]
-        proc = subprocess.run(argv, capture_output=True, text=True, env=_env(), cwd=str(ROOT), timeout=900)
-        try:
-            got = json.loads(proc.stdout.strip().splitlines()[-1])
-        except Exception:  # noqa: BLE001
-            got = {"_error": last_error_line(proc.stderr)}
-        allchecks[fam] = {**allchecks.get(fam, {}), **got}
-        path.write_text(json.dumps(allchecks, indent=1))
-        print(fam, json.dumps(got)[:600], flush=True)
+    family_check(__file__, d, families, commands, _env())
 
 
 # ---------------------------------------------------------------------------------------------------
 # table
 
 
-def _short(message: str) -> str:
-    text = message.removeprefix("prunecli: error: ")
-    if text.startswith("/") and ": " in text:
-        text = text.split(": ", 1)[1]
-    return text if len(text) <= 110 else text[:107] + "..."
-
-
 def table(d: Path, families: list[str], commands: list[str]) -> str:
-    results = json.loads((d / "results.json").read_text()) if (d / "results.json").exists() else {}
-    checks = json.loads((d / "checks.json").read_text()) if (d / "checks.json").exists() else {}
-    build_status = json.loads((d / "build.json").read_text()) if (d / "build.json").exists() else {}
-    lines = ["| family | " + " | ".join(commands) + " |", "|---|" + "---|" * len(commands)]
-    for fam in families:
-        cells = []
-        for cmd in commands:
-            row = results.get(fam, {}).get(cmd)
-            if row is None:
-                cells.append("-")
-                continue
-            if row["rc"] != 0:
-                cells.append(f"**{row['rc']}**, {row['seconds']:.0f}s: {_short(row['message'])}".replace("|", "/"))
-                continue
-            c = checks.get(fam, {}).get(cmd, {})
-            text = "ok"
-            if c.get("params") and COMMANDS[cmd][1]:
-                a, b = c["params"]
-                text = f"ok, {a} -> {b} params" if b < a else f"ok but NOT shrunk ({a} params)"
-            elif c.get("zero_fraction_gain") is not None:
-                text = f"ok, +{c['zero_fraction_gain']:.2f} zeros"
-            if c.get("remarks"):
-                text += " (plain Functional)"
-            problems = [p for p in c.get("problems", []) if not p.startswith("not smaller")]
-            if problems:
-                text += " **" + "; ".join(problems) + "**"
-            cells.append(f"0, {row['seconds']:.0f}s: {text}".replace("|", "/"))
-        lines.append(f"| {fam} | " + " | ".join(cells) + " |")
-    notes = [f"- {f}: {s}" for f, s in build_status.items() if f in families]
-    return "\n".join(lines) + ("\n\nBuild (32x32x3 inputs, 4 classes):\n" + "\n".join(notes) if notes else "") + "\n"
+    shrinks = {cmd: COMMANDS[cmd][1] for cmd in commands}
+    return family_table(d, families, commands, shrinks, "Build (32x32x3 inputs, 4 classes):")
 
 
 def section(text: str) -> str:
