@@ -2668,6 +2668,50 @@ def build_gait_aocomp(ctx, n=256, window=200, stride=20, lead=20):
     return {"x": x}, y, "the csv's target_sin / target_cos, 20 samples ahead (real targets)"
 
 
+def build_eurusd_lstm(ctx, n=256, window=120):
+    """basic-lstm-model's input (lstm_model/predict.py through its Pipeline): the csv's hourly Close, sorted by
+    its Gmt time, from 2022-08 on (corte_train_test: the months its training held out), scaled by the
+    Pipeline's RobustScaler ((x - center_) / scale_; center_ 1.142, scale_ 0.106), in windows of the last 120
+    hours (ReestructuraLSM, ventana 120) x 1 feature; targets the next hour's close, unscaled, as its
+    training shifted them. The scaler's arrays are read from the pickle with stand-in classes (no code of
+    the pickle runs: load_joblib_arrays). n windows drawn without replacement, seeded."""
+    import csv
+    import datetime
+
+    class Attributes:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __setstate__(self, state):
+            self.__dict__.update(state)
+
+    archive = ctx["archive"]("basic-lstm-model")
+    stand_in = {
+        ("sklearn.pipeline", "Pipeline"): Attributes,
+        ("sklearn.preprocessing._data", "RobustScaler"): Attributes,
+        ("lstm_model.processing.pipe_needs", "ReestructuraLSM"): Attributes,
+        ("lstm_model.processing.pipe_needs", "ModeloLSM"): Attributes,
+        ("keras.saving.pickle_utils", "deserialize_model_from_bytecode"): lambda *_: None,  # the model: not run
+        ("_codecs", "encode"): lambda text, encoding: text.encode(encoding),  # feature_names_in_'s strings
+    }
+    blob = read_member(archive, "lstm_model/trained_models/LSTM_pipe_saved1.0.0.pkl")
+    steps = dict(load_joblib_arrays("LSTM_pipe_saved1.0.0.pkl", blob, stand_in).steps)
+    scaler = steps["Normalization the data with Robust Scaler"].__dict__
+    text = read_member(archive, "lstm_model/datasets/EURUSD_Candlestick_1_h_ASK_31.12.2011-31.01.2023.csv").decode()
+    rows = [
+        (datetime.datetime.strptime(r["Gmt time"], "%d.%m.%Y %H:%M:%S.%f"), float(r["Close"]))
+        for r in csv.DictReader(io.StringIO(text))
+    ]
+    rows = sorted(r for r in rows if r[0].year * 100 + r[0].month >= 202208)
+    close = np.array([c for _, c in rows])
+    scaled = ((close - scaler["center_"][0]) / scaler["scale_"][0]).astype(np.float32)
+    ends = np.arange(window - 1, len(close) - 1)  # the last window's next close is known
+    pick = np.sort(RNG.choice(ends, n, replace=False))
+    x = np.stack([scaled[j - window + 1 : j + 1] for j in pick])[..., None]
+    y = close[pick + 1].astype(np.float32)[:, None]
+    return {"x": x}, y, "the next hour's EUR/USD close (real targets)"
+
+
 BIGPHONEY_CHARS = ["", ".", "-", "'"] + [chr(c) for c in range(ord("A"), ord("Z") + 1)]  # shared_constants
 BIGPHONEY_CHAR_LEN, BIGPHONEY_STEPS, BIGPHONEY_HIDDEN = 20, 21, 256  # MAX_CHAR_SEQ_LEN, MAX_PADDED_PHONE_SEQ_LEN
 

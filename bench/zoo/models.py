@@ -42,6 +42,7 @@ PACKAGES = {
     # Keras 3 `.keras` files (see ZOO_KERAS3 below)
     "im2deep": {"version": "0.3.1"},  # its inputs also read deeplc 2.2.38's aa_comp_rel.csv (pinned above)
     "emotion-model": {"version": "0.0.6"},
+    "basic-lstm-model": {"version": "1.0.0"},  # a scikit-learn Pipeline pickled with its Keras 2.11 model inside
     "dm3loc": {"version": "1.2.0"},
     "sklesion": {"version": "0.2.2"},  # an 80 MB wheel: the 21.4M-parameter Keras 3 model (86 MB)
     "tada-t2": {"version": "0.14.0"},
@@ -1443,6 +1444,31 @@ ZOO_KERAS3 += [
         "quick": False,
     },
 ]
+
+
+# a Keras 2.11 `.keras` archive (its first "keras_v3" format: `variables.h5`, not `model.weights.h5`), the
+# one tf.keras 2.11 pickles a model as, found inside a joblib-pickled scikit-learn Pipeline
+ZOO_KERAS3.append(
+    {
+        "id": "basiclstm_eurusd_keras211_pickle",
+        "package": "basic-lstm-model",
+        "member": "lstm_model/trained_models/LSTM_pipe_saved1.0.0.pkl",
+        "extract": "joblib-keras",  # the .keras zip the pickle holds (keras.saving.pickle_utils), not unpickled
+        "suffix": ".keras",
+        "arch": "EUR/USD next-hour close forecaster: Sequential LSTM(50) over 120 hourly closes (RobustScaler-ed) "
+        "-> Dense(1) linear (the unscaled price); a scikit-learn Pipeline's last step, pickled by tf.keras 2.11 "
+        "as its first .keras format (weights member `variables.h5`, a Keras-2 config: LSTM `time_major`)",
+        "keras_version": "2.11.0",
+        "params": 10451,
+        "kind": "regression",
+        "inputs": "eurusd_lstm",
+        "input_source": "real: the package's EURUSD hourly candles (Dukascopy ASK, 2012-2023), the held-out "
+        "months from 2022-08 (its corte_train_test), closes scaled by the Pipeline's RobustScaler (center_, "
+        "scale_ read from the pickle without running code) in windows of 120 as its ReestructuraLSM makes "
+        "them; targets = the next hour's close (real)",
+        "quick": True,
+    }
+)
 
 
 # tf.keras SavedModel folders (`suffix` "": extracted to models/ID, a folder; prunecli writes .keras outputs;

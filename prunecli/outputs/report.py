@@ -235,7 +235,7 @@ def render(report: Report, console) -> None:
     if removed:
         summary.add_row("removed", removed)
     for label, values in shown_stages(report):
-        parts = [f"loss {values['loss']:.4f}"] if values.get("loss") is not None else []
+        parts = [f"loss {loss_text(values['loss'])}"] if values.get("loss") is not None else []
         if "perplexity" in values:
             parts.append(f"perplexity {values['perplexity']:.4g}")
         if values.get("accuracy") is not None:
@@ -437,6 +437,13 @@ def shown_stages(report: Report) -> list[tuple[str, dict]]:
     return stages
 
 
+def loss_text(value: float) -> str:
+    """A loss as the summary, the Markdown report and the sweep print it: 4 decimals, but 4 significant
+    digits below 0.01, where 4 decimals show a regressor's small loss (a price's MSE: 5e-06 before
+    pruning, 6e-05 after) as 0.0000 twice."""
+    return f"{value:.4f}" if value == 0 or abs(value) >= 0.01 or value != value else f"{value:.4g}"
+
+
 def _md_metrics(report: Report) -> list[str]:
     """One row per measured stage (shown_stages), with the change in accuracy from `before`; a
     perplexity column when a causal LM's was measured."""
@@ -452,7 +459,7 @@ def _md_metrics(report: Report) -> list[str]:
         ppl = values.get("perplexity")
         ppl_cell = (" - |" if ppl is None else f" {ppl:.4g} |") if perplexity else ""
         lines.append(
-            f"| {label} | {'-' if loss is None else f'{loss:.4f}'} |{ppl_cell} "
+            f"| {label} | {'-' if loss is None else loss_text(loss)} |{ppl_cell} "
             f"{'-' if acc is None else f'{acc:.4f}'} | {change} |"
         )
     lines.append("")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prunecli.outputs.report import DURING_FINETUNE
+from prunecli.outputs.report import DURING_FINETUNE, loss_text
 
 SCHEMA_VERSION = 1
 ALL = "all"  # the curve name of "every target pruned together"
@@ -134,6 +134,10 @@ def _fmt_acc(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def _fmt_loss(value) -> str:
+    return "-" if value is None else loss_text(value)
+
+
 def _fmt_sparsity(value) -> str:
     return "-" if value is None else f"{value:g}"
 
@@ -150,6 +154,7 @@ def table_rows(result: SweepResult) -> tuple[list[str], list[list[str]], list[li
     finetuned = any(p.after_finetune for p in result.points)
     per_layer = [layer["name"] for layer in result.layers if result.curve(layer["name"])]
     with_loss = metric != "loss"  # the loss beside the accuracy; without an accuracy it is the metric
+    fmt = _fmt_acc if with_loss else _fmt_loss
     during = "" if result.schedule == "oneshot" else f" ({result.pruned_label})"
     header = ["sparsity", f"all: {metric}{during}"] + ([f"all: loss{during}"] if with_loss else [])
     if finetuned:
@@ -166,10 +171,10 @@ def table_rows(result: SweepResult) -> tuple[list[str], list[list[str]], list[li
     for sparsity in sorted({p.sparsity for p in result.points}):
         p = lookup.get((ALL, sparsity))
         pruned = (p.after_pruning or {}) if p else {}
-        row = [f"{sparsity:g}", _fmt_acc(pruned.get(metric))] + ([_fmt_acc(pruned.get("loss"))] if with_loss else [])
+        row = [f"{sparsity:g}", fmt(pruned.get(metric))] + ([_fmt_loss(pruned.get("loss"))] if with_loss else [])
         bad = [False, over(p) and not finetuned] + ([False] if with_loss else [])
         if finetuned:
-            row.append(_fmt_acc((p.after_finetune or {}).get(metric) if p else None))
+            row.append(fmt((p.after_finetune or {}).get(metric) if p else None))
             bad.append(over(p))
         if metric == "accuracy":
             drop = None if p is None else result.drop(p)
@@ -177,7 +182,7 @@ def table_rows(result: SweepResult) -> tuple[list[str], list[list[str]], list[li
             bad.append(over(p))
         for name in per_layer:
             q = lookup.get((name, sparsity))
-            row.append(_fmt_acc(q.final.get(metric) if q else None))
+            row.append(fmt(q.final.get(metric) if q else None))
             bad.append(over(q))
         rows.append(row)
         flags.append(bad)
@@ -191,7 +196,7 @@ def table_rows(result: SweepResult) -> tuple[list[str], list[list[str]], list[li
 
 def summary_line(result: SweepResult) -> str:
     base = result.baseline
-    text = f"Unpruned: loss {_fmt_acc(base.get('loss'))}"
+    text = f"Unpruned: loss {_fmt_loss(base.get('loss'))}"
     if base.get("accuracy") is not None:
         text += f", accuracy {base['accuracy']:.4f}"
         s, budget = result.suggested_sparsity, result.max_accuracy_drop

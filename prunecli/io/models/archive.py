@@ -27,6 +27,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 WEIGHTS_MEMBER = "model.weights.h5"
+# tf.keras 2.11-2.12's `.keras` archives (its first "keras_v3" format, also what those versions
+# pickle a model as) name the same weights file `variables.h5`: the same groups (layers/NAME/vars/0)
+OLD_WEIGHTS_MEMBER = "variables.h5"
 CONFIG_MEMBER = "config.json"
 ASSETS_FOLDER = "assets"
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # a zip local file header (APPNOTE 4.3.7): 30 bytes
@@ -152,9 +155,11 @@ def load(path: Path, compile: bool, safe_mode: bool, config_patch=None):
         except zipfile.BadZipFile:
             return None  # not a Keras archive: load_model says what it is
         with archive:
-            if WEIGHTS_MEMBER not in archive.namelist():
+            names = archive.namelist()
+            member = next((name for name in (WEIGHTS_MEMBER, OLD_WEIGHTS_MEMBER) if name in names), None)
+            if member is None:
                 return None  # sharded or .npz weights: Keras' own path
-            info = archive.getinfo(WEIGHTS_MEMBER)
+            info = archive.getinfo(member)
             stored = info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1
             start = _data_start(fh, info) if stored and info.compress_size == info.file_size else None
             if start is None:
@@ -173,7 +178,7 @@ def load(path: Path, compile: bool, safe_mode: bool, config_patch=None):
             finally:
                 crc = checksum.result()  # the thread reads `fh`: it must finish before the file closes
     if crc != info.CRC:
-        raise zipfile.BadZipFile(f"Bad CRC-32 for file {WEIGHTS_MEMBER!r}")
+        raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")
     return model
 
 
