@@ -2712,6 +2712,31 @@ def build_eurusd_lstm(ctx, n=256, window=120):
     return {"x": x}, y, "the next hour's EUR/USD close (real targets)"
 
 
+def build_urls_bigbert(ctx, n=256, maxlen=10):
+    """bigbert's URL input (BiGBERT._data_prep): a URL's words (its _preprocess_url splits on . - / and segments
+    long tokens into dictionary words) joined as a text, a Keras Tokenizer fitted on the BATCH's texts (ids by
+    the words' counts in the batch, most frequent first, ties in order of first appearance), texts_to_sequences,
+    pad_sequences(maxlen 10, post, post). The words: 2-9 per URL, drawn by their counts among the 20,000 most
+    frequent of the package's SymSpell dictionary (frequency_dictionary_en_82_765.txt)."""
+    archive = ctx["archive"]("bigbert")
+    text = read_member(archive, "bigbert/data/frequency_dictionary_en_82_765.txt").decode()
+    pairs = [line.split() for line in text.splitlines()[:20000]]
+    words = [w for w, _ in pairs]
+    p = np.array([float(c) for _, c in pairs]) ** 0.5  # flattened: URLs are not running text
+    p /= p.sum()
+    texts = [[words[i] for i in RNG.choice(len(words), int(RNG.integers(2, 10)), p=p)] for _ in range(n)]
+    counts: dict[str, int] = {}
+    for t in texts:
+        for w in t:
+            counts[w] = counts.get(w, 0) + 1
+    index = {w: i + 1 for i, w in enumerate(sorted(counts, key=lambda w: -counts[w]))}  # a stable sort
+    x = np.zeros((n, maxlen), np.float32)
+    for row, t in enumerate(texts):
+        ids = [index[w] for w in t][:maxlen]
+        x[row, : len(ids)] = ids
+    return {"x": x}, None, None
+
+
 BIGPHONEY_CHARS = ["", ".", "-", "'"] + [chr(c) for c in range(ord("A"), ord("Z") + 1)]  # shared_constants
 BIGPHONEY_CHAR_LEN, BIGPHONEY_STEPS, BIGPHONEY_HIDDEN = 20, 21, 256  # MAX_CHAR_SEQ_LEN, MAX_PADDED_PHONE_SEQ_LEN
 

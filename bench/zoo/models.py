@@ -42,7 +42,8 @@ PACKAGES = {
     # Keras 3 `.keras` files (see ZOO_KERAS3 below)
     "im2deep": {"version": "0.3.1"},  # its inputs also read deeplc 2.2.38's aa_comp_rel.csv (pinned above)
     "emotion-model": {"version": "0.0.6"},
-    "basic-lstm-model": {"version": "1.0.0"},  # a scikit-learn Pipeline pickled with its Keras 2.11 model inside
+    "basic-lstm-model": {"version": "1.0.0"},
+    "bigbert": {"version": "0.1.0"},  # a scikit-learn Pipeline pickled with its Keras 2.11 model inside
     "dm3loc": {"version": "1.2.0"},
     "sklesion": {"version": "0.2.2"},  # an 80 MB wheel: the 21.4M-parameter Keras 3 model (86 MB)
     "tada-t2": {"version": "0.14.0"},
@@ -1444,6 +1445,29 @@ ZOO_KERAS3 += [
         "quick": False,
     },
 ]
+
+
+ZOO.append(
+    {
+        "id": "bigbert_bigru_reset_before_selfattention",
+        "package": "bigbert",
+        "member": "bigbert/models/bigru.h5",
+        "custom_file": "bigbert.py",  # keras-self-attention 0.42.0's SeqSelfAttention, ported to Keras 3
+        "arch": "BiGBERT's URL branch (educational-resource classifier; its 128 features feed a Dense beside BERT's "
+        "768): 10 token ids -> Masking(0) -> Embedding(5748, 300) -> LSTM(8, sequences) -> Conv1D(8, 3, relu) -> "
+        "Bidirectional(GRU(8, reset_after=False), sequences, concat) -> custom SeqSelfAttention (additive, 32 "
+        "units, sigmoid scores, keras-self-attention 0.42.0) -> Flatten (8 x 16 = 128 features out)",
+        "keras_version": "2.3.1",
+        "params": 1736393,
+        "kind": "regression",
+        "inputs": "urls_bigbert",
+        "input_source": "synthetic URLs, the package's encoding: 256 URLs of 2-9 English words drawn by their "
+        "counts in the package's frequency_dictionary_en_82_765.txt (its SymSpell dictionary), ids given as its "
+        "_data_prep gives them (a Keras Tokenizer fitted on the batch's own texts: 1 = the most frequent word), "
+        "post-padded and post-truncated to 10; targets = dense model's 128 features",
+        "quick": True,
+    }
+)
 
 
 # a Keras 2.11 `.keras` archive (its first "keras_v3" format: `variables.h5`, not `model.weights.h5`), the
