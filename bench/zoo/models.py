@@ -1465,7 +1465,7 @@ ZOO.append(
         "counts in the package's frequency_dictionary_en_82_765.txt (its SymSpell dictionary), ids given as its "
         "_data_prep gives them (a Keras Tokenizer fitted on the batch's own texts: 1 = the most frequent word), "
         "post-padded and post-truncated to 10; targets = dense model's 128 features",
-        "quick": True,
+        "quick": False,
     }
 )
 
@@ -1490,7 +1490,7 @@ ZOO_KERAS3.append(
         "months from 2022-08 (its corte_train_test), closes scaled by the Pipeline's RobustScaler (center_, "
         "scale_ read from the pickle without running code) in windows of 120 as its ReestructuraLSM makes "
         "them; targets = the next hour's close (real)",
-        "quick": True,
+        "quick": False,
     }
 )
 
