@@ -10,6 +10,8 @@ monotone in the goal, stays within its budget and refuses an unreachable goal.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -289,9 +291,20 @@ def test_stops_round_and_never_empty():
 
 
 def test_unreachable_target_names_the_best_value(model_files, tmp_path):
-    with pytest.raises(ConfigError, match=r"cannot be met: .* keep at least 0\.\d{4} of the dense model's parameters"):
+    with pytest.raises(
+        ConfigError, match=r"cannot be met: .* keep at least 0\.\d{4} of the dense model's parameters"
+    ) as e:
         _run(model_files["mlp"], tmp_path, target="params=0.01", min_keep=0.5)
     assert not (tmp_path / "out.keras").exists()
+    # where most of what is left sits, so that a user knows which layer holds the budget (bigbert's Embedding)
+    import keras
+
+    model = keras.saving.load_model(model_files["mlp"])
+    found = re.search(
+        r"keep at least [\d.]+ of .* \(([\d,]+) of [\d,]+; the most of it in (\w+), ([\d,]+)\)", str(e.value)
+    )
+    assert found and found[2] in [layer.name for layer in model.layers], str(e.value)
+    assert 0 < int(found[3].replace(",", "")) <= int(found[1].replace(",", ""))
 
 
 def test_parse_target():

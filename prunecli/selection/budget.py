@@ -166,11 +166,27 @@ def _tracks(sets, config: PruneConfig, cost: costs.ChannelCosts, round_to: int |
 
 def _lowest(tracks: list[Track], cost: costs.ChannelCosts) -> int:
     """The cost with every set at its last stop: the least the floors allow."""
+    return cost.total(_floors_keep(tracks, cost))
+
+
+def _floors_keep(tracks: list[Track], cost: costs.ChannelCosts) -> np.ndarray:
+    """The keep vector (over cost.roots) with every set at its last stop."""
     keep = np.ones(len(cost.roots), dtype=bool)
     for t in tracks:
         gone = t.classes[: t.stops[-1]]
         keep[gone[gone >= 0]] = False
-    return cost.total(keep)
+    return keep
+
+
+def _largest_left(tracks: list[Track], cost: costs.ChannelCosts) -> str:
+    """Where most of the least cost the floors allow sits ("embedding, 1,724,400"): the layer whose cost at
+    the floors is largest, or the layers with no channel to cut taken together, for the refusal's message
+    (a model whose Embedding table is 99% of it cannot reach half its parameters: say which layer)."""
+    widths = cost.widths(_floors_keep(tracks, cost))
+    parts = [(t.at(int(widths[t.inp]), int(widths[t.out])), t.layer) for t in cost.terms]
+    parts.append((cost.dense - sum(t.at(int(cost.full[t.inp]), int(cost.full[t.out])) for t in cost.terms), ""))
+    most, where = max(parts)
+    return f"{where or 'the layers with no channel to cut'}, {most:,}"
 
 
 class _Walk:
@@ -326,7 +342,8 @@ def allocate(
         raise ConfigError(
             f"--target {what} cannot be met: the layers never pruned and the --min-keep floors"
             f"{' (with --round-to)' if config.round_to else ''} keep at least {lowest / cost.dense:.4f} of the"
-            f" dense model's {_unit(cost.kind)} ({lowest:,} of {cost.dense:,}){held}"
+            f" dense model's {_unit(cost.kind)} ({lowest:,} of {cost.dense:,}; the most of it in"
+            f" {_largest_left(tracks, cost)}){held}"
         )
     reached = walk(tracks, cost, goal, low)
     counts = {t.key: (t.removed, False) for t in tracks}
