@@ -26,7 +26,7 @@ import time
 import warnings
 from pathlib import Path
 
-from prunecli.errors import ConfigError, ExportError, OutputError, ResourceError, first_line, write_error
+from prunecli.errors import ExportError, OutputError, ResourceError, first_line, write_error
 from prunecli.io.models.write import export_staging_prefix
 from prunecli.results import StepResult
 
@@ -102,9 +102,17 @@ def run(
                 write_savedmodel(converted, source)
         int8_source = source
         fixed = fixed_length_twin(float_model, samples) if "tflite-int8" in formats and data is not None else None
-        if fixed is not None:  # int8 needs its recurrent layers unrolled, so over a fixed number of steps
-            int8_source = stage / "fixed_savedmodel"
-            write_savedmodel(for_tflite(fixed), int8_source)
+        ids = float_id_inputs(float_model) if "tflite-int8" in formats else []
+        if fixed is not None or ids:  # recurrent layers unrolled over a fixed number of steps; ids as int32
+            int8_source = stage / "int8_savedmodel"
+            write_savedmodel(for_tflite(fixed) if fixed is not None else converted, int8_source, ids)
+        if ids:
+            notes.append(
+                f"{paths['tflite-int8'].name} takes {_names(ids)} as int32 token ids (the model declares"
+                " float32): full-integer int8 would quantize the ids themselves, which then read the wrong rows"
+                " (export.tflite-int8.int32_inputs)"
+            )
+        if fixed is not None:
             notes.append(
                 f"{paths['tflite-int8'].name} takes inputs of the data's sizes ({_sizes(samples)}"
                 " per example): the model's recurrent layers run over an open number of steps, which full-integer"
@@ -118,7 +126,7 @@ def run(
             if fmt == "savedmodel":
                 continue
             progress(f"converting to {fmt}")
-            calibration = calibration_batches(data.train, model) if fmt == "tflite-int8" else None
+            calibration = calibration_batches(data.train, model, ids) if fmt == "tflite-int8" else None
             int8_weights = unquantized is not None and fmt == "tflite"
             content, encoding = convert_tflite(
                 int8_source if fmt == "tflite-int8" else source, calibration, try_sparse, int8_weights, examples
@@ -126,6 +134,8 @@ def run(
             with _writing(paths[fmt]), _atomic_file(paths[fmt]) as tmp:
                 tmp.write_bytes(content)
             entry = {"path": str(paths[fmt]), **file_sizes(staged(paths[fmt]), sha256=True), **encoding}
+            if fmt == "tflite-int8" and ids:
+                entry["int32_inputs"] = ids
             if "sparse_refused" in encoding:
                 notes.append(
                     f"{paths[fmt].name}: dense encoding kept; the sparse one ({encoding['sparse_encoding_bytes']:,} "
@@ -231,6 +241,10 @@ def open_sizes(model) -> list[tuple]:
     return [tuple(x.shape) for x in getattr(model, "inputs", None) or [] if None in tuple(x.shape)[1:]]
 
 
+def _names(names: list[str]) -> str:
+    return f"input{'s' if len(names) > 1 else ''} {', '.join(repr(n) for n in names)}"
+
+
 def _sizes(samples) -> str:
     return ", ".join(str(tuple(x.shape[1:])) for x in samples)
 
@@ -294,16 +308,19 @@ def _atomic_file(target: Path):
         os.chmod(tmp, 0o666 & ~umask)
 
 
-def write_savedmodel(model, path: Path) -> None:
+def write_savedmodel(model, path: Path, int32_inputs=()) -> None:
     """Keras 3's own SavedModel export: a `serving_default` signature over the model's inputs. A
     TimeDistributed over an open number of steps is traced with its steps folded into the batch
-    (structure/rebuild.steps_as_batch: Keras' own maps it over the batch size)."""
+    (structure/rebuild.steps_as_batch: Keras' own maps it over the batch size). The inputs named in
+    `int32_inputs` (float token ids, float_id_inputs) are int32 in the signature; Keras casts them to
+    the declared float as the model is called."""
     from prunecli.structure import rebuild
 
     traced = rebuild.steps_as_batch(model) or model
+    options = {"input_signature": _signature(traced, set(int32_inputs))} if int32_inputs else {}
     try:
         with _quiet():
-            traced.export(str(path), format="tf_saved_model", verbose=False)
+            traced.export(str(path), format="tf_saved_model", verbose=False, **options)
     except OSError as exc:
         raise write_error(path, exc) from exc
     except Exception as exc:  # Keras/TF raise ValueError/TypeError for models that cannot be traced
@@ -311,6 +328,35 @@ def write_savedmodel(model, path: Path) -> None:
         if full:  # TensorFlow's own file writer: a full disk or a file-size limit, not an export failure
             raise ResourceError(f"not enough disk space to export the model ({full})") from exc
         raise ExportError(f"cannot export the model as a SavedModel: {traced_failure(exc, model)}") from exc
+
+
+def _signature(model, int32_inputs: set) -> list:
+    """Keras' own export signature (the inputs' structure, shapes, dtypes and names), with the inputs
+    named in `int32_inputs` as int32."""
+    import tensorflow as tf
+    from keras import tree
+
+    from prunecli.structure import keras_graph
+
+    def spec(t):
+        name = str(t.name)
+        return tf.TensorSpec(tuple(t.shape), "int32" if name in int32_inputs else str(t.dtype), name=name)
+
+    return [tree.map_structure(spec, keras_graph.input_structure(keras_graph.functional(model)))]
+
+
+def float_id_inputs(model) -> list[str]:
+    """The float inputs an Embedding reads (token ids, as Keras-2 text models declare them): full-integer
+    int8 would quantize the ids themselves, which then read the wrong rows (oskut's segmenter: 78.5%
+    agreement, once written with exit 0), so its file takes them as int32 (an int32 input is not
+    quantized), the rest of the model int8. Empty for a model without a layer graph."""
+    from prunecli.io.data.checks import embedding_inputs
+    from prunecli.structure import keras_graph
+
+    if keras_graph.functional(model) is None:
+        return []
+    dtypes = {str(t.name): str(t.dtype) for t in keras_graph.inputs(model)}
+    return [name for name in embedding_inputs(model) if "float" in dtypes.get(name, "")]
 
 
 def traced_failure(exc: BaseException, model) -> str:
@@ -483,28 +529,6 @@ def _default_interpreter_refuses(content: bytes, examples=None) -> str | None:
     return None
 
 
-def check_int8_inputs(model) -> None:
-    """Refuse --export tflite-int8 for a model whose float input feeds an Embedding: full-integer
-    conversion quantizes every float input to int8, token ids included, and ids that step by the
-    input's scale (163 ids at a scale of 0.64 in oskut's segmenter, bench/ZOO.md) read the wrong rows:
-    the file agreed with the Keras model on 78.5% of the examples and the run said nothing. An int32
-    input is not quantized; int8 weights with float activations (--quantize int8 --export tflite)
-    keep the ids exact."""
-    from prunecli.io.data.checks import embedding_inputs
-    from prunecli.structure import keras_graph
-
-    if keras_graph.functional(model) is None:
-        return
-    dtypes = {str(t.name): str(t.dtype) for t in keras_graph.inputs(model)}
-    for name, (layer, _rows) in embedding_inputs(model).items():
-        if "float" in dtypes.get(name, ""):
-            raise ConfigError(
-                f"--export tflite-int8: input {name!r} ({dtypes[name]}) feeds Embedding {layer!r}, and"
-                " full-integer int8 would quantize its token ids; use --quantize int8 --export tflite (int8"
-                " weights, float activations), or give the input dtype int32"
-            )
-
-
 # where each TFLite op that multiplies by weights takes them (its input positions)
 WEIGHT_INPUTS = {
     "FULLY_CONNECTED": (1,),
@@ -629,15 +653,19 @@ def _convert(saved: Path, calibration, sparse: bool, select_tf_ops: bool, int8_w
         raise ExportError(f"cannot convert the model to {kind}{tried}: {what}") from exc
 
 
-def calibration_batches(dataset, model):
+def calibration_batches(dataset, model, int32_inputs=()):
     """A representative-dataset callable over the first (x, y) batches of `dataset` (inputs only): one
     input as a list, several as a dict keyed by input name (the SavedModel signature's names); each in
     its model input's kind: integer inputs (token ids) as that integer type, even though the data
-    loader reads every `x` as float32, float inputs as float32."""
+    loader reads every `x` as float32, float inputs as float32, those named in `int32_inputs` (float
+    token ids the signature takes as int32, float_id_inputs) as int32."""
     import numpy as np
 
     names = [str(getattr(t, "name", "")) for t in model.inputs]
-    kinds = [np.dtype(str(getattr(t, "dtype", "float32"))) for t in model.inputs]
+    kinds = [
+        np.dtype("int32" if name in int32_inputs else str(getattr(t, "dtype", "float32")))
+        for name, t in zip(names, model.inputs, strict=True)
+    ]
 
     def as_input(a, kind):
         return a.astype(kind) if kind.kind in "iu" else a.astype(np.float32)

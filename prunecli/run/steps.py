@@ -147,8 +147,7 @@ def check_layer_globs(config: PruneConfig, model) -> None:
 def _check_output_format(config: PruneConfig, model, source) -> None:
     """Outputs that could not be right are refused before the work, not after it: an .h5 that Keras
     could not read back (an .h5 input whose structure the run keeps needs no check: it is written by
-    copying it), a full-integer TFLite file whose token ids would be quantized, a --quantize
-    that no layer takes."""
+    copying it), a --quantize that no layer takes."""
     from prunecli.io.models.write import MODEL_SUFFIXES, check_h5_writable, default_output
 
     out = Path(config.output) if config.output else default_output(config.model_path)
@@ -157,10 +156,6 @@ def _check_output_format(config: PruneConfig, model, source) -> None:
         # an .h5 input whose structure the run keeps is written by copying it; a rebuilt one by Keras
         # (astrorapid's Masking loads as Keras ops, and its shrunk .h5 failed to save after the work)
         check_h5_writable(model, out)
-    if "tflite-int8" in config.export:
-        from prunecli.outputs.export import check_int8_inputs
-
-        check_int8_inputs(model)
     if config.quantize and not (config.shrink and config.granularity.kind == "neuron"):
         # (a shrink opens TimeDistributed wrappers, whose Dense layers then quantize: checked after it)
         from prunecli.outputs.quantize import check_quantizable

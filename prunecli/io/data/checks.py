@@ -175,7 +175,7 @@ def embedding_inputs(model) -> dict[str, tuple[str, int]]:
     """{input name: (Embedding name, its input_dim)} for each model input that an Embedding reads
     directly (through its Input layer only, or as the first layer of a nested model); the smallest
     input_dim where several read one input. Empty for a model without a layer graph. Also what
-    outputs/export.check_int8_inputs refuses to quantize (a float input read as token ids)."""
+    outputs/export.float_id_inputs keeps out of int8 (a float input read as token ids: int32 instead)."""
     import keras
 
     from prunecli.structure import keras_graph
