@@ -196,12 +196,16 @@ def test_outputs_json_csv_markdown_and_a_valid_png(mlp_sweep, tmp_path):
 
 @pytest.mark.slow
 def test_sweep_with_finetuning_adds_a_finetuned_stage(mlp_files):
+    """Fine-tuned points, here with --distill: each distils from the dense model copied before the
+    first point, as prune does (a sweep with --distill failed after its baseline: 'none was passed'),
+    and the outputs say so."""
     pytest.importorskip("prunecli.training.finetune")
-    result = sweep.run(config_for(mlp_files, epochs=1), sparsities=(0.9,), per_layer=False)
+    result = sweep.run(config_for(mlp_files, epochs=1, distill=2.0), sparsities=(0.9,), per_layer=False)
     (point,) = result.points
     assert point.after_finetune is not None and point.after_pruning is not None
     assert point.final is point.after_finetune
     assert point.measured_sparsity == pytest.approx(0.9, abs=0.01)  # masks held while training
+    assert result.to_dict()["distill"] == 2.0 and "distilled from the unpruned model" in sweep.render_markdown(result)
 
 
 @pytest.mark.slow
@@ -211,7 +215,7 @@ def test_every_point_reads_the_training_data_in_the_order_a_prune_run_does(mlp_f
     --epochs 1: the 0.9 point after a 0.8 one 0.9806, `prune -s 0.9 --epochs 1` 0.9472)."""
     firsts = []
 
-    def first_batch(state, config, targets, timings):
+    def first_batch(state, config, targets, timings, teacher=None):
         for _epoch in range(2):  # as fine-tuning does: one pass per epoch
             labels = [np.asarray(y) for _x, y in state.data.train]
         firsts.append(np.concatenate(labels))

@@ -174,15 +174,18 @@ def fresh_data(state: RunState) -> RunState:
     return dataclasses.replace(state, data=data_mod.load(c.data, state.model, c.batch_size, c.val_split, c.seed))
 
 
-def prune_point(state: RunState, config: PruneConfig, targets, timings: Timings) -> tuple[dict, tuple[str, ...]]:
-    """Prune `targets` of the in-memory model as `config` says (fine-tuning when it asks to), quietly:
-    (the metrics of each stage, the notes). The same steps as the pipeline's one-shot / gradual branches."""
+def prune_point(
+    state: RunState, config: PruneConfig, targets, timings: Timings, teacher=None
+) -> tuple[dict, tuple[str, ...]]:
+    """Prune `targets` of the in-memory model as `config` says (fine-tuning when it asks to, with --distill
+    against `teacher`, the dense model copied before the first point), quietly: (the metrics of each
+    stage, the notes). The same steps as the pipeline's one-shot / gradual branches."""
     state = dataclasses.replace(state.with_config(config), targets=tuple(targets), metrics={}, notes=())
     if config.schedule == "oneshot":
-        state = steps.prune_oneshot(state, steps.silent, timings)
+        state = steps.prune_oneshot(state, steps.silent, timings, dense_model=teacher)
         state = state.after(steps.evaluate(state, "after_pruning", steps.silent, timings))
     if config.epochs > 0 or config.schedule != "oneshot":
-        state = state.after(steps.finetune(state, steps.silent, timings))
+        state = state.after(steps.finetune(state, steps.silent, timings, teacher))
         state = state.after(steps.evaluate(state, "after_finetune", steps.silent, timings))
     return {stage: finite_metrics(values) for stage, values in state.metrics.items()}, state.notes
 
@@ -228,6 +231,12 @@ def run(config: PruneConfig, sparsities=DEFAULT_SPARSITIES, per_layer: bool = Tr
     state = open_session(config.replace(export=(), output=None), say)
     all_targets = list(state.targets)
     finetuning = config.epochs > 0 or config.schedule != "oneshot"
+    teacher = None  # --distill: the dense model teaches each point's fine-tuning, as in prune
+    if finetuning and config.distill_temperature is not None:
+        from prunecli.training import distill
+
+        distill.check_task(state.task)
+        teacher = distill.teacher_copy(state.model)
     snapshot = Snapshot.for_config(state.model, all_targets, config)
     groups = layers_of(all_targets)
     result = SweepResult(
@@ -238,6 +247,7 @@ def run(config: PruneConfig, sparsities=DEFAULT_SPARSITIES, per_layer: bool = Tr
         granularity=str(config.granularity),
         epochs=config.epochs,
         schedule=config.schedule,
+        distill=config.distill_temperature if teacher is not None else None,
         max_accuracy_drop=DEFAULT_BUDGET if config.max_accuracy_drop is None else config.max_accuracy_drop,
         n_eval=state.data.n_eval,
         baseline=finite_metrics(state.metrics["before"]),
@@ -252,7 +262,8 @@ def run(config: PruneConfig, sparsities=DEFAULT_SPARSITIES, per_layer: bool = Tr
     for i, sparsity in enumerate(sparsities):
         say(f"all layers at sparsity {sparsity:g}")
         point_state = state if i == 0 else fresh_data(state)
-        stages, point_notes = prune_point(point_state, config.replace(sparsity=sparsity), all_targets, timings)
+        point_config = config.replace(sparsity=sparsity)
+        stages, point_notes = prune_point(point_state, point_config, all_targets, timings, teacher)
         notes += point_notes
         result.points.append(
             SweepPoint(

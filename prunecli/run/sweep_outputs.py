@@ -50,6 +50,7 @@ class SweepResult:
     timings_s: dict = field(default_factory=dict)
     prunecli_version: str = ""
     schedule: str = "oneshot"  # a gradual one measures the "all" points' after_pruning during fine-tuning
+    distill: float | None = None  # --distill's temperature: each point fine-tuned against the dense model
 
     @property
     def pruned_label(self) -> str:
@@ -110,6 +111,7 @@ class SweepResult:
             "granularity": self.granularity,
             "epochs": self.epochs,
             "schedule": self.schedule,
+            "distill": self.distill,
             "max_accuracy_drop": self.max_accuracy_drop,
             "baseline": self.baseline,
             "layers": self.layers,
@@ -263,6 +265,7 @@ def render_markdown(result: SweepResult, plot_name: str | None = None) -> str:
     lines.append(
         f"Method `{result.method}`, scope `{result.scope}`, granularity `{result.granularity}`"
         + (f", {result.epochs} fine-tuning epoch(s) per point" if result.epochs else "")
+        + (f" distilled from the unpruned model (temperature {result.distill:g})" if result.distill else "")
         + f"; evaluated on {result.n_eval} examples of {md_code(result.data)}."
     )
     lines += ["", summary_line(result).replace("<=", "≤") + ".", ""]
