@@ -567,12 +567,10 @@ def test_layers_whose_owner_keeps_them_float_are_left_float_and_the_file_reloads
 
 
 @pytest.mark.slow
-def test_tflite_int8_of_a_float_input_feeding_an_embedding_takes_the_ids_as_int32(cli, tmp_path):
+def test_tflite_int8_of_a_float_input_feeding_an_embedding_takes_the_ids_as_int32(tmp_path):
     """Full-integer int8 quantizes every float input, token ids too (they then read the wrong rows, and
     the run was refused): the file takes a float input an Embedding reads as int32 (not quantized), the
     rest int8, and on the real ids it matches Keras within int8 tolerance; the report says so."""
-    import json
-
     import keras
     import tensorflow as tf
 
@@ -582,18 +580,18 @@ def test_tflite_int8_of_a_float_input_feeding_an_embedding_takes_the_ids_as_int3
     keras.Model(inp, keras.layers.Dense(2, activation="softmax")(x)).save(tmp_path / "f.keras")
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", x=rng.integers(0, 300, (48, 6)).astype("float32"), y=rng.integers(0, 2, 48))
-    args = ["-s", "0.5", "--export", "tflite-int8", "--data", tmp_path / "d.npz", "-q"]
-    result = cli("prune", tmp_path / "f.keras", *args, "-o", tmp_path / "o.keras", "--report", tmp_path / "r.json")
-    assert result.exit_code == 0, result.output
-    entry = json.loads((tmp_path / "r.json").read_text())["export"]["tflite-int8"]
+    settings = {"model_path": str(tmp_path / "f.keras"), "data": str(tmp_path / "d.npz"), "sparsity": 0.5}
+    result = prune(build_config({**settings, "export": "tflite-int8", "output": str(tmp_path / "o.keras")}))
+    entry = result.report.extra["export"]["tflite-int8"]
     assert entry["int32_inputs"] == ["ids"] and entry["max_abs_diff"] < 0.02
+    assert any("o.int8.tflite takes input 'ids' as int32 token ids" in n for n in result.report.notes)
     runner = tf.lite.Interpreter(model_content=(tmp_path / "o.int8.tflite").read_bytes()).get_signature_runner()
     (name, detail), (out_name, out) = *runner.get_input_details().items(), *runner.get_output_details().items()
     assert detail["dtype"] == np.int32 and out["dtype"] == np.int8
     ids = rng.integers(0, 300, (8, 6))
     scale, zero = out["quantization"]
     got = (runner(**{name: ids.astype("int32")})[out_name].astype("float32") - zero) * scale
-    want = keras.saving.load_model(tmp_path / "o.keras").predict(ids.astype("float32"), verbose=0)
+    want = np.asarray(result.model(ids.astype("float32")))
     np.testing.assert_allclose(got, want, atol=2 * scale)
 
 
