@@ -199,6 +199,8 @@ def test_neuron_pruning_never_removes_a_class_and_says_why():
     masked, result, found, notes = prune(model)
     assert "classes" not in {t.layer_name for t in found}
     assert any("classes not pruned by neuron" in n and "gap -> predictions" in n for n in notes)
+    # the hint promises a mask, not a smaller model: --shrink keeps an output's width whatever --include says
+    assert all("--shrink keeps a network output's width" in n for n in notes if "not pruned by neuron" in n)
     assert result.model.get_layer("classes").kernel.shape[-1] == 7
     _, result, _, notes = prune(dense_then_softmax())
     assert result.model.get_layer("logits").kernel.shape[-1] == 10

@@ -290,7 +290,10 @@ def without_output_units(model, found: list[Target], include=()) -> tuple[list[T
     protected = channels.protected_output_units(model)
     kept = [t for t in found if t.layer_name in protected and not named_in(t, include)]
     names = sorted({t.layer_name for t in kept})
-    notes = [f"{name} not pruned by neuron: {protected[name]} {OPT_IN}" for name in names]
+    # --include '*' masks an output's units (a class taken out of the prediction), but --shrink never removes
+    # them: a network output keeps its width, so the hint says so rather than promise a smaller model
+    hint = "(to mask its units too: --include '*'; --shrink keeps a network output's width)"
+    notes = [f"{name} not pruned by neuron: {protected[name]} {hint}" for name in names]
     return [t for t in found if t not in kept], notes
 
 
