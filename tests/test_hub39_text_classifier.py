@@ -51,6 +51,53 @@ def test_bert_classifier_opens_and_its_encoder_units_are_deleted(classifier):
     np.testing.assert_allclose(np.asarray(small(x)), masked, rtol=1e-5, atol=1e-6)
 
 
+@pytest.fixture(scope="module")
+def deberta():
+    keras.utils.set_random_seed(0)
+    backbone = kh.models.DebertaV3Backbone(
+        vocabulary_size=32,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=8,
+        max_sequence_length=SEQ,
+        bucket_size=4,
+    )
+    model = kh.models.DebertaV3TextClassifier(backbone=backbone, num_classes=3, preprocessor=None)
+    rng = np.random.default_rng(0)
+    x = {"token_ids": rng.integers(1, 32, (4, SEQ)).astype("int32"), "padding_mask": np.ones((4, SEQ), "int32")}
+    model(x)
+    return model, x
+
+
+@pytest.mark.slow  # 1.3 s: builds a KerasHub DeBERTaV3 classifier, opens, rebuilds and reloads it
+def test_deberta_opens_with_its_relative_position_table_and_its_units_are_deleted(deberta, tmp_path):
+    """Opened into the task's graph, DeBERTaV3's RelativeEmbedding (the table every block reads) was rebuilt
+    from its shape without being called, so its LayerNormalization had no weights: the rebuild failed
+    ("set_weights ... expecting 24 weights") and units were only masked. It is opened as prunecli's
+    BuiltRelativeEmbedding, and the shrunk model saves and reloads."""
+    from prunecli.removal import ffn
+    from prunecli.structure import decoders, rebuild, transformer
+
+    model, x = deberta
+    flat, opened, _paths = rebuild.opened(model, lambda _nested: True)
+    assert opened == ["deberta_v3_backbone"]
+    assert type(flat.get_layer("rel_embedding")).__name__ == "BuiltRelativeEmbedding"
+    found = ffn.find(flat)
+    assert [(f.path, f.units) for f in found] == [("disentangled_attention_encoder_layer_0", 8)]
+    assert ffn._closed_encoder(flat, found) is None  # a layer of the model's own graph: deleted, not refused
+    ffn.apply(found, {found[0].path: [0, 2, 5]})
+    masked = np.asarray(flat(x))
+    small = decoders.rebuild_with(
+        flat, [(found[0].block, *transformer.smaller_encoder(found[0].block, [1, 3, 4, 6, 7]))]
+    )
+    assert flat.count_params() - small.count_params() == 3 * (8 + 1) + 3 * 8
+    np.testing.assert_allclose(np.asarray(small(x)), masked, rtol=1e-5, atol=1e-6)
+    small.save(tmp_path / "small.keras")
+    back = keras.saving.load_model(tmp_path / "small.keras", compile=False)
+    np.testing.assert_allclose(np.asarray(back(x)), masked, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.slow  # 0.8 s: Keras' predict
 def test_export_feeds_a_dict_input_model_its_dict():
     from prunecli.outputs import export
@@ -65,10 +112,10 @@ def test_export_feeds_a_dict_input_model_its_dict():
 
 @pytest.mark.slow  # the module's BERT classifier
 def test_a_target_on_units_that_can_only_be_masked_is_refused(classifier, tmp_path):
-    """DeBERTaV3's backbone is not opened into the task's graph (its rebuild loses the relative-position
-    table), so its feed-forward units can be masked, not deleted: `--target params=0.7` exited 0 having
-    reached 1.0 of the parameters. A target on encoder blocks left inside their backbone is refused before
-    any scoring (here the BERT task, not opened, stands for it)."""
+    """Encoder blocks inside a backbone not opened into the task's graph can be masked, not deleted
+    (DeBERTaV3's, before its relative-position table was opened: `--target params=0.7` exited 0 having
+    reached 1.0 of the parameters). A target on such blocks is refused before any scoring (here the BERT
+    task, not opened, stands for it)."""
     import prunecli
     from prunecli.errors import InputError
     from prunecli.removal import ffn

@@ -273,8 +273,10 @@ def _shrunk_encoders(model, found: list, removed: dict, masked, section: dict, s
 
 def _closed_encoder(model, found: list) -> str | None:
     """The path of the first KerasHub TransformerEncoder block among `found` that is not a layer of the model's
-    own graph (a backbone run/steps.open_nested did not open, as DeBERTaV3's: its rebuild loses the relative
-    position table), whose units can be masked only; None for decoder and vision blocks, which are rebuilt."""
+    own graph (a backbone run/steps.open_nested did not open: one holding layers rebuild.graph_only does not
+    know, or a run whose --include/--exclude leave the backbone's weights out), whose units can be masked only;
+    None for decoder and vision blocks, which are rebuilt. DeBERTaV3's blocks are opened since its
+    relative-position table is (rebuild._built_class)."""
     if decoders.blocks(model) or vision_encoders.blocks(model):
         return None
     own = {id(layer) for layer in keras_graph.children(model)}

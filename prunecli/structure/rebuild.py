@@ -119,8 +119,8 @@ def _decoder_blocks(model) -> bool:
     """Whether a KerasHub text backbone holds blocks other than TransformerEncoders: decoder blocks
     (structure/decoders.py rebuilds the backbone by its own class) or a layout prunecli does not read. A text
     backbone is opened only when it is an encoder of TransformerEncoder blocks (BERT, RoBERTa, DistilBERT,
-    XLM-RoBERTa, ALBERT; F-Net's blocks), whose task is a classifier computing its graph alone. DeBERTaV3's
-    is not: opened, its relative position table was lost (an internal error)."""
+    XLM-RoBERTa, ALBERT; F-Net's and DeBERTaV3's blocks, whose relative-position table is opened as
+    prunecli's BuiltRelativeEmbedding, `_built_class`), whose task is a classifier computing its graph alone."""
     return any(
         not keras_own(layer) and not keras_graph.is_model(layer) and type(layer).__name__ not in _TEXT_LAYERS
         for layer in model.layers
@@ -136,7 +136,22 @@ _TEXT_LAYERS = (
     "TransformerEncoder",
     "HeadPrunedTransformerEncoder",
     "FNetEncoder",
+    "RelativeEmbedding",
+    "DisentangledAttentionEncoder",
 )
+
+
+def _built_class(layer):
+    """prunecli's subclass of a KerasHub layer whose class builds a sub-layer only when called (DeBERTaV3's
+    RelativeEmbedding: the relative-position table every encoder block reads), with a `build` that builds
+    it; None for any other layer. Opened into a plain functional model, the layer is copied as this class:
+    Keras rebuilds a deserialised layer from its shape without calling it, so KerasHub's class came back
+    without its normalization's weights (the rebuilt model lost them, and the saved one did not load)."""
+    from prunecli.structure import hub_tables
+
+    if not type(layer).__module__.startswith("keras_hub") or type(layer).__name__ != "RelativeEmbedding":
+        return None
+    return hub_tables.built_relative_embedding()
 
 
 def keras_own(layer) -> bool:
@@ -406,12 +421,16 @@ def opened(model, holds):
     def named(layer, owner: str):
         if id(layer) in copies:
             return copies[id(layer)][1]
-        if taken.setdefault(layer.name, id(layer)) == id(layer):
+        built = _built_class(layer)
+        if taken.setdefault(layer.name, id(layer)) == id(layer) and built is None:
             return layer
-        name = unique(f"{owner}_{layer.name}", id(layer))
+        name = layer.name if taken[layer.name] == id(layer) else unique(f"{owner}_{layer.name}", id(layer))
         with keras_graph.copying_in_memory():
-            copies[id(layer)] = (layer, type(layer).from_config({**layer.get_config(), "name": name}))
-        return copies[id(layer)][1]
+            copy = (built or type(layer)).from_config({**layer.get_config(), "name": name})
+        if built is not None:
+            copy.build(None)
+        copies[id(layer)] = (layer, copy)
+        return copy
 
     def unwrapped(wrapper):
         """The wrapped layer under the wrapper's name (a copy): the names a user sees in the graph, and

@@ -751,7 +751,7 @@ def register_hub_layers() -> dict[str, Any]:
         return {}
     import keras
 
-    from prunecli.structure import decoders, vision_encoders
+    from prunecli.structure import decoders, hub_tables, vision_encoders
 
     decoders.register()  # Llama/Mistral/Qwen/Gemma blocks with fewer heads or feed-forward units
     vision_encoders.register()  # ViT's and DeiT's backbones, encoders and blocks
@@ -786,6 +786,7 @@ def register_hub_layers() -> dict[str, Any]:
             return {**super().get_config(), "key_dim": self.key_dim}
 
     _HUB_CLASSES["TransformerEncoder"] = HeadPrunedTransformerEncoder
+    hub_tables.built_relative_embedding()  # DeBERTaV3's relative-position table, opened
     return _HUB_CLASSES
 
 
@@ -802,7 +803,9 @@ def register_for_file(path) -> bool:
         return False
     from prunecli.structure import decoders, vision_encoders
 
-    ours = ("HeadPrunedTransformerEncoder",) + decoders.CLASS_NAMES + vision_encoders.CLASS_NAMES
+    ours = (
+        ("HeadPrunedTransformerEncoder", "BuiltRelativeEmbedding") + decoders.CLASS_NAMES + vision_encoders.CLASS_NAMES
+    )
     if "keras_hub" not in text and not any(name in text for name in ours):
         return False
     if not register_hub_layers():
