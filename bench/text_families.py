@@ -361,8 +361,10 @@ def section(text: str) -> str:
             " user's class.",
             "- RoformerV2 (RoformerV2Encoder, RoformerAttention): a layout prunecli does not read, so `-g neuron`,"
             " `--target`, `plan -g neuron` and `-g head` refuse in one line (exit 3). FNet has no attention: `-g head`"
-            ' exit 3 ("no attention layer with prunable heads"). DebertaV3: units and heads masked, not deleted'
-            " (its backbone is not opened), as the notes say: `NOT shrunk`.",
+            ' exit 3 ("no attention layer with prunable heads"). DebertaV3: heads masked, not deleted'
+            " (its disentangled attention is not rebuilt with fewer heads), as the notes say: `NOT shrunk`; its"
+            " feed-forward units are deleted (its relative-position table opened as prunecli's"
+            " BuiltRelativeEmbedding).",
             "- `tflite failed` on DebertaV3, FNet, RoformerV2: the converter emitted Select TF ops (Flex),"
             " which the plain interpreter cannot run; prunecli's report says so (exit 0).",
         ]
