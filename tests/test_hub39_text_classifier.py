@@ -126,3 +126,21 @@ def test_a_target_on_units_that_can_only_be_masked_is_refused(classifier, tmp_pa
     config = prunecli.build_config(settings, environ={})
     with pytest.raises(InputError, match=r"--target params=0\.7: the feed-forward units of bert_backbone/"):
         ffn.run_ffn(model, targets.select(model), config)
+
+
+@pytest.mark.slow  # builds two KerasHub MobileNetV5 ConvNormAct blocks and traces them
+def test_a_hub_block_holding_a_lambda_is_not_traced_open():
+    """MobileNetV5's ConvNormAct with GELU holds Activation(lambda x: gelu(x, approximate=False)); traced
+    open, the lambda was written into the output file, which Keras loads only with safe_mode=False
+    (`-g neuron --shrink` exit 1, `-g layer` internal error, `--quantize int8` exit 4). With ReLU it is
+    traced as before."""
+    from keras_hub.src.models.mobilenetv5.mobilenetv5_layers import ConvNormAct
+
+    from prunecli.structure import rebuild
+
+    x = keras.Input((8, 8, 3))
+    axes = {"norm_layer": "rms_norm", "data_format": "channels_last", "channel_axis": -1}
+    gelu, relu = ConvNormAct(4, 3, act_layer="gelu", **axes), ConvNormAct(4, 3, act_layer="relu", **axes)
+    keras.Model(x, [gelu(x), relu(x)])
+    assert not rebuild.traceable(gelu)
+    assert rebuild.traceable(relu)

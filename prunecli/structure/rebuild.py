@@ -188,6 +188,8 @@ _TRACEABLE = weakref.WeakKeyDictionary()  # layer -> traceable(layer): each bloc
 def _traceable(layer) -> bool:
     if layer._trainable_variables or layer._non_trainable_variables:
         return False
+    if any(keras_own(lay) and _holds_lambda(lay) for lay in keras_graph.all_layers(layer)[1:]):
+        return False  # opened, its lambda would be written into the model's file (MobileNetV5's ConvNormAct)
     inside = [lay for lay in keras_graph.all_layers(layer)[1:] if not keras_own(lay)]
     if any(keras_graph.is_model(lay) or not (_traced_inside(lay) or _keeps_its_name(lay)) for lay in inside):
         return False
@@ -300,14 +302,25 @@ def _keeps_its_name(layer) -> bool:
     its layers never had to: MobileNet's DepthwiseConvBlock appends "_0" to the name it is given
     (block_0 -> block_0_0 -> block_0_0_0), and ViT's ViTPatchingAndEmbedding writes arguments its
     constructor refuses (num_patches); opened, either was an internal error (--shrink) or a written
-    model that did not load. Keras' own layers do; a nested model is checked when it is opened."""
-    if keras_own(layer) or keras_graph.is_model(layer):
+    model that did not load. Keras' own layers do, unless their config holds a Python lambda (MobileNetV5's
+    Activation(lambda x: gelu(x, approximate=False))), which a saved file loads only with safe_mode=False:
+    opened, its --shrink, -g layer and --quantize outputs did not load back (exit 1 and 4). A nested model
+    is checked when it is opened."""
+    if keras_graph.is_model(layer):
         return True
+    if keras_own(layer):
+        return not _holds_lambda(layer)
     try:
         with keras_graph.copying_in_memory():
             return type(layer).from_config(layer.get_config()).name == layer.name
     except Exception:  # noqa: BLE001 - a layer that cannot be rebuilt from its config is not opened either
         return False
+
+
+def _holds_lambda(layer) -> bool:
+    """Whether the layer holds a Python lambda (an Activation's function, a Lambda layer's), which Keras
+    writes as bytecode that load_model refuses in safe mode."""
+    return any(getattr(value, "__name__", None) == "<lambda>" for value in vars(layer).values())
 
 
 def per_position_wrapper(layer) -> bool:
