@@ -172,12 +172,35 @@ def _configs() -> dict[str, dict]:
             "use_lightweight_conv_block": [False, True],
             "image_shape": shape,
         },
+        "MobileNetV5": {  # KerasHub's docstring example, narrowed: an edge-residual stage, two universal IRs
+            "stackwise_block_types": [["er"], ["uir", "uir"]],
+            "stackwise_num_blocks": [1, 2],
+            "stackwise_num_filters": [[8], [16, 16]],
+            "stackwise_strides": [[2], [2, 1]],
+            "stackwise_act_layers": [["relu"], ["relu", "relu"]],
+            "stackwise_exp_ratios": [[4.0], [4.0, 4.0]],
+            "stackwise_se_ratios": [[0.0], [0.0, 0.0]],
+            "stackwise_dw_kernel_sizes": [[0], [3, 3]],
+            "stackwise_dw_start_kernel_sizes": [[0], [0, 0]],
+            "stackwise_dw_end_kernel_sizes": [[0], [0, 0]],
+            "stackwise_exp_kernel_sizes": [[3], [0, 0]],
+            "stackwise_pw_kernel_sizes": [[1], [0, 0]],
+            "stackwise_num_heads": [[0], [0, 0]],
+            "stackwise_key_dims": [[0], [0, 0]],
+            "stackwise_value_dims": [[0], [0, 0]],
+            "stackwise_kv_strides": [[0], [0, 0]],
+            "stackwise_use_cpe": [[False], [False, False]],
+            "stem_size": 8,
+            "num_features": 32,
+            "use_msfa": False,
+            "image_shape": shape,
+        },
     }
 
 
 FAMILIES = list(_configs())
 # <Family>ImageClassifier keyword arguments beyond backbone/num_classes/preprocessor
-CLASSIFIER_KWARGS = {"VGG": {"pooling_hidden_dim": 32}}
+CLASSIFIER_KWARGS = {"VGG": {"pooling_hidden_dim": 32}, "MobileNetV5": {"head_hidden_size": 32}}
 
 # name -> (argv after `prunecli`, with M/D/OUT/R/E placeholders; shrinks?; asks for pruning?)
 COMMANDS = {
