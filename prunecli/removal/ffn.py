@@ -277,8 +277,8 @@ def _closed_encoder(model, found: list) -> str | None:
     know, or a run whose --include/--exclude leave the backbone's weights out), whose units can be masked only;
     None for decoder and vision blocks, which are rebuilt. DeBERTaV3's blocks are opened since its
     relative-position table is (rebuild._built_class)."""
-    if decoders.blocks(model) or vision_encoders.blocks(model):
-        return None
+    if not found or isinstance(found[0], experts.ExpertFfn) or decoders.blocks(model) or vision_encoders.blocks(model):
+        return None  # expert banks, decoder and vision blocks: rebuilt by their own paths
     own = {id(layer) for layer in keras_graph.children(model)}
     return next((f.path for f in found if id(f.block) not in own), None)
 
