@@ -397,6 +397,37 @@ def zero_fraction(model) -> float:
     return zeros / max(total, 1)
 
 
+def run_logged(argv: list, env: dict, log: Path, family: str, command: str, timeout: int, width: int) -> dict:
+    """One command of a KerasHub family bench in a subprocess: its exit code (or "timeout"), seconds and the
+    line of stderr that says why it failed, as a results row; stdout and stderr written to `log`."""
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(ROOT))
+        rc, out, err = proc.returncode, proc.stdout, proc.stderr
+    except subprocess.TimeoutExpired as e:
+        rc, out, err = "timeout", (e.stdout or b"").decode(errors="replace"), (e.stderr or b"").decode(errors="replace")
+    seconds = time.perf_counter() - start
+    log.write_text(f"$ {' '.join(argv)}\n--- stdout\n{out}\n--- stderr\n{err}\n")
+    msg = last_error_line(err) if rc != 0 else ""
+    row = {"family": family, "command": command, "rc": rc, "seconds": round(seconds, 1), "message": msg}
+    print(f"{family:{width}s} {command:10s} rc={rc} {seconds:6.1f}s {msg[:160]}", flush=True)
+    return row
+
+
+def family_run(d: Path, families: list[str], commands: list[str], jobs: int, run_one) -> None:
+    """`run` of a KerasHub family bench: every command on every family (`run_one(d, family, command)`), each
+    row merged into <d>/results.json as it ends."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    results_path = d / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    tasks = [(f, c) for f in families for c in commands]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for row in pool.map(lambda fc: run_one(d, *fc), tasks):
+            results.setdefault(row["family"], {})[row["command"]] = row
+            results_path.write_text(json.dumps(results, indent=1))
+
+
 def family_check(script: str, d: Path, families: list[str], commands: list[str], env: dict) -> None:
     """`check` of a KerasHub family bench: `script check-family FAMILY` in a subprocess per family (a model's
     failure cannot end the others'), each result merged into <d>/checks.json and printed."""

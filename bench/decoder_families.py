@@ -23,21 +23,19 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_common import (
     PRUNECLI,
-    ROOT,
     family_bench_main,
     family_check,
-    last_error_line,
+    family_run,
     machine,
+    run_logged,
     scratch,
     short_error,
     write_decoders_section,
@@ -207,28 +205,11 @@ def run_one(d: Path, family: str, command: str, timeout: int = 300) -> dict:
         p[k].unlink(missing_ok=True)
     argv = [PRUNECLI] + [str(p[a]) if a in p else a for a in COMMANDS[command][0]]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-    start = time.perf_counter()
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(ROOT))
-        rc, out, err = proc.returncode, proc.stdout, proc.stderr
-    except subprocess.TimeoutExpired as e:
-        rc, out, err = "timeout", (e.stdout or b"").decode(errors="replace"), (e.stderr or b"").decode(errors="replace")
-    seconds = time.perf_counter() - start
-    p["LOG"].write_text(f"$ {' '.join(argv)}\n--- stdout\n{out}\n--- stderr\n{err}\n")
-    msg = last_error_line(err) if rc != 0 else ""
-    row = {"family": family, "command": command, "rc": rc, "seconds": round(seconds, 1), "message": msg}
-    print(f"{family:8s} {command:10s} rc={rc} {seconds:6.1f}s {msg[:160]}", flush=True)
-    return row
+    return run_logged(argv, env, p["LOG"], family, command, timeout, 8)
 
 
 def run(d: Path, families: list[str], commands: list[str], jobs: int) -> None:
-    results_path = d / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    tasks = [(f, c) for f in families for c in commands]
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for row in pool.map(lambda fc: run_one(d, *fc), tasks):
-            results.setdefault(row["family"], {})[row["command"]] = row
-            results_path.write_text(json.dumps(results, indent=1))
+    family_run(d, families, commands, jobs, run_one)
 
 
 # ---------------------------------------------------------------------------------------------------
